@@ -1,0 +1,56 @@
+"""The config glue: flags, YAML and precedence (trainer/config.py)."""
+
+from dataclasses import dataclass
+
+from click.testing import CliRunner
+
+from trainer.config import arg, command
+
+
+@dataclass
+class _Cfg:
+    model_name_or_path: str = arg("smollm2", "model")
+    do_train: bool = arg(False, "flag")
+    fp16: bool = arg(False, "flag")
+    quantization: list[str] = arg(["q4_k_m"], "list")
+    appid: list[int] = arg([], "ints")
+    val_size: float = arg(0.0, "float")
+    quantization_bit: int | None = arg(None, "optional int")
+
+
+def _run(argv):
+    seen = {}
+    cmd = command(_Cfg, lambda c: seen.setdefault("cfg", c), name="x", help="h")
+    result = CliRunner().invoke(cmd, argv)
+    return result, seen.get("cfg")
+
+
+def test_llamafactory_style_flags():
+    r, cfg = _run(["--do_train", "--fp16", "True", "--quantization", "q4_k_m,q8_0",
+                   "--appid", "1", "--appid", "2,3", "--quantization_bit", "4"])
+    assert r.exit_code == 0, r.output
+    assert cfg.do_train is True and cfg.fp16 is True
+    assert cfg.quantization == ["q4_k_m", "q8_0"]
+    assert cfg.appid == [1, 2, 3]
+    assert cfg.quantization_bit == 4
+
+
+def test_yaml_then_flags_override(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("do_train: true\nval_size: 0.1\nappid: [5]\n", encoding="utf-8")
+    r, cfg = _run([str(p), "--val_size", "0.2"])
+    assert r.exit_code == 0, r.output
+    assert cfg.do_train is True and cfg.val_size == 0.2 and cfg.appid == [5]
+
+
+def test_unknown_yaml_key_is_exit_2_with_suggestion(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("do_trian: true\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 2 and cfg is None
+    assert "unknown key 'do_trian'" in r.output and "did you mean 'do_train'" in r.output
+
+
+def test_bad_value_is_exit_2():
+    r, cfg = _run(["--appid", "x"])
+    assert r.exit_code == 2 and "'appid'" in r.output

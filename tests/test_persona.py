@@ -1,0 +1,30 @@
+"""The one prompt format (trainer/persona.py) reproduces the seed data's records exactly."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer import persona
+
+SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "steam_sft_sample.json"
+
+
+def test_seed_format_round_trip():
+    records = json.loads(SEED.read_text(encoding="utf-8"))
+    rec = next(r for r in records if r["input"])
+    name = rec["instruction"].split("《", 1)[1].rsplit("》", 1)[0]
+    tags = rec["input"].split("：", 1)[1].split(", ")
+    assert persona.build_review_prompt(name, tags) == (rec["instruction"], rec["input"])
+
+
+def test_clean_name_and_options():
+    assert persona.clean_game_name("《暗黑破坏神® IV》") == "暗黑破坏神 IV"
+    ins, inp = persona.build_review_prompt("Hades™", "Roguelike, Action", verdict="not recommend",
+                                           language="en", length="short")
+    assert ins == 'As a veteran gamer, review the game "Hades".'
+    assert inp.splitlines() == ["Genre tags: Roguelike, Action", "Verdict: Not recommended",
+                                "Length: short, two or three sentences."]
+    assert persona.user_message(ins, inp) == ins + "\n" + inp
+    with pytest.raises(ValueError):
+        persona.build_review_prompt("", None)

@@ -1,0 +1,1 @@
+"""steam-persona's training companion: data → QLoRA SFT → chat/eval (the `steam-train` CLI)."""

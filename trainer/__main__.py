@@ -1,0 +1,5 @@
+"""``python -m trainer`` is ``steam-train``."""
+
+from trainer.cli import main
+
+main()

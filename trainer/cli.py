@@ -1,0 +1,59 @@
+"""The ``steam-train`` command: one sub-command per pipeline stage.
+
+collect → prepare → (validate) → train → chat / eval → export → serve → plugin package; ``demo`` runs
+them all on the embedded default. Sub-commands are imported lazily so that ``steam-train --help``
+and light commands (collect, prepare, serve) do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# name -> (module, attribute, one-line help). Order = pipeline order in --help.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "collect": ("trainer.collect", "command", "Download Steam reviews (appreviews API) to JSON Lines."),
+    "prepare": ("trainer.prepare", "command", "Clean raw reviews into an alpaca SFT dataset."),
+    "validate": ("trainer.validate", "command", "Check a dataset: counts, token lengths, problems."),
+    "train": ("trainer.train", "command", "QLoRA/LoRA SFT with LLaMA-Factory's flags."),
+    "chat": ("trainer.chat", "command", "Chat in the terminal with a GGUF or base + adapter."),
+    "eval": ("trainer.evaluate", "command", "Held-out loss and generation checks, tuned vs base."),
+    "export": ("export.cli", "command", "Merge the adapter, convert to GGUF, quantize, verify."),
+    "serve": ("serve.cli", "command", "Serve a GGUF as an OpenAI-compatible API for Dify."),
+    "plugin": ("trainer.plugin_package", "group", "Build the two Dify plugins (.difypkg)."),
+    "demo": ("trainer.demo", "command", "Run the whole pipeline on the embedded default."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a sub-command's module only when it is run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        cmd = getattr(importlib.import_module(module), attr)
+        cmd.name = name
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, h) for n, (_, _, h) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="steam-persona")
+def main() -> None:
+    """steam-train: Steam reviews → a witty veteran-gamer persona model → Dify.
+
+    Run `steam-train COMMAND --help` for a stage's flags. Every stage also takes a YAML file with the
+    same keys as its flags.
+    """
+
+
+if __name__ == "__main__":
+    main()

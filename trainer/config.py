@@ -1,0 +1,235 @@
+"""Stage configs: one dataclass per stage whose fields are the CLI flags and the YAML keys.
+
+Why our own glue and not ``HfArgumentParser``: the CLI is click (one tool for every stage, lazy
+sub-commands, clean exit-2 errors), and HfArgumentParser is argparse-only. The glue is small: a
+field declares its default, help text (with units) and optional choices, and :func:`command`
+turns the dataclass into a click command where
+
+* every field is a ``--field_name`` flag (LLaMA-Factory spelling, underscores kept);
+* booleans accept both ``--fp16`` and ``--fp16 True`` (LLaMA-Factory / HfArgumentParser style);
+* a YAML file (positional ``CONFIG_FILE`` or ``--config``) gives the same keys; flags override it;
+* precedence is: dataclass default < YAML < environment variable (if declared) < flag.
+
+Example::
+
+    @dataclass
+    class TrainConfig:
+        model_name_or_path: str = arg("smollm2", "HF hub id, local folder or .gguf file.")
+        cutoff_len: int = arg(1024, "Max tokens per sample (prompt + reply).")
+
+    command = config.command(TrainConfig, run, name="train", help="...")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import click
+import yaml
+
+from trainer.errors import UserError
+
+_KEYWORDS = ("help", "choices", "envvar", "positional", "secret")
+
+
+def arg(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: tuple[str, ...] | None = None,
+    envvar: str | None = None,
+    positional: bool = False,
+    secret: bool = False,
+) -> Any:
+    """Declare one config field (= one CLI flag = one YAML key).
+
+    Args:
+        default: the default value; lists are copied per instance. Omit for a required field.
+        help: help text shown by ``--help``; state units (tokens, seconds, GiB) where they apply.
+        choices: allowed string values (a ``click.Choice``).
+        envvar: an environment variable that overrides YAML (flags still win).
+        positional: the field is a positional argument instead of a flag (lists take ``nargs=-1``).
+        secret: never echo the value (API keys): hidden in saved configs and in logs.
+    """
+    meta = {"help": help, "choices": choices, "envvar": envvar, "positional": positional, "secret": secret}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """Return (inner type, is_optional) for ``X | None`` / ``Optional[X]`` annotations."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return inner[0], True
+    return tp, False
+
+
+def _click_type(f: dataclasses.Field, tp: Any) -> tuple[click.ParamType, bool]:
+    """Map a field annotation to (click type, is_list)."""
+    base, _ = _base_type(tp)
+    is_list = typing.get_origin(base) in (list, tuple)
+    if is_list:
+        base = typing.get_args(base)[0]
+    if f.metadata.get("choices"):
+        return click.Choice(list(f.metadata["choices"])), is_list
+    if typing.get_origin(base) is Literal:
+        return click.Choice([str(a) for a in typing.get_args(base)]), is_list
+    mapping = {bool: click.BOOL, int: click.INT, float: click.FLOAT, str: click.STRING}
+    return mapping.get(base, click.STRING), is_list
+
+
+def _fields(cls: type) -> list[dataclasses.Field]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        f.type = hints[f.name]
+        out.append(f)
+    return out
+
+
+def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """Coerce one YAML / env value with the field's click type; raise UserError naming ``where``."""
+    ctype, is_list = _click_type(f, f.type)
+    _, optional = _base_type(f.type)
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{where}: '{f.name}' must not be empty")
+    try:
+        if is_list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [ctype.convert(v.strip() if isinstance(v, str) else v, None, None) for v in items]
+        if ctype is click.STRING and not isinstance(value, str):
+            return str(value)
+        return ctype.convert(value, None, None)
+    except click.BadParameter as e:
+        raise UserError(f"{where}: '{f.name}': {e.message}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict.
+
+    Raises:
+        UserError: the file is missing, is not valid YAML, or is not a mapping.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found; check the path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise UserError(f"{p}:{where} invalid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not UTF-8; save the config as UTF-8") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: the config must be a mapping of flag names to values")
+    return data
+
+
+def build(cls: type, yaml_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None,
+          source: str = "config") -> Any:
+    """Build a config instance: defaults < ``yaml_values`` < env vars < ``flags``.
+
+    Args:
+        cls: the stage's config dataclass.
+        yaml_values: keys from a YAML file (or a dict made in code); unknown keys are an error.
+        flags: values given on the command line (``None`` means not given).
+        source: name of the YAML file, used in error messages.
+
+    Raises:
+        UserError: unknown key, wrong type, or a required field left unset.
+    """
+    import os
+
+    known = {f.name: f for f in _fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in (yaml_values or {}).items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; see --help for the known keys"
+            raise UserError(f"{source}: unknown key '{key}'{hint}")
+        values[key] = _convert(known[key], value, source)
+    for name, f in known.items():
+        env = f.metadata.get("envvar")
+        if env and os.environ.get(env) not in (None, ""):
+            values[name] = _convert(f, os.environ[env], f"environment variable {env}")
+    for key, value in (flags or {}).items():
+        if value is None or value == ():
+            continue
+        values[key] = list(value) if isinstance(value, tuple) else value
+    missing = [n for n, f in known.items()
+               if n not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{source}: missing required setting --{missing[0]}; give it as a flag or a YAML key")
+    return cls(**values)
+
+
+def to_dict(cfg: Any, *, hide_secrets: bool = True) -> dict[str, Any]:
+    """Return the config as a plain dict (YAML-safe); secret fields become ``"***"`` when set."""
+    out = {}
+    for f in _fields(type(cfg)):
+        v = getattr(cfg, f.name)
+        if hide_secrets and f.metadata.get("secret") and v:
+            v = "***"
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def command(cls: type, run: Callable[[Any], Any], *, name: str, help: str,
+            config_option: Literal["positional", "option", "none"] = "positional") -> click.Command:
+    """Make a click command whose flags are the fields of ``cls``; it calls ``run(cfg)``.
+
+    ``config_option`` picks how a YAML file is given: a positional ``CONFIG_FILE`` (``steam-train
+    train config.yaml``), a ``--config FILE`` option, or not at all.
+    """
+    params: list[click.Parameter] = []
+    for f in _fields(cls):
+        ctype, is_list = _click_type(f, f.type)
+        base, _ = _base_type(f.type)
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if f.metadata.get("positional"):
+            params.append(click.Argument([f.name], type=ctype, nargs=-1 if is_list else 1,
+                                         required=False))
+            continue
+        shown = "" if f.metadata.get("secret") else f" [default: {default!r}]"
+        if f.metadata.get("envvar"):
+            shown += f" [env: {f.metadata['envvar']}]"
+        kwargs: dict[str, Any] = dict(type=ctype, default=None, help=help_text + shown)
+        if base is bool:
+            # `--do_train` alone means True; `--fp16 True|False` also works (LLaMA-Factory style).
+            kwargs.update(is_flag=False, flag_value="true")
+        elif is_list:
+            # Comma-separated or repeated: `--quantization q4_k_m,q8_0` or `--appid 1 --appid 2`.
+            kwargs.update(multiple=True, type=click.STRING)
+        params.append(click.Option([f"--{f.name}"], **kwargs))
+    if config_option == "positional":
+        params.insert(0, click.Argument(["config_file"], required=False, type=str))
+    elif config_option == "option":
+        params.append(click.Option(["--config", "config_file"], type=str, default=None,
+                                   help="YAML file with the same keys as the flags; flags override it."))
+
+    def callback(config_file: str | None = None, **flags: Any) -> Any:
+        yaml_values = load_yaml(config_file) if config_file else {}
+        for f in _fields(cls):
+            v = flags.get(f.name)
+            if v and _click_type(f, f.type)[1] and not f.metadata.get("positional"):
+                # flatten "a,b" given on the command line, then type-check each item
+                items = [x.strip() for item in v for x in str(item).split(",") if x.strip()]
+                flags[f.name] = _convert(f, items, "command line")
+        cfg = build(cls, yaml_values, flags, source=config_file or "command line")
+        return run(cfg)
+
+    return click.Command(name=name, params=params, callback=callback, help=help)
