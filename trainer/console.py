@@ -1,0 +1,33 @@
+"""What users see: rich progress bars with ETA and end-of-stage summary tables.
+
+All stages print through :data:`console` (stderr, so stdout stays clean for piping).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+
+console = Console(stderr=True, highlight=False)
+
+
+def progress(*extra_columns: object, transient: bool = False) -> Progress:
+    """A progress bar with description, bar, done/total, elapsed and ETA, plus ``extra_columns``
+    (e.g. ``TextColumn("loss {task.fields[loss]:.3f}")``)."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    *extra_columns, TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console, transient=transient)
+
+
+def summary_table(title: str, rows: Iterable[tuple[object, object]]) -> None:
+    """Print a two-column (setting, value) summary table."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows:
+        table.add_row(str(k), str(v))
+    console.print(table)

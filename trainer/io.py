@@ -1,0 +1,115 @@
+"""Atomic file writes and JSON-lines logs, shared by every stage.
+
+Why our own: the rule "no half-written outputs" needs write-to-temp-then-rename everywhere, and
+the stdlib has no one-liner for it. Temp files live beside the target (same filesystem, so
+``os.replace`` is atomic) and are named ``.<name>.tmp-<pid>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from trainer.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``target``; on success rename it to ``target``, on error delete it.
+
+    Works for files and folders (the yielded path does not exist yet; create it).
+
+    Raises:
+        UserError: the disk is full (ENOSPC) — nothing is left under the final name.
+    """
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if target.is_dir() and tmp.is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except OSError as e:
+        _cleanup(tmp)
+        if e.errno == 28:  # ENOSPC
+            raise UserError(f"{target}: no space left on the device; free some disk and rerun") from None
+        raise
+    except BaseException:
+        _cleanup(tmp)
+        raise
+
+
+def _cleanup(tmp: Path) -> None:
+    import shutil
+
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif tmp.exists():
+        tmp.unlink()
+
+
+def write_text(target: str | Path, text: str) -> None:
+    """Write UTF-8 text atomically (temp file, fsync, rename)."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json(target: str | Path, data: Any, indent: int | None = 2) -> None:
+    """Write JSON atomically, UTF-8, non-ASCII kept as is (Chinese stays readable)."""
+    write_text(target, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
+
+
+def write_jsonl(target: str | Path, rows: list[dict]) -> None:
+    """Write JSON Lines atomically, one object per line."""
+    write_text(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+class JsonlLog:
+    """Append-only JSON-lines log (one event per line, flushed at once, ``time`` added).
+
+    Appending is crash-safe enough for logs: a crash loses at most the last partial line, which
+    readers skip (see :func:`read_jsonl_log`).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, **event: Any) -> None:
+        event.setdefault("time", round(time.time(), 3))
+        self._f.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_jsonl_log(path: str | Path) -> list[dict]:
+    """Read a JSON-lines log, skipping a torn last line left by a crash."""
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

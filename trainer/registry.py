@@ -1,0 +1,86 @@
+"""LLaMA-Factory's dataset registry (``dataset_info.json``): look up and register datasets.
+
+Format (LLaMA-Factory ``data/README.md``): ``{"name": {"file_name": "x.json", "formatting":
+"alpaca"|"sharegpt", "columns": {...}, "tags": {...}}}``. ``formatting`` defaults to alpaca;
+alpaca ``columns`` map ``prompt``/``query``/``response``/``system``/``history`` to record keys;
+sharegpt ``columns`` map ``messages``/``system``/``tools``, and ``tags`` map ``role_tag``,
+``content_tag``, ``user_tag``, ``assistant_tag``, ``system_tag``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trainer import io
+from trainer.errors import UserError
+
+REGISTRY_FILE = "dataset_info.json"
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a ``dataset_info.json``; a missing file is an empty registry.
+
+    Raises:
+        UserError: the file is not valid JSON or not an object.
+    """
+    p = Path(path)
+    if not p.exists():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: invalid JSON at line {e.lineno} column {e.colno}; fix it or delete the file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: must be a JSON object of dataset names")
+    return data
+
+
+def lookup(dataset_dir: str | Path, name: str) -> tuple[Path, dict[str, Any]]:
+    """Resolve ``--dataset NAME --dataset_dir DIR`` to (data file path, registry entry).
+
+    Raises:
+        UserError: no registry, unknown name (the message lists the known names), or an entry
+            without ``file_name``.
+    """
+    reg_path = Path(dataset_dir) / REGISTRY_FILE
+    if not reg_path.exists():
+        raise UserError(f"{reg_path}: not found; create it with `steam-train prepare --register {reg_path} --name {name}` "
+                        "or pass --dataset path/to/file.json")
+    reg = load(reg_path)
+    if name not in reg:
+        known = ", ".join(sorted(reg)) or "none"
+        raise UserError(f"{reg_path}: dataset '{name}' is not registered (known: {known}); fix --dataset")
+    entry = reg[name]
+    if not isinstance(entry, dict) or not entry.get("file_name"):
+        raise UserError(f"{reg_path}: dataset '{name}' has no file_name; add it")
+    return Path(dataset_dir) / entry["file_name"], entry
+
+
+def register(path: str | Path, name: str, file_name: str, formatting: str = "alpaca",
+             columns: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Add or update one entry of a ``dataset_info.json`` (atomic write; other entries kept).
+
+    ``file_name`` is stored relative to the registry's folder when it lies inside it.
+
+    Returns:
+        The entry written.
+    """
+    p = Path(path)
+    reg = load(p)
+    fp = Path(file_name)
+    try:
+        fp = fp.resolve().relative_to(p.parent.resolve())
+    except ValueError:
+        pass
+    entry: dict[str, Any] = {"file_name": fp.as_posix(), "formatting": formatting}
+    if columns is None and formatting == "alpaca":
+        columns = {"prompt": "instruction", "query": "input", "response": "output", "system": "system", "history": "history"}
+    if columns:
+        entry["columns"] = columns
+    if tags:
+        entry["tags"] = tags
+    reg[name] = entry
+    io.write_json(p, reg)
+    return entry
