@@ -1,0 +1,306 @@
+"""SFT datasets: read alpaca / sharegpt / OpenAI-messages files into chat conversations.
+
+Accepted input (LLaMA-Factory ``data/README.md`` formats):
+
+* **alpaca** records ``{"instruction", "input", "output", "system", "history"}`` (column names can
+  be remapped by a ``dataset_info.json`` entry's ``columns``: prompt / query / response / system /
+  history). One record becomes ``[system?] + history turns + user(instruction + "\\n" + input) +
+  assistant(output)``, as LLaMA-Factory's alpaca converter (``src/llamafactory/data/converter.py``)
+  and :func:`trainer.persona.user_message` do.
+* **sharegpt** records ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}``
+  (tags remappable through ``tags``) and **OpenAI messages** ``{"messages": [{"role", "content"}]}``.
+
+Files are a JSON array or JSON Lines (``.jsonl``, or a ``.json`` whose content is JSON Lines), UTF-8
+with or without BOM (``--encoding`` for anything else).
+
+Why our own reader and not ``datasets``: we need one-line errors that name the file, line/column or
+record and the fix, the GBK hint, and no cache directory; the files are small (SFT sets).
+
+Public API: :func:`resolve` (``--dataset`` → file + format), :func:`read_dataset` (all records and
+every problem), :func:`load_conversations` (strict: raises on the first problem), and
+:func:`load_messages` (OpenAI-style message lists with the persona system prompt, for eval/demo).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer import registry
+from trainer.errors import UserError
+from trainer.persona import user_message
+
+#: One conversation: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
+Conversation = list[dict[str, str]]
+
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
+                  "history": "history"}
+SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                 "system_tag": "system"}
+
+
+@dataclass
+class DatasetSpec:
+    """Where a dataset lives and how to read it (a resolved ``--dataset``)."""
+
+    path: Path
+    formatting: str = "auto"  # alpaca | sharegpt | auto (decided per file from the first record)
+    columns: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    name: str = ""
+
+
+@dataclass
+class ReadResult:
+    """Every record of a file: ``conversations[i]`` is ``None`` when record ``i`` is unusable.
+
+    ``problems`` holds one line per problem (``"<file>: record N: what; fix"``), in file order.
+    """
+
+    spec: DatasetSpec
+    conversations: list[Conversation | None]
+    problems: list[str]
+
+    @property
+    def usable(self) -> list[Conversation]:
+        return [c for c in self.conversations if c is not None]
+
+
+def resolve(dataset: str, dataset_dir: str | Path = "data") -> DatasetSpec:
+    """Resolve one ``--dataset`` value: a ``.json``/``.jsonl`` path, or a name in ``DIR/dataset_info.json``.
+
+    A value ending in ``.json``/``.jsonl`` (or naming an existing file) is read directly, its format
+    detected from the first record. Anything else is looked up in the registry.
+
+    Raises:
+        UserError: unknown name, missing registry, or an unsupported ``formatting``.
+    """
+    p = Path(dataset).expanduser()
+    if p.suffix.lower() in (".json", ".jsonl") or p.is_file():
+        return DatasetSpec(path=p, name=p.stem)
+    path, entry = registry.lookup(dataset_dir, dataset)
+    formatting = entry.get("formatting", "alpaca")
+    if formatting not in ("alpaca", "sharegpt"):
+        raise UserError(f"{Path(dataset_dir) / registry.REGISTRY_FILE}: dataset '{dataset}' has formatting "
+                        f"'{formatting}'; use alpaca or sharegpt")
+    return DatasetSpec(path=path, formatting=formatting, columns=dict(entry.get("columns") or {}),
+                       tags=dict(entry.get("tags") or {}), name=dataset)
+
+
+def _decode(path: Path, encoding: str) -> str:
+    if not path.is_file():
+        raise UserError(f"{path}: dataset file not found; check --dataset / --dataset_dir")
+    raw = path.read_bytes()
+    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        return raw.decode(enc)
+    except LookupError:
+        raise UserError(f"{path}: unknown --encoding '{encoding}'; use e.g. utf-8, gbk, gb18030, utf-16") from None
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        guess = ""
+        for other in ("gb18030", "utf-16", "big5"):
+            try:
+                raw.decode(other)
+                guess = other
+                break
+            except UnicodeDecodeError:
+                continue
+        hint = (f"it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk" if guess == "gb18030"
+                else f"it may be {guess}; pass --encoding {guess}" if guess
+                else "re-save it as UTF-8 or pass the right --encoding")
+        raise UserError(f"{path}: line {line}: not valid {encoding} (byte {e.start}); {hint}") from None
+
+
+def _parse(path: Path, text: str) -> list[Any]:
+    """Parse a JSON array or JSON Lines text into a list of records (raises with line and column)."""
+    stripped = text.strip()
+    if not stripped:
+        raise UserError(f"{path}: the file is empty; add records or pick another --dataset")
+    jsonl = path.suffix.lower() == ".jsonl" or not stripped.startswith("[")
+    if not jsonl:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}); fix the syntax") from None
+        if not isinstance(data, list):
+            raise UserError(f"{path}: expected a JSON array of records or JSON Lines; wrap the records in [ ]")
+        return data
+    records = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {n}: invalid JSON at column {e.colno} ({e.msg}); "
+                            "fix or delete that line (JSON Lines: one object per line)") from None
+    return records
+
+
+def _detect(record: Any, columns: dict[str, str]) -> str:
+    if isinstance(record, dict) and ("messages" in record or "conversations" in record or "messages" in columns):
+        return "sharegpt"
+    return "alpaca"
+
+
+def _str_field(rec: dict, key: str, where: str, required: bool) -> str | None:
+    if key not in rec or rec[key] is None:
+        if required:
+            have = ", ".join(sorted(map(str, rec))) or "none"
+            raise ValueError(f"{where}: missing column '{key}' (record has: {have}); rename the key or map it "
+                             "in dataset_info.json 'columns'")
+        return None
+    v = rec[key]
+    if not isinstance(v, str):
+        raise ValueError(f"{where}: '{key}' must be a string, not {type(v).__name__} ({json.dumps(v, ensure_ascii=False)[:40]}); "
+                         "quote the value")
+    return v
+
+
+def _alpaca(rec: Any, cols: dict[str, str], system: str | None, where: str) -> Conversation:
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: expected an object with instruction/input/output, got {type(rec).__name__}; fix the record")
+    c = {**ALPACA_COLUMNS, **cols}
+    prompt = _str_field(rec, c["prompt"], where, required=True)
+    query = _str_field(rec, c["query"], where, required=False) or ""
+    response = _str_field(rec, c["response"], where, required=True)
+    rec_system = _str_field(rec, c["system"], where, required=False)
+    if not response.strip():
+        raise ValueError(f"{where}: '{c['response']}' is empty; fill it or drop the record")
+    if not (prompt.strip() or query.strip()):
+        raise ValueError(f"{where}: '{c['prompt']}' and '{c['query']}' are both empty; fill one or drop the record")
+    msgs: Conversation = []
+    sys_text = rec_system if rec_system else system
+    if sys_text:
+        msgs.append({"role": "system", "content": sys_text})
+    history = rec.get(c["history"]) if c["history"] in rec else None
+    if history:
+        if not isinstance(history, list):
+            raise ValueError(f"{where}: '{c['history']}' must be a list of [question, answer] pairs; fix the record")
+        for k, pair in enumerate(history):
+            if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                    or not all(isinstance(x, str) and x.strip() for x in pair)):
+                raise ValueError(f"{where}: '{c['history']}'[{k}] must be a [question, answer] pair of non-empty strings; fix it")
+            msgs += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    msgs += [{"role": "user", "content": user_message(prompt, query)}, {"role": "assistant", "content": response}]
+    return msgs
+
+
+def _sharegpt(rec: Any, cols: dict[str, str], tags: dict[str, str], system: str | None, where: str) -> Conversation:
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: expected an object with a messages list, got {type(rec).__name__}; fix the record")
+    key = cols.get("messages") or ("messages" if "messages" in rec else "conversations")
+    turns = rec.get(key)
+    if not isinstance(turns, list) or not turns:
+        have = ", ".join(sorted(map(str, rec))) or "none"
+        raise ValueError(f"{where}: missing or empty '{key}' list (record has: {have}); fix the record or map "
+                         "'messages' in dataset_info.json 'columns'")
+    openai = isinstance(turns[0], dict) and "role" in turns[0] and not tags
+    t = ({"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+          "system_tag": "system"} if openai else {**SHAREGPT_TAGS, **tags})
+    roles = {t["user_tag"]: "user", t["assistant_tag"]: "assistant", t["system_tag"]: "system"}
+    msgs: Conversation = []
+    sys_col = cols.get("system", "system")
+    rec_system = _str_field(rec, sys_col, where, required=False)
+    for k, turn in enumerate(turns):
+        w = f"{where}: {key}[{k}]"
+        if not isinstance(turn, dict):
+            raise ValueError(f"{w}: expected an object with '{t['role_tag']}' and '{t['content_tag']}'; fix it")
+        role = roles.get(turn.get(t["role_tag"]))
+        if role is None:
+            raise ValueError(f"{w}: unknown role {turn.get(t['role_tag'])!r} (expected {', '.join(map(repr, roles))}); "
+                             "fix it or set 'tags' in dataset_info.json")
+        content = _str_field(turn, t["content_tag"], w, required=True)
+        if role == "system":
+            if k != 0:
+                raise ValueError(f"{w}: a system turn may only come first; move or drop it")
+            rec_system = content
+            continue
+        want = "user" if (len(msgs) % 2 == 0) else "assistant"
+        if role != want:
+            raise ValueError(f"{w}: expected a {want} turn (turns must alternate user/assistant); fix the order")
+        if not content.strip():
+            raise ValueError(f"{w}: empty {role} turn; fill it or drop the record")
+        msgs.append({"role": role, "content": content})
+    if not msgs or msgs[-1]["role"] != "assistant":
+        raise ValueError(f"{where}: the conversation must end with an assistant turn; add the reply or drop the record")
+    sys_text = rec_system if rec_system else system
+    return ([{"role": "system", "content": sys_text}] if sys_text else []) + msgs
+
+
+def read_dataset(spec: DatasetSpec, *, system: str | None = None, encoding: str = "utf-8") -> ReadResult:
+    """Read every record of ``spec`` into conversations, collecting per-record problems.
+
+    Args:
+        spec: from :func:`resolve`.
+        system: system prompt for records that carry none (the persona); ``None``/``""`` adds none.
+        encoding: text encoding of the file (``utf-8`` also accepts a BOM).
+
+    Returns:
+        A :class:`ReadResult`; unusable records are ``None`` with a line in ``problems``.
+
+    Raises:
+        UserError: file-level problems (missing, undecodable, invalid JSON, not a list, empty).
+    """
+    text = _decode(spec.path, encoding)
+    records = _parse(spec.path, text)
+    if not records:
+        raise UserError(f"{spec.path}: no records; add records or pick another --dataset")
+    fmt = spec.formatting if spec.formatting != "auto" else _detect(records[0], spec.columns)
+    unit = "line" if spec.path.suffix.lower() == ".jsonl" else "record"
+    convs: list[Conversation | None] = []
+    problems: list[str] = []
+    for i, rec in enumerate(records, start=1):
+        where = f"{spec.path}: {unit} {i}"
+        try:
+            conv = (_alpaca(rec, spec.columns, system, where) if fmt == "alpaca"
+                    else _sharegpt(rec, spec.columns, spec.tags, system, where))
+        except ValueError as e:
+            convs.append(None)
+            problems.append(str(e))
+            continue
+        convs.append(conv)
+    return ReadResult(spec=spec, conversations=convs, problems=problems)
+
+
+def load_conversations(datasets: str | list[str], dataset_dir: str | Path = "data", *, system: str | None = None,
+                       encoding: str = "utf-8", max_samples: int | None = None) -> list[Conversation]:
+    """Strictly load one or more datasets (``--dataset a,b``) into conversations.
+
+    Raises:
+        UserError: on the first problem (file or record); the message counts the others and points
+            to ``steam-train validate`` for the full list.
+    """
+    names = [datasets] if isinstance(datasets, str) else list(datasets)
+    if not names:
+        raise UserError("no dataset given; pass --dataset NAME (with --dataset_dir) or --dataset path/to/file.json")
+    out: list[Conversation] = []
+    for name in names:
+        res = read_dataset(resolve(name, dataset_dir), system=system, encoding=encoding)
+        if res.problems:
+            more = len(res.problems) - 1
+            tail = f" ({more} more problem{'s' if more > 1 else ''}: run `steam-train validate {name}`)" if more else ""
+            raise UserError(res.problems[0] + tail)
+        convs = res.usable
+        out += convs[:max_samples] if max_samples else convs
+    return out
+
+
+def load_messages(dataset: str, dataset_dir: str | Path = "data", *, system: str | None = None,
+                  encoding: str = "utf-8") -> list[Conversation]:
+    """OpenAI-style message lists for every record of a dataset file or registered name.
+
+    Each list is ``[system] + turns`` and ends with the reference assistant reply; drop the last
+    message to get a prompt (``msgs[:-1]``) and keep ``msgs[-1]["content"]`` as the reference.
+    ``system`` defaults to :data:`trainer.persona.DEFAULT_SYSTEM` when ``None``; pass ``""`` for none.
+
+    Raises:
+        UserError: as :func:`load_conversations`.
+    """
+    from trainer.persona import DEFAULT_SYSTEM
+
+    return load_conversations(dataset, dataset_dir, system=DEFAULT_SYSTEM if system is None else system,
+                              encoding=encoding)
