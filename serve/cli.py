@@ -1,0 +1,139 @@
+"""``steam-train serve EXPORT_DIR_OR_GGUF``: config, safety checks, startup banner, uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass
+
+from trainer import config
+from trainer.config import arg
+from trainer.console import console
+from trainer.errors import UserError
+
+API_KEY_ENV = "STEAM_PERSONA_API_KEY"
+
+
+@dataclass
+class ServeConfig:
+    """Settings of ``steam-train serve`` (flags = YAML keys; llama-cpp-python's names where they exist)."""
+
+    model: str = arg(None, "Export dir (from `steam-train export`) or a .gguf file.", positional=True)
+    host: str = arg("127.0.0.1", "Address to listen on. Anything but loopback needs --api_key (or --insecure).")
+    port: int = arg(8000, "TCP port to listen on.")
+    api_key: str | None = arg(None, "Require 'Authorization: Bearer KEY' on every endpoint but /health.",
+                              envvar=API_KEY_ENV, secret=True)
+    insecure: bool = arg(False, "Allow a non-loopback --host without an API key.")
+    model_alias: str | None = arg(None, "Model id clients use (default: export dir name or GGUF file stem).")
+    n_ctx: int = arg(0, "Context size in tokens; 0 = the model's training context, capped by memory.")
+    n_threads: int = arg(0, "CPU threads for generation and prompt processing; 0 = all usable cores.")
+    n_gpu_layers: int = arg(-1, "Layers to offload to the GPU; -1 = all (a CPU build ignores it).")
+    system: str | None = arg(None, "Persona system prompt (default: export_report.json, else the GGUF template's).")
+    persona_mode: str = arg("replace", "A client system message replaces the persona or is appended to it.",
+                            choices=("replace", "prepend"))
+    shutdown_timeout: float = arg(10.0, "On SIGTERM, seconds to let running requests finish before closing them.")
+    log_level: str = arg("info", "Log level; debug also logs prompt sizes and llama.cpp's own output.",
+                         choices=("debug", "info", "warning", "error"))
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def default_threads() -> int:
+    """Usable CPU cores (``sched_getaffinity``; ``cpu_count`` elsewhere)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def dify_hint(host: str, port: int) -> list[str]:
+    """Lines telling a user what to paste into Dify's OpenAI-compatible provider settings."""
+    if is_loopback(host):
+        return [f"Dify on this machine (not in Docker): API endpoint URL http://{host}:{port}/v1",
+                f"Dify in Docker: restart with --host 0.0.0.0 --api_key KEY, then use http://host.docker.internal:{port}/v1"]
+    return [f"Dify in Docker: API endpoint URL http://host.docker.internal:{port}/v1 (API key: your --api_key)",
+            f"Dify elsewhere: http://<this machine's address>:{port}/v1"]
+
+
+def run(cfg: ServeConfig) -> None:
+    """Load the GGUF and serve until SIGINT/SIGTERM (blocking).
+
+    Raises:
+        UserError: no model given, a GGUF that cannot be found/read or has no chat template, a
+            non-loopback host without an API key (and no ``--insecure``), or a port in use.
+    """
+    import uvicorn
+    from sse_starlette.sse import AppStatus
+
+    from serve.app import AppOptions, build_app
+    from serve.modelinfo import choose_n_ctx, read_model_info
+    from serve.persona import resolve_persona
+
+    if not cfg.model:
+        raise UserError("serve: give an export dir or a .gguf file, e.g. `steam-train serve out/export`")
+    if not is_loopback(cfg.host) and not cfg.api_key and not cfg.insecure:
+        raise UserError(f"serve: --host {cfg.host} exposes the model beyond this machine; set --api_key KEY "
+                        f"(or {API_KEY_ENV}), or pass --insecure to serve without a key")
+    info = read_model_info(cfg.model)
+    if not info.chat_template:
+        raise UserError(f"{info.path}: the GGUF has no chat template (tokenizer.chat_template); "
+                        "re-export it from a tokenizer that has one")
+    n_ctx, ctx_reason = choose_n_ctx(info, cfg.n_ctx)
+    if info.n_ctx_train and n_ctx > info.n_ctx_train:
+        console.print(f"[yellow]warning:[/] --n_ctx {n_ctx} exceeds the model's training context {info.n_ctx_train}; "
+                      "quality may drop past it")
+    persona, persona_source = resolve_persona(cfg.system, info)
+    opts = AppOptions(alias=cfg.model_alias or info.name, n_ctx=n_ctx, n_threads=cfg.n_threads or default_threads(),
+                      n_gpu_layers=cfg.n_gpu_layers, api_key=cfg.api_key or None, persona=persona,
+                      persona_source=persona_source, persona_mode=cfg.persona_mode,
+                      verbose=cfg.log_level == "debug")
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    with console.status(f"loading {info.path.name} …"):
+        try:
+            app = build_app(info, opts)
+        except ValueError as e:
+            raise UserError(f"{info.path}: llama.cpp could not load the model ({e})") from None
+    _banner(cfg, info, opts, ctx_reason)
+    # Let running streams finish within --shutdown_timeout on SIGTERM instead of sse-starlette's
+    # default of cutting them at once; uvicorn closes whatever is left after the timeout.
+    AppStatus.disable_automatic_graceful_drain()
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+                                           timeout_graceful_shutdown=cfg.shutdown_timeout))
+    server.run()
+    if not server.started:
+        raise UserError(f"serve: could not listen on {cfg.host}:{cfg.port} (in use?); pick another --port")
+
+
+def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
+    from trainer.console import summary_table
+
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    first = (opts.persona or "(none)").strip().splitlines()[0]
+    if len(first) > 100:
+        first = first[:99] + "…"
+    summary_table("steam-persona server", [
+        ("URL", f"http://{host}:{cfg.port}/v1"),
+        ("model", f"{opts.alias}  ({info.path.name}, {info.file_bytes / 2**20:.0f} MiB)"),
+        ("persona", f"{first}  [{opts.persona_source}, {opts.persona_mode}]"),
+        ("n_ctx", f"{opts.n_ctx} tokens ({ctx_reason})"),
+        ("threads", opts.n_threads),
+        ("API key", "required" if opts.api_key else "none (loopback only)" if is_loopback(cfg.host) else "NONE (--insecure)"),
+        ("health", f"http://{host}:{cfg.port}/health"),
+    ])
+    console.print("Dify → Settings → Model Provider → OpenAI-API-compatible → add model:")
+    console.print(f"  model name: {opts.alias}   context size: {opts.n_ctx}")
+    for line in dify_hint(cfg.host, cfg.port):
+        console.print(f"  {line}", soft_wrap=True)
+
+
+command = config.command(ServeConfig, run, name="serve", config_option="option",
+                         help="Serve a GGUF (or an export dir) as an OpenAI-compatible API for Dify.")

@@ -1,0 +1,98 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status for
+every client mistake, so that Dify and the OpenAI SDK show the message instead of a bare 500.
+
+Shape source: OpenAI API reference, "Error codes" (``invalid_request_error``, ``invalid_api_key``,
+``context_length_exceeded``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class RequestError(Exception):
+    """A client mistake found before the request reaches llama.cpp.
+
+    Attributes:
+        status: HTTP status (400, 401, 404 …).
+        message: one sentence saying what is wrong and how to fix it.
+        param: the request field at fault (``"messages[1].content[0]"``) or ``None``.
+        code: OpenAI error code (``"invalid_json"``, ``"context_length_exceeded"`` …) or ``None``.
+        type: OpenAI error type.
+    """
+
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None,
+                 code: str | None = None, type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """The OpenAI error object."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_bytes(err: RequestError) -> bytes:
+    return json.dumps(err.body(), ensure_ascii=False).encode("utf-8")
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    param = _loc(tuple(first.get("loc", ())))
+    msg = f"{param}: {first.get('msg', 'invalid value')}"
+    if len(errors) > 1:
+        msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return JSONResponse(error_body(msg, param=param, code="invalid_value"), status_code=400)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    code = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return JSONResponse(error_body(str(exc.detail), type=kind, code=code), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+def _bad_request(code: str, param: str | None = None):
+    def formatter(request: Any, match: re.Match[str]) -> tuple[int, dict[str, Any]]:
+        return 400, error_body(match.group(0), param=param, code=code)["error"]
+    return formatter
+
+
+def install(app: FastAPI) -> None:
+    """Make the library's app answer client mistakes with OpenAI-shaped 4xx errors.
+
+    * request validation (wrong types, missing fields) → 400 ``invalid_value`` (FastAPI's default
+      is 422 with a ``detail`` list the OpenAI SDK cannot show);
+    * ``HTTPException`` (404, 405 …) → the OpenAI shape;
+    * llama.cpp errors caused by the request (``logprobs`` without ``logits_all``, a chat template
+      rejecting the message order) → 400 via the library's own ``RouteErrorHandler`` pattern table,
+      which otherwise answers 500.
+    """
+    from llama_cpp.server.errors import RouteErrorHandler
+
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    table = RouteErrorHandler.pattern_and_formatters
+    table.setdefault(re.compile(r"logprobs is not supported[^\n]*"), _bad_request("unsupported_parameter", "logprobs"))
+    table.setdefault(re.compile(r"Invalid messages for the chat template[^\n]*"), _bad_request("invalid_messages", "messages"))

@@ -1,0 +1,71 @@
+"""Message normalisation: make what Dify and the OpenAI SDK send safe for a Jinja chat template.
+
+llama-cpp-python 0.3.36 passes ``content`` straight into the template, so a list of parts
+(``[{"type": "text", "text": "…"}]``) or ``null`` crashes templates that concatenate strings
+(HTTP 500). We join text parts with a newline (as vLLM does for text-only models), turn ``null``
+into ``""``, and reject non-text parts with a 400 that names the part, since these GGUFs are
+text-only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serve.errors import RequestError
+
+_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+def normalise_messages(messages: Any) -> list[dict[str, Any]]:
+    """Return ``messages`` with every ``content`` a string; ``developer`` becomes ``system``.
+
+    Args:
+        messages: the request's ``messages`` value (a list of dicts, as OpenAI's schema).
+
+    Raises:
+        RequestError: 400 when ``messages`` is not a non-empty list of objects with a known
+            ``role``, a part is not ``{"type": "text", "text": str}`` (image, audio and file parts
+            are refused: this model reads text only), or ``content`` has another type.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list of {role, content} objects", param="messages")
+    out = []
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise RequestError(f"{where} must be an object with 'role' and 'content'", param=where)
+        role = msg.get("role")
+        if role not in _ROLES:
+            raise RequestError(f"{where}.role must be one of {', '.join(_ROLES)}, not {role!r}", param=f"{where}.role")
+        content = msg.get("content")
+        if content is None:
+            content = ""
+        elif isinstance(content, list):
+            content = _join_parts(content, f"{where}.content")
+        elif not isinstance(content, str):
+            raise RequestError(f"{where}.content must be a string, a list of text parts or null, "
+                               f"not {type(content).__name__}", param=f"{where}.content")
+        if role == "developer":  # OpenAI's newer name for the system role; templates know "system"
+            role = "system"
+        if content is not msg.get("content") or role != msg.get("role"):
+            msg = {**msg, "role": role, "content": content}
+        out.append(msg)
+    return out
+
+
+def _join_parts(parts: list[Any], where: str) -> str:
+    texts = []
+    for j, part in enumerate(parts):
+        p = f"{where}[{j}]"
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in ("image_url", "image", "input_image", "input_audio", "audio", "file"):
+            raise RequestError(f"{p} is a {kind} part, but this model reads text only; send text parts only",
+                               param=p, code="unsupported_content_type")
+        else:
+            raise RequestError(f"{p} must be {{\"type\": \"text\", \"text\": \"...\"}}", param=p)
+    return "\n".join(texts)

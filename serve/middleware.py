@@ -1,0 +1,137 @@
+"""One ASGI middleware in front of llama-cpp-python's app: auth, then request rewriting.
+
+Pure ASGI (not ``BaseHTTPMiddleware``) so that streams pass through untouched and the
+``include_usage`` context variable reaches the generation thread. For ``POST`` JSON endpoints it
+reads the body once, and answers 400 itself for bad JSON; for chat requests it normalises the
+messages (:mod:`serve.messages`), applies the persona (:mod:`serve.persona`), checks the prompt
+fits the context (the library raises that error only once a stream has begun, as a broken
+stream), and passes the rewritten body on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from serve import auth
+from serve.chat_handler import INCLUDE_USAGE, ChatHandler
+from serve.errors import RequestError, error_bytes
+from serve.messages import normalise_messages
+from serve.persona import apply_persona
+
+log = logging.getLogger("steam_persona.serve")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+#: Paths served without a key (Docker / Dify health checks).
+OPEN_PATHS = ("/health",)
+_JSON_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/extras/tokenize",
+               "/extras/tokenize/count", "/extras/detokenize")
+
+
+class SteamMiddleware:
+    """Auth + request preparation for the library app.
+
+    Args:
+        app: the ASGI app to wrap.
+        api_key: required key, or ``None`` for no auth.
+        persona: system prompt applied when a chat request has none (``None``: leave as is).
+        persona_mode: ``"replace"`` or ``"prepend"`` (see :func:`serve.persona.apply_persona`).
+        handler: the model's :class:`~serve.chat_handler.ChatHandler` (prompt token counting).
+        n_ctx: the context size in tokens.
+        alias: the served model id; completions answer with it whatever ``model`` a client sent
+            (one model is resident; the library would otherwise echo the client's name or the path).
+    """
+
+    def __init__(self, app: Any, *, api_key: str | None, persona: str | None, persona_mode: str,
+                 handler: ChatHandler, n_ctx: int, alias: str) -> None:
+        self.app, self.api_key, self.persona, self.persona_mode = app, api_key, persona, persona_mode
+        self.handler, self.n_ctx, self.alias = handler, n_ctx, alias
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope["path"], scope["method"]
+        if self.api_key and method != "OPTIONS" and path not in OPEN_PATHS:
+            if not auth.key_ok(auth.presented_key(scope["headers"]), self.api_key):
+                return await _reply(send, RequestError(
+                    "Incorrect API key provided; send it as 'Authorization: Bearer KEY'",
+                    status=401, code="invalid_api_key"))
+        if method != "POST" or path not in _JSON_PATHS:
+            return await self.app(scope, receive, send)
+        body = await _read_body(receive)
+        include_usage = False
+        try:
+            try:
+                data = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise RequestError(f"The request body is not valid JSON ({e}); send a JSON object",
+                                   code="invalid_json") from None
+            if not isinstance(data, dict):
+                raise RequestError("The request body must be a JSON object", code="invalid_json")
+            options = data.pop("stream_options", None)
+            if path in ("/v1/chat/completions", "/v1/completions"):
+                data["model"] = self.alias
+            if path == "/v1/chat/completions":
+                self._prepare_chat(data)
+                include_usage = bool(data.get("stream")) and isinstance(options, dict) and bool(options.get("include_usage"))
+        except RequestError as err:
+            return await _reply(send, err)
+        body = json.dumps(data, ensure_ascii=False).encode("utf-8")
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        token = INCLUDE_USAGE.set(include_usage)
+        try:
+            await self.app({**scope, "headers": headers}, _replay(body, receive), send)
+        finally:
+            INCLUDE_USAGE.reset(token)
+
+    def _prepare_chat(self, data: dict[str, Any]) -> None:
+        messages = apply_persona(normalise_messages(data.get("messages")), self.persona, self.persona_mode)
+        data["messages"] = messages
+        n_prompt = self.handler.prompt_tokens(messages, data.get("tools"), data.get("tool_choice"))
+        log.debug("chat request: %d messages, %d prompt tokens, stream=%s", len(messages), n_prompt, data.get("stream"))
+        if n_prompt >= self.n_ctx:
+            max_tokens = data.get("max_tokens") if isinstance(data.get("max_tokens"), int) else 0
+            raise RequestError(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
+                f"{n_prompt + (max_tokens or 0)} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
+                "Please reduce the length of the messages or completion.",
+                param="messages", code="context_length_exceeded")
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that yields ``body`` once, then the real one (so disconnects still arrive)."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
+
+
+async def _reply(send: Send, err: RequestError) -> None:
+    body = error_bytes(err)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if err.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

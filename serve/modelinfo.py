@@ -1,0 +1,202 @@
+"""What serve needs to know about a GGUF before loading it: where it is, its training context,
+its chat template (and that template's default system prompt), and a memory-capped ``n_ctx``.
+
+Metadata is read with llama.cpp itself (``Llama(vocab_only=True)``, ≈0.1 s) so that the keys and
+their parsing are exactly the ones the server will use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+
+#: When an export dir holds several GGUFs, serve the first of these that exists (smallest good one first).
+QUANT_PREFERENCE = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "q4_1", "f16", "bf16", "f32")
+_MARK_SYSTEM, _MARK_USER = "\x00SYSTEM\x00", "\x00USER\x00"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about one GGUF file.
+
+    Attributes:
+        path: the ``.gguf`` file.
+        name: a default model alias (export dir name or file stem).
+        architecture: ``general.architecture`` (``llama``, ``qwen2`` …).
+        n_ctx_train: ``{arch}.context_length`` in tokens (0 when absent).
+        chat_template: ``tokenizer.chat_template`` (Jinja2 text) or ``None``.
+        template_system: the system prompt the template inserts when a request has none, or ``None``.
+        kv_bytes_per_token: f16 KV-cache bytes per context token (see :func:`kv_bytes_per_token`).
+        file_bytes: size of the GGUF file in bytes.
+        export_report: the export dir's ``export_report.json`` as a dict, or ``None``.
+    """
+
+    path: Path
+    name: str
+    architecture: str
+    n_ctx_train: int
+    chat_template: str | None
+    template_system: str | None
+    kv_bytes_per_token: int
+    file_bytes: int
+    export_report: dict[str, Any] | None
+
+
+def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
+    """Resolve ``EXPORT_DIR_OR_GGUF`` to ``(gguf file, export_report or None)``.
+
+    An export dir is searched for ``*.gguf`` (preferring :data:`QUANT_PREFERENCE` order by the
+    ``-<quant>.gguf`` suffix); its ``export_report.json`` is read when present. A ``.gguf`` path is
+    used as is; the report beside it is read too.
+
+    Raises:
+        UserError: the path does not exist, the folder holds no GGUF, or the report is not JSON.
+    """
+    p = Path(model).expanduser()
+    if p.is_dir():
+        found = sorted(p.glob("*.gguf"))
+        if not found:
+            raise UserError(f"{p}: no .gguf file in this folder; run `steam-train export` first or pass a .gguf path")
+        rank = {q: i for i, q in enumerate(QUANT_PREFERENCE)}
+        gguf = min(found, key=lambda f: (rank.get(f.stem.rsplit("-", 1)[-1].lower(), len(rank)), f.name))
+        report_dir = p
+    elif p.is_file():
+        if p.suffix != ".gguf":
+            raise UserError(f"{p}: not a .gguf file; pass an export dir or a .gguf file")
+        gguf, report_dir = p, p.parent
+    else:
+        raise UserError(f"{p}: not found; pass an export dir (from `steam-train export`) or a .gguf file")
+    report_path = report_dir / "export_report.json"
+    report = None
+    if report_path.is_file():
+        try:
+            report = json.loads(report_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{report_path}: not valid JSON ({e}); re-run `steam-train export`") from None
+    return gguf.resolve(), report
+
+
+def kv_bytes_per_token(meta: dict[str, str]) -> int:
+    """f16 KV-cache bytes per context token: ``2 (K and V) × n_layer × n_head_kv × head_dim × 2 bytes``.
+
+    Source: llama.cpp's KV cache (``src/llama-kv-cache.cpp``: one K and one V row of
+    ``n_embd_k_gqa = head_dim × n_head_kv`` per layer per cell, f16 by default). ``head_dim`` is
+    ``{arch}.attention.key_length`` when present, else ``embedding_length / head_count``.
+    Returns 0 when the metadata lacks the keys.
+    """
+    arch = meta.get("general.architecture", "")
+    try:
+        n_layer = int(meta[f"{arch}.block_count"])
+        n_head = int(meta[f"{arch}.attention.head_count"])
+        n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
+        head_dim = int(meta.get(f"{arch}.attention.key_length") or int(meta[f"{arch}.embedding_length"]) // n_head)
+    except (KeyError, ValueError, ZeroDivisionError):
+        return 0
+    return 2 * n_layer * n_head_kv * head_dim * 2
+
+
+def template_default_system(template: str, bos: str = "", eos: str = "") -> str | None:
+    """The system prompt a chat template inserts when the messages have none, or ``None``.
+
+    Renders ``[user]`` and ``[system, user]`` with marker strings: whatever the no-system render
+    holds where the system marker sits in the other is the template's default (SmolLM2's template
+    gives "You are a helpful AI assistant named SmolLM, trained by Hugging Face"; an exported
+    persona model gives the persona).
+    """
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+    try:
+        with_sys = fmt(messages=[{"role": "system", "content": _MARK_SYSTEM},
+                                 {"role": "user", "content": _MARK_USER}]).prompt
+        no_sys = fmt(messages=[{"role": "user", "content": _MARK_USER}]).prompt
+    except Exception:  # a template that rejects these messages has no default we can find
+        return None
+    if _MARK_SYSTEM not in with_sys:
+        return None
+    pre, post = with_sys.split(_MARK_SYSTEM, 1)
+    if not (no_sys.startswith(pre) and no_sys.endswith(post)) or len(no_sys) < len(pre) + len(post):
+        return None
+    default = no_sys[len(pre):len(no_sys) - len(post)]
+    return default or None
+
+
+def read_model_info(model: str | Path) -> ModelInfo:
+    """Read a GGUF's metadata (export dir or ``.gguf`` path; see :func:`find_gguf`).
+
+    Raises:
+        UserError: no GGUF found, or the file is not a GGUF llama.cpp can read.
+    """
+    import llama_cpp
+
+    gguf, report = find_gguf(model)
+    try:
+        vocab = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
+    except ValueError as e:
+        raise UserError(f"{gguf}: llama.cpp cannot read this GGUF ({e}); re-export it") from None
+    meta = dict(vocab.metadata)
+    arch = meta.get("general.architecture", "")
+    template = meta.get("tokenizer.chat_template")
+    bos, eos = special_token_texts(vocab)
+    vocab.close()
+    p = Path(model).expanduser()
+    return ModelInfo(
+        path=gguf,
+        name=(p.resolve().name if p.is_dir() else gguf.stem),
+        architecture=arch,
+        n_ctx_train=int(meta.get(f"{arch}.context_length", 0) or 0),
+        chat_template=template,
+        template_system=template_default_system(template, bos, eos) if template else None,
+        kv_bytes_per_token=kv_bytes_per_token(meta),
+        file_bytes=gguf.stat().st_size,
+        export_report=report,
+    )
+
+
+def special_token_texts(llama: Any) -> tuple[str, str]:
+    """``(bos, eos)`` token texts of a loaded ``llama_cpp.Llama`` ("" when the model has none)."""
+    def text(tok: int) -> str:
+        return llama.detokenize([tok], special=True).decode("utf-8", "replace") if tok != -1 else ""
+    return text(llama.token_bos()), text(llama.token_eos())
+
+
+def available_memory_bytes() -> int:
+    """Memory available to new allocations: ``MemAvailable`` from ``/proc/meminfo`` (Linux), else
+    physical pages × page size."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def choose_n_ctx(info: ModelInfo, requested: int = 0, memory_bytes: int | None = None,
+                 memory_fraction: float = 0.5) -> tuple[int, str]:
+    """Pick the context size in tokens and say why.
+
+    ``requested > 0`` is used as given. Otherwise the model's training context
+    (``n_ctx_train``; 4096 when the GGUF does not say) capped so that the f16 KV cache takes at
+    most ``memory_fraction`` of the memory left after the weights, rounded down to a multiple of
+    256 and at least 512.
+
+    Returns:
+        ``(n_ctx, reason)``, e.g. ``(8192, "training context")``.
+    """
+    if requested > 0:
+        return requested, "--n_ctx"
+    want = info.n_ctx_train or 4096
+    reason = "training context" if info.n_ctx_train else "default (GGUF has no context_length)"
+    if info.kv_bytes_per_token:
+        free = (available_memory_bytes() if memory_bytes is None else memory_bytes) - info.file_bytes
+        cap = int(max(free, 0) * memory_fraction) // info.kv_bytes_per_token // 256 * 256
+        if cap < want:
+            return max(cap, 512), f"training context {want} capped by memory"
+    return want, reason

@@ -1,0 +1,129 @@
+"""Test helper: run ``steam-train serve`` as a real subprocess on a free port.
+
+Usage (other test modules import it)::
+
+    from tests.serving import serve_process
+
+    with serve_process(gguf_or_export_dir, api_key="k", extra_args=("--system", "...")) as base_url:
+        httpx.get(f"{base_url}/health")            # base_url = "http://127.0.0.1:PORT" (no /v1)
+        openai.OpenAI(base_url=f"{base_url}/v1", api_key="k")
+
+On exit the server gets SIGTERM (then SIGKILL after ``stop_timeout`` s). If it dies or is not
+healthy within ``start_timeout`` s, :class:`ServerFailed` carries the tail of its output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ServerFailed(RuntimeError):
+    """The server process exited or never became healthy."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on ``host:port`` (a bind succeeds)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class ServerProcess:
+    """A running server: ``base_url``, ``port``, the ``proc`` (``subprocess.Popen``) and its ``log`` path."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def output(self) -> str:
+        """Everything the server printed so far (stdout and stderr)."""
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, wait up to ``timeout`` s (then SIGKILL); return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@contextlib.contextmanager
+def start_server(model: str | os.PathLike, api_key: str | None = None, extra_args: Sequence[str] = (),
+                 start_timeout: float = 120.0, stop_timeout: float = 20.0,
+                 env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """Like :func:`serve_process` but yields the :class:`ServerProcess` (for tests that signal it)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "trainer", "serve", str(model), "--port", str(port), *map(str, extra_args)]
+    if api_key is not None:
+        cmd += ["--api_key", api_key]
+    fd, log_name = tempfile.mkstemp(prefix=f"serve-{port}-", suffix=".log")
+    log = Path(log_name)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120", **(env or {})}
+    with os.fdopen(fd, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    server = ServerProcess(proc, port, log)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise ServerFailed(f"server exited with {proc.returncode}:\n{server.output()[-3000:]}")
+            try:
+                if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"server not healthy after {start_timeout} s:\n{server.output()[-3000:]}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        server.stop(stop_timeout)
+        log.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def serve_process(model: str | os.PathLike, api_key: str | None = None, extra_args: Sequence[str] = (),
+                  start_timeout: float = 120.0) -> Iterator[str]:
+    """Run ``steam-train serve MODEL --port <free> [--api_key KEY] *extra_args`` and yield its base URL.
+
+    Args:
+        model: an export dir or a ``.gguf`` file.
+        api_key: passed as ``--api_key`` when given.
+        extra_args: more CLI flags, e.g. ``("--system", "You are …", "--n_ctx", "2048")``.
+        start_timeout: seconds to wait for ``GET /health`` to answer 200.
+
+    Yields:
+        ``"http://127.0.0.1:PORT"`` (append ``/v1`` for OpenAI clients).
+
+    Raises:
+        ServerFailed: the process exited early or never became healthy (message has its output).
+    """
+    with start_server(model, api_key, extra_args, start_timeout) as server:
+        yield server.base_url
