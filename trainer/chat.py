@@ -1,0 +1,281 @@
+"""``steam-train chat``: talk to the persona in the terminal, like LLaMA-Factory's ``chat``.
+
+Two back ends:
+
+* **llama.cpp** for a GGUF, an export dir or the embedded default (``smollm2``): the GGUF's own chat
+  template and persona, exactly as ``steam-train serve`` uses them (same handler and persona code);
+* **transformers + peft** for a base model with ``--adapter_name_or_path`` (a run dir), optionally
+  4/8-bit (``--quantization_bit``), loaded by :func:`trainer.model.load_for_inference`.
+
+Commands at the prompt: ``clear`` forgets the history, ``exit`` (or EOF) quits. When stdin is not a
+terminal, each line is one user turn, answers go to stdout one per line and statistics to stderr,
+so the command can be scripted: ``printf 'hi\\nexit\\n' | steam-train chat out/export``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from trainer import config
+from trainer.config import arg
+from trainer.console import console
+from trainer.errors import UserError
+
+#: Sampling defaults when the model has no generation config (LLaMA-Factory's chat uses similar ones).
+FALLBACK_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
+
+
+@dataclass
+class ChatConfig:
+    """Settings of ``steam-train chat`` (LLaMA-Factory's flag names)."""
+
+    model_name_or_path: str | None = arg(None, "A .gguf file, an export dir, `smollm2` or an HF model; default: the "
+                                               "adapter's run_config.yaml base, else the embedded `smollm2`.")
+    adapter_name_or_path: str | None = arg(None, "LoRA run dir or checkpoint; chats through transformers + peft.")
+    quantization_bit: int | None = arg(None, "Load the HF base in 4 or 8 bit (bitsandbytes).", choices=("4", "8"))
+    system: str | None = arg(None, "Persona system prompt (default: the model's own: run_config.yaml, export report or chat template).")
+    temperature: float | None = arg(None, "Sampling temperature; 0 = greedy (default: the model's generation config).")
+    top_p: float | None = arg(None, "Nucleus sampling probability mass (default: the model's generation config).")
+    max_new_tokens: int | None = arg(None, "Most tokens per answer (default: the model's generation config, else 512).")
+    n_ctx: int = arg(0, "GGUF only: context size in tokens; 0 = training context capped by memory.")
+    n_threads: int = arg(0, "GGUF only: CPU threads; 0 = all usable cores.")
+    seed: int = arg(42, "Random seed for sampling.")
+
+
+@dataclass
+class Turn:
+    """One answer: its text, generated tokens, seconds in all and to the first token."""
+
+    text: str
+    tokens: int
+    seconds: float
+    first_token_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class Backend:
+    """A chat model: ``stream(messages, on_text) -> Turn`` with ``persona`` and sampling ``defaults``."""
+
+    name: str
+    persona: str | None
+    defaults: dict[str, Any]
+
+    def stream(self, messages: list[dict[str, str]], on_text: Callable[[str], None], *, temperature: float,
+               top_p: float, max_new_tokens: int, seed: int) -> Turn:
+        raise NotImplementedError
+
+
+def _generation_defaults(path: Path | None) -> dict[str, Any]:
+    """temperature / top_p / max_new_tokens from a ``generation_config.json`` (missing keys: fallback)."""
+    out = dict(FALLBACK_GENERATION)
+    if path and path.is_file():
+        gen = json.loads(path.read_text(encoding="utf-8"))
+        if gen.get("do_sample") is False:
+            out["temperature"] = 0.0
+        elif isinstance(gen.get("temperature"), (int, float)):
+            out["temperature"] = float(gen["temperature"])
+        if isinstance(gen.get("top_p"), (int, float)):
+            out["top_p"] = float(gen["top_p"])
+        if isinstance(gen.get("max_new_tokens"), int):
+            out["max_new_tokens"] = gen["max_new_tokens"]
+    return out
+
+
+class GGUFBackend(Backend):
+    """llama.cpp back end: the served code path (``serve.chat_handler``, ``serve.persona``)."""
+
+    def __init__(self, model: str, cfg: ChatConfig) -> None:
+        import llama_cpp
+
+        from serve import chat_handler
+        from serve.cli import default_threads
+        from serve.modelinfo import choose_n_ctx, read_model_info
+        from serve.persona import resolve_persona
+
+        info = read_model_info(model)
+        if not info.chat_template:
+            raise UserError(f"{info.path}: the GGUF has no chat template; re-export it from a tokenizer that has one")
+        n_ctx, _ = choose_n_ctx(info, cfg.n_ctx)
+        self.llama = llama_cpp.Llama(str(info.path), n_ctx=n_ctx, n_threads=cfg.n_threads or default_threads(),
+                                     n_threads_batch=cfg.n_threads or default_threads(), n_gpu_layers=-1,
+                                     seed=cfg.seed, verbose=False)
+        self.handler = chat_handler.install(self.llama, info.chat_template)
+        self.persona, _ = resolve_persona(cfg.system, info)
+        self.name = info.path.name
+        merged = info.path.parent / "merged" / "generation_config.json"
+        self.defaults = _generation_defaults(merged if Path(model).is_dir() or merged.is_file() else None)
+
+    def stream(self, messages, on_text, *, temperature, top_p, max_new_tokens, seed) -> Turn:
+        start = time.perf_counter()
+        first = None
+        parts = []
+        for chunk in self.llama.create_chat_completion(messages=messages, stream=True, temperature=temperature,
+                                                       top_p=top_p, max_tokens=max_new_tokens, seed=seed):
+            text = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
+            if text:
+                first = first or time.perf_counter() - start
+                parts.append(text)
+                on_text(text)
+        elapsed = time.perf_counter() - start
+        return Turn("".join(parts), self.handler.last_usage["completion_tokens"], elapsed, first or elapsed)
+
+
+class HFBackend(Backend):
+    """transformers + peft back end (base + LoRA adapter, optional 4/8-bit)."""
+
+    def __init__(self, cfg: ChatConfig) -> None:
+        import torch
+        import yaml
+
+        from trainer.model import load_for_inference
+
+        torch.manual_seed(cfg.seed)
+        base = cfg.model_name_or_path  # None with an adapter: load_for_inference reads run_config.yaml
+        self.model, self.tokenizer = load_for_inference(base, cfg.adapter_name_or_path,
+                                                        quantization_bit=int(cfg.quantization_bit) if cfg.quantization_bit else None)
+        run_system = None
+        if cfg.adapter_name_or_path:
+            ad = Path(cfg.adapter_name_or_path)
+            for cand in (ad / "run_config.yaml", ad.parent / "run_config.yaml"):
+                if cand.is_file():
+                    run_system = (yaml.safe_load(cand.read_text(encoding="utf-8")) or {}).get("system")
+                    break
+        self.persona = cfg.system or run_system
+        self.name = f"{base or 'run base'} + {cfg.adapter_name_or_path}" if cfg.adapter_name_or_path else str(base)
+        gen = self.model.generation_config
+        self.defaults = dict(FALLBACK_GENERATION)
+        if gen is not None:
+            if gen.do_sample is False and gen.temperature in (None, 1.0):
+                pass  # a plain config without sampling settings: keep the fallbacks
+            elif gen.temperature is not None:
+                self.defaults["temperature"] = float(gen.temperature) if gen.do_sample else 0.0
+            if gen.top_p is not None and gen.do_sample:
+                self.defaults["top_p"] = float(gen.top_p)
+
+    def stream(self, messages, on_text, *, temperature, top_p, max_new_tokens, seed) -> Turn:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                    return_dict=True).to(self.model.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            torch.manual_seed(seed)
+            try:
+                with torch.no_grad():
+                    result["out"] = self.model.generate(**inputs, streamer=streamer, max_new_tokens=max_new_tokens,
+                                                        pad_token_id=self.tokenizer.pad_token_id, **sampling)
+            except BaseException as e:  # surfaced in the main thread below
+                result["error"] = e
+                streamer.end()
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        first, parts = None, []
+        for text in streamer:
+            if text:
+                first = first or time.perf_counter() - start
+                parts.append(text)
+                on_text(text)
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        elapsed = time.perf_counter() - start
+        n_new = int(result["out"].shape[-1] - inputs["input_ids"].shape[-1])
+        return Turn("".join(parts), n_new, elapsed, first or elapsed)
+
+
+def load_backend(cfg: ChatConfig) -> Backend:
+    """Pick the back end: adapter → transformers; GGUF / export dir / embedded default → llama.cpp;
+    any other model (HF folder or hub id) → transformers.
+
+    Raises:
+        UserError: a missing model path or a GGUF without a chat template.
+    """
+    from trainer.hub import resolve_model
+
+    if cfg.adapter_name_or_path:
+        return HFBackend(cfg)
+    cfg.model_name_or_path = cfg.model_name_or_path or "smollm2"
+    p = Path(cfg.model_name_or_path).expanduser()
+    if p.is_dir() and any(p.glob("*.gguf")):
+        return GGUFBackend(str(p), cfg)
+    src = resolve_model(cfg.model_name_or_path)
+    if src.gguf_file:
+        return GGUFBackend(str(Path(src.path) / src.gguf_file), cfg)
+    return HFBackend(cfg)
+
+
+def _lines(interactive: bool) -> Iterator[str]:
+    while True:
+        try:
+            line = input("User: ") if interactive else sys.stdin.readline()
+        except EOFError:
+            return
+        if not interactive and line == "":
+            return
+        yield line.strip()
+
+
+def run(cfg: ChatConfig) -> list[Turn]:
+    """Chat until ``exit`` or end of input; return the answers (for tests and scripts).
+
+    Raises:
+        UserError: see :func:`load_backend`.
+    """
+    interactive = sys.stdin.isatty()
+    with console.status("loading model …"):
+        backend = load_backend(cfg)
+    sampling = {k: getattr(cfg, k) if getattr(cfg, k) is not None else backend.defaults[k]
+                for k in ("temperature", "top_p", "max_new_tokens")}
+    persona_line = (backend.persona or "(the model's default)").strip().splitlines()[0][:100]
+    console.print(f"[bold]{backend.name}[/]  persona: {persona_line}")
+    console.print(f"temperature {sampling['temperature']}, top_p {sampling['top_p']}, "
+                  f"max_new_tokens {sampling['max_new_tokens']}. Type 'clear' to forget the history, 'exit' to quit.")
+    history: list[dict[str, str]] = []
+    turns: list[Turn] = []
+    out = sys.stdout
+    for line in _lines(interactive):
+        if not line:
+            continue
+        if line.lower() in ("exit", "quit"):
+            break
+        if line.lower() == "clear":
+            history = []
+            console.print("History cleared.")
+            continue
+        history.append({"role": "user", "content": line})
+        messages = ([{"role": "system", "content": backend.persona}] if backend.persona else []) + history
+        if interactive:
+            out.write("Assistant: ")
+
+        def show(text: str) -> None:
+            out.write(text)
+            out.flush()
+
+        turn = backend.stream(messages, show, temperature=sampling["temperature"], top_p=sampling["top_p"],
+                              max_new_tokens=sampling["max_new_tokens"], seed=cfg.seed)
+        out.write("\n")
+        out.flush()
+        history.append({"role": "assistant", "content": turn.text})
+        turns.append(turn)
+        console.print(f"[dim]{turn.tokens} tokens in {turn.seconds:.2f} s, {turn.tokens_per_s:.1f} tokens/s "
+                      f"(first token after {turn.first_token_s:.2f} s)[/]")
+    return turns
+
+
+command = config.command(ChatConfig, run, name="chat", config_option="option",
+                         help="Chat in the terminal with a GGUF (llama.cpp) or a base + LoRA adapter (transformers).")
