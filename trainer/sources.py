@@ -1,0 +1,446 @@
+"""Input formats for ``steam-train prepare``: detect each file's format and read it into
+:class:`Review` records plus per-app metadata (:class:`AppInfo`).
+
+One reader per format, behind :func:`read` (LLaMA-Factory's ``data/converter.py`` style):
+
+========================  ========================================================================
+format                    what it looks like
+========================  ========================================================================
+``collect-jsonl``         JSON Lines from ``steam-train collect``: one raw review + ``appid`` a line
+``api-page``              a live ``appreviews`` response: ``{"success": 1, "reviews": [ ... ]}``
+``api-archive``           an archived dump: ``{"query_summary": …, "reviews": {"<id>": {…}}}``
+``review-list``           a JSON array of raw review objects
+``appdetails``            store metadata: ``{"<appid>": {"success": true, "data": {…}}}`` or the
+                          bare ``data`` object (name, genres) — gives names and tags, no reviews
+``store-csv``             the store-scrape CSV: UTF-8 with BOM, ``title``, ``tags_raw`` (Steam
+                          tag ids), ``user_reviews`` (a JSON list inside a cell)
+``alpaca``                alpaca JSON array or JSONL (``instruction``, ``input``, ``output``)
+``sharegpt``              sharegpt JSON/JSONL (``conversations`` from/value or ``messages``
+                          role/content); each user → assistant pair becomes one record
+========================  ========================================================================
+
+Review JSON follows Steam's ``appreviews`` API (../shared/reference/steam-api.md); store
+metadata follows ``api/appdetails``. Every problem raises :class:`~trainer.errors.UserError`
+naming the file, the record and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from trainer import persona
+from trainer.errors import UserError
+
+#: Steam user-tag ids → (English, 简体中文) names, for ``tags_raw`` in the store-scrape CSV.
+#: Ids and English names: Steam's tag list (``store.steampowered.com/tagdata/populartags/english``);
+#: Chinese names: the store's ``schinese`` tag names, spelled as in the seed data where the seed
+#: agrees with the id (多人, 动作, 免费开玩, 类Rogue …). The seed file maps some ids wrongly (it
+#: calls 1685 "沙盒" although 1685 is Co-op, 1663 "类Rogue" although 1663 is FPS); we follow Steam.
+#: Ids not listed here are skipped and counted in the report (``unknown_tag_ids``).
+STEAM_TAGS: dict[int, tuple[str, str]] = {
+    19: ("Action", "动作"), 492: ("Indie", "独立"), 21: ("Adventure", "冒险"), 9: ("Strategy", "策略"),
+    122: ("RPG", "RPG"), 599: ("Simulation", "模拟"), 597: ("Casual", "休闲"),
+    113: ("Free to Play", "免费开玩"), 4182: ("Singleplayer", "单人"),
+    128: ("Massively Multiplayer", "大型多人在线"), 3859: ("Multiplayer", "多人"), 699: ("Racing", "竞速"),
+    701: ("Sports", "体育"), 1756: ("Great Soundtrack", "出色的配乐"), 4166: ("Atmospheric", "氛围"),
+    1695: ("Open World", "开放世界"), 1664: ("Puzzle", "解谜"), 1685: ("Co-op", "合作"),
+    1667: ("Horror", "恐怖"), 3942: ("Sci-fi", "科幻"), 1774: ("Shooter", "射击"),
+    1663: ("FPS", "第一人称射击"), 1684: ("Fantasy", "奇幻"), 3871: ("2D", "2D"),
+    3839: ("First-Person", "第一人称"), 1742: ("Story Rich", "剧情丰富"),
+    7208: ("Female Protagonist", "女性主角"), 1625: ("Platformer", "平台游戏"), 3810: ("Sandbox", "沙盒"),
+    4085: ("Anime", "动漫"), 4026: ("Difficult", "困难"), 4136: ("Funny", "搞笑"), 1719: ("Comedy", "喜剧"),
+    1662: ("Survival", "生存"), 1693: ("Classic", "经典"), 1698: ("Point & Click", "点击"),
+    1697: ("Third Person", "第三人称"), 1677: ("Turn-Based", "回合制"), 3964: ("Pixel Graphics", "像素风"),
+    5350: ("Family Friendly", "家庭友好"), 1659: ("Zombies", "僵尸"), 1773: ("Arcade", "街机"),
+    3843: ("Online Co-Op", "在线合作"), 4004: ("Retro", "复古"), 3834: ("Exploration", "探索"),
+    1755: ("Space", "太空"), 4345: ("Gore", "血腥"), 1708: ("Tactical", "战术"),
+    3841: ("Local Co-Op", "本地合作"), 4231: ("Action RPG", "动作角色扮演"), 4175: ("Realistic", "现实"),
+    1676: ("RTS", "即时战略"), 1716: ("Roguelike", "类Rogue"), 1687: ("Stealth", "潜行"),
+    7368: ("Local Multiplayer", "本地多人"), 1741: ("Turn-Based Strategy", "回合制策略"),
+    3968: ("Physics", "物理"), 3799: ("Visual Novel", "视觉小说"), 4726: ("Cute", "可爱"),
+    3978: ("Survival Horror", "生存恐怖"), 3987: ("Historical", "历史"),
+    3814: ("Third-Person Shooter", "第三人称射击"), 1721: ("Psychological Horror", "心理恐怖"),
+    1643: ("Building", "建造"), 1646: ("Hack and Slash", "砍杀"), 4342: ("Dark", "黑暗"),
+    1702: ("Crafting", "制作"), 5716: ("Mystery", "悬疑"), 1775: ("PvP", "玩家对战"), 1678: ("War", "战争"),
+    3835: ("Post-apocalyptic", "后末日"), 1754: ("MMORPG", "大型多人在线角色扮演"),
+    1645: ("Tower Defense", "塔防"), 5611: ("Mature", "成人"), 1743: ("Fighting", "格斗"),
+    4150: ("World War II", "二战"), 1621: ("Music", "音乐"), 12472: ("Management", "管理"),
+    4434: ("JRPG", "日式角色扮演"), 4791: ("Top-Down", "俯视"), 4172: ("Medieval", "中世纪"),
+    4747: ("Character Customization", "角色自定义"), 3878: ("Competitive", "竞技"),
+    4168: ("Military", "军事"), 4106: ("Action-Adventure", "动作冒险"), 4604: ("Dark Fantasy", "黑暗奇幻"),
+    4885: ("Bullet Hell", "弹幕射击"), 5711: ("Team-Based", "团队导向"), 4115: ("Cyberpunk", "赛博朋克"),
+    1644: ("Driving", "驾驶"), 5125: ("Procedural Generation", "程序生成"), 4036: ("Parkour", "跑酷"),
+    4667: ("Violent", "暴力"), 1654: ("Relaxing", "轻松"), 9551: ("Dating Sim", "约会模拟"),
+    4328: ("City Builder", "城市营造"), 4364: ("Grand Strategy", "大战略"), 3959: ("Roguelite", "轻度 Rogue"),
+    1628: ("Metroidvania", "类银河战士恶魔城"), 21978: ("VR", "VR"), 1718: ("MOBA", "多人在线战术竞技"),
+    1666: ("Card Game", "卡牌游戏"), 4695: ("Economy", "经济"), 6426: ("Choices Matter", "选择取向"),
+    4325: ("Turn-Based Combat", "回合制战斗"), 6730: ("PvE", "玩家对战环境"), 5055: ("eSports", "电子竞技"),
+    1752: ("Rhythm", "节奏"), 4376: ("Assassin", "刺客"), 9564: ("Hunting", "狩猎"),
+    6915: ("Martial Arts", "武术"), 4236: ("Loot", "战利品"), 3955: ("Character Action Game", "角色动作"),
+    493: ("Early Access", "抢先体验"), 29482: ("Souls-like", "类魂"), 42804: ("Action Roguelike", "动作类 Rogue"),
+    176981: ("Battle Royale", "大逃杀"), 1100689: ("Open World Survival Craft", "开放世界生存制作"),
+    12095: ("Sexual Content", "性内容"), 6650: ("Nudity", "裸露"), 1720: ("Dungeon Crawler", "地牢探索"),
+    7332: ("Base Building", "基地建设"), 5900: ("Walking Simulator", "步行模拟"),
+}
+
+FORMATS = {
+    "collect-jsonl": "steam-train collect JSON Lines",
+    "api-page": "Steam appreviews page (reviews list)",
+    "api-archive": "Steam appreviews archive (reviews keyed by id)",
+    "review-list": "JSON array of Steam reviews",
+    "appdetails": "Steam appdetails (store metadata)",
+    "store-csv": "store-scrape CSV (reviews in a JSON cell, Steam tag ids)",
+    "alpaca": "alpaca JSON",
+    "sharegpt": "sharegpt JSON",
+}
+_CSV_COLUMNS = ("item_id", "title", "tags_raw", "user_reviews")
+_SUFFIXES = (".json", ".jsonl", ".csv")
+
+
+@dataclass(slots=True)
+class Review:
+    """One review on its way through ``prepare``.
+
+    ``text`` is the review (cleaned in place); ``where`` is ``"file: record N"`` for messages.
+    Unknown values are ``None``. ``prompt`` holds a verbatim ``(instruction, input)`` for alpaca /
+    sharegpt records whose prompt does not follow the persona templates (kept as is).
+    """
+
+    text: str
+    where: str
+    appid: str | None = None
+    game_name: str | None = None
+    tags: list[str] | None = None
+    language: str | None = None
+    voted_up: bool | None = None
+    votes_up: int | None = None
+    playtime_hours: float | None = None
+    review_id: str | None = None
+    prompt: tuple[str, str] | None = None
+
+
+@dataclass(slots=True)
+class AppInfo:
+    """Store metadata of one app: its name and tag/genre names (either may be unknown)."""
+
+    name: str | None = None
+    tags: list[str] | None = None
+
+
+@dataclass
+class Loaded:
+    """What one input file gave: its detected format, reviews, app metadata and notes."""
+
+    path: Path
+    format: str
+    reviews: list[Review] = field(default_factory=list)
+    apps: dict[str, AppInfo] = field(default_factory=dict)
+    unknown_tag_ids: set[int] = field(default_factory=set)
+
+    def describe(self) -> str:
+        what = f"{len(self.reviews):,} reviews" if self.format != "appdetails" else f"{len(self.apps)} apps"
+        return f"{self.path}: {FORMATS[self.format]} ({what})"
+
+
+def expand_inputs(paths: list[str]) -> list[Path]:
+    """Resolve the INPUT arguments: files as given, folders to their ``.json``/``.jsonl``/``.csv``
+    files (recursively, sorted; ``*.state.json`` resume files and hidden files skipped).
+
+    Raises:
+        UserError: no inputs, or a path that does not exist.
+    """
+    if not paths:
+        raise UserError("prepare: no INPUT given; pass review files or folders, e.g. raw/570.jsonl")
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _SUFFIXES
+                           and not f.name.startswith(".") and not f.name.endswith(".state.json"))
+            if not found:
+                raise UserError(f"{p}: folder has no .json, .jsonl or .csv files; check the path")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise UserError(f"{p}: input not found; check the path")
+    return out
+
+
+def read(path: Path, tag_language: str = "zh") -> Loaded:
+    """Detect the format of ``path`` and read it.
+
+    Args:
+        path: one input file.
+        tag_language: ``"zh"`` or ``"en"``: which name to use for Steam tag ids.
+
+    Raises:
+        UserError: undecodable bytes, invalid JSON / CSV, unknown columns or record shapes.
+    """
+    text = _read_text(path)
+    if path.suffix.lower() == ".csv":
+        return _read_store_csv(path, text, tag_language)
+    stripped = text.lstrip()
+    if not stripped:
+        raise UserError(f"{path}: file is empty; remove it from the inputs")
+    data: Any
+    try:
+        data = json.loads(text)
+        lines = None
+    except json.JSONDecodeError as e:
+        if stripped[0] != "{" or e.msg != "Extra data":
+            raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}); fix the file") from None
+        lines = _parse_jsonl(path, text)
+    if lines is not None:
+        return _read_records(path, lines, jsonl=True, tag_language=tag_language)
+    if isinstance(data, list):
+        return _read_records(path, list(enumerate(data)), jsonl=False, tag_language=tag_language)
+    if isinstance(data, dict):
+        reviews = data.get("reviews")
+        if isinstance(reviews, list):
+            loaded = Loaded(path, "api-page")
+            if data.get("success") not in (None, 1):
+                raise UserError(f"{path}: Steam answered success={data.get('success')} (no reviews); re-collect it")
+            appid = _appid_from_name(path)
+            loaded.reviews = [_from_steam(r, f"{path}: review {i}", appid) for i, r in enumerate(reviews)]
+            return loaded
+        if isinstance(reviews, dict):
+            loaded = Loaded(path, "api-archive")
+            appid = _appid_from_name(path)
+            loaded.reviews = [_from_steam(r, f"{path}: review {k}", appid) for k, r in reviews.items()]
+            return loaded
+        apps = _appdetails(data)
+        if apps is not None:
+            return Loaded(path, "appdetails", apps=apps)
+        # a single JSONL line holding one record
+        return _read_records(path, [(0, data)], jsonl=True, tag_language=tag_language)
+    raise UserError(f"{path}: unknown JSON shape (a {type(data).__name__}); expected reviews, "
+                    "an alpaca/sharegpt list or appdetails")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror}); check the path and permissions") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: byte {e.start} is not UTF-8 ({e.reason}); re-save the file as UTF-8") from None
+
+
+def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno}); fix or delete the line") from None
+    return rows
+
+
+def _appid_from_name(path: Path) -> str | None:
+    """``review_623080.json`` / ``appID_570.json`` / ``570.jsonl`` → the app id (else ``None``)."""
+    m = re.search(r"(?:^|[_-])(\d{2,})$", path.stem)
+    return m.group(1) if m else None
+
+
+def _kind(rec: Any) -> str | None:
+    if not isinstance(rec, dict):
+        return None
+    if "review" in rec and ("recommendationid" in rec or "voted_up" in rec):
+        return "review"
+    if "instruction" in rec and "output" in rec:
+        return "alpaca"
+    if isinstance(rec.get("conversations"), list) or isinstance(rec.get("messages"), list):
+        return "sharegpt"
+    return None
+
+
+def _read_records(path: Path, rows: list[tuple[int, Any]], jsonl: bool, tag_language: str) -> Loaded:
+    """Read a list of records (JSON array or JSON Lines) whose kind is decided by the first one."""
+    word = "line" if jsonl else "record"
+    if not rows:
+        raise UserError(f"{path}: no records; remove it from the inputs")
+    first = _kind(rows[0][1])
+    if first is None:
+        keys = sorted(rows[0][1])[:8] if isinstance(rows[0][1], dict) else type(rows[0][1]).__name__
+        raise UserError(f"{path}: {word} {rows[0][0]}: unknown record shape (keys: {keys}); expected Steam reviews "
+                        "(review, recommendationid), alpaca (instruction, output) or sharegpt (conversations)")
+    fmt = {"review": "collect-jsonl" if jsonl else "review-list", "alpaca": "alpaca", "sharegpt": "sharegpt"}[first]
+    loaded = Loaded(path, fmt)
+    appid = _appid_from_name(path)
+    for n, rec in rows:
+        where = f"{path}: {word} {n}"
+        kind = _kind(rec)
+        if kind != first:
+            raise UserError(f"{where}: record is not like the first one ({first}); keep one format per file")
+        if kind == "review":
+            loaded.reviews.append(_from_steam(rec, where, str(rec.get("appid") or appid or "") or None))
+        elif kind == "alpaca":
+            loaded.reviews.append(_from_alpaca(rec, where))
+        else:
+            loaded.reviews.extend(_from_sharegpt(rec, where))
+    if fmt == "collect-jsonl":
+        details = path.with_suffix(".appdetails.json")
+        if details.is_file():
+            loaded.apps = read(details, tag_language).apps
+    return loaded
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
+    """A raw ``appreviews`` review object → :class:`Review` (text unchanged)."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("review"), str):
+        raise UserError(f"{where}: not a Steam review (no 'review' text); fix or remove it")
+    author = rec.get("author") if isinstance(rec.get("author"), dict) else {}
+    minutes = author.get("playtime_at_review", author.get("playtime_forever"))
+    voted = rec.get("voted_up")
+    return Review(
+        text=rec["review"], where=where, appid=str(rec["appid"]) if rec.get("appid") is not None else appid,
+        language=rec.get("language"), voted_up=voted if isinstance(voted, bool) else None,
+        votes_up=_int(rec.get("votes_up")),
+        playtime_hours=round(_int(minutes) / 60, 1) if _int(minutes) is not None else None,
+        review_id=str(rec["recommendationid"]) if rec.get("recommendationid") is not None else None)
+
+
+def _template_regex(template: str, field_name: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(template).replace(re.escape("{" + field_name + "}"), f"(?P<{field_name}>.+)") + "$", re.S)
+
+
+_INSTRUCTION_RES = [_template_regex(persona.INSTRUCTION_TEMPLATE, "name"),
+                    _template_regex(persona.INSTRUCTION_TEMPLATE_EN, "name")]
+_INPUT_RES = [_template_regex(persona.INPUT_TEMPLATE, "tags"), _template_regex(persona.INPUT_TEMPLATE_EN, "tags")]
+
+
+def parse_prompt(instruction: str, input_text: str) -> tuple[str | None, list[str] | None]:
+    """Recover ``(game name, tags)`` from a prompt written with the persona templates (zh or en);
+    ``(None, None)`` when the instruction does not follow them."""
+    for rx in _INSTRUCTION_RES:
+        m = rx.match(instruction.strip())
+        if m:
+            tags: list[str] = []
+            for irx in _INPUT_RES:
+                mi = irx.match(input_text.strip())
+                if mi:
+                    tags = [t.strip() for t in re.split(r"[,，、]", mi.group("tags")) if t.strip()]
+                    break
+            else:
+                if input_text.strip():
+                    return None, None  # an input we cannot re-render: keep the prompt verbatim
+            return m.group("name"), tags
+    return None, None
+
+
+def _from_alpaca(rec: dict, where: str) -> Review:
+    instruction, input_text, output = rec.get("instruction"), rec.get("input") or "", rec.get("output")
+    if not isinstance(instruction, str) or not isinstance(output, str) or not isinstance(input_text, str):
+        raise UserError(f"{where}: 'instruction', 'input' and 'output' must be strings; fix the record")
+    name, tags = parse_prompt(instruction, input_text)
+    return Review(text=output, where=where, game_name=name, tags=tags,
+                  prompt=None if name else (instruction, input_text))
+
+
+_ROLE_KEYS = (("from", "value"), ("role", "content"))
+_USER, _ASSISTANT = {"human", "user"}, {"gpt", "assistant"}
+
+
+def _from_sharegpt(rec: dict, where: str) -> Iterator[Review]:
+    turns = rec.get("conversations", rec.get("messages"))
+    prev_user = None
+    for i, t in enumerate(turns):
+        role_key, text_key = next(((r, c) for r, c in _ROLE_KEYS if isinstance(t, dict) and r in t), (None, None))
+        if role_key is None or not isinstance(t.get(text_key), str):
+            raise UserError(f"{where}: turn {i}: expected from/value or role/content strings; fix the record")
+        role = t[role_key]
+        if role in _USER:
+            prev_user = t[text_key]
+        elif role in _ASSISTANT and prev_user is not None:
+            instruction, _, input_text = prev_user.partition("\n")
+            name, tags = parse_prompt(instruction, input_text)
+            yield Review(text=t[text_key], where=f"{where} turn {i}", game_name=name, tags=tags,
+                         prompt=None if name else (instruction, input_text))
+            prev_user = None
+
+
+def _appdetails(data: dict) -> dict[str, AppInfo] | None:
+    """Parse appdetails JSON (wrapped per app id, or one bare ``data`` object); ``None`` if it is not."""
+    if "steam_appid" in data and "name" in data:
+        return {str(data["steam_appid"]): _app_info(data)}
+    if data and all(k.isdigit() and isinstance(v, dict) and "success" in v for k, v in data.items()):
+        return {k: _app_info(v.get("data") or {}) for k, v in data.items() if v.get("success")}
+    return None
+
+
+def _app_info(d: dict) -> AppInfo:
+    genres = [g.get("description") for g in d.get("genres") or [] if isinstance(g, dict) and g.get("description")]
+    return AppInfo(name=d.get("name") or None, tags=genres or None)
+
+
+def _read_store_csv(path: Path, text: str, tag_language: str) -> Loaded:
+    """The store-scrape CSV: one row per game, its reviews a JSON list in ``user_reviews``."""
+    csv.field_size_limit(2**31 - 1)  # user_reviews cells hold many reviews
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    cols = reader.fieldnames or []
+    if "title" not in cols or "user_reviews" not in cols:
+        raise UserError(f"{path}: unknown CSV columns ({', '.join(cols[:8]) or 'none'}); expected the store-scrape "
+                        f"columns {', '.join(_CSV_COLUMNS)}; rename the columns or convert the file to JSON Lines")
+    loaded = Loaded(path, "store-csv")
+    lang = 1 if tag_language == "zh" else 0
+    for n, row in enumerate(reader, 2):  # line 1 is the header
+        where = f"{path}: row {n}"
+        try:
+            reviews = json.loads(row["user_reviews"] or "[]")
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: user_reviews is not a JSON list ({e.msg}); fix the cell") from None
+        if not isinstance(reviews, list):
+            raise UserError(f"{where}: user_reviews must be a JSON list of review texts; fix the cell")
+        tags = _csv_tags(row.get("tags_raw") or "", loaded.unknown_tag_ids, lang, where)
+        appid = (row.get("item_id") or "").strip() or None
+        name = (row.get("title") or "").strip() or None
+        if appid:
+            loaded.apps[appid] = AppInfo(name=name, tags=tags or None)
+        for i, r in enumerate(reviews):
+            text = r.get("review") if isinstance(r, dict) else r
+            if not isinstance(text, str):
+                raise UserError(f"{where}: user_reviews[{i}] is not a text; fix the cell")
+            loaded.reviews.append(Review(text=text, where=f"{where} review {i}", appid=appid, game_name=name,
+                                         tags=tags or None))
+    return loaded
+
+
+def _csv_tags(cell: str, unknown: set[int], lang: int, where: str) -> list[str]:
+    """``tags_raw``: a JSON list of Steam tag ids (or names) → tag names, unknown ids skipped."""
+    cell = cell.strip()
+    if not cell:
+        return []
+    try:
+        items = json.loads(cell)
+    except json.JSONDecodeError:
+        items = [t for t in re.split(r"[,，;|]", cell.strip("[]")) if t.strip()]
+    if not isinstance(items, list):
+        items = [items]
+    names = []
+    for t in items:
+        tid = _int(t)
+        if tid is None:
+            if str(t).strip():
+                names.append(str(t).strip().strip("'\""))
+        elif tid in STEAM_TAGS:
+            names.append(STEAM_TAGS[tid][lang])
+        else:
+            unknown.add(tid)
+    return names
+
