@@ -1,0 +1,78 @@
+"""Step 6 extras: an Ollama ``Modelfile`` and a ``README.md`` for the export dir.
+
+Modelfile syntax: https://github.com/ollama/ollama/blob/main/docs/modelfile.md (FROM, TEMPLATE,
+SYSTEM, PARAMETER). The sampling parameters come from the model's own ``generation_config.json``
+(Qwen2.5-Instruct ships temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.05), falling
+back to those values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from export.chat_template import OLLAMA_CHATML
+
+_DEFAULTS = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+
+
+def modelfile(gguf_name: str, name: str, *, system: str | None, chatml: bool, stop: list[str],
+              generation: dict[str, Any], num_ctx: int) -> str:
+    """The Modelfile text: ``FROM ./<gguf_name>``, ChatML TEMPLATE, SYSTEM, stop tokens, parameters.
+
+    Args:
+        gguf_name: the quantized GGUF's file name (beside the Modelfile). name: the Ollama model name.
+        system: the persona (``None``: no SYSTEM line). chatml: write the ChatML TEMPLATE (else
+            Ollama falls back to detecting the GGUF's own template).
+        stop: stop strings (end-of-turn token first). generation: generation_config values.
+        num_ctx: context window in tokens.
+    """
+    g = {k: generation.get(k) if generation.get(k) is not None else v for k, v in _DEFAULTS.items()}
+    lines = ["# Ollama Modelfile written by `steam-train export`.",
+             f"# ollama create {name} -f Modelfile && ollama run {name}",
+             f"FROM ./{gguf_name}", ""]
+    if chatml:
+        lines += [f'TEMPLATE """{OLLAMA_CHATML}"""', ""]
+    if system:
+        lines += [f'SYSTEM """{system.replace(chr(34) * 3, chr(34))}"""', ""]
+    lines += [f'PARAMETER stop "{s}"' for s in stop]
+    lines += [f"PARAMETER temperature {g['temperature']}", f"PARAMETER top_p {g['top_p']}",
+              f"PARAMETER top_k {g['top_k']}", f"PARAMETER repeat_penalty {g['repetition_penalty']}",
+              f"PARAMETER num_ctx {num_ctx}"]
+    return "\n".join(lines) + "\n"
+
+
+def readme(name: str, files: list[tuple[str, int]], report: dict[str, Any], serve_gguf: str) -> str:
+    """The export dir's README.md: what is here and how to serve it (steam-train, llama.cpp, Ollama)."""
+    rows = "\n".join(f"| `{f}` | {size / 2**20:,.1f} MiB |" for f, size in files)
+    verify = report.get("verify") or {}
+    vrows = "\n".join(
+        f"| {q} | {v['logits']['top1_agreement']:.1%} | {v['logits']['max_abs_diff']} | "
+        f"{'yes' if v['stop']['natural_stop'] else 'no'} | {'yes' if v['stop']['eot_ends_generation'] else 'no'} |"
+        for q, v in verify.items())
+    vtable = ("| file | top-1 agreement vs HF | max abs logit diff | stopped by itself | end-of-turn stops |\n"
+              "|---|---|---|---|---|\n" + vrows) if vrows else "Verification was skipped (--no_verify)."
+    return f"""# {name} — exported by steam-train
+
+Base model: `{report.get('base_model')}`; adapter: `{report.get('adapter')}`.
+Converter: {report.get('converter')}. The persona is the chat template's default system prompt,
+so every server below speaks as the persona when a conversation has no system message.
+
+| file | size |
+|---|---|
+{rows}
+
+## Serve it
+
+```bash
+steam-train serve {report.get('export_dir', '.')}                       # OpenAI-compatible API for Dify
+python -m llama_cpp.server --model {serve_gguf} --n_ctx 4096 --interrupt_requests False
+llama-server -m {serve_gguf} --jinja -c 4096                            # llama.cpp
+ollama create {name} -f Modelfile && ollama run {name}                  # Ollama
+```
+
+`merged/` is the merged Hugging Face model (safetensors) for transformers or vLLM.
+
+## Verification
+
+{vtable}
+"""
