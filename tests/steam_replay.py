@@ -1,0 +1,144 @@
+"""A local stand-in for Steam's store API that replays pages built from real reviews.
+
+Steam's servers cannot be reached from tests, so :class:`SteamReplay` serves
+``GET /appreviews/<appid>`` and ``GET /api/appdetails`` over real HTTP (``http.server`` in a
+thread). Pages are built at test time from the archived reviews in
+``../shared/data/raw/appreviews/`` (nothing is copied into the repo): the reviews of an app in
+archive order, cut into pages of ``num_per_page``. Cursors look like Steam's (base64 with ``+``,
+``/`` and ``=``), so a client that does not URL-encode them gets HTTP 400 here, as a wrong cursor
+would derail it on Steam. After the last page the API answers an empty page with the same
+cursor, as Steam does.
+
+Faults for robustness tests go in ``faults``, a list consumed one per ``/appreviews`` request:
+an ``int`` answers that HTTP status, ``"malformed"`` a truncated JSON body, ``"bad_review"`` a
+page whose first review lacks its id, ``"slow"`` waits ``slow_seconds`` before answering,
+``"repeat_cursor"`` answers the page with the request's own cursor, ``None`` answers normally.
+``delay`` slows every page (to interrupt a run in the middle). ``requests`` records each query.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+
+def cursor_for(appid: str, page: int) -> str:
+    """A Steam-like cursor for ``page`` (>= 1) that always contains ``+``, ``/`` and ``=``."""
+    digest = base64.b64encode(hashlib.sha1(f"{appid}:{page}".encode()).digest()).decode()
+    return f"AoJ{digest[:6]}+{page}/{digest[6:10]}=="
+
+
+class SteamReplay:
+    """Serve recorded review pages for some apps; use as a context manager.
+
+    Args:
+        reviews: app id → list of raw review objects (as in the API's ``reviews`` list).
+        details: app id → appdetails ``data`` object (name, genres).
+    """
+
+    def __init__(self, reviews: dict[str, list[dict]], details: dict[str, dict] | None = None) -> None:
+        self.reviews = reviews
+        self.details = details or {}
+        self.faults: list = []
+        self.delay = 0.0
+        self.slow_seconds = 2.0
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"replay": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @classmethod
+    def from_archives(cls, files: list[Path], details: dict[str, dict] | None = None) -> "SteamReplay":
+        """Build from archived dumps ``review_<appid>.json`` (``reviews`` is a dict keyed by id)."""
+        reviews = {}
+        for f in files:
+            appid = f.stem.split("_")[-1]
+            reviews[appid] = list(json.loads(f.read_text(encoding="utf-8"))["reviews"].values())
+        return cls(reviews, details)
+
+    def __enter__(self) -> "SteamReplay":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def next_fault(self):
+        with self._lock:
+            return self.faults.pop(0) if self.faults else None
+
+    def page(self, appid: str, cursor: str, n: int) -> dict | None:
+        """The API answer for ``cursor`` (``None`` for an unknown cursor)."""
+        revs = self.reviews.get(appid, [])
+        pages = max(1, -(-len(revs) // n))
+        if cursor == "*":
+            i = 0
+        else:
+            i = next((p for p in range(1, pages + 1) if cursor_for(appid, p) == cursor), None)
+            if i is None:
+                return None
+        chunk = revs[i * n:(i + 1) * n]
+        nxt = cursor_for(appid, i + 1) if chunk else cursor
+        body = {"success": 1, "cursor": nxt, "reviews": chunk}
+        if i == 0:
+            body["query_summary"] = {"num_reviews": len(chunk), "total_reviews": len(revs)}
+        return body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    replay: SteamReplay
+
+    def log_message(self, *args: object) -> None:  # keep test output clean
+        pass
+
+    def _send(self, status: int, body: str | bytes, ctype: str = "application/json") -> None:
+        data = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        rp = self.replay
+        parts = urlsplit(self.path)
+        q = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        rp.requests.append({"path": parts.path, "query": q, "raw_query": parts.query})
+        if parts.path.startswith("/api/appdetails"):
+            appid = q.get("appids", "")
+            data = rp.details.get(appid)
+            self._send(200, json.dumps({appid: {"success": True, "data": data} if data else {"success": False}}))
+            return
+        if not parts.path.startswith("/appreviews/"):
+            self._send(404, "not found", "text/plain")
+            return
+        fault = rp.next_fault()
+        if rp.delay:
+            time.sleep(rp.delay)
+        if isinstance(fault, int):
+            self._send(fault, "<html>error</html>", "text/html")
+            return
+        if fault == "slow":
+            time.sleep(rp.slow_seconds)
+        appid = parts.path.rsplit("/", 1)[-1]
+        body = rp.page(appid, q.get("cursor", ""), int(q.get("num_per_page", "20")))
+        if body is None:
+            self._send(400, json.dumps({"success": 2, "error": f"unknown cursor {q.get('cursor')!r}"}))
+            return
+        if fault == "repeat_cursor":
+            body["cursor"] = q.get("cursor")
+        if fault == "bad_review" and body["reviews"]:
+            body["reviews"] = [{"review": "no id"}] + body["reviews"][1:]
+        text = json.dumps(body, ensure_ascii=False)
+        if fault == "malformed":
+            text = text[: len(text) // 2]
+        self._send(200, text)

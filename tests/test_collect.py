@@ -1,0 +1,193 @@
+"""`steam-train collect` against a local replay of Steam's appreviews API (real archived reviews)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.steam_replay import SteamReplay, cursor_for
+from trainer import config
+from trainer.cli import main
+from trainer.collect import CollectConfig, run
+from trainer.errors import UserError
+
+APP = "570980"  # 266 real reviews in the archive
+
+
+@pytest.fixture(scope="module")
+def archive(shared_dir: Path) -> list[dict]:
+    data = json.loads((shared_dir / "data/raw/appreviews/review_570980.json").read_text(encoding="utf-8"))
+    return list(data["reviews"].values())
+
+
+@pytest.fixture
+def steam(archive):
+    with SteamReplay({APP: list(archive)}, details={APP: {"name": "《《伏龙记™》》", "genres": [
+            {"id": "1", "description": "动作"}, {"id": "25", "description": "冒险"}]}}) as server:
+        yield server
+
+
+def _cfg(server: SteamReplay, out: Path, **kw) -> CollectConfig:
+    base = dict(appid=[APP], out=str(out), base_url=server.base_url, num_per_page=50, rate_limit=0,
+                backoff_base=0.001, backoff_max=0.005, timeout=2.0, max_retries=3)
+    return config.build(CollectConfig, base, kw)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _ids(archive: list[dict]) -> set[str]:
+    return {r["recommendationid"] for r in archive}
+
+
+def test_paginates_with_encoded_cursors_and_dedups(tmp_path, archive):
+    revs = archive[:100] + [archive[10], archive[70]] + archive[100:]  # two repeats across pages
+    with SteamReplay({APP: revs}) as server:
+        res = run(_cfg(server, tmp_path / "raw/{appid}.jsonl"))
+    out = tmp_path / f"raw/{APP}.jsonl"
+    rows = _lines(out)
+    assert res["complete"] and len(rows) == 266
+    assert [r["recommendationid"] for r in rows] == [r["recommendationid"] for r in archive]
+    assert rows[5] == {**archive[5], "appid": 570980}  # raw review unchanged apart from appid
+    # 268 served / 50 = 6 pages, then the empty page that ends it
+    assert len(server.requests) == 7
+    sent = [r["query"]["cursor"] for r in server.requests]
+    assert sent[0] == "*" and sent[1] == cursor_for(APP, 1) and all(c in sent[1] for c in "+/=")
+    raw = server.requests[1]["raw_query"]
+    assert "%2B" in raw and "%2F" in raw and "%3D" in raw
+    assert server.requests[0]["query"]["language"] == "schinese" and server.requests[0]["query"]["num_per_page"] == "50"
+    assert not out.with_name(out.name + ".part").exists() and not out.with_name(out.name + ".state.json").exists()
+
+
+def test_429_then_success_and_500_burst(tmp_path, steam, archive):
+    steam.faults = [429, None, 500, 502, 503, None, "malformed", None]
+    res = run(_cfg(steam, tmp_path / "r.jsonl"))
+    assert res["complete"] and res["retries"] == 5
+    assert {r["recommendationid"] for r in _lines(tmp_path / "r.jsonl")} == _ids(archive)
+    assert len(_lines(tmp_path / "r.jsonl")) == 266
+
+
+def test_timeout_is_retried(tmp_path, steam, archive):
+    steam.faults, steam.slow_seconds = ["slow"], 1.0
+    res = run(_cfg(steam, tmp_path / "r.jsonl", timeout=0.2))
+    assert res["complete"] and res["retries"] == 1 and len(_lines(tmp_path / "r.jsonl")) == 266
+
+
+def test_malformed_page_gives_clear_error_and_loses_nothing(tmp_path, steam, archive):
+    out = tmp_path / "r.jsonl"
+    steam.faults = [None, None] + ["malformed"] * 4  # page 3 stays broken through 3 retries
+    with pytest.raises(UserError, match=r"page 3 .*malformed page: not JSON.* after 4 tries; progress is saved, rerun"):
+        run(_cfg(steam, out))
+    part, state = tmp_path / "r.jsonl.part", json.loads((tmp_path / "r.jsonl.state.json").read_text())
+    assert not out.exists() and len(_lines(part)) == 100
+    assert state["apps"][APP]["cursor"] == cursor_for(APP, 2) and len(state["seen_ids"]) == 100
+    steam.faults = ["bad_review"] * 4  # a review without its id is malformed too
+    with pytest.raises(UserError, match="review 0 has no recommendationid"):
+        run(_cfg(steam, out))
+    run(_cfg(steam, out))  # the server recovers: resume
+    rows = _lines(out)
+    assert len(rows) == 266 and {r["recommendationid"] for r in rows} == _ids(archive)
+
+
+def test_killed_run_resumes_without_duplicates_or_gaps(tmp_path, steam, archive):
+    out = tmp_path / "r.jsonl"
+    state = tmp_path / "r.jsonl.state.json"
+    steam.delay = 0.1
+    cmd = [sys.executable, "-m", "trainer", "collect", "--appid", APP, "--out", str(out), "--base_url", steam.base_url,
+           "--num_per_page", "20", "--rate_limit", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[1])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if state.exists() and json.loads(state.read_text() or "{}").get("apps", {}).get(APP, {}).get("pages", 0) >= 3:
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    part = tmp_path / "r.jsonl.part"
+    saved = len(_lines(part))
+    assert 60 <= saved < 266 and not out.exists()
+    with open(part, "a", encoding="utf-8") as f:  # a torn line, as a kill mid-write leaves
+        f.write('{"recommendationid": "99999", "rev')
+    steam.delay = 0
+    res = run(_cfg(steam, out, num_per_page=20))
+    rows = _lines(out)
+    assert res["complete"] and len(rows) == 266
+    assert [r["recommendationid"] for r in rows] == [r["recommendationid"] for r in archive]
+
+
+def test_repeated_cursor_ends_the_run(tmp_path, steam):
+    steam.faults = [None, "repeat_cursor"]
+    res = run(_cfg(steam, tmp_path / "r.jsonl"))
+    assert res["complete"] and res["files"][0]["apps"][APP]["pages"] == 2
+    assert len(_lines(tmp_path / "r.jsonl")) == 100 and len(steam.requests) == 2
+
+
+def test_max_reviews_and_details_feed_prepare(tmp_path, steam):
+    from trainer.prepare import PrepareConfig
+    from trainer.prepare import run as prepare
+
+    out = tmp_path / "raw/570980.jsonl"
+    res = run(_cfg(steam, out, max_reviews=120, with_details=True))
+    assert res["complete"] and len(_lines(out)) == 120 and len(steam.requests) == 4  # 3 pages + appdetails
+    details = json.loads((tmp_path / "raw/570980.appdetails.json").read_text(encoding="utf-8"))
+    assert details[APP]["data"]["name"] == "《《伏龙记™》》" and steam.requests[-1]["query"]["l"] == "schinese"
+    prepared = prepare(config.build(PrepareConfig, {"inputs": [str(tmp_path / "raw")], "out": str(tmp_path / "sft.json"),
+                                                    "val_size": 0}))
+    assert prepared["formats"] == {str(out): "collect-jsonl", str(tmp_path / "raw/570980.appdetails.json"): "appdetails"}
+    recs = json.loads((tmp_path / "sft.json").read_text(encoding="utf-8"))
+    assert recs[0]["instruction"] == "请以资深玩家的身份，点评一下《伏龙记》这款游戏。" and recs[0]["input"] == "游戏类型标签：动作, 冒险"
+
+
+def test_time_bound_stops_and_rerun_finishes(tmp_path, steam):
+    steam.delay = 0.05
+    res = run(_cfg(steam, tmp_path / "r.jsonl", num_per_page=20, max_time=0.3))
+    assert not res["complete"] and not (tmp_path / "r.jsonl").exists()
+    assert 0 < len(_lines(tmp_path / "r.jsonl.part")) < 266
+    steam.delay = 0
+    assert run(_cfg(steam, tmp_path / "r.jsonl", num_per_page=20))["complete"]
+    assert len(_lines(tmp_path / "r.jsonl")) == 266
+    again = run(_cfg(steam, tmp_path / "r.jsonl", num_per_page=20))  # already complete: nothing fetched
+    assert again["files"][0]["skipped"]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, steam):
+    steam.faults = [None] + ["malformed"] * 4
+    with pytest.raises(UserError):
+        run(_cfg(steam, tmp_path / "r.jsonl"))
+    with pytest.raises(UserError, match="saved by a run with other settings"):
+        run(_cfg(steam, tmp_path / "r.jsonl", language="english"))
+
+
+def test_rate_limit_spaces_requests(tmp_path, steam):
+    t0 = time.monotonic()
+    run(_cfg(steam, tmp_path / "r.jsonl", num_per_page=100, rate_limit=20))  # 3 pages + 1 empty
+    assert time.monotonic() - t0 >= 3 / 20
+
+
+def test_backoff_has_full_jitter_and_cap():
+    from trainer.collect import _Fetcher
+
+    f = _Fetcher(config.build(CollectConfig, {"backoff_base": 1.0, "backoff_max": 8.0}), None)
+    waits = [f.backoff(5) for _ in range(200)]
+    assert max(waits) <= 8.0 and min(waits) < 2.0 and len(set(waits)) > 150
+    assert f.backoff(0, retry_after=3.0) >= 3.0  # Retry-After is honoured
+    f.close()
+
+
+def test_cli_errors_exit_2_one_line(tmp_path, steam):
+    r = CliRunner().invoke(main, ["collect", "--appid", "abc"])
+    assert r.exit_code == 2 and "app ids are numbers" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["collect", "--appid", APP, "--base_url", steam.base_url + "/nope",
+                                  "--out", str(tmp_path / "x.jsonl"), "--rate_limit", "0"])
+    assert r.exit_code == 2 and "HTTP 404" in r.output
