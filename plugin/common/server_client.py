@@ -1,0 +1,307 @@
+"""Talking to the persona's OpenAI-compatible server from the Dify plugins (and from the host).
+
+The server is ``steam-train serve`` (llama-cpp-python's ``llama_cpp.server``) or any other
+OpenAI-compatible one (llama.cpp's ``llama-server``, vLLM, Ollama's ``/v1``). Both plugins need the
+same few things from it: the base URL made canonical, a bounded reachability/auth check, a chat
+completion, a token count through llama_cpp.server's ``POST /extras/tokenize``, and one-line error
+messages a Dify user can act on (with the Docker networking hint when the URL says ``localhost``).
+
+Why our own (small) module and not the SDK: the tool plugin has no HTTP helper in ``dify_plugin``,
+the chat plugin's SDK base has no tokenizer endpoint, no bounded validation and no Docker hint, and
+this module must import without ``dify_plugin`` (which needs Python >= 3.12) so that ``steam-train
+demo`` can run the plugins' exact request path from the host Python. Dependencies: httpx + stdlib.
+
+``steam-train plugin package`` copies this file to the root of both ``.difypkg`` files as
+``server_client.py``; the plugins import it as a top-level module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+#: Where Dify (inside Docker) finds a server started on the host with ``steam-train serve``.
+DEFAULT_ENDPOINT = "http://host.docker.internal:8000/v1"
+#: Seconds to wait for a TCP connection before calling the server unavailable.
+CONNECT_TIMEOUT = 5.0
+#: Seconds a credential check may wait for the server's answer (GET /models, one-token reply).
+VALIDATE_READ_TIMEOUT = 30.0
+#: Seconds a generation may go without receiving a byte (CPU inference of a 7B model is slow).
+GENERATE_READ_TIMEOUT = 300.0
+#: Seconds for a tokenize call; counting must never hold up a chat.
+TOKENIZE_TIMEOUT = 5.0
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+
+
+class ServerError(Exception):
+    """A request to the server failed; ``str(e)`` is one line a user can act on.
+
+    Attributes:
+        kind: ``"unavailable"`` (refused, timed out, DNS), ``"auth"`` (HTTP 401/403),
+            ``"bad_request"`` (HTTP 400/404/422, e.g. context overflow), ``"server"`` (5xx, bad JSON).
+        status: the HTTP status, or ``None`` when no response came back.
+    """
+
+    def __init__(self, message: str, kind: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+def normalize_endpoint(url: str | None) -> str:
+    """Return the API base URL without a trailing slash; a bare ``http://host:port`` gets ``/v1``.
+
+    Raises:
+        ServerError: (kind ``bad_request``) the URL is empty or not http(s).
+    """
+    url = (url or "").strip()
+    if not url:
+        raise ServerError("the endpoint URL is empty; give the server's base URL, e.g. " + DEFAULT_ENDPOINT,
+                          "bad_request")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ServerError(f"endpoint URL {url!r} is not an http(s) URL; use e.g. {DEFAULT_ENDPOINT}", "bad_request")
+    path = parts.path.rstrip("/") or "/v1"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def server_root(endpoint_url: str) -> str:
+    """The server's root URL: the API base without its ``/v1`` (llama_cpp.server's ``/extras`` live there)."""
+    base = normalize_endpoint(endpoint_url)
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
+def docker_hint(endpoint_url: str) -> str:
+    """Explain Docker networking when the URL points at ``localhost`` / ``127.0.0.1``; else ``""``."""
+    try:
+        parts = urlsplit(endpoint_url.strip())
+        host = (parts.hostname or "").lower()
+        port = parts.port or 8000
+    except ValueError:
+        return ""
+    if host not in _LOCAL_HOSTS:
+        return ""
+    return (f" Note: Dify runs plugins inside Docker, where {host} is the container itself, not your machine;"
+            f" use http://host.docker.internal:{port}/v1 (on Linux add extra_hosts:"
+            f" [\"host.docker.internal:host-gateway\"] to the plugin_daemon service) and start the server"
+            f" with --host 0.0.0.0.")
+
+
+def headers(api_key: str | None) -> dict[str, str]:
+    """Request headers: JSON, plus ``Authorization: Bearer KEY`` when a key is set."""
+    out = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        out["Authorization"] = f"Bearer {api_key.strip()}"
+    return out
+
+
+def server_message(body: str) -> str:
+    """The error text inside an OpenAI-style error body (``{"error": {"message": ...}}``,
+    FastAPI's ``{"detail": ...}``), else the body itself, shortened to one line."""
+    text = body
+    try:
+        data = json.loads(body)
+    except (ValueError, TypeError):
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message") or json.dumps(err, ensure_ascii=False)
+        if err:
+            text = err if isinstance(err, str) else json.dumps(err, ensure_ascii=False)
+    text = " ".join(str(text).split())
+    return text[:500] + ("…" if len(text) > 500 else "")
+
+
+def error_for_status(status: int, body: str, url: str) -> ServerError:
+    """Map an HTTP error status to a :class:`ServerError` with a one-line, actionable message."""
+    msg = server_message(body)
+    if status in (401, 403):
+        return ServerError(f"the server at {url} rejected the API key (HTTP {status}); use the key the server"
+                           f" was started with (steam-train serve --api_key), or none if it has none", "auth", status)
+    if status == 404:
+        return ServerError(f"{url} answered HTTP 404 ({msg}); the endpoint URL must be the API base that ends"
+                           f" in /v1, e.g. {DEFAULT_ENDPOINT}", "bad_request", status)
+    if 400 <= status < 500:
+        return ServerError(f"the server refused the request (HTTP {status}): {msg}", "bad_request", status)
+    return ServerError(f"the server failed (HTTP {status}): {msg}", "server", status)
+
+
+def unavailable_message(url: str, what: str) -> str:
+    """One line for an unreachable server: what happened, what to check, the Docker hint if local."""
+    return f"the model server at {url} {what}; is `steam-train serve` running there?" + docker_hint(url)
+
+
+def error_for_exception(exc: Exception, url: str) -> ServerError:
+    """Map an httpx transport error (refused, timeout, DNS) to a ``kind="unavailable"`` :class:`ServerError`."""
+    if isinstance(exc, httpx.TimeoutException):
+        what = "did not answer in time"
+    elif isinstance(exc, httpx.ConnectError):
+        what = f"cannot be reached ({' '.join(str(exc).split()) or 'connection refused'})"
+    else:
+        what = f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
+    return ServerError(unavailable_message(url, what), "unavailable")
+
+
+def is_on(value: Any) -> bool:
+    """Read a Dify switch/select credential (``True``, ``"true"``, ``"enabled"``, ``"on"``, ``"1"``)."""
+    return str(value).strip().lower() in ("true", "enabled", "on", "1", "yes")
+
+
+def _request(method: str, url: str, api_key: str | None, *, json_body: Any = None,
+             read_timeout: float) -> httpx.Response:
+    timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout, write=read_timeout, pool=CONNECT_TIMEOUT)
+    try:
+        response = httpx.request(method, url, headers=headers(api_key), json=json_body, timeout=timeout)
+    except httpx.HTTPError as e:
+        raise error_for_exception(e, url) from None
+    if response.status_code >= 400:
+        raise error_for_status(response.status_code, response.text, url)
+    return response
+
+
+def _json(response: httpx.Response) -> dict:
+    try:
+        data = response.json()
+    except ValueError:
+        raise ServerError(f"{response.request.url} did not answer JSON: {response.text[:200]!r}", "server",
+                          response.status_code) from None
+    if not isinstance(data, dict):
+        raise ServerError(f"{response.request.url} answered {type(data).__name__}, not a JSON object", "server",
+                          response.status_code)
+    return data
+
+
+def list_models(endpoint_url: str, api_key: str | None = None,
+                read_timeout: float = VALIDATE_READ_TIMEOUT) -> list[str]:
+    """``GET {base}/models``: the ids the server serves. Checks reachability and the API key.
+
+    Raises:
+        ServerError: unreachable, rejected key, or a non-OpenAI answer.
+    """
+    base = normalize_endpoint(endpoint_url)
+    data = _json(_request("GET", f"{base}/models", api_key, read_timeout=read_timeout))
+    return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
+
+
+def chat_completion(endpoint_url: str, api_key: str | None, messages: list[dict], *, model: str | None = None,
+                    read_timeout: float = GENERATE_READ_TIMEOUT, **params: Any) -> dict:
+    """``POST {base}/chat/completions`` without streaming; returns the OpenAI response object.
+
+    Args:
+        messages: OpenAI chat messages; list-of-parts contents are flattened (:func:`prepare_messages`).
+        model: the model id as the server calls it; ``None`` lets a one-model server pick its own.
+        params: OpenAI fields (``max_tokens``, ``temperature``, ``seed``, ``stop`` …); ``None`` values are dropped.
+
+    Raises:
+        ServerError: unreachable, rejected key, refused request (e.g. context overflow) or a bad answer.
+    """
+    base = normalize_endpoint(endpoint_url)
+    body: dict[str, Any] = {"messages": prepare_messages(messages), "stream": False}
+    if model:
+        body["model"] = model
+    body.update({k: v for k, v in params.items() if v is not None})
+    data = _json(_request("POST", f"{base}/chat/completions", api_key, json_body=body, read_timeout=read_timeout))
+    if not data.get("choices"):
+        raise ServerError(f"{base}/chat/completions answered without choices: {str(data)[:200]}", "server", 200)
+    return data
+
+
+def validate(endpoint_url: str, api_key: str | None = None, model: str | None = None,
+             read_timeout: float = VALIDATE_READ_TIMEOUT) -> dict:
+    """Check that the server is reachable, accepts the key and answers a one-token chat.
+
+    Bounded: at most :data:`CONNECT_TIMEOUT` to connect and ``read_timeout`` per answer.
+
+    Returns:
+        ``{"models": [...], "model": id the server answered with}``.
+
+    Raises:
+        ServerError: with a one-line message (Docker hint for localhost URLs).
+    """
+    models = list_models(endpoint_url, api_key, read_timeout=read_timeout)
+    reply = chat_completion(endpoint_url, api_key, [{"role": "user", "content": "ping"}], model=model,
+                            max_tokens=1, read_timeout=read_timeout)
+    return {"models": models, "model": reply.get("model") or model or (models[0] if models else "")}
+
+
+def flatten_content(content: Any) -> Any:
+    """Turn a list of text parts (``[{"type": "text", "text": ...}]``, what Dify and the OpenAI SDK
+    send) into one string joined by newlines; keep lists holding images/audio and non-lists as they are.
+
+    Why: chat templates written for string contents (Qwen's, in llama-cpp-python 0.3.36) crash on a
+    list (HTTP 500); text-only servers lose nothing by the join.
+    """
+    if not isinstance(content, list):
+        return content
+    if all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "\n".join(str(p.get("text", "")) for p in content)
+    return content
+
+
+def prepare_messages(messages: Iterable[Mapping[str, Any]], system: str | None = None) -> list[dict]:
+    """Copy OpenAI chat messages with flattened contents; prepend ``system`` when given and the
+    conversation has no system turn (the persona switch of both plugins)."""
+    out = []
+    for m in messages:
+        d = dict(m)
+        if "content" in d:
+            d["content"] = flatten_content(d["content"])
+        out.append(d)
+    if system and not any(m.get("role") == "system" for m in out):
+        out.insert(0, {"role": "system", "content": system})
+    return out
+
+
+def render_chatml(messages: Iterable[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+    """Render messages as ChatML (``<|im_start|>role\\ncontent<|im_end|>\\n``…), the template of
+    Qwen2.5 and SmolLM2 (see their ``tokenizer_config.json`` ``chat_template``). Used to count a
+    conversation's prompt tokens with the server's tokenizer; exact for ChatML models."""
+    parts = []
+    for m in messages:
+        content = flatten_content(m.get("content"))
+        if isinstance(content, list):  # images etc.: count the text only
+            content = "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        parts.append(f"<|im_start|>{m.get('role', 'user')}\n{content or ''}<|im_end|>\n")
+    if add_generation_prompt:
+        parts.append("<|im_start|>assistant\n")
+    return "".join(parts)
+
+
+def count_tokens(endpoint_url: str, api_key: str | None, text: str, model: str | None = None,
+                 read_timeout: float = TOKENIZE_TIMEOUT) -> int | None:
+    """Count ``text``'s tokens with the server's own tokenizer (llama_cpp.server ``POST
+    /extras/tokenize``, special tokens parsed); ``None`` when the server has no such endpoint or
+    cannot be reached (callers then estimate)."""
+    try:
+        url = f"{server_root(endpoint_url)}/extras/tokenize"
+        body: dict[str, Any] = {"input": text}
+        if model:
+            body["model"] = model
+        response = httpx.post(url, headers=headers(api_key), json=body,
+                              timeout=httpx.Timeout(read_timeout, connect=min(CONNECT_TIMEOUT, read_timeout)))
+        if response.status_code != 200:
+            return None
+        tokens = response.json().get("tokens")
+        return len(tokens) if isinstance(tokens, list) else None
+    except (httpx.HTTPError, ValueError, ServerError, AttributeError):
+        return None
+
+
+def estimate_tokens(text: str) -> int:
+    """Offline estimate when no tokenizer is at hand: one token per CJK character, one per four
+    other characters (the usual BPE rule of thumb for English, from OpenAI's tokenizer guide)."""
+    cjk = sum(1 for ch in text if unicodedata.east_asian_width(ch) in ("W", "F"))
+    return cjk + math.ceil((len(text) - cjk) / 4)
+
+
+def completion_text(response: Mapping[str, Any]) -> str:
+    """The assistant text of a non-streamed chat completion (``choices[0].message.content``)."""
+    message = (response.get("choices") or [{}])[0].get("message") or {}
+    return str(message.get("content") or "").strip()

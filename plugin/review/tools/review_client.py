@@ -1,0 +1,124 @@
+"""The review tool's whole code path, without ``dify_plugin``: prompt (the training format) + HTTP.
+
+``write_steam_review`` (the Dify tool) is a thin shell around :func:`write_review`; ``steam-train
+demo`` calls :func:`write_review` from the host Python (3.11) to produce the very same request.
+
+Imports ``persona`` and ``server_client`` as top-level modules: ``steam-train plugin package``
+copies ``trainer/persona.py`` and ``plugin/common/server_client.py`` to the package root. From a
+source checkout, ``trainer.plugin_package.load_plugin_module`` provides both under those names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import persona
+import server_client
+
+#: ``max_tokens`` per requested length when the caller gives none (the persona writes ~1.5 tokens
+#: per Chinese character; "long" leaves room for several paragraphs).
+MAX_TOKENS_BY_LENGTH = {"short": 200, "medium": 500, "long": 1000}
+VERDICTS = ("auto", "recommend", "not_recommend")
+LANGUAGES = ("zh", "en")
+LENGTHS = tuple(MAX_TOKENS_BY_LENGTH)
+
+
+class ReviewError(ValueError):
+    """A review could not be written; ``str(e)`` is one line for the Dify user (no traceback)."""
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...], default: str) -> str:
+    v = str(value).strip().lower().replace(" ", "_") if value not in (None, "") else default
+    if v and v not in allowed:
+        raise ReviewError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return v
+
+
+def review_request(game_name: Any, tags: Any = None, verdict: Any = "auto", language: Any = "zh",
+                   length: Any = None, extra_instructions: Any = None,
+                   system: str | None = None) -> list[dict]:
+    """OpenAI messages for one review, built with :func:`persona.build_review_prompt` +
+    :func:`persona.user_message`: exactly the user turn the model was trained on.
+
+    Args:
+        length: ``short`` / ``medium`` / ``long`` adds a length line; ``None`` adds none (the
+            training format exactly).
+        system: a system turn to send; ``None`` leaves the server's default (the trained persona
+            embedded in the exported GGUF's chat template).
+
+    Raises:
+        ReviewError: empty game name or an unknown verdict / language / length.
+    """
+    if not str(game_name or "").strip():
+        raise ReviewError("game_name is required: give the game to review, e.g. 《黑神话：悟空》")
+    verdict = _choice("verdict", verdict, VERDICTS, "auto")
+    language = _choice("language", language, LANGUAGES, "zh")
+    length = _choice("length", length, LENGTHS, "") or None  # None: no length line, as in training
+    try:
+        instruction, input_text = persona.build_review_prompt(
+            str(game_name), tags=str(tags) if tags else None, verdict=verdict.replace("_", " "),
+            language=language, length=length, extra_instructions=str(extra_instructions or "") or None)
+    except ValueError as e:
+        raise ReviewError(str(e)) from None
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": persona.user_message(instruction, input_text)})
+    return messages
+
+
+def write_review(credentials: Mapping[str, Any], game_name: Any, tags: Any = None, verdict: Any = "auto",
+                 language: Any = "zh", length: Any = None, extra_instructions: Any = None,
+                 max_tokens: Any = None, temperature: Any = None, seed: Any = None) -> dict:
+    """Write one review with the persona model.
+
+    Args:
+        credentials: the tool provider's credentials: ``endpoint_url`` (API base, …/v1), ``api_key``
+            (optional), ``model`` (optional id as the server calls it), ``persona_system_prompt``
+            (``enabled`` sends :data:`persona.DEFAULT_SYSTEM`; default: the server's own).
+        max_tokens: reply limit in tokens; default by ``length`` (:data:`MAX_TOKENS_BY_LENGTH`,
+            ``medium``'s when no length is given).
+        temperature, seed: sampling settings passed through when given.
+
+    Returns:
+        ``{"game", "verdict", "review", "model", "usage"}`` — ``game`` cleaned (no 《》/™),
+        ``verdict`` one of :data:`VERDICTS`, ``usage`` the server's OpenAI usage object.
+
+    Raises:
+        ReviewError: bad parameters, server down / rejected key / refused request (one line each).
+    """
+    system = persona.DEFAULT_SYSTEM if server_client.is_on(credentials.get("persona_system_prompt")) else None
+    messages = review_request(game_name, tags, verdict, language, length, extra_instructions, system)
+    length_v = _choice("length", length, LENGTHS, "medium")
+    try:
+        limit = int(max_tokens) if max_tokens not in (None, "") else MAX_TOKENS_BY_LENGTH[length_v]
+    except (TypeError, ValueError):
+        raise ReviewError(f"max_tokens must be a whole number of tokens, not {max_tokens!r}") from None
+    if limit < 1:
+        raise ReviewError(f"max_tokens must be at least 1, not {limit}")
+    try:
+        response = server_client.chat_completion(
+            credentials.get("endpoint_url") or server_client.DEFAULT_ENDPOINT, credentials.get("api_key"),
+            messages, model=(credentials.get("model") or "").strip() or None, max_tokens=limit,
+            temperature=float(temperature) if temperature not in (None, "") else None,
+            seed=int(seed) if seed not in (None, "") else None)
+    except server_client.ServerError as e:
+        raise ReviewError(str(e)) from None
+    return {
+        "game": persona.clean_game_name(str(game_name)),
+        "verdict": _choice("verdict", verdict, VERDICTS, "auto"),
+        "review": server_client.completion_text(response),
+        "model": response.get("model") or credentials.get("model") or "",
+        "usage": response.get("usage") or {},
+    }
+
+
+def check_credentials(credentials: Mapping[str, Any]) -> list[str]:
+    """Ping ``GET /v1/models`` with the provider credentials; return the served model ids.
+
+    Raises:
+        ReviewError: unreachable server (with the Docker hint for localhost URLs) or rejected key.
+    """
+    try:
+        return server_client.list_models(credentials.get("endpoint_url") or server_client.DEFAULT_ENDPOINT,
+                                         credentials.get("api_key"))
+    except server_client.ServerError as e:
+        raise ReviewError(str(e)) from None

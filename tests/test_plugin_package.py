@@ -1,0 +1,251 @@
+"""``steam-train plugin package``: the daemon's zip and manifest rules, and the plugins' plain
+modules (server_client, review_client) run from the host Python."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from trainer import persona
+from trainer.cli import main as cli
+from trainer.errors import UserError
+from trainer.plugin_package import (MAX_UNPACKED_BYTES, PACKAGES, REPO, PackageConfig, load_plugin_module, run,
+                                    stage, validate)
+
+FORBIDDEN_PREFIXES = ("trainer/", "export/", "serve/", "tests/", ".venv/", "build/", "dist/", ".git/")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    return run(PackageConfig(out=str(tmp_path_factory.mktemp("dist")), version="1.2.3"))
+
+
+def _staged(key: str) -> dict[str, bytes]:
+    return stage(next(p for p in PACKAGES if p.key == key), REPO)
+
+
+def _with_manifest(files: dict[str, bytes], **changes) -> dict[str, bytes]:
+    m = yaml.safe_load(files["manifest.yaml"])
+    m.update(changes)
+    return {**files, "manifest.yaml": yaml.safe_dump(m, allow_unicode=True).encode()}
+
+
+def test_two_packages_named_by_manifest(built):
+    assert sorted(built) == ["chat", "review"]
+    assert built["chat"].name == "steam_persona-1.2.3.difypkg"
+    assert built["review"].name == "steam_persona_review-1.2.3.difypkg"
+
+
+@pytest.mark.parametrize("key", ["chat", "review"])
+def test_zip_follows_daemon_rules(built, key):
+    with zipfile.ZipFile(built[key]) as z:
+        infos = z.infolist()
+        names = [i.filename for i in infos]
+        assert z.comment == b""  # unsigned: no signature comment
+        assert names == sorted(names)
+        assert all(not n.endswith("/") for n in names)  # file entries only
+        assert all("\\" not in n and not n.startswith("/") for n in names)
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in infos)
+        assert "manifest.yaml" in names and "main.py" in names and "requirements.txt" in names
+        assert not [n for n in names if n.startswith(FORBIDDEN_PREFIXES)]
+        assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".difypkg")) or n == ".env"]
+        assert sum(i.file_size for i in infos) <= MAX_UNPACKED_BYTES
+        assert any(n.startswith("_assets/") for n in names)
+        manifest = yaml.safe_load(z.read("manifest.yaml"))
+        assert manifest["version"] == "1.2.3"
+        assert z.read("requirements.txt").decode().split() == ["dify_plugin==0.10.2"]
+        # the one prompt format and the one HTTP client, byte for byte
+        assert z.read("persona.py") == (REPO / "trainer/persona.py").read_bytes()
+        assert z.read("server_client.py") == (REPO / "plugin/common/server_client.py").read_bytes()
+        files = {n: z.read(n) for n in names}
+    assert validate(files)["name"] == manifest["name"]
+
+
+def test_chat_is_model_provider_and_review_is_tool(built):
+    with zipfile.ZipFile(built["chat"]) as z:
+        chat = yaml.safe_load(z.read("manifest.yaml"))
+        provider = yaml.safe_load(z.read(chat["plugins"]["models"][0]))
+    with zipfile.ZipFile(built["review"]) as z:
+        review = yaml.safe_load(z.read("manifest.yaml"))
+        tool = yaml.safe_load(z.read("tools/write_steam_review.yaml"))
+    assert (chat["author"], chat["name"]) == ("steam-persona", "steam_persona")
+    assert set(chat["plugins"]) == {"models"} and set(review["plugins"]) == {"tools"}
+    assert provider["configurate_methods"] == ["customizable-model"]
+    variables = {f["variable"]: f for f in provider["model_credential_schema"]["credential_form_schemas"]}
+    assert variables["endpoint_url"]["default"] == "http://host.docker.internal:8000/v1"
+    assert variables["api_key"]["type"] == "secret-input"
+    assert variables["persona_system_prompt"]["default"] == "disabled"
+    assert {"endpoint_model_name", "context_size", "max_tokens_to_sample"} <= set(variables)
+    params = {p["name"]: p for p in tool["parameters"]}
+    assert params["game_name"]["required"] is True
+    assert [o["value"] for o in params["verdict"]["options"]] == ["auto", "recommend", "not_recommend"]
+    assert [o["value"] for o in params["language"]["options"]] == ["zh", "en"]
+    assert [o["value"] for o in params["length"]["options"]] == ["short", "medium", "long"]
+    assert {"tags", "extra_instructions"} <= set(params)
+
+
+def test_same_sources_same_bytes(built, tmp_path):
+    again = run(PackageConfig(out=str(tmp_path), version="1.2.3"))
+    for key in ("chat", "review"):
+        assert hashlib.sha256(again[key].read_bytes()).digest() == hashlib.sha256(built[key].read_bytes()).digest()
+
+
+def test_difyignore_and_always_excluded(tmp_path):
+    repo = tmp_path / "repo"
+    for rel in ("manifest.yaml", "trainer/persona.py", "plugin"):
+        src, dst = REPO / rel, repo / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
+    chat = repo / "plugin/chat"
+    (chat / "debug.log").write_text("x")  # *.log is in .difyignore
+    (chat / "notes").mkdir()
+    (chat / "notes/draft.md").write_text("x")
+    (chat / ".difyignore").write_text((chat / ".difyignore").read_text() + "notes/\n")
+    (chat / ".env").write_text("REMOTE_INSTALL_KEY=secret")
+    (chat / "models/llm/__pycache__").mkdir()
+    (chat / "models/llm/__pycache__/llm.cpython-312.pyc").write_bytes(b"\0")
+    (chat / "tests").mkdir()
+    (chat / "tests/test_x.py").write_text("x")
+    files = stage(PACKAGES[0], repo)
+    assert "models/llm/llm.py" in files and "PRIVACY.md" in files and ".env.example" in files
+    for gone in ("debug.log", "notes/draft.md", ".env", "models/llm/__pycache__/llm.cpython-312.pyc",
+                 "tests/test_x.py"):
+        assert gone not in files
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("author", "Steam-Persona", "author"),
+    ("author", "a" * 65, "author"),
+    ("author", "steam persona", "author"),
+    ("author", "123e4567-e89b-12d3-a456-426614174000", "UUID"),
+    ("name", "Steam_Persona", "name"),
+    ("name", "x" * 129, "name"),
+    ("name", "steam.persona", "name"),
+    ("version", "1.0", "version"),
+    ("version", "1.2.3.4", "version"),
+    ("type", "bundle", "type"),
+    ("meta", {"version": "0.1.0", "arch": ["amd64"], "runner": {"language": "python", "version": "3.12",
+                                                                "entrypoint": "main"}}, "meta.version"),
+    ("icon", "missing.svg", "icon"),
+    ("tags", ["games"], "tags"),
+    ("label", {"zh_Hans": "只有中文"}, "label"),
+    ("resource", {"memory": 0}, "resource.memory"),
+])
+def test_manifest_rules_refuse(field, value, needle):
+    files = _with_manifest(_staged("chat"), **{field: value})
+    with pytest.raises(UserError, match=needle):
+        validate(files, "chat")
+
+
+def test_good_values_pass_the_regexes():
+    for author, name in (("steam-persona", "steam_persona"), ("a", "b"), ("x" * 64, "y" * 128), ("a_1-b", "c-2_d")):
+        assert validate(_with_manifest(_staged("chat"), author=author, name=name))["author"] == author
+
+
+def test_model_and_tool_in_one_manifest_refused():
+    chat, review = _staged("chat"), _staged("review")
+    merged = {**{k: v for k, v in review.items() if k != "manifest.yaml"}, **chat}
+    m = yaml.safe_load(chat["manifest.yaml"])
+    m["plugins"]["tools"] = ["provider/steam_review.yaml"]
+    merged["manifest.yaml"] = yaml.safe_dump(m, allow_unicode=True).encode()
+    with pytest.raises(UserError, match="cannot be provided at the same time"):
+        validate(merged, "combined")
+
+
+def test_referenced_files_must_exist():
+    files = _staged("review")
+    with pytest.raises(UserError, match="tools/write_steam_review.py"):
+        validate({k: v for k, v in files.items() if k != "tools/write_steam_review.py"})
+    with pytest.raises(UserError, match="provider/steam_review.yaml"):
+        validate({k: v for k, v in files.items() if k != "provider/steam_review.yaml"})
+    tool = yaml.safe_load(files["tools/write_steam_review.yaml"])
+    del tool["parameters"][0]["human_description"]
+    with pytest.raises(UserError, match="human_description"):
+        validate({**files, "tools/write_steam_review.yaml": yaml.safe_dump(tool).encode()})
+    with pytest.raises(UserError, match="_assets"):
+        validate({k: v for k, v in _staged("chat").items() if not k.startswith("_assets/")})
+
+
+def test_oversize_refused():
+    files = {**_staged("chat"), "big.bin": b"\0" * (MAX_UNPACKED_BYTES + 1)}
+    with pytest.raises(UserError, match="50 MiB"):
+        validate(files)
+
+
+def test_cli_bad_version_exit_2_and_nothing_written(tmp_path):
+    out = tmp_path / "dist"
+    result = CliRunner().invoke(cli, ["plugin", "package", "--out", str(out), "--version", "1.2"])
+    assert result.exit_code == 2
+    assert "--version '1.2'" in result.output and "Traceback" not in result.output
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_cli_writes_both(tmp_path):
+    result = CliRunner().invoke(cli, ["plugin", "package", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["steam_persona-0.1.0.difypkg",
+                                                          "steam_persona_review-0.1.0.difypkg"]
+
+
+# -- the plugins' plain modules, from the host Python (what steam-train demo reuses) ---------------
+
+@pytest.fixture(scope="module")
+def review_client():
+    return load_plugin_module("review", "tools/review_client.py")
+
+
+@pytest.fixture(scope="module")
+def server_client(review_client):
+    import sys
+
+    return sys.modules["server_client"]
+
+
+def test_review_prompt_is_the_training_format(review_client):
+    msgs = review_client.review_request("《《Hollow Knight™》》", tags="动作，类银河战士恶魔城", verdict="auto",
+                                        language="zh", length=None)
+    instruction, input_text = persona.build_review_prompt("Hollow Knight", ["动作", "类银河战士恶魔城"])
+    assert msgs == [{"role": "user", "content": persona.user_message(instruction, input_text)}]
+    assert msgs[0]["content"] == "请以资深玩家的身份，点评一下《Hollow Knight》这款游戏。\n游戏类型标签：动作, 类银河战士恶魔城"
+
+
+def test_review_prompt_options(review_client):
+    msgs = review_client.review_request("Celeste", None, "not_recommend", "en", "short", "Compare with Towerfall.",
+                                        system=persona.DEFAULT_SYSTEM)
+    assert msgs[0] == {"role": "system", "content": persona.DEFAULT_SYSTEM}
+    assert msgs[1]["content"] == ('As a veteran gamer, review the game "Celeste".\nVerdict: Not recommended\n'
+                                  "Length: short, two or three sentences.\nCompare with Towerfall.")
+    for bad, needle in ((dict(game_name=" "), "game_name is required"), (dict(game_name="X", verdict="maybe"), "verdict"),
+                        (dict(game_name="X", language="fr"), "language"), (dict(game_name="X", length="epic"), "length")):
+        with pytest.raises(review_client.ReviewError, match=needle):
+            review_client.review_request(**bad)
+
+
+def test_server_client_helpers(server_client):
+    sc = server_client
+    assert sc.normalize_endpoint(" http://h:8000/v1/ ") == "http://h:8000/v1"
+    assert sc.normalize_endpoint("http://h:8000") == "http://h:8000/v1"
+    assert sc.server_root("http://h:8000/v1") == "http://h:8000"
+    with pytest.raises(sc.ServerError, match="not an http"):
+        sc.normalize_endpoint("h:8000/v1")
+    assert "host.docker.internal:9000" in sc.docker_hint("http://localhost:9000/v1")
+    assert "host-gateway" in sc.docker_hint("http://127.0.0.1:8000/v1")
+    assert sc.docker_hint("http://host.docker.internal:8000/v1") == ""
+    assert sc.flatten_content([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]) == "a\nb"
+    image = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]
+    assert sc.flatten_content(image) == image
+    assert sc.prepare_messages([{"role": "user", "content": "hi"}], system="S")[0] == {"role": "system", "content": "S"}
+    assert len(sc.prepare_messages([{"role": "system", "content": "T"}], system="S")) == 1
+    assert sc.render_chatml([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert sc.estimate_tokens("你好abcd") == 3
+    err = sc.error_for_status(400, '{"error": {"message": "This model\'s maximum context length is 2048 tokens."}}', "u")
+    assert (err.kind, err.status) == ("bad_request", 400) and "maximum context length is 2048" in str(err)
+    assert sc.error_for_status(401, "", "u").kind == "auth"
+    assert sc.error_for_status(503, "busy", "u").kind == "server"
+    assert [sc.is_on(v) for v in ("enabled", "true", True, "disabled", None, "")] == [True, True, True, False, False, False]

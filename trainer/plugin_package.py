@@ -1,0 +1,375 @@
+"""``steam-train plugin package``: build the two Dify plugins (``.difypkg``) from this repo.
+
+A model provider and a tool may not share one package (the plugin daemon refuses the install), so
+the persona ships as two plugins: the chat model provider (``manifest.yaml`` at the repo root,
+sources in ``plugin/chat/``) and the review tool (``plugin/review/``). :data:`PACKAGES` is the one
+table of what goes where; both get ``trainer/persona.py`` (the training prompt format and the
+persona) and ``plugin/common/server_client.py`` (HTTP to the server) copied to their root.
+
+Before writing, each staged package is checked against the daemon's rules (langgenius/
+dify-plugin-daemon ``pkg/entities/plugin_entities/plugin_declaration.go`` and the package decoder):
+manifest regexes and required fields, icons present in ``_assets/``, referenced YAML and Python
+present, model-vs-tool exclusivity, ≤ 50 MiB. The zip holds file entries only, sorted, with
+forward slashes, ``manifest.yaml`` at the root, deflated, with no zip comment (unsigned), and a
+fixed timestamp so that the same sources give the same bytes.
+
+Why our own packager instead of the Dify CLI (``dify plugin package``): it is a Go binary outside
+PyPI, it cannot merge the shared modules in, and its checks run only at install time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import re
+import sys
+import types
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import pathspec
+import yaml
+
+from trainer import config
+from trainer.config import arg
+from trainer.console import summary_table
+from trainer.errors import UserError
+from trainer.io import atomic_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Unpacked size limit of a package (the daemon's 50 MiB).
+MAX_UNPACKED_BYTES = 50 * 1024 * 1024
+#: Timestamp of every zip entry (reproducible packages; zip cannot store dates before 1980).
+ZIP_DATE_TIME = (2025, 1, 1, 0, 0, 0)
+#: Never shipped, whatever .difyignore says: caches, virtualenvs, secrets, other stages' code.
+ALWAYS_EXCLUDE = ["__pycache__/", "*.py[cod]", ".venv/", "venv/", ".git/", ".pytest_cache/", ".mypy_cache/",
+                  ".ruff_cache/", ".env", "trainer/", "export/", "serve/", "tests/", "build/", "dist/",
+                  "*.difypkg", ".DS_Store"]
+
+# Daemon rules (plugin_declaration.go, identity.go, manifest_entities tags).
+VERSION_RE = re.compile(r"^\d{1,4}(\.\d{1,4}){2}(-\w{1,16})?$")
+AUTHOR_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+NAME_RE = re.compile(r"^[a-z0-9_-]{1,128}$")
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+PLUGIN_TAGS = {"search", "image", "videos", "weather", "finance", "design", "travel", "social", "news",
+               "medical", "productivity", "education", "business", "entertainment", "utilities", "agent",
+               "rag", "other"}
+ARCHES = {"amd64", "arm64"}
+MANIFEST_SPEC_VERSION = "0.0.1"
+#: Extension kinds a manifest may declare; a model provider excludes every other kind.
+EXTENSION_KINDS = ("tools", "models", "endpoints", "agent_strategies", "datasources", "triggers")
+
+
+@dataclass(frozen=True)
+class Package:
+    """One plugin: its manifest, its source folder and the files copied in from elsewhere.
+
+    Attributes:
+        key: short name (``chat`` / ``review``), the key of :func:`run`'s result.
+        manifest: repo-relative path of its ``manifest.yaml`` (staged at the zip root).
+        source: repo-relative folder whose files go to the zip root (minus ignored ones).
+        extra: zip path → repo-relative source file, copied in (self-contained plugins).
+    """
+
+    key: str
+    manifest: str
+    source: str
+    extra: tuple[tuple[str, str], ...]
+
+
+_SHARED = (("persona.py", "trainer/persona.py"), ("server_client.py", "plugin/common/server_client.py"))
+#: What goes where.
+PACKAGES = (
+    Package("chat", manifest="manifest.yaml", source="plugin/chat", extra=_SHARED),
+    Package("review", manifest="plugin/review/manifest.yaml", source="plugin/review", extra=_SHARED),
+)
+
+
+@dataclass
+class PackageConfig:
+    """Settings of ``steam-train plugin package``."""
+
+    out: str = arg("dist", "Folder for the .difypkg files (created).")
+    version: str | None = arg(None, "Plugin version X.Y.Z written into both manifests (default: theirs).")
+
+
+def _ignore_spec(source: Path) -> pathspec.GitIgnoreSpec:
+    """Patterns of :data:`ALWAYS_EXCLUDE` + the folder's ``.difyignore`` (else ``.gitignore``),
+    gitignore syntax (the daemon's packager reads the same files the same way)."""
+    lines = list(ALWAYS_EXCLUDE)
+    for name in (".difyignore", ".gitignore"):
+        f = source / name
+        if f.is_file():
+            lines += f.read_text(encoding="utf-8").splitlines()
+            break
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def stage(pkg: Package, repo: Path = REPO, version: str | None = None) -> dict[str, bytes]:
+    """Collect one package's files in memory: zip path (forward slashes) → bytes.
+
+    Raises:
+        UserError: the manifest, the source folder or a copied-in file is missing, or ``version``
+            does not match the daemon's version rule.
+    """
+    manifest = repo / pkg.manifest
+    source = repo / pkg.source
+    if not manifest.is_file() or not source.is_dir():
+        raise UserError(f"{manifest if not manifest.is_file() else source}: plugin sources not found; "
+                        f"run `steam-train plugin package` from a source checkout of steam-persona")
+    spec = _ignore_spec(source)
+    files: dict[str, bytes] = {}
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source).as_posix()
+        if path.is_dir() or path.is_symlink() or spec.match_file(rel):
+            continue
+        files[rel] = path.read_bytes()
+    for arc, src in pkg.extra:
+        f = repo / src
+        if not f.is_file():
+            raise UserError(f"{f}: missing; it is copied into the {pkg.key} plugin as {arc}")
+        files[arc] = f.read_bytes()
+    text = manifest.read_text(encoding="utf-8")
+    if version is not None:
+        if not VERSION_RE.match(version):
+            raise UserError(f"--version {version!r}: must look like 1.2.3 (or 1.2.3-beta1); fix the flag")
+        text, n = re.subn(r"(?m)^version:.*$", f"version: {version}", text, count=1)
+        if not n:
+            text = f"version: {version}\n" + text
+    files["manifest.yaml"] = text.encode("utf-8")
+    return files
+
+
+def _yaml(files: dict[str, bytes], name: str, where: str) -> dict:
+    if name not in files:
+        raise UserError(f"{where}: references {name}, which is not in the package; add it or fix the path")
+    try:
+        data = yaml.safe_load(files[name].decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{name}: invalid YAML ({e}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{name}: must be a YAML mapping")
+    return data
+
+
+def _i18n(value: Any, where: str) -> None:
+    if not isinstance(value, dict) or not str(value.get("en_US") or "").strip():
+        raise UserError(f"{where}: needs a non-empty en_US text (an i18n object: en_US, zh_Hans, ...)")
+
+
+def _asset(files: dict[str, bytes], icon: Any, where: str) -> None:
+    name = icon.get("en_US") if isinstance(icon, dict) else icon
+    if not name or f"_assets/{name}" not in files:
+        raise UserError(f"{where}: icon {name!r} is not in _assets/; add the file or fix the name")
+
+
+def validate(files: dict[str, bytes], label: str = "plugin") -> dict:
+    """Check a staged package against the plugin daemon's rules; return the parsed manifest.
+
+    Checks: ``version``/``author``/``name`` regexes (author not a UUID), ``type: plugin``, i18n
+    ``label``/``description``, icons in ``_assets/``, ``resource.memory`` > 0, ``meta`` (spec
+    0.0.1, arch, python runner with its entrypoint module), RFC 3339 ``created_at``, tags, privacy
+    file, referenced provider/tool YAML and their Python sources, a model provider alone, ≤ 50 MiB.
+
+    Raises:
+        UserError: ``"<label> manifest.yaml: <field>: <problem>; <fix>"``.
+    """
+    where = f"{label} manifest.yaml"
+    m = _yaml(files, "manifest.yaml", label)
+    version = str(m.get("version") or "")
+    if not VERSION_RE.match(version):
+        raise UserError(f"{where}: version {version!r} must look like 1.2.3 (regex {VERSION_RE.pattern})")
+    if m.get("type") != "plugin":
+        raise UserError(f"{where}: type must be 'plugin', not {m.get('type')!r}")
+    author = str(m.get("author") or "")
+    if not AUTHOR_RE.match(author):
+        raise UserError(f"{where}: author {author!r} must be 1-64 of a-z 0-9 _ - (lowercase); fix it")
+    if UUID_RE.match(author):
+        raise UserError(f"{where}: author {author!r} looks like a UUID, which the daemon reserves; pick a name")
+    name = str(m.get("name") or "")
+    if not NAME_RE.match(name):
+        raise UserError(f"{where}: name {name!r} must be 1-128 of a-z 0-9 _ - (lowercase); fix it")
+    for key in ("label", "description"):
+        _i18n(m.get(key), f"{where}: {key}")
+    _asset(files, m.get("icon"), f"{where}: icon")
+    if m.get("icon_dark"):
+        _asset(files, m["icon_dark"], f"{where}: icon_dark")
+    resource = m.get("resource") or {}
+    if not isinstance(resource.get("memory"), int) or resource["memory"] <= 0:
+        raise UserError(f"{where}: resource.memory must be a positive number of bytes, e.g. 268435456")
+    meta = m.get("meta") or {}
+    if str(meta.get("version")) != MANIFEST_SPEC_VERSION:
+        raise UserError(f"{where}: meta.version must be {MANIFEST_SPEC_VERSION} (the manifest spec version), "
+                        f"not {meta.get('version')!r}")
+    arch = meta.get("arch")
+    if not isinstance(arch, list) or not arch or not set(arch) <= ARCHES:
+        raise UserError(f"{where}: meta.arch must list amd64 and/or arm64, not {arch!r}")
+    runner = meta.get("runner") or {}
+    if runner.get("language") != "python" or not str(runner.get("version") or "") or not runner.get("entrypoint"):
+        raise UserError(f"{where}: meta.runner needs language: python, version: \"3.12\", entrypoint: main")
+    if f"{runner['entrypoint']}.py" not in files:
+        raise UserError(f"{where}: meta.runner.entrypoint {runner['entrypoint']!r} has no "
+                        f"{runner['entrypoint']}.py in the package")
+    created = m.get("created_at")
+    if isinstance(created, str):
+        try:
+            datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+        except ValueError:
+            created = None
+    if not isinstance(created, (str, datetime.datetime)):
+        raise UserError(f"{where}: created_at must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
+    bad_tags = [t for t in m.get("tags") or [] if t not in PLUGIN_TAGS]
+    if bad_tags:
+        raise UserError(f"{where}: unknown tags {bad_tags}; use {', '.join(sorted(PLUGIN_TAGS))}")
+    if m.get("privacy") and m["privacy"] not in files:
+        raise UserError(f"{where}: privacy file {m['privacy']!r} is not in the package")
+    if "requirements.txt" not in files and "pyproject.toml" not in files:
+        raise UserError(f"{label}: requirements.txt is missing; the daemon installs the plugin from it")
+    plugins = m.get("plugins") or {}
+    declared = {k: list(plugins.get(k) or []) for k in EXTENSION_KINDS}
+    if not any(declared.values()):
+        raise UserError(f"{where}: plugins declares nothing; add models: or tools: with a provider YAML")
+    if declared["models"] and any(declared[k] for k in EXTENSION_KINDS if k != "models"):
+        others = [k for k in EXTENSION_KINDS if k != "models" and declared[k]]
+        raise UserError(f"{where}: a model provider and {', '.join(others)} cannot be provided at the same time "
+                        f"(the daemon refuses the install); ship them as two plugins")
+    for kind, paths in declared.items():
+        for p in paths:
+            if len(p) > 128:
+                raise UserError(f"{where}: plugins.{kind} path {p!r} is longer than 128 characters")
+            provider = _yaml(files, p, f"{where}: plugins.{kind}")
+            if kind == "models":
+                _validate_model_provider(files, p, provider)
+            elif kind == "tools":
+                _validate_tool_provider(files, p, provider)
+    size = sum(len(b) for b in files.values())
+    if size > MAX_UNPACKED_BYTES:
+        raise UserError(f"{label}: {size / 2**20:.1f} MiB unpacked, over the daemon's 50 MiB; "
+                        f"list large files in .difyignore")
+    return m
+
+
+def _python_source(files: dict[str, bytes], path: Any, where: str) -> None:
+    if not isinstance(path, str) or path not in files:
+        raise UserError(f"{where}: Python source {path!r} is not in the package")
+
+
+def _validate_model_provider(files: dict[str, bytes], name: str, p: dict) -> None:
+    if not re.match(r"^[a-z0-9_-]+$", str(p.get("provider") or "")):
+        raise UserError(f"{name}: provider must be a lowercase name, not {p.get('provider')!r}")
+    _i18n(p.get("label"), f"{name}: label")
+    _asset(files, p.get("icon_small"), f"{name}: icon_small")
+    if not p.get("supported_model_types") or not p.get("configurate_methods"):
+        raise UserError(f"{name}: needs supported_model_types and configurate_methods")
+    py = ((p.get("extra") or {}).get("python") or {})
+    _python_source(files, py.get("provider_source"), f"{name}: extra.python.provider_source")
+    for src in py.get("model_sources") or []:
+        _python_source(files, src, f"{name}: extra.python.model_sources")
+
+
+def _validate_tool_provider(files: dict[str, bytes], name: str, p: dict) -> None:
+    identity = p.get("identity") or {}
+    for key in ("author", "name"):
+        if not identity.get(key):
+            raise UserError(f"{name}: identity.{key} is required")
+    _i18n(identity.get("label"), f"{name}: identity.label")
+    _asset(files, identity.get("icon"), f"{name}: identity.icon")
+    creds = p.get("credentials_for_provider")
+    if creds is not None and not isinstance(creds, dict):
+        raise UserError(f"{name}: credentials_for_provider must be a mapping name → {{type, required, label}}")
+    _python_source(files, ((p.get("extra") or {}).get("python") or {}).get("source"), f"{name}: extra.python.source")
+    for tool_path in p.get("tools") or []:
+        tool = _yaml(files, tool_path, f"{name}: tools")
+        _python_source(files, ((tool.get("extra") or {}).get("python") or {}).get("source"),
+                       f"{tool_path}: extra.python.source")
+        for param in tool.get("parameters") or []:
+            if not (param.get("human_description") or {}).get("en_US"):
+                raise UserError(f"{tool_path}: parameter {param.get('name')!r}: human_description.en_US is required")
+
+
+def write_difypkg(files: dict[str, bytes], out: Path) -> Path:
+    """Write ``files`` as a ``.difypkg`` (atomic: temp file, then rename) and return ``out``.
+
+    File entries only, sorted, forward slashes, deflate, fixed timestamp, mode 0644, no comment.
+    """
+    with atomic_path(out) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name in sorted(files):
+                info = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o100644 << 16
+                z.writestr(info, files[name])
+    return out
+
+
+def run(cfg: PackageConfig) -> dict[str, Path]:
+    """Stage, validate and write both plugins.
+
+    Returns:
+        ``{"chat": dist/steam_persona-X.Y.Z.difypkg, "review": dist/steam_persona_review-X.Y.Z.difypkg}``.
+
+    Raises:
+        UserError: a package breaks a daemon rule (nothing is written then) or sources are missing.
+    """
+    staged = []
+    for pkg in PACKAGES:
+        files = stage(pkg, REPO, cfg.version)
+        manifest = validate(files, f"{pkg.key} plugin ({pkg.manifest})")
+        staged.append((pkg, files, manifest))
+    out_dir = Path(cfg.out)
+    result: dict[str, Path] = {}
+    rows = []
+    for pkg, files, manifest in staged:
+        path = write_difypkg(files, out_dir / f"{manifest['name']}-{manifest['version']}.difypkg")
+        result[pkg.key] = path
+        rows.append((f"{pkg.key}: {manifest['author']}/{manifest['name']} {manifest['version']}",
+                     f"{path}  ({len(files)} files, {path.stat().st_size / 1024:.1f} KiB)"))
+    summary_table("Dify plugins", rows + [("install", "Dify → Plugins → Install from local package file "
+                                                      "(self-hosted: FORCE_VERIFYING_SIGNATURE=false; docs/dify.md)")])
+    return result
+
+
+def load_plugin_module(plugin: str, relpath: str) -> types.ModuleType:
+    """Import one of a plugin's plain modules from the source tree, from the host Python.
+
+    The packaged plugins import ``persona`` and ``server_client`` as top-level modules; this gives
+    them the same names (the very files the packager copies in) so that e.g. ``steam-train demo``
+    can run ``load_plugin_module("review", "tools/review_client.py").write_review(...)``, the
+    tool's exact prompt + HTTP path, without Dify or Python 3.12. Only modules that do not import
+    ``dify_plugin`` can be loaded this way.
+
+    Raises:
+        UserError: the file is not in the plugin's sources.
+    """
+    pkg = next((p for p in PACKAGES if p.key == plugin), None)
+    path = REPO / pkg.source / relpath if pkg else None
+    if path is None or not path.is_file():
+        raise UserError(f"{plugin}/{relpath}: not a file of the plugin sources under {REPO / 'plugin'}")
+    for arc, src in pkg.extra:
+        _load(Path(arc).stem, REPO / src)
+    return _load(f"steam_persona_plugins.{plugin}.{Path(relpath).with_suffix('').as_posix().replace('/', '.')}", path)
+
+
+def _load(name: str, path: Path) -> types.ModuleType:
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@click.group(name="plugin", help="Build the Dify plugins (chat model provider + review tool).")
+def group() -> None:
+    """``steam-train plugin``: sub-commands for the Dify plugins."""
+
+
+group.add_command(config.command(
+    PackageConfig, run, name="package", config_option="option",
+    help="Write the two Dify plugins (.difypkg): the persona as a chat model provider and the "
+         "write_steam_review tool. Install them in Dify: Plugins → Install from local package file."))
