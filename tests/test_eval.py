@@ -74,3 +74,65 @@ def test_length_stats_and_loss_helpers():
     assert m.perplexity(0.0) == 1.0 and m.perplexity(math.log(20)) == pytest.approx(20)
     assert m.perplexity(1e6) == math.inf
     assert m.relative_change(2.0, 1.5) == pytest.approx(-0.25)
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+def _fake_run_dir(tiny_llama_dir, tmp_path, train_file):
+    """A train-run-shaped dir: a LoRA adapter with random (non-zero) B so tuned != base, the
+    tokenizer, and run_config.yaml naming the base, persona and training set."""
+    import torch
+    import yaml
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                             init_lora_weights=False))
+    run = tmp_path / "run"
+    model.save_pretrained(run)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(run)
+    (run / "run_config.yaml").write_text(yaml.safe_dump(
+        {"model_name_or_path": str(tiny_llama_dir), "template": "auto", "system": "你是老G。",
+         "cutoff_len": 256, "dataset": str(train_file)}, allow_unicode=True), encoding="utf-8")
+    return run
+
+
+def test_eval_run_adapter_vs_base_writes_reports(tiny_llama_dir, tmp_path):
+    from trainer import config
+    from trainer.evaluate import EvalConfig, run
+
+    records = json.loads((__import__("pathlib").Path(__file__).parents[1] / "examples" / "persona_reviews.json")
+                         .read_text(encoding="utf-8"))
+    train_file, val_file = tmp_path / "train.json", tmp_path / "val.json"
+    train_file.write_text(json.dumps(records[:50], ensure_ascii=False), encoding="utf-8")
+    # the first val record is a verbatim training reply: the references' copy rate is known
+    val_file.write_text(json.dumps([records[0]] + records[50:], ensure_ascii=False), encoding="utf-8")
+    run_dir = _fake_run_dir(tiny_llama_dir, tmp_path, train_file)
+    cfg = config.build(EvalConfig, {"adapter_name_or_path": str(run_dir), "model_name_or_path": str(tiny_llama_dir),
+                                    "dataset": str(val_file), "num_samples": 3, "max_new_tokens": 6,
+                                    "per_device_eval_batch_size": 2, "output_dir": str(tmp_path / "eval")})
+    res = run(cfg)
+    rep = res.report
+    out = tmp_path / "eval"
+    assert {p.name for p in out.iterdir()} >= {"eval_report.json", "eval_report.md", "length_hist.png"}
+    assert (out / "length_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "eval_report.json").read_text(encoding="utf-8")) == rep
+    base, tuned = rep["loss"]["base"], rep["loss"]["tuned"]
+    # same records, same masking → same token count; a random adapter changes the loss
+    assert base["records"] == tuned["records"] == 11 and base["tokens"] == tuned["tokens"] > 0
+    assert base["loss"] != tuned["loss"]
+    assert rep["loss"]["relative_change"] == pytest.approx((tuned["loss"] - base["loss"]) / base["loss"], abs=1e-3)
+    assert base["perplexity"] == pytest.approx(math.exp(base["loss"]), rel=1e-3)
+    # a random 2-layer model never emits <|im_end|> within 6 tokens … or rarely: count agrees with flags
+    g = rep["generation"]
+    assert len(rep["samples"]) == 3 and rep["system"] == "你是老G。" and rep["cutoff_len"] == 256
+    flags = [s["tuned_stopped"] for s in rep["samples"]]
+    assert g["tuned"]["stop_rate"] == sum(flags) / 3
+    assert g["reference"]["length_units"]["count"] == 3
+    copied, total = m.copy_counts(records[0]["output"], m.ngram_index(r["output"] for r in records[:50]))
+    fresh = sum(m.copy_counts(r["output"], set())[1] for r in records[50:52])
+    assert copied == total and g["reference"]["copy_rate_8gram"] == pytest.approx(total / (total + fresh))
+    md = (out / "eval_report.md").read_text(encoding="utf-8")
+    assert "held-out loss" in md and "length_hist.png" in md and rep["samples"][0]["reference"] in md

@@ -1,0 +1,423 @@
+"""``steam-train eval``: did fine-tuning improve the persona? Held-out loss and generation checks,
+tuned against base, written to ``eval_report.json`` + ``eval_report.md`` + ``length_hist.png``.
+
+What is measured (the same way for the base and the tuned model):
+
+* **Held-out loss** — mean cross-entropy in nats per *response* token on the validation file,
+  pooled over all tokens (sum of token losses / number of response tokens); prompt and system
+  tokens are masked exactly as in training (the train stage's encoder, :mod:`trainer.data`), so
+  the figure means the same as the training loss. Perplexity = exp(loss).
+* **Generation checks** on ``--num_samples`` prompts of the validation file (the first N, in file
+  order, so runs are comparable): the share that stop by the end-of-turn token within
+  ``--max_new_tokens``; the length distribution (in :func:`trainer.eval_metrics.text_units`)
+  against the reference replies; the verbatim 8-gram copy rate against the training set's
+  replies; within-generation repetition (seq-rep-4).
+* **Side-by-side samples**: prompt, reference, base, tuned.
+
+The tuned model is ``--model_name_or_path`` + ``--adapter_name_or_path`` (a train run dir; the
+base is evaluated with the adapter switched off, so both share one load) or an exported
+``--gguf`` file (loaded through transformers, which dequantizes it: the same engine and the same
+masking as the base, so the two losses are comparable). The persona prompt and cutoff come from
+the run's ``run_config.yaml`` unless given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer import config, eval_metrics, io
+from trainer.config import arg
+from trainer.console import console, progress, summary_table
+from trainer.errors import UserError
+from trainer.templates import ChatTemplate
+
+#: Goals of the real-input report (issue 7).
+GOALS = {"loss_reduction": 0.25, "stop_rate": 1.0, "copy_rate": 0.01}
+
+
+@dataclass
+class EvalConfig:
+    """Settings of ``steam-train eval`` (= its flags = its YAML keys)."""
+
+    model_name_or_path: str = arg("smollm2", "Base model: 'smollm2' (embedded default), HF hub id, local folder "
+                                  "or .gguf file; default: the run's base from run_config.yaml.")
+    adapter_name_or_path: str | None = arg(None, "Train run dir (LoRA adapter) to evaluate against the base.")
+    gguf: str | None = arg(None, "Exported .gguf to evaluate against the base instead of an adapter.")
+    dataset: str = arg("", "Validation data: an alpaca/sharegpt JSON(L) file, or a name registered in "
+                       "--dataset_dir/dataset_info.json.")
+    dataset_dir: str = arg("data", "Folder holding dataset_info.json (for registered --dataset names).")
+    train_dataset: str | None = arg(None, "Training data for the 8-gram copy check (file or registered name); "
+                                    "default: the run's dataset from run_config.yaml.")
+    template: str | None = arg(None, "Chat template name; default: the run's (run_config.yaml), else the tokenizer's.")
+    system: str | None = arg(None, "Persona system prompt; default: the run's, else trainer.persona.DEFAULT_SYSTEM.")
+    cutoff_len: int | None = arg(None, "Max tokens per sample (prompt + reply) for the loss; default: the run's, else 1024.")
+    max_samples: int | None = arg(None, "Use at most this many validation records for the loss (default: all).")
+    num_samples: int = arg(16, "Validation prompts to generate from (the first N).")
+    max_new_tokens: int = arg(256, "Generation budget per reply, in tokens.")
+    do_sample: bool = arg(True, "Sample (True) or greedy-decode (False).")
+    temperature: float = arg(0.7, "Sampling temperature.")
+    top_p: float = arg(0.9, "Nucleus sampling probability mass.")
+    seed: int = arg(42, "Random seed for sampling.")
+    per_device_eval_batch_size: int = arg(8, "Sequences per forward pass (loss and generation).")
+    output_dir: str | None = arg(None, "Where the report goes; default: <run>/eval, or eval/<gguf name>.")
+
+
+@dataclass
+class EvalResult:
+    """What :func:`run` returns: the report dict and where it was written."""
+
+    report: dict[str, Any]
+    output_dir: Path
+
+
+def run(cfg: EvalConfig) -> EvalResult:
+    """Evaluate base vs tuned and write the reports (see the module docstring).
+
+    Raises:
+        UserError: no --dataset; both or neither of --adapter_name_or_path / --gguf; missing files;
+            an empty validation set.
+    """
+    if not cfg.dataset:
+        raise UserError("eval: missing --dataset; give the validation file (e.g. data/steam_val.json)")
+    if bool(cfg.adapter_name_or_path) == bool(cfg.gguf):
+        raise UserError("eval: give exactly one of --adapter_name_or_path RUN_DIR or --gguf FILE to compare with the base")
+    run_cfg = _run_config(cfg)
+    system = cfg.system if cfg.system is not None else run_cfg.get("system") or _default_system()
+    cutoff_len = cfg.cutoff_len or int(run_cfg.get("cutoff_len") or 1024)
+    template = cfg.template or run_cfg.get("template") or "auto"
+    out = Path(cfg.output_dir) if cfg.output_dir else (
+        Path(cfg.adapter_name_or_path) / "eval" if cfg.adapter_name_or_path else Path("eval") / Path(cfg.gguf).stem)
+
+    val = _load(cfg.dataset, cfg.dataset_dir, system)
+    if not val:
+        raise UserError(f"{cfg.dataset}: no records to evaluate; check the file")
+    train_ref = cfg.train_dataset or run_cfg.get("dataset")
+    train_texts = [c[-1]["content"] for c in _load(train_ref, run_cfg.get("dataset_dir") or cfg.dataset_dir, "")] \
+        if train_ref else []
+    if not train_texts:
+        console.print("[yellow]eval: no --train_dataset (and none in run_config.yaml): copy rate not measured")
+    index = eval_metrics.ngram_index(train_texts)
+    loss_convs = val[:cfg.max_samples] if cfg.max_samples else val
+    gen_convs = val[:cfg.num_samples]
+
+    results: dict[str, dict[str, Any]] = {}
+    for which, model, tokenizer, ctx in _models(cfg):
+        chat = ChatTemplate(template, tokenizer)
+        with ctx():
+            console.print(f"[bold]eval[/bold] {which}: loss on {len(loss_convs)} records, "
+                          f"{len(gen_convs)} generations")
+            loss = held_out_loss(model, chat, loss_convs, cutoff_len, cfg.per_device_eval_batch_size,
+                                 label=f"{which} loss")
+            gens = generate(model, chat, gen_convs, cfg, label=f"{which} generate")
+        results[which] = {"loss": loss, "generations": gens}
+        del model, tokenizer  # free the base before the GGUF model loads (gguf mode)
+
+    report = build_report(cfg, results, gen_convs, index, bool(train_texts), system, cutoff_len)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_lengths(report, out / "length_hist.png")
+    io.write_json(out / "eval_report.json", report)
+    io.write_text(out / "eval_report.md", render_markdown(report))
+    _summary(report, out)
+    return EvalResult(report, out)
+
+
+def _default_system() -> str:
+    from trainer.persona import DEFAULT_SYSTEM
+
+    return DEFAULT_SYSTEM
+
+
+def _run_config(cfg: EvalConfig) -> dict[str, Any]:
+    """The run's ``run_config.yaml`` (adapter mode), or the export's run config (gguf mode), or ``{}``."""
+    candidates = []
+    if cfg.adapter_name_or_path:
+        run_dir = Path(cfg.adapter_name_or_path)
+        if not (run_dir / "adapter_config.json").is_file():
+            raise UserError(f"{run_dir}: not a train run dir (no adapter_config.json); check --adapter_name_or_path")
+        candidates.append(run_dir / "run_config.yaml")
+    if cfg.gguf:
+        g = Path(cfg.gguf)
+        if not g.is_file():
+            raise UserError(f"{g}: GGUF file not found; check --gguf")
+        candidates += [g.parent / "run_config.yaml", g.parent / "merged" / "run_config.yaml"]
+    for c in candidates:
+        if c.is_file():
+            data = yaml.safe_load(c.read_text(encoding="utf-8")) or {}
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def _load(dataset: str | list[str], dataset_dir: str, system: str) -> list[list[dict[str, str]]]:
+    """Conversations (ending with the reference reply) through the train stage's reader."""
+    from trainer import data
+
+    return data.load_conversations(dataset, dataset_dir, system=system)
+
+
+# --------------------------------------------------------------------------------------------- models
+
+def _models(cfg: EvalConfig):
+    """Yield ``(which, model, tokenizer, context)`` for "base" then "tuned"; ``context()`` switches
+    the adapter off for the base in adapter mode (one load serves both)."""
+    from trainer import model as model_lib
+
+    if cfg.adapter_name_or_path:
+        model, tokenizer = model_lib.load_for_inference(cfg.model_name_or_path, cfg.adapter_name_or_path)
+        yield "base", model, tokenizer, model.disable_adapter
+        yield "tuned", model, tokenizer, contextlib.nullcontext
+        return
+    model, tokenizer = model_lib.load_for_inference(cfg.model_name_or_path)
+    yield "base", model, tokenizer, contextlib.nullcontext
+    del model
+    model, tokenizer = model_lib.load_for_inference(cfg.gguf)
+    yield "tuned", model, tokenizer, contextlib.nullcontext
+
+
+# ----------------------------------------------------------------------------------------------- loss
+
+def held_out_loss(model: Any, chat: Any, convs: list[list[dict[str, str]]], cutoff_len: int,
+                  batch_size: int, label: str = "loss") -> dict[str, float]:
+    """Mean response-token cross-entropy (nats) over ``convs``, pooled over tokens.
+
+    Conversations are encoded by the train stage's encoder (:func:`trainer.encode.encode_dataset`:
+    same chat template, persona, reply + end-of-turn labels and truncation as training); the loss
+    is ``sum(-log p(label)) / count(labels != -100)`` with the usual one-token shift.
+
+    Returns:
+        ``{"loss": float, "perplexity": float, "tokens": int, "records": int}``.
+    """
+    import torch
+
+    from trainer.encode import IGNORE_INDEX, encode_dataset
+
+    enc = encode_dataset(chat, convs, cutoff_len)
+    pad = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.tokenizer.eos_token_id
+    total_nll, total_tokens = 0.0, 0
+    with progress() as bar, torch.no_grad():
+        task = bar.add_task(label, total=len(enc))
+        for i in range(0, len(enc), batch_size):
+            ids_b, lab_b = enc.input_ids[i:i + batch_size], enc.labels[i:i + batch_size]
+            width = max(len(x) for x in ids_b)
+            ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids_b])
+            labels = torch.tensor([x + [IGNORE_INDEX] * (width - len(x)) for x in lab_b])
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids_b])
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits[:, :-1].float()
+            target = labels[:, 1:].to(logits.device)
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                    ignore_index=IGNORE_INDEX, reduction="sum")
+            total_nll += float(nll)
+            total_tokens += int((target != IGNORE_INDEX).sum())
+            bar.advance(task, len(ids_b))
+    loss = total_nll / total_tokens if total_tokens else math.nan
+    return {"loss": round(loss, 4), "perplexity": round(eval_metrics.perplexity(loss), 3),
+            "tokens": total_tokens, "records": len(enc)}
+
+
+# ------------------------------------------------------------------------------------------ generation
+
+def prompt_ids(chat: Any, conv: list[dict[str, str]]) -> list[int]:
+    """Token ids of ``conv`` up to its last reply (the assistant header included), tokenized exactly
+    as in training (:func:`trainer.encode.encode_conversation`), so generation starts where the
+    trained reply starts."""
+    from trainer.encode import encode_conversation
+
+    ids, _, spans, _ = encode_conversation(chat, conv)
+    return ids[:spans[-1][0]]
+
+
+def generate(model: Any, chat: Any, convs: list[list[dict[str, str]]], cfg: EvalConfig,
+             label: str = "generate") -> list[dict[str, Any]]:
+    """Generate one reply per conversation prompt (batched, left-padded).
+
+    ``stopped`` is :func:`trainer.eval_metrics.stopped` on the new tokens with the end-of-turn ids
+    (``generation_config.eos_token_id`` plus the template's end-of-turn token).
+
+    Returns:
+        one dict per conversation: ``{"text": str, "new_tokens": int, "stopped": bool,
+        "seconds": float}`` (seconds = the batch's wall time / batch size).
+    """
+    import torch
+
+    tok = chat.tokenizer
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos_ids.add(tok.convert_tokens_to_ids(chat.eot_token))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    prompts = [prompt_ids(chat, c) for c in convs]
+    torch.manual_seed(cfg.seed)
+    sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p) if cfg.do_sample \
+        else dict(do_sample=False)
+    out: list[dict[str, Any]] = []
+    with progress() as bar, torch.no_grad():
+        task = bar.add_task(label, total=len(prompts))
+        for i in range(0, len(prompts), cfg.per_device_eval_batch_size):
+            batch = prompts[i:i + cfg.per_device_eval_batch_size]
+            width = max(len(p) for p in batch)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
+            t0 = time.perf_counter()
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens,
+                                 eos_token_id=sorted(eos_ids), pad_token_id=pad, **sampling)
+            seconds = time.perf_counter() - t0
+            for row in gen[:, width:].tolist():
+                stop = eval_metrics.stopped(row, eos_ids, cfg.max_new_tokens)
+                n = next((k for k, t in enumerate(row) if t in eos_ids), len(row))
+                out.append({"text": tok.decode(row[:n], skip_special_tokens=True).strip(),
+                            "new_tokens": n + (1 if stop else 0), "stopped": stop,
+                            "seconds": round(seconds / len(batch), 3)})
+            bar.advance(task, len(batch))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- report
+
+def _gen_stats(gens: list[dict], index: set, measure_copy: bool) -> dict[str, Any]:
+    texts = [g["text"] for g in gens]
+    secs = sum(g["seconds"] for g in gens)
+    toks = sum(g["new_tokens"] for g in gens)
+    return {
+        "stop_rate": eval_metrics.stop_rate([g["stopped"] for g in gens]),
+        "length_units": eval_metrics.length_stats([len(eval_metrics.text_units(t)) for t in texts]),
+        "new_tokens": eval_metrics.length_stats([g["new_tokens"] for g in gens]),
+        "copy_rate_8gram": eval_metrics.copy_rate(texts, index) if measure_copy else None,
+        "repetition_seq_rep_4": eval_metrics.mean_repetition(texts),
+        "looping_share": eval_metrics.looping_share(texts),
+        "tokens_per_second": round(toks / secs, 1) if secs else None,
+    }
+
+
+def build_report(cfg: EvalConfig, results: dict[str, dict], convs: list[list[dict[str, str]]], index: set,
+                 measure_copy: bool, system: str, cutoff_len: int) -> dict[str, Any]:
+    """Assemble the JSON report from the per-model results (pure; see ``eval_report.json``)."""
+    base, tuned = results["base"], results["tuned"]
+    refs = [c[-1]["content"] for c in convs]
+    rel = (eval_metrics.relative_change(base["loss"]["loss"], tuned["loss"]["loss"])
+           if base["loss"]["loss"] and not math.isnan(base["loss"]["loss"]) else None)
+    gen = {"base": _gen_stats(base["generations"], index, measure_copy),
+           "tuned": _gen_stats(tuned["generations"], index, measure_copy),
+           "reference": {"length_units": eval_metrics.length_stats([len(eval_metrics.text_units(t)) for t in refs]),
+                         "copy_rate_8gram": eval_metrics.copy_rate(refs, index) if measure_copy else None}}
+    t = gen["tuned"]
+    goals = {
+        "loss_at_least_25pct_below_base": rel is not None and rel <= -GOALS["loss_reduction"],
+        "all_generations_stop": t["stop_rate"] is not None and t["stop_rate"] >= GOALS["stop_rate"],
+        "copy_rate_at_most_1pct": t["copy_rate_8gram"] is not None and t["copy_rate_8gram"] <= GOALS["copy_rate"],
+    }
+    samples = [{"prompt": c[-2]["content"], "reference": c[-1]["content"],
+                "base": b["text"], "base_stopped": b["stopped"], "tuned": tu["text"], "tuned_stopped": tu["stopped"]}
+               for c, b, tu in zip(convs, base["generations"], tuned["generations"])]
+    return {
+        "config": config.to_dict(cfg),
+        "system": system,
+        "cutoff_len": cutoff_len,
+        "loss": {"base": base["loss"], "tuned": tuned["loss"],
+                 "relative_change": None if rel is None else round(rel, 4)},
+        "generation": gen,
+        "goals": goals,
+        "samples": samples,
+        "plot": "length_hist.png",
+        "definitions": {
+            "loss": "mean cross-entropy (nats) per response token, prompt masked as in training",
+            "length_units": "CJK characters + words (trainer.eval_metrics.text_units)",
+            "copy_rate_8gram": "generated 8-grams found verbatim in the training replies / generated 8-grams "
+                               "(reference: the same for the validation replies, the natural overlap)",
+            "repetition_seq_rep_4": "mean over generations of 1 - distinct 4-grams / 4-grams (Welleck et al. 2020)",
+            "looping_share": "share of generations with seq-rep-4 >= 0.5",
+            "stop_rate": "share of generations that emit the end-of-turn token within max_new_tokens",
+        },
+    }
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    if pct:
+        return f"{100 * v:.1f} %"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The human report (``eval_report.md``): tables of figures, goals, and the side-by-side samples."""
+    L, G = report["loss"], report["generation"]
+    cfg = report["config"]
+    tuned_name = cfg.get("adapter_name_or_path") or cfg.get("gguf")
+    lines = [f"# Evaluation: `{tuned_name}` vs base `{cfg['model_name_or_path']}`", "",
+             f"Validation set: `{cfg['dataset']}`; {L['base']['records']} records for the loss, "
+             f"{len(report['samples'])} prompts for generation (max_new_tokens {cfg['max_new_tokens']}, "
+             f"{'sampling T=' + str(cfg['temperature']) + ' top_p=' + str(cfg['top_p']) if cfg['do_sample'] else 'greedy'}).",
+             "", "| metric | base | tuned |", "|---|---|---|",
+             f"| held-out loss (nats/token) | {_fmt(L['base']['loss'])} | {_fmt(L['tuned']['loss'])} "
+             f"({_fmt(L['relative_change'], pct=True)}) |",
+             f"| perplexity | {_fmt(L['base']['perplexity'])} | {_fmt(L['tuned']['perplexity'])} |"]
+    b, t = G["base"], G["tuned"]
+    rows = [("stop rate", "stop_rate", True), ("8-gram copy rate", "copy_rate_8gram", True),
+            ("repetition (seq-rep-4)", "repetition_seq_rep_4", True), ("looping share", "looping_share", True),
+            ("tokens/s", "tokens_per_second", False)]
+    lines += [f"| {name} | {_fmt(b[k], p)} | {_fmt(t[k], p)} |" for name, k, p in rows]
+    ref = G["reference"]["length_units"]
+    lines += ["", "Length in text units (CJK characters + words): median [p10–p90]", "",
+              "| reference | base | tuned |", "|---|---|---|",
+              "| " + " | ".join(f"{_fmt(s['median'])} [{_fmt(s['p10'])}–{_fmt(s['p90'])}]"
+                               for s in (ref, b["length_units"], t["length_units"])) + " |",
+              "", f"![length histograms]({report['plot']})", "", "## Goals", ""]
+    lines += [f"- {'✅' if ok else '❌'} {name.replace('_', ' ')}" for name, ok in report["goals"].items()]
+    lines += ["", "## Samples (base vs tuned)", ""]
+    for i, s in enumerate(report["samples"], 1):
+        lines += [f"### {i}. {s['prompt'].splitlines()[0]}", "", f"*{s['prompt'].splitlines()[-1]}*" if "\n" in s["prompt"] else "",
+                  f"- **reference**: {s['reference']}",
+                  f"- **base**{'' if s['base_stopped'] else ' (did not stop)'}: {s['base']}",
+                  f"- **tuned**{'' if s['tuned_stopped'] else ' (did not stop)'}: {s['tuned']}", ""]
+    lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_lengths(report: dict[str, Any], path: Path) -> None:
+    """Overlaid histograms of reply lengths (text units): reference, base, tuned (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {"reference": [len(eval_metrics.text_units(s["reference"])) for s in report["samples"]],
+              "base": [len(eval_metrics.text_units(s["base"])) for s in report["samples"]],
+              "tuned": [len(eval_metrics.text_units(s["tuned"])) for s in report["samples"]]}
+    top = max([1] + [max(v) for v in series.values() if v])
+    bins = [top * k / 20 for k in range(21)]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, values in series.items():
+        ax.hist(values, bins=bins, alpha=0.5, label=f"{name} (median {eval_metrics.length_stats(values)['median']})")
+    ax.set_xlabel("reply length (CJK characters + words)")
+    ax.set_ylabel("replies")
+    ax.set_title("Reply length: reference vs base vs tuned")
+    ax.legend()
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _summary(report: dict[str, Any], out: Path) -> None:
+    L, t, b = report["loss"], report["generation"]["tuned"], report["generation"]["base"]
+    summary_table("eval", [
+        ("held-out loss base → tuned", f"{_fmt(L['base']['loss'])} → {_fmt(L['tuned']['loss'])} "
+                                       f"({_fmt(L['relative_change'], pct=True)})"),
+        ("stop rate base / tuned", f"{_fmt(b['stop_rate'], True)} / {_fmt(t['stop_rate'], True)}"),
+        ("8-gram copy rate (tuned)", _fmt(t["copy_rate_8gram"], True)),
+        ("repetition seq-rep-4 base / tuned", f"{_fmt(b['repetition_seq_rep_4'], True)} / "
+                                              f"{_fmt(t['repetition_seq_rep_4'], True)}"),
+        ("report", out / "eval_report.md"),
+    ])
+
+
+command = config.command(EvalConfig, run, name="eval",
+                         help="Held-out loss/perplexity and generation checks (stop rate, length, 8-gram copy "
+                              "rate, repetition), tuned vs base; writes eval_report.json/.md + length_hist.png.")
