@@ -53,7 +53,7 @@ class SteamReplay:
         handler = type("Handler", (_Handler,), {"replay": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @classmethod
     def from_archives(cls, files: list[Path], details: dict[str, dict] | None = None) -> "SteamReplay":

@@ -25,7 +25,8 @@ _BB_DROP = re.compile(r"\[img\].*?\[/img\]|\[previewyoutube=[^\]]*\].*?\[/previe
 _BB_URL_BARE = re.compile(r"\[url\](.*?)\[/url\]", re.I | re.S)
 _BB_ITEM = re.compile(r"[ \t]*\[\*\][ \t]*")
 _BB_BLOCK = re.compile(r"\[/?(?:h[1-6]|list|olist|quote|table|tr|code|noparse)(?:[ =][^\]\n]*)?\]", re.I)
-_BB_INLINE = re.compile(r"\[/?(?:b|i|u|s|strike|spoiler|url|th|td|emoticon)(?:=[^\]\n]*)?\]", re.I)
+_BB_CELL = re.compile(r"\[/?t[hd]\]", re.I)
+_BB_INLINE = re.compile(r"\[/?(?:b|i|u|s|strike|spoiler|url|emoticon)(?:=[^\]\n]*)?\]", re.I)
 
 
 def strip_bbcode(text: str) -> str:
@@ -43,6 +44,7 @@ def strip_bbcode(text: str) -> str:
     text = _BB_URL_BARE.sub(r"\1", text)
     text = _BB_ITEM.sub("\n", text)
     text = _BB_BLOCK.sub("\n", text)
+    text = _BB_CELL.sub(" ", text)
     return _BB_INLINE.sub("", text)
 
 

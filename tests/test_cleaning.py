@@ -1,0 +1,136 @@
+"""One test per cleaning rule (trainer/cleaning.py), plus BBCode agreement with a labelled set."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+
+from trainer import cleaning
+
+
+def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():
+    raw = ("[h1]Verdict[/h1][b]Good[/b] [i]game[/i]. [spoiler]he dies[/spoiler]\n[quote=bob]so true[/quote]"
+           "[list][*]fast[*]fun[/list][url=https://x.example/a]here[/url] [img]https://i.example/p.png[/img][hr][/hr]"
+           "[table][tr][td]a[/td][td]b[/td][/tr][/table][strike]bad[/strike] [u]u[/u] [code]x=1[/code] [Spoilers] ok")
+    out = cleaning.normalize_whitespace(cleaning.strip_bbcode(raw))
+    assert out == "Verdict\nGood game. he dies\n\nso true\n\nfast\nfun\nhere\n\na b\n\nbad u\nx=1\n[Spoilers] ok"
+    assert "https" not in out and "[" not in out.replace("[Spoilers]", "")
+    assert cleaning.strip_bbcode("[quote zholobov]text[/quote]").strip() == "text"
+    assert cleaning.strip_bbcode("[URL]https://store.steampowered.com[/URL]") == "https://store.steampowered.com"
+    assert cleaning.strip_bbcode("no markup") == "no markup"
+
+
+def test_bbcode_agrees_with_labelled_cleaned_review(shared_dir):
+    """``cleaned_review`` in aspect_test.csv is the dataset authors' markup-free text. Their whitespace
+    handling is inconsistent (sometimes "\\n\\n" → "\\n", sometimes "\\n+" glued to the line), so
+    agreement is measured with all whitespace removed; exact agreement is reported too."""
+    with open(shared_dir / "data/bbcode/aspect_test.csv", encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ws = re.compile(r"\s+")
+    with_markup = [r for r in rows if re.search(r"\[/?[a-zA-Z0-9*]+[^\]]*\]", r["review"])]
+    agree = exact = 0
+    for r in rows:
+        ours = cleaning.normalize_whitespace(cleaning.strip_html(cleaning.strip_bbcode(r["review"])))
+        agree += ws.sub("", ours) == ws.sub("", r["cleaned_review"])
+        exact += ours == r["cleaned_review"].strip()
+    markup_agree = sum(ws.sub("", cleaning.normalize_whitespace(cleaning.strip_bbcode(r["review"])))
+                       == ws.sub("", r["cleaned_review"]) for r in with_markup)
+    assert len(rows) == 200 and len(with_markup) >= 35
+    assert markup_agree == len(with_markup)  # measured: 38/38 reviews with markup agree
+    assert agree == 200
+    assert exact >= 110  # measured 115/200 exact incl. whitespace; the label's whitespace is not consistent
+
+
+def test_html_residue():
+    assert cleaning.strip_html("多半好评<br>此游戏<br/>好<BR />评 &amp; &quot;ok&quot; <b>x</b>") == '多半好评\n此游戏\n好\n评 & "ok" x'
+    assert cleaning.strip_html("1 < 2 and 3 > 2") == "1 < 2 and 3 > 2"
+
+
+def test_whitespace_crlf_lone_cr_and_runs():
+    assert cleaning.normalize_whitespace("a\r\nb\rc") == "a\nb\nc"
+    assert cleaning.normalize_whitespace("好玩\r \r 真的\u3000\u3000好玩  \t!\n\n\n\nend  ") == "好玩\n\n真的 好玩 !\n\nend"
+    assert cleaning.normalize_whitespace("  \r\n ") == ""
+
+
+def test_profanity_mask_detection():
+    assert cleaning.has_profanity_mask("this is ♥♥♥♥ great")
+    assert not cleaning.has_profanity_mask("I ♥ it")
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("可以来我们这里一起交流学习 Q群000000000 欢迎各位萌新", "qq_wechat_group"),
+    ("QQ群：12345678 一起开黑", "qq_wechat_group"),
+    ("加vx: game_helper88 领福利", "qq_wechat_group"),
+    ("关注公众号领取礼包", "qq_wechat_group"),
+    ("代练联系13812345678", "phone_number"),
+    ("call +44 20 7946 0958 now", "phone_number"),
+    ("填我的邀请码 ABC123 送皮肤", "referral_code"),
+    ("use my referral code STEAM123", "referral_code"),
+    ("便宜 key 看这里 https://cheap-keys.example.com/x", "url"),
+    ("关注我的鉴赏家 https://store.steampowered.com/curator/123/", "url"),
+])
+def test_spam_signals(text, reason):
+    assert cleaning.spam_reason(text) == reason
+
+
+@pytest.mark.parametrize("text", [
+    "可以加相关的QQ群，去查WIKI，都很有帮助",  # advice, no group number
+    "你进群体验下聊天氛围，开发者回复很快",
+    "打了 1234567 分，玩了 2807960 秒",
+    "攻略：https://steamcommunity.com/sharedfiles/filedetails/?id=3067651219",
+    "商店页 https://store.steampowered.com/app/570/",
+    "The promo art is nice, the code is clean",
+])
+def test_not_spam(text):
+    assert cleaning.spam_reason(text) is None
+
+
+def test_pii_scrub_removes_profile_urls_ids_phones_emails():
+    text, kinds = cleaning.scrub_pii("战地6本体评测在这里 https://steamcommunity.com/profiles/76561190000000001/recommended/2807960/ "
+                                     "好友 76561198000000042 邮箱 me@example.com 电话 13912345678 "
+                                     "steamcommunity.com/id/coolguy 完")
+    assert cleaning.normalize_whitespace(text) == "战地6本体评测在这里 好友 邮箱 电话 完"
+    assert kinds == ["profile_url", "email", "steam_id", "phone_number"]
+    assert cleaning.scrub_pii("plain 12345") == ("plain 12345", [])
+
+
+def test_blocklist_words_and_cjk_substrings(tmp_path):
+    f = tmp_path / "block.txt"
+    f.write_text("# slurs\nbadword\n坏词  # comment\n\n", encoding="utf-8")
+    rx = cleaning.load_blocklist(f)
+    assert cleaning.blocked_word("what a BADWORD here", rx) == "BADWORD"
+    assert cleaning.blocked_word("badwords are not whole words", rx) is None
+    assert cleaning.blocked_word("这个坏词不行", rx) == "坏词"
+    empty = tmp_path / "e.txt"
+    empty.write_text("# nothing\n", encoding="utf-8")
+    assert cleaning.load_blocklist(empty) is None
+
+
+def test_script_check():
+    assert cleaning.script_mismatch("这游戏真好玩，强烈推荐 GTA", "schinese") is None
+    assert cleaning.script_mismatch("This game is great", "schinese") == "not Chinese"
+    assert cleaning.script_mismatch("這個遊戲說真的還不錯，對我來說時間過得很快", "schinese") == "Traditional under schinese"
+    assert cleaning.script_mismatch("這個遊戲說真的還不錯", "tchinese") is None
+    assert cleaning.script_mismatch("Great game, 10/10", "english") is None
+    assert cleaning.script_mismatch("非常好的游戏", "english") == "not Latin script"
+    assert cleaning.script_mismatch("とても面白い", "japanese") is None
+    assert cleaning.script_mismatch("12345 !!!", "english") is None
+
+
+def test_dedup_key_ignores_case_width_space_punctuation():
+    assert cleaning.dedup_key("好玩！！ Great  Game!") == cleaning.dedup_key("好玩!great game")
+    assert cleaning.dedup_key("好玩") != cleaning.dedup_key("不好玩")
+
+
+def test_near_duplicates_catch_edited_copies_not_different_texts():
+    base = "一个赞封一个挂逼，这个游戏真的好玩，自由度很高而且怎么玩也玩不腻，可以来我们这里一起交流学习，欢迎各位萌新和老玩家前来"
+    nd = cleaning.NearDuplicates(threshold=0.8)
+    assert nd.add(cleaning.dedup_key(base)) is None
+    assert nd.add(cleaning.dedup_key(base[1:] + "！！")) == 0  # first char lost, punctuation added
+    assert nd.add(cleaning.dedup_key("画面很好，剧情一般，打击感不错，但是优化太差了，希望后续更新能修一下闪退的问题")) is None
+    assert nd.add(cleaning.dedup_key("短评")) is None  # too short to shingle: never a near duplicate
+    sig1 = cleaning.NearDuplicates(seed=1).signature(cleaning.dedup_key(base))
+    sig2 = cleaning.NearDuplicates(seed=1).signature(cleaning.dedup_key(base))
+    assert (sig1 == sig2).all()  # deterministic across instances (no Python hash randomisation)
