@@ -1,0 +1,382 @@
+"""``steam-train demo`` (what ``make demo`` runs): the whole pipeline on the embedded default, offline.
+
+Stages, each through the same code path as its own command (their public ``run(cfg)``):
+
+1. **prepare** — ``trainer.prepare.run`` on ``examples/persona_reviews.json`` (60 persona reviews
+   we wrote, 40 Chinese and 20 English, in the seed's alpaca format) or ``--data FILE``;
+2. **train** — ``trainer.train.run``: QLoRA (4-bit NF4 base) on SmolLM2-135M-Instruct with the
+   persona system prompt, live progress, loss plot;
+3. **export** — ``export.cli.run``: merge, GGUF, q4_k_m, verification;
+4. **serve** — ``steam-train serve`` as a real subprocess on a free port (``/health`` polled), then
+   three reviews through the review plugin's own code path
+   (``plugin/review/tools/review_client.py: write_review``, imported from the host Python with
+   ``trainer.plugin_package.load_plugin_module``) and one multi-turn chat sent the way the chat
+   plugin sends it: the SDK's OpenAI-compatible streaming request (``stream_options.include_usage``,
+   contents flattened by the plugins' shared ``server_client.prepare_messages``). The chat plugin's
+   class itself needs ``dify_plugin`` (Python >= 3.12, installed from PyPI by Dify's daemon), which
+   the demo cannot assume offline; the plugin tests run it in the real runtime instead;
+5. **summary** — server stopped; loss start → end, loss plot, export sizes, tokens/s, the texts.
+
+Every artefact lives under ``--output_dir`` (``demo_run/``). ``demo_state.json`` records each
+finished stage with a fingerprint of its settings (chained through the stages before it); a rerun
+skips a stage whose fingerprint matches and whose artefacts exist, and redoes it and everything
+after it otherwise. Train and export also resume by themselves within a stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from trainer import config, io
+from trainer.config import arg
+from trainer.console import console, summary_table
+from trainer.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+#: The embedded demo data set (original text, written for this project).
+EXAMPLES = REPO / "examples" / "persona_reviews.json"
+STAGES = ("prepare", "train", "export", "serve")
+#: What the demo asks the persona for: (game, tags, language).
+REVIEW_PROMPTS = [("黑神话：悟空", "动作, 魂类, 神话", "zh"), ("Stardew Valley", "Farming Sim, Cozy", "en"),
+                  ("文明6", "策略, 回合制, 历史", "zh")]
+CHAT_TURNS = ["最近想找个能和朋友一起玩的游戏，有什么推荐？", "那单人玩的话呢？说说理由。"]
+
+
+@dataclass
+class DemoConfig:
+    """Settings of ``steam-train demo`` (= its flags = its YAML keys)."""
+
+    data: str | None = arg(None, "Reviews to train on instead of the embedded examples/persona_reviews.json "
+                                 "(any format prepare reads), e.g. ../shared/data/steam_sft_sample.json.")
+    model_name_or_path: str = arg("smollm2", "Base model: 'smollm2' (embedded SmolLM2-135M-Instruct), a local HF "
+                                             "folder or a .gguf file. Nothing is downloaded.")
+    output_dir: str = arg("demo_run", "Folder for every artefact; a rerun reuses the finished stages.")
+    max_samples: int | None = arg(None, "Train on at most this many records (for big --data files).")
+    val_size: float = arg(0.1, "Validation split given to prepare (fraction, or a record count >= 1).")
+    max_steps: int = arg(100, "Optimizer steps (on 2 CPU cores one step of 2 × ~280 tokens takes ~2 s).")
+    per_device_train_batch_size: int = arg(2, "Samples per step.")
+    learning_rate: float = arg(5e-4, "AdamW learning rate.")
+    cutoff_len: int = arg(384, "Max tokens per sample (prompt + reply).")
+    lora_rank: int = arg(8, "LoRA rank.")
+    quantization_bit: int | None = arg(4, "Base model bits while training (4 = QLoRA; None = 16/32-bit LoRA).")
+    quantization: str = arg("q4_k_m", "GGUF type to export and serve.")
+    max_new_tokens: int = arg(160, "Reply limit per review / chat turn, in tokens.")
+    seed: int = arg(42, "Random seed (data split, training, sampling).")
+    force: bool = arg(False, "Redo every stage even when a finished one matches.")
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run` returns: per-stage records (``status``, ``reused``, ``seconds``, ``result``)
+    and the summary written to ``demo_summary.json``."""
+
+    stages: dict[str, dict[str, Any]]
+    summary: dict[str, Any]
+    output_dir: Path
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Stages:
+    """Runs stages in order, records them in ``demo_state.json``, and reuses finished ones."""
+
+    def __init__(self, out: Path, force: bool) -> None:
+        self.path = out / "demo_state.json"
+        self.state: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        self.force = force
+        self.log = io.JsonlLog(out / "demo_log.jsonl")
+        self.upstream = ""
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def run(self, name: str, settings: dict[str, Any], done: Callable[[dict], bool],
+            fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run stage ``name`` unless a finished run with the same settings (and upstream) exists
+        and ``done(result)`` confirms its artefacts."""
+        n = STAGES.index(name) + 1
+        fp = _fingerprint(self.upstream, settings)
+        self.upstream = fp
+        old = self.state.get(name)
+        if (not self.force and old and old.get("status") == "done" and old.get("fingerprint") == fp
+                and done(old["result"])):
+            console.rule(f"[bold]{n}/{len(STAGES)} {name}[/] — reused from {self.path.parent}")
+            self.log.write(event="stage", stage=name, status="reused")
+            self.records[name] = {**old, "reused": True}
+            return old["result"]
+        console.rule(f"[bold]{n}/{len(STAGES)} {name}")
+        self.log.write(event="stage_start", stage=name)
+        t0 = time.perf_counter()
+        try:
+            result = fn()
+        except BaseException as e:
+            self.state[name] = {"status": "failed", "fingerprint": fp, "error": f"{type(e).__name__}: {e}"}
+            io.write_json(self.path, self.state)
+            self.log.write(event="stage_failed", stage=name, error=str(e))
+            raise
+        seconds = round(time.perf_counter() - t0, 1)
+        self.state[name] = {"status": "done", "fingerprint": fp, "seconds": seconds, "result": result}
+        io.write_json(self.path, self.state)
+        self.log.write(event="stage_done", stage=name, seconds=seconds)
+        self.records[name] = {**self.state[name], "reused": False}
+        return result
+
+
+# -------------------------------------------------------------------------------------------- stages
+
+def _prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    from trainer import prepare
+
+    data = Path(cfg.data) if cfg.data else EXAMPLES
+    if not data.exists():
+        raise UserError(f"{data}: --data not found; give a review file (e.g. ../shared/data/steam_sft_sample.json)")
+    pcfg = config.build(prepare.PrepareConfig, {
+        "inputs": [str(data)], "out": str(out / "data" / "persona_train.json"), "val_size": cfg.val_size,
+        "register": str(out / "data" / "dataset_info.json"), "name": "persona", "seed": cfg.seed})
+    return prepare.run(pcfg)
+
+
+def _train(cfg: DemoConfig, out: Path, prepared: dict[str, Any]) -> dict[str, Any]:
+    from trainer import train
+    from trainer.persona import DEFAULT_SYSTEM
+
+    tcfg = config.build(train.TrainConfig, {
+        "model_name_or_path": cfg.model_name_or_path, "dataset": "persona", "dataset_dir": str(out / "data"),
+        "template": "auto", "system": DEFAULT_SYSTEM, "finetuning_type": "lora", "lora_target": ["all"],
+        "lora_rank": cfg.lora_rank, "quantization_bit": cfg.quantization_bit, "cutoff_len": cfg.cutoff_len,
+        "max_samples": cfg.max_samples, "per_device_train_batch_size": cfg.per_device_train_batch_size,
+        "gradient_accumulation_steps": 1, "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps,
+        "warmup_ratio": 0.1, "logging_steps": 5, "save_steps": max(25, cfg.max_steps // 2), "seed": cfg.seed,
+        "output_dir": str(out / "run"), "plot_loss": True})
+    train.run(tcfg)
+    return _loss_figures(out / "run")
+
+
+def _loss_figures(run_dir: Path) -> dict[str, Any]:
+    """Loss at the first and last logged step (``trainer_log.jsonl``) and the plot path."""
+    rows = [r for r in io.read_jsonl_log(run_dir / "trainer_log.jsonl") if r.get("loss") is not None]
+    if not rows:
+        raise UserError(f"{run_dir / 'trainer_log.jsonl'}: no loss was logged; the train stage did not finish — rerun")
+    results = json.loads((run_dir / "all_results.json").read_text(encoding="utf-8")) \
+        if (run_dir / "all_results.json").is_file() else {}
+    return {"run_dir": str(run_dir), "loss_start": rows[0]["loss"], "loss_end": rows[-1]["loss"],
+            "steps": rows[-1].get("current_steps", rows[-1].get("step")), "loss_plot": str(run_dir / "training_loss.png"),
+            "train_runtime_s": results.get("train_runtime")}
+
+
+def _export(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    from export import cli as export_cli
+
+    ecfg = config.build(export_cli.ExportConfig, {
+        "model_name_or_path": cfg.model_name_or_path, "adapter_name_or_path": str(out / "run"),
+        "export_dir": str(out / "export"), "quantization": [cfg.quantization], "export_name": "steam-persona"})
+    report = export_cli.run(ecfg)
+    files = {q: {"file": str(Path(report["export_dir"]) / Path(f["file"]).name), "bytes": f["bytes"]}
+             for q, f in report["files"].items()}
+    verify = report.get("verify") or {}
+    return {"export_dir": report["export_dir"], "files": files,
+            "verified": {q: bool(v.get("passed")) for q, v in verify.items()}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    """``steam-train serve EXPORT_DIR`` as a subprocess on a free loopback port (log in the run dir)."""
+
+    def __init__(self, export_dir: str, log: Path, timeout: float = 180.0) -> None:
+        import httpx
+
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        cmd = [sys.executable, "-m", "trainer", "serve", export_dir, "--port", str(self.port), "--n_ctx", "2048"]
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"})
+        deadline = time.monotonic() + timeout
+        with console.status(f"starting the server on {self.base_url} …"):
+            while True:
+                if self.proc.poll() is not None:
+                    self.stop()
+                    raise UserError(f"{log}: the server exited with code {self.proc.returncode}; see that log")
+                try:
+                    if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise UserError(f"{log}: the server was not healthy after {timeout:.0f} s; see that log")
+                time.sleep(0.25)
+
+    def stop(self) -> int:
+        """SIGTERM, wait 20 s, then SIGKILL; return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        code = self.proc.wait()
+        self._log.close()
+        return code
+
+
+def _chat_like_plugin(server_client: Any, endpoint: str, model: str, turns: list[str],
+                      max_tokens: int, seed: int) -> dict[str, Any]:
+    """A multi-turn chat sent as the chat plugin sends it (SDK ``OAICompatLargeLanguageModel``):
+    ``POST {endpoint}/chat/completions`` with ``stream: true`` and ``stream_options.include_usage``,
+    the plugins' own message preparation, Server-Sent Events read until ``[DONE]``."""
+    import httpx
+
+    messages: list[dict[str, str]] = []
+    out = []
+    for text in turns:
+        messages.append({"role": "user", "content": [{"type": "text", "text": text}]})  # as Dify sends it
+        body = {"model": model, "messages": server_client.prepare_messages(messages), "stream": True,
+                "stream_options": {"include_usage": True}, "max_tokens": max_tokens, "temperature": 0.7,
+                "seed": seed}
+        reply, finish, chunks = "", None, 0
+        t0 = time.perf_counter()
+        with httpx.stream("POST", f"{server_client.normalize_endpoint(endpoint)}/chat/completions", json=body,
+                          headers=server_client.headers(None), timeout=300) as r:
+            if r.status_code != 200:
+                r.read()
+                raise server_client.error_for_status(r.status_code, r.text, endpoint)
+            for line in r.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                for choice in json.loads(payload).get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content") or ""
+                    reply += piece
+                    chunks += bool(piece)
+                    finish = choice.get("finish_reason") or finish
+        seconds = time.perf_counter() - t0
+        messages.append({"role": "assistant", "content": reply.strip()})
+        out.append({"user": text, "assistant": reply.strip(), "finish_reason": finish, "stream_chunks": chunks,
+                    "seconds": round(seconds, 2)})
+    return {"turns": out}
+
+
+def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any]:
+    from trainer.plugin_package import load_plugin_module
+
+    review_client = load_plugin_module("review", "tools/review_client.py")
+    server = _Server(export_dir, out / "serve.log")
+    try:
+        endpoint = f"{server.base_url}/v1"
+        model = review_client.server_client.list_models(endpoint)[0]
+        credentials = {"endpoint_url": endpoint, "api_key": "", "model": model}
+        reviews = []
+        for game, tags, language in REVIEW_PROMPTS:
+            t0 = time.perf_counter()
+            with console.status(f"review of {game} …"):
+                r = review_client.write_review(credentials, game, tags=tags, language=language, length="short",
+                                               max_tokens=cfg.max_new_tokens, temperature=0.7, seed=cfg.seed)
+            seconds = time.perf_counter() - t0
+            tokens = int((r.get("usage") or {}).get("completion_tokens") or 0)
+            reviews.append({"game": r["game"], "language": language, "review": r["review"], "tokens": tokens,
+                            "seconds": round(seconds, 2), "tokens_per_second": round(tokens / seconds, 1)})
+            console.print(f"[bold]《{r['game']}》[/] {r['review']}")
+        with console.status("multi-turn chat …"):
+            chat = _chat_like_plugin(review_client.server_client, endpoint, model, CHAT_TURNS, cfg.max_new_tokens,
+                                     cfg.seed)
+        for t in chat["turns"]:
+            console.print(f"[bold]user:[/] {t['user']}\n[bold]persona:[/] {t['assistant']}")
+    finally:
+        code = server.stop()
+    total_tokens = sum(r["tokens"] for r in reviews)
+    total_s = sum(r["seconds"] for r in reviews)
+    result = {"endpoint": endpoint, "model": model, "reviews": reviews, "chat": chat,
+              "tokens_per_second": round(total_tokens / total_s, 1) if total_s else None,
+              "server_exit_code": code, "server_log": str(server.log_path)}
+    io.write_json(out / "reviews.json", result)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+def run(cfg: DemoConfig) -> DemoResult:
+    """Run (or resume) the demo pipeline under ``cfg.output_dir`` and print the summary.
+
+    Raises:
+        UserError: a missing ``--data`` file, or a stage's own user error (the stage is recorded as
+            failed in ``demo_state.json``; fix and rerun to continue from it).
+    """
+    t0 = time.perf_counter()
+    out = Path(cfg.output_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_json(out / "demo_config.json", config.to_dict(cfg))
+    stages = _Stages(out, cfg.force)
+    data_stamp = None
+    if cfg.data and Path(cfg.data).is_file():
+        st = Path(cfg.data).stat()
+        data_stamp = (str(Path(cfg.data).resolve()), st.st_size, st.st_mtime_ns)
+    prepared = stages.run("prepare", {"data": cfg.data, "stamp": data_stamp, "val_size": cfg.val_size, "seed": cfg.seed},
+                          lambda r: Path(r["train"]).is_file(), lambda: _prepare(cfg, out))
+    train_keys = ("model_name_or_path", "max_samples", "max_steps", "per_device_train_batch_size", "learning_rate",
+                  "cutoff_len", "lora_rank", "quantization_bit", "seed")
+    trained = stages.run("train", {k: getattr(cfg, k) for k in train_keys},
+                         lambda r: (Path(r["run_dir"]) / "adapter_model.safetensors").is_file(),
+                         lambda: _train(cfg, out, prepared))
+    exported = stages.run("export", {"quantization": cfg.quantization},
+                          lambda r: all(Path(f["file"]).is_file() for f in r["files"].values()),
+                          lambda: _export(cfg, out))
+    used = stages.run("serve", {"max_new_tokens": cfg.max_new_tokens}, lambda r: (out / "reviews.json").is_file(),
+                      lambda: _serve_and_use(cfg, out, exported["export_dir"]))
+    summary = {
+        "output_dir": str(out),
+        "stages": {k: {"status": v.get("status"), "reused": v.get("reused"), "seconds": v.get("seconds")}
+                   for k, v in stages.records.items()},
+        "train": {**prepared["counts"], **trained},
+        "export": exported,
+        "tokens_per_second": used["tokens_per_second"],
+        "reviews": used["reviews"],
+        "chat": used["chat"],
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+    io.write_json(out / "demo_summary.json", summary)
+    _print_summary(summary)
+    stages.log.close()
+    return DemoResult(stages.records, summary, out)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    t, e = s["train"], s["export"]
+    sizes = ", ".join(f"{q} {f['bytes'] / 2**20:.1f} MiB ({'verified' if e['verified'].get(q) else 'NOT verified'})"
+                      for q, f in e["files"].items())
+    rows = [("stages", ", ".join(f"{k} {'reused' if v['reused'] else str(v['seconds']) + ' s'}"
+                                 for k, v in s["stages"].items())),
+            ("data", f"{t.get('train')} train / {t.get('val')} val records"),
+            ("loss start → end", f"{t['loss_start']:.3f} → {t['loss_end']:.3f} ({t.get('steps')} steps)"),
+            ("loss plot", t["loss_plot"]),
+            ("export", sizes),
+            ("tokens/s (served)", s["tokens_per_second"]),
+            ("wall time", f"{s['wall_seconds']} s")]
+    rows += [(f"review: {r['game']}", r["review"]) for r in s["reviews"]]
+    rows += [(f"chat {i + 1}", f"{turn['user']} → {turn['assistant']}") for i, turn in enumerate(s["chat"]["turns"])]
+    rows.append(("all artefacts", s["output_dir"]))
+    summary_table("steam-persona demo", rows)
+
+
+command = config.command(DemoConfig, run, name="demo", config_option="option",
+                         help="Run the whole pipeline offline on the embedded default: prepare → QLoRA train → "
+                              "export q4_k_m → serve → plugin review + chat; artefacts in ./demo_run, reruns "
+                              "reuse finished stages.")
