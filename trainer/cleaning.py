@@ -252,17 +252,18 @@ class NearDuplicates:
     saves a dependency.
     """
 
-    _PRIME = np.uint64((1 << 61) - 1)
+    _PRIME = np.uint64((1 << 31) - 1)  # Mersenne prime; a, b, h < 2^31 keep a*h + b below 2^63
 
     def __init__(self, threshold: float = 0.8, shingle: int = 5, bands: int = 16, rows: int = 4,
                  seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
         n = bands * rows
         self.threshold, self.shingle, self.bands, self.rows = threshold, shingle, bands, rows
-        self._a = rng.integers(1, 1 << 31, n, dtype=np.uint64)
-        self._b = rng.integers(0, 1 << 31, n, dtype=np.uint64)
+        self._a = rng.integers(1, (1 << 31) - 1, n, dtype=np.uint64)
+        self._b = rng.integers(0, (1 << 31) - 1, n, dtype=np.uint64)
         self._buckets: list[dict[bytes, int]] = [{} for _ in range(bands)]
         self._sigs: list[np.ndarray] = []
+        self._labels: list[object] = []
 
     def signature(self, key: str) -> np.ndarray | None:
         """MinHash signature (``uint64[bands*rows]``) of a normalised text, or ``None`` when it is
@@ -277,12 +278,12 @@ class NearDuplicates:
         for j in range(k):
             hashes = (hashes * np.uint64(1000003) + cp[j:j + n]) % np.uint64(0x7FFFFFFF)
         hashes = np.unique(hashes)
-        # (a*h + b) mod p per permutation; 31-bit inputs keep a*h below 2^62 (no uint64 overflow)
+        # h -> (a*h + b) mod p: one universal-hash permutation per (a, b) pair
         return ((np.outer(self._a, hashes) + self._b[:, None]) % self._PRIME).min(axis=1)
 
-    def add(self, key: str) -> int | None:
-        """Index a text; return the index of an earlier near-duplicate, else ``None`` (and the
-        text is indexed)."""
+    def add(self, key: str, label: object = None) -> object | None:
+        """Index a text under ``label``; return the label of an earlier near-duplicate (the text is
+        then not indexed), else ``None``. Texts too short to shingle are never duplicates."""
         sig = self.signature(key)
         if sig is None:
             return None
@@ -290,9 +291,10 @@ class NearDuplicates:
         for b, band in enumerate(bands):
             j = self._buckets[b].get(band)
             if j is not None and float(np.mean(self._sigs[j] == sig)) >= self.threshold:
-                return j
+                return self._labels[j]
         idx = len(self._sigs)
         self._sigs.append(sig)
+        self._labels.append(label)
         for b, band in enumerate(bands):
             self._buckets[b].setdefault(band, idx)
         return None

@@ -178,15 +178,15 @@ class _Rules:
                 return self._drop("template_fields", r, "verdict unknown")
             if "playtime_hours" in self.uses and r.playtime_hours is None:
                 return self._drop("template_fields", r, "playtime unknown")
+        key = cleaning.dedup_key(r.text) if (cfg.dedup or self.near is not None) else ""
         if cfg.dedup:
-            key = cleaning.dedup_key(r.text)
             if key in self.seen:
                 return self._drop("exact_duplicate", r, note=f"copy of {self.seen[key]}")
             self.seen[key] = r.where
         if self.near is not None:
-            j = self.near.add(cleaning.dedup_key(r.text))
-            if j is not None:
-                return self._drop("near_duplicate", r)
+            like = self.near.add(key, r.where)
+            if like is not None:
+                return self._drop("near_duplicate", r, note=f"near copy of {like}")
         return None
 
 

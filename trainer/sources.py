@@ -144,7 +144,10 @@ class Loaded:
 
     def describe(self) -> str:
         what = f"{len(self.reviews):,} reviews" if self.format != "appdetails" else f"{len(self.apps)} apps"
-        return f"{self.path}: {FORMATS[self.format]} ({what})"
+        name = FORMATS[self.format]
+        if self.path.suffix.lower() == ".jsonl" and name.endswith(" JSON"):
+            name += " Lines"
+        return f"{self.path}: {name} ({what})"
 
 
 def expand_inputs(paths: list[str]) -> list[Path]:

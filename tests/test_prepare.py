@@ -1,0 +1,249 @@
+"""`steam-train prepare` on the real data in ../shared/data and on every input format."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from trainer import config, data, persona
+from trainer.cli import main
+from trainer.errors import UserError
+from trainer.prepare import PrepareConfig, run, val_path
+
+INSTR = re.compile(r"^请以资深玩家的身份，点评一下《(.+)》这款游戏。$")
+# Names for the archived apps (from their reviews: 伏龙记, 星之梦 planetarian HD); the archive has none.
+ARCHIVE_DETAILS = {
+    "570980": {"success": True, "data": {"name": "伏龙记", "genres": [{"id": "1", "description": "动作"}]}},
+    "623080": {"success": True, "data": {"name": "星之梦™", "genres": [{"id": "23", "description": "视觉小说"}]}},
+    "664750": {"success": True, "data": {"name": "Survival Game", "genres": []}},
+}
+
+
+def _run(tmp_path: Path, inputs, **kw) -> dict:
+    flags = {"inputs": [str(i) for i in inputs], "out": str(tmp_path / "out/train.json"), **kw}
+    return run(config.build(PrepareConfig, flags))
+
+
+def _load(path) -> list[dict]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def seed_prepared(tmp_path_factory, seed_dataset):
+    tmp = tmp_path_factory.mktemp("seed")
+    res = _run(tmp, [seed_dataset], val_size=0)
+    return res, _load(res["train"]), json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+
+
+def test_seed_sample_quirks_are_each_handled(seed_prepared, seed_dataset):
+    res, recs, report = seed_prepared
+    seed = _load(seed_dataset)
+    assert res["formats"] == {str(seed_dataset): "alpaca"} and res["counts"]["read"] == 941
+    outputs = [r["output"] for r in recs]
+    # QQ-group advert copies (records 139, 141-145) removed as spam; the real review at 140 kept
+    assert report["rules"]["spam"]["reasons"] == {"qq_wechat_group": 6}
+    assert not any("Q群" in o for o in outputs) and seed[140]["output"] in outputs
+    # profile URL (record 570) scrubbed from a kept review
+    assert report["rules"]["scrub_pii"]["reasons"] == {"profile_url": 1}
+    kept570 = next(o for o in outputs if o.startswith("免费的战地-搜打撤"))
+    assert kept570.endswith("战地6本体评测在这里") and "steamcommunity" not in kept570 and "7656119" not in kept570
+    # BBCode stripped, its text kept
+    assert not any(re.search(r"\[/?(spoiler|b|h1|i|u|list|\*)\]", o) for o in outputs)
+    assert any(o.endswith("比如 《烟火》 。") for o in outputs)  # "比如[spoiler] 《烟火》 [/spoiler]。"
+    # \r gone, whitespace tidy
+    assert not any("\r" in o or "  " in o or o != o.strip() for o in outputs)
+    assert report["rules"]["normalize_whitespace"]["changed"] >= 58
+    # doubled brackets and ™/® cleaned in names
+    names = {INSTR.match(r["instruction"]).group(1) for r in recs}
+    assert "暗黑破坏神 IV" in names and "战地风云 禁区冲突" in names
+    assert not any(re.search(r"[《》™®]", n) for n in names)
+    # the seed format, unchanged where no rule applied
+    assert all(list(r) == ["instruction", "input", "output"] and r["input"].startswith("游戏类型标签：") for r in recs)
+    assert recs[0] == seed[0]
+    # duplicates: 7 copies that differ only in spaces/punctuation (e.g. record 242 = 241), and an
+    # edited repost (record 71 ≈ 62: same text, last clause changed)
+    assert report["rules"]["exact_duplicate"]["removed"] == 7
+    assert {"where": f"{seed_dataset}: record 71", "text": seed[71]["output"][:80],
+            "reason": f"near copy of {seed_dataset}: record 62"} in report["rules"]["near_duplicate"]["examples"]
+    assert res["counts"]["kept"] == len(recs) == 941 - sum(res["removed"].values())
+
+
+def test_store_csv_bom_tag_ids_and_seed_agreement(tmp_path, shared_dir, seed_dataset):
+    res = _run(tmp_path, [shared_dir / "data/raw/store_reviews_cn.csv"], val_size=0)
+    recs = _load(res["train"])
+    assert res["formats"] == {str(shared_dir / "data/raw/store_reviews_cn.csv"): "store-csv"}
+    assert res["counts"]["read"] == 1044 and res["counts"]["games"] == 111
+    dota = [r for r in recs if r["instruction"] == persona.INSTRUCTION_TEMPLATE.format(name="Dota 2")]
+    # tags_raw [113, 1718, 3859, 9, 5055, 5711, 3878] → Steam's names, first five
+    assert dota[0]["input"] == "游戏类型标签：免费开玩, 多人在线战术竞技, 多人, 策略, 电子竞技"
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert 1100689 not in report["unknown_tag_ids"] and len(report["unknown_tag_ids"]) > 0
+    # the seed was built from this CSV: same games, and most kept texts appear in it verbatim
+    seed = _load(seed_dataset)
+    ws = re.compile(r"\s+")
+    seed_out = {ws.sub("", r["output"]) for r in seed}
+    seed_names = {persona.clean_game_name(INSTR.match(r["instruction"]).group(1)) for r in seed}
+    assert {INSTR.match(r["instruction"]).group(1) for r in recs} == seed_names
+    assert sum(ws.sub("", r["output"]) in seed_out for r in recs) / len(recs) > 0.9  # measured 896/979
+    assert not any("<br" in r["output"] or "\r" in r["output"] for r in recs)
+
+
+def test_archives_with_appdetails_language_and_length(tmp_path, shared_dir):
+    details = tmp_path / "details.json"
+    details.write_text(json.dumps(ARCHIVE_DETAILS, ensure_ascii=False), encoding="utf-8")
+    archives = sorted((shared_dir / "data/raw/appreviews").glob("review_*.json"))
+    assert len(archives) == 4
+    res = _run(tmp_path, [*archives, details], val_size=0)
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert set(res["formats"].values()) == {"api-archive", "appdetails"}
+    assert res["counts"]["read"] == 266 + 0 + 664 + 33
+    lang = report["rules"]["language"]["reasons"]
+    assert lang["tchinese"] == 14 and lang["english"] == 2 + 9 + 26  # only schinese kept by default
+    recs = _load(res["train"])
+    assert {INSTR.match(r["instruction"]).group(1) for r in recs} == {"伏龙记", "星之梦", "Survival Game"}
+    assert all(len(r["output"]) <= 1000 for r in recs) and report["rules"]["too_long"]["removed"] > 0
+    # every language, English prompts with the verdict and playtime fields
+    res = _run(tmp_path, [*archives, details], val_size=0, language=["all"], prompt_language="en",
+               input_template="{verdict}, played {playtime_hours} h", max_chars=0)
+    recs = _load(res["train"])
+    long_one = max(recs, key=lambda r: len(r["output"]))
+    assert len(long_one["output"]) > 3000  # max_chars 0 = no limit (the 8,000-char review is an ASCII-art wall)
+    survival = [r for r in recs if r["instruction"] == 'As a veteran gamer, review the game "Survival Game".']
+    assert survival and all(re.fullmatch(r"Recommended, played \d+\.\d h", r["input"]) for r in survival)
+
+
+def test_archive_without_names_says_how_to_fix(tmp_path, shared_dir):
+    with pytest.raises(UserError, match=r"no records left.*unknown_game.*appdetails"):
+        _run(tmp_path, [shared_dir / "data/raw/appreviews/review_570980.json"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_archive_and_details_only_are_errors(tmp_path, shared_dir):
+    for inputs in ([shared_dir / "data/raw/appreviews/review_608110.json"], [shared_dir / "data/raw/appdetails"]):
+        with pytest.raises(UserError, match="no records left after cleaning; the inputs hold no reviews"):
+            _run(tmp_path, inputs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_selection_flags(tmp_path, shared_dir):
+    details = tmp_path / "details.json"
+    details.write_text(json.dumps(ARCHIVE_DETAILS, ensure_ascii=False), encoding="utf-8")
+    arch = shared_dir / "data/raw/appreviews/review_570980.json"
+    neg = _run(tmp_path, [arch, details], val_size=0, voted_up="false", instruction_template="{name}|{verdict}")
+    assert {r["instruction"] for r in _load(neg["train"])} == {"伏龙记|不推荐"}
+    voted = _run(tmp_path, [arch, details], val_size=0, min_votes_up=5, min_playtime_hours=10)
+    assert 0 < voted["counts"]["kept"] < 50 and voted["removed"]["min_votes_up"] > 200
+    csv = shared_dir / "data/raw/store_reviews_cn.csv"
+    capped = _run(tmp_path, [csv], val_size=0, max_per_game=3, seed=1)
+    again = _run(tmp_path, [csv], val_size=0, max_per_game=3, seed=1)
+    recs = _load(capped["train"])
+    assert capped["counts"]["kept"] <= 3 * 111 and max(
+        sum(r["instruction"] == x["instruction"] for r in recs) for x in recs) == 3
+    assert _load(again["train"]) == recs  # seeded: same sample
+    with pytest.raises(UserError, match="rule 'min_votes_up' removed 1,044"):  # the CSV has no vote counts
+        _run(tmp_path, [csv], val_size=0, min_votes_up=1)
+
+
+def test_rules_can_be_switched_off(tmp_path, seed_dataset):
+    res = _run(tmp_path, [seed_dataset], val_size=0, drop_spam=False, scrub_pii=False, strip_bbcode=False,
+               normalize_whitespace=False, dedup=False, near_dedup=False, max_chars=0, min_chars=0)
+    recs = _load(res["train"])
+    assert len(recs) == 941 and sum("Q群" in r["output"] for r in recs) == 6
+    assert any("steamcommunity.com/profiles" in r["output"] for r in recs)
+    assert any("[spoiler]" in r["output"] for r in recs) and any("\r" in r["output"] for r in recs)
+
+
+def test_split_register_and_training_loader(tmp_path, seed_dataset):
+    reg = tmp_path / "data/dataset_info.json"
+    res = run(config.build(PrepareConfig, {"inputs": [str(seed_dataset)], "out": str(tmp_path / "data/steam_sft_train.json"),
+                                           "val_size": 0.1, "register": str(reg), "name": "steam_reviews"}))
+    train, val = _load(res["train"]), _load(res["val"])
+    assert res["val"] == str(tmp_path / "data/steam_sft_val.json") == str(val_path(Path(res["train"])))
+    assert len(val) == round(res["counts"]["kept"] * 0.1) and len(train) + len(val) == res["counts"]["kept"]
+    assert not {r["output"] for r in train} & {r["output"] for r in val}
+    entries = json.loads(reg.read_text(encoding="utf-8"))
+    assert entries["steam_reviews"]["file_name"] == "steam_sft_train.json"
+    assert entries["steam_reviews_val"]["file_name"] == "steam_sft_val.json"
+    convs = data.load_conversations("steam_reviews", tmp_path / "data")  # what `steam-train train` reads
+    assert len(convs) == len(train)
+    convs_val = data.load_conversations("steam_reviews_val", tmp_path / "data")
+    assert len(convs_val) == len(val)
+
+
+def test_other_formats_detected(tmp_path, shared_dir, seed_dataset):
+    arch = json.loads((shared_dir / "data/raw/appreviews/review_570980.json").read_text(encoding="utf-8"))
+    revs = list(arch["reviews"].values())
+    page = tmp_path / "570980.json"  # a live API page: reviews is a list
+    page.write_text(json.dumps({"success": 1, "cursor": "AoJ+/=", "reviews": revs[:50]}, ensure_ascii=False), encoding="utf-8")
+    lst = tmp_path / "list_570980.json"
+    lst.write_text(json.dumps(revs[50:80], ensure_ascii=False), encoding="utf-8")
+    seed = _load(seed_dataset)[:40]
+    alpaca_l = tmp_path / "a.jsonl"
+    alpaca_l.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in seed[:20]), encoding="utf-8")
+    share = tmp_path / "s.json"
+    share.write_text(json.dumps([{"conversations": [{"from": "human", "value": persona.user_message(r["instruction"], r["input"])},
+                                                    {"from": "gpt", "value": r["output"]}]} for r in seed[20:40]],
+                                ensure_ascii=False), encoding="utf-8")
+    odd = tmp_path / "odd.json"  # a prompt in another format is kept verbatim
+    odd.write_text(json.dumps([{"instruction": "Say hi", "input": "", "output": "Hello there, gamer friend!"}]), encoding="utf-8")
+    details = tmp_path / "details.json"
+    details.write_text(json.dumps(ARCHIVE_DETAILS, ensure_ascii=False), encoding="utf-8")
+    res = _run(tmp_path, [page, lst, alpaca_l, share, odd, details], val_size=0, near_dedup=False)
+    assert list(res["formats"].values()) == ["api-page", "review-list", "alpaca", "sharegpt", "alpaca", "appdetails"]
+    recs = _load(res["train"])
+    assert res["counts"]["read"] == 50 + 30 + 20 + 20 + 1
+    assert {"instruction": "Say hi", "input": "", "output": "Hello there, gamer friend!"} in recs
+    by_output = {r["output"]: r for r in recs}
+    assert seed[21]["instruction"] == "请以资深玩家的身份，点评一下《Apex Legends™》这款游戏。"
+    assert by_output[seed[21]["output"]] == dict(seed[21], instruction="请以资深玩家的身份，点评一下《Apex Legends》这款游戏。")
+    assert by_output[seed[30]["output"]] == seed[30]  # sharegpt round-trips to the same alpaca record
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda p: None, "input not found; check the path"),
+    (lambda p: p.write_bytes(b'[{"instruction": "\xff\xfe"}]'), "byte 18 is not UTF-8"),
+    (lambda p: p.write_text("[{\"text\": \"hi\"}]", encoding="utf-8"), "record 0: unknown record shape"),
+    (lambda p: p.write_text("[{\"instruction\": 1,", encoding="utf-8"), "invalid JSON at line 1"),
+])
+def test_bad_json_inputs_exit_2_no_output(tmp_path, setup, message):
+    src = tmp_path / "in.json"
+    setup(src)
+    out = tmp_path / "o/train.json"
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and str(src) in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_csv_and_flags_exit_2(tmp_path):
+    bad = tmp_path / "x.csv"
+    bad.write_text("\ufeffname,text\nA,B\n", encoding="utf-8")
+    r = CliRunner().invoke(main, ["prepare", str(bad), "--out", str(tmp_path / "o.json")])
+    assert r.exit_code == 2 and "unknown CSV columns (name, text)" in r.output
+    good = tmp_path / "a.json"
+    good.write_text(json.dumps([{"instruction": persona.INSTRUCTION_TEMPLATE.format(name="X"), "input": "",
+                                 "output": "一段足够长的评测文字，测试用"}], ensure_ascii=False), encoding="utf-8")
+    r = CliRunner().invoke(main, ["prepare", str(good), "--instruction_template", "{game}", "--out", str(tmp_path / "o.json")])
+    assert r.exit_code == 2 and "unknown field {game}" in r.output
+    r = CliRunner().invoke(main, ["prepare", str(good), "--blocklist", str(tmp_path / "nope.txt")])
+    assert r.exit_code == 2 and "blocklist file not found" in r.output
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_blocklist_and_near_duplicate_campaign(tmp_path, seed_dataset):
+    seed = _load(seed_dataset)
+    base = seed[3]
+    campaign = [dict(base, output=base["output"] + "!" * i + " 真的") for i in range(1, 6)]  # edited copies
+    block = tmp_path / "block.txt"
+    block.write_text("垃圾游戏\n", encoding="utf-8")
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(seed[:100] + campaign, ensure_ascii=False), encoding="utf-8")
+    res = _run(tmp_path, [src], val_size=0, blocklist=str(block))
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert report["rules"]["exact_duplicate"]["removed"] + report["rules"]["near_duplicate"]["removed"] >= 5
+    assert report["rules"]["blocklist"]["removed"] == sum("垃圾游戏" in r["output"] for r in seed[:100])
+    assert not any("垃圾游戏" in r["output"] for r in _load(res["train"]))
