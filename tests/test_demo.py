@@ -1,0 +1,121 @@
+"""`steam-train demo`: a fast run of the whole pipeline (tiny Llama, a few steps, q8_0), its rerun
+reusing every stage, the stage bookkeeping, and the embedded example data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from trainer import config
+from trainer.demo import EXAMPLES, DemoConfig, _Stages, run
+from trainer.errors import UserError
+
+
+def test_examples_are_persona_format_alpaca():
+    from trainer.persona import INPUT_TEMPLATE, INPUT_TEMPLATE_EN, INSTRUCTION_TEMPLATE, INSTRUCTION_TEMPLATE_EN
+
+    records = json.loads(EXAMPLES.read_text(encoding="utf-8"))
+    assert 55 <= len(records) <= 65
+    zh = [r for r in records if r["instruction"].startswith(INSTRUCTION_TEMPLATE.split("《")[0])]
+    en = [r for r in records if r["instruction"].startswith(INSTRUCTION_TEMPLATE_EN.split("\"")[0])]
+    assert len(zh) == 40 and len(en) == 20
+    for r in records:
+        assert set(r) == {"instruction", "input", "output"} and r["output"].strip()
+    for r in zh:
+        name = r["instruction"].split("《")[1].split("》")[0]
+        assert r["instruction"] == INSTRUCTION_TEMPLATE.format(name=name)
+        assert r["input"] == INPUT_TEMPLATE.format(tags=r["input"].split("：", 1)[1])
+    for r in en:
+        name = r["instruction"].split("\"")[1]
+        assert r["instruction"] == INSTRUCTION_TEMPLATE_EN.format(name=name)
+        assert r["input"] == INPUT_TEMPLATE_EN.format(tags=r["input"].split(": ", 1)[1])
+    assert len({r["instruction"] for r in records}) == len(records)  # one review per game
+
+
+def test_stages_reuse_redo_and_chain(tmp_path):
+    calls = []
+
+    def stage(name, value):
+        return lambda: calls.append(name) or {"value": value}
+
+    def pipeline(force=False, a=1, b=2):
+        s = _Stages(tmp_path, force)
+        s.run("prepare", {"a": a}, lambda r: True, stage("prepare", a))
+        s.run("train", {"b": b}, lambda r: True, stage("train", b))
+        s.log.close()
+        return s
+
+    pipeline()
+    assert calls == ["prepare", "train"]
+    s = pipeline()
+    assert calls == ["prepare", "train"] and all(r["reused"] for r in s.records.values())
+    pipeline(b=3)  # a changed setting redoes that stage only
+    assert calls[2:] == ["train"]
+    pipeline(a=5, b=3)  # an upstream change redoes everything after it
+    assert calls[3:] == ["prepare", "train"]
+    pipeline(force=True, a=5, b=3)
+    assert calls[5:] == ["prepare", "train"]
+    state = json.loads((tmp_path / "demo_state.json").read_text(encoding="utf-8"))
+    assert state["train"]["status"] == "done" and state["train"]["result"] == {"value": 3}
+
+
+def test_failed_stage_is_recorded_and_rerun(tmp_path):
+    s = _Stages(tmp_path, False)
+
+    def boom():
+        raise UserError("x.json: record 3: broken; fix it")
+
+    with pytest.raises(UserError):
+        s.run("prepare", {}, lambda r: True, boom)
+    state = json.loads((tmp_path / "demo_state.json").read_text(encoding="utf-8"))
+    assert state["prepare"]["status"] == "failed" and "record 3" in state["prepare"]["error"]
+    assert s.run("prepare", {}, lambda r: True, lambda: {"ok": 1}) == {"ok": 1}
+    s.log.close()
+
+
+def test_missing_data_is_a_one_line_user_error(tmp_path):
+    from trainer.cli import main
+
+    result = CliRunner().invoke(main, ["demo", "--data", str(tmp_path / "nope.json"),
+                                       "--output_dir", str(tmp_path / "d")])
+    assert result.exit_code == 2
+    assert "nope.json: --data not found" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tmp_path):
+    out = tmp_path / "demo_run"
+    cfg = config.build(DemoConfig, {"model_name_or_path": str(tiny_llama_dir), "output_dir": str(out),
+                                    "max_steps": 3, "per_device_train_batch_size": 2, "cutoff_len": 256,
+                                    "quantization": "q8_0", "max_new_tokens": 12})
+    res = run(cfg)
+    assert list(res.stages) == ["prepare", "train", "export", "serve"]
+    assert all(r["status"] == "done" and not r["reused"] for r in res.stages.values())
+    for rel in ["data/persona_train.json", "data/persona_val.json", "data/dataset_info.json",
+                "data/prepare_report.json", "run/adapter_model.safetensors", "run/adapter_config.json",
+                "run/run_config.yaml", "run/trainer_log.jsonl", "run/training_loss.png", "run/all_results.json",
+                "export/steam-persona-q8_0.gguf", "export/export_report.json", "export/Modelfile",
+                "serve.log", "reviews.json", "demo_summary.json", "demo_state.json", "demo_log.jsonl"]:
+        assert (out / rel).is_file(), rel
+    s = res.summary
+    assert s["train"]["train"] == 54 and s["train"]["val"] == 6  # 60 examples, val_size 0.1
+    assert s["train"]["steps"] == 3 and s["train"]["loss_start"] > 0 and s["train"]["loss_end"] > 0
+    assert (out / "run" / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert s["export"]["verified"] == {"q8_0": True}
+    assert s["export"]["files"]["q8_0"]["bytes"] == (out / "export/steam-persona-q8_0.gguf").stat().st_size
+    assert [r["game"] for r in s["reviews"]] == ["黑神话：悟空", "Stardew Valley", "文明6"]
+    assert all(r["review"] and 0 < r["tokens"] <= 12 for r in s["reviews"])
+    assert len(s["chat"]["turns"]) == 2 and all(t["assistant"] and t["stream_chunks"] > 0 for t in s["chat"]["turns"])
+    assert s["tokens_per_second"] > 0
+    # the server was stopped: its port no longer answers
+    import httpx
+
+    with pytest.raises(httpx.TransportError):
+        httpx.get(json.loads((out / "reviews.json").read_text(encoding="utf-8"))["endpoint"][:-3] + "/health", timeout=2)
+
+    again = run(cfg)
+    assert all(r["reused"] for r in again.stages.values())
+    assert again.summary["reviews"] == s["reviews"] and again.summary["wall_seconds"] < 10
