@@ -96,19 +96,30 @@ def check_adapter_matches_base(run: RunInfo, config, base_name: str) -> None:
     Builds the base on the ``meta`` device (no memory) and reads only the adapter's tensor
     headers. A LoRA pair ``A (r × in)``, ``B (out × r)`` fits a ``Linear(in → out)`` layer.
 
+    Same-shaped bases (a base and its instruct tune) cannot be told apart by shapes; peft's
+    recorded ``auto_mapping.base_model_class`` catches another architecture of equal shapes.
+
     Raises:
-        UserError: a targeted layer is missing or has another shape; the message names the base
-            the adapter was trained on (``base_model_name_or_path``) and the one given.
+        UserError: another architecture, or a targeted layer is missing or has another shape; the
+            message names the base the adapter was trained on (``base_model_name_or_path``) and
+            the one given.
     """
     if run.adapter_dir is None:
         return
     import torch
     from transformers import AutoModelForCausalLM
 
+    from export.convert import check_architecture
+
+    trained_on = run.adapter_config.get("base_model_name_or_path") or "an unknown base"
+    trained_class = (run.adapter_config.get("auto_mapping") or {}).get("base_model_class")
+    arch = check_architecture(config, base_name)
+    if trained_class and trained_class != arch:
+        raise UserError(f"{run.adapter_dir}: adapter trained on '{trained_on}' ({trained_class}) does not fit base "
+                        f"'{base_name}' ({arch}); pass --model_name_or_path the base it was trained on")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     modules = dict(model.named_modules())
-    trained_on = run.adapter_config.get("base_model_name_or_path") or "an unknown base"
     for key, shape in _adapter_shapes(run.adapter_dir).items():
         if ".lora_A." not in key and ".lora_B." not in key:
             continue

@@ -53,22 +53,16 @@ def quantize(src: Path, dst: Path, qtype: str, n_threads: int) -> None:
     """
     import shutil
 
-    import logging
-
     import llama_cpp
-    from llama_cpp._logger import logger as llama_logger  # llama.cpp's log goes through it
+    from llama_cpp._utils import suppress_stdout_stderr  # llama.cpp prints one line per tensor
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}")
     params.nthread = n_threads
-    level = llama_logger.level
-    llama_logger.setLevel(logging.ERROR)  # one line per tensor otherwise; we show rich progress
-    try:
-        with atomic_path(dst) as tmp:
+    with atomic_path(dst) as tmp:
+        with suppress_stdout_stderr(disable=False):
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-            if rc != 0:
-                if shutil.disk_usage(dst.parent).free < src.stat().st_size // 2:
-                    raise OSError(28, "No space left on device")
-                raise RuntimeError(f"llama_model_quantize({src.name} → {qtype}) failed with code {rc}")
-    finally:
-        llama_logger.setLevel(level)
+        if rc != 0:
+            if shutil.disk_usage(dst.parent).free < src.stat().st_size // 2:
+                raise OSError(28, "No space left on device")
+            raise RuntimeError(f"llama_model_quantize({src.name} → {qtype}) failed with code {rc}")

