@@ -24,6 +24,7 @@ the run's ``run_config.yaml`` unless given.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -134,24 +135,35 @@ def _default_system() -> str:
     return DEFAULT_SYSTEM
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return data if isinstance(data, dict) else {}
+
+
 def _run_config(cfg: EvalConfig) -> dict[str, Any]:
-    """The run's ``run_config.yaml`` (adapter mode), or the export's run config (gguf mode), or ``{}``."""
-    candidates = []
+    """The settings the tuned model was trained with: the run's ``run_config.yaml`` (adapter mode),
+    or, for a GGUF inside an export dir, the run named by ``export_report.json`` with the persona
+    the export embedded; ``{}`` when none is found.
+
+    Raises:
+        UserError: a missing adapter dir or GGUF file.
+    """
     if cfg.adapter_name_or_path:
         run_dir = Path(cfg.adapter_name_or_path)
         if not (run_dir / "adapter_config.json").is_file():
             raise UserError(f"{run_dir}: not a train run dir (no adapter_config.json); check --adapter_name_or_path")
-        candidates.append(run_dir / "run_config.yaml")
-    if cfg.gguf:
-        g = Path(cfg.gguf)
-        if not g.is_file():
-            raise UserError(f"{g}: GGUF file not found; check --gguf")
-        candidates += [g.parent / "run_config.yaml", g.parent / "merged" / "run_config.yaml"]
-    for c in candidates:
-        if c.is_file():
-            data = yaml.safe_load(c.read_text(encoding="utf-8")) or {}
-            return data if isinstance(data, dict) else {}
-    return {}
+        return _read_yaml(run_dir / "run_config.yaml") or _read_yaml(run_dir.parent / "run_config.yaml")
+    g = Path(cfg.gguf)
+    if not g.is_file():
+        raise UserError(f"{g}: GGUF file not found; check --gguf")
+    report_path = g.parent / "export_report.json"
+    if not report_path.is_file():
+        return {}
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    run_cfg = _read_yaml(Path(report["adapter"]) / "run_config.yaml") if report.get("adapter") else {}
+    if report.get("persona") is not None:
+        run_cfg["system"] = report["persona"]
+    return run_cfg
 
 
 # ---------------------------------------------------------------------------------------------- data
