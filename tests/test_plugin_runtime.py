@@ -1,0 +1,331 @@
+"""Both Dify plugins in the real dify_plugin runtime, against a real ``steam-train serve``.
+
+Each ``.difypkg`` is built by ``steam-train plugin package``, unpacked, and run as ``python -m
+main`` (INSTALL_METHOD=local) in a Python 3.12 venv made from its own requirements.txt with uv
+(cached under build/dify-venv). Requests use the daemon's JSON-lines protocol
+(:mod:`tests.dify_driver`). The model is the embedded SmolLM2-135M GGUF; one server per module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.dify_driver import PluginProcess, plugin_python, unpack
+from tests.serving import free_port, serve_process
+from trainer import persona
+from trainer.plugin_package import PackageConfig, load_plugin_module, run
+
+pytestmark = pytest.mark.slow
+
+KEY = "test-key-123"
+N_CTX = 2048
+CHAT = {"type": "model", "provider": "steam_persona", "model_type": "llm", "model": "steam-persona"}
+REVIEW = {"type": "tool", "provider": "steam_persona_review"}
+VALIDATE_BOUND_S = 12.0  # connect (5 s) + slack for a loaded CI machine; a refused port answers at once
+
+
+@pytest.fixture(scope="module")
+def plugins(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("plugins")
+    pkgs = run(PackageConfig(out=str(out / "dist")))
+    return {k: unpack(p, out / k) for k, p in pkgs.items()}
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf) -> str:
+    with serve_process(smollm2_gguf, api_key=KEY, extra_args=("--n_ctx", str(N_CTX))) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/v1"
+
+
+@pytest.fixture(scope="module")
+def chat(plugins, server):
+    with PluginProcess(plugins["chat"], plugin_python(plugins["chat"] / "requirements.txt")) as p:
+        yield p
+    assert not [e for e in p.events if e.get("event") == "garbage"], "plugin wrote non-JSON to stdout"
+
+
+@pytest.fixture(scope="module")
+def review(plugins, server):
+    with PluginProcess(plugins["review"], plugin_python(plugins["review"] / "requirements.txt")) as p:
+        yield p
+    assert not [e for e in p.events if e.get("event") == "garbage"], "plugin wrote non-JSON to stdout"
+
+
+def chat_creds(server: str, **over) -> dict:
+    return {"endpoint_url": f"{server}/v1", "api_key": KEY, "context_size": str(N_CTX),
+            "max_tokens_to_sample": "1024", **over}
+
+
+def invoke(chat, creds, messages, stream=True, stop=None, **params):
+    return chat.request({**CHAT, "action": "invoke_llm", "credentials": creds, "prompt_messages": messages,
+                         "model_parameters": {"max_tokens": 16, "temperature": 0, "seed": 1, **params},
+                         "stop": stop, "tools": None, "stream": stream})
+
+
+def text_of(reply) -> str:
+    return "".join(c["delta"]["message"]["content"] or "" for c in reply.result)
+
+
+def server_reply(server: str, messages: list[dict], **params) -> dict:
+    r = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=120,
+                   json={"messages": messages, "temperature": 0, "seed": 1, "max_tokens": 16, **params})
+    r.raise_for_status()
+    return r.json()
+
+
+def server_tokens(server: str, text: str) -> int:
+    r = httpx.post(f"{server}/extras/tokenize", headers={"Authorization": f"Bearer {KEY}"}, json={"input": text})
+    return len(r.json()["tokens"])
+
+
+# -- chat model provider ---------------------------------------------------------------------------
+
+def test_chat_manifest_declared(chat):
+    assert (chat.manifest["author"], chat.manifest["name"]) == ("steam-persona", "steam_persona")
+    assert chat.manifest["plugins"]["models"] == ["provider/steam_persona.yaml"]
+
+
+def test_validate_model_credentials_ok(chat, server):
+    reply = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": chat_creds(server)})
+    assert reply.error is None and reply.result[0]["result"] is True
+
+
+def test_validate_model_credentials_wrong_key(chat, server):
+    reply = chat.request({**CHAT, "action": "validate_model_credentials",
+                          "credentials": chat_creds(server, api_key="wrong")})
+    assert reply.error["error_type"] == "CredentialsValidateFailedError"
+    assert "rejected the API key (HTTP 401)" in reply.error["message"]
+
+
+def test_validate_model_credentials_dead_port_is_bounded_and_explains_docker(chat, dead_url):
+    reply = chat.request({**CHAT, "action": "validate_model_credentials",
+                          "credentials": {"endpoint_url": dead_url, "context_size": "2048"}})
+    assert reply.error["error_type"] == "CredentialsValidateFailedError"
+    msg = reply.error["message"]
+    assert "cannot be reached" in msg and "host.docker.internal" in msg and "\n" not in msg
+    assert reply.seconds < VALIDATE_BOUND_S
+
+
+def test_model_schema_has_the_parameter_rules(chat, server):
+    reply = chat.request({**CHAT, "action": "get_ai_model_schemas", "credentials": chat_creds(server)})
+    schema = reply.result[0]["model_schema"]
+    rules = {r["name"]: r for r in schema["parameter_rules"]}
+    assert set(rules) == {"temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "stop", "seed"}
+    assert rules["max_tokens"]["max"] == 1024
+    assert schema["model_properties"] == {"context_size": N_CTX, "mode": "chat"}
+    assert schema["features"] == []
+
+
+def test_invoke_streams_chunks_then_usage(chat, server):
+    messages = [{"role": "user", "content": "Name three famous video games."}]
+    reply = invoke(chat, chat_creds(server), messages)
+    assert reply.error is None
+    *chunks, final = reply.result
+    assert len(chunks) >= 2 and all(c["delta"]["message"]["content"] for c in chunks)
+    assert all(not c["delta"].get("usage") for c in chunks)  # usage comes once, at the end
+    usage = final["delta"]["usage"]
+    assert final["delta"]["message"]["content"] == "" and final["delta"]["finish_reason"] in ("length", "stop")
+    # the same prompt straight to the server: same prompt size; 16 tokens unless the model stopped
+    assert usage["prompt_tokens"] == server_reply(server, messages, max_tokens=1)["usage"]["prompt_tokens"]
+    assert 2 <= usage["completion_tokens"] <= 16 and len(chunks) <= usage["completion_tokens"]
+    assert (final["delta"]["finish_reason"] == "length") == (usage["completion_tokens"] == 16)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert usage["latency"] > 0
+
+
+def test_invoke_blocking(chat, server):
+    reply = invoke(chat, chat_creds(server), [{"role": "user", "content": "Hi!"}], stream=False, max_tokens=8)
+    assert reply.error is None and len(reply.result) == 1
+    assert reply.result[0]["delta"]["usage"]["completion_tokens"] <= 8
+    assert reply.result[0]["delta"]["message"]["content"]
+
+
+def test_list_content_and_stop_word(chat, server):
+    parts = [{"type": "text", "data": "Write one sentence about"}, {"type": "text", "data": "the game Minecraft."}]
+    reply = invoke(chat, chat_creds(server), [{"role": "user", "content": parts}], max_tokens=24, stop=["e"])
+    assert reply.error is None, reply.error
+    text, final = text_of(reply), reply.result[-1]["delta"]
+    # the parts reached the server as one string (a list would crash some chat templates)
+    joined = [{"role": "user", "content": "Write one sentence about\nthe game Minecraft."}]
+    assert final["usage"]["prompt_tokens"] == server_reply(server, joined, max_tokens=1)["usage"]["prompt_tokens"]
+    # 24 tokens of English without an "e" are unlikely: the stop word ended the reply early
+    assert "e" not in text and final["finish_reason"] == "stop" and final["usage"]["completion_tokens"] < 24
+
+
+def test_get_llm_num_tokens_uses_server_tokenizer(chat, server):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好，推荐一款游戏？"}]
+    reply = chat.request({**CHAT, "action": "get_llm_num_tokens", "credentials": chat_creds(server),
+                          "prompt_messages": messages, "tools": None})
+    expected = server_tokens(server, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
+                                     "你好，推荐一款游戏？<|im_end|>\n<|im_start|>assistant\n")
+    assert reply.result == [{"num_tokens": expected}]
+    # the same conversation through the server's own template: identical prompt size
+    assert server_reply(server, messages, max_tokens=1)["usage"]["prompt_tokens"] == expected
+
+
+def test_persona_switch_adds_the_system_turn_only_when_missing(chat, server):
+    user = [{"role": "user", "content": "Hi"}]
+    def count(creds, msgs):
+        return chat.request({**CHAT, "action": "get_llm_num_tokens", "credentials": creds, "prompt_messages": msgs,
+                             "tools": None}).result[0]["num_tokens"]
+    off = count(chat_creds(server), user)
+    on = count(chat_creds(server, persona_system_prompt="enabled"), user)
+    persona_turn = server_tokens(server, f"<|im_start|>system\n{persona.DEFAULT_SYSTEM}<|im_end|>\n") - \
+        server_tokens(server, "")
+    assert on - off == persona_turn > 20
+    own = [{"role": "system", "content": "Be brief."}, *user]
+    assert count(chat_creds(server, persona_system_prompt="enabled"), own) == count(chat_creds(server), own)
+
+
+def test_num_tokens_falls_back_when_server_is_down(chat, dead_url):
+    reply = chat.request({**CHAT, "action": "get_llm_num_tokens", "credentials": {"endpoint_url": dead_url},
+                          "prompt_messages": [{"role": "user", "content": "hello there"}], "tools": None})
+    assert reply.error is None and reply.result[0]["num_tokens"] > 0
+
+
+@pytest.mark.parametrize("case", ["wrong_key", "dead_port", "context_overflow"])
+def test_invoke_errors_are_mapped(chat, server, dead_url, case):
+    creds, messages = chat_creds(server), [{"role": "user", "content": "Hi"}]
+    if case == "wrong_key":
+        creds["api_key"] = "wrong"
+    elif case == "dead_port":
+        creds["endpoint_url"] = dead_url
+    else:
+        messages = [{"role": "user", "content": "game " * 2500}]
+    reply = invoke(chat, creds, messages)
+    expected = {"wrong_key": "InvokeAuthorizationError", "dead_port": "InvokeServerUnavailableError",
+                "context_overflow": "InvokeBadRequestError"}[case]
+    assert reply.error["error_type"] == expected, reply.error
+    msg = reply.error["message"]
+    assert "\n" not in msg
+    if case == "context_overflow":
+        assert "maximum context length is 2048 tokens" in msg  # the server's own message
+    if case == "dead_port":
+        assert "host.docker.internal" in msg and reply.seconds < VALIDATE_BOUND_S
+
+
+# -- review tool -----------------------------------------------------------------------------------
+
+def review_creds(server: str, **over) -> dict:
+    return {"endpoint_url": f"{server}/v1", "api_key": KEY, "model": "", **over}
+
+
+def test_review_manifest_declared(review):
+    assert review.manifest["name"] == "steam_persona_review"
+    assert review.manifest["plugins"]["tools"] == ["provider/steam_review.yaml"]
+
+
+def test_validate_tool_credentials(review, server, dead_url):
+    ok = review.request({**REVIEW, "action": "validate_tool_credentials", "credentials": review_creds(server)})
+    assert ok.error is None and ok.result == [{"result": True}]
+    bad = review.request({**REVIEW, "action": "validate_tool_credentials",
+                          "credentials": review_creds(server, api_key="nope")})
+    assert bad.error["error_type"] == "ToolProviderCredentialValidationError"
+    assert "rejected the API key (HTTP 401)" in bad.error["message"]
+    down = review.request({**REVIEW, "action": "validate_tool_credentials",
+                           "credentials": {"endpoint_url": dead_url}})
+    assert "cannot be reached" in down.error["message"] and "host.docker.internal" in down.error["message"]
+    assert down.seconds < VALIDATE_BOUND_S
+
+
+COMBOS = list(itertools.product(["auto", "recommend", "not_recommend"], ["zh", "en"], ["short", "medium", "long"]))
+
+
+def test_invoke_tool_every_parameter_combination(review, server):
+    client = load_plugin_module("review", "tools/review_client.py")
+    for i, (verdict, language, length) in enumerate(COMBOS):
+        params = {"game_name": "《Hollow Knight™》", "verdict": verdict, "language": language, "length": length,
+                  "max_tokens": 2}
+        if i % 2:
+            params.update(tags="动作, 类银河战士恶魔城", extra_instructions="Mention the music.")
+        reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                                "credentials": review_creds(server), "tool_parameters": params})
+        assert reply.error is None, reply.error
+        text, js = reply.result
+        assert text["type"] == "text" and js["type"] == "json"
+        out = js["message"]["json_object"]
+        assert set(out) == {"game", "verdict", "review", "model", "usage"}
+        assert out["review"] == text["message"]["text"]  # may be blank: 2 tokens can be a space or half a 字
+        assert (out["game"], out["verdict"]) == ("Hollow Knight", verdict)
+        assert out["model"] == "SmolLM2-135M-Instruct.Q4_1"
+        # max_tokens reached the server (a multi-byte character may take a few more tokens)
+        assert 1 <= out["usage"]["completion_tokens"] <= 2 + 3
+        if i < 4:  # zh/en × with/without tags: the server saw exactly the host-built training-format prompt
+            expected = client.review_request(params["game_name"], params.get("tags"), verdict, language, length,
+                                             params.get("extra_instructions"))
+            direct = server_reply(server, expected, max_tokens=1)["usage"]["prompt_tokens"]
+            assert out["usage"]["prompt_tokens"] == direct
+
+
+def test_invoke_tool_defaults_and_persona_switch(review, server):
+    params = {"game_name": "Celeste", "max_tokens": 1}
+    plain = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                            "credentials": review_creds(server), "tool_parameters": params})
+    assert plain.result[1]["message"]["json_object"]["verdict"] == "auto"
+    with_persona = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                                   "credentials": review_creds(server, persona_system_prompt="enabled"),
+                                   "tool_parameters": params})
+    msgs = [{"role": "system", "content": persona.DEFAULT_SYSTEM},
+            {"role": "user", "content": "请以资深玩家的身份，点评一下《Celeste》这款游戏。"}]
+    assert with_persona.result[1]["message"]["json_object"]["usage"]["prompt_tokens"] == \
+        server_reply(server, msgs, max_tokens=1)["usage"]["prompt_tokens"]
+
+
+@pytest.mark.parametrize("case", ["server_down", "no_game", "bad_verdict"])
+def test_invoke_tool_errors_are_clear(review, server, dead_url, case):
+    creds = {"endpoint_url": dead_url} if case == "server_down" else review_creds(server)
+    params = {"game_name": "" if case == "no_game" else "Celeste", "verdict": "maybe" if case == "bad_verdict" else "auto"}
+    reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": creds,
+                            "tool_parameters": params})
+    assert reply.result == [] and reply.error["error_type"] == "ReviewError"
+    msg = reply.error["message"]
+    assert "Traceback" not in msg and "\n" not in msg
+    assert {"server_down": "cannot be reached", "no_game": "game_name is required",
+            "bad_verdict": "verdict must be one of"}[case] in msg
+    if case == "server_down":
+        assert "steam-train serve" in msg and reply.seconds < VALIDATE_BOUND_S
+
+
+# -- serverless mode ---------------------------------------------------------------------------------
+
+def test_serverless_health_and_invoke(plugins, server):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+    env.update(INSTALL_METHOD="serverless", SERVERLESS_HOST="127.0.0.1", SERVERLESS_PORT=str(port))
+    py = plugin_python(plugins["review"] / "requirements.txt")
+    proc = subprocess.Popen([str(py), "-m", "main"], cwd=plugins["review"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serverless plugin did not start"
+                time.sleep(0.3)
+        assert (health.status_code, health.text) == (200, "OK")
+        body = {"session_id": "s1", "event": "request",
+                "data": {**REVIEW, "user_id": "u", "action": "validate_tool_credentials",
+                         "credentials": review_creds(server)}}
+        r = httpx.post(f"http://127.0.0.1:{port}/invoke", json=body, timeout=60)
+        events = [json.loads(line) for line in r.text.splitlines() if line.strip()]
+        data = [e["data"] for e in events if e.get("session_id") == "s1"]
+        assert {"type": "stream", "data": {"result": True}} in [{k: d[k] for k in ("type", "data")} for d in data]
+        assert data[-1]["type"] == "end"
+    finally:
+        proc.terminate()
+        proc.wait(10)
