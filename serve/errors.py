@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -55,14 +55,15 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "body"
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+def from_validation_error(exc: Any) -> RequestError:
+    """A 400 ``invalid_value`` naming the first bad field of a pydantic ``ValidationError``."""
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     param = _loc(tuple(first.get("loc", ())))
     msg = f"{param}: {first.get('msg', 'invalid value')}"
     if len(errors) > 1:
         msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return JSONResponse(error_body(msg, param=param, code="invalid_value"), status_code=400)
+    return RequestError(msg, param=param, code="invalid_value")
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -81,8 +82,6 @@ def _bad_request(code: str, param: str | None = None):
 def install(app: FastAPI) -> None:
     """Make the library's app answer client mistakes with OpenAI-shaped 4xx errors.
 
-    * request validation (wrong types, missing fields) → 400 ``invalid_value`` (FastAPI's default
-      is 422 with a ``detail`` list the OpenAI SDK cannot show);
     * ``HTTPException`` (404, 405 …) → the OpenAI shape;
     * llama.cpp errors caused by the request (``logprobs`` without ``logits_all``, a chat template
       rejecting the message order) → 400 via the library's own ``RouteErrorHandler`` pattern table,
@@ -90,7 +89,6 @@ def install(app: FastAPI) -> None:
     """
     from llama_cpp.server.errors import RouteErrorHandler
 
-    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(HTTPException, _http_error)
     table = RouteErrorHandler.pattern_and_formatters

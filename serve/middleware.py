@@ -2,9 +2,10 @@
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streams pass through untouched and the
 ``include_usage`` context variable reaches the generation thread. For ``POST`` JSON endpoints it
-reads the body once, and answers 400 itself for bad JSON; for chat requests it normalises the
-messages (:mod:`serve.messages`), applies the persona (:mod:`serve.persona`), checks the prompt
-fits the context (the library raises that error only once a stream has begun, as a broken
+reads the body once and answers 400 itself for bad JSON and for bodies the library's own request
+schema rejects (its route wrapper would answer 500); for chat requests it normalises the messages
+(:mod:`serve.messages`), applies the persona (:mod:`serve.persona`), checks the prompt fits the
+context (the library raises that error only once a stream has begun, as a broken
 stream), and passes the rewritten body on.
 """
 
@@ -14,9 +15,11 @@ import json
 import logging
 from typing import Any, Awaitable, Callable
 
+from pydantic import ValidationError
+
 from serve import auth
 from serve.chat_handler import INCLUDE_USAGE, ChatHandler
-from serve.errors import RequestError, error_bytes
+from serve.errors import RequestError, error_bytes, from_validation_error
 from serve.messages import normalise_messages
 from serve.persona import apply_persona
 
@@ -28,8 +31,19 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 #: Paths served without a key (Docker / Dify health checks).
 OPEN_PATHS = ("/health",)
-_JSON_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/extras/tokenize",
-               "/extras/tokenize/count", "/extras/detokenize")
+
+
+
+def _request_models() -> dict[str, Any]:
+    """POST path → the library's pydantic request model for it."""
+    from llama_cpp.server import types
+
+    return {"/v1/chat/completions": types.CreateChatCompletionRequest,
+            "/v1/completions": types.CreateCompletionRequest,
+            "/v1/embeddings": types.CreateEmbeddingRequest,
+            "/extras/tokenize": types.TokenizeInputRequest,
+            "/extras/tokenize/count": types.TokenizeInputRequest,
+            "/extras/detokenize": types.DetokenizeInputRequest}
 
 
 class SteamMiddleware:
@@ -50,6 +64,7 @@ class SteamMiddleware:
                  handler: ChatHandler, n_ctx: int, alias: str) -> None:
         self.app, self.api_key, self.persona, self.persona_mode = app, api_key, persona, persona_mode
         self.handler, self.n_ctx, self.alias = handler, n_ctx, alias
+        self.models = _request_models()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,7 +75,7 @@ class SteamMiddleware:
                 return await _reply(send, RequestError(
                     "Incorrect API key provided; send it as 'Authorization: Bearer KEY'",
                     status=401, code="invalid_api_key"))
-        if method != "POST" or path not in _JSON_PATHS:
+        if method != "POST" or path not in self.models:
             return await self.app(scope, receive, send)
         body = await _read_body(receive)
         include_usage = False
@@ -76,7 +91,14 @@ class SteamMiddleware:
             if path in ("/v1/chat/completions", "/v1/completions"):
                 data["model"] = self.alias
             if path == "/v1/chat/completions":
-                self._prepare_chat(data)
+                data["messages"] = apply_persona(normalise_messages(data.get("messages")), self.persona, self.persona_mode)
+            try:
+                # The library's route wrapper turns its own validation errors into 500s; check first.
+                self.models[path].model_validate(data)
+            except ValidationError as e:
+                raise from_validation_error(e) from None
+            if path == "/v1/chat/completions":
+                self._check_context(data)
                 include_usage = bool(data.get("stream")) and isinstance(options, dict) and bool(options.get("include_usage"))
         except RequestError as err:
             return await _reply(send, err)
@@ -89,9 +111,8 @@ class SteamMiddleware:
         finally:
             INCLUDE_USAGE.reset(token)
 
-    def _prepare_chat(self, data: dict[str, Any]) -> None:
-        messages = apply_persona(normalise_messages(data.get("messages")), self.persona, self.persona_mode)
-        data["messages"] = messages
+    def _check_context(self, data: dict[str, Any]) -> None:
+        messages = data["messages"]
         n_prompt = self.handler.prompt_tokens(messages, data.get("tools"), data.get("tool_choice"))
         log.debug("chat request: %d messages, %d prompt tokens, stream=%s", len(messages), n_prompt, data.get("stream"))
         if n_prompt >= self.n_ctx:

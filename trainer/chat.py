@@ -44,7 +44,7 @@ class ChatConfig:
     top_p: float | None = arg(None, "Nucleus sampling probability mass (default: the model's generation config).")
     max_new_tokens: int | None = arg(None, "Most tokens per answer (default: the model's generation config, else 512).")
     n_ctx: int = arg(0, "GGUF only: context size in tokens; 0 = training context capped by memory.")
-    n_threads: int = arg(0, "GGUF only: CPU threads; 0 = all usable cores.")
+    n_threads: int = arg(0, "GGUF only: CPU threads; 0 = half the usable cores.")
     seed: int = arg(42, "Random seed for sampling.")
 
 

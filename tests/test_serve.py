@@ -1,0 +1,298 @@
+"""Integration tests: `steam-train serve` as a real process on a free port, driven with httpx and the
+official openai client. One server per module (SmolLM2, the embedded default, with an API key and
+the project persona); the SIGTERM and refusal tests start their own."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.serving import REPO, port_is_free, start_server
+from trainer.persona import DEFAULT_SYSTEM
+
+KEY = "test-key-8f3a"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SMOL_DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+SECRET_PROMPT = "zebra-marmalade-7731"
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf):
+    with start_server(smollm2_gguf, api_key=KEY, extra_args=("--system", DEFAULT_SYSTEM)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=120) as c:
+        yield c
+
+
+def chat(client, messages, **kw):
+    r = client.post("/v1/chat/completions", json={"messages": messages, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def stream_chat(client, body):
+    """POST a streamed chat; parse SSE lines as they arrive. Returns (chunks, saw_done)."""
+    chunks, done = [], False
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            payload = line[len("data: "):]
+            if payload == "[DONE]":
+                done = True
+                continue
+            assert not done, "data after [DONE]"
+            chunks.append(json.loads(payload))
+    return chunks, done
+
+
+def chatml(*turns):
+    """SmolLM2's ChatML prompt for (role, content) turns, with the generation prompt."""
+    return "".join(f"<|im_start|>{r}\n{c}<|im_end|>\n" for r, c in turns) + "<|im_start|>assistant\n"
+
+
+def count_tokens(client, text):
+    r = client.post("/extras/tokenize/count", json={"input": text})
+    assert r.status_code == 200, r.text
+    return r.json()["count"]
+
+
+HELLO = [{"role": "system", "content": SMOL_DEFAULT}, {"role": "user", "content": "Say hello."}]
+
+
+def test_health_and_models(server, client):
+    h = httpx.get(f"{server.base_url}/health").json()  # no key needed
+    assert h["status"] == "ok" and h["model_loaded"] is True
+    assert h["model"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert h["n_ctx"] == 8192 == h["n_ctx_train"]  # the GGUF's training context, not the library's 2048
+    assert h["persona_source"] == "--system" and h["uptime_s"] >= 0
+    models = client.get("/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["SmolLM2-135M-Instruct.Q4_1"]
+
+
+def test_chat_non_streamed(client):
+    out = chat(client, HELLO, max_tokens=40, temperature=0, model="whatever-the-client-says")
+    choice = out["choices"][0]
+    assert out["object"] == "chat.completion" and out["model"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
+    # stops on the end-of-turn token: finish_reason stop before max_tokens, no template tokens leak
+    assert choice["finish_reason"] == "stop"
+    assert "<|im_end|>" not in choice["message"]["content"] and "<|im_start|>" not in choice["message"]["content"]
+    u = out["usage"]
+    assert u["prompt_tokens"] == count_tokens(client, chatml(("system", SMOL_DEFAULT), ("user", "Say hello.")))
+    assert 0 < u["completion_tokens"] < 40 and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+
+
+STORY = [{"role": "system", "content": SMOL_DEFAULT}, {"role": "user", "content": "Tell me a long story about a dragon."}]
+
+
+def test_chat_streamed_reports_usage_like_non_streamed(client):
+    # Greedy text can differ between two requests (llama.cpp reuses the cached prompt prefix, and a
+    # different batch shape changes float rounding), so the checks use exact counts instead.
+    ref = chat(client, STORY, max_tokens=8, temperature=0)
+    assert ref["choices"][0]["finish_reason"] == "length" and ref["usage"]["completion_tokens"] == 8
+    start = time.perf_counter()
+    chunks, done = stream_chat(client, {"messages": STORY, "max_tokens": 8, "temperature": 0,
+                                        "stream_options": {"include_usage": True}})
+    assert done
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text.strip()
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finish == ["length"]
+    last = chunks[-1]  # OpenAI: the last chunk before [DONE] has no choices and carries usage
+    assert last["choices"] == [] and last["usage"] == ref["usage"]
+    assert last["usage"]["prompt_tokens"] == count_tokens(client, chatml(*[(m["role"], m["content"]) for m in STORY]))
+    assert all("usage" not in c for c in chunks[:-1])
+    assert time.perf_counter() - start < 120
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(client):
+    chunks, done = stream_chat(client, {"messages": STORY, "max_tokens": 4, "temperature": 0})
+    assert done and all(c["choices"] for c in chunks) and all("usage" not in c for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_stop_sequence(client):
+    numbers = [{"role": "system", "content": SMOL_DEFAULT}, {"role": "user", "content": "List the numbers from 1 to 15."}]
+    full = chat(client, numbers, max_tokens=24, temperature=0, repeat_penalty=1.0)["choices"][0]["message"]["content"]
+    assert "5." in full  # SmolLM2 answers "1. 1\n2. 2\n…"
+    cut = chat(client, numbers, max_tokens=24, temperature=0, repeat_penalty=1.0, stop=["5."])["choices"][0]
+    assert cut["finish_reason"] == "stop"
+    assert "5." not in cut["message"]["content"] and cut["message"]["content"].rstrip().endswith("4")
+
+
+def test_persona_applies_without_system_message(client):
+    user = [{"role": "user", "content": "Hi"}]
+    no_system = chat(client, user, max_tokens=1)["usage"]["prompt_tokens"]
+    assert no_system == count_tokens(client, chatml(("system", DEFAULT_SYSTEM), ("user", "Hi")))
+    # not the template's own default (SmolLM2's "You are a helpful AI assistant named SmolLM …")
+    assert no_system != count_tokens(client, chatml(("system", SMOL_DEFAULT), ("user", "Hi")))
+    # a client system message replaces the persona (persona_mode=replace)
+    own = chat(client, [{"role": "system", "content": "Be brief."}, *user], max_tokens=1)["usage"]["prompt_tokens"]
+    assert own == count_tokens(client, chatml(("system", "Be brief."), ("user", "Hi")))
+
+
+def test_list_and_null_content(client):
+    parts = [{"type": "text", "text": "Say"}, {"type": "text", "text": "hello."}]
+    listed = chat(client, [HELLO[0], {"role": "user", "content": parts}], max_tokens=1)
+    assert listed["usage"]["prompt_tokens"] == count_tokens(client, chatml(("system", SMOL_DEFAULT), ("user", "Say\nhello.")))
+    history = [HELLO[0], {"role": "user", "content": "Hi"}, {"role": "assistant", "content": None},
+               {"role": "user", "content": [{"type": "text", "text": "Again"}]}]
+    out = chat(client, history, max_tokens=1)
+    assert out["usage"]["prompt_tokens"] == count_tokens(
+        client, chatml(("system", SMOL_DEFAULT), ("user", "Hi"), ("assistant", ""), ("user", "Again")))
+
+
+def _error(r, status, code=None):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+    if code:
+        assert err["code"] == code
+    return err
+
+
+def test_client_mistakes_get_openai_shaped_4xx(server, client):
+    url = "/v1/chat/completions"
+    _error(client.post(url, content=b'{"messages": [', headers={"content-type": "application/json"}), 400, "invalid_json")
+    _error(client.post(url, json=["not", "an", "object"]), 400, "invalid_json")
+    _error(client.post(url, json={"messages": "hi"}), 400)
+    _error(client.post(url, json={}), 400)
+    err = _error(client.post(url, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": "lots"}), 400)
+    assert err["param"] == "max_tokens"
+    _error(client.post(url, json={"messages": [{"role": "wizard", "content": "hi"}]}), 400)
+    err = _error(client.post(url, json={"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}]}), 400)
+    assert "image_url" in err["message"] and "text only" in err["message"] and err["param"] == "messages[0].content[1]"
+    # wrong or missing key: 401, /health stays open
+    _error(httpx.post(f"{server.base_url}{url}", json={"messages": HELLO}, headers={"Authorization": "Bearer nope"}), 401,
+           "invalid_api_key")
+    _error(httpx.get(f"{server.base_url}/v1/models"), 401, "invalid_api_key")
+    _error(client.get("/v1/no-such-endpoint"), 404)
+    # context overflow, non-streamed and streamed: 400 context_length_exceeded before any stream starts
+    huge = [{"role": "user", "content": "word " * 9000}]
+    for stream in (False, True):
+        err = _error(client.post(url, json={"messages": huge, "max_tokens": 8, "stream": stream}), 400,
+                     "context_length_exceeded")
+        assert "8192" in err["message"]
+    # the server is still up and answering
+    assert chat(client, HELLO, max_tokens=1)["choices"][0]["finish_reason"] in ("stop", "length")
+    log = server.output()
+    assert " 500 " not in log and "Traceback" not in log
+
+
+def test_two_overlapping_streams_both_complete(client):
+    results = {}
+
+    def one(name, question):
+        results[name] = stream_chat(client, {"messages": [HELLO[0], {"role": "user", "content": question}],
+                                             "max_tokens": 16, "temperature": 0})
+
+    threads = [threading.Thread(target=one, args=(n, q)) for n, q in (("a", "Name a colour."), ("b", "Name a fruit."))]
+    for t in threads:
+        t.start()
+        time.sleep(0.3)  # b arrives while a is streaming (interrupt_requests=False: b waits, a is not cut)
+    for t in threads:
+        t.join(120)
+    for name in "ab":
+        chunks, done = results[name]
+        assert done, name
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length"), name
+
+
+def test_concurrent_and_sequential_load(client):
+    body = {"messages": [HELLO[0], {"role": "user", "content": "Hi"}], "max_tokens": 2}
+    statuses: list[int] = []
+
+    def worker():
+        with httpx.Client(base_url=str(client.base_url), headers=AUTH, timeout=120) as c:
+            statuses.append(c.post("/v1/chat/completions", json=body).status_code)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for _ in range(100):
+        r = client.post("/v1/chat/completions", json=body)
+        statuses.append(r.status_code)
+        assert r.json()["usage"]["completion_tokens"] <= 2
+    assert statuses == [200] * 108
+
+
+def test_openai_client(server):
+    import openai
+
+    oa = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0)
+    out = oa.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=HELLO, max_tokens=16, temperature=0)
+    assert out.model == "SmolLM2-135M-Instruct.Q4_1"
+    assert out.choices[0].message.content and out.choices[0].finish_reason in ("stop", "length")
+    assert out.usage.completion_tokens > 0
+    stream = oa.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=HELLO, max_tokens=16,
+                                        temperature=0, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert chunks[-1].usage.prompt_tokens == out.usage.prompt_tokens
+    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.BadRequestError) as e:
+        oa.chat.completions.create(model="x", messages=[{"role": "user", "content": "word " * 9000}], max_tokens=4)
+    assert e.value.code == "context_length_exceeded"
+
+
+def test_logs_hold_no_key_and_no_prompt(server, client):
+    chat(client, [{"role": "user", "content": SECRET_PROMPT}], max_tokens=1)
+    log = server.output()
+    assert KEY not in log and SECRET_PROMPT not in log
+    assert "http://127.0.0.1:" in log and "host.docker.internal" in log  # the banner
+
+
+def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):
+    with start_server(smollm2_gguf) as srv:
+        body = {"messages": [{"role": "user", "content": "Tell me a long story about a dragon."}],
+                "max_tokens": 48, "temperature": 0, "stream": True}
+        finish, done, clean_error = None, False, False
+        try:
+            with httpx.stream("POST", f"{srv.base_url}/v1/chat/completions", json=body, timeout=60) as r:
+                for line in r.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    if line == "data: [DONE]":
+                        done = True
+                        continue
+                    chunk = json.loads(line[6:])
+                    if srv.proc.poll() is None and chunk["choices"][0]["delta"].get("content"):
+                        srv.proc.send_signal(signal.SIGTERM)
+                    finish = chunk["choices"][0]["finish_reason"] or finish
+        except httpx.RemoteProtocolError:
+            clean_error = True
+        print("sigterm:", done, finish, clean_error)
+        assert (done and finish in ("stop", "length")) or clean_error
+        # uvicorn re-raises the signal after its graceful shutdown: the status says "ended by SIGTERM"
+        assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+        assert port_is_free(srv.port)
+        assert "Traceback" not in srv.output()
+
+
+def test_refuses_public_host_without_key(smollm2_gguf):
+    r = subprocess.run([sys.executable, "-m", "trainer", "serve", str(smollm2_gguf), "--host", "0.0.0.0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env={**__import__("os").environ, "STEAM_PERSONA_API_KEY": ""})
+    assert r.returncode == 2
+    assert "--api_key" in r.stderr and "--insecure" in r.stderr and "Traceback" not in r.stderr
