@@ -156,22 +156,13 @@ def _train(cfg: DemoConfig, out: Path, prepared: dict[str, Any]) -> dict[str, An
         "lora_rank": cfg.lora_rank, "quantization_bit": cfg.quantization_bit, "cutoff_len": cfg.cutoff_len,
         "max_samples": cfg.max_samples, "per_device_train_batch_size": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": 1, "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps,
-        "warmup_ratio": 0.1, "logging_steps": 5, "save_steps": max(25, cfg.max_steps // 2), "seed": cfg.seed,
-        "output_dir": str(out / "run"), "plot_loss": True})
-    train.run(tcfg)
-    return _loss_figures(out / "run")
-
-
-def _loss_figures(run_dir: Path) -> dict[str, Any]:
-    """Loss at the first and last logged step (``trainer_log.jsonl``) and the plot path."""
-    rows = [r for r in io.read_jsonl_log(run_dir / "trainer_log.jsonl") if r.get("loss") is not None]
-    if not rows:
-        raise UserError(f"{run_dir / 'trainer_log.jsonl'}: no loss was logged; the train stage did not finish — rerun")
-    results = json.loads((run_dir / "all_results.json").read_text(encoding="utf-8")) \
-        if (run_dir / "all_results.json").is_file() else {}
-    return {"run_dir": str(run_dir), "loss_start": rows[0]["loss"], "loss_end": rows[-1]["loss"],
-            "steps": rows[-1].get("current_steps", rows[-1].get("step")), "loss_plot": str(run_dir / "training_loss.png"),
-            "train_runtime_s": results.get("train_runtime")}
+        "warmup_ratio": 0.1, "logging_steps": 5, "save_steps": max(10, cfg.max_steps // 4), "seed": cfg.seed,
+        "output_dir": str(out / "run"), "disable_gradient_checkpointing": True})
+    res = train.run(tcfg)
+    run_dir = Path(res["output_dir"])
+    return {"run_dir": str(run_dir), "loss_start": res["loss_first"], "loss_end": res["loss_last"],
+            "steps": res["global_step"], "loss_plot": str(run_dir / "training_loss.png"),
+            "train_runtime_s": res.get("train_runtime"), "train_tokens_per_second": res.get("train_tokens_per_second")}
 
 
 def _export(cfg: DemoConfig, out: Path) -> dict[str, Any]:
