@@ -1,0 +1,81 @@
+"""`steam-train chat`: driven through a pipe (GGUF back end) and in-process with a base + LoRA
+adapter (transformers + peft back end)."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.serving import REPO
+from trainer import chat as chat_mod
+from trainer.chat import ChatConfig
+
+
+def test_chat_through_a_pipe(smollm2_gguf):
+    r = subprocess.run(
+        [sys.executable, "-m", "trainer", "chat", "--model_name_or_path", str(smollm2_gguf),
+         "--temperature", "0", "--max_new_tokens", "12", "--system", "You are a pirate."],
+        input="Hi!\n\nclear\nWhat is the sea?\nexit\nthis line is never read\n",
+        cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    answers = r.stdout.splitlines()
+    assert len(answers) == 2 and all(a.strip() for a in answers)  # blank line skipped, nothing after exit
+    assert "History cleared." in r.stderr
+    assert "persona: You are a pirate." in r.stderr
+    speeds = re.findall(r"(\d+) tokens in [\d.]+ s, ([\d.]+) tokens/s", r.stderr)
+    assert len(speeds) == 2 and all(0 < int(n) <= 12 and float(s) > 0 for n, s in speeds)
+
+
+def test_history_and_clear(smollm2_gguf, monkeypatch):
+    seen: list[list[str]] = []
+    original = chat_mod.GGUFBackend.stream
+
+    def spy(self, messages, *args, **kwargs):
+        seen.append([m["role"] for m in messages])
+        return original(self, messages, *args, **kwargs)
+
+    monkeypatch.setattr(chat_mod.GGUFBackend, "stream", spy)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("One.\nTwo.\nclear\nThree.\n"))  # EOF ends the chat
+    turns = chat_mod.run(ChatConfig(model_name_or_path=str(smollm2_gguf), temperature=0.0, max_new_tokens=4))
+    # the persona from the GGUF template leads each request; history grows; clear resets it
+    assert seen == [["system", "user"], ["system", "user", "assistant", "user"], ["system", "user"]]
+    assert len(turns) == 3 and all(1 <= t.tokens <= 4 and t.tokens_per_s > 0 for t in turns)
+
+
+def test_missing_model_is_a_user_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "trainer", "chat", "--model_name_or_path", str(tmp_path / "nope.gguf")],
+                       input="", cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "nope.gguf" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_llama_dir, tmp_path_factory):
+    """A random LoRA adapter on the tiny Llama, saved with its tokenizer like a run dir."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False))
+    out = tmp_path_factory.mktemp("run")
+    peft_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(out)
+    (out / "run_config.yaml").write_text(f"model_name_or_path: {tiny_llama_dir}\nsystem: You are Lao G.\n")
+    return out
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_chat_with_base_and_adapter(tiny_adapter, monkeypatch, capsys, bits):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\nexit\n"))
+    turns = chat_mod.run(ChatConfig(adapter_name_or_path=str(tiny_adapter), quantization_bit=bits,
+                                    temperature=0.0, max_new_tokens=5))
+    assert len(turns) == 1 and turns[0].tokens == 5  # a random model never says end-of-turn this soon
+    out = capsys.readouterr()
+    assert out.out.strip() == turns[0].text.strip()
+    assert "persona: You are Lao G." in out.err and "tokens/s" in out.err
