@@ -1,0 +1,110 @@
+"""Unit tests for serve's pure pieces: message normalisation, persona, GGUF facts, n_ctx, auth, host checks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+import pytest
+
+from serve.auth import key_ok, presented_key
+from serve.cli import default_threads, dify_hint, is_loopback
+from serve.errors import RequestError
+from serve.messages import normalise_messages
+from serve.modelinfo import choose_n_ctx, find_gguf, read_model_info, template_default_system
+from serve.persona import apply_persona, resolve_persona
+from trainer.errors import UserError
+
+CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+          "{{ '<|im_start|>system\\nDEFAULT PERSONA<|im_end|>\\n' }}{% endif %}"
+          "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_normalise_joins_text_parts_and_nulls():
+    msgs = normalise_messages([
+        {"role": "developer", "content": "sys"},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, "b", {"type": "text", "text": "c"}]},
+        {"role": "assistant", "content": None, "tool_calls": []},
+    ])
+    assert msgs == [{"role": "system", "content": "sys"}, {"role": "user", "content": "a\nb\nc"},
+                    {"role": "assistant", "content": "", "tool_calls": []}]
+
+
+@pytest.mark.parametrize("messages, param, fragment", [
+    ("hi", "messages", "non-empty list"),
+    ([], "messages", "non-empty list"),
+    (["hi"], "messages[0]", "object"),
+    ([{"role": "bot", "content": "x"}], "messages[0].role", "'bot'"),
+    ([{"role": "user", "content": 3}], "messages[0].content", "not int"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]", "text only"),
+    ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0]", '"type": "text"'),
+])
+def test_normalise_rejects_with_a_400_naming_the_field(messages, param, fragment):
+    with pytest.raises(RequestError) as e:
+        normalise_messages(messages)
+    assert e.value.status == 400 and e.value.param == param and fragment in e.value.message
+
+
+def test_apply_persona_modes():
+    user = [{"role": "user", "content": "hi"}]
+    assert apply_persona(user, "P") == [{"role": "system", "content": "P"}, *user]
+    own = [{"role": "system", "content": "S"}, *user]
+    assert apply_persona(own, "P") == own
+    assert apply_persona(own, "P", "prepend")[0] == {"role": "system", "content": "P\n\nS"}
+    assert apply_persona(user, None) == user
+
+
+def test_template_default_system():
+    assert template_default_system(CHATML) == "DEFAULT PERSONA"
+    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    assert template_default_system(plain) is None
+
+
+def test_smollm2_facts_and_persona_sources(smollm2_gguf, tmp_path):
+    info = read_model_info(smollm2_gguf)
+    assert info.architecture == "llama" and info.n_ctx_train == 8192
+    assert info.template_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert info.kv_bytes_per_token == 2 * 30 * 3 * 64 * 2  # K+V × layers × kv heads × head dim × f16
+    assert resolve_persona(None, info) == (info.template_system, "GGUF chat template")
+    assert resolve_persona("mine", info) == ("mine", "--system")
+    reported = replace(info, export_report={"persona": {"system": "from report"}})
+    assert resolve_persona(None, reported) == ("from report", "export_report.json")
+
+
+def test_choose_n_ctx_uses_training_context_capped_by_memory(smollm2_gguf):
+    info = read_model_info(smollm2_gguf)
+    assert choose_n_ctx(info, memory_bytes=64 * 2**30) == (8192, "training context")
+    n, why = choose_n_ctx(info, memory_bytes=info.file_bytes + 100 * 2**20)  # 50 MiB for the KV cache
+    assert n == (50 * 2**20 // info.kv_bytes_per_token) // 256 * 256 and "capped by memory" in why
+    assert choose_n_ctx(info, requested=1000) == (1000, "--n_ctx")
+
+
+def test_find_gguf_in_export_dir(tmp_path):
+    for name in ("m-f16.gguf", "m-q8_0.gguf", "m-q4_k_m.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF")
+    (tmp_path / "export_report.json").write_text('{"persona": "P"}')
+    gguf, report = find_gguf(tmp_path)
+    assert gguf.name == "m-q4_k_m.gguf" and report == {"persona": "P"}
+    assert find_gguf(tmp_path / "m-f16.gguf")[0].name == "m-f16.gguf"  # a file is taken as given
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no .gguf"):
+        find_gguf(tmp_path / "empty")
+    with pytest.raises(UserError, match="not found"):
+        find_gguf(tmp_path / "missing")
+    (tmp_path / "export_report.json").write_text("{broken")
+    with pytest.raises(UserError, match="export_report.json: not valid JSON"):
+        find_gguf(tmp_path)
+
+
+def test_auth_headers_and_constant_time_compare():
+    assert presented_key([(b"authorization", b"Bearer k1")]) == "k1"
+    assert presented_key([(b"x-api-key", b"k2")]) == "k2"
+    assert presented_key([(b"authorization", b"Basic xyz")]) is None
+    assert key_ok("k1", "k1") and not key_ok("k2", "k1") and not key_ok(None, "k1")
+
+
+def test_hosts_threads_and_dify_hint():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.1.2.3")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.com")
+    assert default_threads() >= 1
+    assert any("host.docker.internal:9000/v1" in line for line in dify_hint("0.0.0.0", 9000))
+    assert any("--host 0.0.0.0" in line for line in dify_hint("127.0.0.1", 9000))
