@@ -138,7 +138,8 @@ def test_invoke_streams_chunks_then_usage(chat, server):
     assert all(not c["delta"].get("usage") for c in chunks)  # usage comes once, at the end
     usage = final["delta"]["usage"]
     assert final["delta"]["message"]["content"] == "" and final["delta"]["finish_reason"] in ("length", "stop")
-    # the same prompt straight to the server: same prompt size; 16 tokens unless the model stopped
+    # steam-train serve sends usage only when stream_options.include_usage asks for it, and counts the
+    # persona it adds (the plugin's own fallback count could not): so the plugin asked for it
     assert usage["prompt_tokens"] == server_reply(server, messages, max_tokens=1)["usage"]["prompt_tokens"]
     assert 2 <= usage["completion_tokens"] <= 16 and len(chunks) <= usage["completion_tokens"]
     assert (final["delta"]["finish_reason"] == "length") == (usage["completion_tokens"] == 16)
@@ -282,6 +283,18 @@ def test_invoke_tool_defaults_and_persona_switch(review, server):
             {"role": "user", "content": "请以资深玩家的身份，点评一下《Celeste》这款游戏。"}]
     assert with_persona.result[1]["message"]["json_object"]["usage"]["prompt_tokens"] == \
         server_reply(server, msgs, max_tokens=1)["usage"]["prompt_tokens"]
+
+
+def test_host_python_runs_the_tool_code_path(server, dead_url):
+    """What steam-train demo does: the tool's prompt + HTTP path from the host Python (no Dify)."""
+    client = load_plugin_module("review", "tools/review_client.py")
+    out = client.write_review(review_creds(server), "Celeste", tags="平台跳跃", verdict="recommend", language="en",
+                              length="short", max_tokens=2)
+    assert (out["game"], out["verdict"], out["model"]) == ("Celeste", "recommend", "SmolLM2-135M-Instruct.Q4_1")
+    msgs = client.review_request("Celeste", "平台跳跃", "recommend", "en", "short")
+    assert out["usage"]["prompt_tokens"] == server_reply(server, msgs, max_tokens=1)["usage"]["prompt_tokens"]
+    with pytest.raises(client.ReviewError, match="cannot be reached"):
+        client.write_review({"endpoint_url": dead_url}, "Celeste")
 
 
 @pytest.mark.parametrize("case", ["server_down", "no_game", "bad_verdict"])
