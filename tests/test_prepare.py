@@ -78,8 +78,8 @@ def test_store_csv_bom_tag_ids_and_seed_agreement(tmp_path, shared_dir, seed_dat
     assert res["formats"] == {str(shared_dir / "data/raw/store_reviews_cn.csv"): "store-csv"}
     assert res["counts"]["read"] == 1044 and res["counts"]["games"] == 111
     dota = [r for r in recs if r["instruction"] == persona.INSTRUCTION_TEMPLATE.format(name="Dota 2")]
-    # tags_raw [113, 1718, 3859, 9, 5055, 5711, 3878] → Steam's names, first five
-    assert dota[0]["input"] == "游戏类型标签：免费开玩, 多人在线战术竞技, 多人, 策略, 电子竞技"
+    # tags_raw [113, 1718, 3859, 9, 5055, 5711, 3878] → Steam's names
+    assert dota[0]["input"] == "游戏类型标签：免费开玩, 多人在线战术竞技, 多人, 策略, 电子竞技, 团队导向, 竞技"
     report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
     assert 1100689 not in report["unknown_tag_ids"] and len(report["unknown_tag_ids"]) > 0
     # the seed was built from this CSV: same games, and most kept texts appear in it verbatim
@@ -144,6 +144,8 @@ def test_selection_flags(tmp_path, shared_dir):
     assert capped["counts"]["kept"] <= 3 * 111 and max(
         sum(r["instruction"] == x["instruction"] for r in recs) for x in recs) == 3
     assert _load(again["train"]) == recs  # seeded: same sample
+    two = _load(_run(tmp_path, [csv], val_size=0, max_tags=2)["train"])
+    assert two[0]["input"] == "游戏类型标签：免费开玩, 多人在线战术竞技"
     with pytest.raises(UserError, match="rule 'min_votes_up' removed 1,044"):  # the CSV has no vote counts
         _run(tmp_path, [csv], val_size=0, min_votes_up=1)
 
@@ -247,3 +249,16 @@ def test_blocklist_and_near_duplicate_campaign(tmp_path, seed_dataset):
     assert report["rules"]["exact_duplicate"]["removed"] + report["rules"]["near_duplicate"]["removed"] >= 5
     assert report["rules"]["blocklist"]["removed"] == sum("垃圾游戏" in r["output"] for r in seed[:100])
     assert not any("垃圾游戏" in r["output"] for r in _load(res["train"]))
+
+
+def test_output_layout_is_the_seed_files(tmp_path, seed_dataset):
+    """With every rule off, prepare reproduces the seed file byte for byte (format, order, layout)."""
+    off = dict(strip_bbcode=False, strip_html=False, normalize_whitespace=False, drop_empty=False, drop_spam=False,
+               scrub_pii=False, dedup=False, near_dedup=False, min_chars=0, max_chars=0, val_size=0)
+    seed = _load(seed_dataset)
+    plain = [r for r in seed if not re.search(r"[《》]《|》》|[™®]", r["instruction"])]  # names prepare would clean
+    src = tmp_path / "plain.json"
+    src.write_text(json.dumps(plain, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], **off)
+    assert Path(res["train"]).read_bytes() == src.read_bytes()
+    assert len(plain) > 700

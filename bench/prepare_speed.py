@@ -1,0 +1,122 @@
+"""How fast is `steam-train prepare` on 100k reviews? Target: well under a minute on 2 CPU cores.
+
+Builds a synthetic collect-format JSONL (plus its appdetails file) by multiplying the real reviews
+in ../shared/data (store CSV, appreviews archives, seed sample): each synthetic review splices
+sentences of two real ones, so texts stay realistic but mostly unique (dedup does real work);
+3 % are exact copies and 2 % edited copies (near duplicates), 1 % carry BBCode, ``\\r`` or a
+QQ-group advert. Then it times, in one process:
+
+* baseline: read + render + write with every cleaning rule switched off;
+* full: the default pipeline (all rules, MinHash near-dedup).
+
+Prints the figures and writes bench/results/prepare_speed.json.
+Usage: ``python bench/prepare_speed.py [--n 100000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("STEAM_PERSONA_SHARED", REPO.parent / "shared"))
+sys.path.insert(0, str(REPO))
+
+from trainer import config, sources  # noqa: E402
+from trainer.prepare import PrepareConfig, run  # noqa: E402
+
+
+def real_texts() -> list[str]:
+    texts = []
+    for p in sources.expand_inputs([str(SHARED / "data/raw"), str(SHARED / "data/steam_sft_sample.json")]):
+        texts += [r.text for r in sources.read(p).reviews if len(r.text) > 10]
+    return texts
+
+
+def synthesize(n: int, out: Path, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    texts = real_texts()
+    pieces = [s for t in texts for s in re.split(r"(?<=[。！？!?\n])", t) if len(s.strip()) > 3]
+    apps = [str(100000 + i) for i in range(100)]
+    rows = []
+    for i in range(n):
+        u = rng.random()
+        if u < 0.03 and rows:
+            text = rng.choice(rows)["review"]  # exact copy
+        elif u < 0.05 and rows:
+            text = rng.choice(rows)["review"] + "！！"  # edited copy
+        else:
+            text = "".join(rng.choice(pieces) for _ in range(rng.randint(2, 5)))
+            if u > 0.99:
+                text = rng.choice(["[spoiler]", "[b]"]) + text + rng.choice(["[/spoiler]", "[/b]\r\n"]) if u < 0.997 \
+                    else text + " Q群000000000 欢迎"
+        rows.append({"recommendationid": str(10**9 + i), "author": {"steamid": "76561190000000000",
+                     "playtime_forever": rng.randint(0, 6000)}, "language": "schinese", "review": text,
+                     "voted_up": rng.random() < 0.8, "votes_up": rng.randint(0, 50), "appid": int(rng.choice(apps))})
+    with open(out, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    details = {a: {"success": True, "data": {"name": f"测试游戏 {a}™", "genres": [{"id": "1", "description": "动作"}]}}
+               for a in apps}
+    out.with_suffix(".appdetails.json").write_text(json.dumps(details, ensure_ascii=False), encoding="utf-8")
+
+
+def timed(flags: dict) -> tuple[float, float, dict]:
+    """(wall seconds, CPU seconds of this process, result)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = run(config.build(PrepareConfig, flags))
+    return time.perf_counter() - t0, time.process_time() - c0, res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000, help="synthetic reviews")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "raw/synthetic.jsonl"
+        src.parent.mkdir()
+        t0 = time.perf_counter()
+        synthesize(args.n, src)
+        build_s = time.perf_counter() - t0
+        off = dict(strip_bbcode=False, strip_html=False, normalize_whitespace=False, drop_spam=False, scrub_pii=False,
+                   dedup=False, near_dedup=False, min_chars=0, max_chars=0)
+        base = {"inputs": [str(src.parent)], "out": str(Path(tmp) / "out/train.json")}
+        load = os.getloadavg()[0]
+        base_s, base_cpu, base_res = timed({**base, **off})
+        full_s, full_cpu, full_res = timed(base)
+    result = {
+        "reviews": args.n,
+        "baseline_seconds": round(base_s, 2),
+        "full_seconds": round(full_s, 2),
+        "full_reviews_per_second": round(args.n / full_s),
+        "ratio_full_vs_baseline": round(full_s / base_s, 2),
+        "baseline_cpu_seconds": round(base_cpu, 2),
+        "full_cpu_seconds": round(full_cpu, 2),
+        "load_average_1min": round(load, 1),
+        "target_seconds": 60,
+        "kept": full_res["counts"]["kept"],
+        "removed": {k: v for k, v in full_res["removed"].items() if v},
+        "baseline_kept": base_res["counts"]["kept"],
+        "synthesis_seconds": round(build_s, 2),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+    }
+    print(f"prepare on {args.n:,} reviews: full {full_s:.1f} s wall / {full_cpu:.1f} s CPU "
+          f"({result['full_reviews_per_second']:,} reviews/s), baseline (rules off) {base_s:.1f} s wall / "
+          f"{base_cpu:.1f} s CPU, ratio {result['ratio_full_vs_baseline']}x; target < 60 s "
+          f"(load average {load:.1f} on {os.cpu_count()} CPUs)")
+    print(f"kept {result['kept']:,}; removed {result['removed']}")
+    out = REPO / "bench/results/prepare_speed.json"
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
