@@ -147,6 +147,17 @@ def test_invoke_streams_chunks_then_usage(chat, server):
     assert usage["latency"] > 0
 
 
+def test_stream_usage_counted_by_the_plugin_when_the_server_sends_none(chat, server):
+    """With stream_include_usage disabled steam-train serve sends no usage (as llama-cpp-python's own
+    server never does): the final chunk's counts then come from the server's tokenizer."""
+    messages = [{"role": "user", "content": "Name a game."}]
+    reply = invoke(chat, chat_creds(server, stream_include_usage="disabled"), messages, max_tokens=8)
+    usage, text = reply.result[-1]["delta"]["usage"], text_of(reply)
+    assert usage["prompt_tokens"] == server_tokens(server, "<|im_start|>user\nName a game.<|im_end|>\n"
+                                                           "<|im_start|>assistant\n")
+    assert usage["completion_tokens"] == server_tokens(server, text) and usage["completion_tokens"] >= 1
+
+
 def test_invoke_blocking(chat, server):
     reply = invoke(chat, chat_creds(server), [{"role": "user", "content": "Hi!"}], stream=False, max_tokens=8)
     assert reply.error is None and len(reply.result) == 1

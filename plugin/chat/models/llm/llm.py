@@ -125,7 +125,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         if isinstance(extra_stop, str):
             extra_stop = [s for s in extra_stop.splitlines() if s]
         stop = [*(stop or []), *(extra_stop or [])] or None
-        if stream:
+        if stream and server_client.is_on(c.get("stream_include_usage", "enabled")):
             params["stream_options"] = {"include_usage": True}
         messages = self._with_persona(c, prompt_messages)
         try:
