@@ -1,0 +1,209 @@
+"""How much does `steam-train serve` cost over calling llama.cpp directly? Goals: decode speed and
+time to first token through the server ≥ 0.95× an in-process ``llama_cpp.Llama``; our middleware
+adds ≤ 2 ms per request.
+
+One run, one machine, same GGUF, same ``n_ctx`` and threads:
+
+* **in-process baseline**: ``Llama.create_chat_completion(stream=True)`` in this process;
+* **server**: ``steam-train serve`` as a subprocess, the same request streamed over HTTP (httpx),
+  timed on the client side (so HTTP, JSON, SSE and our middleware are all inside the figure).
+
+Rounds alternate baseline / server so load changes on a shared machine hit both alike; medians are
+reported. Decode tokens/s = (completion tokens − 1) / (last token time − first token time); TTFT =
+first content chunk − request start. Then the middleware alone: a chat body through
+:class:`serve.middleware.SteamMiddleware` (auth, normalise, persona, schema check, prompt token
+count, re-serialise) into an app doing the library's own prompt preparation, minus that app alone.
+
+Usage: ``python bench/serve_latency.py [--model smollm2] [--rounds 7] [--max_tokens 64] [--n_threads N]``.
+Prints the figures and writes bench/results/serve_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from serve.chat_handler import install as install_handler  # noqa: E402
+from serve.cli import default_threads  # noqa: E402
+from serve.middleware import SteamMiddleware  # noqa: E402
+from serve.modelinfo import read_model_info  # noqa: E402
+from tests.serving import start_server  # noqa: E402
+from trainer.hub import resolve_model  # noqa: E402
+from trainer.persona import DEFAULT_SYSTEM  # noqa: E402
+
+QUESTIONS = ["Tell me a long story about a dragon.", "Describe your favourite video game in detail.",
+             "Write a long review of a racing game.", "Explain how to build a castle, step by step."]
+
+
+def messages_for(round_no: int) -> list[dict[str, str]]:
+    return [{"role": "system", "content": DEFAULT_SYSTEM}, {"role": "user", "content": QUESTIONS[round_no % len(QUESTIONS)]}]
+
+
+def summarise(start: float, token_times: list[float], n_tokens: int) -> dict[str, float]:
+    ttft = token_times[0] - start
+    span = token_times[-1] - token_times[0]
+    return {"ttft_ms": ttft * 1000, "decode_tok_s": (n_tokens - 1) / span if span > 0 else 0.0, "tokens": n_tokens}
+
+
+def run_inprocess(llama, handler, messages, max_tokens: int) -> dict[str, float]:
+    start, times = time.perf_counter(), []
+    for chunk in llama.create_chat_completion(messages=messages, stream=True, temperature=0, max_tokens=max_tokens):
+        if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            times.append(time.perf_counter())
+    return summarise(start, times, handler.last_usage["completion_tokens"])
+
+
+def run_server(client: httpx.Client, messages, max_tokens: int) -> dict[str, float]:
+    body = {"messages": messages, "stream": True, "temperature": 0, "max_tokens": max_tokens,
+            "stream_options": {"include_usage": True}}
+    start, times, usage = time.perf_counter(), [], None
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                times.append(time.perf_counter())
+    return summarise(start, times, usage["completion_tokens"])
+
+
+def middleware_overhead(llama, handler, n_ctx: int, iterations: int) -> dict[str, dict[str, float]]:
+    """Per-request milliseconds SteamMiddleware adds, for a short and a long (20-turn) chat.
+
+    Downstream of the middleware stands what the library does with a chat body before generating
+    (parse the JSON, render the template, tokenise); the bare figure is that app alone. The token
+    cache is emptied before every request, so each one is a first sight of its prompt.
+    """
+
+    async def library_prep(scope, receive, send):
+        body = json.loads((await receive())["body"])
+        prompt = handler.formatter(messages=body["messages"])
+        llama.tokenize(prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special, special=True)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def sink(message):
+        pass
+
+    mw = SteamMiddleware(library_prep, api_key="bench-key", persona=DEFAULT_SYSTEM, persona_mode="replace",
+                         handler=handler, n_ctx=n_ctx, alias="bench")
+    system = {"role": "system", "content": DEFAULT_SYSTEM}
+    long_chat = [system]
+    for i in range(10):
+        long_chat += [{"role": "user", "content": f"Question {i}: " + "What about this game? " * 20},
+                      {"role": "assistant", "content": "It is fun. " * 40}]
+    bodies = {"short": [system, {"role": "user", "content": "Review Hades in two lines."}], "long": long_chat}
+    headers = [(b"content-type", b"application/json"), (b"authorization", b"Bearer bench-key")]
+
+    async def once(app, raw: bytes) -> float:
+        async def receive():
+            return {"type": "http.request", "body": raw, "more_body": False}
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                 "headers": headers + [(b"content-length", str(len(raw)).encode())]}
+        handler._tokens.clear()
+        t = time.perf_counter()
+        await app(scope, receive, sink)
+        return time.perf_counter() - t
+
+    async def measure() -> dict[str, dict[str, float]]:
+        out = {}
+        for name, messages in bodies.items():
+            raw = json.dumps({"model": "bench", "stream": True, "stream_options": {"include_usage": True},
+                              "max_tokens": 256, "messages": messages}).encode()
+            for _ in range(10):  # warm up
+                await once(mw, raw)
+                await once(library_prep, raw)
+            with_mw, bare = [], []
+            for _ in range(iterations):
+                with_mw.append(await once(mw, raw))
+                bare.append(await once(library_prep, raw))
+            added = sorted((a - b) * 1000 for a, b in zip(with_mw, bare))
+            out[name] = {"median_ms": statistics.median(added), "p95_ms": added[int(0.95 * len(added))],
+                         "bare_median_ms": statistics.median(bare) * 1000,
+                         "prompt_tokens": handler.prompt_tokens(messages)}
+        return out
+
+    return asyncio.run(measure())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2", help="GGUF, export dir or `smollm2` (the embedded default)")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--max_tokens", type=int, default=64)
+    ap.add_argument("--n_threads", type=int, default=0, help="0 = serve's default (half the usable cores)")
+    ap.add_argument("--n_ctx", type=int, default=4096)
+    ap.add_argument("--iterations", type=int, default=300, help="middleware timing repetitions")
+    ap.add_argument("--out", default=str(REPO / "bench/results/serve_latency.json"))
+    args = ap.parse_args()
+
+    import llama_cpp
+
+    src = resolve_model(args.model)
+    model = str(Path(src.path) / src.gguf_file) if src.gguf_file else args.model
+    info = read_model_info(model)
+    threads = args.n_threads or default_threads()
+    llama = llama_cpp.Llama(str(info.path), n_ctx=args.n_ctx, n_threads=threads, n_threads_batch=threads,
+                            n_gpu_layers=-1, logits_all=False, verbose=False)
+    handler = install_handler(llama, info.chat_template)
+
+    rows: dict[str, list[dict[str, float]]] = {"inprocess": [], "server": []}
+    with start_server(model, extra_args=("--n_threads", str(threads), "--n_ctx", str(args.n_ctx),
+                                         "--log_level", "warning")) as srv, \
+            httpx.Client(base_url=srv.base_url, timeout=300) as client:
+        run_server(client, messages_for(0), 8)  # warm up both
+        run_inprocess(llama, handler, messages_for(0), 8)
+        for r in range(args.rounds):
+            rows["inprocess"].append(run_inprocess(llama, handler, messages_for(r), args.max_tokens))
+            rows["server"].append(run_server(client, messages_for(r), args.max_tokens))
+            print(f"round {r + 1}/{args.rounds}: in-process {rows['inprocess'][-1]['decode_tok_s']:.1f} tok/s, "
+                  f"server {rows['server'][-1]['decode_tok_s']:.1f} tok/s", file=sys.stderr)
+
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("ttft_ms", "decode_tok_s", "tokens")} for k, v in rows.items()}
+    mw = middleware_overhead(llama, handler, llama.n_ctx(), args.iterations)
+    result = {
+        "model": info.path.name, "n_ctx": llama.n_ctx(), "n_threads": threads, "max_tokens": args.max_tokens,
+        "rounds": args.rounds, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                          "load_avg_1m": os.getloadavg()[0]},
+        "inprocess": med["inprocess"], "server": med["server"],
+        "decode_ratio": med["server"]["decode_tok_s"] / med["inprocess"]["decode_tok_s"],
+        # as a speed ratio (≥ 0.95 is the goal, like decode): in-process TTFT / server TTFT
+        "ttft_ratio": med["inprocess"]["ttft_ms"] / med["server"]["ttft_ms"],
+        "middleware": mw,
+        "goals": {"decode_ratio_min": 0.95, "ttft_ratio_min": 0.95, "middleware_ms_max": 2.0},
+        "rows": rows,
+    }
+    result["goals_met"] = bool(result["decode_ratio"] >= 0.95 and result["ttft_ratio"] >= 0.95
+                               and all(v["median_ms"] <= 2.0 for v in mw.values()))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(args.out)
+    i, s = med["inprocess"], med["server"]
+    print(f"model {info.path.name}, {threads} thread(s), n_ctx {llama.n_ctx()}, {args.rounds} rounds × {args.max_tokens} tokens")
+    print(f"decode    in-process {i['decode_tok_s']:7.1f} tok/s   server {s['decode_tok_s']:7.1f} tok/s   "
+          f"ratio {result['decode_ratio']:.3f} (goal ≥ 0.95)")
+    print(f"TTFT      in-process {i['ttft_ms']:7.1f} ms      server {s['ttft_ms']:7.1f} ms      "
+          f"ratio {result['ttft_ratio']:.3f} (goal ≥ 0.95)")
+    for name, v in mw.items():
+        print(f"middleware ({name}, {v['prompt_tokens']} prompt tokens): median {v['median_ms']:.3f} ms, "
+              f"p95 {v['p95_ms']:.3f} ms (goal ≤ 2 ms)")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
