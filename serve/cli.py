@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 from trainer import config
@@ -61,6 +62,21 @@ def default_threads() -> int:
     return max(1, cores // 2)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail early (before loading the model) when ``host:port`` cannot be bound.
+
+    Raises:
+        UserError: the port is taken or the address is not on this machine.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as e:
+            raise UserError(f"serve: cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") from None
+
+
 def dify_hint(host: str, port: int) -> list[str]:
     """Lines telling a user what to paste into Dify's OpenAI-compatible provider settings."""
     if is_loopback(host):
@@ -76,6 +92,9 @@ def run(cfg: ServeConfig) -> None:
     Raises:
         UserError: no model given, a GGUF that cannot be found/read or has no chat template, a
             non-loopback host without an API key (and no ``--insecure``), or a port in use.
+
+    After SIGTERM/SIGINT uvicorn finishes the graceful shutdown and re-raises the signal, so the
+    process ends with the signal's status (143 / -15), as Docker and systemd expect.
     """
     import uvicorn
     from sse_starlette.sse import AppStatus
@@ -89,6 +108,7 @@ def run(cfg: ServeConfig) -> None:
     if not is_loopback(cfg.host) and not cfg.api_key and not cfg.insecure:
         raise UserError(f"serve: --host {cfg.host} exposes the model beyond this machine; set --api_key KEY "
                         f"(or {API_KEY_ENV}), or pass --insecure to serve without a key")
+    check_port_free(cfg.host, cfg.port)
     info = read_model_info(cfg.model)
     if not info.chat_template:
         raise UserError(f"{info.path}: the GGUF has no chat template (tokenizer.chat_template); "
@@ -115,8 +135,6 @@ def run(cfg: ServeConfig) -> None:
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
                                            timeout_graceful_shutdown=cfg.shutdown_timeout))
     server.run()
-    if not server.started:
-        raise UserError(f"serve: could not listen on {cfg.host}:{cfg.port} (in use?); pick another --port")
 
 
 def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
