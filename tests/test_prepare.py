@@ -262,3 +262,11 @@ def test_output_layout_is_the_seed_files(tmp_path, seed_dataset):
     res = _run(tmp_path, [src], **off)
     assert Path(res["train"]).read_bytes() == src.read_bytes()
     assert len(plain) > 700
+
+
+def test_prepared_file_passes_validate(seed_prepared):
+    """`steam-train validate` reads it as `train` would (real tokenizer and template): no problems."""
+    res, recs, _ = seed_prepared
+    r = CliRunner().invoke(main, ["validate", res["train"]])
+    assert r.exit_code == 0, r.output
+    assert "no problems found" in r.output and f"{len(recs)}" in r.output
