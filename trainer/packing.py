@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trainer import accel
 from trainer.encode import IGNORE_INDEX
 
 
@@ -89,6 +90,9 @@ def loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     target_mask = labels[:, 1:] != IGNORE_INDEX
     n = int(target_mask.sum())
+    if model.training and accel.fused_loss_on(model):
+        # GPU: trainer.accel's fused linear cross-entropy takes the hidden states, never the logits
+        return model(**inputs, labels=labels, num_items_in_batch=1, use_cache=False).loss, n
     if labels.shape[0] == 1:
         keep = target_mask[0].nonzero().squeeze(-1)
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits[0]

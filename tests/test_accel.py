@@ -1,0 +1,117 @@
+"""trainer.accel on CPU: the fallbacks, and the fused-loss path against the stock loss.
+
+The Liger/Triton kernels and varlen FlashAttention need CUDA; their GPU figures and checks live in
+bench/train_speed.py (bench/results/train_speed.json). Here: the chunked linear cross-entropy (the
+portable fused loss) equals the full-logits cross-entropy in value and gradients, the fused training
+forward equals trainer.packing's loss on packed and padded batches (so no contamination between packed
+samples either way), and accelerate() on CPU reports every GPU lever off and changes nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer import accel
+from trainer.packing import collate, loss_sum
+
+
+def test_chunked_linear_cross_entropy_matches_full_logits():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(37, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(101, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 101, (37,), generator=g)
+    t[[0, 5, 6, 30]] = -100
+    t[8:16] = -100  # one whole chunk without targets
+    for reduction in ("mean", "sum"):
+        for x in (h, w):
+            x.grad = None
+        got = accel.chunked_linear_cross_entropy(h, w, t, reduction=reduction, chunk_tokens=8)
+        got.backward()
+        g_h, g_w = h.grad.clone(), w.grad.clone()
+        h.grad = w.grad = None
+        want = F.cross_entropy(h @ w.T, t, ignore_index=-100, reduction=reduction)
+        want.backward()
+        assert got.item() == pytest.approx(want.item(), rel=1e-6)  # fp32 log-softmax, as ForCausalLMLoss
+        assert torch.allclose(g_h, h.grad, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(g_w, w.grad, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="reduction"):
+        accel.chunked_linear_cross_entropy(h, w, t, reduction="none")
+
+
+def test_cu_seqlens_from_packed_position_ids():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    kw = accel._cu_seqlens(pos)
+    assert kw["cu_seq_lens_q"].tolist() == [0, 3, 5, 9]
+    assert kw["cu_seq_lens_q"].dtype == torch.int32
+    assert kw["max_length_q"] == 4 and kw["max_length_k"] == 4
+
+
+def _lora_model(tiny_qwen2_dir):
+    from trainer.model import add_lora, load_base
+
+    torch.manual_seed(0)
+    model = load_base(str(tiny_qwen2_dir), quantization_bit=None, dtype=torch.float32, device="cpu")
+    model = add_lora(model, lora_target=["all"], lora_rank=4, gradient_checkpointing=True)
+    for n, p in model.named_parameters():  # non-zero B so the adapter takes part in the loss
+        if "lora_B" in n:
+            p.data.normal_(0, 0.05)
+    model.train()
+    return model
+
+
+def _feats():
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for n in (7, 12, 5):
+        ids = torch.randint(0, 151000, (n,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * 2 + ids[2:]})
+    return out
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    ls, n = loss_sum(model, batch)
+    ls.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+    return ls.item(), n, grads
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_fused_loss_equals_stock_loss(tiny_qwen2_dir, padding_free):
+    model = _lora_model(tiny_qwen2_dir)
+    batch = collate(_feats(), padding_free, pad_token_id=151643)
+    want, n_want, g_want = _loss_and_grads(model, batch)
+    report = accel.accelerate(model, fused_loss="chunked")
+    assert report["fused_loss"].startswith("on (chunked")
+    assert accel.fused_loss_on(model)
+    got, n_got, g_got = _loss_and_grads(model, batch)
+    assert n_got == n_want == (7 - 2) + (12 - 2) + (5 - 2)  # labelled from index 2 on
+    assert got == pytest.approx(want, rel=1e-5)
+    for k in g_want:
+        assert torch.allclose(g_got[k], g_want[k], rtol=1e-4, atol=1e-7), k
+
+
+def test_packed_row_loss_equals_samples_alone(tiny_qwen2_dir):
+    """No contamination: the packed row's summed loss is the sum of each sample's loss run alone."""
+    model = _lora_model(tiny_qwen2_dir)
+    accel.accelerate(model, fused_loss="chunked")
+    feats = _feats()
+    packed, n, _ = _loss_and_grads(model, collate(feats, True, 151643))
+    alone = [loss_sum(model, collate([f], True, 151643)) for f in feats]
+    assert n == sum(k for _, k in alone)
+    assert packed == pytest.approx(sum(float(ls) for ls, _ in alone), rel=1e-5)
+
+
+def test_accelerate_on_cpu_reports_fallbacks_and_keeps_the_model(tiny_qwen2_dir):
+    model = _lora_model(tiny_qwen2_dir)
+    batch = collate(_feats(), True, 151643)
+    before = float(loss_sum(model, batch)[0])
+    report = accel.accelerate(model)
+    assert report["liger_kernels"] == "off: no CUDA device"
+    assert report["fused_loss"].startswith("off: CPU")
+    assert not accel.fused_loss_on(model)
+    assert model.get_base_model().config._attn_implementation == "sdpa"
+    assert accel.liger_available("cpu") == "no CUDA device"
+    assert float(loss_sum(model, batch)[0]) == pytest.approx(before, rel=1e-6)

@@ -1,0 +1,347 @@
+"""GPU speed and memory levers for QLoRA training, each with a clean fallback on CPU and without Triton.
+
+What `accelerate(model)` does to an already-built (peft-wrapped or plain) causal LM, and why:
+
+- **Fused linear cross-entropy** (default on). The stock `*ForCausalLM.forward` materialises the logits
+  (tokens x vocab in bf16, then an fp32 copy inside the loss: 4,096 tokens x 152,064 vocab = 1.25 GB + 2.5 GB
+  + 2.5 GB for its gradient). We replace the instance's training forward so the loss is computed from the
+  final hidden states and ``lm_head.weight`` chunk by chunk, never holding the whole logits tensor: with
+  Liger-Kernel's ``LigerFusedLinearCrossEntropyFunction`` (Triton, CUDA) when it is importable, else with
+  `chunked_linear_cross_entropy` (plain torch, any device). Both compute exactly
+  ``transformers.loss.loss_utils.ForCausalLMLoss`` (shift by one, ignore_index -100, mean over label tokens
+  or sum / ``num_items_in_batch``). Generic over decoder-only models with ``.model`` and ``.lm_head``.
+- **Liger RMSNorm / RoPE / SwiGLU** (default on, CUDA + Triton only): Liger-Kernel's own instance patch
+  (``_apply_liger_kernel_to_instance``), fewer memory passes per layer.
+- **Activation offload** for long contexts (default on from `offload_min_tokens` tokens a batch): the
+  checkpointed layer inputs (layers x tokens x hidden bf16, 6.6 GB at 32k for a 7B) go to pinned host memory
+  through ``torch.autograd.graph.save_on_cpu`` while the forward runs, and come back in the backward.
+- **Varlen attention for packed rows** (default on where torch has it): a packed row (one row, position
+  ids restarting per sample, no attention mask) goes through ``torch.nn.attention.varlen.varlen_attn``
+  (FlashAttention with ``cu_seqlens``): each sample attends only to itself, and the kernel skips the
+  cross-sample blocks that SDPA with transformers' block-diagonal mask computes and then masks (a 4,096
+  token row of 1,024-token samples: 4x less attention work). Registered as a transformers attention
+  function (``AttentionInterface``) that falls back to SDPA for every other input (padded batches,
+  generation, eval). Self-checked against SDPA on first use; off when the check fails.
+- **Non-reentrant activation checkpointing** (`enable_checkpointing`): no ``enable_input_require_grads``
+  hack, works with frozen embeddings, recommended by PyTorch.
+
+Kernels are Liger's and torch's; the only code of our own here is the glue and the chunked fallback (a
+portable loss that keeps long contexts trainable where Triton is missing, e.g. CUDA on Windows).
+"""
+
+from __future__ import annotations
+
+import types
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+#: Batches with at least this many tokens offload checkpointed activations to host memory (measured on an
+#: H200 at a 24 GiB cap: below it the copies cost time and the memory is not needed; see docs/gpu.md).
+OFFLOAD_MIN_TOKENS = 16384
+
+
+def liger_available(device: torch.device | str | None = None) -> str | None:
+    """Why Liger-Kernel can't run here, or None when it can (CUDA device, Triton and liger_kernel importable)."""
+    dev = torch.device(device) if device is not None else None
+    if not torch.cuda.is_available() or (dev is not None and dev.type != "cuda"):
+        return "no CUDA device"
+    try:
+        import triton  # noqa: F401
+    except Exception:  # ImportError, or a broken Triton install
+        return "Triton not installed"
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except Exception as e:
+        return f"liger-kernel not importable ({type(e).__name__}); pip install 'steam-persona[gpu]'"
+    return None
+
+
+def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                                 bias: torch.Tensor | None = None, *, reduction: str = "mean",
+                                 ignore_index: int = IGNORE_INDEX, chunk_tokens: int | None = None) -> torch.Tensor:
+    """Cross-entropy of ``hidden @ weight.T (+ bias)`` against `target` without holding all the logits.
+
+    Args: hidden (N, H) any float dtype; weight (V, H); target (N,) int64 with `ignore_index` for "no
+    label"; reduction "mean" (over non-ignored targets) or "sum". Each chunk of `chunk_tokens` rows
+    (default: about 2**27 logits, 1,024 rows for a 152k vocabulary) computes its logits in the weight's
+    dtype, upcasts to fp32 for the log-softmax (as ``ForCausalLMLoss`` does) and is recomputed in the
+    backward (``torch.utils.checkpoint``), so only one chunk's logits exist at a time.
+    Returns a 0-dim fp32 tensor. Equal to ``F.cross_entropy(logits.float(), target)`` up to fp32 summation
+    order. Raises ValueError for another reduction.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
+    n = hidden.shape[0]
+    chunk = chunk_tokens or max(1, (1 << 27) // weight.shape[0])
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, n, chunk):
+        h, t = hidden[start:start + chunk], target[start:start + chunk]
+        if not bool((t != ignore_index).any()):
+            total = total + h.sum() * 0.0  # keep the graph connected for every row
+            continue
+        if torch.is_grad_enabled() and h.requires_grad:
+            total = total + checkpoint(_chunk_ce_sum, h, weight, t, bias, ignore_index, use_reentrant=False)
+        else:
+            total = total + _chunk_ce_sum(h, weight, t, bias, ignore_index)
+    if reduction == "sum":
+        return total
+    return total / (target != ignore_index).sum().clamp(min=1)
+
+
+def _chunk_ce_sum(h, weight, t, bias, ignore_index):
+    logits = F.linear(h.to(weight.dtype), weight, bias).float()
+    return F.cross_entropy(logits, t, ignore_index=ignore_index, reduction="sum")
+
+
+def _liger_linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean", ignore_index=IGNORE_INDEX):
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    return liger_fused_linear_cross_entropy(hidden, weight, target, bias, ignore_index=ignore_index,
+                                            reduction=reduction)
+
+
+def causal_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Linear, labels: torch.Tensor, *,
+                   num_items_in_batch=None, shift_labels: torch.Tensor | None = None, impl: str = "chunked"
+                   ) -> torch.Tensor:
+    """``ForCausalLMLoss`` computed from final hidden states (B, T, H) and `lm_head`, never all logits at once.
+
+    labels (B, T) int64, -100 = no loss; the target of position t is labels[t + 1] (or `shift_labels[t]` if
+    given, as transformers passes for packed batches). With `num_items_in_batch` (set by the Trainer under
+    gradient accumulation) the loss is the sum over tokens divided by it, else the mean over label tokens.
+    impl: "liger" (Liger-Kernel FLCE, CUDA + Triton) or "chunked" (`chunked_linear_cross_entropy`).
+    Source of the semantics: transformers/loss/loss_utils.py (ForCausalLMLoss, fixed_cross_entropy).
+    """
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = shift_labels.reshape(-1).to(h.device)
+    keep = t != IGNORE_INDEX  # only positions with a target reach lm_head (prompt positions cost nothing)
+    h, t = h[keep], t[keep]
+    fn = _liger_linear_cross_entropy if impl == "liger" else chunked_linear_cross_entropy
+    reduction = "sum" if num_items_in_batch is not None else "mean"
+    loss = fn(h, lm_head.weight, t, getattr(lm_head, "bias", None), reduction=reduction)
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        loss = loss / num_items_in_batch
+    return loss
+
+
+def fused_loss_on(model) -> bool:
+    """True when `accelerate` gave `model` the fused loss: ``model(**batch, labels=..., num_items_in_batch=1)``
+    in train mode then returns the summed loss without computing logits."""
+    return getattr(_causal_lm(model), "_steam_loss_impl", None) is not None
+
+
+def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                   labels=None, num_items_in_batch=None, shift_labels=None, **kwargs):
+    """Training forward of a ``*ForCausalLM`` that returns the loss without logits (bound per instance)."""
+    if labels is None or not self.training:
+        return self._steam_plain_forward(input_ids=input_ids, attention_mask=attention_mask,
+                                         position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels,
+                                         num_items_in_batch=num_items_in_batch, **kwargs)
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    kwargs.pop("logits_to_keep", None)
+    kwargs.pop("use_cache", None)
+    n_tokens = (input_ids if input_ids is not None else inputs_embeds[..., 0]).numel()
+    offload = (self._steam_offload_min_tokens is not None and n_tokens >= self._steam_offload_min_tokens
+               and self.lm_head.weight.is_cuda)
+    ctx = torch.autograd.graph.save_on_cpu(pin_memory=True) if offload else nullcontext()
+    if attention_mask is None and position_ids is not None and position_ids.shape[0] == 1 and \
+            self.config._attn_implementation == VARLEN:
+        kwargs.update(_cu_seqlens(position_ids))
+        attention_mask = {"full_attention": None, "sliding_attention": None}  # no dense mask is built
+    with ctx:
+        out = getattr(self, self.base_model_prefix)(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
+        loss = causal_lm_loss(out.last_hidden_state, self.lm_head, labels, num_items_in_batch=num_items_in_batch,
+                              shift_labels=shift_labels, impl=self._steam_loss_impl)
+    return CausalLMOutputWithPast(loss=loss, logits=None)
+
+
+def _causal_lm(model):
+    """The transformers ``*ForCausalLM`` inside a peft wrapper (or the model itself)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing on every decoder layer (torch.utils.checkpoint's recommendation)."""
+    lm = _causal_lm(model)
+    lm.config.use_cache = False
+    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def accelerate(model, *, liger_kernels: bool = True, fused_loss: str | None = "auto", varlen: bool = True,
+               offload_min_tokens: int | None = OFFLOAD_MIN_TOKENS) -> dict[str, str]:
+    """Apply the levers above to `model` in place (after peft wrapping is fine: Liger patches forwards only).
+
+    fused_loss: "auto" (Liger on CUDA with Triton, chunked torch on CUDA without; off on CPU, where
+    trainer.packing's labelled-only logits are already lean), "liger", "chunked", or None (off).
+    Returns {lever: "on (...)" | "off: reason"} for the run log. Never raises for a missing kernel: each
+    lever that can't run here is reported off and the stock path stays.
+    """
+    lm = _causal_lm(model)
+    report: dict[str, str] = {}
+    device = next(lm.parameters()).device
+    why_not = liger_available(device)
+
+    if liger_kernels and why_not is None:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+
+        if lm.config.model_type in MODEL_TYPE_TO_APPLY_LIGER_FN:
+            _apply_liger_kernel_to_instance(model=lm, rope=True, rms_norm=True, swiglu=True,
+                                            cross_entropy=False, fused_linear_cross_entropy=False)
+            report["liger_kernels"] = "on (RMSNorm, RoPE, SwiGLU)"
+        else:
+            report["liger_kernels"] = f"off: no Liger kernels for model type {lm.config.model_type!r}"
+    else:
+        report["liger_kernels"] = "off: " + ("disabled" if not liger_kernels else why_not)
+
+    head = getattr(lm, "lm_head", None)
+    impl = fused_loss
+    if impl == "auto":
+        impl = None if device.type != "cuda" else "liger" if why_not is None else "chunked"
+    if impl == "liger" and why_not is not None:
+        impl = "chunked"
+    if not impl:
+        report["fused_loss"] = "off: " + ("disabled" if not fused_loss else "CPU (labelled-only logits instead)")
+    elif type(head) is not torch.nn.Linear or not hasattr(lm, getattr(lm, "base_model_prefix", "")):
+        report["fused_loss"] = "off: lm_head is not a plain nn.Linear (quantized or adapted)"
+    else:
+        lm._steam_loss_impl = impl
+        lm._steam_offload_min_tokens = offload_min_tokens
+        if "_steam_plain_forward" not in lm.__dict__:
+            lm._steam_plain_forward = lm.forward
+            lm.forward = types.MethodType(_fused_forward, lm)
+        report["fused_loss"] = ("on (Liger fused linear cross-entropy)" if impl == "liger"
+                                else f"on (chunked torch cross-entropy; Liger: {why_not or 'not chosen'})")
+        report["activation_offload"] = (f"on from {offload_min_tokens} tokens a batch"
+                                        if offload_min_tokens is not None else "off: disabled")
+        if not varlen:
+            report["attention"] = "sdpa (varlen disabled)"
+        else:
+            why = varlen_available(device)
+            if why is None and lm.config._attn_implementation == "sdpa":
+                try:
+                    lm.set_attn_implementation(VARLEN)
+                except AttributeError:  # transformers without set_attn_implementation
+                    lm.config._attn_implementation = VARLEN
+                report["attention"] = "varlen FlashAttention for packed rows, sdpa otherwise"
+            else:
+                report["attention"] = f"{lm.config._attn_implementation} (varlen: {why or 'model is not on sdpa'})"
+    return report
+
+
+# ------------------------------------------------------------------------------- varlen attention
+
+VARLEN = "steam_varlen"
+
+
+def _cu_seqlens(position_ids: torch.Tensor) -> dict:
+    """FlashAttention varlen kwargs for one packed row: sample starts are where the position id is 0.
+
+    Returns cu_seq_lens_q/k (int32, (n_samples + 1,)) and max_length_q/k (int), the names transformers'
+    flash-attention path uses (modeling_flash_attention_utils.prepare_fa_kwargs_from_position_ids)."""
+    pos = position_ids[0]
+    starts = (pos == 0).nonzero().flatten()
+    if starts.numel() == 0 or int(starts[0]) != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    cu = torch.cat([starts, starts.new_tensor([pos.numel()])]).to(torch.int32)
+    m = int((cu[1:] - cu[:-1]).max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": m, "max_length_k": m}
+
+
+def _varlen_call(q, k, v, cu, max_len, scale):
+    """q (T, Hq, D), k/v (T, Hkv, D) -> (T, Hq, D), causal within each cu_seqlens segment."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    kw = {}
+    if "scale" in params:
+        kw["scale"] = scale
+    if "window_size" in params:
+        kw["window_size"] = (-1, 0)
+    else:
+        kw["is_causal"] = True
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:
+            kw["enable_gqa"] = True
+        else:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kw)
+
+
+def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
+                     cu_seq_lens_q=None, max_length_q=None, **kwargs):
+    """transformers attention function: varlen FlashAttention for a packed row, SDPA for anything else.
+
+    query (1, Hq, T, D), key/value (1, Hkv, T, D) -> (1, T, Hq, D), None. Takes the varlen path only when
+    `_fused_forward` passed cu_seq_lens_q (a training row without padding) and no dropout or sliding window.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if cu_seq_lens_q is None or query.shape[0] != 1 or dropout or sliding_window:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      sliding_window=sliding_window, **kwargs)
+    q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))
+    out = _varlen_call(q, k, v, cu_seq_lens_q, max_length_q, scaling)
+    return out.unsqueeze(0), None
+
+
+def varlen_available(device: torch.device) -> str | None:
+    """Why varlen attention can't be used on `device`, or None (registers it with transformers on success).
+
+    Self-check (once per process): two packed causal segments through varlen_attn, forward and backward,
+    against SDPA on each segment alone; relative error must stay under bf16 noise (2e-2)."""
+    if device.type != "cuda":
+        return "no CUDA device"
+    global _VARLEN_CHECK
+    if _VARLEN_CHECK is None:
+        _VARLEN_CHECK = _check_varlen(device)
+    return _VARLEN_CHECK
+
+
+_VARLEN_CHECK: str | None = None
+
+
+def _check_varlen(device) -> str | None:
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+        g = torch.Generator(device=device).manual_seed(0)
+        T, H, Hkv, D, n1 = 96, 4, 2, 64, 40
+        q = torch.randn(T, H, D, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
+        k = torch.randn(T, Hkv, D, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
+        v = torch.randn(T, Hkv, D, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
+        cu = torch.tensor([0, n1, T], device=device, dtype=torch.int32)
+        out = _varlen_call(q, k, v, cu, T - n1, D ** -0.5)
+        out.float().square().sum().backward()
+        got = torch.cat([out.detach().float().flatten(), q.grad.float().flatten()])
+        q2, k2, v2 = (x.detach().clone().requires_grad_() for x in (q, k, v))
+        refs = []
+        for a, b in ((0, n1), (n1, T)):
+            kk, vv = (x[a:b].repeat_interleave(H // Hkv, dim=1).transpose(0, 1) for x in (k2, v2))
+            refs.append(F.scaled_dot_product_attention(q2[a:b].transpose(0, 1), kk, vv, is_causal=True).transpose(0, 1))
+        ref = torch.cat(refs)
+        ref.float().square().sum().backward()
+        want = torch.cat([ref.detach().float().flatten(), q2.grad.float().flatten()])
+        err = float((got - want).norm() / want.norm())
+        if not err < 2e-2:
+            return f"self-check error {err:.1e}"
+        AttentionInterface.register(VARLEN, varlen_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, sdpa_mask)
+        return None
+    except Exception as e:  # torch without varlen_attn (< 2.9), no kernel for this GPU, ...
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+
