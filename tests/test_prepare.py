@@ -270,3 +270,11 @@ def test_prepared_file_passes_validate(seed_prepared):
     r = CliRunner().invoke(main, ["validate", res["train"]])
     assert r.exit_code == 0, r.output
     assert "no problems found" in r.output and f"{len(recs)}" in r.output
+
+
+def test_embedded_demo_data_round_trips_in_both_languages(tmp_path):
+    """examples/persona_reviews.json (what `demo` prepares): zh and en prompts stay in their language.
+    Regression: en records were re-rendered with the zh templates."""
+    src = Path(__file__).parents[1] / "examples/persona_reviews.json"
+    res = _run(tmp_path, [src], val_size=0)
+    assert _load(res["train"]) == _load(src) and res["counts"]["kept"] == 60

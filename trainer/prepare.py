@@ -205,24 +205,22 @@ class _Rules:
 
 def _template_fields(cfg: PrepareConfig) -> set[str]:
     used = set()
-    for t in (_instruction_template(cfg), _input_template(cfg)):
-        for _, fname, _, _ in string.Formatter().parse(t):
-            if fname is not None:
-                used.add(fname)
+    for lang in ("zh", "en"):
+        for t in _templates(cfg, lang):
+            used.update(f for _, f, _, _ in string.Formatter().parse(t) if f is not None)
     return used
 
 
-def _instruction_template(cfg: PrepareConfig) -> str:
-    return cfg.instruction_template or (persona.INSTRUCTION_TEMPLATE if cfg.prompt_language == "zh"
-                                        else persona.INSTRUCTION_TEMPLATE_EN)
-
-
-def _input_template(cfg: PrepareConfig) -> str:
-    return cfg.input_template or (persona.INPUT_TEMPLATE if cfg.prompt_language == "zh" else persona.INPUT_TEMPLATE_EN)
+def _templates(cfg: PrepareConfig, lang: str | None = None) -> tuple[str, str]:
+    """(instruction, input) templates: the flags, else the persona's for ``lang`` (a record's own
+    prompt language when it came from alpaca/sharegpt) or ``--prompt_language``."""
+    lang = lang or cfg.prompt_language
+    return (cfg.instruction_template or (persona.INSTRUCTION_TEMPLATE if lang == "zh" else persona.INSTRUCTION_TEMPLATE_EN),
+            cfg.input_template or (persona.INPUT_TEMPLATE if lang == "zh" else persona.INPUT_TEMPLATE_EN))
 
 
 def _check_config(cfg: PrepareConfig) -> None:
-    for flag, t in (("--instruction_template", _instruction_template(cfg)), ("--input_template", _input_template(cfg))):
+    for flag, t in zip(("--instruction_template", "--input_template"), _templates(cfg)):
         try:
             fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
         except ValueError as e:
@@ -246,17 +244,18 @@ def _render(r: Review, cfg: PrepareConfig) -> dict[str, str]:
         instruction, input_text = r.prompt
         return {"instruction": instruction, "input": input_text, "output": r.text}
     tags = (r.tags or [])[: cfg.max_tags] if cfg.max_tags > 0 else (r.tags or [])
-    words = persona.VERDICT_WORDS[cfg.prompt_language]
+    lang = r.prompt_language or cfg.prompt_language
+    words = persona.VERDICT_WORDS[lang]
     values = {
         "name": _clean_name(r.game_name or ""),
         "tags": persona.TAG_SEPARATOR.join(tags),
         "verdict": words[r.voted_up] if r.voted_up is not None else "",
         "playtime_hours": r.playtime_hours if r.playtime_hours is not None else "",
     }
-    input_t = _input_template(cfg)
+    instruction_t, input_t = _templates(cfg, r.prompt_language)
     uses_tags = any(f == "tags" for _, f, _, _ in string.Formatter().parse(input_t))
     input_text = "" if (uses_tags and not tags) else input_t.format(**values)
-    return {"instruction": _instruction_template(cfg).format(**values), "input": input_text, "output": r.text}
+    return {"instruction": instruction_t.format(**values), "input": input_text, "output": r.text}
 
 
 def _write_records(path: Path, records: list[dict[str, str]]) -> None:

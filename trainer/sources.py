@@ -108,7 +108,8 @@ class Review:
 
     ``text`` is the review (cleaned in place); ``where`` is ``"file: record N"`` for messages.
     Unknown values are ``None``. ``prompt`` holds a verbatim ``(instruction, input)`` for alpaca /
-    sharegpt records whose prompt does not follow the persona templates (kept as is).
+    sharegpt records whose prompt does not follow the persona templates (kept as is);
+    ``prompt_language`` is ``"zh"``/``"en"`` when it followed the templates of that language.
     """
 
     text: str
@@ -122,6 +123,7 @@ class Review:
     playtime_hours: float | None = None
     review_id: str | None = None
     prompt: tuple[str, str] | None = None
+    prompt_language: str | None = None
 
 
 @dataclass(slots=True)
@@ -323,36 +325,36 @@ def _template_regex(template: str, field_name: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(template).replace(re.escape("{" + field_name + "}"), f"(?P<{field_name}>.+)") + "$", re.S)
 
 
-_INSTRUCTION_RES = [_template_regex(persona.INSTRUCTION_TEMPLATE, "name"),
-                    _template_regex(persona.INSTRUCTION_TEMPLATE_EN, "name")]
-_INPUT_RES = [_template_regex(persona.INPUT_TEMPLATE, "tags"), _template_regex(persona.INPUT_TEMPLATE_EN, "tags")]
+_PROMPT_RES = {
+    lang: (_template_regex(instr, "name"), _template_regex(inp, "tags"))
+    for lang, instr, inp in (("zh", persona.INSTRUCTION_TEMPLATE, persona.INPUT_TEMPLATE),
+                             ("en", persona.INSTRUCTION_TEMPLATE_EN, persona.INPUT_TEMPLATE_EN))
+}
 
 
-def parse_prompt(instruction: str, input_text: str) -> tuple[str | None, list[str] | None]:
-    """Recover ``(game name, tags)`` from a prompt written with the persona templates (zh or en);
-    ``(None, None)`` when the instruction does not follow them."""
-    for rx in _INSTRUCTION_RES:
-        m = rx.match(instruction.strip())
-        if m:
-            tags: list[str] = []
-            for irx in _INPUT_RES:
-                mi = irx.match(input_text.strip())
-                if mi:
-                    tags = [t.strip() for t in re.split(r"[,，、]", mi.group("tags")) if t.strip()]
-                    break
-            else:
-                if input_text.strip():
-                    return None, None  # an input we cannot re-render: keep the prompt verbatim
-            return m.group("name"), tags
-    return None, None
+def parse_prompt(instruction: str, input_text: str) -> tuple[str | None, list[str] | None, str | None]:
+    """Recover ``(game name, tags, "zh" | "en")`` from a prompt written with the persona templates
+    of either language; ``(None, None, None)`` when it does not follow them (kept verbatim then)."""
+    for lang, (irx, trx) in _PROMPT_RES.items():
+        m = irx.match(instruction.strip())
+        if not m:
+            continue
+        tags: list[str] = []
+        if input_text.strip():
+            mt = trx.match(input_text.strip())
+            if not mt:
+                return None, None, None  # an input we cannot re-render
+            tags = [t.strip() for t in re.split(r"[,，、]", mt.group("tags")) if t.strip()]
+        return m.group("name"), tags, lang
+    return None, None, None
 
 
 def _from_alpaca(rec: dict, where: str) -> Review:
     instruction, input_text, output = rec.get("instruction"), rec.get("input") or "", rec.get("output")
     if not isinstance(instruction, str) or not isinstance(output, str) or not isinstance(input_text, str):
         raise UserError(f"{where}: 'instruction', 'input' and 'output' must be strings; fix the record")
-    name, tags = parse_prompt(instruction, input_text)
-    return Review(text=output, where=where, game_name=name, tags=tags,
+    name, tags, lang = parse_prompt(instruction, input_text)
+    return Review(text=output, where=where, game_name=name, tags=tags, prompt_language=lang,
                   prompt=None if name else (instruction, input_text))
 
 
@@ -372,9 +374,9 @@ def _from_sharegpt(rec: dict, where: str) -> Iterator[Review]:
             prev_user = t[text_key]
         elif role in _ASSISTANT and prev_user is not None:
             instruction, _, input_text = prev_user.partition("\n")
-            name, tags = parse_prompt(instruction, input_text)
+            name, tags, lang = parse_prompt(instruction, input_text)
             yield Review(text=t[text_key], where=f"{where} turn {i}", game_name=name, tags=tags,
-                         prompt=None if name else (instruction, input_text))
+                         prompt_language=lang, prompt=None if name else (instruction, input_text))
             prev_user = None
 
 
