@@ -74,6 +74,11 @@ def test_429_then_success_and_500_burst(tmp_path, steam, archive):
     assert res["complete"] and res["retries"] == 5
     assert {r["recommendationid"] for r in _lines(tmp_path / "r.jsonl")} == _ids(archive)
     assert len(_lines(tmp_path / "r.jsonl")) == 266
+    log = _lines(tmp_path / "r.log.jsonl")  # JSON-lines log beside the output
+    problems = [e["problem"] for e in log if e["event"] == "retry"]
+    assert problems[:4] == ["HTTP 429", "HTTP 500", "HTTP 502", "HTTP 503"]
+    assert problems[4].startswith("malformed page: not JSON (starts '{\"success\": 1, \"cursor\": \"AoJ")
+    assert sum(e["event"] == "page" for e in log) == 7 and log[-1]["event"] == "end" and log[-1]["complete"]
 
 
 def test_timeout_is_retried(tmp_path, steam, archive):

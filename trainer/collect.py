@@ -18,7 +18,8 @@ Robustness:
 
 Output: one raw review object per line, unchanged apart from an added ``appid``. With
 ``--with_details`` the ``appdetails`` response (name, genres) of each app is saved once beside it
-as ``<out stem>.appdetails.json``, which ``prepare`` picks up.
+as ``<out stem>.appdetails.json``, which ``prepare`` picks up. Every page and retry is logged as
+JSON lines in ``<out stem>.log.jsonl``.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class _Fetcher:
         self._last = 0.0
         self.requests = 0
         self.retries = 0
+        self.log: io.JsonlLog | None = None  # set per output file by _collect_file
 
     def close(self) -> None:
         self.client.close()
@@ -119,7 +121,10 @@ class _Fetcher:
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
                 self.retries += 1
-                self._sleep(self.backoff(attempt - 1, retry_after))
+                wait = self.backoff(attempt - 1, retry_after)
+                if self.log:
+                    self.log.write(event="retry", what=what, problem=problem, attempt=attempt, wait_s=round(wait, 3))
+                self._sleep(wait)
             retry_after = None
             self._wait_rate()
             self.requests += 1
@@ -148,6 +153,8 @@ class _Fetcher:
                 return data
             if problem.startswith("!"):  # a definite answer, not a glitch: no retry
                 raise UserError(f"{resp.url}: {problem[1:]}")
+        if self.log:
+            self.log.write(event="gave_up", what=what, problem=problem, tries=self.cfg.max_retries + 1)
         raise UserError(f"{url}: {what}: {problem} after {self.cfg.max_retries + 1} tries; progress is saved, "
                         "rerun the same command to resume (or raise --max_retries / lower --rate_limit)")
 
@@ -215,6 +222,7 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetc
         part.write_bytes(b"")
     for appid in appids:
         state["apps"].setdefault(appid, {"cursor": "*", "done": False, "pages": 0, "reviews": 0, "total": None})
+    fetch.log = io.JsonlLog(log_path(out))
 
     def save() -> None:
         state["seen_ids"] = sorted(seen)
@@ -262,6 +270,8 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetc
                                   or bool(cfg.max_reviews and st["reviews"] >= cfg.max_reviews))
                     st["cursor"] = new_cursor or cursor
                     save()
+                    fetch.log.write(event="page", appid=appid, page=st["pages"], cursor=cursor, next_cursor=new_cursor,
+                                    received=len(data["reviews"]), new=len(lines), saved=st["reviews"], done=st["done"])
                     elapsed = max(time.monotonic() - t0, 1e-6)
                     bar.update(task, completed=st["reviews"], pages=st["pages"], rate=(st["reviews"] - got0) / elapsed,
                                total=st["reviews"] if st["done"] else st["total"])
@@ -272,12 +282,19 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetc
                 break
     if complete and cfg.with_details:
         complete = _details(out, appids, cfg, fetch)
+    fetch.log.write(event="end", complete=complete, requests=fetch.requests, retries=fetch.retries)
+    fetch.log.close()
     result = {"file": str(out), "complete": complete, "skipped": False,
               "apps": {a: {k: state["apps"][a][k] for k in ("reviews", "pages", "done")} for a in appids}}
     if complete:
         os.replace(part, out)
         state_path.unlink()
     return result
+
+
+def log_path(out: Path) -> Path:
+    """The JSON-lines event log (pages, retries) beside ``out``: ``raw/570.jsonl`` → ``raw/570.log.jsonl``."""
+    return out.with_suffix(".log.jsonl")
 
 
 def details_path(out: Path) -> Path:

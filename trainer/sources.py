@@ -154,7 +154,8 @@ class Loaded:
 
 def expand_inputs(paths: list[str]) -> list[Path]:
     """Resolve the INPUT arguments: files as given, folders to their ``.json``/``.jsonl``/``.csv``
-    files (recursively, sorted; ``*.state.json`` resume files and hidden files skipped).
+    files (recursively, sorted; collect's ``*.state.json`` / ``*.log.jsonl``, ``prepare_report.json``
+    and hidden files skipped).
 
     Raises:
         UserError: no inputs, or a path that does not exist.
@@ -165,7 +166,8 @@ def expand_inputs(paths: list[str]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _SUFFIXES
-                           and not f.name.startswith(".") and not f.name.endswith(".state.json"))
+                           and not f.name.startswith(".") and not f.name.endswith((".state.json", ".log.jsonl"))
+                           and f.name != "prepare_report.json")
             if not found:
                 raise UserError(f"{p}: folder has no .json, .jsonl or .csv files; check the path")
             out.extend(found)
