@@ -107,7 +107,9 @@ def load_base(model_name_or_path: str, *, quantization_bit: int | None, dtype: t
         UserError: the model cannot be found or loaded.
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our console shows a status line instead of per-tensor bars
     source = resolve_model(model_name_or_path)
     path = hf_path(source)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}

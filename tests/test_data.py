@@ -1,0 +1,169 @@
+"""Dataset readers, prompt templates, label masking and truncation (trainer.data / templates / encode),
+and every bad-input case of `steam-train train` (exit 2, one line, nothing written)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from transformers import AutoTokenizer
+
+from trainer import data, registry
+from trainer.cli import main
+from trainer.encode import IGNORE_INDEX, encode_conversation, encode_dataset, truncate
+from trainer.errors import UserError
+from trainer.persona import DEFAULT_SYSTEM
+from trainer.templates import TEMPLATES, ChatTemplate
+
+REPLY = "不错的游戏，但是还需要加强反作弊"
+CONV = [{"role": "system", "content": DEFAULT_SYSTEM},
+        {"role": "user", "content": "请以资深玩家的身份，点评一下《Dota 2》这款游戏。\n游戏类型标签：免费开玩, 多人"},
+        {"role": "assistant", "content": REPLY}]
+
+
+def _learned(tok, labels):
+    return tok.decode([t for t in labels if t != IGNORE_INDEX])
+
+
+@pytest.mark.parametrize("which", ["tiny_qwen2_dir", "tiny_llama_dir"])
+@pytest.mark.parametrize("template", ["auto", "default", "qwen"])
+def test_masking_is_exactly_reply_plus_eot(request, which, template):
+    tok = AutoTokenizer.from_pretrained(request.getfixturevalue(which))
+    ct = ChatTemplate(template, tok)
+    ids, labels, spans, header_len = encode_conversation(ct, CONV)
+    assert ct.eot_token == "<|im_end|>"
+    assert _learned(tok, labels) == REPLY + "<|im_end|>"
+    (s, e), = spans
+    assert labels[e - 1] == tok.convert_tokens_to_ids("<|im_end|>")  # eot learned even when pad == eos
+    assert all(t == IGNORE_INDEX for t in labels[:s] + labels[e:])  # prompt and trailing "\n" not learned
+    assert tok.decode(ids[s - header_len:s]) == ("Assistant:" if template == "default" else "<|im_start|>assistant\n")
+    # the prompt part is what the template renders with the generation prompt (inference == training)
+    assert tok.decode(ids[:s]) == ct.render(CONV[:-1], add_generation_prompt=True)
+
+
+def test_pad_equals_eos_keeps_eot_label(tiny_llama_dir):
+    from trainer.packing import pad
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    assert tok.pad_token_id == tok.eos_token_id
+    ct = ChatTemplate("auto", tok)
+    a = encode_conversation(ct, CONV)
+    b = encode_conversation(ct, CONV[:2] + [{"role": "assistant", "content": "好"}])
+    batch = pad([{"input_ids": a[0], "labels": a[1]}, {"input_ids": b[0], "labels": b[1]}], tok.pad_token_id)
+    row = batch["labels"][1].tolist()
+    assert _learned(tok, row) == "好<|im_end|>"
+    assert row[len(b[0]):] == [IGNORE_INDEX] * (len(a[0]) - len(b[0]))
+
+
+def test_multi_turn_learns_every_reply(tiny_qwen2_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "more"}, {"role": "assistant", "content": "A2"}]
+    ids, labels, spans, _ = encode_conversation(ChatTemplate("auto", tok), conv)
+    assert [tok.decode(labels[s:e]) for s, e in spans] == ["A1<|im_end|>", "A2<|im_end|>"]
+
+
+def test_truncation_cuts_prompt_keeps_eot_and_drops_unfittable(tiny_qwen2_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    ct = ChatTemplate("auto", tok)
+    ids, labels, spans, header_len = encode_conversation(ct, CONV)
+    reply_len = spans[0][1] - spans[0][0]
+    cut = reply_len + header_len + 5
+    t_ids, t_labels, status = truncate(ids, labels, spans, header_len, cut)
+    assert status == "truncated" and len(t_ids) == cut
+    assert _learned(tok, t_labels) == REPLY + "<|im_end|>"
+    assert t_ids[:5] == ids[:5] and tok.decode(t_ids[5:5 + header_len]) == "<|im_start|>assistant\n"
+    assert truncate(ids, labels, spans, header_len, reply_len + header_len)[2] == "dropped"
+    long = CONV[:2] + [{"role": "assistant", "content": "长" * 400}]
+    enc = encode_dataset(ct, [CONV, long], cutoff_len=len(ids) - 1)
+    assert (len(enc), enc.truncated, enc.dropped) == (1, 0, [1])  # only the trailer "\n" of CONV was cut
+
+
+@pytest.mark.parametrize("name", [n for n in TEMPLATES if n in ("default", "qwen", "chatml", "llama3", "alpaca", "gemma")])
+def test_named_template_jinja_matches_segments(tiny_llama_dir, name):
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    ct = ChatTemplate(name, tok)
+    tok.chat_template = ct.jinja
+    assert tok.apply_chat_template(CONV, tokenize=False) == "".join(t for _, t in ct.segments(CONV))
+    assert tok.apply_chat_template(CONV[:2], tokenize=False, add_generation_prompt=True) == ct.render(CONV[:2])
+
+
+def _write(path: Path, records, jsonl=False, encoding="utf-8", bom=False):
+    text = ("\n".join(json.dumps(r, ensure_ascii=False) for r in records) if jsonl
+            else json.dumps(records, ensure_ascii=False))
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode(encoding))
+    return path
+
+
+def test_formats_alpaca_sharegpt_openai_jsonl_bom(tmp_path):
+    alpaca = _write(tmp_path / "a.json", [{"instruction": "q", "input": "tags", "output": "r", "history": [["h1", "a1"]]}], bom=True)
+    share = _write(tmp_path / "s.jsonl", [{"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "q"},
+                                                             {"from": "gpt", "value": "r"}]}], jsonl=True)
+    openai = _write(tmp_path / "o.json", [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]}])
+    assert data.load_conversations(str(alpaca), system="P") == [[
+        {"role": "system", "content": "P"}, {"role": "user", "content": "h1"}, {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q\ntags"}, {"role": "assistant", "content": "r"}]]
+    assert data.load_conversations(str(share), system="P")[0][0] == {"role": "system", "content": "S"}  # record wins
+    assert data.load_messages(str(openai)) == [[{"role": "system", "content": DEFAULT_SYSTEM},
+                                                {"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]]
+
+
+def test_dataset_info_round_trip(tmp_path, seed_dataset):
+    reg = tmp_path / registry.REGISTRY_FILE
+    registry.register(reg, "steam_reviews", str(seed_dataset),
+                      columns={"prompt": "instruction", "query": "input", "response": "output"})
+    spec = data.resolve("steam_reviews", tmp_path)
+    assert spec.path.resolve() == seed_dataset.resolve() and spec.formatting == "alpaca"
+    convs = data.load_conversations("steam_reviews", tmp_path, system=None)
+    assert len(convs) == 941 and convs[0][0]["content"].startswith("请以资深玩家的身份，点评一下《Dota 2》")
+
+
+# ---------------------------------------------------------------- bad input: exit 2, one line, nothing written
+
+GOOD = [{"instruction": "请点评《X》", "input": "", "output": "好玩"}] * 2
+
+
+def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    (tmp / "syntax.json").write_text('[{"instruction": "a",\n "output": "b",}]', encoding="utf-8")
+    (tmp / "lines.jsonl").write_text(json.dumps(GOOD[0]) + "\n{oops\n", encoding="utf-8")
+    _write(tmp / "cols.json", [{"question": "a", "answer": "b"}])
+    _write(tmp / "empty.json", [GOOD[0], {"instruction": "a", "input": "", "output": "  "}])
+    _write(tmp / "nonstr.json", [{"instruction": "a", "input": 42, "output": "b"}])
+    _write(tmp / "gbk.json", [{"instruction": "请点评这款游戏", "output": "打击感爆棚"}], encoding="gbk")
+    _write(tmp / "good.json", GOOD)
+    (tmp / "dataset_info.json").write_text(json.dumps({"good": {"file_name": "good.json"}}), encoding="utf-8")
+    return {
+        "missing file": (["--dataset", str(tmp / "nope.json")], "nope.json: dataset file not found"),
+        "invalid json": (["--dataset", str(tmp / "syntax.json")], "syntax.json: invalid JSON at line 2 column"),
+        "jsonl bad line": (["--dataset", str(tmp / "lines.jsonl")], "lines.jsonl: line 2: invalid JSON at column 2"),
+        "missing columns": (["--dataset", str(tmp / "cols.json")], "cols.json: record 1: missing column 'instruction'"),
+        "empty output": (["--dataset", str(tmp / "empty.json")], "empty.json: record 2: 'output' is empty"),
+        "non-string": (["--dataset", str(tmp / "nonstr.json")], "nonstr.json: record 1: 'input' must be a string, not int"),
+        "gbk": (["--dataset", str(tmp / "gbk.json")], "gbk.json: line 1: not valid utf-8 (byte 18); it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk"),
+        "unknown name": (["--dataset", "steam", "--dataset_dir", str(tmp)], "dataset 'steam' is not registered (known: good)"),
+        "lora_target": (["--dataset", "good", "--dataset_dir", str(tmp), "--lora_target", "q_proj,qkv"],
+                        "--lora_target: 'qkv' is not a linear layer of this model (known: down_proj, gate_proj"),
+    }
+
+
+def test_bad_inputs_exit_2_one_line_nothing_written(tmp_path, tiny_llama_dir):
+    cases = _bad_cases(tmp_path)
+    runner = CliRunner()
+    for name, (args, expected) in cases.items():
+        out = tmp_path / f"run-{name.replace(' ', '_')}"
+        res = runner.invoke(main, ["train", "--model_name_or_path", str(tiny_llama_dir), "--output_dir", str(out),
+                                   "--max_steps", "1", *args])
+        msg = res.output.strip()
+        assert res.exit_code == 2, (name, res.output, res.exception)
+        assert "Traceback" not in res.output and len(msg.splitlines()) == 1, (name, msg)
+        assert expected in msg, (name, msg)
+        assert not out.exists(), name
+
+
+def test_gbk_trains_with_encoding_flag(tmp_path):
+    path = _write(tmp_path / "gbk.json", [{"instruction": "请点评这款游戏", "output": "打击感爆棚"}], encoding="gbk")
+    assert data.load_conversations(str(path), encoding="gbk")[0][-1]["content"] == "打击感爆棚"
+    with pytest.raises(UserError, match="--encoding gbk"):
+        data.load_conversations(str(path))

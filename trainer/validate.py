@@ -1,0 +1,90 @@
+"""``steam-train validate DATASET``: record counts, token-length statistics and every problem found.
+
+Reads the dataset exactly as ``train`` does (same readers, template, masking and truncation), so a
+dataset that validates cleanly trains. Exit code 2 when any record is unusable.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from rich.text import Text
+
+from trainer import config
+from trainer.config import arg
+from trainer.console import console, summary_table
+from trainer.errors import UserError
+from trainer.persona import DEFAULT_SYSTEM
+
+
+@dataclass
+class ValidateConfig:
+    dataset: str = arg(None, "Dataset: a .json/.jsonl path or a name in DATASET_DIR/dataset_info.json.", positional=True)
+    dataset_dir: str = arg("data", "Folder holding dataset_info.json.")
+    encoding: str = arg("utf-8", "Text encoding of the dataset file (utf-8 also accepts a BOM).")
+    model_name_or_path: str = arg("smollm2", "Model whose tokenizer measures the lengths (hub id, folder, .gguf, smollm2).")
+    template: str = arg("auto", "Prompt format, as for train.")
+    system: str = arg(DEFAULT_SYSTEM, "System prompt added to records without one, as for train; '' for none.")
+    cutoff_len: int = arg(2048, "Max tokens per sample, as for train (reports what would be truncated or dropped).")
+
+
+def _pct(values: list[int], q: float) -> int:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def run(cfg: ValidateConfig) -> dict[str, Any]:
+    """Check a dataset and print a report.
+
+    Returns:
+        ``{"records", "usable", "problems": [...], "tokens": {min, mean, median, p95, max},
+        "label_tokens_mean", "truncated", "dropped"}`` (token figures over usable records, with the
+        template and ``cutoff_len`` applied before truncation).
+
+    Raises:
+        UserError: a file-level problem, or (after printing the report) any unusable record.
+    """
+    from trainer import data
+    from trainer.encode import encode_conversation, encode_dataset
+    from trainer.model import load_tokenizer
+    from trainer.templates import ChatTemplate
+
+    if not cfg.dataset:
+        raise UserError("validate: give a dataset (a .json/.jsonl path or a registered name)")
+    res = data.read_dataset(data.resolve(cfg.dataset, cfg.dataset_dir), system=cfg.system or None, encoding=cfg.encoding)
+    tok = load_tokenizer(cfg.model_name_or_path)
+    template = ChatTemplate(cfg.template, tok)
+    usable = res.usable
+    lengths, learned = [], []
+    for conv in usable:
+        ids, labels, _, _ = encode_conversation(template, conv)
+        lengths.append(len(ids))
+        learned.append(sum(1 for t in labels if t != -100))
+    enc = encode_dataset(template, usable, cfg.cutoff_len)
+    report: dict[str, Any] = {"records": len(res.conversations), "usable": len(usable), "problems": res.problems,
+                              "truncated": enc.truncated, "dropped": len(enc.dropped)}
+    if lengths:
+        report["tokens"] = {"min": min(lengths), "mean": round(statistics.mean(lengths), 1),
+                            "median": int(statistics.median(lengths)), "p95": _pct(lengths, 0.95), "max": max(lengths)}
+        report["label_tokens_mean"] = round(statistics.mean(learned), 1)
+    t = report.get("tokens", {})
+    summary_table(f"{res.spec.path}", [
+        ("records", f"{report['records']} ({report['usable']} usable, {len(res.problems)} with problems)"),
+        ("tokens / sample", f"min {t.get('min')}, mean {t.get('mean')}, median {t.get('median')}, p95 {t.get('p95')}, "
+                            f"max {t.get('max')} ({cfg.model_name_or_path}, template {cfg.template})"),
+        ("learned tokens / sample", report.get("label_tokens_mean")),
+        (f"cutoff_len {cfg.cutoff_len}", f"{enc.truncated} truncated, {len(enc.dropped)} dropped"),
+    ])
+    for p in res.problems:
+        console.print(Text("problem ", style="red") + Text(p))
+    if res.problems:
+        raise UserError(f"{res.spec.path}: {len(res.problems)} unusable record(s) listed above; fix or drop them")
+    console.print("[green]no problems found[/green]")
+    return report
+
+
+command = config.command(ValidateConfig, run, name="validate",
+                         help="Check a dataset: record counts, token lengths and every problem (exit 2 if any).",
+                         config_option="option")
