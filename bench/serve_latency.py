@@ -6,7 +6,9 @@ One run, one machine, same GGUF, same ``n_ctx`` and threads:
 
 * **in-process baseline**: ``Llama.create_chat_completion(stream=True)`` in this process;
 * **server**: ``steam-train serve`` as a subprocess, the same request streamed over HTTP (httpx),
-  timed on the client side (so HTTP, JSON, SSE and our middleware are all inside the figure).
+  timed on the client side (so HTTP, JSON, SSE and our middleware are all inside the figure);
+* **library server**: plain ``python -m llama_cpp.server`` with the same settings, to separate what
+  HTTP serving costs from what our layer costs.
 
 Rounds alternate baseline / server so load changes on a shared machine hit both alike; medians are
 reported. Decode tokens/s = (completion tokens − 1) / (last token time − first token time); TTFT =
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +42,7 @@ from serve.chat_handler import install as install_handler  # noqa: E402
 from serve.cli import default_threads  # noqa: E402
 from serve.middleware import SteamMiddleware  # noqa: E402
 from serve.modelinfo import read_model_info  # noqa: E402
-from tests.serving import start_server  # noqa: E402
+from tests.serving import free_port, start_server  # noqa: E402
 from trainer.hub import resolve_model  # noqa: E402
 from trainer.persona import DEFAULT_SYSTEM  # noqa: E402
 
@@ -78,7 +81,8 @@ def run_server(client: httpx.Client, messages, max_tokens: int) -> dict[str, flo
                 usage = chunk["usage"]
             elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 times.append(time.perf_counter())
-    return summarise(start, times, usage["completion_tokens"])
+    # the plain library server ignores include_usage: count content chunks (one per token here)
+    return summarise(start, times, usage["completion_tokens"] if usage else len(times))
 
 
 def middleware_overhead(llama, handler, n_ctx: int, iterations: int) -> dict[str, dict[str, float]]:
@@ -140,6 +144,33 @@ def middleware_overhead(llama, handler, n_ctx: int, iterations: int) -> dict[str
     return asyncio.run(measure())
 
 
+class LibraryServer:
+    """``python -m llama_cpp.server`` (no steam-persona layer) on a free port, same settings."""
+
+    def __init__(self, model: str, n_ctx: int, threads: int) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", "bench", "--port", str(self.port),
+             "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+             "--logits_all", "False", "--interrupt_requests", "False", "--verbose", "False",
+             "--chat_format", "chat_template.default"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base_url}/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        self.close()
+        raise RuntimeError("llama_cpp.server did not start")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2", help="GGUF, export dir or `smollm2` (the embedded default)")
@@ -161,17 +192,25 @@ def main() -> None:
                             n_gpu_layers=-1, logits_all=False, verbose=False)
     handler = install_handler(llama, info.chat_template)
 
-    rows: dict[str, list[dict[str, float]]] = {"inprocess": [], "server": []}
-    with start_server(model, extra_args=("--n_threads", str(threads), "--n_ctx", str(args.n_ctx),
-                                         "--log_level", "warning")) as srv, \
-            httpx.Client(base_url=srv.base_url, timeout=300) as client:
-        run_server(client, messages_for(0), 8)  # warm up both
-        run_inprocess(llama, handler, messages_for(0), 8)
-        for r in range(args.rounds):
-            rows["inprocess"].append(run_inprocess(llama, handler, messages_for(r), args.max_tokens))
-            rows["server"].append(run_server(client, messages_for(r), args.max_tokens))
-            print(f"round {r + 1}/{args.rounds}: in-process {rows['inprocess'][-1]['decode_tok_s']:.1f} tok/s, "
-                  f"server {rows['server'][-1]['decode_tok_s']:.1f} tok/s", file=sys.stderr)
+    rows: dict[str, list[dict[str, float]]] = {"inprocess": [], "server": [], "library_server": []}
+    library = LibraryServer(str(info.path), args.n_ctx, threads)
+    try:
+        with start_server(model, extra_args=("--n_threads", str(threads), "--n_ctx", str(args.n_ctx),
+                                             "--log_level", "warning")) as srv, \
+                httpx.Client(base_url=srv.base_url, timeout=300) as client, \
+                httpx.Client(base_url=library.base_url, timeout=300) as lib_client:
+            run_server(client, messages_for(0), 8)  # warm up all three
+            run_server(lib_client, messages_for(0), 8)
+            run_inprocess(llama, handler, messages_for(0), 8)
+            for r in range(args.rounds):
+                rows["inprocess"].append(run_inprocess(llama, handler, messages_for(r), args.max_tokens))
+                rows["server"].append(run_server(client, messages_for(r), args.max_tokens))
+                rows["library_server"].append(run_server(lib_client, messages_for(r), args.max_tokens))
+                print(f"round {r + 1}/{args.rounds}: in-process {rows['inprocess'][-1]['decode_tok_s']:.1f} tok/s, "
+                      f"server {rows['server'][-1]['decode_tok_s']:.1f} tok/s, "
+                      f"library server {rows['library_server'][-1]['decode_tok_s']:.1f} tok/s", file=sys.stderr)
+    finally:
+        library.close()
 
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("ttft_ms", "decode_tok_s", "tokens")} for k, v in rows.items()}
     mw = middleware_overhead(llama, handler, llama.n_ctx(), args.iterations)
@@ -179,8 +218,9 @@ def main() -> None:
         "model": info.path.name, "n_ctx": llama.n_ctx(), "n_threads": threads, "max_tokens": args.max_tokens,
         "rounds": args.rounds, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                           "load_avg_1m": os.getloadavg()[0]},
-        "inprocess": med["inprocess"], "server": med["server"],
+        "inprocess": med["inprocess"], "server": med["server"], "library_server": med["library_server"],
         "decode_ratio": med["server"]["decode_tok_s"] / med["inprocess"]["decode_tok_s"],
+        "decode_ratio_vs_library_server": med["server"]["decode_tok_s"] / med["library_server"]["decode_tok_s"],
         # as a speed ratio (≥ 0.95 is the goal, like decode): in-process TTFT / server TTFT
         "ttft_ratio": med["inprocess"]["ttft_ms"] / med["server"]["ttft_ms"],
         "middleware": mw,
@@ -193,10 +233,12 @@ def main() -> None:
     tmp = Path(args.out + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     tmp.replace(args.out)
-    i, s = med["inprocess"], med["server"]
+    i, s, lib = med["inprocess"], med["server"], med["library_server"]
     print(f"model {info.path.name}, {threads} thread(s), n_ctx {llama.n_ctx()}, {args.rounds} rounds × {args.max_tokens} tokens")
     print(f"decode    in-process {i['decode_tok_s']:7.1f} tok/s   server {s['decode_tok_s']:7.1f} tok/s   "
           f"ratio {result['decode_ratio']:.3f} (goal ≥ 0.95)")
+    print(f"          library server (no steam-persona layer) {lib['decode_tok_s']:7.1f} tok/s, "
+          f"TTFT {lib['ttft_ms']:.1f} ms; ours / library {result['decode_ratio_vs_library_server']:.3f}")
     print(f"TTFT      in-process {i['ttft_ms']:7.1f} ms      server {s['ttft_ms']:7.1f} ms      "
           f"ratio {result['ttft_ratio']:.3f} (goal ≥ 0.95)")
     for name, v in mw.items():
