@@ -90,6 +90,12 @@ def test_store_csv_bom_tag_ids_and_seed_agreement(tmp_path, shared_dir, seed_dat
     assert {INSTR.match(r["instruction"]).group(1) for r in recs} == seed_names
     assert sum(ws.sub("", r["output"]) in seed_out for r in recs) / len(recs) > 0.9  # measured 896/979
     assert not any("<br" in r["output"] or "\r" in r["output"] for r in recs)
+    # mixed Traditional Chinese in a Simplified file: --script_check finds the two Traditional reviews
+    checked = _run(tmp_path, [shared_dir / "data/raw/store_reviews_cn.csv"], val_size=0, script_check=True)
+    reasons = json.loads(Path(checked["report"]).read_text(encoding="utf-8"))["rules"]["script"]["reasons"]
+    assert reasons["Traditional under schinese"] == 2 and reasons["not Chinese"] >= 8  # English/Russian reviews
+    assert not any("喜歡喜歡" in r["output"] for r in _load(checked["train"]))
+    assert any("喜歡喜歡" in r["output"] for r in recs)  # kept without the check
 
 
 def test_archives_with_appdetails_language_and_length(tmp_path, shared_dir):
@@ -114,6 +120,20 @@ def test_archives_with_appdetails_language_and_length(tmp_path, shared_dir):
     assert len(long_one["output"]) > 3000  # max_chars 0 = no limit (the 8,000-char review is an ASCII-art wall)
     survival = [r for r in recs if r["instruction"] == 'As a veteran gamer, review the game "Survival Game".']
     assert survival and all(re.fullmatch(r"Recommended, played \d+\.\d h", r["input"]) for r in survival)
+    # the only ♥ in the archives is a lone heart, not Steam's ♥♥♥ mask: kept even with --drop_masked
+    assert sum("♥" in r["output"] for r in recs) == 1
+    masked = _run(tmp_path, [archives[3], details], val_size=0, language=["all"], drop_masked=True, max_chars=0)
+    assert masked["removed"]["profanity_mask"] == 0 and sum("♥" in r["output"] for r in _load(masked["train"])) == 1
+
+
+def test_profanity_masks_kept_unless_dropped(tmp_path):
+    src = tmp_path / "m.json"
+    recs = [{"instruction": persona.INSTRUCTION_TEMPLATE.format(name="X"), "input": "",
+             "output": f"这游戏的服务器真是♥♥♥♥，第{i}次掉线了，优化也很差"} for i in range(3)]
+    src.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
+    assert _load(_run(tmp_path, [src], val_size=0, near_dedup=False)["train"]) == recs
+    with pytest.raises(UserError, match="rule 'profanity_mask' removed 3"):
+        _run(tmp_path, [src], val_size=0, drop_masked=True)
 
 
 def test_archive_without_names_says_how_to_fix(tmp_path, shared_dir):

@@ -88,14 +88,16 @@ def has_profanity_mask(text: str) -> bool:
 
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
+_LATIN_WORD = re.compile(r"[A-Za-z\u00c0-\u024f]+")
 _KANA = re.compile(r"[\u3040-\u30ff]")
 _HANGUL = re.compile(r"[\uac00-\ud7af]")
-_CYRILLIC = re.compile(r"[\u0400-\u04ff]")
+_CYRILLIC_WORD = re.compile(r"[\u0400-\u04ff]+")
 # High-frequency characters that exist only in Traditional Chinese, paired with their Simplified
 # forms (Unicode Unihan kSimplifiedVariant). Enough to tell a Traditional review under `schinese`.
-_TRAD = "這們個來說時會對過還現與為麼開關後裡點讓覺當從應經無實體氣發東見單問興幾術戰機"
-_SIMP = "这们个来说时会对过还现与为么开关后里点让觉当从应经无实体气发东见单问兴几术战机"
+_TRAD = ("這們個來說時會對過還現與為麼開關後裡點讓覺當從應經無實體氣發東見單問興幾術戰機"
+         "遊戲歡樂畫劇難買賣錢處聽寫讀認識總結電腦頭價級務內")
+_SIMP = ("这们个来说时会对过还现与为么开关后里点让觉当从应经无实体气发东见单问兴几术战机"
+         "游戏欢乐画剧难买卖钱处听写读认识总结电脑头价级务内")
 _TRAD_RE = re.compile(f"[{_TRAD}]")
 _SIMP_RE = re.compile(f"[{''.join(s for s, t in zip(_SIMP, _TRAD) if s != t)}]")
 
@@ -103,19 +105,23 @@ _SIMP_RE = re.compile(f"[{''.join(s for s, t in zip(_SIMP, _TRAD) if s != t)}]")
 def script_mismatch(text: str, language: str) -> str | None:
     """Check that the text is written in the script of a Steam language code.
 
-    Returns ``None`` when it fits, else a reason: ``"not Chinese"`` (under 30 % Han characters
-    among letters), ``"Traditional under schinese"`` (more Traditional-only than Simplified-only
-    characters, at least 3), ``"not Latin script"``, ``"no kana"``, ``"no Hangul"``,
-    ``"not Cyrillic"``. Languages without a rule (``german`` uses Latin, so it gets the Latin rule;
-    others such as ``thai``) always pass.
+    Counts script units outside links: each Han, kana or Hangul character is one, each Latin or
+    Cyrillic word is one (a Chinese character carries about a word). Returns ``None`` when the text
+    fits, else a reason: ``"not Chinese"`` (Han under half the units), ``"Traditional under
+    schinese"`` (more Traditional-only than Simplified-only characters, at least 3),
+    ``"not Latin script"`` (Latin words under 70 %), ``"no kana"``, ``"no Hangul"``,
+    ``"not Cyrillic"`` (Cyrillic words under half). Other languages (``thai`` …) always pass.
     """
+    text = _URL.sub(" ", text)
     han = len(_HAN.findall(text))
-    latin = len(_LATIN.findall(text))
-    letters = han + latin + len(_KANA.findall(text)) + len(_HANGUL.findall(text)) + len(_CYRILLIC.findall(text))
-    if letters == 0:
+    kana = len(_KANA.findall(text))
+    latin = len(_LATIN_WORD.findall(text))
+    cyrillic = len(_CYRILLIC_WORD.findall(text))
+    units = han + kana + latin + cyrillic + len(_HANGUL.findall(text))
+    if units == 0:
         return None
     if language in ("schinese", "tchinese"):
-        if han / letters < 0.3:
+        if han / units < 0.5:
             return "not Chinese"
         if language == "schinese":
             trad, simp = len(_TRAD_RE.findall(text)), len(_SIMP_RE.findall(text))
@@ -123,13 +129,13 @@ def script_mismatch(text: str, language: str) -> str | None:
                 return "Traditional under schinese"
         return None
     if language == "japanese":
-        return None if _KANA.search(text) else "no kana"
+        return None if kana else "no kana"
     if language == "koreana":
         return None if _HANGUL.search(text) else "no Hangul"
     if language in ("russian", "ukrainian", "bulgarian"):
-        return None if len(_CYRILLIC.findall(text)) / letters >= 0.5 else "not Cyrillic"
+        return None if cyrillic / units >= 0.5 else "not Cyrillic"
     if language in _LATIN_LANGUAGES:
-        return None if latin / letters >= 0.7 else "not Latin script"
+        return None if latin / units >= 0.7 else "not Latin script"
     return None
 
 
