@@ -47,7 +47,7 @@ class PrepareConfig:
     register: str | None = arg(None, "Add/update this LLaMA-Factory dataset_info.json (train as --name, val as "
                                "<name>_val).")
     name: str = arg("steam_reviews", "Dataset name for --register.")
-    report: str | None = arg(None, "Report JSON path [default: prepare_report.json beside --out].")
+    report: str | None = arg(None, "Report JSON path; unset = prepare_report.json beside --out.")
     language: list[str] = arg(["schinese"], "Keep reviews whose Steam language is one of these (schinese, english, "
                               "…); 'all' keeps every language. Records without a language field are kept.")
     script_check: bool = arg(False, "Also check the text's script fits --language (Han for Chinese, Latin for "
@@ -64,10 +64,10 @@ class PrepareConfig:
     seed: int = arg(42, "Random seed for --max_per_game sampling and the train/val split.")
     prompt_language: str = arg("zh", "Language of the default templates, tag names and {verdict} words.",
                                choices=("zh", "en"))
-    instruction_template: str = arg("", "Instruction format with {name} {tags} {verdict} {playtime_hours} "
-                                    "[default: persona.INSTRUCTION_TEMPLATE: 请以资深玩家的身份，点评一下《{name}》这款游戏。].")
-    input_template: str = arg("", "Input format, same fields; empty input when it uses {tags} and none are known "
-                              "[default: persona.INPUT_TEMPLATE: 游戏类型标签：{tags}].")
+    instruction_template: str = arg("", "Instruction format with {name} {tags} {verdict} {playtime_hours}; "
+                                    "empty = the persona's (请以资深玩家的身份，点评一下《{name}》这款游戏。).")
+    input_template: str = arg("", "Input format, same fields; empty = the persona's (游戏类型标签：{tags}). The "
+                              "input is left empty when it uses {tags} and none are known.")
     max_tags: int = arg(0, "Use at most this many tags per game, the most voted first (0 = all known).")
     strip_bbcode: bool = arg(True, "Strip Steam BBCode, keeping spoiler/quote/list text.")
     strip_html: bool = arg(True, "Turn <br> into newlines, drop other HTML tags, unescape entities.")
