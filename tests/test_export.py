@@ -48,6 +48,9 @@ def make_run_dir(base: Path, out: Path, *, system: str = PERSONA, targets=("q_pr
             tensors[f"{key}.lora_B.weight"] = torch.randn(outs[t], r, generator=g) * std
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out / "adapter_model.safetensors")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):  # train saves its tokenizer
+        if (base / name).is_file():
+            (out / name).write_bytes((base / name).read_bytes())
     LoraConfig(r=r, lora_alpha=8, target_modules=list(targets), base_model_name_or_path=str(model_name_or_path or base),
                task_type="CAUSAL_LM").save_pretrained(out)
     acfg = json.loads((out / "adapter_config.json").read_text())
@@ -301,3 +304,32 @@ def test_yaml_config_and_run_config_defaults(tiny_run, tmp_path, monkeypatch):
     assert CliRunner().invoke(cmd, [str(cfg_file), "--no_verify"]).exit_code == 0
     assert seen["cfg"].quantization == ["q4_k_m", "q8_0"] and seen["cfg"].no_verify
     assert seen["cfg"].model_name_or_path is None  # read from the run's run_config.yaml by run()
+
+
+def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tmp_path):
+    """The embedded default (SmolLM2-135M-Instruct, from its GGUF) + a small adapter → q4_k_m."""
+    from llama_cpp import Llama
+    from transformers import AutoConfig
+
+    from trainer.hub import enable_transformers_gguf, resolve_model
+
+    enable_transformers_gguf()
+    src = resolve_model("smollm2")
+    cfg = AutoConfig.from_pretrained(src.path, gguf_file=src.gguf_file)
+    persona = "You are Lao G, a witty veteran gamer. Answer in one short sentence."
+    run = make_run_dir(Path(src.path), tmp_path / "smol-run", system=persona, std=0.02, config=cfg,
+                       model_name_or_path="smollm2")
+    report = export(adapter_name_or_path=str(run), export_dir=str(tmp_path / "out"), quantization=["q4_k_m"])
+    v = report["verify"]["q4_k_m"]
+    assert report["base_model"] == "smollm2" and report["eos_token"] == "<|im_end|>"
+    assert v["passed"] and v["chat_template_has_persona"] and v["stop"]["eot_ends_generation"]
+    assert v["logits"]["top1_agreement"] >= 0.7  # 4-bit of a 135M model (measured ≈ 0.9)
+    gguf = tmp_path / "out" / "smol-run-q4_k_m.gguf"
+    llm = Llama(model_path=str(gguf), n_ctx=1024, verbose=False, seed=0)
+    assert persona in llm.metadata["tokenizer.chat_template"]
+    r = llm.create_chat_completion(messages=[{"role": "user", "content": "Name one good game."}], max_tokens=96,
+                                   temperature=0.0)
+    llm.close()
+    assert r["choices"][0]["finish_reason"] == "stop" and "<|im_end|>" not in r["choices"][0]["message"]["content"]
+    assert 0 < r["usage"]["completion_tokens"] < 96
+    assert (tmp_path / "out" / "Modelfile").read_text(encoding="utf-8").startswith("# Ollama Modelfile")
