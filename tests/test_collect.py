@@ -94,7 +94,7 @@ def test_malformed_page_gives_clear_error_and_loses_nothing(tmp_path, steam, arc
         run(_cfg(steam, out))
     part, state = tmp_path / "r.jsonl.part", json.loads((tmp_path / "r.jsonl.state.json").read_text())
     assert not out.exists() and len(_lines(part)) == 100
-    assert state["apps"][APP]["cursor"] == cursor_for(APP, 2) and len(state["seen_ids"]) == 100
+    assert state["apps"][APP]["cursor"] == cursor_for(APP, 2) and state["apps"][APP]["reviews"] == 100
     steam.faults = ["bad_review"] * 4  # a review without its id is malformed too
     with pytest.raises(UserError, match="review 0 has no recommendationid"):
         run(_cfg(steam, out))
@@ -196,3 +196,18 @@ def test_cli_errors_exit_2_one_line(tmp_path, steam):
     r = CliRunner().invoke(main, ["collect", "--appid", APP, "--base_url", steam.base_url + "/nope",
                                   "--out", str(tmp_path / "x.jsonl"), "--rate_limit", "0"])
     assert r.exit_code == 2 and "HTTP 404" in r.output
+
+
+def test_resume_after_kill_between_append_and_state_keeps_max_reviews(tmp_path, steam, archive):
+    """A kill after a page's reviews are saved but before the state is: the rerun fetches that page
+    again, adds nothing twice, and still stops at --max_reviews (counts come from the .part file)."""
+    out = tmp_path / "r.jsonl"
+    steam.faults = [None, None] + ["malformed"] * 4
+    with pytest.raises(UserError):
+        run(_cfg(steam, out, max_reviews=120))
+    with open(tmp_path / "r.jsonl.part", "a", encoding="utf-8") as f:  # page 3 saved, state not updated
+        f.writelines(json.dumps({**r, "appid": 570980}, ensure_ascii=False) + "\n" for r in archive[100:110])
+    res = run(_cfg(steam, out, max_reviews=120))
+    rows = _lines(out)
+    assert res["complete"] and len(rows) == 120
+    assert [r["recommendationid"] for r in rows] == [r["recommendationid"] for r in archive[:120]]

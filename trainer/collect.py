@@ -10,10 +10,12 @@ Robustness:
   errors and malformed pages, retries with exponential backoff and full jitter
   (``sleep = uniform(0, min(backoff_max, backoff_base * 2**attempt))``, AWS Architecture Blog,
   "Exponential Backoff And Jitter", 2015), honouring ``Retry-After``; a bound on the total time;
-* resumable: reviews are appended to ``<out>.part`` (flushed and fsynced per page) and, after each
-  page, ``<out>.state.json`` records the next cursor per app and the ids seen. A rerun of the same
-  command after Ctrl-C, a kill or a crash continues from the saved cursor; the ids already in the
-  ``.part`` file are re-read, so a page fetched again adds no duplicate and no page is lost. When
+* resumable: reviews are appended to ``<out>.part`` (flushed and fsynced per page), which is the
+  record of the ids seen; after each page ``<out>.state.json`` records the next cursor per app
+  (written atomically, after the reviews). A rerun of the same command after Ctrl-C, a kill or a
+  crash re-reads the ids in ``.part`` and continues from the saved cursor, so a page fetched again
+  adds no duplicate and no page is lost. (Keeping the ids in the state file too would rewrite
+  all of them after every page: quadratic in the number of reviews.) When
   every app is done ``.part`` is renamed to ``<out>`` and the state file removed.
 
 Output: one raw review object per line, unchanged apart from an added ``appid``. With
@@ -28,6 +30,7 @@ import json
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,11 +182,13 @@ def _query(cfg: CollectConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in _QUERY_FIELDS}
 
 
-def _repair_part(part: Path) -> set[str]:
-    """Read the ids already saved in ``part``; cut a torn last line left by a kill."""
+def _repair_part(part: Path) -> tuple[set[str], Counter[str]]:
+    """Read the review ids already saved in ``part`` and count them per app; cut a torn last line
+    left by a kill."""
     ids: set[str] = set()
+    per_app: Counter[str] = Counter()
     if not part.exists():
-        return ids
+        return ids, per_app
     data = part.read_bytes()
     good = data.rfind(b"\n") + 1
     if good < len(data):
@@ -191,10 +196,12 @@ def _repair_part(part: Path) -> set[str]:
             f.truncate(good)
     for n, line in enumerate(data[:good].decode("utf-8").splitlines(), 1):
         try:
-            ids.add(str(json.loads(line)["recommendationid"]))
+            rec = json.loads(line)
+            ids.add(str(rec["recommendationid"]))
+            per_app[str(rec["appid"])] += 1
         except (ValueError, KeyError, TypeError):
             raise UserError(f"{part}: line {n} is not a saved review; delete {part} and its .state.json to start over") from None
-    return ids
+    return ids, per_app
 
 
 def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetcher) -> dict[str, Any]:
@@ -213,10 +220,12 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetc
         if state.get("query") != _query(cfg):
             raise UserError(f"{state_path}: saved by a run with other settings ({state.get('query')}); rerun with "
                             f"those, or delete it and {part} to start over")
-        seen = set(state.get("seen_ids", [])) | _repair_part(part)
+        seen, per_app = _repair_part(part)
+        for appid, st in state["apps"].items():  # the .part file is the truth (a kill may beat the state write)
+            st["reviews"] = per_app[appid]
         console.print(f"{out}: resuming ({len(seen):,} reviews saved)")
     else:
-        state = {"query": _query(cfg), "apps": {}, "seen_ids": []}
+        state = {"query": _query(cfg), "apps": {}}
         seen = set()
         out.parent.mkdir(parents=True, exist_ok=True)
         part.write_bytes(b"")
@@ -225,7 +234,6 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetc
     fetch.log = io.JsonlLog(log_path(out))
 
     def save() -> None:
-        state["seen_ids"] = sorted(seen)
         io.write_json(state_path, state, indent=None)
 
     url_params = {"json": 1, "language": cfg.language, "filter": cfg.filter, "review_type": cfg.review_type,
