@@ -91,12 +91,7 @@ class ChatHandler:
         return len(tokens)
 
     def __call__(self, **kwargs: Any) -> Any:
-        try:
-            result = self._handler(**kwargs)
-        except Exception as e:
-            if type(e).__module__.startswith("jinja2"):
-                raise ValueError(f"Invalid messages for the chat template: {e}") from e
-            raise
+        result = self._handler(**kwargs)
         if kwargs.get("stream") and INCLUDE_USAGE.get():
             return self._with_usage(result)
         return result

@@ -8,7 +8,6 @@ Shape source: OpenAI API reference, "Error codes" (``invalid_request_error``, ``
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -73,24 +72,9 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
                         headers=getattr(exc, "headers", None))
 
 
-def _bad_request(code: str, param: str | None = None):
-    def formatter(request: Any, match: re.Match[str]) -> tuple[int, dict[str, Any]]:
-        return 400, error_body(match.group(0), param=param, code=code)["error"]
-    return formatter
-
-
 def install(app: FastAPI) -> None:
-    """Make the library's app answer client mistakes with OpenAI-shaped 4xx errors.
-
-    * ``HTTPException`` (404, 405 …) → the OpenAI shape;
-    * llama.cpp errors caused by the request (``logprobs`` without ``logits_all``, a chat template
-      rejecting the message order) → 400 via the library's own ``RouteErrorHandler`` pattern table,
-      which otherwise answers 500.
-    """
-    from llama_cpp.server.errors import RouteErrorHandler
-
+    """Answer ``HTTPException`` (404 unknown path, 405, 503 …) in the OpenAI shape instead of
+    FastAPI's ``{"detail": ...}``. Request problems are caught earlier, in :mod:`serve.middleware`
+    (the library's route wrapper answers 500 to whatever it does not recognise)."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(HTTPException, _http_error)
-    table = RouteErrorHandler.pattern_and_formatters
-    table.setdefault(re.compile(r"logprobs is not supported[^\n]*"), _bad_request("unsupported_parameter", "logprobs"))
-    table.setdefault(re.compile(r"Invalid messages for the chat template[^\n]*"), _bad_request("invalid_messages", "messages"))

@@ -97,6 +97,10 @@ class SteamMiddleware:
                 self.models[path].model_validate(data)
             except ValidationError as e:
                 raise from_validation_error(e) from None
+            if data.get("logprobs"):
+                # llama.cpp needs logits_all=True for them (n_ctx × n_vocab floats); it would fail mid-stream
+                raise RequestError("logprobs are not served by this server (they need logits_all); drop 'logprobs'",
+                                   param="logprobs", code="unsupported_parameter")
             if path == "/v1/chat/completions":
                 self._check_context(data)
                 include_usage = bool(data.get("stream")) and isinstance(options, dict) and bool(options.get("include_usage"))

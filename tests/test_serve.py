@@ -5,7 +5,9 @@ the project persona); the SIGTERM and refusal tests start their own."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -183,6 +185,11 @@ def test_client_mistakes_get_openai_shaped_4xx(server, client):
            "invalid_api_key")
     _error(httpx.get(f"{server.base_url}/v1/models"), 401, "invalid_api_key")
     _error(client.get("/v1/no-such-endpoint"), 404)
+    for stream in (False, True):
+        _error(client.post(url, json={"messages": HELLO, "logprobs": True, "stream": stream}), 400, "unsupported_parameter")
+    # a template that rejects the messages (SmolLM2's needs string content; a bad tool list breaks rendering)
+    _error(client.post(url, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+                                  "tools": "not-a-list"}), 400)
     # context overflow, non-streamed and streamed: 400 context_length_exceeded before any stream starts
     huge = [{"role": "user", "content": "word " * 9000}]
     for stream in (False, True):
@@ -290,9 +297,22 @@ def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):
         assert "Traceback" not in srv.output()
 
 
+def _serve_cli(*args):
+    return subprocess.run([sys.executable, "-m", "trainer", "serve", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "STEAM_PERSONA_API_KEY": ""})
+
+
 def test_refuses_public_host_without_key(smollm2_gguf):
-    r = subprocess.run([sys.executable, "-m", "trainer", "serve", str(smollm2_gguf), "--host", "0.0.0.0"],
-                       cwd=REPO, capture_output=True, text=True, timeout=60,
-                       env={**__import__("os").environ, "STEAM_PERSONA_API_KEY": ""})
+    r = _serve_cli(smollm2_gguf, "--host", "0.0.0.0")
     assert r.returncode == 2
     assert "--api_key" in r.stderr and "--insecure" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_user_errors_exit_2_before_loading(smollm2_gguf, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = _serve_cli(smollm2_gguf, "--port", busy.getsockname()[1])
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1:" in r.stderr and "--port" in r.stderr
+    r = _serve_cli(tmp_path)
+    assert r.returncode == 2 and "no .gguf file" in r.stderr and "Traceback" not in r.stderr
