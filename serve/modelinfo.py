@@ -50,8 +50,9 @@ class ModelInfo:
 def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
     """Resolve ``EXPORT_DIR_OR_GGUF`` to ``(gguf file, export_report or None)``.
 
-    An export dir is searched for ``*.gguf`` (preferring :data:`QUANT_PREFERENCE` order by the
-    ``-<quant>.gguf`` suffix); its ``export_report.json`` is read when present. A ``.gguf`` path is
+    An export dir is searched for ``*.gguf`` other than ``*-lora.gguf`` (preferring
+    :data:`QUANT_PREFERENCE` order by the ``-<quant>.gguf`` suffix); its ``export_report.json`` is
+    read when present. A ``.gguf`` path is
     used as is; the report beside it is read too.
 
     Raises:
@@ -59,7 +60,8 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
     """
     p = Path(model).expanduser()
     if p.is_dir():
-        found = sorted(p.glob("*.gguf"))
+        # <name>-lora.gguf (a LoRA adapter export) cannot be served on its own
+        found = sorted(f for f in p.glob("*.gguf") if not f.stem.lower().endswith("-lora"))
         if not found:
             raise UserError(f"{p}: no .gguf file in this folder; run `steam-train export` first or pass a .gguf path")
         rank = {q: i for i, q in enumerate(QUANT_PREFERENCE)}

@@ -30,19 +30,25 @@ def test_chat_through_a_pipe(smollm2_gguf):
     assert len(speeds) == 2 and all(0 < int(n) <= 12 and float(s) > 0 for n, s in speeds)
 
 
-def test_history_and_clear(smollm2_gguf, monkeypatch):
-    seen: list[list[str]] = []
+def test_history_clear_and_export_dir_persona(smollm2_gguf, tmp_path, monkeypatch):
+    # an export dir as `steam-train export` writes it: <name>-<quant>.gguf, a LoRA GGUF, the report
+    (tmp_path / "persona-q4_k_m.gguf").symlink_to(smollm2_gguf)
+    (tmp_path / "persona-lora.gguf").write_bytes(b"GGUF")
+    (tmp_path / "export_report.json").write_text('{"persona": "You are Lao G."}', encoding="utf-8")
+    seen: list[list[tuple[str, str]]] = []
     original = chat_mod.GGUFBackend.stream
 
     def spy(self, messages, *args, **kwargs):
-        seen.append([m["role"] for m in messages])
+        seen.append([(m["role"], m["content"] if m["role"] == "system" else "") for m in messages])
         return original(self, messages, *args, **kwargs)
 
     monkeypatch.setattr(chat_mod.GGUFBackend, "stream", spy)
     monkeypatch.setattr(sys, "stdin", io.StringIO("One.\nTwo.\nclear\nThree.\n"))  # EOF ends the chat
-    turns = chat_mod.run(ChatConfig(model_name_or_path=str(smollm2_gguf), temperature=0.0, max_new_tokens=4))
-    # the persona from the GGUF template leads each request; history grows; clear resets it
-    assert seen == [["system", "user"], ["system", "user", "assistant", "user"], ["system", "user"]]
+    turns = chat_mod.run(ChatConfig(model_name_or_path=str(tmp_path), temperature=0.0, max_new_tokens=4))
+    # the report's persona leads each request; history grows; clear resets it
+    persona = ("system", "You are Lao G.")
+    assert seen == [[persona, ("user", "")], [persona, ("user", ""), ("assistant", ""), ("user", "")],
+                    [persona, ("user", "")]]
     assert len(turns) == 3 and all(1 <= t.tokens <= 4 and t.tokens_per_s > 0 for t in turns)
 
 

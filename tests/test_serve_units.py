@@ -79,7 +79,7 @@ def test_choose_n_ctx_uses_training_context_capped_by_memory(smollm2_gguf):
 
 
 def test_find_gguf_in_export_dir(tmp_path):
-    for name in ("m-f16.gguf", "m-q8_0.gguf", "m-q4_k_m.gguf"):
+    for name in ("m-f16.gguf", "m-q8_0.gguf", "m-q4_k_m.gguf", "m-lora.gguf", "a-lora.gguf"):
         (tmp_path / name).write_bytes(b"GGUF")
     (tmp_path / "export_report.json").write_text('{"persona": "P"}')
     gguf, report = find_gguf(tmp_path)
