@@ -108,3 +108,15 @@ def test_hosts_threads_and_dify_hint():
     assert default_threads() >= 1
     assert any("host.docker.internal:9000/v1" in line for line in dify_hint("0.0.0.0", 9000))
     assert any("--host 0.0.0.0" in line for line in dify_hint("127.0.0.1", 9000))
+
+
+def test_export_persona_template_is_read_back(smollm2_gguf, qwen_tokenizer_dir):
+    """The contract with export: the persona it writes into a template is what serve finds there."""
+    from export.chat_template import with_default_system
+    from trainer.persona import DEFAULT_SYSTEM
+
+    qwen = (qwen_tokenizer_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    smol = read_model_info(smollm2_gguf).chat_template
+    for template in (qwen, smol, CHATML):
+        assert template_default_system(with_default_system(template, DEFAULT_SYSTEM)) == DEFAULT_SYSTEM
+    assert template_default_system(qwen).startswith("You are Qwen")
