@@ -96,7 +96,7 @@ def test_malformed_page_gives_clear_error_and_loses_nothing(tmp_path, steam, arc
     assert not out.exists() and len(_lines(part)) == 100
     assert state["apps"][APP]["cursor"] == cursor_for(APP, 2) and state["apps"][APP]["reviews"] == 100
     steam.faults = ["bad_review"] * 4  # a review without its id is malformed too
-    with pytest.raises(UserError, match="review 0 has no recommendationid"):
+    with pytest.raises(UserError, match="review 1 has no recommendationid"):
         run(_cfg(steam, out))
     run(_cfg(steam, out))  # the server recovers: resume
     rows = _lines(out)

@@ -64,11 +64,11 @@ def test_seed_sample_quirks_are_each_handled(seed_prepared, seed_dataset):
     # the seed format, unchanged where no rule applied
     assert all(list(r) == ["instruction", "input", "output"] and r["input"].startswith("游戏类型标签：") for r in recs)
     assert recs[0] == seed[0]
-    # duplicates: 7 copies that differ only in spaces/punctuation (e.g. record 242 = 241), and an
+    # duplicates: 7 copies that differ only in spaces/punctuation (e.g. seed[242] = seed[241]), and an
     # edited repost (record 71 ≈ 62: same text, last clause changed)
     assert report["rules"]["exact_duplicate"]["removed"] == 7
-    assert {"where": f"{seed_dataset}: record 71", "text": seed[71]["output"][:80],
-            "reason": f"near copy of {seed_dataset}: record 62"} in report["rules"]["near_duplicate"]["examples"]
+    assert {"where": f"{seed_dataset}: record 72", "text": seed[71]["output"][:80],  # records count from 1
+            "reason": f"near copy of {seed_dataset}: record 63"} in report["rules"]["near_duplicate"]["examples"]
     assert res["counts"]["kept"] == len(recs) == 941 - sum(res["removed"].values())
 
 
@@ -228,7 +228,7 @@ def test_other_formats_detected(tmp_path, shared_dir, seed_dataset):
 @pytest.mark.parametrize("setup,message", [
     (lambda p: None, "input not found; check the path"),
     (lambda p: p.write_bytes(b'[{"instruction": "\xff\xfe"}]'), "byte 18 is not UTF-8"),
-    (lambda p: p.write_text("[{\"text\": \"hi\"}]", encoding="utf-8"), "record 0: unknown record shape"),
+    (lambda p: p.write_text("[{\"text\": \"hi\"}]", encoding="utf-8"), "record 1: unknown record shape"),
     (lambda p: p.write_text("[{\"instruction\": 1,", encoding="utf-8"), "invalid JSON at line 1"),
 ])
 def test_bad_json_inputs_exit_2_no_output(tmp_path, setup, message):

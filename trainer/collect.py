@@ -169,7 +169,7 @@ def _check_page(data: Any) -> str | None:
         return f"!Steam answered success={data.get('success')!r}; check the app id and --language/--filter values"
     if not isinstance(data.get("reviews"), list):
         return "malformed page: 'reviews' is not a list"
-    bad = next((i for i, r in enumerate(data["reviews"])
+    bad = next((i for i, r in enumerate(data["reviews"], 1)
                 if not isinstance(r, dict) or "recommendationid" not in r or "review" not in r), None)
     if bad is not None:
         return f"malformed page: review {bad} has no recommendationid/review"

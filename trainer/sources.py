@@ -106,7 +106,8 @@ _SUFFIXES = (".json", ".jsonl", ".csv")
 class Review:
     """One review on its way through ``prepare``.
 
-    ``text`` is the review (cleaned in place); ``where`` is ``"file: record N"`` for messages.
+    ``text`` is the review (cleaned in place); ``where`` is ``"file: record N"`` for messages
+    (records, lines, reviews and turns count from 1; CSV rows are file line numbers).
     Unknown values are ``None``. ``prompt`` holds a verbatim ``(instruction, input)`` for alpaca /
     sharegpt records whose prompt does not follow the persona templates (kept as is);
     ``prompt_language`` is ``"zh"``/``"en"`` when it followed the templates of that language.
@@ -205,7 +206,7 @@ def read(path: Path, tag_language: str = "zh") -> Loaded:
     if lines is not None:
         return _read_records(path, lines, jsonl=True, tag_language=tag_language)
     if isinstance(data, list):
-        return _read_records(path, list(enumerate(data)), jsonl=False, tag_language=tag_language)
+        return _read_records(path, list(enumerate(data, 1)), jsonl=False, tag_language=tag_language)
     if isinstance(data, dict):
         reviews = data.get("reviews")
         if isinstance(reviews, list):
@@ -213,7 +214,7 @@ def read(path: Path, tag_language: str = "zh") -> Loaded:
             if data.get("success") not in (None, 1):
                 raise UserError(f"{path}: Steam answered success={data.get('success')} (no reviews); re-collect it")
             appid = _appid_from_name(path)
-            loaded.reviews = [_from_steam(r, f"{path}: review {i}", appid) for i, r in enumerate(reviews)]
+            loaded.reviews = [_from_steam(r, f"{path}: review {i}", appid) for i, r in enumerate(reviews, 1)]
             return loaded
         if isinstance(reviews, dict):
             loaded = Loaded(path, "api-archive")
@@ -367,7 +368,7 @@ _USER, _ASSISTANT = {"human", "user"}, {"gpt", "assistant"}
 def _from_sharegpt(rec: dict, where: str) -> Iterator[Review]:
     turns = rec.get("conversations", rec.get("messages"))
     prev_user = None
-    for i, t in enumerate(turns):
+    for i, t in enumerate(turns, 1):
         role_key, text_key = next(((r, c) for r, c in _ROLE_KEYS if isinstance(t, dict) and r in t), (None, None))
         if role_key is None or not isinstance(t.get(text_key), str):
             raise UserError(f"{where}: turn {i}: expected from/value or role/content strings; fix the record")
@@ -419,10 +420,10 @@ def _read_store_csv(path: Path, text: str, tag_language: str) -> Loaded:
         name = (row.get("title") or "").strip() or None
         if appid:
             loaded.apps[appid] = AppInfo(name=name, tags=tags or None)
-        for i, r in enumerate(reviews):
+        for i, r in enumerate(reviews, 1):
             text = r.get("review") if isinstance(r, dict) else r
             if not isinstance(text, str):
-                raise UserError(f"{where}: user_reviews[{i}] is not a text; fix the cell")
+                raise UserError(f"{where}: review {i} in user_reviews is not a text; fix the cell")
             loaded.reviews.append(Review(text=text, where=f"{where} review {i}", appid=appid, game_name=name,
                                          tags=tags or None))
     return loaded
