@@ -96,6 +96,10 @@ def test_store_csv_bom_tag_ids_and_seed_agreement(tmp_path, shared_dir, seed_dat
     assert reasons["Traditional under schinese"] == 2 and reasons["not Chinese"] >= 8  # English/Russian reviews
     assert not any("喜歡喜歡" in r["output"] for r in _load(checked["train"]))
     assert any("喜歡喜歡" in r["output"] for r in recs)  # kept without the check
+    both = _run(tmp_path, [shared_dir / "data/raw/store_reviews_cn.csv"], val_size=0, script_check=True,
+                language=["schinese", "english"])  # no language field: fitting either language is enough
+    assert both["removed"]["script"] < checked["removed"]["script"] - 5
+    assert any(r["output"].startswith("Third person mode has a lot of wallhacks") for r in _load(both["train"]))
 
 
 def test_archives_with_appdetails_language_and_length(tmp_path, shared_dir):

@@ -19,7 +19,7 @@ import random
 import string
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,10 +93,14 @@ _TRANSFORMS = {"strip_bbcode", "strip_html", "normalize_whitespace", "scrub_pii"
 class _Stat:
     removed: int = 0
     changed: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    examples: list[dict[str, str]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.reasons: Counter[str] = Counter()
-        self.examples: list[dict[str, str]] = []
+    def example(self, r: Review, reason: str = "") -> None:
+        """Keep up to 3 examples for the report (80 characters, personal data scrubbed)."""
+        if len(self.examples) < 3:
+            text = cleaning.scrub_pii(r.text[:200])[0][:80]
+            self.examples.append({"where": r.where, "text": text, **({"reason": reason} if reason else {})})
 
 
 class _Rules:
@@ -118,8 +122,7 @@ class _Rules:
         st.removed += 1
         if reason:
             st.reasons[reason] += 1
-        if len(st.examples) < 3:
-            st.examples.append({"where": r.where, "text": r.text[:80], **({"reason": reason or note} if reason or note else {})})
+        st.example(r, reason or note)
         return rule
 
     def _transform(self, rule: str, r: Review, fn: Callable[[str], str]) -> None:
@@ -164,8 +167,7 @@ class _Rules:
                 st = self.stats["scrub_pii"]
                 st.changed += 1
                 st.reasons.update(kinds)
-                if len(st.examples) < 3:
-                    st.examples.append({"where": r.where, "text": r.text[:80], "reason": ",".join(kinds)})
+                st.example(r, ",".join(kinds))
                 r.text = cleaning.normalize_whitespace(text) if cfg.normalize_whitespace else text
         n = len(r.text)
         if n < cfg.min_chars:
@@ -173,10 +175,10 @@ class _Rules:
         if cfg.max_chars and n > cfg.max_chars:
             return self._drop("too_long", r)
         if cfg.script_check and self.languages:
-            lang = r.language or next(iter(sorted(self.languages)))
-            why = cleaning.script_mismatch(r.text, lang)
-            if why:
-                return self._drop("script", r, why)
+            # a record without a language field must fit one of the languages asked for
+            whys = [cleaning.script_mismatch(r.text, lang) for lang in ([r.language] if r.language else sorted(self.languages))]
+            if all(whys):
+                return self._drop("script", r, whys[0])
         if r.prompt is None:
             if "verdict" in self.uses and r.voted_up is None:
                 return self._drop("template_fields", r, "verdict unknown")
