@@ -155,8 +155,8 @@ class Loaded:
 
 def expand_inputs(paths: list[str]) -> list[Path]:
     """Resolve the INPUT arguments: files as given, folders to their ``.json``/``.jsonl``/``.csv``
-    files (recursively, sorted; collect's ``*.state.json`` / ``*.log.jsonl``, ``prepare_report.json``
-    and hidden files skipped).
+    files (recursively, sorted; collect's ``*.state.json`` / ``*.log.jsonl``, ``prepare_report.json``,
+    ``dataset_info.json`` and hidden files skipped).
 
     Raises:
         UserError: no inputs, or a path that does not exist.
@@ -168,7 +168,7 @@ def expand_inputs(paths: list[str]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _SUFFIXES
                            and not f.name.startswith(".") and not f.name.endswith((".state.json", ".log.jsonl"))
-                           and f.name != "prepare_report.json")
+                           and f.name not in ("prepare_report.json", "dataset_info.json"))
             if not found:
                 raise UserError(f"{p}: folder has no .json, .jsonl or .csv files; check the path")
             out.extend(found)
@@ -225,7 +225,7 @@ def read(path: Path, tag_language: str = "zh") -> Loaded:
         if apps is not None:
             return Loaded(path, "appdetails", apps=apps)
         # a single JSONL line holding one record
-        return _read_records(path, [(0, data)], jsonl=True, tag_language=tag_language)
+        return _read_records(path, [(1, data)], jsonl=True, tag_language=tag_language)
     raise UserError(f"{path}: unknown JSON shape (a {type(data).__name__}); expected reviews, "
                     "an alpaca/sharegpt list or appdetails")
 
