@@ -83,6 +83,10 @@ def base_config(src: ModelSource):
     """
     from transformers import AutoConfig
 
+    if src.gguf_file:
+        from trainer.hub import enable_transformers_gguf
+
+        enable_transformers_gguf()
     try:
         return AutoConfig.from_pretrained(src.path, **src.from_pretrained_kwargs())
     except (OSError, ValueError) as e:
@@ -237,7 +241,7 @@ def merge(src: ModelSource, run: RunInfo, tokenizer, eot: str, out: Path, *, dty
     from trainer.io import atomic_path
 
     t0 = time.time()
-    model = AutoModelForCausalLM.from_pretrained(src.path, dtype=dtype, **src.from_pretrained_kwargs())
+    model = AutoModelForCausalLM.from_pretrained(src.path, dtype=dtype, **_load_kwargs(src))
     if getattr(model, "hf_quantizer", None) is not None:  # a GGUF base: drop the dequantizer marker
         model.hf_quantizer.remove_quantization_config(model)
     if run.adapter_dir is not None:
@@ -279,6 +283,25 @@ def merge(src: ModelSource, run: RunInfo, tokenizer, eot: str, out: Path, *, dty
     del model
     gc.collect()
     return meta
+
+
+def _load_kwargs(src: ModelSource) -> dict[str, Any]:
+    """from_pretrained kwargs; a GGUF base is always dequantized to plain 16-bit Linear layers.
+
+    Newer transformers keep GGUF weights packed (``GgufLinear``) when the ``kernels`` package is
+    installed; peft cannot merge into those, so we ask for dequantized weights explicitly.
+    """
+    kwargs = src.from_pretrained_kwargs()
+    if src.gguf_file:
+        from trainer.hub import enable_transformers_gguf
+
+        enable_transformers_gguf()
+        try:
+            from transformers import GgufConfig
+        except ImportError:  # older transformers (5.17 on the GPU box) always dequantize
+            return kwargs
+        kwargs["quantization_config"] = GgufConfig(gguf_file=src.gguf_file, dequantize=True)
+    return kwargs
 
 
 def read_merge_info(merged: Path) -> dict[str, Any] | None:
