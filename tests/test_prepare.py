@@ -302,3 +302,18 @@ def test_embedded_demo_data_round_trips_in_both_languages(tmp_path):
     src = Path(__file__).parents[1] / "examples/persona_reviews.json"
     res = _run(tmp_path, [src], val_size=0)
     assert _load(res["train"]) == _load(src) and res["counts"]["kept"] == 60
+
+
+def test_yaml_config_and_flags(tmp_path, seed_dataset):
+    """`--config` takes the flags as YAML keys; flags given on the command line win."""
+    cfg = tmp_path / "prepare.yaml"
+    cfg.write_text(f"inputs: [{seed_dataset}]\nout: {tmp_path / 'y/train.json'}\nval_size: 0\nmax_per_game: 2\n"
+                   "language: [schinese, english]\n", encoding="utf-8")
+    r = CliRunner().invoke(main, ["prepare", "--config", str(cfg), "--max_per_game", "1"])
+    assert r.exit_code == 0, r.output
+    recs = _load(tmp_path / "y/train.json")
+    assert len(recs) == len({x["instruction"] for x in recs}) == 111  # one per game
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_per_gam: 2\n", encoding="utf-8")
+    r = CliRunner().invoke(main, ["prepare", str(seed_dataset), "--config", str(bad)])
+    assert r.exit_code == 2 and "did you mean 'max_per_game'" in r.output
