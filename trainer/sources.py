@@ -38,8 +38,9 @@ from trainer.errors import UserError
 
 #: Steam user-tag ids → (English, 简体中文) names, for ``tags_raw`` in the store-scrape CSV.
 #: Ids and English names: Steam's tag list (``store.steampowered.com/tagdata/populartags/english``);
-#: Chinese names: the store's ``schinese`` tag names, spelled as in the seed data where the seed
-#: agrees with the id (多人, 动作, 免费开玩, 类Rogue …). The seed file maps some ids wrongly (it
+#: Chinese names: the store's ``schinese`` tag names as far as they could be checked offline,
+#: spelled as in the seed data where the seed agrees with the id (多人, 动作, 免费开玩, 类Rogue …);
+#: a few rarer ones may be worded differently from today's store. The seed file maps some ids wrongly (it
 #: calls 1685 "沙盒" although 1685 is Co-op, 1663 "类Rogue" although 1663 is FPS); we follow Steam.
 #: Ids not listed here are skipped and counted in the report (``unknown_tag_ids``).
 STEAM_TAGS: dict[int, tuple[str, str]] = {
