@@ -211,3 +211,15 @@ def test_resume_after_kill_between_append_and_state_keeps_max_reviews(tmp_path, 
     rows = _lines(out)
     assert res["complete"] and len(rows) == 120
     assert [r["recommendationid"] for r in rows] == [r["recommendationid"] for r in archive[:120]]
+
+
+def test_several_apps_one_file_or_one_each(tmp_path, shared_dir, archive):
+    other = list(json.loads((shared_dir / "data/raw/appreviews/review_664750.json").read_text(encoding="utf-8"))["reviews"].values())
+    with SteamReplay({APP: list(archive), "664750": other}) as server:
+        res = run(_cfg(server, tmp_path / "all.jsonl", appid=[APP, "664750"]))
+        rows = _lines(tmp_path / "all.jsonl")
+        assert res["complete"] and len(rows) == 266 + 33
+        assert [r["appid"] for r in rows] == [570980] * 266 + [664750] * 33
+        res = run(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=[f"{APP},664750"]))
+        assert [f["file"] for f in res["files"]] == [str(tmp_path / f"raw/{APP}.jsonl"), str(tmp_path / "raw/664750.jsonl")]
+        assert len(_lines(tmp_path / "raw/664750.jsonl")) == 33

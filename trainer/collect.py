@@ -345,7 +345,7 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
             after ``--max_retries`` (progress is kept: rerun to resume), or resume state from
             other settings.
     """
-    appids = [a.strip() for a in cfg.appid if a.strip()]
+    appids = [a.strip() for item in cfg.appid for a in str(item).split(",") if a.strip()]
     if not appids:
         raise UserError("collect: no --appid given; e.g. --appid 570 (the number in the store URL)")
     bad = [a for a in appids if not a.isdigit()]
