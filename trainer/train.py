@@ -16,8 +16,9 @@ micro-batches and a loss that projects only learned positions onto the vocabular
 (a deterministic sample plan per optimizer step, so no sampler state to restore), our
 ``trainer_log.jsonl``/plot/summary, and one code path for transformers 5.17 and 5.24. Building
 blocks stay the libraries': peft (LoRA), bitsandbytes (4/8-bit), torch AdamW, transformers'
-``get_scheduler``. The loop is torchrun-ready in shape: logging and saving happen on rank 0 only and
-micro-batches are chosen by index (shardable by rank); multi-GPU itself is not wired here.
+``get_scheduler``. Multi-GPU (torchrun / accelerate launch / ``--nproc_per_node``) is DDP through the thin
+glue in :mod:`trainer.distributed`: logging and saving happen on rank 0 only and each step's
+micro-batches are split by rank (docs/multi-gpu.md).
 
 Output dir (LLaMA-Factory compatible): ``adapter_config.json``, ``adapter_model.safetensors``,
 tokenizer files (chat template; eos = end-of-turn token), ``trainer_log.jsonl``,
@@ -103,6 +104,8 @@ class TrainConfig:
     bf16: bool = arg(False, "Train in bfloat16 (recommended on GPUs that support it).")
     fp16: bool = arg(False, "Train in float16 (warned on bf16-capable hardware: overflow risk).")
     use_cpu: bool = arg(False, "Train on the CPU even when a GPU is present.")
+    nproc_per_node: int = arg(1, "Processes (one per GPU) on this host: > 1 re-runs this training under torchrun "
+                                 "(torch.distributed.run) as DDP. Not needed when started by torchrun/accelerate. (ours)")
     # --- LoRA
     lora_rank: int = arg(8, "LoRA rank r.")
     lora_alpha: int | None = arg(None, "LoRA alpha (default 2 × rank).")
@@ -215,10 +218,13 @@ class StepPlan:
             self._cache = {e: [micro[i: i + per] for i in range(0, len(micro), per)]}
         return self._cache[e]
 
+    def group(self, s: int) -> list[list[int]]:
+        """All micro-batches of optimizer step ``s`` (0-based), over every rank."""
+        return self._epoch(s // self.steps_per_epoch)[s % self.steps_per_epoch]
+
     def step(self, s: int) -> list[list[int]]:
         """Micro-batches (lists of sample indices) of optimizer step ``s`` (0-based) for this rank."""
-        group = self._epoch(s // self.steps_per_epoch)[s % self.steps_per_epoch]
-        return group[self.rank:: self.world]
+        return self.group(s)[self.rank:: self.world]
 
     def epoch_at(self, s: int) -> float:
         """Epochs completed after step ``s`` (0-based)."""
@@ -382,16 +388,21 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     from rich.progress import TextColumn
     from transformers import get_scheduler
 
+    from trainer import distributed
     from trainer import model as model_lib
     from trainer.packing import collate, loss_sum
     from trainer.plotting import plot_loss
 
     _check(cfg)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    main = rank == 0
     out = Path(cfg.output_dir)
     resume = _resume_point(cfg, out)
+    if cfg.nproc_per_node > 1 and not distributed.launched():
+        # --nproc_per_node N: check the user's input here (one-line errors, exit 2), then run N copies under torchrun
+        prepare_data(cfg, model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code))
+        return distributed.relaunch(cfg, cfg.nproc_per_node)
     device, dtype, amp = resolve_precision(cfg)
+    rank, world = distributed.init(device)  # (0, 1) unless started by torchrun / accelerate launch
+    main = rank == 0
 
     # Everything that can fail on user input happens before the output dir is touched.
     tokenizer = model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
@@ -409,7 +420,10 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     tokenizer.chat_template = template.jinja
     tokenizer.eos_token = template.eot_token
 
-    plan = StepPlan(len(train_idx), cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+    # a checkpoint from another process count keeps its micro-batches per step (trainer.distributed)
+    accum = distributed.accum_for_resume(resume, cfg.gradient_accumulation_steps, world) if resume else \
+        cfg.gradient_accumulation_steps
+    plan = StepPlan(len(train_idx), cfg.per_device_train_batch_size, accum,
                     cfg.num_train_epochs, cfg.max_steps, cfg.seed, rank, world)
     total = plan.total
     warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * total)
@@ -421,13 +435,15 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
 
     state: dict[str, Any] = {"total_tokens": 0, "elapsed": 0.0}
     start = 0
+    distributed.barrier()  # every rank has chosen its resume point before rank 0 writes
     if main and out.exists() and cfg.overwrite_output_dir and resume is None:
         _clear_run(out)
     if resume is not None:
         state = _load_checkpoint(resume, model, optimizer, scheduler)
         start = state["global_step"]
         console.print(f"resuming from {resume} (step {start} of {total})")
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     log_path = out / "trainer_log.jsonl"
     rows = [r for r in io.read_jsonl_log(log_path) if r.get("current_steps", 0) <= start] if start else []
     if main:
@@ -462,26 +478,40 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     elapsed0 = float(state.get("elapsed", 0.0))
     last_eval: float | None = None
     model.train()
+    ddp = distributed.wrap(model, device)  # DDP over the LoRA weights in a multi-process run, else the model
     bar = progress(TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
                    TextColumn("{task.fields[tps]} tok/s")) if main else _Null()
     with bar as prog:
         task = prog.add_task("train", total=total, completed=start, loss="-", lr="-", tps="-") if main else None
         for step in range(start, total):
             micro = plan.step(step)
-            n_tok = sum(learned(i, train_idx) for mb in micro for i in mb)
-            loss_total = 0.0
-            for mb in micro:
+            # learned tokens of the whole step (all ranks: the plan is known everywhere), the loss's divisor
+            n_tok = sum(learned(i, train_idx) for mb in plan.group(step) for i in mb)
+            loss_total, step_tokens, step_samples = 0.0, 0, 0
+            # multi-process: a rank left without a micro-batch (short last step) joins DDP's all-reduce with a
+            # zero-weighted one; gradients are all-reduced on the last micro-batch only (trainer.distributed)
+            runs = micro or plan.group(step)[:1]
+            for j, mb in enumerate(runs):
                 batch = batch_of(mb, train_idx)
-                with torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
-                    ls, _ = loss_sum(model, batch)
-                if not torch.isfinite(ls):
-                    raise NonFiniteError(f"{out}: step {step + 1}: the loss became {float(ls)}; stopped without saving "
-                                         "this step. Train in bf16 (--bf16 True) instead of fp16, or lower --learning_rate")
-                scaled = ls / max(n_tok, 1)
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                loss_total += ls.detach().item()
-                tokens_run += int(batch["input_ids"].numel() if cfg.padding_free else batch["attention_mask"].sum())
-                samples_run += len(mb)
+                with distributed.sync_grads(ddp, last=j == len(runs) - 1):
+                    with torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
+                        ls, _ = loss_sum(ddp, batch)
+                    if not torch.isfinite(ls):
+                        raise NonFiniteError(f"{out}: step {step + 1}: the loss became {float(ls)}; stopped without "
+                                             "saving this step. Train in bf16 (--bf16 True) instead of fp16, or lower "
+                                             "--learning_rate")
+                    scaled = ls / max(n_tok, 1)
+                    if world > 1:  # DDP averages over ranks: × world makes it the sum over the step's tokens
+                        scaled = scaled * (world if micro else 0)
+                    (scaler.scale(scaled) if scaler else scaled).backward()
+                if micro:
+                    loss_total += ls.detach().item()
+                    step_tokens += int(batch["input_ids"].numel() if cfg.padding_free else batch["attention_mask"].sum())
+                    step_samples += len(mb)
+            loss_total, step_tokens, step_samples = distributed.all_reduce_sum([loss_total, step_tokens, step_samples],
+                                                                               device)
+            tokens_run += int(step_tokens)
+            samples_run += int(step_samples)
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
@@ -523,7 +553,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
                     console.print(f"step {done}: eval loss {last_eval:.4f}")
                 if done % cfg.save_steps == 0 and done < total:
                     st = {"total_tokens": row["total_tokens"], "elapsed": elapsed0 + el,
-                          "first_loss": state.get("first_loss", step_losses[0])}
+                          "first_loss": state.get("first_loss", step_losses[0]),
+                          "world_size": world, "gradient_accumulation_steps": accum}  # for resume on other counts
                     _save_checkpoint(out, done, model, tokenizer, optimizer, scheduler, st, cfg)
                 for cb in callbacks:
                     cb(done, {**row, "loss": step_loss})
@@ -550,6 +581,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         plot_loss(rows, out / "training_loss.png", title=f"{Path(cfg.output_dir).name}: loss")
         io.write_json(out / "all_results.json", results)
         _summary(cfg, results, template)
+    distributed.finish()  # the other ranks wait here until rank 0 has saved
     return results
 
 
