@@ -333,3 +333,26 @@ def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tmp_path)
     assert r["choices"][0]["finish_reason"] == "stop" and "<|im_end|>" not in r["choices"][0]["message"]["content"]
     assert 0 < r["usage"]["completion_tokens"] < 96
     assert (tmp_path / "out" / "Modelfile").read_text(encoding="utf-8").startswith("# Ollama Modelfile")
+
+
+def test_export_of_a_real_qlora_trainer_run(tiny_llama_dir, tmp_path):
+    """The trainer's own run dir (4-bit QLoRA, lora_target all): export reads everything from it."""
+    from trainer import config
+    from trainer.persona import DEFAULT_SYSTEM
+    from trainer.train import TrainConfig, run
+
+    recs = [{"instruction": f"Review game {i}.", "input": "Tags: action", "output": f"Game {i}: fun, short."}
+            for i in range(4)]
+    data = tmp_path / "four.json"
+    data.write_text(json.dumps(recs), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    run(config.build(TrainConfig, {"model_name_or_path": str(tiny_llama_dir), "dataset": [str(data)],
+                                   "output_dir": str(run_dir), "quantization_bit": 4, "max_steps": 2,
+                                   "per_device_train_batch_size": 4, "learning_rate": 1e-2, "cutoff_len": 64,
+                                   "save_steps": 2, "logging_steps": 1}))
+    report = export(adapter_name_or_path=str(run_dir), quantization=["q8_0"])
+    assert report["export_dir"] == str(run_dir / "export") and report["base_model"] == str(tiny_llama_dir)
+    assert report["persona"] == DEFAULT_SYSTEM and report["run_quantization_bit"] == 4
+    assert report["merged"]["dtype"] == "bfloat16" and report["eos_token"] == "<|im_end|>"
+    v = report["verify"]["q8_0"]
+    assert v["passed"] and v["chat_template_has_persona"] and v["logits"]["top1_agreement"] >= 0.9
