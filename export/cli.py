@@ -81,7 +81,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     """
     from trainer.console import console, progress, summary_table
     from trainer.hub import resolve_model
-    from trainer.io import JsonlLog, write_json, write_text
+    from trainer.io import JsonlLog, write_json
     from trainer.persona import DEFAULT_SYSTEM
 
     from export import convert as conv
@@ -99,7 +99,8 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     base_cfg = mg.base_config(src)
     arch = conv.check_architecture(base_cfg, str(base))
     mg.check_adapter_matches_base(run_info, base_cfg, str(base))
-    system = cfg.system if cfg.system is not None else (run_info.run_config.get("system") or DEFAULT_SYSTEM)
+    # the persona the run trained with ('' = none: the model keeps its own template default)
+    system = cfg.system if cfg.system is not None else run_info.run_config.get("system", DEFAULT_SYSTEM)
     system = system or None
     if cfg.export_dir:
         out = Path(cfg.export_dir).expanduser()

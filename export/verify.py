@@ -128,7 +128,7 @@ def verify_gguf(path: Path, ref: dict[str, np.ndarray], eot: str, *, is_float: b
     """Load ``path`` with llama-cpp-python and run :func:`compare_logits` and :func:`check_stop`.
 
     Returns:
-        ``{"logits": {...}, "stop": {...}, "chat_template_has_persona": None, "passed": bool}``.
+        ``{"logits": {...}, "stop": {...}, "chat_template": the GGUF's template text, "passed": bool}``.
     """
     from llama_cpp import Llama
 
