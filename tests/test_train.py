@@ -1,0 +1,172 @@
+"""`steam-train train`: seed flags, packing correctness, overfitting, run dir contract, resume, NaN stop,
+a real 4-bit QLoRA run on the real sample, and load_for_inference."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trainer import config
+from trainer.errors import UserError
+from trainer.train import TrainConfig, run
+
+SEED_CMD = """llamafactory-cli train --stage sft --do_train --model_name_or_path Qwen/Qwen2.5-7B-Instruct \
+  --dataset steam_reviews --dataset_dir data --template qwen --finetuning_type lora --lora_target all \
+  --output_dir saves/qwen2.5-7b-steam-lora --overwrite_output_dir \
+  --per_device_train_batch_size 4 --gradient_accumulation_steps 4 --learning_rate 2e-4 \
+  --num_train_epochs 3.0 --logging_steps 10 --save_steps 100 --warmup_ratio 0.1 \
+  --fp16 True --quantization_bit 4"""
+
+
+def test_seed_command_flags_parse():
+    argv = shlex.split(SEED_CMD)[2:]  # drop "llamafactory-cli train"
+    cmd = config.command(TrainConfig, lambda cfg: cfg, name="train", help="")
+    cfg = cmd.main(argv, standalone_mode=False)
+    assert (cfg.stage, cfg.do_train, cfg.finetuning_type, cfg.template, cfg.lora_target) == ("sft", True, "lora", "qwen", ["all"])
+    assert cfg.dataset == ["steam_reviews"] and cfg.dataset_dir == "data" and cfg.overwrite_output_dir
+    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.learning_rate) == (4, 4, 2e-4)
+    assert (cfg.num_train_epochs, cfg.logging_steps, cfg.save_steps, cfg.warmup_ratio) == (3.0, 10, 100, 0.1)
+    assert cfg.fp16 is True and cfg.bf16 is False and cfg.quantization_bit == 4
+    assert (cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.cutoff_len) == (8, None, 0.0, 2048)
+
+
+def test_yaml_example_is_the_seed_recipe():
+    ex = yaml.safe_load((Path(__file__).parents[1] / "examples" / "train_qlora.yaml").read_text(encoding="utf-8"))
+    cfg = config.build(TrainConfig, ex, source="examples/train_qlora.yaml")
+    assert cfg.quantization_bit == 4 and cfg.lora_target == ["all"] and cfg.gradient_accumulation_steps == 4
+
+
+def _samples(tok, n=3):
+    from trainer.encode import encode_conversation
+    from trainer.templates import ChatTemplate
+
+    ct = ChatTemplate("auto", tok)
+    convs = [[{"role": "user", "content": f"game {i} " * (i + 1)}, {"role": "assistant", "content": f"review {i}" * (3 - i)}]
+             for i in range(n)]
+    return [dict(zip(("input_ids", "labels"), encode_conversation(ct, c)[:2])) for c in convs]
+
+
+def test_packing_positions_isolation_and_equal_loss(tiny_qwen2_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.packing import loss_sum, pack, pad
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
+    feats = _samples(tok)
+    lens = [len(f["input_ids"]) for f in feats]
+    packed = pack(feats)
+    assert packed["input_ids"].shape == (1, sum(lens))
+    assert packed["position_ids"][0].tolist() == [p for n in lens for p in range(n)]
+    with torch.no_grad():
+        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+        at = 0
+        for f in feats:  # each sample alone gives the same logits: no attention across samples
+            alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+            torch.testing.assert_close(logits[at:at + len(f["input_ids"])], alone, atol=1e-4, rtol=1e-4)
+            at += len(f["input_ids"])
+        ls_packed, n_packed = loss_sum(model, packed)
+        ls_padded, n_padded = loss_sum(model, pad(feats, tok.pad_token_id))
+    assert n_packed == n_padded == sum(sum(1 for t in f["labels"][1:] if t != -100) for f in feats)
+    assert abs(float(ls_packed) - float(ls_padded)) < 1e-3 * n_packed
+
+
+def _cfg(model_dir, data_path, out, **kw):
+    base = {"model_name_or_path": str(model_dir), "dataset": [str(data_path)], "output_dir": str(out),
+            "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 5e-3,
+            "max_steps": 4, "logging_steps": 1, "save_steps": 2, "lora_rank": 8, "cutoff_len": 256,
+            "disable_gradient_checkpointing": False}
+    return config.build(TrainConfig, {**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def eight(tmp_path_factory):
+    """8 short alpaca records (the tiny Llama's vocabulary is the cheapest to project onto)."""
+    recs = [{"instruction": f"Review game number {i}.", "input": "Tags: action",
+             "output": f"Game {i} is fun: tight combat, weak story, {i * 7} hours well spent."} for i in range(8)]
+    p = tmp_path_factory.mktemp("data") / "eight.json"
+    p.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
+    return p
+
+
+def test_overfit_8_records_and_run_dir_contract(tiny_llama_dir, eight, tmp_path):
+    out = tmp_path / "run"
+    r = run(_cfg(tiny_llama_dir, eight, out, max_steps=12, learning_rate=5e-2, lora_rank=16, save_steps=6,
+                 val_size=2, eval_steps=6, per_device_train_batch_size=8))
+    # a random tiny model starts at ln(vocab) = 10.80 and, with its frozen random head, can only move a little
+    assert r["loss_last"] < r["loss_first"] - 0.2, r
+    assert r["global_step"] == 12 and r["num_samples"] == 6 and r["num_eval_samples"] == 2 and r["eval_loss"] > 0
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "trainer_log.jsonl",
+                 "training_loss.png", "all_results.json", "run_config.yaml", "checkpoint-6/adapter_model.safetensors"):
+        assert (out / name).is_file(), name
+    assert (out / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
+    rc = yaml.safe_load((out / "run_config.yaml").read_text(encoding="utf-8"))
+    assert rc["model_name_or_path"] == str(tiny_llama_dir) and rc["system"].startswith("你是“老G”")
+    assert (rc["template"], rc["cutoff_len"], rc["quantization_bit"], rc["lora_rank"], rc["lora_alpha"]) == ("auto", 256, None, 16, 32)
+    assert config.build(TrainConfig, rc).output_dir == str(out)  # run_config.yaml is itself a valid config
+    rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    train_rows = [x for x in rows if "loss" in x]
+    assert [x["current_steps"] for x in train_rows] == list(range(1, 13))
+    assert {"loss", "lr", "epoch", "grad_norm", "throughput", "elapsed_time", "remaining_time"} <= set(train_rows[0])
+    evals = [(x["current_steps"], x["eval_loss"]) for x in rows if "eval_loss" in x]
+    assert [s for s, _ in evals] == [6, 12] and evals[1][1] < evals[0][1]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.eos_token == "<|im_end|>" and "<|im_start|>" in tok.chat_template
+    assert json.loads((out / "all_results.json").read_text())["loss_last"] == r["loss_last"]
+
+
+def test_resume_after_crash_matches_uninterrupted(tiny_llama_dir, eight, tmp_path):
+    full = run(_cfg(tiny_llama_dir, eight, tmp_path / "full"))
+
+    def crash(step, row):
+        if step == 3:
+            raise RuntimeError("simulated crash")
+
+    out = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(_cfg(tiny_llama_dir, eight, out), callbacks=(crash,))
+    assert (out / "checkpoint-2").is_dir() and not (out / "adapter_model.safetensors").exists()
+    resumed = run(_cfg(tiny_llama_dir, eight, out))
+    assert abs(resumed["loss_last"] - full["loss_last"]) < 1e-3, (resumed, full)
+    assert resumed["loss_first"] == full["loss_first"]
+    steps = [json.loads(x)["current_steps"] for x in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_at_once_and_saves_nothing(tiny_llama_dir, eight, tmp_path):
+    out = tmp_path / "nan"
+    with pytest.raises(UserError, match=r"step 2: the (loss|gradient norm) became (nan|inf).*--bf16 True"):
+        run(_cfg(tiny_llama_dir, eight, out, learning_rate=1e30, max_grad_norm=0.0, save_steps=1))
+    assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-2").exists()
+    assert not (out / "adapter_model.safetensors").exists()
+
+
+def test_real_data_qlora_4bit_smollm2_and_inference(seed_dataset, tmp_path):
+    """The real embedded SmolLM2-135M in 4-bit (bitsandbytes NF4 on CPU) on the real sample, seed-style flags."""
+    out = tmp_path / "qlora"
+    r = run(config.build(TrainConfig, {
+        "model_name_or_path": "smollm2", "dataset": [str(seed_dataset)], "output_dir": str(out), "template": "default",
+        "quantization_bit": 4, "fp16": True, "max_samples": 8, "max_steps": 2, "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2, "learning_rate": 2e-4, "warmup_ratio": 0.1, "cutoff_len": 384,
+        "save_steps": 100, "logging_steps": 1}))
+    assert r["global_step"] == 2 and 0.5 < r["loss_first"] < 6 and r["loss_last"] < 6
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert sorted(cfg["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (8, 16, 0.0)
+
+    from trainer.model import load_for_inference
+
+    model, tok = load_for_inference(None, str(out))
+    assert tok.eos_token == "<|im_end|>" and "Human: " in tok.chat_template
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("Human: Hi<|im_end|>\nAssistant:") and "System: 你是“老G”" in prompt
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    gen = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert gen.shape[1] > ids["input_ids"].shape[1]
