@@ -1,0 +1,28 @@
+"""The export → serve contract, end to end: a tiny model exported with `steam-train export`'s own
+code is served from its export dir, and the persona and the GGUF come from that dir alone."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.serving import serve_process
+from trainer import config
+
+
+def test_serve_an_export_dir(tiny_llama_dir, tmp_path):
+    from export.cli import ExportConfig, run as export
+
+    out = tmp_path / "lao-g"
+    report = export(config.build(ExportConfig, {"model_name_or_path": str(tiny_llama_dir), "export_dir": str(out),
+                                                "quantization": ["q8_0"], "no_verify": True, "system": "You are Lao G."}))
+    assert report["persona"] == "You are Lao G."
+    with serve_process(out) as base_url:
+        health = httpx.get(f"{base_url}/health").json()
+        assert health["persona_source"] == "export_report.json" and health["model"] == "lao-g"
+        r = httpx.post(f"{base_url}/v1/chat/completions", timeout=60,
+                       json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert r.status_code == 200, r.text
+        expected = "<|im_start|>system\nYou are Lao G.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        count = httpx.post(f"{base_url}/extras/tokenize/count", json={"input": expected}).json()["count"]
+        assert r.json()["usage"]["prompt_tokens"] == count
+        assert r.json()["model"] == "lao-g"
