@@ -85,3 +85,13 @@ def test_chat_with_base_and_adapter(tiny_adapter, monkeypatch, capsys, bits):
     out = capsys.readouterr()
     assert out.out.strip() == turns[0].text.strip()
     assert "persona: You are Lao G." in out.err and "tokens/s" in out.err
+
+
+def test_generation_defaults():
+    from trainer.chat import FALLBACK_GENERATION, generation_defaults
+
+    qwen = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    assert generation_defaults(qwen) == {"temperature": 0.7, "top_p": 0.8, "max_new_tokens": 512}
+    assert generation_defaults({"do_sample": False, "temperature": 1.0, "max_new_tokens": 64}) == {
+        **FALLBACK_GENERATION, "max_new_tokens": 64}
+    assert generation_defaults(None) == FALLBACK_GENERATION

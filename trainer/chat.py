@@ -74,19 +74,21 @@ class Backend:
         raise NotImplementedError
 
 
-def _generation_defaults(path: Path | None) -> dict[str, Any]:
-    """temperature / top_p / max_new_tokens from a ``generation_config.json`` (missing keys: fallback)."""
+def generation_defaults(gen: dict[str, Any] | None) -> dict[str, Any]:
+    """temperature / top_p / max_new_tokens from a generation config dict (``generation_config.json``).
+
+    A config that samples (``do_sample: true``, e.g. Qwen2.5-Instruct's 0.7 / 0.8) gives its own
+    temperature and top_p; one that does not (transformers' bare default) leaves
+    :data:`FALLBACK_GENERATION`. ``max_new_tokens`` is taken whenever it is set.
+    """
     out = dict(FALLBACK_GENERATION)
-    if path and path.is_file():
-        gen = json.loads(path.read_text(encoding="utf-8"))
-        if gen.get("do_sample") is False:
-            out["temperature"] = 0.0
-        elif isinstance(gen.get("temperature"), (int, float)):
-            out["temperature"] = float(gen["temperature"])
-        if isinstance(gen.get("top_p"), (int, float)):
-            out["top_p"] = float(gen["top_p"])
-        if isinstance(gen.get("max_new_tokens"), int):
-            out["max_new_tokens"] = gen["max_new_tokens"]
+    gen = gen or {}
+    if gen.get("do_sample"):
+        for key in ("temperature", "top_p"):
+            if isinstance(gen.get(key), (int, float)):
+                out[key] = float(gen[key])
+    if isinstance(gen.get("max_new_tokens"), int):
+        out["max_new_tokens"] = gen["max_new_tokens"]
     return out
 
 
@@ -111,8 +113,8 @@ class GGUFBackend(Backend):
         self.handler = chat_handler.install(self.llama, info.chat_template)
         self.persona, _ = resolve_persona(cfg.system, info)
         self.name = info.path.name
-        merged = info.path.parent / "merged" / "generation_config.json"
-        self.defaults = _generation_defaults(merged if Path(model).is_dir() or merged.is_file() else None)
+        merged = info.path.parent / "merged" / "generation_config.json"  # written by steam-train export
+        self.defaults = generation_defaults(json.loads(merged.read_text(encoding="utf-8")) if merged.is_file() else None)
 
     def stream(self, messages, on_text, *, temperature, top_p, max_new_tokens, seed) -> Turn:
         start = time.perf_counter()
@@ -152,14 +154,7 @@ class HFBackend(Backend):
         self.persona = cfg.system or run_system
         self.name = f"{base or 'run base'} + {cfg.adapter_name_or_path}" if cfg.adapter_name_or_path else str(base)
         gen = self.model.generation_config
-        self.defaults = dict(FALLBACK_GENERATION)
-        if gen is not None:
-            if gen.do_sample is False and gen.temperature in (None, 1.0):
-                pass  # a plain config without sampling settings: keep the fallbacks
-            elif gen.temperature is not None:
-                self.defaults["temperature"] = float(gen.temperature) if gen.do_sample else 0.0
-            if gen.top_p is not None and gen.do_sample:
-                self.defaults["top_p"] = float(gen.top_p)
+        self.defaults = generation_defaults(gen.to_dict() if gen is not None else None)
 
     def stream(self, messages, on_text, *, temperature, top_p, max_new_tokens, seed) -> Turn:
         import torch
