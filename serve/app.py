@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from serve import chat_handler, errors, health
 from serve.middleware import SteamMiddleware
 from serve.modelinfo import ModelInfo
+from trainer.io import JsonlLog
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class AppOptions:
         persona: persona system prompt or ``None``; persona_source says where it came from.
         persona_mode: ``"replace"`` or ``"prepend"``.
         verbose: llama.cpp's own logging (load details, timings).
+        log_file: JSON-lines request log path, or ``None``.
     """
 
     alias: str
@@ -37,6 +39,7 @@ class AppOptions:
     persona_source: str = "none"
     persona_mode: str = "replace"
     verbose: bool = False
+    log_file: str | None = None
 
 
 def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
@@ -72,6 +75,7 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
     errors.install(app)
     health.install(app, alias=opts.alias, n_ctx=llama.n_ctx(), n_ctx_train=info.n_ctx_train,
                    persona_source=opts.persona_source)
-    app.add_middleware(SteamMiddleware, api_key=opts.api_key, persona=opts.persona,
-                       persona_mode=opts.persona_mode, handler=handler, n_ctx=llama.n_ctx(), alias=opts.alias)
+    log = JsonlLog(opts.log_file) if opts.log_file else None
+    app.add_middleware(SteamMiddleware, api_key=opts.api_key, persona=opts.persona, persona_mode=opts.persona_mode,
+                       handler=handler, n_ctx=llama.n_ctx(), alias=opts.alias, log=log)
     return app

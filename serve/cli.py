@@ -34,6 +34,8 @@ class ServeConfig:
     persona_mode: str = arg("replace", "A client system message replaces the persona or is appended to it.",
                             choices=("replace", "prepend"))
     shutdown_timeout: float = arg(10.0, "On SIGTERM, seconds to let running requests finish before closing them.")
+    log_file: str | None = arg(None, "Also append one JSON line per request here (method, path, status, ms, "
+                                     "prompt tokens; never keys or text).")
     log_level: str = arg("info", "Log level; debug also logs prompt sizes and llama.cpp's own output.",
                          choices=("debug", "info", "warning", "error"))
 
@@ -121,7 +123,7 @@ def run(cfg: ServeConfig) -> None:
     opts = AppOptions(alias=cfg.model_alias or info.name, n_ctx=n_ctx, n_threads=cfg.n_threads or default_threads(),
                       n_gpu_layers=cfg.n_gpu_layers, api_key=cfg.api_key or None, persona=persona,
                       persona_source=persona_source, persona_mode=cfg.persona_mode,
-                      verbose=cfg.log_level == "debug")
+                      verbose=cfg.log_level == "debug", log_file=cfg.log_file)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     with console.status(f"loading {info.path.name} …"):
         try:

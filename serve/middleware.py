@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
 from pydantic import ValidationError
@@ -22,6 +23,7 @@ from serve.chat_handler import INCLUDE_USAGE, ChatHandler
 from serve.errors import RequestError, error_bytes, from_validation_error
 from serve.messages import normalise_messages
 from serve.persona import apply_persona
+from trainer.io import JsonlLog
 
 log = logging.getLogger("steam_persona.serve")
 
@@ -31,6 +33,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 #: Paths served without a key (Docker / Dify health checks).
 OPEN_PATHS = ("/health",)
+#: Request facts that go into the JSON-lines log besides method, path, status and time.
+_LOGGED = ("error_code", "prompt_tokens", "stream")
 
 
 
@@ -58,20 +62,42 @@ class SteamMiddleware:
         n_ctx: the context size in tokens.
         alias: the served model id; completions answer with it whatever ``model`` a client sent
             (one model is resident; the library would otherwise echo the client's name or the path).
+        log: a JSON-lines request log, or ``None``.
     """
 
     def __init__(self, app: Any, *, api_key: str | None, persona: str | None, persona_mode: str,
-                 handler: ChatHandler, n_ctx: int, alias: str) -> None:
+                 handler: ChatHandler, n_ctx: int, alias: str, log: JsonlLog | None = None) -> None:
         self.app, self.api_key, self.persona, self.persona_mode = app, api_key, persona, persona_mode
         self.handler, self.n_ctx, self.alias = handler, n_ctx, alias
         self.models = _request_models()
+        self.log = log
+
+    def _logging_send(self, scope: Scope, send: Send) -> Send:
+        """Wrap ``send`` to write one JSON line per finished response: method, path, status,
+        milliseconds, and the error code or prompt size when known (never keys or text)."""
+        start, fields = time.perf_counter(), scope.setdefault("state", {})
+        status = 0
+
+        async def logged(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self.log.write(event="request", method=scope["method"], path=scope["path"], status=status,
+                               ms=round((time.perf_counter() - start) * 1000, 1),
+                               **{k: v for k, v in fields.items() if k in _LOGGED})
+        return logged
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self.log is not None:
+            send = self._logging_send(scope, send)
         path, method = scope["path"], scope["method"]
         if self.api_key and method != "OPTIONS" and path not in OPEN_PATHS:
             if not auth.key_ok(auth.presented_key(scope["headers"]), self.api_key):
+                scope.setdefault("state", {})["error_code"] = "invalid_api_key"
                 return await _reply(send, RequestError(
                     "Incorrect API key provided; send it as 'Authorization: Bearer KEY'",
                     status=401, code="invalid_api_key"))
@@ -102,9 +128,11 @@ class SteamMiddleware:
                 raise RequestError("logprobs are not served by this server (they need logits_all); drop 'logprobs'",
                                    param="logprobs", code="unsupported_parameter")
             if path == "/v1/chat/completions":
-                self._check_context(data)
+                state = scope.setdefault("state", {})
+                state["prompt_tokens"], state["stream"] = self._check_context(data), bool(data.get("stream"))
                 include_usage = bool(data.get("stream")) and isinstance(options, dict) and bool(options.get("include_usage"))
         except RequestError as err:
+            scope.setdefault("state", {})["error_code"] = err.code
             return await _reply(send, err)
         body = json.dumps(data, ensure_ascii=False).encode("utf-8")
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
@@ -115,7 +143,8 @@ class SteamMiddleware:
         finally:
             INCLUDE_USAGE.reset(token)
 
-    def _check_context(self, data: dict[str, Any]) -> None:
+    def _check_context(self, data: dict[str, Any]) -> int:
+        """Return the prompt's token count; raise a 400 when it does not fit the context."""
         messages = data["messages"]
         n_prompt = self.handler.prompt_tokens(messages, data.get("tools"), data.get("tool_choice"))
         log.debug("chat request: %d messages, %d prompt tokens, stream=%s", len(messages), n_prompt, data.get("stream"))
@@ -126,6 +155,7 @@ class SteamMiddleware:
                 f"{n_prompt + (max_tokens or 0)} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
                 "Please reduce the length of the messages or completion.",
                 param="messages", code="context_length_exceeded")
+        return n_prompt
 
 
 async def _read_body(receive: Receive) -> bytes:

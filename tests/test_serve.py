@@ -26,8 +26,13 @@ SECRET_PROMPT = "zebra-marmalade-7731"
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_gguf):
-    with start_server(smollm2_gguf, api_key=KEY, extra_args=("--system", DEFAULT_SYSTEM)) as srv:
+def request_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("serve") / "requests.jsonl"
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf, request_log):
+    with start_server(smollm2_gguf, api_key=KEY, extra_args=("--system", DEFAULT_SYSTEM, "--log_file", request_log)) as srv:
         yield srv
 
 
@@ -263,11 +268,22 @@ def test_openai_client(server):
     assert e.value.code == "context_length_exceeded"
 
 
-def test_logs_hold_no_key_and_no_prompt(server, client):
-    chat(client, [{"role": "user", "content": SECRET_PROMPT}], max_tokens=1)
+def test_logs_hold_no_key_and_no_prompt(server, client, request_log):
+    out = chat(client, [{"role": "user", "content": SECRET_PROMPT}], max_tokens=1)
+    client.post("/v1/chat/completions", content=b"{")
+    client.get("/nowhere")
+    httpx.get(f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {KEY}x"})
     log = server.output()
     assert KEY not in log and SECRET_PROMPT not in log
     assert "http://127.0.0.1:" in log and "host.docker.internal" in log  # the banner
+    text = request_log.read_text(encoding="utf-8")
+    assert KEY not in text and SECRET_PROMPT not in text
+    rows = [json.loads(line) for line in text.splitlines()]
+    chats = [r for r in rows if r["path"] == "/v1/chat/completions" and r["status"] == 200]
+    assert chats[-1]["prompt_tokens"] == out["usage"]["prompt_tokens"] and chats[-1]["stream"] is False
+    assert rows[-1] == {**rows[-1], "path": "/v1/models", "status": 401, "error_code": "invalid_api_key"}
+    assert {r["status"] for r in rows} >= {200, 400, 401, 404}
+    assert all(r["ms"] >= 0 and r["time"] > 0 for r in rows)
 
 
 def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):
