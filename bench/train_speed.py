@@ -1,0 +1,500 @@
+"""QLoRA training speed and memory: `steam-train train`'s path against the LLaMA-Factory-equivalent stack.
+
+Runs on one GPU capped to `--cap_gib` GiB (torch.cuda.set_per_process_memory_fraction) to stand for a 24 GB
+card. Model: random-weight Qwen2.5-7B built from the config in `<assets>/qwen2.5-7b-instruct-config`
+(speed and memory don't depend on weight values), tokenized with the real Qwen tokenizer
+(`<assets>/qwen2.5-tokenizer`). `<assets>` is `.gpu_assets/` when present (the device machine gets no
+../shared), else `../shared/models` + `../shared/data`.
+
+Data: (a) the real `steam_sft_sample.json`, (b) fixed 1024-token samples, (c) the longest context that
+fits at batch 1 (ascending sweep, stops at the first OOM).
+
+Stacks (each in its own process, so peaks, kernel patches and allocator state don't leak):
+- baseline: HF Trainer, peft LoRA r8/alpha16 on all linear layers but lm_head, bnb nf4 + double quant,
+  bf16 autocast, peft's prepare_model_for_kbit_training (fp32 upcast of the non-quantized weights,
+  reentrant gradient checkpointing), pad to the longest in each batch, no packing, batch 4.
+- ours: what `steam-train train` does by default (see trainer/accel.py and docs/gpu.md).
+- ablations of ours, to show what each lever pays.
+
+Metrics per configuration: effective (non-pad) tokens/s, padded tokens/s, s/step (median of the timed
+steps, wall time between optimizer steps incl. collation), peak GiB (torch.cuda.max_memory_allocated),
+MFU = effective tokens/s * 6 * N / 790e12 where N = parameters without the input embedding
+(7.07e9 for Qwen2.5-7B; the 6·N FLOP/token rule of Kaplan et al. 2020, which for LoRA with checkpointing
+counts forward + recompute + input-gradient backward). Prints a ratio table and writes
+bench/results/train_speed.json (date, GPU, versions, all figures, goals met or not).
+
+`--tiny` is a CPU dry run with a 2-layer model (figures meaningless, code paths the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PEAK_TFLOPS = 790.0
+STACKS = {
+    # name: data configurations it runs
+    "baseline": "loss,real,fixed,long",
+    "ours": "loss,real,real_bs16,real_bs32,fixed,fixed_padded,long",
+    "ours-sdpa": "real,fixed",                    # packed rows through SDPA's block-diagonal mask, no varlen
+    "ours-no-liger-kernels": "real,fixed",        # no Liger RMSNorm/RoPE/SwiGLU
+    "ours-no-fused-loss": "fixed",                # trainer.packing's labelled-only logits instead of FLCE
+    "ours-chunked-ce": "fixed,long32k",           # the torch fallback of the fused loss (no Triton)
+    "ours-no-offload": "long",                    # long contexts without activation offload
+}
+
+
+def assets_dir() -> dict[str, Path]:
+    """Inputs, each from `.gpu_assets/` when there (the device machine gets no ../shared), else ../shared."""
+    local, shared = REPO / ".gpu_assets", REPO.parent / "shared"
+    out = {}
+    for key, name, fallback in (("config", "qwen2.5-7b-instruct-config", "models"),
+                                ("tokenizer", "qwen2.5-tokenizer", "models"),
+                                ("data", "steam_sft_sample.json", "data")):
+        out[key] = local / name if (local / name).exists() else shared / fallback / name
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+def model_config(tiny: bool):
+    from transformers import AutoConfig
+
+    path = assets_dir()["config"]
+    if not tiny:
+        return AutoConfig.from_pretrained(path)
+    d = json.loads((path / "config.json").read_text())
+    d.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_window_layers=2)
+    d.pop("layer_types", None)
+    return AutoConfig.for_model(d.pop("model_type"), **d)
+
+
+def make_random_model(out: Path, tiny: bool) -> Path:
+    """Save a random-weight model (bf16 safetensors) + the Qwen tokenizer to `out` once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(0)
+    cfg = model_config(tiny)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(dev):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(assets_dir()["tokenizer"]).save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def n_params_no_embedding(cfg) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(cfg)
+    return sum(p.numel() for p in m.parameters()) - m.get_input_embeddings().weight.numel()
+
+
+def load_4bit(model_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.bfloat16,
+                                                device_map={"": dev}, attn_implementation="sdpa")
+
+
+def lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+def build_baseline(model_dir: Path):
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    model = load_4bit(model_dir)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)  # reentrant, fp32 upcast
+    return get_peft_model(model, lora_config()), {"stack": "peft prepare_model_for_kbit_training"}
+
+
+def build_ours(model_dir: Path, variant: str):
+    """What `steam-train train --quantization_bit 4 --bf16 True` builds: trainer.model + trainer.accel."""
+    import torch
+
+    from trainer import accel
+    from trainer import model as model_lib
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model_lib.load_base(str(model_dir), quantization_bit=4, dtype=torch.bfloat16, device=dev)
+    model = model_lib.add_lora(model, lora_target=["all"], lora_rank=8, lora_alpha=16, gradient_checkpointing=True)
+    kw = {"liger_kernels": variant != "ours-no-liger-kernels", "varlen": variant != "ours-sdpa",
+          "fused_loss": None if variant == "ours-no-fused-loss" else "chunked" if variant == "ours-chunked-ce" else "auto",
+          "offload_min_tokens": None if variant == "ours-no-offload" else accel.OFFLOAD_MIN_TOKENS}
+    if not torch.cuda.is_available() and kw["fused_loss"] == "auto":
+        kw["fused_loss"] = "chunked"  # --tiny: exercise the fused path on CPU too
+    return model, accel.accelerate(model, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def encode_real(tok, path: Path, cutoff_len: int = 1024) -> list[dict]:
+    """The real sample exactly as `steam-train train` encodes it (persona system prompt, the tokenizer's
+    chat template, prompt masked, trainer.encode's truncation)."""
+    from trainer import config
+    from trainer.train import TrainConfig, prepare_data
+
+    cfg = config.build(TrainConfig, {"dataset": [str(path)], "cutoff_len": cutoff_len}, {})
+    _, enc = prepare_data(cfg, tok)
+    return [{"input_ids": i, "labels": lab} for i, lab in zip(enc.input_ids, enc.labels)]
+
+
+def fixed_samples(n: int, length: int, vocab: int, seed: int = 0) -> list[dict]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n, length), generator=g).tolist()
+    return [{"input_ids": x, "labels": list(x)} for x in ids]
+
+
+class PadCollator:
+    """Pad to the longest in the batch (DataCollatorForSeq2Seq semantics), counting tokens per batch."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id, self.counts = pad_id, []
+
+    def __call__(self, feats):
+        import torch
+
+        T = max(len(f["input_ids"]) for f in feats)
+        ids = torch.full((len(feats), T), self.pad_id, dtype=torch.long)
+        lab = torch.full((len(feats), T), -100, dtype=torch.long)
+        att = torch.zeros((len(feats), T), dtype=torch.long)
+        for i, f in enumerate(feats):
+            n = len(f["input_ids"])
+            ids[i, :n], lab[i, :n], att[i, :n] = torch.tensor(f["input_ids"]), torch.tensor(f["labels"]), 1
+        self.counts.append((int(att.sum()), ids.numel()))
+        return {"input_ids": ids, "labels": lab, "attention_mask": att}
+
+
+# --------------------------------------------------------------------------------------------- running
+
+def run_steps(model, dataset, collator, batch_size: int, steps: int, warmup: int, tmp: Path) -> dict:
+    """Train `steps` optimizer steps with HF Trainer; time the last `steps - warmup`."""
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    ends: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            ends.append(time.perf_counter())
+
+    args = TrainingArguments(
+        output_dir=str(tmp), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=2e-4,
+        lr_scheduler_type="constant", bf16=cuda, use_cpu=not cuda, logging_steps=10_000, save_strategy="no", report_to="none",
+        dataloader_num_workers=0, remove_unused_columns=False, seed=0, disable_tqdm=True)
+    collator.counts.clear()
+    if cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                      callbacks=[Clock()])
+    trainer.train()
+    del trainer
+    gc.collect()
+    return _timing(ends, collator.counts, warmup, None)
+
+
+def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_free: bool, steps: int,
+             warmup: int, pad_id: int) -> dict:
+    """Train like trainer.train.run's loop (trainer.packing.collate + loss_sum, bf16 autocast, loss / step
+    tokens, clip 1.0, fused AdamW, one .item() sync per micro-batch); time the last `steps - warmup`."""
+    import torch
+
+    from trainer.packing import collate, loss_sum
+
+    cuda = torch.cuda.is_available()
+    dev = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4, fused=cuda)
+    if cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model.train()
+    ends, counts, losses = [], [], []
+    i = 0
+    for _ in range(steps):
+        micro = []
+        for _ in range(accum):
+            micro.append([samples[(i + k) % len(samples)] for k in range(batch_size)])
+            i += batch_size
+        n_tok = sum(sum(1 for t in f["labels"][1:] if t != -100) for mb in micro for f in mb)
+        eff = padded = 0
+        tot = 0.0
+        for mb in micro:
+            batch = {k: v.to(dev) for k, v in collate(mb, padding_free, pad_id).items()}
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                ls, _ = loss_sum(model, batch)
+            (ls / n_tok).backward()
+            tot += ls.item()
+            eff += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            padded += batch["input_ids"].numel()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        ends.append(time.perf_counter())
+        counts.append((eff, padded))
+        losses.append(tot / n_tok)
+    return _timing(ends, counts, warmup, losses[-1])
+
+
+def _timing(ends, counts, warmup, last_loss) -> dict:
+    import torch
+
+    step_s = [b - a for a, b in zip(ends[warmup - 1:], ends[warmup:])]
+    counts = counts[warmup:warmup + len(step_s)]
+    eff, padded, total = sum(c[0] for c in counts), sum(c[1] for c in counts), sum(step_s)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    return {"steps_timed": len(step_s), "s_per_step": statistics.median(step_s),
+            "tokens_per_step": eff / len(step_s), "eff_tokens_per_s": eff / total,
+            "padded_tokens_per_s": padded / total, "peak_gib": peak, "last_loss": last_loss}
+
+
+def loss_check(model, samples: list[dict], stack: str, pad_id: int) -> dict:
+    """Per-token mean loss over `samples` at the current weights (train mode, bf16 autocast, no grad):
+    the baseline through the HF model's own loss on padded batches of 4; ours through trainer.packing on
+    packed rows of 16, and each sample alone (equal to packed = no contamination between samples)."""
+    import torch
+
+    from trainer.packing import collate, loss_sum
+
+    dev = next(model.parameters()).device
+    model.train()
+    out = {}
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+        if stack == "baseline":
+            tot = n = 0
+            c = PadCollator(pad_id)
+            for i in range(0, len(samples), 4):
+                b = {k: v.to(dev) for k, v in c(samples[i:i + 4]).items()}
+                k = int((b["labels"][:, 1:] != -100).sum())
+                tot, n = tot + float(model(**b).loss) * k, n + k
+            out["padded"] = tot / n
+        else:
+            for name, groups in (("packed", [samples[i:i + 16] for i in range(0, len(samples), 16)]),
+                                 ("alone", [[x] for x in samples])):
+                tot = n = 0
+                for g in groups:
+                    ls, k = loss_sum(model, {key: v.to(dev) for key, v in collate(g, True, pad_id).items()})
+                    tot, n = tot + float(ls), n + k
+                out[name] = tot / n
+    return out
+
+
+def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -> None:
+    import torch
+
+    from trainer import model as model_lib
+
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 2**30 / total))
+    kinds = STACKS[stack].split(",")
+    tok = model_lib.load_tokenizer(str(model_dir))
+    real = encode_real(tok, assets_dir()["data"])
+    pad = tok.pad_token_id
+    t0 = time.perf_counter()
+    model, report = build_baseline(model_dir) if stack == "baseline" else build_ours(model_dir, stack)
+    res: dict = {"stack": stack, "levers": report,
+                 "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "load_s": time.perf_counter() - t0, "configs": {},
+                 "real_samples": len(real), "real_mean_tokens": sum(len(x["input_ids"]) for x in real) / len(real)}
+    print(f"[{stack}] loaded in {res['load_s']:.1f}s: {report}", flush=True)
+    tmp = Path("/tmp") / f"bench-{stack}"
+    steps, warmup = (4, 2) if tiny else (13, 3)
+    flen = 64 if tiny else 1024
+    vocab = len(tok) - 300
+    base = stack == "baseline"
+
+    def record(name, fn):
+        try:
+            res["configs"][name] = fn()
+        except torch.OutOfMemoryError as e:
+            res["configs"][name] = {"oom": str(e).splitlines()[0][:200]}
+        print(f"[{stack}] {name}: {res['configs'][name]}", flush=True)
+        out.write_text(json.dumps(res, indent=1))
+
+    def ours(data, bs, accum=1, padding_free=True, n=steps, w=warmup):
+        return lambda: run_ours(model, data, bs, accum, padding_free, n, w, pad)
+
+    if "loss" in kinds:
+        res["loss"] = loss_check(model, real[:64], stack, pad)
+        print(f"[{stack}] loss: {res['loss']}", flush=True)
+    if "real" in kinds:  # the recipe: batch 4 (ours: x 4 accumulation, as LLaMA-Factory's seed command)
+        record("real", (lambda: run_steps(model, real, PadCollator(pad), 4, steps, warmup, tmp)) if base
+               else ours(real, 4, 4))
+    for bs in (16, 32):
+        if f"real_bs{bs}" in kinds:
+            record(f"real_bs{bs}", ours(real, bs))
+    fixed = fixed_samples(4 * steps, flen, vocab)
+    if "fixed" in kinds:
+        record("fixed", (lambda: run_steps(model, fixed, PadCollator(pad), 4, steps, warmup, tmp)) if base
+               else ours(fixed, 4))
+    if "fixed_padded" in kinds:
+        record("fixed_padded", ours(fixed, 4, padding_free=False))
+    if "long" in kinds or "long32k" in kinds:
+        lengths = ([128, 256] if tiny else [4096, 8192, 16384] if base else
+                   [32768] if "long32k" in kinds else
+                   [32768, 49152, 65536] if stack == "ours-no-offload" else [16384, 32768, 49152, 65536])
+        best = None
+        for L in lengths:
+            data = fixed_samples(2, L, vocab, seed=L)
+            record(f"long_{L}", (lambda: run_steps(model, data, PadCollator(pad), 1, 2, 1, tmp)) if base
+                   else ours(data, 1, n=2, w=1))
+            if "oom" in res["configs"][f"long_{L}"]:
+                break
+            best = L
+        res["longest_context"] = best
+        out.write_text(json.dumps(res, indent=1))
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    v = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel", "triton"):
+        try:
+            v[name] = md.version(name)
+        except md.PackageNotFoundError:
+            v[name] = None
+    return v
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="CPU dry run with a 2-layer model")
+    ap.add_argument("--stacks", default=",".join(STACKS), help="comma list of " + ", ".join(STACKS))
+    ap.add_argument("--cap_gib", type=float, default=24.0, help="GPU memory cap, GiB")
+    ap.add_argument("--model_dir", default="/tmp/steam-bench-qwen2.5-7b-random", help="random model cache")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_speed.json"))
+    ap.add_argument("--work_dir", default="/tmp", help="where each stack's raw JSON goes (written as it runs)")
+    ap.add_argument("--from_dir", help="only summarize the per-stack JSON files already in this folder")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker_out", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    model_dir = Path(a.model_dir + ("-tiny" if a.tiny else ""))
+    if a.worker:
+        worker(a.worker, model_dir, a.tiny, a.cap_gib, Path(a.worker_out))
+        return 0
+
+    n_params = n_params_no_embedding(model_config(a.tiny))
+    results = {}
+    if a.from_dir:
+        for stack in a.stacks.split(","):
+            f = Path(a.from_dir) / f"bench-{stack}.json"
+            if f.exists():
+                results[stack] = json.loads(f.read_text())
+    else:
+        t0 = time.perf_counter()
+        make_random_model(model_dir, a.tiny)
+        print(f"random model ready in {time.perf_counter() - t0:.1f}s at {model_dir}", flush=True)
+        for stack in a.stacks.split(","):
+            wout = Path(a.work_dir) / f"bench-{stack}.json"
+            wout.unlink(missing_ok=True)
+            cmd = [sys.executable, __file__, "--worker", stack, "--worker_out", str(wout), "--cap_gib",
+                   str(a.cap_gib), "--model_dir", a.model_dir] + (["--tiny"] if a.tiny else [])
+            rc = subprocess.run(cmd).returncode
+            results[stack] = json.loads(wout.read_text()) if wout.exists() else {}
+            results[stack]["returncode"] = rc
+    for r in results.values():
+        for c in r.get("configs", {}).values():
+            if "eff_tokens_per_s" in c:
+                c["mfu"] = c["eff_tokens_per_s"] * 6 * n_params / (PEAK_TFLOPS * 1e12)
+    summary = summarize(results)
+    doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "gpu": next((r["gpu"] for r in results.values() if "gpu" in r), "?") + (" (tiny dry run)" if a.tiny else ""),
+           "cap_gib": a.cap_gib, "tiny": a.tiny, "versions": versions(), "n_params_no_embedding": n_params,
+           "peak_tflops": PEAK_TFLOPS, "stacks": results, **summary}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def summarize(results: dict) -> dict:
+    base = results.get("baseline", {}).get("configs", {})
+    rows, ratios = [], {}
+    head = f"{'stack':24} {'data':8} {'s/step':>7} {'eff tok/s':>10} {'pad tok/s':>10} {'peak GiB':>8} {'MFU':>6} {'x base':>7}"
+    print("\n" + head + "\n" + "-" * len(head))
+    for stack, r in results.items():
+        for name, c in r.get("configs", {}).items():
+            if "oom" in c:
+                print(f"{stack:24} {name:8} OOM")
+                continue
+            b = base.get(name)
+            ratio = c["eff_tokens_per_s"] / b["eff_tokens_per_s"] if b and "eff_tokens_per_s" in b else None
+            ratios[f"{stack}/{name}"] = ratio
+            print(f"{stack:24} {name:8} {c['s_per_step']:7.3f} {c['eff_tokens_per_s']:10.0f} "
+                  f"{c['padded_tokens_per_s']:10.0f} {c['peak_gib']:8.2f} {c['mfu']:6.1%} "
+                  f"{'' if ratio is None else f'{ratio:6.2f}x'}")
+    ours = results.get("ours", {})
+    oc = ours.get("configs", {})
+    goals = {}
+
+    def g(name, goal, measured, ok):
+        goals[name] = {"goal": goal, "measured": measured, "met": bool(ok) if measured is not None else False}
+
+    r_real, r_fixed = ratios.get("ours/real"), ratios.get("ours/fixed")
+    g("real data effective tokens/s", ">= 8x baseline", r_real, r_real is not None and r_real >= 8)
+    g("fixed 1024x4 tokens/s", ">= 1.35x baseline", r_fixed, r_fixed is not None and r_fixed >= 1.35)
+    mfu = oc.get("fixed", {}).get("mfu")
+    g("fixed 1024x4 MFU", ">= 60%", mfu, mfu is not None and mfu >= 0.60)
+    peak = oc.get("fixed", {}).get("peak_gib")
+    g("fixed 1024x4 peak GiB", "<= 9", peak, peak is not None and peak <= 9)
+    longest = ours.get("longest_context")
+    g("longest context at batch 1 within cap", ">= 32768 tokens", longest, longest is not None and longest >= 32768)
+    bl, ol = results.get("baseline", {}).get("loss", {}), ours.get("loss", {})
+    if bl and ol:
+        d = abs(ol["packed"] - bl["padded"]) / bl["padded"]
+        g("loss equals baseline's on the same 64 samples (rel. diff)", "<= 1e-2 (bf16 noise)", d, d <= 1e-2)
+        d = abs(ol["packed"] - ol["alone"]) / ol["alone"]
+        g("packed loss equals each sample alone (rel. diff)", "<= 1e-2 (bf16 noise)", d, d <= 1e-2)
+    print()
+    for k, v in goals.items():
+        m = v["measured"]
+        ms = "n/a" if m is None else (f"{m:.3f}" if isinstance(m, float) else str(m))
+        print(f"{'MET ' if v['met'] else 'MISS'} {k}: {ms} (goal {v['goal']})")
+    return {"ratios": ratios, "goals": goals}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
