@@ -6,7 +6,8 @@ reads the body once and answers 400 itself for bad JSON and for bodies the libra
 schema rejects (its route wrapper would answer 500); for chat requests it normalises the messages
 (:mod:`serve.messages`), applies the persona (:mod:`serve.persona`), checks the prompt fits the
 context (the library raises that error only once a stream has begun, as a broken
-stream), and passes the rewritten body on.
+stream), and passes the rewritten body on. With ``--log_file`` it writes one JSON line per
+response.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from serve.messages import normalise_messages
 from serve.persona import apply_persona
 from trainer.io import JsonlLog
 
-log = logging.getLogger("steam_persona.serve")
+logger = logging.getLogger("steam_persona.serve")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -35,7 +36,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 OPEN_PATHS = ("/health",)
 #: Request facts that go into the JSON-lines log besides method, path, status and time.
 _LOGGED = ("error_code", "prompt_tokens", "stream")
-
 
 
 def _request_models() -> dict[str, Any]:
@@ -147,7 +147,7 @@ class SteamMiddleware:
         """Return the prompt's token count; raise a 400 when it does not fit the context."""
         messages = data["messages"]
         n_prompt = self.handler.prompt_tokens(messages, data.get("tools"), data.get("tool_choice"))
-        log.debug("chat request: %d messages, %d prompt tokens, stream=%s", len(messages), n_prompt, data.get("stream"))
+        logger.debug("chat request: %d messages, %d prompt tokens, stream=%s", len(messages), n_prompt, data.get("stream"))
         if n_prompt >= self.n_ctx:
             max_tokens = data.get("max_tokens") if isinstance(data.get("max_tokens"), int) else 0
             raise RequestError(

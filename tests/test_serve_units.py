@@ -120,3 +120,22 @@ def test_export_persona_template_is_read_back(smollm2_gguf, qwen_tokenizer_dir):
     for template in (qwen, smol, CHATML):
         assert template_default_system(with_default_system(template, DEFAULT_SYSTEM)) == DEFAULT_SYSTEM
     assert template_default_system(qwen).startswith("You are Qwen")
+
+
+def test_prompt_check_counts_tokens_and_turns_template_errors_into_400(smollm2_gguf):
+    import llama_cpp
+
+    from serve.chat_handler import ChatHandler
+
+    llama = llama_cpp.Llama(str(smollm2_gguf), vocab_only=True, verbose=False)
+    expected = len(llama.tokenize(b"<|im_start|>hi", add_bos=False, special=True))
+    strict = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversations must start with a user turn') }}"
+              "{% endif %}{% for m in messages %}<|im_start|>{{ m['content'] }}{% endfor %}")
+    handler = ChatHandler(llama, strict)
+    assert handler.prompt_tokens([{"role": "user", "content": "hi"}]) == expected == 2  # <|im_start|> is one token
+    # generation's own tokenize call gets the checked prompt's tokens from the cache
+    # (the Jinja formatter reports its special tokens as added, so generation tokenises with add_bos=False)
+    assert llama.tokenize(b"<|im_start|>hi", add_bos=False, special=True) == handler._tokens[(b"<|im_start|>hi", False)]
+    with pytest.raises(RequestError) as e:
+        handler.prompt_tokens([{"role": "assistant", "content": "x"}])
+    assert e.value.status == 400 and e.value.code == "invalid_messages" and "user turn" in e.value.message
