@@ -1,7 +1,7 @@
 """Multi-process training on CPU (gloo): 2 processes under torchrun against 1 process at the same global batch.
 
-The 2-process runs are real launches (``python -m torch.distributed.run``, DDP over gloo) of a tiny random
-Llama. This file is also the worker script of one of them (``__main__`` below): each rank records the
+The 2-process runs are real launches (``python -m torch.distributed.run``, DDP over gloo) of QLoRA
+(bitsandbytes 4-bit base, which works on CPU) on a tiny random Llama. This file is also the worker script of one of them (``__main__`` below): each rank records the
 sample indices it trains on per step, the files it writes (``sys.addaudithook``), and rank 0's step losses.
 
 What is asserted:
@@ -38,7 +38,7 @@ def _cfg(model_dir: Path, data: Path, out: Path, **kw):
     base = {"model_name_or_path": str(model_dir), "dataset": [str(data)], "output_dir": str(out),
             "max_samples": 15, "cutoff_len": 160, "system": "", "per_device_train_batch_size": 2,
             "gradient_accumulation_steps": 1, "num_train_epochs": 2, "learning_rate": 2e-2, "save_steps": 3,
-            "logging_steps": 1, "lora_rank": 4, "disable_gradient_checkpointing": True, "seed": 7}
+            "logging_steps": 1, "lora_rank": 4, "quantization_bit": 4, "disable_gradient_checkpointing": True, "seed": 7}
     return config.build(TrainConfig, {**base, **kw})
 
 
@@ -156,7 +156,7 @@ def test_one_process_checkpoint_resumes_on_two_via_cli(runs) -> None:
            "--dataset", str(runs["data"]), "--output_dir", str(out), "--max_samples", "15",
            "--cutoff_len", "160", "--system", "", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
            "--num_train_epochs", "2", "--learning_rate", "2e-2", "--save_steps", "3", "--logging_steps", "1",
-           "--lora_rank", "4", "--disable_gradient_checkpointing", "--seed", "7", "--nproc_per_node", "2",
+           "--lora_rank", "4", "--quantization_bit", "4", "--disable_gradient_checkpointing", "--seed", "7", "--nproc_per_node", "2",
            "--resume_from_checkpoint", str(runs["tmp"] / "ref" / "checkpoint-6")]
     p = subprocess.run(cmd, env=_env(), cwd=runs["tmp"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

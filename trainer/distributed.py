@@ -34,12 +34,12 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ContextManager
+
+import click
 
 from trainer.errors import UserError
 
@@ -145,8 +145,8 @@ def wrap(model: Any, device: str) -> Any:
 
     Only the trainable (LoRA) parameters take part in the gradient all-reduce; the frozen (4-bit) base is
     identical on every process by construction (same file, deterministic quantization) and is left out
-    of DDP's start-up broadcast, which would otherwise copy the whole base over the wire once.
-    Buffers are not re-broadcast each forward (no batch norm in causal LMs).
+    of DDP's start-up broadcast, which would otherwise copy the whole base over the wire once. So are the
+    buffers (rotary tables; causal LMs have no batch norm to keep in sync).
     """
     if not _active():
         return model
@@ -161,7 +161,7 @@ def wrap(model: Any, device: str) -> Any:
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad] + [n for n, _ in model.named_buffers()]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
     ids = [int(device.split(":")[1])] if device.startswith("cuda:") else None
-    return _DDP(model, device_ids=ids, broadcast_buffers=False)
+    return _DDP(model, device_ids=ids)
 
 
 def sync_grads(model: Any, last: bool) -> ContextManager:
@@ -213,38 +213,52 @@ def accum_for_resume(ckpt: Path, accum: int, world: int) -> int:
     return per_step // world
 
 
+class WorkerFailed(click.ClickException):
+    """A worker of a ``--nproc_per_node`` launch crashed (not a user error): exit code 1, one line; the
+    worker's own traceback is printed above it."""
+
+    exit_code = 1
+
+
 def relaunch(cfg: Any, nproc: int) -> dict[str, Any]:
     """Run ``steam-train train`` with ``cfg`` as ``nproc`` processes under ``torch.distributed.run`` and wait.
 
-    The resolved config goes to the workers as a temporary YAML file (``python -m torch.distributed.run
-    --standalone --nproc_per_node N -m trainer train CFG.yaml``), with :data:`NCCL_ENV_DEFAULTS` in their
-    environment. Workers inherit this process's working directory, so relative paths mean the same.
+    The same as ``torchrun --standalone --nproc_per_node N -m trainer train CFG.yaml``, with torchrun's
+    agent running in this process (so a failed worker gives our one-line error, not torchrun's traceback).
+    The resolved config goes to the workers as a temporary YAML file; :data:`NCCL_ENV_DEFAULTS` are set in
+    their environment. Workers inherit this process's working directory, so relative paths mean the same.
 
     Returns:
         the run's ``all_results.json`` (written by rank 0).
 
     Raises:
-        UserError: more processes than GPUs on a CUDA host, or a worker failed (its own error is
-            printed above; torchrun's exit code is in the message).
+        UserError: more processes than GPUs on a CUDA host, or the workers stopped on a user error
+            (exit 2; their one-line message is printed above).
+        WorkerFailed: a worker crashed otherwise (its traceback is printed above).
     """
     import torch
     import yaml
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from trainer import config
 
     if torch.cuda.is_available() and not cfg.use_cpu and nproc > torch.cuda.device_count():
         raise UserError(f"--nproc_per_node {nproc}: this host has {torch.cuda.device_count()} GPU(s); use at most "
                         "that many (one process per GPU)")
-    env = dict(os.environ)
-    for k, v in NCCL_ENV_DEFAULTS.items():
-        env.setdefault(k, v)
+    for k, v in NCCL_ENV_DEFAULTS.items():  # the agent passes this process's environment to the workers
+        os.environ.setdefault(k, v)
     with tempfile.TemporaryDirectory(prefix="steam-train-") as tmp:
         cfg_file = Path(tmp) / "train.yaml"
         cfg_file.write_text(yaml.safe_dump(config.to_dict(cfg), allow_unicode=True, sort_keys=False), encoding="utf-8")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "trainer", "train", str(cfg_file)]
-        rc = subprocess.run(cmd, env=env).returncode
-    if rc != 0:
-        raise UserError(f"{cfg.output_dir}: training under torchrun --nproc_per_node {nproc} failed (exit {rc}); "
-                        "the worker's error is printed above")
+        args = torchrun.get_args_parser().parse_args(
+            ["--standalone", f"--nproc_per_node={nproc}", "-m", "trainer", "train", str(cfg_file)])
+        try:
+            torchrun.run(args)
+        except ChildFailedError as e:
+            rank, first = e.get_first_failure()  # the root cause; the agent then stops the others (SIGTERM)
+            if first.exitcode == UserError.exit_code:
+                raise UserError(f"{cfg.output_dir}: stopped; see the error above") from None
+            raise WorkerFailed(f"{cfg.output_dir}: rank {rank} of the {nproc}-process run failed (exit code "
+                               f"{first.exitcode}); see its error above") from None
     return json.loads((Path(cfg.output_dir) / "all_results.json").read_text(encoding="utf-8"))
