@@ -202,6 +202,44 @@ def test_fsdp_launch_is_refused(monkeypatch) -> None:
     assert distributed.NCCL_ENV_DEFAULTS["NCCL_NVLS_ENABLE"] == "0"
 
 
+def test_each_rank_loads_4bit_weights_on_its_own_gpu(monkeypatch, tiny_llama_dir: Path) -> None:
+    """Placement rule on a CUDA host (no GPU here: torch.cuda and from_pretrained are stubbed): process
+    LOCAL_RANK trains on cuda:LOCAL_RANK and bitsandbytes loads the 4-bit base straight onto it."""
+    import torch
+    import transformers
+
+    from trainer import config, distributed
+    from trainer import model as model_lib
+    from trainer.errors import UserError
+    from trainer.train import TrainConfig, resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    device, dtype, amp = resolve_precision(config.build(TrainConfig, {"bf16": True}))
+    assert (device, dtype, amp) == ("cuda:1", torch.bfloat16, torch.bfloat16)
+    seen = {}
+
+    def fake_from_pretrained(path, **kwargs):
+        seen.update(kwargs)
+        return "model"
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    assert model_lib.load_base(str(tiny_llama_dir), quantization_bit=4, dtype=dtype, device=device) == "model"
+    assert seen["device_map"] == {"": "cuda:1"}
+    q = seen["quantization_config"]
+    assert q.load_in_4bit and q.bnb_4bit_compute_dtype == torch.bfloat16 and q.bnb_4bit_quant_type == "nf4"
+    # more processes than GPUs on the host: a one-line error before NCCL starts
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    for k in distributed.NCCL_ENV_DEFAULTS:  # restored (unset) after the test
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(UserError, match="LOCAL_RANK 1: this host has 1 GPU"):
+        distributed.init(device)
+    assert os.environ["NCCL_NVLS_ENABLE"] == "0"  # set before the process group would start
+
+
 # ------------------------------------------------------------------ worker (run by torchrun, 2 processes)
 
 def _worker(args: dict) -> None:
