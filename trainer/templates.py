@@ -14,6 +14,7 @@ export and serve format prompts exactly as training did.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -209,6 +210,14 @@ class ChatTemplate:
                 out.append(("trailer", rest))
             done = full
         return out
+
+    def saved_jinja(self, system: str | None) -> str:
+        """The chat template to save with the adapter's tokenizer: a named template gets ``system``
+        (the persona) as its default system prompt, so chatting without a system turn uses the
+        persona as trained; the tokenizer's own template (``auto``) is kept unchanged."""
+        if self.named is None or not system:
+            return self.jinja
+        return dataclasses.replace(self.named, default_system=system).jinja(self.tokenizer.eos_token or "")
 
     def generation_header(self) -> str:
         """The text that opens an assistant turn (what ``add_generation_prompt`` appends)."""

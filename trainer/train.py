@@ -417,7 +417,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
                                    lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                    gradient_checkpointing=not cfg.disable_gradient_checkpointing)
     # the saved tokenizer carries the training format and stops at the end-of-turn token
-    tokenizer.chat_template = template.jinja
+    tokenizer.chat_template = template.saved_jinja(cfg.system)
     tokenizer.eos_token = template.eot_token
 
     # a checkpoint from another process count keeps its micro-batches per step (trainer.distributed)

@@ -78,7 +78,7 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
         (f"cutoff_len {cfg.cutoff_len}", f"{enc.truncated} truncated, {len(enc.dropped)} dropped"),
     ])
     for p in res.problems:
-        console.print(Text("problem ", style="red") + Text(p))
+        console.print(Text("problem ", style="red") + Text(p), soft_wrap=True)
     if res.problems:
         raise UserError(f"{res.spec.path}: {len(res.problems)} unusable record(s) listed above; fix or drop them")
     console.print("[green]no problems found[/green]")

@@ -1,0 +1,34 @@
+"""`steam-train validate`: counts, token statistics and every problem, exit 2 when a record is unusable."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from trainer import config
+from trainer.cli import main
+from trainer.validate import ValidateConfig, run
+
+
+def test_validate_real_sample_stats(seed_dataset, tiny_qwen2_dir):
+    r = run(config.build(ValidateConfig, {"dataset": str(seed_dataset), "model_name_or_path": str(tiny_qwen2_dir),
+                                          "cutoff_len": 300}))
+    assert (r["records"], r["usable"], r["problems"]) == (941, 941, [])
+    t = r["tokens"]
+    assert t["min"] <= t["median"] <= t["p95"] <= t["max"] and t["min"] > 50
+    assert 150 < t["mean"] < 400  # ~134 tokens/record in ChatML + the persona system prompt (Qwen tokenizer)
+    assert 0 < r["label_tokens_mean"] < t["mean"]
+    assert r["truncated"] + r["dropped"] > 0 and r["dropped"] < 941
+
+
+def test_validate_lists_every_problem_and_exits_2(tmp_path, tiny_llama_dir):
+    p = tmp_path / "mixed.jsonl"
+    rows = [{"instruction": "a", "output": "ok"}, {"instruction": "b", "output": ""},
+            {"instruction": "c", "input": ["x"], "output": "y"}, {"instruction": "d", "output": "fine"}]
+    p.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    res = CliRunner().invoke(main, ["validate", str(p), "--model_name_or_path", str(tiny_llama_dir)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "line 2: 'output' is empty" in res.output and "line 3: 'input' must be a string, not list" in res.output
+    assert "4 (2 usable, 2 with problems)" in res.output
+    assert res.output.strip().splitlines()[-1].startswith("Error: ") and "2 unusable record(s)" in res.output
