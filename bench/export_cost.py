@@ -58,9 +58,9 @@ def make_base(case: str, work: Path) -> tuple[str, Path | None]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     layers = int(case.rsplit("L", 1)[1])
-    cfg = AutoConfig.from_pretrained(QWEN_CONFIG)
-    cfg.num_hidden_layers = layers
-    cfg.max_window_layers = layers
+    d = json.loads((QWEN_CONFIG / "config.json").read_text())
+    d.update(num_hidden_layers=layers, max_window_layers=layers)
+    cfg = AutoConfig.for_model(**d)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     folder = work / f"base-{case}"

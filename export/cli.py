@@ -96,9 +96,6 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
         where = run_info.adapter_dir / "run_config.yaml" if run_info.adapter_dir else "command line"
         raise UserError(f"{where}: no base model given; pass --model_name_or_path")
     src = resolve_model(str(base))
-    base_cfg = mg.base_config(src)
-    arch = conv.check_architecture(base_cfg, str(base))
-    mg.check_adapter_matches_base(run_info, base_cfg, str(base))
     # the persona the run trained with ('' = none: the model keeps its own template default)
     system = cfg.system if cfg.system is not None else run_info.run_config.get("system", DEFAULT_SYSTEM)
     system = system or None
@@ -109,20 +106,29 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     else:
         raise UserError("command line: no --export_dir given (needed when there is no --adapter_name_or_path)")
     name = _safe_name(cfg.export_name or (run_info.adapter_dir.resolve().name if run_info.adapter_dir else src.name))
-    state = _open_export_dir(out, cfg.overwrite)
     n_threads = cfg.n_threads or len(os.sched_getaffinity(0))
-    dtype = mg.merge_dtype(base_cfg, cfg.infer_dtype)
-    dtype_name = str(dtype).removeprefix("torch.")
-    src16 = "bf16" if dtype_name == "bfloat16" else "f16"
 
     # --- what each step is made from (reuse a finished step only when these match) ---
     merge_fp = mg.fingerprint({
         "base": src.path, "gguf_file": src.gguf_file, "base_files": _files_stamp(Path(src.path), src.gguf_file),
-        "adapter": _adapter_digest(run_info.adapter_dir), "system": system, "dtype": dtype_name,
+        "adapter": _adapter_digest(run_info.adapter_dir), "system": system, "infer_dtype": cfg.infer_dtype,
         "steam_persona": importlib.metadata.version("steam-persona")})
     merged_dir = out / "merged"
     merge_info = mg.read_merge_info(merged_dir) if merged_dir.is_dir() else None
     reuse_merge = bool(merge_info and merge_info.get("fingerprint") == merge_fp)
+    if reuse_merge:  # made from these very inputs: already checked, so skip reading the base
+        assert merge_info is not None
+        arch, dtype_name, n_params = merge_info["architecture"], merge_info["dtype"], merge_info["parameters"]
+        dtype = None  # no merge to run
+    else:
+        base_cfg = mg.base_config(src)
+        arch = conv.check_architecture(base_cfg, str(base))
+        mg.check_adapter_matches_base(run_info, base_cfg, str(base))
+        dtype = mg.merge_dtype(base_cfg, cfg.infer_dtype)
+        dtype_name = str(dtype).removeprefix("torch.")
+        n_params = _parameter_count(base_cfg)
+    state = _open_export_dir(out, cfg.overwrite)
+    src16 = "bf16" if dtype_name == "bfloat16" else "f16"
     floats = [q for q in qtypes if q in qz.FLOAT_TYPES]
     source_type = src16 if src16 in floats or not floats else floats[0]
     to_convert = [source_type] + [q for q in floats if q != source_type]
@@ -131,7 +137,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
                for q in to_convert + quants}
     files = {q: out / f"{name}-{q}.gguf" for q in to_convert + quants}
     done = {q for q in files if files[q].is_file() and state["files"].get(files[q].name) == gguf_fp[q]}
-    _check_free_disk(out, base_cfg, reuse_merge, [q for q in to_convert + quants if q not in done])
+    _check_free_disk(out, n_params, reuse_merge, [q for q in to_convert + quants if q not in done])
 
     if run_info.run_config.get("quantization_bit") and not reuse_merge:
         console.print(f"[yellow]The run was QLoRA ({run_info.run_config['quantization_bit']}-bit base); "
@@ -163,7 +169,8 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
                 tok = mg.load_tokenizer(src, run_info)
                 eot = mg.fix_tokenizer(tok, system)
                 merge_info = mg.merge(src, run_info, tok, eot, merged_dir, dtype=dtype, export_size=cfg.export_size,
-                                      info={"fingerprint": merge_fp, "base_model": str(base)}, prompts=PROMPTS)
+                                      info={"fingerprint": merge_fp, "base_model": str(base),
+                                            "architecture": arch}, prompts=PROMPTS)
 
             step("merge", f"merge adapter into {dtype_name} base", reuse_merge, do_merge)
             assert merge_info is not None
@@ -312,7 +319,7 @@ def _open_export_dir(out: Path, overwrite: bool) -> dict[str, Any]:
     return state
 
 
-def _check_free_disk(out: Path, base_cfg, reuse_merge: bool, todo: list[str]) -> None:
+def _check_free_disk(out: Path, n: int, reuse_merge: bool, todo: list[str]) -> None:
     """Refuse to start when the disk cannot hold the outputs (16-bit merged folder + GGUFs).
 
     Raises:
@@ -320,7 +327,6 @@ def _check_free_disk(out: Path, base_cfg, reuse_merge: bool, todo: list[str]) ->
     """
     from export.quantize import BITS_PER_WEIGHT
 
-    n = _parameter_count(base_cfg)
     need = (0 if reuse_merge else 2 * n) + sum(int(n * BITS_PER_WEIGHT[q] / 8) for q in todo)
     free = shutil.disk_usage(out).free
     if free < need:
@@ -329,6 +335,7 @@ def _check_free_disk(out: Path, base_cfg, reuse_merge: bool, todo: list[str]) ->
 
 
 def _parameter_count(base_cfg) -> int:
+    """Parameters of the base, counted on the ``meta`` device (no memory, no weights read)."""
     import torch
     from transformers import AutoModelForCausalLM
 
