@@ -99,7 +99,7 @@ def compare_logits(ref: dict[str, np.ndarray], llm, *, is_float: bool) -> dict[s
             "passed": bool(passed)}
 
 
-def check_stop(llm, eot: str, max_tokens: int = 64) -> dict[str, Any]:
+def check_stop(llm, eot: str, max_tokens: int = 48) -> dict[str, Any]:
     """Greedy chat completions with the GGUF's chat template: natural and forced end of turn.
 
     Returns:

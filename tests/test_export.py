@@ -24,10 +24,12 @@ PERSONA = "你是“老G”，说话风趣。You are Lao G, a \"witty\" gamer.\n
 
 
 def make_run_dir(base: Path, out: Path, *, system: str = PERSONA, targets=("q_proj", "v_proj"), seed: int = 1,
-                 std: float = 0.05, model_name_or_path: str | None = None, config=None) -> Path:
+                 std: float = 0.05, model_name_or_path: str | None = None, config=None,
+                 tokenizer_dir: Path | None = None) -> Path:
     """A run dir like train's: adapter (random A and B, N(0, std)), tokenizer, run_config.yaml.
 
-    Tensors are written from the base's config (shapes only), so no model is loaded.
+    Tensors are written from the base's config (shapes only), so no model is loaded. The tokenizer
+    files are copied from ``tokenizer_dir`` (default: ``base``).
     """
     import torch
     from peft import LoraConfig
@@ -49,8 +51,8 @@ def make_run_dir(base: Path, out: Path, *, system: str = PERSONA, targets=("q_pr
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out / "adapter_model.safetensors")
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):  # train saves its tokenizer
-        if (base / name).is_file():
-            (out / name).write_bytes((base / name).read_bytes())
+        if ((tokenizer_dir or base) / name).is_file():
+            (out / name).write_bytes(((tokenizer_dir or base) / name).read_bytes())
     LoraConfig(r=r, lora_alpha=8, target_modules=list(targets), base_model_name_or_path=str(model_name_or_path or base),
                task_type="CAUSAL_LM").save_pretrained(out)
     acfg = json.loads((out / "adapter_config.json").read_text())
@@ -306,19 +308,23 @@ def test_yaml_config_and_run_config_defaults(tiny_run, tmp_path, monkeypatch):
     assert seen["cfg"].model_name_or_path is None  # read from the run's run_config.yaml by run()
 
 
-def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tmp_path):
-    """The embedded default (SmolLM2-135M-Instruct, from its GGUF) + a small adapter → q4_k_m."""
+def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tiny_llama_dir, tmp_path):
+    """The embedded default (SmolLM2-135M-Instruct, from its GGUF) + a small adapter → q4_k_m.
+
+    The run dir's tokenizer is SmolLM2's (saved by the tiny_llama_dir fixture, as train saves it);
+    the adapter's shapes are SmolLM2-135M's (hidden 576, 9 heads, 3 KV heads, 30 layers).
+    """
     from llama_cpp import Llama
-    from transformers import AutoConfig
+    from transformers import LlamaConfig
 
-    from trainer.hub import enable_transformers_gguf, resolve_model
+    from trainer.hub import resolve_model
 
-    enable_transformers_gguf()
     src = resolve_model("smollm2")
-    cfg = AutoConfig.from_pretrained(src.path, gguf_file=src.gguf_file)
+    cfg = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30,
+                      architectures=["LlamaForCausalLM"])
     persona = "You are Lao G, a witty veteran gamer. Answer in one short sentence."
     run = make_run_dir(Path(src.path), tmp_path / "smol-run", system=persona, std=0.02, config=cfg,
-                       model_name_or_path="smollm2")
+                       model_name_or_path="smollm2", tokenizer_dir=tiny_llama_dir)
     report = export(adapter_name_or_path=str(run), export_dir=str(tmp_path / "out"), quantization=["q4_k_m"])
     v = report["verify"]["q4_k_m"]
     assert report["base_model"] == "smollm2" and report["eos_token"] == "<|im_end|>"
