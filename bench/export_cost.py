@@ -37,14 +37,18 @@ QWEN_TOKENIZER = REPO.parent / "shared" / "models" / "qwen2.5-tokenizer"
 GIB = 2**30
 
 
-def measure(cmd: list[str]) -> dict:
-    """Run ``cmd``; return wall seconds and the process's peak RSS in GiB (``ru_maxrss`` is KiB)."""
+def measure(cmd: list[str], ok: tuple[int, ...] = (0,)) -> dict:
+    """Run ``cmd``; return wall seconds and the process's peak RSS in GiB (``ru_maxrss`` is KiB).
+
+    ``ok``: accepted exit codes (the export exits 1 when verification fails, which random-weight
+    models do for 4-bit types: their logits have near-zero margins; the files are all written).
+    """
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: llama.cpp logs a lot
         t = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
         _, status, usage = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t
-        if os.waitstatus_to_exitcode(status) != 0:
+        if os.waitstatus_to_exitcode(status) not in ok:
             err.seek(0)
             raise RuntimeError(f"{cmd[:3]} failed:\n{err.read().decode(errors='replace')[-3000:]}")
     return {"seconds": round(wall, 2), "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3)}
@@ -101,7 +105,7 @@ def bench_case(case: str, work: Path, qtype: str) -> dict:
     out = work / f"export-{case}"
     st = BIN / "steam-train"
     full = measure([str(st), "export", "--adapter_name_or_path", str(run), "--export_dir", str(out),
-                    "--quantization", qtype])
+                    "--quantization", qtype], ok=(0, 1))
     report = json.loads((out / "export_report.json").read_text())
     merged = out / "merged"
     raw_gguf = work / f"raw-{case}-bf16.gguf"
@@ -123,8 +127,8 @@ def bench_case(case: str, work: Path, qtype: str) -> dict:
         "export_merge_reused_no_verify": ours,
         "raw_convert_script": raw_convert, "raw_quantize_call": raw_quant,
         "time_ratio_vs_raw": round(ours["seconds"] / raw_s, 3),
-        "verify": {k: {"top1_agreement": v["logits"]["top1_agreement"], "max_abs_diff": v["logits"]["max_abs_diff"]}
-                   for k, v in (report["verify"] or {}).items()},
+        "verify": {k: {"top1_agreement": v["logits"]["top1_agreement"], "max_abs_diff": v["logits"]["max_abs_diff"],
+                       "passed": v["passed"]} for k, v in (report["verify"] or {}).items()},
     }
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(run, ignore_errors=True)
@@ -161,8 +165,12 @@ def main() -> None:
     ap.add_argument("--cases", default="smollm2,qwen7b-L2,qwen7b-L4")
     ap.add_argument("--quantization", default="q4_k_m")
     args = ap.parse_args()
+    out = REPO / "bench" / "results" / "export_cost.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(out.read_text()) if out.is_file() else {}
     results: dict = {"machine": f"{os.cpu_count()} CPUs (shared), {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / GIB:.0f} GiB",
-                     "cases": {}}
+                     "cases": old.get("cases", {}),
+                     "note": "wall times on 2 CPUs shared with other jobs (load 5-7): ratios within one run only"}
     with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
         for case in args.cases.split(","):
             print(f"== {case}", flush=True)
@@ -171,13 +179,12 @@ def main() -> None:
                   f"peak {r['full_export']['peak_rss_gib']} GiB | ours (merge reused, no verify) "
                   f"{r['export_merge_reused_no_verify']['seconds']} s vs raw {r['raw_convert_script']['seconds']} + "
                   f"{r['raw_quantize_call']['seconds']} s → ×{r['time_ratio_vs_raw']}", flush=True)
+            out.write_text(json.dumps(results, indent=2) + "\n")
     c = results["cases"]
     if "qwen7b-L2" in c and "qwen7b-L4" in c:
         results["qwen2.5-7b_estimate"] = e = estimate_7b(c["qwen7b-L2"], c["qwen7b-L4"])
         print(f"== Qwen2.5-7B (estimated): peak RSS {e['full_export_peak_rss_gib']} GiB (goal ≤ 16), "
               f"time ×{e['time_ratio_vs_raw']} of raw (goal ≤ 1.10)")
-    out = REPO / "bench" / "results" / "export_cost.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
 
