@@ -65,6 +65,8 @@ class EvalConfig:
     do_sample: bool = arg(True, "Sample (True) or greedy-decode (False).")
     temperature: float = arg(0.7, "Sampling temperature.")
     top_p: float = arg(0.9, "Nucleus sampling probability mass.")
+    repetition_penalty: float = arg(1.0, "Penalty on repeating earlier tokens (HF generate's repetition_penalty, "
+                                    "Keskar et al. 2019 CTRL; 1.0 = off; llama-cpp-python's server applies 1.1).")
     seed: int = arg(42, "Random seed for sampling.")
     per_device_eval_batch_size: int = arg(8, "Sequences per forward pass (loss and generation).")
     output_dir: str | None = arg(None, "Where the report goes; default: <run>/eval, or eval/<gguf name>.")
@@ -278,7 +280,8 @@ def generate(model: Any, chat: Any, convs: list[list[dict[str, str]]], cfg: Eval
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
             t0 = time.perf_counter()
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens,
-                                 eos_token_id=sorted(eos_ids), pad_token_id=pad, **sampling)
+                                 eos_token_id=sorted(eos_ids), pad_token_id=pad,
+                                 repetition_penalty=cfg.repetition_penalty, **sampling)
             seconds = time.perf_counter() - t0
             for row in gen[:, width:].tolist():
                 stop = eval_metrics.stopped(row, eos_ids, cfg.max_new_tokens)
@@ -365,7 +368,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Evaluation: `{tuned_name}` vs base `{cfg['model_name_or_path']}`", "",
              f"Validation set: `{cfg['dataset']}`; {L['base']['records']} records for the loss, "
              f"{len(report['samples'])} prompts for generation (max_new_tokens {cfg['max_new_tokens']}, "
-             f"{'sampling T=' + str(cfg['temperature']) + ' top_p=' + str(cfg['top_p']) if cfg['do_sample'] else 'greedy'}).",
+             f"{'sampling T=' + str(cfg['temperature']) + ' top_p=' + str(cfg['top_p']) if cfg['do_sample'] else 'greedy'}"
+             f", repetition_penalty {cfg.get('repetition_penalty', 1.0)}).",
              "", "| metric | base | tuned |", "|---|---|---|",
              f"| held-out loss (nats/token) | {_fmt(L['base']['loss'])} | {_fmt(L['tuned']['loss'])} "
              f"({_fmt(L['relative_change'], pct=True)}) |",
