@@ -42,7 +42,12 @@ def main() -> None:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "steam_sft_sample.json"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_cpu.json"))
     ap.add_argument("--variants", default="ours,baseline")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (0 = torch's default). On a CPU shared with other jobs, 1 thread "
+                         "avoids straggler waits that make 2-thread matmuls several times slower")
     args = ap.parse_args()
+    if args.threads:
+        __import__("torch").set_num_threads(args.threads)
 
     from trainer import config, io
     from trainer.train import TrainConfig, run

@@ -47,7 +47,7 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
         UserError: a file-level problem, or (after printing the report) any unusable record.
     """
     from trainer import data
-    from trainer.encode import encode_conversation, encode_dataset
+    from trainer.encode import encode_conversation, truncate
     from trainer.model import load_tokenizer
     from trainer.templates import ChatTemplate
 
@@ -57,14 +57,14 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
     tok = load_tokenizer(cfg.model_name_or_path)
     template = ChatTemplate(cfg.template, tok)
     usable = res.usable
-    lengths, learned = [], []
+    lengths, learned, status = [], [], []
     for conv in usable:
-        ids, labels, _, _ = encode_conversation(template, conv)
+        ids, labels, spans, header_len = encode_conversation(template, conv)
         lengths.append(len(ids))
         learned.append(sum(1 for t in labels if t != -100))
-    enc = encode_dataset(template, usable, cfg.cutoff_len)
+        status.append(truncate(ids, labels, spans, header_len, cfg.cutoff_len)[2])
     report: dict[str, Any] = {"records": len(res.conversations), "usable": len(usable), "problems": res.problems,
-                              "truncated": enc.truncated, "dropped": len(enc.dropped)}
+                              "truncated": status.count("truncated"), "dropped": status.count("dropped")}
     if lengths:
         report["tokens"] = {"min": min(lengths), "mean": round(statistics.mean(lengths), 1),
                             "median": int(statistics.median(lengths)), "p95": _pct(lengths, 0.95), "max": max(lengths)}
@@ -75,7 +75,7 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
         ("tokens / sample", f"min {t.get('min')}, mean {t.get('mean')}, median {t.get('median')}, p95 {t.get('p95')}, "
                             f"max {t.get('max')} ({cfg.model_name_or_path}, template {cfg.template})"),
         ("learned tokens / sample", report.get("label_tokens_mean")),
-        (f"cutoff_len {cfg.cutoff_len}", f"{enc.truncated} truncated, {len(enc.dropped)} dropped"),
+        (f"cutoff_len {cfg.cutoff_len}", f"{report['truncated']} truncated, {report['dropped']} dropped"),
     ])
     for p in res.problems:
         console.print(Text("problem ", style="red") + Text(p), soft_wrap=True)
