@@ -47,7 +47,8 @@ STACKS = {
     # name: data configurations it runs
     "baseline": "loss,real,fixed,long",
     "ours": "loss,real,real_bs16,fixed,long",
-    "ours-sdpa": "real,fixed",                    # packed rows through SDPA's block-diagonal mask, no varlen
+    "ours-rows": "real_bs32,real_bs64",            # ours with bigger packed rows (more samples a micro-batch)
+    "ours-sdpa": "fixed",                         # packed rows through SDPA's block-diagonal mask, no varlen
     "ours-no-liger-kernels": "real,fixed",        # no Liger RMSNorm/RoPE/SwiGLU
     "ours-no-fused-loss": "fixed",                # trainer.packing's labelled-only logits instead of FLCE
     "ours-chunked-ce": "fixed,long32k",           # the torch fallback of the fused loss (no Triton)
@@ -357,7 +358,7 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     if "real" in kinds:  # the recipe: batch 4 (ours: x 4 accumulation, as LLaMA-Factory's seed command)
         record("real", (lambda: run_steps(model, real, PadCollator(pad), 4, steps, warmup, tmp)) if base
                else ours(real, 4, 4))
-    for bs in (16, 32):
+    for bs in (16, 32, 64):
         if f"real_bs{bs}" in kinds:
             record(f"real_bs{bs}", ours(real, bs))
     fixed = fixed_samples(4 * steps, flen, vocab)
