@@ -166,7 +166,9 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
 
 
 def _causal_lm(model):
-    """The transformers ``*ForCausalLM`` inside a peft wrapper (or the model itself)."""
+    """The transformers ``*ForCausalLM`` inside a DDP and/or peft wrapper (or the model itself)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     get = getattr(model, "get_base_model", None)
     return get() if callable(get) else model
 

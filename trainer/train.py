@@ -388,7 +388,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     from rich.progress import TextColumn
     from transformers import get_scheduler
 
-    from trainer import distributed
+    from trainer import accel, distributed
     from trainer import model as model_lib
     from trainer.packing import collate, loss_sum
     from trainer.plotting import plot_loss
@@ -416,6 +416,9 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         model = model_lib.add_lora(model, lora_target=cfg.lora_target, lora_rank=cfg.lora_rank,
                                    lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                    gradient_checkpointing=not cfg.disable_gradient_checkpointing)
+        levers = accel.accelerate(model)  # GPU speed/memory levers (docs/gpu.md); each reports off on CPU
+    if main and device.startswith("cuda"):
+        console.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in levers.items()) + "[/dim]")
     # the saved tokenizer carries the training format and stops at the end-of-turn token
     tokenizer.chat_template = template.saved_jinja(cfg.system)
     tokenizer.eos_token = template.eot_token
