@@ -115,3 +115,37 @@ def test_accelerate_on_cpu_reports_fallbacks_and_keeps_the_model(tiny_qwen2_dir)
     assert model.get_base_model().config._attn_implementation == "sdpa"
     assert accel.liger_available("cpu") == "no CUDA device"
     assert float(loss_sum(model, batch)[0]) == pytest.approx(before, rel=1e-6)
+
+
+def _segment_sdpa(q, k, v, cu, max_len, scale):
+    """CPU stand-in for varlen FlashAttention: causal SDPA on each cu_seqlens segment. (T, H, D) layout."""
+    outs = []
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        rep = q.shape[1] // k.shape[1]
+        kk, vv = (x[a:b].repeat_interleave(rep, dim=1).transpose(0, 1) for x in (k, v))
+        outs.append(F.scaled_dot_product_attention(q[a:b].transpose(0, 1), kk, vv, is_causal=True,
+                                                   scale=scale).transpose(0, 1))
+    return torch.cat(outs)
+
+
+def test_varlen_attention_glue_matches_block_diagonal_sdpa(monkeypatch):
+    """The varlen branch's layout handling (B=1, heads, GQA) equals SDPA with a block-diagonal causal mask;
+    without cu_seqlens it is exactly transformers' SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    monkeypatch.setattr(accel, "_varlen_call", _segment_sdpa)
+    g = torch.Generator().manual_seed(0)
+    T, H, Hkv, D = 11, 4, 2, 8
+    q, k, v = (torch.randn(1, h, T, D, generator=g) for h in (H, Hkv, Hkv))
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3]])
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal, module.training = H // Hkv, True, True
+    out, _ = accel.varlen_attention(module, q, k, v, None, scaling=D ** -0.5, **accel._cu_seqlens(pos))
+    seg = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    allowed = (seg[:, None] == seg[None, :]) & torch.ones(T, T, dtype=torch.bool).tril()
+    want, _ = sdpa_attention_forward(module, q, k, v, allowed[None, None], scaling=D ** -0.5)
+    assert out.shape == (1, T, H, D)
+    assert torch.allclose(out, want, atol=1e-5)
+    plain, _ = accel.varlen_attention(module, q, k, v, None, scaling=D ** -0.5)
+    ref, _ = sdpa_attention_forward(module, q, k, v, None, scaling=D ** -0.5)
+    assert torch.equal(plain, ref)
