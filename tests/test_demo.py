@@ -83,6 +83,8 @@ def test_missing_data_is_a_one_line_user_error(tmp_path):
                                        "--output_dir", str(tmp_path / "d")])
     assert result.exit_code == 2
     assert "nope.json: --data not found" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["demo", "--quantization_bit", "3", "--output_dir", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "--quantization_bit 3" in result.output
 
 
 @pytest.mark.slow

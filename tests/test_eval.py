@@ -110,7 +110,8 @@ def test_eval_run_adapter_vs_base_writes_reports(tiny_llama_dir, tmp_path):
     # the first val record is a verbatim training reply: the references' copy rate is known
     val_file.write_text(json.dumps([records[0]] + records[50:], ensure_ascii=False), encoding="utf-8")
     run_dir = _fake_run_dir(tiny_llama_dir, tmp_path, train_file)
-    cfg = config.build(EvalConfig, {"adapter_name_or_path": str(run_dir), "model_name_or_path": str(tiny_llama_dir),
+    # no --model_name_or_path / --train_dataset: both come from the run's run_config.yaml
+    cfg = config.build(EvalConfig, {"adapter_name_or_path": str(run_dir),
                                     "dataset": str(val_file), "num_samples": 3, "max_new_tokens": 6,
                                     "per_device_eval_batch_size": 2, "output_dir": str(tmp_path / "eval")})
     res = run(cfg)
@@ -128,6 +129,7 @@ def test_eval_run_adapter_vs_base_writes_reports(tiny_llama_dir, tmp_path):
     # a random 2-layer model never emits <|im_end|> within 6 tokens … or rarely: count agrees with flags
     g = rep["generation"]
     assert len(rep["samples"]) == 3 and rep["system"] == "你是老G。" and rep["cutoff_len"] == 256
+    assert rep["base_model"] == str(tiny_llama_dir)
     flags = [s["tuned_stopped"] for s in rep["samples"]]
     assert g["tuned"]["stop_rate"] == sum(flags) / 3
     assert g["reference"]["length_units"]["count"] == 3
@@ -136,3 +138,16 @@ def test_eval_run_adapter_vs_base_writes_reports(tiny_llama_dir, tmp_path):
     assert copied == total and g["reference"]["copy_rate_8gram"] == pytest.approx(total / (total + fresh))
     md = (out / "eval_report.md").read_text(encoding="utf-8")
     assert "held-out loss" in md and "length_hist.png" in md and rep["samples"][0]["reference"] in md
+
+
+def test_eval_user_errors_are_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from trainer.cli import main
+
+    r = CliRunner().invoke(main, ["eval", "--dataset", "v.json"])
+    assert r.exit_code == 2 and "exactly one of --adapter_name_or_path" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["eval", "--dataset", "v.json", "--adapter_name_or_path", str(tmp_path)])
+    assert r.exit_code == 2 and "no adapter_config.json" in r.output
+    r = CliRunner().invoke(main, ["eval", "--dataset", "v.json", "--gguf", str(tmp_path / "x.gguf")])
+    assert r.exit_code == 2 and "x.gguf: GGUF file not found" in r.output

@@ -63,12 +63,12 @@ class DemoConfig:
     output_dir: str = arg("demo_run", "Folder for every artefact; a rerun reuses the finished stages.")
     max_samples: int | None = arg(None, "Train on at most this many records (for big --data files).")
     val_size: float = arg(0.1, "Validation split given to prepare (fraction, or a record count >= 1).")
-    max_steps: int = arg(100, "Optimizer steps (on 2 CPU cores one step of 2 × ~280 tokens takes ~2 s).")
+    max_steps: int = arg(100, "Optimizer steps (on 2 idle CPU cores a step of 2 × ~280 tokens takes ~2–3 s).")
     per_device_train_batch_size: int = arg(2, "Samples per step.")
     learning_rate: float = arg(5e-4, "AdamW learning rate.")
     cutoff_len: int = arg(384, "Max tokens per sample (prompt + reply).")
     lora_rank: int = arg(8, "LoRA rank.")
-    quantization_bit: int | None = arg(4, "Base model bits while training (4 = QLoRA; None = 16/32-bit LoRA).")
+    quantization_bit: int = arg(4, "Base model bits while training: 4 (QLoRA), 8, or 0 (plain LoRA).")
     quantization: str = arg("q4_k_m", "GGUF type to export and serve.")
     max_new_tokens: int = arg(160, "Reply limit per review / chat turn, in tokens.")
     seed: int = arg(42, "Random seed (data split, training, sampling).")
@@ -153,7 +153,7 @@ def _train(cfg: DemoConfig, out: Path, prepared: dict[str, Any]) -> dict[str, An
     tcfg = config.build(train.TrainConfig, {
         "model_name_or_path": cfg.model_name_or_path, "dataset": "persona", "dataset_dir": str(out / "data"),
         "template": "auto", "system": DEFAULT_SYSTEM, "finetuning_type": "lora", "lora_target": ["all"],
-        "lora_rank": cfg.lora_rank, "quantization_bit": cfg.quantization_bit, "cutoff_len": cfg.cutoff_len,
+        "lora_rank": cfg.lora_rank, "quantization_bit": cfg.quantization_bit or None, "cutoff_len": cfg.cutoff_len,
         "max_samples": cfg.max_samples, "per_device_train_batch_size": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": 1, "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps,
         "warmup_ratio": 0.1, "logging_steps": 5, "save_steps": max(10, cfg.max_steps // 4), "seed": cfg.seed,
@@ -312,6 +312,8 @@ def run(cfg: DemoConfig) -> DemoResult:
             failed in ``demo_state.json``; fix and rerun to continue from it).
     """
     t0 = time.perf_counter()
+    if cfg.quantization_bit not in (0, 4, 8):
+        raise UserError(f"demo: --quantization_bit {cfg.quantization_bit}: use 4 (QLoRA), 8 or 0 (plain LoRA)")
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "demo_config.json", config.to_dict(cfg))

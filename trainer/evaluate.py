@@ -47,8 +47,8 @@ GOALS = {"loss_reduction": 0.25, "stop_rate": 1.0, "copy_rate": 0.01}
 class EvalConfig:
     """Settings of ``steam-train eval`` (= its flags = its YAML keys)."""
 
-    model_name_or_path: str = arg("smollm2", "Base model: 'smollm2' (embedded default), HF hub id, local folder "
-                                  "or .gguf file; default: the run's base from run_config.yaml.")
+    model_name_or_path: str | None = arg(None, "Base model: 'smollm2' (embedded default), HF hub id, local folder "
+                                         "or .gguf file; default: the run's base (run_config.yaml), else smollm2.")
     adapter_name_or_path: str | None = arg(None, "Train run dir (LoRA adapter) to evaluate against the base.")
     gguf: str | None = arg(None, "Exported .gguf to evaluate against the base instead of an adapter.")
     dataset: str = arg("", "Validation data: an alpaca/sharegpt JSON(L) file, or a name registered in "
@@ -111,7 +111,8 @@ def run(cfg: EvalConfig) -> EvalResult:
     gen_convs = val[:cfg.num_samples]
 
     results: dict[str, dict[str, Any]] = {}
-    for which, model, tokenizer, ctx in _models(cfg):
+    base = cfg.model_name_or_path or run_cfg.get("model_name_or_path") or "smollm2"
+    for which, model, tokenizer, ctx in _models(cfg, base):
         chat = ChatTemplate(template, tokenizer)
         with ctx():
             console.print(f"[bold]eval[/bold] {which}: loss on {len(loss_convs)} records, "
@@ -122,7 +123,7 @@ def run(cfg: EvalConfig) -> EvalResult:
         results[which] = {"loss": loss, "generations": gens}
         del model, tokenizer  # free the base before the GGUF model loads (gguf mode)
 
-    report = build_report(cfg, results, gen_convs, index, bool(train_texts), system, cutoff_len)
+    report = build_report(cfg, results, gen_convs, index, bool(train_texts), system, cutoff_len, base)
     out.mkdir(parents=True, exist_ok=True)
     plot_lengths(report, out / "length_hist.png")
     io.write_json(out / "eval_report.json", report)
@@ -179,17 +180,17 @@ def _load(dataset: str | list[str], dataset_dir: str, system: str) -> list[list[
 
 # --------------------------------------------------------------------------------------------- models
 
-def _models(cfg: EvalConfig):
+def _models(cfg: EvalConfig, base: str):
     """Yield ``(which, model, tokenizer, context)`` for "base" then "tuned"; ``context()`` switches
     the adapter off for the base in adapter mode (one load serves both)."""
     from trainer import model as model_lib
 
     if cfg.adapter_name_or_path:
-        model, tokenizer = model_lib.load_for_inference(cfg.model_name_or_path, cfg.adapter_name_or_path)
+        model, tokenizer = model_lib.load_for_inference(base, cfg.adapter_name_or_path)
         yield "base", model, tokenizer, model.disable_adapter
         yield "tuned", model, tokenizer, contextlib.nullcontext
         return
-    model, tokenizer = model_lib.load_for_inference(cfg.model_name_or_path)
+    model, tokenizer = model_lib.load_for_inference(base)
     yield "base", model, tokenizer, contextlib.nullcontext
     del model
     model, tokenizer = model_lib.load_for_inference(cfg.gguf)
@@ -311,7 +312,7 @@ def _gen_stats(gens: list[dict], index: set, measure_copy: bool) -> dict[str, An
 
 
 def build_report(cfg: EvalConfig, results: dict[str, dict], convs: list[list[dict[str, str]]], index: set,
-                 measure_copy: bool, system: str, cutoff_len: int) -> dict[str, Any]:
+                 measure_copy: bool, system: str, cutoff_len: int, base_model: str) -> dict[str, Any]:
     """Assemble the JSON report from the per-model results (pure; see ``eval_report.json``)."""
     base, tuned = results["base"], results["tuned"]
     refs = [c[-1]["content"] for c in convs]
@@ -332,6 +333,7 @@ def build_report(cfg: EvalConfig, results: dict[str, dict], convs: list[list[dic
                for c, b, tu in zip(convs, base["generations"], tuned["generations"])]
     return {
         "config": config.to_dict(cfg),
+        "base_model": base_model,
         "system": system,
         "cutoff_len": cutoff_len,
         "loss": {"base": base["loss"], "tuned": tuned["loss"],
@@ -365,7 +367,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     L, G = report["loss"], report["generation"]
     cfg = report["config"]
     tuned_name = cfg.get("adapter_name_or_path") or cfg.get("gguf")
-    lines = [f"# Evaluation: `{tuned_name}` vs base `{cfg['model_name_or_path']}`", "",
+    lines = [f"# Evaluation: `{tuned_name}` vs base `{report['base_model']}`", "",
              f"Validation set: `{cfg['dataset']}`; {L['base']['records']} records for the loss, "
              f"{len(report['samples'])} prompts for generation (max_new_tokens {cfg['max_new_tokens']}, "
              f"{'sampling T=' + str(cfg['temperature']) + ' top_p=' + str(cfg['top_p']) if cfg['do_sample'] else 'greedy'}"
