@@ -121,3 +121,23 @@ def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tm
     again = run(cfg)
     assert all(r["reused"] for r in again.stages.values())
     assert again.summary["reviews"] == s["reviews"] and again.summary["wall_seconds"] < 10
+
+
+def test_a_dead_server_is_a_one_line_user_error_naming_its_log(tmp_path, monkeypatch):
+    """The served model going away mid-run (e.g. llama.cpp aborting) ends the stage with a UserError
+    that names serve.log, not a traceback from the plugin client."""
+    from trainer import demo
+
+    class DeadServer:  # a real closed port: nothing listens there
+        def __init__(self, export_dir, log, timeout=180.0):
+            self.base_url, self.log_path = f"http://127.0.0.1:{demo._free_port()}", log
+
+        def stop(self):
+            return 0
+
+    monkeypatch.setattr(demo, "_Server", DeadServer)
+    cfg = config.build(DemoConfig, {"output_dir": str(tmp_path)})
+    with pytest.raises(UserError) as e:
+        demo._serve_and_use(cfg, tmp_path, str(tmp_path))
+    msg = str(e.value.message)
+    assert msg.startswith(f"{tmp_path / 'serve.log'}: the served model failed") and "\n" not in msg

@@ -267,6 +267,8 @@ def _chat_like_plugin(server_client: Any, endpoint: str, model: str, turns: list
 
 
 def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any]:
+    import httpx
+
     from trainer.plugin_package import load_plugin_module
 
     review_client = load_plugin_module("review", "tools/review_client.py")
@@ -291,6 +293,9 @@ def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any
                                      cfg.seed)
         for t in chat["turns"]:
             console.print(f"[bold]user:[/] {t['user']}\n[bold]persona:[/] {t['assistant']}")
+    except (review_client.ReviewError, review_client.server_client.ServerError, httpx.HTTPError) as e:
+        raise UserError(f"{server.log_path}: the served model failed ({' '.join(str(e).split())[:300]}); "
+                        "see that log, fix, and rerun (finished stages are reused)") from None
     finally:
         code = server.stop()
     total_tokens = sum(r["tokens"] for r in reviews)
