@@ -4,7 +4,6 @@ reusing every stage, the stage bookkeeping, and the embedded example data set.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
