@@ -149,3 +149,12 @@ def test_varlen_attention_glue_matches_block_diagonal_sdpa(monkeypatch):
     plain, _ = accel.varlen_attention(module, q, k, v, None, scaling=D ** -0.5)
     ref, _ = sdpa_attention_forward(module, q, k, v, None, scaling=D ** -0.5)
     assert torch.equal(plain, ref)
+
+
+def test_merge_micro_batches_keeps_samples_and_order_within_budget():
+    lengths = {0: 100, 1: 300, 2: 50, 3: 700, 4: 20, 5: 5000, 6: 10}
+    micro = [[0, 1], [2, 3], [4], [5], [6]]
+    rows = accel.merge_micro_batches(micro, lengths.__getitem__, budget=1200)
+    assert rows == [[0, 1, 2, 3, 4], [5], [6]]  # 1170 tokens, then the oversized one alone, then the rest
+    assert [i for r in rows for i in r] == [i for mb in micro for i in mb]
+    assert accel.merge_micro_batches([], lengths.__getitem__, 10) == []
