@@ -101,7 +101,7 @@ class TrainConfig:
     eval_steps: int | None = arg(None, "Eval every this many optimizer steps when --val_size is set (default: save_steps).")
     eval_strategy: str = arg("steps", "When to evaluate (with --val_size): steps or no.", choices=("steps", "no"))
     seed: int = arg(42, "Random seed (data order, LoRA init).")
-    bf16: bool = arg(False, "Train in bfloat16 (recommended on GPUs that support it).")
+    bf16: bool = arg(False, "Train in bfloat16 (the default on GPUs that support it, even without this flag).")
     fp16: bool = arg(False, "Train in float16 (warned on bf16-capable hardware: overflow risk).")
     use_cpu: bool = arg(False, "Train on the CPU even when a GPU is present.")
     nproc_per_node: int = arg(1, "Processes (one per GPU) on this host: > 1 re-runs this training under torchrun "
@@ -128,7 +128,8 @@ def resolve_precision(cfg: TrainConfig) -> tuple[str, Any, Any]:
     """Pick ``(device, weight dtype, autocast dtype or None)`` from ``--bf16/--fp16/--use_cpu``.
 
     fp16 on bf16-capable hardware is honoured on CUDA with a warning (fp16 overflows on Qwen2.5:
-    NaN or loss 0). On CPU float16 has no fast kernels, so ``--fp16`` trains in bfloat16 when the
+    NaN or loss 0). With neither flag a CUDA GPU trains in bf16 when it supports it, else fp32;
+    the CPU trains in fp32. On CPU float16 has no fast kernels, so ``--fp16`` trains in bfloat16 when the
     CPU has bf16 instructions, else float32, and says so.
 
     Raises:
@@ -152,7 +153,9 @@ def resolve_precision(cfg: TrainConfig) -> tuple[str, Any, Any]:
             if not bf16_ok:
                 raise UserError("--bf16: this GPU has no bfloat16 support; use --fp16 True")
             return device, torch.bfloat16, torch.bfloat16
-        return device, torch.float32, None
+        # Neither flag: like LLaMA-Factory's inferred compute dtype, use bf16 where the GPU has it,
+        # so the fast path (bf16 kernels, fused loss) needs no flag; fp32 otherwise.
+        return (device, torch.bfloat16, torch.bfloat16) if bf16_ok else (device, torch.float32, None)
     cpu_bf16 = _cpu_has_bf16()
     if cfg.fp16:
         alt = "bfloat16" if cpu_bf16 else "float32"
