@@ -253,7 +253,7 @@ def test_validate_tool_credentials(review, server, dead_url):
     assert down.seconds < VALIDATE_BOUND_S
 
 
-COMBOS = list(itertools.product(["auto", "recommend", "not_recommend"], ["zh", "en"], ["short", "medium", "long"]))
+COMBOS = list(itertools.product(["auto", "recommend", "not_recommend"], ["zh", "en"], ["auto", "short", "medium", "long"]))
 
 
 def test_invoke_tool_every_parameter_combination(review, server):
@@ -294,6 +294,18 @@ def test_invoke_tool_defaults_and_persona_switch(review, server):
             {"role": "user", "content": "请以资深玩家的身份，点评一下《Celeste》这款游戏。"}]
     assert with_persona.result[1]["message"]["json_object"]["usage"]["prompt_tokens"] == \
         server_reply(server, msgs, max_tokens=1)["usage"]["prompt_tokens"]
+
+
+def test_tool_default_length_is_the_training_format():
+    """Regression: the tool's YAML default used to be length=medium, which adds a 篇幅 line the model
+    never saw in training. The default is now auto: exactly persona.build_review_prompt's record."""
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "plugin/review/tools/write_steam_review.yaml").read_text(encoding="utf-8"))
+    default = next(p for p in spec["parameters"] if p["name"] == "length")["default"]
+    client = load_plugin_module("review", "tools/review_client.py")
+    msgs = client.review_request("Dota 2", "免费开玩, 多人, 竞技", "auto", "zh", default)
+    assert msgs == [{"role": "user", "content": "请以资深玩家的身份，点评一下《Dota 2》这款游戏。\n游戏类型标签：免费开玩, 多人, 竞技"}]
 
 
 def test_host_python_runs_the_tool_code_path(server, dead_url):

@@ -15,12 +15,12 @@ from typing import Any, Mapping
 import persona
 import server_client
 
-#: ``max_tokens`` per requested length when the caller gives none (the persona writes ~1.5 tokens
+#: ``max_tokens`` per requested length when the caller gives none ("auto": medium's; the persona writes ~1.5 tokens
 #: per Chinese character; "long" leaves room for several paragraphs).
 MAX_TOKENS_BY_LENGTH = {"short": 200, "medium": 500, "long": 1000}
 VERDICTS = ("auto", "recommend", "not_recommend")
 LANGUAGES = ("zh", "en")
-LENGTHS = tuple(MAX_TOKENS_BY_LENGTH)
+LENGTHS = ("auto", *MAX_TOKENS_BY_LENGTH)
 
 
 class ReviewError(ValueError):
@@ -41,8 +41,8 @@ def review_request(game_name: Any, tags: Any = None, verdict: Any = "auto", lang
     :func:`persona.user_message`: exactly the user turn the model was trained on.
 
     Args:
-        length: ``short`` / ``medium`` / ``long`` adds a length line; ``None`` adds none (the
-            training format exactly).
+        length: ``short`` / ``medium`` / ``long`` adds a length line; ``None`` or ``"auto"`` (the
+            tool's default) adds none: the training format exactly.
         system: a system turn to send; ``None`` leaves the server's default (the trained persona
             embedded in the exported GGUF's chat template).
 
@@ -53,7 +53,8 @@ def review_request(game_name: Any, tags: Any = None, verdict: Any = "auto", lang
         raise ReviewError("game_name is required: give the game to review, e.g. 《黑神话：悟空》")
     verdict = _choice("verdict", verdict, VERDICTS, "auto")
     language = _choice("language", language, LANGUAGES, "zh")
-    length = _choice("length", length, LENGTHS, "") or None  # None: no length line, as in training
+    length = _choice("length", length, LENGTHS, "auto")
+    length = None if length == "auto" else length  # no length line: the training format exactly
     try:
         instruction, input_text = persona.build_review_prompt(
             str(game_name), tags=str(tags) if tags else None, verdict=verdict.replace("_", " "),
@@ -87,9 +88,9 @@ def write_review(credentials: Mapping[str, Any], game_name: Any, tags: Any = Non
     """
     system = persona.DEFAULT_SYSTEM if server_client.is_on(credentials.get("persona_system_prompt")) else None
     messages = review_request(game_name, tags, verdict, language, length, extra_instructions, system)
-    length_v = _choice("length", length, LENGTHS, "medium")
+    length_v = _choice("length", length, LENGTHS, "auto")
     try:
-        limit = int(max_tokens) if max_tokens not in (None, "") else MAX_TOKENS_BY_LENGTH[length_v]
+        limit = int(max_tokens) if max_tokens not in (None, "") else MAX_TOKENS_BY_LENGTH.get(length_v, 500)
     except (TypeError, ValueError):
         raise ReviewError(f"max_tokens must be a whole number of tokens, not {max_tokens!r}") from None
     if limit < 1:
