@@ -86,7 +86,8 @@ def test_chat_is_model_provider_and_review_is_tool(built):
     assert params["game_name"]["required"] is True
     assert [o["value"] for o in params["verdict"]["options"]] == ["auto", "recommend", "not_recommend"]
     assert [o["value"] for o in params["language"]["options"]] == ["zh", "en"]
-    assert [o["value"] for o in params["length"]["options"]] == ["short", "medium", "long"]
+    assert [o["value"] for o in params["length"]["options"]] == ["auto", "short", "medium", "long"]
+    assert params["length"]["default"] == "auto"
     assert {"tags", "extra_instructions"} <= set(params)
 
 
