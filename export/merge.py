@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError
-from trainer.hub import ModelSource
+from trainer.hub import ModelSource, enable_transformers_gguf
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MERGE_INFO = "export_merge.json"
@@ -84,8 +84,6 @@ def base_config(src: ModelSource):
     from transformers import AutoConfig
 
     if src.gguf_file:
-        from trainer.hub import enable_transformers_gguf
-
         enable_transformers_gguf()
     try:
         return AutoConfig.from_pretrained(src.path, **src.from_pretrained_kwargs())
@@ -182,12 +180,30 @@ def merge_dtype(config, infer_dtype: str):
 
 
 def load_tokenizer(src: ModelSource, run: RunInfo):
-    """The run's tokenizer (the trainer saves it with the adapter), else the base's."""
+    """The run's tokenizer (the trainer saves it with the adapter), else the base's.
+
+    For a GGUF base the vocabulary is rebuilt from the GGUF itself and the run contributes only what
+    training set (chat template, eos, pad): transformers versions convert a GGUF vocabulary
+    differently (5.17 saves SmolLM2's with ``byte_fallback`` and a ``Sequence`` decoder, 5.24 as plain
+    byte-level BPE), and llama.cpp aborts (``llama_vocab::byte_to_token``) on non-ASCII text with the
+    former — so a run trained on one version must still export cleanly on another.
+    """
     from transformers import AutoTokenizer
 
+    run_tok = None
     if run.adapter_dir is not None and (run.adapter_dir / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(run.adapter_dir)
-    return AutoTokenizer.from_pretrained(src.path, **src.from_pretrained_kwargs())
+        run_tok = AutoTokenizer.from_pretrained(run.adapter_dir)
+        if not src.gguf_file:
+            return run_tok
+    if src.gguf_file:
+        enable_transformers_gguf()
+    tok = AutoTokenizer.from_pretrained(src.path, **src.from_pretrained_kwargs())
+    if run_tok is not None:
+        tok.chat_template = run_tok.chat_template
+        tok.eos_token = run_tok.eos_token
+        if run_tok.pad_token is not None:
+            tok.pad_token = run_tok.pad_token
+    return tok
 
 
 def fix_tokenizer(tokenizer, system: str | None) -> str:
@@ -293,8 +309,6 @@ def _load_kwargs(src: ModelSource) -> dict[str, Any]:
     """
     kwargs = src.from_pretrained_kwargs()
     if src.gguf_file:
-        from trainer.hub import enable_transformers_gguf
-
         enable_transformers_gguf()
         try:
             from transformers import GgufConfig

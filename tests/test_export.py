@@ -362,3 +362,31 @@ def test_export_of_a_real_qlora_trainer_run(tiny_llama_dir, tmp_path):
     assert report["merged"]["dtype"] == "bfloat16" and report["eos_token"] == "<|im_end|>"
     v = report["verify"]["q8_0"]
     assert v["passed"] and v["chat_template_has_persona"] and v["logits"]["top1_agreement"] >= 0.9
+
+
+def test_gguf_base_vocabulary_comes_from_the_gguf_not_the_run(tmp_path, smollm2_gguf):
+    """Regression: a run saved by transformers 5.17 carries SmolLM2's GGUF vocabulary with
+    byte_fallback + a Sequence decoder; llama.cpp aborts on Chinese with it. Export rebuilds the
+    vocabulary from the GGUF and keeps only the run's template / eos / pad."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from export import merge as mg
+    from trainer.hub import enable_transformers_gguf, resolve_model
+
+    enable_transformers_gguf()
+    src = resolve_model(str(smollm2_gguf))
+    run_dir = tmp_path / "run"
+    tok = AutoTokenizer.from_pretrained(src.path, **src.from_pretrained_kwargs())
+    tok.chat_template = "{{ 'RUN TEMPLATE' }}"
+    tok.save_pretrained(run_dir)
+    data = json.loads((run_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    data["model"]["byte_fallback"] = True  # what 5.17 writes
+    (run_dir / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    assert AutoTokenizer.from_pretrained(run_dir).backend_tokenizer.model.byte_fallback is True
+
+    loaded = mg.load_tokenizer(src, mg.RunInfo(run_dir))
+    assert loaded.backend_tokenizer.model.byte_fallback is False
+    assert loaded.chat_template == "{{ 'RUN TEMPLATE' }}" and loaded.eos_token == "<|im_end|>"
+    assert loaded.decode(loaded.encode("黑神话：悟空", add_special_tokens=False)) == "黑神话：悟空"
