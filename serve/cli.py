@@ -26,7 +26,8 @@ class ServeConfig:
     api_key: str | None = arg(None, "Require 'Authorization: Bearer KEY' on every endpoint but /health.",
                               envvar=API_KEY_ENV, secret=True)
     insecure: bool = arg(False, "Allow a non-loopback --host without an API key.")
-    model_alias: str | None = arg(None, "Model id clients use (default: export dir name or GGUF file stem).")
+    model_alias: str | None = arg(None, "Model id clients use (default: the export's name from "
+                                            "export_report.json, else the GGUF file stem).")
     n_ctx: int = arg(0, "Context size in tokens; 0 = the model's training context, capped by memory.")
     n_threads: int = arg(0, "CPU threads for generation and prompt processing; 0 = half the usable cores.")
     n_gpu_layers: int = arg(-1, "Layers to offload to the GPU; -1 = all (a CPU build ignores it).")

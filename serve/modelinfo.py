@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from export.quantize import QUANT_TYPES
 from trainer.errors import UserError
 
 #: When an export dir holds several GGUFs, serve the first of these that exists (smallest good one first).
 QUANT_PREFERENCE = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "q4_1", "f16", "bf16", "f32")
+#: Suffixes of an export's ``<name>-<quant>.gguf`` files (the types `steam-train export` writes).
+_QUANT_SUFFIXES = frozenset(QUANT_TYPES) | {"f32"}
 _MARK_SYSTEM, _MARK_USER = "\x00SYSTEM\x00", "\x00USER\x00"
 
 
@@ -26,7 +29,7 @@ class ModelInfo:
 
     Attributes:
         path: the ``.gguf`` file.
-        name: a default model alias (export dir name or file stem).
+        name: a default model alias (see :func:`default_alias`).
         architecture: ``general.architecture`` (``llama``, ``qwen2`` …).
         n_ctx_train: ``{arch}.context_length`` in tokens (0 when absent).
         chat_template: ``tokenizer.chat_template`` (Jinja2 text) or ``None``.
@@ -81,6 +84,23 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{report_path}: not valid JSON ({e}); re-run `steam-train export`") from None
     return gguf.resolve(), report
+
+
+def default_alias(model: str | Path, gguf: Path, report: dict[str, Any] | None) -> str:
+    """The model id to serve under when ``--model_alias`` is not given.
+
+    For an export dir: the export's name (``export_report.json``'s ``name``, i.e. ``--export_name``
+    or the run dir's name), else the GGUF file stem without its ``-<quant>`` suffix
+    (``persona-q4_k_m.gguf`` → ``persona``). Never the folder's own name, which is ``export`` for
+    every run's default export dir. For a ``.gguf`` path: its file stem, as given.
+    """
+    if not Path(model).expanduser().is_dir():
+        return gguf.stem
+    name = report.get("name") if isinstance(report, dict) else None
+    if isinstance(name, str) and name.strip():
+        return name.strip()
+    stem, _, quant = gguf.stem.rpartition("-")
+    return stem if stem and quant.lower() in _QUANT_SUFFIXES else gguf.stem
 
 
 def kv_bytes_per_token(meta: dict[str, str]) -> int:
@@ -146,10 +166,9 @@ def read_model_info(model: str | Path) -> ModelInfo:
     template = meta.get("tokenizer.chat_template")
     bos, eos = special_token_texts(vocab)
     vocab.close()
-    p = Path(model).expanduser()
     return ModelInfo(
         path=gguf,
-        name=(p.resolve().name if p.is_dir() else gguf.stem),
+        name=default_alias(model, gguf, report),
         architecture=arch,
         n_ctx_train=int(meta.get(f"{arch}.context_length", 0) or 0),
         chat_template=template,

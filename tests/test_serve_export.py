@@ -12,8 +12,9 @@ from trainer import config
 def test_serve_an_export_dir(tiny_llama_dir, tmp_path):
     from export.cli import ExportConfig, run as export
 
-    out = tmp_path / "lao-g"
+    out = tmp_path / "export"  # the served model id is the export's name, not this folder's
     report = export(config.build(ExportConfig, {"model_name_or_path": str(tiny_llama_dir), "export_dir": str(out),
+                                                "export_name": "lao-g",
                                                 "quantization": ["q8_0"], "no_verify": True, "system": "You are Lao G."}))
     assert report["persona"] == "You are Lao G."
     with serve_process(out) as base_url:

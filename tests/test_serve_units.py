@@ -9,7 +9,7 @@ from serve.auth import key_ok, presented_key
 from serve.cli import default_threads, dify_hint, is_loopback
 from serve.errors import RequestError
 from serve.messages import normalise_messages
-from serve.modelinfo import choose_n_ctx, find_gguf, read_model_info, template_default_system
+from serve.modelinfo import choose_n_ctx, default_alias, find_gguf, read_model_info, template_default_system
 from serve.persona import apply_persona, resolve_persona
 from trainer.errors import UserError
 
@@ -93,6 +93,19 @@ def test_find_gguf_in_export_dir(tmp_path):
     (tmp_path / "export_report.json").write_text("{broken")
     with pytest.raises(UserError, match="export_report.json: not valid JSON"):
         find_gguf(tmp_path)
+
+
+def test_default_alias_is_the_export_name_never_the_folder_name(tmp_path):
+    """Regression: every run's export dir is called ``export``, and that was served as the model id."""
+    export = tmp_path / "run1" / "export"
+    export.mkdir(parents=True)
+    gguf = export / "gamer-q4_k_m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert default_alias(export, gguf, {"name": "gamer-v2"}) == "gamer-v2"  # export_report.json's name
+    assert default_alias(export, gguf, None) == "gamer"  # no report: the file stem less "-q4_k_m"
+    assert default_alias(export, export / "gamer-Q8_0.gguf", {"persona": "P"}) == "gamer"
+    assert default_alias(export, export / "my-model.gguf", None) == "my-model"  # no quant suffix to strip
+    assert default_alias(gguf, gguf, {"name": "gamer-v2"}) == "gamer-q4_k_m"  # a .gguf path: its stem as given
 
 
 def test_auth_headers_and_constant_time_compare():
