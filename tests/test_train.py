@@ -170,3 +170,35 @@ def test_real_data_qlora_4bit_smollm2_and_inference(seed_dataset, tmp_path):
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
     gen = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert gen.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_rerunning_a_finished_run_says_so_and_how_to_go_on(tiny_llama_dir, eight, tmp_path):
+    """Regression: the same `steam-train train` command after a finished run said "holds no resumable
+    checkpoint" (no checkpoint kept) or silently retrained from the last checkpoint (one kept)."""
+    from click.testing import CliRunner
+
+    from trainer.cli import main
+
+    def argv(out, **kw):
+        flags = {"model_name_or_path": tiny_llama_dir, "dataset": eight, "output_dir": out, "max_steps": 4,
+                 "save_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 4, "cutoff_len": 256, **kw}
+        return ["train"] + [x for k, v in flags.items() for x in (f"--{k}", str(v))]
+
+    for out, save_steps, hint in [(tmp_path / "kept", 2, f"pass --resume_from_checkpoint {tmp_path / 'kept' / 'checkpoint-2'}"),
+                                  (tmp_path / "none", 100, "start over with a larger --max_steps")]:
+        first = CliRunner().invoke(main, argv(out, save_steps=save_steps))
+        assert first.exit_code == 0, first.output
+        again = CliRunner().invoke(main, argv(out, save_steps=save_steps))
+        assert again.exit_code == 2 and "Traceback" not in again.output
+        msg = " ".join(again.output.split())
+        assert f"{out}: this run already finished at step 4 (final adapter {out / 'adapter_model.safetensors'})" in msg
+        assert "pass --overwrite_output_dir to start over" in msg and hint in msg
+    # the advice for training longer works: steps 3..6 from checkpoint-2, one log row per step
+    longer = CliRunner().invoke(main, argv(tmp_path / "kept", max_steps=6,
+                                           resume_from_checkpoint=tmp_path / "kept" / "checkpoint-2"))
+    assert longer.exit_code == 0, longer.output
+    assert json.loads((tmp_path / "kept" / "all_results.json").read_text())["global_step"] == 6
+    steps = [json.loads(x)["current_steps"] for x in (tmp_path / "kept" / "trainer_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    again = CliRunner().invoke(main, argv(tmp_path / "none", overwrite_output_dir=True))
+    assert again.exit_code == 0, again.output

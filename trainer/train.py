@@ -251,6 +251,19 @@ def last_checkpoint(out: Path) -> Path | None:
     return best[1] if best else None
 
 
+def resumable_checkpoint(out: Path) -> Path | None:
+    """:func:`last_checkpoint` when it holds the optimizer state (saved without --save_only_model), else ``None``."""
+    ckpt = last_checkpoint(out)
+    return ckpt if ckpt is not None and (ckpt / "optimizer.pt").is_file() else None
+
+
+def finished_run(out: Path) -> dict | None:
+    """``all_results.json`` of the finished run in ``out`` (written after the final adapter), else ``None``."""
+    if (out / "adapter_model.safetensors").is_file() and (out / "all_results.json").is_file():
+        return json.loads((out / "all_results.json").read_text(encoding="utf-8"))
+    return None
+
+
 def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
     if cfg.resume_from_checkpoint:
         p = Path(cfg.resume_from_checkpoint)
@@ -260,8 +273,15 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
         return p
     if cfg.overwrite_output_dir or not out.exists():
         return None
-    ckpt = last_checkpoint(out)
-    if ckpt is not None and (ckpt / "optimizer.pt").is_file():
+    ckpt = resumable_checkpoint(out)
+    finished = finished_run(out)
+    if finished is not None:  # rerunning a finished command must not silently retrain its tail
+        longer = (f"raise --max_steps (or --num_train_epochs) and pass --resume_from_checkpoint {ckpt}" if ckpt else
+                  "start over with a larger --max_steps (no resumable checkpoint-N was kept; see --save_steps)")
+        raise UserError(f"{out}: this run already finished at step {finished.get('global_step')} (final adapter "
+                        f"{out / 'adapter_model.safetensors'}); pass --overwrite_output_dir to start over or pick "
+                        f"another --output_dir; to train longer, {longer}")
+    if ckpt is not None:
         return ckpt
     if any(out.iterdir()):
         raise UserError(f"{out}: output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir "
@@ -636,4 +656,4 @@ command = config.command(TrainConfig, run, name="train", help=(
     "LoRA/QLoRA SFT with LLaMA-Factory's flags: `steam-train train --stage sft --do_train --model_name_or_path "
     "Qwen/Qwen2.5-7B-Instruct --dataset steam_reviews --dataset_dir data --template qwen --finetuning_type lora "
     "--lora_target all --output_dir saves/x --quantization_bit 4 ...`, or `steam-train train config.yaml`. "
-    "An existing run resumes from its last checkpoint unless --overwrite_output_dir."))
+    "An unfinished run resumes from its last checkpoint unless --overwrite_output_dir."))
