@@ -231,7 +231,7 @@ def test_other_formats_detected(tmp_path, shared_dir, seed_dataset):
 
 @pytest.mark.parametrize("setup,message", [
     (lambda p: None, "input not found; check the path"),
-    (lambda p: p.write_bytes(b'[{"instruction": "\xff\xfe"}]'), "byte 18 is not UTF-8"),
+    (lambda p: p.write_bytes(b'[{"instruction": "\xff\xfe"}]'), "line 1: not valid utf-8 (byte 18)"),
     (lambda p: p.write_text("[{\"text\": \"hi\"}]", encoding="utf-8"), "record 1: unknown record shape"),
     (lambda p: p.write_text("[{\"instruction\": 1,", encoding="utf-8"), "invalid JSON at line 1"),
 ])
@@ -317,3 +317,33 @@ def test_yaml_config_and_flags(tmp_path, seed_dataset):
     bad.write_text("max_per_gam: 2\n", encoding="utf-8")
     r = CliRunner().invoke(main, ["prepare", str(seed_dataset), "--config", str(bad)])
     assert r.exit_code == 2 and "did you mean 'max_per_game'" in r.output
+
+
+def test_gbk_input_needs_and_accepts_encoding_and_the_table_names_the_kept_count(tmp_path, seed_dataset):
+    """Regression: prepare had no --encoding (a GBK file said "re-save the file as UTF-8"), and its
+    table printed the kept count in the "removed" column (`│ kept │ 926 │`)."""
+    seed = []
+    for rec in _load(seed_dataset):
+        try:
+            json.dumps(rec, ensure_ascii=False).encode("gbk")
+        except UnicodeEncodeError:
+            continue
+        seed.append(rec)
+        if len(seed) == 6:
+            break
+    src = tmp_path / "gbk.json"
+    src.write_bytes(json.dumps(seed, ensure_ascii=False).encode("gbk"))
+    out = tmp_path / "o/train.json"
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(out), "--val_size", "0"])
+    assert r.exit_code == 2 and "it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk" in r.output
+    assert not out.exists()
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(out), "--val_size", "0", "--encoding", "gbk"])
+    assert r.exit_code == 0, r.output
+    assert _load(out) == seed
+    lines = [ln.replace(" ", "") for ln in r.output.splitlines()]
+    assert "┃rule┃removed┃changed┃reviews┃details┃" in lines
+    assert "│read│││6││" in lines and "│kept│││6││" in lines
+    # utf-8 (the default) still accepts a BOM
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(seed, ensure_ascii=False).encode("utf-8"))
+    assert _run(tmp_path, [bom], val_size=0)["counts"]["kept"] == 6

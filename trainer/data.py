@@ -18,7 +18,8 @@ record and the fix, the GBK hint, and no cache directory; the files are small (S
 
 Public API: :func:`resolve` (``--dataset`` → file + format), :func:`read_dataset` (all records and
 every problem), :func:`load_conversations` (strict: raises on the first problem), and
-:func:`load_messages` (OpenAI-style message lists with the persona system prompt, for eval/demo).
+:func:`load_messages` (OpenAI-style message lists with the persona system prompt, for eval/demo);
+:func:`decode` (bytes → text with the ``--encoding`` hint, shared with prepare).
 """
 
 from __future__ import annotations
@@ -92,7 +93,16 @@ def resolve(dataset: str, dataset_dir: str | Path = "data") -> DatasetSpec:
 def _decode(path: Path, encoding: str) -> str:
     if not path.is_file():
         raise UserError(f"{path}: dataset file not found; check --dataset / --dataset_dir")
-    raw = path.read_bytes()
+    return decode(path, path.read_bytes(), encoding)
+
+
+def decode(path: Path, raw: bytes, encoding: str) -> str:
+    """``raw`` (the bytes of ``path``) as text in ``--encoding`` (``utf-8`` also accepts a BOM).
+
+    Raises:
+        UserError: an unknown encoding, or bytes that are not valid in it: the line, the byte offset
+            and a hint (``--encoding gbk`` when the bytes decode as GB18030).
+    """
     enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
         return raw.decode(enc)

@@ -48,6 +48,7 @@ class PrepareConfig:
                                "<name>_val).")
     name: str = arg("steam_reviews", "Dataset name for --register.")
     report: str | None = arg(None, "Report JSON path; unset = prepare_report.json beside --out.")
+    encoding: str = arg("utf-8", "Text encoding of the input files (utf-8 also accepts a BOM; e.g. gbk).")
     language: list[str] = arg(["schinese"], "Keep reviews whose Steam language is one of these (schinese, english, "
                               "…); 'all' keeps every language. Records without a language field are kept.")
     script_check: bool = arg(False, "Also check the text's script fits --language (Han for Chinese, Latin for "
@@ -309,14 +310,16 @@ def _print_table(stats: dict[str, _Stat], read: int, kept: int) -> None:
     table.add_column("rule", style="bold")
     table.add_column("removed", justify="right")
     table.add_column("changed", justify="right")
+    table.add_column("reviews", justify="right")
     table.add_column("details")
-    table.add_row("read", "", "", f"{read:,} reviews")
+    table.add_row("read", "", "", f"{read:,}", "")
     for name in RULES:
         st = stats[name]
         if st.removed or st.changed:
             details = ", ".join(f"{k} {v}" for k, v in st.reasons.most_common(4))
-            table.add_row(name, f"{st.removed:,}" if st.removed else "", f"{st.changed:,}" if st.changed else "", details)
-    table.add_row("kept", f"{kept:,}", "", "")
+            table.add_row(name, f"{st.removed:,}" if st.removed else "", f"{st.changed:,}" if st.changed else "",
+                          "", details)
+    table.add_row("kept", "", "", f"{kept:,}", "")
     console.print(table)
 
 
@@ -347,7 +350,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
 
     loaded = []
     for path in sources.expand_inputs(cfg.inputs):
-        item = sources.read(path, cfg.prompt_language)
+        item = sources.read(path, cfg.prompt_language, cfg.encoding)
         console.print(f"[green]detected[/] {item.describe()}")
         loaded.append(item)
     apps: dict[str, sources.AppInfo] = {}

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainer import persona
+from trainer.data import decode
 from trainer.errors import UserError
 
 #: Steam user-tag ids → (English, 简体中文) names, for ``tags_raw`` in the store-scrape CSV.
@@ -180,17 +181,19 @@ def expand_inputs(paths: list[str]) -> list[Path]:
     return out
 
 
-def read(path: Path, tag_language: str = "zh") -> Loaded:
+def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8") -> Loaded:
     """Detect the format of ``path`` and read it.
 
     Args:
         path: one input file.
         tag_language: ``"zh"`` or ``"en"``: which name to use for Steam tag ids.
+        encoding: the file's text encoding (``utf-8`` also accepts a BOM; e.g. ``gbk``).
 
     Raises:
-        UserError: undecodable bytes, invalid JSON / CSV, unknown columns or record shapes.
+        UserError: undecodable bytes (with a ``--encoding`` hint), an unknown encoding, invalid
+            JSON / CSV, unknown columns or record shapes.
     """
-    text = _read_text(path)
+    text = _read_text(path, encoding)
     if path.suffix.lower() == ".csv":
         return _read_store_csv(path, text, tag_language)
     stripped = text.lstrip()
@@ -231,15 +234,12 @@ def read(path: Path, tag_language: str = "zh") -> Loaded:
                     "an alpaca/sharegpt list or appdetails")
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, encoding: str) -> str:
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror}); check the path and permissions") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: byte {e.start} is not UTF-8 ({e.reason}); re-save the file as UTF-8") from None
+    return decode(path, raw, encoding)  # the same decoding and GBK hint as train / validate
 
 
 def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
