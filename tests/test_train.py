@@ -193,6 +193,9 @@ def test_rerunning_a_finished_run_says_so_and_how_to_go_on(tiny_llama_dir, eight
         msg = " ".join(again.output.split())
         assert f"{out}: this run already finished at step 4 (final adapter {out / 'adapter_model.safetensors'})" in msg
         assert "pass --overwrite_output_dir to start over" in msg and hint in msg
+    # regression: saving the final adapter left an empty `<output_dir>.new/` beside the run dir
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "none"]
+    assert not [p.name for p in (tmp_path / "none").iterdir() if p.name.startswith(".")]
     # the advice for training longer works: steps 3..6 from checkpoint-2, one log row per step
     longer = CliRunner().invoke(main, argv(tmp_path / "kept", max_steps=6,
                                            resume_from_checkpoint=tmp_path / "kept" / "checkpoint-2"))

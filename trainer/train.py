@@ -298,15 +298,26 @@ def _clear_run(out: Path) -> None:
 
 
 def _save_adapter_and_tokenizer(model: Any, tokenizer: Any, target: Path) -> None:
-    """Save the PEFT adapter (+ tokenizer) into ``target`` atomically (temp folder, then rename/move)."""
-    with io.atomic_path(target.with_name(target.name + ".new")) as tmp:
-        tmp.mkdir(parents=True)
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        target.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, target / f.name)
+    """Save the PEFT adapter (+ tokenizer) into ``target``: written into a temp folder inside it, then each
+    file renamed into place; the temp folder is removed (also on error).
+
+    Raises:
+        UserError: the disk is full (ENOSPC); files already in ``target`` stay whole.
+    """
+    import tempfile
+
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".save-", dir=target) as tmp:
+            model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            for f in Path(tmp).iterdir():
+                os.replace(f, target / f.name)
+    except OSError as e:
+        if e.errno == 28:  # ENOSPC, as io.atomic_path
+            raise UserError(f"{target}: no space left on the device; free some disk and rerun") from None
+        raise
 
 
 def _save_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, optimizer: Any, scheduler: Any,
