@@ -32,3 +32,15 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path, tiny_llama_dir):
     assert "line 2: 'output' is empty" in res.output and "line 3: 'input' must be a string, not list" in res.output
     assert "4 (2 usable, 2 with problems)" in res.output
     assert res.output.strip().splitlines()[-1].startswith("Error: ") and "2 unusable record(s)" in res.output
+
+
+def test_dataset_errors_name_the_positional_DATASET(tmp_path):
+    """Regression: validate takes the dataset as a positional argument but said "fix --dataset"."""
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"good": {"file_name": "good.json"}}), encoding="utf-8")
+    res = CliRunner().invoke(main, ["validate", "steam", "--dataset_dir", str(tmp_path)])
+    assert res.exit_code == 2 and "--dataset " not in res.output
+    assert f"{tmp_path / 'dataset_info.json'}: dataset 'steam' is not registered (known: good); fix DATASET" in res.output
+    res = CliRunner().invoke(main, ["validate", "steam", "--dataset_dir", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "or pass a file as DATASET (path/to/file.json)" in res.output
+    res = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.json")])
+    assert res.exit_code == 2 and "nope.json: dataset file not found; check DATASET / --dataset_dir" in res.output

@@ -51,6 +51,7 @@ class DatasetSpec:
     columns: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     name: str = ""
+    arg: str = "--dataset"  # how the command took it, for messages (validate: the positional DATASET)
 
 
 @dataclass
@@ -69,30 +70,31 @@ class ReadResult:
         return [c for c in self.conversations if c is not None]
 
 
-def resolve(dataset: str, dataset_dir: str | Path = "data") -> DatasetSpec:
+def resolve(dataset: str, dataset_dir: str | Path = "data", arg: str = "--dataset") -> DatasetSpec:
     """Resolve one ``--dataset`` value: a ``.json``/``.jsonl`` path, or a name in ``DIR/dataset_info.json``.
 
     A value ending in ``.json``/``.jsonl`` (or naming an existing file) is read directly, its format
-    detected from the first record. Anything else is looked up in the registry.
+    detected from the first record. Anything else is looked up in the registry. ``arg`` names the
+    argument in error messages (``--dataset``; ``DATASET`` for validate's positional one).
 
     Raises:
         UserError: unknown name, missing registry, or an unsupported ``formatting``.
     """
     p = Path(dataset).expanduser()
     if p.suffix.lower() in (".json", ".jsonl") or p.is_file():
-        return DatasetSpec(path=p, name=p.stem)
-    path, entry = registry.lookup(dataset_dir, dataset)
+        return DatasetSpec(path=p, name=p.stem, arg=arg)
+    path, entry = registry.lookup(dataset_dir, dataset, arg)
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise UserError(f"{Path(dataset_dir) / registry.REGISTRY_FILE}: dataset '{dataset}' has formatting "
                         f"'{formatting}'; use alpaca or sharegpt")
     return DatasetSpec(path=path, formatting=formatting, columns=dict(entry.get("columns") or {}),
-                       tags=dict(entry.get("tags") or {}), name=dataset)
+                       tags=dict(entry.get("tags") or {}), name=dataset, arg=arg)
 
 
-def _decode(path: Path, encoding: str) -> str:
+def _decode(path: Path, encoding: str, arg: str) -> str:
     if not path.is_file():
-        raise UserError(f"{path}: dataset file not found; check --dataset / --dataset_dir")
+        raise UserError(f"{path}: dataset file not found; check {arg} / --dataset_dir")
     return decode(path, path.read_bytes(), encoding)
 
 
@@ -124,11 +126,11 @@ def decode(path: Path, raw: bytes, encoding: str) -> str:
         raise UserError(f"{path}: line {line}: not valid {encoding} (byte {e.start}); {hint}") from None
 
 
-def _parse(path: Path, text: str) -> list[Any]:
+def _parse(path: Path, text: str, arg: str) -> list[Any]:
     """Parse a JSON array or JSON Lines text into a list of records (raises with line and column)."""
     stripped = text.strip()
     if not stripped:
-        raise UserError(f"{path}: the file is empty; add records or pick another --dataset")
+        raise UserError(f"{path}: the file is empty; add records or pick another {arg}")
     jsonl = path.suffix.lower() == ".jsonl" or not stripped.startswith("[")
     if not jsonl:
         try:
@@ -255,10 +257,10 @@ def read_dataset(spec: DatasetSpec, *, system: str | None = None, encoding: str 
     Raises:
         UserError: file-level problems (missing, undecodable, invalid JSON, not a list, empty).
     """
-    text = _decode(spec.path, encoding)
-    records = _parse(spec.path, text)
+    text = _decode(spec.path, encoding, spec.arg)
+    records = _parse(spec.path, text, spec.arg)
     if not records:
-        raise UserError(f"{spec.path}: no records; add records or pick another --dataset")
+        raise UserError(f"{spec.path}: no records; add records or pick another {spec.arg}")
     fmt = spec.formatting if spec.formatting != "auto" else _detect(records[0], spec.columns)
     unit = "line" if spec.path.suffix.lower() == ".jsonl" else "record"
     convs: list[Conversation | None] = []

@@ -37,8 +37,10 @@ def load(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def lookup(dataset_dir: str | Path, name: str) -> tuple[Path, dict[str, Any]]:
+def lookup(dataset_dir: str | Path, name: str, arg: str = "--dataset") -> tuple[Path, dict[str, Any]]:
     """Resolve ``--dataset NAME --dataset_dir DIR`` to (data file path, registry entry).
+
+    ``arg`` is how the command takes the dataset, for the messages (``validate``: ``DATASET``).
 
     Raises:
         UserError: no registry, unknown name (the message lists the known names), or an entry
@@ -47,11 +49,11 @@ def lookup(dataset_dir: str | Path, name: str) -> tuple[Path, dict[str, Any]]:
     reg_path = Path(dataset_dir) / REGISTRY_FILE
     if not reg_path.exists():
         raise UserError(f"{reg_path}: not found; create it with `steam-train prepare --register {reg_path} --name {name}` "
-                        "or pass --dataset path/to/file.json")
+                        f"or pass a file as {arg} (path/to/file.json)")
     reg = load(reg_path)
     if name not in reg:
         known = ", ".join(sorted(reg)) or "none"
-        raise UserError(f"{reg_path}: dataset '{name}' is not registered (known: {known}); fix --dataset")
+        raise UserError(f"{reg_path}: dataset '{name}' is not registered (known: {known}); fix {arg}")
     entry = reg[name]
     if not isinstance(entry, dict) or not entry.get("file_name"):
         raise UserError(f"{reg_path}: dataset '{name}' has no file_name; add it")

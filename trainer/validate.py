@@ -53,7 +53,7 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
 
     if not cfg.dataset:
         raise UserError("validate: give a dataset (a .json/.jsonl path or a registered name)")
-    res = data.read_dataset(data.resolve(cfg.dataset, cfg.dataset_dir), system=cfg.system or None, encoding=cfg.encoding)
+    res = data.read_dataset(data.resolve(cfg.dataset, cfg.dataset_dir, arg="DATASET"), system=cfg.system or None, encoding=cfg.encoding)
     tok = load_tokenizer(cfg.model_name_or_path)
     template = ChatTemplate(cfg.template, tok)
     usable = res.usable
