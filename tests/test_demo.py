@@ -140,3 +140,55 @@ def test_a_dead_server_is_a_one_line_user_error_naming_its_log(tmp_path, monkeyp
         demo._serve_and_use(cfg, tmp_path, str(tmp_path))
     msg = str(e.value.message)
     assert msg.startswith(f"{tmp_path / 'serve.log'}: the served model failed") and "\n" not in msg
+
+
+def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, tmp_path, monkeypatch):
+    """Regression: after Ctrl-C during training before the first checkpoint, rerunning the demo failed with
+    "output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir" (a flag demo lacks)."""
+    from trainer import demo, train
+
+    real_train = train.run
+    seen: list[list[int]] = []
+
+    def train_run(tcfg, callbacks=()):
+        seen.append([])
+
+        def record(step, row):
+            seen[-1].append(step)
+            if step == stop_at:
+                raise KeyboardInterrupt
+
+        return real_train(tcfg, callbacks=(*callbacks, record))
+
+    class AfterTrain(Exception):
+        pass
+
+    def no_export(cfg, out):
+        raise AfterTrain
+
+    monkeypatch.setattr(train, "run", train_run)
+    monkeypatch.setattr(demo, "_export", no_export)
+    out = tmp_path / "demo_run"
+    settings = {"model_name_or_path": str(tiny_llama_dir), "output_dir": str(out), "max_steps": 12,
+                "per_device_train_batch_size": 2, "cutoff_len": 128}  # the demo saves checkpoint-10
+
+    def demo_run(**kw):
+        with pytest.raises((KeyboardInterrupt, AfterTrain)) as e:
+            run(config.build(DemoConfig, {**settings, **kw}))
+        return e.type
+
+    stop_at = 3  # interrupted before the first checkpoint
+    assert demo_run() is KeyboardInterrupt and not (out / "run" / "checkpoint-10").exists()
+    stop_at = 11  # the rerun starts over by itself, then is interrupted after checkpoint-10
+    assert demo_run() is KeyboardInterrupt and seen[1] == list(range(1, 12))
+    stop_at = None  # the next rerun continues from checkpoint-10
+    assert demo_run() is AfterTrain and seen[2] == [11, 12]
+    state = json.loads((out / "demo_state.json").read_text(encoding="utf-8"))
+    assert state["train"]["status"] == "done" and state["train"]["result"]["steps"] == 12
+    rows = [json.loads(x) for x in (out / "run" / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["current_steps"] for r in rows if "loss" in r] == [5, 10, 12]
+    # a settings change does not continue the other settings' checkpoint: the run starts over
+    stop_at = 2
+    assert demo_run(learning_rate=1e-4) is KeyboardInterrupt and seen[3] == [1, 2]
+    assert sorted(p.name for p in out.iterdir()) == ["data", "demo_config.json", "demo_log.jsonl", "demo_state.json",
+                                                      "run"]  # and no empty run.new/ beside the run

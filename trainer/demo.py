@@ -20,7 +20,9 @@ Stages, each through the same code path as its own command (their public ``run(c
 Every artefact lives under ``--output_dir`` (``demo_run/``). ``demo_state.json`` records each
 finished stage with a fingerprint of its settings (chained through the stages before it); a rerun
 skips a stage whose fingerprint matches and whose artefacts exist, and redoes it and everything
-after it otherwise. Train and export also resume by themselves within a stage.
+after it otherwise. Train and export also resume by themselves within a stage: an interrupted train
+stage with the same settings continues from its last checkpoint; without one (or after a settings
+change) the demo, which owns ``demo_run/run``, starts that run over.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ class _Stages:
         self.log = io.JsonlLog(out / "demo_log.jsonl")
         self.upstream = ""
         self.records: dict[str, dict[str, Any]] = {}
+        #: while a stage runs: whether its last attempt, with the same fingerprint, did not finish
+        self.resumable = False
 
     def run(self, name: str, settings: dict[str, Any], done: Callable[[dict], bool],
             fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -115,6 +119,10 @@ class _Stages:
             self.records[name] = {**old, "reused": True}
             return old["result"]
         console.rule(f"[bold]{n}/{len(STAGES)} {name}")
+        self.resumable = (not self.force and bool(old) and old.get("status") != "done"
+                          and old.get("fingerprint") == fp)
+        self.state[name] = {"status": "running", "fingerprint": fp}  # stays so if the process is killed
+        io.write_json(self.path, self.state)
         self.log.write(event="stage_start", stage=name)
         t0 = time.perf_counter()
         try:
@@ -146,10 +154,13 @@ def _prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     return prepare.run(pcfg)
 
 
-def _train(cfg: DemoConfig, out: Path, prepared: dict[str, Any]) -> dict[str, Any]:
+def _train(cfg: DemoConfig, out: Path, resume: bool) -> dict[str, Any]:
+    """Train into ``out/run``: continue its last checkpoint when ``resume`` (an unfinished attempt with the
+    same settings), else start the run over (the demo owns that folder; it has no --overwrite_output_dir)."""
     from trainer import train
     from trainer.persona import DEFAULT_SYSTEM
 
+    keep = resume and train.finished_run(out / "run") is None and train.resumable_checkpoint(out / "run") is not None
     tcfg = config.build(train.TrainConfig, {
         "model_name_or_path": cfg.model_name_or_path, "dataset": "persona", "dataset_dir": str(out / "data"),
         "template": "auto", "system": DEFAULT_SYSTEM, "finetuning_type": "lora", "lora_target": ["all"],
@@ -157,7 +168,7 @@ def _train(cfg: DemoConfig, out: Path, prepared: dict[str, Any]) -> dict[str, An
         "max_samples": cfg.max_samples, "per_device_train_batch_size": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": 1, "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps,
         "warmup_ratio": 0.1, "logging_steps": 5, "save_steps": max(10, cfg.max_steps // 4), "seed": cfg.seed,
-        "output_dir": str(out / "run"), "disable_gradient_checkpointing": True})
+        "output_dir": str(out / "run"), "overwrite_output_dir": not keep, "disable_gradient_checkpointing": True})
     res = train.run(tcfg)
     run_dir = Path(res["output_dir"])
     return {"run_dir": str(run_dir), "loss_start": res["loss_first"], "loss_end": res["loss_last"],
@@ -333,7 +344,7 @@ def run(cfg: DemoConfig) -> DemoResult:
                   "cutoff_len", "lora_rank", "quantization_bit", "seed")
     trained = stages.run("train", {k: getattr(cfg, k) for k in train_keys},
                          lambda r: (Path(r["run_dir"]) / "adapter_model.safetensors").is_file(),
-                         lambda: _train(cfg, out, prepared))
+                         lambda: _train(cfg, out, stages.resumable))
     exported = stages.run("export", {"quantization": cfg.quantization},
                           lambda r: all(Path(f["file"]).is_file() for f in r["files"].values()),
                           lambda: _export(cfg, out))
