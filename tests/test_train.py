@@ -205,3 +205,30 @@ def test_rerunning_a_finished_run_says_so_and_how_to_go_on(tiny_llama_dir, eight
     assert steps == [1, 2, 3, 4, 5, 6]
     again = CliRunner().invoke(main, argv(tmp_path / "none", overwrite_output_dir=True))
     assert again.exit_code == 0, again.output
+
+
+def test_plain_progress_lines_when_not_a_terminal(tiny_llama_dir, eight, tmp_path, monkeypatch):
+    """Regression: with stderr not a terminal (CI log, `| tee`, a file) rich's live bar printed nothing for
+    the whole run; now each logging step prints one plain line with trainer_log.jsonl's figures."""
+    import io as _io
+    import re
+
+    from trainer import console as console_mod
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "file", buf)
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")  # rich: not a terminal, whatever FORCE_COLOR says
+    assert not console_mod.console.is_terminal
+    run(_cfg(tiny_llama_dir, eight, tmp_path / "run", max_steps=5, logging_steps=2, save_steps=100))
+    lines = [m.groups() for m in re.finditer(
+        r"^train step (\d+)/(\d+)  loss (\S+)  lr (\S+)  tokens/s (\d+)  elapsed (\S+)  ETA (\S+)$", buf.getvalue(), re.M)]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "trainer_log.jsonl").read_text().splitlines()]
+    assert [(int(s), int(t)) for s, t, *_ in lines] == [(2, 5), (4, 5), (5, 5)] == [(r["current_steps"], 5) for r in rows]
+    for (_, _, loss, lr, tps, elapsed, eta), r in zip(lines, rows):
+        assert (float(loss), lr, elapsed, eta) == (r["loss"], f"{r['lr']:.2e}", r["elapsed_time"], r["remaining_time"])
+        assert int(tps) == round(r["throughput"]) and eta.count(":") == 2
+    # on a terminal the rich bar shows progress and no plain line is printed
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    buf.truncate(0)
+    console_mod.plain_progress("train step", 1, 5, {"loss": "1.0"})
+    assert buf.getvalue() == ""

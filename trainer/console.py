@@ -23,6 +23,16 @@ def progress(*extra_columns: object, transient: bool = False) -> Progress:
                     console=console, transient=transient)
 
 
+def plain_progress(description: str, completed: int, total: int, figures: dict[str, object]) -> None:
+    """Print one plain line ``"{description} {completed}/{total}  key value  ..."`` when :data:`console` is
+    not a terminal (CI logs, ``| tee``, a file), where rich's live bar prints nothing until it ends.
+    A no-op on terminals, where the bar shows progress. Call it at the stage's logging points."""
+    if console.is_terminal:
+        return
+    line = "  ".join([f"{description} {completed}/{total}", *(f"{k} {v}" for k, v in figures.items())])
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def summary_table(title: str, rows: Iterable[tuple[object, object]]) -> None:
     """Print a two-column (setting, value) summary table."""
     table = Table(title=title, show_header=False, title_justify="left")

@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 from trainer import config, io
 from trainer.config import arg
-from trainer.console import console, progress, summary_table
+from trainer.console import console, plain_progress, progress, summary_table
 from trainer.errors import UserError
 from trainer.persona import DEFAULT_SYSTEM
 
@@ -583,6 +583,9 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
                 if done % cfg.logging_steps == 0 or done == total:
                     log.write(**row)
                     rows.append(row)
+                    plain_progress("train step", done, total, {
+                        "loss": f"{row['loss']:.4f}", "lr": f"{lr:.2e}", "tokens/s": f"{row['throughput']:.0f}",
+                        "elapsed": row["elapsed_time"], "ETA": row["remaining_time"]})
                     pending = []
                 if do_eval and (done % eval_every == 0 or done == total):
                     last_eval = evaluate()
