@@ -87,6 +87,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     from export import convert as conv
     from export import merge as mg
     from export import quantize as qz
+    from export.verify import describe
 
     t_start = time.time()
     qtypes = qz.check_types(cfg.quantization)
@@ -242,9 +243,8 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
                                          ("base", base), ("adapter", run_info.adapter_dir or "(none)")]
     for q in qtypes:
         v = (verify or {}).get(q)
-        check = "" if v is None else (
-            f"  top-1 {v['logits']['top1_agreement']:.0%}, max|Δ| {v['logits']['max_abs_diff']:.3g}, "
-            f"stop {'ok' if v['stop']['passed'] else 'FAILED'}{'' if v['passed'] else '  [red]FAILED[/]'}")
+        check = "" if v is None else (f"  {'[green]PASSED[/]' if v['passed'] else '[red]FAILED[/]'}: "
+                                      f"{describe(v, is_float=q in qz.FLOAT_TYPES)}")
         rows.append((files[q].name, f"{_size(files[q])}{check}"))
     if cfg.lora_gguf:
         rows.append((lora_file.name, _size(lora_file)))

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,30 @@ def compare_logits(ref: dict[str, np.ndarray], llm, *, is_float: bool) -> dict[s
     return {"positions": total, "top1_agreement": round(rate, 4), "top1_agreement_decisive": round(rate_d, 4),
             "decisive_positions": total_d, "max_abs_diff": round(max_diff, 5), "tolerance": round(tol, 5),
             "passed": bool(passed)}
+
+
+def describe(result: dict[str, Any], *, is_float: bool) -> str:
+    """One line for the summary table: the figures a GGUF is judged on, with their pass thresholds,
+    then the other (raw) figures. ``result`` is one :func:`verify_gguf` result (``export_report.json``
+    ``verify.<quant>``); PASSED/FAILED is its ``passed`` and is not part of the text.
+
+    E.g. a q4_k_m file: ``top-1 agreement 75% (pass ≥ 50%), end-of-turn stop ok; raw: top-1 where the
+    merged model is decisive 99%, max|Δ| 10.7``. Percentages are rounded down, so a figure shown at
+    a threshold meets it.
+    """
+    lg = result["logits"]
+    stop = "end-of-turn stop " + ("ok" if result["stop"]["passed"] else "FAILED")
+    decisive = f"top-1 where the merged model is decisive {_pct(lg['top1_agreement_decisive'])}"
+    if is_float:
+        return (f"{decisive} (pass = 100%), max|Δ| {lg['max_abs_diff']:.3g} (pass ≤ {lg['tolerance']:.3g}), "
+                f"{stop}; raw: top-1 agreement {_pct(lg['top1_agreement'])}")
+    return (f"top-1 agreement {_pct(lg['top1_agreement'])} (pass ≥ {_pct(MIN_QUANT_AGREEMENT)}), {stop}; "
+            f"raw: {decisive}, max|Δ| {lg['max_abs_diff']:.3g}")
+
+
+def _pct(rate: float) -> str:
+    """``0.9996`` → ``"99.9%"``: rounded down to 0.1 %, so 100 % means every position."""
+    return f"{math.floor(rate * 1000 + 1e-9) / 10:g}%"
 
 
 def check_stop(llm, eot: str, max_tokens: int = 48) -> dict[str, Any]:

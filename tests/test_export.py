@@ -10,6 +10,7 @@ the natural stop is asserted on SmolLM2, a real instruct model.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +73,15 @@ def tiny_run(tiny_llama_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_export(tiny_run, tmp_path_factory) -> tuple[Path, dict]:
+def tiny_export(tiny_run, tmp_path_factory) -> tuple[Path, dict, dict]:
+    """(export dir, report, the end-of-export summary table's rows as {left cell: right cell})."""
     out = tmp_path_factory.mktemp("exports") / "tiny"
-    report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"],
-                    lora_gguf=True)
-    return out, report
+    rows: dict = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("trainer.console.summary_table", lambda title, r: rows.update((str(k), str(v)) for k, v in r))
+        report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"],
+                        lora_gguf=True)
+    return out, report, rows
 
 
 def _gguf_meta(path: Path, *keys: str) -> dict:
@@ -86,7 +91,7 @@ def _gguf_meta(path: Path, *keys: str) -> dict:
 
 
 def test_tiny_export_merges_converts_quantizes_and_verifies(tiny_export, tiny_llama_dir):
-    out, report = tiny_export
+    out, report, _ = tiny_export
     names = sorted(p.name for p in out.iterdir())
     assert names == [".steam-export.json", "Modelfile", "README.md", "export_log.jsonl", "export_report.json",
                      "merged", "tiny-lora-f16.gguf", "tiny-lora-lora.gguf", "tiny-lora-q8_0.gguf"]
@@ -128,6 +133,37 @@ def test_tiny_export_merges_converts_quantizes_and_verifies(tiny_export, tiny_ll
     assert not list(out.glob(".*tmp*"))
 
 
+def test_summary_table_says_passed_and_the_figure_it_is_judged_on(tiny_export):
+    """Regression: the summary showed `top-1 75%, max|Δ| 10.7, stop ok` for a passing q4_k_m file
+    and users read it as a failure; each GGUF row now says PASSED/FAILED, the judged figure with its
+    threshold, then the raw figures."""
+    _, report, rows = tiny_export
+    q8, f16 = report["verify"]["q8_0"]["logits"], report["verify"]["f16"]["logits"]
+    assert rows["tiny-lora-q8_0.gguf"].endswith(
+        f"  [green]PASSED[/]: top-1 agreement {math.floor(q8['top1_agreement'] * 1000) / 10:g}% (pass ≥ 50%), "
+        f"end-of-turn stop ok; raw: top-1 where the merged model is decisive "
+        f"{math.floor(q8['top1_agreement_decisive'] * 1000) / 10:g}%, max|Δ| {q8['max_abs_diff']:.3g}")
+    assert rows["tiny-lora-f16.gguf"].endswith(
+        f"  [green]PASSED[/]: top-1 where the merged model is decisive 100% (pass = 100%), "
+        f"max|Δ| {f16['max_abs_diff']:.3g} (pass ≤ {f16['tolerance']:.3g}), end-of-turn stop ok; "
+        f"raw: top-1 agreement {math.floor(f16['top1_agreement'] * 1000) / 10:g}%")
+
+
+def test_verify_describe_the_trial_figures():
+    from export.verify import describe
+
+    trial = {"logits": {"top1_agreement": 0.75, "top1_agreement_decisive": 0.9912, "max_abs_diff": 10.66,
+                        "tolerance": 0.42}, "stop": {"passed": True}, "passed": True}
+    assert describe(trial, is_float=False) == ("top-1 agreement 75% (pass ≥ 50%), end-of-turn stop ok; raw: "
+                                               "top-1 where the merged model is decisive 99.1%, max|Δ| 10.7")
+    # a 16-bit file one position short of 100 % never shows "100%"; a failed stop is named
+    near = {"logits": {"top1_agreement": 0.97, "top1_agreement_decisive": 0.9996, "max_abs_diff": 0.0123,
+                       "tolerance": 0.31}, "stop": {"passed": False}, "passed": False}
+    assert describe(near, is_float=True) == ("top-1 where the merged model is decisive 99.9% (pass = 100%), "
+                                             "max|Δ| 0.0123 (pass ≤ 0.31), end-of-turn stop FAILED; "
+                                             "raw: top-1 agreement 97%")
+
+
 def _lora_delta(report) -> dict:
     """B @ A × alpha/r for each adapted layer of the run dir in the report."""
     from safetensors.torch import load_file
@@ -146,7 +182,7 @@ def test_lora_gguf_on_the_base_equals_the_merged_gguf(tiny_export, tiny_llama_di
 
     from export.convert import convert
 
-    out, _ = tiny_export
+    out, _, _ = tiny_export
     convert(tiny_llama_dir, tmp_path / "base-f16.gguf", "f16", name="base", metadata={})
     ids = [1, 9690, 198, 10, 800, 1500, 2, 198]
 
@@ -165,7 +201,7 @@ def test_lora_gguf_on_the_base_equals_the_merged_gguf(tiny_export, tiny_llama_di
 
 
 def test_rerun_refuses_then_overwrite_reuses_finished_steps(tiny_export, tiny_run):
-    out, first = tiny_export
+    out, first, _ = tiny_export
     with pytest.raises(UserError, match="holds a finished export; pass --overwrite"):
         export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"])
     report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"],
