@@ -189,8 +189,8 @@ def test_rerunning_a_finished_run_says_so_and_how_to_go_on(tiny_llama_dir, eight
         first = CliRunner().invoke(main, argv(out, save_steps=save_steps))
         assert first.exit_code == 0, first.output
         again = CliRunner().invoke(main, argv(out, save_steps=save_steps))
-        assert again.exit_code == 2 and "Traceback" not in again.output
-        msg = " ".join(again.output.split())
+        msg = again.output.strip()
+        assert again.exit_code == 2 and "Traceback" not in msg and len(msg.splitlines()) == 1, msg
         assert f"{out}: this run already finished at step 4 (final adapter {out / 'adapter_model.safetensors'})" in msg
         assert "pass --overwrite_output_dir to start over" in msg and hint in msg
     # regression: saving the final adapter left an empty `<output_dir>.new/` beside the run dir
