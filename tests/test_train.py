@@ -216,7 +216,9 @@ def test_plain_progress_lines_when_not_a_terminal(tiny_llama_dir, eight, tmp_pat
     from trainer import console as console_mod
 
     buf = _io.StringIO()
-    monkeypatch.setattr(console_mod.console, "file", buf)
+    # Patch rich's private _file (None = follow sys.stderr): patching the `file` property would
+    # pin the console to this test's stderr afterwards, and later CliRunner tests would see nothing.
+    monkeypatch.setattr(console_mod.console, "_file", buf)
     monkeypatch.setenv("TTY_COMPATIBLE", "0")  # rich: not a terminal, whatever FORCE_COLOR says
     assert not console_mod.console.is_terminal
     run(_cfg(tiny_llama_dir, eight, tmp_path / "run", max_steps=5, logging_steps=2, save_steps=100))
