@@ -50,10 +50,12 @@ STACKS = {
     "ours": "loss,real,real_bs16,fixed,long",
     "ours-rows": "real_bs32,real_bs64",            # ours with bigger packed rows (more samples a micro-batch)
     "ours-sdpa": "fixed",                         # packed rows through SDPA's block-diagonal mask, no varlen
-    "ours-no-liger-kernels": "real,fixed",        # no Liger RMSNorm/RoPE/SwiGLU
+    "ours-liger": "real,fixed",                   # Liger RMSNorm/RoPE/SwiGLU instead of compiled layers
+    "ours-no-compile": "real,fixed",              # neither: eager layers
     "ours-no-fused-loss": "fixed",                # trainer.packing's labelled-only logits instead of FLCE
     "ours-chunked-ce": "fixed,long32k",           # the torch fallback of the fused loss (no Triton)
     "ours-no-offload": "long",                    # long contexts without activation offload
+    "ours-profile": "profile",                    # torch.profiler over 2 steps of fixed 1024 x 4: where time goes
 }
 
 
@@ -147,7 +149,7 @@ def build_ours(model_dir: Path, variant: str):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_lib.load_base(str(model_dir), quantization_bit=4, dtype=torch.bfloat16, device=dev)
     model = model_lib.add_lora(model, lora_target=["all"], lora_rank=8, lora_alpha=16, gradient_checkpointing=True)
-    kw = {"liger_kernels": variant != "ours-no-liger-kernels", "varlen": variant != "ours-sdpa",
+    kw = {"liger_kernels": variant == "ours-liger", "compile_layers": variant not in ("ours-liger", "ours-no-compile"), "varlen": variant != "ours-sdpa",
           "fused_loss": None if variant == "ours-no-fused-loss" else "chunked" if variant == "ours-chunked-ce" else "auto",
           "offload_min_tokens": None if variant == "ours-no-offload" else accel.OFFLOAD_MIN_TOKENS}
     if not torch.cuda.is_available() and kw["fused_loss"] == "auto":
@@ -250,6 +252,7 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
         torch.cuda.reset_peak_memory_stats()
     model.train()
     ends, counts, losses = [], [], []
+    t_start = time.perf_counter()
     i = 0
     for _ in range(steps):
         micro = []
@@ -282,7 +285,7 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
         ends.append(time.perf_counter())
         counts.append((eff, padded))
         losses.append(tot / n_tok)
-    return _timing(ends, counts, warmup, losses[-1])
+    return {**_timing(ends, counts, warmup, losses[-1]), "warmup_steps_s": ends[warmup - 1] - t_start}
 
 
 def _timing(ends, counts, warmup, last_loss) -> dict:
@@ -295,6 +298,31 @@ def _timing(ends, counts, warmup, last_loss) -> dict:
     return {"steps_timed": len(step_s), "s_per_step": statistics.median(step_s),
             "tokens_per_step": eff / len(step_s), "eff_tokens_per_s": eff / total,
             "padded_tokens_per_s": padded / total, "peak_gib": peak, "last_loss": last_loss}
+
+
+def profile_steps(model, samples: list[dict], pad_id: int) -> dict:
+    """torch.profiler over 2 optimizer steps of batch 4 (after 2 warm-up steps): wall time, summed device
+    kernel time (GPU idle = wall - busy, i.e. launch/CPU bound), and the top ops by device time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    run_ours(model, samples, 4, 1, True, 2, 1, pad_id)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        run_ours(model, samples, 4, 1, True, 2, 1, pad_id)
+        wall = time.perf_counter() - t0
+    ka = prof.key_averages()
+    dev_attr = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
+    busy = sum(getattr(e, dev_attr) for e in ka) / 1e6
+    top = sorted(ka, key=lambda e: getattr(e, dev_attr), reverse=True)[:30]
+    table = [{"op": e.key[:90], "calls": e.count, "device_s": round(getattr(e, dev_attr) / 1e6, 4),
+              "cpu_s": round(e.self_cpu_time_total / 1e6, 4)} for e in top]
+    n_kernels = sum(e.count for e in ka if getattr(e, dev_attr) > 0)
+    print(f"profile: wall {wall:.3f}s for 2 steps, device busy {busy:.3f}s, kernels {n_kernels}", flush=True)
+    for r in table:
+        print(f"  {r['device_s']:8.4f}s {r['calls']:6d}  {r['op']}", flush=True)
+    return {"wall_s_2_steps": wall, "device_busy_s": busy, "kernels": n_kernels, "top": table}
 
 
 def loss_check(model, samples: list[dict], stack: str, pad_id: int) -> dict:
@@ -363,6 +391,9 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     def ours(data, bs, accum=1, padding_free=True, n=steps, w=warmup):
         return lambda: run_ours(model, data, bs, accum, padding_free, n, w, pad)
 
+    only = os.environ.get("BENCH_CONFIGS")
+    if only:
+        kinds = [k for k in kinds if k in only.split(",")]
     if "loss" in kinds:
         res["loss"] = loss_check(model, real[:64], stack, pad)
         print(f"[{stack}] loss: {res['loss']}", flush=True)
@@ -376,6 +407,14 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     if "fixed" in kinds:
         record("fixed", (lambda: run_steps(model, fixed, PadCollator(pad), 4, steps, warmup, tmp)) if base
                else ours(fixed, 4))
+    if stack == "ours":
+        from torch._dynamo.utils import counters
+
+        res["graph_breaks"] = {k[:120]: v for k, v in counters["graph_break"].items()}
+        print(f"[{stack}] graph breaks: {res['graph_breaks']}", flush=True)
+    if "profile" in kinds:
+        res["profile"] = profile_steps(model, fixed, pad)
+        out.write_text(json.dumps(res, indent=1))
     if "fixed_padded" in kinds:
         record("fixed_padded", ours(fixed, 4, padding_free=False))
     if "long" in kinds or "long32k" in kinds:

@@ -109,7 +109,9 @@ def test_accelerate_on_cpu_reports_fallbacks_and_keeps_the_model(tiny_qwen2_dir)
     batch = collate(_feats(), True, 151643)
     before = float(loss_sum(model, batch)[0])
     report = accel.accelerate(model)
-    assert report["liger_kernels"] == "off: no CUDA device"
+    assert report["liger_kernels"] == "off: disabled"
+    assert report["compile"] == "off: no CUDA device"
+    assert accel.accelerate(_lora_model(tiny_qwen2_dir), liger_kernels=True)["liger_kernels"] == "off: no CUDA device"
     assert report["fused_loss"].startswith("off: CPU")
     assert not accel.fused_loss_on(model)
     assert model.get_base_model().config._attn_implementation == "sdpa"

@@ -115,6 +115,10 @@ class TrainConfig:
     disable_gradient_checkpointing: bool = arg(False, "Turn gradient (activation) checkpointing off (faster, more memory).")
     padding_free: bool = arg(True, "Pack each micro-batch into one row without padding (per-sample positions, no "
                                    "cross-sample attention); False pads to the longest sample. (ours)")
+    torch_compile: bool = arg(True, "Compile each decoder layer with torch.compile (CUDA with Triton only; "
+                                    "ignored on CPU). Costs tens of seconds once at the first step.")
+    enable_liger_kernel: bool = arg(False, "Use Liger-Kernel's RMSNorm/RoPE/SwiGLU (CUDA; replaces --torch_compile; "
+                                           "slower in our measurements, docs/gpu.md). Its fused loss is always on.")
 
 
 class NonFiniteError(UserError):
@@ -450,7 +454,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         model = model_lib.add_lora(model, lora_target=cfg.lora_target, lora_rank=cfg.lora_rank,
                                    lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                    gradient_checkpointing=not cfg.disable_gradient_checkpointing)
-        levers = accel.accelerate(model)  # GPU speed/memory levers (docs/gpu.md); each reports off on CPU
+        # GPU speed/memory levers (docs/gpu.md); each reports off on CPU
+        levers = accel.accelerate(model, liger_kernels=cfg.enable_liger_kernel, compile_layers=cfg.torch_compile)
     if main and device.startswith("cuda"):
         console.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in levers.items()) + "[/dim]")
     # the saved tokenizer carries the training format and stops at the end-of-turn token
