@@ -260,7 +260,7 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
             micro.append([samples[(i + k) % len(samples)] for k in range(batch_size)])
             i += batch_size
         n_tok = sum(sum(1 for t in f["labels"][1:] if t != -100) for mb in micro for f in mb)
-        if padding_free and cuda:  # as trainer.train.run does on a GPU
+        if padding_free:  # as trainer.train.run does
             flat = [f for mb in micro for f in mb]
             starts = accel.merge_micro_batches([list(range(k, k + len(mb))) for k, mb in
                                                 zip(itertools.accumulate([0] + [len(m) for m in micro]), micro)],

@@ -48,11 +48,11 @@ def test_cu_seqlens_from_packed_position_ids():
     assert kw["max_length_q"] == 4 and kw["max_length_k"] == 4
 
 
-def _lora_model(tiny_qwen2_dir):
+def _lora_model(model_dir):
     from trainer.model import add_lora, load_base
 
     torch.manual_seed(0)
-    model = load_base(str(tiny_qwen2_dir), quantization_bit=None, dtype=torch.float32, device="cpu")
+    model = load_base(str(model_dir), quantization_bit=None, dtype=torch.float32, device="cpu")
     model = add_lora(model, lora_target=["all"], lora_rank=4, gradient_checkpointing=True)
     for n, p in model.named_parameters():  # non-zero B so the adapter takes part in the loss
         if "lora_B" in n:
@@ -61,11 +61,11 @@ def _lora_model(tiny_qwen2_dir):
     return model
 
 
-def _feats():
+def _feats(vocab: int = 151000):
     g = torch.Generator().manual_seed(1)
     out = []
     for n in (7, 12, 5):
-        ids = torch.randint(0, 151000, (n,), generator=g).tolist()
+        ids = torch.randint(0, vocab, (n,), generator=g).tolist()
         out.append({"input_ids": ids, "labels": [-100] * 2 + ids[2:]})
     return out
 
@@ -76,6 +76,25 @@ def _loss_and_grads(model, batch):
     ls.backward()
     grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
     return ls.item(), n, grads
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_per_sample_attention_on_cpu_equals_block_diagonal_mask(arch, tiny_qwen2_dir, tiny_llama_dir):
+    """A packed row through the CPU varlen path (causal SDPA per sample, placeholder mask) gives the loss and
+    gradients of transformers' SDPA with the block-diagonal mask, and the sum of each sample run alone."""
+    model = _lora_model(tiny_qwen2_dir if arch == "qwen2" else tiny_llama_dir)
+    feats = _feats(model.config.vocab_size - 10)
+    batch = collate(feats, True, pad_token_id=0)
+    want, n_want, g_want = _loss_and_grads(model, batch)  # sdpa + mask built from the position ids
+    assert accel.accelerate(model)["attention"].startswith("causal SDPA per sample")
+    assert set(accel.varlen_kwargs(model, batch["position_ids"])) >= {"cu_seq_lens_q", "attention_mask"}
+    got, n_got, g_got = _loss_and_grads(model, batch)
+    assert n_got == n_want
+    assert got == pytest.approx(want, rel=1e-5)
+    for k in g_want:
+        assert torch.allclose(g_got[k], g_want[k], rtol=1e-4, atol=1e-7), k
+    alone = [loss_sum(model, collate([f], True, 0))[0].item() for f in feats]
+    assert got == pytest.approx(sum(alone), rel=1e-5)
 
 
 @pytest.mark.parametrize("padding_free", [True, False])
@@ -114,28 +133,17 @@ def test_accelerate_on_cpu_reports_fallbacks_and_keeps_the_model(tiny_qwen2_dir)
     assert accel.accelerate(_lora_model(tiny_qwen2_dir), liger_kernels=True)["liger_kernels"] == "off: no CUDA device"
     assert report["fused_loss"].startswith("off: CPU")
     assert not accel.fused_loss_on(model)
-    assert model.get_base_model().config._attn_implementation == "sdpa"
+    assert report["attention"] == "causal SDPA per sample for packed rows, sdpa otherwise"
+    assert model.get_base_model().config._attn_implementation == accel.VARLEN
     assert accel.liger_available("cpu") == "no CUDA device"
     assert float(loss_sum(model, batch)[0]) == pytest.approx(before, rel=1e-6)
 
 
-def _segment_sdpa(q, k, v, cu, max_len, scale):
-    """CPU stand-in for varlen FlashAttention: causal SDPA on each cu_seqlens segment. (T, H, D) layout."""
-    outs = []
-    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        rep = q.shape[1] // k.shape[1]
-        kk, vv = (x[a:b].repeat_interleave(rep, dim=1).transpose(0, 1) for x in (k, v))
-        outs.append(F.scaled_dot_product_attention(q[a:b].transpose(0, 1), kk, vv, is_causal=True,
-                                                   scale=scale).transpose(0, 1))
-    return torch.cat(outs)
-
-
-def test_varlen_attention_glue_matches_block_diagonal_sdpa(monkeypatch):
-    """The varlen branch's layout handling (B=1, heads, GQA) equals SDPA with a block-diagonal causal mask;
-    without cu_seqlens it is exactly transformers' SDPA."""
+def test_varlen_attention_glue_matches_block_diagonal_sdpa():
+    """The varlen branch (on CPU: causal SDPA per segment) with its layout handling (B=1, heads, GQA) equals
+    SDPA with a block-diagonal causal mask; without cu_seqlens it is exactly transformers' SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    monkeypatch.setattr(accel, "_varlen_call", _segment_sdpa)
     g = torch.Generator().manual_seed(0)
     T, H, Hkv, D = 11, 4, 2, 8
     q, k, v = (torch.randn(1, h, T, D, generator=g) for h in (H, Hkv, Hkv))

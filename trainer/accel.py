@@ -62,7 +62,9 @@ def merge_micro_batches(micro: list[list[int]], n_tokens, budget: int) -> list[l
     """Concatenate consecutive micro-batches of one optimizer step while a row stays within `budget` tokens.
 
     Why: on a GPU every forward/backward of a 7B QLoRA pays ~0.35 s of kernel-launch cost whatever its
-    length, so one 3k-token row trains ~3x faster than four 800-token ones (docs/gpu.md). The samples
+    length, so one 3k-token row trains ~3x faster than four 800-token ones (docs/gpu.md); on 2 CPU cores
+    one row a step saved ~9 % of the step (fewer, larger matmuls). Attention stays per sample (varlen),
+    so a longer row costs no extra attention. The samples
     of the step and its loss (sum over the step's learned tokens) are unchanged: packed rows keep each
     sample's attention to itself. micro: lists of sample indices; n_tokens(i): sample i's length.
     A micro-batch longer than `budget` on its own stays one row.
@@ -189,10 +191,10 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
     offload = (self._steam_offload_min_tokens is not None and n_tokens >= self._steam_offload_min_tokens
                and self.lm_head.weight.is_cuda)
     ctx = torch.autograd.graph.save_on_cpu(pin_memory=True) if offload else nullcontext()
-    if attention_mask is None and position_ids is not None and position_ids.shape[0] == 1 and \
-            self.config._attn_implementation == VARLEN:
-        kwargs.update(_cu_seqlens(position_ids))
-        attention_mask = {"full_attention": None, "sliding_attention": None}  # no dense mask is built
+    if attention_mask is None and position_ids is not None and "cu_seq_lens_q" not in kwargs:
+        extra = varlen_kwargs(self, position_ids)
+        attention_mask = extra.pop("attention_mask", None)
+        kwargs.update(extra)
     with ctx:
         out = getattr(self, self.base_model_prefix)(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -272,19 +274,32 @@ def accelerate(model, *, liger_kernels: bool = False, fused_loss: str | None = "
                                 else f"on (chunked torch cross-entropy; Liger: {why_not or 'not chosen'})")
         report["activation_offload"] = (f"on from {offload_min_tokens} tokens a batch"
                                         if offload_min_tokens is not None else "off: disabled")
-        if not varlen:
-            report["attention"] = "sdpa (varlen disabled)"
+    if not varlen:
+        report["attention"] = "sdpa (varlen disabled)"
+    else:
+        why = varlen_available(device)
+        if why is None and lm.config._attn_implementation == "sdpa":
+            try:
+                lm.set_attn_implementation(VARLEN)
+            except AttributeError:  # transformers without set_attn_implementation
+                lm.config._attn_implementation = VARLEN
+            report["attention"] = ("varlen FlashAttention" if device.type == "cuda" else "causal SDPA per sample") + \
+                " for packed rows, sdpa otherwise"
         else:
-            why = varlen_available(device)
-            if why is None and lm.config._attn_implementation == "sdpa":
-                try:
-                    lm.set_attn_implementation(VARLEN)
-                except AttributeError:  # transformers without set_attn_implementation
-                    lm.config._attn_implementation = VARLEN
-                report["attention"] = "varlen FlashAttention for packed rows, sdpa otherwise"
-            else:
-                report["attention"] = f"{lm.config._attn_implementation} (varlen: {why or 'model is not on sdpa'})"
+            report["attention"] = f"{lm.config._attn_implementation} (varlen: {why or 'model is not on sdpa'})"
     return report
+
+
+def varlen_kwargs(model, position_ids: torch.Tensor) -> dict:
+    """Extra forward kwargs for one packed row when `model` uses the varlen attention: the sample
+    boundaries (`_cu_seqlens`) and a 1x1x1x1 placeholder mask. transformers returns a 4-D mask as is
+    (masking_utils._preprocess_mask_arguments) instead of building the T x T block-diagonal one from the
+    position ids (2.4 GB at 49k tokens), and `varlen_attention` ignores it when it has the boundaries.
+    ``{}`` for any other attention implementation or a batch of more than one row."""
+    if position_ids.shape[0] != 1 or _causal_lm(model).config._attn_implementation != VARLEN:
+        return {}
+    placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=position_ids.device)
+    return {**_cu_seqlens(position_ids), "attention_mask": placeholder}
 
 
 def compile_decoder_layers(lm) -> str:
@@ -326,7 +341,11 @@ def _cu_seqlens(position_ids: torch.Tensor) -> dict:
 
 
 def _varlen_call(q, k, v, cu, max_len, scale):
-    """q (T, Hq, D), k/v (T, Hkv, D) -> (T, Hq, D), causal within each cu_seqlens segment."""
+    """q (T, Hq, D), k/v (T, Hkv, D) -> (T, Hq, D), causal within each cu_seqlens segment.
+
+    CUDA: torch's varlen FlashAttention. Elsewhere: `_segment_sdpa`."""
+    if not q.is_cuda:
+        return _segment_sdpa(q, k, v, cu, scale)
     import inspect
 
     from torch.nn.attention.varlen import varlen_attn
@@ -346,6 +365,25 @@ def _varlen_call(q, k, v, cu, max_len, scale):
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kw)
+
+
+def _segment_sdpa(q, k, v, cu, scale):
+    """Causal SDPA on each cu_seqlens segment of a packed row: (T, Hq, D), (T, Hkv, D) -> (T, Hq, D).
+
+    Why our own: torch has no varlen kernel on CPU, and SDPA with transformers' block-diagonal mask
+    computes the whole T x T score matrix of the row. Per segment the work is sum(L_i^2) instead of
+    (sum L_i)^2, and ``is_causal`` lets the kernel skip the upper triangle; measured on 2 CPU cores
+    with 4 packed ~270-token reviews, attention fell from a third of the step to a few percent
+    (bench/results/train_cpu.json)."""
+    rep = q.shape[1] // k.shape[1]
+    outs = []
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        # (1, H, L, D): CPU SDPA picks its flash kernel only for 4-D inputs (3-D falls back to math)
+        qq, kk, vv = (x[a:b].transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+        if rep > 1:
+            kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
+        outs.append(F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, scale=scale)[0].transpose(0, 1))
+    return torch.cat(outs)
 
 
 def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
@@ -368,10 +406,12 @@ def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, sca
 def varlen_available(device: torch.device) -> str | None:
     """Why varlen attention can't be used on `device`, or None (registers it with transformers on success).
 
-    Self-check (once per process): two packed causal segments through varlen_attn, forward and backward,
-    against SDPA on each segment alone; relative error must stay under bf16 noise (2e-2)."""
+    CPU: always available (`_segment_sdpa`). CUDA self-check (once per process): two packed causal
+    segments through varlen_attn, forward and backward, against SDPA on each segment alone; relative error
+    must stay under bf16 noise (2e-2)."""
     if device.type != "cuda":
-        return "no CUDA device"
+        _register_varlen()
+        return None
     global _VARLEN_CHECK
     if _VARLEN_CHECK is None:
         _VARLEN_CHECK = _check_varlen(device)
@@ -383,9 +423,6 @@ _VARLEN_CHECK: str | None = None
 
 def _check_varlen(device) -> str | None:
     try:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
         g = torch.Generator(device=device).manual_seed(0)
         T, H, Hkv, D, n1 = 96, 4, 2, 64, 40
         q = torch.randn(T, H, D, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
@@ -406,9 +443,16 @@ def _check_varlen(device) -> str | None:
         err = float((got - want).norm() / want.norm())
         if not err < 2e-2:
             return f"self-check error {err:.1e}"
-        AttentionInterface.register(VARLEN, varlen_attention)
-        ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, sdpa_mask)
+        _register_varlen()
         return None
     except Exception as e:  # torch without varlen_attn (< 2.9), no kernel for this GPU, ...
         return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
 
+
+def _register_varlen() -> None:
+    """Make VARLEN a transformers attention implementation (masks built as for sdpa)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(VARLEN, varlen_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, sdpa_mask)

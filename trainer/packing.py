@@ -96,6 +96,8 @@ def loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
         return model(**inputs, labels=labels, num_items_in_batch=1, use_cache=False).loss, n
     if labels.shape[0] == 1:
         keep = target_mask[0].nonzero().squeeze(-1)
+        if "position_ids" in inputs and "attention_mask" not in inputs:  # a packed row: per-sample attention
+            inputs.update(accel.varlen_kwargs(model, inputs["position_ids"]))
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits[0]
         targets = labels[0, keep + 1]
     else:

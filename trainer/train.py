@@ -527,7 +527,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         task = prog.add_task("train", total=total, completed=start, loss="-", lr="-", tps="-") if main else None
         for step in range(start, total):
             micro = plan.step(step)
-            if cfg.padding_free and device.startswith("cuda"):  # fewer, longer packed rows (trainer.accel)
+            if cfg.padding_free:  # fewer, longer packed rows (trainer.accel); per-sample attention keeps them cheap
                 row_budget = max(cfg.per_device_train_batch_size * cfg.cutoff_len, accel.ROW_TOKENS)
                 micro = accel.merge_micro_batches(micro, lambda i: len(enc.input_ids[train_idx[i]]), row_budget)
             # learned tokens of the whole step (all ranks: the plan is known everywhere), the loss's divisor
