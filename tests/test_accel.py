@@ -168,3 +168,36 @@ def test_merge_micro_batches_keeps_samples_and_order_within_budget():
     assert rows == [[0, 1, 2, 3, 4], [5], [6]]  # 1170 tokens, then the oversized one alone, then the rest
     assert [i for r in rows for i in r] == [i for mb in micro for i in mb]
     assert accel.merge_micro_batches([], lengths.__getitem__, 10) == []
+
+
+def test_lora_input_casts_skipped_under_cpu_autocast(tiny_qwen2_dir):
+    """peft casts a LoRA layer's bf16 input to fp32 under CPU autocast (its check asks about CUDA autocast):
+    with the cast off no activation is copied to fp32, and the loss stays the same (autocast casts anyway)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from trainer.model import add_lora, load_base, skip_lora_input_casts
+
+    torch.manual_seed(0)
+    model = add_lora(load_base(str(tiny_qwen2_dir), quantization_bit=None, dtype=torch.bfloat16, device="cpu"),
+                     lora_target=["all"], lora_rank=4)
+    batch = collate(_feats(), True, 151643)
+
+    class Upcasts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and args[0].dim() == 3 and kwargs.get("dtype") == torch.float32:
+                Upcasts.n += 1
+            return func(*args, **kwargs)
+
+    def loss() -> float:
+        Upcasts.n = 0
+        with Upcasts(), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return float(loss_sum(model, batch)[0])
+
+    before, casts_before = loss(), Upcasts.n
+    assert skip_lora_input_casts(model) == 2 * 7  # 2 layers x 7 linear layers
+    after = loss()
+    assert casts_before >= 2 * 7 and Upcasts.n < casts_before - 2 * 7 + 1
+    assert after == pytest.approx(before, rel=1e-3)

@@ -454,6 +454,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         model = model_lib.add_lora(model, lora_target=cfg.lora_target, lora_rank=cfg.lora_rank,
                                    lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                    gradient_checkpointing=not cfg.disable_gradient_checkpointing)
+        if amp is not None:  # training runs under autocast: it casts the LoRA matmuls' operands itself
+            model_lib.skip_lora_input_casts(model)
         # GPU speed/memory levers (docs/gpu.md); each reports off on CPU
         levers = accel.accelerate(model, liger_kernels=cfg.enable_liger_kernel, compile_layers=cfg.torch_compile)
     if main and device.startswith("cuda"):
