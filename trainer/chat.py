@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 from trainer import config
 from trainer.config import arg
-from trainer.console import console
+from trainer.console import console, status
 from trainer.errors import UserError
 
 #: Sampling defaults when the model has no generation config (LLaMA-Factory's chat uses similar ones).
@@ -232,7 +232,7 @@ def run(cfg: ChatConfig) -> list[Turn]:
         UserError: see :func:`load_backend`.
     """
     interactive = sys.stdin.isatty()
-    with console.status("loading model …"):
+    with status("loading model"):
         backend = load_backend(cfg)
     sampling = {k: getattr(cfg, k) if getattr(cfg, k) is not None else backend.defaults[k]
                 for k in ("temperature", "top_p", "max_new_tokens")}

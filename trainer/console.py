@@ -5,7 +5,8 @@ All stages print through :data:`console` (stderr, so stdout stays clean for pipi
 
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+from typing import Iterable, Iterator
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -31,6 +32,18 @@ def plain_progress(description: str, completed: int, total: int, figures: dict[s
         return
     line = "  ".join([f"{description} {completed}/{total}", *(f"{k} {v}" for k, v in figures.items())])
     console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def status(text: str) -> Iterator[None]:
+    """A spinner with ``text`` while the block runs on a terminal; without one (CI, ``| tee``), where
+    rich's spinner prints nothing, one plain line ``"text …"`` so long silent steps still say what runs."""
+    if console.is_terminal:
+        with console.status(text):
+            yield
+    else:
+        console.print(f"{text} …", markup=False, highlight=False, soft_wrap=True)
+        yield
 
 
 def summary_table(title: str, rows: Iterable[tuple[object, object]]) -> None:

@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from trainer import config, io
 from trainer.config import arg
-from trainer.console import console, summary_table
+from trainer.console import console, status, summary_table
 from trainer.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,7 +210,7 @@ class _Server:
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"})
         deadline = time.monotonic() + timeout
-        with console.status(f"starting the server on {self.base_url} …"):
+        with status(f"starting the server on {self.base_url}"):
             while True:
                 if self.proc.poll() is not None:
                     self.stop()
@@ -291,7 +291,7 @@ def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any
         reviews = []
         for game, tags, language in REVIEW_PROMPTS:
             t0 = time.perf_counter()
-            with console.status(f"review of {game} …"):
+            with status(f"review of {game}"):
                 r = review_client.write_review(credentials, game, tags=tags, language=language, length="short",
                                                max_tokens=cfg.max_new_tokens, temperature=0.7, seed=cfg.seed)
             seconds = time.perf_counter() - t0
@@ -299,7 +299,7 @@ def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any
             reviews.append({"game": r["game"], "language": language, "review": r["review"], "tokens": tokens,
                             "seconds": round(seconds, 2), "tokens_per_second": round(tokens / seconds, 1)})
             console.print(f"[bold]《{r['game']}》[/] {r['review']}")
-        with console.status("multi-turn chat …"):
+        with status("multi-turn chat"):
             chat = _chat_like_plugin(review_client.server_client, endpoint, model, CHAT_TURNS, cfg.max_new_tokens,
                                      cfg.seed)
         for t in chat["turns"]:

@@ -58,7 +58,7 @@ class EvalConfig:
                                     "default: the run's dataset from run_config.yaml.")
     template: str | None = arg(None, "Chat template name; default: the run's (run_config.yaml), else the tokenizer's.")
     system: str | None = arg(None, "Persona system prompt; default: the run's, else trainer.persona.DEFAULT_SYSTEM.")
-    cutoff_len: int | None = arg(None, "Max tokens per sample (prompt + reply) for the loss; default: the run's, else 1024.")
+    cutoff_len: int | None = arg(None, "Max tokens per sample (prompt + reply) for the loss; default: the run's, else 2048 (train's default).")
     max_samples: int | None = arg(None, "Use at most this many validation records for the loss (default: all).")
     num_samples: int = arg(16, "Validation prompts to generate from (the first N).")
     max_new_tokens: int = arg(256, "Generation budget per reply, in tokens.")
@@ -93,7 +93,7 @@ def run(cfg: EvalConfig) -> EvalResult:
         raise UserError("eval: give exactly one of --adapter_name_or_path RUN_DIR or --gguf FILE to compare with the base")
     run_cfg = _run_config(cfg)
     system = cfg.system if cfg.system is not None else run_cfg.get("system") or _default_system()
-    cutoff_len = cfg.cutoff_len or int(run_cfg.get("cutoff_len") or 1024)
+    cutoff_len = cfg.cutoff_len or int(run_cfg.get("cutoff_len") or 2048)
     template = cfg.template or run_cfg.get("template") or "auto"
     out = Path(cfg.output_dir) if cfg.output_dir else (
         Path(cfg.adapter_name_or_path) / "eval" if cfg.adapter_name_or_path else Path("eval") / Path(cfg.gguf).stem)
