@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 from trainer import config, io
 from trainer.config import arg
-from trainer.console import console, plain_progress, progress, status, summary_table
+from trainer.console import console, plain_progress, progress, summary_table
 from trainer.errors import UserError
 from trainer.persona import DEFAULT_SYSTEM
 
@@ -168,9 +168,6 @@ def resolve_precision(cfg: TrainConfig) -> tuple[str, Any, Any]:
         return (device, torch.bfloat16, torch.bfloat16) if cpu_bf16 else (device, torch.float32, None)
     if cfg.bf16:
         return device, torch.bfloat16, torch.bfloat16
-    if cpu_bf16:
-        console.print("[dim]CPU: training in float32 (LLaMA-Factory's default); this CPU has bf16 instructions: "
-                      "--bf16 True is about 2x faster[/dim]")
     return device, torch.float32, None
 
 
@@ -447,11 +444,11 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
 
     # Everything that can fail on user input happens before the output dir is touched.
     tokenizer = model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
-    with status("reading and tokenizing the dataset"):
+    with console.status("reading and tokenizing the dataset"):
         template, enc = prepare_data(cfg, tokenizer)
     train_idx, eval_idx = split_eval(len(enc), cfg.val_size, cfg.seed)
     torch.manual_seed(cfg.seed)
-    with status(f"loading {cfg.model_name_or_path}" + (f" in {cfg.quantization_bit}-bit" if cfg.quantization_bit else "")):
+    with console.status(f"loading {cfg.model_name_or_path}" + (f" in {cfg.quantization_bit}-bit" if cfg.quantization_bit else "")):
         model = model_lib.load_base(cfg.model_name_or_path, quantization_bit=cfg.quantization_bit, dtype=dtype,
                                     device=device, trust_remote_code=cfg.trust_remote_code)
         model = model_lib.add_lora(model, lora_target=cfg.lora_target, lora_rank=cfg.lora_rank,
@@ -463,6 +460,9 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         levers = accel.accelerate(model, liger_kernels=cfg.enable_liger_kernel, compile_layers=cfg.torch_compile)
     if main and device.startswith("cuda"):
         console.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in levers.items()) + "[/dim]")
+    if main and device == "cpu" and dtype == torch.float32 and _cpu_has_bf16():
+        console.print("[dim]CPU: training in float32 (LLaMA-Factory's default); this CPU has bf16 instructions: "
+                      "--bf16 True is about 2x faster[/dim]")
     # the saved tokenizer carries the training format and stops at the end-of-turn token
     tokenizer.chat_template = template.saved_jinja(cfg.system)
     tokenizer.eos_token = template.eot_token
