@@ -148,6 +148,17 @@ def template_default_system(template: str, bos: str = "", eos: str = "") -> str 
     return default or None
 
 
+def _quiet_llama():
+    """llama-cpp-python's fd-level stdout/stderr silencer (``llama_cpp._utils``), or a no-op without it."""
+    import contextlib
+
+    try:
+        from llama_cpp._utils import suppress_stdout_stderr
+    except ImportError:
+        return contextlib.nullcontext()
+    return suppress_stdout_stderr(disable=False)
+
+
 def read_model_info(model: str | Path) -> ModelInfo:
     """Read a GGUF's metadata (export dir or ``.gguf`` path; see :func:`find_gguf`).
 
@@ -158,7 +169,10 @@ def read_model_info(model: str | Path) -> ModelInfo:
 
     gguf, report = find_gguf(model)
     try:
-        vocab = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
+        # llama.cpp warns "n_ctx_seq (512) > n_ctx_train (0)" for every vocab-only load (no hparams are read):
+        # meaningless here, so its C-level stderr is muted with llama-cpp-python's own helper
+        with _quiet_llama():
+            vocab = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
     except ValueError as e:
         raise UserError(f"{gguf}: llama.cpp cannot read this GGUF ({e}); re-export it") from None
     meta = dict(vocab.metadata)

@@ -152,3 +152,12 @@ def test_prompt_check_counts_tokens_and_turns_template_errors_into_400(smollm2_g
     with pytest.raises(RequestError) as e:
         handler.prompt_tokens([{"role": "assistant", "content": "x"}])
     assert e.value.status == 400 and e.value.code == "invalid_messages" and "user turn" in e.value.message
+
+
+def test_reading_model_info_prints_no_llama_context_warning(smollm2_gguf, capfd):
+    """Regression: every `serve` start printed llama.cpp's "n_ctx_seq (512) > n_ctx_train (0)" warning from
+    the vocab-only metadata load, although the model's training context (8192) is known."""
+    info = read_model_info(smollm2_gguf)
+    _, err = capfd.readouterr()
+    assert info.n_ctx_train == 8192
+    assert "n_ctx_train" not in err
