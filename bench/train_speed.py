@@ -149,7 +149,8 @@ def build_ours(model_dir: Path, variant: str):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_lib.load_base(str(model_dir), quantization_bit=4, dtype=torch.bfloat16, device=dev)
     model = model_lib.add_lora(model, lora_target=["all"], lora_rank=8, lora_alpha=16, gradient_checkpointing=True)
-    kw = {"liger_kernels": variant == "ours-liger", "compile_layers": variant not in ("ours-liger", "ours-no-compile"), "varlen": variant != "ours-sdpa",
+    kw = {"liger_kernels": variant == "ours-liger", "varlen": variant != "ours-sdpa",
+          "compile_layers": variant not in ("ours-liger", "ours-no-compile"),
           "fused_loss": None if variant == "ours-no-fused-loss" else "chunked" if variant == "ours-chunked-ce" else "auto",
           "offload_min_tokens": None if variant == "ours-no-offload" else accel.OFFLOAD_MIN_TOKENS}
     if not torch.cuda.is_available() and kw["fused_loss"] == "auto":
