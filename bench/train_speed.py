@@ -235,9 +235,8 @@ def run_steps(model, dataset, collator, batch_size: int, steps: int, warmup: int
 def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_free: bool, steps: int,
              warmup: int, pad_id: int) -> dict:
     """Train like trainer.train.run's loop (trainer.packing.collate + loss_sum, bf16 autocast, loss / step
-    tokens, clip 1.0, fused AdamW, one .item() sync per micro-batch, on a GPU a step's micro-batches merged
-    into rows of up to 16k tokens); time the last `steps - warmup`.
-    (The 2026-11-29 figures for "real" predate the merge: that run did 4 micro-batches a step.)"""
+    tokens, clip 1.0, fused AdamW, one .item() sync per micro-batch, a step's micro-batches merged
+    into rows of up to 16k tokens); time the last `steps - warmup`."""
     import torch
 
     from trainer import accel

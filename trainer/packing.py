@@ -4,9 +4,10 @@ Padding-free packing (``--padding_free True``): the ``per_device_train_batch_siz
 micro-batch are concatenated into one row of shape ``[1, sum(lengths)]`` with ``position_ids``
 restarting at 0 for each sample and no ``attention_mask``. transformers (≥ 4.54,
 ``masking_utils.find_packed_sequence_indices``) then builds a block-diagonal causal mask from the
-position ids for sdpa/eager attention (only when no
-cache is passed: call the model with ``use_cache=False``, as :func:`loss_sum` does), and flash-attention uses them as ``cu_seqlens``, so no token
-attends across samples. This is ``DataCollatorWithFlattening``'s layout; we build it ourselves
+position ids for sdpa/eager attention (only when no cache is passed: call the model with
+``use_cache=False``, as :func:`loss_sum` does), so no token attends across samples. With
+``trainer.accel``'s varlen attention (the default for training) :func:`loss_sum` passes the sample
+boundaries instead and attention runs per sample, with no mask at all. This is ``DataCollatorWithFlattening``'s layout; we build it ourselves
 because we also need the label positions for the loss below. The samples per optimizer step stay
 exactly those of the padded layout (unlike LLaMA-Factory's ``packing``, which changes them).
 

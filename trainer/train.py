@@ -113,8 +113,9 @@ class TrainConfig:
     lora_target: list[str] = arg(["all"], "Linear layers to adapt: all (every linear but the output head) or names "
                                           "like q_proj,v_proj.")
     disable_gradient_checkpointing: bool = arg(False, "Turn gradient (activation) checkpointing off (faster, more memory).")
-    padding_free: bool = arg(True, "Pack each micro-batch into one row without padding (per-sample positions, no "
-                                   "cross-sample attention); False pads to the longest sample. (ours)")
+    padding_free: bool = arg(True, "Pack each optimizer step's samples into rows without padding (per-sample "
+                                   "positions, no cross-sample attention); False pads each micro-batch to its "
+                                   "longest sample. (ours)")
     torch_compile: bool = arg(True, "Compile each decoder layer with torch.compile (CUDA with Triton only; "
                                     "ignored on CPU). Costs tens of seconds once at the first step.")
     enable_liger_kernel: bool = arg(False, "Use Liger-Kernel's RMSNorm/RoPE/SwiGLU (CUDA; replaces --torch_compile; "
