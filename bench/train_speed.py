@@ -56,6 +56,8 @@ STACKS = {
     "ours-chunked-ce": "fixed,long32k",           # the torch fallback of the fused loss (no Triton)
     "ours-no-offload": "long",                    # long contexts without activation offload
     "ours-profile": "profile",                    # torch.profiler over 2 steps of fixed 1024 x 4: where time goes
+    "ours-cudagraphs": "fixed",                   # compiled layers as CUDA graphs (mode="reduce-overhead")
+    "ours-noguard": "fixed",                      # compiled layers without guards on module attributes
 }
 
 
@@ -155,7 +157,20 @@ def build_ours(model_dir: Path, variant: str):
           "offload_min_tokens": None if variant == "ours-no-offload" else accel.OFFLOAD_MIN_TOKENS}
     if not torch.cuda.is_available() and kw["fused_loss"] == "auto":
         kw["fused_loss"] = "chunked"  # --tiny: exercise the fused path on CPU too
-    return model, accel.accelerate(model, **kw)
+    if variant in ("ours-cudagraphs", "ours-noguard"):
+        kw["compile_layers"] = False
+    report = accel.accelerate(model, **kw)
+    if variant in ("ours-cudagraphs", "ours-noguard"):  # experiments on how the layers are compiled
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        opts = ({"mode": "reduce-overhead"} if variant == "ours-cudagraphs" else
+                {"options": {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}})
+        for layer in model.get_base_model().model.layers:
+            layer.compile(dynamic=True, **opts)
+        report["compile"] = f"on ({opts})"
+    return model, report
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -300,10 +315,16 @@ def _timing(ends, counts, warmup, last_loss) -> dict:
             "padded_tokens_per_s": padded / total, "peak_gib": peak, "last_loss": last_loss}
 
 
-def profile_steps(model, samples: list[dict], pad_id: int) -> dict:
+def profile_steps(model, samples: list[dict], pad_id: int, trace: Path | None = None) -> dict:
     """torch.profiler over 2 optimizer steps of batch 4 (after 2 warm-up steps): wall time, summed device
-    kernel time (GPU idle = wall - busy, i.e. launch/CPU bound), and the top ops by device time."""
+    kernel time (GPU idle = wall - busy, i.e. launch/CPU bound), and the top kernels by device time.
+    Only device-side events are summed (a CPU op's device time repeats its kernels'). `trace`: also write
+    the Chrome trace there (gzipped) for a timeline view."""
+    import gzip
+    import shutil
+
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     run_ours(model, samples, 4, 1, True, 2, 1, pad_id)
@@ -312,16 +333,21 @@ def profile_steps(model, samples: list[dict], pad_id: int) -> dict:
         t0 = time.perf_counter()
         run_ours(model, samples, 4, 1, True, 2, 1, pad_id)
         wall = time.perf_counter() - t0
-    ka = prof.key_averages()
-    dev_attr = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
-    busy = sum(getattr(e, dev_attr) for e in ka) / 1e6
-    top = sorted(ka, key=lambda e: getattr(e, dev_attr), reverse=True)[:30]
-    table = [{"op": e.key[:90], "calls": e.count, "device_s": round(getattr(e, dev_attr) / 1e6, 4),
-              "cpu_s": round(e.self_cpu_time_total / 1e6, 4)} for e in top]
-    n_kernels = sum(e.count for e in ka if getattr(e, dev_attr) > 0)
+    kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:30]
+    table = [{"kernel": e.key[:90], "calls": e.count, "device_s": round(e.self_device_time_total / 1e6, 4)}
+             for e in top]
+    n_kernels = sum(e.count for e in kernels)
     print(f"profile: wall {wall:.3f}s for 2 steps, device busy {busy:.3f}s, kernels {n_kernels}", flush=True)
     for r in table:
-        print(f"  {r['device_s']:8.4f}s {r['calls']:6d}  {r['op']}", flush=True)
+        print(f"  {r['device_s']:8.4f}s {r['calls']:6d}  {r['kernel']}", flush=True)
+    if trace is not None:
+        raw = trace.with_suffix("")
+        prof.export_chrome_trace(str(raw))
+        with open(raw, "rb") as f, gzip.open(trace, "wb") as g:
+            shutil.copyfileobj(f, g)
+        raw.unlink()
     return {"wall_s_2_steps": wall, "device_busy_s": busy, "kernels": n_kernels, "top": table}
 
 
@@ -413,7 +439,7 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
         res["graph_breaks"] = {k[:120]: v for k, v in counters["graph_break"].items()}
         print(f"[{stack}] graph breaks: {res['graph_breaks']}", flush=True)
     if "profile" in kinds:
-        res["profile"] = profile_steps(model, fixed, pad)
+        res["profile"] = profile_steps(model, fixed, pad, out.with_name("profile_trace.json.gz"))
         out.write_text(json.dumps(res, indent=1))
     if "fixed_padded" in kinds:
         record("fixed_padded", ours(fixed, 4, padding_free=False))
