@@ -21,21 +21,28 @@ def test_chunked_linear_cross_entropy_matches_full_logits():
     g = torch.Generator().manual_seed(0)
     h = torch.randn(37, 16, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(101, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(101, generator=g, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, 101, (37,), generator=g)
     t[[0, 5, 6, 30]] = -100
     t[8:16] = -100  # one whole chunk without targets
     for reduction in ("mean", "sum"):
-        for x in (h, w):
-            x.grad = None
-        got = accel.chunked_linear_cross_entropy(h, w, t, reduction=reduction, chunk_tokens=8)
-        got.backward()
-        g_h, g_w = h.grad.clone(), w.grad.clone()
-        h.grad = w.grad = None
-        want = F.cross_entropy(h @ w.T, t, ignore_index=-100, reduction=reduction)
-        want.backward()
-        assert got.item() == pytest.approx(want.item(), rel=1e-6)  # fp32 log-softmax, as ForCausalLMLoss
-        assert torch.allclose(g_h, h.grad, rtol=1e-5, atol=1e-7)
-        assert torch.allclose(g_w, w.grad, rtol=1e-5, atol=1e-7)
+        for bias in (None, b):
+            for x in (h, w, b):
+                x.grad = None
+            got = accel.chunked_linear_cross_entropy(h, w, t, bias, reduction=reduction, chunk_tokens=8)
+            (got * 3).backward()  # the saved gradient is scaled by the incoming one
+            grads = [x.grad.clone() if x.grad is not None else None for x in (h, w, b)]
+            for x in (h, w, b):
+                x.grad = None
+            want = F.cross_entropy(F.linear(h, w, bias), t, ignore_index=-100, reduction=reduction)
+            (want * 3).backward()
+            assert got.item() == pytest.approx(want.item(), rel=1e-9)
+            for mine, ref in zip(grads, (h.grad, w.grad, b.grad)):
+                assert (mine is None) == (ref is None)
+                if ref is not None:
+                    assert torch.allclose(mine, ref, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():  # no gradient work without autograd
+        assert accel.chunked_linear_cross_entropy(h, w, t).grad_fn is None
     with pytest.raises(ValueError, match="reduction"):
         accel.chunked_linear_cross_entropy(h, w, t, reduction="none")
 
@@ -86,7 +93,7 @@ def test_per_sample_attention_on_cpu_equals_block_diagonal_mask(arch, tiny_qwen2
     feats = _feats(model.config.vocab_size - 10)
     batch = collate(feats, True, pad_token_id=0)
     want, n_want, g_want = _loss_and_grads(model, batch)  # sdpa + mask built from the position ids
-    assert accel.accelerate(model)["attention"].startswith("causal SDPA per sample")
+    assert accel.accelerate(model, fused_loss=None)["attention"].startswith("causal SDPA per sample")
     assert set(accel.varlen_kwargs(model, batch["position_ids"])) >= {"cu_seq_lens_q", "attention_mask"}
     got, n_got, g_got = _loss_and_grads(model, batch)
     assert n_got == n_want
@@ -131,8 +138,9 @@ def test_accelerate_on_cpu_reports_fallbacks_and_keeps_the_model(tiny_qwen2_dir)
     assert report["liger_kernels"] == "off: disabled"
     assert report["compile"] == "off: no CUDA device"
     assert accel.accelerate(_lora_model(tiny_qwen2_dir), liger_kernels=True)["liger_kernels"] == "off: no CUDA device"
-    assert report["fused_loss"].startswith("off: CPU")
-    assert not accel.fused_loss_on(model)
+    assert report["fused_loss"] == "on (chunked torch cross-entropy; Liger: no CUDA device)"
+    assert accel.fused_loss_on(model)
+    assert report["activation_offload"] == "off: no CUDA device"
     assert report["attention"] == "causal SDPA per sample for packed rows, sdpa otherwise"
     assert model.get_base_model().config._attn_implementation == accel.VARLEN
     assert accel.liger_available("cpu") == "no CUDA device"
