@@ -113,8 +113,8 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     backward only scales it: the algorithm of Liger-Kernel's fused linear cross-entropy
     (liger_kernel/ops/fused_linear_cross_entropy.py), in plain torch. Against logits + ``F.cross_entropy``
     it skips the log-softmax backward pass and never holds more than one chunk of logits: on 2 CPU cores,
-    3,000 label tokens of SmolLM2 (49k vocabulary) took 1.7 s instead of 2.1 s and 0.15 GB instead of
-    1.6 GB of extra peak memory.
+    3,000 label tokens of SmolLM2 (49k vocabulary), forward + backward, took 1.25 s instead of 2.1 s and
+    0.08 GB instead of 1.6 GB of extra peak memory.
     Returns a 0-dim fp32 tensor (fp64 for fp64 weights). Equal to ``F.cross_entropy(logits.float(), target)`` up to fp32 summation
     order. Raises ValueError for another reduction.
     """
@@ -139,25 +139,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
         g_w = torch.zeros_like(weight, dtype=acc) if need[1] else None
         g_b = torch.zeros_like(bias, dtype=acc) if need[2] else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
+        # CPU: the fp32 work runs on a few rows at a time so it stays in cache (2 cores here: a 341-row
+        # chunk of SmolLM2 logits took 0.14 s instead of 0.18 s); CUDA: the whole chunk at once
+        sub = chunk if hidden.is_cuda else max(1, (1 << 19) // weight.shape[0])
         for start in range(0, hidden.shape[0], chunk):
             h, t = hidden[start:start + chunk].to(weight.dtype), target[start:start + chunk]
             valid = t != ignore_index
             safe_t = t.masked_fill(~valid, 0)
-            logits = F.linear(h, weight, bias).to(acc)
-            lse = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, safe_t[:, None])[:, 0]
-            total += ((lse - picked) * valid).sum()
-            if any(need):
-                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                grad[torch.arange(len(t), device=t.device), safe_t] -= 1.0
-                grad.mul_(valid[:, None])
-                if need[2]:
-                    g_b += grad.sum(0)
-                grad = grad.to(weight.dtype)
-                if need[0]:
-                    g_h[start:start + chunk] = (grad @ weight).to(hidden.dtype)
-                if need[1]:
-                    g_w += (grad.t() @ h).to(acc)
+            logits = F.linear(h, weight, bias)
+            for a in range(0, len(t), sub):
+                x, tt, ok = logits[a:a + sub].to(acc), safe_t[a:a + sub], valid[a:a + sub]
+                lse = torch.logsumexp(x, dim=-1)
+                total += ((lse - x.gather(1, tt[:, None])[:, 0]) * ok).sum()
+                if any(need):  # d loss / d logits = softmax - one-hot, written over the logits
+                    x.sub_(lse[:, None]).exp_()
+                    x[torch.arange(len(tt), device=tt.device), tt] -= 1.0
+                    x.mul_(ok[:, None])
+                    if need[2]:
+                        g_b += x.sum(0)
+                    logits[a:a + sub] = x
+            if need[0]:
+                g_h[start:start + chunk] = (logits @ weight).to(hidden.dtype)
+            if need[1]:
+                g_w += (logits.t() @ h).to(acc)
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (g_h, g_w, g_b)))
         ctx.need = need
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
