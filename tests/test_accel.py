@@ -104,6 +104,23 @@ def test_per_sample_attention_on_cpu_equals_block_diagonal_mask(arch, tiny_qwen2
     assert got == pytest.approx(sum(alone), rel=1e-5)
 
 
+def test_selective_checkpointing_on_cpu_keeps_loss_and_gradients(tiny_qwen2_dir):
+    """add_lora on CPU keeps the attention outputs through the recompute (trainer.accel.keep_attention_outputs):
+    the same loss and gradients as plain checkpointing, bit for bit."""
+    model = _lora_model(tiny_qwen2_dir)
+    layer = model.get_base_model().model.layers[0]
+    assert layer._gradient_checkpointing_func.keywords["context_fn"] is accel.keep_attention_outputs
+    accel.accelerate(model, fused_loss=None)
+    batch = collate(_feats(), True, pad_token_id=0)
+    selective = _loss_and_grads(model, batch)
+    model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert "context_fn" not in layer._gradient_checkpointing_func.keywords
+    plain = _loss_and_grads(model, batch)
+    assert selective[0] == plain[0] and selective[1] == plain[1]
+    for k in plain[2]:
+        assert torch.equal(selective[2][k], plain[2][k]), k
+
+
 @pytest.mark.parametrize("padding_free", [True, False])
 def test_fused_loss_equals_stock_loss(tiny_qwen2_dir, padding_free):
     model = _lora_model(tiny_qwen2_dir)

@@ -161,7 +161,8 @@ def add_lora(model: Any, *, lora_target: list[str], lora_rank: int = 8, lora_alp
              lora_dropout: float = 0.0, gradient_checkpointing: bool = True) -> Any:
     """Freeze the base and wrap it with a fresh LoRA adapter (PEFT).
 
-    Non-reentrant activation checkpointing is used, which needs no ``enable_input_require_grads``;
+    Non-reentrant activation checkpointing is used, which needs no ``enable_input_require_grads``
+    (on CPU selective: attention outputs are kept, see ``trainer.accel.keep_attention_outputs``);
     the frozen base keeps its dtype (no fp32 upcast of all weights as ``prepare_model_for_kbit_training``
     does: on CPU that upcast costs time and memory for nothing).
 
@@ -175,7 +176,12 @@ def add_lora(model: Any, *, lora_target: list[str], lora_rank: int = 8, lora_alp
         p.requires_grad_(False)
     model.config.use_cache = False
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if next(model.parameters()).device.type == "cpu":  # keep attention outputs (trainer.accel)
+            from trainer.accel import keep_attention_outputs
+
+            kwargs["context_fn"] = keep_attention_outputs
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     cfg = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=lora_dropout,
                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
     model = get_peft_model(model, cfg)
