@@ -1,4 +1,5 @@
-"""GPU speed and memory levers for QLoRA training, each with a clean fallback on CPU and without Triton.
+"""Speed and memory levers for QLoRA training: GPU kernels with clean fallbacks on CPU and without Triton,
+and the CPU's own (per-sample attention, selective checkpointing).
 
 What `accelerate(model)` does to an already-built (peft-wrapped or plain) causal LM, and why:
 
@@ -32,6 +33,8 @@ What `accelerate(model)` does to an already-built (peft-wrapped or plain) causal
   token row of 1,024-token samples: 4x less attention work). Registered as a transformers attention
   function (``AttentionInterface``) that falls back to SDPA for every other input (padded batches,
   generation, eval). Self-checked against SDPA on first use; off when the check fails.
+- **Selective checkpointing on CPU** (`keep_attention_outputs`, set by ``trainer.model.add_lora``): the
+  recompute in the backward reuses each attention call's outputs instead of running attention again.
 - **Non-reentrant activation checkpointing** (`enable_checkpointing`): no ``enable_input_require_grads``
   hack, works with frozen embeddings, recommended by PyTorch.
 

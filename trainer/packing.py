@@ -93,7 +93,7 @@ def loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     target_mask = labels[:, 1:] != IGNORE_INDEX
     n = int(target_mask.sum())
     if model.training and accel.fused_loss_on(model):
-        # GPU: trainer.accel's fused linear cross-entropy takes the hidden states, never the logits
+        # trainer.accel's fused linear cross-entropy takes the hidden states, never the logits
         return model(**inputs, labels=labels, num_items_in_batch=1, use_cache=False).loss, n
     if labels.shape[0] == 1:
         keep = target_mask[0].nonzero().squeeze(-1)
