@@ -105,7 +105,7 @@ def test_per_sample_attention_on_cpu_equals_block_diagonal_mask(arch, tiny_qwen2
 
 
 def test_selective_checkpointing_on_cpu_keeps_loss_and_gradients(tiny_qwen2_dir):
-    """add_lora on CPU keeps the attention outputs through the recompute (trainer.accel.keep_attention_outputs):
+    """add_lora on CPU keeps the attention outputs through the recompute (trainer.accel.enable_checkpointing):
     the same loss and gradients as plain checkpointing, bit for bit."""
     model = _lora_model(tiny_qwen2_dir)
     layer = model.get_base_model().model.layers[0]

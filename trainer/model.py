@@ -162,7 +162,7 @@ def add_lora(model: Any, *, lora_target: list[str], lora_rank: int = 8, lora_alp
     """Freeze the base and wrap it with a fresh LoRA adapter (PEFT).
 
     Non-reentrant activation checkpointing is used, which needs no ``enable_input_require_grads``
-    (on CPU selective: attention outputs are kept, see ``trainer.accel.keep_attention_outputs``);
+    (``trainer.accel.enable_checkpointing``; on CPU selective, attention outputs are kept);
     the frozen base keeps its dtype (no fp32 upcast of all weights as ``prepare_model_for_kbit_training``
     does: on CPU that upcast costs time and memory for nothing).
 
@@ -176,12 +176,9 @@ def add_lora(model: Any, *, lora_target: list[str], lora_rank: int = 8, lora_alp
         p.requires_grad_(False)
     model.config.use_cache = False
     if gradient_checkpointing:
-        kwargs = {"use_reentrant": False}
-        if next(model.parameters()).device.type == "cpu":  # keep attention outputs (trainer.accel)
-            from trainer.accel import keep_attention_outputs
+        from trainer.accel import enable_checkpointing
 
-            kwargs["context_fn"] = keep_attention_outputs
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_checkpointing(model)
     cfg = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=lora_dropout,
                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
     model = get_peft_model(model, cfg)
