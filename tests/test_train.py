@@ -236,3 +236,55 @@ def test_plain_progress_lines_when_not_a_terminal(tiny_llama_dir, eight, tmp_pat
     buf.truncate(0)
     console_mod.plain_progress("train step", 1, 5, {"loss": "1.0"})
     assert buf.getvalue() == ""
+
+
+def test_eval_dataset_and_load_best_model_at_end(tiny_llama_dir, eight, tmp_path):
+    """--eval_dataset scores a separate file each --eval_steps; --load_best_model_at_end saves the adapter of
+    the lowest eval loss (kept in best/ during the run), not the last one."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from trainer import model as model_lib
+    from trainer.evaluate import held_out_loss
+    from trainer.templates import ChatTemplate
+
+    other = tmp_path / "other.json"  # another distribution: overfitting `eight` at a high lr drives its loss up
+    other.write_text(json.dumps([{"instruction": f"Write about topic {i}.", "output": f"Topic {i}: " + "lorem ipsum " * 6}
+                                 for i in range(3)]), encoding="utf-8")
+    out = tmp_path / "run"
+    r = run(_cfg(tiny_llama_dir, eight, out, max_steps=10, learning_rate=2e-1, eval_dataset=[str(other)],
+                 eval_steps=1, save_steps=4, load_best_model_at_end=True, per_device_train_batch_size=8))
+    evals = [(x["current_steps"], x["eval_loss"]) for x in map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines())
+             if "eval_loss" in x]
+    assert [s for s, _ in evals] == list(range(1, 11)) and r["num_eval_samples"] == 3 and r["num_samples"] == 8
+    best_step, best = min(evals, key=lambda e: (e[1], e[0]))
+    assert (r["best_global_step"], r["best_eval_loss"], r["eval_loss"]) == (best_step, best, evals[-1][1])
+    assert best_step < 10 and r["eval_loss"] > best, evals  # the case under test: the last adapter is not the best
+    assert r["kept"] == f"best eval loss (step {best_step})"
+    saved, kept = load_file(str(out / "adapter_model.safetensors")), load_file(str(out / "best" / "adapter_model.safetensors"))
+    assert saved.keys() == kept.keys() and all(torch.equal(saved[k], kept[k]) for k in saved)
+    # the saved adapter scores the best eval loss again, through eval's own (padded) loss code
+    base = model_lib.load_base(str(tiny_llama_dir), quantization_bit=None, dtype=torch.float32, device="cpu")
+    tok = model_lib.load_tokenizer(str(tiny_llama_dir))
+    from trainer import data
+
+    convs = data.load_conversations([str(other)], ".", system=yaml.safe_load((out / "run_config.yaml").read_text())["system"])
+    loss = held_out_loss(PeftModel.from_pretrained(base, out).eval(), ChatTemplate("auto", tok), convs, 256, 8)["loss"]
+    assert abs(loss - best) < 2e-3, (loss, best)
+
+
+@pytest.mark.parametrize("flags, fix", [
+    ({"eval_dataset": "EVAL", "val_size": 2}, "--eval_dataset and --val_size 2.0 are both set"),
+    ({"load_best_model_at_end": True}, "--load_best_model_at_end needs eval samples: add --eval_dataset FILE"),
+])
+def test_eval_flag_misuse_is_exit_2_and_writes_nothing(tiny_llama_dir, eight, tmp_path, flags, fix):
+    from click.testing import CliRunner
+
+    from trainer.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--model_name_or_path", str(tiny_llama_dir), "--dataset", str(eight), "--output_dir", str(out)]
+    argv += [x for k, v in flags.items() for x in (f"--{k}", str(eight) if v == "EVAL" else str(v))]
+    r = CliRunner().invoke(main, argv)
+    assert r.exit_code == 2 and fix in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not out.exists()

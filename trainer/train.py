@@ -74,6 +74,8 @@ class TrainConfig:
                                 "reply cannot fit are dropped.")
     max_samples: int | None = arg(None, "Use at most this many samples per dataset (debugging).")
     val_size: float = arg(0.0, "Held-out eval split: a fraction (< 1) or a record count (>= 1).")
+    eval_dataset: list[str] = arg([], "Eval dataset name(s) or .json/.jsonl path(s), e.g. prepare's _val file; "
+                                      "used instead of a --val_size split.")
     # --- output / resume
     output_dir: str = arg("saves/steam-persona-lora", "Run directory (adapter, logs, checkpoints).")
     overwrite_output_dir: bool = arg(False, "Start over in an existing run dir instead of resuming from its last checkpoint.")
@@ -100,6 +102,8 @@ class TrainConfig:
     warmup_steps: int = arg(0, "Warmup optimizer steps (overrides warmup_ratio when > 0).")
     eval_steps: int | None = arg(None, "Eval every this many optimizer steps when --val_size is set (default: save_steps).")
     eval_strategy: str = arg("steps", "When to evaluate (with --val_size): steps or no.", choices=("steps", "no"))
+    load_best_model_at_end: bool = arg(False, "Save the adapter of the lowest eval loss as the run's adapter (kept in "
+                                              "best/ while training); needs --val_size or --eval_dataset.")
     seed: int = arg(42, "Random seed (data order, LoRA init).")
     bf16: bool = arg(False, "Train in bfloat16 (the default on GPUs that support it, even without this flag).")
     fp16: bool = arg(False, "Train in float16 (warned on bf16-capable hardware: overflow risk).")
@@ -241,6 +245,8 @@ class StepPlan:
 
 # ---------------------------------------------------------------- run dir / checkpoints
 
+#: --load_best_model_at_end: the adapter of the lowest eval loss so far, saved at each improvement.
+BEST_DIR = "best"
 _RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "trainer_log.jsonl", "training_loss.png",
               "all_results.json", "run_config.yaml", "README.md", "tokenizer.json", "tokenizer_config.json",
               "chat_template.jinja", "special_tokens_map.json")
@@ -296,7 +302,7 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
 
 def _clear_run(out: Path) -> None:
     """--overwrite_output_dir: remove our own artifacts only (never unrelated files)."""
-    for p in out.glob("checkpoint-*"):
+    for p in [*out.glob("checkpoint-*"), out / BEST_DIR]:
         shutil.rmtree(p, ignore_errors=True)
     for name in _RUN_FILES:
         (out / name).unlink(missing_ok=True)
@@ -388,6 +394,24 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any]:
     return template, enc
 
 
+def prepare_eval_data(cfg: TrainConfig, template: Any) -> Any:
+    """``--eval_dataset`` read, templated and tokenized exactly as the training data. Returns ``Encoded``.
+
+    Raises:
+        UserError: any dataset problem, or no eval sample fitting ``cutoff_len``.
+    """
+    from trainer import data
+    from trainer.encode import encode_dataset
+
+    convs = data.load_conversations(cfg.eval_dataset, cfg.dataset_dir, system=cfg.system or None,
+                                    encoding=cfg.encoding, max_samples=cfg.max_samples)
+    enc = encode_dataset(template, convs, cfg.cutoff_len)
+    if not len(enc):
+        raise UserError(f"--eval_dataset {','.join(cfg.eval_dataset)}: no sample's reply fits --cutoff_len "
+                        f"{cfg.cutoff_len}; raise --cutoff_len")
+    return enc
+
+
 def _check(cfg: TrainConfig) -> None:
     if not cfg.dataset:
         raise UserError("no dataset given; pass --dataset NAME (with --dataset_dir) or --dataset path/to/file.json")
@@ -401,6 +425,11 @@ def _check(cfg: TrainConfig) -> None:
         raise UserError(f"--warmup_ratio {cfg.warmup_ratio}: must be in [0, 1)")
     if cfg.learning_rate <= 0:
         raise UserError(f"--learning_rate {cfg.learning_rate}: must be positive")
+    if cfg.eval_dataset and cfg.val_size:
+        raise UserError(f"--eval_dataset and --val_size {cfg.val_size} are both set; give one source of eval samples")
+    if cfg.load_best_model_at_end and (cfg.eval_strategy == "no" or not (cfg.val_size or cfg.eval_dataset)):
+        raise UserError("--load_best_model_at_end needs eval samples: add --eval_dataset FILE or --val_size 0.05 "
+                        "(and keep --eval_strategy steps)")
 
 
 def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] = ()) -> dict[str, Any]:
@@ -415,7 +444,9 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     Returns:
         ``all_results.json``'s content: ``output_dir``, ``global_step``, ``loss_first`` / ``loss_last``
         (mean loss per learned token of the first / last optimizer step), ``train_loss`` (mean over
-        this invocation's steps), ``eval_loss`` (when ``--val_size``), ``train_runtime`` (s),
+        this invocation's steps), ``eval_loss`` (the last eval, when ``--val_size`` or ``--eval_dataset``),
+        ``best_eval_loss`` / ``best_global_step`` (the lowest eval loss and its step; with
+        ``--load_best_model_at_end`` that adapter is the one saved, and ``kept`` says so), ``train_runtime`` (s),
         ``train_samples_per_second``, ``train_tokens_per_second``, ``num_samples``, ``truncated``,
         ``dropped``.
 
@@ -447,7 +478,10 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     tokenizer = model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
     with console.status("reading and tokenizing the dataset"):
         template, enc = prepare_data(cfg, tokenizer)
+        eval_enc = prepare_eval_data(cfg, template) if cfg.eval_dataset else enc
     train_idx, eval_idx = split_eval(len(enc), cfg.val_size, cfg.seed)
+    if cfg.eval_dataset:
+        eval_idx = list(range(len(eval_enc)))
     torch.manual_seed(cfg.seed)
     with console.status(f"loading {cfg.model_name_or_path}" + (f" in {cfg.quantization_bit}-bit" if cfg.quantization_bit else "")):
         model = model_lib.load_base(cfg.model_name_or_path, quantization_bit=cfg.quantization_bit, dtype=dtype,
@@ -499,8 +533,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         io.write_text(out / "run_config.yaml", _run_config_yaml(cfg))
     log = io.JsonlLog(log_path) if main else None
 
-    def batch_of(indices: list[int], pool: list[int]) -> dict[str, Any]:
-        feats = [{"input_ids": enc.input_ids[pool[i]], "labels": enc.labels[pool[i]]} for i in indices]
+    def batch_of(indices: list[int], pool: list[int], src: Any = enc) -> dict[str, Any]:
+        feats = [{"input_ids": src.input_ids[pool[i]], "labels": src.labels[pool[i]]} for i in indices]
         b = collate(feats, cfg.padding_free, tokenizer.pad_token_id)
         return {k: v.to(device) for k, v in b.items()}
 
@@ -512,7 +546,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         tot, n = 0.0, 0
         with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
             for i in range(0, len(eval_idx), cfg.per_device_eval_batch_size):
-                ls, k = loss_sum(model, batch_of(list(range(i, min(i + cfg.per_device_eval_batch_size, len(eval_idx)))), eval_idx))
+                ls, k = loss_sum(model, batch_of(list(range(i, min(i + cfg.per_device_eval_batch_size, len(eval_idx)))),
+                                                 eval_idx, eval_enc))
                 tot, n = tot + float(ls), n + k
         model.train()
         return tot / max(n, 1)
@@ -607,9 +642,14 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
                     log.write(**erow)
                     rows.append(erow)
                     console.print(f"step {done}: eval loss {last_eval:.4f}")
+                    if last_eval < state.get("best_eval_loss", math.inf):
+                        state["best_eval_loss"], state["best_global_step"] = round(last_eval, 4), done
+                        if cfg.load_best_model_at_end:
+                            _save_adapter_and_tokenizer(model, None, out / BEST_DIR)
                 if done % cfg.save_steps == 0 and done < total:
                     st = {"total_tokens": row["total_tokens"], "elapsed": elapsed0 + el,
                           "first_loss": state.get("first_loss", step_losses[0]),
+                          **{k: state[k] for k in ("best_eval_loss", "best_global_step") if k in state},
                           "world_size": world, "gradient_accumulation_steps": accum}  # for resume on other counts
                     _save_checkpoint(out, done, model, tokenizer, optimizer, scheduler, st, cfg)
                 for cb in callbacks:
@@ -632,7 +672,15 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     }
     if last_eval is not None:
         results["eval_loss"] = round(last_eval, 4)
+    if "best_eval_loss" in state:
+        results["best_eval_loss"], results["best_global_step"] = state["best_eval_loss"], state["best_global_step"]
     if main:
+        if cfg.load_best_model_at_end and (out / BEST_DIR / "adapter_model.safetensors").is_file():
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(out / BEST_DIR / "adapter_model.safetensors")))
+            results["kept"] = f"best eval loss (step {results['best_global_step']})"
         _save_adapter_and_tokenizer(model, tokenizer, out)
         plot_loss(rows, out / "training_loss.png", title=f"{Path(cfg.output_dir).name}: loss")
         io.write_json(out / "all_results.json", results)
@@ -671,7 +719,8 @@ def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
             ("precision", precision),
             ("loss", f"{r['loss_first']} → {r['loss_last']}")]
     if "eval_loss" in r:
-        rows.append(("eval loss", r["eval_loss"]))
+        rows.append(("eval loss", f"{r['eval_loss']} (best {r['best_eval_loss']} at step {r['best_global_step']}"
+                                  + (", kept)" if "kept" in r else ")")))
     rows += [("speed", f"{r['train_samples_per_second']} samples/s, {r['train_tokens_per_second']} tokens/s"),
              ("runtime", _hms(r["train_runtime"])), ("output", r["output_dir"])]
     summary_table("training done", rows)
