@@ -3,6 +3,7 @@
 Runs, in one process and on the same samples, a few optimizer steps of
 
 * **ours**: padding-free packed micro-batches + logits only at learned positions (the defaults);
+* **ours-no-ckpt** (optional): ours with ``--disable_gradient_checkpointing`` (no recompute; more memory);
 * **baseline**: every micro-batch padded to its longest sample and logits at every position, which is
   what HF ``Trainer`` / LLaMA-Factory 0.9.5 compute (``DataCollatorForSeq2Seq`` + ``model(labels=)``);
 
@@ -84,7 +85,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per variant (16 samples each)")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "steam_sft_sample.json"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_cpu.json"))
-    ap.add_argument("--variants", default="ours,baseline")
+    ap.add_argument("--variants", default="ours,baseline",
+                    help="comma list of ours, baseline, ours-no-ckpt (ours + --disable_gradient_checkpointing)")
     ap.add_argument("--llamafactory", help="llamafactory-cli of a LLaMA-Factory venv: also run it, same session")
     ap.add_argument("--lf_precision", choices=["bf16", "fp16"], default="bf16",
                     help="LLaMA-Factory's precision flag (fp16 = the seed verbatim; bf16 = its fastest on CPU)")
@@ -104,7 +106,8 @@ def main() -> None:
                   "learning_rate": 2e-4, "num_train_epochs": 3.0, "logging_steps": 1, "save_steps": 100000,
                   "warmup_ratio": 0.1, "fp16": True, "quantization_bit": 4, "overwrite_output_dir": True,
                   "max_steps": args.steps}
-    results: dict = {"flags": {k: v for k, v in seed_flags.items() if k != "dataset"}, "data": Path(args.data).name,
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "flags": {k: v for k, v in seed_flags.items() if k != "dataset"},
+                     "data": Path(args.data).name,
                      "torch_threads": __import__("torch").get_num_threads(), "cpu_count": os.cpu_count(),
                      "load_average_start": list(os.getloadavg()), "variants": {}}
     order = args.variants.split(",")
@@ -121,6 +124,7 @@ def main() -> None:
                 print(f"llamafactory ({args.lf_precision}): {results['llamafactory']}", flush=True)
                 continue
             cfg = config.build(TrainConfig, {**seed_flags, "padding_free": name.startswith("ours"),
+                                             "disable_gradient_checkpointing": name == "ours-no-ckpt",
                                              "output_dir": str(Path(tmp) / name)})
             t = time.time()
             r = run(cfg)
