@@ -719,8 +719,8 @@ def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
             ("precision", precision),
             ("loss", f"{r['loss_first']} → {r['loss_last']}")]
     if "eval_loss" in r:
-        rows.append(("eval loss", f"{r['eval_loss']} (best {r['best_eval_loss']} at step {r['best_global_step']}"
-                                  + (", kept)" if "kept" in r else ")")))
+        best = f" (best {r['best_eval_loss']} at step {r['best_global_step']}" if "best_eval_loss" in r else ""
+        rows.append(("eval loss", f"{r['eval_loss']}{best}{', kept)' if 'kept' in r else ')' if best else ''}"))
     rows += [("speed", f"{r['train_samples_per_second']} samples/s, {r['train_tokens_per_second']} tokens/s"),
              ("runtime", _hms(r["train_runtime"])), ("output", r["output_dir"])]
     summary_table("training done", rows)
