@@ -288,3 +288,22 @@ def test_eval_flag_misuse_is_exit_2_and_writes_nothing(tiny_llama_dir, eight, tm
     r = CliRunner().invoke(main, argv)
     assert r.exit_code == 2 and fix in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, shown", [
+    ({}, "nan"),  # a NaN eval loss never becomes a best: the summary still prints (was a KeyError)
+    ({"best_eval_loss": 2.5, "best_global_step": 3}, "2.6 (best 2.5 at step 3)"),
+    ({"best_eval_loss": 2.5, "best_global_step": 3, "kept": "best eval loss (step 3)"}, "2.6 (best 2.5 at step 3, kept)"),
+])
+def test_summary_eval_loss_row(tmp_path, monkeypatch, extra, shown):
+    import types
+
+    from trainer import train as train_mod
+
+    rows = {}
+    monkeypatch.setattr(train_mod, "summary_table", lambda title, r: rows.update(r))
+    r = {"num_samples": 8, "num_eval_samples": 2, "truncated": 0, "dropped": 0, "global_step": 4, "loss_first": 3.0,
+         "loss_last": 2.0, "eval_loss": float("nan") if not extra else 2.6, "train_samples_per_second": 1.0,
+         "train_tokens_per_second": 100.0, "train_runtime": 5.0, "output_dir": str(tmp_path), **extra}
+    train_mod._summary(_cfg("m", "d.json", tmp_path), r, types.SimpleNamespace(eot_token="<|im_end|>"), "float32 on cpu")
+    assert rows["eval loss"] == shown
