@@ -100,8 +100,8 @@ class TrainConfig:
                                           "inverse_sqrt", "cosine_with_restarts"))
     warmup_ratio: float = arg(0.0, "Warmup as a fraction of all optimizer steps.")
     warmup_steps: int = arg(0, "Warmup optimizer steps (overrides warmup_ratio when > 0).")
-    eval_steps: int | None = arg(None, "Eval every this many optimizer steps when --val_size is set (default: save_steps).")
-    eval_strategy: str = arg("steps", "When to evaluate (with --val_size): steps or no.", choices=("steps", "no"))
+    eval_steps: int | None = arg(None, "Eval every this many optimizer steps with --val_size or --eval_dataset (default: save_steps).")
+    eval_strategy: str = arg("steps", "When to evaluate (with --val_size or --eval_dataset): steps or no.", choices=("steps", "no"))
     load_best_model_at_end: bool = arg(False, "Save the adapter of the lowest eval loss as the run's adapter (kept in "
                                               "best/ while training); needs --val_size or --eval_dataset.")
     seed: int = arg(42, "Random seed (data order, LoRA init).")
@@ -386,29 +386,24 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any]:
     from trainer.templates import ChatTemplate
 
     template = ChatTemplate(cfg.template, tokenizer)
-    convs = data.load_conversations(cfg.dataset, cfg.dataset_dir, system=cfg.system or None,
-                                    encoding=cfg.encoding, max_samples=cfg.max_samples)
-    enc = encode_dataset(template, convs, cfg.cutoff_len)
-    if not len(enc):
-        raise UserError(f"--cutoff_len {cfg.cutoff_len}: no sample's reply fits; raise --cutoff_len")
-    return template, enc
+    return template, encode_datasets(cfg, template, cfg.dataset)
 
 
-def prepare_eval_data(cfg: TrainConfig, template: Any) -> Any:
-    """``--eval_dataset`` read, templated and tokenized exactly as the training data. Returns ``Encoded``.
+def encode_datasets(cfg: TrainConfig, template: Any, datasets: list[str]) -> Any:
+    """Read, template, tokenize and truncate `datasets` (``--dataset`` or ``--eval_dataset``) with the run's
+    persona, encoding, ``max_samples`` and ``cutoff_len``. Returns ``Encoded``.
 
     Raises:
-        UserError: any dataset problem, or no eval sample fitting ``cutoff_len``.
+        UserError: any dataset problem, or no sample fitting ``cutoff_len``.
     """
     from trainer import data
     from trainer.encode import encode_dataset
 
-    convs = data.load_conversations(cfg.eval_dataset, cfg.dataset_dir, system=cfg.system or None,
+    convs = data.load_conversations(datasets, cfg.dataset_dir, system=cfg.system or None,
                                     encoding=cfg.encoding, max_samples=cfg.max_samples)
     enc = encode_dataset(template, convs, cfg.cutoff_len)
     if not len(enc):
-        raise UserError(f"--eval_dataset {','.join(cfg.eval_dataset)}: no sample's reply fits --cutoff_len "
-                        f"{cfg.cutoff_len}; raise --cutoff_len")
+        raise UserError(f"{','.join(datasets)}: no sample's reply fits --cutoff_len {cfg.cutoff_len}; raise --cutoff_len")
     return enc
 
 
@@ -478,7 +473,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     tokenizer = model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
     with console.status("reading and tokenizing the dataset"):
         template, enc = prepare_data(cfg, tokenizer)
-        eval_enc = prepare_eval_data(cfg, template) if cfg.eval_dataset else enc
+        eval_enc = encode_datasets(cfg, template, cfg.eval_dataset) if cfg.eval_dataset else enc
     train_idx, eval_idx = split_eval(len(enc), cfg.val_size, cfg.seed)
     if cfg.eval_dataset:
         eval_idx = list(range(len(eval_enc)))
@@ -719,8 +714,10 @@ def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
             ("precision", precision),
             ("loss", f"{r['loss_first']} → {r['loss_last']}")]
     if "eval_loss" in r:
-        best = f" (best {r['best_eval_loss']} at step {r['best_global_step']}" if "best_eval_loss" in r else ""
-        rows.append(("eval loss", f"{r['eval_loss']}{best}{', kept)' if 'kept' in r else ')' if best else ''}"))
+        shown = str(r["eval_loss"])
+        if "best_eval_loss" in r:
+            shown += f" (best {r['best_eval_loss']} at step {r['best_global_step']}{', kept' if 'kept' in r else ''})"
+        rows.append(("eval loss", shown))
     rows += [("speed", f"{r['train_samples_per_second']} samples/s, {r['train_tokens_per_second']} tokens/s"),
              ("runtime", _hms(r["train_runtime"])), ("output", r["output_dir"])]
     summary_table("training done", rows)
