@@ -56,8 +56,9 @@ STACKS = {
     "ours-chunked-ce": "fixed,long32k",           # the torch fallback of the fused loss (no Triton)
     "ours-no-offload": "long",                    # long contexts without activation offload
     "ours-profile": "profile",                    # torch.profiler over 2 steps of fixed 1024 x 4: where time goes
-    "ours-cudagraphs": "fixed",                   # compiled layers as CUDA graphs (mode="reduce-overhead")
-    "ours-noguard": "fixed",                      # compiled layers without guards on module attributes
+    "ours-no-shared-dequant": "fixed",            # bitsandbytes' own 4-bit matmul (3 dequantizations a weight a step)
+    "ours-ckpt-outside": "fixed",                 # checkpoint around the compiled layer (transformers < 5.24's
+                                                  # place), no CUDA graphs: the default before 2026-12-02
 }
 
 
@@ -155,19 +156,27 @@ def build_ours(model_dir: Path, variant: str):
           "compile_layers": variant not in ("ours-liger", "ours-no-compile"),
           "fused_loss": None if variant == "ours-no-fused-loss" else "chunked" if variant == "ours-chunked-ce" else "auto",
           "offload_min_tokens": None if variant == "ours-no-offload" else accel.OFFLOAD_MIN_TOKENS}
-    if variant in ("ours-cudagraphs", "ours-noguard"):
+    if variant == "ours-ckpt-outside":
         kw["compile_layers"] = False
     report = accel.accelerate(model, **kw)
-    if variant in ("ours-cudagraphs", "ours-noguard"):  # experiments on how the layers are compiled
+    if variant == "ours-no-shared-dequant":
+        for m in model.modules():
+            if type(m).__name__ == "Linear4bit":
+                m.__dict__.pop("forward", None)
+    if variant == "ours-ckpt-outside":
         import torch._dynamo
 
         torch._dynamo.config.suppress_errors = True
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        opts = ({"mode": "reduce-overhead"} if variant == "ours-cudagraphs" else
-                {"options": {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}})
-        for layer in model.get_base_model().model.layers:
-            layer.compile(dynamic=True, **opts)
-        report["compile"] = f"on ({opts})"
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = model.get_base_model().model.layers
+        if "__call__" not in GradientCheckpointingLayer.__dict__:  # transformers >= 5.24: inside forward
+            report["compile"] = "off: transformers >= 5.24 checkpoints inside forward"
+        else:
+            for layer in layers:
+                layer.compile(dynamic=True)
+            report["compile"] = "on (dynamic shapes, checkpoint around the compiled layer)"
     return model, report
 
 
@@ -382,6 +391,7 @@ def loss_check(model, samples: list[dict], stack: str, pad_id: int) -> dict:
 
 def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -> None:
     import torch
+    import torch._dynamo
 
     from trainer import model as model_lib
 
@@ -404,7 +414,9 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     vocab = len(tok) - 300
     base = stack == "baseline"
 
-    def record(name, fn):
+    def record(name, fn, fresh=True):
+        if fresh and not base:  # each configuration compiles afresh, as a training run of that data would
+            torch._dynamo.reset()
         try:
             res["configs"][name] = fn()
         except torch.OutOfMemoryError as e:
@@ -449,7 +461,7 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
         for L in lengths:
             data = fixed_samples(2, L, vocab, seed=L)
             record(f"long_{L}", (lambda: run_steps(model, data, PadCollator(pad), 1, 2, 1, tmp)) if base
-                   else ours(data, 1, n=2, w=1))
+                   else ours(data, 1, n=2, w=1), fresh=L == lengths[0])  # one dynamic graph for all lengths
             if "oom" in res["configs"][f"long_{L}"]:
                 break
             best = L

@@ -226,3 +226,51 @@ def test_lora_input_casts_skipped_under_cpu_autocast(tiny_qwen2_dir):
     after = loss()
     assert casts_before >= 2 * 7 and Upcasts.n < casts_before - 2 * 7 + 1
     assert after == pytest.approx(before, rel=1e-3)
+
+
+def test_compiled_layers_checkpoint_inside_and_share_dequantization(tiny_qwen2_dir):
+    """The GPU path's layer compilation, run on CPU with dynamo + AOTAutograd (backend aot_eager): a 4-bit QLoRA
+    model whose checkpoint moved inside the compiled layer (full recompute) and whose bitsandbytes matmuls are
+    dequantize + F.linear gives bit for bit the loss and LoRA gradients of the eager model, traces both layers
+    as one graph without breaks, and keeps bitsandbytes' own forward without gradients."""
+    from bitsandbytes.nn import Linear4bit
+    from torch._dynamo.utils import counters
+
+    from trainer.model import add_lora, load_base
+
+    def build():
+        torch.manual_seed(0)
+        m = load_base(str(tiny_qwen2_dir), quantization_bit=4, dtype=torch.bfloat16, device="cpu")
+        m = add_lora(m, lora_target=["all"], lora_rank=4, gradient_checkpointing=True)
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.data.normal_(0, 0.05)
+        m.train()
+        # varlen off: CPU per-sample attention splits by sample lengths in Python (a graph break)
+        accel.accelerate(m, fused_loss="chunked", varlen=False)
+        return m
+
+    batch = collate(_feats(), True, pad_token_id=0)
+    eager = build()
+    want = _loss_and_grads(eager, batch)
+    model = build()
+    torch._dynamo.reset()
+    counters.clear()
+    lm = model.get_base_model()
+    report = accel.compile_decoder_layers(lm, backend="aot_eager")
+    assert report == "on (torch.compile of 2 decoder layers, dynamic shapes, activation checkpoint inside)"
+    layer = lm.model.layers[0]
+    assert not layer.gradient_checkpointing  # transformers' own checkpoint is off: ours runs inside forward
+    assert layer._steam_checkpoint_fn.keywords["context_fn"] is accel.recompute_everything
+    linears = [m for m in layer.modules() if isinstance(m, Linear4bit)]
+    assert len(linears) == 7 and all("forward" in m.__dict__ for m in linears)
+    got = _loss_and_grads(model, batch)
+    assert got[0] == want[0] and got[1] == want[1]
+    for k in want[2]:
+        assert torch.equal(got[2][k], want[2][k]), k
+    assert not counters["graph_break"]
+    assert counters["stats"]["unique_graphs"] == 1  # one graph serves both layers
+    with torch.no_grad():  # inference keeps bitsandbytes' fused path: same output as the plain module
+        x = torch.randn(1, 3, 64, dtype=torch.bfloat16)
+        assert torch.equal(linears[0](x), Linear4bit.forward(linears[0], x))
+    torch._dynamo.reset()

@@ -25,7 +25,8 @@ What `accelerate(model)` does to an already-built (peft-wrapped or plain) causal
   dynamo also cannot trace its autograd functions, so it excludes compilation.
 - **Activation offload** for long contexts (default on from `offload_min_tokens` tokens a batch): the
   checkpointed layer inputs (layers x tokens x hidden bf16, 6.6 GB at 32k for a 7B) go to pinned host memory
-  through ``torch.autograd.graph.save_on_cpu`` while the forward runs, and come back in the backward.
+  while the forward runs (`offload_activations`: ``torch.autograd.graph.save_on_cpu`` without the
+  parameters), and come back in the backward.
 - **Varlen attention for packed rows** (default on where torch has it): a packed row (one row, position
   ids restarting per sample, no attention mask) goes through ``torch.nn.attention.varlen.varlen_attn``
   (FlashAttention with ``cu_seqlens``): each sample attends only to itself, and the kernel skips the
@@ -44,6 +45,7 @@ portable loss that keeps long contexts trainable where Triton is missing, e.g. C
 
 from __future__ import annotations
 
+import functools
 import types
 from contextlib import nullcontext
 
@@ -231,7 +233,7 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
     n_tokens = (input_ids if input_ids is not None else inputs_embeds[..., 0]).numel()
     offload = (self._steam_offload_min_tokens is not None and n_tokens >= self._steam_offload_min_tokens
                and self.lm_head.weight.is_cuda)
-    ctx = torch.autograd.graph.save_on_cpu(pin_memory=True) if offload else nullcontext()
+    ctx = offload_activations() if offload else nullcontext()
     if attention_mask is None and position_ids is not None and "cu_seq_lens_q" not in kwargs:
         extra = varlen_kwargs(self, position_ids)
         attention_mask = extra.pop("attention_mask", None)
@@ -243,6 +245,27 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
         loss = causal_lm_loss(out.last_hidden_state, self.lm_head, labels, num_items_in_batch=num_items_in_batch,
                               shift_labels=shift_labels, impl=self._steam_loss_impl)
     return CausalLMOutputWithPast(loss=loss, logits=None)
+
+
+def offload_activations():
+    """``torch.autograd.graph.save_on_cpu(pin_memory=True)`` for activations only: a tensor autograd saves goes
+    to pinned host memory and comes back for the backward, except parameters (a compiled layer's backward
+    saves its weights too; they stay on the GPU anyway, so copying them frees nothing and costs the 4-bit
+    weights' size in transfers each way every step). Source of the hooks: torch/autograd/graph.py save_on_cpu."""
+    def pack(t):
+        if isinstance(t, torch.nn.Parameter) or not t.is_cuda:
+            return t
+        host = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, pin_memory=True)
+        host.copy_(t)
+        return t.device, host
+
+    def unpack(packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        device, host = packed
+        return host.to(device, non_blocking=True)
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 def _causal_lm(model):
@@ -284,6 +307,17 @@ def keep_attention_outputs():
     return create_selective_checkpoint_contexts(policy)
 
 
+def recompute_everything():
+    """``context_fn`` for ``torch.utils.checkpoint.checkpoint`` under torch.compile: every op of the layer is
+    recomputed in the backward (``CheckpointPolicy.MUST_RECOMPUTE``), so only the layer's inputs are kept,
+    as eager checkpointing does. Without it AOTAutograd's min-cut partitioner treats the region's ops as
+    "prefer recompute" and still saves what it deems costly to recompute (matmul and bitsandbytes
+    outputs). Source: torch.utils.checkpoint create_selective_checkpoint_contexts (PyTorch 2.4+)."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(lambda ctx, op, *args, **kwargs: CheckpointPolicy.MUST_RECOMPUTE)
+
+
 def accelerate(model, *, liger_kernels: bool = False, fused_loss: str | None = "auto", varlen: bool = True,
                offload_min_tokens: int | None = OFFLOAD_MIN_TOKENS, compile_layers: bool = True) -> dict[str, str]:
     """Apply the levers above to `model` in place (after peft wrapping is fine: Liger patches forwards only).
@@ -291,7 +325,7 @@ def accelerate(model, *, liger_kernels: bool = False, fused_loss: str | None = "
     fused_loss: "auto" (Liger on CUDA with Triton, else `chunked_linear_cross_entropy`), "liger",
     "chunked", or None (off: trainer.packing's labelled-only logits).
     liger_kernels: Liger RMSNorm/RoPE/SwiGLU (then layers are not compiled). compile_layers: compile each
-    decoder layer where CUDA and Triton are present.
+    decoder layer where CUDA and Triton are present (`compile_decoder_layers`).
     Returns {lever: "on (...)" | "off: reason"} for the run log. Never raises for a missing kernel: each
     lever that can't run here is reported off and the stock path stays.
     """
@@ -367,9 +401,15 @@ def varlen_kwargs(model, position_ids: torch.Tensor) -> dict:
     return {**_cu_seqlens(position_ids), "attention_mask": placeholder}
 
 
-def compile_decoder_layers(lm) -> str:
-    """``layer.compile(dynamic=True)`` on each decoder layer of `lm` (``lm.<base_model_prefix>.layers``).
+def compile_decoder_layers(lm, *, backend: str = "inductor") -> str:
+    """``layer.compile(dynamic=True)`` on each decoder layer of `lm` (``lm.<base_model_prefix>.layers``), with
+    the layer's activation checkpoint inside the compiled region (`checkpoint_inside`, full recompute:
+    `recompute_everything`) and bitsandbytes' 4-bit matmuls as dequantize + matmul (`share_dequantization`).
 
+    Measured on an H200 at 24 GiB, fixed 4 x 1024 rows of a 7B QLoRA, same session (docs/gpu.md): 0.349 s a
+    step, 8.4 GiB; the checkpoint around the compiled layer (transformers < 5.24) took 0.384 s; CUDA graphs
+    (``mode="reduce-overhead"``) over these layers were slower (0.375 s) and copied each 16k-token row's
+    activations for offload at 10 s a step, so they are not used. backend: "aot_eager" for tests on CPU.
     Returns the report line. Compilation itself happens on the first forward (tens of seconds, once per
     process); ``torch._dynamo.config.suppress_errors`` makes a backend failure run that layer eagerly.
     """
@@ -381,9 +421,84 @@ def compile_decoder_layers(lm) -> str:
     torch._dynamo.config.suppress_errors = True
     # one graph serves all layers (same code, parameters are inputs); eval/padded shapes add a few more
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # full recompute, as checkpointing outside compile does: left to itself the partitioner keeps matmul
+    # outputs (measured on the H200: fixed 1024 x 4 at 17.6 GiB instead of 7.6)
+    inside = [checkpoint_inside(layer, context_fn=recompute_everything) for layer in layers]
+    if all(inside):
+        share_dequantization(layers)
     for layer in layers:
-        layer.compile(dynamic=True)
-    return f"on (torch.compile of {len(layers)} decoder layers, dynamic shapes)"
+        layer.compile(dynamic=True, backend=backend)
+    ckpt = ", activation checkpoint inside" if all(inside) else ""
+    return f"on (torch.compile of {len(layers)} decoder layers, dynamic shapes{ckpt})"
+
+
+def checkpoint_inside(layer, context_fn=None) -> bool:
+    """Move transformers' activation checkpoint of a decoder layer into the layer's own ``forward``.
+
+    transformers < 5.24 checkpoints around ``GradientCheckpointingLayer.__call__``, outside a compiled
+    ``forward``: each layer then runs its compiled forward twice (forward, recompute) as separate calls and
+    the checkpoint's saved-tensor hooks work in Python. Inside, dynamo traces the checkpoint as one region
+    (``tag_activation_checkpoint``) and AOTAutograd puts the recompute into the compiled backward: two
+    compiled calls a layer instead of three, the recompute fused with the backward, no Python hooks per
+    saved tensor. The same checkpoint
+    function (``_gradient_checkpointing_func``) and arguments are used, so values are unchanged;
+    `context_fn` (a ``torch.utils.checkpoint`` selective-checkpointing context) replaces its own if given.
+    Returns False (and changes nothing) when the layer is not checkpointed."""
+    if not getattr(layer, "gradient_checkpointing", False):
+        return False
+    fn = layer._gradient_checkpointing_func
+    if context_fn is not None:  # transformers sets partial(torch.utils.checkpoint.checkpoint, **kwargs)
+        fn = functools.partial(fn.func, *fn.args, **{**fn.keywords, "context_fn": context_fn})
+    layer._steam_checkpoint_fn = fn
+    layer.gradient_checkpointing = False
+    layer.forward = types.MethodType(_checkpointed_forward, layer)
+    return True
+
+
+def share_dequantization(layers) -> int:
+    """Give each bitsandbytes 4-bit linear inside `layers` `_dequant_linear_forward` for training; returns how
+    many. Only for checkpointed, compiled layers (see `_dequant_linear_forward`)."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except Exception:  # no bitsandbytes: nothing is quantized
+        return 0
+    n = 0
+    for layer in layers:
+        for m in layer.modules():
+            if isinstance(m, Linear4bit):
+                m.forward = types.MethodType(_dequant_linear_forward, m)
+                n += 1
+    return n
+
+
+def _dequant_linear_forward(self, x):
+    """bitsandbytes ``Linear4bit.forward`` in training as NF4 dequantization + ``F.linear``: what bitsandbytes'
+    own ``gemm_4bit`` runs on CUDA for training-sized inputs (backends/cuda/ops.py, ``_dequant_linear_fallback``),
+    but with the two ops visible to torch.compile. Inside a checkpointed compiled layer the backward graph
+    then dequantizes each weight once for both the recompute and the input gradient (AOTAutograd's CSE merges
+    the two identical calls), where ``gemm_4bit``'s opaque op plus ``MatMul4Bit.backward`` dequantize twice:
+    two dequantizations a weight per step instead of three, the same values. Outside a checkpoint autograd
+    would keep each dequantized bf16 weight for the backward, so `share_dequantization` is only applied to
+    checkpointed layers. Inference (no grad) keeps bitsandbytes' own path (its fused small-batch kernels)."""
+    if not (self.training and torch.is_grad_enabled()):
+        return type(self).forward(self, x)
+    import bitsandbytes.functional as bnbF
+
+    inp_dtype = x.dtype
+    if self.compute_dtype is not None:
+        x = x.to(self.compute_dtype)
+    bias = None if self.bias is None else self.bias.to(x.dtype)
+    weight = bnbF.dequantize_4bit(self.weight.data, self.weight.quant_state).to(x.dtype)
+    return F.linear(x, weight, bias).to(inp_dtype)
+
+
+def _checkpointed_forward(self, *args, **kwargs):
+    """Instance ``forward`` set by `checkpoint_inside` (module level: one function, so all layers share
+    one compiled graph)."""
+    forward = type(self).forward
+    if self.training and torch.is_grad_enabled():
+        return self._steam_checkpoint_fn(functools.partial(forward, self, **kwargs), *args)
+    return forward(self, *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------- varlen attention
