@@ -57,7 +57,7 @@ STACKS = {
     "ours-no-offload": "long",                    # long contexts without activation offload
     "ours-profile": "profile",                    # torch.profiler over 2 steps of fixed 1024 x 4: where time goes
     "ours-no-shared-dequant": "fixed",            # bitsandbytes' own 4-bit matmul (3 dequantizations a weight a step)
-    "ours-ckpt-outside": "fixed",                 # checkpoint around the compiled layer (transformers < 5.24's
+    "ours-ckpt-outside": "fixed",                 # checkpoint around the compiled layer (transformers 5.17's
                                                   # place), no CUDA graphs: the default before 2026-12-02
 }
 
@@ -171,8 +171,8 @@ def build_ours(model_dir: Path, variant: str):
         from transformers.modeling_layers import GradientCheckpointingLayer
 
         layers = model.get_base_model().model.layers
-        if "__call__" not in GradientCheckpointingLayer.__dict__:  # transformers >= 5.24: inside forward
-            report["compile"] = "off: transformers >= 5.24 checkpoints inside forward"
+        if "__call__" not in GradientCheckpointingLayer.__dict__:  # transformers 5.24: inside forward already
+            report["compile"] = "off: this transformers checkpoints inside forward"
         else:
             for layer in layers:
                 layer.compile(dynamic=True)

@@ -12,13 +12,15 @@ What `accelerate(model)` does to an already-built (peft-wrapped or plain) causal
   ``transformers.loss.loss_utils.ForCausalLMLoss`` (shift by one, ignore_index -100, mean over label tokens
   or sum / ``num_items_in_batch``). Generic over decoder-only models with ``.model`` and ``.lm_head``.
 - **Compiled decoder layers** (default on, CUDA + Triton only): ``torch.compile(dynamic=True)`` of each
-  decoder layer (``nn.Module.compile``: state-dict keys unchanged). A 7B QLoRA step is bound by the
-  Python/launch cost of ~10k small kernels (bitsandbytes dequantization, peft's LoRA casts and adds,
-  norms, RoPE): compiled, the layer runs as a few fused Triton kernels around bitsandbytes' own ops (its
-  ``torch.library`` ops trace without graph breaks). Measured on an H200 at 24 GiB, same run: fixed 4 x 1024
-  rows 1.58x the baseline compiled vs 1.21x eager; the recipe's real-data rows 9.2x vs 7.8x
-  (bench/results/train_speed.json). Dynamic shapes: packed
-  rows of any length reuse one graph. A backend failure falls back to eager (``suppress_errors``).
+  decoder layer (``nn.Module.compile``: state-dict keys unchanged), with the layer's activation checkpoint
+  inside the compiled region and full recompute (`checkpoint_inside`, `recompute_everything`), and
+  bitsandbytes' 4-bit matmuls as dequantize + ``F.linear`` so the compiled backward dequantizes each weight
+  once (`share_dequantization`). A 7B QLoRA step is bound by the Python/launch cost of ~10k small kernels
+  (bitsandbytes dequantization, peft's LoRA casts and adds, norms, RoPE) and, with the checkpoint around the
+  compiled layer, by three compiled calls a layer a step. Measured on an H200 at 24 GiB (docs/gpu.md):
+  fixed 4 x 1024 rows 0.35 s a step (62 % MFU, 8.4 GiB) against 0.68 s for the LLaMA-Factory stack, 0.38 s
+  with the checkpoint around the compiled layer, 0.56 s eager. Dynamic shapes: packed rows of any length
+  reuse one graph. A backend failure falls back to eager (``suppress_errors``).
 - **Liger RMSNorm / RoPE / SwiGLU** (off by default, ``--enable_liger_kernel``): Liger-Kernel's own
   instance patch (``_apply_liger_kernel_to_instance``). Measured slower than compiled layers (and than
   plain eager) in these launch-bound steps: each Triton launch costs more host time than it saves;
@@ -407,7 +409,7 @@ def compile_decoder_layers(lm, *, backend: str = "inductor") -> str:
     `recompute_everything`) and bitsandbytes' 4-bit matmuls as dequantize + matmul (`share_dequantization`).
 
     Measured on an H200 at 24 GiB, fixed 4 x 1024 rows of a 7B QLoRA, same session (docs/gpu.md): 0.349 s a
-    step, 8.4 GiB; the checkpoint around the compiled layer (transformers < 5.24) took 0.384 s; CUDA graphs
+    step, 8.4 GiB; the checkpoint around the compiled layer (transformers 5.17's place) took 0.384 s; CUDA graphs
     (``mode="reduce-overhead"``) over these layers were slower (0.375 s) and copied each 16k-token row's
     activations for offload at 10 s a step, so they are not used. backend: "aot_eager" for tests on CPU.
     Returns the report line. Compilation itself happens on the first forward (tens of seconds, once per
@@ -435,8 +437,9 @@ def compile_decoder_layers(lm, *, backend: str = "inductor") -> str:
 def checkpoint_inside(layer, context_fn=None) -> bool:
     """Move transformers' activation checkpoint of a decoder layer into the layer's own ``forward``.
 
-    transformers < 5.24 checkpoints around ``GradientCheckpointingLayer.__call__``, outside a compiled
-    ``forward``: each layer then runs its compiled forward twice (forward, recompute) as separate calls and
+    transformers 5.17 checkpoints around ``GradientCheckpointingLayer.__call__``, outside a compiled
+    ``forward`` (5.24 inside ``forward``; this gives both the same place and our policy). Outside, each
+    layer runs its compiled forward twice (forward, recompute) as separate calls and
     the checkpoint's saved-tensor hooks work in Python. Inside, dynamo traces the checkpoint as one region
     (``tag_activation_checkpoint``) and AOTAutograd puts the recompute into the compiled backward: two
     compiled calls a layer instead of three, the recompute fused with the backward, no Python hooks per
