@@ -410,8 +410,8 @@ def compile_decoder_layers(lm, *, backend: str = "inductor") -> str:
 
     Measured on an H200 at 24 GiB, fixed 4 x 1024 rows of a 7B QLoRA, same session (docs/gpu.md): 0.349 s a
     step, 8.4 GiB; the checkpoint around the compiled layer (transformers 5.17's place) took 0.384 s; CUDA graphs
-    (``mode="reduce-overhead"``) over these layers were slower (0.375 s) and copied each 16k-token row's
-    activations for offload at 10 s a step, so they are not used. backend: "aot_eager" for tests on CPU.
+    (``mode="reduce-overhead"``) over these layers were slower (0.375 s), and an offloaded 16k-token row took
+    10 s a step with them (2.1 s without), so they are not used. backend: "aot_eager" for tests on CPU.
     Returns the report line. Compilation itself happens on the first forward (tens of seconds, once per
     process); ``torch._dynamo.config.suppress_errors`` makes a backend failure run that layer eagerly.
     """
