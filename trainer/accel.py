@@ -439,12 +439,12 @@ def checkpoint_inside(layer, context_fn=None) -> bool:
 
     transformers 5.17 checkpoints around ``GradientCheckpointingLayer.__call__``, outside a compiled
     ``forward`` (5.24 inside ``forward``; this gives both the same place and our policy). Outside, each
-    layer runs its compiled forward twice (forward, recompute) as separate calls and
-    the checkpoint's saved-tensor hooks work in Python. Inside, dynamo traces the checkpoint as one region
+    layer runs its compiled forward twice (forward, recompute) as separate calls and the checkpoint's
+    saved-tensor hooks work in Python. Inside, dynamo traces the checkpoint as one region
     (``tag_activation_checkpoint``) and AOTAutograd puts the recompute into the compiled backward: two
     compiled calls a layer instead of three, the recompute fused with the backward, no Python hooks per
-    saved tensor. The same checkpoint
-    function (``_gradient_checkpointing_func``) and arguments are used, so values are unchanged;
+    saved tensor. The same checkpoint function (``_gradient_checkpointing_func``) and arguments are used,
+    so values are unchanged;
     `context_fn` (a ``torch.utils.checkpoint`` selective-checkpointing context) replaces its own if given.
     Returns False (and changes nothing) when the layer is not checkpointed."""
     if not getattr(layer, "gradient_checkpointing", False):
@@ -458,20 +458,17 @@ def checkpoint_inside(layer, context_fn=None) -> bool:
     return True
 
 
-def share_dequantization(layers) -> int:
-    """Give each bitsandbytes 4-bit linear inside `layers` `_dequant_linear_forward` for training; returns how
-    many. Only for checkpointed, compiled layers (see `_dequant_linear_forward`)."""
+def share_dequantization(layers) -> None:
+    """Give each bitsandbytes 4-bit linear inside `layers` `_dequant_linear_forward` for training. Only for
+    checkpointed, compiled layers (see `_dequant_linear_forward`)."""
     try:
         from bitsandbytes.nn import Linear4bit
     except Exception:  # no bitsandbytes: nothing is quantized
-        return 0
-    n = 0
+        return
     for layer in layers:
         for m in layer.modules():
             if isinstance(m, Linear4bit):
                 m.forward = types.MethodType(_dequant_linear_forward, m)
-                n += 1
-    return n
 
 
 def _dequant_linear_forward(self, x):
