@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 from trainer import config
@@ -158,21 +159,24 @@ def run(cfg: ServeConfig) -> None:
     # The checks thread renders templates in Python; a 1 ms GIL switch interval (default 5 ms) lets the
     # event loop answer /health between its steps (measured: tests/test_serve_hostile.py prints it).
     sys.setswitchinterval(0.001)
-    server = _server_class()(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+    server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
                                     timeout_graceful_shutdown=cfg.shutdown_timeout))
     server.run()
 
 
-def _server_class():
+def _server_class(served):
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn's server plus a deadline: once SIGTERM/SIGINT arrives, the process ends by that signal
+        """uvicorn's server plus a deadline: once SIGTERM/SIGINT arrives, running generations end within
+        80 % of ``timeout_graceful_shutdown`` and the process ends by that signal
         within ``timeout_graceful_shutdown`` + 2 s, even if a thread is stuck in llama.cpp (its
         threads are daemons, but a C call holding the interpreter would delay a normal exit)."""
 
         def handle_exit(self, sig: int, frame) -> None:
             if not self.should_exit:
+                # generations end (finish_reason "length") early enough for their responses to go out
+                served.wind_down_at = time.monotonic() + 0.8 * self.config.timeout_graceful_shutdown
                 timer = threading.Timer(self.config.timeout_graceful_shutdown + 2.0, _die, (sig,))
                 timer.daemon = True
                 timer.start()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ class Served:
         n_ctx: context size in tokens.
         request_timeout: seconds one generation may run (then it ends with ``finish_reason`` "length").
         check_budget: seconds a request's checks (rendering, tokenizing) may take before a 413.
+        wind_down_at: ``time.monotonic()`` after which every generation ends at its next token
+            (set on SIGTERM, so responses end with ``finish_reason`` "length" within the shutdown time).
     """
 
     llama: llama_cpp.Llama
@@ -64,6 +67,7 @@ class Served:
     n_ctx: int
     request_timeout: float
     check_budget: float
+    wind_down_at: float = math.inf
 
     @property
     def n_vocab(self) -> int:
@@ -181,13 +185,15 @@ async def _generate(request: Request, served: Served, make: Callable[[], Any], s
     """Run one generation on the generate thread; stop it when the client leaves or time runs out."""
     cancel = threading.Event()
     deadline = time.monotonic() + served.request_timeout
-    token = STOP.set(lambda: cancel.is_set() or time.monotonic() > deadline)
+    token = STOP.set(lambda: cancel.is_set() or time.monotonic() > min(deadline, served.wind_down_at))
     watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+    streaming = False
     try:
         if not stream:
             return JSONResponse(await served.generate.call(make, cancel=cancel))
         chunks = served.generate.iterate(lambda: iter(make()), cancel)
         first = await anext(chunks, None)
+        streaming = True
     except RequestError as e:
         return JSONResponse(e.body(), status_code=e.status)
     except ValueError as e:
@@ -197,6 +203,8 @@ async def _generate(request: Request, served: Served, make: Callable[[], Any], s
     finally:
         watcher.cancel()
         STOP.reset(token)
+        if not streaming:  # done, refused, or abandoned (the task was cancelled: client gone, shutdown)
+            cancel.set()
     return EventSourceResponse(_events(first, chunks, cancel), sep="\n")
 
 

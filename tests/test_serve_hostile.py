@@ -6,6 +6,7 @@ instead of the test run."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 
@@ -215,12 +216,31 @@ def test_cors_and_query_keys(server, client):
     assert secret not in server.output()
 
 
-def test_request_timeout_ends_generation_with_length(smollm2_gguf):
-    with start_server(smollm2_gguf, extra_args=("--request_timeout", "0.3", "--max_tokens_cap", "4000")) as srv:
+def test_request_timeout_and_sigterm_stop_a_running_generation(smollm2_gguf):
+    long = {"messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 4000, "temperature": 0,
+            "repeat_penalty": 1.0}
+    with start_server(smollm2_gguf, extra_args=("--request_timeout", "3", "--max_tokens_cap", "4000",
+                                                "--shutdown_timeout", "0.5")) as srv:
         t = time.perf_counter()
-        out = httpx.post(f"{srv.base_url}{CHAT}", json={"messages": [{"role": "user", "content": "Write a long story."}],
-                                                         "max_tokens": 4000, "temperature": 0, "repeat_penalty": 1.0},
-                         timeout=60).json()
-        assert time.perf_counter() - t < 5
-        assert out["choices"][0]["finish_reason"] == "length" and out["usage"]["completion_tokens"] < 4000
+        out = httpx.post(f"{srv.base_url}{CHAT}", json=long, timeout=60).json()
+        assert 2.5 < time.perf_counter() - t < 8
+        assert out["choices"][0]["finish_reason"] == "length" and 0 < out["usage"]["completion_tokens"] < 4000
+        # SIGTERM while a non-streamed generation runs: the process ends by the signal within
+        # --shutdown_timeout (+ the 2 s deadline), before the 3 s request limit would end the generation
+        threading.Thread(target=lambda: _swallow(lambda: httpx.post(f"{srv.base_url}{CHAT}", json=long, timeout=60)),
+                         daemon=True).start()
+        time.sleep(0.5)
+        t = time.perf_counter()
+        srv.proc.send_signal(signal.SIGTERM)
+        code = srv.proc.wait(10)
+        took = time.perf_counter() - t
+        print(f"SIGTERM to exit: {took:.2f} s, status {code}")
+        assert code in (0, -signal.SIGTERM) and took < 2.5
         assert "Traceback" not in srv.output() and " 500 " not in srv.output()
+
+
+def _swallow(fn):
+    try:
+        fn()
+    except httpx.TransportError:
+        pass
