@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -156,9 +155,6 @@ def run(cfg: ServeConfig) -> None:
     # Let running streams finish within --shutdown_timeout on SIGTERM instead of sse-starlette's
     # default of cutting them at once; uvicorn closes whatever is left after the timeout.
     AppStatus.disable_automatic_graceful_drain()
-    # The checks thread renders templates in Python; a 1 ms GIL switch interval (default 5 ms) lets the
-    # event loop answer /health between its steps (measured: tests/test_serve_hostile.py prints it).
-    sys.setswitchinterval(0.001)
     server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
                                     timeout_graceful_shutdown=cfg.shutdown_timeout))
     server.run()
