@@ -8,7 +8,6 @@ Shape source: OpenAI API reference, "Error codes" (``invalid_request_error``, ``
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -73,20 +72,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
                         headers=getattr(exc, "headers", None))
 
 
-async def _server_error(request: Request, exc: Exception) -> JSONResponse:
-    # the body names no exception: library messages may quote the prompt (e.g. a failed tokenize)
-    logging.getLogger("steam_persona.serve").error("%s %s failed: %s", request.method, request.url.path,
-                                                   type(exc).__name__)
-    logging.getLogger("steam_persona.serve").debug("traceback", exc_info=exc)
-    return JSONResponse(error_body("The server failed on this request; its log names the error", type="server_error"),
-                        status_code=500)
-
-
 def install(app: FastAPI) -> None:
     """Answer ``HTTPException`` (404 unknown path, 405, 503 …) in the OpenAI shape instead of
     FastAPI's ``{"detail": ...}``. Request problems are caught earlier, in :mod:`serve.middleware`
-    (the library's route wrapper answers 500 to whatever it does not recognise). Anything else is
-    a 500 ``server_error`` with a fixed message."""
+    (the library's route wrapper answers 500 to whatever it does not recognise); anything else
+    becomes a fixed 500 there too."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _server_error)
+

@@ -98,6 +98,17 @@ class SteamMiddleware:
             return await self.app(scope, receive, send)
         if self.log is not None:
             send = self._logging_send(scope, send)
+        send = _tracking(send)
+        try:
+            await self._handle(scope, receive, send)
+        except Exception as e:  # noqa: BLE001 -- a bug of ours or the library's: a fixed 500, no traceback text
+            logger.error("%s %s failed: %s", scope["method"], scope["path"], type(e).__name__)
+            logger.debug("traceback", exc_info=e)
+            if not send.started:
+                await _reply(send, RequestError("The server failed on this request; its log names the error",
+                                                status=500, type="server_error"))
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.setdefault("state", {})
         try:
             self._check_access(scope)
@@ -136,7 +147,8 @@ class SteamMiddleware:
         Raises:
             RequestError: the 4xx to answer.
         """
-        data = parse_json(raw)
+        # null means "not set" (OpenAI's clients send it so); the library would pass some on (a None penalty: 500)
+        data = {k: v for k, v in parse_json(raw).items() if v is not None}
         if path == "/v1/embeddings":
             raise RequestError("Embeddings are not served: this is a chat model, loaded without embedding support",
                                status=400, param="input", code="unsupported_endpoint")
@@ -193,7 +205,10 @@ class SteamMiddleware:
             n_prompt = await served.check(served.handler.prompt_tokens, data["messages"], data.get("tools"),
                                           data.get("tool_choice"))
         else:
-            n_prompt = len(await served.check(served.llama.tokenize, data["prompt"].encode("utf-8"), True, True))
+            prompt = data.get("prompt") or ""  # a string by now (check_generation unpacks a one-item list)
+            n_prompt = len(await served.check(served.llama.tokenize, prompt.encode("utf-8"), True, True))
+            if n_prompt == 0:  # llama.cpp cannot start from nothing (models without BOS)
+                raise RequestError("'prompt' is empty; send some text", param="prompt", code="invalid_value")
         logger.debug("%s: %d prompt tokens, stream=%s", path, n_prompt, data.get("stream"))
         if n_prompt >= served.n_ctx:
             raise self._overflow(n_prompt, data)
@@ -228,6 +243,16 @@ async def _read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
         if not message.get("more_body"):
             break
     return b"".join(chunks)
+
+
+def _tracking(send: Send) -> Any:
+    """``send`` with a ``started`` attribute: has the response begun?"""
+    async def tracked(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            tracked.started = True
+        await send(message)
+    tracked.started = False
+    return tracked
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
