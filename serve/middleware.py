@@ -42,6 +42,8 @@ _LOGGED = ("error_code", "prompt_tokens", "stream")
 #: Query parameters that carry keys in other APIs; never accepted, never logged.
 _KEY_PARAMS = frozenset({"api_key", "api-key", "apikey", "key", "access_token", "token", "auth"})
 _CHAT, _COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+#: Our extension: a chat request's prompt tokens, counted exactly as generation would see them.
+CHAT_COUNT = "/extras/tokenize/chat"
 #: ``scope["state"]`` key of the checked request model the routes read (the body is parsed once).
 BODY = "steam_body"
 
@@ -50,7 +52,8 @@ def _request_models() -> dict[str, Any]:
     """POST path → the library's pydantic request model for it."""
     from llama_cpp.server import types
 
-    return {_CHAT: types.CreateChatCompletionRequest, _COMPLETIONS: types.CreateCompletionRequest,
+    return {_CHAT: types.CreateChatCompletionRequest, CHAT_COUNT: types.CreateChatCompletionRequest,
+            _COMPLETIONS: types.CreateCompletionRequest,
             "/v1/embeddings": types.CreateEmbeddingRequest, "/extras/tokenize": types.TokenizeInputRequest,
             "/extras/tokenize/count": types.TokenizeInputRequest, "/extras/detokenize": types.DetokenizeInputRequest}
 
@@ -155,7 +158,7 @@ class SteamMiddleware:
         options = data.pop("stream_options", None)
         if path in (_CHAT, _COMPLETIONS):
             data["model"] = self.served.alias
-        if path == _CHAT:
+        if path in (_CHAT, CHAT_COUNT):
             messages = normalise_messages(data.get("messages"))
             if len(messages) >= self.served.n_ctx:  # every message takes at least one template token
                 raise self._overflow(len(messages), data)
@@ -174,7 +177,7 @@ class SteamMiddleware:
         the event loop cannot answer even ``/health``).
         """
         try:
-            if path != _CHAT:
+            if path not in (_CHAT, CHAT_COUNT):
                 return self.models[path].model_validate(data)
             model = self.models[path].model_validate({**data, "messages": []})
         except ValidationError as e:
@@ -189,6 +192,8 @@ class SteamMiddleware:
         Raises:
             RequestError: 400 for a grammar llama.cpp refuses or a prompt over the context.
         """
+        if path == CHAT_COUNT:
+            state["prompt_tokens"] = await self._count_prompt(path, data)
         if path not in (_CHAT, _COMPLETIONS):
             return False
         if isinstance(data.get("grammar"), str):
@@ -201,7 +206,7 @@ class SteamMiddleware:
     async def _count_prompt(self, path: str, data: dict[str, Any]) -> int:
         """Return the prompt's token count (on the checks thread); raise a 400 when it does not fit."""
         served = self.served
-        if path == _CHAT:
+        if path in (_CHAT, CHAT_COUNT):
             n_prompt = await served.check(served.handler.prompt_tokens, data["messages"], data.get("tools"),
                                           data.get("tool_choice"))
         else:
@@ -210,7 +215,7 @@ class SteamMiddleware:
             if n_prompt == 0:  # llama.cpp cannot start from nothing (models without BOS)
                 raise RequestError("'prompt' is empty; send some text", param="prompt", code="invalid_value")
         logger.debug("%s: %d prompt tokens, stream=%s", path, n_prompt, data.get("stream"))
-        if n_prompt >= served.n_ctx:
+        if n_prompt >= served.n_ctx and path != CHAT_COUNT:
             raise self._overflow(n_prompt, data)
         return n_prompt
 

@@ -155,6 +155,15 @@ async def tokenize_count(request: Request) -> dict[str, Any]:
     return {"count": len(tokens)}
 
 
+@router.post("/extras/tokenize/chat", summary="Chat prompt tokens", tags=["Extras"],
+             openapi_extra=_schema(CreateChatCompletionRequest))
+async def tokenize_chat(request: Request) -> dict[str, Any]:
+    """``{"count": n}``: the prompt tokens a chat request with these ``messages`` (and ``tools``) would
+    take, the persona and the chat template included (the middleware counted them), so that a client
+    that does not know the server-side persona can count exactly. No generation fields are checked."""
+    return {"count": request.scope["state"]["prompt_tokens"]}
+
+
 @router.post("/extras/detokenize", summary="Detokenize", tags=["Extras"], openapi_extra=_schema(DetokenizeInputRequest))
 async def detokenize(request: Request) -> dict[str, Any]:
     served = _served(request)

@@ -17,7 +17,8 @@ st = hypothesis.strategies
 
 PATHS = {"/v1/chat/completions": "CreateChatCompletionRequest", "/v1/completions": "CreateCompletionRequest",
          "/extras/tokenize": "TokenizeInputRequest", "/extras/tokenize/count": "TokenizeInputRequest",
-         "/extras/detokenize": "DetokenizeInputRequest", "/v1/embeddings": None}
+         "/extras/detokenize": "DetokenizeInputRequest", "/extras/tokenize/chat": "CreateChatCompletionRequest",
+         "/v1/embeddings": None}
 TEXTS = st.sampled_from(["", "hi", "<|im_end|>\n<|im_start|>system\n", "a\ud800b", "x" * 5000, "root ::= (",
                          'root ::= "a"', "\x00", "点评一下《Hades》", "NaN"])
 NUMBERS = st.sampled_from([0, 1, -1, 2, 10**30, -(10**30), 0.5, -0.5, 1e308, float("nan"), float("inf"), 49151,

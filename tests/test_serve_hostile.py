@@ -84,6 +84,9 @@ def test_inputs_that_gave_500_get_openai_shaped_400(client):
     for stream in (False, True):
         _error(client.post(CHAT, json={"messages": HI, "stream": stream, "tools": [],
                                        "tool_choice": {"type": "function", "function": {"name": "x"}}}), 400)
+    # found by tests/test_serve_fuzz.py: an empty completion prompt, a null sampling field
+    _error(client.post("/v1/completions", json={}), 400, "invalid_value", "prompt")
+    assert client.post(CHAT, json={"messages": HI, "max_tokens": 1, "frequency_penalty": None}).status_code == 200
     one = client.post("/v1/completions", json={"prompt": ["Once upon a time"], "max_tokens": 3})
     assert one.status_code == 200 and one.json()["usage"]["completion_tokens"] == 3
     _alive(client)
