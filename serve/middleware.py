@@ -118,10 +118,9 @@ class SteamMiddleware:
             if scope["method"] != "POST" or scope["path"] not in self.models:
                 return await self.app(scope, receive, send)
             raw = await _read_body(receive, scope, self.max_request_bytes)
-            # parsing and checking a body of up to --max_request_bytes is Python work: keep it off the loop
-            data, options = await self.served.check(self._rewrite, scope["path"], raw)
-            state[BODY] = await self.served.check(self._validate, scope["path"], data)
-            include_usage = await self._check_prompt(scope["path"], data, options, state)
+            # parsing, checking and counting a body of up to --max_request_bytes: one job off the loop
+            data, options, state[BODY], n_prompt = await self.served.check(self._prepare, scope["path"], raw)
+            include_usage = await self._check_generation(scope["path"], data, options, n_prompt, state)
         except RequestError as err:
             state["error_code"] = err.code
             return await _reply(send, err)
@@ -185,33 +184,44 @@ class SteamMiddleware:
         model.messages = data["messages"]
         return model
 
-    async def _check_prompt(self, path: str, data: dict[str, Any], options: Any, state: dict[str, Any]) -> bool:
-        """Compile the grammar and count the prompt of a generation request; return whether a stream
-        wants usage.
+    def _prepare(self, path: str, raw: bytes) -> tuple[dict[str, Any], Any, Any, int | None]:
+        """``(data, stream_options, request model, prompt tokens or None)`` for a body (checks thread).
 
         Raises:
-            RequestError: 400 for a grammar llama.cpp refuses or a prompt over the context.
+            RequestError: the 4xx to answer.
         """
-        if path == CHAT_COUNT:
-            state["prompt_tokens"] = await self._count_prompt(path, data)
+        data, options = self._rewrite(path, raw)
+        model = self._validate(path, data)
+        n_prompt = self._count_prompt(path, data) if path in (_CHAT, CHAT_COUNT, _COMPLETIONS) else None
+        return data, options, model, n_prompt
+
+    async def _check_generation(self, path: str, data: dict[str, Any], options: Any, n_prompt: int | None,
+                                state: dict[str, Any]) -> bool:
+        """Compile a generation request's grammar, note its facts for the log; return whether a
+        stream wants usage.
+
+        Raises:
+            RequestError: 400 for a grammar llama.cpp refuses.
+        """
+        if n_prompt is not None:
+            state["prompt_tokens"] = n_prompt
         if path not in (_CHAT, _COMPLETIONS):
             return False
         if isinstance(data.get("grammar"), str):
             why = await self.served.check(self.served.grammars.error, data["grammar"])
             if why:
                 raise RequestError(f"'grammar' cannot be used: {why}", param="grammar", code="invalid_grammar")
-        state["prompt_tokens"], state["stream"] = await self._count_prompt(path, data), bool(data.get("stream"))
-        return bool(data.get("stream")) and isinstance(options, dict) and bool(options.get("include_usage"))
+        state["stream"] = bool(data.get("stream"))
+        return state["stream"] and isinstance(options, dict) and bool(options.get("include_usage"))
 
-    async def _count_prompt(self, path: str, data: dict[str, Any]) -> int:
-        """Return the prompt's token count (on the checks thread); raise a 400 when it does not fit."""
+    def _count_prompt(self, path: str, data: dict[str, Any]) -> int:
+        """Return the prompt's token count; raise a 400 when it does not fit (generation paths)."""
         served = self.served
         if path in (_CHAT, CHAT_COUNT):
-            n_prompt = await served.check(served.handler.prompt_tokens, data["messages"], data.get("tools"),
-                                          data.get("tool_choice"))
+            n_prompt = served.handler.prompt_tokens(data["messages"], data.get("tools"), data.get("tool_choice"))
         else:
             prompt = data.get("prompt") or ""  # a string by now (check_generation unpacks a one-item list)
-            n_prompt = len(await served.check(served.llama.tokenize, prompt.encode("utf-8"), True, True))
+            n_prompt = len(served.llama.tokenize(prompt.encode("utf-8"), True, True))
             if n_prompt == 0:  # llama.cpp cannot start from nothing (models without BOS)
                 raise RequestError("'prompt' is empty; send some text", param="prompt", code="invalid_value")
         logger.debug("%s: %d prompt tokens, stream=%s", path, n_prompt, data.get("stream"))
