@@ -265,7 +265,7 @@ def main() -> None:
             for k, v in rows.items()}
     mw = middleware_overhead(llama, handler, llama.n_ctx(), args.iterations)
     result = {
-        "model": info.path.name, "n_ctx": llama.n_ctx(), "n_threads": threads, "max_tokens": args.max_tokens,
+        "date": time.strftime("%Y-%m-%d"), "model": info.path.name, "n_ctx": llama.n_ctx(), "n_threads": threads, "max_tokens": args.max_tokens,
         "rounds": args.rounds, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                           "load_avg_1m": os.getloadavg()[0]},
         "inprocess": med["inprocess"], "server": med["server"], "library_server": med["library_server"],
