@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import threading
 import time
@@ -34,7 +33,6 @@ from serve.engine import STOP, Worker
 from serve.errors import RequestError, error_body
 from serve.grammar import GrammarChecker
 
-logger = logging.getLogger("steam_persona.serve")
 router = APIRouter()
 #: Fields of the request models that are not ``Llama`` call arguments (as the library excludes them).
 _NOT_KWARGS = {"n", "best_of", "logit_bias_type", "user", "min_tokens"}
