@@ -7,8 +7,8 @@ answer errors raised after a stream began with a broken stream. These routes tak
 request models (:mod:`llama_cpp.server.types`) and call the same ``Llama`` methods; the request was
 checked and rewritten by :class:`serve.middleware.SteamMiddleware` before it gets here.
 
-Streams: the first chunk is awaited before the response starts, so an error raised while the
-prompt is evaluated (a grammar llama.cpp refuses, a context overflow) is still a 400.
+Streams: the first chunk is awaited (up to :data:`FIRST_CHUNK_WAIT_S`) before the response starts,
+so an error raised while the prompt is evaluated is still a 400.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ from serve.grammar import GrammarChecker
 router = APIRouter()
 #: Fields of the request models that are not ``Llama`` call arguments (as the library excludes them).
 _NOT_KWARGS = {"n", "best_of", "logit_bias_type", "user", "min_tokens"}
+#: Seconds a stream waits for its first chunk before its response starts: an error raised while the
+#: prompt is evaluated is still a 4xx, yet a request queued behind others gets headers and SSE pings
+#: (keeping proxies and client read timeouts at bay) instead of silence.
+FIRST_CHUNK_WAIT_S = 5.0
 
 
 @dataclass
@@ -92,7 +96,8 @@ def _served(request: Request) -> Served:
 
 
 def _kwargs(body: CreateChatCompletionRequest | CreateCompletionRequest, llama: llama_cpp.Llama) -> dict[str, Any]:
-    """``Llama`` call arguments from a request (what the library's ``prepare_request_resources`` does)."""
+    """``Llama`` call arguments from a request (what the library's ``prepare_request_resources`` does).
+    Called on the generate thread: ``logit_bias`` by token text tokenizes."""
     kwargs = body.model_dump(exclude=_NOT_KWARGS)
     if body.logit_bias is not None and body.logit_bias_type == "tokens":
         kwargs["logit_bias"] = {str(i): score for text, score in body.logit_bias.items()
@@ -121,16 +126,16 @@ def _schema(model: type) -> dict[str, Any]:
              openapi_extra=_schema(CreateChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     served, body = _served(request), _body(request)
-    kwargs = _kwargs(body, served.llama)
-    return await _generate(request, served, lambda: served.llama.create_chat_completion(**kwargs), body.stream)
+    llama = served.llama
+    return await _generate(request, served, lambda: llama.create_chat_completion(**_kwargs(body, llama)), body.stream)
 
 
 @router.post("/v1/completions", summary="Completion", tags=["OpenAI V1"],
              openapi_extra=_schema(CreateCompletionRequest))
 async def completions(request: Request) -> Response:
     served, body = _served(request), _body(request)
-    kwargs = _kwargs(body, served.llama)
-    return await _generate(request, served, lambda: served.llama.create_completion(**kwargs), body.stream)
+    llama = served.llama
+    return await _generate(request, served, lambda: llama.create_completion(**_kwargs(body, llama)), body.stream)
 
 
 @router.get("/v1/models", summary="Models", tags=["OpenAI V1"])
@@ -199,7 +204,10 @@ async def _generate(request: Request, served: Served, make: Callable[[], Any], s
         if not stream:
             return JSONResponse(await served.generate.call(make, cancel=cancel))
         chunks = served.generate.iterate(lambda: iter(make()), cancel)
-        first = await anext(chunks, None)
+        first = asyncio.ensure_future(anext(chunks, None))
+        await asyncio.wait({first}, timeout=FIRST_CHUNK_WAIT_S)
+        if first.done():
+            first.result()  # raises what generation raised before its first chunk
         streaming = True
     except RequestError as e:
         return JSONResponse(e.body(), status_code=e.status)
@@ -215,17 +223,23 @@ async def _generate(request: Request, served: Served, make: Callable[[], Any], s
     return EventSourceResponse(_events(first, chunks, cancel), sep="\n")
 
 
-async def _events(first: Any, chunks: AsyncIterator[Any], cancel: threading.Event) -> AsyncIterator[dict[str, str]]:
+async def _events(first: asyncio.Future, chunks: AsyncIterator[Any], cancel: threading.Event) -> AsyncIterator[dict[str, str]]:
+    """The SSE events of a stream whose first chunk is (or will be) ``first``'s result."""
     try:
-        if first is not None:
-            yield {"data": json.dumps(first, ensure_ascii=False)}
+        chunk = await first
+        if chunk is not None:
+            yield {"data": json.dumps(chunk, ensure_ascii=False)}
             async for chunk in chunks:
                 yield {"data": json.dumps(chunk, ensure_ascii=False)}
         yield {"data": "[DONE]"}
-    except RequestError as e:  # after the first chunk: the stream can only end with the error event
-        yield {"data": json.dumps(e.body())}
+    except (RequestError, ValueError) as e:  # after the response began: the stream ends with the error
+        err = e if isinstance(e, RequestError) else RequestError(f"llama-cpp-python refused the request: {str(e)[:200]}")
+        yield {"data": json.dumps(err.body())}
     finally:
         cancel.set()
+        if not first.done():  # the client left while this request waited for the model
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
         await chunks.aclose()
 
 
