@@ -48,16 +48,19 @@ class Worker:
                    **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` on the worker thread; return its result or raise its exception.
 
-        A job whose ``cancel`` is set (or whose awaiting task was cancelled) before it starts is
-        skipped. Cancelling the awaiting task does not interrupt a running job: callers stop llama
-        work through :data:`STOP`.
+        A job whose awaiting task was cancelled before it starts is skipped; one whose ``cancel``
+        is set by then raises :class:`Skipped` here. Cancelling the awaiting task does not interrupt
+        a running job: callers stop llama work through :data:`STOP`.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         ctx = contextvars.copy_context()
 
         def job() -> None:
-            if future.cancelled() or (cancel is not None and cancel.is_set()):
+            if future.cancelled():
+                return
+            if cancel is not None and cancel.is_set():
+                loop.call_soon_threadsafe(_settle, future, None, Skipped())
                 return
             try:
                 result = ctx.run(fn, *args, **kwargs)
@@ -110,6 +113,10 @@ class Worker:
                 yield item
         finally:
             cancel.set()
+
+
+class Skipped(Exception):
+    """A job did not run: its ``cancel`` event was set before its turn came."""
 
 
 class _Raised:

@@ -29,7 +29,7 @@ from llama_cpp.server.types import (CreateChatCompletionRequest, CreateCompletio
 from sse_starlette.sse import EventSourceResponse
 
 from serve.chat_handler import ChatHandler
-from serve.engine import STOP, Worker
+from serve.engine import STOP, Skipped, Worker
 from serve.errors import RequestError, error_body
 from serve.grammar import GrammarChecker
 
@@ -209,6 +209,8 @@ async def _generate(request: Request, served: Served, make: Callable[[], Any], s
         if first.done():
             first.result()  # raises what generation raised before its first chunk
         streaming = True
+    except Skipped:  # the client left while the request waited for the model: nobody reads this
+        return JSONResponse(error_body("Client closed request"), status_code=400)
     except RequestError as e:
         return JSONResponse(e.body(), status_code=e.status)
     except ValueError as e:

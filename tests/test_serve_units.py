@@ -208,3 +208,50 @@ def test_reading_model_info_prints_no_llama_context_warning(smollm2_gguf, capfd)
     _, err = capfd.readouterr()
     assert info.n_ctx_train == 8192
     assert "n_ctx_train" not in err
+
+
+def test_worker_runs_jobs_on_one_thread_and_passes_errors_and_cancels():
+    import asyncio
+    import threading
+    import time
+
+    from serve.engine import Skipped, Worker
+    from serve.routes import Served
+
+    worker = Worker("test-worker")
+
+    def numbers(n, fail_at=None, pause=0.0):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError("boom")
+            time.sleep(pause)
+            yield i, threading.current_thread().name
+
+    async def scenario():
+        assert await worker.call(lambda: threading.current_thread().name) == "test-worker"
+        with pytest.raises(ZeroDivisionError):
+            await worker.call(lambda: 1 / 0)
+        got = [x async for x in worker.iterate(lambda: numbers(3), threading.Event())]
+        assert got == [(0, "test-worker"), (1, "test-worker"), (2, "test-worker")]
+        with pytest.raises(ValueError, match="boom"):
+            async for _ in worker.iterate(lambda: numbers(5, fail_at=2), threading.Event()):
+                pass
+        cancel = threading.Event()
+        seen = []
+        async for i, _ in worker.iterate(lambda: numbers(10**6, pause=0.01), cancel):
+            seen.append(i)
+            if i == 2:
+                cancel.set()
+        assert seen[:3] == [0, 1, 2] and len(seen) < 20  # the producer stopped soon after cancel
+        skipped = threading.Event()
+        skipped.set()
+        with pytest.raises(Skipped):
+            await worker.call(lambda: "ran", cancel=skipped)
+        served = Served(llama=None, handler=None, grammars=None, generate=worker, checks=worker, alias="a", n_ctx=1,
+                        request_timeout=1.0, check_budget=0.05)
+        t = time.perf_counter()
+        with pytest.raises(RequestError) as e:
+            await served.check(time.sleep, 0.5)
+        assert e.value.status == 413 and e.value.code == "request_too_large" and time.perf_counter() - t < 0.4
+
+    asyncio.run(scenario())
