@@ -16,7 +16,11 @@ first content chunk − request start. Then the middleware alone: a chat body th
 :class:`serve.middleware.SteamMiddleware` (auth, normalise, persona, schema check, prompt token
 count, re-serialise) into an app doing the library's own prompt preparation, minus that app alone.
 
-Usage: ``python bench/serve_latency.py [--model smollm2] [--rounds 7] [--max_tokens 64] [--n_threads N]``.
+Several users: each round also sends ``--clients`` non-streamed requests at once to our server and
+to the library's (aggregate completion tokens/s over the batch's wall time, and the slowest request);
+ours runs every llama call on one dedicated thread, the library one thread-pool hop per token.
+
+Usage: ``python bench/serve_latency.py [--model smollm2] [--rounds 7] [--max_tokens 64] [--n_threads N] [--clients 1,4]``.
 Prints the figures and writes bench/results/serve_latency.json.
 """
 
@@ -40,7 +44,10 @@ import httpx  # noqa: E402
 
 from serve.chat_handler import install as install_handler  # noqa: E402
 from serve.cli import default_threads  # noqa: E402
-from serve.middleware import SteamMiddleware  # noqa: E402
+from serve.engine import Worker  # noqa: E402
+from serve.grammar import GrammarChecker  # noqa: E402
+from serve.middleware import BODY, SteamMiddleware  # noqa: E402
+from serve.routes import Served  # noqa: E402
 from serve.modelinfo import read_model_info  # noqa: E402
 from tests.serving import free_port, start_server  # noqa: E402
 from trainer.hub import resolve_model  # noqa: E402
@@ -88,8 +95,9 @@ def run_server(client: httpx.Client, messages, max_tokens: int) -> dict[str, flo
 def middleware_overhead(llama, handler, n_ctx: int, iterations: int) -> dict[str, dict[str, float]]:
     """Per-request milliseconds SteamMiddleware adds, for a short and a long (20-turn) chat.
 
-    Downstream of the middleware stands what the library does with a chat body before generating
-    (parse the JSON, render the template, tokenise); the bare figure is that app alone. The token
+    The bare figure is what the library's route does with a chat body before generating (parse the
+    JSON, render the template, tokenise); the other is our middleware (checks on its thread) plus
+    what our route does before generating (render; tokens come from the middleware's count). The token
     cache is emptied before every request, so each one is a first sight of its prompt.
     """
 
@@ -100,11 +108,20 @@ def middleware_overhead(llama, handler, n_ctx: int, iterations: int) -> dict[str
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
+    async def our_route(scope, receive, send):
+        # what our route does before generating: the chat handler renders; its tokens are cached
+        handler.prompt_tokens(scope["state"][BODY].messages)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
     async def sink(message):
         pass
 
-    mw = SteamMiddleware(library_prep, api_key="bench-key", persona=DEFAULT_SYSTEM, persona_mode="replace",
-                         handler=handler, n_ctx=n_ctx, alias="bench")
+    served = Served(llama=llama, handler=handler, grammars=GrammarChecker(str(llama.model_path)),
+                    generate=Worker("bench-generate"), checks=Worker("bench-checks"), alias="bench", n_ctx=n_ctx,
+                    request_timeout=300.0, check_budget=10.0)
+    mw = SteamMiddleware(our_route, served=served, api_key="bench-key", persona=DEFAULT_SYSTEM, persona_mode="replace",
+                         max_request_bytes=2**20, max_tokens_cap=1024)
     system = {"role": "system", "content": DEFAULT_SYSTEM}
     long_chat = [system]
     for i in range(10):
@@ -116,7 +133,7 @@ def middleware_overhead(llama, handler, n_ctx: int, iterations: int) -> dict[str
     async def once(app, raw: bytes) -> float:
         async def receive():
             return {"type": "http.request", "body": raw, "more_body": False}
-        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
                  "headers": headers + [(b"content-length", str(len(raw)).encode())]}
         handler._tokens.clear()
         t = time.perf_counter()
@@ -142,6 +159,30 @@ def middleware_overhead(llama, handler, n_ctx: int, iterations: int) -> dict[str
         return out
 
     return asyncio.run(measure())
+
+
+def run_concurrent(base_url: str, n_clients: int, round_no: int, max_tokens: int) -> dict[str, float]:
+    """``n_clients`` non-streamed chats at once (different questions); aggregate completion tokens/s
+    over the wall time of the whole batch, and the slowest request's latency."""
+    import threading
+
+    results: list[tuple[int, float]] = []
+
+    def one(i: int) -> None:
+        body = {"messages": messages_for(round_no + i), "temperature": 0, "max_tokens": max_tokens}
+        t = time.perf_counter()
+        r = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=600)
+        results.append((r.json()["usage"]["completion_tokens"], time.perf_counter() - t))
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"clients": n_clients, "aggregate_tok_s": sum(n for n, _ in results) / wall,
+            "max_latency_s": max(s for _, s in results)}
 
 
 class LibraryServer:
@@ -179,6 +220,7 @@ def main() -> None:
     ap.add_argument("--n_threads", type=int, default=0, help="0 = serve's default (half the usable cores)")
     ap.add_argument("--n_ctx", type=int, default=4096)
     ap.add_argument("--iterations", type=int, default=300, help="middleware timing repetitions")
+    ap.add_argument("--clients", default="1,4", help="concurrent non-streamed clients per round (comma-separated)")
     ap.add_argument("--out", default=str(REPO / "bench/results/serve_latency.json"))
     args = ap.parse_args()
 
@@ -193,6 +235,8 @@ def main() -> None:
     handler = install_handler(llama, info.chat_template)
 
     rows: dict[str, list[dict[str, float]]] = {"inprocess": [], "server": [], "library_server": []}
+    clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    concurrent: dict[str, list[dict[str, float]]] = {"server": [], "library_server": []}
     library = LibraryServer(str(info.path), args.n_ctx, threads)
     try:
         with start_server(model, extra_args=("--n_threads", str(threads), "--n_ctx", str(args.n_ctx),
@@ -203,6 +247,9 @@ def main() -> None:
             run_server(lib_client, messages_for(0), 8)
             run_inprocess(llama, handler, messages_for(0), 8)
             for r in range(args.rounds):
+                for n in clients:
+                    for name, url in (("server", srv.base_url), ("library_server", library.base_url)):
+                        concurrent[name].append(run_concurrent(url, n, r, args.max_tokens))
                 rows["inprocess"].append(run_inprocess(llama, handler, messages_for(r), args.max_tokens))
                 rows["server"].append(run_server(client, messages_for(r), args.max_tokens))
                 rows["library_server"].append(run_server(lib_client, messages_for(r), args.max_tokens))
@@ -218,7 +265,7 @@ def main() -> None:
             for k, v in rows.items()}
     mw = middleware_overhead(llama, handler, llama.n_ctx(), args.iterations)
     result = {
-        "model": info.path.name, "n_ctx": llama.n_ctx(), "n_threads": threads, "max_tokens": args.max_tokens,
+        "date": time.strftime("%Y-%m-%d"), "model": info.path.name, "n_ctx": llama.n_ctx(), "n_threads": threads, "max_tokens": args.max_tokens,
         "rounds": args.rounds, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                           "load_avg_1m": os.getloadavg()[0]},
         "inprocess": med["inprocess"], "server": med["server"], "library_server": med["library_server"],
@@ -230,6 +277,9 @@ def main() -> None:
         "best_decode_ratio": best["server"]["decode_tok_s"] / best["inprocess"]["decode_tok_s"],
         "best_ttft_ratio": best["inprocess"]["ttft_ms"] / best["server"]["ttft_ms"],
         "middleware": mw,
+        "concurrent": {name: {str(n): {m: statistics.median(x[m] for x in v if x["clients"] == n)
+                                       for m in ("aggregate_tok_s", "max_latency_s")} for n in clients}
+                       for name, v in concurrent.items()},
         "goals": {"decode_ratio_min": 0.95, "ttft_ratio_min": 0.95, "middleware_ms_max": 2.0},
         "rows": rows,
     }
@@ -250,6 +300,11 @@ def main() -> None:
     print(f"best round: decode ratio {result['best_decode_ratio']:.3f}, TTFT ratio {result['best_ttft_ratio']:.3f} "
           f"(in-process {best['inprocess']['ttft_ms']:.1f} ms, server {best['server']['ttft_ms']:.1f} ms, "
           f"library server {best['library_server']['ttft_ms']:.1f} ms)")
+    for n in clients:
+        ours, lib = result["concurrent"]["server"][str(n)], result["concurrent"]["library_server"][str(n)]
+        print(f"{n} client(s): aggregate ours {ours['aggregate_tok_s']:.1f} tok/s, library server "
+              f"{lib['aggregate_tok_s']:.1f} tok/s (ratio {ours['aggregate_tok_s'] / lib['aggregate_tok_s']:.3f}); "
+              f"slowest request {ours['max_latency_s']:.2f} s vs {lib['max_latency_s']:.2f} s")
     for name, v in mw.items():
         print(f"middleware ({name}, {v['prompt_tokens']} prompt tokens): median {v['median_ms']:.3f} ms, "
               f"p95 {v['p95_ms']:.3f} ms (goal ≤ 2 ms)")

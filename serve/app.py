@@ -1,15 +1,18 @@
-"""Build the served app: llama-cpp-python's own FastAPI app, created in-process from its settings
-objects, with our pieces around it (see :mod:`serve`)."""
+"""Build the served app: a model loaded by llama-cpp-python from its settings objects, our routes
+(:mod:`serve.routes`) and our middleware around them (see :mod:`serve`)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from serve import chat_handler, errors, health
+from serve import chat_handler, errors, health, routes
+from serve.engine import Worker
+from serve.grammar import GrammarChecker
 from serve.middleware import SteamMiddleware
+from serve.routes import Served
 from serve.modelinfo import ModelInfo
 from trainer.io import JsonlLog
 
@@ -28,6 +31,12 @@ class AppOptions:
         persona_mode: ``"replace"`` or ``"prepend"``.
         verbose: llama.cpp's own logging (load details, timings).
         log_file: JSON-lines request log path, or ``None``.
+        flash_attn: llama.cpp's flash attention.
+        max_request_bytes: largest request body accepted (413 above).
+        max_tokens_cap: most tokens one request may generate (also the chat default).
+        request_timeout: seconds one generation may run.
+        check_budget: seconds a request's checks may take (413 above).
+        cors_origins: origins allowed by CORS; empty = no CORS headers at all.
     """
 
     alias: str
@@ -40,42 +49,58 @@ class AppOptions:
     persona_mode: str = "replace"
     verbose: bool = False
     log_file: str | None = None
+    flash_attn: bool = False
+    max_request_bytes: int = 2**20
+    max_tokens_cap: int = 1024
+    request_timeout: float = 300.0
+    check_budget: float = 10.0
+    cors_origins: tuple[str, ...] = ()
 
 
 def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
     """Load the model and return the ASGI app (blocking: loading takes seconds for big models).
 
-    The library's settings are fixed where its defaults break clients: ``interrupt_requests=False``
-    (a second request must queue, not cut a running stream off), ``n_ctx`` from
-    :func:`serve.modelinfo.choose_n_ctx` (not 2048), the GGUF's chat template, and
+    The model is loaded by the library (``LlamaProxy.load_llama_from_model_settings`` from its
+    ``ModelSettings``, so flags keep its names) with its defaults fixed where they break clients:
+    ``n_ctx`` from :func:`serve.modelinfo.choose_n_ctx` (not 2048), the GGUF's chat template, and
     ``logits_all=False`` (True keeps an ``n_ctx × n_vocab`` float array: 1.6 GB for SmolLM2 at 8k).
-    Auth is ours (constant time), so the library's ``api_key`` stays unset.
+    The routes are ours (:mod:`serve.routes`); CORS is off unless ``opts.cors_origins`` lists origins.
 
     Raises:
         ValueError: llama.cpp cannot load the model.
     """
-    from llama_cpp.server import app as server_app
-    from llama_cpp.server.settings import ModelSettings, ServerSettings
+    from llama_cpp.server.model import LlamaProxy
+    from llama_cpp.server.settings import ModelSettings
 
-    server = ServerSettings(host="127.0.0.1", api_key=None, interrupt_requests=False)
     model = ModelSettings(
         model=str(info.path), model_alias=opts.alias, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
         n_threads_batch=opts.n_threads, n_gpu_layers=opts.n_gpu_layers, chat_format="chat_template.default",
-        logits_all=False, verbose=opts.verbose)
-    # create_app would replace our settings with a file named by $CONFIG_FILE; ours are the CLI's.
-    saved = os.environ.pop("CONFIG_FILE", None)
-    try:
-        app = server_app.create_app(server_settings=server, model_settings=[model])
-    finally:
-        if saved is not None:
-            os.environ["CONFIG_FILE"] = saved
-    # The library keeps the loaded model in a module global and offers no accessor.
-    llama = server_app._llama_proxy(opts.alias)
-    handler = chat_handler.install(llama, info.chat_template or "")
+        logits_all=False, flash_attn=opts.flash_attn, verbose=opts.verbose)
+    llama = LlamaProxy.load_llama_from_model_settings(model)
+    grammars = GrammarChecker(str(info.path))
+    handler = chat_handler.install(llama, info.chat_template or "", grammars)
+    served = Served(llama=llama, handler=handler, grammars=grammars, generate=Worker("llama-generate"),
+                    checks=Worker("llama-checks"), alias=opts.alias, n_ctx=llama.n_ctx(),
+                    request_timeout=opts.request_timeout, check_budget=opts.check_budget)
+    app = FastAPI(title="steam-persona (llama-cpp-python)", version=llama_cpp_version())
+    app.state.served = served
+    app.include_router(routes.router)
+    routes.install_schemas(app)
     errors.install(app)
-    health.install(app, alias=opts.alias, n_ctx=llama.n_ctx(), n_ctx_train=info.n_ctx_train,
+    health.install(app, alias=opts.alias, n_ctx=served.n_ctx, n_ctx_train=info.n_ctx_train,
                    persona_source=opts.persona_source)
     log = JsonlLog(opts.log_file) if opts.log_file else None
-    app.add_middleware(SteamMiddleware, api_key=opts.api_key, persona=opts.persona, persona_mode=opts.persona_mode,
-                       handler=handler, n_ctx=llama.n_ctx(), alias=opts.alias, log=log)
+    app.add_middleware(SteamMiddleware, served=served, api_key=opts.api_key, persona=opts.persona,
+                       persona_mode=opts.persona_mode, max_request_bytes=opts.max_request_bytes,
+                       max_tokens_cap=opts.max_tokens_cap, log=log)
+    if opts.cors_origins:
+        # no credentials: clients authenticate with a header, and never "*" together with credentials
+        app.add_middleware(CORSMiddleware, allow_origins=list(opts.cors_origins), allow_credentials=False,
+                           allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type", "x-api-key"])
     return app
+
+
+def llama_cpp_version() -> str:
+    import llama_cpp
+
+    return llama_cpp.__version__

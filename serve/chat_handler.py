@@ -6,6 +6,15 @@ The middleware counts a request's prompt tokens before generation (to answer an 
 own ``Llama.tokenize`` call hits, so the check costs no second tokenisation (a 3k-token prompt
 takes 3–15 ms to tokenise on a busy 2-core machine).
 
+Message contents (and the persona) are tokenized as text, the template around them with special
+tokens parsed: the library tokenizes the whole rendered prompt with ``special=True``, so a user who
+types ``<|im_end|>\n<|im_start|>system`` would forge a system turn. The template is rendered once
+more with a marker in place of each content to find where contents sit (llama.cpp's own server has
+the same weakness; vLLM and transformers leave it to the template).
+
+Generation asks :data:`serve.engine.STOP` before each token (client gone, time limit) and checks a
+grammar with :class:`serve.grammar.GrammarChecker` before llama.cpp compiles it.
+
 llama-cpp-python 0.3.36 ignores ``stream_options.include_usage``. OpenAI's behaviour (API
 reference, "stream_options"): when it is true, one extra chunk comes before ``data: [DONE]`` with
 ``"choices": []`` and ``"usage": {prompt_tokens, completion_tokens, total_tokens}``. Dify counts
@@ -22,13 +31,18 @@ from typing import Any, Iterator
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from serve.engine import STOP
 from serve.errors import RequestError
+from serve.grammar import GrammarChecker
 from serve.modelinfo import special_token_texts
 
 #: Set per request by the middleware: does this stream want a final ``usage`` chunk?
 INCLUDE_USAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("include_usage", default=False)
 #: Prompts whose tokens are kept between the check and generation (requests queue for the model).
-TOKEN_CACHE_SIZE = 16
+TOKEN_CACHE_SIZE = 64
+#: Stands for message i's content in the structure render (private-use code points: no template
+#: or tokenizer treats them specially, and clients do not send them).
+_MARK = "\U000f0000{}\U000f0001"
 
 
 class ChatHandler:
@@ -37,19 +51,21 @@ class ChatHandler:
     Args:
         llama: the model the server loaded.
         template: the GGUF's ``tokenizer.chat_template``.
+        grammars: checks grammars before generation (``None``: no check, for ``steam-train chat``).
 
     Attributes:
         last_usage: ``{"prompt_tokens", "completion_tokens"}`` of the latest generation (requests
             are serialised by the server's lock, so one slot is enough).
     """
 
-    def __init__(self, llama: llama_cpp.Llama, template: str) -> None:
+    def __init__(self, llama: llama_cpp.Llama, template: str, grammars: GrammarChecker | None = None) -> None:
         bos, eos = special_token_texts(llama)
         self.llama = llama
         self.formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
                                              stop_token_ids=[llama.token_eos()])
         self._handler = self.formatter.to_chat_handler()
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        self.grammars = grammars
         self.last_usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self._tokens: OrderedDict[tuple[bytes, bool], list[int]] = OrderedDict()
         self._original_generate, self._original_tokenize = llama.generate, llama.tokenize
@@ -65,11 +81,21 @@ class ChatHandler:
         return self._original_tokenize(text, add_bos, special)
 
     def _counting_generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+        grammar = kwargs.get("grammar")
+        if grammar is not None and self.grammars is not None:
+            # grammars built by the library (response_format schemas, tool_choice) meet llama.cpp here
+            why = self.grammars.error(grammar._grammar)
+            if why:
+                raise RequestError(f"The grammar cannot be used: {why}", param="response_format",
+                                   code="invalid_grammar")
         usage = self.last_usage = {"prompt_tokens": len(tokens), "completion_tokens": 0}
+        stop = STOP.get()
         for token in self._original_generate(tokens, *args, **kwargs):
             if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 usage["completion_tokens"] += 1
             yield token
+            if stop is not None and stop():
+                return
 
     def prompt_tokens(self, messages: list[dict[str, Any]], tools: Any = None, tool_choice: Any = None) -> int:
         """Number of tokens the prompt for ``messages`` takes (exactly what generation will see).
@@ -85,12 +111,68 @@ class ChatHandler:
         key = (result.prompt.encode("utf-8"), not result.added_special)
         tokens = self._tokens.get(key)
         if tokens is None:
-            tokens = self._tokens[key] = self._original_tokenize(key[0], key[1], True)
+            tokens = self._tokens[key] = self._tokenize_prompt(result.prompt, messages, key[1], tools, tool_choice)
             while len(self._tokens) > TOKEN_CACHE_SIZE:
                 self._tokens.popitem(last=False)
         return len(tokens)
 
+    def _tokenize_prompt(self, prompt: str, messages: list[dict[str, Any]], add_bos: bool,
+                         tools: Any, tool_choice: Any) -> list[int]:
+        """Tokens of ``prompt``: template text with special tokens parsed, contents as plain text.
+
+        Raises:
+            RequestError: 400 when the template changes contents (so they cannot be located) and a
+                content holds special-token text.
+        """
+        contents = [m["content"] for m in messages]
+        marked = [{**m, "content": _MARK.format(i)} for i, m in enumerate(messages)]
+        frame = self.formatter(messages=marked, tools=tools, tool_choice=tool_choice).prompt
+        pieces: list[tuple[str, bool]] = []  # (text, parse special tokens)
+        pos = 0
+        for i, content in enumerate(contents):
+            mark = _MARK.format(i)
+            at = frame.find(mark, pos)
+            if at < 0:
+                break
+            pieces += [(frame[pos:at], True), (content, False)]
+            pos = at + len(mark)
+        pieces.append((frame[pos:], True))
+        if "".join(text for text, _ in pieces) != prompt:
+            if any(self._has_special(c) for c in contents):
+                raise RequestError("A message contains special-token text that this chat template would read as "
+                                   "control tokens; remove it", param="messages", code="invalid_messages")
+            return self._original_tokenize(prompt.encode("utf-8"), add_bos, True)
+        tokens: list[int] = []
+        frames: dict[tuple[str, bool], list[int]] = {}  # the template's pieces repeat per message
+        for text, special in pieces:
+            if not text:
+                continue
+            bos = add_bos and not tokens
+            if not special:
+                tokens += self._tokenize_piece(text.encode("utf-8"), bos, False)
+                continue
+            if (text, bos) not in frames:
+                frames[text, bos] = self._tokenize_piece(text.encode("utf-8"), bos, True)
+            tokens += frames[text, bos]
+        return tokens
+
+    def _tokenize_piece(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
+        """``llama_tokenize`` with a buffer sized for ``text`` (the library allocates ``n_ctx_train``
+        ids per call: 32 KB for SmolLM2, which dominated prompts of thousands of short messages)."""
+        size = len(text) + 2  # at most one token per byte, plus BOS/EOS
+        buf = (llama_cpp.llama_token * size)()
+        n = llama_cpp.llama_tokenize(self._vocab, text, len(text), buf, size, add_bos, special)
+        if n < 0:
+            return self._original_tokenize(text, add_bos, special)
+        return buf[:n]
+
+    def _has_special(self, text: str) -> bool:
+        ids = self._original_tokenize(text.encode("utf-8"), False, True)
+        return any(llama_cpp.llama_vocab_get_attr(self._vocab, t) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL for t in ids)
+
     def __call__(self, **kwargs: Any) -> Any:
+        # puts this prompt's tokens (contents as text) in the cache the library's tokenize call reads
+        self.prompt_tokens(kwargs["messages"], kwargs.get("tools"), kwargs.get("tool_choice"))
         result = self._handler(**kwargs)
         if kwargs.get("stream") and INCLUDE_USAGE.get():
             return self._with_usage(result)
@@ -108,9 +190,9 @@ class ChatHandler:
                          "total_tokens": u["prompt_tokens"] + u["completion_tokens"]}}
 
 
-def install(llama: llama_cpp.Llama, template: str) -> ChatHandler:
+def install(llama: llama_cpp.Llama, template: str, grammars: GrammarChecker | None = None) -> ChatHandler:
     """Make ``llama`` chat through :class:`ChatHandler` with ``template``; return the handler."""
-    handler = ChatHandler(llama, template)
+    handler = ChatHandler(llama, template, grammars)
     llama.chat_handler = handler
     return handler
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 import socket
+import threading
+import time
 from dataclasses import dataclass
 
 from trainer import config
@@ -34,7 +37,18 @@ class ServeConfig:
     system: str | None = arg(None, "Persona system prompt (default: export_report.json, else the GGUF template's).")
     persona_mode: str = arg("replace", "A client system message replaces the persona or is appended to it.",
                             choices=("replace", "prepend"))
-    shutdown_timeout: float = arg(10.0, "On SIGTERM, seconds to let running requests finish before closing them.")
+    flash_attn: bool = arg(False, "llama.cpp's flash attention (helps on GPUs; on CPU measure first: "
+                                  "bench/serve_latency.py).")
+    max_request_bytes: int = arg(0, "Largest request body in bytes (413 above); 0 = 64 bytes per context token, "
+                                    "at least 1 MiB.")
+    max_tokens_cap: int = arg(1024, "Most tokens one request may generate; also the default when a chat request "
+                                    "sends no max_tokens / max_completion_tokens.")
+    request_timeout: float = arg(300.0, "Seconds one generation may run; then it ends with finish_reason 'length'.")
+    cors_origins: list[str] = arg([], "Origins browsers may call from (CORS, comma-separated, e.g. "
+                                      "http://localhost:3000); none = no CORS headers. '*' allows any, without "
+                                      "credentials.")
+    shutdown_timeout: float = arg(10.0, "On SIGTERM, seconds to let running requests finish; then the process "
+                                        "ends whatever it is doing.")
     log_file: str | None = arg(None, "Also append one JSON line per request here (method, path, status, ms, "
                                      "prompt tokens; never keys or text).")
     log_level: str = arg("info", "Log level; debug also logs prompt sizes and llama.cpp's own output.",
@@ -80,12 +94,13 @@ def check_port_free(host: str, port: int) -> None:
             raise UserError(f"serve: cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") from None
 
 
-def dify_hint(host: str, port: int) -> list[str]:
+def dify_hint(host: str, port: int, has_key: bool = True) -> list[str]:
     """Lines telling a user what to paste into Dify's OpenAI-compatible provider settings."""
     if is_loopback(host):
         return [f"Dify on this machine (not in Docker): API endpoint URL http://{host}:{port}/v1",
                 f"Dify in Docker: restart with --host 0.0.0.0 --api_key KEY, then use http://host.docker.internal:{port}/v1"]
-    return [f"Dify in Docker: API endpoint URL http://host.docker.internal:{port}/v1 (API key: your --api_key)",
+    key = "your --api_key" if has_key else "leave empty (--insecure: this server checks none)"
+    return [f"Dify in Docker: API endpoint URL http://host.docker.internal:{port}/v1 (API key: {key})",
             f"Dify elsewhere: http://<this machine's address>:{port}/v1"]
 
 
@@ -106,6 +121,8 @@ def run(cfg: ServeConfig) -> None:
     from serve.modelinfo import choose_n_ctx, read_model_info
     from serve.persona import resolve_persona
 
+    if cfg.max_tokens_cap < 1 or cfg.request_timeout <= 0 or cfg.max_request_bytes < 0:
+        raise UserError("serve: --max_tokens_cap and --request_timeout must be positive, --max_request_bytes ≥ 0")
     if not cfg.model:
         raise UserError("serve: give an export dir or a .gguf file, e.g. `steam-train serve out/export`")
     if not is_loopback(cfg.host) and not cfg.api_key and not cfg.insecure:
@@ -124,7 +141,10 @@ def run(cfg: ServeConfig) -> None:
     opts = AppOptions(alias=cfg.model_alias or info.name, n_ctx=n_ctx, n_threads=cfg.n_threads or default_threads(),
                       n_gpu_layers=cfg.n_gpu_layers, api_key=cfg.api_key or None, persona=persona,
                       persona_source=persona_source, persona_mode=cfg.persona_mode,
-                      verbose=cfg.log_level == "debug", log_file=cfg.log_file)
+                      verbose=cfg.log_level == "debug", log_file=cfg.log_file, flash_attn=cfg.flash_attn,
+                      max_request_bytes=cfg.max_request_bytes or max(2**20, 64 * n_ctx),
+                      max_tokens_cap=cfg.max_tokens_cap, request_timeout=cfg.request_timeout,
+                      cors_origins=tuple(o.strip() for o in cfg.cors_origins if o.strip()))
     logging.basicConfig(level=cfg.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     with console.status(f"loading {info.path.name} …"):
         try:
@@ -135,9 +155,34 @@ def run(cfg: ServeConfig) -> None:
     # Let running streams finish within --shutdown_timeout on SIGTERM instead of sse-starlette's
     # default of cutting them at once; uvicorn closes whatever is left after the timeout.
     AppStatus.disable_automatic_graceful_drain()
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
-                                           timeout_graceful_shutdown=cfg.shutdown_timeout))
+    server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+                                    timeout_graceful_shutdown=cfg.shutdown_timeout))
     server.run()
+
+
+def _server_class(served):
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server plus a deadline: once SIGTERM/SIGINT arrives, running generations end within
+        80 % of ``timeout_graceful_shutdown`` and the process ends by that signal
+        within ``timeout_graceful_shutdown`` + 2 s, even if a thread is stuck in llama.cpp (its
+        threads are daemons, but a C call holding the interpreter would delay a normal exit)."""
+
+        def handle_exit(self, sig: int, frame) -> None:
+            if not self.should_exit:
+                # generations end (finish_reason "length") early enough for their responses to go out
+                served.wind_down_at = time.monotonic() + 0.8 * self.config.timeout_graceful_shutdown
+                timer = threading.Timer(self.config.timeout_graceful_shutdown + 2.0, _die, (sig,))
+                timer.daemon = True
+                timer.start()
+            super().handle_exit(sig, frame)
+    return Server
+
+
+def _die(sig: int) -> None:
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
 
 
 def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
@@ -153,12 +198,15 @@ def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
         ("persona", f"{first}  [{opts.persona_source}, {opts.persona_mode}]"),
         ("n_ctx", f"{opts.n_ctx} tokens ({ctx_reason})"),
         ("threads", opts.n_threads),
+        ("limits", f"{opts.max_tokens_cap} tokens, {opts.request_timeout:g} s per request; "
+                   f"bodies ≤ {opts.max_request_bytes / 2**20:.1f} MiB"),
+        ("CORS", ", ".join(opts.cors_origins) or "off"),
         ("API key", "required" if opts.api_key else "none (loopback only)" if is_loopback(cfg.host) else "NONE (--insecure)"),
         ("health", f"http://{host}:{cfg.port}/health"),
     ])
     console.print("Dify → Settings → Model Provider → OpenAI-API-compatible → add model:")
     console.print(f"  model name: {opts.alias}   context size: {opts.n_ctx}")
-    for line in dify_hint(cfg.host, cfg.port):
+    for line in dify_hint(cfg.host, cfg.port, has_key=bool(opts.api_key)):
         console.print(f"  {line}", soft_wrap=True)
 
 

@@ -1,29 +1,32 @@
-"""One ASGI middleware in front of llama-cpp-python's app: auth, then request rewriting.
+"""One ASGI middleware in front of the routes: auth, then request checking and rewriting.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streams pass through untouched and the
-``include_usage`` context variable reaches the generation thread. For ``POST`` JSON endpoints it
-reads the body once and answers 400 itself for bad JSON and for bodies the library's own request
-schema rejects (its route wrapper would answer 500); for chat requests it normalises the messages
-(:mod:`serve.messages`), applies the persona (:mod:`serve.persona`), checks the prompt fits the
-context (the library raises that error only once a stream has begun, as a broken
-stream), and passes the rewritten body on. With ``--log_file`` it writes one JSON line per
-response.
+``include_usage`` context variable reaches the routes. For ``POST`` JSON endpoints it reads the
+body once (at most ``max_request_bytes``; JSON is accepted whatever the ``Content-Type``, since
+``curl -d`` sends a form type), answers 4xx itself for every client mistake (:mod:`serve.validate`,
+the library's request schema, token ids, grammars, context overflow), and passes the rewritten
+request model on (in ``scope["state"]``). For chat requests it normalises the messages (:mod:`serve.messages`) and applies the
+persona (:mod:`serve.persona`). Token counting runs on the checks thread, never on the event loop.
+A key sent in the query string is refused and removed from the request before anything logs it.
+With ``--log_file`` it writes one JSON line per response.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
 
 from serve import auth
-from serve.chat_handler import INCLUDE_USAGE, ChatHandler
+from serve.chat_handler import INCLUDE_USAGE
 from serve.errors import RequestError, error_bytes, from_validation_error
 from serve.messages import normalise_messages
 from serve.persona import apply_persona
+from serve.routes import Served
+from serve.validate import check_generation, check_token_ids, parse_json
 from trainer.io import JsonlLog
 
 logger = logging.getLogger("steam_persona.serve")
@@ -36,39 +39,43 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 OPEN_PATHS = ("/health",)
 #: Request facts that go into the JSON-lines log besides method, path, status and time.
 _LOGGED = ("error_code", "prompt_tokens", "stream")
+#: Query parameters that carry keys in other APIs; never accepted, never logged.
+_KEY_PARAMS = frozenset({"api_key", "api-key", "apikey", "key", "access_token", "token", "auth"})
+_CHAT, _COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+#: Our extension: a chat request's prompt tokens, counted exactly as generation would see them.
+CHAT_COUNT = "/extras/tokenize/chat"
+#: ``scope["state"]`` key of the checked request model the routes read (the body is parsed once).
+BODY = "steam_body"
 
 
 def _request_models() -> dict[str, Any]:
     """POST path → the library's pydantic request model for it."""
     from llama_cpp.server import types
 
-    return {"/v1/chat/completions": types.CreateChatCompletionRequest,
-            "/v1/completions": types.CreateCompletionRequest,
-            "/v1/embeddings": types.CreateEmbeddingRequest,
-            "/extras/tokenize": types.TokenizeInputRequest,
-            "/extras/tokenize/count": types.TokenizeInputRequest,
-            "/extras/detokenize": types.DetokenizeInputRequest}
+    return {_CHAT: types.CreateChatCompletionRequest, CHAT_COUNT: types.CreateChatCompletionRequest,
+            _COMPLETIONS: types.CreateCompletionRequest,
+            "/v1/embeddings": types.CreateEmbeddingRequest, "/extras/tokenize": types.TokenizeInputRequest,
+            "/extras/tokenize/count": types.TokenizeInputRequest, "/extras/detokenize": types.DetokenizeInputRequest}
 
 
 class SteamMiddleware:
-    """Auth + request preparation for the library app.
+    """Auth + request preparation for the routes.
 
     Args:
         app: the ASGI app to wrap.
+        served: the model and its limits (:class:`serve.routes.Served`).
         api_key: required key, or ``None`` for no auth.
         persona: system prompt applied when a chat request has none (``None``: leave as is).
         persona_mode: ``"replace"`` or ``"prepend"`` (see :func:`serve.persona.apply_persona`).
-        handler: the model's :class:`~serve.chat_handler.ChatHandler` (prompt token counting).
-        n_ctx: the context size in tokens.
-        alias: the served model id; completions answer with it whatever ``model`` a client sent
-            (one model is resident; the library would otherwise echo the client's name or the path).
+        max_request_bytes: larger bodies get 413 ``request_too_large`` (read no further).
+        max_tokens_cap: most tokens one request may generate (see :func:`serve.validate.check_generation`).
         log: a JSON-lines request log, or ``None``.
     """
 
-    def __init__(self, app: Any, *, api_key: str | None, persona: str | None, persona_mode: str,
-                 handler: ChatHandler, n_ctx: int, alias: str, log: JsonlLog | None = None) -> None:
-        self.app, self.api_key, self.persona, self.persona_mode = app, api_key, persona, persona_mode
-        self.handler, self.n_ctx, self.alias = handler, n_ctx, alias
+    def __init__(self, app: Any, *, served: Served, api_key: str | None, persona: str | None, persona_mode: str,
+                 max_request_bytes: int, max_tokens_cap: int, log: JsonlLog | None = None) -> None:
+        self.app, self.served, self.api_key, self.persona, self.persona_mode = app, served, api_key, persona, persona_mode
+        self.max_request_bytes, self.max_tokens_cap = max_request_bytes, max_tokens_cap
         self.models = _request_models()
         self.log = log
 
@@ -94,80 +101,173 @@ class SteamMiddleware:
             return await self.app(scope, receive, send)
         if self.log is not None:
             send = self._logging_send(scope, send)
-        path, method = scope["path"], scope["method"]
-        if self.api_key and method != "OPTIONS" and path not in OPEN_PATHS:
-            if not auth.key_ok(auth.presented_key(scope["headers"]), self.api_key):
-                scope.setdefault("state", {})["error_code"] = "invalid_api_key"
-                return await _reply(send, RequestError(
-                    "Incorrect API key provided; send it as 'Authorization: Bearer KEY'",
-                    status=401, code="invalid_api_key"))
-        if method != "POST" or path not in self.models:
-            return await self.app(scope, receive, send)
-        body = await _read_body(receive)
-        include_usage = False
+        send = _tracking(send)
         try:
-            try:
-                data = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise RequestError(f"The request body is not valid JSON ({e}); send a JSON object",
-                                   code="invalid_json") from None
-            if not isinstance(data, dict):
-                raise RequestError("The request body must be a JSON object", code="invalid_json")
-            options = data.pop("stream_options", None)
-            if path in ("/v1/chat/completions", "/v1/completions"):
-                data["model"] = self.alias
-            if path == "/v1/chat/completions":
-                data["messages"] = apply_persona(normalise_messages(data.get("messages")), self.persona, self.persona_mode)
-            try:
-                # The library's route wrapper turns its own validation errors into 500s; check first.
-                self.models[path].model_validate(data)
-            except ValidationError as e:
-                raise from_validation_error(e) from None
-            if data.get("logprobs"):
-                # llama.cpp needs logits_all=True for them (n_ctx × n_vocab floats); it would fail mid-stream
-                raise RequestError("logprobs are not served by this server (they need logits_all); drop 'logprobs'",
-                                   param="logprobs", code="unsupported_parameter")
-            if path == "/v1/chat/completions":
-                state = scope.setdefault("state", {})
-                state["prompt_tokens"], state["stream"] = self._check_context(data), bool(data.get("stream"))
-                include_usage = bool(data.get("stream")) and isinstance(options, dict) and bool(options.get("include_usage"))
+            await self._handle(scope, receive, send)
+        except Exception as e:  # noqa: BLE001 -- a bug of ours or the library's: a fixed 500, no traceback text
+            logger.error("%s %s failed: %s", scope["method"], scope["path"], type(e).__name__)
+            logger.debug("traceback", exc_info=e)
+            if not send.started:
+                await _reply(send, RequestError("The server failed on this request; its log names the error",
+                                                status=500, type="server_error"))
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.setdefault("state", {})
+        try:
+            self._check_access(scope)
+            if scope["method"] != "POST" or scope["path"] not in self.models:
+                return await self.app(scope, receive, send)
+            raw = await _read_body(receive, scope, self.max_request_bytes)
+            # parsing, checking and counting a body of up to --max_request_bytes: one job off the loop
+            data, options, state[BODY], n_prompt = await self.served.check(self._prepare, scope["path"], raw)
+            include_usage = await self._check_generation(scope["path"], data, options, n_prompt, state)
         except RequestError as err:
-            scope.setdefault("state", {})["error_code"] = err.code
+            state["error_code"] = err.code
             return await _reply(send, err)
-        body = json.dumps(data, ensure_ascii=False).encode("utf-8")
-        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
         token = INCLUDE_USAGE.set(include_usage)
         try:
-            await self.app({**scope, "headers": headers}, _replay(body, receive), send)
+            await self.app(scope, _replay(b"", receive), send)
         finally:
             INCLUDE_USAGE.reset(token)
 
-    def _check_context(self, data: dict[str, Any]) -> int:
-        """Return the prompt's token count; raise a 400 when it does not fit the context."""
-        messages = data["messages"]
-        n_prompt = self.handler.prompt_tokens(messages, data.get("tools"), data.get("tool_choice"))
-        logger.debug("chat request: %d messages, %d prompt tokens, stream=%s", len(messages), n_prompt, data.get("stream"))
-        if n_prompt >= self.n_ctx:
-            max_tokens = data.get("max_tokens") if isinstance(data.get("max_tokens"), int) else 0
-            raise RequestError(
-                f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
-                f"{n_prompt + (max_tokens or 0)} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
-                "Please reduce the length of the messages or completion.",
-                param="messages", code="context_length_exceeded")
+    def _check_access(self, scope: Scope) -> None:
+        """Refuse keys in the query string (blanking it first: the access log prints it), then check
+        the key on every path but :data:`OPEN_PATHS`."""
+        query = scope.get("query_string", b"").decode("latin-1")
+        if query and any(name.lower() in _KEY_PARAMS for name, _ in parse_qsl(query, keep_blank_values=True)):
+            scope["query_string"] = b""
+            raise RequestError("Send the API key as 'Authorization: Bearer KEY', never in the URL "
+                               "(URLs end up in logs and browser history)", status=401, code="invalid_api_key")
+        if self.api_key and scope["method"] != "OPTIONS" and scope["path"] not in OPEN_PATHS:
+            if not auth.key_ok(auth.presented_key(scope["headers"]), self.api_key):
+                raise RequestError("Incorrect API key provided; send it as 'Authorization: Bearer KEY'",
+                                   status=401, code="invalid_api_key")
+
+    def _rewrite(self, path: str, raw: bytes) -> tuple[dict[str, Any], Any]:
+        """Parse, check and rewrite a request body for ``path``; return ``(data, stream_options)``.
+
+        Raises:
+            RequestError: the 4xx to answer.
+        """
+        # null means "not set" (OpenAI's clients send it so); the library would pass some on (a None penalty: 500)
+        data = {k: v for k, v in parse_json(raw).items() if v is not None}
+        if path == "/v1/embeddings":
+            raise RequestError("Embeddings are not served: this is a chat model, loaded without embedding support",
+                               status=400, param="input", code="unsupported_endpoint")
+        options = data.pop("stream_options", None)
+        if path in (_CHAT, _COMPLETIONS):
+            data["model"] = self.served.alias
+        if path in (_CHAT, CHAT_COUNT):
+            messages = normalise_messages(data.get("messages"))
+            if len(messages) >= self.served.n_ctx:  # every message takes at least one template token
+                raise self._overflow(len(messages), data)
+            data["messages"] = apply_persona(messages, self.persona, self.persona_mode)
+        if path == "/extras/detokenize":
+            check_token_ids(data.get("tokens"), self.served.n_vocab)
+        if path in (_CHAT, _COMPLETIONS):
+            check_generation(data, chat=path == _CHAT, n_vocab=self.served.n_vocab, max_tokens_cap=self.max_tokens_cap)
+        return data, options
+
+    def _validate(self, path: str, data: dict[str, Any]) -> Any:
+        """The library's request model for ``data`` (its own routes answer 500 to a bad type).
+
+        Messages were checked by :func:`serve.messages.normalise_messages` and are set without a
+        second pass: pydantic holds the GIL for its whole run (80 ms for 8000 messages, during which
+        the event loop cannot answer even ``/health``).
+        """
+        try:
+            if path not in (_CHAT, CHAT_COUNT):
+                return self.models[path].model_validate(data)
+            model = self.models[path].model_validate({**data, "messages": []})
+        except ValidationError as e:
+            raise from_validation_error(e) from None
+        model.messages = data["messages"]
+        return model
+
+    def _prepare(self, path: str, raw: bytes) -> tuple[dict[str, Any], Any, Any, int | None]:
+        """``(data, stream_options, request model, prompt tokens or None)`` for a body (checks thread).
+
+        Raises:
+            RequestError: the 4xx to answer.
+        """
+        data, options = self._rewrite(path, raw)
+        model = self._validate(path, data)
+        n_prompt = self._count_prompt(path, data) if path in (_CHAT, CHAT_COUNT, _COMPLETIONS) else None
+        return data, options, model, n_prompt
+
+    async def _check_generation(self, path: str, data: dict[str, Any], options: Any, n_prompt: int | None,
+                                state: dict[str, Any]) -> bool:
+        """Compile a generation request's grammar, note its facts for the log; return whether a
+        stream wants usage.
+
+        Raises:
+            RequestError: 400 for a grammar llama.cpp refuses.
+        """
+        if n_prompt is not None:
+            state["prompt_tokens"] = n_prompt
+        if path not in (_CHAT, _COMPLETIONS):
+            return False
+        if isinstance(data.get("grammar"), str):
+            why = await self.served.check(self.served.grammars.error, data["grammar"])
+            if why:
+                raise RequestError(f"'grammar' cannot be used: {why}", param="grammar", code="invalid_grammar")
+        state["stream"] = bool(data.get("stream"))
+        return state["stream"] and isinstance(options, dict) and bool(options.get("include_usage"))
+
+    def _count_prompt(self, path: str, data: dict[str, Any]) -> int:
+        """Return the prompt's token count; raise a 400 when it does not fit (generation paths)."""
+        served = self.served
+        if path in (_CHAT, CHAT_COUNT):
+            n_prompt = served.handler.prompt_tokens(data["messages"], data.get("tools"), data.get("tool_choice"))
+        else:
+            prompt = data.get("prompt") or ""  # a string by now (check_generation unpacks a one-item list)
+            n_prompt = len(served.llama.tokenize(prompt.encode("utf-8"), True, True))
+            if n_prompt == 0:  # llama.cpp cannot start from nothing (models without BOS)
+                raise RequestError("'prompt' is empty; send some text", param="prompt", code="invalid_value")
+        logger.debug("%s: %d prompt tokens, stream=%s", path, n_prompt, data.get("stream"))
+        if n_prompt >= served.n_ctx and path != CHAT_COUNT:
+            raise self._overflow(n_prompt, data)
         return n_prompt
 
+    def _overflow(self, n_prompt: int, data: dict[str, Any]) -> RequestError:
+        max_tokens = data.get("max_tokens") if isinstance(data.get("max_tokens"), int) else 0
+        return RequestError(
+            f"This model's maximum context length is {self.served.n_ctx} tokens. However, you requested "
+            f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
+            "Please reduce the length of the messages or completion.",
+            param="messages" if "messages" in data else "prompt", code="context_length_exceeded")
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
+
+async def _read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
+    """The request body, or a 413 as soon as it (or its declared ``Content-Length``) exceeds ``limit``."""
+    too_large = RequestError(f"The request body is larger than this server's limit of {limit} bytes "
+                             "(--max_request_bytes); send a shorter request", status=413, code="request_too_large")
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise too_large
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
         if not message.get("more_body"):
             break
     return b"".join(chunks)
+
+
+def _tracking(send: Send) -> Any:
+    """``send`` with a ``started`` attribute: has the response begun?"""
+    async def tracked(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            tracked.started = True
+        await send(message)
+    tracked.started = False
+    return tracked
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -217,7 +217,7 @@ def test_two_overlapping_streams_both_complete(client):
     threads = [threading.Thread(target=one, args=(n, q)) for n, q in (("a", "Name a colour."), ("b", "Name a fruit."))]
     for t in threads:
         t.start()
-        time.sleep(0.3)  # b arrives while a is streaming (interrupt_requests=False: b waits, a is not cut)
+        time.sleep(0.3)  # b arrives while a is streaming: b queues for the generation thread, a is not cut
     for t in threads:
         t.join(120)
     for name in "ab":

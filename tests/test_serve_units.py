@@ -11,6 +11,7 @@ from serve.errors import RequestError
 from serve.messages import normalise_messages
 from serve.modelinfo import choose_n_ctx, default_alias, find_gguf, read_model_info, template_default_system
 from serve.persona import apply_persona, resolve_persona
+from serve.validate import check_generation, check_token_ids, parse_json
 from trainer.errors import UserError
 
 CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -121,6 +122,52 @@ def test_hosts_threads_and_dify_hint():
     assert default_threads() >= 1
     assert any("host.docker.internal:9000/v1" in line for line in dify_hint("0.0.0.0", 9000))
     assert any("--host 0.0.0.0" in line for line in dify_hint("127.0.0.1", 9000))
+    assert any("your --api_key" in line for line in dify_hint("0.0.0.0", 9000, has_key=True))
+    insecure = " ".join(dify_hint("0.0.0.0", 9000, has_key=False))
+    assert "--api_key" not in insecure and "leave empty" in insecure
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b'{"a": NaN}', "NaN"), (b'{"a": -Infinity}', "-Infinity"), (b'{"a": 1e999}', "overflows"),
+    (b"[" * 5000, "nested too deeply"), (b'{"a": "\\ud800"}', "surrogate"), (b"[1]", "JSON object"),
+    (b"\xff", "not valid JSON"),
+])
+def test_parse_json_refuses_what_llama_cpp_cannot_take(body, fragment):
+    with pytest.raises(RequestError) as e:
+        parse_json(body)
+    assert fragment in e.value.message and e.value.status == 400 and e.value.code == "invalid_json"
+
+
+def test_check_generation_normalises_limits_and_refuses_the_unsupported():
+    data = {"max_completion_tokens": 50, "max_tokens": 80, "seed": 2**40 + 7}
+    check_generation(data, chat=True, n_vocab=100, max_tokens_cap=64)
+    assert data == {"max_tokens": 50, "seed": 7}
+    data = {}
+    check_generation(data, chat=True, n_vocab=100, max_tokens_cap=64)
+    assert data["max_tokens"] == 64  # chat: the server cap is the default
+    data = {"prompt": ["only one"]}
+    check_generation(data, chat=False, n_vocab=100, max_tokens_cap=64)
+    assert data == {"prompt": "only one", "max_tokens": 16}  # OpenAI's completions default
+    data = {"logit_bias": {"99": -100, "0": 5.5}, "temperature": 0, "top_p": 1}
+    check_generation(data, chat=True, n_vocab=100, max_tokens_cap=64)
+    for bad, param in [({"max_tokens": 0}, "max_tokens"), ({"max_completion_tokens": -3}, "max_completion_tokens"),
+                       ({"max_tokens": True}, "max_tokens"), ({"n": 3}, "n"), ({"best_of": 2}, "best_of"),
+                       ({"logprobs": True}, "logprobs"), ({"temperature": -0.1}, "temperature"),
+                       ({"temperature": 2.1}, "temperature"), ({"top_p": 1.5}, "top_p"),
+                       ({"logit_bias": {"100": 1}}, "logit_bias"), ({"logit_bias": {"x": 1}}, "logit_bias"),
+                       ({"logit_bias": {"1": 101}}, "logit_bias"), ({"logit_bias": [1]}, "logit_bias")]:
+        with pytest.raises(RequestError) as e:
+            check_generation(bad, chat=True, n_vocab=100, max_tokens_cap=64)
+        assert e.value.param == param and e.value.status == 400, bad
+    for bad in ({"logprobs": 0}, {"prompt": ["a", "b"]}):
+        with pytest.raises(RequestError):
+            check_generation(bad, chat=False, n_vocab=100, max_tokens_cap=64)
+    check_generation({"logit_bias": {"hello": 3}, "logit_bias_type": "tokens"}, chat=True, n_vocab=100,
+                     max_tokens_cap=64)
+    check_token_ids([0, 99], 100)
+    for bad in ([100], [-1]):
+        with pytest.raises(RequestError):
+            check_token_ids(bad, 100)
 
 
 def test_export_persona_template_is_read_back(smollm2_gguf, qwen_tokenizer_dir):
@@ -161,3 +208,50 @@ def test_reading_model_info_prints_no_llama_context_warning(smollm2_gguf, capfd)
     _, err = capfd.readouterr()
     assert info.n_ctx_train == 8192
     assert "n_ctx_train" not in err
+
+
+def test_worker_runs_jobs_on_one_thread_and_passes_errors_and_cancels():
+    import asyncio
+    import threading
+    import time
+
+    from serve.engine import Skipped, Worker
+    from serve.routes import Served
+
+    worker = Worker("test-worker")
+
+    def numbers(n, fail_at=None, pause=0.0):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError("boom")
+            time.sleep(pause)
+            yield i, threading.current_thread().name
+
+    async def scenario():
+        assert await worker.call(lambda: threading.current_thread().name) == "test-worker"
+        with pytest.raises(ZeroDivisionError):
+            await worker.call(lambda: 1 / 0)
+        got = [x async for x in worker.iterate(lambda: numbers(3), threading.Event())]
+        assert got == [(0, "test-worker"), (1, "test-worker"), (2, "test-worker")]
+        with pytest.raises(ValueError, match="boom"):
+            async for _ in worker.iterate(lambda: numbers(5, fail_at=2), threading.Event()):
+                pass
+        cancel = threading.Event()
+        seen = []
+        async for i, _ in worker.iterate(lambda: numbers(10**6, pause=0.01), cancel):
+            seen.append(i)
+            if i == 2:
+                cancel.set()
+        assert seen[:3] == [0, 1, 2] and len(seen) < 20  # the producer stopped soon after cancel
+        skipped = threading.Event()
+        skipped.set()
+        with pytest.raises(Skipped):
+            await worker.call(lambda: "ran", cancel=skipped)
+        served = Served(llama=None, handler=None, grammars=None, generate=worker, checks=worker, alias="a", n_ctx=1,
+                        request_timeout=1.0, check_budget=0.05)
+        t = time.perf_counter()
+        with pytest.raises(RequestError) as e:
+            await served.check(time.sleep, 0.5)
+        assert e.value.status == 413 and e.value.code == "request_too_large" and time.perf_counter() - t < 0.4
+
+    asyncio.run(scenario())

@@ -3,7 +3,8 @@
 The server is ``steam-train serve`` (llama-cpp-python's ``llama_cpp.server``) or any other
 OpenAI-compatible one (llama.cpp's ``llama-server``, vLLM, Ollama's ``/v1``). Both plugins need the
 same few things from it: the base URL made canonical, a bounded reachability/auth check, a chat
-completion, a token count through llama_cpp.server's ``POST /extras/tokenize``, and one-line error
+completion, a token count (``steam-train serve``'s ``POST /extras/tokenize/chat``, else
+llama_cpp.server's ``POST /extras/tokenize``), and one-line error
 messages a Dify user can act on (with the Docker networking hint when the URL says ``localhost``).
 
 Why our own (small) module and not the SDK: the tool plugin has no HTTP helper in ``dify_plugin``,
@@ -290,6 +291,26 @@ def count_tokens(endpoint_url: str, api_key: str | None, text: str, model: str |
             return None
         tokens = response.json().get("tokens")
         return len(tokens) if isinstance(tokens, list) else None
+    except (httpx.HTTPError, ValueError, ServerError, AttributeError):
+        return None
+
+
+def count_chat_tokens(endpoint_url: str, api_key: str | None, messages: list[dict], model: str | None = None,
+                      read_timeout: float = TOKENIZE_TIMEOUT) -> int | None:
+    """Prompt tokens of a chat as ``steam-train serve`` will generate from it (``POST
+    /extras/tokenize/chat``: its chat template, and its persona when the messages have no system
+    turn); ``None`` when the server has no such endpoint (another OpenAI-compatible server) or
+    cannot be reached."""
+    try:
+        body: dict[str, Any] = {"messages": messages}
+        if model:
+            body["model"] = model
+        response = httpx.post(f"{server_root(endpoint_url)}/extras/tokenize/chat", headers=headers(api_key), json=body,
+                              timeout=httpx.Timeout(read_timeout, connect=min(CONNECT_TIMEOUT, read_timeout)))
+        if response.status_code != 200:
+            return None
+        count = response.json().get("count")
+        return count if isinstance(count, int) else None
     except (httpx.HTTPError, ValueError, ServerError, AttributeError):
         return None
 

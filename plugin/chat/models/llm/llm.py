@@ -98,7 +98,9 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
 
     # -- schema --------------------------------------------------------------------------------
     def get_customizable_model_schema(self, model: str, credentials: Mapping) -> AIModelEntity:
-        """The SDK's rules (temperature, top_p, presence/frequency penalty, max_tokens) + seed, stop."""
+        """The SDK's rules (temperature, top_p, presence/frequency penalty, max_tokens) + seed, stop,
+        response_format (the SDK sends ``{"type": value}``; the server constrains ``json_object``
+        replies with llama.cpp's JSON grammar)."""
         entity = super().get_customizable_model_schema(model, self._credentials(credentials, check_url=False))
         entity.parameter_rules += [
             ParameterRule(name="seed", type=ParameterType.INT, required=False, min=0,
@@ -109,6 +111,11 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
                           label=I18nObject(en_US="Stop sequences", zh_Hans="停止词"),
                           help=I18nObject(en_US="Text that ends the reply; several: one per line.",
                                           zh_Hans="遇到即停止生成的文本；多个请每行一个。")),
+            ParameterRule(name="response_format", type=ParameterType.STRING, required=False,
+                          options=["text", "json_object"],
+                          label=I18nObject(en_US="Response format", zh_Hans="回复格式"),
+                          help=I18nObject(en_US="json_object: the reply is one JSON object (grammar-constrained).",
+                                          zh_Hans="json_object：回复为一个 JSON 对象（语法约束生成）。")),
         ]
         return entity
 
@@ -175,9 +182,14 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
 
     # -- token counting ------------------------------------------------------------------------
     def _count_messages(self, credentials: dict, prompt_messages: list[PromptMessage]) -> int:
-        """Prompt tokens of a conversation: ChatML rendering counted by the server's tokenizer,
-        else :func:`server_client.estimate_tokens`."""
+        """Prompt tokens of a conversation: counted by ``steam-train serve`` itself (its template, and
+        the persona it adds when the conversation has no system turn), else ChatML rendering counted
+        by the server's tokenizer, else :func:`server_client.estimate_tokens`."""
         messages = [self._convert_prompt_message_to_dict(m, credentials) for m in prompt_messages]
+        n = server_client.count_chat_tokens(credentials["endpoint_url"], credentials.get("api_key"), messages,
+                                            model=credentials.get("endpoint_model_name"))
+        if n is not None:
+            return n
         text = server_client.render_chatml(messages)
         n = server_client.count_tokens(credentials["endpoint_url"], credentials.get("api_key"), text,
                                        model=credentials.get("endpoint_model_name"))

@@ -1,0 +1,133 @@
+"""One dedicated thread per kind of llama work, driven from the event loop.
+
+llama-cpp-python's own server pulls every token through starlette's thread pool, so consecutive
+tokens of one stream run on different threads; one ``Llama`` fed from a single thread decodes
+faster (llama.cpp's CPU threadpool and caches stay warm). :class:`Worker` runs callables and
+iterators on one long-lived daemon thread and hands results back to asyncio; the event loop never
+runs llama.cpp code itself, so ``/health`` stays responsive whatever a request does.
+
+Two workers exist per server (see :mod:`serve.app`): ``generate`` (every call that decodes) and
+``checks`` (template rendering, tokenize and detokenize, which only read the vocabulary and may run
+beside decoding).
+
+Each job runs in a copy of the caller's :mod:`contextvars` context, so per-request values (usage
+in streams, the stop predicate) reach llama code on the worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import queue
+import threading
+from typing import Any, AsyncIterator, Callable, Iterator
+
+#: Per request: a predicate the generation loop asks before each token; True stops generation.
+STOP: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("stop", default=None)
+
+_END = object()
+
+
+class Worker:
+    """A daemon thread that runs submitted jobs one at a time, in order.
+
+    Args:
+        name: thread name (shows in ``py-spy`` and tracebacks).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._jobs.get()()
+
+    async def call(self, fn: Callable[..., Any], *args: Any, cancel: threading.Event | None = None,
+                   **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` on the worker thread; return its result or raise its exception.
+
+        A job whose awaiting task was cancelled before it starts is skipped; one whose ``cancel``
+        is set by then raises :class:`Skipped` here. Cancelling the awaiting task does not interrupt
+        a running job: callers stop llama work through :data:`STOP`.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        ctx = contextvars.copy_context()
+
+        def job() -> None:
+            if future.cancelled():
+                return
+            if cancel is not None and cancel.is_set():
+                loop.call_soon_threadsafe(_settle, future, None, Skipped())
+                return
+            try:
+                result = ctx.run(fn, *args, **kwargs)
+            except BaseException as e:  # noqa: BLE001 -- handed to the awaiting coroutine
+                loop.call_soon_threadsafe(_settle, future, None, e)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+        self._jobs.put(job)
+        return await future
+
+    async def iterate(self, make: Callable[[], Iterator[Any]], cancel: threading.Event) -> AsyncIterator[Any]:
+        """Yield the items of ``make()`` produced on the worker thread, as they come.
+
+        The iterator is created and advanced on the worker thread; it is closed there when it ends,
+        raises, or ``cancel`` is set (checked after every item). An exception from the iterator is
+        re-raised here. Leaving the ``async for`` early sets ``cancel``.
+        """
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+        ctx = contextvars.copy_context()
+        put = items.put_nowait
+
+        def job() -> None:
+            if cancel.is_set():
+                loop.call_soon_threadsafe(put, _END)
+                return
+            it = None
+            try:
+                it = ctx.run(make)
+                while not cancel.is_set():
+                    item = ctx.run(next, it, _END)
+                    if item is _END:
+                        break
+                    loop.call_soon_threadsafe(put, item)
+            except BaseException as e:  # noqa: BLE001 -- re-raised in the consumer
+                loop.call_soon_threadsafe(put, _Raised(e))
+            finally:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    ctx.run(close)
+                loop.call_soon_threadsafe(put, _END)
+        self._jobs.put(job)
+        try:
+            while True:
+                item = await items.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Raised):
+                    raise item.error
+                yield item
+        finally:
+            cancel.set()
+
+
+class Skipped(Exception):
+    """A job did not run: its ``cancel`` event was set before its turn came."""
+
+
+class _Raised:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

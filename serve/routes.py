@@ -1,0 +1,254 @@
+"""The OpenAI routes, calling llama-cpp-python's ``Llama`` on one dedicated thread.
+
+Why not the library's own routes (``llama_cpp.server.app``): they pull every token through
+starlette's thread pool (a different thread per token: slower, see :mod:`serve.engine`), keep
+generating for a non-streamed client that has gone, cannot stop a request at a time limit, and
+answer errors raised after a stream began with a broken stream. These routes take the library's
+request models (:mod:`llama_cpp.server.types`) and call the same ``Llama`` methods; the request was
+checked and rewritten by :class:`serve.middleware.SteamMiddleware` before it gets here.
+
+Streams: the first chunk is awaited (up to :data:`FIRST_CHUNK_WAIT_S`) before the response starts,
+so an error raised while the prompt is evaluated is still a 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import llama_cpp
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from llama_cpp.server.types import (CreateChatCompletionRequest, CreateCompletionRequest, DetokenizeInputRequest,
+                                    TokenizeInputRequest)
+from sse_starlette.sse import EventSourceResponse
+
+from serve.chat_handler import ChatHandler
+from serve.engine import STOP, Skipped, Worker
+from serve.errors import RequestError, error_body
+from serve.grammar import GrammarChecker
+
+router = APIRouter()
+#: Fields of the request models that are not ``Llama`` call arguments (as the library excludes them).
+_NOT_KWARGS = {"n", "best_of", "logit_bias_type", "user", "min_tokens"}
+#: Seconds a stream waits for its first chunk before its response starts: an error raised while the
+#: prompt is evaluated is still a 4xx, yet a request queued behind others gets headers and SSE pings
+#: (keeping proxies and client read timeouts at bay) instead of silence.
+FIRST_CHUNK_WAIT_S = 5.0
+
+
+@dataclass
+class Served:
+    """The loaded model and the server's limits, shared by the routes and the middleware.
+
+    Attributes:
+        llama: the model; only ``generate`` and ``checks`` threads call it.
+        handler: its chat handler (prompt token counts).
+        grammars: guarded grammar compiler.
+        generate: the thread that runs every decoding call.
+        checks: the thread for template rendering, tokenize and detokenize.
+        alias: model id.
+        n_ctx: context size in tokens.
+        request_timeout: seconds one generation may run (then it ends with ``finish_reason`` "length").
+        check_budget: seconds a request's checks (rendering, tokenizing) may take before a 413.
+        wind_down_at: ``time.monotonic()`` after which every generation ends at its next token
+            (set on SIGTERM, so responses end with ``finish_reason`` "length" within the shutdown time).
+    """
+
+    llama: llama_cpp.Llama
+    handler: ChatHandler
+    grammars: GrammarChecker
+    generate: Worker
+    checks: Worker
+    alias: str
+    n_ctx: int
+    request_timeout: float
+    check_budget: float
+    wind_down_at: float = math.inf
+
+    @property
+    def n_vocab(self) -> int:
+        return self.llama.n_vocab()
+
+    async def check(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the checks thread within :attr:`check_budget`.
+
+        Raises:
+            RequestError: 413 ``request_too_large`` when the budget runs out (the job is skipped if
+                it has not started; a running one finishes in the background).
+        """
+        cancel = threading.Event()
+        try:
+            return await asyncio.wait_for(self.checks.call(fn, *args, cancel=cancel), self.check_budget)
+        except asyncio.TimeoutError:
+            cancel.set()
+            raise RequestError(f"Checking this request took over {self.check_budget:g} s; send a shorter one",
+                               status=413, code="request_too_large") from None
+
+
+def _served(request: Request) -> Served:
+    return request.app.state.served
+
+
+def _kwargs(body: CreateChatCompletionRequest | CreateCompletionRequest, llama: llama_cpp.Llama) -> dict[str, Any]:
+    """``Llama`` call arguments from a request (what the library's ``prepare_request_resources`` does).
+    Called on the generate thread: ``logit_bias`` by token text tokenizes."""
+    kwargs = body.model_dump(exclude=_NOT_KWARGS)
+    if body.logit_bias is not None and body.logit_bias_type == "tokens":
+        kwargs["logit_bias"] = {str(i): score for text, score in body.logit_bias.items()
+                                for i in llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)}
+    if body.grammar is not None:
+        kwargs["grammar"] = llama_cpp.LlamaGrammar.from_string(body.grammar)
+    if body.min_tokens > 0:
+        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList(
+            [llama_cpp.MinTokensLogitsProcessor(body.min_tokens, llama.token_eos())])
+    return kwargs
+
+
+def _body(request: Request) -> Any:
+    """The request model the middleware checked (``serve.middleware.BODY``)."""
+    return request.scope["state"]["steam_body"]
+
+
+def _schema(model: type) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for ``model`` (the routes take no body parameter: the middleware
+    parsed and checked it already; see :func:`install_schemas`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+@router.post("/v1/chat/completions", summary="Chat", tags=["OpenAI V1"],
+             openapi_extra=_schema(CreateChatCompletionRequest))
+async def chat_completions(request: Request) -> Response:
+    served, body = _served(request), _body(request)
+    llama = served.llama
+    return await _generate(request, served, lambda: llama.create_chat_completion(**_kwargs(body, llama)), body.stream)
+
+
+@router.post("/v1/completions", summary="Completion", tags=["OpenAI V1"],
+             openapi_extra=_schema(CreateCompletionRequest))
+async def completions(request: Request) -> Response:
+    served, body = _served(request), _body(request)
+    llama = served.llama
+    return await _generate(request, served, lambda: llama.create_completion(**_kwargs(body, llama)), body.stream)
+
+
+@router.get("/v1/models", summary="Models", tags=["OpenAI V1"])
+async def models(request: Request) -> dict[str, Any]:
+    alias = _served(request).alias
+    return {"object": "list", "data": [{"id": alias, "object": "model", "owned_by": "me", "permissions": []}]}
+
+
+@router.post("/extras/tokenize", summary="Tokenize", tags=["Extras"], openapi_extra=_schema(TokenizeInputRequest))
+async def tokenize(request: Request) -> dict[str, Any]:
+    served = _served(request)
+    return {"tokens": await served.check(served.llama.tokenize, _body(request).input.encode("utf-8"), True, True)}
+
+
+@router.post("/extras/tokenize/count", summary="Tokenize Count", tags=["Extras"],
+             openapi_extra=_schema(TokenizeInputRequest))
+async def tokenize_count(request: Request) -> dict[str, Any]:
+    served = _served(request)
+    tokens = await served.check(served.llama.tokenize, _body(request).input.encode("utf-8"), True, True)
+    return {"count": len(tokens)}
+
+
+@router.post("/extras/tokenize/chat", summary="Chat prompt tokens", tags=["Extras"],
+             openapi_extra=_schema(CreateChatCompletionRequest))
+async def tokenize_chat(request: Request) -> dict[str, Any]:
+    """``{"count": n}``: the prompt tokens a chat request with these ``messages`` (and ``tools``) would
+    take, the persona and the chat template included (the middleware counted them), so that a client
+    that does not know the server-side persona can count exactly. No generation fields are checked."""
+    return {"count": request.scope["state"]["prompt_tokens"]}
+
+
+@router.post("/extras/detokenize", summary="Detokenize", tags=["Extras"], openapi_extra=_schema(DetokenizeInputRequest))
+async def detokenize(request: Request) -> dict[str, Any]:
+    served = _served(request)
+    raw = await served.check(served.llama.detokenize, _body(request).tokens)
+    return {"text": raw.decode("utf-8", errors="replace")}  # ids may end inside a UTF-8 sequence
+
+
+def install_schemas(app: Any) -> None:
+    """Put the library's request models into ``app``'s OpenAPI components (for ``/docs`` and
+    schema-driven clients and fuzzers)."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in (CreateChatCompletionRequest, CreateCompletionRequest, TokenizeInputRequest,
+                          DetokenizeInputRequest):
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+            app.openapi_schema = spec
+        return app.openapi_schema
+    app.openapi = openapi
+
+
+async def _generate(request: Request, served: Served, make: Callable[[], Any], stream: bool) -> Response:
+    """Run one generation on the generate thread; stop it when the client leaves or time runs out."""
+    cancel = threading.Event()
+    deadline = time.monotonic() + served.request_timeout
+    token = STOP.set(lambda: cancel.is_set() or time.monotonic() > min(deadline, served.wind_down_at))
+    watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+    streaming = False
+    try:
+        if not stream:
+            return JSONResponse(await served.generate.call(make, cancel=cancel))
+        chunks = served.generate.iterate(lambda: iter(make()), cancel)
+        first = asyncio.ensure_future(anext(chunks, None))
+        await asyncio.wait({first}, timeout=FIRST_CHUNK_WAIT_S)
+        if first.done():
+            first.result()  # raises what generation raised before its first chunk
+        streaming = True
+    except Skipped:  # the client left while the request waited for the model: nobody reads this
+        return JSONResponse(error_body("Client closed request"), status_code=400)
+    except RequestError as e:
+        return JSONResponse(e.body(), status_code=e.status)
+    except ValueError as e:
+        # the library's own refusals (a tool_choice naming no tool, …): messages hold no request text
+        return JSONResponse(error_body(f"llama-cpp-python refused the request: {str(e)[:200]}", code="invalid_value"),
+                            status_code=400)
+    finally:
+        watcher.cancel()
+        STOP.reset(token)
+        if not streaming:  # done, refused, or abandoned (the task was cancelled: client gone, shutdown)
+            cancel.set()
+    return EventSourceResponse(_events(first, chunks, cancel), sep="\n")
+
+
+async def _events(first: asyncio.Future, chunks: AsyncIterator[Any], cancel: threading.Event) -> AsyncIterator[dict[str, str]]:
+    """The SSE events of a stream whose first chunk is (or will be) ``first``'s result."""
+    try:
+        chunk = await first
+        if chunk is not None:
+            yield {"data": json.dumps(chunk, ensure_ascii=False)}
+            async for chunk in chunks:
+                yield {"data": json.dumps(chunk, ensure_ascii=False)}
+        yield {"data": "[DONE]"}
+    except (RequestError, ValueError) as e:  # after the response began: the stream ends with the error
+        err = e if isinstance(e, RequestError) else RequestError(f"llama-cpp-python refused the request: {str(e)[:200]}")
+        yield {"data": json.dumps(err.body())}
+    finally:
+        cancel.set()
+        if not first.done():  # the client left while this request waited for the model
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+        await chunks.aclose()
+
+
+async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set ``cancel`` when the client disconnects (the body is read already: only that can arrive)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel.set()
+            return

@@ -1,0 +1,151 @@
+"""Request checks beyond the library's pydantic schema: every value that would reach llama.cpp (or
+crash the library on the way) is checked here and refused with an OpenAI-shaped 400.
+
+What the library 0.3.36 does with these unchecked (found by hostile clients): NaN, ±∞ and negative
+``temperature`` go to the sampler; ``max_tokens`` ≤ 0 means "until the context is full";
+``max_completion_tokens`` (what newer OpenAI clients and LangChain send) is ignored; ``n > 1``
+silently gives one choice; non-integer ``logit_bias`` keys and out-of-range token ids raise (500)
+or kill the process; a list ``prompt`` of several strings fails an ``assert``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from serve.errors import RequestError
+
+#: Inclusive ranges of the sampling fields (OpenAI's where it has one, else llama.cpp's meaning).
+_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "top_k": (0, 2**31 - 1),
+    "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0), "repeat_penalty": (0.0, 10.0),
+    "mirostat_mode": (0, 2), "mirostat_tau": (0.0, 10.0), "mirostat_eta": (0.001, 1.0),
+    "min_tokens": (0, 2**31 - 1), "top_logprobs": (0, 20),
+}
+#: OpenAI's default ``max_tokens`` for /v1/completions (chat has none: the server cap applies).
+COMPLETION_DEFAULT = 16
+#: OpenAI: logit_bias values are in [-100, 100].
+_BIAS = 100.0
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """Parse a request body as a JSON object.
+
+    Raises:
+        RequestError: 400 ``invalid_json`` for bad JSON, ``NaN``/``Infinity`` (not JSON, but
+            Python's parser takes them), numbers that overflow to ±∞ (``1e999``), nesting deeper
+            than Python's parser allows, lone UTF-16 surrogates (``"\\ud800"``, which cannot be
+            encoded for llama.cpp), or a non-object.
+    """
+    try:
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except RequestError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(f"The request body is not valid JSON ({e}); send a JSON object", code="invalid_json") from None
+    except RecursionError:
+        raise RequestError("The request body is nested too deeply; send a flat JSON object", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise RequestError("The request body must be a JSON object", code="invalid_json")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError("The request holds a lone UTF-16 surrogate (e.g. \\ud800 without its pair); "
+                           "send valid Unicode text", code="invalid_json") from None
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(f"{name} is not a JSON number; send a finite number", code="invalid_json")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RequestError(f"{text[:20]} overflows a 64-bit float; send a finite number", code="invalid_json")
+    return value
+
+
+def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_tokens_cap: int) -> None:
+    """Check and normalise the generation fields of a chat or completion request, in place.
+
+    ``max_completion_tokens`` becomes ``max_tokens`` (the smaller wins when both are sent); the
+    result is capped at ``max_tokens_cap`` (the server's limit; also the default when none is
+    sent to /v1/chat/completions; /v1/completions keeps OpenAI's 16); ``seed`` is reduced modulo 2³² (llama.cpp's seed type).
+
+    Raises:
+        RequestError: 400 naming the field: ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
+            a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
+            range, or a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``.
+    """
+    for name in ("n", "best_of"):
+        if data.get(name) not in (None, 1):
+            raise RequestError(f"'{name}' must be 1: this server generates one choice per request; "
+                               "send several requests instead", param=name, code="unsupported_parameter")
+    if (data.get("logprobs") if chat else data.get("logprobs") is not None):
+        # llama.cpp needs logits_all=True for them (n_ctx × n_vocab floats); it would fail mid-stream
+        raise RequestError("logprobs are not served by this server (they need logits_all); drop 'logprobs'",
+                           param="logprobs", code="unsupported_parameter")
+    prompt = data.get("prompt")
+    if not chat and isinstance(prompt, list):
+        if len(prompt) > 1:
+            raise RequestError("'prompt' may be one string (or a list of one): this server completes one prompt "
+                               "per request", param="prompt", code="unsupported_parameter")
+        data["prompt"] = prompt[0] if prompt else ""
+    data["max_tokens"] = _max_tokens(data, max_tokens_cap, default=max_tokens_cap if chat else COMPLETION_DEFAULT)
+    for name, (low, high) in _RANGES.items():
+        value = data.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
+            raise RequestError(f"'{name}' must be between {low:g} and {high:g}", param=name, code="invalid_value")
+    if isinstance(data.get("seed"), int):
+        data["seed"] %= 2**32
+    _check_logit_bias(data, n_vocab)
+
+
+def _max_tokens(data: dict[str, Any], cap: int, default: int) -> int:
+    values = []
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = data.pop(name, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RequestError(f"'{name}' must be an integer", param=name, code="invalid_value")
+        if value <= 0:
+            raise RequestError(f"'{name}' must be at least 1", param=name, code="invalid_value")
+        values.append(value)
+    return min(min(values) if values else default, cap)
+
+
+def _check_logit_bias(data: dict[str, Any], n_vocab: int) -> None:
+    bias = data.get("logit_bias")
+    if bias is None:
+        return
+    if not isinstance(bias, dict):
+        raise RequestError("'logit_bias' must map token ids to numbers", param="logit_bias", code="invalid_value")
+    by_text = data.get("logit_bias_type") == "tokens"
+    for key, value in bias.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -_BIAS <= value <= _BIAS:
+            raise RequestError(f"logit_bias values must be numbers between -{_BIAS:g} and {_BIAS:g}",
+                               param="logit_bias", code="invalid_value")
+        if by_text:
+            continue
+        try:
+            token = int(key)
+        except ValueError:
+            raise RequestError("logit_bias keys must be token ids (decimal integers as strings)",
+                               param="logit_bias", code="invalid_value") from None
+        if not 0 <= token < n_vocab:
+            raise RequestError(f"logit_bias key {token} is not a token id of this model (0 … {n_vocab - 1})",
+                               param="logit_bias", code="invalid_value")
+
+
+def check_token_ids(tokens: Any, n_vocab: int) -> None:
+    """Raise a 400 unless ``tokens`` is a list of ids in ``[0, n_vocab)`` (llama.cpp reads past its
+    vocabulary otherwise and the process dies)."""
+    if not isinstance(tokens, list):
+        return  # the schema check reports it
+    for i, t in enumerate(tokens):
+        if isinstance(t, int) and not isinstance(t, bool) and not 0 <= t < n_vocab:
+            raise RequestError(f"tokens[{i}] = {t} is not a token id of this model (0 … {n_vocab - 1})",
+                               param=f"tokens[{i}]", code="invalid_value")

@@ -1,0 +1,234 @@
+"""Hostile and odd clients against a real `steam-train serve` process (SmolLM2): inputs that crashed,
+500'd, blocked or were silently accepted by llama-cpp-python's own server. One server for the
+module; every case ends with the same process still answering, so a crash fails the next check
+instead of the test run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.serving import start_server
+
+KEY = "hostile-key-51c"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CHAT = "/v1/chat/completions"
+HI = [{"role": "user", "content": "Say hi."}]
+PERSONA = "You are Lao G, a grumpy reviewer. persona-marker-4417"
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf):
+    with start_server(smollm2_gguf, api_key=KEY, extra_args=(
+            "--system", PERSONA, "--max_tokens_cap", "24", "--request_timeout", "20",
+            "--cors_origins", "http://good.example")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=60) as c:
+        yield c
+
+
+def _error(r, status, code=None, param=None):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert err["message"] and err["type"] == "invalid_request_error"
+    if code:
+        assert err["code"] == code, err
+    if param:
+        assert err["param"] == param, err
+    assert PERSONA not in r.text and ".gguf" not in r.text and "site-packages" not in r.text  # no persona, no paths
+    return err
+
+
+def _alive(client):
+    r = client.post(CHAT, json={"messages": HI, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_inputs_that_crashed_the_process_get_400(client):
+    _error(client.post(CHAT, json={"messages": HI, "grammar": "root ::= ("}), 400, "invalid_grammar", "grammar")
+    _error(client.post(CHAT, json={"messages": HI, "grammar": "root ::= undefined-rule"}), 400, "invalid_grammar")
+    for bad in (999_999_999, -5, 49152):
+        _error(client.post("/extras/detokenize", json={"tokens": [1, bad]}), 400, "invalid_value", "tokens[1]")
+    _alive(client)
+    ok = client.post(CHAT, json={"messages": HI, "grammar": 'root ::= "yes" | "no"', "max_tokens": 4, "temperature": 0})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] in ("yes", "no")
+    assert client.post("/extras/detokenize", json={"tokens": [28, 29]}).json() == {"text": ",-"}
+
+
+def test_inputs_that_gave_500_get_openai_shaped_400(client):
+    _error(client.post(CHAT, content=b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'), 400, "invalid_json")
+    _error(client.post(CHAT, content=b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\udfff"]}'),
+           400, "invalid_json")
+    _error(client.post(CHAT, content=b"[" * 100_000), 400, "invalid_json")
+    _error(client.post(CHAT, json={"messages": HI, "logit_bias": {"abc": 1}}), 400, "invalid_value", "logit_bias")
+    _error(client.post(CHAT, json={"messages": HI, "logit_bias": {"70000": 1}}), 400, "invalid_value", "logit_bias")
+    _error(client.post(CHAT, json={"messages": HI, "logit_bias": {"5": 1000}}), 400, "invalid_value", "logit_bias")
+    _error(client.post("/v1/completions", json={"prompt": "hi", "logprobs": 2}), 400, "unsupported_parameter")
+    _error(client.post("/v1/completions", json={"prompt": ["a", "b"]}), 400, "unsupported_parameter", "prompt")
+    _error(client.post("/v1/embeddings", json={"input": "hi"}), 400, "unsupported_endpoint")
+    err = _error(client.post("/v1/completions", json={"prompt": "word " * 9000, "stream": True}), 400,
+                 "context_length_exceeded")
+    assert "8192" in err["message"]
+    # the library's own refusal, raised inside generation, is still a 400 (streamed: before the stream starts)
+    for stream in (False, True):
+        _error(client.post(CHAT, json={"messages": HI, "stream": stream, "tools": [],
+                                       "tool_choice": {"type": "function", "function": {"name": "x"}}}), 400)
+    # error bodies never echo the request's text
+    secret = [{"role": "user", "content": "secret-prompt-8812"}]
+    for extra in ({"temperature": "hot"}, {"tools": "not-a-list"}, {"stop": 5}, {"grammar": "root ::= ("},
+                  {"tools": [], "tool_choice": {"type": "function", "function": {"name": "x"}}}):
+        r = client.post(CHAT, json={"messages": secret, **extra})
+        assert r.status_code == 400 and "secret-prompt-8812" not in r.text, r.text
+    # found by tests/test_serve_fuzz.py: an empty completion prompt, a null sampling field
+    _error(client.post("/v1/completions", json={}), 400, "invalid_value", "prompt")
+    assert client.post(CHAT, json={"messages": HI, "max_tokens": 1, "frequency_penalty": None}).status_code == 200
+    one = client.post("/v1/completions", json={"prompt": ["Once upon a time"], "max_tokens": 3})
+    assert one.status_code == 200 and one.json()["usage"]["completion_tokens"] == 3
+    _alive(client)
+
+
+def test_json_without_content_type_is_accepted(server):
+    # what `curl -d` sends: application/x-www-form-urlencoded
+    r = httpx.post(f"{server.base_url}{CHAT}", content=json.dumps({"messages": HI, "max_tokens": 2}),
+                   headers={**AUTH, "content-type": "application/x-www-form-urlencoded"}, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
+
+
+def test_limits_clients_send_are_honoured(client):
+    for name in ("max_tokens", "max_completion_tokens"):
+        for bad in (0, -1):
+            _error(client.post(CHAT, json={"messages": HI, name: bad}), 400, "invalid_value", name)
+    out = client.post(CHAT, json={"messages": [{"role": "user", "content": "Count from 1 to 100."}],
+                                  "max_completion_tokens": 3, "temperature": 0}).json()
+    assert out["usage"]["completion_tokens"] == 3 and out["choices"][0]["finish_reason"] == "length"
+    # no limit sent: the server cap (--max_tokens_cap 24); a larger one is capped too
+    for extra in ({}, {"max_tokens": 5000}):
+        out = client.post(CHAT, json={"messages": [{"role": "user", "content": "Write a very long story."}],
+                                      "temperature": 0, "repeat_penalty": 1.0, **extra}).json()
+        assert out["usage"]["completion_tokens"] <= 24
+    for value in (b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-0.5", b"2.5"):
+        body = b'{"messages": [{"role": "user", "content": "hi"}], "temperature": ' + value + b"}"
+        _error(client.post(CHAT, content=body), 400)
+    _error(client.post(CHAT, json={"messages": HI, "n": 2}), 400, "unsupported_parameter", "n")
+    _error(client.post(CHAT, json={"messages": HI, "top_k": 2**40}), 400, "invalid_value", "top_k")
+    assert client.post(CHAT, json={"messages": HI, "seed": 2**80, "max_tokens": 1}).status_code == 200
+
+
+def test_body_size_and_message_count_caps(client):
+    _error(client.post(CHAT, json={"messages": [{"role": "user", "content": "x" * 2_000_000}]}), 413, "request_too_large")
+    many = [{"role": "user", "content": ""}] * 9000
+    _error(client.post(CHAT, json={"messages": many}), 400, "context_length_exceeded")
+
+
+def _health_latencies(server, busy: threading.Thread) -> list[float]:
+    """Seconds each ``GET /health`` took while ``busy`` (started here) runs, sorted."""
+    out = []
+    busy.start()
+    with httpx.Client(base_url=server.base_url, timeout=5) as health:
+        while busy.is_alive():
+            t = time.perf_counter()
+            assert health.get("/health").status_code == 200
+            out.append(time.perf_counter() - t)
+    return sorted(out)
+
+
+def _p95(values: list[float]) -> float:
+    return values[int(0.95 * (len(values) - 1))]
+
+
+def test_health_stays_fast_while_a_10mb_body_is_refused(server, client):
+    """The body comes in chunks without a Content-Length, so the server must read and count it. The
+    library's server froze /health for 17 s on a 10 MB chat body. Asserted: p95 < 100 ms and no
+    stall over 1 s (single samples reach ~110 ms on this shared 2-core machine at load average 12,
+    scheduling noise that an idle /health sees too)."""
+    status = {}
+
+    def slow_body():
+        for _ in range(160):
+            yield b"x" * 65536
+            time.sleep(0.005)
+
+    def big():
+        try:
+            status["code"] = httpx.post(f"{server.base_url}{CHAT}", content=slow_body(), headers=AUTH, timeout=60).status_code
+        except httpx.TransportError:  # the server may close before the client finished sending
+            status["code"] = "closed"
+
+    lat = _health_latencies(server, threading.Thread(target=big, daemon=True))
+    print(f"/health while refusing 10 MB: p95 {_p95(lat) * 1000:.1f} ms, worst {lat[-1] * 1000:.1f} ms, {len(lat)} requests")
+    assert status["code"] in (413, "closed")
+    assert _p95(lat) < 0.1 and lat[-1] < 1.0
+
+
+def test_health_stays_fast_while_a_prompt_is_counted(server, client):
+    """8000 messages (just under n_ctx) are rendered and tokenized off the event loop (the library's
+    server froze /health for 32 s on 40k messages)."""
+    body = json.dumps({"messages": [{"role": "user", "content": "hello there"}] * 8000}).encode()
+    result = {}
+    lat = _health_latencies(server, threading.Thread(target=lambda: result.update(r=client.post(CHAT, content=body)),
+                                                     daemon=True))
+    print(f"/health while counting 8000 messages: p95 {_p95(lat) * 1000:.1f} ms, worst {lat[-1] * 1000:.1f} ms")
+    _error(result["r"], 400, "context_length_exceeded")
+    assert _p95(lat) < 0.1 and lat[-1] < 1.0
+
+
+def test_request_timeout_and_sigterm_stop_a_running_generation(smollm2_gguf):
+    long = {"messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 4000, "temperature": 0,
+            "repeat_penalty": 1.0}
+    with start_server(smollm2_gguf, extra_args=("--request_timeout", "3", "--max_tokens_cap", "4000",
+                                                "--shutdown_timeout", "0.5")) as srv:
+        t = time.perf_counter()
+        out = httpx.post(f"{srv.base_url}{CHAT}", json=long, timeout=60).json()
+        assert 2.5 < time.perf_counter() - t < 8
+        assert out["choices"][0]["finish_reason"] == "length" and 0 < out["usage"]["completion_tokens"] < 4000
+        _disconnected_clients_stop_their_generation(srv, long)
+        # SIGTERM while a non-streamed generation runs: the process ends by the signal within
+        # --shutdown_timeout (+ the 2 s deadline), before the 3 s request limit would end the generation
+        threading.Thread(target=lambda: _swallow(lambda: httpx.post(f"{srv.base_url}{CHAT}", json=long, timeout=60)),
+                         daemon=True).start()
+        time.sleep(0.5)
+        t = time.perf_counter()
+        srv.proc.send_signal(signal.SIGTERM)
+        code = srv.proc.wait(10)
+        took = time.perf_counter() - t
+        print(f"SIGTERM to exit: {took:.2f} s, status {code}")
+        assert code in (0, -signal.SIGTERM) and took < 2.5
+        assert "Traceback" not in srv.output() and " 500 " not in srv.output()
+
+
+def _disconnected_clients_stop_their_generation(srv, long):
+    """A client that leaves (non-streamed: gives up waiting; streamed: closes after the first token)
+    frees the model at once: the next one-token request does not wait out the 3 s generation."""
+    one = {"messages": HI, "max_tokens": 1}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{srv.base_url}{CHAT}", json=long, timeout=0.3)
+    t = time.perf_counter()
+    assert httpx.post(f"{srv.base_url}{CHAT}", json=one, timeout=60).status_code == 200
+    after_timeout = time.perf_counter() - t
+    with httpx.stream("POST", f"{srv.base_url}{CHAT}", json={**long, "stream": True}, timeout=60) as r:
+        for line in r.iter_lines():
+            if '"content"' in line:
+                break
+    t = time.perf_counter()
+    assert httpx.post(f"{srv.base_url}{CHAT}", json=one, timeout=60).status_code == 200
+    after_stream = time.perf_counter() - t
+    print(f"next request after a client left: {after_timeout:.2f} s (non-streamed), {after_stream:.2f} s (stream)")
+    assert after_timeout < 1.5 and after_stream < 1.5
+
+
+def _swallow(fn):
+    try:
+        fn()
+    except httpx.TransportError:
+        pass
