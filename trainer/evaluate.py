@@ -245,7 +245,7 @@ def prompt_ids(chat: Any, conv: list[dict[str, str]]) -> list[int]:
     trained reply starts."""
     from trainer.encode import encode_conversation
 
-    ids, _, spans, _ = encode_conversation(chat, conv)
+    ids, _, spans = encode_conversation(chat, conv)
     return ids[:spans[-1][0]]
 
 
