@@ -149,6 +149,27 @@ def test_formats_alpaca_sharegpt_openai_jsonl_bom(tmp_path):
                                                 {"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]]
 
 
+def test_alpaca_empty_instruction_gives_input(tmp_path):
+    path = _write(tmp_path / "a.json", [{"instruction": "", "input": "只有输入", "output": "r"}])
+    assert data.load_conversations(str(path), system=None)[0][0] == {"role": "user", "content": "只有输入"}
+
+
+def test_registered_alpaca_ignores_unmapped_system_history_with_one_warning(tmp_path, capsys):
+    recs = [{"instruction": "q", "input": "", "output": "r", "system": "S", "history": [["h", "a"]]}] * 2
+    _write(tmp_path / "a.json", recs)
+    registry.register(tmp_path / registry.REGISTRY_FILE, "plain", "a.json",
+                      columns={"prompt": "instruction", "query": "input", "response": "output"})
+    registry.register(tmp_path / registry.REGISTRY_FILE, "mapped", "a.json")  # maps system and history
+    capsys.readouterr()
+    plain = data.load_conversations("plain", tmp_path, system="P")
+    assert plain[0] == [{"role": "system", "content": "P"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "records have 'system' and 'history'" in err and "ignored" in err
+    mapped = data.load_conversations("mapped", tmp_path, system="P")
+    assert [m["content"] for m in mapped[0]] == ["S", "h", "a", "q", "r"]
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_dataset_info_round_trip(tmp_path, seed_dataset):
     reg = tmp_path / registry.REGISTRY_FILE
     registry.register(reg, "steam_reviews", str(seed_dataset),

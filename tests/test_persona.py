@@ -1,17 +1,14 @@
 """The one prompt format (trainer/persona.py) reproduces the seed data's records exactly."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from trainer import persona
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "steam_sft_sample.json"
 
-
-def test_seed_format_round_trip():
-    records = json.loads(SEED.read_text(encoding="utf-8"))
+def test_seed_format_round_trip(seed_dataset):
+    records = json.loads(seed_dataset.read_text(encoding="utf-8"))
     rec = next(r for r in records if r["input"])
     name = rec["instruction"].split("《", 1)[1].rsplit("》", 1)[0]
     tags = rec["input"].split("：", 1)[1].split(", ")
@@ -26,5 +23,6 @@ def test_clean_name_and_options():
     assert inp.splitlines() == ["Genre tags: Roguelike, Action", "Verdict: Not recommended",
                                 "Length: short, two or three sentences."]
     assert persona.user_message(ins, inp) == ins + "\n" + inp
+    assert (persona.user_message(ins), persona.user_message("", inp)) == (ins, inp)  # as LLaMA-Factory joins them
     with pytest.raises(ValueError):
         persona.build_review_prompt("", None)

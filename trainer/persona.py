@@ -112,8 +112,9 @@ def _parse_verdict(verdict: bool | str | None) -> bool | None:
 
 
 def user_message(instruction: str, input_text: str = "") -> str:
-    """Join an alpaca ``instruction`` and ``input`` into one user turn, as LLaMA-Factory does."""
-    return f"{instruction}\n{input_text}" if input_text else instruction
+    """Join an alpaca ``instruction`` and ``input`` into one user turn, as LLaMA-Factory's alpaca
+    converter does: the non-empty ones joined by ``"\\n"`` (an empty instruction gives ``input``)."""
+    return "\n".join(part for part in (instruction, input_text) if part)
 
 
 def review_messages(system: str | None = DEFAULT_SYSTEM, **prompt: object) -> list[dict[str, str]]:
