@@ -91,26 +91,37 @@ def test_truncation_drops_oldest_turns_keeps_last_question(tiny_qwen2_dir):
     assert _learned(tok, labels) == "第二个回答<|im_end|>" + REPLY + "<|im_end|>"
 
 
-def test_truncation_cuts_last_question_text_never_its_eot(tiny_qwen2_dir):
+def _turn_texts(text):
+    """``(system, question)`` texts of a decoded single-turn ChatML row."""
+    return (text.split("<|im_start|>system\n")[1].split("<|im_end|>")[0],
+            text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0])
+
+
+def test_truncation_cuts_system_then_last_question_never_an_eot(tiny_qwen2_dir):
     tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
     ct = ChatTemplate("auto", tok)
-    ids, _, _ = encode_conversation(ct, CONV)
-    ids, labels, status = fit(ct, CONV, len(ids) - 6)
-    assert status == "truncated" and len(ids) <= len(encode_conversation(ct, CONV)[0]) - 6
-    text = tok.decode(ids)
-    question = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
-    assert 0 < len(question) < len(CONV[1]["content"]) and CONV[1]["content"].startswith(question)
-    assert text.count("<|im_end|>") == 3 and _learned(tok, labels) == REPLY + "<|im_end|>"
-    assert _row_matches_template(tok, ids, [CONV[0], {"role": "user", "content": question}, CONV[2]])
-    # all earlier turns dropped, then the last question cut
-    multi = fit(ct, MULTI, len(encode_conversation(ct, [MULTI[0], *MULTI[5:]])[0]) - 3)
-    assert multi[2] == "truncated" and "第二个" not in tok.decode(multi[0])
+    full = len(encode_conversation(ct, CONV)[0])
+    ids, labels, status = fit(ct, CONV, full - 6)
+    system, question = _turn_texts(tok.decode(ids))
+    assert status == "truncated" and len(ids) <= full - 6 and question == CONV[1]["content"]
+    assert 0 < len(system) < len(DEFAULT_SYSTEM) and DEFAULT_SYSTEM.startswith(system)
+    assert tok.decode(ids).count("<|im_end|>") == 3 and _learned(tok, labels) == REPLY + "<|im_end|>"
+    assert _row_matches_template(tok, ids, [{"role": "system", "content": system}, *CONV[1:]])
+    no_system = [{"role": "system", "content": ""}, *CONV[1:]]
+    ids, labels, status = fit(ct, CONV, len(encode_conversation(ct, no_system)[0]) - 6)
+    system, question = _turn_texts(tok.decode(ids))
+    assert status == "truncated" and system == "" and 0 < len(question) < len(CONV[1]["content"])
+    assert CONV[1]["content"].startswith(question) and _learned(tok, labels) == REPLY + "<|im_end|>"
+    assert _row_matches_template(tok, ids, [no_system[0], {"role": "user", "content": question}, CONV[2]])
+    # a multi-turn sample loses all earlier turns before its system prompt
+    ids, _, status = fit(ct, MULTI, len(encode_conversation(ct, [MULTI[0], *MULTI[5:]])[0]) - 3)
+    assert status == "truncated" and "第二个" not in tok.decode(ids) and "最后的问题" in tok.decode(ids)
 
 
 def test_truncation_drops_what_cannot_fit_and_cuts_only_the_trailer(tiny_qwen2_dir):
     tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
     ct = ChatTemplate("auto", tok)
-    one_char = [CONV[0], {"role": "user", "content": CONV[1]["content"][:1]}, CONV[2]]
+    one_char = [{"role": "system", "content": ""}, {"role": "user", "content": CONV[1]["content"][:1]}, CONV[2]]
     end = encode_conversation(ct, one_char)[2][-1][1]  # up to the reply's <|im_end|>
     assert fit(ct, CONV, end)[2] == "truncated" and fit(ct, CONV, end - 1) == ([], [], "dropped")
     ids, _, _ = encode_conversation(ct, CONV)

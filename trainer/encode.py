@@ -19,10 +19,11 @@ always what the chat template renders for the messages it keeps:
 
 1. the text after the last end-of-turn token goes first (not learned);
 2. then the oldest user/assistant turns, whole, after the system prompt;
-3. then the end of the last user turn's text (its end-of-turn token and the header stay).
+3. then the end of the system prompt's text, down to none;
+4. then the end of the last user turn's text, down to one character.
 
-The system prompt, the last user turn (at least one character of it) and the last reply are never
-dropped and the reply is never cut; a sample that cannot fit with them is dropped.
+Cut turns keep their end-of-turn tokens and the assistant header. The last reply is never cut; a
+sample that cannot fit with it is dropped.
 """
 
 from __future__ import annotations
@@ -95,22 +96,25 @@ def _fitted(template: ChatTemplate, messages: list[dict[str, str]], cutoff_len: 
     return (ids[:end], labels[:end]) if end <= cutoff_len else None
 
 
-def _cut_last_user(template: ChatTemplate, messages: list[dict[str, str]], at: int,
-                   cutoff_len: int) -> tuple[list[int], list[int]] | None:
-    """Keep the longest prefix (at least one character) of ``messages[at]``'s text that fits
+def _cut_text(template: ChatTemplate, messages: list[dict[str, str]], at: int, shortest: int,
+              cutoff_len: int) -> tuple[list[int], list[int]] | None:
+    """Keep the longest prefix (``shortest`` characters or more) of ``messages[at]``'s text that fits
     (binary search over characters, re-rendering each try), or ``None``."""
     text = messages[at]["content"]
     best = None
-    lo, hi = 1, len(text) - 1
+    lo, hi = shortest, len(text) - 1
     while lo <= hi:
         mid = (lo + hi) // 2
-        cut = [*messages[:at], {**messages[at], "content": text[:mid]}, *messages[at + 1:]]
-        got = _fitted(template, cut, cutoff_len)
+        got = _fitted(template, _with_text(messages, at, text[:mid]), cutoff_len)
         if got is None:
             hi = mid - 1
         else:
             best, lo = got, mid + 1
     return best
+
+
+def _with_text(messages: list[dict[str, str]], at: int, text: str) -> list[dict[str, str]]:
+    return [*messages[:at], {**messages[at], "content": text}, *messages[at + 1:]]
 
 
 def fit(template: ChatTemplate, messages: list[dict[str, str]], cutoff_len: int) -> tuple[list[int], list[int], str]:
@@ -133,7 +137,12 @@ def fit(template: ChatTemplate, messages: list[dict[str, str]], cutoff_len: int)
         if got is not None:
             return *got, "truncated"
     last = messages[:first] + messages[turns[-1]:]
-    got = _cut_last_user(template, last, first, cutoff_len)
+    if first:
+        got = _cut_text(template, last, 0, 0, cutoff_len)
+        if got is not None:
+            return *got, "truncated"
+        last = _with_text(last, 0, "")
+    got = _cut_text(template, last, first, 1, cutoff_len)
     return ([], [], "dropped") if got is None else (*got, "truncated")
 
 
