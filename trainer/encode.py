@@ -53,10 +53,6 @@ class Encoded:
     def lengths(self) -> list[int]:
         return [len(x) for x in self.input_ids]
 
-    @property
-    def label_tokens(self) -> int:
-        return sum(sum(1 for t in lab if t != IGNORE_INDEX) for lab in self.labels)
-
 
 def encode_conversation(template: ChatTemplate, messages: list[dict[str, str]]) -> tuple[list[int], list[int], list[tuple[int, int]]]:
     """Tokenize one conversation, untruncated.
