@@ -26,3 +26,16 @@ def test_clean_name_and_options():
     assert (persona.user_message(ins), persona.user_message("", inp)) == (ins, inp)  # as LLaMA-Factory joins them
     with pytest.raises(ValueError):
         persona.build_review_prompt("", None)
+
+
+def test_resolve_precedence_explicit_then_export_then_run_then_default():
+    from trainer.run_record import RunRecord
+
+    run, untold = RunRecord(system="RUN"), RunRecord()
+    assert persona.resolve("", run, "GGUF") == ""  # an explicit '' means no system prompt
+    assert persona.resolve("X", run, "GGUF") == "X"
+    assert persona.resolve(None, run, "GGUF") == "GGUF"
+    assert persona.resolve(None, run) == "RUN"
+    assert persona.resolve(None, RunRecord(system="")) == ""  # the run trained without one
+    assert persona.resolve(None, untold) == persona.resolve(None) == persona.DEFAULT_SYSTEM
+    assert persona.resolve(None, untold, default=None) is None  # chat/serve: the model's own template default
