@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from trainer.errors import UserError
 from trainer.io import atomic_path
@@ -21,7 +21,6 @@ from trainer.io import atomic_path
 #: Architectures whose whole path (merge, template, convert, quantize, llama.cpp) is tested here.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 _MODEL_TYPES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-FLOAT_OUTTYPES = ("f16", "bf16")
 
 
 def converter_version() -> str:
@@ -88,14 +87,6 @@ def convert(merged: Path, out: Path, outtype: str, *, name: str, metadata: dict[
         model.gguf_writer.write_kv_data_to_file()
         model.gguf_writer.write_tensors_to_file(progress=False)
         model.gguf_writer.close()
-
-
-def read_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """Read some header keys of a GGUF (``gguf.GGUFReader``; tensors are not loaded)."""
-    import gguf
-
-    r = gguf.GGUFReader(path)
-    return {k: (r.fields[k].contents() if k in r.fields else None) for k in keys}
 
 
 def convert_lora(adapter_dir: Path, merged: Path, out: Path, *, name: str, metadata: dict[str, str]) -> None:

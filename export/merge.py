@@ -19,6 +19,7 @@ from typing import Any
 
 from trainer.errors import UserError
 from trainer.hub import ModelSource, enable_transformers_gguf
+from trainer.run_record import RunRecord
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MERGE_INFO = "export_merge.json"
@@ -33,26 +34,30 @@ class RunInfo:
     Attributes:
         adapter_dir: the folder with ``adapter_config.json`` (``None``: export the base alone).
         adapter_config: its parsed ``adapter_config.json`` (``{}`` without an adapter).
-        run_config: the parsed ``run_config.yaml`` of the run (``{}`` when absent).
+        run: the run's record (``run_config.yaml``; empty when absent).
     """
 
     adapter_dir: Path | None
     adapter_config: dict[str, Any] = field(default_factory=dict)
-    run_config: dict[str, Any] = field(default_factory=dict)
+    run: RunRecord = field(default_factory=RunRecord)
+
+    @property
+    def run_config(self) -> dict[str, Any]:
+        """The parsed ``run_config.yaml`` (``{}`` when absent), as :attr:`RunRecord.raw`."""
+        return self.run.raw
 
 
 def read_run(adapter_name_or_path: str | None) -> RunInfo:
     """Read a run dir (or a ``checkpoint-N`` folder inside one).
 
-    ``run_config.yaml`` is looked for in the folder and its parent (a checkpoint's run dir).
+    ``run_config.yaml`` is looked for in the folder and its parent (a checkpoint's run dir;
+    :meth:`trainer.run_record.RunRecord.load`).
 
     Raises:
         UserError: the folder or its adapter files are missing, or a file is unreadable.
     """
     if not adapter_name_or_path:
         return RunInfo(None)
-    import yaml
-
     d = Path(adapter_name_or_path).expanduser()
     if not d.is_dir():
         raise UserError(f"{d}: adapter folder not found; pass --adapter_name_or_path a run dir made by steam-train train")
@@ -64,15 +69,7 @@ def read_run(adapter_name_or_path: str | None) -> RunInfo:
         adapter_config = json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{cfg_file}: invalid JSON ({e.msg} at line {e.lineno}); restore the file from the run") from None
-    run_config: dict[str, Any] = {}
-    for cand in (d / "run_config.yaml", d.parent / "run_config.yaml"):
-        if cand.is_file():
-            try:
-                run_config = yaml.safe_load(cand.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError as e:
-                raise UserError(f"{cand}: invalid YAML ({getattr(e, 'problem', e)}); restore the file from the run") from None
-            break
-    return RunInfo(d, adapter_config, run_config)
+    return RunInfo(d, adapter_config, RunRecord.load(d))
 
 
 def base_config(src: ModelSource):

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from trainer import data, registry
 from trainer.cli import main
-from trainer.encode import IGNORE_INDEX, encode_conversation, encode_dataset, truncate
+from trainer.encode import IGNORE_INDEX, encode_conversation, encode_dataset, fit
 from trainer.errors import UserError
 from trainer.persona import DEFAULT_SYSTEM
 from trainer.templates import TEMPLATES, ChatTemplate
@@ -32,15 +32,18 @@ def _learned(tok, labels):
 def test_masking_is_exactly_reply_plus_eot(request, which, template):
     tok = AutoTokenizer.from_pretrained(request.getfixturevalue(which))
     ct = ChatTemplate(template, tok)
-    ids, labels, spans, header_len = encode_conversation(ct, CONV)
+    ids, labels, spans = encode_conversation(ct, CONV)
     assert ct.eot_token == "<|im_end|>"
     assert _learned(tok, labels) == REPLY + "<|im_end|>"
     (s, e), = spans
     assert labels[e - 1] == tok.convert_tokens_to_ids("<|im_end|>")  # eot learned even when pad == eos
     assert all(t == IGNORE_INDEX for t in labels[:s] + labels[e:])  # prompt and trailing "\n" not learned
-    assert tok.decode(ids[s - header_len:s]) == ("Assistant:" if template == "default" else "<|im_start|>assistant\n")
+    head = tok.encode(ct.generation_header(), add_special_tokens=False)  # tokenized alone, as at inference
+    assert ids[s - len(head):s] == head
+    assert tok.decode(head) == ("Assistant:" if template == "default" else "<|im_start|>assistant\n")
     # the prompt part is what the template renders with the generation prompt (inference == training)
-    assert tok.decode(ids[:s]) == ct.render(CONV[:-1], add_generation_prompt=True)
+    assert tok.decode(ids[:s]) == tok.apply_chat_template(CONV[:-1], tokenize=False, add_generation_prompt=True,
+                                                          chat_template=ct.jinja)
 
 
 def test_pad_equals_eos_keeps_eot_label(tiny_llama_dir):
@@ -61,24 +64,72 @@ def test_multi_turn_learns_every_reply(tiny_qwen2_dir):
     tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
     conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "A1"},
             {"role": "user", "content": "more"}, {"role": "assistant", "content": "A2"}]
-    ids, labels, spans, _ = encode_conversation(ChatTemplate("auto", tok), conv)
+    ids, labels, spans = encode_conversation(ChatTemplate("auto", tok), conv)
     assert [tok.decode(labels[s:e]) for s, e in spans] == ["A1<|im_end|>", "A2<|im_end|>"]
 
 
-def test_truncation_cuts_prompt_keeps_eot_and_drops_unfittable(tiny_qwen2_dir):
+MULTI = [CONV[0], {"role": "user", "content": "第一个问题：" + "很长的背景。" * 30}, {"role": "assistant", "content": "第一个回答"},
+         {"role": "user", "content": "第二个问题"}, {"role": "assistant", "content": "第二个回答"},
+         {"role": "user", "content": "最后的问题：这款游戏值得买吗？"}, {"role": "assistant", "content": REPLY}]
+
+
+def _row_matches_template(tok, ids, kept):
+    """The truncated row is what the chat template renders for the messages it keeps (the unlearned
+    newline after the last ``<|im_end|>`` may be cut)."""
+    text, rendered = tok.decode(ids), tok.apply_chat_template(kept, tokenize=False)
+    return text in (rendered, rendered.removesuffix("\n"))
+
+
+def test_truncation_drops_oldest_turns_keeps_last_question(tiny_qwen2_dir):
     tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
     ct = ChatTemplate("auto", tok)
-    ids, labels, spans, header_len = encode_conversation(ct, CONV)
-    reply_len = spans[0][1] - spans[0][0]
-    cut = reply_len + header_len + 5
-    t_ids, t_labels, status = truncate(ids, labels, spans, header_len, cut)
-    assert status == "truncated" and len(t_ids) == cut
-    assert _learned(tok, t_labels) == REPLY + "<|im_end|>"
-    assert t_ids[:5] == ids[:5] and tok.decode(t_ids[5:5 + header_len]) == "<|im_start|>assistant\n"
-    assert truncate(ids, labels, spans, header_len, reply_len + header_len)[2] == "dropped"
+    kept = [MULTI[0], *MULTI[3:]]
+    cut = len(encode_conversation(ct, kept)[0])
+    assert len(encode_conversation(ct, MULTI)[0]) > cut + 100
+    ids, labels, status = fit(ct, MULTI, cut)
+    assert status == "truncated" and len(ids) == cut
+    assert _row_matches_template(tok, ids, kept)  # the last question stays, the oldest turn goes whole
+    assert _learned(tok, labels) == "第二个回答<|im_end|>" + REPLY + "<|im_end|>"
+
+
+def _turn_texts(text):
+    """``(system, question)`` texts of a decoded single-turn ChatML row."""
+    return (text.split("<|im_start|>system\n")[1].split("<|im_end|>")[0],
+            text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0])
+
+
+def test_truncation_cuts_system_then_last_question_never_an_eot(tiny_qwen2_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    ct = ChatTemplate("auto", tok)
+    full = len(encode_conversation(ct, CONV)[0])
+    ids, labels, status = fit(ct, CONV, full - 6)
+    system, question = _turn_texts(tok.decode(ids))
+    assert status == "truncated" and len(ids) <= full - 6 and question == CONV[1]["content"]
+    assert 0 < len(system) < len(DEFAULT_SYSTEM) and DEFAULT_SYSTEM.startswith(system)
+    assert tok.decode(ids).count("<|im_end|>") == 3 and _learned(tok, labels) == REPLY + "<|im_end|>"
+    assert _row_matches_template(tok, ids, [{"role": "system", "content": system}, *CONV[1:]])
+    no_system = [{"role": "system", "content": ""}, *CONV[1:]]
+    ids, labels, status = fit(ct, CONV, len(encode_conversation(ct, no_system)[0]) - 6)
+    system, question = _turn_texts(tok.decode(ids))
+    assert status == "truncated" and system == "" and 0 < len(question) < len(CONV[1]["content"])
+    assert CONV[1]["content"].startswith(question) and _learned(tok, labels) == REPLY + "<|im_end|>"
+    assert _row_matches_template(tok, ids, [no_system[0], {"role": "user", "content": question}, CONV[2]])
+    # a multi-turn sample loses all earlier turns before its system prompt
+    ids, _, status = fit(ct, MULTI, len(encode_conversation(ct, [MULTI[0], *MULTI[5:]])[0]) - 3)
+    assert status == "truncated" and "第二个" not in tok.decode(ids) and "最后的问题" in tok.decode(ids)
+
+
+def test_truncation_drops_what_cannot_fit_and_cuts_only_the_trailer(tiny_qwen2_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    ct = ChatTemplate("auto", tok)
+    one_char = [{"role": "system", "content": ""}, {"role": "user", "content": CONV[1]["content"][:1]}, CONV[2]]
+    end = encode_conversation(ct, one_char)[2][-1][1]  # up to the reply's <|im_end|>
+    assert fit(ct, CONV, end)[2] == "truncated" and fit(ct, CONV, end - 1) == ([], [], "dropped")
+    ids, _, _ = encode_conversation(ct, CONV)
     long = CONV[:2] + [{"role": "assistant", "content": "长" * 400}]
     enc = encode_dataset(ct, [CONV, long], cutoff_len=len(ids) - 1)
     assert (len(enc), enc.truncated, enc.dropped) == (1, 0, [1])  # only the trailer "\n" of CONV was cut
+    assert enc.input_ids[0] == ids[:-1]
 
 
 @pytest.mark.parametrize("name", [n for n in TEMPLATES if n in ("default", "qwen", "chatml", "llama3", "alpaca", "gemma")])
@@ -87,7 +138,8 @@ def test_named_template_jinja_matches_segments(tiny_llama_dir, name):
     ct = ChatTemplate(name, tok)
     tok.chat_template = ct.jinja
     assert tok.apply_chat_template(CONV, tokenize=False) == "".join(t for _, t in ct.segments(CONV))
-    assert tok.apply_chat_template(CONV[:2], tokenize=False, add_generation_prompt=True) == ct.render(CONV[:2])
+    prompt = "".join(t for _, t in ct.segments(CONV[:2])) + ct.generation_header()
+    assert tok.apply_chat_template(CONV[:2], tokenize=False, add_generation_prompt=True) == prompt
 
 
 def _write(path: Path, records, jsonl=False, encoding="utf-8", bom=False):
@@ -108,6 +160,27 @@ def test_formats_alpaca_sharegpt_openai_jsonl_bom(tmp_path):
     assert data.load_conversations(str(share), system="P")[0][0] == {"role": "system", "content": "S"}  # record wins
     assert data.load_messages(str(openai)) == [[{"role": "system", "content": DEFAULT_SYSTEM},
                                                 {"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]]
+
+
+def test_alpaca_empty_instruction_gives_input(tmp_path):
+    path = _write(tmp_path / "a.json", [{"instruction": "", "input": "只有输入", "output": "r"}])
+    assert data.load_conversations(str(path), system=None)[0][0] == {"role": "user", "content": "只有输入"}
+
+
+def test_registered_alpaca_ignores_unmapped_system_history_with_one_warning(tmp_path, capsys):
+    recs = [{"instruction": "q", "input": "", "output": "r", "system": "S", "history": [["h", "a"]]}] * 2
+    _write(tmp_path / "a.json", recs)
+    registry.register(tmp_path / registry.REGISTRY_FILE, "plain", "a.json",
+                      columns={"prompt": "instruction", "query": "input", "response": "output"})
+    registry.register(tmp_path / registry.REGISTRY_FILE, "mapped", "a.json")  # maps system and history
+    capsys.readouterr()
+    plain = data.load_conversations("plain", tmp_path, system="P")
+    assert plain[0] == [{"role": "system", "content": "P"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "records have 'system' and 'history'" in err and "ignored" in err
+    mapped = data.load_conversations("mapped", tmp_path, system="P")
+    assert [m["content"] for m in mapped[0]] == ["S", "h", "a", "q", "r"]
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_dataset_info_round_trip(tmp_path, seed_dataset):

@@ -1,17 +1,14 @@
 """The one prompt format (trainer/persona.py) reproduces the seed data's records exactly."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from trainer import persona
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "steam_sft_sample.json"
 
-
-def test_seed_format_round_trip():
-    records = json.loads(SEED.read_text(encoding="utf-8"))
+def test_seed_format_round_trip(seed_dataset):
+    records = json.loads(seed_dataset.read_text(encoding="utf-8"))
     rec = next(r for r in records if r["input"])
     name = rec["instruction"].split("《", 1)[1].rsplit("》", 1)[0]
     tags = rec["input"].split("：", 1)[1].split(", ")
@@ -26,5 +23,19 @@ def test_clean_name_and_options():
     assert inp.splitlines() == ["Genre tags: Roguelike, Action", "Verdict: Not recommended",
                                 "Length: short, two or three sentences."]
     assert persona.user_message(ins, inp) == ins + "\n" + inp
+    assert (persona.user_message(ins), persona.user_message("", inp)) == (ins, inp)  # as LLaMA-Factory joins them
     with pytest.raises(ValueError):
         persona.build_review_prompt("", None)
+
+
+def test_resolve_precedence_explicit_then_export_then_run_then_default():
+    from trainer.run_record import RunRecord
+
+    run, untold = RunRecord(system="RUN"), RunRecord()
+    assert persona.resolve("", run, "GGUF") == ""  # an explicit '' means no system prompt
+    assert persona.resolve("X", run, "GGUF") == "X"
+    assert persona.resolve(None, run, "GGUF") == "GGUF"
+    assert persona.resolve(None, run) == "RUN"
+    assert persona.resolve(None, RunRecord(system="")) == ""  # the run trained without one
+    assert persona.resolve(None, untold) == persona.resolve(None) == persona.DEFAULT_SYSTEM
+    assert persona.resolve(None, untold, default=None) is None  # chat/serve: the model's own template default

@@ -34,9 +34,6 @@ import yaml
 
 from trainer.errors import UserError
 
-_KEYWORDS = ("help", "choices", "envvar", "positional", "secret")
-
-
 def arg(
     default: Any = dataclasses.MISSING,
     help: str = "",

@@ -10,6 +10,11 @@ Accepted input (LLaMA-Factory ``data/README.md`` formats):
 * **sharegpt** records ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}``
   (tags remappable through ``tags``) and **OpenAI messages** ``{"messages": [{"role", "content"}]}``.
 
+A registered dataset reads a record's ``system`` and ``history`` only when its ``columns`` map them,
+as LLaMA-Factory's parser does (``DatasetAttr.system``/``history`` default to none); records that
+carry such an unmapped key get one warning per file. A file passed directly (no registry entry) reads
+them under their own names.
+
 Files are a JSON array or JSON Lines (``.jsonl``, or a ``.json`` whose content is JSON Lines), UTF-8
 with or without BOM (``--encoding`` for anything else).
 
@@ -36,8 +41,10 @@ from trainer.persona import user_message
 #: One conversation: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
 Conversation = list[dict[str, str]]
 
-ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-                  "history": "history"}
+#: LLaMA-Factory's default alpaca columns (``DatasetAttr``): no system or history column unless mapped.
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
+#: The columns of a file passed directly, without a ``dataset_info.json`` entry.
+FILE_COLUMNS = {"system": "system", "history": "history"}
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
                  "system_tag": "system"}
 
@@ -48,7 +55,7 @@ class DatasetSpec:
 
     path: Path
     formatting: str = "auto"  # alpaca | sharegpt | auto (decided per file from the first record)
-    columns: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=dict)  # the entry's, or FILE_COLUMNS for a direct file
     tags: dict[str, str] = field(default_factory=dict)
     name: str = ""
     arg: str = "--dataset"  # how the command took it, for messages (validate: the positional DATASET)
@@ -82,7 +89,7 @@ def resolve(dataset: str, dataset_dir: str | Path = "data", arg: str = "--datase
     """
     p = Path(dataset).expanduser()
     if p.suffix.lower() in (".json", ".jsonl") or p.is_file():
-        return DatasetSpec(path=p, name=p.stem, arg=arg)
+        return DatasetSpec(path=p, columns=dict(FILE_COLUMNS), name=p.stem, arg=arg)
     path, entry = registry.lookup(dataset_dir, dataset, arg)
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
@@ -179,7 +186,7 @@ def _alpaca(rec: Any, cols: dict[str, str], system: str | None, where: str) -> C
     prompt = _str_field(rec, c["prompt"], where, required=True)
     query = _str_field(rec, c["query"], where, required=False) or ""
     response = _str_field(rec, c["response"], where, required=True)
-    rec_system = _str_field(rec, c["system"], where, required=False)
+    rec_system = _str_field(rec, c["system"], where, required=False) if "system" in c else None
     if not response.strip():
         raise ValueError(f"{where}: '{c['response']}' is empty; fill it or drop the record")
     if not (prompt.strip() or query.strip()):
@@ -188,7 +195,7 @@ def _alpaca(rec: Any, cols: dict[str, str], system: str | None, where: str) -> C
     sys_text = rec_system if rec_system else system
     if sys_text:
         msgs.append({"role": "system", "content": sys_text})
-    history = rec.get(c["history"]) if c["history"] in rec else None
+    history = rec.get(c["history"]) if "history" in c else None
     if history:
         if not isinstance(history, list):
             raise ValueError(f"{where}: '{c['history']}' must be a list of [question, answer] pairs; fix the record")
@@ -215,8 +222,7 @@ def _sharegpt(rec: Any, cols: dict[str, str], tags: dict[str, str], system: str 
           "system_tag": "system"} if openai else {**SHAREGPT_TAGS, **tags})
     roles = {t["user_tag"]: "user", t["assistant_tag"]: "assistant", t["system_tag"]: "system"}
     msgs: Conversation = []
-    sys_col = cols.get("system", "system")
-    rec_system = _str_field(rec, sys_col, where, required=False)
+    rec_system = _str_field(rec, cols["system"], where, required=False) if "system" in cols else None
     for k, turn in enumerate(turns):
         w = f"{where}: {key}[{k}]"
         if not isinstance(turn, dict):
@@ -241,6 +247,22 @@ def _sharegpt(rec: Any, cols: dict[str, str], tags: dict[str, str], system: str 
         raise ValueError(f"{where}: the conversation must end with an assistant turn; add the reply or drop the record")
     sys_text = rec_system if rec_system else system
     return ([{"role": "system", "content": sys_text}] if sys_text else []) + msgs
+
+
+def _warn_unmapped(spec: DatasetSpec, fmt: str, records: list[Any]) -> None:
+    """One warning per file naming the record keys ``system``/``history`` that ``spec.columns`` leaves
+    unmapped (they are ignored)."""
+    from trainer.console import console
+
+    keys = ("system", "history") if fmt == "alpaca" else ("system",)
+    unmapped = [k for k in keys if k not in spec.columns and k not in spec.columns.values()
+                and any(isinstance(r, dict) and r.get(k) for r in records)]
+    if unmapped:
+        names = " and ".join(f"'{k}'" for k in unmapped)
+        fix = ", ".join(f'"{k}": "{k}"' for k in unmapped)
+        console.print(f"[yellow]warning: {spec.path}: records have {names}, which the 'columns' of '{spec.name}' in "
+                      f"dataset_info.json do not map, so they are ignored (as LLaMA-Factory does); add {fix} to "
+                      "its columns to use them[/yellow]", soft_wrap=True)
 
 
 def read_dataset(spec: DatasetSpec, *, system: str | None = None, encoding: str = "utf-8") -> ReadResult:
@@ -275,6 +297,7 @@ def read_dataset(spec: DatasetSpec, *, system: str | None = None, encoding: str 
             problems.append(str(e))
             continue
         convs.append(conv)
+    _warn_unmapped(spec, fmt, records)
     return ReadResult(spec=spec, conversations=convs, problems=problems)
 
 

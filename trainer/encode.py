@@ -5,18 +5,25 @@ Labels (shapes: ``input_ids`` and ``labels`` are equal-length ``list[int]``):
 * prompt tokens (system, user turns, assistant headers) are ``-100`` (ignored by the loss);
 * every assistant reply's tokens **and its end-of-turn token** (``<|im_end|>`` for ChatML) carry
   their own ids, so the model learns to stop; what a template writes after the end-of-turn token
-  (ChatML's ``\\n``) is ``-100``;
+  (ChatML's ``\\n``) is ``-100``: generation stops at the end-of-turn token, so that text is never
+  generated (LLaMA-Factory's ``qwen`` template learns it; see docs/training.md);
 * labels come from the segments, never from comparing ids with ``pad_token_id``, so a tokenizer
   whose pad is its eos (SmolLM2) still learns the end-of-turn token.
 
 Each segment is tokenized on its own (``add_special_tokens=False``), as LLaMA-Factory does: the
 prompt then ends exactly where generation starts at inference time.
 
-Truncation to ``cutoff_len`` (ours; LLaMA-Factory instead cuts replies proportionally): the text
-after the last end-of-turn token goes first, then the prompt is cut from its end while keeping the
-assistant header right before the last reply; the last reply is never cut. Earlier replies that lose
-tokens are un-learned (labels ``-100``), so no kept reply loses its end-of-turn token. A sample whose
-last reply plus header plus one prompt token exceeds ``cutoff_len`` is dropped.
+Truncation to ``cutoff_len`` (ours; LLaMA-Factory instead cuts each turn's prompt and reply in
+proportion, keeping the earliest turns) works on messages and re-renders, so a truncated row is
+always what the chat template renders for the messages it keeps:
+
+1. the text after the last end-of-turn token goes first (not learned);
+2. then the oldest user/assistant turns, whole, after the system prompt;
+3. then the end of the system prompt's text, down to none;
+4. then the end of the last user turn's text, down to one character.
+
+Cut turns keep their end-of-turn tokens and the assistant header. The last reply is never cut; a
+sample that cannot fit with it is dropped.
 """
 
 from __future__ import annotations
@@ -46,69 +53,93 @@ class Encoded:
     def lengths(self) -> list[int]:
         return [len(x) for x in self.input_ids]
 
-    @property
-    def label_tokens(self) -> int:
-        return sum(sum(1 for t in lab if t != IGNORE_INDEX) for lab in self.labels)
 
-
-def encode_conversation(template: ChatTemplate, messages: list[dict[str, str]]) -> tuple[list[int], list[int], list[tuple[int, int]], int]:
-    """Tokenize one conversation.
+def encode_conversation(template: ChatTemplate, messages: list[dict[str, str]]) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """Tokenize one conversation, untruncated.
 
     Returns:
-        ``(input_ids, labels, reply_spans, header_len)``: ``reply_spans`` are ``[start, end)`` token
-        ranges of each learned reply (end-of-turn token included); ``header_len`` is the number of
-        tokens of the assistant header just before the last reply.
+        ``(input_ids, labels, reply_spans)``: ``reply_spans`` are ``[start, end)`` token ranges of
+        each learned reply (end-of-turn token included).
     """
     tok = template.tokenizer
     header = template.generation_header()
     ids: list[int] = []
     labels: list[int] = []
     spans: list[tuple[int, int]] = []
-    header_len = 0
     start = 0
     for kind, text in template.segments(messages):
-        if kind == "prompt" and header and text.endswith(header):
+        if kind == "prompt" and header and text.endswith(header):  # the header alone, as at inference
             body = tok.encode(text[: len(text) - len(header)], add_special_tokens=False) if len(text) > len(header) else []
-            head = tok.encode(header, add_special_tokens=False)
-            piece = body + head
-            header_len = len(head)
+            piece = body + tok.encode(header, add_special_tokens=False)
         else:
             piece = tok.encode(text, add_special_tokens=False) if text else []
-            if kind == "prompt":
-                header_len = 0
         if kind == "reply":
             start = len(ids)
         ids += piece
         labels += piece if kind in ("reply", "eot") else [IGNORE_INDEX] * len(piece)
         if kind == "eot":
             spans.append((start, len(ids)))
-    return ids, labels, spans, header_len
+    return ids, labels, spans
 
 
-def truncate(ids: list[int], labels: list[int], spans: list[tuple[int, int]], header_len: int,
-             cutoff_len: int) -> tuple[list[int], list[int], str]:
-    """Fit one sample into ``cutoff_len`` tokens (see the module docstring).
+def _fitted(template: ChatTemplate, messages: list[dict[str, str]], cutoff_len: int) -> tuple[list[int], list[int]] | None:
+    """``messages`` encoded without the text after the last end-of-turn token when needed, or
+    ``None`` when even that exceeds ``cutoff_len``."""
+    ids, labels, spans = encode_conversation(template, messages)
+    if len(ids) <= cutoff_len:
+        return ids, labels
+    end = spans[-1][1]
+    return (ids[:end], labels[:end]) if end <= cutoff_len else None
+
+
+def _cut_text(template: ChatTemplate, messages: list[dict[str, str]], at: int, shortest: int,
+              cutoff_len: int) -> tuple[list[int], list[int]] | None:
+    """Keep the longest prefix (``shortest`` characters or more) of ``messages[at]``'s text that fits
+    (binary search over characters, re-rendering each try), or ``None``."""
+    text = messages[at]["content"]
+    best = None
+    lo, hi = shortest, len(text) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        got = _fitted(template, _with_text(messages, at, text[:mid]), cutoff_len)
+        if got is None:
+            hi = mid - 1
+        else:
+            best, lo = got, mid + 1
+    return best
+
+
+def _with_text(messages: list[dict[str, str]], at: int, text: str) -> list[dict[str, str]]:
+    return [*messages[:at], {**messages[at], "content": text}, *messages[at + 1:]]
+
+
+def fit(template: ChatTemplate, messages: list[dict[str, str]], cutoff_len: int) -> tuple[list[int], list[int], str]:
+    """Encode one conversation (ending with an assistant turn) into at most ``cutoff_len`` tokens,
+    truncating as the module docstring says.
 
     Returns:
-        ``(ids, labels, status)`` with status ``"ok"``, ``"truncated"`` or ``"dropped"`` (then the
-        lists are empty).
+        ``(input_ids, labels, status)``: status ``"ok"`` (at most the unlearned text after the last
+        end-of-turn token was cut), ``"truncated"`` or ``"dropped"`` (then the lists are empty).
     """
-    if len(ids) <= cutoff_len:
-        return ids, labels, "ok"
-    last_start, last_end = spans[-1]
-    ids, labels = ids[:last_end], labels[:last_end]
-    if last_end <= cutoff_len:  # only the unlearned trailer was cut
-        return ids, labels, "ok"
-    reply = last_end - last_start
-    if reply + header_len + 1 > cutoff_len:
+    got = _fitted(template, messages, cutoff_len)
+    if got is not None:
+        return *got, "ok"
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    turns = [i for i in range(first, len(messages)) if messages[i]["role"] == "user"]
+    if not turns:
         return [], [], "dropped"
-    keep_head = cutoff_len - reply - header_len  # prompt tokens kept from the start (system, first turns)
-    head_ids, head_labels = ids[:keep_head], list(labels[:keep_head])
-    for s, e in spans[:-1]:  # an earlier reply cut short is no longer learned
-        if s < keep_head < e:
-            head_labels[s:keep_head] = [IGNORE_INDEX] * (keep_head - s)
-    cut_from = last_start - header_len
-    return head_ids + ids[cut_from:], head_labels + labels[cut_from:], "truncated"
+    for start in turns[1:]:  # drop the oldest turns, whole, after the system prompt
+        got = _fitted(template, messages[:first] + messages[start:], cutoff_len)
+        if got is not None:
+            return *got, "truncated"
+    last = messages[:first] + messages[turns[-1]:]
+    if first:
+        got = _cut_text(template, last, 0, 0, cutoff_len)
+        if got is not None:
+            return *got, "truncated"
+        last = _with_text(last, 0, "")
+    got = _cut_text(template, last, first, 1, cutoff_len)
+    return ([], [], "dropped") if got is None else (*got, "truncated")
 
 
 def encode_dataset(template: ChatTemplate, conversations: list[list[dict[str, str]]], cutoff_len: int,
@@ -123,8 +154,7 @@ def encode_dataset(template: ChatTemplate, conversations: list[list[dict[str, st
     """
     out = Encoded()
     for i, conv in enumerate(conversations):
-        ids, labels, spans, header_len = encode_conversation(template, conv)
-        ids, labels, status = truncate(ids, labels, spans, header_len, cutoff_len)
+        ids, labels, status = fit(template, conv, cutoff_len)
         if status == "dropped":
             out.dropped.append(i)
             continue

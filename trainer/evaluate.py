@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from trainer import config, eval_metrics, io
+from trainer import config, eval_metrics, io, persona
 from trainer.config import arg
 from trainer.console import console, progress, summary_table
 from trainer.errors import UserError
+from trainer.run_record import RunRecord
 from trainer.templates import ChatTemplate
 
 #: Goals of the real-input report (issue 7).
@@ -91,18 +90,18 @@ def run(cfg: EvalConfig) -> EvalResult:
         raise UserError("eval: missing --dataset; give the validation file (e.g. data/steam_val.json)")
     if bool(cfg.adapter_name_or_path) == bool(cfg.gguf):
         raise UserError("eval: give exactly one of --adapter_name_or_path RUN_DIR or --gguf FILE to compare with the base")
-    run_cfg = _run_config(cfg)
-    system = cfg.system if cfg.system is not None else run_cfg.get("system") or _default_system()
-    cutoff_len = cfg.cutoff_len or int(run_cfg.get("cutoff_len") or 2048)
-    template = cfg.template or run_cfg.get("template") or "auto"
+    run, gguf_persona = _run_record(cfg)
+    system = persona.resolve(cfg.system, run, gguf_persona)
+    cutoff_len = cfg.cutoff_len or run.cutoff_len or 2048
+    template = cfg.template or run.template or "auto"
     out = Path(cfg.output_dir) if cfg.output_dir else (
         Path(cfg.adapter_name_or_path) / "eval" if cfg.adapter_name_or_path else Path("eval") / Path(cfg.gguf).stem)
 
     val = _load(cfg.dataset, cfg.dataset_dir, system)
     if not val:
         raise UserError(f"{cfg.dataset}: no records to evaluate; check the file")
-    train_ref = cfg.train_dataset or run_cfg.get("dataset")
-    train_texts = [c[-1]["content"] for c in _load(train_ref, run_cfg.get("dataset_dir") or cfg.dataset_dir, "")] \
+    train_ref = cfg.train_dataset or run.dataset
+    train_texts = [c[-1]["content"] for c in _load(train_ref, run.dataset_dir or cfg.dataset_dir, "")] \
         if train_ref else []
     if not train_texts:
         console.print("[yellow]eval: no --train_dataset (and none in run_config.yaml): copy rate not measured")
@@ -111,7 +110,7 @@ def run(cfg: EvalConfig) -> EvalResult:
     gen_convs = val[:cfg.num_samples]
 
     results: dict[str, dict[str, Any]] = {}
-    base = cfg.model_name_or_path or run_cfg.get("model_name_or_path") or "smollm2"
+    base = cfg.model_name_or_path or run.model_name_or_path or "smollm2"
     for which, model, tokenizer, ctx in _models(cfg, base):
         chat = ChatTemplate(template, tokenizer)
         with ctx():
@@ -132,41 +131,27 @@ def run(cfg: EvalConfig) -> EvalResult:
     return EvalResult(report, out)
 
 
-def _default_system() -> str:
-    from trainer.persona import DEFAULT_SYSTEM
-
-    return DEFAULT_SYSTEM
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    return data if isinstance(data, dict) else {}
-
-
-def _run_config(cfg: EvalConfig) -> dict[str, Any]:
-    """The settings the tuned model was trained with: the run's ``run_config.yaml`` (adapter mode),
-    or, for a GGUF inside an export dir, the run named by ``export_report.json`` with the persona
-    the export embedded; ``{}`` when none is found.
+def _run_record(cfg: EvalConfig) -> tuple[RunRecord, str | None]:
+    """The run the tuned model was trained with and the persona its export embedded: the run dir's
+    record (adapter mode), or, for a GGUF inside an export dir, the run named by
+    ``export_report.json`` and that report's ``persona``. Empty record / ``None`` when not found.
 
     Raises:
-        UserError: a missing adapter dir or GGUF file.
+        UserError: a missing adapter dir or GGUF file, or an unreadable ``run_config.yaml``.
     """
     if cfg.adapter_name_or_path:
         run_dir = Path(cfg.adapter_name_or_path)
         if not (run_dir / "adapter_config.json").is_file():
             raise UserError(f"{run_dir}: not a train run dir (no adapter_config.json); check --adapter_name_or_path")
-        return _read_yaml(run_dir / "run_config.yaml") or _read_yaml(run_dir.parent / "run_config.yaml")
+        return RunRecord.load(run_dir), None
     g = Path(cfg.gguf)
     if not g.is_file():
         raise UserError(f"{g}: GGUF file not found; check --gguf")
     report_path = g.parent / "export_report.json"
     if not report_path.is_file():
-        return {}
+        return RunRecord(), None
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    run_cfg = _read_yaml(Path(report["adapter"]) / "run_config.yaml") if report.get("adapter") else {}
-    if report.get("persona") is not None:
-        run_cfg["system"] = report["persona"]
-    return run_cfg
+    return RunRecord.load(report.get("adapter") or None), report.get("persona")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -245,7 +230,7 @@ def prompt_ids(chat: Any, conv: list[dict[str, str]]) -> list[int]:
     trained reply starts."""
     from trainer.encode import encode_conversation
 
-    ids, _, spans, _ = encode_conversation(chat, conv)
+    ids, _, spans = encode_conversation(chat, conv)
     return ids[:spans[-1][0]]
 
 

@@ -226,27 +226,22 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
         (chat template and eos = end-of-turn token as trained), else the base's.
 
     Raises:
-        UserError: no base given and no run_config.yaml, or a missing adapter.
+        UserError: no base given and no run_config.yaml, a missing adapter, or an unreadable
+            run_config.yaml.
     """
-    import yaml
+    from trainer.run_record import RunRecord
 
     device = device or default_device()
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    run_cfg: dict[str, Any] = {}
-    if adapter:
-        ad = Path(adapter)
-        if not (ad / "adapter_config.json").is_file():
-            raise UserError(f"{ad}: no adapter_config.json; pass a training output dir or one of its checkpoint-N folders")
-        for cand in (ad / "run_config.yaml", ad.parent / "run_config.yaml"):
-            if cand.is_file():
-                run_cfg = yaml.safe_load(cand.read_text(encoding="utf-8")) or {}
-                break
-    base = base or run_cfg.get("model_name_or_path")
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(f"{adapter}: no adapter_config.json; pass a training output dir or one of its checkpoint-N folders")
+    run = RunRecord.load(adapter)
+    base = base or run.model_name_or_path
     if not base:
         raise UserError("no base model: pass --model_name_or_path (the adapter has no run_config.yaml)")
     model = load_base(base, quantization_bit=quantization_bit, dtype=dtype, device=device,
-                      trust_remote_code=bool(run_cfg.get("trust_remote_code", False)))
+                      trust_remote_code=run.trust_remote_code)
     tok_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else None
     if tok_dir is None and adapter and (Path(adapter).parent / "tokenizer_config.json").is_file():
         tok_dir = str(Path(adapter).parent)

@@ -17,6 +17,10 @@ record becomes one user turn ``instruction + "\\n" + input`` (LLaMA-Factory's al
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: this module stays standard-library only at run time
+    from trainer.run_record import RunRecord
 
 #: Persona system prompt used in training, in the exported chat template and by the server.
 DEFAULT_SYSTEM = (
@@ -111,9 +115,28 @@ def _parse_verdict(verdict: bool | str | None) -> bool | None:
     raise ValueError(f"verdict must be recommend, not recommend or auto, not {verdict!r}")
 
 
+def resolve(explicit: str | None, run: RunRecord | None = None, gguf: str | None = None,
+            default: str | None = DEFAULT_SYSTEM) -> str | None:
+    """The system prompt a stage uses for a tuned model; the first of these that is known wins:
+
+    1. ``explicit``: the stage's ``--system`` (``""`` = no system prompt);
+    2. ``gguf``: the persona an exported model carries (``export_report.json``'s ``persona``);
+    3. ``run.system``: what the run trained with (its ``run_config.yaml``; ``""`` = it used none);
+    4. ``default``: :data:`DEFAULT_SYSTEM`, or ``None`` for a stage that then leaves the model's
+       chat template to its own default system prompt.
+
+    "Known" means not ``None``. Returns the text (``""`` for none) or ``default``.
+    """
+    for choice in (explicit, gguf, run.system if run is not None else None):
+        if choice is not None:
+            return choice
+    return default
+
+
 def user_message(instruction: str, input_text: str = "") -> str:
-    """Join an alpaca ``instruction`` and ``input`` into one user turn, as LLaMA-Factory does."""
-    return f"{instruction}\n{input_text}" if input_text else instruction
+    """Join an alpaca ``instruction`` and ``input`` into one user turn, as LLaMA-Factory's alpaca
+    converter does: the non-empty ones joined by ``"\\n"`` (an empty instruction gives ``input``)."""
+    return "\n".join(part for part in (instruction, input_text) if part)
 
 
 def review_messages(system: str | None = DEFAULT_SYSTEM, **prompt: object) -> list[dict[str, str]]:

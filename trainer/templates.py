@@ -226,10 +226,3 @@ class ChatTemplate:
         msgs = [{"role": "user", "content": "Hi"}]
         with_gen, without = self._render(msgs, True), self._render(msgs, False)
         return with_gen[len(without):] if with_gen.startswith(without) else ""
-
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """The full prompt text as ``apply_chat_template`` with this template would give it."""
-        if self.named is None:
-            return self._render(messages, add_generation_prompt)
-        text = "".join(t for _, t in self.named.segments(messages, self.tokenizer.eos_token or ""))
-        return text + (self.generation_header() if add_generation_prompt else "")

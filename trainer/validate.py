@@ -47,7 +47,7 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
         UserError: a file-level problem, or (after printing the report) any unusable record.
     """
     from trainer import data
-    from trainer.encode import encode_conversation, truncate
+    from trainer.encode import encode_conversation, fit
     from trainer.model import load_tokenizer
     from trainer.templates import ChatTemplate
 
@@ -59,10 +59,10 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
     usable = res.usable
     lengths, learned, status = [], [], []
     for conv in usable:
-        ids, labels, spans, header_len = encode_conversation(template, conv)
+        ids, labels, _ = encode_conversation(template, conv)
         lengths.append(len(ids))
         learned.append(sum(1 for t in labels if t != -100))
-        status.append(truncate(ids, labels, spans, header_len, cfg.cutoff_len)[2])
+        status.append(fit(template, conv, cfg.cutoff_len)[2])
     report: dict[str, Any] = {"records": len(res.conversations), "usable": len(usable), "problems": res.problems,
                               "truncated": status.count("truncated"), "dropped": status.count("dropped")}
     if lengths:
