@@ -7,13 +7,40 @@ import live in ``tests/helpers.py``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STEAM_PERSONA_SHARED", REPO.parent / "shared")).resolve()
+NETGUARD = Path(__file__).with_name("netguard")
+NETLOG = Path(tempfile.mkdtemp(prefix="steam-persona-netlog-")) / "refused.log"
+
+
+def _install_netguard() -> None:
+    """Loopback only, here and in every Python process the tests start (see netguard/sitecustomize.py)."""
+    NETLOG.touch()
+    os.environ["STEAM_PERSONA_NETLOG"] = str(NETLOG)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))
+    spec = importlib.util.spec_from_file_location("steam_persona_netguard", NETGUARD / "sitecustomize.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+_install_netguard()
+
+
+@pytest.fixture(autouse=True)
+def no_network():
+    """Fail the test if it, or a process it started, tried to reach a host other than loopback."""
+    start = NETLOG.stat().st_size
+    yield
+    with NETLOG.open(encoding="utf-8") as f:
+        f.seek(start)
+        refused = f.read()
+    assert not refused, f"network access refused during the test:\n{refused}"
 
 
 @pytest.fixture(scope="session")

@@ -539,6 +539,12 @@ def compile_decoder_layers(lm, *, backend: str = "inductor") -> str:
     torch._dynamo.config.suppress_errors = True
     # one graph serves all layers (same code, parameters are inputs); eval/padded shapes add a few more
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # transformers >= 5.25 wraps attention modules in `kernels`' use_kernelized_func, whose forward sets and
+    # resets a module-level routing variable; inside the checkpoint region dynamo refuses to replay that
+    # mutation in the recompute and breaks the graph. The variable only routes Python calls while tracing
+    # (set and reset within one attention call), so the recompute needs no replay of it.
+    if hasattr(torch._dynamo.config, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
+        torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     # full recompute, as checkpointing outside compile does: left to itself the partitioner keeps matmul
     # outputs (measured on the H200: fixed 1024 x 4 at 17.6 GiB instead of 7.6)
     inside = [checkpoint_inside(layer, context_fn=recompute_everything) for layer in layers]
