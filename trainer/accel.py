@@ -27,8 +27,11 @@ What `accelerate(model)` does to an already-built (peft-wrapped or plain) causal
   dynamo also cannot trace its autograd functions, so it excludes compilation.
 - **Activation offload** for long contexts (default on from `offload_min_tokens` tokens a batch): the
   checkpointed layer inputs (layers x tokens x hidden bf16, 6.6 GB at 32k for a 7B) go to pinned host memory
-  while the forward runs (`offload_activations`: ``torch.autograd.graph.save_on_cpu`` without the
-  parameters), and come back in the backward.
+  while the forward runs and come back in the backward, the copies overlapped with compute
+  (`OverlappedOffload`; ``save_on_cpu``'s blocking copies with ``offload_overlap=False``).
+- **Chunked MLPs** for rows over `MLP_CHUNK_MIN_TOKENS` (`chunk_mlp`): such a row runs the layers eagerly
+  with each MLP in checkpointed pieces along the sequence, so a layer's backward holds one piece's
+  (tokens x intermediate) activations instead of the row's.
 - **Varlen attention for packed rows** (default on where torch has it): a packed row (one row, position
   ids restarting per sample, no attention mask) goes through ``torch.nn.attention.varlen.varlen_attn``
   (FlashAttention with ``cu_seqlens``): each sample attends only to itself, and the kernel skips the
