@@ -338,6 +338,8 @@ def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch)
     import io as _io
 
     from trainer import console as console_mod
+    from trainer import train as train_mod
+    from trainer.throughput import Throughput
 
     buf = _io.StringIO()
     monkeypatch.setattr(console_mod.console, "_file", buf)
@@ -347,12 +349,19 @@ def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch)
             raise KeyboardInterrupt
 
     out = tmp_path / "run"
-    for save_steps, hint in [(2, f"rerun the same command to resume from {out / 'checkpoint-2'} (step 2)"),
-                             (100, "no resumable checkpoint yet (one is saved every --save_steps 100 steps); "
-                                   "rerun with --overwrite_output_dir to start over")]:
-        with pytest.raises(KeyboardInterrupt):
-            run(_cfg(tiny_llama_dir, eight, out, save_steps=save_steps, overwrite_output_dir=True), callbacks=(ctrl_c,))
-        assert f"interrupted after step 3 of 4: {hint}" in " ".join(buf.getvalue().split())
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tiny_llama_dir, eight, out, save_steps=2), callbacks=(ctrl_c,))
+    said = " ".join(buf.getvalue().split())
+    assert f"interrupted after step 3 of 4: rerun the same command to resume from {out / 'checkpoint-2'} (step 2)" in said
+    # before the first checkpoint: how to start over instead
+    speed = Throughput(total=4)
+    speed.done = 1
+    with pytest.raises(KeyboardInterrupt):
+        with train_mod._resume_hint_on_interrupt(tmp_path / "empty", _cfg("m", "d.json", tmp_path, save_steps=100),
+                                                 speed, True):
+            raise KeyboardInterrupt
+    assert ("interrupted after step 1 of 4: no resumable checkpoint yet (one is saved every --save_steps 100 steps); "
+            "rerun with --overwrite_output_dir to start over") in " ".join(buf.getvalue().split())
 
 
 def test_throughput_keeps_compile_steps_out_of_speed_and_eta():
