@@ -643,14 +643,15 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
                 shown = {"tps": "-" if tps is None else f"{tps:.0f}", "eta": row["remaining_time"] or "-"}
                 prog.update(task, completed=done, loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", **shown,
                             description=COMPILING if speed.warming_up and compiling else "train")
-                logged = done % cfg.logging_steps == 0 or done == total or done == start + 1
+                logged = done % cfg.logging_steps == 0 or done == total or done == 1
+                if logged or done == start + 1:  # without a terminal, a resumed run's first step shows at once too
+                    plain_progress("train step", done, total, {
+                        "loss": f"{row['loss']:.4f}", "lr": f"{lr:.2e}", "tokens/s": shown["tps"],
+                        "elapsed": row["elapsed_time"], "ETA": shown["eta"]})
                 if logged:
                     log.write(**row)
                     rows.append(row)
                     last_logged, last_window, pending = row["loss"], len(pending), []
-                    plain_progress("train step", done, total, {
-                        "loss": f"{row['loss']:.4f}", "lr": f"{lr:.2e}", "tokens/s": shown["tps"],
-                        "elapsed": row["elapsed_time"], "ETA": shown["eta"]})
                 if do_eval and (done % eval_every == 0 or done == total):
                     last_eval = evaluate()
                     erow = {"current_steps": done, "total_steps": total, "eval_loss": round(last_eval, 4),
