@@ -9,6 +9,9 @@ card. Model: random-weight Qwen2.5-7B built from the config in `<assets>/qwen2.5
 Data: (a) the real `steam_sft_sample.json`, (b) fixed 1024-token samples, (c) the longest context that
 fits at batch 1 (ascending sweep, stops at the first OOM).
 
+Environment: BENCH_CONFIGS (comma list) runs only those data configurations of each stack; BENCH_LONG
+(comma list of lengths) replaces the long-context sweep's lengths (ascending, stops at the first OOM).
+
 Stacks (each in its own process, so peaks, kernel patches and allocator state don't leak):
 - baseline: HF Trainer, peft LoRA r8/alpha16 on all linear layers but lm_head, bnb nf4 + double quant,
   bf16 autocast, peft's prepare_model_for_kbit_training (fp32 upcast of the non-quantized weights,
@@ -55,6 +58,9 @@ STACKS = {
     "ours-no-fused-loss": "fixed",                # trainer.packing's labelled-only logits instead of FLCE
     "ours-chunked-ce": "fixed,long32k",           # the torch fallback of the fused loss (no Triton)
     "ours-no-offload": "long",                    # long contexts without activation offload
+    "ours-offload-overlap": "loss,fixed,long",    # offload at every length, copies overlapped (OverlappedOffload)
+    "ours-lowmem": "loss,fixed,long",             # that, plus eager layers with chunked MLPs for rows > 16k
+    "ours-main-1205": "loss,fixed,long",          # the defaults before chunked MLPs and overlapped offload
     "ours-profile": "profile",                    # torch.profiler over 2 steps of fixed 1024 x 4: where time goes
     "ours-no-shared-dequant": "fixed",            # bitsandbytes' own 4-bit matmul (3 dequantizations a weight a step)
     "ours-ckpt-outside": "fixed",                 # checkpoint around the compiled layer (transformers 5.17's
@@ -155,7 +161,13 @@ def build_ours(model_dir: Path, variant: str):
     kw = {"liger_kernels": variant == "ours-liger", "varlen": variant != "ours-sdpa",
           "compile_layers": variant not in ("ours-liger", "ours-no-compile"),
           "fused_loss": None if variant == "ours-no-fused-loss" else "chunked" if variant == "ours-chunked-ce" else "auto",
-          "offload_min_tokens": None if variant == "ours-no-offload" else accel.OFFLOAD_MIN_TOKENS}
+          "offload_min_tokens": None if variant == "ours-no-offload" else 1 if variant == "ours-offload-overlap"
+          else accel.OFFLOAD_MIN_TOKENS, "offload_overlap": variant != "ours-main-1205",
+          "mlp_chunk_min_tokens": None if variant == "ours-main-1205" else accel.MLP_CHUNK_MIN_TOKENS}
+    if variant in ("ours-lowmem", "ours-offload-overlap"):
+        kw["offload_min_tokens"] = 1
+    if variant == "ours-lowmem":
+        kw["mlp_chunk_min_tokens"] = 16384
     if variant == "ours-ckpt-outside":
         kw["compile_layers"] = False
     report = accel.accelerate(model, **kw)
@@ -403,6 +415,7 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     real = encode_real(tok, assets_dir()["data"])
     pad = tok.pad_token_id
     t0 = time.perf_counter()
+    torch.manual_seed(0)  # the same LoRA initialisation in every stack: their trained losses compare
     model, report = build_baseline(model_dir) if stack == "baseline" else build_ours(model_dir, stack)
     res: dict = {"stack": stack, "levers": report,
                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "load_s": time.perf_counter() - t0, "configs": {},
@@ -443,11 +456,6 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     if "fixed" in kinds:
         record("fixed", (lambda: run_steps(model, fixed, PadCollator(pad), 4, steps, warmup, tmp)) if base
                else ours(fixed, 4))
-    if stack == "ours":
-        from torch._dynamo.utils import counters
-
-        res["graph_breaks"] = {k[:120]: v for k, v in counters["graph_break"].items()}
-        print(f"[{stack}] graph breaks: {res['graph_breaks']}", flush=True)
     if "profile" in kinds:
         res["profile"] = profile_steps(model, fixed, pad, out.with_name("profile_trace.json.gz"))
         out.write_text(json.dumps(res, indent=1))
@@ -457,6 +465,8 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
         lengths = ([128, 256] if tiny else [4096, 8192] if base else
                    [32768] if "long32k" in kinds else
                    [32768, 49152] if stack == "ours-no-offload" else [16384, 32768, 49152])
+        if os.environ.get("BENCH_LONG") and not tiny:  # e.g. the long-context sweep 32768,49152,65536,98304,131072
+            lengths = [int(x) for x in os.environ["BENCH_LONG"].split(",")]
         best = None
         for L in lengths:
             data = fixed_samples(2, L, vocab, seed=L)
@@ -466,6 +476,12 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
                 break
             best = L
         res["longest_context"] = best
+        out.write_text(json.dumps(res, indent=1))
+    if stack.startswith("ours"):
+        from torch._dynamo.utils import counters
+
+        res["graph_breaks"] = {k[:120]: v for k, v in counters["graph_break"].items()}
+        print(f"[{stack}] graph breaks: {res['graph_breaks']}", flush=True)
         out.write_text(json.dumps(res, indent=1))
 
 

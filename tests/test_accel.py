@@ -274,3 +274,66 @@ def test_compiled_layers_checkpoint_inside_and_share_dequantization(tiny_qwen2_d
         x = torch.randn(1, 3, 64, dtype=torch.bfloat16)
         assert torch.equal(linears[0](x), Linear4bit.forward(linears[0], x))
     torch._dynamo.reset()
+
+
+def test_overlapped_offload_round_trip_keeps_loss_and_gradients(tiny_qwen2_dir):
+    """OverlappedOffload's hooks (CPU path: plain copies, the same bookkeeping as on CUDA) around a checkpointed
+    LoRA model: each per-token activation is offloaded once and comes back in reverse order, one ahead, and
+    the loss and gradients equal those without offload, bit for bit."""
+    model = _lora_model(tiny_qwen2_dir)
+    batch = collate(_feats(), True, pad_token_id=0)
+    n_tokens = batch["input_ids"].numel()
+    plain = _loss_and_grads(model, batch)
+    off = accel.OverlappedOffload(n_tokens, min_features=64)
+    fetched = []
+    fetch = off.fetch
+    off.fetch = lambda rec: (fetched.append(rec.index) if rec.fetched is None else None, fetch(rec))[1]
+    with off.hooks():
+        got = _loss_and_grads(model, batch)
+    layers = model.config.num_hidden_layers
+    # the layers' inputs, and the final norm's input and its fp32 copy (eager, outside any checkpoint)
+    assert len(off.saved) == layers + 2 and all(r.host.shape == (1, n_tokens, 64) for r in off.saved)
+    assert fetched == list(range(len(off.saved) - 1, -1, -1))  # last saved first, each next one fetched ahead
+    assert all(r.fetched is None for r in off.saved)  # nothing left on the device after the backward
+    assert got[0] == plain[0] and got[1] == plain[1]
+    for k in plain[2]:
+        assert torch.equal(got[2][k], plain[2][k]), k
+    # what stays: parameters, tensors without n_tokens positions up front, and narrow ones (rotary tables)
+    assert not off.wanted(torch.nn.Parameter(torch.ones(n_tokens, 64)))
+    assert not off.wanted(torch.ones(n_tokens + 1, 64)) and not off.wanted(torch.ones(1, n_tokens, 8))
+    assert off.wanted(torch.ones(n_tokens, 64)) and not off.wanted(torch.ones(n_tokens, 64, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_chunked_mlp_keeps_loss_and_gradients(tiny_qwen2_dir, compiled):
+    """chunk_mlp: a row longer than the threshold runs each MLP in checkpointed pieces, in an eager model and
+    in one with compiled layers (aot_eager on CPU), which such a row sets aside (nothing traced): the loss and
+    LoRA gradients equal the unchunked model's."""
+    from torch._dynamo.utils import counters
+
+    model = _lora_model(tiny_qwen2_dir)
+    accel.accelerate(model, fused_loss="chunked", varlen=False)
+    batch = collate(_feats(), True, pad_token_id=0)  # 24 tokens
+    want = _loss_and_grads(model, batch)
+    layers = model.get_base_model().model.layers
+    assert accel.chunk_mlp(layers, min_tokens=16, chunks=3) == 2
+    calls = []
+    forward = type(layers[0].mlp).forward
+    type(layers[0].mlp).forward = lambda self, x: (calls.append(x.shape[-2]), forward(self, x))[1]
+    try:
+        if compiled:  # rows over the threshold set the compiled layers aside and run chunked
+            torch._dynamo.reset()
+            counters.clear()
+            accel.compile_decoder_layers(model.get_base_model(), backend="aot_eager")
+            model.get_base_model()._steam_eager_from_tokens = 16
+        got = _loss_and_grads(model, batch)
+    finally:
+        type(layers[0].mlp).forward = forward
+    # both layers, forward and recompute: always in pieces of 24 / 3 tokens
+    assert set(calls) == {8} and len(calls) >= 2 * 2 * 3
+    if compiled:
+        assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 0
+    assert got[0] == pytest.approx(want[0], rel=1e-6) and got[1] == want[1]
+    for k in want[2]:
+        assert torch.allclose(got[2][k], want[2][k], rtol=1e-5, atol=1e-7), k
+    torch._dynamo.reset()

@@ -186,7 +186,7 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
     state = json.loads((out / "demo_state.json").read_text(encoding="utf-8"))
     assert state["train"]["status"] == "done" and state["train"]["result"]["steps"] == 12
     rows = [json.loads(x) for x in (out / "run" / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["current_steps"] for r in rows if "loss" in r] == [5, 10, 12]
+    assert [r["current_steps"] for r in rows if "loss" in r] == [1, 5, 10, 12]
     # a settings change does not continue the other settings' checkpoint: the run starts over
     stop_at = 2
     assert demo_run(learning_rate=1e-4) is KeyboardInterrupt and seen[3] == [1, 2]

@@ -225,12 +225,14 @@ def test_plain_progress_lines_when_not_a_terminal(tiny_llama_dir, eight, tmp_pat
     lines = [m.groups() for m in re.finditer(
         r"^train step (\d+)/(\d+)  loss (\S+)  lr (\S+)  tokens/s (\d+)  elapsed (\S+)  ETA (\S+)$", buf.getvalue(), re.M)]
     rows = [json.loads(x) for x in (tmp_path / "run" / "trainer_log.jsonl").read_text().splitlines()]
-    # the first step's line comes at once (speed early in a CI log); then one per logged step
+    # step 1 is logged at once (speed early in a CI log, and the log starts where the summary does);
+    # then one line and row per logged step, with the same figures
     assert [(int(s), int(t)) for s, t, *_ in lines] == [(1, 5), (2, 5), (4, 5), (5, 5)]
-    assert [(r["current_steps"], 5) for r in rows] == [(2, 5), (4, 5), (5, 5)]
-    for (_, _, loss, lr, tps, elapsed, eta), r in zip(lines[1:], rows):
-        assert (float(loss), lr, elapsed, eta) == (r["loss"], f"{r['lr']:.2e}", r["elapsed_time"], r["remaining_time"])
-        assert int(tps) == round(r["throughput"]) and eta.count(":") == 2
+    assert [(r["current_steps"], 5) for r in rows] == [(1, 5), (2, 5), (4, 5), (5, 5)]
+    for (_, _, loss, lr, tps, elapsed, eta), row in zip(lines, rows):
+        assert (float(loss), lr, elapsed, eta) == (row["loss"], f"{row['lr']:.2e}", row["elapsed_time"], row["remaining_time"])
+        assert int(tps) == round(row["throughput"]) and eta.count(":") == 2
+    assert "dataset: 8 samples, 0 truncated (prompt cut to fit --cutoff_len 256), 0 dropped" in buf.getvalue()
     # on a terminal the rich bar shows progress and no plain line is printed
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     buf.truncate(0)
@@ -307,3 +309,75 @@ def test_summary_eval_loss_row(tmp_path, monkeypatch, extra, shown):
          "train_tokens_per_second": 100.0, "train_runtime": 5.0, "output_dir": str(tmp_path), **extra}
     train_mod._summary(_cfg("m", "d.json", tmp_path), r, types.SimpleNamespace(eot_token="<|im_end|>"), "float32 on cpu")
     assert rows["eval loss"] == shown
+
+
+def test_loss_agrees_across_log_summary_and_results(tiny_llama_dir, eight, tmp_path, monkeypatch):
+    """Regression: the step line said `loss 2.2474` (mean of the logging window) where the summary said
+    `2.3327` (the last step alone), and the summary started at step 1, which the log omitted."""
+    from trainer import train as train_mod
+
+    shown = {}
+    monkeypatch.setattr(train_mod, "summary_table", lambda title, r: shown.update(r))
+    seen = []
+    r = run(_cfg(tiny_llama_dir, eight, tmp_path / "run", max_steps=7, logging_steps=3, save_steps=100,
+                 learning_rate=5e-2), callbacks=(lambda step, row: seen.append(row["loss"]),))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "trainer_log.jsonl").read_text().splitlines()]
+    assert [x["current_steps"] for x in rows] == [1, 3, 6, 7]
+    # each row is the mean of the steps since the previous row; step 1 alone starts the log
+    assert [x["loss"] for x in rows] == [round(v, 4) for v in (seen[0], sum(seen[1:3]) / 2, sum(seen[3:6]) / 3, seen[6])]
+    assert (r["loss_first"], r["loss_last"], r["loss_last_steps"]) == (rows[0]["loss"], rows[-1]["loss"], 1)
+    assert shown["loss"] == f"{rows[0]['loss']} (step 1) → {rows[-1]['loss']} (step 7)"
+    res = json.loads((tmp_path / "run" / "all_results.json").read_text())
+    assert (res["loss_first"], res["loss_last"]) == (rows[0]["loss"], rows[-1]["loss"])
+    # on CPU nothing is compiled: no warm-up steps, every step counts for the speed
+    assert res["compile_seconds"] is None and res["steady_tokens_per_second"] > 0
+    assert train_mod._loss_shown({**r, "global_step": 100, "loss_last_steps": 10}).endswith("(mean of steps 91-100)")
+
+
+def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch):
+    import io as _io
+
+    from trainer import console as console_mod
+    from trainer import train as train_mod
+    from trainer.throughput import Throughput
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+
+    def ctrl_c(step, row):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tiny_llama_dir, eight, out, save_steps=2), callbacks=(ctrl_c,))
+    said = " ".join(buf.getvalue().split())
+    assert f"interrupted after step 3 of 4: rerun the same command to resume from {out / 'checkpoint-2'} (step 2)" in said
+    # before the first checkpoint: how to start over instead
+    speed = Throughput(total=4)
+    speed.done = 1
+    with pytest.raises(KeyboardInterrupt):
+        with train_mod._resume_hint_on_interrupt(tmp_path / "empty", _cfg("m", "d.json", tmp_path, save_steps=100),
+                                                 speed, True):
+            raise KeyboardInterrupt
+    assert ("interrupted after step 1 of 4: no resumable checkpoint yet (one is saved every --save_steps 100 steps); "
+            "rerun with --overwrite_output_dir to start over") in " ".join(buf.getvalue().split())
+
+
+def test_throughput_keeps_compile_steps_out_of_speed_and_eta():
+    """Regression: step 1 of a compiled GPU run printed 50 tokens/s and an ETA of 27 minutes for a 65 s run."""
+    from trainer.throughput import Throughput
+
+    t = Throughput(total=10, warmup_steps=2, window=3)
+    t.add(1000, 60.0, 61.0)  # compiling
+    assert t.warming_up and t.tokens_per_s() is None and t.eta_s() is None
+    t.add(1000, 5.0, 5.0)
+    assert t.warming_up
+    for train_s, wall_s in ((0.1, 0.2), (0.1, 0.2), (0.2, 0.3), (0.1, 0.1)):
+        t.add(1000, train_s, wall_s)
+    # window: the last 3 steady steps
+    assert t.tokens_per_s() == pytest.approx(3000 / 0.4) and t.eta_s() == pytest.approx(4 * 0.6 / 3)
+    assert t.steady_tokens_per_s() == pytest.approx(4000 / 0.5)
+    # the warm-up took 66 s; at the steady 8,000 tokens/s its 2,000 tokens need 0.25 s
+    assert t.warmup_overhead_s() == pytest.approx(66 - 0.25)
+    assert Throughput(total=3, warmup_steps=2).warmup_overhead_s() == 0.0

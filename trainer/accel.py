@@ -27,8 +27,11 @@ What `accelerate(model)` does to an already-built (peft-wrapped or plain) causal
   dynamo also cannot trace its autograd functions, so it excludes compilation.
 - **Activation offload** for long contexts (default on from `offload_min_tokens` tokens a batch): the
   checkpointed layer inputs (layers x tokens x hidden bf16, 6.6 GB at 32k for a 7B) go to pinned host memory
-  while the forward runs (`offload_activations`: ``torch.autograd.graph.save_on_cpu`` without the
-  parameters), and come back in the backward.
+  while the forward runs and come back in the backward, the copies overlapped with compute
+  (`OverlappedOffload`; ``save_on_cpu``'s blocking copies with ``offload_overlap=False``).
+- **Chunked MLPs** for rows over `MLP_CHUNK_MIN_TOKENS` (`chunk_mlp`): such a row runs the layers eagerly
+  with each MLP in checkpointed pieces along the sequence, so a layer's backward holds one piece's
+  (tokens x intermediate) activations instead of the row's.
 - **Varlen attention for packed rows** (default on where torch has it): a packed row (one row, position
   ids restarting per sample, no attention mask) goes through ``torch.nn.attention.varlen.varlen_attn``
   (FlashAttention with ``cu_seqlens``): each sample attends only to itself, and the kernel skips the
@@ -59,6 +62,11 @@ IGNORE_INDEX = -100
 #: H200 at a 24 GiB cap: below it the copies cost time and the memory is not needed; see docs/gpu.md).
 OFFLOAD_MIN_TOKENS = 16384
 
+#: Rows of more tokens than this run each decoder layer's MLP in `MLP_CHUNKS` checkpointed pieces, eagerly
+#: (`chunk_mlp`): at 49,152 tokens one gate/up activation of a 7B is 1.73 GiB, and the backward holds several.
+#: Up to 32k tokens the compiled layers fit a 24 GiB card and run faster (docs/gpu.md).
+MLP_CHUNK_MIN_TOKENS = 32768
+MLP_CHUNKS = 8
 
 #: Longest packed row `merge_micro_batches` builds on a GPU by default: 16,384 tokens of a 7B QLoRA step
 #: took 9.5 GiB at the 24 GiB cap (bench/results/train_speed.json), so it fits a 24 GB card with room.
@@ -235,12 +243,15 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
     n_tokens = (input_ids if input_ids is not None else inputs_embeds[..., 0]).numel()
     offload = (self._steam_offload_min_tokens is not None and n_tokens >= self._steam_offload_min_tokens
                and self.lm_head.weight.is_cuda)
-    ctx = offload_activations() if offload else nullcontext()
+    ctx = offload_activations(n_tokens, overlap=self._steam_offload_overlap) if offload else nullcontext()
+    eager_from = getattr(self, "_steam_eager_from_tokens", None)
+    stance = (torch.compiler.set_stance("force_eager") if eager_from is not None and n_tokens > eager_from
+              else nullcontext())  # long rows: eager layers with chunked MLPs (chunk_mlp)
     if attention_mask is None and position_ids is not None and "cu_seq_lens_q" not in kwargs:
         extra = varlen_kwargs(self, position_ids)
         attention_mask = extra.pop("attention_mask", None)
         kwargs.update(extra)
-    with ctx:
+    with ctx, stance:
         out = getattr(self, self.base_model_prefix)(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
@@ -249,11 +260,17 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
     return CausalLMOutputWithPast(loss=loss, logits=None)
 
 
-def offload_activations():
-    """``torch.autograd.graph.save_on_cpu(pin_memory=True)`` for activations only: a tensor autograd saves goes
-    to pinned host memory and comes back for the backward, except parameters (a compiled layer's backward
-    saves its weights too; they stay on the GPU anyway, so copying them frees nothing and costs the 4-bit
-    weights' size in transfers each way every step). Source of the hooks: torch/autograd/graph.py save_on_cpu."""
+def offload_activations(n_tokens: int | None = None, overlap: bool = False):
+    """Saved-tensor hooks that keep activations in pinned host memory between the forward and the backward.
+
+    overlap=False: ``torch.autograd.graph.save_on_cpu(pin_memory=True)`` for activations only (parameters, which
+    stay on the GPU anyway, are left alone; source of the hooks: torch/autograd/graph.py save_on_cpu). Each
+    device-to-host copy waits for the GPU, so the forward stalls at every layer.
+    overlap=True: `OverlappedOffload` for the activations laid out per token of an `n_tokens` batch: copies
+    on a side stream, overlapped with compute, and the backward fetches one saved tensor ahead."""
+    if overlap:
+        return OverlappedOffload(n_tokens).hooks()
+
     def pack(t):
         if isinstance(t, torch.nn.Parameter) or not t.is_cuda:
             return t
@@ -268,6 +285,93 @@ def offload_activations():
         return host.to(device, non_blocking=True)
 
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
+class _Saved:
+    """One offloaded tensor: its host copy, the event that ends a pending copy, and its fetched device copy."""
+
+    __slots__ = ("device", "host", "event", "fetched", "index")
+
+    def __init__(self, device, host, event, index):
+        self.device, self.host, self.event, self.fetched, self.index = device, host, event, None, index
+
+
+class OverlappedOffload:
+    """Offload the per-token activations autograd saves (a checkpointed decoder layer's input, (B, T, H)) to
+    pinned host memory, double-buffered: the forward's device-to-host copies run on a side CUDA stream while
+    the next layers compute, and when the backward takes saved tensor i back it also starts the host-to-device
+    copy of tensor i - 1 (the layer it runs next), so that copy overlaps layer i's backward. The algorithm of
+    Unsloth's "smart gradient offloading" (unsloth_zoo/gradient_checkpointing.py), written against
+    ``torch.autograd.graph.saved_tensors_hooks`` so it works around any checkpoint, compiled or not.
+
+    Offloaded: tensors with `n_tokens` token positions in their leading dimensions ((n_tokens, F) or
+    (B, T, F) with B x T = n_tokens) and at least `MIN_FEATURES` features a token. Kept on the device:
+    parameters, the quantization state, rotary tables (few features) and anything else, which offloading
+    would not free or would copy every layer. On a CPU tensor (tests) the same hooks run with plain copies.
+    The GPU keeps at most two offloaded tensors fetched at a time in the backward (the one in use and the next).
+    """
+
+    MIN_FEATURES = 256
+
+    def __init__(self, n_tokens: int | None, min_features: int = MIN_FEATURES):
+        self.n_tokens, self.min_features = n_tokens, min_features
+        self.saved: list[_Saved] = []
+        self.stream = None
+
+    def wanted(self, t: torch.Tensor) -> bool:
+        """Offload `t`? See the class docstring for the rule."""
+        if isinstance(t, torch.nn.Parameter) or not t.is_floating_point() or t.dim() < 2 or self.n_tokens is None:
+            return False
+        lead = t.shape[0] * t.shape[1] if t.dim() == 3 else t.shape[0]
+        return lead == self.n_tokens and t.numel() // max(lead, 1) >= self.min_features
+
+    def pack(self, t: torch.Tensor):
+        if not self.wanted(t):
+            return t
+        if not t.is_cuda:
+            rec = _Saved(t.device, t.detach().clone(), None, len(self.saved))
+        else:
+            if self.stream is None:
+                self.stream = torch.cuda.Stream(t.device)
+            host = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, pin_memory=True)
+            self.stream.wait_stream(torch.cuda.current_stream(t.device))
+            with torch.cuda.stream(self.stream):
+                host.copy_(t, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(self.stream)
+            t.record_stream(self.stream)  # the allocator keeps t's memory until the copy has read it
+            rec = _Saved(t.device, host, event, len(self.saved))
+        self.saved.append(rec)
+        return rec
+
+    def fetch(self, rec: _Saved) -> None:
+        """Start the host-to-device copy of `rec` (on the side stream, after its offload copy ended)."""
+        if rec.fetched is not None:
+            return
+        if rec.event is None:  # CPU
+            rec.fetched = rec.host.clone()
+            return
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_event(rec.event)
+            rec.fetched = rec.host.to(rec.device, non_blocking=True)
+            rec.event = torch.cuda.Event()
+            rec.event.record(self.stream)
+
+    def unpack(self, rec):
+        if not isinstance(rec, _Saved):
+            return rec
+        self.fetch(rec)
+        if rec.index > 0:  # the backward runs the layers in reverse: fetch the next one while this one runs
+            self.fetch(self.saved[rec.index - 1])
+        t, rec.fetched = rec.fetched, None
+        if rec.event is not None:
+            current = torch.cuda.current_stream(rec.device)
+            current.wait_event(rec.event)
+            t.record_stream(current)  # allocated on the side stream, used on this one
+        return t
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
 
 
 def _causal_lm(model):
@@ -321,11 +425,16 @@ def recompute_everything():
 
 
 def accelerate(model, *, liger_kernels: bool = False, fused_loss: str | None = "auto", varlen: bool = True,
-               offload_min_tokens: int | None = OFFLOAD_MIN_TOKENS, compile_layers: bool = True) -> dict[str, str]:
+               offload_min_tokens: int | None = OFFLOAD_MIN_TOKENS, offload_overlap: bool = True,
+               compile_layers: bool = True, mlp_chunk_min_tokens: int | None = MLP_CHUNK_MIN_TOKENS
+               ) -> dict[str, str]:
     """Apply the levers above to `model` in place (after peft wrapping is fine: Liger patches forwards only).
 
     fused_loss: "auto" (Liger on CUDA with Triton, else `chunked_linear_cross_entropy`), "liger",
     "chunked", or None (off: trainer.packing's labelled-only logits).
+    offload_min_tokens: batches of at least this many tokens offload saved activations (None: never);
+    offload_overlap: with `OverlappedOffload` instead of ``save_on_cpu``'s blocking copies.
+    mlp_chunk_min_tokens: rows longer than this run the MLPs in checkpointed pieces (`chunk_mlp`; None: off).
     liger_kernels: Liger RMSNorm/RoPE/SwiGLU (then layers are not compiled). compile_layers: compile each
     decoder layer where CUDA and Triton are present (`compile_decoder_layers`).
     Returns {lever: "on (...)" | "off: reason"} for the run log. Never raises for a missing kernel: each
@@ -348,6 +457,14 @@ def accelerate(model, *, liger_kernels: bool = False, fused_loss: str | None = "
     else:
         report["liger_kernels"] = "off: " + ("disabled" if not liger_kernels else why_not)
 
+    layers = getattr(getattr(lm, getattr(lm, "base_model_prefix", ""), None), "layers", None)
+    if mlp_chunk_min_tokens is None or layers is None:
+        report["mlp_chunks"] = "off: " + ("disabled" if mlp_chunk_min_tokens is None else "no decoder layers found")
+    else:
+        chunk_mlp(layers, mlp_chunk_min_tokens)
+        lm._steam_eager_from_tokens = mlp_chunk_min_tokens
+        report["mlp_chunks"] = (f"on ({MLP_CHUNKS} checkpointed pieces, eager layers, for rows over "
+                                f"{mlp_chunk_min_tokens} tokens)")
     if not compile_layers or report["liger_kernels"].startswith("on"):
         report["compile"] = "off: " + ("disabled" if not compile_layers else "Liger kernels are on (dynamo can't trace them)")
     elif device.type != "cuda" or why_not == "Triton not installed":
@@ -368,13 +485,15 @@ def accelerate(model, *, liger_kernels: bool = False, fused_loss: str | None = "
     else:
         lm._steam_loss_impl = impl
         lm._steam_offload_min_tokens = offload_min_tokens
+        lm._steam_offload_overlap = offload_overlap
         if "_steam_plain_forward" not in lm.__dict__:
             lm._steam_plain_forward = lm.forward
             lm.forward = types.MethodType(_fused_forward, lm)
         report["fused_loss"] = ("on (Liger fused linear cross-entropy)" if impl == "liger"
                                 else f"on (chunked torch cross-entropy; Liger: {why_not or 'not chosen'})")
         report["activation_offload"] = ("off: disabled" if offload_min_tokens is None else "off: no CUDA device"
-                                        if device.type != "cuda" else f"on from {offload_min_tokens} tokens a batch")
+                                        if device.type != "cuda" else f"on from {offload_min_tokens} tokens a batch"
+                                        + (", overlapped copies" if offload_overlap else ""))
     if not varlen:
         report["attention"] = "sdpa (varlen disabled)"
     else:
@@ -462,6 +581,37 @@ def checkpoint_inside(layer, context_fn=None) -> bool:
     layer.gradient_checkpointing = False
     layer.forward = types.MethodType(_checkpointed_forward, layer)
     return True
+
+
+def chunk_mlp(layers, min_tokens: int = MLP_CHUNK_MIN_TOKENS, chunks: int = MLP_CHUNKS) -> int:
+    """Give each decoder layer's ``mlp`` `_chunked_mlp_forward`: in eager training, a row of more than
+    `min_tokens` tokens goes through the MLP in `chunks` pieces along the sequence, each under its own
+    non-reentrant activation checkpoint, so the backward holds one piece's intermediates (tokens / chunks x
+    intermediate size, several of them) instead of the whole row's. Exact: the MLP is per token. Never inside
+    torch.compile (dynamo fails on the nested checkpoint around peft's layers in torch 2.11, and a failed
+    frame would then run eagerly for every row): `_fused_forward` runs rows this long with the compiled
+    layers set aside (``torch.compiler.set_stance("force_eager")``). Returns the number of MLPs changed."""
+    n = 0
+    for layer in layers:
+        mlp = getattr(layer, "mlp", None)
+        if mlp is not None:
+            mlp._steam_chunk = (min_tokens, chunks)
+            mlp.forward = types.MethodType(_chunked_mlp_forward, mlp)
+            n += 1
+    return n
+
+
+def _chunked_mlp_forward(self, x):
+    """Instance ``forward`` of a decoder layer's MLP set by `chunk_mlp`; x (B, T, H) -> (B, T, H)."""
+    forward = type(self).forward
+    min_tokens, chunks = self._steam_chunk
+    if (not (self.training and torch.is_grad_enabled()) or torch.compiler.is_compiling()
+            or x.shape[-2] <= min_tokens):
+        return forward(self, x)
+    from torch.utils.checkpoint import checkpoint
+
+    pieces = x.tensor_split(chunks, dim=-2)
+    return torch.cat([checkpoint(forward, self, piece, use_reentrant=False) for piece in pieces], dim=-2)
 
 
 def share_dequantization(layers) -> None:

@@ -16,12 +16,13 @@ from rich.table import Table
 console = Console(stderr=True, highlight=False)
 
 
-def progress(*extra_columns: object, transient: bool = False) -> Progress:
-    """A progress bar with description, bar, done/total, elapsed and ETA, plus ``extra_columns``
-    (e.g. ``TextColumn("loss {task.fields[loss]:.3f}")``)."""
+def progress(*extra_columns: object, transient: bool = False, eta: bool = True) -> Progress:
+    """A progress bar with description, bar, done/total, ``extra_columns``
+    (e.g. ``TextColumn("loss {task.fields[loss]:.3f}")``), elapsed, and rich's ETA unless ``eta=False``
+    (for callers whose early steps are not representative and that show their own ETA column)."""
+    tail = (TextColumn("ETA"), TimeRemainingColumn()) if eta else ()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    *extra_columns, TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console, transient=transient)
+                    *extra_columns, TimeElapsedColumn(), *tail, console=console, transient=transient)
 
 
 def plain_progress(description: str, completed: int, total: int, figures: dict[str, object]) -> None:

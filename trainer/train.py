@@ -28,6 +28,7 @@ tokenizer files (chat template; eos = end-of-turn token), ``trainer_log.jsonl``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from trainer.config import arg
 from trainer.console import console, plain_progress, progress, summary_table
 from trainer.errors import UserError
 from trainer.persona import DEFAULT_SYSTEM
+from trainer.throughput import COMPILE_WARMUP_STEPS, Throughput
 
 
 @dataclass
@@ -437,13 +439,16 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
             simulate crashes with it); checkpoints already written stay valid.
 
     Returns:
-        ``all_results.json``'s content: ``output_dir``, ``global_step``, ``loss_first`` / ``loss_last``
-        (mean loss per learned token of the first / last optimizer step), ``train_loss`` (mean over
+        ``all_results.json``'s content: ``output_dir``, ``global_step``, ``loss_first`` (mean loss per
+        learned token of step 1), ``loss_last`` (mean over the last ``loss_last_steps`` steps: the last
+        ``trainer_log.jsonl`` row, as the step line, bar and plot show it), ``train_loss`` (mean over
         this invocation's steps), ``eval_loss`` (the last eval, when ``--val_size`` or ``--eval_dataset``),
         ``best_eval_loss`` / ``best_global_step`` (the lowest eval loss and its step; with
         ``--load_best_model_at_end`` that adapter is the one saved, and ``kept`` says so), ``train_runtime`` (s),
-        ``train_samples_per_second``, ``train_tokens_per_second``, ``num_samples``, ``truncated``,
-        ``dropped``.
+        ``train_samples_per_second``, ``train_tokens_per_second`` (over the whole runtime),
+        ``steady_tokens_per_second`` (after the warm-up steps, :mod:`trainer.throughput`),
+        ``compile_seconds`` (the warm-up steps' time beyond steady speed; ``None`` when not compiling),
+        ``num_samples``, ``truncated``, ``dropped``.
 
     Raises:
         UserError: bad data/flags (nothing is written to ``output_dir``), or a non-finite loss/grad
@@ -475,6 +480,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         template, enc = prepare_data(cfg, tokenizer)
         eval_enc = encode_datasets(cfg, template, cfg.eval_dataset) if cfg.eval_dataset else enc
     train_idx, eval_idx = split_eval(len(enc), cfg.val_size, cfg.seed)
+    if main:
+        console.print(_data_line(enc, cfg.cutoff_len))
     if cfg.eval_dataset:
         eval_idx = list(range(len(eval_enc)))
     torch.manual_seed(cfg.seed)
@@ -551,17 +558,26 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     do_eval = bool(eval_idx) and cfg.eval_strategy != "no"
     step_losses: list[float] = []
     pending: list[float] = []
+    last_logged, last_window = None, 0
     tokens_run, samples_run = 0, 0
+    compiling = levers.get("compile", "").startswith("on")
+    speed = Throughput(total, start, COMPILE_WARMUP_STEPS if compiling else 1 if device.startswith("cuda") else 0)
     t0 = time.time()
+    t_end = t0
     elapsed0 = float(state.get("elapsed", 0.0))
     last_eval: float | None = None
     model.train()
     ddp = distributed.wrap(model, device)  # DDP over the LoRA weights in a multi-process run, else the model
     bar = progress(TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-                   TextColumn("{task.fields[tps]} tok/s")) if main else _Null()
-    with bar as prog:
-        task = prog.add_task("train", total=total, completed=start, loss="-", lr="-", tps="-") if main else None
+                   TextColumn("{task.fields[tps]} tok/s"), TextColumn("ETA {task.fields[eta]}"), eta=False) \
+        if main else _Null()
+    if main and compiling and not console.is_terminal:
+        console.print(f"{COMPILING} …", markup=False, highlight=False)
+    with bar as prog, _resume_hint_on_interrupt(out, cfg, speed, main):
+        task = prog.add_task(COMPILING if compiling else "train", total=total, completed=start, loss="-", lr="-",
+                             tps="-", eta="-") if main else None
         for step in range(start, total):
+            t_step = time.time()
             micro = plan.step(step)
             if cfg.padding_free:  # fewer, longer packed rows (trainer.accel); per-sample attention keeps them cheap
                 row_budget = max(cfg.per_device_train_batch_size * cfg.cutoff_len, accel.ROW_TOKENS)
@@ -611,25 +627,31 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
             step_losses.append(step_loss)
             pending.append(step_loss)
             done = step + 1
-            el = time.time() - t0
-            tps = tokens_run / el if el > 0 else 0.0
-            remaining = el / (done - start) * (total - done)
+            now = time.time()
+            speed.add(int(step_tokens), now - t_step, now - t_end)
+            t_end, el = now, now - t0
+            tps, remaining = speed.tokens_per_s(), speed.eta_s()
+            # every figure shown (bar, step line, log, plot, summary) is the mean loss of the steps since the
+            # last logged one; step 1 is always logged, so the log starts where the summary does
             row = {"current_steps": done, "total_steps": total, "loss": round(sum(pending) / len(pending), 4),
                    "lr": lr, "epoch": plan.epoch_at(step), "grad_norm": round(float(grad_norm), 4),
-                   "throughput": round(tps, 1), "total_tokens": int(state.get("total_tokens", 0)) + tokens_run,
+                   "throughput": None if tps is None else round(tps, 1),
+                   "total_tokens": int(state.get("total_tokens", 0)) + tokens_run,
                    "percentage": round(100 * done / total, 2), "elapsed_time": _hms(elapsed0 + el),
-                   "remaining_time": _hms(remaining)}
+                   "remaining_time": None if remaining is None else _hms(remaining)}
             if main:
-                prog.update(task, completed=done, loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tps=f"{tps:.0f}")
-                logged = done % cfg.logging_steps == 0 or done == total
+                shown = {"tps": "-" if tps is None else f"{tps:.0f}", "eta": row["remaining_time"] or "-"}
+                prog.update(task, completed=done, loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", **shown,
+                            description=COMPILING if speed.warming_up and compiling else "train")
+                logged = done % cfg.logging_steps == 0 or done == total or done == 1
+                if logged or done == start + 1:  # without a terminal, a resumed run's first step shows at once too
+                    plain_progress("train step", done, total, {
+                        "loss": f"{row['loss']:.4f}", "lr": f"{lr:.2e}", "tokens/s": shown["tps"],
+                        "elapsed": row["elapsed_time"], "ETA": shown["eta"]})
                 if logged:
                     log.write(**row)
                     rows.append(row)
-                    pending = []
-                if logged or done == start + 1:  # without a terminal, the first step's speed shows at once too
-                    plain_progress("train step", done, total, {
-                        "loss": f"{row['loss']:.4f}", "lr": f"{lr:.2e}", "tokens/s": f"{row['throughput']:.0f}",
-                        "elapsed": row["elapsed_time"], "ETA": row["remaining_time"]})
+                    last_logged, last_window, pending = row["loss"], len(pending), []
                 if do_eval and (done % eval_every == 0 or done == total):
                     last_eval = evaluate()
                     erow = {"current_steps": done, "total_steps": total, "eval_loss": round(last_eval, 4),
@@ -652,15 +674,19 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     if log:
         log.close()
     runtime = time.time() - t0
+    steady = speed.steady_tokens_per_s()
     results: dict[str, Any] = {
         "output_dir": str(out), "global_step": total, "epoch": plan.epoch_at(total - 1),
         "loss_first": round(state.get("first_loss", step_losses[0] if step_losses else float("nan")), 4),
-        "loss_last": round(step_losses[-1], 4) if step_losses else None,
+        "loss_last": last_logged if last_logged is not None else None,
+        "loss_last_steps": last_window,
         "train_loss": round(sum(step_losses) / len(step_losses), 4) if step_losses else None,
         "train_runtime": round(runtime, 2),
         "train_samples_per_second": round(samples_run / runtime, 3) if runtime > 0 else None,
         "train_steps_per_second": round(len(step_losses) / runtime, 4) if runtime > 0 else None,
         "train_tokens_per_second": round(tokens_run / runtime, 1) if runtime > 0 else None,
+        "steady_tokens_per_second": None if steady is None else round(steady, 1),
+        "compile_seconds": round(speed.warmup_overhead_s(), 1) if compiling else None,
         "total_tokens": int(state.get("total_tokens", 0)) + tokens_run,
         "num_samples": len(train_idx), "num_eval_samples": len(eval_idx),
         "truncated": enc.truncated, "dropped": len(enc.dropped),
@@ -684,6 +710,33 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     return results
 
 
+#: What the progress shows while the first steps compile the decoder layers (trainer.throughput).
+COMPILING = "compiling (first steps, about a minute)"
+
+
+def _data_line(enc: Any, cutoff_len: int) -> str:
+    """The dataset line printed before the first step: samples kept, truncated and dropped."""
+    line = (f"dataset: {len(enc)} samples, {enc.truncated} truncated (prompt cut to fit --cutoff_len {cutoff_len}), "
+            f"{len(enc.dropped)} dropped (reply longer than --cutoff_len)")
+    return f"[yellow]{line}[/yellow]" if enc.truncated or enc.dropped else line
+
+
+@contextlib.contextmanager
+def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, speed: Throughput, main: bool):
+    """On Ctrl-C (KeyboardInterrupt) print, on rank 0, where the run stopped and how to go on, then re-raise."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if main:
+            ckpt = resumable_checkpoint(out)
+            how = (f"rerun the same command to resume from {ckpt} (step {ckpt.name.split('-')[1]})" if ckpt else
+                   f"no resumable checkpoint yet (one is saved every --save_steps {cfg.save_steps} steps"
+                   f"{' without --save_only_model' if cfg.save_only_model else ''}); rerun with "
+                   "--overwrite_output_dir to start over")
+            console.print(f"[yellow]interrupted after step {speed.done} of {speed.total}: {how}[/yellow]")
+        raise
+
+
 class _Null:
     def __enter__(self) -> "_Null":
         return self
@@ -705,6 +758,13 @@ def _run_config_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(d, allow_unicode=True, sort_keys=False)
 
 
+def _loss_shown(r: dict) -> str:
+    """``"10.83 (step 1) → 2.25 (mean of steps 91-100)"``: the first and last rows of trainer_log.jsonl."""
+    n, last = r.get("loss_last_steps") or 1, r["global_step"]
+    span = f"step {last}" if n == 1 else f"mean of steps {last - n + 1}-{last}"
+    return f"{r['loss_first']} (step 1) → {r['loss_last']} ({span})"
+
+
 def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
     rows = [("base model", cfg.model_name_or_path + (f" ({cfg.quantization_bit}-bit)" if cfg.quantization_bit else "")),
             ("template", f"{cfg.template} (end of turn {template.eot_token})"),
@@ -712,14 +772,19 @@ def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
                         f"{r['dropped']} dropped (cutoff_len {cfg.cutoff_len})"),
             ("steps", r["global_step"]),
             ("precision", precision),
-            ("loss", f"{r['loss_first']} → {r['loss_last']}")]
+            ("loss", _loss_shown(r))]
     if "eval_loss" in r:
         shown = str(r["eval_loss"])
         if "best_eval_loss" in r:
             shown += f" (best {r['best_eval_loss']} at step {r['best_global_step']}{', kept' if 'kept' in r else ''})"
         rows.append(("eval loss", shown))
-    rows += [("speed", f"{r['train_samples_per_second']} samples/s, {r['train_tokens_per_second']} tokens/s"),
-             ("runtime", _hms(r["train_runtime"])), ("output", r["output_dir"])]
+    speed = f"{r['train_samples_per_second']} samples/s, {r['train_tokens_per_second']} tokens/s overall"
+    if r.get("steady_tokens_per_second") is not None:
+        speed += f"; {r['steady_tokens_per_second']} tokens/s steady"
+    rows.append(("speed", speed))
+    if r.get("compile_seconds") is not None:
+        rows.append(("compile", f"{r['compile_seconds']} s (first steps, beyond their steady-state time)"))
+    rows += [("runtime", _hms(r["train_runtime"])), ("output", r["output_dir"])]
     summary_table("training done", rows)
 
 
