@@ -60,14 +60,14 @@ class Worker:
             if future.cancelled():
                 return
             if cancel is not None and cancel.is_set():
-                loop.call_soon_threadsafe(_settle, future, None, Skipped())
+                _call_soon(loop, _settle, future, None, Skipped())
                 return
             try:
                 result = ctx.run(fn, *args, **kwargs)
             except BaseException as e:  # noqa: BLE001 -- handed to the awaiting coroutine
-                loop.call_soon_threadsafe(_settle, future, None, e)
+                _call_soon(loop, _settle, future, None, e)
             else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                _call_soon(loop, _settle, future, result, None)
         self._jobs.put(job)
         return await future
 
@@ -85,7 +85,7 @@ class Worker:
 
         def job() -> None:
             if cancel.is_set():
-                loop.call_soon_threadsafe(put, _END)
+                _call_soon(loop, put, _END)
                 return
             it = None
             try:
@@ -94,14 +94,14 @@ class Worker:
                     item = ctx.run(next, it, _END)
                     if item is _END:
                         break
-                    loop.call_soon_threadsafe(put, item)
+                    _call_soon(loop, put, item)
             except BaseException as e:  # noqa: BLE001 -- re-raised in the consumer
-                loop.call_soon_threadsafe(put, _Raised(e))
+                _call_soon(loop, put, _Raised(e))
             finally:
                 close = getattr(it, "close", None)
                 if close is not None:
                     ctx.run(close)
-                loop.call_soon_threadsafe(put, _END)
+                _call_soon(loop, put, _END)
         self._jobs.put(job)
         try:
             while True:
@@ -122,6 +122,15 @@ class Skipped(Exception):
 class _Raised:
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """``loop.call_soon_threadsafe(fn, *args)`` from the worker thread; nothing to do when the loop has closed
+    (the server is shutting down and nobody awaits the result), so the worker thread lives on."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # "Event loop is closed"
+        pass
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

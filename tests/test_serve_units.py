@@ -255,3 +255,29 @@ def test_worker_runs_jobs_on_one_thread_and_passes_errors_and_cancels():
         assert e.value.status == 413 and e.value.code == "request_too_large" and time.perf_counter() - t < 0.4
 
     asyncio.run(scenario())
+
+
+def test_worker_outlives_an_event_loop_that_closed_while_its_job_ran():
+    """A job that ends after its caller's loop closed (server shutting down) leaves the worker thread alive."""
+    import asyncio
+    import threading
+
+    from serve.engine import Worker
+
+    worker = Worker("test-worker-close")
+    release = threading.Event()
+
+    async def leave_early():
+        task = asyncio.ensure_future(worker.call(release.wait, 5))
+        await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(leave_early())  # the loop closes while release.wait still runs on the worker
+    release.set()
+    worker.thread.join(0.3)  # the job hands its result to the closed loop meanwhile
+    assert worker.thread.is_alive()
+
+    async def next_job():
+        return await worker.call(lambda: threading.current_thread().name)
+
+    assert asyncio.run(next_job()) == "test-worker-close" and worker.thread.is_alive()
