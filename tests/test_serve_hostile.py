@@ -186,15 +186,15 @@ def test_health_stays_fast_while_a_prompt_is_counted(server, client):
 def test_request_timeout_and_sigterm_stop_a_running_generation(smollm2_gguf):
     long = {"messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 4000, "temperature": 0,
             "repeat_penalty": 1.0}
-    with start_server(smollm2_gguf, extra_args=("--request_timeout", "3", "--max_tokens_cap", "4000",
+    with start_server(smollm2_gguf, extra_args=("--request_timeout", "8", "--max_tokens_cap", "4000",
                                                 "--shutdown_timeout", "0.5")) as srv:
         t = time.perf_counter()
         out = httpx.post(f"{srv.base_url}{CHAT}", json=long, timeout=60).json()
-        assert 2.5 < time.perf_counter() - t < 8
+        assert 7.5 < time.perf_counter() - t < 14
         assert out["choices"][0]["finish_reason"] == "length" and 0 < out["usage"]["completion_tokens"] < 4000
         _disconnected_clients_stop_their_generation(srv, long)
         # SIGTERM while a non-streamed generation runs: the process ends by the signal within
-        # --shutdown_timeout (+ the 2 s deadline), before the 3 s request limit would end the generation
+        # --shutdown_timeout (+ the 2 s deadline), before the 8 s request limit would end the generation
         threading.Thread(target=lambda: _swallow(lambda: httpx.post(f"{srv.base_url}{CHAT}", json=long, timeout=60)),
                          daemon=True).start()
         time.sleep(0.5)
@@ -209,7 +209,8 @@ def test_request_timeout_and_sigterm_stop_a_running_generation(smollm2_gguf):
 
 def _disconnected_clients_stop_their_generation(srv, long):
     """A client that leaves (non-streamed: gives up waiting; streamed: closes after the first token)
-    frees the model at once: the next one-token request does not wait out the 3 s generation."""
+    frees the model at once: the next one-token request does not wait out the rest of the 8 s generation
+    (at least 7 s; the bound leaves room for a loaded machine)."""
     one = {"messages": HI, "max_tokens": 1}
     with pytest.raises(httpx.TimeoutException):
         httpx.post(f"{srv.base_url}{CHAT}", json=long, timeout=0.3)
@@ -224,7 +225,7 @@ def _disconnected_clients_stop_their_generation(srv, long):
     assert httpx.post(f"{srv.base_url}{CHAT}", json=one, timeout=60).status_code == 200
     after_stream = time.perf_counter() - t
     print(f"next request after a client left: {after_timeout:.2f} s (non-streamed), {after_stream:.2f} s (stream)")
-    assert after_timeout < 1.5 and after_stream < 1.5
+    assert after_timeout < 4 and after_stream < 4
 
 
 def _swallow(fn):
