@@ -248,18 +248,23 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
 
 
 # one pass over the text for all patterns (named groups say which one matched)
-_SPAM_ANY = re.compile("|".join(f"(?P<{name}>{'(?i:' if p.flags & re.I else '(?:'}{p.pattern}))"
-                                for name, p in SPAM_PATTERNS.items()))
+# searched in the lower-cased text: a case-sensitive search is ~10x faster than re.I on these
+_SPAM_ANY = re.compile("|".join(f"(?P<{name}>{p.pattern})" for name, p in SPAM_PATTERNS.items()))
 
 
-# Every SPAM_PATTERNS match contains one of these; searching for them first is several times cheaper
-# than running the full patterns on the ~90 % of reviews that have none.
-_SPAM_HINT = re.compile(r"\d[\d\s\-.·]{4}|\d[- ]\d|[信群❤♥码]|扣扣|企鹅|返利|代[练打肝刷充上]|带上分|奖励|点赞|打赏|还差|点数"
-                        r"|抽奖|送|福利|[收出卖]号|代售|出售|回收|低价|直播|斗鱼|虎牙|抖音|快手|关注|[vVwW][xX]"
-                        r"|[零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]{5}"
-                        r"|(?i:referral|invite|promo|discount|coupon|creator|code|award|upvote|thumbs|rate up|like this"
-                        r"|points|give ?away|free|buying|selling|sell my|trade|cheap|boost|carry|power ?level|follow"
-                        r"|subscribe|sub to|twitch|youtube|check out|support-a)")
+# Every SPAM_PATTERNS match contains one of these (in the lower-cased text); searching for them first
+# is several times cheaper than running the full patterns on the ~85 % of reviews that have none.
+# Kept as separate literal-led alternations: re skips ahead on their first characters.
+_SPAM_HINTS = (
+    re.compile(r"\d[\d\s\-.·]{4}|\d[- ]\d"),
+    re.compile(r"[零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]{5}"),
+    re.compile(r"微信|薇信|威信|卫星|v信|v ?信|v ?❤|v ?♥|vx|wx|公众号|q群|q ?群|扣扣|企鹅|群号|加群|进群|入群|邀请码|推荐码|优惠码|折扣码"
+               r"|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|奖励|点赞|打赏|还差|点数|抽奖|免费送|白送|激活码|cdk|送"
+               r"|福利|收号|出号|卖号|出售|回收|低价|直播|斗鱼|虎牙|抖音|快手|关注"),
+    re.compile(r"referral|invite|promo|discount|coupon|creator|code|award|upvote|thumbs|rate up|like this|points"
+               r"|give ?away|free|buying|selling|sell my|trade|cheap|boost|carry|power ?level|follow|subscribe|sub to"
+               r"|twitch|youtube|check out|support-a"),
+)
 
 
 def spam_reason(text: str) -> str | None:
@@ -273,8 +278,9 @@ def spam_reason(text: str) -> str | None:
     (a Steam curator/group link, or a link to a shop or key seller). Other links are not adverts:
     :func:`scrub_pii` removes them from the kept text.
     """
-    if _SPAM_HINT.search(text):
-        m = _SPAM_ANY.search(text)
+    low = text.lower()
+    if any(h.search(low) for h in _SPAM_HINTS):
+        m = _SPAM_ANY.search(low)
         if m:
             return m.lastgroup
     if "http" not in text and "www." not in text:
@@ -318,58 +324,59 @@ def blocked_word(text: str, blocklist: re.Pattern[str]) -> str | None:
 
 IDENTITY_SLURS = Path(__file__).parent / "lists/identity_slurs.txt"
 _CJK_ENTRY = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
-_TOKEN = re.compile(r"[^\W_]+")
 
 
 class SlurList:
     """A categorised word list (the format of :data:`IDENTITY_SLURS`): ``[category]`` sections, one
     entry per line, ``#`` comments, ``!phrase`` allowed phrases.
 
-    Han/kana/Hangul entries match as substrings; single-word entries match whole tokens (letter or
-    digit runs, any case) through a set lookup; entries with spaces or hyphens match as whole-word
-    regexes. Raises ``OSError`` / ``UnicodeDecodeError`` for the caller to report.
+    Han/kana/Hangul entries match as substrings; other entries match whole words (no letter or digit
+    on either side), any case. One literal alternation is searched in the lower-cased text (re skips
+    ahead on the entries' first characters; ~20x faster than ``re.I`` with look-arounds) and each
+    candidate's word boundaries are checked in Python. Raises ``OSError`` / ``UnicodeDecodeError``
+    for the caller to report.
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.words: dict[str, str] = {}
-        cjk: dict[str, str] = {}
-        phrases: dict[str, str] = {}
+        self.categories: dict[str, str] = {}
+        self.cjk: set[str] = set()
         allowed: list[str] = []
         category = "listed"
         for line in Path(path).read_text(encoding="utf-8-sig").splitlines():
-            entry = line.split("#", 1)[0].strip()
+            entry = line.split("#", 1)[0].strip().lower()
             if entry.startswith("[") and entry.endswith("]"):
                 category = entry[1:-1].strip()
             elif entry.startswith("!"):
                 allowed.append(entry[1:].strip())
             elif entry:
-                target = cjk if _CJK_ENTRY.search(entry) else self.words if _TOKEN.fullmatch(entry) else phrases
-                target[entry.lower()] = category
-        self.categories = {**self.words, **cjk, **phrases}
-        alternatives = [re.escape(w) for w in sorted(cjk, key=len, reverse=True)]
-        alternatives += [rf"(?<![^\W_]){re.escape(w)}(?![^\W_])" for w in sorted(phrases, key=len, reverse=True)]
-        self._regex = re.compile("|".join(alternatives), re.I) if alternatives else None
-        self._allowed = re.compile("|".join(map(re.escape, allowed)), re.I) if allowed else None
+                self.categories[entry] = category
+                if _CJK_ENTRY.search(entry):
+                    self.cjk.add(entry)
+        entries = sorted(self.categories, key=len, reverse=True)
+        self._regex = re.compile("|".join(map(re.escape, entries))) if entries else None
+        self._allowed = re.compile("|".join(map(re.escape, allowed))) if allowed else None
 
     def __len__(self) -> int:
         return len(self.categories)
 
     def find(self, text: str) -> tuple[str, str] | None:
         """``(category, entry)`` of the first entry found in ``text``, or ``None``."""
+        text = text.lower()
         hit = self._find(text)
         if hit and self._allowed is not None and self._allowed.search(text):
             hit = self._find(self._allowed.sub(" ", text))
         return (self.categories[hit], hit) if hit else None
 
     def _find(self, text: str) -> str | None:
-        if self.words:
-            for token in _TOKEN.findall(text.lower()):
-                if token in self.words:
-                    return token
-        if self._regex is not None:
-            m = self._regex.search(text)
-            if m:
-                return m.group(0).lower()
+        if self._regex is None:
+            return None
+        for m in self._regex.finditer(text):
+            word = m.group(0)
+            if word in self.cjk:
+                return word
+            a, b = m.start(), m.end()
+            if (a == 0 or not text[a - 1].isalnum()) and (b == len(text) or not text[b].isalnum()):
+                return word
         return None
 
 
@@ -397,15 +404,26 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     "link": re.compile(rf"(?:https?://|www\.)[^\s<>\"'，。）)】]+"
                        rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:{_TLD})(?![\w.\-])(?:/[^\s<>\"'，。）)】]*)?", re.I),
 }
-_PII_ANY = re.compile("|".join(f"(?P<{k}>{'(?i:' if p.flags & re.I else '(?:'}{p.pattern}))" for k, p in PII_PATTERNS.items()))
-# Every PII match contains one of these (the cheap test before the full pattern)
-_PII_HINT = re.compile(r"\d{5}|\d[- .]\d|[@＠.。]\s*[A-Za-z]|(?i:steam_|\bu:1:|\bat\b|\bdot\b|艾特|s\.team)"
-                       r"|[零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]{5}|[❤♥信]\s*[:：]?\s*[A-Za-z]|[vVwW][xX]")
+_DIGIT_RUN = r"(?:\d[\s\-.·]?){5}|[零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]{5}"
+# Every match of a PII pattern contains its hint in the lower-cased text: the cheap test first
+_PII_HINTS = {
+    "profile_url": re.compile(r"steamcommunity|s\.team"),
+    "email": re.compile(r"@|＠|艾特| at |[(\[（]at"),
+    "steam_id": re.compile(r"7656119|steam_|u:1:"),
+    "friend_code": re.compile(r"friend|好友"),
+    "contact": re.compile(rf"{_DIGIT_RUN}|(?:信|❤|♥|vx|wx)\s*[:：号]?\s*[a-z]"),
+    "phone_number": re.compile(r"\d[- .]?\d\d\d"),
+    "link": re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])"),
+}
 
 
 def PII_MASK(text: str) -> str:  # noqa: N802 - a constant-like helper for report examples
     """``text`` with every :func:`scrub_pii` match replaced by ``▇`` (for examples shown to people)."""
-    return _PII_ANY.sub("▇", text) if _PII_HINT.search(text) else text
+    low = text.lower()
+    for kind, hint in _PII_HINTS.items():
+        if hint.search(low):
+            text = PII_PATTERNS[kind].sub("▇", text)
+    return text
 
 
 def scrub_pii(text: str) -> tuple[str, list[str]]:
@@ -418,16 +436,14 @@ def scrub_pii(text: str) -> tuple[str, list[str]]:
     Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`PII_PATTERNS` order
     (empty when nothing was).
     """
-    if not _PII_HINT.search(text):
-        return text, []
-    found: set[str] = set()
-
-    def drop(m: re.Match[str]) -> str:
-        found.add(m.lastgroup or "")
-        return ""
-
-    text = _PII_ANY.sub(drop, text)
-    return text, [k for k in PII_PATTERNS if k in found]
+    low = text.lower()
+    kinds = []
+    for kind, hint in _PII_HINTS.items():
+        if hint.search(low):
+            text, n = PII_PATTERNS[kind].subn("", text)
+            if n:
+                kinds.append(kind)
+    return text, kinds
 
 
 # --- duplicates ---------------------------------------------------------------------------------------

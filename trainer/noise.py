@@ -141,15 +141,18 @@ def little_language_reason(text: str, min_share: float = 0.4) -> str | None:
     visible = len(text) - text.count(" ") - text.count("\n") - text.count("♥")
     if visible == 0:
         return "few letters"
-    letters = sum(1 for c in text if c.isalpha())
+    letters = visible - len(_NOT_LETTER.findall(text))
     return "few letters" if letters < min_share * visible else None
+
+
+_NOT_LETTER = re.compile(r"[^\s\w♥]|[\d_]")
 
 
 def repetition_reason(text: str, min_ratio: float = 0.2, min_bytes: int = 120) -> str | None:
     """``"looping"`` when the text compresses below ``min_ratio`` of its UTF-8 size with zlib (DEFLATE
     finds the repeats: "好玩好玩好玩…", "very good very good …"); texts under ``min_bytes`` pass."""
     raw = text.encode("utf-8")
-    if len(raw) < min_bytes:
+    if len(raw) < min_bytes or len(set(text)) > 0.25 * len(text):  # varied text cannot loop (cheap test)
         return None
     return "looping" if len(zlib.compress(raw, 1)) < min_ratio * len(raw) else None
 
@@ -166,6 +169,8 @@ def length(text: str) -> tuple[int, str]:
     CJK counts characters (CJK characters plus other visible non-space characters, as before);
     other scripts count words (letter or digit runs), so one bound does not cut long English."""
     cjk = len(_CJK_CHAR.findall(text))
+    if cjk * 2 >= len(text):
+        return len(text), "chars"
     words = len(_WORD.findall(text))
     if cjk and cjk >= words:
         return len(text), "chars"
