@@ -295,39 +295,28 @@ def spam_reason(text: str) -> str | None:
     return None
 
 
-def load_blocklist(path: str | Path) -> re.Pattern[str] | None:
-    """Compile a word blocklist file (UTF-8, one word or phrase per line, ``#`` comments).
-
-    Latin words match whole words, case-insensitively; CJK entries match as substrings (Chinese has
-    no spaces). Returns ``None`` for a file with no entries. Raises ``OSError`` /
-    ``UnicodeDecodeError`` for the caller to report.
+def load_blocklist(path: str | Path) -> WordList | None:
+    """Load a word blocklist file (UTF-8, one word or phrase per line, ``#`` comments; the
+    :class:`WordList` format). Latin words match whole words, any case; CJK entries match as
+    substrings (Chinese has no spaces). Returns ``None`` for a file with no entries. Raises
+    ``OSError`` / ``UnicodeDecodeError`` for the caller to report.
     """
-    words = []
-    for line in Path(path).read_text(encoding="utf-8-sig").splitlines():
-        w = line.split("#", 1)[0].strip()
-        if w:
-            words.append(w)
-    if not words:
-        return None
-    parts = []
-    for w in sorted(set(words), key=len, reverse=True):
-        e = re.escape(w)
-        parts.append(rf"(?<![A-Za-z]){e}(?![A-Za-z])" if w.isascii() else e)
-    return re.compile("|".join(parts), re.I)
+    words = WordList(path)
+    return words if len(words) else None
 
 
-def blocked_word(text: str, blocklist: re.Pattern[str]) -> str | None:
-    """The first blocklisted word found in ``text``, or ``None``."""
-    m = blocklist.search(text)
-    return m.group(0) if m else None
+def blocked_word(text: str, blocklist: WordList) -> str | None:
+    """The first blocklisted entry found in ``text`` (lower case), or ``None``."""
+    hit = blocklist.find(text)
+    return hit[1] if hit else None
 
 
 IDENTITY_SLURS = Path(__file__).parent / "lists/identity_slurs.txt"
 _CJK_ENTRY = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 
-class SlurList:
-    """A categorised word list (the format of :data:`IDENTITY_SLURS`): ``[category]`` sections, one
+class WordList:
+    """A categorised word list (the format of :data:`IDENTITY_SLURS` and ``--blocklist``): ``[category]`` sections, one
     entry per line, ``#`` comments, ``!phrase`` allowed phrases.
 
     Han/kana/Hangul entries match as substrings; other entries match whole words (no letter or digit

@@ -152,7 +152,7 @@ def repetition_reason(text: str, min_ratio: float = 0.2, min_bytes: int = 120) -
     """``"looping"`` when the text compresses below ``min_ratio`` of its UTF-8 size with zlib (DEFLATE
     finds the repeats: "好玩好玩好玩…", "very good very good …"); texts under ``min_bytes`` pass."""
     raw = text.encode("utf-8")
-    if len(raw) < min_bytes or len(set(text)) > 0.25 * len(text):  # varied text cannot loop (cheap test)
+    if len(raw) < min_bytes or len(set(text)) > 0.2 * len(text):  # varied text cannot loop (cheap test)
         return None
     return "looping" if len(zlib.compress(raw, 1)) < min_ratio * len(raw) else None
 

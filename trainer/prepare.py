@@ -284,7 +284,7 @@ class _Rules:
 
     def _measure(self, r: Review) -> str | None:
         cfg = self.cfg
-        n, unit = noise.length(r.text)
+        n, unit = r.length = noise.length(r.text)
         low, high = (cfg.min_chars, cfg.max_chars) if unit == "chars" else (cfg.min_words, cfg.max_words)
         if n < low:
             return self._drop("too_short", r, unit)
@@ -482,7 +482,7 @@ def _load_lists(cfg: PrepareConfig) -> tuple[Any, Any]:
             raise UserError(f"{cfg.blocklist}: byte {e.start} is not UTF-8; save the blocklist as UTF-8") from None
         if blocklist is None:
             raise UserError(f"{cfg.blocklist}: blocklist has no words; add one per line or drop --blocklist")
-    return blocklist, cleaning.SlurList(cleaning.IDENTITY_SLURS) if cfg.drop_identity_slurs else None
+    return blocklist, cleaning.WordList(cleaning.IDENTITY_SLURS) if cfg.drop_identity_slurs else None
 
 
 def _flag_apps(cfg: PrepareConfig, tag_language: str) -> tuple[dict[str, sources.AppInfo], str | None]:
@@ -668,7 +668,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         "by_game": {k: {"kept": games[k], "dropped": drop_game[k]} for k in sorted(set(games) | set(drop_game))},
         "config": config.to_dict(cfg),
     }
-    prepare_report.write(report, [noise.length(r.text) for r in kept], report_path, md_path)
+    prepare_report.write(report, [r.length or noise.length(r.text) for r in kept], report_path, md_path)
     console.print(f"[bold]wrote[/] {out} ({len(train):,} train)" + (f", {vpath} ({len(val):,} val)" if vpath else "")
                   + f", {report_path}, {md_path}" + (f"; registered '{cfg.name}' in {cfg.register}" if cfg.register else ""))
     return result

@@ -119,6 +119,7 @@ class Review:
     sharegpt records whose prompt does not follow the persona templates (kept as is);
     ``prompt_language`` is ``"zh"``/``"en"`` when it followed the templates of that language.
     ``author`` (user name and/or steam id) only feeds the screen-name scrubber; it is never written.
+    ``length`` is set by ``prepare``'s length rule (:func:`trainer.noise.length`).
     """
 
     text: str
@@ -132,6 +133,7 @@ class Review:
     playtime_hours: float | None = None
     review_id: str | None = None
     author: str | None = None
+    length: tuple[int, str] | None = None
     prompt: tuple[str, str] | None = None
     prompt_language: str | None = None
 
@@ -506,7 +508,7 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     ``title`` + ``user_reviews``, else a ``table``."""
     csv.field_size_limit(2**31 - 1)  # user_reviews cells hold many reviews
     header = text.lstrip("\ufeff").split("\n", 1)[0]
-    delim = max(("\t", ",", ";", "|"), key=header.count)
+    delim = max((",", "\t", ";", "|"), key=header.count)  # a one-column file reads as CSV
     reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delim)
     cols = [c for c in (reader.fieldnames or []) if c is not None]
     if not cols or (len(cols) == 1 and not columns and "review" not in cols):
