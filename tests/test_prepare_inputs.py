@@ -8,6 +8,7 @@ import csv
 import gzip
 import io
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,18 @@ def test_round_trip_validate_and_train_two_steps(tmp_path, tiny_llama_dir):
                                          "logging_steps": 1, "save_steps": 2, "lora_rank": 4, "cutoff_len": 128}))
     logs = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert max(x.get("current_steps", 0) for x in logs) == 2
+
+
+def test_long_english_review_and_a_cited_link_are_kept(tmp_path):
+    """Regressions: every English review over 1,000 characters was dropped (too_long), and a review
+    citing a wiki link was dropped as spam; a crash address read as a phone number."""
+    rng = random.Random(0)
+    long_review = " ".join("".join(rng.choice("etaoinshrdlucmfw") for _ in range(rng.randint(2, 8)))
+                           for _ in range(1200)) + "."  # 1,200 words that do not loop
+    assert len(long_review) > 3000
+    cited = "The boss guide at fextralife.com/elden-ring/malenia helped a lot, the fight is fair once learned."
+    crash = "Crashes at 0x14000000000+0x1a2b3c on startup after the patch, please fix it soon."
+    src = _csv(tmp_path / "en.csv", ["review", "language", "game"],
+               [[long_review, "english", "Hades"], [cited, "english", "Hades"], [crash, "english", "Hades"]])
+    outs = [r["output"] for r in _load(_run(tmp_path, [src], language=["english"])["train"])]
+    assert outs == [long_review, "The boss guide at helped a lot, the fight is fair once learned.", crash]

@@ -373,15 +373,18 @@ class WordList:
 
 _TLD = (r"com|net|org|cn|io|gg|tv|me|ru|de|xyz|top|co|info|cc|ly|uk|jp|kr|fr|biz|site|online|app|link|be|to|nz|us"
         r"|eu|pl|br|es|it|nl|se|moe|club|vip|fun|shop|store|live|pro|ink|icu|wang|ltd")
-_SPELLED_AT = r"(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s+at\s+|\s*艾特\s*)"
-_SPELLED_DOT = r"(?:\.|。|\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
+_ANY_DOT = r"(?:\.|。|\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
+_SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
+# "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
+# ("the guide at fextralife.com" is a link, not an address)
+_EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾特\s*)[A-Za-z0-9-]+(?:{_ANY_DOT}[A-Za-z0-9-]+)*{_ANY_DOT}"
+          rf"|\s+at\s+[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT})(?:{_TLD})(?![A-Za-z])")
 PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # steamcommunity.com/profiles/<17 digits>/... , /id/<vanity>/... , /user/<code>; s.team/p/<code> invites
     "profile_url": re.compile(r"(?:https?://)?(?:www\.)?steamcommunity\.com/(?:profiles|id|user)/[^\s，。）)】]*"
                               r"|(?:https?://)?s\.team/p/[\w-]+(?:/[\w-]+)?", re.I),
     # "name@example.com" and spelled out: "name at gmail dot com", "name(at)qq(dot)com", "name艾特qq点com"
-    "email": re.compile(rf"[A-Za-z0-9._%+-]+{_SPELLED_AT}[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}(?:{_TLD})(?![A-Za-z])",
-                        re.I),
+    "email": re.compile(_EMAIL, re.I),
     # SteamID64: 7656119 + 10 digits; legacy STEAM_X:Y:Z and SteamID3 [U:1:Z] (Valve Developer Wiki, "SteamID")
     "steam_id": re.compile(r"(?<!\d)7656119\d{10}(?!\d)|STEAM_[0-5]:[01]:\d{1,10}|\[?U:1:\d{1,10}\]?"),
     # a friend code (the 32-bit account id) given as one

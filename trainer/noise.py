@@ -94,8 +94,9 @@ def strip_handles(text: str, author: str | None = None) -> tuple[str, list[str]]
     for name in author.split(" ") if author else ():
         if len(name) >= 2 and name.lower() in text.lower():
             word = re.escape(name)
-            text = re.sub(rf"(?<![A-Za-z0-9]){word}(?![A-Za-z0-9])" if name.isascii() else word, "", text, flags=re.I)
-            kinds.append("author_name")
+            text, n = re.subn(rf"(?<![A-Za-z0-9]){word}(?![A-Za-z0-9])" if name.isascii() else word, "", text, flags=re.I)
+            if n:
+                kinds.append("author_name")
     return text, kinds
 
 
