@@ -112,6 +112,11 @@ def script_mismatch(text: str, language: str) -> str | None:
     ``"not Latin script"`` (Latin words under 70 %), ``"no kana"``, ``"no Hangul"``,
     ``"not Cyrillic"`` (Cyrillic words under half). Other languages (``thai`` …) always pass.
     """
+    if language in ("schinese", "tchinese") and len(_HAN.findall(text)) * 2 >= len(text) \
+            and (language == "tchinese" or not _TRAD_RE.search(text)):
+        return None  # mostly Han, no Traditional-only character: fits (the common case, no counting)
+    if language in LATIN_LANGUAGES and not _NON_LATIN.search(text):
+        return None
     text = _URL.sub(" ", text)
     han = len(_HAN.findall(text))
     kana = len(_KANA.findall(text))
@@ -139,6 +144,8 @@ def script_mismatch(text: str, language: str) -> str | None:
     return None
 
 
+_NON_LATIN = re.compile(r"[\u0370-\u03ff\u0400-\u04ff\u0590-\u06ff\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf"
+                        r"\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 LATIN_LANGUAGES = {"english", "german", "french", "spanish", "latam", "italian", "portuguese", "brazilian",
                     "polish", "dutch", "danish", "norwegian", "swedish", "finnish", "czech", "hungarian",
                     "romanian", "turkish", "vietnamese", "indonesian"}
