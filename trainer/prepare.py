@@ -613,6 +613,32 @@ def _warn_big_rules(stats: dict[str, _Stat], read: int) -> list[str]:
     return lines
 
 
+def _nothing_left(cfg: PrepareConfig, stats: dict[str, _Stat], read: int) -> None:
+    """Raise the "no records left" error naming the rule that removed most and its flag."""
+    worst = max(RULES, key=lambda n: stats[n].removed)
+    hint = (f"rule '{worst}' removed {stats[worst].removed:,}; change it with {FLAGS.get(worst, 'its flag')}"
+            if read and stats[worst].removed else "the inputs hold no reviews")
+    raise UserError(f"{', '.join(cfg.inputs)}: no records left after cleaning; {hint}; nothing was written")
+
+
+def _report_details(cfg: PrepareConfig, stats: dict[str, _Stat], loaded: list[sources.Loaded], kept: list[Review],
+                    drop_lang: Counter, drop_game: Counter) -> dict[str, Any]:
+    """The report's inputs, rules, per-language and per-game counts and config."""
+    games = Counter(_game(r) for r in kept)
+    kept_lang = Counter(r.language or "unknown" for r in kept)
+    return {
+        "inputs": [{"path": str(i.path), "format": i.format, "container": i.container, "compressed": i.compressed,
+                    "columns": i.columns, "reviews": len(i.reviews), "apps": len(i.apps)} for i in loaded],
+        "rules": {n: {"removed": stats[n].removed, "changed": stats[n].changed, "reasons": dict(stats[n].reasons),
+                      "examples": stats[n].examples, "flag": FLAGS.get(n, f"--{n}")} for n in RULES},
+        "unknown_tag_ids": sorted(set().union(*(item.unknown_tag_ids for item in loaded))),
+        "per_game": dict(games.most_common()),
+        "by_language": {k: {"kept": kept_lang[k], "dropped": drop_lang[k]} for k in sorted(set(kept_lang) | set(drop_lang))},
+        "by_game": {k: {"kept": games[k], "dropped": drop_game[k]} for k in sorted(set(games) | set(drop_game))},
+        "config": config.to_dict(cfg),
+    }
+
+
 def run(cfg: PrepareConfig) -> dict[str, Any]:
     """Prepare an alpaca SFT dataset from raw reviews.
 
@@ -640,10 +666,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     _print_table(stats, len(reviews), len(kept))
 
     if not kept:
-        worst = max(RULES, key=lambda n: stats[n].removed)
-        hint = (f"rule '{worst}' removed {stats[worst].removed:,}; change it with {FLAGS.get(worst, 'its flag')}"
-                if reviews and stats[worst].removed else "the inputs hold no reviews")
-        raise UserError(f"{', '.join(cfg.inputs)}: no records left after cleaning; {hint}; nothing was written")
+        _nothing_left(cfg, stats, len(reviews))
 
     records = [_render(r, cfg) for r in kept]
     val_idx = _split(len(records), cfg)
@@ -662,7 +685,6 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         if vpath:
             registry.register(cfg.register, f"{cfg.name}_val", str(vpath))
     games = Counter(_game(r) for r in kept)
-    kept_lang = Counter(r.language or "unknown" for r in kept)
     result = {
         "train": str(out), "val": str(vpath) if vpath else None, "report": str(report_path), "report_md": str(md_path),
         "registry": cfg.register,
@@ -671,20 +693,8 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         "changed": {n: stats[n].changed for n in RULES if n in _TRANSFORMS},
         "formats": {str(item.path): item.format for item in loaded},
     }
-    report = {
-        **result,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "inputs": [{"path": str(i.path), "format": i.format, "container": i.container, "compressed": i.compressed,
-                    "columns": i.columns, "reviews": len(i.reviews), "apps": len(i.apps)} for i in loaded],
-        "rules": {n: {"removed": stats[n].removed, "changed": stats[n].changed, "reasons": dict(stats[n].reasons),
-                      "examples": stats[n].examples, "flag": FLAGS.get(n, f"--{n}")} for n in RULES},
-        "warnings": warnings,
-        "unknown_tag_ids": sorted(set().union(*(item.unknown_tag_ids for item in loaded))),
-        "per_game": dict(games.most_common()),
-        "by_language": {k: {"kept": kept_lang[k], "dropped": drop_lang[k]} for k in sorted(set(kept_lang) | set(drop_lang))},
-        "by_game": {k: {"kept": games[k], "dropped": drop_game[k]} for k in sorted(set(games) | set(drop_game))},
-        "config": config.to_dict(cfg),
-    }
+    report = {**result, "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings,
+              **_report_details(cfg, stats, loaded, kept, drop_lang, drop_game)}
     prepare_report.write(report, [r.length or noise.length(r.text) for r in kept], report_path, md_path)
     console.print(f"[bold]wrote[/] {out} ({len(train):,} train)" + (f", {vpath} ({len(val):,} val)" if vpath else "")
                   + f", {report_path}, {md_path}" + (f"; registered '{cfg.name}' in {cfg.register}" if cfg.register else ""))
@@ -694,5 +704,10 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
 command = config.command(
     PrepareConfig, run, name="prepare", config_option="option",
     help="Clean raw Steam reviews into an alpaca SFT dataset (train + val) in the persona's prompt format.\n\n"
-         "INPUTS are files or folders in any supported format (detected and printed). Example:\n\n"
-         "steam-train prepare raw/ --out data/steam_sft_train.json --register data/dataset_info.json")
+         "INPUTS are files or folders: CSV/TSV, JSON, JSON Lines or Parquet, gzipped or not (formats and column "
+         "mappings are detected and printed; --columns names them). Each rule is counted in the table, "
+         "prepare_report.json and prepare_report.md. Examples:\n\n"
+         "steam-train prepare raw/ --out data/steam_sft_train.json --register data/dataset_info.json\n\n"
+         "steam-train prepare reviews.csv --appid 2246340 --app_name \"Monster Hunter Wilds\" --language english\n\n"
+         "steam-train prepare survey.csv --columns review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名 "
+         "--app_names games.csv")
