@@ -153,3 +153,8 @@ def test_language_codes_aliases_and_detection():
     assert cleaning.detect_language("Очень хорошая игра") == "russian"
     assert cleaning.detect_language("A really good game") == "latin"  # no detector given
     assert cleaning.detect_language("10/10 !!!") is None
+
+
+def test_residue_items_share_a_line_and_korean_dates():
+    assert noise.strip_page_residue("发布于：3 月 4 日\n12 人觉得这篇评测有价值 3 人觉得这篇评测很欢乐\n打击感很好") == "打击感很好"
+    assert noise.strip_page_residue("게시 일시: 3월 4일\n무료로 받은 제품\n재미있는 게임") == "재미있는 게임"

@@ -230,3 +230,18 @@ def test_long_english_review_and_a_cited_link_are_kept(tmp_path):
                [[long_review, "english", "Hades"], [cited, "english", "Hades"], [crash, "english", "Hades"]])
     outs = [r["output"] for r in _load(_run(tmp_path, [src], language=["english"])["train"])]
     assert outs == [long_review, "The boss guide at helped a lot, the fight is fair once learned.", crash]
+
+
+def test_score_columns_language_codes_and_reviews_keyed_by_app(tmp_path):
+    """`review_score` 1/-1 (not a bool), a language column holding ISO codes, a JSON object keyed by app id."""
+    src = _csv(tmp_path / "scores.csv", ["app_id", "app_name", "review_text", "review_score", "review_votes", "lang"],
+               [[10, "Counter-Strike", EN[0], 1, 0, "en"], [10, "Counter-Strike", EN[2], -1, 1, "EN"],
+                [10, "Counter-Strike", ZH[0], 1, 0, "zh-CN"]])
+    res = _run(tmp_path, [src], language=["english"], input_template="{verdict}")
+    assert [(r["output"], r["input"]) for r in _load(res["train"])] == [(EN[0], "Recommended"), (EN[2], "Not recommended")]
+    byapp = tmp_path / "byapp.json"
+    byapp.write_text(json.dumps({"570": [{"review": EN[1], "voted_up": True}],
+                                 "730": {"reviews": {"9": {"review": EN[3], "voted_up": False}}}}), encoding="utf-8")
+    res = _run(tmp_path, [byapp], language=["en"], app_name=["570=Dota 2", "730=Counter-Strike 2"])
+    assert [r["instruction"] for r in _load(res["train"])] == ['As a veteran gamer, review the game "Dota 2".',
+                                                              'As a veteran gamer, review the game "Counter-Strike 2".']

@@ -24,16 +24,16 @@ ALIASES: dict[str, tuple[str, ...]] = {
                "user_review", "review_content", "review_body", "评论", "评论内容", "评测", "评测内容", "内容",
                "评价", "评价内容", "正文", "留言"),
     "voted_up": ("voted_up", "recommended", "recommend", "is_recommended", "recommendation", "tag", "verdict",
-                 "rating", "推荐", "是否推荐", "评价类型", "推荐与否"),
+                 "rating", "review_score", "user_recommends", "is_positive", "推荐", "是否推荐", "评价类型", "推荐与否"),
     "playtime_minutes": ("author.playtime_at_review", "author.playtime_forever", "playtime_at_review",
                          "playtime_forever", "author_playtime_forever", "author_playtime_at_review"),
-    "playtime_hours": ("hours", "playtime_hours", "hours_played", "playtime", "play_time", "hours_on_record",
+    "playtime_hours": ("hours", "playtime_hours", "hours_played", "hour_played", "playtime", "play_time", "hours_on_record",
                        "游戏时长", "时长", "总时数", "游玩时长", "游戏时间"),
     "language": ("language", "lang", "review_language", "语言"),
     "appid": ("appid", "app_id", "steam_appid", "item_id", "game_id", "steamappid", "游戏id", "appid号"),
     "app_name": ("app_name", "game", "game_name", "title", "game_title", "游戏", "游戏名", "游戏名称"),
     "tags": ("tags", "genres", "genre", "标签", "游戏标签", "类型"),
-    "votes_up": ("votes_up", "helpful", "votes_helpful", "found_helpful", "helpful_count", "有用", "有价值"),
+    "votes_up": ("votes_up", "helpful", "votes_helpful", "review_votes", "found_helpful", "helpful_count", "有用", "有价值"),
     "review_id": ("recommendationid", "review_id", "reviewid", "id"),
     "author": ("author", "user", "username", "user_name", "author_name", "author.personaname", "personaname",
                "nickname", "name", "steam_name", "profile_name", "用户名", "用户", "昵称", "作者", "玩家"),
@@ -125,7 +125,9 @@ def voted(v: Any) -> bool | None:
     if isinstance(v, bool):
         return v
     if isinstance(v, (int, float)):
-        return bool(v)
+        return v > 0  # 1/0, and 1/-1 review scores
+    if re.fullmatch(r"\s*-\d+(?:\.0+)?\s*", str(v)):
+        return False
     s = str(v or "").strip()
     if not s:
         return None

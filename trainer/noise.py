@@ -23,15 +23,16 @@ _MONTHS = (r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?|(?:jan
 _DATE = (rf"(?:\d{{4}}\s*年\s*)?\d{{1,2}}\s*月\s*\d{{1,2}}\s*日(?:\s*(?:上午|下午|晚上|凌晨)?\s*\d{{1,2}}[:：]\d{{2}})?"
          rf"|\d{{1,2}}\.?\s*(?:{_MONTHS})(?:,?\s*\d{{4}})?(?:\s*(?:@|à|um|a las|в)?\s*\d{{1,2}}[:h]\d{{2}}\s*(?:[ap]m)?)?"
          rf"|(?:{_MONTHS})\s*\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s*\d{{4}})?(?:\s*@?\s*\d{{1,2}}:\d{{2}}\s*(?:[ap]m)?)?"
-         rf"|\d{{4}}[-/.]\d{{1,2}}[-/.]\d{{1,2}}(?:\s+\d{{1,2}}:\d{{2}})?|\d{{1,2}}[/.]\d{{1,2}}[/.]\d{{2,4}}")
+         rf"|\d{{4}}[-/.]\d{{1,2}}[-/.]\d{{1,2}}(?:\s+\d{{1,2}}:\d{{2}})?|\d{{1,2}}[/.]\d{{1,2}}[/.]\d{{2,4}}"
+         rf"|(?:\d{{4}}\s*년\s*)?\d{{1,2}}\s*월\s*\d{{1,2}}\s*일(?:\s*(?:오전|오후)?\s*\d{{1,2}}:\d{{2}})?")
 # "Posted:" / "发布于：" and the Steam UI's other languages (de fr es pt ru it pl tr ja ko zh-TW)
 _POSTED = (r"发布于|發佈於|發表於|更新于|更新於|最后编辑于|最後編輯於|posted|updated|last edited|verfasst am|aktualisiert"
            r"|publiée? le|mis à jour|publicad[ao] el|actualizad[ao]|publicad[ao] em|atualizad[ao]|опубликовано|обновлено"
-           r"|pubblicat[ao]|opublikowano|zaktualizowano|yayınlanma|投稿日|更新日|게시|업데이트")
+           r"|pubblicat[ao]|opublikowano|zaktualizowano|yayınlanma|投稿日|更新日|게시 일시|게시|업데이트")
 _DATE_HEADER = re.compile(rf"^\s*(?:{_POSTED})\s*[:：]?\s*(?:{_DATE})[\s.。,，]*", re.I | re.M)
 # whole lines that only the page puts there
 _RESIDUE_LINE = re.compile(
-    r"^\s*(?:"
+    r"^(?:\s*(?:"
     r"抢先体验版本评测|搶先體驗版評論|免费获取的产品|免費取得的產品|已退款的产品|已退款|early access review|product received for free"
     r"|product refunded|früher zugang-rezension|produkt kostenlos erhalten|évaluation en accès anticipé"
     r"|produit reçu gratuitement|análisis de acceso anticipado|producto recibido gratis|análise de acesso antecipado"
@@ -47,7 +48,7 @@ _RESIDUE_LINE = re.compile(
     r"|[\d,.]+\s*(?:std\.|h|ч\.?|時間|시간)\s*(?:insgesamt|en tout|registradas|registrad[ao]s|всего|記録|기록)"
     r"|\d[\d,]*\s*(?:products? in account|reviews?|项产品|個產品|篇评测|篇評論)(?:\s*[|｜·]\s*\d[\d,]*\s*(?:reviews?|篇评测))?"
     r"|回复|回覆|reply|奖励|獎勵|award|是\s*否\s*欢乐\s*奖励|yes\s*no\s*funny\s*award"
-    r")\s*$", re.I | re.M)
+    r")[\s.。,，|｜·]*)+$", re.I | re.M)
 _RESIDUE_HINT = re.compile(r"[发發更最抢搶免已有推不记記评評总總回奖獎这這你]|posted|updated|edited|early|product|record|review"
                            r"|helpful|recommend|\d\s*(?:hrs?|h\b|std|ч)|verfasst|publi|опублик|обзор|投稿|早期|無料|게시|앞서|무료"
                            r"|empfohlen|recomend|рекоменд|award|reply|produ|\d\s*of\s*\d", re.I)
@@ -69,11 +70,11 @@ def strip_page_residue(text: str) -> str:
 # --- signatures, mentions, the author's name ------------------------------------------------------
 
 _SIGNATURE = re.compile(
-    r"(?:^|[-—–~=_]+\s*|[（(]\s*)(?:来自|來自|发自|發自)\s*(?:小黑盒|黑盒|其乐|keylol|nga|贴吧|百度贴吧|bilibili|b站|微博"
+    r"(?:^|[-—–~=_]+\s*|[（(]\s*)(?:来自|來自|发自|發自|via)\s*(?:小黑盒|黑盒|其乐|keylol|nga|贴吧|百度贴吧|bilibili|b站|微博"
     r"|豆瓣|taptap|\S{0,12}?(?:app|客户端|用户|用戶))[^\n]{0,40}$"
     r"|(?:^|[-—–~=_]+\s*)(?:sent from my|sent via|发自我的|發自我的)[^\n]{0,30}$"
     r"|^\s*(?:本评测|本文|此评测)?(?:同步|转载|轉載|首发)(?:于|自|於)[^\n]{0,40}$", re.I | re.M)
-_SIGNATURE_HINT = re.compile(r"来自|來自|发自|發自|sent (?:from|via)|同步|转载|轉載|首发", re.I)
+_SIGNATURE_HINT = re.compile(r"来自|來自|发自|發自|via|sent (?:from|via)|同步|转载|轉載|首发", re.I)
 _MENTION = re.compile(r"(?<![\w.@/])@\w[\w.\-]{1,30}")
 
 

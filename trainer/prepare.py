@@ -205,6 +205,8 @@ class _Rules:
 
     def _select(self, r: Review) -> str | None:
         cfg = self.cfg
+        if r.language is not None and r.language not in cleaning.STEAM_LANGUAGES:
+            r.language = cleaning.steam_language(r.language) or r.language  # "en", "English" in exports
         if self.languages is not None and r.language is not None and r.language not in self.languages:
             return self._drop("language", r, r.language)
         if cfg.voted_up != "any" and r.voted_up is not (cfg.voted_up == "true"):

@@ -278,6 +278,8 @@ def _read_object(path: Path, data: dict, tag_language: str, columns: dict[str, s
     apps = _appdetails(data)
     if apps is not None:
         return Loaded(path, "appdetails", apps=apps)
+    if data and all(k.isdigit() and isinstance(v, (list, dict)) for k, v in data.items()):
+        return _read_by_app(path, data, tag_language, columns)
     for key in ("data", "records", "items", "rows"):  # {"data": [ {...}, ... ]} exports
         if isinstance(data.get(key), list) and data[key] and isinstance(data[key][0], dict):
             loaded = _read_records(path, list(enumerate(data[key], 1)), jsonl=False, tag_language=tag_language,
@@ -285,6 +287,26 @@ def _read_object(path: Path, data: dict, tag_language: str, columns: dict[str, s
             loaded.container = f"records under '{key}'"
             return loaded
     return _read_records(path, [(1, data)], jsonl=True, tag_language=tag_language, columns=columns)
+
+
+def _read_by_app(path: Path, data: dict, tag_language: str, columns: dict[str, str] | None) -> Loaded:
+    """``{"<appid>": [reviews…]}`` or ``{"<appid>": {"reviews": …}}``: each app's reviews, app id from the key."""
+    loaded = Loaded(path, "review-list", container="reviews keyed by app id")
+    for appid, value in data.items():
+        part = value if isinstance(value, list) else value.get("reviews")
+        if isinstance(part, dict):
+            part = list(part.values())
+        if not isinstance(part, list):
+            raise UserError(f"{path}: app {appid}: expected a list of reviews; fix the file")
+        if not part:
+            continue
+        one = _read_records(path, [(f"{appid} #{i}", r) for i, r in enumerate(part, 1)], jsonl=False,
+                            tag_language=tag_language, columns=columns, word="app")
+        for r in one.reviews:
+            r.appid = r.appid or appid
+        loaded.reviews += one.reviews
+        loaded.format, loaded.columns = ("table", one.columns) if one.format == "table" else (loaded.format, None)
+    return loaded
 
 
 def _read_bytes(path: Path) -> tuple[bytes, str | None]:
