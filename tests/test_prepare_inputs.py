@@ -245,3 +245,16 @@ def test_score_columns_language_codes_and_reviews_keyed_by_app(tmp_path):
     res = _run(tmp_path, [byapp], language=["en"], app_name=["570=Dota 2", "730=Counter-Strike 2"])
     assert [r["instruction"] for r in _load(res["train"])] == ['As a veteran gamer, review the game "Dota 2".',
                                                               'As a veteran gamer, review the game "Counter-Strike 2".']
+
+
+def test_cross_game_copypasta_goes_entirely(tmp_path):
+    pasta = "我是一个没有感情的复制机器，这段话会出现在每一个游戏的评测区里，请不要在意我，继续往下看吧"
+    rows = [[pasta + "！" * i, game] for i, game in enumerate(["A", "B", "C"])]  # exact and edited copies, 3 games
+    rows += [[ZH[0], "A"], [ZH[0], "B"], [ZH[1], "C"]]  # a repost under 2 games: one copy kept
+    src = _csv(tmp_path / "pasta.csv", ["review", "game"], rows)
+    res = _run(tmp_path, [src], near_dup_threshold=0.7)
+    assert [r["output"] for r in _load(res["train"])] == [ZH[0], ZH[1]]
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert report["rules"]["copypasta"]["reasons"] == {"3 games": 1}
+    assert res["removed"]["exact_duplicate"] + res["removed"]["near_duplicate"] == 3
+    assert _run(tmp_path, [src], near_dup_threshold=0.7, copypasta_games=0)["counts"]["kept"] == 3

@@ -109,6 +109,8 @@ class PrepareConfig:
     dedup: bool = arg(True, "Drop exact duplicates (after normalising case, width, spaces and punctuation).")
     near_dedup: bool = arg(True, "Drop near duplicates (MinHash over 5-character shingles).")
     near_dup_threshold: float = arg(0.8, "Estimated Jaccard similarity at which a review is a near duplicate.")
+    copypasta_games: int = arg(3, "Drop every copy of a text (exact or near) found under this many games or more: "
+                               "copypastas; 0 = off.")
 
 
 # Rule names in pipeline order (the report and the table list them in this order).
@@ -116,7 +118,7 @@ RULES = ("language", "voted_up", "min_votes_up", "min_playtime_hours", "unknown_
          "strip_html", "normalize_whitespace", "page_residue", "handles", "art", "to_simplified", "empty",
          "profanity_mask", "spam", "identity_slur", "blocklist", "scrub_pii", "checklist", "little_language",
          "repetition", "too_short", "too_long", "script", "template_fields", "exact_duplicate", "near_duplicate",
-         "max_per_game")
+         "copypasta", "max_per_game")
 _TRANSFORMS = {"strip_bbcode", "strip_html", "normalize_whitespace", "page_residue", "handles", "art",
                "to_simplified", "scrub_pii"}
 #: the flag that changes each rule (for the console warning, the report and error hints)
@@ -134,7 +136,8 @@ FLAGS = {
     "repetition": "--drop_repetition False", "too_short": "--min_chars / --min_words",
     "too_long": "--max_chars 0 / --max_words 0", "script": "--script_check False",
     "template_fields": "--instruction_template / --input_template", "exact_duplicate": "--dedup False",
-    "near_duplicate": "--near_dedup False or a higher --near_dup_threshold", "max_per_game": "--max_per_game 0",
+    "near_duplicate": "--near_dedup False or a higher --near_dup_threshold", "copypasta": "--copypasta_games 0",
+    "max_per_game": "--max_per_game 0",
 }
 
 
@@ -179,6 +182,7 @@ class _Rules:
         self.simplify = simplify
         self.uses = _template_fields(cfg)
         self.seen: dict[str, str] = {}
+        self.games: dict[str, set[str]] = {}  # dedup key → games its copies were written for
         self.key = ""  # dedup key of the last record passed to apply()
         self.near = cleaning.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
 
@@ -302,23 +306,36 @@ class _Rules:
                 return self._drop("template_fields", r, "playtime unknown")
         self.key = cleaning.dedup_key(r.text) if (cfg.dedup or self.near is not None) else ""
         if cfg.dedup:
+            self.games.setdefault(self.key, set()).add(_game(r))
             if self.key in self.seen:
                 return self._drop("exact_duplicate", r, note=f"copy of {self.seen[self.key]}")
             self.seen[self.key] = r.where
         return None
 
     def near_duplicates(self, kept: list[Review], keys: list[str]) -> list[Review]:
-        """Second pass: drop near duplicates (signatures computed in batches, first copy kept)."""
-        if self.near is None:
-            return kept
+        """Second pass: drop near duplicates (signatures computed in batches, first copy kept), then
+        copypastas: texts whose copies (exact or near) appear under ``--copypasta_games`` games or more,
+        every copy dropped."""
+        games = [set(self.games.get(k, ())) | {_game(r)} for r, k in zip(kept, keys)]
         out = []
-        for r, sig in zip(kept, self.near.signatures(keys)):
-            like = self.near.add_signature(sig, r.where)
-            if like is None:
-                out.append(r)
+        if self.near is not None:
+            for i, (r, sig) in enumerate(zip(kept, self.near.signatures(keys))):
+                like = self.near.add_signature(sig, i)
+                if like is None:
+                    out.append(i)
+                else:
+                    games[like].add(_game(r))  # type: ignore[index]
+                    self._drop("near_duplicate", r, note=f"near copy of {kept[like].where}")  # type: ignore[index]
+        else:
+            out = list(range(len(kept)))
+        n = self.cfg.copypasta_games
+        result = []
+        for i in out:
+            if n and len(games[i]) >= n:
+                self._drop("copypasta", kept[i], f"{min(len(games[i]), 10)}{'+' if len(games[i]) >= 10 else ''} games")
             else:
-                self._drop("near_duplicate", r, note=f"near copy of {like}")
-        return out
+                result.append(kept[i])
+        return result
 
 
 def _template_fields(cfg: PrepareConfig) -> set[str]:
