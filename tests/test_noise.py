@@ -36,9 +36,9 @@ def test_signatures_mentions_and_the_authors_name():
 
 
 def test_text_art_lines_go_words_stay():
-    art = "好游戏\n⣿⣿⠟⠛⣿⣿⣿⣿\n░░▒▓███▓▒░░\n/\\_/\\ (=^.^=) ~~~\n真的👍好"
+    art = "好游戏\n⣿⣿⠟⠛⣿⣿⣿⣿\n░░▒▓███▓▒░░\n----------------\n/\\_/\\ (=^.^=) ~~~\n真的👍好"
     assert noise.strip_art(art) == "好游戏\n真的👍好"
-    for keep in ("……好玩！！！", "Great 👍👍 game", "Pros: +combat -story"):
+    for keep in ("……好玩！！！", "Great 👍👍 game", "Pros: +combat -story", "大爱梦美~~~~~~~~~~~~~", "===[ 画质 ]==="):
         assert noise.strip_art(keep) == keep
 
 
@@ -158,3 +158,10 @@ def test_language_codes_aliases_and_detection():
 def test_residue_items_share_a_line_and_korean_dates():
     assert noise.strip_page_residue("发布于：3 月 4 日\n12 人觉得这篇评测有价值 3 人觉得这篇评测很欢乐\n打击感很好") == "打击感很好"
     assert noise.strip_page_residue("게시 일시: 3월 4일\n무료로 받은 제품\n재미있는 게임") == "재미있는 게임"
+
+
+def test_links_end_at_non_url_characters_and_platform_names_stay():
+    assert cleaning.scrub_pii("看这里 https://store.steampowered.com/about/?snr=1_5灵、服务器短板") == ("看这里 灵、服务器短板", ["link"])
+    assert cleaning.scrub_pii("needs a Battle.net account, also on GOG.com") == ("needs a Battle.net account, also on GOG.com", [])
+    assert cleaning.scrub_pii("my blog coolgamer.net has more") == ("my blog  has more", ["link"])
+    assert noise.little_language_reason("中文10/10，音乐9.5/10，剧情9/10，综合9.5/10，K社经典") is None

@@ -211,7 +211,10 @@ def _lingua(text: str, detector: object) -> str:
 
 
 # Spam / advertisement signals. Each pattern names one reason in the report.
-_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'，。）)】]+", re.I)
+# URL characters (RFC 3986 unreserved + reserved, no brackets or quotes): a link ends at the first
+# other character, so Chinese text written right after a link stays
+_URL_CHARS = r"[A-Za-z0-9\-._~:/?#@!$&*+,;=%]"
+_URL = re.compile(rf"(?:https?://|www\.){_URL_CHARS}+", re.I)
 _STEAM_URL = re.compile(r"^(?:https?://)?(?:www\.)?(?:steamcommunity\.com|store\.steampowered\.com|s\.team)/", re.I)
 _PROMO_STEAM_URL = re.compile(r"/(?:curator|groups|gid)/", re.I)
 _SHOP_URL = re.compile(r"key|shop|cheap|buy|sell|deal|g2a|kinguin|eneba|instant-gaming|taobao|tb\.cn|xianyu|goofish"
@@ -388,7 +391,7 @@ _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾�
           rf"|\s+at\s+[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT})(?:{_TLD})(?![A-Za-z])")
 PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # steamcommunity.com/profiles/<17 digits>/... , /id/<vanity>/... , /user/<code>; s.team/p/<code> invites
-    "profile_url": re.compile(r"(?:https?://)?(?:www\.)?steamcommunity\.com/(?:profiles|id|user)/[^\s，。）)】]*"
+    "profile_url": re.compile(r"(?:https?://)?(?:www\.)?steamcommunity\.com/(?:profiles|id|user)/[A-Za-z0-9\-._~:/?#@!$&*+,;=%]*"
                               r"|(?:https?://)?s\.team/p/[\w-]+(?:/[\w-]+)?", re.I),
     # "name@example.com" and spelled out: "name at gmail dot com", "name(at)qq(dot)com", "name艾特qq点com"
     "email": re.compile(_EMAIL, re.I),
@@ -400,8 +403,8 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     "contact": re.compile(rf"{_CONTACT}\s*[:：号]?\s*(?:{_DIGITS}|(?<=[信❤♥xX])\s*[A-Za-z][A-Za-z0-9_-]{{4,}})"),
     "phone_number": SPAM_PATTERNS["phone_number"],
     # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
-    "link": re.compile(rf"(?:https?://|www\.)[^\s<>\"'，。）)】]+"
-                       rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:{_TLD})(?![\w.\-])(?:/[^\s<>\"'，。）)】]*)?", re.I),
+    "link": re.compile(rf"(?:https?://|www\.){_URL_CHARS}+"
+                       rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:{_TLD})(?![\w.\-])(?:/{_URL_CHARS}*)?", re.I),
 }
 _DIGIT_RUN = r"(?:\d[\s\-.·]?){5}|[零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]{5}"
 # Every match of a PII pattern contains its hint in the lower-cased text: the cheap test first
@@ -421,7 +424,7 @@ def PII_MASK(text: str) -> str:  # noqa: N802 - a constant-like helper for repor
     low = text.lower()
     for kind, hint in _PII_HINTS.items():
         if hint.search(low):
-            text = PII_PATTERNS[kind].sub("▇", text)
+            text = PII_PATTERNS[kind].sub(lambda m: _keep_platform(m) or "▇" if kind == "link" else "▇", text)
     return text
 
 
@@ -439,10 +442,21 @@ def scrub_pii(text: str) -> tuple[str, list[str]]:
     kinds = []
     for kind, hint in _PII_HINTS.items():
         if hint.search(low):
-            text, n = PII_PATTERNS[kind].subn("", text)
-            if n:
+            new = PII_PATTERNS[kind].sub(_keep_platform if kind == "link" else "", text)
+            if new != text:
+                text = new
                 kinds.append(kind)
     return text, kinds
+
+
+#: store and platform names that are written as domains ("needs a Battle.net account"): kept when bare
+PLATFORM_DOMAINS = {"battle.net", "itch.io", "gog.com", "ea.com", "origin.com", "ubisoft.com", "xbox.com",
+                    "epicgames.com", "humblebundle.com", "steam.com", "twitch.tv", "youtube.com", "bilibili.com",
+                    "reddit.com", "github.com", "discord.gg", "discord.com", "nexusmods.com", "steamdb.info"}
+
+
+def _keep_platform(m: re.Match[str]) -> str:
+    return m.group(0) if m.group(0).lower() in PLATFORM_DOMAINS else ""
 
 
 # --- duplicates ---------------------------------------------------------------------------------------

@@ -111,8 +111,9 @@ _ART_HINT = re.compile(r"[\u2500-\u28ff\U0001f000-\U0001faff]|[^\w\s]{8}")
 
 def strip_art(text: str) -> str:
     """Remove lines drawn rather than written: lines of 4+ visible characters that are mostly (≥ 60 %)
-    braille, box-drawing/block characters, geometric symbols, emoji or ASCII punctuation.
-    "⣿⣿⠟⠛⣿", "░░▒▓█", "(ง •̀_•́)ง ~~~~~~" go; a line with a few emoji among words stays."""
+    braille, box-drawing/block characters, geometric symbols, emoji or ASCII drawing characters and
+    hold under 2 letters. "⣿⣿⠟⠛⣿", "░░▒▓█", "-------" go; "大爱梦美~~~~~~~~~~" and a line with a
+    few emoji among words stay."""
     if not _ART_HINT.search(text):
         return text
     out = []
@@ -120,7 +121,7 @@ def strip_art(text: str) -> str:
         visible = [c for c in line if not c.isspace()]
         if len(visible) >= 4:
             drawn = sum(1 for c in visible if _ART_CHAR.match(c))
-            if drawn / len(visible) >= 0.6:
+            if drawn / len(visible) >= 0.6 and sum(c.isalpha() for c in visible) < 2:
                 continue
         out.append(line)
     return "\n".join(out).strip() if len(out) != text.count("\n") + 1 else text
@@ -138,8 +139,9 @@ def checklist_reason(text: str) -> str | None:
 
 
 def little_language_reason(text: str, min_share: float = 0.4) -> str | None:
-    """``"few letters"`` when letters (any script) are under ``min_share`` of the visible characters
-    other than Steam's ``♥`` mask ("10/10 !!!!! 👍👍👍", "。。。。。"); ``None`` otherwise."""
+    """``"few letters"`` when letters and digits (any script) are under ``min_share`` of the visible
+    characters other than Steam's ``♥`` mask ("10/10 !!!!! 👍👍👍", "。。。。。"); ``None`` otherwise
+    ("中文10/10，音乐9.5/10，剧情9/10" is a review)."""
     visible = len(text) - text.count(" ") - text.count("\n") - text.count("♥")
     if visible == 0:
         return "few letters"
@@ -147,7 +149,7 @@ def little_language_reason(text: str, min_share: float = 0.4) -> str | None:
     return "few letters" if letters < min_share * visible else None
 
 
-_NOT_LETTER = re.compile(r"[^\s\w♥]|[\d_]")
+_NOT_LETTER = re.compile(r"[^\s\w♥]|_")
 
 
 def repetition_reason(text: str, min_ratio: float = 0.2, min_bytes: int = 120) -> str | None:
