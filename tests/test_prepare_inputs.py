@@ -258,3 +258,17 @@ def test_cross_game_copypasta_goes_entirely(tmp_path):
     assert report["rules"]["copypasta"]["reasons"] == {"3 games": 1}
     assert res["removed"]["exact_duplicate"] + res["removed"]["near_duplicate"] == 3
     assert _run(tmp_path, [src], near_dup_threshold=0.7, copypasta_games=0)["counts"]["kept"] == 3
+
+
+def test_identity_slurs_are_removed_and_reported_masked(tmp_path):
+    rows = [[t, "Hades"] for t in ZH] + [["这关卡设计的策划是智障吧，难度曲线完全不合理", "Hades"],
+                                         ["垃圾优化，烂到家了，但是玩法确实有意思，建议打折再买", "Hades"]]
+    src = _csv(tmp_path / "s.csv", ["review", "game"], rows)
+    res = _run(tmp_path, [src])
+    outs = [r["output"] for r in _load(res["train"])]
+    assert outs == ZH + ["垃圾优化，烂到家了，但是玩法确实有意思，建议打折再买"]  # plain profanity about the game stays
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert report["rules"]["identity_slur"]["reasons"] == {"disability: 智*": 1}
+    assert "disability: 智*" in Path(res["report_md"]).read_text(encoding="utf-8")
+    kept = _run(tmp_path, [src], drop_identity_slurs=False)
+    assert kept["counts"]["kept"] == 6

@@ -265,7 +265,7 @@ class _Rules:
         if self.slurs is not None:
             hit = self.slurs.find(r.text)
             if hit:
-                return self._drop("identity_slur", r, hit[0], note=f"{hit[0]}: {_mask_word(hit[1])}")
+                return self._drop("identity_slur", r, f"{hit[0]}: {_mask_word(hit[1])}")
         if self.blocklist is not None:
             word = cleaning.blocked_word(r.text, self.blocklist)
             if word:
