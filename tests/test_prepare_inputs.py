@@ -199,6 +199,7 @@ def test_big_rule_warning_report_lists_every_rule_that_fired(tmp_path):
     assert (tmp_path / "o/prepare_lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_round_trip_validate_and_train_two_steps(tmp_path, tiny_llama_dir):
     src = _csv(tmp_path / "api.csv", ["review", "voted_up", "language", "app_name"],
                [[t, True, "english", "Hades"] for t in EN * 2] + [[t + " Again.", False, "english", "Celeste"] for t in EN])
