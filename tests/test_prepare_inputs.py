@@ -273,3 +273,16 @@ def test_identity_slurs_are_removed_and_reported_masked(tmp_path):
     assert "disability: 智*" in Path(res["report_md"]).read_text(encoding="utf-8")
     kept = _run(tmp_path, [src], drop_identity_slurs=False)
     assert kept["counts"]["kept"] == 6
+
+
+def test_to_simplified_needs_opencc_or_converts(tmp_path):
+    trad = "這個遊戲的畫面與劇情都讓人喜歡，戰鬥系統也很有深度，值得購買。"
+    src = _csv(tmp_path / "t.csv", ["review", "game"], [[trad, "Hades"], [ZH[0], "Hades"]])
+    try:
+        import opencc  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="--to_simplified needs opencc; pip install opencc-python-reimplemented"):
+            _run(tmp_path, [src], to_simplified=True)
+        return
+    outs = [r["output"] for r in _load(_run(tmp_path, [src], to_simplified=True)["train"])]
+    assert outs == ["这个游戏的画面与剧情都让人喜欢，战斗系统也很有深度，值得购买。", ZH[0]]
