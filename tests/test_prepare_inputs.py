@@ -286,3 +286,12 @@ def test_to_simplified_needs_opencc_or_converts(tmp_path):
         return
     outs = [r["output"] for r in _load(_run(tmp_path, [src], to_simplified=True)["train"])]
     assert outs == ["这个游戏的画面与剧情都让人喜欢，战斗系统也很有深度，值得购买。", ZH[0]]
+
+
+def test_latin_languages_told_apart_when_lingua_is_installed(tmp_path):
+    pytest.importorskip("lingua")
+    de = "Dieses Spiel macht wirklich Spaß, der Kampf ist gut und die Geschichte auch"
+    src = _csv(tmp_path / "de.csv", ["review", "game"], [[EN[0], "Hades"], [de, "Hades"]])
+    res = _run(tmp_path, [src], language=["english"])
+    assert [r["output"] for r in _load(res["train"])] == [EN[0]]
+    assert res["removed"]["language"] == 1
