@@ -70,7 +70,8 @@ def test_profanity_mask_detection():
     ("填我的邀请码 ABC123 送皮肤", "referral_code"),
     ("use my referral code STEAM123", "referral_code"),
     ("便宜 key 看这里 https://cheap-keys.example.com/x", "url"),
-    ("关注我的鉴赏家 https://store.steampowered.com/curator/123/", "url"),
+    ("关注我的鉴赏家 https://store.steampowered.com/curator/123/", "stream_promo"),
+    ("鉴赏家页面 https://store.steampowered.com/curator/123/", "url"),
 ])
 def test_spam_signals(text, reason):
     assert cleaning.spam_reason(text) == reason

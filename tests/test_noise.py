@@ -82,6 +82,7 @@ def test_length_counts_cjk_characters_and_other_words():
     ("Cheap rank boosting service, DM me", "boosting"),
     ("follow me on twitch for more", "stream_promo"),
     ("直播间 123456 欢迎来玩", "stream_promo"),
+    ("喜欢的话欢迎关注我的鉴赏家", "stream_promo"),
     ("use code STREAMER at checkout", "referral_code"),
     ("扣扣 一二三四五六七 找我", "qq_wechat_group"),
     ("加 V❤ abc_12345 领取", "qq_wechat_group"),

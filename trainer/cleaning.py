@@ -253,7 +253,7 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"(?:follow|sub(?:scribe)?) (?:me )?(?:on|to) (?:my )?(?:twitch|youtube|yt|tiktok|channel|stream)"
         r"|twitch\.tv/\w+|youtube\.com/(?:c/|@|channel)|check out my (?:channel|stream|video)"
         r"|关注我的?(?:b站|哔哩哔哩|直播间?|抖音|快手|频道|主页)|直播间\s*[:：号]?\s*\d+|(?:斗鱼|虎牙)(?:房间)?\s*[:：号]?\s*\d{3,}"
-        r"|抖音号|快手号|求关注|点个关注", re.I),
+        r"|抖音号|快手号|求关注|点个关注|关注(?:我的|我们的|本)?鉴赏家|follow (?:my|our) curator", re.I),
 }
 
 
@@ -270,7 +270,7 @@ _SPAM_HINTS = (
     re.compile(r"[零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]{5}"),
     re.compile(r"微信|薇信|威信|卫星|v信|v ?信|v ?❤|v ?♥|vx|wx|公众号|q群|q ?群|扣扣|企鹅|群号|加群|进群|入群|邀请码|推荐码|优惠码|折扣码"
                r"|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|奖励|点赞|打赏|还差|点数|抽奖|免费送|白送|激活码|cdk|送"
-               r"|福利|收号|出号|卖号|出售|回收|低价|直播|斗鱼|虎牙|抖音|快手|关注"),
+               r"|福利|收号|出号|卖号|出售|回收|低价|直播|斗鱼|虎牙|抖音|快手|关注|鉴赏家"),
     re.compile(r"referral|invite|promo|discount|coupon|creator|code|award|upvote|thumbs|rate up|like this|points"
                r"|give ?away|free|buying|selling|sell my|trade|cheap|boost|carry|power ?level|follow|subscribe|sub to"
                r"|twitch|youtube|check out|support-a"),

@@ -36,7 +36,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "votes_up": ("votes_up", "helpful", "votes_helpful", "review_votes", "found_helpful", "helpful_count", "有用", "有价值"),
     "review_id": ("recommendationid", "review_id", "reviewid", "id"),
     "author": ("author", "user", "username", "user_name", "author_name", "author.personaname", "personaname",
-               "nickname", "name", "steam_name", "profile_name", "用户名", "用户", "昵称", "作者", "玩家"),
+               "nickname", "name", "steam_name", "profile_name", "reviewer", "reviewer_name", "persona_name",
+               "steam_user", "user_nickname", "用户名", "用户", "昵称", "作者", "玩家", "评测者", "用户昵称", "玩家昵称"),
     "author_id": ("author.steamid", "steamid", "steam_id", "author_steamid", "user_id", "userid", "author_id"),
 }
 FIELDS = tuple(ALIASES)
