@@ -155,8 +155,13 @@ _NOT_LETTER = re.compile(r"[^\s\w♥]|_")
 def repetition_reason(text: str, min_ratio: float = 0.2, min_bytes: int = 120) -> str | None:
     """``"looping"`` when the text compresses below ``min_ratio`` of its UTF-8 size with zlib (DEFLATE
     finds the repeats: "好玩好玩好玩…", "very good very good …"); texts under ``min_bytes`` pass."""
+    if len(text) < min_bytes // 3:
+        return None
+    distinct = len(set(text))
+    if distinct > 0.2 * len(text) or distinct >= 120:  # varied text does not loop (cheap test first)
+        return None
     raw = text.encode("utf-8")
-    if len(raw) < min_bytes or len(set(text)) > 0.2 * len(text):  # varied text cannot loop (cheap test)
+    if len(raw) < min_bytes:
         return None
     return "looping" if len(zlib.compress(raw, 1)) < min_ratio * len(raw) else None
 
@@ -172,6 +177,8 @@ def length(text: str) -> tuple[int, str]:
 
     CJK counts characters (CJK characters plus other visible non-space characters, as before);
     other scripts count words (letter or digit runs), so one bound does not cut long English."""
+    if text.isascii():
+        return len(_WORD.findall(text)), "words"
     cjk = len(_CJK_CHAR.findall(text))
     if cjk * 2 >= len(text):
         return len(text), "chars"
