@@ -419,7 +419,7 @@ _PII_HINTS = {
 }
 
 
-def PII_MASK(text: str) -> str:  # noqa: N802 - a constant-like helper for report examples
+def mask_pii(text: str) -> str:
     """``text`` with every :func:`scrub_pii` match replaced by ``▇`` (for examples shown to people)."""
     low = text.lower()
     for kind, hint in _PII_HINTS.items():

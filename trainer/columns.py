@@ -51,6 +51,11 @@ def _norm(header: str) -> str:
 _LOOKUP = {_norm(a): f for f, names in ALIASES.items() for a in names}
 
 
+def field_of(header: str) -> str | None:
+    """Our field for a header by :data:`ALIASES` (``"Content"`` → ``"review"``), else ``None``."""
+    return _LOOKUP.get(_norm(header))
+
+
 def parse_columns(spec: str) -> dict[str, str]:
     """``"review=评论,voted_up=推荐"`` → ``{"review": "评论", "voted_up": "推荐"}``.
 
@@ -97,7 +102,7 @@ def detect(headers: list[str], given: dict[str, str], path: Any) -> dict[str, st
         mapping[f] = h
     taken = set(mapping.values())
     for h in headers:
-        f = _LOOKUP.get(_norm(h))
+        f = field_of(h)
         if f and f not in mapping and h not in taken:
             mapping[f] = h
             taken.add(h)
@@ -111,7 +116,7 @@ def detect(headers: list[str], given: dict[str, str], path: Any) -> dict[str, st
 
 def suggest(headers: list[str]) -> str:
     """A ``--columns`` line for the error message: known names where they match, else the first column."""
-    guess = {f: h for h in headers if (f := _LOOKUP.get(_norm(h)))}
+    guess = {f: h for h in headers if (f := field_of(h))}
     guess.setdefault("review", headers[-1] if headers else "TEXT_COLUMN")
     return ",".join(f"{f}={h}" for f, h in guess.items())
 
@@ -161,7 +166,7 @@ def row_fields(row: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
         "language": (str(get["language"]).strip().lower() or None) if get.get("language") else None,
         "appid": _id(get.get("appid")),
         "game_name": str(get["app_name"]).strip() or None if get.get("app_name") else None,
-        "tags": _tags(tags),
+        "tags": split_tags(tags),
         "review_id": _id(get.get("review_id")),
         "author": " ".join(str(get[f]).strip() for f in _AUTHOR_FIELDS if get.get(f) not in (None, "")) or None,
     }
@@ -175,7 +180,8 @@ def _id(v: Any) -> str | None:
     return str(v).strip() or None
 
 
-def _tags(v: Any) -> list[str] | None:
+def split_tags(v: Any) -> list[str] | None:
+    """Tags from a list or a ``"动作, 狩猎"`` / ``"a|b"`` string; ``None`` when there are none."""
     if isinstance(v, list):
         items = [str(t).strip() for t in v]
     elif v:

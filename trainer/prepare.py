@@ -26,6 +26,7 @@ from typing import Any, Callable
 from rich.table import Table
 
 from trainer import cleaning, config, io, noise, persona, prepare_report, registry, sources
+from trainer import columns as columns_mod
 from trainer.config import arg
 from trainer.console import console, progress
 from trainer.errors import UserError
@@ -157,7 +158,7 @@ class _Stat:
 
 def mask(text: str, author: str | None = None) -> str:
     """``text`` with personal data, links and the author's name replaced by ``▇`` (report examples)."""
-    text = cleaning.PII_MASK(text)
+    text = cleaning.mask_pii(text)
     for name in (author or "").split():
         if len(name) >= 2:
             text = text.replace(name, "▇")
@@ -523,7 +524,7 @@ def _flag_apps(cfg: PrepareConfig, tag_language: str) -> tuple[dict[str, sources
 
 def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
     """Read every input and fill game names/tags from appdetails inputs, CSV rows and the flags."""
-    columns = sources.columns_mod.parse_columns(cfg.columns) if cfg.columns else None
+    columns = columns_mod.parse_columns(cfg.columns) if cfg.columns else None
     tag_language = prompt_language(cfg)
     loaded = []
     for path in sources.expand_inputs(cfg.inputs):

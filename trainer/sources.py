@@ -599,11 +599,11 @@ def read_app_names(path: Path, tag_language: str = "zh", encoding: str = "utf-8"
         header = text.lstrip("\ufeff").split("\n", 1)[0]
         delim = max(("\t", ",", ";"), key=header.count)
         rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delim))
-        mapping = {columns_mod._LOOKUP.get(columns_mod._norm(h)): h for h in (rows[0] if rows else {})}
+        mapping = {columns_mod.field_of(h): h for h in (rows[0] if rows else {})}
         name_col = mapping.get("app_name") or mapping.get("author")  # a bare "name" column names the game here
         if mapping.get("appid") and name_col:
             return {str(r[mapping["appid"]]).strip(): AppInfo(name=(r[name_col] or "").strip() or None,
-                                                              tags=columns_mod._tags(r.get(mapping.get("tags") or "")))
+                                                              tags=columns_mod.split_tags(r.get(mapping.get("tags") or "")))
                     for r in rows if (r.get(mapping["appid"]) or "").strip()}
     raise UserError(f"{path}: no app ids and names found; write a CSV with columns appid,name[,tags] or a JSON "
                     "object {\"appid\": \"name\"}")
