@@ -5,8 +5,10 @@ Transformations take and return ``str``; detectors return the matched reason (``
 
 Why our own code: the cleaning rules *are* the data pipeline, our edge. Steam's markup is BBCode
 (tag list: https://steamcommunity.com/comment/Recommendation/formattinghelp), which no maintained
-Python library parses the way Steam renders it; the spam, PII and duplicate rules are tuned to Steam
-review quirks seen in ``../shared/data`` (QQ-group adverts, 17-digit steam ids, ``♥`` masks).
+Python library parses the way Steam renders it; the spam/campaign, PII, slur-list and duplicate
+rules are tuned to Steam review quirks (QQ-group adverts and their obfuscations, SteamID forms,
+point-begging campaigns, ``♥`` masks). Language detection by script is ours (cheap and exact for
+CJK); Latin-script languages go to lingua-language-detector when it is installed.
 """
 
 from __future__ import annotations

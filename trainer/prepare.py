@@ -1,9 +1,12 @@
 """``steam-train prepare``: raw Steam reviews → a clean alpaca SFT dataset (train + val files).
 
-Pipeline (each rule counted in ``prepare_report.json`` and the console table, each switchable):
-read + detect formats (:mod:`trainer.sources`) → language → voted_up / votes / playtime selection →
-game name known → BBCode → HTML → whitespace → empty → ``♥`` masks → spam → blocklist → PII scrub →
-length bounds → script check → template fields → exact duplicates → near duplicates →
+Pipeline (each rule counted in ``prepare_report.json``, ``prepare_report.md`` and the console
+table, each switchable; :data:`RULES` is the order): read + detect formats and columns
+(:mod:`trainer.sources`, :mod:`trainer.columns`) → language (field or detected) → voted_up / votes /
+playtime selection → game name known → BBCode → HTML → whitespace → page residue → signatures and
+handles → text art → Traditional→Simplified → empty → ``♥`` masks → spam and campaigns → identity
+slurs → blocklist → PII scrub → checklists → too little language → looping → length bounds →
+script check → template fields → exact duplicates → near duplicates → copypastas →
 ``--max_per_game`` balance → seeded train/val split → atomic writes → optional LLaMA-Factory
 registration (:func:`trainer.registry.register`).
 
