@@ -295,3 +295,16 @@ def test_latin_languages_told_apart_when_lingua_is_installed(tmp_path):
     res = _run(tmp_path, [src], language=["english"])
     assert [r["output"] for r in _load(res["train"])] == [EN[0]]
     assert res["removed"]["language"] == 1
+
+
+def test_a_big_rule_is_reported_while_cleaning(tmp_path):
+    rows = [[f"第{i}条：这游戏的战斗系统很扎实，关卡设计也有想法，值得一玩。", "Hades"] for i in range(2500)]
+    rows += [["Q群 123456789 进群领福利", "Hades"]] * 1500
+    src = _csv(tmp_path / "big.csv", ["review", "game"], rows[:1000] + rows[2500:] + rows[1000:2500])
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--near_dedup", "False"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "rule 'spam' removed 1,000 of the first 2,000 reviews (50%); change it with --drop_spam False" in out
+    assert out.count("warning rule 'spam'") == 1
+    report = json.loads((tmp_path / "o/prepare_report.json").read_text(encoding="utf-8"))
+    assert report["warnings"] == ["rule 'spam' removed 1,500 of 4,000 reviews (38%); change it with --drop_spam False"]

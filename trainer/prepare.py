@@ -187,6 +187,7 @@ class _Rules:
         self.uses = _template_fields(cfg)
         self.seen: dict[str, str] = {}
         self.games: dict[str, set[str]] = {}  # dedup key → games its copies were written for
+        self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.key = ""  # dedup key of the last record passed to apply()
         self.near = cleaning.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
 
@@ -601,7 +602,8 @@ def _fits(detected: str | None, wanted: set[str]) -> bool:
 
 
 def _clean_all(reviews: list[Review], rules: _Rules) -> tuple[list[Review], list[str], Counter, Counter]:
-    """Run the rules with a progress bar; (kept, their dedup keys, dropped per language, per game)."""
+    """Run the rules with a progress bar; (kept, their dedup keys, dropped per language, per game).
+    A rule that has removed more than a fifth of the reviews seen is reported at once (every 2,000)."""
     kept: list[Review] = []
     keys: list[str] = []
     drop_lang: Counter[str] = Counter()
@@ -617,6 +619,7 @@ def _clean_all(reviews: list[Review], rules: _Rules) -> tuple[list[Review], list
                 drop_game[_game(r)] += 1
             if i % 2000 == 1999:
                 bar.update(task, completed=i + 1)
+                _warn_big_rules(rules.stats, i + 1, rules.warned, so_far=True)
         bar.update(task, completed=len(reviews))
     return kept, keys, drop_lang, drop_game
 
@@ -625,14 +628,19 @@ def _game(r: Review) -> str:
     return _clean_name(r.game_name) if r.game_name else "(verbatim prompt)" if r.prompt else "(unknown game)"
 
 
-def _warn_big_rules(stats: dict[str, _Stat], read: int) -> list[str]:
-    """Console warnings for rules that removed more than a fifth of the input (also in the report)."""
+def _warn_big_rules(stats: dict[str, _Stat], read: int, warned: set[str], so_far: bool = False) -> list[str]:
+    """Warnings for rules that removed more than a fifth of ``read`` reviews (also in the report);
+    printed unless already printed for that rule."""
     lines = []
     for name in RULES:
         n = stats[name].removed
         if read and n > read / 5:
-            lines.append(f"rule '{name}' removed {n:,} of {read:,} reviews ({n / read:.0%}); change it with {FLAGS.get(name, 'its flag')}")
-            console.print(f"[bold yellow]warning[/] {lines[-1]}")
+            seen = f"the first {read:,}" if so_far else f"{read:,}"
+            lines.append(f"rule '{name}' removed {n:,} of {seen} reviews ({n / read:.0%}); change it with "
+                         f"{FLAGS.get(name, 'its flag')}")
+            if name not in warned:
+                warned.add(name)
+                console.print(f"[bold yellow]warning[/] {lines[-1]}")
     return lines
 
 
@@ -685,7 +693,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])
     stats = rules.stats
-    warnings = _warn_big_rules(stats, len(reviews))
+    warnings = _warn_big_rules(stats, len(reviews), rules.warned)
     _print_table(stats, len(reviews), len(kept))
 
     if not kept:
