@@ -166,3 +166,11 @@ def test_links_end_at_non_url_characters_and_platform_names_stay():
     assert cleaning.scrub_pii("needs a Battle.net account, also on GOG.com") == ("needs a Battle.net account, also on GOG.com", [])
     assert cleaning.scrub_pii("my blog coolgamer.net has more") == ("my blog  has more", ["link"])
     assert noise.little_language_reason("中文10/10，音乐9.5/10，剧情9/10，综合9.5/10，K社经典") is None
+
+
+def test_a_missing_space_after_a_full_stop_is_not_a_link():
+    for keep in ("It was fun.It is also long.In the end good.My rating: 8", "(555) 0x1F build 2.0.1"):
+        assert cleaning.scrub_pii(keep) == (keep, [])
+    assert cleaning.scrub_pii("trailer youtu.be/abc123 here") == ("trailer  here", ["link"])
+    assert cleaning.scrub_pii("call (555) 123-4567 or 555-123-4567") == ("call  or ", ["phone_number"])
+    assert noise.strip_page_residue("Great game\nRead more\n3 comments") == "Great game"

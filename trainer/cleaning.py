@@ -231,7 +231,8 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?:微信群?|微信号|薇信|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX)(?![A-Za-z]))\s*[:：号]?\s*[A-Za-z][A-Za-z0-9_-]{4,}"
         r"|关注(?:我的|我们的)?(?:微信)?公众号"),
     "phone_number": re.compile(r"(?<![0-9A-Za-z_.+:/#-])(?:(?:\+|00)86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}(?![0-9A-Za-z_.])"
-                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]?\(?\d{1,4}\)?(?:[- .]\d{2,4}){2,4}(?![0-9A-Za-z_.])"),
+                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]?\(?\d{1,4}\)?(?:[- .]\d{2,4}){2,4}(?![0-9A-Za-z_.])"
+                               r"|\(\d{3}\) ?\d{3}-\d{4}(?!\d)|(?<![\d.-])\d{3}-\d{3}-\d{4}(?![\d-])"),
     "referral_code": re.compile(
         r"(?:邀请码|推荐码|优惠码|返利|折扣码|用我的码|输入我的码|"
         r"(?<![A-Za-z])(?:referral|invite|promo|discount|coupon|creator)\s+(?:code|link)s?(?![A-Za-z])"
@@ -383,8 +384,13 @@ class WordList:
 
 # --- personal data ----------------------------------------------------------------------------------
 
-_TLD = (r"com|net|org|cn|io|gg|tv|me|ru|de|xyz|top|co|info|cc|ly|uk|jp|kr|fr|biz|site|online|app|link|be|to|nz|us"
-        r"|eu|pl|br|es|it|nl|se|moe|club|vip|fun|shop|store|live|pro|ink|icu|wang|ltd")
+# top-level domains a bare domain may end in; the ones that are also English words ("fun.it",
+# "game.so") count only with a path after them ("youtu.be/x"), so a missing space after a full stop
+# is not a link
+_TLD = (r"com|net|org|cn|io|gg|tv|ru|de|xyz|top|info|cc|ly|uk|jp|kr|fr|biz|site|online|app|link|nz"
+        r"|eu|pl|br|es|nl|se|moe|club|vip|fun|shop|store|live|pro|ink|icu|wang|ltd|ai|tk|ml|ga|cf|gq|hk|tw|sg"
+        r"|ca|au|ch|ws|su|pw|cz|ua|kz|ir|vn|th|ph")
+_WORD_TLD = r"me|co|be|to|us|it|in|at|id|my|so|no|is|am|do|go"
 _ANY_DOT = r"(?:\.|。|\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 _SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 # "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
@@ -406,7 +412,8 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     "phone_number": SPAM_PATTERNS["phone_number"],
     # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
     "link": re.compile(rf"(?:https?://|www\.){_URL_CHARS}+"
-                       rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:{_TLD})(?![\w.\-])(?:/{_URL_CHARS}*)?", re.I),
+                       rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?![\w.\-])(?:/{_URL_CHARS}*)?"
+                       rf"|(?:{_WORD_TLD})/{_URL_CHARS}*)", re.I),
 }
 _DIGIT_RUN = r"(?:\d[\s\-.·]?){5}|[零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]{5}"
 # Every match of a PII pattern contains its hint in the lower-cased text: the cheap test first
@@ -417,7 +424,7 @@ _PII_HINTS = {
     "friend_code": re.compile(r"friend|好友"),
     "contact": re.compile(rf"{_DIGIT_RUN}|(?:信|❤|♥|vx|wx)\s*[:：号]?\s*[a-z]"),
     "phone_number": re.compile(r"\d[- .]?\d\d\d"),
-    "link": re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])"),
+    "link": re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/"),
 }
 
 

@@ -47,11 +47,12 @@ _RESIDUE_LINE = re.compile(
     r"|[\d,.]+\s*(?:hrs?|hours?)\s*on record(?:\s*\([\d,.]+\s*hrs? at review time\))?"
     r"|[\d,.]+\s*(?:std\.|h|ч\.?|時間|시간)\s*(?:insgesamt|en tout|registradas|registrad[ao]s|всего|記録|기록)"
     r"|\d[\d,]*\s*(?:products? in account|reviews?|项产品|個產品|篇评测|篇評論)(?:\s*[|｜·]\s*\d[\d,]*\s*(?:reviews?|篇评测))?"
+    r"|阅读更多|展开阅读全文|展开全文|收起|read more|show more|\d[\d,]*\s*(?:条留言|条回复|則留言|comments?)"
     r"|回复|回覆|reply|奖励|獎勵|award|是\s*否\s*欢乐\s*奖励|yes\s*no\s*funny\s*award"
     r")[\s.。,，|｜·]*)+$", re.I | re.M)
 _RESIDUE_HINT = re.compile(r"[发發更最抢搶免已有推不记記评評总總回奖獎这這你]|posted|updated|edited|early|product|record|review"
                            r"|helpful|recommend|\d\s*(?:hrs?|h\b|std|ч)|verfasst|publi|опублик|обзор|投稿|早期|無料|게시|앞서|무료"
-                           r"|empfohlen|recomend|рекоменд|award|reply|produ|\d\s*of\s*\d", re.I)
+                           r"|empfohlen|recomend|рекоменд|award|reply|produ|\d\s*of\s*\d|阅读|展开|收起|more|comment|留言", re.I)
 
 
 def strip_page_residue(text: str) -> str:
