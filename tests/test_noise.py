@@ -27,7 +27,7 @@ def test_signatures_mentions_and_the_authors_name():
     assert noise.strip_handles("好玩\n——来自小黑盒用户张三的评价") == ("好玩\n", ["signature"])
     assert noise.strip_handles("Fun game.\nSent from my iPhone") == ("Fun game.\n", ["signature"])
     assert noise.strip_handles("@路人甲 你说得对") == (" 你说得对", ["mention"])
-    text, kinds = noise.strip_handles("Bob here: a great game, says bob", "Bob 76561190000000001")
+    text, kinds = noise.strip_handles("Bob here: a great game, says bob", "Bob\n76561190000000001")
     assert text == " here: a great game, says " and kinds == ["author_name"]
     # near misses
     assert noise.strip_handles("灵感来自我的童年，很好") == ("灵感来自我的童年，很好", [])
@@ -174,3 +174,10 @@ def test_a_missing_space_after_a_full_stop_is_not_a_link():
     assert cleaning.scrub_pii("trailer youtu.be/abc123 here") == ("trailer  here", ["link"])
     assert cleaning.scrub_pii("call (555) 123-4567 or 555-123-4567") == ("call  or ", ["phone_number"])
     assert noise.strip_page_residue("Great game\nRead more\n3 comments") == "Great game"
+
+
+def test_other_authors_screen_names_go_plain_words_stay():
+    handles = noise.screen_names(["xXSniperXx\n76561190000000001", "player_123", "Gamer", "Ann Lee", "12345678"])
+    assert handles == {"xxsniperxx", "player_123"}
+    text, kinds = noise.strip_handles("thanks XXSNIPERXX and player_123, says Gamer and Ann Lee", "Ann Lee", handles)
+    assert text == "thanks  and , says Gamer and " and kinds == ["author_name", "screen_name"]

@@ -308,3 +308,11 @@ def test_a_big_rule_is_reported_while_cleaning(tmp_path):
     assert out.count("warning rule 'spam'") == 1
     report = json.loads((tmp_path / "o/prepare_report.json").read_text(encoding="utf-8"))
     assert report["warnings"] == ["rule 'spam' removed 1,500 of 4,000 reviews (38%); change it with --drop_spam False"]
+
+
+def test_other_authors_screen_names_are_removed(tmp_path):
+    rows = [["Dark_Knight99", EN[0]], ["Ann Lee", f"{EN[1]} Agree with dark_knight99 on the combat."]]
+    src = _csv(tmp_path / "names.csv", ["Username", "Review"], rows)
+    res = _run(tmp_path, [src], language=["en"], app_name=["Hades"])
+    assert [r["output"] for r in _load(res["train"])] == [EN[0], f"{EN[1]} Agree with on the combat."]
+    assert json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]["handles"]["reasons"] == {"screen_name": 1}

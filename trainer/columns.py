@@ -168,7 +168,7 @@ def row_fields(row: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
         "game_name": str(get["app_name"]).strip() or None if get.get("app_name") else None,
         "tags": split_tags(tags),
         "review_id": _id(get.get("review_id")),
-        "author": " ".join(str(get[f]).strip() for f in _AUTHOR_FIELDS if get.get(f) not in (None, "")) or None,
+        "author": "\n".join(str(get[f]).strip() for f in _AUTHOR_FIELDS if get.get(f) not in (None, "")) or None,
     }
 
 

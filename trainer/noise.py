@@ -79,11 +79,13 @@ _SIGNATURE_HINT = re.compile(r"来自|來自|发自|發自|via|sent (?:from|via)
 _MENTION = re.compile(r"(?<![\w.@/])@\w[\w.\-]{1,30}")
 
 
-def strip_handles(text: str, author: str | None = None) -> tuple[str, list[str]]:
+def strip_handles(text: str, author: str | None = None, handles: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
     """Remove cross-post signatures ("——来自小黑盒用户XXX的评价", "Sent from my iPhone"), ``@name``
-    mentions and every occurrence of the record's own author name or id (case-insensitive; names
-    under 2 characters are ignored). Returns ``(text, kinds)`` with kinds from
-    ``signature``, ``mention``, ``author_name``."""
+    mentions, every occurrence of the record's own author names (``author``: names and ids, one per
+    line; case-insensitive, whole words for Latin names; names under 2 characters are ignored) and
+    other authors' screen names (``handles``: lower-cased tokens, see :func:`screen_names`).
+    Returns ``(text, kinds)`` with kinds from ``signature``, ``mention``, ``author_name``,
+    ``screen_name``."""
     kinds = []
     if _SIGNATURE_HINT.search(text):
         text, n = _SIGNATURE.subn("", text)
@@ -93,13 +95,37 @@ def strip_handles(text: str, author: str | None = None) -> tuple[str, list[str]]
         text, n = _MENTION.subn("", text)
         if n:
             kinds.append("mention")
-    for name in author.split(" ") if author else ():
+    for name in author.split("\n") if author else ():
+        name = name.strip()
         if len(name) >= 2 and name.lower() in text.lower():
             word = re.escape(name)
             text, n = re.subn(rf"(?<![A-Za-z0-9]){word}(?![A-Za-z0-9])" if name.isascii() else word, "", text, flags=re.I)
             if n:
                 kinds.append("author_name")
+    if handles:
+        found = {t for t in _HANDLE_TOKEN.findall(text) if t.lower() in handles}
+        if found:
+            text = _HANDLE_TOKEN.sub(lambda m: "" if m.group(0) in found else m.group(0), text)
+            kinds.append("screen_name")
     return text, kinds
+
+
+_HANDLE_TOKEN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z0-9_][A-Za-z0-9_.\-]{3,}(?<![.\-])")
+
+
+def screen_names(authors: list[str]) -> frozenset[str]:
+    """Distinctive Latin screen names among the authors (one name per line in each), lower-cased:
+    4+ characters with a digit, an underscore or an inner capital ("xXSniperXx", "player_123"), not
+    only digits (ids are personal data, removed by the PII rule). Plain words ("Gamer") are left out:
+    they are too likely to be ordinary words in other reviews."""
+    out = set()
+    for names in authors:
+        for name in names.split("\n"):
+            name = name.strip()
+            if _HANDLE_TOKEN.fullmatch(name) and not name.isdigit() and (
+                    re.search(r"\d|_", name) or re.search(r"[a-z][A-Z]", name)):
+                out.add(name.lower())
+    return frozenset(out)
 
 
 # --- art, checklists, too little language, loops -----------------------------------------------------

@@ -162,9 +162,9 @@ class _Stat:
 def mask(text: str, author: str | None = None) -> str:
     """``text`` with personal data, links and the author's name replaced by ``▇`` (report examples)."""
     text = cleaning.mask_pii(text)
-    for name in (author or "").split():
-        if len(name) >= 2:
-            text = text.replace(name, "▇")
+    for name in (author or "").split("\n"):
+        if len(name.strip()) >= 2:
+            text = text.replace(name.strip(), "▇")
     return text
 
 
@@ -188,6 +188,7 @@ class _Rules:
         self.seen: dict[str, str] = {}
         self.games: dict[str, set[str]] = {}  # dedup key → games its copies were written for
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
+        self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
         self.key = ""  # dedup key of the last record passed to apply()
         self.near = cleaning.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
 
@@ -239,7 +240,7 @@ class _Rules:
         if cfg.strip_page_residue:
             self._transform("page_residue", r, noise.strip_page_residue)
         if cfg.strip_handles:
-            text, kinds = noise.strip_handles(r.text, r.author)
+            text, kinds = noise.strip_handles(r.text, r.author, self.handles)
             if kinds:
                 st = self.stats["handles"]
                 st.changed += 1
@@ -689,6 +690,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     loaded, reviews = _load(cfg)
     rules = _Rules(cfg, blocklist, slurs, languages, _latin_detector(languages) if cfg.detect_language else None,
                    _simplifier(cfg))
+    rules.handles = noise.screen_names([r.author for r in reviews if r.author])
     kept, keys, drop_lang, drop_game = _clean_all(reviews, rules)
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])

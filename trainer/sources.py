@@ -118,7 +118,8 @@ class Review:
     Unknown values are ``None``. ``prompt`` holds a verbatim ``(instruction, input)`` for alpaca /
     sharegpt records whose prompt does not follow the persona templates (kept as is);
     ``prompt_language`` is ``"zh"``/``"en"`` when it followed the templates of that language.
-    ``author`` (user name and/or steam id) only feeds the screen-name scrubber; it is never written.
+    ``author`` (user name and/or steam id, one per line) only feeds the screen-name scrubber; it is
+    never written.
     ``length`` is set by ``prepare``'s length rule (:func:`trainer.noise.length`).
     """
 
