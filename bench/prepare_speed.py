@@ -9,12 +9,12 @@ language detector runs). Then it times, in one process:
 
 * baseline: read + render + write with every cleaning rule switched off;
 * full: every rule on (the defaults plus --drop_checklists, --script_check, --drop_masked and
-  examples/blocklist.txt);
+  examples/blocklist.txt), with one rule worker per CPU and again with one process;
 * before (``--before REF``): the default pipeline of the code at git REF, run in a subprocess on the
   same input right after, so both figures share the machine's load.
 
 Wall time depends on what else runs on the machine (the load average is recorded); CPU time of
-this process is the steadier figure, and the ratio is taken on it.
+this process and its rule workers is the steadier figure, and the ratios are taken on it.
 
 Prints the figures and writes bench/results/prepare_speed.json.
 Usage: ``python bench/prepare_speed.py [--n 100000]``.
@@ -28,6 +28,7 @@ import os
 import platform
 import random
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -80,11 +81,17 @@ def synthesize(n: int, out: Path, seed: int = 0) -> None:
     out.with_suffix(".appdetails.json").write_text(json.dumps(details, ensure_ascii=False), encoding="utf-8")
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the rule workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def timed(flags: dict) -> tuple[float, float, dict]:
-    """(wall seconds, CPU seconds of this process, result)."""
-    t0, c0 = time.perf_counter(), time.process_time()
+    """(wall seconds, CPU seconds of this process and its workers, result)."""
+    t0, c0 = time.perf_counter(), _cpu()
     res = run(config.build(PrepareConfig, flags))
-    return time.perf_counter() - t0, time.process_time() - c0, res
+    return time.perf_counter() - t0, _cpu() - c0, res
 
 
 _BEFORE = """
@@ -131,12 +138,16 @@ def main() -> None:
         base_s, base_cpu, base_res = timed({**base, **off})
         default_s, default_cpu, _ = timed(base)
         full_s, full_cpu, full_res = timed({**base, **every})
+        one_s, one_cpu, _ = timed({**base, **every, "preprocessing_num_workers": 1})
         before = timed_before(args.before, {**base, "out": str(Path(tmp) / "before/out/train.json")}, Path(tmp)) \
             if args.before else None
     result = {
         "reviews": args.n,
         "baseline_seconds": round(base_s, 2),
         "full_seconds": round(full_s, 2),
+        "full_workers": min(os.cpu_count() or 1, 8),
+        "full_one_worker_seconds": round(one_s, 2),
+        "full_one_worker_cpu_seconds": round(one_cpu, 2),
         "full_reviews_per_second": round(args.n / full_s),
         "ratio_full_vs_baseline_cpu": round(full_cpu / base_cpu, 2),
         "default_rules_seconds": round(default_s, 2),
@@ -156,6 +167,7 @@ def main() -> None:
         "synthesis_seconds": round(build_s, 2),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }
+    print(f"every rule in one process: {one_s:.1f} s wall / {one_cpu:.1f} s CPU")
     print(f"prepare on {args.n:,} reviews: full {full_s:.1f} s wall / {full_cpu:.1f} s CPU "
           f"({result['full_reviews_per_second']:,} reviews/s), baseline (rules off) {base_s:.1f} s wall / "
           f"{base_cpu:.1f} s CPU, CPU ratio {result['ratio_full_vs_baseline_cpu']}x; target <= 10 s "

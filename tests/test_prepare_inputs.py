@@ -298,16 +298,32 @@ def test_latin_languages_told_apart_when_lingua_is_installed(tmp_path):
 
 
 def test_a_big_rule_is_reported_while_cleaning(tmp_path):
-    rows = [[f"第{i}条：这游戏的战斗系统很扎实，关卡设计也有想法，值得一玩。", "Hades"] for i in range(2500)]
-    rows += [["Q群 123456789 进群领福利", "Hades"]] * 1500
-    src = _csv(tmp_path / "big.csv", ["review", "game"], rows[:1000] + rows[2500:] + rows[1000:2500])
+    good = [[f"第{i}条：这游戏的战斗系统很扎实，关卡设计也有想法，值得一玩。", "Hades"] for i in range(6500)]
+    spam = [["Q群 123456789 进群领福利", "Hades"]] * 1500
+    src = _csv(tmp_path / "big.csv", ["review", "game"], good[:1000] + spam + good[1000:])
     r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--near_dedup", "False"])
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
-    assert "rule 'spam' removed 1,000 of the first 2,000 reviews (50%); change it with --drop_spam False" in out
+    # said after the first chunk of 4,000, although over all 8,000 the rule stays under a fifth
+    assert "warning rule 'spam' removed 1,500 of the first 4,000 reviews (38%); change it with --drop_spam False" in out
     assert out.count("warning rule 'spam'") == 1
-    report = json.loads((tmp_path / "o/prepare_report.json").read_text(encoding="utf-8"))
-    assert report["warnings"] == ["rule 'spam' removed 1,500 of 4,000 reviews (38%); change it with --drop_spam False"]
+    assert json.loads((tmp_path / "o/prepare_report.json").read_text(encoding="utf-8"))["warnings"] == []
+
+
+def test_worker_processes_give_the_same_result(tmp_path, monkeypatch):
+    from trainer import prepare
+
+    rows = [[f"{t} 第{i}次", "Hades"] for i in range(300) for t in ZH]
+    rows += [["Q群 123456789 进群领福利", "Hades"], ["这个策划是智障", "Hades"], [ZH[0] + "\n——来自小黑盒用户某某的评价", "Hades"]]
+    src = _csv(tmp_path / "p.csv", ["review", "game"], rows)
+    one = _run(tmp_path / "one", [src], preprocessing_num_workers=1)
+    monkeypatch.setattr(prepare, "PARALLEL_MIN_REVIEWS", 100)
+    monkeypatch.setattr(prepare, "_CHUNK", 250)
+    two = _run(tmp_path / "two", [src], preprocessing_num_workers=2)
+    assert Path(one["train"]).read_bytes() == Path(two["train"]).read_bytes()
+    strip = lambda rep: {k: v for k, v in rep.items() if k not in ("seconds", "train", "val", "report", "report_md", "config", "lengths_png", "inputs")}  # noqa: E731
+    reports = [json.loads(Path(x["report"]).read_text(encoding="utf-8")) for x in (one, two)]
+    assert strip(reports[0]) == strip(reports[1]) and reports[0]["rules"]["spam"]["removed"] == 1
 
 
 def test_other_authors_screen_names_are_removed(tmp_path):

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
+import os
 import random
 import string
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rich.table import Table
 
@@ -82,6 +84,8 @@ class PrepareConfig:
     voted_up: str = arg("any", "Keep recommending (true), not recommending (false) or any reviews.",
                         choices=("any", "true", "false"))
     max_per_game: int = arg(0, "Keep at most this many reviews per game, sampled with --seed (0 = no cap).")
+    preprocessing_num_workers: int = arg(0, "Processes for the per-record rules; 0 = one per CPU (at most 8). "
+                                         "Inputs under 20,000 reviews use one.")
     seed: int = arg(42, "Random seed for --max_per_game sampling and the train/val split.")
     prompt_language: str = arg("auto", "Language of the default templates, tag names and {verdict} words; "
                                "auto = en when no --language is Chinese, else zh.", choices=("auto", "zh", "en"))
@@ -211,7 +215,11 @@ class _Rules:
 
     def apply(self, r: Review) -> str | None:
         """Run every rule on one record (text cleaned in place); the removing rule's name or ``None``."""
-        return self._select(r) or self._clean(r) or self._filter(r) or self._measure(r)
+        return self.per_record(r) or self.measure(r)
+
+    def per_record(self, r: Review) -> str | None:
+        """The rules that look at one record alone (safe to run in worker processes)."""
+        return self._select(r) or self._clean(r) or self._filter(r)
 
     def _select(self, r: Review) -> str | None:
         cfg = self.cfg
@@ -292,7 +300,8 @@ class _Rules:
             return self._drop("repetition", r)
         return None
 
-    def _measure(self, r: Review) -> str | None:
+    def measure(self, r: Review) -> str | None:
+        """The rules that need the records before this one (length, script, templates, exact duplicates)."""
         cfg = self.cfg
         n, unit = r.length = noise.length(r.text)
         low, high = (cfg.min_chars, cfg.max_chars) if unit == "chars" else (cfg.min_words, cfg.max_words)
@@ -602,26 +611,73 @@ def _fits(detected: str | None, wanted: set[str]) -> bool:
     return any(_LINGUA.get(w, "").lower() == detected or (w == "norwegian" and detected == "bokmal") for w in wanted)
 
 
-def _clean_all(reviews: list[Review], rules: _Rules) -> tuple[list[Review], list[str], Counter, Counter]:
+#: below this many reviews one process is faster than starting workers
+PARALLEL_MIN_REVIEWS = 20_000
+_CHUNK = 4_000
+_WORKER_RULES: _Rules | None = None  # the forked workers' copy of the rules
+
+
+def _per_record_chunk(chunk: list[Review]) -> tuple[list[tuple[str | None, str, str | None]], dict[str, _Stat]]:
+    """Worker: the per-record rules on a chunk; (rule, cleaned text, language) each, and the counts."""
+    rules = _WORKER_RULES
+    assert rules is not None
+    rules.stats = {n: _Stat() for n in RULES}
+    return [(rules.per_record(r), r.text, r.language) for r in chunk], rules.stats
+
+
+def _merge_stats(into: dict[str, _Stat], part: dict[str, _Stat]) -> None:
+    for name, st in part.items():
+        have = into[name]
+        have.removed += st.removed
+        have.changed += st.changed
+        have.reasons.update(st.reasons)
+        have.examples.extend(st.examples[: max(0, 2 - len(have.examples))])
+
+
+def _per_record_results(reviews: list[Review], rules: _Rules, workers: int) -> Iterator[tuple[int, list[str | None]]]:
+    """``(start, rules that removed reviews[start:start+n])`` chunk by chunk, in input order; with
+    ``workers`` > 1 (and enough reviews) in forked worker processes, the texts copied back."""
+    chunks = range(0, len(reviews), _CHUNK)
+    if workers <= 1 or len(reviews) < PARALLEL_MIN_REVIEWS:
+        for start in chunks:
+            yield start, [rules.per_record(r) for r in reviews[start:start + _CHUNK]]
+        return
+    global _WORKER_RULES
+    _WORKER_RULES = rules
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.imap(_per_record_chunk, (reviews[start:start + _CHUNK] for start in chunks))
+            for start, (out, stats) in zip(chunks, parts):
+                _merge_stats(rules.stats, stats)
+                for r, (_, text, language) in zip(reviews[start:start + _CHUNK], out):
+                    r.text, r.language = text, language
+                yield start, [rule for rule, _, _ in out]
+    finally:
+        _WORKER_RULES = None
+
+
+def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[list[Review], list[str], Counter, Counter]:
     """Run the rules with a progress bar; (kept, their dedup keys, dropped per language, per game).
-    A rule that has removed more than a fifth of the reviews seen is reported at once (every 2,000)."""
+    The per-record rules run in ``workers`` processes; length, dedup and the rest in this one, in
+    input order. A rule that has removed more than a fifth of the reviews seen is reported at once."""
     kept: list[Review] = []
     keys: list[str] = []
     drop_lang: Counter[str] = Counter()
     drop_game: Counter[str] = Counter()
     with progress() as bar:
         task = bar.add_task("cleaning", total=len(reviews))
-        for i, r in enumerate(reviews):
-            if rules.apply(r) is None:
-                kept.append(r)
-                keys.append(rules.key)
-            else:
-                drop_lang[r.language or "unknown"] += 1
-                drop_game[_game(r)] += 1
-            if i % 2000 == 1999:
-                bar.update(task, completed=i + 1)
-                _warn_big_rules(rules.stats, i + 1, rules.warned, so_far=True)
-        bar.update(task, completed=len(reviews))
+        for start, removed in _per_record_results(reviews, rules, workers):
+            for r, rule in zip(reviews[start:start + len(removed)], removed):
+                if (rule or rules.measure(r)) is None:
+                    kept.append(r)
+                    keys.append(rules.key)
+                else:
+                    drop_lang[r.language or "unknown"] += 1
+                    drop_game[_game(r)] += 1
+            done = start + len(removed)
+            bar.update(task, completed=done)
+            if done < len(reviews):
+                _warn_big_rules(rules.stats, done, rules.warned, so_far=True)
     return kept, keys, drop_lang, drop_game
 
 
@@ -691,7 +747,8 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     rules = _Rules(cfg, blocklist, slurs, languages, _latin_detector(languages) if cfg.detect_language else None,
                    _simplifier(cfg))
     rules.handles = noise.screen_names([r.author for r in reviews if r.author])
-    kept, keys, drop_lang, drop_game = _clean_all(reviews, rules)
+    workers = cfg.preprocessing_num_workers or min(os.cpu_count() or 1, 8)
+    kept, keys, drop_lang, drop_game = _clean_all(reviews, rules, workers)
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])
     stats = rules.stats
