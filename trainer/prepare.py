@@ -394,6 +394,10 @@ def _check_config(cfg: PrepareConfig) -> None:
         raise UserError(f"--val_size {cfg.val_size}: give a fraction in (0, 1) or a whole record count")
     if cfg.min_chars < 0 or cfg.max_chars < 0 or (cfg.max_chars and cfg.max_chars < cfg.min_chars):
         raise UserError(f"--min_chars {cfg.min_chars} / --max_chars {cfg.max_chars}: need 0 <= min <= max (max 0 = no limit)")
+    if cfg.min_words < 0 or cfg.max_words < 0 or (cfg.max_words and cfg.max_words < cfg.min_words):
+        raise UserError(f"--min_words {cfg.min_words} / --max_words {cfg.max_words}: need 0 <= min <= max (max 0 = no limit)")
+    if cfg.copypasta_games < 0 or cfg.copypasta_games == 1 or cfg.preprocessing_num_workers < 0:
+        raise UserError("--copypasta_games must be 0 (off) or >= 2, and --preprocessing_num_workers >= 0")
     if not 0 < cfg.near_dup_threshold <= 1:
         raise UserError(f"--near_dup_threshold {cfg.near_dup_threshold}: give a value in (0, 1]")
     if cfg.register and not cfg.name:
