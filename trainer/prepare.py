@@ -404,13 +404,13 @@ def _check_config(cfg: PrepareConfig) -> None:
         raise UserError("--register needs --name (the dataset name in dataset_info.json)")
 
 
-def _render(r: Review, cfg: PrepareConfig) -> dict[str, str]:
+def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
     """One alpaca record in the persona's prompt format."""
     if r.prompt is not None:
         instruction, input_text = r.prompt
         return {"instruction": instruction, "input": input_text, "output": r.text}
     tags = (r.tags or [])[: cfg.max_tags] if cfg.max_tags > 0 else (r.tags or [])
-    lang = r.prompt_language or prompt_language(cfg)
+    lang = r.prompt_language or default_lang
     words = persona.VERDICT_WORDS[lang]
     values = {
         "name": _clean_name(r.game_name or ""),
@@ -418,7 +418,7 @@ def _render(r: Review, cfg: PrepareConfig) -> dict[str, str]:
         "verdict": words[r.voted_up] if r.voted_up is not None else "",
         "playtime_hours": r.playtime_hours if r.playtime_hours is not None else "",
     }
-    instruction_t, input_t = _templates(cfg, r.prompt_language)
+    instruction_t, input_t = _templates(cfg, lang)
     if not values["name"] and not cfg.instruction_template:
         instruction_t = NAMELESS_INSTRUCTION[lang]
     uses_tags = any(f == "tags" for _, f, _, _ in string.Formatter().parse(input_t))
@@ -762,7 +762,8 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     if not kept:
         _nothing_left(cfg, stats, len(reviews))
 
-    records = [_render(r, cfg) for r in kept]
+    default_lang = prompt_language(cfg)
+    records = [_render(r, cfg, default_lang) for r in kept]
     val_idx = _split(len(records), cfg)
     train = [rec for i, rec in enumerate(records) if i not in val_idx]
     val = [rec for i, rec in enumerate(records) if i in val_idx]
