@@ -138,7 +138,7 @@ def measure(n: int, before_ref: str, repeat: int) -> tuple[dict, dict]:
                    drop_little_language=False, drop_repetition=False, detect_language=False)
         every = dict(drop_checklists=True, script_check=True, drop_masked=True, blocklist=str(REPO / "examples/blocklist.txt"))
         base = {"inputs": [str(src.parent)], "out": str(Path(tmp) / "out/train.json")}
-        configs = {"every_rule": {**base, **every}, "every_rule_one_process": {**base, **every, "preprocessing_num_workers": 1},
+        configs = {"every_rule": {**base, **every, "preprocessing_num_workers": 0}, "every_rule_one_process": {**base, **every, "preprocessing_num_workers": 1},
                    "default_rules_one_process": {**base, "preprocessing_num_workers": 1}}
         times: dict[str, list[tuple[float, float]]] = {k: [] for k in ["before", *configs]}
         w, c, res = timed({**base, **off})

@@ -84,7 +84,7 @@ class PrepareConfig:
     voted_up: str = arg("any", "Keep recommending (true), not recommending (false) or any reviews.",
                         choices=("any", "true", "false"))
     max_per_game: int = arg(0, "Keep at most this many reviews per game, sampled with --seed (0 = no cap).")
-    preprocessing_num_workers: int = arg(0, "Processes for the per-record rules; 0 = one per CPU (at most 8). "
+    preprocessing_num_workers: int = arg(1, "Processes for the per-record rules; 0 = one per CPU (at most 8). "
                                          "Inputs under 20,000 reviews use one.")
     seed: int = arg(42, "Random seed for --max_per_game sampling and the train/val split.")
     prompt_language: str = arg("auto", "Language of the default templates, tag names and {verdict} words; "
