@@ -64,12 +64,14 @@ def test_profanity_mask_detection():
     ("QQ群：12345678 一起开黑", "qq_wechat_group"),
     ("加vx: game_helper88 领福利", "qq_wechat_group"),
     ("关注公众号领取礼包", "qq_wechat_group"),
-    ("代练联系13812345678", "phone_number"),
+    ("代练联系13812345678", "boosting"),
+    ("联系13812345678", "phone_number"),
     ("call +44 20 7946 0958 now", "phone_number"),
     ("填我的邀请码 ABC123 送皮肤", "referral_code"),
     ("use my referral code STEAM123", "referral_code"),
     ("便宜 key 看这里 https://cheap-keys.example.com/x", "url"),
-    ("关注我的鉴赏家 https://store.steampowered.com/curator/123/", "url"),
+    ("关注我的鉴赏家 https://store.steampowered.com/curator/123/", "stream_promo"),
+    ("鉴赏家页面 https://store.steampowered.com/curator/123/", "url"),
 ])
 def test_spam_signals(text, reason):
     assert cleaning.spam_reason(text) == reason
@@ -100,7 +102,7 @@ def test_blocklist_words_and_cjk_substrings(tmp_path):
     f = tmp_path / "block.txt"
     f.write_text("# slurs\nbadword\n坏词  # comment\n\n", encoding="utf-8")
     rx = cleaning.load_blocklist(f)
-    assert cleaning.blocked_word("what a BADWORD here", rx) == "BADWORD"
+    assert cleaning.blocked_word("what a BADWORD here", rx) == "badword"
     assert cleaning.blocked_word("badwords are not whole words", rx) is None
     assert cleaning.blocked_word("这个坏词不行", rx) == "坏词"
     empty = tmp_path / "e.txt"

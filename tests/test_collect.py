@@ -223,3 +223,19 @@ def test_several_apps_one_file_or_one_each(tmp_path, shared_dir, archive):
         res = run(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=[f"{APP},664750"]))
         assert [f["file"] for f in res["files"]] == [str(tmp_path / f"raw/{APP}.jsonl"), str(tmp_path / "raw/664750.jsonl")]
         assert len(_lines(tmp_path / "raw/664750.jsonl")) == 33
+
+
+def test_details_only_names_an_archive_for_prepare(tmp_path, steam, shared_dir):
+    from trainer.prepare import PrepareConfig
+    from trainer.prepare import run as prepare
+
+    out = tmp_path / "meta/{appid}.jsonl"
+    res = run(_cfg(steam, out, details_only=True))
+    assert res["complete"] and len(steam.requests) == 1 and steam.requests[0]["query"]["appids"] == APP
+    details = tmp_path / f"meta/{APP}.appdetails.json"
+    assert not (tmp_path / f"meta/{APP}.jsonl").exists()
+    prepared = prepare(config.build(PrepareConfig, {
+        "inputs": [str(shared_dir / "data/raw/appreviews/review_570980.json"), str(details)],
+        "out": str(tmp_path / "sft.json"), "val_size": 0}))
+    recs = json.loads((tmp_path / "sft.json").read_text(encoding="utf-8"))
+    assert prepared["counts"]["kept"] > 100 and recs[0]["instruction"] == "请以资深玩家的身份，点评一下《伏龙记》这款游戏。"

@@ -66,6 +66,8 @@ class CollectConfig:
     with_details: bool = arg(False, "Also fetch appdetails (name, genres) once per app, saved as "
                              "<out stem>.appdetails.json.")
     details_language: str = arg("schinese", "Language of appdetails names and genres (the 'l' parameter).")
+    details_only: bool = arg(False, "Fetch only appdetails (name, genres) to <out stem>.appdetails.json, no reviews: "
+                             "names for review archives that lack them (give them to prepare as an input).")
     base_url: str = arg("https://store.steampowered.com", "API root; point it at a mirror or a test server.")
     rate_limit: float = arg(1.0, "Most requests per second (0 = no limit). Be polite: Steam answers 429 "
                             "when pushed.")
@@ -333,6 +335,16 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetcher) 
     return True
 
 
+def _details_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetcher) -> dict[str, Any]:
+    """``--details_only``: appdetails of ``appids`` into ``details_path(out)``; no reviews."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fetch.log = io.JsonlLog(log_path(out))
+    complete = _details(out, appids, cfg, fetch)
+    fetch.log.write(event="end", complete=complete, requests=fetch.requests, retries=fetch.retries)
+    fetch.log.close()
+    return {"file": str(details_path(out)), "complete": complete, "skipped": False, "apps": {}}
+
+
 def run(cfg: CollectConfig) -> dict[str, Any]:
     """Collect reviews for ``cfg.appid``.
 
@@ -364,7 +376,7 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
     files = []
     try:
         for out, ids in jobs:
-            res = _collect_file(out, ids, cfg, fetch)
+            res = _details_file(out, ids, cfg, fetch) if cfg.details_only else _collect_file(out, ids, cfg, fetch)
             files.append(res)
             if not res["complete"]:
                 break

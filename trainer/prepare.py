@@ -1,9 +1,12 @@
 """``steam-train prepare``: raw Steam reviews → a clean alpaca SFT dataset (train + val files).
 
-Pipeline (each rule counted in ``prepare_report.json`` and the console table, each switchable):
-read + detect formats (:mod:`trainer.sources`) → language → voted_up / votes / playtime selection →
-game name known → BBCode → HTML → whitespace → empty → ``♥`` masks → spam → blocklist → PII scrub →
-length bounds → script check → template fields → exact duplicates → near duplicates →
+Pipeline (each rule counted in ``prepare_report.json``, ``prepare_report.md`` and the console
+table, each switchable; :data:`RULES` is the order): read + detect formats and columns
+(:mod:`trainer.sources`, :mod:`trainer.columns`) → language (field or detected) → voted_up / votes /
+playtime selection → game name known → BBCode → HTML → whitespace → page residue → signatures and
+handles → text art → Traditional→Simplified → empty → ``♥`` masks → spam and campaigns → identity
+slurs → blocklist → PII scrub → checklists → too little language → looping → length bounds →
+script check → template fields → exact duplicates → near duplicates → copypastas →
 ``--max_per_game`` balance → seeded train/val split → atomic writes → optional LLaMA-Factory
 registration (:func:`trainer.registry.register`).
 
@@ -15,17 +18,20 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
+import os
 import random
 import string
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rich.table import Table
 
-from trainer import cleaning, config, io, persona, registry, sources
+from trainer import cleaning, config, io, noise, persona, prepare_report, registry, sources
+from trainer import columns as columns_mod
 from trainer.config import arg
 from trainer.console import console, progress
 from trainer.errors import UserError
@@ -39,8 +45,19 @@ _clean_name = functools.lru_cache(maxsize=65536)(persona.clean_game_name)  # a f
 class PrepareConfig:
     """Settings of ``steam-train prepare`` (= its flags = its YAML keys)."""
 
-    inputs: list[str] = arg([], "Review files or folders: collect JSONL, appreviews JSON (page or archive), "
-                            "appdetails JSON, store-scrape CSV, alpaca/sharegpt JSON(L).", positional=True)
+    inputs: list[str] = arg([], "Review files or folders: CSV/TSV, JSON, JSON Lines or Parquet (gzip allowed): "
+                            "Steam API reviews, store-page scrapes, survey exports, collect JSONL, appdetails, "
+                            "alpaca/sharegpt.", positional=True)
+    columns: str = arg("", "Map your columns to ours: FIELD=COLUMN,… with fields review, voted_up, playtime_hours, "
+                       "playtime_minutes, language, appid, app_name, tags, votes_up, review_id, author, author_id "
+                       "(e.g. review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名).")
+    appid: str | None = arg(None, "App id for records that have none (a file of one game's reviews).")
+    app_name: list[str] = arg([], "Game name: NAME for every record without one (one game), or APPID=NAME "
+                              "(repeatable).")
+    app_names: str | None = arg(None, "CSV (appid,name[,tags]) or JSON ({appid: name} or appdetails) naming games.")
+    tags: str = arg("", "Tags for records without any, comma-separated (e.g. \"动作, 狩猎\").")
+    drop_unknown_game: bool = arg(True, "Drop reviews whose game has no name; False keeps them with a prompt "
+                                  "that names no game.")
     out: str = arg("data/steam_sft_train.json", "Output alpaca JSON (train split); the val split goes beside it "
                    "(_train → _val, else <stem>_val.json).")
     val_size: float = arg(0.05, "Validation split: a fraction in (0, 1) or a record count (>= 1); 0 = no val file.")
@@ -49,12 +66,17 @@ class PrepareConfig:
     name: str = arg("steam_reviews", "Dataset name for --register.")
     report: str | None = arg(None, "Report JSON path; unset = prepare_report.json beside --out.")
     encoding: str = arg("utf-8", "Text encoding of the input files (utf-8 also accepts a BOM; e.g. gbk).")
-    language: list[str] = arg(["schinese"], "Keep reviews whose Steam language is one of these (schinese, english, "
-                              "…); 'all' keeps every language. Records without a language field are kept.")
+    language: list[str] = arg(["schinese"], "Keep reviews in these languages: Steam codes (schinese, english, …) "
+                              "or aliases (zh, chinese, en, ja, ru, …); 'all' keeps every language.")
+    detect_language: bool = arg(True, "Records without a language field: detect it from the text (script; "
+                                "lingua-language-detector for Latin-script languages when installed).")
+    to_simplified: bool = arg(False, "Convert Traditional Chinese to Simplified (opencc) before the language check.")
     script_check: bool = arg(False, "Also check the text's script fits --language (Han for Chinese, Latin for "
                              "English, …; drops Traditional text under schinese).")
-    min_chars: int = arg(10, "Drop reviews shorter than this after cleaning (characters).")
-    max_chars: int = arg(1000, "Drop reviews longer than this after cleaning (characters); 0 = no limit.")
+    min_chars: int = arg(10, "Drop CJK reviews shorter than this after cleaning (characters).")
+    max_chars: int = arg(1000, "Drop CJK reviews longer than this after cleaning (characters); 0 = no limit.")
+    min_words: int = arg(3, "Drop reviews in other scripts shorter than this after cleaning (words).")
+    max_words: int = arg(1500, "Drop reviews in other scripts longer than this after cleaning (words); 0 = no limit.")
     min_votes_up: int = arg(0, "Keep reviews with at least this many helpful votes (0 = off; unknown counts "
                             "are dropped when on).")
     min_playtime_hours: float = arg(0.0, "Keep reviews whose author played at least this long (hours; 0 = off; "
@@ -62,9 +84,11 @@ class PrepareConfig:
     voted_up: str = arg("any", "Keep recommending (true), not recommending (false) or any reviews.",
                         choices=("any", "true", "false"))
     max_per_game: int = arg(0, "Keep at most this many reviews per game, sampled with --seed (0 = no cap).")
+    preprocessing_num_workers: int = arg(1, "Processes for the per-record rules; 0 = one per CPU (at most 8). "
+                                         "Inputs under 20,000 reviews use one.")
     seed: int = arg(42, "Random seed for --max_per_game sampling and the train/val split.")
-    prompt_language: str = arg("zh", "Language of the default templates, tag names and {verdict} words.",
-                               choices=("zh", "en"))
+    prompt_language: str = arg("auto", "Language of the default templates, tag names and {verdict} words; "
+                               "auto = en when no --language is Chinese, else zh.", choices=("auto", "zh", "en"))
     instruction_template: str = arg("", "Instruction format with {name} {tags} {verdict} {playtime_hours}; "
                                     "empty = the persona's (请以资深玩家的身份，点评一下《{name}》这款游戏。).")
     input_template: str = arg("", "Input format, same fields; empty = the persona's (游戏类型标签：{tags}). The "
@@ -73,21 +97,56 @@ class PrepareConfig:
     strip_bbcode: bool = arg(True, "Strip Steam BBCode, keeping spoiler/quote/list text.")
     strip_html: bool = arg(True, "Turn <br> into newlines, drop other HTML tags, unescape entities.")
     normalize_whitespace: bool = arg(True, "Normalise \\r\\n and lone \\r, collapse space runs, trim.")
+    strip_page_residue: bool = arg(True, "Remove store-page residue: date headers (发布于 / Posted), 最后编辑于, "
+                                   "early-access / free-product banners, helpfulness counts, hrs on record.")
+    strip_handles: bool = arg(True, "Remove cross-post signatures (——来自小黑盒用户…的评价), @mentions and the "
+                              "author's own name.")
+    strip_art: bool = arg(True, "Remove lines of braille / box-drawing / emoji / ASCII art.")
     drop_empty: bool = arg(True, "Drop reviews that are empty after cleaning.")
     drop_masked: bool = arg(False, "Drop reviews with Steam's ♥♥♥ profanity mask (kept as is by default).")
-    drop_spam: bool = arg(True, "Drop adverts: QQ/WeChat groups, phone numbers, non-Steam URLs, referral codes.")
-    blocklist: str | None = arg(None, "Word list file (one per line, # comments): drop reviews containing any.")
-    scrub_pii: bool = arg(True, "Remove Steam profile URLs, SteamID64s, phone numbers and e-mails from kept text.")
+    drop_spam: bool = arg(True, "Drop adverts and campaigns: QQ/WeChat contacts, phone numbers, referral codes, "
+                          "award begging, giveaways, trading, boosting (代练/代充), stream promotion, shop links.")
+    drop_identity_slurs: bool = arg(True, "Drop reviews with a slur about people's ethnicity, nationality, sexual "
+                                    "orientation, gender identity or disability (trainer/lists/identity_slurs.txt).")
+    blocklist: str | None = arg(None, "Your own word list file (one per line, # comments): drop reviews containing any.")
+    scrub_pii: bool = arg(True, "Remove personal data and links from kept text: Steam profile/invite links, SteamIDs, "
+                          "friend codes, e-mails, QQ/WeChat contacts, phone numbers, other links and domains.")
+    drop_checklists: bool = arg(False, "Drop ☐/☑ checklist templates (\"Graphics ☐ Bad ☑ Good\" grids).")
+    drop_little_language: bool = arg(True, "Drop texts that are mostly symbols, digits or emoji (letters < 40 %).")
+    drop_repetition: bool = arg(True, "Drop looping texts (\"好玩好玩好玩…\"; zlib ratio < 0.2).")
     dedup: bool = arg(True, "Drop exact duplicates (after normalising case, width, spaces and punctuation).")
     near_dedup: bool = arg(True, "Drop near duplicates (MinHash over 5-character shingles).")
     near_dup_threshold: float = arg(0.8, "Estimated Jaccard similarity at which a review is a near duplicate.")
+    copypasta_games: int = arg(3, "Drop every copy of a text (exact or near) found under this many games or more: "
+                               "copypastas; 0 = off.")
 
 
 # Rule names in pipeline order (the report and the table list them in this order).
 RULES = ("language", "voted_up", "min_votes_up", "min_playtime_hours", "unknown_game", "strip_bbcode",
-         "strip_html", "normalize_whitespace", "empty", "profanity_mask", "spam", "blocklist", "scrub_pii",
-         "too_short", "too_long", "script", "template_fields", "exact_duplicate", "near_duplicate", "max_per_game")
-_TRANSFORMS = {"strip_bbcode", "strip_html", "normalize_whitespace", "scrub_pii"}
+         "strip_html", "normalize_whitespace", "page_residue", "handles", "art", "to_simplified", "empty",
+         "profanity_mask", "spam", "identity_slur", "blocklist", "scrub_pii", "checklist", "little_language",
+         "repetition", "too_short", "too_long", "script", "template_fields", "exact_duplicate", "near_duplicate",
+         "copypasta", "max_per_game")
+_TRANSFORMS = {"strip_bbcode", "strip_html", "normalize_whitespace", "page_residue", "handles", "art",
+               "to_simplified", "scrub_pii"}
+#: the flag that changes each rule (for the console warning, the report and error hints)
+FLAGS = {
+    "language": "--language all (or --detect_language False)", "strip_bbcode": "--strip_bbcode False",
+    "strip_html": "--strip_html False", "normalize_whitespace": "--normalize_whitespace False",
+    "page_residue": "--strip_page_residue False", "handles": "--strip_handles False", "art": "--strip_art False",
+    "to_simplified": "--to_simplified False", "scrub_pii": "--scrub_pii False", "voted_up": "--voted_up any",
+    "min_votes_up": "--min_votes_up 0", "min_playtime_hours": "--min_playtime_hours 0",
+    "unknown_game": "--app_name NAME / --app_name APPID=NAME / --app_names FILE / an appdetails input, "
+                    "or --drop_unknown_game False",
+    "empty": "--drop_empty False", "profanity_mask": "--drop_masked False", "spam": "--drop_spam False",
+    "identity_slur": "--drop_identity_slurs False", "blocklist": "a shorter --blocklist",
+    "checklist": "--drop_checklists False", "little_language": "--drop_little_language False",
+    "repetition": "--drop_repetition False", "too_short": "--min_chars / --min_words",
+    "too_long": "--max_chars 0 / --max_words 0", "script": "--script_check False",
+    "template_fields": "--instruction_template / --input_template", "exact_duplicate": "--dedup False",
+    "near_duplicate": "--near_dedup False or a higher --near_dup_threshold", "copypasta": "--copypasta_games 0",
+    "max_per_game": "--max_per_game 0",
+}
 
 
 @dataclass
@@ -97,23 +156,43 @@ class _Stat:
     reasons: Counter[str] = field(default_factory=Counter)
     examples: list[dict[str, str]] = field(default_factory=list)
 
-    def example(self, r: Review, reason: str = "") -> None:
-        """Keep up to 3 examples for the report (80 characters, personal data scrubbed)."""
-        if len(self.examples) < 3:
-            text = cleaning.scrub_pii(r.text[:200])[0][:80]
-            self.examples.append({"where": r.where, "text": text, **({"reason": reason} if reason else {})})
+    def example(self, r: Review, reason: str = "", text: str | None = None) -> None:
+        """Keep 2 examples for the report (100 characters, personal data and the author masked)."""
+        if len(self.examples) < 2:
+            self.examples.append({"where": r.where, "text": mask(text if text is not None else r.text, r.author)[:100],
+                                  **({"reason": reason} if reason else {})})
+
+
+def mask(text: str, author: str | None = None) -> str:
+    """``text`` with personal data, links and the author's name replaced by ``▇`` (report examples)."""
+    text = cleaning.mask_pii(text)
+    for name in (author or "").split("\n"):
+        if len(name.strip()) >= 2:
+            text = text.replace(name.strip(), "▇")
+    return text
+
+
+def _mask_word(word: str) -> str:
+    return word[0] + "*" * (len(word) - 1) if len(word) > 1 else "*"
 
 
 class _Rules:
     """Per-record rules with their counters. ``apply`` returns the removing rule's name or ``None``."""
 
-    def __init__(self, cfg: PrepareConfig, blocklist: Any) -> None:
+    def __init__(self, cfg: PrepareConfig, blocklist: Any, slurs: Any, languages: set[str] | None,
+                 latin_detector: Any = None, simplify: Callable[[str], str] | None = None) -> None:
         self.cfg = cfg
         self.stats = {r: _Stat() for r in RULES}
-        self.languages = None if "all" in cfg.language else set(cfg.language)
+        self.languages = languages
         self.blocklist = blocklist
+        self.slurs = slurs
+        self.latin = latin_detector
+        self.simplify = simplify
         self.uses = _template_fields(cfg)
         self.seen: dict[str, str] = {}
+        self.games: dict[str, set[str]] = {}  # dedup key → games its copies were written for
+        self.warned: set[str] = set()  # rules already reported as removing > 1/5
+        self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
         self.key = ""  # dedup key of the last record passed to apply()
         self.near = cleaning.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
 
@@ -129,11 +208,23 @@ class _Rules:
     def _transform(self, rule: str, r: Review, fn: Callable[[str], str]) -> None:
         new = fn(r.text)
         if new != r.text:
-            self.stats[rule].changed += 1
+            st = self.stats[rule]
+            st.changed += 1
+            st.example(r, text=r.text)
             r.text = new
 
-    def apply(self, r: Review) -> str | None:  # noqa: C901 - one flat list of rules reads best
+    def apply(self, r: Review) -> str | None:
+        """Run every rule on one record (text cleaned in place); the removing rule's name or ``None``."""
+        return self.per_record(r) or self.measure(r)
+
+    def per_record(self, r: Review) -> str | None:
+        """The rules that look at one record alone (safe to run in worker processes)."""
+        return self._select(r) or self._clean(r) or self._filter(r)
+
+    def _select(self, r: Review) -> str | None:
         cfg = self.cfg
+        if r.language is not None and r.language not in cleaning.STEAM_LANGUAGES:
+            r.language = cleaning.steam_language(r.language) or r.language  # "en", "English" in exports
         if self.languages is not None and r.language is not None and r.language not in self.languages:
             return self._drop("language", r, r.language)
         if cfg.voted_up != "any" and r.voted_up is not (cfg.voted_up == "true"):
@@ -142,22 +233,53 @@ class _Rules:
             return self._drop("min_votes_up", r, "unknown" if r.votes_up is None else "")
         if cfg.min_playtime_hours > 0 and (r.playtime_hours is None or r.playtime_hours < cfg.min_playtime_hours):
             return self._drop("min_playtime_hours", r, "unknown" if r.playtime_hours is None else "")
-        if r.prompt is None and not (r.game_name and _clean_name(r.game_name)):
+        if cfg.drop_unknown_game and r.prompt is None and not (r.game_name and _clean_name(r.game_name)):
             return self._drop("unknown_game", r, f"app {r.appid}" if r.appid else "no app id")
+        return None
+
+    def _clean(self, r: Review) -> str | None:
+        cfg = self.cfg
         if cfg.strip_bbcode:
             self._transform("strip_bbcode", r, cleaning.strip_bbcode)
         if cfg.strip_html:
             self._transform("strip_html", r, cleaning.strip_html)
         if cfg.normalize_whitespace:
             self._transform("normalize_whitespace", r, cleaning.normalize_whitespace)
+        if cfg.strip_page_residue:
+            self._transform("page_residue", r, noise.strip_page_residue)
+        if cfg.strip_handles:
+            text, kinds = noise.strip_handles(r.text, r.author, self.handles)
+            if kinds:
+                st = self.stats["handles"]
+                st.changed += 1
+                st.reasons.update(kinds)
+                st.example(r, ",".join(kinds))
+                r.text = cleaning.normalize_whitespace(text) if cfg.normalize_whitespace else text
+        if cfg.strip_art:
+            self._transform("art", r, noise.strip_art)
+        if self.simplify is not None:
+            self._transform("to_simplified", r, self.simplify)
         if cfg.drop_empty and not r.text.strip():
             return self._drop("empty", r)
+        if self.languages is not None and r.language is None and cfg.detect_language and r.prompt is None \
+                and r.prompt_language is None:  # alpaca/sharegpt sets are re-cleaned, not re-selected
+            r.language = cleaning.detect_language(r.text, self.latin)
+            if not _fits(r.language, self.languages):
+                return self._drop("language", r, f"detected {r.language}")
+        return None
+
+    def _filter(self, r: Review) -> str | None:
+        cfg = self.cfg
         if cfg.drop_masked and cleaning.has_profanity_mask(r.text):
             return self._drop("profanity_mask", r)
         if cfg.drop_spam:
             reason = cleaning.spam_reason(r.text)
             if reason:
                 return self._drop("spam", r, reason)
+        if self.slurs is not None:
+            hit = self.slurs.find(r.text)
+            if hit:
+                return self._drop("identity_slur", r, f"{hit[0]}: {_mask_word(hit[1])}")
         if self.blocklist is not None:
             word = cleaning.blocked_word(r.text, self.blocklist)
             if word:
@@ -170,11 +292,23 @@ class _Rules:
                 st.reasons.update(kinds)
                 st.example(r, ",".join(kinds))
                 r.text = cleaning.normalize_whitespace(text) if cfg.normalize_whitespace else text
-        n = len(r.text)
-        if n < cfg.min_chars:
-            return self._drop("too_short", r)
-        if cfg.max_chars and n > cfg.max_chars:
-            return self._drop("too_long", r)
+        if cfg.drop_checklists and noise.checklist_reason(r.text):
+            return self._drop("checklist", r)
+        if cfg.drop_little_language and r.text and noise.little_language_reason(r.text):
+            return self._drop("little_language", r)
+        if cfg.drop_repetition and noise.repetition_reason(r.text):
+            return self._drop("repetition", r)
+        return None
+
+    def measure(self, r: Review) -> str | None:
+        """The rules that need the records before this one (length, script, templates, exact duplicates)."""
+        cfg = self.cfg
+        n, unit = r.length = noise.length(r.text)
+        low, high = (cfg.min_chars, cfg.max_chars) if unit == "chars" else (cfg.min_words, cfg.max_words)
+        if n < low:
+            return self._drop("too_short", r, unit)
+        if high and n > high:
+            return self._drop("too_long", r, unit)
         if cfg.script_check and self.languages:
             # a record without a language field must fit one of the languages asked for
             whys = [cleaning.script_mismatch(r.text, lang) for lang in ([r.language] if r.language else sorted(self.languages))]
@@ -187,23 +321,36 @@ class _Rules:
                 return self._drop("template_fields", r, "playtime unknown")
         self.key = cleaning.dedup_key(r.text) if (cfg.dedup or self.near is not None) else ""
         if cfg.dedup:
+            self.games.setdefault(self.key, set()).add(_game(r))
             if self.key in self.seen:
                 return self._drop("exact_duplicate", r, note=f"copy of {self.seen[self.key]}")
             self.seen[self.key] = r.where
         return None
 
     def near_duplicates(self, kept: list[Review], keys: list[str]) -> list[Review]:
-        """Second pass: drop near duplicates (signatures computed in batches, first copy kept)."""
-        if self.near is None:
-            return kept
+        """Second pass: drop near duplicates (signatures computed in batches, first copy kept), then
+        copypastas: texts whose copies (exact or near) appear under ``--copypasta_games`` games or more,
+        every copy dropped."""
+        games = [set(self.games.get(k, ())) | {_game(r)} for r, k in zip(kept, keys)]
         out = []
-        for r, sig in zip(kept, self.near.signatures(keys)):
-            like = self.near.add_signature(sig, r.where)
-            if like is None:
-                out.append(r)
+        if self.near is not None:
+            for i, (r, sig) in enumerate(zip(kept, self.near.signatures(keys))):
+                like = self.near.add_signature(sig, i)
+                if like is None:
+                    out.append(i)
+                else:
+                    games[like].add(_game(r))  # type: ignore[index]
+                    self._drop("near_duplicate", r, note=f"near copy of {kept[like].where}")  # type: ignore[index]
+        else:
+            out = list(range(len(kept)))
+        n = self.cfg.copypasta_games
+        result = []
+        for i in out:
+            if n and len(games[i]) >= n:
+                self._drop("copypasta", kept[i], f"{min(len(games[i]), 10)}{'+' if len(games[i]) >= 10 else ''} games")
             else:
-                self._drop("near_duplicate", r, note=f"near copy of {like}")
-        return out
+                result.append(kept[i])
+        return result
 
 
 def _template_fields(cfg: PrepareConfig) -> set[str]:
@@ -214,10 +361,22 @@ def _template_fields(cfg: PrepareConfig) -> set[str]:
     return used
 
 
+#: instructions for reviews of an unknown game (``--drop_unknown_game False``)
+NAMELESS_INSTRUCTION = {"zh": "请以资深玩家的身份，点评一下这款游戏。", "en": "As a veteran gamer, review this game."}
+
+
+def prompt_language(cfg: PrepareConfig) -> str:
+    """``--prompt_language``, with ``auto`` = ``en`` when no ``--language`` is Chinese (or 'all'), else ``zh``."""
+    if cfg.prompt_language != "auto":
+        return cfg.prompt_language
+    langs = {cleaning.steam_language(x) or x for x in cfg.language}
+    return "zh" if langs & {"schinese", "tchinese", "all"} or not langs else "en"
+
+
 def _templates(cfg: PrepareConfig, lang: str | None = None) -> tuple[str, str]:
     """(instruction, input) templates: the flags, else the persona's for ``lang`` (a record's own
-    prompt language when it came from alpaca/sharegpt) or ``--prompt_language``."""
-    lang = lang or cfg.prompt_language
+    prompt language when it came from alpaca/sharegpt) or :func:`prompt_language`."""
+    lang = lang or prompt_language(cfg)
     return (cfg.instruction_template or (persona.INSTRUCTION_TEMPLATE if lang == "zh" else persona.INSTRUCTION_TEMPLATE_EN),
             cfg.input_template or (persona.INPUT_TEMPLATE if lang == "zh" else persona.INPUT_TEMPLATE_EN))
 
@@ -235,19 +394,23 @@ def _check_config(cfg: PrepareConfig) -> None:
         raise UserError(f"--val_size {cfg.val_size}: give a fraction in (0, 1) or a whole record count")
     if cfg.min_chars < 0 or cfg.max_chars < 0 or (cfg.max_chars and cfg.max_chars < cfg.min_chars):
         raise UserError(f"--min_chars {cfg.min_chars} / --max_chars {cfg.max_chars}: need 0 <= min <= max (max 0 = no limit)")
+    if cfg.min_words < 0 or cfg.max_words < 0 or (cfg.max_words and cfg.max_words < cfg.min_words):
+        raise UserError(f"--min_words {cfg.min_words} / --max_words {cfg.max_words}: need 0 <= min <= max (max 0 = no limit)")
+    if cfg.copypasta_games < 0 or cfg.copypasta_games == 1 or cfg.preprocessing_num_workers < 0:
+        raise UserError("--copypasta_games must be 0 (off) or >= 2, and --preprocessing_num_workers >= 0")
     if not 0 < cfg.near_dup_threshold <= 1:
         raise UserError(f"--near_dup_threshold {cfg.near_dup_threshold}: give a value in (0, 1]")
     if cfg.register and not cfg.name:
         raise UserError("--register needs --name (the dataset name in dataset_info.json)")
 
 
-def _render(r: Review, cfg: PrepareConfig) -> dict[str, str]:
+def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
     """One alpaca record in the persona's prompt format."""
     if r.prompt is not None:
         instruction, input_text = r.prompt
         return {"instruction": instruction, "input": input_text, "output": r.text}
     tags = (r.tags or [])[: cfg.max_tags] if cfg.max_tags > 0 else (r.tags or [])
-    lang = r.prompt_language or cfg.prompt_language
+    lang = r.prompt_language or default_lang
     words = persona.VERDICT_WORDS[lang]
     values = {
         "name": _clean_name(r.game_name or ""),
@@ -255,7 +418,9 @@ def _render(r: Review, cfg: PrepareConfig) -> dict[str, str]:
         "verdict": words[r.voted_up] if r.voted_up is not None else "",
         "playtime_hours": r.playtime_hours if r.playtime_hours is not None else "",
     }
-    instruction_t, input_t = _templates(cfg, r.prompt_language)
+    instruction_t, input_t = _templates(cfg, lang)
+    if not values["name"] and not cfg.instruction_template:
+        instruction_t = NAMELESS_INSTRUCTION[lang]
     uses_tags = any(f == "tags" for _, f, _, _ in string.Formatter().parse(input_t))
     input_text = "" if (uses_tags and not tags) else input_t.format(**values)
     return {"instruction": instruction_t.format(**values), "input": input_text, "output": r.text}
@@ -323,20 +488,26 @@ def _print_table(stats: dict[str, _Stat], read: int, kept: int) -> None:
     console.print(table)
 
 
-def run(cfg: PrepareConfig) -> dict[str, Any]:
-    """Prepare an alpaca SFT dataset from raw reviews.
-
-    Returns:
-        ``{"train": path, "val": path | None, "report": path, "registry": path | None,
-        "counts": {"read", "kept", "train", "val"}, "removed": {rule: n}, "changed": {rule: n},
-        "formats": {input path: format}}``; paths are strings.
+def _languages(cfg: PrepareConfig) -> set[str] | None:
+    """``--language`` as Steam codes (aliases resolved); ``None`` for ``all``.
 
     Raises:
-        UserError: a missing or undecodable input, unknown columns / record shapes, a bad flag,
-            or nothing left after cleaning. Nothing is written then.
+        UserError: a name that is neither a Steam code nor an alias (the message lists the codes).
     """
-    t0 = time.perf_counter()
-    _check_config(cfg)
+    if any(x.strip().lower() == "all" for x in cfg.language):
+        return None
+    out = set()
+    for name in cfg.language:
+        code = cleaning.steam_language(name)
+        if code is None:
+            raise UserError(f"--language {name}: not a Steam language; use all or one of {', '.join(cleaning.STEAM_LANGUAGES)} "
+                            "(aliases such as zh, chinese, en, ja, ru also work)")
+        out.add(code)
+    return out
+
+
+def _load_lists(cfg: PrepareConfig) -> tuple[Any, Any]:
+    """(``--blocklist`` regex or ``None``, identity-slur list or ``None``)."""
     blocklist = None
     if cfg.blocklist:
         try:
@@ -347,10 +518,35 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
             raise UserError(f"{cfg.blocklist}: byte {e.start} is not UTF-8; save the blocklist as UTF-8") from None
         if blocklist is None:
             raise UserError(f"{cfg.blocklist}: blocklist has no words; add one per line or drop --blocklist")
+    return blocklist, cleaning.WordList(cleaning.IDENTITY_SLURS) if cfg.drop_identity_slurs else None
 
+
+def _flag_apps(cfg: PrepareConfig, tag_language: str) -> tuple[dict[str, sources.AppInfo], str | None]:
+    """Names from ``--app_name APPID=NAME`` and ``--app_names FILE``; and the one ``--app_name NAME``."""
+    apps: dict[str, sources.AppInfo] = {}
+    single = None
+    if cfg.app_names:
+        apps.update(sources.read_app_names(Path(cfg.app_names), tag_language, cfg.encoding))
+    for item in cfg.app_name:
+        appid, sep, name = item.partition("=")
+        if sep and appid.strip().isdigit():
+            apps[appid.strip()] = sources.AppInfo(name=name.strip() or None)
+        elif single is not None:
+            raise UserError(f"--app_name {item}: a second name without an app id; write APPID=NAME for each game")
+        else:
+            single = item.strip()
+    if cfg.appid and single:
+        apps.setdefault(cfg.appid, sources.AppInfo(name=single))
+    return apps, single
+
+
+def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
+    """Read every input and fill game names/tags from appdetails inputs, CSV rows and the flags."""
+    columns = columns_mod.parse_columns(cfg.columns) if cfg.columns else None
+    tag_language = prompt_language(cfg)
     loaded = []
     for path in sources.expand_inputs(cfg.inputs):
-        item = sources.read(path, cfg.prompt_language, cfg.encoding)
+        item = sources.read(path, tag_language, cfg.encoding, columns)
         console.print(f"[green]detected[/] {item.describe()}")
         loaded.append(item)
     apps: dict[str, sources.AppInfo] = {}
@@ -359,40 +555,215 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
             have = apps.setdefault(appid, sources.AppInfo())
             have.name = have.name or info.name
             have.tags = have.tags or info.tags
+    flagged, single = _flag_apps(cfg, tag_language)
+    for appid, info in flagged.items():  # the flags win over the files
+        have = apps.setdefault(appid, sources.AppInfo())
+        have.name, have.tags = info.name or have.name, info.tags or have.tags
+    tags = [t.strip() for t in cfg.tags.replace("，", ",").split(",") if t.strip()] or None
     reviews = [r for item in loaded for r in item.reviews]
     for r in reviews:
+        if r.prompt is not None:
+            continue
+        r.appid = r.appid or cfg.appid
         info = apps.get(r.appid) if r.appid else None
-        if info is not None and r.prompt is None:
+        if info is not None:
             r.game_name = r.game_name or info.name
             r.tags = r.tags or info.tags
-    unknown_tags = sorted(set().union(*(item.unknown_tag_ids for item in loaded)))
+        r.game_name = r.game_name or single
+        r.tags = r.tags or tags
+    return loaded, reviews
 
-    rules = _Rules(cfg, blocklist)
+
+def _simplifier(cfg: PrepareConfig) -> Callable[[str], str] | None:
+    if not cfg.to_simplified:
+        return None
+    try:
+        import opencc
+    except ImportError:
+        raise UserError("--to_simplified needs opencc; pip install opencc-python-reimplemented") from None
+    return opencc.OpenCC("t2s").convert
+
+
+#: Steam's Latin-script languages as lingua names (``brazilian``/``latam`` share Portuguese/Spanish)
+_LINGUA = {"english": "ENGLISH", "german": "GERMAN", "french": "FRENCH", "spanish": "SPANISH", "latam": "SPANISH",
+           "portuguese": "PORTUGUESE", "brazilian": "PORTUGUESE", "italian": "ITALIAN", "polish": "POLISH",
+           "dutch": "DUTCH", "danish": "DANISH", "norwegian": "BOKMAL", "swedish": "SWEDISH", "finnish": "FINNISH",
+           "czech": "CZECH", "hungarian": "HUNGARIAN", "romanian": "ROMANIAN", "turkish": "TURKISH",
+           "vietnamese": "VIETNAMESE", "indonesian": "INDONESIAN"}
+
+
+def _latin_detector(languages: set[str] | None) -> Any:
+    """A lingua detector over Steam's Latin-script languages (low-accuracy mode: measured 0.5 ms a
+    review, see docs/data.md) when lingua is installed and a Latin-script language is asked for."""
+    if not (languages or set()) & cleaning.LATIN_LANGUAGES:
+        return None
+    try:
+        from lingua import Language, LanguageDetectorBuilder
+    except ImportError:
+        return None
+    langs = sorted({getattr(Language, name) for name in _LINGUA.values()}, key=lambda lang: lang.name)
+    return LanguageDetectorBuilder.from_languages(*langs).with_low_accuracy_mode().build()
+
+
+def _fits(detected: str | None, wanted: set[str]) -> bool:
+    """Whether a detected language is one asked for (``latin`` = any Latin-script one; lingua's
+    Portuguese/Spanish/Norwegian stand for Steam's brazilian/latam variants too)."""
+    if detected is None or detected in wanted:
+        return True
+    if detected == "latin":
+        return bool(wanted & cleaning.LATIN_LANGUAGES)
+    return any(_LINGUA.get(w, "").lower() == detected or (w == "norwegian" and detected == "bokmal") for w in wanted)
+
+
+#: below this many reviews one process is faster than starting workers
+PARALLEL_MIN_REVIEWS = 20_000
+_CHUNK = 4_000
+_WORKER_RULES: _Rules | None = None  # the forked workers' copy of the rules
+
+
+def _per_record_chunk(chunk: list[Review]) -> tuple[list[tuple[str | None, str, str | None]], dict[str, _Stat]]:
+    """Worker: the per-record rules on a chunk; (rule, cleaned text, language) each, and the counts."""
+    rules = _WORKER_RULES
+    assert rules is not None
+    rules.stats = {n: _Stat() for n in RULES}
+    return [(rules.per_record(r), r.text, r.language) for r in chunk], rules.stats
+
+
+def _merge_stats(into: dict[str, _Stat], part: dict[str, _Stat]) -> None:
+    for name, st in part.items():
+        have = into[name]
+        have.removed += st.removed
+        have.changed += st.changed
+        have.reasons.update(st.reasons)
+        have.examples.extend(st.examples[: max(0, 2 - len(have.examples))])
+
+
+def _per_record_results(reviews: list[Review], rules: _Rules, workers: int) -> Iterator[tuple[int, list[str | None]]]:
+    """``(start, rules that removed reviews[start:start+n])`` chunk by chunk, in input order; with
+    ``workers`` > 1 (and enough reviews) in forked worker processes, the texts copied back."""
+    chunks = range(0, len(reviews), _CHUNK)
+    if workers <= 1 or len(reviews) < PARALLEL_MIN_REVIEWS:
+        for start in chunks:
+            yield start, [rules.per_record(r) for r in reviews[start:start + _CHUNK]]
+        return
+    global _WORKER_RULES
+    _WORKER_RULES = rules
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.imap(_per_record_chunk, (reviews[start:start + _CHUNK] for start in chunks))
+            for start, (out, stats) in zip(chunks, parts):
+                _merge_stats(rules.stats, stats)
+                for r, (_, text, language) in zip(reviews[start:start + _CHUNK], out):
+                    r.text, r.language = text, language
+                yield start, [rule for rule, _, _ in out]
+    finally:
+        _WORKER_RULES = None
+
+
+def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[list[Review], list[str], Counter, Counter]:
+    """Run the rules with a progress bar; (kept, their dedup keys, dropped per language, per game).
+    The per-record rules run in ``workers`` processes; length, dedup and the rest in this one, in
+    input order. A rule that has removed more than a fifth of the reviews seen is reported at once."""
     kept: list[Review] = []
     keys: list[str] = []
+    drop_lang: Counter[str] = Counter()
+    drop_game: Counter[str] = Counter()
     with progress() as bar:
         task = bar.add_task("cleaning", total=len(reviews))
-        for i, r in enumerate(reviews):
-            if rules.apply(r) is None:
-                kept.append(r)
-                keys.append(rules.key)
-            if i % 2000 == 1999:
-                bar.update(task, completed=i + 1)
-        bar.update(task, completed=len(reviews))
+        for start, removed in _per_record_results(reviews, rules, workers):
+            for r, rule in zip(reviews[start:start + len(removed)], removed):
+                if (rule or rules.measure(r)) is None:
+                    kept.append(r)
+                    keys.append(rules.key)
+                else:
+                    drop_lang[r.language or "unknown"] += 1
+                    drop_game[_game(r)] += 1
+            done = start + len(removed)
+            bar.update(task, completed=done)
+            if done < len(reviews):
+                _warn_big_rules(rules.stats, done, rules.warned, so_far=True)
+    return kept, keys, drop_lang, drop_game
+
+
+def _game(r: Review) -> str:
+    return _clean_name(r.game_name) if r.game_name else "(verbatim prompt)" if r.prompt else "(unknown game)"
+
+
+def _warn_big_rules(stats: dict[str, _Stat], read: int, warned: set[str], so_far: bool = False) -> list[str]:
+    """Warnings for rules that removed more than a fifth of ``read`` reviews (also in the report);
+    printed unless already printed for that rule."""
+    lines = []
+    for name in RULES:
+        n = stats[name].removed
+        if read and n > read / 5:
+            seen = f"the first {read:,}" if so_far else f"{read:,}"
+            lines.append(f"rule '{name}' removed {n:,} of {seen} reviews ({n / read:.0%}); change it with "
+                         f"{FLAGS.get(name, 'its flag')}")
+            if name not in warned:
+                warned.add(name)
+                console.print(f"[bold yellow]warning[/] {lines[-1]}")
+    return lines
+
+
+def _nothing_left(cfg: PrepareConfig, stats: dict[str, _Stat], read: int) -> None:
+    """Raise the "no records left" error naming the rule that removed most and its flag."""
+    worst = max(RULES, key=lambda n: stats[n].removed)
+    hint = (f"rule '{worst}' removed {stats[worst].removed:,}; change it with {FLAGS.get(worst, 'its flag')}"
+            if read and stats[worst].removed else "the inputs hold no reviews")
+    raise UserError(f"{', '.join(cfg.inputs)}: no records left after cleaning; {hint}; nothing was written")
+
+
+def _report_details(cfg: PrepareConfig, stats: dict[str, _Stat], loaded: list[sources.Loaded], kept: list[Review],
+                    drop_lang: Counter, drop_game: Counter) -> dict[str, Any]:
+    """The report's inputs, rules, per-language and per-game counts and config."""
+    games = Counter(_game(r) for r in kept)
+    kept_lang = Counter(r.language or "unknown" for r in kept)
+    return {
+        "inputs": [{"path": str(i.path), "format": i.format, "container": i.container, "compressed": i.compressed,
+                    "columns": i.columns, "reviews": len(i.reviews), "apps": len(i.apps)} for i in loaded],
+        "rules": {n: {"removed": stats[n].removed, "changed": stats[n].changed, "reasons": dict(stats[n].reasons),
+                      "examples": stats[n].examples, "flag": FLAGS.get(n, f"--{n}")} for n in RULES},
+        "unknown_tag_ids": sorted(set().union(*(item.unknown_tag_ids for item in loaded))),
+        "per_game": dict(games.most_common()),
+        "by_language": {k: {"kept": kept_lang[k], "dropped": drop_lang[k]} for k in sorted(set(kept_lang) | set(drop_lang))},
+        "by_game": {k: {"kept": games[k], "dropped": drop_game[k]} for k in sorted(set(games) | set(drop_game))},
+        "config": config.to_dict(cfg),
+    }
+
+
+def run(cfg: PrepareConfig) -> dict[str, Any]:
+    """Prepare an alpaca SFT dataset from raw reviews.
+
+    Returns:
+        ``{"train": path, "val": path | None, "report": path, "report_md": path, "registry": path | None,
+        "counts": {"read", "kept", "train", "val", "games"}, "removed": {rule: n}, "changed": {rule: n},
+        "formats": {input path: format}}``; paths are strings.
+
+    Raises:
+        UserError: a missing or undecodable input, unknown columns / record shapes, a bad flag,
+            or nothing left after cleaning. Nothing is written then.
+    """
+    t0 = time.perf_counter()
+    _check_config(cfg)
+    languages = _languages(cfg)
+    blocklist, slurs = _load_lists(cfg)
+    loaded, reviews = _load(cfg)
+    rules = _Rules(cfg, blocklist, slurs, languages, _latin_detector(languages) if cfg.detect_language else None,
+                   _simplifier(cfg))
+    rules.handles = noise.screen_names([r.author for r in reviews if r.author])
+    workers = cfg.preprocessing_num_workers or min(os.cpu_count() or 1, 8)
+    kept, keys, drop_lang, drop_game = _clean_all(reviews, rules, workers)
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])
     stats = rules.stats
+    warnings = _warn_big_rules(stats, len(reviews), rules.warned)
     _print_table(stats, len(reviews), len(kept))
 
     if not kept:
-        worst = max(RULES, key=lambda n: stats[n].removed)
-        hint = (f"rule '{worst}' removed {stats[worst].removed:,}; loosen it or switch it off"
-                if reviews and stats[worst].removed else "the inputs hold no reviews")
-        if worst == "unknown_game":
-            hint += " (add the games' appdetails JSON as an input, e.g. from `steam-train collect --with_details`)"
-        raise UserError(f"{', '.join(cfg.inputs)}: no records left after cleaning; {hint}; nothing was written")
+        _nothing_left(cfg, stats, len(reviews))
 
-    records = [_render(r, cfg) for r in kept]
+    default_lang = prompt_language(cfg)
+    records = [_render(r, cfg, default_lang) for r in kept]
     val_idx = _split(len(records), cfg)
     train = [rec for i, rec in enumerate(records) if i not in val_idx]
     val = [rec for i, rec in enumerate(records) if i in val_idx]
@@ -400,6 +771,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     vpath = val_path(out) if val else None
     report_path = Path(cfg.report) if cfg.report else out.parent / "prepare_report.json"
+    md_path = report_path.with_suffix(".md")
     _write_records(out, train)
     if vpath:
         _write_records(vpath, val)
@@ -407,34 +779,30 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         registry.register(cfg.register, cfg.name, str(out))
         if vpath:
             registry.register(cfg.register, f"{cfg.name}_val", str(vpath))
-    games = Counter(_clean_name(r.game_name) if r.game_name else "(verbatim prompt)" for r in kept)
+    games = Counter(_game(r) for r in kept)
     result = {
-        "train": str(out), "val": str(vpath) if vpath else None, "report": str(report_path),
+        "train": str(out), "val": str(vpath) if vpath else None, "report": str(report_path), "report_md": str(md_path),
         "registry": cfg.register,
         "counts": {"read": len(reviews), "kept": len(kept), "train": len(train), "val": len(val), "games": len(games)},
         "removed": {n: stats[n].removed for n in RULES if n not in _TRANSFORMS},
         "changed": {n: stats[n].changed for n in RULES if n in _TRANSFORMS},
         "formats": {str(item.path): item.format for item in loaded},
     }
-    report = {
-        **result,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "inputs": [{"path": str(i.path), "format": i.format, "reviews": len(i.reviews), "apps": len(i.apps)}
-                   for i in loaded],
-        "rules": {n: {"removed": stats[n].removed, "changed": stats[n].changed, "reasons": dict(stats[n].reasons),
-                      "examples": stats[n].examples} for n in RULES},
-        "unknown_tag_ids": unknown_tags,
-        "per_game": dict(games.most_common()),
-        "config": config.to_dict(cfg),
-    }
-    io.write_json(report_path, report)
+    report = {**result, "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings,
+              **_report_details(cfg, stats, loaded, kept, drop_lang, drop_game)}
+    prepare_report.write(report, [r.length or noise.length(r.text) for r in kept], report_path, md_path)
     console.print(f"[bold]wrote[/] {out} ({len(train):,} train)" + (f", {vpath} ({len(val):,} val)" if vpath else "")
-                  + f", {report_path}" + (f"; registered '{cfg.name}' in {cfg.register}" if cfg.register else ""))
+                  + f", {report_path}, {md_path}" + (f"; registered '{cfg.name}' in {cfg.register}" if cfg.register else ""))
     return result
 
 
 command = config.command(
     PrepareConfig, run, name="prepare", config_option="option",
     help="Clean raw Steam reviews into an alpaca SFT dataset (train + val) in the persona's prompt format.\n\n"
-         "INPUTS are files or folders in any supported format (detected and printed). Example:\n\n"
-         "steam-train prepare raw/ --out data/steam_sft_train.json --register data/dataset_info.json")
+         "INPUTS are files or folders: CSV/TSV, JSON, JSON Lines or Parquet, gzipped or not (formats and column "
+         "mappings are detected and printed; --columns names them). Each rule is counted in the table, "
+         "prepare_report.json and prepare_report.md. Examples:\n\n"
+         "steam-train prepare raw/ --out data/steam_sft_train.json --register data/dataset_info.json\n\n"
+         "steam-train prepare reviews.csv --appid 2246340 --app_name \"Monster Hunter Wilds\" --language english\n\n"
+         "steam-train prepare survey.csv --columns review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名 "
+         "--app_names games.csv")

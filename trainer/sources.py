@@ -14,12 +14,14 @@ format                    what it looks like
                           bare ``data`` object (name, genres) — gives names and tags, no reviews
 ``store-csv``             the store-scrape CSV: UTF-8 with BOM, ``title``, ``tags_raw`` (Steam
                           tag ids), ``user_reviews`` (a JSON list inside a cell)
+``table``                 any other flat review table: CSV/TSV, JSON array, JSON Lines or Parquet
+                          rows whose columns :mod:`trainer.columns` matches (or ``--columns`` maps)
 ``alpaca``                alpaca JSON array or JSONL (``instruction``, ``input``, ``output``)
 ``sharegpt``              sharegpt JSON/JSONL (``conversations`` from/value or ``messages``
                           role/content); each user → assistant pair becomes one record
 ========================  ========================================================================
 
-Review JSON follows Steam's ``appreviews`` API (../shared/reference/steam-api.md); store
+Any file may be gzip-compressed (``.gz``, detected by its magic bytes). Review JSON follows Steam's ``appreviews`` API (../shared/reference/steam-api.md); store
 metadata follows ``api/appdetails``. Every problem raises :class:`~trainer.errors.UserError`
 naming the file, the record and the fix.
 """
@@ -27,12 +29,14 @@ naming the file, the record and the fix.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from trainer import columns as columns_mod
 from trainer import persona
 from trainer.data import decode
 from trainer.errors import UserError
@@ -97,11 +101,12 @@ FORMATS = {
     "review-list": "JSON array of Steam reviews",
     "appdetails": "Steam appdetails (store metadata)",
     "store-csv": "store-scrape CSV (reviews in a JSON cell, Steam tag ids)",
+    "table": "review table",
     "alpaca": "alpaca JSON",
     "sharegpt": "sharegpt JSON",
 }
 _CSV_COLUMNS = ("item_id", "title", "tags_raw", "user_reviews")
-_SUFFIXES = (".json", ".jsonl", ".csv")
+_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")
 
 
 @dataclass(slots=True)
@@ -113,6 +118,9 @@ class Review:
     Unknown values are ``None``. ``prompt`` holds a verbatim ``(instruction, input)`` for alpaca /
     sharegpt records whose prompt does not follow the persona templates (kept as is);
     ``prompt_language`` is ``"zh"``/``"en"`` when it followed the templates of that language.
+    ``author`` (user name and/or steam id, one per line) only feeds the screen-name scrubber; it is
+    never written.
+    ``length`` is set by ``prepare``'s length rule (:func:`trainer.noise.length`).
     """
 
     text: str
@@ -125,6 +133,8 @@ class Review:
     votes_up: int | None = None
     playtime_hours: float | None = None
     review_id: str | None = None
+    author: str | None = None
+    length: tuple[int, str] | None = None
     prompt: tuple[str, str] | None = None
     prompt_language: str | None = None
 
@@ -139,26 +149,47 @@ class AppInfo:
 
 @dataclass
 class Loaded:
-    """What one input file gave: its detected format, reviews, app metadata and notes."""
+    """What one input file gave: its detected format, reviews, app metadata and notes.
+
+    ``columns`` is the ``{field: header}`` mapping a ``table`` file was read with; ``compressed`` is
+    ``"gzip"`` for a ``.gz`` file.
+    """
 
     path: Path
     format: str
     reviews: list[Review] = field(default_factory=list)
     apps: dict[str, AppInfo] = field(default_factory=dict)
     unknown_tag_ids: set[int] = field(default_factory=set)
+    columns: dict[str, str] | None = None
+    compressed: str | None = None
+    container: str = ""
 
     def describe(self) -> str:
         what = f"{len(self.reviews):,} reviews" if self.format != "appdetails" else f"{len(self.apps)} apps"
         name = FORMATS[self.format]
         if self.path.suffix.lower() == ".jsonl" and name.endswith(" JSON"):
             name += " Lines"
-        return f"{self.path}: {name} ({what})"
+        if self.container:
+            name += f" ({self.container})"
+        if self.compressed:
+            name += f", {self.compressed}"
+        cols = f"; columns {', '.join(f'{k}={v}' for k, v in self.columns.items())}" if self.columns else ""
+        return f"{self.path}: {name} ({what}{cols})"
+
+
+def _suffix(p: Path) -> str:
+    """The format suffix, looking through ``.gz``: ``a.csv.gz`` → ``.csv``."""
+    suffixes = [s.lower() for s in p.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
 
 
 def expand_inputs(paths: list[str]) -> list[Path]:
-    """Resolve the INPUT arguments: files as given, folders to their ``.json``/``.jsonl``/``.csv``
-    files (recursively, sorted; collect's ``*.state.json`` / ``*.log.jsonl``, ``prepare_report.json``,
-    ``dataset_info.json`` and hidden files skipped).
+    """Resolve the INPUT arguments: files as given, folders to their ``.json``/``.jsonl``/``.ndjson``/
+    ``.csv``/``.tsv``/``.parquet`` files, gzipped or not (recursively, sorted; collect's
+    ``*.state.json`` / ``*.log.jsonl``, ``prepare_report.json``, ``dataset_info.json`` and hidden
+    files skipped).
 
     Raises:
         UserError: no inputs, or a path that does not exist.
@@ -168,11 +199,11 @@ def expand_inputs(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _SUFFIXES
+            found = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f) in _SUFFIXES
                            and not f.name.startswith(".") and not f.name.endswith((".state.json", ".log.jsonl"))
                            and f.name not in ("prepare_report.json", "dataset_info.json"))
             if not found:
-                raise UserError(f"{p}: folder has no .json, .jsonl or .csv files; check the path")
+                raise UserError(f"{p}: folder has no .json, .jsonl, .csv, .tsv or .parquet files; check the path")
             out.extend(found)
         elif p.is_file():
             out.append(p)
@@ -181,24 +212,35 @@ def expand_inputs(paths: list[str]) -> list[Path]:
     return out
 
 
-def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8") -> Loaded:
+def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns: dict[str, str] | None = None) -> Loaded:
     """Detect the format of ``path`` and read it.
 
     Args:
-        path: one input file.
+        path: one input file (gzip-compressed or not).
         tag_language: ``"zh"`` or ``"en"``: which name to use for Steam tag ids.
         encoding: the file's text encoding (``utf-8`` also accepts a BOM; e.g. ``gbk``).
+        columns: ``--columns`` as ``{field: header}``; a file of flat records is read as a ``table``.
 
     Raises:
         UserError: undecodable bytes (with a ``--encoding`` hint), an unknown encoding, invalid
             JSON / CSV, unknown columns or record shapes.
     """
-    text = _read_text(path, encoding)
-    if path.suffix.lower() == ".csv":
-        return _read_store_csv(path, text, tag_language)
+    raw, compressed = _read_bytes(path)
+    suffix = _suffix(path)
+    if suffix == ".parquet" or raw[:4] == b"PAR1":
+        loaded = _read_parquet(path, raw, columns or {})
+    else:
+        loaded = _read_decoded(path, decode(path, raw, encoding), suffix, tag_language, columns)
+    loaded.compressed = compressed
+    return loaded
+
+
+def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns: dict[str, str] | None) -> Loaded:
     stripped = text.lstrip()
     if not stripped:
         raise UserError(f"{path}: file is empty; remove it from the inputs")
+    if suffix in (".csv", ".tsv") or stripped[0] not in "[{":
+        return _read_csv(path, text, tag_language, columns)
     data: Any
     try:
         data = json.loads(text)
@@ -208,38 +250,80 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8") -> Loade
             raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}); fix the file") from None
         lines = _parse_jsonl(path, text)
     if lines is not None:
-        return _read_records(path, lines, jsonl=True, tag_language=tag_language)
+        return _read_records(path, lines, jsonl=True, tag_language=tag_language, columns=columns)
     if isinstance(data, list):
-        return _read_records(path, list(enumerate(data, 1)), jsonl=False, tag_language=tag_language)
+        return _read_records(path, list(enumerate(data, 1)), jsonl=False, tag_language=tag_language, columns=columns)
     if isinstance(data, dict):
-        reviews = data.get("reviews")
-        if isinstance(reviews, list):
-            loaded = Loaded(path, "api-page")
-            if data.get("success") not in (None, 1):
-                raise UserError(f"{path}: Steam answered success={data.get('success')} (no reviews); re-collect it")
-            appid = _appid_from_name(path)
-            loaded.reviews = [_from_steam(r, f"{path}: review {i}", appid) for i, r in enumerate(reviews, 1)]
-            return loaded
-        if isinstance(reviews, dict):
-            loaded = Loaded(path, "api-archive")
-            appid = _appid_from_name(path)
-            loaded.reviews = [_from_steam(r, f"{path}: review {k}", appid) for k, r in reviews.items()]
-            return loaded
-        apps = _appdetails(data)
-        if apps is not None:
-            return Loaded(path, "appdetails", apps=apps)
-        # a single JSONL line holding one record
-        return _read_records(path, [(1, data)], jsonl=True, tag_language=tag_language)
+        return _read_object(path, data, tag_language, columns)
     raise UserError(f"{path}: unknown JSON shape (a {type(data).__name__}); expected reviews, "
                     "an alpaca/sharegpt list or appdetails")
 
 
-def _read_text(path: Path, encoding: str) -> str:
+def _read_object(path: Path, data: dict, tag_language: str, columns: dict[str, str] | None) -> Loaded:
+    """One JSON object: an appreviews page/archive, appdetails, or a single record."""
+    reviews = data.get("reviews")
+    if isinstance(reviews, (list, dict)) and not reviews:
+        return Loaded(path, "api-page" if isinstance(reviews, list) else "api-archive")
+    if isinstance(reviews, list):
+        if data.get("success") not in (None, 1):
+            raise UserError(f"{path}: Steam answered success={data.get('success')} (no reviews); re-collect it")
+        loaded = _read_records(path, list(enumerate(reviews, 1)), jsonl=False, tag_language=tag_language,
+                               columns=columns, word="review")
+        loaded.format = "api-page" if loaded.format == "review-list" else loaded.format
+        return loaded
+    if isinstance(reviews, dict):
+        loaded = _read_records(path, list(reviews.items()), jsonl=False, tag_language=tag_language,
+                               columns=columns, word="review")
+        loaded.format = "api-archive" if loaded.format == "review-list" else loaded.format
+        return loaded
+    apps = _appdetails(data)
+    if apps is not None:
+        return Loaded(path, "appdetails", apps=apps)
+    if data and all(k.isdigit() and isinstance(v, (list, dict)) for k, v in data.items()):
+        return _read_by_app(path, data, tag_language, columns)
+    for key in ("data", "records", "items", "rows"):  # {"data": [ {...}, ... ]} exports
+        if isinstance(data.get(key), list) and data[key] and isinstance(data[key][0], dict):
+            loaded = _read_records(path, list(enumerate(data[key], 1)), jsonl=False, tag_language=tag_language,
+                                   columns=columns)
+            loaded.container = f"records under '{key}'"
+            return loaded
+    return _read_records(path, [(1, data)], jsonl=True, tag_language=tag_language, columns=columns)
+
+
+def _read_by_app(path: Path, data: dict, tag_language: str, columns: dict[str, str] | None) -> Loaded:
+    """``{"<appid>": [reviews…]}`` or ``{"<appid>": {"reviews": …}}``: each app's reviews, app id from the key."""
+    loaded = Loaded(path, "review-list", container="reviews keyed by app id")
+    for appid, value in data.items():
+        part = value if isinstance(value, list) else value.get("reviews")
+        if isinstance(part, dict):
+            part = list(part.values())
+        if not isinstance(part, list):
+            raise UserError(f"{path}: app {appid}: expected a list of reviews; fix the file")
+        if not part:
+            continue
+        one = _read_records(path, [(f"{appid} #{i}", r) for i, r in enumerate(part, 1)], jsonl=False,
+                            tag_language=tag_language, columns=columns, word="app")
+        for r in one.reviews:
+            r.appid = r.appid or appid
+        loaded.reviews += one.reviews
+        loaded.format, loaded.columns = ("table", one.columns) if one.format == "table" else (loaded.format, None)
+    return loaded
+
+
+def _read_bytes(path: Path) -> tuple[bytes, str | None]:
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror}); check the path and permissions") from None
-    return decode(path, raw, encoding)  # the same decoding and GBK hint as train / validate
+    if raw[:2] != b"\x1f\x8b":
+        return raw, None
+    import gzip
+    import zlib
+
+    try:
+        return gzip.decompress(raw), "gzip"
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: broken gzip file ({e}); re-download or decompress it") from None
 
 
 def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
@@ -272,16 +356,20 @@ def _kind(rec: Any) -> str | None:
     return None
 
 
-def _read_records(path: Path, rows: list[tuple[int, Any]], jsonl: bool, tag_language: str) -> Loaded:
-    """Read a list of records (JSON array or JSON Lines) whose kind is decided by the first one."""
-    word = "line" if jsonl else "record"
+def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_language: str,
+                  columns: dict[str, str] | None = None, word: str = "") -> Loaded:
+    """Read a list of records (JSON array or JSON Lines) whose kind is decided by the first one;
+    flat records of no known kind (or any review records when ``columns`` is given) are a ``table``."""
+    word = word or ("line" if jsonl else "record")
     if not rows:
         raise UserError(f"{path}: no records; remove it from the inputs")
     first = _kind(rows[0][1])
+    if (first is None or (columns and first == "review")) and isinstance(rows[0][1], dict):
+        return _read_table(path, [(f"{word} {n}", columns_mod.flatten(rec) if isinstance(rec, dict) else rec)
+                                  for n, rec in rows], columns or {})
     if first is None:
-        keys = sorted(rows[0][1])[:8] if isinstance(rows[0][1], dict) else type(rows[0][1]).__name__
-        raise UserError(f"{path}: {word} {rows[0][0]}: unknown record shape (keys: {keys}); expected Steam reviews "
-                        "(review, recommendationid), alpaca (instruction, output) or sharegpt (conversations)")
+        raise UserError(f"{path}: {word} {rows[0][0]}: unknown record shape (a {type(rows[0][1]).__name__}); "
+                        "expected review objects, alpaca (instruction, output) or sharegpt (conversations)")
     fmt = {"review": "collect-jsonl" if jsonl else "review-list", "alpaca": "alpaca", "sharegpt": "sharegpt"}[first]
     loaded = Loaded(path, fmt)
     appid = _appid_from_name(path)
@@ -300,6 +388,45 @@ def _read_records(path: Path, rows: list[tuple[int, Any]], jsonl: bool, tag_lang
         details = path.with_suffix(".appdetails.json")
         if details.is_file():
             loaded.apps = read(details, tag_language).apps
+    return loaded
+
+
+def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]) -> Loaded:
+    """Flat rows ``[(where, {header: value})]`` → a ``table`` :class:`Loaded` (see :mod:`trainer.columns`)."""
+    headers: list[str] = []
+    for _, row in rows[:50]:
+        if isinstance(row, dict):
+            headers += [h for h in row if h not in headers]
+    mapping = columns_mod.detect(headers, columns, path)
+    loaded = Loaded(path, "table", columns=mapping)
+    appid = _appid_from_name(path)
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: {where}: not a record like the first one; keep one format per file")
+        v = columns_mod.row_fields(row, mapping)
+        loaded.reviews.append(Review(where=f"{path}: {where}", appid=v.pop("appid") or appid, **v))
+    if not any(r.text.strip() for r in loaded.reviews):
+        raise UserError(f"{path}: column '{mapping['review']}' holds no review text; map the text column with "
+                        f"--columns review=COLUMN (columns found: {', '.join(headers[:20])})")
+    return loaded
+
+
+def _read_parquet(path: Path, raw: bytes, columns: dict[str, str]) -> Loaded:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{path}: reading Parquet needs pyarrow; pip install pyarrow, or export the file "
+                        "to CSV / JSON Lines") from None
+    try:
+        table = pq.read_table(pa.BufferReader(raw))
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e}); re-export it") from None
+    rows = [(f"row {n}", columns_mod.flatten(r)) for n, r in enumerate(table.to_pylist(), 1)]
+    if not rows:
+        raise UserError(f"{path}: no records; remove it from the inputs")
+    loaded = _read_table(path, rows, columns)
+    loaded.container = "Parquet"
     return loaded
 
 
@@ -322,7 +449,8 @@ def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
         language=rec.get("language"), voted_up=voted if isinstance(voted, bool) else None,
         votes_up=_int(rec.get("votes_up")),
         playtime_hours=round(_int(minutes) / 60, 1) if _int(minutes) is not None else None,
-        review_id=str(rec["recommendationid"]) if rec.get("recommendationid") is not None else None)
+        review_id=str(rec["recommendationid"]) if rec.get("recommendationid") is not None else None,
+        author=str(author["steamid"]) if author.get("steamid") else None)
 
 
 def _template_regex(template: str, field_name: str) -> re.Pattern[str]:
@@ -398,14 +526,32 @@ def _app_info(d: dict) -> AppInfo:
     return AppInfo(name=d.get("name") or None, tags=genres or None)
 
 
-def _read_store_csv(path: Path, text: str, tag_language: str) -> Loaded:
-    """The store-scrape CSV: one row per game, its reviews a JSON list in ``user_reviews``."""
+def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] | None) -> Loaded:
+    """CSV or TSV (delimiter sniffed from the header line): the store-scrape CSV when it has
+    ``title`` + ``user_reviews``, else a ``table``."""
     csv.field_size_limit(2**31 - 1)  # user_reviews cells hold many reviews
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    cols = reader.fieldnames or []
-    if "title" not in cols or "user_reviews" not in cols:
-        raise UserError(f"{path}: unknown CSV columns ({', '.join(cols[:8]) or 'none'}); expected the store-scrape "
-                        f"columns {', '.join(_CSV_COLUMNS)}; rename the columns or convert the file to JSON Lines")
+    header = text.lstrip("\ufeff").split("\n", 1)[0]
+    delim = max((",", "\t", ";", "|"), key=header.count)  # a one-column file reads as CSV
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delim)
+    cols = [c for c in (reader.fieldnames or []) if c is not None]
+    if not cols or (len(cols) == 1 and not columns and "review" not in cols):
+        raise UserError(f"{path}: no CSV/TSV header found (first line: {header[:60]!r}); "
+                        "put the column names on line 1, or convert the file to JSON Lines")
+    if "title" in cols and "user_reviews" in cols and not columns:
+        return _read_store_csv(path, reader, tag_language)
+    try:
+        rows = [(f"row {n}", row) for n, row in enumerate(reader, 2)]  # line 1 is the header
+    except csv.Error as e:
+        raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
+    if not rows:
+        raise UserError(f"{path}: no rows under the header; remove it from the inputs")
+    loaded = _read_table(path, rows, columns or {})
+    loaded.container = "TSV" if delim == "\t" else "CSV"
+    return loaded
+
+
+def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str) -> Loaded:
+    """The store-scrape CSV: one row per game, its reviews a JSON list in ``user_reviews``."""
     loaded = Loaded(path, "store-csv")
     lang = 1 if tag_language == "zh" else 0
     for n, row in enumerate(reader, 2):  # line 1 is the header
@@ -428,6 +574,40 @@ def _read_store_csv(path: Path, text: str, tag_language: str) -> Loaded:
             loaded.reviews.append(Review(text=text, where=f"{where} review {i}", appid=appid, game_name=name,
                                          tags=tags or None))
     return loaded
+
+
+def read_app_names(path: Path, tag_language: str = "zh", encoding: str = "utf-8") -> dict[str, AppInfo]:
+    """``--app_names FILE``: game names (and tags) by app id, from a CSV/TSV with ``appid`` and
+    ``name`` columns (``tags`` optional), a JSON ``{appid: name}`` object or appdetails JSON.
+
+    Raises:
+        UserError: a missing file, or one with no app id and name.
+    """
+    if not path.is_file():
+        raise UserError(f"{path}: --app_names file not found; check the path")
+    text = decode(path, _read_bytes(path)[0], encoding)
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}); fix the file") from None
+        apps = _appdetails(data)
+        if apps is None:
+            apps = {str(k): AppInfo(name=str(v).strip() or None) for k, v in data.items() if isinstance(v, (str, int))}
+        if apps:
+            return apps
+    else:
+        header = text.lstrip("\ufeff").split("\n", 1)[0]
+        delim = max(("\t", ",", ";"), key=header.count)
+        rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delim))
+        mapping = {columns_mod.field_of(h): h for h in (rows[0] if rows else {})}
+        name_col = mapping.get("app_name") or mapping.get("author")  # a bare "name" column names the game here
+        if mapping.get("appid") and name_col:
+            return {str(r[mapping["appid"]]).strip(): AppInfo(name=(r[name_col] or "").strip() or None,
+                                                              tags=columns_mod.split_tags(r.get(mapping.get("tags") or "")))
+                    for r in rows if (r.get(mapping["appid"]) or "").strip()}
+    raise UserError(f"{path}: no app ids and names found; write a CSV with columns appid,name[,tags] or a JSON "
+                    "object {\"appid\": \"name\"}")
 
 
 def _csv_tags(cell: str, unknown: set[int], lang: int, where: str) -> list[str]:

@@ -1,0 +1,183 @@
+"""One test per cleaning rule added for real review dumps: hits, and the near misses that must survive."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer import cleaning, noise
+
+
+def test_page_residue_in_several_ui_languages():
+    zh = "发布于：3 月 4 日\n抢先体验版本评测\n免费获取的产品\n打击感很好\n12 人觉得这篇评测有价值\n总时数 30.7 小时"
+    assert noise.strip_page_residue(zh) == "打击感很好"
+    assert noise.strip_page_residue("发布于：2024 年 3 月 4 日 下午 3:12 打击感很好") == "打击感很好"
+    en = ("Posted: March 4, 2024\nEARLY ACCESS REVIEW\nProduct received for free\nGreat combat\n"
+          "5 of 7 people (71%) found this review helpful\n30.7 hrs on record (12.1 hrs at review time)")
+    assert noise.strip_page_residue(en) == "Great combat"
+    assert noise.strip_page_residue("Verfasst am: 4. März\nProdukt kostenlos erhalten\nGutes Spiel") == "Gutes Spiel"
+    assert noise.strip_page_residue("Опубликовано: 4 марта\nПродукт получен бесплатно\nХорошая игра") == "Хорошая игра"
+    assert noise.strip_page_residue("打击感很好\n最后编辑于：3 月 7 日") == "打击感很好"
+    # near misses: the words inside a sentence stay
+    for keep in ("我推荐这个游戏，总时数 30 小时都不够", "Posted a bug report yesterday, still no answer",
+                 "The free product key in the box did not work"):
+        assert noise.strip_page_residue(keep) == keep
+
+
+def test_signatures_mentions_and_the_authors_name():
+    assert noise.strip_handles("好玩\n——来自小黑盒用户张三的评价") == ("好玩\n", ["signature"])
+    assert noise.strip_handles("Fun game.\nSent from my iPhone") == ("Fun game.\n", ["signature"])
+    assert noise.strip_handles("@路人甲 你说得对") == (" 你说得对", ["mention"])
+    text, kinds = noise.strip_handles("Bob here: a great game, says bob", "Bob\n76561190000000001")
+    assert text == " here: a great game, says " and kinds == ["author_name"]
+    # near misses
+    assert noise.strip_handles("灵感来自我的童年，很好") == ("灵感来自我的童年，很好", [])
+    assert noise.strip_handles("mail me at a@b.com") == ("mail me at a@b.com", [])
+    assert noise.strip_handles("bobby and bobcat", "Bob") == ("bobby and bobcat", [])
+
+
+def test_text_art_lines_go_words_stay():
+    art = "好游戏\n⣿⣿⠟⠛⣿⣿⣿⣿\n░░▒▓███▓▒░░\n----------------\n/\\_/\\ (=^.^=) ~~~\n真的👍好"
+    assert noise.strip_art(art) == "好游戏\n真的👍好"
+    for keep in ("……好玩！！！", "Great 👍👍 game", "Pros: +combat -story", "大爱梦美~~~~~~~~~~~~~", "===[ 画质 ]==="):
+        assert noise.strip_art(keep) == keep
+
+
+def test_checklist_template_is_optional_and_needs_a_grid():
+    grid = "---{ Graphics }---\n☐ Bad\n☑ Good\n☐ Beautiful\n---{ Gameplay }---\n☑ Very good\n☐ Boring"
+    assert noise.checklist_reason(grid) == "checklist template"
+    assert noise.checklist_reason("☑ Good story\n☐ Bad ending, overall fine") is None
+
+
+def test_too_little_language():
+    assert noise.little_language_reason("10/10 !!!!! 👍👍👍") == "few letters"
+    assert noise.little_language_reason("。。。。。。") == "few letters"
+    assert noise.little_language_reason("This game is ♥♥♥♥♥♥ ♥♥♥♥ fun") is None
+    assert noise.little_language_reason("9/10 great game") is None
+
+
+def test_looping_repetition():
+    assert noise.repetition_reason("好玩" * 60) == "looping"
+    assert noise.repetition_reason("very good " * 30) == "looping"
+    long_review = ("The combat is deep and rewards patience, the map invites exploration at every turn, and the "
+                   "bosses each teach something new. The story is thin but the world tells it through items.")
+    assert noise.repetition_reason(long_review) is None
+    assert noise.repetition_reason("好玩" * 10) is None  # too short to judge
+
+
+def test_length_counts_cjk_characters_and_other_words():
+    assert noise.length("这游戏很好玩 ok") == (9, "chars")
+    assert noise.length("This is a fine game, 10/10") == (7, "words")
+    assert noise.length("Очень хорошая игра") == (3, "words")
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("请奖励这条评论，我还差100点", "award_begging"),
+    ("最后我缺steam点数了拜托了各位", "award_begging"),
+    ("Pls give me an award, need 300 more points", "award_begging"),
+    ("GIVEAWAY: 3 free keys, comment below", "giveaway"),
+    ("评论抽奖送激活码", "giveaway"),
+    ("收号出号，高价回收账号", "trading"),
+    ("Selling skins cheap, send a trade offer", "trading"),
+    ("专业代练，代充便宜", "boosting"),
+    ("Cheap rank boosting service, DM me", "boosting"),
+    ("follow me on twitch for more", "stream_promo"),
+    ("直播间 123456 欢迎来玩", "stream_promo"),
+    ("喜欢的话欢迎关注我的鉴赏家", "stream_promo"),
+    ("use code STREAMER at checkout", "referral_code"),
+    ("扣扣 一二三四五六七 找我", "qq_wechat_group"),
+    ("加 V❤ abc_12345 领取", "qq_wechat_group"),
+    ("便宜 key https://cheap-keys.example.com/x", "url"),
+])
+def test_campaigns_and_ads(text, reason):
+    assert cleaning.spam_reason(text) == reason
+
+
+@pytest.mark.parametrize("text", [
+    "奖励机制很丰富，任务也多",
+    "It's free to play and the trade system is deep",
+    "Follow the story and you'll be fine",
+    "The boost pads in this racer feel great",
+    "wiki 在这里 https://fextralife.com/elden-ring/boss 很有用",
+    "崩溃地址 0x14000000000+0x1a2b3c，build 20240314",
+])
+def test_not_campaigns(text):
+    assert cleaning.spam_reason(text) is None
+
+
+@pytest.mark.parametrize("text,kept,kinds", [
+    ("my id STEAM_0:1:12345 and [U:1:998877]", "my id  and ", ["steam_id"]),
+    ("friend code: 12345678 add me", " add me", ["friend_code"]),
+    ("邀请 https://s.team/p/abcd-efgh/XYZ 来玩", "邀请  来玩", ["profile_url"]),
+    ("mail bob at gmail dot com pls", "mail  pls", ["email"]),
+    ("name(at)qq(dot)com", "", ["email"]),
+    ("企鹅号 1 2 3 4 5 6 7 欢迎", "欢迎", ["contact"]),
+    ("call +44 20 7946 0958 now", "call  now", ["phone_number"]),
+    ("联系13912345678", "联系", ["phone_number"]),
+    ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", "资源  自取，wiki  也行", ["link"]),
+])
+def test_personal_data_forms(text, kept, kinds):
+    assert cleaning.scrub_pii(text) == (kept, kinds)
+
+
+@pytest.mark.parametrize("text", [
+    "crash at 0x14000000000+0x1a2b3c",
+    "build 1.0.13912345678 and v1.2.3",
+    "e.g. node.js or file.exe, 2.5 hours",
+    "打了 1234567 分",
+    "I was at home",
+])
+def test_not_personal_data(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
+def test_identity_slurs_hits_and_near_misses():
+    slurs = cleaning.WordList(cleaning.IDENTITY_SLURS)
+    assert len(slurs) > 150
+    hits = {"What a retarded AI": "disability", "策划是智障吗": "disability", "这是日本鬼子": "ethnic, national, racial",
+            "this N1GGER lol": "ethnic, national, racial", "f4ggot": "sexual orientation, gender identity",
+            "he-she lol": "sexual orientation, gender identity", "жид": "ethnic, national, racial",
+            "porch monkey": "ethnic, national, racial", "чурки": "ethnic, national, racial"}
+    for text, category in hits.items():
+        assert slurs.find(text)[0] == category, text
+    for text in ("This is spicy", "a chink in the armor of this boss", "打鬼子游戏", "жидкость", "raccoon",
+                 "I started it", "Japan is great", "Pakistan", "gay marriage sim", "cracking the code"):
+        assert slurs.find(text) is None, text
+
+
+def test_language_codes_aliases_and_detection():
+    assert [cleaning.steam_language(x) for x in ("zh", "Chinese", "schinese", "zh-TW", "en", "ko", "pt-BR", "xx")] == [
+        "schinese", "schinese", "schinese", "tchinese", "english", "koreana", "brazilian", None]
+    assert cleaning.detect_language("这个游戏真的很好玩") == "schinese"
+    assert cleaning.detect_language("這個遊戲真的很好玩，畫面與劇情都讓人喜歡") == "tchinese"
+    assert cleaning.detect_language("このゲームは本当に面白い") == "japanese"
+    assert cleaning.detect_language("이 게임 정말 재미있어요") == "koreana"
+    assert cleaning.detect_language("Очень хорошая игра") == "russian"
+    assert cleaning.detect_language("A really good game") == "latin"  # no detector given
+    assert cleaning.detect_language("10/10 !!!") is None
+
+
+def test_residue_items_share_a_line_and_korean_dates():
+    assert noise.strip_page_residue("发布于：3 月 4 日\n12 人觉得这篇评测有价值 3 人觉得这篇评测很欢乐\n打击感很好") == "打击感很好"
+    assert noise.strip_page_residue("게시 일시: 3월 4일\n무료로 받은 제품\n재미있는 게임") == "재미있는 게임"
+
+
+def test_links_end_at_non_url_characters_and_platform_names_stay():
+    assert cleaning.scrub_pii("看这里 https://store.steampowered.com/about/?snr=1_5灵、服务器短板") == ("看这里 灵、服务器短板", ["link"])
+    assert cleaning.scrub_pii("needs a Battle.net account, also on GOG.com") == ("needs a Battle.net account, also on GOG.com", [])
+    assert cleaning.scrub_pii("my blog coolgamer.net has more") == ("my blog  has more", ["link"])
+    assert noise.little_language_reason("中文10/10，音乐9.5/10，剧情9/10，综合9.5/10，K社经典") is None
+
+
+def test_a_missing_space_after_a_full_stop_is_not_a_link():
+    for keep in ("It was fun.It is also long.In the end good.My rating: 8", "(555) 0x1F build 2.0.1"):
+        assert cleaning.scrub_pii(keep) == (keep, [])
+    assert cleaning.scrub_pii("trailer youtu.be/abc123 here") == ("trailer  here", ["link"])
+    assert cleaning.scrub_pii("call (555) 123-4567 or 555-123-4567") == ("call  or ", ["phone_number"])
+    assert noise.strip_page_residue("Great game\nRead more\n3 comments") == "Great game"
+
+
+def test_other_authors_screen_names_go_plain_words_stay():
+    handles = noise.screen_names(["xXSniperXx\n76561190000000001", "player_123", "Gamer", "Ann Lee", "12345678"])
+    assert handles == {"xxsniperxx", "player_123"}
+    text, kinds = noise.strip_handles("thanks XXSNIPERXX and player_123, says Gamer and Ann Lee", "Ann Lee", handles)
+    assert text == "thanks  and , says Gamer and " and kinds == ["author_name", "screen_name"]

@@ -1,0 +1,334 @@
+"""`steam-train prepare` on the review dumps users have: one small synthetic file per shape (one quirk
+each, written here; no real reviews), column detection and ``--columns``, game-name flags, bad
+input, the Markdown report and a round trip through validate and 2 training steps."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from trainer import config
+from trainer.cli import main
+from trainer.errors import UserError
+from trainer.prepare import PrepareConfig, run
+
+EN = ["Tight combat and a map that rewards curiosity, well worth the price.",
+      "The story drags in the middle act but the boss fights carry it home.",
+      "Crashes every hour on my machine, refunded after two evenings of trying.",
+      "Co-op with friends is where this shines, solo play gets repetitive fast."]
+ZH = ["战斗手感扎实，地图设计鼓励探索，这个价格非常值得购买。", "剧情中段有些拖沓，但是首领战的设计把整体体验拉了回来。",
+      "在我的电脑上每小时崩溃一次，试了两个晚上之后只好退款了。", "和朋友联机合作是最大的亮点，单人游玩很快就会觉得重复。"]
+
+
+def _run(tmp_path: Path, inputs, **kw) -> dict:
+    flags = {"inputs": [str(i) for i in inputs], "out": str(tmp_path / "out/train.json"), "val_size": 0, **kw}
+    return run(config.build(PrepareConfig, flags))
+
+
+def _load(path) -> list[dict]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _csv(path: Path, header: list[str], rows: list[list], delimiter: str = ",", bom: bool = False) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=delimiter)
+    w.writerow(header)
+    w.writerows(rows)
+    path.write_text(("\ufeff" if bom else "") + buf.getvalue(), encoding="utf-8")
+    return path
+
+
+def test_api_field_csv_without_appid_takes_the_game_from_flags(tmp_path):
+    """Steam API names flattened (author.steamid, author.playtime_forever in minutes), no appid column."""
+    src = _csv(tmp_path / "reviews.csv",
+               ["recommendationid", "language", "review", "voted_up", "votes_up", "weighted_vote_score",
+                "timestamp_created", "author.steamid", "author.playtime_forever", "author.num_games_owned"],
+               [[i, "english", t, i % 2 == 0, i, "0.5", 1700000000, f"7656119000000000{i}", 90 * (i + 1), 10]
+                for i, t in enumerate(EN)])
+    res = _run(tmp_path, [src], language=["en"], appid="2246340", app_name=["Monster Hunter Wilds"],
+               tags="Action, Hunting", input_template="{tags} | {verdict} | {playtime_hours} h")
+    recs = _load(res["train"])
+    assert [r["output"] for r in recs] == EN
+    assert recs[0] == {"instruction": 'As a veteran gamer, review the game "Monster Hunter Wilds".',  # en by --language
+                       "input": "Action, Hunting | Recommended | 1.5 h", "output": EN[0]}
+    assert recs[1]["input"] == "Action, Hunting | Not recommended | 3.0 h"
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert report["inputs"][0]["columns"] == {
+        "review_id": "recommendationid", "language": "language", "review": "review", "voted_up": "voted_up",
+        "votes_up": "votes_up", "author_id": "author.steamid", "playtime_minutes": "author.playtime_forever"}
+    assert "7656119" not in Path(res["train"]).read_text(encoding="utf-8")  # author columns never copied
+
+
+def test_store_scrape_csv_loses_page_residue(tmp_path):
+    """`Tag, Hours, Date, Content, AppID`: 推荐/不推荐, 总时数 …, the page header inside the text."""
+    rows = [["推荐", "总时数 30.7 小时", "3月4日", f"发布于：3 月 4 日\n抢先体验版本评测\n{ZH[0]}", "2246340"],
+            ["不推荐", "总时数 2.5 小时", "3月5日", f"发布于：2024 年 3 月 5 日 下午 3:12\n免费获取的产品\n{ZH[2]}\n12 人觉得这篇评测有价值", "2246340"],
+            ["推荐", "总时数 100 小时", "3月6日", f"{ZH[3]}\n最后编辑于：3 月 7 日", "2246340"]]
+    src = _csv(tmp_path / "scrape.csv", ["Tag", "Hours", "Date", "Content", "AppID"], rows)
+    names = _csv(tmp_path / "names.csv", ["appid", "name", "tags"], [["2246340", "怪物猎人 荒野", "动作, 狩猎"]])
+    res = _run(tmp_path, [src], app_names=str(names), input_template="{verdict}，{playtime_hours} 小时")
+    recs = _load(res["train"])
+    assert [r["output"] for r in recs] == [ZH[0], ZH[2], ZH[3]]
+    assert recs[1]["instruction"] == "请以资深玩家的身份，点评一下《怪物猎人 荒野》这款游戏。"
+    assert [r["input"] for r in recs] == ["推荐，30.7 小时", "不推荐，2.5 小时", "推荐，100.0 小时"]
+    assert res["changed"]["page_residue"] == 3
+
+
+def test_english_scrape_with_hours_on_record(tmp_path):
+    rows = [["Recommended", "30.7 hrs on record", f"Posted: March 4, 2024\nEARLY ACCESS REVIEW\n{EN[0]}"],
+            ["Not Recommended", "1,204.5 hrs on record", f"Posted: 5 March\nProduct received for free\n{EN[2]}\n"
+                                                          "5 people found this review helpful"]]
+    src = _csv(tmp_path / "scrape_en.csv", ["Tag", "Hours", "Comment"], rows)
+    res = _run(tmp_path, [src], language=["english"], app_name=["Elden Ring"], input_template="{playtime_hours}")
+    recs = _load(res["train"])
+    assert [(r["output"], r["input"]) for r in recs] == [(EN[0], "30.7"), (EN[2], "1204.5")]
+
+
+def test_chinese_survey_tsv_with_explicit_columns_scrubs_the_author(tmp_path):
+    rows = [["小明同学", "推荐", "12", f"我是小明同学，{ZH[0]}"], ["Ann_Lee", "不推荐", "3", f"{ZH[1]} @路人甲 你说呢"]]
+    src = _csv(tmp_path / "survey.tsv", ["用户名", "推荐", "游戏时长", "评论"], rows, delimiter="\t")
+    res = _run(tmp_path, [src], columns="review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名",
+               app_name=["测试游戏"])
+    outs = [r["output"] for r in _load(res["train"])]
+    assert outs == [f"我是，{ZH[0]}", f"{ZH[1]} 你说呢"]
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert report["rules"]["handles"]["reasons"] == {"author_name": 1, "mention": 1}
+    assert "小明同学" not in json.dumps(report, ensure_ascii=False)  # masked in the examples too
+    assert report["config"]["columns"] == "review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名"
+    assert "`--columns review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名`" in Path(res["report_md"]).read_text(encoding="utf-8")
+
+
+def test_json_with_bom_gzip_jsonl_and_a_data_container(tmp_path):
+    recs = [{"content": t, "recommended": "yes", "game": "Hades"} for t in EN]
+    bom = tmp_path / "a.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(recs[:2]).encode())
+    gz = tmp_path / "b.jsonl.gz"
+    gz.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in recs[2:3]).encode()))
+    boxed = tmp_path / "c.json"
+    boxed.write_text(json.dumps({"data": recs[3:]}), encoding="utf-8")
+    res = _run(tmp_path, [tmp_path], language=["en"])
+    assert _load(res["train"])[0]["instruction"] == 'As a veteran gamer, review the game "Hades".'
+    assert [r["output"] for r in _load(res["train"])] == EN
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert [(i["format"], i["compressed"], i["container"]) for i in report["inputs"]] == [
+        ("table", None, ""), ("table", "gzip", ""), ("table", None, "records under 'data'")]
+
+
+def test_parquet_needs_pyarrow_or_reads(tmp_path):
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        src = tmp_path / "r.parquet"
+        src.write_bytes(b"PAR1" + b"\0" * 16 + b"PAR1")
+        with pytest.raises(UserError, match=r"r.parquet: reading Parquet needs pyarrow; pip install pyarrow"):
+            _run(tmp_path, [src])
+        return
+    src = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"review": EN, "voted_up": [True, False, True, True], "app_name": ["Hades"] * 4}), src)
+    assert [r["output"] for r in _load(_run(tmp_path, [src], language=["en"])["train"])] == EN
+
+
+def test_language_aliases_and_refusal(tmp_path):
+    src = _csv(tmp_path / "mixed.csv", ["review", "game"], [[t, "Hades"] for t in ZH + EN])
+    zh = _run(tmp_path, [src], language=["chinese"])  # alias of schinese; detected from the text
+    assert [r["output"] for r in _load(zh["train"])] == ZH
+    assert json.loads(Path(zh["report"]).read_text(encoding="utf-8"))["rules"]["language"]["reasons"] == {"detected latin": 4}
+    en = _run(tmp_path, [src], language=["en"])
+    assert [r["output"] for r in _load(en["train"])] == EN
+    r = CliRunner().invoke(main, ["prepare", str(src), "--language", "klingon", "--out", str(tmp_path / "o/t.json")])
+    assert r.exit_code == 2 and "--language klingon: not a Steam language; use all or one of arabic, bulgarian, schinese" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_game_switch_and_message(tmp_path):
+    src = _csv(tmp_path / "nogame.csv", ["review"], [[t] for t in ZH])
+    with pytest.raises(UserError, match=r"rule 'unknown_game' removed 4; change it with --app_name NAME / "
+                                        r"--app_name APPID=NAME / --app_names FILE"):
+        _run(tmp_path, [src])
+    recs = _load(_run(tmp_path, [src], drop_unknown_game=False)["train"])
+    assert {r["instruction"] for r in recs} == {"请以资深玩家的身份，点评一下这款游戏。"}
+
+
+@pytest.mark.parametrize("write,args,message", [
+    (lambda p: _csv(p, ["text", "stars"], [["x", 1]]), ["--columns", "review=评论"],
+     "--columns review=评论: no such column; columns found: text, stars"),
+    (lambda p: _csv(p, ["review", "stars"], [["", 1], ["  ", 2]]), [],
+     "column 'review' holds no review text; map the text column with --columns review=COLUMN"),
+    (lambda p: _csv(p, ["stars", "when"], [[1, 2]]), [],
+     "no review-text column among the columns found (stars, when); name it, e.g. --columns review=when"),
+    (lambda p: p.write_bytes("评论\n好玩".encode("utf-16")), [], "pass --encoding utf-16"),
+    (lambda p: _csv(p, ["review"], [["好玩"]]), ["--app_name", "X"],
+     "no records left after cleaning; rule 'too_short' removed 1; change it with --min_chars / --min_words"),
+])
+def test_bad_input_exit_2_one_line_nothing_written(tmp_path, write, args, message):
+    src = tmp_path / "in.csv"
+    write(src)
+    out = tmp_path / "o/train.json"
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(out), *args])
+    assert r.exit_code == 2, r.output
+    last = r.output.strip().splitlines()[-1] if "no records left" not in message else r.output.replace("\n", " ")
+    assert message in r.output.replace("\n", " ") and str(src) in r.output.replace("\n", ""), r.output
+    assert "Traceback" not in r.output and last
+    assert not (tmp_path / "o").exists()
+
+
+def test_big_rule_warning_report_lists_every_rule_that_fired(tmp_path):
+    rows = [[t, "Hades"] for t in ZH] + [["Q群 123456789 进群领福利，好玩的游戏都在这里", "Hades"]] * 2 + \
+           [["⣿⣿⣿⣿⣿⣿⣿⣿\n这款游戏的音乐和美术风格都让人印象深刻，推荐。", "Hades"],
+            ["关卡设计循序渐进，难度曲线很合理，适合新手入门。\n——来自小黑盒用户某某的评价", "Hades"]]
+    src = _csv(tmp_path / "w.csv", ["review", "game"], rows)
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--val_size", "0"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "warning rule 'spam' removed 2 of 8 reviews (25%); change it with --drop_spam False" in text
+    report = json.loads((tmp_path / "o/prepare_report.json").read_text(encoding="utf-8"))
+    md = (tmp_path / "o/prepare_report.md").read_text(encoding="utf-8")
+    fired = [n for n, st in report["rules"].items() if st["removed"] or st["changed"]]
+    assert set(fired) == {"spam", "art", "handles"}
+    for name in fired:
+        assert f"| {name} |" in md
+    assert "| Hades | 6 | 2 |" in md and "![lengths](prepare_lengths.png)" in md
+    assert (tmp_path / "o/prepare_lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_round_trip_validate_and_train_two_steps(tmp_path, tiny_llama_dir):
+    src = _csv(tmp_path / "api.csv", ["review", "voted_up", "language", "app_name"],
+               [[t, True, "english", "Hades"] for t in EN * 2] + [[t + " Again.", False, "english", "Celeste"] for t in EN])
+    res = _run(tmp_path, [src], language=["english"], near_dedup=False)
+    assert res["counts"]["kept"] == 8
+    r = CliRunner().invoke(main, ["validate", res["train"]])
+    assert r.exit_code == 0 and "no problems found" in r.output, r.output
+    from trainer.train import TrainConfig
+    from trainer.train import run as train_run
+
+    out = tmp_path / "run"
+    train_run(config.build(TrainConfig, {"model_name_or_path": str(tiny_llama_dir), "dataset": [res["train"]],
+                                         "output_dir": str(out), "max_steps": 2, "per_device_train_batch_size": 4,
+                                         "logging_steps": 1, "save_steps": 2, "lora_rank": 4, "cutoff_len": 128}))
+    logs = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert max(x.get("current_steps", 0) for x in logs) == 2
+
+
+def test_long_english_review_and_a_cited_link_are_kept(tmp_path):
+    """Regressions: every English review over 1,000 characters was dropped (too_long), and a review
+    citing a wiki link was dropped as spam; a crash address read as a phone number."""
+    rng = random.Random(0)
+    long_review = " ".join("".join(rng.choice("etaoinshrdlucmfw") for _ in range(rng.randint(2, 8)))
+                           for _ in range(1200)) + "."  # 1,200 words that do not loop
+    assert len(long_review) > 3000
+    cited = "The boss guide at fextralife.com/elden-ring/malenia helped a lot, the fight is fair once learned."
+    crash = "Crashes at 0x14000000000+0x1a2b3c on startup after the patch, please fix it soon."
+    src = _csv(tmp_path / "en.csv", ["review", "language", "game"],
+               [[long_review, "english", "Hades"], [cited, "english", "Hades"], [crash, "english", "Hades"]])
+    outs = [r["output"] for r in _load(_run(tmp_path, [src], language=["english"])["train"])]
+    assert outs == [long_review, "The boss guide at helped a lot, the fight is fair once learned.", crash]
+
+
+def test_score_columns_language_codes_and_reviews_keyed_by_app(tmp_path):
+    """`review_score` 1/-1 (not a bool), a language column holding ISO codes, a JSON object keyed by app id."""
+    src = _csv(tmp_path / "scores.csv", ["app_id", "app_name", "review_text", "review_score", "review_votes", "lang"],
+               [[10, "Counter-Strike", EN[0], 1, 0, "en"], [10, "Counter-Strike", EN[2], -1, 1, "EN"],
+                [10, "Counter-Strike", ZH[0], 1, 0, "zh-CN"]])
+    res = _run(tmp_path, [src], language=["english"], input_template="{verdict}")
+    assert [(r["output"], r["input"]) for r in _load(res["train"])] == [(EN[0], "Recommended"), (EN[2], "Not recommended")]
+    byapp = tmp_path / "byapp.json"
+    byapp.write_text(json.dumps({"570": [{"review": EN[1], "voted_up": True}],
+                                 "730": {"reviews": {"9": {"review": EN[3], "voted_up": False}}}}), encoding="utf-8")
+    res = _run(tmp_path, [byapp], language=["en"], app_name=["570=Dota 2", "730=Counter-Strike 2"])
+    assert [r["instruction"] for r in _load(res["train"])] == ['As a veteran gamer, review the game "Dota 2".',
+                                                              'As a veteran gamer, review the game "Counter-Strike 2".']
+
+
+def test_cross_game_copypasta_goes_entirely(tmp_path):
+    pasta = "我是一个没有感情的复制机器，这段话会出现在每一个游戏的评测区里，请不要在意我，继续往下看吧"
+    rows = [[pasta + "！" * i, game] for i, game in enumerate(["A", "B", "C"])]  # exact and edited copies, 3 games
+    rows += [[ZH[0], "A"], [ZH[0], "B"], [ZH[1], "C"]]  # a repost under 2 games: one copy kept
+    src = _csv(tmp_path / "pasta.csv", ["review", "game"], rows)
+    res = _run(tmp_path, [src], near_dup_threshold=0.7)
+    assert [r["output"] for r in _load(res["train"])] == [ZH[0], ZH[1]]
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert report["rules"]["copypasta"]["reasons"] == {"3 games": 1}
+    assert res["removed"]["exact_duplicate"] + res["removed"]["near_duplicate"] == 3
+    assert _run(tmp_path, [src], near_dup_threshold=0.7, copypasta_games=0)["counts"]["kept"] == 3
+
+
+def test_identity_slurs_are_removed_and_reported_masked(tmp_path):
+    rows = [[t, "Hades"] for t in ZH] + [["这关卡设计的策划是智障吧，难度曲线完全不合理", "Hades"],
+                                         ["垃圾优化，烂到家了，但是玩法确实有意思，建议打折再买", "Hades"]]
+    src = _csv(tmp_path / "s.csv", ["review", "game"], rows)
+    res = _run(tmp_path, [src])
+    outs = [r["output"] for r in _load(res["train"])]
+    assert outs == ZH + ["垃圾优化，烂到家了，但是玩法确实有意思，建议打折再买"]  # plain profanity about the game stays
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert report["rules"]["identity_slur"]["reasons"] == {"disability: 智*": 1}
+    assert "disability: 智*" in Path(res["report_md"]).read_text(encoding="utf-8")
+    kept = _run(tmp_path, [src], drop_identity_slurs=False)
+    assert kept["counts"]["kept"] == 6
+
+
+def test_to_simplified_needs_opencc_or_converts(tmp_path):
+    trad = "這個遊戲的畫面與劇情都讓人喜歡，戰鬥系統也很有深度，值得購買。"
+    src = _csv(tmp_path / "t.csv", ["review", "game"], [[trad, "Hades"], [ZH[0], "Hades"]])
+    try:
+        import opencc  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="--to_simplified needs opencc; pip install opencc-python-reimplemented"):
+            _run(tmp_path, [src], to_simplified=True)
+        return
+    outs = [r["output"] for r in _load(_run(tmp_path, [src], to_simplified=True)["train"])]
+    assert outs == ["这个游戏的画面与剧情都让人喜欢，战斗系统也很有深度，值得购买。", ZH[0]]
+
+
+def test_latin_languages_told_apart_when_lingua_is_installed(tmp_path):
+    pytest.importorskip("lingua")
+    de = "Dieses Spiel macht wirklich Spaß, der Kampf ist gut und die Geschichte auch"
+    src = _csv(tmp_path / "de.csv", ["review", "game"], [[EN[0], "Hades"], [de, "Hades"]])
+    res = _run(tmp_path, [src], language=["english"])
+    assert [r["output"] for r in _load(res["train"])] == [EN[0]]
+    assert res["removed"]["language"] == 1
+
+
+def test_a_big_rule_is_reported_while_cleaning(tmp_path):
+    good = [[f"第{i}条：这游戏的战斗系统很扎实，关卡设计也有想法，值得一玩。", "Hades"] for i in range(6500)]
+    spam = [["Q群 123456789 进群领福利", "Hades"]] * 1500
+    src = _csv(tmp_path / "big.csv", ["review", "game"], good[:1000] + spam + good[1000:])
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--near_dedup", "False"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    # said after the first chunk of 4,000, although over all 8,000 the rule stays under a fifth
+    assert "warning rule 'spam' removed 1,500 of the first 4,000 reviews (38%); change it with --drop_spam False" in out
+    assert out.count("warning rule 'spam'") == 1
+    assert json.loads((tmp_path / "o/prepare_report.json").read_text(encoding="utf-8"))["warnings"] == []
+
+
+def test_worker_processes_give_the_same_result(tmp_path, monkeypatch):
+    from trainer import prepare
+
+    rows = [[f"{t} 第{i}次", "Hades"] for i in range(300) for t in ZH]
+    rows += [["Q群 123456789 进群领福利", "Hades"], ["这个策划是智障", "Hades"], [ZH[0] + "\n——来自小黑盒用户某某的评价", "Hades"]]
+    src = _csv(tmp_path / "p.csv", ["review", "game"], rows)
+    one = _run(tmp_path / "one", [src], preprocessing_num_workers=1)
+    monkeypatch.setattr(prepare, "PARALLEL_MIN_REVIEWS", 100)
+    monkeypatch.setattr(prepare, "_CHUNK", 250)
+    two = _run(tmp_path / "two", [src], preprocessing_num_workers=2)
+    assert Path(one["train"]).read_bytes() == Path(two["train"]).read_bytes()
+    strip = lambda rep: {k: v for k, v in rep.items() if k not in ("seconds", "train", "val", "report", "report_md", "config", "lengths_png", "inputs")}  # noqa: E731
+    reports = [json.loads(Path(x["report"]).read_text(encoding="utf-8")) for x in (one, two)]
+    assert strip(reports[0]) == strip(reports[1]) and reports[0]["rules"]["spam"]["removed"] == 1
+
+
+def test_other_authors_screen_names_are_removed(tmp_path):
+    rows = [["Dark_Knight99", EN[0]], ["Ann Lee", f"{EN[1]} Agree with dark_knight99 on the combat."]]
+    src = _csv(tmp_path / "names.csv", ["Username", "Review"], rows)
+    res = _run(tmp_path, [src], language=["en"], app_name=["Hades"])
+    assert [r["output"] for r in _load(res["train"])] == [EN[0], f"{EN[1]} Agree with on the combat."]
+    assert json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]["handles"]["reasons"] == {"screen_name": 1}

@@ -1,0 +1,191 @@
+"""Flat review tables (CSV/TSV, JSON, JSON Lines, Parquet rows) → :class:`~trainer.sources.Review`.
+
+Each column is matched to one of our fields by its header (:data:`ALIASES`: Steam API names,
+flattened as ``author.playtime_forever``; store-page scrape headers ``Tag, Hours, Date, Content,
+AppID``; Chinese survey headers ``用户名, 推荐, 游戏时长, 评论``), or by ``--columns field=header,…``
+(LLaMA-Factory's ``columns`` idea). Values are parsed leniently: ``推荐`` / ``Not Recommended`` /
+``true`` / ``1`` for ``voted_up``; ``总时数 30.7 小时`` / ``30.7 hrs on record`` for hours; Steam's
+``playtime_*`` fields are minutes.
+
+Author columns (user names, steam ids) never reach the outputs: they are kept on the record only so
+that the cleaning rules can remove the author's own name from the text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from trainer.errors import UserError
+
+#: our field → accepted header names, compared after :func:`_norm` (case, spaces, ``_``/``-``/``.``).
+ALIASES: dict[str, tuple[str, ...]] = {
+    "review": ("review", "review_text", "reviewtext", "text", "content", "comment", "comments", "body",
+               "user_review", "review_content", "review_body", "评论", "评论内容", "评测", "评测内容", "内容",
+               "评价", "评价内容", "正文", "留言"),
+    "voted_up": ("voted_up", "recommended", "recommend", "is_recommended", "recommendation", "tag", "verdict",
+                 "rating", "review_score", "user_recommends", "is_positive", "推荐", "是否推荐", "评价类型", "推荐与否"),
+    "playtime_minutes": ("author.playtime_at_review", "author.playtime_forever", "playtime_at_review",
+                         "playtime_forever", "author_playtime_forever", "author_playtime_at_review"),
+    "playtime_hours": ("hours", "playtime_hours", "hours_played", "hour_played", "playtime", "play_time", "hours_on_record",
+                       "游戏时长", "时长", "总时数", "游玩时长", "游戏时间"),
+    "language": ("language", "lang", "review_language", "语言"),
+    "appid": ("appid", "app_id", "steam_appid", "item_id", "game_id", "steamappid", "游戏id", "appid号"),
+    "app_name": ("app_name", "game", "game_name", "title", "game_title", "游戏", "游戏名", "游戏名称"),
+    "tags": ("tags", "genres", "genre", "标签", "游戏标签", "类型"),
+    "votes_up": ("votes_up", "helpful", "votes_helpful", "review_votes", "found_helpful", "helpful_count", "有用", "有价值"),
+    "review_id": ("recommendationid", "review_id", "reviewid", "id"),
+    "author": ("author", "user", "username", "user_name", "author_name", "author.personaname", "personaname",
+               "nickname", "name", "steam_name", "profile_name", "reviewer", "reviewer_name", "persona_name",
+               "steam_user", "user_nickname", "用户名", "用户", "昵称", "作者", "玩家", "评测者", "用户昵称", "玩家昵称"),
+    "author_id": ("author.steamid", "steamid", "steam_id", "author_steamid", "user_id", "userid", "author_id"),
+}
+FIELDS = tuple(ALIASES)
+_AUTHOR_FIELDS = ("author", "author_id")
+
+
+def _norm(header: str) -> str:
+    return re.sub(r"[\s_\-.]+", "", header.strip().lstrip("\ufeff").lower())
+
+
+_LOOKUP = {_norm(a): f for f, names in ALIASES.items() for a in names}
+
+
+def field_of(header: str) -> str | None:
+    """Our field for a header by :data:`ALIASES` (``"Content"`` → ``"review"``), else ``None``."""
+    return _LOOKUP.get(_norm(header))
+
+
+def parse_columns(spec: str) -> dict[str, str]:
+    """``"review=评论,voted_up=推荐"`` → ``{"review": "评论", "voted_up": "推荐"}``.
+
+    Raises:
+        UserError: an unknown field or an item without ``=``.
+    """
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not value.strip():
+            raise UserError(f"--columns '{item}': write FIELD=COLUMN, e.g. review=评论")
+        if key not in FIELDS:
+            raise UserError(f"--columns '{item}': unknown field '{key}'; use {', '.join(FIELDS)}")
+        out[key] = value.strip()
+    return out
+
+
+def flatten(rec: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"author": {"steamid": 1}}`` → ``{"author.steamid": 1}`` (Steam API records in JSON)."""
+    out: dict[str, Any] = {}
+    for k, v in rec.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def detect(headers: list[str], given: dict[str, str], path: Any) -> dict[str, str]:
+    """Map our fields to the file's headers: ``given`` (``--columns``) first, then :data:`ALIASES`.
+
+    Returns ``{field: header}``; a ``playtime_minutes`` column wins over a ``playtime_hours`` one.
+
+    Raises:
+        UserError: a ``--columns`` header the file lacks, or no review-text column; the message
+            lists the columns found and a ``--columns`` line that would work.
+    """
+    mapping: dict[str, str] = {}
+    for f, h in given.items():
+        if h not in headers:
+            raise UserError(f"{path}: --columns {f}={h}: no such column; columns found: {', '.join(headers[:20])}")
+        mapping[f] = h
+    taken = set(mapping.values())
+    for h in headers:
+        f = field_of(h)
+        if f and f not in mapping and h not in taken:
+            mapping[f] = h
+            taken.add(h)
+    if "playtime_minutes" in mapping and "playtime_hours" in mapping and "playtime_hours" not in given:
+        del mapping["playtime_hours"]
+    if "review" not in mapping:
+        raise UserError(f"{path}: no review-text column among the columns found ({', '.join(headers[:20]) or 'none'}); "
+                        f"name it, e.g. --columns {suggest(headers)}")
+    return mapping
+
+
+def suggest(headers: list[str]) -> str:
+    """A ``--columns`` line for the error message: known names where they match, else the first column."""
+    guess = {f: h for h in headers if (f := field_of(h))}
+    guess.setdefault("review", headers[-1] if headers else "TEXT_COLUMN")
+    return ",".join(f"{f}={h}" for f, h in guess.items())
+
+
+_NO = re.compile(r"^(?:不推荐|不推薦|not\s*recommended|false|no|0|n|negative|neg|thumbs?\s*down|👎|差评|不)$", re.I)
+_YES = re.compile(r"^(?:推荐|推薦|recommended|true|yes|1|y|positive|pos|thumbs?\s*up|👍|好评|是)$", re.I)
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def voted(v: Any) -> bool | None:
+    """``True``/``False`` from a bool, a number or a word (推荐/不推荐, Recommended/Not Recommended…)."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        return v > 0  # 1/0, and 1/-1 review scores
+    if re.fullmatch(r"\s*-\d+(?:\.0+)?\s*", str(v)):
+        return False
+    s = str(v or "").strip()
+    if not s:
+        return None
+    return False if _NO.match(s) else True if _YES.match(s) else None
+
+
+def number(v: Any) -> float | None:
+    """The first number in a value: ``"总时数 1,030.7 小时"`` → ``1030.7``; ``None`` when there is none."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    m = _NUMBER.search(str(v))
+    return float(m.group(0).replace(",", "")) if m else None
+
+
+def row_fields(row: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    """One row's values under our field names (``playtime_hours`` in hours, unknown → ``None``)."""
+    get = {f: row.get(h) for f, h in mapping.items()}
+    minutes = number(get.get("playtime_minutes"))
+    hours = round(minutes / 60, 1) if minutes is not None else number(get.get("playtime_hours"))
+    votes = number(get.get("votes_up"))
+    text = get.get("review")
+    tags = get.get("tags")
+    return {
+        "text": "" if text is None else str(text),
+        "voted_up": voted(get.get("voted_up")),
+        "playtime_hours": hours,
+        "votes_up": int(votes) if votes is not None else None,
+        "language": (str(get["language"]).strip().lower() or None) if get.get("language") else None,
+        "appid": _id(get.get("appid")),
+        "game_name": str(get["app_name"]).strip() or None if get.get("app_name") else None,
+        "tags": split_tags(tags),
+        "review_id": _id(get.get("review_id")),
+        "author": "\n".join(str(get[f]).strip() for f in _AUTHOR_FIELDS if get.get(f) not in (None, "")) or None,
+    }
+
+
+def _id(v: Any) -> str | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).strip() or None
+
+
+def split_tags(v: Any) -> list[str] | None:
+    """Tags from a list or a ``"动作, 狩猎"`` / ``"a|b"`` string; ``None`` when there are none."""
+    if isinstance(v, list):
+        items = [str(t).strip() for t in v]
+    elif v:
+        items = [t.strip(" '\"[]") for t in re.split(r"[,，、;|]", str(v))]
+    else:
+        return None
+    return [t for t in items if t] or None

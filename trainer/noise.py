@@ -1,0 +1,215 @@
+"""What a review page or app adds around a review, and texts that are not reviews at all.
+
+One function per ``prepare`` rule: store-page residue (date headers, "最后编辑于", early-access /
+free-product banners, helpfulness counts, "hrs on record"), cross-post signatures and handles,
+text art, checklist templates, texts with too little language, looping repetition; plus the
+length measure (CJK characters, other scripts' words) and the script-based language guess.
+
+Why our own code: these are the Steam review page's own strings (in the Steam UI languages we
+could name) and the Chinese review apps' signatures — review-cleaning knowledge, our edge; no
+library knows them. Transformations take and return ``str``; detectors return a reason or ``None``.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+# --- store-page residue -------------------------------------------------------------------------
+
+_MONTHS = (r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?|(?:janv|févr|mars|avr|mai|juin|juil|août|"
+           r"sept|oct|nov|déc)[a-zé]*\.?|(?:januar|februar|märz|april|mai|juni|juli|august|september|oktober|"
+           r"november|dezember)|(?:ene|feb|mar|abr|may|jun|jul|ago|sep|oct|nov|dic)[a-z]*\.?|[а-я]{3,9}\.?")
+_DATE = (rf"(?:\d{{4}}\s*年\s*)?\d{{1,2}}\s*月\s*\d{{1,2}}\s*日(?:\s*(?:上午|下午|晚上|凌晨)?\s*\d{{1,2}}[:：]\d{{2}})?"
+         rf"|\d{{1,2}}\.?\s*(?:{_MONTHS})(?:,?\s*\d{{4}})?(?:\s*(?:@|à|um|a las|в)?\s*\d{{1,2}}[:h]\d{{2}}\s*(?:[ap]m)?)?"
+         rf"|(?:{_MONTHS})\s*\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s*\d{{4}})?(?:\s*@?\s*\d{{1,2}}:\d{{2}}\s*(?:[ap]m)?)?"
+         rf"|\d{{4}}[-/.]\d{{1,2}}[-/.]\d{{1,2}}(?:\s+\d{{1,2}}:\d{{2}})?|\d{{1,2}}[/.]\d{{1,2}}[/.]\d{{2,4}}"
+         rf"|(?:\d{{4}}\s*년\s*)?\d{{1,2}}\s*월\s*\d{{1,2}}\s*일(?:\s*(?:오전|오후)?\s*\d{{1,2}}:\d{{2}})?")
+# "Posted:" / "发布于：" and the Steam UI's other languages (de fr es pt ru it pl tr ja ko zh-TW)
+_POSTED = (r"发布于|發佈於|發表於|更新于|更新於|最后编辑于|最後編輯於|posted|updated|last edited|verfasst am|aktualisiert"
+           r"|publiée? le|mis à jour|publicad[ao] el|actualizad[ao]|publicad[ao] em|atualizad[ao]|опубликовано|обновлено"
+           r"|pubblicat[ao]|opublikowano|zaktualizowano|yayınlanma|投稿日|更新日|게시 일시|게시|업데이트")
+_DATE_HEADER = re.compile(rf"^\s*(?:{_POSTED})\s*[:：]?\s*(?:{_DATE})[\s.。,，]*", re.I | re.M)
+# whole lines that only the page puts there
+_RESIDUE_LINE = re.compile(
+    r"^(?:\s*(?:"
+    r"抢先体验版本评测|搶先體驗版評論|免费获取的产品|免費取得的產品|已退款的产品|已退款|early access review|product received for free"
+    r"|product refunded|früher zugang-rezension|produkt kostenlos erhalten|évaluation en accès anticipé"
+    r"|produit reçu gratuitement|análisis de acceso anticipado|producto recibido gratis|análise de acesso antecipado"
+    r"|produto recebido de graça|обзор продукта в раннем доступе|продукт получен бесплатно|早期アクセスレビュー"
+    r"|無料で製品を受け取りました|앞서 해보기 평가|무료로 받은 제품|推荐|不推荐|推薦|不推薦|recommended|not recommended"
+    r"|empfohlen|nicht empfohlen|recommandé|non recommandé|recomendado|no recomendado|não recomendado|рекомендую|не рекомендую"
+    r"|(?:有\s*)?\d[\d,]*\s*(?:人|位用户|位使用者)觉得这篇评测(?:有价值|很欢乐|有趣)[。.]?|(?:有\s*)?\d[\d,]*\s*人覺得這篇評論(?:有幫助|很有趣)[。.]?"
+    r"|\d[\d,]*\s*(?:of\s*\d[\d,]*\s*)?(?:people|person)\s*(?:\(\d+%\)\s*)?found this review (?:helpful|funny)"
+    r"|\d[\d,]*\s*(?:personen|personnes|personas|pessoas|человек\w*)\s.{0,40}(?:hilfreich|utile|útil|полезн\w*)"
+    r"|这篇评测是否有价值？?.*|這篇評論是否有幫助？?.*|was this review helpful\?.*|你觉得这篇评测有价值吗？?.*"
+    r"|(?:总时数|總時數|记录在案|評論時|评测时|评测时数)\s*[\d,.]+\s*(?:小时|小時)(?:\s*[（(]评测时\s*[\d,.]+\s*小时[)）])?"
+    r"|[\d,.]+\s*(?:hrs?|hours?)\s*on record(?:\s*\([\d,.]+\s*hrs? at review time\))?"
+    r"|[\d,.]+\s*(?:std\.|h|ч\.?|時間|시간)\s*(?:insgesamt|en tout|registradas|registrad[ao]s|всего|記録|기록)"
+    r"|\d[\d,]*\s*(?:products? in account|reviews?|项产品|個產品|篇评测|篇評論)(?:\s*[|｜·]\s*\d[\d,]*\s*(?:reviews?|篇评测))?"
+    r"|阅读更多|展开阅读全文|展开全文|收起|read more|show more|\d[\d,]*\s*(?:条留言|条回复|則留言|comments?)"
+    r"|回复|回覆|reply|奖励|獎勵|award|是\s*否\s*欢乐\s*奖励|yes\s*no\s*funny\s*award"
+    r")[\s.。,，|｜·]*)+$", re.I | re.M)
+_RESIDUE_HINT = re.compile(r"[发發更最抢搶免已有推不记記评評总總回奖獎这這你]|posted|updated|edited|early|product|record|review"
+                           r"|helpful|recommend|\d\s*(?:hrs?|h\b|std|ч)|verfasst|publi|опублик|обзор|投稿|早期|無料|게시|앞서|무료"
+                           r"|empfohlen|recomend|рекоменд|award|reply|produ|\d\s*of\s*\d|阅读|展开|收起|more|comment|留言", re.I)
+
+
+def strip_page_residue(text: str) -> str:
+    """Remove what a scraped store/community page adds: a leading date header ("发布于：3 月 4 日",
+    "Posted: March 4, 2024", "Verfasst am: 4. März"), "最后编辑于…" / "Last edited…" lines, and lines
+    that are only a banner ("抢先体验版本评测", "EARLY ACCESS REVIEW", "免费获取的产品", "Product received
+    for free"), a verdict word, a helpfulness count ("12 人觉得这篇评测有价值", "5 people found this
+    review helpful"), a playtime ("总时数 30.7 小时", "30.7 hrs on record") or the page's buttons.
+    A line with other words on it is kept (only the leading date header is cut from it)."""
+    if not _RESIDUE_HINT.search(text):
+        return text
+    text = _DATE_HEADER.sub("", text)
+    return _RESIDUE_LINE.sub("", text).strip()
+
+
+# --- signatures, mentions, the author's name ------------------------------------------------------
+
+_SIGNATURE = re.compile(
+    r"(?:^|[-—–~=_]+\s*|[（(]\s*)(?:来自|來自|发自|發自|via)\s*(?:小黑盒|黑盒|其乐|keylol|nga|贴吧|百度贴吧|bilibili|b站|微博"
+    r"|豆瓣|taptap|\S{0,12}?(?:app|客户端|用户|用戶))[^\n]{0,40}$"
+    r"|(?:^|[-—–~=_]+\s*)(?:sent from my|sent via|发自我的|發自我的)[^\n]{0,30}$"
+    r"|^\s*(?:本评测|本文|此评测)?(?:同步|转载|轉載|首发)(?:于|自|於)[^\n]{0,40}$", re.I | re.M)
+_SIGNATURE_HINT = re.compile(r"来自|來自|发自|發自|via|sent (?:from|via)|同步|转载|轉載|首发", re.I)
+_MENTION = re.compile(r"(?<![\w.@/])@\w[\w.\-]{1,30}")
+
+
+def strip_handles(text: str, author: str | None = None, handles: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
+    """Remove cross-post signatures ("——来自小黑盒用户XXX的评价", "Sent from my iPhone"), ``@name``
+    mentions, every occurrence of the record's own author names (``author``: names and ids, one per
+    line; case-insensitive, whole words for Latin names; names under 2 characters are ignored) and
+    other authors' screen names (``handles``: lower-cased tokens, see :func:`screen_names`).
+    Returns ``(text, kinds)`` with kinds from ``signature``, ``mention``, ``author_name``,
+    ``screen_name``."""
+    kinds = []
+    if _SIGNATURE_HINT.search(text):
+        text, n = _SIGNATURE.subn("", text)
+        if n:
+            kinds.append("signature")
+    if "@" in text:
+        text, n = _MENTION.subn("", text)
+        if n:
+            kinds.append("mention")
+    for name in author.split("\n") if author else ():
+        name = name.strip()
+        if len(name) >= 2 and name.lower() in text.lower():
+            word = re.escape(name)
+            text, n = re.subn(rf"(?<![A-Za-z0-9]){word}(?![A-Za-z0-9])" if name.isascii() else word, "", text, flags=re.I)
+            if n:
+                kinds.append("author_name")
+    if handles:
+        found = {t for t in _HANDLE_TOKEN.findall(text) if t.lower() in handles}
+        if found:
+            text = _HANDLE_TOKEN.sub(lambda m: "" if m.group(0) in found else m.group(0), text)
+            kinds.append("screen_name")
+    return text, kinds
+
+
+_HANDLE_TOKEN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z0-9_][A-Za-z0-9_.\-]{3,}(?<![.\-])")
+
+
+def screen_names(authors: list[str]) -> frozenset[str]:
+    """Distinctive Latin screen names among the authors (one name per line in each), lower-cased:
+    4+ characters with a digit, an underscore or an inner capital ("xXSniperXx", "player_123"), not
+    only digits (ids are personal data, removed by the PII rule). Plain words ("Gamer") are left out:
+    they are too likely to be ordinary words in other reviews."""
+    out = set()
+    for names in authors:
+        for name in names.split("\n"):
+            name = name.strip()
+            if _HANDLE_TOKEN.fullmatch(name) and not name.isdigit() and (
+                    re.search(r"\d|_", name) or re.search(r"[a-z][A-Z]", name)):
+                out.add(name.lower())
+    return frozenset(out)
+
+
+# --- art, checklists, too little language, loops -----------------------------------------------------
+
+# braille, box drawing, block elements, geometric shapes, misc symbols/dingbats, emoji
+_ART_CHAR = re.compile(r"[\u2800-\u28ff\u2500-\u259f\u25a0-\u25ff\u2600-\u27bf\U0001f000-\U0001faff"
+                       r"/\\|_\-=+*#~^<>()\[\]{}`@$%&]")
+_ART_HINT = re.compile(r"[\u2500-\u28ff\U0001f000-\U0001faff]|[^\w\s]{8}")
+
+
+def strip_art(text: str) -> str:
+    """Remove lines drawn rather than written: lines of 4+ visible characters that are mostly (≥ 60 %)
+    braille, box-drawing/block characters, geometric symbols, emoji or ASCII drawing characters and
+    hold under 2 letters. "⣿⣿⠟⠛⣿", "░░▒▓█", "-------" go; "大爱梦美~~~~~~~~~~" and a line with a
+    few emoji among words stay."""
+    if not _ART_HINT.search(text):
+        return text
+    out = []
+    for line in text.split("\n"):
+        visible = [c for c in line if not c.isspace()]
+        if len(visible) >= 4:
+            drawn = sum(1 for c in visible if _ART_CHAR.match(c))
+            if drawn / len(visible) >= 0.6 and sum(c.isalpha() for c in visible) < 2:
+                continue
+        out.append(line)
+    return "\n".join(out).strip() if len(out) != text.count("\n") + 1 else text
+
+
+_CHECK_LINE = re.compile(r"^\s*[☐☑☒✅❌✓✔✗✘□■▢▣\[\]xX]{1,3}\s*\S", re.M)
+
+
+def checklist_reason(text: str) -> str | None:
+    """``"checklist template"`` when 5+ lines start with a tick box (☐/☑/✅/[x]…): the copied
+    "Graphics ☐ Bad ☑ Good" grids; ``None`` otherwise."""
+    if "☐" not in text and "☑" not in text and "✅" not in text and "[" not in text and "□" not in text:
+        return None
+    return "checklist template" if len(_CHECK_LINE.findall(text)) >= 5 else None
+
+
+def little_language_reason(text: str, min_share: float = 0.4) -> str | None:
+    """``"few letters"`` when letters and digits (any script) are under ``min_share`` of the visible
+    characters other than Steam's ``♥`` mask ("10/10 !!!!! 👍👍👍", "。。。。。"); ``None`` otherwise
+    ("中文10/10，音乐9.5/10，剧情9/10" is a review)."""
+    visible = len(text) - text.count(" ") - text.count("\n") - text.count("♥")
+    if visible == 0:
+        return "few letters"
+    letters = visible - len(_NOT_LETTER.findall(text))
+    return "few letters" if letters < min_share * visible else None
+
+
+_NOT_LETTER = re.compile(r"[^\s\w♥]|_")
+
+
+def repetition_reason(text: str, min_ratio: float = 0.2, min_bytes: int = 120) -> str | None:
+    """``"looping"`` when the text compresses below ``min_ratio`` of its UTF-8 size with zlib (DEFLATE
+    finds the repeats: "好玩好玩好玩…", "very good very good …"); texts under ``min_bytes`` pass."""
+    if len(text) < min_bytes // 3:
+        return None
+    distinct = len(set(text))
+    if distinct > 0.2 * len(text) or distinct >= 120:  # varied text does not loop (cheap test first)
+        return None
+    raw = text.encode("utf-8")
+    if len(raw) < min_bytes:
+        return None
+    return "looping" if len(zlib.compress(raw, 1)) < min_ratio * len(raw) else None
+
+
+# --- length and script ------------------------------------------------------------------------------
+
+_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+_WORD = re.compile(r"[^\W\d_\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+|\d+")
+
+
+def length(text: str) -> tuple[int, str]:
+    """``(n, "chars")`` for text mostly in CJK (Han, kana, Hangul), else ``(n, "words")``.
+
+    CJK counts characters (CJK characters plus other visible non-space characters, as before);
+    other scripts count words (letter or digit runs), so one bound does not cut long English."""
+    if text.isascii():
+        return len(_WORD.findall(text)), "words"
+    cjk = len(_CJK_CHAR.findall(text))
+    if cjk * 2 >= len(text):
+        return len(text), "chars"
+    words = len(_WORD.findall(text))
+    if cjk and cjk >= words:
+        return len(text), "chars"
+    return words, "words"

@@ -1,0 +1,84 @@
+"""``prepare_report.json`` + ``prepare_report.md`` + ``prepare_lengths.png``: what ``prepare`` did.
+
+The Markdown report is for people auditing a run: input formats and column mappings, every rule
+that fired with its count, flag and two masked examples, kept/dropped by language and by game,
+the warnings, and a histogram of kept lengths (CJK characters / words).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trainer import io
+
+
+def write(report: dict[str, Any], lengths: list[tuple[int, str]], json_path: Path, md_path: Path) -> None:
+    """Write the JSON report, the length histogram PNG beside it and the Markdown report (atomically)."""
+    png = md_path.with_name(md_path.stem.replace("_report", "") + "_lengths.png")
+    _histogram(lengths, png)
+    report["lengths_png"] = str(png)
+    io.write_json(json_path, report)
+    io.write_text(md_path, markdown(report, png.name))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ⏎ ")
+
+
+def markdown(report: dict[str, Any], png_name: str) -> str:
+    """The Markdown report for a ``prepare_report.json`` dict."""
+    c = report["counts"]
+    out = [f"# prepare report\n\n{c['read']:,} reviews read → {c['kept']:,} kept ({c['train']:,} train, "
+           f"{c['val']:,} val) for {c['games']:,} games in {report['seconds']} s.\n"]
+    if report.get("warnings"):
+        out.append("## Warnings\n\n" + "".join(f"* {w}\n" for w in report["warnings"]))
+    out.append("## Inputs\n\n| file | format | reviews | column mapping |\n|---|---|---|---|")
+    for i in report["inputs"]:
+        fmt = i["format"] + (f" ({i['container']})" if i.get("container") else "") + (f", {i['compressed']}" if i.get("compressed") else "")
+        cols = ", ".join(f"{k}={v}" for k, v in (i.get("columns") or {}).items()) or "—"
+        out.append(f"| {_cell(i['path'])} | {fmt} | {i['reviews']:,} | {_cell(cols)} |")
+    cfg = report.get("config", {})
+    if cfg.get("columns"):
+        out.append(f"\n`--columns {cfg['columns']}`")
+    out.append("\n## Rules that fired\n\nExamples are the first two records each rule touched, cut to 100 characters, "
+               "personal data and author names shown as ▇.\n\n| rule | removed | changed | reasons | flag | examples |\n"
+               "|---|---|---|---|---|---|")
+    for name, st in report["rules"].items():
+        if not (st["removed"] or st["changed"]):
+            continue
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(st["reasons"].items(), key=lambda kv: -kv[1])[:6])
+        examples = "<br>".join(f"{_cell(e['text'])}" + (f" *({_cell(e['reason'])})*" if e.get("reason") else "")
+                               for e in st["examples"][:2])
+        out.append(f"| {name} | {st['removed'] or ''} | {st['changed'] or ''} | {_cell(reasons)} | `{st['flag']}` | {examples} |")
+    for title, key in (("language", "by_language"), ("game", "by_game")):
+        rows = sorted(report[key].items(), key=lambda kv: -(kv[1]["kept"] + kv[1]["dropped"]))
+        out.append(f"\n## Kept and dropped by {title}\n\n| {title} | kept | dropped |\n|---|---|---|")
+        out += [f"| {_cell(k)} | {v['kept']:,} | {v['dropped']:,} |" for k, v in rows[:50]]
+        if len(rows) > 50:
+            out.append(f"| … {len(rows) - 50} more (see the JSON report) | | |")
+    out.append(f"\n## Lengths of kept reviews\n\n![lengths]({png_name})\n")
+    return "\n".join(out) + "\n"
+
+
+def _histogram(lengths: list[tuple[int, str]], target: Path) -> None:
+    """Histogram of kept lengths: CJK reviews in characters, others in words (one panel each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    for ax, unit in zip(axes, ("chars", "words")):
+        values = [n for n, u in lengths if u == unit]
+        if values:
+            ax.hist(values, bins=40, color="#4c72b0")
+        else:
+            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"{'CJK reviews' if unit == 'chars' else 'other scripts'} ({len(values):,})")
+        ax.set_xlabel("characters" if unit == "chars" else "words")
+        ax.set_ylabel("reviews")
+    fig.tight_layout()
+    with io.atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
