@@ -95,3 +95,19 @@ def test_generation_defaults():
     assert generation_defaults({"do_sample": False, "temperature": 1.0, "max_new_tokens": 64}) == {
         **FALLBACK_GENERATION, "max_new_tokens": 64}
     assert generation_defaults(None) == FALLBACK_GENERATION
+
+
+def test_missing_adapter_or_model_is_rejected_before_torch_is_imported(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom trainer import chat, config\nfrom trainer.errors import UserError\n"
+            f"for kw in ({{'adapter_name_or_path': {str(tmp_path / 'run')!r}}}, "
+            f"{{'model_name_or_path': {str(tmp_path / 'm.gguf')!r}}}):\n"
+            "    try:\n        chat.run(config.build(chat.ChatConfig, kw))\n"
+            "    except UserError as e:\n        print(e.message)\n"
+            "print('torch' in sys.modules, 'llama_cpp' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    lines = out.strip().splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'run'}: no adapter_config.json")
+    assert lines[1].startswith(f"{tmp_path / 'm.gguf'}: GGUF file not found") and lines[2] == "False False"

@@ -214,6 +214,23 @@ def load_backend(cfg: ChatConfig) -> Backend:
     return HFBackend(cfg)
 
 
+def check_paths(cfg: ChatConfig) -> None:
+    """Reject a missing adapter or model path at once, before torch or llama.cpp is imported.
+
+    Raises:
+        UserError: an adapter dir without ``adapter_config.json``, or a model path that does not exist.
+    """
+    from trainer.hub import resolve_model
+
+    if cfg.adapter_name_or_path:
+        ad = Path(cfg.adapter_name_or_path).expanduser()
+        if not (ad / "adapter_config.json").is_file():
+            raise UserError(f"{ad}: no adapter_config.json; pass a training output dir or one of its checkpoint-N "
+                            "folders to --adapter_name_or_path")
+    if cfg.model_name_or_path:
+        resolve_model(cfg.model_name_or_path)
+
+
 def _lines(interactive: bool) -> Iterator[str]:
     while True:
         try:
@@ -231,8 +248,9 @@ def run(cfg: ChatConfig) -> list[Turn]:
     Raises:
         UserError: see :func:`load_backend`.
     """
+    check_paths(cfg)
     interactive = sys.stdin.isatty()
-    with status("loading model"):
+    with status("loading model (first import of torch / llama.cpp: ~10–30 s)"):
         backend = load_backend(cfg)
     sampling = {k: getattr(cfg, k) if getattr(cfg, k) is not None else backend.defaults[k]
                 for k in ("temperature", "top_p", "max_new_tokens")}

@@ -157,7 +157,8 @@ def render_report(s: dict[str, Any]) -> str:
              f"Base `{s['base_model']}`; QLoRA {t.get('steps')} steps on {t.get('train')} reviews "
              f"({t.get('dtype')}), loss {t['loss_start']:.3f} → {t['loss_end']:.3f}. "
              f"Wall time {s['wall_seconds']} s on {s['machine']['cores']} cores "
-             f"(load average {s['machine']['load_start']} at start, {s['machine']['load_end']} at end).", "",
+             f"(load average {s['machine']['load_start']} at start, {s['machine']['load_end']} at end; "
+             f"CPU time {s['machine']['cpu_seconds']} s).", "",
              f"## Held-out loss ({c['loss']['base']['records']} reviews of the eval slice the train stage never saw)", "",
              "Mean cross-entropy per response token (nats), inference weights, prompt masked as in training.", "",
              "| base | tuned | change |", "|---|---|---|",
