@@ -113,8 +113,9 @@ class GGUFBackend(Backend):
         self.handler = chat_handler.install(self.llama, info.chat_template)
         self.persona, _ = resolve_persona(cfg.system, info)
         self.name = info.path.name
-        merged = info.path.parent / "merged" / "generation_config.json"  # written by steam-train export
-        self.defaults = generation_defaults(json.loads(merged.read_text(encoding="utf-8")) if merged.is_file() else None)
+        gen = next((f for f in (info.path.parent / "generation_config.json",  # written by steam-train export
+                                info.path.parent / "merged" / "generation_config.json") if f.is_file()), None)
+        self.defaults = generation_defaults(json.loads(gen.read_text(encoding="utf-8")) if gen else None)
 
     def stream(self, messages, on_text, *, temperature, top_p, max_new_tokens, seed) -> Turn:
         start = time.perf_counter()
