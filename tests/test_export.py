@@ -440,3 +440,35 @@ def test_gguf_base_vocabulary_comes_from_the_gguf_not_the_run(tmp_path, smollm2_
     assert loaded.backend_tokenizer.model.byte_fallback is False
     assert loaded.chat_template == "{{ 'RUN TEMPLATE' }}" and loaded.eos_token == "<|im_end|>"
     assert loaded.decode(loaded.encode("黑神话：悟空", add_special_tokens=False)) == "黑神话：悟空"
+
+
+def test_known_harmless_library_noise_is_silenced_and_the_rest_is_not():
+    import logging
+
+    import torch
+
+    from export.convert import _known_harmless
+    from export.merge import merge_dtype
+
+    def record(msg):
+        return logging.LogRecord("hf-to-gguf", logging.WARNING, "base.py", 1, msg, None, None)
+
+    assert not _known_harmless(record("Unknown RoPE type: default"))
+    assert _known_harmless(record("Unknown RoPE type: yarn2"))  # a real surprise still shows
+
+    class Config:  # reading the deprecated torch_dtype would log "`torch_dtype` is deprecated!"
+        dtype = None
+
+        @property
+        def torch_dtype(self):
+            raise AssertionError("torch_dtype read")
+
+    assert merge_dtype(Config(), "auto") is torch.bfloat16
+    # peft's own read of the deprecated attribute is silenced wherever trainer is imported
+    import subprocess
+    import sys
+
+    code = ("import warnings, trainer\nwarnings.warn('`is_gradient_checkpointing` is deprecated and will be removed "
+            "in v6.', FutureWarning)\nwarnings.warn('other', FutureWarning)")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stderr
+    assert "FutureWarning: other" in err and "is_gradient_checkpointing" not in err
