@@ -252,3 +252,16 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
     assert demo_run(learning_rate=1e-4) is KeyboardInterrupt and seen[3] == [1, 2]
     assert sorted(p.name for p in out.iterdir()) == ["data", "demo_config.json", "demo_log.jsonl", "demo_state.json",
                                                       "run"]  # and no empty run.new/ beside the run
+
+
+def test_a_busy_machine_gets_the_one_thread_hint(capsys, monkeypatch):
+    from trainer import demo
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    demo._warn_if_busy(0.5)
+    assert capsys.readouterr().err == ""
+    demo._warn_if_busy(99.0)
+    assert "OMP_NUM_THREADS=1 steam-train demo" in " ".join(capsys.readouterr().err.split())
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    demo._warn_if_busy(99.0)
+    assert capsys.readouterr().err == ""

@@ -74,9 +74,9 @@ class DemoConfig:
     output_dir: str = arg("demo_run", "Folder for every artefact; a rerun reuses the finished stages.")
     max_samples: int | None = arg(None, "Train on at most this many records (for big --data files).")
     val_size: float = arg(0.1, "Validation split given to prepare (fraction, or a record count >= 1).")
-    max_steps: int = arg(40, "Optimizer steps (40 × 2 samples: about 0.7 epoch of the embedded English reviews).")
+    max_steps: int = arg(100, "Optimizer steps (100 × 2 samples: about 1.7 epochs of the embedded English reviews).")
     per_device_train_batch_size: int = arg(2, "Samples per step.")
-    learning_rate: float = arg(2e-3, "AdamW learning rate (high: a short LoRA run on a small model).")
+    learning_rate: float = arg(1e-3, "AdamW learning rate.")
     cutoff_len: int = arg(384, "Max tokens per sample (prompt + reply).")
     lora_rank: int = arg(8, "LoRA rank.")
     quantization_bit: int = arg(4, "Base model bits while training: 4 (QLoRA), 8, or 0 (plain LoRA).")
@@ -384,6 +384,7 @@ def run(cfg: DemoConfig) -> DemoResult:
         raise UserError(f"demo: --quantization_bit {cfg.quantization_bit}: use 4 (QLoRA), 8 or 0 (plain LoRA)")
     if cfg.language not in ("en", "zh"):
         raise UserError(f"demo: --language {cfg.language}: use en or zh")
+    _warn_if_busy(load_start)
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "demo_config.json", config.to_dict(cfg))
@@ -425,6 +426,15 @@ def _cpu_seconds() -> float:
     the run costs whatever else the machine is doing; on N idle cores the wall time is at least this / N."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 1)
+
+
+def _warn_if_busy(load: float) -> None:
+    """On a machine busier than its core count, say that one thread per process runs much faster
+    (torch's threads wait on each other while other jobs hold the cores; docs/real-run.md has the figures)."""
+    cores = len(os.sched_getaffinity(0))
+    if load > cores and not os.environ.get("OMP_NUM_THREADS"):
+        console.print(f"[yellow]this machine is busy (load average {load} on {cores} cores): training steps can take "
+                      f"10× longer; OMP_NUM_THREADS=1 steam-train demo runs much faster on a busy machine[/yellow]")
 
 
 def _load_average() -> float:
