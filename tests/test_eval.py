@@ -108,7 +108,7 @@ def test_eval_run_adapter_vs_base_writes_reports(tiny_llama_dir, tmp_path):
     train_file, val_file = tmp_path / "train.json", tmp_path / "val.json"
     train_file.write_text(json.dumps(records[:50], ensure_ascii=False), encoding="utf-8")
     # the first val record is a verbatim training reply: the references' copy rate is known
-    val_file.write_text(json.dumps([records[0]] + records[50:], ensure_ascii=False), encoding="utf-8")
+    val_file.write_text(json.dumps([records[0]] + records[50:60], ensure_ascii=False), encoding="utf-8")
     run_dir = _fake_run_dir(tiny_llama_dir, tmp_path, train_file)
     # no --model_name_or_path / --train_dataset: both come from the run's run_config.yaml
     cfg = config.build(EvalConfig, {"adapter_name_or_path": str(run_dir),
