@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "persona_reviews.json"
 STAGES = ("prepare", "train", "compare", "export", "serve")
 #: The summary's line on Chinese with the embedded base.
-ZH_NOTE = ("SmolLM2-135M was trained mostly on English: a few minutes of LoRA on 70 Chinese reviews teaches "
+ZH_NOTE = ("SmolLM2-135M was trained mostly on English: a few minutes of LoRA on 65 Chinese reviews teaches "
            "it the persona's format and tone, not fluent Chinese. For real use train the reference 7B base "
            "(Qwen2.5-7B-Instruct, docs/real-run.md) with the same commands.")
 
