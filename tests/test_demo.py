@@ -157,7 +157,7 @@ def _assert_compare(s, out, games):
     assert report.count("| yes |") + report.count("| NO |") == 4 and "## Next steps" in report
 
 
-def test_goals_count_every_tuned_generation_and_judge_the_thresholds():
+def _compared_and_served():
     def gen(text, n, stopped):
         return {"text": text, "new_tokens": n, "stopped": stopped, "seconds": 0.1}
 
@@ -173,6 +173,11 @@ def test_goals_count_every_tuned_generation_and_judge_the_thresholds():
                            "tokens": 6}, {"game": "Rocket League", "tags": "Sports", "review": "x " * 256,
                                           "tokens": 256}],
               "chat": {"turns": [{"user": "hi", "assistant": "Play Portal 2.", "finish_reason": "stop", "tokens": 5}]}}
+    return compared, served
+
+
+def test_goals_count_every_tuned_generation_and_judge_the_thresholds():
+    compared, served = _compared_and_served()
     g = goals(compared, served)
     assert g["tuned"]["generations"] == 5 and g["tuned"]["stop_rate"] == 0.8  # the served review hit its limit
     assert g["tuned"]["addresses_game"] == 0.5  # "Deep water…" and "x x x" name neither game nor tag
@@ -265,3 +270,23 @@ def test_a_busy_machine_gets_the_one_thread_hint(capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     demo._warn_if_busy(99.0)
     assert capsys.readouterr().err == ""
+
+
+def test_summary_prints_model_text_literally(capsys):
+    """Model output is text, not rich markup: a review with "[/bold]" prints as is instead of crashing."""
+    from trainer import demo
+
+    compared, served = _compared_and_served()
+    compared["samples"][0]["tuned"]["text"] = "Rocket League [/bold] is [red]fun[/red]."
+    served["reviews"][0]["review"] = "Subnautica [/] deep."
+    s = {"compare": compared, "goals": goals(compared, served), "reviews": served["reviews"], "chat": served["chat"],
+         "train": {"train": 10, "val": 2, "loss_start": 4.0, "loss_end": 3.0, "steps": 5, "dtype": "bfloat16"},
+         "export": {"files": {}, "verified": {}}, "stages": {}, "language": "en", "base_model": "smollm2",
+         "quantization": "q4_k_m", "tokens_per_second": 1.0, "wall_seconds": 1.0, "output_dir": "demo_run",
+         "machine": {"cores": 2, "load_start": 0.5, "load_end": 0.6, "cpu_seconds": 2.0}, "note": None,
+         "next_steps": ["serve it"]}
+    demo._print_summary(s)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Rocket League [/bold] is [red]fun[/red]." in err and "Subnautica [/] deep." in err
+    report = render_report(s)
+    assert "| tuned | Rocket League [/bold] is [red]fun[/red]. | stopped by itself, 9 tokens |" in report

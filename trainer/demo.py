@@ -329,6 +329,8 @@ def _chat_like_plugin(server_client: Any, endpoint: str, model: str, turns: list
 def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any]:
     import httpx
 
+    from rich.markup import escape
+
     from trainer.demo_compare import CHAT_TURNS, PROMPTS
     from trainer.plugin_package import load_plugin_module
 
@@ -349,12 +351,12 @@ def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any
             reviews.append({"game": r["game"], "tags": tags, "language": cfg.language, "review": r["review"],
                             "tokens": tokens, "seconds": round(seconds, 2),
                             "tokens_per_second": round(tokens / seconds, 1)})
-            console.print(f"[bold]{r['game']}:[/] {r['review']}", soft_wrap=True)
+            console.print(f"[bold]{escape(r['game'])}:[/] {escape(r['review'])}", soft_wrap=True)
         with status("multi-turn chat"):
             chat = _chat_like_plugin(review_client.server_client, endpoint, model, CHAT_TURNS[cfg.language],
                                      cfg.max_new_tokens, cfg.seed)
         for t in chat["turns"]:
-            console.print(f"[bold]user:[/] {t['user']}\n[bold]persona:[/] {t['assistant']}", soft_wrap=True)
+            console.print(f"[bold]user:[/] {escape(t['user'])}\n[bold]persona:[/] {escape(t['assistant'])}", soft_wrap=True)
     except (review_client.ReviewError, review_client.server_client.ServerError, httpx.HTTPError) as e:
         raise UserError(f"{server.log_path}: the served model failed ({' '.join(str(e).split())[:300]}); "
                         "see that log, fix, and rerun (finished stages are reused)") from None
@@ -476,6 +478,7 @@ def _next_steps(exported: dict[str, Any]) -> list[str]:
 
 
 def _print_summary(s: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     c = s["compare"]
@@ -484,7 +487,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     for col in ("game", "base", "tuned"):
         table.add_column(col, ratio=1 if col == "game" else 3)
     for x in c["samples"]:
-        table.add_row(x["game"], *(f"{x[w]['text']}\n[dim]{demo_compare._side(x[w])}[/dim]" for w in ("base", "tuned")))
+        table.add_row(escape(x["game"]), *(f"{escape(x[w]['text'])}\n[dim]{demo_compare.ending(x[w])}[/dim]"
+                                           for w in ("base", "tuned")))
     console.print(table)
     t, e = s["train"], s["export"]
     sizes = ", ".join(f"{q} {f['bytes'] / 2**20:.1f} MiB ({'verified' if e['verified'].get(q) else 'NOT verified'})"
@@ -504,8 +508,9 @@ def _print_summary(s: dict[str, Any]) -> None:
             ("wall time", f"{s['wall_seconds']} s on {s['machine']['cores']} cores, load average "
                           f"{s['machine']['load_start']} → {s['machine']['load_end']} (a loaded machine is slower); "
                           f"CPU time {s['machine']['cpu_seconds']} s")]
-    rows += [(f"served review: {r['game']}", r["review"]) for r in s["reviews"]]
-    rows += [(f"chat {i + 1}", f"{turn['user']} → {turn['assistant']}") for i, turn in enumerate(s["chat"]["turns"])]
+    rows += [(f"served review: {escape(r['game'])}", escape(r["review"])) for r in s["reviews"]]
+    rows += [(f"chat {i + 1}", escape(f"{turn['user']} → {turn['assistant']}"))
+             for i, turn in enumerate(s["chat"]["turns"])]
     if s.get("note"):
         rows.append(("note", s["note"]))
     rows += [("report", Path(s["output_dir"]) / "report.md"), ("all artefacts", s["output_dir"])]

@@ -144,7 +144,8 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|") or "(empty)"
 
 
-def _side(g: dict[str, Any]) -> str:
+def ending(g: dict[str, Any]) -> str:
+    """How a compared generation ended, and its length in tokens."""
     return f"{'stopped by itself' if g['stopped'] else 'cut at the limit'}, {g['new_tokens']} tokens"
 
 
@@ -169,8 +170,8 @@ def render_report(s: dict[str, Any]) -> str:
     served = {r["game"]: r for r in s["reviews"]}
     for i, x in enumerate(c["samples"], 1):
         lines += [f"### {i}. {x['game']} ({x['tags']})", "", "| | answer | ending |", "|---|---|---|",
-                  f"| base | {_cell(x['base']['text'])} | {_side(x['base'])} |",
-                  f"| tuned | {_cell(x['tuned']['text'])} | {_side(x['tuned'])} |"]
+                  f"| base | {_cell(x['base']['text'])} | {ending(x['base'])} |",
+                  f"| tuned | {_cell(x['tuned']['text'])} | {ending(x['tuned'])} |"]
         if x["game"] in served:
             r = served[x["game"]]
             lines.append(f"| tuned, served {s['quantization']} | {_cell(r['review'])} | {r['tokens']} tokens |")
