@@ -7,14 +7,18 @@ Steps (each reused on a rerun when its output exists and was made from the same 
 3. convert — ``merged/`` → ``<name>-f16.gguf`` / ``-bf16.gguf`` (export.convert)
 4. quantize — → ``<name>-q4_k_m.gguf`` … with llama.cpp's quantizer (export.quantize)
 5. verify  — logits vs the merged model, and the end-of-turn stop (export.verify)
-6. extras  — ``Modelfile`` (Ollama), ``README.md``, optional ``<name>-lora.gguf``, ``export_report.json``
+6. extras  — ``Modelfile`` (Ollama), ``README.md``, ``generation_config.json``, optional
+   ``<name>-lora.gguf``, ``export_report.json``; ``merged/`` is then deleted unless ``--keep_merged``
+   (it is as large as the 16-bit model)
 
 Every file is written under a temp name and renamed; ``export_report.json`` is written last, so a
-folder without it is an unfinished export that a rerun resumes.
+folder without it is an unfinished export that a rerun resumes. An interrupted export (Ctrl-C)
+says what it leaves: the finished steps' files, reused by the rerun.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -23,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -58,6 +62,9 @@ class ExportConfig:
     overwrite: bool = arg(False, "Replace a finished export in --export_dir (finished steps are still reused "
                                  "when their inputs match).")
     n_threads: int = arg(0, "CPU threads for quantizing and verifying; 0 = all usable cores.")
+    keep_merged: bool = arg(False, "Keep merged/ (the merged 16-bit Hugging Face model, as large as the base in "
+                                   "16-bit) for transformers or vLLM; by default it is deleted once the GGUFs are "
+                                   "verified.")
 
 
 class VerificationFailed(click.ClickException):
@@ -148,7 +155,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     log = JsonlLog(out / "export_log.jsonl")
     n_steps = 1 + len(to_convert) + len(quants) + (0 if cfg.no_verify else len(qtypes)) + int(cfg.lora_gguf) + 1
     try:
-        with progress() as bar:
+        with _say_what_is_left_if_interrupted(out), progress() as bar:
             task = bar.add_task("export", total=n_steps)
 
             def step(key: str, label: str, reused: bool, fn) -> None:
@@ -234,6 +241,8 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
                     stale.unlink()
                     state["files"].pop(stale.name, None)
             write_json(out / STATE, state)
+            if not cfg.keep_merged:
+                shutil.rmtree(merged_dir)
             write_json(out / REPORT, report)
             bar.advance(task)
     finally:
@@ -248,7 +257,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
         rows.append((files[q].name, f"{_size(files[q])}{check}"))
     if cfg.lora_gguf:
         rows.append((lora_file.name, _size(lora_file)))
-    rows.append(("merged/", _size(merged_dir)))
+    rows.append(("merged/", _size(merged_dir) if cfg.keep_merged else "deleted (pass --keep_merged to keep it)"))
     rows.append(("time", f"{time.time() - t_start:.1f} s"))
     summary_table("steam-train export", rows)
     failed = [q for q, v in (verify or {}).items() if not v["passed"]]
@@ -256,6 +265,21 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
         raise VerificationFailed(f"{out / REPORT}: verification failed for {', '.join(failed)}; "
                                  "see 'verify' in the report")
     return report
+
+
+@contextlib.contextmanager
+def _say_what_is_left_if_interrupted(out: Path) -> Iterator[None]:
+    """On Ctrl-C, print what the unfinished export leaves in ``out`` and how to resume, then re-raise."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from trainer.console import console
+
+        left = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if not p.name.startswith("."))
+        console.print(f"export interrupted: {out} keeps the finished steps ({', '.join(left) or 'nothing yet'}; no "
+                      "export_report.json, so it is unfinished). Rerun the same command to resume from them, or "
+                      "delete the folder to free the disk.", markup=False, soft_wrap=True)
+        raise
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -374,6 +398,7 @@ def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: di
     stop = [merge_info["eos_token"]] + (["<|im_start|>"] if chatml else [])
     cutoff = int(run_info.run_config.get("cutoff_len") or 0)
     num_ctx = max(4096, 2 * cutoff)
+    write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
     write_text(out / "Modelfile", modelfile(serve_gguf, report["name"], system=system, chatml=chatml, stop=stop, generation=gen,
                                             num_ctx=num_ctx))
     listing = [(f.name, f.stat().st_size) for f in kept]

@@ -42,16 +42,25 @@ def check_architecture(config, where: str) -> str:
     return arch
 
 
+def _known_harmless(record: logging.LogRecord) -> bool:
+    """False for the converter's "Unknown RoPE type: default" (transformers 5 spells the plain, unscaled
+    RoPE ``rope_type: "default"``, which the converter does not list but handles as no scaling)."""
+    return record.getMessage() != "Unknown RoPE type: default"
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the converter's INFO logs and keep its stray prints off stdout (we show rich progress)."""
+    """Silence the converter's INFO logs and known-harmless warnings, and keep its stray prints off
+    stdout (we show rich progress)."""
     logger = logging.getLogger("hf-to-gguf")
     level = logger.level
     logger.setLevel(logging.WARNING)
+    logger.addFilter(_known_harmless)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
+        logger.removeFilter(_known_harmless)
         logger.setLevel(level)
 
 

@@ -170,7 +170,7 @@ def merge_dtype(config, infer_dtype: str):
 
     if infer_dtype != "auto":
         return getattr(torch, infer_dtype)
-    own = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    own = getattr(config, "dtype", None)  # transformers >= 4.56; reading config.torch_dtype logs a deprecation
     if isinstance(own, str):
         own = getattr(torch, own, None)
     return own if own in (torch.float16, torch.bfloat16) else torch.bfloat16
@@ -249,10 +249,12 @@ def merge(src: ModelSource, run: RunInfo, tokenizer, eot: str, out: Path, *, dty
 
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from export.verify import reference_logits
     from trainer.io import atomic_path
 
+    hf_logging.disable_progress_bar()  # no raw "Writing model shards" tqdm bar under our rich progress
     t0 = time.time()
     model = AutoModelForCausalLM.from_pretrained(src.path, dtype=dtype, **_load_kwargs(src))
     if getattr(model, "hf_quantizer", None) is not None:  # a GGUF base: drop the dequantizer marker

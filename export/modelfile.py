@@ -1,9 +1,10 @@
 """Step 6 extras: an Ollama ``Modelfile`` and a ``README.md`` for the export dir.
 
 Modelfile syntax: https://github.com/ollama/ollama/blob/main/docs/modelfile.md (FROM, TEMPLATE,
-SYSTEM, PARAMETER). The sampling parameters come from the model's own ``generation_config.json``
-(Qwen2.5-Instruct ships temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.05), falling
-back to those values.
+SYSTEM, PARAMETER). The sampling parameters are the ones the model's own ``generation_config.json``
+sets (Qwen2.5-Instruct ships temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.05; a
+SmolLM2 GGUF base has none); a parameter it leaves unset gets no PARAMETER line, so Ollama's own
+default applies, and the Modelfile says so in a comment.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 from export.chat_template import OLLAMA_CHATML
 
-_DEFAULTS = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+#: generation_config.json key → Ollama PARAMETER name.
+_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repeat_penalty"}
 
 
 def modelfile(gguf_name: str, name: str, *, system: str | None, chatml: bool, stop: list[str],
@@ -26,7 +28,8 @@ def modelfile(gguf_name: str, name: str, *, system: str | None, chatml: bool, st
         stop: stop strings (end-of-turn token first). generation: generation_config values.
         num_ctx: context window in tokens.
     """
-    g = {k: generation.get(k) if generation.get(k) is not None else v for k, v in _DEFAULTS.items()}
+    given = {ollama: generation[k] for k, ollama in _SAMPLING.items() if generation.get(k) is not None}
+    unset = [ollama for ollama in _SAMPLING.values() if ollama not in given]
     lines = ["# Ollama Modelfile written by `steam-train export`.",
              f"# ollama create {name} -f Modelfile && ollama run {name}",
              f"FROM ./{gguf_name}", ""]
@@ -35,9 +38,10 @@ def modelfile(gguf_name: str, name: str, *, system: str | None, chatml: bool, st
     if system:
         lines += [f'SYSTEM """{system.replace(chr(34) * 3, chr(34))}"""', ""]
     lines += [f'PARAMETER stop "{s}"' for s in stop]
-    lines += [f"PARAMETER temperature {g['temperature']}", f"PARAMETER top_p {g['top_p']}",
-              f"PARAMETER top_k {g['top_k']}", f"PARAMETER repeat_penalty {g['repetition_penalty']}",
-              f"PARAMETER num_ctx {num_ctx}"]
+    lines.append("# sampling: from generation_config.json" + (f"; not set there, Ollama's defaults apply: "
+                                                                f"{', '.join(unset)}" if unset else ""))
+    lines += [f"PARAMETER {k} {v}" for k, v in given.items()]
+    lines.append(f"PARAMETER num_ctx {num_ctx}")
     return "\n".join(lines) + "\n"
 
 
@@ -51,6 +55,10 @@ def readme(name: str, files: list[tuple[str, int]], report: dict[str, Any], serv
         for q, v in verify.items())
     vtable = ("| file | top-1 agreement vs HF | max abs logit diff | stopped by itself | end-of-turn stops |\n"
               "|---|---|---|---|---|\n" + vrows) if vrows else "Verification was skipped (--no_verify)."
+    merged_line = ("`merged/` is the merged Hugging Face model (safetensors) for transformers or vLLM."
+                   if (report.get("config") or {}).get("keep_merged") else
+                   "The merged 16-bit Hugging Face model was deleted after verification; export again with "
+                   "`--keep_merged` for transformers or vLLM. `generation_config.json` holds its sampling settings.")
     return f"""# {name} — exported by steam-train
 
 Base model: `{report.get('base_model')}`; adapter: `{report.get('adapter')}`.
@@ -70,7 +78,7 @@ llama-server -m {serve_gguf} --jinja -c 4096                            # llama.
 ollama create {name} -f Modelfile && ollama run {name}                  # Ollama
 ```
 
-`merged/` is the merged Hugging Face model (safetensors) for transformers or vLLM.
+{merged_line}
 
 ## Verification
 

@@ -26,8 +26,11 @@ def test_chat_through_a_pipe(smollm2_gguf):
     assert len(answers) == 2 and all(a.strip() for a in answers)  # blank line skipped, nothing after exit
     assert "History cleared." in r.stderr
     assert "persona: You are a pirate." in r.stderr
-    speeds = re.findall(r"(\d+) tokens in [\d.]+ s, ([\d.]+) tokens/s", r.stderr)
-    assert len(speeds) == 2 and all(0 < int(n) <= 12 and float(s) > 0 for n, s in speeds)
+    speeds = re.findall(r"(\d+) tokens in [\d.]+ s, ([\d.]+) tokens/s \(first token after [\d.]+ s; ([^)]+)\)",
+                        " ".join(r.stderr.split()))
+    assert len(speeds) == 2 and all(0 < int(n) <= 12 and float(s) > 0 for n, s, _ in speeds)
+    # the count is the one --max_new_tokens caps: 12 exactly when cut there, fewer when it ended by itself
+    assert all((e == "cut at --max_new_tokens 12") == (int(n) == 12) for n, _, e in speeds)
 
 
 def test_history_clear_and_export_dir_persona(smollm2_gguf, tmp_path, monkeypatch):
@@ -82,6 +85,7 @@ def test_chat_with_base_and_adapter(tiny_adapter, monkeypatch, capsys, bits):
     turns = chat_mod.run(ChatConfig(adapter_name_or_path=str(tiny_adapter), quantization_bit=bits,
                                     temperature=0.0, max_new_tokens=5))
     assert len(turns) == 1 and turns[0].tokens == 5  # a random model never says end-of-turn this soon
+    assert not turns[0].stopped
     out = capsys.readouterr()
     assert out.out.strip() == turns[0].text.strip()
     assert "persona: You are Lao G." in out.err and "tokens/s" in out.err
@@ -95,3 +99,19 @@ def test_generation_defaults():
     assert generation_defaults({"do_sample": False, "temperature": 1.0, "max_new_tokens": 64}) == {
         **FALLBACK_GENERATION, "max_new_tokens": 64}
     assert generation_defaults(None) == FALLBACK_GENERATION
+
+
+def test_missing_adapter_or_model_is_rejected_before_torch_is_imported(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom trainer import chat, config\nfrom trainer.errors import UserError\n"
+            f"for kw in ({{'adapter_name_or_path': {str(tmp_path / 'run')!r}}}, "
+            f"{{'model_name_or_path': {str(tmp_path / 'm.gguf')!r}}}):\n"
+            "    try:\n        chat.run(config.build(chat.ChatConfig, kw))\n"
+            "    except UserError as e:\n        print(e.message)\n"
+            "print('torch' in sys.modules, 'llama_cpp' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    lines = out.strip().splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'run'}: no adapter_config.json")
+    assert lines[1].startswith(f"{tmp_path / 'm.gguf'}: GGUF file not found") and lines[2] == "False False"

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from trainer import config
-from trainer.demo import EXAMPLES, DemoConfig, _Stages, run
+from trainer.demo import EXAMPLES, DemoConfig, _Stages, examples, run
+from trainer.demo_compare import GOALS, PROMPTS, goals, render_report
 from trainer.errors import UserError
 
 
@@ -17,10 +18,14 @@ def test_examples_are_persona_format_alpaca():
     from trainer.persona import INPUT_TEMPLATE, INPUT_TEMPLATE_EN, INSTRUCTION_TEMPLATE, INSTRUCTION_TEMPLATE_EN
 
     records = json.loads(EXAMPLES.read_text(encoding="utf-8"))
-    assert 55 <= len(records) <= 65
+    assert len(records) == 200
     zh = [r for r in records if r["instruction"].startswith(INSTRUCTION_TEMPLATE.split("《")[0])]
     en = [r for r in records if r["instruction"].startswith(INSTRUCTION_TEMPLATE_EN.split("\"")[0])]
-    assert len(zh) == 40 and len(en) == 20
+    assert len(zh) == 72 and len(en) == 128
+    assert examples("en") == en and examples("zh") == zh
+    # both verdicts, in both languages
+    assert sum(r["output"].startswith("Not recommended") for r in en) >= 8
+    assert sum(r["output"].startswith("不推荐") for r in zh) >= 4
     for r in records:
         assert set(r) == {"instruction", "input", "output"} and r["output"].strip()
     for r in zh:
@@ -32,6 +37,9 @@ def test_examples_are_persona_format_alpaca():
         assert r["instruction"] == INSTRUCTION_TEMPLATE_EN.format(name=name)
         assert r["input"] == INPUT_TEMPLATE_EN.format(tags=r["input"].split(": ", 1)[1])
     assert len({r["instruction"] for r in records}) == len(records)  # one review per game
+    # the demo's prompts ask about games absent from the data: its reviews show what was learned, not recall
+    names = {r["instruction"].split("《")[1].split("》")[0] for r in zh} | {r["instruction"].split("\"")[1] for r in en}
+    assert not names & {game for prompts in PROMPTS.values() for game, _ in prompts}
 
 
 def test_stages_reuse_redo_and_chain(tmp_path):
@@ -93,22 +101,25 @@ def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tm
                                     "max_steps": 3, "per_device_train_batch_size": 2, "cutoff_len": 256,
                                     "quantization": "q8_0", "max_new_tokens": 12})
     res = run(cfg)
-    assert list(res.stages) == ["prepare", "train", "export", "serve"]
+    assert list(res.stages) == ["prepare", "train", "compare", "export", "serve"]
     assert all(r["status"] == "done" and not r["reused"] for r in res.stages.values())
     for rel in ["data/persona_train.json", "data/persona_val.json", "data/dataset_info.json",
                 "data/prepare_report.json", "run/adapter_model.safetensors", "run/adapter_config.json",
                 "run/run_config.yaml", "run/trainer_log.jsonl", "run/training_loss.png", "run/all_results.json",
                 "export/steam-persona-q8_0.gguf", "export/export_report.json", "export/Modelfile",
-                "serve.log", "reviews.json", "demo_summary.json", "demo_state.json", "demo_log.jsonl"]:
+                "serve.log", "reviews.json", "compare.json", "report.md", "demo_summary.json", "demo_state.json",
+                "demo_log.jsonl", "data/persona_reviews_en.json"]:
         assert (out / rel).is_file(), rel
     s = res.summary
-    assert s["train"]["train"] == 54 and s["train"]["val"] == 6  # 60 examples, val_size 0.1
+    assert s["train"]["train"] == 115 and s["train"]["val"] == 13  # 128 English examples, val_size 0.1
     assert s["train"]["steps"] == 3 and s["train"]["loss_start"] > 0 and s["train"]["loss_end"] > 0
     assert (out / "run" / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
     assert s["export"]["verified"] == {"q8_0": True}
     assert s["export"]["files"]["q8_0"]["bytes"] == (out / "export/steam-persona-q8_0.gguf").stat().st_size
-    assert [r["game"] for r in s["reviews"]] == ["黑神话：悟空", "Stardew Valley", "文明6"]
+    games = [g for g, _ in PROMPTS["en"]]
+    assert [r["game"] for r in s["reviews"]] == games
     assert all(r["review"] and 0 < r["tokens"] <= 12 for r in s["reviews"])
+    _assert_compare(s, out, games)
     assert len(s["chat"]["turns"]) == 2 and all(t["assistant"] and t["stream_chunks"] > 0 for t in s["chat"]["turns"])
     assert s["tokens_per_second"] > 0
     # the server was stopped: its port no longer answers
@@ -120,6 +131,60 @@ def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tm
     again = run(cfg)
     assert all(r["reused"] for r in again.stages.values())
     assert again.summary["reviews"] == s["reviews"] and again.summary["wall_seconds"] < 10
+
+
+def _assert_compare(s, out, games):
+    """The side-by-side figures are values of this run, consistent with each other and with report.md."""
+    c = s["compare"]
+    base, tuned = c["loss"]["base"], c["loss"]["tuned"]
+    assert base["records"] == tuned["records"] == 13 and base["tokens"] == tuned["tokens"] > 13
+    assert 0 < tuned["loss"] < 20 and 0 < base["loss"] < 20 and base["loss"] != tuned["loss"]  # the adapter acts
+    assert c["loss_change"] == round((tuned["loss"] - base["loss"]) / base["loss"], 4)
+    assert [x["game"] for x in c["samples"]] == games and c["max_new_tokens"] == 12
+    for x in c["samples"]:
+        for side in (x["base"], x["tuned"]):
+            assert 0 < side["new_tokens"] <= 12 and (side["stopped"] or side["new_tokens"] == 12)
+    g = s["goals"]
+    assert g["tuned"]["generations"] == 3 + 3 + 2 and g["base"]["generations"] == 3
+    assert [x["met"] for x in g["checks"]][0] == (c["loss_change"] <= GOALS["loss_change"])
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert report.startswith("# steam-persona demo: what fine-tuning did (en)")
+    assert f"| {base['loss']:.4f} | {tuned['loss']:.4f} | {100 * c['loss_change']:+.1f} % |" in report
+    for i, x in enumerate(c["samples"], 1):
+        section = report.split(f"### {i}. {x['game']}")[1].split("###")[0]
+        assert section.count("\n| base | ") == 1 and section.count("\n| tuned | ") == 1
+        assert f"{x['tuned']['new_tokens']} tokens |" in section
+    assert report.count("| yes |") + report.count("| NO |") == 4 and "## Next steps" in report
+
+
+def _compared_and_served():
+    def gen(text, n, stopped):
+        return {"text": text, "new_tokens": n, "stopped": stopped, "seconds": 0.1}
+
+    compared = {"loss": {"base": {"loss": 3.0, "records": 5}, "tuned": {"loss": 2.25, "records": 5}},
+                "loss_change": -0.25, "max_new_tokens": 256, "seed": 1, "sampling": {"temperature": 0.7},
+                "samples": [{"game": "Rocket League", "tags": "Sports, Racing",
+                             "base": gen("cars cars cars cars cars cars cars", 256, False),
+                             "tuned": gen("Rocket League is football with rockets.", 9, True)},
+                            {"game": "Subnautica", "tags": "Survival, Underwater",
+                             "base": gen("I like it.", 4, True), "tuned": gen("Deep water and deeper fear.", 7, True)}]}
+    served = {"max_tokens": 256,
+              "reviews": [{"game": "Subnautica", "tags": "Survival, Underwater", "review": "Great underwater game.",
+                           "tokens": 6}, {"game": "Rocket League", "tags": "Sports", "review": "x " * 256,
+                                          "tokens": 256}],
+              "chat": {"turns": [{"user": "hi", "assistant": "Play Portal 2.", "finish_reason": "stop", "tokens": 5}]}}
+    return compared, served
+
+
+def test_goals_count_every_tuned_generation_and_judge_the_thresholds():
+    compared, served = _compared_and_served()
+    g = goals(compared, served)
+    assert g["tuned"]["generations"] == 5 and g["tuned"]["stop_rate"] == 0.8  # the served review hit its limit
+    assert g["tuned"]["addresses_game"] == 0.5  # "Deep water…" and "x x x" name neither game nor tag
+    assert g["base"] == {"generations": 2, "stop_rate": 0.5, "seq_rep_4": 0.75, "addresses_game": 0.0}
+    assert [c["met"] for c in g["checks"]] == [True, False, False, False]
+    assert g["checks"][0]["measured"] == "-25.0 % (3.000 → 2.250)"
+    assert g["checks"][1]["measured"] == "80.0 % of 5"
 
 
 def test_a_dead_server_is_a_one_line_user_error_naming_its_log(tmp_path, monkeypatch):
@@ -163,11 +228,11 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
     class AfterTrain(Exception):
         pass
 
-    def no_export(cfg, out):
+    def no_compare(*args):
         raise AfterTrain
 
     monkeypatch.setattr(train, "run", train_run)
-    monkeypatch.setattr(demo, "_export", no_export)
+    monkeypatch.setattr(demo, "_compare", no_compare)
     out = tmp_path / "demo_run"
     settings = {"model_name_or_path": str(tiny_llama_dir), "output_dir": str(out), "max_steps": 12,
                 "per_device_train_batch_size": 2, "cutoff_len": 128}  # the demo saves checkpoint-10
@@ -192,3 +257,36 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
     assert demo_run(learning_rate=1e-4) is KeyboardInterrupt and seen[3] == [1, 2]
     assert sorted(p.name for p in out.iterdir()) == ["data", "demo_config.json", "demo_log.jsonl", "demo_state.json",
                                                       "run"]  # and no empty run.new/ beside the run
+
+
+def test_a_busy_machine_gets_the_one_thread_hint(capsys, monkeypatch):
+    from trainer import demo
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    demo._warn_if_busy(0.5)
+    assert capsys.readouterr().err == ""
+    demo._warn_if_busy(99.0)
+    assert "OMP_NUM_THREADS=1 steam-train demo" in " ".join(capsys.readouterr().err.split())
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    demo._warn_if_busy(99.0)
+    assert capsys.readouterr().err == ""
+
+
+def test_summary_prints_model_text_literally(capsys):
+    """Model output is text, not rich markup: a review with "[/bold]" prints as is instead of crashing."""
+    from trainer import demo
+
+    compared, served = _compared_and_served()
+    compared["samples"][0]["tuned"]["text"] = "Rocket League [/bold] is [red]fun[/red]."
+    served["reviews"][0]["review"] = "Subnautica [/] deep."
+    s = {"compare": compared, "goals": goals(compared, served), "reviews": served["reviews"], "chat": served["chat"],
+         "train": {"train": 10, "val": 2, "loss_start": 4.0, "loss_end": 3.0, "steps": 5, "dtype": "bfloat16"},
+         "export": {"files": {}, "verified": {}}, "stages": {}, "language": "en", "base_model": "smollm2",
+         "quantization": "q4_k_m", "tokens_per_second": 1.0, "wall_seconds": 1.0, "output_dir": "demo_run",
+         "machine": {"cores": 2, "load_start": 0.5, "load_end": 0.6, "cpu_seconds": 2.0}, "note": None,
+         "next_steps": ["serve it"]}
+    demo._print_summary(s)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Rocket League [/bold] is [red]fun[/red]." in err and "Subnautica [/] deep." in err
+    report = render_report(s)
+    assert "| tuned | Rocket League [/bold] is [red]fun[/red]. | stopped by itself, 9 tokens |" in report

@@ -108,7 +108,7 @@ def test_eval_run_adapter_vs_base_writes_reports(tiny_llama_dir, tmp_path):
     train_file, val_file = tmp_path / "train.json", tmp_path / "val.json"
     train_file.write_text(json.dumps(records[:50], ensure_ascii=False), encoding="utf-8")
     # the first val record is a verbatim training reply: the references' copy rate is known
-    val_file.write_text(json.dumps([records[0]] + records[50:], ensure_ascii=False), encoding="utf-8")
+    val_file.write_text(json.dumps([records[0]] + records[50:60], ensure_ascii=False), encoding="utf-8")
     run_dir = _fake_run_dir(tiny_llama_dir, tmp_path, train_file)
     # no --model_name_or_path / --train_dataset: both come from the run's run_config.yaml
     cfg = config.build(EvalConfig, {"adapter_name_or_path": str(run_dir),
@@ -137,7 +137,9 @@ def test_eval_run_adapter_vs_base_writes_reports(tiny_llama_dir, tmp_path):
     fresh = sum(m.copy_counts(r["output"], set())[1] for r in records[50:52])
     assert copied == total and g["reference"]["copy_rate_8gram"] == pytest.approx(total / (total + fresh))
     md = (out / "eval_report.md").read_text(encoding="utf-8")
-    assert "held-out loss" in md and "length_hist.png" in md and rep["samples"][0]["reference"] in md
+    assert "| held-out loss, inference weights (nats/token) |" in md and "length_hist.png" in md
+    assert "4-bit training base" in rep["definitions"]["loss"]  # told apart from train's eval loss
+    assert md.count("held-out loss") >= 2 and rep["samples"][0]["reference"] in md
 
 
 def test_eval_user_errors_are_one_line(tmp_path):
@@ -151,3 +153,41 @@ def test_eval_user_errors_are_one_line(tmp_path):
     assert r.exit_code == 2 and "no adapter_config.json" in r.output
     r = CliRunner().invoke(main, ["eval", "--dataset", "v.json", "--gguf", str(tmp_path / "x.gguf")])
     assert r.exit_code == 2 and "x.gguf: GGUF file not found" in r.output
+
+
+def test_length_chart_tells_base_from_tuned_and_marks_the_cut_off():
+    import matplotlib.pyplot as plt
+
+    from trainer.evaluate import length_figure
+
+    samples = [{"reference": "a b c", "base": "x " * 40, "base_tokens": 64, "tuned": "y z", "tuned_tokens": 5}] * 3
+    fig = length_figure({"samples": samples, "config": {"max_new_tokens": 64}})
+    units_ax, tokens_ax = fig.axes
+    assert [t.get_text().split(" (")[0] for t in units_ax.get_legend().get_texts()] == ["reference", "base", "tuned"]
+    styles = {(p.get_edgecolor(), p.get_linestyle()) for p in units_ax.patches}
+    assert len(styles) == 3  # each series its own colour and line style
+    assert [list(line.get_xdata()) for line in tokens_ax.lines] == [[64, 64]]
+    assert tokens_ax.get_legend().get_texts()[-1].get_text() == "max_new_tokens 64 (cut off)"
+    plt.close(fig)
+
+
+def test_missing_dataset_hint_names_the_file_prepare_writes():
+    from pathlib import Path
+
+    from trainer import config, prepare
+    from trainer.evaluate import EvalConfig, run
+    from trainer.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        run(config.build(EvalConfig, {"adapter_name_or_path": "x"}))
+    written = prepare.val_path(Path(config.build(prepare.PrepareConfig, {}).out)).as_posix()
+    assert f"(e.g. {written}, written by prepare)" in e.value.message
+
+
+def test_addresses_game_by_name_word_cjk_pair_or_tag():
+    assert m.addresses_game("Skyrim in winter.", "The Elder Scrolls V: Skyrim")
+    assert m.addresses_game("the KNIGHT never rests", "Hollow Knight")
+    assert not m.addresses_game("The V is great.", "The Elder Scrolls V: Skyrim")  # numerals and short words don't count
+    assert m.addresses_game("悟空的棍子很沉", "黑神话：悟空") and not m.addresses_game("这游戏不错", "黑神话：悟空")
+    assert m.addresses_game("a great open-world trip", "X", ["Open World"])
+    assert not m.addresses_game("farming all day", "Hollow Knight", ["Metroidvania", "Indie"])

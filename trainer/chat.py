@@ -50,12 +50,15 @@ class ChatConfig:
 
 @dataclass
 class Turn:
-    """One answer: its text, generated tokens, seconds in all and to the first token."""
+    """One answer: its text; its tokens, end-of-turn token excluded (what ``--max_new_tokens`` caps,
+    counted the same way by both back ends); seconds in all and to the first token; whether it
+    stopped by itself (end-of-turn) rather than at the limit."""
 
     text: str
     tokens: int
     seconds: float
     first_token_s: float
+    stopped: bool = False
 
     @property
     def tokens_per_s(self) -> float:
@@ -113,22 +116,26 @@ class GGUFBackend(Backend):
         self.handler = chat_handler.install(self.llama, info.chat_template)
         self.persona, _ = resolve_persona(cfg.system, info)
         self.name = info.path.name
-        merged = info.path.parent / "merged" / "generation_config.json"  # written by steam-train export
-        self.defaults = generation_defaults(json.loads(merged.read_text(encoding="utf-8")) if merged.is_file() else None)
+        gen = next((f for f in (info.path.parent / "generation_config.json",  # written by steam-train export
+                                info.path.parent / "merged" / "generation_config.json") if f.is_file()), None)
+        self.defaults = generation_defaults(json.loads(gen.read_text(encoding="utf-8")) if gen else None)
 
     def stream(self, messages, on_text, *, temperature, top_p, max_new_tokens, seed) -> Turn:
         start = time.perf_counter()
-        first = None
+        first, finish = None, None
         parts = []
         for chunk in self.llama.create_chat_completion(messages=messages, stream=True, temperature=temperature,
                                                        top_p=top_p, max_tokens=max_new_tokens, seed=seed):
             text = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
+            finish = (chunk["choices"][0].get("finish_reason") if chunk["choices"] else None) or finish
             if text:
                 first = first or time.perf_counter() - start
                 parts.append(text)
                 on_text(text)
         elapsed = time.perf_counter() - start
-        return Turn("".join(parts), self.handler.last_usage["completion_tokens"], elapsed, first or elapsed)
+        # the handler counts generated tokens without the end-of-generation one, as llama.cpp's max_tokens does
+        return Turn("".join(parts), self.handler.last_usage["completion_tokens"], elapsed, first or elapsed,
+                    stopped=finish == "stop")
 
 
 class HFBackend(Backend):
@@ -189,8 +196,10 @@ class HFBackend(Backend):
         if "error" in result:
             raise result["error"]
         elapsed = time.perf_counter() - start
-        n_new = int(result["out"].shape[-1] - inputs["input_ids"].shape[-1])
-        return Turn("".join(parts), n_new, elapsed, first or elapsed)
+        new = result["out"][0, inputs["input_ids"].shape[-1]:].tolist()
+        eos = self.model.generation_config.eos_token_id
+        stopped = bool(new) and new[-1] in (eos if isinstance(eos, list) else [eos])
+        return Turn("".join(parts), len(new) - stopped, elapsed, first or elapsed, stopped=stopped)
 
 
 def load_backend(cfg: ChatConfig) -> Backend:
@@ -214,6 +223,23 @@ def load_backend(cfg: ChatConfig) -> Backend:
     return HFBackend(cfg)
 
 
+def check_paths(cfg: ChatConfig) -> None:
+    """Reject a missing adapter or model path at once, before torch or llama.cpp is imported.
+
+    Raises:
+        UserError: an adapter dir without ``adapter_config.json``, or a model path that does not exist.
+    """
+    from trainer.hub import resolve_model
+
+    if cfg.adapter_name_or_path:
+        ad = Path(cfg.adapter_name_or_path).expanduser()
+        if not (ad / "adapter_config.json").is_file():
+            raise UserError(f"{ad}: no adapter_config.json; pass a training output dir or one of its checkpoint-N "
+                            "folders to --adapter_name_or_path")
+    if cfg.model_name_or_path:
+        resolve_model(cfg.model_name_or_path)
+
+
 def _lines(interactive: bool) -> Iterator[str]:
     while True:
         try:
@@ -231,8 +257,9 @@ def run(cfg: ChatConfig) -> list[Turn]:
     Raises:
         UserError: see :func:`load_backend`.
     """
+    check_paths(cfg)
     interactive = sys.stdin.isatty()
-    with status("loading model"):
+    with status("loading model (first import of torch / llama.cpp: ~10–30 s)"):
         backend = load_backend(cfg)
     sampling = {k: getattr(cfg, k) if getattr(cfg, k) is not None else backend.defaults[k]
                 for k in ("temperature", "top_p", "max_new_tokens")}
@@ -267,8 +294,9 @@ def run(cfg: ChatConfig) -> list[Turn]:
         out.flush()
         history.append({"role": "assistant", "content": turn.text})
         turns.append(turn)
+        ending = "ended by itself" if turn.stopped else f"cut at --max_new_tokens {sampling['max_new_tokens']}"
         console.print(f"[dim]{turn.tokens} tokens in {turn.seconds:.2f} s, {turn.tokens_per_s:.1f} tokens/s "
-                      f"(first token after {turn.first_token_s:.2f} s)[/]")
+                      f"(first token after {turn.first_token_s:.2f} s; {ending})[/]")
     return turns
 
 

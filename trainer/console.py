@@ -1,11 +1,15 @@
 """What users see: rich progress bars with ETA and end-of-stage summary tables.
 
-All stages print through :data:`console` (stderr, so stdout stays clean for piping).
+All stages print through :data:`console` (stderr, so stdout stays clean for piping). Piped to a
+file or a CI log, rich would lay everything out for 80 columns and cut long paths and texts with
+"…"; there :data:`console` is :data:`PIPE_WIDTH` columns wide (``COLUMNS`` still wins) and summary
+values fold onto the next line instead of being cut.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterable, Iterator
 
 from rich.console import Console
@@ -13,7 +17,18 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-console = Console(stderr=True, highlight=False)
+#: Line width when stderr is not a terminal and ``COLUMNS`` is unset.
+PIPE_WIDTH = 200
+
+
+def _make_console() -> Console:
+    c = Console(stderr=True, highlight=False)
+    if not c.is_terminal and not os.environ.get("COLUMNS"):
+        c.width = PIPE_WIDTH
+    return c
+
+
+console = _make_console()
 
 
 def progress(*extra_columns: object, transient: bool = False, eta: bool = True) -> Progress:
@@ -50,8 +65,8 @@ def status(text: str) -> Iterator[None]:
 def summary_table(title: str, rows: Iterable[tuple[object, object]]) -> None:
     """Print a two-column (setting, value) summary table."""
     table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(overflow="fold")
     for k, v in rows:
         table.add_row(str(k), str(v))
     console.print(table)

@@ -2,20 +2,25 @@
 
 Stages, each through the same code path as its own command (their public ``run(cfg)``):
 
-1. **prepare** — ``trainer.prepare.run`` on ``examples/persona_reviews.json`` (60 persona reviews
-   we wrote, 40 Chinese and 20 English, in the seed's alpaca format) or ``--data FILE``;
+1. **prepare** — ``trainer.prepare.run`` on the ``--language`` part of ``examples/persona_reviews.json``
+   (200 persona reviews we wrote, 128 English and 72 Chinese, in the seed's alpaca format) or on
+   ``--data FILE``; its val split is the eval slice the train stage never sees;
 2. **train** — ``trainer.train.run``: QLoRA (4-bit NF4 base) on SmolLM2-135M-Instruct with the
-   persona system prompt, live progress, loss plot;
-3. **export** — ``export.cli.run``: merge, GGUF, q4_k_m, verification;
-4. **serve** — ``steam-train serve`` as a real subprocess on a free port (``/health`` polled), then
-   three reviews through the review plugin's own code path
+   persona system prompt, in bfloat16 where the hardware has it, live progress, loss plot;
+3. **compare** — :mod:`trainer.demo_compare`: base vs tuned held-out loss on the eval slice and
+   reviews of three games absent from the data, same prompts and sampling for both;
+4. **export** — ``export.cli.run``: merge, GGUF, q4_k_m, verification;
+5. **serve** — ``steam-train serve`` as a real subprocess on a free port (``/health`` polled), then
+   the same three reviews through the review plugin's own code path
    (``plugin/review/tools/review_client.py: write_review``, imported from the host Python with
    ``trainer.plugin_package.load_plugin_module``) and one multi-turn chat sent the way the chat
    plugin sends it: the SDK's OpenAI-compatible streaming request (``stream_options.include_usage``,
    contents flattened by the plugins' shared ``server_client.prepare_messages``). The chat plugin's
    class itself needs ``dify_plugin`` (Python >= 3.12, installed from PyPI by Dify's daemon), which
    the demo cannot assume offline; the plugin tests run it in the real runtime instead;
-5. **summary** — server stopped; loss start → end, loss plot, export sizes, tokens/s, the texts.
+6. **summary** — server stopped; base vs tuned side by side, the goals of
+   :data:`trainer.demo_compare.GOALS` measured, loss, export sizes, tokens/s, next steps; kept in
+   ``report.md``.
 
 Every artefact lives under ``--output_dir`` (``demo_run/``). ``demo_state.json`` records each
 finished stage with a fingerprint of its settings (chained through the stages before it); a rerun
@@ -30,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -39,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer import config, io
+from trainer import config, demo_compare, io
 from trainer.config import arg
 from trainer.console import console, status, summary_table
 from trainer.errors import UserError
@@ -47,11 +53,11 @@ from trainer.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 #: The embedded demo data set (original text, written for this project).
 EXAMPLES = REPO / "examples" / "persona_reviews.json"
-STAGES = ("prepare", "train", "export", "serve")
-#: What the demo asks the persona for: (game, tags, language).
-REVIEW_PROMPTS = [("黑神话：悟空", "动作, 魂类, 神话", "zh"), ("Stardew Valley", "Farming Sim, Cozy", "en"),
-                  ("文明6", "策略, 回合制, 历史", "zh")]
-CHAT_TURNS = ["最近想找个能和朋友一起玩的游戏，有什么推荐？", "那单人玩的话呢？说说理由。"]
+STAGES = ("prepare", "train", "compare", "export", "serve")
+#: The summary's line on Chinese with the embedded base.
+ZH_NOTE = ("SmolLM2-135M was trained mostly on English: a few minutes of LoRA on 65 Chinese reviews teaches "
+           "it the persona's format and tone, not fluent Chinese. For real use train the reference 7B base "
+           "(Qwen2.5-7B-Instruct, docs/real-run.md) with the same commands.")
 
 
 @dataclass
@@ -62,17 +68,20 @@ class DemoConfig:
                                  "(any format prepare reads), e.g. ../shared/data/steam_sft_sample.json.")
     model_name_or_path: str = arg("smollm2", "Base model: 'smollm2' (embedded SmolLM2-135M-Instruct), a local HF "
                                              "folder or a .gguf file. Nothing is downloaded.")
+    language: str = arg("en", "Language of the persona: 'en' (what the embedded 135M base writes well) or 'zh' "
+                              "(the Chinese persona; see the summary's note). Picks the embedded reviews and the "
+                              "demo prompts; with --data only the prompts.", choices=("en", "zh"))
     output_dir: str = arg("demo_run", "Folder for every artefact; a rerun reuses the finished stages.")
     max_samples: int | None = arg(None, "Train on at most this many records (for big --data files).")
     val_size: float = arg(0.1, "Validation split given to prepare (fraction, or a record count >= 1).")
-    max_steps: int = arg(100, "Optimizer steps (on 2 idle CPU cores a step of 2 × ~280 tokens takes ~2–3 s).")
+    max_steps: int = arg(100, "Optimizer steps (100 × 2 samples: about 1.7 epochs of the embedded English reviews).")
     per_device_train_batch_size: int = arg(2, "Samples per step.")
-    learning_rate: float = arg(5e-4, "AdamW learning rate.")
+    learning_rate: float = arg(1e-3, "AdamW learning rate.")
     cutoff_len: int = arg(384, "Max tokens per sample (prompt + reply).")
     lora_rank: int = arg(8, "LoRA rank.")
     quantization_bit: int = arg(4, "Base model bits while training: 4 (QLoRA), 8, or 0 (plain LoRA).")
     quantization: str = arg("q4_k_m", "GGUF type to export and serve.")
-    max_new_tokens: int = arg(160, "Reply limit per review / chat turn, in tokens.")
+    max_new_tokens: int = arg(256, "Reply limit per review / chat turn, in tokens.")
     seed: int = arg(42, "Random seed (data split, training, sampling).")
     force: bool = arg(False, "Redo every stage even when a finished one matches.")
 
@@ -142,12 +151,25 @@ class _Stages:
 
 # -------------------------------------------------------------------------------------------- stages
 
+def examples(language: str) -> list[dict[str, str]]:
+    """The embedded reviews of one language (``"en"``/``"zh"``), told apart by their instruction template."""
+    from trainer.persona import INSTRUCTION_TEMPLATE_EN
+
+    records = json.loads(EXAMPLES.read_text(encoding="utf-8"))
+    english = INSTRUCTION_TEMPLATE_EN.split("{")[0]
+    return [r for r in records if r["instruction"].startswith(english) == (language == "en")]
+
+
 def _prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     from trainer import prepare
 
-    data = Path(cfg.data) if cfg.data else EXAMPLES
-    if not data.exists():
-        raise UserError(f"{data}: --data not found; give a review file (e.g. ../shared/data/steam_sft_sample.json)")
+    if cfg.data:
+        data = Path(cfg.data)
+        if not data.exists():
+            raise UserError(f"{data}: --data not found; give a review file (e.g. ../shared/data/steam_sft_sample.json)")
+    else:
+        data = out / "data" / f"persona_reviews_{cfg.language}.json"
+        io.write_json(data, examples(cfg.language))
     pcfg = config.build(prepare.PrepareConfig, {
         "inputs": [str(data)], "out": str(out / "data" / "persona_train.json"), "val_size": cfg.val_size,
         "register": str(out / "data" / "dataset_info.json"), "name": "persona", "seed": cfg.seed})
@@ -160,6 +182,7 @@ def _train(cfg: DemoConfig, out: Path, resume: bool) -> dict[str, Any]:
     from trainer import train
     from trainer.persona import DEFAULT_SYSTEM
 
+    bf16 = _bf16_supported()
     keep = resume and train.finished_run(out / "run") is None and train.resumable_checkpoint(out / "run") is not None
     tcfg = config.build(train.TrainConfig, {
         "model_name_or_path": cfg.model_name_or_path, "dataset": "persona", "dataset_dir": str(out / "data"),
@@ -168,12 +191,36 @@ def _train(cfg: DemoConfig, out: Path, resume: bool) -> dict[str, Any]:
         "max_samples": cfg.max_samples, "per_device_train_batch_size": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": 1, "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps,
         "warmup_ratio": 0.1, "logging_steps": 5, "save_steps": max(10, cfg.max_steps // 4), "seed": cfg.seed,
-        "output_dir": str(out / "run"), "overwrite_output_dir": not keep, "disable_gradient_checkpointing": True})
+        "output_dir": str(out / "run"), "overwrite_output_dir": not keep, "disable_gradient_checkpointing": True,
+        "bf16": bf16})
     res = train.run(tcfg)
     run_dir = Path(res["output_dir"])
     return {"run_dir": str(run_dir), "loss_start": res["loss_first"], "loss_end": res["loss_last"],
             "steps": res["global_step"], "loss_plot": str(run_dir / "training_loss.png"),
-            "train_runtime_s": res.get("train_runtime"), "train_tokens_per_second": res.get("train_tokens_per_second")}
+            "train_runtime_s": res.get("train_runtime"), "train_tokens_per_second": res.get("train_tokens_per_second"),
+            "dtype": "bfloat16" if bf16 else "float32"}
+
+
+def _bf16_supported() -> bool:
+    """Whether this machine trains fast in bfloat16: a CUDA GPU with bf16, else a CPU with bf16
+    instructions (AVX512-BF16 / AMX, oneDNN's probe)."""
+    import torch
+
+    from trainer.train import _cpu_has_bf16
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return _cpu_has_bf16()
+
+
+def _compare(cfg: DemoConfig, out: Path, prepared: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    from trainer import demo_compare
+    from trainer.persona import DEFAULT_SYSTEM
+
+    result = demo_compare.compare(cfg.model_name_or_path, trained["run_dir"], prepared["val"], cfg.language,
+                                  DEFAULT_SYSTEM, cfg.cutoff_len, cfg.max_new_tokens, cfg.seed)
+    io.write_json(out / "compare.json", result)
+    return result
 
 
 def _export(cfg: DemoConfig, out: Path) -> dict[str, Any]:
@@ -252,7 +299,7 @@ def _chat_like_plugin(server_client: Any, endpoint: str, model: str, turns: list
         body = {"model": model, "messages": server_client.prepare_messages(messages), "stream": True,
                 "stream_options": {"include_usage": True}, "max_tokens": max_tokens, "temperature": 0.7,
                 "seed": seed}
-        reply, finish, chunks = "", None, 0
+        reply, finish, chunks, usage = "", None, 0, {}
         t0 = time.perf_counter()
         with httpx.stream("POST", f"{server_client.normalize_endpoint(endpoint)}/chat/completions", json=body,
                           headers=server_client.headers(None), timeout=300) as r:
@@ -265,7 +312,9 @@ def _chat_like_plugin(server_client: Any, endpoint: str, model: str, turns: list
                 payload = line[5:].strip()
                 if payload == "[DONE]":
                     break
-                for choice in json.loads(payload).get("choices") or []:
+                event = json.loads(payload)
+                usage = event.get("usage") or usage
+                for choice in event.get("choices") or []:
                     piece = (choice.get("delta") or {}).get("content") or ""
                     reply += piece
                     chunks += bool(piece)
@@ -273,13 +322,16 @@ def _chat_like_plugin(server_client: Any, endpoint: str, model: str, turns: list
         seconds = time.perf_counter() - t0
         messages.append({"role": "assistant", "content": reply.strip()})
         out.append({"user": text, "assistant": reply.strip(), "finish_reason": finish, "stream_chunks": chunks,
-                    "seconds": round(seconds, 2)})
+                    "tokens": usage.get("completion_tokens"), "seconds": round(seconds, 2)})
     return {"turns": out}
 
 
 def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any]:
     import httpx
 
+    from rich.markup import escape
+
+    from trainer.demo_compare import CHAT_TURNS, PROMPTS
     from trainer.plugin_package import load_plugin_module
 
     review_client = load_plugin_module("review", "tools/review_client.py")
@@ -289,21 +341,22 @@ def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any
         model = review_client.server_client.list_models(endpoint)[0]
         credentials = {"endpoint_url": endpoint, "api_key": "", "model": model}
         reviews = []
-        for game, tags, language in REVIEW_PROMPTS:
+        for game, tags in PROMPTS[cfg.language]:
             t0 = time.perf_counter()
             with status(f"review of {game}"):
-                r = review_client.write_review(credentials, game, tags=tags, language=language, length="short",
+                r = review_client.write_review(credentials, game, tags=tags, language=cfg.language,
                                                max_tokens=cfg.max_new_tokens, temperature=0.7, seed=cfg.seed)
             seconds = time.perf_counter() - t0
             tokens = int((r.get("usage") or {}).get("completion_tokens") or 0)
-            reviews.append({"game": r["game"], "language": language, "review": r["review"], "tokens": tokens,
-                            "seconds": round(seconds, 2), "tokens_per_second": round(tokens / seconds, 1)})
-            console.print(f"[bold]《{r['game']}》[/] {r['review']}")
+            reviews.append({"game": r["game"], "tags": tags, "language": cfg.language, "review": r["review"],
+                            "tokens": tokens, "seconds": round(seconds, 2),
+                            "tokens_per_second": round(tokens / seconds, 1)})
+            console.print(f"[bold]{escape(r['game'])}:[/] {escape(r['review'])}", soft_wrap=True)
         with status("multi-turn chat"):
-            chat = _chat_like_plugin(review_client.server_client, endpoint, model, CHAT_TURNS, cfg.max_new_tokens,
-                                     cfg.seed)
+            chat = _chat_like_plugin(review_client.server_client, endpoint, model, CHAT_TURNS[cfg.language],
+                                     cfg.max_new_tokens, cfg.seed)
         for t in chat["turns"]:
-            console.print(f"[bold]user:[/] {t['user']}\n[bold]persona:[/] {t['assistant']}")
+            console.print(f"[bold]user:[/] {escape(t['user'])}\n[bold]persona:[/] {escape(t['assistant'])}", soft_wrap=True)
     except (review_client.ReviewError, review_client.server_client.ServerError, httpx.HTTPError) as e:
         raise UserError(f"{server.log_path}: the served model failed ({' '.join(str(e).split())[:300]}); "
                         "see that log, fix, and rerun (finished stages are reused)") from None
@@ -311,7 +364,7 @@ def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any
         code = server.stop()
     total_tokens = sum(r["tokens"] for r in reviews)
     total_s = sum(r["seconds"] for r in reviews)
-    result = {"endpoint": endpoint, "model": model, "reviews": reviews, "chat": chat,
+    result = {"endpoint": endpoint, "model": model, "max_tokens": cfg.max_new_tokens, "reviews": reviews, "chat": chat,
               "tokens_per_second": round(total_tokens / total_s, 1) if total_s else None,
               "server_exit_code": code, "server_log": str(server.log_path)}
     io.write_json(out / "reviews.json", result)
@@ -321,71 +374,153 @@ def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any
 # ----------------------------------------------------------------------------------------------- run
 
 def run(cfg: DemoConfig) -> DemoResult:
-    """Run (or resume) the demo pipeline under ``cfg.output_dir`` and print the summary.
+    """Run (or resume) the demo pipeline under ``cfg.output_dir``, print the summary and write
+    ``demo_summary.json`` + ``report.md``.
 
     Raises:
-        UserError: a missing ``--data`` file, or a stage's own user error (the stage is recorded as
-            failed in ``demo_state.json``; fix and rerun to continue from it).
+        UserError: a missing ``--data`` file, an unknown ``--language``, or a stage's own user error
+            (the stage is recorded as failed in ``demo_state.json``; fix and rerun to continue from it).
     """
-    t0 = time.perf_counter()
+    t0, load_start = time.perf_counter(), _load_average()
     if cfg.quantization_bit not in (0, 4, 8):
         raise UserError(f"demo: --quantization_bit {cfg.quantization_bit}: use 4 (QLoRA), 8 or 0 (plain LoRA)")
+    if cfg.language not in ("en", "zh"):
+        raise UserError(f"demo: --language {cfg.language}: use en or zh")
+    _warn_if_busy(load_start)
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "demo_config.json", config.to_dict(cfg))
     stages = _Stages(out, cfg.force)
-    data_stamp = None
+    data_stamp: Any = _fingerprint(examples(cfg.language))
     if cfg.data and Path(cfg.data).is_file():
         st = Path(cfg.data).stat()
         data_stamp = (str(Path(cfg.data).resolve()), st.st_size, st.st_mtime_ns)
-    prepared = stages.run("prepare", {"data": cfg.data, "stamp": data_stamp, "val_size": cfg.val_size, "seed": cfg.seed},
-                          lambda r: Path(r["train"]).is_file(), lambda: _prepare(cfg, out))
+    prepared = stages.run("prepare", {"data": cfg.data, "stamp": data_stamp, "val_size": cfg.val_size,
+                                      "seed": cfg.seed, "language": cfg.language},
+                          lambda r: Path(r["train"]).is_file() and bool(r["val"]), lambda: _prepare(cfg, out))
+    if not prepared["val"]:
+        raise UserError(f"{cfg.data}: --val_size {cfg.val_size} left no eval slice; use at least 1 record")
     train_keys = ("model_name_or_path", "max_samples", "max_steps", "per_device_train_batch_size", "learning_rate",
                   "cutoff_len", "lora_rank", "quantization_bit", "seed")
     trained = stages.run("train", {k: getattr(cfg, k) for k in train_keys},
                          lambda r: (Path(r["run_dir"]) / "adapter_model.safetensors").is_file(),
                          lambda: _train(cfg, out, stages.resumable))
+    compared = stages.run("compare", {"max_new_tokens": cfg.max_new_tokens, "language": cfg.language},
+                          lambda r: (out / "compare.json").is_file(), lambda: _compare(cfg, out, prepared, trained))
     exported = stages.run("export", {"quantization": cfg.quantization},
                           lambda r: all(Path(f["file"]).is_file() for f in r["files"].values()),
                           lambda: _export(cfg, out))
     used = stages.run("serve", {"max_new_tokens": cfg.max_new_tokens}, lambda r: (out / "reviews.json").is_file(),
                       lambda: _serve_and_use(cfg, out, exported["export_dir"]))
-    summary = {
-        "output_dir": str(out),
-        "stages": {k: {"status": v.get("status"), "reused": v.get("reused"), "seconds": v.get("seconds")}
-                   for k, v in stages.records.items()},
-        "train": {**prepared["counts"], **trained},
-        "export": exported,
-        "tokens_per_second": used["tokens_per_second"],
-        "reviews": used["reviews"],
-        "chat": used["chat"],
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-    }
+    summary = _summary(cfg, out, stages, prepared, trained, compared, exported, used)
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    summary["machine"] = {"cores": len(os.sched_getaffinity(0)), "load_start": load_start, "load_end": _load_average(),
+                          "cpu_seconds": _cpu_seconds()}
     io.write_json(out / "demo_summary.json", summary)
+    io.write_text(out / "report.md", demo_compare.render_report(summary))
     _print_summary(summary)
     stages.log.close()
     return DemoResult(stages.records, summary, out)
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system, seconds) of this process and its finished children (the server): what
+    the run costs whatever else the machine is doing; on N idle cores the wall time is at least this / N."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 1)
+
+
+def _warn_if_busy(load: float) -> None:
+    """On a machine busier than its core count, say that one thread per process runs much faster
+    (torch's threads wait on each other while other jobs hold the cores; docs/real-run.md has the figures)."""
+    cores = len(os.sched_getaffinity(0))
+    if load > cores and not os.environ.get("OMP_NUM_THREADS"):
+        console.print(f"[yellow]this machine is busy (load average {load} on {cores} cores): training steps can take "
+                      f"10× longer; OMP_NUM_THREADS=1 steam-train demo runs much faster on a busy machine[/yellow]")
+
+
+def _load_average() -> float:
+    """The 1-minute load average (runnable processes; compare with the core count)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def _summary(cfg: DemoConfig, out: Path, stages: _Stages, prepared: dict, trained: dict, compared: dict,
+             exported: dict, used: dict) -> dict[str, Any]:
+    return {
+        "output_dir": str(out),
+        "language": cfg.language,
+        "base_model": cfg.model_name_or_path,
+        "quantization": cfg.quantization,
+        "stages": {k: {"status": v.get("status"), "reused": v.get("reused"), "seconds": v.get("seconds")}
+                   for k, v in stages.records.items()},
+        "train": {**prepared["counts"], **trained},
+        "compare": compared,
+        "goals": demo_compare.goals(compared, used),
+        "export": exported,
+        "tokens_per_second": used["tokens_per_second"],
+        "reviews": used["reviews"],
+        "chat": used["chat"],
+        "note": ZH_NOTE if cfg.language == "zh" and not cfg.data else None,
+        "next_steps": _next_steps(exported),
+    }
+
+
+def _next_steps(exported: dict[str, Any]) -> list[str]:
+    """What to do with the result: serve it, connect Dify, the same on a GPU."""
+    export_dir = exported["export_dir"]
+    return [f"serve it: steam-train serve {export_dir} --port 8000  (OpenAI-compatible API at "
+            "http://127.0.0.1:8000/v1; for Dify in Docker add --host 0.0.0.0 --api_key KEY)",
+            "Dify: steam-train plugin package, install both .difypkg files, then Settings → Model Provider → "
+            "Steam Persona → Add Model: Endpoint URL http://host.docker.internal:8000/v1, API key KEY, model "
+            "name steam-persona, Context size 2048 (docs/dify.md)",
+            "the same on a GPU with the 7B reference base: docs/real-run.md (train examples/train_qlora.yaml, "
+            "then export and serve as above)"]
+
+
 def _print_summary(s: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    c = s["compare"]
+    table = Table(title=f"base vs tuned, same prompts and sampling (seed {c['seed']}, "
+                        f"max_new_tokens {c['max_new_tokens']})", title_justify="left", show_lines=True)
+    for col in ("game", "base", "tuned"):
+        table.add_column(col, ratio=1 if col == "game" else 3)
+    for x in c["samples"]:
+        table.add_row(escape(x["game"]), *(f"{escape(x[w]['text'])}\n[dim]{demo_compare.ending(x[w])}[/dim]"
+                                           for w in ("base", "tuned")))
+    console.print(table)
     t, e = s["train"], s["export"]
     sizes = ", ".join(f"{q} {f['bytes'] / 2**20:.1f} MiB ({'verified' if e['verified'].get(q) else 'NOT verified'})"
                       for q, f in e["files"].items())
+    loss = c["loss"]
     rows = [("stages", ", ".join(f"{k} {'reused' if v['reused'] else str(v['seconds']) + ' s'}"
                                  for k, v in s["stages"].items())),
-            ("data", f"{t.get('train')} train / {t.get('val')} val records"),
-            ("loss start → end", f"{t['loss_start']:.3f} → {t['loss_end']:.3f} ({t.get('steps')} steps)"),
-            ("loss plot", t["loss_plot"]),
+            ("data", f"{t.get('train')} train / {t.get('val')} held-out reviews ({s['language']})"),
+            ("training loss start → end", f"{t['loss_start']:.3f} → {t['loss_end']:.3f} ({t.get('steps')} steps, "
+                                          f"{t.get('dtype')})"),
+            ("held-out loss base → tuned", f"{loss['base']['loss']:.3f} → {loss['tuned']['loss']:.3f} "
+                                           f"({100 * c['loss_change']:+.1f} %)"),
+            *((f"goal: {g['goal']}", f"{g['measured']} — {'met' if g['met'] else 'NOT met'}")
+              for g in s["goals"]["checks"]),
             ("export", sizes),
             ("tokens/s (served)", s["tokens_per_second"]),
-            ("wall time", f"{s['wall_seconds']} s")]
-    rows += [(f"review: {r['game']}", r["review"]) for r in s["reviews"]]
-    rows += [(f"chat {i + 1}", f"{turn['user']} → {turn['assistant']}") for i, turn in enumerate(s["chat"]["turns"])]
-    rows.append(("all artefacts", s["output_dir"]))
+            ("wall time", f"{s['wall_seconds']} s on {s['machine']['cores']} cores, load average "
+                          f"{s['machine']['load_start']} → {s['machine']['load_end']} (a loaded machine is slower); "
+                          f"CPU time {s['machine']['cpu_seconds']} s")]
+    rows += [(f"served review: {escape(r['game'])}", escape(r["review"])) for r in s["reviews"]]
+    rows += [(f"chat {i + 1}", escape(f"{turn['user']} → {turn['assistant']}"))
+             for i, turn in enumerate(s["chat"]["turns"])]
+    if s.get("note"):
+        rows.append(("note", s["note"]))
+    rows += [("report", Path(s["output_dir"]) / "report.md"), ("all artefacts", s["output_dir"])]
     summary_table("steam-persona demo", rows)
+    console.print("[bold]next steps[/bold]")
+    for step in s["next_steps"]:
+        console.print(f"  • {step}", soft_wrap=True)
 
 
 command = config.command(DemoConfig, run, name="demo", config_option="option",
                          help="Run the whole pipeline offline on the embedded default: prepare → QLoRA train → "
-                              "export q4_k_m → serve → plugin review + chat; artefacts in ./demo_run, reruns "
-                              "reuse finished stages.")
+                              "base vs tuned → export q4_k_m → serve → plugin review + chat; artefacts and "
+                              "report.md in ./demo_run, reruns reuse finished stages.")

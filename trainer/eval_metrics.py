@@ -176,3 +176,29 @@ def relative_change(base: float, tuned: float) -> float:
     if base == 0:
         raise ValueError("base must be non-zero")
     return (tuned - base) / base
+
+
+def addresses_game(text: str, name: str, tags: Iterable[str] = ()) -> bool:
+    """Whether a review is about its game: it names the game or one of its genre tags.
+
+    Matching is on :func:`text_units` split at hyphens (case, punctuation, spacing and ``-`` ignored,
+    so "open-world" matches the tag "Open World"): the game's name (all
+    of its units in a row, or, for a Latin-script name, any one of its words of 4+ letters that is not
+    a roman numeral or a digit string, e.g. ``"Stardew"``; for a CJK name, any two of its characters
+    in a row, e.g. ``"悟空"``), or any tag's units in a row (``"open world"``, ``"魂类"``). A review of
+    "Hollow Knight" that says "the knight" passes; one that talks about farming only does not.
+    """
+    def split(s: str) -> list[str]:
+        return [p for u in text_units(s) for p in u.split("-") if p]
+
+    joined = " " + " ".join(split(text)) + " "
+
+    def has(phrase_units: Sequence[str]) -> bool:
+        return bool(phrase_units) and f" {' '.join(phrase_units)} " in joined
+
+    name_units = split(name)
+    words = [u for u in name_units if len(u) >= 4 and not u.isdigit() and not re.fullmatch(r"[ivxlc]+", u)]
+    cjk = [u for u in name_units if len(u) == 1 and not u.isascii()]
+    pairs = [cjk[i:i + 2] for i in range(len(cjk) - 1)]
+    return (has(name_units) or any(has([w]) for w in words) or any(has(p) for p in pairs)
+            or any(has(split(t)) for t in tags))

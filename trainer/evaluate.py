@@ -3,7 +3,10 @@ tuned against base, written to ``eval_report.json`` + ``eval_report.md`` + ``len
 
 What is measured (the same way for the base and the tuned model):
 
-* **Held-out loss** — mean cross-entropy in nats per *response* token on the validation file,
+* **Held-out loss (inference weights)** — mean cross-entropy in nats per *response* token on the
+  validation file, of the weights that will be served (unquantized base + adapter, or the GGUF);
+  not the same figure as ``train``'s ``eval loss``, which is measured during training on the
+  4-bit training base;
   pooled over all tokens (sum of token losses / number of response tokens); prompt and system
   tokens are masked exactly as in training (the train stage's encoder, :mod:`trainer.data`), so
   the figure means the same as the training loss. Perplexity = exp(loss).
@@ -87,7 +90,7 @@ def run(cfg: EvalConfig) -> EvalResult:
             an empty validation set.
     """
     if not cfg.dataset:
-        raise UserError("eval: missing --dataset; give the validation file (e.g. data/steam_val.json)")
+        raise UserError("eval: missing --dataset; give the validation file (e.g. data/steam_sft_val.json, written by prepare)")
     if bool(cfg.adapter_name_or_path) == bool(cfg.gguf):
         raise UserError("eval: give exactly one of --adapter_name_or_path RUN_DIR or --gguf FILE to compare with the base")
     run, gguf_persona = _run_record(cfg)
@@ -314,7 +317,8 @@ def build_report(cfg: EvalConfig, results: dict[str, dict], convs: list[list[dic
         "copy_rate_at_most_1pct": t["copy_rate_8gram"] is not None and t["copy_rate_8gram"] <= GOALS["copy_rate"],
     }
     samples = [{"prompt": c[-2]["content"], "reference": c[-1]["content"],
-                "base": b["text"], "base_stopped": b["stopped"], "tuned": tu["text"], "tuned_stopped": tu["stopped"]}
+                "base": b["text"], "base_stopped": b["stopped"], "base_tokens": b["new_tokens"],
+                "tuned": tu["text"], "tuned_stopped": tu["stopped"], "tuned_tokens": tu["new_tokens"]}
                for c, b, tu in zip(convs, base["generations"], tuned["generations"])]
     return {
         "config": config.to_dict(cfg),
@@ -328,7 +332,8 @@ def build_report(cfg: EvalConfig, results: dict[str, dict], convs: list[list[dic
         "samples": samples,
         "plot": "length_hist.png",
         "definitions": {
-            "loss": "mean cross-entropy (nats) per response token, prompt masked as in training",
+            "loss": "held-out loss on the inference weights: mean cross-entropy (nats) per response token, prompt "
+                    "masked as in training (train's 'eval loss' is measured on the 4-bit training base instead)",
             "length_units": "CJK characters + words (trainer.eval_metrics.text_units)",
             "copy_rate_8gram": "generated 8-grams found verbatim in the training replies / generated 8-grams "
                                "(reference: the same for the validation replies, the natural overlap)",
@@ -358,7 +363,7 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{'sampling T=' + str(cfg['temperature']) + ' top_p=' + str(cfg['top_p']) if cfg['do_sample'] else 'greedy'}"
              f", repetition_penalty {cfg.get('repetition_penalty', 1.0)}).",
              "", "| metric | base | tuned |", "|---|---|---|",
-             f"| held-out loss (nats/token) | {_fmt(L['base']['loss'])} | {_fmt(L['tuned']['loss'])} "
+             f"| held-out loss, inference weights (nats/token) | {_fmt(L['base']['loss'])} | {_fmt(L['tuned']['loss'])} "
              f"({_fmt(L['relative_change'], pct=True)}) |",
              f"| perplexity | {_fmt(L['base']['perplexity'])} | {_fmt(L['tuned']['perplexity'])} |"]
     b, t = G["base"], G["tuned"]
@@ -384,34 +389,53 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def plot_lengths(report: dict[str, Any], path: Path) -> None:
-    """Overlaid histograms of reply lengths (text units): reference, base, tuned (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Write :func:`length_figure` as a PNG."""
     import matplotlib.pyplot as plt
 
-    series = {"reference": [len(eval_metrics.text_units(s["reference"])) for s in report["samples"]],
-              "base": [len(eval_metrics.text_units(s["base"])) for s in report["samples"]],
-              "tuned": [len(eval_metrics.text_units(s["tuned"])) for s in report["samples"]]}
-    top = max([1] + [max(v) for v in series.values() if v])
-    bins = [top * k / 20 for k in range(21)]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for name, values in series.items():
-        ax.hist(values, bins=bins, alpha=0.5, label=f"{name} (median {eval_metrics.length_stats(values)['median']})")
-    ax.set_xlabel("reply length (CJK characters + words)")
-    ax.set_ylabel("replies")
-    ax.set_title("Reply length: reference vs base vs tuned")
-    ax.legend()
-    fig.tight_layout()
+    fig = length_figure(report)
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
+def length_figure(report: dict[str, Any]) -> Any:
+    """Two panels (matplotlib, Agg): reply length in text units (reference, base, tuned) and in
+    generated tokens (base, tuned) with the ``max_new_tokens`` cut-off marked. Each series is an
+    outline histogram in its own colour and line style, so overlaps stay readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = report["samples"]
+    limit = report["config"]["max_new_tokens"]
+    units = {w: [len(eval_metrics.text_units(s[w])) for s in samples] for w in ("reference", "base", "tuned")}
+    tokens = {w: [s.get(f"{w}_tokens") or 0 for s in samples] for w in ("base", "tuned")}
+    style = {"reference": ("tab:gray", ":"), "base": ("tab:blue", "--"), "tuned": ("tab:orange", "-")}
+    fig, (ax_u, ax_t) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for ax, series, top in ((ax_u, units, None), (ax_t, tokens, limit)):
+        top = top or max([1] + [max(v) for v in series.values() if v])
+        bins = [top * k / 20 for k in range(21)] + ([top * 1.05] if ax is ax_t else [])
+        for name, values in series.items():
+            color, ls = style[name]
+            ax.hist(values, bins=bins, histtype="step", linewidth=2, color=color, linestyle=ls,
+                    label=f"{name} (median {eval_metrics.length_stats(values)['median']})")
+        ax.set_ylabel("replies")
+    ax_t.axvline(limit, color="red", linewidth=1.5, label=f"max_new_tokens {limit} (cut off)")
+    ax_u.set_xlabel("reply length (CJK characters + words)")
+    ax_t.set_xlabel("generated tokens (end-of-turn included)")
+    ax_u.set_title("Reply length: reference, base, tuned")
+    ax_t.set_title("Generated tokens: base, tuned")
+    ax_u.legend()
+    ax_t.legend()
+    fig.tight_layout()
+    return fig
+
+
 def _summary(report: dict[str, Any], out: Path) -> None:
     L, t, b = report["loss"], report["generation"]["tuned"], report["generation"]["base"]
     summary_table("eval", [
-        ("held-out loss base → tuned", f"{_fmt(L['base']['loss'])} → {_fmt(L['tuned']['loss'])} "
+        ("held-out loss (inference weights) base → tuned", f"{_fmt(L['base']['loss'])} → {_fmt(L['tuned']['loss'])} "
                                        f"({_fmt(L['relative_change'], pct=True)})"),
         ("stop rate base / tuned", f"{_fmt(b['stop_rate'], True)} / {_fmt(t['stop_rate'], True)}"),
         ("8-gram copy rate (tuned)", _fmt(t["copy_rate_8gram"], True)),

@@ -84,9 +84,16 @@ def enable_transformers_gguf() -> None:
     transformers checks ``importlib.metadata.version("gguf")`` ≥ 0.10; the converter package ships
     the ``gguf`` module under its own distribution (version 0.1.1), so the check fails although the
     module is a current gguf-py. Installing PyPI ``gguf`` beside it would shadow the converter's
-    matching copy (see ../shared/reference/llama-cpp.md), so we relax the check instead. Idempotent.
+    matching copy (see ../shared/reference/llama-cpp.md), so we relax the check instead. The loader's
+    own tqdm bar ("Converting and de-quantizing GGUF tensors") is switched off: it ignores
+    transformers' ``disable_progress_bar`` and printed raw bar frames into logs under our rich
+    status line. Idempotent.
     """
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    import functools
 
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from tqdm.auto import tqdm
+
+    gguf_utils.tqdm = functools.partial(tqdm, disable=True)
     if importlib.util.find_spec("gguf") is not None:
         gguf_utils.is_gguf_available = lambda *args, **kwargs: True

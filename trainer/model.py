@@ -6,6 +6,8 @@ Kept as separate functions so other stages and GPU-only levers can hook in: :fun
 * ``.gguf`` bases (and the embedded SmolLM2) are dequantized once by transformers' GGUF loader and
   cached as an HF folder (``$STEAM_PERSONA_CACHE`` or ``~/.cache/steam-persona/gguf``), because
   bitsandbytes quantization needs a regular checkpoint and re-reading GGUF costs seconds per run.
+  A copy is bf16, twice the size of the parameter count in bytes (~270 MB for SmolLM2-135M); the
+  cache keeps the :data:`CACHE_KEEP` most recently used and deletes older ones.
 * ``--quantization_bit 4`` = QLoRA (Dettmers et al. 2023, arXiv:2305.14314): NF4 with double
   quantization, compute dtype = the training dtype. ``8`` = LLM.int8().
 * ``--lora_target all`` = every linear layer except the output head (LLaMA-Factory's
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,10 @@ import torch
 
 from trainer.errors import UserError
 from trainer.hub import ModelSource, enable_transformers_gguf, resolve_model
+
+
+#: Dequantized GGUF bases kept in :func:`cache_dir`; older ones (least recently used) are deleted.
+CACHE_KEEP = 2
 
 
 def cache_dir() -> Path:
@@ -45,6 +52,7 @@ def hf_path(source: ModelSource) -> str:
     key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_dir() / f"{gguf.stem}-{key}"
     if (target / "config.json").is_file():
+        os.utime(target)  # recently used: the last to be pruned
         return str(target)
     enable_transformers_gguf()
     from trainer.console import console
@@ -57,7 +65,17 @@ def hf_path(source: ModelSource) -> str:
     with io.atomic_path(target) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+    prune_cache(CACHE_KEEP)
     return str(target)
+
+
+def prune_cache(keep: int) -> list[Path]:
+    """Delete all but the ``keep`` most recently used copies in :func:`cache_dir`; return the deleted ones."""
+    entries = sorted((p for p in cache_dir().iterdir() if (p / "config.json").is_file()),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return entries[keep:]
 
 
 def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False) -> Any:

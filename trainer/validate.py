@@ -1,7 +1,9 @@
 """``steam-train validate DATASET``: record counts, token-length statistics and every problem found.
 
 Reads the dataset exactly as ``train`` does (same readers, template, masking and truncation), so a
-dataset that validates cleanly trains. Exit code 2 when any record is unusable.
+dataset that validates cleanly trains. Exit code 2 when any record is unusable. The file is read and
+checked before transformers is imported (a spinner shows while it loads), so a bad file is rejected
+at once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from rich.text import Text
 
 from trainer import config
 from trainer.config import arg
-from trainer.console import console, summary_table
+from trainer.console import console, progress, status, summary_table
 from trainer.errors import UserError
 from trainer.persona import DEFAULT_SYSTEM
 
@@ -48,23 +50,30 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
     """
     from trainer import data
     from trainer.encode import encode_conversation, fit
-    from trainer.model import load_tokenizer
+    from trainer.hub import resolve_model
     from trainer.templates import ChatTemplate
 
     if not cfg.dataset:
         raise UserError("validate: give a dataset (a .json/.jsonl path or a registered name)")
     res = data.read_dataset(data.resolve(cfg.dataset, cfg.dataset_dir, arg="DATASET"), system=cfg.system or None, encoding=cfg.encoding)
-    tok = load_tokenizer(cfg.model_name_or_path)
-    template = ChatTemplate(cfg.template, tok)
+    resolve_model(cfg.model_name_or_path)  # a missing model path fails here, before the heavy imports
+    console.print(f"{res.spec.path}: {len(res.conversations)} records read, {len(res.problems)} with problems")
+    with status(f"loading the {cfg.model_name_or_path} tokenizer (first import of transformers: ~10–30 s)"):
+        from trainer.model import load_tokenizer
+
+        template = ChatTemplate(cfg.template, load_tokenizer(cfg.model_name_or_path))
     usable = res.usable
-    lengths, learned, status = [], [], []
-    for conv in usable:
-        ids, labels, _ = encode_conversation(template, conv)
-        lengths.append(len(ids))
-        learned.append(sum(1 for t in labels if t != -100))
-        status.append(fit(template, conv, cfg.cutoff_len)[2])
+    lengths, learned, ends = [], [], []
+    with progress(transient=True) as bar:
+        task = bar.add_task("measuring tokens", total=len(usable))
+        for conv in usable:
+            ids, labels, _ = encode_conversation(template, conv)
+            lengths.append(len(ids))
+            learned.append(sum(1 for t in labels if t != -100))
+            ends.append(fit(template, conv, cfg.cutoff_len)[2])
+            bar.advance(task)
     report: dict[str, Any] = {"records": len(res.conversations), "usable": len(usable), "problems": res.problems,
-                              "truncated": status.count("truncated"), "dropped": status.count("dropped")}
+                              "truncated": ends.count("truncated"), "dropped": ends.count("dropped")}
     if lengths:
         report["tokens"] = {"min": min(lengths), "mean": round(statistics.mean(lengths), 1),
                             "median": int(statistics.median(lengths)), "p95": _pct(lengths, 0.95), "max": max(lengths)}

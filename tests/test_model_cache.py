@@ -1,0 +1,29 @@
+"""Loading GGUF bases: the cache of dequantized copies (``~/.cache/steam-persona/gguf``) stays bounded, and no raw progress bar is printed."""
+
+from __future__ import annotations
+
+import os
+
+
+def test_prune_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
+    from trainer import model
+
+    monkeypatch.setenv("STEAM_PERSONA_CACHE", str(tmp_path))
+    for i, name in enumerate(["a", "b", "c"]):
+        (model.cache_dir() / name).mkdir(parents=True)
+        (model.cache_dir() / name / "config.json").write_text("{}")
+        os.utime(model.cache_dir() / name, (1000 + i, 1000 + i))
+    os.utime(model.cache_dir() / "a")  # used just now
+    (model.cache_dir() / "partial").mkdir()  # no config.json: not an entry, left alone
+    deleted = model.prune_cache(model.CACHE_KEEP)
+    assert [p.name for p in deleted] == ["b"] and model.CACHE_KEEP == 2
+    assert sorted(p.name for p in model.cache_dir().iterdir()) == ["a", "c", "partial"]
+
+
+def test_the_gguf_loader_prints_no_raw_progress_bar():
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from trainer.hub import enable_transformers_gguf
+
+    enable_transformers_gguf()
+    assert gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...").disable
