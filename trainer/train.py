@@ -480,8 +480,6 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         template, enc = prepare_data(cfg, tokenizer)
         eval_enc = encode_datasets(cfg, template, cfg.eval_dataset) if cfg.eval_dataset else enc
     train_idx, eval_idx = split_eval(len(enc), cfg.val_size, cfg.seed)
-    if main:
-        console.print(_data_line(enc, cfg.cutoff_len))
     if cfg.eval_dataset:
         eval_idx = list(range(len(eval_enc)))
     torch.manual_seed(cfg.seed)
@@ -495,6 +493,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
             model_lib.skip_lora_input_casts(model)
         # GPU speed/memory levers (docs/gpu.md); each reports off on CPU
         levers = accel.accelerate(model, liger_kernels=cfg.enable_liger_kernel, compile_layers=cfg.torch_compile)
+    if main:  # after the model loaded: a bad --lora_target or model stays a one-line error
+        console.print(_data_line(enc, cfg.cutoff_len))
     if main and device.startswith("cuda"):
         console.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in levers.items()) + "[/dim]")
     if main and device == "cpu" and dtype == torch.float32 and _cpu_has_bf16():
@@ -789,7 +789,6 @@ def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
 
 
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*deprecated.*")
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated.*")
 
 command = config.command(TrainConfig, run, name="train", help=(
     "LoRA/QLoRA SFT with LLaMA-Factory's flags: `steam-train train --stage sft --do_train --model_name_or_path "
