@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("trainer.evaluate", "command", "Held-out loss and generation checks, tuned vs base."),
     "export": ("export.cli", "command", "Merge the adapter, convert to GGUF, quantize, verify."),
     "serve": ("serve.cli", "command", "Serve a GGUF as an OpenAI-compatible API for Dify."),
-    "plugin": ("trainer.plugin_package", "group", "Build the two Dify plugins (.difypkg)."),
+    "plugin": ("trainer.plugin_package", "group", "Build, sign and verify the two Dify plugins (.difypkg)."),
     "demo": ("trainer.demo", "command", "Run the whole pipeline on the embedded default."),
 }
 
