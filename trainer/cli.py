@@ -11,6 +11,8 @@ import importlib
 
 import click
 
+from steam_persona import __version__
+
 # name -> (module, attribute, one-line help). Order = pipeline order in --help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "collect": ("trainer.collect", "command", "Download Steam reviews (appreviews API) to JSON Lines."),
@@ -46,7 +48,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="steam-persona")
+@click.version_option(__version__, "--version", prog_name="steam-train", message="%(prog)s %(version)s")
 def main() -> None:
     """steam-train: Steam reviews → a witty veteran-gamer persona model → Dify.
 

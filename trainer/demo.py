@@ -43,10 +43,10 @@ from trainer import config, io
 from trainer.config import arg
 from trainer.console import console, status, summary_table
 from trainer.errors import UserError
+from steam_persona.resources import shipped
 
-REPO = Path(__file__).resolve().parents[1]
 #: The embedded demo data set (original text, written for this project).
-EXAMPLES = REPO / "examples" / "persona_reviews.json"
+EXAMPLES = shipped("examples/persona_reviews.json")
 STAGES = ("prepare", "train", "export", "serve")
 #: What the demo asks the persona for: (game, tags, language).
 REVIEW_PROMPTS = [("黑神话：悟空", "动作, 魂类, 神话", "zh"), ("Stardew Valley", "Farming Sim, Cozy", "en"),

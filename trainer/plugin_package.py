@@ -1,10 +1,12 @@
-"""``steam-train plugin package``: build the two Dify plugins (``.difypkg``) from this repo.
+"""``steam-train plugin package``: build the two Dify plugins (``.difypkg``) from their shipped sources.
 
 A model provider and a tool may not share one package (the plugin daemon refuses the install), so
 the persona ships as two plugins: the chat model provider (``manifest.yaml`` at the repo root,
 sources in ``plugin/chat/``) and the review tool (``plugin/review/``). :data:`PACKAGES` is the one
 table of what goes where; both get ``trainer/persona.py`` (the training prompt format and the
-persona) and ``plugin/common/server_client.py`` (HTTP to the server) copied to their root.
+persona) and ``plugin/common/server_client.py`` (HTTP to the server) copied to their root. Paths
+are the repository's; an installed steam-persona holds the same files as package data
+(:func:`steam_persona.resources.shipped`), so the command works from any folder.
 
 Before writing, each staged package is checked against the daemon's rules (langgenius/
 dify-plugin-daemon ``pkg/entities/plugin_entities/plugin_declaration.go`` and the package decoder):
@@ -43,8 +45,7 @@ from trainer.config import arg
 from trainer.console import summary_table
 from trainer.errors import UserError
 from trainer.io import atomic_path
-
-REPO = Path(__file__).resolve().parents[1]
+from steam_persona.resources import shipped
 
 #: Unpacked size limit of a package (the daemon's 50 MiB).
 MAX_UNPACKED_BYTES = 50 * 1024 * 1024
@@ -131,18 +132,24 @@ def _ignore_spec(source: Path) -> pathspec.GitIgnoreSpec:
     return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
-def stage(pkg: Package, repo: Path = REPO, version: str | None = None) -> dict[str, bytes]:
+def _path(rel: str, repo: Path | None) -> Path:
+    return repo / rel if repo is not None else shipped(rel)
+
+
+def stage(pkg: Package, repo: Path | None = None, version: str | None = None) -> dict[str, bytes]:
     """Collect one package's files in memory: zip path (forward slashes) → bytes.
+
+    ``repo``: a folder laid out like the repository to read instead of the shipped sources.
 
     Raises:
         UserError: the manifest, the source folder or a copied-in file is missing, or ``version``
             does not match the daemon's version rule.
     """
-    manifest = repo / pkg.manifest
-    source = repo / pkg.source
+    manifest = _path(pkg.manifest, repo)
+    source = _path(pkg.source, repo)
     if not manifest.is_file() or not source.is_dir():
         raise UserError(f"{manifest if not manifest.is_file() else source}: plugin sources not found; "
-                        f"run `steam-train plugin package` from a source checkout of steam-persona")
+                        f"reinstall steam-persona (they are part of the package) or restore the file")
     spec = _ignore_spec(source)
     files: dict[str, bytes] = {}
     for path in sorted(source.rglob("*")):
@@ -151,7 +158,7 @@ def stage(pkg: Package, repo: Path = REPO, version: str | None = None) -> dict[s
             continue
         files[rel] = path.read_bytes()
     for arc, src in pkg.extra:
-        f = repo / src
+        f = _path(src, repo)
         if not f.is_file():
             raise UserError(f"{f}: missing; it is copied into the {pkg.key} plugin as {arc}")
         files[arc] = f.read_bytes()
@@ -349,7 +356,7 @@ def run(cfg: PackageConfig) -> dict[str, Path]:
     key = plugin_sign.load_private_key(cfg.sign) if cfg.sign else None
     staged = []
     for pkg in PACKAGES:
-        files = stage(pkg, REPO, cfg.version)
+        files = stage(pkg, version=cfg.version)
         manifest = validate(files, f"{pkg.key} plugin ({pkg.manifest})")
         staged.append((pkg, files, manifest))
     out_dir = Path(cfg.out)
@@ -410,11 +417,11 @@ def load_plugin_module(plugin: str, relpath: str) -> types.ModuleType:
         UserError: the file is not in the plugin's sources.
     """
     pkg = next((p for p in PACKAGES if p.key == plugin), None)
-    path = REPO / pkg.source / relpath if pkg else None
+    path = shipped(pkg.source) / relpath if pkg else None
     if path is None or not path.is_file():
-        raise UserError(f"{plugin}/{relpath}: not a file of the plugin sources under {REPO / 'plugin'}")
+        raise UserError(f"{plugin}/{relpath}: not a file of the plugin sources under {shipped('plugin')}")
     for arc, src in pkg.extra:
-        _load(Path(arc).stem, REPO / src)
+        _load(Path(arc).stem, shipped(src))
     return _load(f"steam_persona_plugins.{plugin}.{Path(relpath).with_suffix('').as_posix().replace('/', '.')}", path)
 
 
