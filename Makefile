@@ -31,4 +31,4 @@ demo: install
 	$(BIN)/steam-train demo
 
 clean:
-	rm -rf demo_run build dist .pytest_cache
+	rm -rf demo_run build dist .pytest_cache *.egg-info

@@ -147,9 +147,9 @@ def test_wheel_holds_one_import_name_and_every_shipped_file(wheel_env):
     assert top == ["steam_persona"]
     assert not [n for n in names if not n.startswith(("steam_persona/", "steam_persona-"))]
     assert "steam-train = steam_persona.cli:main" in entry
-    tracked = subprocess.run(["git", "ls-files", "plugin", "examples", "manifest.yaml"], cwd=REPO,
-                             capture_output=True, text=True, check=True).stdout.split()
-    assert tracked and not [f for f in tracked if f"steam_persona/{f}" not in names]
+    tracked = subprocess.run(["git", "ls-files", "plugin", "examples", "manifest.yaml", "trainer", "export", "serve"],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert len(tracked) > 60 and not [f for f in tracked if f"steam_persona/{f}" not in names]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", "/.env"))]
 
 

@@ -125,10 +125,14 @@ def keygen(out: str | Path) -> tuple[Path, Path]:
             raise UserError(f"{p}: already exists and is kept; pick another --out or move the old pair away")
     key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     out.mkdir(parents=True, exist_ok=True)
-    _write(public, key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1),
-           0o644)
     _write(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                       serialization.NoEncryption()), 0o600)
+    try:
+        _write(public, key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1),
+               0o644)
+    except BaseException:
+        private.unlink()  # never half a pair
+        raise
     return private, public
 
 
