@@ -53,4 +53,4 @@ demo: install
 	$(BIN)/steam-train demo
 
 clean:
-	rm -rf demo_run build dist .pytest_cache $(LATEST)
+	rm -rf demo_run build dist .pytest_cache *.egg-info $(LATEST)

@@ -20,6 +20,8 @@ from trainer.io import atomic_path
 
 #: Architectures whose whole path (merge, template, convert, quantize, llama.cpp) is tested here.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+#: What PEFT puts before a base model's parameter names in adapter state dicts.
+PEFT_PREFIX = "base_model.model."
 _MODEL_TYPES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
@@ -120,7 +122,6 @@ def convert_lora(adapter_dir: Path, merged: Path, out: Path, *, name: str, metad
     import torch
     from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
 
-    from export.merge import _PEFT_PREFIX
 
     acfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     if acfg.get("use_dora") or acfg.get("modules_to_save"):
@@ -143,7 +144,7 @@ def convert_lora(adapter_dir: Path, merged: Path, out: Path, *, name: str, metad
         for key, value in metadata.items():
             writer.add_string(key, value)
         for key in sorted(k for k in tensors if ".lora_A." in k):
-            weight = key.removeprefix(_PEFT_PREFIX).replace(".lora_A.weight", ".weight")
+            weight = key.removeprefix(PEFT_PREFIX).replace(".lora_A.weight", ".weight")
             bid = int(weight.split(".")[2]) if ".layers." in weight else None
             a = tensors[key].float()
             b = tensors[key.replace(".lora_A.", ".lora_B.")].float()

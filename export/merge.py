@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from export.convert import PEFT_PREFIX, check_architecture
 from trainer.errors import UserError
 from trainer.hub import ModelSource, enable_transformers_gguf
 from trainer.run_record import RunRecord
@@ -24,7 +25,6 @@ from trainer.run_record import RunRecord
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MERGE_INFO = "export_merge.json"
 REFERENCE = "verify_reference.npz"
-_PEFT_PREFIX = "base_model.model."
 
 
 @dataclass
@@ -108,7 +108,6 @@ def check_adapter_matches_base(run: RunInfo, config, base_name: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from export.convert import check_architecture
 
     trained_on = run.adapter_config.get("base_model_name_or_path") or "an unknown base"
     trained_class = (run.adapter_config.get("auto_mapping") or {}).get("base_model_class")
@@ -122,7 +121,7 @@ def check_adapter_matches_base(run: RunInfo, config, base_name: str) -> None:
     for key, shape in _adapter_shapes(run.adapter_dir).items():
         if ".lora_A." not in key and ".lora_B." not in key:
             continue
-        name = key.removeprefix(_PEFT_PREFIX).split(".lora_")[0]
+        name = key.removeprefix(PEFT_PREFIX).split(".lora_")[0]
         mod = modules.get(name)
         if mod is None:
             problem = f"layer {name} does not exist in the base"

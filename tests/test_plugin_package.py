@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from trainer import persona
 from trainer.cli import main as cli
 from trainer.errors import UserError
-from trainer.plugin_package import (MAX_UNPACKED_BYTES, PACKAGES, REPO, PackageConfig, load_plugin_module, run,
-                                    stage, validate)
+from trainer.plugin_package import (MAX_UNPACKED_BYTES, PACKAGES, PackageConfig, load_plugin_module, run, stage,
+                                    validate)
+from steam_persona.resources import shipped
 
 FORBIDDEN_PREFIXES = ("trainer/", "export/", "serve/", "tests/", ".venv/", "build/", "dist/", ".git/")
 
@@ -27,7 +28,7 @@ def built(tmp_path_factory) -> dict[str, Path]:
 
 
 def _staged(key: str) -> dict[str, bytes]:
-    return stage(next(p for p in PACKAGES if p.key == key), REPO)
+    return stage(next(p for p in PACKAGES if p.key == key))
 
 
 def _with_manifest(files: dict[str, bytes], **changes) -> dict[str, bytes]:
@@ -61,8 +62,8 @@ def test_zip_follows_daemon_rules(built, key):
         assert manifest["version"] == "1.2.3"
         assert z.read("requirements.txt").decode().split() == ["dify_plugin==0.10.2"]
         # the one prompt format and the one HTTP client, byte for byte
-        assert z.read("persona.py") == (REPO / "trainer/persona.py").read_bytes()
-        assert z.read("server_client.py") == (REPO / "plugin/common/server_client.py").read_bytes()
+        assert z.read("persona.py") == shipped("trainer/persona.py").read_bytes()
+        assert z.read("server_client.py") == shipped("plugin/common/server_client.py").read_bytes()
         files = {n: z.read(n) for n in names}
     assert validate(files)["name"] == manifest["name"]
 
@@ -100,7 +101,7 @@ def test_same_sources_same_bytes(built, tmp_path):
 def test_difyignore_and_always_excluded(tmp_path):
     repo = tmp_path / "repo"
     for rel in ("manifest.yaml", "trainer/persona.py", "plugin"):
-        src, dst = REPO / rel, repo / rel
+        src, dst = shipped(rel), repo / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
     chat = repo / "plugin/chat"

@@ -1,4 +1,5 @@
-"""steam-persona's training companion: data → QLoRA SFT → chat/eval (the `steam-train` CLI)."""
+"""steam-persona's training stages (``steam_persona.trainer``): data → QLoRA SFT → eval, the plugin
+packager, and the config, errors, io and console shared by every stage."""
 
 import warnings
 

@@ -19,6 +19,7 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+from steam_persona.resources import shipped
 
 # --- markup -------------------------------------------------------------------------------------
 
@@ -324,7 +325,7 @@ def blocked_word(text: str, blocklist: WordList) -> str | None:
     return hit[1] if hit else None
 
 
-IDENTITY_SLURS = Path(__file__).parent / "lists/identity_slurs.txt"
+IDENTITY_SLURS = shipped("trainer/lists/identity_slurs.txt")
 _CJK_ENTRY = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 

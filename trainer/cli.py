@@ -11,6 +11,8 @@ import importlib
 
 import click
 
+from steam_persona import __version__
+
 # name -> (module, attribute, one-line help). Order = pipeline order in --help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "collect": ("trainer.collect", "command", "Download Steam reviews (appreviews API) to JSON Lines."),
@@ -21,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("trainer.evaluate", "command", "Held-out loss and generation checks, tuned vs base."),
     "export": ("export.cli", "command", "Merge the adapter, convert to GGUF, quantize, verify."),
     "serve": ("serve.cli", "command", "Serve a GGUF as an OpenAI-compatible API for Dify."),
-    "plugin": ("trainer.plugin_package", "group", "Build the two Dify plugins (.difypkg)."),
+    "plugin": ("trainer.plugin_package", "group", "Build, sign and verify the two Dify plugins (.difypkg)."),
     "demo": ("trainer.demo", "command", "Run the whole pipeline on the embedded default."),
 }
 
@@ -46,7 +48,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="steam-persona")
+@click.version_option(__version__, "--version", prog_name="steam-train", message="%(prog)s %(version)s")
 def main() -> None:
     """steam-train: Steam reviews → a witty veteran-gamer persona model → Dify.
 

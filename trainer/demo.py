@@ -49,10 +49,10 @@ from trainer import config, demo_compare, io
 from trainer.config import arg
 from trainer.console import console, status, summary_table
 from trainer.errors import UserError
+from steam_persona.resources import shipped
 
-REPO = Path(__file__).resolve().parents[1]
 #: The embedded demo data set (original text, written for this project).
-EXAMPLES = REPO / "examples" / "persona_reviews.json"
+EXAMPLES = shipped("examples/persona_reviews.json")
 STAGES = ("prepare", "train", "compare", "export", "serve")
 #: The summary's line on Chinese with the embedded base.
 ZH_NOTE = ("SmolLM2-135M was trained mostly on English: a few minutes of LoRA on 65 Chinese reviews teaches "

@@ -1,17 +1,22 @@
-"""``steam-train plugin package``: build the two Dify plugins (``.difypkg``) from this repo.
+"""``steam-train plugin package``: build the two Dify plugins (``.difypkg``) from their shipped sources.
 
 A model provider and a tool may not share one package (the plugin daemon refuses the install), so
 the persona ships as two plugins: the chat model provider (``manifest.yaml`` at the repo root,
 sources in ``plugin/chat/``) and the review tool (``plugin/review/``). :data:`PACKAGES` is the one
 table of what goes where; both get ``trainer/persona.py`` (the training prompt format and the
-persona) and ``plugin/common/server_client.py`` (HTTP to the server) copied to their root.
+persona) and ``plugin/common/server_client.py`` (HTTP to the server) copied to their root. Paths
+are the repository's; an installed steam-persona holds the same files as package data
+(:func:`steam_persona.resources.shipped`), so the command works from any folder.
 
 Before writing, each staged package is checked against the daemon's rules (langgenius/
 dify-plugin-daemon ``pkg/entities/plugin_entities/plugin_declaration.go`` and the package decoder):
 manifest regexes and required fields, icons present in ``_assets/``, referenced YAML and Python
 present, model-vs-tool exclusivity, ≤ 50 MiB. The zip holds file entries only, sorted, with
-forward slashes, ``manifest.yaml`` at the root, deflated, with no zip comment (unsigned), and a
-fixed timestamp so that the same sources give the same bytes.
+forward slashes, ``manifest.yaml`` at the root, deflated, and a fixed timestamp so that the same
+sources give the same bytes. Unsigned, it has no zip comment; with ``--sign KEY`` it gets the
+daemon's verification entry last and a signature comment (:mod:`trainer.plugin_sign`), so only
+the comment differs between two signed builds. ``plugin keygen`` and ``plugin verify`` make keys
+and check packages.
 
 Why our own packager instead of the Dify CLI (``dify plugin package``): it is a Go binary outside
 PyPI, it cannot merge the shared modules in, and its checks run only at install time.
@@ -23,6 +28,7 @@ import datetime
 import importlib.util
 import re
 import sys
+import time
 import types
 import zipfile
 from dataclasses import dataclass
@@ -32,14 +38,14 @@ from typing import Any
 import click
 import pathspec
 import yaml
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from trainer import config
+from trainer import config, plugin_sign
 from trainer.config import arg
 from trainer.console import summary_table
 from trainer.errors import UserError
 from trainer.io import atomic_path
-
-REPO = Path(__file__).resolve().parents[1]
+from steam_persona.resources import shipped
 
 #: Unpacked size limit of a package (the daemon's 50 MiB).
 MAX_UNPACKED_BYTES = 50 * 1024 * 1024
@@ -95,6 +101,23 @@ class PackageConfig:
 
     out: str = arg("dist", "Folder for the .difypkg files (created).")
     version: str | None = arg(None, "Plugin version X.Y.Z written into both manifests (default: theirs).")
+    sign: str | None = arg(None, "RSA-4096 private key (PEM) to sign both packages with, as the plugin daemon "
+                                 "verifies them (make one with `steam-train plugin keygen`).")
+
+
+@dataclass
+class KeygenConfig:
+    """Settings of ``steam-train plugin keygen``."""
+
+    out: str = arg("keys", f"Folder for {plugin_sign.PRIVATE_NAME} (mode 0600) and {plugin_sign.PUBLIC_NAME}.")
+
+
+@dataclass
+class VerifyConfig:
+    """Settings of ``steam-train plugin verify``."""
+
+    packages: list[str] = arg([], "The .difypkg files to check.", positional=True)
+    public_key: str | None = arg(None, f"The signer's public key ({plugin_sign.PUBLIC_NAME}, PEM RSA PUBLIC KEY).")
 
 
 def _ignore_spec(source: Path) -> pathspec.GitIgnoreSpec:
@@ -109,18 +132,24 @@ def _ignore_spec(source: Path) -> pathspec.GitIgnoreSpec:
     return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
-def stage(pkg: Package, repo: Path = REPO, version: str | None = None) -> dict[str, bytes]:
+def _path(rel: str, repo: Path | None) -> Path:
+    return repo / rel if repo is not None else shipped(rel)
+
+
+def stage(pkg: Package, repo: Path | None = None, version: str | None = None) -> dict[str, bytes]:
     """Collect one package's files in memory: zip path (forward slashes) → bytes.
+
+    ``repo``: a folder laid out like the repository to read instead of the shipped sources.
 
     Raises:
         UserError: the manifest, the source folder or a copied-in file is missing, or ``version``
             does not match the daemon's version rule.
     """
-    manifest = repo / pkg.manifest
-    source = repo / pkg.source
+    manifest = _path(pkg.manifest, repo)
+    source = _path(pkg.source, repo)
     if not manifest.is_file() or not source.is_dir():
         raise UserError(f"{manifest if not manifest.is_file() else source}: plugin sources not found; "
-                        f"run `steam-train plugin package` from a source checkout of steam-persona")
+                        f"reinstall steam-persona (they are part of the package) or restore the file")
     spec = _ignore_spec(source)
     files: dict[str, bytes] = {}
     for path in sorted(source.rglob("*")):
@@ -129,7 +158,7 @@ def stage(pkg: Package, repo: Path = REPO, version: str | None = None) -> dict[s
             continue
         files[rel] = path.read_bytes()
     for arc, src in pkg.extra:
-        f = repo / src
+        f = _path(src, repo)
         if not f.is_file():
             raise UserError(f"{f}: missing; it is copied into the {pkg.key} plugin as {arc}")
         files[arc] = f.read_bytes()
@@ -291,18 +320,27 @@ def _validate_tool_provider(files: dict[str, bytes], name: str, p: dict) -> None
                 raise UserError(f"{tool_path}: parameter {param.get('name')!r}: human_description.en_US is required")
 
 
-def write_difypkg(files: dict[str, bytes], out: Path) -> Path:
+def write_difypkg(files: dict[str, bytes], out: Path, key: RSAPrivateKey | None = None,
+                  signed_at: int | None = None) -> Path:
     """Write ``files`` as a ``.difypkg`` (atomic: temp file, then rename) and return ``out``.
 
-    File entries only, sorted, forward slashes, deflate, fixed timestamp, mode 0644, no comment.
+    File entries only, sorted, forward slashes, deflate, fixed timestamp, mode 0644. Unsigned
+    (``key`` None): no comment. Signed: :data:`plugin_sign.VERIFICATION_FILE` as the last entry and
+    the signature (made at ``signed_at`` Unix seconds, default now) as the zip comment.
     """
+    entries = [(name, files[name]) for name in sorted(files)]
+    if key is not None:
+        entries.append((plugin_sign.VERIFICATION_FILE, plugin_sign.VERIFICATION))
     with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            for name in sorted(files):
+            for name, data in entries:
                 info = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o100644 << 16
-                z.writestr(info, files[name])
+                z.writestr(info, data)
+            if key is not None:
+                when = int(time.time()) if signed_at is None else signed_at
+                z.comment = plugin_sign.sign((data for _, data in entries), key, when)
     return out
 
 
@@ -315,21 +353,54 @@ def run(cfg: PackageConfig) -> dict[str, Path]:
     Raises:
         UserError: a package breaks a daemon rule (nothing is written then) or sources are missing.
     """
+    key = plugin_sign.load_private_key(cfg.sign) if cfg.sign else None
     staged = []
     for pkg in PACKAGES:
-        files = stage(pkg, REPO, cfg.version)
+        files = stage(pkg, version=cfg.version)
         manifest = validate(files, f"{pkg.key} plugin ({pkg.manifest})")
         staged.append((pkg, files, manifest))
     out_dir = Path(cfg.out)
     result: dict[str, Path] = {}
     rows = []
     for pkg, files, manifest in staged:
-        path = write_difypkg(files, out_dir / f"{manifest['name']}-{manifest['version']}.difypkg")
+        path = write_difypkg(files, out_dir / f"{manifest['name']}-{manifest['version']}.difypkg", key)
         result[pkg.key] = path
         rows.append((f"{pkg.key}: {manifest['author']}/{manifest['name']} {manifest['version']}",
                      f"{path}  ({len(files)} files, {path.stat().st_size / 1024:.1f} KiB)"))
-    summary_table("Dify plugins", rows + [("install", "Dify → Plugins → Install from local package file "
-                                                      "(self-hosted: FORCE_VERIFYING_SIGNATURE=false; docs/dify.md)")])
+    how = ("signed: the daemon needs THIRD_PARTY_SIGNATURE_VERIFICATION_* with your public key" if key else
+           "unsigned: sign with --sign KEY, or turn FORCE_VERIFYING_SIGNATURE off")
+    summary_table("Dify plugins", rows + [("install", f"Dify → Plugins → Install from local package file; "
+                                                      f"{how} (docs/dify.md)")])
+    return result
+
+
+def keygen(cfg: KeygenConfig) -> tuple[Path, Path]:
+    """Write a new RSA-4096 signing pair (:func:`plugin_sign.keygen`); print the paths, never the key."""
+    private, public = plugin_sign.keygen(cfg.out)
+    summary_table("Plugin signing key", [("private (keep secret, mode 0600)", private),
+                                         ("public (for the plugin daemon)", public),
+                                         ("sign", f"steam-train plugin package --sign {private}")])
+    return private, public
+
+
+def verify(cfg: VerifyConfig) -> dict[str, int]:
+    """Check each package's signature against ``cfg.public_key``, as the daemon does.
+
+    Returns:
+        package path → signing time (Unix seconds).
+
+    Raises:
+        UserError: no package or key given; a package is unsigned or its signature is bad.
+    """
+    if not cfg.packages:
+        raise UserError("plugin verify: no package given; pass the .difypkg files to check")
+    if not cfg.public_key:
+        raise UserError("plugin verify: missing --public_key; give the signer's .public.pem")
+    key = plugin_sign.load_public_key(cfg.public_key)
+    result = {p: plugin_sign.verify(p, key) for p in cfg.packages}
+    when = {p: datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            for p, t in result.items()}
+    summary_table("Signatures", [(p, f"good, signed {w}") for p, w in when.items()])
     return result
 
 
@@ -346,11 +417,11 @@ def load_plugin_module(plugin: str, relpath: str) -> types.ModuleType:
         UserError: the file is not in the plugin's sources.
     """
     pkg = next((p for p in PACKAGES if p.key == plugin), None)
-    path = REPO / pkg.source / relpath if pkg else None
+    path = shipped(pkg.source) / relpath if pkg else None
     if path is None or not path.is_file():
-        raise UserError(f"{plugin}/{relpath}: not a file of the plugin sources under {REPO / 'plugin'}")
+        raise UserError(f"{plugin}/{relpath}: not a file of the plugin sources under {shipped('plugin')}")
     for arc, src in pkg.extra:
-        _load(Path(arc).stem, REPO / src)
+        _load(Path(arc).stem, shipped(src))
     return _load(f"steam_persona_plugins.{plugin}.{Path(relpath).with_suffix('').as_posix().replace('/', '.')}", path)
 
 
@@ -364,7 +435,7 @@ def _load(name: str, path: Path) -> types.ModuleType:
     return module
 
 
-@click.group(name="plugin", help="Build the Dify plugins (chat model provider + review tool).")
+@click.group(name="plugin", help="Build, sign and verify the Dify plugins (chat model provider + review tool).")
 def group() -> None:
     """``steam-train plugin``: sub-commands for the Dify plugins."""
 
@@ -372,4 +443,11 @@ def group() -> None:
 group.add_command(config.command(
     PackageConfig, run, name="package", config_option="option",
     help="Write the two Dify plugins (.difypkg): the persona as a chat model provider and the "
-         "write_steam_review tool. Install them in Dify: Plugins → Install from local package file."))
+         "write_steam_review tool, signed with --sign KEY. Install them in Dify: Plugins → Install from "
+         "local package file."))
+group.add_command(config.command(
+    KeygenConfig, keygen, name="keygen", config_option="none",
+    help="Write an RSA-4096 key pair (PEM) for signing the plugins; the private key is mode 0600."))
+group.add_command(config.command(
+    VerifyConfig, verify, name="verify", config_option="none",
+    help="Check packages' signatures as the plugin daemon does; exit 2 if one is unsigned or bad."))
