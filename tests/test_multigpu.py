@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-N_SAMPLES = 13  # after 3 of the first 16 are dropped at cutoff_len 160: 7 micro-batches of ≤ 2 per epoch, so
+N_SAMPLES = 13  # after 8 of the first 21 are dropped at cutoff_len 160: 7 micro-batches of ≤ 2 per epoch, so
                 # 4 steps of 2 micro-batches, the last one short (rank 1 has none)
 STEPS = 8       # 2 epochs
 
@@ -36,7 +36,7 @@ def _cfg(model_dir: Path, data: Path, out: Path, **kw):
     from trainer.train import TrainConfig
 
     base = {"model_name_or_path": str(model_dir), "dataset": [str(data)], "output_dir": str(out),
-            "max_samples": 16, "cutoff_len": 160, "system": "", "per_device_train_batch_size": 2,
+            "max_samples": 21, "cutoff_len": 160, "system": "", "per_device_train_batch_size": 2,
             "gradient_accumulation_steps": 1, "num_train_epochs": 2, "learning_rate": 2e-2, "save_steps": 3,
             "logging_steps": 1, "lora_rank": 4, "quantization_bit": 4, "disable_gradient_checkpointing": True, "seed": 7}
     return config.build(TrainConfig, {**base, **kw})
@@ -153,7 +153,7 @@ def test_two_process_checkpoint_resumes_on_one(runs) -> None:
 def test_one_process_checkpoint_resumes_on_two_via_cli(runs) -> None:
     out = runs["tmp"] / "resume-2"
     cmd = [sys.executable, "-m", "trainer", "train", "--model_name_or_path", str(runs["model"]),
-           "--dataset", str(runs["data"]), "--output_dir", str(out), "--max_samples", "16",
+           "--dataset", str(runs["data"]), "--output_dir", str(out), "--max_samples", "21",
            "--cutoff_len", "160", "--system", "", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
            "--num_train_epochs", "2", "--learning_rate", "2e-2", "--save_steps", "3", "--logging_steps", "1",
            "--lora_rank", "4", "--quantization_bit", "4", "--disable_gradient_checkpointing", "--seed", "7", "--nproc_per_node", "2",
