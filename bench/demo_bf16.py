@@ -24,7 +24,7 @@ RESULTS = Path(__file__).parent / "results" / "demo_bf16.json"
 
 
 def step_costs(dtype: torch.dtype, steps: int = 4) -> list[float]:
-    from trainer import model as M
+    from steam_persona.trainer import model as M
 
     m = M.add_lora(M.load_base("smollm2", quantization_bit=4, dtype=dtype, device="cpu"), lora_target=["all"],
                    lora_rank=8, gradient_checkpointing=False)
@@ -42,7 +42,7 @@ def step_costs(dtype: torch.dtype, steps: int = 4) -> list[float]:
 
 
 def main() -> None:
-    from trainer.train import _cpu_has_bf16
+    from steam_persona.trainer.train import _cpu_has_bf16
 
     torch.set_num_threads(1)
     runs: dict[str, list[list[float]]] = {"float32": [], "bfloat16": []}

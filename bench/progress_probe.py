@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str]) -> int:
-    from trainer import config
-    from trainer.train import TrainConfig, run
+    from steam_persona.trainer import config
+    from steam_persona.trainer.train import TrainConfig, run
 
     model_dir, data, out = argv[:3]
     steps = int(argv[3]) if len(argv) > 3 else 20

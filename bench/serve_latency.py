@@ -13,7 +13,7 @@ One run, one machine, same GGUF, same ``n_ctx`` and threads:
 Rounds alternate baseline / server so load changes on a shared machine hit both alike; medians and
 the best round (min TTFT, max tokens/s: the least disturbed run, as ``timeit`` advises) are reported. Decode tokens/s = (completion tokens − 1) / (last token time − first token time); TTFT =
 first content chunk − request start. Then the middleware alone: a chat body through
-:class:`serve.middleware.SteamMiddleware` (auth, normalise, persona, schema check, prompt token
+:class:`steam_persona.serve.middleware.SteamMiddleware` (auth, normalise, persona, schema check, prompt token
 count, re-serialise) into an app doing the library's own prompt preparation, minus that app alone.
 
 Several users: each round also sends ``--clients`` non-streamed requests at once to our server and
@@ -42,16 +42,16 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from serve.chat_handler import install as install_handler  # noqa: E402
-from serve.cli import default_threads  # noqa: E402
-from serve.engine import Worker  # noqa: E402
-from serve.grammar import GrammarChecker  # noqa: E402
-from serve.middleware import BODY, SteamMiddleware  # noqa: E402
-from serve.routes import Served  # noqa: E402
-from serve.modelinfo import read_model_info  # noqa: E402
+from steam_persona.serve.chat_handler import install as install_handler  # noqa: E402
+from steam_persona.serve.cli import default_threads  # noqa: E402
+from steam_persona.serve.engine import Worker  # noqa: E402
+from steam_persona.serve.grammar import GrammarChecker  # noqa: E402
+from steam_persona.serve.middleware import BODY, SteamMiddleware  # noqa: E402
+from steam_persona.serve.routes import Served  # noqa: E402
+from steam_persona.serve.modelinfo import read_model_info  # noqa: E402
 from tests.serving import free_port, start_server  # noqa: E402
-from trainer.hub import resolve_model  # noqa: E402
-from trainer.persona import DEFAULT_SYSTEM  # noqa: E402
+from steam_persona.trainer.hub import resolve_model  # noqa: E402
+from steam_persona.trainer.persona import DEFAULT_SYSTEM  # noqa: E402
 
 QUESTIONS = ["Tell me a long story about a dragon.", "Describe your favourite video game in detail.",
              "Write a long review of a racing game.", "Explain how to build a castle, step by step."]

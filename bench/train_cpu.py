@@ -97,8 +97,8 @@ def main() -> None:
     if args.threads:
         __import__("torch").set_num_threads(args.threads)
 
-    from trainer import config, io
-    from trainer.train import TrainConfig, run
+    from steam_persona.trainer import config, io
+    from steam_persona.trainer.train import TrainConfig, run
 
     seed_flags = {"stage": "sft", "do_train": True, "model_name_or_path": "smollm2", "dataset": [args.data],
                   "template": "default", "system": "", "cutoff_len": 1024, "finetuning_type": "lora",
@@ -116,8 +116,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in order:
             if name == "llamafactory":
-                from trainer import hub
-                from trainer.model import hf_path
+                from steam_persona.trainer import hub
+                from steam_persona.trainer.model import hf_path
 
                 results["llamafactory"] = run_llamafactory(args.llamafactory, hf_path(hub.resolve_model("smollm2")),
                                                            Path(args.data), args.steps, args.lf_precision, Path(tmp) / "lf")

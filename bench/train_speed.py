@@ -55,7 +55,7 @@ STACKS = {
     "ours-sdpa": "fixed",                         # packed rows through SDPA's block-diagonal mask, no varlen
     "ours-liger": "real,fixed",                   # Liger RMSNorm/RoPE/SwiGLU instead of compiled layers
     "ours-no-compile": "real,fixed",              # neither: eager layers
-    "ours-no-fused-loss": "fixed",                # trainer.packing's labelled-only logits instead of FLCE
+    "ours-no-fused-loss": "fixed",                # steam_persona.trainer.packing's labelled-only logits instead of FLCE
     "ours-chunked-ce": "fixed,long32k",           # the torch fallback of the fused loss (no Triton)
     "ours-no-offload": "long",                    # long contexts without activation offload
     "ours-offload-overlap": "loss,fixed,long",    # offload at every length, copies overlapped (OverlappedOffload)
@@ -149,11 +149,11 @@ def build_baseline(model_dir: Path):
 
 
 def build_ours(model_dir: Path, variant: str):
-    """What `steam-train train --quantization_bit 4 --bf16 True` builds: trainer.model + trainer.accel."""
+    """What `steam-train train --quantization_bit 4 --bf16 True` builds: steam_persona.trainer.model + steam_persona.trainer.accel."""
     import torch
 
-    from trainer import accel
-    from trainer import model as model_lib
+    from steam_persona.trainer import accel
+    from steam_persona.trainer import model as model_lib
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_lib.load_base(str(model_dir), quantization_bit=4, dtype=torch.bfloat16, device=dev)
@@ -196,9 +196,9 @@ def build_ours(model_dir: Path, variant: str):
 
 def encode_real(tok, path: Path, cutoff_len: int = 1024) -> list[dict]:
     """The real sample exactly as `steam-train train` encodes it (persona system prompt, the tokenizer's
-    chat template, prompt masked, trainer.encode's truncation)."""
-    from trainer import config
-    from trainer.train import TrainConfig, prepare_data
+    chat template, prompt masked, steam_persona.trainer.encode's truncation)."""
+    from steam_persona.trainer import config
+    from steam_persona.trainer.train import TrainConfig, prepare_data
 
     cfg = config.build(TrainConfig, {"dataset": [str(path)], "cutoff_len": cutoff_len}, {})
     _, enc = prepare_data(cfg, tok)
@@ -268,13 +268,13 @@ def run_steps(model, dataset, collator, batch_size: int, steps: int, warmup: int
 
 def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_free: bool, steps: int,
              warmup: int, pad_id: int) -> dict:
-    """Train like trainer.train.run's loop (trainer.packing.collate + loss_sum, bf16 autocast, loss / step
+    """Train like steam_persona.trainer.train.run's loop (steam_persona.trainer.packing.collate + loss_sum, bf16 autocast, loss / step
     tokens, clip 1.0, fused AdamW, one .item() sync per micro-batch, a step's micro-batches merged
     into rows of up to 16k tokens); time the last `steps - warmup`."""
     import torch
 
-    from trainer import accel
-    from trainer.packing import collate, loss_sum
+    from steam_persona.trainer import accel
+    from steam_persona.trainer.packing import collate, loss_sum
 
     cuda = torch.cuda.is_available()
     dev = next(model.parameters()).device
@@ -294,7 +294,7 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
             micro.append([samples[(i + k) % len(samples)] for k in range(batch_size)])
             i += batch_size
         n_tok = sum(sum(1 for t in f["labels"][1:] if t != -100) for mb in micro for f in mb)
-        if padding_free:  # as trainer.train.run does
+        if padding_free:  # as steam_persona.trainer.train.run does
             flat = [f for mb in micro for f in mb]
             starts = accel.merge_micro_batches([list(range(k, k + len(mb))) for k, mb in
                                                 zip(itertools.accumulate([0] + [len(m) for m in micro]), micro)],
@@ -372,11 +372,11 @@ def profile_steps(model, samples: list[dict], pad_id: int, trace: Path | None = 
 
 def loss_check(model, samples: list[dict], stack: str, pad_id: int) -> dict:
     """Per-token mean loss over `samples` at the current weights (train mode, bf16 autocast, no grad):
-    the baseline through the HF model's own loss on padded batches of 4; ours through trainer.packing on
+    the baseline through the HF model's own loss on padded batches of 4; ours through steam_persona.trainer.packing on
     packed rows of 16, and each sample alone (equal to packed = no contamination between samples)."""
     import torch
 
-    from trainer.packing import collate, loss_sum
+    from steam_persona.trainer.packing import collate, loss_sum
 
     dev = next(model.parameters()).device
     model.train()
@@ -405,7 +405,7 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     import torch
     import torch._dynamo
 
-    from trainer import model as model_lib
+    from steam_persona.trainer import model as model_lib
 
     if torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory

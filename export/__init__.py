@@ -1,7 +1,7 @@
 """Export stage: run dir → merged HF folder → GGUF → quantized GGUFs, verified (``steam-train export``).
 
-For code and tests: ``export.export(adapter_name_or_path=..., export_dir=..., quantization=["q8_0"])``
-takes the flags of :class:`export.cli.ExportConfig` as keywords and returns the report dict.
+For code and tests: ``steam_persona.export.export(adapter_name_or_path=..., export_dir=..., quantization=["q8_0"])``
+takes the flags of :class:`steam_persona.export.cli.ExportConfig` as keywords and returns the report dict.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ def export(**flags: Any) -> dict[str, Any]:
     """Run ``steam-train export`` in-process with ``flags`` (ExportConfig field names); return the report.
 
     Raises:
-        trainer.errors.UserError: bad input (what the CLI turns into exit 2).
-        export.cli.VerificationFailed: a GGUF failed verification.
+        steam_persona.trainer.errors.UserError: bad input (what the CLI turns into exit 2).
+        steam_persona.export.cli.VerificationFailed: a GGUF failed verification.
     """
-    from export.cli import ExportConfig, run
-    from trainer import config
+    from steam_persona.export.cli import ExportConfig, run
+    from steam_persona.trainer import config
 
     return run(config.build(ExportConfig, flags, source="export()"))

@@ -2,11 +2,11 @@
 
 Steps (each reused on a rerun when its output exists and was made from the same inputs):
 
-1. merge   — base reloaded in 16-bit + LoRA merged with peft → ``merged/`` (export.merge)
-2. persona — the persona becomes the chat template's default system prompt (export.chat_template)
-3. convert — ``merged/`` → ``<name>-f16.gguf`` / ``-bf16.gguf`` (export.convert)
-4. quantize — → ``<name>-q4_k_m.gguf`` … with llama.cpp's quantizer (export.quantize)
-5. verify  — logits vs the merged model, and the end-of-turn stop (export.verify)
+1. merge   — base reloaded in 16-bit + LoRA merged with peft → ``merged/`` (steam_persona.export.merge)
+2. persona — the persona becomes the chat template's default system prompt (steam_persona.export.chat_template)
+3. convert — ``merged/`` → ``<name>-f16.gguf`` / ``-bf16.gguf`` (steam_persona.export.convert)
+4. quantize — → ``<name>-q4_k_m.gguf`` … with llama.cpp's quantizer (steam_persona.export.quantize)
+5. verify  — logits vs the merged model, and the end-of-turn stop (steam_persona.export.verify)
 6. extras  — ``Modelfile`` (Ollama), ``README.md``, ``generation_config.json``, optional
    ``<name>-lora.gguf``, ``export_report.json``; ``merged/`` is then deleted unless ``--keep_merged``
    (it is as large as the 16-bit model)
@@ -31,9 +31,9 @@ from typing import Any, Iterator
 
 import click
 
-from trainer import config
-from trainer.config import arg
-from trainer.errors import UserError
+from steam_persona.trainer import config
+from steam_persona.trainer.config import arg
+from steam_persona.trainer.errors import UserError
 
 STATE = ".steam-export.json"
 REPORT = "export_report.json"
@@ -86,15 +86,15 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             architecture, unknown quant type, a non-export folder in the way, full disk.
         VerificationFailed (exit 1): a GGUF failed verification (everything is still written).
     """
-    from trainer.console import console, progress, summary_table
-    from trainer.hub import resolve_model
-    from trainer.io import JsonlLog, write_json
-    from trainer.persona import DEFAULT_SYSTEM
+    from steam_persona.trainer.console import console, progress, summary_table
+    from steam_persona.trainer.hub import resolve_model
+    from steam_persona.trainer.io import JsonlLog, write_json
+    from steam_persona.trainer.persona import DEFAULT_SYSTEM
 
-    from export import convert as conv
-    from export import merge as mg
-    from export import quantize as qz
-    from export.verify import describe
+    from steam_persona.export import convert as conv
+    from steam_persona.export import merge as mg
+    from steam_persona.export import quantize as qz
+    from steam_persona.export.verify import describe
 
     t_start = time.time()
     qtypes = qz.check_types(cfg.quantization)
@@ -172,7 +172,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             # 1-2. merge (+ tokenizer eos and persona template)
             def do_merge() -> None:
                 nonlocal merge_info
-                from export.verify import PROMPTS
+                from steam_persona.export.verify import PROMPTS
 
                 tok = mg.load_tokenizer(src, run_info)
                 eot = mg.fix_tokenizer(tok, system)
@@ -215,8 +215,8 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             if not cfg.no_verify:
                 import numpy as np
 
-                from export.chat_template import jinja_string
-                from export.verify import verify_gguf
+                from steam_persona.export.chat_template import jinja_string
+                from steam_persona.export.verify import verify_gguf
 
                 verify = {}
                 with np.load(merged_dir / mg.REFERENCE) as z:
@@ -273,7 +273,7 @@ def _say_what_is_left_if_interrupted(out: Path) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        from trainer.console import console
+        from steam_persona.trainer.console import console
 
         left = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if not p.name.startswith("."))
         console.print(f"export interrupted: {out} keeps the finished steps ({', '.join(left) or 'nothing yet'}; no "
@@ -304,7 +304,7 @@ def _files_stamp(path: Path, gguf_file: str | None) -> list:
 
 
 def _adapter_digest(adapter_dir: Path | None) -> str | None:
-    from export.merge import ADAPTER_FILES, file_digest
+    from steam_persona.export.merge import ADAPTER_FILES, file_digest
 
     if adapter_dir is None:
         return None
@@ -337,7 +337,7 @@ def _open_export_dir(out: Path, overwrite: bool) -> dict[str, Any]:
             state = {"files": {}}
         (out / REPORT).unlink(missing_ok=True)  # from here on the folder is an unfinished export
     out.mkdir(parents=True, exist_ok=True)
-    from trainer.io import write_json
+    from steam_persona.trainer.io import write_json
 
     write_json(out / STATE, state)
     return state
@@ -349,7 +349,7 @@ def _check_free_disk(out: Path, n: int, reuse_merge: bool, todo: list[str]) -> N
     Raises:
         UserError: free space (``shutil.disk_usage``) is below the estimate.
     """
-    from export.quantize import BITS_PER_WEIGHT
+    from steam_persona.export.quantize import BITS_PER_WEIGHT
 
     need = (0 if reuse_merge else 2 * n) + sum(int(n * BITS_PER_WEIGHT[q] / 8) for q in todo)
     free = shutil.disk_usage(out).free
@@ -370,7 +370,7 @@ def _parameter_count(base_cfg) -> int:
 
 def _report(cfg, out, name, base, src, run_info, arch, system, qtypes, files, merge_info, verify, steps, seconds,
             t_start) -> dict[str, Any]:
-    from export.convert import converter_version
+    from steam_persona.export.convert import converter_version
 
     return {
         "export_dir": str(out), "name": name, "persona": system, "base_model": str(base), "base_model_path": src.path,
@@ -387,9 +387,9 @@ def _report(cfg, out, name, base, src, run_info, arch, system, qtypes, files, me
 
 def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: dict, run_info, report: dict,
                   kept: list[Path], merged_dir: Path) -> None:
-    from export.chat_template import is_chatml
-    from export.modelfile import modelfile, readme
-    from trainer.io import write_text
+    from steam_persona.export.chat_template import is_chatml
+    from steam_persona.export.modelfile import modelfile, readme
+    from steam_persona.trainer.io import write_text
 
     gen = json.loads((merged_dir / "generation_config.json").read_text(encoding="utf-8"))
     template_file = merged_dir / "chat_template.jinja"

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.convert import PEFT_PREFIX, check_architecture
-from trainer.errors import UserError
-from trainer.hub import ModelSource, enable_transformers_gguf
-from trainer.run_record import RunRecord
+from steam_persona.export.convert import PEFT_PREFIX, check_architecture
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.hub import ModelSource, enable_transformers_gguf
+from steam_persona.trainer.run_record import RunRecord
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MERGE_INFO = "export_merge.json"
@@ -51,7 +51,7 @@ def read_run(adapter_name_or_path: str | None) -> RunInfo:
     """Read a run dir (or a ``checkpoint-N`` folder inside one).
 
     ``run_config.yaml`` is looked for in the folder and its parent (a checkpoint's run dir;
-    :meth:`trainer.run_record.RunRecord.load`).
+    :meth:`steam_persona.trainer.run_record.RunRecord.load`).
 
     Raises:
         UserError: the folder or its adapter files are missing, or a file is unreadable.
@@ -206,12 +206,12 @@ def fix_tokenizer(tokenizer, system: str | None) -> str:
     """Make ``tokenizer`` ready to export, in place; return the end-of-turn token.
 
     * eos becomes the end-of-turn token (``<|im_end|>`` for ChatML), or servers never stop;
-    * the chat template's default system prompt becomes ``system`` (see export.chat_template).
+    * the chat template's default system prompt becomes ``system`` (see steam_persona.export.chat_template).
 
     Raises:
         UserError: the tokenizer has no chat template (nothing tells servers how to prompt).
     """
-    from export.chat_template import end_of_turn_token, with_default_system
+    from steam_persona.export.chat_template import end_of_turn_token, with_default_system
 
     if not tokenizer.chat_template:
         raise UserError(f"{tokenizer.name_or_path}: the tokenizer has no chat template; "
@@ -250,8 +250,8 @@ def merge(src: ModelSource, run: RunInfo, tokenizer, eot: str, out: Path, *, dty
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from export.verify import reference_logits
-    from trainer.io import atomic_path
+    from steam_persona.export.verify import reference_logits
+    from steam_persona.trainer.io import atomic_path
 
     hf_logging.disable_progress_bar()  # no raw "Writing model shards" tqdm bar under our rich progress
     t0 = time.time()

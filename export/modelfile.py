@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from export.chat_template import OLLAMA_CHATML
+from steam_persona.export.chat_template import OLLAMA_CHATML
 
 #: generation_config.json key → Ollama PARAMETER name.
 _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repeat_penalty"}

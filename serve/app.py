@@ -1,5 +1,5 @@
 """Build the served app: a model loaded by llama-cpp-python from its settings objects, our routes
-(:mod:`serve.routes`) and our middleware around them (see :mod:`serve`)."""
+(:mod:`steam_persona.serve.routes`) and our middleware around them (see :mod:`serve`)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from serve import chat_handler, errors, health, routes
-from serve.engine import Worker
-from serve.grammar import GrammarChecker
-from serve.middleware import SteamMiddleware
-from serve.routes import Served
-from serve.modelinfo import ModelInfo
-from trainer.io import JsonlLog
+from steam_persona.serve import chat_handler, errors, health, routes
+from steam_persona.serve.engine import Worker
+from steam_persona.serve.grammar import GrammarChecker
+from steam_persona.serve.middleware import SteamMiddleware
+from steam_persona.serve.routes import Served
+from steam_persona.serve.modelinfo import ModelInfo
+from steam_persona.trainer.io import JsonlLog
 
 
 @dataclass(frozen=True)
 class AppOptions:
-    """Resolved serving options (what :mod:`serve.cli` derived from ``ServeConfig``).
+    """Resolved serving options (what :mod:`steam_persona.serve.cli` derived from ``ServeConfig``).
 
     Attributes:
         alias: model id in ``/v1/models`` and responses.
@@ -62,9 +62,9 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
 
     The model is loaded by the library (``LlamaProxy.load_llama_from_model_settings`` from its
     ``ModelSettings``, so flags keep its names) with its defaults fixed where they break clients:
-    ``n_ctx`` from :func:`serve.modelinfo.choose_n_ctx` (not 2048), the GGUF's chat template, and
+    ``n_ctx`` from :func:`steam_persona.serve.modelinfo.choose_n_ctx` (not 2048), the GGUF's chat template, and
     ``logits_all=False`` (True keeps an ``n_ctx × n_vocab`` float array: 1.6 GB for SmolLM2 at 8k).
-    The routes are ours (:mod:`serve.routes`); CORS is off unless ``opts.cors_origins`` lists origins.
+    The routes are ours (:mod:`steam_persona.serve.routes`); CORS is off unless ``opts.cors_origins`` lists origins.
 
     Raises:
         ValueError: llama.cpp cannot load the model.

@@ -12,8 +12,8 @@ types ``<|im_end|>\n<|im_start|>system`` would forge a system turn. The template
 more with a marker in place of each content to find where contents sit (llama.cpp's own server has
 the same weakness; vLLM and transformers leave it to the template).
 
-Generation asks :data:`serve.engine.STOP` before each token (client gone, time limit) and checks a
-grammar with :class:`serve.grammar.GrammarChecker` before llama.cpp compiles it.
+Generation asks :data:`steam_persona.serve.engine.STOP` before each token (client gone, time limit) and checks a
+grammar with :class:`steam_persona.serve.grammar.GrammarChecker` before llama.cpp compiles it.
 
 llama-cpp-python 0.3.36 ignores ``stream_options.include_usage``. OpenAI's behaviour (API
 reference, "stream_options"): when it is true, one extra chunk comes before ``data: [DONE]`` with
@@ -31,10 +31,10 @@ from typing import Any, Iterator
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from serve.engine import STOP
-from serve.errors import RequestError
-from serve.grammar import GrammarChecker
-from serve.modelinfo import special_token_texts
+from steam_persona.serve.engine import STOP
+from steam_persona.serve.errors import RequestError
+from steam_persona.serve.grammar import GrammarChecker
+from steam_persona.serve.modelinfo import special_token_texts
 
 #: Set per request by the middleware: does this stream want a final ``usage`` chunk?
 INCLUDE_USAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("include_usage", default=False)

@@ -11,10 +11,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from trainer import config
-from trainer.config import arg
-from trainer.console import console
-from trainer.errors import UserError
+from steam_persona.trainer import config
+from steam_persona.trainer.config import arg
+from steam_persona.trainer.console import console
+from steam_persona.trainer.errors import UserError
 
 API_KEY_ENV = "STEAM_PERSONA_API_KEY"
 
@@ -117,9 +117,9 @@ def run(cfg: ServeConfig) -> None:
     import uvicorn
     from sse_starlette.sse import AppStatus
 
-    from serve.app import AppOptions, build_app
-    from serve.modelinfo import choose_n_ctx, read_model_info
-    from serve.persona import resolve_persona
+    from steam_persona.serve.app import AppOptions, build_app
+    from steam_persona.serve.modelinfo import choose_n_ctx, read_model_info
+    from steam_persona.serve.persona import resolve_persona
 
     if cfg.max_tokens_cap < 1 or cfg.request_timeout <= 0 or cfg.max_request_bytes < 0:
         raise UserError("serve: --max_tokens_cap and --request_timeout must be positive, --max_request_bytes ≥ 0")
@@ -186,7 +186,7 @@ def _die(sig: int) -> None:
 
 
 def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
-    from trainer.console import summary_table
+    from steam_persona.trainer.console import summary_table
 
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     first = (opts.persona or "(none)").strip().splitlines()[0]

@@ -6,7 +6,7 @@ faster (llama.cpp's CPU threadpool and caches stay warm). :class:`Worker` runs c
 iterators on one long-lived daemon thread and hands results back to asyncio; the event loop never
 runs llama.cpp code itself, so ``/health`` stays responsive whatever a request does.
 
-Two workers exist per server (see :mod:`serve.app`): ``generate`` (every call that decodes) and
+Two workers exist per server (see :mod:`steam_persona.serve.app`): ``generate`` (every call that decodes) and
 ``checks`` (template rendering, tokenize and detokenize, which only read the vocabulary and may run
 beside decoding).
 

@@ -74,7 +74,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 def install(app: FastAPI) -> None:
     """Answer ``HTTPException`` (404 unknown path, 405, 503 …) in the OpenAI shape instead of
-    FastAPI's ``{"detail": ...}``. Request problems are caught earlier, in :mod:`serve.middleware`
+    FastAPI's ``{"detail": ...}``. Request problems are caught earlier, in :mod:`steam_persona.serve.middleware`
     (the library's route wrapper answers 500 to whatever it does not recognise); anything else
     becomes a fixed 500 there too."""
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -3,7 +3,7 @@
 llama-cpp-python 0.3.36 passes a request's ``grammar`` straight to
 ``llama_sampler_init_grammar``; on a parse error that returns NULL, the library adds the NULL to
 its sampler chain and the server segfaults at the first token (``root ::= (`` is enough). We ask
-llama.cpp's own parser first, in a long-lived child process (``python -m serve.grammar GGUF``,
+llama.cpp's own parser first, in a long-lived child process (``python -m steam_persona.serve.grammar GGUF``,
 vocabulary only), so that a grammar that crashes or hangs the parser itself takes down the child,
 not the server. Verdicts are cached per grammar text; the child is restarted when it dies.
 
@@ -53,7 +53,7 @@ class GrammarChecker:
 
     def _ask(self, grammar: str) -> str | None:
         if self._proc is None or self._proc.poll() is not None:
-            self._proc = subprocess.Popen([sys.executable, "-m", "serve.grammar", self.model_path],
+            self._proc = subprocess.Popen([sys.executable, "-m", "steam_persona.serve.grammar", self.model_path],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=subprocess.DEVNULL, cwd=os.getcwd())
         proc = self._proc

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve.errors import RequestError
+from steam_persona.serve.errors import RequestError
 
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 

@@ -3,10 +3,10 @@
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streams pass through untouched and the
 ``include_usage`` context variable reaches the routes. For ``POST`` JSON endpoints it reads the
 body once (at most ``max_request_bytes``; JSON is accepted whatever the ``Content-Type``, since
-``curl -d`` sends a form type), answers 4xx itself for every client mistake (:mod:`serve.validate`,
+``curl -d`` sends a form type), answers 4xx itself for every client mistake (:mod:`steam_persona.serve.validate`,
 the library's request schema, token ids, grammars, context overflow), and passes the rewritten
-request model on (in ``scope["state"]``). For chat requests it normalises the messages (:mod:`serve.messages`) and applies the
-persona (:mod:`serve.persona`). Token counting runs on the checks thread, never on the event loop.
+request model on (in ``scope["state"]``). For chat requests it normalises the messages (:mod:`steam_persona.serve.messages`) and applies the
+persona (:mod:`steam_persona.serve.persona`). Token counting runs on the checks thread, never on the event loop.
 A key sent in the query string is refused and removed from the request before anything logs it.
 With ``--log_file`` it writes one JSON line per response.
 """
@@ -20,14 +20,14 @@ from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
 
-from serve import auth
-from serve.chat_handler import INCLUDE_USAGE
-from serve.errors import RequestError, error_bytes, from_validation_error
-from serve.messages import normalise_messages
-from serve.persona import apply_persona
-from serve.routes import Served
-from serve.validate import check_generation, check_token_ids, parse_json
-from trainer.io import JsonlLog
+from steam_persona.serve import auth
+from steam_persona.serve.chat_handler import INCLUDE_USAGE
+from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error
+from steam_persona.serve.messages import normalise_messages
+from steam_persona.serve.persona import apply_persona
+from steam_persona.serve.routes import Served
+from steam_persona.serve.validate import check_generation, check_token_ids, parse_json
+from steam_persona.trainer.io import JsonlLog
 
 logger = logging.getLogger("steam_persona.serve")
 
@@ -63,12 +63,12 @@ class SteamMiddleware:
 
     Args:
         app: the ASGI app to wrap.
-        served: the model and its limits (:class:`serve.routes.Served`).
+        served: the model and its limits (:class:`steam_persona.serve.routes.Served`).
         api_key: required key, or ``None`` for no auth.
         persona: system prompt applied when a chat request has none (``None``: leave as is).
-        persona_mode: ``"replace"`` or ``"prepend"`` (see :func:`serve.persona.apply_persona`).
+        persona_mode: ``"replace"`` or ``"prepend"`` (see :func:`steam_persona.serve.persona.apply_persona`).
         max_request_bytes: larger bodies get 413 ``request_too_large`` (read no further).
-        max_tokens_cap: most tokens one request may generate (see :func:`serve.validate.check_generation`).
+        max_tokens_cap: most tokens one request may generate (see :func:`steam_persona.serve.validate.check_generation`).
         log: a JSON-lines request log, or ``None``.
     """
 
@@ -171,7 +171,7 @@ class SteamMiddleware:
     def _validate(self, path: str, data: dict[str, Any]) -> Any:
         """The library's request model for ``data`` (its own routes answer 500 to a bad type).
 
-        Messages were checked by :func:`serve.messages.normalise_messages` and are set without a
+        Messages were checked by :func:`steam_persona.serve.messages.normalise_messages` and are set without a
         second pass: pydantic holds the GIL for its whole run (80 ms for 8000 messages, during which
         the event loop cannot answer even ``/health``).
         """

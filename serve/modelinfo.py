@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.quantize import QUANT_TYPES
-from trainer.errors import UserError
+from steam_persona.export.quantize import QUANT_TYPES
+from steam_persona.trainer.errors import UserError
 
 #: When an export dir holds several GGUFs, serve the first of these that exists (smallest good one first).
 QUANT_PREFERENCE = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "q4_1", "f16", "bf16", "f32")

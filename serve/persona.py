@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve.modelinfo import ModelInfo
+from steam_persona.serve.modelinfo import ModelInfo
 
 
 def resolve_persona(system: str | None, info: ModelInfo) -> tuple[str | None, str]:

@@ -1,11 +1,11 @@
 """The OpenAI routes, calling llama-cpp-python's ``Llama`` on one dedicated thread.
 
 Why not the library's own routes (``llama_cpp.server.app``): they pull every token through
-starlette's thread pool (a different thread per token: slower, see :mod:`serve.engine`), keep
+starlette's thread pool (a different thread per token: slower, see :mod:`steam_persona.serve.engine`), keep
 generating for a non-streamed client that has gone, cannot stop a request at a time limit, and
 answer errors raised after a stream began with a broken stream. These routes take the library's
 request models (:mod:`llama_cpp.server.types`) and call the same ``Llama`` methods; the request was
-checked and rewritten by :class:`serve.middleware.SteamMiddleware` before it gets here.
+checked and rewritten by :class:`steam_persona.serve.middleware.SteamMiddleware` before it gets here.
 
 Streams: the first chunk is awaited (up to :data:`FIRST_CHUNK_WAIT_S`) before the response starts,
 so an error raised while the prompt is evaluated is still a 400.
@@ -28,10 +28,10 @@ from llama_cpp.server.types import (CreateChatCompletionRequest, CreateCompletio
                                     TokenizeInputRequest)
 from sse_starlette.sse import EventSourceResponse
 
-from serve.chat_handler import ChatHandler
-from serve.engine import STOP, Skipped, Worker
-from serve.errors import RequestError, error_body
-from serve.grammar import GrammarChecker
+from steam_persona.serve.chat_handler import ChatHandler
+from steam_persona.serve.engine import STOP, Skipped, Worker
+from steam_persona.serve.errors import RequestError, error_body
+from steam_persona.serve.grammar import GrammarChecker
 
 router = APIRouter()
 #: Fields of the request models that are not ``Llama`` call arguments (as the library excludes them).
@@ -111,7 +111,7 @@ def _kwargs(body: CreateChatCompletionRequest | CreateCompletionRequest, llama: 
 
 
 def _body(request: Request) -> Any:
-    """The request model the middleware checked (``serve.middleware.BODY``)."""
+    """The request model the middleware checked (``steam_persona.serve.middleware.BODY``)."""
     return request.scope["state"]["steam_body"]
 
 

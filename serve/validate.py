@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from serve.errors import RequestError
+from steam_persona.serve.errors import RequestError
 
 #: Inclusive ranges of the sampling fields (OpenAI's where it has one, else llama.cpp's meaning).
 _RANGES: dict[str, tuple[float, float]] = {

@@ -80,7 +80,7 @@ def start_server(model: str | os.PathLike, api_key: str | None = None, extra_arg
                  env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
     """Like :func:`serve_process` but yields the :class:`ServerProcess` (for tests that signal it)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "trainer", "serve", str(model), "--port", str(port), *map(str, extra_args)]
+    cmd = [sys.executable, "-m", "steam_persona", "serve", str(model), "--port", str(port), *map(str, extra_args)]
     if api_key is not None:
         cmd += ["--api_key", api_key]
     fd, log_name = tempfile.mkstemp(prefix=f"serve-{port}-", suffix=".log")

@@ -1,9 +1,9 @@
-"""trainer.accel on CPU: the fallbacks, and the fused-loss path against the stock loss.
+"""steam_persona.trainer.accel on CPU: the fallbacks, and the fused-loss path against the stock loss.
 
 The Liger/Triton kernels and varlen FlashAttention need CUDA; their GPU figures and checks live in
 bench/train_speed.py (bench/results/train_speed.json). Here: the chunked linear cross-entropy (the
 portable fused loss) equals the full-logits cross-entropy in value and gradients, the fused training
-forward equals trainer.packing's loss on packed and padded batches (so no contamination between packed
+forward equals steam_persona.trainer.packing's loss on packed and padded batches (so no contamination between packed
 samples either way), and accelerate() on CPU reports every GPU lever off and changes nothing.
 """
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer import accel
-from trainer.packing import collate, loss_sum
+from steam_persona.trainer import accel
+from steam_persona.trainer.packing import collate, loss_sum
 
 
 def test_chunked_linear_cross_entropy_matches_full_logits():
@@ -56,7 +56,7 @@ def test_cu_seqlens_from_packed_position_ids():
 
 
 def _lora_model(model_dir):
-    from trainer.model import add_lora, load_base
+    from steam_persona.trainer.model import add_lora, load_base
 
     torch.manual_seed(0)
     model = load_base(str(model_dir), quantization_bit=None, dtype=torch.float32, device="cpu")
@@ -105,7 +105,7 @@ def test_per_sample_attention_on_cpu_equals_block_diagonal_mask(arch, tiny_qwen2
 
 
 def test_selective_checkpointing_on_cpu_keeps_loss_and_gradients(tiny_qwen2_dir):
-    """add_lora on CPU keeps the attention outputs through the recompute (trainer.accel.enable_checkpointing):
+    """add_lora on CPU keeps the attention outputs through the recompute (steam_persona.trainer.accel.enable_checkpointing):
     the same loss and gradients as plain checkpointing, bit for bit."""
     model = _lora_model(tiny_qwen2_dir)
     layer = model.get_base_model().model.layers[0]
@@ -200,7 +200,7 @@ def test_lora_input_casts_skipped_under_cpu_autocast(tiny_qwen2_dir):
     with the cast off no activation is copied to fp32, and the loss stays the same (autocast casts anyway)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from trainer.model import add_lora, load_base, skip_lora_input_casts
+    from steam_persona.trainer.model import add_lora, load_base, skip_lora_input_casts
 
     torch.manual_seed(0)
     model = add_lora(load_base(str(tiny_qwen2_dir), quantization_bit=None, dtype=torch.bfloat16, device="cpu"),
@@ -236,7 +236,7 @@ def test_compiled_layers_checkpoint_inside_and_share_dequantization(tiny_qwen2_d
     from bitsandbytes.nn import Linear4bit
     from torch._dynamo.utils import counters
 
-    from trainer.model import add_lora, load_base
+    from steam_persona.trainer.model import add_lora, load_base
 
     def build():
         torch.manual_seed(0)

@@ -11,13 +11,13 @@ import sys
 import pytest
 
 from tests.serving import REPO
-from trainer import chat as chat_mod
-from trainer.chat import ChatConfig
+from steam_persona import chat as chat_mod
+from steam_persona.chat import ChatConfig
 
 
 def test_chat_through_a_pipe(smollm2_gguf):
     r = subprocess.run(
-        [sys.executable, "-m", "trainer", "chat", "--model_name_or_path", str(smollm2_gguf),
+        [sys.executable, "-m", "steam_persona", "chat", "--model_name_or_path", str(smollm2_gguf),
          "--temperature", "0", "--max_new_tokens", "12", "--system", "You are a pirate."],
         input="Hi!\n\nclear\nWhat is the sea?\nexit\nthis line is never read\n",
         cwd=REPO, capture_output=True, text=True, timeout=180)
@@ -56,7 +56,7 @@ def test_history_clear_and_export_dir_persona(smollm2_gguf, tmp_path, monkeypatc
 
 
 def test_missing_model_is_a_user_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "trainer", "chat", "--model_name_or_path", str(tmp_path / "nope.gguf")],
+    r = subprocess.run([sys.executable, "-m", "steam_persona", "chat", "--model_name_or_path", str(tmp_path / "nope.gguf")],
                        input="", cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "nope.gguf" in r.stderr and "Traceback" not in r.stderr
 
@@ -92,7 +92,7 @@ def test_chat_with_base_and_adapter(tiny_adapter, monkeypatch, capsys, bits):
 
 
 def test_generation_defaults():
-    from trainer.chat import FALLBACK_GENERATION, generation_defaults
+    from steam_persona.chat import FALLBACK_GENERATION, generation_defaults
 
     qwen = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
     assert generation_defaults(qwen) == {"temperature": 0.7, "top_p": 0.8, "max_new_tokens": 512}
@@ -105,7 +105,7 @@ def test_missing_adapter_or_model_is_rejected_before_torch_is_imported(tmp_path)
     import subprocess
     import sys
 
-    code = ("import sys\nfrom trainer import chat, config\nfrom trainer.errors import UserError\n"
+    code = ("import sys\nfrom trainer import chat, config\nfrom steam_persona.trainer.errors import UserError\n"
             f"for kw in ({{'adapter_name_or_path': {str(tmp_path / 'run')!r}}}, "
             f"{{'model_name_or_path': {str(tmp_path / 'm.gguf')!r}}}):\n"
             "    try:\n        chat.run(config.build(chat.ChatConfig, kw))\n"

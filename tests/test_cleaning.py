@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from trainer import cleaning
+from steam_persona.trainer import cleaning
 
 
 def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from click.testing import CliRunner
 
-from trainer.config import arg, command
+from steam_persona.trainer.config import arg, command
 
 
 @dataclass

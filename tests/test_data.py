@@ -1,4 +1,4 @@
-"""Dataset readers, prompt templates, label masking and truncation (trainer.data / templates / encode),
+"""Dataset readers, prompt templates, label masking and truncation (steam_persona.trainer.data / templates / encode),
 and every bad-input case of `steam-train train` (exit 2, one line, nothing written)."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from transformers import AutoTokenizer
 
-from trainer import data, registry
-from trainer.cli import main
-from trainer.encode import IGNORE_INDEX, encode_conversation, encode_dataset, fit
-from trainer.errors import UserError
-from trainer.persona import DEFAULT_SYSTEM
-from trainer.templates import TEMPLATES, ChatTemplate
+from steam_persona.trainer import data, registry
+from steam_persona.cli import main
+from steam_persona.trainer.encode import IGNORE_INDEX, encode_conversation, encode_dataset, fit
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.persona import DEFAULT_SYSTEM
+from steam_persona.trainer.templates import TEMPLATES, ChatTemplate
 
 REPLY = "不错的游戏，但是还需要加强反作弊"
 CONV = [{"role": "system", "content": DEFAULT_SYSTEM},
@@ -47,7 +47,7 @@ def test_masking_is_exactly_reply_plus_eot(request, which, template):
 
 
 def test_pad_equals_eos_keeps_eot_label(tiny_llama_dir):
-    from trainer.packing import pad
+    from steam_persona.trainer.packing import pad
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     assert tok.pad_token_id == tok.eos_token_id

@@ -8,14 +8,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from trainer import config
-from trainer.demo import EXAMPLES, DemoConfig, _Stages, examples, run
-from trainer.demo_compare import GOALS, PROMPTS, goals, render_report
-from trainer.errors import UserError
+from steam_persona.trainer import config
+from steam_persona.demo import EXAMPLES, DemoConfig, _Stages, examples, run
+from steam_persona.trainer.demo_compare import GOALS, PROMPTS, goals, render_report
+from steam_persona.trainer.errors import UserError
 
 
 def test_examples_are_persona_format_alpaca():
-    from trainer.persona import INPUT_TEMPLATE, INPUT_TEMPLATE_EN, INSTRUCTION_TEMPLATE, INSTRUCTION_TEMPLATE_EN
+    from steam_persona.trainer.persona import INPUT_TEMPLATE, INPUT_TEMPLATE_EN, INSTRUCTION_TEMPLATE, INSTRUCTION_TEMPLATE_EN
 
     records = json.loads(EXAMPLES.read_text(encoding="utf-8"))
     assert len(records) == 200
@@ -84,7 +84,7 @@ def test_failed_stage_is_recorded_and_rerun(tmp_path):
 
 
 def test_missing_data_is_a_one_line_user_error(tmp_path):
-    from trainer.cli import main
+    from steam_persona.cli import main
 
     result = CliRunner().invoke(main, ["demo", "--data", str(tmp_path / "nope.json"),
                                        "--output_dir", str(tmp_path / "d")])
@@ -190,7 +190,7 @@ def test_goals_count_every_tuned_generation_and_judge_the_thresholds():
 def test_a_dead_server_is_a_one_line_user_error_naming_its_log(tmp_path, monkeypatch):
     """The served model going away mid-run (e.g. llama.cpp aborting) ends the stage with a UserError
     that names serve.log, not a traceback from the plugin client."""
-    from trainer import demo
+    from steam_persona import demo
 
     class DeadServer:  # a real closed port: nothing listens there
         def __init__(self, export_dir, log, timeout=180.0):
@@ -210,7 +210,8 @@ def test_a_dead_server_is_a_one_line_user_error_naming_its_log(tmp_path, monkeyp
 def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, tmp_path, monkeypatch):
     """Regression: after Ctrl-C during training before the first checkpoint, rerunning the demo failed with
     "output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir" (a flag demo lacks)."""
-    from trainer import demo, train
+    from steam_persona import demo
+    from steam_persona.trainer import train
 
     real_train = train.run
     seen: list[list[int]] = []
@@ -260,7 +261,7 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
 
 
 def test_a_busy_machine_gets_the_one_thread_hint(capsys, monkeypatch):
-    from trainer import demo
+    from steam_persona import demo
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     demo._warn_if_busy(0.5)
@@ -274,7 +275,7 @@ def test_a_busy_machine_gets_the_one_thread_hint(capsys, monkeypatch):
 
 def test_summary_prints_model_text_literally(capsys):
     """Model output is text, not rich markup: a review with "[/bold]" prints as is instead of crashing."""
-    from trainer import demo
+    from steam_persona import demo
 
     compared, served = _compared_and_served()
     compared["samples"][0]["tuned"]["text"] = "Rocket League [/bold] is [red]fun[/red]."

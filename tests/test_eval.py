@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from trainer import eval_metrics as m
+from steam_persona.trainer import eval_metrics as m
 
 TRAIN = [
     "打击感扎实，棍子抡下去每一下都有分量。美术和音乐是国产天花板。",
@@ -100,8 +100,8 @@ def _fake_run_dir(tiny_llama_dir, tmp_path, train_file):
 
 
 def test_eval_run_adapter_vs_base_writes_reports(tiny_llama_dir, tmp_path):
-    from trainer import config
-    from trainer.evaluate import EvalConfig, run
+    from steam_persona.trainer import config
+    from steam_persona.trainer.evaluate import EvalConfig, run
 
     records = json.loads((__import__("pathlib").Path(__file__).parents[1] / "examples" / "persona_reviews.json")
                          .read_text(encoding="utf-8"))
@@ -145,7 +145,7 @@ def test_eval_run_adapter_vs_base_writes_reports(tiny_llama_dir, tmp_path):
 def test_eval_user_errors_are_one_line(tmp_path):
     from click.testing import CliRunner
 
-    from trainer.cli import main
+    from steam_persona.cli import main
 
     r = CliRunner().invoke(main, ["eval", "--dataset", "v.json"])
     assert r.exit_code == 2 and "exactly one of --adapter_name_or_path" in r.output and "Traceback" not in r.output
@@ -158,7 +158,7 @@ def test_eval_user_errors_are_one_line(tmp_path):
 def test_length_chart_tells_base_from_tuned_and_marks_the_cut_off():
     import matplotlib.pyplot as plt
 
-    from trainer.evaluate import length_figure
+    from steam_persona.trainer.evaluate import length_figure
 
     samples = [{"reference": "a b c", "base": "x " * 40, "base_tokens": 64, "tuned": "y z", "tuned_tokens": 5}] * 3
     fig = length_figure({"samples": samples, "config": {"max_new_tokens": 64}})
@@ -174,9 +174,9 @@ def test_length_chart_tells_base_from_tuned_and_marks_the_cut_off():
 def test_missing_dataset_hint_names_the_file_prepare_writes():
     from pathlib import Path
 
-    from trainer import config, prepare
-    from trainer.evaluate import EvalConfig, run
-    from trainer.errors import UserError
+    from steam_persona.trainer import config, prepare
+    from steam_persona.trainer.evaluate import EvalConfig, run
+    from steam_persona.trainer.errors import UserError
 
     with pytest.raises(UserError) as e:
         run(config.build(EvalConfig, {"adapter_name_or_path": "x"}))

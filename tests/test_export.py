@@ -18,8 +18,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from export import export
-from trainer.errors import UserError
+from steam_persona.export import export
+from steam_persona.trainer.errors import UserError
 
 PERSONA = "你是“老G”，说话风趣。You are Lao G, a \"witty\" gamer.\nKeep it short."
 
@@ -78,7 +78,7 @@ def tiny_export(tiny_run, tmp_path_factory) -> tuple[Path, dict, dict]:
     out = tmp_path_factory.mktemp("exports") / "tiny"
     rows: dict = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("trainer.console.summary_table", lambda title, r: rows.update((str(k), str(v)) for k, v in r))
+        mp.setattr("steam_persona.trainer.console.summary_table", lambda title, r: rows.update((str(k), str(v)) for k, v in r))
         report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"],
                         lora_gguf=True, keep_merged=True)
     return out, report, rows
@@ -160,7 +160,7 @@ def test_summary_table_says_passed_and_the_figure_it_is_judged_on(tiny_export):
 
 
 def test_verify_describe_the_trial_figures():
-    from export.verify import describe
+    from steam_persona.export.verify import describe
 
     trial = {"logits": {"top1_agreement": 0.75, "top1_agreement_decisive": 0.9912, "max_abs_diff": 10.66,
                         "tolerance": 0.42}, "stop": {"passed": True}, "passed": True}
@@ -190,7 +190,7 @@ def _lora_delta(report) -> dict:
 def test_lora_gguf_on_the_base_equals_the_merged_gguf(tiny_export, tiny_llama_dir, tmp_path):
     from llama_cpp import Llama
 
-    from export.convert import convert
+    from steam_persona.export.convert import convert
 
     out, _, _ = tiny_export
     convert(tiny_llama_dir, tmp_path / "base-f16.gguf", "f16", name="base", metadata={})
@@ -269,7 +269,7 @@ def test_tiny_qwen2_keeps_embedding_rows_and_im_end_eos(tiny_qwen2_dir, tmp_path
 # ---- bad input: exit 2, one line, nothing written ----
 
 def _cli(*args: str):
-    from trainer.cli import main
+    from steam_persona.cli import main
 
     return CliRunner().invoke(main, ["export", *args])
 
@@ -327,7 +327,7 @@ def test_full_disk_exits_2_before_writing(tiny_run, tmp_path, monkeypatch):
 
 
 def test_full_disk_during_a_write_exits_2_and_leaves_no_file(tmp_path):
-    from trainer.io import atomic_path
+    from steam_persona.trainer.io import atomic_path
 
     with pytest.raises(UserError, match="no space left"):
         with atomic_path(tmp_path / "m.gguf") as tmp:
@@ -346,13 +346,13 @@ def test_non_export_folder_is_not_overwritten(tiny_run, tmp_path):
 
 def test_yaml_config_and_run_config_defaults(tiny_run, tmp_path, monkeypatch):
     """The base and persona come from run_config.yaml; a YAML file gives the same keys as the flags."""
-    import export.cli as cli
+    import steam_persona.export.cli as cli
 
     seen = {}
     monkeypatch.setattr(cli, "run", lambda cfg: seen.setdefault("cfg", cfg))
     cfg_file = tmp_path / "export.yaml"
     cfg_file.write_text(yaml.safe_dump({"adapter_name_or_path": str(tiny_run), "quantization": "q4_k_m,q8_0"}))
-    from trainer import config
+    from steam_persona.trainer import config
 
     cmd = config.command(cli.ExportConfig, cli.run, name="export", help="")
     assert CliRunner().invoke(cmd, [str(cfg_file), "--no_verify"]).exit_code == 0
@@ -369,7 +369,7 @@ def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tiny_llam
     from llama_cpp import Llama
     from transformers import LlamaConfig
 
-    from trainer.hub import resolve_model
+    from steam_persona.trainer.hub import resolve_model
 
     src = resolve_model("smollm2")
     cfg = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30,
@@ -395,9 +395,9 @@ def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tiny_llam
 
 def test_export_of_a_real_qlora_trainer_run(tiny_llama_dir, tmp_path):
     """The trainer's own run dir (4-bit QLoRA, lora_target all): export reads everything from it."""
-    from trainer import config
-    from trainer.persona import DEFAULT_SYSTEM
-    from trainer.train import TrainConfig, run
+    from steam_persona.trainer import config
+    from steam_persona.trainer.persona import DEFAULT_SYSTEM
+    from steam_persona.trainer.train import TrainConfig, run
 
     recs = [{"instruction": f"Review game {i}.", "input": "Tags: action", "output": f"Game {i}: fun, short."}
             for i in range(4)]
@@ -424,8 +424,8 @@ def test_gguf_base_vocabulary_comes_from_the_gguf_not_the_run(tmp_path, smollm2_
 
     from transformers import AutoTokenizer
 
-    from export import merge as mg
-    from trainer.hub import enable_transformers_gguf, resolve_model
+    from steam_persona.export import merge as mg
+    from steam_persona.trainer.hub import enable_transformers_gguf, resolve_model
 
     enable_transformers_gguf()
     src = resolve_model(str(smollm2_gguf))
@@ -449,8 +449,8 @@ def test_known_harmless_library_noise_is_silenced_and_the_rest_is_not():
 
     import torch
 
-    from export.convert import _known_harmless
-    from export.merge import merge_dtype
+    from steam_persona.export.convert import _known_harmless
+    from steam_persona.export.merge import merge_dtype
 
     def record(msg):
         return logging.LogRecord("hf-to-gguf", logging.WARNING, "base.py", 1, msg, None, None)

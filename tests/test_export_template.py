@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from export.chat_template import OLLAMA_CHATML, end_of_turn_token, strip_default_system, with_default_system
-from trainer.persona import DEFAULT_SYSTEM
+from steam_persona.export.chat_template import OLLAMA_CHATML, end_of_turn_token, strip_default_system, with_default_system
+from steam_persona.trainer.persona import DEFAULT_SYSTEM
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -75,7 +75,7 @@ def test_qwen_eos_becomes_im_end(qwen_tokenizer_dir):
     """A base-style Qwen tokenizer (eos <|endoftext|>) gets eos = <|im_end|>, the chat end-of-turn."""
     from transformers import AutoTokenizer
 
-    from export.merge import fix_tokenizer
+    from steam_persona.export.merge import fix_tokenizer
 
     tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
     tok.eos_token = "<|endoftext|>"

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from trainer import io, registry
-from trainer.errors import UserError
+from steam_persona.trainer import io, registry
+from steam_persona.trainer.errors import UserError
 
 
 def test_atomic_write_failure_leaves_nothing(tmp_path):

@@ -12,7 +12,7 @@ What is asserted:
 * only rank 0 writes to the output dir;
 * a 2-process checkpoint resumes on 1 process, and a 1-process checkpoint on 2 (``--nproc_per_node 2``
   on the CLI, which re-launches itself through torchrun), both ending where the uninterrupted run ends;
-* the resume rule and the FSDP refusal in :mod:`trainer.distributed`.
+* the resume rule and the FSDP refusal in :mod:`steam_persona.trainer.distributed`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ STEPS = 8       # 2 epochs
 
 
 def _cfg(model_dir: Path, data: Path, out: Path, **kw):
-    from trainer import config
-    from trainer.train import TrainConfig
+    from steam_persona.trainer import config
+    from steam_persona.trainer.train import TrainConfig
 
     base = {"model_name_or_path": str(model_dir), "dataset": [str(data)], "output_dir": str(out),
             "max_samples": 21, "cutoff_len": 160, "system": "", "per_device_train_batch_size": 2,
@@ -69,7 +69,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_llama_dir: Path, seed_dataset: Path) -> dict:
     """The reference 1-process run (accumulation 2) and the recorded 2-process run (accumulation 1)."""
-    from trainer.train import run
+    from steam_persona.trainer.train import run
 
     tmp = tmp_path_factory.mktemp("multigpu")
     ref_losses: dict[int, float] = {}
@@ -106,7 +106,7 @@ def test_two_processes_match_one_at_same_global_batch(runs) -> None:
 
 
 def test_sharding_uses_every_sample_once_per_epoch(runs) -> None:
-    from trainer.train import StepPlan
+    from steam_persona.trainer.train import StepPlan
 
     per_rank = [{int(s): mbs for s, mbs in r["steps"].items()} for r in runs["records"]]
     assert sorted(per_rank[0]) == sorted(per_rank[1]) == list(range(STEPS))
@@ -137,7 +137,7 @@ def test_only_rank_zero_writes(runs) -> None:
 
 
 def test_two_process_checkpoint_resumes_on_one(runs) -> None:
-    from trainer.train import run
+    from steam_persona.trainer.train import run
 
     losses: dict[int, float] = {}
     # the 2-process run's own flags (accumulation 1): resumed on 1 process it takes accumulation 2
@@ -152,7 +152,7 @@ def test_two_process_checkpoint_resumes_on_one(runs) -> None:
 
 def test_one_process_checkpoint_resumes_on_two_via_cli(runs) -> None:
     out = runs["tmp"] / "resume-2"
-    cmd = [sys.executable, "-m", "trainer", "train", "--model_name_or_path", str(runs["model"]),
+    cmd = [sys.executable, "-m", "steam_persona", "train", "--model_name_or_path", str(runs["model"]),
            "--dataset", str(runs["data"]), "--output_dir", str(out), "--max_samples", "21",
            "--cutoff_len", "160", "--system", "", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
            "--num_train_epochs", "2", "--learning_rate", "2e-2", "--save_steps", "3", "--logging_steps", "1",
@@ -173,8 +173,8 @@ def test_one_process_checkpoint_resumes_on_two_via_cli(runs) -> None:
 
 
 def test_accum_for_resume_rule(tmp_path: Path) -> None:
-    from trainer.distributed import accum_for_resume
-    from trainer.errors import UserError
+    from steam_persona.trainer.distributed import accum_for_resume
+    from steam_persona.trainer.errors import UserError
 
     ck = tmp_path / "checkpoint-5"
     ck.mkdir()
@@ -189,8 +189,8 @@ def test_accum_for_resume_rule(tmp_path: Path) -> None:
 
 
 def test_fsdp_launch_is_refused(monkeypatch) -> None:
-    from trainer import distributed
-    from trainer.errors import UserError
+    from steam_persona.trainer import distributed
+    from steam_persona.trainer.errors import UserError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
@@ -208,10 +208,10 @@ def test_each_rank_loads_4bit_weights_on_its_own_gpu(monkeypatch, tiny_llama_dir
     import torch
     import transformers
 
-    from trainer import config, distributed
-    from trainer import model as model_lib
-    from trainer.errors import UserError
-    from trainer.train import TrainConfig, resolve_precision
+    from steam_persona.trainer import config, distributed
+    from steam_persona.trainer import model as model_lib
+    from steam_persona.trainer.errors import UserError
+    from steam_persona.trainer.train import TrainConfig, resolve_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -243,7 +243,7 @@ def test_each_rank_loads_4bit_weights_on_its_own_gpu(monkeypatch, tiny_llama_dir
 # ------------------------------------------------------------------ worker (run by torchrun, 2 processes)
 
 def _worker(args: dict) -> None:
-    from trainer import train
+    from steam_persona.trainer import train
 
     out = Path(args["out"]).resolve()
     rank = int(os.environ["RANK"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer import cleaning, noise
+from steam_persona.trainer import cleaning, noise
 
 
 def test_page_residue_in_several_ui_languages():

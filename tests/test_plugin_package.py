@@ -12,10 +12,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from trainer import persona
-from trainer.cli import main as cli
-from trainer.errors import UserError
-from trainer.plugin_package import (MAX_UNPACKED_BYTES, PACKAGES, PackageConfig, load_plugin_module, run, stage,
+from steam_persona.trainer import persona
+from steam_persona.cli import main as cli
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.plugin_package import (MAX_UNPACKED_BYTES, PACKAGES, PackageConfig, load_plugin_module, run, stage,
                                     validate)
 from steam_persona.resources import shipped
 

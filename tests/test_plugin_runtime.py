@@ -20,8 +20,8 @@ import pytest
 
 from tests.dify_driver import PluginProcess, plugin_python, unpack
 from tests.serving import free_port, serve_process
-from trainer import persona
-from trainer.plugin_package import PackageConfig, load_plugin_module, run
+from steam_persona.trainer import persona
+from steam_persona.trainer.plugin_package import PackageConfig, load_plugin_module, run
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from trainer.cli import main as cli
-from trainer.errors import UserError
-from trainer.plugin_package import PackageConfig, run
-from trainer.plugin_sign import VERIFICATION, VERIFICATION_FILE, load_public_key, verify
+from steam_persona.cli import main as cli
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.plugin_package import PackageConfig, run
+from steam_persona.trainer.plugin_sign import VERIFICATION, VERIFICATION_FILE, load_public_key, verify
 
 
 def _cli(*args: str):

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from trainer import config
-from trainer.cli import main
-from trainer.errors import UserError
-from trainer.prepare import PrepareConfig, run
+from steam_persona.trainer import config
+from steam_persona.cli import main
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.prepare import PrepareConfig, run
 
 EN = ["Tight combat and a map that rewards curiosity, well worth the price.",
       "The story drags in the middle act but the boss fights carry it home.",
@@ -207,8 +207,8 @@ def test_round_trip_validate_and_train_two_steps(tmp_path, tiny_llama_dir):
     assert res["counts"]["kept"] == 8
     r = CliRunner().invoke(main, ["validate", res["train"]])
     assert r.exit_code == 0 and "no problems found" in r.output, r.output
-    from trainer.train import TrainConfig
-    from trainer.train import run as train_run
+    from steam_persona.trainer.train import TrainConfig
+    from steam_persona.trainer.train import run as train_run
 
     out = tmp_path / "run"
     train_run(config.build(TrainConfig, {"model_name_or_path": str(tiny_llama_dir), "dataset": [res["train"]],
@@ -311,7 +311,7 @@ def test_a_big_rule_is_reported_while_cleaning(tmp_path):
 
 
 def test_worker_processes_give_the_same_result(tmp_path, monkeypatch):
-    from trainer import prepare
+    from steam_persona.trainer import prepare
 
     rows = [[f"{t} 第{i}次", "Hades"] for i in range(300) for t in ZH]
     rows += [["Q群 123456789 进群领福利", "Hades"], ["这个策划是智障", "Hades"], [ZH[0] + "\n——来自小黑盒用户某某的评价", "Hades"]]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.errors import UserError
-from trainer.run_record import RunRecord
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.run_record import RunRecord
 
 RUN = """model_name_or_path: smollm2
 quantization_bit: 4

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.serving import REPO, port_is_free, start_server
-from trainer.persona import DEFAULT_SYSTEM
+from steam_persona.trainer.persona import DEFAULT_SYSTEM
 
 KEY = "test-key-8f3a"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -320,7 +320,7 @@ def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):
 
 
 def _serve_cli(*args):
-    return subprocess.run([sys.executable, "-m", "trainer", "serve", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "steam_persona", "serve", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=60, env={**os.environ, "STEAM_PERSONA_API_KEY": ""})
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import httpx
 
 from tests.serving import serve_process
-from trainer import config
+from steam_persona.trainer import config
 
 
 def test_serve_an_export_dir(tiny_llama_dir, tmp_path):
-    from export.cli import ExportConfig, run as export
+    from steam_persona.export.cli import ExportConfig, run as export
 
     out = tmp_path / "export"  # the served model id is the export's name, not this folder's
     report = export(config.build(ExportConfig, {"model_name_or_path": str(tiny_llama_dir), "export_dir": str(out),

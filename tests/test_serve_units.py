@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 import pytest
 
-from serve.auth import key_ok, presented_key
-from serve.cli import default_threads, dify_hint, is_loopback
-from serve.errors import RequestError
-from serve.messages import normalise_messages
-from serve.modelinfo import choose_n_ctx, default_alias, find_gguf, read_model_info, template_default_system
-from serve.persona import apply_persona, resolve_persona
-from serve.validate import check_generation, check_token_ids, parse_json
-from trainer.errors import UserError
+from steam_persona.serve.auth import key_ok, presented_key
+from steam_persona.serve.cli import default_threads, dify_hint, is_loopback
+from steam_persona.serve.errors import RequestError
+from steam_persona.serve.messages import normalise_messages
+from steam_persona.serve.modelinfo import choose_n_ctx, default_alias, find_gguf, read_model_info, template_default_system
+from steam_persona.serve.persona import apply_persona, resolve_persona
+from steam_persona.serve.validate import check_generation, check_token_ids, parse_json
+from steam_persona.trainer.errors import UserError
 
 CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
           "{{ '<|im_start|>system\\nDEFAULT PERSONA<|im_end|>\\n' }}{% endif %}"
@@ -172,8 +172,8 @@ def test_check_generation_normalises_limits_and_refuses_the_unsupported():
 
 def test_export_persona_template_is_read_back(smollm2_gguf, qwen_tokenizer_dir):
     """The contract with export: the persona it writes into a template is what serve finds there."""
-    from export.chat_template import with_default_system
-    from trainer.persona import DEFAULT_SYSTEM
+    from steam_persona.export.chat_template import with_default_system
+    from steam_persona.trainer.persona import DEFAULT_SYSTEM
 
     qwen = (qwen_tokenizer_dir / "chat_template.jinja").read_text(encoding="utf-8")
     smol = read_model_info(smollm2_gguf).chat_template
@@ -185,7 +185,7 @@ def test_export_persona_template_is_read_back(smollm2_gguf, qwen_tokenizer_dir):
 def test_prompt_check_counts_tokens_and_turns_template_errors_into_400(smollm2_gguf):
     import llama_cpp
 
-    from serve.chat_handler import ChatHandler
+    from steam_persona.serve.chat_handler import ChatHandler
 
     llama = llama_cpp.Llama(str(smollm2_gguf), vocab_only=True, verbose=False)
     expected = len(llama.tokenize(b"<|im_start|>hi", add_bos=False, special=True))
@@ -215,8 +215,8 @@ def test_worker_runs_jobs_on_one_thread_and_passes_errors_and_cancels():
     import threading
     import time
 
-    from serve.engine import Skipped, Worker
-    from serve.routes import Served
+    from steam_persona.serve.engine import Skipped, Worker
+    from steam_persona.serve.routes import Served
 
     worker = Worker("test-worker")
 
@@ -262,7 +262,7 @@ def test_worker_outlives_an_event_loop_that_closed_while_its_job_ran():
     import asyncio
     import threading
 
-    from serve.engine import Worker
+    from steam_persona.serve.engine import Worker
 
     worker = Worker("test-worker-close")
     release = threading.Event()

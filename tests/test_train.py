@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from trainer import config
-from trainer.errors import UserError
-from trainer.train import TrainConfig, run
+from steam_persona.trainer import config
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.train import TrainConfig, run
 
 SEED_CMD = """llamafactory-cli train --stage sft --do_train --model_name_or_path Qwen/Qwen2.5-7B-Instruct \
   --dataset steam_reviews --dataset_dir data --template qwen --finetuning_type lora --lora_target all \
@@ -42,8 +42,8 @@ def test_yaml_example_is_the_seed_recipe():
 
 
 def _samples(tok, n=3):
-    from trainer.encode import encode_conversation
-    from trainer.templates import ChatTemplate
+    from steam_persona.trainer.encode import encode_conversation
+    from steam_persona.trainer.templates import ChatTemplate
 
     ct = ChatTemplate("auto", tok)
     convs = [[{"role": "user", "content": f"game {i} " * (i + 1)}, {"role": "assistant", "content": f"review {i}" * (3 - i)}]
@@ -54,7 +54,7 @@ def _samples(tok, n=3):
 def test_packing_positions_isolation_and_equal_loss(tiny_qwen2_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.packing import loss_sum, pack, pad
+    from steam_persona.trainer.packing import loss_sum, pack, pad
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
@@ -161,7 +161,7 @@ def test_real_data_qlora_4bit_smollm2_and_inference(seed_dataset, tmp_path):
     assert sorted(cfg["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
     assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (8, 16, 0.0)
 
-    from trainer.model import load_for_inference
+    from steam_persona.trainer.model import load_for_inference
 
     model, tok = load_for_inference(None, str(out))
     assert tok.eos_token == "<|im_end|>" and "Human: " in tok.chat_template
@@ -177,7 +177,7 @@ def test_rerunning_a_finished_run_says_so_and_how_to_go_on(tiny_llama_dir, eight
     checkpoint" (no checkpoint kept) or silently retrained from the last checkpoint (one kept)."""
     from click.testing import CliRunner
 
-    from trainer.cli import main
+    from steam_persona.cli import main
 
     def argv(out, **kw):
         flags = {"model_name_or_path": tiny_llama_dir, "dataset": eight, "output_dir": out, "max_steps": 4,
@@ -213,7 +213,7 @@ def test_plain_progress_lines_when_not_a_terminal(tiny_llama_dir, eight, tmp_pat
     import io as _io
     import re
 
-    from trainer import console as console_mod
+    from steam_persona.trainer import console as console_mod
 
     buf = _io.StringIO()
     # Patch rich's private _file (None = follow sys.stderr): patching the `file` property would
@@ -246,9 +246,9 @@ def test_eval_dataset_and_load_best_model_at_end(tiny_llama_dir, eight, tmp_path
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from trainer import model as model_lib
-    from trainer.evaluate import held_out_loss
-    from trainer.templates import ChatTemplate
+    from steam_persona.trainer import model as model_lib
+    from steam_persona.trainer.evaluate import held_out_loss
+    from steam_persona.trainer.templates import ChatTemplate
 
     other = tmp_path / "other.json"  # another distribution: overfitting `eight` at a high lr drives its loss up
     other.write_text(json.dumps([{"instruction": f"Write about topic {i}.", "output": f"Topic {i}: " + "lorem ipsum " * 6}
@@ -268,7 +268,7 @@ def test_eval_dataset_and_load_best_model_at_end(tiny_llama_dir, eight, tmp_path
     # the saved adapter scores the best eval loss again, through eval's own (padded) loss code
     base = model_lib.load_base(str(tiny_llama_dir), quantization_bit=None, dtype=torch.float32, device="cpu")
     tok = model_lib.load_tokenizer(str(tiny_llama_dir))
-    from trainer import data
+    from steam_persona.trainer import data
 
     convs = data.load_conversations([str(other)], ".", system=yaml.safe_load((out / "run_config.yaml").read_text())["system"])
     loss = held_out_loss(PeftModel.from_pretrained(base, out).eval(), ChatTemplate("auto", tok), convs, 256, 8)["loss"]
@@ -282,7 +282,7 @@ def test_eval_dataset_and_load_best_model_at_end(tiny_llama_dir, eight, tmp_path
 def test_eval_flag_misuse_is_exit_2_and_writes_nothing(tiny_llama_dir, eight, tmp_path, flags, fix):
     from click.testing import CliRunner
 
-    from trainer.cli import main
+    from steam_persona.cli import main
 
     out = tmp_path / "run"
     argv = ["train", "--model_name_or_path", str(tiny_llama_dir), "--dataset", str(eight), "--output_dir", str(out)]
@@ -300,7 +300,7 @@ def test_eval_flag_misuse_is_exit_2_and_writes_nothing(tiny_llama_dir, eight, tm
 def test_summary_eval_loss_row(tmp_path, monkeypatch, extra, shown):
     import types
 
-    from trainer import train as train_mod
+    from steam_persona.trainer import train as train_mod
 
     rows = {}
     monkeypatch.setattr(train_mod, "summary_table", lambda title, r: rows.update(r))
@@ -314,7 +314,7 @@ def test_summary_eval_loss_row(tmp_path, monkeypatch, extra, shown):
 def test_loss_agrees_across_log_summary_and_results(tiny_llama_dir, eight, tmp_path, monkeypatch):
     """Regression: the step line said `loss 2.2474` (mean of the logging window) where the summary said
     `2.3327` (the last step alone), and the summary started at step 1, which the log omitted."""
-    from trainer import train as train_mod
+    from steam_persona.trainer import train as train_mod
 
     shown = {}
     monkeypatch.setattr(train_mod, "summary_table", lambda title, r: shown.update(r))
@@ -337,9 +337,9 @@ def test_loss_agrees_across_log_summary_and_results(tiny_llama_dir, eight, tmp_p
 def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch):
     import io as _io
 
-    from trainer import console as console_mod
-    from trainer import train as train_mod
-    from trainer.throughput import Throughput
+    from steam_persona.trainer import console as console_mod
+    from steam_persona.trainer import train as train_mod
+    from steam_persona.trainer.throughput import Throughput
 
     buf = _io.StringIO()
     monkeypatch.setattr(console_mod.console, "_file", buf)
@@ -366,7 +366,7 @@ def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch)
 
 def test_throughput_keeps_compile_steps_out_of_speed_and_eta():
     """Regression: step 1 of a compiled GPU run printed 50 tokens/s and an ETA of 27 minutes for a 65 s run."""
-    from trainer.throughput import Throughput
+    from steam_persona.trainer.throughput import Throughput
 
     t = Throughput(total=10, warmup_steps=2, window=3)
     t.add(1000, 60.0, 61.0)  # compiling

@@ -3,7 +3,7 @@ packager, and the config, errors, io and console shared by every stage."""
 
 import warnings
 
-from trainer import offline
+from steam_persona.trainer import offline
 
 offline.install()
 # peft's PeftModel reads transformers' deprecated `model.is_gradient_checkpointing` when it wraps a

@@ -431,7 +431,7 @@ def accelerate(model, *, liger_kernels: bool = False, fused_loss: str | None = "
     """Apply the levers above to `model` in place (after peft wrapping is fine: Liger patches forwards only).
 
     fused_loss: "auto" (Liger on CUDA with Triton, else `chunked_linear_cross_entropy`), "liger",
-    "chunked", or None (off: trainer.packing's labelled-only logits).
+    "chunked", or None (off: steam_persona.trainer.packing's labelled-only logits).
     offload_min_tokens: batches of at least this many tokens offload saved activations (None: never);
     offload_overlap: with `OverlappedOffload` instead of ``save_on_cpu``'s blocking copies.
     mlp_chunk_min_tokens: rows longer than this run the MLPs in checkpointed pieces (`chunk_mlp`; None: off).

@@ -38,10 +38,10 @@ from typing import Any
 import httpx
 from rich.progress import TextColumn
 
-from trainer import config, io
-from trainer.config import arg
-from trainer.console import console, progress, summary_table
-from trainer.errors import UserError
+from steam_persona.trainer import config, io
+from steam_persona.trainer.config import arg
+from steam_persona.trainer.console import console, progress, summary_table
+from steam_persona.trainer.errors import UserError
 
 #: Query parameters that must match between a run and the run it resumes.
 _QUERY_FIELDS = ("language", "filter", "review_type", "purchase_type", "day_range", "num_per_page", "max_reviews")

@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal
 import click
 import yaml
 
-from trainer.errors import UserError
+from steam_persona.trainer.errors import UserError
 
 def arg(
     default: Any = dataclasses.MISSING,

@@ -6,7 +6,7 @@ Accepted input (LLaMA-Factory ``data/README.md`` formats):
   be remapped by a ``dataset_info.json`` entry's ``columns``: prompt / query / response / system /
   history). One record becomes ``[system?] + history turns + user(instruction + "\\n" + input) +
   assistant(output)``, as LLaMA-Factory's alpaca converter (``src/llamafactory/data/converter.py``)
-  and :func:`trainer.persona.user_message` do.
+  and :func:`steam_persona.trainer.persona.user_message` do.
 * **sharegpt** records ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}``
   (tags remappable through ``tags``) and **OpenAI messages** ``{"messages": [{"role", "content"}]}``.
 
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer import registry
-from trainer.errors import UserError
-from trainer.persona import user_message
+from steam_persona.trainer import registry
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.persona import user_message
 
 #: One conversation: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
 Conversation = list[dict[str, str]]
@@ -252,7 +252,7 @@ def _sharegpt(rec: Any, cols: dict[str, str], tags: dict[str, str], system: str 
 def _warn_unmapped(spec: DatasetSpec, fmt: str, records: list[Any]) -> None:
     """One warning per file naming the record keys ``system``/``history`` that ``spec.columns`` leaves
     unmapped (they are ignored)."""
-    from trainer.console import console
+    from steam_persona.trainer.console import console
 
     keys = ("system", "history") if fmt == "alpaca" else ("system",)
     unmapped = [k for k in keys if k not in spec.columns and k not in spec.columns.values()
@@ -330,12 +330,12 @@ def load_messages(dataset: str, dataset_dir: str | Path = "data", *, system: str
 
     Each list is ``[system] + turns`` and ends with the reference assistant reply; drop the last
     message to get a prompt (``msgs[:-1]``) and keep ``msgs[-1]["content"]`` as the reference.
-    ``system`` defaults to :data:`trainer.persona.DEFAULT_SYSTEM` when ``None``; pass ``""`` for none.
+    ``system`` defaults to :data:`steam_persona.trainer.persona.DEFAULT_SYSTEM` when ``None``; pass ``""`` for none.
 
     Raises:
         UserError: as :func:`load_conversations`.
     """
-    from trainer.persona import DEFAULT_SYSTEM
+    from steam_persona.trainer.persona import DEFAULT_SYSTEM
 
     return load_conversations(dataset, dataset_dir, system=DEFAULT_SYSTEM if system is None else system,
                               encoding=encoding)

@@ -1,14 +1,14 @@
 """What the demo's fine-tune changed: base vs tuned on the same prompts, and the demo's goals.
 
 The ``compare`` stage of ``steam-train demo`` loads the base once with the trained LoRA adapter
-(:func:`trainer.model.load_for_inference`, unquantized inference weights) and, with the adapter
+(:func:`steam_persona.trainer.model.load_for_inference`, unquantized inference weights) and, with the adapter
 switched off (base) and on (tuned):
 
 * computes the held-out loss on the demo's eval slice (``persona_val.json``, reviews the train stage
-  never saw) with :func:`trainer.evaluate.held_out_loss` — nats per response token, prompt masked
+  never saw) with :func:`steam_persona.trainer.evaluate.held_out_loss` — nats per response token, prompt masked
   as in training;
 * writes one review per :data:`PROMPTS` entry (games absent from the demo data) with
-  :func:`trainer.evaluate.generate`, same seed and sampling settings (:data:`SAMPLING`) for both.
+  :func:`steam_persona.trainer.evaluate.generate`, same seed and sampling settings (:data:`SAMPLING`) for both.
 
 :func:`goals` then checks the demo's goals (:data:`GOALS`) over every tuned generation of the run:
 the compared reviews, the served reviews and the served chat turns. :func:`render_report` writes
@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from trainer import eval_metrics
+from steam_persona.trainer import eval_metrics
 
 #: Review prompts of the demo, per language: (game, genre tags). None of these games is in
 #: ``examples/persona_reviews.json``, so the reviews show what the persona learned, not recall.
@@ -40,14 +40,14 @@ CHAT_TURNS = {
 #: ``repetition_penalty`` 1.1 is also llama-cpp-python's server default ``repeat_penalty``).
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
 #: The demo's goals: held-out loss change at most -20 %, every generation stops by itself, mean
-#: seq-rep-4 below 5 %, every review addresses its game (:func:`trainer.eval_metrics.addresses_game`).
+#: seq-rep-4 below 5 %, every review addresses its game (:func:`steam_persona.trainer.eval_metrics.addresses_game`).
 GOALS = {"loss_change": -0.20, "stop_rate": 1.0, "seq_rep_4": 0.05, "addresses_game": 1.0}
 
 
 def prompt_conversation(system: str, game: str, tags: str, language: str) -> list[dict[str, str]]:
     """The review request for ``game`` in the training format, ending with a placeholder reply
-    (:func:`trainer.evaluate.prompt_ids` cuts the conversation where the reply starts)."""
-    from trainer.persona import review_messages
+    (:func:`steam_persona.trainer.evaluate.prompt_ids` cuts the conversation where the reply starts)."""
+    from steam_persona.trainer.persona import review_messages
 
     return [*review_messages(system, game_name=game, tags=tags, language=language),
             {"role": "assistant", "content": "-"}]
@@ -58,14 +58,14 @@ def compare(base: str, run_dir: str, val_file: str, language: str, system: str, 
     """Base vs tuned: held-out loss on ``val_file`` and one review per :data:`PROMPTS` entry each.
 
     Returns:
-        ``{"loss": {"base", "tuned"}`` (:func:`trainer.evaluate.held_out_loss` dicts) ``,
+        ``{"loss": {"base", "tuned"}`` (:func:`steam_persona.trainer.evaluate.held_out_loss` dicts) ``,
         "loss_change"`` (relative, -0.25 = 25 % below base) ``, "samples": [{"game", "tags",
         "base", "tuned"}]`` (each side ``{"text", "new_tokens", "stopped", "seconds"}``) ``,
         "sampling", "max_new_tokens", "seed"}``.
     """
-    from trainer import config, data, evaluate
-    from trainer.model import load_for_inference
-    from trainer.templates import ChatTemplate
+    from steam_persona.trainer import config, data, evaluate
+    from steam_persona.trainer.model import load_for_inference
+    from steam_persona.trainer.templates import ChatTemplate
 
     model, tokenizer = load_for_inference(base, run_dir)
     chat = ChatTemplate("auto", tokenizer)

@@ -14,14 +14,14 @@ There is no distribution layer of our own. The engines are PyTorch's:
   DDP's average equals the one-process gradient at the same global batch (the loss is the sum over
   all learned tokens of the step divided by their count, as HF Trainer's ``num_items_in_batch``).
 * **data**: every optimizer step takes ``gradient_accumulation_steps × world_size`` micro-batches of
-  the seeded per-epoch permutation (``trainer.train.StepPlan``); process ``r`` trains on micro-batches
+  the seeded per-epoch permutation (``steam_persona.trainer.train.StepPlan``); process ``r`` trains on micro-batches
   ``r, r + world, …`` of them. Each sample is used once per epoch across all processes, and the
   samples of a step do not depend on how they are split, so a checkpoint resumes on another number of
   processes (:func:`accum_for_resume` keeps the micro-batches per step constant).
 * **devices**: process ``LOCAL_RANK`` uses ``cuda:LOCAL_RANK``; 4-bit/8-bit bitsandbytes weights are
-  loaded there directly (``device_map={"": "cuda:LOCAL_RANK"}`` in ``trainer.model.load_base``), the
+  loaded there directly (``device_map={"": "cuda:LOCAL_RANK"}`` in ``steam_persona.trainer.model.load_base``), the
   QLoRA recipe for DDP (every GPU holds the whole 4-bit base; 7B ≈ 5 GiB).
-* only rank 0 logs, plots, evaluates and saves (``trainer.train.run``).
+* only rank 0 logs, plots, evaluates and saves (``steam_persona.trainer.train.run``).
 
 FSDP (sharding the 4-bit base across GPUs with ``bnb_4bit_quant_storage`` = the compute dtype) is not
 wired: it pays only when the 4-bit base does not fit one GPU, and needs an FSDP wrap policy, mixed
@@ -41,7 +41,7 @@ from typing import Any, ContextManager
 
 import click
 
-from trainer.errors import UserError
+from steam_persona.trainer.errors import UserError
 
 #: Set (unless the user set them) in every process we launch or join: NVLink SHARP multicast off in NCCL,
 #: PyTorch symmetric memory and NVSHMEM. DDP's all-reduce of a few MB of LoRA gradients gains nothing from
@@ -75,7 +75,7 @@ def init(device: str) -> tuple[int, int]:
     CUDA ``device`` and ``gloo`` for ``"cpu"``. The group is destroyed by :func:`finish` (or at exit).
 
     Args:
-        device: the training device of this process, ``"cpu"`` or ``"cuda:N"`` (``trainer.train.resolve_precision``).
+        device: the training device of this process, ``"cpu"`` or ``"cuda:N"`` (``steam_persona.trainer.train.resolve_precision``).
 
     Raises:
         UserError: launched with an accelerate FSDP/DeepSpeed config (not wired), or more CUDA processes
@@ -153,7 +153,7 @@ def wrap(model: Any, device: str) -> Any:
     from torch.nn.parallel import DistributedDataParallel
 
     class _DDP(DistributedDataParallel):
-        # peft's accessor, so code that looks for the *ForCausalLM (trainer.accel) finds it through the wrapper
+        # peft's accessor, so code that looks for the *ForCausalLM (steam_persona.trainer.accel) finds it through the wrapper
         def get_base_model(self) -> Any:
             inner = self.module
             return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
@@ -205,7 +205,7 @@ def accum_for_resume(ckpt: Path, accum: int, world: int) -> int:
         raise UserError(f"{ckpt}: trained with {per_step} micro-batches per optimizer step "
                         f"({per_step // saved_world} accumulation steps × {saved_world} processes), which "
                         f"{world} processes cannot split evenly; resume with a process count that divides {per_step}")
-    from trainer.console import console
+    from steam_persona.trainer.console import console
 
     if rank_world()[0] == 0:
         console.print(f"resuming a {saved_world}-process checkpoint on {world}: gradient_accumulation_steps "
@@ -223,7 +223,7 @@ class WorkerFailed(click.ClickException):
 def relaunch(cfg: Any, nproc: int) -> dict[str, Any]:
     """Run ``steam-train train`` with ``cfg`` as ``nproc`` processes under ``torch.distributed.run`` and wait.
 
-    The same as ``torchrun --standalone --nproc_per_node N -m trainer train CFG.yaml``, with torchrun's
+    The same as ``torchrun --standalone --nproc_per_node N -m steam_persona train CFG.yaml``, with torchrun's
     agent running in this process (so a failed worker gives our one-line error, not torchrun's traceback).
     The resolved config goes to the workers as a temporary YAML file; :data:`NCCL_ENV_DEFAULTS` are set in
     their environment. Workers inherit this process's working directory, so relative paths mean the same.
@@ -241,7 +241,7 @@ def relaunch(cfg: Any, nproc: int) -> dict[str, Any]:
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from trainer import config
+    from steam_persona.trainer import config
 
     if torch.cuda.is_available() and not cfg.use_cpu and nproc > torch.cuda.device_count():
         raise UserError(f"--nproc_per_node {nproc}: this host has {torch.cuda.device_count()} GPU(s); use at most "
@@ -252,7 +252,7 @@ def relaunch(cfg: Any, nproc: int) -> dict[str, Any]:
         cfg_file = Path(tmp) / "train.yaml"
         cfg_file.write_text(yaml.safe_dump(config.to_dict(cfg), allow_unicode=True, sort_keys=False), encoding="utf-8")
         args = torchrun.get_args_parser().parse_args(
-            ["--standalone", f"--nproc_per_node={nproc}", "-m", "trainer", "train", str(cfg_file)])
+            ["--standalone", f"--nproc_per_node={nproc}", "-m", "steam_persona", "train", str(cfg_file)])
         try:
             torchrun.run(args)
         except ChildFailedError as e:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.templates import ChatTemplate
+from steam_persona.trainer.templates import ChatTemplate
 
 IGNORE_INDEX = -100
 
@@ -148,7 +148,7 @@ def encode_dataset(template: ChatTemplate, conversations: list[list[dict[str, st
 
     Args:
         template: prompt format bound to the tokenizer.
-        conversations: from :mod:`trainer.data` (each ends with an assistant turn).
+        conversations: from :mod:`steam_persona.trainer.data` (each ends with an assistant turn).
         cutoff_len: max tokens per sample (prompt + reply), as LLaMA-Factory's ``--cutoff_len``.
         progress: optional callable ``(n_done)`` called every 64 conversations.
     """

@@ -8,11 +8,11 @@ What is measured (the same way for the base and the tuned model):
   not the same figure as ``train``'s ``eval loss``, which is measured during training on the
   4-bit training base;
   pooled over all tokens (sum of token losses / number of response tokens); prompt and system
-  tokens are masked exactly as in training (the train stage's encoder, :mod:`trainer.data`), so
+  tokens are masked exactly as in training (the train stage's encoder, :mod:`steam_persona.trainer.data`), so
   the figure means the same as the training loss. Perplexity = exp(loss).
 * **Generation checks** on ``--num_samples`` prompts of the validation file (the first N, in file
   order, so runs are comparable): the share that stop by the end-of-turn token within
-  ``--max_new_tokens``; the length distribution (in :func:`trainer.eval_metrics.text_units`)
+  ``--max_new_tokens``; the length distribution (in :func:`steam_persona.trainer.eval_metrics.text_units`)
   against the reference replies; the verbatim 8-gram copy rate against the training set's
   replies; within-generation repetition (seq-rep-4).
 * **Side-by-side samples**: prompt, reference, base, tuned.
@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer import config, eval_metrics, io, persona
-from trainer.config import arg
-from trainer.console import console, progress, summary_table
-from trainer.errors import UserError
-from trainer.run_record import RunRecord
-from trainer.templates import ChatTemplate
+from steam_persona.trainer import config, eval_metrics, io, persona
+from steam_persona.trainer.config import arg
+from steam_persona.trainer.console import console, progress, summary_table
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.run_record import RunRecord
+from steam_persona.trainer.templates import ChatTemplate
 
 #: Goals of the real-input report (issue 7).
 GOALS = {"loss_reduction": 0.25, "stop_rate": 1.0, "copy_rate": 0.01}
@@ -59,7 +59,7 @@ class EvalConfig:
     train_dataset: str | None = arg(None, "Training data for the 8-gram copy check (file or registered name); "
                                     "default: the run's dataset from run_config.yaml.")
     template: str | None = arg(None, "Chat template name; default: the run's (run_config.yaml), else the tokenizer's.")
-    system: str | None = arg(None, "Persona system prompt; default: the run's, else trainer.persona.DEFAULT_SYSTEM.")
+    system: str | None = arg(None, "Persona system prompt; default: the run's, else steam_persona.trainer.persona.DEFAULT_SYSTEM.")
     cutoff_len: int | None = arg(None, "Max tokens per sample (prompt + reply) for the loss; default: the run's, else 2048 (train's default).")
     max_samples: int | None = arg(None, "Use at most this many validation records for the loss (default: all).")
     num_samples: int = arg(16, "Validation prompts to generate from (the first N).")
@@ -161,7 +161,7 @@ def _run_record(cfg: EvalConfig) -> tuple[RunRecord, str | None]:
 
 def _load(dataset: str | list[str], dataset_dir: str, system: str) -> list[list[dict[str, str]]]:
     """Conversations (ending with the reference reply) through the train stage's reader."""
-    from trainer import data
+    from steam_persona.trainer import data
 
     return data.load_conversations(dataset, dataset_dir, system=system)
 
@@ -171,7 +171,7 @@ def _load(dataset: str | list[str], dataset_dir: str, system: str) -> list[list[
 def _models(cfg: EvalConfig, base: str):
     """Yield ``(which, model, tokenizer, context)`` for "base" then "tuned"; ``context()`` switches
     the adapter off for the base in adapter mode (one load serves both)."""
-    from trainer import model as model_lib
+    from steam_persona.trainer import model as model_lib
 
     if cfg.adapter_name_or_path:
         model, tokenizer = model_lib.load_for_inference(base, cfg.adapter_name_or_path)
@@ -191,7 +191,7 @@ def held_out_loss(model: Any, chat: Any, convs: list[list[dict[str, str]]], cuto
                   batch_size: int, label: str = "loss") -> dict[str, float]:
     """Mean response-token cross-entropy (nats) over ``convs``, pooled over tokens.
 
-    Conversations are encoded by the train stage's encoder (:func:`trainer.encode.encode_dataset`:
+    Conversations are encoded by the train stage's encoder (:func:`steam_persona.trainer.encode.encode_dataset`:
     same chat template, persona, reply + end-of-turn labels and truncation as training); the loss
     is ``sum(-log p(label)) / count(labels != -100)`` with the usual one-token shift.
 
@@ -200,7 +200,7 @@ def held_out_loss(model: Any, chat: Any, convs: list[list[dict[str, str]]], cuto
     """
     import torch
 
-    from trainer.encode import IGNORE_INDEX, encode_dataset
+    from steam_persona.trainer.encode import IGNORE_INDEX, encode_dataset
 
     enc = encode_dataset(chat, convs, cutoff_len)
     pad = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.tokenizer.eos_token_id
@@ -229,9 +229,9 @@ def held_out_loss(model: Any, chat: Any, convs: list[list[dict[str, str]]], cuto
 
 def prompt_ids(chat: Any, conv: list[dict[str, str]]) -> list[int]:
     """Token ids of ``conv`` up to its last reply (the assistant header included), tokenized exactly
-    as in training (:func:`trainer.encode.encode_conversation`), so generation starts where the
+    as in training (:func:`steam_persona.trainer.encode.encode_conversation`), so generation starts where the
     trained reply starts."""
-    from trainer.encode import encode_conversation
+    from steam_persona.trainer.encode import encode_conversation
 
     ids, _, spans = encode_conversation(chat, conv)
     return ids[:spans[-1][0]]
@@ -241,7 +241,7 @@ def generate(model: Any, chat: Any, convs: list[list[dict[str, str]]], cfg: Eval
              label: str = "generate") -> list[dict[str, Any]]:
     """Generate one reply per conversation prompt (batched, left-padded).
 
-    ``stopped`` is :func:`trainer.eval_metrics.stopped` on the new tokens with the end-of-turn ids
+    ``stopped`` is :func:`steam_persona.trainer.eval_metrics.stopped` on the new tokens with the end-of-turn ids
     (``generation_config.eos_token_id`` plus the template's end-of-turn token).
 
     Returns:
@@ -334,7 +334,7 @@ def build_report(cfg: EvalConfig, results: dict[str, dict], convs: list[list[dic
         "definitions": {
             "loss": "held-out loss on the inference weights: mean cross-entropy (nats) per response token, prompt "
                     "masked as in training (train's 'eval loss' is measured on the 4-bit training base instead)",
-            "length_units": "CJK characters + words (trainer.eval_metrics.text_units)",
+            "length_units": "CJK characters + words (steam_persona.trainer.eval_metrics.text_units)",
             "copy_rate_8gram": "generated 8-grams found verbatim in the training replies / generated 8-grams "
                                "(reference: the same for the validation replies, the natural overlap)",
             "repetition_seq_rep_4": "mean over generations of 1 - distinct 4-grams / 4-grams (Welleck et al. 2020)",

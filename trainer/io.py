@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from trainer.errors import UserError
+from steam_persona.trainer.errors import UserError
 
 
 @contextlib.contextmanager

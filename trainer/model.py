@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from trainer.errors import UserError
-from trainer.hub import ModelSource, enable_transformers_gguf, resolve_model
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.hub import ModelSource, enable_transformers_gguf, resolve_model
 
 
 #: Dequantized GGUF bases kept in :func:`cache_dir`; older ones (least recently used) are deleted.
@@ -45,7 +45,7 @@ def hf_path(source: ModelSource) -> str:
         return source.path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer import io
+    from steam_persona.trainer import io
 
     gguf = Path(source.path) / source.gguf_file
     st = gguf.stat()
@@ -55,7 +55,7 @@ def hf_path(source: ModelSource) -> str:
         os.utime(target)  # recently used: the last to be pruned
         return str(target)
     enable_transformers_gguf()
-    from trainer.console import console
+    from steam_persona.trainer.console import console
 
     console.print(f"[dim]converting {gguf.name} to an HF checkpoint once (cached in {target})[/dim]")
     model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.bfloat16)
@@ -180,7 +180,7 @@ def add_lora(model: Any, *, lora_target: list[str], lora_rank: int = 8, lora_alp
     """Freeze the base and wrap it with a fresh LoRA adapter (PEFT).
 
     Non-reentrant activation checkpointing is used, which needs no ``enable_input_require_grads``
-    (``trainer.accel.enable_checkpointing``; on CPU selective, attention outputs are kept);
+    (``steam_persona.trainer.accel.enable_checkpointing``; on CPU selective, attention outputs are kept);
     the frozen base keeps its dtype (no fp32 upcast of all weights as ``prepare_model_for_kbit_training``
     does: on CPU that upcast costs time and memory for nothing).
 
@@ -194,7 +194,7 @@ def add_lora(model: Any, *, lora_target: list[str], lora_rank: int = 8, lora_alp
         p.requires_grad_(False)
     model.config.use_cache = False
     if gradient_checkpointing:
-        from trainer.accel import enable_checkpointing
+        from steam_persona.trainer.accel import enable_checkpointing
 
         enable_checkpointing(model)
     cfg = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=lora_dropout,
@@ -247,7 +247,7 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
         UserError: no base given and no run_config.yaml, a missing adapter, or an unreadable
             run_config.yaml.
     """
-    from trainer.run_record import RunRecord
+    from steam_persona.trainer.run_record import RunRecord
 
     device = device or default_device()
     if dtype is None:

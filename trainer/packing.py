@@ -6,7 +6,7 @@ restarting at 0 for each sample and no ``attention_mask``. transformers (≥ 4.5
 ``masking_utils.find_packed_sequence_indices``) then builds a block-diagonal causal mask from the
 position ids for sdpa/eager attention (only when no cache is passed: call the model with
 ``use_cache=False``, as :func:`loss_sum` does), so no token attends across samples. With
-``trainer.accel``'s varlen attention (the default for training) :func:`loss_sum` passes the sample
+``steam_persona.trainer.accel``'s varlen attention (the default for training) :func:`loss_sum` passes the sample
 boundaries instead and attention runs per sample, with no mask at all. This is ``DataCollatorWithFlattening``'s layout; we build it ourselves
 because we also need the label positions for the loss below. The samples per optimizer step stay
 exactly those of the padded layout (unlike LLaMA-Factory's ``packing``, which changes them).
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from trainer import accel
-from trainer.encode import IGNORE_INDEX
+from steam_persona.trainer import accel
+from steam_persona.trainer.encode import IGNORE_INDEX
 
 
 def pack(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
@@ -93,7 +93,7 @@ def loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     target_mask = labels[:, 1:] != IGNORE_INDEX
     n = int(target_mask.sum())
     if model.training and accel.fused_loss_on(model):
-        # trainer.accel's fused linear cross-entropy takes the hidden states, never the logits
+        # steam_persona.trainer.accel's fused linear cross-entropy takes the hidden states, never the logits
         return model(**inputs, labels=labels, num_items_in_batch=1, use_cache=False).loss, n
     if labels.shape[0] == 1:
         keep = target_mask[0].nonzero().squeeze(-1)

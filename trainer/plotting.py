@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer import io
+from steam_persona.trainer import io
 
 
 def plot_loss(rows: list[dict], target: str | Path, title: str = "training loss") -> None:

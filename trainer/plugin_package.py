@@ -14,7 +14,7 @@ manifest regexes and required fields, icons present in ``_assets/``, referenced 
 present, model-vs-tool exclusivity, ≤ 50 MiB. The zip holds file entries only, sorted, with
 forward slashes, ``manifest.yaml`` at the root, deflated, and a fixed timestamp so that the same
 sources give the same bytes. Unsigned, it has no zip comment; with ``--sign KEY`` it gets the
-daemon's verification entry last and a signature comment (:mod:`trainer.plugin_sign`), so only
+daemon's verification entry last and a signature comment (:mod:`steam_persona.trainer.plugin_sign`), so only
 the comment differs between two signed builds. ``plugin keygen`` and ``plugin verify`` make keys
 and check packages.
 
@@ -40,11 +40,11 @@ import pathspec
 import yaml
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from trainer import config, plugin_sign
-from trainer.config import arg
-from trainer.console import summary_table
-from trainer.errors import UserError
-from trainer.io import atomic_path
+from steam_persona.trainer import config, plugin_sign
+from steam_persona.trainer.config import arg
+from steam_persona.trainer.console import summary_table
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.io import atomic_path
 from steam_persona.resources import shipped
 
 #: Unpacked size limit of a package (the daemon's 50 MiB).

@@ -2,15 +2,15 @@
 
 Pipeline (each rule counted in ``prepare_report.json``, ``prepare_report.md`` and the console
 table, each switchable; :data:`RULES` is the order): read + detect formats and columns
-(:mod:`trainer.sources`, :mod:`trainer.columns`) → language (field or detected) → voted_up / votes /
+(:mod:`steam_persona.trainer.sources`, :mod:`steam_persona.trainer.columns`) → language (field or detected) → voted_up / votes /
 playtime selection → game name known → BBCode → HTML → whitespace → page residue → signatures and
 handles → text art → Traditional→Simplified → empty → ``♥`` masks → spam and campaigns → identity
 slurs → blocklist → PII scrub → checklists → too little language → looping → length bounds →
 script check → template fields → exact duplicates → near duplicates → copypastas →
 ``--max_per_game`` balance → seeded train/val split → atomic writes → optional LLaMA-Factory
-registration (:func:`trainer.registry.register`).
+registration (:func:`steam_persona.trainer.registry.register`).
 
-Output records are ``{"instruction", "input", "output"}`` built with :mod:`trainer.persona`'s
+Output records are ``{"instruction", "input", "output"}`` built with :mod:`steam_persona.trainer.persona`'s
 templates, which reproduces the seed data's format (``../shared/data/steam_sft_sample.json``).
 """
 
@@ -30,12 +30,12 @@ from typing import Any, Callable, Iterator
 
 from rich.table import Table
 
-from trainer import cleaning, config, io, noise, persona, prepare_report, registry, sources
-from trainer import columns as columns_mod
-from trainer.config import arg
-from trainer.console import console, progress
-from trainer.errors import UserError
-from trainer.sources import Review
+from steam_persona.trainer import cleaning, config, io, noise, persona, prepare_report, registry, sources
+from steam_persona.trainer import columns as columns_mod
+from steam_persona.trainer.config import arg
+from steam_persona.trainer.console import console, progress
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.sources import Review
 
 TEMPLATE_FIELDS = ("name", "tags", "verdict", "playtime_hours")
 _clean_name = functools.lru_cache(maxsize=65536)(persona.clean_game_name)  # a few names, many reviews

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trainer import io
+from steam_persona.trainer import io
 
 
 def write(report: dict[str, Any], lengths: list[tuple[int, str]], json_path: Path, md_path: Path) -> None:

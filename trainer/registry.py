@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer import io
-from trainer.errors import UserError
+from steam_persona.trainer import io
+from steam_persona.trainer.errors import UserError
 
 REGISTRY_FILE = "dataset_info.json"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from trainer.errors import UserError
+from steam_persona.trainer.errors import UserError
 
 RUN_CONFIG = "run_config.yaml"
 

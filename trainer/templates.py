@@ -3,7 +3,7 @@
 A conversation is rendered into *segments*: ``("prompt", text)`` (never learned), ``("reply",
 text)`` (the assistant's content, learned), ``("eot", text)`` (the end-of-turn token closing a
 reply, learned) and ``("trailer", text)`` (what the template writes after the end-of-turn token,
-e.g. ChatML's newline; not learned). :mod:`trainer.encode` tokenizes the segments.
+e.g. ChatML's newline; not learned). :mod:`steam_persona.trainer.encode` tokenizes the segments.
 
 ``auto`` renders the tokenizer's Jinja chat template incrementally (conversation prefixes with and
 without the generation prompt), so any template whose renderings are prefixes of each other works.
@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.errors import UserError
+from steam_persona.trainer.errors import UserError
 
 Segment = tuple[str, str]  # (kind, text); kind in prompt | reply | eot | trailer
 

@@ -5,19 +5,19 @@ The seed command of the LLaMA-Factory recipe runs verbatim with ``steam-train tr
 
 Python API::
 
-    from trainer import config
-    from trainer.train import TrainConfig, run
+    from steam_persona.trainer import config
+    from steam_persona.trainer.train import TrainConfig, run
     cfg = config.build(TrainConfig, {"dataset": ["data.json"], "output_dir": "saves/x", "max_steps": 10})
     results = run(cfg)   # dict: output_dir, loss_first, loss_last, global_step, train_tokens_per_second, ...
 
 Why a lean loop of our own instead of HF ``Trainer``: the CPU speed goal needs padding-free packed
 micro-batches and a loss that projects only learned positions onto the vocabulary
-(:mod:`trainer.packing`); we also need the non-finite stop at the exact step, exact resume
+(:mod:`steam_persona.trainer.packing`); we also need the non-finite stop at the exact step, exact resume
 (a deterministic sample plan per optimizer step, so no sampler state to restore), our
 ``trainer_log.jsonl``/plot/summary, and one code path for transformers 5.17 and 5.24. Building
 blocks stay the libraries': peft (LoRA), bitsandbytes (4/8-bit), torch AdamW, transformers'
 ``get_scheduler``. Multi-GPU (torchrun / accelerate launch / ``--nproc_per_node``) is DDP through the thin
-glue in :mod:`trainer.distributed`: logging and saving happen on rank 0 only and each step's
+glue in :mod:`steam_persona.trainer.distributed`: logging and saving happen on rank 0 only and each step's
 micro-batches are split by rank (docs/multi-gpu.md).
 
 Output dir (LLaMA-Factory compatible): ``adapter_config.json``, ``adapter_model.safetensors``,
@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer import config, io
-from trainer.config import arg
-from trainer.console import console, plain_progress, progress, summary_table
-from trainer.errors import UserError
-from trainer.persona import DEFAULT_SYSTEM
-from trainer.throughput import COMPILE_WARMUP_STEPS, Throughput
+from steam_persona.trainer import config, io
+from steam_persona.trainer.config import arg
+from steam_persona.trainer.console import console, plain_progress, progress, summary_table
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.persona import DEFAULT_SYSTEM
+from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput
 
 
 @dataclass
@@ -383,9 +383,9 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any]:
     Raises:
         UserError: any dataset problem, or no sample fitting ``cutoff_len``.
     """
-    from trainer import data
-    from trainer.encode import encode_dataset
-    from trainer.templates import ChatTemplate
+    from steam_persona.trainer import data
+    from steam_persona.trainer.encode import encode_dataset
+    from steam_persona.trainer.templates import ChatTemplate
 
     template = ChatTemplate(cfg.template, tokenizer)
     return template, encode_datasets(cfg, template, cfg.dataset)
@@ -398,8 +398,8 @@ def encode_datasets(cfg: TrainConfig, template: Any, datasets: list[str]) -> Any
     Raises:
         UserError: any dataset problem, or no sample fitting ``cutoff_len``.
     """
-    from trainer import data
-    from trainer.encode import encode_dataset
+    from steam_persona.trainer import data
+    from steam_persona.trainer.encode import encode_dataset
 
     convs = data.load_conversations(datasets, cfg.dataset_dir, system=cfg.system or None,
                                     encoding=cfg.encoding, max_samples=cfg.max_samples)
@@ -446,7 +446,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         ``best_eval_loss`` / ``best_global_step`` (the lowest eval loss and its step; with
         ``--load_best_model_at_end`` that adapter is the one saved, and ``kept`` says so), ``train_runtime`` (s),
         ``train_samples_per_second``, ``train_tokens_per_second`` (over the whole runtime),
-        ``steady_tokens_per_second`` (after the warm-up steps, :mod:`trainer.throughput`),
+        ``steady_tokens_per_second`` (after the warm-up steps, :mod:`steam_persona.trainer.throughput`),
         ``compile_seconds`` (the warm-up steps' time beyond steady speed; ``None`` when not compiling),
         ``num_samples``, ``truncated``, ``dropped``.
 
@@ -458,10 +458,10 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     from rich.progress import TextColumn
     from transformers import get_scheduler
 
-    from trainer import accel, distributed
-    from trainer import model as model_lib
-    from trainer.packing import collate, loss_sum
-    from trainer.plotting import plot_loss
+    from steam_persona.trainer import accel, distributed
+    from steam_persona.trainer import model as model_lib
+    from steam_persona.trainer.packing import collate, loss_sum
+    from steam_persona.trainer.plotting import plot_loss
 
     _check(cfg)
     out = Path(cfg.output_dir)
@@ -504,7 +504,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     tokenizer.chat_template = template.saved_jinja(cfg.system)
     tokenizer.eos_token = template.eot_token
 
-    # a checkpoint from another process count keeps its micro-batches per step (trainer.distributed)
+    # a checkpoint from another process count keeps its micro-batches per step (steam_persona.trainer.distributed)
     accum = distributed.accum_for_resume(resume, cfg.gradient_accumulation_steps, world) if resume else \
         cfg.gradient_accumulation_steps
     plan = StepPlan(len(train_idx), cfg.per_device_train_batch_size, accum,
@@ -579,14 +579,14 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         for step in range(start, total):
             t_step = time.time()
             micro = plan.step(step)
-            if cfg.padding_free:  # fewer, longer packed rows (trainer.accel); per-sample attention keeps them cheap
+            if cfg.padding_free:  # fewer, longer packed rows (steam_persona.trainer.accel); per-sample attention keeps them cheap
                 row_budget = max(cfg.per_device_train_batch_size * cfg.cutoff_len, accel.ROW_TOKENS)
                 micro = accel.merge_micro_batches(micro, lambda i: len(enc.input_ids[train_idx[i]]), row_budget)
             # learned tokens of the whole step (all ranks: the plan is known everywhere), the loss's divisor
             n_tok = sum(learned(i, train_idx) for mb in plan.group(step) for i in mb)
             loss_total, step_tokens, step_samples = 0.0, 0, 0
             # multi-process: a rank left without a micro-batch (short last step) joins DDP's all-reduce with a
-            # zero-weighted one; gradients are all-reduced on the last micro-batch only (trainer.distributed)
+            # zero-weighted one; gradients are all-reduced on the last micro-batch only (steam_persona.trainer.distributed)
             runs = micro or plan.group(step)[:1]
             for j, mb in enumerate(runs):
                 batch = batch_of(mb, train_idx)
@@ -710,7 +710,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     return results
 
 
-#: What the progress shows while the first steps compile the decoder layers (trainer.throughput).
+#: What the progress shows while the first steps compile the decoder layers (steam_persona.trainer.throughput).
 COMPILING = "compiling (first steps, about a minute)"
 
 

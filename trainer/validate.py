@@ -14,11 +14,11 @@ from typing import Any
 
 from rich.text import Text
 
-from trainer import config
-from trainer.config import arg
-from trainer.console import console, progress, status, summary_table
-from trainer.errors import UserError
-from trainer.persona import DEFAULT_SYSTEM
+from steam_persona.trainer import config
+from steam_persona.trainer.config import arg
+from steam_persona.trainer.console import console, progress, status, summary_table
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.persona import DEFAULT_SYSTEM
 
 
 @dataclass
@@ -48,10 +48,10 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
     Raises:
         UserError: a file-level problem, or (after printing the report) any unusable record.
     """
-    from trainer import data
-    from trainer.encode import encode_conversation, fit
-    from trainer.hub import resolve_model
-    from trainer.templates import ChatTemplate
+    from steam_persona.trainer import data
+    from steam_persona.trainer.encode import encode_conversation, fit
+    from steam_persona.trainer.hub import resolve_model
+    from steam_persona.trainer.templates import ChatTemplate
 
     if not cfg.dataset:
         raise UserError("validate: give a dataset (a .json/.jsonl path or a registered name)")
@@ -59,7 +59,7 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
     resolve_model(cfg.model_name_or_path)  # a missing model path fails here, before the heavy imports
     console.print(f"{res.spec.path}: {len(res.conversations)} records read, {len(res.problems)} with problems")
     with status(f"loading the {cfg.model_name_or_path} tokenizer (first import of transformers: ~10–30 s)"):
-        from trainer.model import load_tokenizer
+        from steam_persona.trainer.model import load_tokenizer
 
         template = ChatTemplate(cfg.template, load_tokenizer(cfg.model_name_or_path))
     usable = res.usable

@@ -5,7 +5,7 @@ Two back ends:
 * **llama.cpp** for a GGUF, an export dir or the embedded default (``smollm2``): the GGUF's own chat
   template and persona, exactly as ``steam-train serve`` uses them (same handler and persona code);
 * **transformers + peft** for a base model with ``--adapter_name_or_path`` (a run dir), optionally
-  4/8-bit (``--quantization_bit``), loaded by :func:`trainer.model.load_for_inference`.
+  4/8-bit (``--quantization_bit``), loaded by :func:`steam_persona.trainer.model.load_for_inference`.
 
 Commands at the prompt: ``clear`` forgets the history, ``exit`` (or EOF) quits. When stdin is not a
 terminal, each line is one user turn, answers go to stdout one per line and statistics to stderr,
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from trainer import config
-from trainer.config import arg
-from trainer.console import console, status
-from trainer.errors import UserError
+from steam_persona.trainer import config
+from steam_persona.trainer.config import arg
+from steam_persona.trainer.console import console, status
+from steam_persona.trainer.errors import UserError
 
 #: Sampling defaults when the model has no generation config (LLaMA-Factory's chat uses similar ones).
 FALLBACK_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
@@ -96,15 +96,15 @@ def generation_defaults(gen: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class GGUFBackend(Backend):
-    """llama.cpp back end: the served code path (``serve.chat_handler``, ``serve.persona``)."""
+    """llama.cpp back end: the served code path (``steam_persona.serve.chat_handler``, ``steam_persona.serve.persona``)."""
 
     def __init__(self, model: str, cfg: ChatConfig) -> None:
         import llama_cpp
 
-        from serve import chat_handler
-        from serve.cli import default_threads
-        from serve.modelinfo import choose_n_ctx, read_model_info
-        from serve.persona import resolve_persona
+        from steam_persona.serve import chat_handler
+        from steam_persona.serve.cli import default_threads
+        from steam_persona.serve.modelinfo import choose_n_ctx, read_model_info
+        from steam_persona.serve.persona import resolve_persona
 
         info = read_model_info(model)
         if not info.chat_template:
@@ -145,7 +145,7 @@ class HFBackend(Backend):
         import torch
         import yaml
 
-        from trainer.model import load_for_inference
+        from steam_persona.trainer.model import load_for_inference
 
         torch.manual_seed(cfg.seed)
         base = cfg.model_name_or_path  # None with an adapter: load_for_inference reads run_config.yaml
@@ -209,7 +209,7 @@ def load_backend(cfg: ChatConfig) -> Backend:
     Raises:
         UserError: a missing model path or a GGUF without a chat template.
     """
-    from trainer.hub import resolve_model
+    from steam_persona.trainer.hub import resolve_model
 
     if cfg.adapter_name_or_path:
         return HFBackend(cfg)
@@ -229,7 +229,7 @@ def check_paths(cfg: ChatConfig) -> None:
     Raises:
         UserError: an adapter dir without ``adapter_config.json``, or a model path that does not exist.
     """
-    from trainer.hub import resolve_model
+    from steam_persona.trainer.hub import resolve_model
 
     if cfg.adapter_name_or_path:
         ad = Path(cfg.adapter_name_or_path).expanduser()

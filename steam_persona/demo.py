@@ -2,24 +2,24 @@
 
 Stages, each through the same code path as its own command (their public ``run(cfg)``):
 
-1. **prepare** — ``trainer.prepare.run`` on the ``--language`` part of ``examples/persona_reviews.json``
+1. **prepare** — ``steam_persona.trainer.prepare.run`` on the ``--language`` part of ``examples/persona_reviews.json``
    (200 persona reviews we wrote, 128 English and 72 Chinese, in the seed's alpaca format) or on
    ``--data FILE``; its val split is the eval slice the train stage never sees;
-2. **train** — ``trainer.train.run``: QLoRA (4-bit NF4 base) on SmolLM2-135M-Instruct with the
+2. **train** — ``steam_persona.trainer.train.run``: QLoRA (4-bit NF4 base) on SmolLM2-135M-Instruct with the
    persona system prompt, in bfloat16 where the hardware has it, live progress, loss plot;
-3. **compare** — :mod:`trainer.demo_compare`: base vs tuned held-out loss on the eval slice and
+3. **compare** — :mod:`steam_persona.trainer.demo_compare`: base vs tuned held-out loss on the eval slice and
    reviews of three games absent from the data, same prompts and sampling for both;
-4. **export** — ``export.cli.run``: merge, GGUF, q4_k_m, verification;
+4. **export** — ``steam_persona.export.cli.run``: merge, GGUF, q4_k_m, verification;
 5. **serve** — ``steam-train serve`` as a real subprocess on a free port (``/health`` polled), then
    the same three reviews through the review plugin's own code path
    (``plugin/review/tools/review_client.py: write_review``, imported from the host Python with
-   ``trainer.plugin_package.load_plugin_module``) and one multi-turn chat sent the way the chat
+   ``steam_persona.trainer.plugin_package.load_plugin_module``) and one multi-turn chat sent the way the chat
    plugin sends it: the SDK's OpenAI-compatible streaming request (``stream_options.include_usage``,
    contents flattened by the plugins' shared ``server_client.prepare_messages``). The chat plugin's
    class itself needs ``dify_plugin`` (Python >= 3.12, installed from PyPI by Dify's daemon), which
    the demo cannot assume offline; the plugin tests run it in the real runtime instead;
 6. **summary** — server stopped; base vs tuned side by side, the goals of
-   :data:`trainer.demo_compare.GOALS` measured, loss, export sizes, tokens/s, next steps; kept in
+   :data:`steam_persona.trainer.demo_compare.GOALS` measured, loss, export sizes, tokens/s, next steps; kept in
    ``report.md``.
 
 Every artefact lives under ``--output_dir`` (``demo_run/``). ``demo_state.json`` records each
@@ -45,10 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer import config, demo_compare, io
-from trainer.config import arg
-from trainer.console import console, status, summary_table
-from trainer.errors import UserError
+from steam_persona.trainer import config, demo_compare, io
+from steam_persona.trainer.config import arg
+from steam_persona.trainer.console import console, status, summary_table
+from steam_persona.trainer.errors import UserError
 from steam_persona.resources import shipped
 
 #: The embedded demo data set (original text, written for this project).
@@ -153,7 +153,7 @@ class _Stages:
 
 def examples(language: str) -> list[dict[str, str]]:
     """The embedded reviews of one language (``"en"``/``"zh"``), told apart by their instruction template."""
-    from trainer.persona import INSTRUCTION_TEMPLATE_EN
+    from steam_persona.trainer.persona import INSTRUCTION_TEMPLATE_EN
 
     records = json.loads(EXAMPLES.read_text(encoding="utf-8"))
     english = INSTRUCTION_TEMPLATE_EN.split("{")[0]
@@ -161,7 +161,7 @@ def examples(language: str) -> list[dict[str, str]]:
 
 
 def _prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    from trainer import prepare
+    from steam_persona.trainer import prepare
 
     if cfg.data:
         data = Path(cfg.data)
@@ -179,8 +179,8 @@ def _prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
 def _train(cfg: DemoConfig, out: Path, resume: bool) -> dict[str, Any]:
     """Train into ``out/run``: continue its last checkpoint when ``resume`` (an unfinished attempt with the
     same settings), else start the run over (the demo owns that folder; it has no --overwrite_output_dir)."""
-    from trainer import train
-    from trainer.persona import DEFAULT_SYSTEM
+    from steam_persona.trainer import train
+    from steam_persona.trainer.persona import DEFAULT_SYSTEM
 
     bf16 = _bf16_supported()
     keep = resume and train.finished_run(out / "run") is None and train.resumable_checkpoint(out / "run") is not None
@@ -206,7 +206,7 @@ def _bf16_supported() -> bool:
     instructions (AVX512-BF16 / AMX, oneDNN's probe)."""
     import torch
 
-    from trainer.train import _cpu_has_bf16
+    from steam_persona.trainer.train import _cpu_has_bf16
 
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
@@ -214,8 +214,8 @@ def _bf16_supported() -> bool:
 
 
 def _compare(cfg: DemoConfig, out: Path, prepared: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
-    from trainer import demo_compare
-    from trainer.persona import DEFAULT_SYSTEM
+    from steam_persona.trainer import demo_compare
+    from steam_persona.trainer.persona import DEFAULT_SYSTEM
 
     result = demo_compare.compare(cfg.model_name_or_path, trained["run_dir"], prepared["val"], cfg.language,
                                   DEFAULT_SYSTEM, cfg.cutoff_len, cfg.max_new_tokens, cfg.seed)
@@ -224,7 +224,7 @@ def _compare(cfg: DemoConfig, out: Path, prepared: dict[str, Any], trained: dict
 
 
 def _export(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    from export import cli as export_cli
+    from steam_persona.export import cli as export_cli
 
     ecfg = config.build(export_cli.ExportConfig, {
         "model_name_or_path": cfg.model_name_or_path, "adapter_name_or_path": str(out / "run"),
@@ -252,7 +252,7 @@ class _Server:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        cmd = [sys.executable, "-m", "trainer", "serve", export_dir, "--port", str(self.port), "--n_ctx", "2048"]
+        cmd = [sys.executable, "-m", "steam_persona", "serve", export_dir, "--port", str(self.port), "--n_ctx", "2048"]
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"})
@@ -331,8 +331,8 @@ def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any
 
     from rich.markup import escape
 
-    from trainer.demo_compare import CHAT_TURNS, PROMPTS
-    from trainer.plugin_package import load_plugin_module
+    from steam_persona.trainer.demo_compare import CHAT_TURNS, PROMPTS
+    from steam_persona.trainer.plugin_package import load_plugin_module
 
     review_client = load_plugin_module("review", "tools/review_client.py")
     server = _Server(export_dir, out / "serve.log")

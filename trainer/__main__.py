@@ -1,5 +1,0 @@
-"""``python -m trainer`` is ``steam-train``."""
-
-from trainer.cli import main
-
-main()
