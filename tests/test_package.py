@@ -17,6 +17,7 @@ import pytest
 
 import steam_persona
 from steam_persona.resources import shipped
+from steam_persona.trainer.demo_compare import PROMPTS
 from steam_persona.trainer.plugin_package import PackageConfig, run
 
 REPO = Path(steam_persona.__file__).resolve().parents[1]
@@ -182,6 +183,6 @@ def test_wheel_runs_a_short_demo(wheel_env, tiny_llama_dir):
              "--max_new_tokens", "4", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "demo_summary.json").read_text(encoding="utf-8"))
-    assert summary["train"]["train"] == 54 and summary["train"]["val"] == 6  # the 60 shipped examples
+    assert summary["train"]["train"] == 115 and summary["train"]["val"] == 13  # the 128 shipped English examples
     assert summary["export"]["verified"] == {"q8_0": True}
-    assert [r["game"] for r in summary["reviews"]] == ["黑神话：悟空", "Stardew Valley", "文明6"]
+    assert [r["game"] for r in summary["reviews"]] == [g for g, _ in PROMPTS["en"]]
