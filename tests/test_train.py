@@ -308,7 +308,7 @@ def test_summary_eval_loss_row(tmp_path, monkeypatch, extra, shown):
          "loss_last": 2.0, "eval_loss": float("nan") if not extra else 2.6, "train_samples_per_second": 1.0,
          "train_tokens_per_second": 100.0, "train_runtime": 5.0, "output_dir": str(tmp_path), **extra}
     train_mod._summary(_cfg("m", "d.json", tmp_path), r, types.SimpleNamespace(eot_token="<|im_end|>"), "float32 on cpu")
-    assert rows["eval loss"] == shown
+    assert rows["eval loss (training weights)"] == shown
 
 
 def test_loss_agrees_across_log_summary_and_results(tiny_llama_dir, eight, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ def plot_loss(rows: list[dict], target: str | Path, title: str = "training loss"
     if train:
         ax.plot(*zip(*train), marker="o" if len(train) < 30 else None, label="train loss")
     if evals:
-        ax.plot(*zip(*evals), marker="s", label="eval loss")
+        ax.plot(*zip(*evals), marker="s", label="eval loss (training weights)")
     if not train and not evals:
         ax.text(0.5, 0.5, "no steps logged", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("optimizer step")

@@ -658,7 +658,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
                             "epoch": plan.epoch_at(step)}
                     log.write(**erow)
                     rows.append(erow)
-                    console.print(f"step {done}: eval loss {last_eval:.4f}")
+                    console.print(f"step {done}: eval loss (training weights) {last_eval:.4f}")
                     if last_eval < state.get("best_eval_loss", math.inf):
                         state["best_eval_loss"], state["best_global_step"] = round(last_eval, 4), done
                         if cfg.load_best_model_at_end:
@@ -777,7 +777,7 @@ def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
         shown = str(r["eval_loss"])
         if "best_eval_loss" in r:
             shown += f" (best {r['best_eval_loss']} at step {r['best_global_step']}{', kept' if 'kept' in r else ''})"
-        rows.append(("eval loss", shown))
+        rows.append(("eval loss (training weights)", shown))
     speed = f"{r['train_samples_per_second']} samples/s, {r['train_tokens_per_second']} tokens/s overall"
     if r.get("steady_tokens_per_second") is not None:
         speed += f"; {r['steady_tokens_per_second']} tokens/s steady"
