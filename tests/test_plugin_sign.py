@@ -115,6 +115,19 @@ def test_a_flipped_byte_in_any_file_fails(signed, keys):
             verify(tampered, _pub(keys))
 
 
+
+def test_a_flipped_byte_in_the_zip_itself_says_corrupted(signed, keys, tmp_path):
+    """A byte flipped inside an entry's stored data (its CRC no longer matches) is named a corrupted package."""
+    raw = bytearray(signed["chat"].read_bytes())
+    with zipfile.ZipFile(signed["chat"]) as z:
+        info = z.infolist()[0]
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start + info.compress_size // 2] ^= 0xFF
+    broken = tmp_path / "broken.difypkg"
+    broken.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="corrupted or modified since it was packaged"):
+        verify(broken, _pub(keys))
+
 def test_reordered_entries_fail(signed, keys):
     entries, comment = _entries(signed["chat"])
     same = _rewrite(signed["chat"], entries, comment)

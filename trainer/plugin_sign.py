@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable
 
@@ -164,8 +165,9 @@ def verify(package: str | Path, key: rsa.RSAPublicKey) -> int:
             entries = [z.read(info) for info in z.infolist()]
     except FileNotFoundError:
         raise UserError(f"{package}: not found; check the path") from None
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UserError(f"{package}: not a .difypkg zip ({e})") from None
+    except (zipfile.BadZipFile, zlib.error, OSError) as e:
+        raise UserError(f"{package}: corrupted or modified since it was packaged, or not a .difypkg zip ({e}); "
+                        "package it again") from None
     if not comment:
         raise UserError(f"{package}: unsigned (no signature in the zip comment); "
                         f"build it with `steam-train plugin package --sign KEY`")
