@@ -468,7 +468,7 @@ def _summary(cfg: DemoConfig, out: Path, stages: _Stages, prepared: dict, traine
 def _next_steps(exported: dict[str, Any]) -> list[str]:
     """What to do with the result: serve it, connect Dify, the same on a GPU."""
     export_dir = exported["export_dir"]
-    return [f"serve it: steam-train serve {export_dir} --port 8000  (OpenAI-compatible API at "
+    return [f"serve it: steam-train serve {export_dir} --port 8000 --n_ctx 2048  (OpenAI-compatible API at "
             "http://127.0.0.1:8000/v1; for Dify in Docker add --host 0.0.0.0 --api_key KEY)",
             "Dify: steam-train plugin package, install both .difypkg files, then Settings → Model Provider → "
             "Steam Persona → Add Model: Endpoint URL http://host.docker.internal:8000/v1, API key KEY, model "

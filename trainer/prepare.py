@@ -131,13 +131,13 @@ _TRANSFORMS = {"strip_bbcode", "strip_html", "normalize_whitespace", "page_resid
                "to_simplified", "scrub_pii"}
 #: the flag that changes each rule (for the console warning, the report and error hints)
 FLAGS = {
-    "language": "--language all (or --detect_language False)", "strip_bbcode": "--strip_bbcode False",
+    "language": "--language set to your reviews' language (e.g. english; all keeps every language)", "strip_bbcode": "--strip_bbcode False",
     "strip_html": "--strip_html False", "normalize_whitespace": "--normalize_whitespace False",
     "page_residue": "--strip_page_residue False", "handles": "--strip_handles False", "art": "--strip_art False",
     "to_simplified": "--to_simplified False", "scrub_pii": "--scrub_pii False", "voted_up": "--voted_up any",
     "min_votes_up": "--min_votes_up 0", "min_playtime_hours": "--min_playtime_hours 0",
-    "unknown_game": "--app_name NAME / --app_name APPID=NAME / --app_names FILE / an appdetails input, "
-                    "or --drop_unknown_game False",
+    "unknown_game": "--app_name NAME / --app_name APPID=NAME / --app_names FILE / an appdetails input (steam-train "
+                    "collect --appid ID --details_only fetches it), or --drop_unknown_game False",
     "empty": "--drop_empty False", "profanity_mask": "--drop_masked False", "spam": "--drop_spam False",
     "identity_slur": "--drop_identity_slurs False", "blocklist": "a shorter --blocklist",
     "checklist": "--drop_checklists False", "little_language": "--drop_little_language False",
