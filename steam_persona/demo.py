@@ -386,7 +386,7 @@ def run(cfg: DemoConfig) -> DemoResult:
         raise UserError(f"demo: --quantization_bit {cfg.quantization_bit}: use 4 (QLoRA), 8 or 0 (plain LoRA)")
     if cfg.language not in ("en", "zh"):
         raise UserError(f"demo: --language {cfg.language}: use en or zh")
-    _warn_if_busy(load_start)
+    _threads_for_load(load_start)
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "demo_config.json", config.to_dict(cfg))
@@ -430,13 +430,17 @@ def _cpu_seconds() -> float:
     return round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 1)
 
 
-def _warn_if_busy(load: float) -> None:
-    """On a machine busier than its core count, say that one thread per process runs much faster
-    (torch's threads wait on each other while other jobs hold the cores; docs/real-run.md has the figures)."""
+def _threads_for_load(load: float) -> None:
+    """On a machine whose load average exceeds half its cores, train with one torch thread and say so: torch's
+    threads wait on each other while other jobs hold the cores (10-20x slower steps; docs/real-run.md has the
+    figures). ``OMP_NUM_THREADS`` set by the user is left alone."""
     cores = len(os.sched_getaffinity(0))
-    if load > cores and not os.environ.get("OMP_NUM_THREADS"):
-        console.print(f"[yellow]this machine is busy (load average {load} on {cores} cores): training steps can take "
-                      f"10× longer; OMP_NUM_THREADS=1 steam-train demo runs much faster on a busy machine[/yellow]")
+    if load > cores / 2 and not os.environ.get("OMP_NUM_THREADS"):
+        import torch
+
+        torch.set_num_threads(1)
+        console.print(f"[yellow]this machine is busy (load average {load} on {cores} cores): training with one "
+                      "thread, which is much faster then; set OMP_NUM_THREADS to choose[/yellow]")
 
 
 def _load_average() -> float:

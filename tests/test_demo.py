@@ -260,17 +260,28 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
                                                       "run"]  # and no empty run.new/ beside the run
 
 
-def test_a_busy_machine_gets_the_one_thread_hint(capsys, monkeypatch):
+def test_a_busy_machine_trains_with_one_thread(capsys, monkeypatch):
+    """A load average above half the cores (another job running) gives torch one thread, and says so."""
+    import torch
+
     from steam_persona import demo
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    demo._warn_if_busy(0.5)
-    assert capsys.readouterr().err == ""
-    demo._warn_if_busy(99.0)
-    assert "OMP_NUM_THREADS=1 steam-train demo" in " ".join(capsys.readouterr().err.split())
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    demo._warn_if_busy(99.0)
-    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(demo.os, "sched_getaffinity", lambda pid: {0, 1})
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        demo._threads_for_load(0.5)
+        assert capsys.readouterr().err == "" and torch.get_num_threads() == 2
+        demo._threads_for_load(1.5)
+        assert "training with one thread" in " ".join(capsys.readouterr().err.split())
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        demo._threads_for_load(99.0)
+        assert capsys.readouterr().err == "" and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_summary_prints_model_text_literally(capsys):
