@@ -7,7 +7,7 @@ Two back ends:
 * **transformers + peft** for a base model with ``--adapter_name_or_path`` (a run dir), optionally
   4/8-bit (``--quantization_bit``), loaded by :func:`steam_persona.trainer.model.load_for_inference`.
 
-Commands at the prompt: ``clear`` forgets the history, ``exit`` (or EOF) quits. When stdin is not a
+Commands at the prompt: ``clear`` forgets the history, ``exit`` (or EOF) quits; each also with a leading ``/``. When stdin is not a
 terminal, each line is one user turn, answers go to stdout one per line and statistics to stderr,
 so the command can be scripted: ``printf 'hi\\nexit\\n' | steam-train chat out/export``.
 """
@@ -273,9 +273,10 @@ def run(cfg: ChatConfig) -> list[Turn]:
     for line in _lines(interactive):
         if not line:
             continue
-        if line.lower() in ("exit", "quit"):
+        command = line.lower().removeprefix("/")  # "/exit" as other chat CLIs spell it
+        if command in ("exit", "quit"):
             break
-        if line.lower() == "clear":
+        if command == "clear":
             history = []
             console.print("History cleared.")
             continue

@@ -81,7 +81,7 @@ def tiny_adapter(tiny_llama_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("bits", [None, 4])
 def test_chat_with_base_and_adapter(tiny_adapter, monkeypatch, capsys, bits):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\nexit\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n/exit\nnever sent\n"))
     turns = chat_mod.run(ChatConfig(adapter_name_or_path=str(tiny_adapter), quantization_bit=bits,
                                     temperature=0.0, max_new_tokens=5))
     assert len(turns) == 1 and turns[0].tokens == 5  # a random model never says end-of-turn this soon

@@ -196,6 +196,7 @@ def test_big_rule_warning_report_lists_every_rule_that_fired(tmp_path):
     for name in fired:
         assert f"| {name} |" in md
     assert "| Hades | 6 | 2 |" in md and "![lengths](prepare_lengths.png)" in md
+    assert "6 kept (6 train, 0 val) for 1 game in" in md
     assert (tmp_path / "o/prepare_lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -30,7 +30,7 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
     """The Markdown report for a ``prepare_report.json`` dict."""
     c = report["counts"]
     out = [f"# prepare report\n\n{c['read']:,} reviews read → {c['kept']:,} kept ({c['train']:,} train, "
-           f"{c['val']:,} val) for {c['games']:,} games in {report['seconds']} s.\n"]
+           f"{c['val']:,} val) for {c['games']:,} game{'' if c['games'] == 1 else 's'} in {report['seconds']} s.\n"]
     if report.get("warnings"):
         out.append("## Warnings\n\n" + "".join(f"* {w}\n" for w in report["warnings"]))
     out.append("## Inputs\n\n| file | format | reviews | column mapping |\n|---|---|---|---|")
