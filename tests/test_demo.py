@@ -302,3 +302,13 @@ def test_summary_prints_model_text_literally(capsys):
     assert "Rocket League [/bold] is [red]fun[/red]." in err and "Subnautica [/] deep." in err
     report = render_report(s)
     assert "| tuned | Rocket League [/bold] is [red]fun[/red]. | stopped by itself, 9 tokens |" in report
+
+
+def test_a_missed_goal_gets_the_note_that_says_what_it_measures():
+    from steam_persona import demo
+
+    en, zh = DemoConfig(), DemoConfig(language="zh")
+    assert demo._note(en, goals_met=True) is None
+    assert demo._note(en, goals_met=False) == demo.MISSED_NOTE
+    assert demo._note(zh, goals_met=False) == f"{demo.ZH_NOTE} {demo.MISSED_NOTE}"
+    assert demo._note(DemoConfig(language="zh", data="x.json"), goals_met=True) is None
