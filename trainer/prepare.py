@@ -213,6 +213,15 @@ class _Rules:
             st.example(r, text=r.text)
             r.text = new
 
+    def _scrubbed(self, rule: str, r: Review, text: str, kinds: list[str]) -> None:
+        """Count a scrubbing rule that removed ``kinds`` of things from ``r`` and keep its ``text``."""
+        if kinds:
+            st = self.stats[rule]
+            st.changed += 1
+            st.reasons.update(kinds)
+            st.example(r, ",".join(kinds))
+            r.text = cleaning.normalize_whitespace(text) if self.cfg.normalize_whitespace else text
+
     def apply(self, r: Review) -> str | None:
         """Run every rule on one record (text cleaned in place); the removing rule's name or ``None``."""
         return self.per_record(r) or self.measure(r)
@@ -248,13 +257,7 @@ class _Rules:
         if cfg.strip_page_residue:
             self._transform("page_residue", r, noise.strip_page_residue)
         if cfg.strip_handles:
-            text, kinds = noise.strip_handles(r.text, r.author, self.handles)
-            if kinds:
-                st = self.stats["handles"]
-                st.changed += 1
-                st.reasons.update(kinds)
-                st.example(r, ",".join(kinds))
-                r.text = cleaning.normalize_whitespace(text) if cfg.normalize_whitespace else text
+            self._scrubbed("handles", r, *noise.strip_handles(r.text, r.author, self.handles))
         if cfg.strip_art:
             self._transform("art", r, noise.strip_art)
         if self.simplify is not None:
@@ -285,13 +288,7 @@ class _Rules:
             if word:
                 return self._drop("blocklist", r, word.lower())
         if cfg.scrub_pii:
-            text, kinds = cleaning.scrub_pii(r.text)
-            if kinds:
-                st = self.stats["scrub_pii"]
-                st.changed += 1
-                st.reasons.update(kinds)
-                st.example(r, ",".join(kinds))
-                r.text = cleaning.normalize_whitespace(text) if cfg.normalize_whitespace else text
+            self._scrubbed("scrub_pii", r, *cleaning.scrub_pii(r.text))
         if cfg.drop_checklists and noise.checklist_reason(r.text):
             return self._drop("checklist", r)
         if cfg.drop_little_language and r.text and noise.little_language_reason(r.text):
