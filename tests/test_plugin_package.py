@@ -210,23 +210,23 @@ def server_client(review_client):
 
 
 def test_review_prompt_is_the_training_format(review_client):
-    msgs = review_client.review_request("《《Hollow Knight™》》", tags="动作，类银河战士恶魔城", verdict="auto",
-                                        language="zh", length=None)
+    msgs = persona.review_messages(None, **review_client.prompt_args(
+        "《《Hollow Knight™》》", tags="动作，类银河战士恶魔城", verdict="auto", language="zh", length=None))
     instruction, input_text = persona.build_review_prompt("Hollow Knight", ["动作", "类银河战士恶魔城"])
     assert msgs == [{"role": "user", "content": persona.user_message(instruction, input_text)}]
     assert msgs[0]["content"] == "请以资深玩家的身份，点评一下《Hollow Knight》这款游戏。\n游戏类型标签：动作, 类银河战士恶魔城"
 
 
 def test_review_prompt_options(review_client):
-    msgs = review_client.review_request("Celeste", None, "not_recommend", "en", "short", "Compare with Towerfall.",
-                                        system=persona.DEFAULT_SYSTEM)
+    msgs = persona.review_messages(persona.DEFAULT_SYSTEM, **review_client.prompt_args(
+        "Celeste", None, "not_recommend", "en", "short", "Compare with Towerfall."))
     assert msgs[0] == {"role": "system", "content": persona.DEFAULT_SYSTEM}
     assert msgs[1]["content"] == ('As a veteran gamer, review the game "Celeste".\nVerdict: Not recommended\n'
                                   "Length: short, two or three sentences.\nCompare with Towerfall.")
     for bad, needle in ((dict(game_name=" "), "game_name is required"), (dict(game_name="X", verdict="maybe"), "verdict"),
                         (dict(game_name="X", language="fr"), "language"), (dict(game_name="X", length="epic"), "length")):
         with pytest.raises(review_client.ReviewError, match=needle):
-            review_client.review_request(**bad)
+            review_client.prompt_args(**bad)
 
 
 def test_server_client_helpers(server_client):

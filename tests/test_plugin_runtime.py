@@ -288,8 +288,8 @@ def test_invoke_tool_every_parameter_combination(review, server):
         # max_tokens reached the server (a multi-byte character may take a few more tokens)
         assert 1 <= out["usage"]["completion_tokens"] <= 2 + 3
         if i < 4:  # zh/en × with/without tags: the server saw exactly the host-built training-format prompt
-            expected = client.review_request(params["game_name"], params.get("tags"), verdict, language, length,
-                                             params.get("extra_instructions"))
+            expected = persona.review_messages(None, **client.prompt_args(
+                params["game_name"], params.get("tags"), verdict, language, length, params.get("extra_instructions")))
             direct = server_reply(server, expected, max_tokens=1)["usage"]["prompt_tokens"]
             assert out["usage"]["prompt_tokens"] == direct
 
@@ -316,7 +316,7 @@ def test_tool_default_length_is_the_training_format():
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "plugin/review/tools/write_steam_review.yaml").read_text(encoding="utf-8"))
     default = next(p for p in spec["parameters"] if p["name"] == "length")["default"]
     client = load_plugin_module("review", "tools/review_client.py")
-    msgs = client.review_request("Dota 2", "免费开玩, 多人, 竞技", "auto", "zh", default)
+    msgs = persona.review_messages(None, **client.prompt_args("Dota 2", "免费开玩, 多人, 竞技", "auto", "zh", default))
     assert msgs == [{"role": "user", "content": "请以资深玩家的身份，点评一下《Dota 2》这款游戏。\n游戏类型标签：免费开玩, 多人, 竞技"}]
 
 
@@ -326,7 +326,7 @@ def test_host_python_runs_the_tool_code_path(server, dead_url):
     out = client.write_review(review_creds(server), "Celeste", tags="平台跳跃", verdict="recommend", language="en",
                               length="short", max_tokens=2)
     assert (out["game"], out["verdict"], out["model"]) == ("Celeste", "recommend", "SmolLM2-135M-Instruct.Q4_1")
-    msgs = client.review_request("Celeste", "平台跳跃", "recommend", "en", "short")
+    msgs = persona.review_messages(None, **client.prompt_args("Celeste", "平台跳跃", "recommend", "en", "short"))
     assert out["usage"]["prompt_tokens"] == server_reply(server, msgs, max_tokens=1)["usage"]["prompt_tokens"]
     with pytest.raises(client.ReviewError, match="cannot be reached"):
         client.write_review({"endpoint_url": dead_url}, "Celeste")

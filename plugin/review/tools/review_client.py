@@ -34,36 +34,26 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...], default: str) -> st
     return v
 
 
-def review_request(game_name: Any, tags: Any = None, verdict: Any = "auto", language: Any = "zh",
-                   length: Any = None, extra_instructions: Any = None,
-                   system: str | None = None) -> list[dict]:
-    """OpenAI messages for one review, built with :func:`persona.build_review_prompt` +
-    :func:`persona.user_message`: exactly the user turn the model was trained on.
+def prompt_args(game_name: Any, tags: Any = None, verdict: Any = "auto", language: Any = "zh",
+                length: Any = None, extra_instructions: Any = None) -> dict[str, Any]:
+    """The tool's parameters as keyword arguments of :func:`persona.review_messages` (which builds
+    the very user turn the model was trained on).
 
     Args:
-        length: ``short`` / ``medium`` / ``long`` adds a length line; ``None`` or ``"auto"`` (the
-            tool's default) adds none: the training format exactly.
-        system: a system turn to send; ``None`` leaves the server's default (the trained persona
-            embedded in the exported GGUF's chat template).
+        verdict, language, length: the tool's option values, case and spaces forgiven; ``length``
+            ``None`` or ``"auto"`` (the tool's default) adds no length line: the training format exactly.
 
     Raises:
         ReviewError: empty game name or an unknown verdict / language / length.
     """
     if not str(game_name or "").strip():
         raise ReviewError("game_name is required: give the game to review, e.g. 《黑神话：悟空》")
-    verdict = _choice("verdict", verdict, VERDICTS, "auto")
-    language = _choice("language", language, LANGUAGES, "zh")
     length = _choice("length", length, LENGTHS, "auto")
-    length = None if length == "auto" else length  # no length line: the training format exactly
-    try:
-        instruction, input_text = persona.build_review_prompt(
-            str(game_name), tags=str(tags) if tags else None, verdict=verdict.replace("_", " "),
-            language=language, length=length, extra_instructions=str(extra_instructions or "") or None)
-    except ValueError as e:
-        raise ReviewError(str(e)) from None
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": persona.user_message(instruction, input_text)})
-    return messages
+    return {"game_name": str(game_name), "tags": str(tags) if tags else None,
+            "verdict": _choice("verdict", verdict, VERDICTS, "auto").replace("_", " "),
+            "language": _choice("language", language, LANGUAGES, "zh"),
+            "length": None if length == "auto" else length,
+            "extra_instructions": str(extra_instructions or "") or None}
 
 
 def write_review(credentials: Mapping[str, Any], game_name: Any, tags: Any = None, verdict: Any = "auto",
@@ -87,7 +77,11 @@ def write_review(credentials: Mapping[str, Any], game_name: Any, tags: Any = Non
         ReviewError: bad parameters, server down / rejected key / refused request (one line each).
     """
     system = persona.DEFAULT_SYSTEM if server_client.is_on(credentials.get("persona_system_prompt")) else None
-    messages = review_request(game_name, tags, verdict, language, length, extra_instructions, system)
+    try:
+        messages = persona.review_messages(system, **prompt_args(game_name, tags, verdict, language, length,
+                                                                 extra_instructions))
+    except ValueError as e:  # ReviewError included; persona's own checks (e.g. a name that is only 《》)
+        raise ReviewError(str(e)) from None
     length_v = _choice("length", length, LENGTHS, "auto")
     try:
         limit = int(max_tokens) if max_tokens not in (None, "") else MAX_TOKENS_BY_LENGTH.get(length_v, 500)
