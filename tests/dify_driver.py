@@ -1,8 +1,8 @@
 """Test helper: run a Dify plugin the way the plugin daemon does, and talk to it.
 
-* :func:`plugin_python` builds the plugin's Python 3.12 virtualenv from its ``requirements.txt``
-  with uv (what the daemon does at install), cached under ``build/dify-venv/<requirements hash>``
-  so that reruns start at once.
+* :func:`plugin_python` builds the plugin's Python 3.12 virtualenv with uv the way the daemon does
+  at install (``uv sync --frozen`` from ``pyproject.toml`` + ``uv.lock``), cached under
+  ``build/dify-venv/<hash of those files>`` so that reruns start at once.
 * :func:`unpack` extracts a ``.difypkg``.
 * :class:`PluginProcess` starts ``python -m main`` with ``INSTALL_METHOD=local`` in the unpacked
   folder and speaks the daemon's stdio protocol: the plugin writes its manifest JSON as the first
@@ -13,7 +13,7 @@
 
 Usage::
 
-    py = plugin_python(plugin_dir / "requirements.txt")
+    py = plugin_python(plugin_dir)
     with PluginProcess(plugin_dir, py) as plugin:
         reply = plugin.request({"type": "model", "action": "validate_model_credentials", ...})
         reply.result        # data of the stream messages; reply.error: the error message or None
@@ -56,22 +56,37 @@ def _uv() -> str:
     return str(uv) if uv.exists() else (shutil.which("uv") or "uv")
 
 
-def plugin_python(requirements: Path) -> Path:
-    """The ``bin/python`` of a 3.12 venv with ``requirements`` installed (built once, then cached).
+#: The files the daemon installs a plugin's dependencies from, in the order it prefers them.
+DEPENDENCY_FILES = ("pyproject.toml", "uv.lock", "requirements.txt")
+
+
+def plugin_python(plugin_dir: Path) -> Path:
+    """The ``bin/python`` of a 3.12 venv with the plugin's dependencies, installed as the daemon does
+    (``internal/core/local_runtime/setup_python_environment.go``): ``uv sync --no-dev`` from
+    ``pyproject.toml`` (``--frozen`` when ``uv.lock`` is there), else ``uv pip install -r
+    requirements.txt``. Built once per content of those files, then cached.
 
     Built in a temp folder and renamed into place, so an interrupted build is never reused.
     """
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
+    plugin_dir = Path(plugin_dir)
+    files = [plugin_dir / name for name in DEPENDENCY_FILES if (plugin_dir / name).is_file()]
+    digest = hashlib.sha256(b"".join(f.name.encode() + f.read_bytes() for f in files)).hexdigest()[:16]
     venv = VENV_CACHE / digest
     python = venv / "bin" / "python"
     if python.exists():
         return python
     VENV_CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=VENV_CACHE))
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     try:
         subprocess.run([_uv(), "venv", "-q", "--python", python312(), str(tmp)], check=True)
-        subprocess.run([_uv(), "pip", "install", "-q", "--python", str(tmp / "bin" / "python"),
-                        "-r", str(requirements)], check=True)
+        if (plugin_dir / "pyproject.toml").is_file():
+            frozen = ["--frozen"] if (plugin_dir / "uv.lock").is_file() else []
+            subprocess.run([_uv(), "sync", "-q", "--no-dev", *frozen], cwd=plugin_dir, check=True,
+                           env={**env, "UV_PROJECT_ENVIRONMENT": str(tmp)})
+        else:
+            subprocess.run([_uv(), "pip", "install", "-q", "--python", str(tmp / "bin" / "python"),
+                            "-r", str(plugin_dir / "requirements.txt")], check=True, env=env)
         os.replace(tmp, venv)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

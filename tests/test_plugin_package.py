@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -66,6 +67,24 @@ def test_zip_follows_daemon_rules(built, key):
         assert z.read("server_client.py") == shipped("plugin/common/server_client.py").read_bytes()
         files = {n: z.read(n) for n in names}
     assert validate(files)["name"] == manifest["name"]
+
+
+@pytest.mark.parametrize("key", ["chat", "review"])
+def test_dependency_files_agree(built, key):
+    """The daemon installs from pyproject.toml + uv.lock (uv sync --frozen), or from requirements.txt
+    when a PyPI mirror is set: all three pin the same dify_plugin."""
+    with zipfile.ZipFile(built[key]) as z:
+        project = tomllib.loads(z.read("pyproject.toml").decode())["project"]
+        lock = tomllib.loads(z.read("uv.lock").decode())
+        requirements = z.read("requirements.txt").decode().split()
+    assert project["dependencies"] == requirements == ["dify_plugin==0.10.2"]
+    assert project["requires-python"] == ">=3.12"
+    packages = {p["name"]: p for p in lock["package"]}
+    root = packages[project["name"]]
+    assert root["source"] == {"virtual": "."}
+    assert root["metadata"]["requires-dist"] == [{"name": "dify-plugin", "specifier": "==0.10.2"}]
+    assert packages["dify-plugin"]["version"] == "0.10.2"
+    assert {"httpx", "requests"} <= {d["name"] for d in packages["dify-plugin"]["dependencies"]}
 
 
 def test_chat_is_model_provider_and_review_is_tool(built):

@@ -1,8 +1,8 @@
 """Both Dify plugins in the real dify_plugin runtime, against a real ``steam-train serve``.
 
 Each ``.difypkg`` is built by ``steam-train plugin package``, unpacked, and run as ``python -m
-main`` (INSTALL_METHOD=local) in a Python 3.12 venv made from its own requirements.txt with uv
-(cached under build/dify-venv). Requests use the daemon's JSON-lines protocol
+main`` (INSTALL_METHOD=local) in a Python 3.12 venv made from its own pyproject.toml + uv.lock
+with ``uv sync --frozen``, as the daemon installs it (cached under build/dify-venv). Requests use the daemon's JSON-lines protocol
 (:mod:`tests.dify_driver`). The model is the embedded SmolLM2-135M GGUF; one server per module.
 """
 
@@ -52,14 +52,14 @@ def dead_url() -> str:
 
 @pytest.fixture(scope="module")
 def chat(plugins, server):
-    with PluginProcess(plugins["chat"], plugin_python(plugins["chat"] / "requirements.txt")) as p:
+    with PluginProcess(plugins["chat"], plugin_python(plugins["chat"])) as p:
         yield p
     assert not [e for e in p.events if e.get("event") == "garbage"], "plugin wrote non-JSON to stdout"
 
 
 @pytest.fixture(scope="module")
 def review(plugins, server):
-    with PluginProcess(plugins["review"], plugin_python(plugins["review"] / "requirements.txt")) as p:
+    with PluginProcess(plugins["review"], plugin_python(plugins["review"])) as p:
         yield p
     assert not [e for e in p.events if e.get("event") == "garbage"], "plugin wrote non-JSON to stdout"
 
@@ -353,7 +353,7 @@ def test_serverless_health_and_invoke(plugins, server):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
     env.update(INSTALL_METHOD="serverless", SERVERLESS_HOST="127.0.0.1", SERVERLESS_PORT=str(port))
-    py = plugin_python(plugins["review"] / "requirements.txt")
+    py = plugin_python(plugins["review"])
     proc = subprocess.Popen([str(py), "-m", "main"], cwd=plugins["review"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
