@@ -12,10 +12,10 @@ Stages, each through the same code path as its own command (their public ``run(c
 4. **export** — ``steam_persona.export.cli.run``: merge, GGUF, q4_k_m, verification;
 5. **serve** — ``steam-train serve`` as a real subprocess on a free port (``/health`` polled), then
    the same three reviews through the review plugin's own code path
-   (``plugin/review/tools/review_client.py: write_review``, imported from the host Python with
-   ``steam_persona.trainer.plugin_package.load_plugin_module``) and one multi-turn chat sent the way the chat
+   (``tools/review_client.py: write_review`` of the packaged plugin, run in its own folder by
+   :class:`steam_persona.trainer.plugin_call.PluginCode`) and one multi-turn chat sent the way the chat
    plugin sends it: the SDK's OpenAI-compatible streaming request (``stream_options.include_usage``,
-   contents flattened by the plugins' shared ``server_client.prepare_messages``). The chat plugin's
+   contents flattened by the plugins' shared ``plugin/common/server_client.py: prepare_messages``). The chat plugin's
    class itself needs ``dify_plugin`` (Python >= 3.12, installed from PyPI by Dify's daemon), which
    the demo cannot assume offline; the plugin tests run it in the real runtime instead;
 6. **summary** — server stopped; base vs tuned side by side, the goals of
@@ -289,12 +289,13 @@ class _Server:
         return code
 
 
-def _chat_like_plugin(server_client: Any, endpoint: str, model: str, turns: list[str],
-                      max_tokens: int, seed: int) -> dict[str, Any]:
+def _chat_like_plugin(endpoint: str, model: str, turns: list[str], max_tokens: int, seed: int) -> dict[str, Any]:
     """A multi-turn chat sent as the chat plugin sends it (SDK ``OAICompatLargeLanguageModel``):
     ``POST {endpoint}/chat/completions`` with ``stream: true`` and ``stream_options.include_usage``,
     the plugins' own message preparation, Server-Sent Events read until ``[DONE]``."""
     import httpx
+
+    from steam_persona.plugin.common import server_client
 
     messages: list[dict[str, str]] = []
     out = []
@@ -330,38 +331,54 @@ def _chat_like_plugin(server_client: Any, endpoint: str, model: str, turns: list
     return {"turns": out}
 
 
-def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any]:
-    import httpx
+def _reviews_by_the_tool(cfg: DemoConfig, credentials: dict[str, str]) -> list[dict[str, Any]]:
+    """The reviews of :data:`demo_compare.PROMPTS`, each written by the packaged review tool's
+    ``write_review`` in its own folder; timed, printed as they come.
 
+    Raises:
+        PluginCallError: the tool failed (server down, refused request), with its one-line message.
+    """
     from rich.markup import escape
 
-    from steam_persona.trainer.demo_compare import CHAT_TURNS, PROMPTS
-    from steam_persona.trainer.plugin_package import load_plugin_module
+    from steam_persona.trainer.demo_compare import PROMPTS
+    from steam_persona.trainer.plugin_call import PluginCode
 
-    review_client = load_plugin_module("review", "tools/review_client.py")
-    server = _Server(export_dir, out / "serve.log")
-    try:
-        endpoint = f"{server.base_url}/v1"
-        model = review_client.server_client.list_models(endpoint)[0]
-        credentials = {"endpoint_url": endpoint, "api_key": "", "model": model}
-        reviews = []
+    reviews = []
+    with PluginCode("review") as review_tool:
         for game, tags in PROMPTS[cfg.language]:
             t0 = time.perf_counter()
             with status(f"review of {game}"):
-                r = review_client.write_review(credentials, game, tags=tags, language=cfg.language,
-                                               max_tokens=cfg.max_new_tokens, temperature=0.7, seed=cfg.seed)
+                r = review_tool.call("tools.review_client:write_review", credentials, game, tags=tags,
+                                     language=cfg.language, max_tokens=cfg.max_new_tokens, temperature=0.7,
+                                     seed=cfg.seed)
             seconds = time.perf_counter() - t0
             tokens = int((r.get("usage") or {}).get("completion_tokens") or 0)
             reviews.append({"game": r["game"], "tags": tags, "language": cfg.language, "review": r["review"],
                             "tokens": tokens, "seconds": round(seconds, 2),
                             "tokens_per_second": round(tokens / seconds, 1)})
             console.print(f"[bold]{escape(r['game'])}:[/] {escape(r['review'])}", soft_wrap=True)
+    return reviews
+
+
+def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any]:
+    import httpx
+
+    from rich.markup import escape
+
+    from steam_persona.plugin.common import server_client
+    from steam_persona.trainer.demo_compare import CHAT_TURNS
+    from steam_persona.trainer.plugin_call import PluginCallError
+
+    server = _Server(export_dir, out / "serve.log")
+    try:
+        endpoint = f"{server.base_url}/v1"
+        model = server_client.list_models(endpoint)[0]
+        reviews = _reviews_by_the_tool(cfg, {"endpoint_url": endpoint, "api_key": "", "model": model})
         with status("multi-turn chat"):
-            chat = _chat_like_plugin(review_client.server_client, endpoint, model, CHAT_TURNS[cfg.language],
-                                     cfg.max_new_tokens, cfg.seed)
+            chat = _chat_like_plugin(endpoint, model, CHAT_TURNS[cfg.language], cfg.max_new_tokens, cfg.seed)
         for t in chat["turns"]:
             console.print(f"[bold]user:[/] {escape(t['user'])}\n[bold]persona:[/] {escape(t['assistant'])}", soft_wrap=True)
-    except (review_client.ReviewError, review_client.server_client.ServerError, httpx.HTTPError) as e:
+    except (PluginCallError, server_client.ServerError, httpx.HTTPError) as e:
         raise UserError(f"{server.log_path}: the served model failed ({' '.join(str(e).split())[:300]}); "
                         "see that log, fix, and rerun (finished stages are reused)") from None
     finally:

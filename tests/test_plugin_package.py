@@ -1,23 +1,26 @@
-"""``steam-train plugin package``: the daemon's zip and manifest rules, and the plugins' plain
-modules (server_client, review_client) run from the host Python."""
+"""``steam-train plugin package``: the daemon's zip and manifest rules; the plugins' own tests
+(beside their sources) and their plain functions run in each packaged plugin's folder."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 import tomllib
 import zipfile
+from xml.etree import ElementTree
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from steam_persona.trainer import persona
 from steam_persona.cli import main as cli
 from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.plugin_package import (MAX_UNPACKED_BYTES, PACKAGES, PackageConfig, load_plugin_module, run, stage,
-                                    validate)
+from steam_persona.trainer.plugin_call import PluginCallError, PluginCode
+from steam_persona.trainer.plugin_package import MAX_UNPACKED_BYTES, PACKAGES, PackageConfig, run, stage, validate
 from steam_persona.resources import shipped
 
 FORBIDDEN_PREFIXES = ("trainer/", "export/", "serve/", "tests/", ".venv/", "build/", "dist/", ".git/")
@@ -214,59 +217,43 @@ def test_cli_writes_both(tmp_path):
                                                           "steam_persona_review-0.1.0.difypkg"]
 
 
-# -- the plugins' plain modules, from the host Python (what steam-train demo reuses) ---------------
+# -- the plugins' own tests, run in each packaged plugin's folder ------------------------------------
 
-@pytest.fixture(scope="module")
-def review_client():
-    return load_plugin_module("review", "tools/review_client.py")
-
-
-@pytest.fixture(scope="module")
-def server_client(review_client):
-    import sys
-
-    return sys.modules["server_client"]
+#: Test folders beside the sources that each plugin's package must pass (plugin/common/ is in both).
+OWN_TESTS = {"chat": ["plugin/common/tests"], "review": ["plugin/common/tests", "plugin/review/tests"]}
 
 
-def test_review_prompt_is_the_training_format(review_client):
-    msgs = persona.review_messages(None, **review_client.prompt_args(
-        "《《Hollow Knight™》》", tags="动作，类银河战士恶魔城", verdict="auto", language="zh", length=None))
-    instruction, input_text = persona.build_review_prompt("Hollow Knight", ["动作", "类银河战士恶魔城"])
-    assert msgs == [{"role": "user", "content": persona.user_message(instruction, input_text)}]
-    assert msgs[0]["content"] == "请以资深玩家的身份，点评一下《Hollow Knight》这款游戏。\n游戏类型标签：动作, 类银河战士恶魔城"
+@pytest.mark.parametrize("key", sorted(OWN_TESTS))
+def test_plugin_own_tests_pass_in_the_packaged_folder(key, tmp_path):
+    """``python -m pytest tests`` in the unpacked plugin (as Dify's plugins are tested from their
+    folder): the plain modules import only what the package holds, by the names it gives them."""
+    with PluginCode(key) as code:
+        for folder in OWN_TESTS[key]:
+            shutil.copytree(shipped(folder), code.folder / "tests", dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               f"--junitxml={tmp_path / 'junit.xml'}", "tests"], cwd=code.folder, env=env,
+                              capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    suite = ElementTree.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert (suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("0", "0", "0")
+    names = {case.get("name") for case in suite.iter("testcase")}
+    assert {"test_endpoints_and_docker_hint", "test_errors_and_switches"} <= names
+    assert ("test_tool_default_length_is_the_training_format" in names) == (key == "review")
 
 
-def test_review_prompt_options(review_client):
-    msgs = persona.review_messages(persona.DEFAULT_SYSTEM, **review_client.prompt_args(
-        "Celeste", None, "not_recommend", "en", "short", "Compare with Towerfall."))
-    assert msgs[0] == {"role": "system", "content": persona.DEFAULT_SYSTEM}
-    assert msgs[1]["content"] == ('As a veteran gamer, review the game "Celeste".\nVerdict: Not recommended\n'
-                                  "Length: short, two or three sentences.\nCompare with Towerfall.")
-    for bad, needle in ((dict(game_name=" "), "game_name is required"), (dict(game_name="X", verdict="maybe"), "verdict"),
-                        (dict(game_name="X", language="fr"), "language"), (dict(game_name="X", length="epic"), "length")):
-        with pytest.raises(review_client.ReviewError, match=needle):
-            review_client.prompt_args(**bad)
-
-
-def test_server_client_helpers(server_client):
-    sc = server_client
-    assert sc.normalize_endpoint(" http://h:8000/v1/ ") == "http://h:8000/v1"
-    assert sc.normalize_endpoint("http://h:8000") == "http://h:8000/v1"
-    assert sc.server_root("http://h:8000/v1") == "http://h:8000"
-    with pytest.raises(sc.ServerError, match="not an http"):
-        sc.normalize_endpoint("h:8000/v1")
-    assert "host.docker.internal:9000" in sc.docker_hint("http://localhost:9000/v1")
-    assert "host-gateway" in sc.docker_hint("http://127.0.0.1:8000/v1")
-    assert sc.docker_hint("http://host.docker.internal:8000/v1") == ""
-    assert sc.flatten_content([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]) == "a\nb"
-    image = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]
-    assert sc.flatten_content(image) == image
-    assert sc.prepare_messages([{"role": "user", "content": "hi"}], system="S")[0] == {"role": "system", "content": "S"}
-    assert len(sc.prepare_messages([{"role": "system", "content": "T"}], system="S")) == 1
-    assert sc.render_chatml([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    assert sc.estimate_tokens("你好abcd") == 3
-    err = sc.error_for_status(400, '{"error": {"message": "This model\'s maximum context length is 2048 tokens."}}', "u")
-    assert (err.kind, err.status) == ("bad_request", 400) and "maximum context length is 2048" in str(err)
-    assert sc.error_for_status(401, "", "u").kind == "auth"
-    assert sc.error_for_status(503, "busy", "u").kind == "server"
-    assert [sc.is_on(v) for v in ("enabled", "true", True, "disabled", None, "")] == [True, True, True, False, False, False]
+def test_plugin_code_calls_the_packaged_function_in_its_folder():
+    with PluginCode("review") as code:
+        args = code.call("tools.review_client:prompt_args", "《Celeste》", verdict="Not Recommend")
+        assert args == {"game_name": "《Celeste》", "tags": None, "verdict": "not recommend", "language": "zh",
+                        "length": None, "extra_instructions": None}
+        with pytest.raises(PluginCallError, match="game_name is required") as e:
+            code.call("tools.review_client:prompt_args", " ")
+        assert e.value.kind == "ReviewError"
+        with pytest.raises(PluginCallError, match="No module named 'tools.nope'") as e:
+            code.call("tools.nope:f")
+        assert e.value.kind == "ModuleNotFoundError"
+        folder = code.folder
+        assert (folder / "persona.py").read_bytes() == shipped("trainer/persona.py").read_bytes()
+    assert not folder.exists()

@@ -21,7 +21,8 @@ import pytest
 from tests.dify_driver import PluginProcess, plugin_python, unpack
 from tests.serving import free_port, serve_process
 from steam_persona.trainer import persona
-from steam_persona.trainer.plugin_package import PackageConfig, load_plugin_module, run
+from steam_persona.trainer.plugin_call import PluginCallError, PluginCode
+from steam_persona.trainer.plugin_package import PackageConfig, run
 
 pytestmark = pytest.mark.slow
 
@@ -269,7 +270,6 @@ COMBOS = list(itertools.product(["auto", "recommend", "not_recommend"], ["zh", "
 
 
 def test_invoke_tool_every_parameter_combination(review, server):
-    client = load_plugin_module("review", "tools/review_client.py")
     for i, (verdict, language, length) in enumerate(COMBOS):
         params = {"game_name": "《Hollow Knight™》", "verdict": verdict, "language": language, "length": length,
                   "max_tokens": 2}
@@ -288,8 +288,10 @@ def test_invoke_tool_every_parameter_combination(review, server):
         # max_tokens reached the server (a multi-byte character may take a few more tokens)
         assert 1 <= out["usage"]["completion_tokens"] <= 2 + 3
         if i < 4:  # zh/en × with/without tags: the server saw exactly the host-built training-format prompt
-            expected = persona.review_messages(None, **client.prompt_args(
-                params["game_name"], params.get("tags"), verdict, language, length, params.get("extra_instructions")))
+            expected = persona.review_messages(None, game_name="Hollow Knight", tags=params.get("tags"),
+                                               verdict=verdict.replace("_", " "), language=language,
+                                               length=None if length == "auto" else length,
+                                               extra_instructions=params.get("extra_instructions"))
             direct = server_reply(server, expected, max_tokens=1)["usage"]["prompt_tokens"]
             assert out["usage"]["prompt_tokens"] == direct
 
@@ -308,28 +310,18 @@ def test_invoke_tool_defaults_and_persona_switch(review, server):
         server_reply(server, msgs, max_tokens=1)["usage"]["prompt_tokens"]
 
 
-def test_tool_default_length_is_the_training_format():
-    """Regression: the tool's YAML default used to be length=medium, which adds a 篇幅 line the model
-    never saw in training. The default is now auto: exactly persona.build_review_prompt's record."""
-    import yaml
-
-    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "plugin/review/tools/write_steam_review.yaml").read_text(encoding="utf-8"))
-    default = next(p for p in spec["parameters"] if p["name"] == "length")["default"]
-    client = load_plugin_module("review", "tools/review_client.py")
-    msgs = persona.review_messages(None, **client.prompt_args("Dota 2", "免费开玩, 多人, 竞技", "auto", "zh", default))
-    assert msgs == [{"role": "user", "content": "请以资深玩家的身份，点评一下《Dota 2》这款游戏。\n游戏类型标签：免费开玩, 多人, 竞技"}]
-
-
 def test_host_python_runs_the_tool_code_path(server, dead_url):
-    """What steam-train demo does: the tool's prompt + HTTP path from the host Python (no Dify)."""
-    client = load_plugin_module("review", "tools/review_client.py")
-    out = client.write_review(review_creds(server), "Celeste", tags="平台跳跃", verdict="recommend", language="en",
-                              length="short", max_tokens=2)
-    assert (out["game"], out["verdict"], out["model"]) == ("Celeste", "recommend", "SmolLM2-135M-Instruct.Q4_1")
-    msgs = persona.review_messages(None, **client.prompt_args("Celeste", "平台跳跃", "recommend", "en", "short"))
-    assert out["usage"]["prompt_tokens"] == server_reply(server, msgs, max_tokens=1)["usage"]["prompt_tokens"]
-    with pytest.raises(client.ReviewError, match="cannot be reached"):
-        client.write_review({"endpoint_url": dead_url}, "Celeste")
+    """What steam-train demo does: the packaged tool's prompt + HTTP path from the host Python (no Dify)."""
+    with PluginCode("review") as code:
+        out = code.call("tools.review_client:write_review", review_creds(server), "Celeste", tags="平台跳跃",
+                        verdict="recommend", language="en", length="short", max_tokens=2)
+        assert (out["game"], out["verdict"], out["model"]) == ("Celeste", "recommend", "SmolLM2-135M-Instruct.Q4_1")
+        msgs = persona.review_messages(None, game_name="Celeste", tags="平台跳跃", verdict="recommend", language="en",
+                                       length="short")
+        assert out["usage"]["prompt_tokens"] == server_reply(server, msgs, max_tokens=1)["usage"]["prompt_tokens"]
+        with pytest.raises(PluginCallError, match="cannot be reached") as e:
+            code.call("tools.review_client:write_review", {"endpoint_url": dead_url}, "Celeste")
+        assert e.value.kind == "ReviewError"
 
 
 @pytest.mark.parametrize("case", ["server_down", "no_game", "bad_verdict"])

@@ -3,9 +3,14 @@
 A model provider and a tool may not share one package (the plugin daemon refuses the install), so
 the persona ships as two plugins: the chat model provider (``manifest.yaml`` at the repo root,
 sources in ``plugin/chat/``) and the review tool (``plugin/review/``). :data:`PACKAGES` is the one
-table of what goes where; both get ``trainer/persona.py`` (the training prompt format and the
-persona) and ``plugin/common/server_client.py`` (HTTP to the server) copied to their root. Paths
-are the repository's; an installed steam-persona holds the same files as package data
+table of what goes where. Each plugin folder is laid out like Dify's own (``main.py``,
+``provider/``, ``models/`` or ``tools/``, ``pyproject.toml`` + ``uv.lock``, its tests beside it);
+two shared files are copied to the root of both packages: ``trainer/persona.py`` (the prompt format
+and the persona: one definition, also used by train, export and serve) and
+``plugin/common/server_client.py`` (HTTP to the server). Copied at package time rather than kept
+in each folder, because a committed copy per plugin would be two more persona definitions to keep
+equal with training, and symlinks break in Windows checkouts. Paths are the repository's; an
+installed steam-persona holds the same files as package data
 (:func:`steam_persona.resources.shipped`), so the command works from any folder.
 
 Before writing, each staged package is checked against the daemon's rules (langgenius/
@@ -25,11 +30,8 @@ PyPI, it cannot merge the shared modules in, and its checks run only at install 
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import re
-import sys
 import time
-import types
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +95,18 @@ PACKAGES = (
     Package("chat", manifest="manifest.yaml", source="plugin/chat", extra=_SHARED),
     Package("review", manifest="plugin/review/manifest.yaml", source="plugin/review", extra=_SHARED),
 )
+
+
+def package(key: str) -> Package:
+    """The entry of :data:`PACKAGES` named ``key`` (``"chat"`` / ``"review"``).
+
+    Raises:
+        UserError: no plugin has that name.
+    """
+    for pkg in PACKAGES:
+        if pkg.key == key:
+            return pkg
+    raise UserError(f"{key!r} is not one of the plugins ({', '.join(p.key for p in PACKAGES)})")
 
 
 @dataclass
@@ -402,37 +416,6 @@ def verify(cfg: VerifyConfig) -> dict[str, int]:
             for p, t in result.items()}
     summary_table("Signatures", [(p, f"good, signed {w}") for p, w in when.items()])
     return result
-
-
-def load_plugin_module(plugin: str, relpath: str) -> types.ModuleType:
-    """Import one of a plugin's plain modules from the source tree, from the host Python.
-
-    The packaged plugins import ``persona`` and ``server_client`` as top-level modules; this gives
-    them the same names (the very files the packager copies in) so that e.g. ``steam-train demo``
-    can run ``load_plugin_module("review", "tools/review_client.py").write_review(...)``, the
-    tool's exact prompt + HTTP path, without Dify or Python 3.12. Only modules that do not import
-    ``dify_plugin`` can be loaded this way.
-
-    Raises:
-        UserError: the file is not in the plugin's sources.
-    """
-    pkg = next((p for p in PACKAGES if p.key == plugin), None)
-    path = shipped(pkg.source) / relpath if pkg else None
-    if path is None or not path.is_file():
-        raise UserError(f"{plugin}/{relpath}: not a file of the plugin sources under {shipped('plugin')}")
-    for arc, src in pkg.extra:
-        _load(Path(arc).stem, shipped(src))
-    return _load(f"steam_persona_plugins.{plugin}.{Path(relpath).with_suffix('').as_posix().replace('/', '.')}", path)
-
-
-def _load(name: str, path: Path) -> types.ModuleType:
-    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @click.group(name="plugin", help="Build, sign and verify the Dify plugins (chat model provider + review tool).")

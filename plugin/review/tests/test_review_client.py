@@ -1,0 +1,48 @@
+"""The review tool's plain code (``tools/review_client.py``, no ``dify_plugin``), run as the packaged
+plugin imports it: ``python -m pytest tests`` in the unpacked plugin, where ``persona.py`` and
+``server_client.py`` sit at the root. The main suite does that in ``tests/test_plugin_package.py``;
+``tests/test_plugin_runtime.py`` runs the whole tool in the real ``dify_plugin`` runtime."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import persona
+from tools.review_client import ReviewError, prompt_args
+
+PLUGIN = Path(__file__).resolve().parents[1]
+
+
+def test_review_prompt_is_the_training_format():
+    msgs = persona.review_messages(None, **prompt_args(
+        "《《Hollow Knight™》》", tags="动作，类银河战士恶魔城", verdict="auto", language="zh", length=None))
+    instruction, input_text = persona.build_review_prompt("Hollow Knight", ["动作", "类银河战士恶魔城"])
+    assert msgs == [{"role": "user", "content": persona.user_message(instruction, input_text)}]
+    assert msgs[0]["content"] == "请以资深玩家的身份，点评一下《Hollow Knight》这款游戏。\n游戏类型标签：动作, 类银河战士恶魔城"
+
+
+def test_review_prompt_options():
+    msgs = persona.review_messages(persona.DEFAULT_SYSTEM, **prompt_args(
+        "Celeste", None, "not_recommend", "en", "short", "Compare with Towerfall."))
+    assert msgs[0] == {"role": "system", "content": persona.DEFAULT_SYSTEM}
+    assert msgs[1]["content"] == ('As a veteran gamer, review the game "Celeste".\nVerdict: Not recommended\n'
+                                  "Length: short, two or three sentences.\nCompare with Towerfall.")
+
+
+@pytest.mark.parametrize("bad,needle", [(dict(game_name=" "), "game_name is required"),
+                                        (dict(game_name="X", verdict="maybe"), "verdict"),
+                                        (dict(game_name="X", language="fr"), "language"),
+                                        (dict(game_name="X", length="epic"), "length")])
+def test_review_prompt_refuses_bad_parameters(bad, needle):
+    with pytest.raises(ReviewError, match=needle):
+        prompt_args(**bad)
+
+
+def test_tool_default_length_is_the_training_format():
+    """Regression: the tool's YAML default used to be length=medium, which adds a 篇幅 line the model
+    never saw in training. The default is now auto: exactly persona.build_review_prompt's record."""
+    spec = yaml.safe_load((PLUGIN / "tools/write_steam_review.yaml").read_text(encoding="utf-8"))
+    default = next(p for p in spec["parameters"] if p["name"] == "length")["default"]
+    msgs = persona.review_messages(None, **prompt_args("Dota 2", "免费开玩, 多人, 竞技", "auto", "zh", default))
+    assert msgs == [{"role": "user", "content": "请以资深玩家的身份，点评一下《Dota 2》这款游戏。\n游戏类型标签：免费开玩, 多人, 竞技"}]
