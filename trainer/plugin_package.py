@@ -216,13 +216,28 @@ def validate(files: dict[str, bytes], label: str = "plugin") -> dict:
     Checks: ``version``/``author``/``name`` regexes (author not a UUID), ``type: plugin``, i18n
     ``label``/``description``, icons in ``_assets/``, ``resource.memory`` > 0, ``meta`` (spec
     0.0.1, arch, python runner with its entrypoint module), RFC 3339 ``created_at``, tags, privacy
-    file, referenced provider/tool YAML and their Python sources, a model provider alone, ≤ 50 MiB.
+    file, a dependency file, referenced provider/tool YAML and their Python sources, a model
+    provider alone, ≤ 50 MiB.
 
     Raises:
         UserError: ``"<label> manifest.yaml: <field>: <problem>; <fix>"``.
     """
     where = f"{label} manifest.yaml"
     m = _yaml(files, "manifest.yaml", label)
+    _validate_identity(files, m, where)
+    _validate_runner(files, m, where)
+    if "requirements.txt" not in files and "pyproject.toml" not in files:
+        raise UserError(f"{label}: requirements.txt is missing; the daemon installs the plugin from it")
+    _validate_extensions(files, m, where)
+    size = sum(len(b) for b in files.values())
+    if size > MAX_UNPACKED_BYTES:
+        raise UserError(f"{label}: {size / 2**20:.1f} MiB unpacked, over the daemon's 50 MiB; "
+                        f"list large files in .difyignore")
+    return m
+
+
+def _validate_identity(files: dict[str, bytes], m: dict, where: str) -> None:
+    """Who the plugin is and how Dify shows it: version, type, author, name, texts, icons, tags, privacy."""
     version = str(m.get("version") or "")
     if not VERSION_RE.match(version):
         raise UserError(f"{where}: version {version!r} must look like 1.2.3 (regex {VERSION_RE.pattern})")
@@ -241,6 +256,23 @@ def validate(files: dict[str, bytes], label: str = "plugin") -> dict:
     _asset(files, m.get("icon"), f"{where}: icon")
     if m.get("icon_dark"):
         _asset(files, m["icon_dark"], f"{where}: icon_dark")
+    created = m.get("created_at")
+    if isinstance(created, str):
+        try:
+            datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+        except ValueError:
+            created = None
+    if not isinstance(created, (str, datetime.datetime)):
+        raise UserError(f"{where}: created_at must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
+    bad_tags = [t for t in m.get("tags") or [] if t not in PLUGIN_TAGS]
+    if bad_tags:
+        raise UserError(f"{where}: unknown tags {bad_tags}; use {', '.join(sorted(PLUGIN_TAGS))}")
+    if m.get("privacy") and m["privacy"] not in files:
+        raise UserError(f"{where}: privacy file {m['privacy']!r} is not in the package")
+
+
+def _validate_runner(files: dict[str, bytes], m: dict, where: str) -> None:
+    """How the daemon runs it: ``resource.memory`` and ``meta`` (spec version, arch, python runner)."""
     resource = m.get("resource") or {}
     if not isinstance(resource.get("memory"), int) or resource["memory"] <= 0:
         raise UserError(f"{where}: resource.memory must be a positive number of bytes, e.g. 268435456")
@@ -257,27 +289,16 @@ def validate(files: dict[str, bytes], label: str = "plugin") -> dict:
     if f"{runner['entrypoint']}.py" not in files:
         raise UserError(f"{where}: meta.runner.entrypoint {runner['entrypoint']!r} has no "
                         f"{runner['entrypoint']}.py in the package")
-    created = m.get("created_at")
-    if isinstance(created, str):
-        try:
-            datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
-        except ValueError:
-            created = None
-    if not isinstance(created, (str, datetime.datetime)):
-        raise UserError(f"{where}: created_at must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
-    bad_tags = [t for t in m.get("tags") or [] if t not in PLUGIN_TAGS]
-    if bad_tags:
-        raise UserError(f"{where}: unknown tags {bad_tags}; use {', '.join(sorted(PLUGIN_TAGS))}")
-    if m.get("privacy") and m["privacy"] not in files:
-        raise UserError(f"{where}: privacy file {m['privacy']!r} is not in the package")
-    if "requirements.txt" not in files and "pyproject.toml" not in files:
-        raise UserError(f"{label}: requirements.txt is missing; the daemon installs the plugin from it")
+
+
+def _validate_extensions(files: dict[str, bytes], m: dict, where: str) -> None:
+    """What it provides: ``plugins`` declares something, a model provider alone, each YAML and its sources."""
     plugins = m.get("plugins") or {}
     declared = {k: list(plugins.get(k) or []) for k in EXTENSION_KINDS}
     if not any(declared.values()):
         raise UserError(f"{where}: plugins declares nothing; add models: or tools: with a provider YAML")
-    if declared["models"] and any(declared[k] for k in EXTENSION_KINDS if k != "models"):
-        others = [k for k in EXTENSION_KINDS if k != "models" and declared[k]]
+    others = [k for k in EXTENSION_KINDS if k != "models" and declared[k]]
+    if declared["models"] and others:
         raise UserError(f"{where}: a model provider and {', '.join(others)} cannot be provided at the same time "
                         f"(the daemon refuses the install); ship them as two plugins")
     for kind, paths in declared.items():
@@ -289,11 +310,6 @@ def validate(files: dict[str, bytes], label: str = "plugin") -> dict:
                 _validate_model_provider(files, p, provider)
             elif kind == "tools":
                 _validate_tool_provider(files, p, provider)
-    size = sum(len(b) for b in files.values())
-    if size > MAX_UNPACKED_BYTES:
-        raise UserError(f"{label}: {size / 2**20:.1f} MiB unpacked, over the daemon's 50 MiB; "
-                        f"list large files in .difyignore")
-    return m
 
 
 def _python_source(files: dict[str, bytes], path: Any, where: str) -> None:
