@@ -1,1 +1,3 @@
-"""Data package: the Dify plugins' sources, read through :func:`steam_persona.resources.shipped`."""
+"""The Dify plugins' sources, shipped as data and read through :func:`steam_persona.resources.shipped`
+(``steam-train plugin package`` builds the ``.difypkg`` files from them). The host imports one file
+as code: ``steam_persona.plugin.common.server_client``, the HTTP client both plugins are packaged with."""

@@ -117,8 +117,8 @@ def wheel_env(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("wheel")
     dist = tmp / "dist"
     # sdist first, then the wheel built from the unpacked sdist (so a file missing from the sdist fails here)
-    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(REPO)],
-                   check=True, capture_output=True, timeout=300)
+    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(REPO)],
+                           check=True, capture_output=True, text=True, timeout=300)
     check = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, dist.iterdir())],
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -127,7 +127,7 @@ def wheel_env(tmp_path_factory) -> dict[str, Path]:
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
                     "--ignore-installed", str(wheel)], check=True, capture_output=True, timeout=300)
     return {"wheel": wheel, "sdist": next(dist.glob("steam_persona-*.tar.gz")), "bin": tmp / "venv" / "bin",
-            "cwd": tmp_path_factory.mktemp("empty")}
+            "cwd": tmp_path_factory.mktemp("empty"), "build_log": built.stdout + built.stderr}
 
 
 def _run(env: dict[str, Path], *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -152,6 +152,19 @@ def test_wheel_holds_one_import_name_and_every_shipped_file(wheel_env):
                              cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     assert len(tracked) > 60 and not [f for f in tracked if f"steam_persona/{f}" not in names]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", "/.env"))]
+
+
+@pytest.mark.slow
+def test_wheel_build_takes_the_plugin_folders_as_data_without_warnings(wheel_env):
+    """Regression: setuptools warned "Package 'steam_persona.plugin.chat' is absent from the
+    `packages` configuration" for every plugin subfolder (and trainer/lists)."""
+    assert "Successfully built" in wheel_env["build_log"]
+    assert "absent from the `packages` configuration" not in wheel_env["build_log"]
+    with zipfile.ZipFile(wheel_env["wheel"]) as z:
+        names = set(z.namelist())
+    for key in ("chat", "review"):
+        assert {f"steam_persona/plugin/{key}/{f}" for f in ("pyproject.toml", "uv.lock", ".difyignore", ".env.example",
+                                                             "requirements.txt", "main.py")} <= names
 
 
 @pytest.mark.slow
