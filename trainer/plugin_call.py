@@ -66,8 +66,14 @@ class PluginCode:
         self.folder: Path | None = None
 
     def __enter__(self) -> PluginCode:
+        """Stage the package and write it into a new temporary folder.
+
+        Raises:
+            UserError: the plugin's sources are missing (:func:`plugin_package.stage`); nothing is written.
+        """
+        files = stage(self.package)
         self.folder = Path(tempfile.mkdtemp(prefix=f"steam-persona-{self.package.key}-"))
-        for name, data in stage(self.package).items():
+        for name, data in files.items():
             path = self.folder / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
