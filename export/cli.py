@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import time
@@ -31,7 +30,8 @@ from typing import Any, Iterator
 
 import click
 
-from steam_persona.trainer import config
+from steam_persona.trainer import arguments, config
+from steam_persona.trainer.arguments import DataArguments, LlamaCppArguments, ModelArguments
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.errors import UserError
 
@@ -43,15 +43,12 @@ REPORT = "export_report.json"
 class ExportConfig:
     """Flags of `steam-train export` (= YAML keys). LLaMA-Factory names where it has one."""
 
-    model_name_or_path: str | None = arg(None, "Base model: HF id, local folder, .gguf file or 'smollm2'. "
-                                               "Default: model_name_or_path in the run's run_config.yaml.")
-    adapter_name_or_path: str | None = arg(None, "Run dir (or its checkpoint-N) holding the LoRA adapter. "
-                                                 "None: export the base model alone.")
+    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None)
+    adapter_name_or_path: str | None = ModelArguments.use("adapter_name_or_path")
     export_dir: str | None = arg(None, "Output folder. Default: ADAPTER_NAME_OR_PATH/export.")
     quantization: list[str] = arg(["q4_k_m"], "GGUF types to write, comma-separated: q4_k_m, q5_k_m, q6_k, "
                                               "q8_0, f16, bf16 (also q2_k … q5_k_s).")
-    system: str | None = arg(None, "Persona system prompt embedded as the chat template's default. Default: "
-                                   "the run's 'system', else the built-in persona; '' keeps the model's own.")
+    system: str | None = DataArguments.use("system")
     export_name: str | None = arg(None, "File name stem: <export_name>-<quant>.gguf. Default: the run dir's "
                                         "name (or the base model's).")
     infer_dtype: str = arg("auto", "16-bit dtype to merge in; auto = the base's own 16-bit dtype, else "
@@ -61,7 +58,7 @@ class ExportConfig:
     lora_gguf: bool = arg(False, "Also write the adapter alone as <name>-lora.gguf for llama.cpp --lora.")
     overwrite: bool = arg(False, "Replace a finished export in --export_dir (finished steps are still reused "
                                  "when their inputs match).")
-    n_threads: int = arg(0, "CPU threads for quantizing and verifying; 0 = all usable cores.")
+    n_threads: int = LlamaCppArguments.use("n_threads")
     keep_merged: bool = arg(False, "Keep merged/ (the merged 16-bit Hugging Face model, as large as the base in "
                                    "16-bit) for transformers or vLLM; by default it is deleted once the GGUFs are "
                                    "verified.")
@@ -114,7 +111,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     else:
         raise UserError("command line: no --export_dir given (needed when there is no --adapter_name_or_path)")
     name = _safe_name(cfg.export_name or (run_info.adapter_dir.resolve().name if run_info.adapter_dir else src.name))
-    n_threads = cfg.n_threads or len(os.sched_getaffinity(0))
+    n_threads = arguments.n_threads(cfg.n_threads, generate=False)
 
     # --- what each step is made from (reuse a finished step only when these match) ---
     merge_fp = mg.fingerprint({
