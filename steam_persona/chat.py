@@ -142,22 +142,17 @@ class HFBackend(Backend):
 
     def __init__(self, cfg: ChatConfig) -> None:
         import torch
-        import yaml
 
+        from steam_persona.trainer import persona
         from steam_persona.trainer.model import load_for_inference
+        from steam_persona.trainer.run_record import RunRecord
 
         torch.manual_seed(cfg.seed)
-        base = cfg.model_name_or_path  # None with an adapter: load_for_inference reads run_config.yaml
+        base = cfg.model_name_or_path  # None with an adapter: load_for_inference takes the run's base
         self.model, self.tokenizer = load_for_inference(base, cfg.adapter_name_or_path,
-                                                        quantization_bit=int(cfg.quantization_bit) if cfg.quantization_bit else None)
-        run_system = None
-        if cfg.adapter_name_or_path:
-            ad = Path(cfg.adapter_name_or_path)
-            for cand in (ad / "run_config.yaml", ad.parent / "run_config.yaml"):
-                if cand.is_file():
-                    run_system = (yaml.safe_load(cand.read_text(encoding="utf-8")) or {}).get("system")
-                    break
-        self.persona = cfg.system or run_system
+                                                        quantization_bit=cfg.quantization_bit)
+        # no persona known: the model's chat template applies its own default system prompt
+        self.persona = persona.resolve(cfg.system, RunRecord.load(cfg.adapter_name_or_path), default=None) or None
         self.name = f"{base or 'run base'} + {cfg.adapter_name_or_path}" if cfg.adapter_name_or_path else str(base)
         gen = self.model.generation_config
         self.defaults = generation_defaults(gen.to_dict() if gen is not None else None)

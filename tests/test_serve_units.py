@@ -70,6 +70,14 @@ def test_smollm2_facts_and_persona_sources(smollm2_gguf, tmp_path):
     assert resolve_persona("mine", info) == ("mine", "--system")
     reported = replace(info, export_report={"persona": {"system": "from report"}})
     assert resolve_persona(None, reported) == ("from report", "export_report.json")
+    # persona.resolve's precedence: '' given = no persona; a blank report persona is not a persona
+    assert resolve_persona("", reported) == (None, "--system")
+    assert resolve_persona(None, replace(info, export_report={"persona": "  "})) == (info.template_system,
+                                                                                     "GGUF chat template")
+    assert resolve_persona(None, replace(info, template_system=None)) == (None, "none")
+    from steam_persona.export.convert import context_length
+
+    assert context_length(smollm2_gguf) == info.n_ctx_train == 8192  # what the Modelfile's num_ctx is made from
 
 
 def test_choose_n_ctx_uses_training_context_capped_by_memory(smollm2_gguf):
