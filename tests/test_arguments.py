@@ -20,7 +20,8 @@ from steam_persona.trainer.validate import ValidateConfig
 
 STAGES = (TrainConfig, ValidateConfig, EvalConfig, ChatConfig, ExportConfig, ServeConfig, DemoConfig, PrepareConfig)
 GROUPS = (arguments.ModelArguments, arguments.QuantizationArguments, arguments.DataArguments,
-          arguments.LoraArguments, arguments.GeneratingArguments, arguments.LlamaCppArguments)
+          arguments.LoraArguments, arguments.TrainingArguments, arguments.GeneratingArguments,
+          arguments.LlamaCppArguments)
 
 
 def _base(tp):

@@ -1,7 +1,8 @@
 """The settings groups every stage composes: each flag's name, type, help text and check, once.
 
 The groups follow LLaMA-Factory's ``hparams/`` (``ModelArguments``, ``QuantizationArguments``,
-``DataArguments``, ``LoraArguments``, ``GeneratingArguments``) plus llama.cpp's runtime settings
+``DataArguments``, ``LoraArguments``, ``GeneratingArguments``; transformers' ``TrainingArguments``
+for the few optimisation flags the demo and eval share with train) plus llama.cpp's runtime settings
 (``LlamaCppArguments``, named as llama-cpp-python's ``server/settings.py``). A stage config takes a
 field with ``Group.use(name[, default])`` (:class:`steam_persona.trainer.config.Arguments`): only
 the default may differ per stage; the help text says what an unset value means where a stage
@@ -58,7 +59,7 @@ class ModelArguments(Arguments):
     """Which model to load (LLaMA-Factory's ``ModelArguments``)."""
 
     model_name_or_path: str | None = arg(
-        "smollm2", "Base model: 'smollm2' (the embedded SmolLM2-135M-Instruct; nothing is downloaded), an HF hub id "
+        "smollm2", "Base model: 'smollm2' (the embedded SmolLM2-135M-Instruct, no download), an HF hub id "
                    "(honours HF_ENDPOINT), a local folder or a .gguf file (chat: also an export dir).",
         unset="the adapter run's base (run_config.yaml), else smollm2")
     adapter_name_or_path: str | None = arg(
@@ -105,6 +106,17 @@ class LoraArguments(Arguments):
     lora_dropout: float = arg(0.0, "LoRA dropout.")
     lora_target: list[str] = arg(["all"], "Linear layers to adapt: all (every linear but the output head) or names "
                                           "like q_proj,v_proj.")
+
+
+@dataclass
+class TrainingArguments(Arguments):
+    """The optimisation settings other stages also take (names as transformers' ``TrainingArguments``)."""
+
+    per_device_train_batch_size: int = arg(8, "Samples per micro-batch.", check=_positive)
+    per_device_eval_batch_size: int = arg(8, "Samples per eval forward pass (loss; eval also generates in them).",
+                                          check=_positive)
+    learning_rate: float = arg(5e-5, "Peak AdamW learning rate.")
+    max_steps: int = arg(-1, "Optimizer steps; overrides num_train_epochs when > 0.")
 
 
 @dataclass

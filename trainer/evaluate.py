@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from steam_persona.trainer import config, eval_metrics, io, persona
-from steam_persona.trainer.arguments import CUTOFF_LEN, DataArguments, GeneratingArguments, ModelArguments
+from steam_persona.trainer.arguments import (CUTOFF_LEN, DataArguments, GeneratingArguments, ModelArguments,
+                                             TrainingArguments)
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import console, progress, summary_table
 from steam_persona.trainer.errors import UserError
@@ -69,7 +70,7 @@ class EvalConfig:
     top_p: float = GeneratingArguments.use("top_p")
     repetition_penalty: float = GeneratingArguments.use("repetition_penalty")
     seed: int = DataArguments.use("seed")
-    per_device_eval_batch_size: int = arg(8, "Sequences per forward pass (loss and generation).")
+    per_device_eval_batch_size: int = TrainingArguments.use("per_device_eval_batch_size")
     output_dir: str | None = arg(None, "Where the report goes; default: <run>/eval, or eval/<gguf name>.")
 
 

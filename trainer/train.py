@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from steam_persona.trainer import config, io
-from steam_persona.trainer.arguments import DataArguments, LoraArguments, ModelArguments, QuantizationArguments
+from steam_persona.trainer.arguments import (DataArguments, LoraArguments, ModelArguments, QuantizationArguments,
+                                             TrainingArguments)
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import console, plain_progress, progress, summary_table
 from steam_persona.trainer.errors import UserError
@@ -86,14 +87,14 @@ class TrainConfig:
     plot_loss: bool = arg(True, "Write training_loss.png (always on; accepted for LLaMA-Factory compatibility).")
     report_to: str = arg("none", "Experiment trackers (only none; logs are trainer_log.jsonl).", choices=("none",))
     # --- optimisation
-    per_device_train_batch_size: int = arg(8, "Samples per micro-batch.")
-    per_device_eval_batch_size: int = arg(8, "Samples per eval micro-batch.")
+    per_device_train_batch_size: int = TrainingArguments.use("per_device_train_batch_size")
+    per_device_eval_batch_size: int = TrainingArguments.use("per_device_eval_batch_size")
     gradient_accumulation_steps: int = arg(1, "Micro-batches per optimizer step (effective batch = product).")
-    learning_rate: float = arg(5e-5, "Peak AdamW learning rate.")
+    learning_rate: float = TrainingArguments.use("learning_rate")
     weight_decay: float = arg(0.0, "AdamW weight decay.")
     max_grad_norm: float = arg(1.0, "Gradient clipping norm (0 = off).")
     num_train_epochs: float = arg(3.0, "Epochs (may be fractional).")
-    max_steps: int = arg(-1, "Optimizer steps; overrides num_train_epochs when > 0.")
+    max_steps: int = TrainingArguments.use("max_steps")
     lr_scheduler_type: str = arg("linear", "LR schedule after warmup.",
                                  choices=("linear", "cosine", "constant", "constant_with_warmup", "polynomial",
                                           "inverse_sqrt", "cosine_with_restarts"))
