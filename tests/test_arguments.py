@@ -12,6 +12,7 @@ from steam_persona.demo import DemoConfig
 from steam_persona.export.cli import ExportConfig
 from steam_persona.serve.cli import ServeConfig
 from steam_persona.trainer import arguments, config
+from steam_persona.trainer.collect import CollectConfig
 from steam_persona.trainer.errors import UserError
 from steam_persona.trainer.evaluate import EvalConfig
 from steam_persona.trainer.prepare import PrepareConfig
@@ -41,6 +42,28 @@ def test_every_group_field_is_declared_once_and_taken_with_its_help_and_type():
             assert f.metadata.get("group") == group.__name__, (stage.__name__, f.name)
             assert f.metadata["help"] == gf.metadata["help"] and f.metadata["check"] is gf.metadata["check"]
             assert _base(hints[f.name]) == _base(typing.get_type_hints(group)[f.name]), (stage.__name__, f.name)
+
+
+#: flags that several stages spell alike but that are different settings (so each stage declares its own)
+SAME_NAME_OTHER_SETTING = {
+    "dataset": "train: a list to train on; eval: one validation set; validate: the positional file",
+    "output_dir": "train: the run dir; eval: its report dir; demo: the folder of every artefact",
+    "language": "collect: a Steam API code; prepare: languages to keep; demo: the persona's language",
+    "quantization": "export: the GGUF types to write; demo: the one type to export and serve",
+    "overwrite": "collect: fetch again; export: replace a finished export",
+    "appid": "collect: the apps to fetch; prepare: the app of records that have none",
+    "out": "collect: the JSON Lines output; prepare: the alpaca output",
+}
+
+
+def test_a_flag_in_several_stages_is_a_group_field_or_a_known_other_setting():
+    seen: dict[str, list[str]] = {}
+    for stage in (*STAGES, CollectConfig):
+        for f in dataclasses.fields(stage):
+            if "group" not in f.metadata:
+                seen.setdefault(f.name, []).append(stage.__name__)
+    twice = {name for name, stages in seen.items() if len(stages) > 1}
+    assert twice <= set(SAME_NAME_OTHER_SETTING), twice - set(SAME_NAME_OTHER_SETTING)
 
 
 def test_a_stage_overrides_only_the_default():
