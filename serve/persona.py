@@ -16,18 +16,10 @@ from steam_persona.serve.modelinfo import ModelInfo
 from steam_persona.trainer import persona as persona_lib
 
 
-def exported_persona(report: dict[str, Any] | None) -> str | None:
-    """The persona an export recorded in ``export_report.json``, or ``None`` (none, or blank)."""
-    persona = (report or {}).get("persona")
-    if isinstance(persona, dict):
-        persona = persona.get("system") or persona.get("text")
-    return persona if isinstance(persona, str) and persona.strip() else None
-
-
 def resolve_persona(system: str | None, info: ModelInfo) -> tuple[str | None, str]:
     """Return ``(persona text or None, where it came from)``: ``--system``, ``export_report.json``,
     ``GGUF chat template`` or ``none``."""
-    exported = exported_persona(info.export_report)
+    exported = persona_lib.exported(info.export_report)
     chosen = persona_lib.resolve(system, gguf=exported, default=info.template_system)
     if system is not None:
         source = "--system"

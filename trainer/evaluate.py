@@ -140,7 +140,8 @@ def _run_record(cfg: EvalConfig) -> tuple[RunRecord, str | None]:
     ``export_report.json`` and that report's ``persona``. Empty record / ``None`` when not found.
 
     Raises:
-        UserError: a missing adapter dir or GGUF file, or an unreadable ``run_config.yaml``.
+        UserError: a missing adapter dir or GGUF file, or an unreadable ``run_config.yaml`` or
+            ``export_report.json``.
     """
     if cfg.adapter_name_or_path:
         run_dir = Path(cfg.adapter_name_or_path)
@@ -153,8 +154,11 @@ def _run_record(cfg: EvalConfig) -> tuple[RunRecord, str | None]:
     report_path = g.parent / "export_report.json"
     if not report_path.is_file():
         return RunRecord(), None
-    report = json.loads(report_path.read_text(encoding="utf-8"))
-    return RunRecord.load(report.get("adapter") or None), report.get("persona")
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{report_path}: not valid JSON ({e}); re-run `steam-train export`") from None
+    return RunRecord.load(report.get("adapter") or None), persona.exported(report)
 
 
 # ---------------------------------------------------------------------------------------------- data
