@@ -61,7 +61,7 @@ class ModelArguments(Arguments):
     model_name_or_path: str | None = arg(
         "smollm2", "Base model: 'smollm2' (the embedded SmolLM2-135M-Instruct, no download), an HF hub id "
                    "(honours HF_ENDPOINT), a local folder or a .gguf file (chat: also an export dir).",
-        unset="the adapter run's base (run_config.yaml), else smollm2")
+        unset="the adapter run's base (run_config.yaml), else smollm2 (export: else an error)")
     adapter_name_or_path: str | None = arg(
         None, "LoRA adapter: a train run dir or one of its checkpoint-N folders.", unset="the base model alone")
     trust_remote_code: bool = arg(False, "Allow model code from the hub/folder.")
