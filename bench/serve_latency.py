@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from steam_persona.serve.chat_handler import install as install_handler  # noqa: E402
-from steam_persona.serve.cli import default_threads  # noqa: E402
+from steam_persona.trainer.arguments import n_threads  # noqa: E402
 from steam_persona.serve.engine import Worker  # noqa: E402
 from steam_persona.serve.grammar import GrammarChecker  # noqa: E402
 from steam_persona.serve.middleware import BODY, SteamMiddleware  # noqa: E402
@@ -229,7 +229,7 @@ def main() -> None:
     src = resolve_model(args.model)
     model = str(Path(src.path) / src.gguf_file) if src.gguf_file else args.model
     info = read_model_info(model)
-    threads = args.n_threads or default_threads()
+    threads = n_threads(args.n_threads, generate=True)
     llama = llama_cpp.Llama(str(info.path), n_ctx=args.n_ctx, n_threads=threads, n_threads_batch=threads,
                             n_gpu_layers=-1, logits_all=False, verbose=False)
     handler = install_handler(llama, info.chat_template)

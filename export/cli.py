@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import time
@@ -31,7 +30,8 @@ from typing import Any, Iterator
 
 import click
 
-from steam_persona.trainer import config
+from steam_persona.trainer import arguments, config
+from steam_persona.trainer.arguments import DataArguments, LlamaCppArguments, ModelArguments
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.errors import UserError
 
@@ -43,15 +43,12 @@ REPORT = "export_report.json"
 class ExportConfig:
     """Flags of `steam-train export` (= YAML keys). LLaMA-Factory names where it has one."""
 
-    model_name_or_path: str | None = arg(None, "Base model: HF id, local folder, .gguf file or 'smollm2'. "
-                                               "Default: model_name_or_path in the run's run_config.yaml.")
-    adapter_name_or_path: str | None = arg(None, "Run dir (or its checkpoint-N) holding the LoRA adapter. "
-                                                 "None: export the base model alone.")
+    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None)
+    adapter_name_or_path: str | None = ModelArguments.use("adapter_name_or_path")
     export_dir: str | None = arg(None, "Output folder. Default: ADAPTER_NAME_OR_PATH/export.")
     quantization: list[str] = arg(["q4_k_m"], "GGUF types to write, comma-separated: q4_k_m, q5_k_m, q6_k, "
                                               "q8_0, f16, bf16 (also q2_k … q5_k_s).")
-    system: str | None = arg(None, "Persona system prompt embedded as the chat template's default. Default: "
-                                   "the run's 'system', else the built-in persona; '' keeps the model's own.")
+    system: str | None = DataArguments.use("system")
     export_name: str | None = arg(None, "File name stem: <export_name>-<quant>.gguf. Default: the run dir's "
                                         "name (or the base model's).")
     infer_dtype: str = arg("auto", "16-bit dtype to merge in; auto = the base's own 16-bit dtype, else "
@@ -61,7 +58,7 @@ class ExportConfig:
     lora_gguf: bool = arg(False, "Also write the adapter alone as <name>-lora.gguf for llama.cpp --lora.")
     overwrite: bool = arg(False, "Replace a finished export in --export_dir (finished steps are still reused "
                                  "when their inputs match).")
-    n_threads: int = arg(0, "CPU threads for quantizing and verifying; 0 = all usable cores.")
+    n_threads: int = LlamaCppArguments.use("n_threads")
     keep_merged: bool = arg(False, "Keep merged/ (the merged 16-bit Hugging Face model, as large as the base in "
                                    "16-bit) for transformers or vLLM; by default it is deleted once the GGUFs are "
                                    "verified.")
@@ -89,7 +86,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     from steam_persona.trainer.console import console, progress, summary_table
     from steam_persona.trainer.hub import resolve_model
     from steam_persona.trainer.io import JsonlLog, write_json
-    from steam_persona.trainer.persona import DEFAULT_SYSTEM
+    from steam_persona.trainer import persona
 
     from steam_persona.export import convert as conv
     from steam_persona.export import merge as mg
@@ -99,14 +96,14 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     t_start = time.time()
     qtypes = qz.check_types(cfg.quantization)
     run_info = mg.read_run(cfg.adapter_name_or_path)
-    base = cfg.model_name_or_path or run_info.run_config.get("model_name_or_path")
+    run = run_info.run
+    base = cfg.model_name_or_path or run.model_name_or_path
     if not base:
-        where = run_info.adapter_dir / "run_config.yaml" if run_info.adapter_dir else "command line"
+        where = run.path or (run_info.adapter_dir / "run_config.yaml" if run_info.adapter_dir else "command line")
         raise UserError(f"{where}: no base model given; pass --model_name_or_path")
     src = resolve_model(str(base))
-    # the persona the run trained with ('' = none: the model keeps its own template default)
-    system = cfg.system if cfg.system is not None else run_info.run_config.get("system", DEFAULT_SYSTEM)
-    system = system or None
+    # '' = no persona: the model keeps its own template default
+    system = persona.resolve(cfg.system, run) or None
     if cfg.export_dir:
         out = Path(cfg.export_dir).expanduser()
     elif run_info.adapter_dir is not None:
@@ -114,7 +111,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     else:
         raise UserError("command line: no --export_dir given (needed when there is no --adapter_name_or_path)")
     name = _safe_name(cfg.export_name or (run_info.adapter_dir.resolve().name if run_info.adapter_dir else src.name))
-    n_threads = cfg.n_threads or len(os.sched_getaffinity(0))
+    n_threads = arguments.n_threads(cfg.n_threads, generate=False)
 
     # --- what each step is made from (reuse a finished step only when these match) ---
     merge_fp = mg.fingerprint({
@@ -147,8 +144,8 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     done = {q for q in files if files[q].is_file() and state["files"].get(files[q].name) == gguf_fp[q]}
     _check_free_disk(out, n_params, reuse_merge, [q for q in to_convert + quants if q not in done])
 
-    if run_info.run_config.get("quantization_bit") and not reuse_merge:
-        console.print(f"[yellow]The run was QLoRA ({run_info.run_config['quantization_bit']}-bit base); "
+    if run.quantization_bit and not reuse_merge:
+        console.print(f"[yellow]The run was QLoRA ({run.quantization_bit}-bit base); "
                       f"the base is reloaded in {dtype_name} to merge (never into 4-bit weights).[/]")
     steps: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -235,7 +232,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             report = _report(cfg, out, name, base, src, run_info, arch, system, qtypes, files, merge_info, verify,
                              steps, seconds, t_start)
             serve_q = next((q for q in qtypes if q not in qz.FLOAT_TYPES), qtypes[0])
-            _write_extras(out, files[serve_q].name, system, merge_info, run_info, report, kept, merged_dir)
+            _write_extras(out, files[serve_q].name, system, merge_info, report, kept, merged_dir)
             for stale in sorted(out.glob("*.gguf")):
                 if stale not in kept:  # the intermediate 16-bit file, or types of an overwritten export
                     stale.unlink()
@@ -375,7 +372,7 @@ def _report(cfg, out, name, base, src, run_info, arch, system, qtypes, files, me
     return {
         "export_dir": str(out), "name": name, "persona": system, "base_model": str(base), "base_model_path": src.path,
         "adapter": str(run_info.adapter_dir) if run_info.adapter_dir else None, "architecture": arch,
-        "template": run_info.run_config.get("template"), "run_quantization_bit": run_info.run_config.get("quantization_bit"),
+        "template": run_info.run.template, "run_quantization_bit": run_info.run.quantization_bit,
         "converter": converter_version(), "llama_cpp_python": importlib.metadata.version("llama_cpp_python"),
         "quantization": qtypes, "eos_token": merge_info["eos_token"],
         "files": {q: {"file": files[q].name, "bytes": files[q].stat().st_size} for q in qtypes},
@@ -385,9 +382,10 @@ def _report(cfg, out, name, base, src, run_info, arch, system, qtypes, files, me
     }
 
 
-def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: dict, run_info, report: dict,
+def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: dict, report: dict,
                   kept: list[Path], merged_dir: Path) -> None:
     from steam_persona.export.chat_template import is_chatml
+    from steam_persona.export.convert import context_length
     from steam_persona.export.modelfile import modelfile, readme
     from steam_persona.trainer.io import write_text
 
@@ -396,8 +394,7 @@ def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: di
     template = template_file.read_text(encoding="utf-8") if template_file.is_file() else ""
     chatml = is_chatml(template)
     stop = [merge_info["eos_token"]] + (["<|im_start|>"] if chatml else [])
-    cutoff = int(run_info.run_config.get("cutoff_len") or 0)
-    num_ctx = max(4096, 2 * cutoff)
+    num_ctx = arguments.context_size(context_length(out / serve_gguf))
     write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
     write_text(out / "Modelfile", modelfile(serve_gguf, report["name"], system=system, chatml=chatml, stop=stop, generation=gen,
                                             num_ctx=num_ctx))

@@ -155,3 +155,15 @@ def convert_lora(adapter_dir: Path, merged: Path, out: Path, *, name: str, metad
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+
+
+def context_length(gguf_file: Path) -> int:
+    """The GGUF's training context in tokens (``{general.architecture}.context_length``, which the
+    converter takes from the HF config's ``max_position_embeddings``); 0 when the header lacks it.
+    Only the header is read (the tensors are memory-mapped, not loaded)."""
+    import gguf
+
+    fields = gguf.GGUFReader(gguf_file).fields
+    arch = fields["general.architecture"].contents() if "general.architecture" in fields else ""
+    key = f"{arch}.context_length"
+    return int(fields[key].contents()) if key in fields else 0

@@ -41,11 +41,6 @@ class RunInfo:
     adapter_config: dict[str, Any] = field(default_factory=dict)
     run: RunRecord = field(default_factory=RunRecord)
 
-    @property
-    def run_config(self) -> dict[str, Any]:
-        """The parsed ``run_config.yaml`` (``{}`` when absent), as :attr:`RunRecord.raw`."""
-        return self.run.raw
-
 
 def read_run(adapter_name_or_path: str | None) -> RunInfo:
     """Read a run dir (or a ``checkpoint-N`` folder inside one).

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from steam_persona.trainer import config
+from steam_persona.trainer.arguments import DataArguments, LlamaCppArguments, n_threads
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import console
 from steam_persona.trainer.errors import UserError
@@ -31,14 +32,13 @@ class ServeConfig:
     insecure: bool = arg(False, "Allow a non-loopback --host without an API key.")
     model_alias: str | None = arg(None, "Model id clients use (default: the export's name from "
                                             "export_report.json, else the GGUF file stem).")
-    n_ctx: int = arg(0, "Context size in tokens; 0 = the model's training context, capped by memory.")
-    n_threads: int = arg(0, "CPU threads for generation and prompt processing; 0 = half the usable cores.")
-    n_gpu_layers: int = arg(-1, "Layers to offload to the GPU; -1 = all (a CPU build ignores it).")
-    system: str | None = arg(None, "Persona system prompt (default: export_report.json, else the GGUF template's).")
+    n_ctx: int = LlamaCppArguments.use("n_ctx")
+    n_threads: int = LlamaCppArguments.use("n_threads")
+    n_gpu_layers: int = LlamaCppArguments.use("n_gpu_layers")
+    system: str | None = DataArguments.use("system")
     persona_mode: str = arg("replace", "A client system message replaces the persona or is appended to it.",
                             choices=("replace", "prepend"))
-    flash_attn: bool = arg(False, "llama.cpp's flash attention (helps on GPUs; on CPU measure first: "
-                                  "bench/serve_latency.py).")
+    flash_attn: bool = LlamaCppArguments.use("flash_attn")
     max_request_bytes: int = arg(0, "Largest request body in bytes (413 above); 0 = 64 bytes per context token, "
                                     "at least 1 MiB.")
     max_tokens_cap: int = arg(1024, "Most tokens one request may generate; also the default when a chat request "
@@ -63,20 +63,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def default_threads() -> int:
-    """Half the usable CPU cores, at least 1 (llama-cpp-python's own default).
-
-    Half, because llama.cpp's threads spin while they wait: one per physical core is fastest, and
-    on a loaded or small machine more threads than free cores make decoding 10× slower (measured:
-    SmolLM2 on 2 busy cores, 1 thread 28 tokens/s, 2 threads 2 tokens/s).
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // 2)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -138,7 +124,7 @@ def run(cfg: ServeConfig) -> None:
         console.print(f"[yellow]warning:[/] --n_ctx {n_ctx} exceeds the model's training context {info.n_ctx_train}; "
                       "quality may drop past it")
     persona, persona_source = resolve_persona(cfg.system, info)
-    opts = AppOptions(alias=cfg.model_alias or info.name, n_ctx=n_ctx, n_threads=cfg.n_threads or default_threads(),
+    opts = AppOptions(alias=cfg.model_alias or info.name, n_ctx=n_ctx, n_threads=n_threads(cfg.n_threads, generate=True),
                       n_gpu_layers=cfg.n_gpu_layers, api_key=cfg.api_key or None, persona=persona,
                       persona_source=persona_source, persona_mode=cfg.persona_mode,
                       verbose=cfg.log_level == "debug", log_file=cfg.log_file, flash_attn=cfg.flash_attn,

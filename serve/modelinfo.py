@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from steam_persona.export.quantize import QUANT_TYPES
+from steam_persona.trainer.arguments import context_size
 from steam_persona.trainer.errors import UserError
 
 #: When an export dir holds several GGUFs, serve the first of these that exists (smallest good one first).
@@ -217,17 +218,18 @@ def choose_n_ctx(info: ModelInfo, requested: int = 0, memory_bytes: int | None =
                  memory_fraction: float = 0.5) -> tuple[int, str]:
     """Pick the context size in tokens and say why.
 
-    ``requested > 0`` is used as given. Otherwise the model's training context
-    (``n_ctx_train``; 4096 when the GGUF does not say) capped so that the f16 KV cache takes at
-    most ``memory_fraction`` of the memory left after the weights, rounded down to a multiple of
-    256 and at least 512.
+    ``requested > 0`` is used as given. Otherwise
+    :func:`steam_persona.trainer.arguments.context_size` (the model's training context, 4096 when
+    the GGUF does not say; the export's Modelfile writes the same) capped so that the f16 KV cache
+    takes at most ``memory_fraction`` of the memory left after the weights, rounded down to a
+    multiple of 256 and at least 512.
 
     Returns:
         ``(n_ctx, reason)``, e.g. ``(8192, "training context")``.
     """
     if requested > 0:
         return requested, "--n_ctx"
-    want = info.n_ctx_train or 4096
+    want = context_size(info.n_ctx_train)
     reason = "training context" if info.n_ctx_train else "default (GGUF has no context_length)"
     if info.kv_bytes_per_token:
         free = (available_memory_bytes() if memory_bytes is None else memory_bytes) - info.file_bytes

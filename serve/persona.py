@@ -1,10 +1,11 @@
 """The persona system prompt on the server side: where it comes from and how it meets a request.
 
-Source order (first found wins): ``--system``; the export dir's ``export_report.json``
-(``persona``: a string, or an object with ``system``); the GGUF chat template's default system
-prompt (``steam-train export`` embeds the persona there). A request without a system message gets
-the persona; a client system message replaces it (``persona_mode=replace``, OpenAI semantics) or
-follows it (``prepend``).
+Source order: :func:`steam_persona.trainer.persona.resolve`'s, with the export dir's
+``export_report.json`` (``persona``: a string, or an object with ``system``) as the exported
+persona and the GGUF chat template's default system prompt (``steam-train export`` embeds the
+persona there) as the fallback; ``--system ''`` serves no persona. A request without a system
+message gets the persona; a client system message replaces it (``persona_mode=replace``, OpenAI
+semantics) or follows it (``prepend``).
 """
 
 from __future__ import annotations
@@ -12,21 +13,21 @@ from __future__ import annotations
 from typing import Any
 
 from steam_persona.serve.modelinfo import ModelInfo
+from steam_persona.trainer import persona as persona_lib
 
 
 def resolve_persona(system: str | None, info: ModelInfo) -> tuple[str | None, str]:
-    """Return ``(persona text or None, where it came from)``."""
-    if system:
-        return system, "--system"
-    report = info.export_report or {}
-    persona = report.get("persona")
-    if isinstance(persona, dict):
-        persona = persona.get("system") or persona.get("text")
-    if isinstance(persona, str) and persona.strip():
-        return persona, "export_report.json"
-    if info.template_system:
-        return info.template_system, "GGUF chat template"
-    return None, "none"
+    """Return ``(persona text or None, where it came from)``: ``--system``, ``export_report.json``,
+    ``GGUF chat template`` or ``none``."""
+    exported = persona_lib.exported(info.export_report)
+    chosen = persona_lib.resolve(system, gguf=exported, default=info.template_system)
+    if system is not None:
+        source = "--system"
+    elif exported is not None:
+        source = "export_report.json"
+    else:
+        source = "GGUF chat template" if chosen else "none"
+    return chosen or None, source
 
 
 def apply_persona(messages: list[dict[str, Any]], persona: str | None, mode: str = "replace") -> list[dict[str, Any]]:

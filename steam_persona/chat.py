@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from steam_persona.trainer import config
-from steam_persona.trainer.config import arg
+from steam_persona.trainer.arguments import (DataArguments, GeneratingArguments, LlamaCppArguments, ModelArguments,
+                                             QuantizationArguments, n_threads)
 from steam_persona.trainer.console import console, status
 from steam_persona.trainer.errors import UserError
 
@@ -35,17 +36,16 @@ FALLBACK_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
 class ChatConfig:
     """Settings of ``steam-train chat`` (LLaMA-Factory's flag names)."""
 
-    model_name_or_path: str | None = arg(None, "A .gguf file, an export dir, `smollm2` or an HF model; default: the "
-                                               "adapter's run_config.yaml base, else the embedded `smollm2`.")
-    adapter_name_or_path: str | None = arg(None, "LoRA run dir or checkpoint; chats through transformers + peft.")
-    quantization_bit: int | None = arg(None, "Load the HF base in 4 or 8 bit (bitsandbytes).", choices=("4", "8"))
-    system: str | None = arg(None, "Persona system prompt (default: the model's own: run_config.yaml, export report or chat template).")
-    temperature: float | None = arg(None, "Sampling temperature; 0 = greedy (default: the model's generation config).")
-    top_p: float | None = arg(None, "Nucleus sampling probability mass (default: the model's generation config).")
-    max_new_tokens: int | None = arg(None, "Most tokens per answer (default: the model's generation config, else 512).")
-    n_ctx: int = arg(0, "GGUF only: context size in tokens; 0 = training context capped by memory.")
-    n_threads: int = arg(0, "GGUF only: CPU threads; 0 = half the usable cores.")
-    seed: int = arg(42, "Random seed for sampling.")
+    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None)
+    adapter_name_or_path: str | None = ModelArguments.use("adapter_name_or_path")
+    quantization_bit: int | None = QuantizationArguments.use("quantization_bit")
+    system: str | None = DataArguments.use("system")
+    temperature: float | None = GeneratingArguments.use("temperature", None)
+    top_p: float | None = GeneratingArguments.use("top_p", None)
+    max_new_tokens: int | None = GeneratingArguments.use("max_new_tokens", None)
+    n_ctx: int = LlamaCppArguments.use("n_ctx")
+    n_threads: int = LlamaCppArguments.use("n_threads")
+    seed: int = DataArguments.use("seed")
 
 
 @dataclass
@@ -102,7 +102,6 @@ class GGUFBackend(Backend):
         import llama_cpp
 
         from steam_persona.serve import chat_handler
-        from steam_persona.serve.cli import default_threads
         from steam_persona.serve.modelinfo import choose_n_ctx, read_model_info
         from steam_persona.serve.persona import resolve_persona
 
@@ -110,9 +109,9 @@ class GGUFBackend(Backend):
         if not info.chat_template:
             raise UserError(f"{info.path}: the GGUF has no chat template; re-export it from a tokenizer that has one")
         n_ctx, _ = choose_n_ctx(info, cfg.n_ctx)
-        self.llama = llama_cpp.Llama(str(info.path), n_ctx=n_ctx, n_threads=cfg.n_threads or default_threads(),
-                                     n_threads_batch=cfg.n_threads or default_threads(), n_gpu_layers=-1,
-                                     seed=cfg.seed, verbose=False)
+        threads = n_threads(cfg.n_threads, generate=True)
+        self.llama = llama_cpp.Llama(str(info.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                     n_gpu_layers=-1, seed=cfg.seed, verbose=False)
         self.handler = chat_handler.install(self.llama, info.chat_template)
         self.persona, _ = resolve_persona(cfg.system, info)
         self.name = info.path.name
@@ -143,22 +142,17 @@ class HFBackend(Backend):
 
     def __init__(self, cfg: ChatConfig) -> None:
         import torch
-        import yaml
 
+        from steam_persona.trainer import persona
         from steam_persona.trainer.model import load_for_inference
+        from steam_persona.trainer.run_record import RunRecord
 
         torch.manual_seed(cfg.seed)
-        base = cfg.model_name_or_path  # None with an adapter: load_for_inference reads run_config.yaml
+        base = cfg.model_name_or_path  # None with an adapter: load_for_inference takes the run's base
         self.model, self.tokenizer = load_for_inference(base, cfg.adapter_name_or_path,
-                                                        quantization_bit=int(cfg.quantization_bit) if cfg.quantization_bit else None)
-        run_system = None
-        if cfg.adapter_name_or_path:
-            ad = Path(cfg.adapter_name_or_path)
-            for cand in (ad / "run_config.yaml", ad.parent / "run_config.yaml"):
-                if cand.is_file():
-                    run_system = (yaml.safe_load(cand.read_text(encoding="utf-8")) or {}).get("system")
-                    break
-        self.persona = cfg.system or run_system
+                                                        quantization_bit=cfg.quantization_bit)
+        # no persona known: the model's chat template applies its own default system prompt
+        self.persona = persona.resolve(cfg.system, RunRecord.load(cfg.adapter_name_or_path), default=None) or None
         self.name = f"{base or 'run base'} + {cfg.adapter_name_or_path}" if cfg.adapter_name_or_path else str(base)
         gen = self.model.generation_config
         self.defaults = generation_defaults(gen.to_dict() if gen is not None else None)

@@ -116,3 +116,9 @@ def test_missing_adapter_or_model_is_rejected_before_torch_is_imported(tmp_path)
     lines = out.strip().splitlines()
     assert lines[0].startswith(f"{tmp_path / 'run'}: no adapter_config.json")
     assert lines[1].startswith(f"{tmp_path / 'm.gguf'}: GGUF file not found") and lines[2] == "False False"
+
+
+def test_chat_system_empty_means_no_persona_even_when_the_run_has_one(tiny_adapter, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n"))
+    chat_mod.run(ChatConfig(adapter_name_or_path=str(tiny_adapter), system="", temperature=0.0, max_new_tokens=2))
+    assert "persona: (the model's default)" in capsys.readouterr().err  # persona.resolve: '' given = none

@@ -153,6 +153,10 @@ def test_eval_user_errors_are_one_line(tmp_path):
     assert r.exit_code == 2 and "no adapter_config.json" in r.output
     r = CliRunner().invoke(main, ["eval", "--dataset", "v.json", "--gguf", str(tmp_path / "x.gguf")])
     assert r.exit_code == 2 and "x.gguf: GGUF file not found" in r.output
+    (tmp_path / "x.gguf").write_bytes(b"GGUF")
+    (tmp_path / "export_report.json").write_text("{not json", encoding="utf-8")
+    r = CliRunner().invoke(main, ["eval", "--dataset", "v.json", "--gguf", str(tmp_path / "x.gguf")])
+    assert r.exit_code == 2 and "export_report.json: not valid JSON" in r.output and "Traceback" not in r.output
 
 
 def test_length_chart_tells_base_from_tuned_and_marks_the_cut_off():

@@ -136,7 +136,7 @@ def test_tiny_export_merges_converts_quantizes_and_verifies(tiny_export, tiny_ll
     names = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repeat_penalty"}
     params = sorted(line for line in mf.splitlines() if line.startswith("PARAMETER ") and "stop" not in line)
     assert params == sorted([f"PARAMETER {o} {gen[k]}" for k, o in names.items() if gen.get(k) is not None]
-                            + ["PARAMETER num_ctx 4096"])
+                            + ["PARAMETER num_ctx 2048"])  # the GGUF's training context, as serve's n_ctx
     assert "# sampling: from generation_config.json" in mf
     assert "steam-train serve" in (out / "README.md").read_text(encoding="utf-8")
     assert [s for s in report["steps"].values()] == ["done"] * len(report["steps"])

@@ -39,3 +39,10 @@ def test_resolve_precedence_explicit_then_export_then_run_then_default():
     assert persona.resolve(None, RunRecord(system="")) == ""  # the run trained without one
     assert persona.resolve(None, untold) == persona.resolve(None) == persona.DEFAULT_SYSTEM
     assert persona.resolve(None, untold, default=None) is None  # chat/serve: the model's own template default
+
+
+def test_exported_persona_from_an_export_report():
+    assert persona.exported({"persona": "老G"}) == "老G"
+    assert persona.exported({"persona": {"system": "S"}}) == "S" == persona.exported({"persona": {"text": "S"}})
+    for report in (None, {}, {"persona": None}, {"persona": "  "}, {"persona": 3}):
+        assert persona.exported(report) is None  # then resolve goes on to the run's, then the default

@@ -38,8 +38,14 @@ def test_hand_written_dataset_string_becomes_list(tmp_path):
     assert r.dataset == ["a.json", "b"] and r.system == ""
 
 
+def test_quantization_bit_has_the_flag_s_one_rule(tmp_path):
+    (tmp_path / "run_config.yaml").write_text("quantization_bit: 0\n", encoding="utf-8")
+    assert RunRecord.load(tmp_path).quantization_bit is None  # 0 = a 16-bit base, as on the command line
+
+
 @pytest.mark.parametrize("text, expected", [
     ("system: [unclosed\n", "run_config.yaml: invalid YAML"),
+    ("quantization_bit: 3\n", "run_config.yaml: 'quantization_bit': Value error, use 4 \\(QLoRA\\) or 8 bits"),
     ("- a\n- b\n", "run_config.yaml: expected a mapping of settings, got list"),
     ("cutoff_len: lots\n", "run_config.yaml: 'cutoff_len': Input should be a valid integer"),
 ])

@@ -6,11 +6,12 @@ from dataclasses import replace
 import pytest
 
 from steam_persona.serve.auth import key_ok, presented_key
-from steam_persona.serve.cli import default_threads, dify_hint, is_loopback
+from steam_persona.serve.cli import dify_hint, is_loopback
 from steam_persona.serve.errors import RequestError
 from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.modelinfo import choose_n_ctx, default_alias, find_gguf, read_model_info, template_default_system
 from steam_persona.serve.persona import apply_persona, resolve_persona
+from steam_persona.trainer.arguments import n_threads
 from steam_persona.serve.validate import check_generation, check_token_ids, parse_json
 from steam_persona.trainer.errors import UserError
 
@@ -69,6 +70,14 @@ def test_smollm2_facts_and_persona_sources(smollm2_gguf, tmp_path):
     assert resolve_persona("mine", info) == ("mine", "--system")
     reported = replace(info, export_report={"persona": {"system": "from report"}})
     assert resolve_persona(None, reported) == ("from report", "export_report.json")
+    # persona.resolve's precedence: '' given = no persona; a blank report persona is not a persona
+    assert resolve_persona("", reported) == (None, "--system")
+    assert resolve_persona(None, replace(info, export_report={"persona": "  "})) == (info.template_system,
+                                                                                     "GGUF chat template")
+    assert resolve_persona(None, replace(info, template_system=None)) == (None, "none")
+    from steam_persona.export.convert import context_length
+
+    assert context_length(smollm2_gguf) == info.n_ctx_train == 8192  # what the Modelfile's num_ctx is made from
 
 
 def test_choose_n_ctx_uses_training_context_capped_by_memory(smollm2_gguf):
@@ -119,7 +128,7 @@ def test_auth_headers_and_constant_time_compare():
 def test_hosts_threads_and_dify_hint():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.1.2.3")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.com")
-    assert default_threads() >= 1
+    assert n_threads(0, generate=True) >= 1
     assert any("host.docker.internal:9000/v1" in line for line in dify_hint("0.0.0.0", 9000))
     assert any("--host 0.0.0.0" in line for line in dify_hint("127.0.0.1", 9000))
     assert any("your --api_key" in line for line in dify_hint("0.0.0.0", 9000, has_key=True))

@@ -42,6 +42,8 @@ def arg(
     envvar: str | None = None,
     positional: bool = False,
     secret: bool = False,
+    check: Callable[[Any], Any] | None = None,
+    unset: str | None = None,
 ) -> Any:
     """Declare one config field (= one CLI flag = one YAML key).
 
@@ -52,11 +54,46 @@ def arg(
         envvar: an environment variable that overrides YAML (flags still win).
         positional: the field is a positional argument instead of a flag (lists take ``nargs=-1``).
         secret: never echo the value (API keys): hidden in saved configs and in logs.
+        check: validates a given value (YAML, environment or flag) and returns it, normalised;
+            raises ``ValueError`` with the fix, which :func:`build` reports as one line naming the
+            source, the flag and the value.
+        unset: what an unset value means, for a field that a stage may leave ``None`` (taken from
+            the run or the model); ``--help`` shows "Unset: ..." only where the default is ``None``.
     """
-    meta = {"help": help, "choices": choices, "envvar": envvar, "positional": positional, "secret": secret}
+    meta = {"help": help, "choices": choices, "envvar": envvar, "positional": positional, "secret": secret,
+            "check": check, "unset": unset}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+_KEEP = object()
+
+
+class Arguments:
+    """Base of a settings group (``steam_persona.trainer.arguments``): a dataclass of :func:`arg`
+    fields that several stages share, as LLaMA-Factory's ``ModelArguments`` / ``DataArguments``.
+
+    A stage's config takes a group's field with :meth:`use`, keeping its own field order (= the
+    order of its ``--help``); the field's help text, choices and ``check`` stay the group's.
+    """
+
+    @classmethod
+    def use(cls, name: str, default: Any = _KEEP) -> Any:
+        """The group's field ``name`` for a stage config, with the stage's own ``default`` if given.
+
+        Example: ``cutoff_len: int = DataArguments.use("cutoff_len", 384)``.
+
+        Raises:
+            KeyError: the group has no such field (a programming error).
+        """
+        f = {f.name: f for f in dataclasses.fields(cls)}[name]
+        if default is _KEEP:
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        meta = {**f.metadata, "group": cls.__name__}
+        if isinstance(default, list):
+            return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
+        return dataclasses.field(default=default, metadata=meta)
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -110,6 +147,17 @@ def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
         raise UserError(f"{where}: '{f.name}': {e.message}") from None
 
 
+def _check(f: dataclasses.Field, value: Any, source: str) -> Any:
+    """Run the field's ``check`` (see :func:`arg`) on a given value; raise UserError naming ``source``."""
+    check = f.metadata.get("check")
+    if check is None:
+        return value
+    try:
+        return check(value)
+    except ValueError as e:
+        raise UserError(f"{source}: --{f.name} {value}: {e}") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict.
 
@@ -145,7 +193,8 @@ def build(cls: type, yaml_values: dict[str, Any] | None = None, flags: dict[str,
         source: name of the YAML file, used in error messages.
 
     Raises:
-        UserError: unknown key, wrong type, or a required field left unset.
+        UserError: unknown key, wrong type, a value its field's ``check`` rejects, or a required
+            field left unset.
     """
     import os
 
@@ -165,6 +214,8 @@ def build(cls: type, yaml_values: dict[str, Any] | None = None, flags: dict[str,
         if value is None or value == ():
             continue
         values[key] = list(value) if isinstance(value, tuple) else value
+    for key, value in values.items():
+        values[key] = _check(known[key], value, source)
     missing = [n for n, f in known.items()
                if n not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -197,6 +248,8 @@ def command(cls: type, run: Callable[[Any], Any], *, name: str, help: str,
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if default is None and f.metadata.get("unset"):
+            help_text += f" Unset: {f.metadata['unset']}."
         if f.metadata.get("positional"):
             params.append(click.Argument([f.name], type=ctype, nargs=-1 if is_list else 1,
                                          required=False))

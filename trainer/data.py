@@ -330,12 +330,12 @@ def load_messages(dataset: str, dataset_dir: str | Path = "data", *, system: str
 
     Each list is ``[system] + turns`` and ends with the reference assistant reply; drop the last
     message to get a prompt (``msgs[:-1]``) and keep ``msgs[-1]["content"]`` as the reference.
-    ``system`` defaults to :data:`steam_persona.trainer.persona.DEFAULT_SYSTEM` when ``None``; pass ``""`` for none.
+    ``system`` is chosen by :func:`steam_persona.trainer.persona.resolve` (``None``: the built-in
+    persona; ``""``: none).
 
     Raises:
         UserError: as :func:`load_conversations`.
     """
-    from steam_persona.trainer.persona import DEFAULT_SYSTEM
+    from steam_persona.trainer import persona
 
-    return load_conversations(dataset, dataset_dir, system=DEFAULT_SYSTEM if system is None else system,
-                              encoding=encoding)
+    return load_conversations(dataset, dataset_dir, system=persona.resolve(system), encoding=encoding)

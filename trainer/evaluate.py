@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from steam_persona.trainer import config, eval_metrics, io, persona
+from steam_persona.trainer.arguments import (CUTOFF_LEN, DataArguments, GeneratingArguments, ModelArguments,
+                                             TrainingArguments)
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import console, progress, summary_table
 from steam_persona.trainer.errors import UserError
@@ -49,28 +51,26 @@ GOALS = {"loss_reduction": 0.25, "stop_rate": 1.0, "copy_rate": 0.01}
 class EvalConfig:
     """Settings of ``steam-train eval`` (= its flags = its YAML keys)."""
 
-    model_name_or_path: str | None = arg(None, "Base model: 'smollm2' (embedded default), HF hub id, local folder "
-                                         "or .gguf file; default: the run's base (run_config.yaml), else smollm2.")
-    adapter_name_or_path: str | None = arg(None, "Train run dir (LoRA adapter) to evaluate against the base.")
+    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None)
+    adapter_name_or_path: str | None = ModelArguments.use("adapter_name_or_path")
     gguf: str | None = arg(None, "Exported .gguf to evaluate against the base instead of an adapter.")
     dataset: str = arg("", "Validation data: an alpaca/sharegpt JSON(L) file, or a name registered in "
                        "--dataset_dir/dataset_info.json.")
-    dataset_dir: str = arg("data", "Folder holding dataset_info.json (for registered --dataset names).")
+    dataset_dir: str = DataArguments.use("dataset_dir")
     train_dataset: str | None = arg(None, "Training data for the 8-gram copy check (file or registered name); "
                                     "default: the run's dataset from run_config.yaml.")
-    template: str | None = arg(None, "Chat template name; default: the run's (run_config.yaml), else the tokenizer's.")
-    system: str | None = arg(None, "Persona system prompt; default: the run's, else steam_persona.trainer.persona.DEFAULT_SYSTEM.")
-    cutoff_len: int | None = arg(None, "Max tokens per sample (prompt + reply) for the loss; default: the run's, else 2048 (train's default).")
-    max_samples: int | None = arg(None, "Use at most this many validation records for the loss (default: all).")
+    template: str | None = DataArguments.use("template", None)
+    system: str | None = DataArguments.use("system")
+    cutoff_len: int | None = DataArguments.use("cutoff_len", None)
+    max_samples: int | None = DataArguments.use("max_samples")
     num_samples: int = arg(16, "Validation prompts to generate from (the first N).")
-    max_new_tokens: int = arg(256, "Generation budget per reply, in tokens.")
-    do_sample: bool = arg(True, "Sample (True) or greedy-decode (False).")
-    temperature: float = arg(0.7, "Sampling temperature.")
-    top_p: float = arg(0.9, "Nucleus sampling probability mass.")
-    repetition_penalty: float = arg(1.0, "Penalty on repeating earlier tokens (HF generate's repetition_penalty, "
-                                    "Keskar et al. 2019 CTRL; 1.0 = off; llama-cpp-python's server applies 1.1).")
-    seed: int = arg(42, "Random seed for sampling.")
-    per_device_eval_batch_size: int = arg(8, "Sequences per forward pass (loss and generation).")
+    max_new_tokens: int = GeneratingArguments.use("max_new_tokens")
+    do_sample: bool = GeneratingArguments.use("do_sample")
+    temperature: float = GeneratingArguments.use("temperature")
+    top_p: float = GeneratingArguments.use("top_p")
+    repetition_penalty: float = GeneratingArguments.use("repetition_penalty")
+    seed: int = DataArguments.use("seed")
+    per_device_eval_batch_size: int = TrainingArguments.use("per_device_eval_batch_size")
     output_dir: str | None = arg(None, "Where the report goes; default: <run>/eval, or eval/<gguf name>.")
 
 
@@ -95,7 +95,7 @@ def run(cfg: EvalConfig) -> EvalResult:
         raise UserError("eval: give exactly one of --adapter_name_or_path RUN_DIR or --gguf FILE to compare with the base")
     run, gguf_persona = _run_record(cfg)
     system = persona.resolve(cfg.system, run, gguf_persona)
-    cutoff_len = cfg.cutoff_len or run.cutoff_len or 2048
+    cutoff_len = cfg.cutoff_len or run.cutoff_len or CUTOFF_LEN
     template = cfg.template or run.template or "auto"
     out = Path(cfg.output_dir) if cfg.output_dir else (
         Path(cfg.adapter_name_or_path) / "eval" if cfg.adapter_name_or_path else Path("eval") / Path(cfg.gguf).stem)
@@ -140,7 +140,8 @@ def _run_record(cfg: EvalConfig) -> tuple[RunRecord, str | None]:
     ``export_report.json`` and that report's ``persona``. Empty record / ``None`` when not found.
 
     Raises:
-        UserError: a missing adapter dir or GGUF file, or an unreadable ``run_config.yaml``.
+        UserError: a missing adapter dir or GGUF file, or an unreadable ``run_config.yaml`` or
+            ``export_report.json``.
     """
     if cfg.adapter_name_or_path:
         run_dir = Path(cfg.adapter_name_or_path)
@@ -153,8 +154,11 @@ def _run_record(cfg: EvalConfig) -> tuple[RunRecord, str | None]:
     report_path = g.parent / "export_report.json"
     if not report_path.is_file():
         return RunRecord(), None
-    report = json.loads(report_path.read_text(encoding="utf-8"))
-    return RunRecord.load(report.get("adapter") or None), report.get("persona")
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{report_path}: not valid JSON ({e}); re-run `steam-train export`") from None
+    return RunRecord.load(report.get("adapter") or None), persona.exported(report)
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -133,6 +133,16 @@ def resolve(explicit: str | None, run: RunRecord | None = None, gguf: str | None
     return default
 
 
+def exported(report: dict | None) -> str | None:
+    """The persona an export recorded: ``export_report.json``'s ``persona`` (a string, or an object
+    with ``system`` or ``text``); ``None`` when the report has none or it is blank. This is the
+    ``gguf`` argument of :func:`resolve` for a stage that runs an exported model."""
+    found = (report or {}).get("persona")
+    if isinstance(found, dict):
+        found = found.get("system") or found.get("text")
+    return found if isinstance(found, str) and found.strip() else None
+
+
 def user_message(instruction: str, input_text: str = "") -> str:
     """Join an alpaca ``instruction`` and ``input`` into one user turn, as LLaMA-Factory's alpaca
     converter does: the non-empty ones joined by ``"\\n"`` (an empty instruction gives ``input``)."""

@@ -32,6 +32,7 @@ from rich.table import Table
 
 from steam_persona.trainer import cleaning, config, io, noise, persona, prepare_report, registry, sources
 from steam_persona.trainer import columns as columns_mod
+from steam_persona.trainer.arguments import DataArguments
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import console, progress
 from steam_persona.trainer.errors import UserError
@@ -60,12 +61,12 @@ class PrepareConfig:
                                   "that names no game.")
     out: str = arg("data/steam_sft_train.json", "Output alpaca JSON (train split); the val split goes beside it "
                    "(_train → _val, else <stem>_val.json).")
-    val_size: float = arg(0.05, "Validation split: a fraction in (0, 1) or a record count (>= 1); 0 = no val file.")
+    val_size: float = DataArguments.use("val_size", 0.05)
     register: str | None = arg(None, "Add/update this LLaMA-Factory dataset_info.json (train as --name, val as "
                                "<name>_val).")
     name: str = arg("steam_reviews", "Dataset name for --register.")
     report: str | None = arg(None, "Report JSON path; unset = prepare_report.json beside --out.")
-    encoding: str = arg("utf-8", "Text encoding of the input files (utf-8 also accepts a BOM; e.g. gbk).")
+    encoding: str = DataArguments.use("encoding")
     language: list[str] = arg(["schinese"], "Keep reviews in these languages: Steam codes (schinese, english, …) "
                               "or aliases (zh, chinese, en, ja, ru, …); 'all' keeps every language.")
     detect_language: bool = arg(True, "Records without a language field: detect it from the text (script; "
@@ -86,7 +87,7 @@ class PrepareConfig:
     max_per_game: int = arg(0, "Keep at most this many reviews per game, sampled with --seed (0 = no cap).")
     preprocessing_num_workers: int = arg(1, "Processes for the per-record rules; 0 = one per CPU (at most 8). "
                                          "Inputs under 20,000 reviews use one.")
-    seed: int = arg(42, "Random seed for --max_per_game sampling and the train/val split.")
+    seed: int = DataArguments.use("seed")
     prompt_language: str = arg("auto", "Language of the default templates, tag names and {verdict} words; "
                                "auto = en when no --language is Chinese, else zh.", choices=("auto", "zh", "en"))
     instruction_template: str = arg("", "Instruction format with {name} {tags} {verdict} {playtime_hours}; "

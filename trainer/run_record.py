@@ -1,9 +1,10 @@
 """The record of a training run (``run_config.yaml``) as typed settings, for the stages that read it.
 
 ``steam-train train`` writes every resolved setting of the run to ``OUTPUT_DIR/run_config.yaml``
-(a valid config file for ``train``). ``chat``, ``eval``, ``export`` and ``serve`` take an adapter dir
-that is either that run dir or one of its ``checkpoint-N`` folders, so :meth:`RunRecord.load` looks
-in the folder first, then in its parent.
+(a valid config file for ``train``). ``chat``, ``eval`` and ``export`` take an adapter dir that is
+either that run dir or one of its ``checkpoint-N`` folders, so :meth:`RunRecord.load` looks in the
+folder first, then in its parent; ``serve`` needs only an export dir, whose ``export_report.json``
+carries what it uses of the run (the persona).
 
 Only the keys the later stages use are typed here (pydantic validates them once, on load); every
 key stays readable in :attr:`RunRecord.raw`.
@@ -16,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from steam_persona.trainer.arguments import quantization_bits
 from steam_persona.trainer.errors import UserError
 
 RUN_CONFIG = "run_config.yaml"
@@ -57,6 +59,12 @@ class RunRecord(BaseModel):
         if v is None:
             return []
         return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    @field_validator("quantization_bit")
+    @classmethod
+    def _bits(cls, v: int | None) -> int | None:
+        """The one rule of ``--quantization_bit``: 4 or 8, and 0 = ``None`` (a 16-bit base)."""
+        return quantization_bits(v)
 
     @staticmethod
     def find(adapter_dir: str | Path) -> Path | None:

@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from steam_persona.trainer import config, io
+from steam_persona.trainer.arguments import (DataArguments, LoraArguments, ModelArguments, QuantizationArguments,
+                                             TrainingArguments)
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import console, plain_progress, progress, summary_table
 from steam_persona.trainer.errors import UserError
@@ -60,22 +62,18 @@ class TrainConfig:
     finetuning_type: str = arg("lora", "Fine-tuning method (only lora; with --quantization_bit it is QLoRA).",
                                choices=("lora",))
     # --- model
-    model_name_or_path: str = arg("smollm2", "Base model: HF hub id (honours HF_ENDPOINT), local folder, .gguf file, "
-                                             "or 'smollm2' for the embedded SmolLM2-135M-Instruct.")
-    trust_remote_code: bool = arg(False, "Allow model code from the hub/folder.")
-    quantization_bit: int | None = arg(None, "Quantize the frozen base: 4 (QLoRA, NF4 + double quant) or 8 bits.")
+    model_name_or_path: str = ModelArguments.use("model_name_or_path")
+    trust_remote_code: bool = ModelArguments.use("trust_remote_code")
+    quantization_bit: int | None = QuantizationArguments.use("quantization_bit")
     # --- data
     dataset: list[str] = arg([], "Dataset name(s) in DATASET_DIR/dataset_info.json, or .json/.jsonl path(s); comma-separated.")
-    dataset_dir: str = arg("data", "Folder holding dataset_info.json.")
-    encoding: str = arg("utf-8", "Text encoding of the dataset files (utf-8 also accepts a BOM; e.g. gbk). (ours)")
-    template: str = arg("auto", "Prompt format: auto = the tokenizer's chat template; or default, chatml, qwen, "
-                                "llama3, gemma, mistral, alpaca.")
-    system: str = arg(DEFAULT_SYSTEM, "System prompt (the persona) for samples without one; '' for none. Recorded "
-                                      "in run_config.yaml for export and serve.")
-    cutoff_len: int = arg(2048, "Max tokens per sample (prompt + reply); longer prompts are cut, samples whose "
-                                "reply cannot fit are dropped.")
-    max_samples: int | None = arg(None, "Use at most this many samples per dataset (debugging).")
-    val_size: float = arg(0.0, "Held-out eval split: a fraction (< 1) or a record count (>= 1).")
+    dataset_dir: str = DataArguments.use("dataset_dir")
+    encoding: str = DataArguments.use("encoding")
+    template: str = DataArguments.use("template")
+    system: str = DataArguments.use("system", DEFAULT_SYSTEM)
+    cutoff_len: int = DataArguments.use("cutoff_len")
+    max_samples: int | None = DataArguments.use("max_samples")
+    val_size: float = DataArguments.use("val_size")
     eval_dataset: list[str] = arg([], "Eval dataset name(s) or .json/.jsonl path(s), e.g. prepare's _val file; "
                                       "used instead of a --val_size split.")
     # --- output / resume
@@ -89,14 +87,14 @@ class TrainConfig:
     plot_loss: bool = arg(True, "Write training_loss.png (always on; accepted for LLaMA-Factory compatibility).")
     report_to: str = arg("none", "Experiment trackers (only none; logs are trainer_log.jsonl).", choices=("none",))
     # --- optimisation
-    per_device_train_batch_size: int = arg(8, "Samples per micro-batch.")
-    per_device_eval_batch_size: int = arg(8, "Samples per eval micro-batch.")
+    per_device_train_batch_size: int = TrainingArguments.use("per_device_train_batch_size")
+    per_device_eval_batch_size: int = TrainingArguments.use("per_device_eval_batch_size")
     gradient_accumulation_steps: int = arg(1, "Micro-batches per optimizer step (effective batch = product).")
-    learning_rate: float = arg(5e-5, "Peak AdamW learning rate.")
+    learning_rate: float = TrainingArguments.use("learning_rate")
     weight_decay: float = arg(0.0, "AdamW weight decay.")
     max_grad_norm: float = arg(1.0, "Gradient clipping norm (0 = off).")
     num_train_epochs: float = arg(3.0, "Epochs (may be fractional).")
-    max_steps: int = arg(-1, "Optimizer steps; overrides num_train_epochs when > 0.")
+    max_steps: int = TrainingArguments.use("max_steps")
     lr_scheduler_type: str = arg("linear", "LR schedule after warmup.",
                                  choices=("linear", "cosine", "constant", "constant_with_warmup", "polynomial",
                                           "inverse_sqrt", "cosine_with_restarts"))
@@ -106,18 +104,17 @@ class TrainConfig:
     eval_strategy: str = arg("steps", "When to evaluate (with --val_size or --eval_dataset): steps or no.", choices=("steps", "no"))
     load_best_model_at_end: bool = arg(False, "Save the adapter of the lowest eval loss as the run's adapter (kept in "
                                               "best/ while training); needs --val_size or --eval_dataset.")
-    seed: int = arg(42, "Random seed (data order, LoRA init).")
+    seed: int = DataArguments.use("seed")
     bf16: bool = arg(False, "Train in bfloat16 (the default on GPUs that support it, even without this flag).")
     fp16: bool = arg(False, "Train in float16 (warned on bf16-capable hardware: overflow risk).")
     use_cpu: bool = arg(False, "Train on the CPU even when a GPU is present.")
     nproc_per_node: int = arg(1, "Processes (one per GPU) on this host: > 1 re-runs this training under torchrun "
                                  "(torch.distributed.run) as DDP. Not needed when started by torchrun/accelerate. (ours)")
     # --- LoRA
-    lora_rank: int = arg(8, "LoRA rank r.")
-    lora_alpha: int | None = arg(None, "LoRA alpha (default 2 × rank).")
-    lora_dropout: float = arg(0.0, "LoRA dropout.")
-    lora_target: list[str] = arg(["all"], "Linear layers to adapt: all (every linear but the output head) or names "
-                                          "like q_proj,v_proj.")
+    lora_rank: int = LoraArguments.use("lora_rank")
+    lora_alpha: int | None = LoraArguments.use("lora_alpha")
+    lora_dropout: float = LoraArguments.use("lora_dropout")
+    lora_target: list[str] = LoraArguments.use("lora_target")
     disable_gradient_checkpointing: bool = arg(False, "Turn gradient (activation) checkpointing off (faster, more memory).")
     padding_free: bool = arg(True, "Pack each optimizer step's samples into rows without padding (per-sample "
                                    "positions, no cross-sample attention); False pads each micro-batch to its "

@@ -15,6 +15,7 @@ from typing import Any
 from rich.text import Text
 
 from steam_persona.trainer import config
+from steam_persona.trainer.arguments import DataArguments, ModelArguments
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import console, progress, status, summary_table
 from steam_persona.trainer.errors import UserError
@@ -24,12 +25,12 @@ from steam_persona.trainer.persona import DEFAULT_SYSTEM
 @dataclass
 class ValidateConfig:
     dataset: str = arg(None, "Dataset: a .json/.jsonl path or a name in DATASET_DIR/dataset_info.json.", positional=True)
-    dataset_dir: str = arg("data", "Folder holding dataset_info.json.")
-    encoding: str = arg("utf-8", "Text encoding of the dataset file (utf-8 also accepts a BOM).")
-    model_name_or_path: str = arg("smollm2", "Model whose tokenizer measures the lengths (hub id, folder, .gguf, smollm2).")
-    template: str = arg("auto", "Prompt format, as for train.")
-    system: str = arg(DEFAULT_SYSTEM, "System prompt added to records without one, as for train; '' for none.")
-    cutoff_len: int = arg(2048, "Max tokens per sample, as for train (reports what would be truncated or dropped).")
+    dataset_dir: str = DataArguments.use("dataset_dir")
+    encoding: str = DataArguments.use("encoding")
+    model_name_or_path: str = ModelArguments.use("model_name_or_path")
+    template: str = DataArguments.use("template")
+    system: str = DataArguments.use("system", DEFAULT_SYSTEM)
+    cutoff_len: int = DataArguments.use("cutoff_len")
 
 
 def _pct(values: list[int], q: float) -> int:

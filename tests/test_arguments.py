@@ -1,0 +1,120 @@
+"""The settings groups (trainer/arguments.py): each flag declared once, one type, one check, one meaning."""
+
+import dataclasses
+import typing
+
+import pytest
+from click.testing import CliRunner
+
+from steam_persona.chat import ChatConfig
+from steam_persona.cli import main
+from steam_persona.demo import DemoConfig
+from steam_persona.export.cli import ExportConfig
+from steam_persona.serve.cli import ServeConfig
+from steam_persona.trainer import arguments, config
+from steam_persona.trainer.collect import CollectConfig
+from steam_persona.trainer.errors import UserError
+from steam_persona.trainer.evaluate import EvalConfig
+from steam_persona.trainer.prepare import PrepareConfig
+from steam_persona.trainer.train import TrainConfig
+from steam_persona.trainer.validate import ValidateConfig
+
+STAGES = (TrainConfig, ValidateConfig, EvalConfig, ChatConfig, ExportConfig, ServeConfig, DemoConfig, PrepareConfig)
+GROUPS = (arguments.ModelArguments, arguments.QuantizationArguments, arguments.DataArguments,
+          arguments.LoraArguments, arguments.TrainingArguments, arguments.GeneratingArguments,
+          arguments.LlamaCppArguments)
+
+
+def _base(tp):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType) else tp
+
+
+def test_every_group_field_is_declared_once_and_taken_with_its_help_and_type():
+    declared = {f.name: (g, f) for g in GROUPS for f in dataclasses.fields(g)}
+    for stage in STAGES:
+        hints = typing.get_type_hints(stage)
+        for f in dataclasses.fields(stage):
+            if f.name not in declared or f.name in ("dataset",):
+                continue
+            group, gf = declared[f.name]
+            # a stage field named like a group field is the group's: same help, check, and base type
+            assert f.metadata.get("group") == group.__name__, (stage.__name__, f.name)
+            assert f.metadata["help"] == gf.metadata["help"] and f.metadata["check"] is gf.metadata["check"]
+            assert _base(hints[f.name]) == _base(typing.get_type_hints(group)[f.name]), (stage.__name__, f.name)
+
+
+#: flags that several stages spell alike but that are different settings (so each stage declares its own)
+SAME_NAME_OTHER_SETTING = {
+    "dataset": "train: a list to train on; eval: one validation set; validate: the positional file",
+    "output_dir": "train: the run dir; eval: its report dir; demo: the folder of every artefact",
+    "language": "collect: a Steam API code; prepare: languages to keep; demo: the persona's language",
+    "quantization": "export: the GGUF types to write; demo: the one type to export and serve",
+    "overwrite": "collect: fetch again; export: replace a finished export",
+    "appid": "collect: the apps to fetch; prepare: the app of records that have none",
+    "out": "collect: the JSON Lines output; prepare: the alpaca output",
+}
+
+
+def test_a_flag_in_several_stages_is_a_group_field_or_a_known_other_setting():
+    seen: dict[str, list[str]] = {}
+    for stage in (*STAGES, CollectConfig):
+        for f in dataclasses.fields(stage):
+            if "group" not in f.metadata:
+                seen.setdefault(f.name, []).append(stage.__name__)
+    twice = {name for name, stages in seen.items() if len(stages) > 1}
+    assert twice <= set(SAME_NAME_OTHER_SETTING), twice - set(SAME_NAME_OTHER_SETTING)
+
+
+def test_a_stage_overrides_only_the_default():
+    demo = {f.name: f for f in dataclasses.fields(DemoConfig)}
+    assert demo["cutoff_len"].default == 384 and demo["quantization_bit"].default == 4
+    assert {f.name: f for f in dataclasses.fields(TrainConfig)}["cutoff_len"].default == arguments.CUTOFF_LEN == 2048
+    assert {f.name: f for f in dataclasses.fields(EvalConfig)}["cutoff_len"].default is None
+
+
+@pytest.mark.parametrize("given,expected", [(4, 4), (8, 8), (0, None), (None, None)])
+def test_quantization_bit_is_int_or_none_everywhere(given, expected):
+    for stage in (TrainConfig, ChatConfig, DemoConfig):
+        assert config.build(stage, {"quantization_bit": given}).quantization_bit == expected
+
+
+@pytest.mark.parametrize("stage", ["train", "chat", "demo"])
+def test_quantization_bit_3_is_exit_2_naming_the_flag(stage, tmp_path):
+    r = CliRunner().invoke(main, [stage, "--quantization_bit", "3", "--output_dir" if stage == "demo" else "--seed",
+                                  str(tmp_path) if stage == "demo" else "1"])
+    assert r.exit_code == 2 and "--quantization_bit 3: use 4 (QLoRA) or 8 bits" in r.output
+
+
+def test_demo_keeps_0_for_plain_lora_on_the_command_line():
+    seen = {}
+    cmd = config.command(DemoConfig, lambda c: seen.setdefault("cfg", c), name="demo", help="h")
+    assert CliRunner().invoke(cmd, ["--quantization_bit", "0"]).exit_code == 0
+    assert seen["cfg"].quantization_bit is None  # 0 given = no quantization, not "not given" (the default 4)
+
+
+def test_checks_run_on_yaml_values_with_the_source_named():
+    with pytest.raises(UserError, match=r"^x.yaml: --cutoff_len 0: must be at least 1$"):
+        config.build(TrainConfig, {"cutoff_len": 0}, source="x.yaml")
+    with pytest.raises(UserError, match=r"--n_threads -1: must be 0 \(automatic\) or more"):
+        config.build(ServeConfig, {"n_threads": -1})
+
+
+def test_unset_meaning_is_shown_only_where_a_stage_can_leave_it_unset():
+    runner = CliRunner()
+    eval_help = " ".join(runner.invoke(main, ["eval", "--help"]).output.split())
+    train_help = " ".join(runner.invoke(main, ["train", "--help"]).output.split())
+    assert "Unset: the run's, else 2048." in eval_help and "Unset: the run's, else 2048." not in train_help
+
+
+def test_n_threads_0_means_half_the_cores_to_generate_and_all_to_quantize(monkeypatch):
+    monkeypatch.setattr(arguments, "usable_cores", lambda: 8)
+    assert arguments.n_threads(0, generate=True) == 4 and arguments.n_threads(0, generate=False) == 8
+    assert arguments.n_threads(3, generate=True) == 3 == arguments.n_threads(3, generate=False)
+    monkeypatch.setattr(arguments, "usable_cores", lambda: 1)
+    assert arguments.n_threads(0, generate=True) == 1
+
+
+def test_context_size_is_the_training_context_else_4096():
+    assert arguments.context_size(8192) == 8192 and arguments.context_size(2048) == 2048
+    assert arguments.context_size(0) == arguments.FALLBACK_N_CTX == 4096

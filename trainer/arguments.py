@@ -1,0 +1,177 @@
+"""The settings groups every stage composes: each flag's name, type, help text and check, once.
+
+The groups follow LLaMA-Factory's ``hparams/`` (``ModelArguments``, ``QuantizationArguments``,
+``DataArguments``, ``LoraArguments``, ``GeneratingArguments``; transformers' ``TrainingArguments``
+for the few optimisation flags the demo and eval share with train) plus llama.cpp's runtime settings
+(``LlamaCppArguments``, named as llama-cpp-python's ``server/settings.py``). A stage config takes a
+field with ``Group.use(name[, default])`` (:class:`steam_persona.trainer.config.Arguments`): only
+the default may differ per stage; the help text says what an unset value means where a stage
+allows one (``None``: taken from the run or the model).
+
+Which stage takes which group: train (model, quantization, data, LoRA), validate (model, data),
+eval (model, data, generating), chat (model, quantization, data's system, generating, llama.cpp),
+export (model, data's system, llama.cpp's threads), serve (data's system, llama.cpp), demo (a few
+of each), prepare (data's encoding, val_size and seed).
+
+This module imports only the standard library and the config glue, so every stage can use it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from steam_persona.trainer.config import Arguments, arg
+
+#: ``--cutoff_len`` when neither the flag nor the run gives one (LLaMA-Factory's default too).
+CUTOFF_LEN = 2048
+#: Context size in tokens for a model that does not record its training context.
+FALLBACK_N_CTX = 4096
+
+
+def quantization_bits(value: int | None) -> int | None:
+    """``--quantization_bit``: 4 or 8; 0 (the demo's spelling) and ``None`` both mean a 16-bit base.
+
+    Raises:
+        ValueError: any other number.
+    """
+    if value in (None, 0):
+        return None
+    if value not in (4, 8):
+        raise ValueError("use 4 (QLoRA) or 8 bits, or 0 / unset for a 16-bit base")
+    return value
+
+
+def _positive(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _not_negative(value: int | None) -> int | None:
+    if value is not None and value < 0:
+        raise ValueError("must be 0 (automatic) or more")
+    return value
+
+
+@dataclass
+class ModelArguments(Arguments):
+    """Which model to load (LLaMA-Factory's ``ModelArguments``)."""
+
+    model_name_or_path: str | None = arg(
+        "smollm2", "Base model: 'smollm2' (the embedded SmolLM2-135M-Instruct, no download), an HF hub id "
+                   "(honours HF_ENDPOINT), a local folder or a .gguf file (chat: also an export dir).",
+        unset="the adapter run's base (run_config.yaml), else smollm2 (export: else an error)")
+    adapter_name_or_path: str | None = arg(
+        None, "LoRA adapter: a train run dir or one of its checkpoint-N folders.", unset="the base model alone")
+    trust_remote_code: bool = arg(False, "Allow model code from the hub/folder.")
+
+
+@dataclass
+class QuantizationArguments(Arguments):
+    """How the frozen HF base is loaded (LLaMA-Factory's ``QuantizationArguments``)."""
+
+    quantization_bit: int | None = arg(
+        None, "Load the frozen HF base in 4 bits (QLoRA: NF4 + double quant) or 8 bits with bitsandbytes; 0 or unset "
+              "= 16-bit (plain LoRA).", check=quantization_bits)
+
+
+@dataclass
+class DataArguments(Arguments):
+    """Records, their prompt format and length (LLaMA-Factory's ``DataArguments``)."""
+
+    dataset_dir: str = arg("data", "Folder holding dataset_info.json (for registered --dataset names).")
+    encoding: str = arg("utf-8", "Text encoding of the input files (utf-8 also accepts a BOM; e.g. gbk).")
+    template: str | None = arg(
+        "auto", "Prompt format: auto = the tokenizer's chat template; or default, chatml, qwen, llama3, gemma, "
+                "mistral, alpaca.", unset="the run's (run_config.yaml), else auto")
+    system: str | None = arg(
+        None, "Persona system prompt ('' = none); train and validate add it to records without one, train records "
+              "it in run_config.yaml.", unset="the export's persona, else the run's (run_config.yaml), else the "
+                                              "built-in one (chat, serve: the chat template's default)")
+    cutoff_len: int | None = arg(
+        CUTOFF_LEN, "Max tokens per sample (prompt + reply); longer prompts are cut, samples whose reply cannot fit "
+                    "are dropped.", unset=f"the run's, else {CUTOFF_LEN}", check=_positive)
+    max_samples: int | None = arg(None, "Use at most this many records of each dataset (default: all).")
+    val_size: float = arg(0.0, "Validation split: a fraction in (0, 1) or a record count (>= 1); 0 = none.")
+    seed: int = arg(42, "Random seed (data order and split, LoRA init, sampling).")
+
+
+@dataclass
+class LoraArguments(Arguments):
+    """The LoRA adapter's shape (LLaMA-Factory's ``FinetuningArguments``, lora part)."""
+
+    lora_rank: int = arg(8, "LoRA rank r.", check=_positive)
+    lora_alpha: int | None = arg(None, "LoRA alpha (default 2 × rank).")
+    lora_dropout: float = arg(0.0, "LoRA dropout.")
+    lora_target: list[str] = arg(["all"], "Linear layers to adapt: all (every linear but the output head) or names "
+                                          "like q_proj,v_proj.")
+
+
+@dataclass
+class TrainingArguments(Arguments):
+    """The optimisation settings other stages also take (names as transformers' ``TrainingArguments``)."""
+
+    per_device_train_batch_size: int = arg(8, "Samples per micro-batch.", check=_positive)
+    per_device_eval_batch_size: int = arg(8, "Samples per eval forward pass (loss; eval also generates in them).",
+                                          check=_positive)
+    learning_rate: float = arg(5e-5, "Peak AdamW learning rate.")
+    max_steps: int = arg(-1, "Optimizer steps; overrides num_train_epochs when > 0.")
+
+
+@dataclass
+class GeneratingArguments(Arguments):
+    """Decoding settings (LLaMA-Factory's ``GeneratingArguments``)."""
+
+    max_new_tokens: int | None = arg(256, "Most tokens per reply.", unset="the model's generation config, else 512",
+                                     check=_positive)
+    do_sample: bool = arg(True, "Sample (True) or greedy-decode (False).")
+    temperature: float | None = arg(0.7, "Sampling temperature (chat: 0 = greedy).",
+                                    unset="the model's generation config")
+    top_p: float | None = arg(0.9, "Nucleus sampling probability mass.", unset="the model's generation config")
+    repetition_penalty: float = arg(1.0, "Penalty on repeating earlier tokens (HF generate's repetition_penalty, "
+                                         "Keskar et al. 2019 CTRL; 1.0 = off; llama-cpp-python's server applies 1.1).")
+
+
+@dataclass
+class LlamaCppArguments(Arguments):
+    """llama.cpp runtime settings for a GGUF (names as llama-cpp-python's ``server/settings.py``)."""
+
+    n_ctx: int = arg(0, "Context size in tokens; 0 = the model's training context (4096 when the GGUF does not say), "
+                        "capped by memory.", check=_not_negative)
+    n_threads: int = arg(0, "llama.cpp CPU threads; 0 = automatic: half the usable cores to generate (one per "
+                            "physical core), all of them to quantize and verify.", check=_not_negative)
+    n_gpu_layers: int = arg(-1, "Layers to offload to the GPU; -1 = all (a CPU build ignores it).")
+    flash_attn: bool = arg(False, "llama.cpp's flash attention (helps on GPUs; on CPU measure first: "
+                                  "bench/serve_latency.py).")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def n_threads(requested: int, *, generate: bool) -> int:
+    """The thread count for ``--n_threads requested`` (0 = automatic).
+
+    Automatic is half the usable cores to generate tokens (llama-cpp-python's own default: llama.cpp's
+    threads spin while they wait, so one per physical core is fastest and more threads than free
+    cores slow decoding down; docs/serving.md has the figures) and all of them for batch work
+    (quantizing, scoring a prompt's logits), which scales with cores.
+    """
+    if requested > 0:
+        return requested
+    cores = usable_cores()
+    return max(1, cores // 2) if generate else cores
+
+
+def context_size(n_ctx_train: int) -> int:
+    """The context size a GGUF is run with, in tokens, when ``--n_ctx`` is 0: its training context
+    (``{arch}.context_length``, from the HF config's ``max_position_embeddings``), else
+    :data:`FALLBACK_N_CTX`. ``serve`` and ``chat`` then cap it by memory
+    (:func:`steam_persona.serve.modelinfo.choose_n_ctx`); the export's Ollama Modelfile writes it as
+    ``num_ctx``."""
+    return n_ctx_train if n_ctx_train > 0 else FALLBACK_N_CTX
