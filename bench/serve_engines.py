@@ -54,11 +54,12 @@ def prompt(i: int) -> str:
 
 
 @contextlib.contextmanager
-def plain_llama_server(binary: Path, model: str, n_ctx: int, parallel: int, threads: int) -> Iterator[str]:
+def plain_llama_server(binary: Path, model: str, n_ctx: int, parallel: int, threads: int,
+                       flash_attn: bool) -> Iterator[str]:
     """llama-server alone on a free port; yields its base URL."""
     port = free_port()
     args = server_args(binary, model, port=port, n_ctx=n_ctx, parallel=parallel, n_threads=threads,
-                       n_gpu_layers=-1, flash_attn=False)
+                       n_gpu_layers=-1, flash_attn=flash_attn)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--max_tokens", type=int, default=128)
     ap.add_argument("--n_threads", type=int, default=2)
     ap.add_argument("--n_ctx", type=int, default=2048, help="context per request (llama-server: × slots)")
+    ap.add_argument("--flash_attn", action="store_true", help="flash attention on in every contender")
     ap.add_argument("--out", default=str(REPO / "bench/results/serve_engines.json"))
     args = ap.parse_args()
 
@@ -182,16 +184,18 @@ def main() -> None:
     info = read_model_info(model)
     binary = find_binary(None)
     common = ("--n_threads", args.n_threads, "--n_ctx", args.n_ctx, "--system", DEFAULT_SYSTEM,
-              "--max_tokens_cap", max(args.max_tokens, 1024), "--log_level", "warning")
+              "--max_tokens_cap", max(args.max_tokens, 1024), "--log_level", "warning",
+              "--flash_attn", args.flash_attn)
     with start_server(model, extra_args=common) as embedded, \
             start_server(model, extra_args=(*common, "--engine", "llama-server", "--parallel", parallel)) as engine, \
-            plain_llama_server(binary, str(info.path), args.n_ctx, 1, args.n_threads) as p1, \
-            plain_llama_server(binary, str(info.path), args.n_ctx, parallel, args.n_threads) as pn:
+            plain_llama_server(binary, str(info.path), args.n_ctx, 1, args.n_threads, args.flash_attn) as p1, \
+            plain_llama_server(binary, str(info.path), args.n_ctx, parallel, args.n_threads, args.flash_attn) as pn:
         contenders = {"ours_embedded": (embedded.base_url, False), "ours_llama_server": (engine.base_url, False),
                       "llama_server_p1": (p1, True), "llama_server_pN": (pn, True)}
         rows = measure(contenders, clients, args.rounds, args.max_tokens)
     s = summarise(rows, clients)
     result = {"date": time.strftime("%Y-%m-%d"), "model": info.path.name, "n_threads": args.n_threads,
+              "flash_attn": args.flash_attn,
               "n_ctx": args.n_ctx, "max_tokens": args.max_tokens, "rounds": args.rounds, "clients": clients,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0]},
               "llama_server": str(binary), "summary": s, "goals": goals(s, clients, parallel), "rows": rows}

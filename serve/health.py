@@ -4,7 +4,7 @@ HEALTHCHECK and Dify). Served without an API key; it reveals no prompt and no ke
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
