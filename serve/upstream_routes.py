@@ -101,12 +101,8 @@ async def generate(request: Request, served: Any, body: Any, chat: bool) -> Resp
 
 
 def _completion_text(body: Any, chat: bool, text: str) -> str:
-    """``echo`` and ``suffix`` of /v1/completions, as llama-cpp-python applies them."""
-    if chat:
-        return text
-    if body.echo:
-        text = body.prompt + text
-    return text + body.suffix if body.suffix else text
+    """The response text: with /v1/completions' ``echo``, the prompt first."""
+    return body.prompt + text if not chat and body.echo else text
 
 
 async def _pieces(served: Any, upstream_body: dict[str, Any], run: _Run, stopped: Any) -> AsyncIterator[str]:
@@ -143,7 +139,7 @@ async def _stream(run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, 
                 yield _event(run.chunk({"content": first}, first, None))
                 async for piece in pieces:
                     yield _event(run.chunk({"content": piece}, piece, None))
-            yield _event(run.chunk({}, body.suffix if not run.chat and body.suffix else "", run.finish_reason))
+            yield _event(run.chunk({}, "", run.finish_reason))
             if include_usage:
                 yield _event({"id": run.id, "object": run.chunk(None, None, None)["object"], "created": run.created,
                               "model": run.model, "choices": [], "usage": run.usage()})
@@ -170,9 +166,10 @@ async def _prompt(served: Any, body: Any, chat: bool) -> list[int]:
                                "tool_choice 'auto' or 'none', or serve with the default engine",
                                param="tool_choice", code="unsupported_value")
         return await served.check(served.handler.prompt_token_ids, body.messages, body.tools, body.tool_choice)
-    if body.min_tokens:
-        raise RequestError("'min_tokens' is not available with --engine llama-server", param="min_tokens",
-                           code="unsupported_value")
+    for name in ("min_tokens", "suffix"):  # suffix: llama-cpp-python's fill-in-the-middle prompt
+        if getattr(body, name):
+            raise RequestError(f"'{name}' is not available with --engine llama-server", param=name,
+                               code="unsupported_value")
     return await served.check(served.llama.tokenize, body.prompt.encode("utf-8"), True, True)
 
 
