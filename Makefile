@@ -16,7 +16,7 @@ CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 PYTHON312 ?= $(shell for p in python3.12 $(HOME)/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12; do $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { command -v $$p; break; }; done)
 export STEAM_PERSONA_PY312 := $(strip $(PYTHON312))
 
-.PHONY: install lock test test-latest demo bench clean
+.PHONY: install lock test test-latest demo bench clean llama-server
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,11 @@ test-latest:
 	CMAKE_ARGS="$(CMAKE_ARGS)" $(LATEST)/bin/python -m pip install --progress-bar on --upgrade -e ".[dev]"
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q tests
+
+# Opt-in: llama.cpp's llama-server for `steam-train serve --engine llama-server`, built from the llama.cpp
+# that llama-cpp-python vendors, with the same CMAKE_ARGS (about 20 minutes on 2 cores; cached per version).
+llama-server: install
+	$(BIN)/python -m steam_persona.serve.llama_server_build --cmake_args "$(CMAKE_ARGS)"
 
 test: install
 	$(BIN)/python -m pytest -q tests

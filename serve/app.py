@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -11,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from steam_persona.serve import chat_handler, errors, health, routes
 from steam_persona.serve.engine import Worker
 from steam_persona.serve.grammar import GrammarChecker
+from steam_persona.serve.llama_server import LlamaServer, free_loopback_port, server_args
 from steam_persona.serve.middleware import SteamMiddleware
 from steam_persona.serve.routes import Served
 from steam_persona.serve.modelinfo import ModelInfo
@@ -37,6 +40,9 @@ class AppOptions:
         request_timeout: seconds one generation may run.
         check_budget: seconds a request's checks may take (413 above).
         cors_origins: origins allowed by CORS; empty = no CORS headers at all.
+        engine: ``"llama-cpp-python"`` (embedded) or ``"llama-server"``.
+        parallel: llama-server slots (requests generated at once); engine llama-server only.
+        llama_server: the llama-server binary; engine llama-server only.
     """
 
     alias: str
@@ -55,6 +61,9 @@ class AppOptions:
     request_timeout: float = 300.0
     check_budget: float = 10.0
     cors_origins: tuple[str, ...] = ()
+    engine: str = "llama-cpp-python"
+    parallel: int = 1
+    llama_server: str | None = None
 
 
 def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
@@ -65,30 +74,44 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
     ``n_ctx`` from :func:`steam_persona.serve.modelinfo.choose_n_ctx` (not 2048), the GGUF's chat template, and
     ``logits_all=False`` (True keeps an ``n_ctx × n_vocab`` float array: 1.6 GB for SmolLM2 at 8k).
     The routes are ours (:mod:`steam_persona.serve.routes`); CORS is off unless ``opts.cors_origins`` lists origins.
+    With ``opts.engine == "llama-server"`` llama-server is started first and generates; this process
+    loads the vocabulary only (:mod:`steam_persona.serve.llama_server`).
 
     Raises:
         ValueError: llama.cpp cannot load the model.
+        UserError: llama-server did not start.
     """
     from llama_cpp.server.model import LlamaProxy
     from llama_cpp.server.settings import ModelSettings
 
+    upstream = _start_llama_server(info, opts) if opts.engine == "llama-server" else None
+    # with llama-server generating, this process needs the vocabulary only (template, token counts)
     model = ModelSettings(
         model=str(info.path), model_alias=opts.alias, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
         n_threads_batch=opts.n_threads, n_gpu_layers=opts.n_gpu_layers, chat_format="chat_template.default",
-        logits_all=False, flash_attn=opts.flash_attn, verbose=opts.verbose)
-    llama = LlamaProxy.load_llama_from_model_settings(model)
+        logits_all=False, flash_attn=opts.flash_attn, verbose=opts.verbose, vocab_only=upstream is not None)
+    try:
+        llama = LlamaProxy.load_llama_from_model_settings(model)
+    except BaseException:
+        if upstream is not None:
+            upstream.close()
+        raise
     grammars = GrammarChecker(str(info.path))
     handler = chat_handler.install(llama, info.chat_template or "", grammars)
     served = Served(llama=llama, handler=handler, grammars=grammars, generate=Worker("llama-generate"),
-                    checks=Worker("llama-checks"), alias=opts.alias, n_ctx=llama.n_ctx(),
-                    request_timeout=opts.request_timeout, check_budget=opts.check_budget)
+                    checks=Worker("llama-checks"), alias=opts.alias,
+                    n_ctx=opts.n_ctx if upstream is not None else llama.n_ctx(),
+                    request_timeout=opts.request_timeout, check_budget=opts.check_budget, upstream=upstream)
     app = FastAPI(title="steam-persona (llama-cpp-python)", version=llama_cpp_version())
     app.state.served = served
     app.include_router(routes.router)
     routes.install_schemas(app)
     errors.install(app)
     health.install(app, alias=opts.alias, n_ctx=served.n_ctx, n_ctx_train=info.n_ctx_train,
-                   persona_source=opts.persona_source)
+                   persona_source=opts.persona_source, engine=opts.engine,
+                   alive=(lambda: upstream.alive) if upstream is not None else (lambda: True))
+    if upstream is not None:
+        app.router.on_shutdown.append(upstream.aclose)
     log = JsonlLog(opts.log_file) if opts.log_file else None
     app.add_middleware(SteamMiddleware, served=served, api_key=opts.api_key, persona=opts.persona,
                        persona_mode=opts.persona_mode, max_request_bytes=opts.max_request_bytes,
@@ -98,6 +121,21 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(opts.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type", "x-api-key"])
     return app
+
+
+def _start_llama_server(info: ModelInfo, opts: AppOptions) -> LlamaServer:
+    """Start llama-server on a free loopback port with ``opts.parallel`` slots of ``opts.n_ctx``.
+
+    Raises:
+        UserError: it did not start (see :meth:`LlamaServer.start`).
+    """
+    port = free_loopback_port()
+    args = server_args(Path(opts.llama_server or ""), str(info.path), port=port, n_ctx=opts.n_ctx,
+                       parallel=opts.parallel, n_threads=opts.n_threads, n_gpu_layers=opts.n_gpu_layers,
+                       flash_attn=opts.flash_attn)
+    upstream = LlamaServer(args, port, Path(tempfile.gettempdir()) / f"steam-persona-llama-server-{port}.log")
+    upstream.start()
+    return upstream
 
 
 def llama_cpp_version() -> str:

@@ -103,6 +103,14 @@ class ChatHandler:
         Raises:
             RequestError: 400 ``invalid_messages`` when the chat template rejects the messages.
         """
+        return len(self.prompt_token_ids(messages, tools, tool_choice))
+
+    def prompt_token_ids(self, messages: list[dict[str, Any]], tools: Any = None, tool_choice: Any = None) -> list[int]:
+        """The prompt's token ids for ``messages`` (cached: the latest :data:`TOKEN_CACHE_SIZE` prompts).
+
+        Raises:
+            RequestError: 400 ``invalid_messages`` when the chat template rejects the messages.
+        """
         try:
             result = self.formatter(messages=messages, tools=tools, tool_choice=tool_choice)
         except Exception as e:  # jinja2 errors and the template's raise_exception (ValueError)
@@ -114,7 +122,7 @@ class ChatHandler:
             tokens = self._tokens[key] = self._tokenize_prompt(result.prompt, messages, key[1], tools, tool_choice)
             while len(self._tokens) > TOKEN_CACHE_SIZE:
                 self._tokens.popitem(last=False)
-        return len(tokens)
+        return list(tokens)
 
     def _tokenize_prompt(self, prompt: str, messages: list[dict[str, Any]], add_bos: bool,
                          tools: Any, tool_choice: Any) -> list[int]:

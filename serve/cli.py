@@ -51,6 +51,13 @@ class ServeConfig:
                                         "ends whatever it is doing.")
     log_file: str | None = arg(None, "Also append one JSON line per request here (method, path, status, ms, "
                                      "prompt tokens; never keys or text).")
+    engine: str = arg("llama-cpp-python", "What generates: llama-cpp-python in this process (one request at a time), "
+                                          "or llama.cpp's llama-server (several at once; build it with `make "
+                                          "llama-server`).", choices=("llama-cpp-python", "llama-server"))
+    parallel: int = arg(4, "With --engine llama-server: requests generated at once (slots), each with --n_ctx tokens.")
+    llama_server: str | None = arg(None, "With --engine llama-server: the binary (default: the one `make llama-server` "
+                                         "built for this llama-cpp-python, else llama-server on PATH).",
+                                   envvar="STEAM_PERSONA_LLAMA_SERVER")
     log_level: str = arg("info", "Log level; debug also logs prompt sizes and llama.cpp's own output.",
                          choices=("debug", "info", "warning", "error"))
 
@@ -104,6 +111,7 @@ def run(cfg: ServeConfig) -> None:
     from sse_starlette.sse import AppStatus
 
     from steam_persona.serve.app import AppOptions, build_app
+    from steam_persona.serve.llama_server import find_binary
     from steam_persona.serve.modelinfo import choose_n_ctx, read_model_info
     from steam_persona.serve.persona import resolve_persona
 
@@ -115,6 +123,9 @@ def run(cfg: ServeConfig) -> None:
         raise UserError(f"serve: --host {cfg.host} exposes the model beyond this machine; set --api_key KEY "
                         f"(or {API_KEY_ENV}), or pass --insecure to serve without a key")
     check_port_free(cfg.host, cfg.port)
+    binary = find_binary(cfg.llama_server) if cfg.engine == "llama-server" else None
+    if cfg.parallel < 1:
+        raise UserError("serve: --parallel must be at least 1")
     info = read_model_info(cfg.model)
     if not info.chat_template:
         raise UserError(f"{info.path}: the GGUF has no chat template (tokenizer.chat_template); "
@@ -130,7 +141,8 @@ def run(cfg: ServeConfig) -> None:
                       verbose=cfg.log_level == "debug", log_file=cfg.log_file, flash_attn=cfg.flash_attn,
                       max_request_bytes=cfg.max_request_bytes or max(2**20, 64 * n_ctx),
                       max_tokens_cap=cfg.max_tokens_cap, request_timeout=cfg.request_timeout,
-                      cors_origins=tuple(o.strip() for o in cfg.cors_origins if o.strip()))
+                      cors_origins=tuple(o.strip() for o in cfg.cors_origins if o.strip()),
+                      engine=cfg.engine, parallel=cfg.parallel, llama_server=str(binary) if binary else None)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     with console.status(f"loading {info.path.name} …"):
         try:
@@ -183,6 +195,8 @@ def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
         ("model", f"{opts.alias}  ({info.path.name}, {info.file_bytes / 2**20:.0f} MiB)"),
         ("persona", f"{first}  [{opts.persona_source}, {opts.persona_mode}]"),
         ("n_ctx", f"{opts.n_ctx} tokens ({ctx_reason})"),
+        ("engine", "llama-cpp-python (embedded, one request at a time)" if opts.engine == "llama-cpp-python"
+                   else f"llama-server, {opts.parallel} at once ({opts.llama_server})"),
         ("threads", opts.n_threads),
         ("limits", f"{opts.max_tokens_cap} tokens, {opts.request_timeout:g} s per request; "
                    f"bodies ≤ {opts.max_request_bytes / 2**20:.1f} MiB"),

@@ -124,6 +124,16 @@ class _Raised:
         self.error = error
 
 
+async def watch_disconnect(receive: Callable[[], Any], cancel: threading.Event) -> None:
+    """Set ``cancel`` when the client disconnects (``receive`` is the request's ASGI receive; the body
+    was read already, so only a disconnect can arrive)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            cancel.set()
+            return
+
+
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
     """``loop.call_soon_threadsafe(fn, *args)`` from the worker thread; nothing to do when the loop has closed
     (the server is shutting down and nobody awaits the result), so the worker thread lives on."""

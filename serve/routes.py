@@ -28,8 +28,9 @@ from llama_cpp.server.types import (CreateChatCompletionRequest, CreateCompletio
                                     TokenizeInputRequest)
 from sse_starlette.sse import EventSourceResponse
 
+from steam_persona.serve import upstream_routes
 from steam_persona.serve.chat_handler import ChatHandler
-from steam_persona.serve.engine import STOP, Skipped, Worker
+from steam_persona.serve.engine import STOP, Skipped, Worker, watch_disconnect
 from steam_persona.serve.errors import RequestError, error_body
 from steam_persona.serve.grammar import GrammarChecker
 
@@ -58,6 +59,8 @@ class Served:
         check_budget: seconds a request's checks (rendering, tokenizing) may take before a 413.
         wind_down_at: ``time.monotonic()`` after which every generation ends at its next token
             (set on SIGTERM, so responses end with ``finish_reason`` "length" within the shutdown time).
+        upstream: with ``--engine llama-server``, the :class:`steam_persona.serve.llama_server.LlamaServer`
+            that generates (``llama`` then holds the vocabulary only); ``None`` for the embedded engine.
     """
 
     llama: llama_cpp.Llama
@@ -70,6 +73,7 @@ class Served:
     request_timeout: float
     check_budget: float
     wind_down_at: float = math.inf
+    upstream: Any = None
 
     @property
     def n_vocab(self) -> int:
@@ -126,6 +130,8 @@ def _schema(model: type) -> dict[str, Any]:
              openapi_extra=_schema(CreateChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     served, body = _served(request), _body(request)
+    if served.upstream is not None:
+        return await upstream_routes.generate(request, served, body, chat=True)
     llama = served.llama
     return await _generate(request, served, lambda: llama.create_chat_completion(**_kwargs(body, llama)), body.stream)
 
@@ -134,6 +140,8 @@ async def chat_completions(request: Request) -> Response:
              openapi_extra=_schema(CreateCompletionRequest))
 async def completions(request: Request) -> Response:
     served, body = _served(request), _body(request)
+    if served.upstream is not None:
+        return await upstream_routes.generate(request, served, body, chat=False)
     llama = served.llama
     return await _generate(request, served, lambda: llama.create_completion(**_kwargs(body, llama)), body.stream)
 
@@ -198,7 +206,7 @@ async def _generate(request: Request, served: Served, make: Callable[[], Any], s
     cancel = threading.Event()
     deadline = time.monotonic() + served.request_timeout
     token = STOP.set(lambda: cancel.is_set() or time.monotonic() > min(deadline, served.wind_down_at))
-    watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+    watcher = asyncio.create_task(watch_disconnect(request.receive, cancel))
     streaming = False
     try:
         if not stream:
@@ -243,12 +251,3 @@ async def _events(first: asyncio.Future, chunks: AsyncIterator[Any], cancel: thr
             first.cancel()
             await asyncio.gather(first, return_exceptions=True)
         await chunks.aclose()
-
-
-async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
-    """Set ``cancel`` when the client disconnects (the body is read already: only that can arrive)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            cancel.set()
-            return

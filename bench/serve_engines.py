@@ -1,0 +1,221 @@
+"""Several users at once: `steam-train serve` (both engines) against llama.cpp's own llama-server.
+
+Goals (issue: "serves several users at once"), all measured in this one run, same GGUF, threads,
+``n_ctx`` per request, temperature 0, ``--max_tokens`` tokens, a persona review prompt:
+
+* embedded engine (llama-cpp-python, the default) ≥ 0.95× llama-server ``--parallel 1`` aggregate
+  tokens/s at 4 and 8 clients, and its TTFT (1 client, streamed) ≤ 1.2× llama-server's;
+* ``--engine llama-server --parallel N`` ≥ 0.9× plain llama-server ``--parallel N`` aggregate
+  tokens/s, and its p95 request latency ≤ 1.2× llama-server's.
+
+Contenders run one after another inside each round (order rotated per round, so load changes on a
+shared machine hit all alike); figures are medians over ``--rounds``. Aggregate tokens/s = completion
+tokens of all requests of a batch / the batch's wall time; p95 = 95th percentile of the request
+latencies of all batches of that client count; TTFT = first content chunk − request start (one
+streamed request, after the batches). Plain llama-server gets the persona as a system message;
+ours applies it server-side (``--system``), so both prompts are the same tokens.
+
+Usage: ``python bench/serve_engines.py [--model GGUF|export dir|smollm2] [--clients 1,4,8] [--rounds 3]
+[--max_tokens 128] [--n_threads 2]``. Needs the llama-server binary (``make llama-server``). Prints a
+table and writes bench/results/serve_engines.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from steam_persona.serve.llama_server import find_binary, server_args  # noqa: E402
+from steam_persona.serve.modelinfo import read_model_info  # noqa: E402
+from steam_persona.trainer.hub import resolve_model  # noqa: E402
+from steam_persona.trainer.persona import DEFAULT_SYSTEM  # noqa: E402
+from tests.serving import free_port, start_server  # noqa: E402
+
+GAMES = ["Hades", "Stardew Valley", "Elden Ring", "Celeste", "Factorio", "Hollow Knight", "Terraria", "Portal 2"]
+
+
+def prompt(i: int) -> str:
+    return f"Write a Steam review of {GAMES[i % len(GAMES)]}."
+
+
+@contextlib.contextmanager
+def plain_llama_server(binary: Path, model: str, n_ctx: int, parallel: int, threads: int,
+                       flash_attn: bool) -> Iterator[str]:
+    """llama-server alone on a free port; yields its base URL."""
+    port = free_port()
+    args = server_args(binary, model, port=port, n_ctx=n_ctx, parallel=parallel, n_threads=threads,
+                       n_gpu_layers=-1, flash_attn=flash_attn)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("llama-server did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def body(i: int, max_tokens: int, with_system: bool, stream: bool = False) -> dict:
+    messages = [{"role": "user", "content": prompt(i)}]
+    if with_system:
+        messages.insert(0, {"role": "system", "content": DEFAULT_SYSTEM})
+    return {"model": "bench", "messages": messages, "temperature": 0, "max_tokens": max_tokens, "stream": stream}
+
+
+def batch(url: str, n: int, round_no: int, max_tokens: int, with_system: bool) -> dict:
+    """``n`` non-streamed chats at once; aggregate tokens/s and each request's latency."""
+    results: list[tuple[int, float]] = []
+
+    def one(i: int) -> None:
+        t = time.perf_counter()
+        r = httpx.post(f"{url}/v1/chat/completions", json=body(round_no * n + i, max_tokens, with_system), timeout=900)
+        r.raise_for_status()
+        results.append((r.json()["usage"]["completion_tokens"], time.perf_counter() - t))
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if len(results) != n:
+        raise RuntimeError(f"{url}: {n - len(results)} of {n} requests failed")
+    return {"aggregate_tok_s": sum(k for k, _ in results) / wall, "latencies_s": [s for _, s in results]}
+
+
+def ttft_ms(url: str, max_tokens: int, with_system: bool) -> float:
+    start = time.perf_counter()
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body(0, max_tokens, with_system, stream=True),
+                      timeout=300) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {") and json.loads(line[6:])["choices"] and \
+                    json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                return (time.perf_counter() - start) * 1000
+    raise RuntimeError(f"{url}: no content streamed")
+
+
+def measure(contenders: dict[str, tuple[str, bool]], clients: list[int], rounds: int, max_tokens: int) -> dict:
+    rows: dict[str, dict] = {name: {"ttft_ms": [], **{str(n): [] for n in clients}} for name in contenders}
+    names = list(contenders)
+    for url, with_system in contenders.values():  # warm-up: load pages, fill caches
+        batch(url, 2, 0, 8, with_system)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            url, with_system = contenders[name]
+            for n in clients:
+                rows[name][str(n)].append(batch(url, n, r, max_tokens, with_system))
+            rows[name]["ttft_ms"].append(ttft_ms(url, max_tokens, with_system))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(
+            f"{name} {rows[name][str(clients[-1])][-1]['aggregate_tok_s']:.1f} tok/s" for name in names), file=sys.stderr)
+    return rows
+
+
+def summarise(rows: dict, clients: list[int]) -> dict:
+    out = {}
+    for name, r in rows.items():
+        out[name] = {"ttft_ms": statistics.median(r["ttft_ms"])}
+        for n in clients:
+            lat = sorted(x for b in r[str(n)] for x in b["latencies_s"])
+            out[name][str(n)] = {"aggregate_tok_s": statistics.median(b["aggregate_tok_s"] for b in r[str(n)]),
+                                 "p95_latency_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))]}
+    return out
+
+
+def goals(s: dict, clients: list[int], parallel: int) -> dict:
+    emb, p1, ls, pn = s["ours_embedded"], s["llama_server_p1"], s["ours_llama_server"], s["llama_server_pN"]
+    g = {"embedded_vs_p1_ttft": p1["ttft_ms"] / emb["ttft_ms"]}
+    for n in clients:
+        k = str(n)
+        g[f"embedded_vs_p1_aggregate_{n}"] = emb[k]["aggregate_tok_s"] / p1[k]["aggregate_tok_s"]
+        g[f"engine_vs_pN_aggregate_{n}"] = ls[k]["aggregate_tok_s"] / pn[k]["aggregate_tok_s"]
+        g[f"engine_vs_pN_p95_{n}"] = ls[k]["p95_latency_s"] / pn[k]["p95_latency_s"]
+    busy = [n for n in clients if n > 1]
+    met = (all(g[f"embedded_vs_p1_aggregate_{n}"] >= 0.95 for n in busy if n in (4, 8))
+           and emb["ttft_ms"] <= 1.2 * p1["ttft_ms"]
+           and all(g[f"engine_vs_pN_aggregate_{n}"] >= 0.9 and g[f"engine_vs_pN_p95_{n}"] <= 1.2 for n in busy))
+    return {"ratios": g, "met": met, "parallel": parallel,
+            "targets": {"embedded_vs_p1_aggregate_min": 0.95, "embedded_ttft_max_x": 1.2,
+                        "engine_vs_pN_aggregate_min": 0.9, "engine_vs_pN_p95_max_x": 1.2}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2", help="GGUF, export dir or `smollm2` (the embedded default)")
+    ap.add_argument("--clients", default="1,4,8")
+    ap.add_argument("--parallel", type=int, default=0, help="slots for the llama-server contenders; 0 = most clients")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max_tokens", type=int, default=128)
+    ap.add_argument("--n_threads", type=int, default=2)
+    ap.add_argument("--n_ctx", type=int, default=2048, help="context per request (llama-server: × slots)")
+    ap.add_argument("--flash_attn", action="store_true", help="flash attention on in every contender")
+    ap.add_argument("--out", default=str(REPO / "bench/results/serve_engines.json"))
+    args = ap.parse_args()
+
+    clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    parallel = args.parallel or max(clients)
+    src = resolve_model(args.model)
+    model = str(Path(src.path) / src.gguf_file) if src.gguf_file else args.model
+    info = read_model_info(model)
+    binary = find_binary(None)
+    common = ("--n_threads", args.n_threads, "--n_ctx", args.n_ctx, "--system", DEFAULT_SYSTEM,
+              "--max_tokens_cap", max(args.max_tokens, 1024), "--log_level", "warning",
+              "--flash_attn", args.flash_attn)
+    with start_server(model, extra_args=common) as embedded, \
+            start_server(model, extra_args=(*common, "--engine", "llama-server", "--parallel", parallel)) as engine, \
+            plain_llama_server(binary, str(info.path), args.n_ctx, 1, args.n_threads, args.flash_attn) as p1, \
+            plain_llama_server(binary, str(info.path), args.n_ctx, parallel, args.n_threads, args.flash_attn) as pn:
+        contenders = {"ours_embedded": (embedded.base_url, False), "ours_llama_server": (engine.base_url, False),
+                      "llama_server_p1": (p1, True), "llama_server_pN": (pn, True)}
+        rows = measure(contenders, clients, args.rounds, args.max_tokens)
+    s = summarise(rows, clients)
+    result = {"date": time.strftime("%Y-%m-%d"), "model": info.path.name, "n_threads": args.n_threads,
+              "flash_attn": args.flash_attn,
+              "n_ctx": args.n_ctx, "max_tokens": args.max_tokens, "rounds": args.rounds, "clients": clients,
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0]},
+              "llama_server": str(binary), "summary": s, "goals": goals(s, clients, parallel), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(args.out)
+    print(f"model {info.path.name}, {args.n_threads} threads, n_ctx {args.n_ctx}/request, {args.rounds} rounds × "
+          f"{args.max_tokens} tokens, load {result['machine']['load_avg_1m']:.2f}")
+    names = {"ours_embedded": "ours (embedded)", "llama_server_p1": "llama-server --parallel 1",
+             "ours_llama_server": f"ours --engine llama-server --parallel {parallel}",
+             "llama_server_pN": f"llama-server --parallel {parallel}"}
+    for key, label in names.items():
+        cells = "  ".join(f"{n}: {s[key][str(n)]['aggregate_tok_s']:6.1f} tok/s p95 {s[key][str(n)]['p95_latency_s']:5.2f} s"
+                          for n in clients)
+        print(f"{label:42s} TTFT {s[key]['ttft_ms']:6.1f} ms  {cells}")
+    for name, value in result["goals"]["ratios"].items():
+        print(f"  {name}: {value:.3f}")
+    print(f"goals met: {result['goals']['met']}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

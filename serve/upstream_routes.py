@@ -1,0 +1,210 @@
+"""Chat and completion generation through llama-server (``--engine llama-server``), answered in the
+same OpenAI shapes as the embedded engine (:mod:`steam_persona.serve.routes`): the same ids' form,
+``finish_reason`` values, streamed chunks (a role chunk first, an empty delta with the
+``finish_reason`` last, a ``usage`` chunk when ``stream_options.include_usage``) and ``usage``
+counts (prompt tokens as we rendered them, completion tokens without the end-of-generation token).
+
+The request arrives checked by the middleware; this module renders/tokenizes the prompt (checks
+thread), builds llama-server's native body (:func:`steam_persona.serve.llama_server.native_body`)
+and relays its stream. A client that disconnects, the request's time limit, or a server shutdown
+closes the upstream connection, which stops llama-server's work on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from sse_starlette.sse import EventSourceResponse
+
+from steam_persona.serve.chat_handler import INCLUDE_USAGE
+from steam_persona.serve.engine import watch_disconnect
+from steam_persona.serve.errors import RequestError
+from steam_persona.serve.llama_server import native_body
+
+#: llama-server's ``stop_type`` → OpenAI ``finish_reason``.
+_FINISH = {"eos": "stop", "word": "stop", "limit": "length", "none": "length"}
+
+
+@dataclass
+class _Run:
+    """One generation's facts while it streams."""
+
+    chat: bool
+    id: str
+    model: str
+    prompt_tokens: int
+    created: int = field(default_factory=lambda: int(time.time()))
+    text: list[str] = field(default_factory=list)
+    finish_reason: str = "length"
+    completion_tokens: int = 0
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+    def chunk(self, delta: dict[str, Any] | None, text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        """One stream chunk: a chat delta or a completion text piece."""
+        if self.chat:
+            choice = {"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish_reason}
+            return {"id": self.id, "model": self.model, "created": self.created, "object": "chat.completion.chunk",
+                    "choices": [choice]}
+        choice = {"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish_reason}
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [choice]}
+
+    def response(self, text: str) -> dict[str, Any]:
+        """The non-streamed response object."""
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": self.finish_reason}
+            obj = "chat.completion"
+        else:
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": self.finish_reason}
+            obj = "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": [choice], "usage": self.usage()}
+
+
+async def generate(request: Request, served: Any, body: Any, chat: bool) -> Response:
+    """Answer one chat (``chat``) or completion request through ``served.upstream``."""
+    try:
+        tokens = await _prompt(served, body, chat)
+        grammar = await _grammar(served, body) if chat else body.grammar
+        upstream_body = native_body(tokens, body, await _logit_bias(served, body), grammar)
+    except RequestError as e:
+        return JSONResponse(e.body(), status_code=e.status)
+    run = _Run(chat=chat, id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, model=served.alias,
+               prompt_tokens=len(tokens))
+    cancel = threading.Event()
+    deadline = time.monotonic() + served.request_timeout
+    stopped = lambda: cancel.is_set() or time.monotonic() > min(deadline, served.wind_down_at)  # noqa: E731
+    pieces = _pieces(served, upstream_body, run, stopped)
+    watcher = asyncio.create_task(watch_disconnect(request.receive, cancel))
+    if body.stream:
+        return await _stream(run, pieces, watcher, cancel, INCLUDE_USAGE.get(), body)
+    try:
+        text = "".join([piece async for piece in pieces])
+    except RequestError as e:
+        return JSONResponse(e.body(), status_code=e.status)
+    finally:
+        watcher.cancel()
+        cancel.set()
+    return JSONResponse(run.response(_completion_text(body, chat, text)))
+
+
+def _completion_text(body: Any, chat: bool, text: str) -> str:
+    """The response text: with /v1/completions' ``echo``, the prompt first."""
+    return body.prompt + text if not chat and body.echo else text
+
+
+async def _pieces(served: Any, upstream_body: dict[str, Any], run: _Run, stopped: Any) -> AsyncIterator[str]:
+    """The generated text pieces; fills ``run``'s finish reason and completion token count."""
+    async for event in served.upstream.completion(upstream_body, stopped):
+        if event.get("content"):
+            yield event["content"]
+        if event.get("stop"):
+            run.finish_reason = _FINISH.get(event.get("stop_type", "none"), "length")
+            # llama-server counts the end-of-generation token; OpenAI and llama-cpp-python do not
+            run.completion_tokens = event.get("tokens_predicted", 0) - (event.get("stop_type") == "eos")
+            return
+        run.completion_tokens += 1
+
+
+async def _stream(run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, cancel: threading.Event,
+                  include_usage: bool, body: Any) -> Response:
+    """Start the SSE response once the first piece came (so a refusal is still a 4xx)."""
+    try:
+        first = await anext(pieces, None)
+    except RequestError as e:
+        watcher.cancel()
+        cancel.set()
+        return JSONResponse(e.body(), status_code=e.status)
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        try:
+            head = [run.chunk({"role": "assistant"}, None, None)] if run.chat else []
+            if not run.chat and body.echo:
+                head.append(run.chunk(None, body.prompt, None))
+            for chunk in head:
+                yield _event(chunk)
+            if first is not None:
+                yield _event(run.chunk({"content": first}, first, None))
+                async for piece in pieces:
+                    yield _event(run.chunk({"content": piece}, piece, None))
+            yield _event(run.chunk({}, "", run.finish_reason))
+            if include_usage:
+                yield _event({"id": run.id, "object": run.chunk(None, None, None)["object"], "created": run.created,
+                              "model": run.model, "choices": [], "usage": run.usage()})
+            yield {"data": "[DONE]"}
+        except RequestError as e:  # after the response began: the stream ends with the error
+            yield {"data": json.dumps(e.body())}
+        finally:
+            watcher.cancel()
+            cancel.set()
+            await pieces.aclose()
+    return EventSourceResponse(events(), sep="\n")
+
+
+def _event(chunk: dict[str, Any]) -> dict[str, str]:
+    return {"data": json.dumps(chunk, ensure_ascii=False)}
+
+
+async def _prompt(served: Any, body: Any, chat: bool) -> list[int]:
+    """The prompt's token ids (chat: the template rendered, contents as text; completion: the
+    library's tokenization of the prompt string, special tokens parsed, BOS added)."""
+    if chat:
+        if isinstance(body.tool_choice, dict) or body.tool_choice == "required" or isinstance(body.function_call, dict):
+            raise RequestError("Forcing a tool call is not available with --engine llama-server; send "
+                               "tool_choice 'auto' or 'none', or serve with the default engine",
+                               param="tool_choice", code="unsupported_value")
+        return await served.check(served.handler.prompt_token_ids, body.messages, body.tools, body.tool_choice)
+    for name in ("min_tokens", "suffix"):  # suffix: llama-cpp-python's fill-in-the-middle prompt
+        if getattr(body, name):
+            raise RequestError(f"'{name}' is not available with --engine llama-server", param=name,
+                               code="unsupported_value")
+    return await served.check(served.llama.tokenize, body.prompt.encode("utf-8"), True, True)
+
+
+async def _grammar(served: Any, body: Any) -> str | None:
+    """The request's grammar, or the one llama-cpp-python builds for ``response_format``
+    ``json_object`` (with a ``schema``: that schema), checked like a client grammar.
+
+    Raises:
+        RequestError: 400 ``invalid_grammar`` when llama.cpp would refuse it.
+    """
+    fmt = body.response_format
+    if fmt is None or fmt.get("type") != "json_object":
+        return body.grammar
+    from llama_cpp import llama_grammar
+
+    grammar = llama_grammar.JSON_GBNF
+    if "schema" in fmt:
+        try:
+            grammar = llama_grammar.json_schema_to_gbnf(json.dumps(fmt["schema"]))
+        except Exception:  # noqa: BLE001 -- the library falls back to any JSON the same way
+            pass
+    why = await served.check(served.grammars.error, grammar)
+    if why:
+        raise RequestError(f"The grammar cannot be used: {why}", param="response_format", code="invalid_grammar")
+    return grammar
+
+
+async def _logit_bias(served: Any, body: Any) -> dict[int, float] | None:
+    """Token id → bias (``logit_bias_type`` "tokens": keys are texts, every token of each is biased)."""
+    if not body.logit_bias:
+        return None
+    if body.logit_bias_type != "tokens":
+        return {int(k): v for k, v in body.logit_bias.items()}
+
+    def by_text() -> dict[int, float]:
+        return {i: v for text, v in body.logit_bias.items()
+                for i in served.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)}
+    return await served.check(by_text)
