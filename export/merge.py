@@ -246,7 +246,6 @@ def merge(src: ModelSource, run: RunInfo, tokenizer, eot: str, out: Path, *, dty
     """
     import time
 
-    import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
