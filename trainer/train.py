@@ -492,7 +492,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         if amp is not None:  # training runs under autocast: it casts the LoRA matmuls' operands itself
             model_lib.skip_lora_input_casts(model)
         # GPU speed/memory levers (docs/gpu.md); each reports off on CPU
-        levers = accel.accelerate(model, liger_kernels=cfg.enable_liger_kernel, compile_layers=cfg.torch_compile)
+        levers = accel.apply_fast_path(model, liger_kernels=cfg.enable_liger_kernel, compile_layers=cfg.torch_compile)
     if main:  # after the model loaded: a bad --lora_target or model stays a one-line error
         console.print(_data_line(enc, cfg.cutoff_len))
     if main and device.startswith("cuda"):
