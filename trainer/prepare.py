@@ -728,6 +728,21 @@ def _report_details(cfg: PrepareConfig, stats: dict[str, _Stat], loaded: list[so
     }
 
 
+def _write_splits(cfg: PrepareConfig, train: list[dict], val: list[dict]) -> tuple[Path, Path | None]:
+    """Write the train records to ``--out`` and the val records (if any) beside it (:func:`val_path`), and
+    register both with ``--register``. Returns ``(train path, val path or None)``."""
+    out = Path(cfg.out)
+    vpath = val_path(out) if val else None
+    _write_records(out, train)
+    if vpath:
+        _write_records(vpath, val)
+    if cfg.register:
+        registry.register(cfg.register, cfg.name, str(out))
+        if vpath:
+            registry.register(cfg.register, f"{cfg.name}_val", str(vpath))
+    return out, vpath
+
+
 def run(cfg: PrepareConfig) -> dict[str, Any]:
     """Prepare an alpaca SFT dataset from raw reviews.
 
@@ -765,17 +780,9 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     train = [rec for i, rec in enumerate(records) if i not in val_idx]
     val = [rec for i, rec in enumerate(records) if i in val_idx]
 
-    out = Path(cfg.out)
-    vpath = val_path(out) if val else None
+    out, vpath = _write_splits(cfg, train, val)
     report_path = Path(cfg.report) if cfg.report else out.parent / "prepare_report.json"
     md_path = report_path.with_suffix(".md")
-    _write_records(out, train)
-    if vpath:
-        _write_records(vpath, val)
-    if cfg.register:
-        registry.register(cfg.register, cfg.name, str(out))
-        if vpath:
-            registry.register(cfg.register, f"{cfg.name}_val", str(vpath))
     games = Counter(_game(r) for r in kept)
     result = {
         "train": str(out), "val": str(vpath) if vpath else None, "report": str(report_path), "report_md": str(md_path),
