@@ -152,7 +152,7 @@ class ExportJob:
         return self.state["files"].get(self.gguf(q).name) if self.gguf(q).is_file() else None
 
     def finished_gguf(self, q: str) -> None:
-        from steam_persona.trainer.io import write_json
+        from steam_persona.trainer.atomic import write_json
 
         self.state["files"][self.gguf(q).name] = self.gguf_fingerprint(q)
         write_json(self.out / STATE, self.state)
@@ -326,7 +326,7 @@ def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_sta
     """Run (or reuse) each step under one progress bar and ``export_log.jsonl``, then write the extras and,
     last, the report (its presence marks a finished export). Returns the report."""
     from steam_persona.trainer.console import progress
-    from steam_persona.trainer.io import JsonlLog
+    from steam_persona.trainer.atomic import JsonlLog
 
     done: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -355,7 +355,7 @@ def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_sta
 def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_start: float) -> dict[str, Any]:
     """Write the extras, drop stale GGUFs (and ``merged/`` unless ``--keep_merged``), then the report."""
     from steam_persona.export.quantize import FLOAT_TYPES
-    from steam_persona.trainer.io import write_json
+    from steam_persona.trainer.atomic import write_json
 
     files = {q: job.gguf(q) for q in job.qtypes}
     kept = list(files.values()) + ([_lora_file(job)] if job.cfg.lora_gguf else [])
@@ -463,7 +463,7 @@ def _open_export_dir(out: Path, overwrite: bool) -> dict[str, Any]:
             state = {"files": {}}
         (out / REPORT).unlink(missing_ok=True)  # from here on the folder is an unfinished export
     out.mkdir(parents=True, exist_ok=True)
-    from steam_persona.trainer.io import write_json
+    from steam_persona.trainer.atomic import write_json
 
     write_json(out / STATE, state)
     return state
@@ -515,7 +515,7 @@ def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: di
                   kept: list[Path], merged_dir: Path) -> None:
     from steam_persona.export.chat_template import is_chatml
     from steam_persona.export.modelfile import modelfile, readme
-    from steam_persona.trainer.io import write_text
+    from steam_persona.trainer.atomic import write_text
 
     gen = json.loads((merged_dir / "generation_config.json").read_text(encoding="utf-8"))
     template_file = merged_dir / "chat_template.jinja"

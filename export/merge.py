@@ -299,7 +299,7 @@ def _save_merged(model, tokenizer, out: Path, export_size: int, prompts: list[li
     import numpy as np
 
     from steam_persona.export.verify import reference_logits
-    from steam_persona.trainer.io import atomic_path
+    from steam_persona.trainer.atomic import atomic_path
 
     with atomic_path(out) as tmp:
         try:

@@ -327,7 +327,7 @@ def test_full_disk_exits_2_before_writing(tiny_run, tmp_path, monkeypatch):
 
 
 def test_full_disk_during_a_write_exits_2_and_leaves_no_file(tmp_path):
-    from steam_persona.trainer.io import atomic_path
+    from steam_persona.trainer.atomic import atomic_path
 
     with pytest.raises(UserError, match="no space left"):
         with atomic_path(tmp_path / "m.gguf") as tmp:

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import httpx
 from rich.progress import TextColumn
 
-from steam_persona.trainer import config, io
+from steam_persona.trainer import atomic, config
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import console, progress, summary_table
 from steam_persona.trainer.errors import UserError
@@ -94,7 +94,7 @@ class _Fetcher:
         self._last = 0.0
         self.requests = 0
         self.retries = 0
-        self.log: io.JsonlLog | None = None  # set per output file by _collect_file
+        self.log: atomic.JsonlLog | None = None  # set per output file by _collect_file
 
     def close(self) -> None:
         self.client.close()
@@ -217,10 +217,10 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetc
     state, seen = _open_state(out, part, state_path, cfg)
     for appid in appids:
         state["apps"].setdefault(appid, {"cursor": "*", "done": False, "pages": 0, "reviews": 0, "total": None})
-    fetch.log = io.JsonlLog(log_path(out))
+    fetch.log = atomic.JsonlLog(log_path(out))
 
     def save() -> None:
-        io.write_json(state_path, state, indent=None)
+        atomic.write_json(state_path, state, indent=None)
 
     complete = True
     with progress(TextColumn("{task.fields[pages]} pages"), TextColumn("{task.fields[rate]:.1f} reviews/s")) as bar, \
@@ -353,14 +353,14 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetcher) 
             console.print(f"[yellow]time bound reached before appdetails of {appid}; rerun to continue")
             return False
         have[appid] = data[appid]
-        io.write_json(path, have)
+        atomic.write_json(path, have)
     return True
 
 
 def _details_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetcher) -> dict[str, Any]:
     """``--details_only``: appdetails of ``appids`` into ``details_path(out)``; no reviews."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fetch.log = io.JsonlLog(log_path(out))
+    fetch.log = atomic.JsonlLog(log_path(out))
     complete = _details(out, appids, cfg, fetch)
     fetch.log.write(event="end", complete=complete, requests=fetch.requests, retries=fetch.retries)
     fetch.log.close()

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 from rich.table import Table
 
-from steam_persona.trainer import cleaning, config, io, noise, persona, prepare_report, registry, sources
+from steam_persona.trainer import atomic, cleaning, config, noise, persona, prepare_report, registry, sources
 from steam_persona.trainer import columns as columns_mod
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import console, progress
@@ -430,7 +430,7 @@ def _write_records(path: Path, records: list[dict[str, str]]) -> None:
     dumps = functools.partial(json.dumps, ensure_ascii=False)
     body = ",\n".join("  {\n" + ",\n".join(f"    {dumps(k)}: {dumps(v)}" for k, v in r.items()) + "\n  }"
                        for r in records)
-    io.write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
+    atomic.write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
 
 
 def val_path(out: Path) -> Path:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from steam_persona.trainer import config, io
+from steam_persona.trainer import atomic, config
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import console, plain_progress, progress, summary_table
 from steam_persona.trainer.errors import UserError
@@ -332,7 +332,7 @@ def _save_adapter_and_tokenizer(model: Any, tokenizer: Any, target: Path) -> Non
             for f in Path(tmp).iterdir():
                 os.replace(f, target / f.name)
     except OSError as e:
-        if e.errno == 28:  # ENOSPC, as io.atomic_path
+        if e.errno == 28:  # ENOSPC, as atomic.atomic_path
             raise UserError(f"{target}: no space left on the device; free some disk and rerun") from None
         raise
 
@@ -342,7 +342,7 @@ def _save_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, optimizer
     import torch
 
     target = out / f"checkpoint-{step}"
-    with io.atomic_path(target) as tmp:
+    with atomic.atomic_path(target) as tmp:
         tmp.mkdir(parents=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -609,13 +609,13 @@ class TrainRecipe:
             self.start = self.state["global_step"]
             console.print(f"resuming from {resume} (step {self.start} of {self.total})")
         log_path = self.out / "trainer_log.jsonl"
-        self.rows = [r for r in io.read_jsonl_log(log_path) if r.get("current_steps", 0) <= self.start] \
+        self.rows = [r for r in atomic.read_jsonl_log(log_path) if r.get("current_steps", 0) <= self.start] \
             if self.start else []
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            io.write_jsonl(log_path, self.rows)
-            io.write_text(self.out / "run_config.yaml", _run_config_yaml(self.cfg))
-            self.log = io.JsonlLog(log_path)
+            atomic.write_jsonl(log_path, self.rows)
+            atomic.write_text(self.out / "run_config.yaml", _run_config_yaml(self.cfg))
+            self.log = atomic.JsonlLog(log_path)
 
     # ------------------------------------------------------------ steps
 
@@ -889,7 +889,7 @@ class TrainRecipe:
                 results["kept"] = f"best eval loss (step {results['best_global_step']})"
             _save_adapter_and_tokenizer(self.model, self.tokenizer, self.out)
             plot_loss(self.rows, self.out / "training_loss.png", title=f"{Path(self.cfg.output_dir).name}: loss")
-            io.write_json(self.out / "all_results.json", results)
+            atomic.write_json(self.out / "all_results.json", results)
             precision = f"{str(self.amp or self.dtype).removeprefix('torch.')} on {self.device}"
             _summary(self.cfg, results, self.template, precision)
         distributed.finish()  # the other ranks wait here until rank 0 has saved
