@@ -12,7 +12,7 @@ Cases (all with a LoRA adapter of rank 8 on q/k/v/o, random non-zero B):
   SmolLM2 and L2).
 * ``qwen7b-L28``: the whole 7B shape, measured (needs ~55 GB of free disk and ~45 min on 2 cores).
 
-Goals (issue 4): peak RSS ≤ 16 GiB for 7B; export time (merged folder reused, verify off: the same
+Goals: peak RSS ≤ 16 GiB for 7B; export time (merged folder reused, verify off: the same
 work as the raw steps) ≤ 1.10 × raw steps. The full export (merge + verify) is reported too.
 
 Usage: ``.venv/bin/python bench/export_cost.py [--cases smollm2,qwen7b-L2,qwen7b-L4]``

@@ -97,7 +97,7 @@ def main() -> None:
     if args.threads:
         __import__("torch").set_num_threads(args.threads)
 
-    from steam_persona.trainer import config, io
+    from steam_persona.trainer import atomic, config
     from steam_persona.trainer.train import TrainConfig, run
 
     seed_flags = {"stage": "sft", "do_train": True, "model_name_or_path": "smollm2", "dataset": [args.data],
@@ -128,7 +128,7 @@ def main() -> None:
                                              "output_dir": str(Path(tmp) / name)})
             t = time.time()
             r = run(cfg)
-            rows = [x for x in io.read_jsonl_log(Path(tmp) / name / "trainer_log.jsonl") if "loss" in x]
+            rows = [x for x in atomic.read_jsonl_log(Path(tmp) / name / "trainer_log.jsonl") if "loss" in x]
             results["variants"][name] = {
                 "samples_per_s": r["train_samples_per_second"], "tokens_per_s": r["train_tokens_per_second"],
                 "s_per_step": round(r["train_runtime"] / args.steps, 2), "step_losses": [x["loss"] for x in rows],
@@ -150,7 +150,7 @@ def main() -> None:
         results["ratio_vs_padded_baseline_same_run"] = round(v["ours"]["samples_per_s"] / v["baseline"]["samples_per_s"], 2)
         results["max_step_loss_diff"] = round(max(abs(a - b) for a, b in zip(v["ours"]["step_losses"],
                                                                               v["baseline"]["step_losses"])), 4)
-    io.write_json(args.out, results)
+    atomic.write_json(args.out, results)
     for name, x in v.items():
         print(f"{name:9s} {x['samples_per_s']:.3f} samples/s  {x['tokens_per_s']:.0f} tokens/s  "
               f"{x['s_per_step']:.1f} s/step  losses {x['step_losses']}  peak RSS {x['peak_rss_gib_so_far']} GiB")

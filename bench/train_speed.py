@@ -170,7 +170,7 @@ def build_ours(model_dir: Path, variant: str):
         kw["mlp_chunk_min_tokens"] = 16384
     if variant == "ours-ckpt-outside":
         kw["compile_layers"] = False
-    report = accel.accelerate(model, **kw)
+    report = accel.apply_fast_path(model, **kw)
     if variant == "ours-no-shared-dequant":
         for m in model.modules():
             if type(m).__name__ == "Linear4bit":

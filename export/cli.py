@@ -11,7 +11,9 @@ Steps (each reused on a rerun when its output exists and was made from the same 
    ``<name>-lora.gguf``, ``export_report.json``; ``merged/`` is then deleted unless ``--keep_merged``
    (it is as large as the 16-bit model)
 
-Every file is written under a temp name and renamed; ``export_report.json`` is written last, so a
+The steps are :class:`Step` objects (name, input fingerprint, function) listed by :func:`export_steps`;
+a step is reused when the fingerprint recorded beside its output (``merged/export_merge.json``,
+``.steam-export.json``) equals its own. Every file is written under a temp name and renamed; ``export_report.json`` is written last, so a
 folder without it is an unfinished export that a rerun resumes. An interrupted export (Ctrl-C)
 says what it leaves: the finished steps' files, reused by the rerun.
 """
@@ -19,14 +21,15 @@ says what it leaves: the finished steps' files, reused by the rerun.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import json
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -70,6 +73,88 @@ class VerificationFailed(click.ClickException):
     exit_code = 1
 
 
+@dataclass
+class Step:
+    """One export step.
+
+    ``name`` keys the report's ``steps``/``step_seconds`` and the ``export_log.jsonl`` events; ``label`` is
+    the progress text; ``fn`` does the work. ``fingerprint`` digests everything the step's output is made
+    from (``None``: the step always runs); ``recorded`` reads the fingerprint that the output already on
+    disk was made from (``None`` when there is none). A rerun reuses the output when the two are equal.
+    """
+
+    name: str
+    label: str
+    fn: Callable[[], None]
+    fingerprint: str | None = None
+    recorded: Callable[[], str | None] = lambda: None
+
+    def reusable(self) -> bool:
+        """True when the output on disk was made from this step's very inputs."""
+        return self.fingerprint is not None and self.recorded() == self.fingerprint
+
+
+@dataclass
+class ExportJob:
+    """The resolved inputs of one export (:func:`plan`) and what its steps leave for the next ones."""
+
+    cfg: ExportConfig
+    qtypes: list[str]
+    run_info: Any
+    base: str
+    src: Any
+    system: str | None
+    out: Path
+    name: str
+    n_threads: int
+    merge_fp: str = ""
+    merge_info: dict[str, Any] | None = None
+    arch: str = ""
+    dtype: Any = None
+    dtype_name: str = ""
+    n_params: int = 0
+    state: dict[str, Any] = field(default_factory=lambda: {"files": {}})
+    verify: dict[str, Any] | None = None
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.out / "merged"
+
+    @property
+    def floats(self) -> list[str]:
+        """The 16-bit GGUF types to convert to, the merge's own first (the quantizer's source)."""
+        from steam_persona.export.quantize import FLOAT_TYPES
+
+        src16 = "bf16" if self.dtype_name == "bfloat16" else "f16"
+        floats = [q for q in self.qtypes if q in FLOAT_TYPES]
+        source = src16 if src16 in floats or not floats else floats[0]
+        return [source] + [q for q in floats if q != source]
+
+    @property
+    def quants(self) -> list[str]:
+        from steam_persona.export.quantize import FLOAT_TYPES
+
+        return [q for q in self.qtypes if q not in FLOAT_TYPES]
+
+    def gguf(self, q: str) -> Path:
+        return self.out / f"{self.name}-{q}.gguf"
+
+    def gguf_fingerprint(self, q: str) -> str:
+        from steam_persona.export import convert, merge
+
+        return merge.fingerprint({"merge": self.merge_fp, "type": q, "converter": convert.converter_version()})
+
+    def recorded_gguf(self, q: str) -> str | None:
+        """The fingerprint ``.steam-export.json`` holds for the GGUF of type ``q`` when that file exists."""
+        return self.state["files"].get(self.gguf(q).name) if self.gguf(q).is_file() else None
+
+    def finished_gguf(self, q: str) -> None:
+        from steam_persona.trainer.atomic import write_json
+
+        self.state["files"][self.gguf(q).name] = self.gguf_fingerprint(q)
+        write_json(self.out / STATE, self.state)
+
+
 def run(cfg: ExportConfig) -> dict[str, Any]:
     """Run the whole export; return the report (also written to ``EXPORT_DIR/export_report.json``).
 
@@ -83,19 +168,44 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             architecture, unknown quant type, a non-export folder in the way, full disk.
         VerificationFailed (exit 1): a GGUF failed verification (everything is still written).
     """
-    from steam_persona.trainer.console import console, progress, summary_table
-    from steam_persona.trainer.hub import resolve_model
-    from steam_persona.trainer.io import JsonlLog, write_json
-    from steam_persona.trainer import persona
-
-    from steam_persona.export import convert as conv
-    from steam_persona.export import merge as mg
-    from steam_persona.export import quantize as qz
-    from steam_persona.export.verify import describe
+    from steam_persona.trainer.console import console
 
     t_start = time.time()
+    job = plan(cfg)
+    job.state = _open_export_dir(job.out, cfg.overwrite)
+    steps = export_steps(job)
+    reused = {s.name: s.reusable() for s in steps}
+    gguf_todo = [s.name.split("_", 1)[1] for s in steps if s.name.startswith(("convert_", "quantize_"))
+                 and not reused[s.name]]
+    _check_free_disk(job.out, job.n_params, reused["merge"], gguf_todo)
+    if job.run_info.run.quantization_bit and not reused["merge"]:
+        console.print(f"[yellow]The run was QLoRA ({job.run_info.run.quantization_bit}-bit base); "
+                      f"the base is reloaded in {job.dtype_name} to merge (never into 4-bit weights).[/]")
+    report = _run_steps(job, steps, reused, t_start)
+    _summary(job, t_start)
+    failed = [q for q, v in (job.verify or {}).items() if not v["passed"]]
+    if failed:
+        raise VerificationFailed(f"{job.out / REPORT}: verification failed for {', '.join(failed)}; "
+                                 "see 'verify' in the report")
+    return report
+
+
+def plan(cfg: ExportConfig) -> ExportJob:
+    """Resolve the export's inputs (quant types, run, base, persona, export dir, name) and the merge's
+    fingerprint; when no merged folder of these very inputs exists, check the base and adapter now.
+
+    Raises:
+        UserError: as :func:`run`, for everything found before the export dir is touched.
+    """
+    from steam_persona.export import merge as mg
+    from steam_persona.export import quantize as qz
+    from steam_persona.trainer import persona
+    from steam_persona.trainer.hub import resolve_model
+
     qtypes = qz.check_types(cfg.quantization)
     run_info = mg.read_run(cfg.adapter_name_or_path)
+    if cfg.lora_gguf and run_info.adapter_dir is None:
+        raise UserError("--lora_gguf: no --adapter_name_or_path to convert")
     run = run_info.run
     base = cfg.model_name_or_path or run.model_name_or_path
     if not base:
@@ -111,157 +221,174 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     else:
         raise UserError("command line: no --export_dir given (needed when there is no --adapter_name_or_path)")
     name = _safe_name(cfg.export_name or (run_info.adapter_dir.resolve().name if run_info.adapter_dir else src.name))
-    n_threads = arguments.n_threads(cfg.n_threads, generate=False)
+    job = ExportJob(cfg, qtypes, run_info, str(base), src, system or None, out, name,
+                    arguments.n_threads(cfg.n_threads, generate=False))
+    _check_base(job)
+    return job
 
-    # --- what each step is made from (reuse a finished step only when these match) ---
-    merge_fp = mg.fingerprint({
+
+def _check_base(job: ExportJob) -> None:
+    """Fingerprint the merge's inputs; read the architecture, dtype and size from a merged folder made
+    from them, else from the base's config after checking it and the adapter (no weights read)."""
+    from steam_persona.export import convert as conv
+    from steam_persona.export import merge as mg
+
+    cfg, src = job.cfg, job.src
+    job.merge_fp = mg.fingerprint({
         "base": src.path, "gguf_file": src.gguf_file, "base_files": _files_stamp(Path(src.path), src.gguf_file),
-        "adapter": _adapter_digest(run_info.adapter_dir), "system": system, "infer_dtype": cfg.infer_dtype,
+        "adapter": _adapter_digest(job.run_info.adapter_dir), "system": job.system, "infer_dtype": cfg.infer_dtype,
         "steam_persona": importlib.metadata.version("steam-persona")})
-    merged_dir = out / "merged"
-    merge_info = mg.read_merge_info(merged_dir) if merged_dir.is_dir() else None
-    reuse_merge = bool(merge_info and merge_info.get("fingerprint") == merge_fp)
-    if reuse_merge:  # made from these very inputs: already checked, so skip reading the base
-        assert merge_info is not None
-        arch, dtype_name, n_params = merge_info["architecture"], merge_info["dtype"], merge_info["parameters"]
-        dtype = None  # no merge to run
-    else:
-        base_cfg = mg.base_config(src)
-        arch = conv.check_architecture(base_cfg, str(base))
-        mg.check_adapter_matches_base(run_info, base_cfg, str(base))
-        dtype = mg.merge_dtype(base_cfg, cfg.infer_dtype)
-        dtype_name = str(dtype).removeprefix("torch.")
-        n_params = _parameter_count(base_cfg)
-    state = _open_export_dir(out, cfg.overwrite)
-    src16 = "bf16" if dtype_name == "bfloat16" else "f16"
-    floats = [q for q in qtypes if q in qz.FLOAT_TYPES]
-    source_type = src16 if src16 in floats or not floats else floats[0]
-    to_convert = [source_type] + [q for q in floats if q != source_type]
-    quants = [q for q in qtypes if q not in qz.FLOAT_TYPES]
-    gguf_fp = {q: mg.fingerprint({"merge": merge_fp, "type": q, "converter": conv.converter_version()})
-               for q in to_convert + quants}
-    files = {q: out / f"{name}-{q}.gguf" for q in to_convert + quants}
-    done = {q for q in files if files[q].is_file() and state["files"].get(files[q].name) == gguf_fp[q]}
-    _check_free_disk(out, n_params, reuse_merge, [q for q in to_convert + quants if q not in done])
+    info = mg.read_merge_info(job.merged_dir) if job.merged_dir.is_dir() else None
+    if info and info.get("fingerprint") == job.merge_fp:  # already checked: skip reading the base
+        job.merge_info = info
+        job.arch, job.dtype_name, job.n_params = info["architecture"], info["dtype"], info["parameters"]
+        return
+    base_cfg = mg.base_config(src)
+    job.arch = conv.check_architecture(base_cfg, job.base)
+    mg.check_adapter_matches_base(job.run_info, base_cfg, job.base)
+    job.dtype = mg.merge_dtype(base_cfg, cfg.infer_dtype)
+    job.dtype_name = str(job.dtype).removeprefix("torch.")
+    job.n_params = _parameter_count(base_cfg)
 
-    if run.quantization_bit and not reuse_merge:
-        console.print(f"[yellow]The run was QLoRA ({run.quantization_bit}-bit base); "
-                      f"the base is reloaded in {dtype_name} to merge (never into 4-bit weights).[/]")
-    steps: dict[str, str] = {}
+
+def export_steps(job: ExportJob) -> list[Step]:
+    """The export as steps, in order: merge, convert to each 16-bit type, quantize, the LoRA GGUF
+    (``--lora_gguf``), verify each kept type (unless ``--no_verify``). The merge is reused when
+    ``merged/export_merge.json`` has its fingerprint, a GGUF when ``.steam-export.json`` has its."""
+    from steam_persona.export import convert as conv
+    from steam_persona.export import merge as mg
+    from steam_persona.export import quantize as qz
+
+    meta = {"steam_persona.converter": conv.converter_version(), "steam_persona.base_model": job.base,
+            "steam_persona.adapter": str(job.run_info.adapter_dir or ""), "steam_persona.system": job.system or ""}
+    source = job.gguf(job.floats[0])
+    steps = [Step("merge", f"merge adapter into {job.dtype_name} base", lambda: _merge(job), job.merge_fp,
+                  lambda: (mg.read_merge_info(job.merged_dir) or {}).get("fingerprint"))]
+    for q in job.floats:
+        steps.append(Step(f"convert_{q}", f"convert to GGUF {q}", functools.partial(
+            _gguf_step, job, q, conv.convert, job.merged_dir, job.gguf(q), q, name=job.name, metadata=meta),
+            job.gguf_fingerprint(q), functools.partial(job.recorded_gguf, q)))
+    for q in job.quants:
+        steps.append(Step(f"quantize_{q}", f"quantize {q}", functools.partial(
+            _gguf_step, job, q, qz.quantize, source, job.gguf(q), q, job.n_threads),
+            job.gguf_fingerprint(q), functools.partial(job.recorded_gguf, q)))
+    if job.cfg.lora_gguf:
+        steps.append(Step("lora_gguf", "convert adapter to GGUF LoRA", lambda: conv.convert_lora(
+            job.run_info.adapter_dir, job.merged_dir, _lora_file(job), name=job.name, metadata=meta)))
+    if not job.cfg.no_verify:
+        job.verify = {}
+        steps += [Step(f"verify_{q}", f"verify {q}", functools.partial(_verify, job, q)) for q in job.qtypes]
+    return steps
+
+
+def _merge(job: ExportJob) -> None:
+    from steam_persona.export import merge as mg
+    from steam_persona.export.verify import PROMPTS
+
+    tok = mg.load_tokenizer(job.src, job.run_info)
+    eot = mg.fix_tokenizer(tok, job.system)
+    job.merge_info = mg.merge(job.src, job.run_info, tok, eot, job.merged_dir, dtype=job.dtype,
+                              export_size=job.cfg.export_size,
+                              info={"fingerprint": job.merge_fp, "base_model": job.base, "architecture": job.arch},
+                              prompts=PROMPTS)
+
+
+def _gguf_step(job: ExportJob, q: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Write the GGUF of type ``q`` with ``fn(*args, **kwargs)``, then record its fingerprint."""
+    fn(*args, **kwargs)
+    job.finished_gguf(q)
+
+
+def _verify(job: ExportJob, q: str) -> None:
+    """Verify the GGUF of type ``q`` against the merged model's reference logits; store it in ``job.verify``."""
+    import numpy as np
+
+    from steam_persona.export import merge as mg
+    from steam_persona.export.chat_template import jinja_string
+    from steam_persona.export.quantize import FLOAT_TYPES
+    from steam_persona.export.verify import verify_gguf
+
+    with np.load(job.merged_dir / mg.REFERENCE) as z:
+        ref = {k: z[k] for k in z.files}
+    v = verify_gguf(job.gguf(q), ref, job.merge_info["eos_token"], is_float=q in FLOAT_TYPES, n_threads=job.n_threads)
+    template = v.pop("chat_template")
+    v["chat_template_has_persona"] = bool(job.system) and jinja_string(job.system) in template
+    job.verify[q] = v
+
+
+def _lora_file(job: ExportJob) -> Path:
+    return job.out / f"{job.name}-lora.gguf"
+
+
+def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_start: float) -> dict[str, Any]:
+    """Run (or reuse) each step under one progress bar and ``export_log.jsonl``, then write the extras and,
+    last, the report (its presence marks a finished export). Returns the report."""
+    from steam_persona.trainer.console import progress
+    from steam_persona.trainer.atomic import JsonlLog
+
+    done: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    log = JsonlLog(out / "export_log.jsonl")
-    n_steps = 1 + len(to_convert) + len(quants) + (0 if cfg.no_verify else len(qtypes)) + int(cfg.lora_gguf) + 1
+    log = JsonlLog(job.out / "export_log.jsonl")
     try:
-        with _say_what_is_left_if_interrupted(out), progress() as bar:
-            task = bar.add_task("export", total=n_steps)
-
-            def step(key: str, label: str, reused: bool, fn) -> None:
-                bar.update(task, description=f"{label}{' (reused)' if reused else ''}")
+        with _say_what_is_left_if_interrupted(job.out), progress() as bar:
+            task = bar.add_task("export", total=len(steps) + 1)
+            for s in steps:
+                bar.update(task, description=f"{s.label}{' (reused)' if reused[s.name] else ''}")
                 t = time.time()
-                log.write(event="step_start", step=key, reused=reused)
-                if not reused:
-                    fn()
-                seconds[key] = round(time.time() - t, 2)
-                steps[key] = "reused" if reused else "done"
-                log.write(event="step_end", step=key, reused=reused, seconds=seconds[key])
+                log.write(event="step_start", step=s.name, reused=reused[s.name])
+                if not reused[s.name]:
+                    s.fn()
+                seconds[s.name] = round(time.time() - t, 2)
+                done[s.name] = "reused" if reused[s.name] else "done"
+                log.write(event="step_end", step=s.name, reused=reused[s.name], seconds=seconds[s.name])
                 bar.advance(task)
-
-            # 1-2. merge (+ tokenizer eos and persona template)
-            def do_merge() -> None:
-                nonlocal merge_info
-                from steam_persona.export.verify import PROMPTS
-
-                tok = mg.load_tokenizer(src, run_info)
-                eot = mg.fix_tokenizer(tok, system)
-                merge_info = mg.merge(src, run_info, tok, eot, merged_dir, dtype=dtype, export_size=cfg.export_size,
-                                      info={"fingerprint": merge_fp, "base_model": str(base),
-                                            "architecture": arch}, prompts=PROMPTS)
-
-            step("merge", f"merge adapter into {dtype_name} base", reuse_merge, do_merge)
-            assert merge_info is not None
-            meta = {"steam_persona.converter": conv.converter_version(),
-                    "steam_persona.base_model": str(base),
-                    "steam_persona.adapter": str(run_info.adapter_dir or ""),
-                    "steam_persona.system": system or ""}
-
-            def finished(q: str) -> None:
-                state["files"][files[q].name] = gguf_fp[q]
-                write_json(out / STATE, state)
-
-            # 3. convert
-            for q in to_convert:
-                def do_convert(q: str = q) -> None:
-                    conv.convert(merged_dir, files[q], q, name=name, metadata=meta)
-                    finished(q)
-                step(f"convert_{q}", f"convert to GGUF {q}", q in done, do_convert)
-            # 4. quantize
-            for q in quants:
-                def do_quantize(q: str = q) -> None:
-                    qz.quantize(files[source_type], files[q], q, n_threads)
-                    finished(q)
-                step(f"quantize_{q}", f"quantize {q}", q in done, do_quantize)
-            # 6a. LoRA GGUF
-            lora_file = out / f"{name}-lora.gguf"
-            if cfg.lora_gguf:
-                if run_info.adapter_dir is None:
-                    raise UserError("--lora_gguf: no --adapter_name_or_path to convert")
-                step("lora_gguf", "convert adapter to GGUF LoRA", False,
-                     lambda: conv.convert_lora(run_info.adapter_dir, merged_dir, lora_file, name=name, metadata=meta))
-            # 5. verify
-            verify: dict[str, Any] | None = None
-            if not cfg.no_verify:
-                import numpy as np
-
-                from steam_persona.export.chat_template import jinja_string
-                from steam_persona.export.verify import verify_gguf
-
-                verify = {}
-                with np.load(merged_dir / mg.REFERENCE) as z:
-                    ref = {k: z[k] for k in z.files}
-                for q in qtypes:
-                    def do_verify(q: str = q) -> None:
-                        v = verify_gguf(files[q], ref, merge_info["eos_token"], is_float=q in qz.FLOAT_TYPES,
-                                        n_threads=n_threads)
-                        template = v.pop("chat_template")
-                        v["chat_template_has_persona"] = bool(system) and jinja_string(system) in template
-                        verify[q] = v
-                    step(f"verify_{q}", f"verify {q}", False, do_verify)
-            # 6b. extras + report (last: its presence marks a finished export)
             bar.update(task, description="write Modelfile, README, report")
-            kept = [files[q] for q in qtypes] + ([lora_file] if cfg.lora_gguf else [])
-            report = _report(cfg, out, name, base, src, run_info, arch, system, qtypes, files, merge_info, verify,
-                             steps, seconds, t_start)
-            serve_q = next((q for q in qtypes if q not in qz.FLOAT_TYPES), qtypes[0])
-            _write_extras(out, files[serve_q].name, system, merge_info, report, kept, merged_dir)
-            for stale in sorted(out.glob("*.gguf")):
-                if stale not in kept:  # the intermediate 16-bit file, or types of an overwritten export
-                    stale.unlink()
-                    state["files"].pop(stale.name, None)
-            write_json(out / STATE, state)
-            if not cfg.keep_merged:
-                shutil.rmtree(merged_dir)
-            write_json(out / REPORT, report)
+            report = _finish(job, done, seconds, t_start)
             bar.advance(task)
     finally:
         log.close()
+    return report
 
-    rows: list[tuple[object, object]] = [("export dir", out), ("persona", _short(system or "(the model's own)")),
-                                         ("base", base), ("adapter", run_info.adapter_dir or "(none)")]
-    for q in qtypes:
-        v = (verify or {}).get(q)
+
+def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_start: float) -> dict[str, Any]:
+    """Write the extras, drop stale GGUFs (and ``merged/`` unless ``--keep_merged``), then the report."""
+    from steam_persona.export.quantize import FLOAT_TYPES
+    from steam_persona.trainer.atomic import write_json
+
+    files = {q: job.gguf(q) for q in job.qtypes}
+    kept = list(files.values()) + ([_lora_file(job)] if job.cfg.lora_gguf else [])
+    report = _report(job.cfg, job.out, job.name, job.base, job.src, job.run_info, job.arch, job.system, job.qtypes,
+                     files, job.merge_info, job.verify, steps, seconds, t_start)
+    serve_q = next((q for q in job.qtypes if q not in FLOAT_TYPES), job.qtypes[0])
+    _write_extras(job.out, files[serve_q].name, job.system, job.merge_info, report, kept, job.merged_dir)
+    for stale in sorted(job.out.glob("*.gguf")):
+        if stale not in kept:  # the intermediate 16-bit file, or types of an overwritten export
+            stale.unlink()
+            job.state["files"].pop(stale.name, None)
+    write_json(job.out / STATE, job.state)
+    if not job.cfg.keep_merged:
+        shutil.rmtree(job.merged_dir)
+    write_json(job.out / REPORT, report)
+    return report
+
+
+def _summary(job: ExportJob, t_start: float) -> None:
+    from steam_persona.export.quantize import FLOAT_TYPES
+    from steam_persona.export.verify import describe
+    from steam_persona.trainer.console import summary_table
+
+    rows: list[tuple[object, object]] = [("export dir", job.out), ("persona", _short(job.system or "(the model's own)")),
+                                         ("base", job.base), ("adapter", job.run_info.adapter_dir or "(none)")]
+    for q in job.qtypes:
+        v = (job.verify or {}).get(q)
         check = "" if v is None else (f"  {'[green]PASSED[/]' if v['passed'] else '[red]FAILED[/]'}: "
-                                      f"{describe(v, is_float=q in qz.FLOAT_TYPES)}")
-        rows.append((files[q].name, f"{_size(files[q])}{check}"))
-    if cfg.lora_gguf:
-        rows.append((lora_file.name, _size(lora_file)))
-    rows.append(("merged/", _size(merged_dir) if cfg.keep_merged else "deleted (pass --keep_merged to keep it)"))
+                                      f"{describe(v, is_float=q in FLOAT_TYPES)}")
+        rows.append((job.gguf(q).name, f"{_size(job.gguf(q))}{check}"))
+    if job.cfg.lora_gguf:
+        rows.append((_lora_file(job).name, _size(_lora_file(job))))
+    rows.append(("merged/", _size(job.merged_dir) if job.cfg.keep_merged else "deleted (pass --keep_merged to keep it)"))
     rows.append(("time", f"{time.time() - t_start:.1f} s"))
     summary_table("steam-train export", rows)
-    failed = [q for q, v in (verify or {}).items() if not v["passed"]]
-    if failed:
-        raise VerificationFailed(f"{out / REPORT}: verification failed for {', '.join(failed)}; "
-                                 "see 'verify' in the report")
-    return report
 
 
 @contextlib.contextmanager
@@ -334,7 +461,7 @@ def _open_export_dir(out: Path, overwrite: bool) -> dict[str, Any]:
             state = {"files": {}}
         (out / REPORT).unlink(missing_ok=True)  # from here on the folder is an unfinished export
     out.mkdir(parents=True, exist_ok=True)
-    from steam_persona.trainer.io import write_json
+    from steam_persona.trainer.atomic import write_json
 
     write_json(out / STATE, state)
     return state
@@ -387,7 +514,7 @@ def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: di
     from steam_persona.export.chat_template import is_chatml
     from steam_persona.export.convert import context_length
     from steam_persona.export.modelfile import modelfile, readme
-    from steam_persona.trainer.io import write_text
+    from steam_persona.trainer.atomic import write_text
 
     gen = json.loads((merged_dir / "generation_config.json").read_text(encoding="utf-8"))
     template_file = merged_dir / "chat_template.jinja"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.io import atomic_path
+from steam_persona.trainer.atomic import atomic_path
 
 #: Architectures whose whole path (merge, template, convert, quantize, llama.cpp) is tested here.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")

@@ -241,12 +241,8 @@ def merge(src: ModelSource, run: RunInfo, tokenizer, eot: str, out: Path, *, dty
     """
     import time
 
-    import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
-
-    from steam_persona.export.verify import reference_logits
-    from steam_persona.trainer.io import atomic_path
 
     hf_logging.disable_progress_bar()  # no raw "Writing model shards" tqdm bar under our rich progress
     t0 = time.time()
@@ -261,6 +257,19 @@ def merge(src: ModelSource, run: RunInfo, tokenizer, eot: str, out: Path, *, dty
     if rows < len(tokenizer):
         raise UserError(f"{run.adapter_dir or src.path}: the tokenizer has {len(tokenizer)} tokens but the model "
                         f"only {rows} embedding rows; export with the tokenizer the model was trained with")
+    eos_ids = _set_eos(model, tokenizer, eot)
+    n_params = sum(p.numel() for p in model.parameters())
+    meta = dict(info, parameters=n_params, embedding_rows=rows, tokenizer_tokens=len(tokenizer),
+                eos_token=eot, eos_token_ids=eos_ids, dtype=str(dtype).removeprefix("torch."))
+    _save_merged(model, tokenizer, out, export_size, prompts, meta, t0)
+    del model
+    gc.collect()
+    return meta
+
+
+def _set_eos(model, tokenizer, eot: str) -> list[int]:
+    """Make ``eot`` the model's end of sequence (config and generation config, the base's own eos ids
+    kept after it) and the tokenizer's pad id the generation pad; returns the generation eos ids."""
     eot_id = tokenizer.convert_tokens_to_ids(eot)
     old = model.generation_config.eos_token_id
     old = old if isinstance(old, list) else ([] if old is None else [old])
@@ -269,9 +278,24 @@ def merge(src: ModelSource, run: RunInfo, tokenizer, eot: str, out: Path, *, dty
     if tokenizer.pad_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = eot_id
-    n_params = sum(p.numel() for p in model.parameters())
-    meta = dict(info, parameters=n_params, embedding_rows=rows, tokenizer_tokens=len(tokenizer),
-                eos_token=eot, eos_token_ids=eos_ids, dtype=str(dtype).removeprefix("torch."))
+    return eos_ids
+
+
+def _save_merged(model, tokenizer, out: Path, export_size: int, prompts: list[list[dict[str, str]]],
+                 meta: dict[str, Any], t0: float) -> None:
+    """Save the merged model, tokenizer, verify reference logits and ``export_merge.json`` (``meta`` plus
+    ``merge_seconds`` since ``t0``) into ``out`` atomically.
+
+    Raises:
+        OSError: errno 28 when the disk is full (safetensors' own error type is turned into it).
+    """
+    import time
+
+    import numpy as np
+
+    from steam_persona.export.verify import reference_logits
+    from steam_persona.trainer.atomic import atomic_path
+
     with atomic_path(out) as tmp:
         try:
             model.save_pretrained(tmp, max_shard_size=f"{export_size}GB")
@@ -281,17 +305,11 @@ def merge(src: ModelSource, run: RunInfo, tokenizer, eot: str, out: Path, *, dty
                 raise OSError(28, "No space left on device") from None
             raise
         # fp32 arithmetic for the reference when it fits in 4 GiB (llama.cpp accumulates in fp32)
-        if n_params * 4 <= 4 << 30:
+        if meta["parameters"] * 4 <= 4 << 30:
             model = model.float()
-        ref = reference_logits(model, tokenizer, prompts)
-        import numpy as np
-
-        np.savez(tmp / REFERENCE, **ref)
+        np.savez(tmp / REFERENCE, **reference_logits(model, tokenizer, prompts))
         meta["merge_seconds"] = round(time.time() - t0, 2)
         (tmp / MERGE_INFO).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    del model
-    gc.collect()
-    return meta
 
 
 def _load_kwargs(src: ModelSource) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from steam_persona.trainer import config, demo_compare, io
+from steam_persona.trainer import atomic, config, demo_compare
 from steam_persona.trainer.arguments import (DataArguments, GeneratingArguments, LoraArguments, ModelArguments,
                                              QuantizationArguments, TrainingArguments)
 from steam_persona.trainer.config import arg
@@ -112,7 +112,7 @@ class _Stages:
         self.path = out / "demo_state.json"
         self.state: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
         self.force = force
-        self.log = io.JsonlLog(out / "demo_log.jsonl")
+        self.log = atomic.JsonlLog(out / "demo_log.jsonl")
         self.upstream = ""
         self.records: dict[str, dict[str, Any]] = {}
         #: while a stage runs: whether its last attempt, with the same fingerprint, did not finish
@@ -136,19 +136,19 @@ class _Stages:
         self.resumable = (not self.force and bool(old) and old.get("status") != "done"
                           and old.get("fingerprint") == fp)
         self.state[name] = {"status": "running", "fingerprint": fp}  # stays so if the process is killed
-        io.write_json(self.path, self.state)
+        atomic.write_json(self.path, self.state)
         self.log.write(event="stage_start", stage=name)
         t0 = time.perf_counter()
         try:
             result = fn()
         except BaseException as e:
             self.state[name] = {"status": "failed", "fingerprint": fp, "error": f"{type(e).__name__}: {e}"}
-            io.write_json(self.path, self.state)
+            atomic.write_json(self.path, self.state)
             self.log.write(event="stage_failed", stage=name, error=str(e))
             raise
         seconds = round(time.perf_counter() - t0, 1)
         self.state[name] = {"status": "done", "fingerprint": fp, "seconds": seconds, "result": result}
-        io.write_json(self.path, self.state)
+        atomic.write_json(self.path, self.state)
         self.log.write(event="stage_done", stage=name, seconds=seconds)
         self.records[name] = {**self.state[name], "reused": False}
         return result
@@ -174,7 +174,7 @@ def _prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
             raise UserError(f"{data}: --data not found; give a review file (e.g. ../shared/data/steam_sft_sample.json)")
     else:
         data = out / "data" / f"persona_reviews_{cfg.language}.json"
-        io.write_json(data, examples(cfg.language))
+        atomic.write_json(data, examples(cfg.language))
     pcfg = config.build(prepare.PrepareConfig, {
         "inputs": [str(data)], "out": str(out / "data" / "persona_train.json"), "val_size": cfg.val_size,
         "register": str(out / "data" / "dataset_info.json"), "name": "persona", "seed": cfg.seed})
@@ -224,7 +224,7 @@ def _compare(cfg: DemoConfig, out: Path, prepared: dict[str, Any], trained: dict
 
     result = demo_compare.compare(cfg.model_name_or_path, trained["run_dir"], prepared["val"], cfg.language,
                                   DEFAULT_SYSTEM, cfg.cutoff_len, cfg.max_new_tokens, cfg.seed)
-    io.write_json(out / "compare.json", result)
+    atomic.write_json(out / "compare.json", result)
     return result
 
 
@@ -389,7 +389,7 @@ def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any
     result = {"endpoint": endpoint, "model": model, "max_tokens": cfg.max_new_tokens, "reviews": reviews, "chat": chat,
               "tokens_per_second": round(total_tokens / total_s, 1) if total_s else None,
               "server_exit_code": code, "server_log": str(server.log_path)}
-    io.write_json(out / "reviews.json", result)
+    atomic.write_json(out / "reviews.json", result)
     return result
 
 
@@ -409,7 +409,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     _threads_for_load(load_start)
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    io.write_json(out / "demo_config.json", config.to_dict(cfg))
+    atomic.write_json(out / "demo_config.json", config.to_dict(cfg))
     stages = _Stages(out, cfg.force)
     data_stamp: Any = _fingerprint(examples(cfg.language))
     if cfg.data and Path(cfg.data).is_file():
@@ -436,8 +436,8 @@ def run(cfg: DemoConfig) -> DemoResult:
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     summary["machine"] = {"cores": len(os.sched_getaffinity(0)), "load_start": load_start, "load_end": _load_average(),
                           "cpu_seconds": _cpu_seconds()}
-    io.write_json(out / "demo_summary.json", summary)
-    io.write_text(out / "report.md", demo_compare.render_report(summary))
+    atomic.write_json(out / "demo_summary.json", summary)
+    atomic.write_text(out / "report.md", demo_compare.render_report(summary))
     _print_summary(summary)
     stages.log.close()
     return DemoResult(stages.records, summary, out)

@@ -4,7 +4,7 @@ The Liger/Triton kernels and varlen FlashAttention need CUDA; their GPU figures 
 bench/train_speed.py (bench/results/train_speed.json). Here: the chunked linear cross-entropy (the
 portable fused loss) equals the full-logits cross-entropy in value and gradients, the fused training
 forward equals steam_persona.trainer.packing's loss on packed and padded batches (so no contamination between packed
-samples either way), and accelerate() on CPU reports every GPU lever off and changes nothing.
+samples either way), and apply_fast_path() on CPU reports every GPU lever off and changes nothing.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_per_sample_attention_on_cpu_equals_block_diagonal_mask(arch, tiny_qwen2
     feats = _feats(model.config.vocab_size - 10)
     batch = collate(feats, True, pad_token_id=0)
     want, n_want, g_want = _loss_and_grads(model, batch)  # sdpa + mask built from the position ids
-    assert accel.accelerate(model, fused_loss=None)["attention"].startswith("causal SDPA per sample")
+    assert accel.apply_fast_path(model, fused_loss=None)["attention"].startswith("causal SDPA per sample")
     assert set(accel.varlen_kwargs(model, batch["position_ids"])) >= {"cu_seq_lens_q", "attention_mask"}
     got, n_got, g_got = _loss_and_grads(model, batch)
     assert n_got == n_want
@@ -110,7 +110,7 @@ def test_selective_checkpointing_on_cpu_keeps_loss_and_gradients(tiny_qwen2_dir)
     model = _lora_model(tiny_qwen2_dir)
     layer = model.get_base_model().model.layers[0]
     assert layer._gradient_checkpointing_func.keywords["context_fn"] is accel.keep_attention_outputs
-    accel.accelerate(model, fused_loss=None)
+    accel.apply_fast_path(model, fused_loss=None)
     batch = collate(_feats(), True, pad_token_id=0)
     selective = _loss_and_grads(model, batch)
     model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -126,7 +126,7 @@ def test_fused_loss_equals_stock_loss(tiny_qwen2_dir, padding_free):
     model = _lora_model(tiny_qwen2_dir)
     batch = collate(_feats(), padding_free, pad_token_id=151643)
     want, n_want, g_want = _loss_and_grads(model, batch)
-    report = accel.accelerate(model, fused_loss="chunked")
+    report = accel.apply_fast_path(model, fused_loss="chunked")
     assert report["fused_loss"].startswith("on (chunked")
     assert accel.fused_loss_on(model)
     got, n_got, g_got = _loss_and_grads(model, batch)
@@ -139,7 +139,7 @@ def test_fused_loss_equals_stock_loss(tiny_qwen2_dir, padding_free):
 def test_packed_row_loss_equals_samples_alone(tiny_qwen2_dir):
     """No contamination: the packed row's summed loss is the sum of each sample's loss run alone."""
     model = _lora_model(tiny_qwen2_dir)
-    accel.accelerate(model, fused_loss="chunked")
+    accel.apply_fast_path(model, fused_loss="chunked")
     feats = _feats()
     packed, n, _ = _loss_and_grads(model, collate(feats, True, 151643))
     alone = [loss_sum(model, collate([f], True, 151643)) for f in feats]
@@ -151,10 +151,10 @@ def test_accelerate_on_cpu_reports_fallbacks_and_keeps_the_model(tiny_qwen2_dir)
     model = _lora_model(tiny_qwen2_dir)
     batch = collate(_feats(), True, 151643)
     before = float(loss_sum(model, batch)[0])
-    report = accel.accelerate(model)
+    report = accel.apply_fast_path(model)
     assert report["liger_kernels"] == "off: disabled"
     assert report["compile"] == "off: no CUDA device"
-    assert accel.accelerate(_lora_model(tiny_qwen2_dir), liger_kernels=True)["liger_kernels"] == "off: no CUDA device"
+    assert accel.apply_fast_path(_lora_model(tiny_qwen2_dir), liger_kernels=True)["liger_kernels"] == "off: no CUDA device"
     assert report["fused_loss"] == "on (chunked torch cross-entropy; Liger: no CUDA device)"
     assert accel.fused_loss_on(model)
     assert report["activation_offload"] == "off: no CUDA device"
@@ -247,7 +247,7 @@ def test_compiled_layers_checkpoint_inside_and_share_dequantization(tiny_qwen2_d
                 p.data.normal_(0, 0.05)
         m.train()
         # varlen off: CPU per-sample attention splits by sample lengths in Python (a graph break)
-        accel.accelerate(m, fused_loss="chunked", varlen=False)
+        accel.apply_fast_path(m, fused_loss="chunked", varlen=False)
         return m
 
     batch = collate(_feats(), True, pad_token_id=0)
@@ -312,7 +312,7 @@ def test_chunked_mlp_keeps_loss_and_gradients(tiny_qwen2_dir, compiled):
     from torch._dynamo.utils import counters
 
     model = _lora_model(tiny_qwen2_dir)
-    accel.accelerate(model, fused_loss="chunked", varlen=False)
+    accel.apply_fast_path(model, fused_loss="chunked", varlen=False)
     batch = collate(_feats(), True, pad_token_id=0)  # 24 tokens
     want = _loss_and_grads(model, batch)
     layers = model.get_base_model().model.layers

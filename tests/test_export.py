@@ -291,6 +291,12 @@ def test_missing_adapter_exits_2(tmp_path):
     assert not (tmp_path / "empty" / "export").exists()
 
 
+def test_lora_gguf_without_an_adapter_exits_2_before_any_work(tmp_path):
+    _one_line_error(_cli("--model_name_or_path", "smollm2", "--export_dir", str(tmp_path / "x"), "--lora_gguf"),
+                    "--lora_gguf: no --adapter_name_or_path to convert")
+    assert not (tmp_path / "x").exists()
+
+
 def test_adapter_of_another_base_exits_2_with_both_names(tiny_run, tiny_qwen2_dir, tmp_path):
     # same shapes, another architecture (Qwen2 vs Llama): caught by peft's recorded base class
     line = _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--model_name_or_path", str(tiny_qwen2_dir),
@@ -327,7 +333,7 @@ def test_full_disk_exits_2_before_writing(tiny_run, tmp_path, monkeypatch):
 
 
 def test_full_disk_during_a_write_exits_2_and_leaves_no_file(tmp_path):
-    from steam_persona.trainer.io import atomic_path
+    from steam_persona.trainer.atomic import atomic_path
 
     with pytest.raises(UserError, match="no space left"):
         with atomic_path(tmp_path / "m.gguf") as tmp:

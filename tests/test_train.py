@@ -193,7 +193,7 @@ def test_rerunning_a_finished_run_says_so_and_how_to_go_on(tiny_llama_dir, eight
         assert again.exit_code == 2 and "Traceback" not in msg and len(msg.splitlines()) == 1, msg
         assert f"{out}: this run already finished at step 4 (final adapter {out / 'adapter_model.safetensors'})" in msg
         assert "pass --overwrite_output_dir to start over" in msg and hint in msg
-    # regression: saving the final adapter left an empty `<output_dir>.new/` beside the run dir
+    # saving the final adapter leaves no `<output_dir>.new/` or other temp folder beside the run dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "none"]
     assert not [p.name for p in (tmp_path / "none").iterdir() if p.name.startswith(".")]
     # the advice for training longer works: steps 3..6 from checkpoint-2, one log row per step

@@ -1,7 +1,7 @@
 """Speed and memory levers for QLoRA training: GPU kernels with clean fallbacks on CPU and without Triton,
 and the CPU's own (per-sample attention, selective checkpointing).
 
-What `accelerate(model)` does to an already-built (peft-wrapped or plain) causal LM, and why:
+What `apply_fast_path(model)` does to an already-built (peft-wrapped or plain) causal LM, and why:
 
 - **Fused linear cross-entropy** (default on). The stock `*ForCausalLM.forward` materialises the logits
   (tokens x vocab in bf16, then an fp32 copy inside the loss: 4,096 tokens x 152,064 vocab = 1.25 GB + 2.5 GB
@@ -17,9 +17,8 @@ What `accelerate(model)` does to an already-built (peft-wrapped or plain) causal
   bitsandbytes' 4-bit matmuls as dequantize + ``F.linear`` so the compiled backward dequantizes each weight
   once (`share_dequantization`). A 7B QLoRA step is bound by the Python/launch cost of ~10k small kernels
   (bitsandbytes dequantization, peft's LoRA casts and adds, norms, RoPE) and, with the checkpoint around the
-  compiled layer, by three compiled calls a layer a step. Measured on an H200 at 24 GiB (docs/gpu.md):
-  fixed 4 x 1024 rows 0.35 s a step (62 % MFU, 8.4 GiB) against 0.68 s for the LLaMA-Factory stack, 0.38 s
-  with the checkpoint around the compiled layer, 0.56 s eager. Dynamic shapes: packed rows of any length
+  compiled layer, by three compiled calls a layer a step. Compiled layers with the checkpoint inside are
+  the fastest variant measured (docs/gpu.md, "Measured"). Dynamic shapes: packed rows of any length
   reuse one graph. A backend failure falls back to eager (``suppress_errors``).
 - **Liger RMSNorm / RoPE / SwiGLU** (off by default, ``--enable_liger_kernel``): Liger-Kernel's own
   instance patch (``_apply_liger_kernel_to_instance``). Measured slower than compiled layers (and than
@@ -68,17 +67,17 @@ OFFLOAD_MIN_TOKENS = 16384
 MLP_CHUNK_MIN_TOKENS = 32768
 MLP_CHUNKS = 8
 
-#: Longest packed row `merge_micro_batches` builds on a GPU by default: 16,384 tokens of a 7B QLoRA step
-#: took 9.5 GiB at the 24 GiB cap (bench/results/train_speed.json), so it fits a 24 GB card with room.
+#: Longest packed row `merge_micro_batches` builds on a GPU by default: a 7B QLoRA step of this many tokens
+#: fits a 24 GB card with room (docs/gpu.md, "Figures behind trainer/accel.py's defaults").
 ROW_TOKENS = 16384
 
 
 def merge_micro_batches(micro: list[list[int]], n_tokens, budget: int) -> list[list[int]]:
     """Concatenate consecutive micro-batches of one optimizer step while a row stays within `budget` tokens.
 
-    Why: on a GPU every forward/backward of a 7B QLoRA pays ~0.35 s of kernel-launch cost whatever its
-    length, so one 3k-token row trains ~3x faster than four 800-token ones (docs/gpu.md); on 2 CPU cores
-    one row a step saved ~9 % of the step (fewer, larger matmuls). Attention stays per sample (varlen),
+    Why: on a GPU every forward/backward of a 7B QLoRA pays a fixed kernel-launch cost whatever its
+    length, so one long row trains faster than several short ones; on a CPU one row a step means fewer,
+    larger matmuls (figures in docs/gpu.md). Attention stays per sample (varlen),
     so a longer row costs no extra attention. The samples
     of the step and its loss (sum over the step's learned tokens) are unchanged: packed rows keep each
     sample's attention to itself. micro: lists of sample indices; n_tokens(i): sample i's length.
@@ -127,9 +126,8 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     gradient is computed right there, in the forward (softmax - one-hot, then ``@ weight``), and the
     backward only scales it: the algorithm of Liger-Kernel's fused linear cross-entropy
     (liger_kernel/ops/fused_linear_cross_entropy.py), in plain torch. Against logits + ``F.cross_entropy``
-    it skips the log-softmax backward pass and never holds more than one chunk of logits: on 2 CPU cores,
-    3,000 label tokens of SmolLM2 (49k vocabulary), forward + backward, took 1.25 s instead of 2.1 s and
-    0.08 GB instead of 1.6 GB of extra peak memory.
+    it skips the log-softmax backward pass and never holds more than one chunk of logits, so it is both
+    faster and far smaller in peak memory (figures in docs/training.md).
     Returns a 0-dim fp32 tensor (fp64 for fp64 weights). Equal to ``F.cross_entropy(logits.float(), target)``
     up to fp32 summation order. Raises ValueError for another reduction.
     """
@@ -154,8 +152,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         g_w = torch.zeros_like(weight, dtype=acc) if need[1] else None
         g_b = torch.zeros_like(bias, dtype=acc) if need[2] else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
-        # CPU: the fp32 work runs on a few rows at a time so it stays in cache (2 cores here: a 341-row
-        # chunk of SmolLM2 logits took 0.14 s instead of 0.18 s); CUDA: the whole chunk at once
+        # CPU: the fp32 work runs on a few rows at a time so it stays in cache; CUDA: the whole chunk at once
         sub = chunk if hidden.is_cuda else max(1, (1 << 19) // weight.shape[0])
         for start in range(0, hidden.shape[0], chunk):
             h, t = hidden[start:start + chunk].to(weight.dtype), target[start:start + chunk]
@@ -224,7 +221,7 @@ def causal_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Linear, labels: torch
 
 
 def fused_loss_on(model) -> bool:
-    """True when `accelerate` gave `model` the fused loss: ``model(**batch, labels=..., num_items_in_batch=1)``
+    """True when `apply_fast_path` gave `model` the fused loss: ``model(**batch, labels=..., num_items_in_batch=1)``
     in train mode then returns the summed loss without computing logits."""
     return getattr(_causal_lm(model), "_steam_loss_impl", None) is not None
 
@@ -398,8 +395,8 @@ def keep_attention_outputs():
     each CPU attention call's outputs (output + logsumexp, (1, H, L, D) + (1, H, L) per sample) and
     recomputes everything else of the layer in the backward.
 
-    Why: on 2 CPU cores the per-sample flash attention forward is ~10 % of a SmolLM2 QLoRA step, and plain
-    checkpointing runs it twice; its outputs are a few MB a layer. Gradients are identical (the same ops
+    Why: plain checkpointing runs the per-sample flash attention forward twice, a noticeable share of a
+    small model's CPU step; its outputs are a few MB a layer. Gradients are identical (the same ops
     run; only where a value comes from changes). Source: torch.utils.checkpoint
     create_selective_checkpoint_contexts (PyTorch 2.4+).
     """
@@ -424,10 +421,10 @@ def recompute_everything():
     return create_selective_checkpoint_contexts(lambda ctx, op, *args, **kwargs: CheckpointPolicy.MUST_RECOMPUTE)
 
 
-def accelerate(model, *, liger_kernels: bool = False, fused_loss: str | None = "auto", varlen: bool = True,
-               offload_min_tokens: int | None = OFFLOAD_MIN_TOKENS, offload_overlap: bool = True,
-               compile_layers: bool = True, mlp_chunk_min_tokens: int | None = MLP_CHUNK_MIN_TOKENS
-               ) -> dict[str, str]:
+def apply_fast_path(model, *, liger_kernels: bool = False, fused_loss: str | None = "auto", varlen: bool = True,
+                    offload_min_tokens: int | None = OFFLOAD_MIN_TOKENS, offload_overlap: bool = True,
+                    compile_layers: bool = True, mlp_chunk_min_tokens: int | None = MLP_CHUNK_MIN_TOKENS
+                    ) -> dict[str, str]:
     """Apply the levers above to `model` in place (after peft wrapping is fine: Liger patches forwards only).
 
     fused_loss: "auto" (Liger on CUDA with Triton, else `chunked_linear_cross_entropy`), "liger",
@@ -441,73 +438,82 @@ def accelerate(model, *, liger_kernels: bool = False, fused_loss: str | None = "
     lever that can't run here is reported off and the stock path stays.
     """
     lm = _causal_lm(model)
-    report: dict[str, str] = {}
     device = next(lm.parameters()).device
     why_not = liger_available(device)
-
-    if liger_kernels and why_not is None:
-        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
-
-        if lm.config.model_type in MODEL_TYPE_TO_APPLY_LIGER_FN:
-            _apply_liger_kernel_to_instance(model=lm, rope=True, rms_norm=True, swiglu=True,
-                                            cross_entropy=False, fused_linear_cross_entropy=False)
-            report["liger_kernels"] = "on (RMSNorm, RoPE, SwiGLU)"
-        else:
-            report["liger_kernels"] = f"off: no Liger kernels for model type {lm.config.model_type!r}"
-    else:
-        report["liger_kernels"] = "off: " + ("disabled" if not liger_kernels else why_not)
-
-    layers = getattr(getattr(lm, getattr(lm, "base_model_prefix", ""), None), "layers", None)
-    if mlp_chunk_min_tokens is None or layers is None:
-        report["mlp_chunks"] = "off: " + ("disabled" if mlp_chunk_min_tokens is None else "no decoder layers found")
-    else:
-        chunk_mlp(layers, mlp_chunk_min_tokens)
-        lm._steam_eager_from_tokens = mlp_chunk_min_tokens
-        report["mlp_chunks"] = (f"on ({MLP_CHUNKS} checkpointed pieces, eager layers, for rows over "
-                                f"{mlp_chunk_min_tokens} tokens)")
+    report = {"liger_kernels": _apply_liger(lm, liger_kernels, why_not),
+              "mlp_chunks": _apply_mlp_chunks(lm, mlp_chunk_min_tokens)}
     if not compile_layers or report["liger_kernels"].startswith("on"):
         report["compile"] = "off: " + ("disabled" if not compile_layers else "Liger kernels are on (dynamo can't trace them)")
     elif device.type != "cuda" or why_not == "Triton not installed":
         report["compile"] = "off: " + ("no CUDA device" if device.type != "cuda" else why_not)
     else:
         report["compile"] = compile_decoder_layers(lm)
+    report.update(_apply_fused_loss(lm, fused_loss, why_not, offload_min_tokens, offload_overlap))
+    report["attention"] = _apply_varlen(lm, device) if varlen else "sdpa (varlen disabled)"
+    return report
 
-    head = getattr(lm, "lm_head", None)
+
+def _apply_liger(lm, wanted: bool, why_not: str | None) -> str:
+    """Liger-Kernel's RMSNorm/RoPE/SwiGLU instance patch when `wanted` and possible; the report line."""
+    if not wanted or why_not is not None:
+        return "off: " + ("disabled" if not wanted else why_not)
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+
+    if lm.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        return f"off: no Liger kernels for model type {lm.config.model_type!r}"
+    _apply_liger_kernel_to_instance(model=lm, rope=True, rms_norm=True, swiglu=True,
+                                    cross_entropy=False, fused_linear_cross_entropy=False)
+    return "on (RMSNorm, RoPE, SwiGLU)"
+
+
+def _apply_mlp_chunks(lm, min_tokens: int | None) -> str:
+    """`chunk_mlp` on the decoder layers for rows over `min_tokens` (None: off); the report line."""
+    layers = getattr(getattr(lm, getattr(lm, "base_model_prefix", ""), None), "layers", None)
+    if min_tokens is None or layers is None:
+        return "off: " + ("disabled" if min_tokens is None else "no decoder layers found")
+    chunk_mlp(layers, min_tokens)
+    lm._steam_eager_from_tokens = min_tokens
+    return f"on ({MLP_CHUNKS} checkpointed pieces, eager layers, for rows over {min_tokens} tokens)"
+
+
+def _apply_fused_loss(lm, fused_loss: str | None, why_not: str | None, offload_min_tokens: int | None,
+                      offload_overlap: bool) -> dict[str, str]:
+    """Replace `lm`'s training forward with `_fused_forward` (the loss from hidden states, activation offload
+    for long batches); the report lines ``fused_loss`` and, when on, ``activation_offload``."""
     impl = fused_loss
     if impl == "auto":
         impl = "liger" if why_not is None else "chunked"
     if impl == "liger" and why_not is not None:
         impl = "chunked"
     if not impl:
-        report["fused_loss"] = "off: disabled"
-    elif type(head) is not torch.nn.Linear or not hasattr(lm, getattr(lm, "base_model_prefix", "")):
-        report["fused_loss"] = "off: lm_head is not a plain nn.Linear (quantized or adapted)"
-    else:
-        lm._steam_loss_impl = impl
-        lm._steam_offload_min_tokens = offload_min_tokens
-        lm._steam_offload_overlap = offload_overlap
-        if "_steam_plain_forward" not in lm.__dict__:
-            lm._steam_plain_forward = lm.forward
-            lm.forward = types.MethodType(_fused_forward, lm)
-        report["fused_loss"] = ("on (Liger fused linear cross-entropy)" if impl == "liger"
-                                else f"on (chunked torch cross-entropy; Liger: {why_not or 'not chosen'})")
-        report["activation_offload"] = ("off: disabled" if offload_min_tokens is None else "off: no CUDA device"
-                                        if device.type != "cuda" else f"on from {offload_min_tokens} tokens a batch"
-                                        + (", overlapped copies" if offload_overlap else ""))
-    if not varlen:
-        report["attention"] = "sdpa (varlen disabled)"
-    else:
-        why = varlen_available(device)
-        if why is None and lm.config._attn_implementation == "sdpa":
-            try:
-                lm.set_attn_implementation(VARLEN)
-            except AttributeError:  # transformers without set_attn_implementation
-                lm.config._attn_implementation = VARLEN
-            report["attention"] = ("varlen FlashAttention" if device.type == "cuda" else "causal SDPA per sample") + \
-                " for packed rows, sdpa otherwise"
-        else:
-            report["attention"] = f"{lm.config._attn_implementation} (varlen: {why or 'model is not on sdpa'})"
-    return report
+        return {"fused_loss": "off: disabled"}
+    if type(getattr(lm, "lm_head", None)) is not torch.nn.Linear or not hasattr(lm, getattr(lm, "base_model_prefix", "")):
+        return {"fused_loss": "off: lm_head is not a plain nn.Linear (quantized or adapted)"}
+    lm._steam_loss_impl = impl
+    lm._steam_offload_min_tokens = offload_min_tokens
+    lm._steam_offload_overlap = offload_overlap
+    if "_steam_plain_forward" not in lm.__dict__:
+        lm._steam_plain_forward = lm.forward
+        lm.forward = types.MethodType(_fused_forward, lm)
+    on_cuda = next(lm.parameters()).device.type == "cuda"
+    return {"fused_loss": ("on (Liger fused linear cross-entropy)" if impl == "liger"
+                           else f"on (chunked torch cross-entropy; Liger: {why_not or 'not chosen'})"),
+            "activation_offload": ("off: disabled" if offload_min_tokens is None else "off: no CUDA device"
+                                   if not on_cuda else f"on from {offload_min_tokens} tokens a batch"
+                                   + (", overlapped copies" if offload_overlap else ""))}
+
+
+def _apply_varlen(lm, device: torch.device) -> str:
+    """Switch `lm` from SDPA to `varlen_attention` where it works here; the report line."""
+    why = varlen_available(device)
+    if why is not None or lm.config._attn_implementation != "sdpa":
+        return f"{lm.config._attn_implementation} (varlen: {why or 'model is not on sdpa'})"
+    try:
+        lm.set_attn_implementation(VARLEN)
+    except AttributeError:  # transformers without set_attn_implementation
+        lm.config._attn_implementation = VARLEN
+    return ("varlen FlashAttention" if device.type == "cuda" else "causal SDPA per sample") + \
+        " for packed rows, sdpa otherwise"
 
 
 def varlen_kwargs(model, position_ids: torch.Tensor) -> dict:
@@ -527,10 +533,9 @@ def compile_decoder_layers(lm, *, backend: str = "inductor") -> str:
     the layer's activation checkpoint inside the compiled region (`checkpoint_inside`, full recompute:
     `recompute_everything`) and bitsandbytes' 4-bit matmuls as dequantize + matmul (`share_dequantization`).
 
-    Measured on an H200 at 24 GiB, fixed 4 x 1024 rows of a 7B QLoRA, same session (docs/gpu.md): 0.349 s a
-    step, 8.4 GiB; the checkpoint around the compiled layer (transformers 5.17's place) took 0.384 s; CUDA graphs
-    (``mode="reduce-overhead"``) over these layers were slower (0.375 s), and an offloaded 16k-token row took
-    10 s a step with them (2.1 s without), so they are not used. backend: "aot_eager" for tests on CPU.
+    The checkpoint inside beats the checkpoint around the compiled layer (transformers 5.17's place); CUDA
+    graphs (``mode="reduce-overhead"``) over these layers were slower, and much slower with offloaded
+    activations, so they are not used (docs/gpu.md, "Measured"). backend: "aot_eager" for tests on CPU.
     Returns the report line. Compilation itself happens on the first forward (tens of seconds, once per
     process); ``torch._dynamo.config.suppress_errors`` makes a backend failure run that layer eagerly.
     """
@@ -549,7 +554,7 @@ def compile_decoder_layers(lm, *, backend: str = "inductor") -> str:
     if hasattr(torch._dynamo.config, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
         torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     # full recompute, as checkpointing outside compile does: left to itself the partitioner keeps matmul
-    # outputs (measured on the H200: fixed 1024 x 4 at 17.6 GiB instead of 7.6)
+    # outputs, about twice the memory (docs/gpu.md, "Measured")
     inside = [checkpoint_inside(layer, context_fn=recompute_everything) for layer in layers]
     if all(inside):
         share_dequantization(layers)
@@ -635,8 +640,7 @@ def _dequant_linear_forward(self, x):
     the two identical calls), where ``gemm_4bit``'s opaque op plus ``MatMul4Bit.backward`` dequantize twice:
     two dequantizations a weight per step instead of three, the same values (CPU trace of the compiled
     graphs: 14 instead of 20 4-bit dequantizations a step for a layer's 7 linears). Its speed alone is not
-    isolated: on the H200 the only A/B ran with CUDA graphs, 0.375 s a step with it against 0.366 s without
-    (within run-to-run noise) at +0.3 GiB; the measured defaults (0.349 and 0.357 s) include it. Outside a
+    isolated (docs/gpu.md, "Measured"). Outside a
     checkpoint autograd would keep each dequantized bf16 weight for the backward, so `share_dequantization`
     is only applied to checkpointed layers. Inference (no grad) keeps bitsandbytes' own path (its fused small-batch kernels)."""
     if not (self.training and torch.is_grad_enabled()):
@@ -711,15 +715,13 @@ def _segment_sdpa(q, k, v, cu, scale):
 
     Why our own: torch has no varlen kernel on CPU, and SDPA with transformers' block-diagonal mask
     computes the whole T x T score matrix of the row. Per segment the work is sum(L_i^2) instead of
-    (sum L_i)^2, and ``is_causal`` lets the kernel skip the upper triangle; measured on 2 CPU cores
-    with 4 packed ~270-token reviews, attention fell from a third of the step to a few percent
-    (bench/results/train_cpu.json)."""
+    (sum L_i)^2, and ``is_causal`` lets the kernel skip the upper triangle (figures in docs/gpu.md)."""
     rep = q.shape[1] // k.shape[1]
     if rep > 1:  # once for the row, not per segment
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     lens = (cu[1:] - cu[:-1]).tolist()
     # split, not slices: the backward of split is one concatenation, where each slice's backward
-    # zero-fills a row-sized gradient (12 % of the attention's time at 16 samples a row on 2 cores)
+    # zero-fills a row-sized gradient
     # (1, H, L, D): CPU SDPA picks its flash kernel only for 4-D inputs (3-D falls back to math)
     outs = [F.scaled_dot_product_attention(*(x.transpose(0, 1).unsqueeze(0) for x in qkv), is_causal=True,
                                            scale=scale)[0].transpose(0, 1)

@@ -33,12 +33,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 from rich.progress import TextColumn
 
-from steam_persona.trainer import config, io
+from steam_persona.trainer import atomic, config
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import console, progress, summary_table
 from steam_persona.trainer.errors import UserError
@@ -94,7 +94,7 @@ class _Fetcher:
         self._last = 0.0
         self.requests = 0
         self.retries = 0
-        self.log: io.JsonlLog | None = None  # set per output file by _collect_file
+        self.log: atomic.JsonlLog | None = None  # set per output file by _collect_file
 
     def close(self) -> None:
         self.client.close()
@@ -214,34 +214,14 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetc
         n = sum(1 for _ in open(out, encoding="utf-8"))
         console.print(f"{out}: already complete ({n:,} reviews); pass --overwrite to collect again")
         return {"file": str(out), "complete": True, "skipped": True, "apps": {}}
-    if state_path.exists():
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except ValueError:
-            raise UserError(f"{state_path}: unreadable resume state; delete it and {part} to start over") from None
-        if state.get("query") != _query(cfg):
-            raise UserError(f"{state_path}: saved by a run with other settings ({state.get('query')}); rerun with "
-                            f"those, or delete it and {part} to start over")
-        seen, per_app = _repair_part(part)
-        for appid, st in state["apps"].items():  # the .part file is the truth (a kill may beat the state write)
-            st["reviews"] = per_app[appid]
-        console.print(f"{out}: resuming ({len(seen):,} reviews saved)")
-    else:
-        state = {"query": _query(cfg), "apps": {}}
-        seen = set()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        part.write_bytes(b"")
+    state, seen = _open_state(out, part, state_path, cfg)
     for appid in appids:
         state["apps"].setdefault(appid, {"cursor": "*", "done": False, "pages": 0, "reviews": 0, "total": None})
-    fetch.log = io.JsonlLog(log_path(out))
+    fetch.log = atomic.JsonlLog(log_path(out))
 
     def save() -> None:
-        io.write_json(state_path, state, indent=None)
+        atomic.write_json(state_path, state, indent=None)
 
-    url_params = {"json": 1, "language": cfg.language, "filter": cfg.filter, "review_type": cfg.review_type,
-                  "purchase_type": cfg.purchase_type, "num_per_page": cfg.num_per_page}
-    if cfg.day_range is not None:
-        url_params["day_range"] = cfg.day_range
     complete = True
     with progress(TextColumn("{task.fields[pages]} pages"), TextColumn("{task.fields[rate]:.1f} reviews/s")) as bar, \
             open(part, "a", encoding="utf-8") as sink:
@@ -253,35 +233,7 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetc
             t0, got0 = time.monotonic(), st["reviews"]
             try:
                 while not st["done"]:
-                    cursor = st["cursor"]
-                    data = fetch.get_json(f"{cfg.base_url.rstrip('/')}/appreviews/{appid}", {**url_params, "cursor": cursor},
-                                          f"app {appid} page {st['pages'] + 1} (cursor {cursor!r})", _check_page)
-                    if st["total"] is None and isinstance(data.get("query_summary"), dict):
-                        total = data["query_summary"].get("total_reviews")
-                        if isinstance(total, int):
-                            st["total"] = min(total, cfg.max_reviews) if cfg.max_reviews else total
-                    lines = []
-                    for r in data["reviews"]:
-                        rid = str(r["recommendationid"])
-                        if rid in seen:
-                            continue
-                        if cfg.max_reviews and st["reviews"] + len(lines) >= cfg.max_reviews:
-                            break
-                        seen.add(rid)
-                        lines.append(json.dumps({**r, "appid": int(appid) if appid.isdigit() else appid},
-                                                ensure_ascii=False) + "\n")
-                    sink.writelines(lines)
-                    sink.flush()
-                    os.fsync(sink.fileno())
-                    st["pages"] += 1
-                    st["reviews"] += len(lines)
-                    new_cursor = data.get("cursor")
-                    st["done"] = (not data["reviews"] or new_cursor == cursor or not new_cursor
-                                  or bool(cfg.max_reviews and st["reviews"] >= cfg.max_reviews))
-                    st["cursor"] = new_cursor or cursor
-                    save()
-                    fetch.log.write(event="page", appid=appid, page=st["pages"], cursor=cursor, next_cursor=new_cursor,
-                                    received=len(data["reviews"]), new=len(lines), saved=st["reviews"], done=st["done"])
+                    _collect_page(appid, st, cfg, fetch, seen, sink, save)
                     elapsed = max(time.monotonic() - t0, 1e-6)
                     bar.update(task, completed=st["reviews"], pages=st["pages"], rate=(st["reviews"] - got0) / elapsed,
                                total=st["reviews"] if st["done"] else st["total"])
@@ -300,6 +252,76 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetc
         os.replace(part, out)
         state_path.unlink()
     return result
+
+
+def _open_state(out: Path, part: Path, state_path: Path, cfg: CollectConfig) -> tuple[dict[str, Any], set[str]]:
+    """The resume state and the review ids already in ``part`` (repaired after a kill), or a fresh state
+    and an empty ``part``.
+
+    Raises:
+        UserError: the state file is unreadable or was saved with other settings.
+    """
+    if state_path.exists():
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise UserError(f"{state_path}: unreadable resume state; delete it and {part} to start over") from None
+        if state.get("query") != _query(cfg):
+            raise UserError(f"{state_path}: saved by a run with other settings ({state.get('query')}); rerun with "
+                            f"those, or delete it and {part} to start over")
+        seen, per_app = _repair_part(part)
+        for appid, st in state["apps"].items():  # the .part file is the truth (a kill may beat the state write)
+            st["reviews"] = per_app[appid]
+        console.print(f"{out}: resuming ({len(seen):,} reviews saved)")
+    else:
+        state = {"query": _query(cfg), "apps": {}}
+        seen = set()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(b"")
+    return state, seen
+
+
+def _collect_page(appid: str, st: dict[str, Any], cfg: CollectConfig, fetch: _Fetcher, seen: set[str], sink: Any,
+                  save: Callable[[], None]) -> None:
+    """Fetch the next page of ``appid`` at ``st["cursor"]``, append its new reviews to ``sink`` (fsynced),
+    advance ``st`` (cursor, pages, reviews, total, done) and ``save()`` the state. A page with no reviews, the same or no next
+    cursor, or ``--max_reviews`` reached ends the app.
+
+    Raises:
+        UserError: the page is malformed (``_check_page``) or the server keeps failing (``_Fetcher``).
+    """
+    url_params = {"json": 1, "language": cfg.language, "filter": cfg.filter, "review_type": cfg.review_type,
+                  "purchase_type": cfg.purchase_type, "num_per_page": cfg.num_per_page}
+    if cfg.day_range is not None:
+        url_params["day_range"] = cfg.day_range
+    cursor = st["cursor"]
+    data = fetch.get_json(f"{cfg.base_url.rstrip('/')}/appreviews/{appid}", {**url_params, "cursor": cursor},
+                          f"app {appid} page {st['pages'] + 1} (cursor {cursor!r})", _check_page)
+    if st["total"] is None and isinstance(data.get("query_summary"), dict):
+        total = data["query_summary"].get("total_reviews")
+        if isinstance(total, int):
+            st["total"] = min(total, cfg.max_reviews) if cfg.max_reviews else total
+    lines = []
+    for r in data["reviews"]:
+        rid = str(r["recommendationid"])
+        if rid in seen:
+            continue
+        if cfg.max_reviews and st["reviews"] + len(lines) >= cfg.max_reviews:
+            break
+        seen.add(rid)
+        lines.append(json.dumps({**r, "appid": int(appid) if appid.isdigit() else appid}, ensure_ascii=False) + "\n")
+    sink.writelines(lines)
+    sink.flush()
+    os.fsync(sink.fileno())
+    st["pages"] += 1
+    st["reviews"] += len(lines)
+    new_cursor = data.get("cursor")
+    st["done"] = (not data["reviews"] or new_cursor == cursor or not new_cursor
+                  or bool(cfg.max_reviews and st["reviews"] >= cfg.max_reviews))
+    st["cursor"] = new_cursor or cursor
+    save()
+    fetch.log.write(event="page", appid=appid, page=st["pages"], cursor=cursor, next_cursor=new_cursor,
+                    received=len(data["reviews"]), new=len(lines), saved=st["reviews"], done=st["done"])
 
 
 def log_path(out: Path) -> Path:
@@ -331,14 +353,14 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetcher) 
             console.print(f"[yellow]time bound reached before appdetails of {appid}; rerun to continue")
             return False
         have[appid] = data[appid]
-        io.write_json(path, have)
+        atomic.write_json(path, have)
     return True
 
 
 def _details_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetcher) -> dict[str, Any]:
     """``--details_only``: appdetails of ``appids`` into ``details_path(out)``; no reviews."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fetch.log = io.JsonlLog(log_path(out))
+    fetch.log = atomic.JsonlLog(log_path(out))
     complete = _details(out, appids, cfg, fetch)
     fetch.log.write(event="end", complete=complete, requests=fetch.requests, retries=fetch.retries)
     fetch.log.close()

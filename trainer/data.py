@@ -127,7 +127,7 @@ def decode(path: Path, raw: bytes, encoding: str) -> str:
                 break
             except UnicodeDecodeError:
                 continue
-        hint = (f"it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk" if guess == "gb18030"
+        hint = ("it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk" if guess == "gb18030"
                 else f"it may be {guess}; pass --encoding {guess}" if guess
                 else "re-save it as UTF-8 or pass the right --encoding")
         raise UserError(f"{path}: line {line}: not valid {encoding} (byte {e.start}); {hint}") from None

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steam_persona.trainer import config, eval_metrics, io, persona
+from steam_persona.trainer import atomic, config, eval_metrics, persona
 from steam_persona.trainer.arguments import (CUTOFF_LEN, DataArguments, GeneratingArguments, ModelArguments,
                                              TrainingArguments)
 from steam_persona.trainer.config import arg
@@ -43,7 +43,7 @@ from steam_persona.trainer.errors import UserError
 from steam_persona.trainer.run_record import RunRecord
 from steam_persona.trainer.templates import ChatTemplate
 
-#: Goals of the real-input report (issue 7).
+#: Goals of the real-input eval report: loss reduction, end-of-turn stop rate, copy rate.
 GOALS = {"loss_reduction": 0.25, "stop_rate": 1.0, "copy_rate": 0.01}
 
 
@@ -128,8 +128,8 @@ def run(cfg: EvalConfig) -> EvalResult:
     report = build_report(cfg, results, gen_convs, index, bool(train_texts), system, cutoff_len, base)
     out.mkdir(parents=True, exist_ok=True)
     plot_lengths(report, out / "length_hist.png")
-    io.write_json(out / "eval_report.json", report)
-    io.write_text(out / "eval_report.md", render_markdown(report))
+    atomic.write_json(out / "eval_report.json", report)
+    atomic.write_text(out / "eval_report.md", render_markdown(report))
     _summary(report, out)
     return EvalResult(report, out)
 
@@ -397,7 +397,7 @@ def plot_lengths(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig = length_figure(report)
-    with io.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 

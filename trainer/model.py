@@ -45,7 +45,7 @@ def hf_path(source: ModelSource) -> str:
         return source.path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from steam_persona.trainer import io
+    from steam_persona.trainer import atomic
 
     gguf = Path(source.path) / source.gguf_file
     st = gguf.stat()
@@ -62,7 +62,7 @@ def hf_path(source: ModelSource) -> str:
     tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    with io.atomic_path(target) as tmp:
+    with atomic.atomic_path(target) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     prune_cache(CACHE_KEEP)

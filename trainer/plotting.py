@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from steam_persona.trainer import io
+from steam_persona.trainer import atomic
 
 
 def plot_loss(rows: list[dict], target: str | Path, title: str = "training loss") -> None:
@@ -34,6 +34,6 @@ def plot_loss(rows: list[dict], target: str | Path, title: str = "training loss"
     if train or evals:
         ax.legend()
     fig.tight_layout()
-    with io.atomic_path(target) as tmp:
+    with atomic.atomic_path(target) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

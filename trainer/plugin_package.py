@@ -46,7 +46,7 @@ from steam_persona.trainer import config, plugin_sign
 from steam_persona.trainer.config import arg
 from steam_persona.trainer.console import summary_table
 from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.io import atomic_path
+from steam_persona.trainer.atomic import atomic_path
 from steam_persona.resources import shipped
 
 #: Unpacked size limit of a package (the daemon's 50 MiB).

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 from rich.table import Table
 
-from steam_persona.trainer import cleaning, config, io, noise, persona, prepare_report, registry, sources
+from steam_persona.trainer import atomic, cleaning, config, noise, persona, prepare_report, registry, sources
 from steam_persona.trainer import columns as columns_mod
 from steam_persona.trainer.arguments import DataArguments
 from steam_persona.trainer.config import arg
@@ -431,7 +431,7 @@ def _write_records(path: Path, records: list[dict[str, str]]) -> None:
     dumps = functools.partial(json.dumps, ensure_ascii=False)
     body = ",\n".join("  {\n" + ",\n".join(f"    {dumps(k)}: {dumps(v)}" for k, v in r.items()) + "\n  }"
                        for r in records)
-    io.write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
+    atomic.write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
 
 
 def val_path(out: Path) -> Path:
@@ -729,6 +729,21 @@ def _report_details(cfg: PrepareConfig, stats: dict[str, _Stat], loaded: list[so
     }
 
 
+def _write_splits(cfg: PrepareConfig, train: list[dict], val: list[dict]) -> tuple[Path, Path | None]:
+    """Write the train records to ``--out`` and the val records (if any) beside it (:func:`val_path`), and
+    register both with ``--register``. Returns ``(train path, val path or None)``."""
+    out = Path(cfg.out)
+    vpath = val_path(out) if val else None
+    _write_records(out, train)
+    if vpath:
+        _write_records(vpath, val)
+    if cfg.register:
+        registry.register(cfg.register, cfg.name, str(out))
+        if vpath:
+            registry.register(cfg.register, f"{cfg.name}_val", str(vpath))
+    return out, vpath
+
+
 def run(cfg: PrepareConfig) -> dict[str, Any]:
     """Prepare an alpaca SFT dataset from raw reviews.
 
@@ -766,17 +781,9 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     train = [rec for i, rec in enumerate(records) if i not in val_idx]
     val = [rec for i, rec in enumerate(records) if i in val_idx]
 
-    out = Path(cfg.out)
-    vpath = val_path(out) if val else None
+    out, vpath = _write_splits(cfg, train, val)
     report_path = Path(cfg.report) if cfg.report else out.parent / "prepare_report.json"
     md_path = report_path.with_suffix(".md")
-    _write_records(out, train)
-    if vpath:
-        _write_records(vpath, val)
-    if cfg.register:
-        registry.register(cfg.register, cfg.name, str(out))
-        if vpath:
-            registry.register(cfg.register, f"{cfg.name}_val", str(vpath))
     games = Counter(_game(r) for r in kept)
     result = {
         "train": str(out), "val": str(vpath) if vpath else None, "report": str(report_path), "report_md": str(md_path),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from steam_persona.trainer import io
+from steam_persona.trainer import atomic
 
 
 def write(report: dict[str, Any], lengths: list[tuple[int, str]], json_path: Path, md_path: Path) -> None:
@@ -18,8 +18,8 @@ def write(report: dict[str, Any], lengths: list[tuple[int, str]], json_path: Pat
     png = md_path.with_name(md_path.stem.replace("_report", "") + "_lengths.png")
     _histogram(lengths, png)
     report["lengths_png"] = str(png)
-    io.write_json(json_path, report)
-    io.write_text(md_path, markdown(report, png.name))
+    atomic.write_json(json_path, report)
+    atomic.write_text(md_path, markdown(report, png.name))
 
 
 def _cell(text: str) -> str:
@@ -79,6 +79,6 @@ def _histogram(lengths: list[tuple[int, str]], target: Path) -> None:
         ax.set_xlabel("characters" if unit == "chars" else "words")
         ax.set_ylabel("reviews")
     fig.tight_layout()
-    with io.atomic_path(target) as tmp:
+    with atomic.atomic_path(target) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steam_persona.trainer import io
+from steam_persona.trainer import atomic
 from steam_persona.trainer.errors import UserError
 
 REGISTRY_FILE = "dataset_info.json"
@@ -84,5 +84,5 @@ def register(path: str | Path, name: str, file_name: str, formatting: str = "alp
     if tags:
         entry["tags"] = tags
     reg[name] = entry
-    io.write_json(p, reg)
+    atomic.write_json(p, reg)
     return entry

@@ -10,6 +10,10 @@ Python API::
     cfg = config.build(TrainConfig, {"dataset": ["data.json"], "output_dir": "saves/x", "max_steps": 10})
     results = run(cfg)   # dict: output_dir, loss_first, loss_last, global_step, train_tokens_per_second, ...
 
+``run`` checks the flags, picks the resume point and drives a :class:`TrainRecipe` (torchtune's recipe
+shape): ``setup_precision``, ``setup_data``, ``setup_model``, ``setup_optimizer``, ``open_run_dir``, then
+``train`` (``train_step``, ``maybe_eval``, ``save_checkpoint`` per step) and ``finish``.
+
 Why a lean loop of our own instead of HF ``Trainer``: the CPU speed goal needs padding-free packed
 micro-batches and a loss that projects only learned positions onto the vocabulary
 (:mod:`steam_persona.trainer.packing`); we also need the non-finite stop at the exact step, exact resume
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from steam_persona.trainer import config, io
+from steam_persona.trainer import atomic, config
 from steam_persona.trainer.arguments import (DataArguments, LoraArguments, ModelArguments, QuantizationArguments,
                                              TrainingArguments)
 from steam_persona.trainer.config import arg
@@ -325,7 +329,7 @@ def _save_adapter_and_tokenizer(model: Any, tokenizer: Any, target: Path) -> Non
             for f in Path(tmp).iterdir():
                 os.replace(f, target / f.name)
     except OSError as e:
-        if e.errno == 28:  # ENOSPC, as io.atomic_path
+        if e.errno == 28:  # ENOSPC, as atomic.atomic_path
             raise UserError(f"{target}: no space left on the device; free some disk and rerun") from None
         raise
 
@@ -335,7 +339,7 @@ def _save_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, optimizer
     import torch
 
     target = out / f"checkpoint-{step}"
-    with io.atomic_path(target) as tmp:
+    with atomic.atomic_path(target) as tmp:
         tmp.mkdir(parents=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -380,8 +384,6 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any]:
     Raises:
         UserError: any dataset problem, or no sample fitting ``cutoff_len``.
     """
-    from steam_persona.trainer import data
-    from steam_persona.trainer.encode import encode_dataset
     from steam_persona.trainer.templates import ChatTemplate
 
     template = ChatTemplate(cfg.template, tokenizer)
@@ -451,260 +453,444 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         UserError: bad data/flags (nothing is written to ``output_dir``), or a non-finite loss/grad
             norm (:class:`NonFiniteError`; the adapter is not saved).
     """
-    import torch
-    from rich.progress import TextColumn
-    from transformers import get_scheduler
-
-    from steam_persona.trainer import accel, distributed
+    from steam_persona.trainer import distributed
     from steam_persona.trainer import model as model_lib
-    from steam_persona.trainer.packing import collate, loss_sum
-    from steam_persona.trainer.plotting import plot_loss
 
     _check(cfg)
-    out = Path(cfg.output_dir)
-    resume = _resume_point(cfg, out)
+    resume = _resume_point(cfg, Path(cfg.output_dir))
     if cfg.nproc_per_node > 1 and not distributed.launched():
         # --nproc_per_node N: check the user's input here (one-line errors, exit 2), then run N copies under torchrun
         prepare_data(cfg, model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code))
         return distributed.relaunch(cfg, cfg.nproc_per_node)
-    device, dtype, amp = resolve_precision(cfg)
-    rank, world = distributed.init(device)  # (0, 1) unless started by torchrun / accelerate launch
-    main = rank == 0
+    recipe = TrainRecipe(cfg, callbacks)
+    recipe.setup(resume)
+    recipe.train()
+    return recipe.finish()
 
-    # Everything that can fail on user input happens before the output dir is touched.
-    tokenizer = model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
-    with console.status("reading and tokenizing the dataset"):
-        template, enc = prepare_data(cfg, tokenizer)
-        eval_enc = encode_datasets(cfg, template, cfg.eval_dataset) if cfg.eval_dataset else enc
-    train_idx, eval_idx = split_eval(len(enc), cfg.val_size, cfg.seed)
-    if cfg.eval_dataset:
-        eval_idx = list(range(len(eval_enc)))
-    torch.manual_seed(cfg.seed)
-    with console.status(f"loading {cfg.model_name_or_path}" + (f" in {cfg.quantization_bit}-bit" if cfg.quantization_bit else "")):
-        model = model_lib.load_base(cfg.model_name_or_path, quantization_bit=cfg.quantization_bit, dtype=dtype,
-                                    device=device, trust_remote_code=cfg.trust_remote_code)
-        model = model_lib.add_lora(model, lora_target=cfg.lora_target, lora_rank=cfg.lora_rank,
-                                   lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                   gradient_checkpointing=not cfg.disable_gradient_checkpointing)
-        if amp is not None:  # training runs under autocast: it casts the LoRA matmuls' operands itself
-            model_lib.skip_lora_input_casts(model)
-        # GPU speed/memory levers (docs/gpu.md); each reports off on CPU
-        levers = accel.accelerate(model, liger_kernels=cfg.enable_liger_kernel, compile_layers=cfg.torch_compile)
-    if main:  # after the model loaded: a bad --lora_target or model stays a one-line error
-        console.print(_data_line(enc, cfg.cutoff_len))
-    if main and device.startswith("cuda"):
-        console.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in levers.items()) + "[/dim]")
-    if main and device == "cpu" and dtype == torch.float32 and _cpu_has_bf16():
-        console.print("[dim]CPU: training in float32 (LLaMA-Factory's default); this CPU has bf16 instructions: "
-                      "--bf16 True is about 2x faster[/dim]")
-    # the saved tokenizer carries the training format and stops at the end-of-turn token
-    tokenizer.chat_template = template.saved_jinja(cfg.system)
-    tokenizer.eos_token = template.eot_token
 
-    # a checkpoint from another process count keeps its micro-batches per step (steam_persona.trainer.distributed)
-    accum = distributed.accum_for_resume(resume, cfg.gradient_accumulation_steps, world) if resume else \
-        cfg.gradient_accumulation_steps
-    plan = StepPlan(len(train_idx), cfg.per_device_train_batch_size, accum,
-                    cfg.num_train_epochs, cfg.max_steps, cfg.seed, rank, world)
-    total = plan.total
-    warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * total)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                  fused=device.startswith("cuda"))
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+class TrainRecipe:
+    """One training run in parts, after torchtune's ``LoRAFinetuneRecipeSingleDevice``: :meth:`setup`
+    (precision, data, model, optimizer, run dir), :meth:`train` (a loop of :meth:`train_step`,
+    :meth:`maybe_eval`, :meth:`save_checkpoint`) and :meth:`finish` (best adapter, final save, plot,
+    results). Each part can be called alone once the parts it reads have run (tests do).
 
-    state: dict[str, Any] = {"total_tokens": 0, "elapsed": 0.0}
-    start = 0
-    distributed.barrier()  # every rank has chosen its resume point before rank 0 writes
-    if main and out.exists() and cfg.overwrite_output_dir and resume is None:
-        _clear_run(out)
-    if resume is not None:
-        state = _load_checkpoint(resume, model, optimizer, scheduler)
-        start = state["global_step"]
-        console.print(f"resuming from {resume} (step {start} of {total})")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "trainer_log.jsonl"
-    rows = [r for r in io.read_jsonl_log(log_path) if r.get("current_steps", 0) <= start] if start else []
-    if main:
-        io.write_jsonl(log_path, rows)
-        io.write_text(out / "run_config.yaml", _run_config_yaml(cfg))
-    log = io.JsonlLog(log_path) if main else None
+    Everything that can fail on user input (tokenizer, data, model, LoRA targets) happens before the
+    output dir is touched (:meth:`open_run_dir`).
+    """
 
-    def batch_of(indices: list[int], pool: list[int], src: Any = enc) -> dict[str, Any]:
+    def __init__(self, cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...] = ()) -> None:
+        self.cfg, self.callbacks = cfg, callbacks
+        self.out = Path(cfg.output_dir)
+        self.state: dict[str, Any] = {"total_tokens": 0, "elapsed": 0.0}
+        self.start = 0
+        self.rows: list[dict] = []
+        self.log: Any = None
+        self.last_eval: float | None = None
+        # running figures of this invocation's steps (:meth:`train` adds to them)
+        self.step_losses: list[float] = []
+        self.pending: list[float] = []
+        self.last_logged: float | None = None
+        self.last_window = 0
+        self.tokens_run, self.samples_run = 0, 0
+        self.t0 = time.time()
+
+    def setup(self, resume: Path | None) -> None:
+        """Every setup part in order; ``resume``: the checkpoint to continue from (:func:`_resume_point`).
+        Ends with the model in training mode, wrapped for DDP in a multi-process run."""
+        from steam_persona.trainer import distributed
+
+        self.setup_precision()
+        self.setup_data()
+        self.setup_model()
+        self.setup_optimizer(resume)
+        self.open_run_dir(resume)
+        self.model.train()
+        self.ddp = distributed.wrap(self.model, self.device)  # DDP over the LoRA weights, else the model itself
+
+    def setup_precision(self) -> None:
+        """Device, dtypes (:func:`resolve_precision`) and this process's rank in a multi-process run."""
+        from steam_persona.trainer import distributed
+
+        self.device, self.dtype, self.amp = resolve_precision(self.cfg)
+        self.rank, self.world = distributed.init(self.device)  # (0, 1) unless started by torchrun / accelerate
+        self.main = self.rank == 0
+
+    def setup_data(self) -> None:
+        """Tokenizer, chat template, encoded train/eval samples and the ``--val_size`` split.
+
+        Raises:
+            UserError: any dataset problem (:func:`prepare_data`), or a ``--val_size`` taking every sample.
+        """
+        from steam_persona.trainer import model as model_lib
+
+        cfg = self.cfg
+        self.tokenizer = model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
+        with console.status("reading and tokenizing the dataset"):
+            self.template, self.enc = prepare_data(cfg, self.tokenizer)
+            self.eval_enc = encode_datasets(cfg, self.template, cfg.eval_dataset) if cfg.eval_dataset else self.enc
+        self.train_idx, self.eval_idx = split_eval(len(self.enc), cfg.val_size, cfg.seed)
+        if cfg.eval_dataset:
+            self.eval_idx = list(range(len(self.eval_enc)))
+
+    def setup_model(self) -> None:
+        """Seed, load the base (quantized with ``--quantization_bit``), add LoRA, apply the speed levers
+        (:func:`steam_persona.trainer.accel.apply_fast_path`), and give the tokenizer the training format."""
+        import torch
+
+        from steam_persona.trainer import accel
+        from steam_persona.trainer import model as model_lib
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        with console.status(f"loading {cfg.model_name_or_path}" + (f" in {cfg.quantization_bit}-bit" if cfg.quantization_bit else "")):
+            model = model_lib.load_base(cfg.model_name_or_path, quantization_bit=cfg.quantization_bit, dtype=self.dtype,
+                                        device=self.device, trust_remote_code=cfg.trust_remote_code)
+            model = model_lib.add_lora(model, lora_target=cfg.lora_target, lora_rank=cfg.lora_rank,
+                                       lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                       gradient_checkpointing=not cfg.disable_gradient_checkpointing)
+            if self.amp is not None:  # training runs under autocast: it casts the LoRA matmuls' operands itself
+                model_lib.skip_lora_input_casts(model)
+            # GPU speed/memory levers (docs/gpu.md); each reports off on CPU
+            self.levers = accel.apply_fast_path(model, liger_kernels=cfg.enable_liger_kernel,
+                                                compile_layers=cfg.torch_compile)
+        self.model = model
+        if self.main:  # after the model loaded: a bad --lora_target or model stays a one-line error
+            self._print_setup()
+        # the saved tokenizer carries the training format and stops at the end-of-turn token
+        self.tokenizer.chat_template = self.template.saved_jinja(cfg.system)
+        self.tokenizer.eos_token = self.template.eot_token
+
+    def _print_setup(self) -> None:
+        import torch
+
+        console.print(_data_line(self.enc, self.cfg.cutoff_len))
+        if self.device.startswith("cuda"):
+            console.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in self.levers.items()) + "[/dim]")
+        if self.device == "cpu" and self.dtype == torch.float32 and _cpu_has_bf16():
+            console.print("[dim]CPU: training in float32 (LLaMA-Factory's default); this CPU has bf16 instructions: "
+                          "--bf16 True is about 2x faster[/dim]")
+
+    def setup_optimizer(self, resume: Path | None = None) -> None:
+        """The step plan, AdamW over the trainable (LoRA) parameters, the LR schedule and, for fp16, a
+        gradient scaler. A checkpoint from another process count keeps its micro-batches per step
+        (:func:`steam_persona.trainer.distributed.accum_for_resume`)."""
+        import torch
+        from transformers import get_scheduler
+
+        from steam_persona.trainer import distributed
+
+        cfg = self.cfg
+        self.accum = distributed.accum_for_resume(resume, cfg.gradient_accumulation_steps, self.world) if resume \
+            else cfg.gradient_accumulation_steps
+        self.plan = StepPlan(len(self.train_idx), cfg.per_device_train_batch_size, self.accum,
+                             cfg.num_train_epochs, cfg.max_steps, cfg.seed, self.rank, self.world)
+        self.total = self.plan.total
+        warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * self.total)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                           fused=self.device.startswith("cuda"))
+        self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup,
+                                       num_training_steps=self.total)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+
+    def open_run_dir(self, resume: Path | None) -> None:
+        """Clear (``--overwrite_output_dir``) or resume the run dir, then (rank 0) write ``run_config.yaml``
+        and keep ``trainer_log.jsonl``'s rows up to the resumed step."""
+        from steam_persona.trainer import distributed
+
+        distributed.barrier()  # every rank has chosen its resume point before rank 0 writes
+        if self.main and self.out.exists() and self.cfg.overwrite_output_dir and resume is None:
+            _clear_run(self.out)
+        if resume is not None:
+            self.state = _load_checkpoint(resume, self.model, self.optimizer, self.scheduler)
+            self.start = self.state["global_step"]
+            console.print(f"resuming from {resume} (step {self.start} of {self.total})")
+        log_path = self.out / "trainer_log.jsonl"
+        self.rows = [r for r in atomic.read_jsonl_log(log_path) if r.get("current_steps", 0) <= self.start] \
+            if self.start else []
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic.write_jsonl(log_path, self.rows)
+            atomic.write_text(self.out / "run_config.yaml", _run_config_yaml(self.cfg))
+            self.log = atomic.JsonlLog(log_path)
+
+    # ------------------------------------------------------------ steps
+
+    def batch(self, indices: list[int], pool: list[int], src: Any = None) -> dict[str, Any]:
+        """Collated tensors (on the training device) of samples ``pool[i] for i in indices`` of ``src``
+        (default: the training samples): padding-free packed rows or a padded batch (``--padding_free``)."""
+        from steam_persona.trainer.packing import collate
+
+        src = src if src is not None else self.enc
         feats = [{"input_ids": src.input_ids[pool[i]], "labels": src.labels[pool[i]]} for i in indices]
-        b = collate(feats, cfg.padding_free, tokenizer.pad_token_id)
-        return {k: v.to(device) for k, v in b.items()}
+        b = collate(feats, self.cfg.padding_free, self.tokenizer.pad_token_id)
+        return {k: v.to(self.device) for k, v in b.items()}
 
-    def learned(i: int, pool: list[int]) -> int:
-        return sum(1 for t in enc.labels[pool[i]][1:] if t != -100)
+    def _learned(self, i: int) -> int:
+        return sum(1 for t in self.enc.labels[self.train_idx[i]][1:] if t != -100)
 
-    def evaluate() -> float:
-        model.eval()
+    def _autocast(self) -> Any:
+        import torch
+
+        return torch.autocast(self.device.split(":")[0], dtype=self.amp or torch.float32, enabled=self.amp is not None)
+
+    def _micro_batches(self, step: int) -> list[list[int]]:
+        """This rank's micro-batches of ``step``; padding-free, consecutive ones merged into longer packed rows
+        (:func:`steam_persona.trainer.accel.merge_micro_batches`; per-sample attention keeps them cheap)."""
+        from steam_persona.trainer import accel
+
+        micro = self.plan.step(step)
+        if self.cfg.padding_free:
+            row_budget = max(self.cfg.per_device_train_batch_size * self.cfg.cutoff_len, accel.ROW_TOKENS)
+            micro = accel.merge_micro_batches(micro, lambda i: len(self.enc.input_ids[self.train_idx[i]]), row_budget)
+        return micro
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """Optimizer step ``step`` (0-based): forward/backward over this rank's micro-batches, the loss being
+        the sum over the step's learned tokens (all ranks) divided by their count; clip, AdamW, LR schedule.
+
+        Returns:
+            ``{"loss": float, "tokens": int, "samples": int, "grad_norm": float, "lr": float}``: the step's
+            mean loss per learned token, tokens and samples over all ranks, the gradient norm before
+            clipping, and the learning rate the step used.
+
+        Raises:
+            NonFiniteError: the loss or (without a gradient scaler) the gradient norm is NaN/inf; the
+                optimizer has not stepped.
+        """
+        import torch
+
+        from steam_persona.trainer import distributed
+
+        n_tok = sum(self._learned(i) for mb in self.plan.group(step) for i in mb)  # the loss's divisor
+        loss_total, tokens, samples = self._forward_backward(step, n_tok)
+        loss_total, tokens, samples = distributed.all_reduce_sum([loss_total, tokens, samples], self.device)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if not torch.isfinite(grad_norm) and self.scaler is None:
+            raise NonFiniteError(f"{self.out}: step {step + 1}: the gradient norm became {float(grad_norm)}; stopped "
+                                 "without saving this step. Train in bf16 (--bf16 True), or lower --learning_rate")
+        lr = self.scheduler.get_last_lr()[0]
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss_total / max(n_tok, 1), "tokens": int(tokens), "samples": int(samples),
+                "grad_norm": float(grad_norm), "lr": lr}
+
+    def _forward_backward(self, step: int, n_tok: int) -> tuple[float, int, int]:
+        """Accumulate the gradients of ``step``; returns this rank's (loss sum, tokens, samples).
+
+        In a multi-process run a rank left without a micro-batch (short last step) joins DDP's all-reduce
+        with a zero-weighted one; gradients are all-reduced on the last micro-batch only
+        (:mod:`steam_persona.trainer.distributed`)."""
+        import torch
+
+        from steam_persona.trainer import distributed
+        from steam_persona.trainer.packing import loss_sum
+
+        micro = self._micro_batches(step)
+        runs = micro or self.plan.group(step)[:1]
+        loss_total, tokens, samples = 0.0, 0, 0
+        for j, mb in enumerate(runs):
+            batch = self.batch(mb, self.train_idx)
+            with distributed.sync_grads(self.ddp, last=j == len(runs) - 1):
+                with self._autocast():
+                    ls, _ = loss_sum(self.ddp, batch)
+                if not torch.isfinite(ls):
+                    raise NonFiniteError(f"{self.out}: step {step + 1}: the loss became {float(ls)}; stopped without "
+                                         "saving this step. Train in bf16 (--bf16 True) instead of fp16, or lower "
+                                         "--learning_rate")
+                scaled = ls / max(n_tok, 1)
+                if self.world > 1:  # DDP averages over ranks: × world makes it the sum over the step's tokens
+                    scaled = scaled * (self.world if micro else 0)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if micro:
+                loss_total += ls.detach().item()
+                tokens += int(batch["input_ids"].numel() if self.cfg.padding_free else batch["attention_mask"].sum())
+                samples += len(mb)
+        return loss_total, tokens, samples
+
+    def evaluate(self) -> float:
+        """Mean loss per learned token over the eval samples, with the current (training) weights."""
+        import torch
+
+        from steam_persona.trainer.packing import loss_sum
+
+        bs, n_eval = self.cfg.per_device_eval_batch_size, len(self.eval_idx)
+        self.model.eval()
         tot, n = 0.0, 0
-        with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
-            for i in range(0, len(eval_idx), cfg.per_device_eval_batch_size):
-                ls, k = loss_sum(model, batch_of(list(range(i, min(i + cfg.per_device_eval_batch_size, len(eval_idx)))),
-                                                 eval_idx, eval_enc))
+        with torch.no_grad(), self._autocast():
+            for i in range(0, n_eval, bs):
+                ls, k = loss_sum(self.model, self.batch(list(range(i, min(i + bs, n_eval))), self.eval_idx, self.eval_enc))
                 tot, n = tot + float(ls), n + k
-        model.train()
+        self.model.train()
         return tot / max(n, 1)
 
-    eval_every = cfg.eval_steps or cfg.save_steps
-    do_eval = bool(eval_idx) and cfg.eval_strategy != "no"
-    step_losses: list[float] = []
-    pending: list[float] = []
-    last_logged, last_window = None, 0
-    tokens_run, samples_run = 0, 0
-    compiling = levers.get("compile", "").startswith("on")
-    speed = Throughput(total, start, COMPILE_WARMUP_STEPS if compiling else 1 if device.startswith("cuda") else 0)
-    t0 = time.time()
-    t_end = t0
-    elapsed0 = float(state.get("elapsed", 0.0))
-    last_eval: float | None = None
-    model.train()
-    ddp = distributed.wrap(model, device)  # DDP over the LoRA weights in a multi-process run, else the model
-    bar = progress(TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-                   TextColumn("{task.fields[tps]} tok/s"), TextColumn("ETA {task.fields[eta]}"), eta=False) \
-        if main else _Null()
-    if main and compiling and not console.is_terminal:
-        console.print(f"{COMPILING} …", markup=False, highlight=False)
-    with bar as prog, _resume_hint_on_interrupt(out, cfg, speed, main):
-        task = prog.add_task(COMPILING if compiling else "train", total=total, completed=start, loss="-", lr="-",
-                             tps="-", eta="-") if main else None
-        for step in range(start, total):
-            t_step = time.time()
-            micro = plan.step(step)
-            if cfg.padding_free:  # fewer, longer packed rows (steam_persona.trainer.accel); per-sample attention keeps them cheap
-                row_budget = max(cfg.per_device_train_batch_size * cfg.cutoff_len, accel.ROW_TOKENS)
-                micro = accel.merge_micro_batches(micro, lambda i: len(enc.input_ids[train_idx[i]]), row_budget)
-            # learned tokens of the whole step (all ranks: the plan is known everywhere), the loss's divisor
-            n_tok = sum(learned(i, train_idx) for mb in plan.group(step) for i in mb)
-            loss_total, step_tokens, step_samples = 0.0, 0, 0
-            # multi-process: a rank left without a micro-batch (short last step) joins DDP's all-reduce with a
-            # zero-weighted one; gradients are all-reduced on the last micro-batch only (steam_persona.trainer.distributed)
-            runs = micro or plan.group(step)[:1]
-            for j, mb in enumerate(runs):
-                batch = batch_of(mb, train_idx)
-                with distributed.sync_grads(ddp, last=j == len(runs) - 1):
-                    with torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
-                        ls, _ = loss_sum(ddp, batch)
-                    if not torch.isfinite(ls):
-                        raise NonFiniteError(f"{out}: step {step + 1}: the loss became {float(ls)}; stopped without "
-                                             "saving this step. Train in bf16 (--bf16 True) instead of fp16, or lower "
-                                             "--learning_rate")
-                    scaled = ls / max(n_tok, 1)
-                    if world > 1:  # DDP averages over ranks: × world makes it the sum over the step's tokens
-                        scaled = scaled * (world if micro else 0)
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                if micro:
-                    loss_total += ls.detach().item()
-                    step_tokens += int(batch["input_ids"].numel() if cfg.padding_free else batch["attention_mask"].sum())
-                    step_samples += len(mb)
-            loss_total, step_tokens, step_samples = distributed.all_reduce_sum([loss_total, step_tokens, step_samples],
-                                                                               device)
-            tokens_run += int(step_tokens)
-            samples_run += int(step_samples)
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-            if not torch.isfinite(grad_norm) and scaler is None:
-                raise NonFiniteError(f"{out}: step {step + 1}: the gradient norm became {float(grad_norm)}; stopped "
-                                     "without saving this step. Train in bf16 (--bf16 True), or lower --learning_rate")
-            lr = scheduler.get_last_lr()[0]
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = loss_total / max(n_tok, 1)
-            step_losses.append(step_loss)
-            pending.append(step_loss)
-            done = step + 1
-            now = time.time()
-            speed.add(int(step_tokens), now - t_step, now - t_end)
-            t_end, el = now, now - t0
-            tps, remaining = speed.tokens_per_s(), speed.eta_s()
-            # every figure shown (bar, step line, log, plot, summary) is the mean loss of the steps since the
-            # last logged one; step 1 is always logged, so the log starts where the summary does
-            row = {"current_steps": done, "total_steps": total, "loss": round(sum(pending) / len(pending), 4),
-                   "lr": lr, "epoch": plan.epoch_at(step), "grad_norm": round(float(grad_norm), 4),
-                   "throughput": None if tps is None else round(tps, 1),
-                   "total_tokens": int(state.get("total_tokens", 0)) + tokens_run,
-                   "percentage": round(100 * done / total, 2), "elapsed_time": _hms(elapsed0 + el),
-                   "remaining_time": None if remaining is None else _hms(remaining)}
-            if main:
-                shown = {"tps": "-" if tps is None else f"{tps:.0f}", "eta": row["remaining_time"] or "-"}
-                prog.update(task, completed=done, loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", **shown,
-                            description=COMPILING if speed.warming_up and compiling else "train")
-                logged = done % cfg.logging_steps == 0 or done == total or done == 1
-                if logged or done == start + 1:  # without a terminal, a resumed run's first step shows at once too
-                    plain_progress("train step", done, total, {
-                        "loss": f"{row['loss']:.4f}", "lr": f"{lr:.2e}", "tokens/s": shown["tps"],
-                        "elapsed": row["elapsed_time"], "ETA": shown["eta"]})
-                if logged:
-                    log.write(**row)
-                    rows.append(row)
-                    last_logged, last_window, pending = row["loss"], len(pending), []
-                if do_eval and (done % eval_every == 0 or done == total):
-                    last_eval = evaluate()
-                    erow = {"current_steps": done, "total_steps": total, "eval_loss": round(last_eval, 4),
-                            "epoch": plan.epoch_at(step)}
-                    log.write(**erow)
-                    rows.append(erow)
-                    console.print(f"step {done}: eval loss (training weights) {last_eval:.4f}")
-                    if last_eval < state.get("best_eval_loss", math.inf):
-                        state["best_eval_loss"], state["best_global_step"] = round(last_eval, 4), done
-                        if cfg.load_best_model_at_end:
-                            _save_adapter_and_tokenizer(model, None, out / BEST_DIR)
-                if done % cfg.save_steps == 0 and done < total:
-                    st = {"total_tokens": row["total_tokens"], "elapsed": elapsed0 + el,
-                          "first_loss": state.get("first_loss", step_losses[0]),
-                          **{k: state[k] for k in ("best_eval_loss", "best_global_step") if k in state},
-                          "world_size": world, "gradient_accumulation_steps": accum}  # for resume on other counts
-                    _save_checkpoint(out, done, model, tokenizer, optimizer, scheduler, st, cfg)
-                for cb in callbacks:
-                    cb(done, {**row, "loss": step_loss})
-    if log:
-        log.close()
-    runtime = time.time() - t0
-    steady = speed.steady_tokens_per_s()
-    results: dict[str, Any] = {
-        "output_dir": str(out), "global_step": total, "epoch": plan.epoch_at(total - 1),
-        "loss_first": round(state.get("first_loss", step_losses[0] if step_losses else float("nan")), 4),
-        "loss_last": last_logged if last_logged is not None else None,
-        "loss_last_steps": last_window,
-        "train_loss": round(sum(step_losses) / len(step_losses), 4) if step_losses else None,
-        "train_runtime": round(runtime, 2),
-        "train_samples_per_second": round(samples_run / runtime, 3) if runtime > 0 else None,
-        "train_steps_per_second": round(len(step_losses) / runtime, 4) if runtime > 0 else None,
-        "train_tokens_per_second": round(tokens_run / runtime, 1) if runtime > 0 else None,
-        "steady_tokens_per_second": None if steady is None else round(steady, 1),
-        "compile_seconds": round(speed.warmup_overhead_s(), 1) if compiling else None,
-        "total_tokens": int(state.get("total_tokens", 0)) + tokens_run,
-        "num_samples": len(train_idx), "num_eval_samples": len(eval_idx),
-        "truncated": enc.truncated, "dropped": len(enc.dropped),
-    }
-    if last_eval is not None:
-        results["eval_loss"] = round(last_eval, 4)
-    if "best_eval_loss" in state:
-        results["best_eval_loss"], results["best_global_step"] = state["best_eval_loss"], state["best_global_step"]
-    if main:
-        if cfg.load_best_model_at_end and (out / BEST_DIR / "adapter_model.safetensors").is_file():
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
+    def maybe_eval(self, done: int) -> float | None:
+        """After ``done`` steps (1-based): evaluate every ``--eval_steps`` (default ``--save_steps``) and at
+        the last step when there are eval samples; log the row, track the best eval loss, and with
+        ``--load_best_model_at_end`` save that adapter to ``best/``. Returns the eval loss, or ``None``."""
+        cfg = self.cfg
+        if not self.eval_idx or cfg.eval_strategy == "no":
+            return None
+        if done % (cfg.eval_steps or cfg.save_steps) != 0 and done != self.total:
+            return None
+        self.last_eval = self.evaluate()
+        erow = {"current_steps": done, "total_steps": self.total, "eval_loss": round(self.last_eval, 4),
+                "epoch": self.plan.epoch_at(done - 1)}
+        self._log_row(erow)
+        console.print(f"step {done}: eval loss (training weights) {self.last_eval:.4f}")
+        if self.last_eval < self.state.get("best_eval_loss", math.inf):
+            self.state["best_eval_loss"], self.state["best_global_step"] = round(self.last_eval, 4), done
+            if cfg.load_best_model_at_end:
+                _save_adapter_and_tokenizer(self.model, None, self.out / BEST_DIR)
+        return self.last_eval
 
-            set_peft_model_state_dict(model, load_file(str(out / BEST_DIR / "adapter_model.safetensors")))
-            results["kept"] = f"best eval loss (step {results['best_global_step']})"
-        _save_adapter_and_tokenizer(model, tokenizer, out)
-        plot_loss(rows, out / "training_loss.png", title=f"{Path(cfg.output_dir).name}: loss")
-        io.write_json(out / "all_results.json", results)
-        _summary(cfg, results, template, f"{str(amp or dtype).removeprefix('torch.')} on {device}")
-    distributed.finish()  # the other ranks wait here until rank 0 has saved
-    return results
+    def save_checkpoint(self, done: int) -> Path:
+        """Write ``checkpoint-<done>/`` (adapter, tokenizer, optimizer/scheduler/RNG state unless
+        ``--save_only_model``, ``trainer_state.json`` with what resuming on other process counts needs);
+        returns its path. Older checkpoints beyond ``--save_total_limit`` are deleted."""
+        first = self.state.get("first_loss", self.step_losses[0] if self.step_losses else None)
+        st = {"total_tokens": int(self.state.get("total_tokens", 0)) + self.tokens_run,
+              "elapsed": float(self.state.get("elapsed", 0.0)) + time.time() - self.t0,
+              **({"first_loss": first} if first is not None else {}),
+              **{k: self.state[k] for k in ("best_eval_loss", "best_global_step") if k in self.state},
+              "world_size": self.world, "gradient_accumulation_steps": self.accum}
+        _save_checkpoint(self.out, done, self.model, self.tokenizer, self.optimizer, self.scheduler, st, self.cfg)
+        return self.out / f"checkpoint-{done}"
+
+    # ------------------------------------------------------------ the loop
+
+    def train(self) -> None:
+        """Steps ``start .. total-1`` with progress, logs, evals, checkpoints and callbacks (rank 0)."""
+        self.compiling = self.levers.get("compile", "").startswith("on")
+        warm = COMPILE_WARMUP_STEPS if self.compiling else 1 if self.device.startswith("cuda") else 0
+        self.speed = Throughput(self.total, self.start, warm)
+        self.t0 = self.t_end = time.time()
+        if self.main and self.compiling and not console.is_terminal:
+            console.print(f"{COMPILING} …", markup=False, highlight=False)
+        with self._progress() as self.prog, _resume_hint_on_interrupt(self.out, self.cfg, self.speed, self.main):
+            self.task = self.prog.add_task(COMPILING if self.compiling else "train", total=self.total,
+                                           completed=self.start, loss="-", lr="-", tps="-", eta="-") \
+                if self.main else None
+            for step in range(self.start, self.total):
+                t_step = time.time()
+                stats = self.train_step(step)
+                row = self._account(step, stats, t_step)
+                if self.main:
+                    self._after_step(row, stats)
+
+    def _progress(self) -> Any:
+        from rich.progress import TextColumn
+
+        if not self.main:
+            return contextlib.nullcontext()
+        return progress(TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
+                        TextColumn("{task.fields[tps]} tok/s"), TextColumn("ETA {task.fields[eta]}"), eta=False)
+
+    def _account(self, step: int, stats: dict[str, Any], t_step: float) -> dict[str, Any]:
+        """Add the step to the running figures; return its ``trainer_log.jsonl`` row.
+
+        Every figure shown (bar, step line, log, plot, summary) is the mean loss of the steps since the
+        last logged one; step 1 is always logged, so the log starts where the summary does."""
+        self.tokens_run += stats["tokens"]
+        self.samples_run += stats["samples"]
+        self.step_losses.append(stats["loss"])
+        self.pending.append(stats["loss"])
+        done, now = step + 1, time.time()
+        self.speed.add(stats["tokens"], now - t_step, now - self.t_end)
+        self.t_end = now
+        tps, remaining = self.speed.tokens_per_s(), self.speed.eta_s()
+        return {"current_steps": done, "total_steps": self.total,
+                "loss": round(sum(self.pending) / len(self.pending), 4), "lr": stats["lr"],
+                "epoch": self.plan.epoch_at(step), "grad_norm": round(stats["grad_norm"], 4),
+                "throughput": None if tps is None else round(tps, 1),
+                "total_tokens": int(self.state.get("total_tokens", 0)) + self.tokens_run,
+                "percentage": round(100 * done / self.total, 2),
+                "elapsed_time": _hms(float(self.state.get("elapsed", 0.0)) + now - self.t0),
+                "remaining_time": None if remaining is None else _hms(remaining)}
+
+    def _after_step(self, row: dict[str, Any], stats: dict[str, Any]) -> None:
+        """Rank 0 after a step: progress, step line and log row, eval, checkpoint, callbacks."""
+        done = row["current_steps"]
+        tps = "-" if row["throughput"] is None else f"{row['throughput']:.0f}"
+        eta = row["remaining_time"] or "-"
+        self.prog.update(self.task, completed=done, loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", tps=tps, eta=eta,
+                         description=COMPILING if self.speed.warming_up and self.compiling else "train")
+        logged = done % self.cfg.logging_steps == 0 or done == self.total or done == 1
+        if logged or done == self.start + 1:  # without a terminal, a resumed run's first step shows at once too
+            plain_progress("train step", done, self.total, {
+                "loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.2e}", "tokens/s": tps,
+                "elapsed": row["elapsed_time"], "ETA": eta})
+        if logged:
+            self._log_row(row)
+            self.last_logged, self.last_window, self.pending = row["loss"], len(self.pending), []
+        self.maybe_eval(done)
+        if done % self.cfg.save_steps == 0 and done < self.total:
+            self.save_checkpoint(done)
+        for cb in self.callbacks:
+            cb(done, {**row, "loss": stats["loss"]})
+
+    def _log_row(self, row: dict[str, Any]) -> None:
+        self.log.write(**row)
+        self.rows.append(row)
+
+    # ------------------------------------------------------------ the end
+
+    def results(self, runtime: float) -> dict[str, Any]:
+        """``all_results.json``'s content (see :func:`run`) after ``runtime`` seconds of :meth:`train`."""
+        steps, steady = self.step_losses, self.speed.steady_tokens_per_s()
+        r: dict[str, Any] = {
+            "output_dir": str(self.out), "global_step": self.total, "epoch": self.plan.epoch_at(self.total - 1),
+            "loss_first": round(self.state.get("first_loss", steps[0] if steps else float("nan")), 4),
+            "loss_last": self.last_logged, "loss_last_steps": self.last_window,
+            "train_loss": round(sum(steps) / len(steps), 4) if steps else None,
+            "train_runtime": round(runtime, 2),
+            "train_samples_per_second": round(self.samples_run / runtime, 3) if runtime > 0 else None,
+            "train_steps_per_second": round(len(steps) / runtime, 4) if runtime > 0 else None,
+            "train_tokens_per_second": round(self.tokens_run / runtime, 1) if runtime > 0 else None,
+            "steady_tokens_per_second": None if steady is None else round(steady, 1),
+            "compile_seconds": round(self.speed.warmup_overhead_s(), 1) if self.compiling else None,
+            "total_tokens": int(self.state.get("total_tokens", 0)) + self.tokens_run,
+            "num_samples": len(self.train_idx), "num_eval_samples": len(self.eval_idx),
+            "truncated": self.enc.truncated, "dropped": len(self.enc.dropped),
+        }
+        if self.last_eval is not None:
+            r["eval_loss"] = round(self.last_eval, 4)
+        if "best_eval_loss" in self.state:
+            r["best_eval_loss"], r["best_global_step"] = self.state["best_eval_loss"], self.state["best_global_step"]
+        return r
+
+    def finish(self) -> dict[str, Any]:
+        """Close the log; on rank 0 keep the best adapter (``--load_best_model_at_end``), save the adapter and
+        tokenizer, ``training_loss.png``, ``all_results.json`` and print the summary. Returns the results."""
+        from steam_persona.trainer import distributed
+        from steam_persona.trainer.plotting import plot_loss
+
+        if self.log is not None:
+            self.log.close()
+        results = self.results(time.time() - self.t0)
+        if self.main:
+            best = self.out / BEST_DIR / "adapter_model.safetensors"
+            if self.cfg.load_best_model_at_end and best.is_file():
+                from peft import set_peft_model_state_dict
+                from safetensors.torch import load_file
+
+                set_peft_model_state_dict(self.model, load_file(str(best)))
+                results["kept"] = f"best eval loss (step {results['best_global_step']})"
+            _save_adapter_and_tokenizer(self.model, self.tokenizer, self.out)
+            plot_loss(self.rows, self.out / "training_loss.png", title=f"{Path(self.cfg.output_dir).name}: loss")
+            atomic.write_json(self.out / "all_results.json", results)
+            precision = f"{str(self.amp or self.dtype).removeprefix('torch.')} on {self.device}"
+            _summary(self.cfg, results, self.template, precision)
+        distributed.finish()  # the other ranks wait here until rank 0 has saved
+        return results
 
 
 #: What the progress shows while the first steps compile the decoder layers (steam_persona.trainer.throughput).
@@ -732,14 +918,6 @@ def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, speed: Throughput, ma
                    "--overwrite_output_dir to start over")
             console.print(f"[yellow]interrupted after step {speed.done} of {speed.total}: {how}[/yellow]")
         raise
-
-
-class _Null:
-    def __enter__(self) -> "_Null":
-        return self
-
-    def __exit__(self, *a: object) -> None:
-        return None
 
 
 def _hms(seconds: float) -> str:

@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from steam_persona.trainer import io, registry
+from steam_persona.trainer import atomic, registry
 from steam_persona.trainer.errors import UserError
 
 
 def test_atomic_write_failure_leaves_nothing(tmp_path):
     target = tmp_path / "out.json"
     with pytest.raises(RuntimeError):
-        with io.atomic_path(target) as tmp:
+        with atomic.atomic_path(target) as tmp:
             tmp.write_text("partial")
             raise RuntimeError("crash")
     assert list(tmp_path.iterdir()) == []
