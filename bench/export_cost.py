@@ -84,7 +84,7 @@ def make_run(base: str, run: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from steam_persona.trainer.hub import enable_transformers_gguf, resolve_model
+    from steam_persona.common.hub import enable_transformers_gguf, resolve_model
 
     enable_transformers_gguf()
     src = resolve_model(base)

@@ -41,8 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STEAM_PERSONA_SHARED", REPO.parent / "shared"))
 sys.path.insert(0, str(REPO))
 
-from steam_persona.trainer import config, sources
-from steam_persona.trainer.prepare import PrepareConfig, run  # noqa: E402
+from steam_persona.common import config
+from steam_persona.reviews import sources
+from steam_persona.reviews.prepare import PrepareConfig, run  # noqa: E402
 
 
 def real_texts() -> list[str]:
@@ -98,8 +99,8 @@ def timed(flags: dict) -> tuple[float, float, dict]:
 
 _BEFORE = """
 import json, sys, time
-from steam_persona.trainer import config
-from steam_persona.trainer.prepare import PrepareConfig, run
+from steam_persona.common import config
+from steam_persona.reviews.prepare import PrepareConfig, run
 t0, c0 = time.perf_counter(), time.process_time()
 res = run(config.build(PrepareConfig, json.loads(sys.argv[1])))
 print("BEFORE " + json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,

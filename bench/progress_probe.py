@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str]) -> int:
-    from steam_persona.trainer import config
+    from steam_persona.common import config
     from steam_persona.trainer.train import TrainConfig, run
 
     model_dir, data, out = argv[:3]

@@ -42,8 +42,8 @@ import httpx  # noqa: E402
 
 from steam_persona.serve.llama_server import find_binary, server_args  # noqa: E402
 from steam_persona.serve.modelinfo import read_model_info  # noqa: E402
-from steam_persona.trainer.hub import resolve_model  # noqa: E402
-from steam_persona.trainer.persona import DEFAULT_SYSTEM  # noqa: E402
+from steam_persona.common.hub import resolve_model  # noqa: E402
+from steam_persona.common.persona import DEFAULT_SYSTEM  # noqa: E402
 from tests.serving import free_port, start_server  # noqa: E402
 
 GAMES = ["Hades", "Stardew Valley", "Elden Ring", "Celeste", "Factorio", "Hollow Knight", "Terraria", "Portal 2"]

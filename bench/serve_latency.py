@@ -43,15 +43,15 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from steam_persona.serve.chat_handler import install as install_handler  # noqa: E402
-from steam_persona.trainer.arguments import n_threads  # noqa: E402
+from steam_persona.common.arguments import n_threads  # noqa: E402
 from steam_persona.serve.engine import Worker  # noqa: E402
 from steam_persona.serve.grammar import GrammarChecker  # noqa: E402
 from steam_persona.serve.middleware import BODY, SteamMiddleware  # noqa: E402
 from steam_persona.serve.routes import Served  # noqa: E402
 from steam_persona.serve.modelinfo import read_model_info  # noqa: E402
 from tests.serving import free_port, start_server  # noqa: E402
-from steam_persona.trainer.hub import resolve_model  # noqa: E402
-from steam_persona.trainer.persona import DEFAULT_SYSTEM  # noqa: E402
+from steam_persona.common.hub import resolve_model  # noqa: E402
+from steam_persona.common.persona import DEFAULT_SYSTEM  # noqa: E402
 
 QUESTIONS = ["Tell me a long story about a dragon.", "Describe your favourite video game in detail.",
              "Write a long review of a racing game.", "Explain how to build a castle, step by step."]

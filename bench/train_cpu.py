@@ -97,7 +97,8 @@ def main() -> None:
     if args.threads:
         __import__("torch").set_num_threads(args.threads)
 
-    from steam_persona.trainer import atomic, config
+    from steam_persona.common import atomic
+    from steam_persona.common import config
     from steam_persona.trainer.train import TrainConfig, run
 
     seed_flags = {"stage": "sft", "do_train": True, "model_name_or_path": "smollm2", "dataset": [args.data],
@@ -116,7 +117,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in order:
             if name == "llamafactory":
-                from steam_persona.trainer import hub
+                from steam_persona.common import hub
                 from steam_persona.trainer.model import hf_path
 
                 results["llamafactory"] = run_llamafactory(args.llamafactory, hf_path(hub.resolve_model("smollm2")),

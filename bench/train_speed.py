@@ -197,7 +197,7 @@ def build_ours(model_dir: Path, variant: str):
 def encode_real(tok, path: Path, cutoff_len: int = 1024) -> list[dict]:
     """The real sample exactly as `steam-train train` encodes it (persona system prompt, the tokenizer's
     chat template, prompt masked, steam_persona.trainer.encode's truncation)."""
-    from steam_persona.trainer import config
+    from steam_persona.common import config
     from steam_persona.trainer.train import TrainConfig, prepare_data
 
     cfg = config.build(TrainConfig, {"dataset": [str(path)], "cutoff_len": cutoff_len}, {})

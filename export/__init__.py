@@ -13,10 +13,10 @@ def export(**flags: Any) -> dict[str, Any]:
     """Run ``steam-train export`` in-process with ``flags`` (ExportConfig field names); return the report.
 
     Raises:
-        steam_persona.trainer.errors.UserError: bad input (what the CLI turns into exit 2).
+        steam_persona.common.errors.UserError: bad input (what the CLI turns into exit 2).
         steam_persona.export.cli.VerificationFailed: a GGUF failed verification.
     """
     from steam_persona.export.cli import ExportConfig, run
-    from steam_persona.trainer import config
+    from steam_persona.common import config
 
     return run(config.build(ExportConfig, flags, source="export()"))

@@ -33,10 +33,11 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from steam_persona.trainer import arguments, config
-from steam_persona.trainer.arguments import DataArguments, LlamaCppArguments, ModelArguments
-from steam_persona.trainer.config import arg
-from steam_persona.trainer.errors import UserError
+from steam_persona.common import arguments
+from steam_persona.common import config
+from steam_persona.common.arguments import DataArguments, LlamaCppArguments, ModelArguments
+from steam_persona.common.config import arg
+from steam_persona.common.errors import UserError
 
 STATE = ".steam-export.json"
 REPORT = "export_report.json"
@@ -149,7 +150,7 @@ class ExportJob:
         return self.state["files"].get(self.gguf(q).name) if self.gguf(q).is_file() else None
 
     def finished_gguf(self, q: str) -> None:
-        from steam_persona.trainer.atomic import write_json
+        from steam_persona.common.atomic import write_json
 
         self.state["files"][self.gguf(q).name] = self.gguf_fingerprint(q)
         write_json(self.out / STATE, self.state)
@@ -168,7 +169,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             architecture, unknown quant type, a non-export folder in the way, full disk.
         VerificationFailed (exit 1): a GGUF failed verification (everything is still written).
     """
-    from steam_persona.trainer.console import console
+    from steam_persona.common.console import console
 
     t_start = time.time()
     job = plan(cfg)
@@ -199,8 +200,8 @@ def plan(cfg: ExportConfig) -> ExportJob:
     """
     from steam_persona.export import merge as mg
     from steam_persona.export import quantize as qz
-    from steam_persona.trainer import persona
-    from steam_persona.trainer.hub import resolve_model
+    from steam_persona.common import persona
+    from steam_persona.common.hub import resolve_model
 
     qtypes = qz.check_types(cfg.quantization)
     run_info = mg.read_run(cfg.adapter_name_or_path)
@@ -323,8 +324,8 @@ def _lora_file(job: ExportJob) -> Path:
 def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_start: float) -> dict[str, Any]:
     """Run (or reuse) each step under one progress bar and ``export_log.jsonl``, then write the extras and,
     last, the report (its presence marks a finished export). Returns the report."""
-    from steam_persona.trainer.console import progress
-    from steam_persona.trainer.atomic import JsonlLog
+    from steam_persona.common.console import progress
+    from steam_persona.common.atomic import JsonlLog
 
     done: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -353,7 +354,7 @@ def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_sta
 def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_start: float) -> dict[str, Any]:
     """Write the extras, drop stale GGUFs (and ``merged/`` unless ``--keep_merged``), then the report."""
     from steam_persona.export.quantize import FLOAT_TYPES
-    from steam_persona.trainer.atomic import write_json
+    from steam_persona.common.atomic import write_json
 
     files = {q: job.gguf(q) for q in job.qtypes}
     kept = list(files.values()) + ([_lora_file(job)] if job.cfg.lora_gguf else [])
@@ -375,7 +376,7 @@ def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_
 def _summary(job: ExportJob, t_start: float) -> None:
     from steam_persona.export.quantize import FLOAT_TYPES
     from steam_persona.export.verify import describe
-    from steam_persona.trainer.console import summary_table
+    from steam_persona.common.console import summary_table
 
     rows: list[tuple[object, object]] = [("export dir", job.out), ("persona", _short(job.system or "(the model's own)")),
                                          ("base", job.base), ("adapter", job.run_info.adapter_dir or "(none)")]
@@ -397,7 +398,7 @@ def _say_what_is_left_if_interrupted(out: Path) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        from steam_persona.trainer.console import console
+        from steam_persona.common.console import console
 
         left = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if not p.name.startswith("."))
         console.print(f"export interrupted: {out} keeps the finished steps ({', '.join(left) or 'nothing yet'}; no "
@@ -461,7 +462,7 @@ def _open_export_dir(out: Path, overwrite: bool) -> dict[str, Any]:
             state = {"files": {}}
         (out / REPORT).unlink(missing_ok=True)  # from here on the folder is an unfinished export
     out.mkdir(parents=True, exist_ok=True)
-    from steam_persona.trainer.atomic import write_json
+    from steam_persona.common.atomic import write_json
 
     write_json(out / STATE, state)
     return state
@@ -514,7 +515,7 @@ def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: di
     from steam_persona.export.chat_template import is_chatml
     from steam_persona.export.convert import context_length
     from steam_persona.export.modelfile import modelfile, readme
-    from steam_persona.trainer.atomic import write_text
+    from steam_persona.common.atomic import write_text
 
     gen = json.loads((merged_dir / "generation_config.json").read_text(encoding="utf-8"))
     template_file = merged_dir / "chat_template.jinja"

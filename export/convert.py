@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.atomic import atomic_path
+from steam_persona.common.errors import UserError
+from steam_persona.common.atomic import atomic_path
 
 #: Architectures whose whole path (merge, template, convert, quantize, llama.cpp) is tested here.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")

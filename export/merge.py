@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from steam_persona.export.convert import PEFT_PREFIX, check_architecture
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.hub import ModelSource, enable_transformers_gguf
-from steam_persona.trainer.run_record import RunRecord
+from steam_persona.common.errors import UserError
+from steam_persona.common.hub import ModelSource, enable_transformers_gguf
+from steam_persona.common.run_record import RunRecord
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MERGE_INFO = "export_merge.json"
@@ -46,7 +46,7 @@ def read_run(adapter_name_or_path: str | None) -> RunInfo:
     """Read a run dir (or a ``checkpoint-N`` folder inside one).
 
     ``run_config.yaml`` is looked for in the folder and its parent (a checkpoint's run dir;
-    :meth:`steam_persona.trainer.run_record.RunRecord.load`).
+    :meth:`steam_persona.common.run_record.RunRecord.load`).
 
     Raises:
         UserError: the folder or its adapter files are missing, or a file is unreadable.
@@ -294,7 +294,7 @@ def _save_merged(model, tokenizer, out: Path, export_size: int, prompts: list[li
     import numpy as np
 
     from steam_persona.export.verify import reference_logits
-    from steam_persona.trainer.atomic import atomic_path
+    from steam_persona.common.atomic import atomic_path
 
     with atomic_path(out) as tmp:
         try:

@@ -26,7 +26,7 @@ def modelfile(gguf_name: str, name: str, *, system: str | None, chatml: bool, st
         system: the persona (``None``: no SYSTEM line). chatml: write the ChatML TEMPLATE (else
             Ollama falls back to detecting the GGUF's own template).
         stop: stop strings (end-of-turn token first). generation: generation_config values.
-        num_ctx: context window in tokens (:func:`steam_persona.trainer.arguments.context_size`, the
+        num_ctx: context window in tokens (:func:`steam_persona.common.arguments.context_size`, the
             rule ``serve`` uses too).
     """
     given = {ollama: generation[k] for k, ollama in _SAMPLING.items() if generation.get(k) is not None}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.atomic import atomic_path
+from steam_persona.common.errors import UserError
+from steam_persona.common.atomic import atomic_path
 
 #: Accepted --quantization names. f16/bf16 come from the converter; the others from llama.cpp's
 #: quantizer. (IQ types need an importance matrix and are left out.)

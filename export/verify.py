@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from steam_persona.trainer import persona
+from steam_persona.common import persona
 
 #: The 3 fixed conversations (no system message: the template's default persona applies).
 PROMPTS: list[list[dict[str, str]]] = [

@@ -17,7 +17,7 @@ from steam_persona.serve.llama_server import LlamaServer, free_loopback_port, se
 from steam_persona.serve.middleware import SteamMiddleware
 from steam_persona.serve.routes import Served
 from steam_persona.serve.modelinfo import ModelInfo
-from steam_persona.trainer.atomic import JsonlLog
+from steam_persona.common.atomic import JsonlLog
 
 
 @dataclass(frozen=True)

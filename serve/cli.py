@@ -11,11 +11,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-from steam_persona.trainer import config
-from steam_persona.trainer.arguments import DataArguments, LlamaCppArguments, n_threads
-from steam_persona.trainer.config import arg
-from steam_persona.trainer.console import console
-from steam_persona.trainer.errors import UserError
+from steam_persona.common import config
+from steam_persona.common.arguments import DataArguments, LlamaCppArguments, n_threads
+from steam_persona.common.config import arg
+from steam_persona.common.console import console
+from steam_persona.common.errors import UserError
 
 API_KEY_ENV = "STEAM_PERSONA_API_KEY"
 
@@ -184,7 +184,7 @@ def _die(sig: int) -> None:
 
 
 def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
-    from steam_persona.trainer.console import summary_table
+    from steam_persona.common.console import summary_table
 
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     first = (opts.persona or "(none)").strip().splitlines()[0]

@@ -35,7 +35,7 @@ from typing import Any, AsyncIterator, Callable
 import httpx
 
 from steam_persona.serve.errors import RequestError
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.errors import UserError
 
 logger = logging.getLogger("steam_persona.serve")
 

@@ -27,7 +27,7 @@ from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.persona import apply_persona
 from steam_persona.serve.routes import Served
 from steam_persona.serve.validate import check_generation, check_token_ids, parse_json
-from steam_persona.trainer.atomic import JsonlLog
+from steam_persona.common.atomic import JsonlLog
 
 logger = logging.getLogger("steam_persona.serve")
 

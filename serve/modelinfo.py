@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from steam_persona.export.quantize import QUANT_TYPES
-from steam_persona.trainer.arguments import context_size
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.arguments import context_size
+from steam_persona.common.errors import UserError
 
 #: When an export dir holds several GGUFs, serve the first of these that exists (smallest good one first).
 QUANT_PREFERENCE = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "q4_1", "f16", "bf16", "f32")
@@ -219,7 +219,7 @@ def choose_n_ctx(info: ModelInfo, requested: int = 0, memory_bytes: int | None =
     """Pick the context size in tokens and say why.
 
     ``requested > 0`` is used as given. Otherwise
-    :func:`steam_persona.trainer.arguments.context_size` (the model's training context, 4096 when
+    :func:`steam_persona.common.arguments.context_size` (the model's training context, 4096 when
     the GGUF does not say; the export's Modelfile writes the same) capped so that the f16 KV cache
     takes at most ``memory_fraction`` of the memory left after the weights, rounded down to a
     multiple of 256 and at least 512.

@@ -1,6 +1,6 @@
 """The persona system prompt on the server side: where it comes from and how it meets a request.
 
-Source order: :func:`steam_persona.trainer.persona.resolve`'s, with the export dir's
+Source order: :func:`steam_persona.common.persona.resolve`'s, with the export dir's
 ``export_report.json`` (``persona``: a string, or an object with ``system``) as the exported
 persona and the GGUF chat template's default system prompt (``steam-train export`` embeds the
 persona there) as the fallback; ``--system ''`` serves no persona. A request without a system
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from steam_persona.serve.modelinfo import ModelInfo
-from steam_persona.trainer import persona as persona_lib
+from steam_persona.common import persona as persona_lib
 
 
 def resolve_persona(system: str | None, info: ModelInfo) -> tuple[str | None, str]:

@@ -1,12 +1,14 @@
 """steam-persona: Steam reviews → QLoRA persona model → GGUF → OpenAI-compatible server → Dify plugins.
 
-One import name for the repository's top-level folders: ``steam_persona.trainer`` (data → QLoRA
-SFT), ``steam_persona.export`` (→ GGUF), ``steam_persona.serve`` (the API), ``steam_persona.cli``
+One import name for the repository's top-level folders: ``steam_persona.common`` (what every stage
+shares), ``steam_persona.reviews`` (collect → prepare), ``steam_persona.trainer`` (QLoRA SFT, eval),
+``steam_persona.export`` (→ GGUF), ``steam_persona.serve`` (the API), ``steam_persona.cli``
 (the ``steam-train`` command, also ``python -m steam_persona``), and the data packages
 ``steam_persona.plugin`` (the Dify plugins' sources, with ``manifest.yaml`` beside them) and
 ``steam_persona.examples``, read through :func:`steam_persona.resources.shipped`.
 
-Layout: the repository keeps ``trainer/``, ``export/``, ``serve/``, ``plugin/``, ``examples/`` and
+Layout: the repository keeps ``common/``, ``reviews/``, ``trainer/``, ``export/``, ``serve/``, ``plugin/``,
+``examples/`` and
 ``manifest.yaml`` at its root; the wheel maps them under ``steam_persona/`` (``pyproject.toml``,
 ``[tool.setuptools.package-dir]``). In a source checkout this package also searches the repository
 root for its sub-packages, so ``steam_persona.trainer`` is ``<checkout>/trainer`` in whichever

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from steam_persona.trainer import config
-from steam_persona.trainer.arguments import (DataArguments, GeneratingArguments, LlamaCppArguments, ModelArguments,
+from steam_persona.common import config
+from steam_persona.common.arguments import (DataArguments, GeneratingArguments, LlamaCppArguments, ModelArguments,
                                              QuantizationArguments, n_threads)
-from steam_persona.trainer.console import console, status
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.console import console, status
+from steam_persona.common.errors import UserError
 
 #: Sampling defaults when the model has no generation config (LLaMA-Factory's chat uses similar ones).
 FALLBACK_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
@@ -143,9 +143,9 @@ class HFBackend(Backend):
     def __init__(self, cfg: ChatConfig) -> None:
         import torch
 
-        from steam_persona.trainer import persona
+        from steam_persona.common import persona
         from steam_persona.trainer.model import load_for_inference
-        from steam_persona.trainer.run_record import RunRecord
+        from steam_persona.common.run_record import RunRecord
 
         torch.manual_seed(cfg.seed)
         base = cfg.model_name_or_path  # None with an adapter: load_for_inference takes the run's base
@@ -203,7 +203,7 @@ def load_backend(cfg: ChatConfig) -> Backend:
     Raises:
         UserError: a missing model path or a GGUF without a chat template.
     """
-    from steam_persona.trainer.hub import resolve_model
+    from steam_persona.common.hub import resolve_model
 
     if cfg.adapter_name_or_path:
         return HFBackend(cfg)
@@ -223,7 +223,7 @@ def check_paths(cfg: ChatConfig) -> None:
     Raises:
         UserError: an adapter dir without ``adapter_config.json``, or a model path that does not exist.
     """
-    from steam_persona.trainer.hub import resolve_model
+    from steam_persona.common.hub import resolve_model
 
     if cfg.adapter_name_or_path:
         ad = Path(cfg.adapter_name_or_path).expanduser()

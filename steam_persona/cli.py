@@ -15,15 +15,15 @@ from steam_persona import __version__
 
 # name -> (module, attribute, one-line help). Order = pipeline order in --help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "collect": ("steam_persona.trainer.collect", "command", "Download Steam reviews (appreviews API) to JSON Lines."),
-    "prepare": ("steam_persona.trainer.prepare", "command", "Clean raw reviews into an alpaca SFT dataset."),
+    "collect": ("steam_persona.reviews.collect", "command", "Download Steam reviews (appreviews API) to JSON Lines."),
+    "prepare": ("steam_persona.reviews.prepare", "command", "Clean raw reviews into an alpaca SFT dataset."),
     "validate": ("steam_persona.trainer.validate", "command", "Check a dataset: counts, token lengths, problems."),
     "train": ("steam_persona.trainer.train", "command", "QLoRA/LoRA SFT with LLaMA-Factory's flags."),
     "chat": ("steam_persona.chat", "command", "Chat in the terminal with a GGUF or base + adapter."),
     "eval": ("steam_persona.trainer.evaluate", "command", "Held-out loss and generation checks, tuned vs base."),
     "export": ("steam_persona.export.cli", "command", "Merge the adapter, convert to GGUF, quantize, verify."),
     "serve": ("steam_persona.serve.cli", "command", "Serve a GGUF as an OpenAI-compatible API for Dify."),
-    "plugin": ("steam_persona.trainer.plugin_package", "group", "Build, sign and verify the two Dify plugins (.difypkg)."),
+    "plugin": ("steam_persona.plugin.package", "group", "Build, sign and verify the two Dify plugins (.difypkg)."),
     "demo": ("steam_persona.demo", "command", "Run the whole pipeline on the embedded default."),
 }
 

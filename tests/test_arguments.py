@@ -1,4 +1,4 @@
-"""The settings groups (trainer/arguments.py): each flag declared once, one type, one check, one meaning."""
+"""The settings groups (common/arguments.py): each flag declared once, one type, one check, one meaning."""
 
 import dataclasses
 import typing
@@ -11,11 +11,12 @@ from steam_persona.cli import main
 from steam_persona.demo import DemoConfig
 from steam_persona.export.cli import ExportConfig
 from steam_persona.serve.cli import ServeConfig
-from steam_persona.trainer import arguments, config
-from steam_persona.trainer.collect import CollectConfig
-from steam_persona.trainer.errors import UserError
+from steam_persona.common import arguments
+from steam_persona.common import config
+from steam_persona.reviews.collect import CollectConfig
+from steam_persona.common.errors import UserError
 from steam_persona.trainer.evaluate import EvalConfig
-from steam_persona.trainer.prepare import PrepareConfig
+from steam_persona.reviews.prepare import PrepareConfig
 from steam_persona.trainer.train import TrainConfig
 from steam_persona.trainer.validate import ValidateConfig
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from steam_persona.trainer import atomic, registry
-from steam_persona.trainer.errors import UserError
+from steam_persona.common import atomic
+from steam_persona.common import registry
+from steam_persona.common.errors import UserError
 
 
 def test_atomic_write_failure_leaves_nothing(tmp_path):

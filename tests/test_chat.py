@@ -106,7 +106,7 @@ def test_missing_adapter_or_model_is_rejected_before_torch_is_imported(tmp_path)
     import sys
 
     code = ("import sys\nfrom steam_persona import chat\nfrom steam_persona.trainer import config\n"
-            "from steam_persona.trainer.errors import UserError\n"
+            "from steam_persona.common.errors import UserError\n"
             f"for kw in ({{'adapter_name_or_path': {str(tmp_path / 'run')!r}}}, "
             f"{{'model_name_or_path': {str(tmp_path / 'm.gguf')!r}}}):\n"
             "    try:\n        chat.run(config.build(chat.ChatConfig, kw))\n"

@@ -1,4 +1,4 @@
-"""One test per cleaning rule (trainer/cleaning.py), plus BBCode agreement with a labelled set."""
+"""One test per cleaning rule (reviews/cleaning.py), plus BBCode agreement with a labelled set."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from steam_persona.trainer import cleaning
+from steam_persona.reviews import cleaning
 
 
 def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from tests.steam_replay import SteamReplay, cursor_for
-from steam_persona.trainer import config
+from steam_persona.common import config
 from steam_persona.cli import main
-from steam_persona.trainer.collect import CollectConfig, run
-from steam_persona.trainer.errors import UserError
+from steam_persona.reviews.collect import CollectConfig, run
+from steam_persona.common.errors import UserError
 
 APP = "570980"  # 266 real reviews in the archive
 
@@ -139,8 +139,8 @@ def test_repeated_cursor_ends_the_run(tmp_path, steam):
 
 
 def test_max_reviews_and_details_feed_prepare(tmp_path, steam):
-    from steam_persona.trainer.prepare import PrepareConfig
-    from steam_persona.trainer.prepare import run as prepare
+    from steam_persona.reviews.prepare import PrepareConfig
+    from steam_persona.reviews.prepare import run as prepare
 
     out = tmp_path / "raw/570980.jsonl"
     res = run(_cfg(steam, out, max_reviews=120, with_details=True))
@@ -181,7 +181,7 @@ def test_rate_limit_spaces_requests(tmp_path, steam):
 
 
 def test_backoff_has_full_jitter_and_cap():
-    from steam_persona.trainer.collect import _Fetcher
+    from steam_persona.reviews.collect import _Fetcher
 
     f = _Fetcher(config.build(CollectConfig, {"backoff_base": 1.0, "backoff_max": 8.0}), None)
     waits = [f.backoff(5) for _ in range(200)]
@@ -226,8 +226,8 @@ def test_several_apps_one_file_or_one_each(tmp_path, shared_dir, archive):
 
 
 def test_details_only_names_an_archive_for_prepare(tmp_path, steam, shared_dir):
-    from steam_persona.trainer.prepare import PrepareConfig
-    from steam_persona.trainer.prepare import run as prepare
+    from steam_persona.reviews.prepare import PrepareConfig
+    from steam_persona.reviews.prepare import run as prepare
 
     out = tmp_path / "meta/{appid}.jsonl"
     res = run(_cfg(steam, out, details_only=True))

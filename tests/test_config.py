@@ -1,10 +1,10 @@
-"""The config glue: flags, YAML and precedence (trainer/config.py)."""
+"""The config glue: flags, YAML and precedence (common/config.py)."""
 
 from dataclasses import dataclass
 
 from click.testing import CliRunner
 
-from steam_persona.trainer.config import arg, command
+from steam_persona.common.config import arg, command
 
 
 @dataclass

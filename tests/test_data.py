@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner
 from transformers import AutoTokenizer
 
-from steam_persona.trainer import data, registry
+from steam_persona.trainer import data
+from steam_persona.common import registry
 from steam_persona.cli import main
 from steam_persona.trainer.encode import IGNORE_INDEX, encode_conversation, encode_dataset, fit
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.persona import DEFAULT_SYSTEM
+from steam_persona.common.errors import UserError
+from steam_persona.common.persona import DEFAULT_SYSTEM
 from steam_persona.trainer.templates import TEMPLATES, ChatTemplate
 
 REPLY = "不错的游戏，但是还需要加强反作弊"

@@ -8,14 +8,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from steam_persona.trainer import config
+from steam_persona.common import config
 from steam_persona.demo import EXAMPLES, DemoConfig, _Stages, examples, run
-from steam_persona.trainer.demo_compare import GOALS, PROMPTS, goals, render_report
-from steam_persona.trainer.errors import UserError
+from steam_persona.demo_compare import GOALS, PROMPTS, goals, render_report
+from steam_persona.common.errors import UserError
 
 
 def test_examples_are_persona_format_alpaca():
-    from steam_persona.trainer.persona import INPUT_TEMPLATE, INPUT_TEMPLATE_EN, INSTRUCTION_TEMPLATE, INSTRUCTION_TEMPLATE_EN
+    from steam_persona.common.persona import INPUT_TEMPLATE, INPUT_TEMPLATE_EN, INSTRUCTION_TEMPLATE, INSTRUCTION_TEMPLATE_EN
 
     records = json.loads(EXAMPLES.read_text(encoding="utf-8"))
     assert len(records) == 200

@@ -100,7 +100,7 @@ def _fake_run_dir(tiny_llama_dir, tmp_path, train_file):
 
 
 def test_eval_run_adapter_vs_base_writes_reports(tiny_llama_dir, tmp_path):
-    from steam_persona.trainer import config
+    from steam_persona.common import config
     from steam_persona.trainer.evaluate import EvalConfig, run
 
     records = json.loads((__import__("pathlib").Path(__file__).parents[1] / "examples" / "persona_reviews.json")
@@ -178,9 +178,10 @@ def test_length_chart_tells_base_from_tuned_and_marks_the_cut_off():
 def test_missing_dataset_hint_names_the_file_prepare_writes():
     from pathlib import Path
 
-    from steam_persona.trainer import config, prepare
+    from steam_persona.common import config
+    from steam_persona.reviews import prepare
     from steam_persona.trainer.evaluate import EvalConfig, run
-    from steam_persona.trainer.errors import UserError
+    from steam_persona.common.errors import UserError
 
     with pytest.raises(UserError) as e:
         run(config.build(EvalConfig, {"adapter_name_or_path": "x"}))

@@ -19,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from steam_persona.export import export
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.errors import UserError
 
 PERSONA = "你是“老G”，说话风趣。You are Lao G, a \"witty\" gamer.\nKeep it short."
 
@@ -78,7 +78,7 @@ def tiny_export(tiny_run, tmp_path_factory) -> tuple[Path, dict, dict]:
     out = tmp_path_factory.mktemp("exports") / "tiny"
     rows: dict = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("steam_persona.trainer.console.summary_table", lambda title, r: rows.update((str(k), str(v)) for k, v in r))
+        mp.setattr("steam_persona.common.console.summary_table", lambda title, r: rows.update((str(k), str(v)) for k, v in r))
         report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"],
                         lora_gguf=True, keep_merged=True)
     return out, report, rows
@@ -333,7 +333,7 @@ def test_full_disk_exits_2_before_writing(tiny_run, tmp_path, monkeypatch):
 
 
 def test_full_disk_during_a_write_exits_2_and_leaves_no_file(tmp_path):
-    from steam_persona.trainer.atomic import atomic_path
+    from steam_persona.common.atomic import atomic_path
 
     with pytest.raises(UserError, match="no space left"):
         with atomic_path(tmp_path / "m.gguf") as tmp:
@@ -358,7 +358,7 @@ def test_yaml_config_and_run_config_defaults(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "run", lambda cfg: seen.setdefault("cfg", cfg))
     cfg_file = tmp_path / "export.yaml"
     cfg_file.write_text(yaml.safe_dump({"adapter_name_or_path": str(tiny_run), "quantization": "q4_k_m,q8_0"}))
-    from steam_persona.trainer import config
+    from steam_persona.common import config
 
     cmd = config.command(cli.ExportConfig, cli.run, name="export", help="")
     assert CliRunner().invoke(cmd, [str(cfg_file), "--no_verify"]).exit_code == 0
@@ -375,7 +375,7 @@ def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tiny_llam
     from llama_cpp import Llama
     from transformers import LlamaConfig
 
-    from steam_persona.trainer.hub import resolve_model
+    from steam_persona.common.hub import resolve_model
 
     src = resolve_model("smollm2")
     cfg = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30,
@@ -401,8 +401,8 @@ def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tiny_llam
 
 def test_export_of_a_real_qlora_trainer_run(tiny_llama_dir, tmp_path):
     """The trainer's own run dir (4-bit QLoRA, lora_target all): export reads everything from it."""
-    from steam_persona.trainer import config
-    from steam_persona.trainer.persona import DEFAULT_SYSTEM
+    from steam_persona.common import config
+    from steam_persona.common.persona import DEFAULT_SYSTEM
     from steam_persona.trainer.train import TrainConfig, run
 
     recs = [{"instruction": f"Review game {i}.", "input": "Tags: action", "output": f"Game {i}: fun, short."}
@@ -431,7 +431,7 @@ def test_gguf_base_vocabulary_comes_from_the_gguf_not_the_run(tmp_path, smollm2_
     from transformers import AutoTokenizer
 
     from steam_persona.export import merge as mg
-    from steam_persona.trainer.hub import enable_transformers_gguf, resolve_model
+    from steam_persona.common.hub import enable_transformers_gguf, resolve_model
 
     enable_transformers_gguf()
     src = resolve_model(str(smollm2_gguf))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from steam_persona.export.chat_template import OLLAMA_CHATML, end_of_turn_token, strip_default_system, with_default_system
-from steam_persona.trainer.persona import DEFAULT_SYSTEM
+from steam_persona.common.persona import DEFAULT_SYSTEM
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")

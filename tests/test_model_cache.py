@@ -23,7 +23,7 @@ def test_prune_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
 def test_the_gguf_loader_prints_no_raw_progress_bar():
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
-    from steam_persona.trainer.hub import enable_transformers_gguf
+    from steam_persona.common.hub import enable_transformers_gguf
 
     enable_transformers_gguf()
     assert gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...").disable

@@ -32,7 +32,7 @@ STEPS = 8       # 2 epochs
 
 
 def _cfg(model_dir: Path, data: Path, out: Path, **kw):
-    from steam_persona.trainer import config
+    from steam_persona.common import config
     from steam_persona.trainer.train import TrainConfig
 
     base = {"model_name_or_path": str(model_dir), "dataset": [str(data)], "output_dir": str(out),
@@ -174,7 +174,7 @@ def test_one_process_checkpoint_resumes_on_two_via_cli(runs) -> None:
 
 def test_accum_for_resume_rule(tmp_path: Path) -> None:
     from steam_persona.trainer.distributed import accum_for_resume
-    from steam_persona.trainer.errors import UserError
+    from steam_persona.common.errors import UserError
 
     ck = tmp_path / "checkpoint-5"
     ck.mkdir()
@@ -190,7 +190,7 @@ def test_accum_for_resume_rule(tmp_path: Path) -> None:
 
 def test_fsdp_launch_is_refused(monkeypatch) -> None:
     from steam_persona.trainer import distributed
-    from steam_persona.trainer.errors import UserError
+    from steam_persona.common.errors import UserError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
@@ -208,9 +208,10 @@ def test_each_rank_loads_4bit_weights_on_its_own_gpu(monkeypatch, tiny_llama_dir
     import torch
     import transformers
 
-    from steam_persona.trainer import config, distributed
+    from steam_persona.trainer import distributed
+    from steam_persona.common import config
     from steam_persona.trainer import model as model_lib
-    from steam_persona.trainer.errors import UserError
+    from steam_persona.common.errors import UserError
     from steam_persona.trainer.train import TrainConfig, resolve_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from steam_persona.trainer import cleaning, noise
+from steam_persona.reviews import cleaning
+from steam_persona.reviews import noise
 
 
 def test_page_residue_in_several_ui_languages():

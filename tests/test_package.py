@@ -17,19 +17,22 @@ import pytest
 
 import steam_persona
 from steam_persona.resources import shipped
-from steam_persona.trainer.demo_compare import PROMPTS
-from steam_persona.trainer.plugin_package import PackageConfig, run
+from steam_persona.demo_compare import PROMPTS
+from steam_persona.plugin.package import PackageConfig, run
 
 REPO = Path(steam_persona.__file__).resolve().parents[1]
 #: Import groups, lowest first: a group may import only itself and the groups before it.
-LAYERS = ("base", "trainer", "export", "serve", "top")
+LAYERS = ("base", "common", "reviews", "trainer", "export", "serve", "plugin", "top")
+#: The folders whose modules are checked (plugin/: the host-side packaging code; the plugins' own
+#: sources are never imported by the package).
+_STAGES = ("common", "reviews", "trainer", "export", "serve", "plugin")
 
 
 def _modules() -> dict[str, Path]:
     """Every module of the package: dotted name → source file."""
     out = {}
-    for folder, prefix in ((REPO / "steam_persona", "steam_persona"), (REPO / "trainer", "steam_persona.trainer"),
-                           (REPO / "export", "steam_persona.export"), (REPO / "serve", "steam_persona.serve")):
+    for folder, prefix in ((REPO / "steam_persona", "steam_persona"),
+                           *((REPO / stage, f"steam_persona.{stage}") for stage in _STAGES)):
         for f in folder.glob("*.py"):
             out[prefix if f.stem == "__init__" else f"{prefix}.{f.stem}"] = f
     return out
@@ -54,7 +57,7 @@ def _imports(path: Path, known: set[str]) -> set[str]:
 
 def _layer(module: str) -> str:
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] in ("trainer", "export", "serve"):
+    if len(parts) > 1 and parts[1] in _STAGES:
         return parts[1]
     return "base" if module in ("steam_persona", "steam_persona.resources") else "top"
 
@@ -87,7 +90,7 @@ def test_shipped_files_resolve_in_the_checkout():
     assert shipped("manifest.yaml") == REPO / "manifest.yaml"
     assert shipped("plugin/review/manifest.yaml").is_file()
     assert shipped("examples/persona_reviews.json") == REPO / "examples" / "persona_reviews.json"
-    assert shipped("trainer/persona.py").read_bytes() == (REPO / "trainer" / "persona.py").read_bytes()
+    assert shipped("common/persona.py").read_bytes() == (REPO / "trainer" / "persona.py").read_bytes()
 
 
 def test_python_m_steam_persona_from_another_folder(tmp_path):
@@ -157,7 +160,7 @@ def test_wheel_holds_one_import_name_and_every_shipped_file(wheel_env):
 @pytest.mark.slow
 def test_wheel_build_takes_the_plugin_folders_as_data_without_warnings(wheel_env):
     """Regression: setuptools warned "Package 'steam_persona.plugin.chat' is absent from the
-    `packages` configuration" for every plugin subfolder (and trainer/lists)."""
+    `packages` configuration" for every plugin subfolder (and reviews/lists)."""
     assert "Successfully built" in wheel_env["build_log"]
     assert "absent from the `packages` configuration" not in wheel_env["build_log"]
     with zipfile.ZipFile(wheel_env["wheel"]) as z:
@@ -199,3 +202,17 @@ def test_wheel_runs_a_short_demo(wheel_env, tiny_llama_dir):
     assert summary["train"]["train"] == 115 and summary["train"]["val"] == 13  # the 128 shipped English examples
     assert summary["export"]["verified"] == {"q8_0": True}
     assert [r["game"] for r in summary["reviews"]] == [g for g, _ in PROMPTS["en"]]
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    """Big jobs are recipes of small steps (docs/layout.md): no function or method of the package
+    over 60 lines, docstring included (tests and bench are not the package)."""
+    long = []
+    for folder in ("steam_persona", *_STAGES):
+        for path in (REPO / folder).rglob("*.py"):
+            if "tests" in path.relative_to(REPO).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert long == []

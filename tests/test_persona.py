@@ -1,10 +1,10 @@
-"""The one prompt format (trainer/persona.py) reproduces the seed data's records exactly."""
+"""The one prompt format (common/persona.py) reproduces the seed data's records exactly."""
 
 import json
 
 import pytest
 
-from steam_persona.trainer import persona
+from steam_persona.common import persona
 
 
 def test_seed_format_round_trip(seed_dataset):
@@ -29,7 +29,7 @@ def test_clean_name_and_options():
 
 
 def test_resolve_precedence_explicit_then_export_then_run_then_default():
-    from steam_persona.trainer.run_record import RunRecord
+    from steam_persona.common.run_record import RunRecord
 
     run, untold = RunRecord(system="RUN"), RunRecord()
     assert persona.resolve("", run, "GGUF") == ""  # an explicit '' means no system prompt

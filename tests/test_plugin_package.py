@@ -18,9 +18,9 @@ import yaml
 from click.testing import CliRunner
 
 from steam_persona.cli import main as cli
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.plugin_call import PluginCallError, PluginCode
-from steam_persona.trainer.plugin_package import MAX_UNPACKED_BYTES, PACKAGES, PackageConfig, run, stage, validate
+from steam_persona.common.errors import UserError
+from steam_persona.plugin.call import PluginCallError, PluginCode
+from steam_persona.plugin.package import MAX_UNPACKED_BYTES, PACKAGES, PackageConfig, run, stage, validate
 from steam_persona.resources import shipped
 
 FORBIDDEN_PREFIXES = ("trainer/", "export/", "serve/", "tests/", ".venv/", "build/", "dist/", ".git/")
@@ -66,7 +66,7 @@ def test_zip_follows_daemon_rules(built, key):
         assert manifest["version"] == "1.2.3"
         assert z.read("requirements.txt").decode().split() == ["dify_plugin==0.10.2"]
         # the one prompt format and the one HTTP client, byte for byte
-        assert z.read("persona.py") == shipped("trainer/persona.py").read_bytes()
+        assert z.read("persona.py") == shipped("common/persona.py").read_bytes()
         assert z.read("server_client.py") == shipped("plugin/common/server_client.py").read_bytes()
         files = {n: z.read(n) for n in names}
     assert validate(files)["name"] == manifest["name"]
@@ -122,7 +122,7 @@ def test_same_sources_same_bytes(built, tmp_path):
 
 def test_difyignore_and_always_excluded(tmp_path):
     repo = tmp_path / "repo"
-    for rel in ("manifest.yaml", "trainer/persona.py", "plugin"):
+    for rel in ("manifest.yaml", "common/persona.py", "plugin"):
         src, dst = shipped(rel), repo / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
@@ -255,5 +255,5 @@ def test_plugin_code_calls_the_packaged_function_in_its_folder():
             code.call("tools.nope:f")
         assert e.value.kind == "ModuleNotFoundError"
         folder = code.folder
-        assert (folder / "persona.py").read_bytes() == shipped("trainer/persona.py").read_bytes()
+        assert (folder / "persona.py").read_bytes() == shipped("common/persona.py").read_bytes()
     assert not folder.exists()

@@ -20,9 +20,9 @@ import pytest
 
 from tests.dify_driver import PluginProcess, plugin_python, unpack
 from tests.serving import free_port, serve_process
-from steam_persona.trainer import persona
-from steam_persona.trainer.plugin_call import PluginCallError, PluginCode
-from steam_persona.trainer.plugin_package import PackageConfig, run
+from steam_persona.common import persona
+from steam_persona.plugin.call import PluginCallError, PluginCode
+from steam_persona.plugin.package import PackageConfig, run
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from steam_persona.cli import main as cli
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.plugin_package import PackageConfig, run
-from steam_persona.trainer.plugin_sign import VERIFICATION, VERIFICATION_FILE, load_public_key, verify
+from steam_persona.common.errors import UserError
+from steam_persona.plugin.package import PackageConfig, run
+from steam_persona.plugin.sign import VERIFICATION, VERIFICATION_FILE, load_public_key, verify
 
 
 def _cli(*args: str):

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from steam_persona.trainer import config, data, persona
+from steam_persona.trainer import data
+from steam_persona.common import config
+from steam_persona.common import persona
 from steam_persona.cli import main
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.prepare import PrepareConfig, run, val_path
+from steam_persona.common.errors import UserError
+from steam_persona.reviews.prepare import PrepareConfig, run, val_path
 
 INSTR = re.compile(r"^请以资深玩家的身份，点评一下《(.+)》这款游戏。$")
 # Names for the archived apps (from their reviews: 伏龙记, 星之梦 planetarian HD); the archive has none.

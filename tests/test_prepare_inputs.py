@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from steam_persona.trainer import config
+from steam_persona.common import config
 from steam_persona.cli import main
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.prepare import PrepareConfig, run
+from steam_persona.common.errors import UserError
+from steam_persona.reviews.prepare import PrepareConfig, run
 
 EN = ["Tight combat and a map that rewards curiosity, well worth the price.",
       "The story drags in the middle act but the boss fights carry it home.",
@@ -312,7 +312,7 @@ def test_a_big_rule_is_reported_while_cleaning(tmp_path):
 
 
 def test_worker_processes_give_the_same_result(tmp_path, monkeypatch):
-    from steam_persona.trainer import prepare
+    from steam_persona.reviews import prepare
 
     rows = [[f"{t} 第{i}次", "Hades"] for i in range(300) for t in ZH]
     rows += [["Q群 123456789 进群领福利", "Hades"], ["这个策划是智障", "Hades"], [ZH[0] + "\n——来自小黑盒用户某某的评价", "Hades"]]

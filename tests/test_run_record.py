@@ -1,11 +1,11 @@
-"""The typed run record (trainer/run_record.py): where it is found, what it holds, bad files."""
+"""The typed run record (common/run_record.py): where it is found, what it holds, bad files."""
 
 from __future__ import annotations
 
 import pytest
 
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.run_record import RunRecord
+from steam_persona.common.errors import UserError
+from steam_persona.common.run_record import RunRecord
 
 RUN = """model_name_or_path: smollm2
 quantization_bit: 4

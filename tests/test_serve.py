@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.serving import REPO, port_is_free, start_server
-from steam_persona.trainer.persona import DEFAULT_SYSTEM
+from steam_persona.common.persona import DEFAULT_SYSTEM
 
 KEY = "test-key-8f3a"
 AUTH = {"Authorization": f"Bearer {KEY}"}

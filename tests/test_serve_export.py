@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 
 from tests.serving import serve_process
-from steam_persona.trainer import config
+from steam_persona.common import config
 
 
 def test_serve_an_export_dir(tiny_llama_dir, tmp_path):

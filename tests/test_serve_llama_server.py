@@ -22,8 +22,8 @@ import pytest
 from llama_cpp.server.types import CreateChatCompletionRequest
 
 from steam_persona.serve.llama_server import find_binary, native_body, server_args
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.persona import DEFAULT_SYSTEM
+from steam_persona.common.errors import UserError
+from steam_persona.common.persona import DEFAULT_SYSTEM
 from tests.serving import REPO, start_server
 
 

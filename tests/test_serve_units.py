@@ -11,9 +11,9 @@ from steam_persona.serve.errors import RequestError
 from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.modelinfo import choose_n_ctx, default_alias, find_gguf, read_model_info, template_default_system
 from steam_persona.serve.persona import apply_persona, resolve_persona
-from steam_persona.trainer.arguments import n_threads
+from steam_persona.common.arguments import n_threads
 from steam_persona.serve.validate import check_generation, check_token_ids, parse_json
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.errors import UserError
 
 CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
           "{{ '<|im_start|>system\\nDEFAULT PERSONA<|im_end|>\\n' }}{% endif %}"
@@ -182,7 +182,7 @@ def test_check_generation_normalises_limits_and_refuses_the_unsupported():
 def test_export_persona_template_is_read_back(smollm2_gguf, qwen_tokenizer_dir):
     """The contract with export: the persona it writes into a template is what serve finds there."""
     from steam_persona.export.chat_template import with_default_system
-    from steam_persona.trainer.persona import DEFAULT_SYSTEM
+    from steam_persona.common.persona import DEFAULT_SYSTEM
 
     qwen = (qwen_tokenizer_dir / "chat_template.jinja").read_text(encoding="utf-8")
     smol = read_model_info(smollm2_gguf).chat_template

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from steam_persona.trainer import config
-from steam_persona.trainer.errors import UserError
+from steam_persona.common import config
+from steam_persona.common.errors import UserError
 from steam_persona.trainer.train import TrainConfig, run
 
 SEED_CMD = """llamafactory-cli train --stage sft --do_train --model_name_or_path Qwen/Qwen2.5-7B-Instruct \
@@ -213,7 +213,7 @@ def test_plain_progress_lines_when_not_a_terminal(tiny_llama_dir, eight, tmp_pat
     import io as _io
     import re
 
-    from steam_persona.trainer import console as console_mod
+    from steam_persona.common import console as console_mod
 
     buf = _io.StringIO()
     # Patch rich's private _file (None = follow sys.stderr): patching the `file` property would
@@ -337,7 +337,7 @@ def test_loss_agrees_across_log_summary_and_results(tiny_llama_dir, eight, tmp_p
 def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch):
     import io as _io
 
-    from steam_persona.trainer import console as console_mod
+    from steam_persona.common import console as console_mod
     from steam_persona.trainer import train as train_mod
     from steam_persona.trainer.throughput import Throughput
 

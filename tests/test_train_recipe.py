@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from steam_persona.trainer import config
+from steam_persona.common import config
 from steam_persona.trainer.train import BEST_DIR, TrainConfig, TrainRecipe
 
 

@@ -1,5 +1,6 @@
-"""steam-persona's training stages (``steam_persona.trainer``): data → QLoRA SFT → eval, the plugin
-packager, and the config, errors, io and console shared by every stage."""
+"""steam-persona's training stage (``steam_persona.trainer``): dataset loading and encoding, QLoRA
+SFT, eval and validate; importing it keeps bitsandbytes and transformers off the network
+(:mod:`.offline`)."""
 
 import warnings
 

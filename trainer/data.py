@@ -6,7 +6,7 @@ Accepted input (LLaMA-Factory ``data/README.md`` formats):
   be remapped by a ``dataset_info.json`` entry's ``columns``: prompt / query / response / system /
   history). One record becomes ``[system?] + history turns + user(instruction + "\\n" + input) +
   assistant(output)``, as LLaMA-Factory's alpaca converter (``src/llamafactory/data/converter.py``)
-  and :func:`steam_persona.trainer.persona.user_message` do.
+  and :func:`steam_persona.common.persona.user_message` do.
 * **sharegpt** records ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}``
   (tags remappable through ``tags``) and **OpenAI messages** ``{"messages": [{"role", "content"}]}``.
 
@@ -24,7 +24,7 @@ record and the fix, the GBK hint, and no cache directory; the files are small (S
 Public API: :func:`resolve` (``--dataset`` → file + format), :func:`read_dataset` (all records and
 every problem), :func:`load_conversations` (strict: raises on the first problem), and
 :func:`load_messages` (OpenAI-style message lists with the persona system prompt, for eval/demo);
-:func:`decode` (bytes → text with the ``--encoding`` hint, shared with prepare).
+:func:`steam_persona.common.textfile.decode` (bytes → text with the ``--encoding`` hint, shared with prepare).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steam_persona.trainer import registry
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.persona import user_message
+from steam_persona.common import registry
+from steam_persona.common.errors import UserError
+from steam_persona.common.textfile import decode
+from steam_persona.common.persona import user_message
 
 #: One conversation: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
 Conversation = list[dict[str, str]]
@@ -103,34 +104,6 @@ def _decode(path: Path, encoding: str, arg: str) -> str:
     if not path.is_file():
         raise UserError(f"{path}: dataset file not found; check {arg} / --dataset_dir")
     return decode(path, path.read_bytes(), encoding)
-
-
-def decode(path: Path, raw: bytes, encoding: str) -> str:
-    """``raw`` (the bytes of ``path``) as text in ``--encoding`` (``utf-8`` also accepts a BOM).
-
-    Raises:
-        UserError: an unknown encoding, or bytes that are not valid in it: the line, the byte offset
-            and a hint (``--encoding gbk`` when the bytes decode as GB18030).
-    """
-    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
-    try:
-        return raw.decode(enc)
-    except LookupError:
-        raise UserError(f"{path}: unknown --encoding '{encoding}'; use e.g. utf-8, gbk, gb18030, utf-16") from None
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        guess = ""
-        for other in ("gb18030", "utf-16", "big5"):
-            try:
-                raw.decode(other)
-                guess = other
-                break
-            except UnicodeDecodeError:
-                continue
-        hint = ("it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk" if guess == "gb18030"
-                else f"it may be {guess}; pass --encoding {guess}" if guess
-                else "re-save it as UTF-8 or pass the right --encoding")
-        raise UserError(f"{path}: line {line}: not valid {encoding} (byte {e.start}); {hint}") from None
 
 
 def _parse(path: Path, text: str, arg: str) -> list[Any]:
@@ -252,7 +225,7 @@ def _sharegpt(rec: Any, cols: dict[str, str], tags: dict[str, str], system: str 
 def _warn_unmapped(spec: DatasetSpec, fmt: str, records: list[Any]) -> None:
     """One warning per file naming the record keys ``system``/``history`` that ``spec.columns`` leaves
     unmapped (they are ignored)."""
-    from steam_persona.trainer.console import console
+    from steam_persona.common.console import console
 
     keys = ("system", "history") if fmt == "alpaca" else ("system",)
     unmapped = [k for k in keys if k not in spec.columns and k not in spec.columns.values()
@@ -330,12 +303,12 @@ def load_messages(dataset: str, dataset_dir: str | Path = "data", *, system: str
 
     Each list is ``[system] + turns`` and ends with the reference assistant reply; drop the last
     message to get a prompt (``msgs[:-1]``) and keep ``msgs[-1]["content"]`` as the reference.
-    ``system`` is chosen by :func:`steam_persona.trainer.persona.resolve` (``None``: the built-in
+    ``system`` is chosen by :func:`steam_persona.common.persona.resolve` (``None``: the built-in
     persona; ``""``: none).
 
     Raises:
         UserError: as :func:`load_conversations`.
     """
-    from steam_persona.trainer import persona
+    from steam_persona.common import persona
 
     return load_conversations(dataset, dataset_dir, system=persona.resolve(system), encoding=encoding)

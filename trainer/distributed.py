@@ -41,7 +41,7 @@ from typing import Any, ContextManager
 
 import click
 
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.errors import UserError
 
 #: Set (unless the user set them) in every process we launch or join: NVLink SHARP multicast off in NCCL,
 #: PyTorch symmetric memory and NVSHMEM. DDP's all-reduce of a few MB of LoRA gradients gains nothing from
@@ -205,7 +205,7 @@ def accum_for_resume(ckpt: Path, accum: int, world: int) -> int:
         raise UserError(f"{ckpt}: trained with {per_step} micro-batches per optimizer step "
                         f"({per_step // saved_world} accumulation steps × {saved_world} processes), which "
                         f"{world} processes cannot split evenly; resume with a process count that divides {per_step}")
-    from steam_persona.trainer.console import console
+    from steam_persona.common.console import console
 
     if rank_world()[0] == 0:
         console.print(f"resuming a {saved_world}-process checkpoint on {world}: gradient_accumulation_steps "
@@ -241,7 +241,7 @@ def relaunch(cfg: Any, nproc: int) -> dict[str, Any]:
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from steam_persona.trainer import config
+    from steam_persona.common import config
 
     if torch.cuda.is_available() and not cfg.use_cpu and nproc > torch.cuda.device_count():
         raise UserError(f"--nproc_per_node {nproc}: this host has {torch.cuda.device_count()} GPU(s); use at most "

@@ -34,13 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steam_persona.trainer import atomic, config, eval_metrics, persona
-from steam_persona.trainer.arguments import (CUTOFF_LEN, DataArguments, GeneratingArguments, ModelArguments,
+from steam_persona.trainer import eval_metrics
+from steam_persona.common import atomic
+from steam_persona.common import config
+from steam_persona.common import persona
+from steam_persona.common.arguments import (CUTOFF_LEN, DataArguments, GeneratingArguments, ModelArguments,
                                              TrainingArguments)
-from steam_persona.trainer.config import arg
-from steam_persona.trainer.console import console, progress, summary_table
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.run_record import RunRecord
+from steam_persona.common.config import arg
+from steam_persona.common.console import console, progress, summary_table
+from steam_persona.common.errors import UserError
+from steam_persona.common.run_record import RunRecord
 from steam_persona.trainer.templates import ChatTemplate
 
 #: Goals of the real-input eval report: loss reduction, end-of-turn stop rate, copy rate.

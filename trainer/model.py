@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.hub import ModelSource, enable_transformers_gguf, resolve_model
+from steam_persona.common.errors import UserError
+from steam_persona.common.hub import ModelSource, enable_transformers_gguf, resolve_model
 
 
 #: Dequantized GGUF bases kept in :func:`cache_dir`; older ones (least recently used) are deleted.
@@ -45,7 +45,7 @@ def hf_path(source: ModelSource) -> str:
         return source.path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from steam_persona.trainer import atomic
+    from steam_persona.common import atomic
 
     gguf = Path(source.path) / source.gguf_file
     st = gguf.stat()
@@ -55,7 +55,7 @@ def hf_path(source: ModelSource) -> str:
         os.utime(target)  # recently used: the last to be pruned
         return str(target)
     enable_transformers_gguf()
-    from steam_persona.trainer.console import console
+    from steam_persona.common.console import console
 
     console.print(f"[dim]converting {gguf.name} to an HF checkpoint once (cached in {target})[/dim]")
     model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.bfloat16)
@@ -247,7 +247,7 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
         UserError: no base given and no run_config.yaml, a missing adapter, or an unreadable
             run_config.yaml.
     """
-    from steam_persona.trainer.run_record import RunRecord
+    from steam_persona.common.run_record import RunRecord
 
     device = device or default_device()
     if dtype is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from steam_persona.trainer import atomic
+from steam_persona.common import atomic
 
 
 def plot_loss(rows: list[dict], target: str | Path, title: str = "training loss") -> None:

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.errors import UserError
 
 Segment = tuple[str, str]  # (kind, text); kind in prompt | reply | eot | trailer
 

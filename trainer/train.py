@@ -5,7 +5,7 @@ The seed command of the LLaMA-Factory recipe runs verbatim with ``steam-train tr
 
 Python API::
 
-    from steam_persona.trainer import config
+    from steam_persona.common import config
     from steam_persona.trainer.train import TrainConfig, run
     cfg = config.build(TrainConfig, {"dataset": ["data.json"], "output_dir": "saves/x", "max_steps": 10})
     results = run(cfg)   # dict: output_dir, loss_first, loss_last, global_step, train_tokens_per_second, ...
@@ -45,13 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from steam_persona.trainer import atomic, config
-from steam_persona.trainer.arguments import (DataArguments, LoraArguments, ModelArguments, QuantizationArguments,
+from steam_persona.common import atomic
+from steam_persona.common import config
+from steam_persona.common.arguments import (DataArguments, LoraArguments, ModelArguments, QuantizationArguments,
                                              TrainingArguments)
-from steam_persona.trainer.config import arg
-from steam_persona.trainer.console import console, plain_progress, progress, summary_table
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.persona import DEFAULT_SYSTEM
+from steam_persona.common.config import arg
+from steam_persona.common.console import console, plain_progress, progress, summary_table
+from steam_persona.common.errors import UserError
+from steam_persona.common.persona import DEFAULT_SYSTEM
 from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput
 
 

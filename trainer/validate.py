@@ -14,12 +14,12 @@ from typing import Any
 
 from rich.text import Text
 
-from steam_persona.trainer import config
-from steam_persona.trainer.arguments import DataArguments, ModelArguments
-from steam_persona.trainer.config import arg
-from steam_persona.trainer.console import console, progress, status, summary_table
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.persona import DEFAULT_SYSTEM
+from steam_persona.common import config
+from steam_persona.common.arguments import DataArguments, ModelArguments
+from steam_persona.common.config import arg
+from steam_persona.common.console import console, progress, status, summary_table
+from steam_persona.common.errors import UserError
+from steam_persona.common.persona import DEFAULT_SYSTEM
 
 
 @dataclass
@@ -51,7 +51,7 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
     """
     from steam_persona.trainer import data
     from steam_persona.trainer.encode import encode_conversation, fit
-    from steam_persona.trainer.hub import resolve_model
+    from steam_persona.common.hub import resolve_model
     from steam_persona.trainer.templates import ChatTemplate
 
     if not cfg.dataset:

@@ -2,10 +2,10 @@
 
 ``write_steam_review`` (the Dify tool) is a thin shell around :func:`write_review`; ``steam-train
 demo`` calls :func:`write_review` in the packaged plugin's folder from the host Python (3.11)
-(``steam_persona.trainer.plugin_call.PluginCode``) to produce the very same request.
+(``steam_persona.plugin.call.PluginCode``) to produce the very same request.
 
 Imports ``persona`` and ``server_client`` as top-level modules: ``steam-train plugin package``
-copies ``trainer/persona.py`` (the one definition of the prompt format) and
+copies ``common/persona.py`` (the one definition of the prompt format) and
 ``plugin/common/server_client.py`` to the package root. Tests: ``tests/`` beside this folder.
 """
 

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steam_persona.trainer import atomic
-from steam_persona.trainer.errors import UserError
+from steam_persona.common import atomic
+from steam_persona.common.errors import UserError
 
 REGISTRY_FILE = "dataset_info.json"
 

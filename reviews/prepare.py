@@ -2,15 +2,15 @@
 
 Pipeline (each rule counted in ``prepare_report.json``, ``prepare_report.md`` and the console
 table, each switchable; :data:`RULES` is the order): read + detect formats and columns
-(:mod:`steam_persona.trainer.sources`, :mod:`steam_persona.trainer.columns`) → language (field or detected) → voted_up / votes /
+(:mod:`steam_persona.reviews.sources`, :mod:`steam_persona.reviews.columns`) → language (field or detected) → voted_up / votes /
 playtime selection → game name known → BBCode → HTML → whitespace → page residue → signatures and
 handles → text art → Traditional→Simplified → empty → ``♥`` masks → spam and campaigns → identity
 slurs → blocklist → PII scrub → checklists → too little language → looping → length bounds →
 script check → template fields → exact duplicates → near duplicates → copypastas →
 ``--max_per_game`` balance → seeded train/val split → atomic writes → optional LLaMA-Factory
-registration (:func:`steam_persona.trainer.registry.register`).
+registration (:func:`steam_persona.common.registry.register`).
 
-Output records are ``{"instruction", "input", "output"}`` built with :mod:`steam_persona.trainer.persona`'s
+Output records are ``{"instruction", "input", "output"}`` built with :mod:`steam_persona.common.persona`'s
 templates, which reproduces the seed data's format (``../shared/data/steam_sft_sample.json``).
 """
 
@@ -30,13 +30,20 @@ from typing import Any, Callable, Iterator
 
 from rich.table import Table
 
-from steam_persona.trainer import atomic, cleaning, config, noise, persona, prepare_report, registry, sources
-from steam_persona.trainer import columns as columns_mod
-from steam_persona.trainer.arguments import DataArguments
-from steam_persona.trainer.config import arg
-from steam_persona.trainer.console import console, progress
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.sources import Review
+from steam_persona.common import atomic
+from steam_persona.reviews import cleaning
+from steam_persona.common import config
+from steam_persona.reviews import noise
+from steam_persona.common import persona
+from steam_persona.reviews import report as prepare_report
+from steam_persona.common import registry
+from steam_persona.reviews import sources
+from steam_persona.reviews import columns as columns_mod
+from steam_persona.common.arguments import DataArguments
+from steam_persona.common.config import arg
+from steam_persona.common.console import console, progress
+from steam_persona.common.errors import UserError
+from steam_persona.reviews.sources import Review
 
 TEMPLATE_FIELDS = ("name", "tags", "verdict", "playtime_hours")
 _clean_name = functools.lru_cache(maxsize=65536)(persona.clean_game_name)  # a few names, many reviews
@@ -108,7 +115,7 @@ class PrepareConfig:
     drop_spam: bool = arg(True, "Drop adverts and campaigns: QQ/WeChat contacts, phone numbers, referral codes, "
                           "award begging, giveaways, trading, boosting (代练/代充), stream promotion, shop links.")
     drop_identity_slurs: bool = arg(True, "Drop reviews with a slur about people's ethnicity, nationality, sexual "
-                                    "orientation, gender identity or disability (trainer/lists/identity_slurs.txt).")
+                                    "orientation, gender identity or disability (reviews/lists/identity_slurs.txt).")
     blocklist: str | None = arg(None, "Your own word list file (one per line, # comments): drop reviews containing any.")
     scrub_pii: bool = arg(True, "Remove personal data and links from kept text: Steam profile/invite links, SteamIDs, "
                           "friend codes, e-mails, QQ/WeChat contacts, phone numbers, other links and domains.")

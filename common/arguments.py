@@ -4,7 +4,7 @@ The groups follow LLaMA-Factory's ``hparams/`` (``ModelArguments``, ``Quantizati
 ``DataArguments``, ``LoraArguments``, ``GeneratingArguments``; transformers' ``TrainingArguments``
 for the few optimisation flags the demo and eval share with train) plus llama.cpp's runtime settings
 (``LlamaCppArguments``, named as llama-cpp-python's ``server/settings.py``). A stage config takes a
-field with ``Group.use(name[, default])`` (:class:`steam_persona.trainer.config.Arguments`): only
+field with ``Group.use(name[, default])`` (:class:`steam_persona.common.config.Arguments`): only
 the default may differ per stage; the help text says what an unset value means where a stage
 allows one (``None``: taken from the run or the model).
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from steam_persona.trainer.config import Arguments, arg
+from steam_persona.common.config import Arguments, arg
 
 #: ``--cutoff_len`` when neither the flag nor the run gives one (LLaMA-Factory's default too).
 CUTOFF_LEN = 2048

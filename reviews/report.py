@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from steam_persona.trainer import atomic
+from steam_persona.common import atomic
 
 
 def write(report: dict[str, Any], lengths: list[tuple[int, str]], json_path: Path, md_path: Path) -> None:

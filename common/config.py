@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal
 import click
 import yaml
 
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.errors import UserError
 
 def arg(
     default: Any = dataclasses.MISSING,
@@ -71,7 +71,7 @@ _KEEP = object()
 
 
 class Arguments:
-    """Base of a settings group (``steam_persona.trainer.arguments``): a dataclass of :func:`arg`
+    """Base of a settings group (``steam_persona.common.arguments``): a dataclass of :func:`arg`
     fields that several stages share, as LLaMA-Factory's ``ModelArguments`` / ``DataArguments``.
 
     A stage's config takes a group's field with :meth:`use`, keeping its own field order (= the

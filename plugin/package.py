@@ -5,7 +5,7 @@ the persona ships as two plugins: the chat model provider (``manifest.yaml`` at 
 sources in ``plugin/chat/``) and the review tool (``plugin/review/``). :data:`PACKAGES` is the one
 table of what goes where. Each plugin folder is laid out like Dify's own (``main.py``,
 ``provider/``, ``models/`` or ``tools/``, ``pyproject.toml`` + ``uv.lock``, its tests beside it);
-two shared files are copied to the root of both packages: ``trainer/persona.py`` (the prompt format
+two shared files are copied to the root of both packages: ``common/persona.py`` (the prompt format
 and the persona: one definition, also used by train, export and serve) and
 ``plugin/common/server_client.py`` (HTTP to the server). Copied at package time rather than kept
 in each folder, because a committed copy per plugin would be two more persona definitions to keep
@@ -19,7 +19,7 @@ manifest regexes and required fields, icons present in ``_assets/``, referenced 
 present, model-vs-tool exclusivity, ≤ 50 MiB. The zip holds file entries only, sorted, with
 forward slashes, ``manifest.yaml`` at the root, deflated, and a fixed timestamp so that the same
 sources give the same bytes. Unsigned, it has no zip comment; with ``--sign KEY`` it gets the
-daemon's verification entry last and a signature comment (:mod:`steam_persona.trainer.plugin_sign`), so only
+daemon's verification entry last and a signature comment (:mod:`steam_persona.plugin.sign`), so only
 the comment differs between two signed builds. ``plugin keygen`` and ``plugin verify`` make keys
 and check packages.
 
@@ -42,11 +42,12 @@ import pathspec
 import yaml
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from steam_persona.trainer import config, plugin_sign
-from steam_persona.trainer.config import arg
-from steam_persona.trainer.console import summary_table
-from steam_persona.trainer.errors import UserError
-from steam_persona.trainer.atomic import atomic_path
+from steam_persona.common import config
+from steam_persona.plugin import sign as plugin_sign
+from steam_persona.common.config import arg
+from steam_persona.common.console import summary_table
+from steam_persona.common.errors import UserError
+from steam_persona.common.atomic import atomic_path
 from steam_persona.resources import shipped
 
 #: Unpacked size limit of a package (the daemon's 50 MiB).
@@ -89,7 +90,7 @@ class Package:
     extra: tuple[tuple[str, str], ...]
 
 
-_SHARED = (("persona.py", "trainer/persona.py"), ("server_client.py", "plugin/common/server_client.py"))
+_SHARED = (("persona.py", "common/persona.py"), ("server_client.py", "plugin/common/server_client.py"))
 #: What goes where.
 PACKAGES = (
     Package("chat", manifest="manifest.yaml", source="plugin/chat", extra=_SHARED),

@@ -15,14 +15,14 @@ format                    what it looks like
 ``store-csv``             the store-scrape CSV: UTF-8 with BOM, ``title``, ``tags_raw`` (Steam
                           tag ids), ``user_reviews`` (a JSON list inside a cell)
 ``table``                 any other flat review table: CSV/TSV, JSON array, JSON Lines or Parquet
-                          rows whose columns :mod:`steam_persona.trainer.columns` matches (or ``--columns`` maps)
+                          rows whose columns :mod:`steam_persona.reviews.columns` matches (or ``--columns`` maps)
 ``alpaca``                alpaca JSON array or JSONL (``instruction``, ``input``, ``output``)
 ``sharegpt``              sharegpt JSON/JSONL (``conversations`` from/value or ``messages``
                           role/content); each user → assistant pair becomes one record
 ========================  ========================================================================
 
 Any file may be gzip-compressed (``.gz``, detected by its magic bytes). Review JSON follows Steam's ``appreviews`` API (../shared/reference/steam-api.md); store
-metadata follows ``api/appdetails``. Every problem raises :class:`~steam_persona.trainer.errors.UserError`
+metadata follows ``api/appdetails``. Every problem raises :class:`~steam_persona.common.errors.UserError`
 naming the file, the record and the fix.
 """
 
@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from steam_persona.trainer import columns as columns_mod
-from steam_persona.trainer import persona
-from steam_persona.trainer.data import decode
-from steam_persona.trainer.errors import UserError
+from steam_persona.reviews import columns as columns_mod
+from steam_persona.common import persona
+from steam_persona.common.textfile import decode
+from steam_persona.common.errors import UserError
 
 #: Steam user-tag ids → (English, 简体中文) names, for ``tags_raw`` in the store-scrape CSV.
 #: Ids and English names: Steam's tag list (``store.steampowered.com/tagdata/populartags/english``);
@@ -120,7 +120,7 @@ class Review:
     ``prompt_language`` is ``"zh"``/``"en"`` when it followed the templates of that language.
     ``author`` (user name and/or steam id, one per line) only feeds the screen-name scrubber; it is
     never written.
-    ``length`` is set by ``prepare``'s length rule (:func:`steam_persona.trainer.noise.length`).
+    ``length`` is set by ``prepare``'s length rule (:func:`steam_persona.reviews.noise.length`).
     """
 
     text: str
@@ -392,7 +392,7 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
 
 
 def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]) -> Loaded:
-    """Flat rows ``[(where, {header: value})]`` → a ``table`` :class:`Loaded` (see :mod:`steam_persona.trainer.columns`)."""
+    """Flat rows ``[(where, {header: value})]`` → a ``table`` :class:`Loaded` (see :mod:`steam_persona.reviews.columns`)."""
     headers: list[str] = []
     for _, row in rows[:50]:
         if isinstance(row, dict):

@@ -38,10 +38,11 @@ from typing import Any, Callable
 import httpx
 from rich.progress import TextColumn
 
-from steam_persona.trainer import atomic, config
-from steam_persona.trainer.config import arg
-from steam_persona.trainer.console import console, progress, summary_table
-from steam_persona.trainer.errors import UserError
+from steam_persona.common import atomic
+from steam_persona.common import config
+from steam_persona.common.config import arg
+from steam_persona.common.console import console, progress, summary_table
+from steam_persona.common.errors import UserError
 
 #: Query parameters that must match between a run and the run it resumes.
 _QUERY_FIELDS = ("language", "filter", "review_type", "purchase_type", "day_range", "num_per_page", "max_reviews")

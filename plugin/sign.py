@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.errors import UserError
 
 #: The daemon's verification entry, written last in a signed package (``consts.VERIFICATION_FILE``).
 VERIFICATION_FILE = ".verification.dify.json"

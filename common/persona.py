@@ -20,7 +20,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: this module stays standard-library only at run time
-    from steam_persona.trainer.run_record import RunRecord
+    from steam_persona.common.run_record import RunRecord
 
 #: Persona system prompt used in training, in the exported chat template and by the server.
 DEFAULT_SYSTEM = (

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from steam_persona.trainer.plugin_package import package, stage
+from steam_persona.plugin.package import package, stage
 
 #: Child program: read {"target", "args", "kwargs"} from stdin, answer {"result"} or {"error", "message"}.
 _CALLER = """

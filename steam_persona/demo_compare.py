@@ -47,7 +47,7 @@ GOALS = {"loss_change": -0.20, "stop_rate": 1.0, "seq_rep_4": 0.05, "addresses_g
 def prompt_conversation(system: str, game: str, tags: str, language: str) -> list[dict[str, str]]:
     """The review request for ``game`` in the training format, ending with a placeholder reply
     (:func:`steam_persona.trainer.evaluate.prompt_ids` cuts the conversation where the reply starts)."""
-    from steam_persona.trainer.persona import review_messages
+    from steam_persona.common.persona import review_messages
 
     return [*review_messages(system, game_name=game, tags=tags, language=language),
             {"role": "assistant", "content": "-"}]
@@ -63,7 +63,8 @@ def compare(base: str, run_dir: str, val_file: str, language: str, system: str, 
         "base", "tuned"}]`` (each side ``{"text", "new_tokens", "stopped", "seconds"}``) ``,
         "sampling", "max_new_tokens", "seed"}``.
     """
-    from steam_persona.trainer import config, data, evaluate
+    from steam_persona.trainer import data, evaluate
+    from steam_persona.common import config
     from steam_persona.trainer.model import load_for_inference
     from steam_persona.trainer.templates import ChatTemplate
 

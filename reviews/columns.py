@@ -1,4 +1,4 @@
-"""Flat review tables (CSV/TSV, JSON, JSON Lines, Parquet rows) → :class:`~steam_persona.trainer.sources.Review`.
+"""Flat review tables (CSV/TSV, JSON, JSON Lines, Parquet rows) → :class:`~steam_persona.reviews.sources.Review`.
 
 Each column is matched to one of our fields by its header (:data:`ALIASES`: Steam API names,
 flattened as ``author.playtime_forever``; store-page scrape headers ``Tag, Hours, Date, Content,
@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.errors import UserError
 
 #: our field → accepted header names, compared after :func:`_norm` (case, spaces, ``_``/``-``/``.``).
 ALIASES: dict[str, tuple[str, ...]] = {

@@ -325,7 +325,7 @@ def blocked_word(text: str, blocklist: WordList) -> str | None:
     return hit[1] if hit else None
 
 
-IDENTITY_SLURS = shipped("trainer/lists/identity_slurs.txt")
+IDENTITY_SLURS = shipped("reviews/lists/identity_slurs.txt")
 _CJK_ENTRY = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 

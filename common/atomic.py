@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.errors import UserError
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.errors import UserError
 
 #: Short names that select the embedded default base model.
 EMBEDDED_ALIASES = ("smollm2", "smollm2-135m-instruct", "smollm2-135m", "default", "embedded")

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from steam_persona.trainer.arguments import quantization_bits
-from steam_persona.trainer.errors import UserError
+from steam_persona.common.arguments import quantization_bits
+from steam_persona.common.errors import UserError
 
 RUN_CONFIG = "run_config.yaml"
 
