@@ -64,6 +64,9 @@ STACKS = {
     "ours-lowmem": "loss,fixed,long",             # that, plus eager layers with chunked MLPs for rows > 16k
     "ours-main-1205": "loss,fixed,long",          # the defaults before chunked MLPs and overlapped offload
     "ours-profile": "profile",                    # torch.profiler over 2 steps of fixed 1024 x 4: where time goes
+    "ours-opaque-mlp": "fixed,memory,long",       # MLPs as one op recomputed in pieces (accel.opaque_mlp), offload
+                                                  # at every length, long rows compiled too
+    "ours-opaque-mlp-only": "fixed",              # the MLP op alone (offload from 16k as by default)
     "ours-memory": "fixed,memory",                # what is live at the peak of a fixed 1024 x 4 step (memory_profile)
     "unsloth": "loss,real_bs16,real_pf4x4,fixed,long",  # the anchor, run its recommended way (bench/unsloth_stack.py)
     "ours-no-shared-dequant": "fixed",            # bitsandbytes' own 4-bit matmul (3 dequantizations a weight a step)
@@ -168,13 +171,18 @@ def build_ours(model_dir: Path, variant: str):
           "offload_min_tokens": None if variant == "ours-no-offload" else 1 if variant == "ours-offload-overlap"
           else accel.OFFLOAD_MIN_TOKENS, "offload_overlap": variant != "ours-main-1205",
           "mlp_chunk_min_tokens": None if variant == "ours-main-1205" else accel.MLP_CHUNK_MIN_TOKENS}
-    if variant in ("ours-lowmem", "ours-offload-overlap"):
+    if variant in ("ours-lowmem", "ours-offload-overlap", "ours-opaque-mlp"):
         kw["offload_min_tokens"] = 1
+    if variant.startswith("ours-opaque-mlp"):
+        kw["mlp_chunk_min_tokens"] = None
     if variant == "ours-lowmem":
         kw["mlp_chunk_min_tokens"] = 16384
     if variant == "ours-ckpt-outside":
         kw["compile_layers"] = False
     report = accel.accelerate(model, **kw)
+    if variant.startswith("ours-opaque-mlp"):
+        n = accel.opaque_mlp(model.get_base_model().model.layers)
+        report["opaque_mlp"] = f"on ({n} MLPs, pieces of {accel.MLP_PIECE_TOKENS} tokens)"
     if variant == "ours-no-shared-dequant":
         for m in model.modules():
             if type(m).__name__ == "Linear4bit":
