@@ -525,7 +525,7 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
         if f"real_bs{bs}" in kinds:
             record(f"real_bs{bs}", ours(real, bs))
     if "real_pf4x4" in kinds:  # Unsloth: 16 samples a step as 4 padding-free rows of 4, accumulated
-        record("real_pf4x4", lambda: unsloth_stack.run(model, tok, real, 4, steps * 4, warmup * 4, True, 4096, tmp,
+        record("real_pf4x4", lambda: unsloth_stack.run(model, tok, real, 4, steps, warmup, True, 4096, tmp,
                                                         _timing, accum=4))
     fixed = fixed_samples(4 * steps, flen, vocab)
     if "fixed" in kinds:
@@ -676,12 +676,46 @@ def summarize(results: dict) -> dict:
         g("loss equals baseline's on the same 64 samples (rel. diff)", "<= 1e-2 (bf16 noise)", d, d <= 1e-2)
         d = abs(ol["packed"] - ol["alone"]) / ol["alone"]
         g("packed loss equals each sample alone (rel. diff)", "<= 1e-2 (bf16 noise)", d, d <= 1e-2)
+    if results.get("unsloth", {}).get("configs"):
+        goals.update(unsloth_goals(ours, results["unsloth"]))
     print()
     for k, v in goals.items():
         m = v["measured"]
         ms = "n/a" if m is None else (f"{m:.3f}" if isinstance(m, float) else str(m))
         print(f"{'MET ' if v['met'] else 'MISS'} {k}: {ms} (goal {v['goal']})")
     return {"ratios": ratios, "goals": goals}
+
+
+def unsloth_goals(ours: dict, unsloth: dict) -> dict:
+    """The goals against Unsloth, from stacks of the same run: {name: {"goal", "measured", "met"}}; a goal
+    whose figures are missing (not run, out of memory) is not met."""
+    oc, uc = ours.get("configs", {}), unsloth.get("configs", {})
+    goals = {}
+
+    def tok(c, name):
+        return c.get(name, {}).get("eff_tokens_per_s")
+
+    def peak(c, name):
+        return c.get(name, {}).get("peak_gib")
+
+    for name, label, need in (("fixed", "fixed 1024x4", 1.2), ("long_32768", "32k tokens, batch 1", 1.0)):
+        ok = None not in (tok(oc, name), tok(uc, name))
+        r = tok(oc, name) / tok(uc, name) if ok else None
+        goals[f"{label}: tokens/s vs Unsloth's, at <= its peak GiB"] = {
+            "goal": f">= {need}x, peak <= Unsloth's", "measured": [r, peak(oc, name), peak(uc, name)] if ok else None,
+            "met": ok and r >= need and peak(oc, name) <= peak(uc, name)}
+    mfu = oc.get("fixed", {}).get("mfu")
+    goals["fixed 1024x4 MFU (against Unsloth)"] = {"goal": ">= 65%", "measured": mfu, "met": bool(mfu and mfu >= 0.65)}
+    best_u = max((t for t in (tok(uc, "real_bs16"), tok(uc, "real_pf4x4")) if t), default=None)
+    r = tok(oc, "real_bs16") / best_u if best_u and tok(oc, "real_bs16") else None
+    goals["real sample, 16 samples a step: tokens/s vs Unsloth's best"] = {"goal": ">= 2x", "measured": r,
+                                                                          "met": bool(r and r >= 2)}
+    mfu = oc.get("real_bs16", {}).get("mfu")
+    goals["real sample, 16 samples a step: MFU"] = {"goal": ">= 60%", "measured": mfu, "met": bool(mfu and mfu >= 0.6)}
+    longest = ours.get("longest_context")
+    goals["longest context at batch 1 within cap (against Unsloth)"] = {
+        "goal": ">= 98304 tokens", "measured": longest, "met": bool(longest and longest >= 98304)}
+    return goals
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import types
+import weakref
 from contextlib import nullcontext
 
 import torch
@@ -615,8 +616,9 @@ def _chunked_mlp_forward(self, x):
 
 
 MLP_PIECE_TOKENS = 2048
-#: the MLPs given to `opaque_mlp`, by the data pointer of their first trainable parameter (see `_mlp_of`)
-_OPAQUE_MLPS: dict[int, torch.nn.Module] = {}
+#: the MLPs given to `opaque_mlp`, by the data pointer of their first trainable parameter (see `_mlp_of`);
+#: weak, so a model that is freed leaves nothing behind
+_OPAQUE_MLPS: weakref.WeakValueDictionary[int, torch.nn.Module] = weakref.WeakValueDictionary()
 
 
 def opaque_mlp(layers, piece_tokens: int = MLP_PIECE_TOKENS) -> int:
