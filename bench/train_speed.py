@@ -382,28 +382,13 @@ def profile_steps(model, samples: list[dict], pad_id: int, trace: Path | None = 
     return {"wall_s_2_steps": wall, "device_busy_s": busy, "kernels": n_kernels, "top": table}
 
 
-def memory_profile(model, samples: list[dict], pad_id: int, top: int = 25) -> dict:
-    """What holds device memory at the peak of 2 steps of batch 4 (after the compiled warm-up steps).
-
-    Records the allocator's history (``torch.cuda.memory._record_memory_history``, Python stacks), replays
-    its alloc/free events to the moment the allocated bytes peak, and groups the blocks live then by the
-    innermost Python frames that allocated them. Blocks allocated before the recording (weights, LoRA,
-    optimizer state) show up as ``before``: their total is memory_allocated at the start. Returns GiB figures
-    and the `top` groups by size."""
-    import torch
-
-    run_ours(model, samples, 4, 1, True, 2, 1, pad_id)  # compiled and warm; optimizer state allocated below
-    torch.cuda.synchronize()
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
-    before = torch.cuda.memory_allocated()
-    run_ours(model, samples, 4, 1, True, 2, 1, pad_id)
-    snap = torch.cuda.memory._snapshot()
-    torch.cuda.memory._record_memory_history(enabled=None)
+def peak_blocks(events: list[dict]) -> tuple[int, dict[str, list[int]]]:
+    """Replay an allocator trace (``torch.cuda.memory._snapshot()["device_traces"][0]``: dicts with action,
+    addr, size, frames) to the moment the bytes allocated during it peak. Returns (peak bytes, {where:
+    [bytes, blocks]}) for the blocks live then, `where` being their 4 innermost frames outside torch's own
+    checkpoint and op plumbing. Frees of blocks allocated before the trace are ignored."""
     live, cur, peak, at_peak = {}, 0, 0, {}
-    for ev in snap["device_traces"][0]:
+    for ev in events:
         if ev["action"] == "alloc":
             live[ev["addr"]] = ev
             cur += ev["size"]
@@ -417,6 +402,30 @@ def memory_profile(model, samples: list[dict], pad_id: int, top: int = 25) -> di
                   if "torch/utils" not in f["filename"] and "torch/_ops" not in f["filename"]][:4]
         g = groups.setdefault(" < ".join(frames) or "?", [0, 0])
         g[0], g[1] = g[0] + ev["size"], g[1] + 1
+    return peak, groups
+
+
+def memory_profile(model, samples: list[dict], pad_id: int, top: int = 25) -> dict:
+    """What holds device memory at the peak of 2 steps of batch 4 (after the compiled warm-up steps).
+
+    Records the allocator's history (``torch.cuda.memory._record_memory_history``, Python stacks), replays
+    its alloc/free events to the moment the allocated bytes peak, and groups the blocks live then by the
+    innermost Python frames that allocated them (`peak_blocks`). Blocks allocated before the recording
+    (weights, LoRA) are ``before``: memory_allocated at the start; `run_ours` builds its optimizer afresh, so
+    AdamW's state is among the groups. Returns GiB figures and the `top` groups by size."""
+    import torch
+
+    run_ours(model, samples, 4, 1, True, 2, 1, pad_id)  # compiled and warm; optimizer state allocated below
+    torch.cuda.synchronize()
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+    before = torch.cuda.memory_allocated()
+    run_ours(model, samples, 4, 1, True, 2, 1, pad_id)
+    snap = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    peak, groups = peak_blocks(snap["device_traces"][0])
     rows = sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]
     gib = 2 ** 30
     res = {"before_gib": before / gib, "peak_gib": (before + peak) / gib, "transient_at_peak_gib": peak / gib,
