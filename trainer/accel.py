@@ -635,6 +635,7 @@ def opaque_mlp(layers, piece_tokens: int = MLP_PIECE_TOKENS) -> int:
     (`bench/train_speed.py --stacks ours-opaque-mlp`). Only MLPs with trainable parameters change (the first
     keys the module, see `_mlp_of`); bitsandbytes' own 4-bit forward (one dequantization per matmul, nothing
     kept) is used inside. Returns how many changed."""
+    _register_mlp_ops()
     n = 0
     for layer in layers:
         mlp = getattr(layer, "mlp", None)
@@ -677,21 +678,16 @@ def _mlp_autocast(x):
                           cache_enabled=False)
 
 
-@torch.library.custom_op("steam::mlp", mutates_args=())
-def _mlp_op(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+def _mlp_forward_impl(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """``steam::mlp``: the MLP of `params` on x (..., T, H) without gradients, piece by piece; same shape."""
     mlp = _mlp_of(params)
     forward = type(mlp).forward
     with torch.no_grad(), _mlp_autocast(x):
         return torch.cat([forward(mlp, x[..., sl, :]) for sl in _pieces(x, mlp)], dim=-2).to(x.dtype)
 
 
-@_mlp_op.register_fake
-def _(x, params):
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("steam::mlp_backward", mutates_args=())
-def _mlp_backward_op(x: torch.Tensor, grad: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+def _mlp_backward_impl(x: torch.Tensor, grad: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``steam::mlp_backward``: [grad_x, *grad_params] (see `_mlp_backward`)."""
     with _autograd_dispatch(), torch.enable_grad():
         return _mlp_backward(x, grad, _mlp_of(params))
 
@@ -726,23 +722,27 @@ def _autograd_dispatch():
     return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
 
 
-@_mlp_backward_op.register_fake
-def _(x, grad, params):
-    return [torch.empty_like(x), *(torch.empty_like(p) for p in params)]
+@functools.cache
+def _register_mlp_ops() -> None:
+    """Define ``steam::mlp`` and ``steam::mlp_backward`` once, on first use (not at import: nothing is
+    registered unless `opaque_mlp` is used)."""
+    if hasattr(torch.ops.steam, "mlp"):  # registered by another import of this module
+        return
+    fwd = torch.library.custom_op("steam::mlp", mutates_args=())(_mlp_forward_impl)
+    fwd.register_fake(lambda x, params: torch.empty_like(x))
+    bwd = torch.library.custom_op("steam::mlp_backward", mutates_args=())(_mlp_backward_impl)
+    bwd.register_fake(lambda x, grad, params: [torch.empty_like(x), *(torch.empty_like(p) for p in params)])
 
+    def setup(ctx, inputs, output):
+        x, params = inputs
+        ctx.save_for_backward(x, *params)
 
-def _mlp_setup(ctx, inputs, output):
-    x, params = inputs
-    ctx.save_for_backward(x, *params)
+    def backward(ctx, grad):
+        x, *params = ctx.saved_tensors
+        grad_x, *grad_p = torch.ops.steam.mlp_backward(x, grad, params)
+        return grad_x, grad_p
 
-
-def _mlp_grad(ctx, grad):
-    x, *params = ctx.saved_tensors
-    grad_x, *grad_p = torch.ops.steam.mlp_backward(x, grad, params)
-    return grad_x, grad_p
-
-
-_mlp_op.register_autograd(_mlp_grad, setup_context=_mlp_setup)
+    fwd.register_autograd(backward, setup_context=setup)
 
 
 def share_dequantization(layers) -> None:
