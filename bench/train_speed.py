@@ -17,7 +17,9 @@ Stacks (each in its own process, so peaks, kernel patches and allocator state do
   bf16 autocast, peft's prepare_model_for_kbit_training (fp32 upcast of the non-quantized weights,
   reentrant gradient checkpointing), pad to the longest in each batch, no packing, batch 4.
 - ours: what `steam-train train` does by default (see trainer/accel.py and docs/gpu.md).
-- ablations of ours, to show what each lever pays.
+- ablations of ours, to show what each lever pays; ours-memory adds `memory_profile` (what is live at the peak).
+- unsloth: Unsloth run its recommended way (bench/unsloth_stack.py; needs unsloth, unsloth_zoo, trl, datasets
+  on the GPU machine, see ../shared/reference/hf-stack.md): the anchor, not a dependency.
 
 Metrics per configuration: effective (non-pad) tokens/s, padded tokens/s, s/step (median of the timed
 steps, wall time between optimizer steps incl. collation), peak GiB (torch.cuda.max_memory_allocated),
@@ -62,6 +64,11 @@ STACKS = {
     "ours-lowmem": "loss,fixed,long",             # that, plus eager layers with chunked MLPs for rows > 16k
     "ours-main-1205": "loss,fixed,long",          # the defaults before chunked MLPs and overlapped offload
     "ours-profile": "profile",                    # torch.profiler over 2 steps of fixed 1024 x 4: where time goes
+    "ours-opaque-mlp": "fixed,memory,long",       # MLPs as one op recomputed in pieces (accel.opaque_mlp), offload
+                                                  # at every length, long rows compiled too
+    "ours-opaque-mlp-only": "fixed",              # the MLP op alone (offload from 16k as by default)
+    "ours-memory": "fixed,memory",                # what is live at the peak of a fixed 1024 x 4 step (memory_profile)
+    "unsloth": "loss,real_bs16,real_pf4x4,fixed,long",  # the anchor, run its recommended way (bench/unsloth_stack.py)
     "ours-no-shared-dequant": "fixed",            # bitsandbytes' own 4-bit matmul (3 dequantizations a weight a step)
     "ours-ckpt-outside": "fixed",                 # checkpoint around the compiled layer (transformers 5.17's
                                                   # place), no CUDA graphs: the default before 2026-12-02
@@ -164,13 +171,18 @@ def build_ours(model_dir: Path, variant: str):
           "offload_min_tokens": None if variant == "ours-no-offload" else 1 if variant == "ours-offload-overlap"
           else accel.OFFLOAD_MIN_TOKENS, "offload_overlap": variant != "ours-main-1205",
           "mlp_chunk_min_tokens": None if variant == "ours-main-1205" else accel.MLP_CHUNK_MIN_TOKENS}
-    if variant in ("ours-lowmem", "ours-offload-overlap"):
+    if variant in ("ours-lowmem", "ours-offload-overlap", "ours-opaque-mlp"):
         kw["offload_min_tokens"] = 1
+    if variant.startswith("ours-opaque-mlp"):
+        kw["mlp_chunk_min_tokens"] = None
     if variant == "ours-lowmem":
         kw["mlp_chunk_min_tokens"] = 16384
     if variant == "ours-ckpt-outside":
         kw["compile_layers"] = False
     report = accel.apply_fast_path(model, **kw)
+    if variant.startswith("ours-opaque-mlp"):
+        n = accel.opaque_mlp(model.get_base_model().model.layers)
+        report["opaque_mlp"] = f"on ({n} MLPs, pieces of {accel.MLP_PIECE_TOKENS} tokens)"
     if variant == "ours-no-shared-dequant":
         for m in model.modules():
             if type(m).__name__ == "Linear4bit":
@@ -370,6 +382,62 @@ def profile_steps(model, samples: list[dict], pad_id: int, trace: Path | None = 
     return {"wall_s_2_steps": wall, "device_busy_s": busy, "kernels": n_kernels, "top": table}
 
 
+def peak_blocks(events: list[dict]) -> tuple[int, dict[str, list[int]]]:
+    """Replay an allocator trace (``torch.cuda.memory._snapshot()["device_traces"][0]``: dicts with action,
+    addr, size, frames) to the moment the bytes allocated during it peak. Returns (peak bytes, {where:
+    [bytes, blocks]}) for the blocks live then, `where` being their 4 innermost frames outside torch's own
+    checkpoint and op plumbing. Frees of blocks allocated before the trace are ignored."""
+    live, cur, peak, at_peak = {}, 0, 0, {}
+    for ev in events:
+        if ev["action"] == "alloc":
+            live[ev["addr"]] = ev
+            cur += ev["size"]
+            if cur > peak:
+                peak, at_peak = cur, dict(live)
+        elif ev["action"] == "free_completed" and ev["addr"] in live:
+            cur -= live.pop(ev["addr"])["size"]
+    groups: dict[str, list[int]] = {}
+    for ev in at_peak.values():
+        frames = [f"{Path(f['filename']).name}:{f['line']}:{f['name']}" for f in ev.get("frames", [])
+                  if "torch/utils" not in f["filename"] and "torch/_ops" not in f["filename"]][:4]
+        g = groups.setdefault(" < ".join(frames) or "?", [0, 0])
+        g[0], g[1] = g[0] + ev["size"], g[1] + 1
+    return peak, groups
+
+
+def memory_profile(model, samples: list[dict], pad_id: int, top: int = 25) -> dict:
+    """What holds device memory at the peak of 2 steps of batch 4 (after the compiled warm-up steps).
+
+    Records the allocator's history (``torch.cuda.memory._record_memory_history``, Python stacks), replays
+    its alloc/free events to the moment the allocated bytes peak, and groups the blocks live then by the
+    innermost Python frames that allocated them (`peak_blocks`). Blocks allocated before the recording
+    (weights, LoRA) are ``before``: memory_allocated at the start; `run_ours` builds its optimizer afresh, so
+    AdamW's state is among the groups. Returns GiB figures and the `top` groups by size."""
+    import torch
+
+    run_ours(model, samples, 4, 1, True, 2, 1, pad_id)  # compiled and warm; optimizer state allocated below
+    torch.cuda.synchronize()
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+    before = torch.cuda.memory_allocated()
+    run_ours(model, samples, 4, 1, True, 2, 1, pad_id)
+    snap = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    peak, groups = peak_blocks(snap["device_traces"][0])
+    rows = sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]
+    gib = 2 ** 30
+    res = {"before_gib": before / gib, "peak_gib": (before + peak) / gib, "transient_at_peak_gib": peak / gib,
+           "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / gib,
+           "groups": [{"gib": round(v[0] / gib, 4), "blocks": v[1], "where": k} for k, v in rows]}
+    print(f"memory: before {res['before_gib']:.2f} GiB, transient at peak {res['transient_at_peak_gib']:.2f} GiB",
+          flush=True)
+    for r in res["groups"]:
+        print(f"  {r['gib']:7.3f} GiB {r['blocks']:5d}  {r['where'][:200]}", flush=True)
+    return res
+
+
 def loss_check(model, samples: list[dict], stack: str, pad_id: int) -> dict:
     """Per-token mean loss over `samples` at the current weights (train mode, bf16 autocast, no grad):
     the baseline through the HF model's own loss on padded batches of 4; ours through steam_persona.trainer.packing on
@@ -402,6 +470,9 @@ def loss_check(model, samples: list[dict], stack: str, pad_id: int) -> dict:
 
 
 def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -> None:
+    if stack == "unsloth":  # Unsloth patches transformers and TRL: import it before them
+        sys.path.insert(0, str(REPO / "bench"))
+        import unsloth_stack
     import torch
     import torch._dynamo
 
@@ -416,19 +487,25 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     pad = tok.pad_token_id
     t0 = time.perf_counter()
     torch.manual_seed(0)  # the same LoRA initialisation in every stack: their trained losses compare
-    model, report = build_baseline(model_dir) if stack == "baseline" else build_ours(model_dir, stack)
+    long_lengths = [int(x) for x in os.environ["BENCH_LONG"].split(",")] if os.environ.get("BENCH_LONG") else []
+    if stack == "unsloth":
+        model, tok, report = unsloth_stack.build(model_dir, max(long_lengths + [49152]))
+    else:
+        model, report = build_baseline(model_dir) if stack == "baseline" else build_ours(model_dir, stack)
+    static = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
     res: dict = {"stack": stack, "levers": report,
                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "load_s": time.perf_counter() - t0, "configs": {},
-                 "real_samples": len(real), "real_mean_tokens": sum(len(x["input_ids"]) for x in real) / len(real)}
+                 "static_gib": static, "real_samples": len(real), "real_mean_tokens": sum(len(x["input_ids"]) for x in real) / len(real)}
     print(f"[{stack}] loaded in {res['load_s']:.1f}s: {report}", flush=True)
     tmp = Path("/tmp") / f"bench-{stack}"
     steps, warmup = (4, 2) if tiny else (13, 3)
     flen = 64 if tiny else 1024
     vocab = len(tok) - 300
     base = stack == "baseline"
+    uns = stack == "unsloth"
 
     def record(name, fn, fresh=True):
-        if fresh and not base:  # each configuration compiles afresh, as a training run of that data would
+        if fresh and not base and not uns:  # each configuration compiles afresh, as a training run of that data would
             torch._dynamo.reset()
         try:
             res["configs"][name] = fn()
@@ -438,13 +515,17 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
         out.write_text(json.dumps(res, indent=1))
 
     def ours(data, bs, accum=1, padding_free=True, n=steps, w=warmup):
+        if uns:
+            return lambda: unsloth_stack.run(model, tok, data, bs, n, w, padding_free,
+                                             max(len(x["input_ids"]) for x in data) * (bs if padding_free else 1),
+                                             tmp, _timing)
         return lambda: run_ours(model, data, bs, accum, padding_free, n, w, pad)
 
     only = os.environ.get("BENCH_CONFIGS")
     if only:
         kinds = [k for k in kinds if k in only.split(",")]
     if "loss" in kinds:
-        res["loss"] = loss_check(model, real[:64], stack, pad)
+        res["loss"] = unsloth_stack.loss_check(model, real[:64]) if uns else loss_check(model, real[:64], stack, pad)
         print(f"[{stack}] loss: {res['loss']}", flush=True)
     if "real" in kinds:  # the recipe: batch 4 (ours: x 4 accumulation, as LLaMA-Factory's seed command)
         record("real", (lambda: run_steps(model, real, PadCollator(pad), 4, steps, warmup, tmp)) if base
@@ -452,10 +533,16 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     for bs in (16, 32, 64):
         if f"real_bs{bs}" in kinds:
             record(f"real_bs{bs}", ours(real, bs))
+    if "real_pf4x4" in kinds:  # Unsloth: 16 samples a step as 4 padding-free rows of 4, accumulated
+        record("real_pf4x4", lambda: unsloth_stack.run(model, tok, real, 4, steps, warmup, True, 4096, tmp,
+                                                        _timing, accum=4))
     fixed = fixed_samples(4 * steps, flen, vocab)
     if "fixed" in kinds:
         record("fixed", (lambda: run_steps(model, fixed, PadCollator(pad), 4, steps, warmup, tmp)) if base
                else ours(fixed, 4))
+    if "memory" in kinds and torch.cuda.is_available():
+        res["memory"] = memory_profile(model, fixed, pad)
+        out.write_text(json.dumps(res, indent=1))
     if "profile" in kinds:
         res["profile"] = profile_steps(model, fixed, pad, out.with_name("profile_trace.json.gz"))
         out.write_text(json.dumps(res, indent=1))
@@ -465,8 +552,8 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
         lengths = ([128, 256] if tiny else [4096, 8192] if base else
                    [32768] if "long32k" in kinds else
                    [32768, 49152] if stack == "ours-no-offload" else [16384, 32768, 49152])
-        if os.environ.get("BENCH_LONG") and not tiny:  # e.g. the long-context sweep 32768,49152,65536,98304,131072
-            lengths = [int(x) for x in os.environ["BENCH_LONG"].split(",")]
+        if long_lengths and not tiny:  # e.g. the long-context sweep 32768,49152,65536,98304,131072
+            lengths = long_lengths
         best = None
         for L in lengths:
             data = fixed_samples(2, L, vocab, seed=L)
@@ -491,7 +578,8 @@ def versions() -> dict:
     import importlib.metadata as md
 
     v = {}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel", "triton"):
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel", "triton", "unsloth",
+                 "unsloth_zoo", "trl"):
         try:
             v[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -597,12 +685,46 @@ def summarize(results: dict) -> dict:
         g("loss equals baseline's on the same 64 samples (rel. diff)", "<= 1e-2 (bf16 noise)", d, d <= 1e-2)
         d = abs(ol["packed"] - ol["alone"]) / ol["alone"]
         g("packed loss equals each sample alone (rel. diff)", "<= 1e-2 (bf16 noise)", d, d <= 1e-2)
+    if results.get("unsloth", {}).get("configs"):
+        goals.update(unsloth_goals(ours, results["unsloth"]))
     print()
     for k, v in goals.items():
         m = v["measured"]
         ms = "n/a" if m is None else (f"{m:.3f}" if isinstance(m, float) else str(m))
         print(f"{'MET ' if v['met'] else 'MISS'} {k}: {ms} (goal {v['goal']})")
     return {"ratios": ratios, "goals": goals}
+
+
+def unsloth_goals(ours: dict, unsloth: dict) -> dict:
+    """The goals against Unsloth, from stacks of the same run: {name: {"goal", "measured", "met"}}; a goal
+    whose figures are missing (not run, out of memory) is not met."""
+    oc, uc = ours.get("configs", {}), unsloth.get("configs", {})
+    goals = {}
+
+    def tok(c, name):
+        return c.get(name, {}).get("eff_tokens_per_s")
+
+    def peak(c, name):
+        return c.get(name, {}).get("peak_gib")
+
+    for name, label, need in (("fixed", "fixed 1024x4", 1.2), ("long_32768", "32k tokens, batch 1", 1.0)):
+        ok = None not in (tok(oc, name), tok(uc, name))
+        r = tok(oc, name) / tok(uc, name) if ok else None
+        goals[f"{label}: tokens/s vs Unsloth's, at <= its peak GiB"] = {
+            "goal": f">= {need}x, peak <= Unsloth's", "measured": [r, peak(oc, name), peak(uc, name)] if ok else None,
+            "met": ok and r >= need and peak(oc, name) <= peak(uc, name)}
+    mfu = oc.get("fixed", {}).get("mfu")
+    goals["fixed 1024x4 MFU (against Unsloth)"] = {"goal": ">= 65%", "measured": mfu, "met": bool(mfu and mfu >= 0.65)}
+    best_u = max((t for t in (tok(uc, "real_bs16"), tok(uc, "real_pf4x4")) if t), default=None)
+    r = tok(oc, "real_bs16") / best_u if best_u and tok(oc, "real_bs16") else None
+    goals["real sample, 16 samples a step: tokens/s vs Unsloth's best"] = {"goal": ">= 2x", "measured": r,
+                                                                          "met": bool(r and r >= 2)}
+    mfu = oc.get("real_bs16", {}).get("mfu")
+    goals["real sample, 16 samples a step: MFU"] = {"goal": ">= 60%", "measured": mfu, "met": bool(mfu and mfu >= 0.6)}
+    longest = ours.get("longest_context")
+    goals["longest context at batch 1 within cap (against Unsloth)"] = {
+        "goal": ">= 98304 tokens", "measured": longest, "met": bool(longest and longest >= 98304)}
+    return goals
 
 
 if __name__ == "__main__":

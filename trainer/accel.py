@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import types
+import weakref
 from contextlib import nullcontext
 
 import torch
@@ -617,6 +618,136 @@ def _chunked_mlp_forward(self, x):
 
     pieces = x.tensor_split(chunks, dim=-2)
     return torch.cat([checkpoint(forward, self, piece, use_reentrant=False) for piece in pieces], dim=-2)
+
+
+MLP_PIECE_TOKENS = 2048
+#: the MLPs given to `opaque_mlp`, by the data pointer of their first trainable parameter (see `_mlp_of`);
+#: weak, so a model that is freed leaves nothing behind
+_OPAQUE_MLPS: weakref.WeakValueDictionary[int, torch.nn.Module] = weakref.WeakValueDictionary()
+
+
+def opaque_mlp(layers, piece_tokens: int = MLP_PIECE_TOKENS) -> int:
+    """Run each decoder layer's MLP as one opaque custom op (``steam::mlp``) whose backward recomputes the MLP
+    in pieces of `piece_tokens` tokens along the sequence, so a layer's backward holds one piece's
+    intermediates (gate, up, their product and gradients: several (piece, intermediate size) tensors) instead
+    of the whole row's. Why an op: inside a compiled, checkpointed layer the compiled backward keeps about
+    eleven (tokens x intermediate size) bf16 tensors alive at once (docs/gpu.md, the memory profile), and a
+    nested checkpoint per piece can't be traced by dynamo (torch 2.11). An op is one node to dynamo: its
+    forward runs without gradients and saves only its input, which the layer's checkpoint recomputes; the
+    recompute of the op's output is dead code in the compiled backward (nothing needs it), so the MLP still
+    runs forward twice a step (three times in eager layers, whose checkpoint reruns the op). Gradients equal
+    the plain MLP's up to the summation order over the pieces. Opt-in and not yet measured on a GPU
+    (`bench/train_speed.py --stacks ours-opaque-mlp`). Only MLPs with trainable parameters change (the first
+    keys the module, see `_mlp_of`); bitsandbytes' own 4-bit forward (one dequantization per matmul, nothing
+    kept) is used inside. Returns how many changed."""
+    _register_mlp_ops()
+    n = 0
+    for layer in layers:
+        mlp = getattr(layer, "mlp", None)
+        params = [p for p in mlp.parameters() if p.requires_grad] if mlp is not None else []
+        if not params:
+            continue
+        for m in mlp.modules():  # share_dequantization's dequantize + F.linear would keep each bf16 weight
+            if type(m).__name__ == "Linear4bit":
+                m.__dict__.pop("forward", None)
+        _OPAQUE_MLPS[params[0].data_ptr()] = mlp
+        mlp._steam_params, mlp._steam_piece = params, piece_tokens
+        mlp.forward = types.MethodType(_opaque_mlp_forward, mlp)
+        n += 1
+    return n
+
+
+def _opaque_mlp_forward(self, x):
+    """Instance ``forward`` set by `opaque_mlp`: the op in training, the module's own forward otherwise."""
+    if self.training and torch.is_grad_enabled():
+        return torch.ops.steam.mlp(x, self._steam_params)
+    return type(self).forward(self, x)
+
+
+def _mlp_of(params):
+    """The MLP module whose trainable parameters are `params` (the op's tensor inputs: the same storage)."""
+    return _OPAQUE_MLPS[params[0].data_ptr()]
+
+
+def _pieces(x, mlp):
+    """Slices of the token axis (-2) of `x` of at most the MLP's piece size."""
+    n, step = x.shape[-2], mlp._steam_piece
+    return [slice(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def _mlp_autocast(x):
+    """The autocast the training step ran the MLP under (bf16/fp16 activations), also in the backward. Without
+    autocast's cache of cast weights: the op's forward runs without gradients, and a cast cached there would
+    carry no gradient to the LoRA weights in the backward's recompute."""
+    return torch.autocast(x.device.type, dtype=x.dtype, enabled=x.dtype in (torch.bfloat16, torch.float16),
+                          cache_enabled=False)
+
+
+def _mlp_forward_impl(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """``steam::mlp``: the MLP of `params` on x (..., T, H) without gradients, piece by piece; same shape."""
+    mlp = _mlp_of(params)
+    forward = type(mlp).forward
+    with torch.no_grad(), _mlp_autocast(x):
+        return torch.cat([forward(mlp, x[..., sl, :]) for sl in _pieces(x, mlp)], dim=-2).to(x.dtype)
+
+
+def _mlp_backward_impl(x: torch.Tensor, grad: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``steam::mlp_backward``: [grad_x, *grad_params] (see `_mlp_backward`)."""
+    with _autograd_dispatch(), torch.enable_grad():
+        return _mlp_backward(x, grad, _mlp_of(params))
+
+
+def _mlp_backward(x, grad, mlp):
+    """Gradients of the MLP's output (dotted with `grad`) for its input `x` and its trainable parameters,
+    recomputing the MLP one piece of tokens at a time: [grad_x, *grad_params]."""
+    forward, live = type(mlp).forward, mlp._steam_params
+    grad_x = torch.empty_like(x)
+    grad_p = [torch.zeros_like(p) for p in live]
+    for sl in _pieces(x, mlp):
+        with _mlp_autocast(x):
+            piece = x[..., sl, :].detach().requires_grad_()
+            out = forward(mlp, piece).to(x.dtype)
+        got = torch.autograd.grad(out, [piece, *live], grad[..., sl, :])
+        grad_x[..., sl, :] = got[0]
+        for acc, g in zip(grad_p, got[1:]):
+            acc += g
+    return [grad_x, *grad_p]
+
+
+def _autograd_dispatch():
+    """Let autograd record inside a custom op's implementation, which the dispatcher runs with the autograd
+    keys excluded: the same exclusions minus those (torch's private ``_ForceDispatchKeyGuard``; CPU and
+    CUDA). Not a worker thread: autograd on CUDA tensors from another thread waits for the CUDA device
+    thread, which is busy running this very backward (such a run hung on the GPU)."""
+    keys = torch._C.DispatchKey
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for k in (keys.AutogradOther, keys.AutogradNestedTensor, keys.AutogradCPU, keys.AutogradCUDA,
+              keys.ADInplaceOrView):
+        exclude = exclude.remove(k)
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
+
+
+@functools.cache
+def _register_mlp_ops() -> None:
+    """Define ``steam::mlp`` and ``steam::mlp_backward`` once, on first use (not at import: nothing is
+    registered unless `opaque_mlp` is used)."""
+    if hasattr(torch.ops.steam, "mlp"):  # registered by another import of this module
+        return
+    fwd = torch.library.custom_op("steam::mlp", mutates_args=())(_mlp_forward_impl)
+    fwd.register_fake(lambda x, params: torch.empty_like(x))
+    bwd = torch.library.custom_op("steam::mlp_backward", mutates_args=())(_mlp_backward_impl)
+    bwd.register_fake(lambda x, grad, params: [torch.empty_like(x), *(torch.empty_like(p) for p in params)])
+
+    def setup(ctx, inputs, output):
+        x, params = inputs
+        ctx.save_for_backward(x, *params)
+
+    def backward(ctx, grad):
+        x, *params = ctx.saved_tensors
+        grad_x, *grad_p = torch.ops.steam.mlp_backward(x, grad, params)
+        return grad_x, grad_p
+
+    fwd.register_autograd(backward, setup_context=setup)
 
 
 def share_dequantization(layers) -> None:

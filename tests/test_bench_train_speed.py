@@ -1,0 +1,41 @@
+"""bench/train_speed.py's pure parts: the allocator-trace replay of the memory profile and the goals against
+Unsloth (the GPU runs themselves are in bench/results/train_speed_unsloth.json)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import train_speed  # noqa: E402
+
+
+def _ev(action, addr, size, where="a.py"):
+    return {"action": action, "addr": addr, "size": size, "frames": [{"filename": f"/x/{where}", "line": 1, "name": "f"}]}
+
+
+def test_peak_blocks_replays_to_the_peak_and_groups_live_blocks():
+    events = [_ev("alloc", 1, 100), _ev("alloc", 2, 50, "b.py"), _ev("free_requested", 1, 100),
+              _ev("free_completed", 1, 100), _ev("alloc", 3, 120, "b.py"), _ev("alloc", 4, 10),
+              _ev("free_completed", 9, 999),  # allocated before the trace: ignored
+              _ev("free_completed", 3, 120, "b.py"), _ev("alloc", 5, 20)]
+    peak, groups = train_speed.peak_blocks(events)
+    assert peak == 180  # blocks 2, 3, 4 (the first peak, 150, is lower)
+    assert groups == {"b.py:1:f": [170, 2], "a.py:1:f": [10, 1]}
+
+
+def test_unsloth_goals_compare_the_same_rows():
+    ours = {"configs": {"fixed": {"eff_tokens_per_s": 12000, "peak_gib": 6.0, "mfu": 0.66},
+                        "real_bs16": {"eff_tokens_per_s": 10000, "mfu": 0.59},
+                        "long_32768": {"oom": "out of memory"}}, "longest_context": 98304}
+    uns = {"configs": {"fixed": {"eff_tokens_per_s": 10000, "peak_gib": 6.5},
+                       "real_bs16": {"eff_tokens_per_s": 4000}, "real_pf4x4": {"eff_tokens_per_s": 5000},
+                       "long_32768": {"eff_tokens_per_s": 7000, "peak_gib": 11.0}}}
+    goals = train_speed.unsloth_goals(ours, uns)
+    fixed = goals["fixed 1024x4: tokens/s vs Unsloth's, at <= its peak GiB"]
+    assert fixed["met"] and fixed["measured"] == [1.2, 6.0, 6.5]
+    assert not goals["32k tokens, batch 1: tokens/s vs Unsloth's, at <= its peak GiB"]["met"]  # ours out of memory
+    real = goals["real sample, 16 samples a step: tokens/s vs Unsloth's best"]
+    assert real["measured"] == 2.0 and real["met"]  # against Unsloth's best of its two ways
+    assert not goals["real sample, 16 samples a step: MFU"]["met"]
+    assert goals["fixed 1024x4 MFU (against Unsloth)"]["met"]
+    assert goals["longest context at batch 1 within cap (against Unsloth)"]["met"]
