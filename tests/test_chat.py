@@ -105,7 +105,7 @@ def test_missing_adapter_or_model_is_rejected_before_torch_is_imported(tmp_path)
     import subprocess
     import sys
 
-    code = ("import sys\nfrom steam_persona import chat\nfrom steam_persona.trainer import config\n"
+    code = ("import sys\nfrom steam_persona import chat\nfrom steam_persona.common import config\n"
             "from steam_persona.common.errors import UserError\n"
             f"for kw in ({{'adapter_name_or_path': {str(tmp_path / 'run')!r}}}, "
             f"{{'model_name_or_path': {str(tmp_path / 'm.gguf')!r}}}):\n"
