@@ -53,7 +53,7 @@ def test_a_bad_file_is_rejected_before_torch_is_imported(tmp_path):
 
     bad = tmp_path / "bad.json"
     bad.write_text("{not json", encoding="utf-8")
-    code = ("import sys\nfrom trainer import config, validate\nfrom steam_persona.common.errors import UserError\n"
+    code = ("import sys\nfrom steam_persona.common import config\nfrom steam_persona.trainer import validate\nfrom steam_persona.common.errors import UserError\n"
             f"cfg = config.build(validate.ValidateConfig, {{'dataset': {str(bad)!r}}})\n"
             "try:\n    validate.run(cfg)\nexcept UserError as e:\n    print(e.message)\n"
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
