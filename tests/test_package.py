@@ -90,7 +90,7 @@ def test_shipped_files_resolve_in_the_checkout():
     assert shipped("manifest.yaml") == REPO / "manifest.yaml"
     assert shipped("plugin/review/manifest.yaml").is_file()
     assert shipped("examples/persona_reviews.json") == REPO / "examples" / "persona_reviews.json"
-    assert shipped("common/persona.py").read_bytes() == (REPO / "trainer" / "persona.py").read_bytes()
+    assert shipped("common/persona.py").read_bytes() == (REPO / "common" / "persona.py").read_bytes()
 
 
 def test_python_m_steam_persona_from_another_folder(tmp_path):
@@ -151,7 +151,7 @@ def test_wheel_holds_one_import_name_and_every_shipped_file(wheel_env):
     assert top == ["steam_persona"]
     assert not [n for n in names if not n.startswith(("steam_persona/", "steam_persona-"))]
     assert "steam-train = steam_persona.cli:main" in entry
-    tracked = subprocess.run(["git", "ls-files", "plugin", "examples", "manifest.yaml", "trainer", "export", "serve"],
+    tracked = subprocess.run(["git", "ls-files", "plugin", "examples", "manifest.yaml", "common", "reviews", "trainer", "export", "serve"],
                              cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     assert len(tracked) > 60 and not [f for f in tracked if f"steam_persona/{f}" not in names]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", "/.env"))]
