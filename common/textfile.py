@@ -3,6 +3,7 @@ training's dataset loader and ``prepare``'s readers)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from steam_persona.common.errors import UserError
@@ -13,7 +14,7 @@ def decode(path: Path, raw: bytes, encoding: str) -> str:
 
     Raises:
         UserError: an unknown encoding, or bytes that are not valid in it: the line, the byte offset
-            and a hint (``--encoding gbk`` when the bytes decode as GB18030).
+            and a hint (:func:`_hint`).
     """
     enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
@@ -22,15 +23,44 @@ def decode(path: Path, raw: bytes, encoding: str) -> str:
         raise UserError(f"{path}: unknown --encoding '{encoding}'; use e.g. utf-8, gbk, gb18030, utf-16") from None
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        guess = ""
-        for other in ("gb18030", "utf-16", "big5"):
-            try:
-                raw.decode(other)
-                guess = other
-                break
-            except UnicodeDecodeError:
-                continue
-        hint = ("it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk" if guess == "gb18030"
-                else f"it may be {guess}; pass --encoding {guess}" if guess
-                else "re-save it as UTF-8 or pass the right --encoding")
-        raise UserError(f"{path}: line {line}: not valid {encoding} (byte {e.start}); {hint}") from None
+        raise UserError(f"{path}: line {line}: not valid {encoding} (byte {e.start}); {_hint(raw)}") from None
+
+
+_CJK = re.compile("[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
+_LATIN = re.compile("[\u00c0-\u00ff]")
+_HINTS = {"gb18030": "it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk",
+          "cp1252": "it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as UTF-8 or pass "
+                    "--encoding cp1252"}
+
+
+def _hint(raw: bytes) -> str:
+    """How to read bytes that are not UTF-8: a UTF-16 byte-order mark says so; otherwise the legacy
+    encoding whose decoding looks like its script. Both GB18030 and Windows-1252 decode most byte
+    strings, so each decoding is scored: GB18030 by the share of CJK characters among the letters
+    (Latin text read as GB18030 has a few stray ideographs among many ASCII letters), Windows-1252 by
+    the share of non-ASCII characters that are accented letters next to an ASCII letter (Chinese read
+    as Windows-1252 gives runs of accented letters with no ASCII between them)."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "it starts with a UTF-16 byte-order mark; pass --encoding utf-16"
+    scores = {"gb18030": _score(raw, "gb18030", _cjk_share), "cp1252": _score(raw, "cp1252", _latin_share)}
+    best = max(scores, key=scores.get)
+    return _HINTS[best] if scores[best] > 0.25 else "re-save it as UTF-8 or pass the right --encoding"
+
+
+def _score(raw: bytes, encoding: str, share) -> float:
+    try:
+        return share(raw.decode(encoding))
+    except UnicodeDecodeError:
+        return 0.0
+
+
+def _cjk_share(text: str) -> float:
+    cjk = len(_CJK.findall(text))
+    return cjk / max(1, cjk + sum(c.isascii() and c.isalpha() for c in text))
+
+
+def _latin_share(text: str) -> float:
+    wide = [i for i, c in enumerate(text) if ord(c) > 127]
+    near = sum(bool(_LATIN.match(text[i])) and any(0 <= j < len(text) and text[j].isascii() and text[j].isalpha()
+                                                   for j in (i - 1, i + 1)) for i in wide)
+    return near / max(1, len(wide))

@@ -86,10 +86,12 @@ def flatten(rec: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def detect(headers: list[str], given: dict[str, str], path: Any) -> dict[str, str]:
+def detect(headers: list[str], given: dict[str, str], path: Any,
+           samples: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """Map our fields to the file's headers: ``given`` (``--columns``) first, then :data:`ALIASES`.
 
     Returns ``{field: header}``; a ``playtime_minutes`` column wins over a ``playtime_hours`` one.
+    ``samples`` (the first rows) let the error suggest the column with the longest text.
 
     Raises:
         UserError: a ``--columns`` header the file lacks, or no review-text column; the message
@@ -110,15 +112,18 @@ def detect(headers: list[str], given: dict[str, str], path: Any) -> dict[str, st
         del mapping["playtime_hours"]
     if "review" not in mapping:
         raise UserError(f"{path}: no review-text column among the columns found ({', '.join(headers[:20]) or 'none'}); "
-                        f"name it, e.g. --columns {suggest(headers)}")
+                        f"name it, e.g. --columns {suggest(headers, mapping, samples or [])}")
     return mapping
 
 
-def suggest(headers: list[str]) -> str:
-    """A ``--columns`` line for the error message: known names where they match, else the first column."""
-    guess = {f: h for h in headers if (f := field_of(h))}
-    guess.setdefault("review", headers[-1] if headers else "TEXT_COLUMN")
-    return ",".join(f"{f}={h}" for f, h in guess.items())
+def suggest(headers: list[str], mapping: dict[str, str], samples: list[dict[str, Any]]) -> str:
+    """A ``--columns`` line for the error message: the fields recognised so far, and as ``review`` the
+    column not taken by them whose values are longest in ``samples`` (the text of a review is the
+    longest thing in a row), else the first free column."""
+    free = [h for h in headers if h not in mapping.values()]
+    length = {h: sum(len(str(row.get(h) or "")) for row in samples) for h in free}
+    review = max(free, key=lambda h: (length[h], free.index(h))) if free else "TEXT_COLUMN"
+    return ",".join(f"{f}={h}" for f, h in {**mapping, "review": review}.items())
 
 
 _NO = re.compile(r"^(?:不推荐|不推薦|not\s*recommended|false|no|0|n|negative|neg|thumbs?\s*down|👎|差评|不)$", re.I)

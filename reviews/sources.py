@@ -397,7 +397,7 @@ def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]
     for _, row in rows[:50]:
         if isinstance(row, dict):
             headers += [h for h in row if h not in headers]
-    mapping = columns_mod.detect(headers, columns, path)
+    mapping = columns_mod.detect(headers, columns, path, [row for _, row in rows[:50] if isinstance(row, dict)])
     loaded = Loaded(path, "table", columns=mapping)
     appid = _appid_from_name(path)
     for where, row in rows:

@@ -241,3 +241,17 @@ def test_gbk_trains_with_encoding_flag(tmp_path):
     assert data.load_conversations(str(path), encoding="gbk")[0][-1]["content"] == "打击感爆棚"
     with pytest.raises(UserError, match="--encoding gbk"):
         data.load_conversations(str(path))
+
+
+@pytest.mark.parametrize("text,encoding,hint", [
+    ("review,voted_up\nTrès bon jeu, vraiment génial\n", "cp1252", "--encoding cp1252"),
+    ("review,voted_up,game\n这个游戏真的很好玩，强烈推荐给大家,1,Hades\n", "gbk", "--encoding gbk"),
+    ("评论\n好玩", "utf-16", "--encoding utf-16"),
+])
+def test_the_encoding_hint_names_the_encoding_the_bytes_look_like(tmp_path, text, encoding, hint):
+    from steam_persona.common.textfile import decode
+
+    with pytest.raises(UserError, match=hint):
+        decode(tmp_path / "f.csv", text.encode(encoding), "utf-8")
+    with pytest.raises(UserError, match="re-save it as UTF-8 or pass the right --encoding"):
+        decode(tmp_path / "f.csv", b"\x80\x81\x82\x83 abc", "utf-8")
