@@ -81,6 +81,7 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
         ValueError: llama.cpp cannot load the model.
         UserError: llama-server did not start.
     """
+    from llama_cpp._utils import suppress_stdout_stderr
     from llama_cpp.server.model import LlamaProxy
     from llama_cpp.server.settings import ModelSettings
 
@@ -91,7 +92,10 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
         n_threads_batch=opts.n_threads, n_gpu_layers=opts.n_gpu_layers, chat_format="chat_template.default",
         logits_all=False, flash_attn=opts.flash_attn, verbose=opts.verbose, vocab_only=upstream is not None)
     try:
-        llama = LlamaProxy.load_llama_from_model_settings(model)
+        # a vocabulary-only context has no training context, and llama.cpp warns about it whatever
+        # `verbose` says: quiet it the way the library quiets its own loading
+        with suppress_stdout_stderr(disable=opts.verbose or upstream is None):
+            llama = LlamaProxy.load_llama_from_model_settings(model)
     except BaseException:
         if upstream is not None:
             upstream.close()

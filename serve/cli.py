@@ -88,12 +88,12 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def dify_hint(host: str, port: int, has_key: bool = True) -> list[str]:
-    """Lines telling a user what to paste into Dify's OpenAI-compatible provider settings."""
+    """Where Dify reaches this server, and which API key to give it."""
+    key = "your --api_key" if has_key else "leave it empty (this server checks none)"
     if is_loopback(host):
-        return [f"Dify on this machine (not in Docker): API endpoint URL http://{host}:{port}/v1",
+        return [f"Dify on this machine (not in Docker): Endpoint URL http://{host}:{port}/v1, API key: {key}",
                 f"Dify in Docker: restart with --host 0.0.0.0 --api_key KEY, then use http://host.docker.internal:{port}/v1"]
-    key = "your --api_key" if has_key else "leave empty (--insecure: this server checks none)"
-    return [f"Dify in Docker: API endpoint URL http://host.docker.internal:{port}/v1 (API key: {key})",
+    return [f"Dify in Docker: Endpoint URL http://host.docker.internal:{port}/v1, API key: {key}",
             f"Dify elsewhere: http://<this machine's address>:{port}/v1"]
 
 
@@ -115,17 +115,8 @@ def run(cfg: ServeConfig) -> None:
     from steam_persona.serve.modelinfo import choose_n_ctx, read_model_info
     from steam_persona.serve.persona import resolve_persona
 
-    if cfg.max_tokens_cap < 1 or cfg.request_timeout <= 0 or cfg.max_request_bytes < 0:
-        raise UserError("serve: --max_tokens_cap and --request_timeout must be positive, --max_request_bytes ≥ 0")
-    if not cfg.model:
-        raise UserError("serve: give an export dir or a .gguf file, e.g. `steam-train serve out/export`")
-    if not is_loopback(cfg.host) and not cfg.api_key and not cfg.insecure:
-        raise UserError(f"serve: --host {cfg.host} exposes the model beyond this machine; set --api_key KEY "
-                        f"(or {API_KEY_ENV}), or pass --insecure to serve without a key")
-    check_port_free(cfg.host, cfg.port)
+    _check_flags(cfg)
     binary = find_binary(cfg.llama_server) if cfg.engine == "llama-server" else None
-    if cfg.parallel < 1:
-        raise UserError("serve: --parallel must be at least 1")
     info = read_model_info(cfg.model)
     if not info.chat_template:
         raise UserError(f"{info.path}: the GGUF has no chat template (tokenizer.chat_template); "
@@ -144,6 +135,8 @@ def run(cfg: ServeConfig) -> None:
                       cors_origins=tuple(o.strip() for o in cfg.cors_origins if o.strip()),
                       engine=cfg.engine, parallel=cfg.parallel, llama_server=str(binary) if binary else None)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if cfg.log_level != "debug":  # one line per call to llama-server, naming its private port
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     with console.status(f"loading {info.path.name} …"):
         try:
             app = build_app(info, opts)
@@ -156,6 +149,20 @@ def run(cfg: ServeConfig) -> None:
     server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
                                     timeout_graceful_shutdown=cfg.shutdown_timeout))
     server.run()
+
+
+def _check_flags(cfg: ServeConfig) -> None:
+    """Refuse flag values that cannot work, before anything loads (see :func:`run`)."""
+    if cfg.max_tokens_cap < 1 or cfg.request_timeout <= 0 or cfg.max_request_bytes < 0:
+        raise UserError("serve: --max_tokens_cap and --request_timeout must be positive, --max_request_bytes ≥ 0")
+    if cfg.parallel < 1:
+        raise UserError("serve: --parallel must be at least 1")
+    if not cfg.model:
+        raise UserError("serve: give an export dir or a .gguf file, e.g. `steam-train serve out/export`")
+    if not is_loopback(cfg.host) and not cfg.api_key and not cfg.insecure:
+        raise UserError(f"serve: --host {cfg.host} exposes the model beyond this machine; set --api_key KEY "
+                        f"(or {API_KEY_ENV}), or pass --insecure to serve without a key")
+    check_port_free(cfg.host, cfg.port)
 
 
 def _server_class(served):
@@ -204,7 +211,8 @@ def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
         ("API key", "required" if opts.api_key else "none (loopback only)" if is_loopback(cfg.host) else "NONE (--insecure)"),
         ("health", f"http://{host}:{cfg.port}/health"),
     ])
-    console.print("Dify → Settings → Model Provider → OpenAI-API-compatible → add model:")
+    console.print("Dify: install the plugins (`steam-train plugin package`), then Settings → Model Provider → "
+                  "Steam Persona → Add Model (or the generic OpenAI-API-compatible provider, same values):", soft_wrap=True)
     console.print(f"  model name: {opts.alias}   context size: {opts.n_ctx}")
     for line in dify_hint(cfg.host, cfg.port, has_key=bool(opts.api_key)):
         console.print(f"  {line}", soft_wrap=True)

@@ -126,6 +126,9 @@ def test_engine_answers_like_the_embedded_engine(servers):
     assert theirs["model"] == ours["model"]
     health = httpx.get(f"{engine.base_url}/health").json()
     assert health["engine"] == "llama-server" and health["status"] == "ok"
+    # the banner tells the truth and the log stays quiet: no vocabulary-context warning, no line per upstream call
+    out = engine.output()
+    assert "llama-server, 2 at once" in out and "n_ctx_train (0)" not in out and "HTTP Request" not in out
 
 
 @needs_binary

@@ -133,7 +133,8 @@ def test_hosts_threads_and_dify_hint():
     assert any("--host 0.0.0.0" in line for line in dify_hint("127.0.0.1", 9000))
     assert any("your --api_key" in line for line in dify_hint("0.0.0.0", 9000, has_key=True))
     insecure = " ".join(dify_hint("0.0.0.0", 9000, has_key=False))
-    assert "--api_key" not in insecure and "leave empty" in insecure
+    assert "--api_key" not in insecure and "API key: leave it empty" in insecure
+    assert "http://127.0.0.1:9000/v1, API key: your --api_key" in dify_hint("127.0.0.1", 9000, has_key=True)[0]
 
 
 @pytest.mark.parametrize("body, fragment", [
