@@ -89,6 +89,10 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
                            param="logprobs", code="unsupported_parameter")
     prompt = data.get("prompt")
     if not chat and isinstance(prompt, list):
+        if any(isinstance(p, (int, list)) for p in prompt):  # OpenAI also takes token ids; the library does not
+            raise RequestError("'prompt' must be text: token-id prompts are not accepted by this server; send the "
+                               "text (POST /extras/detokenize turns ids into text)", param="prompt",
+                               code="unsupported_parameter")
         if len(prompt) > 1:
             raise RequestError("'prompt' may be one string (or a list of one): this server completes one prompt "
                                "per request", param="prompt", code="unsupported_parameter")

@@ -158,6 +158,9 @@ def test_check_generation_normalises_limits_and_refuses_the_unsupported():
     data = {"prompt": ["only one"]}
     check_generation(data, chat=False, n_vocab=100, max_tokens_cap=64)
     assert data == {"prompt": "only one", "max_tokens": 16}  # OpenAI's completions default
+    for ids in ([1, 2, 3], [[99999999]]):  # token-id prompts: one clear refusal, not "several prompts"
+        with pytest.raises(RequestError, match="token-id prompts are not accepted"):
+            check_generation({"prompt": ids}, chat=False, n_vocab=100, max_tokens_cap=64)
     data = {"logit_bias": {"99": -100, "0": 5.5}, "temperature": 0, "top_p": 1}
     check_generation(data, chat=True, n_vocab=100, max_tokens_cap=64)
     for bad, param in [({"max_tokens": 0}, "max_tokens"), ({"max_completion_tokens": -3}, "max_completion_tokens"),
