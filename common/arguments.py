@@ -60,8 +60,8 @@ class ModelArguments(Arguments):
 
     model_name_or_path: str | None = arg(
         "smollm2", "Base model: 'smollm2' (the embedded SmolLM2-135M-Instruct, no download), an HF hub id "
-                   "(honours HF_ENDPOINT), a local folder or a .gguf file (chat: also an export dir).",
-        unset="the adapter run's base (run_config.yaml), else smollm2 (export: else an error)")
+                   "(honours HF_ENDPOINT), a local folder or a .gguf file.",
+        unset="the adapter run's base (run_config.yaml), else smollm2")
     adapter_name_or_path: str | None = arg(
         None, "LoRA adapter: a train run dir or one of its checkpoint-N folders.", unset="the base model alone")
     trust_remote_code: bool = arg(False, "Allow model code from the hub/folder.")
@@ -80,21 +80,19 @@ class QuantizationArguments(Arguments):
 class DataArguments(Arguments):
     """Records, their prompt format and length (LLaMA-Factory's ``DataArguments``)."""
 
-    dataset_dir: str = arg("data", "Folder holding dataset_info.json (for registered --dataset names).")
+    dataset_dir: str = arg("data", "Folder holding dataset_info.json, where dataset names are looked up.")
     encoding: str = arg("utf-8", "Text encoding of the input files (utf-8 also accepts a BOM; e.g. gbk).")
     template: str | None = arg(
         "auto", "Prompt format: auto = the tokenizer's chat template; or default, chatml, qwen, llama3, gemma, "
                 "mistral, alpaca.", unset="the run's (run_config.yaml), else auto")
     system: str | None = arg(
-        None, "Persona system prompt ('' = none); train and validate add it to records without one, train records "
-              "it in run_config.yaml.", unset="the export's persona, else the run's (run_config.yaml), else the "
-                                              "built-in one (chat, serve: the chat template's default)")
+        None, "Persona system prompt ('' = none).", unset="the run's (run_config.yaml), else the built-in persona")
     cutoff_len: int | None = arg(
         CUTOFF_LEN, "Max tokens per sample (prompt + reply); longer prompts are cut, samples whose reply cannot fit "
                     "are dropped.", unset=f"the run's, else {CUTOFF_LEN}", check=_positive)
     max_samples: int | None = arg(None, "Use at most this many records of each dataset (default: all).")
     val_size: float = arg(0.0, "Validation split: a fraction in (0, 1) or a record count (>= 1); 0 = none.")
-    seed: int = arg(42, "Random seed (data order and split, LoRA init, sampling).")
+    seed: int = arg(42, "Random seed.")
 
 
 @dataclass

@@ -79,8 +79,12 @@ class Arguments:
     """
 
     @classmethod
-    def use(cls, name: str, default: Any = _KEEP) -> Any:
+    def use(cls, name: str, default: Any = _KEEP, *, note: str | None = None, unset: str | None = None) -> Any:
         """The group's field ``name`` for a stage config, with the stage's own ``default`` if given.
+
+        ``note`` adds a sentence about what this stage does with the value to the group's help text;
+        ``unset`` replaces the group's account of what an unset value means here (stages resolve a
+        ``None`` from different sources). Name, type, base help and check stay the group's.
 
         Example: ``cutoff_len: int = DataArguments.use("cutoff_len", 384)``.
 
@@ -91,6 +95,10 @@ class Arguments:
         if default is _KEEP:
             default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         meta = {**f.metadata, "group": cls.__name__}
+        if note:
+            meta["help"] = f"{meta['help']} {note}"
+        if unset:
+            meta["unset"] = unset
         if isinstance(default, list):
             return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
         return dataclasses.field(default=default, metadata=meta)

@@ -47,7 +47,7 @@ REPORT = "export_report.json"
 class ExportConfig:
     """Flags of `steam-train export` (= YAML keys). LLaMA-Factory names where it has one."""
 
-    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None)
+    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None, unset="the adapter run's base (run_config.yaml)")
     adapter_name_or_path: str | None = ModelArguments.use("adapter_name_or_path")
     export_dir: str | None = arg(None, "Output folder. Default: ADAPTER_NAME_OR_PATH/export.")
     quantization: list[str] = arg(["q4_k_m"], "GGUF types to write, comma-separated: q4_k_m, q5_k_m, q6_k, "

@@ -94,7 +94,7 @@ class PrepareConfig:
     max_per_game: int = arg(0, "Keep at most this many reviews per game, sampled with --seed (0 = no cap).")
     preprocessing_num_workers: int = arg(1, "Processes for the per-record rules; 0 = one per CPU (at most 8). "
                                          "Inputs under 20,000 reviews use one.")
-    seed: int = DataArguments.use("seed")
+    seed: int = DataArguments.use("seed", note="It seeds the validation split.")
     prompt_language: str = arg("auto", "Language of the default templates, tag names and {verdict} words; "
                                "auto = en when no --language is Chinese, else zh.", choices=("auto", "zh", "en"))
     instruction_template: str = arg("", "Instruction format with {name} {tags} {verdict} {playtime_hours}; "

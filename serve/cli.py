@@ -35,7 +35,8 @@ class ServeConfig:
     n_ctx: int = LlamaCppArguments.use("n_ctx")
     n_threads: int = LlamaCppArguments.use("n_threads")
     n_gpu_layers: int = LlamaCppArguments.use("n_gpu_layers")
-    system: str | None = DataArguments.use("system")
+    system: str | None = DataArguments.use(
+        "system", unset="the export's persona (export_report.json), else the GGUF chat template's default")
     persona_mode: str = arg("replace", "A client system message replaces the persona or is appended to it.",
                             choices=("replace", "prepend"))
     flash_attn: bool = LlamaCppArguments.use("flash_attn")

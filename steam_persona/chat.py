@@ -36,16 +36,17 @@ FALLBACK_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
 class ChatConfig:
     """Settings of ``steam-train chat`` (LLaMA-Factory's flag names)."""
 
-    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None)
+    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None, note="Also an export dir (its GGUF).")
     adapter_name_or_path: str | None = ModelArguments.use("adapter_name_or_path")
     quantization_bit: int | None = QuantizationArguments.use("quantization_bit")
-    system: str | None = DataArguments.use("system")
+    system: str | None = DataArguments.use(
+        "system", unset="the run's (run_config.yaml), else none; a GGUF keeps the persona in its chat template")
     temperature: float | None = GeneratingArguments.use("temperature", None)
     top_p: float | None = GeneratingArguments.use("top_p", None)
     max_new_tokens: int | None = GeneratingArguments.use("max_new_tokens", None)
     n_ctx: int = LlamaCppArguments.use("n_ctx")
     n_threads: int = LlamaCppArguments.use("n_threads")
-    seed: int = DataArguments.use("seed")
+    seed: int = DataArguments.use("seed", note="It seeds sampling.")
 
 
 @dataclass

@@ -89,7 +89,7 @@ class DemoConfig:
     quantization_bit: int | None = QuantizationArguments.use("quantization_bit", 4)
     quantization: str = arg("q4_k_m", "GGUF type to export and serve.")
     max_new_tokens: int = GeneratingArguments.use("max_new_tokens")
-    seed: int = DataArguments.use("seed")
+    seed: int = DataArguments.use("seed", note="It seeds the data order and split, the LoRA init and sampling.")
     force: bool = arg(False, "Redo every stage even when a finished one matches.")
 
 

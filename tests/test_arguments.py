@@ -39,9 +39,10 @@ def test_every_group_field_is_declared_once_and_taken_with_its_help_and_type():
             if f.name not in declared or f.name in ("dataset",):
                 continue
             group, gf = declared[f.name]
-            # a stage field named like a group field is the group's: same help, check, and base type
+            # a stage field named like a group field is the group's: its help (plus at most a stage's note
+            # on what it does with the value), check, and base type
             assert f.metadata.get("group") == group.__name__, (stage.__name__, f.name)
-            assert f.metadata["help"] == gf.metadata["help"] and f.metadata["check"] is gf.metadata["check"]
+            assert f.metadata["help"].startswith(gf.metadata["help"]) and f.metadata["check"] is gf.metadata["check"]
             assert _base(hints[f.name]) == _base(typing.get_type_hints(group)[f.name]), (stage.__name__, f.name)
 
 
@@ -119,3 +120,16 @@ def test_n_threads_0_means_half_the_cores_to_generate_and_all_to_quantize(monkey
 def test_context_size_is_the_training_context_else_4096():
     assert arguments.context_size(8192) == 8192 and arguments.context_size(2048) == 2048
     assert arguments.context_size(0) == arguments.FALLBACK_N_CTX == 4096
+
+
+def test_a_stage_notes_its_use_of_a_shared_flag_and_what_unset_means_there():
+    from steam_persona.serve.cli import ServeConfig
+    from steam_persona.trainer.train import TrainConfig
+
+    train = {f.name: f for f in dataclasses.fields(TrainConfig)}["system"].metadata
+    serve = {f.name: f for f in dataclasses.fields(ServeConfig)}["system"].metadata
+    base = {f.name: f for f in dataclasses.fields(arguments.DataArguments)}["system"].metadata
+    assert train["help"] == base["help"] + " Added to records that have none; recorded in run_config.yaml."
+    assert serve["help"] == base["help"] and "GGUF chat template" in serve["unset"] and "GGUF" not in base["unset"]
+    for meta in (train, serve, base):  # no stage's wording in another's help
+        assert "serve" not in meta["help"] and "chat:" not in meta["help"]

@@ -63,7 +63,8 @@ class EvalConfig:
     train_dataset: str | None = arg(None, "Training data for the 8-gram copy check (file or registered name); "
                                     "default: the run's dataset from run_config.yaml.")
     template: str | None = DataArguments.use("template", None)
-    system: str | None = DataArguments.use("system")
+    system: str | None = DataArguments.use(
+        "system", unset="the export's persona (export_report.json), else the run's (run_config.yaml), else the built-in one")
     cutoff_len: int | None = DataArguments.use("cutoff_len", None)
     max_samples: int | None = DataArguments.use("max_samples")
     num_samples: int = arg(16, "Validation prompts to generate from (the first N).")
@@ -72,7 +73,7 @@ class EvalConfig:
     temperature: float = GeneratingArguments.use("temperature")
     top_p: float = GeneratingArguments.use("top_p")
     repetition_penalty: float = GeneratingArguments.use("repetition_penalty")
-    seed: int = DataArguments.use("seed")
+    seed: int = DataArguments.use("seed", note="It seeds sampling.")
     per_device_eval_batch_size: int = TrainingArguments.use("per_device_eval_batch_size")
     output_dir: str | None = arg(None, "Where the report goes; default: <run>/eval, or eval/<gguf name>.")
 

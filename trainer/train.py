@@ -75,7 +75,8 @@ class TrainConfig:
     dataset_dir: str = DataArguments.use("dataset_dir")
     encoding: str = DataArguments.use("encoding")
     template: str = DataArguments.use("template")
-    system: str = DataArguments.use("system", DEFAULT_SYSTEM)
+    system: str = DataArguments.use(
+        "system", DEFAULT_SYSTEM, note="Added to records that have none; recorded in run_config.yaml.")
     cutoff_len: int = DataArguments.use("cutoff_len")
     max_samples: int | None = DataArguments.use("max_samples")
     val_size: float = DataArguments.use("val_size")
@@ -109,7 +110,7 @@ class TrainConfig:
     eval_strategy: str = arg("steps", "When to evaluate (with --val_size or --eval_dataset): steps or no.", choices=("steps", "no"))
     load_best_model_at_end: bool = arg(False, "Save the adapter of the lowest eval loss as the run's adapter (kept in "
                                               "best/ while training); needs --val_size or --eval_dataset.")
-    seed: int = DataArguments.use("seed")
+    seed: int = DataArguments.use("seed", note="It seeds the data order, the validation split and the LoRA init.")
     bf16: bool = arg(False, "Train in bfloat16 (the default on GPUs that support it, even without this flag).")
     fp16: bool = arg(False, "Train in float16 (warned on bf16-capable hardware: overflow risk).")
     use_cpu: bool = arg(False, "Train on the CPU even when a GPU is present.")

@@ -29,7 +29,7 @@ class ValidateConfig:
     encoding: str = DataArguments.use("encoding")
     model_name_or_path: str = ModelArguments.use("model_name_or_path")
     template: str = DataArguments.use("template")
-    system: str = DataArguments.use("system", DEFAULT_SYSTEM)
+    system: str = DataArguments.use("system", DEFAULT_SYSTEM, note="Added to records that have none.")
     cutoff_len: int = DataArguments.use("cutoff_len")
 
 
