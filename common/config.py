@@ -33,6 +33,7 @@ import click
 import yaml
 
 from steam_persona.common.errors import UserError
+from steam_persona.resources import packaged_copy_hint
 
 def arg(
     default: Any = dataclasses.MISSING,
@@ -174,7 +175,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"{p}: config file not found; check the path")
+        raise UserError(f"{p}: config file not found; check the path{packaged_copy_hint(p)}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as e:

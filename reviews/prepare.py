@@ -43,6 +43,7 @@ from steam_persona.common.arguments import DataArguments
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, progress
 from steam_persona.common.errors import UserError
+from steam_persona.resources import packaged_copy_hint
 from steam_persona.reviews.sources import Review
 
 TEMPLATE_FIELDS = ("name", "tags", "verdict", "playtime_hours")
@@ -518,7 +519,8 @@ def _load_lists(cfg: PrepareConfig) -> tuple[Any, Any]:
         try:
             blocklist = cleaning.load_blocklist(cfg.blocklist)
         except FileNotFoundError:
-            raise UserError(f"{cfg.blocklist}: blocklist file not found; check --blocklist") from None
+            raise UserError(f"{cfg.blocklist}: blocklist file not found; check --blocklist"
+                            f"{packaged_copy_hint(cfg.blocklist)}") from None
         except UnicodeDecodeError as e:
             raise UserError(f"{cfg.blocklist}: byte {e.start} is not UTF-8; save the blocklist as UTF-8") from None
         if blocklist is None:

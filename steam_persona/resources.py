@@ -2,7 +2,7 @@
 :mod:`importlib.resources`, the same in a source checkout and in an installed wheel.
 
 Each shipped top-level folder is a package of its own: ``plugin/`` is ``steam_persona.plugin``,
-``examples/`` is ``steam_persona.examples``, ``trainer/`` is ``steam_persona.trainer``; the chat
+``examples/`` is ``steam_persona.examples``, ``reviews/`` is ``steam_persona.reviews``; the chat
 plugin's ``manifest.yaml`` sits beside ``plugin/`` in both layouts (repository root / the wheel's
 ``steam_persona/``; ``pyproject.toml`` ships it as ``plugin/../manifest.yaml``).
 """
@@ -27,3 +27,16 @@ def shipped(rel: str) -> Path:
     if not rest:
         return Path(importlib.resources.files("steam_persona.plugin")).parent / top
     return Path(importlib.resources.files(f"steam_persona.{top}")) / rest
+
+
+def packaged_copy_hint(path: str | Path) -> str:
+    """For a missing ``examples/…`` path (the README's commands, run outside a checkout): ``"; the
+    packaged copy is at …"``, else ``""``."""
+    p = Path(path)
+    if p.is_absolute() or p.parts[:1] != ("examples",):
+        return ""
+    try:
+        copy = shipped(p.as_posix())
+    except ModuleNotFoundError:
+        return ""
+    return f"; the packaged copy is at {copy}" if copy.is_file() else ""

@@ -2,9 +2,11 @@
 
 from dataclasses import dataclass
 
+import pytest
 from click.testing import CliRunner
 
 from steam_persona.common.config import arg, command
+from steam_persona.common.errors import UserError
 
 
 @dataclass
@@ -54,3 +56,17 @@ def test_unknown_yaml_key_is_exit_2_with_suggestion(tmp_path):
 def test_bad_value_is_exit_2():
     r, cfg = _run(["--appid", "x"])
     assert r.exit_code == 2 and "'appid'" in r.output
+
+
+def test_a_missing_examples_file_names_its_packaged_copy(tmp_path, monkeypatch):
+    """The README's `examples/…` paths, run from another folder: the error says where the shipped copy is."""
+    from steam_persona.common.config import load_yaml
+    from steam_persona.resources import shipped
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="packaged copy is at") as e:
+        load_yaml("examples/train_qlora.yaml")
+    assert str(shipped("examples/train_qlora.yaml")) in e.value.message
+    with pytest.raises(UserError) as e:
+        load_yaml("mine.yaml")
+    assert e.value.message == "mine.yaml: config file not found; check the path"
