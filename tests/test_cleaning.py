@@ -128,14 +128,57 @@ def test_dedup_key_ignores_case_width_space_punctuation():
 
 def test_near_duplicates_catch_edited_copies_not_different_texts():
     base = "一个赞封一个挂逼，这个游戏真的好玩，自由度很高而且怎么玩也玩不腻，可以来我们这里一起交流学习，欢迎各位萌新和老玩家前来"
+    texts = [base, base[1:] + "！！",  # first char lost, punctuation added
+             "画面很好，剧情一般，打击感不错，但是优化太差了，希望后续更新能修一下闪退的问题",
+             "短评"]  # too short to shingle: never a near duplicate
     nd = cleaning.NearDuplicates(threshold=0.8)
-    assert nd.add(cleaning.dedup_key(base), "first") is None
-    assert nd.add(cleaning.dedup_key(base[1:] + "！！"), "copy") == "first"  # first char lost, punctuation added
-    assert nd.add(cleaning.dedup_key("画面很好，剧情一般，打击感不错，但是优化太差了，希望后续更新能修一下闪退的问题")) is None
-    assert nd.add(cleaning.dedup_key("短评")) is None  # too short to shingle: never a near duplicate
+    assert nd.first_copies([cleaning.dedup_key(t) for t in texts]) == [None, 0, None, None]
+    assert nd.first_copies([]) == [] and nd.first_copies(["短评"]) == [None]
     sig1 = cleaning.NearDuplicates(seed=1).signature(cleaning.dedup_key(base))
     sig2 = cleaning.NearDuplicates(seed=1).signature(cleaning.dedup_key(base))
     assert (sig1 == sig2).all()  # deterministic across instances (no Python hash randomisation)
+
+
+def _first_copies_one_by_one(nd: cleaning.NearDuplicates, keys: list[str]) -> list[int | None]:
+    """The definition first_copies vectorises: LSH buckets filled text by text, duplicates not indexed."""
+    import numpy as np
+
+    buckets: list[dict[bytes, int]] = [{} for _ in range(nd.bands)]
+    sigs: dict[int, np.ndarray] = {}
+    out: list[int | None] = []
+    for i, key in enumerate(keys):
+        sig = nd.signature(key)
+        bands = [] if sig is None else [row.tobytes() for row in sig.reshape(nd.bands, nd.rows)]
+        like = next((buckets[b][band] for b, band in enumerate(bands) if band in buckets[b]
+                     and np.count_nonzero(sigs[buckets[b][band]] == sig) >= nd.threshold * len(sig)), None)
+        out.append(like)
+        if sig is not None and like is None:
+            sigs[i] = sig
+            for b, band in enumerate(bands):
+                buckets[b].setdefault(band, i)
+    return out
+
+
+def test_near_duplicates_vectorised_equals_one_by_one():
+    """Texts spliced from a few sentences share many bands (candidates that are not duplicates,
+    chains of edits, duplicates of duplicates): the batch result equals the text-by-text one."""
+    import random
+
+    rng = random.Random(0)
+    pieces = ["画面很好剧情一般", "打击感不错但是优化太差了", "希望后续更新能修一下闪退的问题", "自由度很高怎么玩也玩不腻",
+              "欢迎各位萌新和老玩家", "good game but the servers are bad", "就是价格有点贵", "和朋友一起玩非常开心"]
+    keys = []
+    for _ in range(300):
+        if keys and rng.random() < 0.3:
+            k = rng.choice(keys)
+            keys.append(k[:rng.randint(0, 3)] + k[rng.randint(3, 6):] + rng.choice("好坏啊哈"))
+        else:
+            keys.append(cleaning.dedup_key("".join(rng.sample(pieces, rng.randint(1, 4)))))
+    for threshold in (0.8, 0.5):
+        nd = cleaning.NearDuplicates(threshold=threshold, bands=8, rows=2)
+        want = _first_copies_one_by_one(nd, keys)
+        assert nd.first_copies(keys) == want
+        assert 20 < sum(x is not None for x in want) < 250
 
 
 def test_minhash_estimate_tracks_jaccard_on_real_pairs(seed_dataset):
