@@ -98,24 +98,32 @@ def timed(flags: dict) -> tuple[float, float, dict]:
 
 _BEFORE = """
 import json, sys, time
-from steam_persona.trainer import config
-from steam_persona.trainer.prepare import PrepareConfig, run
+from {pkg} import config
+from {pkg}.prepare import PrepareConfig, run
+assert config.__file__.startswith(sys.argv[2]), config.__file__  # the ref's code, not an installed copy
 t0, c0 = time.perf_counter(), time.process_time()
 res = run(config.build(PrepareConfig, json.loads(sys.argv[1])))
-print("BEFORE " + json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
-                              "kept": res["counts"]["kept"]}))
+print("BEFORE " + json.dumps({{"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+                              "kept": res["counts"]["kept"]}}))
 """
 
 
 def timed_before(ref: str, flags: dict, tmp: Path) -> dict:
-    """The default pipeline of the code at git ``ref`` (a subprocess on the same input)."""
+    """The default pipeline of the code at git ``ref`` (a subprocess on the same input). A ref from
+    before the ``steam_persona`` package imports its ``trainer`` package directly; a later one needs
+    ``steam_persona/`` and ``pyproject.toml`` beside ``trainer/`` so that ``steam_persona.trainer``
+    is the ref's and not the installed checkout's."""
     code = tmp / "before"
     code.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "trainer"], check=True, capture_output=True).stdout
+    names = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", ref], check=True, capture_output=True,
+                           text=True).stdout.split()
+    paths = [p for p in ("trainer", "steam_persona", "pyproject.toml", "examples") if p in names]
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, *paths], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+    pkg = "steam_persona.trainer" if "steam_persona" in names else "trainer"
     env = {**os.environ, "PYTHONPATH": str(code)}
-    out = subprocess.run([sys.executable, "-c", _BEFORE, json.dumps(flags)], env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", _BEFORE.format(pkg=pkg), json.dumps(flags), str(code)], env=env,
+                         cwd=code, check=True, capture_output=True, text=True).stdout  # cwd: not this checkout
     return json.loads(next(line for line in out.splitlines() if line.startswith("BEFORE "))[7:])
 
 

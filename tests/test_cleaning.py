@@ -89,6 +89,38 @@ def test_not_spam(text):
     assert cleaning.spam_reason(text) is None
 
 
+#: spam the pre-filter used to hide (no hint in the text although a pattern matched), and near misses
+_HINT_CASES = ["大家请点个赞吧", "老板 帮忙点个赞", "please sub on my channel", "qq 1二3四5六", "加我 q 一 二 三 四 五 六",
+               "ｑ群 12345678", "ＱＱ群：１２３４５６７", "Call +1 (555) 12 34", "进群领取礼包", "送你一个小建议",
+               "送了朋友一份", "2023-12-01 更新", "版本 1.0.3.2 修好了", "联系 138 1234 5678", "vx：abc_12345",
+               "subtitles are fine", "打了 1234567 分"]
+
+
+@pytest.mark.parametrize("text", _HINT_CASES)
+def test_spam_hints_never_hide_a_match(text):
+    """The literal pre-filter only skips texts no pattern matches: the result equals running every
+    pattern (leftmost match, pattern order on ties)."""
+    m = cleaning._SPAM_ANY.search(text.lower())
+    assert cleaning.spam_reason(text) == (m.lastgroup if m else None)
+
+
+def test_spam_the_hints_used_to_hide():
+    assert [cleaning.spam_reason(t) for t in _HINT_CASES[:5]] == [
+        "award_begging", "award_begging", "stream_promo", "qq_wechat_group", "qq_wechat_group"]
+    assert [cleaning.spam_reason(t) for t in ("送你一个小建议", "送了朋友一份", "版本 1.0.3.2 修好了")] == [None, None, None]
+
+
+@pytest.mark.parametrize("text", _HINT_CASES + ["邮箱 me@example.com", "a(at)b(dot)com", "+44 20 7946 0958",
+                                                "STEAM_0:1:123 [U:1:456]", "friend code: 12345678", "pan.baidu.com/s/x"])
+def test_pii_hints_never_hide_a_match(text):
+    want, kinds = text, []
+    for kind, pattern in cleaning.PII_PATTERNS.items():
+        new = pattern.sub(cleaning._keep_platform if kind == "link" else "", want)
+        if new != want:
+            want, kinds = new, kinds + [kind]
+    assert cleaning.scrub_pii(text) == (want, kinds)
+
+
 def test_pii_scrub_removes_profile_urls_ids_phones_emails():
     text, kinds = cleaning.scrub_pii("战地6本体评测在这里 https://steamcommunity.com/profiles/76561190000000001/recommended/2807960/ "
                                      "好友 76561198000000042 邮箱 me@example.com 电话 13912345678 "

@@ -23,6 +23,17 @@ def test_page_residue_in_several_ui_languages():
         assert noise.strip_page_residue(keep) == keep
 
 
+@pytest.mark.parametrize("text", [
+    "POSTED: MARCH 4\nGreat", "RECOMMANDÉ\nBon jeu", "Yayınlanma: 4 Mart\nİyi", "PUBBLICATO: 4 MARZO\nBello",
+    "1,234 PEOPLE FOUND THIS REVIEW HELPFUL\nok", "12.5 HRS ON RECORD\nok", "NICHT EMPFOHLEN\nnein", "展开全文\n好",
+    "有 3 人觉得这篇评测很欢乐\n好", "4 Personen fanden diese Rezension hilfreich\nok", "게시 일시: 3월 4일\n좋아요",
+    "这游戏不错，有点贵", "a long day"])
+def test_page_residue_hint_never_hides_a_line(text):
+    """The literal pre-filter (searched in the lower-cased text) only skips texts the patterns leave alone."""
+    full = noise._RESIDUE_LINE.sub("", noise._DATE_HEADER.sub("", text)).strip()
+    assert noise.strip_page_residue(text) in ((full,) if full != text.strip() else (full, text))
+
+
 def test_signatures_mentions_and_the_authors_name():
     assert noise.strip_handles("好玩\n——来自小黑盒用户张三的评价") == ("好玩\n", ["signature"])
     assert noise.strip_handles("Fun game.\nSent from my iPhone") == ("Fun game.\n", ["signature"])

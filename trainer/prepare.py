@@ -616,18 +616,24 @@ def _fits(detected: str | None, wanted: set[str]) -> bool:
 #: below this many reviews one process is faster than starting workers
 PARALLEL_MIN_REVIEWS = 20_000
 _CHUNK = 4_000
-_WORKER_RULES: _Rules | None = None  # the forked workers' copy of the rules
+_WORKER: tuple[_Rules, list[Review]] | None = None  # the forked workers' copy of the rules and reviews
 
 
 _Result = tuple[str | None, str]  # (removing rule or None, dedup key)
 
 
-def _per_record_chunk(chunk: list[Review]) -> tuple[list[tuple[_Result, str, str | None, Any]], dict[str, _Stat]]:
-    """Worker: the per-record rules on a chunk; (result, cleaned text, language, length) each, and the counts."""
-    rules = _WORKER_RULES
-    assert rules is not None
+def _per_record_chunk(start: int) -> tuple[list[tuple[_Result, str | None, str | None, Any]], dict[str, _Stat]]:
+    """Worker: the per-record rules on the reviews from ``start`` (read from the forked parent's list,
+    so nothing is pickled on the way in); (result, the cleaned text or None when unchanged, language,
+    length) each, and the counts."""
+    assert _WORKER is not None
+    rules, reviews = _WORKER
     rules.stats = {n: _Stat() for n in RULES}
-    return [(rules.per_record(r), r.text, r.language, r.length) for r in chunk], rules.stats
+    out = []
+    for r in reviews[start:start + _CHUNK]:
+        text = r.text
+        out.append((rules.per_record(r), None if r.text is text else r.text, r.language, r.length))
+    return out, rules.stats
 
 
 def _merge_stats(into: dict[str, _Stat], part: dict[str, _Stat]) -> None:
@@ -641,24 +647,23 @@ def _merge_stats(into: dict[str, _Stat], part: dict[str, _Stat]) -> None:
 
 def _per_record_results(reviews: list[Review], rules: _Rules, workers: int) -> Iterator[tuple[int, list[_Result]]]:
     """``(start, per-record results of reviews[start:start+n])`` chunk by chunk, in input order; with
-    ``workers`` > 1 (and enough reviews) in forked worker processes, the texts copied back."""
+    ``workers`` > 1 (and enough reviews) in forked worker processes, the changed texts copied back."""
     chunks = range(0, len(reviews), _CHUNK)
     if workers <= 1 or len(reviews) < PARALLEL_MIN_REVIEWS:
         for start in chunks:
             yield start, [rules.per_record(r) for r in reviews[start:start + _CHUNK]]
         return
-    global _WORKER_RULES
-    _WORKER_RULES = rules
+    global _WORKER
+    _WORKER = rules, reviews
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            parts = pool.imap(_per_record_chunk, (reviews[start:start + _CHUNK] for start in chunks))
-            for start, (out, stats) in zip(chunks, parts):
+            for start, (out, stats) in zip(chunks, pool.imap(_per_record_chunk, chunks)):
                 _merge_stats(rules.stats, stats)
                 for r, (_, text, language, length) in zip(reviews[start:start + _CHUNK], out):
-                    r.text, r.language, r.length = text, language, length
+                    r.text, r.language, r.length = r.text if text is None else text, language, length
                 yield start, [result for result, _, _, _ in out]
     finally:
-        _WORKER_RULES = None
+        _WORKER = None
 
 
 def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[list[Review], list[str], Counter, Counter]:
