@@ -575,22 +575,16 @@ class NearDuplicates:
         Texts are taken in order; a text is compared with the first *kept* (not itself a duplicate)
         earlier text sharing each of its bands, band by band, and is a duplicate of the first whose
         estimated Jaccard is ≥ ``threshold``. Texts too short to shingle are never duplicates.
-        Vectorised: a band key seen for the first time cannot match, so only texts with a band
-        seen before (a few percent) go through the comparison loop.
+        Vectorised: a band seen for the first time cannot match, so only texts with a band seen
+        before go through the comparison loop (about half of them on texts spliced from shared
+        sentences, far fewer on real reviews).
         """
         sigs, rows = self.signatures(keys)
         out: list[int | None] = [None] * len(keys)
         m = len(sigs)
         if not m:
             return out
-        # band ids: (m, bands) ints, equal where the band's rows are equal
-        bands = sigs.view(f"V{8 * self.rows}")
-        ids = np.empty((m, self.bands), np.int64)
-        new = np.empty((m, self.bands), bool)
-        for b in range(self.bands):
-            _, idx, inv = np.unique(bands[:, b], return_index=True, return_inverse=True)
-            ids[:, b] = inv.ravel()
-            new[:, b] = idx[ids[:, b]] == np.arange(m)
+        ids, new = self._band_ids(sigs)
         fresh = new.all(axis=1)  # every band seen first here: kept, nothing to compare with
         owner = np.full((self.bands, int(ids.max()) + 1), -1, np.int64)  # band id -> first kept text
         for b in range(self.bands):
@@ -608,3 +602,20 @@ class NearDuplicates:
             else:
                 out[int(rows[i])] = int(rows[like])
         return out
+
+    def _band_ids(self, sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(int64[m, bands], bool[m, bands])``: ids equal where two texts' band rows are equal, and
+        whether a text is its band's first. Bands are sorted by a 64-bit mix of their rows (~3x faster
+        than sorting the rows as bytes); a collision, checked for, falls back to the bytes."""
+        m = len(sigs)
+        ids = np.empty((m, self.bands), np.int64)
+        new = np.empty((m, self.bands), bool)
+        for b in range(self.bands):
+            band = sigs[:, b * self.rows:(b + 1) * self.rows]
+            _, first, inv = np.unique((band * self._a[:self.rows]).sum(axis=1), return_index=True, return_inverse=True)
+            if not np.array_equal(band, band[first[inv.ravel()]]):
+                _, first, inv = np.unique(np.ascontiguousarray(band).view(f"V{8 * self.rows}").ravel(),
+                                          return_index=True, return_inverse=True)
+            ids[:, b] = inv.ravel()
+            new[:, b] = first[ids[:, b]] == np.arange(m)
+        return ids, new
