@@ -86,13 +86,24 @@ _SIGNATURE = re.compile(
     r"|^\s*(?:本评测|本文|此评测)?(?:同步|转载|轉載|首发)(?:于|自|於)[^\n]{0,40}$", re.I | re.M)
 _SIGNATURE_HINT = re.compile(r"来自|來自|发自|發自|via|sent (?:from|via)|同步|转载|轉載|首发")  # in the lower-cased text
 _MENTION = re.compile(r"(?<![\w.@/])@\w[\w.\-]{1,30}")
+# another user thanked by name: "感谢暗夜猎手大佬", "谢谢B站UP主老番茄的视频" (the name, 2-16 word characters,
+# must be followed by an honorific or by "的" and the kind of thing users share; groups, platforms,
+# demonstratives and plain words such as 制作组 / 大家 / 朋友 / 这个游戏 are not names)
+_THANKED = re.compile(
+    r"(?P<pre>(?:感谢|感謝|谢谢|謝謝|鸣谢|鳴謝|致谢|多谢)\s*(?:b站|B站|小黑盒|贴吧|NGA|nga)?\s*(?:用户|用戶|up主|UP主|Up主|主播)?\s*)"
+    r"(?![这這那本该該此每各]|制作|开发|開發|官方|汉化|漢化|大家|群友|网友|朋友|室友|楼主|作者|你们|你們|他们|她们|大佬|大神"
+    r"|老哥|兄弟|游戏|遊戲|[bB]站|小黑盒|贴吧|NGA|nga)"
+    r"[\w\-·]{2,16}?(?=\s*(?:大佬|巨佬|大神|老哥|老师|老師|兄弟|dalao)|\s*的(?:攻略|视频|視頻|教程|帖子|分享|指导|指導|评测|評測"
+    r"|汉化|漢化|补丁|補丁|mod|MOD|存档|存檔))")
+_THANKS_HINT = re.compile(r"感谢|感謝|谢谢|謝謝|鸣谢|鳴謝|致谢|多谢")
 
 
 def strip_handles(text: str, author: str | None = None, handles: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
     """Remove cross-post signatures ("——来自小黑盒用户XXX的评价", "Sent from my iPhone"), ``@name``
-    mentions, every occurrence of the record's own author names (``author``: names and ids, one per
-    line; case-insensitive, whole words for Latin names; names under 2 characters are ignored) and
-    other authors' screen names (``handles``: lower-cased tokens, see :func:`screen_names`).
+    mentions, another user thanked by name ("感谢暗夜猎手大佬的攻略" → "感谢大佬的攻略"), every occurrence of
+    the record's own author names (``author``: names and ids, one per line; case-insensitive, whole
+    words for Latin names; names under 2 characters are ignored) and other authors' screen names
+    (``handles``: lower-cased tokens, see :func:`screen_names`).
     Returns ``(text, kinds)`` with kinds from ``signature``, ``mention``, ``author_name``,
     ``screen_name``."""
     kinds = []
@@ -105,6 +116,10 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
         text, n = _MENTION.subn("", text)
         if n:
             kinds.append("mention")
+    if _THANKS_HINT.search(text):
+        text, n = _THANKED.subn(r"\g<pre>", text)
+        if n:
+            kinds.append("screen_name")
     low = text.lower() if kinds else low
     for name in author.split("\n") if author else ():
         name = name.strip()
@@ -117,7 +132,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
         found = {t for t in _HANDLE_TOKEN.findall(text) if t.lower() in handles}
         if found:
             text = _HANDLE_TOKEN.sub(lambda m: "" if m.group(0) in found else m.group(0), text)
-            kinds.append("screen_name")
+            kinds += [] if "screen_name" in kinds else ["screen_name"]
     return text, kinds
 
 
