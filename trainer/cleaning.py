@@ -304,7 +304,7 @@ _SPAM_HINTS = (
 )
 
 
-def spam_reason(text: str) -> str | None:
+def spam_reason(text: str, low: str | None = None) -> str | None:
     """Return why a review looks like spam or an advert, or ``None``.
 
     Reasons: ``qq_wechat_group`` (a QQ/WeChat group or account with its number or id, also written
@@ -313,9 +313,10 @@ def spam_reason(text: str) -> str | None:
     (asking for awards, upvotes, points), ``giveaway``, ``trading`` (selling accounts, skins, keys),
     ``boosting`` (代练/代充, rank boosting), ``stream_promo`` (follow my channel/stream), ``url``
     (a Steam curator/group link, or a link to a shop or key seller). Other links are not adverts:
-    :func:`scrub_pii` removes them from the kept text.
+    :func:`scrub_pii` removes them from the kept text. ``low`` is ``text.lower()`` when the caller
+    has it (one lower-casing for several rules).
     """
-    low = text.lower()
+    low = text.lower() if low is None else low
     if any(h.search(low) for h in _SPAM_HINTS):
         m = _SPAM_ANY.search(low)
         if m:
@@ -342,9 +343,9 @@ def load_blocklist(path: str | Path) -> WordList | None:
     return words if len(words) else None
 
 
-def blocked_word(text: str, blocklist: WordList) -> str | None:
-    """The first blocklisted entry found in ``text`` (lower case), or ``None``."""
-    hit = blocklist.find(text)
+def blocked_word(text: str, blocklist: WordList, low: str | None = None) -> str | None:
+    """The first blocklisted entry found in ``text`` (lower case; ``low`` = ``text.lower()`` if known), or ``None``."""
+    hit = blocklist.find(text, low)
     return hit[1] if hit else None
 
 
@@ -385,9 +386,9 @@ class WordList:
     def __len__(self) -> int:
         return len(self.categories)
 
-    def find(self, text: str) -> tuple[str, str] | None:
-        """``(category, entry)`` of the first entry found in ``text``, or ``None``."""
-        text = text.lower()
+    def find(self, text: str, low: str | None = None) -> tuple[str, str] | None:
+        """``(category, entry)`` of the first entry found in ``text`` (``low`` = ``text.lower()`` if known), or ``None``."""
+        text = text.lower() if low is None else low
         hit = self._find(text)
         if hit and self._allowed is not None and self._allowed.search(text):
             hit = self._find(self._allowed.sub(" ", text))
@@ -460,7 +461,7 @@ def mask_pii(text: str) -> str:
     return text
 
 
-def scrub_pii(text: str) -> tuple[str, list[str]]:
+def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     """Remove personal data and links from kept text: Steam profile/invite URLs, e-mail addresses
     (also spelled out), SteamIDs (64-bit, ``STEAM_0:1:123``, ``[U:1:123]``), friend codes, QQ/WeChat
     contacts (also in Chinese numerals or spaced digits), phone numbers (mainland and ``+CC``), and
@@ -468,9 +469,9 @@ def scrub_pii(text: str) -> tuple[str, list[str]]:
     A hex address (``0x14000000000``) or a build number is not a phone number.
 
     Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`PII_PATTERNS` order
-    (empty when nothing was).
+    (empty when nothing was). ``low`` is ``text.lower()`` when the caller has it.
     """
-    low = text.lower()
+    low = text.lower() if low is None else low
     kinds = []
     for kind, hints in _PII_HINTS.items():
         if any(h.search(low) for h in hints):

@@ -270,22 +270,23 @@ class _Rules:
 
     def _filter(self, r: Review) -> str | None:
         cfg = self.cfg
+        low = r.text.lower()  # one lower-casing for the spam, slur, blocklist and PII rules
         if cfg.drop_masked and cleaning.has_profanity_mask(r.text):
             return self._drop("profanity_mask", r)
         if cfg.drop_spam:
-            reason = cleaning.spam_reason(r.text)
+            reason = cleaning.spam_reason(r.text, low)
             if reason:
                 return self._drop("spam", r, reason)
         if self.slurs is not None:
-            hit = self.slurs.find(r.text)
+            hit = self.slurs.find(r.text, low)
             if hit:
                 return self._drop("identity_slur", r, f"{hit[0]}: {_mask_word(hit[1])}")
         if self.blocklist is not None:
-            word = cleaning.blocked_word(r.text, self.blocklist)
+            word = cleaning.blocked_word(r.text, self.blocklist, low)
             if word:
                 return self._drop("blocklist", r, word.lower())
         if cfg.scrub_pii:
-            self._scrubbed("scrub_pii", r, *cleaning.scrub_pii(r.text))
+            self._scrubbed("scrub_pii", r, *cleaning.scrub_pii(r.text, low))
         if cfg.drop_checklists and noise.checklist_reason(r.text):
             return self._drop("checklist", r)
         if cfg.drop_little_language and r.text and noise.little_language_reason(r.text):
