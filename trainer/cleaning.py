@@ -280,9 +280,8 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 
 
-# one pass over the text for all patterns (named groups say which one matched)
-# searched in the lower-cased text: a case-sensitive search is ~10x faster than re.I on these
-_SPAM_ANY = re.compile("|".join(f"(?P<{name}>{p.pattern})" for name, p in SPAM_PATTERNS.items()))
+# each pattern as searched in the lower-cased text: a case-sensitive search is ~10x faster than re.I
+_SPAM_LOW = {name: re.compile(p.pattern) for name, p in SPAM_PATTERNS.items()}
 
 
 # Every SPAM_PATTERNS match contains a match of one of these (in the lower-cased text); searching for
@@ -291,7 +290,7 @@ _SPAM_ANY = re.compile("|".join(f"(?P<{name}>{p.pattern})" for name, p in SPAM_P
 # their first characters, which it cannot do for an alternation that mixes the two.
 _FIVE_DIGITS_RE = re.compile(_FIVE_DIGITS)
 _PLUS_PHONE = re.compile(r"\+\d[\d \-.()]{7}")  # the shortest "+CC" phone number has 8 characters after the +
-_SPAM_HINTS = (
+_SPAM_HINTS = (  # any pattern
     _FIVE_DIGITS_RE,
     _PLUS_PHONE,
     re.compile(r"微信|薇信|威信|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣扣|企鹅|群号|加群|进群|入群|邀请码|推荐码"
@@ -302,6 +301,30 @@ _SPAM_HINTS = (
                r"|give ?away|free|buying|selling|sell my|trade|cheap|boost|carry|power ?level|follow|subscribe"
                r"|sub (?:me )?(?:on|to)|twitch|youtube|check out|support-a"),
 )
+# what every match of each pattern contains (a text that passed _SPAM_HINTS runs only the patterns
+# whose hint it has; one search per pattern is ~6x cheaper than the patterns' joint alternation)
+_PATTERN_HINTS = {
+    "qq_wechat_group": (re.compile(r"扣扣|企鹅|薇信|威信|微信|卫星|群号|加群|进群|入群|公众号|q|ｑ|v|ｖ|wx"),),
+    "phone_number": (re.compile(r"\d\d\d[- ]?\d\d\d\d"), _PLUS_PHONE),
+    "referral_code": (re.compile(r"邀请码|推荐码|优惠码|返利|折扣码|我的码|referral|invite|promo|discount|coupon|creator|code"),),
+    "award_begging": (re.compile(r"奖励|点赞|点个赞|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points"),),
+    "giveaway": (re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|领取"),),
+    "trading": (re.compile(r"收号|出号|卖号|代售|回收|出售|低价出|buying|selling|sell|trade|cheap"),),
+    "boosting": (re.compile(r"代练|代打|代肝|代刷|代充|代上分|带上分|boost|carry service|power"),),
+    "stream_promo": (re.compile(r"follow|sub|twitch|youtube|check out|关注|直播|斗鱼|虎牙|抖音|快手"),),
+}
+assert list(_PATTERN_HINTS) == list(SPAM_PATTERNS)
+
+
+def _first_spam(low: str) -> str | None:
+    """The pattern whose match starts first in ``low`` (the earlier pattern on a tie), or ``None``."""
+    best: tuple[int, str] | None = None
+    for name, hints in _PATTERN_HINTS.items():
+        if any(h.search(low) for h in hints):
+            m = _SPAM_LOW[name].search(low)
+            if m and (best is None or m.start() < best[0]):
+                best = (m.start(), name)
+    return best[1] if best else None
 
 
 def spam_reason(text: str, low: str | None = None) -> str | None:
@@ -318,9 +341,9 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
     """
     low = text.lower() if low is None else low
     if any(h.search(low) for h in _SPAM_HINTS):
-        m = _SPAM_ANY.search(low)
-        if m:
-            return m.lastgroup
+        reason = _first_spam(low)
+        if reason:
+            return reason
     if "http" not in text and "www." not in text:
         return None
     for m in _URL.finditer(text):
