@@ -11,15 +11,16 @@ language detector runs). Then it times, in one process:
 * every_rule: every rule on (the defaults plus --drop_checklists, --script_check, --drop_masked and
   examples/blocklist.txt), one rule worker per CPU; every_rule_one_process: the same in one process;
 * default_rules_one_process: the defaults in one process;
-* before (``--before REF``): the default pipeline of the code at git REF, in a subprocess on the
-  same input; repeated ``--repeat`` times interleaved with the others, so all share the machine's
+* before REF (``--before REF``, repeatable): the default pipeline of the code at git REF, in a
+  subprocess on the same input; repeated ``--repeat`` times interleaved with the others, so all share the machine's
   load; the least-CPU run of each counts.
 
 Wall time depends on what else runs on the machine (the load average is recorded); CPU time of
 this process and its rule workers is the steadier figure, and the ratios are taken on it.
 
 Prints the figures and writes bench/results/prepare_speed.json.
-Usage: ``python bench/prepare_speed.py [--n 100000] [--before REF] [--repeat 2]``.
+Ratios are taken against the first ``--before`` ref.
+Usage: ``python bench/prepare_speed.py [--n 100000] [--before REF ...] [--repeat 2]``.
 """
 
 from __future__ import annotations
@@ -99,24 +100,36 @@ def timed(flags: dict) -> tuple[float, float, dict]:
 
 _BEFORE = """
 import json, sys, time
-from steam_persona.common import config
-from steam_persona.reviews.prepare import PrepareConfig, run
+from {common} import config
+from {stage}.prepare import PrepareConfig, run
+assert config.__file__.startswith(sys.argv[2]), config.__file__  # the ref's code, not an installed copy
 t0, c0 = time.perf_counter(), time.process_time()
 res = run(config.build(PrepareConfig, json.loads(sys.argv[1])))
-print("BEFORE " + json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
-                              "kept": res["counts"]["kept"]}))
+print("BEFORE " + json.dumps({{"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+                              "kept": res["counts"]["kept"]}}))
 """
 
 
 def timed_before(ref: str, flags: dict, tmp: Path) -> dict:
-    """The default pipeline of the code at git ``ref`` (a subprocess on the same input)."""
+    """The default pipeline of the code at git ``ref`` (a subprocess on the same input). A ref from
+    before the ``steam_persona`` package imports its ``trainer`` package directly; a later one needs
+    ``steam_persona/`` and ``pyproject.toml`` beside its stage folders so that ``steam_persona.*`` is the
+    ref's and not the installed checkout's (``prepare`` moved from ``trainer/`` to ``reviews/``)."""
     code = tmp / "before"
     code.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "trainer"], check=True, capture_output=True).stdout
+    names = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", ref], check=True, capture_output=True,
+                           text=True).stdout.split()
+    paths = [p for p in ("common", "reviews", "trainer", "steam_persona", "pyproject.toml", "examples") if p in names]
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, *paths], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+    if "reviews" in names:  # common/ + reviews/ under steam_persona
+        modules = {"common": "steam_persona.common", "stage": "steam_persona.reviews"}
+    else:
+        pkg = "steam_persona.trainer" if "steam_persona" in names else "trainer"
+        modules = {"common": pkg, "stage": pkg}
     env = {**os.environ, "PYTHONPATH": str(code)}
-    out = subprocess.run([sys.executable, "-c", _BEFORE, json.dumps(flags)], env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", _BEFORE.format(**modules), json.dumps(flags), str(code)], env=env,
+                         cwd=code, check=True, capture_output=True, text=True).stdout  # cwd: not this checkout
     return json.loads(next(line for line in out.splitlines() if line.startswith("BEFORE "))[7:])
 
 
@@ -127,8 +140,8 @@ def _best(runs: list[tuple[float, float]]) -> dict:
             "all_cpu_s": [round(c, 2) for _, c in runs]}
 
 
-def measure(n: int, before_ref: str, repeat: int) -> tuple[dict, dict]:
-    """Time each configuration ``repeat`` times, interleaved with the ``before_ref`` pipeline."""
+def measure(n: int, before_refs: list[str], repeat: int) -> tuple[dict, dict]:
+    """Time each configuration ``repeat`` times, interleaved with the pipelines of ``before_refs``."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "raw/synthetic.jsonl"
         src.parent.mkdir()
@@ -141,13 +154,13 @@ def measure(n: int, before_ref: str, repeat: int) -> tuple[dict, dict]:
         base = {"inputs": [str(src.parent)], "out": str(Path(tmp) / "out/train.json")}
         configs = {"every_rule": {**base, **every, "preprocessing_num_workers": 0}, "every_rule_one_process": {**base, **every, "preprocessing_num_workers": 1},
                    "default_rules_one_process": {**base, "preprocessing_num_workers": 1}}
-        times: dict[str, list[tuple[float, float]]] = {k: [] for k in ["before", *configs]}
+        times: dict[str, list[tuple[float, float]]] = {k: [] for k in [*(f"before {r}" for r in before_refs), *configs]}
         w, c, res = timed({**base, **off})
         times["rules_off"] = [(w, c)]
         for rep in range(repeat):
-            if before_ref:
-                b = timed_before(before_ref, {**base, "out": str(Path(tmp) / f"before{rep}/out/train.json")}, Path(tmp) / f"b{rep}")
-                times["before"].append((b["wall"], b["cpu"]))
+            for i, ref in enumerate(before_refs):
+                b = timed_before(ref, {**base, "out": str(Path(tmp) / f"before{rep}_{i}/out/train.json")}, Path(tmp) / f"b{rep}_{i}")
+                times[f"before {ref}"].append((b["wall"], b["cpu"]))
             for name, flags in configs.items():
                 w, c, res = timed(flags)
                 times[name].append((w, c))
@@ -157,26 +170,29 @@ def measure(n: int, before_ref: str, repeat: int) -> tuple[dict, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000, help="synthetic reviews")
-    ap.add_argument("--before", default="", help="git ref whose default pipeline to time on the same input")
+    ap.add_argument("--before", action="append", default=[],
+                    help="git ref whose default pipeline to time on the same input (repeatable; ratios use the first)")
     ap.add_argument("--repeat", type=int, default=2, help="interleaved repetitions (the least-CPU run counts)")
     args = ap.parse_args()
     load = os.getloadavg()[0]
     runs, res = measure(args.n, args.before, args.repeat)
+    load = max(load, os.getloadavg()[0])
     cpu = {k: v["cpu_s"] for k, v in runs.items()}
     result = {
         "date": time.strftime("%Y-%m-%d"), "reviews": args.n, "target_seconds": 10, "repeat": args.repeat,
         "workers": min(os.cpu_count() or 1, 8), "runs": runs,
-        **({"before_ref": args.before,
-            "ratio_default_rules_vs_before_cpu": round(cpu["default_rules_one_process"] / cpu["before"], 2),
-            "ratio_every_rule_vs_before_cpu": round(cpu["every_rule_one_process"] / cpu["before"], 2)} if args.before else {}),
+        **({"before_refs": args.before,
+            "ratio_default_rules_vs_before_cpu": round(cpu["default_rules_one_process"] / cpu[f"before {args.before[0]}"], 2),
+            "ratio_every_rule_vs_before_cpu": round(cpu["every_rule_one_process"] / cpu[f"before {args.before[0]}"], 2)}
+           if args.before else {}),
         "kept": res["counts"]["kept"], "removed": {k: v for k, v in res["removed"].items() if v},
-        "load_average_1min": round(load, 1),
+        "load_average_1min": round(load, 1),  # the higher of the start's and the end's
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }
     for name, r in runs.items():
         print(f"{name:28s} {r['wall_s']:6.1f} s wall  {r['cpu_s']:6.1f} s CPU  (all CPU: {r['all_cpu_s']})")
     if args.before:
-        print(f"CPU vs {args.before} (its defaults): default rules {result['ratio_default_rules_vs_before_cpu']}x, "
+        print(f"CPU vs {args.before[0]} (its defaults): default rules {result['ratio_default_rules_vs_before_cpu']}x, "
               f"every rule {result['ratio_every_rule_vs_before_cpu']}x; {args.n:,} reviews, target <= 10 s, "
               f"load average {load:.1f} on {os.cpu_count()} CPUs")
     out = REPO / "bench/results/prepare_speed.json"

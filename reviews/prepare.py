@@ -202,7 +202,6 @@ class _Rules:
         self.games: dict[str, set[str]] = {}  # dedup key → games its copies were written for
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
-        self.key = ""  # dedup key of the last record passed to apply()
         self.near = cleaning.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
 
     def _drop(self, rule: str, r: Review, reason: str = "", note: str = "") -> str:
@@ -231,13 +230,11 @@ class _Rules:
             st.example(r, ",".join(kinds))
             r.text = cleaning.normalize_whitespace(text) if self.cfg.normalize_whitespace else text
 
-    def apply(self, r: Review) -> str | None:
-        """Run every rule on one record (text cleaned in place); the removing rule's name or ``None``."""
-        return self.per_record(r) or self.measure(r)
-
-    def per_record(self, r: Review) -> str | None:
-        """The rules that look at one record alone (safe to run in worker processes)."""
-        return self._select(r) or self._clean(r) or self._filter(r)
+    def per_record(self, r: Review) -> tuple[str | None, str]:
+        """The rules that look at one record alone (safe to run in worker processes), text cleaned
+        in place: ``(the removing rule's name or None, the dedup key of a kept record or "")``."""
+        rule = self._select(r) or self._clean(r) or self._filter(r) or self._measure(r)
+        return rule, cleaning.dedup_key(r.text) if rule is None and (self.cfg.dedup or self.near is not None) else ""
 
     def _select(self, r: Review) -> str | None:
         cfg = self.cfg
@@ -282,22 +279,23 @@ class _Rules:
 
     def _filter(self, r: Review) -> str | None:
         cfg = self.cfg
+        low = r.text.lower()  # one lower-casing for the spam, slur, blocklist and PII rules
         if cfg.drop_masked and cleaning.has_profanity_mask(r.text):
             return self._drop("profanity_mask", r)
         if cfg.drop_spam:
-            reason = cleaning.spam_reason(r.text)
+            reason = cleaning.spam_reason(r.text, low)
             if reason:
                 return self._drop("spam", r, reason)
         if self.slurs is not None:
-            hit = self.slurs.find(r.text)
+            hit = self.slurs.find(r.text, low)
             if hit:
                 return self._drop("identity_slur", r, f"{hit[0]}: {_mask_word(hit[1])}")
         if self.blocklist is not None:
-            word = cleaning.blocked_word(r.text, self.blocklist)
+            word = cleaning.blocked_word(r.text, self.blocklist, low)
             if word:
                 return self._drop("blocklist", r, word.lower())
         if cfg.scrub_pii:
-            self._scrubbed("scrub_pii", r, *cleaning.scrub_pii(r.text))
+            self._scrubbed("scrub_pii", r, *cleaning.scrub_pii(r.text, low))
         if cfg.drop_checklists and noise.checklist_reason(r.text):
             return self._drop("checklist", r)
         if cfg.drop_little_language and r.text and noise.little_language_reason(r.text):
@@ -306,8 +304,8 @@ class _Rules:
             return self._drop("repetition", r)
         return None
 
-    def measure(self, r: Review) -> str | None:
-        """The rules that need the records before this one (length, script, templates, exact duplicates)."""
+    def _measure(self, r: Review) -> str | None:
+        """Length bounds, script check and template fields."""
         cfg = self.cfg
         n, unit = r.length = noise.length(r.text)
         low, high = (cfg.min_chars, cfg.max_chars) if unit == "chars" else (cfg.min_words, cfg.max_words)
@@ -325,12 +323,16 @@ class _Rules:
                 return self._drop("template_fields", r, "verdict unknown")
             if "playtime_hours" in self.uses and r.playtime_hours is None:
                 return self._drop("template_fields", r, "playtime unknown")
-        self.key = cleaning.dedup_key(r.text) if (cfg.dedup or self.near is not None) else ""
-        if cfg.dedup:
-            self.games.setdefault(self.key, set()).add(_game(r))
-            if self.key in self.seen:
-                return self._drop("exact_duplicate", r, note=f"copy of {self.seen[self.key]}")
-            self.seen[self.key] = r.where
+        return None
+
+    def exact_duplicate(self, r: Review, key: str) -> str | None:
+        """The rule that needs the records before this one (in input order): exact duplicates by
+        their dedup ``key``."""
+        if self.cfg.dedup:
+            self.games.setdefault(key, set()).add(_game(r))
+            if key in self.seen:
+                return self._drop("exact_duplicate", r, note=f"copy of {self.seen[key]}")
+            self.seen[key] = r.where
         return None
 
     def near_duplicates(self, kept: list[Review], keys: list[str]) -> list[Review]:
@@ -340,13 +342,12 @@ class _Rules:
         games = [set(self.games.get(k, ())) | {_game(r)} for r, k in zip(kept, keys)]
         out = []
         if self.near is not None:
-            for i, (r, sig) in enumerate(zip(kept, self.near.signatures(keys))):
-                like = self.near.add_signature(sig, i)
+            for i, (r, like) in enumerate(zip(kept, self.near.first_copies(keys))):
                 if like is None:
                     out.append(i)
                 else:
-                    games[like].add(_game(r))  # type: ignore[index]
-                    self._drop("near_duplicate", r, note=f"near copy of {kept[like].where}")  # type: ignore[index]
+                    games[like].add(_game(r))
+                    self._drop("near_duplicate", r, note=f"near copy of {kept[like].where}")
         else:
             out = list(range(len(kept)))
         n = self.cfg.copypasta_games
@@ -434,10 +435,11 @@ def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
 
 def _write_records(path: Path, records: list[dict[str, str]]) -> None:
     """Write records atomically as ``json.dumps(records, ensure_ascii=False, indent=2)`` would
-    (the seed file's layout), but with the C encoder per value: ``indent`` makes ``json`` fall back
-    to its pure-Python encoder, ~5x slower on 100k records."""
-    dumps = functools.partial(json.dumps, ensure_ascii=False)
-    body = ",\n".join("  {\n" + ",\n".join(f"    {dumps(k)}: {dumps(v)}" for k, v in r.items()) + "\n  }"
+    (the seed file's layout), quoting each string with the C encoder that ``json.dumps`` uses for a
+    lone ``str`` (``indent`` makes ``json`` fall back to its pure-Python encoder, ~5x slower on 100k
+    records, and a ``json.dumps`` call per value builds an encoder each time)."""
+    quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
+    body = ",\n".join("  {\n" + ",\n".join(f"    {quote(k)}: {quote(v)}" for k, v in r.items()) + "\n  }"
                        for r in records)
     atomic.write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
 
@@ -625,15 +627,24 @@ def _fits(detected: str | None, wanted: set[str]) -> bool:
 #: below this many reviews one process is faster than starting workers
 PARALLEL_MIN_REVIEWS = 20_000
 _CHUNK = 4_000
-_WORKER_RULES: _Rules | None = None  # the forked workers' copy of the rules
+_WORKER: tuple[_Rules, list[Review]] | None = None  # the forked workers' copy of the rules and reviews
 
 
-def _per_record_chunk(chunk: list[Review]) -> tuple[list[tuple[str | None, str, str | None]], dict[str, _Stat]]:
-    """Worker: the per-record rules on a chunk; (rule, cleaned text, language) each, and the counts."""
-    rules = _WORKER_RULES
-    assert rules is not None
+_Result = tuple[str | None, str]  # (removing rule or None, dedup key)
+
+
+def _per_record_chunk(start: int) -> tuple[list[tuple[_Result, str | None, str | None, Any]], dict[str, _Stat]]:
+    """Worker: the per-record rules on the reviews from ``start`` (read from the forked parent's list,
+    so nothing is pickled on the way in); (result, the cleaned text or None when unchanged, language,
+    length) each, and the counts."""
+    assert _WORKER is not None
+    rules, reviews = _WORKER
     rules.stats = {n: _Stat() for n in RULES}
-    return [(rules.per_record(r), r.text, r.language) for r in chunk], rules.stats
+    out = []
+    for r in reviews[start:start + _CHUNK]:
+        text = r.text
+        out.append((rules.per_record(r), None if r.text is text else r.text, r.language, r.length))
+    return out, rules.stats
 
 
 def _merge_stats(into: dict[str, _Stat], part: dict[str, _Stat]) -> None:
@@ -645,31 +656,30 @@ def _merge_stats(into: dict[str, _Stat], part: dict[str, _Stat]) -> None:
         have.examples.extend(st.examples[: max(0, 2 - len(have.examples))])
 
 
-def _per_record_results(reviews: list[Review], rules: _Rules, workers: int) -> Iterator[tuple[int, list[str | None]]]:
-    """``(start, rules that removed reviews[start:start+n])`` chunk by chunk, in input order; with
-    ``workers`` > 1 (and enough reviews) in forked worker processes, the texts copied back."""
+def _per_record_results(reviews: list[Review], rules: _Rules, workers: int) -> Iterator[tuple[int, list[_Result]]]:
+    """``(start, per-record results of reviews[start:start+n])`` chunk by chunk, in input order; with
+    ``workers`` > 1 (and enough reviews) in forked worker processes, the changed texts copied back."""
     chunks = range(0, len(reviews), _CHUNK)
     if workers <= 1 or len(reviews) < PARALLEL_MIN_REVIEWS:
         for start in chunks:
             yield start, [rules.per_record(r) for r in reviews[start:start + _CHUNK]]
         return
-    global _WORKER_RULES
-    _WORKER_RULES = rules
+    global _WORKER
+    _WORKER = rules, reviews
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            parts = pool.imap(_per_record_chunk, (reviews[start:start + _CHUNK] for start in chunks))
-            for start, (out, stats) in zip(chunks, parts):
+            for start, (out, stats) in zip(chunks, pool.imap(_per_record_chunk, chunks)):
                 _merge_stats(rules.stats, stats)
-                for r, (_, text, language) in zip(reviews[start:start + _CHUNK], out):
-                    r.text, r.language = text, language
-                yield start, [rule for rule, _, _ in out]
+                for r, (_, text, language, length) in zip(reviews[start:start + _CHUNK], out):
+                    r.text, r.language, r.length = r.text if text is None else text, language, length
+                yield start, [result for result, _, _, _ in out]
     finally:
-        _WORKER_RULES = None
+        _WORKER = None
 
 
 def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[list[Review], list[str], Counter, Counter]:
     """Run the rules with a progress bar; (kept, their dedup keys, dropped per language, per game).
-    The per-record rules run in ``workers`` processes; length, dedup and the rest in this one, in
+    The per-record rules run in ``workers`` processes; exact duplicates are found in this one, in
     input order. A rule that has removed more than a fifth of the reviews seen is reported at once."""
     kept: list[Review] = []
     keys: list[str] = []
@@ -677,15 +687,15 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
     drop_game: Counter[str] = Counter()
     with progress() as bar:
         task = bar.add_task("cleaning", total=len(reviews))
-        for start, removed in _per_record_results(reviews, rules, workers):
-            for r, rule in zip(reviews[start:start + len(removed)], removed):
-                if (rule or rules.measure(r)) is None:
+        for start, results in _per_record_results(reviews, rules, workers):
+            for r, (rule, key) in zip(reviews[start:start + len(results)], results):
+                if (rule or rules.exact_duplicate(r, key)) is None:
                     kept.append(r)
-                    keys.append(rules.key)
+                    keys.append(key)
                 else:
                     drop_lang[r.language or "unknown"] += 1
                     drop_game[_game(r)] += 1
-            done = start + len(removed)
+            done = start + len(results)
             bar.update(task, completed=done)
             if done < len(reviews):
                 _warn_big_rules(rules.stats, done, rules.warned, so_far=True)

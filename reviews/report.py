@@ -62,19 +62,19 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
 
 
 def _histogram(lengths: list[tuple[int, str]], target: Path) -> None:
-    """Histogram of kept lengths: CJK reviews in characters, others in words (one panel each)."""
+    """Histogram of kept lengths: CJK reviews in characters, others in words, one panel (4.5 × 3.5
+    inches at 100 dpi) per kind of review that was kept; no empty panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
-    for ax, unit in zip(axes, ("chars", "words")):
-        values = [n for n, u in lengths if u == unit]
-        if values:
-            ax.hist(values, bins=40, color="#4c72b0")
-        else:
-            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+    units = [u for u in ("chars", "words") if any(unit == u for _, unit in lengths)] or ["chars"]
+    fig, axes = plt.subplots(1, len(units), figsize=(4.5 * len(units), 3.5), dpi=100, squeeze=False)
+    for ax, unit in zip(axes[0], units):
+        values = np.array([n for n, u in lengths if u == unit], dtype=np.int64)
+        ax.hist(values, bins=40, color="#4c72b0")
         ax.set_title(f"{'CJK reviews' if unit == 'chars' else 'other scripts'} ({len(values):,})")
         ax.set_xlabel("characters" if unit == "chars" else "words")
         ax.set_ylabel("reviews")

@@ -89,6 +89,43 @@ def test_not_spam(text):
     assert cleaning.spam_reason(text) is None
 
 
+#: spam the pre-filter used to hide (no hint in the text although a pattern matched), and near misses
+_HINT_CASES = ["大家请点个赞吧", "老板 帮忙点个赞", "please sub on my channel", "qq 1二3四5六", "加我 q 一 二 三 四 五 六",
+               "ｑ群 12345678", "ＱＱ群：１２３４５６７", "Call +1 (555) 12 34", "进群领取礼包", "送你一个小建议",
+               "送了朋友一份", "2023-12-01 更新", "版本 1.0.3.2 修好了", "联系 138 1234 5678", "vx：abc_12345",
+               "subtitles are fine", "打了 1234567 分"]
+
+
+_SPAM_ANY = re.compile("|".join(f"(?P<{name}>{p.pattern})" for name, p in cleaning.SPAM_PATTERNS.items()))
+
+
+@pytest.mark.parametrize("text", _HINT_CASES + ["代练联系13812345678", "关注公众号领取礼包", "加vx: game_helper88 领福利",
+                                                "use my referral code STEAM123", "follow me on twitch, giveaway soon",
+                                                "selling cheap skins, trade link in bio", "elo boosting service"])
+def test_spam_hints_never_hide_a_match(text):
+    """The literal pre-filters only skip texts no pattern matches: the result equals running every
+    pattern at once (leftmost match, pattern order on ties)."""
+    m = _SPAM_ANY.search(text.lower())
+    assert cleaning.spam_reason(text) == (m.lastgroup if m else None)
+
+
+def test_spam_the_hints_used_to_hide():
+    assert [cleaning.spam_reason(t) for t in _HINT_CASES[:5]] == [
+        "award_begging", "award_begging", "stream_promo", "qq_wechat_group", "qq_wechat_group"]
+    assert [cleaning.spam_reason(t) for t in ("送你一个小建议", "送了朋友一份", "版本 1.0.3.2 修好了")] == [None, None, None]
+
+
+@pytest.mark.parametrize("text", _HINT_CASES + ["邮箱 me@example.com", "a(at)b(dot)com", "+44 20 7946 0958",
+                                                "STEAM_0:1:123 [U:1:456]", "friend code: 12345678", "pan.baidu.com/s/x"])
+def test_pii_hints_never_hide_a_match(text):
+    want, kinds = text, []
+    for kind, pattern in cleaning.PII_PATTERNS.items():
+        new = pattern.sub(cleaning._keep_platform if kind == "link" else "", want)
+        if new != want:
+            want, kinds = new, kinds + [kind]
+    assert cleaning.scrub_pii(text) == (want, kinds)
+
+
 def test_pii_scrub_removes_profile_urls_ids_phones_emails():
     text, kinds = cleaning.scrub_pii("战地6本体评测在这里 https://steamcommunity.com/profiles/76561190000000001/recommended/2807960/ "
                                      "好友 76561198000000042 邮箱 me@example.com 电话 13912345678 "
@@ -128,14 +165,70 @@ def test_dedup_key_ignores_case_width_space_punctuation():
 
 def test_near_duplicates_catch_edited_copies_not_different_texts():
     base = "一个赞封一个挂逼，这个游戏真的好玩，自由度很高而且怎么玩也玩不腻，可以来我们这里一起交流学习，欢迎各位萌新和老玩家前来"
+    texts = [base, base[1:] + "！！",  # first char lost, punctuation added
+             "画面很好，剧情一般，打击感不错，但是优化太差了，希望后续更新能修一下闪退的问题",
+             "短评"]  # too short to shingle: never a near duplicate
     nd = cleaning.NearDuplicates(threshold=0.8)
-    assert nd.add(cleaning.dedup_key(base), "first") is None
-    assert nd.add(cleaning.dedup_key(base[1:] + "！！"), "copy") == "first"  # first char lost, punctuation added
-    assert nd.add(cleaning.dedup_key("画面很好，剧情一般，打击感不错，但是优化太差了，希望后续更新能修一下闪退的问题")) is None
-    assert nd.add(cleaning.dedup_key("短评")) is None  # too short to shingle: never a near duplicate
+    assert nd.first_copies([cleaning.dedup_key(t) for t in texts]) == [None, 0, None, None]
+    assert nd.first_copies([]) == [] and nd.first_copies(["短评"]) == [None]
     sig1 = cleaning.NearDuplicates(seed=1).signature(cleaning.dedup_key(base))
     sig2 = cleaning.NearDuplicates(seed=1).signature(cleaning.dedup_key(base))
     assert (sig1 == sig2).all()  # deterministic across instances (no Python hash randomisation)
+
+
+def _first_copies_one_by_one(nd: cleaning.NearDuplicates, keys: list[str]) -> list[int | None]:
+    """The definition first_copies vectorises: LSH buckets filled text by text, duplicates not indexed."""
+    import numpy as np
+
+    buckets: list[dict[bytes, int]] = [{} for _ in range(nd.bands)]
+    sigs: dict[int, np.ndarray] = {}
+    out: list[int | None] = []
+    for i, key in enumerate(keys):
+        sig = nd.signature(key)
+        bands = [] if sig is None else [row.tobytes() for row in sig.reshape(nd.bands, nd.rows)]
+        like = next((buckets[b][band] for b, band in enumerate(bands) if band in buckets[b]
+                     and np.count_nonzero(sigs[buckets[b][band]] == sig) >= nd.threshold * len(sig)), None)
+        out.append(like)
+        if sig is not None and like is None:
+            sigs[i] = sig
+            for b, band in enumerate(bands):
+                buckets[b].setdefault(band, i)
+    return out
+
+
+def test_near_duplicates_vectorised_equals_one_by_one():
+    """Texts spliced from a few sentences share many bands (candidates that are not duplicates,
+    chains of edits, duplicates of duplicates): the batch result equals the text-by-text one."""
+    import random
+
+    rng = random.Random(0)
+    pieces = ["画面很好剧情一般", "打击感不错但是优化太差了", "希望后续更新能修一下闪退的问题", "自由度很高怎么玩也玩不腻",
+              "欢迎各位萌新和老玩家", "good game but the servers are bad", "就是价格有点贵", "和朋友一起玩非常开心"]
+    keys = []
+    for _ in range(300):
+        if keys and rng.random() < 0.3:
+            k = rng.choice(keys)
+            keys.append(k[:rng.randint(0, 3)] + k[rng.randint(3, 6):] + rng.choice("好坏啊哈"))
+        else:
+            keys.append(cleaning.dedup_key("".join(rng.sample(pieces, rng.randint(1, 4)))))
+    for threshold in (0.8, 0.5):
+        nd = cleaning.NearDuplicates(threshold=threshold, bands=8, rows=2)
+        want = _first_copies_one_by_one(nd, keys)
+        assert nd.first_copies(keys) == want
+        assert 20 < sum(x is not None for x in want) < 250
+
+
+def test_band_ids_survive_a_mix_collision():
+    """Two different bands whose 64-bit mixes collide still get different ids (the bytes decide)."""
+    import numpy as np
+
+    nd = cleaning.NearDuplicates(bands=2, rows=2)
+    a0, a1 = (int(x) for x in nd._a[:2])
+    sigs = np.zeros((3, 4), np.uint64)
+    sigs[0, :2], sigs[1, :2], sigs[2, :2] = (a1, 0), (0, a0), (a1, 0)  # a0*a1 == a1*a0: same mix
+    ids, new = nd._band_ids(sigs)
+    assert ids[0, 0] != ids[1, 0] and ids[0, 0] == ids[2, 0] and new[:, 0].tolist() == [True, True, False]
+    assert len(set(ids[:, 1].tolist())) == 1 and new[:, 1].tolist() == [True, False, False]
 
 
 def test_minhash_estimate_tracks_jaccard_on_real_pairs(seed_dataset):

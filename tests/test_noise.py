@@ -24,6 +24,17 @@ def test_page_residue_in_several_ui_languages():
         assert noise.strip_page_residue(keep) == keep
 
 
+@pytest.mark.parametrize("text", [
+    "POSTED: MARCH 4\nGreat", "RECOMMANDÉ\nBon jeu", "Yayınlanma: 4 Mart\nİyi", "PUBBLICATO: 4 MARZO\nBello",
+    "1,234 PEOPLE FOUND THIS REVIEW HELPFUL\nok", "12.5 HRS ON RECORD\nok", "NICHT EMPFOHLEN\nnein", "展开全文\n好",
+    "有 3 人觉得这篇评测很欢乐\n好", "4 Personen fanden diese Rezension hilfreich\nok", "게시 일시: 3월 4일\n좋아요",
+    "这游戏不错，有点贵", "a long day"])
+def test_page_residue_hint_never_hides_a_line(text):
+    """The literal pre-filter (searched in the lower-cased text) only skips texts the patterns leave alone."""
+    full = noise._RESIDUE_LINE.sub("", noise._DATE_HEADER.sub("", text)).strip()
+    assert noise.strip_page_residue(text) in ((full,) if full != text.strip() else (full, text))
+
+
 def test_signatures_mentions_and_the_authors_name():
     assert noise.strip_handles("好玩\n——来自小黑盒用户张三的评价") == ("好玩\n", ["signature"])
     assert noise.strip_handles("Fun game.\nSent from my iPhone") == ("Fun game.\n", ["signature"])
@@ -182,3 +193,22 @@ def test_other_authors_screen_names_go_plain_words_stay():
     assert handles == {"xxsniperxx", "player_123"}
     text, kinds = noise.strip_handles("thanks XXSNIPERXX and player_123, says Gamer and Ann Lee", "Ann Lee", handles)
     assert text == "thanks  and , says Gamer and " and kinds == ["author_name", "screen_name"]
+
+
+@pytest.mark.parametrize("text,kept", [
+    ("感谢暗夜猎手大佬的攻略", "感谢大佬的攻略"),
+    ("谢谢B站UP主老番茄的视频，学会了", "谢谢B站UP主的视频，学会了"),
+    ("感谢用户Ayaka_233的汉化补丁", "感谢用户的汉化补丁"),
+    ("鸣谢 xXSniper 大神", "鸣谢  大神"),
+    ("好玩\n——来自小黑盒用户暗夜猎手的评价", "好玩\n"),
+    ("@暗夜猎手 说得对", " 说得对"),
+])
+def test_other_users_named_in_chinese_text_go(text, kept):
+    assert noise.strip_handles(text)[0] == kept
+
+
+@pytest.mark.parametrize("text", [
+    "感谢朋友的推荐", "感谢朋友的帮助", "感谢制作组大佬们的努力", "谢谢你的游戏", "感谢游戏科学", "感谢大家的攻略",
+    "感谢B站的视频", "很感谢这个游戏的攻略", "感谢各位大佬的攻略", "感谢本作的mod", "谢谢老婆大人的支持"])
+def test_thanks_without_a_user_name_stay(text):
+    assert noise.strip_handles(text) == (text, [])

@@ -337,3 +337,19 @@ def test_other_authors_screen_names_are_removed(tmp_path):
     res = _run(tmp_path, [src], language=["en"], app_name=["Hades"])
     assert [r["output"] for r in _load(res["train"])] == [EN[0], f"{EN[1]} Agree with on the combat."]
     assert json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]["handles"]["reasons"] == {"screen_name": 1}
+
+
+def test_length_plot_draws_only_the_kinds_of_reviews_kept(tmp_path):
+    """A set without CJK reviews gets one panel (450 px wide at 100 dpi), not an empty CJK one."""
+    import struct
+
+    from steam_persona.reviews import report as prepare_report
+
+    def width(lengths):
+        png = tmp_path / "lengths.png"
+        prepare_report._histogram(lengths, png)
+        return struct.unpack(">I", png.read_bytes()[16:20])[0]  # IHDR width
+
+    assert width([(120, "words"), (40, "words")]) == 450
+    assert width([(30, "chars")]) == 450
+    assert width([(30, "chars"), (12, "words")]) == 900
