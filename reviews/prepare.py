@@ -97,7 +97,9 @@ class PrepareConfig:
                                          "Inputs under 20,000 reviews use one.")
     seed: int = DataArguments.use("seed", note="It seeds the validation split.")
     prompt_language: str = arg("auto", "Language of the default templates, tag names and {verdict} words; "
-                               "auto = en when no --language is Chinese, else zh.", choices=("auto", "zh", "en"))
+                               "auto = each review's own (zh for Chinese, en for the others), and for tag names "
+                               "and reviews of unknown language en when no --language is Chinese, else zh.",
+                               choices=("auto", "zh", "en"))
     instruction_template: str = arg("", "Instruction format with {name} {tags} {verdict} {playtime_hours}; "
                                     "empty = the persona's (请以资深玩家的身份，点评一下《{name}》这款游戏。).")
     input_template: str = arg("", "Input format, same fields; empty = the persona's (游戏类型标签：{tags}). The "
@@ -380,6 +382,19 @@ def prompt_language(cfg: PrepareConfig) -> str:
     return "zh" if langs & {"schinese", "tchinese", "all"} or not langs else "en"
 
 
+def _review_prompt_language(r: Review, cfg: PrepareConfig) -> str | None:
+    """With ``--prompt_language auto``, a review's own language picks its prompt's: ``zh`` for
+    Chinese, ``en`` for any other language (the persona has prompts in these two); a review without
+    a language (none given, ``--language all``) is told by its script; ``None`` for text without letters
+    (then :func:`prompt_language`)."""
+    if cfg.prompt_language != "auto":
+        return None
+    language = r.language or cleaning.detect_language(r.text)
+    if language is None:
+        return None
+    return "zh" if language in ("schinese", "tchinese") else "en"
+
+
 def _templates(cfg: PrepareConfig, lang: str | None = None) -> tuple[str, str]:
     """(instruction, input) templates: the flags, else the persona's for ``lang`` (a record's own
     prompt language when it came from alpaca/sharegpt) or :func:`prompt_language`."""
@@ -417,7 +432,7 @@ def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
         instruction, input_text = r.prompt
         return {"instruction": instruction, "input": input_text, "output": r.text}
     tags = (r.tags or [])[: cfg.max_tags] if cfg.max_tags > 0 else (r.tags or [])
-    lang = r.prompt_language or default_lang
+    lang = r.prompt_language or _review_prompt_language(r, cfg) or default_lang
     words = persona.VERDICT_WORDS[lang]
     values = {
         "name": _clean_name(r.game_name or ""),

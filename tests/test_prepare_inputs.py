@@ -353,3 +353,14 @@ def test_length_plot_draws_only_the_kinds_of_reviews_kept(tmp_path):
     assert width([(120, "words"), (40, "words")]) == 450
     assert width([(30, "chars")]) == 450
     assert width([(30, "chars"), (12, "words")]) == 900
+
+
+def test_language_all_gives_each_review_a_prompt_in_its_own_language(tmp_path):
+    en = "The combat feels great and the music is fantastic, easily one of the best roguelikes I have played."
+    src = _csv(tmp_path / "mixed.csv", ["review", "game"], [[en, "Hades"], [ZH[0], "Hades"]])
+    recs = _load(_run(tmp_path, [src], language=["all"])["train"])
+    by_output = {r["output"]: r["instruction"] for r in recs}
+    assert by_output[en] == "As a veteran gamer, review the game \"Hades\"."
+    assert by_output[ZH[0]] == "请以资深玩家的身份，点评一下《Hades》这款游戏。"
+    forced = _load(_run(tmp_path / "zh", [src], language=["all"], prompt_language="zh")["train"])
+    assert {r["instruction"] for r in forced} == {"请以资深玩家的身份，点评一下《Hades》这款游戏。"}
