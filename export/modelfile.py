@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from steam_persona.export.chat_template import OLLAMA_CHATML
+from steam_persona.export.verify import percent
 
 #: generation_config.json key → Ollama PARAMETER name.
 _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repeat_penalty"}
@@ -51,7 +52,7 @@ def readme(name: str, files: list[tuple[str, int]], report: dict[str, Any], serv
     rows = "\n".join(f"| `{f}` | {size / 2**20:,.1f} MiB |" for f, size in files)
     verify = report.get("verify") or {}
     vrows = "\n".join(
-        f"| {q} | {v['logits']['top1_agreement']:.1%} | {v['logits']['max_abs_diff']} | "
+        f"| {q} | {percent(v['logits']['top1_agreement'])} | {v['logits']['max_abs_diff']} | "
         f"{'yes' if v['stop']['natural_stop'] else 'no'} | {'yes' if v['stop']['eot_ends_generation'] else 'no'} |"
         for q, v in verify.items())
     vtable = ("| file | top-1 agreement vs HF | max abs logit diff | stopped by itself | end-of-turn stops |\n"

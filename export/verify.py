@@ -111,16 +111,17 @@ def describe(result: dict[str, Any], *, is_float: bool) -> str:
     """
     lg = result["logits"]
     stop = "end-of-turn stop " + ("ok" if result["stop"]["passed"] else "FAILED")
-    decisive = f"top-1 where the merged model is decisive {_pct(lg['top1_agreement_decisive'])}"
+    decisive = f"top-1 where the merged model is decisive {percent(lg['top1_agreement_decisive'])}"
     if is_float:
         return (f"{decisive} (pass = 100%), max|Δ| {lg['max_abs_diff']:.3g} (pass ≤ {lg['tolerance']:.3g}), "
-                f"{stop}; raw: top-1 agreement {_pct(lg['top1_agreement'])}")
-    return (f"top-1 agreement {_pct(lg['top1_agreement'])} (pass ≥ {_pct(MIN_QUANT_AGREEMENT)}), {stop}; "
+                f"{stop}; raw: top-1 agreement {percent(lg['top1_agreement'])}")
+    return (f"top-1 agreement {percent(lg['top1_agreement'])} (pass ≥ {percent(MIN_QUANT_AGREEMENT)}), {stop}; "
             f"raw: {decisive}, max|Δ| {lg['max_abs_diff']:.3g}")
 
 
-def _pct(rate: float) -> str:
-    """``0.9996`` → ``"99.9%"``: rounded down to 0.1 %, so 100 % means every position."""
+def percent(rate: float) -> str:
+    """``0.9996`` → ``"99.9%"``: rounded down to 0.1 %, so 100 % means every position (the summary,
+    the report and the export's README all print rates this way)."""
     return f"{math.floor(rate * 1000 + 1e-9) / 10:g}%"
 
 

@@ -92,3 +92,14 @@ def test_ollama_template_renders_chatml_like_the_gguf_template():
     assert '{{- if ne .Role "system" }}<|im_start|>{{ .Role }}' in OLLAMA_CHATML
     assert OLLAMA_CHATML.count("{{") == OLLAMA_CHATML.count("}}")
     assert '(ne .Role "assistant") }}<|im_start|>assistant\n' in OLLAMA_CHATML
+
+
+def test_the_export_readme_prints_agreement_like_the_summary():
+    """0.7749 is '77.4%' on screen (rounded down: 100 % means every position) and in README.md alike."""
+    from steam_persona.export.modelfile import readme
+    from steam_persona.export.verify import describe
+
+    v = {"logits": {"top1_agreement": 0.7749, "top1_agreement_decisive": 0.9, "max_abs_diff": 1.5, "passed": True},
+         "stop": {"natural_stop": True, "eot_ends_generation": True, "passed": True}, "passed": True}
+    text = readme("m", [("m-q4_k_m.gguf", 2**20)], {"verify": {"q4_k_m": v}}, "m-q4_k_m.gguf")
+    assert "| q4_k_m | 77.4% |" in text and "77.4%" in describe(v, is_float=False)
