@@ -107,8 +107,10 @@ def _fingerprint(*parts: Any) -> str:
 class _Stages:
     """Runs stages in order, records them in ``demo_state.json``, and reuses finished ones."""
 
-    def __init__(self, out: Path, force: bool) -> None:
+    def __init__(self, out: Path, force: bool, on_interrupt: Callable[[str], str] | None = None) -> None:
         self.path = out / "demo_state.json"
+        #: on Ctrl-C in a stage: the line saying what a rerun does (given the stage's name)
+        self.on_interrupt = on_interrupt
         self.state: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
         self.force = force
         self.log = io.JsonlLog(out / "demo_log.jsonl")
@@ -144,6 +146,8 @@ class _Stages:
             self.state[name] = {"status": "failed", "fingerprint": fp, "error": f"{type(e).__name__}: {e}"}
             io.write_json(self.path, self.state)
             self.log.write(event="stage_failed", stage=name, error=str(e))
+            if isinstance(e, KeyboardInterrupt) and self.on_interrupt:
+                console.print(f"[yellow]{self.on_interrupt(name)}[/yellow]", soft_wrap=True)
             raise
         seconds = round(time.perf_counter() - t0, 1)
         self.state[name] = {"status": "done", "fingerprint": fp, "seconds": seconds, "result": result}
@@ -180,29 +184,50 @@ def _prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     return prepare.run(pcfg)
 
 
-def _train(cfg: DemoConfig, out: Path, resume: bool) -> dict[str, Any]:
-    """Train into ``out/run``: continue its last checkpoint when ``resume`` (an unfinished attempt with the
-    same settings), else start the run over (the demo owns that folder; it has no --overwrite_output_dir)."""
-    from steam_persona.trainer import train
+def train_settings(cfg: DemoConfig, out: Path, overwrite: bool, bf16: bool) -> dict[str, Any]:
+    """The train stage's ``TrainConfig`` values (LLaMA-Factory names) for ``cfg``, training into ``out/run``
+    (``bench/demo_recipe.py`` sweeps variations of these)."""
     from steam_persona.trainer.persona import DEFAULT_SYSTEM
 
-    bf16 = _bf16_supported()
-    keep = resume and train.finished_run(out / "run") is None and train.resumable_checkpoint(out / "run") is not None
-    tcfg = config.build(train.TrainConfig, {
+    return {
         "model_name_or_path": cfg.model_name_or_path, "dataset": "persona", "dataset_dir": str(out / "data"),
         "template": "auto", "system": DEFAULT_SYSTEM, "finetuning_type": "lora", "lora_target": ["all"],
         "lora_rank": cfg.lora_rank, "quantization_bit": cfg.quantization_bit or None, "cutoff_len": cfg.cutoff_len,
         "max_samples": cfg.max_samples, "per_device_train_batch_size": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": 1, "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps,
         "warmup_ratio": 0.1, "logging_steps": 5, "save_steps": max(10, cfg.max_steps // 4), "seed": cfg.seed,
-        "output_dir": str(out / "run"), "overwrite_output_dir": not keep, "disable_gradient_checkpointing": True,
-        "bf16": bf16})
-    res = train.run(tcfg)
+        "output_dir": str(out / "run"), "overwrite_output_dir": overwrite, "disable_gradient_checkpointing": True,
+        "bf16": bf16}
+
+
+def _train(cfg: DemoConfig, out: Path, resume: bool) -> dict[str, Any]:
+    """Train into ``out/run``: continue its last checkpoint when ``resume`` (an unfinished attempt with the
+    same settings), else start the run over (the demo owns that folder; it has no --overwrite_output_dir)."""
+    from steam_persona.trainer import train
+
+    bf16 = _bf16_supported()
+    keep = resume and train.finished_run(out / "run") is None and train.resumable_checkpoint(out / "run") is not None
+    res = train.run(config.build(train.TrainConfig, train_settings(cfg, out, not keep, bf16)), resume_hint=False)
     run_dir = Path(res["output_dir"])
     return {"run_dir": str(run_dir), "loss_start": res["loss_first"], "loss_end": res["loss_last"],
             "steps": res["global_step"], "loss_plot": str(run_dir / "training_loss.png"),
             "train_runtime_s": res.get("train_runtime"), "train_tokens_per_second": res.get("train_tokens_per_second"),
             "dtype": "bfloat16" if bf16 else "float32"}
+
+
+def interrupt_hint(cfg: DemoConfig, out: Path, stage: str) -> str:
+    """What rerunning the demo does after Ctrl-C in ``stage``: finished stages are reused; an interrupted
+    train stage continues from its last checkpoint, or starts over when it has none yet."""
+    from steam_persona.trainer.train import resumable_checkpoint
+
+    how = "rerun steam-train demo with the same flags to go on: the finished stages are reused"
+    if stage == "train":
+        ckpt = resumable_checkpoint(out / "run")
+        how += (f" and training resumes from {ckpt} (step {ckpt.name.split('-')[1]})" if ckpt else
+                f" and training starts over (no checkpoint yet; one is saved every "
+                f"{train_settings(cfg, out, False, False)['save_steps']} steps)")
+    return (f"demo interrupted in the {stage} stage: {how}; changed flags redo the stages they affect, "
+            "--force redoes every stage")
 
 
 def _bf16_supported() -> bool:
@@ -394,7 +419,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "demo_config.json", config.to_dict(cfg))
-    stages = _Stages(out, cfg.force)
+    stages = _Stages(out, cfg.force, lambda name: interrupt_hint(cfg, out, name))
     data_stamp: Any = _fingerprint(examples(cfg.language))
     if cfg.data and Path(cfg.data).is_file():
         st = Path(cfg.data).stat()

@@ -209,14 +209,21 @@ def test_a_dead_server_is_a_one_line_user_error_naming_its_log(tmp_path, monkeyp
 
 def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, tmp_path, monkeypatch):
     """Regression: after Ctrl-C during training before the first checkpoint, rerunning the demo failed with
-    "output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir" (a flag demo lacks)."""
+    "output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir" (a flag demo lacks),
+    and the Ctrl-C hint named that flag too."""
+    import io as _io
+
     from steam_persona import demo
+    from steam_persona.trainer import console as console_mod
     from steam_persona.trainer import train
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
 
     real_train = train.run
     seen: list[list[int]] = []
 
-    def train_run(tcfg, callbacks=()):
+    def train_run(tcfg, callbacks=(), **kw):
         seen.append([])
 
         def record(step, row):
@@ -224,7 +231,7 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
             if step == stop_at:
                 raise KeyboardInterrupt
 
-        return real_train(tcfg, callbacks=(*callbacks, record))
+        return real_train(tcfg, callbacks=(*callbacks, record), **kw)
 
     class AfterTrain(Exception):
         pass
@@ -243,10 +250,22 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
             run(config.build(DemoConfig, {**settings, **kw}))
         return e.type
 
+    def said():
+        text = " ".join(buf.getvalue().split())
+        buf.truncate(0)
+        buf.seek(0)
+        return text
+
     stop_at = 3  # interrupted before the first checkpoint
     assert demo_run() is KeyboardInterrupt and not (out / "run" / "checkpoint-10").exists()
+    text = said()
+    assert ("demo interrupted in the train stage: rerun steam-train demo with the same flags to go on: the finished "
+            "stages are reused and training starts over (no checkpoint yet; one is saved every 10 steps); changed "
+            "flags redo the stages they affect, --force redoes every stage") in text
+    assert "overwrite_output_dir" not in text and "interrupted after step" not in text  # train's own hint
     stop_at = 11  # the rerun starts over by itself, then is interrupted after checkpoint-10
     assert demo_run() is KeyboardInterrupt and seen[1] == list(range(1, 12))
+    assert (f"training resumes from {out / 'run' / 'checkpoint-10'} (step 10); changed flags" in said())
     stop_at = None  # the next rerun continues from checkpoint-10
     assert demo_run() is AfterTrain and seen[2] == [11, 12]
     state = json.loads((out / "demo_state.json").read_text(encoding="utf-8"))

@@ -429,7 +429,8 @@ def _check(cfg: TrainConfig) -> None:
                         "(and keep --eval_strategy steps)")
 
 
-def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] = ()) -> dict[str, Any]:
+def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] = (),
+        resume_hint: bool = True) -> dict[str, Any]:
     """Train a LoRA/QLoRA adapter; resume automatically from the run dir's last checkpoint.
 
     Args:
@@ -437,6 +438,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         callbacks: called on rank 0 after each optimizer step as ``cb(step, log_row)`` (1-based step;
             ``log_row`` has loss, lr, grad_norm, epoch, tokens). An exception stops the run (tests
             simulate crashes with it); checkpoints already written stay valid.
+        resume_hint: on Ctrl-C, print how this command resumes; False for a caller that prints its own
+            (``steam-train demo``, whose rerun is a different command).
 
     Returns:
         ``all_results.json``'s content: ``output_dir``, ``global_step``, ``loss_first`` (mean loss per
@@ -573,7 +576,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         if main else _Null()
     if main and compiling and not console.is_terminal:
         console.print(f"{COMPILING} …", markup=False, highlight=False)
-    with bar as prog, _resume_hint_on_interrupt(out, cfg, speed, main):
+    with bar as prog, _resume_hint_on_interrupt(out, cfg, speed, main and resume_hint):
         task = prog.add_task(COMPILING if compiling else "train", total=total, completed=start, loss="-", lr="-",
                              tps="-", eta="-") if main else None
         for step in range(start, total):
