@@ -113,6 +113,9 @@ def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tm
     s = res.summary
     assert s["train"]["train"] == 115 and s["train"]["val"] == 13  # 128 English examples, val_size 0.1
     assert s["train"]["steps"] == 3 and s["train"]["loss_start"] > 0 and s["train"]["loss_end"] > 0
+    from steam_persona.demo import _bf16_supported
+
+    assert s["train"]["dtype"] == ("bfloat16" if _bf16_supported() else "float32")  # bf16 where the CPU has it
     assert (out / "run" / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
     assert s["export"]["verified"] == {"q8_0": True}
     assert s["export"]["files"]["q8_0"]["bytes"] == (out / "export/steam-persona-q8_0.gguf").stat().st_size
@@ -122,6 +125,10 @@ def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tm
     _assert_compare(s, out, games)
     assert len(s["chat"]["turns"]) == 2 and all(t["assistant"] and t["stream_chunks"] > 0 for t in s["chat"]["turns"])
     assert s["tokens_per_second"] > 0
+    serve, dify, gpu = s["next_steps"]
+    assert serve.startswith(f"serve it: steam-train serve {out / 'export'} --port 8000 --n_ctx 2048")
+    assert "Endpoint URL http://host.docker.internal:8000/v1" in dify and "Context size 2048" in dify
+    assert "docs/real-run.md" in gpu
     # the server was stopped: its port no longer answers
     import httpx
 
@@ -319,6 +326,9 @@ def test_summary_prints_model_text_literally(capsys):
     demo._print_summary(s)
     err = " ".join(capsys.readouterr().err.split())
     assert "Rocket League [/bold] is [red]fun[/red]." in err and "Subnautica [/] deep." in err
+    assert "held-out loss base → tuned │ 3.000 → 2.250 (-25.0 %)" in err
+    assert "goal: tuned held-out loss >= 20 % below base │ -25.0 % (3.000 → 2.250) — met" in err
+    assert "goal: every review addresses its game (names it or a genre tag) │ 50.0 % — NOT met" in err
     report = render_report(s)
     assert "| tuned | Rocket League [/bold] is [red]fun[/red]. | stopped by itself, 9 tokens |" in report
 
