@@ -3,7 +3,8 @@
 Stages, each through the same code path as its own command (their public ``run(cfg)``):
 
 1. **prepare** — ``steam_persona.trainer.prepare.run`` on the ``--language`` part of ``examples/persona_reviews.json``
-   (200 persona reviews we wrote, 128 English and 72 Chinese, in the seed's alpaca format) or on
+   (244 persona reviews we wrote, 172 English and 72 Chinese, each opening with its verdict, in the seed's
+   alpaca format) or on
    ``--data FILE``; its val split is the eval slice the train stage never sees;
 2. **train** — ``steam_persona.trainer.train.run``: QLoRA (4-bit NF4 base) on SmolLM2-135M-Instruct with the
    persona system prompt, in bfloat16 where the hardware has it, live progress, loss plot;
@@ -80,7 +81,7 @@ class DemoConfig:
     val_size: float = arg(0.1, "Validation split given to prepare (fraction, or a record count >= 1).")
     max_steps: int = arg(100, "Optimizer steps (100 × 2 samples: about 1.7 epochs of the embedded English reviews).")
     per_device_train_batch_size: int = arg(2, "Samples per step.")
-    learning_rate: float = arg(1e-3, "AdamW learning rate.")
+    learning_rate: float = arg(2e-3, "AdamW learning rate.")
     cutoff_len: int = arg(384, "Max tokens per sample (prompt + reply).")
     lora_rank: int = arg(8, "LoRA rank.")
     quantization_bit: int = arg(4, "Base model bits while training: 4 (QLoRA), 8, or 0 (plain LoRA).")

@@ -18,14 +18,20 @@ def test_examples_are_persona_format_alpaca():
     from steam_persona.trainer.persona import INPUT_TEMPLATE, INPUT_TEMPLATE_EN, INSTRUCTION_TEMPLATE, INSTRUCTION_TEMPLATE_EN
 
     records = json.loads(EXAMPLES.read_text(encoding="utf-8"))
-    assert len(records) == 200
+    assert len(records) == 244
     zh = [r for r in records if r["instruction"].startswith(INSTRUCTION_TEMPLATE.split("《")[0])]
     en = [r for r in records if r["instruction"].startswith(INSTRUCTION_TEMPLATE_EN.split("\"")[0])]
-    assert len(zh) == 72 and len(en) == 128
+    assert len(zh) == 72 and len(en) == 172
     assert examples("en") == en and examples("zh") == zh
-    # both verdicts, in both languages
+    # every review opens with its verdict, as a Steam review does; both verdicts in both languages
+    assert all(r["output"].startswith(("Recommended. ", "Not recommended")) for r in en)
+    assert all(r["output"].startswith(("推荐。", "不推荐")) for r in zh)
     assert sum(r["output"].startswith("Not recommended") for r in en) >= 8
     assert sum(r["output"].startswith("不推荐") for r in zh) >= 4
+    # an English review names its game: what the demo's goal "each review addresses its game" checks
+    from steam_persona.trainer.eval_metrics import addresses_game
+
+    assert all(addresses_game(r["output"], r["instruction"].split("\"")[1], []) for r in en)
     for r in records:
         assert set(r) == {"instruction", "input", "output"} and r["output"].strip()
     for r in zh:
@@ -111,7 +117,7 @@ def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tm
                 "demo_log.jsonl", "data/persona_reviews_en.json"]:
         assert (out / rel).is_file(), rel
     s = res.summary
-    assert s["train"]["train"] == 115 and s["train"]["val"] == 13  # 128 English examples, val_size 0.1
+    assert s["train"]["train"] == 155 and s["train"]["val"] == 17  # 172 English examples, val_size 0.1
     assert s["train"]["steps"] == 3 and s["train"]["loss_start"] > 0 and s["train"]["loss_end"] > 0
     from steam_persona.demo import _bf16_supported
 
@@ -144,7 +150,7 @@ def _assert_compare(s, out, games):
     """The side-by-side figures are values of this run, consistent with each other and with report.md."""
     c = s["compare"]
     base, tuned = c["loss"]["base"], c["loss"]["tuned"]
-    assert base["records"] == tuned["records"] == 13 and base["tokens"] == tuned["tokens"] > 13
+    assert base["records"] == tuned["records"] == 17 and base["tokens"] == tuned["tokens"] > 17
     assert 0 < tuned["loss"] < 20 and 0 < base["loss"] < 20 and base["loss"] != tuned["loss"]  # the adapter acts
     assert c["loss_change"] == round((tuned["loss"] - base["loss"]) / base["loss"], 4)
     assert [x["game"] for x in c["samples"]] == games and c["max_new_tokens"] == 12
