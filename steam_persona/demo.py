@@ -79,7 +79,7 @@ class DemoConfig:
     output_dir: str = arg("demo_run", "Folder for every artefact; a rerun reuses the finished stages.")
     max_samples: int | None = arg(None, "Train on at most this many records (for big --data files).")
     val_size: float = arg(0.1, "Validation split given to prepare (fraction, or a record count >= 1).")
-    max_steps: int = arg(100, "Optimizer steps (100 × 2 samples: about 1.7 epochs of the embedded English reviews).")
+    max_steps: int = arg(100, "Optimizer steps (100 × 2 samples: about 1.3 epochs of the embedded English reviews).")
     per_device_train_batch_size: int = arg(2, "Samples per step.")
     learning_rate: float = arg(2e-3, "AdamW learning rate.")
     cutoff_len: int = arg(384, "Max tokens per sample (prompt + reply).")
