@@ -4,9 +4,9 @@ For each recipe: the demo's own prepare (the embedded English reviews, its seede
 train settings (:func:`steam_persona.demo.train_settings`) with the recipe's overrides (LLaMA-Factory
 names), then the held-out loss of base and tuned on the eval slice with the compare stage's
 function (:func:`steam_persona.trainer.evaluate.held_out_loss`, inference weights). The base is
-measured once per split in the same process. Each row also keeps the train-time eval curve every 10
-steps (``eval_curve``: the same slice on the 4-bit training weights, to see where the held-out loss
-bottoms out). One torch thread (the demo's default two threads give figures about 1 % apart: float
+measured once per split in the same process. No train-time eval: rows with ``train_time_eval`` true
+(an ``eval_curve`` every 10 steps) trained worse after the first eval (the same losses up to step 10,
+then higher; see the report of 2026-12-06), so compare only rows without it. One torch thread (the demo's default two threads give figures about 1 % apart: float
 sums in another order). Prints one line per recipe and appends it to ``bench/results/demo_recipe.json``
 (recipes already there are skipped).
 
@@ -62,18 +62,15 @@ def measure(name: str, flags: dict, overrides: dict, work: Path, bases: dict) ->
     if split not in bases:
         bases[split] = held_out(cfg.model_name_or_path, None, prepared["val"], cfg.cutoff_len)
     t0 = time.perf_counter()
-    settings = {**demo.train_settings(cfg, out, True, demo._bf16_supported()), "eval_dataset": [prepared["val"]],
-                "eval_steps": 10, **overrides}
+    settings = {**demo.train_settings(cfg, out, True, demo._bf16_supported()), **overrides}
     res = train.run(config.build(train.TrainConfig, settings))
     seconds = time.perf_counter() - t0
-    log = [json.loads(x) for x in (Path(res["output_dir"]) / "trainer_log.jsonl").read_text().splitlines()]
-    curve = {r["current_steps"]: round(r["eval_loss"], 3) for r in log if r.get("eval_loss") is not None}
     tuned = held_out(cfg.model_name_or_path, res["output_dir"], prepared["val"], cfg.cutoff_len)
     base = bases[split]
     return {"recipe": name, "data": "embedded", "flags": flags, "overrides": overrides,
             "train": prepared["counts"]["train"], "val": prepared["counts"]["val"], "base": base, "tuned": tuned,
             "change": round((tuned - base) / base, 4), "loss_last": round(res["loss_last"], 4),
-            "steps": res["global_step"], "train_s": round(seconds, 1), "eval_curve": curve}
+            "steps": res["global_step"], "train_s": round(seconds, 1)}
 
 
 def _runs() -> list[dict]:
@@ -89,7 +86,7 @@ def main(names: list[str]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    seen = {r["recipe"] for r in _runs() if r["data"] == "embedded"}
+    seen = {r["recipe"] for r in _runs() if r["data"] == "embedded" and not r.get("train_time_eval")}
     bases: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names or list(RECIPES):
