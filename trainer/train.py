@@ -547,7 +547,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         return sum(1 for t in enc.labels[pool[i]][1:] if t != -100)
 
     def evaluate() -> float:
-        model.eval()
+        _eval_mode(model)
         tot, n = 0.0, 0
         with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
             for i in range(0, len(eval_idx), cfg.per_device_eval_batch_size):
@@ -722,6 +722,23 @@ def _data_line(enc: Any, cutoff_len: int) -> str:
     line = (f"dataset: {len(enc)} samples, {enc.truncated} truncated (prompt cut to fit --cutoff_len {cutoff_len}), "
             f"{len(enc.dropped)} dropped (reply longer than --cutoff_len)")
     return f"[yellow]{line}[/yellow]" if enc.truncated or enc.dropped else line
+
+
+def _eval_mode(model: Any) -> None:
+    """``model.eval()`` for a train-time eval, with the 4-bit layers left in train mode.
+
+    bitsandbytes (0.50) repacks a ``Linear4bit`` weight for CPU inference on its first eval-mode forward
+    on an AVX512-BF16 CPU, and from then on runs that layer through ``gemv_4bit``, which has no autograd,
+    even back in train mode: training after the eval would lose the gradient through every quantized
+    layer (bitsandbytes warns "gemv_4bit: an autograd kernel was not registered"). Those layers have no
+    dropout, so train mode changes nothing else for them.
+    """
+    from bitsandbytes.nn import Linear4bit
+
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, Linear4bit):
+            m.train()
 
 
 @contextlib.contextmanager
