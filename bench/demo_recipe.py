@@ -6,9 +6,9 @@ names), then the held-out loss of base and tuned on the eval slice with the comp
 function (:func:`steam_persona.trainer.evaluate.held_out_loss`, inference weights). The base is
 measured once per split in the same process. No train-time eval: rows with ``train_time_eval`` true
 (an ``eval_curve`` every 10 steps) trained worse after the first eval (the same losses up to step 10,
-then higher; see the report of 2026-12-06), so compare only rows without it. One torch thread (the demo's default two threads give figures about 1 % apart: float
-sums in another order). Prints one line per recipe and appends it to ``bench/results/demo_recipe.json``
-(recipes already there are skipped).
+then higher: bitsandbytes repacked the 4-bit layers for CPU inference at the first eval, which ``train``
+now avoids), so compare only rows without it. One torch thread. Prints one line per recipe and appends it
+to ``bench/results/demo_recipe.json`` (recipes already there are skipped).
 
 Usage: ``.venv/bin/python bench/demo_recipe.py [RECIPE ...]`` (names from :data:`RECIPES`; all by default)
 """
@@ -34,6 +34,7 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     "steps140": ({"max_steps": 140}, {}),
     "warmup0.3": ({}, {"warmup_ratio": 0.3}),
     "seed1": ({"seed": 1}, {}),
+    "seed7": ({"seed": 7}, {}),
     "steps140-seed1": ({"max_steps": 140, "seed": 1}, {}),
 }
 
