@@ -3,7 +3,8 @@
 Stages, each through the same code path as its own command (their public ``run(cfg)``):
 
 1. **prepare** — ``steam_persona.reviews.prepare.run`` on the ``--language`` part of ``examples/persona_reviews.json``
-   (200 persona reviews we wrote, 128 English and 72 Chinese, in the seed's alpaca format) or on
+   (244 persona reviews we wrote, 172 English and 72 Chinese, each opening with its verdict, in the seed's
+   alpaca format) or on
    ``--data FILE``; its val split is the eval slice the train stage never sees;
 2. **train** — ``steam_persona.trainer.train.run``: QLoRA (4-bit NF4 base) on SmolLM2-135M-Instruct with the
    persona system prompt, in bfloat16 where the hardware has it, live progress, loss plot;
@@ -83,7 +84,7 @@ class DemoConfig:
     val_size: float = DataArguments.use("val_size", 0.1)
     max_steps: int = TrainingArguments.use("max_steps", 100)
     per_device_train_batch_size: int = TrainingArguments.use("per_device_train_batch_size", 2)
-    learning_rate: float = TrainingArguments.use("learning_rate", 1e-3)
+    learning_rate: float = TrainingArguments.use("learning_rate", 2e-3)
     cutoff_len: int = DataArguments.use("cutoff_len", 384)
     lora_rank: int = LoraArguments.use("lora_rank")
     quantization_bit: int | None = QuantizationArguments.use("quantization_bit", 4)
@@ -110,10 +111,12 @@ def _fingerprint(*parts: Any) -> str:
 class _Stages:
     """Runs stages in order, records them in ``demo_state.json``, and reuses finished ones."""
 
-    def __init__(self, out: Path, force: bool) -> None:
+    def __init__(self, out: Path, force: bool, on_interrupt: Callable[[str], str] | None = None) -> None:
         self.path = out / "demo_state.json"
         self.state: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
         self.force = force
+        #: on Ctrl-C in a stage: the line saying what a rerun does (given the stage's name)
+        self.on_interrupt = on_interrupt
         self.log = atomic.JsonlLog(out / "demo_log.jsonl")
         self.upstream = ""
         self.records: dict[str, dict[str, Any]] = {}
@@ -147,6 +150,8 @@ class _Stages:
             self.state[name] = {"status": "failed", "fingerprint": fp, "error": f"{type(e).__name__}: {e}"}
             atomic.write_json(self.path, self.state)
             self.log.write(event="stage_failed", stage=name, error=str(e))
+            if isinstance(e, KeyboardInterrupt) and self.on_interrupt:
+                console.print(f"[yellow]{self.on_interrupt(name)}[/yellow]", soft_wrap=True)
             raise
         seconds = round(time.perf_counter() - t0, 1)
         self.state[name] = {"status": "done", "fingerprint": fp, "seconds": seconds, "result": result}
@@ -183,29 +188,50 @@ def _prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     return prepare.run(pcfg)
 
 
-def _train(cfg: DemoConfig, out: Path, resume: bool) -> dict[str, Any]:
-    """Train into ``out/run``: continue its last checkpoint when ``resume`` (an unfinished attempt with the
-    same settings), else start the run over (the demo owns that folder; it has no --overwrite_output_dir)."""
-    from steam_persona.trainer import train
+def train_settings(cfg: DemoConfig, out: Path, overwrite: bool, bf16: bool) -> dict[str, Any]:
+    """The train stage's ``TrainConfig`` values (LLaMA-Factory names) for ``cfg``, training into ``out/run``
+    (``bench/demo_recipe.py`` sweeps variations of these)."""
     from steam_persona.common.persona import DEFAULT_SYSTEM
 
-    bf16 = _bf16_supported()
-    keep = resume and train.finished_run(out / "run") is None and train.resumable_checkpoint(out / "run") is not None
-    tcfg = config.build(train.TrainConfig, {
+    return {
         "model_name_or_path": cfg.model_name_or_path, "dataset": "persona", "dataset_dir": str(out / "data"),
         "template": "auto", "system": DEFAULT_SYSTEM, "finetuning_type": "lora", "lora_target": ["all"],
         "lora_rank": cfg.lora_rank, "quantization_bit": cfg.quantization_bit or None, "cutoff_len": cfg.cutoff_len,
         "max_samples": cfg.max_samples, "per_device_train_batch_size": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": 1, "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps,
         "warmup_ratio": 0.1, "logging_steps": 5, "save_steps": max(10, cfg.max_steps // 4), "seed": cfg.seed,
-        "output_dir": str(out / "run"), "overwrite_output_dir": not keep, "disable_gradient_checkpointing": True,
-        "bf16": bf16})
-    res = train.run(tcfg)
+        "output_dir": str(out / "run"), "overwrite_output_dir": overwrite, "disable_gradient_checkpointing": True,
+        "bf16": bf16}
+
+
+def _train(cfg: DemoConfig, out: Path, resume: bool) -> dict[str, Any]:
+    """Train into ``out/run``: continue its last checkpoint when ``resume`` (an unfinished attempt with the
+    same settings), else start the run over (the demo owns that folder; it has no --overwrite_output_dir)."""
+    from steam_persona.trainer import train
+
+    bf16 = _bf16_supported()
+    keep = resume and train.finished_run(out / "run") is None and train.resumable_checkpoint(out / "run") is not None
+    res = train.run(config.build(train.TrainConfig, train_settings(cfg, out, not keep, bf16)), resume_hint=False)
     run_dir = Path(res["output_dir"])
     return {"run_dir": str(run_dir), "loss_start": res["loss_first"], "loss_end": res["loss_last"],
             "steps": res["global_step"], "loss_plot": str(run_dir / "training_loss.png"),
             "train_runtime_s": res.get("train_runtime"), "train_tokens_per_second": res.get("train_tokens_per_second"),
             "dtype": "bfloat16" if bf16 else "float32"}
+
+
+def interrupt_hint(cfg: DemoConfig, out: Path, stage: str) -> str:
+    """What rerunning the demo does after Ctrl-C in ``stage``: finished stages are reused; an interrupted
+    train stage continues from its last checkpoint, or starts over when it has none yet."""
+    from steam_persona.trainer.train import resumable_checkpoint
+
+    how = "rerun steam-train demo with the same flags to go on: the finished stages are reused"
+    if stage == "train":
+        ckpt = resumable_checkpoint(out / "run")
+        how += (f" and training resumes from {ckpt} (step {ckpt.name.split('-')[1]})" if ckpt else
+                f" and training starts over (no checkpoint yet; one is saved every "
+                f"{train_settings(cfg, out, False, False)['save_steps']} steps)")
+    return (f"demo interrupted in the {stage} stage: {how}; changed flags redo the stages they affect, "
+            "--force redoes every stage")
 
 
 def _bf16_supported() -> bool:
@@ -412,7 +438,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "demo_config.json", config.to_dict(cfg))
-    stages = _Stages(out, cfg.force)
+    stages = _Stages(out, cfg.force, lambda name: interrupt_hint(cfg, out, name))
     data_stamp: Any = _fingerprint(examples(cfg.language))
     if cfg.data and Path(cfg.data).is_file():
         st = Path(cfg.data).stat()
@@ -557,4 +583,4 @@ command = config.command(DemoConfig, run, name="demo", config_option="option",
                          help="Run the whole pipeline offline on the embedded default: prepare → QLoRA train → "
                               "base vs tuned → export q4_k_m → serve → plugin review + chat; artefacts and "
                               "report.md in ./demo_run, reruns reuse finished stages. The default 100 steps × 2 samples "
-                              "are about 1.7 epochs of the embedded English reviews.")
+                              "are about 1.3 epochs of the embedded English reviews.")

@@ -18,14 +18,20 @@ def test_examples_are_persona_format_alpaca():
     from steam_persona.common.persona import INPUT_TEMPLATE, INPUT_TEMPLATE_EN, INSTRUCTION_TEMPLATE, INSTRUCTION_TEMPLATE_EN
 
     records = json.loads(EXAMPLES.read_text(encoding="utf-8"))
-    assert len(records) == 200
+    assert len(records) == 244
     zh = [r for r in records if r["instruction"].startswith(INSTRUCTION_TEMPLATE.split("《")[0])]
     en = [r for r in records if r["instruction"].startswith(INSTRUCTION_TEMPLATE_EN.split("\"")[0])]
-    assert len(zh) == 72 and len(en) == 128
+    assert len(zh) == 72 and len(en) == 172
     assert examples("en") == en and examples("zh") == zh
-    # both verdicts, in both languages
+    # every review opens with its verdict, as a Steam review does; both verdicts in both languages
+    assert all(r["output"].startswith(("Recommended. ", "Not recommended")) for r in en)
+    assert all(r["output"].startswith(("推荐。", "不推荐")) for r in zh)
     assert sum(r["output"].startswith("Not recommended") for r in en) >= 8
     assert sum(r["output"].startswith("不推荐") for r in zh) >= 4
+    # an English review names its game: what the demo's goal "each review addresses its game" checks
+    from steam_persona.trainer.eval_metrics import addresses_game
+
+    assert all(addresses_game(r["output"], r["instruction"].split("\"")[1], []) for r in en)
     for r in records:
         assert set(r) == {"instruction", "input", "output"} and r["output"].strip()
     for r in zh:
@@ -111,8 +117,11 @@ def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tm
                 "demo_log.jsonl", "data/persona_reviews_en.json"]:
         assert (out / rel).is_file(), rel
     s = res.summary
-    assert s["train"]["train"] == 115 and s["train"]["val"] == 13  # 128 English examples, val_size 0.1
+    assert s["train"]["train"] == 155 and s["train"]["val"] == 17  # 172 English examples, val_size 0.1
     assert s["train"]["steps"] == 3 and s["train"]["loss_start"] > 0 and s["train"]["loss_end"] > 0
+    from steam_persona.demo import _bf16_supported
+
+    assert s["train"]["dtype"] == ("bfloat16" if _bf16_supported() else "float32")  # bf16 where the CPU has it
     assert (out / "run" / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
     assert s["export"]["verified"] == {"q8_0": True}
     assert s["export"]["files"]["q8_0"]["bytes"] == (out / "export/steam-persona-q8_0.gguf").stat().st_size
@@ -122,6 +131,10 @@ def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tm
     _assert_compare(s, out, games)
     assert len(s["chat"]["turns"]) == 2 and all(t["assistant"] and t["stream_chunks"] > 0 for t in s["chat"]["turns"])
     assert s["tokens_per_second"] > 0
+    serve, dify, gpu = s["next_steps"]
+    assert serve.startswith(f"serve it: steam-train serve {out / 'export'} --port 8000 --n_ctx 2048")
+    assert "Endpoint URL http://host.docker.internal:8000/v1" in dify and "Context size 2048" in dify
+    assert "docs/real-run.md" in gpu
     # the server was stopped: its port no longer answers
     import httpx
 
@@ -137,7 +150,7 @@ def _assert_compare(s, out, games):
     """The side-by-side figures are values of this run, consistent with each other and with report.md."""
     c = s["compare"]
     base, tuned = c["loss"]["base"], c["loss"]["tuned"]
-    assert base["records"] == tuned["records"] == 13 and base["tokens"] == tuned["tokens"] > 13
+    assert base["records"] == tuned["records"] == 17 and base["tokens"] == tuned["tokens"] > 17
     assert 0 < tuned["loss"] < 20 and 0 < base["loss"] < 20 and base["loss"] != tuned["loss"]  # the adapter acts
     assert c["loss_change"] == round((tuned["loss"] - base["loss"]) / base["loss"], 4)
     assert [x["game"] for x in c["samples"]] == games and c["max_new_tokens"] == 12
@@ -209,14 +222,21 @@ def test_a_dead_server_is_a_one_line_user_error_naming_its_log(tmp_path, monkeyp
 
 def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, tmp_path, monkeypatch):
     """Regression: after Ctrl-C during training before the first checkpoint, rerunning the demo failed with
-    "output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir" (a flag demo lacks)."""
+    "output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir" (a flag demo lacks),
+    and the Ctrl-C hint named that flag too."""
+    import io as _io
+
     from steam_persona import demo
+    from steam_persona.common import console as console_mod
     from steam_persona.trainer import train
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
 
     real_train = train.run
     seen: list[list[int]] = []
 
-    def train_run(tcfg, callbacks=()):
+    def train_run(tcfg, callbacks=(), **kw):
         seen.append([])
 
         def record(step, row):
@@ -224,7 +244,7 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
             if step == stop_at:
                 raise KeyboardInterrupt
 
-        return real_train(tcfg, callbacks=(*callbacks, record))
+        return real_train(tcfg, callbacks=(*callbacks, record), **kw)
 
     class AfterTrain(Exception):
         pass
@@ -243,10 +263,22 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
             run(config.build(DemoConfig, {**settings, **kw}))
         return e.type
 
+    def said():
+        text = " ".join(buf.getvalue().split())
+        buf.truncate(0)
+        buf.seek(0)
+        return text
+
     stop_at = 3  # interrupted before the first checkpoint
     assert demo_run() is KeyboardInterrupt and not (out / "run" / "checkpoint-10").exists()
+    text = said()
+    assert ("demo interrupted in the train stage: rerun steam-train demo with the same flags to go on: the finished "
+            "stages are reused and training starts over (no checkpoint yet; one is saved every 10 steps); changed "
+            "flags redo the stages they affect, --force redoes every stage") in text
+    assert "overwrite_output_dir" not in text and "interrupted after step" not in text  # train's own hint
     stop_at = 11  # the rerun starts over by itself, then is interrupted after checkpoint-10
     assert demo_run() is KeyboardInterrupt and seen[1] == list(range(1, 12))
+    assert (f"training resumes from {out / 'run' / 'checkpoint-10'} (step 10); changed flags" in said())
     stop_at = None  # the next rerun continues from checkpoint-10
     assert demo_run() is AfterTrain and seen[2] == [11, 12]
     state = json.loads((out / "demo_state.json").read_text(encoding="utf-8"))
@@ -300,6 +332,9 @@ def test_summary_prints_model_text_literally(capsys):
     demo._print_summary(s)
     err = " ".join(capsys.readouterr().err.split())
     assert "Rocket League [/bold] is [red]fun[/red]." in err and "Subnautica [/] deep." in err
+    assert "held-out loss base → tuned │ 3.000 → 2.250 (-25.0 %)" in err
+    assert "goal: tuned held-out loss >= 20 % below base │ -25.0 % (3.000 → 2.250) — met" in err
+    assert "goal: every review addresses its game (names it or a genre tag) │ 50.0 % — NOT met" in err
     report = render_report(s)
     assert "| tuned | Rocket League [/bold] is [red]fun[/red]. | stopped by itself, 9 tokens |" in report
 

@@ -199,7 +199,7 @@ def test_wheel_runs_a_short_demo(wheel_env, tiny_llama_dir):
              "--max_new_tokens", "4", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "demo_summary.json").read_text(encoding="utf-8"))
-    assert summary["train"]["train"] == 115 and summary["train"]["val"] == 13  # the 128 shipped English examples
+    assert summary["train"]["train"] == 155 and summary["train"]["val"] == 17  # the 172 shipped English examples
     assert summary["export"]["verified"] == {"q8_0": True}
     assert [r["game"] for r in summary["reviews"]] == [g for g, _ in PROMPTS["en"]]
 

@@ -320,7 +320,7 @@ def test_embedded_demo_data_round_trips_in_both_languages(tmp_path):
     Regression: en records were re-rendered with the zh templates."""
     src = Path(__file__).parents[1] / "examples/persona_reviews.json"
     res = _run(tmp_path, [src], val_size=0)
-    assert _load(res["train"]) == _load(src) and res["counts"]["kept"] == 200
+    assert _load(res["train"]) == _load(src) and res["counts"]["kept"] == 244
 
 
 def test_yaml_config_and_flags(tmp_path, seed_dataset):

@@ -381,3 +381,16 @@ def test_throughput_keeps_compile_steps_out_of_speed_and_eta():
     # the warm-up took 66 s; at the steady 8,000 tokens/s its 2,000 tokens need 0.25 s
     assert t.warmup_overhead_s() == pytest.approx(66 - 0.25)
     assert Throughput(total=3, warmup_steps=2).warmup_overhead_s() == 0.0
+
+
+def test_a_train_time_eval_leaves_4bit_training_unchanged(tiny_llama_dir, eight, tmp_path):
+    """Regression: on an AVX512-BF16 CPU, bitsandbytes repacked every 4-bit layer for inference at the first
+    train-time eval, and training went on without the gradient through those layers (the demo's recipe:
+    the same losses up to the eval at step 10, then 20-30 % higher)."""
+    losses = []
+    for name, extra in (("plain", {}), ("eval", {"eval_dataset": [str(eight)], "eval_steps": 1})):
+        out = tmp_path / name
+        run(_cfg(tiny_llama_dir, eight, out, quantization_bit=4, bf16=True, per_device_train_batch_size=2, **extra))
+        rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text().splitlines()]
+        losses.append([r["loss"] for r in rows if "loss" in r])
+    assert len(losses[0]) == 4 and losses[1] == losses[0]

@@ -430,7 +430,8 @@ def _check(cfg: TrainConfig) -> None:
                         "(and keep --eval_strategy steps)")
 
 
-def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] = ()) -> dict[str, Any]:
+def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] = (),
+        resume_hint: bool = True) -> dict[str, Any]:
     """Train a LoRA/QLoRA adapter; resume automatically from the run dir's last checkpoint.
 
     Args:
@@ -438,6 +439,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         callbacks: called on rank 0 after each optimizer step as ``cb(step, log_row)`` (1-based step;
             ``log_row`` has loss, lr, grad_norm, epoch, tokens). An exception stops the run (tests
             simulate crashes with it); checkpoints already written stay valid.
+        resume_hint: on Ctrl-C, print how this command resumes; False for a caller that prints its own
+            (``steam-train demo``, whose rerun is a different command).
 
     Returns:
         ``all_results.json``'s content: ``output_dir``, ``global_step``, ``loss_first`` (mean loss per
@@ -464,7 +467,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         # --nproc_per_node N: check the user's input here (one-line errors, exit 2), then run N copies under torchrun
         prepare_data(cfg, model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code))
         return distributed.relaunch(cfg, cfg.nproc_per_node)
-    recipe = TrainRecipe(cfg, callbacks)
+    recipe = TrainRecipe(cfg, callbacks, resume_hint)
     recipe.setup(resume)
     recipe.train()
     return recipe.finish()
@@ -480,8 +483,9 @@ class TrainRecipe:
     output dir is touched (:meth:`open_run_dir`).
     """
 
-    def __init__(self, cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...] = ()) -> None:
-        self.cfg, self.callbacks = cfg, callbacks
+    def __init__(self, cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...] = (),
+                 resume_hint: bool = True) -> None:
+        self.cfg, self.callbacks, self.resume_hint = cfg, callbacks, resume_hint
         self.out = Path(cfg.output_dir)
         self.state: dict[str, Any] = {"total_tokens": 0, "elapsed": 0.0}
         self.start = 0
@@ -725,7 +729,7 @@ class TrainRecipe:
         from steam_persona.trainer.packing import loss_sum
 
         bs, n_eval = self.cfg.per_device_eval_batch_size, len(self.eval_idx)
-        self.model.eval()
+        _eval_mode(self.model)
         tot, n = 0.0, 0
         with torch.no_grad(), self._autocast():
             for i in range(0, n_eval, bs):
@@ -777,7 +781,8 @@ class TrainRecipe:
         self.t0 = self.t_end = time.time()
         if self.main and self.compiling and not console.is_terminal:
             console.print(f"{COMPILING} …", markup=False, highlight=False)
-        with self._progress() as self.prog, _resume_hint_on_interrupt(self.out, self.cfg, self.speed, self.main):
+        with self._progress() as self.prog, _resume_hint_on_interrupt(self.out, self.cfg, self.speed,
+                                                                             self.main and self.resume_hint):
             self.task = self.prog.add_task(COMPILING if self.compiling else "train", total=self.total,
                                            completed=self.start, loss="-", lr="-", tps="-", eta="-") \
                 if self.main else None
@@ -897,6 +902,23 @@ class TrainRecipe:
 
 #: What the progress shows while the first steps compile the decoder layers (steam_persona.trainer.throughput).
 COMPILING = "compiling (first steps, about a minute)"
+
+
+def _eval_mode(model: Any) -> None:
+    """``model.eval()`` for a train-time eval, with the 4-bit layers left in train mode.
+
+    bitsandbytes (0.50) repacks a ``Linear4bit`` weight for CPU inference on its first eval-mode forward
+    on an AVX512-BF16 CPU, and from then on runs that layer through ``gemv_4bit``, which has no autograd,
+    even back in train mode: training after the eval would lose the gradient through every quantized
+    layer (bitsandbytes warns "gemv_4bit: an autograd kernel was not registered"). Those layers have no
+    dropout, so train mode changes nothing else for them.
+    """
+    from bitsandbytes.nn import Linear4bit
+
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, Linear4bit):
+            m.train()
 
 
 def _data_line(enc: Any, cutoff_len: int) -> str:

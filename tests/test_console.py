@@ -1,0 +1,30 @@
+"""What users see when output is piped: nothing cut at 80 columns."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+PRINT = """
+from steam_persona.common.console import console, summary_table
+summary_table("t", [("path", "/very/long/" + "d" * 150 + "/report.md"), ("review", "word " * 60)])
+console.print("line " + "x" * 180, soft_wrap=True)
+print(console.width)
+"""
+
+
+def test_piped_output_keeps_long_values_whole():
+    """Regression: piped to a file, rich laid tables out for 80 columns and cut paths and reviews with "…"."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    r = subprocess.run([sys.executable, "-c", PRINT], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "200"  # PIPE_WIDTH
+    assert "…" not in r.stderr
+    assert "/very/long/" + "d" * 150 + "/report.md" in r.stderr  # one table line, not folded or cut
+    assert " ".join(r.stderr.split()).count("word") == 60
+    assert "line " + "x" * 180 in r.stderr
+    env["COLUMNS"] = "100"
+    r = subprocess.run([sys.executable, "-c", PRINT], capture_output=True, text=True, env=env, timeout=60)
+    assert r.stdout.strip() == "100" and "…" not in r.stderr
+    assert "".join(line.strip(" │") for line in r.stderr.splitlines()).count("d" * 150) == 1  # folded, whole
