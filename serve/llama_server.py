@@ -163,6 +163,24 @@ class LlamaServer:
                 self.proc.kill()
                 self.proc.wait()
 
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /completion`` with ``body``, not streamed: the final event (``content``, ``stop_type``,
+        ``tokens_predicted`` …). Cancelling the awaiting task closes the connection, which makes
+        llama-server cancel the task at its next token.
+
+        Raises:
+            RequestError: as :meth:`completion`.
+        """
+        assert self.client is not None, "start() first"
+        try:
+            response = await self.client.post("/completion", json={**body, "stream": False})
+        except httpx.TransportError as e:
+            logger.error("llama-server connection failed: %s", type(e).__name__)
+            raise _unavailable() from None
+        if response.status_code != 200:
+            raise _refusal(response.status_code, response.content)
+        return response.json()
+
     async def completion(self, body: dict[str, Any], should_stop: Callable[[], bool]) -> AsyncIterator[dict[str, Any]]:
         """Stream ``POST /completion`` with ``body``; yield its events (dicts) until the one with
         ``"stop": true``. When ``should_stop()`` turns true between events the connection is closed,
@@ -188,8 +206,12 @@ class LlamaServer:
                         return
         except httpx.TransportError as e:
             logger.error("llama-server connection failed: %s", type(e).__name__)
-            raise RequestError("The generation engine (llama-server) is not reachable; the server's log says why",
-                               status=503, type="server_error", code="engine_unavailable") from None
+            raise _unavailable() from None
+
+
+def _unavailable() -> RequestError:
+    return RequestError("The generation engine (llama-server) is not reachable; the server's log says why",
+                        status=503, type="server_error", code="engine_unavailable")
 
 
 def _refusal(status: int, raw: bytes) -> RequestError:

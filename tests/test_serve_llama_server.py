@@ -211,13 +211,36 @@ def test_several_requests_run_at_once_and_a_client_that_leaves_frees_its_slot(se
         for line in r.iter_lines():
             if '"content"' in line:
                 break
-    pid = _engine_pid(engine)
-    port = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    engine_url = f"http://127.0.0.1:{port[port.index(b'--port') + 1].decode()}"
+    _assert_slots_free_soon(engine)
+    with pytest.raises(httpx.ReadTimeout):  # a non-streamed client that gives up
+        httpx.post(f"{engine.base_url}/v1/chat/completions", timeout=1.5,
+                   json={"messages": [{"role": "user", "content": "Tell a very long story."}], "max_tokens": 1000})
+    _assert_slots_free_soon(engine)
+
+
+def _assert_slots_free_soon(server) -> None:
+    """llama-server (asked directly, on its private port) has no slot generating within 10 s."""
+    args = Path(f"/proc/{_engine_pid(server)}/cmdline").read_bytes().split(b"\0")
+    engine_url = f"http://127.0.0.1:{args[args.index(b'--port') + 1].decode()}"
     deadline = time.monotonic() + 10
     while any(s["is_processing"] for s in httpx.get(f"{engine_url}/slots").json()):
         assert time.monotonic() < deadline, "llama-server kept generating for a client that left"
         time.sleep(0.1)
+
+
+@needs_binary
+def test_request_timeout_stops_the_engine_and_answers_504(smollm2_gguf):
+    args = (*ARGS, "--engine", "llama-server", "--parallel", "1", "--request_timeout", "1", "--max_tokens_cap", "4000")
+    with start_server(smollm2_gguf, extra_args=args) as server:
+        t = time.monotonic()
+        r = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=30, json={
+            "messages": [{"role": "user", "content": "Tell a very long story."}], "max_tokens": 4000,
+            "repeat_penalty": 1.0})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout" and time.monotonic() - t < 5
+        _assert_slots_free_soon(server)
+        events = _stream(server.base_url, {"messages": [{"role": "user", "content": "Tell a very long story."}],
+                                           "max_tokens": 4000, "repeat_penalty": 1.0})
+        assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
 
 
 @needs_binary
