@@ -553,7 +553,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     sizes = ", ".join(f"{q} {f['bytes'] / 2**20:.1f} MiB ({'verified' if e['verified'].get(q) else 'NOT verified'})"
                       for q, f in e["files"].items())
     loss = c["loss"]
-    rows = [("stages", ", ".join(f"{k} {'reused' if v['reused'] else str(v['seconds']) + ' s'}"
+    rows = [("stages", ", ".join(f"{k} {v['seconds']} s{' (reused)' if v['reused'] else ''}"
                                  for k, v in s["stages"].items())),
             ("data", f"{t.get('train')} train / {t.get('val')} held-out reviews ({s['language']})"),
             ("training loss start → end", f"{t['loss_start']:.3f} → {t['loss_end']:.3f} ({t.get('steps')} steps, "
@@ -564,9 +564,7 @@ def _print_summary(s: dict[str, Any]) -> None:
               for g in s["goals"]["checks"]),
             ("export", sizes),
             ("tokens/s (served)", s["tokens_per_second"]),
-            ("wall time", f"{s['wall_seconds']} s on {s['machine']['cores']} cores, load average "
-                          f"{s['machine']['load_start']} → {s['machine']['load_end']} (a loaded machine is slower); "
-                          f"CPU time {s['machine']['cpu_seconds']} s")]
+            ("wall time", demo_compare.run_time(s))]
     rows += [(f"served review: {escape(r['game'])}", escape(r["review"])) for r in s["reviews"]]
     rows += [(f"chat {i + 1}", escape(f"{turn['user']} → {turn['assistant']}"))
              for i, turn in enumerate(s["chat"]["turns"])]

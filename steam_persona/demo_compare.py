@@ -150,6 +150,20 @@ def ending(g: dict[str, Any]) -> str:
     return f"{'stopped by itself' if g['stopped'] else 'cut at the limit'}, {g['new_tokens']} tokens"
 
 
+def run_time(s: dict[str, Any]) -> str:
+    """This run's wall and CPU time with the load it ran under; when stages were reused from an
+    earlier run, how many and what they took then (a rerun's own time is only the reuse check)."""
+    m = s["machine"]
+    text = (f"{s['wall_seconds']} s on {m['cores']} cores, load average {m['load_start']} → {m['load_end']} "
+            f"(a loaded machine is slower); CPU time {m['cpu_seconds']} s")
+    reused = [v for v in s["stages"].values() if v.get("reused")]
+    if reused:
+        then = sum(v.get("seconds") or 0 for v in s["stages"].values())
+        text += (f"; {len(reused)} of {len(s['stages'])} stages reused from an earlier run, where the stages "
+                 f"took {then:.1f} s")
+    return text
+
+
 def render_report(s: dict[str, Any]) -> str:
     """``demo_run/report.md`` from the demo summary (``demo_summary.json``): the run, the held-out
     loss of both models, the side-by-side reviews, the served texts, the goals, the next steps."""
@@ -158,9 +172,7 @@ def render_report(s: dict[str, Any]) -> str:
     lines = [f"# steam-persona demo: what fine-tuning did ({s['language']})", "",
              f"Base `{s['base_model']}`; QLoRA {t.get('steps')} steps on {t.get('train')} reviews "
              f"({t.get('dtype')}), loss {t['loss_start']:.3f} → {t['loss_end']:.3f}. "
-             f"Wall time {s['wall_seconds']} s on {s['machine']['cores']} cores "
-             f"(load average {s['machine']['load_start']} at start, {s['machine']['load_end']} at end; "
-             f"CPU time {s['machine']['cpu_seconds']} s).", "",
+             f"Wall time {run_time(s)}.", "",
              f"## Held-out loss ({c['loss']['base']['records']} reviews of the eval slice the train stage never saw)", "",
              "Mean cross-entropy per response token (nats), inference weights, prompt masked as in training.", "",
              "| base | tuned | change |", "|---|---|---|",

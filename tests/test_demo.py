@@ -144,6 +144,11 @@ def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tm
     again = run(cfg)
     assert all(r["reused"] for r in again.stages.values())
     assert again.summary["reviews"] == s["reviews"] and again.summary["wall_seconds"] < 10
+    # the rerun says its stages were reused and what they took when they ran, not only its own second
+    then = sum(v["seconds"] for v in s["stages"].values())
+    assert again.summary["stages"] == {k: {**v, "reused": True} for k, v in s["stages"].items()}
+    assert f"5 of 5 stages reused from an earlier run, where the stages took {then:.1f} s" in \
+        (out / "report.md").read_text(encoding="utf-8")
 
 
 def _assert_compare(s, out, games):
