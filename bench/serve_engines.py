@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -40,11 +39,11 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from steam_persona.serve.llama_server import find_binary, server_args  # noqa: E402
+from steam_persona.serve.llama_server import find_binary, launch  # noqa: E402
 from steam_persona.serve.modelinfo import read_model_info  # noqa: E402
 from steam_persona.common.hub import resolve_model  # noqa: E402
 from steam_persona.common.persona import DEFAULT_SYSTEM  # noqa: E402
-from tests.serving import free_port, start_server  # noqa: E402
+from tests.serving import start_server  # noqa: E402
 
 GAMES = ["Hades", "Stardew Valley", "Elden Ring", "Celeste", "Factorio", "Hollow Knight", "Terraria", "Portal 2"]
 
@@ -56,27 +55,13 @@ def prompt(i: int) -> str:
 @contextlib.contextmanager
 def plain_llama_server(binary: Path, model: str, n_ctx: int, parallel: int, threads: int,
                        flash_attn: bool) -> Iterator[str]:
-    """llama-server alone on a free port; yields its base URL."""
-    port = free_port()
-    args = server_args(binary, model, port=port, n_ctx=n_ctx, parallel=parallel, n_threads=threads,
-                       n_gpu_layers=-1, flash_attn=flash_attn)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    """llama-server alone on a free port (started as serve's engine starts it); yields its base URL."""
+    server = launch(binary, model, n_ctx=n_ctx, parallel=parallel, n_threads=threads, n_gpu_layers=-1,
+                    flash_attn=flash_attn)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("llama-server did not start")
-            time.sleep(0.2)
-        yield url
+        yield server.base_url
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.close()
 
 
 def body(i: int, max_tokens: int, with_system: bool, stream: bool = False) -> dict:

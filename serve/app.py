@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from steam_persona.serve import chat_handler, errors, health, routes
 from steam_persona.serve.engine import Worker
 from steam_persona.serve.grammar import GrammarChecker
-from steam_persona.serve.llama_server import LlamaServer, free_loopback_port, server_args
+from steam_persona.serve.llama_server import LlamaServer, launch
 from steam_persona.serve.middleware import SteamMiddleware
 from steam_persona.serve.routes import Served
 from steam_persona.serve.modelinfo import ModelInfo
@@ -85,7 +84,7 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
     from llama_cpp.server.model import LlamaProxy
     from llama_cpp.server.settings import ModelSettings
 
-    upstream = _start_llama_server(info, opts) if opts.engine == "llama-server" else None
+    upstream = _upstream(info, opts)
     # with llama-server generating, this process needs the vocabulary only (template, token counts)
     model = ModelSettings(
         model=str(info.path), model_alias=opts.alias, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
@@ -127,19 +126,12 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
     return app
 
 
-def _start_llama_server(info: ModelInfo, opts: AppOptions) -> LlamaServer:
-    """Start llama-server on a free loopback port with ``opts.parallel`` slots of ``opts.n_ctx``.
-
-    Raises:
-        UserError: it did not start (see :meth:`LlamaServer.start`).
-    """
-    port = free_loopback_port()
-    args = server_args(Path(opts.llama_server or ""), str(info.path), port=port, n_ctx=opts.n_ctx,
-                       parallel=opts.parallel, n_threads=opts.n_threads, n_gpu_layers=opts.n_gpu_layers,
-                       flash_attn=opts.flash_attn)
-    upstream = LlamaServer(args, port, Path(tempfile.gettempdir()) / f"steam-persona-llama-server-{port}.log")
-    upstream.start()
-    return upstream
+def _upstream(info: ModelInfo, opts: AppOptions) -> LlamaServer | None:
+    """llama-server with ``opts.parallel`` slots of ``opts.n_ctx`` for ``--engine llama-server``, else ``None``."""
+    if opts.engine != "llama-server":
+        return None
+    return launch(Path(opts.llama_server or ""), str(info.path), n_ctx=opts.n_ctx, parallel=opts.parallel,
+                  n_threads=opts.n_threads, n_gpu_layers=opts.n_gpu_layers, flash_attn=opts.flash_attn)
 
 
 def llama_cpp_version() -> str:

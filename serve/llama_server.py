@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -93,6 +94,22 @@ def free_loopback_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launch(binary: Path, model: str, *, n_ctx: int, parallel: int, n_threads: int, n_gpu_layers: int,
+           flash_attn: bool) -> "LlamaServer":
+    """Start llama-server (:func:`server_args`) on a free loopback port, its log in the temp folder, and
+    return it once the model is loaded.
+
+    Raises:
+        UserError: it did not start (see :meth:`LlamaServer.start`).
+    """
+    port = free_loopback_port()
+    args = server_args(binary, model, port=port, n_ctx=n_ctx, parallel=parallel, n_threads=n_threads,
+                       n_gpu_layers=n_gpu_layers, flash_attn=flash_attn)
+    server = LlamaServer(args, port, Path(tempfile.gettempdir()) / f"steam-persona-llama-server-{port}.log")
+    server.start()
+    return server
 
 
 def _die_with_parent() -> None:
