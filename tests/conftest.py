@@ -117,3 +117,15 @@ def tiny_llama_dir(tmp_path_factory, smollm2_gguf: Path) -> Path:
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True, rms_norm_eps=1e-5)
     return _save_tiny(tok, cfg, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def eight(tmp_path_factory) -> Path:
+    """8 short alpaca records (the tiny Llama's vocabulary is the cheapest to project onto)."""
+    import json
+
+    recs = [{"instruction": f"Review game number {i}.", "input": "Tags: action",
+             "output": f"Game {i} is fun: tight combat, weak story, {i * 7} hours well spent."} for i in range(8)]
+    p = tmp_path_factory.mktemp("data") / "eight.json"
+    p.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
+    return p

@@ -228,6 +228,22 @@ def test_lora_input_casts_skipped_under_cpu_autocast(tiny_qwen2_dir):
     assert after == pytest.approx(before, rel=1e-3)
 
 
+def _qlora_bf16(model_dir, **fast_path):
+    """The GPU path's model on CPU: a seeded 4-bit bf16 QLoRA model (rank 4, all linears, checkpointing),
+    LoRA B made non-zero so gradients flow everywhere, in train mode, with ``apply_fast_path(**fast_path)``."""
+    from steam_persona.trainer.model import add_lora, load_base
+
+    torch.manual_seed(0)
+    m = load_base(str(model_dir), quantization_bit=4, dtype=torch.bfloat16, device="cpu")
+    m = add_lora(m, lora_target=["all"], lora_rank=4, gradient_checkpointing=True)
+    for n, p in m.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.05)
+    m.train()
+    accel.apply_fast_path(m, **fast_path)
+    return m
+
+
 def test_compiled_layers_checkpoint_inside_and_share_dequantization(tiny_qwen2_dir):
     """The GPU path's layer compilation, run on CPU with dynamo + AOTAutograd (backend aot_eager): a 4-bit QLoRA
     model whose checkpoint moved inside the compiled layer (full recompute) and whose bitsandbytes matmuls are
@@ -236,19 +252,9 @@ def test_compiled_layers_checkpoint_inside_and_share_dequantization(tiny_qwen2_d
     from bitsandbytes.nn import Linear4bit
     from torch._dynamo.utils import counters
 
-    from steam_persona.trainer.model import add_lora, load_base
-
     def build():
-        torch.manual_seed(0)
-        m = load_base(str(tiny_qwen2_dir), quantization_bit=4, dtype=torch.bfloat16, device="cpu")
-        m = add_lora(m, lora_target=["all"], lora_rank=4, gradient_checkpointing=True)
-        for n, p in m.named_parameters():
-            if "lora_B" in n:
-                p.data.normal_(0, 0.05)
-        m.train()
         # varlen off: CPU per-sample attention splits by sample lengths in Python (a graph break)
-        accel.apply_fast_path(m, fused_loss="chunked", varlen=False)
-        return m
+        return _qlora_bf16(tiny_qwen2_dir, fused_loss="chunked", varlen=False)
 
     batch = collate(_feats(), True, pad_token_id=0)
     eager = build()
@@ -348,18 +354,8 @@ def test_opaque_mlp_keeps_loss_and_gradients(tiny_qwen2_dir, compiled):
     recompute of its output is dead code in the compiled backward)."""
     from torch._dynamo.utils import counters
 
-    from steam_persona.trainer.model import add_lora, load_base
-
     def build():
-        torch.manual_seed(0)
-        m = load_base(str(tiny_qwen2_dir), quantization_bit=4, dtype=torch.bfloat16, device="cpu")
-        m = add_lora(m, lora_target=["all"], lora_rank=4, gradient_checkpointing=True)
-        for n, p in m.named_parameters():
-            if "lora_B" in n:
-                p.data.normal_(0, 0.05)
-        m.train()
-        accel.apply_fast_path(m, fused_loss="chunked", varlen=False, mlp_chunk_min_tokens=None)
-        return m
+        return _qlora_bf16(tiny_qwen2_dir, fused_loss="chunked", varlen=False, mlp_chunk_min_tokens=None)
 
     batch = collate(_feats(), True, pad_token_id=0)  # one row of 24 tokens
     with torch.autocast("cpu", dtype=torch.bfloat16):

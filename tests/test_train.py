@@ -84,16 +84,6 @@ def _cfg(model_dir, data_path, out, **kw):
     return config.build(TrainConfig, {**base, **kw})
 
 
-@pytest.fixture(scope="module")
-def eight(tmp_path_factory):
-    """8 short alpaca records (the tiny Llama's vocabulary is the cheapest to project onto)."""
-    recs = [{"instruction": f"Review game number {i}.", "input": "Tags: action",
-             "output": f"Game {i} is fun: tight combat, weak story, {i * 7} hours well spent."} for i in range(8)]
-    p = tmp_path_factory.mktemp("data") / "eight.json"
-    p.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
-    return p
-
-
 def test_overfit_8_records_and_run_dir_contract(tiny_llama_dir, eight, tmp_path):
     out = tmp_path / "run"
     r = run(_cfg(tiny_llama_dir, eight, out, max_steps=12, learning_rate=5e-2, lora_rank=16, save_steps=6,

@@ -11,16 +11,6 @@ from steam_persona.common import config
 from steam_persona.trainer.train import BEST_DIR, TrainConfig, TrainRecipe
 
 
-@pytest.fixture(scope="module")
-def eight(tmp_path_factory):
-    """8 short alpaca records."""
-    recs = [{"instruction": f"Review game number {i}.", "input": "Tags: action",
-             "output": f"Game {i} is fun: tight combat, weak story, {i * 7} hours well spent."} for i in range(8)]
-    p = tmp_path_factory.mktemp("data") / "eight.json"
-    p.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
-    return p
-
-
 def _recipe(model_dir, data_path, out, **kw) -> TrainRecipe:
     base = {"model_name_or_path": str(model_dir), "dataset": [str(data_path)], "output_dir": str(out),
             "per_device_train_batch_size": 4, "learning_rate": 5e-3, "max_steps": 4, "save_steps": 100,
