@@ -48,7 +48,7 @@ from steam_persona.common.config import arg
 from steam_persona.common.console import summary_table
 from steam_persona.common.errors import UserError
 from steam_persona.common.atomic import atomic_path
-from steam_persona.resources import shipped
+from steam_persona.resources import doc, shipped
 
 #: Unpacked size limit of a package (the daemon's 50 MiB).
 MAX_UNPACKED_BYTES = 50 * 1024 * 1024
@@ -401,7 +401,7 @@ def run(cfg: PackageConfig) -> dict[str, Path]:
     how = ("signed: the daemon needs THIRD_PARTY_SIGNATURE_VERIFICATION_* with your public key" if key else
            "unsigned: sign with --sign KEY, or turn FORCE_VERIFYING_SIGNATURE off")
     summary_table("Dify plugins", rows + [("install", f"Dify → Plugins → Install from local package file; "
-                                                      f"{how} (docs/dify.md)")])
+                                                      f"{how} ({doc('dify.md')})")])
     return result
 
 

@@ -54,7 +54,7 @@ from steam_persona.common.arguments import (DataArguments, GeneratingArguments, 
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, status, summary_table
 from steam_persona.common.errors import UserError
-from steam_persona.resources import shipped
+from steam_persona.resources import doc, shipped
 
 #: The embedded demo data set (original text, written for this project).
 EXAMPLES = shipped("examples/persona_reviews.json")
@@ -531,9 +531,9 @@ def _next_steps(exported: dict[str, Any]) -> list[str]:
             "http://127.0.0.1:8000/v1; for Dify in Docker add --host 0.0.0.0 --api_key KEY)",
             "Dify: steam-train plugin package, install both .difypkg files, then Settings → Model Provider → "
             "Steam Persona → Add Model: Endpoint URL http://host.docker.internal:8000/v1, API key KEY, model "
-            "name steam-persona, Context size 2048 (docs/dify.md)",
-            "the same on a GPU with the 7B reference base: docs/real-run.md (train examples/train_qlora.yaml, "
-            "then export and serve as above)"]
+            f"name steam-persona, Context size 2048 ({doc('dify.md')})",
+            f"the same on a GPU with the 7B reference base: {doc('real-run.md')} (train "
+            f"{shipped('examples/train_qlora.yaml')}, then export and serve as above)"]
 
 
 def _print_summary(s: dict[str, Any]) -> None:

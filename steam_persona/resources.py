@@ -1,8 +1,8 @@
-"""Files shipped with steam-persona (plugin sources, manifests, examples), found through
+"""Files shipped with steam-persona (plugin sources, manifests, examples, docs), found through
 :mod:`importlib.resources`, the same in a source checkout and in an installed wheel.
 
 Each shipped top-level folder is a package of its own: ``plugin/`` is ``steam_persona.plugin``,
-``examples/`` is ``steam_persona.examples``, ``reviews/`` is ``steam_persona.reviews``; the chat
+``examples/`` is ``steam_persona.examples``, ``docs/`` is ``steam_persona.docs``, ``reviews/`` is ``steam_persona.reviews``; the chat
 plugin's ``manifest.yaml`` sits beside ``plugin/`` in both layouts (repository root / the wheel's
 ``steam_persona/``; ``pyproject.toml`` ships it as ``plugin/../manifest.yaml``).
 """
@@ -40,3 +40,9 @@ def packaged_copy_hint(path: str | Path) -> str:
     except ModuleNotFoundError:
         return ""
     return f"; the packaged copy is at {copy}" if copy.is_file() else ""
+
+
+def doc(name: str) -> str:
+    """Where the shipped write-up ``docs/<name>`` is (``"dify.md"``), for messages that send the user
+    there: the checkout's ``docs/`` file, or the wheel's copy when installed."""
+    return str(shipped(f"docs/{name}"))

@@ -7,6 +7,7 @@ import ast
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import steam_persona
-from steam_persona.resources import shipped
+from steam_persona.resources import doc, shipped
 from steam_persona.demo_compare import PROMPTS
 from steam_persona.plugin.package import PackageConfig, run
 
@@ -91,6 +92,7 @@ def test_shipped_files_resolve_in_the_checkout():
     assert shipped("plugin/review/manifest.yaml").is_file()
     assert shipped("examples/persona_reviews.json") == REPO / "examples" / "persona_reviews.json"
     assert shipped("common/persona.py").read_bytes() == (REPO / "common" / "persona.py").read_bytes()
+    assert doc("dify.md") == str(REPO / "docs" / "dify.md")
 
 
 def test_python_m_steam_persona_from_another_folder(tmp_path):
@@ -151,7 +153,7 @@ def test_wheel_holds_one_import_name_and_every_shipped_file(wheel_env):
     assert top == ["steam_persona"]
     assert not [n for n in names if not n.startswith(("steam_persona/", "steam_persona-"))]
     assert "steam-train = steam_persona.cli:main" in entry
-    tracked = subprocess.run(["git", "ls-files", "plugin", "examples", "manifest.yaml", "common", "reviews", "trainer", "export", "serve"],
+    tracked = subprocess.run(["git", "ls-files", "plugin", "examples", "docs", "manifest.yaml", "common", "reviews", "trainer", "export", "serve"],
                              cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     assert len(tracked) > 60 and not [f for f in tracked if f"steam_persona/{f}" not in names]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", "/.env"))]
@@ -202,6 +204,8 @@ def test_wheel_runs_a_short_demo(wheel_env, tiny_llama_dir):
     assert summary["train"]["train"] == 155 and summary["train"]["val"] == 17  # the 172 shipped English examples
     assert summary["export"]["verified"] == {"q8_0": True}
     assert [r["game"] for r in summary["reviews"]] == [g for g, _ in PROMPTS["en"]]
+    dify_doc = re.search(r"\((\S+/docs/dify\.md)\)", summary["next_steps"][1]).group(1)
+    assert Path(dify_doc).is_file() and str(REPO) not in dify_doc  # the wheel's own copy of the docs
 
 
 def test_no_function_is_longer_than_sixty_lines():
