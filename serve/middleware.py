@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from steam_persona.serve import auth
 from steam_persona.serve.chat_handler import INCLUDE_USAGE
 from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error
+from steam_persona.serve.grammar import SchemaError
 from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.persona import apply_persona
 from steam_persona.serve.routes import Served
@@ -192,8 +193,40 @@ class SteamMiddleware:
         """
         data, options = self._rewrite(path, raw)
         model = self._validate(path, data)
+        if path == _CHAT:
+            self._structured_output(model)
         n_prompt = self._count_prompt(path, data) if path in (_CHAT, CHAT_COUNT, _COMPLETIONS) else None
         return data, options, model, n_prompt
+
+    def _structured_output(self, model: Any) -> None:
+        """Replace a ``json_object`` response format by the grammar it stands for (any JSON, or its
+        ``schema`` converted in the guarded child), and check the parameters schema of a tool the
+        request forces, which the library converts itself (:meth:`GrammarChecker.from_schema`
+        bounds both conversions).
+
+        Raises:
+            RequestError: 400 for a schema that cannot become a grammar (a forced tool's: only one
+                whose grammar is too large; the library falls back to any JSON for the others).
+        """
+        from llama_cpp.llama_grammar import JSON_GBNF
+
+        fmt = model.response_format
+        if fmt is not None and fmt["type"] == "json_object":
+            model.grammar = self._schema_grammar(fmt["schema"], "response_format") if "schema" in fmt else JSON_GBNF
+            model.response_format = None
+        for param, schema in _forced_tool_schemas(model):
+            try:
+                self.served.grammars.from_schema(schema)
+            except SchemaError as e:
+                if e.too_large:
+                    raise RequestError(f"'{param}' cannot be used: {e}", param=param, code="invalid_value") from None
+
+    def _schema_grammar(self, schema: Any, param: str) -> str:
+        try:
+            return self.served.grammars.from_schema(schema)
+        except SchemaError as e:
+            raise RequestError(f"The JSON schema in '{param}' cannot be used: {e}", param=param,
+                               code="invalid_value") from None
 
     async def _check_generation(self, path: str, data: dict[str, Any], options: Any, n_prompt: int | None,
                                 state: dict[str, Any]) -> bool:
@@ -207,8 +240,9 @@ class SteamMiddleware:
             state["prompt_tokens"] = n_prompt
         if path not in (_CHAT, _COMPLETIONS):
             return False
-        if isinstance(data.get("grammar"), str):
-            why = await self.served.check(self.served.grammars.error, data["grammar"])
+        grammar = state[BODY].grammar
+        if isinstance(grammar, str):
+            why = await self.served.check(self.served.grammars.error, grammar)
             if why:
                 raise RequestError(f"'grammar' cannot be used: {why}", param="grammar", code="invalid_grammar")
         state["stream"] = bool(data.get("stream"))
@@ -236,6 +270,21 @@ class SteamMiddleware:
             f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
             "Please reduce the length of the messages or completion.",
             param="messages" if "messages" in data else "prompt", code="context_length_exceeded")
+
+
+def _forced_tool_schemas(model: Any) -> list[tuple[str, Any]]:
+    """``(param, parameters schema)`` of each tool a chat request forces by name (``tool_choice`` or
+    the legacy ``function_call``; the library's ``functions`` replace ``tools`` when both come)."""
+    names = set()
+    if isinstance(model.tool_choice, dict):
+        names.add(model.tool_choice["function"]["name"])
+    if isinstance(model.function_call, dict):
+        names.add(model.function_call["name"])
+    if model.functions is not None:
+        listed = [(f"functions[{i}].parameters", f) for i, f in enumerate(model.functions)]
+    else:
+        listed = [(f"tools[{i}].function.parameters", t["function"]) for i, t in enumerate(model.tools or [])]
+    return [(param, fn.get("parameters")) for param, fn in listed if names and fn.get("name") in names]
 
 
 async def _read_body(receive: Receive, scope: Scope, limit: int) -> bytes:

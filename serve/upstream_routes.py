@@ -77,8 +77,7 @@ async def generate(request: Request, served: Any, body: Any, chat: bool) -> Resp
     """Answer one chat (``chat``) or completion request through ``served.upstream``."""
     try:
         tokens = await _prompt(served, body, chat)
-        grammar = await _grammar(served, body) if chat else body.grammar
-        upstream_body = native_body(tokens, body, await _logit_bias(served, body), grammar)
+        upstream_body = native_body(tokens, body, await _logit_bias(served, body), body.grammar)
     except RequestError as e:
         return JSONResponse(e.body(), status_code=e.status)
     run = _Run(chat=chat, id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, model=served.alias,
@@ -206,30 +205,6 @@ async def _prompt(served: Any, body: Any, chat: bool) -> list[int]:
             raise RequestError(f"'{name}' is not available with --engine llama-server", param=name,
                                code="unsupported_value")
     return await served.check(served.llama.tokenize, body.prompt.encode("utf-8"), True, True)
-
-
-async def _grammar(served: Any, body: Any) -> str | None:
-    """The request's grammar, or the one llama-cpp-python builds for ``response_format``
-    ``json_object`` (with a ``schema``: that schema), checked like a client grammar.
-
-    Raises:
-        RequestError: 400 ``invalid_grammar`` when llama.cpp would refuse it.
-    """
-    fmt = body.response_format
-    if fmt is None or fmt.get("type") != "json_object":
-        return body.grammar
-    from llama_cpp import llama_grammar
-
-    grammar = llama_grammar.JSON_GBNF
-    if "schema" in fmt:
-        try:
-            grammar = llama_grammar.json_schema_to_gbnf(json.dumps(fmt["schema"]))
-        except Exception:  # noqa: BLE001 -- the library falls back to any JSON the same way
-            pass
-    why = await served.check(served.grammars.error, grammar)
-    if why:
-        raise RequestError(f"The grammar cannot be used: {why}", param="response_format", code="invalid_grammar")
-    return grammar
 
 
 async def _logit_bias(served: Any, body: Any) -> dict[int, float] | None:

@@ -70,14 +70,16 @@ def _finite_float(text: str) -> float:
 def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_tokens_cap: int) -> None:
     """Check and normalise the generation fields of a chat or completion request, in place.
 
-    ``max_completion_tokens`` becomes ``max_tokens`` (the smaller wins when both are sent); the
+    OpenAI's ``response_format`` ``json_schema`` becomes the library's ``json_object`` with a
+    ``schema``; ``max_completion_tokens`` becomes ``max_tokens`` (the smaller wins when both are sent); the
     result is capped at ``max_tokens_cap`` (the server's limit; also the default when none is
     sent to /v1/chat/completions; /v1/completions keeps OpenAI's 16); ``seed`` is reduced modulo 2³² (llama.cpp's seed type).
 
     Raises:
         RequestError: 400 naming the field: ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
             a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
-            range, or a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``.
+            range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, or a
+            ``json_schema`` response format without a schema object.
     """
     for name in ("n", "best_of"):
         if data.get(name) not in (None, 1):
@@ -97,6 +99,8 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
             raise RequestError("'prompt' may be one string (or a list of one): this server completes one prompt "
                                "per request", param="prompt", code="unsupported_parameter")
         data["prompt"] = prompt[0] if prompt else ""
+    if chat:
+        _json_schema_format(data)
     data["max_tokens"] = _max_tokens(data, max_tokens_cap, default=max_tokens_cap if chat else COMPLETION_DEFAULT)
     for name, (low, high) in _RANGES.items():
         value = data.get(name)
@@ -105,6 +109,21 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     if isinstance(data.get("seed"), int):
         data["seed"] %= 2**32
     _check_logit_bias(data, n_vocab)
+
+
+def _json_schema_format(data: dict[str, Any]) -> None:
+    """OpenAI's structured outputs, ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``
+    (what the OpenAI SDK's ``parse`` and LangChain's ``with_structured_output`` send), as the
+    library's ``{"type": "json_object", "schema": ...}`` (0.3.36 knows only that one). ``strict``
+    needs nothing more: the schema's grammar allows nothing else."""
+    fmt = data.get("response_format")
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise RequestError("'response_format.json_schema' must be an object with a JSON schema object in 'schema'",
+                           param="response_format.json_schema", code="invalid_value")
+    data["response_format"] = {"type": "json_object", **({"schema": spec["schema"]} if "schema" in spec else {})}
 
 
 def _max_tokens(data: dict[str, Any], cap: int, default: int) -> int:

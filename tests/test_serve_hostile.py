@@ -98,6 +98,35 @@ def test_inputs_that_gave_500_get_openai_shaped_400(client):
     _alive(client)
 
 
+def _schema_format(schema):
+    return {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": schema}}
+
+
+def test_structured_outputs_are_honoured_and_schema_bombs_refused(server, client):
+    """OpenAI's ``json_schema`` response format (the SDK's ``parse``, LangChain's structured output) was
+    a 400; a schema whose grammar spells out ``maxLength: 10**9`` froze the server, then exhausted memory."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    out = client.post(CHAT, json={"messages": HI, "temperature": 0, "response_format": _schema_format(schema)}).json()
+    assert json.loads(out["choices"][0]["message"]["content"]) in ({"ok": True}, {"ok": False})
+    bomb = {"type": "string", "maxLength": 10**9}
+    t = time.perf_counter()
+    r = client.post(CHAT, json={"messages": HI, "response_format": _schema_format(bomb)})
+    assert "too large" in _error(r, 400, "invalid_value", "response_format")["message"]
+    assert time.perf_counter() - t < 3
+    for fmt, param in ((_schema_format({"type": "bogus"}), "response_format"),
+                       ({"type": "json_schema", "json_schema": {"name": "x", "schema": "x"}}, "response_format.json_schema"),
+                       ({"type": "json_object", "schema": {"type": "array", "items": {}, "minItems": 10**7}}, "response_format")):
+        _error(client.post(CHAT, json={"messages": HI, "response_format": fmt}), 400, "invalid_value", param)
+    # a forced tool's parameters become a grammar inside the library: too large is refused first
+    tool = {"type": "function", "function": {"name": "f", "parameters": bomb}}
+    _error(client.post(CHAT, json={"messages": HI, "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}}),
+           400, "invalid_value", "tools[0].function.parameters")
+    _error(client.post(CHAT, json={"messages": HI, "functions": [tool["function"]], "function_call": {"name": "f"}}),
+           400, "invalid_value", "functions[0].parameters")
+    _alive(client)
+
+
 def test_json_without_content_type_is_accepted(server):
     # what `curl -d` sends: application/x-www-form-urlencoded
     r = httpx.post(f"{server.base_url}{CHAT}", content=json.dumps({"messages": HI, "max_tokens": 2}),

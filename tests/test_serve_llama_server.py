@@ -179,6 +179,24 @@ def test_engine_completions_and_limits_match_the_embedded_engine(servers):
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_value"
 
 
+@needs_binary
+def test_structured_outputs_match_and_schema_bombs_are_refused_on_the_engine(servers):
+    """``json_schema`` response formats give the same JSON on both engines; a schema whose grammar
+    would be gigabytes was converted on the event loop (``/health`` froze, then memory ran out)."""
+    embedded, engine = servers
+    schema = {"type": "object", "properties": {"game": {"type": "string", "maxLength": 12}}, "required": ["game"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "pick", "strict": True, "schema": schema}}
+    messages = [{"role": "user", "content": "Name a game."}]
+    ours, theirs = (_chat(s.base_url, messages=messages, response_format=fmt) for s in servers)
+    assert theirs["choices"][0]["message"] == ours["choices"][0]["message"]
+    assert set(json.loads(theirs["choices"][0]["message"]["content"])) == {"game"}
+    bomb = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "maxLength": 10**9}}}
+    t = time.perf_counter()
+    r = httpx.post(f"{engine.base_url}/v1/chat/completions", json={"messages": messages, "response_format": bomb}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format" and time.perf_counter() - t < 3
+    assert httpx.get(f"{engine.base_url}/health").status_code == 200
+
+
 def _engine_pid(server) -> int:
     """The llama-server child of our server process."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
