@@ -2,7 +2,7 @@
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streams pass through untouched and the
 ``include_usage`` context variable reaches the routes. For ``POST`` JSON endpoints it reads the
-body once (at most ``max_request_bytes``; JSON is accepted whatever the ``Content-Type``, since
+body once (:mod:`steam_persona.serve.body`: at most ``max_request_bytes``, within ``body_timeout``; JSON is accepted whatever the ``Content-Type``, since
 ``curl -d`` sends a form type), answers 4xx itself for every client mistake (:mod:`steam_persona.serve.validate`,
 the library's request schema, token ids, grammars, context overflow), and passes the rewritten
 request model on (in ``scope["state"]``). For chat requests it normalises the messages (:mod:`steam_persona.serve.messages`) and applies the
@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 from pydantic import ValidationError
 
 from steam_persona.serve import auth
+from steam_persona.serve.body import read_body
 from steam_persona.serve.chat_handler import INCLUDE_USAGE
 from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error
 from steam_persona.serve.grammar import SchemaError
@@ -69,14 +70,15 @@ class SteamMiddleware:
         persona: system prompt applied when a chat request has none (``None``: leave as is).
         persona_mode: ``"replace"`` or ``"prepend"`` (see :func:`steam_persona.serve.persona.apply_persona`).
         max_request_bytes: larger bodies get 413 ``request_too_large`` (read no further).
+        body_timeout: seconds a body may take to arrive (then 408; see :mod:`steam_persona.serve.body`).
         max_tokens_cap: most tokens one request may generate (see :func:`steam_persona.serve.validate.check_generation`).
         log: a JSON-lines request log, or ``None``.
     """
 
     def __init__(self, app: Any, *, served: Served, api_key: str | None, persona: str | None, persona_mode: str,
-                 max_request_bytes: int, max_tokens_cap: int, log: JsonlLog | None = None) -> None:
+                 max_request_bytes: int, max_tokens_cap: int, body_timeout: float, log: JsonlLog | None = None) -> None:
         self.app, self.served, self.api_key, self.persona, self.persona_mode = app, served, api_key, persona, persona_mode
-        self.max_request_bytes, self.max_tokens_cap = max_request_bytes, max_tokens_cap
+        self.max_request_bytes, self.max_tokens_cap, self.body_timeout = max_request_bytes, max_tokens_cap, body_timeout
         self.models = _request_models()
         self.log = log
 
@@ -118,7 +120,7 @@ class SteamMiddleware:
             self._check_access(scope)
             if scope["method"] != "POST" or scope["path"] not in self.models:
                 return await self.app(scope, receive, send)
-            raw = await _read_body(receive, scope, self.max_request_bytes)
+            raw = await read_body(receive, scope["headers"], self.max_request_bytes, self.body_timeout)
             # parsing, checking and counting a body of up to --max_request_bytes: one job off the loop
             data, options, state[BODY], n_prompt = await self.served.check(self._prepare, scope["path"], raw)
             include_usage = await self._check_generation(scope["path"], data, options, n_prompt, state)
@@ -287,28 +289,6 @@ def _forced_tool_schemas(model: Any) -> list[tuple[str, Any]]:
     return [(param, fn.get("parameters")) for param, fn in listed if names and fn.get("name") in names]
 
 
-async def _read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
-    """The request body, or a 413 as soon as it (or its declared ``Content-Length``) exceeds ``limit``."""
-    too_large = RequestError(f"The request body is larger than this server's limit of {limit} bytes "
-                             "(--max_request_bytes); send a shorter request", status=413, code="request_too_large")
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise too_large
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
-
-
 def _tracking(send: Send) -> Any:
     """``send`` with a ``started`` attribute: has the response begun?"""
     async def tracked(message: dict[str, Any]) -> None:
@@ -337,5 +317,7 @@ async def _reply(send: Send, err: RequestError) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if err.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if err.status in (408, 413):  # the body was not read to its end: the connection cannot carry another request
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -5,10 +5,13 @@ instead of the test run."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import signal
+import socket
 import threading
 import time
+import zlib
 
 import httpx
 import pytest
@@ -26,7 +29,7 @@ PERSONA = "You are Lao G, a grumpy reviewer. persona-marker-4417"
 def server(smollm2_gguf):
     with start_server(smollm2_gguf, api_key=KEY, extra_args=(
             "--system", PERSONA, "--max_tokens_cap", "24", "--request_timeout", "20",
-            "--cors_origins", "http://good.example")) as srv:
+            "--cors_origins", "http://good.example", "--body_timeout", "2")) as srv:
         yield srv
 
 
@@ -132,6 +135,44 @@ def test_json_without_content_type_is_accepted(server):
     r = httpx.post(f"{server.base_url}{CHAT}", content=json.dumps({"messages": HI, "max_tokens": 2}),
                    headers={**AUTH, "content-type": "application/x-www-form-urlencoded"}, timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
+
+
+def test_compressed_bodies_are_inflated_within_the_size_limit(client):
+    """gzip / deflate bodies were 400 ``invalid_json``; now inflated, with the size limit on the inflated
+    bytes (a 100 MB "zip bomb" of 100 kB stops at the limit)."""
+    body = json.dumps({"messages": HI, "max_tokens": 2}).encode()
+    for encoding, data in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body)), ("identity", body)):
+        r = client.post(CHAT, content=data, headers={"content-encoding": encoding})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2, (encoding, r.text)
+    bomb = gzip.compress(b" " * 100_000_000)
+    assert len(bomb) < 200_000
+    _error(client.post(CHAT, content=bomb, headers={"content-encoding": "gzip"}), 413, "request_too_large")
+    _error(client.post(CHAT, content=gzip.compress(body)[:-9], headers={"content-encoding": "gzip"}), 400, "invalid_encoding")
+    _error(client.post(CHAT, content=body, headers={"content-encoding": "gzip"}), 400, "invalid_encoding")
+    _error(client.post(CHAT, content=body, headers={"content-encoding": "br"}), 415, "unsupported_content_encoding")
+
+
+def test_a_body_that_never_arrives_times_out_without_blocking_others(server, client):
+    """A slow-loris client (a Content-Length, then one byte) held its connection open for ever; 20
+    of them now get 408 after --body_timeout (2 s here) and a closed connection, while others are served."""
+    socks = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                  + b"\r\nContent-Length: 100\r\n\r\n{")
+        socks.append(s)
+    t = time.perf_counter()
+    _alive(client)
+    assert time.perf_counter() - t < 1.5
+    for s in socks:
+        s.settimeout(10)
+        answer = b""
+        while chunk := s.recv(4096):  # until the server closes
+            answer += chunk
+        s.close()
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer.lower()
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    assert time.perf_counter() - t < 8
 
 
 def test_limits_clients_send_are_honoured(client):
