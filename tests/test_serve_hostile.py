@@ -175,6 +175,22 @@ def test_a_body_that_never_arrives_times_out_without_blocking_others(server, cli
     assert time.perf_counter() - t < 8
 
 
+def test_model_ids_and_head_requests(server, client):
+    """The OpenAI SDK's ``models.retrieve`` got 404 for the served model; ``HEAD`` (``wget --spider``
+    health checks) got 405 on GET routes."""
+    alias = client.get("/v1/models").json()["data"][0]["id"]
+    got = client.get(f"/v1/models/{alias}").json()
+    assert got["id"] == alias and got["object"] == "model" and isinstance(got["created"], int)
+    for odd in ("x", "%00", "..%2F..%2Fetc%2Fpasswd", "a/b", "a" * 5000, "%ff", alias + "x"):
+        _error(client.get(f"/v1/models/{odd}"), 404, "model_not_found", "model")
+    for path in ("/health", "/v1/models", f"/v1/models/{alias}"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", path
+    assert httpx.head(f"{server.base_url}/health").status_code == 200  # no key needed, like GET
+    assert httpx.head(f"{server.base_url}/v1/models").status_code == 401
+    assert client.head(CHAT).status_code == 405
+
+
 def test_limits_clients_send_are_honoured(client):
     for name in ("max_tokens", "max_completion_tokens"):
         for bad in (0, -1):
