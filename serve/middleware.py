@@ -28,7 +28,7 @@ from steam_persona.serve.grammar import SchemaError
 from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.persona import apply_persona
 from steam_persona.serve.routes import Served
-from steam_persona.serve.validate import check_generation, check_token_ids, parse_json
+from steam_persona.serve.validate import check_generation, check_stream_options, check_token_ids, parse_json
 from steam_persona.common.atomic import JsonlLog
 
 logger = logging.getLogger("steam_persona.serve")
@@ -122,8 +122,8 @@ class SteamMiddleware:
                 return await self.app(scope, receive, send)
             raw = await read_body(receive, scope["headers"], self.max_request_bytes, self.body_timeout)
             # parsing, checking and counting a body of up to --max_request_bytes: one job off the loop
-            data, options, state[BODY], n_prompt = await self.served.check(self._prepare, scope["path"], raw)
-            include_usage = await self._check_generation(scope["path"], data, options, n_prompt, state)
+            data, include_usage, state[BODY], n_prompt = await self.served.check(self._prepare, scope["path"], raw)
+            include_usage = await self._check_generation(scope["path"], data, include_usage, n_prompt, state)
         except RequestError as err:
             state["error_code"] = err.code
             return await _reply(send, err)
@@ -147,7 +147,7 @@ class SteamMiddleware:
                                    status=401, code="invalid_api_key")
 
     def _rewrite(self, path: str, raw: bytes) -> tuple[dict[str, Any], Any]:
-        """Parse, check and rewrite a request body for ``path``; return ``(data, stream_options)``.
+        """Parse, check and rewrite a request body for ``path``; return ``(data, include_usage)``.
 
         Raises:
             RequestError: the 4xx to answer.
@@ -157,7 +157,7 @@ class SteamMiddleware:
         if path == "/v1/embeddings":
             raise RequestError("Embeddings are not served: this is a chat model, loaded without embedding support",
                                status=400, param="input", code="unsupported_endpoint")
-        options = data.pop("stream_options", None)
+        include_usage = check_stream_options(data.pop("stream_options", None))
         if path in (_CHAT, _COMPLETIONS):
             data["model"] = self.served.alias
         if path in (_CHAT, CHAT_COUNT):
@@ -169,7 +169,7 @@ class SteamMiddleware:
             check_token_ids(data.get("tokens"), self.served.n_vocab)
         if path in (_CHAT, _COMPLETIONS):
             check_generation(data, chat=path == _CHAT, n_vocab=self.served.n_vocab, max_tokens_cap=self.max_tokens_cap)
-        return data, options
+        return data, include_usage
 
     def _validate(self, path: str, data: dict[str, Any]) -> Any:
         """The library's request model for ``data`` (its own routes answer 500 to a bad type).
@@ -188,17 +188,17 @@ class SteamMiddleware:
         return model
 
     def _prepare(self, path: str, raw: bytes) -> tuple[dict[str, Any], Any, Any, int | None]:
-        """``(data, stream_options, request model, prompt tokens or None)`` for a body (checks thread).
+        """``(data, include_usage, request model, prompt tokens or None)`` for a body (checks thread).
 
         Raises:
             RequestError: the 4xx to answer.
         """
-        data, options = self._rewrite(path, raw)
+        data, include_usage = self._rewrite(path, raw)
         model = self._validate(path, data)
         if path == _CHAT:
             self._structured_output(model)
         n_prompt = self._count_prompt(path, data) if path in (_CHAT, CHAT_COUNT, _COMPLETIONS) else None
-        return data, options, model, n_prompt
+        return data, include_usage, model, n_prompt
 
     def _structured_output(self, model: Any) -> None:
         """Replace a ``json_object`` response format by the grammar it stands for (any JSON, or its
@@ -230,7 +230,7 @@ class SteamMiddleware:
             raise RequestError(f"The JSON schema in '{param}' cannot be used: {e}", param=param,
                                code="invalid_value") from None
 
-    async def _check_generation(self, path: str, data: dict[str, Any], options: Any, n_prompt: int | None,
+    async def _check_generation(self, path: str, data: dict[str, Any], include_usage: bool, n_prompt: int | None,
                                 state: dict[str, Any]) -> bool:
         """Compile a generation request's grammar, note its facts for the log; return whether a
         stream wants usage.
@@ -248,7 +248,7 @@ class SteamMiddleware:
             if why:
                 raise RequestError(f"'grammar' cannot be used: {why}", param="grammar", code="invalid_grammar")
         state["stream"] = bool(data.get("stream"))
-        return state["stream"] and isinstance(options, dict) and bool(options.get("include_usage"))
+        return state["stream"] and include_usage
 
     def _count_prompt(self, path: str, data: dict[str, Any]) -> int:
         """Return the prompt's token count; raise a 400 when it does not fit (generation paths)."""
@@ -260,6 +260,8 @@ class SteamMiddleware:
             n_prompt = len(served.llama.tokenize(prompt.encode("utf-8"), True, True))
             if n_prompt == 0:  # llama.cpp cannot start from nothing (models without BOS)
                 raise RequestError("'prompt' is empty; send some text", param="prompt", code="invalid_value")
+            if isinstance(data.get("suffix"), str):  # fill-in-the-middle: the library adds the suffix to the prompt
+                n_prompt += len(served.llama.tokenize(data["suffix"].encode("utf-8"), False, False))
         logger.debug("%s: %d prompt tokens, stream=%s", path, n_prompt, data.get("stream"))
         if n_prompt >= served.n_ctx and path != CHAT_COUNT:
             raise self._overflow(n_prompt, data)
@@ -267,11 +269,12 @@ class SteamMiddleware:
 
     def _overflow(self, n_prompt: int, data: dict[str, Any]) -> RequestError:
         max_tokens = data.get("max_tokens") if isinstance(data.get("max_tokens"), int) else 0
+        where = "messages" if "messages" in data else "prompt"
         return RequestError(
             f"This model's maximum context length is {self.served.n_ctx} tokens. However, you requested "
-            f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
-            "Please reduce the length of the messages or completion.",
-            param="messages" if "messages" in data else "prompt", code="context_length_exceeded")
+            f"{n_prompt + max_tokens} tokens ({n_prompt} in the {where}, {max_tokens} in the completion). "
+            f"Please reduce the length of the {where} or completion.",
+            param=where, code="context_length_exceeded")
 
 
 def _forced_tool_schemas(model: Any) -> list[tuple[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from steam_persona.serve.errors import RequestError
@@ -21,8 +22,13 @@ _RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "top_k": (0, 2**31 - 1),
     "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0), "repeat_penalty": (0.0, 10.0),
     "mirostat_mode": (0, 2), "mirostat_tau": (0.0, 10.0), "mirostat_eta": (0.001, 1.0),
-    "min_tokens": (0, 2**31 - 1), "top_logprobs": (0, 20),
+    "min_tokens": (0, 2**31 - 1), "top_logprobs": (0, 20), "typical_p": (0.0, 1.0),
 }
+#: Number fields of the chat and completion requests: JSON ``true``/``false`` is not a number there
+#: (pydantic's lax mode would read ``"temperature": true`` as 1.0).
+_NUMBERS = (*_RANGES, "n", "best_of", "seed", "max_tokens", "max_completion_tokens", "tfs_z")
+#: A token id as a ``logit_bias`` key: ASCII digits only (``int()`` also takes " 5", "5_0" and "٥").
+_TOKEN_ID = re.compile(r"-?[0-9]+")
 #: OpenAI's default ``max_tokens`` for /v1/completions (chat has none: the server cap applies).
 COMPLETION_DEFAULT = 16
 #: OpenAI: logit_bias values are in [-100, 100].
@@ -76,11 +82,15 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     sent to /v1/chat/completions; /v1/completions keeps OpenAI's 16); ``seed`` is reduced modulo 2³² (llama.cpp's seed type).
 
     Raises:
-        RequestError: 400 naming the field: ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
+        RequestError: 400 naming the field: ``true``/``false`` for a number, ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
             a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
             range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, or a
             ``json_schema`` response format without a schema object.
     """
+    for name in _NUMBERS:
+        if isinstance(data.get(name), bool):
+            raise RequestError(f"'{name}' must be a number, not {str(data[name]).lower()}", param=name,
+                               code="invalid_value")
     for name in ("n", "best_of"):
         if data.get(name) not in (None, 1):
             raise RequestError(f"'{name}' must be 1: this server generates one choice per request; "
@@ -153,14 +163,31 @@ def _check_logit_bias(data: dict[str, Any], n_vocab: int) -> None:
                                param="logit_bias", code="invalid_value")
         if by_text:
             continue
-        try:
-            token = int(key)
-        except ValueError:
+        if not _TOKEN_ID.fullmatch(key):
             raise RequestError("logit_bias keys must be token ids (decimal integers as strings)",
-                               param="logit_bias", code="invalid_value") from None
+                               param="logit_bias", code="invalid_value")
+        token = int(key)
         if not 0 <= token < n_vocab:
             raise RequestError(f"logit_bias key {token} is not a token id of this model (0 … {n_vocab - 1})",
                                param="logit_bias", code="invalid_value")
+
+
+def check_stream_options(options: Any) -> bool:
+    """Whether a stream wants a final ``usage`` chunk (OpenAI's ``stream_options.include_usage``).
+
+    Raises:
+        RequestError: 400 when ``stream_options`` is not an object or ``include_usage`` not a boolean.
+    """
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise RequestError("'stream_options' must be an object such as {\"include_usage\": true}",
+                           param="stream_options", code="invalid_value")
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise RequestError("'stream_options.include_usage' must be true or false",
+                           param="stream_options.include_usage", code="invalid_value")
+    return include
 
 
 def check_token_ids(tokens: Any, n_vocab: int) -> None:

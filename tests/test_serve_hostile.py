@@ -191,6 +191,27 @@ def test_model_ids_and_head_requests(server, client):
     assert client.head(CHAT).status_code == 405
 
 
+def test_odd_values_found_by_an_outside_tester(client):
+    """Accepted before although wrong: booleans read as numbers, logit_bias keys that ``int()`` takes
+    (" 5", "5_0", Arabic-Indic digits), a non-object ``stream_options``, ``typical_p`` out of range;
+    a completion ``suffix`` over the context was the library's own error without the code."""
+    for name in ("temperature", "top_p", "n", "seed", "max_tokens", "presence_penalty"):
+        _error(client.post(CHAT, json={"messages": HI, name: True}), 400, "invalid_value", name)
+    for key in (" 5", "5_0", "\u0665", "+5"):
+        _error(client.post(CHAT, json={"messages": HI, "logit_bias": {key: 1}}), 400, "invalid_value", "logit_bias")
+    _error(client.post(CHAT, json={"messages": HI, "stream": True, "stream_options": "x"}), 400, "invalid_value",
+           "stream_options")
+    _error(client.post(CHAT, json={"messages": HI, "stream": True, "stream_options": {"include_usage": "yes"}}), 400,
+           "invalid_value", "stream_options.include_usage")
+    _error(client.post(CHAT, json={"messages": HI, "typical_p": -1}), 400, "invalid_value", "typical_p")
+    err = _error(client.post("/v1/completions", json={"prompt": "hi", "suffix": "word " * 9000}), 400,
+                 "context_length_exceeded", "prompt")
+    assert "in the prompt" in err["message"]
+    ok = client.post(CHAT, json={"messages": HI, "max_tokens": 1, "logit_bias": {"5": -100}, "seed": 2**70,
+                                 "stream_options": {"include_usage": False}})
+    assert ok.status_code == 200, ok.text
+
+
 def test_limits_clients_send_are_honoured(client):
     for name in ("max_tokens", "max_completion_tokens"):
         for bad in (0, -1):
