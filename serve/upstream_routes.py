@@ -110,6 +110,7 @@ async def _complete(request: Request, served: Any, upstream_body: dict[str, Any]
             await asyncio.wait({job, gone}, timeout=min(left, 0.5), return_when=asyncio.FIRST_COMPLETED)
         event = job.result()
     except RequestError as e:
+        e = _blame(e, body)
         return JSONResponse(e.body(), status_code=e.status)
     finally:
         gone.cancel()
@@ -160,6 +161,7 @@ async def _stream(run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, 
     except RequestError as e:
         watcher.cancel()
         cancel.set()
+        e = _blame(e, body)
         return JSONResponse(e.body(), status_code=e.status)
 
     async def events() -> AsyncIterator[dict[str, str]]:
@@ -179,12 +181,23 @@ async def _stream(run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, 
                               "model": run.model, "choices": [], "usage": run.usage()})
             yield {"data": "[DONE]"}
         except RequestError as e:  # after the response began: the stream ends with the error
-            yield {"data": json.dumps(e.body())}
+            yield {"data": json.dumps(_blame(e, body).body())}
         finally:
             watcher.cancel()
             cancel.set()
             await pieces.aclose()
     return EventSourceResponse(events(), sep="\n")
+
+
+def _blame(err: RequestError, body: Any) -> RequestError:
+    """llama-server fails (a 500, or an error event in a stream) when a request's grammar allows no token of the vocabulary ("Unexpected
+    empty grammar stack", e.g. ``root ::= "\\u0000"``); that is the client's grammar: a 400 like the
+    embedded engine's (:mod:`steam_persona.serve.grammar_guard`)."""
+    if body.grammar and "grammar stack" in err.message:  # llama.cpp's words, in a 500 or in a stream's error event
+        return RequestError("The grammar allows no token of this model's vocabulary at some point (e.g. a "
+                            "character no token spells); change the grammar or schema", param="grammar",
+                            code="invalid_grammar")
+    return err
 
 
 def _event(chunk: dict[str, Any]) -> dict[str, str]:

@@ -69,6 +69,24 @@ def test_inputs_that_crashed_the_process_get_400(client):
     assert client.post("/extras/detokenize", json={"tokens": [28, 29]}).json() == {"text": ",-"}
 
 
+def test_grammars_the_vocabulary_cannot_follow_are_a_400_not_an_abort(client):
+    """``root ::= "\\u0000"`` compiles, but no token spells NUL: llama.cpp's grammar sampler then picked a
+    refused token and aborted the process (GGML_ABORT), at once or after some tokens."""
+    for grammar in ('root ::= "\\u0000"', 'root ::= "ab" "\\u0000"'):
+        _error(client.post(CHAT, json={"messages": HI, "grammar": grammar, "max_tokens": 8}), 400, "invalid_grammar",
+               "grammar")
+        r = client.post(CHAT, json={"messages": HI, "grammar": grammar, "max_tokens": 8, "stream": True})
+        if r.status_code == 200:  # tokens were streamed before the dead end: the stream ends with the error
+            events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+            assert json.loads(events[-1])["error"]["code"] == "invalid_grammar" and len(events) > 1
+        else:
+            _error(r, 400, "invalid_grammar", "grammar")
+    # a grammar that is complete while min_tokens refuses the end it requires ends there, as before
+    out = client.post(CHAT, json={"messages": HI, "grammar": 'root ::= "yes"', "min_tokens": 5, "max_tokens": 8}).json()
+    assert out["choices"][0]["message"]["content"] == "yes"
+    _alive(client)
+
+
 def test_inputs_that_gave_500_get_openai_shaped_400(client):
     _error(client.post(CHAT, content=b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'), 400, "invalid_json")
     _error(client.post(CHAT, content=b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\udfff"]}'),

@@ -194,6 +194,13 @@ def test_structured_outputs_match_and_schema_bombs_are_refused_on_the_engine(ser
     t = time.perf_counter()
     r = httpx.post(f"{engine.base_url}/v1/chat/completions", json={"messages": messages, "response_format": bomb}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format" and time.perf_counter() - t < 3
+    # a grammar no token can follow: llama-server's 500 (or a stream's error event) is the client's 400
+    for stream in (False, True):
+        r = httpx.post(f"{engine.base_url}/v1/chat/completions", timeout=60, json={
+            "messages": messages, "grammar": 'root ::= "ab" "\\u0000"', "max_tokens": 8, "stream": stream})
+        last = r.json() if r.status_code != 200 else json.loads(
+            [line for line in r.text.splitlines() if line.startswith("data: ")][-1][6:])
+        assert r.status_code in (200, 400) and last["error"]["code"] == "invalid_grammar", r.text
     assert httpx.get(f"{engine.base_url}/health").status_code == 200
 
 
