@@ -31,6 +31,8 @@ _NUMBERS = (*_RANGES, "n", "best_of", "seed", "max_tokens", "max_completion_toke
 _TOKEN_ID = re.compile(r"-?[0-9]+")
 #: OpenAI's default ``max_tokens`` for /v1/completions (chat has none: the server cap applies).
 COMPLETION_DEFAULT = 16
+#: Longest integer accepted in a request body (seeds beyond 64 bits are reduced; larger means nothing).
+MAX_INT_DIGITS = 100
 #: OpenAI: logit_bias values are in [-100, 100].
 _BIAS = 100.0
 
@@ -40,15 +42,16 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
     Raises:
         RequestError: 400 ``invalid_json`` for bad JSON, ``NaN``/``Infinity`` (not JSON, but
-            Python's parser takes them), numbers that overflow to ±∞ (``1e999``), nesting deeper
-            than Python's parser allows, lone UTF-16 surrogates (``"\\ud800"``, which cannot be
+            Python's parser takes them), numbers that overflow to ±∞ (``1e999``), integers of more
+            than :data:`MAX_INT_DIGITS` digits (Python's own limit, 4300, raises a bare ``ValueError``),
+            nesting deeper than Python's parser allows, lone UTF-16 surrogates (``"\\ud800"``, which cannot be
             encoded for llama.cpp), or a non-object.
     """
     try:
-        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_short_int)
     except RequestError:
         raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise RequestError(f"The request body is not valid JSON ({e}); send a JSON object", code="invalid_json") from None
     except RecursionError:
         raise RequestError("The request body is nested too deeply; send a flat JSON object", code="invalid_json") from None
@@ -64,6 +67,13 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise RequestError(f"{name} is not a JSON number; send a finite number", code="invalid_json")
+
+
+def _short_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise RequestError(f"An integer in the request has more than {MAX_INT_DIGITS} digits; send a smaller one",
+                           code="invalid_json")
+    return int(text)
 
 
 def _finite_float(text: str) -> float:

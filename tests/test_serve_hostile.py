@@ -92,6 +92,9 @@ def test_inputs_that_gave_500_get_openai_shaped_400(client):
     _error(client.post(CHAT, content=b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\udfff"]}'),
            400, "invalid_json")
     _error(client.post(CHAT, content=b"[" * 100_000), 400, "invalid_json")
+    for digits in (101, 5000):  # Python refuses ints over 4300 digits with a bare ValueError (was a 500)
+        big = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"9" * digits + b"}"
+        _error(client.post(CHAT, content=big), 400, "invalid_json")
     _error(client.post(CHAT, json={"messages": HI, "logit_bias": {"abc": 1}}), 400, "invalid_value", "logit_bias")
     _error(client.post(CHAT, json={"messages": HI, "logit_bias": {"70000": 1}}), 400, "invalid_value", "logit_bias")
     _error(client.post(CHAT, json={"messages": HI, "logit_bias": {"5": 1000}}), 400, "invalid_value", "logit_bias")
