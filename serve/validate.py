@@ -126,6 +126,9 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
         value = data.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
             raise RequestError(f"'{name}' must be between {low:g} and {high:g}", param=name, code="invalid_value")
+    if data.get("repeat_penalty") == 0:  # llama.cpp divides logits by it (llama-server refuses 0, the library gives ±inf)
+        raise RequestError("'repeat_penalty' must be greater than 0 (1 = no penalty)", param="repeat_penalty",
+                           code="invalid_value")
     if isinstance(data.get("seed"), int):
         data["seed"] %= 2**32
     _check_logit_bias(data, n_vocab)

@@ -225,6 +225,7 @@ def test_odd_values_found_by_an_outside_tester(client):
     _error(client.post(CHAT, json={"messages": HI, "stream": True, "stream_options": {"include_usage": "yes"}}), 400,
            "invalid_value", "stream_options.include_usage")
     _error(client.post(CHAT, json={"messages": HI, "typical_p": -1}), 400, "invalid_value", "typical_p")
+    _error(client.post(CHAT, json={"messages": HI, "repeat_penalty": 0}), 400, "invalid_value", "repeat_penalty")
     err = _error(client.post("/v1/completions", json={"prompt": "hi", "suffix": "word " * 9000}), 400,
                  "context_length_exceeded", "prompt")
     assert "in the prompt" in err["message"]
