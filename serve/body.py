@@ -47,7 +47,7 @@ async def read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit:
         async with asyncio.timeout(timeout):
             return await _receive(receive, limit, inflate, too_large)
     except TimeoutError:
-        raise RequestError(f"The request body did not arrive within {timeout:g} s (--body_timeout); send it "
+        raise RequestError(f"The request body did not arrive within {timeout:g} s (--read_timeout); send it "
                            "at once", status=408, code="request_timeout") from None
 
 

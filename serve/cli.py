@@ -42,8 +42,8 @@ class ServeConfig:
     flash_attn: bool = LlamaCppArguments.use("flash_attn")
     max_request_bytes: int = arg(0, "Largest request body in bytes (413 above); 0 = 64 bytes per context token, "
                                     "at least 1 MiB.")
-    body_timeout: float = arg(30.0, "Seconds a request body may take to arrive in full (408 after; slow clients "
-                                    "must not hold connections open).")
+    read_timeout: float = arg(30.0, "Seconds a request may take to arrive: its headers (else the connection is "
+                                    "closed), then its body (else 408); slow clients must not hold connections open.")
     max_tokens_cap: int = arg(1024, "Most tokens one request may generate; also the default when a chat request "
                                     "sends no max_tokens / max_completion_tokens.")
     request_timeout: float = arg(300.0, "Seconds one generation may run; then it ends with finish_reason 'length'.")
@@ -117,6 +117,7 @@ def run(cfg: ServeConfig) -> None:
     from steam_persona.serve.llama_server import find_binary
     from steam_persona.serve.modelinfo import choose_n_ctx, read_model_info
     from steam_persona.serve.persona import resolve_persona
+    from steam_persona.serve.protocol import with_header_deadline
 
     _check_flags(cfg)
     binary = find_binary(cfg.llama_server) if cfg.engine == "llama-server" else None
@@ -133,7 +134,7 @@ def run(cfg: ServeConfig) -> None:
                       n_gpu_layers=cfg.n_gpu_layers, api_key=cfg.api_key or None, persona=persona,
                       persona_source=persona_source, persona_mode=cfg.persona_mode,
                       verbose=cfg.log_level == "debug", log_file=cfg.log_file, flash_attn=cfg.flash_attn,
-                      max_request_bytes=cfg.max_request_bytes or max(2**20, 64 * n_ctx), body_timeout=cfg.body_timeout,
+                      max_request_bytes=cfg.max_request_bytes or max(2**20, 64 * n_ctx), read_timeout=cfg.read_timeout,
                       max_tokens_cap=cfg.max_tokens_cap, request_timeout=cfg.request_timeout,
                       cors_origins=tuple(o.strip() for o in cfg.cors_origins if o.strip()),
                       engine=cfg.engine, parallel=cfg.parallel, llama_server=str(binary) if binary else None)
@@ -150,14 +151,15 @@ def run(cfg: ServeConfig) -> None:
     # default of cutting them at once; uvicorn closes whatever is left after the timeout.
     AppStatus.disable_automatic_graceful_drain()
     server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
-                                    timeout_graceful_shutdown=cfg.shutdown_timeout))
+                                    timeout_graceful_shutdown=cfg.shutdown_timeout,
+                                    http=with_header_deadline(cfg.read_timeout)))
     server.run()
 
 
 def _check_flags(cfg: ServeConfig) -> None:
     """Refuse flag values that cannot work, before anything loads (see :func:`run`)."""
-    if cfg.max_tokens_cap < 1 or cfg.request_timeout <= 0 or cfg.body_timeout <= 0 or cfg.max_request_bytes < 0:
-        raise UserError("serve: --max_tokens_cap, --request_timeout and --body_timeout must be positive, "
+    if cfg.max_tokens_cap < 1 or cfg.request_timeout <= 0 or cfg.read_timeout <= 0 or cfg.max_request_bytes < 0:
+        raise UserError("serve: --max_tokens_cap, --request_timeout and --read_timeout must be positive, "
                         "--max_request_bytes ≥ 0")
     if cfg.parallel < 1:
         raise UserError("serve: --parallel must be at least 1")

@@ -2,7 +2,7 @@
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streams pass through untouched and the
 ``include_usage`` context variable reaches the routes. For ``POST`` JSON endpoints it reads the
-body once (:mod:`steam_persona.serve.body`: at most ``max_request_bytes``, within ``body_timeout``; JSON is accepted whatever the ``Content-Type``, since
+body once (:mod:`steam_persona.serve.body`: at most ``max_request_bytes``, within ``read_timeout``; JSON is accepted whatever the ``Content-Type``, since
 ``curl -d`` sends a form type), answers 4xx itself for every client mistake (:mod:`steam_persona.serve.validate`,
 the library's request schema, token ids, grammars, context overflow), and passes the rewritten
 request model on (in ``scope["state"]``). For chat requests it normalises the messages (:mod:`steam_persona.serve.messages`) and applies the
@@ -70,15 +70,15 @@ class SteamMiddleware:
         persona: system prompt applied when a chat request has none (``None``: leave as is).
         persona_mode: ``"replace"`` or ``"prepend"`` (see :func:`steam_persona.serve.persona.apply_persona`).
         max_request_bytes: larger bodies get 413 ``request_too_large`` (read no further).
-        body_timeout: seconds a body may take to arrive (then 408; see :mod:`steam_persona.serve.body`).
+        read_timeout: seconds a body may take to arrive (then 408; see :mod:`steam_persona.serve.body`).
         max_tokens_cap: most tokens one request may generate (see :func:`steam_persona.serve.validate.check_generation`).
         log: a JSON-lines request log, or ``None``.
     """
 
     def __init__(self, app: Any, *, served: Served, api_key: str | None, persona: str | None, persona_mode: str,
-                 max_request_bytes: int, max_tokens_cap: int, body_timeout: float, log: JsonlLog | None = None) -> None:
+                 max_request_bytes: int, max_tokens_cap: int, read_timeout: float, log: JsonlLog | None = None) -> None:
         self.app, self.served, self.api_key, self.persona, self.persona_mode = app, served, api_key, persona, persona_mode
-        self.max_request_bytes, self.max_tokens_cap, self.body_timeout = max_request_bytes, max_tokens_cap, body_timeout
+        self.max_request_bytes, self.max_tokens_cap, self.read_timeout = max_request_bytes, max_tokens_cap, read_timeout
         self.models = _request_models()
         self.log = log
 
@@ -120,7 +120,7 @@ class SteamMiddleware:
             self._check_access(scope)
             if scope["method"] != "POST" or scope["path"] not in self.models:
                 return await self.app(scope, receive, send)
-            raw = await read_body(receive, scope["headers"], self.max_request_bytes, self.body_timeout)
+            raw = await read_body(receive, scope["headers"], self.max_request_bytes, self.read_timeout)
             # parsing, checking and counting a body of up to --max_request_bytes: one job off the loop
             data, include_usage, state[BODY], n_prompt = await self.served.check(self._prepare, scope["path"], raw)
             include_usage = await self._check_generation(scope["path"], data, include_usage, n_prompt, state)

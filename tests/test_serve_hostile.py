@@ -29,7 +29,7 @@ PERSONA = "You are Lao G, a grumpy reviewer. persona-marker-4417"
 def server(smollm2_gguf):
     with start_server(smollm2_gguf, api_key=KEY, extra_args=(
             "--system", PERSONA, "--max_tokens_cap", "24", "--request_timeout", "20",
-            "--cors_origins", "http://good.example", "--body_timeout", "2")) as srv:
+            "--cors_origins", "http://good.example", "--read_timeout", "2")) as srv:
         yield srv
 
 
@@ -175,7 +175,7 @@ def test_compressed_bodies_are_inflated_within_the_size_limit(client):
 
 def test_a_body_that_never_arrives_times_out_without_blocking_others(server, client):
     """A slow-loris client (a Content-Length, then one byte) held its connection open for ever; 20
-    of them now get 408 after --body_timeout (2 s here) and a closed connection, while others are served."""
+    of them now get 408 after --read_timeout (2 s here) and a closed connection, while others are served."""
     socks = []
     for _ in range(20):
         s = socket.create_connection(("127.0.0.1", server.port))
@@ -194,6 +194,28 @@ def test_a_body_that_never_arrives_times_out_without_blocking_others(server, cli
         assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer.lower()
         assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
     assert time.perf_counter() - t < 8
+
+
+def test_headers_that_never_end_lose_their_connection(server, client):
+    """Half a request line, then nothing: uvicorn held the connection for ever (its keep-alive timer stops
+    at the first byte). Closed after --read_timeout (2 s here), whether fresh or after a first response."""
+    fresh = socket.create_connection(("127.0.0.1", server.port))
+    fresh.sendall(b"GET /health HTTP/1.1\r\nHo")
+    reused = socket.create_connection(("127.0.0.1", server.port))
+    reused.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    reused.settimeout(5)
+    first = b""
+    while not first.endswith(b"}"):  # the whole /health answer
+        first += reused.recv(4096)
+    assert first.startswith(b"HTTP/1.1 200 ")
+    reused.sendall(b"GET /hea")
+    t = time.perf_counter()
+    for s in (fresh, reused):
+        s.settimeout(10)
+        assert s.recv(4096) == b""  # closed by the server, no answer
+        s.close()
+    assert time.perf_counter() - t < 6
+    _alive(client)
 
 
 def test_model_ids_and_head_requests(server, client):
