@@ -117,7 +117,7 @@ def run(cfg: ServeConfig) -> None:
     from steam_persona.serve.llama_server import find_binary
     from steam_persona.serve.modelinfo import choose_n_ctx, read_model_info
     from steam_persona.serve.persona import resolve_persona
-    from steam_persona.serve.protocol import with_header_deadline
+    from steam_persona.serve.protocol import h11_protocol
 
     _check_flags(cfg)
     binary = find_binary(cfg.llama_server) if cfg.engine == "llama-server" else None
@@ -152,7 +152,7 @@ def run(cfg: ServeConfig) -> None:
     AppStatus.disable_automatic_graceful_drain()
     server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
                                     timeout_graceful_shutdown=cfg.shutdown_timeout,
-                                    http=with_header_deadline(cfg.read_timeout)))
+                                    http=h11_protocol(cfg.read_timeout)))
     server.run()
 
 

@@ -196,7 +196,7 @@ def test_a_body_that_never_arrives_times_out_without_blocking_others(server, cli
     assert time.perf_counter() - t < 8
 
 
-def test_headers_that_never_end_lose_their_connection(server, client):
+def test_headers_that_never_end_or_are_not_http(server, client):
     """Half a request line, then nothing: uvicorn held the connection for ever (its keep-alive timer stops
     at the first byte). Closed after --read_timeout (2 s here), whether fresh or after a first response."""
     fresh = socket.create_connection(("127.0.0.1", server.port))
@@ -215,6 +215,15 @@ def test_headers_that_never_end_lose_their_connection(server, client):
         assert s.recv(4096) == b""  # closed by the server, no answer
         s.close()
     assert time.perf_counter() - t < 6
+    # bytes that are not HTTP (a negative Content-Length, TLS to plain HTTP): uvicorn's plain-text 400 is OpenAI-shaped
+    for raw in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01" + b"\0" * 40):
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.settimeout(10)
+            s.sendall(raw)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 ") and json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "invalid_http"
     _alive(client)
 
 
