@@ -121,6 +121,7 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
         data["prompt"] = prompt[0] if prompt else ""
     if chat:
         _json_schema_format(data)
+        _check_tool_choice(data)
     data["max_tokens"] = _max_tokens(data, max_tokens_cap, default=max_tokens_cap if chat else COMPLETION_DEFAULT)
     for name, (low, high) in _RANGES.items():
         value = data.get(name)
@@ -147,6 +148,30 @@ def _json_schema_format(data: dict[str, Any]) -> None:
         raise RequestError("'response_format.json_schema' must be an object with a JSON schema object in 'schema'",
                            param="response_format.json_schema", code="invalid_value")
     data["response_format"] = {"type": "json_object", **({"schema": spec["schema"]} if "schema" in spec else {})}
+
+
+def _check_tool_choice(data: dict[str, Any]) -> None:
+    """Refuse forcing a tool that is not there (OpenAI: 400; the library answered without a tool when
+    ``tools`` was absent, or raised a bare ``ValueError`` when the name was missing from it)."""
+    # the library's order: legacy `functions`, when sent, replace `tools`
+    tools = data["functions"] if data.get("functions") is not None else data.get("tools")
+    for key in ("tool_choice", "function_call"):
+        choice = data.get(key)
+        if not (choice == "required" or isinstance(choice, dict)):
+            continue
+        if not isinstance(tools, list) or not tools:
+            raise RequestError(f"'{key}' forces a tool call, but the request has no 'tools'", param=key,
+                               code="invalid_value")
+        name = _function(choice).get("name") if isinstance(choice, dict) else None
+        if name is not None and name not in {_function(t).get("name") for t in tools if isinstance(t, dict)}:
+            raise RequestError(f"'{key}' names a function that is not in 'tools'", param=key, code="invalid_value")
+
+
+def _function(item: dict[str, Any]) -> dict[str, Any]:
+    """The ``{"name", …}`` part of a tool or tool choice (``{"type": "function", "function": {…}}``) or
+    of a legacy function / function_call (the object itself)."""
+    inner = item.get("function", item)
+    return inner if isinstance(inner, dict) else {}
 
 
 def _max_tokens(data: dict[str, Any], cap: int, default: int) -> int:

@@ -257,6 +257,15 @@ def test_odd_values_found_by_an_outside_tester(client):
            "invalid_value", "stream_options.include_usage")
     _error(client.post(CHAT, json={"messages": HI, "typical_p": -1}), 400, "invalid_value", "typical_p")
     _error(client.post(CHAT, json={"messages": HI, "repeat_penalty": 0}), 400, "invalid_value", "repeat_penalty")
+    # forcing a tool that is not there: the library answered without one, or raised a bare ValueError
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    for extra in ({"tool_choice": "required"}, {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+                  {"function_call": {"name": "f"}},
+                  {"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "g"}}}):
+        _error(client.post(CHAT, json={"messages": HI, **extra}), 400, "invalid_value", next(iter(extra.keys() - {"tools"})))
+    forced = client.post(CHAT, json={"messages": HI, "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}},
+                                     "max_tokens": 20})
+    assert forced.status_code == 200 and forced.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "f"
     err = _error(client.post("/v1/completions", json={"prompt": "hi", "suffix": "word " * 9000}), 400,
                  "context_length_exceeded", "prompt")
     assert "in the prompt" in err["message"]
