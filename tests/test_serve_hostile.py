@@ -263,6 +263,8 @@ def test_odd_values_found_by_an_outside_tester(client):
                   {"function_call": {"name": "f"}},
                   {"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "g"}}}):
         _error(client.post(CHAT, json={"messages": HI, **extra}), 400, "invalid_value", next(iter(extra.keys() - {"tools"})))
+    history = [*HI, {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]}, *HI]
+    assert client.post(CHAT, json={"messages": history, "max_tokens": 1}).status_code == 200  # was a 400
     forced = client.post(CHAT, json={"messages": HI, "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}},
                                      "max_tokens": 20})
     assert forced.status_code == 200 and forced.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "f"
