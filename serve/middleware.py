@@ -13,6 +13,7 @@ With ``--log_file`` it writes one JSON line per response.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Awaitable, Callable
@@ -127,6 +128,9 @@ class SteamMiddleware:
         except RequestError as err:
             state["error_code"] = err.code
             return await _reply(send, err)
+        except asyncio.CancelledError:  # uvicorn's shutdown deadline: a body still arriving, or checks running
+            return await _reply(send, RequestError("The server is shutting down; send the request again", status=503,
+                                                   type="server_error", code="shutting_down"))
         token = INCLUDE_USAGE.set(include_usage)
         try:
             await self.app(scope, _replay(b"", receive), send)

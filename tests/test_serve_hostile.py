@@ -368,6 +368,10 @@ def test_request_timeout_and_sigterm_stop_a_running_generation(smollm2_gguf):
         # --shutdown_timeout (+ the 2 s deadline), before the 8 s request limit would end the generation
         threading.Thread(target=lambda: _swallow(lambda: httpx.post(f"{srv.base_url}{CHAT}", json=long, timeout=60)),
                          daemon=True).start()
+        # and two bodies still arriving: uvicorn cancels them at its deadline (a 500 with a traceback before)
+        slow = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(2)]
+        for sock in slow:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         time.sleep(0.5)
         t = time.perf_counter()
         srv.proc.send_signal(signal.SIGTERM)
@@ -376,6 +380,10 @@ def test_request_timeout_and_sigterm_stop_a_running_generation(smollm2_gguf):
         print(f"SIGTERM to exit: {took:.2f} s, status {code}")
         assert code in (0, -signal.SIGTERM) and took < 2.5
         assert "Traceback" not in srv.output() and " 500 " not in srv.output()
+        for sock in slow:
+            sock.settimeout(5)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 503 ")
+            sock.close()
 
 
 def _disconnected_clients_stop_their_generation(srv, long):
