@@ -126,6 +126,10 @@ def _cut_short(client_left: bool, deadline: float) -> JSONResponse:
         return JSONResponse(error_body("The generation ran past this server's --request_timeout; ask for fewer "
                                        "tokens or stream the response", type="server_error", code="timeout"),
                             status_code=504)
+    return _shutting_down()
+
+
+def _shutting_down() -> JSONResponse:
     return JSONResponse(error_body("The server is shutting down; send the request again", type="server_error",
                                    code="shutting_down"), status_code=503)
 
@@ -163,6 +167,10 @@ async def _stream(run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, 
         cancel.set()
         e = _blame(e, body)
         return JSONResponse(e.body(), status_code=e.status)
+    except asyncio.CancelledError:  # uvicorn's shutdown deadline, while this request waited for a slot
+        watcher.cancel()
+        cancel.set()
+        return _shutting_down()
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:

@@ -283,9 +283,28 @@ def test_a_dead_engine_gives_503s_and_the_server_stays_up(smollm2_gguf):
 
 @needs_binary
 def test_stopping_our_server_stops_the_engine(smollm2_gguf):
-    with start_server(smollm2_gguf, extra_args=(*ARGS, "--engine", "llama-server", "--parallel", "1")) as server:
+    """Also: a stream still waiting for the one slot when the shutdown deadline cancels it gets a 503
+    (it was a 500 with a traceback)."""
+    args = (*ARGS, "--engine", "llama-server", "--parallel", "1", "--shutdown_timeout", "2", "--max_tokens_cap", "4000")
+    with start_server(smollm2_gguf, extra_args=args) as server:
         pid = _engine_pid(server)
+        answers = []
+        body = {"messages": [{"role": "user", "content": "Tell a very long story."}], "max_tokens": 4000,
+                "repeat_penalty": 1.0}
+
+        def ask(stream):
+            answers.append((stream, httpx.post(f"{server.base_url}/v1/chat/completions", json={**body, "stream": stream},
+                                               timeout=30).status_code))
+        clients = [threading.Thread(target=ask, args=(stream,)) for stream in (True, False, False, True, True)]
+        for client in clients:
+            client.start()
+            time.sleep(0.2)
+        time.sleep(1)
         server.stop()
+        for client in clients:
+            client.join()
+        assert (True, 503) in answers and {code for _, code in answers} <= {200, 503}, answers
+        assert "Traceback" not in server.output()
     deadline = time.monotonic() + 10
     while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]:
         assert time.monotonic() < deadline, "llama-server outlived steam-train serve"
