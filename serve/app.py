@@ -35,6 +35,7 @@ class AppOptions:
         log_file: JSON-lines request log path, or ``None``.
         flash_attn: llama.cpp's flash attention.
         max_request_bytes: largest request body accepted (413 above).
+        read_timeout: seconds a request body may take to arrive (408 above).
         max_tokens_cap: most tokens one request may generate (also the chat default).
         request_timeout: seconds one generation may run.
         check_budget: seconds a request's checks may take (413 above).
@@ -56,6 +57,7 @@ class AppOptions:
     log_file: str | None = None
     flash_attn: bool = False
     max_request_bytes: int = 2**20
+    read_timeout: float = 30.0
     max_tokens_cap: int = 1024
     request_timeout: float = 300.0
     check_budget: float = 10.0
@@ -118,7 +120,7 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
     log = JsonlLog(opts.log_file) if opts.log_file else None
     app.add_middleware(SteamMiddleware, served=served, api_key=opts.api_key, persona=opts.persona,
                        persona_mode=opts.persona_mode, max_request_bytes=opts.max_request_bytes,
-                       max_tokens_cap=opts.max_tokens_cap, log=log)
+                       max_tokens_cap=opts.max_tokens_cap, read_timeout=opts.read_timeout, log=log)
     if opts.cors_origins:
         # no credentials: clients authenticate with a header, and never "*" together with credentials
         app.add_middleware(CORSMiddleware, allow_origins=list(opts.cors_origins), allow_credentials=False,

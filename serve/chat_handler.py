@@ -34,6 +34,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from steam_persona.serve.engine import STOP
 from steam_persona.serve.errors import RequestError
 from steam_persona.serve.grammar import GrammarChecker
+from steam_persona.serve.grammar_guard import guard_grammar
 from steam_persona.serve.modelinfo import special_token_texts
 
 #: Set per request by the middleware: does this stream want a final ``usage`` chunk?
@@ -88,11 +89,14 @@ class ChatHandler:
             if why:
                 raise RequestError(f"The grammar cannot be used: {why}", param="response_format",
                                    code="invalid_grammar")
+        guard = guard_grammar(self.llama, kwargs)  # llama.cpp's own grammar sampler can abort the process
         usage = self.last_usage = {"prompt_tokens": len(tokens), "completion_tokens": 0}
         stop = STOP.get()
         for token in self._original_generate(tokens, *args, **kwargs):
             if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 usage["completion_tokens"] += 1
+            elif guard is not None:
+                guard.check()
             yield token
             if stop is not None and stop():
                 return

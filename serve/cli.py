@@ -42,6 +42,8 @@ class ServeConfig:
     flash_attn: bool = LlamaCppArguments.use("flash_attn")
     max_request_bytes: int = arg(0, "Largest request body in bytes (413 above); 0 = 64 bytes per context token, "
                                     "at least 1 MiB.")
+    read_timeout: float = arg(30.0, "Seconds a request may take to arrive: its headers (else the connection is "
+                                    "closed), then its body (else 408); slow clients must not hold connections open.")
     max_tokens_cap: int = arg(1024, "Most tokens one request may generate; also the default when a chat request "
                                     "sends no max_tokens / max_completion_tokens.")
     request_timeout: float = arg(300.0, "Seconds one generation may run; then it ends with finish_reason 'length'.")
@@ -115,6 +117,7 @@ def run(cfg: ServeConfig) -> None:
     from steam_persona.serve.llama_server import find_binary
     from steam_persona.serve.modelinfo import choose_n_ctx, read_model_info
     from steam_persona.serve.persona import resolve_persona
+    from steam_persona.serve.protocol import h11_protocol
 
     _check_flags(cfg)
     binary = find_binary(cfg.llama_server) if cfg.engine == "llama-server" else None
@@ -131,7 +134,7 @@ def run(cfg: ServeConfig) -> None:
                       n_gpu_layers=cfg.n_gpu_layers, api_key=cfg.api_key or None, persona=persona,
                       persona_source=persona_source, persona_mode=cfg.persona_mode,
                       verbose=cfg.log_level == "debug", log_file=cfg.log_file, flash_attn=cfg.flash_attn,
-                      max_request_bytes=cfg.max_request_bytes or max(2**20, 64 * n_ctx),
+                      max_request_bytes=cfg.max_request_bytes or max(2**20, 64 * n_ctx), read_timeout=cfg.read_timeout,
                       max_tokens_cap=cfg.max_tokens_cap, request_timeout=cfg.request_timeout,
                       cors_origins=tuple(o.strip() for o in cfg.cors_origins if o.strip()),
                       engine=cfg.engine, parallel=cfg.parallel, llama_server=str(binary) if binary else None)
@@ -148,14 +151,16 @@ def run(cfg: ServeConfig) -> None:
     # default of cutting them at once; uvicorn closes whatever is left after the timeout.
     AppStatus.disable_automatic_graceful_drain()
     server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
-                                    timeout_graceful_shutdown=cfg.shutdown_timeout))
+                                    timeout_graceful_shutdown=cfg.shutdown_timeout,
+                                    http=h11_protocol(cfg.read_timeout)))
     server.run()
 
 
 def _check_flags(cfg: ServeConfig) -> None:
     """Refuse flag values that cannot work, before anything loads (see :func:`run`)."""
-    if cfg.max_tokens_cap < 1 or cfg.request_timeout <= 0 or cfg.max_request_bytes < 0:
-        raise UserError("serve: --max_tokens_cap and --request_timeout must be positive, --max_request_bytes ≥ 0")
+    if cfg.max_tokens_cap < 1 or cfg.request_timeout <= 0 or cfg.read_timeout <= 0 or cfg.max_request_bytes < 0:
+        raise UserError("serve: --max_tokens_cap, --request_timeout and --read_timeout must be positive, "
+                        "--max_request_bytes ≥ 0")
     if cfg.parallel < 1:
         raise UserError("serve: --parallel must be at least 1")
     if not cfg.model:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 def install(app: FastAPI, *, alias: str, n_ctx: int, n_ctx_train: int, persona_source: str, engine: str,
             alive: Callable[[], bool] = lambda: True) -> None:
-    """Add ``GET /health`` to ``app``.
+    """Add ``GET /health`` (and ``HEAD``, what ``wget --spider`` health checks send) to ``app``.
 
     Response: ``{"status": "ok", "model_loaded": true, "model": alias, "n_ctx": int,
     "n_ctx_train": int, "persona_source": str, "engine": str, "uptime_s": float}`` with 200, or
@@ -21,7 +21,7 @@ def install(app: FastAPI, *, alias: str, n_ctx: int, n_ctx_train: int, persona_s
     """
     started = time.monotonic()
 
-    @app.get("/health", tags=["Health"], summary="Health check")
+    @app.api_route("/health", methods=["GET", "HEAD"], tags=["Health"], summary="Health check")
     async def health() -> JSONResponse:
         ok = alive()
         return JSONResponse({"status": "ok" if ok else "error", "model_loaded": ok, "model": alias, "n_ctx": n_ctx,

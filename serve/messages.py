@@ -2,9 +2,9 @@
 
 llama-cpp-python 0.3.36 passes ``content`` straight into the template, so a list of parts
 (``[{"type": "text", "text": "…"}]``) or ``null`` crashes templates that concatenate strings
-(HTTP 500). We join text parts with a newline (as vLLM does for text-only models), turn ``null``
-into ``""``, and reject non-text parts with a 400 that names the part, since these GGUFs are
-text-only.
+(HTTP 500). We join text parts (and the ``refusal`` parts OpenAI puts in assistant history) with
+a newline (as vLLM does for text-only models), turn ``null`` into ``""``, and reject non-text parts
+with a 400 that names the part, since these GGUFs are text-only.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def _join_parts(parts: list[Any], where: str) -> str:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):  # OpenAI's assistant history parts
+            texts.append(part["refusal"])
         elif kind in ("image_url", "image", "input_image", "input_audio", "audio", "file"):
             raise RequestError(f"{p} is a {kind} part, but this model reads text only; send text parts only",
                                param=p, code="unsupported_content_type")

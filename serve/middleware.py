@@ -2,7 +2,7 @@
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streams pass through untouched and the
 ``include_usage`` context variable reaches the routes. For ``POST`` JSON endpoints it reads the
-body once (at most ``max_request_bytes``; JSON is accepted whatever the ``Content-Type``, since
+body once (:mod:`steam_persona.serve.body`: at most ``max_request_bytes``, within ``read_timeout``; JSON is accepted whatever the ``Content-Type``, since
 ``curl -d`` sends a form type), answers 4xx itself for every client mistake (:mod:`steam_persona.serve.validate`,
 the library's request schema, token ids, grammars, context overflow), and passes the rewritten
 request model on (in ``scope["state"]``). For chat requests it normalises the messages (:mod:`steam_persona.serve.messages`) and applies the
@@ -13,6 +13,7 @@ With ``--log_file`` it writes one JSON line per response.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Awaitable, Callable
@@ -21,12 +22,14 @@ from urllib.parse import parse_qsl
 from pydantic import ValidationError
 
 from steam_persona.serve import auth
+from steam_persona.serve.body import read_body
 from steam_persona.serve.chat_handler import INCLUDE_USAGE
 from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error
+from steam_persona.serve.grammar import SchemaError
 from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.persona import apply_persona
 from steam_persona.serve.routes import Served
-from steam_persona.serve.validate import check_generation, check_token_ids, parse_json
+from steam_persona.serve.validate import check_generation, check_stream_options, check_token_ids, parse_json
 from steam_persona.common.atomic import JsonlLog
 
 logger = logging.getLogger("steam_persona.serve")
@@ -68,14 +71,15 @@ class SteamMiddleware:
         persona: system prompt applied when a chat request has none (``None``: leave as is).
         persona_mode: ``"replace"`` or ``"prepend"`` (see :func:`steam_persona.serve.persona.apply_persona`).
         max_request_bytes: larger bodies get 413 ``request_too_large`` (read no further).
+        read_timeout: seconds a body may take to arrive (then 408; see :mod:`steam_persona.serve.body`).
         max_tokens_cap: most tokens one request may generate (see :func:`steam_persona.serve.validate.check_generation`).
         log: a JSON-lines request log, or ``None``.
     """
 
     def __init__(self, app: Any, *, served: Served, api_key: str | None, persona: str | None, persona_mode: str,
-                 max_request_bytes: int, max_tokens_cap: int, log: JsonlLog | None = None) -> None:
+                 max_request_bytes: int, max_tokens_cap: int, read_timeout: float, log: JsonlLog | None = None) -> None:
         self.app, self.served, self.api_key, self.persona, self.persona_mode = app, served, api_key, persona, persona_mode
-        self.max_request_bytes, self.max_tokens_cap = max_request_bytes, max_tokens_cap
+        self.max_request_bytes, self.max_tokens_cap, self.read_timeout = max_request_bytes, max_tokens_cap, read_timeout
         self.models = _request_models()
         self.log = log
 
@@ -117,13 +121,16 @@ class SteamMiddleware:
             self._check_access(scope)
             if scope["method"] != "POST" or scope["path"] not in self.models:
                 return await self.app(scope, receive, send)
-            raw = await _read_body(receive, scope, self.max_request_bytes)
+            raw = await read_body(receive, scope["headers"], self.max_request_bytes, self.read_timeout)
             # parsing, checking and counting a body of up to --max_request_bytes: one job off the loop
-            data, options, state[BODY], n_prompt = await self.served.check(self._prepare, scope["path"], raw)
-            include_usage = await self._check_generation(scope["path"], data, options, n_prompt, state)
+            data, include_usage, state[BODY], n_prompt = await self.served.check(self._prepare, scope["path"], raw)
+            include_usage = await self._check_generation(scope["path"], data, include_usage, n_prompt, state)
         except RequestError as err:
             state["error_code"] = err.code
             return await _reply(send, err)
+        except asyncio.CancelledError:  # uvicorn's shutdown deadline: a body still arriving, or checks running
+            return await _reply(send, RequestError("The server is shutting down; send the request again", status=503,
+                                                   type="server_error", code="shutting_down"))
         token = INCLUDE_USAGE.set(include_usage)
         try:
             await self.app(scope, _replay(b"", receive), send)
@@ -144,7 +151,7 @@ class SteamMiddleware:
                                    status=401, code="invalid_api_key")
 
     def _rewrite(self, path: str, raw: bytes) -> tuple[dict[str, Any], Any]:
-        """Parse, check and rewrite a request body for ``path``; return ``(data, stream_options)``.
+        """Parse, check and rewrite a request body for ``path``; return ``(data, include_usage)``.
 
         Raises:
             RequestError: the 4xx to answer.
@@ -154,7 +161,7 @@ class SteamMiddleware:
         if path == "/v1/embeddings":
             raise RequestError("Embeddings are not served: this is a chat model, loaded without embedding support",
                                status=400, param="input", code="unsupported_endpoint")
-        options = data.pop("stream_options", None)
+        include_usage = check_stream_options(data.pop("stream_options", None))
         if path in (_CHAT, _COMPLETIONS):
             data["model"] = self.served.alias
         if path in (_CHAT, CHAT_COUNT):
@@ -166,7 +173,7 @@ class SteamMiddleware:
             check_token_ids(data.get("tokens"), self.served.n_vocab)
         if path in (_CHAT, _COMPLETIONS):
             check_generation(data, chat=path == _CHAT, n_vocab=self.served.n_vocab, max_tokens_cap=self.max_tokens_cap)
-        return data, options
+        return data, include_usage
 
     def _validate(self, path: str, data: dict[str, Any]) -> Any:
         """The library's request model for ``data`` (its own routes answer 500 to a bad type).
@@ -185,17 +192,49 @@ class SteamMiddleware:
         return model
 
     def _prepare(self, path: str, raw: bytes) -> tuple[dict[str, Any], Any, Any, int | None]:
-        """``(data, stream_options, request model, prompt tokens or None)`` for a body (checks thread).
+        """``(data, include_usage, request model, prompt tokens or None)`` for a body (checks thread).
 
         Raises:
             RequestError: the 4xx to answer.
         """
-        data, options = self._rewrite(path, raw)
+        data, include_usage = self._rewrite(path, raw)
         model = self._validate(path, data)
+        if path == _CHAT:
+            self._structured_output(model)
         n_prompt = self._count_prompt(path, data) if path in (_CHAT, CHAT_COUNT, _COMPLETIONS) else None
-        return data, options, model, n_prompt
+        return data, include_usage, model, n_prompt
 
-    async def _check_generation(self, path: str, data: dict[str, Any], options: Any, n_prompt: int | None,
+    def _structured_output(self, model: Any) -> None:
+        """Replace a ``json_object`` response format by the grammar it stands for (any JSON, or its
+        ``schema`` converted in the guarded child), and check the parameters schema of a tool the
+        request forces, which the library converts itself (:meth:`GrammarChecker.from_schema`
+        bounds both conversions).
+
+        Raises:
+            RequestError: 400 for a schema that cannot become a grammar (a forced tool's: only one
+                whose grammar is too large; the library falls back to any JSON for the others).
+        """
+        from llama_cpp.llama_grammar import JSON_GBNF
+
+        fmt = model.response_format
+        if fmt is not None and fmt["type"] == "json_object":
+            model.grammar = self._schema_grammar(fmt["schema"], "response_format") if "schema" in fmt else JSON_GBNF
+            model.response_format = None
+        for param, schema in _forced_tool_schemas(model):
+            try:
+                self.served.grammars.from_schema(schema)
+            except SchemaError as e:
+                if e.too_large:
+                    raise RequestError(f"'{param}' cannot be used: {e}", param=param, code="invalid_value") from None
+
+    def _schema_grammar(self, schema: Any, param: str) -> str:
+        try:
+            return self.served.grammars.from_schema(schema)
+        except SchemaError as e:
+            raise RequestError(f"The JSON schema in '{param}' cannot be used: {e}", param=param,
+                               code="invalid_value") from None
+
+    async def _check_generation(self, path: str, data: dict[str, Any], include_usage: bool, n_prompt: int | None,
                                 state: dict[str, Any]) -> bool:
         """Compile a generation request's grammar, note its facts for the log; return whether a
         stream wants usage.
@@ -207,12 +246,13 @@ class SteamMiddleware:
             state["prompt_tokens"] = n_prompt
         if path not in (_CHAT, _COMPLETIONS):
             return False
-        if isinstance(data.get("grammar"), str):
-            why = await self.served.check(self.served.grammars.error, data["grammar"])
+        grammar = state[BODY].grammar
+        if isinstance(grammar, str):
+            why = await self.served.check(self.served.grammars.error, grammar)
             if why:
                 raise RequestError(f"'grammar' cannot be used: {why}", param="grammar", code="invalid_grammar")
         state["stream"] = bool(data.get("stream"))
-        return state["stream"] and isinstance(options, dict) and bool(options.get("include_usage"))
+        return state["stream"] and include_usage
 
     def _count_prompt(self, path: str, data: dict[str, Any]) -> int:
         """Return the prompt's token count; raise a 400 when it does not fit (generation paths)."""
@@ -224,6 +264,8 @@ class SteamMiddleware:
             n_prompt = len(served.llama.tokenize(prompt.encode("utf-8"), True, True))
             if n_prompt == 0:  # llama.cpp cannot start from nothing (models without BOS)
                 raise RequestError("'prompt' is empty; send some text", param="prompt", code="invalid_value")
+            if isinstance(data.get("suffix"), str):  # fill-in-the-middle: the library adds the suffix to the prompt
+                n_prompt += len(served.llama.tokenize(data["suffix"].encode("utf-8"), False, False))
         logger.debug("%s: %d prompt tokens, stream=%s", path, n_prompt, data.get("stream"))
         if n_prompt >= served.n_ctx and path != CHAT_COUNT:
             raise self._overflow(n_prompt, data)
@@ -231,33 +273,27 @@ class SteamMiddleware:
 
     def _overflow(self, n_prompt: int, data: dict[str, Any]) -> RequestError:
         max_tokens = data.get("max_tokens") if isinstance(data.get("max_tokens"), int) else 0
+        where = "messages" if "messages" in data else "prompt"
         return RequestError(
             f"This model's maximum context length is {self.served.n_ctx} tokens. However, you requested "
-            f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
-            "Please reduce the length of the messages or completion.",
-            param="messages" if "messages" in data else "prompt", code="context_length_exceeded")
+            f"{n_prompt + max_tokens} tokens ({n_prompt} in the {where}, {max_tokens} in the completion). "
+            f"Please reduce the length of the {where} or completion.",
+            param=where, code="context_length_exceeded")
 
 
-async def _read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
-    """The request body, or a 413 as soon as it (or its declared ``Content-Length``) exceeds ``limit``."""
-    too_large = RequestError(f"The request body is larger than this server's limit of {limit} bytes "
-                             "(--max_request_bytes); send a shorter request", status=413, code="request_too_large")
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise too_large
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
+def _forced_tool_schemas(model: Any) -> list[tuple[str, Any]]:
+    """``(param, parameters schema)`` of each tool a chat request forces by name (``tool_choice`` or
+    the legacy ``function_call``; the library's ``functions`` replace ``tools`` when both come)."""
+    names = set()
+    if isinstance(model.tool_choice, dict):
+        names.add(model.tool_choice["function"]["name"])
+    if isinstance(model.function_call, dict):
+        names.add(model.function_call["name"])
+    if model.functions is not None:
+        listed = [(f"functions[{i}].parameters", f) for i, f in enumerate(model.functions)]
+    else:
+        listed = [(f"tools[{i}].function.parameters", t["function"]) for i, t in enumerate(model.tools or [])]
+    return [(param, fn.get("parameters")) for param, fn in listed if names and fn.get("name") in names]
 
 
 def _tracking(send: Send) -> Any:
@@ -288,5 +324,7 @@ async def _reply(send: Send, err: RequestError) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if err.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if err.status in (408, 413):  # the body was not read to its end: the connection cannot carry another request
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -146,10 +147,26 @@ async def completions(request: Request) -> Response:
     return await _generate(request, served, lambda: llama.create_completion(**_kwargs(body, llama)), body.stream)
 
 
-@router.get("/v1/models", summary="Models", tags=["OpenAI V1"])
+def _model_object(served: Served) -> dict[str, Any]:
+    """OpenAI's model object; ``created`` is the GGUF file's modification time (Unix seconds)."""
+    return {"id": served.alias, "object": "model", "created": int(os.path.getmtime(served.llama.model_path)),
+            "owned_by": "me", "permissions": []}
+
+
+@router.api_route("/v1/models", methods=["GET", "HEAD"], summary="Models", tags=["OpenAI V1"])
 async def models(request: Request) -> dict[str, Any]:
-    alias = _served(request).alias
-    return {"object": "list", "data": [{"id": alias, "object": "model", "owned_by": "me", "permissions": []}]}
+    return {"object": "list", "data": [_model_object(_served(request))]}
+
+
+@router.api_route("/v1/models/{model:path}", methods=["GET", "HEAD"], summary="Model", tags=["OpenAI V1"])
+async def model(request: Request, model: str) -> Response:
+    """The served model's object (the OpenAI SDK's ``models.retrieve``); 404 ``model_not_found`` for
+    any other id."""
+    served = _served(request)
+    if model != served.alias:
+        return JSONResponse(error_body("No model with this id is served here; GET /v1/models lists the one that is",
+                                       param="model", code="model_not_found"), status_code=404)
+    return JSONResponse(_model_object(served))
 
 
 @router.post("/extras/tokenize", summary="Tokenize", tags=["Extras"], openapi_extra=_schema(TokenizeInputRequest))

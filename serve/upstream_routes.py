@@ -77,8 +77,7 @@ async def generate(request: Request, served: Any, body: Any, chat: bool) -> Resp
     """Answer one chat (``chat``) or completion request through ``served.upstream``."""
     try:
         tokens = await _prompt(served, body, chat)
-        grammar = await _grammar(served, body) if chat else body.grammar
-        upstream_body = native_body(tokens, body, await _logit_bias(served, body), grammar)
+        upstream_body = native_body(tokens, body, await _logit_bias(served, body), body.grammar)
     except RequestError as e:
         return JSONResponse(e.body(), status_code=e.status)
     run = _Run(chat=chat, id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, model=served.alias,
@@ -111,6 +110,7 @@ async def _complete(request: Request, served: Any, upstream_body: dict[str, Any]
             await asyncio.wait({job, gone}, timeout=min(left, 0.5), return_when=asyncio.FIRST_COMPLETED)
         event = job.result()
     except RequestError as e:
+        e = _blame(e, body)
         return JSONResponse(e.body(), status_code=e.status)
     finally:
         gone.cancel()
@@ -126,6 +126,10 @@ def _cut_short(client_left: bool, deadline: float) -> JSONResponse:
         return JSONResponse(error_body("The generation ran past this server's --request_timeout; ask for fewer "
                                        "tokens or stream the response", type="server_error", code="timeout"),
                             status_code=504)
+    return _shutting_down()
+
+
+def _shutting_down() -> JSONResponse:
     return JSONResponse(error_body("The server is shutting down; send the request again", type="server_error",
                                    code="shutting_down"), status_code=503)
 
@@ -161,7 +165,12 @@ async def _stream(run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, 
     except RequestError as e:
         watcher.cancel()
         cancel.set()
+        e = _blame(e, body)
         return JSONResponse(e.body(), status_code=e.status)
+    except asyncio.CancelledError:  # uvicorn's shutdown deadline, while this request waited for a slot
+        watcher.cancel()
+        cancel.set()
+        return _shutting_down()
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:
@@ -180,12 +189,23 @@ async def _stream(run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, 
                               "model": run.model, "choices": [], "usage": run.usage()})
             yield {"data": "[DONE]"}
         except RequestError as e:  # after the response began: the stream ends with the error
-            yield {"data": json.dumps(e.body())}
+            yield {"data": json.dumps(_blame(e, body).body())}
         finally:
             watcher.cancel()
             cancel.set()
             await pieces.aclose()
     return EventSourceResponse(events(), sep="\n")
+
+
+def _blame(err: RequestError, body: Any) -> RequestError:
+    """llama-server fails (a 500, or an error event in a stream) when a request's grammar allows no token of the vocabulary ("Unexpected
+    empty grammar stack", e.g. ``root ::= "\\u0000"``); that is the client's grammar: a 400 like the
+    embedded engine's (:mod:`steam_persona.serve.grammar_guard`)."""
+    if body.grammar and "grammar stack" in err.message:  # llama.cpp's words, in a 500 or in a stream's error event
+        return RequestError("The grammar allows no token of this model's vocabulary at some point (e.g. a "
+                            "character no token spells); change the grammar or schema", param="grammar",
+                            code="invalid_grammar")
+    return err
 
 
 def _event(chunk: dict[str, Any]) -> dict[str, str]:
@@ -206,30 +226,6 @@ async def _prompt(served: Any, body: Any, chat: bool) -> list[int]:
             raise RequestError(f"'{name}' is not available with --engine llama-server", param=name,
                                code="unsupported_value")
     return await served.check(served.llama.tokenize, body.prompt.encode("utf-8"), True, True)
-
-
-async def _grammar(served: Any, body: Any) -> str | None:
-    """The request's grammar, or the one llama-cpp-python builds for ``response_format``
-    ``json_object`` (with a ``schema``: that schema), checked like a client grammar.
-
-    Raises:
-        RequestError: 400 ``invalid_grammar`` when llama.cpp would refuse it.
-    """
-    fmt = body.response_format
-    if fmt is None or fmt.get("type") != "json_object":
-        return body.grammar
-    from llama_cpp import llama_grammar
-
-    grammar = llama_grammar.JSON_GBNF
-    if "schema" in fmt:
-        try:
-            grammar = llama_grammar.json_schema_to_gbnf(json.dumps(fmt["schema"]))
-        except Exception:  # noqa: BLE001 -- the library falls back to any JSON the same way
-            pass
-    why = await served.check(served.grammars.error, grammar)
-    if why:
-        raise RequestError(f"The grammar cannot be used: {why}", param="response_format", code="invalid_grammar")
-    return grammar
 
 
 async def _logit_bias(served: Any, body: Any) -> dict[int, float] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from steam_persona.serve.errors import RequestError
@@ -21,10 +22,17 @@ _RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "top_k": (0, 2**31 - 1),
     "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0), "repeat_penalty": (0.0, 10.0),
     "mirostat_mode": (0, 2), "mirostat_tau": (0.0, 10.0), "mirostat_eta": (0.001, 1.0),
-    "min_tokens": (0, 2**31 - 1), "top_logprobs": (0, 20),
+    "min_tokens": (0, 2**31 - 1), "top_logprobs": (0, 20), "typical_p": (0.0, 1.0),
 }
+#: Number fields of the chat and completion requests: JSON ``true``/``false`` is not a number there
+#: (pydantic's lax mode would read ``"temperature": true`` as 1.0).
+_NUMBERS = (*_RANGES, "n", "best_of", "seed", "max_tokens", "max_completion_tokens", "tfs_z")
+#: A token id as a ``logit_bias`` key: ASCII digits only (``int()`` also takes " 5", "5_0" and "٥").
+_TOKEN_ID = re.compile(r"-?[0-9]+")
 #: OpenAI's default ``max_tokens`` for /v1/completions (chat has none: the server cap applies).
 COMPLETION_DEFAULT = 16
+#: Longest integer accepted in a request body (seeds beyond 64 bits are reduced; larger means nothing).
+MAX_INT_DIGITS = 100
 #: OpenAI: logit_bias values are in [-100, 100].
 _BIAS = 100.0
 
@@ -34,15 +42,16 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
     Raises:
         RequestError: 400 ``invalid_json`` for bad JSON, ``NaN``/``Infinity`` (not JSON, but
-            Python's parser takes them), numbers that overflow to ±∞ (``1e999``), nesting deeper
-            than Python's parser allows, lone UTF-16 surrogates (``"\\ud800"``, which cannot be
+            Python's parser takes them), numbers that overflow to ±∞ (``1e999``), integers of more
+            than :data:`MAX_INT_DIGITS` digits (Python's own limit, 4300, raises a bare ``ValueError``),
+            nesting deeper than Python's parser allows, lone UTF-16 surrogates (``"\\ud800"``, which cannot be
             encoded for llama.cpp), or a non-object.
     """
     try:
-        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_short_int)
     except RequestError:
         raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise RequestError(f"The request body is not valid JSON ({e}); send a JSON object", code="invalid_json") from None
     except RecursionError:
         raise RequestError("The request body is nested too deeply; send a flat JSON object", code="invalid_json") from None
@@ -60,6 +69,13 @@ def _no_constant(name: str) -> Any:
     raise RequestError(f"{name} is not a JSON number; send a finite number", code="invalid_json")
 
 
+def _short_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise RequestError(f"An integer in the request has more than {MAX_INT_DIGITS} digits; send a smaller one",
+                           code="invalid_json")
+    return int(text)
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -70,15 +86,21 @@ def _finite_float(text: str) -> float:
 def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_tokens_cap: int) -> None:
     """Check and normalise the generation fields of a chat or completion request, in place.
 
-    ``max_completion_tokens`` becomes ``max_tokens`` (the smaller wins when both are sent); the
+    OpenAI's ``response_format`` ``json_schema`` becomes the library's ``json_object`` with a
+    ``schema``; ``max_completion_tokens`` becomes ``max_tokens`` (the smaller wins when both are sent); the
     result is capped at ``max_tokens_cap`` (the server's limit; also the default when none is
     sent to /v1/chat/completions; /v1/completions keeps OpenAI's 16); ``seed`` is reduced modulo 2³² (llama.cpp's seed type).
 
     Raises:
-        RequestError: 400 naming the field: ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
+        RequestError: 400 naming the field: ``true``/``false`` for a number, ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
             a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
-            range, or a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``.
+            range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, or a
+            ``json_schema`` response format without a schema object.
     """
+    for name in _NUMBERS:
+        if isinstance(data.get(name), bool):
+            raise RequestError(f"'{name}' must be a number, not {str(data[name]).lower()}", param=name,
+                               code="invalid_value")
     for name in ("n", "best_of"):
         if data.get(name) not in (None, 1):
             raise RequestError(f"'{name}' must be 1: this server generates one choice per request; "
@@ -97,14 +119,59 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
             raise RequestError("'prompt' may be one string (or a list of one): this server completes one prompt "
                                "per request", param="prompt", code="unsupported_parameter")
         data["prompt"] = prompt[0] if prompt else ""
+    if chat:
+        _json_schema_format(data)
+        _check_tool_choice(data)
     data["max_tokens"] = _max_tokens(data, max_tokens_cap, default=max_tokens_cap if chat else COMPLETION_DEFAULT)
     for name, (low, high) in _RANGES.items():
         value = data.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
             raise RequestError(f"'{name}' must be between {low:g} and {high:g}", param=name, code="invalid_value")
+    if data.get("repeat_penalty") == 0:  # llama.cpp divides logits by it (llama-server refuses 0, the library gives ±inf)
+        raise RequestError("'repeat_penalty' must be greater than 0 (1 = no penalty)", param="repeat_penalty",
+                           code="invalid_value")
     if isinstance(data.get("seed"), int):
         data["seed"] %= 2**32
     _check_logit_bias(data, n_vocab)
+
+
+def _json_schema_format(data: dict[str, Any]) -> None:
+    """OpenAI's structured outputs, ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``
+    (what the OpenAI SDK's ``parse`` and LangChain's ``with_structured_output`` send), as the
+    library's ``{"type": "json_object", "schema": ...}`` (0.3.36 knows only that one). ``strict``
+    needs nothing more: the schema's grammar allows nothing else."""
+    fmt = data.get("response_format")
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise RequestError("'response_format.json_schema' must be an object with a JSON schema object in 'schema'",
+                           param="response_format.json_schema", code="invalid_value")
+    data["response_format"] = {"type": "json_object", **({"schema": spec["schema"]} if "schema" in spec else {})}
+
+
+def _check_tool_choice(data: dict[str, Any]) -> None:
+    """Refuse forcing a tool that is not there (OpenAI: 400; the library answered without a tool when
+    ``tools`` was absent, or raised a bare ``ValueError`` when the name was missing from it)."""
+    # the library's order: legacy `functions`, when sent, replace `tools`
+    tools = data["functions"] if data.get("functions") is not None else data.get("tools")
+    for key in ("tool_choice", "function_call"):
+        choice = data.get(key)
+        if not (choice == "required" or isinstance(choice, dict)):
+            continue
+        if not isinstance(tools, list) or not tools:
+            raise RequestError(f"'{key}' forces a tool call, but the request has no 'tools'", param=key,
+                               code="invalid_value")
+        name = _function(choice).get("name") if isinstance(choice, dict) else None
+        if name is not None and name not in {_function(t).get("name") for t in tools if isinstance(t, dict)}:
+            raise RequestError(f"'{key}' names a function that is not in 'tools'", param=key, code="invalid_value")
+
+
+def _function(item: dict[str, Any]) -> dict[str, Any]:
+    """The ``{"name", …}`` part of a tool or tool choice (``{"type": "function", "function": {…}}``) or
+    of a legacy function / function_call (the object itself)."""
+    inner = item.get("function", item)
+    return inner if isinstance(inner, dict) else {}
 
 
 def _max_tokens(data: dict[str, Any], cap: int, default: int) -> int:
@@ -134,14 +201,31 @@ def _check_logit_bias(data: dict[str, Any], n_vocab: int) -> None:
                                param="logit_bias", code="invalid_value")
         if by_text:
             continue
-        try:
-            token = int(key)
-        except ValueError:
+        if not _TOKEN_ID.fullmatch(key):
             raise RequestError("logit_bias keys must be token ids (decimal integers as strings)",
-                               param="logit_bias", code="invalid_value") from None
+                               param="logit_bias", code="invalid_value")
+        token = int(key)
         if not 0 <= token < n_vocab:
             raise RequestError(f"logit_bias key {token} is not a token id of this model (0 … {n_vocab - 1})",
                                param="logit_bias", code="invalid_value")
+
+
+def check_stream_options(options: Any) -> bool:
+    """Whether a stream wants a final ``usage`` chunk (OpenAI's ``stream_options.include_usage``).
+
+    Raises:
+        RequestError: 400 when ``stream_options`` is not an object or ``include_usage`` not a boolean.
+    """
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise RequestError("'stream_options' must be an object such as {\"include_usage\": true}",
+                           param="stream_options", code="invalid_value")
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise RequestError("'stream_options.include_usage' must be true or false",
+                           param="stream_options.include_usage", code="invalid_value")
+    return include
 
 
 def check_token_ids(tokens: Any, n_vocab: int) -> None:

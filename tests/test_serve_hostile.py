@@ -5,10 +5,13 @@ instead of the test run."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import signal
+import socket
 import threading
 import time
+import zlib
 
 import httpx
 import pytest
@@ -26,7 +29,7 @@ PERSONA = "You are Lao G, a grumpy reviewer. persona-marker-4417"
 def server(smollm2_gguf):
     with start_server(smollm2_gguf, api_key=KEY, extra_args=(
             "--system", PERSONA, "--max_tokens_cap", "24", "--request_timeout", "20",
-            "--cors_origins", "http://good.example")) as srv:
+            "--cors_origins", "http://good.example", "--read_timeout", "2")) as srv:
         yield srv
 
 
@@ -66,11 +69,32 @@ def test_inputs_that_crashed_the_process_get_400(client):
     assert client.post("/extras/detokenize", json={"tokens": [28, 29]}).json() == {"text": ",-"}
 
 
+def test_grammars_the_vocabulary_cannot_follow_are_a_400_not_an_abort(client):
+    """``root ::= "\\u0000"`` compiles, but no token spells NUL: llama.cpp's grammar sampler then picked a
+    refused token and aborted the process (GGML_ABORT), at once or after some tokens."""
+    for grammar in ('root ::= "\\u0000"', 'root ::= "ab" "\\u0000"'):
+        _error(client.post(CHAT, json={"messages": HI, "grammar": grammar, "max_tokens": 8}), 400, "invalid_grammar",
+               "grammar")
+        r = client.post(CHAT, json={"messages": HI, "grammar": grammar, "max_tokens": 8, "stream": True})
+        if r.status_code == 200:  # tokens were streamed before the dead end: the stream ends with the error
+            events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+            assert json.loads(events[-1])["error"]["code"] == "invalid_grammar" and len(events) > 1
+        else:
+            _error(r, 400, "invalid_grammar", "grammar")
+    # a grammar that is complete while min_tokens refuses the end it requires ends there, as before
+    out = client.post(CHAT, json={"messages": HI, "grammar": 'root ::= "yes"', "min_tokens": 5, "max_tokens": 8}).json()
+    assert out["choices"][0]["message"]["content"] == "yes"
+    _alive(client)
+
+
 def test_inputs_that_gave_500_get_openai_shaped_400(client):
     _error(client.post(CHAT, content=b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'), 400, "invalid_json")
     _error(client.post(CHAT, content=b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\udfff"]}'),
            400, "invalid_json")
     _error(client.post(CHAT, content=b"[" * 100_000), 400, "invalid_json")
+    for digits in (101, 5000):  # Python refuses ints over 4300 digits with a bare ValueError (was a 500)
+        big = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"9" * digits + b"}"
+        _error(client.post(CHAT, content=big), 400, "invalid_json")
     _error(client.post(CHAT, json={"messages": HI, "logit_bias": {"abc": 1}}), 400, "invalid_value", "logit_bias")
     _error(client.post(CHAT, json={"messages": HI, "logit_bias": {"70000": 1}}), 400, "invalid_value", "logit_bias")
     _error(client.post(CHAT, json={"messages": HI, "logit_bias": {"5": 1000}}), 400, "invalid_value", "logit_bias")
@@ -98,11 +122,158 @@ def test_inputs_that_gave_500_get_openai_shaped_400(client):
     _alive(client)
 
 
+def _schema_format(schema):
+    return {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": schema}}
+
+
+def test_structured_outputs_are_honoured_and_schema_bombs_refused(server, client):
+    """OpenAI's ``json_schema`` response format (the SDK's ``parse``, LangChain's structured output) was
+    a 400; a schema whose grammar spells out ``maxLength: 10**9`` froze the server, then exhausted memory."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    out = client.post(CHAT, json={"messages": HI, "temperature": 0, "response_format": _schema_format(schema)}).json()
+    assert json.loads(out["choices"][0]["message"]["content"]) in ({"ok": True}, {"ok": False})
+    bomb = {"type": "string", "maxLength": 10**9}
+    t = time.perf_counter()
+    r = client.post(CHAT, json={"messages": HI, "response_format": _schema_format(bomb)})
+    assert "too large" in _error(r, 400, "invalid_value", "response_format")["message"]
+    assert time.perf_counter() - t < 3
+    for fmt, param in ((_schema_format({"type": "bogus"}), "response_format"),
+                       ({"type": "json_schema", "json_schema": {"name": "x", "schema": "x"}}, "response_format.json_schema"),
+                       ({"type": "json_object", "schema": {"type": "array", "items": {}, "minItems": 10**7}}, "response_format")):
+        _error(client.post(CHAT, json={"messages": HI, "response_format": fmt}), 400, "invalid_value", param)
+    # a forced tool's parameters become a grammar inside the library: too large is refused first
+    tool = {"type": "function", "function": {"name": "f", "parameters": bomb}}
+    _error(client.post(CHAT, json={"messages": HI, "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}}),
+           400, "invalid_value", "tools[0].function.parameters")
+    _error(client.post(CHAT, json={"messages": HI, "functions": [tool["function"]], "function_call": {"name": "f"}}),
+           400, "invalid_value", "functions[0].parameters")
+    _alive(client)
+
+
 def test_json_without_content_type_is_accepted(server):
     # what `curl -d` sends: application/x-www-form-urlencoded
     r = httpx.post(f"{server.base_url}{CHAT}", content=json.dumps({"messages": HI, "max_tokens": 2}),
                    headers={**AUTH, "content-type": "application/x-www-form-urlencoded"}, timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
+
+
+def test_compressed_bodies_are_inflated_within_the_size_limit(client):
+    """gzip / deflate bodies were 400 ``invalid_json``; now inflated, with the size limit on the inflated
+    bytes (a 100 MB "zip bomb" of 100 kB stops at the limit)."""
+    body = json.dumps({"messages": HI, "max_tokens": 2}).encode()
+    for encoding, data in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body)), ("identity", body)):
+        r = client.post(CHAT, content=data, headers={"content-encoding": encoding})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2, (encoding, r.text)
+    bomb = gzip.compress(b" " * 100_000_000)
+    assert len(bomb) < 200_000
+    _error(client.post(CHAT, content=bomb, headers={"content-encoding": "gzip"}), 413, "request_too_large")
+    _error(client.post(CHAT, content=gzip.compress(body)[:-9], headers={"content-encoding": "gzip"}), 400, "invalid_encoding")
+    _error(client.post(CHAT, content=body, headers={"content-encoding": "gzip"}), 400, "invalid_encoding")
+    _error(client.post(CHAT, content=body, headers={"content-encoding": "br"}), 415, "unsupported_content_encoding")
+
+
+def test_a_body_that_never_arrives_times_out_without_blocking_others(server, client):
+    """A slow-loris client (a Content-Length, then one byte) held its connection open for ever; 20
+    of them now get 408 after --read_timeout (2 s here) and a closed connection, while others are served."""
+    socks = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                  + b"\r\nContent-Length: 100\r\n\r\n{")
+        socks.append(s)
+    t = time.perf_counter()
+    _alive(client)
+    assert time.perf_counter() - t < 1.5
+    for s in socks:
+        s.settimeout(10)
+        answer = b""
+        while chunk := s.recv(4096):  # until the server closes
+            answer += chunk
+        s.close()
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer.lower()
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    assert time.perf_counter() - t < 8
+
+
+def test_headers_that_never_end_or_are_not_http(server, client):
+    """Half a request line, then nothing: uvicorn held the connection for ever (its keep-alive timer stops
+    at the first byte). Closed after --read_timeout (2 s here), whether fresh or after a first response."""
+    fresh = socket.create_connection(("127.0.0.1", server.port))
+    fresh.sendall(b"GET /health HTTP/1.1\r\nHo")
+    reused = socket.create_connection(("127.0.0.1", server.port))
+    reused.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    reused.settimeout(5)
+    first = b""
+    while not first.endswith(b"}"):  # the whole /health answer
+        first += reused.recv(4096)
+    assert first.startswith(b"HTTP/1.1 200 ")
+    reused.sendall(b"GET /hea")
+    t = time.perf_counter()
+    for s in (fresh, reused):
+        s.settimeout(10)
+        assert s.recv(4096) == b""  # closed by the server, no answer
+        s.close()
+    assert time.perf_counter() - t < 6
+    # bytes that are not HTTP (a negative Content-Length, TLS to plain HTTP): uvicorn's plain-text 400 is OpenAI-shaped
+    for raw in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01" + b"\0" * 40):
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.settimeout(10)
+            s.sendall(raw)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 ") and json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "invalid_http"
+    _alive(client)
+
+
+def test_model_ids_and_head_requests(server, client):
+    """The OpenAI SDK's ``models.retrieve`` got 404 for the served model; ``HEAD`` (``wget --spider``
+    health checks) got 405 on GET routes."""
+    alias = client.get("/v1/models").json()["data"][0]["id"]
+    got = client.get(f"/v1/models/{alias}").json()
+    assert got["id"] == alias and got["object"] == "model" and isinstance(got["created"], int)
+    for odd in ("x", "%00", "..%2F..%2Fetc%2Fpasswd", "a/b", "a" * 5000, "%ff", alias + "x"):
+        _error(client.get(f"/v1/models/{odd}"), 404, "model_not_found", "model")
+    for path in ("/health", "/v1/models", f"/v1/models/{alias}"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", path
+    assert httpx.head(f"{server.base_url}/health").status_code == 200  # no key needed, like GET
+    assert httpx.head(f"{server.base_url}/v1/models").status_code == 401
+    assert client.head(CHAT).status_code == 405
+
+
+def test_odd_values_found_by_an_outside_tester(client):
+    """Accepted before although wrong: booleans read as numbers, logit_bias keys that ``int()`` takes
+    (" 5", "5_0", Arabic-Indic digits), a non-object ``stream_options``, ``typical_p`` out of range;
+    a completion ``suffix`` over the context was the library's own error without the code."""
+    for name in ("temperature", "top_p", "n", "seed", "max_tokens", "presence_penalty"):
+        _error(client.post(CHAT, json={"messages": HI, name: True}), 400, "invalid_value", name)
+    for key in (" 5", "5_0", "\u0665", "+5"):
+        _error(client.post(CHAT, json={"messages": HI, "logit_bias": {key: 1}}), 400, "invalid_value", "logit_bias")
+    _error(client.post(CHAT, json={"messages": HI, "stream": True, "stream_options": "x"}), 400, "invalid_value",
+           "stream_options")
+    _error(client.post(CHAT, json={"messages": HI, "stream": True, "stream_options": {"include_usage": "yes"}}), 400,
+           "invalid_value", "stream_options.include_usage")
+    _error(client.post(CHAT, json={"messages": HI, "typical_p": -1}), 400, "invalid_value", "typical_p")
+    _error(client.post(CHAT, json={"messages": HI, "repeat_penalty": 0}), 400, "invalid_value", "repeat_penalty")
+    # forcing a tool that is not there: the library answered without one, or raised a bare ValueError
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    for extra in ({"tool_choice": "required"}, {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+                  {"function_call": {"name": "f"}},
+                  {"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "g"}}}):
+        _error(client.post(CHAT, json={"messages": HI, **extra}), 400, "invalid_value", next(iter(extra.keys() - {"tools"})))
+    history = [*HI, {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]}, *HI]
+    assert client.post(CHAT, json={"messages": history, "max_tokens": 1}).status_code == 200  # was a 400
+    forced = client.post(CHAT, json={"messages": HI, "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}},
+                                     "max_tokens": 20})
+    assert forced.status_code == 200 and forced.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "f"
+    err = _error(client.post("/v1/completions", json={"prompt": "hi", "suffix": "word " * 9000}), 400,
+                 "context_length_exceeded", "prompt")
+    assert "in the prompt" in err["message"]
+    ok = client.post(CHAT, json={"messages": HI, "max_tokens": 1, "logit_bias": {"5": -100}, "seed": 2**70,
+                                 "stream_options": {"include_usage": False}})
+    assert ok.status_code == 200, ok.text
 
 
 def test_limits_clients_send_are_honoured(client):
@@ -197,6 +368,10 @@ def test_request_timeout_and_sigterm_stop_a_running_generation(smollm2_gguf):
         # --shutdown_timeout (+ the 2 s deadline), before the 8 s request limit would end the generation
         threading.Thread(target=lambda: _swallow(lambda: httpx.post(f"{srv.base_url}{CHAT}", json=long, timeout=60)),
                          daemon=True).start()
+        # and two bodies still arriving: uvicorn cancels them at its deadline (a 500 with a traceback before)
+        slow = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(2)]
+        for sock in slow:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         time.sleep(0.5)
         t = time.perf_counter()
         srv.proc.send_signal(signal.SIGTERM)
@@ -205,6 +380,10 @@ def test_request_timeout_and_sigterm_stop_a_running_generation(smollm2_gguf):
         print(f"SIGTERM to exit: {took:.2f} s, status {code}")
         assert code in (0, -signal.SIGTERM) and took < 2.5
         assert "Traceback" not in srv.output() and " 500 " not in srv.output()
+        for sock in slow:
+            sock.settimeout(5)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 503 ")
+            sock.close()
 
 
 def _disconnected_clients_stop_their_generation(srv, long):

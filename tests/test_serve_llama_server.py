@@ -179,6 +179,31 @@ def test_engine_completions_and_limits_match_the_embedded_engine(servers):
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_value"
 
 
+@needs_binary
+def test_structured_outputs_match_and_schema_bombs_are_refused_on_the_engine(servers):
+    """``json_schema`` response formats give the same JSON on both engines; a schema whose grammar
+    would be gigabytes was converted on the event loop (``/health`` froze, then memory ran out)."""
+    embedded, engine = servers
+    schema = {"type": "object", "properties": {"game": {"type": "string", "maxLength": 12}}, "required": ["game"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "pick", "strict": True, "schema": schema}}
+    messages = [{"role": "user", "content": "Name a game."}]
+    ours, theirs = (_chat(s.base_url, messages=messages, response_format=fmt) for s in servers)
+    assert theirs["choices"][0]["message"] == ours["choices"][0]["message"]
+    assert set(json.loads(theirs["choices"][0]["message"]["content"])) == {"game"}
+    bomb = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "maxLength": 10**9}}}
+    t = time.perf_counter()
+    r = httpx.post(f"{engine.base_url}/v1/chat/completions", json={"messages": messages, "response_format": bomb}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format" and time.perf_counter() - t < 3
+    # a grammar no token can follow: llama-server's 500 (or a stream's error event) is the client's 400
+    for stream in (False, True):
+        r = httpx.post(f"{engine.base_url}/v1/chat/completions", timeout=60, json={
+            "messages": messages, "grammar": 'root ::= "ab" "\\u0000"', "max_tokens": 8, "stream": stream})
+        last = r.json() if r.status_code != 200 else json.loads(
+            [line for line in r.text.splitlines() if line.startswith("data: ")][-1][6:])
+        assert r.status_code in (200, 400) and last["error"]["code"] == "invalid_grammar", r.text
+    assert httpx.get(f"{engine.base_url}/health").status_code == 200
+
+
 def _engine_pid(server) -> int:
     """The llama-server child of our server process."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -258,9 +283,28 @@ def test_a_dead_engine_gives_503s_and_the_server_stays_up(smollm2_gguf):
 
 @needs_binary
 def test_stopping_our_server_stops_the_engine(smollm2_gguf):
-    with start_server(smollm2_gguf, extra_args=(*ARGS, "--engine", "llama-server", "--parallel", "1")) as server:
+    """Also: a stream still waiting for the one slot when the shutdown deadline cancels it gets a 503
+    (it was a 500 with a traceback)."""
+    args = (*ARGS, "--engine", "llama-server", "--parallel", "1", "--shutdown_timeout", "2", "--max_tokens_cap", "4000")
+    with start_server(smollm2_gguf, extra_args=args) as server:
         pid = _engine_pid(server)
+        answers = []
+        body = {"messages": [{"role": "user", "content": "Tell a very long story."}], "max_tokens": 4000,
+                "repeat_penalty": 1.0}
+
+        def ask(stream):
+            answers.append((stream, httpx.post(f"{server.base_url}/v1/chat/completions", json={**body, "stream": stream},
+                                               timeout=30).status_code))
+        clients = [threading.Thread(target=ask, args=(stream,)) for stream in (True, False, False, True, True)]
+        for client in clients:
+            client.start()
+            time.sleep(0.2)
+        time.sleep(1)
         server.stop()
+        for client in clients:
+            client.join()
+        assert (True, 503) in answers and {code for _, code in answers} <= {200, 503}, answers
+        assert "Traceback" not in server.output()
     deadline = time.monotonic() + 10
     while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]:
         assert time.monotonic() < deadline, "llama-server outlived steam-train serve"

@@ -1,0 +1,54 @@
+"""uvicorn's HTTP/1.1 protocol (h11) with a deadline for request headers and OpenAI-shaped answers
+to requests that are not HTTP.
+
+uvicorn times out idle keep-alive connections, but stops the timer at the first byte of a request:
+a client that sends half a request line and then nothing holds its connection for ever (the
+slow-loris attack; bodies are timed in :mod:`steam_persona.serve.body`). Here every connection must
+complete its request headers within ``header_timeout`` seconds of opening, or of its previous
+response's end, or it is closed. Bytes h11 cannot parse (a negative ``Content-Length``, TLS sent to
+plain HTTP) get uvicorn's 400 with an OpenAI error body instead of plain text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from steam_persona.serve.errors import RequestError, error_bytes
+
+
+def h11_protocol(header_timeout: float) -> type[H11Protocol]:
+    """An ``H11Protocol`` subclass for uvicorn's ``http=`` setting (see the module docstring)."""
+
+    class Protocol(H11Protocol):
+        _armed = 0
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def _arm(self) -> None:
+            self._armed += 1
+            self.loop.call_later(header_timeout, self._deadline, self._armed)
+
+        def _deadline(self, armed: int) -> None:
+            # still waiting for the headers of the request this timer was armed for (h11: IDLE)
+            if armed == self._armed and self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.timeout_keep_alive_handler()  # uvicorn's own way of closing an idle connection
+
+        def send_400_response(self, msg: str) -> None:
+            body = error_bytes(RequestError(f"{msg} Send HTTP/1.1 with valid headers.", code="invalid_http"))
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                          h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return Protocol
