@@ -10,7 +10,9 @@ Data: (a) the real `steam_sft_sample.json`, (b) fixed 1024-token samples, (c) th
 fits at batch 1 (ascending sweep, stops at the first OOM).
 
 Environment: BENCH_CONFIGS (comma list) runs only those data configurations of each stack; BENCH_LONG
-(comma list of lengths) replaces the long-context sweep's lengths (ascending, stops at the first OOM).
+(comma list of lengths) replaces the long-context sweep's lengths (ascending, stops at the first OOM);
+BENCH_STACK_TIMEOUT (seconds) stops a stack's process that runs longer (a hang can't eat the whole run: its
+figures so far are kept, marked ``timed_out``).
 
 Stacks (each in its own process, so peaks, kernel patches and allocator state don't leak):
 - baseline: HF Trainer, peft LoRA r8/alpha16 on all linear layers but lm_head, bnb nf4 + double quant,
@@ -587,6 +589,24 @@ def versions() -> dict:
     return v
 
 
+def run_stack(stack: str, a: argparse.Namespace) -> dict:
+    """One stack in its own process (`worker`); its JSON plus ``returncode`` (``"timed_out"`` when it ran past
+    BENCH_STACK_TIMEOUT seconds and was stopped: the figures it wrote so far are kept)."""
+    wout = Path(a.work_dir) / f"bench-{stack}.json"
+    wout.unlink(missing_ok=True)
+    cmd = [sys.executable, __file__, "--worker", stack, "--worker_out", str(wout), "--cap_gib",
+           str(a.cap_gib), "--model_dir", a.model_dir] + (["--tiny"] if a.tiny else [])
+    limit = float(os.environ["BENCH_STACK_TIMEOUT"]) if os.environ.get("BENCH_STACK_TIMEOUT") else None
+    try:
+        rc = subprocess.run(cmd, timeout=limit).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timed_out"
+        print(f"[{stack}] stopped after {limit:.0f} s (BENCH_STACK_TIMEOUT)", flush=True)
+    res = json.loads(wout.read_text()) if wout.exists() else {}
+    res["returncode"] = rc
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="CPU dry run with a 2-layer model")
@@ -616,13 +636,7 @@ def main(argv=None) -> int:
         make_random_model(model_dir, a.tiny)
         print(f"random model ready in {time.perf_counter() - t0:.1f}s at {model_dir}", flush=True)
         for stack in a.stacks.split(","):
-            wout = Path(a.work_dir) / f"bench-{stack}.json"
-            wout.unlink(missing_ok=True)
-            cmd = [sys.executable, __file__, "--worker", stack, "--worker_out", str(wout), "--cap_gib",
-                   str(a.cap_gib), "--model_dir", a.model_dir] + (["--tiny"] if a.tiny else [])
-            rc = subprocess.run(cmd).returncode
-            results[stack] = json.loads(wout.read_text()) if wout.exists() else {}
-            results[stack]["returncode"] = rc
+            results[stack] = run_stack(stack, a)
     for r in results.values():
         for c in r.get("configs", {}).values():
             if "eff_tokens_per_s" in c:
