@@ -347,9 +347,10 @@ def test_chunked_mlp_keeps_loss_and_gradients(tiny_qwen2_dir, compiled):
     torch._dynamo.reset()
 
 
-def test_lora_mlp_op_equals_autograd_in_float64():
+def test_lora_mlp_op_equals_autograd_in_float64(monkeypatch):
     """The fused LoRA MLP's hand-written backward (trainer/lora_mlp.py) against autograd through peft's layers,
-    in float64 on pieces of 5 of 26 tokens: output, input gradient and every LoRA gradient to rounding."""
+    in float64 on pieces of 5 of 26 tokens (the torch SwiGLU backward 3 rows at a time): output, input
+    gradient and every LoRA gradient to rounding."""
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config
     from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP
@@ -375,6 +376,7 @@ def test_lora_mlp_op_equals_autograd_in_float64():
         return y.detach(), x.grad, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
     want = run()
+    monkeypatch.setattr(lora_mlp, "SWIGLU_ROWS", 3)
     mlp = model.base_model.model.mlp
     assert lora_mlp.why_not_fusable(mlp) is None
     assert lora_mlp.fuse_lora_mlps([model.base_model.model], piece_tokens=5) == 1

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 #: (I = 18,944) at 2,048; larger pieces save launches, smaller ones memory (figures in docs/gpu.md).
 MLP_PIECE_TOKENS = 2048
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+#: rows of the torch SwiGLU backward at a time (without Liger-Kernel): its fp32 temporaries, 5 x rows x I
+SWIGLU_ROWS = 256
 
 #: the MLPs given the op, by the data pointer of their first LoRA weight (see `_mlp_of`); weak, so a model
 #: that is freed leaves nothing behind
@@ -211,18 +213,20 @@ def _swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _swiglu_backward_(g: torch.Tensor, u: torch.Tensor, dh: torch.Tensor) -> None:
-    """In place: g <- d gate, u <- d up for h = silu(g) * u and dh = d h (at least fp32 arithmetic, as
-    Liger's kernel)."""
+    """In place: g <- d gate, u <- d up for h = silu(g) * u and dh = d h, (n, I) each (at least fp32
+    arithmetic, as Liger's kernel). The torch path works on `SWIGLU_ROWS` rows at a time, so its fp32
+    temporaries stay small next to the (n, I) tensors."""
     if g.is_cuda and _liger_swiglu() is not None:
         _liger_swiglu()[1](g, u, dh)
         return
     acc = torch.promote_types(g.dtype, torch.float32)
-    gf = g.to(acc)
-    sig = torch.sigmoid(gf)
-    silu = gf * sig
-    dhf = dh.to(acc)
-    g.copy_(dhf * u.to(acc) * (silu * (1 - sig) + sig))
-    u.copy_(dhf * silu)
+    for sl in _pieces(g.shape[0], SWIGLU_ROWS):
+        gf = g[sl].to(acc)
+        sig = torch.sigmoid(gf)
+        silu = gf * sig
+        dhf = dh[sl].to(acc)
+        g[sl] = dhf * u[sl].to(acc) * (silu * (1 - sig) + sig)
+        u[sl] = dhf * silu
 
 
 @functools.cache
