@@ -121,17 +121,16 @@ def _base_weight(proj, dtype) -> torch.Tensor:
     return w.detach().to(dtype)
 
 
-def _setup(mlp, x):
-    """(dtype, weights, lora) for one op call: the matmul dtype (x's), the dequantized base weights
-    {name: (out, in)} and {name: (A, B, scaling)} in that dtype."""
-    dtype = x.dtype
+def _setup(mlp, dtype):
+    """(weights, lora) for one op call: the dequantized base weights {name: (out, in)} and {name: (A, B,
+    scaling)}, in `dtype` (the input's: the matmuls run in it)."""
     weights = {name: _base_weight(getattr(mlp, name), dtype) for name in PROJECTIONS}
     lora = {}
     for name in PROJECTIONS:
         proj = getattr(mlp, name)
         a, b = _lora_weights(proj)
         lora[name] = (a.detach().to(dtype), b.detach().to(dtype), float(proj.scaling[proj.active_adapters[0]]))
-    return dtype, weights, lora
+    return weights, lora
 
 
 def _project(z, w, a, b, s):
@@ -144,16 +143,14 @@ def _lora_mlp_impl(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     """``steam::lora_mlp``: the MLP on x (..., H), piece by piece, without autograd; same shape and dtype."""
     mlp = _mlp_of(params)
     with torch.autocast(x.device.type, enabled=False):
-        dtype, w, lora = _setup(mlp, x)
-        flat = x.reshape(-1, x.shape[-1]).to(dtype)
+        w, lora = _setup(mlp, x.dtype)
+        flat = x.reshape(-1, x.shape[-1])
         y = torch.empty_like(flat)
         for sl in _pieces(flat.shape[0], mlp._steam_piece):
-            g, _ = _project(flat[sl], w["gate_proj"], *lora["gate_proj"])
-            u, _ = _project(flat[sl], w["up_proj"], *lora["up_proj"])
-            h = _swiglu(g, u)
-            del g, u
-            y[sl], _ = _project(h, w["down_proj"], *lora["down_proj"])
-    return y.to(x.dtype).reshape(x.shape)
+            h = _swiglu(_project(flat[sl], w["gate_proj"], *lora["gate_proj"])[0],
+                        _project(flat[sl], w["up_proj"], *lora["up_proj"])[0])
+            y[sl] = _project(h, w["down_proj"], *lora["down_proj"])[0]
+    return y.reshape(x.shape)
 
 
 def _lora_mlp_backward_impl(x: torch.Tensor, grad: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -161,8 +158,8 @@ def _lora_mlp_backward_impl(x: torch.Tensor, grad: torch.Tensor, params: list[to
     the MLP is recomputed piece by piece (`_backward_piece`)."""
     mlp = _mlp_of(params)
     with torch.autocast(x.device.type, enabled=False):
-        dtype, w, lora = _setup(mlp, x)
-        flat, dy = x.reshape(-1, x.shape[-1]).to(dtype), grad.reshape(-1, grad.shape[-1]).to(dtype)
+        w, lora = _setup(mlp, x.dtype)
+        flat, dy = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1]).to(x.dtype)
         dx = torch.empty_like(flat)
         acc = {name: [torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32))
                       for p in _lora_weights(getattr(mlp, name))]
@@ -170,7 +167,7 @@ def _lora_mlp_backward_impl(x: torch.Tensor, grad: torch.Tensor, params: list[to
         for sl in _pieces(flat.shape[0], mlp._steam_piece):
             dx[sl] = _backward_piece(flat[sl], dy[sl], w, lora, acc)
     grads = [g.to(p.dtype) for g, p in zip((g for name in PROJECTIONS for g in acc[name]), params)]
-    return [dx.to(x.dtype).reshape(x.shape), *grads]
+    return [dx.reshape(x.shape), *grads]
 
 
 def _backward_piece(x, dy, w, lora, acc) -> torch.Tensor:
