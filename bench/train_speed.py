@@ -10,7 +10,9 @@ Data: (a) the real `steam_sft_sample.json`, (b) fixed 1024-token samples, (c) th
 fits at batch 1 (ascending sweep, stops at the first OOM).
 
 Environment: BENCH_CONFIGS (comma list) runs only those data configurations of each stack; BENCH_LONG
-(comma list of lengths) replaces the long-context sweep's lengths (ascending, stops at the first OOM).
+(comma list of lengths) replaces the long-context sweep's lengths (ascending, stops at the first OOM);
+BENCH_STACK_TIMEOUT (seconds) stops a stack's process that runs longer (a hang can't eat the whole run: its
+figures so far are kept, marked ``timed_out``).
 
 Stacks (each in its own process, so peaks, kernel patches and allocator state don't leak):
 - baseline: HF Trainer, peft LoRA r8/alpha16 on all linear layers but lm_head, bnb nf4 + double quant,
@@ -60,18 +62,34 @@ STACKS = {
     "ours-no-fused-loss": "fixed",                # steam_persona.trainer.packing's labelled-only logits instead of FLCE
     "ours-chunked-ce": "fixed,long32k",           # the torch fallback of the fused loss (no Triton)
     "ours-no-offload": "long",                    # long contexts without activation offload
-    "ours-offload-overlap": "loss,fixed,long",    # offload at every length, copies overlapped (OverlappedOffload)
-    "ours-lowmem": "loss,fixed,long",             # that, plus eager layers with chunked MLPs for rows > 16k
+    "ours-no-lora-mlp": "fixed,memory,long",      # the compiled MLP instead of the fused LoRA MLP op
+    "ours-lora-mlp-4096": "fixed,memory",         # the fused LoRA MLP in pieces of 4,096 tokens instead of 2,048
+    "ours-main-1206": "loss,fixed,long",          # the defaults before the fused LoRA MLP and offload at every
+                                                  # length (offload from 16k, eager chunked MLPs over 32k)
+    "ours-lowmem": "loss,fixed,long",             # compiled MLPs, eager layers with chunked MLPs for rows > 16k
     "ours-main-1205": "loss,fixed,long",          # the defaults before chunked MLPs and overlapped offload
     "ours-profile": "profile",                    # torch.profiler over 2 steps of fixed 1024 x 4: where time goes
-    "ours-opaque-mlp": "fixed,memory,long",       # MLPs as one op recomputed in pieces (accel.opaque_mlp), offload
-                                                  # at every length, long rows compiled too
-    "ours-opaque-mlp-only": "fixed",              # the MLP op alone (offload from 16k as by default)
     "ours-memory": "fixed,memory",                # what is live at the peak of a fixed 1024 x 4 step (memory_profile)
     "unsloth": "loss,real_bs16,real_pf4x4,fixed,long",  # the anchor, run its recommended way (bench/unsloth_stack.py)
     "ours-no-shared-dequant": "fixed",            # bitsandbytes' own 4-bit matmul (3 dequantizations a weight a step)
     "ours-ckpt-outside": "fixed",                 # checkpoint around the compiled layer (transformers 5.17's
                                                   # place), no CUDA graphs: the default before 2026-12-02
+}
+
+#: what each variant of ours changes in `accel.apply_fast_path`'s defaults
+VARIANTS = {
+    "ours-liger": {"liger_kernels": True},
+    "ours-no-compile": {"compile_layers": False},
+    "ours-ckpt-outside": {"compile_layers": False},
+    "ours-sdpa": {"varlen": False},
+    "ours-no-fused-loss": {"fused_loss": None},
+    "ours-chunked-ce": {"fused_loss": "chunked"},
+    "ours-no-offload": {"offload_min_tokens": None},
+    "ours-no-lora-mlp": {"lora_mlp": False},
+    "ours-main-1206": {"lora_mlp": False, "offload_min_tokens": 16384},
+    "ours-lowmem": {"lora_mlp": False, "mlp_chunk_min_tokens": 16384},
+    "ours-main-1205": {"lora_mlp": False, "offload_min_tokens": 16384, "offload_overlap": False,
+                       "mlp_chunk_min_tokens": None},
 }
 
 
@@ -165,24 +183,11 @@ def build_ours(model_dir: Path, variant: str):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_lib.load_base(str(model_dir), quantization_bit=4, dtype=torch.bfloat16, device=dev)
     model = model_lib.add_lora(model, lora_target=["all"], lora_rank=8, lora_alpha=16, gradient_checkpointing=True)
-    kw = {"liger_kernels": variant == "ours-liger", "varlen": variant != "ours-sdpa",
-          "compile_layers": variant not in ("ours-liger", "ours-no-compile"),
-          "fused_loss": None if variant == "ours-no-fused-loss" else "chunked" if variant == "ours-chunked-ce" else "auto",
-          "offload_min_tokens": None if variant == "ours-no-offload" else 1 if variant == "ours-offload-overlap"
-          else accel.OFFLOAD_MIN_TOKENS, "offload_overlap": variant != "ours-main-1205",
-          "mlp_chunk_min_tokens": None if variant == "ours-main-1205" else accel.MLP_CHUNK_MIN_TOKENS}
-    if variant in ("ours-lowmem", "ours-offload-overlap", "ours-opaque-mlp"):
-        kw["offload_min_tokens"] = 1
-    if variant.startswith("ours-opaque-mlp"):
-        kw["mlp_chunk_min_tokens"] = None
-    if variant == "ours-lowmem":
-        kw["mlp_chunk_min_tokens"] = 16384
-    if variant == "ours-ckpt-outside":
-        kw["compile_layers"] = False
-    report = accel.apply_fast_path(model, **kw)
-    if variant.startswith("ours-opaque-mlp"):
-        n = accel.opaque_mlp(model.get_base_model().model.layers)
-        report["opaque_mlp"] = f"on ({n} MLPs, pieces of {accel.MLP_PIECE_TOKENS} tokens)"
+    report = accel.apply_fast_path(model, **VARIANTS.get(variant, {}))
+    if variant == "ours-lora-mlp-4096":
+        for layer in model.get_base_model().model.layers:
+            layer.mlp._steam_piece = 4096
+        report["lora_mlp"] += ", pieces of 4096 tokens (bench)"
     if variant == "ours-no-shared-dequant":
         for m in model.modules():
             if type(m).__name__ == "Linear4bit":
@@ -587,6 +592,24 @@ def versions() -> dict:
     return v
 
 
+def run_stack(stack: str, a: argparse.Namespace) -> dict:
+    """One stack in its own process (`worker`); its JSON plus ``returncode`` (``"timed_out"`` when it ran past
+    BENCH_STACK_TIMEOUT seconds and was stopped: the figures it wrote so far are kept)."""
+    wout = Path(a.work_dir) / f"bench-{stack}.json"
+    wout.unlink(missing_ok=True)
+    cmd = [sys.executable, __file__, "--worker", stack, "--worker_out", str(wout), "--cap_gib",
+           str(a.cap_gib), "--model_dir", a.model_dir] + (["--tiny"] if a.tiny else [])
+    limit = float(os.environ["BENCH_STACK_TIMEOUT"]) if os.environ.get("BENCH_STACK_TIMEOUT") else None
+    try:
+        rc = subprocess.run(cmd, timeout=limit).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timed_out"
+        print(f"[{stack}] stopped after {limit:.0f} s (BENCH_STACK_TIMEOUT)", flush=True)
+    res = json.loads(wout.read_text()) if wout.exists() else {}
+    res["returncode"] = rc
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="CPU dry run with a 2-layer model")
@@ -616,13 +639,7 @@ def main(argv=None) -> int:
         make_random_model(model_dir, a.tiny)
         print(f"random model ready in {time.perf_counter() - t0:.1f}s at {model_dir}", flush=True)
         for stack in a.stacks.split(","):
-            wout = Path(a.work_dir) / f"bench-{stack}.json"
-            wout.unlink(missing_ok=True)
-            cmd = [sys.executable, __file__, "--worker", stack, "--worker_out", str(wout), "--cap_gib",
-                   str(a.cap_gib), "--model_dir", a.model_dir] + (["--tiny"] if a.tiny else [])
-            rc = subprocess.run(cmd).returncode
-            results[stack] = json.loads(wout.read_text()) if wout.exists() else {}
-            results[stack]["returncode"] = rc
+            results[stack] = run_stack(stack, a)
     for r in results.values():
         for c in r.get("configs", {}).values():
             if "eff_tokens_per_s" in c:

@@ -154,6 +154,8 @@ def test_accelerate_on_cpu_reports_fallbacks_and_keeps_the_model(tiny_qwen2_dir)
     report = accel.apply_fast_path(model)
     assert report["liger_kernels"] == "off: disabled"
     assert report["compile"] == "off: no CUDA device"
+    assert report["lora_mlp"] == "off: layers not compiled"
+    assert report["mlp_chunks"].startswith("on (8 checkpointed pieces")
     assert accel.apply_fast_path(_lora_model(tiny_qwen2_dir), liger_kernels=True)["liger_kernels"] == "off: no CUDA device"
     assert report["fused_loss"] == "on (chunked torch cross-entropy; Liger: no CUDA device)"
     assert accel.fused_loss_on(model)
@@ -345,14 +347,62 @@ def test_chunked_mlp_keeps_loss_and_gradients(tiny_qwen2_dir, compiled):
     torch._dynamo.reset()
 
 
+def test_lora_mlp_op_equals_autograd_in_float64(monkeypatch):
+    """The fused LoRA MLP's hand-written backward (trainer/lora_mlp.py) against autograd through peft's layers,
+    in float64 on pieces of 5 of 26 tokens (the torch SwiGLU backward 3 rows at a time): output, input
+    gradient and every LoRA gradient to rounding."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP
+
+    from steam_persona.trainer import lora_mlp
+
+    torch.manual_seed(0)
+    holder = torch.nn.Module()
+    holder.mlp = Qwen2MLP(Qwen2Config(hidden_size=16, intermediate_size=40, hidden_act="silu")).double()
+    holder.forward = lambda x: holder.mlp(x)
+    model = get_peft_model(holder, LoraConfig(r=4, lora_alpha=8, target_modules=list(lora_mlp.PROJECTIONS)))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.3)
+    x = torch.randn(2, 13, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.linspace(-1, 1, 16, dtype=torch.float64)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        y = model(x)
+        (y * weight).sum().backward()
+        return y.detach(), x.grad, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    want = run()
+    monkeypatch.setattr(lora_mlp, "SWIGLU_ROWS", 3)
+    mlp = model.base_model.model.mlp
+    assert lora_mlp.why_not_fusable(mlp) is None
+    assert lora_mlp.fuse_lora_mlps([model.base_model.model], piece_tokens=5) == 1
+    got = run()
+    assert torch.allclose(got[0], want[0], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(got[1], want[1], rtol=1e-12, atol=1e-14)
+    assert len(got[2]) == 6
+    for k in want[2]:
+        assert torch.allclose(got[2][k], want[2][k], rtol=1e-12, atol=1e-14), k
+    mlp.eval()  # evaluation keeps peft's own forward
+    with torch.no_grad():
+        assert torch.equal(model(x), type(mlp).forward(mlp, x))
+    mlp.gate_proj.lora_dropout["default"] = torch.nn.Dropout(0.1)
+    assert lora_mlp.why_not_fusable(mlp) == "gate_proj: LoRA dropout or DoRA"
+
+
 @pytest.mark.parametrize("compiled", [False, True])
-def test_opaque_mlp_keeps_loss_and_gradients(tiny_qwen2_dir, compiled):
-    """opaque_mlp: each MLP as one custom op whose backward recomputes it in pieces of 8 tokens, on the GPU
-    path's 4-bit bf16 QLoRA model (eager, and compiled layers with the checkpoint inside, aot_eager on CPU):
-    the loss equals the plain model's and the LoRA gradients match up to the order of summing the pieces;
-    the op is one node to dynamo (no graph break) and its forward runs once a step per layer (the
-    recompute of its output is dead code in the compiled backward)."""
+def test_lora_mlp_keeps_loss_and_gradients_of_the_qlora_model(tiny_qwen2_dir, compiled):
+    """The fused LoRA MLP with pieces of 8 tokens on the GPU path's 4-bit bf16 QLoRA model (eager, and compiled
+    layers with the checkpoint inside, aot_eager on CPU): the loss equals the plain model's and the LoRA
+    gradients match within bf16 noise; the op is one node to dynamo (no graph break, one graph) and its
+    forward runs once a step per layer in the compiled model (the recompute of its output is dead code in
+    the compiled backward), twice in the eager one (checkpointing reruns it)."""
     from torch._dynamo.utils import counters
+
+    from steam_persona.trainer import lora_mlp
 
     def build():
         return _qlora_bf16(tiny_qwen2_dir, fused_loss="chunked", varlen=False, mlp_chunk_min_tokens=None)
@@ -366,18 +416,18 @@ def test_opaque_mlp_keeps_loss_and_gradients(tiny_qwen2_dir, compiled):
         torch._dynamo.reset()
         counters.clear()
         accel.compile_decoder_layers(lm, backend="aot_eager")
-    assert accel.opaque_mlp(lm.model.layers, piece_tokens=8) == 2
+    assert lora_mlp.fuse_lora_mlps(lm.model.layers, piece_tokens=8) == 2
     calls = []
-    forward = type(lm.model.layers[0].mlp).forward
-    type(lm.model.layers[0].mlp).forward = lambda self, x: (calls.append(x.shape[-2]), forward(self, x))[1]
+    swiglu = lora_mlp._swiglu
+    lora_mlp._swiglu = lambda g, u: (calls.append(g.shape), swiglu(g, u))[1]
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = _loss_and_grads(model, batch)
     finally:
-        type(lm.model.layers[0].mlp).forward = forward
-    # 2 layers x 3 pieces of 8 tokens: forward, and again in the op's backward; eager checkpointing also
-    # reruns the op's forward in its recompute, the compiled backward drops that as dead code
-    assert calls == [8] * (2 * 3 * (2 if compiled else 3))
+        lora_mlp._swiglu = swiglu
+    # 2 layers x 3 pieces of 8 tokens, once in the op's forward and again in its backward; eager
+    # checkpointing also reruns the op's forward in its recompute, the compiled backward drops that
+    assert calls == [(8, 128)] * (2 * 3 * (2 if compiled else 3))
     if compiled:
         assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 1
     assert got[0] == pytest.approx(want[0], rel=1e-3) and got[1] == want[1]

@@ -39,3 +39,21 @@ def test_unsloth_goals_compare_the_same_rows():
     assert not goals["real sample, 16 samples a step: MFU"]["met"]
     assert goals["fixed 1024x4 MFU (against Unsloth)"]["met"]
     assert goals["longest context at batch 1 within cap (against Unsloth)"]["met"]
+
+
+def test_a_stack_past_its_timeout_is_stopped_and_keeps_its_figures(tmp_path, monkeypatch):
+    """BENCH_STACK_TIMEOUT: the stack's process gets that many seconds; one that runs longer is stopped and what
+    it wrote so far is kept, marked timed_out (a hang can't eat the device call)."""
+    import argparse
+    import subprocess
+
+    def hang(cmd, timeout=None):
+        assert timeout == 7.0 and cmd[cmd.index("--worker") + 1] == "ours"
+        (tmp_path / "bench-ours.json").write_text('{"configs": {"fixed": {"peak_gib": 6.5}}}')
+        raise subprocess.TimeoutExpired(cmd, timeout)
+
+    monkeypatch.setenv("BENCH_STACK_TIMEOUT", "7")
+    monkeypatch.setattr(train_speed.subprocess, "run", hang)
+    a = argparse.Namespace(work_dir=str(tmp_path), cap_gib=24.0, model_dir="/m", tiny=False)
+    res = train_speed.run_stack("ours", a)
+    assert res == {"configs": {"fixed": {"peak_gib": 6.5}}, "returncode": "timed_out"}

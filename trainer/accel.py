@@ -24,13 +24,17 @@ What `apply_fast_path(model)` does to an already-built (peft-wrapped or plain) c
   instance patch (``_apply_liger_kernel_to_instance``). Measured slower than compiled layers (and than
   plain eager) in these launch-bound steps: each Triton launch costs more host time than it saves;
   dynamo also cannot trace its autograd functions, so it excludes compilation.
-- **Activation offload** for long contexts (default on from `offload_min_tokens` tokens a batch): the
+- **Activation offload** (default on from `offload_min_tokens` tokens a batch: every batch): the
   checkpointed layer inputs (layers x tokens x hidden bf16, 6.6 GB at 32k for a 7B) go to pinned host memory
   while the forward runs and come back in the backward, the copies overlapped with compute
   (`OverlappedOffload`; ``save_on_cpu``'s blocking copies with ``offload_overlap=False``).
-- **Chunked MLPs** for rows over `MLP_CHUNK_MIN_TOKENS` (`chunk_mlp`): such a row runs the layers eagerly
-  with each MLP in checkpointed pieces along the sequence, so a layer's backward holds one piece's
-  (tokens x intermediate) activations instead of the row's.
+- **Fused LoRA MLPs** (default on with compiled layers): each layer's SwiGLU MLP with its three LoRA
+  projections runs as one custom op whose backward recomputes it in pieces along the sequence and holds
+  three (piece x intermediate) tensors instead of the compiled backward's eleven (tokens x intermediate)
+  ones (trainer/lora_mlp.py). Long rows stay compiled.
+- **Chunked MLPs** where the fused MLP is off, for rows over `MLP_CHUNK_MIN_TOKENS` (`chunk_mlp`): such a
+  row runs the layers eagerly with each MLP in checkpointed pieces along the sequence, so a layer's
+  backward holds one piece's (tokens x intermediate) activations instead of the row's.
 - **Varlen attention for packed rows** (default on where torch has it): a packed row (one row, position
   ids restarting per sample, no attention mask) goes through ``torch.nn.attention.varlen.varlen_attn``
   (FlashAttention with ``cu_seqlens``): each sample attends only to itself, and the kernel skips the
@@ -51,16 +55,15 @@ from __future__ import annotations
 
 import functools
 import types
-import weakref
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-#: Batches with at least this many tokens offload checkpointed activations to host memory (measured on an
-#: H200 at a 24 GiB cap: below it the copies cost time and the memory is not needed; see docs/gpu.md).
-OFFLOAD_MIN_TOKENS = 16384
+#: Batches with at least this many tokens offload checkpointed activations to host memory: every batch on a
+#: GPU, since the overlapped copies cost about 1 % of a 1,024 x 4 step and save 0.6 GiB (docs/gpu.md).
+OFFLOAD_MIN_TOKENS = 1
 
 #: Rows of more tokens than this run each decoder layer's MLP in `MLP_CHUNKS` checkpointed pieces, eagerly
 #: (`chunk_mlp`): at 49,152 tokens one gate/up activation of a 7B is 1.73 GiB, and the backward holds several.
@@ -424,31 +427,35 @@ def recompute_everything():
 
 def apply_fast_path(model, *, liger_kernels: bool = False, fused_loss: str | None = "auto", varlen: bool = True,
                     offload_min_tokens: int | None = OFFLOAD_MIN_TOKENS, offload_overlap: bool = True,
-                    compile_layers: bool = True, mlp_chunk_min_tokens: int | None = MLP_CHUNK_MIN_TOKENS
-                    ) -> dict[str, str]:
+                    compile_layers: bool = True, mlp_chunk_min_tokens: int | None = MLP_CHUNK_MIN_TOKENS,
+                    lora_mlp: bool = True) -> dict[str, str]:
     """Apply the levers above to `model` in place (after peft wrapping is fine: Liger patches forwards only).
 
     fused_loss: "auto" (Liger on CUDA with Triton, else `chunked_linear_cross_entropy`), "liger",
     "chunked", or None (off: steam_persona.trainer.packing's labelled-only logits).
     offload_min_tokens: batches of at least this many tokens offload saved activations (None: never);
     offload_overlap: with `OverlappedOffload` instead of ``save_on_cpu``'s blocking copies.
-    mlp_chunk_min_tokens: rows longer than this run the MLPs in checkpointed pieces (`chunk_mlp`; None: off).
+    mlp_chunk_min_tokens: rows longer than this run the MLPs in checkpointed pieces (`chunk_mlp`; None: off),
+    where the fused LoRA MLP is off.
     liger_kernels: Liger RMSNorm/RoPE/SwiGLU (then layers are not compiled). compile_layers: compile each
-    decoder layer where CUDA and Triton are present (`compile_decoder_layers`).
+    decoder layer where CUDA and Triton are present (`compile_decoder_layers`). lora_mlp: each compiled
+    layer's LoRA SwiGLU MLP as one op with a hand-written, piecewise backward (trainer/lora_mlp.py).
     Returns {lever: "on (...)" | "off: reason"} for the run log. Never raises for a missing kernel: each
     lever that can't run here is reported off and the stock path stays.
     """
     lm = _causal_lm(model)
     device = next(lm.parameters()).device
     why_not = liger_available(device)
-    report = {"liger_kernels": _apply_liger(lm, liger_kernels, why_not),
-              "mlp_chunks": _apply_mlp_chunks(lm, mlp_chunk_min_tokens)}
+    report = {"liger_kernels": _apply_liger(lm, liger_kernels, why_not)}
     if not compile_layers or report["liger_kernels"].startswith("on"):
         report["compile"] = "off: " + ("disabled" if not compile_layers else "Liger kernels are on (dynamo can't trace them)")
     elif device.type != "cuda" or why_not == "Triton not installed":
         report["compile"] = "off: " + ("no CUDA device" if device.type != "cuda" else why_not)
     else:
         report["compile"] = compile_decoder_layers(lm)
+    report["lora_mlp"] = _apply_lora_mlp(lm, lora_mlp, report["compile"])
+    report["mlp_chunks"] = (_apply_mlp_chunks(lm, mlp_chunk_min_tokens) if not report["lora_mlp"].startswith("on")
+                            else "off: the fused LoRA MLPs work in pieces (long rows stay compiled)")
     report.update(_apply_fused_loss(lm, fused_loss, why_not, offload_min_tokens, offload_overlap))
     report["attention"] = _apply_varlen(lm, device) if varlen else "sdpa (varlen disabled)"
     return report
@@ -465,6 +472,22 @@ def _apply_liger(lm, wanted: bool, why_not: str | None) -> str:
     _apply_liger_kernel_to_instance(model=lm, rope=True, rms_norm=True, swiglu=True,
                                     cross_entropy=False, fused_linear_cross_entropy=False)
     return "on (RMSNorm, RoPE, SwiGLU)"
+
+
+def _apply_lora_mlp(lm, wanted: bool, compiled: str) -> str:
+    """`lora_mlp.fuse_lora_mlps` on every decoder layer when `wanted`, the layers are compiled (CUDA + Triton:
+    the CPU path and the no-Triton fallback keep the stock MLP) and every MLP fits the op; the report line."""
+    from steam_persona.trainer import lora_mlp as lora_mlp_lib
+
+    layers = getattr(getattr(lm, getattr(lm, "base_model_prefix", ""), None), "layers", None)
+    if not wanted or not compiled.startswith("on") or layers is None:
+        return "off: " + ("disabled" if not wanted else "no decoder layers found" if layers is None
+                          else "layers not compiled")
+    why = next((w for w in (lora_mlp_lib.why_not_fusable(layer.mlp) for layer in layers) if w), None)
+    if why:
+        return f"off: {why}"
+    n = lora_mlp_lib.fuse_lora_mlps(layers)
+    return f"on ({n} MLPs as one op each, recomputed in pieces of {lora_mlp_lib.MLP_PIECE_TOKENS} tokens)"
 
 
 def _apply_mlp_chunks(lm, min_tokens: int | None) -> str:
@@ -618,136 +641,6 @@ def _chunked_mlp_forward(self, x):
 
     pieces = x.tensor_split(chunks, dim=-2)
     return torch.cat([checkpoint(forward, self, piece, use_reentrant=False) for piece in pieces], dim=-2)
-
-
-MLP_PIECE_TOKENS = 2048
-#: the MLPs given to `opaque_mlp`, by the data pointer of their first trainable parameter (see `_mlp_of`);
-#: weak, so a model that is freed leaves nothing behind
-_OPAQUE_MLPS: weakref.WeakValueDictionary[int, torch.nn.Module] = weakref.WeakValueDictionary()
-
-
-def opaque_mlp(layers, piece_tokens: int = MLP_PIECE_TOKENS) -> int:
-    """Run each decoder layer's MLP as one opaque custom op (``steam::mlp``) whose backward recomputes the MLP
-    in pieces of `piece_tokens` tokens along the sequence, so a layer's backward holds one piece's
-    intermediates (gate, up, their product and gradients: several (piece, intermediate size) tensors) instead
-    of the whole row's. Why an op: inside a compiled, checkpointed layer the compiled backward keeps about
-    eleven (tokens x intermediate size) bf16 tensors alive at once (docs/gpu.md, the memory profile), and a
-    nested checkpoint per piece can't be traced by dynamo (torch 2.11). An op is one node to dynamo: its
-    forward runs without gradients and saves only its input, which the layer's checkpoint recomputes; the
-    recompute of the op's output is dead code in the compiled backward (nothing needs it), so the MLP still
-    runs forward twice a step (three times in eager layers, whose checkpoint reruns the op). Gradients equal
-    the plain MLP's up to the summation order over the pieces. Opt-in and not yet measured on a GPU
-    (`bench/train_speed.py --stacks ours-opaque-mlp`). Only MLPs with trainable parameters change (the first
-    keys the module, see `_mlp_of`); bitsandbytes' own 4-bit forward (one dequantization per matmul, nothing
-    kept) is used inside. Returns how many changed."""
-    _register_mlp_ops()
-    n = 0
-    for layer in layers:
-        mlp = getattr(layer, "mlp", None)
-        params = [p for p in mlp.parameters() if p.requires_grad] if mlp is not None else []
-        if not params:
-            continue
-        for m in mlp.modules():  # share_dequantization's dequantize + F.linear would keep each bf16 weight
-            if type(m).__name__ == "Linear4bit":
-                m.__dict__.pop("forward", None)
-        _OPAQUE_MLPS[params[0].data_ptr()] = mlp
-        mlp._steam_params, mlp._steam_piece = params, piece_tokens
-        mlp.forward = types.MethodType(_opaque_mlp_forward, mlp)
-        n += 1
-    return n
-
-
-def _opaque_mlp_forward(self, x):
-    """Instance ``forward`` set by `opaque_mlp`: the op in training, the module's own forward otherwise."""
-    if self.training and torch.is_grad_enabled():
-        return torch.ops.steam.mlp(x, self._steam_params)
-    return type(self).forward(self, x)
-
-
-def _mlp_of(params):
-    """The MLP module whose trainable parameters are `params` (the op's tensor inputs: the same storage)."""
-    return _OPAQUE_MLPS[params[0].data_ptr()]
-
-
-def _pieces(x, mlp):
-    """Slices of the token axis (-2) of `x` of at most the MLP's piece size."""
-    n, step = x.shape[-2], mlp._steam_piece
-    return [slice(a, min(a + step, n)) for a in range(0, n, step)]
-
-
-def _mlp_autocast(x):
-    """The autocast the training step ran the MLP under (bf16/fp16 activations), also in the backward. Without
-    autocast's cache of cast weights: the op's forward runs without gradients, and a cast cached there would
-    carry no gradient to the LoRA weights in the backward's recompute."""
-    return torch.autocast(x.device.type, dtype=x.dtype, enabled=x.dtype in (torch.bfloat16, torch.float16),
-                          cache_enabled=False)
-
-
-def _mlp_forward_impl(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-    """``steam::mlp``: the MLP of `params` on x (..., T, H) without gradients, piece by piece; same shape."""
-    mlp = _mlp_of(params)
-    forward = type(mlp).forward
-    with torch.no_grad(), _mlp_autocast(x):
-        return torch.cat([forward(mlp, x[..., sl, :]) for sl in _pieces(x, mlp)], dim=-2).to(x.dtype)
-
-
-def _mlp_backward_impl(x: torch.Tensor, grad: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``steam::mlp_backward``: [grad_x, *grad_params] (see `_mlp_backward`)."""
-    with _autograd_dispatch(), torch.enable_grad():
-        return _mlp_backward(x, grad, _mlp_of(params))
-
-
-def _mlp_backward(x, grad, mlp):
-    """Gradients of the MLP's output (dotted with `grad`) for its input `x` and its trainable parameters,
-    recomputing the MLP one piece of tokens at a time: [grad_x, *grad_params]."""
-    forward, live = type(mlp).forward, mlp._steam_params
-    grad_x = torch.empty_like(x)
-    grad_p = [torch.zeros_like(p) for p in live]
-    for sl in _pieces(x, mlp):
-        with _mlp_autocast(x):
-            piece = x[..., sl, :].detach().requires_grad_()
-            out = forward(mlp, piece).to(x.dtype)
-        got = torch.autograd.grad(out, [piece, *live], grad[..., sl, :])
-        grad_x[..., sl, :] = got[0]
-        for acc, g in zip(grad_p, got[1:]):
-            acc += g
-    return [grad_x, *grad_p]
-
-
-def _autograd_dispatch():
-    """Let autograd record inside a custom op's implementation, which the dispatcher runs with the autograd
-    keys excluded: the same exclusions minus those (torch's private ``_ForceDispatchKeyGuard``; CPU and
-    CUDA). Not a worker thread: autograd on CUDA tensors from another thread waits for the CUDA device
-    thread, which is busy running this very backward (such a run hung on the GPU)."""
-    keys = torch._C.DispatchKey
-    exclude = torch._C._dispatch_tls_local_exclude_set()
-    for k in (keys.AutogradOther, keys.AutogradNestedTensor, keys.AutogradCPU, keys.AutogradCUDA,
-              keys.ADInplaceOrView):
-        exclude = exclude.remove(k)
-    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
-
-
-@functools.cache
-def _register_mlp_ops() -> None:
-    """Define ``steam::mlp`` and ``steam::mlp_backward`` once, on first use (not at import: nothing is
-    registered unless `opaque_mlp` is used)."""
-    if hasattr(torch.ops.steam, "mlp"):  # registered by another import of this module
-        return
-    fwd = torch.library.custom_op("steam::mlp", mutates_args=())(_mlp_forward_impl)
-    fwd.register_fake(lambda x, params: torch.empty_like(x))
-    bwd = torch.library.custom_op("steam::mlp_backward", mutates_args=())(_mlp_backward_impl)
-    bwd.register_fake(lambda x, grad, params: [torch.empty_like(x), *(torch.empty_like(p) for p in params)])
-
-    def setup(ctx, inputs, output):
-        x, params = inputs
-        ctx.save_for_backward(x, *params)
-
-    def backward(ctx, grad):
-        x, *params = ctx.saved_tensors
-        grad_x, *grad_p = torch.ops.steam.mlp_backward(x, grad, params)
-        return grad_x, grad_p
-
-    fwd.register_autograd(backward, setup_context=setup)
 
 
 def share_dequantization(layers) -> None:
