@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import zlib
 
-from steam_persona.reviews.cleaning import count_chars
+from steam_persona.reviews.cleaning import count_chars, han_count
 
 # --- store-page residue -------------------------------------------------------------------------
 
@@ -53,12 +53,14 @@ _RESIDUE_LINE = re.compile(
     r"|回复|回覆|reply|奖励|獎勵|award|是\s*否\s*欢乐\s*奖励|yes\s*no\s*funny\s*award"
     r")[\s.。,，|｜·]*)+$", re.I | re.M)
 # Every date header and residue line contains one of these (in the lower-cased text: a case-sensitive
-# search of literals is several times faster than re.I); most reviews have none and skip both patterns
+# search of literals is several times faster than re.I), or starts a line with a verdict (推荐 and 更新
+# are common words inside sentences); most reviews have neither and skip both patterns
+_VERDICT_START = re.compile(r"^\s*不?推[荐薦]", re.M)
 _RESIDUE_HINT = re.compile(
-    r"发布于|發佈於|發表於|更新|最后编辑|最後編輯|posted|updated|last edited|verfasst|aktualisiert|publi|mis à jour"
+    r"发布于|發佈於|發表於|更新于|更新於|更新日|最后编辑|最後編輯|posted|updated|last edited|verfasst|aktualisiert|publi|mis à jour"
     r"|actualizad|atualizad|опубликовано|обновлено|pubblicat|opublikowano|zaktualizowano|yay[ıi]nlanma|投稿日|게시|업데이트"
     r"|抢先|搶先|免费获取|免費取得|已退款|early access|produ|zugang|accès anticipé|acceso anticipado|acesso antecipado"
-    r"|продукт|早期|無料|앞서|무료|推荐|推薦|recommend|recommand|empfohlen|recomend|рекоменд|found this review|person"
+    r"|продукт|早期|無料|앞서|무료|recommend|recommand|empfohlen|recomend|рекоменд|found this review|person"
     r"|pessoas|человек|这篇评测|這篇評論|was this review|总时数|總時數|记录在案|評論時|评测时|on record|insgesamt|en tout"
     r"|registrad|всего|記録|기록|review|项产品|個產品|篇评测|篇評論|阅读更多|展开|收起|read more|show more|条留言|条回复"
     r"|則留言|comment|回复|回覆|reply|奖励|獎勵|award")
@@ -71,7 +73,8 @@ def strip_page_residue(text: str) -> str:
     for free"), a verdict word, a helpfulness count ("12 人觉得这篇评测有价值", "5 people found this
     review helpful"), a playtime ("总时数 30.7 小时", "30.7 hrs on record") or the page's buttons.
     A line with other words on it is kept (only the leading date header is cut from it)."""
-    if not _RESIDUE_HINT.search(text.lower()):
+    low = text.lower()
+    if not _RESIDUE_HINT.search(low) and not ("推" in low and _VERDICT_START.search(low)):
         return text
     text = _DATE_HEADER.sub("", text)
     return _RESIDUE_LINE.sub("", text).strip()
@@ -195,14 +198,16 @@ def little_language_reason(text: str, min_share: float = 0.4) -> str | None:
     """``"few letters"`` when letters and digits (any script) are under ``min_share`` of the visible
     characters other than Steam's ``♥`` mask ("10/10 !!!!! 👍👍👍", "。。。。。"); ``None`` otherwise
     ("中文10/10，音乐9.5/10，剧情9/10" is a review)."""
+    if han_count(text) >= min_share * len(text):
+        return None  # Han characters are letters, and visible characters are at most all of them
     visible = len(text) - text.count(" ") - text.count("\n") - text.count("♥")
     if visible == 0:
         return "few letters"
-    letters = visible - len(_NOT_LETTER.findall(text))
+    letters = visible - count_chars(_NOT_LETTER, text)
     return "few letters" if letters < min_share * visible else None
 
 
-_NOT_LETTER = re.compile(r"[^\s\w♥]|_")
+_NOT_LETTER = re.compile(r"(?:[^\s\w♥]|_)+")
 
 
 def repetition_reason(text: str, min_ratio: float = 0.2, min_bytes: int = 120) -> str | None:
@@ -232,6 +237,8 @@ def length(text: str) -> tuple[int, str]:
     other scripts count words (letter or digit runs), so one bound does not cut long English."""
     if text.isascii():
         return len(_WORD.findall(text)), "words"
+    if han_count(text) * 2 >= len(text):
+        return len(text), "chars"  # CJK characters are at least the Han ones
     cjk = count_chars(_CJK_CHAR, text)
     if cjk * 2 >= len(text):
         return len(text), "chars"

@@ -54,6 +54,23 @@ def test_whitespace_crlf_lone_cr_and_runs():
     assert cleaning.normalize_whitespace("  \r\n ") == ""
 
 
+@pytest.mark.parametrize("text", ["a  b", "a \nb", "a\n b", "a\n\n\nb", "a\n\nb", "a\tb", "a\u3000b", "a\u200bb", " a b \n"])
+def test_whitespace_precheck_never_skips_a_change(text):
+    """The pre-check (odd spaces, doubled or bordering spaces and breaks) only skips texts the
+    substitutions leave alone but for their ends."""
+    full = cleaning._MANY_NL.sub("\n\n", cleaning._SPACE_NL.sub("\n", cleaning._SPACES.sub(" ", text))).strip()
+    assert cleaning.normalize_whitespace(text) == full
+
+
+def test_literal_union_is_a_longest_first_trie():
+    assert cleaning.literal_union(["ab", "abc", "ad", "b.c"]) == r"(?:a(?:b(?:c)?|d)|b\.c)"
+    words = ["黑鬼", "黑", "nig", "nigga", "cat", "ca"]
+    rx = re.compile(cleaning.literal_union(words))
+    flat = re.compile("|".join(sorted(words, key=len, reverse=True)))
+    for text in ("黑鬼来了", "a nigga cat", "ca-cat 黑 nig"):
+        assert [m.group(0) for m in rx.finditer(text)] == [m.group(0) for m in flat.finditer(text)]
+
+
 def test_profanity_mask_detection():
     assert cleaning.has_profanity_mask("this is ♥♥♥♥ great")
     assert not cleaning.has_profanity_mask("I ♥ it")

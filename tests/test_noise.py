@@ -28,7 +28,8 @@ def test_page_residue_in_several_ui_languages():
     "POSTED: MARCH 4\nGreat", "RECOMMANDÉ\nBon jeu", "Yayınlanma: 4 Mart\nİyi", "PUBBLICATO: 4 MARZO\nBello",
     "1,234 PEOPLE FOUND THIS REVIEW HELPFUL\nok", "12.5 HRS ON RECORD\nok", "NICHT EMPFOHLEN\nnein", "展开全文\n好",
     "有 3 人觉得这篇评测很欢乐\n好", "4 Personen fanden diese Rezension hilfreich\nok", "게시 일시: 3월 4일\n좋아요",
-    "这游戏不错，有点贵", "a long day"])
+    "这游戏不错，有点贵", "a long day", "推荐\n好玩", "  不推荐\n太贵", "好玩\n推薦", "更新于：3 月 4 日\n好",
+    "我推荐这个游戏", "版本更新了很多内容"])
 def test_page_residue_hint_never_hides_a_line(text):
     """The literal pre-filter (searched in the lower-cased text) only skips texts the patterns leave alone."""
     full = noise._RESIDUE_LINE.sub("", noise._DATE_HEADER.sub("", text)).strip()
@@ -178,6 +179,15 @@ def test_links_end_at_non_url_characters_and_platform_names_stay():
     assert cleaning.scrub_pii("needs a Battle.net account, also on GOG.com") == ("needs a Battle.net account, also on GOG.com", [])
     assert cleaning.scrub_pii("my blog coolgamer.net has more") == ("my blog  has more", ["link"])
     assert noise.little_language_reason("中文10/10，音乐9.5/10，剧情9/10，综合9.5/10，K社经典") is None
+
+
+@pytest.mark.parametrize("text", ["好！！！！！！", "好玩。。。。", "中文10/10", "好 👍👍👍👍👍", "游戏\t\t\t\t!!!!!!!!"])
+def test_han_shortcut_gives_the_counted_answer(text):
+    """Texts with many Han characters skip the letter count and the CJK count; the answer is the counted one."""
+    visible = len(text) - text.count(" ") - text.count("\n") - text.count("♥")
+    letters = visible - noise.count_chars(noise._NOT_LETTER, text)
+    assert noise.little_language_reason(text) == ("few letters" if letters < 0.4 * visible else None)
+    assert noise.length(text) == (len(text), "chars")
 
 
 def test_a_missing_space_after_a_full_stop_is_not_a_link():
