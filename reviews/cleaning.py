@@ -14,6 +14,7 @@ CJK); Latin-script languages go to lingua-language-detector when it is installed
 from __future__ import annotations
 
 import functools
+import heapq
 import html
 import re
 import unicodedata
@@ -642,11 +643,12 @@ class NearDuplicates:
         counts = np.where(ok, lengths - k + 1, 0)
         doc = np.repeat(np.arange(len(keys)), counts)
         pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + starts[doc]
-        # one universal hash per (a, b) pair (uint64 arithmetic wraps mod 2^64); min per text
+        # one universal hash per (a, b) pair (uint64 arithmetic wraps mod 2^64); min per text, then
+        # the shift (it keeps order, so the shifted minimum is the minimum of the shifted hashes)
         perm = np.multiply.outer(self._a, hashes[pos])
         perm += self._b[:, None]
-        perm >>= np.uint64(32)
         mins = np.minimum.reduceat(perm, (np.cumsum(counts) - counts)[ok], axis=1)
+        mins >>= np.uint64(32)
         return np.ascontiguousarray(mins.T), np.flatnonzero(ok)
 
     def first_copies(self, keys: list[str]) -> list[int | None]:
@@ -655,33 +657,73 @@ class NearDuplicates:
         Texts are taken in order; a text is compared with the first *kept* (not itself a duplicate)
         earlier text sharing each of its bands, band by band, and is a duplicate of the first whose
         estimated Jaccard is ≥ ``threshold``. Texts too short to shingle are never duplicates.
-        Vectorised: a band seen for the first time cannot match, so only texts with a band seen
-        before go through the comparison loop (about half of them on texts spliced from shared
-        sentences, far fewer on real reviews).
+        Vectorised: each text is compared with the *first* earlier text of each of its bands in one
+        numpy pass; that first text is the one to compare with unless it was itself a duplicate, so
+        only the texts that matched one, and the later texts sharing a band first seen in a
+        duplicate, go through the text-by-text loop (:meth:`_resolve`; ~3 % of the texts).
         """
         sigs, rows = self.signatures(keys)
         out: list[int | None] = [None] * len(keys)
-        m = len(sigs)
-        if not m:
+        if not len(sigs):
             return out
         ids, new = self._band_ids(sigs)
-        fresh = new.all(axis=1)  # every band seen first here: kept, nothing to compare with
-        owner = np.full((self.bands, int(ids.max()) + 1), -1, np.int64)  # band id -> first kept text
+        first = np.where(new, -1, 0)  # per band: the first text with the same band row (-1: this text)
         for b in range(self.bands):
-            owner[b, ids[fresh, b]] = np.flatnonzero(fresh)
-        owners = owner.tolist()
-        need = self.threshold * sigs.shape[1]
-        rest = np.flatnonzero(~fresh)
-        for i, band_ids in zip(rest.tolist(), ids[rest].tolist()):
-            like = next((j for j, o in ((o[band], o) for o, band in zip(owners, band_ids)) if j >= 0
-                         and np.count_nonzero(sigs[j] == sigs[i]) >= need), None)
-            if like is None:
-                for o, band in zip(owners, band_ids):
-                    if o[band] < 0:
-                        o[band] = i
-            else:
-                out[int(rows[i])] = int(rows[like])
+            where = np.full(int(ids[:, b].max()) + 1, -1, np.int64)
+            where[ids[new[:, b], b]] = np.flatnonzero(new[:, b])
+            first[:, b] = np.where(new[:, b], -1, where[ids[:, b]])
+        for i, like in self._resolve(sigs, ids, first).items():
+            out[int(rows[i])] = int(rows[like])
         return out
+
+    def _similar(self, sigs: np.ndarray, first: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        """``bool[m, bands]``: whether each text's estimated Jaccard with ``first`` (its bands' first
+        texts) reaches the threshold; ``chunk`` pairs at a time (a ``chunk x bands*rows`` compare)."""
+        need = self.threshold * sigs.shape[1]
+        like = np.zeros(first.shape, bool)
+        ti, tb = np.nonzero(first >= 0)
+        for s in range(0, len(ti), chunk):
+            i, b = ti[s:s + chunk], tb[s:s + chunk]
+            like[i, b] = np.count_nonzero(sigs[i] == sigs[first[i, b]], axis=1) >= need
+        return like
+
+    def _resolve(self, sigs: np.ndarray, ids: np.ndarray, first: np.ndarray) -> dict[int, int]:
+        """``{duplicate: the kept text it copies}`` by the text-by-text rule, visiting only the texts
+        whose answer can differ from "kept": those similar to a band's first text, and those sharing a
+        band row first seen in a text that turned out a duplicate (that row's owner is then the first
+        kept text with it, recorded in ``owner``). Visited in text order (a heap)."""
+        need = self.threshold * sigs.shape[1]
+        like = self._similar(sigs, first)
+        dup: dict[int, int] = {}
+        owner: dict[tuple[int, int], int] = {}  # (band, row id) first seen in a duplicate -> first kept text
+        by_row: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # band -> (sorted row ids, their texts)
+        heap = np.flatnonzero(like.any(axis=1)).tolist()
+        visited = set()
+        while heap:
+            i = heapq.heappop(heap)
+            if i in visited:
+                continue
+            visited.add(i)
+            for b, f in enumerate(first[i].tolist()):
+                j = owner.get((b, int(ids[i, b])), -1) if f in dup else f
+                if j >= 0 and (like[i, b] if j == f else np.count_nonzero(sigs[i] == sigs[j]) >= need):
+                    dup[i] = j
+                    break
+            if i not in dup:
+                for b, f in enumerate(first[i].tolist()):
+                    if f in dup:
+                        owner.setdefault((b, int(ids[i, b])), i)
+                continue
+            for b in np.flatnonzero(first[i] < 0).tolist():  # rows first seen here: their later texts
+                if b not in by_row:
+                    order = np.argsort(ids[:, b], kind="stable")
+                    by_row[b] = ids[order, b], order
+                row, order = by_row[b]
+                lo, hi = np.searchsorted(row, ids[i, b], "left"), np.searchsorted(row, ids[i, b], "right")
+                for t in order[lo:hi].tolist():
+                    if t > i:
+                        heapq.heappush(heap, t)
+        return dup
 
     def _band_ids(self, sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(int64[m, bands], bool[m, bands])``: ids equal where two texts' band rows are equal, and
