@@ -98,7 +98,9 @@ _THANKED = re.compile(
     r"|老哥|兄弟|游戏|遊戲|[bB]站|小黑盒|贴吧|NGA|nga)"
     r"[\w\-·]{2,16}?(?=\s*(?:大佬|巨佬|大神|老哥|老师|老師|兄弟|dalao)|\s*的(?:攻略|视频|視頻|教程|帖子|分享|指导|指導|评测|評測"
     r"|汉化|漢化|补丁|補丁|mod|MOD|存档|存檔))")
-_THANKS_HINT = re.compile(r"感谢|感謝|谢谢|謝謝|鸣谢|鳴謝|致谢|多谢")
+_THANKS = r"感谢|感謝|谢谢|謝謝|鸣谢|鳴謝|致谢|多谢"
+_THANKS_HINT = re.compile(_THANKS)
+_HANDLES_HINT = re.compile(f"{_SIGNATURE_HINT.pattern}|{_THANKS}")  # either, in one search of the lower-cased text
 
 
 def strip_handles(text: str, author: str | None = None, handles: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
@@ -111,7 +113,8 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
     ``screen_name``."""
     kinds = []
     low = text.lower()
-    if _SIGNATURE_HINT.search(low):
+    hinted = _HANDLES_HINT.search(low) is not None
+    if hinted and _SIGNATURE_HINT.search(low):
         text, n = _SIGNATURE.subn("", text)
         if n:
             kinds.append("signature")
@@ -119,7 +122,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
         text, n = _MENTION.subn("", text)
         if n:
             kinds.append("mention")
-    if _THANKS_HINT.search(text):
+    if hinted and _THANKS_HINT.search(text):
         text, n = _THANKED.subn(r"\g<pre>", text)
         if n:
             kinds.append("screen_name")

@@ -362,6 +362,12 @@ class _Rules:
         return result
 
 
+@functools.lru_cache(maxsize=16)
+def _fields(template: str) -> frozenset[str]:
+    """The ``{field}`` names of a format string (cached: one template, many records)."""
+    return frozenset(f for _, f, _, _ in string.Formatter().parse(template) if f is not None)
+
+
 def _template_fields(cfg: PrepareConfig) -> set[str]:
     used = set()
     for lang in ("zh", "en"):
@@ -443,8 +449,7 @@ def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
     instruction_t, input_t = _templates(cfg, lang)
     if not values["name"] and not cfg.instruction_template:
         instruction_t = NAMELESS_INSTRUCTION[lang]
-    uses_tags = any(f == "tags" for _, f, _, _ in string.Formatter().parse(input_t))
-    input_text = "" if (uses_tags and not tags) else input_t.format(**values)
+    input_text = "" if (not tags and "tags" in _fields(input_t)) else input_t.format(**values)
     return {"instruction": instruction_t.format(**values), "input": input_text, "output": r.text}
 
 

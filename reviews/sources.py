@@ -441,16 +441,15 @@ def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
     """A raw ``appreviews`` review object → :class:`Review` (text unchanged)."""
     if not isinstance(rec, dict) or not isinstance(rec.get("review"), str):
         raise UserError(f"{where}: not a Steam review (no 'review' text); fix or remove it")
-    author = rec.get("author") if isinstance(rec.get("author"), dict) else {}
-    minutes = author.get("playtime_at_review", author.get("playtime_forever"))
-    voted = rec.get("voted_up")
+    author = rec.get("author")
+    author = author if isinstance(author, dict) else {}
+    minutes = _int(author.get("playtime_at_review", author.get("playtime_forever")))
+    voted, app, rid, steamid = rec.get("voted_up"), rec.get("appid"), rec.get("recommendationid"), author.get("steamid")
     return Review(
-        text=rec["review"], where=where, appid=str(rec["appid"]) if rec.get("appid") is not None else appid,
+        text=rec["review"], where=where, appid=str(app) if app is not None else appid,
         language=rec.get("language"), voted_up=voted if isinstance(voted, bool) else None,
-        votes_up=_int(rec.get("votes_up")),
-        playtime_hours=round(_int(minutes) / 60, 1) if _int(minutes) is not None else None,
-        review_id=str(rec["recommendationid"]) if rec.get("recommendationid") is not None else None,
-        author=str(author["steamid"]) if author.get("steamid") else None)
+        votes_up=_int(rec.get("votes_up")), playtime_hours=round(minutes / 60, 1) if minutes is not None else None,
+        review_id=str(rid) if rid is not None else None, author=str(steamid) if steamid else None)
 
 
 def _template_regex(template: str, field_name: str) -> re.Pattern[str]:
