@@ -19,35 +19,49 @@ from steam_persona.reviews.cleaning import count_chars, han_count
 
 # --- store-page residue -------------------------------------------------------------------------
 
-_MONTHS = (r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?|(?:janv|févr|mars|avr|mai|juin|juil|août|"
-           r"sept|oct|nov|déc)[a-zé]*\.?|(?:januar|februar|märz|april|mai|juni|juli|august|september|oktober|"
-           r"november|dezember)|(?:ene|feb|mar|abr|may|jun|jul|ago|sep|oct|nov|dic)[a-z]*\.?|[а-я]{3,9}\.?")
+# month names and their abbreviations by their first three letters (en de fr es pt it pl tr), any ending
+# ("März", "mar.", "março", "stycznia", "Şubat"), and Russian month words
+_MONTHS = (r"(?:jan|feb|fév|fev|mär|mar|apr|avr|abr|may|mai|maj|jun|jui|jul|aug|aoû|ago|sep|set|oct|okt|out|ott|nov"
+           r"|dec|déc|dez|dic|ene|gen|mag|giu|lug|sty|lut|kwi|cze|lip|sie|wrz|paź|lis|gru|oca|şub|nis|haz|tem|ağu|eyl"
+           r"|eki|kas|ara)[^\W\d_]*\.?|[а-я]{3,9}\.?")
 _DATE = (rf"(?:\d{{4}}\s*年\s*)?\d{{1,2}}\s*月\s*\d{{1,2}}\s*日(?:\s*(?:上午|下午|晚上|凌晨)?\s*\d{{1,2}}[:：]\d{{2}})?"
-         rf"|\d{{1,2}}\.?\s*(?:{_MONTHS})(?:,?\s*\d{{4}})?(?:\s*(?:@|à|um|a las|в)?\s*\d{{1,2}}[:h]\d{{2}}\s*(?:[ap]m)?)?"
+         rf"|\d{{1,2}}\.?\s*(?:de\s+)?(?:{_MONTHS})(?:,?\s*(?:de\s+)?\d{{4}})?"
+         rf"(?:\s*(?:@|à|um|a las|às|в|alle|o)?\s*\d{{1,2}}[:h]\d{{2}}\s*(?:[ap]m)?)?"
          rf"|(?:{_MONTHS})\s*\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s*\d{{4}})?(?:\s*@?\s*\d{{1,2}}:\d{{2}}\s*(?:[ap]m)?)?"
          rf"|\d{{4}}[-/.]\d{{1,2}}[-/.]\d{{1,2}}(?:\s+\d{{1,2}}:\d{{2}})?|\d{{1,2}}[/.]\d{{1,2}}[/.]\d{{2,4}}"
          rf"|(?:\d{{4}}\s*년\s*)?\d{{1,2}}\s*월\s*\d{{1,2}}\s*일(?:\s*(?:오전|오후)?\s*\d{{1,2}}:\d{{2}})?")
-# "Posted:" / "发布于：" and the Steam UI's other languages (de fr es pt ru it pl tr ja ko zh-TW)
-_POSTED = (r"发布于|發佈於|發表於|更新于|更新於|最后编辑于|最後編輯於|posted|updated|last edited|verfasst am|aktualisiert"
-           r"|publiée? le|mis à jour|publicad[ao] el|actualizad[ao]|publicad[ao] em|atualizad[ao]|опубликовано|обновлено"
-           r"|pubblicat[ao]|opublikowano|zaktualizowano|yayınlanma|投稿日|更新日|게시 일시|게시|업데이트")
-_DATE_HEADER = re.compile(rf"^\s*(?:{_POSTED})\s*[:：]?\s*(?:{_DATE})[\s.。,，]*", re.I | re.M)
+# "Posted:" / "发布于：" / "Last edited" and the Steam UI's other languages (de fr es pt ru it pl tr ja ko zh-TW)
+_POSTED = (r"发布于|發佈於|發表於|張貼於|更新于|更新於|最后编辑于|最後編輯於|posted|updated|last edited|verfasst am|aktualisiert"
+           r"|zuletzt bearbeitet|publiée? le|publiée?|mise? à jour|dernière modification|publicad[ao]|actualizad[ao]|última edición"
+           r"|editad[ao]|atualizad[ao]|última edição|опубликовано|обновлено|последнее изменение|отредактировано"
+           r"|pubblicat[ao]|aggiornat[ao]|ultima modifica|opublikowano|zaktualizowano|ostatnio edytowano|yayınlanma"
+           r"|güncellendi|son düzenleme|投稿日|最終更新|最終編集|更新日|게시 일시|게시|업데이트|마지막 수정")
+_DATE_HEADER = re.compile(rf"^\s*(?:{_POSTED})\s*[:：]?\s*(?:(?:le|el|em|am|on|il)\s+)?(?:{_DATE})[\s.。,，]*", re.I | re.M)
 # whole lines that only the page puts there
 _RESIDUE_LINE = re.compile(
     r"^(?:\s*(?:"
     r"抢先体验版本评测|搶先體驗版評論|免费获取的产品|免費取得的產品|已退款的产品|已退款|early access review|product received for free"
-    r"|product refunded|früher zugang-rezension|produkt kostenlos erhalten|évaluation en accès anticipé"
+    r"|product refunded|früher zugang-rezension|early-access-rezension|produkt kostenlos erhalten|évaluation en accès anticipé"
     r"|produit reçu gratuitement|análisis de acceso anticipado|producto recibido gratis|análise de acesso antecipado"
     r"|produto recebido de graça|обзор продукта в раннем доступе|продукт получен бесплатно|早期アクセスレビュー"
-    r"|無料で製品を受け取りました|앞서 해보기 평가|무료로 받은 제품|推荐|不推荐|推薦|不推薦|recommended|not recommended"
-    r"|empfohlen|nicht empfohlen|recommandé|non recommandé|recomendado|no recomendado|não recomendado|рекомендую|не рекомендую"
+    r"|無料で製品を受け取りました|앞서 해보기 평가|무료로 받은 제품|recenzja z wczesnego dostępu|produkt otrzymany za darmo"
+    r"|erken erişim incelemesi|ürün ücretsiz alındı|recensione (?:di un prodotto )?(?:in )?accesso anticipato"
+    r"|prodotto ricevuto gratuitamente"
+    r"|推荐|不推荐|推薦|不推薦|recommended|not recommended|empfohlen|nicht empfohlen|recommandé|non recommandé|recomendado"
+    r"|no recomendado|não recomendado|рекомендую|не рекомендую|おすすめ|おすすめしません|추천|비추천|polecam|nie polecam"
+    r"|önerilir|önerilmez|consigliato|non consigliato"
     r"|(?:有\s*)?\d[\d,]*\s*(?:人|位用户|位使用者)觉得这篇评测(?:有价值|很欢乐|有趣)[。.]?|(?:有\s*)?\d[\d,]*\s*人覺得這篇評論(?:有幫助|很有趣)[。.]?"
     r"|\d[\d,]*\s*(?:of\s*\d[\d,]*\s*)?(?:people|person)\s*(?:\(\d+%\)\s*)?found this review (?:helpful|funny)"
-    r"|\d[\d,]*\s*(?:personen|personnes|personas|pessoas|человек\w*)\s.{0,40}(?:hilfreich|utile|útil|полезн\w*)"
+    r"|(?:a\s+)?\d[\d,.]*\s*(?:personen|personnes?|personas?|persone|person|pessoas?|человек\w*|osób|osoby|osoba|kişi)\s"
+    r"[^\n]{0,50}?(?:hilfreich|lustig|utile|drôle|amusante|útil|divertida|engraçada|полезн\w*|забавн\w*|divertente"
+    r"|pomocn\w*|zabawn\w*|yararlı|komik)[^\n]{0,30}"
+    r"|\d[\d,]*\s*人がこのレビューが(?:参考になった|面白い)と投票しました|\d[\d,]*\s*명이 이 평가가 (?:유용|재미있)[^\n]{0,12}"
     r"|这篇评测是否有价值？?.*|這篇評論是否有幫助？?.*|was this review helpful\?.*|你觉得这篇评测有价值吗？?.*"
     r"|(?:总时数|總時數|记录在案|評論時|评测时|评测时数)\s*[\d,.]+\s*(?:小时|小時)(?:\s*[（(]评测时\s*[\d,.]+\s*小时[)）])?"
     r"|[\d,.]+\s*(?:hrs?|hours?)\s*on record(?:\s*\([\d,.]+\s*hrs? at review time\))?"
-    r"|[\d,.]+\s*(?:std\.|h|ч\.?|時間|시간)\s*(?:insgesamt|en tout|registradas|registrad[ao]s|всего|記録|기록)"
+    r"|[\d,.]+\s*(?:std\.|h|ч\.?|時間|시간|godz\.?|ore|saat)\s*(?:insgesamt|en tout|registradas|registrad[ao]s|всего|記録"
+    r"|기록|łącznie|in totale|kayıtlı|toplam)"
+    r"|(?:記録時間|기록상|kayıtlarda|toplam)\s*[:：]?\s*[\d,.]+\s*(?:時間|시간|saat|hrs?|h)"
     r"|\d[\d,]*\s*(?:products? in account|reviews?|项产品|個產品|篇评测|篇評論)(?:\s*[|｜·]\s*\d[\d,]*\s*(?:reviews?|篇评测))?"
     r"|阅读更多|展开阅读全文|展开全文|收起|read more|show more|\d[\d,]*\s*(?:条留言|条回复|則留言|comments?)"
     r"|回复|回覆|reply|奖励|獎勵|award|是\s*否\s*欢乐\s*奖励|yes\s*no\s*funny\s*award"
@@ -63,7 +77,10 @@ _RESIDUE_HINT = re.compile(
     r"|продукт|早期|無料|앞서|무료|recommend|recommand|empfohlen|recomend|рекоменд|found this review|person"
     r"|pessoas|человек|这篇评测|這篇評論|was this review|总时数|總時數|记录在案|評論時|评测时|on record|insgesamt|en tout"
     r"|registrad|всего|記録|기록|review|项产品|個產品|篇评测|篇評論|阅读更多|展开|收起|read more|show more|条留言|条回复"
-    r"|則留言|comment|回复|回覆|reply|奖励|獎勵|award")
+    r"|則留言|comment|回复|回覆|reply|奖励|獎勵|award|張貼|zuletzt|mise à jour|dernière modif|última edi|editad|последнее"
+    r"|отредактировано|aggiornat|ultima modifica|ostatnio|güncellen|son düzenleme|最終|마지막 수정|early-access|wczesnego"
+    r"|otrzymany|erken erişim|ücretsiz|accesso anticipato|ricevuto|おすすめ|추천|polecam|öneril|consigliato|pessoa|osób"
+    r"|osob|kişi|レビュー|평가|godz|saat|kayıt|in totale|toplam|łącznie")
 
 
 def strip_page_residue(text: str) -> str:
@@ -219,7 +236,7 @@ def repetition_reason(text: str, min_ratio: float = 0.2, min_bytes: int = 120) -
     if len(text) < min_bytes // 3:
         return None
     varied = min(0.2 * len(text), 119.5)  # more distinct characters than this: varied text does not loop
-    if len(set(text[:64])) > varied or len(set(text)) > varied:  # cheap tests first
+    if (varied < 64 and len(set(text[:64])) > varied) or len(set(text)) > varied:  # the prefix first when it can tell
         return None
     raw = text.encode("utf-8")
     if len(raw) < min_bytes:

@@ -222,3 +222,42 @@ def test_other_users_named_in_chinese_text_go(text, kept):
     "感谢B站的视频", "很感谢这个游戏的攻略", "感谢各位大佬的攻略", "感谢本作的mod", "谢谢老婆大人的支持"])
 def test_thanks_without_a_user_name_stay(text):
     assert noise.strip_handles(text) == (text, [])
+
+
+#: the store page's lines in Steam's other UI languages (date headers, edits, banners, helpfulness, playtime, verdict)
+_UI_RESIDUE = {
+    "de": ["Verfasst am: 4. März", "Zuletzt bearbeitet: 7. März", "EARLY-ACCESS-REZENSION", "Produkt kostenlos erhalten",
+           "1 Person fand diese Rezension hilfreich", "30,7 Std. insgesamt"],
+    "fr": ["Publiée le : 4 mars", "Mise à jour : 7 mars", "Dernière modification : 7 mars",
+           "1 personne a trouvé cette évaluation utile", "30,7 h en tout"],
+    "es": ["Publicada el 4 de marzo", "Actualizada el 7 de marzo", "A 12 personas les ha parecido útil esta reseña",
+           "30,7 h registradas", "No recomendado"],
+    "pt-BR": ["Publicada em 4 de março", "Atualizada em 7 de mar.", "1 pessoa achou esta análise útil",
+              "Produto recebido de graça"],
+    "ru": ["Опубликовано: 4 марта", "12 человек посчитали этот обзор полезным", "30.7 ч. всего"],
+    "ja": ["投稿日: 3月4日", "最終更新: 3月7日", "12 人がこのレビューが参考になったと投票しました", "記録時間: 30.7 時間",
+           "おすすめしません"],
+    "ko": ["게시 일시: 3월 4일", "12명이 이 평가가 유용하다고 함", "기록상 30.7시간", "비추천"],
+    "pl": ["Zaktualizowano: 7 stycznia", "Recenzja z wczesnego dostępu", "Produkt otrzymany za darmo",
+           "12 osób uznało tę recenzję za pomocną", "30.7 godz. łącznie", "Nie polecam"],
+    "tr": ["Güncellendi: 7 Şubat", "Erken Erişim İncelemesi", "Ürün ücretsiz alındı", "12 kişi bu incelemeyi yararlı buldu",
+           "Kayıtlarda 30.7 saat", "Önerilmez"],
+    "it": ["Aggiornata: 7 gennaio", "Recensione accesso anticipato", "Prodotto ricevuto gratuitamente",
+           "12 persone hanno trovato utile questa recensione", "30,7 ore in totale", "Non consigliato"],
+    "zh-TW": ["張貼於：3 月 4 日", "最後編輯於：3 月 7 日"],
+}
+
+
+@pytest.mark.parametrize("line", [x for lines in _UI_RESIDUE.values() for x in lines])
+def test_page_residue_in_other_ui_languages(line):
+    assert noise.strip_page_residue(f"{line}\nGood game.") == "Good game."
+    full = noise._RESIDUE_LINE.sub("", noise._DATE_HEADER.sub("", f"{line}\nok")).strip()
+    assert full == "ok"  # the hint let the patterns run
+
+
+@pytest.mark.parametrize("keep", [
+    "Updated: 4 things I changed my mind about", "Publicado el juego en 2020, sigue roto", "Polecam ten tryb, ale nie wszystkim",
+    "おすすめの武器は大剣", "추천 무기는 대검", "A 12 personas les gusta el mapa nuevo", "12 persone e 3 bot nella lobby",
+    "Consigliato a chi ama i soulslike", "Toplam 30 saat oynadım ve bitirdim", "Mise à jour du jeu ratée"])
+def test_page_residue_words_inside_sentences_stay(keep):
+    assert noise.strip_page_residue(f"{keep}\nGood.") == f"{keep}\nGood."
