@@ -99,12 +99,22 @@ def strip_page_residue(text: str) -> str:
 
 # --- signatures, mentions, the author's name ------------------------------------------------------
 
+# where a cross-post comes from: the review apps and forums by name, or any "… App / 客户端 / 用户 / 社区 / 论坛"
+_PLATFORM = (r"小黑盒|黑盒|其乐|keylol|nga|贴吧|百度贴吧|bilibili|b站|微博|豆瓣|taptap|知乎|3dm|游民星空|a9vg|游侠|steam\s*(?:社区|deck)?"
+             r"|[^\n]{0,16}?(?:app|客户端|用户|用戶)|[^\n]{1,16}?(?:社区|社區|论坛|論壇)")
 _SIGNATURE = re.compile(
-    r"(?:^|[-—–~=_]+\s*|[（(]\s*)(?:来自|來自|发自|發自|via)\s*(?:小黑盒|黑盒|其乐|keylol|nga|贴吧|百度贴吧|bilibili|b站|微博"
-    r"|豆瓣|taptap|\S{0,12}?(?:app|客户端|用户|用戶))[^\n]{0,40}$"
-    r"|(?:^|[-—–~=_]+\s*)(?:sent from my|sent via|发自我的|發自我的)[^\n]{0,30}$"
-    r"|^\s*(?:本评测|本文|此评测)?(?:同步|转载|轉載|首发)(?:于|自|於)[^\n]{0,40}$", re.I | re.M)
-_SIGNATURE_HINT = re.compile(r"来自|來自|发自|發自|via|sent (?:from|via)|同步|转载|轉載|首发")  # in the lower-cased text
+    rf"(?:^\s*|[-—–~=_]+\s*|[（(]\s*)(?:来自|來自|发自|發自|转自|轉自|转载自|轉載自|via)\s*(?:{_PLATFORM})[^\n]{{0,40}}$"
+    r"|(?:^|[-—–~=_]+\s*)(?:sent from my|sent via|posted from my|posted via|发自我的|發自我的)[^\n]{0,30}$"
+    r"|(?:^|[-—–~=_]+\s*)(?:小黑盒|黑盒|nga|b站|bilibili|贴吧|taptap|keylol|其乐)\s*(?:用户|用戶|玩家|up主)[^\n]{0,20}$"
+    r"|^\s*(?:本评测|本文|此评测)?(?:同步|转载|轉載|首发)(?:于|自|於)[^\n]{0,40}$"
+    # a copied answer's footer (知乎: 作者 / 链接 / 来源 / 著作权归作者所有), the source link, a by-line
+    r"|^\s*作者[:：][^\n]{0,30}\n\s*链接[:：][^\n]*\n\s*来源[:：][^\n]{0,20}$|^\s*著作权归作者所有[^\n]*$"
+    r"|^\s*(?:原文链接|原文地址|原帖地址|原帖|本文作者|原文作者|文\s*/)\s*[:：]?[^\n]{0,60}$"
+    r"|(?:^|[-—–~=_]+\s*)(?:reviewed by|review by|written by)\s+[^\n]{1,30}$|[-—–~=_]{2,}\s*by\s+[^\n]{1,30}$", re.I | re.M)
+# in the lower-cased text
+_SIGNATURE_HINT = re.compile(r"来自|來自|发自|發自|转自|轉自|转载|轉載|via|sent|posted|同步|首发|小黑盒|黑盒|nga|b站|bilibili"
+                             r"|贴吧|taptap|keylol|其乐|作者|原文|原帖|文/|文 /|reviewed by|review by|written by|—by|-by|~by|=by"
+                             r"|_by|— by|- by|~ by|= by|_ by")
 _MENTION = re.compile(r"(?<![\w.@/])@\w[\w.\-]{1,30}")
 # another user thanked by name: "感谢暗夜猎手大佬", "谢谢B站UP主老番茄的视频" (the name, 2-16 word characters,
 # must be followed by an honorific or by "的" and the kind of thing users share; groups, platforms,
@@ -145,10 +155,9 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
             kinds.append("screen_name")
     low = text.lower() if kinds else low
     for name in author.split("\n") if author else ():
-        name = name.strip()
-        if len(name) >= 2 and name.lower() in low:
-            word = re.escape(name)
-            text, n = re.subn(rf"(?<![A-Za-z0-9]){word}(?![A-Za-z0-9])" if name.isascii() else word, "", text, flags=re.I)
+        pattern = _name_pattern(name.strip(), low)
+        if pattern:
+            text, n = re.subn(pattern, "", text, flags=re.I)
             if n:
                 kinds.append("author_name")
     if handles:
@@ -160,6 +169,21 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
 
 
 _HANDLE_TOKEN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z0-9_][A-Za-z0-9_.\-]{3,}(?<![.\-])")
+_NAME_SEP = re.compile(r"[\s_.\-]+")
+
+
+def _name_pattern(name: str, low: str) -> str | None:
+    """A regex for the author's name ``name`` as it may be written in the text, or ``None`` when its
+    longest part is not in ``low`` (the lower-cased text; the cheap test first) or it is under 2
+    characters. Parts split at spaces, ``_``, ``.``, ``-`` may be joined by any of these or nothing
+    ("Dark_Knight-99" → "Dark Knight 99", "darkknight99"); a dash or "by" right before it goes too
+    ("—— 暗夜猎手"). Latin names match whole words only."""
+    parts = [p for p in _NAME_SEP.split(name.lower()) if p]
+    if len(name) < 2 or not parts or max(parts, key=len) not in low:
+        return None
+    body = r"[\s_.\-]*".join(map(re.escape, parts))
+    lead = r"(?:(?:[-—–~]+\s*|(?<![A-Za-z])by\s+)(?=\S))?"
+    return rf"{lead}(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])" if name.isascii() else lead + body
 
 
 def screen_names(authors: list[str]) -> frozenset[str]:

@@ -261,3 +261,34 @@ def test_page_residue_in_other_ui_languages(line):
     "Consigliato a chi ama i soulslike", "Toplam 30 saat oynadım ve bitirdim", "Mise à jour du jeu ratée"])
 def test_page_residue_words_inside_sentences_stay(keep):
     assert noise.strip_page_residue(f"{keep}\nGood.") == f"{keep}\nGood."
+
+
+@pytest.mark.parametrize("tail", [
+    "来自Steam社区", "转自B站", "via Steam Deck", "Posted from my Steam Deck", "—— 发自 Xbox App", "（转载自知乎用户张三）",
+    "作者：张三\n链接：https://www.zhihu.com/question/1/answer/2\n来源：知乎\n著作权归作者所有。商业转载请联系作者获得授权。",
+    "——转自NGA @张三", "——小黑盒用户张三", "来自3DM论坛", "原文链接：https://bbs.nga.cn/read.php?tid=1", "本文作者：张三",
+    "文/张三", "——by 张三", "Reviewed by Kirito"])
+def test_other_app_signatures_and_by_lines(tail):
+    out, kinds = noise.strip_handles(f"好玩\n{tail}")
+    assert out.strip() == "好玩" and kinds
+
+
+@pytest.mark.parametrize("keep", [
+    "- Good graphics\n- bad story", "玩家很多，来自各个国家", "作者很用心，画面好", "这游戏是由小黑盒推荐给我的",
+    "Made by a small team, from Poland", "原文的翻译很差", "Posted from the heart: great game", "来自社区的mod很多"])
+def test_signature_near_misses_stay(keep):
+    assert noise.strip_handles(keep) == (keep, [])
+
+
+@pytest.mark.parametrize(("text", "author", "want"), [
+    ("我是暗夜猎手，玩了300小时", "暗夜猎手", "我是，玩了300小时"),
+    ("好玩\n—— 暗夜猎手", "暗夜猎手", "好玩\n"),
+    ("xxsniperxx here, 10/10", "xXSniperXx", " here, 10/10"),
+    ("Player 123 here. player123 says: buy it", "Player_123", " here.  says: buy it"),
+    ("Dark Knight 99 recommends", "Dark_Knight-99", " recommends"),
+    ("Great.\nReview by Kirito", "Kirito", "Great.\n"),
+    ("standby mode, player 1", "Kirito\nPlayer_123", "standby mode, player 1"),
+])
+def test_author_name_in_other_spellings(text, author, want):
+    out, _ = noise.strip_handles(text, author)
+    assert out == want
