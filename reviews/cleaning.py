@@ -280,16 +280,17 @@ _DIGITS = r"(?:[0-9０-９零〇一二三四五六七八九壹贰叁肆伍陆柒
 # the first five digits of every _DIGITS match, written out (re runs it ~2x faster than a {5} repeat)
 _NUMERAL = r"[\d零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]"  # \d: also the phone numbers' digits
 _FIVE_DIGITS = _NUMERAL + (r"[\s\-.·]?" + _NUMERAL) * 4
-_CONTACT = (r"(?:扣扣|企鹅号?|[QqＱｑ]{1,2}|薇信|威信|微信|卫星号|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX|Vx)(?![A-Za-z]))")
+_CONTACT = (r"(?:扣\s*扣|企鹅号?|[QqＱｑ]{1,2}|薇信|威信|微信|卫星号|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX|Vx)(?![A-Za-z]))")
 SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     # a group or account *with its number / id*: "Q群000000000", "QQ群：123456", "vx: abc_123", "扣扣 一二三四五六",
     # "关注公众号"; a bare "加QQ群问问" (advice) is not an advert
     "qq_wechat_group": re.compile(
-        rf"(?:[QqＱｑ]{{1,2}}\s*群|扣扣群|企鹅群|群号|[加进入]群|{_CONTACT})\s*[:：号]?\s*{_DIGITS}"
+        rf"(?:[QqＱｑ]{{1,2}}\s*群|扣\s*扣\s*群|企鹅群|群号|[加进入]群|{_CONTACT})\s*[:：号]?\s*{_DIGITS}"
         r"|(?:微信群?|微信号|薇信|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX)(?![A-Za-z]))\s*[:：号]?\s*[A-Za-z][A-Za-z0-9_-]{4,}"
         r"|关注(?:我的|我们的)?(?:微信)?公众号"),
     "phone_number": re.compile(r"(?<![0-9A-Za-z_.+:/#-])(?:(?:\+|00)86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}(?![0-9A-Za-z_.])"
                                r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]?\(?\d{1,4}\)?(?:[- .]\d{2,4}){2,4}(?![0-9A-Za-z_.])"
+                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\(?\d{1,4}\)?[- .]\d{6,10}(?![0-9A-Za-z_.])"
                                r"|\(\d{3}\) ?\d{3}-\d{4}(?!\d)|(?<![\d.-])\d{3}-\d{3}-\d{4}(?![\d-])"),
     "referral_code": re.compile(
         r"(?:邀请码|推荐码|优惠码|返利|折扣码|用我的码|输入我的码|"
@@ -348,7 +349,7 @@ def _phone_digits(low: str) -> bool:
 _SPAM_HINTS = (  # any pattern
     _digit_run,
     _PLUS_PHONE,
-    re.compile(r"微信|薇信|威信|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣扣|企鹅|群号|加群|进群|入群|邀请码|推荐码"
+    re.compile(r"微信|薇信|威信|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣|企鹅|群号|加群|进群|入群|邀请码|推荐码"
                r"|优惠码|折扣码|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|奖励|点赞|点个赞|打赏|还差|点数|抽奖|免费送"
                r"|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|领取|收号|出号|卖号|出售|回收|低价|直播|斗鱼|虎牙|抖音|快手"
                r"|关注|鉴赏家").search,
@@ -359,7 +360,7 @@ _SPAM_HINTS = (  # any pattern
 # what every match of each pattern contains (a text that passed _SPAM_HINTS runs only the patterns
 # whose hint it has; one search per pattern is ~6x cheaper than the patterns' joint alternation)
 _PATTERN_HINTS = {
-    "qq_wechat_group": (re.compile(r"扣扣|企鹅|薇信|威信|微信|卫星|群号|加群|进群|入群|公众号|q|ｑ|v|ｖ|wx").search,),
+    "qq_wechat_group": (re.compile(r"扣|企鹅|薇信|威信|微信|卫星|群号|加群|进群|入群|公众号|q|ｑ|v|ｖ|wx").search,),
     "phone_number": (_phone_digits, _PLUS_PHONE),
     "referral_code": (re.compile(r"邀请码|推荐码|优惠码|返利|折扣码|我的码|referral|invite|promo|discount|coupon|creator|code").search,),
     "award_begging": (re.compile(r"奖励|点赞|点个赞|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,),
@@ -509,10 +510,17 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # SteamID64: 7656119 + 10 digits; legacy STEAM_X:Y:Z and SteamID3 [U:1:Z] (Valve Developer Wiki, "SteamID")
     "steam_id": re.compile(r"(?<!\d)7656119\d{10}(?!\d)|STEAM_[0-5]:[01]:\d{1,10}|\[?U:1:\d{1,10}\]?"),
     # a friend code (the 32-bit account id) given as one
-    "friend_code": re.compile(r"(?:friend\s*code|friend\s*id|好友代码|好友代碼|好友码|好友碼|好友id)\s*[:：是为]?\s*\d{5,10}", re.I),
+    "friend_code": re.compile(r"(?:friend\s*code|friend\s*id|好友代码|好友代碼|好友码|好友碼|好友id)\s*(?:[:：是为]|is)?\s*\d{5,10}", re.I),
     # QQ / WeChat contacts, obfuscated: 扣扣 一二三四五, 企鹅号 1 2 3 4 5 6, V❤ abc_123
     "contact": re.compile(rf"{_CONTACT}\s*[:：号]?\s*(?:{_DIGITS}|(?<=[信❤♥xX])\s*[A-Za-z][A-Za-z0-9_-]{{4,}})"),
+    # other platforms' player ids: a Discord / BattleTag "name#1234", a Nintendo "SW-1234-5678-9012", an id
+    # named as one ("PSN ID: kirito_99", "gamertag xXSniperXx"); "Xbox: runs fine" is not one
+    "gamer_id": re.compile(r"(?<![\w#])[A-Za-z][\w.]{1,31}#\d{4,5}(?!\d)|(?<![\w-])SW(?:-\d{4}){3}(?!\d)"
+                           r"|(?:(?:psn|xbox|xbl|switch|epic|discord|battle\.?net|origin|uplay|ubisoft|ea|nintendo)\s*"
+                           r"(?:id|name|tag|username|user\s*name)|gamertag|battletag)\s*(?:[:：]|is)?\s*[\w.\-#]{3,32}", re.I),
     "phone_number": SPAM_PATTERNS["phone_number"],
+    # a mainland resident ID number (GB 11643: area, birth date, sequence, check digit)
+    "id_number": re.compile(r"(?<!\d)[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),
     # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
     "link": re.compile(rf"(?:https?://|www\.){_URL_CHARS}+"
                        rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?![\w.\-])(?:/{_URL_CHARS}*)?"
@@ -527,7 +535,10 @@ _PII_HINTS = {
     "steam_id": (lambda low: _digit_run(low) and "7656119" in low, _STEAM_ID_HINT),
     "friend_code": (lambda low: _digit_run(low) and _FRIEND_HINT(low) is not None,),
     "contact": (_digit_run, re.compile(r"(?:信|❤|♥|vx|wx)\s*[:：号]?\s*[a-z]").search),
+    "gamer_id": (re.compile(r"#\d|sw-|gamertag|battletag|psn|xbox|xbl|switch|epic|discord|battle|origin|uplay|ubisoft"
+                            r"|nintendo|ea ?id|ea ?name|ea ?tag|ea ?user").search,),
     "phone_number": (_phone_digits, _PLUS_PHONE),
+    "id_number": (_digit_run,),
     "link": (re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search,),
 }
 
@@ -544,8 +555,9 @@ def mask_pii(text: str) -> str:
 def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     """Remove personal data and links from kept text: Steam profile/invite URLs, e-mail addresses
     (also spelled out), SteamIDs (64-bit, ``STEAM_0:1:123``, ``[U:1:123]``), friend codes, QQ/WeChat
-    contacts (also in Chinese numerals or spaced digits), phone numbers (mainland and ``+CC``), and
-    other links or bare domains. Removed, not masked, so the model never learns a placeholder.
+    contacts (also in Chinese numerals or spaced digits), other platforms' player ids (Discord /
+    BattleTag ``name#1234``, Nintendo ``SW-…``, "PSN ID: …"), phone numbers (mainland and ``+CC``),
+    mainland ID numbers, and other links or bare domains. Removed, not masked, so the model never learns a placeholder.
     A hex address (``0x14000000000``) or a build number is not a phone number.
 
     Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`PII_PATTERNS` order

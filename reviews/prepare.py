@@ -121,7 +121,8 @@ class PrepareConfig:
                                     "orientation, gender identity or disability (reviews/lists/identity_slurs.txt).")
     blocklist: str | None = arg(None, "Your own word list file (one per line, # comments): drop reviews containing any.")
     scrub_pii: bool = arg(True, "Remove personal data and links from kept text: Steam profile/invite links, SteamIDs, "
-                          "friend codes, e-mails, QQ/WeChat contacts, phone numbers, other links and domains.")
+                          "friend codes, e-mails, QQ/WeChat contacts, other platforms' player ids, phone and ID numbers, "
+                          "other links and domains.")
     drop_checklists: bool = arg(False, "Drop ☐/☑ checklist templates (\"Graphics ☐ Bad ☑ Good\" grids).")
     drop_little_language: bool = arg(True, "Drop texts that are mostly symbols, digits or emoji (letters < 40 %).")
     drop_repetition: bool = arg(True, "Drop looping texts (\"好玩好玩好玩…\"; zlib ratio < 0.2).")
