@@ -105,16 +105,16 @@ _PLATFORM = (r"小黑盒|黑盒|其乐|keylol|nga|贴吧|百度贴吧|bilibili|b
 _SIGNATURE = re.compile(
     rf"(?:^\s*|[-—–~=_]+\s*|[（(]\s*)(?:来自|來自|发自|發自|转自|轉自|转载自|轉載自|via)\s*(?:{_PLATFORM})[^\n]{{0,40}}$"
     r"|(?:^|[-—–~=_]+\s*)(?:sent from my|sent via|posted from my|posted via|发自我的|發自我的)[^\n]{0,30}$"
-    r"|(?:^|[-—–~=_]+\s*)(?:小黑盒|黑盒|nga|b站|bilibili|贴吧|taptap|keylol|其乐)\s*(?:用户|用戶|玩家|up主)[^\n]{0,20}$"
+    r"|(?:^|[-—–~=_]+\s*)(?:小黑盒|黑盒|nga|b站|bilibili|贴吧|taptap|keylol|其乐)\s*(?:用户|用戶|up主)[^\n]{0,20}$"
     r"|^\s*(?:本评测|本文|此评测)?(?:同步|转载|轉載|首发)(?:于|自|於)[^\n]{0,40}$"
     # a copied answer's footer (知乎: 作者 / 链接 / 来源 / 著作权归作者所有), the source link, a by-line
     r"|^\s*作者[:：][^\n]{0,30}\n\s*链接[:：][^\n]*\n\s*来源[:：][^\n]{0,20}$|^\s*著作权归作者所有[^\n]*$"
     r"|^\s*(?:原文链接|原文地址|原帖地址|原帖|本文作者|原文作者|文\s*/)\s*[:：]?[^\n]{0,60}$"
     r"|(?:^|[-—–~=_]+\s*)(?:reviewed by|review by|written by)\s+[^\n]{1,30}$|[-—–~=_]{2,}\s*by\s+[^\n]{1,30}$", re.I | re.M)
 # in the lower-cased text
-_SIGNATURE_HINT = re.compile(r"来自|來自|发自|發自|转自|轉自|转载|轉載|via|sent|posted|同步|首发|小黑盒|黑盒|nga|b站|bilibili"
-                             r"|贴吧|taptap|keylol|其乐|作者|原文|原帖|文/|文 /|reviewed by|review by|written by|—by|-by|~by|=by"
-                             r"|_by|— by|- by|~ by|= by|_ by")
+_SIGNATURE_HINT = re.compile(r"来自|來自|发自|發自|转自|轉自|转载|轉載|via|sent|posted|同步|首发|用户|用戶|up主|作者：|作者:"
+                             r"|本文作者|原文作者|原文|原帖|文/|文 /|reviewed by|review by|written by|—by|-by|~by|=by|_by|— by"
+                             r"|- by|~ by|= by|_ by")
 _MENTION = re.compile(r"(?<![\w.@/])@\w[\w.\-]{1,30}")
 # another user thanked by name: "感谢暗夜猎手大佬", "谢谢B站UP主老番茄的视频" (the name, 2-16 word characters,
 # must be followed by an honorific or by "的" and the kind of thing users share; groups, platforms,
@@ -178,8 +178,10 @@ def _name_pattern(name: str, low: str) -> str | None:
     characters. Parts split at spaces, ``_``, ``.``, ``-`` may be joined by any of these or nothing
     ("Dark_Knight-99" → "Dark Knight 99", "darkknight99"); a dash or "by" right before it goes too
     ("—— 暗夜猎手"). Latin names match whole words only."""
+    if len(name) < 2 or (name.lower() not in low and not _NAME_SEP.search(name)):
+        return None  # the common case: a name (or steam id) of one part, not in the text
     parts = [p for p in _NAME_SEP.split(name.lower()) if p]
-    if len(name) < 2 or not parts or max(parts, key=len) not in low:
+    if not parts or max(parts, key=len) not in low:
         return None
     body = r"[\s_.\-]*".join(map(re.escape, parts))
     lead = r"(?:(?:[-—–~]+\s*|(?<![A-Za-z])by\s+)(?=\S))?"
