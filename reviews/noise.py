@@ -208,22 +208,22 @@ def screen_names(authors: list[str]) -> frozenset[str]:
 # braille, box drawing, block elements, geometric shapes, misc symbols/dingbats, emoji
 _ART_CHAR = re.compile(r"[\u2800-\u28ff\u2500-\u259f\u25a0-\u25ff\u2600-\u27bf\U0001f000-\U0001faff"
                        r"/\\|_\-=+*#~^<>()\[\]{}`@$%&]")
+_TWO_LETTERS = re.compile(r"[^\W\d_][^\n]*?[^\W\d_]")
 _ART_HINT = re.compile(r"[\u2500-\u28ff\U0001f000-\U0001faff]|[^\w\s]{8}")
 
 
 def strip_art(text: str) -> str:
     """Remove lines drawn rather than written: lines of 4+ visible characters that are mostly (≥ 60 %)
     braille, box-drawing/block characters, geometric symbols, emoji or ASCII drawing characters and
-    hold under 2 letters. "⣿⣿⠟⠛⣿", "░░▒▓█", "-------" go; "大爱梦美~~~~~~~~~~" and a line with a
-    few emoji among words stay."""
+    hold under 2 letters (word characters other than digits and ``_``). "⣿⣿⠟⠛⣿", "░░▒▓█", "-------"
+    go; "大爱梦美~~~~~~~~~~" and a line with a few emoji among words stay."""
     if not _ART_HINT.search(text):
         return text
     out = []
     for line in text.split("\n"):
-        visible = [c for c in line if not c.isspace()]
-        if len(visible) >= 4:
-            drawn = sum(1 for c in visible if _ART_CHAR.match(c))
-            if drawn / len(visible) >= 0.6 and sum(c.isalpha() for c in visible) < 2:
+        if not _TWO_LETTERS.search(line):  # a line with words is kept without counting its characters
+            visible = [c for c in line if not c.isspace()]
+            if len(visible) >= 4 and sum(1 for c in visible if _ART_CHAR.match(c)) / len(visible) >= 0.6:
                 continue
         out.append(line)
     return "\n".join(out).strip() if len(out) != text.count("\n") + 1 else text
