@@ -19,7 +19,7 @@ import html
 import re
 import unicodedata
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from steam_persona.resources import shipped
@@ -346,28 +346,31 @@ def _phone_digits(low: str) -> bool:
     return _digit_run(low) and _PHONE_DIGITS.search(low) is not None  # "ddd-dddd" is a five-digit run
 
 
-_SPAM_HINTS = (  # any pattern
-    _digit_run,
-    _PLUS_PHONE,
-    re.compile(r"微信|薇信|威信|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣|企鹅|群号|加群|进群|入群|邀请码|推荐码"
-               r"|优惠码|折扣码|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|奖励|点赞|点个赞|打赏|还差|点数|抽奖|免费送"
-               r"|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|领取|收号|出号|卖号|出售|回收|低价|直播|斗鱼|虎牙|抖音|快手"
-               r"|关注|鉴赏家").search,
-    re.compile(r"referral|invite|promo|discount|coupon|creator|code|award|upvote|thumbs|rate up|like this|points"
-               r"|give ?away|free|buying|selling|sell my|trade|cheap|boost|carry|power ?level|follow|subscribe"
-               r"|sub (?:me )?(?:on|to)|twitch|youtube|check out|support-a").search,
-)
-# what every match of each pattern contains (a text that passed _SPAM_HINTS runs only the patterns
+_SPAM_ZH = re.compile(r"微信|薇信|威信|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣|企鹅|群号|加群|进群|入群|邀请码"
+                      r"|推荐码|优惠码|折扣码|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|奖励|点赞|点个赞|打赏|还差|点数"
+                      r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|领取|收号|出号|卖号|出售|回收|低价|直播|斗鱼"
+                      r"|虎牙|抖音|快手|关注|鉴赏家").search
+_SPAM_EN = re.compile(r"referral|invite|promo|discount|coupon|creator|code|award|upvote|thumbs|rate up|like this|points"
+                      r"|give ?away|free|buying|selling|sell my|trade|cheap|boost|carry|power ?level|follow|subscribe"
+                      r"|sub (?:me )?(?:on|to)|twitch|youtube|check out|support-a").search
+
+
+def _spam_hint(low: str) -> bool:
+    """Whether any spam pattern can match (hints tried cheapest first)."""
+    return bool(_digit_run(low) or _PLUS_PHONE(low) or _SPAM_ZH(low) or _SPAM_EN(low))
+
+
+# what every match of each pattern contains (a text that passed _spam_hint runs only the patterns
 # whose hint it has; one search per pattern is ~6x cheaper than the patterns' joint alternation)
 _PATTERN_HINTS = {
-    "qq_wechat_group": (re.compile(r"扣|企鹅|薇信|威信|微信|卫星|群号|加群|进群|入群|公众号|q|ｑ|v|ｖ|wx").search,),
-    "phone_number": (_phone_digits, _PLUS_PHONE),
-    "referral_code": (re.compile(r"邀请码|推荐码|优惠码|返利|折扣码|我的码|referral|invite|promo|discount|coupon|creator|code").search,),
-    "award_begging": (re.compile(r"奖励|点赞|点个赞|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,),
-    "giveaway": (re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|领取").search,),
-    "trading": (re.compile(r"收号|出号|卖号|代售|回收|出售|低价出|buying|selling|sell|trade|cheap").search,),
-    "boosting": (re.compile(r"代练|代打|代肝|代刷|代充|代上分|带上分|boost|carry service|power").search,),
-    "stream_promo": (re.compile(r"follow|sub|twitch|youtube|check out|关注|直播|斗鱼|虎牙|抖音|快手").search,),
+    "qq_wechat_group": re.compile(r"扣|企鹅|薇信|威信|微信|卫星|群号|加群|进群|入群|公众号|q|ｑ|v|ｖ|wx").search,
+    "phone_number": lambda low: _phone_digits(low) or _PLUS_PHONE(low) is not None,
+    "referral_code": re.compile(r"邀请码|推荐码|优惠码|返利|折扣码|我的码|referral|invite|promo|discount|coupon|creator|code").search,
+    "award_begging": re.compile(r"奖励|点赞|点个赞|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,
+    "giveaway": re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|领取").search,
+    "trading": re.compile(r"收号|出号|卖号|代售|回收|出售|低价出|buying|selling|sell|trade|cheap").search,
+    "boosting": re.compile(r"代练|代打|代肝|代刷|代充|代上分|带上分|boost|carry service|power").search,
+    "stream_promo": re.compile(r"follow|sub|twitch|youtube|check out|关注|直播|斗鱼|虎牙|抖音|快手").search,
 }
 assert list(_PATTERN_HINTS) == list(SPAM_PATTERNS)
 
@@ -375,8 +378,8 @@ assert list(_PATTERN_HINTS) == list(SPAM_PATTERNS)
 def _first_spam(low: str) -> str | None:
     """The pattern whose match starts first in ``low`` (the earlier pattern on a tie), or ``None``."""
     best: tuple[int, str] | None = None
-    for name, hints in _PATTERN_HINTS.items():
-        if any(h(low) for h in hints):
+    for name, hint in _PATTERN_HINTS.items():
+        if hint(low):
             m = _SPAM_LOW[name].search(low)
             if m and (best is None or m.start() < best[0]):
                 best = (m.start(), name)
@@ -396,7 +399,7 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
     has it (one lower-casing for several rules).
     """
     low = text.lower() if low is None else low
-    if any(h(low) for h in _SPAM_HINTS):
+    if _spam_hint(low):
         reason = _first_spam(low)
         if reason:
             return reason
@@ -529,25 +532,26 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
 # Every match of a PII pattern contains a match of one of its hints in the lower-cased text: the cheap test first
 _STEAM_ID_HINT = re.compile(r"steam_|u:1:").search
 _FRIEND_HINT = re.compile(r"friend|好友").search
-_PII_HINTS = {
-    "profile_url": (re.compile(r"steamcommunity|s\.team").search,),
-    "email": (re.compile(r"@|＠|艾特| at |\(at|\[at|（at").search,),
-    "steam_id": (lambda low: _digit_run(low) and "7656119" in low, _STEAM_ID_HINT),
-    "friend_code": (lambda low: _digit_run(low) and _FRIEND_HINT(low) is not None,),
-    "contact": (_digit_run, re.compile(r"(?:信|❤|♥|vx|wx)\s*[:：号]?\s*[a-z]").search),
-    "gamer_id": (re.compile(r"#\d|sw-|gamertag|battletag|psn|xbox|xbl|switch|epic|discord|battle|origin|uplay|ubisoft"
-                            r"|nintendo|ea ?id|ea ?name|ea ?tag|ea ?user").search,),
-    "phone_number": (_phone_digits, _PLUS_PHONE),
-    "id_number": (_digit_run,),
-    "link": (re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search,),
+_CONTACT_ID = re.compile(r"(?:信|❤|♥|vx|wx)\s*[:：号]?\s*[a-z]").search
+_PII_HINTS: dict[str, Callable[[str], object]] = {
+    "profile_url": re.compile(r"steamcommunity|s\.team").search,
+    "email": re.compile(r"@|＠|艾特| at |\(at|\[at|（at").search,
+    "steam_id": lambda low: (_digit_run(low) and "7656119" in low) or _STEAM_ID_HINT(low),
+    "friend_code": lambda low: _digit_run(low) and _FRIEND_HINT(low),
+    "contact": lambda low: _digit_run(low) or _CONTACT_ID(low),
+    "gamer_id": re.compile(r"#\d|sw-|gamertag|battletag|psn|xbox|xbl|switch|epic|discord|battle|origin|uplay|ubisoft"
+                           r"|nintendo|ea ?id|ea ?name|ea ?tag|ea ?user").search,
+    "phone_number": _PATTERN_HINTS["phone_number"],
+    "id_number": _digit_run,
+    "link": re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search,
 }
 
 
 def mask_pii(text: str) -> str:
     """``text`` with every :func:`scrub_pii` match replaced by ``▇`` (for examples shown to people)."""
     low = text.lower()
-    for kind, hints in _PII_HINTS.items():
-        if any(h(low) for h in hints):
+    for kind, hint in _PII_HINTS.items():
+        if hint(low):
             text = PII_PATTERNS[kind].sub(lambda m: _keep_platform(m) or "▇" if kind == "link" else "▇", text)
     return text
 
@@ -565,8 +569,8 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     """
     low = text.lower() if low is None else low
     kinds = []
-    for kind, hints in _PII_HINTS.items():
-        if any(h(low) for h in hints):
+    for kind, hint in _PII_HINTS.items():
+        if hint(low):
             new = PII_PATTERNS[kind].sub(_keep_platform if kind == "link" else "", text)
             if new != text:
                 text = new
