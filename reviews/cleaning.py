@@ -139,6 +139,13 @@ _CYRILLIC_WORD = re.compile(r"[\u0400-\u04ff]+")
 
 
 @functools.lru_cache(maxsize=8)
+def lowered(text: str) -> str:
+    """``text.lower()``, cached (a few recent texts): the residue, handles, spam, slur, blocklist and
+    personal-data rules all search the lower-cased text, which most rules leave unchanged."""
+    return text.lower()
+
+
+@functools.lru_cache(maxsize=8)
 def han_count(text: str) -> int:
     """Han characters in ``text``. Cached (a few recent texts): the language, little-language,
     length and script rules each ask about the same text, and counting scans all of it."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import zlib
 
-from steam_persona.reviews.cleaning import count_chars, han_count, literal_union
+from steam_persona.reviews.cleaning import count_chars, han_count, literal_union, lowered
 
 # --- store-page residue -------------------------------------------------------------------------
 
@@ -91,7 +91,7 @@ def strip_page_residue(text: str) -> str:
     for free"), a verdict word, a helpfulness count ("12 人觉得这篇评测有价值", "5 people found this
     review helpful"), a playtime ("总时数 30.7 小时", "30.7 hrs on record") or the page's buttons.
     A line with other words on it is kept (only the leading date header is cut from it)."""
-    low = text.lower()
+    low = lowered(text)
     if not _RESIDUE_HINT.search(low) and not ("推" in low and _VERDICT_START.search(low)):
         return text
     text = _DATE_HEADER.sub("", text)
@@ -141,7 +141,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
     Returns ``(text, kinds)`` with kinds from ``signature``, ``mention``, ``author_name``,
     ``screen_name``."""
     kinds = []
-    low = text.lower()
+    low = lowered(text)
     hinted = _HANDLES_HINT.search(low) is not None
     if hinted and _SIGNATURE_HINT.search(low):
         text, n = _SIGNATURE.subn("", text)

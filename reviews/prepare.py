@@ -282,7 +282,7 @@ class _Rules:
 
     def _filter(self, r: Review) -> str | None:
         cfg = self.cfg
-        low = r.text.lower()  # one lower-casing for the spam, slur, blocklist and PII rules
+        low = cleaning.lowered(r.text)  # one lower-casing for the spam, slur, blocklist and PII rules
         if cfg.drop_masked and cleaning.has_profanity_mask(r.text):
             return self._drop("profanity_mask", r)
         if cfg.drop_spam:
