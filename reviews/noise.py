@@ -133,11 +133,12 @@ _HANDLES_HINT = re.compile(literal_union(_SIGNATURE_WORDS + _THANKS_WORDS))  # e
 
 
 def strip_handles(text: str, author: str | None = None, handles: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
-    """Remove cross-post signatures ("——来自小黑盒用户XXX的评价", "Sent from my iPhone"), ``@name``
-    mentions, another user thanked by name ("感谢暗夜猎手大佬的攻略" → "感谢大佬的攻略"), every occurrence of
-    the record's own author names (``author``: names and ids, one per line; case-insensitive, whole
-    words for Latin names; names under 2 characters are ignored) and other authors' screen names
-    (``handles``: lower-cased tokens, see :func:`screen_names`).
+    """Remove cross-post signatures ("——来自小黑盒用户XXX的评价", "转自B站", "Sent from my iPhone"), copy
+    footers and by-lines ("原文链接：…", "——by XXX"), ``@name`` mentions, another user thanked by name
+    ("感谢暗夜猎手大佬的攻略" → "感谢大佬的攻略"), every occurrence of the record's own author names
+    (``author``: names and ids, one per line; case-insensitive, whole words for Latin names, parts
+    joined any way: see :func:`_name_pattern`; names under 2 characters are ignored) and other authors'
+    screen names (``handles``: lower-cased tokens, see :func:`screen_names`).
     Returns ``(text, kinds)`` with kinds from ``signature``, ``mention``, ``author_name``,
     ``screen_name``."""
     kinds = []
