@@ -201,8 +201,8 @@ class _Rules:
         self.latin = latin_detector
         self.simplify = simplify
         self.uses = _template_fields(cfg)
-        self.seen: dict[str, str] = {}
-        self.games: dict[str, set[str]] = {}  # dedup key → games its copies were written for
+        self.seen: dict[str, Review] = {}  # dedup key → its first record
+        self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
         self.near = cleaning.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
@@ -332,32 +332,36 @@ class _Rules:
         """The rule that needs the records before this one (in input order): exact duplicates by
         their dedup ``key``."""
         if self.cfg.dedup:
-            self.games.setdefault(key, set()).add(_game(r))
-            if key in self.seen:
-                return self._drop("exact_duplicate", r, note=f"copy of {self.seen[key]}")
-            self.seen[key] = r.where
+            first = self.seen.get(key)
+            if first is None:
+                self.seen[key] = r
+                return None
+            self.games.setdefault(key, {_game(first)}).add(_game(r))
+            return self._drop("exact_duplicate", r, note=f"copy of {first.where}")
         return None
 
     def near_duplicates(self, kept: list[Review], keys: list[str]) -> list[Review]:
         """Second pass: drop near duplicates (signatures computed in batches, first copy kept), then
         copypastas: texts whose copies (exact or near) appear under ``--copypasta_games`` games or more,
-        every copy dropped."""
-        games = [set(self.games.get(k, ())) | {_game(r)} for r, k in zip(kept, keys)]
+        every copy dropped. Game sets are kept only for texts with copies (most have none)."""
+        games: dict[int, set[str]] = {}  # kept index → games of the text, its exact copies and its near copies
         out = []
         if self.near is not None:
             for i, (r, like) in enumerate(zip(kept, self.near.first_copies(keys))):
                 if like is None:
                     out.append(i)
                 else:
-                    games[like].add(_game(r))
+                    have = games.get(like) or games.setdefault(like, set(self.games.get(keys[like], ())) | {_game(kept[like])})
+                    have.add(_game(r))
                     self._drop("near_duplicate", r, note=f"near copy of {kept[like].where}")
         else:
             out = list(range(len(kept)))
         n = self.cfg.copypasta_games
         result = []
         for i in out:
-            if n and len(games[i]) >= n:
-                self._drop("copypasta", kept[i], f"{min(len(games[i]), 10)}{'+' if len(games[i]) >= 10 else ''} games")
+            count = len(games.get(i) or self.games.get(keys[i]) or ()) or 1
+            if n and count >= n:
+                self._drop("copypasta", kept[i], f"{min(count, 10)}{'+' if count >= 10 else ''} games")
             else:
                 result.append(kept[i])
         return result
