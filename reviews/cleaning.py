@@ -71,18 +71,19 @@ def strip_html(text: str) -> str:
 _SPACES = re.compile(r"[ \t\f\v\u00a0\u3000\u200b\ufeff]+")
 _SPACE_NL = re.compile(r" *\n *")
 _MANY_NL = re.compile(r"\n{3,}")
-# what the three substitutions would change (else only the ends need stripping): odd spaces, or a
-# space or line break that is doubled or borders the other (two patterns, each searched by its first
-# characters; one alternation mixing a class and literals is tried at every position)
-_ODD_SPACE = re.compile(r"[\r\t\f\v\u00a0\u3000\u200b\ufeff]")
-_SPACE_RUN = re.compile(r" [ \n]|\n(?: |\n\n)")
+# what the three substitutions would change (else only the ends need stripping): an odd space, or a
+# space or line break that is doubled or borders the other. Led by one character class (re skips
+# ahead to those characters; an alternation mixing a class and literals is tried at every position),
+# the rest told by looking behind.
+_UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000\u200b\ufeff \n]"
+                       r"(?:(?<=[\r\t\f\v\u00a0\u3000\u200b\ufeff])|(?<= )[ \n]|(?<=\n)(?: |\n\n))")
 
 
 def normalize_whitespace(text: str) -> str:
     """Normalise ``\\r\\n`` and lone ``\\r`` to ``\\n``, collapse runs of spaces (incl. NBSP, the
     ideographic space U+3000 and zero-width space) to one, trim spaces around line breaks, keep at
     most one blank line, and strip the ends. ``"a\\r \\r b"`` → ``"a\\n\\nb"``."""
-    if not _ODD_SPACE.search(text) and not _SPACE_RUN.search(text):
+    if not _UNNORMAL.search(text):
         return text.strip()
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _SPACES.sub(" ", text)

@@ -265,7 +265,7 @@ def repetition_reason(text: str, min_ratio: float = 0.2, min_bytes: int = 120) -
     if len(text) < min_bytes // 3:
         return None
     varied = min(0.2 * len(text), 119.5)  # more distinct characters than this: varied text does not loop
-    if (varied < 64 and len(set(text[:64])) > varied) or len(set(text)) > varied:  # the prefix first when it can tell
+    if len(set(text[:int(1.5 * varied) + 2])) > varied or len(set(text)) > varied:  # a prefix first: it often tells
         return None
     raw = text.encode("utf-8")
     if len(raw) < min_bytes:
