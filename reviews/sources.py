@@ -373,13 +373,14 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
     fmt = {"review": "collect-jsonl" if jsonl else "review-list", "alpaca": "alpaca", "sharegpt": "sharegpt"}[first]
     loaded = Loaded(path, fmt)
     appid = _appid_from_name(path)
+    prefix = f"{path}: {word} "
     for n, rec in rows:
-        where = f"{path}: {word} {n}"
+        where = prefix + str(n)
         kind = _kind(rec)
         if kind != first:
             raise UserError(f"{where}: record is not like the first one ({first}); keep one format per file")
         if kind == "review":
-            loaded.reviews.append(_from_steam(rec, where, str(rec.get("appid") or appid or "") or None))
+            loaded.reviews.append(_from_steam(rec, where, appid))  # a record's own appid wins
         elif kind == "alpaca":
             loaded.reviews.append(_from_alpaca(rec, where))
         else:
