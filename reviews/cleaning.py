@@ -603,11 +603,12 @@ _NOT_WORD = re.compile(r"[\W_]+")
 
 def dedup_key(text: str) -> str:
     """Normalised text for exact-duplicate detection: NFKC, lower case, no whitespace, punctuation
-    or symbols (so ``"好玩！！"`` and ``"好玩!"`` collide)."""
-    key = _NOT_WORD.sub("", text)  # punctuation first: what is left is mostly NFKC-normal already
+    or symbols (so ``"好玩！！"`` and ``"好玩!"`` collide). Lower-cased first (the rules before have
+    the lower-cased text cached)."""
+    key = _NOT_WORD.sub("", lowered(text))  # punctuation first: what is left is mostly NFKC-normal already
     if not unicodedata.is_normalized("NFKC", key):
-        key = _NOT_WORD.sub("", unicodedata.normalize("NFKC", key))
-    return key.lower()
+        key = _NOT_WORD.sub("", unicodedata.normalize("NFKC", key)).lower()
+    return key
 
 
 class NearDuplicates:

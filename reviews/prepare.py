@@ -49,6 +49,7 @@ from steam_persona.resources import packaged_copy_hint
 from steam_persona.reviews.sources import Review
 
 TEMPLATE_FIELDS = ("name", "tags", "verdict", "playtime_hours")
+_STEAM_LANGUAGES = frozenset(cleaning.STEAM_LANGUAGES)
 _clean_name = functools.lru_cache(maxsize=65536)(persona.clean_game_name)  # a few names, many reviews
 
 
@@ -243,7 +244,7 @@ class _Rules:
 
     def _select(self, r: Review) -> str | None:
         cfg = self.cfg
-        if r.language is not None and r.language not in cleaning.STEAM_LANGUAGES:
+        if r.language is not None and r.language not in _STEAM_LANGUAGES:
             r.language = cleaning.steam_language(r.language) or r.language  # "en", "English" in exports
         if self.languages is not None and r.language is not None and r.language not in self.languages:
             return self._drop("language", r, r.language)
