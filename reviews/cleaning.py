@@ -553,6 +553,14 @@ _PII_HINTS: dict[str, Callable[[str], object]] = {
     "id_number": _digit_run,
     "link": re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search,
 }
+# The literal part of every hint above as one trie (the rest is the five-digit run): a text with
+# neither skips all of them in one search instead of one search per kind.
+_PII_GATE = re.compile(literal_union([
+    "steamcommunity", "s.team", "@", "＠", "艾特", " at ", "(at", "[at", "（at", "steam_", "u:1:", "信", "❤", "♥", "vx", "wx",
+    *(f"#{d}" for d in "0123456789"), *(f"+{d}" for d in "0123456789"), "sw-", "gamertag", "battletag", "psn", "xbox",
+    "xbl", "switch", "epic", "discord", "battle", "origin", "uplay", "ubisoft", "nintendo",
+    *(f"ea{sep}{w}" for sep in ("", " ") for w in ("id", "name", "tag", "user")), "http", "www.",
+    *(f".{t}" for t in _TLD.split("|")), *(f".{t}/" for t in _WORD_TLD.split("|"))])).search
 
 
 def mask_pii(text: str) -> str:
@@ -576,7 +584,9 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     (empty when nothing was). ``low`` is ``text.lower()`` when the caller has it.
     """
     low = text.lower() if low is None else low
-    kinds = []
+    kinds: list[str] = []
+    if not _digit_run(low) and not _PII_GATE(low):
+        return text, kinds
     for kind, hint in _PII_HINTS.items():
         if hint(low):
             new = PII_PATTERNS[kind].sub(_keep_platform if kind == "link" else "", text)
