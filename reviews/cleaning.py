@@ -163,8 +163,10 @@ _TRAD_RE = re.compile(f"[{_TRAD}]+")
 _SIMP_RE = re.compile(f"[{''.join(s for s, t in zip(_SIMP, _TRAD) if s != t)}]+")
 
 
+@functools.lru_cache(maxsize=8)
 def script_mismatch(text: str, language: str) -> str | None:
-    """Check that the text is written in the script of a Steam language code.
+    """Check that the text is written in the script of a Steam language code (cached: the language
+    guess and the script rule ask about the same text).
 
     Counts script units outside links: each Han, kana or Hangul character is one, each Latin or
     Cyrillic word is one (a Chinese character carries about a word). Returns ``None`` when the text

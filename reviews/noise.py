@@ -181,7 +181,7 @@ def _name_pattern(name: str, low: str) -> str | None:
     characters. Parts split at spaces, ``_``, ``.``, ``-`` may be joined by any of these or nothing
     ("Dark_Knight-99" → "Dark Knight 99", "darkknight99"); a dash or "by" right before it goes too
     ("—— 暗夜猎手"). Latin names match whole words only."""
-    if len(name) < 2 or (name.lower() not in low and not _NAME_SEP.search(name)):
+    if len(name) < 2 or (name.lower() not in low and (name.isalnum() or not _NAME_SEP.search(name))):
         return None  # the common case: a name (or steam id) of one part, not in the text
     parts = [p for p in _NAME_SEP.split(name.lower()) if p]
     if not parts or max(parts, key=len) not in low:
@@ -212,7 +212,8 @@ def screen_names(authors: list[str]) -> frozenset[str]:
 _ART_CHAR = re.compile(r"[\u2800-\u28ff\u2500-\u259f\u25a0-\u25ff\u2600-\u27bf\U0001f000-\U0001faff"
                        r"/\\|_\-=+*#~^<>()\[\]{}`@$%&]")
 _TWO_LETTERS = re.compile(r"[^\W\d_][^\n]*?[^\W\d_]")
-_ART_HINT = re.compile(r"[\u2500-\u28ff\U0001f000-\U0001faff]|[^\w\s]{8}")
+_ART_UNICODE = re.compile(r"[\u2500-\u28ff\U0001f000-\U0001faff]")
+_ART_ASCII = re.compile(r"[^\w\s]{8}")  # two searches: each skips ahead on its class, their alternation cannot
 
 
 def strip_art(text: str) -> str:
@@ -220,7 +221,7 @@ def strip_art(text: str) -> str:
     braille, box-drawing/block characters, geometric symbols, emoji or ASCII drawing characters and
     hold under 2 letters (word characters other than digits and ``_``). "⣿⣿⠟⠛⣿", "░░▒▓█", "-------"
     go; "大爱梦美~~~~~~~~~~" and a line with a few emoji among words stay."""
-    if not _ART_HINT.search(text):
+    if not _ART_UNICODE.search(text) and not _ART_ASCII.search(text):
         return text
     out = []
     for line in text.split("\n"):
