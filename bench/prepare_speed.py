@@ -13,7 +13,9 @@ language detector runs). Then it times, in one process:
 * default_rules_one_process: the defaults in one process;
 * before REF (``--before REF``, repeatable): the default pipeline of the code at git REF, in a
   subprocess on the same input; repeated ``--repeat`` times interleaved with the others, so all share the machine's
-  load; the least-CPU run of each counts.
+  load; the least-CPU run of each counts;
+* per_rule_s: once more with every rule in one process, the seconds spent inside each rule's function
+  (wrapped with a timer; the hot rules are the ones to work on).
 
 Wall time depends on what else runs on the machine (the load average is recorded); CPU time of
 this process and its rule workers is the steadier figure, and the ratios are taken on it.
@@ -43,8 +45,18 @@ SHARED = Path(os.environ.get("STEAM_PERSONA_SHARED", REPO.parent / "shared"))
 sys.path.insert(0, str(REPO))
 
 from steam_persona.common import config
-from steam_persona.reviews import sources
+from steam_persona.reviews import cleaning, noise, sources
 from steam_persona.reviews.prepare import PrepareConfig, run  # noqa: E402
+
+#: the functions of the per-record rules and the duplicate finder, timed one by one by :func:`per_rule_seconds`
+RULE_FUNCTIONS = {
+    cleaning: ("strip_bbcode", "strip_html", "normalize_whitespace", "detect_language", "has_profanity_mask",
+               "spam_reason", "scrub_pii", "script_mismatch", "dedup_key"),
+    noise: ("strip_page_residue", "strip_handles", "strip_art", "checklist_reason", "little_language_reason",
+            "repetition_reason", "length"),
+    cleaning.WordList: ("find",),  # the identity slurs and --blocklist
+    cleaning.NearDuplicates: ("first_copies",),
+}
 
 
 def real_texts() -> list[str]:
@@ -133,6 +145,32 @@ def timed_before(ref: str, flags: dict, tmp: Path) -> dict:
     return json.loads(next(line for line in out.splitlines() if line.startswith("BEFORE "))[7:])
 
 
+def per_rule_seconds(flags: dict) -> dict[str, float]:
+    """Seconds (``perf_counter``) spent inside each of :data:`RULE_FUNCTIONS` during one run with
+    ``flags``, most first; the timer adds well under a microsecond a call."""
+    spent: dict[str, float] = {}
+    saved = []
+    for owner, names in RULE_FUNCTIONS.items():
+        for name in names:
+            fn = getattr(owner, name)
+
+            def timed_fn(*a, _fn=fn, _name=name, **k):
+                t0 = time.perf_counter()
+                try:
+                    return _fn(*a, **k)
+                finally:
+                    spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - t0
+
+            saved.append((owner, name, fn))
+            setattr(owner, name, timed_fn)
+    try:
+        run(config.build(PrepareConfig, flags))
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+    return {k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+
+
 def _best(runs: list[tuple[float, float]]) -> dict:
     """The run with the least CPU (the one least disturbed by other work), and all of them."""
     wall, cpu = min(runs, key=lambda t: t[1])
@@ -140,7 +178,7 @@ def _best(runs: list[tuple[float, float]]) -> dict:
             "all_cpu_s": [round(c, 2) for _, c in runs]}
 
 
-def measure(n: int, before_refs: list[str], repeat: int) -> tuple[dict, dict]:
+def measure(n: int, before_refs: list[str], repeat: int) -> tuple[dict, dict, dict]:
     """Time each configuration ``repeat`` times, interleaved with the pipelines of ``before_refs``."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "raw/synthetic.jsonl"
@@ -164,7 +202,8 @@ def measure(n: int, before_refs: list[str], repeat: int) -> tuple[dict, dict]:
             for name, flags in configs.items():
                 w, c, res = timed(flags)
                 times[name].append((w, c))
-    return {k: _best(v) for k, v in times.items() if v}, res
+        rules = per_rule_seconds(configs["every_rule_one_process"])
+    return {k: _best(v) for k, v in times.items() if v}, res, rules
 
 
 def main() -> None:
@@ -175,7 +214,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="interleaved repetitions (the least-CPU run counts)")
     args = ap.parse_args()
     load = os.getloadavg()[0]
-    runs, res = measure(args.n, args.before, args.repeat)
+    runs, res, rules = measure(args.n, args.before, args.repeat)
     load = max(load, os.getloadavg()[0])
     cpu = {k: v["cpu_s"] for k, v in runs.items()}
     result = {
@@ -186,11 +225,13 @@ def main() -> None:
             "ratio_every_rule_vs_before_cpu": round(cpu["every_rule_one_process"] / cpu[f"before {args.before[0]}"], 2)}
            if args.before else {}),
         "kept": res["counts"]["kept"], "removed": {k: v for k, v in res["removed"].items() if v},
+        "per_rule_s": rules,
         "load_average_1min": round(load, 1),  # the higher of the start's and the end's
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }
     for name, r in runs.items():
         print(f"{name:28s} {r['wall_s']:6.1f} s wall  {r['cpu_s']:6.1f} s CPU  (all CPU: {r['all_cpu_s']})")
+    print("inside each rule (every rule, one process): " + ", ".join(f"{k} {v} s" for k, v in rules.items()))
     if args.before:
         print(f"CPU vs {args.before[0]} (its defaults): default rules {result['ratio_default_rules_vs_before_cpu']}x, "
               f"every rule {result['ratio_every_rule_vs_before_cpu']}x; {args.n:,} reviews, target <= 10 s, "

@@ -15,53 +15,73 @@ from __future__ import annotations
 import re
 import zlib
 
-from steam_persona.reviews.cleaning import count_chars
+from steam_persona.reviews.cleaning import count_chars, han_count, literal_union, lowered
 
 # --- store-page residue -------------------------------------------------------------------------
 
-_MONTHS = (r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?|(?:janv|févr|mars|avr|mai|juin|juil|août|"
-           r"sept|oct|nov|déc)[a-zé]*\.?|(?:januar|februar|märz|april|mai|juni|juli|august|september|oktober|"
-           r"november|dezember)|(?:ene|feb|mar|abr|may|jun|jul|ago|sep|oct|nov|dic)[a-z]*\.?|[а-я]{3,9}\.?")
+# month names and their abbreviations by their first three letters (en de fr es pt it pl tr), any ending
+# ("März", "mar.", "março", "stycznia", "Şubat"), and Russian month words
+_MONTHS = (r"(?:jan|feb|fév|fev|mär|mar|apr|avr|abr|may|mai|maj|jun|jui|jul|aug|aoû|ago|sep|set|oct|okt|out|ott|nov"
+           r"|dec|déc|dez|dic|ene|gen|mag|giu|lug|sty|lut|kwi|cze|lip|sie|wrz|paź|lis|gru|oca|şub|nis|haz|tem|ağu|eyl"
+           r"|eki|kas|ara)[^\W\d_]*\.?|[а-я]{3,9}\.?")
 _DATE = (rf"(?:\d{{4}}\s*年\s*)?\d{{1,2}}\s*月\s*\d{{1,2}}\s*日(?:\s*(?:上午|下午|晚上|凌晨)?\s*\d{{1,2}}[:：]\d{{2}})?"
-         rf"|\d{{1,2}}\.?\s*(?:{_MONTHS})(?:,?\s*\d{{4}})?(?:\s*(?:@|à|um|a las|в)?\s*\d{{1,2}}[:h]\d{{2}}\s*(?:[ap]m)?)?"
+         rf"|\d{{1,2}}\.?\s*(?:de\s+)?(?:{_MONTHS})(?:,?\s*(?:de\s+)?\d{{4}})?"
+         rf"(?:\s*(?:@|à|um|a las|às|в|alle|o)?\s*\d{{1,2}}[:h]\d{{2}}\s*(?:[ap]m)?)?"
          rf"|(?:{_MONTHS})\s*\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s*\d{{4}})?(?:\s*@?\s*\d{{1,2}}:\d{{2}}\s*(?:[ap]m)?)?"
          rf"|\d{{4}}[-/.]\d{{1,2}}[-/.]\d{{1,2}}(?:\s+\d{{1,2}}:\d{{2}})?|\d{{1,2}}[/.]\d{{1,2}}[/.]\d{{2,4}}"
          rf"|(?:\d{{4}}\s*년\s*)?\d{{1,2}}\s*월\s*\d{{1,2}}\s*일(?:\s*(?:오전|오후)?\s*\d{{1,2}}:\d{{2}})?")
-# "Posted:" / "发布于：" and the Steam UI's other languages (de fr es pt ru it pl tr ja ko zh-TW)
-_POSTED = (r"发布于|發佈於|發表於|更新于|更新於|最后编辑于|最後編輯於|posted|updated|last edited|verfasst am|aktualisiert"
-           r"|publiée? le|mis à jour|publicad[ao] el|actualizad[ao]|publicad[ao] em|atualizad[ao]|опубликовано|обновлено"
-           r"|pubblicat[ao]|opublikowano|zaktualizowano|yayınlanma|投稿日|更新日|게시 일시|게시|업데이트")
-_DATE_HEADER = re.compile(rf"^\s*(?:{_POSTED})\s*[:：]?\s*(?:{_DATE})[\s.。,，]*", re.I | re.M)
+# "Posted:" / "发布于：" / "Last edited" and the Steam UI's other languages (de fr es pt ru it pl tr ja ko zh-TW)
+_POSTED = (r"发布于|發佈於|發表於|張貼於|更新于|更新於|最后编辑于|最後編輯於|posted|updated|last edited|verfasst am|aktualisiert"
+           r"|zuletzt bearbeitet|publiée? le|publiée?|mise? à jour|dernière modification|publicad[ao]|actualizad[ao]|última edición"
+           r"|editad[ao]|atualizad[ao]|última edição|опубликовано|обновлено|последнее изменение|отредактировано"
+           r"|pubblicat[ao]|aggiornat[ao]|ultima modifica|opublikowano|zaktualizowano|ostatnio edytowano|yayınlanma"
+           r"|güncellendi|son düzenleme|投稿日|最終更新|最終編集|更新日|게시 일시|게시|업데이트|마지막 수정")
+_DATE_HEADER = re.compile(rf"^\s*(?:{_POSTED})\s*[:：]?\s*(?:(?:le|el|em|am|on|il)\s+)?(?:{_DATE})[\s.。,，]*", re.I | re.M)
 # whole lines that only the page puts there
 _RESIDUE_LINE = re.compile(
     r"^(?:\s*(?:"
     r"抢先体验版本评测|搶先體驗版評論|免费获取的产品|免費取得的產品|已退款的产品|已退款|early access review|product received for free"
-    r"|product refunded|früher zugang-rezension|produkt kostenlos erhalten|évaluation en accès anticipé"
+    r"|product refunded|früher zugang-rezension|early-access-rezension|produkt kostenlos erhalten|évaluation en accès anticipé"
     r"|produit reçu gratuitement|análisis de acceso anticipado|producto recibido gratis|análise de acesso antecipado"
     r"|produto recebido de graça|обзор продукта в раннем доступе|продукт получен бесплатно|早期アクセスレビュー"
-    r"|無料で製品を受け取りました|앞서 해보기 평가|무료로 받은 제품|推荐|不推荐|推薦|不推薦|recommended|not recommended"
-    r"|empfohlen|nicht empfohlen|recommandé|non recommandé|recomendado|no recomendado|não recomendado|рекомендую|не рекомендую"
+    r"|無料で製品を受け取りました|앞서 해보기 평가|무료로 받은 제품|recenzja z wczesnego dostępu|produkt otrzymany za darmo"
+    r"|erken erişim incelemesi|ürün ücretsiz alındı|recensione (?:di un prodotto )?(?:in )?accesso anticipato"
+    r"|prodotto ricevuto gratuitamente"
+    r"|推荐|不推荐|推薦|不推薦|recommended|not recommended|empfohlen|nicht empfohlen|recommandé|non recommandé|recomendado"
+    r"|no recomendado|não recomendado|рекомендую|не рекомендую|おすすめ|おすすめしません|추천|비추천|polecam|nie polecam"
+    r"|önerilir|önerilmez|consigliato|non consigliato"
     r"|(?:有\s*)?\d[\d,]*\s*(?:人|位用户|位使用者)觉得这篇评测(?:有价值|很欢乐|有趣)[。.]?|(?:有\s*)?\d[\d,]*\s*人覺得這篇評論(?:有幫助|很有趣)[。.]?"
     r"|\d[\d,]*\s*(?:of\s*\d[\d,]*\s*)?(?:people|person)\s*(?:\(\d+%\)\s*)?found this review (?:helpful|funny)"
-    r"|\d[\d,]*\s*(?:personen|personnes|personas|pessoas|человек\w*)\s.{0,40}(?:hilfreich|utile|útil|полезн\w*)"
+    r"|(?:a\s+)?\d[\d,.]*\s*(?:personen|personnes?|personas?|persone|person|pessoas?|человек\w*|osób|osoby|osoba|kişi)\s"
+    r"[^\n]{0,50}?(?:hilfreich|lustig|utile|drôle|amusante|útil|divertida|engraçada|полезн\w*|забавн\w*|divertente"
+    r"|pomocn\w*|zabawn\w*|yararlı|komik)[^\n]{0,30}"
+    r"|\d[\d,]*\s*人がこのレビューが(?:参考になった|面白い)と投票しました|\d[\d,]*\s*명이 이 평가가 (?:유용|재미있)[^\n]{0,12}"
     r"|这篇评测是否有价值？?.*|這篇評論是否有幫助？?.*|was this review helpful\?.*|你觉得这篇评测有价值吗？?.*"
     r"|(?:总时数|總時數|记录在案|評論時|评测时|评测时数)\s*[\d,.]+\s*(?:小时|小時)(?:\s*[（(]评测时\s*[\d,.]+\s*小时[)）])?"
     r"|[\d,.]+\s*(?:hrs?|hours?)\s*on record(?:\s*\([\d,.]+\s*hrs? at review time\))?"
-    r"|[\d,.]+\s*(?:std\.|h|ч\.?|時間|시간)\s*(?:insgesamt|en tout|registradas|registrad[ao]s|всего|記録|기록)"
+    r"|[\d,.]+\s*(?:std\.|h|ч\.?|時間|시간|godz\.?|ore|saat)\s*(?:insgesamt|en tout|registradas|registrad[ao]s|всего|記録"
+    r"|기록|łącznie|in totale|kayıtlı|toplam)"
+    r"|(?:記録時間|기록상|kayıtlarda|toplam)\s*[:：]?\s*[\d,.]+\s*(?:時間|시간|saat|hrs?|h)"
     r"|\d[\d,]*\s*(?:products? in account|reviews?|项产品|個產品|篇评测|篇評論)(?:\s*[|｜·]\s*\d[\d,]*\s*(?:reviews?|篇评测))?"
     r"|阅读更多|展开阅读全文|展开全文|收起|read more|show more|\d[\d,]*\s*(?:条留言|条回复|則留言|comments?)"
     r"|回复|回覆|reply|奖励|獎勵|award|是\s*否\s*欢乐\s*奖励|yes\s*no\s*funny\s*award"
     r")[\s.。,，|｜·]*)+$", re.I | re.M)
 # Every date header and residue line contains one of these (in the lower-cased text: a case-sensitive
-# search of literals is several times faster than re.I); most reviews have none and skip both patterns
-_RESIDUE_HINT = re.compile(
-    r"发布于|發佈於|發表於|更新|最后编辑|最後編輯|posted|updated|last edited|verfasst|aktualisiert|publi|mis à jour"
-    r"|actualizad|atualizad|опубликовано|обновлено|pubblicat|opublikowano|zaktualizowano|yay[ıi]nlanma|投稿日|게시|업데이트"
+# search of literals, written as a trie, is several times faster than re.I), or starts a line with a verdict (推荐 and 更新
+# are common words inside sentences); most reviews have neither and skip both patterns
+_VERDICT_START = re.compile(r"^\s*不?推[荐薦]", re.M)
+_RESIDUE_HINT = re.compile(literal_union((
+    r"发布于|發佈於|發表於|更新于|更新於|更新日|最后编辑|最後編輯|posted|updated|last edited|verfasst|aktualisiert|publi|mis à jour"
+    r"|actualizad|atualizad|опубликовано|обновлено|pubblicat|opublikowano|zaktualizowano|yayınlanma|yayinlanma|投稿日|게시"
+    r"|업데이트"
     r"|抢先|搶先|免费获取|免費取得|已退款|early access|produ|zugang|accès anticipé|acceso anticipado|acesso antecipado"
-    r"|продукт|早期|無料|앞서|무료|推荐|推薦|recommend|recommand|empfohlen|recomend|рекоменд|found this review|person"
+    r"|продукт|早期|無料|앞서|무료|recommend|recommand|empfohlen|recomend|рекоменд|found this review|person"
     r"|pessoas|человек|这篇评测|這篇評論|was this review|总时数|總時數|记录在案|評論時|评测时|on record|insgesamt|en tout"
     r"|registrad|всего|記録|기록|review|项产品|個產品|篇评测|篇評論|阅读更多|展开|收起|read more|show more|条留言|条回复"
-    r"|則留言|comment|回复|回覆|reply|奖励|獎勵|award")
+    r"|則留言|comment|回复|回覆|reply|奖励|獎勵|award|張貼|zuletzt|mise à jour|dernière modif|última edi|editad|последнее"
+    r"|отредактировано|aggiornat|ultima modifica|ostatnio|güncellen|son düzenleme|最終|마지막 수정|early-access|wczesnego"
+    r"|otrzymany|erken erişim|ücretsiz|accesso anticipato|ricevuto|おすすめ|추천|polecam|öneril|consigliato|pessoa|osób"
+    r"|osob|kişi|レビュー|평가|godz|saat|kayıt|in totale|toplam|łącznie").split("|")))
 
 
 def strip_page_residue(text: str) -> str:
@@ -71,7 +91,8 @@ def strip_page_residue(text: str) -> str:
     for free"), a verdict word, a helpfulness count ("12 人觉得这篇评测有价值", "5 people found this
     review helpful"), a playtime ("总时数 30.7 小时", "30.7 hrs on record") or the page's buttons.
     A line with other words on it is kept (only the leading date header is cut from it)."""
-    if not _RESIDUE_HINT.search(text.lower()):
+    low = lowered(text)
+    if not _RESIDUE_HINT.search(low) and not ("推" in low and _VERDICT_START.search(low)):
         return text
     text = _DATE_HEADER.sub("", text)
     return _RESIDUE_LINE.sub("", text).strip()
@@ -79,12 +100,23 @@ def strip_page_residue(text: str) -> str:
 
 # --- signatures, mentions, the author's name ------------------------------------------------------
 
+# where a cross-post comes from: the review apps and forums by name, or any "… App / 客户端 / 用户 / 社区 / 论坛"
+_PLATFORM = (r"小黑盒|黑盒|其乐|keylol|nga|贴吧|百度贴吧|bilibili|b站|微博|豆瓣|taptap|知乎|3dm|游民星空|a9vg|游侠|steam\s*(?:社区|deck)?"
+             r"|[^\n]{0,16}?(?:app|客户端|用户|用戶)|[^\n]{1,16}?(?:社区|社區|论坛|論壇)")
 _SIGNATURE = re.compile(
-    r"(?:^|[-—–~=_]+\s*|[（(]\s*)(?:来自|來自|发自|發自|via)\s*(?:小黑盒|黑盒|其乐|keylol|nga|贴吧|百度贴吧|bilibili|b站|微博"
-    r"|豆瓣|taptap|\S{0,12}?(?:app|客户端|用户|用戶))[^\n]{0,40}$"
-    r"|(?:^|[-—–~=_]+\s*)(?:sent from my|sent via|发自我的|發自我的)[^\n]{0,30}$"
-    r"|^\s*(?:本评测|本文|此评测)?(?:同步|转载|轉載|首发)(?:于|自|於)[^\n]{0,40}$", re.I | re.M)
-_SIGNATURE_HINT = re.compile(r"来自|來自|发自|發自|via|sent (?:from|via)|同步|转载|轉載|首发")  # in the lower-cased text
+    rf"(?:^\s*|[-—–~=_]+\s*|[（(]\s*)(?:来自|來自|发自|發自|转自|轉自|转载自|轉載自|via)\s*(?:{_PLATFORM})[^\n]{{0,40}}$"
+    r"|(?:^|[-—–~=_]+\s*)(?:sent from my|sent via|posted from my|posted via|发自我的|發自我的)[^\n]{0,30}$"
+    r"|(?:^|[-—–~=_]+\s*)(?:小黑盒|黑盒|nga|b站|bilibili|贴吧|taptap|keylol|其乐)\s*(?:用户|用戶|up主)[^\n]{0,20}$"
+    r"|^\s*(?:本评测|本文|此评测)?(?:同步|转载|轉載|首发)(?:于|自|於)[^\n]{0,40}$"
+    # a copied answer's footer (知乎: 作者 / 链接 / 来源 / 著作权归作者所有), the source link, a by-line
+    r"|^\s*作者[:：][^\n]{0,30}\n\s*链接[:：][^\n]*\n\s*来源[:：][^\n]{0,20}$|^\s*著作权归作者所有[^\n]*$"
+    r"|^\s*(?:原文链接|原文地址|原帖地址|原帖|本文作者|原文作者|文\s*/)\s*[:：]?[^\n]{0,60}$"
+    r"|(?:^|[-—–~=_]+\s*)(?:reviewed by|review by|written by)\s+[^\n]{1,30}$|[-—–~=_]{2,}\s*by\s+[^\n]{1,30}$", re.I | re.M)
+# in the lower-cased text
+_SIGNATURE_WORDS = ("来自|來自|发自|發自|转自|轉自|转载|轉載|via|sent|posted|同步|首发|用户|用戶|up主|作者：|作者:|本文作者"
+                    "|原文作者|原文|原帖|文/|文 /|reviewed by|review by|written by|—by|-by|~by|=by|_by|— by|- by|~ by|= by"
+                    "|_ by").split("|")
+_SIGNATURE_HINT = re.compile(literal_union(_SIGNATURE_WORDS))
 _MENTION = re.compile(r"(?<![\w.@/])@\w[\w.\-]{1,30}")
 # another user thanked by name: "感谢暗夜猎手大佬", "谢谢B站UP主老番茄的视频" (the name, 2-16 word characters,
 # must be followed by an honorific or by "的" and the kind of thing users share; groups, platforms,
@@ -95,20 +127,24 @@ _THANKED = re.compile(
     r"|老哥|兄弟|游戏|遊戲|[bB]站|小黑盒|贴吧|NGA|nga)"
     r"[\w\-·]{2,16}?(?=\s*(?:大佬|巨佬|大神|老哥|老师|老師|兄弟|dalao)|\s*的(?:攻略|视频|視頻|教程|帖子|分享|指导|指導|评测|評測"
     r"|汉化|漢化|补丁|補丁|mod|MOD|存档|存檔))")
-_THANKS_HINT = re.compile(r"感谢|感謝|谢谢|謝謝|鸣谢|鳴謝|致谢|多谢")
+_THANKS_WORDS = "感谢|感謝|谢谢|謝謝|鸣谢|鳴謝|致谢|多谢".split("|")
+_THANKS_HINT = re.compile(literal_union(_THANKS_WORDS))
+_HANDLES_HINT = re.compile(literal_union(_SIGNATURE_WORDS + _THANKS_WORDS))  # either, in one search of the lower-cased text
 
 
 def strip_handles(text: str, author: str | None = None, handles: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
-    """Remove cross-post signatures ("——来自小黑盒用户XXX的评价", "Sent from my iPhone"), ``@name``
-    mentions, another user thanked by name ("感谢暗夜猎手大佬的攻略" → "感谢大佬的攻略"), every occurrence of
-    the record's own author names (``author``: names and ids, one per line; case-insensitive, whole
-    words for Latin names; names under 2 characters are ignored) and other authors' screen names
-    (``handles``: lower-cased tokens, see :func:`screen_names`).
+    """Remove cross-post signatures ("——来自小黑盒用户XXX的评价", "转自B站", "Sent from my iPhone"), copy
+    footers and by-lines ("原文链接：…", "——by XXX"), ``@name`` mentions, another user thanked by name
+    ("感谢暗夜猎手大佬的攻略" → "感谢大佬的攻略"), every occurrence of the record's own author names
+    (``author``: names and ids, one per line; case-insensitive, whole words for Latin names, parts
+    joined any way: see :func:`_name_pattern`; names under 2 characters are ignored) and other authors'
+    screen names (``handles``: lower-cased tokens, see :func:`screen_names`).
     Returns ``(text, kinds)`` with kinds from ``signature``, ``mention``, ``author_name``,
     ``screen_name``."""
     kinds = []
-    low = text.lower()
-    if _SIGNATURE_HINT.search(low):
+    low = lowered(text)
+    hinted = _HANDLES_HINT.search(low) is not None
+    if hinted and _SIGNATURE_HINT.search(low):
         text, n = _SIGNATURE.subn("", text)
         if n:
             kinds.append("signature")
@@ -116,16 +152,15 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
         text, n = _MENTION.subn("", text)
         if n:
             kinds.append("mention")
-    if _THANKS_HINT.search(text):
+    if hinted and _THANKS_HINT.search(text):
         text, n = _THANKED.subn(r"\g<pre>", text)
         if n:
             kinds.append("screen_name")
     low = text.lower() if kinds else low
     for name in author.split("\n") if author else ():
-        name = name.strip()
-        if len(name) >= 2 and name.lower() in low:
-            word = re.escape(name)
-            text, n = re.subn(rf"(?<![A-Za-z0-9]){word}(?![A-Za-z0-9])" if name.isascii() else word, "", text, flags=re.I)
+        pattern = _name_pattern(name.strip(), low)
+        if pattern:
+            text, n = re.subn(pattern, "", text, flags=re.I)
             if n:
                 kinds.append("author_name")
     if handles:
@@ -137,6 +172,23 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
 
 
 _HANDLE_TOKEN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z0-9_][A-Za-z0-9_.\-]{3,}(?<![.\-])")
+_NAME_SEP = re.compile(r"[\s_.\-]+")
+
+
+def _name_pattern(name: str, low: str) -> str | None:
+    """A regex for the author's name ``name`` as it may be written in the text, or ``None`` when its
+    longest part is not in ``low`` (the lower-cased text; the cheap test first) or it is under 2
+    characters. Parts split at spaces, ``_``, ``.``, ``-`` may be joined by any of these or nothing
+    ("Dark_Knight-99" → "Dark Knight 99", "darkknight99"); a dash or "by" right before it goes too
+    ("—— 暗夜猎手"). Latin names match whole words only."""
+    if len(name) < 2 or (name.lower() not in low and (name.isalnum() or not _NAME_SEP.search(name))):
+        return None  # the common case: a name (or steam id) of one part, not in the text
+    parts = [p for p in _NAME_SEP.split(name.lower()) if p]
+    if not parts or max(parts, key=len) not in low:
+        return None
+    body = r"[\s_.\-]*".join(map(re.escape, parts))
+    lead = r"(?:(?:[-—–~]+\s*|(?<![A-Za-z])by\s+)(?=\S))?"
+    return rf"{lead}(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])" if name.isascii() else lead + body
 
 
 def screen_names(authors: list[str]) -> frozenset[str]:
@@ -159,22 +211,23 @@ def screen_names(authors: list[str]) -> frozenset[str]:
 # braille, box drawing, block elements, geometric shapes, misc symbols/dingbats, emoji
 _ART_CHAR = re.compile(r"[\u2800-\u28ff\u2500-\u259f\u25a0-\u25ff\u2600-\u27bf\U0001f000-\U0001faff"
                        r"/\\|_\-=+*#~^<>()\[\]{}`@$%&]")
-_ART_HINT = re.compile(r"[\u2500-\u28ff\U0001f000-\U0001faff]|[^\w\s]{8}")
+_TWO_LETTERS = re.compile(r"[^\W\d_][^\n]*?[^\W\d_]")
+_ART_UNICODE = re.compile(r"[\u2500-\u28ff\U0001f000-\U0001faff]")
+_ART_ASCII = re.compile(r"[^\w\s]{8}")  # two searches: each skips ahead on its class, their alternation cannot
 
 
 def strip_art(text: str) -> str:
     """Remove lines drawn rather than written: lines of 4+ visible characters that are mostly (≥ 60 %)
     braille, box-drawing/block characters, geometric symbols, emoji or ASCII drawing characters and
-    hold under 2 letters. "⣿⣿⠟⠛⣿", "░░▒▓█", "-------" go; "大爱梦美~~~~~~~~~~" and a line with a
-    few emoji among words stay."""
-    if not _ART_HINT.search(text):
+    hold under 2 letters (word characters other than digits and ``_``). "⣿⣿⠟⠛⣿", "░░▒▓█", "-------"
+    go; "大爱梦美~~~~~~~~~~" and a line with a few emoji among words stay."""
+    if not _ART_UNICODE.search(text) and not _ART_ASCII.search(text):
         return text
     out = []
     for line in text.split("\n"):
-        visible = [c for c in line if not c.isspace()]
-        if len(visible) >= 4:
-            drawn = sum(1 for c in visible if _ART_CHAR.match(c))
-            if drawn / len(visible) >= 0.6 and sum(c.isalpha() for c in visible) < 2:
+        if not _TWO_LETTERS.search(line):  # a line with words is kept without counting its characters
+            visible = [c for c in line if not c.isspace()]
+            if len(visible) >= 4 and sum(1 for c in visible if _ART_CHAR.match(c)) / len(visible) >= 0.6:
                 continue
         out.append(line)
     return "\n".join(out).strip() if len(out) != text.count("\n") + 1 else text
@@ -195,14 +248,16 @@ def little_language_reason(text: str, min_share: float = 0.4) -> str | None:
     """``"few letters"`` when letters and digits (any script) are under ``min_share`` of the visible
     characters other than Steam's ``♥`` mask ("10/10 !!!!! 👍👍👍", "。。。。。"); ``None`` otherwise
     ("中文10/10，音乐9.5/10，剧情9/10" is a review)."""
+    if han_count(text) >= min_share * len(text):
+        return None  # Han characters are letters, and visible characters are at most all of them
     visible = len(text) - text.count(" ") - text.count("\n") - text.count("♥")
     if visible == 0:
         return "few letters"
-    letters = visible - len(_NOT_LETTER.findall(text))
+    letters = visible - count_chars(_NOT_LETTER, text)
     return "few letters" if letters < min_share * visible else None
 
 
-_NOT_LETTER = re.compile(r"[^\s\w♥]|_")
+_NOT_LETTER = re.compile(r"(?:[^\s\w♥]|_)+")
 
 
 def repetition_reason(text: str, min_ratio: float = 0.2, min_bytes: int = 120) -> str | None:
@@ -211,7 +266,7 @@ def repetition_reason(text: str, min_ratio: float = 0.2, min_bytes: int = 120) -
     if len(text) < min_bytes // 3:
         return None
     varied = min(0.2 * len(text), 119.5)  # more distinct characters than this: varied text does not loop
-    if len(set(text[:64])) > varied or len(set(text)) > varied:  # cheap tests first
+    if len(set(text[:int(1.5 * varied) + 2])) > varied or len(set(text)) > varied:  # a prefix first: it often tells
         return None
     raw = text.encode("utf-8")
     if len(raw) < min_bytes:
@@ -232,6 +287,8 @@ def length(text: str) -> tuple[int, str]:
     other scripts count words (letter or digit runs), so one bound does not cut long English."""
     if text.isascii():
         return len(_WORD.findall(text)), "words"
+    if han_count(text) * 2 >= len(text):
+        return len(text), "chars"  # CJK characters are at least the Han ones
     cjk = count_chars(_CJK_CHAR, text)
     if cjk * 2 >= len(text):
         return len(text), "chars"

@@ -16,7 +16,9 @@ templates, which reproduces the seed data's format (``../shared/data/steam_sft_s
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
 import multiprocessing
 import os
@@ -47,6 +49,7 @@ from steam_persona.resources import packaged_copy_hint
 from steam_persona.reviews.sources import Review
 
 TEMPLATE_FIELDS = ("name", "tags", "verdict", "playtime_hours")
+_STEAM_LANGUAGES = frozenset(cleaning.STEAM_LANGUAGES)
 _clean_name = functools.lru_cache(maxsize=65536)(persona.clean_game_name)  # a few names, many reviews
 
 
@@ -121,7 +124,8 @@ class PrepareConfig:
                                     "orientation, gender identity or disability (reviews/lists/identity_slurs.txt).")
     blocklist: str | None = arg(None, "Your own word list file (one per line, # comments): drop reviews containing any.")
     scrub_pii: bool = arg(True, "Remove personal data and links from kept text: Steam profile/invite links, SteamIDs, "
-                          "friend codes, e-mails, QQ/WeChat contacts, phone numbers, other links and domains.")
+                          "friend codes, e-mails, QQ/WeChat contacts, other platforms' player ids, phone and ID numbers, "
+                          "other links and domains.")
     drop_checklists: bool = arg(False, "Drop ☐/☑ checklist templates (\"Graphics ☐ Bad ☑ Good\" grids).")
     drop_little_language: bool = arg(True, "Drop texts that are mostly symbols, digits or emoji (letters < 40 %).")
     drop_repetition: bool = arg(True, "Drop looping texts (\"好玩好玩好玩…\"; zlib ratio < 0.2).")
@@ -200,8 +204,8 @@ class _Rules:
         self.latin = latin_detector
         self.simplify = simplify
         self.uses = _template_fields(cfg)
-        self.seen: dict[str, str] = {}
-        self.games: dict[str, set[str]] = {}  # dedup key → games its copies were written for
+        self.seen: dict[str, Review] = {}  # dedup key → its first record
+        self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
         self.near = cleaning.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
@@ -240,7 +244,7 @@ class _Rules:
 
     def _select(self, r: Review) -> str | None:
         cfg = self.cfg
-        if r.language is not None and r.language not in cleaning.STEAM_LANGUAGES:
+        if r.language is not None and r.language not in _STEAM_LANGUAGES:
             r.language = cleaning.steam_language(r.language) or r.language  # "en", "English" in exports
         if self.languages is not None and r.language is not None and r.language not in self.languages:
             return self._drop("language", r, r.language)
@@ -281,7 +285,7 @@ class _Rules:
 
     def _filter(self, r: Review) -> str | None:
         cfg = self.cfg
-        low = r.text.lower()  # one lower-casing for the spam, slur, blocklist and PII rules
+        low = cleaning.lowered(r.text)  # one lower-casing for the spam, slur, blocklist and PII rules
         if cfg.drop_masked and cleaning.has_profanity_mask(r.text):
             return self._drop("profanity_mask", r)
         if cfg.drop_spam:
@@ -331,35 +335,45 @@ class _Rules:
         """The rule that needs the records before this one (in input order): exact duplicates by
         their dedup ``key``."""
         if self.cfg.dedup:
-            self.games.setdefault(key, set()).add(_game(r))
-            if key in self.seen:
-                return self._drop("exact_duplicate", r, note=f"copy of {self.seen[key]}")
-            self.seen[key] = r.where
+            first = self.seen.get(key)
+            if first is None:
+                self.seen[key] = r
+                return None
+            self.games.setdefault(key, {_game(first)}).add(_game(r))
+            return self._drop("exact_duplicate", r, note=f"copy of {first.where}")
         return None
 
     def near_duplicates(self, kept: list[Review], keys: list[str]) -> list[Review]:
         """Second pass: drop near duplicates (signatures computed in batches, first copy kept), then
         copypastas: texts whose copies (exact or near) appear under ``--copypasta_games`` games or more,
-        every copy dropped."""
-        games = [set(self.games.get(k, ())) | {_game(r)} for r, k in zip(kept, keys)]
+        every copy dropped. Game sets are kept only for texts with copies (most have none)."""
+        games: dict[int, set[str]] = {}  # kept index → games of the text, its exact copies and its near copies
         out = []
         if self.near is not None:
             for i, (r, like) in enumerate(zip(kept, self.near.first_copies(keys))):
                 if like is None:
                     out.append(i)
                 else:
-                    games[like].add(_game(r))
+                    have = games.get(like) or games.setdefault(like, set(self.games.get(keys[like], ())) | {_game(kept[like])})
+                    have.add(_game(r))
                     self._drop("near_duplicate", r, note=f"near copy of {kept[like].where}")
         else:
             out = list(range(len(kept)))
         n = self.cfg.copypasta_games
         result = []
         for i in out:
-            if n and len(games[i]) >= n:
-                self._drop("copypasta", kept[i], f"{min(len(games[i]), 10)}{'+' if len(games[i]) >= 10 else ''} games")
+            count = len(games.get(i) or self.games.get(keys[i]) or ()) or 1
+            if n and count >= n:
+                self._drop("copypasta", kept[i], f"{min(count, 10)}{'+' if count >= 10 else ''} games")
             else:
                 result.append(kept[i])
         return result
+
+
+@functools.lru_cache(maxsize=16)
+def _fields(template: str) -> frozenset[str]:
+    """The ``{field}`` names of a format string (cached: one template, many records)."""
+    return frozenset(f for _, f, _, _ in string.Formatter().parse(template) if f is not None)
 
 
 def _template_fields(cfg: PrepareConfig) -> set[str]:
@@ -443,8 +457,7 @@ def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
     instruction_t, input_t = _templates(cfg, lang)
     if not values["name"] and not cfg.instruction_template:
         instruction_t = NAMELESS_INSTRUCTION[lang]
-    uses_tags = any(f == "tags" for _, f, _, _ in string.Formatter().parse(input_t))
-    input_text = "" if (uses_tags and not tags) else input_t.format(**values)
+    input_text = "" if (not tags and "tags" in _fields(input_t)) else input_t.format(**values)
     return {"instruction": instruction_t.format(**values), "input": input_text, "output": r.text}
 
 
@@ -790,6 +803,27 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         UserError: a missing or undecodable input, unknown columns / record shapes, a bad flag,
             or nothing left after cleaning. Nothing is written then.
     """
+    with _cycle_collector_paused():
+        return _prepare(cfg)
+
+
+@contextlib.contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (restored on exit): prepare's records are many,
+    long-lived and acyclic, so each full collection would walk them all for nothing; they are freed
+    by reference counting as usual. Forked rule workers inherit the pause, as Python's ``gc`` docs
+    advise for forking with large shared data."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
+    """:func:`run`'s work, with the cyclic garbage collector paused."""
     t0 = time.perf_counter()
     _check_config(cfg)
     languages = _languages(cfg)

@@ -373,13 +373,14 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
     fmt = {"review": "collect-jsonl" if jsonl else "review-list", "alpaca": "alpaca", "sharegpt": "sharegpt"}[first]
     loaded = Loaded(path, fmt)
     appid = _appid_from_name(path)
+    prefix = f"{path}: {word} "
     for n, rec in rows:
-        where = f"{path}: {word} {n}"
+        where = prefix + str(n)
         kind = _kind(rec)
         if kind != first:
             raise UserError(f"{where}: record is not like the first one ({first}); keep one format per file")
         if kind == "review":
-            loaded.reviews.append(_from_steam(rec, where, str(rec.get("appid") or appid or "") or None))
+            loaded.reviews.append(_from_steam(rec, where, appid))  # a record's own appid wins
         elif kind == "alpaca":
             loaded.reviews.append(_from_alpaca(rec, where))
         else:
@@ -441,16 +442,15 @@ def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
     """A raw ``appreviews`` review object → :class:`Review` (text unchanged)."""
     if not isinstance(rec, dict) or not isinstance(rec.get("review"), str):
         raise UserError(f"{where}: not a Steam review (no 'review' text); fix or remove it")
-    author = rec.get("author") if isinstance(rec.get("author"), dict) else {}
-    minutes = author.get("playtime_at_review", author.get("playtime_forever"))
-    voted = rec.get("voted_up")
+    author = rec.get("author")
+    author = author if isinstance(author, dict) else {}
+    minutes = _int(author.get("playtime_at_review", author.get("playtime_forever")))
+    voted, app, rid, steamid = rec.get("voted_up"), rec.get("appid"), rec.get("recommendationid"), author.get("steamid")
     return Review(
-        text=rec["review"], where=where, appid=str(rec["appid"]) if rec.get("appid") is not None else appid,
+        text=rec["review"], where=where, appid=str(app) if app is not None else appid,
         language=rec.get("language"), voted_up=voted if isinstance(voted, bool) else None,
-        votes_up=_int(rec.get("votes_up")),
-        playtime_hours=round(_int(minutes) / 60, 1) if _int(minutes) is not None else None,
-        review_id=str(rec["recommendationid"]) if rec.get("recommendationid") is not None else None,
-        author=str(author["steamid"]) if author.get("steamid") else None)
+        votes_up=_int(rec.get("votes_up")), playtime_hours=round(minutes / 60, 1) if minutes is not None else None,
+        review_id=str(rid) if rid is not None else None, author=str(steamid) if steamid else None)
 
 
 def _template_regex(template: str, field_name: str) -> re.Pattern[str]:

@@ -54,6 +54,23 @@ def test_whitespace_crlf_lone_cr_and_runs():
     assert cleaning.normalize_whitespace("  \r\n ") == ""
 
 
+@pytest.mark.parametrize("text", ["a  b", "a \nb", "a\n b", "a\n\n\nb", "a\n\nb", "a\tb", "a\u3000b", "a\u200bb", " a b \n"])
+def test_whitespace_precheck_never_skips_a_change(text):
+    """The pre-check (odd spaces, doubled or bordering spaces and breaks) only skips texts the
+    substitutions leave alone but for their ends."""
+    full = cleaning._MANY_NL.sub("\n\n", cleaning._SPACE_NL.sub("\n", cleaning._SPACES.sub(" ", text))).strip()
+    assert cleaning.normalize_whitespace(text) == full
+
+
+def test_literal_union_is_a_longest_first_trie():
+    assert cleaning.literal_union(["ab", "abc", "ad", "b.c"]) == r"(?:a(?:b(?:c)?|d)|b\.c)"
+    words = ["黑鬼", "黑", "nig", "nigga", "cat", "ca"]
+    rx = re.compile(cleaning.literal_union(words))
+    flat = re.compile("|".join(sorted(words, key=len, reverse=True)))
+    for text in ("黑鬼来了", "a nigga cat", "ca-cat 黑 nig"):
+        assert [m.group(0) for m in rx.finditer(text)] == [m.group(0) for m in flat.finditer(text)]
+
+
 def test_profanity_mask_detection():
     assert cleaning.has_profanity_mask("this is ♥♥♥♥ great")
     assert not cleaning.has_profanity_mask("I ♥ it")
@@ -90,7 +107,7 @@ def test_not_spam(text):
 
 
 #: spam the pre-filter used to hide (no hint in the text although a pattern matched), and near misses
-_HINT_CASES = ["大家请点个赞吧", "老板 帮忙点个赞", "please sub on my channel", "qq 1二3四5六", "加我 q 一 二 三 四 五 六",
+_HINT_CASES = ["扣 扣 12345678", "大家请点个赞吧", "老板 帮忙点个赞", "please sub on my channel", "qq 1二3四5六", "加我 q 一 二 三 四 五 六",
                "ｑ群 12345678", "ＱＱ群：１２３４５６７", "Call +1 (555) 12 34", "进群领取礼包", "送你一个小建议",
                "送了朋友一份", "2023-12-01 更新", "版本 1.0.3.2 修好了", "联系 138 1234 5678", "vx：abc_12345",
                "subtitles are fine", "打了 1234567 分"]
@@ -110,13 +127,15 @@ def test_spam_hints_never_hide_a_match(text):
 
 
 def test_spam_the_hints_used_to_hide():
-    assert [cleaning.spam_reason(t) for t in _HINT_CASES[:5]] == [
+    assert [cleaning.spam_reason(t) for t in _HINT_CASES[1:6]] == [
         "award_begging", "award_begging", "stream_promo", "qq_wechat_group", "qq_wechat_group"]
     assert [cleaning.spam_reason(t) for t in ("送你一个小建议", "送了朋友一份", "版本 1.0.3.2 修好了")] == [None, None, None]
 
 
 @pytest.mark.parametrize("text", _HINT_CASES + ["邮箱 me@example.com", "a(at)b(dot)com", "+44 20 7946 0958",
-                                                "STEAM_0:1:123 [U:1:456]", "friend code: 12345678", "pan.baidu.com/s/x"])
+                                                "STEAM_0:1:123 [U:1:456]", "friend code: 12345678", "pan.baidu.com/s/x",
+                                                "扣 扣 12345678", "Kirito#1234", "PSN ID: kirito_99", "110101199003071234",
+                                                "+49 30 12345678"])
 def test_pii_hints_never_hide_a_match(text):
     want, kinds = text, []
     for kind, pattern in cleaning.PII_PATTERNS.items():
@@ -249,3 +268,37 @@ def test_minhash_estimate_tracks_jaccard_on_real_pairs(seed_dataset):
         a, b = (cleaning.dedup_key(seed[k]["output"]) for k in (i, j))
         est = float(np.mean(nd.signature(a) == nd.signature(b)))
         assert abs(est - jaccard(a, b)) < 0.2, (i, j, est, jaccard(a, b))
+
+
+#: personal data a held-back dump may carry, one form each: none may survive scrubbing or spam removal
+_PII_FORMS = [
+    "加我扣扣 一二三四五六七八", "企鹅号：1 2 3 4 5 6 7 8", "薇信 abc_12345", "V信：game_boy88", "V❤ gamer_2024", "vx: abcde123",
+    "QQ：12345678", "q 1 2 3 4 5 6 7 8", "加扣扣 壹贰叁肆伍陆柒", "qq号 幺二三四五六七", "wx号 abc12345", "扣 扣 12345678",
+    "ＱＱ：１２３４５６７８", "企鹅 1２3４5６7", "STEAM_0:1:12345678", "[U:1:12345678]", "76561198012345678",
+    "friend code: 123456789", "好友代码：123456789", "my friend code is 123456789", "s.team/p/abcd-efgh",
+    "steamcommunity.com/id/myname", "name at gmail dot com", "name(at)qq(dot)com", "name艾特qq点com",
+    "name [at] gmail [dot] com", "name＠qq.com", "+44 20 7946 0958", "+1 (555) 123-4567", "+49 30 12345678",
+    "+86 138 1234 5678", "138-1234-5678", "555-123-4567", "+33 6 12 34 56 78", "+7 912 345-67-89", "pan.baidu.com/s/1abcDEF",
+    "mega.nz/file/abc", "t.me/mychannel", "add me: Kirito#1234", "BattleTag: Kirito#12345", "SW-1234-5678-9012",
+    "PSN ID: kirito_99", "my gamertag is xXSniperXx", "身份证 110101199003071234",
+]
+#: what must survive: crash addresses, builds, versions, dates, prices, playtimes, scores, specs
+_NOT_PII = [
+    "crash at 0x14000000000+0x1a2b3c", "build 12345678 fixed it", "version 1.0.3.2", "v1.2.345", "2024-03-04", "2024年3月4日",
+    "$59.99", "¥198", "price 1,299 rubles", "played 1234 hours", "3000小时", "50,000 gold", "score 123456", "1920x1080",
+    "RTX 4090, 32GB RAM, i9-13900K", "patch 1.04.2", "error code 0xc000007b", "2023.12.01 更新", "Battle.net required",
+    "meet me at the castle", "一二三四五六七八九十层楼都打完了", "12:30 pm", "Windows 10 22H2 build 19045.3803", "#1 game of the year",
+    "C#1234 compiler", "issue #1234 on github", "Xbox: runs fine", "The id of the boss is weird", "tag team mode is fun",
+    "order 20231204123456789012",
+]
+
+
+@pytest.mark.parametrize("text", _PII_FORMS)
+def test_personal_data_forms_never_survive(text):
+    out, kinds = cleaning.scrub_pii(f"好玩 {text} 推荐")
+    assert cleaning.spam_reason(text) or (kinds and not re.search(r"\d{5}|[A-Za-z]{2,}\w*[_#]\w+", out)), out
+
+
+@pytest.mark.parametrize("text", _NOT_PII)
+def test_numbers_and_words_that_are_not_personal_data_stay(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None

@@ -28,7 +28,8 @@ def test_page_residue_in_several_ui_languages():
     "POSTED: MARCH 4\nGreat", "RECOMMANDÉ\nBon jeu", "Yayınlanma: 4 Mart\nİyi", "PUBBLICATO: 4 MARZO\nBello",
     "1,234 PEOPLE FOUND THIS REVIEW HELPFUL\nok", "12.5 HRS ON RECORD\nok", "NICHT EMPFOHLEN\nnein", "展开全文\n好",
     "有 3 人觉得这篇评测很欢乐\n好", "4 Personen fanden diese Rezension hilfreich\nok", "게시 일시: 3월 4일\n좋아요",
-    "这游戏不错，有点贵", "a long day"])
+    "这游戏不错，有点贵", "a long day", "推荐\n好玩", "  不推荐\n太贵", "好玩\n推薦", "更新于：3 月 4 日\n好",
+    "我推荐这个游戏", "版本更新了很多内容"])
 def test_page_residue_hint_never_hides_a_line(text):
     """The literal pre-filter (searched in the lower-cased text) only skips texts the patterns leave alone."""
     full = noise._RESIDUE_LINE.sub("", noise._DATE_HEADER.sub("", text)).strip()
@@ -180,6 +181,15 @@ def test_links_end_at_non_url_characters_and_platform_names_stay():
     assert noise.little_language_reason("中文10/10，音乐9.5/10，剧情9/10，综合9.5/10，K社经典") is None
 
 
+@pytest.mark.parametrize("text", ["好！！！！！！", "好玩。。。。", "中文10/10", "好 👍👍👍👍👍", "游戏\t\t\t\t!!!!!!!!"])
+def test_han_shortcut_gives_the_counted_answer(text):
+    """Texts with many Han characters skip the letter count and the CJK count; the answer is the counted one."""
+    visible = len(text) - text.count(" ") - text.count("\n") - text.count("♥")
+    letters = visible - noise.count_chars(noise._NOT_LETTER, text)
+    assert noise.little_language_reason(text) == ("few letters" if letters < 0.4 * visible else None)
+    assert noise.length(text) == (len(text), "chars")
+
+
 def test_a_missing_space_after_a_full_stop_is_not_a_link():
     for keep in ("It was fun.It is also long.In the end good.My rating: 8", "(555) 0x1F build 2.0.1"):
         assert cleaning.scrub_pii(keep) == (keep, [])
@@ -212,3 +222,73 @@ def test_other_users_named_in_chinese_text_go(text, kept):
     "感谢B站的视频", "很感谢这个游戏的攻略", "感谢各位大佬的攻略", "感谢本作的mod", "谢谢老婆大人的支持"])
 def test_thanks_without_a_user_name_stay(text):
     assert noise.strip_handles(text) == (text, [])
+
+
+#: the store page's lines in Steam's other UI languages (date headers, edits, banners, helpfulness, playtime, verdict)
+_UI_RESIDUE = {
+    "de": ["Verfasst am: 4. März", "Zuletzt bearbeitet: 7. März", "EARLY-ACCESS-REZENSION", "Produkt kostenlos erhalten",
+           "1 Person fand diese Rezension hilfreich", "30,7 Std. insgesamt"],
+    "fr": ["Publiée le : 4 mars", "Mise à jour : 7 mars", "Dernière modification : 7 mars",
+           "1 personne a trouvé cette évaluation utile", "30,7 h en tout"],
+    "es": ["Publicada el 4 de marzo", "Actualizada el 7 de marzo", "A 12 personas les ha parecido útil esta reseña",
+           "30,7 h registradas", "No recomendado"],
+    "pt-BR": ["Publicada em 4 de março", "Atualizada em 7 de mar.", "1 pessoa achou esta análise útil",
+              "Produto recebido de graça"],
+    "ru": ["Опубликовано: 4 марта", "12 человек посчитали этот обзор полезным", "30.7 ч. всего"],
+    "ja": ["投稿日: 3月4日", "最終更新: 3月7日", "12 人がこのレビューが参考になったと投票しました", "記録時間: 30.7 時間",
+           "おすすめしません"],
+    "ko": ["게시 일시: 3월 4일", "12명이 이 평가가 유용하다고 함", "기록상 30.7시간", "비추천"],
+    "pl": ["Zaktualizowano: 7 stycznia", "Recenzja z wczesnego dostępu", "Produkt otrzymany za darmo",
+           "12 osób uznało tę recenzję za pomocną", "30.7 godz. łącznie", "Nie polecam"],
+    "tr": ["Güncellendi: 7 Şubat", "Erken Erişim İncelemesi", "Ürün ücretsiz alındı", "12 kişi bu incelemeyi yararlı buldu",
+           "Kayıtlarda 30.7 saat", "Önerilmez"],
+    "it": ["Aggiornata: 7 gennaio", "Recensione accesso anticipato", "Prodotto ricevuto gratuitamente",
+           "12 persone hanno trovato utile questa recensione", "30,7 ore in totale", "Non consigliato"],
+    "zh-TW": ["張貼於：3 月 4 日", "最後編輯於：3 月 7 日"],
+}
+
+
+@pytest.mark.parametrize("line", [x for lines in _UI_RESIDUE.values() for x in lines])
+def test_page_residue_in_other_ui_languages(line):
+    assert noise.strip_page_residue(f"{line}\nGood game.") == "Good game."
+    full = noise._RESIDUE_LINE.sub("", noise._DATE_HEADER.sub("", f"{line}\nok")).strip()
+    assert full == "ok"  # the hint let the patterns run
+
+
+@pytest.mark.parametrize("keep", [
+    "Updated: 4 things I changed my mind about", "Publicado el juego en 2020, sigue roto", "Polecam ten tryb, ale nie wszystkim",
+    "おすすめの武器は大剣", "추천 무기는 대검", "A 12 personas les gusta el mapa nuevo", "12 persone e 3 bot nella lobby",
+    "Consigliato a chi ama i soulslike", "Toplam 30 saat oynadım ve bitirdim", "Mise à jour du jeu ratée"])
+def test_page_residue_words_inside_sentences_stay(keep):
+    assert noise.strip_page_residue(f"{keep}\nGood.") == f"{keep}\nGood."
+
+
+@pytest.mark.parametrize("tail", [
+    "来自Steam社区", "转自B站", "via Steam Deck", "Posted from my Steam Deck", "—— 发自 Xbox App", "（转载自知乎用户张三）",
+    "作者：张三\n链接：https://www.zhihu.com/question/1/answer/2\n来源：知乎\n著作权归作者所有。商业转载请联系作者获得授权。",
+    "——转自NGA @张三", "——小黑盒用户张三", "来自3DM论坛", "原文链接：https://bbs.nga.cn/read.php?tid=1", "本文作者：张三",
+    "文/张三", "——by 张三", "Reviewed by Kirito"])
+def test_other_app_signatures_and_by_lines(tail):
+    out, kinds = noise.strip_handles(f"好玩\n{tail}")
+    assert out.strip() == "好玩" and kinds
+
+
+@pytest.mark.parametrize("keep", [
+    "- Good graphics\n- bad story", "玩家很多，来自各个国家", "作者很用心，画面好", "这游戏是由小黑盒推荐给我的",
+    "Made by a small team, from Poland", "原文的翻译很差", "Posted from the heart: great game", "来自社区的mod很多"])
+def test_signature_near_misses_stay(keep):
+    assert noise.strip_handles(keep) == (keep, [])
+
+
+@pytest.mark.parametrize(("text", "author", "want"), [
+    ("我是暗夜猎手，玩了300小时", "暗夜猎手", "我是，玩了300小时"),
+    ("好玩\n—— 暗夜猎手", "暗夜猎手", "好玩\n"),
+    ("xxsniperxx here, 10/10", "xXSniperXx", " here, 10/10"),
+    ("Player 123 here. player123 says: buy it", "Player_123", " here.  says: buy it"),
+    ("Dark Knight 99 recommends", "Dark_Knight-99", " recommends"),
+    ("Great.\nReview by Kirito", "Kirito", "Great.\n"),
+    ("standby mode, player 1", "Kirito\nPlayer_123", "standby mode, player 1"),
+])
+def test_author_name_in_other_spellings(text, author, want):
+    out, _ = noise.strip_handles(text, author)
+    assert out == want

@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,55 @@ def test_language_all_gives_each_review_a_prompt_in_its_own_language(tmp_path):
     assert by_output[ZH[0]] == "请以资深玩家的身份，点评一下《Hades》这款游戏。"
     forced = _load(_run(tmp_path / "zh", [src], language=["all"], prompt_language="zh")["train"])
     assert {r["instruction"] for r in forced} == {"请以资深玩家的身份，点评一下《Hades》这款游戏。"}
+
+
+#: one page-residue line per Steam UI language, personal data in many forms, and the authors' names:
+#: what the held-back dumps are checked for (0 personal data, 0 screen names, residue < 0.5 %)
+_RESIDUE_LINES = ["发布于：3 月 4 日", "Posted: March 4, 2024", "Verfasst am: 4. März", "Publiée le : 4 mars",
+                  "Publicada el 4 de marzo", "Опубликовано: 4 марта", "投稿日: 3月4日", "게시 일시: 3월 4일",
+                  "Opublikowano: 4 marca", "Yayınlanma: 4 Mart", "Pubblicata: 4 marzo", "EARLY ACCESS REVIEW",
+                  "Produkt kostenlos erhalten", "12 personnes ont trouvé cette évaluation utile", "30.7 hrs on record",
+                  "Zuletzt bearbeitet: 7. März", "12 kişi bu incelemeyi yararlı buldu", "記録時間: 30.7 時間"]
+_PII = ["QQ：12345678", "加我扣扣 一二三四五六七八", "V信：game_boy88", "STEAM_0:1:12345678", "[U:1:87654321]",
+        "76561198012345678", "friend code: 123456789", "s.team/p/abcd-efgh", "name at gmail dot com", "+44 20 7946 0958",
+        "138-1234-5678", "Kirito#1234", "PSN ID: kirito_99", "pan.baidu.com/s/1abcDEF"]
+_WORDS = ("combat map boss music story quest loot craft build dodge parry armor sword bow magic town dungeon raid "
+          "friend coop solo patch price sale update server lag fps frame texture voice level skill tree rune").split()
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + "."
+
+
+def test_held_back_style_dump_leaves_no_personal_data_names_or_residue(tmp_path):
+    rng = random.Random(7)
+    authors = [f"Hunter_{i:03d}x" for i in range(120)]
+    rows = []
+    for i, author in enumerate(authors):
+        lines = [_sentence(rng, rng.randint(8, 20)) for _ in range(2)]
+        if i % 3 == 0:
+            lines.insert(0, _RESIDUE_LINES[i % len(_RESIDUE_LINES)])
+        if i % 4 == 1:
+            lines.insert(1, f"Contact {_PII[i % len(_PII)]} anytime")
+        if i % 5 == 2:
+            lines.append(f"-- {author.replace('_', ' ')}")
+        rows.append([author, "Recommended" if i % 2 else "Not Recommended", "\n".join(lines)])
+    src = _csv(tmp_path / "dump.csv", ["Username", "Tag", "Content"], rows)
+    res = _run(tmp_path, [src], language=["en"], app_name=["Hades"])
+    outs = [r["output"] for r in _load(res["train"])]
+    assert len(outs) >= 0.75 * len(rows)
+    text = "\n".join(outs)
+    assert not [p for p in _PII if p in text] and not re.search(r"\d{5}|#\d{4}|kirito", text, re.I)
+    assert not re.search(r"hunter[\s_]*\d{3}", text, re.I)
+    assert not [line for line in text.split("\n") if line.strip() in _RESIDUE_LINES]
+
+
+def test_clean_english_api_dump_keeps_over_three_quarters(tmp_path):
+    """A clean API export of English reviews, short to long (up to ~1,500 words): at least 75 % kept."""
+    rng = random.Random(3)
+    texts = [" ".join(_sentence(rng, rng.randint(6, 18)) for _ in range(rng.choice([1, 2, 5, 20, 80])))
+             for _ in range(80)]
+    src = _csv(tmp_path / "api.csv", ["recommendationid", "language", "review", "voted_up", "author.steamid"],
+               [[i, "english", t, True, f"7656119800000{i:04d}"] for i, t in enumerate(texts)])
+    res = _run(tmp_path, [src], language=["english"], app_name=["Hades"])
+    assert res["counts"]["kept"] >= 0.75 * len(texts)
