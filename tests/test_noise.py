@@ -157,6 +157,16 @@ def test_identity_slurs_hits_and_near_misses():
         assert slurs.find(text) is None, text
 
 
+def test_identity_slurs_spaced_out_or_masked_with_stars():
+    slurs = cleaning.WordList(cleaning.IDENTITY_SLURS)
+    for text in ("this n i g g e r lol", "N.I.G.G.E.R", "n-i-g-g-e-r!", "what a f*ggot", "n**ger team", "r e t a r d e d AI",
+                 "支 那 人"):
+        assert slurs.find(text) is not None, text
+    for text in ("s**t game", "f**k this", "x y z!", "s p i c y", "the a b c of it", "U.S.A. made",
+                 "c h i n k in the armor", "x * y = z", "****", "草你*的", "故障代码0*00001338"):
+        assert slurs.find(text) is None, text
+
+
 def test_language_codes_aliases_and_detection():
     assert [cleaning.steam_language(x) for x in ("zh", "Chinese", "schinese", "zh-TW", "en", "ko", "pt-BR", "xx")] == [
         "schinese", "schinese", "schinese", "tchinese", "english", "koreana", "brazilian", None]
