@@ -15,8 +15,18 @@ latencies of all batches of that client count; TTFT = first content chunk − re
 streamed request, after the batches). Plain llama-server gets the persona as a system message;
 ours applies it server-side (``--system``), so both prompts are the same tokens.
 
+Same work, counted alike: every request carries the same sampling values (``--repeat_penalty``,
+default 1.0: llama-cpp-python's request default is 1.1, llama-server's 1.0, and left to their
+defaults the two sample different tokens, with a penalty pass over the whole vocabulary per token on
+one side only); greedy then gives every contender the same text (``same_text`` in the results says
+how many replies matched ours). Completion tokens are counted the OpenAI way, as ours reports them:
+plain llama-server's ``usage.completion_tokens`` also counts the end-of-generation token it sampled
+(one more per reply that ends with ``finish_reason`` "stop"; no stop strings are sent), so one is
+taken off those. Each contender gets one ``httpx.Client`` for the whole run (kept-alive connections,
+as SDK clients keep them), so no client setup runs inside a timed batch.
+
 Usage: ``python bench/serve_engines.py [--model GGUF|export dir|smollm2] [--clients 1,4,8] [--rounds 3]
-[--max_tokens 128] [--n_threads 2]``. Needs the llama-server binary (``make llama-server``). Prints a
+[--max_tokens 128] [--n_threads 2] [--repeat_penalty 1.0]``. Needs the llama-server binary (``make llama-server``). Prints a
 table and writes bench/results/serve_engines.json.
 """
 
@@ -31,6 +41,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -64,22 +75,42 @@ def plain_llama_server(binary: Path, model: str, n_ctx: int, parallel: int, thre
         server.close()
 
 
-def body(i: int, max_tokens: int, with_system: bool, stream: bool = False) -> dict:
+def body(i: int, max_tokens: int, with_system: bool, repeat_penalty: float, stream: bool = False) -> dict:
     messages = [{"role": "user", "content": prompt(i)}]
     if with_system:
         messages.insert(0, {"role": "system", "content": DEFAULT_SYSTEM})
-    return {"model": "bench", "messages": messages, "temperature": 0, "max_tokens": max_tokens, "stream": stream}
+    return {"model": "bench", "messages": messages, "temperature": 0, "max_tokens": max_tokens, "stream": stream,
+            "repeat_penalty": repeat_penalty}
 
 
-def batch(url: str, n: int, round_no: int, max_tokens: int, with_system: bool) -> dict:
-    """``n`` non-streamed chats at once; aggregate tokens/s and each request's latency."""
+@dataclass
+class Contender:
+    """One server under test: its client, whether it needs the persona in the request (plain
+    llama-server), whether its usage counts the end-of-generation token (plain llama-server)."""
+
+    client: httpx.Client
+    with_system: bool
+    counts_eog: bool
+
+
+def completion_tokens(reply: dict, counts_eog: bool) -> int:
+    """Completion tokens the OpenAI way (the end-of-generation token not counted)."""
+    n = reply["usage"]["completion_tokens"]
+    return n - 1 if counts_eog and reply["choices"][0]["finish_reason"] == "stop" else n
+
+
+def batch(c: Contender, n: int, round_no: int, max_tokens: int, repeat_penalty: float) -> dict:
+    """``n`` non-streamed chats at once; aggregate tokens/s, each request's latency and text by prompt."""
     results: list[tuple[int, float]] = []
+    texts: dict[int, str] = {}
 
     def one(i: int) -> None:
         t = time.perf_counter()
-        r = httpx.post(f"{url}/v1/chat/completions", json=body(round_no * n + i, max_tokens, with_system), timeout=900)
+        k = round_no * n + i
+        r = c.client.post("/v1/chat/completions", json=body(k, max_tokens, c.with_system, repeat_penalty))
         r.raise_for_status()
-        results.append((r.json()["usage"]["completion_tokens"], time.perf_counter() - t))
+        results.append((completion_tokens(r.json(), c.counts_eog), time.perf_counter() - t))
+        texts[k] = r.json()["choices"][0]["message"]["content"]
 
     start = time.perf_counter()
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
@@ -89,36 +120,52 @@ def batch(url: str, n: int, round_no: int, max_tokens: int, with_system: bool) -
         t.join()
     wall = time.perf_counter() - start
     if len(results) != n:
-        raise RuntimeError(f"{url}: {n - len(results)} of {n} requests failed")
-    return {"aggregate_tok_s": sum(k for k, _ in results) / wall, "latencies_s": [s for _, s in results]}
+        raise RuntimeError(f"{c.client.base_url}: {n - len(results)} of {n} requests failed")
+    return {"aggregate_tok_s": sum(k for k, _ in results) / wall, "latencies_s": [s for _, s in results],
+            "texts": texts}
 
 
-def ttft_ms(url: str, max_tokens: int, with_system: bool) -> float:
+def ttft_ms(c: Contender, max_tokens: int, repeat_penalty: float) -> float:
     start = time.perf_counter()
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body(0, max_tokens, with_system, stream=True),
-                      timeout=300) as r:
+    with c.client.stream("POST", "/v1/chat/completions",
+                         json=body(0, max_tokens, c.with_system, repeat_penalty, stream=True)) as r:
         for line in r.iter_lines():
             if line.startswith("data: {") and json.loads(line[6:])["choices"] and \
                     json.loads(line[6:])["choices"][0]["delta"].get("content"):
                 return (time.perf_counter() - start) * 1000
-    raise RuntimeError(f"{url}: no content streamed")
+    raise RuntimeError(f"{c.client.base_url}: no content streamed")
 
 
-def measure(contenders: dict[str, tuple[str, bool]], clients: list[int], rounds: int, max_tokens: int) -> dict:
+def measure(contenders: dict[str, Contender], clients: list[int], rounds: int, max_tokens: int,
+            repeat_penalty: float) -> dict:
     rows: dict[str, dict] = {name: {"ttft_ms": [], **{str(n): [] for n in clients}} for name in contenders}
     names = list(contenders)
-    for url, with_system in contenders.values():  # warm-up: load pages, fill caches
-        batch(url, 2, 0, 8, with_system)
+    for c in contenders.values():  # warm-up: load pages, fill caches, open connections
+        batch(c, max(clients), 0, 8, repeat_penalty)
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            url, with_system = contenders[name]
+            c = contenders[name]
             for n in clients:
-                rows[name][str(n)].append(batch(url, n, r, max_tokens, with_system))
-            rows[name]["ttft_ms"].append(ttft_ms(url, max_tokens, with_system))
+                rows[name][str(n)].append(batch(c, n, r, max_tokens, repeat_penalty))
+            rows[name]["ttft_ms"].append(ttft_ms(c, max_tokens, repeat_penalty))
         print(f"round {r + 1}/{rounds}: " + ", ".join(
             f"{name} {rows[name][str(clients[-1])][-1]['aggregate_tok_s']:.1f} tok/s" for name in names), file=sys.stderr)
     return rows
+
+
+def same_text(rows: dict, clients: list[int]) -> dict[str, str]:
+    """Per contender: how many of its replies have the text ours (embedded) gave for that prompt;
+    the texts then leave the rows."""
+    ours: dict[int, str] = {}
+    for n in clients:
+        for b in rows["ours_embedded"][str(n)]:
+            ours.update(b["texts"])
+    out = {}
+    for name, r in rows.items():
+        pairs = [(ours.get(k), text) for n in clients for b in r[str(n)] for k, text in b.pop("texts").items()]
+        out[name] = f"{sum(a == t for a, t in pairs)}/{len(pairs)}"
+    return out
 
 
 def summarise(rows: dict, clients: list[int]) -> dict:
@@ -159,6 +206,7 @@ def main() -> None:
     ap.add_argument("--n_threads", type=int, default=2)
     ap.add_argument("--n_ctx", type=int, default=2048, help="context per request (llama-server: × slots)")
     ap.add_argument("--flash_attn", action="store_true", help="flash attention on in every contender")
+    ap.add_argument("--repeat_penalty", type=float, default=1.0, help="sent in every request to every contender")
     ap.add_argument("--out", default=str(REPO / "bench/results/serve_engines.json"))
     args = ap.parse_args()
 
@@ -168,28 +216,39 @@ def main() -> None:
     model = str(Path(src.path) / src.gguf_file) if src.gguf_file else args.model
     info = read_model_info(model)
     binary = find_binary(None)
+    load_start = os.getloadavg()[0]
     common = ("--n_threads", args.n_threads, "--n_ctx", args.n_ctx, "--system", DEFAULT_SYSTEM,
               "--max_tokens_cap", max(args.max_tokens, 1024), "--log_level", "warning",
               "--flash_attn", args.flash_attn)
     with start_server(model, extra_args=common) as embedded, \
             start_server(model, extra_args=(*common, "--engine", "llama-server", "--parallel", parallel)) as engine, \
             plain_llama_server(binary, str(info.path), args.n_ctx, 1, args.n_threads, args.flash_attn) as p1, \
-            plain_llama_server(binary, str(info.path), args.n_ctx, parallel, args.n_threads, args.flash_attn) as pn:
-        contenders = {"ours_embedded": (embedded.base_url, False), "ours_llama_server": (engine.base_url, False),
-                      "llama_server_p1": (p1, True), "llama_server_pN": (pn, True)}
-        rows = measure(contenders, clients, args.rounds, args.max_tokens)
+            plain_llama_server(binary, str(info.path), args.n_ctx, parallel, args.n_threads, args.flash_attn) as pn, \
+            contextlib.ExitStack() as stack:
+        def client(url: str) -> httpx.Client:
+            return stack.enter_context(httpx.Client(base_url=url, timeout=900,
+                                                    limits=httpx.Limits(max_connections=max(clients) + 1)))
+        contenders = {"ours_embedded": Contender(client(embedded.base_url), False, False),
+                      "ours_llama_server": Contender(client(engine.base_url), False, False),
+                      "llama_server_p1": Contender(client(p1), True, True),
+                      "llama_server_pN": Contender(client(pn), True, True)}
+        rows = measure(contenders, clients, args.rounds, args.max_tokens, args.repeat_penalty)
+    texts = same_text(rows, clients)
     s = summarise(rows, clients)
-    result = {"date": time.strftime("%Y-%m-%d"), "model": info.path.name, "n_threads": args.n_threads,
-              "flash_attn": args.flash_attn,
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": info.path.name,
+              "n_threads": args.n_threads, "flash_attn": args.flash_attn, "repeat_penalty": args.repeat_penalty,
               "n_ctx": args.n_ctx, "max_tokens": args.max_tokens, "rounds": args.rounds, "clients": clients,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0]},
-              "llama_server": str(binary), "summary": s, "goals": goals(s, clients, parallel), "rows": rows}
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m_start": load_start,
+                          "load_avg_1m": os.getloadavg()[0]},
+              "llama_server": str(binary), "summary": s, "same_text": texts, "goals": goals(s, clients, parallel),
+              "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.out + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     tmp.replace(args.out)
     print(f"model {info.path.name}, {args.n_threads} threads, n_ctx {args.n_ctx}/request, {args.rounds} rounds × "
-          f"{args.max_tokens} tokens, load {result['machine']['load_avg_1m']:.2f}")
+          f"{args.max_tokens} tokens, repeat_penalty {args.repeat_penalty}, load {load_start:.2f} → "
+          f"{result['machine']['load_avg_1m']:.2f}; same text as ours: {texts}")
     names = {"ours_embedded": "ours (embedded)", "llama_server_p1": "llama-server --parallel 1",
              "ours_llama_server": f"ours --engine llama-server --parallel {parallel}",
              "llama_server_pN": f"llama-server --parallel {parallel}"}
