@@ -11,8 +11,10 @@ Goals (issue: "serves several users at once"), all measured in this one run, sam
 Contenders run one after another inside each round (order rotated per round, so load changes on a
 shared machine hit all alike); figures are medians over ``--rounds``. Aggregate tokens/s = completion
 tokens of all requests of a batch / the batch's wall time; p95 = 95th percentile of the request
-latencies of all batches of that client count; TTFT = first content chunk − request start (one
-streamed request, after the batches). Plain llama-server gets the persona as a system message;
+latencies of all batches of that client count; CPU ms/token = user + system CPU time of the
+server's processes during a batch / its completion tokens (a figure that a busy shared machine
+disturbs less than wall time; ratios ``embedded_vs_p1_cpu_per_token_N``); TTFT = first content
+chunk − request start (one streamed request, after the batches). Plain llama-server gets the persona as a system message;
 ours applies it server-side (``--system``), so both prompts are the same tokens.
 
 Same work, counted alike: every request carries the same sampling values (``--repeat_penalty``,
@@ -50,7 +52,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from steam_persona.serve.llama_server import find_binary, launch  # noqa: E402
+from steam_persona.serve.llama_server import LlamaServer, find_binary, launch  # noqa: E402
 from steam_persona.serve.modelinfo import read_model_info  # noqa: E402
 from steam_persona.common.hub import resolve_model  # noqa: E402
 from steam_persona.common.persona import DEFAULT_SYSTEM  # noqa: E402
@@ -65,14 +67,33 @@ def prompt(i: int) -> str:
 
 @contextlib.contextmanager
 def plain_llama_server(binary: Path, model: str, n_ctx: int, parallel: int, threads: int,
-                       flash_attn: bool) -> Iterator[str]:
-    """llama-server alone on a free port (started as serve's engine starts it); yields its base URL."""
+                       flash_attn: bool) -> Iterator[LlamaServer]:
+    """llama-server alone on a free port (started as serve's engine starts it)."""
     server = launch(binary, model, n_ctx=n_ctx, parallel=parallel, n_threads=threads, n_gpu_layers=-1,
                     flash_attn=flash_attn)
     try:
-        yield server.base_url
+        yield server
     finally:
         server.close()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds these processes have used so far, all threads (Linux ``/proc``)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (proc(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def with_children(pid: int) -> list[int]:
+    """``pid`` and its child processes (ours with ``--engine llama-server`` runs llama-server)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+    return [pid, *kids]
 
 
 def body(i: int, max_tokens: int, with_system: bool, repeat_penalty: float, stream: bool = False) -> dict:
@@ -86,11 +107,13 @@ def body(i: int, max_tokens: int, with_system: bool, repeat_penalty: float, stre
 @dataclass
 class Contender:
     """One server under test: its client, whether it needs the persona in the request (plain
-    llama-server), whether its usage counts the end-of-generation token (plain llama-server)."""
+    llama-server), whether its usage counts the end-of-generation token (plain llama-server), and
+    its processes (for CPU time)."""
 
     client: httpx.Client
     with_system: bool
     counts_eog: bool
+    pids: list[int]
 
 
 def completion_tokens(reply: dict, counts_eog: bool) -> int:
@@ -112,17 +135,18 @@ def batch(c: Contender, n: int, round_no: int, max_tokens: int, repeat_penalty: 
         results.append((completion_tokens(r.json(), c.counts_eog), time.perf_counter() - t))
         texts[k] = r.json()["choices"][0]["message"]["content"]
 
-    start = time.perf_counter()
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    cpu, start = cpu_seconds(c.pids), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, cpu_seconds(c.pids) - cpu
     if len(results) != n:
         raise RuntimeError(f"{c.client.base_url}: {n - len(results)} of {n} requests failed")
-    return {"aggregate_tok_s": sum(k for k, _ in results) / wall, "latencies_s": [s for _, s in results],
-            "texts": texts}
+    tokens = sum(k for k, _ in results)
+    return {"aggregate_tok_s": tokens / wall, "cpu_ms_per_token": 1000 * cpu / tokens,
+            "latencies_s": [s for _, s in results], "texts": texts}
 
 
 def ttft_ms(c: Contender, max_tokens: int, repeat_penalty: float) -> float:
@@ -175,6 +199,7 @@ def summarise(rows: dict, clients: list[int]) -> dict:
         for n in clients:
             lat = sorted(x for b in r[str(n)] for x in b["latencies_s"])
             out[name][str(n)] = {"aggregate_tok_s": statistics.median(b["aggregate_tok_s"] for b in r[str(n)]),
+                                 "cpu_ms_per_token": statistics.median(b["cpu_ms_per_token"] for b in r[str(n)]),
                                  "p95_latency_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))]}
     return out
 
@@ -187,6 +212,7 @@ def goals(s: dict, clients: list[int], parallel: int) -> dict:
         g[f"embedded_vs_p1_aggregate_{n}"] = emb[k]["aggregate_tok_s"] / p1[k]["aggregate_tok_s"]
         g[f"engine_vs_pN_aggregate_{n}"] = ls[k]["aggregate_tok_s"] / pn[k]["aggregate_tok_s"]
         g[f"engine_vs_pN_p95_{n}"] = ls[k]["p95_latency_s"] / pn[k]["p95_latency_s"]
+        g[f"embedded_vs_p1_cpu_per_token_{n}"] = emb[k]["cpu_ms_per_token"] / p1[k]["cpu_ms_per_token"]
     busy = [n for n in clients if n > 1]
     met = (all(g[f"embedded_vs_p1_aggregate_{n}"] >= 0.95 for n in busy if n in (4, 8))
            and emb["ttft_ms"] <= 1.2 * p1["ttft_ms"]
@@ -228,10 +254,10 @@ def main() -> None:
         def client(url: str) -> httpx.Client:
             return stack.enter_context(httpx.Client(base_url=url, timeout=900,
                                                     limits=httpx.Limits(max_connections=max(clients) + 1)))
-        contenders = {"ours_embedded": Contender(client(embedded.base_url), False, False),
-                      "ours_llama_server": Contender(client(engine.base_url), False, False),
-                      "llama_server_p1": Contender(client(p1), True, True),
-                      "llama_server_pN": Contender(client(pn), True, True)}
+        contenders = {"ours_embedded": Contender(client(embedded.base_url), False, False, [embedded.proc.pid]),
+                      "ours_llama_server": Contender(client(engine.base_url), False, False, with_children(engine.proc.pid)),
+                      "llama_server_p1": Contender(client(p1.base_url), True, True, [p1.proc.pid]),
+                      "llama_server_pN": Contender(client(pn.base_url), True, True, [pn.proc.pid])}
         rows = measure(contenders, clients, args.rounds, args.max_tokens, args.repeat_penalty)
     texts = same_text(rows, clients)
     s = summarise(rows, clients)
@@ -253,8 +279,8 @@ def main() -> None:
              "ours_llama_server": f"ours --engine llama-server --parallel {parallel}",
              "llama_server_pN": f"llama-server --parallel {parallel}"}
     for key, label in names.items():
-        cells = "  ".join(f"{n}: {s[key][str(n)]['aggregate_tok_s']:6.1f} tok/s p95 {s[key][str(n)]['p95_latency_s']:5.2f} s"
-                          for n in clients)
+        cells = "  ".join(f"{n}: {s[key][str(n)]['aggregate_tok_s']:6.1f} tok/s p95 {s[key][str(n)]['p95_latency_s']:5.2f} s "
+                          f"CPU {s[key][str(n)]['cpu_ms_per_token']:5.2f} ms/tok" for n in clients)
         print(f"{label:42s} TTFT {s[key]['ttft_ms']:6.1f} ms  {cells}")
     for name, value in result["goals"]["ratios"].items():
         print(f"  {name}: {value:.3f}")
