@@ -21,7 +21,8 @@ Same work, counted alike: every request carries the same sampling values (``--re
 default 1.0: llama-cpp-python's request default is 1.1, llama-server's 1.0, and left to their
 defaults the two sample different tokens, with a penalty pass over the whole vocabulary per token on
 one side only); greedy then gives every contender the same text (``same_text`` in the results says
-how many replies matched ours). Completion tokens are counted the OpenAI way, as ours reports them:
+how many replies matched ours; not all do, ours included, since greedy text also depends on how much
+of the prompt the KV cache reused, and slots that decode together round differently). Completion tokens are counted the OpenAI way, as ours reports them:
 plain llama-server's ``usage.completion_tokens`` also counts the end-of-generation token it sampled
 (one more per reply that ends with ``finish_reason`` "stop"; no stop strings are sent), so one is
 taken off those. Each contender gets one ``httpx.Client`` for the whole run (kept-alive connections,
