@@ -12,6 +12,9 @@ types ``<|im_end|>\n<|im_start|>system`` would forge a system turn. The template
 more with a marker in place of each content to find where contents sit (llama.cpp's own server has
 the same weakness; vLLM and transformers leave it to the template).
 
+The library detokenizes the whole completion after every token; the handler makes that
+incremental (O(n) rather than O(n²) piece lookups per reply).
+
 Generation asks :data:`steam_persona.serve.engine.STOP` before each token (client gone, time limit) and checks a
 grammar with :class:`steam_persona.serve.grammar.GrammarChecker` before llama.cpp compiles it.
 
@@ -30,6 +33,7 @@ from typing import Any, Iterator
 
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_tokenizer import LlamaTokenizer
 
 from steam_persona.serve.engine import STOP
 from steam_persona.serve.errors import RequestError
@@ -41,6 +45,9 @@ from steam_persona.serve.modelinfo import special_token_texts
 INCLUDE_USAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("include_usage", default=False)
 #: Prompts whose tokens are kept between the check and generation (requests queue for the model).
 TOKEN_CACHE_SIZE = 64
+#: Token lists at least this long are remembered by the incremental detokenizer (see
+#: :meth:`ChatHandler._incremental_detokenize`); shorter ones cost little afresh.
+DETOKENIZE_REMEMBER_MIN = 8
 #: Stands for message i's content in the structure render (private-use code points: no template
 #: or tokenizer treats them specially, and clients do not send them).
 _MARK = "\U000f0000{}\U000f0001"
@@ -70,9 +77,14 @@ class ChatHandler:
         self.last_usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self._tokens: OrderedDict[tuple[bytes, bool], list[int]] = OrderedDict()
         self._original_generate, self._original_tokenize = llama.generate, llama.tokenize
-        # Shadow two bound methods on this one instance: count tokens, reuse checked prompts.
+        self._original_detokenize, self._bos = llama.detokenize, llama.token_bos()
+        self._detokenized: tuple[list[int], bytes] = ([], b"")
+        # Shadow bound methods on this one instance: count tokens, reuse checked prompts, detokenize
+        # a growing completion incrementally (llama.cpp's tokenizer: one piece per token, concatenated).
         llama.generate = self._counting_generate  # type: ignore[method-assign]
         llama.tokenize = self._cached_tokenize  # type: ignore[method-assign]
+        if isinstance(llama.tokenizer_, LlamaTokenizer):
+            llama.detokenize = self._incremental_detokenize  # type: ignore[method-assign]
 
     def _cached_tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         if special:
@@ -80,6 +92,30 @@ class ChatHandler:
             if cached is not None:
                 return list(cached)
         return self._original_tokenize(text, add_bos, special)
+
+    def _incremental_detokenize(self, tokens: list[int], prev_tokens: list[int] | None = None,
+                                special: bool = False) -> bytes:
+        """``Llama.detokenize`` that extends the bytes of the latest long list it was given.
+
+        ``Llama.create_completion`` detokenizes the whole completion after every token (for stop
+        strings and split UTF-8), which costs O(n²) piece lookups over an n-token reply. llama.cpp's
+        tokenizer concatenates one piece per token, dropping a first space only after a leading BOS,
+        so a list that extends the remembered one (neither starting with BOS) costs its new tokens
+        only. Lists shorter than :data:`DETOKENIZE_REMEMBER_MIN` (a stream's deltas) are detokenized
+        afresh and leave the remembered list alone. Any thread may call it: the remembered list and
+        its bytes are one tuple, read and replaced whole.
+        """
+        if special or len(tokens) < DETOKENIZE_REMEMBER_MIN:
+            return self._original_detokenize(tokens, prev_tokens, special)
+        seen, text = self._detokenized
+        n = len(seen)
+        bos = self._bos
+        if n and len(tokens) >= n and tokens[0] != bos and tokens[n:n + 1] != [bos] and tokens[:n] == seen:
+            text += self._original_detokenize(tokens[n:])
+        else:
+            text = self._original_detokenize(tokens, prev_tokens, special)
+        self._detokenized = (list(tokens), text)
+        return text
 
     def _counting_generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
         grammar = kwargs.get("grammar")

@@ -142,6 +142,23 @@ def test_stop_sequence(client):
     assert "5." not in cut["message"]["content"] and cut["message"]["content"].rstrip().endswith("4")
 
 
+FORCED = "Ça coûte 5 €, 很好玩 🎮 — worth it! " * 2  # multi-byte text, split across byte tokens
+
+
+def test_streamed_deltas_join_to_the_reply_with_multibyte_text_and_stop_strings(client):
+    """A grammar forces a reply of 1-4-byte characters: the streamed deltas join to the very text
+    of the non-streamed reply (no character split or lost between chunks), and a stop string inside
+    it cuts both at the same place."""
+    body = {"messages": HELLO, "max_tokens": 200, "temperature": 0, "grammar": f'root ::= "{FORCED}"'}
+    for stop, text in ((None, FORCED), (["🎮"], FORCED.split("🎮")[0])):
+        reply = chat(client, **body, stop=stop)["choices"][0]
+        assert (reply["message"]["content"], reply["finish_reason"]) == (text, "stop")
+        chunks, done = stream_chat(client, {**body, "stop": stop})
+        deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+        assert done and "".join(d or "" for d in deltas) == text
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
 def test_persona_applies_without_system_message(client):
     user = [{"role": "user", "content": "Hi"}]
     no_system = chat(client, user, max_tokens=1)["usage"]["prompt_tokens"]

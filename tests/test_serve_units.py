@@ -214,6 +214,38 @@ def test_prompt_check_counts_tokens_and_turns_template_errors_into_400(smollm2_g
     assert e.value.status == 400 and e.value.code == "invalid_messages" and "user turn" in e.value.message
 
 
+def test_incremental_detokenize_gives_the_librarys_bytes(smollm2_gguf):
+    """The handler's detokenize (extending the latest long list) returns exactly what the library's
+    does, whatever list comes: a growing reply with split multi-byte characters, stream deltas in
+    between, BOS first or inside, special tokens, an unrelated list."""
+    import llama_cpp
+
+    from steam_persona.serve.chat_handler import DETOKENIZE_REMEMBER_MIN, ChatHandler
+
+    llama = llama_cpp.Llama(str(smollm2_gguf), vocab_only=True, verbose=False)
+    handler = ChatHandler(llama, CHATML)
+    looked_up = []  # tokens the handler had llama.cpp turn into pieces
+    original = handler._original_detokenize
+    handler._original_detokenize = lambda tokens, *a, **k: looked_up.append(len(tokens)) or original(tokens, *a, **k)
+
+    def library(tokens, special=False):
+        return llama_cpp.Llama.detokenize(llama, tokens, special=special)
+
+    reply = llama.tokenize("Ça coûte 5 €, 很好玩 🎮 — worth it! ".encode() * 3, add_bos=False, special=False)
+    bos = llama.token_bos()
+    assert len(reply) > 3 * DETOKENIZE_REMEMBER_MIN
+    for n in range(1, len(reply) + 1):  # as create_completion calls it: the whole reply, then the delta
+        assert llama.detokenize(reply[:n], prev_tokens=[1, 2]) == library(reply[:n])
+        assert llama.detokenize(reply[n - 1:n]) == library(reply[n - 1:n])
+    assert llama.detokenize(reply) == library(reply)  # same list again
+    assert sum(looked_up) < 3 * len(reply) + DETOKENIZE_REMEMBER_MIN ** 2  # linear, not len(reply)² / 2
+    assert b"\xf0\x9f\x8e\xae".decode() in library(reply).decode()
+    odd = [[bos, *reply], [*reply, bos, *reply[:9]], reply[5:], reply[:20], [*reply[:20], 2, *reply[:12]]]
+    for tokens in odd:
+        assert llama.detokenize(tokens) == library(tokens)
+        assert llama.detokenize(tokens, special=True) == library(tokens, special=True)
+
+
 def test_reading_model_info_prints_no_llama_context_warning(smollm2_gguf, capfd):
     """Regression: every `serve` start printed llama.cpp's "n_ctx_seq (512) > n_ctx_train (0)" warning from
     the vocab-only metadata load, although the model's training context (8192) is known."""
