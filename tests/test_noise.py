@@ -152,7 +152,8 @@ def test_identity_slurs_hits_and_near_misses():
             "porch monkey": "ethnic, national, racial", "чурки": "ethnic, national, racial"}
     for text, category in hits.items():
         assert slurs.find(text)[0] == category, text
-    for text in ("This is spicy", "a chink in the armor of this boss", "打鬼子游戏", "жидкость", "raccoon",
+    for text in ("This is spicy", "a chink in the armor of this boss",
+                 "the spic and span levels are clean", "Spic-and-span menus", "打鬼子游戏", "жидкость", "raccoon",
                  "I started it", "Japan is great", "Pakistan", "gay marriage sim", "cracking the code"):
         assert slurs.find(text) is None, text
 
