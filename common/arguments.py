@@ -124,7 +124,7 @@ class GeneratingArguments(Arguments):
     max_new_tokens: int | None = arg(256, "Most tokens per reply.", unset="the model's generation config, else 512",
                                      check=_positive)
     do_sample: bool = arg(True, "Sample (True) or greedy-decode (False).")
-    temperature: float | None = arg(0.7, "Sampling temperature (chat: 0 = greedy).",
+    temperature: float | None = arg(0.7, "Sampling temperature.",
                                     unset="the model's generation config")
     top_p: float | None = arg(0.9, "Nucleus sampling probability mass.", unset="the model's generation config")
     repetition_penalty: float = arg(1.0, "Penalty on repeating earlier tokens (HF generate's repetition_penalty, "

@@ -41,7 +41,7 @@ class ChatConfig:
     quantization_bit: int | None = QuantizationArguments.use("quantization_bit")
     system: str | None = DataArguments.use(
         "system", unset="the run's (run_config.yaml), else none; a GGUF keeps the persona in its chat template")
-    temperature: float | None = GeneratingArguments.use("temperature", None)
+    temperature: float | None = GeneratingArguments.use("temperature", None, note="0 = greedy.")
     top_p: float | None = GeneratingArguments.use("top_p", None)
     max_new_tokens: int | None = GeneratingArguments.use("max_new_tokens", None)
     n_ctx: int = LlamaCppArguments.use("n_ctx")
