@@ -434,7 +434,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     t0, load_start = time.perf_counter(), _load_average()
     if cfg.language not in ("en", "zh"):
         raise UserError(f"demo: --language {cfg.language}: use en or zh")
-    _threads_for_load(load_start)
+    torch_threads = _threads_for_load(load_start)
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "demo_config.json", config.to_dict(cfg))
@@ -463,7 +463,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     summary = _summary(cfg, out, stages, prepared, trained, compared, exported, used)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     summary["machine"] = {"cores": len(os.sched_getaffinity(0)), "load_start": load_start, "load_end": _load_average(),
-                          "cpu_seconds": _cpu_seconds()}
+                          "cpu_seconds": _cpu_seconds(), "train_threads": torch_threads}
     atomic.write_json(out / "demo_summary.json", summary)
     atomic.write_text(out / "report.md", demo_compare.render_report(summary))
     _print_summary(summary)
@@ -478,17 +478,19 @@ def _cpu_seconds() -> float:
     return round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 1)
 
 
-def _threads_for_load(load: float) -> None:
+def _threads_for_load(load: float) -> int:
     """On a machine whose load average exceeds half its cores, train with one torch thread and say so: torch's
     threads wait on each other while other jobs hold the cores (10-20x slower steps; docs/real-run.md has the
-    figures). ``OMP_NUM_THREADS`` set by the user is left alone."""
+    figures). ``OMP_NUM_THREADS`` set by the user is left alone. Returns the torch threads training uses
+    (chosen once, at the start: a job started later still slows a run that took two)."""
+    import torch
+
     cores = len(os.sched_getaffinity(0))
     if load > cores / 2 and not os.environ.get("OMP_NUM_THREADS"):
-        import torch
-
         torch.set_num_threads(1)
         console.print(f"[yellow]this machine is busy (load average {load} on {cores} cores): training with one "
                       "thread, which is much faster then; set OMP_NUM_THREADS to choose[/yellow]")
+    return torch.get_num_threads()
 
 
 def _load_average() -> float:

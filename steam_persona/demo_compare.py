@@ -155,7 +155,8 @@ def run_time(s: dict[str, Any]) -> str:
     earlier run, how many and what they took then (a rerun's own time is only the reuse check)."""
     m = s["machine"]
     text = (f"{s['wall_seconds']} s on {m['cores']} cores, load average {m['load_start']} → {m['load_end']} "
-            f"(a loaded machine is slower); CPU time {m['cpu_seconds']} s")
+            f"(a loaded machine is slower), training on {m['train_threads']} thread(s); "
+            f"CPU time {m['cpu_seconds']} s")
     reused = [v for v in s["stages"].values() if v.get("reused")]
     if reused:
         then = sum(v.get("seconds") or 0 for v in s["stages"].values())

@@ -308,9 +308,9 @@ def test_a_busy_machine_trains_with_one_thread(capsys, monkeypatch):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        demo._threads_for_load(0.5)
+        assert demo._threads_for_load(0.5) == 2
         assert capsys.readouterr().err == "" and torch.get_num_threads() == 2
-        demo._threads_for_load(1.5)
+        assert demo._threads_for_load(1.5) == 1
         assert "training with one thread" in " ".join(capsys.readouterr().err.split())
         assert torch.get_num_threads() == 1
         torch.set_num_threads(2)
@@ -332,7 +332,7 @@ def test_summary_prints_model_text_literally(capsys):
          "train": {"train": 10, "val": 2, "loss_start": 4.0, "loss_end": 3.0, "steps": 5, "dtype": "bfloat16"},
          "export": {"files": {}, "verified": {}}, "stages": {}, "language": "en", "base_model": "smollm2",
          "quantization": "q4_k_m", "tokens_per_second": 1.0, "wall_seconds": 1.0, "output_dir": "demo_run",
-         "machine": {"cores": 2, "load_start": 0.5, "load_end": 0.6, "cpu_seconds": 2.0}, "note": None,
+         "machine": {"cores": 2, "load_start": 0.5, "load_end": 0.6, "cpu_seconds": 2.0, "train_threads": 2}, "note": None,
          "next_steps": ["serve it"]}
     demo._print_summary(s)
     err = " ".join(capsys.readouterr().err.split())
@@ -342,6 +342,7 @@ def test_summary_prints_model_text_literally(capsys):
     assert "goal: every review addresses its game (names it or a genre tag) │ 50.0 % — NOT met" in err
     report = render_report(s)
     assert "| tuned | Rocket League [/bold] is [red]fun[/red]. | stopped by itself, 9 tokens |" in report
+    assert "load average 0.5 → 0.6 (a loaded machine is slower), training on 2 thread(s); CPU time 2.0 s" in report
 
 
 def test_a_missed_goal_gets_the_note_that_says_what_it_measures():
