@@ -135,9 +135,10 @@ _HANDLES_HINT = re.compile(literal_union(_SIGNATURE_WORDS + _THANKS_WORDS))  # e
 def strip_handles(text: str, author: str | None = None, handles: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
     """Remove cross-post signatures ("——来自小黑盒用户XXX的评价", "转自B站", "Sent from my iPhone"), copy
     footers and by-lines ("原文链接：…", "——by XXX"), ``@name`` mentions, another user thanked by name
-    ("感谢暗夜猎手大佬的攻略" → "感谢大佬的攻略"), every occurrence of the record's own author names
-    (``author``: names and ids, one per line; case-insensitive, whole words for Latin names, parts
-    joined any way: see :func:`_name_pattern`; names under 2 characters are ignored) and other authors'
+    ("感谢暗夜猎手大佬的攻略" → "感谢大佬的攻略"), the record's own author names (``author``: names and
+    ids, one per line; case-insensitive, whole words for Latin names, parts joined any way; a
+    distinctive name anywhere, a name that is a word only where it signs the review: see
+    :func:`_name_pattern`; names under 2 characters are ignored) and other authors'
     screen names (``handles``: lower-cased tokens, see :func:`screen_names`).
     Returns ``(text, kinds)`` with kinds from ``signature``, ``mention``, ``author_name``,
     ``screen_name``."""
@@ -160,7 +161,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
     for name in author.split("\n") if author else ():
         pattern = _name_pattern(name.strip(), low)
         if pattern:
-            text, n = re.subn(pattern, "", text, flags=re.I)
+            text, n = re.subn(pattern, _kept_sign_off, text, flags=re.I)
             if n:
                 kinds.append("author_name")
     if handles:
@@ -172,23 +173,54 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
 
 
 _HANDLE_TOKEN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z0-9_][A-Za-z0-9_.\-]{3,}(?<![.\-])")
-_NAME_SEP = re.compile(r"[\s_.\-]+")
+# where a name splits into parts: separators, letter↔digit and lower→upper ("Dark_Knight99" → Dark Knight 99)
+_NAME_SPLIT = re.compile(r"[\s_.\-]+|(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])|(?<=[a-z])(?=[A-Z])")
+_HAN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+# CJK screen names built from ordinary words ("老玩家", "资深玩家", "游戏爱好者")
+_GENERIC_CJK = re.compile(r"玩家|用户|用戶|游戏|遊戲|路人|萌新|新手|老手|大佬|爱好者|愛好者|粉丝|网友|主播|up主|steam", re.I)
+_NAME_END = r"[ \t]*[.!。！~]*[ \t]*$"  # the rest of the line: nothing but closing punctuation
+_SIGN_OFF = (r"(?P<keep>(?<![^\W\d_])(?:cheers|thanks|thank you|regards|best|peace|glhf|gl hf|enjoy|signed|sincerely|yours"
+             r"|says|love|bye)[ \t,:]+)")
 
 
 def _name_pattern(name: str, low: str) -> str | None:
     """A regex for the author's name ``name`` as it may be written in the text, or ``None`` when its
     longest part is not in ``low`` (the lower-cased text; the cheap test first) or it is under 2
-    characters. Parts split at spaces, ``_``, ``.``, ``-`` may be joined by any of these or nothing
-    ("Dark_Knight-99" → "Dark Knight 99", "darkknight99"); a dash or "by" right before it goes too
-    ("—— 暗夜猎手"). Latin names match whole words only."""
-    if len(name) < 2 or (name.lower() not in low and (name.isalnum() or not _NAME_SEP.search(name))):
-        return None  # the common case: a name (or steam id) of one part, not in the text
-    parts = [p for p in _NAME_SEP.split(name.lower()) if p]
-    if not parts or max(parts, key=len) not in low:
+    characters. Parts split at spaces, ``_``, ``.``, ``-``, between letters and digits and at an
+    inner capital may be joined by any of these or nothing ("Dark_Knight99" → "Dark Knight 99",
+    "DarkKnight99", "darkknight99"); a dash or "by" right before it goes too ("—— 暗夜猎手"). Latin
+    names match whole words only. A :func:`distinctive_name` matches anywhere; another name (a word
+    such as "Hunter", "the", "老玩家") only where it signs the review: alone on a line, at a line's
+    end after a dash, as ``@name``, or at the text's end after "by" or a sign-off ("Cheers, Hunter")."""
+    if len(name) < 2:
         return None
+    parts = [p for p in _NAME_SPLIT.split(name.lower()) if p]
+    if not parts or (len(parts) == 1 and parts[0] not in low) or max(parts, key=len) not in low:
+        return None  # the common case: a name (or steam id) not in the text
     body = r"[\s_.\-]*".join(map(re.escape, parts))
-    lead = r"(?:(?:[-—–~]+\s*|(?<![A-Za-z])by\s+)(?=\S))?"
-    return rf"{lead}(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])" if name.isascii() else lead + body
+    if name.isascii():
+        body = rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])"
+    if distinctive_name(name):
+        return rf"(?:(?:[-—–~]+\s*|(?<![A-Za-z])by\s+)(?=\S))?{body}"
+    dash = r"(?:(?:^|(?<=\s))[-—–~=]+|[-—–~=]{2,})[ \t]*"
+    return (rf"(?m:^[ \t]*(?:[-—–~=_]+[ \t]*|by[ \t]+)?{body}{_NAME_END}|{dash}{body}{_NAME_END})|@{body}"
+            rf"|(?:(?<![A-Za-z])by[ \t]+|{_SIGN_OFF}){body}[ \t]*[.!。！~]*\s*\Z")
+
+
+def _kept_sign_off(m: re.Match[str]) -> str:
+    return m.groupdict().get("keep") or ""
+
+
+def distinctive_name(name: str) -> bool:
+    """Whether a screen name is unlikely to be an ordinary word, so that it can be removed wherever
+    it occurs: digits only (a Steam id), or 4+ characters with a digit, ``_`` or an inner capital
+    ("Dark_Knight99", "xXSniperXx"); in CJK, 4+ characters without a generic word ("暗夜猎手", not
+    "老玩家" or "资深玩家"). Words of any length ("Hunter", "Steam", "the", "Dark Knight") are not."""
+    if name.isdigit():
+        return True
+    if _HAN.search(name):
+        return len(name) >= 4 and not _GENERIC_CJK.search(name)
+    return len(name) >= 4 and bool(re.search(r"\d|_", name) or re.search(r"[a-z][A-Z]", name))
 
 
 def screen_names(authors: list[str]) -> frozenset[str]:
@@ -200,8 +232,7 @@ def screen_names(authors: list[str]) -> frozenset[str]:
     for names in authors:
         for name in names.split("\n"):
             name = name.strip()
-            if _HANDLE_TOKEN.fullmatch(name) and not name.isdigit() and (
-                    re.search(r"\d|_", name) or re.search(r"[a-z][A-Z]", name)):
+            if _HANDLE_TOKEN.fullmatch(name) and not name.isdigit() and distinctive_name(name):
                 out.add(name.lower())
     return frozenset(out)
 

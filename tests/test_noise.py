@@ -41,7 +41,7 @@ def test_signatures_mentions_and_the_authors_name():
     assert noise.strip_handles("Fun game.\nSent from my iPhone") == ("Fun game.\n", ["signature"])
     assert noise.strip_handles("@路人甲 你说得对") == (" 你说得对", ["mention"])
     text, kinds = noise.strip_handles("Bob here: a great game, says bob", "Bob\n76561190000000001")
-    assert text == " here: a great game, says " and kinds == ["author_name"]
+    assert text == "Bob here: a great game, says " and kinds == ["author_name"]  # a plain name: only as a sign-off
     # near misses
     assert noise.strip_handles("灵感来自我的童年，很好") == ("灵感来自我的童年，很好", [])
     assert noise.strip_handles("mail me at a@b.com") == ("mail me at a@b.com", [])
@@ -211,8 +211,9 @@ def test_a_missing_space_after_a_full_stop_is_not_a_link():
 def test_other_authors_screen_names_go_plain_words_stay():
     handles = noise.screen_names(["xXSniperXx\n76561190000000001", "player_123", "Gamer", "Ann Lee", "12345678"])
     assert handles == {"xxsniperxx", "player_123"}
-    text, kinds = noise.strip_handles("thanks XXSNIPERXX and player_123, says Gamer and Ann Lee", "Ann Lee", handles)
-    assert text == "thanks  and , says Gamer and " and kinds == ["author_name", "screen_name"]
+    text, kinds = noise.strip_handles("thanks XXSNIPERXX and player_123, says Gamer and Ann Lee\n— Ann Lee", "Ann Lee",
+                                      handles)
+    assert text == "thanks  and , says Gamer and Ann Lee\n" and kinds == ["author_name", "screen_name"]
 
 
 @pytest.mark.parametrize("text,kept", [
@@ -302,3 +303,51 @@ def test_signature_near_misses_stay(keep):
 def test_author_name_in_other_spellings(text, author, want):
     out, _ = noise.strip_handles(text, author)
     assert out == want
+
+
+@pytest.mark.parametrize(("text", "author"), [
+    ("Great monster hunter game, every hunter will love the new weapons and maps.", "Hunter"),
+    ("This is so much fun with friends, the fun never stops in co-op mode.", "fun"),
+    ("Bought it on the Steam sale and the Steam Deck runs it perfectly well.", "Steam"),
+    ("One of the best games of the year, the art direction is stunning.", "the"),
+    ("作为一个老玩家，我觉得这款游戏的战斗系统非常扎实，值得一玩。", "老玩家"),
+    ("Game of the year for me, the game loop never gets old at all.", "Game"),
+    ("I played this as a knight and the knight class is the best class, no doubt.", "Knight"),
+    ("Batman: The Dark Knight - what a ride, and the dark knight returns too.", "Dark Knight"),
+    ("A well-known studio, everything here is well-known", "known"),
+    ("I got killed by the hunter twice, then I learned the patterns", "Hunter"),
+])
+def test_author_name_that_is_a_word_stays_in_sentences(text, author):
+    assert noise.strip_handles(text, author) == (text, [])
+
+
+@pytest.mark.parametrize(("text", "author", "want"), [
+    ("Great game.\nHunter", "Hunter", "Great game.\n"),
+    ("Great game. — Hunter", "Hunter", "Great game. "),
+    ("Great game.\n-- the.", "the", "Great game.\n"),
+    ("好玩，值得一买——老玩家", "老玩家", "好玩，值得一买"),
+    ("Worth every cent. Review written by Steam", "Steam", "Worth every cent. Review written "),
+    ("Worth every cent, see you in the hunt. Cheers, Hunter!", "Hunter", "Worth every cent, see you in the hunt. Cheers, "),
+    ("Fun with friends in co-op, fun fun.\n~ Fun", "fun", "Fun with friends in co-op, fun fun.\n"),
+])
+def test_author_name_that_is_a_word_goes_where_it_signs(text, author, want):
+    assert noise.strip_handles(text, author) == (want, ["author_name"])
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("Fair boss fights. — Dark Knight 99", "Fair boss fights. "),
+    ("Fair boss fights. - DarkKnight99", "Fair boss fights. "),
+    ("Fair boss fights. by darkknight99", "Fair boss fights. "),
+    ("Fair boss fights. -- Dark_Knight99", "Fair boss fights. "),
+    ("dark-knight-99 says: fair boss fights", " says: fair boss fights"),
+])
+def test_distinctive_author_name_split_between_letters_digits_and_capitals(text, want):
+    assert noise.strip_handles(text, "Dark_Knight99") == (want, ["author_name"])
+
+
+@pytest.mark.parametrize(("name", "distinctive"), [
+    ("Dark_Knight99", True), ("xXSniperXx", True), ("76561198000000003", True), ("暗夜猎手", True),
+    ("Hunter", False), ("the", False), ("Dark Knight", False), ("老玩家", False), ("资深玩家", False), ("ab1", False),
+])
+def test_distinctive_name(name, distinctive):
+    assert noise.distinctive_name(name) is distinctive
