@@ -118,14 +118,14 @@ def test_not_campaigns(text):
 
 
 @pytest.mark.parametrize("text,kept,kinds", [
-    ("my id STEAM_0:1:12345 and [U:1:998877]", "my id  and ", ["steam_id"]),
-    ("friend code: 12345678 add me", " add me", ["friend_code"]),
-    ("邀请 https://s.team/p/abcd-efgh/XYZ 来玩", "邀请  来玩", ["profile_url"]),
-    ("mail bob at gmail dot com pls", "mail  pls", ["email"]),
+    ("my id STEAM_0:1:12345 and [U:1:998877]", "", ["steam_id"]),
+    ("Fun. friend code: 12345678 add me", "Fun.", ["friend_code"]),
+    ("好玩！邀请 https://s.team/p/abcd-efgh/XYZ 来玩", "好玩！", ["profile_url"]),
+    ("Good game, mail bob at gmail dot com pls", "Good game", ["email"]),
     ("name(at)qq(dot)com", "", ["email"]),
-    ("企鹅号 1 2 3 4 5 6 7 欢迎", "欢迎", ["contact"]),
-    ("call +44 20 7946 0958 now", "call  now", ["phone_number"]),
-    ("联系13912345678", "联系", ["phone_number"]),
+    ("企鹅号 1 2 3 4 5 6 7 欢迎\n好玩", "\n好玩", ["contact"]),
+    ("call +44 20 7946 0958 now", "", ["phone_number"]),
+    ("联系13912345678", "", ["phone_number"]),
     ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", "资源  自取，wiki  也行", ["link"]),
 ])
 def test_personal_data_forms(text, kept, kinds):
@@ -204,7 +204,7 @@ def test_a_missing_space_after_a_full_stop_is_not_a_link():
     for keep in ("It was fun.It is also long.In the end good.My rating: 8", "(555) 0x1F build 2.0.1"):
         assert cleaning.scrub_pii(keep) == (keep, [])
     assert cleaning.scrub_pii("trailer youtu.be/abc123 here") == ("trailer  here", ["link"])
-    assert cleaning.scrub_pii("call (555) 123-4567 or 555-123-4567") == ("call  or ", ["phone_number"])
+    assert cleaning.scrub_pii("Fair. call (555) 123-4567 or 555-123-4567") == ("Fair.", ["phone_number"])
     assert noise.strip_page_residue("Great game\nRead more\n3 comments") == "Great game"
 
 

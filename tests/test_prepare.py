@@ -49,10 +49,11 @@ def test_seed_sample_quirks_are_each_handled(seed_prepared, seed_dataset):
     # QQ-group advert copies (records 139, 141-145) removed as spam; the real review at 140 kept
     assert report["rules"]["spam"]["reasons"] == {"qq_wechat_group": 6, "award_begging": 4}
     assert not any("Q群" in o for o in outputs) and seed[140]["output"] in outputs
-    # profile URL (record 570) scrubbed from a kept review
+    # profile URL (record 570) scrubbed from a kept review with the line that pointed at it ("…评测在这里 URL")
     assert report["rules"]["scrub_pii"]["reasons"] == {"profile_url": 1}
     kept570 = next(o for o in outputs if o.startswith("免费的战地-搜打撤"))
-    assert kept570.endswith("战地6本体评测在这里") and "steamcommunity" not in kept570 and "7656119" not in kept570
+    assert kept570.endswith("战地里有吃鸡。") and "steamcommunity" not in kept570 and "7656119" not in kept570
+    assert "评测在这里" not in kept570
     # BBCode stripped, its text kept
     assert not any(re.search(r"\[/?(spoiler|b|h1|i|u|list|\*)\]", o) for o in outputs)
     assert any(o.endswith("比如 《烟火》 。") for o in outputs)  # "比如[spoiler] 《烟火》 [/spoiler]。"

@@ -236,7 +236,7 @@ def test_long_english_review_and_a_cited_link_are_kept(tmp_path):
     src = _csv(tmp_path / "en.csv", ["review", "language", "game"],
                [[long_review, "english", "Hades"], [cited, "english", "Hades"], [crash, "english", "Hades"]])
     outs = [r["output"] for r in _load(_run(tmp_path, [src], language=["english"])["train"])]
-    assert outs == [long_review, "The boss guide at helped a lot, the fight is fair once learned.", crash]
+    assert outs == [long_review, "The boss guide helped a lot, the fight is fair once learned.", crash]
 
 
 def test_score_columns_language_codes_and_reviews_keyed_by_app(tmp_path):
