@@ -37,6 +37,18 @@ _POSTED = (r"发布于|發佈於|發表於|張貼於|更新于|更新於|最后�
            r"|pubblicat[ao]|aggiornat[ao]|ultima modifica|opublikowano|zaktualizowano|ostatnio edytowano|yayınlanma"
            r"|güncellendi|son düzenleme|投稿日|最終更新|最終編集|更新日|게시 일시|게시|업데이트|마지막 수정")
 _DATE_HEADER = re.compile(rf"^\s*(?:{_POSTED})\s*[:：]?\s*(?:(?:le|el|em|am|on|il)\s+)?(?:{_DATE})[\s.。,，]*", re.I | re.M)
+# the review's buttons (yes / no / funny [/ award]) and the question before them, in the UI languages above
+_BUTTONS = (r"yes\s*no\s*funny(?:\s*award)?|是\s*否\s*(?:欢乐|有趣)(?:\s*(?:奖励|獎勵))?|ja\s*nein\s*lustig(?:\s*auszeichn\w*)?"
+            r"|oui\s*non\s*drôle(?:\s*récompens\w*)?|s[ií]\s*no\s*divertid[ao](?:\s*premi\w*)?"
+            r"|sim\s*não\s*engraçad[ao](?:\s*premi\w*)?|да\s*нет\s*забавн\w*(?:\s*наград\w*)?|はい\s*いいえ\s*面白い(?:\s*アワード)?"
+            r"|예\s*아니요\s*재미있\w*(?:\s*상)?|tak\s*nie\s*zabawn\w*(?:\s*nagr\w*)?|evet\s*hayır\s*komik(?:\s*ödül\w*)?"
+            r"|sì\s*no\s*divertente(?:\s*premi\w*)?")
+_HELPFUL_ASKED = (r"was this review helpful\?|这篇评测是否有价值？?|這篇評論是否有幫助？?|你觉得这篇评测有价值吗？?"
+                  r"|war diese rezension hilfreich\?|cette évaluation vous a-t-elle été utile ?\?|¿te ha sido útil esta reseña\?"
+                  r"|esta análise foi útil\?|был ли этот обзор полезен\?|このレビューは参考になりましたか？?"
+                  r"|이 평가가 유용한가요\?|czy ta recenzja była pomocna\?|bu inceleme yararlı oldu mu\?"
+                  r"|questa recensione ti è stata utile\?")
+_HELPFUL_SHORT = r"helpful\?|hilfreich\?|utile ?\?|¿?útil\?|полезно\?|参考になりましたか？|pomocna\?|yararlı mı\?"
 # whole lines that only the page puts there
 _RESIDUE_LINE = re.compile(
     r"^(?:\s*(?:"
@@ -56,7 +68,7 @@ _RESIDUE_LINE = re.compile(
     r"[^\n]{0,50}?(?:hilfreich|lustig|utile|drôle|amusante|útil|divertida|engraçada|полезн\w*|забавн\w*|divertente"
     r"|pomocn\w*|zabawn\w*|yararlı|komik)[^\n]{0,30}"
     r"|\d[\d,]*\s*人がこのレビューが(?:参考になった|面白い)と投票しました|\d[\d,]*\s*명이 이 평가가 (?:유용|재미있)[^\n]{0,12}"
-    r"|这篇评测是否有价值？?.*|這篇評論是否有幫助？?.*|was this review helpful\?.*|你觉得这篇评测有价值吗？?.*"
+    rf"|(?:{_HELPFUL_ASKED})(?:\s*(?:{_BUTTONS}))?|(?:{_HELPFUL_SHORT})?\s*(?:{_BUTTONS})"
     r"|(?:总时数|總時數|记录在案|評論時|评测时|评测时数)\s*[\d,.]+\s*(?:小时|小時)(?:\s*[（(]评测时\s*[\d,.]+\s*小时[)）])?"
     r"|[\d,.]+\s*(?:hrs?|hours?)\s*on record(?:\s*\([\d,.]+\s*hrs? at review time\))?"
     r"|[\d,.]+\s*(?:std\.|h|ч\.?|時間|시간|godz\.?|ore|saat)\s*(?:insgesamt|en tout|registradas|registrad[ao]s|всего|記録"
@@ -64,7 +76,7 @@ _RESIDUE_LINE = re.compile(
     r"|(?:記録時間|기록상|kayıtlarda|toplam)\s*[:：]?\s*[\d,.]+\s*(?:時間|시간|saat|hrs?|h)"
     r"|\d[\d,]*\s*(?:products? in account|reviews?|项产品|個產品|篇评测|篇評論)(?:\s*[|｜·]\s*\d[\d,]*\s*(?:reviews?|篇评测))?"
     r"|阅读更多|展开阅读全文|展开全文|收起|read more|show more|\d[\d,]*\s*(?:条留言|条回复|則留言|comments?)"
-    r"|回复|回覆|reply|奖励|獎勵|award|是\s*否\s*欢乐\s*奖励|yes\s*no\s*funny\s*award"
+    r"|回复|回覆|reply|奖励|獎勵|award"
     r")[\s.。,，|｜·]*)+$", re.I | re.M)
 # Every date header and residue line contains one of these (in the lower-cased text: a case-sensitive
 # search of literals, written as a trie, is several times faster than re.I), or starts a line with a verdict (推荐 and 更新
@@ -81,7 +93,8 @@ _RESIDUE_HINT = re.compile(literal_union((
     r"|則留言|comment|回复|回覆|reply|奖励|獎勵|award|張貼|zuletzt|mise à jour|dernière modif|última edi|editad|последнее"
     r"|отредактировано|aggiornat|ultima modifica|ostatnio|güncellen|son düzenleme|最終|마지막 수정|early-access|wczesnego"
     r"|otrzymany|erken erişim|ücretsiz|accesso anticipato|ricevuto|おすすめ|추천|polecam|öneril|consigliato|pessoa|osób"
-    r"|osob|kişi|レビュー|평가|godz|saat|kayıt|in totale|toplam|łącznie").split("|")))
+    r"|osob|kişi|レビュー|평가|godz|saat|kayıt|in totale|toplam|łącznie|funny|欢乐|有趣|lustig|drôle|divertid|engraçad"
+    r"|забавн|面白い|재미있|zabawn|komik|divertente").split("|")))
 
 
 def strip_page_residue(text: str) -> str:

@@ -29,7 +29,8 @@ def test_page_residue_in_several_ui_languages():
     "1,234 PEOPLE FOUND THIS REVIEW HELPFUL\nok", "12.5 HRS ON RECORD\nok", "NICHT EMPFOHLEN\nnein", "展开全文\n好",
     "有 3 人觉得这篇评测很欢乐\n好", "4 Personen fanden diese Rezension hilfreich\nok", "게시 일시: 3월 4일\n좋아요",
     "这游戏不错，有点贵", "a long day", "推荐\n好玩", "  不推荐\n太贵", "好玩\n推薦", "更新于：3 月 4 日\n好",
-    "我推荐这个游戏", "版本更新了很多内容"])
+    "我推荐这个游戏", "版本更新了很多内容", "ok\nHelpful? Yes No Funny Award", "ok\nJa Nein Lustig", "ok\nДа Нет Забавный",
+    "ok\nはい いいえ 面白い", "ok\n예 아니요 재미있음", "ok\nEvet Hayır Komik Ödül", "ok\nSì No Divertente Premia"])
 def test_page_residue_hint_never_hides_a_line(text):
     """The literal pre-filter (searched in the lower-cased text) only skips texts the patterns leave alone."""
     full = noise._RESIDUE_LINE.sub("", noise._DATE_HEADER.sub("", text)).strip()
@@ -351,3 +352,32 @@ def test_distinctive_author_name_split_between_letters_digits_and_capitals(text,
 ])
 def test_distinctive_name(name, distinctive):
     assert noise.distinctive_name(name) is distinctive
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Great.\nHelpful? Yes No Funny Award", "Great."),
+    ("Great.\nWas this review helpful? Yes No Funny Award", "Great."),
+    ("Great.\nWas this review helpful?", "Great."),
+    ("Great.\nYes No Funny", "Great."),
+    ("好玩\n这篇评测是否有价值？ 是 否 欢乐 奖励", "好玩"),
+    ("好玩\n這篇評論是否有幫助？ 是 否 有趣 獎勵", "好玩"),
+    ("Gut.\nWar diese Rezension hilfreich? Ja Nein Lustig Auszeichnen", "Gut."),
+    ("Bon.\nCette évaluation vous a-t-elle été utile ? Oui Non Drôle Récompenser", "Bon."),
+    ("Bueno.\n¿Te ha sido útil esta reseña? Sí No Divertida Premiar", "Bueno."),
+    ("Хорошо.\nБыл ли этот обзор полезен? Да Нет Забавный Наградить", "Хорошо."),
+    ("Dobra.\nCzy ta recenzja była pomocna? Tak Nie Zabawna Nagroda", "Dobra."),
+])
+def test_review_buttons_and_helpful_question_lines_go(text, want):
+    assert noise.strip_page_residue(text) == want
+
+
+@pytest.mark.parametrize("text", [
+    "Was this review helpful? Honestly I doubt it, but the game itself is a gem.",
+    "Helpful? Not really, but the game is fun.",
+    "Yes No Funny, the three buttons under my review are the only things I like less than this game.",
+    "Funny\nThis game made me laugh harder than any comedy this year.",
+    "这篇评测是否有价值？我觉得有，因为游戏真的很好。",
+    "Helpful tip: play the tutorial first.",
+])
+def test_sentences_that_start_like_the_buttons_stay(text):
+    assert noise.strip_page_residue(text) == text
