@@ -504,6 +504,18 @@ class WordList:
             hit = self._find_masked(text)
         return (self.categories[hit], hit) if hit else None
 
+    def mask(self, text: str) -> str:
+        """``text`` with every listed word shown as its first letter and ``*`` (``n*****``, ``智*``), for
+        reports; a text that still holds one in a form that cannot be masked in place (spaced out,
+        partly masked) is replaced by ``▇`` whole."""
+        low = text.lower()
+        if self._regex is not None and len(low) == len(text):
+            for m in self._regex.finditer(low):
+                a, b = m.span()
+                if m.group(0) in self.cjk or ((a == 0 or not low[a - 1].isalnum()) and (b == len(low) or not low[b].isalnum())):
+                    text = text[:a] + text[a] + "*" * (b - a - 1) + text[b:]
+        return "▇" if self.find(text) else text
+
     def _find_allowed(self, text: str) -> str | None:
         hit = self._find(text)
         if hit and self._allowed is not None and self._allowed.search(text):

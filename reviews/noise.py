@@ -151,7 +151,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
     ("感谢暗夜猎手大佬的攻略" → "感谢大佬的攻略"), the record's own author names (``author``: names and
     ids, one per line; case-insensitive, whole words for Latin names, parts joined any way; a
     distinctive name anywhere, a name that is a word only where it signs the review: see
-    :func:`_name_pattern`; names under 2 characters are ignored) and other authors'
+    :func:`name_pattern`; names under 2 characters are ignored) and other authors'
     screen names (``handles``: lower-cased tokens, see :func:`screen_names`).
     Returns ``(text, kinds)`` with kinds from ``signature``, ``mention``, ``author_name``,
     ``screen_name``."""
@@ -172,7 +172,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
             kinds.append("screen_name")
     low = text.lower() if kinds else low
     for name in author.split("\n") if author else ():
-        pattern = _name_pattern(name.strip(), low)
+        pattern = name_pattern(name.strip(), low)
         if pattern:
             text, n = re.subn(pattern, _kept_sign_off, text, flags=re.I)
             if n:
@@ -196,7 +196,7 @@ _SIGN_OFF = (r"(?P<keep>(?<![^\W\d_])(?:cheers|thanks|thank you|regards|best|pea
              r"|says|love|bye)[ \t,:]+)")
 
 
-def _name_pattern(name: str, low: str) -> str | None:
+def name_pattern(name: str, low: str) -> str | None:
     """A regex for the author's name ``name`` as it may be written in the text, or ``None`` when its
     longest part is not in ``low`` (the lower-cased text; the cheap test first) or it is under 2
     characters. Parts split at spaces, ``_``, ``.``, ``-``, between letters and digits and at an

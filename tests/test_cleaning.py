@@ -340,3 +340,12 @@ def test_lead_in_words_without_a_link_stay(text):
 def test_scrub_never_leaves_lone_punctuation():
     out, _ = cleaning.scrub_pii("Fun co-op. Add me: a at b dot com or , Kirito#1234 .")
     assert out == "Fun co-op." and not re.search(r"(?:^|\s)[,.;:](?:\s|$)", out)
+
+
+def test_word_list_mask_shows_first_letters_only(tmp_path):
+    f = tmp_path / "words.txt"
+    f.write_text("[listed]\nbadword\n坏词\n", encoding="utf-8")
+    words = cleaning.WordList(f)
+    assert words.mask("A BADWORD, 坏词 and badwords stay.") == "A B******, 坏* and badwords stay."
+    assert words.mask("b a d w o r d here") == "▇"  # cannot be masked in place
+    assert words.mask("nothing listed") == "nothing listed"

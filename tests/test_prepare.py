@@ -367,3 +367,18 @@ def test_gbk_input_needs_and_accepts_encoding_and_the_table_names_the_kept_count
     bom = tmp_path / "bom.json"
     bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(seed, ensure_ascii=False).encode("utf-8"))
     assert _run(tmp_path, [bom], val_size=0)["counts"]["kept"] == 6
+
+
+def test_reasons_text_sums_to_the_total():
+    from steam_persona.reviews import report
+    reasons = {"gamer_id": 1, "email": 3, "link": 1, "id_number": 1, "steam_id": 1}
+    assert report.reasons_text(reasons, 4) == "email 3, gamer_id 1, link 1, id_number 1, steam_id 1"
+    assert report.reasons_text({**reasons, "phone_number": 2}, 4) == "email 3, phone_number 2, gamer_id 1, link 1, 2 more 2"
+    assert report.reasons_text({}, 4) == ""
+
+
+def test_report_examples_mask_the_author_where_the_rule_would_remove_it():
+    from steam_persona.reviews.prepare import mask
+    assert mask("the game is the best\n— the", "the") == "the game is the best\n▇"
+    assert mask("Dark Knight 99 says hi, thanks darkknight99", "Dark_Knight99") == "▇ says hi, thanks ▇"
+    assert mask("Cheers, Hunter", "Hunter") == "Cheers, ▇"

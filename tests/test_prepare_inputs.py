@@ -276,7 +276,10 @@ def test_identity_slurs_are_removed_and_reported_masked(tmp_path):
     assert outs == ZH + ["垃圾优化，烂到家了，但是玩法确实有意思，建议打折再买"]  # plain profanity about the game stays
     report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
     assert report["rules"]["identity_slur"]["reasons"] == {"disability: 智*": 1}
-    assert "disability: 智*" in Path(res["report_md"]).read_text(encoding="utf-8")
+    md = Path(res["report_md"]).read_text(encoding="utf-8")
+    assert "disability: 智*" in md
+    assert report["rules"]["identity_slur"]["examples"][0]["text"] == "这关卡设计的策划是智*吧，难度曲线完全不合理"
+    assert "智障" not in md and "智障" not in json.dumps(report["rules"], ensure_ascii=False)
     kept = _run(tmp_path, [src], drop_identity_slurs=False)
     assert kept["counts"]["kept"] == 6
 
