@@ -205,8 +205,8 @@ def name_pattern(name: str, low: str) -> str | None:
     names match whole words only. A :func:`distinctive_name` matches anywhere; another name (a word
     such as "Hunter", "the", "老玩家") only where it signs the review: alone on a line, at a line's
     end after a dash, as ``@name``, or at the text's end after "by" or a sign-off ("Cheers, Hunter")."""
-    if len(name) < 2:
-        return None
+    if len(name) < 2 or (name.isdigit() and name not in low):
+        return None  # the common case: a steam id not in the text
     parts = [p for p in _NAME_SPLIT.split(name.lower()) if p]
     if not parts or (len(parts) == 1 and parts[0] not in low) or max(parts, key=len) not in low:
         return None  # the common case: a name (or steam id) not in the text
