@@ -578,6 +578,7 @@ def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str) -> Lo
     lang = 1 if tag_language == "zh" else 0
     for n, row in enumerate(reader, 2):  # line 1 is the header
         where = f"{path}: row {n}"
+        row = _whole_row(path, reader, row, ",")
         try:
             reviews = json.loads(row["user_reviews"] or "[]")
         except json.JSONDecodeError as e:
