@@ -432,6 +432,7 @@ def _raw(path: Path, text: str) -> Path:
     ("review\n" + "A fine game with a story I enjoyed playing\n" * 60 + "Unquoted, comma here\n", 62, 2, 1, "comma"),
     ("review,voted_up\n\"A multi\nline, quoted review\",True\nToo few fields here\n", 4, 1, 2, "comma"),
     ("review\tvoted_up\thours\nGood game\tTrue\n", 2, 2, 3, "tab"),
+    ('title,user_reviews,item_id\nHades,"[""Great game""]",1145360,extra\n', 2, 4, 3, "comma"),  # store-scrape CSV
 ])
 def test_row_with_other_field_count_than_header_exit_2(tmp_path, text, line, found, width, sep):
     src = _raw(tmp_path / "in.csv", text)
