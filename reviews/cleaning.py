@@ -685,6 +685,8 @@ def _drop_contacts(text: str, spans: list[tuple[int, int]]) -> str:
 
 
 def _drop_clauses(sentence: str, hits: list[tuple[int, int]]) -> str:
+    """One sentence without its comma clauses that overlap ``hits`` (offsets in it); its terminator
+    stays unless every clause goes, and it keeps an initial capital."""
     body_end = _TERMINATOR.search(sentence).start()
     kept, start = [], 0
     for end in [m.end() for m in _CLAUSE_END.finditer(sentence, 0, body_end)] + [body_end]:

@@ -204,7 +204,8 @@ def name_pattern(name: str, low: str) -> str | None:
     "DarkKnight99", "darkknight99"); a dash or "by" right before it goes too ("—— 暗夜猎手"). Latin
     names match whole words only. A :func:`distinctive_name` matches anywhere; another name (a word
     such as "Hunter", "the", "老玩家") only where it signs the review: alone on a line, at a line's
-    end after a dash, as ``@name``, or at the text's end after "by" or a sign-off ("Cheers, Hunter")."""
+    end after a dash, as ``@name``, or at the text's end after "by" or a sign-off ("Cheers, Hunter").
+    Use it with ``re.I``; a match's ``keep`` group (the sign-off word) is to be put back."""
     if len(name) < 2 or (name.isdigit() and name not in low):
         return None  # the common case: a steam id not in the text
     parts = [p for p in _NAME_SPLIT.split(name.lower()) if p]
