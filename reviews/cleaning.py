@@ -504,6 +504,18 @@ class WordList:
             hit = self._find_masked(text)
         return (self.categories[hit], hit) if hit else None
 
+    def mask(self, text: str) -> str:
+        """``text`` with every listed word shown as its first letter and ``*`` (``n*****``, ``智*``), for
+        reports; a text that still holds one in a form that cannot be masked in place (spaced out,
+        partly masked) is replaced by ``▇`` whole."""
+        low = text.lower()
+        if self._regex is not None and len(low) == len(text):
+            for m in self._regex.finditer(low):
+                a, b = m.span()
+                if m.group(0) in self.cjk or ((a == 0 or not low[a - 1].isalnum()) and (b == len(low) or not low[b].isalnum())):
+                    text = text[:a] + text[a] + "*" * (b - a - 1) + text[b:]
+        return "▇" if self.find(text) else text
+
     def _find_allowed(self, text: str) -> str | None:
         hit = self._find(text)
         if hit and self._allowed is not None and self._allowed.search(text):
@@ -571,9 +583,10 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # a mainland resident ID number (GB 11643: area, birth date, sequence, check digit)
     "id_number": re.compile(r"(?<!\d)[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),
     # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
-    "link": re.compile(rf"(?:https?://|www\.){_URL_CHARS}+"
+    # (a link does not end in the punctuation after it: "see x.com/news, then")
+    "link": re.compile(rf"(?:(?:https?://|www\.){_URL_CHARS}+"
                        rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?![\w.\-])(?:/{_URL_CHARS}*)?"
-                       rf"|(?:{_WORD_TLD})/{_URL_CHARS}*)", re.I),
+                       rf"|(?:{_WORD_TLD})/{_URL_CHARS}*))(?<![.,;:!?])", re.I),
 }
 # Every match of a PII pattern contains a match of one of its hints in the lower-cased text: the cheap test first
 _STEAM_ID_HINT = re.compile(r"steam_|u:1:").search
@@ -618,6 +631,10 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     mainland ID numbers, and other links or bare domains. Removed, not masked, so the model never learns a placeholder.
     A hex address (``0x14000000000``) or a build number is not a phone number.
 
+    Every kind but ``link`` is a contact: the comma clause that holds it goes, or its whole sentence
+    when every clause holds one (:func:`_drop_contacts`; "Add me: a at b dot com or X#1234." has no
+    review value). A link goes with its lead-in ("Patch notes at x.com/news say" → "Patch notes say").
+
     Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`PII_PATTERNS` order
     (empty when nothing was). ``low`` is ``text.lower()`` when the caller has it.
     """
@@ -625,13 +642,75 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     kinds: list[str] = []
     if not _digit_run(low) and not _PII_GATE(low):
         return text, kinds
-    for kind, hint in _PII_HINTS.items():
-        if hint(low):
-            new = PII_PATTERNS[kind].sub(_keep_platform if kind == "link" else "", text)
-            if new != text:
-                text = new
+    spans: list[tuple[int, int]] = []
+    for kind in _CONTACT_KINDS:
+        if _PII_HINTS[kind](low):
+            found = [m.span() for m in PII_PATTERNS[kind].finditer(text)
+                     if not any(a < m.end() and m.start() < b for a, b in spans)]  # inside an earlier kind's match
+            if found:
+                spans += found
                 kinds.append(kind)
-    return text, kinds
+    if spans:
+        text = _drop_contacts(text, spans)
+        low = text.lower()
+    if _PII_HINTS["link"](low):
+        new = _LINK_WITH_LEAD.sub(_keep_linked_platform, text)
+        if new != text:
+            text = new
+            kinds.append("link")
+    return (_tidy(text) if kinds else text), kinds
+
+
+_CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
+# a link with the words that only pointed at it: "at / on / see / via / here / from", or a colon
+_LINK_WITH_LEAD = re.compile(r"(?:(?<![^\W\d_])(?:at|on|see|via|here|from)[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
+                             rf"(?P<url>{PII_PATTERNS['link'].pattern})", re.I)
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")
+_CLAUSE_END = re.compile(r"[,;，；]")
+_TERMINATOR = re.compile(r"[\s.!?。！？…]*$")
+
+
+def _drop_contacts(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` without the comma clauses that overlap ``spans`` (character offsets), or without the
+    whole sentence (ended by ``. ! ? 。 ！ ？ …`` or a line break) when all its clauses do."""
+    out, start = [], 0
+    for end in [m.end() for m in _SENTENCE_END.finditer(text)] + [len(text)]:
+        if end <= start:
+            continue
+        hits = [(a - start, b - start) for a, b in spans if a < end and b > start]
+        seg = text[start:end]
+        out.append(_drop_clauses(seg, hits) if hits else seg)
+        start = end
+    return "".join(out)
+
+
+def _drop_clauses(sentence: str, hits: list[tuple[int, int]]) -> str:
+    """One sentence without its comma clauses that overlap ``hits`` (offsets in it); its terminator
+    stays unless every clause goes, and it keeps an initial capital."""
+    body_end = _TERMINATOR.search(sentence).start()
+    kept, start = [], 0
+    for end in [m.end() for m in _CLAUSE_END.finditer(sentence, 0, body_end)] + [body_end]:
+        if not any(a < end and b > start for a, b in hits):
+            kept.append(sentence[start:end])
+        start = end
+    if not kept:
+        return "\n" if sentence.endswith("\n") else ""
+    lead = sentence[:len(sentence) - len(sentence.lstrip())]
+    body = "".join(kept).strip().rstrip(",;，；")
+    if sentence.lstrip()[:1].isupper():
+        body = body[:1].upper() + body[1:]
+    return lead + body + sentence[body_end:]
+
+
+# what removing a match can leave: space before punctuation, empty brackets, a comma before other punctuation
+_TIDY = ((re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""), (re.compile(r"\(\s*\)|（\s*）|\[\s*\]"), ""),
+         (re.compile(r"[,;:，；：]+(?=\s*[,.;:!?，。；：！？])"), ""), (re.compile(r"^[ \t]*[,;:，；：][ \t]*", re.M), ""))
+
+
+def _tidy(text: str) -> str:
+    for pattern, repl in _TIDY:
+        text = pattern.sub(repl, text)
+    return text
 
 
 #: store and platform names that are written as domains ("needs a Battle.net account"): kept when bare
@@ -642,6 +721,10 @@ PLATFORM_DOMAINS = {"battle.net", "itch.io", "gog.com", "ea.com", "origin.com", 
 
 def _keep_platform(m: re.Match[str]) -> str:
     return m.group(0) if m.group(0).lower() in PLATFORM_DOMAINS else ""
+
+
+def _keep_linked_platform(m: re.Match[str]) -> str:
+    return m.group(0) if m.group("url").lower() in PLATFORM_DOMAINS else ""
 
 
 # --- duplicates ---------------------------------------------------------------------------------------

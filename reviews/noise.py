@@ -37,6 +37,18 @@ _POSTED = (r"发布于|發佈於|發表於|張貼於|更新于|更新於|最后�
            r"|pubblicat[ao]|aggiornat[ao]|ultima modifica|opublikowano|zaktualizowano|ostatnio edytowano|yayınlanma"
            r"|güncellendi|son düzenleme|投稿日|最終更新|最終編集|更新日|게시 일시|게시|업데이트|마지막 수정")
 _DATE_HEADER = re.compile(rf"^\s*(?:{_POSTED})\s*[:：]?\s*(?:(?:le|el|em|am|on|il)\s+)?(?:{_DATE})[\s.。,，]*", re.I | re.M)
+# the review's buttons (yes / no / funny [/ award]) and the question before them, in the UI languages above
+_BUTTONS = (r"yes\s*no\s*funny(?:\s*award)?|是\s*否\s*(?:欢乐|有趣)(?:\s*(?:奖励|獎勵))?|ja\s*nein\s*lustig(?:\s*auszeichn\w*)?"
+            r"|oui\s*non\s*drôle(?:\s*récompens\w*)?|s[ií]\s*no\s*divertid[ao](?:\s*premi\w*)?"
+            r"|sim\s*não\s*engraçad[ao](?:\s*premi\w*)?|да\s*нет\s*забавн\w*(?:\s*наград\w*)?|はい\s*いいえ\s*面白い(?:\s*アワード)?"
+            r"|예\s*아니요\s*재미있\w*(?:\s*상)?|tak\s*nie\s*zabawn\w*(?:\s*nagr\w*)?|evet\s*hayır\s*komik(?:\s*ödül\w*)?"
+            r"|sì\s*no\s*divertente(?:\s*premi\w*)?")
+_HELPFUL_ASKED = (r"was this review helpful\?|这篇评测是否有价值？?|這篇評論是否有幫助？?|你觉得这篇评测有价值吗？?"
+                  r"|war diese rezension hilfreich\?|cette évaluation vous a-t-elle été utile ?\?|¿te ha sido útil esta reseña\?"
+                  r"|esta análise foi útil\?|был ли этот обзор полезен\?|このレビューは参考になりましたか？?"
+                  r"|이 평가가 유용한가요\?|czy ta recenzja była pomocna\?|bu inceleme yararlı oldu mu\?"
+                  r"|questa recensione ti è stata utile\?")
+_HELPFUL_SHORT = r"helpful\?|hilfreich\?|utile ?\?|¿?útil\?|полезно\?|参考になりましたか？|pomocna\?|yararlı mı\?"
 # whole lines that only the page puts there
 _RESIDUE_LINE = re.compile(
     r"^(?:\s*(?:"
@@ -56,7 +68,7 @@ _RESIDUE_LINE = re.compile(
     r"[^\n]{0,50}?(?:hilfreich|lustig|utile|drôle|amusante|útil|divertida|engraçada|полезн\w*|забавн\w*|divertente"
     r"|pomocn\w*|zabawn\w*|yararlı|komik)[^\n]{0,30}"
     r"|\d[\d,]*\s*人がこのレビューが(?:参考になった|面白い)と投票しました|\d[\d,]*\s*명이 이 평가가 (?:유용|재미있)[^\n]{0,12}"
-    r"|这篇评测是否有价值？?.*|這篇評論是否有幫助？?.*|was this review helpful\?.*|你觉得这篇评测有价值吗？?.*"
+    rf"|(?:{_HELPFUL_ASKED})(?:\s*(?:{_BUTTONS}))?|(?:{_HELPFUL_SHORT})?\s*(?:{_BUTTONS})"
     r"|(?:总时数|總時數|记录在案|評論時|评测时|评测时数)\s*[\d,.]+\s*(?:小时|小時)(?:\s*[（(]评测时\s*[\d,.]+\s*小时[)）])?"
     r"|[\d,.]+\s*(?:hrs?|hours?)\s*on record(?:\s*\([\d,.]+\s*hrs? at review time\))?"
     r"|[\d,.]+\s*(?:std\.|h|ч\.?|時間|시간|godz\.?|ore|saat)\s*(?:insgesamt|en tout|registradas|registrad[ao]s|всего|記録"
@@ -64,7 +76,7 @@ _RESIDUE_LINE = re.compile(
     r"|(?:記録時間|기록상|kayıtlarda|toplam)\s*[:：]?\s*[\d,.]+\s*(?:時間|시간|saat|hrs?|h)"
     r"|\d[\d,]*\s*(?:products? in account|reviews?|项产品|個產品|篇评测|篇評論)(?:\s*[|｜·]\s*\d[\d,]*\s*(?:reviews?|篇评测))?"
     r"|阅读更多|展开阅读全文|展开全文|收起|read more|show more|\d[\d,]*\s*(?:条留言|条回复|則留言|comments?)"
-    r"|回复|回覆|reply|奖励|獎勵|award|是\s*否\s*欢乐\s*奖励|yes\s*no\s*funny\s*award"
+    r"|回复|回覆|reply|奖励|獎勵|award"
     r")[\s.。,，|｜·]*)+$", re.I | re.M)
 # Every date header and residue line contains one of these (in the lower-cased text: a case-sensitive
 # search of literals, written as a trie, is several times faster than re.I), or starts a line with a verdict (推荐 and 更新
@@ -81,7 +93,8 @@ _RESIDUE_HINT = re.compile(literal_union((
     r"|則留言|comment|回复|回覆|reply|奖励|獎勵|award|張貼|zuletzt|mise à jour|dernière modif|última edi|editad|последнее"
     r"|отредактировано|aggiornat|ultima modifica|ostatnio|güncellen|son düzenleme|最終|마지막 수정|early-access|wczesnego"
     r"|otrzymany|erken erişim|ücretsiz|accesso anticipato|ricevuto|おすすめ|추천|polecam|öneril|consigliato|pessoa|osób"
-    r"|osob|kişi|レビュー|평가|godz|saat|kayıt|in totale|toplam|łącznie").split("|")))
+    r"|osob|kişi|レビュー|평가|godz|saat|kayıt|in totale|toplam|łącznie|funny|欢乐|有趣|lustig|drôle|divertid|engraçad"
+    r"|забавн|面白い|재미있|zabawn|komik|divertente").split("|")))
 
 
 def strip_page_residue(text: str) -> str:
@@ -135,9 +148,10 @@ _HANDLES_HINT = re.compile(literal_union(_SIGNATURE_WORDS + _THANKS_WORDS))  # e
 def strip_handles(text: str, author: str | None = None, handles: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
     """Remove cross-post signatures ("——来自小黑盒用户XXX的评价", "转自B站", "Sent from my iPhone"), copy
     footers and by-lines ("原文链接：…", "——by XXX"), ``@name`` mentions, another user thanked by name
-    ("感谢暗夜猎手大佬的攻略" → "感谢大佬的攻略"), every occurrence of the record's own author names
-    (``author``: names and ids, one per line; case-insensitive, whole words for Latin names, parts
-    joined any way: see :func:`_name_pattern`; names under 2 characters are ignored) and other authors'
+    ("感谢暗夜猎手大佬的攻略" → "感谢大佬的攻略"), the record's own author names (``author``: names and
+    ids, one per line; case-insensitive, whole words for Latin names, parts joined any way; a
+    distinctive name anywhere, a name that is a word only where it signs the review: see
+    :func:`name_pattern`; names under 2 characters are ignored) and other authors'
     screen names (``handles``: lower-cased tokens, see :func:`screen_names`).
     Returns ``(text, kinds)`` with kinds from ``signature``, ``mention``, ``author_name``,
     ``screen_name``."""
@@ -158,9 +172,9 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
             kinds.append("screen_name")
     low = text.lower() if kinds else low
     for name in author.split("\n") if author else ():
-        pattern = _name_pattern(name.strip(), low)
+        pattern = name_pattern(name.strip(), low)
         if pattern:
-            text, n = re.subn(pattern, "", text, flags=re.I)
+            text, n = re.subn(pattern, _kept_sign_off, text, flags=re.I)
             if n:
                 kinds.append("author_name")
     if handles:
@@ -172,23 +186,55 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
 
 
 _HANDLE_TOKEN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z0-9_][A-Za-z0-9_.\-]{3,}(?<![.\-])")
-_NAME_SEP = re.compile(r"[\s_.\-]+")
+# where a name splits into parts: separators, letter↔digit and lower→upper ("Dark_Knight99" → Dark Knight 99)
+_NAME_SPLIT = re.compile(r"[\s_.\-]+|(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])|(?<=[a-z])(?=[A-Z])")
+_HAN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+# CJK screen names built from ordinary words ("老玩家", "资深玩家", "游戏爱好者")
+_GENERIC_CJK = re.compile(r"玩家|用户|用戶|游戏|遊戲|路人|萌新|新手|老手|大佬|爱好者|愛好者|粉丝|网友|主播|up主|steam", re.I)
+_NAME_END = r"[ \t]*[.!。！~]*[ \t]*$"  # the rest of the line: nothing but closing punctuation
+_SIGN_OFF = (r"(?P<keep>(?<![^\W\d_])(?:cheers|thanks|thank you|regards|best|peace|glhf|gl hf|enjoy|signed|sincerely|yours"
+             r"|says|love|bye)[ \t,:]+)")
 
 
-def _name_pattern(name: str, low: str) -> str | None:
+def name_pattern(name: str, low: str) -> str | None:
     """A regex for the author's name ``name`` as it may be written in the text, or ``None`` when its
     longest part is not in ``low`` (the lower-cased text; the cheap test first) or it is under 2
-    characters. Parts split at spaces, ``_``, ``.``, ``-`` may be joined by any of these or nothing
-    ("Dark_Knight-99" → "Dark Knight 99", "darkknight99"); a dash or "by" right before it goes too
-    ("—— 暗夜猎手"). Latin names match whole words only."""
-    if len(name) < 2 or (name.lower() not in low and (name.isalnum() or not _NAME_SEP.search(name))):
-        return None  # the common case: a name (or steam id) of one part, not in the text
-    parts = [p for p in _NAME_SEP.split(name.lower()) if p]
-    if not parts or max(parts, key=len) not in low:
-        return None
+    characters. Parts split at spaces, ``_``, ``.``, ``-``, between letters and digits and at an
+    inner capital may be joined by any of these or nothing ("Dark_Knight99" → "Dark Knight 99",
+    "DarkKnight99", "darkknight99"); a dash or "by" right before it goes too ("—— 暗夜猎手"). Latin
+    names match whole words only. A :func:`distinctive_name` matches anywhere; another name (a word
+    such as "Hunter", "the", "老玩家") only where it signs the review: alone on a line, at a line's
+    end after a dash, as ``@name``, or at the text's end after "by" or a sign-off ("Cheers, Hunter").
+    Use it with ``re.I``; a match's ``keep`` group (the sign-off word) is to be put back."""
+    if len(name) < 2 or (name.isdigit() and name not in low):
+        return None  # the common case: a steam id not in the text
+    parts = [p for p in _NAME_SPLIT.split(name.lower()) if p]
+    if not parts or (len(parts) == 1 and parts[0] not in low) or max(parts, key=len) not in low:
+        return None  # the common case: a name (or steam id) not in the text
     body = r"[\s_.\-]*".join(map(re.escape, parts))
-    lead = r"(?:(?:[-—–~]+\s*|(?<![A-Za-z])by\s+)(?=\S))?"
-    return rf"{lead}(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])" if name.isascii() else lead + body
+    if name.isascii():
+        body = rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])"
+    if distinctive_name(name):
+        return rf"(?:(?:[-—–~]+\s*|(?<![A-Za-z])by\s+)(?=\S))?{body}"
+    dash = r"(?:(?:^|(?<=\s))[-—–~=]+|[-—–~=]{2,})[ \t]*"
+    return (rf"(?m:^[ \t]*(?:[-—–~=_]+[ \t]*|by[ \t]+)?{body}{_NAME_END}|{dash}{body}{_NAME_END})|@{body}"
+            rf"|(?:(?<![A-Za-z])by[ \t]+|{_SIGN_OFF}){body}[ \t]*[.!。！~]*\s*\Z")
+
+
+def _kept_sign_off(m: re.Match[str]) -> str:
+    return m.groupdict().get("keep") or ""
+
+
+def distinctive_name(name: str) -> bool:
+    """Whether a screen name is unlikely to be an ordinary word, so that it can be removed wherever
+    it occurs: digits only (a Steam id), or 4+ characters with a digit, ``_`` or an inner capital
+    ("Dark_Knight99", "xXSniperXx"); in CJK, 4+ characters without a generic word ("暗夜猎手", not
+    "老玩家" or "资深玩家"). Words of any length ("Hunter", "Steam", "the", "Dark Knight") are not."""
+    if name.isdigit():
+        return True
+    if _HAN.search(name):
+        return len(name) >= 4 and not _GENERIC_CJK.search(name)
+    return len(name) >= 4 and bool(re.search(r"\d|_", name) or re.search(r"[a-z][A-Z]", name))
 
 
 def screen_names(authors: list[str]) -> frozenset[str]:
@@ -200,8 +246,7 @@ def screen_names(authors: list[str]) -> frozenset[str]:
     for names in authors:
         for name in names.split("\n"):
             name = name.strip()
-            if _HANDLE_TOKEN.fullmatch(name) and not name.isdigit() and (
-                    re.search(r"\d|_", name) or re.search(r"[a-z][A-Z]", name)):
+            if _HANDLE_TOKEN.fullmatch(name) and not name.isdigit() and distinctive_name(name):
                 out.add(name.lower())
     return frozenset(out)
 

@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import string
 import time
 from collections import Counter
@@ -171,19 +172,25 @@ class _Stat:
     reasons: Counter[str] = field(default_factory=Counter)
     examples: list[dict[str, str]] = field(default_factory=list)
 
-    def example(self, r: Review, reason: str = "", text: str | None = None) -> None:
-        """Keep 2 examples for the report (100 characters, personal data and the author masked)."""
+    def example(self, r: Review, reason: str = "", text: str | None = None, lists: tuple[Any, ...] = ()) -> None:
+        """Keep 2 examples for the report (100 characters; personal data, the author and the words of
+        ``lists`` masked)."""
         if len(self.examples) < 2:
-            self.examples.append({"where": r.where, "text": mask(text if text is not None else r.text, r.author)[:100],
+            self.examples.append({"where": r.where, "text": mask(text if text is not None else r.text, r.author, lists)[:100],
                                   **({"reason": reason} if reason else {})})
 
 
-def mask(text: str, author: str | None = None) -> str:
-    """``text`` with personal data, links and the author's name replaced by ``▇`` (report examples)."""
+def mask(text: str, author: str | None = None, lists: tuple[Any, ...] = ()) -> str:
+    """``text`` with personal data, links and the author's name replaced by ``▇`` and the words of
+    ``lists`` (:class:`~steam_persona.reviews.cleaning.WordList`: slurs, blocklist) shown as ``n*****``
+    (report examples)."""
     text = cleaning.mask_pii(text)
     for name in (author or "").split("\n"):
-        if len(name.strip()) >= 2:
-            text = text.replace(name.strip(), "▇")
+        pattern = noise.name_pattern(name.strip(), text.lower())
+        if pattern:
+            text = re.sub(pattern, lambda m: (m.groupdict().get("keep") or "") + "▇", text, flags=re.I)
+    for words in lists:
+        text = words.mask(text)
     return text
 
 
@@ -201,6 +208,7 @@ class _Rules:
         self.languages = languages
         self.blocklist = blocklist
         self.slurs = slurs
+        self.word_lists = tuple(w for w in (slurs, blocklist) if w is not None)  # masked in report examples
         self.latin = latin_detector
         self.simplify = simplify
         self.uses = _template_fields(cfg)
@@ -216,7 +224,7 @@ class _Rules:
         st.removed += 1
         if reason:
             st.reasons[reason] += 1
-        st.example(r, reason or note)
+        st.example(r, reason or note, lists=self.word_lists)
         return rule
 
     def _transform(self, rule: str, r: Review, fn: Callable[[str], str]) -> None:
@@ -224,7 +232,7 @@ class _Rules:
         if new != r.text:
             st = self.stats[rule]
             st.changed += 1
-            st.example(r, text=r.text)
+            st.example(r, text=r.text, lists=self.word_lists)
             r.text = new
 
     def _scrubbed(self, rule: str, r: Review, text: str, kinds: list[str]) -> None:
@@ -233,7 +241,7 @@ class _Rules:
             st = self.stats[rule]
             st.changed += 1
             st.reasons.update(kinds)
-            st.example(r, ",".join(kinds))
+            st.example(r, ",".join(kinds), lists=self.word_lists)
             r.text = cleaning.normalize_whitespace(text) if self.cfg.normalize_whitespace else text
 
     def per_record(self, r: Review) -> tuple[str | None, str]:
@@ -517,7 +525,7 @@ def _print_table(stats: dict[str, _Stat], read: int, kept: int) -> None:
     for name in RULES:
         st = stats[name]
         if st.removed or st.changed:
-            details = ", ".join(f"{k} {v}" for k, v in st.reasons.most_common(4))
+            details = prepare_report.reasons_text(st.reasons, 4)
             table.add_row(name, f"{st.removed:,}" if st.removed else "", f"{st.changed:,}" if st.changed else "",
                           "", details)
     table.add_row("kept", "", "", f"{kept:,}", "")

@@ -22,6 +22,17 @@ def write(report: dict[str, Any], lengths: list[tuple[int, str]], json_path: Pat
     atomic.write_text(md_path, markdown(report, png.name))
 
 
+def reasons_text(reasons: dict[str, int], top: int) -> str:
+    """``"email 3, link 2, 2 more 2"``: the ``top`` most frequent reasons (all of them when only one
+    more) and what the rest add up to, so that the counts shown always sum to the reasons' total."""
+    ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
+    if len(ranked) == top + 1:
+        top += 1  # "1 more 1" says less than the reason itself
+    shown = [f"{k} {v}" for k, v in ranked[:top]]
+    rest = ranked[top:]
+    return ", ".join(shown + ([f"{len(rest)} more {sum(v for _, v in rest)}"] if rest else []))
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ⏎ ")
 
@@ -47,7 +58,7 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
     for name, st in report["rules"].items():
         if not (st["removed"] or st["changed"]):
             continue
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(st["reasons"].items(), key=lambda kv: -kv[1])[:6])
+        reasons = reasons_text(st["reasons"], 6)
         examples = "<br>".join(f"{_cell(e['text'])}" + (f" *({_cell(e['reason'])})*" if e.get("reason") else "")
                                for e in st["examples"][:2])
         out.append(f"| {name} | {st['removed'] or ''} | {st['changed'] or ''} | {_cell(reasons)} | `{st['flag']}` | {examples} |")

@@ -540,7 +540,7 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     if "title" in cols and "user_reviews" in cols and not columns:
         return _read_store_csv(path, reader, tag_language)
     try:
-        rows = [(f"row {n}", row) for n, row in enumerate(reader, 2)]  # line 1 is the header
+        rows = [(f"row {n}", _whole_row(path, reader, row, delim)) for n, row in enumerate(reader, 2)]  # line 1: header
     except csv.Error as e:
         raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
     if not rows:
@@ -550,12 +550,35 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     return loaded
 
 
+_DELIM_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "vertical bar"}
+
+
+def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: str) -> dict[str, Any]:
+    """``row`` when it has exactly the header's fields. ``csv.DictReader`` files extra fields under
+    the ``None`` key (its ``restkey``) and fills missing ones with ``None`` (its ``restval``): either
+    means an unquoted separator in a text, or the wrong separator, and reading on would cut or shift
+    the text silently.
+
+    Raises:
+        UserError: naming the file, the line (the row's last line) and both fixes.
+    """
+    extra = row.get(None)
+    if extra is None and None not in row.values():
+        return row
+    width = len(reader.fieldnames or [])
+    found = width + len(extra) if extra is not None else sum(v is not None for k, v in row.items())
+    raise UserError(f"{path}: line {reader.line_num}: {found} fields where the header has {width} (separator read as "
+                    f"{_DELIM_NAMES[delim]}); put double quotes around a text that holds a {_DELIM_NAMES[delim]} "
+                    f"(\"Good, but short\"), or save the file with one separator throughout")
+
+
 def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str) -> Loaded:
     """The store-scrape CSV: one row per game, its reviews a JSON list in ``user_reviews``."""
     loaded = Loaded(path, "store-csv")
     lang = 1 if tag_language == "zh" else 0
     for n, row in enumerate(reader, 2):  # line 1 is the header
         where = f"{path}: row {n}"
+        row = _whole_row(path, reader, row, ",")
         try:
             reviews = json.loads(row["user_reviews"] or "[]")
         except json.JSONDecodeError as e:

@@ -137,19 +137,20 @@ def test_spam_the_hints_used_to_hide():
                                                 "扣 扣 12345678", "Kirito#1234", "PSN ID: kirito_99", "110101199003071234",
                                                 "+49 30 12345678"])
 def test_pii_hints_never_hide_a_match(text):
-    want, kinds = text, []
-    for kind, pattern in cleaning.PII_PATTERNS.items():
-        new = pattern.sub(cleaning._keep_platform if kind == "link" else "", want)
-        if new != want:
-            want, kinds = new, kinds + [kind]
-    assert cleaning.scrub_pii(text) == (want, kinds)
+    """Every kind a pattern finds is reported, and nothing any pattern finds is left."""
+    kinds = [k for k, p in cleaning.PII_PATTERNS.items() if k != "link" and p.search(text)]
+    out, got = cleaning.scrub_pii(text)
+    kinds += ["link"] if cleaning.PII_PATTERNS["link"].sub(cleaning._keep_platform, out) != out or "link" in got else []
+    assert got == kinds
+    assert not any(p.search(out) and not (k == "link" and cleaning._keep_platform(p.search(out)))
+                   for k, p in cleaning.PII_PATTERNS.items())
 
 
 def test_pii_scrub_removes_profile_urls_ids_phones_emails():
-    text, kinds = cleaning.scrub_pii("战地6本体评测在这里 https://steamcommunity.com/profiles/76561190000000001/recommended/2807960/ "
-                                     "好友 76561198000000042 邮箱 me@example.com 电话 13912345678 "
+    text, kinds = cleaning.scrub_pii("战地6本体评测在这里。主页 https://steamcommunity.com/profiles/76561190000000001/recommended/"
+                                     "2807960/ 好友 76561198000000042。邮箱 me@example.com，电话 13912345678！剧情很好，"
                                      "steamcommunity.com/id/coolguy 完")
-    assert cleaning.normalize_whitespace(text) == "战地6本体评测在这里 好友 邮箱 电话 完"
+    assert text == "战地6本体评测在这里。剧情很好"
     assert kinds == ["profile_url", "email", "steam_id", "phone_number"]
     assert cleaning.scrub_pii("plain 12345") == ("plain 12345", [])
 
@@ -302,3 +303,49 @@ def test_personal_data_forms_never_survive(text):
 @pytest.mark.parametrize("text", _NOT_PII)
 def test_numbers_and_words_that_are_not_personal_data_stay(text):
     assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+
+
+@pytest.mark.parametrize("text,want,kinds", [
+    ("My discord is gamer#1234 and you can add me for raids on weekends, this game rules.", "This game rules.",
+     ["gamer_id"]),
+    ("Email support at support@studio.com never replied, so be careful with preorders here.",
+     "So be careful with preorders here.", ["email"]),
+    ("Call of Duty 4 was better, this one is 7/10, my ID is 11010519491231002X lol.",
+     "Call of Duty 4 was better, this one is 7/10.", ["id_number"]),
+    ("Steam ID STEAM_0:1:12345 reported me for nothing, the anti-cheat is totally broken.",
+     "The anti-cheat is totally broken.", ["steam_id"]),
+    ("Solid roguelike. Add me: darkknight at gmail dot com or BattleTag Knight#1234, friend code is 123456789. "
+     "Version 1.2.3 fixed the crash at 0x14000000000.",
+     "Solid roguelike. Version 1.2.3 fixed the crash at 0x14000000000.", ["email", "friend_code", "gamer_id"]),
+    ("Great boss fights.\nMy profile: steamcommunity.com/id/coolguy\nBuy it.", "Great boss fights.\n\nBuy it.",
+     ["profile_url"]),
+    ("加我QQ：12345678，一起开黑。游戏很好玩！", "一起开黑。游戏很好玩！", ["contact"]),
+    ("Patch notes at store.steampowered.com/news say the fix lands next week, good devs.",
+     "Patch notes  say the fix lands next week, good devs.", ["link"]),
+    ("See the guide on www.fextralife.com/builds, it helped.", "See the guide, it helped.", ["link"]),
+    ("Builds here: https://example.com/guide (via https://foo.org) and more.", "Builds   and more.", ["link"]),
+])
+def test_contact_sentences_go_whole_and_links_lose_their_lead_in(text, want, kinds):
+    assert cleaning.scrub_pii(text) == (want, kinds)
+
+
+@pytest.mark.parametrize("text", [
+    "Needs a Battle.net account, at least on PC.", "Meet me at the castle: it is the best level, 10/10.",
+    "See you on the other side, the ending is great.", "Version 1.2.3 fixed the crash at 0x14000000000.",
+])
+def test_lead_in_words_without_a_link_stay(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
+def test_scrub_never_leaves_lone_punctuation():
+    out, _ = cleaning.scrub_pii("Fun co-op. Add me: a at b dot com or , Kirito#1234 .")
+    assert out == "Fun co-op." and not re.search(r"(?:^|\s)[,.;:](?:\s|$)", out)
+
+
+def test_word_list_mask_shows_first_letters_only(tmp_path):
+    f = tmp_path / "words.txt"
+    f.write_text("[listed]\nbadword\n坏词\n", encoding="utf-8")
+    words = cleaning.WordList(f)
+    assert words.mask("A BADWORD, 坏词 and badwords stay.") == "A B******, 坏* and badwords stay."
+    assert words.mask("b a d w o r d here") == "▇"  # cannot be masked in place
+    assert words.mask("nothing listed") == "nothing listed"

@@ -29,7 +29,8 @@ def test_page_residue_in_several_ui_languages():
     "1,234 PEOPLE FOUND THIS REVIEW HELPFUL\nok", "12.5 HRS ON RECORD\nok", "NICHT EMPFOHLEN\nnein", "展开全文\n好",
     "有 3 人觉得这篇评测很欢乐\n好", "4 Personen fanden diese Rezension hilfreich\nok", "게시 일시: 3월 4일\n좋아요",
     "这游戏不错，有点贵", "a long day", "推荐\n好玩", "  不推荐\n太贵", "好玩\n推薦", "更新于：3 月 4 日\n好",
-    "我推荐这个游戏", "版本更新了很多内容"])
+    "我推荐这个游戏", "版本更新了很多内容", "ok\nHelpful? Yes No Funny Award", "ok\nJa Nein Lustig", "ok\nДа Нет Забавный",
+    "ok\nはい いいえ 面白い", "ok\n예 아니요 재미있음", "ok\nEvet Hayır Komik Ödül", "ok\nSì No Divertente Premia"])
 def test_page_residue_hint_never_hides_a_line(text):
     """The literal pre-filter (searched in the lower-cased text) only skips texts the patterns leave alone."""
     full = noise._RESIDUE_LINE.sub("", noise._DATE_HEADER.sub("", text)).strip()
@@ -41,7 +42,7 @@ def test_signatures_mentions_and_the_authors_name():
     assert noise.strip_handles("Fun game.\nSent from my iPhone") == ("Fun game.\n", ["signature"])
     assert noise.strip_handles("@路人甲 你说得对") == (" 你说得对", ["mention"])
     text, kinds = noise.strip_handles("Bob here: a great game, says bob", "Bob\n76561190000000001")
-    assert text == " here: a great game, says " and kinds == ["author_name"]
+    assert text == "Bob here: a great game, says " and kinds == ["author_name"]  # a plain name: only as a sign-off
     # near misses
     assert noise.strip_handles("灵感来自我的童年，很好") == ("灵感来自我的童年，很好", [])
     assert noise.strip_handles("mail me at a@b.com") == ("mail me at a@b.com", [])
@@ -118,14 +119,14 @@ def test_not_campaigns(text):
 
 
 @pytest.mark.parametrize("text,kept,kinds", [
-    ("my id STEAM_0:1:12345 and [U:1:998877]", "my id  and ", ["steam_id"]),
-    ("friend code: 12345678 add me", " add me", ["friend_code"]),
-    ("邀请 https://s.team/p/abcd-efgh/XYZ 来玩", "邀请  来玩", ["profile_url"]),
-    ("mail bob at gmail dot com pls", "mail  pls", ["email"]),
+    ("my id STEAM_0:1:12345 and [U:1:998877]", "", ["steam_id"]),
+    ("Fun. friend code: 12345678 add me", "Fun.", ["friend_code"]),
+    ("好玩！邀请 https://s.team/p/abcd-efgh/XYZ 来玩", "好玩！", ["profile_url"]),
+    ("Good game, mail bob at gmail dot com pls", "Good game", ["email"]),
     ("name(at)qq(dot)com", "", ["email"]),
-    ("企鹅号 1 2 3 4 5 6 7 欢迎", "欢迎", ["contact"]),
-    ("call +44 20 7946 0958 now", "call  now", ["phone_number"]),
-    ("联系13912345678", "联系", ["phone_number"]),
+    ("企鹅号 1 2 3 4 5 6 7 欢迎\n好玩", "\n好玩", ["contact"]),
+    ("call +44 20 7946 0958 now", "", ["phone_number"]),
+    ("联系13912345678", "", ["phone_number"]),
     ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", "资源  自取，wiki  也行", ["link"]),
 ])
 def test_personal_data_forms(text, kept, kinds):
@@ -205,15 +206,16 @@ def test_a_missing_space_after_a_full_stop_is_not_a_link():
     for keep in ("It was fun.It is also long.In the end good.My rating: 8", "(555) 0x1F build 2.0.1"):
         assert cleaning.scrub_pii(keep) == (keep, [])
     assert cleaning.scrub_pii("trailer youtu.be/abc123 here") == ("trailer  here", ["link"])
-    assert cleaning.scrub_pii("call (555) 123-4567 or 555-123-4567") == ("call  or ", ["phone_number"])
+    assert cleaning.scrub_pii("Fair. call (555) 123-4567 or 555-123-4567") == ("Fair.", ["phone_number"])
     assert noise.strip_page_residue("Great game\nRead more\n3 comments") == "Great game"
 
 
 def test_other_authors_screen_names_go_plain_words_stay():
     handles = noise.screen_names(["xXSniperXx\n76561190000000001", "player_123", "Gamer", "Ann Lee", "12345678"])
     assert handles == {"xxsniperxx", "player_123"}
-    text, kinds = noise.strip_handles("thanks XXSNIPERXX and player_123, says Gamer and Ann Lee", "Ann Lee", handles)
-    assert text == "thanks  and , says Gamer and " and kinds == ["author_name", "screen_name"]
+    text, kinds = noise.strip_handles("thanks XXSNIPERXX and player_123, says Gamer and Ann Lee\n— Ann Lee", "Ann Lee",
+                                      handles)
+    assert text == "thanks  and , says Gamer and Ann Lee\n" and kinds == ["author_name", "screen_name"]
 
 
 @pytest.mark.parametrize("text,kept", [
@@ -303,3 +305,80 @@ def test_signature_near_misses_stay(keep):
 def test_author_name_in_other_spellings(text, author, want):
     out, _ = noise.strip_handles(text, author)
     assert out == want
+
+
+@pytest.mark.parametrize(("text", "author"), [
+    ("Great monster hunter game, every hunter will love the new weapons and maps.", "Hunter"),
+    ("This is so much fun with friends, the fun never stops in co-op mode.", "fun"),
+    ("Bought it on the Steam sale and the Steam Deck runs it perfectly well.", "Steam"),
+    ("One of the best games of the year, the art direction is stunning.", "the"),
+    ("作为一个老玩家，我觉得这款游戏的战斗系统非常扎实，值得一玩。", "老玩家"),
+    ("Game of the year for me, the game loop never gets old at all.", "Game"),
+    ("I played this as a knight and the knight class is the best class, no doubt.", "Knight"),
+    ("Batman: The Dark Knight - what a ride, and the dark knight returns too.", "Dark Knight"),
+    ("A well-known studio, everything here is well-known", "known"),
+    ("I got killed by the hunter twice, then I learned the patterns", "Hunter"),
+])
+def test_author_name_that_is_a_word_stays_in_sentences(text, author):
+    assert noise.strip_handles(text, author) == (text, [])
+
+
+@pytest.mark.parametrize(("text", "author", "want"), [
+    ("Great game.\nHunter", "Hunter", "Great game.\n"),
+    ("Great game. — Hunter", "Hunter", "Great game. "),
+    ("Great game.\n-- the.", "the", "Great game.\n"),
+    ("好玩，值得一买——老玩家", "老玩家", "好玩，值得一买"),
+    ("Worth every cent. Review written by Steam", "Steam", "Worth every cent. Review written "),
+    ("Worth every cent, see you in the hunt. Cheers, Hunter!", "Hunter", "Worth every cent, see you in the hunt. Cheers, "),
+    ("Fun with friends in co-op, fun fun.\n~ Fun", "fun", "Fun with friends in co-op, fun fun.\n"),
+])
+def test_author_name_that_is_a_word_goes_where_it_signs(text, author, want):
+    assert noise.strip_handles(text, author) == (want, ["author_name"])
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("Fair boss fights. — Dark Knight 99", "Fair boss fights. "),
+    ("Fair boss fights. - DarkKnight99", "Fair boss fights. "),
+    ("Fair boss fights. by darkknight99", "Fair boss fights. "),
+    ("Fair boss fights. -- Dark_Knight99", "Fair boss fights. "),
+    ("dark-knight-99 says: fair boss fights", " says: fair boss fights"),
+])
+def test_distinctive_author_name_split_between_letters_digits_and_capitals(text, want):
+    assert noise.strip_handles(text, "Dark_Knight99") == (want, ["author_name"])
+
+
+@pytest.mark.parametrize(("name", "distinctive"), [
+    ("Dark_Knight99", True), ("xXSniperXx", True), ("76561198000000003", True), ("暗夜猎手", True),
+    ("Hunter", False), ("the", False), ("Dark Knight", False), ("老玩家", False), ("资深玩家", False), ("ab1", False),
+])
+def test_distinctive_name(name, distinctive):
+    assert noise.distinctive_name(name) is distinctive
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Great.\nHelpful? Yes No Funny Award", "Great."),
+    ("Great.\nWas this review helpful? Yes No Funny Award", "Great."),
+    ("Great.\nWas this review helpful?", "Great."),
+    ("Great.\nYes No Funny", "Great."),
+    ("好玩\n这篇评测是否有价值？ 是 否 欢乐 奖励", "好玩"),
+    ("好玩\n這篇評論是否有幫助？ 是 否 有趣 獎勵", "好玩"),
+    ("Gut.\nWar diese Rezension hilfreich? Ja Nein Lustig Auszeichnen", "Gut."),
+    ("Bon.\nCette évaluation vous a-t-elle été utile ? Oui Non Drôle Récompenser", "Bon."),
+    ("Bueno.\n¿Te ha sido útil esta reseña? Sí No Divertida Premiar", "Bueno."),
+    ("Хорошо.\nБыл ли этот обзор полезен? Да Нет Забавный Наградить", "Хорошо."),
+    ("Dobra.\nCzy ta recenzja była pomocna? Tak Nie Zabawna Nagroda", "Dobra."),
+])
+def test_review_buttons_and_helpful_question_lines_go(text, want):
+    assert noise.strip_page_residue(text) == want
+
+
+@pytest.mark.parametrize("text", [
+    "Was this review helpful? Honestly I doubt it, but the game itself is a gem.",
+    "Helpful? Not really, but the game is fun.",
+    "Yes No Funny, the three buttons under my review are the only things I like less than this game.",
+    "Funny\nThis game made me laugh harder than any comedy this year.",
+    "这篇评测是否有价值？我觉得有，因为游戏真的很好。",
+    "Helpful tip: play the tutorial first.",
+])
+def test_sentences_that_start_like_the_buttons_stay(text):
+    assert noise.strip_page_residue(text) == text

@@ -49,10 +49,11 @@ def test_seed_sample_quirks_are_each_handled(seed_prepared, seed_dataset):
     # QQ-group advert copies (records 139, 141-145) removed as spam; the real review at 140 kept
     assert report["rules"]["spam"]["reasons"] == {"qq_wechat_group": 6, "award_begging": 4}
     assert not any("Q群" in o for o in outputs) and seed[140]["output"] in outputs
-    # profile URL (record 570) scrubbed from a kept review
+    # profile URL (record 570) scrubbed from a kept review with the line that pointed at it ("…评测在这里 URL")
     assert report["rules"]["scrub_pii"]["reasons"] == {"profile_url": 1}
     kept570 = next(o for o in outputs if o.startswith("免费的战地-搜打撤"))
-    assert kept570.endswith("战地6本体评测在这里") and "steamcommunity" not in kept570 and "7656119" not in kept570
+    assert kept570.endswith("战地里有吃鸡。") and "steamcommunity" not in kept570 and "7656119" not in kept570
+    assert "评测在这里" not in kept570
     # BBCode stripped, its text kept
     assert not any(re.search(r"\[/?(spoiler|b|h1|i|u|list|\*)\]", o) for o in outputs)
     assert any(o.endswith("比如 《烟火》 。") for o in outputs)  # "比如[spoiler] 《烟火》 [/spoiler]。"
@@ -366,3 +367,18 @@ def test_gbk_input_needs_and_accepts_encoding_and_the_table_names_the_kept_count
     bom = tmp_path / "bom.json"
     bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(seed, ensure_ascii=False).encode("utf-8"))
     assert _run(tmp_path, [bom], val_size=0)["counts"]["kept"] == 6
+
+
+def test_reasons_text_sums_to_the_total():
+    from steam_persona.reviews import report
+    reasons = {"gamer_id": 1, "email": 3, "link": 1, "id_number": 1, "steam_id": 1}
+    assert report.reasons_text(reasons, 4) == "email 3, gamer_id 1, link 1, id_number 1, steam_id 1"
+    assert report.reasons_text({**reasons, "phone_number": 2}, 4) == "email 3, phone_number 2, gamer_id 1, link 1, 2 more 2"
+    assert report.reasons_text({}, 4) == ""
+
+
+def test_report_examples_mask_the_author_where_the_rule_would_remove_it():
+    from steam_persona.reviews.prepare import mask
+    assert mask("the game is the best\n— the", "the") == "the game is the best\n▇"
+    assert mask("Dark Knight 99 says hi, thanks darkknight99", "Dark_Knight99") == "▇ says hi, thanks ▇"
+    assert mask("Cheers, Hunter", "Hunter") == "Cheers, ▇"

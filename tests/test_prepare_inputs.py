@@ -236,7 +236,7 @@ def test_long_english_review_and_a_cited_link_are_kept(tmp_path):
     src = _csv(tmp_path / "en.csv", ["review", "language", "game"],
                [[long_review, "english", "Hades"], [cited, "english", "Hades"], [crash, "english", "Hades"]])
     outs = [r["output"] for r in _load(_run(tmp_path, [src], language=["english"])["train"])]
-    assert outs == [long_review, "The boss guide at helped a lot, the fight is fair once learned.", crash]
+    assert outs == [long_review, "The boss guide helped a lot, the fight is fair once learned.", crash]
 
 
 def test_score_columns_language_codes_and_reviews_keyed_by_app(tmp_path):
@@ -276,7 +276,10 @@ def test_identity_slurs_are_removed_and_reported_masked(tmp_path):
     assert outs == ZH + ["垃圾优化，烂到家了，但是玩法确实有意思，建议打折再买"]  # plain profanity about the game stays
     report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
     assert report["rules"]["identity_slur"]["reasons"] == {"disability: 智*": 1}
-    assert "disability: 智*" in Path(res["report_md"]).read_text(encoding="utf-8")
+    md = Path(res["report_md"]).read_text(encoding="utf-8")
+    assert "disability: 智*" in md
+    assert report["rules"]["identity_slur"]["examples"][0]["text"] == "这关卡设计的策划是智*吧，难度曲线完全不合理"
+    assert "智障" not in md and "智障" not in json.dumps(report["rules"], ensure_ascii=False)
     kept = _run(tmp_path, [src], drop_identity_slurs=False)
     assert kept["counts"]["kept"] == 6
 
@@ -417,3 +420,33 @@ def test_clean_english_api_dump_keeps_over_three_quarters(tmp_path):
                [[i, "english", t, True, f"7656119800000{i:04d}"] for i, t in enumerate(texts)])
     res = _run(tmp_path, [src], language=["english"], app_name=["Hades"])
     assert res["counts"]["kept"] >= 0.75 * len(texts)
+
+
+def _raw(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("text,line,found,width,sep", [
+    ("review,voted_up\nGreat game, loved the story,True\n", 2, 3, 2, "comma"),  # the first rows (crashed)
+    ("review\n" + "A fine game with a story I enjoyed playing\n" * 60 + "Unquoted, comma here\n", 62, 2, 1, "comma"),
+    ("review,voted_up\n\"A multi\nline, quoted review\",True\nToo few fields here\n", 4, 1, 2, "comma"),
+    ("review\tvoted_up\thours\nGood game\tTrue\n", 2, 2, 3, "tab"),
+    ('title,user_reviews,item_id\nHades,"[""Great game""]",1145360,extra\n', 2, 4, 3, "comma"),  # store-scrape CSV
+])
+def test_row_with_other_field_count_than_header_exit_2(tmp_path, text, line, found, width, sep):
+    src = _raw(tmp_path / "in.csv", text)
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--app_name", "X"])
+    assert r.exit_code == 2, r.output
+    assert f"{src}: line {line}: {found} fields where the header has {width} (separator read as {sep}); put double " \
+           f"quotes around a text that holds a {sep}" in r.output.replace("\n", ""), r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+def test_quoted_separators_and_empty_fields_are_not_a_field_count_error(tmp_path):
+    text = ('review,voted_up\n"Fine, quoted, with commas and a story worth every hour I gave it",True\n'
+            'A long review of the game with an empty verdict field and no comma,\n')
+    src = _raw(tmp_path / "in.csv", text)
+    outs = [r["output"] for r in _load(_run(tmp_path, [src], app_name="X", language="english")["train"])]
+    assert outs == ["Fine, quoted, with commas and a story worth every hour I gave it",
+                    "A long review of the game with an empty verdict field and no comma"]
