@@ -148,9 +148,11 @@ FORCED = "Ça coûte 5 €, 很好玩 🎮 — worth it! " * 2  # multi-byte tex
 def test_streamed_deltas_join_to_the_reply_with_multibyte_text_and_stop_strings(client):
     """A grammar forces a reply of 1-4-byte characters: the streamed deltas join to the very text
     of the non-streamed reply (no character split or lost between chunks), and a stop string inside
-    it cuts both at the same place."""
+    it cuts both at the same place; with several, at the earliest match (the library cut the
+    non-streamed reply at the first one listed)."""
     body = {"messages": HELLO, "max_tokens": 200, "temperature": 0, "grammar": f'root ::= "{FORCED}"'}
-    for stop, text in ((None, FORCED), (["🎮"], FORCED.split("🎮")[0])):
+    earliest = ["🎮", "—", "很", "€", "5"]  # OpenAI cuts at the earliest match, not the first listed; > 4 accepted
+    for stop, text in ((None, FORCED), (["🎮"], FORCED.split("🎮")[0]), (earliest, "Ça coûte ")):
         reply = chat(client, **body, stop=stop)["choices"][0]
         assert (reply["message"]["content"], reply["finish_reason"]) == (text, "stop")
         chunks, done = stream_chat(client, {**body, "stop": stop})
