@@ -224,5 +224,16 @@ def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
         console.print(f"  {line}", soft_wrap=True)
 
 
-command = config.command(ServeConfig, run, name="serve", config_option="option",
-                         help="Serve a GGUF (or an export dir) as an OpenAI-compatible API for Dify.")
+#: ``--help``'s text; it describes MODEL (click shows no help for positional arguments).
+HELP = """Serve a GGUF (or an export dir) as an OpenAI-compatible API for Dify.
+
+\b
+MODEL is one of:
+  - an export dir from `steam-train export`: its .gguf is served (with several quants,
+    the first of q4_k_m, q5_k_m, q6_k, q8_0, …; *-lora.gguf adapters are skipped), and its
+    export_report.json gives the model id and the persona;
+  - a .gguf file with a chat template (tokenizer.chat_template); an export_report.json
+    beside it is read the same way.
+"""
+
+command = config.command(ServeConfig, run, name="serve", config_option="option", help=HELP)
