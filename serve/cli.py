@@ -108,7 +108,9 @@ def run(cfg: ServeConfig) -> None:
             non-loopback host without an API key (and no ``--insecure``), or a port in use.
 
     After SIGTERM/SIGINT uvicorn finishes the graceful shutdown and re-raises the signal, so the
-    process ends with the signal's status (143 / -15), as Docker and systemd expect.
+    process ends with the signal's status (143 / -15), as Docker and systemd expect. With
+    ``--engine llama-server``, a llama-server that keeps dying (see
+    :meth:`steam_persona.serve.llama_server.LlamaServer.supervise`) ends serve with status 1.
     """
     import uvicorn
     from sse_starlette.sse import AppStatus
@@ -153,7 +155,12 @@ def run(cfg: ServeConfig) -> None:
     server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
                                     timeout_graceful_shutdown=cfg.shutdown_timeout,
                                     http=h11_protocol(cfg.read_timeout)))
+    app.state.stop_serving = lambda: setattr(server, "should_exit", True)
     server.run()
+    upstream = app.state.served.upstream
+    if upstream is not None and upstream.gave_up:
+        console.print(f"[red]error:[/] llama-server kept dying; serve stops (its log: {upstream.log_path})")
+        raise SystemExit(1)
 
 
 def _check_flags(cfg: ServeConfig) -> None:

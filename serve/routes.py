@@ -257,7 +257,7 @@ async def _generate(request: Request, served: Served, make: Callable[[], Any], s
     except Skipped:  # the client left while the request waited for the model: nobody reads this
         return JSONResponse(error_body("Client closed request"), status_code=400)
     except RequestError as e:
-        return JSONResponse(e.body(), status_code=e.status)
+        return e.response()
     except ValueError as e:
         # the library's own refusals (a tool_choice naming no tool, …): messages hold no request text
         return JSONResponse(error_body(f"llama-cpp-python refused the request: {str(e)[:200]}", code="invalid_value"),
