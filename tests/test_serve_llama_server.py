@@ -204,6 +204,36 @@ def test_structured_outputs_match_and_schema_bombs_are_refused_on_the_engine(ser
     assert httpx.get(f"{engine.base_url}/health").status_code == 200
 
 
+@needs_binary
+def test_kept_alive_clients_that_pause_are_answered_at_once(servers):
+    """A run of the engines benchmark had one 30.02 s request (and 53 s at 4 clients): was it a
+    timeout on connections kept alive across a pause (uvicorn's 5 s keep-alive, our header deadline,
+    llama-server's 5 s keep-alive on the upstream pool)? Pausing past those between batches of
+    concurrent requests on kept-alive connections costs nothing here; the stall was load
+    (docs/serving.md, "Engines benchmark")."""
+    clients = [httpx.Client(base_url=s.base_url, timeout=60) for s in servers]
+    slowest = []
+
+    def one(c, i):
+        t = time.perf_counter()
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": f"Game {i}?"}],
+                                                  "max_tokens": 8, **GREEDY})
+        slowest.append((time.perf_counter() - t, r.status_code))
+    try:
+        for pause in (0, 5.5):  # past uvicorn's and llama-server's 5 s keep-alive
+            time.sleep(pause)
+            threads = [threading.Thread(target=one, args=(c, i)) for c in clients for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        for c in clients:
+            c.close()
+    assert len(slowest) == 12 and {code for _, code in slowest} == {200}
+    assert max(s for s, _ in slowest) < 10, slowest
+
+
 def _engine_pid(server) -> int:
     """The llama-server child of our server process."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
