@@ -46,7 +46,8 @@ class ServeConfig:
                                     "closed), then its body (else 408); slow clients must not hold connections open.")
     max_tokens_cap: int = arg(1024, "Most tokens one request may generate; also the default when a chat request "
                                     "sends no max_tokens / max_completion_tokens.")
-    request_timeout: float = arg(300.0, "Seconds one generation may run; then it ends with finish_reason 'length'.")
+    request_timeout: float = arg(300.0, "Seconds one generation may run; then it ends with the text so far and "
+                                        "finish_reason 'length' (streamed or not).")
     cors_origins: list[str] = arg([], "Origins browsers may call from (CORS, comma-separated, e.g. "
                                       "http://localhost:3000); none = no CORS headers. '*' allows any, without "
                                       "credentials.")

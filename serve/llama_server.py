@@ -160,11 +160,20 @@ class LlamaServer:
             UserError: it exited or was not ready within ``timeout`` s (the message ends with the
                 last lines of its log).
         """
+        self._spawn()
+        self._wait_ready(timeout)
+
+    def _spawn(self) -> None:
+        """Start the process. Call it from a thread that lives as long as the server: the
+        parent-death signal (:func:`_die_with_parent`) fires when the thread that started it ends."""
         self._starting = True
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      preexec_fn=_die_with_parent)
         log.close()
+
+    def _wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until the started process's ``/health`` says the model is loaded (raises as :meth:`start`)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
@@ -210,7 +219,8 @@ class LlamaServer:
                 return
             await asyncio.sleep(RESTART_BACKOFF_S * 2 ** (len(deaths) - 1))
             try:
-                await asyncio.to_thread(self.start)
+                self._spawn()  # on the event loop's thread, which lives as long as the server
+                await asyncio.to_thread(self._wait_ready)
                 logger.warning("llama-server restarted (%d restart(s) in the last %g s)", len(deaths), RESTART_WINDOW_S)
             except UserError as e:
                 logger.error("%s", e)
