@@ -159,6 +159,15 @@ def test_streamed_deltas_join_to_the_reply_with_multibyte_text_and_stop_strings(
         deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
         assert done and "".join(d or "" for d in deltas) == text
         assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    # one token holding two stop strings, the later-listed one first in the text (the library gave "Hell")
+    greedy = {"messages": HELLO, "max_tokens": 8, "temperature": 0, "repeat_penalty": 1.0}
+    assert chat(client, **greedy)["choices"][0]["message"]["content"].startswith("Hello")
+    assert chat(client, **greedy, stop=["o", "e"])["choices"][0]["message"]["content"] == "H"
+    chunks, _ = stream_chat(client, {**greedy, "stop": ["o", "e"]})
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "H"
+    r = client.post("/v1/completions", json={"prompt": "Price: ", "echo": True, "stop": earliest, "max_tokens": 200,
+                                             "temperature": 0, "grammar": f'root ::= "{FORCED}"'})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "Price: Ça coûte ", r.text
 
 
 def test_persona_applies_without_system_message(client):
