@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
                    persona_source=opts.persona_source, engine=opts.engine,
                    alive=(lambda: upstream.alive) if upstream is not None else (lambda: True))
     if upstream is not None:
-        app.router.on_shutdown.append(upstream.aclose)
+        _supervise(app, upstream)
     log = JsonlLog(opts.log_file) if opts.log_file else None
     app.add_middleware(SteamMiddleware, served=served, api_key=opts.api_key, persona=opts.persona,
                        persona_mode=opts.persona_mode, max_request_bytes=opts.max_request_bytes,
@@ -126,6 +127,25 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(opts.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type", "x-api-key"])
     return app
+
+
+def _supervise(app: FastAPI, upstream: LlamaServer) -> None:
+    """Restart llama-server when it dies while the app runs (:meth:`LlamaServer.supervise`), stop it
+    at shutdown. When it keeps dying, ``app.state.stop_serving()`` is called (the CLI sets it to end
+    uvicorn; serve then exits 1)."""
+    app.state.stop_serving = lambda: None
+    tasks: list[asyncio.Task] = []
+
+    async def startup() -> None:
+        tasks.append(asyncio.create_task(upstream.supervise(lambda: app.state.stop_serving())))
+
+    async def shutdown() -> None:
+        for task in tasks:  # first, so that stopping llama-server is not taken for a death
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await upstream.aclose()
+    app.router.on_startup.append(startup)
+    app.router.on_shutdown.append(shutdown)
 
 
 def _upstream(info: ModelInfo, opts: AppOptions) -> LlamaServer | None:

@@ -64,6 +64,9 @@ class ChatHandler:
     Attributes:
         last_usage: ``{"prompt_tokens", "completion_tokens"}`` of the latest generation (requests
             are serialised by the server's lock, so one slot is enough).
+        last_tokens: the latest generation's sampled token ids, end-of-generation tokens left out.
+        last_cut: True when :data:`~steam_persona.serve.engine.STOP` ended the latest generation
+            (the library then returns no text; see :meth:`completed_text`).
     """
 
     def __init__(self, llama: llama_cpp.Llama, template: str, grammars: GrammarChecker | None = None) -> None:
@@ -75,6 +78,8 @@ class ChatHandler:
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
         self.grammars = grammars
         self.last_usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.last_tokens: list[int] = []
+        self.last_cut = False
         self._tokens: OrderedDict[tuple[bytes, bool], list[int]] = OrderedDict()
         self._original_generate, self._original_tokenize = llama.generate, llama.tokenize
         self._original_detokenize, self._bos = llama.detokenize, llama.token_bos()
@@ -127,15 +132,35 @@ class ChatHandler:
                                    code="invalid_grammar")
         guard = guard_grammar(self.llama, kwargs)  # llama.cpp's own grammar sampler can abort the process
         usage = self.last_usage = {"prompt_tokens": len(tokens), "completion_tokens": 0}
+        sampled = self.last_tokens = []
+        self.last_cut = False
         stop = STOP.get()
         for token in self._original_generate(tokens, *args, **kwargs):
             if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 usage["completion_tokens"] += 1
+                sampled.append(token)
             elif guard is not None:
                 guard.check()
             yield token
             if stop is not None and stop():
+                self.last_cut = True
                 return
+
+    def completed_text(self, stop: str | list[str] | None) -> str | None:
+        """The latest non-streamed generation's text where the library's differs from OpenAI's, else ``None``.
+
+        Two cases (llama-cpp-python 0.3.36, ``Llama._create_completion``): a generation ended by
+        :data:`~steam_persona.serve.engine.STOP` (time limit, shutdown) returns ``""``, so the text so
+        far is given; and with several stop strings the library cuts at the first one *in list
+        order* that the text contains, where OpenAI (and llama-server) cut at the earliest match
+        in the text. Bytes are cut before decoding (as the library does), undecodable ends dropped.
+        """
+        stops = [s.encode("utf-8") for s in ([stop] if isinstance(stop, str) else stop or []) if s]
+        if not self.last_cut and len(stops) < 2:
+            return None
+        text = self._original_detokenize(self.last_tokens)
+        found = [text.find(s) for s in stops if s in text]
+        return text[:min(found, default=len(text))].decode("utf-8", errors="ignore")
 
     def prompt_tokens(self, messages: list[dict[str, Any]], tools: Any = None, tool_choice: Any = None) -> int:
         """Number of tokens the prompt for ``messages`` takes (exactly what generation will see).

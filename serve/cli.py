@@ -46,7 +46,8 @@ class ServeConfig:
                                     "closed), then its body (else 408); slow clients must not hold connections open.")
     max_tokens_cap: int = arg(1024, "Most tokens one request may generate; also the default when a chat request "
                                     "sends no max_tokens / max_completion_tokens.")
-    request_timeout: float = arg(300.0, "Seconds one generation may run; then it ends with finish_reason 'length'.")
+    request_timeout: float = arg(300.0, "Seconds one generation may run; then it ends with the text so far and "
+                                        "finish_reason 'length' (streamed or not).")
     cors_origins: list[str] = arg([], "Origins browsers may call from (CORS, comma-separated, e.g. "
                                       "http://localhost:3000); none = no CORS headers. '*' allows any, without "
                                       "credentials.")
@@ -108,7 +109,9 @@ def run(cfg: ServeConfig) -> None:
             non-loopback host without an API key (and no ``--insecure``), or a port in use.
 
     After SIGTERM/SIGINT uvicorn finishes the graceful shutdown and re-raises the signal, so the
-    process ends with the signal's status (143 / -15), as Docker and systemd expect.
+    process ends with the signal's status (143 / -15), as Docker and systemd expect. With
+    ``--engine llama-server``, a llama-server that keeps dying (see
+    :meth:`steam_persona.serve.llama_server.LlamaServer.supervise`) ends serve with status 1.
     """
     import uvicorn
     from sse_starlette.sse import AppStatus
@@ -153,7 +156,12 @@ def run(cfg: ServeConfig) -> None:
     server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
                                     timeout_graceful_shutdown=cfg.shutdown_timeout,
                                     http=h11_protocol(cfg.read_timeout)))
+    app.state.stop_serving = lambda: setattr(server, "should_exit", True)
     server.run()
+    upstream = app.state.served.upstream
+    if upstream is not None and upstream.gave_up:
+        console.print(f"[red]error:[/] llama-server kept dying; serve stops (its log: {upstream.log_path})")
+        raise SystemExit(1)
 
 
 def _check_flags(cfg: ServeConfig) -> None:
@@ -224,5 +232,16 @@ def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
         console.print(f"  {line}", soft_wrap=True)
 
 
-command = config.command(ServeConfig, run, name="serve", config_option="option",
-                         help="Serve a GGUF (or an export dir) as an OpenAI-compatible API for Dify.")
+#: ``--help``'s text; it describes MODEL (click shows no help for positional arguments).
+HELP = """Serve a GGUF (or an export dir) as an OpenAI-compatible API for Dify.
+
+\b
+MODEL is one of:
+  - an export dir from `steam-train export`: its .gguf is served (with several quants,
+    the first of q4_k_m, q5_k_m, q6_k, q8_0, …; *-lora.gguf adapters are skipped), and its
+    export_report.json gives the model id and the persona;
+  - a .gguf file with a chat template (tokenizer.chat_template); an export_report.json
+    beside it is read the same way.
+"""
+
+command = config.command(ServeConfig, run, name="serve", config_option="option", help=HELP)

@@ -25,12 +25,19 @@ class RequestError(Exception):
         param: the request field at fault (``"messages[1].content[0]"``) or ``None``.
         code: OpenAI error code (``"invalid_json"``, ``"context_length_exceeded"`` …) or ``None``.
         type: OpenAI error type.
+        headers: extra response headers (``Retry-After`` on a 503) or ``None``.
     """
 
     def __init__(self, message: str, *, status: int = 400, param: str | None = None,
-                 code: str | None = None, type: str = "invalid_request_error") -> None:
+                 code: str | None = None, type: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        """The HTTP answer: :meth:`body` with :attr:`status` and :attr:`headers`."""
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)

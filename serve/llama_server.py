@@ -20,6 +20,8 @@ Native API used (llama.cpp ``tools/server/README.md``): request ``{"prompt": [to
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import ctypes
 import json
 import logging
@@ -47,6 +49,14 @@ _SAME_NAME = ("temperature", "top_p", "top_k", "min_p", "typical_p", "presence_p
               "repeat_penalty", "mirostat_tau", "mirostat_eta", "seed")
 #: Seconds llama-server may take to load the model and answer ``/health`` with 200.
 START_TIMEOUT_S = 300.0
+#: Restarts of a llama-server that died, within :data:`RESTART_WINDOW_S`, before serve gives up.
+MAX_RESTARTS = 5
+#: Seconds over which deaths count towards :data:`MAX_RESTARTS`.
+RESTART_WINDOW_S = 600.0
+#: Seconds before the first restart; doubled for each further death within the window.
+RESTART_BACKOFF_S = 1.0
+#: Seconds a client is told to wait (``Retry-After``) while llama-server is down.
+RETRY_AFTER_S = 5
 
 
 def cache_root() -> Path:
@@ -128,12 +138,20 @@ class LlamaServer:
         args: its command line (:func:`server_args`); ``args`` names the port.
         port: that port.
         log_path: file that receives its stdout and stderr (shown when it fails to start).
+
+    Attributes:
+        speeds: tokens per second of recent generations as their clients saw them (queueing
+            included), newest last; see :func:`steam_persona.serve.upstream_routes.generate`.
+        gave_up: True once it died more than :data:`MAX_RESTARTS` times (see :meth:`supervise`).
     """
 
     def __init__(self, args: list[str], port: int, log_path: Path) -> None:
         self.args, self.base_url, self.log_path = args, f"http://127.0.0.1:{port}", log_path
         self.proc: subprocess.Popen | None = None
         self.client: httpx.AsyncClient | None = None
+        self.speeds: collections.deque[float] = collections.deque(maxlen=16)
+        self.gave_up = False
+        self._starting = False
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
         """Start the process and wait until its ``/health`` says the model is loaded.
@@ -142,27 +160,75 @@ class LlamaServer:
             UserError: it exited or was not ready within ``timeout`` s (the message ends with the
                 last lines of its log).
         """
+        self._spawn()
+        self._wait_ready(timeout)
+
+    def _spawn(self) -> None:
+        """Start the process. Call it from a thread that lives as long as the server: the
+        parent-death signal (:func:`_die_with_parent`) fires when the thread that started it ends."""
+        self._starting = True
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      preexec_fn=_die_with_parent)
         log.close()
+
+    def _wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until the started process's ``/health`` says the model is loaded (raises as :meth:`start`)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
-                    self.client = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(None, connect=10),
-                                                    limits=httpx.Limits(max_connections=None))
+                    if self.client is None:
+                        self.client = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(None, connect=10),
+                                                        limits=httpx.Limits(max_connections=None))
+                    self._starting = False
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
         self.close()
-        tail = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        raise UserError(f"llama-server did not start ({' | '.join(tail) or 'no output'}); its log: {self.log_path}")
+        raise UserError(f"llama-server did not start ({self._log_tail()}); its log: {self.log_path}")
+
+    def _log_tail(self, lines: int = 5) -> str:
+        tail = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
+        return " | ".join(tail) or "no output"
+
+    async def supervise(self, give_up: Callable[[], None], poll_s: float = 0.5) -> None:
+        """Restart llama-server whenever it dies (killed, crashed), until the app shuts down.
+
+        Each death is logged with its exit code or signal and the end of llama-server's log; the
+        restart waits :data:`RESTART_BACKOFF_S`, doubled for each earlier death within
+        :data:`RESTART_WINDOW_S` (requests meanwhile get 503 with ``Retry-After``). The death
+        after :data:`MAX_RESTARTS` restarts in the window sets :attr:`gave_up` and calls
+        ``give_up()`` (serve then exits non-zero, for a supervisor to restart it whole).
+        """
+        deaths: collections.deque[float] = collections.deque()
+        while True:
+            await asyncio.sleep(poll_s)
+            if self.proc is None or self.proc.poll() is None:
+                continue
+            now = time.monotonic()
+            deaths.append(now)
+            while deaths[0] < now - RESTART_WINDOW_S:
+                deaths.popleft()
+            logger.error("llama-server %s (%s)", _how_it_ended(self.proc.returncode), self._log_tail(3))
+            if len(deaths) > MAX_RESTARTS:
+                logger.error("llama-server died %d times in %g s; giving up", len(deaths), RESTART_WINDOW_S)
+                self.gave_up = True
+                give_up()
+                return
+            await asyncio.sleep(RESTART_BACKOFF_S * 2 ** (len(deaths) - 1))
+            try:
+                self._spawn()  # on the event loop's thread, which lives as long as the server
+                await asyncio.to_thread(self._wait_ready)
+                logger.warning("llama-server restarted (%d restart(s) in the last %g s)", len(deaths), RESTART_WINDOW_S)
+            except UserError as e:
+                logger.error("%s", e)
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Running, with its model loaded."""
+        return self.proc is not None and self.proc.poll() is None and not self._starting
 
     async def aclose(self) -> None:
         """Close the HTTP client and stop the process (the app's shutdown hook)."""
@@ -189,6 +255,8 @@ class LlamaServer:
             RequestError: as :meth:`completion`.
         """
         assert self.client is not None, "start() first"
+        if not self.alive:
+            raise _unavailable()
         try:
             response = await self.client.post("/completion", json={**body, "stream": False})
         except httpx.TransportError as e:
@@ -208,6 +276,8 @@ class LlamaServer:
                 connection; 400 with its message when it refuses the request.
         """
         assert self.client is not None, "start() first"
+        if not self.alive:
+            raise _unavailable()
         try:
             async with self.client.stream("POST", "/completion", json={**body, "stream": True}) as response:
                 if response.status_code != 200:
@@ -227,8 +297,20 @@ class LlamaServer:
 
 
 def _unavailable() -> RequestError:
-    return RequestError("The generation engine (llama-server) is not reachable; the server's log says why",
-                        status=503, type="server_error", code="engine_unavailable")
+    return RequestError("The generation engine (llama-server) is not reachable (it is restarted when it dies); "
+                        "the server's log says why", status=503, type="server_error", code="engine_unavailable",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _how_it_ended(returncode: int) -> str:
+    """``"exited with code 3"`` or ``"was killed by signal SIGKILL"`` (``Popen.returncode`` < 0: a signal)."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = str(-returncode)
+    return f"was killed by signal {name}"
 
 
 def _refusal(status: int, raw: bytes) -> RequestError:

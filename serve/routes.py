@@ -134,7 +134,7 @@ async def chat_completions(request: Request) -> Response:
     if served.upstream is not None:
         return await upstream_routes.generate(request, served, body, chat=True)
     llama = served.llama
-    return await _generate(request, served, lambda: llama.create_chat_completion(**_kwargs(body, llama)), body.stream)
+    return await _generate(request, served, lambda: _complete(served, body, llama.create_chat_completion), body.stream)
 
 
 @router.post("/v1/completions", summary="Completion", tags=["OpenAI V1"],
@@ -144,7 +144,27 @@ async def completions(request: Request) -> Response:
     if served.upstream is not None:
         return await upstream_routes.generate(request, served, body, chat=False)
     llama = served.llama
-    return await _generate(request, served, lambda: llama.create_completion(**_kwargs(body, llama)), body.stream)
+    return await _generate(request, served, lambda: _complete(served, body, llama.create_completion), body.stream)
+
+
+def _complete(served: Served, body: Any, create: Callable[..., Any]) -> Any:
+    """``create(**kwargs)`` (a ``Llama`` method) on the generate thread; a non-streamed result gets the
+    text OpenAI would give (:meth:`ChatHandler.completed_text`: the text so far when the time limit
+    cut it, the earliest stop match)."""
+    result = create(**_kwargs(body, served.llama))
+    if body.stream:
+        return result
+    text = served.handler.completed_text(body.stop)
+    choice = result["choices"][0]
+    if text is None or choice.get("message", {}).get("tool_calls"):
+        return result
+    if "message" in choice:
+        choice["message"]["content"] = text
+    else:  # the library's text is [prompt (echo)] + its text + [suffix]
+        head = body.prompt if body.echo else ""
+        tail = body.suffix if body.suffix and choice["text"].endswith(body.suffix) else ""
+        choice["text"] = head + text + tail
+    return result
 
 
 def _model_object(served: Served) -> dict[str, Any]:
@@ -237,7 +257,7 @@ async def _generate(request: Request, served: Served, make: Callable[[], Any], s
     except Skipped:  # the client left while the request waited for the model: nobody reads this
         return JSONResponse(error_body("Client closed request"), status_code=400)
     except RequestError as e:
-        return JSONResponse(e.body(), status_code=e.status)
+        return e.response()
     except ValueError as e:
         # the library's own refusals (a tool_choice naming no tool, …): messages hold no request text
         return JSONResponse(error_body(f"llama-cpp-python refused the request: {str(e)[:200]}", code="invalid_value"),

@@ -45,6 +45,7 @@ class _Run:
     text: list[str] = field(default_factory=list)
     finish_reason: str = "length"
     completion_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
 
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -79,7 +80,7 @@ async def generate(request: Request, served: Any, body: Any, chat: bool) -> Resp
         tokens = await _prompt(served, body, chat)
         upstream_body = native_body(tokens, body, await _logit_bias(served, body), body.grammar)
     except RequestError as e:
-        return JSONResponse(e.body(), status_code=e.status)
+        return e.response()
     run = _Run(chat=chat, id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, model=served.alias,
                prompt_tokens=len(tokens))
     if not body.stream:
@@ -93,29 +94,65 @@ async def generate(request: Request, served: Any, body: Any, chat: bool) -> Resp
 
 
 async def _complete(request: Request, served: Any, upstream_body: dict[str, Any], run: _Run, body: Any) -> Response:
-    """A non-streamed request: one upstream call without per-token events (llama-server streams cost
-    it a few % of speed), cancelled when the client leaves, at ``--request_timeout`` (504: unlike a
-    stream, whose text so far ends with ``finish_reason`` "length", llama-server returns no partial
-    text) or at shutdown (503)."""
-    job = asyncio.create_task(served.upstream.complete(upstream_body))
-    gone = asyncio.create_task(watch_disconnect(request.receive, threading.Event()))
+    """A non-streamed request, cancelled when the client leaves; at ``--request_timeout`` or shutdown
+    the text so far ends with ``finish_reason`` "length", as with the embedded engine (at shutdown
+    before any text: 503 ``shutting_down``).
+
+    llama-server's own non-streamed answer is a little faster (no per-token events) but holds no
+    text when cut short, so it is used only when the time left cannot cut this request
+    (:func:`_may_run_out`); otherwise llama-server streams and the pieces are joined. Should the
+    non-streamed call still run out, the answer is 504 ``timeout`` (503 at shutdown).
+    """
     deadline = time.monotonic() + served.request_timeout
+    pieces: list[str] | None = [] if _may_run_out(served, body, deadline) else None
+    job = asyncio.create_task(served.upstream.complete(upstream_body) if pieces is None
+                              else _gather(served, upstream_body, run, pieces))
+    gone = asyncio.create_task(watch_disconnect(request.receive, threading.Event()))
     try:
         while not job.done():
             left = min(deadline, served.wind_down_at) - time.monotonic()
             if gone.done() or left <= 0:
                 job.cancel()
                 await asyncio.gather(job, return_exceptions=True)
+                ran_out = time.monotonic() >= deadline
+                if pieces is not None and not gone.done() and (ran_out or pieces):  # at shutdown, not nothing
+                    return JSONResponse(run.response(_completion_text(body, run.chat, "".join(pieces))))
                 return _cut_short(gone.done(), deadline)
             await asyncio.wait({job, gone}, timeout=min(left, 0.5), return_when=asyncio.FIRST_COMPLETED)
         event = job.result()
     except RequestError as e:
-        e = _blame(e, body)
-        return JSONResponse(e.body(), status_code=e.status)
+        return _blame(e, body).response()
     finally:
         gone.cancel()
-    _finish(run, event)
-    return JSONResponse(run.response(_completion_text(body, run.chat, event.get("content", ""))))
+    if pieces is None:
+        _finish(run, event)
+    _note_speed(served, run)
+    return JSONResponse(run.response(_completion_text(body, run.chat, event["content"] if pieces is None
+                                                      else "".join(pieces))))
+
+
+#: A request may be answered from llama-server's non-streamed call when, at this fraction of the
+#: slowest recent speed (:attr:`LlamaServer.speeds`), its ``max_tokens`` would still be done in time.
+RUN_OUT_MARGIN = 0.25
+
+
+def _may_run_out(served: Any, body: Any, deadline: float) -> bool:
+    """Could the time left (``--request_timeout``, shutdown) cut this request? True until a speed was seen."""
+    speeds = served.upstream.speeds
+    left = min(deadline, served.wind_down_at) - time.monotonic()
+    return not speeds or body.max_tokens > RUN_OUT_MARGIN * min(speeds) * left
+
+
+async def _gather(served: Any, upstream_body: dict[str, Any], run: _Run, pieces: list[str]) -> None:
+    """Stream from llama-server into ``pieces`` (kept when the task is cancelled)."""
+    async for piece in _pieces(served, upstream_body, run, lambda: False):
+        pieces.append(piece)
+
+
+def _note_speed(served: Any, run: _Run) -> None:
+    """Remember the tokens per second this finished generation's client saw (a few tokens say little)."""
+    if run.completion_tokens >= 8:
+        served.upstream.speeds.append(run.completion_tokens / max(time.monotonic() - run.started, 1e-3))
 
 
 def _cut_short(client_left: bool, deadline: float) -> JSONResponse:
@@ -166,7 +203,7 @@ async def _stream(run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, 
         watcher.cancel()
         cancel.set()
         e = _blame(e, body)
-        return JSONResponse(e.body(), status_code=e.status)
+        return e.response()
     except asyncio.CancelledError:  # uvicorn's shutdown deadline, while this request waited for a slot
         watcher.cancel()
         cancel.set()

@@ -148,15 +148,26 @@ FORCED = "Ça coûte 5 €, 很好玩 🎮 — worth it! " * 2  # multi-byte tex
 def test_streamed_deltas_join_to_the_reply_with_multibyte_text_and_stop_strings(client):
     """A grammar forces a reply of 1-4-byte characters: the streamed deltas join to the very text
     of the non-streamed reply (no character split or lost between chunks), and a stop string inside
-    it cuts both at the same place."""
+    it cuts both at the same place; with several, at the earliest match (the library cut the
+    non-streamed reply at the first one listed)."""
     body = {"messages": HELLO, "max_tokens": 200, "temperature": 0, "grammar": f'root ::= "{FORCED}"'}
-    for stop, text in ((None, FORCED), (["🎮"], FORCED.split("🎮")[0])):
+    earliest = ["🎮", "—", "很", "€", "5"]  # OpenAI cuts at the earliest match, not the first listed; > 4 accepted
+    for stop, text in ((None, FORCED), (["🎮"], FORCED.split("🎮")[0]), (earliest, "Ça coûte ")):
         reply = chat(client, **body, stop=stop)["choices"][0]
         assert (reply["message"]["content"], reply["finish_reason"]) == (text, "stop")
         chunks, done = stream_chat(client, {**body, "stop": stop})
         deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
         assert done and "".join(d or "" for d in deltas) == text
         assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    # one token holding two stop strings, the later-listed one first in the text (the library gave "Hell")
+    greedy = {"messages": HELLO, "max_tokens": 8, "temperature": 0, "repeat_penalty": 1.0}
+    assert chat(client, **greedy)["choices"][0]["message"]["content"].startswith("Hello")
+    assert chat(client, **greedy, stop=["o", "e"])["choices"][0]["message"]["content"] == "H"
+    chunks, _ = stream_chat(client, {**greedy, "stop": ["o", "e"]})
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "H"
+    r = client.post("/v1/completions", json={"prompt": "Price: ", "echo": True, "stop": earliest, "max_tokens": 200,
+                                             "temperature": 0, "grammar": f'root ::= "{FORCED}"'})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "Price: Ça coûte ", r.text
 
 
 def test_persona_applies_without_system_message(client):

@@ -363,6 +363,10 @@ def test_request_timeout_and_sigterm_stop_a_running_generation(smollm2_gguf):
         out = httpx.post(f"{srv.base_url}{CHAT}", json=long, timeout=60).json()
         assert 7.5 < time.perf_counter() - t < 14
         assert out["choices"][0]["finish_reason"] == "length" and 0 < out["usage"]["completion_tokens"] < 4000
+        # the text so far, not "" (the library drops it when generation is stopped from outside)
+        text = out["choices"][0]["message"]["content"]
+        count = httpx.post(f"{srv.base_url}/extras/tokenize/count", json={"input": text}).json()["count"]
+        assert abs(count - 1 - out["usage"]["completion_tokens"]) <= 3, (count, out["usage"])
         _disconnected_clients_stop_their_generation(srv, long)
         # SIGTERM while a non-streamed generation runs: the process ends by the signal within
         # --shutdown_timeout (+ the 2 s deadline), before the 8 s request limit would end the generation

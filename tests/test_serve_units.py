@@ -326,3 +326,13 @@ def test_worker_outlives_an_event_loop_that_closed_while_its_job_ran():
         return await worker.call(lambda: threading.current_thread().name)
 
     assert asyncio.run(next_job()) == "test-worker-close" and worker.thread.is_alive()
+
+
+def test_help_describes_the_model_argument():
+    from click.testing import CliRunner
+
+    from steam_persona.serve.cli import command
+
+    out = CliRunner().invoke(command, ["--help"], terminal_width=120).output
+    assert "MODEL is one of" in out and "export dir from `steam-train export`" in out and "a .gguf file" in out
+    assert "*-lora.gguf adapters are skipped" in out
