@@ -103,17 +103,25 @@ def detect(headers: list[str], given: dict[str, str], path: Any,
             raise UserError(f"{path}: --columns {f}={h}: no such column; columns found: {', '.join(headers[:20])}")
         mapping[f] = h
     taken = set(mapping.values())
-    for h in headers:
+    for h in sorted(headers, key=_rank):
         f = field_of(h)
         if f and f not in mapping and h not in taken:
             mapping[f] = h
             taken.add(h)
+    mapping = {f: mapping[f] for f in [*given, *(field_of(h) for h in headers)] if f in mapping}  # file order
     if "playtime_minutes" in mapping and "playtime_hours" in mapping and "playtime_hours" not in given:
         del mapping["playtime_hours"]
     if "review" not in mapping:
         raise UserError(f"{path}: no review-text column among the columns found ({', '.join(headers[:20]) or 'none'}); "
                         f"name it, e.g. --columns {suggest(headers, mapping, samples or [])}")
     return mapping
+
+
+def _rank(header: str) -> int:
+    """Where a header stands in its field's :data:`ALIASES`: with two candidates (``playtime_at_review``
+    and ``playtime_forever``), the one listed first wins."""
+    f = field_of(header)
+    return [_norm(a) for a in ALIASES[f]].index(_norm(header)) if f in ALIASES else 0
 
 
 def suggest(headers: list[str], mapping: dict[str, str], samples: list[dict[str, Any]]) -> str:
