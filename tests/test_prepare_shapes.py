@@ -83,3 +83,20 @@ def test_kaggle_dump_prefers_playtime_at_review(tmp_path):
     loaded = _read(tmp_path / "dataset.csv", header + rows + "\r\n")
     assert _values(loaded) == [(EN[0], True, 1.0, "The Witcher 3", "9"), (EN[1], False, 2.0, "The Witcher 3", "10"),
                                (EN[2], True, 3.0, "The Witcher 3", "11")]
+
+
+def test_playtime_unit_from_the_header_or_the_value(tmp_path):
+    """Minutes or hours as the header says (``Playtime (minutes)``, ``playtime_hrs``, ``游戏时长(分钟)``);
+    an hours column whose cells say ``min`` / ``分钟`` is read as minutes."""
+    for header, cells, want in (("playtime_minutes", ["90", "30", "600"], [1.5, 0.5, 10.0]),
+                                ("Playtime (minutes)", ["90", "30", "600"], [1.5, 0.5, 10.0]),
+                                ("playtime_mins", ["90", "30", "600"], [1.5, 0.5, 10.0]),
+                                ("游戏时长(分钟)", ["90", "30", "600"], [1.5, 0.5, 10.0]),
+                                ("Playtime (hours)", ["1.5", "0.5", "10"], [1.5, 0.5, 10.0]),
+                                ("playtime_hrs", ["1.5", "0.5", "10"], [1.5, 0.5, 10.0]),
+                                ("游戏时长（小时）", ["1.5", "0.5", "10"], [1.5, 0.5, 10.0]),
+                                ("Hours", ["90 min", "30 分钟", "10 hrs on record"], [1.5, 0.5, 10.0])):
+        rows = "".join(f'"{t}",{c!r}\n'.replace("'", '"') for t, c in zip(EN, cells))
+        loaded = _read(tmp_path / "t.csv", f'review,"{header}"\n{rows}')
+        assert [r.playtime_hours for r in loaded.reviews] == want, header
+        assert [r.text for r in loaded.reviews] == EN
