@@ -152,7 +152,7 @@ class Loaded:
     """What one input file gave: its detected format, reviews, app metadata and notes.
 
     ``columns`` is the ``{field: header}`` mapping a ``table`` file was read with; ``compressed`` is
-    ``"gzip"`` for a ``.gz`` file.
+    ``"gzip"`` for a ``.gz`` file; ``encoding`` is ``"UTF-16"`` when a byte-order mark said so.
     """
 
     path: Path
@@ -163,6 +163,7 @@ class Loaded:
     columns: dict[str, str] | None = None
     compressed: str | None = None
     container: str = ""
+    encoding: str | None = None
 
     def describe(self) -> str:
         what = f"{len(self.reviews):,} review{'s' * (len(self.reviews) != 1)}" if self.format != "appdetails" else f"{len(self.apps)} apps"
@@ -173,6 +174,8 @@ class Loaded:
             name += f" ({self.container})"
         if self.compressed:
             name += f", {self.compressed}"
+        if self.encoding:
+            name += f", {self.encoding}"
         cols = f"; columns {', '.join(f'{k}={v}' for k, v in self.columns.items())}" if self.columns else ""
         return f"{self.path}: {name} ({what}{cols})"
 
@@ -230,9 +233,31 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
     if suffix == ".parquet" or raw[:4] == b"PAR1":
         loaded = _read_parquet(path, raw, columns or {})
     else:
+        encoding = _utf16(path, raw, encoding)
         loaded = _read_decoded(path, decode(path, raw, encoding), suffix, tag_language, columns)
+        loaded.encoding = "UTF-16" if encoding == "utf-16" else None
     loaded.compressed = compressed
     return loaded
+
+
+def _utf16(path: Path, raw: bytes, encoding: str) -> str:
+    """``"utf-16"`` for a file with a UTF-16 byte-order mark read as the default ``utf-8`` (Excel's
+    "Unicode text" export: UTF-16LE with BOM, tab-separated), else ``encoding``.
+
+    Raises:
+        UserError: UTF-16 without a byte-order mark (a zero byte beside most ASCII characters), which
+            would otherwise read as a CSV of one broken column.
+    """
+    if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        return encoding
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    head = raw[:400]
+    if len(head) >= 8 and head.count(0) > len(head) // 4:
+        order = "le" if head[1::2].count(0) > head[0::2].count(0) else "be"
+        raise UserError(f"{path}: looks UTF-16 without a byte-order mark (zero bytes between the letters); "
+                        f"pass --encoding utf-16-{order}, or re-save it as UTF-8")
+    return encoding
 
 
 def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns: dict[str, str] | None) -> Loaded:
@@ -369,9 +394,16 @@ def _read_bytes(path: Path) -> tuple[bytes, str | None]:
 
 
 def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
+    """JSON Lines → ``[(line number, value)]``. Blank lines are skipped, and so is a comma ending a
+    line or standing alone (objects pasted out of a JSON array): neither can hide a record.
+
+    Raises:
+        UserError: the first line that is not JSON, with its number and column.
+    """
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+        line = line.strip().removesuffix(",").rstrip()
+        if not line:
             continue
         try:
             rows.append((n, json.loads(line)))

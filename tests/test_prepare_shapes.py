@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from steam_persona.common.errors import UserError
 from steam_persona.reviews import sources
 
 EN = ["Tight combat and a map that rewards curiosity, well worth the price.",
@@ -100,3 +103,27 @@ def test_playtime_unit_from_the_header_or_the_value(tmp_path):
         loaded = _read(tmp_path / "t.csv", f'review,"{header}"\n{rows}')
         assert [r.playtime_hours for r in loaded.reviews] == want, header
         assert [r.text for r in loaded.reviews] == EN
+
+
+def test_excel_unicode_text_is_read_and_utf16_without_bom_is_named(tmp_path):
+    """Excel's "Unicode text": UTF-16LE with a byte-order mark, tab-separated, CRLF."""
+    table = "review\trecommended\tHours\r\n" + "".join(f'"{t}"\t{"Not Recommended" if i == 1 else "Recommended"}\t{i}.5\r\n'
+                                                      for i, t in enumerate(EN))
+    src = tmp_path / "export.txt"
+    src.write_bytes(table.encode("utf-16"))
+    loaded = sources.read(src)
+    assert [(r.text, r.voted_up, r.playtime_hours) for r in loaded.reviews] == [
+        (EN[0], True, 0.5), (EN[1], False, 1.5), (EN[2], True, 2.5)]
+    assert "(TSV), UTF-16 (3 reviews" in loaded.describe()
+    src.write_bytes(table.encode("utf-16-le"))
+    with pytest.raises(UserError, match=r"export.txt: looks UTF-16 without a byte-order mark .*--encoding utf-16-le"):
+        sources.read(src)
+    assert len(sources.read(src, encoding="utf-16-le").reviews) == 3
+
+
+def test_json_lines_with_blank_lines_and_trailing_commas(tmp_path):
+    recs = [json.dumps({"review": t, "voted_up": i != 1, "app_name": "Hades"}) for i, t in enumerate(EN)]
+    loaded = _read(tmp_path / "r.jsonl", f"{recs[0]},\n\n{recs[1]},\r\n,\n{recs[2]}\n\n")
+    assert _values(loaded) == [(EN[0], True, None, "Hades", None), (EN[1], False, None, "Hades", None),
+                               (EN[2], True, None, "Hades", None)]
+    assert [r.where.rsplit(" ", 1)[1] for r in loaded.reviews] == ["1", "3", "5"]
