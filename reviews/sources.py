@@ -618,7 +618,7 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     delim = max((",", "\t", ";", "|"), key=header.count)  # a one-column file reads as CSV
     reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delim)
     cols = [c for c in (reader.fieldnames or []) if c is not None]
-    if not cols or (len(cols) == 1 and not columns and "review" not in cols):
+    if not cols or (len(cols) == 1 and not columns and columns_mod.field_of(cols[0]) != "review"):
         raise UserError(f"{path}: no CSV/TSV header found (first line: {header[:60]!r}); "
                         "put the column names on line 1, or convert the file to JSON Lines")
     if "title" in cols and "user_reviews" in cols and not columns:

@@ -127,3 +127,8 @@ def test_json_lines_with_blank_lines_and_trailing_commas(tmp_path):
     assert _values(loaded) == [(EN[0], True, None, "Hades", None), (EN[1], False, None, "Hades", None),
                                (EN[2], True, None, "Hades", None)]
     assert [r.where.rsplit(" ", 1)[1] for r in loaded.reviews] == ["1", "3", "5"]
+
+
+def test_one_column_file_headed_by_a_review_alias(tmp_path):
+    loaded = _read(tmp_path / "only.csv", "评论\n" + "".join(f'"{t}"\n' for t in EN))
+    assert [r.text for r in loaded.reviews] == EN and loaded.columns == {"review": "评论"}
