@@ -26,7 +26,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "voted_up": ("voted_up", "recommended", "recommend", "is_recommended", "recommendation", "tag", "verdict",
                  "rating", "review_score", "user_recommends", "is_positive", "推荐", "是否推荐", "评价类型", "推荐与否"),
     "playtime_minutes": ("author.playtime_at_review", "author.playtime_forever", "playtime_at_review",
-                         "playtime_forever", "author_playtime_forever", "author_playtime_at_review"),
+                         "playtime_forever", "author_playtime_forever", "author_playtime_at_review",
+                         "minutes_played", "playtime_minutes"),
     "playtime_hours": ("hours", "playtime_hours", "hours_played", "hour_played", "playtime", "play_time", "hours_on_record",
                        "游戏时长", "时长", "总时数", "游玩时长", "游戏时间"),
     "language": ("language", "lang", "review_language", "语言"),
@@ -51,9 +52,21 @@ def _norm(header: str) -> str:
 _LOOKUP = {_norm(a): f for f, names in ALIASES.items() for a in names}
 
 
+#: a playtime header's unit suffix: ``Playtime (hours)``, ``playtime_mins``, ``游戏时长(分钟)``.
+_UNIT = re.compile(r"^(?P<base>.+?)[(（\[]?(?:(?P<min>minutes?|mins?|分钟)|hours?|hrs?|h|小时)[)）\]]?$")
+
+
 def field_of(header: str) -> str | None:
-    """Our field for a header by :data:`ALIASES` (``"Content"`` → ``"review"``), else ``None``."""
-    return _LOOKUP.get(_norm(header))
+    """Our field for a header by :data:`ALIASES` (``"Content"`` → ``"review"``), else ``None``. A
+    playtime header with a unit (``Playtime (hours)``, ``playtime_mins``, ``游戏时长(分钟)``) is
+    ``playtime_minutes`` or ``playtime_hours`` by that unit."""
+    key = _norm(header)
+    if key in _LOOKUP:
+        return _LOOKUP[key]
+    m = _UNIT.match(key)
+    if m and _LOOKUP.get(m["base"]) in ("playtime_hours", "playtime_minutes"):
+        return "playtime_minutes" if m["min"] else "playtime_hours"
+    return None
 
 
 def parse_columns(spec: str) -> dict[str, str]:
@@ -103,17 +116,25 @@ def detect(headers: list[str], given: dict[str, str], path: Any,
             raise UserError(f"{path}: --columns {f}={h}: no such column; columns found: {', '.join(headers[:20])}")
         mapping[f] = h
     taken = set(mapping.values())
-    for h in headers:
+    for h in sorted(headers, key=_rank):
         f = field_of(h)
         if f and f not in mapping and h not in taken:
             mapping[f] = h
             taken.add(h)
+    mapping = {f: mapping[f] for f in [*given, *(field_of(h) for h in headers)] if f in mapping}  # file order
     if "playtime_minutes" in mapping and "playtime_hours" in mapping and "playtime_hours" not in given:
         del mapping["playtime_hours"]
     if "review" not in mapping:
         raise UserError(f"{path}: no review-text column among the columns found ({', '.join(headers[:20]) or 'none'}); "
                         f"name it, e.g. --columns {suggest(headers, mapping, samples or [])}")
     return mapping
+
+
+def _rank(header: str) -> int:
+    """Where a header stands in its field's :data:`ALIASES`: with two candidates (``playtime_at_review``
+    and ``playtime_forever``), the one listed first wins."""
+    names = [_norm(a) for a in ALIASES.get(field_of(header) or "", ())]
+    return names.index(_norm(header)) if _norm(header) in names else len(names)
 
 
 def suggest(headers: list[str], mapping: dict[str, str], samples: list[dict[str, Any]]) -> str:
@@ -129,6 +150,7 @@ def suggest(headers: list[str], mapping: dict[str, str], samples: list[dict[str,
 _NO = re.compile(r"^(?:不推荐|不推薦|not\s*recommended|false|no|0|n|negative|neg|thumbs?\s*down|👎|差评|不)$", re.I)
 _YES = re.compile(r"^(?:推荐|推薦|recommended|true|yes|1|y|positive|pos|thumbs?\s*up|👍|好评|是)$", re.I)
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+_IN_MINUTES = re.compile(r"^\D*\d[\d,.]*\s*(?:min|mins|minutes?|分钟)\W*$", re.I)  # "90 min" in an hours column
 
 
 def voted(v: Any) -> bool | None:
@@ -159,6 +181,8 @@ def row_fields(row: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
     """One row's values under our field names (``playtime_hours`` in hours, unknown → ``None``)."""
     get = {f: row.get(h) for f, h in mapping.items()}
     minutes = number(get.get("playtime_minutes"))
+    if minutes is None and _IN_MINUTES.search(str(get.get("playtime_hours") or "")):
+        minutes = number(get.get("playtime_hours"))
     hours = round(minutes / 60, 1) if minutes is not None else number(get.get("playtime_hours"))
     votes = number(get.get("votes_up"))
     text = get.get("review")

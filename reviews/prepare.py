@@ -773,6 +773,7 @@ def _report_details(cfg: PrepareConfig, stats: dict[str, _Stat], loaded: list[so
     kept_lang = Counter(r.language or "unknown" for r in kept)
     return {
         "inputs": [{"path": str(i.path), "format": i.format, "container": i.container, "compressed": i.compressed,
+                    "encoding": i.encoding,
                     "columns": i.columns, "reviews": len(i.reviews), "apps": len(i.apps)} for i in loaded],
         "rules": {n: {"removed": stats[n].removed, "changed": stats[n].changed, "reasons": dict(stats[n].reasons),
                       "examples": stats[n].examples, "flag": FLAGS.get(n, f"--{n}")} for n in RULES},

@@ -152,7 +152,7 @@ class Loaded:
     """What one input file gave: its detected format, reviews, app metadata and notes.
 
     ``columns`` is the ``{field: header}`` mapping a ``table`` file was read with; ``compressed`` is
-    ``"gzip"`` for a ``.gz`` file.
+    ``"gzip"`` for a ``.gz`` file; ``encoding`` is ``"UTF-16"`` when a byte-order mark said so.
     """
 
     path: Path
@@ -163,9 +163,10 @@ class Loaded:
     columns: dict[str, str] | None = None
     compressed: str | None = None
     container: str = ""
+    encoding: str | None = None
 
     def describe(self) -> str:
-        what = f"{len(self.reviews):,} reviews" if self.format != "appdetails" else f"{len(self.apps)} apps"
+        what = f"{len(self.reviews):,} review{'s' * (len(self.reviews) != 1)}" if self.format != "appdetails" else f"{len(self.apps)} apps"
         name = FORMATS[self.format]
         if self.path.suffix.lower() == ".jsonl" and name.endswith(" JSON"):
             name += " Lines"
@@ -173,6 +174,8 @@ class Loaded:
             name += f" ({self.container})"
         if self.compressed:
             name += f", {self.compressed}"
+        if self.encoding:
+            name += f", {self.encoding}"
         cols = f"; columns {', '.join(f'{k}={v}' for k, v in self.columns.items())}" if self.columns else ""
         return f"{self.path}: {name} ({what}{cols})"
 
@@ -230,9 +233,31 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
     if suffix == ".parquet" or raw[:4] == b"PAR1":
         loaded = _read_parquet(path, raw, columns or {})
     else:
+        encoding = _utf16(path, raw, encoding)
         loaded = _read_decoded(path, decode(path, raw, encoding), suffix, tag_language, columns)
+        loaded.encoding = "UTF-16" if encoding == "utf-16" else None
     loaded.compressed = compressed
     return loaded
+
+
+def _utf16(path: Path, raw: bytes, encoding: str) -> str:
+    """``"utf-16"`` for a file with a UTF-16 byte-order mark read as the default ``utf-8`` (Excel's
+    "Unicode text" export: UTF-16LE with BOM, tab-separated), else ``encoding``.
+
+    Raises:
+        UserError: UTF-16 without a byte-order mark (a zero byte beside most ASCII characters), which
+            would otherwise read as a CSV of one broken column.
+    """
+    if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        return encoding
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    head = raw[:400]
+    if len(head) >= 8 and head.count(0) > len(head) // 4:
+        order = "le" if head[1::2].count(0) > head[0::2].count(0) else "be"
+        raise UserError(f"{path}: looks UTF-16 without a byte-order mark (zero bytes between the letters); "
+                        f"pass --encoding utf-16-{order}, or re-save it as UTF-8")
+    return encoding
 
 
 def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns: dict[str, str] | None) -> Loaded:
@@ -279,6 +304,8 @@ def _read_object(path: Path, data: dict, tag_language: str, columns: dict[str, s
     apps = _appdetails(data)
     if apps is not None:
         return Loaded(path, "appdetails", apps=apps)
+    if data and all(isinstance(v, dict) and not isinstance(v.get("reviews"), (list, dict)) for v in data.values()):
+        return _read_keyed(path, data, tag_language, columns)
     if data and all(k.isdigit() and isinstance(v, (list, dict)) for k, v in data.items()):
         return _read_by_app(path, data, tag_language, columns)
     for key in ("data", "records", "items", "rows"):  # {"data": [ {...}, ... ]} exports
@@ -288,6 +315,46 @@ def _read_object(path: Path, data: dict, tag_language: str, columns: dict[str, s
             loaded.container = f"records under '{key}'"
             return loaded
     return _read_records(path, [(1, data)], jsonl=True, tag_language=tag_language, columns=columns)
+
+
+def _read_keyed(path: Path, data: dict, tag_language: str, columns: dict[str, str] | None) -> Loaded:
+    """``{"<id>": {record}, …}`` (a dump keyed by review id): the records, each key its ``review_id``
+    unless the record has one."""
+    loaded = _read_records(path, list(data.items()), jsonl=False, tag_language=tag_language, columns=columns)
+    for key, r in zip(data, loaded.reviews):
+        r.review_id = r.review_id or str(key)
+    loaded.container = "records keyed by id"
+    return loaded
+
+
+def _is_page(rec: Any) -> bool:
+    """An ``appreviews`` response: a ``reviews`` list beside ``success`` / ``query_summary`` / ``cursor``."""
+    return isinstance(rec, dict) and isinstance(rec.get("reviews"), list) and bool(
+        {"success", "query_summary", "cursor"} & rec.keys())
+
+
+def _read_pages(path: Path, rows: list[tuple[Any, Any]], word: str, tag_language: str,
+                columns: dict[str, str] | None) -> Loaded:
+    """A JSON array or JSON Lines of ``appreviews`` pages (a paged download saved as is): every page's
+    reviews, ``where`` naming the page and the review.
+
+    Raises:
+        UserError: a record that is not a page, or a page Steam answered with ``success`` other than 1.
+    """
+    reviews: list[tuple[str, Any]] = []
+    for n, page in rows:
+        if not _is_page(page):
+            raise UserError(f"{path}: {word} {n}: not an appreviews page like the first one; keep one format per file")
+        if page.get("success") not in (None, 1):
+            raise UserError(f"{path}: {word} {n}: Steam answered success={page.get('success')} (no reviews); "
+                            "re-collect it or delete the page")
+        reviews += [(f"{n} review {i}", r) for i, r in enumerate(page["reviews"], 1)]
+    if not reviews:
+        return Loaded(path, "api-page", container=f"{len(rows)} pages")
+    loaded = _read_records(path, reviews, jsonl=False, tag_language=tag_language, columns=columns, word=word)
+    loaded.format = "api-page" if loaded.format in ("review-list", "collect-jsonl") else loaded.format
+    loaded.container = f"{len(rows)} pages"
+    return loaded
 
 
 def _read_by_app(path: Path, data: dict, tag_language: str, columns: dict[str, str] | None) -> Loaded:
@@ -327,9 +394,16 @@ def _read_bytes(path: Path) -> tuple[bytes, str | None]:
 
 
 def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
+    """JSON Lines → ``[(line number, value)]``. Blank lines are skipped, and so is a comma ending a
+    line or standing alone (objects pasted out of a JSON array): neither can hide a record.
+
+    Raises:
+        UserError: the first line that is not JSON, with its number and column.
+    """
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+        line = line.strip().removesuffix(",").rstrip()
+        if not line:
             continue
         try:
             rows.append((n, json.loads(line)))
@@ -344,11 +418,19 @@ def _appid_from_name(path: Path) -> str | None:
     return m.group(1) if m else None
 
 
+#: the fields :func:`_from_steam` reads; a record with a column for any other field is a ``table``.
+_STEAM_FIELDS = {None, "review", "voted_up", "language", "appid", "votes_up", "review_id"}
+
+
 def _kind(rec: Any) -> str | None:
+    """``"review"`` (a raw Steam review: nested ``author``, no other columns), ``"alpaca"``,
+    ``"sharegpt"``, or ``None`` (a flat record: read as a ``table``, e.g. ``author.playtime_forever``
+    flattened or an ``app_name`` column beside ``review``/``voted_up``)."""
     if not isinstance(rec, dict):
         return None
     if "review" in rec and ("recommendationid" in rec or "voted_up" in rec):
-        return "review"
+        flat = (columns_mod.field_of(k) for k, v in rec.items() if not (k == "author" and isinstance(v, dict)))
+        return "review" if all(f in _STEAM_FIELDS for f in flat) else None
     if "instruction" in rec and "output" in rec:
         return "alpaca"
     if isinstance(rec.get("conversations"), list) or isinstance(rec.get("messages"), list):
@@ -363,6 +445,8 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
     word = word or ("line" if jsonl else "record")
     if not rows:
         raise UserError(f"{path}: no records; remove it from the inputs")
+    if _is_page(rows[0][1]):
+        return _read_pages(path, rows, "line" if jsonl else "page", tag_language, columns)
     first = _kind(rows[0][1])
     if (first is None or (columns and first == "review")) and isinstance(rows[0][1], dict):
         return _read_table(path, [(f"{word} {n}", columns_mod.flatten(rec) if isinstance(rec, dict) else rec)
@@ -534,7 +618,7 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     delim = max((",", "\t", ";", "|"), key=header.count)  # a one-column file reads as CSV
     reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delim)
     cols = [c for c in (reader.fieldnames or []) if c is not None]
-    if not cols or (len(cols) == 1 and not columns and "review" not in cols):
+    if not cols or (len(cols) == 1 and not columns and columns_mod.field_of(cols[0]) != "review"):
         raise UserError(f"{path}: no CSV/TSV header found (first line: {header[:60]!r}); "
                         "put the column names on line 1, or convert the file to JSON Lines")
     if "title" in cols and "user_reviews" in cols and not columns:

@@ -165,7 +165,7 @@ def test_unknown_game_switch_and_message(tmp_path):
      "column 'review' holds no review text; map the text column with --columns review=COLUMN"),
     (lambda p: _csv(p, ["stars", "when"], [[1, 2]]), [],
      "no review-text column among the columns found (stars, when); name it, e.g. --columns review=when"),
-    (lambda p: p.write_bytes("评论\n好玩".encode("utf-16")), [], "pass --encoding utf-16"),
+    (lambda p: p.write_bytes("review,voted_up\nGood game\n".encode("utf-16-le")), [], "pass --encoding utf-16-le"),
     (lambda p: p.write_bytes("review,voted_up\nTrès bon jeu, vraiment génial\n".encode("cp1252")), [],
      "it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as UTF-8 or pass --encoding cp1252"),
     (lambda p: _csv(p, ["opinion", "thumbs", "game_title"], [["A long and careful review of the game", "up", "Hades"]]),
