@@ -10,12 +10,18 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from steam_persona.common import config
 from steam_persona.common.arguments import DataArguments, LlamaCppArguments, n_threads
 from steam_persona.common.config import arg
 from steam_persona.common.console import console
 from steam_persona.common.errors import UserError
+
+if TYPE_CHECKING:
+    from steam_persona.serve.app import AppOptions
+    from steam_persona.serve.modelinfo import ModelInfo
 
 API_KEY_ENV = "STEAM_PERSONA_API_KEY"
 
@@ -116,10 +122,9 @@ def run(cfg: ServeConfig) -> None:
     import uvicorn
     from sse_starlette.sse import AppStatus
 
-    from steam_persona.serve.app import AppOptions, build_app
+    from steam_persona.serve.app import build_app
     from steam_persona.serve.llama_server import find_binary
-    from steam_persona.serve.modelinfo import choose_n_ctx, read_model_info
-    from steam_persona.serve.persona import resolve_persona
+    from steam_persona.serve.modelinfo import read_model_info
     from steam_persona.serve.protocol import h11_protocol
 
     _check_flags(cfg)
@@ -128,19 +133,7 @@ def run(cfg: ServeConfig) -> None:
     if not info.chat_template:
         raise UserError(f"{info.path}: the GGUF has no chat template (tokenizer.chat_template); "
                         "re-export it from a tokenizer that has one")
-    n_ctx, ctx_reason = choose_n_ctx(info, cfg.n_ctx)
-    if info.n_ctx_train and n_ctx > info.n_ctx_train:
-        console.print(f"[yellow]warning:[/] --n_ctx {n_ctx} exceeds the model's training context {info.n_ctx_train}; "
-                      "quality may drop past it")
-    persona, persona_source = resolve_persona(cfg.system, info)
-    opts = AppOptions(alias=cfg.model_alias or info.name, n_ctx=n_ctx, n_threads=n_threads(cfg.n_threads, generate=True),
-                      n_gpu_layers=cfg.n_gpu_layers, api_key=cfg.api_key or None, persona=persona,
-                      persona_source=persona_source, persona_mode=cfg.persona_mode,
-                      verbose=cfg.log_level == "debug", log_file=cfg.log_file, flash_attn=cfg.flash_attn,
-                      max_request_bytes=cfg.max_request_bytes or max(2**20, 64 * n_ctx), read_timeout=cfg.read_timeout,
-                      max_tokens_cap=cfg.max_tokens_cap, request_timeout=cfg.request_timeout,
-                      cors_origins=tuple(o.strip() for o in cfg.cors_origins if o.strip()),
-                      engine=cfg.engine, parallel=cfg.parallel, llama_server=str(binary) if binary else None)
+    opts, ctx_reason = _app_options(cfg, info, binary)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if cfg.log_level != "debug":  # one line per call to llama-server, naming its private port
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -162,6 +155,28 @@ def run(cfg: ServeConfig) -> None:
     if upstream is not None and upstream.gave_up:
         console.print(f"[red]error:[/] llama-server kept dying; serve stops (its log: {upstream.log_path})")
         raise SystemExit(1)
+
+
+def _app_options(cfg: ServeConfig, info: ModelInfo, binary: Path | None) -> tuple[AppOptions, str]:
+    """The app's options from the flags and the GGUF's facts, and why ``n_ctx`` is what it is."""
+    from steam_persona.serve.app import AppOptions
+    from steam_persona.serve.modelinfo import choose_n_ctx
+    from steam_persona.serve.persona import resolve_persona
+
+    n_ctx, ctx_reason = choose_n_ctx(info, cfg.n_ctx)
+    if info.n_ctx_train and n_ctx > info.n_ctx_train:
+        console.print(f"[yellow]warning:[/] --n_ctx {n_ctx} exceeds the model's training context {info.n_ctx_train}; "
+                      "quality may drop past it")
+    persona, persona_source = resolve_persona(cfg.system, info)
+    opts = AppOptions(alias=cfg.model_alias or info.name, n_ctx=n_ctx, n_threads=n_threads(cfg.n_threads, generate=True),
+                      n_gpu_layers=cfg.n_gpu_layers, api_key=cfg.api_key or None, persona=persona,
+                      persona_source=persona_source, persona_mode=cfg.persona_mode,
+                      verbose=cfg.log_level == "debug", log_file=cfg.log_file, flash_attn=cfg.flash_attn,
+                      max_request_bytes=cfg.max_request_bytes or max(2**20, 64 * n_ctx), read_timeout=cfg.read_timeout,
+                      max_tokens_cap=cfg.max_tokens_cap, request_timeout=cfg.request_timeout,
+                      cors_origins=tuple(o.strip() for o in cfg.cors_origins if o.strip()),
+                      engine=cfg.engine, parallel=cfg.parallel, llama_server=str(binary) if binary else None)
+    return opts, ctx_reason
 
 
 def _check_flags(cfg: ServeConfig) -> None:
