@@ -312,7 +312,12 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?<![A-Za-z])(?:give|send) (?:me )?(?:an? |some )?awards?(?![A-Za-z])|award (?:me|this|pls|please)"
         r"|(?:upvote|thumbs[- ]up|rate up) (?:this|if|pls|please)|like this (?:review|comment) if|need \d+ (?:more )?points", re.I),
     "giveaway": re.compile(
-        r"(?<![A-Za-z])giveaways?(?![A-Za-z])|give away (?:a |\d+ )?(?:keys?|copies|codes?)|free (?:steam )?keys?(?![A-Za-z])"
+        # "giveaway" as a campaign: a headline, run by the writer, or with its entry terms; "the devs did a
+        # giveaway" in a review is not one
+        r"(?:^|\n)\s*(?:free\s+)?giveaways?(?![A-Za-z])|(?<![A-Za-z])giveaways?\s*[:!]"
+        r"|(?<![A-Za-z])(?:my|our|hosting|running|enter|join|win)(?: (?:a|an|the|this|my|our|free|weekly|daily|key))* giveaways?(?![A-Za-z])"
+        r"|(?<![A-Za-z])giveaways?(?![A-Za-z])[^.!?\n]{0,40}?(?<![A-Za-z])(?:\d+ (?:free )?(?:steam )?(?:keys?|cop(?:y|ies)|codes?)|winners?|enter|comment|follow"
+        r"|sub(?:scribe)?|soon|link|dm|like|upvote)(?![A-Za-z])|give away (?:a |\d+ )?(?:keys?|copies|codes?)|free (?:steam )?keys?(?![A-Za-z])"
         r"|抽奖|送\s*\d*\s*[个份]?\s*(?:key|激活码|cdk)|免费送|白送|福利群|领取(?:礼包|福利|激活码)", re.I),
     "trading": re.compile(
         r"收号|出号|卖号|代售|回收(?:账号|帐号|饰品|库存)|出售\S{0,6}(?:账号|帐号|饰品|key|激活码)|低价出"
