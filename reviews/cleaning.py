@@ -575,8 +575,8 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     "email": re.compile(_EMAIL, re.I),
     # SteamID64: 7656119 + 10 digits; legacy STEAM_X:Y:Z and SteamID3 [U:1:Z] (Valve Developer Wiki, "SteamID")
     "steam_id": re.compile(r"(?<!\d)7656119\d{10}(?!\d)|STEAM_[0-5]:[01]:\d{1,10}|\[?U:1:\d{1,10}\]?"),
-    # a friend code (the 32-bit account id) given as one
-    "friend_code": re.compile(r"(?:friend\s*code|friend\s*id|好友代码|好友代碼|好友码|好友碼|好友id)\s*(?:[:：是为]|is)?\s*\d{5,10}", re.I),
+    # a friend code (the 32-bit account id) given as one, also spaced out ("123 456 789")
+    "friend_code": re.compile(r"(?:friend\s*code|friend\s*id|好友代码|好友代碼|好友码|好友碼|好友id)\s*(?:[:：是为]|is)?\s*\d(?:[ \-]?\d){4,9}(?!\d)", re.I),
     # QQ / WeChat contacts, obfuscated: 扣扣 一二三四五, 企鹅号 1 2 3 4 5 6, V❤ abc_123
     "contact": re.compile(rf"{_CONTACT}\s*[:：号]?\s*(?:{_DIGITS}|(?<=[信❤♥xX])\s*[A-Za-z][A-Za-z0-9_-]{{4,}})"),
     # other platforms' player ids: a Discord / BattleTag "name#1234", a Nintendo "SW-1234-5678-9012", an id

@@ -127,6 +127,8 @@ def test_not_campaigns(text):
 @pytest.mark.parametrize("text,kept,kinds", [
     ("my id STEAM_0:1:12345 and [U:1:998877]", "", ["steam_id"]),
     ("Fun. friend code: 12345678 add me", "Fun.", ["friend_code"]),
+    ("Fun. My friend code is 123 456 789, add me", "Fun. Add me", ["friend_code"]),
+    ("Fun. 好友代码 1234-5678-9 来", "Fun.", ["friend_code"]),
     ("好玩！邀请 https://s.team/p/abcd-efgh/XYZ 来玩", "好玩！", ["profile_url"]),
     ("Good game, mail bob at gmail dot com pls", "Good game", ["email"]),
     ("name(at)qq(dot)com", "", ["email"]),
@@ -286,7 +288,7 @@ def test_page_residue_words_inside_sentences_stay(keep):
     "来自Steam社区", "转自B站", "via Steam Deck", "Posted from my Steam Deck", "—— 发自 Xbox App", "（转载自知乎用户张三）",
     "作者：张三\n链接：https://www.zhihu.com/question/1/answer/2\n来源：知乎\n著作权归作者所有。商业转载请联系作者获得授权。",
     "——转自NGA @张三", "——小黑盒用户张三", "来自3DM论坛", "原文链接：https://bbs.nga.cn/read.php?tid=1", "本文作者：张三",
-    "文/张三", "——by 张三", "Reviewed by Kirito"])
+    "文/张三", "——by 张三", "Reviewed by Kirito", "文章来自 小黑盒 用户：DarkLord99", "评测来自小黑盒APP"])
 def test_other_app_signatures_and_by_lines(tail):
     out, kinds = noise.strip_handles(f"好玩\n{tail}")
     assert out.strip() == "好玩" and kinds
@@ -294,7 +296,8 @@ def test_other_app_signatures_and_by_lines(tail):
 
 @pytest.mark.parametrize("keep", [
     "- Good graphics\n- bad story", "玩家很多，来自各个国家", "作者很用心，画面好", "这游戏是由小黑盒推荐给我的",
-    "Made by a small team, from Poland", "原文的翻译很差", "Posted from the heart: great game", "来自社区的mod很多"])
+    "Made by a small team, from Poland", "原文的翻译很差", "Posted from the heart: great game", "来自社区的mod很多",
+    "文章来自真实经历，剧情很感人", "friend code 12 is a level name"])
 def test_signature_near_misses_stay(keep):
     assert noise.strip_handles(keep) == (keep, [])
 
