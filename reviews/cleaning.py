@@ -290,12 +290,13 @@ _DIGITS = r"(?:[0-9０-９零〇一二三四五六七八九壹贰叁肆伍陆柒
 # the first five digits of every _DIGITS match, written out (re runs it ~2x faster than a {5} repeat)
 _NUMERAL = r"[\d零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]"  # \d: also the phone numbers' digits
 _FIVE_DIGITS = _NUMERAL + (r"[\s\-.·]?" + _NUMERAL) * 4
-_CONTACT = (r"(?:扣\s*扣|企鹅号?|[QqＱｑ]{1,2}|薇信|威信|微信|卫星号|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX|Vx)(?![A-Za-z]))")
+_CONTACT = (r"(?:扣\s*扣|企鹅号?|[QqＱｑ]{1,2}|薇信|威信|微信|(?<![A-Za-z])[Ww]ei\s*[Xx]in(?![A-Za-z])|卫星号|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX|Vx)(?![A-Za-z]))")
 SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     # a group or account *with its number / id*: "Q群000000000", "QQ群：123456", "vx: abc_123", "扣扣 一二三四五六",
     # "关注公众号"; a bare "加QQ群问问" (advice) is not an advert
     "qq_wechat_group": re.compile(
         rf"(?:[QqＱｑ]{{1,2}}\s*群|扣\s*扣\s*群|企鹅群|群号|[加进入]群|{_CONTACT})\s*[:：号]?\s*{_DIGITS}"
+        r"|(?<![A-Za-z])[Ww]ei\s*[Xx]in\s*(?:号|[:：])?\s*(?=[A-Za-z0-9_-]*[\d_])[A-Za-z][A-Za-z0-9_-]{4,}"
         r"|(?:微信群?|微信号|薇信|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX)(?![A-Za-z]))\s*[:：号]?\s*[A-Za-z][A-Za-z0-9_-]{4,}"
         r"|关注(?:我的|我们的)?(?:微信)?公众号"),
     "phone_number": re.compile(r"(?<![0-9A-Za-z_.+:/#-])(?:(?:\+|00)86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}(?![0-9A-Za-z_.])"
@@ -361,7 +362,7 @@ def _phone_digits(low: str) -> bool:
     return _digit_run(low) and _PHONE_DIGITS.search(low) is not None  # "ddd-dddd" is a five-digit run
 
 
-_SPAM_ZH = re.compile(r"微信|薇信|威信|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣|企鹅|群号|加群|进群|入群|邀请码"
+_SPAM_ZH = re.compile(r"微信|薇信|威信|wei\s*xin|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣|企鹅|群号|加群|进群|入群|邀请码"
                       r"|推荐码|优惠码|折扣码|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|奖励|点赞|点个赞|打赏|还差|点数"
                       r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|领取|收号|出号|卖号|出售|回收|低价|直播|斗鱼"
                       r"|虎牙|抖音|快手|关注|鉴赏家").search
@@ -378,7 +379,7 @@ def _spam_hint(low: str) -> bool:
 # what every match of each pattern contains (a text that passed _spam_hint runs only the patterns
 # whose hint it has; one search per pattern is ~6x cheaper than the patterns' joint alternation)
 _PATTERN_HINTS = {
-    "qq_wechat_group": re.compile(r"扣|企鹅|薇信|威信|微信|卫星|群号|加群|进群|入群|公众号|q|ｑ|v|ｖ|wx").search,
+    "qq_wechat_group": re.compile(r"扣|企鹅|薇信|威信|微信|xin|卫星|群号|加群|进群|入群|公众号|q|ｑ|v|ｖ|wx").search,
     "phone_number": lambda low: _phone_digits(low) or _PLUS_PHONE(low) is not None,
     "referral_code": re.compile(r"邀请码|推荐码|优惠码|返利|折扣码|我的码|referral|invite|promo|discount|coupon|creator|code").search,
     "award_begging": re.compile(r"奖励|点赞|点个赞|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,
@@ -561,7 +562,7 @@ _TLD = (r"com|net|org|cn|io|gg|tv|ru|de|xyz|top|info|cc|ly|uk|jp|kr|fr|biz|site|
         r"|eu|pl|br|es|nl|se|moe|club|vip|fun|shop|store|live|pro|ink|icu|wang|ltd|ai|tk|ml|ga|cf|gq|hk|tw|sg"
         r"|ca|au|ch|ws|su|pw|cz|ua|kz|ir|vn|th|ph")
 _WORD_TLD = r"me|co|be|to|us|it|in|at|id|my|so|no|is|am|do|go"
-_ANY_DOT = r"(?:\.|。|\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
+_ANY_DOT = r"(?:\.|。|．|｡|\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 _SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 # "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
 # ("the guide at fextralife.com" is a link, not an address)

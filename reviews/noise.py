@@ -36,7 +36,8 @@ _POSTED = (r"发布于|發佈於|發表於|張貼於|更新于|更新於|最后�
            r"|editad[ao]|atualizad[ao]|última edição|опубликовано|обновлено|последнее изменение|отредактировано"
            r"|pubblicat[ao]|aggiornat[ao]|ultima modifica|opublikowano|zaktualizowano|ostatnio edytowano|yayınlanma"
            r"|güncellendi|son düzenleme|投稿日|最終更新|最終編集|更新日|게시 일시|게시|업데이트|마지막 수정")
-_DATE_HEADER = re.compile(rf"^\s*(?:{_POSTED})\s*[:：]?\s*(?:(?:le|el|em|am|on|il)\s+)?(?:{_DATE})[\s.。,，]*", re.I | re.M)
+# one or more on a line: "Posted 4 March. Last edited 6 March."
+_DATE_HEADER = re.compile(rf"^\s*(?:(?:{_POSTED})\s*[:：]?\s*(?:(?:le|el|em|am|on|il)\s+)?(?:{_DATE})[\s.。,，]*)+", re.I | re.M)
 # the review's buttons (yes / no / funny [/ award]) and the question before them, in the UI languages above
 _BUTTONS = (r"yes\s*no\s*funny(?:\s*award)?|是\s*否\s*(?:欢乐|有趣)(?:\s*(?:奖励|獎勵))?|ja\s*nein\s*lustig(?:\s*auszeichn\w*)?"
             r"|oui\s*non\s*drôle(?:\s*récompens\w*)?|s[ií]\s*no\s*divertid[ao](?:\s*premi\w*)?"

@@ -103,6 +103,8 @@ def test_length_counts_cjk_characters_and_other_words():
     ("use code STREAMER at checkout", "referral_code"),
     ("扣扣 一二三四五六七 找我", "qq_wechat_group"),
     ("加 V❤ abc_12345 领取", "qq_wechat_group"),
+    ("加我 wei xin: coolguy_123 一起打本", "qq_wechat_group"),
+    ("weixin 12345678 找我", "qq_wechat_group"),
     ("便宜 key https://cheap-keys.example.com/x", "url"),
 ])
 def test_campaigns_and_ads(text, reason):
@@ -116,6 +118,8 @@ def test_campaigns_and_ads(text, reason):
     "The boost pads in this racer feel great",
     "The devs did a giveaway on launch day but that's not why I'm reviewing it.",
     "I got this game from a giveaway, the key worked fine and the game is great.",
+    "The Weixin mini-game version is worse",
+    "weixin version 2024 is bad",
     "Won it in a Steam giveaway last year and played it twice since.",
     "wiki 在这里 https://fextralife.com/elden-ring/boss 很有用",
     "崩溃地址 0x14000000000+0x1a2b3c，build 20240314",
@@ -132,6 +136,7 @@ def test_not_campaigns(text):
     ("好玩！邀请 https://s.team/p/abcd-efgh/XYZ 来玩", "好玩！", ["profile_url"]),
     ("Good game, mail bob at gmail dot com pls", "Good game", ["email"]),
     ("name(at)qq(dot)com", "", ["email"]),
+    ("Contact: coolguy123＠qq．com", "", ["email"]),
     ("企鹅号 1 2 3 4 5 6 7 欢迎\n好玩", "\n好玩", ["contact"]),
     ("call +44 20 7946 0958 now", "", ["phone_number"]),
     ("联系13912345678", "", ["phone_number"]),
@@ -391,3 +396,9 @@ def test_review_buttons_and_helpful_question_lines_go(text, want):
 ])
 def test_sentences_that_start_like_the_buttons_stay(text):
     assert noise.strip_page_residue(text) == text
+
+
+def test_several_date_headers_on_one_line():
+    assert noise.strip_page_residue("Posted 4 March. Last edited 6 March.\nDeep combat.") == "Deep combat."
+    assert noise.strip_page_residue("发布于：3 月 4 日 最后编辑于：3 月 6 日\n好玩") == "好玩"
+    assert noise.strip_page_residue("Posted 4 March. Last edited my build.\nOk.") == "Last edited my build.\nOk."
