@@ -302,6 +302,7 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     "phone_number": re.compile(r"(?<![0-9A-Za-z_.+:/#-])(?:(?:\+|00)86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}(?![0-9A-Za-z_.])"
                                r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]?\(?\d{1,4}\)?(?:[- .]\d{2,4}){2,4}(?![0-9A-Za-z_.])"
                                r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\(?\d{1,4}\)?[- .]\d{6,10}(?![0-9A-Za-z_.])"
+                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\d{5}[- .]\d{5}(?![0-9A-Za-z_.])"  # India: +91 98765 43210
                                r"|\(\d{3}\) ?\d{3}-\d{4}(?!\d)|(?<![\d.-])\d{3}-\d{3}-\d{4}(?![\d-])"),
     "referral_code": re.compile(
         r"(?:邀请码|推荐码|优惠码|返利|折扣码|用我的码|输入我的码|"
@@ -584,7 +585,10 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # named as one ("PSN ID: kirito_99", "gamertag xXSniperXx"); "Xbox: runs fine" is not one
     "gamer_id": re.compile(r"(?<![\w#])[A-Za-z][\w.]{1,31}#\d{4,5}(?!\d)|(?<![\w-])SW(?:-\d{4}){3}(?!\d)"
                            r"|(?:(?:psn|xbox|xbl|switch|epic|discord|battle\.?net|origin|uplay|ubisoft|ea|nintendo)\s*"
-                           r"(?:id|name|tag|username|user\s*name)|gamertag|battletag)\s*(?:[:：]|is)?\s*[\w.\-#]{3,32}", re.I),
+                           r"(?:id|name|tag|username|user\s*name)|gamertag|battletag)\s*(?:[:：]|is)?\s*[\w.\-#]{3,32}"
+                           # "my psn is kirito_99", "add me on discord: kirito99": a handle with a digit or "_"
+                           r"|(?<![\w])(?:my|me on)\s+(?:psn|xbox|xbl|switch|epic|discord|battle\.?net|origin|uplay|ubisoft"
+                           r"|nintendo)\s*(?:[:：]|is)?\s*(?=[\w.\-#]*[\d_])[A-Za-z][\w.\-#]{2,31}", re.I),
     "phone_number": SPAM_PATTERNS["phone_number"],
     # a mainland resident ID number (GB 11643: area, birth date, sequence, check digit)
     "id_number": re.compile(r"(?<!\d)[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),
