@@ -323,14 +323,19 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|抽奖|送\s*\d*\s*[个份]?\s*(?:key|激活码|cdk)|免费送|白送|福利群|领取(?:礼包|福利|激活码)", re.I),
     "trading": re.compile(
         r"收号|出号|卖号|代售|回收(?:账号|帐号|饰品|库存)|出售\S{0,6}(?:账号|帐号|饰品|key|激活码)|低价出"
+        r"|(?:出售|收购|低价|代售)[^。！？\n]{0,20}(?:私聊|私信|有意(?!思|义)|联系我|加我)"
+        r"|(?<![a-z])(?:wts|wtb)(?![a-z])"
         r"|(?<![A-Za-z])(?:buying|selling|sell(?:ing)? my) (?:cheap )?(?:skins?|accounts?|keys?|items?)(?![A-Za-z])"
-        r"|trade ?offers?|trade ?link|cheap (?:keys?|skins?)", re.I),
+        r"|trade ?offers?|trade ?link|(?<!the )(?<!these )(?<!those )(?<!such )cheap (?:[a-z0-9]+ )?(?:keys?|skins?)", re.I),
     "boosting": re.compile(
         r"接代练|代练|代打|代肝|代刷|代充|代上分|带上分"
         r"|boosting service|(?:elo|rank|mmr) ?boost(?:ing)?(?![A-Za-z])|carry service|power ?level(?:l)?ing service", re.I),
     "stream_promo": re.compile(
         r"(?:follow|sub(?:scribe)?) (?:me )?(?:on|to) (?:my )?(?:twitch|youtube|yt|tiktok|channel|stream)"
         r"|twitch\.tv/\w+|youtube\.com/(?:c/|@|channel)|check out my (?:channel|stream|video)"
+        # the writer's own stream: "Live on Twitch every night", "I'm streaming it on YouTube"; not "shown live on Twitch"
+        r"|(?:^|[.!?\n]\s*)(?:i'?m |i am |we'?re )?(?:live|streaming(?: (?:it|this))?) on (?:twitch|youtube|kick)"
+        r"|(?<![a-z])(?:i|we) (?:stream|am streaming|'m streaming|are streaming) (?:it |this )?[^.!?\n]{0,20}on (?:twitch|youtube|kick)"
         r"|关注我的?(?:b站|哔哩哔哩|直播间?|抖音|快手|频道|主页)|直播间\s*[:：号]?\s*\d+|(?:斗鱼|虎牙)(?:房间)?\s*[:：号]?\s*\d{3,}"
         r"|抖音号|快手号|求关注|点个关注|关注(?:我的|我们的|本)?鉴赏家|follow (?:my|our) curator", re.I),
 }
@@ -365,11 +370,11 @@ def _phone_digits(low: str) -> bool:
 
 _SPAM_ZH = re.compile(r"微信|薇信|威信|wei\s*xin|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣|企鹅|群号|加群|进群|入群|邀请码"
                       r"|推荐码|优惠码|折扣码|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|奖励|点赞|点个赞|打赏|还差|点数"
-                      r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|领取|收号|出号|卖号|出售|回收|低价|直播|斗鱼"
+                      r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|领取|收号|出号|卖号|出售|收购|回收|低价|直播|斗鱼"
                       r"|虎牙|抖音|快手|关注|鉴赏家").search
 _SPAM_EN = re.compile(r"referral|invite|promo|discount|coupon|creator|code|award|upvote|thumbs|rate up|like this|points"
-                      r"|give ?away|free|buying|selling|sell my|trade|cheap|boost|carry|power ?level|follow|subscribe"
-                      r"|sub (?:me )?(?:on|to)|twitch|youtube|check out|support-a").search
+                      r"|give ?away|free|buying|selling|sell my|trade|cheap|wts|wtb|boost|carry|power ?level|follow|subscribe"
+                      r"|sub (?:me )?(?:on|to)|twitch|youtube|on kick|check out|support-a").search
 
 
 def _spam_hint(low: str) -> bool:
@@ -385,9 +390,9 @@ _PATTERN_HINTS = {
     "referral_code": re.compile(r"邀请码|推荐码|优惠码|返利|折扣码|我的码|referral|invite|promo|discount|coupon|creator|code").search,
     "award_begging": re.compile(r"奖励|点赞|点个赞|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,
     "giveaway": re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|领取").search,
-    "trading": re.compile(r"收号|出号|卖号|代售|回收|出售|低价出|buying|selling|sell|trade|cheap").search,
+    "trading": re.compile(r"收号|出号|卖号|代售|回收|出售|收购|低价|buying|selling|sell|trade|cheap|wts|wtb").search,
     "boosting": re.compile(r"代练|代打|代肝|代刷|代充|代上分|带上分|boost|carry service|power").search,
-    "stream_promo": re.compile(r"follow|sub|twitch|youtube|check out|关注|直播|斗鱼|虎牙|抖音|快手").search,
+    "stream_promo": re.compile(r"follow|sub|twitch|youtube|kick|check out|关注|直播|斗鱼|虎牙|抖音|快手").search,
 }
 assert list(_PATTERN_HINTS) == list(SPAM_PATTERNS)
 
