@@ -118,14 +118,18 @@ def strip_page_residue(text: str) -> str:
 _PLATFORM = (r"小黑盒|黑盒|其乐|keylol|nga|贴吧|百度贴吧|bilibili|b站|微博|豆瓣|taptap|知乎|3dm|游民星空|a9vg|游侠|steam\s*(?:社区|deck)?"
              r"|[^\n]{0,16}?(?:app|客户端|用户|用戶)|[^\n]{1,16}?(?:社区|社區|论坛|論壇)")
 _SIGNATURE = re.compile(
-    rf"(?:^\s*(?:文章|评测|評測|评价|評價|本文|内容|內容)?|[-—–~=_]+\s*|[（(]\s*)(?:来自|來自|发自|發自|转自|轉自|转载自|轉載自|via)\s*(?:{_PLATFORM})[^\n]{{0,40}}$"
-    r"|(?:^|[-—–~=_]+\s*)(?:sent from my|sent via|posted from my|posted via|发自我的|發自我的)[^\n]{0,30}$"
+    # a signature is a tail without a sentence in it: "来自B站的推荐，确实好玩" and "via Steam Deck it runs great" stay
+    rf"(?:^\s*(?:文章|评测|評測|评价|評價|本文|内容|內容)?|[-—–~=_]+\s*|[（(]\s*)(?:来自|來自|发自|發自|转自|轉自|转载自|轉載自)\s*"
+    rf"(?:{_PLATFORM})[^\n,.!?;，。！？；]{{0,40}}[)）]?\s*$"
+    rf"|(?:^\s*|[-—–~=_]+\s*|[（(]\s*)via\s*(?:{_PLATFORM})[^\n]{{0,12}}$"
+    r"|(?:^|[-—–~=_]+\s*)(?:sent from my|sent via|posted from my|posted via|发自我的|發自我的)[^\n,.!?:;，。！？：；]{0,30}$"
     r"|(?:^|[-—–~=_]+\s*)(?:小黑盒|黑盒|nga|b站|bilibili|贴吧|taptap|keylol|其乐)\s*(?:用户|用戶|up主)[^\n]{0,20}$"
     r"|^\s*(?:本评测|本文|此评测)?(?:同步|转载|轉載|首发)(?:于|自|於)[^\n]{0,40}$"
     # a copied answer's footer (知乎: 作者 / 链接 / 来源 / 著作权归作者所有), the source link, a by-line
     r"|^\s*作者[:：][^\n]{0,30}\n\s*链接[:：][^\n]*\n\s*来源[:：][^\n]{0,20}$|^\s*著作权归作者所有[^\n]*$"
     r"|^\s*(?:原文链接|原文地址|原帖地址|原帖|本文作者|原文作者|文\s*/)\s*[:：]?[^\n]{0,60}$"
-    r"|(?:^|[-—–~=_]+\s*)(?:reviewed by|review by|written by)\s+[^\n]{1,30}$|[-—–~=_]{2,}\s*by\s+[^\n]{1,30}$", re.I | re.M)
+    r"|(?:^|[-—–~=_]+\s*)(?:reviewed by|review by|written by)\s+[^\n,.!?:;]{1,30}[.!]?\s*$"
+    r"|[-—–~=_]{2,}\s*by\s+(?!far\b|the way\b|default\b|design\b|now\b)[^\n,.!?:;]{1,30}[.!]?\s*$", re.I | re.M)
 # in the lower-cased text
 _SIGNATURE_WORDS = ("来自|來自|发自|發自|转自|轉自|转载|轉載|via|sent|posted|同步|首发|用户|用戶|up主|作者：|作者:|本文作者"
                     "|原文作者|原文|原帖|文/|文 /|reviewed by|review by|written by|—by|-by|~by|=by|_by|— by|- by|~ by|= by"

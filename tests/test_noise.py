@@ -307,7 +307,7 @@ def test_page_residue_words_inside_sentences_stay(keep):
     "来自Steam社区", "转自B站", "via Steam Deck", "Posted from my Steam Deck", "—— 发自 Xbox App", "（转载自知乎用户张三）",
     "作者：张三\n链接：https://www.zhihu.com/question/1/answer/2\n来源：知乎\n著作权归作者所有。商业转载请联系作者获得授权。",
     "——转自NGA @张三", "——小黑盒用户张三", "来自3DM论坛", "原文链接：https://bbs.nga.cn/read.php?tid=1", "本文作者：张三",
-    "文/张三", "——by 张三", "Reviewed by Kirito", "文章来自 小黑盒 用户：DarkLord99", "评测来自小黑盒APP"])
+    "文/张三", "——by 张三", "Reviewed by Kirito", "文章来自 小黑盒 用户：DarkLord99", "评测来自小黑盒APP", "Review by Kirito.", "Sent from my iPhone"])
 def test_other_app_signatures_and_by_lines(tail):
     out, kinds = noise.strip_handles(f"好玩\n{tail}")
     assert out.strip() == "好玩" and kinds
@@ -316,7 +316,9 @@ def test_other_app_signatures_and_by_lines(tail):
 @pytest.mark.parametrize("keep", [
     "- Good graphics\n- bad story", "玩家很多，来自各个国家", "作者很用心，画面好", "这游戏是由小黑盒推荐给我的",
     "Made by a small team, from Poland", "原文的翻译很差", "Posted from the heart: great game", "来自社区的mod很多",
-    "文章来自真实经历，剧情很感人", "friend code 12 is a level name"])
+    "文章来自真实经历，剧情很感人", "friend code 12 is a level name", "Review by a casual player: great game",
+    "Made by 3 people -- by far the best indie of 2024", "A great game -- by far", "Posted from my heart: great game",
+    "Via Steam Deck it runs great at 60fps", "来自B站的朋友推荐我买的，确实好玩"])
 def test_signature_near_misses_stay(keep):
     assert noise.strip_handles(keep) == (keep, [])
 
