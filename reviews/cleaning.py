@@ -468,6 +468,33 @@ def _join_letters(m: re.Match[str]) -> str:
 
 _CJK_ENTRY = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
+# Look-alike spellings of listed words, folded back to letters: digits and symbols for letters ("n1gg3r",
+# "tr@nny", "ni99er", "N!GGER"), full-width letters and Cyrillic look-alikes mixed into a Latin word ("nіgger"
+# with a Cyrillic і). Ours: a list lookup needs the folding, and no maintained folding covers game-chat leet.
+# Only words that mix letters with such characters are folded: numbers, "$5" and Russian words are left as they are.
+_FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
+_LOOKALIKE = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "9": "g", "@": "a", "$": "s",
+                            "!": "i", "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i",
+                            "ј": "j", "ѕ": "s", "к": "k", "м": "m", "т": "t", "н": "h", "в": "b"})
+_MIXED = re.compile(r"[a-z][\d@$!\u0400-\u04ff]|[\d@$\u0400-\u04ff][a-z]")
+_FULLWIDTH_WORD = re.compile(r"[\uff01-\uff5e]*[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a][\uff01-\uff5e]*")
+_LOOKALIKE_HINT = re.compile(rf"{_MIXED.pattern}|{_FULLWIDTH_WORD.pattern}")
+_WORDISH = re.compile(r"[\w@$!]+")
+
+
+def fold_lookalikes(low: str) -> str:
+    """The words of ``low`` (lower-cased) that mix Latin letters with look-alikes (``_LOOKALIKE``), folded
+    to letters and joined by spaces (trailing ``!`` kept as is); ``""`` when there are none."""
+    if not _LOOKALIKE_HINT.search(low):
+        return ""
+    wide = [w.translate(_FULLWIDTH) for w in _FULLWIDTH_WORD.findall(low)]
+    mixed = [w for w in _WORDISH.findall(low.translate(_FULLWIDTH)) if _MIXED.search(w)]
+    out = []
+    for word in mixed + wide:
+        core = word.rstrip("!")
+        out.append(core.translate(_LOOKALIKE) + word[len(core):])
+    return " ".join(out)
+
 
 class WordList:
     """A categorised word list (the format of :data:`IDENTITY_SLURS` and ``--blocklist``): ``[category]`` sections, one
@@ -505,7 +532,8 @@ class WordList:
     def find(self, text: str, low: str | None = None) -> tuple[str, str] | None:
         """``(category, entry)`` of the first entry found in ``text`` (``low`` = ``text.lower()`` if known), or ``None``.
 
-        Also found when written spaced out (``n i g g e r``, ``n.i.g.g.e.r``) or with letters masked by
+        Also found when written spaced out (``n i g g e r``, ``n.i.g.g.e.r``), with look-alike characters
+        (``n1gg3r``, ``tr@nny``, full-width or Cyrillic letters: :func:`fold_lookalikes`) or with letters masked by
         ``*`` (``n*gger``: each ``*`` stands for one letter, at least three letters shown and at most a
         third masked, so ``s**t`` is not read as a listed word)."""
         text = text.lower() if low is None else low
@@ -514,6 +542,9 @@ class WordList:
             hit = self._find_allowed(_SPACED_LETTERS.sub(_join_letters, text))
         if hit is None and "*" in text:
             hit = self._find_masked(text)
+        if hit is None:
+            folded = fold_lookalikes(text)
+            hit = self._find_allowed(folded) if folded else None
         return (self.categories[hit], hit) if hit else None
 
     def mask(self, text: str) -> str:

@@ -196,6 +196,18 @@ def test_identity_slurs_spaced_out_or_masked_with_stars():
         assert slurs.find(text) is None, text
 
 
+def test_identity_slurs_in_look_alike_characters():
+    slurs = cleaning.WordList(cleaning.IDENTITY_SLURS)
+    for text in ("the devs are nigg3rs lol", "what a f4g game", "n1gg4 this game", "tr@nny", "r3tard", "so ret@rded",
+                 "N!GGER!!", "ni99er", "k1ke devs", "ＮＩＧＧＥＲ", "n\u0456gger dev"):
+        assert slurs.find(text) is not None, text
+    for text in ("4 players, 3rd act, 1v1, gta5, $20, h4x, m4a1, ak47, b4, l33t, n00b, pwn3d, f2p, 1080p, rtx4090, wow!!",
+                 "the fag end of the campaign", "Очень хорошая игра, 4К, RTX, dev-команда фиксит", "3D游戏很nice",
+                 "Niger and Nigeria are playable nations"):
+        assert slurs.find(text) is None, text
+    assert cleaning.fold_lookalikes("n1gg3r 1080p $20 wow!! ｎ1ce игра ｎｉｇｇｅｒ 好玩！") == "nigger io8op wow!! nice n nigger"
+
+
 def test_language_codes_aliases_and_detection():
     assert [cleaning.steam_language(x) for x in ("zh", "Chinese", "schinese", "zh-TW", "en", "ko", "pt-BR", "xx")] == [
         "schinese", "schinese", "schinese", "tchinese", "english", "koreana", "brazilian", None]
