@@ -50,9 +50,8 @@ _HELPFUL_ASKED = (r"was this review helpful\?|这篇评测是否有价值？?|�
                   r"|이 평가가 유용한가요\?|czy ta recenzja była pomocna\?|bu inceleme yararlı oldu mu\?"
                   r"|questa recensione ti è stata utile\?")
 _HELPFUL_SHORT = r"helpful\?|hilfreich\?|utile ?\?|¿?útil\?|полезно\?|参考になりましたか？|pomocna\?|yararlı mı\?"
-# whole lines that only the page puts there
-_RESIDUE_LINE = re.compile(
-    r"^(?:\s*(?:"
+# the page's banners above a review: early access, received for free, refunded
+_BANNERS = (
     r"抢先体验版本评测|搶先體驗版評論|免费获取的产品|免費取得的產品|已退款的产品|已退款|early access review|product received for free"
     r"|product refunded|früher zugang-rezension|early-access-rezension|produkt kostenlos erhalten|évaluation en accès anticipé"
     r"|produit reçu gratuitement|análisis de acceso anticipado|producto recibido gratis|análise de acesso antecipado"
@@ -60,9 +59,26 @@ _RESIDUE_LINE = re.compile(
     r"|無料で製品を受け取りました|앞서 해보기 평가|무료로 받은 제품|recenzja z wczesnego dostępu|produkt otrzymany za darmo"
     r"|erken erişim incelemesi|ürün ücretsiz alındı|recensione (?:di un prodotto )?(?:in )?accesso anticipato"
     r"|prodotto ricevuto gratuitamente"
-    r"|推荐|不推荐|推薦|不推薦|recommended|not recommended|empfohlen|nicht empfohlen|recommandé|non recommandé|recomendado"
+)
+# the playtime line: total, at review time, last two weeks
+_PLAYTIME = (
+    r"(?:总时数|總時數|记录在案|評論時|评测时|评测时数)\s*[\d,.]+\s*(?:小时|小時)(?:\s*[（(]评测时\s*[\d,.]+\s*小时[)）])?"
+    r"|[\d,.]+\s*(?:hrs?|hours?)\s*on record(?:\s*\([\d,.]+\s*hrs? at review time\))?|[\d,.]+\s*hrs? last two weeks"
+    r"|[\d,.]+\s*(?:std\.|h|ч\.?|時間|시간|godz\.?|ore|saat)\s*(?:insgesamt|en tout|registradas|registrad[ao]s|всего|記録"
+    r"|기록|łącznie|in totale|kayıtlı|toplam)"
+    r"|(?:記録時間|기록상|kayıtlarda|toplam)\s*[:：]?\s*[\d,.]+\s*(?:時間|시간|saat|hrs?|h)"
+)
+# the verdict above a review
+_VERDICTS = (
+    r"推荐|不推荐|推薦|不推薦|recommended|not recommended|empfohlen|nicht empfohlen|recommandé|non recommandé|recomendado"
     r"|no recomendado|não recomendado|рекомендую|не рекомендую|おすすめ|おすすめしません|추천|비추천|polecam|nie polecam"
     r"|önerilir|önerilmez|consigliato|non consigliato"
+)
+# whole lines that only the page puts there
+_RESIDUE_LINE = re.compile(
+    r"^(?:\s*(?:"
+    rf"{_BANNERS}"
+    rf"|{_VERDICTS}"
     r"|(?:有\s*)?\d[\d,]*\s*(?:人|位用户|位使用者)觉得这篇评测(?:有价值|很欢乐|有趣)[。.]?|(?:有\s*)?\d[\d,]*\s*人覺得這篇評論(?:有幫助|很有趣)[。.]?"
     r"|\d[\d,]*\s*(?:of\s*\d[\d,]*\s*)?(?:people|person)\s*(?:\(\d+%\)\s*)?found this review (?:helpful|funny)"
     r"|(?:a\s+)?\d[\d,.]*\s*(?:personen|personnes?|personas?|persone|person|pessoas?|человек\w*|osób|osoby|osoba|kişi)\s"
@@ -70,15 +86,17 @@ _RESIDUE_LINE = re.compile(
     r"|pomocn\w*|zabawn\w*|yararlı|komik)[^\n]{0,30}"
     r"|\d[\d,]*\s*人がこのレビューが(?:参考になった|面白い)と投票しました|\d[\d,]*\s*명이 이 평가가 (?:유용|재미있)[^\n]{0,12}"
     rf"|(?:{_HELPFUL_ASKED})(?:\s*(?:{_BUTTONS}))?|(?:{_HELPFUL_SHORT})?\s*(?:{_BUTTONS})"
-    r"|(?:总时数|總時數|记录在案|評論時|评测时|评测时数)\s*[\d,.]+\s*(?:小时|小時)(?:\s*[（(]评测时\s*[\d,.]+\s*小时[)）])?"
-    r"|[\d,.]+\s*(?:hrs?|hours?)\s*on record(?:\s*\([\d,.]+\s*hrs? at review time\))?"
-    r"|[\d,.]+\s*(?:std\.|h|ч\.?|時間|시간|godz\.?|ore|saat)\s*(?:insgesamt|en tout|registradas|registrad[ao]s|всего|記録"
-    r"|기록|łącznie|in totale|kayıtlı|toplam)"
-    r"|(?:記録時間|기록상|kayıtlarda|toplam)\s*[:：]?\s*[\d,.]+\s*(?:時間|시간|saat|hrs?|h)"
+    rf"|{_PLAYTIME}"
     r"|\d[\d,]*\s*(?:products? in account|reviews?|项产品|個產品|篇评测|篇評論)(?:\s*[|｜·]\s*\d[\d,]*\s*(?:reviews?|篇评测))?"
     r"|阅读更多|展开阅读全文|展开全文|收起|read more|show more|\d[\d,]*\s*(?:条留言|条回复|則留言|comments?)"
     r"|回复|回覆|reply|奖励|獎勵|award"
-    r")[\s.。,，|｜·]*)+$", re.I | re.M)
+    r")[\s.。,，|｜·/]*)+$", re.I | re.M)
+# the same header flattened onto the review's first line by a scraper: "Recommended 30.7 hrs on record Posted:
+# March 4 Great game" / "总时数 30.7 小时 发布于：3 月 4 日 好玩"; two or more parts, or one banner in capitals
+_HEADER_PART = (rf"(?:{_BANNERS}|{_PLAYTIME}|(?:{_POSTED})\s*[:：]?\s*(?:(?:le|el|em|am|on|il)\s+)?(?:{_DATE}))"
+                r"[\s.。,，|｜·/]*")
+_LEADING_HEADER = re.compile(rf"\A\s*(?:(?:{_VERDICTS})\s*(?:{_HEADER_PART})+|(?:{_HEADER_PART}){{2,}})", re.I)
+_LEADING_BANNER = re.compile(rf"\A\s*(?:{_BANNERS})\s+(?=\S)", re.I)
 # Every date header and residue line contains one of these (in the lower-cased text: a case-sensitive
 # search of literals, written as a trie, is several times faster than re.I), or starts a line with a verdict (推荐 and 更新
 # are common words inside sentences); most reviews have neither and skip both patterns
@@ -91,7 +109,7 @@ _RESIDUE_HINT = re.compile(literal_union((
     r"|продукт|早期|無料|앞서|무료|recommend|recommand|empfohlen|recomend|рекоменд|found this review|person"
     r"|pessoas|человек|这篇评测|這篇評論|was this review|总时数|總時數|记录在案|評論時|评测时|on record|insgesamt|en tout"
     r"|registrad|всего|記録|기록|review|项产品|個產品|篇评测|篇評論|阅读更多|展开|收起|read more|show more|条留言|条回复"
-    r"|則留言|comment|回复|回覆|reply|奖励|獎勵|award|張貼|zuletzt|mise à jour|dernière modif|última edi|editad|последнее"
+    r"|則留言|comment|回复|回覆|reply|last two weeks|奖励|獎勵|award|張貼|zuletzt|mise à jour|dernière modif|última edi|editad|последнее"
     r"|отредактировано|aggiornat|ultima modifica|ostatnio|güncellen|son düzenleme|最終|마지막 수정|early-access|wczesnego"
     r"|otrzymany|erken erişim|ücretsiz|accesso anticipato|ricevuto|おすすめ|추천|polecam|öneril|consigliato|pessoa|osób"
     r"|osob|kişi|レビュー|평가|godz|saat|kayıt|in totale|toplam|łącznie|funny|欢乐|有趣|lustig|drôle|divertid|engraçad"
@@ -108,6 +126,10 @@ def strip_page_residue(text: str) -> str:
     low = lowered(text)
     if not _RESIDUE_HINT.search(low) and not ("推" in low and _VERDICT_START.search(low)):
         return text
+    text = _LEADING_HEADER.sub("", text, count=1)
+    banner = _LEADING_BANNER.match(text)
+    if banner and banner.group(0).isupper():
+        text = text[banner.end():]
     text = _DATE_HEADER.sub("", text)
     return _RESIDUE_LINE.sub("", text).strip()
 

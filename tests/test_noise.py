@@ -430,3 +430,18 @@ def test_several_date_headers_on_one_line():
     assert noise.strip_page_residue("Posted 4 March. Last edited 6 March.\nDeep combat.") == "Deep combat."
     assert noise.strip_page_residue("发布于：3 月 4 日 最后编辑于：3 月 6 日\n好玩") == "好玩"
     assert noise.strip_page_residue("Posted 4 March. Last edited my build.\nOk.") == "Last edited my build.\nOk."
+
+
+@pytest.mark.parametrize("text,kept", [
+    ("Recommended 30.7 hrs on record Posted: March 4 Great game with deep combat.", "Great game with deep combat."),
+    ("总时数 30.7 小时 发布于：3 月 4 日 很好玩的游戏，推荐。", "很好玩的游戏，推荐。"),
+    ("EARLY ACCESS REVIEW Fun but grindy.", "Fun but grindy."),
+    ("Recommended\n4.5 hrs last two weeks / 120.3 hrs on record (98.7 hrs at review time)\nGreat game.", "Great game."),
+    ("Product refunded because it crashed, then I bought it again.", None),
+    ("Early access review: rough but promising.", None),
+    ("Recommended 2 hours of this per day, no more.", None),
+    ("100 hrs on record and I still love it.", None),
+    ("推荐给喜欢魂系的朋友", None),
+])
+def test_a_page_header_flattened_onto_the_first_line(text, kept):
+    assert noise.strip_page_residue(text) == (text if kept is None else kept)
