@@ -316,17 +316,19 @@ def checklist_reason(text: str) -> str | None:
     return "checklist template" if len(_CHECK_LINE.findall(text)) >= 5 else None
 
 
-def little_language_reason(text: str, min_share: float = 0.4) -> str | None:
+def little_language_reason(text: str, min_share: float = 0.4, enough: int = 40) -> str | None:
     """``"few letters"`` when letters and digits (any script) are under ``min_share`` of the visible
     characters other than Steam's ``♥`` mask ("10/10 !!!!! 👍👍👍", "。。。。。"); ``None`` otherwise
-    ("中文10/10，音乐9.5/10，剧情9/10" is a review)."""
-    if han_count(text) >= min_share * len(text):
+    ("中文10/10，音乐9.5/10，剧情9/10" is a review), and ``None`` for a text with ``enough`` letters (a
+    Han character counts as 3, about one English word) however much emoji decorates it."""
+    han = han_count(text)
+    if han >= min_share * len(text) or 3 * han >= enough:
         return None  # Han characters are letters, and visible characters are at most all of them
     visible = len(text) - text.count(" ") - text.count("\n") - text.count("♥")
     if visible == 0:
         return "few letters"
     letters = visible - count_chars(_NOT_LETTER, text)
-    return "few letters" if letters < min_share * visible else None
+    return "few letters" if letters < min_share * visible and letters + 2 * han < enough else None
 
 
 _NOT_LETTER = re.compile(r"(?:[^\s\w♥]|_)+")

@@ -67,6 +67,11 @@ def test_too_little_language():
     assert noise.little_language_reason("。。。。。。") == "few letters"
     assert noise.little_language_reason("This game is ♥♥♥♥♥♥ ♥♥♥♥ fun") is None
     assert noise.little_language_reason("9/10 great game") is None
+    hearts = "❤️" * 10
+    assert noise.little_language_reason(f"{hearts} 最喜欢的游戏，画面和音乐都很棒，推荐给大家！！！ {hearts}") is None
+    assert noise.little_language_reason(f"{hearts} best game of the year, the combat and the music are great {hearts}{hearts}") is None
+    assert noise.little_language_reason(f"{hearts} 最喜欢的游戏 {hearts}") == "few letters"
+    assert noise.little_language_reason(f"{hearts} best game {hearts}") == "few letters"
 
 
 def test_looping_repetition():
