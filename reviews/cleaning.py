@@ -310,7 +310,7 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?<![A-Za-z])use (?:my )?code\s+\w+|support-a-creator)", re.I),
     "award_begging": re.compile(
         r"请(?:给我|帮我|各位)?(?:奖励|点赞|点个赞)|求(?:个|各位|大家)?(?:奖励|点赞|打赏)|(?:奖励|点赞)(?:一下)?这(?:条|篇)"
-        r"|还差\s*\d+\s*(?:点|分|个赞|个奖励)|给个奖励|点数商店|帮忙点(?:个)?赞|缺\S{0,8}点数|求点数|点数.{0,8}拜托"
+        r"|还差\s*\d+\s*(?:点|分|个赞|个奖励)|差\s*\d+\s*个(?:赞|奖励)|给个奖励|帮忙点(?:个)?赞|点(?:个)?赞再走|帮我冲|冲一下点赞|缺\S{0,8}点数|求点数|点数.{0,8}拜托"
         r"|(?<![A-Za-z])(?:give|send) (?:me )?(?:an? |some )?awards?(?![A-Za-z])|award (?:me|this|pls|please)"
         r"|(?:upvote|thumbs[- ]up|rate up) (?:this|if|pls|please)|like this (?:review|comment) if|need \d+ (?:more )?points", re.I),
     "giveaway": re.compile(
@@ -320,15 +320,17 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?<![A-Za-z])(?:my|our|hosting|running|enter|join|win)(?: (?:a|an|the|this|my|our|free|weekly|daily|key))* giveaways?(?![A-Za-z])"
         r"|(?<![A-Za-z])giveaways?(?![A-Za-z])[^.!?\n]{0,40}?(?<![A-Za-z])(?:\d+ (?:free )?(?:steam )?(?:keys?|cop(?:y|ies)|codes?)|winners?|enter|comment|follow"
         r"|sub(?:scribe)?|soon|link|dm|like|upvote)(?![A-Za-z])|give away (?:a |\d+ )?(?:keys?|copies|codes?)|free (?:steam )?keys?(?![A-Za-z])"
-        r"|抽奖|送\s*\d*\s*[个份]?\s*(?:key|激活码|cdk)|免费送|白送|福利群|领取(?:礼包|福利|激活码)", re.I),
+        r"|抽奖|送\s*\d*\s*[个份]?\s*(?:key|激活码|cdk)|免费送|白送|福利群|领取\S{0,4}(?:礼包|福利|激活码)|加群领取", re.I),
     "trading": re.compile(
         r"收号|出号|卖号|代售|回收(?:账号|帐号|饰品|库存)|出售\S{0,6}(?:账号|帐号|饰品|key|激活码)|低价出"
         r"|(?:出售|收购|低价|代售)[^。！？\n]{0,20}(?:私聊|私信|有意(?!思|义)|联系我|加我)"
-        r"|(?<![a-z])(?:wts|wtb)(?![a-z])"
+        r"|(?<![a-z])(?:wts|wtb)(?![a-z])|(?:激活码|cdk)[^。！？\n]{0,10}(?:便宜|低价|私聊|私信)"
+        r"|(?<![a-z])(?:cheap|selling|sell|buy) (?:[a-z0-9]+ ){0,3}?(?:coins?|gold|items?|keys?|skins?|accounts?|gems?|currency)"
+        r"(?![a-z])[^\n]{0,30}(?<![a-z])(?:pm|dm|msg|message) me(?![a-z])"
         r"|(?<![A-Za-z])(?:buying|selling|sell(?:ing)? my) (?:cheap )?(?:skins?|accounts?|keys?|items?)(?![A-Za-z])"
         r"|trade ?offers?|trade ?link|(?<!the )(?<!these )(?<!those )(?<!such )cheap (?:[a-z0-9]+ )?(?:keys?|skins?)", re.I),
     "boosting": re.compile(
-        r"接代练|代练|代打|代肝|代刷|代充|代上分|带上分"
+        r"接代练|代练|代打|代肝|代刷|代充|代上分|带上分|有偿\S{0,4}(?:带|代|陪)"
         r"|boosting service|(?:elo|rank|mmr) ?boost(?:ing)?(?![A-Za-z])|carry service|power ?level(?:l)?ing service", re.I),
     "stream_promo": re.compile(
         r"(?:follow|sub(?:scribe)?) (?:me )?(?:on|to) (?:my )?(?:twitch|youtube|yt|tiktok|channel|stream)"
@@ -369,11 +371,11 @@ def _phone_digits(low: str) -> bool:
 
 
 _SPAM_ZH = re.compile(r"微信|薇信|威信|wei\s*xin|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣|企鹅|群号|加群|进群|入群|邀请码"
-                      r"|推荐码|优惠码|折扣码|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|奖励|点赞|点个赞|打赏|还差|点数"
+                      r"|推荐码|优惠码|折扣码|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|有偿|奖励|点赞|点个赞|个赞|帮我冲|打赏|还差|点数"
                       r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|领取|收号|出号|卖号|出售|收购|回收|低价|直播|斗鱼"
                       r"|虎牙|抖音|快手|关注|鉴赏家").search
 _SPAM_EN = re.compile(r"referral|invite|promo|discount|coupon|creator|code|award|upvote|thumbs|rate up|like this|points"
-                      r"|give ?away|free|buying|selling|sell my|trade|cheap|wts|wtb|boost|carry|power ?level|follow|subscribe"
+                      r"|give ?away|free|buying|selling|sell my|trade|cheap|wts|wtb|pm me|dm me|msg me|message me|boost|carry|power ?level|follow|subscribe"
                       r"|sub (?:me )?(?:on|to)|twitch|youtube|on kick|check out|support-a").search
 
 
@@ -388,10 +390,10 @@ _PATTERN_HINTS = {
     "qq_wechat_group": re.compile(r"扣|企鹅|薇信|威信|微信|xin|卫星|群号|加群|进群|入群|公众号|q|ｑ|v|ｖ|wx").search,
     "phone_number": lambda low: _phone_digits(low) or _PLUS_PHONE(low) is not None,
     "referral_code": re.compile(r"邀请码|推荐码|优惠码|返利|折扣码|我的码|referral|invite|promo|discount|coupon|creator|code").search,
-    "award_begging": re.compile(r"奖励|点赞|点个赞|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,
+    "award_begging": re.compile(r"奖励|点赞|点个赞|个赞|帮我冲|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,
     "giveaway": re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|领取").search,
-    "trading": re.compile(r"收号|出号|卖号|代售|回收|出售|收购|低价|buying|selling|sell|trade|cheap|wts|wtb").search,
-    "boosting": re.compile(r"代练|代打|代肝|代刷|代充|代上分|带上分|boost|carry service|power").search,
+    "trading": re.compile(r"收号|出号|卖号|代售|回收|出售|收购|低价|激活码|cdk|buying|selling|sell|trade|cheap|wts|wtb|pm me|dm me|msg me|message me").search,
+    "boosting": re.compile(r"代练|代打|代肝|代刷|代充|代上分|带上分|有偿|boost|carry service|power").search,
     "stream_promo": re.compile(r"follow|sub|twitch|youtube|kick|check out|关注|直播|斗鱼|虎牙|抖音|快手").search,
 }
 assert list(_PATTERN_HINTS) == list(SPAM_PATTERNS)

@@ -118,7 +118,8 @@ _SPAM_ANY = re.compile("|".join(f"(?P<{name}>{p.pattern})" for name, p in cleani
 
 @pytest.mark.parametrize("text", _HINT_CASES + ["代练联系13812345678", "关注公众号领取礼包", "加vx: game_helper88 领福利",
                                                 "use my referral code STEAM123", "follow me on twitch, giveaway soon",
-                                                "selling cheap skins, trade link in bio", "elo boosting service"])
+                                                "selling cheap skins, trade link in bio", "elo boosting service",
+                                                "点个赞再走", "有偿带人", "加群领取", "cdk 便宜私聊", "cheap coins? dm me"])
 def test_spam_hints_never_hide_a_match(text):
     """The literal pre-filters only skip texts no pattern matches: the result equals running every
     pattern at once (leftmost match, pattern order on ties)."""
