@@ -399,12 +399,28 @@ _PATTERN_HINTS = {
 assert list(_PATTERN_HINTS) == list(SPAM_PATTERNS)
 
 
+# a number that a game gives (a seed, score, damage, gold, a count) is not a phone number: "seed 13912345678",
+# "分数 13800138000 分", "打了 400-800-8820 次"
+_GAME_NUMBER_BEFORE = re.compile(r"(?:seed|score|points?|damage|dmg|hp|gold|coins?|build|种子|分数|得分|伤害|血量|金币|版本)"
+                                 r"\s*(?:is|of|[:：=])?\s*[-+]?$")
+_GAME_NUMBER_AFTER = re.compile(r"\s*(?:points?|pts|dmg|damage|gold|coins?|hp|xp|exp|分|点|次|伤害|金币|经验)")
+
+
+def _game_number(text: str, m: re.Match[str]) -> bool:
+    """Whether the number matched by ``m`` is named, before or after it, as a number the game gives."""
+    a, b = m.span()
+    return bool(_GAME_NUMBER_BEFORE.search(text[max(0, a - 12):a].lower()) or _GAME_NUMBER_AFTER.match(text, b))
+
+
 def _first_spam(low: str) -> str | None:
     """The pattern whose match starts first in ``low`` (the earlier pattern on a tie), or ``None``."""
     best: tuple[int, str] | None = None
     for name, hint in _PATTERN_HINTS.items():
         if hint(low):
-            m = _SPAM_LOW[name].search(low)
+            if name == "phone_number":
+                m = next((m for m in _SPAM_LOW[name].finditer(low) if not _game_number(low, m)), None)
+            else:
+                m = _SPAM_LOW[name].search(low)
             if m and (best is None or m.start() < best[0]):
                 best = (m.start(), name)
     return best[1] if best else None
@@ -707,7 +723,8 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     for kind in _CONTACT_KINDS:
         if _PII_HINTS[kind](low):
             found = [m.span() for m in PII_PATTERNS[kind].finditer(text)
-                     if not any(a < m.end() and m.start() < b for a, b in spans)]  # inside an earlier kind's match
+                     if not any(a < m.end() and m.start() < b for a, b in spans)  # inside an earlier kind's match
+                     and not (kind == "phone_number" and _game_number(text, m))]
             if found:
                 spans += found
                 kinds.append(kind)
