@@ -671,7 +671,8 @@ _PII_HINTS: dict[str, Callable[[str], object]] = {
     "friend_code": lambda low: _digit_run(low) and _FRIEND_HINT(low),
     "contact": lambda low: _digit_run(low) or _CONTACT_ID(low),
     "gamer_id": re.compile(r"#\d|sw-|gamertag|battletag|psn|xbox|xbl|switch|epic|discord|battle|origin|uplay|ubisoft"
-                           r"|nintendo|ea ?id|ea ?name|ea ?tag|ea ?user|my (?:steam|telegram|line|kakao|whatsapp|instagram|twitter|ign)|me on (?:steam|telegram|line|kakao|whatsapp|instagram|twitter)"
+                           r"|nintendo|ea ?id|ea ?name|ea ?tag|ea ?user"
+                           r"|(?:my|me on) (?:steam|telegram|line|kakao|whatsapp|instagram|twitter)|my ign"
                            r"|ign\s*[:：]|uid|游戏\s*(?:id|名)|遊戲\s*(?:id|名)|账号|帳號|帐号|好友|telegram|whatsapp|kakao|line\s*id|\b(?:tg|ig)\s*[:：]").search,
     "phone_number": _PATTERN_HINTS["phone_number"],
     "id_number": _digit_run,
