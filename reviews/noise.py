@@ -89,7 +89,7 @@ _RESIDUE_LINE = re.compile(
     rf"|{_PLAYTIME}"
     r"|\d[\d,]*\s*(?:products? in account|reviews?|项产品|個產品|篇评测|篇評論)(?:\s*[|｜·]\s*\d[\d,]*\s*(?:reviews?|篇评测))?"
     r"|阅读更多|展开阅读全文|展开全文|收起|read more|show more|\d[\d,]*\s*(?:条留言|条回复|則留言|comments?)"
-    r"|回复|回覆|reply|奖励|獎勵|award"
+    r"|回复|回覆|reply|report|举报|檢舉|奖励|獎勵|award"
     r")[\s.。,，|｜·/]*)+$", re.I | re.M)
 # the same header flattened onto the review's first line by a scraper: "Recommended 30.7 hrs on record Posted:
 # March 4 Great game" / "总时数 30.7 小时 发布于：3 月 4 日 好玩"; two or more parts, or one banner in capitals
@@ -109,7 +109,7 @@ _RESIDUE_HINT = re.compile(literal_union((
     r"|продукт|早期|無料|앞서|무료|recommend|recommand|empfohlen|recomend|рекоменд|found this review|person"
     r"|pessoas|человек|这篇评测|這篇評論|was this review|总时数|總時數|记录在案|評論時|评测时|on record|insgesamt|en tout"
     r"|registrad|всего|記録|기록|review|项产品|個產品|篇评测|篇評論|阅读更多|展开|收起|read more|show more|条留言|条回复"
-    r"|則留言|comment|回复|回覆|reply|last two weeks|奖励|獎勵|award|張貼|zuletzt|mise à jour|dernière modif|última edi|editad|последнее"
+    r"|則留言|comment|回复|回覆|reply|report|举报|檢舉|last two weeks|奖励|獎勵|award|張貼|zuletzt|mise à jour|dernière modif|última edi|editad|последнее"
     r"|отредактировано|aggiornat|ultima modifica|ostatnio|güncellen|son düzenleme|最終|마지막 수정|early-access|wczesnego"
     r"|otrzymany|erken erişim|ücretsiz|accesso anticipato|ricevuto|おすすめ|추천|polecam|öneril|consigliato|pessoa|osób"
     r"|osob|kişi|レビュー|평가|godz|saat|kayıt|in totale|toplam|łącznie|funny|欢乐|有趣|lustig|drôle|divertid|engraçad"

@@ -480,3 +480,9 @@ def test_several_date_headers_on_one_line():
 ])
 def test_a_page_header_flattened_onto_the_first_line(text, kept):
     assert noise.strip_page_residue(text) == (text if kept is None else kept)
+
+
+def test_the_reply_and_report_buttons_go_only_as_whole_lines():
+    assert noise.strip_page_residue("Great game.\nReply\nReport") == "Great game."
+    assert noise.strip_page_residue("好玩\n回复\n举报") == "好玩"
+    assert noise.strip_page_residue("Report bugs on the forum.\n举报外挂很快") == "Report bugs on the forum.\n举报外挂很快"
