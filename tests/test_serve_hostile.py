@@ -268,6 +268,14 @@ def test_odd_values_found_by_an_outside_tester(client):
     forced = client.post(CHAT, json={"messages": HI, "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}},
                                      "max_tokens": 20})
     assert forced.status_code == 200 and forced.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "f"
+    # "required" with one tool forces it (the library answered with plain text); with several it is refused
+    required = client.post(CHAT, json={"messages": HI, "tools": [tool], "tool_choice": "required", "max_tokens": 20})
+    assert required.status_code == 200, required.text
+    choice = required.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["tool_calls"][0]["function"]["name"] == "f"
+    g = {"type": "function", "function": {**tool["function"], "name": "g"}}
+    _error(client.post(CHAT, json={"messages": HI, "tools": [tool, g], "tool_choice": "required"}), 400,
+           "unsupported_value", "tool_choice")
     err = _error(client.post("/v1/completions", json={"prompt": "hi", "suffix": "word " * 9000}), 400,
                  "context_length_exceeded", "prompt")
     assert "in the prompt" in err["message"]
