@@ -133,14 +133,16 @@ class ChatHandler:
         guard = guard_grammar(self.llama, kwargs)  # llama.cpp's own grammar sampler can abort the process
         usage = self.last_usage = {"prompt_tokens": len(tokens), "completion_tokens": 0}
         sampled = self.last_tokens = []
-        self.last_cut = False
+        self.last_cut = self.last_eog = False
         stop = STOP.get()
         for token in self._original_generate(tokens, *args, **kwargs):
             if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 usage["completion_tokens"] += 1
                 sampled.append(token)
-            elif guard is not None:
-                guard.check()
+            else:
+                self.last_eog = True
+                if guard is not None:
+                    guard.check()
             yield token
             if stop is not None and stop():
                 self.last_cut = True
@@ -247,9 +249,25 @@ class ChatHandler:
         # puts this prompt's tokens (contents as text) in the cache the library's tokenize call reads
         self.prompt_tokens(kwargs["messages"], kwargs.get("tools"), kwargs.get("tool_choice"))
         result = self._handler(**kwargs)
+        if isinstance(kwargs.get("tool_choice"), dict) or isinstance(kwargs.get("function_call"), dict):
+            result = self._forced_tool_finish(result, bool(kwargs.get("stream")), kwargs.get("max_tokens"))
         if kwargs.get("stream") and INCLUDE_USAGE.get():
             return self._with_usage(result)
         return result
+
+    def _forced_tool_finish(self, result: Any, stream: bool, max_tokens: int | None) -> Any:
+        """A forced tool call's answer with ``finish_reason`` ``"length"`` when its generation was cut
+        (``max_tokens`` reached, time limit) before the model ended it: the library always says
+        ``"tool_calls"``, so clients parsed the cut ``arguments`` as complete (OpenAI says ``"length"``).
+        The generation's end is read after it ran (at a stream's last chunk)."""
+        def fix(chunk: dict[str, Any]) -> dict[str, Any]:
+            cut = self.last_cut or (max_tokens is not None and 0 < max_tokens <= self.last_usage["completion_tokens"])
+            for choice in chunk["choices"]:
+                if choice.get("finish_reason") == "tool_calls" and cut and not self.last_eog:
+                    choice["finish_reason"] = "length"
+            return chunk
+
+        return (fix(chunk) for chunk in result) if stream else fix(result)
 
     def _with_usage(self, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         last: dict[str, Any] = {}

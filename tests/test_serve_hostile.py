@@ -273,6 +273,12 @@ def test_odd_values_found_by_an_outside_tester(client):
     assert required.status_code == 200, required.text
     choice = required.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["tool_calls"][0]["function"]["name"] == "f"
+    # a forced call cut by max_tokens ends "length", not "tool_calls" (its arguments are not complete JSON)
+    cut = {"messages": HI, "tools": [tool], "tool_choice": "required", "max_tokens": 2}
+    assert client.post(CHAT, json=cut).json()["choices"][0]["finish_reason"] == "length"
+    chunks = [json.loads(line[6:]) for line in client.post(CHAT, json={**cut, "stream": True}).text.splitlines()
+              if line.startswith("data: {")]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]] == ["length"]
     g = {"type": "function", "function": {**tool["function"], "name": "g"}}
     _error(client.post(CHAT, json={"messages": HI, "tools": [tool, g], "tool_choice": "required"}), 400,
            "unsupported_value", "tool_choice")
