@@ -296,6 +296,27 @@ def test_openai_client(server):
     assert e.value.code == "context_length_exceeded"
 
 
+
+def test_openai_client_newer_fields_and_apis(server):
+    """What newer SDKs (and LangChain, Dify) send parses in the SDK's own models, validated strictly
+    (the SDK builds them without validation, so a missing field would pass unseen)."""
+    import openai
+    from openai.types.chat import ChatCompletion
+
+    oa = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0)
+    raw = oa.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=HELLO, max_completion_tokens=3, seed=7, n=1, stop=["\n\n", "###"], user="u-1",
+        metadata={"run": "t"}, store=False, parallel_tool_calls=False, temperature=0)
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("application/json")
+    out = ChatCompletion.model_validate(json.loads(raw.text))
+    assert out.object == "chat.completion" and out.choices[0].index == 0 and out.created > 0
+    assert out.usage.completion_tokens == 3 and out.choices[0].finish_reason == "length"
+    assert out.usage.total_tokens == out.usage.prompt_tokens + 3
+    with pytest.raises(openai.NotFoundError) as e:
+        oa.responses.create(model="x", input="hi")
+    assert "POST /v1/chat/completions" in e.value.message and e.value.code == "not_found"
+
+
 def test_logs_hold_no_key_and_no_prompt(server, client, request_log):
     out = chat(client, [{"role": "user", "content": SECRET_PROMPT}], max_tokens=1)
     client.post("/v1/chat/completions", content=b"{")
