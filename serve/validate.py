@@ -132,7 +132,19 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
                            code="invalid_value")
     if isinstance(data.get("seed"), int):
         data["seed"] %= 2**32
+    _drop_empty_stops(data)
     _check_logit_bias(data, n_vocab)
+
+
+def _drop_empty_stops(data: dict[str, Any]) -> None:
+    """Empty ``stop`` strings are dropped: the library ends a generation at the first stop string the
+    text contains, and ``""`` is in every text, so the reply came back empty (OpenAI, llama-server
+    ignore it). A list whose every entry is empty becomes ``None``; non-strings are left to the schema."""
+    stop = data.get("stop")
+    if stop == "":
+        data["stop"] = None
+    elif isinstance(stop, list) and "" in stop:
+        data["stop"] = [s for s in stop if s != ""] or None
 
 
 def _json_schema_format(data: dict[str, Any]) -> None:

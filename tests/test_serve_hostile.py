@@ -290,6 +290,17 @@ def test_odd_values_found_by_an_outside_tester(client):
     assert ok.status_code == 200, ok.text
 
 
+def test_empty_stop_strings_are_ignored(client):
+    # "" is in every text: the library cut every reply to nothing at once
+    for stop in ("", [""], ["", "\n\n\n"]):
+        for stream in (False, True):
+            r = client.post(CHAT, json={"messages": HI, "stop": stop, "max_tokens": 4, "temperature": 0,
+                                        "stream": stream, "stream_options": {"include_usage": True} if stream else None})
+            assert r.status_code == 200, r.text
+            usage = (r.json() if not stream else json.loads(r.text.split("data: ")[-2]))["usage"]
+            assert usage["completion_tokens"] == 4, (stop, stream, usage)
+
+
 def test_limits_clients_send_are_honoured(client):
     for name in ("max_tokens", "max_completion_tokens"):
         for bad in (0, -1):
