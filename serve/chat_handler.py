@@ -43,6 +43,9 @@ from steam_persona.serve.modelinfo import special_token_texts
 
 #: Set per request by the middleware: does this stream want a final ``usage`` chunk?
 INCLUDE_USAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("include_usage", default=False)
+#: Set per request by the middleware: did the request send a ``seed``? Then the prompt is evaluated
+#: afresh, without the KV cache of the previous request (see :meth:`ChatHandler._counting_generate`).
+SEEDED: contextvars.ContextVar[bool] = contextvars.ContextVar("seeded", default=False)
 #: Prompts whose tokens are kept between the check and generation (requests queue for the model).
 TOKEN_CACHE_SIZE = 64
 #: Token lists at least this long are remembered by the incremental detokenizer (see
@@ -130,6 +133,11 @@ class ChatHandler:
             if why:
                 raise RequestError(f"The grammar cannot be used: {why}", param="response_format",
                                    code="invalid_grammar")
+        if SEEDED.get():
+            # the library reuses the cached prefix of the previous prompt (all but the last token when
+            # it is the same): logits of a shorter batch differ in the last bits, and the same seed
+            # sampled another reply; a full evaluation makes a seed repeat its reply
+            self.llama.reset()
         guard = guard_grammar(self.llama, kwargs)  # llama.cpp's own grammar sampler can abort the process
         usage = self.last_usage = {"prompt_tokens": len(tokens), "completion_tokens": 0}
         sampled = self.last_tokens = []

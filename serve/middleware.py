@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from steam_persona.serve import auth
 from steam_persona.serve.body import read_body
-from steam_persona.serve.chat_handler import INCLUDE_USAGE
+from steam_persona.serve.chat_handler import INCLUDE_USAGE, SEEDED
 from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error
 from steam_persona.serve.grammar import SchemaError
 from steam_persona.serve.messages import normalise_messages
@@ -131,11 +131,12 @@ class SteamMiddleware:
         except asyncio.CancelledError:  # uvicorn's shutdown deadline: a body still arriving, or checks running
             return await _reply(send, RequestError("The server is shutting down; send the request again", status=503,
                                                    type="server_error", code="shutting_down"))
-        token = INCLUDE_USAGE.set(include_usage)
+        token, seeded = INCLUDE_USAGE.set(include_usage), SEEDED.set(data.get("seed") is not None)
         try:
             await self.app(scope, _replay(b"", receive), send)
         finally:
             INCLUDE_USAGE.reset(token)
+            SEEDED.reset(seeded)
 
     def _check_access(self, scope: Scope) -> None:
         """Refuse keys in the query string (blanking it first: the access log prints it), then check

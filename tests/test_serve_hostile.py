@@ -290,6 +290,23 @@ def test_odd_values_found_by_an_outside_tester(client):
     assert ok.status_code == 200, ok.text
 
 
+def test_a_seed_repeats_its_reply_whatever_came_before(client):
+    # the same prompt twice in a row reused the cached prompt, and the same seed sampled another reply
+    story = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 12, "temperature": 1.0,
+             "seed": 5}
+
+    def text(stream=False):
+        r = client.post(CHAT, json={**story, "stream": stream})
+        if not stream:
+            return r.json()["choices"][0]["message"]["content"]
+        chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+    client.post(CHAT, json={"messages": HI, "max_tokens": 1})
+    first = text()
+    assert [text(), text(stream=True), text()] == [first] * 3
+
+
 def test_empty_stop_strings_are_ignored(client):
     # "" is in every text: the library cut every reply to nothing at once
     for stop in ("", [""], ["", "\n\n\n"]):
