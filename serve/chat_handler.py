@@ -260,7 +260,7 @@ class ChatHandler:
         if isinstance(kwargs.get("tool_choice"), dict) or isinstance(kwargs.get("function_call"), dict):
             result = self._forced_tool_finish(result, bool(kwargs.get("stream")), kwargs.get("max_tokens"))
         if kwargs.get("stream") and INCLUDE_USAGE.get():
-            return self._with_usage(result)
+            return self.with_usage(result)
         return result
 
     def _forced_tool_finish(self, result: Any, stream: bool, max_tokens: int | None) -> Any:
@@ -277,13 +277,15 @@ class ChatHandler:
 
         return (fix(chunk) for chunk in result) if stream else fix(result)
 
-    def _with_usage(self, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def with_usage(self, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """``chunks`` (a chat or completion stream) then OpenAI's usage chunk: ``"choices": []`` and the
+        generation's ``usage``, its ``object`` that of the stream's chunks."""
         last: dict[str, Any] = {}
         for chunk in chunks:
             last = chunk
             yield chunk
         u = self.last_usage
-        yield {"id": last.get("id", ""), "object": "chat.completion.chunk", "created": last.get("created", 0),
+        yield {"id": last.get("id", ""), "object": last.get("object", "chat.completion.chunk"), "created": last.get("created", 0),
                "model": last.get("model", ""), "choices": [],
                "usage": {"prompt_tokens": u["prompt_tokens"], "completion_tokens": u["completion_tokens"],
                          "total_tokens": u["prompt_tokens"] + u["completion_tokens"]}}

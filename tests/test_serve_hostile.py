@@ -307,6 +307,23 @@ def test_a_seed_repeats_its_reply_whatever_came_before(client):
     assert [text(), text(stream=True), text()] == [first] * 3
 
 
+def test_completion_stream_sends_usage_when_asked(client):
+    # /v1/completions ignored stream_options.include_usage (the library's chat and completion alike)
+    body = {"prompt": "Once upon a time", "max_tokens": 5, "temperature": 0}
+    plain = client.post("/v1/completions", json=body).json()
+    r = client.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert r.text.rstrip().endswith("data: [DONE]")
+    last = chunks[-1]
+    assert last["choices"] == [] and last["object"] == "text_completion" and last["id"] == chunks[0]["id"]
+    assert last["usage"] == plain["usage"] == {"prompt_tokens": plain["usage"]["prompt_tokens"], "completion_tokens": 5,
+                                               "total_tokens": plain["usage"]["prompt_tokens"] + 5}
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == plain["choices"][0]["text"]
+    r = client.post("/v1/completions", json={**body, "stream": True})
+    assert all(not c.get("usage") for c in (json.loads(line[6:]) for line in r.text.splitlines()
+                                            if line.startswith("data: {")))
+
+
 def test_empty_stop_strings_are_ignored(client):
     # "" is in every text: the library cut every reply to nothing at once
     for stop in ("", [""], ["", "\n\n\n"]):
