@@ -55,7 +55,8 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 #: Seconds before the first restart; doubled for each further death within the window.
 RESTART_BACKOFF_S = 1.0
-#: Seconds a client is told to wait (``Retry-After``) while llama-server is down.
+#: Seconds a client is told to wait (``Retry-After``) while llama-server is down or the server shuts
+#: down (the OpenAI SDK waits that long before its retry, instead of 0.5–1 s: time for a restart).
 RETRY_AFTER_S = 5
 
 

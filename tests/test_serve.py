@@ -368,6 +368,23 @@ def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):
         assert "Traceback" not in srv.output()
 
 
+def test_sigterm_while_a_body_arrives_answers_503_with_retry_after(smollm2_gguf):
+    # the OpenAI SDK retries a 503 after Retry-After (else after 0.5-1 s: too soon for a restart)
+    with start_server(smollm2_gguf, extra_args=("--shutdown_timeout", "1", "--read_timeout", "30")) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"messages\"")
+            time.sleep(0.3)
+            srv.proc.send_signal(signal.SIGTERM)
+            data = b""
+            while b"}}" not in data and (part := s.recv(4096)):
+                data += part
+            head = data.decode("latin-1")
+        assert head.startswith("HTTP/1.1 503"), head
+        assert "\r\nretry-after: 5\r\n" in head.lower() and '"code": "shutting_down"' in head
+        assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+
+
 def _serve_cli(*args):
     return subprocess.run([sys.executable, "-m", "steam_persona", "serve", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=60, env={**os.environ, "STEAM_PERSONA_API_KEY": ""})
