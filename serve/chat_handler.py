@@ -285,7 +285,8 @@ class ChatHandler:
             last = chunk
             yield chunk
         u = self.last_usage
-        yield {"id": last.get("id", ""), "object": last.get("object", "chat.completion.chunk"), "created": last.get("created", 0),
+        yield {"id": last.get("id", ""), "object": last.get("object", "chat.completion.chunk"),
+               "created": last.get("created", 0),
                "model": last.get("model", ""), "choices": [],
                "usage": {"prompt_tokens": u["prompt_tokens"], "completion_tokens": u["completion_tokens"],
                          "total_tokens": u["prompt_tokens"] + u["completion_tokens"]}}

@@ -327,7 +327,8 @@ async def _reply(send: Send, err: RequestError) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if err.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
-    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (err.headers or {}).items()]
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in (err.headers or {}).items()]
     if err.status in (408, 413):  # the body was not read to its end: the connection cannot carry another request
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
