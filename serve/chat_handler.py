@@ -43,6 +43,9 @@ from steam_persona.serve.modelinfo import special_token_texts
 
 #: Set per request by the middleware: does this stream want a final ``usage`` chunk?
 INCLUDE_USAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("include_usage", default=False)
+#: Set per request by the middleware: did the request send a ``seed``? Then the prompt is evaluated
+#: afresh, without the KV cache of the previous request (see :meth:`ChatHandler._counting_generate`).
+SEEDED: contextvars.ContextVar[bool] = contextvars.ContextVar("seeded", default=False)
 #: Prompts whose tokens are kept between the check and generation (requests queue for the model).
 TOKEN_CACHE_SIZE = 64
 #: Token lists at least this long are remembered by the incremental detokenizer (see
@@ -130,17 +133,24 @@ class ChatHandler:
             if why:
                 raise RequestError(f"The grammar cannot be used: {why}", param="response_format",
                                    code="invalid_grammar")
+        if SEEDED.get():
+            # the library reuses the cached prefix of the previous prompt (all but the last token when
+            # it is the same): logits of a shorter batch differ in the last bits, and the same seed
+            # sampled another reply; a full evaluation makes a seed repeat its reply
+            self.llama.reset()
         guard = guard_grammar(self.llama, kwargs)  # llama.cpp's own grammar sampler can abort the process
         usage = self.last_usage = {"prompt_tokens": len(tokens), "completion_tokens": 0}
         sampled = self.last_tokens = []
-        self.last_cut = False
+        self.last_cut = self.last_eog = False
         stop = STOP.get()
         for token in self._original_generate(tokens, *args, **kwargs):
             if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 usage["completion_tokens"] += 1
                 sampled.append(token)
-            elif guard is not None:
-                guard.check()
+            else:
+                self.last_eog = True
+                if guard is not None:
+                    guard.check()
             yield token
             if stop is not None and stop():
                 self.last_cut = True
@@ -247,17 +257,36 @@ class ChatHandler:
         # puts this prompt's tokens (contents as text) in the cache the library's tokenize call reads
         self.prompt_tokens(kwargs["messages"], kwargs.get("tools"), kwargs.get("tool_choice"))
         result = self._handler(**kwargs)
+        if isinstance(kwargs.get("tool_choice"), dict) or isinstance(kwargs.get("function_call"), dict):
+            result = self._forced_tool_finish(result, bool(kwargs.get("stream")), kwargs.get("max_tokens"))
         if kwargs.get("stream") and INCLUDE_USAGE.get():
-            return self._with_usage(result)
+            return self.with_usage(result)
         return result
 
-    def _with_usage(self, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _forced_tool_finish(self, result: Any, stream: bool, max_tokens: int | None) -> Any:
+        """A forced tool call's answer with ``finish_reason`` ``"length"`` when its generation was cut
+        (``max_tokens`` reached, time limit) before the model ended it: the library always says
+        ``"tool_calls"``, so clients parsed the cut ``arguments`` as complete (OpenAI says ``"length"``).
+        The generation's end is read after it ran (at a stream's last chunk)."""
+        def fix(chunk: dict[str, Any]) -> dict[str, Any]:
+            cut = self.last_cut or (max_tokens is not None and 0 < max_tokens <= self.last_usage["completion_tokens"])
+            for choice in chunk["choices"]:
+                if choice.get("finish_reason") == "tool_calls" and cut and not self.last_eog:
+                    choice["finish_reason"] = "length"
+            return chunk
+
+        return (fix(chunk) for chunk in result) if stream else fix(result)
+
+    def with_usage(self, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """``chunks`` (a chat or completion stream) then OpenAI's usage chunk: ``"choices": []`` and the
+        generation's ``usage``, its ``object`` that of the stream's chunks."""
         last: dict[str, Any] = {}
         for chunk in chunks:
             last = chunk
             yield chunk
         u = self.last_usage
-        yield {"id": last.get("id", ""), "object": "chat.completion.chunk", "created": last.get("created", 0),
+        yield {"id": last.get("id", ""), "object": last.get("object", "chat.completion.chunk"),
+               "created": last.get("created", 0),
                "model": last.get("model", ""), "choices": [],
                "usage": {"prompt_tokens": u["prompt_tokens"], "completion_tokens": u["completion_tokens"],
                          "total_tokens": u["prompt_tokens"] + u["completion_tokens"]}}

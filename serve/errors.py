@@ -72,10 +72,17 @@ def from_validation_error(exc: Any) -> RequestError:
     return RequestError(msg, param=param, code="invalid_value")
 
 
+#: The message of a 404 for a path no route serves (OpenAI endpoints such as ``/v1/responses`` or
+#: ``/v1/embeddings`` on other servers included): what to call instead, without echoing the path.
+NOT_SERVED = ("This path is not served here; this server answers POST /v1/chat/completions, POST /v1/completions "
+              "and GET /v1/models (the Responses, Assistants, audio and image APIs are not served)")
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
     code = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return JSONResponse(error_body(str(exc.detail), type=kind, code=code), status_code=exc.status_code,
+    message = NOT_SERVED if exc.status_code == 404 and exc.detail == "Not Found" else str(exc.detail)
+    return JSONResponse(error_body(message, type=kind, code=code), status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
 
 

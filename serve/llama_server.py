@@ -55,7 +55,8 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 #: Seconds before the first restart; doubled for each further death within the window.
 RESTART_BACKOFF_S = 1.0
-#: Seconds a client is told to wait (``Retry-After``) while llama-server is down.
+#: Seconds a client is told to wait (``Retry-After``) while llama-server is down or the server shuts
+#: down (the OpenAI SDK waits that long before its retry, instead of 0.5–1 s: time for a restart).
 RETRY_AFTER_S = 5
 
 
@@ -336,7 +337,9 @@ def native_body(tokens: list[int], body: Any, logit_bias: dict[int, float] | Non
         logit_bias: token id → bias, or ``None``.
         grammar: a GBNF grammar (the request's, or one for its ``response_format``), or ``None``.
     """
-    out: dict[str, Any] = {"prompt": tokens, "n_predict": body.max_tokens, "cache_prompt": True,
+    # a seeded request is evaluated afresh: a prompt partly served from the cache gives logits that
+    # differ in the last bits, and the same seed sampled another reply
+    out: dict[str, Any] = {"prompt": tokens, "n_predict": body.max_tokens, "cache_prompt": body.seed is None,
                            "stop": _stops(body.stop)}
     for name in _SAME_NAME:
         value = getattr(body, name, None)

@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from steam_persona.serve import auth
 from steam_persona.serve.body import read_body
-from steam_persona.serve.chat_handler import INCLUDE_USAGE
+from steam_persona.serve.chat_handler import INCLUDE_USAGE, SEEDED
+from steam_persona.serve.llama_server import RETRY_AFTER_S
 from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error
 from steam_persona.serve.grammar import SchemaError
 from steam_persona.serve.messages import normalise_messages
@@ -130,12 +131,14 @@ class SteamMiddleware:
             return await _reply(send, err)
         except asyncio.CancelledError:  # uvicorn's shutdown deadline: a body still arriving, or checks running
             return await _reply(send, RequestError("The server is shutting down; send the request again", status=503,
-                                                   type="server_error", code="shutting_down"))
-        token = INCLUDE_USAGE.set(include_usage)
+                                                   type="server_error", code="shutting_down",
+                                                   headers={"Retry-After": str(RETRY_AFTER_S)}))
+        token, seeded = INCLUDE_USAGE.set(include_usage), SEEDED.set(data.get("seed") is not None)
         try:
             await self.app(scope, _replay(b"", receive), send)
         finally:
             INCLUDE_USAGE.reset(token)
+            SEEDED.reset(seeded)
 
     def _check_access(self, scope: Scope) -> None:
         """Refuse keys in the query string (blanking it first: the access log prints it), then check
@@ -324,6 +327,8 @@ async def _reply(send: Send, err: RequestError) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if err.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in (err.headers or {}).items()]
     if err.status in (408, 413):  # the body was not read to its end: the connection cannot carry another request
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})

@@ -30,7 +30,7 @@ from llama_cpp.server.types import (CreateChatCompletionRequest, CreateCompletio
 from sse_starlette.sse import EventSourceResponse
 
 from steam_persona.serve import upstream_routes
-from steam_persona.serve.chat_handler import ChatHandler
+from steam_persona.serve.chat_handler import INCLUDE_USAGE, ChatHandler
 from steam_persona.serve.engine import STOP, Skipped, Worker, watch_disconnect
 from steam_persona.serve.errors import RequestError, error_body
 from steam_persona.serve.grammar import GrammarChecker
@@ -150,10 +150,12 @@ async def completions(request: Request) -> Response:
 def _complete(served: Served, body: Any, create: Callable[..., Any]) -> Any:
     """``create(**kwargs)`` (a ``Llama`` method) on the generate thread; a non-streamed result gets the
     text OpenAI would give (:meth:`ChatHandler.completed_text`: the text so far when the time limit
-    cut it, the earliest stop match)."""
+    cut it, the earliest stop match); a completion stream that asked for ``include_usage`` gets its
+    usage chunk (the library ignores it; chat streams get theirs from the chat handler)."""
     result = create(**_kwargs(body, served.llama))
     if body.stream:
-        return result
+        completion = isinstance(body, CreateCompletionRequest)
+        return served.handler.with_usage(result) if completion and INCLUDE_USAGE.get() else result
     text = served.handler.completed_text(body.stop)
     choice = result["choices"][0]
     if text is None or choice.get("message", {}).get("tool_calls"):

@@ -27,7 +27,7 @@ from sse_starlette.sse import EventSourceResponse
 from steam_persona.serve.chat_handler import INCLUDE_USAGE
 from steam_persona.serve.engine import watch_disconnect
 from steam_persona.serve.errors import RequestError, error_body
-from steam_persona.serve.llama_server import native_body
+from steam_persona.serve.llama_server import RETRY_AFTER_S, native_body
 
 #: llama-server's ``stop_type`` → OpenAI ``finish_reason``.
 _FINISH = {"eos": "stop", "word": "stop", "limit": "length", "none": "length"}
@@ -168,7 +168,7 @@ def _cut_short(client_left: bool, deadline: float) -> JSONResponse:
 
 def _shutting_down() -> JSONResponse:
     return JSONResponse(error_body("The server is shutting down; send the request again", type="server_error",
-                                   code="shutting_down"), status_code=503)
+                                   code="shutting_down"), status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _finish(run: _Run, event: dict[str, Any]) -> None:

@@ -132,7 +132,19 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
                            code="invalid_value")
     if isinstance(data.get("seed"), int):
         data["seed"] %= 2**32
+    _drop_empty_stops(data)
     _check_logit_bias(data, n_vocab)
+
+
+def _drop_empty_stops(data: dict[str, Any]) -> None:
+    """Empty ``stop`` strings are dropped: the library ends a generation at the first stop string the
+    text contains, and ``""`` is in every text, so the reply came back empty (OpenAI, llama-server
+    ignore it). A list whose every entry is empty becomes ``None``; non-strings are left to the schema."""
+    stop = data.get("stop")
+    if stop == "":
+        data["stop"] = None
+    elif isinstance(stop, list) and "" in stop:
+        data["stop"] = [s for s in stop if s != ""] or None
 
 
 def _json_schema_format(data: dict[str, Any]) -> None:
@@ -152,7 +164,11 @@ def _json_schema_format(data: dict[str, Any]) -> None:
 
 def _check_tool_choice(data: dict[str, Any]) -> None:
     """Refuse forcing a tool that is not there (OpenAI: 400; the library answered without a tool when
-    ``tools`` was absent, or raised a bare ``ValueError`` when the name was missing from it)."""
+    ``tools`` was absent, or raised a bare ``ValueError`` when the name was missing from it).
+
+    ``tool_choice: "required"`` with one tool becomes that tool named (the library constrains only a
+    named choice and answered ``"required"`` with plain text); with several tools it is a 400
+    ``unsupported_value``, since the library cannot force one of several."""
     # the library's order: legacy `functions`, when sent, replace `tools`
     tools = data["functions"] if data.get("functions") is not None else data.get("tools")
     for key in ("tool_choice", "function_call"):
@@ -165,6 +181,17 @@ def _check_tool_choice(data: dict[str, Any]) -> None:
         name = _function(choice).get("name") if isinstance(choice, dict) else None
         if name is not None and name not in {_function(t).get("name") for t in tools if isinstance(t, dict)}:
             raise RequestError(f"'{key}' names a function that is not in 'tools'", param=key, code="invalid_value")
+    if data.get("tool_choice") == "required" and data.get("functions") is None:
+        data["tool_choice"] = _required_as_named(tools)
+
+
+def _required_as_named(tools: list[Any]) -> dict[str, Any]:
+    """``tool_choice: "required"`` as ``{"type": "function", "function": {"name": …}}`` of the only tool."""
+    if len(tools) != 1 or not _function(tools[0]).get("name"):
+        raise RequestError("tool_choice 'required' with several tools is not served: name the tool to call, "
+                           "tool_choice={'type': 'function', 'function': {'name': ...}}", param="tool_choice",
+                           code="unsupported_value")
+    return {"type": "function", "function": {"name": _function(tools[0])["name"]}}
 
 
 def _function(item: dict[str, Any]) -> dict[str, Any]:

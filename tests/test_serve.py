@@ -296,6 +296,27 @@ def test_openai_client(server):
     assert e.value.code == "context_length_exceeded"
 
 
+
+def test_openai_client_newer_fields_and_apis(server):
+    """What newer SDKs (and LangChain, Dify) send parses in the SDK's own models, validated strictly
+    (the SDK builds them without validation, so a missing field would pass unseen)."""
+    import openai
+    from openai.types.chat import ChatCompletion
+
+    oa = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0)
+    raw = oa.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=HELLO, max_completion_tokens=3, seed=7, n=1, stop=["\n\n", "###"], user="u-1",
+        metadata={"run": "t"}, store=False, parallel_tool_calls=False, temperature=0)
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("application/json")
+    out = ChatCompletion.model_validate(json.loads(raw.text))
+    assert out.object == "chat.completion" and out.choices[0].index == 0 and out.created > 0
+    assert out.usage.completion_tokens == 3 and out.choices[0].finish_reason == "length"
+    assert out.usage.total_tokens == out.usage.prompt_tokens + 3
+    with pytest.raises(openai.NotFoundError) as e:
+        oa.responses.create(model="x", input="hi")
+    assert "POST /v1/chat/completions" in e.value.message and e.value.code == "not_found"
+
+
 def test_logs_hold_no_key_and_no_prompt(server, client, request_log):
     out = chat(client, [{"role": "user", "content": SECRET_PROMPT}], max_tokens=1)
     client.post("/v1/chat/completions", content=b"{")
@@ -345,6 +366,23 @@ def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):
         assert srv.proc.wait(30) in (0, -signal.SIGTERM)
         assert port_is_free(srv.port)
         assert "Traceback" not in srv.output()
+
+
+def test_sigterm_while_a_body_arrives_answers_503_with_retry_after(smollm2_gguf):
+    # the OpenAI SDK retries a 503 after Retry-After (else after 0.5-1 s: too soon for a restart)
+    with start_server(smollm2_gguf, extra_args=("--shutdown_timeout", "1", "--read_timeout", "30")) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"messages\"")
+            time.sleep(0.3)
+            srv.proc.send_signal(signal.SIGTERM)
+            data = b""
+            while b"}}" not in data and (part := s.recv(4096)):
+                data += part
+            head = data.decode("latin-1")
+        assert head.startswith("HTTP/1.1 503"), head
+        assert "\r\nretry-after: 5\r\n" in head.lower() and '"code": "shutting_down"' in head
+        assert srv.proc.wait(30) in (0, -signal.SIGTERM)
 
 
 def _serve_cli(*args):

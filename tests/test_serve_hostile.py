@@ -268,12 +268,71 @@ def test_odd_values_found_by_an_outside_tester(client):
     forced = client.post(CHAT, json={"messages": HI, "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}},
                                      "max_tokens": 20})
     assert forced.status_code == 200 and forced.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "f"
+    # "required" with one tool forces it (the library answered with plain text); with several it is refused
+    required = client.post(CHAT, json={"messages": HI, "tools": [tool], "tool_choice": "required", "max_tokens": 20})
+    assert required.status_code == 200, required.text
+    choice = required.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["tool_calls"][0]["function"]["name"] == "f"
+    # a forced call cut by max_tokens ends "length", not "tool_calls" (its arguments are not complete JSON)
+    cut = {"messages": HI, "tools": [tool], "tool_choice": "required", "max_tokens": 2}
+    assert client.post(CHAT, json=cut).json()["choices"][0]["finish_reason"] == "length"
+    chunks = [json.loads(line[6:]) for line in client.post(CHAT, json={**cut, "stream": True}).text.splitlines()
+              if line.startswith("data: {")]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]] == ["length"]
+    g = {"type": "function", "function": {**tool["function"], "name": "g"}}
+    _error(client.post(CHAT, json={"messages": HI, "tools": [tool, g], "tool_choice": "required"}), 400,
+           "unsupported_value", "tool_choice")
     err = _error(client.post("/v1/completions", json={"prompt": "hi", "suffix": "word " * 9000}), 400,
                  "context_length_exceeded", "prompt")
     assert "in the prompt" in err["message"]
     ok = client.post(CHAT, json={"messages": HI, "max_tokens": 1, "logit_bias": {"5": -100}, "seed": 2**70,
                                  "stream_options": {"include_usage": False}})
     assert ok.status_code == 200, ok.text
+
+
+def test_a_seed_repeats_its_reply_whatever_came_before(client):
+    # the same prompt twice in a row reused the cached prompt, and the same seed sampled another reply
+    story = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 12, "temperature": 1.0,
+             "seed": 5}
+
+    def text(stream=False):
+        r = client.post(CHAT, json={**story, "stream": stream})
+        if not stream:
+            return r.json()["choices"][0]["message"]["content"]
+        chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+    client.post(CHAT, json={"messages": HI, "max_tokens": 1})
+    first = text()
+    assert [text(), text(stream=True), text()] == [first] * 3
+
+
+def test_completion_stream_sends_usage_when_asked(client):
+    # /v1/completions ignored stream_options.include_usage (the library's chat and completion alike)
+    body = {"prompt": "Once upon a time", "max_tokens": 5, "temperature": 0}
+    plain = client.post("/v1/completions", json=body).json()
+    r = client.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert r.text.rstrip().endswith("data: [DONE]")
+    last = chunks[-1]
+    assert last["choices"] == [] and last["object"] == "text_completion" and last["id"] == chunks[0]["id"]
+    assert last["usage"] == plain["usage"] == {"prompt_tokens": plain["usage"]["prompt_tokens"], "completion_tokens": 5,
+                                               "total_tokens": plain["usage"]["prompt_tokens"] + 5}
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == plain["choices"][0]["text"]
+    r = client.post("/v1/completions", json={**body, "stream": True})
+    assert all(not c.get("usage") for c in (json.loads(line[6:]) for line in r.text.splitlines()
+                                            if line.startswith("data: {")))
+
+
+def test_empty_stop_strings_are_ignored(client):
+    # "" is in every text: the library cut every reply to nothing at once
+    for stop in ("", [""], ["", "\n\n\n"]):
+        for stream in (False, True):
+            r = client.post(CHAT, json={"messages": HI, "stop": stop, "max_tokens": 4, "temperature": 0,
+                                        "stream": stream, "stream_options": {"include_usage": True} if stream else None})
+            assert r.status_code == 200, r.text
+            usage = (r.json() if not stream else json.loads(r.text.split("data: ")[-2]))["usage"]
+            assert usage["completion_tokens"] == 4, (stop, stream, usage)
 
 
 def test_limits_clients_send_are_honoured(client):
