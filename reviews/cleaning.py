@@ -496,7 +496,10 @@ _LOOKALIKE = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7
                             "ј": "j", "ѕ": "s", "к": "k", "м": "m", "т": "t", "н": "h", "в": "b"})
 _MIXED = re.compile(r"[a-z][\d@$!\u0400-\u04ff]|[\d@$\u0400-\u04ff][a-z]")
 _FULLWIDTH_WORD = re.compile(r"[\uff01-\uff5e]*[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a][\uff01-\uff5e]*")
-_LOOKALIKE_HINT = re.compile(rf"{_MIXED.pattern}|{_FULLWIDTH_WORD.pattern}")
+# the cheap test first: look-alikes between two Latin letters ("n1gg3r", "nі-", "n!gger"; not "great!", "rtx3070",
+# "1440p"), or a full-width Latin letter (not the full-width punctuation of Chinese text); a regex led by a
+# character class skips ahead in C
+_LOOKALIKE_HINT = re.compile(r"[a-z][\d@$!\u0400-\u04ff]+[a-z]|[\uff21-\uff3a\uff41-\uff5a]")
 _WORDISH = re.compile(r"[\w@$!]+")
 
 
@@ -512,6 +515,18 @@ def fold_lookalikes(low: str) -> str:
         core = word.rstrip("!")
         out.append(core.translate(_LOOKALIKE) + word[len(core):])
     return " ".join(out)
+
+
+_last_spellings: list = [None, ("", "")]
+
+
+def _other_spellings(low: str) -> tuple[str, str]:
+    """``low`` with spaced-out letters joined (``""`` when it has none) and :func:`fold_lookalikes` of it,
+    remembered for the last text: prepare asks the slur list and the blocklist about the same one."""
+    if _last_spellings[0] is not low:
+        spaced = _SPACED_LETTERS.sub(_join_letters, low) if _SPACED_HINT.search(low) else ""
+        _last_spellings[:] = [low, (spaced, fold_lookalikes(low))]
+    return _last_spellings[1]
 
 
 class WordList:
@@ -556,13 +571,13 @@ class WordList:
         third masked, so ``s**t`` is not read as a listed word)."""
         text = text.lower() if low is None else low
         hit = self._find_allowed(text)
-        if hit is None and _SPACED_HINT.search(text):
-            hit = self._find_allowed(_SPACED_LETTERS.sub(_join_letters, text))
-        if hit is None and "*" in text:
-            hit = self._find_masked(text)
         if hit is None:
-            folded = fold_lookalikes(text)
-            hit = self._find_allowed(folded) if folded else None
+            spaced, folded = _other_spellings(text)
+            hit = self._find_allowed(spaced) if spaced else None
+            if hit is None and "*" in text:
+                hit = self._find_masked(text)
+            if hit is None and folded:
+                hit = self._find_allowed(folded)
         return (self.categories[hit], hit) if hit else None
 
     def mask(self, text: str) -> str:
