@@ -11,7 +11,8 @@ fits at batch 1 (ascending sweep, stops at the first OOM).
 
 Environment: BENCH_CONFIGS (comma list) runs only those data configurations of each stack; BENCH_LONG
 (comma list of lengths) replaces the long-context sweep's lengths (ascending, stops at the first OOM);
-BENCH_STACK_TIMEOUT (seconds) stops a stack's process that runs longer (a hang can't eat the whole run: its
+BENCH_KEEP_COMPILED=1 keeps a stack's compiled layers from one data configuration to the next (steady-state
+figures are the same, the device time of recompiling is saved); BENCH_STACK_TIMEOUT (seconds) stops a stack's process that runs longer (a hang can't eat the whole run: its
 figures so far are kept, marked ``timed_out``).
 
 Stacks (each in its own process, so peaks, kernel patches and allocator state don't leak):
@@ -63,12 +64,15 @@ STACKS = {
     "ours-chunked-ce": "fixed,long32k",           # the torch fallback of the fused loss (no Triton)
     "ours-no-offload": "long",                    # long contexts without activation offload
     "ours-no-lora-mlp": "fixed,memory,long",      # the compiled MLP instead of the fused LoRA MLP op
+    "ours-varlen-only": "fixed,long",             # every packed row through varlen FlashAttention 2 (no batched
+                                                  # SDPA with cuDNN for rows of equal-length samples)
     "ours-lora-mlp-4096": "fixed,memory",         # the fused LoRA MLP in pieces of 4,096 tokens instead of 2,048
     "ours-main-1206": "loss,fixed,long",          # the defaults before the fused LoRA MLP and offload at every
                                                   # length (offload from 16k, eager chunked MLPs over 32k)
     "ours-lowmem": "loss,fixed,long",             # compiled MLPs, eager layers with chunked MLPs for rows > 16k
     "ours-main-1205": "loss,fixed,long",          # the defaults before chunked MLPs and overlapped offload
-    "ours-profile": "profile",                    # torch.profiler over 2 steps of fixed 1024 x 4: where time goes
+    "ours-profile": "profile,profile_real,profile_long",  # torch.profiler: where a step's time goes
+    "unsloth-profile": "profile,profile_real,profile_long",  # the same for Unsloth
     "ours-memory": "fixed,memory",                # what is live at the peak of a fixed 1024 x 4 step (memory_profile)
     "unsloth": "loss,real_bs16,real_pf4x4,fixed,long",  # the anchor, run its recommended way (bench/unsloth_stack.py)
     "ours-no-shared-dequant": "fixed",            # bitsandbytes' own 4-bit matmul (3 dequantizations a weight a step)
@@ -188,6 +192,15 @@ def build_ours(model_dir: Path, variant: str):
         for layer in model.get_base_model().model.layers:
             layer.mlp._steam_piece = 4096
         report["lora_mlp"] += ", pieces of 4096 tokens (bench)"
+    if variant == "ours-varlen-only":
+        def varlen_only(query, key, value, n, scale):
+            t = query.shape[2]
+            cu = torch.arange(0, t + 1, t // n, device=query.device, dtype=torch.int32)
+            q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))
+            return accel._varlen_call(q, k, v, cu, t // n, scale).unsqueeze(0)
+
+        accel._uniform_sdpa = varlen_only
+        report["attention"] += "; rows of equal samples through varlen too (bench)"
     if variant == "ours-no-shared-dequant":
         for m in model.modules():
             if type(m).__name__ == "Linear4bit":
@@ -336,6 +349,8 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
         ends.append(time.perf_counter())
         counts.append((eff, padded))
         losses.append(tot / n_tok)
+    if warmup >= steps:  # all warm-up (a profiled run): nothing timed
+        return {"last_loss": losses[-1]}
     return {**_timing(ends, counts, warmup, losses[-1]), "warmup_steps_s": ends[warmup - 1] - t_start}
 
 
@@ -351,40 +366,66 @@ def _timing(ends, counts, warmup, last_loss) -> dict:
             "padded_tokens_per_s": padded / total, "peak_gib": peak, "last_loss": last_loss}
 
 
-def profile_steps(model, samples: list[dict], pad_id: int, trace: Path | None = None) -> dict:
-    """torch.profiler over 2 optimizer steps of batch 4 (after 2 warm-up steps): wall time, summed device
-    kernel time (GPU idle = wall - busy, i.e. launch/CPU bound), and the top kernels by device time.
-    Only device-side events are summed (a CPU op's device time repeats its kernels'). `trace`: also write
-    the Chrome trace there (gzipped) for a timeline view."""
+KERNEL_KINDS = (("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas", "splitkreduce")),
+                ("attention", ("flash", "fmha", "cudnn", "attention")),
+                ("dequantize", ("dequantize",)),
+                ("optimizer", ("adam", "multi_tensor")),
+                ("copy", ("memcpy", "memset", "copy")),
+                ("triton", ("triton",)))
+
+
+def kernel_summary(prof, wall: float, steps: int) -> dict:
+    """A torch.profiler run's device kernels per optimizer step: wall, busy (summed kernel time), idle (wall -
+    busy: the GPU waits on the host), time by kind (`KERNEL_KINDS`, first match on the lower-cased name,
+    else "other") and the 25 kernels with the most device time. Only device-side events are summed (a CPU
+    op's device time repeats its kernels'); kernels on a side stream (offload copies) can overlap, so busy
+    may exceed wall."""
+    from torch.autograd import DeviceType
+
+    kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6
+    kinds: dict[str, float] = {}
+    for e in kernels:
+        name = e.key.lower()
+        kind = next((k for k, keys in KERNEL_KINDS if any(x in name for x in keys)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + e.self_device_time_total / 1e6 / steps
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:25]
+    res = {"steps": steps, "wall_s_per_step": wall / steps, "busy_s_per_step": busy / steps,
+           "idle_s_per_step": (wall - busy) / steps, "launches_per_step": sum(e.count for e in kernels) / steps,
+           "kinds_s_per_step": {k: round(v, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+           "top": [{"kernel": e.key[:100], "calls_per_step": e.count / steps,
+                    "device_s_per_step": round(e.self_device_time_total / 1e6 / steps, 4)} for e in top]}
+    print(f"profile: wall {res['wall_s_per_step']:.3f}s a step, busy {res['busy_s_per_step']:.3f}s, "
+          f"{res['launches_per_step']:.0f} kernels; {res['kinds_s_per_step']}", flush=True)
+    for r in res["top"]:
+        print(f"  {r['device_s_per_step']:8.4f}s {r['calls_per_step']:7.1f}  {r['kernel']}", flush=True)
+    return res
+
+
+def profile_steps(model, samples: list[dict], pad_id: int, batch_size: int = 4, steps: int = 2,
+                  trace: Path | None = None) -> dict:
+    """torch.profiler over `steps` optimizer steps of `batch_size` samples (one packed row a step), after
+    2 warm-up steps of the same data: `kernel_summary`. `trace`: also write the Chrome trace there
+    (gzipped) for a timeline view."""
     import gzip
     import shutil
 
     import torch
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    run_ours(model, samples, 4, 1, True, 2, 1, pad_id)
+    run_ours(model, samples, batch_size, 1, True, 2, 1, pad_id)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=acts) as prof:
         t0 = time.perf_counter()
-        run_ours(model, samples, 4, 1, True, 2, 1, pad_id)
+        run_ours(model, samples, batch_size, 1, True, steps, steps, pad_id)
         wall = time.perf_counter() - t0
-    kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
-    busy = sum(e.self_device_time_total for e in kernels) / 1e6
-    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:30]
-    table = [{"kernel": e.key[:90], "calls": e.count, "device_s": round(e.self_device_time_total / 1e6, 4)}
-             for e in top]
-    n_kernels = sum(e.count for e in kernels)
-    print(f"profile: wall {wall:.3f}s for 2 steps, device busy {busy:.3f}s, kernels {n_kernels}", flush=True)
-    for r in table:
-        print(f"  {r['device_s']:8.4f}s {r['calls']:6d}  {r['kernel']}", flush=True)
     if trace is not None:
         raw = trace.with_suffix("")
         prof.export_chrome_trace(str(raw))
         with open(raw, "rb") as f, gzip.open(trace, "wb") as g:
             shutil.copyfileobj(f, g)
         raw.unlink()
-    return {"wall_s_2_steps": wall, "device_busy_s": busy, "kernels": n_kernels, "top": table}
+    return kernel_summary(prof, wall, steps)
 
 
 def peak_blocks(events: list[dict]) -> tuple[int, dict[str, list[int]]]:
@@ -475,7 +516,7 @@ def loss_check(model, samples: list[dict], stack: str, pad_id: int) -> dict:
 
 
 def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -> None:
-    if stack == "unsloth":  # Unsloth patches transformers and TRL: import it before them
+    if stack.startswith("unsloth"):  # Unsloth patches transformers and TRL: import it before them
         sys.path.insert(0, str(REPO / "bench"))
         import unsloth_stack
     import torch
@@ -493,7 +534,7 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     t0 = time.perf_counter()
     torch.manual_seed(0)  # the same LoRA initialisation in every stack: their trained losses compare
     long_lengths = [int(x) for x in os.environ["BENCH_LONG"].split(",")] if os.environ.get("BENCH_LONG") else []
-    if stack == "unsloth":
+    if stack.startswith("unsloth"):
         model, tok, report = unsloth_stack.build(model_dir, max(long_lengths + [49152]))
     else:
         model, report = build_baseline(model_dir) if stack == "baseline" else build_ours(model_dir, stack)
@@ -507,9 +548,9 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     flen = 64 if tiny else 1024
     vocab = len(tok) - 300
     base = stack == "baseline"
-    uns = stack == "unsloth"
+    uns = stack.startswith("unsloth")
 
-    def record(name, fn, fresh=True):
+    def record(name, fn, fresh=not os.environ.get("BENCH_KEEP_COMPILED")):
         if fresh and not base and not uns:  # each configuration compiles afresh, as a training run of that data would
             torch._dynamo.reset()
         try:
@@ -548,9 +589,14 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     if "memory" in kinds and torch.cuda.is_available():
         res["memory"] = memory_profile(model, fixed, pad)
         out.write_text(json.dumps(res, indent=1))
-    if "profile" in kinds:
-        res["profile"] = profile_steps(model, fixed, pad, out.with_name("profile_trace.json.gz"))
-        out.write_text(json.dumps(res, indent=1))
+    for name, data, bs in (("profile", fixed, 4), ("profile_real", real, 16),
+                           ("profile_long", fixed_samples(1, 32768, vocab, seed=32768), 1)):
+        if name in kinds:  # where the time of a step goes: fixed 1024 x 4, the real sample at 16, 32k
+            if tiny and name == "profile_long":
+                data = fixed_samples(1, 256, vocab)
+            res[name] = (unsloth_stack.profile(model, tok, data, bs, tmp, kernel_summary) if uns
+                         else profile_steps(model, data, pad, bs, 1 if name == "profile_long" else 2))
+            out.write_text(json.dumps(res, indent=1))
     if "fixed_padded" in kinds:
         record("fixed_padded", ours(fixed, 4, padding_free=False))
     if "long" in kinds or "long32k" in kinds:
@@ -563,7 +609,7 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
         for L in lengths:
             data = fixed_samples(2, L, vocab, seed=L)
             record(f"long_{L}", (lambda: run_steps(model, data, PadCollator(pad), 1, 2, 1, tmp)) if base
-                   else ours(data, 1, n=2, w=1), fresh=L == lengths[0])  # one dynamic graph for all lengths
+                   else ours(data, 1, n=2, w=1), fresh=L == lengths[0] and not os.environ.get("BENCH_KEEP_COMPILED"))  # one dynamic graph for all lengths
             if "oom" in res["configs"][f"long_{L}"]:
                 break
             best = L
@@ -595,6 +641,7 @@ def versions() -> dict:
 def run_stack(stack: str, a: argparse.Namespace) -> dict:
     """One stack in its own process (`worker`); its JSON plus ``returncode`` (``"timed_out"`` when it ran past
     BENCH_STACK_TIMEOUT seconds and was stopped: the figures it wrote so far are kept)."""
+    Path(a.work_dir).mkdir(parents=True, exist_ok=True)
     wout = Path(a.work_dir) / f"bench-{stack}.json"
     wout.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--worker", stack, "--worker_out", str(wout), "--cap_gib",

@@ -48,7 +48,7 @@ def to_dataset(samples: list[dict]):
 
 
 def run(model, tok, samples: list[dict], batch_size: int, steps: int, warmup: int, padding_free: bool,
-        max_length: int, tmp: Path, timing, accum: int = 1) -> dict:
+        max_length: int, tmp: Path, timing, accum: int = 1, callbacks: tuple = ()) -> dict:
     """`steps` optimizer steps of SFTTrainer, each of `accum` micro-batches of `batch_size` samples
     (padding_free: a micro-batch is one packed row); times the last `steps - warmup` with `timing`
     (train_speed._timing) from the token counts of each step."""
@@ -73,7 +73,7 @@ def run(model, tok, samples: list[dict], batch_size: int, steps: int, warmup: in
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=to_dataset(samples), args=args,
-                         callbacks=[Clock()])
+                         callbacks=[Clock(), *callbacks])
     collate = trainer.data_collator
 
     def counting(feats):
@@ -93,6 +93,35 @@ def run(model, tok, samples: list[dict], batch_size: int, steps: int, warmup: in
         counts = [tuple(map(sum, zip(*counts[i:i + accum]))) for i in range(0, len(counts), accum)]
     return {**timing(ends, counts, warmup, out.training_loss), "warmup_steps_s": ends[warmup - 1] - t0,
             "padding_free": padding_free, "last_loss_is": "mean training loss over all steps"}
+
+
+def profile(model, tok, samples: list[dict], batch_size: int, tmp: Path, summary) -> dict:
+    """torch.profiler over the last optimizer steps of a padding-free run of `batch_size` samples a step (one
+    packed row): 2 warm-up steps, then 2 profiled (1 for rows of 16k tokens or more); `summary` (train_speed.
+    kernel_summary) turns the profiler into figures."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from transformers import TrainerCallback
+
+    n = 1 if len(samples[0]["input_ids"]) * batch_size >= 16384 else 2
+    prof = torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    clock: dict[str, float] = {}
+
+    class Profile(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 2:
+                torch.cuda.synchronize()
+                prof.start()
+                clock["t0"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2 + n:
+                torch.cuda.synchronize()
+                clock["wall"] = time.perf_counter() - clock["t0"]
+                prof.stop()
+
+    rows = max(len(s["input_ids"]) for s in samples) * batch_size
+    run(model, tok, samples, batch_size, 2 + n, 1, True, rows, tmp, lambda *a: {}, callbacks=(Profile(),))
+    return summary(prof, clock["wall"], n)
 
 
 def loss_check(model, samples: list[dict]) -> dict:
