@@ -160,7 +160,8 @@ def test_accelerate_on_cpu_reports_fallbacks_and_keeps_the_model(tiny_qwen2_dir)
     assert report["fused_loss"] == "on (chunked torch cross-entropy; Liger: no CUDA device)"
     assert accel.fused_loss_on(model)
     assert report["activation_offload"] == "off: no CUDA device"
-    assert report["attention"] == "causal SDPA per sample for packed rows, sdpa otherwise"
+    assert report["attention"] == ("causal SDPA per sample for packed rows, one batched SDPA call for rows of "
+                                   "equal-length samples, sdpa otherwise")
     assert model.get_base_model().config._attn_implementation == accel.VARLEN
     assert accel.liger_available("cpu") == "no CUDA device"
     assert float(loss_sum(model, batch)[0]) == pytest.approx(before, rel=1e-6)
@@ -186,6 +187,34 @@ def test_varlen_attention_glue_matches_block_diagonal_sdpa():
     plain, _ = accel.varlen_attention(module, q, k, v, None, scaling=D ** -0.5)
     ref, _ = sdpa_attention_forward(module, q, k, v, None, scaling=D ** -0.5)
     assert torch.equal(plain, ref)
+
+
+def test_equal_samples_row_is_one_batched_call_with_the_same_values_and_gradients(monkeypatch):
+    """A packed row whose samples share one length (one long sample, or equal samples) runs as a batch
+    (`_uniform_sdpa`), not segment by segment; output and gradients equal SDPA on each sample alone."""
+    g = torch.Generator().manual_seed(1)
+    T, H, Hkv, D, n = 12, 4, 2, 8, 3
+    q, k, v = (torch.randn(1, h, T, D, generator=g, requires_grad=True) for h in (H, Hkv, Hkv))
+    monkeypatch.setattr(accel, "_segment_sdpa", lambda *a: pytest.fail("segment path taken"))
+    pos = torch.arange(T // n).repeat(n)[None]
+    out, _ = accel.varlen_attention(None, q, k, v, None, scaling=D ** -0.5, **accel._cu_seqlens(pos))
+    out.square().sum().backward()
+    grads = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    want = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        q[..., s:s + T // n, :], *(x[..., s:s + T // n, :].repeat_interleave(H // Hkv, dim=1) for x in (k, v)),
+        is_causal=True, scale=D ** -0.5).transpose(1, 2) for s in range(0, T, T // n)], dim=1)
+    want.square().sum().backward()
+    assert out.shape == (1, T, H, D)
+    assert torch.allclose(out, want, atol=1e-6)
+    for got, x in zip(grads, (q, k, v)):
+        assert torch.allclose(got, x.grad, atol=1e-5)
+    one, _ = accel.varlen_attention(None, q, k, v, None, scaling=D ** -0.5,
+                                    **accel._cu_seqlens(torch.arange(T)[None]))
+    full = torch.nn.functional.scaled_dot_product_attention(q, *(x.repeat_interleave(H // Hkv, dim=1) for x in (k, v)),
+                                                            is_causal=True, scale=D ** -0.5)
+    assert torch.allclose(one, full.transpose(1, 2), atol=1e-6)
 
 
 def test_merge_micro_batches_keeps_samples_and_order_within_budget():
