@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -339,6 +340,48 @@ def test_logs_hold_no_key_and_no_prompt(server, client, request_log):
     assert models == {**models, "status": 401, "error_code": "invalid_api_key"}
     assert {r["status"] for r in rows} >= {200, 400, 401, 404}
     assert all(r["ms"] >= 0 and r["time"] > 0 for r in rows)
+
+
+def _log_rows(request_log, ids, timeout=10.0):
+    """The access-log rows of the requests with these ids (a row is written once its response went out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = {r.get("request_id"): r for r in map(json.loads, request_log.read_text(encoding="utf-8").splitlines())}
+        if set(ids) <= set(rows) or time.monotonic() > deadline:
+            return [rows.get(i) for i in ids]
+        time.sleep(0.05)
+
+
+def test_every_response_carries_an_x_request_id_that_the_log_records(server, client, request_log):
+    """OpenAI's ``x-request-id`` on successes, 4xx and streams: a client's sane ``X-Request-Id`` is
+    echoed, anything else (non-ASCII, control bytes, over 128 characters) replaced by ``req_`` + 32 hex."""
+    generated = re.compile(r"req_[0-9a-f]{32}")
+    answers = [
+        client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 1}),
+        client.post("/v1/chat/completions", content=b"{"),
+        client.get("/nowhere"),
+        httpx.get(f"{server.base_url}/v1/models", headers={"Authorization": "Bearer wrong"}),
+        client.get("/v1/models", headers={"X-Request-Id": "trace 42/a-b_c:d"}),
+        client.post("/v1/chat/completions", content=b"{", headers={"X-Request-Id": "x" * 128}),
+    ]
+    with client.stream("POST", "/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2, "stream": True},
+                       headers={"X-Request-Id": "stream-7"}) as r:
+        assert r.status_code == 200 and r.read().endswith(b"data: [DONE]\n\n")
+        answers.append(r)
+    statuses = [r.status_code for r in answers]
+    ids = [r.headers["x-request-id"] for r in answers]
+    assert statuses == [200, 400, 404, 401, 200, 400, 200]
+    assert all(generated.fullmatch(i) for i in ids[:4]) and len(set(ids[:4])) == 4
+    assert ids[4:] == ["trace 42/a-b_c:d", "x" * 128, "stream-7"]
+    for bad in (b"x" * 129, b"caf\xc3\xa9", b"a\x01b", b"a\x7fb"):
+        r = client.get("/v1/models", headers={"X-Request-Id": bad})
+        assert r.status_code == 200 and generated.fullmatch(r.headers["x-request-id"]), (bad, r.headers)
+    assert httpx.get(f"{server.base_url}/health", headers={"X-Request-Id": "hc"}).headers["x-request-id"] == "hc"
+    rows = _log_rows(request_log, ids)
+    assert [(row["path"], row["status"]) for row in rows] == [
+        ("/v1/chat/completions", 200), ("/v1/chat/completions", 400), ("/nowhere", 404), ("/v1/models", 401),
+        ("/v1/models", 200), ("/v1/chat/completions", 400), ("/v1/chat/completions", 200)]
+    assert rows[1]["error_code"] == "invalid_json" and rows[6]["stream"] is True
 
 
 def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import signal
 import socket
 import threading
@@ -224,7 +225,19 @@ def test_headers_that_never_end_or_are_not_http(server, client):
             while chunk := s.recv(4096):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 400 ") and json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "invalid_http"
+        assert re.search(rb"\r\nx-request-id: req_[0-9a-f]{32}\r\n", answer), answer
     _alive(client)
+
+
+def test_cors_lets_browsers_send_and_read_the_request_id(client):
+    origin = {"Origin": "http://good.example"}
+    pre = client.options(CHAT, headers={**origin, "Access-Control-Request-Method": "POST",
+                                        "Access-Control-Request-Headers": "authorization, x-request-id",
+                                        "X-Request-Id": "pre-1"})
+    assert pre.status_code == 200 and pre.headers["x-request-id"] == "pre-1"
+    assert "x-request-id" in pre.headers["access-control-allow-headers"].lower()
+    r = client.get("/v1/models", headers=origin)
+    assert r.headers["access-control-expose-headers"].lower() == "x-request-id" and r.headers["x-request-id"]
 
 
 def test_model_ids_and_head_requests(server, client):
