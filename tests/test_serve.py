@@ -433,6 +433,30 @@ def _serve_cli(*args):
                           text=True, timeout=60, env={**os.environ, "STEAM_PERSONA_API_KEY": ""})
 
 
+def test_keys_with_non_ascii_or_control_bytes_get_401_and_the_server_stays_up(server, client):
+    """Raw header bytes no HTTP client library would send (httpx refuses non-ASCII str headers)."""
+    for header in (b"Authorization: Bearer k\xc3\xa9y", b"Authorization: Bearer \xff\xfe\x80",
+                   b"Authorization: Bearer " + KEY.encode() + b"\xe2\x82\xac", b"Authorization: Bearer a\x01\x7fb",
+                   b"Authorization: B\xe9arer " + KEY.encode(), b"X-API-Key: \xc3\xa9\x02"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 401 ") and b"\r\nwww-authenticate: Bearer\r\n" in head, (header, answer)
+        assert json.loads(body)["error"] == {"message": "Incorrect API key provided; send it as 'Authorization: Bearer KEY'",
+                                             "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+    assert client.get("/v1/models").status_code == 200
+
+
+def test_refuses_a_key_clients_cannot_send(smollm2_gguf):
+    for key in ("cl\u00e9", "two words", "tab\tkey"):
+        r = _serve_cli(smollm2_gguf, "--api_key", key)
+        assert r.returncode == 2 and "--api_key may hold visible ASCII characters only" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and key not in r.stderr
+
+
 def test_refuses_public_host_without_key(smollm2_gguf):
     r = _serve_cli(smollm2_gguf, "--host", "0.0.0.0")
     assert r.returncode == 2
