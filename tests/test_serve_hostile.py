@@ -337,6 +337,28 @@ def test_completion_stream_sends_usage_when_asked(client):
                                             if line.startswith("data: {")))
 
 
+def test_absurd_stop_lists_are_refused_naming_the_limit(client):
+    """More than OpenAI's 4 stop strings are accepted (as llama.cpp's server and vLLM do), up to 16 of
+    up to 1024 characters; 10,000 of them made every token slower, so beyond the limits it is a 400."""
+    many = ["zq%d" % i for i in range(10_000)]
+    for path, base in ((CHAT, {"messages": HI}), ("/v1/completions", {"prompt": "Hello"})):
+        for stream in (False, True):
+            err = _error(client.post(path, json={**base, "stop": many, "stream": stream}), 400,
+                         "array_above_max_length", "stop")
+            assert "maximum length 16" in err["message"] and "length 10000" in err["message"]
+    err = _error(client.post(CHAT, json={"messages": HI, "stop": "q" * 1_000_000}), 400, "string_above_max_length", "stop")
+    assert "maximum length 1024" in err["message"] and "length 1000000" in err["message"]
+    _error(client.post(CHAT, json={"messages": HI, "stop": ["a", "b", "q" * 1025]}), 400, "string_above_max_length",
+           "stop[2]")
+    at_limit = ["\u00e9" * 1024] * 15 + ["e"]  # 16 strings of up to 1024 characters (2048 UTF-8 bytes) are fine
+    for stream in (False, True):
+        r = client.post(CHAT, json={"messages": HI, "stop": at_limit, "max_tokens": 20, "temperature": 0, "stream": stream})
+        assert r.status_code == 200, r.text
+    out = client.post(CHAT, json={"messages": HI, "stop": at_limit, "max_tokens": 20, "temperature": 0}).json()
+    assert out["choices"][0]["finish_reason"] == "stop" and "e" not in out["choices"][0]["message"]["content"]
+    _alive(client)
+
+
 def test_empty_stop_strings_are_ignored(client):
     # "" is in every text: the library cut every reply to nothing at once
     for stop in ("", [""], ["", "\n\n\n"]):
