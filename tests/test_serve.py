@@ -297,6 +297,39 @@ def test_openai_client(server):
     assert e.value.code == "context_length_exceeded"
 
 
+def test_openai_client_models_request_ids_and_errors(server, request_log):
+    """The official SDK's own view: model list, ``_request_id`` / ``request_id`` (from ``x-request-id``,
+    a sent ``X-Request-Id`` echoed), and errors as its typed exceptions with OpenAI's fields."""
+    import openai
+
+    oa = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0)
+    models = oa.models.list()
+    assert [(m.id, m.object) for m in models.data] == [("SmolLM2-135M-Instruct.Q4_1", "model")]
+    assert oa.models.retrieve("SmolLM2-135M-Instruct.Q4_1").id == "SmolLM2-135M-Instruct.Q4_1"
+    out = oa.chat.completions.create(model="m", messages=HELLO, max_tokens=3, temperature=0)
+    assert re.fullmatch(r"req_[0-9a-f]{32}", out._request_id) and out.usage.completion_tokens == 3
+    traced = oa.chat.completions.create(model="m", messages=HELLO, max_tokens=1, extra_headers={"X-Request-Id": "t-9"})
+    assert traced._request_id == "t-9"
+    stream = oa.chat.completions.create(model="m", messages=HELLO, max_tokens=3, temperature=0, stream=True)
+    assert re.fullmatch(r"req_[0-9a-f]{32}", stream.response.headers["x-request-id"])
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == out.choices[0].message.content
+    errors = []
+    for call, kind in ((lambda: oa.chat.completions.create(model="m", messages=HELLO, stop=["x"] * 17),
+                        openai.BadRequestError),
+                       (lambda: oa.chat.completions.create(model="m", messages=HELLO, temperature=3),
+                        openai.BadRequestError),
+                       (lambda: oa.models.retrieve("gpt-4o"), openai.NotFoundError)):
+        with pytest.raises(kind) as e:
+            call()
+        errors.append((e.value.status_code, e.value.code, e.value.param, e.value.type))
+        assert re.fullmatch(r"req_[0-9a-f]{32}", e.value.request_id)
+    assert errors == [(400, "array_above_max_length", "stop", "invalid_request_error"),
+                      (400, "invalid_value", "temperature", "invalid_request_error"),
+                      (404, "model_not_found", "model", "invalid_request_error")]
+    row, = _log_rows(request_log, [e.value.request_id])
+    assert (row["path"], row["status"]) == ("/v1/models/gpt-4o", 404)
+
+
 
 def test_openai_client_newer_fields_and_apis(server):
     """What newer SDKs (and LangChain, Dify) send parses in the SDK's own models, validated strictly
