@@ -458,6 +458,7 @@ def test_sigterm_while_a_body_arrives_answers_503_with_retry_after(smollm2_gguf)
             head = data.decode("latin-1")
         assert head.startswith("HTTP/1.1 503"), head
         assert "\r\nretry-after: 5\r\n" in head.lower() and '"code": "shutting_down"' in head
+        assert re.search(r"\r\nx-request-id: req_[0-9a-f]{32}\r\n", head), head  # a 5xx has one too
         assert srv.proc.wait(30) in (0, -signal.SIGTERM)
 
 
