@@ -17,6 +17,7 @@ from steam_persona.serve.llama_server import LlamaServer, launch
 from steam_persona.serve.middleware import SteamMiddleware
 from steam_persona.serve.routes import Served
 from steam_persona.serve.modelinfo import ModelInfo
+from steam_persona.serve.request_id import RequestIdMiddleware
 from steam_persona.common.atomic import JsonlLog
 
 
@@ -75,7 +76,8 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
     ``ModelSettings``, so flags keep its names) with its defaults fixed where they break clients:
     ``n_ctx`` from :func:`steam_persona.serve.modelinfo.choose_n_ctx` (not 2048), the GGUF's chat template, and
     ``logits_all=False`` (True keeps an ``n_ctx × n_vocab`` float array: 1.6 GB for SmolLM2 at 8k).
-    The routes are ours (:mod:`steam_persona.serve.routes`); CORS is off unless ``opts.cors_origins`` lists origins.
+    The routes are ours (:mod:`steam_persona.serve.routes`); CORS is off unless ``opts.cors_origins`` lists origins;
+    every response carries an ``x-request-id`` (:mod:`steam_persona.serve.request_id`).
     With ``opts.engine == "llama-server"`` llama-server is started first and generates; this process
     loads the vocabulary only (:mod:`steam_persona.serve.llama_server`).
 
@@ -125,7 +127,9 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
     if opts.cors_origins:
         # no credentials: clients authenticate with a header, and never "*" together with credentials
         app.add_middleware(CORSMiddleware, allow_origins=list(opts.cors_origins), allow_credentials=False,
-                           allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type", "x-api-key"])
+                           allow_methods=["GET", "POST"], expose_headers=["x-request-id"],
+                           allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"])
+    app.add_middleware(RequestIdMiddleware)  # added last: the outermost, so that every answer carries the id
     return app
 
 

@@ -18,6 +18,7 @@ from steam_persona.common.arguments import DataArguments, LlamaCppArguments, n_t
 from steam_persona.common.config import arg
 from steam_persona.common.console import console
 from steam_persona.common.errors import UserError
+from steam_persona.serve import auth
 
 if TYPE_CHECKING:
     from steam_persona.serve.app import AppOptions
@@ -188,6 +189,9 @@ def _check_flags(cfg: ServeConfig) -> None:
         raise UserError("serve: --parallel must be at least 1")
     if not cfg.model:
         raise UserError("serve: give an export dir or a .gguf file, e.g. `steam-train serve out/export`")
+    if cfg.api_key and not auth.KEY_CHARS.fullmatch(cfg.api_key):
+        raise UserError("serve: --api_key may hold visible ASCII characters only (letters, digits, punctuation; "
+                        "no spaces or accents): HTTP clients send keys as ASCII; choose another key")
     if not is_loopback(cfg.host) and not cfg.api_key and not cfg.insecure:
         raise UserError(f"serve: --host {cfg.host} exposes the model beyond this machine; set --api_key KEY "
                         f"(or {API_KEY_ENV}), or pass --insecure to serve without a key")

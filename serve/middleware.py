@@ -8,7 +8,8 @@ the library's request schema, token ids, grammars, context overflow), and passes
 request model on (in ``scope["state"]``). For chat requests it normalises the messages (:mod:`steam_persona.serve.messages`) and applies the
 persona (:mod:`steam_persona.serve.persona`). Token counting runs on the checks thread, never on the event loop.
 A key sent in the query string is refused and removed from the request before anything logs it.
-With ``--log_file`` it writes one JSON line per response.
+With ``--log_file`` it writes one JSON line per response, with the response's ``x-request-id``
+(:mod:`steam_persona.serve.request_id`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from steam_persona.serve.errors import RequestError, error_bytes, from_validatio
 from steam_persona.serve.grammar import SchemaError
 from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.persona import apply_persona
+from steam_persona.serve.request_id import STATE_KEY as REQUEST_ID
 from steam_persona.serve.routes import Served
 from steam_persona.serve.validate import check_generation, check_stream_options, check_token_ids, parse_json
 from steam_persona.common.atomic import JsonlLog
@@ -42,7 +44,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 #: Paths served without a key (Docker / Dify health checks).
 OPEN_PATHS = ("/health",)
 #: Request facts that go into the JSON-lines log besides method, path, status and time.
-_LOGGED = ("error_code", "prompt_tokens", "stream")
+_LOGGED = (REQUEST_ID, "error_code", "prompt_tokens", "stream")
 #: Query parameters that carry keys in other APIs; never accepted, never logged.
 _KEY_PARAMS = frozenset({"api_key", "api-key", "apikey", "key", "access_token", "token", "auth"})
 _CHAT, _COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -86,7 +88,7 @@ class SteamMiddleware:
 
     def _logging_send(self, scope: Scope, send: Send) -> Send:
         """Wrap ``send`` to write one JSON line per finished response: method, path, status,
-        milliseconds, and the error code or prompt size when known (never keys or text)."""
+        milliseconds, the request id, and the error code or prompt size when known (never keys or text)."""
         start, fields = time.perf_counter(), scope.setdefault("state", {})
         status = 0
 
@@ -110,7 +112,8 @@ class SteamMiddleware:
         try:
             await self._handle(scope, receive, send)
         except Exception as e:  # noqa: BLE001 -- a bug of ours or the library's: a fixed 500, no traceback text
-            logger.error("%s %s failed: %s", scope["method"], scope["path"], type(e).__name__)
+            logger.error("%s %s failed (x-request-id %s): %s", scope["method"], scope["path"],
+                         scope.get("state", {}).get(REQUEST_ID), type(e).__name__)
             logger.debug("traceback", exc_info=e)
             if not send.started:
                 await _reply(send, RequestError("The server failed on this request; its log names the error",

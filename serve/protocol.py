@@ -6,7 +6,8 @@ a client that sends half a request line and then nothing holds its connection fo
 slow-loris attack; bodies are timed in :mod:`steam_persona.serve.body`). Here every connection must
 complete its request headers within ``header_timeout`` seconds of opening, or of its previous
 response's end, or it is closed. Bytes h11 cannot parse (a negative ``Content-Length``, TLS sent to
-plain HTTP) get uvicorn's 400 with an OpenAI error body instead of plain text.
+plain HTTP) get uvicorn's 400 with an OpenAI error body instead of plain text (and an ``x-request-id``, as
+every response has).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from steam_persona.serve.errors import RequestError, error_bytes
+from steam_persona.serve.request_id import HEADER as REQUEST_ID, new_id
 
 
 def h11_protocol(header_timeout: float) -> type[H11Protocol]:
@@ -45,7 +47,7 @@ def h11_protocol(header_timeout: float) -> type[H11Protocol]:
         def send_400_response(self, msg: str) -> None:
             body = error_bytes(RequestError(f"{msg} Send HTTP/1.1 with valid headers.", code="invalid_http"))
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       (b"connection", b"close")]
+                       (b"connection", b"close"), (REQUEST_ID, new_id().encode())]
             for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
                           h11.EndOfMessage()):
                 self.transport.write(self.conn.send(event))

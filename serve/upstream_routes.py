@@ -101,7 +101,9 @@ async def _complete(request: Request, served: Any, upstream_body: dict[str, Any]
     llama-server's own non-streamed answer is a little faster (no per-token events) but holds no
     text when cut short, so it is used only when the time left cannot cut this request
     (:func:`_may_run_out`); otherwise llama-server streams and the pieces are joined. Should the
-    non-streamed call still run out, the answer is 504 ``timeout`` (503 at shutdown).
+    non-streamed call still run out, the answer is 504 ``timeout`` with ``x-should-retry: false``
+    (openai-python obeys that header before its status rules, which retry every 5xx twice; a retry
+    would run out again), or 503 at shutdown.
     """
     deadline = time.monotonic() + served.request_timeout
     pieces: list[str] | None = [] if _may_run_out(served, body, deadline) else None
@@ -160,9 +162,10 @@ def _cut_short(client_left: bool, deadline: float) -> JSONResponse:
     if client_left:  # nobody reads it
         return JSONResponse(error_body("Client closed request"), status_code=400)
     if time.monotonic() >= deadline:
+        # the same request would run out again: the openai SDKs retry a 5xx twice unless told not to
         return JSONResponse(error_body("The generation ran past this server's --request_timeout; ask for fewer "
                                        "tokens or stream the response", type="server_error", code="timeout"),
-                            status_code=504)
+                            status_code=504, headers={"x-should-retry": "false"})
     return _shutting_down()
 
 

@@ -35,6 +35,13 @@ COMPLETION_DEFAULT = 16
 MAX_INT_DIGITS = 100
 #: OpenAI: logit_bias values are in [-100, 100].
 _BIAS = 100.0
+#: Most ``stop`` strings a request may send. OpenAI takes 4; llama.cpp's server and vLLM take any
+#: number, and clients (Dify's stop list, agent frameworks) send more than 4, so more are accepted,
+#: up to a bound: the library looks for every stop string in the whole reply after each token
+#: (10,000 of them made each token 1.4× slower, 2.1× streamed; docs/serving.md).
+MAX_STOPS = 16
+#: Longest ``stop`` string, in characters (a longer one costs time per token and hardly ever matches).
+MAX_STOP_CHARS = 1024
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -94,7 +101,8 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     Raises:
         RequestError: 400 naming the field: ``true``/``false`` for a number, ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
             a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
-            range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, or a
+            range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, more than
+            :data:`MAX_STOPS` ``stop`` strings or one over :data:`MAX_STOP_CHARS` characters, or a
             ``json_schema`` response format without a schema object.
     """
     for name in _NUMBERS:
@@ -133,6 +141,7 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     if isinstance(data.get("seed"), int):
         data["seed"] %= 2**32
     _drop_empty_stops(data)
+    _check_stops(data.get("stop"))
     _check_logit_bias(data, n_vocab)
 
 
@@ -145,6 +154,20 @@ def _drop_empty_stops(data: dict[str, Any]) -> None:
         data["stop"] = None
     elif isinstance(stop, list) and "" in stop:
         data["stop"] = [s for s in stop if s != ""] or None
+
+
+def _check_stops(stop: Any) -> None:
+    """Refuse more than :data:`MAX_STOPS` stop strings or one longer than :data:`MAX_STOP_CHARS`, in
+    OpenAI's words and codes for an over-long array or string (other types are left to the schema)."""
+    if isinstance(stop, list) and len(stop) > MAX_STOPS:
+        raise RequestError(f"Invalid 'stop': array too long. Expected an array with maximum length {MAX_STOPS}, but "
+                           f"got an array with length {len(stop)} instead.", param="stop", code="array_above_max_length")
+    for i, text in enumerate([stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []):
+        if isinstance(text, str) and len(text) > MAX_STOP_CHARS:
+            param = "stop" if isinstance(stop, str) else f"stop[{i}]"
+            raise RequestError(f"Invalid '{param}': string too long. Expected a string with maximum length "
+                               f"{MAX_STOP_CHARS}, but got a string with length {len(text)} instead.", param=param,
+                               code="string_above_max_length")
 
 
 def _json_schema_format(data: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -296,6 +297,39 @@ def test_openai_client(server):
     assert e.value.code == "context_length_exceeded"
 
 
+def test_openai_client_models_request_ids_and_errors(server, request_log):
+    """The official SDK's own view: model list, ``_request_id`` / ``request_id`` (from ``x-request-id``,
+    a sent ``X-Request-Id`` echoed), and errors as its typed exceptions with OpenAI's fields."""
+    import openai
+
+    oa = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0)
+    models = oa.models.list()
+    assert [(m.id, m.object) for m in models.data] == [("SmolLM2-135M-Instruct.Q4_1", "model")]
+    assert oa.models.retrieve("SmolLM2-135M-Instruct.Q4_1").id == "SmolLM2-135M-Instruct.Q4_1"
+    out = oa.chat.completions.create(model="m", messages=HELLO, max_tokens=3, temperature=0)
+    assert re.fullmatch(r"req_[0-9a-f]{32}", out._request_id) and out.usage.completion_tokens == 3
+    traced = oa.chat.completions.create(model="m", messages=HELLO, max_tokens=1, extra_headers={"X-Request-Id": "t-9"})
+    assert traced._request_id == "t-9"
+    stream = oa.chat.completions.create(model="m", messages=HELLO, max_tokens=3, temperature=0, stream=True)
+    assert re.fullmatch(r"req_[0-9a-f]{32}", stream.response.headers["x-request-id"])
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == out.choices[0].message.content
+    errors = []
+    for call, kind in ((lambda: oa.chat.completions.create(model="m", messages=HELLO, stop=["x"] * 17),
+                        openai.BadRequestError),
+                       (lambda: oa.chat.completions.create(model="m", messages=HELLO, temperature=3),
+                        openai.BadRequestError),
+                       (lambda: oa.models.retrieve("gpt-4o"), openai.NotFoundError)):
+        with pytest.raises(kind) as e:
+            call()
+        errors.append((e.value.status_code, e.value.code, e.value.param, e.value.type))
+        assert re.fullmatch(r"req_[0-9a-f]{32}", e.value.request_id)
+    assert errors == [(400, "array_above_max_length", "stop", "invalid_request_error"),
+                      (400, "invalid_value", "temperature", "invalid_request_error"),
+                      (404, "model_not_found", "model", "invalid_request_error")]
+    row, = _log_rows(request_log, [e.value.request_id])
+    assert (row["path"], row["status"]) == ("/v1/models/gpt-4o", 404)
+
+
 
 def test_openai_client_newer_fields_and_apis(server):
     """What newer SDKs (and LangChain, Dify) send parses in the SDK's own models, validated strictly
@@ -341,6 +375,48 @@ def test_logs_hold_no_key_and_no_prompt(server, client, request_log):
     assert all(r["ms"] >= 0 and r["time"] > 0 for r in rows)
 
 
+def _log_rows(request_log, ids, timeout=10.0):
+    """The access-log rows of the requests with these ids (a row is written once its response went out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = {r.get("request_id"): r for r in map(json.loads, request_log.read_text(encoding="utf-8").splitlines())}
+        if set(ids) <= set(rows) or time.monotonic() > deadline:
+            return [rows.get(i) for i in ids]
+        time.sleep(0.05)
+
+
+def test_every_response_carries_an_x_request_id_that_the_log_records(server, client, request_log):
+    """OpenAI's ``x-request-id`` on successes, 4xx and streams: a client's sane ``X-Request-Id`` is
+    echoed, anything else (non-ASCII, control bytes, over 128 characters) replaced by ``req_`` + 32 hex."""
+    generated = re.compile(r"req_[0-9a-f]{32}")
+    answers = [
+        client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 1}),
+        client.post("/v1/chat/completions", content=b"{"),
+        client.get("/nowhere"),
+        httpx.get(f"{server.base_url}/v1/models", headers={"Authorization": "Bearer wrong"}),
+        client.get("/v1/models", headers={"X-Request-Id": "trace 42/a-b_c:d"}),
+        client.post("/v1/chat/completions", content=b"{", headers={"X-Request-Id": "x" * 128}),
+    ]
+    with client.stream("POST", "/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2, "stream": True},
+                       headers={"X-Request-Id": "stream-7"}) as r:
+        assert r.status_code == 200 and r.read().endswith(b"data: [DONE]\n\n")
+        answers.append(r)
+    statuses = [r.status_code for r in answers]
+    ids = [r.headers["x-request-id"] for r in answers]
+    assert statuses == [200, 400, 404, 401, 200, 400, 200]
+    assert all(generated.fullmatch(i) for i in ids[:4]) and len(set(ids[:4])) == 4
+    assert ids[4:] == ["trace 42/a-b_c:d", "x" * 128, "stream-7"]
+    for bad in (b"x" * 129, b"caf\xc3\xa9", b"a\x01b", b"a\x7fb"):
+        r = client.get("/v1/models", headers={"X-Request-Id": bad})
+        assert r.status_code == 200 and generated.fullmatch(r.headers["x-request-id"]), (bad, r.headers)
+    assert httpx.get(f"{server.base_url}/health", headers={"X-Request-Id": "hc"}).headers["x-request-id"] == "hc"
+    rows = _log_rows(request_log, ids)
+    assert [(row["path"], row["status"]) for row in rows] == [
+        ("/v1/chat/completions", 200), ("/v1/chat/completions", 400), ("/nowhere", 404), ("/v1/models", 401),
+        ("/v1/models", 200), ("/v1/chat/completions", 400), ("/v1/chat/completions", 200)]
+    assert rows[1]["error_code"] == "invalid_json" and rows[6]["stream"] is True
+
+
 def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):
     with start_server(smollm2_gguf) as srv:
         body = {"messages": [{"role": "user", "content": "Tell me a long story about a dragon."}],
@@ -382,12 +458,37 @@ def test_sigterm_while_a_body_arrives_answers_503_with_retry_after(smollm2_gguf)
             head = data.decode("latin-1")
         assert head.startswith("HTTP/1.1 503"), head
         assert "\r\nretry-after: 5\r\n" in head.lower() and '"code": "shutting_down"' in head
+        assert re.search(r"\r\nx-request-id: req_[0-9a-f]{32}\r\n", head), head  # a 5xx has one too
         assert srv.proc.wait(30) in (0, -signal.SIGTERM)
 
 
 def _serve_cli(*args):
     return subprocess.run([sys.executable, "-m", "steam_persona", "serve", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=60, env={**os.environ, "STEAM_PERSONA_API_KEY": ""})
+
+
+def test_keys_with_non_ascii_or_control_bytes_get_401_and_the_server_stays_up(server, client):
+    """Raw header bytes no HTTP client library would send (httpx refuses non-ASCII str headers)."""
+    for header in (b"Authorization: Bearer k\xc3\xa9y", b"Authorization: Bearer \xff\xfe\x80",
+                   b"Authorization: Bearer " + KEY.encode() + b"\xe2\x82\xac", b"Authorization: Bearer a\x01\x7fb",
+                   b"Authorization: B\xe9arer " + KEY.encode(), b"X-API-Key: \xc3\xa9\x02"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 401 ") and b"\r\nwww-authenticate: Bearer\r\n" in head, (header, answer)
+        assert json.loads(body)["error"] == {"message": "Incorrect API key provided; send it as 'Authorization: Bearer KEY'",
+                                             "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+    assert client.get("/v1/models").status_code == 200
+
+
+def test_refuses_a_key_clients_cannot_send(smollm2_gguf):
+    for key in ("cl\u00e9", "two words", "tab\tkey"):
+        r = _serve_cli(smollm2_gguf, "--api_key", key)
+        assert r.returncode == 2 and "--api_key may hold visible ASCII characters only" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and key not in r.stderr
 
 
 def test_refuses_public_host_without_key(smollm2_gguf):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import signal
 import socket
 import threading
@@ -224,7 +225,19 @@ def test_headers_that_never_end_or_are_not_http(server, client):
             while chunk := s.recv(4096):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 400 ") and json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "invalid_http"
+        assert re.search(rb"\r\nx-request-id: req_[0-9a-f]{32}\r\n", answer), answer
     _alive(client)
+
+
+def test_cors_lets_browsers_send_and_read_the_request_id(client):
+    origin = {"Origin": "http://good.example"}
+    pre = client.options(CHAT, headers={**origin, "Access-Control-Request-Method": "POST",
+                                        "Access-Control-Request-Headers": "authorization, x-request-id",
+                                        "X-Request-Id": "pre-1"})
+    assert pre.status_code == 200 and pre.headers["x-request-id"] == "pre-1"
+    assert "x-request-id" in pre.headers["access-control-allow-headers"].lower()
+    r = client.get("/v1/models", headers=origin)
+    assert r.headers["access-control-expose-headers"].lower() == "x-request-id" and r.headers["x-request-id"]
 
 
 def test_model_ids_and_head_requests(server, client):
@@ -322,6 +335,28 @@ def test_completion_stream_sends_usage_when_asked(client):
     r = client.post("/v1/completions", json={**body, "stream": True})
     assert all(not c.get("usage") for c in (json.loads(line[6:]) for line in r.text.splitlines()
                                             if line.startswith("data: {")))
+
+
+def test_absurd_stop_lists_are_refused_naming_the_limit(client):
+    """More than OpenAI's 4 stop strings are accepted (as llama.cpp's server and vLLM do), up to 16 of
+    up to 1024 characters; 10,000 of them made every token slower, so beyond the limits it is a 400."""
+    many = ["zq%d" % i for i in range(10_000)]
+    for path, base in ((CHAT, {"messages": HI}), ("/v1/completions", {"prompt": "Hello"})):
+        for stream in (False, True):
+            err = _error(client.post(path, json={**base, "stop": many, "stream": stream}), 400,
+                         "array_above_max_length", "stop")
+            assert "maximum length 16" in err["message"] and "length 10000" in err["message"]
+    err = _error(client.post(CHAT, json={"messages": HI, "stop": "q" * 1_000_000}), 400, "string_above_max_length", "stop")
+    assert "maximum length 1024" in err["message"] and "length 1000000" in err["message"]
+    _error(client.post(CHAT, json={"messages": HI, "stop": ["a", "b", "q" * 1025]}), 400, "string_above_max_length",
+           "stop[2]")
+    at_limit = ["\u00e9" * 1024] * 15 + ["e"]  # 16 strings of up to 1024 characters (2048 UTF-8 bytes) are fine
+    for stream in (False, True):
+        r = client.post(CHAT, json={"messages": HI, "stop": at_limit, "max_tokens": 20, "temperature": 0, "stream": stream})
+        assert r.status_code == 200, r.text
+    out = client.post(CHAT, json={"messages": HI, "stop": at_limit, "max_tokens": 20, "temperature": 0}).json()
+    assert out["choices"][0]["finish_reason"] == "stop" and "e" not in out["choices"][0]["message"]["content"]
+    _alive(client)
 
 
 def test_empty_stop_strings_are_ignored(client):

@@ -318,6 +318,38 @@ def test_request_timeout_stops_the_engine_and_keeps_the_text_so_far(smollm2_gguf
         assert streamed[:40] == text[:40]  # greedy: the same story, cut where the time ran out
 
 
+@needs_binary
+def test_a_non_streamed_call_cut_by_the_deadline_says_not_to_retry(smollm2_gguf, tmp_path):
+    """Once speeds are known, a short non-streamed request goes to llama-server non-streamed; when it
+    still runs out (here: llama-server stopped) the answer is 504 ``timeout`` with ``x-should-retry:
+    false``, so the openai SDK (2 retries by default, for any 5xx) sends it once."""
+    import openai
+
+    log = tmp_path / "requests.jsonl"
+    args = (*ARGS, "--engine", "llama-server", "--parallel", "1", "--request_timeout", "2", "--log_file", log)
+    hi = [{"role": "user", "content": "Tell a very long story."}]
+    with start_server(smollm2_gguf, extra_args=args) as server:
+        assert _chat(server.base_url, messages=hi, max_tokens=12)["usage"]["completion_tokens"] == 12  # a speed
+        engine = _engine_pid(server)
+        os.kill(engine, signal.SIGSTOP)
+        try:
+            r = httpx.post(f"{server.base_url}/v1/chat/completions", json={"messages": hi, "max_tokens": 2},
+                           headers={"X-Request-Id": "cut-1"}, timeout=30)
+            sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=2)
+            with pytest.raises(openai.InternalServerError) as e:
+                sdk.chat.completions.create(model="m", messages=hi, max_tokens=2)
+        finally:
+            os.kill(engine, signal.SIGCONT)
+        assert r.status_code == 504 and r.headers["x-should-retry"] == "false" and r.headers["x-request-id"] == "cut-1"
+        assert r.json()["error"]["code"] == "timeout" and r.json()["error"]["type"] == "server_error"
+        assert e.value.status_code == 504 and e.value.code == "timeout" and e.value.request_id.startswith("req_")
+        time.sleep(0.5)  # the row of a response is written once it went out
+        rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+        cut = [row["request_id"] for row in rows if row["status"] == 504]
+        assert cut == ["cut-1", e.value.request_id]  # the SDK sent its request once
+        assert _chat(server.base_url, messages=hi, max_tokens=4)["usage"]["completion_tokens"] == 4  # served again
+
+
 def _wait_healthy(base_url: str, timeout: float = 60) -> float:
     """Seconds until ``/health`` answers 200."""
     t = time.monotonic()

@@ -119,10 +119,13 @@ def test_default_alias_is_the_export_name_never_the_folder_name(tmp_path):
 
 
 def test_auth_headers_and_constant_time_compare():
-    assert presented_key([(b"authorization", b"Bearer k1")]) == "k1"
-    assert presented_key([(b"x-api-key", b"k2")]) == "k2"
+    assert presented_key([(b"authorization", b"Bearer k1")]) == b"k1"
+    assert presented_key([(b"x-api-key", b"k2")]) == b"k2"
     assert presented_key([(b"authorization", b"Basic xyz")]) is None
-    assert key_ok("k1", "k1") and not key_ok("k2", "k1") and not key_ok(None, "k1")
+    assert key_ok(b"k1", "k1") and not key_ok(b"k2", "k1") and not key_ok(None, "k1")
+    # bytes no str comparison takes (hmac.compare_digest raises TypeError on non-ASCII str)
+    for odd in (b"k\xc3\xa91", b"\xff\xfe", b"k\x001", b"k\x7f1"):
+        assert presented_key([(b"authorization", b"Bearer " + odd)]) == odd and not key_ok(odd, "k1")
 
 
 def test_hosts_threads_and_dify_hint():
