@@ -68,21 +68,37 @@ def strip_html(text: str) -> str:
     return html.unescape(text)
 
 
-_SPACES = re.compile(r"[ \t\f\v\u00a0\u3000\u200b\ufeff]+")
+_SPACES = re.compile(r"[ \t\f\v\u00a0\u3000]+")
 _SPACE_NL = re.compile(r" *\n *")
 _MANY_NL = re.compile(r"\n{3,}")
 # what the three substitutions would change (else only the ends need stripping): an odd space, or a
 # space or line break that is doubled or borders the other. Led by one character class (re skips
 # ahead to those characters; an alternation mixing a class and literals is tried at every position),
 # the rest told by looking behind.
-_UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000\u200b\ufeff \n]"
-                       r"(?:(?<=[\r\t\f\v\u00a0\u3000\u200b\ufeff])|(?<= )[ \n]|(?<=\n)(?: |\n\n))")
+_UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000 \n]"
+                       r"(?:(?<=[\r\t\f\v\u00a0\u3000])|(?<= )[ \n]|(?<=\n)(?: |\n\n))")
+# Invisible characters that split a word for every rule while it reads the same ("nig\u200bger", an
+# e-mail or link with a soft hyphen in it): zero-width space, word joiner, invisible operators, BOM /
+# zero-width no-break space, soft hyphen, Mongolian vowel separator, and zero-width (non-)joiners
+# except between two characters they join: emoji (a ZWJ sequence such as 👨‍👩‍👧 or 🏳️‍🌈 is one
+# picture) and the Arabic and Indic scripts (where they choose letter forms).
+_JOINED = r"[\u0600-\u06ff\u0900-\u0dff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff]"
+_INVISIBLE = re.compile(rf"[\u200b\u2060-\u2064\ufeff\u00ad\u180e]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
+_INVISIBLE_HINT = re.compile(r"[\u200b-\u200d\u2060-\u2064\ufeff\u00ad\u180e]")
+
+
+def strip_invisible(text: str) -> str:
+    """``text`` without the invisible characters of ``_INVISIBLE``: ``"n\\u200bigger"`` → ``"nigger"``,
+    ``"a\\u00adb@x.com"`` → ``"ab@x.com"``; emoji ZWJ sequences (``"👩\\u200d💻"``) stay whole."""
+    return _INVISIBLE.sub("", text) if _INVISIBLE_HINT.search(text) else text
 
 
 def normalize_whitespace(text: str) -> str:
-    """Normalise ``\\r\\n`` and lone ``\\r`` to ``\\n``, collapse runs of spaces (incl. NBSP, the
-    ideographic space U+3000 and zero-width space) to one, trim spaces around line breaks, keep at
-    most one blank line, and strip the ends. ``"a\\r \\r b"`` → ``"a\\n\\nb"``."""
+    """Remove invisible characters (:func:`strip_invisible`), normalise ``\\r\\n`` and lone ``\\r`` to
+    ``\\n``, collapse runs of spaces (incl. NBSP and the ideographic space U+3000) to one, trim spaces
+    around line breaks, keep at most one blank line, and strip the ends.
+    ``"a\\r \\r b"`` → ``"a\\n\\nb"``."""
+    text = strip_invisible(text)
     if not _UNNORMAL.search(text):
         return text.strip()
     text = text.replace("\r\n", "\n").replace("\r", "\n")

@@ -58,8 +58,21 @@ def test_whitespace_crlf_lone_cr_and_runs():
 def test_whitespace_precheck_never_skips_a_change(text):
     """The pre-check (odd spaces, doubled or bordering spaces and breaks) only skips texts the
     substitutions leave alone but for their ends."""
+    text = cleaning.strip_invisible(text)
     full = cleaning._MANY_NL.sub("\n\n", cleaning._SPACE_NL.sub("\n", cleaning._SPACES.sub(" ", text))).strip()
     assert cleaning.normalize_whitespace(text) == full
+
+
+@pytest.mark.parametrize("hidden,seen", [
+    ("n\u200bigger", "nigger"), ("f\u00adaggot", "faggot"), ("bob\u200c@gmail\u2060.com", "bob@gmail.com"),
+    ("www.\u200dcheap\ufeffkeys.com", "www.cheapkeys.com"), ("Dark\u200bKnight\u200b99", "DarkKnight99"),
+    ("黑\u200b鬼", "黑鬼"), ("a\u2060\u2061\u180eb", "ab"), ("👍\u200dgood", "👍good"),
+    # joiners that join: emoji ZWJ sequences, Persian ZWNJ
+    ("👨\u200d👩\u200d👧 family mode", "👨\u200d👩\u200d👧 family mode"), ("🏳️\u200d🌈 pride skin", "🏳️\u200d🌈 pride skin"),
+    ("👩🏽\u200d💻 dev", "👩🏽\u200d💻 dev"), ("می\u200cخواهم", "می\u200cخواهم"),
+])
+def test_invisible_characters_go_before_every_rule_emoji_sequences_stay(hidden, seen):
+    assert cleaning.normalize_whitespace(f"好玩 {hidden} 推荐") == f"好玩 {seen} 推荐"
 
 
 def test_literal_union_is_a_longest_first_trie():

@@ -450,3 +450,16 @@ def test_quoted_separators_and_empty_fields_are_not_a_field_count_error(tmp_path
     outs = [r["output"] for r in _load(_run(tmp_path, [src], app_name="X", language="english")["train"])]
     assert outs == ["Fine, quoted, with commas and a story worth every hour I gave it",
                     "A long review of the game with an empty verdict field and no comma"]
+
+
+def test_invisible_characters_hide_nothing_from_the_rules(tmp_path):
+    """Zero-width characters and soft hyphens inside a slur, an e-mail, a link or the author's name."""
+    rows = [[EN[0] + " The n\u200bigger devs.", "Hades", "Bob"],
+            [EN[1] + " Mail me: bob\u00ad@gmail\u200c.com", "Hades", "Bob"],
+            [EN[2] + " Keys at www.\u2060cheap\u200bkeys.com", "Hades", "Bob"],
+            [EN[3] + "\n— Dark\u200bKnight99", "Hades", "DarkKnight99"],
+            ["Family mode is great for a party night with the kids 👨\u200d👩\u200d👧", "Hades", "Bob"]]
+    src = _csv(tmp_path / "z.csv", ["review", "game", "author"], rows)
+    res = _run(tmp_path, [src], language=["en"])
+    assert [r["output"] for r in _load(res["train"])] == [EN[1], EN[3], rows[4][0]]
+    assert res["removed"]["identity_slur"] == 1 and res["removed"]["spam"] == 1
