@@ -243,6 +243,20 @@ def test_identity_slurs_in_look_alike_characters():
     assert cleaning.fold_lookalikes("n1gg3r 1080p $20 wow!! ｎ1ce игра ｎｉｇｇｅｒ 好玩！") == "nigger io8op wow!! nice n nigger"
 
 
+def test_identity_slurs_stretched_to_dodge_the_list():
+    """A letter three or more times in a row stands for one or two of it; doubled letters are as written."""
+    slurs = cleaning.WordList(cleaning.IDENTITY_SLURS)
+    for text, entry in (("niiiiigger devs", "nigger"), ("what a faaaggot", "faggot"), ("NIIIIGGGGER lol", "nigger"),
+                        ("faggggggot", "faggot"), ("the sand niiiigger", "sand nigger"), ("n i i i g g e r", "nigger"),
+                        ("n1iiigger", "nigger"), ("retaaaaarded AI", "retarded"), ("maricóóón", "maricón"),
+                        ("жиииид", "жид"), ("heeee-sheeee", "he-she"), ("trannnnny", "tranny")):
+        assert slurs.find(text) == (slurs.categories[entry], entry), text
+    for text in ("sooo good", "niiice", "Niger and Nigeria", "snigger", "sniiiigger", "niiiger", "coooool boss",
+                 "hmmm, zzzz", "spiiicy food", "a chiiink in the armor", "hhhhh哈哈哈好玩", "faaast travel", "aaaah the gooood stuff"):
+        assert slurs.find(text) is None, text
+    assert slurs.mask("a faaaggot dev") == "▇"
+
+
 def test_language_codes_aliases_and_detection():
     assert [cleaning.steam_language(x) for x in ("zh", "Chinese", "schinese", "zh-TW", "en", "ko", "pt-BR", "xx")] == [
         "schinese", "schinese", "schinese", "tchinese", "english", "koreana", "brazilian", None]
