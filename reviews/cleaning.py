@@ -590,7 +590,7 @@ class WordList:
         self._regex = re.compile(literal_union(self.categories)) if self.categories else None
         self._allowed = re.compile("|".join(map(re.escape, allowed))) if allowed else None
         self._squeezed: dict[str, list[str]] = {}  # the words of the entries by their letters without repeats
-        for word in {w for e in self.categories if e not in self.cjk for w in re.split(r"[\s-]+", e) if w.isalpha()}:
+        for word in sorted({w for e in self.categories if e not in self.cjk for w in re.split(r"[\s-]+", e) if w.isalpha()}):
             self._squeezed.setdefault("".join(c for c, _ in _runs(word)), []).append(word)
 
     def __len__(self) -> int:
@@ -754,10 +754,13 @@ _PII_GATE = re.compile(literal_union([
     "xbl", "switch", "epic", "discord", "battle", "origin", "uplay", "ubisoft", "nintendo",
     *(f"ea{sep}{w}" for sep in ("", " ") for w in ("id", "name", "tag", "user")), "http", "www.",
     *(f".{t}" for t in _TLD.split("|")), *(f".{t}/" for t in _WORD_TLD.split("|"))])).search
+# the words of a cloud-drive share code ("提取码: abcd")
+_SHARE_CODE = r"提取码|提取密码|访问码|分享码|提取碼|訪問碼"
 # the named-id forms' literals, a trie of their own (one trie with the above searches ~3x slower)
 _ID_GATE = re.compile(literal_union([
     "my steam", "me on steam", "my line", "me on line", "my ign", "ign:", "ign：", "uid", "游戏id", "游戏名", "游戏 id", "遊戲",
-    "账号", "帳號", "帐号", "好友", "telegram", "whatsapp", "kakao", "instagram", "twitter", "line id", "tg:", "tg：", "ig:", "ig："])).search
+    "账号", "帳號", "帐号", "好友", "telegram", "whatsapp", "kakao", "instagram", "twitter", "line id", "tg:", "tg：", "ig:", "ig：",
+    *_SHARE_CODE.split("|")])).search
 
 
 def mask_pii(text: str) -> str:
@@ -805,13 +808,22 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
         if new != text:
             text = new
             kinds.append("link")
+    if ("码" in text or "碼" in text) and _LONE_SHARE_CODE.search(text):
+        text = _LONE_SHARE_CODE.sub("", text)
+        kinds += [] if "link" in kinds else ["link"]
     return (_tidy(text) if kinds else text), kinds
 
 
 _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
-# a link with the words that only pointed at it: "at / on / see / via / here / from", or a colon
-_LINK_WITH_LEAD = re.compile(r"(?:(?<![^\W\d_])(?:at|on|see|via|here|from)[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
-                             rf"(?P<url>{PII_PATTERNS['link'].pattern})", re.I)
+# a link with the words that only pointed at it ("at / on / see / via / here / from", 链接 / 网盘链接 / 下载地址, or a
+# colon) and a cloud-drive share code after it ("提取码: abcd", "密码 1234", "pwd: x7k2")
+_LINK_WITH_LEAD = re.compile(r"(?:(?<![^\W\d_])(?:at|on|see|via|here|from)[ \t]*[:：]?[ \t]*"
+                             r"|(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
+                             rf"(?P<url>{PII_PATTERNS['link'].pattern})"
+                             rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
+                             r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)
+# a share code whose link is gone (or was never a link): its words name nothing else
+_LONE_SHARE_CODE = re.compile(rf"(?:{_SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")
 _CLAUSE_END = re.compile(r"[,;，；]")
 _TERMINATOR = re.compile(r"[\s.!?。！？…]*$")

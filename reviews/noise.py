@@ -157,7 +157,12 @@ _SIGNATURE_WORDS = ("来自|來自|发自|發自|转自|轉自|转载|轉載|via
                     "|原文作者|原文|原帖|文/|文 /|reviewed by|review by|written by|—by|-by|~by|=by|_by|— by|- by|~ by|= by"
                     "|_ by").split("|")
 _SIGNATURE_HINT = re.compile(literal_union(_SIGNATURE_WORDS))
-_MENTION = re.compile(r"(?<![\w.@/])@\w[\w.\-]{1,30}")
+# "@name", with the reply lead-in and colon around it ("回复 @name：", "Reply to @name:"); Chinese may touch the
+# "@" ("楼上@name"), a Latin letter or digit before it makes an e-mail address
+_REPLY = r"回复|回覆|答复|(?<![A-Za-z])(?:reply|replying) to|(?<![A-Za-z])re"
+_MENTION = re.compile(rf"(?:(?:{_REPLY})[ \t]*[:：]?[ \t]*)?(?<![A-Za-z0-9_.@/])[@＠]\w[\w.\-]{{1,30}}(?:[ \t]*[:：][ \t]*)?", re.I)
+# a reply lead-in left at a line's start without its name (the name went as the author's or another user's)
+_ORPHAN_REPLY = re.compile(rf"^[ \t]*(?:{_REPLY})[ \t]*[:：][ \t]*", re.I | re.M)
 # another user thanked by name: "感谢暗夜猎手大佬", "谢谢B站UP主老番茄的视频" (the name, 2-16 word characters,
 # must be followed by an honorific or by "的" and the kind of thing users share; groups, platforms,
 # demonstratives and plain words such as 制作组 / 大家 / 朋友 / 这个游戏 are not names)
@@ -189,7 +194,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
         text, n = _SIGNATURE.subn("", text)
         if n:
             kinds.append("signature")
-    if "@" in text:
+    if "@" in text or "＠" in text:
         text, n = _MENTION.subn("", text)
         if n:
             kinds.append("mention")
@@ -209,7 +214,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
         if found:
             text = _HANDLE_TOKEN.sub(lambda m: "" if m.group(0) in found else m.group(0), text)
             kinds += [] if "screen_name" in kinds else ["screen_name"]
-    return text, kinds
+    return (_ORPHAN_REPLY.sub("", text) if kinds else text), kinds
 
 
 _HANDLE_TOKEN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z0-9_][A-Za-z0-9_.\-]{3,}(?<![.\-])")

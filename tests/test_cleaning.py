@@ -351,6 +351,21 @@ def test_lead_in_words_without_a_link_stay(text):
     assert cleaning.scrub_pii(text) == (text, [])
 
 
+@pytest.mark.parametrize("text,want", [
+    ("汉化补丁 pan.baidu.com/s/1abcDEF 提取码：x7k2，装好就能玩", "汉化补丁，装好就能玩"),
+    ("链接: https://pan.baidu.com/s/1abcDEF 提取码: abcd\n汉化补丁很好用", "\n汉化补丁很好用"),
+    ("网盘链接：pan.baidu.com/s/1aB 密码：1234 好玩", " 好玩"), ("汉化补丁（提取码：k9x2）很好用", "汉化补丁很好用"),
+    ("The mod is on mega.nz/file/abc (password abcd1234), works fine.", "The mod is, works fine."),
+])
+def test_cloud_share_links_go_with_their_share_code(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["密码很难记，存档要重新登录", "提取码这种东西早就过时了", "The code 1234 opens the vault, fun puzzle."])
+def test_share_code_words_alone_stay(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
 def test_scrub_never_leaves_lone_punctuation():
     out, _ = cleaning.scrub_pii("Fun co-op. Add me: a at b dot com or , Kirito#1234 .")
     assert out == "Fun co-op." and not re.search(r"(?:^|\s)[,.;:](?:\s|$)", out)

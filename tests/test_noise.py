@@ -49,6 +49,20 @@ def test_signatures_mentions_and_the_authors_name():
     assert noise.strip_handles("bobby and bobcat", "Bob") == ("bobby and bobcat", [])
 
 
+@pytest.mark.parametrize("text,author,want,kinds", [
+    ("回复 @暗夜猎手：说得对，这游戏确实好玩", None, "说得对，这游戏确实好玩", ["mention"]),
+    ("回复@暗夜猎手：说得对", None, "说得对", ["mention"]),  # the Chinese lead-in touches the @
+    ("楼上@路人甲 说得对", None, "楼上 说得对", ["mention"]),
+    ("Reply to @bob_99: agreed, great game", None, "agreed, great game", ["mention"]),
+    ("回复 ＠路人甲：同意", None, "同意", ["mention"]),
+    ("回复 DarkKnight99：说得对", "DarkKnight99", "说得对", ["author_name"]),  # the name went another way
+    # near misses: an e-mail address, a reply that names nobody
+    ("mail me at bob@b.com", None, "mail me at bob@b.com", []), ("他的回复：很快，好评", None, "他的回复：很快，好评", []),
+])
+def test_reply_lead_in_goes_with_its_name(text, author, want, kinds):
+    assert noise.strip_handles(text, author) == (want, kinds)
+
+
 def test_text_art_lines_go_words_stay():
     art = "好游戏\n⣿⣿⠟⠛⣿⣿⣿⣿\n░░▒▓███▓▒░░\n----------------\n/\\_/\\ (=^.^=) ~~~\n真的👍好"
     assert noise.strip_art(art) == "好游戏\n真的👍好"
