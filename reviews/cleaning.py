@@ -450,7 +450,8 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
     international ``+CC``), ``referral_code`` (invite/promo/creator codes), ``award_begging``
     (asking for awards, upvotes, points), ``giveaway``, ``trading`` (selling accounts, skins, keys),
     ``boosting`` (代练/代充, rank boosting), ``stream_promo`` (follow my channel/stream), ``url``
-    (a Steam curator/group link, or a link to a shop or key seller). Other links are not adverts:
+    (a Steam curator/group link, or a link to a shop or key seller, also spelled out: "cheapkeys dot com").
+    Other links are not adverts:
     :func:`scrub_pii` removes them from the kept text. ``low`` is ``text.lower()`` when the caller
     has it (one lower-casing for several rules).
     """
@@ -459,15 +460,16 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
         reason = _first_spam(low)
         if reason:
             return reason
-    if "http" not in text and "www." not in text:
-        return None
-    for m in _URL.finditer(text):
-        url = m.group(0)
-        if _STEAM_URL.match(url):
-            if _PROMO_STEAM_URL.search(url):
+    if "http" in text or "www." in text:
+        for m in _URL.finditer(text):
+            url = m.group(0)
+            if _STEAM_URL.match(url):
+                if _PROMO_STEAM_URL.search(url):
+                    return "url"
+            elif _SHOP_URL.search(url):
                 return "url"
-        elif _SHOP_URL.search(url):
-            return "url"
+    if _SPELLED_HINT(low) and any(_SHOP_URL.search(m.group(0)) for m in _SPELLED_LINK_RE.finditer(text)):
+        return "url"  # a shop's address spelled out to pass filters ("cheapgold dot com")
     return None
 
 
@@ -691,8 +693,21 @@ _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotma
 # "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
 # ("the guide at fextralife.com" is a link, not an address)
 _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾特\s*)[A-Za-z0-9-]+(?:{_ANY_DOT}[A-Za-z0-9-]+)*{_ANY_DOT}"
-          rf"|\s+at\s+[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}"
+          rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}"
           rf"|\s*(?:\s@\s*|@\s+|\s+at\s+)(?:{_MAIL_HOSTS})\s*{_ANY_DOT}\s*)(?:{_TLD})(?![A-Za-z])")
+# A link spelled out to pass filters (gold sellers' campaigns): "cheapgold dot com", "cheapgold(dot)com",
+# "cheapgold点com", "www . site . com", "www dot buygold dot com". Only the common top-level domains, ending the
+# word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net" or "a red
+# dot on the map" it cannot, and those stay.
+_SPELLED_TLD = r"com|net|org|cn|ru|io|gg|xyz|top|info|biz|cc|tv|shop|store|site|online|vip|club"
+_LINK_DOT = r"(?:[ \t]*[\[(（{][ \t]*dot[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*[点點][ \t]*|[．｡。])"
+_NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of|on|in|at|to|with|via|by|for|from|into"
+               r"|and|or|is|was|use|uses|using|used|need|needs|require|requires|run|runs|made|written|built|like|than|new"
+               r"|old|red|green|blue|white|black|yellow|polka|little|tiny|big|small|one|single|each|every|no|any|some")
+_WWW_DOT = rf"(?:{_LINK_DOT}|[ \t]+\.[ \t]*|\.[ \t]+)"  # after www also a full stop with a space
+_SPELLED_LINK = (rf"(?<![\w@.\-])(?:www{_WWW_DOT}[A-Za-z0-9-]+(?:(?:{_WWW_DOT}|\.)[A-Za-z0-9-]+)*(?:{_WWW_DOT}|\.)(?:{_TLD})"
+                 rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t])[A-Za-z0-9-]+(?:{_LINK_DOT}[A-Za-z0-9-]+)*{_LINK_DOT}(?:{_SPELLED_TLD}))"
+                 rf"(?![A-Za-z0-9])(?:/{_URL_CHARS}*)?")
 PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # steamcommunity.com/profiles/<17 digits>/... , /id/<vanity>/... , /user/<code>; s.team/p/<code> invites
     "profile_url": re.compile(r"(?:https?://)?(?:www\.)?steamcommunity\.com/(?:profiles|id|user)/[A-Za-z0-9\-._~:/?#@!$&*+,;=%]*"
@@ -726,8 +741,14 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # (a link does not end in the punctuation after it: "see x.com/news, then")
     "link": re.compile(rf"(?:(?:https?://|www\.){_URL_CHARS}+"
                        rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?![\w.\-])(?:/{_URL_CHARS}*)?"
-                       rf"|(?:{_WORD_TLD})/{_URL_CHARS}*))(?<![.,;:!?])", re.I),
+                       rf"|(?:{_WORD_TLD})/{_URL_CHARS}*)|{_SPELLED_LINK})(?<![.,;:!?])", re.I),
 }
+_LINK_HINT = re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search
+# what every spelled-out link holds (a trie: one search)
+_SPELLED_WORDS = ["www ", "www. ", "www(", "www[", "www（", "www．", "www点", "dot ", "dot)", "dot]", "dot）", "dot}",
+                  *(f"{d}{sp}{t}" for d in "点點．｡。" for sp in ("", " ") for t in _SPELLED_TLD.split("|"))]
+_SPELLED_HINT = re.compile(literal_union(_SPELLED_WORDS)).search
+_SPELLED_LINK_RE = re.compile(_SPELLED_LINK, re.I)
 # Every match of a PII pattern contains a match of one of its hints in the lower-cased text: the cheap test first
 _STEAM_ID_HINT = re.compile(r"steam_|u:1:").search
 _FRIEND_HINT = re.compile(r"friend|好友").search
@@ -744,7 +765,7 @@ _PII_HINTS: dict[str, Callable[[str], object]] = {
                            r"|ign\s*[:：]|uid|游戏\s*(?:id|名)|遊戲\s*(?:id|名)|账号|帳號|帐号|好友|telegram|whatsapp|kakao|line\s*id|\b(?:tg|ig)\s*[:：]").search,
     "phone_number": _PATTERN_HINTS["phone_number"],
     "id_number": _digit_run,
-    "link": re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search,
+    "link": lambda low: _LINK_HINT(low) or _SPELLED_HINT(low),
 }
 # The literal part of every hint above as one trie (the rest is the five-digit run): a text with
 # neither skips all of them in one search instead of one search per kind.
@@ -753,7 +774,7 @@ _PII_GATE = re.compile(literal_union([
     *(f"#{d}" for d in "0123456789"), *(f"+{d}" for d in "0123456789"), "sw-", "gamertag", "battletag", "psn", "xbox",
     "xbl", "switch", "epic", "discord", "battle", "origin", "uplay", "ubisoft", "nintendo",
     *(f"ea{sep}{w}" for sep in ("", " ") for w in ("id", "name", "tag", "user")), "http", "www.",
-    *(f".{t}" for t in _TLD.split("|")), *(f".{t}/" for t in _WORD_TLD.split("|"))])).search
+    *(f".{t}" for t in _TLD.split("|")), *(f".{t}/" for t in _WORD_TLD.split("|")), *_SPELLED_WORDS])).search
 # the words of a cloud-drive share code ("提取码: abcd")
 _SHARE_CODE = r"提取码|提取密码|访问码|分享码|提取碼|訪問碼"
 # the named-id forms' literals, a trie of their own (one trie with the above searches ~3x slower)
@@ -777,7 +798,8 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     (also spelled out), SteamIDs (64-bit, ``STEAM_0:1:123``, ``[U:1:123]``), friend codes, QQ/WeChat
     contacts (also in Chinese numerals or spaced digits), other platforms' player ids (Discord /
     BattleTag ``name#1234``, Nintendo ``SW-…``, "PSN ID: …"), phone numbers (mainland and ``+CC``),
-    mainland ID numbers, and other links or bare domains. Removed, not masked, so the model never learns a placeholder.
+    mainland ID numbers, and other links or bare domains (also spelled out: ``cheapgold dot com``, ``www . site . com``,
+    ``x(dot)net``, ``x点com``). Removed, not masked, so the model never learns a placeholder.
     A hex address (``0x14000000000``) or a build number is not a phone number.
 
     Every kind but ``link`` is a contact: the comma clause that holds it goes, or its whole sentence

@@ -149,7 +149,8 @@ def test_spam_the_hints_used_to_hide():
 @pytest.mark.parametrize("text", _HINT_CASES + ["邮箱 me@example.com", "a(at)b(dot)com", "+44 20 7946 0958",
                                                 "STEAM_0:1:123 [U:1:456]", "friend code: 12345678", "pan.baidu.com/s/x",
                                                 "扣 扣 12345678", "Kirito#1234", "PSN ID: kirito_99", "110101199003071234",
-                                                "+49 30 12345678"])
+                                                "+49 30 12345678", "guides at example dot net", "www . site . com",
+                                                "x(dot)org", "mmogold点com", "www dot wiki dot com", "mmogold。com"])
 def test_pii_hints_never_hide_a_match(text):
     """Every kind a pattern finds is reported, and nothing any pattern finds is left."""
     kinds = [k for k, p in cleaning.PII_PATTERNS.items() if k != "link" and p.search(text)]
@@ -349,6 +350,32 @@ def test_contact_sentences_go_whole_and_links_lose_their_lead_in(text, want, kin
 ])
 def test_lead_in_words_without_a_link_stay(text):
     assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Builds are explained on example dot net, read it.", "Builds are explained, read it."),
+    ("Guides: www . site . com\nGreat game.", "Guides\nGreat game."), ("Guides: www . site.com/x", "Guides"), ("Wiki at www dot wiki dot com is good.", "Wiki  is good."),
+    ("Mods on nexus(dot)com/x work.", "Mods  work."), ("Mods on nexus [dot] org work.", "Mods  work."),
+    ("汉化补丁在 mmogold点com 下载", "汉化补丁在  下载"), ("汉化在 hanhua．com 下", "汉化在  下"),
+])
+def test_spelled_out_links_are_links(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["Buy gold at cheapgold dot com, fast delivery", "www dot buygold dot com", "www. cheapkeys. com",
+                                  "cheapkeys(dot)net has it for 5 bucks", "最便宜的key在 keyshop点com"])
+def test_spelled_out_shop_links_are_adverts(text):
+    assert cleaning.spam_reason(text) == "url"
+
+
+@pytest.mark.parametrize("text", [
+    # the word before "dot" cannot name a site; a full stop with spaces is punctuation unless www leads
+    "Feels like the dot com bubble era of shooters.", "The game requires dot net 4.8 to start.", "A red dot on the map.",
+    "Red dot sight is great, dot com era vibes.", "Great game . net code is bad though.", "I use dot net at work.",
+    "下午3点开服，com 区人多", "dot matrix art style", "polka dot outfits",
+])
+def test_dot_as_a_word_stays(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
 
 
 @pytest.mark.parametrize("text,want", [
