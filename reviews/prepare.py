@@ -87,7 +87,8 @@ class PrepareConfig:
     script_check: bool = arg(False, "Also check the text's script fits --language (Han for Chinese, Latin for "
                              "English, …; drops Traditional text under schinese).")
     min_chars: int = arg(10, "Drop CJK reviews shorter than this after cleaning (characters).")
-    max_chars: int = arg(1000, "Drop CJK reviews longer than this after cleaning (characters); 0 = no limit.")
+    max_chars: int = arg(3000, "Drop CJK reviews longer than this after cleaning (characters; the default is about "
+                         "the tokens of --max_words 1500, see docs/data.md); 0 = no limit.")
     min_words: int = arg(3, "Drop reviews in other scripts shorter than this after cleaning (words).")
     max_words: int = arg(1500, "Drop reviews in other scripts longer than this after cleaning (words); 0 = no limit.")
     min_votes_up: int = arg(0, "Keep reviews with at least this many helpful votes (0 = off; unknown counts "

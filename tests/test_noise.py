@@ -53,6 +53,7 @@ def test_signatures_mentions_and_the_authors_name():
     ("回复 @暗夜猎手：说得对，这游戏确实好玩", None, "说得对，这游戏确实好玩", ["mention"]),
     ("回复@暗夜猎手：说得对", None, "说得对", ["mention"]),  # the Chinese lead-in touches the @
     ("楼上@路人甲 说得对", None, "楼上 说得对", ["mention"]),
+    ("以上来自评论区玩家@Mogic的内容", None, "以上来自评论区玩家的内容", ["mention"]),
     ("Reply to @bob_99: agreed, great game", None, "agreed, great game", ["mention"]),
     ("回复 ＠路人甲：同意", None, "同意", ["mention"]),
     ("回复 DarkKnight99：说得对", "DarkKnight99", "说得对", ["author_name"]),  # the name went another way
