@@ -315,10 +315,10 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?<![A-Za-z])[Ww]ei\s*[Xx]in\s*(?:号|[:：])?\s*(?=[A-Za-z0-9_-]*[\d_])[A-Za-z][A-Za-z0-9_-]{4,}"
         r"|(?:微信群?|微信号|薇信|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX)(?![A-Za-z]))\s*[:：号]?\s*[A-Za-z][A-Za-z0-9_-]{4,}"
         r"|关注(?:我的|我们的)?(?:微信)?公众号"),
-    "phone_number": re.compile(r"(?<![0-9A-Za-z_.+:/#-])(?:(?:\+|00)86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}(?![0-9A-Za-z_.])"
-                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]?\(?\d{1,4}\)?(?:[- .]\d{2,4}){2,4}(?![0-9A-Za-z_.])"
-                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\(?\d{1,4}\)?[- .]\d{6,10}(?![0-9A-Za-z_.])"
-                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\d{5}[- .]\d{5}(?![0-9A-Za-z_.])"  # India: +91 98765 43210
+    "phone_number": re.compile(r"(?<![0-9A-Za-z_.+:/#-])(?:(?:\+|00)86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"
+                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]?\(?\d{1,4}\)?(?:[- .]\d{2,4}){2,4}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"
+                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\(?\d{1,4}\)?[- .]\d{6,10}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"
+                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\d{5}[- .]\d{5}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"  # India: +91 98765 43210
                                r"|\(\d{3}\) ?\d{3}-\d{4}(?!\d)|(?<![\d.-])\d{3}-\d{3}-\d{4}(?![\d-])"),
     "referral_code": re.compile(
         r"(?:邀请码|推荐码|优惠码|返利|折扣码|用我的码|输入我的码|"
@@ -416,16 +416,24 @@ assert list(_PATTERN_HINTS) == list(SPAM_PATTERNS)
 
 
 # a number that a game gives (a seed, score, damage, gold, a count) is not a phone number: "seed 13912345678",
-# "分数 13800138000 分", "打了 400-800-8820 次"
-_GAME_NUMBER_BEFORE = re.compile(r"(?:seed|score|points?|damage|dmg|hp|gold|coins?|build|种子|分数|得分|伤害|血量|金币|版本)"
-                                 r"\s*(?:is|of|[:：=])?\s*[-+]?$")
+# "damage numbers like 18612345678", "分数 13800138000 分", "打了 400-800-8820 次": a game word earlier in its clause
+# or a unit right after it; unless a way to contact someone is named near it, within 40 characters before or 30
+# after ("score 13812345678, call me" is a phone number)
+_GAME_NUMBER_BEFORE = re.compile(r"(?<![a-z])(?:seeds?|scores?|points?|damage|dmg|hp|gold|coins?|builds?|种子|分数|得分|伤害|血量"
+                                 r"|金币|版本)(?![a-z])[^,;.!?，；。！？\n]{0,30}$")
 _GAME_NUMBER_AFTER = re.compile(r"\s*(?:points?|pts|dmg|damage|gold|coins?|hp|xp|exp|分|点|次|伤害|金币|经验)")
+_CONTACT_WORDS = re.compile(r"(?<![a-z])(?:call|text|phone|tel|mobile|cell|whatsapp|wechat|wx|vx|qq|add me|contact|dm|reach"
+                            r"|sms)(?![a-z])|电话(?!亭)|手机|微信|加我|联系|打给|致电|号码|扣扣|v信|薇信|短信|热线")
 
 
 def _game_number(text: str, m: re.Match[str]) -> bool:
-    """Whether the number matched by ``m`` is named, before or after it, as a number the game gives."""
+    """Whether the number matched by ``m`` is named, earlier in its clause or right after it, as a number the
+    game gives, with no contact word (``_CONTACT_WORDS``) near it."""
     a, b = m.span()
-    return bool(_GAME_NUMBER_BEFORE.search(text[max(0, a - 12):a].lower()) or _GAME_NUMBER_AFTER.match(text, b))
+    before = text[max(0, a - 40):a].lower()
+    if not (_GAME_NUMBER_BEFORE.search(before) or _GAME_NUMBER_AFTER.match(text, b)):
+        return False
+    return not _CONTACT_WORDS.search(before + " " + text[b:b + 30].lower())
 
 
 def _first_spam(low: str) -> str | None:

@@ -393,6 +393,22 @@ def test_share_code_words_alone_stay(text):
     assert cleaning.scrub_pii(text) == (text, [])
 
 
+@pytest.mark.parametrize("text", ["Damage numbers like 18612345678 are silly.", "My best damage so far: 18612345678!",
+                                  "Crit builds hit for 13912345678 at max level.", "伤害数字能到 18612345678，太夸张了",
+                                  "Version 13812345678.1 fixed it."])
+def test_game_numbers_named_earlier_in_the_clause_are_not_phones(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+
+
+@pytest.mark.parametrize("text", ["Damage numbers like 18612345678, call me.", "score 13812345678, call me",
+                                  "伤害 18612345678 加我", "damage build, tel 18612345678", "金币 13812345678 微信同号",
+                                  "hp 13812345678 电话", "damage 18612345678 whatsapp me", "分数 13800138000 手机",
+                                  "Call me at 13812345678.", "好玩，电话13812345678。", "Call +44 20 7946 0958."])
+def test_phone_numbers_near_a_contact_word_never_survive(text):
+    out, kinds = cleaning.scrub_pii(text)
+    assert cleaning.spam_reason(text) and "phone_number" in kinds and not re.search(r"\d{5}", out), out
+
+
 def test_scrub_never_leaves_lone_punctuation():
     out, _ = cleaning.scrub_pii("Fun co-op. Add me: a at b dot com or , Kirito#1234 .")
     assert out == "Fun co-op." and not re.search(r"(?:^|\s)[,.;:](?:\s|$)", out)

@@ -198,7 +198,8 @@ def test_not_campaigns(text):
      "IGN 2024 review said 7/10, my steam deck runs it at 40fps, my steam account is 10 years old", []),
     ("游戏ID设计得很奇怪，账号系统很烂，3次登录失败，可以和100个好友一起玩", "游戏ID设计得很奇怪，账号系统很烂，3次登录失败，可以和100个好友一起玩", []),
     ("uid 2 is the admin, The TG: 5 is a tank", "uid 2 is the admin, The TG: 5 is a tank", []),
-    ("my phone 13912345678, seed 13912345678", "seed 13912345678", ["phone_number"]),
+    ("my phone 13912345678, seed 13912345678", "", ["phone_number"]),  # a contact word near it: a phone number
+    ("my phone 13912345678. Any map works, but my favourite world seed is 13912345678", " Any map works, but my favourite world seed is 13912345678", ["phone_number"]),
     ("种子 13912345678 开局很好", "种子 13912345678 开局很好", []),
     ("damage went from +10 to +15 in patch 1.2", "damage went from +10 to +15 in patch 1.2", []),
     ("企鹅号 1 2 3 4 5 6 7 欢迎\n好玩", "\n好玩", ["contact"]),
