@@ -161,7 +161,8 @@ _SIGNATURE_HINT = re.compile(literal_union(_SIGNATURE_WORDS))
 # "@" ("楼上@name"), a Latin letter or digit before it makes an e-mail address; a Latin name ends where Chinese
 # text starts ("玩家@Mogic的内容")
 _REPLY = r"回复|回覆|答复|(?<![A-Za-z])(?:reply|replying) to|(?<![A-Za-z])re"
-_MENTION = re.compile(rf"(?:(?:{_REPLY})[ \t]*[:：]?[ \t]*)?(?<![A-Za-z0-9_.@/])[@＠](?:[A-Za-z0-9_][A-Za-z0-9_.\-]{{1,30}}|\w[\w.\-]{{1,30}})(?:[ \t]*[:：][ \t]*)?", re.I)
+_MENTION = re.compile(rf"(?:(?:{_REPLY})[ \t]*[:：]?[ \t]*)?(?<![A-Za-z0-9_.@/])[@＠]"
+                      r"(?:[A-Za-z0-9_][A-Za-z0-9_.\-]{1,30}|\w[\w.\-]{1,30})(?:[ \t]*[:：][ \t]*)?", re.I)
 # a reply lead-in left at a line's start without its name (the name went as the author's or another user's)
 _ORPHAN_REPLY = re.compile(rf"^[ \t]*(?:{_REPLY})[ \t]*[:：][ \t]*", re.I | re.M)
 # another user thanked by name: "感谢暗夜猎手大佬", "谢谢B站UP主老番茄的视频" (the name, 2-16 word characters,
