@@ -79,12 +79,15 @@ _UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000 \n]"
                        r"(?:(?<=[\r\t\f\v\u00a0\u3000])|(?<= )[ \n]|(?<=\n)(?: |\n\n))")
 # Invisible characters that split a word for every rule while it reads the same ("nig\u200bger", an
 # e-mail or link with a soft hyphen in it): zero-width space, word joiner, invisible operators, BOM /
-# zero-width no-break space, soft hyphen, Mongolian vowel separator, and zero-width (non-)joiners
-# except between two characters they join: emoji (a ZWJ sequence such as 👨‍👩‍👧 or 🏳️‍🌈 is one
-# picture) and the Arabic and Indic scripts (where they choose letter forms).
+# zero-width no-break space, soft hyphen, combining grapheme joiner, Mongolian vowel separator, the
+# direction marks and embeddings (U+200E/F, U+202A-202E, U+2066-2069: they change how text is shown, not
+# what it says), the Hangul fillers (blank "names"), and zero-width (non-)joiners except between two
+# characters they join: emoji (a ZWJ sequence such as 👨‍👩‍👧 or 🏳️‍🌈 is one picture) and the Arabic and
+# Indic scripts (where they choose letter forms).
 _JOINED = r"[\u0600-\u06ff\u0900-\u0dff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff]"
-_INVISIBLE = re.compile(rf"[\u200b\u2060-\u2064\ufeff\u00ad\u180e]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
-_INVISIBLE_HINT = re.compile(r"[\u200b-\u200d\u2060-\u2064\ufeff\u00ad\u180e]")
+_IGNORABLE = r"\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
+_INVISIBLE = re.compile(rf"[{_IGNORABLE}]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
+_INVISIBLE_HINT = re.compile(rf"[{_IGNORABLE}\u200c\u200d]")
 
 
 def strip_invisible(text: str) -> str:

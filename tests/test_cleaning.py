@@ -67,6 +67,7 @@ def test_whitespace_precheck_never_skips_a_change(text):
     ("n\u200bigger", "nigger"), ("f\u00adaggot", "faggot"), ("bob\u200c@gmail\u2060.com", "bob@gmail.com"),
     ("www.\u200dcheap\ufeffkeys.com", "www.cheapkeys.com"), ("Dark\u200bKnight\u200b99", "DarkKnight99"),
     ("黑\u200b鬼", "黑鬼"), ("a\u2060\u2061\u180eb", "ab"), ("👍\u200dgood", "👍good"),
+    ("n\u200eig\u202eger", "nigger"), ("\u3164\u3164bob\u034f_99", "bob_99"), ("x\u2066y\u2069z\uffa0", "xyz"),
     # joiners that join: emoji ZWJ sequences, Persian ZWNJ
     ("👨\u200d👩\u200d👧 family mode", "👨\u200d👩\u200d👧 family mode"), ("🏳️\u200d🌈 pride skin", "🏳️\u200d🌈 pride skin"),
     ("👩🏽\u200d💻 dev", "👩🏽\u200d💻 dev"), ("می\u200cخواهم", "می\u200cخواهم"),
