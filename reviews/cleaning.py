@@ -707,11 +707,11 @@ _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾�
           rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}"
           rf"|\s*(?:\s@\s*|@\s+|\s+at\s+)(?:{_MAIL_HOSTS})\s*{_ANY_DOT}\s*)(?:{_TLD})(?![A-Za-z])")
 # A link spelled out to pass filters (gold sellers' campaigns): "cheapgold dot com", "cheapgold(dot)com",
-# "cheapgold点com", "www . site . com", "www dot buygold dot com". Only the common top-level domains, ending the
+# "cheapgold[.]com", "cheapgold点com", "www . site . com", "www dot buygold dot com". Only the common top-level domains, ending the
 # word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net" or "a red
 # dot on the map" it cannot, and those stay.
 _SPELLED_TLD = r"com|net|org|cn|ru|io|gg|xyz|top|info|biz|cc|tv|shop|store|site|online|vip|club"
-_LINK_DOT = r"(?:[ \t]*[\[(（{][ \t]*dot[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*[点點][ \t]*|[．｡。])"
+_LINK_DOT = r"(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*[点點][ \t]*|[．｡。])"
 _NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of|on|in|at|to|with|via|by|for|from|into"
                r"|and|or|is|was|use|uses|using|used|need|needs|require|requires|run|runs|made|written|built|like|than|new"
                r"|old|red|green|blue|white|black|yellow|polka|little|tiny|big|small|one|single|each|every|no|any|some")
@@ -757,6 +757,7 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
 _LINK_HINT = re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search
 # what every spelled-out link holds (a trie: one search)
 _SPELLED_WORDS = ["www ", "www. ", "www(", "www[", "www（", "www．", "www点", "dot ", "dot)", "dot]", "dot）", "dot}",
+                  "[.]", "(.)", "（.）", "{.}", "[ .", "( .", "（ .", "{ .",
                   *(f"{d}{sp}{t}" for d in "点點．｡。" for sp in ("", " ") for t in _SPELLED_TLD.split("|"))]
 _SPELLED_HINT = re.compile(literal_union(_SPELLED_WORDS)).search
 _SPELLED_LINK_RE = re.compile(_SPELLED_LINK, re.I)

@@ -358,6 +358,7 @@ def test_lead_in_words_without_a_link_stay(text):
     ("Guides: www . site . com\nGreat game.", "Guides\nGreat game."), ("Guides: www . site.com/x", "Guides"), ("Wiki at www dot wiki dot com is good.", "Wiki  is good."),
     ("Mods on nexus(dot)com/x work.", "Mods  work."), ("Mods on nexus [dot] org work.", "Mods  work."),
     ("汉化补丁在 mmogold点com 下载", "汉化补丁在  下载"), ("汉化在 hanhua．com 下", "汉化在  下"),
+    ("Mods on nexus[.]com work.", "Mods  work."), ("Mods on nexus (.) org work.", "Mods  work."),
 ])
 def test_spelled_out_links_are_links(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])

@@ -56,9 +56,11 @@ def test_signatures_mentions_and_the_authors_name():
     ("以上来自评论区玩家@Mogic的内容", None, "以上来自评论区玩家的内容", ["mention"]),
     ("Reply to @bob_99: agreed, great game", None, "agreed, great game", ["mention"]),
     ("回复 ＠路人甲：同意", None, "同意", ["mention"]),
+    ("说得对 //@张三:原文很好", None, "说得对 原文很好", ["mention"]),  # a repost chain
     ("回复 DarkKnight99：说得对", "DarkKnight99", "说得对", ["author_name"]),  # the name went another way
     # near misses: an e-mail address, a reply that names nobody
     ("mail me at bob@b.com", None, "mail me at bob@b.com", []), ("他的回复：很快，好评", None, "他的回复：很快，好评", []),
+    ("see medium.com/@bob for more", None, "see medium.com/@bob for more", []),
 ])
 def test_reply_lead_in_goes_with_its_name(text, author, want, kinds):
     assert noise.strip_handles(text, author) == (want, kinds)
