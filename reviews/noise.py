@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import zlib
 
-from steam_persona.reviews.cleaning import count_chars, han_count, literal_union, lowered
+from steam_persona.reviews.cleaning import count_chars, han_count, literal_union, lowered, strip_invisible
 
 # --- store-page residue -------------------------------------------------------------------------
 
@@ -205,7 +205,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
         if n:
             kinds.append("screen_name")
     low = text.lower() if kinds else low
-    for name in author.split("\n") if author else ():
+    for name in strip_invisible(author).split("\n") if author else ():  # the text has none left either
         pattern = name_pattern(name.strip(), low)
         if pattern:
             text, n = re.subn(pattern, _kept_sign_off, text, flags=re.I)
@@ -278,7 +278,7 @@ def screen_names(authors: list[str]) -> frozenset[str]:
     they are too likely to be ordinary words in other reviews."""
     out = set()
     for names in authors:
-        for name in names.split("\n"):
+        for name in strip_invisible(names).split("\n"):
             name = name.strip()
             if _HANDLE_TOKEN.fullmatch(name) and not name.isdigit() and distinctive_name(name):
                 out.add(name.lower())

@@ -474,8 +474,9 @@ def test_invisible_characters_hide_nothing_from_the_rules(tmp_path):
             [EN[1] + " Mail me: bob\u00ad@gmail\u200c.com", "Hades", "Bob"],
             [EN[2] + " Keys at www.\u2060cheap\u200bkeys.com", "Hades", "Bob"],
             [EN[3] + "\n— Dark\u200bKnight99", "Hades", "DarkKnight99"],
+            [EN[2] + "\nxX_Sniper_Xx", "Hades", "\u3164xX_Sni\u200bper_Xx"],  # invisible characters in the name
             ["Family mode is great for a party night with the kids 👨\u200d👩\u200d👧", "Hades", "Bob"]]
     src = _csv(tmp_path / "z.csv", ["review", "game", "author"], rows)
     res = _run(tmp_path, [src], language=["en"])
-    assert [r["output"] for r in _load(res["train"])] == [EN[1], EN[3], rows[4][0]]
+    assert [r["output"] for r in _load(res["train"])] == [EN[1], EN[3], EN[2], rows[5][0]]
     assert res["removed"]["identity_slur"] == 1 and res["removed"]["spam"] == 1
