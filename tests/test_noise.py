@@ -267,7 +267,8 @@ def test_identity_slurs_stretched_to_dodge_the_list():
     for text, entry in (("niiiiigger devs", "nigger"), ("what a faaaggot", "faggot"), ("NIIIIGGGGER lol", "nigger"),
                         ("faggggggot", "faggot"), ("the sand niiiigger", "sand nigger"), ("n i i i g g e r", "nigger"),
                         ("n1iiigger", "nigger"), ("retaaaaarded AI", "retarded"), ("maricóóón", "maricón"),
-                        ("жиииид", "жид"), ("heeee-sheeee", "he-she"), ("trannnnny", "tranny")):
+                        ("жиииид", "жид"), ("heeee-sheeee", "he-she"), ("trannnnny", "tranny"),
+                        ("n1111gger", "nigger"), ("N-I-I-I-G-G-E-R", "nigger"), ("tr@@@nny", "tranny")):
         assert slurs.find(text) == (slurs.categories[entry], entry), text
     for text in ("sooo good", "niiice", "Niger and Nigeria", "snigger", "sniiiigger", "niiiger", "coooool boss",
                  "hmmm, zzzz", "spiiicy food", "a chiiink in the armor", "hhhhh哈哈哈好玩", "faaast travel", "aaaah the gooood stuff"):
