@@ -68,21 +68,40 @@ def strip_html(text: str) -> str:
     return html.unescape(text)
 
 
-_SPACES = re.compile(r"[ \t\f\v\u00a0\u3000\u200b\ufeff]+")
+_SPACES = re.compile(r"[ \t\f\v\u00a0\u3000]+")
 _SPACE_NL = re.compile(r" *\n *")
 _MANY_NL = re.compile(r"\n{3,}")
 # what the three substitutions would change (else only the ends need stripping): an odd space, or a
 # space or line break that is doubled or borders the other. Led by one character class (re skips
 # ahead to those characters; an alternation mixing a class and literals is tried at every position),
 # the rest told by looking behind.
-_UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000\u200b\ufeff \n]"
-                       r"(?:(?<=[\r\t\f\v\u00a0\u3000\u200b\ufeff])|(?<= )[ \n]|(?<=\n)(?: |\n\n))")
+_UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000 \n]"
+                       r"(?:(?<=[\r\t\f\v\u00a0\u3000])|(?<= )[ \n]|(?<=\n)(?: |\n\n))")
+# Invisible characters that split a word for every rule while it reads the same ("nig\u200bger", an
+# e-mail or link with a soft hyphen in it): zero-width space, word joiner, invisible operators, BOM /
+# zero-width no-break space, soft hyphen, combining grapheme joiner, Mongolian vowel separator, the
+# direction marks and embeddings (U+200E/F, U+202A-202E, U+2066-2069: they change how text is shown, not
+# what it says), the Hangul fillers (blank "names"), and zero-width (non-)joiners except between two
+# characters they join: emoji (a ZWJ sequence such as 👨‍👩‍👧 or 🏳️‍🌈 is one picture) and the Arabic and
+# Indic scripts (where they choose letter forms).
+_JOINED = r"[\u0600-\u06ff\u0900-\u0dff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff]"
+_IGNORABLE = r"\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
+_INVISIBLE = re.compile(rf"[{_IGNORABLE}]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
+_INVISIBLE_HINT = re.compile(rf"[{_IGNORABLE}\u200c\u200d]")
+
+
+def strip_invisible(text: str) -> str:
+    """``text`` without the invisible characters of ``_INVISIBLE``: ``"n\\u200bigger"`` → ``"nigger"``,
+    ``"a\\u00adb@x.com"`` → ``"ab@x.com"``; emoji ZWJ sequences (``"👩\\u200d💻"``) stay whole."""
+    return _INVISIBLE.sub("", text) if _INVISIBLE_HINT.search(text) else text
 
 
 def normalize_whitespace(text: str) -> str:
-    """Normalise ``\\r\\n`` and lone ``\\r`` to ``\\n``, collapse runs of spaces (incl. NBSP, the
-    ideographic space U+3000 and zero-width space) to one, trim spaces around line breaks, keep at
-    most one blank line, and strip the ends. ``"a\\r \\r b"`` → ``"a\\n\\nb"``."""
+    """Remove invisible characters (:func:`strip_invisible`), normalise ``\\r\\n`` and lone ``\\r`` to
+    ``\\n``, collapse runs of spaces (incl. NBSP and the ideographic space U+3000) to one, trim spaces
+    around line breaks, keep at most one blank line, and strip the ends.
+    ``"a\\r \\r b"`` → ``"a\\n\\nb"``."""
+    text = strip_invisible(text)
     if not _UNNORMAL.search(text):
         return text.strip()
     text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -299,10 +318,10 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?<![A-Za-z])[Ww]ei\s*[Xx]in\s*(?:号|[:：])?\s*(?=[A-Za-z0-9_-]*[\d_])[A-Za-z][A-Za-z0-9_-]{4,}"
         r"|(?:微信群?|微信号|薇信|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX)(?![A-Za-z]))\s*[:：号]?\s*[A-Za-z][A-Za-z0-9_-]{4,}"
         r"|关注(?:我的|我们的)?(?:微信)?公众号"),
-    "phone_number": re.compile(r"(?<![0-9A-Za-z_.+:/#-])(?:(?:\+|00)86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}(?![0-9A-Za-z_.])"
-                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]?\(?\d{1,4}\)?(?:[- .]\d{2,4}){2,4}(?![0-9A-Za-z_.])"
-                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\(?\d{1,4}\)?[- .]\d{6,10}(?![0-9A-Za-z_.])"
-                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\d{5}[- .]\d{5}(?![0-9A-Za-z_.])"  # India: +91 98765 43210
+    "phone_number": re.compile(r"(?<![0-9A-Za-z_.+:/#-])(?:(?:\+|00)86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"
+                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]?\(?\d{1,4}\)?(?:[- .]\d{2,4}){2,4}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"
+                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\(?\d{1,4}\)?[- .]\d{6,10}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"
+                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\d{5}[- .]\d{5}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"  # India: +91 98765 43210
                                r"|\(\d{3}\) ?\d{3}-\d{4}(?!\d)|(?<![\d.-])\d{3}-\d{3}-\d{4}(?![\d-])"),
     "referral_code": re.compile(
         r"(?:邀请码|推荐码|优惠码|返利|折扣码|用我的码|输入我的码|"
@@ -400,16 +419,24 @@ assert list(_PATTERN_HINTS) == list(SPAM_PATTERNS)
 
 
 # a number that a game gives (a seed, score, damage, gold, a count) is not a phone number: "seed 13912345678",
-# "分数 13800138000 分", "打了 400-800-8820 次"
-_GAME_NUMBER_BEFORE = re.compile(r"(?:seed|score|points?|damage|dmg|hp|gold|coins?|build|种子|分数|得分|伤害|血量|金币|版本)"
-                                 r"\s*(?:is|of|[:：=])?\s*[-+]?$")
+# "damage numbers like 18612345678", "分数 13800138000 分", "打了 400-800-8820 次": a game word earlier in its clause
+# or a unit right after it; unless a way to contact someone is named near it, within 40 characters before or 30
+# after ("score 13812345678, call me" is a phone number)
+_GAME_NUMBER_BEFORE = re.compile(r"(?<![a-z])(?:seeds?|scores?|points?|damage|dmg|hp|gold|coins?|builds?|种子|分数|得分|伤害|血量"
+                                 r"|金币|版本)(?![a-z])[^,;.!?，；。！？\n]{0,30}$")
 _GAME_NUMBER_AFTER = re.compile(r"\s*(?:points?|pts|dmg|damage|gold|coins?|hp|xp|exp|分|点|次|伤害|金币|经验)")
+_CONTACT_WORDS = re.compile(r"(?<![a-z])(?:call|text|phone|tel|mobile|cell|whatsapp|wechat|wx|vx|qq|add me|contact|dm|reach"
+                            r"|sms)(?![a-z])|电话(?!亭)|手机|微信|加我|联系|打给|致电|号码|扣扣|v信|薇信|短信|热线")
 
 
 def _game_number(text: str, m: re.Match[str]) -> bool:
-    """Whether the number matched by ``m`` is named, before or after it, as a number the game gives."""
+    """Whether the number matched by ``m`` is named, earlier in its clause or right after it, as a number the
+    game gives, with no contact word (``_CONTACT_WORDS``) near it."""
     a, b = m.span()
-    return bool(_GAME_NUMBER_BEFORE.search(text[max(0, a - 12):a].lower()) or _GAME_NUMBER_AFTER.match(text, b))
+    before = text[max(0, a - 40):a].lower()
+    if not (_GAME_NUMBER_BEFORE.search(before) or _GAME_NUMBER_AFTER.match(text, b)):
+        return False
+    return not _CONTACT_WORDS.search(before + " " + text[b:b + 30].lower())
 
 
 def _first_spam(low: str) -> str | None:
@@ -434,7 +461,8 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
     international ``+CC``), ``referral_code`` (invite/promo/creator codes), ``award_begging``
     (asking for awards, upvotes, points), ``giveaway``, ``trading`` (selling accounts, skins, keys),
     ``boosting`` (代练/代充, rank boosting), ``stream_promo`` (follow my channel/stream), ``url``
-    (a Steam curator/group link, or a link to a shop or key seller). Other links are not adverts:
+    (a Steam curator/group link, or a link to a shop or key seller, also spelled out: "cheapkeys dot com").
+    Other links are not adverts:
     :func:`scrub_pii` removes them from the kept text. ``low`` is ``text.lower()`` when the caller
     has it (one lower-casing for several rules).
     """
@@ -443,15 +471,16 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
         reason = _first_spam(low)
         if reason:
             return reason
-    if "http" not in text and "www." not in text:
-        return None
-    for m in _URL.finditer(text):
-        url = m.group(0)
-        if _STEAM_URL.match(url):
-            if _PROMO_STEAM_URL.search(url):
+    if "http" in text or "www." in text:
+        for m in _URL.finditer(text):
+            url = m.group(0)
+            if _STEAM_URL.match(url):
+                if _PROMO_STEAM_URL.search(url):
+                    return "url"
+            elif _SHOP_URL.search(url):
                 return "url"
-        elif _SHOP_URL.search(url):
-            return "url"
+    if _SPELLED_HINT(low) and any(_SHOP_URL.search(m.group(0)) for m in _SPELLED_LINK_RE.finditer(text)):
+        return "url"  # a shop's address spelled out to pass filters ("cheapgold dot com")
     return None
 
 
@@ -529,6 +558,21 @@ def _other_spellings(low: str) -> tuple[str, str]:
     return _last_spellings[1]
 
 
+# a letter written three or more times in a row ("niiiigger") in the lower-cased text; the words that hold
+# one. Only the Latin and Cyrillic letters of the list (a class of them is ~2x faster to search than any letter)
+_LETTER = r"[a-z\u00df-\u024f\u0430-\u045f]"
+_STRETCHED = re.compile(rf"({_LETTER})\1\1")
+_STRETCHED_WORD = re.compile(rf"{_LETTER}*({_LETTER})\1\1{_LETTER}*")
+
+
+def _runs(word: str) -> list[tuple[str, int]]:
+    """The runs of repeated characters in ``word``: ``"faggot"`` → ``[("f", 1), ("a", 1), ("g", 2), ("o", 1), ("t", 1)]``."""
+    return [(m.group(0)[0], len(m.group(0))) for m in _RUN.finditer(word)]
+
+
+_RUN = re.compile(r"(.)\1*", re.S)
+
+
 class WordList:
     """A categorised word list (the format of :data:`IDENTITY_SLURS` and ``--blocklist``): ``[category]`` sections, one
     entry per line, ``#`` comments, ``!phrase`` allowed phrases.
@@ -558,6 +602,9 @@ class WordList:
                     self.cjk.add(entry)
         self._regex = re.compile(literal_union(self.categories)) if self.categories else None
         self._allowed = re.compile("|".join(map(re.escape, allowed))) if allowed else None
+        self._squeezed: dict[str, list[str]] = {}  # the words of the entries by their letters without repeats
+        for word in sorted({w for e in self.categories if e not in self.cjk for w in re.split(r"[\s-]+", e) if w.isalpha()}):
+            self._squeezed.setdefault("".join(c for c, _ in _runs(word)), []).append(word)
 
     def __len__(self) -> int:
         return len(self.categories)
@@ -566,9 +613,10 @@ class WordList:
         """``(category, entry)`` of the first entry found in ``text`` (``low`` = ``text.lower()`` if known), or ``None``.
 
         Also found when written spaced out (``n i g g e r``, ``n.i.g.g.e.r``), with look-alike characters
-        (``n1gg3r``, ``tr@nny``, full-width or Cyrillic letters: :func:`fold_lookalikes`) or with letters masked by
+        (``n1gg3r``, ``tr@nny``, full-width or Cyrillic letters: :func:`fold_lookalikes`), with letters masked by
         ``*`` (``n*gger``: each ``*`` stands for one letter, at least three letters shown and at most a
-        third masked, so ``s**t`` is not read as a listed word)."""
+        third masked, so ``s**t`` is not read as a listed word) or stretched (``niiiigger``, ``faaaggot``:
+        :meth:`_unstretch`)."""
         text = text.lower() if low is None else low
         hit = self._find_allowed(text)
         if hit is None:
@@ -578,7 +626,25 @@ class WordList:
                 hit = self._find_masked(text)
             if hit is None and folded:
                 hit = self._find_allowed(folded)
+            for spelling in (text, spaced, folded):
+                if hit is None and spelling and _STRETCHED.search(spelling):
+                    hit = self._find_allowed(self._unstretch(spelling))
         return (self.categories[hit], hit) if hit else None
+
+    def _unstretch(self, text: str) -> str:
+        """``text`` with each stretched word (a letter three or more times in a row) written as the listed
+        word it stretches, when there is one: a run of three or more letters stands for one or two of them,
+        every other run must be as listed. ``niiiigger`` → ``nigger``, ``faaaggot`` → ``faggot``; ``niiiger``
+        and ``sooo`` stay, and words with doubled letters (``snigger``, ``Niger``) are never changed."""
+        def listed(m: re.Match[str]) -> str:
+            word = m.group(0)
+            runs = _runs(word)
+            for entry in self._squeezed.get("".join(c for c, _ in runs), ()):
+                want = _runs(entry)
+                if all(n == k or (n >= 3 and k <= 2) for (_, n), (_, k) in zip(runs, want)):
+                    return entry
+            return word
+        return _STRETCHED_WORD.sub(listed, text)
 
     def mask(self, text: str) -> str:
         """``text`` with every listed word shown as its first letter and ``*`` (``n*****``, ``智*``), for
@@ -638,8 +704,21 @@ _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotma
 # "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
 # ("the guide at fextralife.com" is a link, not an address)
 _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾特\s*)[A-Za-z0-9-]+(?:{_ANY_DOT}[A-Za-z0-9-]+)*{_ANY_DOT}"
-          rf"|\s+at\s+[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}"
+          rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}"
           rf"|\s*(?:\s@\s*|@\s+|\s+at\s+)(?:{_MAIL_HOSTS})\s*{_ANY_DOT}\s*)(?:{_TLD})(?![A-Za-z])")
+# A link spelled out to pass filters (gold sellers' campaigns): "cheapgold dot com", "cheapgold(dot)com",
+# "cheapgold[.]com", "cheapgold点com", "www . site . com", "www dot buygold dot com". Only the common top-level domains, ending the
+# word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net" or "a red
+# dot on the map" it cannot, and those stay.
+_SPELLED_TLD = r"com|net|org|cn|ru|io|gg|xyz|top|info|biz|cc|tv|shop|store|site|online|vip|club"
+_LINK_DOT = r"(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*[点點][ \t]*|[．｡。])"
+_NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of|on|in|at|to|with|via|by|for|from|into"
+               r"|and|or|is|was|use|uses|using|used|need|needs|require|requires|run|runs|made|written|built|like|than|new"
+               r"|old|red|green|blue|white|black|yellow|polka|little|tiny|big|small|one|single|each|every|no|any|some")
+_WWW_DOT = rf"(?:{_LINK_DOT}|[ \t]+\.[ \t]*|\.[ \t]+)"  # after www also a full stop with a space
+_SPELLED_LINK = (rf"(?<![\w@.\-])(?:www{_WWW_DOT}[A-Za-z0-9-]+(?:(?:{_WWW_DOT}|\.)[A-Za-z0-9-]+)*(?:{_WWW_DOT}|\.)(?:{_TLD})"
+                 rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t])[A-Za-z0-9-]+(?:{_LINK_DOT}[A-Za-z0-9-]+)*{_LINK_DOT}(?:{_SPELLED_TLD}))"
+                 rf"(?![A-Za-z0-9])(?:/{_URL_CHARS}*)?")
 PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # steamcommunity.com/profiles/<17 digits>/... , /id/<vanity>/... , /user/<code>; s.team/p/<code> invites
     "profile_url": re.compile(r"(?:https?://)?(?:www\.)?steamcommunity\.com/(?:profiles|id|user)/[A-Za-z0-9\-._~:/?#@!$&*+,;=%]*"
@@ -673,8 +752,15 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # (a link does not end in the punctuation after it: "see x.com/news, then")
     "link": re.compile(rf"(?:(?:https?://|www\.){_URL_CHARS}+"
                        rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?![\w.\-])(?:/{_URL_CHARS}*)?"
-                       rf"|(?:{_WORD_TLD})/{_URL_CHARS}*))(?<![.,;:!?])", re.I),
+                       rf"|(?:{_WORD_TLD})/{_URL_CHARS}*)|{_SPELLED_LINK})(?<![.,;:!?])", re.I),
 }
+_LINK_HINT = re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search
+# what every spelled-out link holds (a trie: one search)
+_SPELLED_WORDS = ["www ", "www. ", "www(", "www[", "www（", "www．", "www点", "dot ", "dot)", "dot]", "dot）", "dot}",
+                  "[.]", "(.)", "（.）", "{.}", "[ .", "( .", "（ .", "{ .",
+                  *(f"{d}{sp}{t}" for d in "点點．｡。" for sp in ("", " ") for t in _SPELLED_TLD.split("|"))]
+_SPELLED_HINT = re.compile(literal_union(_SPELLED_WORDS)).search
+_SPELLED_LINK_RE = re.compile(_SPELLED_LINK, re.I)
 # Every match of a PII pattern contains a match of one of its hints in the lower-cased text: the cheap test first
 _STEAM_ID_HINT = re.compile(r"steam_|u:1:").search
 _FRIEND_HINT = re.compile(r"friend|好友").search
@@ -691,7 +777,7 @@ _PII_HINTS: dict[str, Callable[[str], object]] = {
                            r"|ign\s*[:：]|uid|游戏\s*(?:id|名)|遊戲\s*(?:id|名)|账号|帳號|帐号|好友|telegram|whatsapp|kakao|line\s*id|\b(?:tg|ig)\s*[:：]").search,
     "phone_number": _PATTERN_HINTS["phone_number"],
     "id_number": _digit_run,
-    "link": re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search,
+    "link": lambda low: _LINK_HINT(low) or _SPELLED_HINT(low),
 }
 # The literal part of every hint above as one trie (the rest is the five-digit run): a text with
 # neither skips all of them in one search instead of one search per kind.
@@ -700,11 +786,14 @@ _PII_GATE = re.compile(literal_union([
     *(f"#{d}" for d in "0123456789"), *(f"+{d}" for d in "0123456789"), "sw-", "gamertag", "battletag", "psn", "xbox",
     "xbl", "switch", "epic", "discord", "battle", "origin", "uplay", "ubisoft", "nintendo",
     *(f"ea{sep}{w}" for sep in ("", " ") for w in ("id", "name", "tag", "user")), "http", "www.",
-    *(f".{t}" for t in _TLD.split("|")), *(f".{t}/" for t in _WORD_TLD.split("|"))])).search
+    *(f".{t}" for t in _TLD.split("|")), *(f".{t}/" for t in _WORD_TLD.split("|")), *_SPELLED_WORDS])).search
+# the words of a cloud-drive share code ("提取码: abcd")
+_SHARE_CODE = r"提取码|提取密码|访问码|分享码|提取碼|訪問碼"
 # the named-id forms' literals, a trie of their own (one trie with the above searches ~3x slower)
 _ID_GATE = re.compile(literal_union([
     "my steam", "me on steam", "my line", "me on line", "my ign", "ign:", "ign：", "uid", "游戏id", "游戏名", "游戏 id", "遊戲",
-    "账号", "帳號", "帐号", "好友", "telegram", "whatsapp", "kakao", "instagram", "twitter", "line id", "tg:", "tg：", "ig:", "ig："])).search
+    "账号", "帳號", "帐号", "好友", "telegram", "whatsapp", "kakao", "instagram", "twitter", "line id", "tg:", "tg：", "ig:", "ig：",
+    *_SHARE_CODE.split("|")])).search
 
 
 def mask_pii(text: str) -> str:
@@ -721,7 +810,8 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     (also spelled out), SteamIDs (64-bit, ``STEAM_0:1:123``, ``[U:1:123]``), friend codes, QQ/WeChat
     contacts (also in Chinese numerals or spaced digits), other platforms' player ids (Discord /
     BattleTag ``name#1234``, Nintendo ``SW-…``, "PSN ID: …"), phone numbers (mainland and ``+CC``),
-    mainland ID numbers, and other links or bare domains. Removed, not masked, so the model never learns a placeholder.
+    mainland ID numbers, and other links or bare domains (also spelled out: ``cheapgold dot com``, ``www . site . com``,
+    ``x(dot)net``, ``x点com``). Removed, not masked, so the model never learns a placeholder.
     A hex address (``0x14000000000``) or a build number is not a phone number.
 
     Every kind but ``link`` is a contact: the comma clause that holds it goes, or its whole sentence
@@ -752,13 +842,22 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
         if new != text:
             text = new
             kinds.append("link")
+    if ("码" in text or "碼" in text) and _LONE_SHARE_CODE.search(text):
+        text = _LONE_SHARE_CODE.sub("", text)
+        kinds += [] if "link" in kinds else ["link"]
     return (_tidy(text) if kinds else text), kinds
 
 
 _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
-# a link with the words that only pointed at it: "at / on / see / via / here / from", or a colon
-_LINK_WITH_LEAD = re.compile(r"(?:(?<![^\W\d_])(?:at|on|see|via|here|from)[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
-                             rf"(?P<url>{PII_PATTERNS['link'].pattern})", re.I)
+# a link with the words that only pointed at it ("at / on / see / via / here / from", 链接 / 网盘链接 / 下载地址, or a
+# colon) and a cloud-drive share code after it ("提取码: abcd", "密码 1234", "pwd: x7k2")
+_LINK_WITH_LEAD = re.compile(r"(?:(?<![^\W\d_])(?:at|on|see|via|here|from)[ \t]*[:：]?[ \t]*"
+                             r"|(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
+                             rf"(?P<url>{PII_PATTERNS['link'].pattern})"
+                             rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
+                             r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)
+# a share code whose link is gone (or was never a link): its words name nothing else
+_LONE_SHARE_CODE = re.compile(rf"(?:{_SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")
 _CLAUSE_END = re.compile(r"[,;，；]")
 _TERMINATOR = re.compile(r"[\s.!?。！？…]*$")

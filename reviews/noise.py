@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import zlib
 
-from steam_persona.reviews.cleaning import count_chars, han_count, literal_union, lowered
+from steam_persona.reviews.cleaning import count_chars, han_count, literal_union, lowered, strip_invisible
 
 # --- store-page residue -------------------------------------------------------------------------
 
@@ -157,7 +157,14 @@ _SIGNATURE_WORDS = ("来自|來自|发自|發自|转自|轉自|转载|轉載|via
                     "|原文作者|原文|原帖|文/|文 /|reviewed by|review by|written by|—by|-by|~by|=by|_by|— by|- by|~ by|= by"
                     "|_ by").split("|")
 _SIGNATURE_HINT = re.compile(literal_union(_SIGNATURE_WORDS))
-_MENTION = re.compile(r"(?<![\w.@/])@\w[\w.\-]{1,30}")
+# "@name", with the reply lead-in and colon around it ("回复 @name：", "Reply to @name:", a repost's "//@name:");
+# Chinese may touch the "@" ("楼上@name"), a Latin letter or digit before it makes an e-mail address, a lone "/"
+# a link ("medium.com/@name"); a Latin name ends where Chinese text starts ("玩家@Mogic的内容")
+_REPLY = r"回复|回覆|答复|(?<![A-Za-z])(?:reply|replying) to|(?<![A-Za-z])re"
+_MENTION = re.compile(rf"(?:(?:(?:{_REPLY})[ \t]*[:：]?[ \t]*)?(?<![A-Za-z0-9_.@/])|(?<![:/])//)[@＠]"
+                      r"(?:[A-Za-z0-9_][A-Za-z0-9_.\-]{1,30}|\w[\w.\-]{1,30})(?:[ \t]*[:：][ \t]*)?", re.I)
+# a reply lead-in left at a line's start without its name (the name went as the author's or another user's)
+_ORPHAN_REPLY = re.compile(rf"^[ \t]*(?:{_REPLY})[ \t]*[:：][ \t]*", re.I | re.M)
 # another user thanked by name: "感谢暗夜猎手大佬", "谢谢B站UP主老番茄的视频" (the name, 2-16 word characters,
 # must be followed by an honorific or by "的" and the kind of thing users share; groups, platforms,
 # demonstratives and plain words such as 制作组 / 大家 / 朋友 / 这个游戏 are not names)
@@ -189,7 +196,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
         text, n = _SIGNATURE.subn("", text)
         if n:
             kinds.append("signature")
-    if "@" in text:
+    if "@" in text or "＠" in text:
         text, n = _MENTION.subn("", text)
         if n:
             kinds.append("mention")
@@ -198,7 +205,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
         if n:
             kinds.append("screen_name")
     low = text.lower() if kinds else low
-    for name in author.split("\n") if author else ():
+    for name in strip_invisible(author).split("\n") if author else ():  # the text has none left either
         pattern = name_pattern(name.strip(), low)
         if pattern:
             text, n = re.subn(pattern, _kept_sign_off, text, flags=re.I)
@@ -209,7 +216,7 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
         if found:
             text = _HANDLE_TOKEN.sub(lambda m: "" if m.group(0) in found else m.group(0), text)
             kinds += [] if "screen_name" in kinds else ["screen_name"]
-    return text, kinds
+    return (_ORPHAN_REPLY.sub("", text) if kinds else text), kinds
 
 
 _HANDLE_TOKEN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z0-9_][A-Za-z0-9_.\-]{3,}(?<![.\-])")
@@ -271,7 +278,7 @@ def screen_names(authors: list[str]) -> frozenset[str]:
     they are too likely to be ordinary words in other reviews."""
     out = set()
     for names in authors:
-        for name in names.split("\n"):
+        for name in strip_invisible(names).split("\n"):
             name = name.strip()
             if _HANDLE_TOKEN.fullmatch(name) and not name.isdigit() and distinctive_name(name):
                 out.add(name.lower())

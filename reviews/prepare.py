@@ -87,7 +87,8 @@ class PrepareConfig:
     script_check: bool = arg(False, "Also check the text's script fits --language (Han for Chinese, Latin for "
                              "English, …; drops Traditional text under schinese).")
     min_chars: int = arg(10, "Drop CJK reviews shorter than this after cleaning (characters).")
-    max_chars: int = arg(1000, "Drop CJK reviews longer than this after cleaning (characters); 0 = no limit.")
+    max_chars: int = arg(3000, "Drop CJK reviews longer than this after cleaning (characters; the default is about "
+                         "the tokens of --max_words 1500, see docs/data.md); 0 = no limit.")
     min_words: int = arg(3, "Drop reviews in other scripts shorter than this after cleaning (words).")
     max_words: int = arg(1500, "Drop reviews in other scripts longer than this after cleaning (words); 0 = no limit.")
     min_votes_up: int = arg(0, "Keep reviews with at least this many helpful votes (0 = off; unknown counts "
@@ -111,7 +112,8 @@ class PrepareConfig:
     max_tags: int = arg(0, "Use at most this many tags per game, the most voted first (0 = all known).")
     strip_bbcode: bool = arg(True, "Strip Steam BBCode, keeping spoiler/quote/list text.")
     strip_html: bool = arg(True, "Turn <br> into newlines, drop other HTML tags, unescape entities.")
-    normalize_whitespace: bool = arg(True, "Normalise \\r\\n and lone \\r, collapse space runs, trim.")
+    normalize_whitespace: bool = arg(True, "Remove zero-width characters and soft hyphens (emoji ZWJ sequences "
+                                      "stay), normalise \\r\\n and lone \\r, collapse space runs, trim.")
     strip_page_residue: bool = arg(True, "Remove store-page residue: date headers (发布于 / Posted), 最后编辑于, "
                                    "early-access / free-product banners, helpfulness counts, hrs on record.")
     strip_handles: bool = arg(True, "Remove cross-post signatures (——来自小黑盒用户…的评价), @mentions and the "

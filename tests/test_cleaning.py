@@ -58,8 +58,22 @@ def test_whitespace_crlf_lone_cr_and_runs():
 def test_whitespace_precheck_never_skips_a_change(text):
     """The pre-check (odd spaces, doubled or bordering spaces and breaks) only skips texts the
     substitutions leave alone but for their ends."""
+    text = cleaning.strip_invisible(text)
     full = cleaning._MANY_NL.sub("\n\n", cleaning._SPACE_NL.sub("\n", cleaning._SPACES.sub(" ", text))).strip()
     assert cleaning.normalize_whitespace(text) == full
+
+
+@pytest.mark.parametrize("hidden,seen", [
+    ("n\u200bigger", "nigger"), ("f\u00adaggot", "faggot"), ("bob\u200c@gmail\u2060.com", "bob@gmail.com"),
+    ("www.\u200dcheap\ufeffkeys.com", "www.cheapkeys.com"), ("Dark\u200bKnight\u200b99", "DarkKnight99"),
+    ("黑\u200b鬼", "黑鬼"), ("a\u2060\u2061\u180eb", "ab"), ("👍\u200dgood", "👍good"),
+    ("n\u200eig\u202eger", "nigger"), ("\u3164\u3164bob\u034f_99", "bob_99"), ("x\u2066y\u2069z\uffa0", "xyz"),
+    # joiners that join: emoji ZWJ sequences, Persian ZWNJ
+    ("👨\u200d👩\u200d👧 family mode", "👨\u200d👩\u200d👧 family mode"), ("🏳️\u200d🌈 pride skin", "🏳️\u200d🌈 pride skin"),
+    ("👩🏽\u200d💻 dev", "👩🏽\u200d💻 dev"), ("می\u200cخواهم", "می\u200cخواهم"),
+])
+def test_invisible_characters_go_before_every_rule_emoji_sequences_stay(hidden, seen):
+    assert cleaning.normalize_whitespace(f"好玩 {hidden} 推荐") == f"好玩 {seen} 推荐"
 
 
 def test_literal_union_is_a_longest_first_trie():
@@ -136,7 +150,8 @@ def test_spam_the_hints_used_to_hide():
 @pytest.mark.parametrize("text", _HINT_CASES + ["邮箱 me@example.com", "a(at)b(dot)com", "+44 20 7946 0958",
                                                 "STEAM_0:1:123 [U:1:456]", "friend code: 12345678", "pan.baidu.com/s/x",
                                                 "扣 扣 12345678", "Kirito#1234", "PSN ID: kirito_99", "110101199003071234",
-                                                "+49 30 12345678"])
+                                                "+49 30 12345678", "guides at example dot net", "www . site . com",
+                                                "x(dot)org", "mmogold点com", "www dot wiki dot com", "mmogold。com"])
 def test_pii_hints_never_hide_a_match(text):
     """Every kind a pattern finds is reported, and nothing any pattern finds is left."""
     kinds = [k for k, p in cleaning.PII_PATTERNS.items() if k != "link" and p.search(text)]
@@ -336,6 +351,64 @@ def test_contact_sentences_go_whole_and_links_lose_their_lead_in(text, want, kin
 ])
 def test_lead_in_words_without_a_link_stay(text):
     assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Builds are explained on example dot net, read it.", "Builds are explained, read it."),
+    ("Guides: www . site . com\nGreat game.", "Guides\nGreat game."), ("Guides: www . site.com/x", "Guides"), ("Wiki at www dot wiki dot com is good.", "Wiki  is good."),
+    ("Mods on nexus(dot)com/x work.", "Mods  work."), ("Mods on nexus [dot] org work.", "Mods  work."),
+    ("汉化补丁在 mmogold点com 下载", "汉化补丁在  下载"), ("汉化在 hanhua．com 下", "汉化在  下"),
+    ("Mods on nexus[.]com work.", "Mods  work."), ("Mods on nexus (.) org work.", "Mods  work."),
+])
+def test_spelled_out_links_are_links(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["Buy gold at cheapgold dot com, fast delivery", "www dot buygold dot com", "www. cheapkeys. com",
+                                  "cheapkeys(dot)net has it for 5 bucks", "最便宜的key在 keyshop点com"])
+def test_spelled_out_shop_links_are_adverts(text):
+    assert cleaning.spam_reason(text) == "url"
+
+
+@pytest.mark.parametrize("text", [
+    # the word before "dot" cannot name a site; a full stop with spaces is punctuation unless www leads
+    "Feels like the dot com bubble era of shooters.", "The game requires dot net 4.8 to start.", "A red dot on the map.",
+    "Red dot sight is great, dot com era vibes.", "Great game . net code is bad though.", "I use dot net at work.",
+    "下午3点开服，com 区人多", "dot matrix art style", "polka dot outfits",
+])
+def test_dot_as_a_word_stays(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+
+
+@pytest.mark.parametrize("text,want", [
+    ("汉化补丁 pan.baidu.com/s/1abcDEF 提取码：x7k2，装好就能玩", "汉化补丁，装好就能玩"),
+    ("链接: https://pan.baidu.com/s/1abcDEF 提取码: abcd\n汉化补丁很好用", "\n汉化补丁很好用"),
+    ("网盘链接：pan.baidu.com/s/1aB 密码：1234 好玩", " 好玩"), ("汉化补丁（提取码：k9x2）很好用", "汉化补丁很好用"),
+    ("The mod is on mega.nz/file/abc (password abcd1234), works fine.", "The mod is, works fine."),
+])
+def test_cloud_share_links_go_with_their_share_code(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["密码很难记，存档要重新登录", "提取码这种东西早就过时了", "The code 1234 opens the vault, fun puzzle."])
+def test_share_code_words_alone_stay(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text", ["Damage numbers like 18612345678 are silly.", "My best damage so far: 18612345678!",
+                                  "Crit builds hit for 13912345678 at max level.", "伤害数字能到 18612345678，太夸张了",
+                                  "Version 13812345678.1 fixed it."])
+def test_game_numbers_named_earlier_in_the_clause_are_not_phones(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+
+
+@pytest.mark.parametrize("text", ["Damage numbers like 18612345678, call me.", "score 13812345678, call me",
+                                  "伤害 18612345678 加我", "damage build, tel 18612345678", "金币 13812345678 微信同号",
+                                  "hp 13812345678 电话", "damage 18612345678 whatsapp me", "分数 13800138000 手机",
+                                  "Call me at 13812345678.", "好玩，电话13812345678。", "Call +44 20 7946 0958."])
+def test_phone_numbers_near_a_contact_word_never_survive(text):
+    out, kinds = cleaning.scrub_pii(text)
+    assert cleaning.spam_reason(text) and "phone_number" in kinds and not re.search(r"\d{5}", out), out
 
 
 def test_scrub_never_leaves_lone_punctuation():

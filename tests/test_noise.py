@@ -49,6 +49,23 @@ def test_signatures_mentions_and_the_authors_name():
     assert noise.strip_handles("bobby and bobcat", "Bob") == ("bobby and bobcat", [])
 
 
+@pytest.mark.parametrize("text,author,want,kinds", [
+    ("回复 @暗夜猎手：说得对，这游戏确实好玩", None, "说得对，这游戏确实好玩", ["mention"]),
+    ("回复@暗夜猎手：说得对", None, "说得对", ["mention"]),  # the Chinese lead-in touches the @
+    ("楼上@路人甲 说得对", None, "楼上 说得对", ["mention"]),
+    ("以上来自评论区玩家@Mogic的内容", None, "以上来自评论区玩家的内容", ["mention"]),
+    ("Reply to @bob_99: agreed, great game", None, "agreed, great game", ["mention"]),
+    ("回复 ＠路人甲：同意", None, "同意", ["mention"]),
+    ("说得对 //@张三:原文很好", None, "说得对 原文很好", ["mention"]),  # a repost chain
+    ("回复 DarkKnight99：说得对", "DarkKnight99", "说得对", ["author_name"]),  # the name went another way
+    # near misses: an e-mail address, a reply that names nobody
+    ("mail me at bob@b.com", None, "mail me at bob@b.com", []), ("他的回复：很快，好评", None, "他的回复：很快，好评", []),
+    ("see medium.com/@bob for more", None, "see medium.com/@bob for more", []),
+])
+def test_reply_lead_in_goes_with_its_name(text, author, want, kinds):
+    assert noise.strip_handles(text, author) == (want, kinds)
+
+
 def test_text_art_lines_go_words_stay():
     art = "好游戏\n⣿⣿⠟⠛⣿⣿⣿⣿\n░░▒▓███▓▒░░\n----------------\n/\\_/\\ (=^.^=) ~~~\n真的👍好"
     assert noise.strip_art(art) == "好游戏\n真的👍好"
@@ -183,7 +200,8 @@ def test_not_campaigns(text):
      "IGN 2024 review said 7/10, my steam deck runs it at 40fps, my steam account is 10 years old", []),
     ("游戏ID设计得很奇怪，账号系统很烂，3次登录失败，可以和100个好友一起玩", "游戏ID设计得很奇怪，账号系统很烂，3次登录失败，可以和100个好友一起玩", []),
     ("uid 2 is the admin, The TG: 5 is a tank", "uid 2 is the admin, The TG: 5 is a tank", []),
-    ("my phone 13912345678, seed 13912345678", "seed 13912345678", ["phone_number"]),
+    ("my phone 13912345678, seed 13912345678", "", ["phone_number"]),  # a contact word near it: a phone number
+    ("my phone 13912345678. Any map works, but my favourite world seed is 13912345678", " Any map works, but my favourite world seed is 13912345678", ["phone_number"]),
     ("种子 13912345678 开局很好", "种子 13912345678 开局很好", []),
     ("damage went from +10 to +15 in patch 1.2", "damage went from +10 to +15 in patch 1.2", []),
     ("企鹅号 1 2 3 4 5 6 7 欢迎\n好玩", "\n好玩", ["contact"]),
@@ -241,6 +259,21 @@ def test_identity_slurs_in_look_alike_characters():
                  "Niger and Nigeria are playable nations"):
         assert slurs.find(text) is None, text
     assert cleaning.fold_lookalikes("n1gg3r 1080p $20 wow!! ｎ1ce игра ｎｉｇｇｅｒ 好玩！") == "nigger io8op wow!! nice n nigger"
+
+
+def test_identity_slurs_stretched_to_dodge_the_list():
+    """A letter three or more times in a row stands for one or two of it; doubled letters are as written."""
+    slurs = cleaning.WordList(cleaning.IDENTITY_SLURS)
+    for text, entry in (("niiiiigger devs", "nigger"), ("what a faaaggot", "faggot"), ("NIIIIGGGGER lol", "nigger"),
+                        ("faggggggot", "faggot"), ("the sand niiiigger", "sand nigger"), ("n i i i g g e r", "nigger"),
+                        ("n1iiigger", "nigger"), ("retaaaaarded AI", "retarded"), ("maricóóón", "maricón"),
+                        ("жиииид", "жид"), ("heeee-sheeee", "he-she"), ("trannnnny", "tranny"),
+                        ("n1111gger", "nigger"), ("N-I-I-I-G-G-E-R", "nigger"), ("tr@@@nny", "tranny")):
+        assert slurs.find(text) == (slurs.categories[entry], entry), text
+    for text in ("sooo good", "niiice", "Niger and Nigeria", "snigger", "sniiiigger", "niiiger", "coooool boss",
+                 "hmmm, zzzz", "spiiicy food", "a chiiink in the armor", "hhhhh哈哈哈好玩", "faaast travel", "aaaah the gooood stuff"):
+        assert slurs.find(text) is None, text
+    assert slurs.mask("a faaaggot dev") == "▇"
 
 
 def test_language_codes_aliases_and_detection():

@@ -95,7 +95,8 @@ def test_store_csv_bom_tag_ids_and_seed_agreement(tmp_path, shared_dir, seed_dat
     seed_out = {ws.sub("", r["output"]) for r in seed}
     seed_names = {persona.clean_game_name(INSTR.match(r["instruction"]).group(1)) for r in seed}
     assert seed_names - {INSTR.match(r["instruction"]).group(1) for r in recs} == {"七日世界"}  # its one review is English
-    assert sum(ws.sub("", r["output"]) in seed_out for r in recs) / len(recs) > 0.9  # measured 896/979
+    short = [r for r in recs if len(r["output"]) <= 1000]  # the seed kept at most 1,000 characters
+    assert sum(ws.sub("", r["output"]) in seed_out for r in short) / len(short) > 0.9  # measured 880/964
     assert not any("<br" in r["output"] or "\r" in r["output"] for r in recs)
     # no language field: detected from the text; the two Traditional reviews and the English,
     # Russian and Japanese ones are not schinese
@@ -129,7 +130,7 @@ def test_archives_with_appdetails_language_and_length(tmp_path, shared_dir):
     assert lang["tchinese"] == 14 and lang["english"] == 2 + 9 + 26  # only schinese kept by default
     recs = _load(res["train"])
     assert {INSTR.match(r["instruction"]).group(1) for r in recs} == {"伏龙记", "星之梦", "Survival Game"}
-    assert all(len(r["output"]) <= 1000 for r in recs) and report["rules"]["too_long"]["removed"] > 0
+    assert all(len(r["output"]) <= 3000 for r in recs) and max(len(r["output"]) for r in recs) > 1000  # CJK as fair as English
     # every language, English prompts with the verdict and playtime fields
     res = _run(tmp_path, [*archives, details], val_size=0, language=["all"], prompt_language="en",
                input_template="{verdict}, played {playtime_hours} h", max_chars=0)

@@ -239,6 +239,22 @@ def test_long_english_review_and_a_cited_link_are_kept(tmp_path):
     assert outs == [long_review, "The boss guide helped a lot, the fight is fair once learned.", crash]
 
 
+def test_long_chinese_review_has_the_room_of_a_long_english_one(tmp_path):
+    """Regression: Chinese reviews over 1,000 characters (about 610 tokens) were dropped while English
+    kept 1,500 words (about 1,880 tokens); the CJK bound is now 3,000 characters (about 1,840)."""
+    rng = random.Random(0)
+    han = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 400))
+
+    def zh(n: int) -> str:
+        return "".join(rng.choice(han) + ("，" if i % 12 == 11 else "") for i in range(n)) + "。"
+
+    detailed, wall = zh(2400), zh(3000)
+    src = _csv(tmp_path / "zh.csv", ["review", "language", "game"], [[detailed, "schinese", "Hades"], [wall, "schinese", "Hades"]])
+    res = _run(tmp_path, [src])
+    assert [r["output"] for r in _load(res["train"])] == [detailed] and res["removed"]["too_long"] == 1
+    assert _run(tmp_path, [src], max_chars=0)["counts"]["kept"] == 2
+
+
 def test_score_columns_language_codes_and_reviews_keyed_by_app(tmp_path):
     """`review_score` 1/-1 (not a bool), a language column holding ISO codes, a JSON object keyed by app id."""
     src = _csv(tmp_path / "scores.csv", ["app_id", "app_name", "review_text", "review_score", "review_votes", "lang"],
@@ -450,3 +466,17 @@ def test_quoted_separators_and_empty_fields_are_not_a_field_count_error(tmp_path
     outs = [r["output"] for r in _load(_run(tmp_path, [src], app_name="X", language="english")["train"])]
     assert outs == ["Fine, quoted, with commas and a story worth every hour I gave it",
                     "A long review of the game with an empty verdict field and no comma"]
+
+
+def test_invisible_characters_hide_nothing_from_the_rules(tmp_path):
+    """Zero-width characters and soft hyphens inside a slur, an e-mail, a link or the author's name."""
+    rows = [[EN[0] + " The n\u200bigger devs.", "Hades", "Bob"],
+            [EN[1] + " Mail me: bob\u00ad@gmail\u200c.com", "Hades", "Bob"],
+            [EN[2] + " Keys at www.\u2060cheap\u200bkeys.com", "Hades", "Bob"],
+            [EN[3] + "\n— Dark\u200bKnight99", "Hades", "DarkKnight99"],
+            [EN[2] + "\nxX_Sniper_Xx", "Hades", "\u3164xX_Sni\u200bper_Xx"],  # invisible characters in the name
+            ["Family mode is great for a party night with the kids 👨\u200d👩\u200d👧", "Hades", "Bob"]]
+    src = _csv(tmp_path / "z.csv", ["review", "game", "author"], rows)
+    res = _run(tmp_path, [src], language=["en"])
+    assert [r["output"] for r in _load(res["train"])] == [EN[1], EN[3], EN[2], rows[5][0]]
+    assert res["removed"]["identity_slur"] == 1 and res["removed"]["spam"] == 1
