@@ -120,6 +120,12 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
                    alive=(lambda: upstream.alive) if upstream is not None else (lambda: True))
     if upstream is not None:
         _supervise(app, upstream)
+    _install_middleware(app, served, opts)
+    return app
+
+
+def _install_middleware(app: FastAPI, served: Served, opts: AppOptions) -> None:
+    """Ours (auth, limits, persona, access log), CORS when origins are listed, and the request id outermost."""
     log = JsonlLog(opts.log_file) if opts.log_file else None
     app.add_middleware(SteamMiddleware, served=served, api_key=opts.api_key, persona=opts.persona,
                        persona_mode=opts.persona_mode, max_request_bytes=opts.max_request_bytes,
@@ -130,7 +136,6 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
                            allow_methods=["GET", "POST"], expose_headers=["x-request-id"],
                            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"])
     app.add_middleware(RequestIdMiddleware)  # added last: the outermost, so that every answer carries the id
-    return app
 
 
 def _supervise(app: FastAPI, upstream: LlamaServer) -> None:
