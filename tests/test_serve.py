@@ -355,7 +355,7 @@ def test_logs_hold_no_key_and_no_prompt(server, client, request_log):
     out = chat(client, [{"role": "user", "content": SECRET_PROMPT}], max_tokens=1)
     client.post("/v1/chat/completions", content=b"{")
     client.get("/nowhere")
-    httpx.get(f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {KEY}x"})
+    denied = httpx.get(f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {KEY}x"})
     log = server.output()
     assert KEY not in log and SECRET_PROMPT not in log
     assert "http://127.0.0.1:" in log and "host.docker.internal" in log  # the banner
@@ -369,8 +369,8 @@ def test_logs_hold_no_key_and_no_prompt(server, client, request_log):
     assert KEY not in text and SECRET_PROMPT not in text
     chats = [r for r in rows if r["path"] == "/v1/chat/completions" and r["status"] == 200]
     assert chats[-1]["prompt_tokens"] == out["usage"]["prompt_tokens"] and chats[-1]["stream"] is False
-    models = [r for r in rows if r["path"] == "/v1/models"][-1]
-    assert models == {**models, "status": 401, "error_code": "invalid_api_key"}
+    models, = _log_rows(request_log, [denied.headers["x-request-id"]])  # other tests' rows may come before
+    assert models == {**models, "path": "/v1/models", "status": 401, "error_code": "invalid_api_key"}
     assert {r["status"] for r in rows} >= {200, 400, 401, 404}
     assert all(r["ms"] >= 0 and r["time"] > 0 for r in rows)
 
