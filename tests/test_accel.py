@@ -418,6 +418,11 @@ def test_lora_mlp_op_equals_autograd_in_float64(monkeypatch):
     mlp.eval()  # evaluation keeps peft's own forward
     with torch.no_grad():
         assert torch.equal(model(x), type(mlp).forward(mlp, x))
+    mlp.train()
+    mlp._steam_min_tokens = 27  # a batch of fewer tokens (26) trains through peft's own forward too
+    monkeypatch.setattr(torch.ops.steam, "lora_mlp", lambda *a: pytest.fail("op used below min_tokens"))
+    got = run()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     mlp.gate_proj.lora_dropout["default"] = torch.nn.Dropout(0.1)
     assert lora_mlp.why_not_fusable(mlp) == "gate_proj: LoRA dropout or DoRA"
 

@@ -43,10 +43,10 @@ SWIGLU_ROWS = 256
 _MLPS: weakref.WeakValueDictionary[int, torch.nn.Module] = weakref.WeakValueDictionary()
 
 
-def fuse_lora_mlps(layers, piece_tokens: int = MLP_PIECE_TOKENS) -> int:
+def fuse_lora_mlps(layers, piece_tokens: int = MLP_PIECE_TOKENS, min_tokens: int = 1) -> int:
     """Give each decoder layer's ``mlp`` in `layers` the op for training (`_lora_mlp_forward`) where it fits
-    (`why_not_fusable` is None); evaluation and generation keep the module's own forward. Returns how many
-    MLPs changed."""
+    (`why_not_fusable` is None), for batches of at least `min_tokens` tokens; evaluation, generation and
+    smaller batches keep the module's own forward. Returns how many MLPs changed."""
     _register_ops()
     n = 0
     for layer in layers:
@@ -55,7 +55,7 @@ def fuse_lora_mlps(layers, piece_tokens: int = MLP_PIECE_TOKENS) -> int:
             continue
         params = [w for name in PROJECTIONS for w in _lora_weights(getattr(mlp, name))]
         _MLPS[params[0].data_ptr()] = mlp
-        mlp._steam_lora_params, mlp._steam_piece = params, piece_tokens
+        mlp._steam_lora_params, mlp._steam_piece, mlp._steam_min_tokens = params, piece_tokens, min_tokens
         mlp.forward = types.MethodType(_lora_mlp_forward, mlp)
         n += 1
     return n
@@ -99,8 +99,9 @@ def _lora_weights(proj) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _lora_mlp_forward(self, x):
-    """Instance ``forward`` set by `fuse_lora_mlps`: the op in training, the module's own forward otherwise."""
-    if self.training and torch.is_grad_enabled():
+    """Instance ``forward`` set by `fuse_lora_mlps`: the op in training on batches of `_steam_min_tokens` tokens
+    or more, the module's own forward otherwise."""
+    if self.training and torch.is_grad_enabled() and x.shape[:-1].numel() >= self._steam_min_tokens:
         return torch.ops.steam.lora_mlp(x, self._steam_lora_params)
     return type(self).forward(self, x)
 
