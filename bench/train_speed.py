@@ -66,8 +66,13 @@ STACKS = {
     "ours-no-lora-mlp": "fixed,memory,long",      # the compiled MLP instead of the fused LoRA MLP op
     "ours-varlen-only": "fixed,long",             # every packed row through varlen FlashAttention 2 (no batched
                                                   # SDPA with cuDNN for rows of equal-length samples)
+    "ours-keep-attn": "fixed,long",               # the compiled recompute keeps each attention call's output
+                                                  # (offloaded like the layer inputs) instead of running it again
     "ours-lora-mlp-4096": "fixed,memory",         # the fused LoRA MLP in pieces of 4,096 tokens instead of 2,048
-    "ours-main-1206": "loss,fixed,long",          # the defaults before the fused LoRA MLP and offload at every
+    "ours-lora-mlp-1024": "fixed,memory",         # ... in pieces of 1,024
+    "ours-lean-from-4096": "real_bs16,fixed",     # the fused LoRA MLP and the offload only for rows of >= 4,096
+                                                  # tokens (shorter rows: compiled MLP, no offload)
+    "ours-main-1206": "loss,real_bs16,fixed,long",          # the defaults before the fused LoRA MLP and offload at every
                                                   # length (offload from 16k, eager chunked MLPs over 32k)
     "ours-lowmem": "loss,fixed,long",             # compiled MLPs, eager layers with chunked MLPs for rows > 16k
     "ours-main-1205": "loss,fixed,long",          # the defaults before chunked MLPs and overlapped offload
@@ -91,6 +96,7 @@ VARIANTS = {
     "ours-no-offload": {"offload_min_tokens": None},
     "ours-no-lora-mlp": {"lora_mlp": False},
     "ours-main-1206": {"lora_mlp": False, "offload_min_tokens": 16384},
+    "ours-lean-from-4096": {"offload_min_tokens": 4096},
     "ours-lowmem": {"lora_mlp": False, "mlp_chunk_min_tokens": 16384},
     "ours-main-1205": {"lora_mlp": False, "offload_min_tokens": 16384, "offload_overlap": False,
                        "mlp_chunk_min_tokens": None},
@@ -177,6 +183,32 @@ def build_baseline(model_dir: Path):
     return get_peft_model(model, lora_config()), {"stack": "peft prepare_model_for_kbit_training"}
 
 
+def keep_attention_in_compiled_recompute(accel) -> None:
+    """Bench variant: the compiled layers' checkpoint saves the attention kernels' outputs (MUST_SAVE) and
+    recomputes everything else, and the offload takes any saved tensor with a dimension of the batch's token
+    count (the attention output is (samples, heads, length, head dim))."""
+    import torch
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    names = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+             "_flash_attention_forward", "_scaled_dot_product_efficient_attention")
+    keep = {getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n)}
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.MUST_RECOMPUTE
+
+    accel.recompute_everything = lambda: create_selective_checkpoint_contexts(policy)
+
+    def wanted(self, t):
+        if isinstance(t, torch.nn.Parameter) or not t.is_floating_point() or t.dim() < 2 or self.n_tokens is None:
+            return False
+        per_token = t.numel() // self.n_tokens
+        lead = t.shape[0] * t.shape[1] if t.dim() == 3 else t.shape[0]
+        return (lead == self.n_tokens or self.n_tokens in t.shape[1:]) and per_token >= self.min_features
+
+    accel.OverlappedOffload.wanted = wanted
+
+
 def build_ours(model_dir: Path, variant: str):
     """What `steam-train train --quantization_bit 4 --bf16 True` builds: steam_persona.trainer.model + steam_persona.trainer.accel."""
     import torch
@@ -187,11 +219,18 @@ def build_ours(model_dir: Path, variant: str):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_lib.load_base(str(model_dir), quantization_bit=4, dtype=torch.bfloat16, device=dev)
     model = model_lib.add_lora(model, lora_target=["all"], lora_rank=8, lora_alpha=16, gradient_checkpointing=True)
+    if variant == "ours-keep-attn":
+        keep_attention_in_compiled_recompute(accel)
     report = accel.apply_fast_path(model, **VARIANTS.get(variant, {}))
-    if variant == "ours-lora-mlp-4096":
+    if variant == "ours-lean-from-4096":
         for layer in model.get_base_model().model.layers:
-            layer.mlp._steam_piece = 4096
-        report["lora_mlp"] += ", pieces of 4096 tokens (bench)"
+            layer.mlp._steam_min_tokens = 4096
+        report["lora_mlp"] += ", for rows of >= 4096 tokens (bench)"
+    if variant.startswith("ours-lora-mlp-"):
+        piece = int(variant.rsplit("-", 1)[1])
+        for layer in model.get_base_model().model.layers:
+            layer.mlp._steam_piece = piece
+        report["lora_mlp"] += f", pieces of {piece} tokens (bench)"
     if variant == "ours-varlen-only":
         def varlen_only(query, key, value, n, scale):
             t = query.shape[2]
