@@ -70,8 +70,8 @@ STACKS = {
                                                   # (offloaded like the layer inputs) instead of running it again
     "ours-lora-mlp-4096": "fixed,memory",         # the fused LoRA MLP in pieces of 4,096 tokens instead of 2,048
     "ours-lora-mlp-1024": "fixed,memory",         # ... in pieces of 1,024
-    "ours-lean-from-4096": "real_bs16,fixed",     # the fused LoRA MLP and the offload only for rows of >= 4,096
-                                                  # tokens (shorter rows: compiled MLP, no offload)
+    "ours-lean-every-row": "real_bs16,fixed",     # the fused LoRA MLP and the offload on every row (the defaults
+                                                  # of 2026-12-06 10:00-13:30 UTC), not only from 4,096 tokens
     "ours-main-1206": "loss,real_bs16,fixed,long",          # the defaults before the fused LoRA MLP and offload at every
                                                   # length (offload from 16k, eager chunked MLPs over 32k)
     "ours-lowmem": "loss,fixed,long",             # compiled MLPs, eager layers with chunked MLPs for rows > 16k
@@ -96,7 +96,7 @@ VARIANTS = {
     "ours-no-offload": {"offload_min_tokens": None},
     "ours-no-lora-mlp": {"lora_mlp": False},
     "ours-main-1206": {"lora_mlp": False, "offload_min_tokens": 16384},
-    "ours-lean-from-4096": {"offload_min_tokens": 4096},
+    "ours-lean-every-row": {"offload_min_tokens": 1, "lora_mlp_min_tokens": 1},
     "ours-lowmem": {"lora_mlp": False, "mlp_chunk_min_tokens": 16384},
     "ours-main-1205": {"lora_mlp": False, "offload_min_tokens": 16384, "offload_overlap": False,
                        "mlp_chunk_min_tokens": None},
@@ -222,10 +222,6 @@ def build_ours(model_dir: Path, variant: str):
     if variant == "ours-keep-attn":
         keep_attention_in_compiled_recompute(accel)
     report = accel.apply_fast_path(model, **VARIANTS.get(variant, {}))
-    if variant == "ours-lean-from-4096":
-        for layer in model.get_base_model().model.layers:
-            layer.mlp._steam_min_tokens = 4096
-        report["lora_mlp"] += ", for rows of >= 4096 tokens (bench)"
     if variant.startswith("ours-lora-mlp-"):
         piece = int(variant.rsplit("-", 1)[1])
         for layer in model.get_base_model().model.layers:

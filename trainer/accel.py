@@ -24,14 +24,14 @@ What `apply_fast_path(model)` does to an already-built (peft-wrapped or plain) c
   instance patch (``_apply_liger_kernel_to_instance``). Measured slower than compiled layers (and than
   plain eager) in these launch-bound steps: each Triton launch costs more host time than it saves;
   dynamo also cannot trace its autograd functions, so it excludes compilation.
-- **Activation offload** (default on from `offload_min_tokens` tokens a batch: every batch): the
+- **Activation offload** (default on from `LEAN_MIN_TOKENS` tokens a batch): the
   checkpointed layer inputs (layers x tokens x hidden bf16, 6.6 GB at 32k for a 7B) go to pinned host memory
   while the forward runs and come back in the backward, the copies overlapped with compute
   (`OverlappedOffload`; ``save_on_cpu``'s blocking copies with ``offload_overlap=False``).
-- **Fused LoRA MLPs** (default on with compiled layers): each layer's SwiGLU MLP with its three LoRA
-  projections runs as one custom op whose backward recomputes it in pieces along the sequence and holds
-  three (piece x intermediate) tensors instead of the compiled backward's eleven (tokens x intermediate)
-  ones (trainer/lora_mlp.py). Long rows stay compiled.
+- **Fused LoRA MLPs** (default on with compiled layers, from `LEAN_MIN_TOKENS` tokens a row): each layer's
+  SwiGLU MLP with its three LoRA projections runs as one custom op whose backward recomputes it in pieces
+  along the sequence and holds three (piece x intermediate) tensors instead of the compiled backward's
+  eleven (tokens x intermediate) ones (trainer/lora_mlp.py). Long rows stay compiled.
 - **Chunked MLPs** where the fused MLP is off, for rows over `MLP_CHUNK_MIN_TOKENS` (`chunk_mlp`): such a
   row runs the layers eagerly with each MLP in checkpointed pieces along the sequence, so a layer's
   backward holds one piece's (tokens x intermediate) activations instead of the row's.
@@ -63,9 +63,11 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-#: Batches with at least this many tokens offload checkpointed activations to host memory: every batch on a
-#: GPU, since the overlapped copies cost about 1 % of a 1,024 x 4 step and save 0.6 GiB (docs/gpu.md).
-OFFLOAD_MIN_TOKENS = 1
+#: Batches of at least this many tokens take the memory-lean levers on a GPU: the fused LoRA MLPs
+#: (trainer/lora_mlp.py) and activation offload. They hold a 4,096-token step of a 7B at Unsloth's peak
+#: instead of 8.4 GiB; on shorter rows (the real sample's 16-sample step, ~3k tokens, 8.1 GiB without them)
+#: the step is host-bound and their extra launches and copies cost 8 % of its speed (docs/gpu.md).
+LEAN_MIN_TOKENS = 4096
 
 #: Rows of more tokens than this run each decoder layer's MLP in `MLP_CHUNKS` checkpointed pieces, eagerly
 #: (`chunk_mlp`): at 49,152 tokens one gate/up activation of a 7B is 1.73 GiB, and the backward holds several.
@@ -428,9 +430,9 @@ def recompute_everything():
 
 
 def apply_fast_path(model, *, liger_kernels: bool = False, fused_loss: str | None = "auto", varlen: bool = True,
-                    offload_min_tokens: int | None = OFFLOAD_MIN_TOKENS, offload_overlap: bool = True,
+                    offload_min_tokens: int | None = LEAN_MIN_TOKENS, offload_overlap: bool = True,
                     compile_layers: bool = True, mlp_chunk_min_tokens: int | None = MLP_CHUNK_MIN_TOKENS,
-                    lora_mlp: bool = True) -> dict[str, str]:
+                    lora_mlp: bool = True, lora_mlp_min_tokens: int = LEAN_MIN_TOKENS) -> dict[str, str]:
     """Apply the levers above to `model` in place (after peft wrapping is fine: Liger patches forwards only).
 
     fused_loss: "auto" (Liger on CUDA with Triton, else `chunked_linear_cross_entropy`), "liger",
@@ -441,8 +443,8 @@ def apply_fast_path(model, *, liger_kernels: bool = False, fused_loss: str | Non
     where the fused LoRA MLP is off.
     liger_kernels: Liger RMSNorm/RoPE/SwiGLU (then layers are not compiled). compile_layers: compile each
     decoder layer where CUDA and Triton are present (`compile_decoder_layers`). lora_mlp: each compiled
-    layer's LoRA SwiGLU MLP as one op with a hand-written, piecewise backward (trainer/lora_mlp.py).
-    Returns {lever: "on (...)" | "off: reason"} for the run log. Never raises for a missing kernel: each
+    layer's LoRA SwiGLU MLP as one op with a hand-written, piecewise backward (trainer/lora_mlp.py), for
+    batches of at least `lora_mlp_min_tokens` tokens. Returns {lever: "on (...)" | "off: reason"} for the run log. Never raises for a missing kernel: each
     lever that can't run here is reported off and the stock path stays.
     """
     lm = _causal_lm(model)
@@ -455,7 +457,7 @@ def apply_fast_path(model, *, liger_kernels: bool = False, fused_loss: str | Non
         report["compile"] = "off: " + ("no CUDA device" if device.type != "cuda" else why_not)
     else:
         report["compile"] = compile_decoder_layers(lm)
-    report["lora_mlp"] = _apply_lora_mlp(lm, lora_mlp, report["compile"])
+    report["lora_mlp"] = _apply_lora_mlp(lm, lora_mlp, report["compile"], lora_mlp_min_tokens)
     report["mlp_chunks"] = (_apply_mlp_chunks(lm, mlp_chunk_min_tokens) if not report["lora_mlp"].startswith("on")
                             else "off: the fused LoRA MLPs work in pieces (long rows stay compiled)")
     report.update(_apply_fused_loss(lm, fused_loss, why_not, offload_min_tokens, offload_overlap))
@@ -476,7 +478,7 @@ def _apply_liger(lm, wanted: bool, why_not: str | None) -> str:
     return "on (RMSNorm, RoPE, SwiGLU)"
 
 
-def _apply_lora_mlp(lm, wanted: bool, compiled: str) -> str:
+def _apply_lora_mlp(lm, wanted: bool, compiled: str, min_tokens: int) -> str:
     """`lora_mlp.fuse_lora_mlps` on every decoder layer when `wanted`, the layers are compiled (CUDA + Triton:
     the CPU path and the no-Triton fallback keep the stock MLP) and every MLP fits the op; the report line."""
     from steam_persona.trainer import lora_mlp as lora_mlp_lib
@@ -488,8 +490,9 @@ def _apply_lora_mlp(lm, wanted: bool, compiled: str) -> str:
     why = next((w for w in (lora_mlp_lib.why_not_fusable(layer.mlp) for layer in layers) if w), None)
     if why:
         return f"off: {why}"
-    n = lora_mlp_lib.fuse_lora_mlps(layers)
-    return f"on ({n} MLPs as one op each, recomputed in pieces of {lora_mlp_lib.MLP_PIECE_TOKENS} tokens)"
+    n = lora_mlp_lib.fuse_lora_mlps(layers, min_tokens=min_tokens)
+    return (f"on ({n} MLPs as one op each for rows of {min_tokens}+ tokens, recomputed in pieces of "
+            f"{lora_mlp_lib.MLP_PIECE_TOKENS} tokens)")
 
 
 def _apply_mlp_chunks(lm, min_tokens: int | None) -> str:
