@@ -41,8 +41,8 @@ What `apply_fast_path(model)` does to an already-built (peft-wrapped or plain) c
   cross-sample blocks that SDPA with transformers' block-diagonal mask computes and then masks (a 4,096
   token row of 1,024-token samples: 4x less attention work). A row whose samples share one length (a long
   sample alone, or equal samples) is one batched SDPA call instead, cuDNN's kernel first on CUDA
-  (`_uniform_sdpa`: 1.7x faster than torch's FlashAttention 2 at 32k tokens). Registered as a transformers attention
-  function (``AttentionInterface``) that falls back to SDPA for every other input (padded batches,
+  (`_uniform_sdpa`: faster than torch's FlashAttention 2 on Hopper, docs/gpu.md). Registered as a
+  transformers attention function (``AttentionInterface``) that falls back to SDPA for every other input (padded batches,
   generation, eval). Self-checked against SDPA on first use; off when the check fails.
 - **Selective checkpointing on CPU** (`keep_attention_outputs`, via `enable_checkpointing`): the
   recompute in the backward reuses each attention call's outputs instead of running attention again.
@@ -64,9 +64,9 @@ import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 #: Batches of at least this many tokens take the memory-lean levers on a GPU: the fused LoRA MLPs
-#: (trainer/lora_mlp.py) and activation offload. They hold a 4,096-token step of a 7B at Unsloth's peak
-#: instead of 8.4 GiB; on shorter rows (the real sample's 16-sample step, ~3k tokens, 8.1 GiB without them)
-#: the step is host-bound and their extra launches and copies cost 8 % of its speed (docs/gpu.md).
+#: (trainer/lora_mlp.py) and activation offload. Shorter rows' activations are small next to a 24 GB card,
+#: and their steps are host-bound, where the levers' extra launches and copies cost speed (figures in
+#: docs/gpu.md, "Figures behind trainer/accel.py's defaults").
 LEAN_MIN_TOKENS = 4096
 
 #: Rows of more tokens than this run each decoder layer's MLP in `MLP_CHUNKS` checkpointed pieces, eagerly
@@ -444,8 +444,9 @@ def apply_fast_path(model, *, liger_kernels: bool = False, fused_loss: str | Non
     liger_kernels: Liger RMSNorm/RoPE/SwiGLU (then layers are not compiled). compile_layers: compile each
     decoder layer where CUDA and Triton are present (`compile_decoder_layers`). lora_mlp: each compiled
     layer's LoRA SwiGLU MLP as one op with a hand-written, piecewise backward (trainer/lora_mlp.py), for
-    batches of at least `lora_mlp_min_tokens` tokens. Returns {lever: "on (...)" | "off: reason"} for the run log. Never raises for a missing kernel: each
-    lever that can't run here is reported off and the stock path stays.
+    batches of at least `lora_mlp_min_tokens` tokens. Returns {lever: "on (...)" | "off: reason"} for the
+    run log. Never raises for a missing kernel: each lever that can't run here is reported off and the
+    stock path stays.
     """
     lm = _causal_lm(model)
     device = next(lm.parameters()).device
@@ -760,9 +761,8 @@ def _segment_sdpa(q, k, v, cu, scale):
 
 
 #: SDPA backends for rows of equal-length samples on CUDA, in order: cuDNN's attention (Hopper-tuned, with GQA)
-#: ran a 32k-token causal forward and backward at Qwen2.5-7B's shapes 1.7x faster than FlashAttention 2, whose
-#: torch build is what varlen_attn calls (bench/results/attention_kernels.json); the others where cuDNN has no
-#: kernel for the GPU or the inputs.
+#: is faster than the FlashAttention 2 build behind torch's varlen_attn (bench/attention_kernels.py, figures
+#: in docs/gpu.md); the others where cuDNN has no kernel for the GPU or the inputs.
 UNIFORM_BACKENDS = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
 
