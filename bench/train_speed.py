@@ -742,7 +742,7 @@ def main(argv=None) -> int:
 
 def summarize(results: dict) -> dict:
     base = results.get("baseline", {}).get("configs", {})
-    rows, ratios = [], {}
+    ratios = {}
     head = f"{'stack':24} {'data':8} {'s/step':>7} {'eff tok/s':>10} {'pad tok/s':>10} {'peak GiB':>8} {'MFU':>6} {'x base':>7}"
     print("\n" + head + "\n" + "-" * len(head))
     for stack, r in results.items():
