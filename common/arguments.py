@@ -101,7 +101,8 @@ class LoraArguments(Arguments):
 
     lora_rank: int = arg(8, "LoRA rank r.", check=_positive)
     lora_alpha: int | None = arg(None, "LoRA alpha (default 2 × rank).")
-    lora_dropout: float = arg(0.0, "LoRA dropout.")
+    lora_dropout: float = arg(0.0, "LoRA dropout (> 0 turns the GPU's fused LoRA MLPs off: more memory on long "
+                                   "rows, docs/gpu.md).")
     lora_target: list[str] = arg(["all"], "Linear layers to adapt: all (every linear but the output head) or names "
                                           "like q_proj,v_proj.")
 

@@ -126,9 +126,12 @@ class TrainConfig:
                                    "positions, no cross-sample attention); False pads each micro-batch to its "
                                    "longest sample. (ours)")
     torch_compile: bool = arg(True, "Compile each decoder layer with torch.compile (CUDA with Triton only; "
-                                    "ignored on CPU). Costs 1-2 minutes once at the first steps (a 7B on an H200).")
-    enable_liger_kernel: bool = arg(False, "Use Liger-Kernel's RMSNorm/RoPE/SwiGLU (CUDA; replaces --torch_compile; "
-                                           "slower in our measurements, docs/gpu.md). Its fused loss is always on.")
+                                    "ignored on CPU). Costs about a minute once at the first steps (a 7B). False "
+                                    "also turns off the fused LoRA MLPs: more memory on rows of 4,096+ tokens "
+                                    "(docs/gpu.md).")
+    enable_liger_kernel: bool = arg(False, "Use Liger-Kernel's RMSNorm/RoPE/SwiGLU (CUDA; replaces --torch_compile, "
+                                           "so the fused LoRA MLPs are off too; slower in our measurements, "
+                                           "docs/gpu.md). Its fused loss is always on.")
 
 
 class NonFiniteError(UserError):
