@@ -24,6 +24,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
+from steam_persona.serve.access_log import note_completion_tokens
 from steam_persona.serve.chat_handler import INCLUDE_USAGE
 from steam_persona.serve.engine import watch_disconnect
 from steam_persona.serve.errors import RequestError, error_body
@@ -83,6 +84,7 @@ async def generate(request: Request, served: Any, body: Any, chat: bool) -> Resp
         return e.response()
     run = _Run(chat=chat, id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, model=served.alias,
                prompt_tokens=len(tokens))
+    note_completion_tokens(lambda: run.completion_tokens)
     if not body.stream:
         return await _complete(request, served, upstream_body, run, body)
     cancel = threading.Event()
