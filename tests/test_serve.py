@@ -91,6 +91,13 @@ def test_health_and_models(server, client):
     assert [m["id"] for m in models["data"]] == ["SmolLM2-135M-Instruct.Q4_1"]
 
 
+def test_the_documented_health_answer_has_the_served_keys(client):
+    """docs/serving.md's ``/health`` example lacked the ``engine`` key the server returns."""
+    doc = (REPO / "docs" / "serving.md").read_text(encoding="utf-8")
+    example = re.search(r"GET /health  →  (\{.*?\})", doc, re.S)[1]
+    assert set(re.findall(r'"(\w+)":', example)) == set(client.get("/health").json())
+
+
 def test_chat_non_streamed(client):
     out = chat(client, HELLO, max_tokens=40, temperature=0, model="whatever-the-client-says")
     choice = out["choices"][0]
