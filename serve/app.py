@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from steam_persona.serve import chat_handler, errors, health, routes
+from steam_persona.serve.access_log import AccessLog
+from steam_persona.serve.cors import OpenAICORSMiddleware
 from steam_persona.serve.engine import Worker
 from steam_persona.serve.grammar import GrammarChecker
 from steam_persona.serve.llama_server import LlamaServer, launch
@@ -125,16 +126,20 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
 
 
 def _install_middleware(app: FastAPI, served: Served, opts: AppOptions) -> None:
-    """Ours (auth, limits, persona, access log), CORS when origins are listed, and the request id outermost."""
-    log = JsonlLog(opts.log_file) if opts.log_file else None
+    """Ours (auth, limits, persona), CORS when origins are listed, the access log (outside CORS:
+    preflights get rows) and the request id outermost. The log is ``app.state.request_log``
+    (``None`` without ``--log_file``) for the HTTP protocol's own answers."""
+    log = app.state.request_log = JsonlLog(opts.log_file) if opts.log_file else None
     app.add_middleware(SteamMiddleware, served=served, api_key=opts.api_key, persona=opts.persona,
                        persona_mode=opts.persona_mode, max_request_bytes=opts.max_request_bytes,
-                       max_tokens_cap=opts.max_tokens_cap, read_timeout=opts.read_timeout, log=log)
+                       max_tokens_cap=opts.max_tokens_cap, read_timeout=opts.read_timeout)
     if opts.cors_origins:
         # no credentials: clients authenticate with a header, and never "*" together with credentials
-        app.add_middleware(CORSMiddleware, allow_origins=list(opts.cors_origins), allow_credentials=False,
+        app.add_middleware(OpenAICORSMiddleware, allow_origins=list(opts.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST"], expose_headers=["x-request-id"],
                            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"])
+    if log is not None:
+        app.add_middleware(AccessLog, log=log)
     app.add_middleware(RequestIdMiddleware)  # added last: the outermost, so that every answer carries the id
 
 

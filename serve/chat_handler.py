@@ -35,6 +35,7 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_tokenizer import LlamaTokenizer
 
+from steam_persona.serve.access_log import note_completion_tokens
 from steam_persona.serve.engine import STOP
 from steam_persona.serve.errors import RequestError
 from steam_persona.serve.grammar import GrammarChecker
@@ -140,6 +141,7 @@ class ChatHandler:
             self.llama.reset()
         guard = guard_grammar(self.llama, kwargs)  # llama.cpp's own grammar sampler can abort the process
         usage = self.last_usage = {"prompt_tokens": len(tokens), "completion_tokens": 0}
+        note_completion_tokens(lambda: usage["completion_tokens"])
         sampled = self.last_tokens = []
         self.last_cut = self.last_eog = False
         stop = STOP.get()

@@ -60,8 +60,8 @@ class ServeConfig:
                                       "credentials.")
     shutdown_timeout: float = arg(10.0, "On SIGTERM, seconds to let running requests finish; then the process "
                                         "ends whatever it is doing.")
-    log_file: str | None = arg(None, "Also append one JSON line per request here (method, path, status, ms, "
-                                     "prompt tokens; never keys or text).")
+    log_file: str | None = arg(None, "Also append one JSON line per response here (request id, method, path, "
+                                     "status, ms, tokens, error code, whether the client left; never keys or text).")
     engine: str = arg("llama-cpp-python", "What generates: llama-cpp-python in this process (one request at a time), "
                                           "or llama.cpp's llama-server (several at once; build it with `make "
                                           "llama-server`).", choices=("llama-cpp-python", "llama-server"))
@@ -149,7 +149,7 @@ def run(cfg: ServeConfig) -> None:
     AppStatus.disable_automatic_graceful_drain()
     server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
                                     timeout_graceful_shutdown=cfg.shutdown_timeout,
-                                    http=h11_protocol(cfg.read_timeout)))
+                                    http=h11_protocol(cfg.read_timeout, app.state.request_log)))
     app.state.stop_serving = lambda: setattr(server, "should_exit", True)
     server.run()
     upstream = app.state.served.upstream

@@ -8,15 +8,13 @@ the library's request schema, token ids, grammars, context overflow), and passes
 request model on (in ``scope["state"]``). For chat requests it normalises the messages (:mod:`steam_persona.serve.messages`) and applies the
 persona (:mod:`steam_persona.serve.persona`). Token counting runs on the checks thread, never on the event loop.
 A key sent in the query string is refused and removed from the request before anything logs it.
-With ``--log_file`` it writes one JSON line per response, with the response's ``x-request-id``
-(:mod:`steam_persona.serve.request_id`).
+It notes the request's facts for the ``--log_file`` row in ``scope["state"]`` (:mod:`steam_persona.serve.access_log`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl
 
@@ -33,7 +31,6 @@ from steam_persona.serve.persona import apply_persona
 from steam_persona.serve.request_id import STATE_KEY as REQUEST_ID
 from steam_persona.serve.routes import Served
 from steam_persona.serve.validate import check_generation, check_stream_options, check_token_ids, parse_json
-from steam_persona.common.atomic import JsonlLog
 
 logger = logging.getLogger("steam_persona.serve")
 
@@ -43,8 +40,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 #: Paths served without a key (Docker / Dify health checks).
 OPEN_PATHS = ("/health",)
-#: Request facts that go into the JSON-lines log besides method, path, status and time.
-_LOGGED = (REQUEST_ID, "error_code", "prompt_tokens", "stream")
 #: Query parameters that carry keys in other APIs; never accepted, never logged.
 _KEY_PARAMS = frozenset({"api_key", "api-key", "apikey", "key", "access_token", "token", "auth"})
 _CHAT, _COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -76,38 +71,17 @@ class SteamMiddleware:
         max_request_bytes: larger bodies get 413 ``request_too_large`` (read no further).
         read_timeout: seconds a body may take to arrive (then 408; see :mod:`steam_persona.serve.body`).
         max_tokens_cap: most tokens one request may generate (see :func:`steam_persona.serve.validate.check_generation`).
-        log: a JSON-lines request log, or ``None``.
     """
 
     def __init__(self, app: Any, *, served: Served, api_key: str | None, persona: str | None, persona_mode: str,
-                 max_request_bytes: int, max_tokens_cap: int, read_timeout: float, log: JsonlLog | None = None) -> None:
+                 max_request_bytes: int, max_tokens_cap: int, read_timeout: float) -> None:
         self.app, self.served, self.api_key, self.persona, self.persona_mode = app, served, api_key, persona, persona_mode
         self.max_request_bytes, self.max_tokens_cap, self.read_timeout = max_request_bytes, max_tokens_cap, read_timeout
         self.models = _request_models()
-        self.log = log
-
-    def _logging_send(self, scope: Scope, send: Send) -> Send:
-        """Wrap ``send`` to write one JSON line per finished response: method, path, status,
-        milliseconds, the request id, and the error code or prompt size when known (never keys or text)."""
-        start, fields = time.perf_counter(), scope.setdefault("state", {})
-        status = 0
-
-        async def logged(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                self.log.write(event="request", method=scope["method"], path=scope["path"], status=status,
-                               ms=round((time.perf_counter() - start) * 1000, 1),
-                               **{k: v for k, v in fields.items() if k in _LOGGED})
-        return logged
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.log is not None:
-            send = self._logging_send(scope, send)
         send = _tracking(send)
         try:
             await self._handle(scope, receive, send)

@@ -7,7 +7,7 @@ slow-loris attack; bodies are timed in :mod:`steam_persona.serve.body`). Here ev
 complete its request headers within ``header_timeout`` seconds of opening, or of its previous
 response's end, or it is closed. Bytes h11 cannot parse (a negative ``Content-Length``, TLS sent to
 plain HTTP) get uvicorn's 400 with an OpenAI error body instead of plain text (and an ``x-request-id``, as
-every response has).
+every response has), and a row in the ``--log_file`` log (:func:`steam_persona.serve.access_log.write_unparsed`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from steam_persona.common.atomic import JsonlLog
+from steam_persona.serve.access_log import write_unparsed
 from steam_persona.serve.errors import RequestError, error_bytes
 from steam_persona.serve.request_id import HEADER as REQUEST_ID, new_id
 
 
-def h11_protocol(header_timeout: float) -> type[H11Protocol]:
-    """An ``H11Protocol`` subclass for uvicorn's ``http=`` setting (see the module docstring)."""
+def h11_protocol(header_timeout: float, log: JsonlLog | None = None) -> type[H11Protocol]:
+    """An ``H11Protocol`` subclass for uvicorn's ``http=`` setting (see the module docstring); ``log``
+    is the ``--log_file`` request log, if any."""
 
     class Protocol(H11Protocol):
         _armed = 0
@@ -46,11 +49,14 @@ def h11_protocol(header_timeout: float) -> type[H11Protocol]:
 
         def send_400_response(self, msg: str) -> None:
             body = error_bytes(RequestError(f"{msg} Send HTTP/1.1 with valid headers.", code="invalid_http"))
+            rid = new_id()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       (b"connection", b"close"), (REQUEST_ID, new_id().encode())]
+                       (b"connection", b"close"), (REQUEST_ID, rid.encode())]
             for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
                           h11.EndOfMessage()):
                 self.transport.write(self.conn.send(event))
             self.transport.close()
+            if log is not None:
+                write_unparsed(log, rid)
 
     return Protocol

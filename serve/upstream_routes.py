@@ -24,6 +24,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
+from steam_persona.serve.access_log import note_completion_tokens
 from steam_persona.serve.chat_handler import INCLUDE_USAGE
 from steam_persona.serve.engine import watch_disconnect
 from steam_persona.serve.errors import RequestError, error_body
@@ -85,6 +86,7 @@ async def generate(request: Request, served: Any, body: Any, chat: bool) -> Resp
                prompt_tokens=len(tokens))
     if not body.stream:
         return await _complete(request, served, upstream_body, run, body)
+    note_completion_tokens(lambda: run.completion_tokens)
     cancel = threading.Event()
     deadline = time.monotonic() + served.request_timeout
     stopped = lambda: cancel.is_set() or time.monotonic() > min(deadline, served.wind_down_at)  # noqa: E731
@@ -107,6 +109,8 @@ async def _complete(request: Request, served: Any, upstream_body: dict[str, Any]
     """
     deadline = time.monotonic() + served.request_timeout
     pieces: list[str] | None = [] if _may_run_out(served, body, deadline) else None
+    if pieces is not None:  # counted as they come; llama-server's non-streamed answer tells them at its end
+        note_completion_tokens(lambda: run.completion_tokens)
     job = asyncio.create_task(served.upstream.complete(upstream_body) if pieces is None
                               else _gather(served, upstream_body, run, pieces))
     gone = asyncio.create_task(watch_disconnect(request.receive, threading.Event()))
@@ -128,6 +132,7 @@ async def _complete(request: Request, served: Any, upstream_body: dict[str, Any]
         gone.cancel()
     if pieces is None:
         _finish(run, event)
+        note_completion_tokens(lambda: run.completion_tokens)
     _note_speed(served, run)
     return JSONResponse(run.response(_completion_text(body, run.chat, event["content"] if pieces is None
                                                       else "".join(pieces))))

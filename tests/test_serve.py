@@ -91,6 +91,13 @@ def test_health_and_models(server, client):
     assert [m["id"] for m in models["data"]] == ["SmolLM2-135M-Instruct.Q4_1"]
 
 
+def test_the_documented_health_answer_has_the_served_keys(client):
+    """docs/serving.md's ``/health`` example lacked the ``engine`` key the server returns."""
+    doc = (REPO / "docs" / "serving.md").read_text(encoding="utf-8")
+    example = re.search(r"GET /health  →  (\{.*?\})", doc, re.S)[1]
+    assert set(re.findall(r'"(\w+)":', example)) == set(client.get("/health").json())
+
+
 def test_chat_non_streamed(client):
     out = chat(client, HELLO, max_tokens=40, temperature=0, model="whatever-the-client-says")
     choice = out["choices"][0]
@@ -415,6 +422,44 @@ def test_every_response_carries_an_x_request_id_that_the_log_records(server, cli
         ("/v1/chat/completions", 200), ("/v1/chat/completions", 400), ("/nowhere", 404), ("/v1/models", 401),
         ("/v1/models", 200), ("/v1/chat/completions", 400), ("/v1/chat/completions", 200)]
     assert rows[1]["error_code"] == "invalid_json" and rows[6]["stream"] is True
+
+
+def leave_streams(base_url, headers, body):
+    """Three streamed requests whose clients leave: after two content chunks (``left-chunks``), once
+    the stream runs without reading any of it (``left-unread``), and at once after sending
+    (``left-at-once``). Returns the ids."""
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**body, "stream": True}, timeout=60,
+                      headers={**headers, "X-Request-Id": "left-chunks"}) as r:
+        seen = 0
+        for line in r.iter_lines():
+            seen += '"content"' in line
+            if seen == 2:
+                break
+    raw = json.dumps({**body, "stream": True}).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    for rid, wait in (("left-unread", 1.0), ("left-at-once", 0)):
+        with socket.create_connection(("127.0.0.1", int(base_url.rsplit(":", 1)[1]))) as s:
+            s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{head}X-Request-Id: {rid}\r\n"
+                      f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
+            time.sleep(wait)
+    return ["left-chunks", "left-unread", "left-at-once"]
+
+
+def test_streams_whose_clients_leave_get_their_log_row(server, request_log):
+    """A stream's row was written only at its last chunk: a client that left had none. Now: status 200
+    as sent, ``disconnected``, and the completion tokens generated until the server noticed."""
+    body = {"messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 400, "temperature": 0,
+            "repeat_penalty": 1.0}
+    rows = _log_rows(request_log, leave_streams(server.base_url, AUTH, body))
+    assert all(row is not None and row["disconnected"] is True for row in rows), rows
+    chunks, unread, _ = rows
+    for row in (chunks, unread):
+        assert (row["path"], row["status"], row["stream"]) == ("/v1/chat/completions", 200, True), row
+        assert 2 <= row["completion_tokens"] < 400 and row["prompt_tokens"] > 0, row
+    stayed = httpx.post(f"{server.base_url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2},
+                        headers={**AUTH, "X-Request-Id": "stayed"}, timeout=60)
+    row, = _log_rows(request_log, ["stayed"])
+    assert stayed.json()["usage"]["completion_tokens"] == row["completion_tokens"] == 2 and "disconnected" not in row
 
 
 def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):

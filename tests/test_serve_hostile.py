@@ -27,11 +27,26 @@ PERSONA = "You are Lao G, a grumpy reviewer. persona-marker-4417"
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_gguf):
+def request_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("hostile") / "requests.jsonl"
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf, request_log):
     with start_server(smollm2_gguf, api_key=KEY, extra_args=(
             "--system", PERSONA, "--max_tokens_cap", "24", "--request_timeout", "20",
-            "--cors_origins", "http://good.example", "--read_timeout", "2")) as srv:
+            "--cors_origins", "http://good.example", "--read_timeout", "2", "--log_file", request_log)) as srv:
         yield srv
+
+
+def _log_rows(request_log, ids, timeout=10.0):
+    """The ``--log_file`` rows of these request ids (a row is written once its response went out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = {r.get("request_id"): r for r in map(json.loads, request_log.read_text(encoding="utf-8").splitlines())}
+        if set(ids) <= set(rows) or time.monotonic() > deadline:
+            return [rows.get(i) for i in ids]
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +212,7 @@ def test_a_body_that_never_arrives_times_out_without_blocking_others(server, cli
     assert time.perf_counter() - t < 8
 
 
-def test_headers_that_never_end_or_are_not_http(server, client):
+def test_headers_that_never_end_or_are_not_http(server, client, request_log):
     """Half a request line, then nothing: uvicorn held the connection for ever (its keep-alive timer stops
     at the first byte). Closed after --read_timeout (2 s here), whether fresh or after a first response."""
     fresh = socket.create_connection(("127.0.0.1", server.port))
@@ -216,7 +231,9 @@ def test_headers_that_never_end_or_are_not_http(server, client):
         assert s.recv(4096) == b""  # closed by the server, no answer
         s.close()
     assert time.perf_counter() - t < 6
-    # bytes that are not HTTP (a negative Content-Length, TLS to plain HTTP): uvicorn's plain-text 400 is OpenAI-shaped
+    # bytes that are not HTTP (a negative Content-Length, TLS to plain HTTP): uvicorn's plain-text 400 is
+    # OpenAI-shaped, and logged (it had no row)
+    ids = []
     for raw in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01" + b"\0" * 40):
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.settimeout(10)
@@ -225,11 +242,17 @@ def test_headers_that_never_end_or_are_not_http(server, client):
             while chunk := s.recv(4096):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 400 ") and json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "invalid_http"
-        assert re.search(rb"\r\nx-request-id: req_[0-9a-f]{32}\r\n", answer), answer
+        rid = re.search(rb"\r\nx-request-id: (req_[0-9a-f]{32})\r\n", answer)
+        assert rid, answer
+        ids.append(rid[1].decode())
+    rows = _log_rows(request_log, ids)
+    assert [{**row, "time": 0} for row in rows] == [
+        {"event": "request", "method": None, "path": None, "status": 400, "ms": None, "request_id": rid,
+         "error_code": "invalid_http", "time": 0} for rid in ids]
     _alive(client)
 
 
-def test_cors_lets_browsers_send_and_read_the_request_id(client):
+def test_cors_lets_browsers_send_and_read_the_request_id(client, request_log):
     origin = {"Origin": "http://good.example"}
     pre = client.options(CHAT, headers={**origin, "Access-Control-Request-Method": "POST",
                                         "Access-Control-Request-Headers": "authorization, x-request-id",
@@ -238,6 +261,24 @@ def test_cors_lets_browsers_send_and_read_the_request_id(client):
     assert "x-request-id" in pre.headers["access-control-allow-headers"].lower()
     r = client.get("/v1/models", headers=origin)
     assert r.headers["access-control-expose-headers"].lower() == "x-request-id" and r.headers["x-request-id"]
+    row, = _log_rows(request_log, ["pre-1"])  # preflights had no row
+    assert (row["method"], row["path"], row["status"]) == ("OPTIONS", CHAT, 200) and "error_code" not in row
+
+
+def test_refused_cors_preflights_are_openai_shaped_and_logged(client, request_log):
+    """A preflight from an origin (or with a method) not allowed got starlette's plain-text
+    ``400 Disallowed CORS origin``, and no log row."""
+    asks = [("refused-origin", {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}),
+            ("refused-both", {"Origin": "http://evil.example", "Access-Control-Request-Method": "DELETE"})]
+    for rid, headers in asks:
+        r = client.options(CHAT, headers={**headers, "X-Request-Id": rid})
+        err = _error(r, 400, "cors_not_allowed")
+        assert err["param"] is None and r.headers["x-request-id"] == rid
+        assert "access-control-allow-origin" not in r.headers
+    assert "(origin not allowed)" in _error(client.options(CHAT, headers=asks[0][1]), 400)["message"]
+    assert "(origin, method not allowed)" in err["message"] and "GET, POST" in err["message"]
+    rows = _log_rows(request_log, [rid for rid, _ in asks])
+    assert [(row["method"], row["status"], row["error_code"]) for row in rows] == [("OPTIONS", 400, "cors_not_allowed")] * 2
 
 
 def test_model_ids_and_head_requests(server, client):

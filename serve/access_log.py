@@ -1,0 +1,113 @@
+"""The ``--log_file`` request log: one JSON line for every response the server sends.
+
+A row (:class:`steam_persona.common.atomic.JsonlLog`, which adds ``time``) holds ``event``
+"request", ``method``, ``path``, ``status`` (as sent), ``ms`` (from the request's arrival to its
+response's end, or to the client's leaving), ``request_id`` (the response's ``x-request-id``,
+:mod:`steam_persona.serve.request_id`) and, when known, ``error_code``, ``prompt_tokens``,
+``stream`` (noted in ``scope["state"]`` by :mod:`steam_persona.serve.middleware`) and
+``completion_tokens`` (generated so far, noted by the engine through
+:func:`note_completion_tokens`). A client that left before its response's end (a stream closed
+after some chunks or before any was read, a non-streamed request given up) adds
+``"disconnected": true``. Never keys or text.
+
+:class:`AccessLog` is pure ASGI and sits just inside the request id and outside CORS, so that
+preflights are logged too. Bytes that are not HTTP never reach the app: the protocol writes their
+row with :func:`write_unparsed` (no method, path or time: there was no request).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from typing import Any, Awaitable, Callable
+
+from steam_persona.common.atomic import JsonlLog
+from steam_persona.serve.request_id import STATE_KEY as REQUEST_ID
+
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: ``scope["state"]`` keys copied into a row besides method, path, status and time.
+LOGGED = (REQUEST_ID, "error_code", "prompt_tokens", "stream")
+#: Per request: a one-item list the engine fills with a getter of its completion tokens so far.
+_TOKENS: contextvars.ContextVar[list[Callable[[], int]] | None] = contextvars.ContextVar("completion_tokens",
+                                                                                         default=None)
+
+
+def note_completion_tokens(count: Callable[[], int]) -> None:
+    """Give this request's row ``completion_tokens = count()`` (called by an engine as generation
+    starts; a no-op outside a logged request, e.g. in ``steam-train chat``)."""
+    slot = _TOKENS.get()
+    if slot is not None:
+        slot[:] = [count]
+
+
+def write_unparsed(log: JsonlLog, request_id: str) -> None:
+    """The row of a 400 ``invalid_http`` answer to bytes that were not an HTTP request."""
+    log.write(event="request", method=None, path=None, status=400, ms=None, request_id=request_id,
+              error_code="invalid_http")
+
+
+class _Exchange:
+    """One request's facts while its response goes out."""
+
+    def __init__(self, scope: dict[str, Any]) -> None:
+        self.scope, self.start = scope, time.perf_counter()
+        self.status: int | None = None
+        self.disconnected = self.written = False
+        self.tokens: list[Callable[[], int]] = []
+
+    def row(self) -> dict[str, Any]:
+        state = self.scope.get("state", {})
+        row = {"event": "request", "method": self.scope["method"], "path": self.scope["path"], "status": self.status,
+               "ms": round((time.perf_counter() - self.start) * 1000, 1),
+               **{k: v for k, v in state.items() if k in LOGGED}}
+        if self.tokens:
+            row["completion_tokens"] = self.tokens[0]()
+        if self.disconnected:
+            row["disconnected"] = True
+        return row
+
+
+class AccessLog:
+    """Write one row to ``log`` per HTTP response (see the module docstring).
+
+    Args:
+        app: the ASGI app to wrap.
+        log: the JSON-lines log.
+    """
+
+    def __init__(self, app: Any, log: JsonlLog) -> None:
+        self.app, self.log = app, log
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        ex = _Exchange(scope)
+
+        async def watched_receive() -> Message:
+            message = await receive()
+            # after the response's end uvicorn answers every receive with a disconnect: not a client's leaving
+            if message["type"] == "http.disconnect" and not ex.written:
+                ex.disconnected = True
+            return message
+
+        async def logged_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ex.status = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body") and not ex.written:
+                self._write(ex)
+
+        token = _TOKENS.set(ex.tokens)
+        try:
+            await self.app(scope, watched_receive, logged_send)
+        finally:
+            _TOKENS.reset(token)
+            if not ex.written:  # the response never ended: its client left (or the server stopped it)
+                self._write(ex)
+
+    def _write(self, ex: _Exchange) -> None:
+        ex.written = True
+        self.log.write(**ex.row())

@@ -1,0 +1,48 @@
+"""CORS for browsers (``--cors_origins``): starlette's ``CORSMiddleware``, with refused preflights
+answered as every other 4xx.
+
+Starlette answers a preflight it refuses (an origin, method or header not allowed) with a
+plain-text ``400 Disallowed CORS origin``; here it is an OpenAI-shaped 400 ``cors_not_allowed``
+(``{"error": {"message", "type", "param", "code"}}``, :mod:`steam_persona.serve.errors`) with
+starlette's own headers and reasons kept, and its code noted for the ``--log_file`` row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from steam_persona.serve.errors import error_body
+
+#: The error code of a refused preflight.
+REFUSED = "cors_not_allowed"
+
+
+class OpenAICORSMiddleware(CORSMiddleware):
+    """``CORSMiddleware`` (same arguments) whose refused preflights are OpenAI-shaped 400s."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        # starlette's own test for a preflight
+        if headers is None or scope["method"] != "OPTIONS" or "origin" not in headers \
+                or "access-control-request-method" not in headers:
+            return await super().__call__(scope, receive, send)
+        response = self.preflight_response(request_headers=headers)
+        if response.status_code == 400:
+            scope.setdefault("state", {})["error_code"] = REFUSED
+            response = self._refusal(response)
+        await response(scope, receive, send)
+
+    def _refusal(self, plain: Response) -> JSONResponse:
+        """Starlette's plain-text refusal (body ``Disallowed CORS origin, method, …``) as OpenAI's error,
+        naming what was refused and what is allowed (not the origins: the list is not the caller's business)."""
+        refused = plain.body.decode("utf-8").removeprefix("Disallowed CORS ")
+        kept = {k: v for k, v in plain.headers.items() if k not in ("content-type", "content-length")}
+        message = (f"CORS preflight refused ({refused} not allowed): this server allows the origins given by its "
+                   f"--cors_origins, the methods {', '.join(self.allow_methods)} and the headers "
+                   f"{', '.join(sorted(self.allow_headers))}")
+        return JSONResponse(error_body(message, code=REFUSED), status_code=400, headers=kept)
