@@ -310,6 +310,9 @@ _DIGITS = r"(?:[0-9０-９零〇一二三四五六七八九壹贰叁肆伍陆柒
 _NUMERAL = r"[\d零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]"  # \d: also the phone numbers' digits
 _FIVE_DIGITS = _NUMERAL + (r"[\s\-.·]?" + _NUMERAL) * 4
 _CONTACT = (r"(?:扣\s*扣|企鹅号?|[QqＱｑ]{1,2}|薇信|威信|微信|(?<![A-Za-z])[Ww]ei\s*[Xx]in(?![A-Za-z])|卫星号|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX|Vx)(?![A-Za-z]))")
+_COLLECT = r"领取?\S{0,4}(?:礼包|福利|激活码|兑换码|cdk|key)"
+_CALL = (r"(?:加群|进群|入群|(?<![A-Za-z])[QqＱｑ]{1,2}(?![A-Za-z])|[QqＱｑ]{1,2}群|加我|私信|私聊|关注|点赞|转发|留言|扫码|扫描二维码|二维码|链接|戳我"
+         r"|前\s*\d+\s*[名位个]|前[一二三四五六七八九十百]+[名位个]|先到先得|名额有限)")
 SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     # a group or account *with its number / id*: "Q群000000000", "QQ群：123456", "vx: abc_123", "扣扣 一二三四五六",
     # "关注公众号"; a bare "加QQ群问问" (advice) is not an advert
@@ -339,7 +342,10 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?<![A-Za-z])(?:my|our|hosting|running|enter|join|win)(?: (?:a|an|the|this|my|our|free|weekly|daily|key))* giveaways?(?![A-Za-z])"
         r"|(?<![A-Za-z])giveaways?(?![A-Za-z])[^.!?\n]{0,40}?(?<![A-Za-z])(?:\d+ (?:free )?(?:steam )?(?:keys?|cop(?:y|ies)|codes?)|winners?|enter|comment|follow"
         r"|sub(?:scribe)?|soon|link|dm|like|upvote)(?![A-Za-z])|give away (?:a |\d+ )?(?:keys?|copies|codes?)|free (?:steam )?keys?(?![A-Za-z])"
-        r"|抽奖|送\s*\d*\s*[个份]?\s*(?:key|激活码|cdk)|免费送|白送|福利群|领取\S{0,4}(?:礼包|福利|激活码)|加群领取", re.I),
+        r"|抽奖|送\s*\d*\s*[个份]?\s*(?:key|激活码|cdk)|免费送|白送|福利群|[加进入]群\S{0,2}领"
+        # a reward to collect is a campaign only with a call to the readers in its sentence (join, message,
+        # follow, like, scan, a link, "first N people"): 每天登录都能领取福利 is the game's own reward
+        rf"|{_CALL}[^。！？!?\n]{{0,20}}?{_COLLECT}|{_COLLECT}[^。！？!?\n]{{0,20}}?{_CALL}", re.I),
     "trading": re.compile(
         r"收号|出号|卖号|代售|回收(?:账号|帐号|饰品|库存)|出售\S{0,6}(?:账号|帐号|饰品|key|激活码)|低价出"
         r"|(?:出售|收购|低价|代售)[^。！？\n]{0,20}(?:私聊|私信|有意(?!思|义)|联系我|加我)"
@@ -391,7 +397,7 @@ def _phone_digits(low: str) -> bool:
 
 _SPAM_ZH = re.compile(r"微信|薇信|威信|wei\s*xin|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣|企鹅|群号|加群|进群|入群|邀请码"
                       r"|推荐码|优惠码|折扣码|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|有偿|奖励|点赞|点个赞|个赞|帮我冲|打赏|还差|点数"
-                      r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|领取|收号|出号|卖号|出售|收购|回收|低价|直播|斗鱼"
+                      r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|领|收号|出号|卖号|出售|收购|回收|低价|直播|斗鱼"
                       r"|虎牙|抖音|快手|关注|鉴赏家").search
 _SPAM_EN = re.compile(r"referral|invite|promo|discount|coupon|creator|code|award|upvote|thumbs|rate up|like this|points"
                       r"|give ?away|free|buying|selling|sell my|trade|cheap|wts|wtb|pm me|dm me|msg me|message me|boost|carry|power ?level|follow|subscribe"
@@ -410,7 +416,7 @@ _PATTERN_HINTS = {
     "phone_number": lambda low: _phone_digits(low) or _PLUS_PHONE(low) is not None,
     "referral_code": re.compile(r"邀请码|推荐码|优惠码|返利|折扣码|我的码|referral|invite|promo|discount|coupon|creator|code").search,
     "award_begging": re.compile(r"奖励|点赞|点个赞|个赞|帮我冲|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,
-    "giveaway": re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|领取").search,
+    "giveaway": re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|领").search,
     "trading": re.compile(r"收号|出号|卖号|代售|回收|出售|收购|低价|激活码|cdk|buying|selling|sell|trade|cheap|wts|wtb|pm me|dm me|msg me|message me").search,
     "boosting": re.compile(r"代练|代打|代肝|代刷|代充|代上分|带上分|有偿|boost|carry service|power").search,
     "stream_promo": re.compile(r"follow|sub|twitch|youtube|kick|check out|关注|直播|斗鱼|虎牙|抖音|快手").search,
