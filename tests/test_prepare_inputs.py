@@ -300,6 +300,23 @@ def test_identity_slurs_are_removed_and_reported_masked(tmp_path):
     assert kept["counts"]["kept"] == 6
 
 
+def test_report_examples_of_invisible_characters_are_masked(tmp_path):
+    """The ``normalize_whitespace`` rule's examples show its input: slurs, personal data and the author's
+    name split by invisible characters are masked there as in every other rule's examples."""
+    rows = [["You n\u200bigger, this game is trash and so are you people.", "Hades", "x"],
+            ["Great co-op game, mail me at kirito\u200b99@qq\u00ad.com for raids.", "Hades", "x"],
+            ["Tight combat and a map that rewards curiosity. — Dark_\u200bKnight\u00ad99", "Hades", "Dark_Knight99"],
+            ["What a f**\u00adgot wrote this game, still fun though", "Hades", "x"]]
+    src = _csv(tmp_path / "s.csv", ["review", "game", "author"], rows)
+    res = _run(tmp_path, [src], language=["all"])
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    shown = json.dumps(report["rules"], ensure_ascii=False) + Path(res["report_md"]).read_text(encoding="utf-8")
+    assert [e["text"] for e in report["rules"]["normalize_whitespace"]["examples"]] == \
+        ["You n*****, this game is trash and so are you people.", "Great co-op game, mail me at ▇ for raids."]
+    for leak in ("n\u200bigger", "nigger", "kirito", "knight", "@qq", "f**got"):
+        assert leak not in shown.lower(), leak
+
+
 def test_to_simplified_needs_opencc_or_converts(tmp_path):
     trad = "這個遊戲的畫面與劇情都讓人喜歡，戰鬥系統也很有深度，值得購買。"
     src = _csv(tmp_path / "t.csv", ["review", "game"], [[trad, "Hades"], [ZH[0], "Hades"]])
