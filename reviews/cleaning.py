@@ -303,8 +303,18 @@ _URL_CHARS = r"[A-Za-z0-9\-._~:/?#@!$&*+,;=%]"
 _URL = re.compile(rf"(?:https?://|www\.){_URL_CHARS}+", re.I)
 _STEAM_URL = re.compile(r"^(?:https?://)?(?:www\.)?(?:steamcommunity\.com|store\.steampowered\.com|s\.team)/", re.I)
 _PROMO_STEAM_URL = re.compile(r"/(?:curator|groups|gid)/", re.I)
-_SHOP_URL = re.compile(r"key|shop|cheap|buy|sell|deal|g2a|kinguin|eneba|instant-gaming|taobao|tb\.cn|xianyu|goofish"
+# A site whose name carries a shop word sells something: the words of gold and item sellers' and key resellers'
+# own names (cheapgold, buycoins, mmogoldshop, cdkeys) and the known key, skin and second-hand shops. "key" only
+# as a whole part of the name, so monkeytype.com or hockeyref.com are not shops
+_SHOP_URL = re.compile(r"(?<![a-z])keys?|keys?(?![a-z])|cdkey|shop|store|mall|cheap|buy|sell|(?<!i)deals?|gold|coins?|gems"
+                       r"|skins|g2a|kinguin|eneba|instant-gaming|gamivo|taobao|tb\.cn|xianyu|goofish"
                        r"|yangkeduo|5173|c5game|buff\.163|igxe|skinport|csgoroll|gamdom", re.I)
+# a link's name: what comes before its path, without a scheme or "www"
+_LINK_HOST = re.compile(r"(?:https?://)?(?:www(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*\.[ \t]*))?"
+                        r"(?P<host>[^/?#]*)", re.I)
+# the official stores of platforms and publishers are where a game is sold, not adverts (store.playstation.com)
+_OFFICIAL_STORES = ("steampowered.com", "playstation.com", "nintendo.com", "xbox.com", "microsoft.com", "epicgames.com",
+                    "gog.com", "ubisoft.com", "ea.com", "humblebundle.com", "apple.com", "google.com")
 _DIGITS = r"(?:[0-9０-９零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两][\s\-.·]?){5,}"
 # the first five digits of every _DIGITS match, written out (re runs it ~2x faster than a {5} repeat)
 _NUMERAL = r"[\d零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]"  # \d: also the phone numbers' digits
@@ -477,17 +487,21 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
         reason = _first_spam(low)
         if reason:
             return reason
-    if "http" in text or "www." in text:
-        for m in _URL.finditer(text):
-            url = m.group(0)
-            if _STEAM_URL.match(url):
-                if _PROMO_STEAM_URL.search(url):
-                    return "url"
-            elif _SHOP_URL.search(url):
-                return "url"
-    if _SPELLED_HINT(low) and any(_SHOP_URL.search(m.group(0)) for m in _SPELLED_LINK_RE.finditer(text)):
-        return "url"  # a shop's address spelled out to pass filters ("cheapgold dot com")
+    if _PII_HINTS["link"](low) and any(_advert_link(m.group(0)) for m in PII_PATTERNS["link"].finditer(text)):
+        return "url"
     return None
+
+
+def _advert_link(url: str) -> bool:
+    """Whether a link (with a scheme, bare or spelled out: "cheapgold dot com") is an advert: a Steam curator or
+    group page, or a site whose name carries a shop word (``_SHOP_URL``) that is no platform's official store."""
+    if _STEAM_URL.match(url):
+        return _PROMO_STEAM_URL.search(url) is not None
+    host = _LINK_HOST.match(url).group("host").lower()
+    name = re.sub(r"[ \t]*(?:[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}]|dot(?=[ \t])|[点點．｡。])[ \t]*", ".", host)
+    if name in PLATFORM_DOMAINS or any(name == d or name.endswith("." + d) for d in _OFFICIAL_STORES):
+        return False
+    return _SHOP_URL.search(host) is not None
 
 
 def load_blocklist(path: str | Path) -> WordList | None:
@@ -766,7 +780,6 @@ _SPELLED_WORDS = ["www ", "www. ", "www(", "www[", "www（", "www．", "www点",
                   "[.]", "(.)", "（.）", "{.}", "[ .", "( .", "（ .", "{ .",
                   *(f"{d}{sp}{t}" for d in "点點．｡。" for sp in ("", " ") for t in _SPELLED_TLD.split("|"))]
 _SPELLED_HINT = re.compile(literal_union(_SPELLED_WORDS)).search
-_SPELLED_LINK_RE = re.compile(_SPELLED_LINK, re.I)
 # Every match of a PII pattern contains a match of one of its hints in the lower-cased text: the cheap test first
 _STEAM_ID_HINT = re.compile(r"steam_|u:1:").search
 _FRIEND_HINT = re.compile(r"friend|好友").search

@@ -143,6 +143,12 @@ def test_length_counts_cjk_characters_and_other_words():
     ("加我 wei xin: coolguy_123 一起打本", "qq_wechat_group"),
     ("weixin 12345678 找我", "qq_wechat_group"),
     ("便宜 key https://cheap-keys.example.com/x", "url"),
+    ("Buy your cheap coins at cheapgold.com today, instant delivery, great game.", "url"),
+    ("Buy your cheap coins at cheapgold dot com today, instant delivery, great game.", "url"),
+    ("wow gold here: mmogoldshop.net, fast", "url"),
+    ("visit www . cheapgold . com for more", "url"),
+    ("keys at cdkeys.com/elden-ring", "url"),
+    ("cheapgold[.]com best prices", "url"),
 ])
 def test_campaigns_and_ads(text, reason):
     assert cleaning.spam_reason(text) == reason
@@ -178,6 +184,11 @@ def test_campaigns_and_ads(text, reason):
     "Quest做完以后可以领取礼包，奖励还行。",
     "关注剧情的玩家会喜欢。每天还能领取福利。",
     "wiki 在这里 https://fextralife.com/elden-ring/boss 很有用",
+    "Typing practice on monkeytype.com helped my reaction time, oddly.",
+    "Bought it on store.playstation.com last year and again here.",
+    "https://store.epicgames.com/p/hades was free this week, still bought it here",
+    "The wiki at fextralife.com/elden-ring/keys is great",
+    "The ideal.com blog said so and they were right",
     "崩溃地址 0x14000000000+0x1a2b3c，build 20240314",
 ])
 def test_not_campaigns(text):
