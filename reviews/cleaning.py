@@ -868,10 +868,15 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
 
 
 _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
+# what is offered for download right before a link, with nothing between them but a space or a colon (破解版下载,
+# 汉化补丁下载, 资源, 网盘): with the link gone it points at nothing
+_ZH_LINK_LEAD = (r"(?:(?:破解版?|学习版|绿色版|免安装版?|汉化(?:版|补丁)?|中文版|安装包|补丁|资源|游戏|mod)[ \t]*(?:下载|下載)"
+                 r"|下载|下載|(?:百度)?(?:网盘|網盤)|资源|資源)")
 # a link with the words that only pointed at it ("at / on / see / via / here / from", 链接 / 网盘链接 / 下载地址, or a
 # colon) and a cloud-drive share code after it ("提取码: abcd", "密码 1234", "pwd: x7k2")
 _LINK_WITH_LEAD = re.compile(r"(?:(?<![^\W\d_])(?:at|on|see|via|here|from)[ \t]*[:：]?[ \t]*"
-                             r"|(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
+                             rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)[ \t]*[:：]?[ \t]*"
+                             rf"|{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
                              rf"(?P<url>{PII_PATTERNS['link'].pattern})"
                              rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
                              r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)

@@ -385,6 +385,10 @@ def test_dot_as_a_word_stays(text):
     ("链接: https://pan.baidu.com/s/1abcDEF 提取码: abcd\n汉化补丁很好用", "\n汉化补丁很好用"),
     ("网盘链接：pan.baidu.com/s/1aB 密码：1234 好玩", " 好玩"), ("汉化补丁（提取码：k9x2）很好用", "汉化补丁很好用"),
     ("The mod is on mega.nz/file/abc (password abcd1234), works fine.", "The mod is, works fine."),
+    ("破解版下载 链接: https://pan.baidu.com/s/1abc 提取码: abcd 游戏本身还是很好玩的", " 游戏本身还是很好玩的"),
+    ("资源：https://pan.baidu.com/s/1aB 提取码 abcd，装好就能玩", "装好就能玩"),
+    ("汉化补丁下载 pan.baidu.com/s/1aB 密码：1234\n好玩", "\n好玩"), ("百度网盘 pan.baidu.com/s/1aB 好玩", " 好玩"),
+    ("官方下载太慢，我用的 https://example.com/mirror 很快", "官方下载太慢，我用的  很快"),  # 下载 points at no link
 ])
 def test_cloud_share_links_go_with_their_share_code(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
