@@ -722,10 +722,13 @@ _ANY_DOT = r"(?:\.|。|．|｡|\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\
 _SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotmail|live|yahoo|icloud|proton(?:mail)?|yandex|mail|gmx|aol"
 # "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
-# ("the guide at fextralife.com" is a link, not an address)
+# ("the guide at fextralife.com" is a link, not an address), and only when "a" is a handle (a digit or
+# "_ . % + -" in it) or follows a mail word ("email me at b dot com", "add me: b at c dot com"): "Patch notes at example dot org say" is a link
+_MAIL_WORD = r"(?:(?<=mail )|(?<=mail: )|(?<=mail me )|(?<=me: )|(?<=contact )|(?<=contact: )|(?<=reach )|(?<=write to ))"
 _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾特\s*)[A-Za-z0-9-]+(?:{_ANY_DOT}[A-Za-z0-9-]+)*{_ANY_DOT}"
-          rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}"
-          rf"|\s*(?:\s@\s*|@\s+|\s+at\s+)(?:{_MAIL_HOSTS})\s*{_ANY_DOT}\s*)(?:{_TLD})(?![A-Za-z])")
+          rf"|\s*(?:\s@\s*|@\s+|\s+at\s+)(?:{_MAIL_HOSTS})\s*{_ANY_DOT}\s*)(?:{_TLD})(?![A-Za-z])"
+          rf"|(?:{_MAIL_WORD}[A-Za-z0-9._%+-]+|(?=[A-Za-z0-9._%+-]*[\d_.%+-])[A-Za-z0-9._%+-]+)"
+          rf"\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}(?:{_TLD})(?![A-Za-z])")
 # A link spelled out to pass filters (gold sellers' campaigns): "cheapgold dot com", "cheapgold(dot)com",
 # "cheapgold[.]com", "cheapgold点com", "www . site . com", "www dot buygold dot com". Only the common top-level domains, ending the
 # word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net" or "a red

@@ -359,9 +359,21 @@ def test_lead_in_words_without_a_link_stay(text):
     ("Mods on nexus(dot)com/x work.", "Mods  work."), ("Mods on nexus [dot] org work.", "Mods  work."),
     ("汉化补丁在 mmogold点com 下载", "汉化补丁在  下载"), ("汉化在 hanhua．com 下", "汉化在  下"),
     ("Mods on nexus[.]com work.", "Mods  work."), ("Mods on nexus (.) org work.", "Mods  work."),
+    # a plain word before " at " is no mailbox: the link goes with its lead-in
+    ("Patch notes at example dot org say the devs fixed the crash, and so far it holds up well.",
+     "Patch notes  say the devs fixed the crash, and so far it holds up well."),
+    ("All the best mods are at www . nexussite . com and they make it shine.", "All the best mods are  and they make it shine."),
 ])
 def test_spelled_out_links_are_links(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("email me at mysite dot com for raids, fun game", "fun game"), ("Fun. kirito_99 at mysite dot net, add me", "Fun. add me"),
+    ("Contact: coolguy at mysite dot com", ""), ("Fun co-op. Add me: a at b dot com", "Fun co-op."),
+])
+def test_spelled_out_addresses_of_handles_or_after_a_mail_word_are_emails(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["email"])
 
 
 @pytest.mark.parametrize("text", ["Buy gold at cheapgold dot com, fast delivery", "www dot buygold dot com", "www. cheapkeys. com",
