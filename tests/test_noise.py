@@ -437,6 +437,23 @@ def test_author_name_in_other_spellings(text, author, want):
     assert out == want
 
 
+@pytest.mark.parametrize(("text", "author", "want"), [
+    ("Great game, I keep coming back to it. Written by Dark_Knight99", "Dark_Knight99", "Great game, I keep coming back to it."),
+    ("Great game, I keep coming back to it. Written by John Smith", None, "Great game, I keep coming back to it."),
+    ("Worth every cent. Review written by Steam", "Steam", "Worth every cent."),
+    ("Great game. Reviewed by kirito99.", None, "Great game."),
+])
+def test_by_line_after_the_last_sentence_goes_whole(text, author, want):
+    assert noise.strip_handles(text, author) == (want, ["signature"])
+
+
+@pytest.mark.parametrize("text", ["Great game. Written by people who clearly love the genre.",
+                                  "The story was written by a team of two and it shows.",
+                                  "Great game. Written by Obsidian veterans, it shows"])
+def test_written_by_inside_a_sentence_stays(text):
+    assert noise.strip_handles(text) == (text, [])
+
+
 @pytest.mark.parametrize(("text", "author"), [
     ("Great monster hunter game, every hunter will love the new weapons and maps.", "Hunter"),
     ("This is so much fun with friends, the fun never stops in co-op mode.", "fun"),
@@ -458,7 +475,6 @@ def test_author_name_that_is_a_word_stays_in_sentences(text, author):
     ("Great game. — Hunter", "Hunter", "Great game. "),
     ("Great game.\n-- the.", "the", "Great game.\n"),
     ("好玩，值得一买——老玩家", "老玩家", "好玩，值得一买"),
-    ("Worth every cent. Review written by Steam", "Steam", "Worth every cent. Review written "),
     ("Worth every cent, see you in the hunt. Cheers, Hunter!", "Hunter", "Worth every cent, see you in the hunt. Cheers, "),
     ("Fun with friends in co-op, fun fun.\n~ Fun", "fun", "Fun with friends in co-op, fun fun.\n"),
 ])

@@ -317,6 +317,19 @@ def test_report_examples_of_invisible_characters_are_masked(tmp_path):
         assert leak not in shown.lower(), leak
 
 
+def test_links_lead_ins_by_lines_and_in_game_rewards_in_a_run(tmp_path):
+    rows = [["Patch notes at example dot org say the devs fixed the crash, and so far it holds up well.", "Hades", "x"],
+            ["Tight combat, I keep coming back to it. Written by D\u200bark\u200b_Knight99", "Hades", "Dark_Knight99"],
+            ["Buy your cheap coins at cheapgold.com today, instant delivery, great game.", "Hades", "x"],
+            ["破解版下载 链接: https://pan.baidu.com/s/1abc 提取码: abcd 游戏本身还是很好玩的，画面也不错", "Hades", "x"],
+            ["官方活动很良心，每天登录都能领取福利，剧情也不错，推荐。", "Hades", "x"]]
+    res = _run(tmp_path, [_csv(tmp_path / "s.csv", ["review", "game", "author"], rows)], language=["all"])
+    assert [r["output"] for r in _load(res["train"])] == [
+        "Patch notes say the devs fixed the crash, and so far it holds up well.", "Tight combat, I keep coming back to it.",
+        "游戏本身还是很好玩的，画面也不错", "官方活动很良心，每天登录都能领取福利，剧情也不错，推荐。"]
+    assert res["removed"]["spam"] == 1
+
+
 def test_to_simplified_needs_opencc_or_converts(tmp_path):
     trad = "這個遊戲的畫面與劇情都讓人喜歡，戰鬥系統也很有深度，值得購買。"
     src = _csv(tmp_path / "t.csv", ["review", "game"], [[trad, "Hades"], [ZH[0], "Hades"]])
