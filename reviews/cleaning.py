@@ -309,6 +309,7 @@ _PROMO_STEAM_URL = re.compile(r"/(?:curator|groups|gid)/", re.I)
 _SHOP_URL = re.compile(r"(?<![a-z])keys?|keys?(?![a-z])|cdkey|shop|store|mall|cheap|buy|sell|(?<!i)deals?|gold|coins?|gems"
                        r"|skins|g2a|kinguin|eneba|instant-gaming|gamivo|taobao|tb\.cn|xianyu|goofish"
                        r"|yangkeduo|5173|c5game|buff\.163|igxe|skinport|csgoroll|gamdom", re.I)
+_SHOP_WORD = re.compile(_SHOP_URL.pattern).search  # in the lower-cased text
 # a link's name: what comes before its path, without a scheme or "www"
 _LINK_HOST = re.compile(r"(?:https?://)?(?:www(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*\.[ \t]*))?"
                         r"(?P<host>[^/?#]*)", re.I)
@@ -407,7 +408,7 @@ def _phone_digits(low: str) -> bool:
 
 _SPAM_ZH = re.compile(r"微信|薇信|威信|wei\s*xin|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣|企鹅|群号|加群|进群|入群|邀请码"
                       r"|推荐码|优惠码|折扣码|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|有偿|奖励|点赞|点个赞|个赞|帮我冲|打赏|还差|点数"
-                      r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|领|收号|出号|卖号|出售|收购|回收|低价|直播|斗鱼"
+                      r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|礼包|兑换码|领\S{0,5}key|收号|出号|卖号|出售|收购|回收|低价|直播|斗鱼"
                       r"|虎牙|抖音|快手|关注|鉴赏家").search
 _SPAM_EN = re.compile(r"referral|invite|promo|discount|coupon|creator|code|award|upvote|thumbs|rate up|like this|points"
                       r"|give ?away|free|buying|selling|sell my|trade|cheap|wts|wtb|pm me|dm me|msg me|message me|boost|carry|power ?level|follow|subscribe"
@@ -426,7 +427,8 @@ _PATTERN_HINTS = {
     "phone_number": lambda low: _phone_digits(low) or _PLUS_PHONE(low) is not None,
     "referral_code": re.compile(r"邀请码|推荐码|优惠码|返利|折扣码|我的码|referral|invite|promo|discount|coupon|creator|code").search,
     "award_begging": re.compile(r"奖励|点赞|点个赞|个赞|帮我冲|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,
-    "giveaway": re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|领").search,
+    "giveaway": re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|礼包|激活码|兑换码"
+                           r"|cdk|领\S{0,5}key|加群|进群|入群").search,
     "trading": re.compile(r"收号|出号|卖号|代售|回收|出售|收购|低价|激活码|cdk|buying|selling|sell|trade|cheap|wts|wtb|pm me|dm me|msg me|message me").search,
     "boosting": re.compile(r"代练|代打|代肝|代刷|代充|代上分|带上分|有偿|boost|carry service|power").search,
     "stream_promo": re.compile(r"follow|sub|twitch|youtube|kick|check out|关注|直播|斗鱼|虎牙|抖音|快手").search,
@@ -487,8 +489,9 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
         reason = _first_spam(low)
         if reason:
             return reason
-    if _PII_HINTS["link"](low) and any(_advert_link(m.group(0)) for m in PII_PATTERNS["link"].finditer(text)):
-        return "url"
+    if _PII_HINTS["link"](low) and (_SHOP_WORD(low) or _PROMO_STEAM_URL.search(low)) \
+            and any(_advert_link(m.group(0)) for m in PII_PATTERNS["link"].finditer(text)):
+        return "url"  # every advert link holds a shop word or a Steam group path: the cheap tests first
     return None
 
 
@@ -722,13 +725,27 @@ _ANY_DOT = r"(?:\.|。|．|｡|\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\
 _SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotmail|live|yahoo|icloud|proton(?:mail)?|yandex|mail|gmx|aol"
 # "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
-# ("the guide at fextralife.com" is a link, not an address), and only when "a" is a handle (a digit or
-# "_ . % + -" in it) or follows a mail word ("email me at b dot com", "add me: b at c dot com"): "Patch notes at example dot org say" is a link
-_MAIL_WORD = r"(?:(?<=mail )|(?<=mail: )|(?<=mail me )|(?<=me: )|(?<=contact )|(?<=contact: )|(?<=reach )|(?<=write to ))"
+# ("the guide at fextralife.com" is a link, not an address), and only when "a" is a handle or follows a mail
+# word (:func:`_word_at_site`)
 _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾特\s*)[A-Za-z0-9-]+(?:{_ANY_DOT}[A-Za-z0-9-]+)*{_ANY_DOT}"
-          rf"|\s*(?:\s@\s*|@\s+|\s+at\s+)(?:{_MAIL_HOSTS})\s*{_ANY_DOT}\s*)(?:{_TLD})(?![A-Za-z])"
-          rf"|(?:{_MAIL_WORD}[A-Za-z0-9._%+-]+|(?=[A-Za-z0-9._%+-]*[\d_.%+-])[A-Za-z0-9._%+-]+)"
-          rf"\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}(?:{_TLD})(?![A-Za-z])")
+          rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}"
+          rf"|\s*(?:\s@\s*|@\s+|\s+at\s+)(?:{_MAIL_HOSTS})\s*{_ANY_DOT}\s*)(?:{_TLD})(?![A-Za-z])")
+_SPELLED_AT = re.compile(r"\s+at\s+", re.I)
+_AT_MAIL_HOST = re.compile(rf"(?:{_MAIL_HOSTS})\s*{_ANY_DOT}", re.I)
+_MAIL_WORD_BEFORE = re.compile(r"(?:(?<![a-z])(?:e-?mail|mail(?: me)?|contact|reach|write to)[ \t]*[:：]?|(?<![a-z])me[ \t]*[:：])[ \t]*$", re.I)
+
+
+def _word_at_site(text: str, m: re.Match[str]) -> bool:
+    """Whether an e-mail match ``m`` is "word at site dot org" read as an address: "at" written as a word, no mail
+    provider after it, a name without a digit or ``_ . % + -`` and no mail word before it ("email me at",
+    "add me:"). "Patch notes at example dot org say" names a site: a link, not an address."""
+    found = m.group(0)
+    at = _SPELLED_AT.search(found)
+    if at is None or "@" in found or "＠" in found or re.search(r"[\d_.%+-]", found[:at.start()]):
+        return False
+    return not _AT_MAIL_HOST.match(found, at.end()) and not _MAIL_WORD_BEFORE.search(text, max(0, m.start() - 16), m.start())
+
+
 # A link spelled out to pass filters (gold sellers' campaigns): "cheapgold dot com", "cheapgold(dot)com",
 # "cheapgold[.]com", "cheapgold点com", "www . site . com", "www dot buygold dot com". Only the common top-level domains, ending the
 # word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net" or "a red
@@ -823,7 +840,8 @@ def mask_pii(text: str) -> str:
     low = text.lower()
     for kind, hint in _PII_HINTS.items():
         if hint(low):
-            text = PII_PATTERNS[kind].sub(lambda m: _keep_platform(m) or "▇" if kind == "link" else "▇", text)
+            text = PII_PATTERNS[kind].sub(lambda m: _keep_platform(m) or "▇" if kind == "link"
+                                          else m.group(0) if kind == "email" and _word_at_site(text, m) else "▇", text)
     return text
 
 
@@ -852,7 +870,8 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
         if _PII_HINTS[kind](low):
             found = [m.span() for m in PII_PATTERNS[kind].finditer(text)
                      if not any(a < m.end() and m.start() < b for a, b in spans)  # inside an earlier kind's match
-                     and not (kind == "phone_number" and _game_number(text, m))]
+                     and not (kind == "phone_number" and _game_number(text, m))
+                     and not (kind == "email" and _word_at_site(text, m))]
             if found:
                 spans += found
                 kinds.append(kind)
