@@ -303,13 +303,27 @@ _URL_CHARS = r"[A-Za-z0-9\-._~:/?#@!$&*+,;=%]"
 _URL = re.compile(rf"(?:https?://|www\.){_URL_CHARS}+", re.I)
 _STEAM_URL = re.compile(r"^(?:https?://)?(?:www\.)?(?:steamcommunity\.com|store\.steampowered\.com|s\.team)/", re.I)
 _PROMO_STEAM_URL = re.compile(r"/(?:curator|groups|gid)/", re.I)
-_SHOP_URL = re.compile(r"key|shop|cheap|buy|sell|deal|g2a|kinguin|eneba|instant-gaming|taobao|tb\.cn|xianyu|goofish"
+# A site whose name carries a shop word sells something: the words of gold and item sellers' and key resellers'
+# own names (cheapgold, buycoins, mmogoldshop, cdkeys) and the known key, skin and second-hand shops. "key" only
+# as a whole part of the name, so monkeytype.com or hockeyref.com are not shops
+_SHOP_URL = re.compile(r"(?<![a-z])keys?|keys?(?![a-z])|cdkey|shop|store|mall|cheap|buy|sell|(?<!i)deals?|gold|coins?|gems"
+                       r"|skins|g2a|kinguin|eneba|instant-gaming|gamivo|taobao|tb\.cn|xianyu|goofish"
                        r"|yangkeduo|5173|c5game|buff\.163|igxe|skinport|csgoroll|gamdom", re.I)
+_SHOP_WORD = re.compile(_SHOP_URL.pattern).search  # in the lower-cased text
+# a link's name: what comes before its path, without a scheme or "www"
+_LINK_HOST = re.compile(r"(?:https?://)?(?:www(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*\.[ \t]*))?"
+                        r"(?P<host>[^/?#]*)", re.I)
+# the official stores of platforms and publishers are where a game is sold, not adverts (store.playstation.com)
+_OFFICIAL_STORES = ("steampowered.com", "playstation.com", "nintendo.com", "xbox.com", "microsoft.com", "epicgames.com",
+                    "gog.com", "ubisoft.com", "ea.com", "humblebundle.com", "apple.com", "google.com")
 _DIGITS = r"(?:[0-9０-９零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两][\s\-.·]?){5,}"
 # the first five digits of every _DIGITS match, written out (re runs it ~2x faster than a {5} repeat)
 _NUMERAL = r"[\d零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]"  # \d: also the phone numbers' digits
 _FIVE_DIGITS = _NUMERAL + (r"[\s\-.·]?" + _NUMERAL) * 4
 _CONTACT = (r"(?:扣\s*扣|企鹅号?|[QqＱｑ]{1,2}|薇信|威信|微信|(?<![A-Za-z])[Ww]ei\s*[Xx]in(?![A-Za-z])|卫星号|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX|Vx)(?![A-Za-z]))")
+_COLLECT = r"领取?\S{0,4}(?:礼包|福利|激活码|兑换码|cdk|key)"
+_CALL = (r"(?:加群|进群|入群|(?<![A-Za-z])[QqＱｑ]{1,2}(?![A-Za-z])|[QqＱｑ]{1,2}群|加我|私信|私聊|关注|点赞|转发|留言|扫码|扫描二维码|二维码|链接|戳我"
+         r"|前\s*\d+\s*[名位个]|前[一二三四五六七八九十百]+[名位个]|先到先得|名额有限)")
 SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     # a group or account *with its number / id*: "Q群000000000", "QQ群：123456", "vx: abc_123", "扣扣 一二三四五六",
     # "关注公众号"; a bare "加QQ群问问" (advice) is not an advert
@@ -339,7 +353,10 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?<![A-Za-z])(?:my|our|hosting|running|enter|join|win)(?: (?:a|an|the|this|my|our|free|weekly|daily|key))* giveaways?(?![A-Za-z])"
         r"|(?<![A-Za-z])giveaways?(?![A-Za-z])[^.!?\n]{0,40}?(?<![A-Za-z])(?:\d+ (?:free )?(?:steam )?(?:keys?|cop(?:y|ies)|codes?)|winners?|enter|comment|follow"
         r"|sub(?:scribe)?|soon|link|dm|like|upvote)(?![A-Za-z])|give away (?:a |\d+ )?(?:keys?|copies|codes?)|free (?:steam )?keys?(?![A-Za-z])"
-        r"|抽奖|送\s*\d*\s*[个份]?\s*(?:key|激活码|cdk)|免费送|白送|福利群|领取\S{0,4}(?:礼包|福利|激活码)|加群领取", re.I),
+        r"|抽奖|送\s*\d*\s*[个份]?\s*(?:key|激活码|cdk)|免费送|白送|福利群|[加进入]群\S{0,2}领"
+        # a reward to collect is a campaign only with a call to the readers in its sentence (join, message,
+        # follow, like, scan, a link, "first N people"): 每天登录都能领取福利 is the game's own reward
+        rf"|{_CALL}[^。！？!?\n]{{0,20}}?{_COLLECT}|{_COLLECT}[^。！？!?\n]{{0,20}}?{_CALL}", re.I),
     "trading": re.compile(
         r"收号|出号|卖号|代售|回收(?:账号|帐号|饰品|库存)|出售\S{0,6}(?:账号|帐号|饰品|key|激活码)|低价出"
         r"|(?:出售|收购|低价|代售)[^。！？\n]{0,20}(?:私聊|私信|有意(?!思|义)|联系我|加我)"
@@ -391,7 +408,7 @@ def _phone_digits(low: str) -> bool:
 
 _SPAM_ZH = re.compile(r"微信|薇信|威信|wei\s*xin|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣|企鹅|群号|加群|进群|入群|邀请码"
                       r"|推荐码|优惠码|折扣码|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|有偿|奖励|点赞|点个赞|个赞|帮我冲|打赏|还差|点数"
-                      r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|领取|收号|出号|卖号|出售|收购|回收|低价|直播|斗鱼"
+                      r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|礼包|兑换码|领\S{0,5}key|收号|出号|卖号|出售|收购|回收|低价|直播|斗鱼"
                       r"|虎牙|抖音|快手|关注|鉴赏家").search
 _SPAM_EN = re.compile(r"referral|invite|promo|discount|coupon|creator|code|award|upvote|thumbs|rate up|like this|points"
                       r"|give ?away|free|buying|selling|sell my|trade|cheap|wts|wtb|pm me|dm me|msg me|message me|boost|carry|power ?level|follow|subscribe"
@@ -410,7 +427,8 @@ _PATTERN_HINTS = {
     "phone_number": lambda low: _phone_digits(low) or _PLUS_PHONE(low) is not None,
     "referral_code": re.compile(r"邀请码|推荐码|优惠码|返利|折扣码|我的码|referral|invite|promo|discount|coupon|creator|code").search,
     "award_begging": re.compile(r"奖励|点赞|点个赞|个赞|帮我冲|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,
-    "giveaway": re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|领取").search,
+    "giveaway": re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|礼包|激活码|兑换码"
+                           r"|cdk|领\S{0,5}key|加群|进群|入群").search,
     "trading": re.compile(r"收号|出号|卖号|代售|回收|出售|收购|低价|激活码|cdk|buying|selling|sell|trade|cheap|wts|wtb|pm me|dm me|msg me|message me").search,
     "boosting": re.compile(r"代练|代打|代肝|代刷|代充|代上分|带上分|有偿|boost|carry service|power").search,
     "stream_promo": re.compile(r"follow|sub|twitch|youtube|kick|check out|关注|直播|斗鱼|虎牙|抖音|快手").search,
@@ -471,17 +489,22 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
         reason = _first_spam(low)
         if reason:
             return reason
-    if "http" in text or "www." in text:
-        for m in _URL.finditer(text):
-            url = m.group(0)
-            if _STEAM_URL.match(url):
-                if _PROMO_STEAM_URL.search(url):
-                    return "url"
-            elif _SHOP_URL.search(url):
-                return "url"
-    if _SPELLED_HINT(low) and any(_SHOP_URL.search(m.group(0)) for m in _SPELLED_LINK_RE.finditer(text)):
-        return "url"  # a shop's address spelled out to pass filters ("cheapgold dot com")
+    if _PII_HINTS["link"](low) and (_SHOP_WORD(low) or _PROMO_STEAM_URL.search(low)) \
+            and any(_advert_link(m.group(0)) for m in PII_PATTERNS["link"].finditer(text)):
+        return "url"  # every advert link holds a shop word or a Steam group path: the cheap tests first
     return None
+
+
+def _advert_link(url: str) -> bool:
+    """Whether a link (with a scheme, bare or spelled out: "cheapgold dot com") is an advert: a Steam curator or
+    group page, or a site whose name carries a shop word (``_SHOP_URL``) that is no platform's official store."""
+    if _STEAM_URL.match(url):
+        return _PROMO_STEAM_URL.search(url) is not None
+    host = _LINK_HOST.match(url).group("host").lower()
+    name = re.sub(r"[ \t]*(?:[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}]|dot(?=[ \t])|[点點．｡。])[ \t]*", ".", host)
+    if name in PLATFORM_DOMAINS or any(name == d or name.endswith("." + d) for d in _OFFICIAL_STORES):
+        return False
+    return _SHOP_URL.search(host) is not None
 
 
 def load_blocklist(path: str | Path) -> WordList | None:
@@ -702,10 +725,27 @@ _ANY_DOT = r"(?:\.|。|．|｡|\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\
 _SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotmail|live|yahoo|icloud|proton(?:mail)?|yandex|mail|gmx|aol"
 # "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
-# ("the guide at fextralife.com" is a link, not an address)
+# ("the guide at fextralife.com" is a link, not an address), and only when "a" is a handle or follows a mail
+# word (:func:`_word_at_site`)
 _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾特\s*)[A-Za-z0-9-]+(?:{_ANY_DOT}[A-Za-z0-9-]+)*{_ANY_DOT}"
           rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}"
           rf"|\s*(?:\s@\s*|@\s+|\s+at\s+)(?:{_MAIL_HOSTS})\s*{_ANY_DOT}\s*)(?:{_TLD})(?![A-Za-z])")
+_SPELLED_AT = re.compile(r"\s+at\s+", re.I)
+_AT_MAIL_HOST = re.compile(rf"(?:{_MAIL_HOSTS})\s*{_ANY_DOT}", re.I)
+_MAIL_WORD_BEFORE = re.compile(r"(?:(?<![a-z])(?:e-?mail|mail(?: me)?|contact|reach|write to)[ \t]*[:：]?|(?<![a-z])me[ \t]*[:：])[ \t]*$", re.I)
+
+
+def _word_at_site(text: str, m: re.Match[str]) -> bool:
+    """Whether an e-mail match ``m`` is "word at site dot org" read as an address: "at" written as a word, no mail
+    provider after it, a name without a digit or ``_ . % + -`` and no mail word before it ("email me at",
+    "add me:"). "Patch notes at example dot org say" names a site: a link, not an address."""
+    found = m.group(0)
+    at = _SPELLED_AT.search(found)
+    if at is None or "@" in found or "＠" in found or re.search(r"[\d_.%+-]", found[:at.start()]):
+        return False
+    return not _AT_MAIL_HOST.match(found, at.end()) and not _MAIL_WORD_BEFORE.search(text, max(0, m.start() - 16), m.start())
+
+
 # A link spelled out to pass filters (gold sellers' campaigns): "cheapgold dot com", "cheapgold(dot)com",
 # "cheapgold[.]com", "cheapgold点com", "www . site . com", "www dot buygold dot com". Only the common top-level domains, ending the
 # word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net" or "a red
@@ -760,7 +800,6 @@ _SPELLED_WORDS = ["www ", "www. ", "www(", "www[", "www（", "www．", "www点",
                   "[.]", "(.)", "（.）", "{.}", "[ .", "( .", "（ .", "{ .",
                   *(f"{d}{sp}{t}" for d in "点點．｡。" for sp in ("", " ") for t in _SPELLED_TLD.split("|"))]
 _SPELLED_HINT = re.compile(literal_union(_SPELLED_WORDS)).search
-_SPELLED_LINK_RE = re.compile(_SPELLED_LINK, re.I)
 # Every match of a PII pattern contains a match of one of its hints in the lower-cased text: the cheap test first
 _STEAM_ID_HINT = re.compile(r"steam_|u:1:").search
 _FRIEND_HINT = re.compile(r"friend|好友").search
@@ -801,7 +840,8 @@ def mask_pii(text: str) -> str:
     low = text.lower()
     for kind, hint in _PII_HINTS.items():
         if hint(low):
-            text = PII_PATTERNS[kind].sub(lambda m: _keep_platform(m) or "▇" if kind == "link" else "▇", text)
+            text = PII_PATTERNS[kind].sub(lambda m: _keep_platform(m) or "▇" if kind == "link"
+                                          else m.group(0) if kind == "email" and _word_at_site(text, m) else "▇", text)
     return text
 
 
@@ -830,7 +870,8 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
         if _PII_HINTS[kind](low):
             found = [m.span() for m in PII_PATTERNS[kind].finditer(text)
                      if not any(a < m.end() and m.start() < b for a, b in spans)  # inside an earlier kind's match
-                     and not (kind == "phone_number" and _game_number(text, m))]
+                     and not (kind == "phone_number" and _game_number(text, m))
+                     and not (kind == "email" and _word_at_site(text, m))]
             if found:
                 spans += found
                 kinds.append(kind)
@@ -849,10 +890,15 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
 
 
 _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
+# what is offered for download right before a link, with nothing between them but a space or a colon (破解版下载,
+# 汉化补丁下载, 资源, 网盘): with the link gone it points at nothing
+_ZH_LINK_LEAD = (r"(?:(?:破解版?|学习版|绿色版|免安装版?|汉化(?:版|补丁)?|中文版|安装包|补丁|资源|游戏|mod)[ \t]*(?:下载|下載)"
+                 r"|下载|下載|(?:百度)?(?:网盘|網盤)|资源|資源)")
 # a link with the words that only pointed at it ("at / on / see / via / here / from", 链接 / 网盘链接 / 下载地址, or a
 # colon) and a cloud-drive share code after it ("提取码: abcd", "密码 1234", "pwd: x7k2")
 _LINK_WITH_LEAD = re.compile(r"(?:(?<![^\W\d_])(?:at|on|see|via|here|from)[ \t]*[:：]?[ \t]*"
-                             r"|(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
+                             rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)[ \t]*[:：]?[ \t]*"
+                             rf"|{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
                              rf"(?P<url>{PII_PATTERNS['link'].pattern})"
                              rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
                              r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)

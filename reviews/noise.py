@@ -152,6 +152,11 @@ _SIGNATURE = re.compile(
     r"|^\s*(?:原文链接|原文地址|原帖地址|原帖|本文作者|原文作者|文\s*/)\s*[:：]?[^\n]{0,60}$"
     r"|(?:^|[-—–~=_]+\s*)(?:reviewed by|review by|written by)\s+[^\n,.!?:;]{1,30}[.!]?\s*$"
     r"|[-—–~=_]{2,}\s*by\s+(?!far\b|the way\b|default\b|design\b|now\b)[^\n,.!?:;]{1,30}[.!]?\s*$", re.I | re.M)
+# a by-line after the last sentence on its line, with a name of one or two words: "…coming back to it. Written by
+# Dark_Knight99" (searched only in texts with these words: a pattern led by a lookbehind is tried at every position)
+_BY_WORDS = ("reviewed by", "review by", "written by")
+_BY_LINE = re.compile(r"(?<=[.!?。！？])[ \t]+(?:reviewed by|review by|(?:review )?written by)[ \t]+[^\s,.!?:;]+"
+                      r"(?:[ \t][^\s,.!?:;]+)?[.!]?[ \t]*$", re.I | re.M)
 # in the lower-cased text
 _SIGNATURE_WORDS = ("来自|來自|发自|發自|转自|轉自|转载|轉載|via|sent|posted|同步|首发|用户|用戶|up主|作者：|作者:|本文作者"
                     "|原文作者|原文|原帖|文/|文 /|reviewed by|review by|written by|—by|-by|~by|=by|_by|— by|- by|~ by|= by"
@@ -194,6 +199,9 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
     hinted = _HANDLES_HINT.search(low) is not None
     if hinted and _SIGNATURE_HINT.search(low):
         text, n = _SIGNATURE.subn("", text)
+        if any(w in low for w in _BY_WORDS):
+            text, m = _BY_LINE.subn("", text)
+            n += m
         if n:
             kinds.append("signature")
     if "@" in text or "＠" in text:

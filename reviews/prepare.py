@@ -185,8 +185,10 @@ class _Stat:
 def mask(text: str, author: str | None = None, lists: tuple[Any, ...] = ()) -> str:
     """``text`` with personal data, links and the author's name replaced by ``▇`` and the words of
     ``lists`` (:class:`~steam_persona.reviews.cleaning.WordList`: slurs, blocklist) shown as ``n*****``
-    (report examples)."""
-    text = cleaning.mask_pii(text)
+    (report examples). Invisible characters go first (:func:`~steam_persona.reviews.cleaning.strip_invisible`), so
+    ``n\u200bigger`` or a name split by a soft hyphen is masked in the examples of the rules that see it
+    before ``normalize_whitespace`` removes them."""
+    text = cleaning.mask_pii(cleaning.strip_invisible(text))
     for name in (author or "").split("\n"):
         pattern = noise.name_pattern(name.strip(), text.lower())
         if pattern:

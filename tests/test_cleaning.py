@@ -133,7 +133,9 @@ _SPAM_ANY = re.compile("|".join(f"(?P<{name}>{p.pattern})" for name, p in cleani
 @pytest.mark.parametrize("text", _HINT_CASES + ["代练联系13812345678", "关注公众号领取礼包", "加vx: game_helper88 领福利",
                                                 "use my referral code STEAM123", "follow me on twitch, giveaway soon",
                                                 "selling cheap skins, trade link in bio", "elo boosting service",
-                                                "点个赞再走", "有偿带人", "加群领取", "cdk 便宜私聊", "cheap coins? dm me"])
+                                                "点个赞再走", "有偿带人", "加群领取", "cdk 便宜私聊", "cheap coins? dm me",
+                                                "私信我领取激活码", "扫码领取新手礼包", "前五十名领取cdk", "领取key加群",
+                                                "每天登录都能领取福利", "入群领", "关注领兑换码"])
 def test_spam_hints_never_hide_a_match(text):
     """The literal pre-filters only skip texts no pattern matches: the result equals running every
     pattern at once (leftmost match, pattern order on ties)."""
@@ -150,11 +152,12 @@ def test_spam_the_hints_used_to_hide():
 @pytest.mark.parametrize("text", _HINT_CASES + ["邮箱 me@example.com", "a(at)b(dot)com", "+44 20 7946 0958",
                                                 "STEAM_0:1:123 [U:1:456]", "friend code: 12345678", "pan.baidu.com/s/x",
                                                 "扣 扣 12345678", "Kirito#1234", "PSN ID: kirito_99", "110101199003071234",
-                                                "+49 30 12345678", "guides at example dot net", "www . site . com",
+                                                "+49 30 12345678", "guides at example dot net", "bob_1 at example dot net", "www . site . com",
                                                 "x(dot)org", "mmogold点com", "www dot wiki dot com", "mmogold。com"])
 def test_pii_hints_never_hide_a_match(text):
     """Every kind a pattern finds is reported, and nothing any pattern finds is left."""
-    kinds = [k for k, p in cleaning.PII_PATTERNS.items() if k != "link" and p.search(text)]
+    kinds = [k for k, p in cleaning.PII_PATTERNS.items() if k != "link"
+             and any(not (k == "email" and cleaning._word_at_site(text, m)) for m in p.finditer(text))]
     out, got = cleaning.scrub_pii(text)
     kinds += ["link"] if cleaning.PII_PATTERNS["link"].sub(cleaning._keep_platform, out) != out or "link" in got else []
     assert got == kinds
@@ -359,9 +362,21 @@ def test_lead_in_words_without_a_link_stay(text):
     ("Mods on nexus(dot)com/x work.", "Mods  work."), ("Mods on nexus [dot] org work.", "Mods  work."),
     ("汉化补丁在 mmogold点com 下载", "汉化补丁在  下载"), ("汉化在 hanhua．com 下", "汉化在  下"),
     ("Mods on nexus[.]com work.", "Mods  work."), ("Mods on nexus (.) org work.", "Mods  work."),
+    # a plain word before " at " is no mailbox: the link goes with its lead-in
+    ("Patch notes at example dot org say the devs fixed the crash, and so far it holds up well.",
+     "Patch notes  say the devs fixed the crash, and so far it holds up well."),
+    ("All the best mods are at www . nexussite . com and they make it shine.", "All the best mods are  and they make it shine."),
 ])
 def test_spelled_out_links_are_links(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("email me at mysite dot com for raids, fun game", "fun game"), ("Fun. kirito_99 at mysite dot net, add me", "Fun. add me"),
+    ("Contact: coolguy at mysite dot com", ""), ("Fun co-op. Add me: a at b dot com", "Fun co-op."),
+])
+def test_spelled_out_addresses_of_handles_or_after_a_mail_word_are_emails(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["email"])
 
 
 @pytest.mark.parametrize("text", ["Buy gold at cheapgold dot com, fast delivery", "www dot buygold dot com", "www. cheapkeys. com",
@@ -385,6 +400,10 @@ def test_dot_as_a_word_stays(text):
     ("链接: https://pan.baidu.com/s/1abcDEF 提取码: abcd\n汉化补丁很好用", "\n汉化补丁很好用"),
     ("网盘链接：pan.baidu.com/s/1aB 密码：1234 好玩", " 好玩"), ("汉化补丁（提取码：k9x2）很好用", "汉化补丁很好用"),
     ("The mod is on mega.nz/file/abc (password abcd1234), works fine.", "The mod is, works fine."),
+    ("破解版下载 链接: https://pan.baidu.com/s/1abc 提取码: abcd 游戏本身还是很好玩的", " 游戏本身还是很好玩的"),
+    ("资源：https://pan.baidu.com/s/1aB 提取码 abcd，装好就能玩", "装好就能玩"),
+    ("汉化补丁下载 pan.baidu.com/s/1aB 密码：1234\n好玩", "\n好玩"), ("百度网盘 pan.baidu.com/s/1aB 好玩", " 好玩"),
+    ("官方下载太慢，我用的 https://example.com/mirror 很快", "官方下载太慢，我用的  很快"),  # 下载 points at no link
 ])
 def test_cloud_share_links_go_with_their_share_code(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])

@@ -126,6 +126,10 @@ def test_length_counts_cjk_characters_and_other_words():
     ("兄弟们帮我冲一下点赞，差50个就能换头像了", "award_begging"),
     ("有偿带人通关，需要的私聊", "boosting"),
     ("免费领取游戏礼包，加群领取", "giveaway"),
+    ("私信我领取激活码，前100名先到先得", "giveaway"),
+    ("扫码领取新手礼包，名额有限", "giveaway"),
+    ("领取福利请加Q 领完即止", "giveaway"),
+    ("前五十名领取cdk", "giveaway"),
     ("出steam游戏激活码，便宜，私信", "trading"),
     ("Anyone need cheap coins? PM me", "trading"),
     ("专业代练，代充便宜", "boosting"),
@@ -139,6 +143,12 @@ def test_length_counts_cjk_characters_and_other_words():
     ("加我 wei xin: coolguy_123 一起打本", "qq_wechat_group"),
     ("weixin 12345678 找我", "qq_wechat_group"),
     ("便宜 key https://cheap-keys.example.com/x", "url"),
+    ("Buy your cheap coins at cheapgold.com today, instant delivery, great game.", "url"),
+    ("Buy your cheap coins at cheapgold dot com today, instant delivery, great game.", "url"),
+    ("wow gold here: mmogoldshop.net, fast", "url"),
+    ("visit www . cheapgold . com for more", "url"),
+    ("keys at cdkeys.com/elden-ring", "url"),
+    ("cheapgold[.]com best prices", "url"),
 ])
 def test_campaigns_and_ads(text, reason):
     assert cleaning.spam_reason(text) == reason
@@ -168,7 +178,17 @@ def test_campaigns_and_ads(text, reason):
     "I watched streamers play it on YouTube first.",
     "weixin version 2024 is bad",
     "Won it in a Steam giveaway last year and played it twice since.",
+    "官方活动很良心，每天登录都能领取福利，剧情也不错，推荐。",
+    "新手开局可以领取礼包，前期很轻松，后期有点肝。",
+    "运营通过“限时领取”的福利拉回流失用户，可惜外挂太多。",
+    "Quest做完以后可以领取礼包，奖励还行。",
+    "关注剧情的玩家会喜欢。每天还能领取福利。",
     "wiki 在这里 https://fextralife.com/elden-ring/boss 很有用",
+    "Typing practice on monkeytype.com helped my reaction time, oddly.",
+    "Bought it on store.playstation.com last year and again here.",
+    "https://store.epicgames.com/p/hades was free this week, still bought it here",
+    "The wiki at fextralife.com/elden-ring/keys is great",
+    "The ideal.com blog said so and they were right",
     "崩溃地址 0x14000000000+0x1a2b3c，build 20240314",
 ])
 def test_not_campaigns(text):
@@ -207,7 +227,7 @@ def test_not_campaigns(text):
     ("企鹅号 1 2 3 4 5 6 7 欢迎\n好玩", "\n好玩", ["contact"]),
     ("call +44 20 7946 0958 now", "", ["phone_number"]),
     ("联系13912345678", "", ["phone_number"]),
-    ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", "资源  自取，wiki  也行", ["link"]),
+    ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", " 自取，wiki  也行", ["link"]),
 ])
 def test_personal_data_forms(text, kept, kinds):
     assert cleaning.scrub_pii(text) == (kept, kinds)
@@ -417,6 +437,23 @@ def test_author_name_in_other_spellings(text, author, want):
     assert out == want
 
 
+@pytest.mark.parametrize(("text", "author", "want"), [
+    ("Great game, I keep coming back to it. Written by Dark_Knight99", "Dark_Knight99", "Great game, I keep coming back to it."),
+    ("Great game, I keep coming back to it. Written by John Smith", None, "Great game, I keep coming back to it."),
+    ("Worth every cent. Review written by Steam", "Steam", "Worth every cent."),
+    ("Great game. Reviewed by kirito99.", None, "Great game."),
+])
+def test_by_line_after_the_last_sentence_goes_whole(text, author, want):
+    assert noise.strip_handles(text, author) == (want, ["signature"])
+
+
+@pytest.mark.parametrize("text", ["Great game. Written by people who clearly love the genre.",
+                                  "The story was written by a team of two and it shows.",
+                                  "Great game. Written by Obsidian veterans, it shows"])
+def test_written_by_inside_a_sentence_stays(text):
+    assert noise.strip_handles(text) == (text, [])
+
+
 @pytest.mark.parametrize(("text", "author"), [
     ("Great monster hunter game, every hunter will love the new weapons and maps.", "Hunter"),
     ("This is so much fun with friends, the fun never stops in co-op mode.", "fun"),
@@ -438,7 +475,6 @@ def test_author_name_that_is_a_word_stays_in_sentences(text, author):
     ("Great game. — Hunter", "Hunter", "Great game. "),
     ("Great game.\n-- the.", "the", "Great game.\n"),
     ("好玩，值得一买——老玩家", "老玩家", "好玩，值得一买"),
-    ("Worth every cent. Review written by Steam", "Steam", "Worth every cent. Review written "),
     ("Worth every cent, see you in the hunt. Cheers, Hunter!", "Hunter", "Worth every cent, see you in the hunt. Cheers, "),
     ("Fun with friends in co-op, fun fun.\n~ Fun", "fun", "Fun with friends in co-op, fun fun.\n"),
 ])

@@ -383,3 +383,14 @@ def test_report_examples_mask_the_author_where_the_rule_would_remove_it():
     assert mask("the game is the best\n— the", "the") == "the game is the best\n▇"
     assert mask("Dark Knight 99 says hi, thanks darkknight99", "Dark_Knight99") == "▇ says hi, thanks ▇"
     assert mask("Cheers, Hunter", "Hunter") == "Cheers, ▇"
+
+
+def test_report_examples_mask_text_with_invisible_characters():
+    from steam_persona.reviews import cleaning
+    from steam_persona.reviews.prepare import mask
+    slurs = (cleaning.WordList(cleaning.IDENTITY_SLURS),)
+    assert mask("you n\u200bigger lol", None, slurs) == "you n***** lol"
+    assert mask("mail kirito\u200b99@qq\u00ad.com now") == "mail ▇ now"
+    assert mask("great game — Dark_\u200bKnight\u00ad99", "Dark_Knight99") == "great game ▇"
+    assert mask("what a f**\u00adgot", None, slurs) == "▇"  # partly masked: the whole example goes
+    assert mask("👨\u200d👩\u200d👧 family game, nice sign\u00adal") == "👨\u200d👩\u200d👧 family game, nice signal"

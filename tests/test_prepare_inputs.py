@@ -300,6 +300,36 @@ def test_identity_slurs_are_removed_and_reported_masked(tmp_path):
     assert kept["counts"]["kept"] == 6
 
 
+def test_report_examples_of_invisible_characters_are_masked(tmp_path):
+    """The ``normalize_whitespace`` rule's examples show its input: slurs, personal data and the author's
+    name split by invisible characters are masked there as in every other rule's examples."""
+    rows = [["You n\u200bigger, this game is trash and so are you people.", "Hades", "x"],
+            ["Great co-op game, mail me at kirito\u200b99@qq\u00ad.com for raids.", "Hades", "x"],
+            ["Tight combat and a map that rewards curiosity. — Dark_\u200bKnight\u00ad99", "Hades", "Dark_Knight99"],
+            ["What a f**\u00adgot wrote this game, still fun though", "Hades", "x"]]
+    src = _csv(tmp_path / "s.csv", ["review", "game", "author"], rows)
+    res = _run(tmp_path, [src], language=["all"])
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    shown = json.dumps(report["rules"], ensure_ascii=False) + Path(res["report_md"]).read_text(encoding="utf-8")
+    assert [e["text"] for e in report["rules"]["normalize_whitespace"]["examples"]] == \
+        ["You n*****, this game is trash and so are you people.", "Great co-op game, mail me at ▇ for raids."]
+    for leak in ("n\u200bigger", "nigger", "kirito", "knight", "@qq", "f**got"):
+        assert leak not in shown.lower(), leak
+
+
+def test_links_lead_ins_by_lines_and_in_game_rewards_in_a_run(tmp_path):
+    rows = [["Patch notes at example dot org say the devs fixed the crash, and so far it holds up well.", "Hades", "x"],
+            ["Tight combat, I keep coming back to it. Written by D\u200bark\u200b_Knight99", "Hades", "Dark_Knight99"],
+            ["Buy your cheap coins at cheapgold.com today, instant delivery, great game.", "Hades", "x"],
+            ["破解版下载 链接: https://pan.baidu.com/s/1abc 提取码: abcd 游戏本身还是很好玩的，画面也不错", "Hades", "x"],
+            ["官方活动很良心，每天登录都能领取福利，剧情也不错，推荐。", "Hades", "x"]]
+    res = _run(tmp_path, [_csv(tmp_path / "s.csv", ["review", "game", "author"], rows)], language=["all"])
+    assert [r["output"] for r in _load(res["train"])] == [
+        "Patch notes say the devs fixed the crash, and so far it holds up well.", "Tight combat, I keep coming back to it.",
+        "游戏本身还是很好玩的，画面也不错", "官方活动很良心，每天登录都能领取福利，剧情也不错，推荐。"]
+    assert res["removed"]["spam"] == 1
+
+
 def test_to_simplified_needs_opencc_or_converts(tmp_path):
     trad = "這個遊戲的畫面與劇情都讓人喜歡，戰鬥系統也很有深度，值得購買。"
     src = _csv(tmp_path / "t.csv", ["review", "game"], [[trad, "Hades"], [ZH[0], "Hades"]])
