@@ -305,8 +305,10 @@ _STEAM_URL = re.compile(r"^(?:https?://)?(?:www\.)?(?:steamcommunity\.com|store\
 _PROMO_STEAM_URL = re.compile(r"/(?:curator|groups|gid)/", re.I)
 # A site whose name carries a shop word sells something: the words of gold and item sellers' and key resellers'
 # own names (cheapgold, buycoins, mmogoldshop, cdkeys) and the known key, skin and second-hand shops. "key" only
-# as a whole part of the name, so monkeytype.com or hockeyref.com are not shops
-_SHOP_URL = re.compile(r"(?<![a-z])keys?|keys?(?![a-z])|cdkey|shop|store|mall|cheap|buy|sell|(?<!i)deals?|gold|coins?|gems"
+# as a whole part of the name, so monkeytype.com or hockeyref.com are not shops; nor are the words that hold a
+# shop word: small, restore, golden (smallgames.itch.io, goldensun.fandom.com)
+_SHOP_URL = re.compile(r"(?<![a-z])keys?|keys?(?![a-z])|cdkey|shop|(?<!re)store|(?<!s)mall|cheap|buy|sell|(?<!i)deals?"
+                       r"|gold(?!en)|coins?|gems"
                        r"|skins|g2a|kinguin|eneba|instant-gaming|gamivo|taobao|tb\.cn|xianyu|goofish"
                        r"|yangkeduo|5173|c5game|buff\.163|igxe|skinport|csgoroll|gamdom", re.I)
 _SHOP_WORD = re.compile(_SHOP_URL.pattern).search  # in the lower-cased text

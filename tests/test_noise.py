@@ -189,6 +189,9 @@ def test_campaigns_and_ads(text, reason):
     "https://store.epicgames.com/p/hades was free this week, still bought it here",
     "The wiki at fextralife.com/elden-ring/keys is great",
     "The ideal.com blog said so and they were right",
+    "Golden Sun fans: the wiki at https://goldensun.fandom.com/wiki/Djinn lists every djinni.",
+    "The dev's page smallbutmighty.itch.io has the soundtrack too.",
+    "Lost saves? restoresaves.github.io fixed mine.",
     "崩溃地址 0x14000000000+0x1a2b3c，build 20240314",
 ])
 def test_not_campaigns(text):
