@@ -303,15 +303,16 @@ _URL_CHARS = r"[A-Za-z0-9\-._~:/?#@!$&*+,;=%]"
 _URL = re.compile(rf"(?:https?://|www\.){_URL_CHARS}+", re.I)
 _STEAM_URL = re.compile(r"^(?:https?://)?(?:www\.)?(?:steamcommunity\.com|store\.steampowered\.com|s\.team)/", re.I)
 _PROMO_STEAM_URL = re.compile(r"/(?:curator|groups|gid)/", re.I)
-# A site whose name carries a shop word sells something: the words of gold and item sellers' and key resellers'
-# own names (cheapgold, buycoins, mmogoldshop, cdkeys) and the known key, skin and second-hand shops. "key" only
-# as a whole part of the name, so monkeytype.com or hockeyref.com are not shops; nor are the words that hold a
-# shop word: small, restore, golden (smallgames.itch.io, goldensun.fandom.com)
-_SHOP_URL = re.compile(r"(?<![a-z])keys?|keys?(?![a-z])|cdkey|shop|(?<!re)store|(?<!s)mall|cheap|buy|sell|(?<!i)deals?"
-                       r"|gold(?!en)|coins?|gems"
-                       r"|skins|g2a|kinguin|eneba|instant-gaming|gamivo|taobao|tb\.cn|xianyu|goofish"
-                       r"|yangkeduo|5173|c5game|buff\.163|igxe|skinport|csgoroll|gamdom", re.I)
-_SHOP_WORD = re.compile(_SHOP_URL.pattern).search  # in the lower-cased text
+# A site whose name joins a thing gold/item/key sellers sell to a word of selling sells something (cheapgold,
+# buycoins, mmogoldshop, cheap-keys), as does a cd-key site or a known key, skin or second-hand shop. One of the
+# two alone is a name like any other: thunderstore.io (mods), isthereanydeal.com (prices), coincrypt.com (a game),
+# keyshortcuts.org. "key" only as a whole part of the name (monkeytype.com, hockeyref.com), and no word inside
+# small, restore or golden (goldensun.fandom.com)
+_SHOP_GOODS = re.compile(r"(?<![a-z])keys?|keys?(?![a-z])|gold(?!en)|coins?|gems|skins", re.I)
+_SHOP_SELLING = re.compile(r"cheap|buy|sell|shop|(?<!re)store|(?<!s)mall|(?<!i)deals?", re.I)
+_SHOP_HOST = re.compile(r"cdkey|g2a|kinguin|eneba|instant-gaming|gamivo|taobao|tb\.cn|xianyu|goofish"
+                        r"|yangkeduo|5173|c5game|buff\.163|igxe|skinport|csgoroll|gamdom", re.I)
+_SHOP_WORD = re.compile("|".join(r.pattern for r in (_SHOP_GOODS, _SHOP_HOST))).search  # in the lower-cased text
 # a link's name: what comes before its path, without a scheme or "www"
 _LINK_HOST = re.compile(r"(?:https?://)?(?:www(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*\.[ \t]*))?"
                         r"(?P<host>[^/?#]*)", re.I)
@@ -499,14 +500,15 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
 
 def _advert_link(url: str) -> bool:
     """Whether a link (with a scheme, bare or spelled out: "cheapgold dot com") is an advert: a Steam curator or
-    group page, or a site whose name carries a shop word (``_SHOP_URL``) that is no platform's official store."""
+    group page, or a shop's site (``_SHOP_HOST``, or a name with both ``_SHOP_GOODS`` and ``_SHOP_SELLING``) that
+    is no platform's official store."""
     if _STEAM_URL.match(url):
         return _PROMO_STEAM_URL.search(url) is not None
     host = _LINK_HOST.match(url).group("host").lower()
     name = re.sub(r"[ \t]*(?:[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}]|dot(?=[ \t])|[点點．｡。])[ \t]*", ".", host)
     if name in PLATFORM_DOMAINS or any(name == d or name.endswith("." + d) for d in _OFFICIAL_STORES):
         return False
-    return _SHOP_URL.search(host) is not None
+    return bool(_SHOP_HOST.search(host) or (_SHOP_GOODS.search(host) and _SHOP_SELLING.search(host)))
 
 
 def load_blocklist(path: str | Path) -> WordList | None:

@@ -192,6 +192,11 @@ def test_campaigns_and_ads(text, reason):
     "Golden Sun fans: the wiki at https://goldensun.fandom.com/wiki/Djinn lists every djinni.",
     "The dev's page smallbutmighty.itch.io has the soundtrack too.",
     "Lost saves? restoresaves.github.io fixed mine.",
+    "Mods from https://thunderstore.io/c/lethal-company make it twice the game.",
+    "Price history on isthereanydeal.com says wait for a sale.",
+    "Official site coincrypt.com has the OST for free.",
+    "The wiki at shoptitans.fandom.com explains the crafting.",
+    "Check the layout at keyshortcuts.org, then rebind everything.",
     "崩溃地址 0x14000000000+0x1a2b3c，build 20240314",
 ])
 def test_not_campaigns(text):
