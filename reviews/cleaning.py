@@ -325,8 +325,9 @@ _NUMERAL = r"[\d零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺�
 _FIVE_DIGITS = _NUMERAL + (r"[\s\-.·]?" + _NUMERAL) * 4
 _CONTACT = (r"(?:扣\s*扣|企鹅号?|[QqＱｑ]{1,2}|薇信|威信|微信|(?<![A-Za-z])[Ww]ei\s*[Xx]in(?![A-Za-z])|卫星号|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX|Vx)(?![A-Za-z]))")
 _COLLECT = r"领取?\S{0,4}(?:礼包|福利|激活码|兑换码|cdk|key)"
-_CALL = (r"(?:加群|进群|入群|(?<![A-Za-z])[QqＱｑ]{1,2}(?![A-Za-z])|[QqＱｑ]{1,2}群|加我|私信|私聊|关注|点赞|转发|留言|扫码|扫描二维码|二维码|链接|戳我"
-         r"|前\s*\d+\s*[名位个]|前[一二三四五六七八九十百]+[名位个]|先到先得|名额有限)")
+# "first N" only right before the collecting (前五十名领取; 通关前3名的关卡奖励 is a ranking), a Q not a key (按Q键)
+_CALL = (r"(?:加群|进群|入群|(?<![A-Za-z])[QqＱｑ]{1,2}(?![A-Za-z键])|[QqＱｑ]{1,2}群|加我|私信|私聊|关注|点赞|转发|留言|扫码|扫描二维码"
+         r"|二维码|链接|戳我|前\s*\d+\s*[名位个](?=\S{0,3}领)|前[一二三四五六七八九十百]+[名位个](?=\S{0,3}领)|先到先得|名额有限)")
 SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     # a group or account *with its number / id*: "Q群000000000", "QQ群：123456", "vx: abc_123", "扣扣 一二三四五六",
     # "关注公众号"; a bare "加QQ群问问" (advice) is not an advert
@@ -352,14 +353,16 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     "giveaway": re.compile(
         # "giveaway" as a campaign: a headline, run by the writer, or with its entry terms; "the devs did a
         # giveaway" in a review is not one
-        r"(?:^|\n)\s*(?:free\s+)?giveaways?(?![A-Za-z])|(?<![A-Za-z])giveaways?\s*[:!]"
+        r"(?:^|\n)\s*(?:free\s+)?giveaways?(?![A-Za-z])|(?<![A-Za-z])(?<!a )(?<!the )giveaways?\s*[:!]"
         r"|(?<![A-Za-z])(?:my|our|hosting|running|enter|join|win)(?: (?:a|an|the|this|my|our|free|weekly|daily|key))* giveaways?(?![A-Za-z])"
         r"|(?<![A-Za-z])giveaways?(?![A-Za-z])[^.!?\n]{0,40}?(?<![A-Za-z])(?:\d+ (?:free )?(?:steam )?(?:keys?|cop(?:y|ies)|codes?)|winners?|enter|comment|follow"
-        r"|sub(?:scribe)?|soon|link|dm|like|upvote)(?![A-Za-z])|give away (?:a |\d+ )?(?:keys?|copies|codes?)|free (?:steam )?keys?(?![A-Za-z])"
+        r"|sub(?:scribe)?|soon|link|dm|like|upvote)(?![A-Za-z])|give away (?:a |\d+ )(?:keys?|cop(?:y|ies)|codes?)"
+        r"|free (?:steam )?keys(?![A-Za-z])|free steam key(?![A-Za-z])"
         r"|抽奖|送\s*\d*\s*[个份]?\s*(?:key|激活码|cdk)|免费送|白送|福利群|[加进入]群\S{0,2}领"
         # a reward to collect is a campaign only with a call to the readers in its sentence (join, message,
         # follow, like, scan, a link, "first N people"): 每天登录都能领取福利 is the game's own reward
-        rf"|{_CALL}[^。！？!?\n]{{0,20}}?{_COLLECT}|{_COLLECT}[^。！？!?\n]{{0,20}}?{_CALL}", re.I),
+        # within one clause: a call in the next clause (领取福利，剧情也值得关注) is about something else
+        rf"|{_CALL}[^。！？!?\n，,；;]{{0,20}}?{_COLLECT}|{_COLLECT}[^。！？!?\n，,；;]{{0,20}}?{_CALL}", re.I),
     "trading": re.compile(
         r"收号|出号|卖号|代售|回收(?:账号|帐号|饰品|库存)|出售\S{0,6}(?:账号|帐号|饰品|key|激活码)|低价出"
         r"|(?:出售|收购|低价|代售)[^。！？\n]{0,20}(?:私聊|私信|有意(?!思|义)|联系我|加我)"
