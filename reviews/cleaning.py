@@ -29,6 +29,7 @@ from steam_persona.resources import shipped
 _BB_DROP = re.compile(r"\[img\].*?\[/img\]|\[previewyoutube=[^\]]*\].*?\[/previewyoutube\]"
                       r"|\[hr\](?:\s*\[/hr\])?|\[/hr\]", re.I | re.S)
 _BB_URL_BARE = re.compile(r"\[url\](.*?)\[/url\]", re.I | re.S)
+_BB_URL_TARGET = re.compile(r"\[url=([^\]\s]+)\]", re.I)
 _BB_ITEM = re.compile(r"[ \t]*\[\*\][ \t]*")
 _BB_BLOCK = re.compile(r"\[/?(?:h[1-6]|list|olist|quote|table|tr|code|noparse)(?:[ =][^\]\n]*)?\]", re.I)
 _BB_CELL = re.compile(r"\[/?t[hd]\]", re.I)
@@ -40,13 +41,15 @@ def strip_bbcode(text: str) -> str:
 
     Kept: the text of ``[spoiler]``, ``[quote]``, ``[b]``/``[i]``/``[u]``/``[strike]``, headings,
     ``[code]``, table cells and list items (``[*]`` starts a new line). Dropped: ``[url=…]`` targets
-    (the link text stays), ``[img]…[/img]``, ``[previewyoutube]`` and ``[hr]``. Unknown bracketed text
+    (the link text stays; an advert's target stays beside it, `_keep_advert`), ``[img]…[/img]``,
+    ``[previewyoutube]`` and ``[hr]``. Unknown bracketed text
     such as ``[Spoilers]`` or ``[ Audience ]`` is left alone. Whitespace is tidied later by
     :func:`normalize_whitespace`.
     """
     if "[" not in text:
         return text
     text = _BB_DROP.sub("", text)
+    text = _BB_URL_TARGET.sub(_keep_advert, text)
     text = _BB_URL_BARE.sub(r"\1", text)
     text = _BB_ITEM.sub("\n", text)
     text = _BB_BLOCK.sub("\n", text)
@@ -54,16 +57,26 @@ def strip_bbcode(text: str) -> str:
     return _BB_INLINE.sub("", text)
 
 
+def _keep_advert(m: re.Match) -> str:
+    """A link tag's target (group 1) left in the text when it is a shop's (`_advert_link`), so the spam rule
+    sees what a reader clicking the link would; any other tag unchanged, to be stripped. Steam curator and
+    group pages behind link text stay hidden: curators sign their reviews that way (labelled data keeps them)."""
+    url = m.group(1)
+    return f" {url} " if not _STEAM_URL.match(url) and _advert_link(url) else m.group(0)
+
+
+_HTML_HREF = re.compile(r"<a\s[^<>]*?href\s*=\s*[\"']?([^\"'\s<>]+)[^<>]*>", re.I)
 _HTML_BR = re.compile(r"<\s*br\s*/?\s*>|<\s*/?\s*p\s*>", re.I)
 _HTML_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
 
 
 def strip_html(text: str) -> str:
-    """Turn HTML residue into text: ``<br>``/``<p>`` become newlines, other tags go, entities
-    (``&amp;``, ``&quot;``, ``&#39;``) are unescaped (``html.unescape``)."""
+    """Turn HTML residue into text: ``<br>``/``<p>`` become newlines, other tags go (an advert link's target
+    stays, `_keep_advert`), entities (``&amp;``, ``&quot;``, ``&#39;``) are unescaped (``html.unescape``)."""
     if "<" not in text and "&" not in text:
         return text
     text = _HTML_BR.sub("\n", text)
+    text = _HTML_HREF.sub(_keep_advert, text)
     text = _HTML_TAG.sub("", text)
     return html.unescape(text)
 

@@ -442,3 +442,21 @@ def test_word_list_mask_shows_first_letters_only(tmp_path):
     assert words.mask("A BADWORD, 坏词 and badwords stay.") == "A B******, 坏* and badwords stay."
     assert words.mask("b a d w o r d here") == "▇"  # cannot be masked in place
     assert words.mask("nothing listed") == "nothing listed"
+
+
+@pytest.mark.parametrize("raw,reason,text", [
+    ("[url=https://www.cdkeys.com/]my favourite site[/url] great game", "url", None),
+    ('<a href="https://www.cdkeys.com/">my favourite site</a> great game', "url", None),
+    ("Great soundtrack, see [url=https://store.steampowered.com/curator/123/]our page[/url]", None,
+     "Great soundtrack, see our page"),
+    ("Mods: [url=https://thunderstore.io/c/lethal-company]Thunderstore[/url] great game", None,
+     "Mods: Thunderstore great game"),
+    ('Mods: <a href="https://thunderstore.io/">Thunderstore</a> great game', None, "Mods: Thunderstore great game"),
+])
+def test_link_markup_keeps_an_adverts_target_for_the_spam_rule(raw, reason, text):
+    """A [url=…] or <a href=…> link's target is dropped with its tag, so an advert hidden behind friendly link
+    text would pass the spam rule: advert targets stay in the text, other links' targets go as before."""
+    out = cleaning.strip_html(cleaning.strip_bbcode(raw))
+    assert cleaning.spam_reason(out) == reason
+    if text is not None:
+        assert out == text
