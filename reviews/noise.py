@@ -152,11 +152,15 @@ _SIGNATURE = re.compile(
     r"|^\s*(?:原文链接|原文地址|原帖地址|原帖|本文作者|原文作者|文\s*/)\s*[:：]?[^\n]{0,60}$"
     r"|(?:^|[-—–~=_]+\s*)(?:reviewed by|review by|written by)\s+[^\n,.!?:;]{1,30}[.!]?\s*$"
     r"|[-—–~=_]{2,}\s*by\s+(?!far\b|the way\b|default\b|design\b|now\b)[^\n,.!?:;]{1,30}[.!]?\s*$", re.I | re.M)
-# a by-line after the last sentence on its line, with a name of one or two words: "…coming back to it. Written by
-# Dark_Knight99" (searched only in texts with these words: a pattern led by a lookbehind is tried at every position)
+# a by-line after the last sentence on its line: "Written by" with a screen name (a digit, an underscore or an
+# inner capital: "…coming back to it. Written by Dark_Knight99"), "Reviewed by" / "Review (written) by" with
+# any name of one or two words; "Written by" a person's name or words stays, a credit or a remark ("Written by
+# Tetsuya Takahashi", "Written by committee.") (searched only in texts with these words: a pattern led by a
+# lookbehind is tried at every position)
 _BY_WORDS = ("reviewed by", "review by", "written by")
-_BY_LINE = re.compile(r"(?<=[.!?。！？])[ \t]+(?:reviewed by|review by|(?:review )?written by)[ \t]+[^\s,.!?:;]+"
-                      r"(?:[ \t][^\s,.!?:;]+)?[.!]?[ \t]*$", re.I | re.M)
+_BY_LINE = re.compile(r"(?<=[.!?。！？])[ \t]+(?:(?:reviewed by|review by|review written by)[ \t]+[^\s,.!?:;]+"
+                      r"(?:[ \t][^\s,.!?:;]+)?|written by[ \t]+(?=[^\s,.!?:;]*(?:\d|_|(?-i:[a-z][A-Z])))[^\s,.!?:;]+)"
+                      r"[.!]?[ \t]*$", re.I | re.M)
 # in the lower-cased text
 _SIGNATURE_WORDS = ("来自|來自|发自|發自|转自|轉自|转载|轉載|via|sent|posted|同步|首发|用户|用戶|up主|作者：|作者:|本文作者"
                     "|原文作者|原文|原帖|文/|文 /|reviewed by|review by|written by|—by|-by|~by|=by|_by|— by|- by|~ by|= by"

@@ -460,7 +460,8 @@ def test_author_name_in_other_spellings(text, author, want):
 
 @pytest.mark.parametrize(("text", "author", "want"), [
     ("Great game, I keep coming back to it. Written by Dark_Knight99", "Dark_Knight99", "Great game, I keep coming back to it."),
-    ("Great game, I keep coming back to it. Written by John Smith", None, "Great game, I keep coming back to it."),
+    ("Great game, I keep coming back to it. Review written by John Smith", None, "Great game, I keep coming back to it."),
+    ("Great game, I keep coming back to it. Written by DarkKnight", None, "Great game, I keep coming back to it."),
     ("Worth every cent. Review written by Steam", "Steam", "Worth every cent."),
     ("Great game. Reviewed by kirito99.", None, "Great game."),
 ])
@@ -470,7 +471,9 @@ def test_by_line_after_the_last_sentence_goes_whole(text, author, want):
 
 @pytest.mark.parametrize("text", ["Great game. Written by people who clearly love the genre.",
                                   "The story was written by a team of two and it shows.",
-                                  "Great game. Written by Obsidian veterans, it shows"])
+                                  "Great game. Written by Obsidian veterans, it shows",
+                                  "Best JRPG of the decade. Written by Tetsuya Takahashi",
+                                  "The plot feels weak. Written by committee."])
 def test_written_by_inside_a_sentence_stays(text):
     assert noise.strip_handles(text) == (text, [])
 
