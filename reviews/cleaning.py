@@ -323,8 +323,10 @@ _PROMO_STEAM_URL = re.compile(r"/(?:curator|groups|gid)/", re.I)
 # small, restore or golden (goldensun.fandom.com)
 _SHOP_GOODS = re.compile(r"(?<![a-z])keys?|keys?(?![a-z])|gold(?!en)|coins?|gems|skins", re.I)
 _SHOP_SELLING = re.compile(r"cheap|buy|sell|shop|(?<!re)store|(?<!s)mall|(?<!i)deals?", re.I)
-_SHOP_HOST = re.compile(r"cdkey|g2a|kinguin|eneba|instant-gaming|gamivo|taobao|tb\.cn|xianyu|goofish"
-                        r"|yangkeduo|5173|c5game|buff\.163|igxe|skinport|csgoroll|gamdom", re.I)
+_SHOP_HOST = re.compile(r"cdkey|g2a|g2g|kinguin|eneba|instant-gaming|gamivo|driffle|k4g\.|mmoga|playerauctions|eldorado\.gg"
+                        r"|z2u\.|lootbar|tradeit\.gg|dmarket|cs\.money|hellcase|csgoempire|csgofast|skinclub|steampy"
+                        r"|taobao|tb\.cn|xianyu|goofish|weidian|yangkeduo|5173|c5game|buff\.163|igxe|skinport|csgoroll"
+                        r"|gamdom", re.I)
 _SHOP_WORD = re.compile("|".join(r.pattern for r in (_SHOP_GOODS, _SHOP_HOST))).search  # in the lower-cased text
 # a link's name: what comes before its path, without a scheme or "www"
 _LINK_HOST = re.compile(r"(?:https?://)?(?:www(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*\.[ \t]*))?"

@@ -149,6 +149,9 @@ def test_length_counts_cjk_characters_and_other_words():
     ("visit www . cheapgold . com for more", "url"),
     ("keys at cdkeys.com/elden-ring", "url"),
     ("cheapgold[.]com best prices", "url"),
+    ("buy gold safe and fast at www.mmogah.com", "url"),
+    ("Get cheaper game keys at https://www.g2g.com/offer", "url"),
+    ("skins 便宜 https://cs.money/ 好评", "url"),
 ])
 def test_campaigns_and_ads(text, reason):
     assert cleaning.spam_reason(text) == reason
