@@ -195,7 +195,19 @@ def _check_flags(cfg: ServeConfig) -> None:
     if not is_loopback(cfg.host) and not cfg.api_key and not cfg.insecure:
         raise UserError(f"serve: --host {cfg.host} exposes the model beyond this machine; set --api_key KEY "
                         f"(or {API_KEY_ENV}), or pass --insecure to serve without a key")
+    if cfg.log_file:
+        _check_log_file(Path(cfg.log_file))
     check_port_free(cfg.host, cfg.port)
+
+
+def _check_log_file(path: Path) -> None:
+    """Raises UserError (before the model loads) when `path` can't be appended to: a folder, no permission."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise UserError(f"serve: --log_file {path}: {e.strerror}; give a file path you can write to") from None
 
 
 def _server_class(served):

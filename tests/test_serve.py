@@ -536,6 +536,12 @@ def test_refuses_a_key_clients_cannot_send(smollm2_gguf):
         assert len(r.stderr.strip().splitlines()) == 1 and key not in r.stderr
 
 
+def test_refuses_a_log_file_it_cannot_append_to(smollm2_gguf, tmp_path):
+    r = _serve_cli(smollm2_gguf, "--log_file", str(tmp_path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and f"--log_file {tmp_path}: Is a directory" in r.stderr
+
+
 def test_refuses_public_host_without_key(smollm2_gguf):
     r = _serve_cli(smollm2_gguf, "--host", "0.0.0.0")
     assert r.returncode == 2
