@@ -125,6 +125,15 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
     return app
 
 
+#: request headers browsers may send (Content-Type and the other CORS-safelisted ones starlette adds itself): the
+#: key, the request id, and what OpenAI's SDKs send with every request (openai-python / openai-node's
+#: X-Stainless-* platform headers, OpenAI-Organization/-Project/-Beta)
+CORS_HEADERS = ["authorization", "x-api-key", "x-request-id", "openai-organization", "openai-project", "openai-beta",
+                "x-stainless-arch", "x-stainless-async", "x-stainless-lang", "x-stainless-os",
+                "x-stainless-package-version", "x-stainless-raw-response", "x-stainless-read-timeout",
+                "x-stainless-retry-count", "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-timeout"]
+
+
 def _install_middleware(app: FastAPI, served: Served, opts: AppOptions) -> None:
     """Ours (auth, limits, persona), CORS when origins are listed, the access log (outside CORS:
     preflights get rows) and the request id outermost. The log is ``app.state.request_log``
@@ -136,8 +145,7 @@ def _install_middleware(app: FastAPI, served: Served, opts: AppOptions) -> None:
     if opts.cors_origins:
         # no credentials: clients authenticate with a header, and never "*" together with credentials
         app.add_middleware(OpenAICORSMiddleware, allow_origins=list(opts.cors_origins), allow_credentials=False,
-                           allow_methods=["GET", "POST"], expose_headers=["x-request-id"],
-                           allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"])
+                           allow_methods=["GET", "POST"], expose_headers=["x-request-id"], allow_headers=CORS_HEADERS)
     if log is not None:
         app.add_middleware(AccessLog, log=log)
     app.add_middleware(RequestIdMiddleware)  # added last: the outermost, so that every answer carries the id

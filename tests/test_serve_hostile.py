@@ -263,6 +263,12 @@ def test_cors_lets_browsers_send_and_read_the_request_id(client, request_log):
     assert r.headers["access-control-expose-headers"].lower() == "x-request-id" and r.headers["x-request-id"]
     row, = _log_rows(request_log, ["pre-1"])  # preflights had no row
     assert (row["method"], row["path"], row["status"]) == ("OPTIONS", CHAT, 200) and "error_code" not in row
+    sdk = "content-type, x-stainless-lang, x-stainless-os, x-stainless-retry-count, openai-organization"
+    pre = client.options(CHAT, headers={**origin, "Access-Control-Request-Method": "POST",
+                                        "Access-Control-Request-Headers": sdk})  # OpenAI's JS SDK in a browser
+    allowed = [h.strip() for h in pre.headers["access-control-allow-headers"].lower().split(",")]
+    assert pre.status_code == 200 and set(sdk.split(", ")) <= set(allowed)
+    assert len(allowed) == len(set(allowed))  # content-type was listed twice
 
 
 def test_refused_cors_preflights_are_openai_shaped_and_logged(client, request_log):
