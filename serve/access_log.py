@@ -1,7 +1,8 @@
 """The ``--log_file`` request log: one JSON line for every response the server sends.
 
 A row (:class:`steam_persona.common.atomic.JsonlLog`, which adds ``time``) holds ``event``
-"request", ``method``, ``path``, ``status`` (as sent), ``ms`` (from the request's arrival to its
+"request", ``method``, ``path``, ``status`` (as sent; 499, nginx's "client closed request", when the client
+left before its response began: what the app answered then was never sent), ``ms`` (from the request's arrival to its
 response's end, or to the client's leaving), ``request_id`` (the response's ``x-request-id``,
 :mod:`steam_persona.serve.request_id`) and, when known, ``error_code``, ``prompt_tokens``,
 ``stream`` (noted in ``scope["state"]`` by :mod:`steam_persona.serve.middleware`) and
@@ -28,6 +29,8 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+#: a row's status for a client that left before its response began (nginx's "client closed request")
+CLIENT_CLOSED = 499
 #: ``scope["state"]`` keys copied into a row besides method, path, status and time.
 LOGGED = (REQUEST_ID, "error_code", "prompt_tokens", "stream")
 #: Per request: a one-item list the engine fills with a getter of its completion tokens so far.
@@ -55,12 +58,13 @@ class _Exchange:
     def __init__(self, scope: dict[str, Any]) -> None:
         self.scope, self.start = scope, time.perf_counter()
         self.status: int | None = None
-        self.disconnected = self.written = False
+        self.disconnected = self.written = self.left_before_start = False
         self.tokens: list[Callable[[], int]] = []
 
     def row(self) -> dict[str, Any]:
         state = self.scope.get("state", {})
-        row = {"event": "request", "method": self.scope["method"], "path": self.scope["path"], "status": self.status,
+        status = CLIENT_CLOSED if self.left_before_start else self.status
+        row = {"event": "request", "method": self.scope["method"], "path": self.scope["path"], "status": status,
                "ms": round((time.perf_counter() - self.start) * 1000, 1),
                **{k: v for k, v in state.items() if k in LOGGED}}
         if self.tokens:
@@ -91,6 +95,7 @@ class AccessLog:
             # after the response's end uvicorn answers every receive with a disconnect: not a client's leaving
             if message["type"] == "http.disconnect" and not ex.written:
                 ex.disconnected = True
+                ex.left_before_start = ex.left_before_start or ex.status is None
             return message
 
         async def logged_send(message: Message) -> None:

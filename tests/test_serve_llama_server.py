@@ -312,6 +312,7 @@ def test_clients_that_leave_get_their_log_row_on_both_engines(servers, request_l
             assert 2 <= rows[rid]["completion_tokens"] < 400, rows[rid]
         # unknown when llama-server was asked non-streamed (it tells the count at its answer's end only)
         assert rows["gave-up"]["stream"] is False and 0 < rows["gave-up"].get("completion_tokens", 1) < 400, rows
+        assert rows["gave-up"]["status"] == 499, rows  # was 400 on llama-server, 200 embedded: nothing was sent
     _assert_slots_free_soon(servers[1])
 
 
