@@ -15,6 +15,7 @@ healthy within ``start_timeout`` s, :class:`ServerFailed` carries the tail of it
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -127,3 +128,35 @@ def serve_process(model: str | os.PathLike, api_key: str | None = None, extra_ar
     """
     with start_server(model, api_key, extra_args, start_timeout) as server:
         yield server.base_url
+
+
+def log_rows(log: Path, ids: list[str], timeout: float = 10.0) -> list[dict | None]:
+    """The ``--log_file`` rows of these request ids, None for one not written within `timeout` s (a row is
+    written once its response ended)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = {r.get("request_id"): r for r in map(json.loads, Path(log).read_text(encoding="utf-8").splitlines())}
+        if set(ids) <= set(rows) or time.monotonic() > deadline:
+            return [rows.get(i) for i in ids]
+        time.sleep(0.05)
+
+
+def leave_streams(base_url: str, headers: dict[str, str], body: dict) -> list[str]:
+    """Three streamed chat requests whose clients leave: after two content chunks (``left-chunks``), once
+    the stream runs without reading any of it (``left-unread``), and at once after sending
+    (``left-at-once``). Returns the ids."""
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**body, "stream": True}, timeout=60,
+                      headers={**headers, "X-Request-Id": "left-chunks"}) as r:
+        seen = 0
+        for line in r.iter_lines():
+            seen += '"content"' in line
+            if seen == 2:
+                break
+    raw = json.dumps({**body, "stream": True}).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    for rid, wait in (("left-unread", 1.0), ("left-at-once", 0)):
+        with socket.create_connection(("127.0.0.1", int(base_url.rsplit(":", 1)[1]))) as s:
+            s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{head}X-Request-Id: {rid}\r\n"
+                      f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
+            time.sleep(wait)
+    return ["left-chunks", "left-unread", "left-at-once"]

@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from tests.serving import REPO, port_is_free, start_server
+from tests.serving import REPO, leave_streams, log_rows, port_is_free, start_server
 from steam_persona.common.persona import DEFAULT_SYSTEM
 
 KEY = "test-key-8f3a"
@@ -333,7 +333,7 @@ def test_openai_client_models_request_ids_and_errors(server, request_log):
     assert errors == [(400, "array_above_max_length", "stop", "invalid_request_error"),
                       (400, "invalid_value", "temperature", "invalid_request_error"),
                       (404, "model_not_found", "model", "invalid_request_error")]
-    row, = _log_rows(request_log, [e.value.request_id])
+    row, = log_rows(request_log, [e.value.request_id])
     assert (row["path"], row["status"]) == ("/v1/models/gpt-4o", 404)
 
 
@@ -376,20 +376,11 @@ def test_logs_hold_no_key_and_no_prompt(server, client, request_log):
     assert KEY not in text and SECRET_PROMPT not in text
     chats = [r for r in rows if r["path"] == "/v1/chat/completions" and r["status"] == 200]
     assert chats[-1]["prompt_tokens"] == out["usage"]["prompt_tokens"] and chats[-1]["stream"] is False
-    models, = _log_rows(request_log, [denied.headers["x-request-id"]])  # other tests' rows may come before
+    models, = log_rows(request_log, [denied.headers["x-request-id"]])  # other tests' rows may come before
     assert models == {**models, "path": "/v1/models", "status": 401, "error_code": "invalid_api_key"}
     assert {r["status"] for r in rows} >= {200, 400, 401, 404}
     assert all(r["ms"] >= 0 and r["time"] > 0 for r in rows)
 
-
-def _log_rows(request_log, ids, timeout=10.0):
-    """The access-log rows of the requests with these ids (a row is written once its response went out)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = {r.get("request_id"): r for r in map(json.loads, request_log.read_text(encoding="utf-8").splitlines())}
-        if set(ids) <= set(rows) or time.monotonic() > deadline:
-            return [rows.get(i) for i in ids]
-        time.sleep(0.05)
 
 
 def test_every_response_carries_an_x_request_id_that_the_log_records(server, client, request_log):
@@ -417,32 +408,12 @@ def test_every_response_carries_an_x_request_id_that_the_log_records(server, cli
         r = client.get("/v1/models", headers={"X-Request-Id": bad})
         assert r.status_code == 200 and generated.fullmatch(r.headers["x-request-id"]), (bad, r.headers)
     assert httpx.get(f"{server.base_url}/health", headers={"X-Request-Id": "hc"}).headers["x-request-id"] == "hc"
-    rows = _log_rows(request_log, ids)
+    rows = log_rows(request_log, ids)
     assert [(row["path"], row["status"]) for row in rows] == [
         ("/v1/chat/completions", 200), ("/v1/chat/completions", 400), ("/nowhere", 404), ("/v1/models", 401),
         ("/v1/models", 200), ("/v1/chat/completions", 400), ("/v1/chat/completions", 200)]
     assert rows[1]["error_code"] == "invalid_json" and rows[6]["stream"] is True
 
-
-def leave_streams(base_url, headers, body):
-    """Three streamed requests whose clients leave: after two content chunks (``left-chunks``), once
-    the stream runs without reading any of it (``left-unread``), and at once after sending
-    (``left-at-once``). Returns the ids."""
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**body, "stream": True}, timeout=60,
-                      headers={**headers, "X-Request-Id": "left-chunks"}) as r:
-        seen = 0
-        for line in r.iter_lines():
-            seen += '"content"' in line
-            if seen == 2:
-                break
-    raw = json.dumps({**body, "stream": True}).encode()
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    for rid, wait in (("left-unread", 1.0), ("left-at-once", 0)):
-        with socket.create_connection(("127.0.0.1", int(base_url.rsplit(":", 1)[1]))) as s:
-            s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{head}X-Request-Id: {rid}\r\n"
-                      f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
-            time.sleep(wait)
-    return ["left-chunks", "left-unread", "left-at-once"]
 
 
 def test_streams_whose_clients_leave_get_their_log_row(server, request_log):
@@ -450,7 +421,7 @@ def test_streams_whose_clients_leave_get_their_log_row(server, request_log):
     as sent, ``disconnected``, and the completion tokens generated until the server noticed."""
     body = {"messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 400, "temperature": 0,
             "repeat_penalty": 1.0}
-    rows = _log_rows(request_log, leave_streams(server.base_url, AUTH, body))
+    rows = log_rows(request_log, leave_streams(server.base_url, AUTH, body))
     assert all(row is not None and row["disconnected"] is True for row in rows), rows
     chunks, unread, _ = rows
     for row in (chunks, unread):
@@ -458,7 +429,7 @@ def test_streams_whose_clients_leave_get_their_log_row(server, request_log):
         assert 2 <= row["completion_tokens"] < 400 and row["prompt_tokens"] > 0, row
     stayed = httpx.post(f"{server.base_url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2},
                         headers={**AUTH, "X-Request-Id": "stayed"}, timeout=60)
-    row, = _log_rows(request_log, ["stayed"])
+    row, = log_rows(request_log, ["stayed"])
     assert stayed.json()["usage"]["completion_tokens"] == row["completion_tokens"] == 2 and "disconnected" not in row
 
 

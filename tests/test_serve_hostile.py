@@ -17,7 +17,7 @@ import zlib
 import httpx
 import pytest
 
-from tests.serving import start_server
+from tests.serving import log_rows, start_server
 
 KEY = "hostile-key-51c"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -38,15 +38,6 @@ def server(smollm2_gguf, request_log):
             "--cors_origins", "http://good.example", "--read_timeout", "2", "--log_file", request_log)) as srv:
         yield srv
 
-
-def _log_rows(request_log, ids, timeout=10.0):
-    """The ``--log_file`` rows of these request ids (a row is written once its response went out)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = {r.get("request_id"): r for r in map(json.loads, request_log.read_text(encoding="utf-8").splitlines())}
-        if set(ids) <= set(rows) or time.monotonic() > deadline:
-            return [rows.get(i) for i in ids]
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +236,7 @@ def test_headers_that_never_end_or_are_not_http(server, client, request_log):
         rid = re.search(rb"\r\nx-request-id: (req_[0-9a-f]{32})\r\n", answer)
         assert rid, answer
         ids.append(rid[1].decode())
-    rows = _log_rows(request_log, ids)
+    rows = log_rows(request_log, ids)
     assert [{**row, "time": 0} for row in rows] == [
         {"event": "request", "method": None, "path": None, "status": 400, "ms": None, "request_id": rid,
          "error_code": "invalid_http", "time": 0} for rid in ids]
@@ -261,7 +252,7 @@ def test_cors_lets_browsers_send_and_read_the_request_id(client, request_log):
     assert "x-request-id" in pre.headers["access-control-allow-headers"].lower()
     r = client.get("/v1/models", headers=origin)
     assert r.headers["access-control-expose-headers"].lower() == "x-request-id" and r.headers["x-request-id"]
-    row, = _log_rows(request_log, ["pre-1"])  # preflights had no row
+    row, = log_rows(request_log, ["pre-1"])  # preflights had no row
     assert (row["method"], row["path"], row["status"]) == ("OPTIONS", CHAT, 200) and "error_code" not in row
     sdk = "content-type, x-stainless-lang, x-stainless-os, x-stainless-retry-count, openai-organization"
     pre = client.options(CHAT, headers={**origin, "Access-Control-Request-Method": "POST",
@@ -283,7 +274,7 @@ def test_refused_cors_preflights_are_openai_shaped_and_logged(client, request_lo
         assert "access-control-allow-origin" not in r.headers
     assert "(origin not allowed)" in _error(client.options(CHAT, headers=asks[0][1]), 400)["message"]
     assert "(origin, method not allowed)" in err["message"] and "GET, POST" in err["message"]
-    rows = _log_rows(request_log, [rid for rid, _ in asks])
+    rows = log_rows(request_log, [rid for rid, _ in asks])
     assert [(row["method"], row["status"], row["error_code"]) for row in rows] == [("OPTIONS", 400, "cors_not_allowed")] * 2
 
 

@@ -24,8 +24,7 @@ from llama_cpp.server.types import CreateChatCompletionRequest
 from steam_persona.serve.llama_server import find_binary, native_body, server_args
 from steam_persona.common.errors import UserError
 from steam_persona.common.persona import DEFAULT_SYSTEM
-from tests.serving import REPO, start_server
-from tests.test_serve import leave_streams
+from tests.serving import REPO, leave_streams, log_rows, start_server
 
 
 def _binary() -> Path | None:
@@ -305,7 +304,7 @@ def test_clients_that_leave_get_their_log_row_on_both_engines(servers, request_l
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=1.0,
                        headers={"X-Request-Id": "gave-up"})
-        rows = dict(zip(ids + ["gave-up"], _log_rows(log, ids + ["gave-up"])))
+        rows = dict(zip(ids + ["gave-up"], log_rows(log, ids + ["gave-up"])))
         assert all(row is not None and row["disconnected"] is True for row in rows.values()), (server, rows)
         for rid in ("left-chunks", "left-unread"):
             assert (rows[rid]["status"], rows[rid]["stream"]) == (200, True), rows[rid]
@@ -315,15 +314,6 @@ def test_clients_that_leave_get_their_log_row_on_both_engines(servers, request_l
         assert rows["gave-up"]["status"] == 499, rows  # was 400 on llama-server, 200 embedded: nothing was sent
     _assert_slots_free_soon(servers[1])
 
-
-def _log_rows(log: Path, ids: list[str], timeout: float = 10.0) -> list[dict | None]:
-    """The ``--log_file`` rows of these request ids (a row is written once its response ended)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = {r.get("request_id"): r for r in map(json.loads, log.read_text(encoding="utf-8").splitlines())}
-        if set(ids) <= set(rows) or time.monotonic() > deadline:
-            return [rows.get(i) for i in ids]
-        time.sleep(0.05)
 
 
 def _assert_slots_free_soon(server) -> None:
