@@ -61,6 +61,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 IGNORE_INDEX = -100
 #: Batches of at least this many tokens take the memory-lean levers on a GPU: the fused LoRA MLPs
@@ -763,7 +764,8 @@ def _segment_sdpa(q, k, v, cu, scale):
 #: SDPA backends for rows of equal-length samples on CUDA, in order: cuDNN's attention (Hopper-tuned, with GQA)
 #: is faster than the FlashAttention 2 build behind torch's varlen_attn (bench/attention_kernels.py, figures
 #: in docs/gpu.md); the others where cuDNN has no kernel for the GPU or the inputs.
-UNIFORM_BACKENDS = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+UNIFORM_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                    SDPBackend.MATH]
 
 
 def _uniform_sdpa(query, key, value, n: int, scale):
@@ -772,15 +774,13 @@ def _uniform_sdpa(query, key, value, n: int, scale):
     query (1, Hq, T, D), key/value (1, Hkv, T, D), T = n * L -> (1, T, Hq, D). CUDA: SDPA by
     `UNIFORM_BACKENDS`, GQA without repeating key/value heads; CPU: key/value heads repeated (CPU SDPA's
     flash kernel takes no GQA)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     _, hq, t, d = query.shape
     q, k, v = (x.view(x.shape[1], n, t // n, d).transpose(0, 1) for x in (query, key, value))
     if not q.is_cuda:
         k, v = (x.repeat_interleave(hq // k.shape[1], dim=1) for x in (k, v))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     else:
-        with sdpa_kernel([getattr(SDPBackend, b) for b in UNIFORM_BACKENDS], set_priority=True):
+        with sdpa_kernel(UNIFORM_BACKENDS, set_priority=True):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
     return out.transpose(1, 2).reshape(1, t, hq, d)
 
