@@ -4,7 +4,7 @@ OpenAI's API answers every request with an ``x-request-id`` header (the openai S
 ``response._request_id`` and ``APIStatusError.request_id``). As vLLM does, a client's own
 ``X-Request-Id`` is echoed when it is sane (printable ASCII, at most :data:`MAX_LEN` characters);
 otherwise an id of OpenAI's form, ``req_`` and 32 hex digits, is made. The id is put in
-``scope["state"]["request_id"]`` for the JSON-lines access log (:mod:`steam_persona.serve.middleware`).
+``scope["state"]["request_id"]`` for the JSON-lines access log (:mod:`steam_persona.serve.access_log`).
 
 Pure ASGI and the outermost of our middleware, so that every answer the app sends carries it:
 successes, OpenAI-shaped errors, streams and CORS preflights.
