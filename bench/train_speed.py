@@ -550,6 +550,15 @@ def loss_check(model, samples: list[dict], stack: str, pad_id: int) -> dict:
     return out
 
 
+def unsloth_max_seq_length(kinds: list[str], long_lengths: list[int]) -> int:
+    """The ``max_seq_length`` Unsloth is built with: the longest row its configurations run. Asked for more
+    than the config's 32,768 positions, Unsloth scales RoPE (a different function: its loss would not compare
+    with ours), so only a long-context run asks for more."""
+    if "long" not in kinds:
+        return 32768
+    return max(long_lengths or [49152])
+
+
 def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -> None:
     if stack.startswith("unsloth"):  # Unsloth patches transformers and TRL: import it before them
         sys.path.insert(0, str(REPO / "bench"))
@@ -569,8 +578,11 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     t0 = time.perf_counter()
     torch.manual_seed(0)  # the same LoRA initialisation in every stack: their trained losses compare
     long_lengths = [int(x) for x in os.environ["BENCH_LONG"].split(",")] if os.environ.get("BENCH_LONG") else []
+    only = os.environ.get("BENCH_CONFIGS")
+    if only:
+        kinds = [k for k in kinds if k in only.split(",")]
     if stack.startswith("unsloth"):
-        model, tok, report = unsloth_stack.build(model_dir, max(long_lengths + [49152]))
+        model, tok, report = unsloth_stack.build(model_dir, unsloth_max_seq_length(kinds, long_lengths))
     else:
         model, report = build_baseline(model_dir) if stack == "baseline" else build_ours(model_dir, stack)
     static = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
@@ -602,9 +614,6 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
                                              tmp, _timing)
         return lambda: run_ours(model, data, bs, accum, padding_free, n, w, pad)
 
-    only = os.environ.get("BENCH_CONFIGS")
-    if only:
-        kinds = [k for k in kinds if k in only.split(",")]
     if "loss" in kinds:
         res["loss"] = unsloth_stack.loss_check(model, real[:64]) if uns else loss_check(model, real[:64], stack, pad)
         print(f"[{stack}] loss: {res['loss']}", flush=True)

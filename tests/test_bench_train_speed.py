@@ -57,3 +57,10 @@ def test_a_stack_past_its_timeout_is_stopped_and_keeps_its_figures(tmp_path, mon
     a = argparse.Namespace(work_dir=str(tmp_path), cap_gib=24.0, model_dir="/m", tiny=False)
     res = train_speed.run_stack("ours", a)
     assert res == {"configs": {"fixed": {"peak_gib": 6.5}}, "returncode": "timed_out"}
+
+
+def test_unsloth_is_built_for_the_config_positions_unless_a_long_run_needs_more():
+    """Above the config's 32,768 positions Unsloth scales RoPE: its loss would not be ours'."""
+    assert train_speed.unsloth_max_seq_length(["loss", "real_bs16", "fixed"], [98304]) == 32768
+    assert train_speed.unsloth_max_seq_length(["fixed", "long"], [65536, 98304]) == 98304
+    assert train_speed.unsloth_max_seq_length(["long"], []) == 49152
