@@ -510,8 +510,10 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
         reason = _first_spam(low)
         if reason:
             return reason
+    view, _ = matching_view(text)  # full-width and letter-spaced links too
+    low = view.lower() if view is not text else low
     if _PII_HINTS["link"](low) and (_SHOP_WORD(low) or _PROMO_STEAM_URL.search(low)) \
-            and any(_advert_link(m.group(0)) for m in PII_PATTERNS["link"].finditer(text)):
+            and any(_advert_link(m.group(0)) for m in PII_PATTERNS["link"].finditer(view)):
         return "url"  # every advert link holds a shop word or a Steam group path: the cheap tests first
     return None
 
@@ -857,14 +859,69 @@ _ID_GATE = re.compile(literal_union([
     *_SHARE_CODE.split("|")])).search
 
 
+# Full-width forms (U+FF01–FF5E: "ｃｄｋｅｙｓ．ｃｏｍ", "name＠qq.com") folded to their NFKC form, which is one ASCII
+# character each, so offsets in the folded text are offsets in the original
+_WIDTH_FOLD = {c: unicodedata.normalize("NFKC", chr(c)) for c in range(0xFF01, 0xFF5F)}
+assert all(len(v) == 1 for v in _WIDTH_FOLD.values())
+_WIDE_ALNUM = re.compile(r"[０-９＠Ａ-Ｚａ-ｚ]").search  # only a full-width letter, digit or ＠ can make a link or address
+# Single letters or digits with spaces or spaced full stops between them, "c d k e y s . c o m" (a TLD written
+# whole may end it: "c d k e y s . com"); joined only when they spell a domain (_SPACED_DOMAIN), so "A B C of RPGs",
+# "J. R. R. Tolkien" and "10 / 10" stay as they are
+_SPACED_RUN = re.compile(rf"(?<![A-Za-z0-9.])[A-Za-z0-9](?:(?:[ \t]+|[ \t]*\.[ \t]*)[A-Za-z0-9](?![A-Za-z0-9]))+"
+                         rf"(?:[ \t]*\.[ \t]*(?:{_TLD})(?![A-Za-z0-9]))?")
+_SPACED_DOMAIN = re.compile(rf"(?:[a-z0-9-]+\.)+(?:{_TLD})", re.I).fullmatch
+_SPACED_PAIR = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9][ \t]+[A-Za-z0-9](?![A-Za-z0-9])").search  # the cheap test first
+
+
+@functools.lru_cache(maxsize=4)
+def matching_view(text: str) -> tuple[str, tuple[int, ...] | None]:
+    """The text the link and e-mail patterns search, and where its characters come from: full-width forms folded
+    (NFKC) and letter-spaced domains joined ("c d k e y s . c o m" → "cdkeys.com"). ``(view, where)``: ``view[i]``
+    is ``text[where[i]]`` folded; ``where`` is ``None`` when no run was joined (then offsets are the same). The
+    kept text keeps its own characters: spans found in the view are cut from ``text`` (:func:`_original_span`).
+    Cached: the spam and personal-data rules ask about the same text."""
+    view = text.translate(_WIDTH_FOLD) if _WIDE_ALNUM(text) else text
+    if not _SPACED_PAIR(view):
+        return view, None
+    runs = [m.span() for m in _SPACED_RUN.finditer(view)
+            if " " in m.group(0) and _SPACED_DOMAIN(re.sub(r"[ \t]", "", m.group(0)))]
+    if not runs:
+        return view, None
+    keep = [i for i in range(len(view)) if not any(a <= i < b and view[i] in " \t" for a, b in runs)]
+    return "".join(view[i] for i in keep), tuple(keep)
+
+
+def _original_span(where: tuple[int, ...] | None, a: int, b: int) -> tuple[int, int]:
+    """The span in the original text of the view's span ``[a, b)`` (``b > a``)."""
+    return (a, b) if where is None else (where[a], where[b - 1] + 1)
+
+
+def _cut(text: str, spans: list[tuple[int, int]], repl: str = "") -> str:
+    """``text`` with each of ``spans`` (sorted, not overlapping) replaced by ``repl``."""
+    out, pos = [], 0
+    for a, b in spans:
+        out += [text[pos:a], repl]
+        pos = b
+    return "".join(out) + text[pos:]
+
+
 def mask_pii(text: str) -> str:
-    """``text`` with every :func:`scrub_pii` match replaced by ``▇`` (for examples shown to people)."""
-    low = text.lower()
+    """``text`` with every :func:`scrub_pii` match replaced by ``▇`` (for examples shown to people); overlapping
+    matches of several kinds become one ``▇``."""
+    view, where = matching_view(text)
+    low = view.lower()
+    spans: list[tuple[int, int]] = []
     for kind, hint in _PII_HINTS.items():
         if hint(low):
-            text = PII_PATTERNS[kind].sub(lambda m: _keep_platform(m) or "▇" if kind == "link"
-                                          else m.group(0) if kind == "email" and _word_at_site(text, m) else "▇", text)
-    return text
+            spans += [_original_span(where, *m.span()) for m in PII_PATTERNS[kind].finditer(view)
+                      if not (kind == "link" and _keep_platform(m)) and not (kind == "email" and _word_at_site(view, m))]
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if merged and a < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return _cut(text, merged, "▇")
 
 
 def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
@@ -883,25 +940,27 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`PII_PATTERNS` order
     (empty when nothing was). ``low`` is ``text.lower()`` when the caller has it.
     """
-    low = text.lower() if low is None else low
+    view, where = matching_view(text)
+    low = view.lower() if view is not text else text.lower() if low is None else low
     kinds: list[str] = []
     if not _digit_run(low) and not _PII_GATE(low) and not _ID_GATE(low):
         return text, kinds
     spans: list[tuple[int, int]] = []
     for kind in _CONTACT_KINDS:
         if _PII_HINTS[kind](low):
-            found = [m.span() for m in PII_PATTERNS[kind].finditer(text)
+            found = [m.span() for m in PII_PATTERNS[kind].finditer(view)
                      if not any(a < m.end() and m.start() < b for a, b in spans)  # inside an earlier kind's match
-                     and not (kind == "phone_number" and _game_number(text, m))
-                     and not (kind == "email" and _word_at_site(text, m))]
+                     and not (kind == "phone_number" and _game_number(view, m))
+                     and not (kind == "email" and _word_at_site(view, m))]
             if found:
                 spans += found
                 kinds.append(kind)
     if spans:
-        text = _drop_contacts(text, spans)
-        low = text.lower()
+        text = _drop_contacts(text, [_original_span(where, a, b) for a, b in spans])
+        view, where = matching_view(text)
+        low = view.lower()
     if _PII_HINTS["link"](low):
-        new = _LINK_WITH_LEAD.sub(_keep_linked_platform, text)
+        new = _scrub_links(text, view, where)
         if new != text:
             text = new
             kinds.append("link")
@@ -909,6 +968,13 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
         text = _LONE_SHARE_CODE.sub("", text)
         kinds += [] if "link" in kinds else ["link"]
     return (_tidy(text) if kinds else text), kinds
+
+
+def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
+    """``text`` without its links and their lead-ins (:data:`_LINK_WITH_LEAD`, found in its :func:`matching_view`
+    ``view``); a platform's bare domain stays."""
+    cuts = [_original_span(where, *m.span()) for m in _LINK_WITH_LEAD.finditer(view) if not _keep_linked_platform(m)]
+    return _cut(text, cuts)
 
 
 _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")

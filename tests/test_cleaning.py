@@ -385,6 +385,33 @@ def test_spelled_out_shop_links_are_adverts(text):
     assert cleaning.spam_reason(text) == "url"
 
 
+@pytest.mark.parametrize("text", ["ｃｄｋｅｙｓ．ｃｏｍ", "Get keys at c d k e y s . c o m cheap", "ｗｗｗ．ｇ２ａ．ｃｏｍ",
+                                  "好价看ｗｗｗ．ｃｄｋｅｙｓ．ｃｏｍ！", "keys at c d k e y s . com", "ｃ ｄ ｋ ｅ ｙ ｓ ． ｃ ｏ ｍ",
+                                  "buy on ｃｈｅａｐｇｏｌｄ点ｃｏｍ"])
+def test_full_width_and_letter_spaced_shop_links_are_adverts(text):
+    """Matched after NFKC width folding and after joining single letters that spell a domain."""
+    assert cleaning.spam_reason(text) == "url"
+
+
+@pytest.mark.parametrize("text,want", [
+    ("攻略看ｗｗｗ．ｇｏｎｇｌｕｅ．ｃｏｍ，写得很好！", "攻略看，写得很好！"),  # the kept text keeps its full-width punctuation
+    ("Wiki: ｆａｎｗｉｋｉ．ｎｅｔ/ｘ is great", "Wiki is great"), ("Guides on g u i d e s . n e t, great game.", "Guides, great game."),
+    ("（真的）好玩！ｗ ｉ ｋ ｉ ． ｃ ｏ ｍ", "（真的）好玩！"),
+])
+def test_full_width_and_letter_spaced_links_are_links(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"]) and cleaning.mask_pii(text) != text
+
+
+@pytest.mark.parametrize("text", [
+    "I give it a 10 / 10", "A B C of RPGs", "J. R. R. Tolkien would love the lore.", "The A. I. is dumb, U. S. A. servers lag.",
+    "Rated 9 . 5 out of 10", "这游戏ＮＢ，好玩！（真的）画面１０分。", "游戏很好玩：剧情、音乐都不错；推荐！", "ＤＬＣ很贵，Ｄ Ｌ Ｃ 也少。",
+    "Grades: A . B . C . D", "Press W A S D to move. A B C D E",
+])
+def test_spaced_letters_and_full_width_text_without_a_domain_stay(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+    assert cleaning.mask_pii(text) == text
+
+
 @pytest.mark.parametrize("text", [
     # the word before "dot" cannot name a site; a full stop with spaces is punctuation unless www leads
     "Feels like the dot com bubble era of shooters.", "The game requires dot net 4.8 to start.", "A red dot on the map.",
