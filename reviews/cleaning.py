@@ -974,9 +974,36 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
 
 def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
     """``text`` without its links and their lead-ins (:data:`_LINK_WITH_LEAD`, found in its :func:`matching_view`
-    ``view``); a platform's bare domain stays."""
-    cuts = [_original_span(where, *m.span()) for m in _LINK_WITH_LEAD.finditer(view) if not _keep_linked_platform(m)]
-    return _cut(text, cuts)
+    ``view``); a link that is its clause's predicate, or all of its sentence, goes with it. A lead-in that began a
+    sentence takes the comma after the link with it and passes its capital on ("Check out x.com, it is great." →
+    "It is great."). A platform's bare domain stays."""
+    found = [m for m in _LINK_WITH_LEAD.finditer(view) if not _keep_linked_platform(m)]
+    clauses = [_original_span(where, *m.span()) for m in found if m.group("pred") or _whole_sentence(view, m)]
+    if clauses:
+        text = _drop_contacts(text, clauses)
+        view, where = matching_view(text)
+        found = [m for m in _LINK_WITH_LEAD.finditer(view) if not _keep_linked_platform(m)]
+    for m in reversed(found):  # from the end: the spans before stay valid
+        a, b = _original_span(where, *m.span())
+        tail = text[b:]
+        if _SENTENCE_START.search(text, 0, a):
+            tail = tail[_LEFTOVER.match(tail).end():]
+            if text[a].isupper():
+                tail = tail[:1].upper() + tail[1:]
+        text = text[:a] + tail
+    return text
+
+
+# nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
+# leave after them when they go
+_SENTENCE_START = re.compile(r"(?:^|[.!?。！？…\n])[ \t]*$")
+_LEFTOVER = re.compile(r"[ \t]*[,;:，；：]?[ \t]*")
+
+
+def _whole_sentence(text: str, m: re.Match[str]) -> bool:
+    """Whether ``m`` is all of its sentence but the terminator ("See x.com for details."): the terminator goes too."""
+    before, after = text[:m.start()].rstrip(" \t"), text[m.end():].lstrip(" \t")
+    return (not before or before[-1] in ".!?。！？…\n") and (not after or after[0] in ".!?。！？…\n")
 
 
 _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
@@ -984,14 +1011,28 @@ _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
 # 汉化补丁下载, 资源, 网盘): with the link gone it points at nothing
 _ZH_LINK_LEAD = (r"(?:(?:破解版?|学习版|绿色版|免安装版?|汉化(?:版|补丁)?|中文版|安装包|补丁|资源|游戏|mod)[ \t]*(?:下载|下載)"
                  r"|下载|下載|(?:百度)?(?:网盘|網盤)|资源|資源)")
-# a link with the words that only pointed at it ("at / on / see / via / here / from", 链接 / 网盘链接 / 下载地址, or a
-# colon) and a cloud-drive share code after it ("提取码: abcd", "密码 1234", "pwd: x7k2")
-_LINK_WITH_LEAD = re.compile(r"(?:(?<![^\W\d_])(?:at|on|see|via|here|from)[ \t]*[:：]?[ \t]*"
+# English words that only point at the link after them: a preposition (also "over at", "up on"), "see" / "check out" /
+# "visit" (with "for details" after the link), a participle with "here" ("found here:" — not after "be": "can be found
+# here: x" keeps "can be found"), "to" after a verb of moving or pointing ("moved to x" → "moved") and "according to"
+_TO_VERBS = ("move", "moved", "moves", "migrated", "go", "goes", "went", "head", "heads", "headed", "over", "redirects",
+             "redirected", "switched", "points", "pointed", "link", "links", "linked", "uploaded", "posted", "come", "came")
+_EN_LEAD = (r"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from"
+            r"|(?:(?<!be )(?<!is )(?<!are )(?<!was )(?<!were )(?:found|available|posted|linked|listed|uploaded)[ \t]+)?here"
+            rf"|(?:{'|'.join(f'(?<={v} )' for v in _TO_VERBS)})to|(?:according|thanks|due)[ \t]+to"
+            r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
+# a copula right before the lead-in makes the link the clause's predicate ("mods are at x and they rock", "it's on
+# x"): with the link gone the clause says nothing, so its clause goes, as a contact's does (:func:`_drop_contacts`)
+_COPULA = r"(?:(?<![^\W\d_])(?:is|are|was|were|be|been)|(?<=[^\W\d_])['’](?:s|re))[ \t]+(?:(?:now|still|also|all|right)[ \t]+)?"
+# a link with the words that only pointed at it (the English ones above, 链接 / 网盘链接 / 下载地址, or a colon) and a
+# cloud-drive share code after it ("提取码: abcd", "密码 1234", "pwd: x7k2")
+_LINK_WITH_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?:(?:over|up)[ \t]+)?(?:at|on|in|here))[ \t]*[:：]?[ \t]*"
+                             rf"|(?<![^\W\d_])(?:{_EN_LEAD})[ \t]*[:：]?[ \t]*"
                              rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)[ \t]*[:：]?[ \t]*"
                              rf"|{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
                              rf"(?P<url>{PII_PATTERNS['link'].pattern})"
                              rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
-                             r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)
+                             r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?"
+                             r"(?(see)(?:[ \t]+for[ \t]+(?:more|details|info|more info|more details|the details|reference))?)", re.I)
 # a share code whose link is gone (or was never a link): its words name nothing else
 _LONE_SHARE_CODE = re.compile(rf"(?:{_SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")
@@ -1032,7 +1073,7 @@ def _drop_clauses(sentence: str, hits: list[tuple[int, int]]) -> str:
 
 
 # what removing a match can leave: space before punctuation, empty brackets, a comma before other punctuation
-_TIDY = ((re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""), (re.compile(r"\(\s*\)|（\s*）|\[\s*\]"), ""),
+_TIDY = ((re.compile(r"\(\s*\)|（\s*）|\[\s*\]"), ""), (re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""),
          (re.compile(r"[,;:，；：]+(?=\s*[,.;:!?，。；：！？])"), ""), (re.compile(r"^[ \t]*[,;:，；：][ \t]*", re.M), ""))
 
 

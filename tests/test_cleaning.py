@@ -365,10 +365,37 @@ def test_lead_in_words_without_a_link_stay(text):
     # a plain word before " at " is no mailbox: the link goes with its lead-in
     ("Patch notes at example dot org say the devs fixed the crash, and so far it holds up well.",
      "Patch notes  say the devs fixed the crash, and so far it holds up well."),
-    ("All the best mods are at www . nexussite . com and they make it shine.", "All the best mods are  and they make it shine."),
+    ("Great game. All the best mods are at www . nexussite . com and they make it shine.", "Great game."),
 ])
 def test_spelled_out_links_are_links(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("The wiki moved to https://x.fandom.com, check it.", "The wiki moved, check it."),
+    ("Great game. mods are at https://nexus.example.com/mods and they rock", "Great game."),
+    ("Great game, the best one is on mymods.net", "Great game"), ("The guide's at x.com/g, it helped a lot.", "It helped a lot."),
+    ("Great game, mods over at x.com/mods are fun", "Great game, mods  are fun"), ("Builds found here: https://x.com/b\nFun.", "Builds \nFun."),
+    ("Fun boss fights. See x.com/guide for details.", "Fun boss fights."), ("Great game, see x.com/guide, fun.", "Great game, fun."),
+    ("Fun. Check out x.com/guide, it is great.", "Fun. It is great."), ("Thanks to x.com/guide, I finished it.", "I finished it."),
+    ("The update is in, see x.com/news for more.", "The update is in."), ("Details in x.com/post, fun.", "Details, fun."),
+    ("Fun (see x.com/g), great.", "Fun, great."), ("Go to x.com/mod to get it.", "Go  to get it."),
+    # the word does not point at the link, or the link is not the clause's predicate: the rest stays
+    ("Moved to Linux, the game runs great; patch notes: x.com/news", "Moved to Linux, the game runs great; patch notes"),
+    ("The mod is great, get it on x.com/m", "The mod is great, get it "),
+    ("The guide is posted on x.com/g and it's great.", "The guide is posted  and it's great."),
+    ("Builds can be found here: https://x.com/b", "Builds can be found "),
+    ("It is on sale at x.com/store for 5 bucks.", "It is on sale  for 5 bucks."),
+])
+def test_links_go_with_the_words_that_pointed_at_them(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["Welcome to the jungle, see you at the castle.", "It is here, finally, and it is great.",
+                                  "They moved to a new engine and it shows.", "Thanks to the devs, it runs well.",
+                                  "Mods are at their best here. Check out the new map, it is great."])
+def test_lead_in_words_pointing_at_no_link_stay(text):
+    assert cleaning.scrub_pii(text) == (text, [])
 
 
 @pytest.mark.parametrize("text,want", [
@@ -443,11 +470,11 @@ def test_dot_as_a_word_stays(text):
 @pytest.mark.parametrize("text,want", [
     ("汉化补丁 pan.baidu.com/s/1abcDEF 提取码：x7k2，装好就能玩", "汉化补丁，装好就能玩"),
     ("链接: https://pan.baidu.com/s/1abcDEF 提取码: abcd\n汉化补丁很好用", "\n汉化补丁很好用"),
-    ("网盘链接：pan.baidu.com/s/1aB 密码：1234 好玩", " 好玩"), ("汉化补丁（提取码：k9x2）很好用", "汉化补丁很好用"),
-    ("The mod is on mega.nz/file/abc (password abcd1234), works fine.", "The mod is, works fine."),
-    ("破解版下载 链接: https://pan.baidu.com/s/1abc 提取码: abcd 游戏本身还是很好玩的", " 游戏本身还是很好玩的"),
+    ("网盘链接：pan.baidu.com/s/1aB 密码：1234 好玩", "好玩"), ("汉化补丁（提取码：k9x2）很好用", "汉化补丁很好用"),
+    ("The mod is on mega.nz/file/abc (password abcd1234), works fine.", "Works fine."),
+    ("破解版下载 链接: https://pan.baidu.com/s/1abc 提取码: abcd 游戏本身还是很好玩的", "游戏本身还是很好玩的"),
     ("资源：https://pan.baidu.com/s/1aB 提取码 abcd，装好就能玩", "装好就能玩"),
-    ("汉化补丁下载 pan.baidu.com/s/1aB 密码：1234\n好玩", "\n好玩"), ("百度网盘 pan.baidu.com/s/1aB 好玩", " 好玩"),
+    ("汉化补丁下载 pan.baidu.com/s/1aB 密码：1234\n好玩", "\n好玩"), ("百度网盘 pan.baidu.com/s/1aB 好玩", "好玩"),
     ("官方下载太慢，我用的 https://example.com/mirror 很快", "官方下载太慢，我用的  很快"),  # 下载 points at no link
 ])
 def test_cloud_share_links_go_with_their_share_code(text, want):

@@ -251,7 +251,7 @@ def test_not_campaigns(text):
     ("企鹅号 1 2 3 4 5 6 7 欢迎\n好玩", "\n好玩", ["contact"]),
     ("call +44 20 7946 0958 now", "", ["phone_number"]),
     ("联系13912345678", "", ["phone_number"]),
-    ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", " 自取，wiki  也行", ["link"]),
+    ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", "自取，wiki  也行", ["link"]),
 ])
 def test_personal_data_forms(text, kept, kinds):
     assert cleaning.scrub_pii(text) == (kept, kinds)
