@@ -974,11 +974,11 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
 
 def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
     """``text`` without its links and their lead-ins (:data:`_LINK_WITH_LEAD`, found in its :func:`matching_view`
-    ``view``); a link that is its clause's predicate, or all of its sentence, goes with it. A lead-in that began a
+    ``view``); a link that is its clause's predicate (:func:`_predicate`), or all of its sentence, goes with it. A lead-in that began a
     sentence takes the comma after the link with it and passes its capital on ("Check out x.com, it is great." →
     "It is great."). A platform's bare domain stays."""
     found = [m for m in _LINK_WITH_LEAD.finditer(view) if not _keep_linked_platform(m)]
-    clauses = [_original_span(where, *m.span()) for m in found if m.group("pred") or _whole_sentence(view, m)]
+    clauses = [_original_span(where, *m.span()) for m in found if _predicate(view, m) or _whole_sentence(view, m)]
     if clauses:
         text = _drop_contacts(text, clauses)
         view, where = matching_view(text)
@@ -998,6 +998,15 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
 # leave after them when they go
 _SENTENCE_START = re.compile(r"(?:^|[.!?。！？…\n])[ \t]*$")
 _LEFTOVER = re.compile(r"[ \t]*[,;:，；：]?[ \t]*")
+
+
+def _predicate(text: str, m: re.Match[str]) -> bool:
+    """Whether the link of ``m`` is its clause's predicate: after a copula ("mods are at x"), or in a 在 frame that ends
+    the clause (攻略都在 x点com 上面。 — while 在 x点com 上面买的 only says where)."""
+    return bool(m.group("pred") or (m.group("zai") and _CLAUSE_END_AFTER.match(text, m.end())))
+
+
+_CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
 
 
 def _whole_sentence(text: str, m: re.Match[str]) -> bool:
@@ -1023,13 +1032,15 @@ _EN_LEAD = (r"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from"
 # a copula right before the lead-in makes the link the clause's predicate ("mods are at x and they rock", "it's on
 # x"): with the link gone the clause says nothing, so its clause goes, as a contact's does (:func:`_drop_contacts`)
 _COPULA = r"(?:(?<![^\W\d_])(?:is|are|was|were|be|been)|(?<=[^\W\d_])['’](?:s|re))[ \t]+(?:(?:now|still|also|all|right)[ \t]+)?"
-# a link with the words that only pointed at it (the English ones above, 链接 / 网盘链接 / 下载地址, or a colon) and a
-# cloud-drive share code after it ("提取码: abcd", "密码 1234", "pwd: x7k2")
+# a link with the words that only pointed at it (the English ones above, 链接 / 网盘链接 / 下载地址, a colon, or the frame
+# 在 … 上面 / 里 / 中 with a 的 after it: "在 x点com 上面的攻略" → "攻略") and a cloud-drive share code after it
+# ("提取码: abcd", "密码 1234", "pwd: x7k2")
 _LINK_WITH_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?:(?:over|up)[ \t]+)?(?:at|on|in|here))[ \t]*[:：]?[ \t]*"
                              rf"|(?<![^\W\d_])(?:{_EN_LEAD})[ \t]*[:：]?[ \t]*"
                              rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)[ \t]*[:：]?[ \t]*"
-                             rf"|{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
+                             rf"|{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*|(?P<zai>(?<![现正存实所自好])在)[ \t]*|[:：][ \t]*)?"
                              rf"(?P<url>{PII_PATTERNS['link'].pattern})"
+                             r"(?(zai)(?:[ \t]*(?:上面|里面|上|里|中|内)的?)?[ \t]*)"
                              rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
                              r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?"
                              r"(?(see)(?:[ \t]+for[ \t]+(?:more|details|info|more info|more details|the details|reference))?)", re.I)

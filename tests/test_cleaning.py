@@ -360,7 +360,7 @@ def test_lead_in_words_without_a_link_stay(text):
     ("Builds are explained on example dot net, read it.", "Builds are explained, read it."),
     ("Guides: www . site . com\nGreat game.", "Guides\nGreat game."), ("Guides: www . site.com/x", "Guides"), ("Wiki at www dot wiki dot com is good.", "Wiki  is good."),
     ("Mods on nexus(dot)com/x work.", "Mods  work."), ("Mods on nexus [dot] org work.", "Mods  work."),
-    ("汉化补丁在 mmogold点com 下载", "汉化补丁在  下载"), ("汉化在 hanhua．com 下", "汉化在  下"),
+    ("汉化补丁在 mmogold点com 下载", "汉化补丁下载"), ("汉化在 hanhua．com 下", "汉化下"),
     ("Mods on nexus[.]com work.", "Mods  work."), ("Mods on nexus (.) org work.", "Mods  work."),
     # a plain word before " at " is no mailbox: the link goes with its lead-in
     ("Patch notes at example dot org say the devs fixed the crash, and so far it holds up well.",
@@ -389,6 +389,21 @@ def test_spelled_out_links_are_links(text, want):
 ])
 def test_links_go_with_the_words_that_pointed_at_them(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("攻略都在 gonglue点com 上面", ""), ("画面很好，攻略都在 gonglue点com 上面", "画面很好"),  # 在 … 上面 was the predicate
+    ("游戏不错，攻略在 https://x.com/g 里，推荐", "游戏不错，推荐"), ("攻略在 x点com。剧情很好", "剧情很好"),
+    ("我是在 x点com 上面买的，很便宜", "我是买的，很便宜"), ("在 x.com 里可以找到攻略", "可以找到攻略"),  # 在 … 上面 only says where
+    ("贴吧在 tieba点com 上面的攻略很全", "贴吧攻略很全"), ("现在 x.com/news 说修好了", "现在  说修好了"),  # 现在 is "now"
+])
+def test_a_chinese_frame_around_a_link_goes_with_it(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["我在网上买的，很便宜", "在 bilibili.com 上面看的攻略", "攻略都在游戏里面，不用上网查"])
+def test_a_chinese_frame_without_a_link_or_around_a_platform_stays(text):
+    assert cleaning.scrub_pii(text) == (text, [])
 
 
 @pytest.mark.parametrize("text", ["Welcome to the jungle, see you at the castle.", "It is here, finally, and it is great.",
