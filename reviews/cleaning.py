@@ -1060,7 +1060,7 @@ _LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?:(?:over|up)[ \t]+)?(?:at|on|i
                         rf"|(?P<kept>{_COPULA}{_PARTICIPLE}[ \t]+)here"
                         rf"|(?<![^\W\d_])(?:{_EN_LEAD})"
                         rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)"
-                        rf"|{_ZH_LINK_LEAD}|(?P<zai>(?<![现正存实所自好])在)|(?=[:：]))[ \t]*[:：]?[ \t]*$", re.I)
+                        rf"|{_ZH_LINK_LEAD}|(?P<zai>(?<![现正存实所自好])在)|(?=[:：]))[ \t]*[:：]?[ \t]*\Z", re.I)
 # what goes after a link: a cloud-drive share code ("提取码: abcd", "密码 1234", "pwd: x7k2"); a 在 frame's closing
 # word; "for details" after "see x"
 _SHARE_CODE_AFTER = re.compile(rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"

@@ -386,6 +386,7 @@ def test_spelled_out_links_are_links(text, want):
     ("The guide is posted on x.com/g and it's great.", "The guide is posted  and it's great."),
     ("Builds can be found here: https://x.com/b", "Builds can be found "),
     ("It is on sale at x.com/store for 5 bucks.", "It is on sale  for 5 bucks."),
+    ("过往版本的评价：\nhttp://example.com/r/316720\n\n本作很好", "过往版本的评价：\n\n\n本作很好"),  # a lead-in is on the link's line
 ])
 def test_links_go_with_the_words_that_pointed_at_them(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
