@@ -934,12 +934,14 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     contacts (also in Chinese numerals or spaced digits), other platforms' player ids (Discord /
     BattleTag ``name#1234``, Nintendo ``SW-…``, "PSN ID: …"), phone numbers (mainland and ``+CC``),
     mainland ID numbers, and other links or bare domains (also spelled out: ``cheapgold dot com``, ``www . site . com``,
-    ``x(dot)net``, ``x点com``). Removed, not masked, so the model never learns a placeholder.
+    ``x(dot)net``, ``x点com``, full-width ``ｘ．ｃｏｍ``, letter-spaced ``x y z . c o m``: the patterns search the
+    :func:`matching_view`, the cut is made in ``text``). Removed, not masked, so the model never learns a placeholder.
     A hex address (``0x14000000000``) or a build number is not a phone number.
 
     Every kind but ``link`` is a contact: the comma clause that holds it goes, or its whole sentence
     when every clause holds one (:func:`_drop_contacts`; "Add me: a at b dot com or X#1234." has no
-    review value). A link goes with its lead-in ("Patch notes at x.com/news say" → "Patch notes say").
+    review value). A link goes with its lead-in ("Patch notes at x.com/news say" → "Patch notes say"), or with its
+    clause when it was the clause's predicate ("mods are at x.com and they rock"; :func:`_scrub_links`).
 
     Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`PII_PATTERNS` order
     (empty when nothing was). ``low`` is ``text.lower()`` when the caller has it.
@@ -1003,18 +1005,21 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
     a 在 frame's closing word and a "see"'s "for details". ``predicate``: the link is its clause's predicate, after a
     copula ("mods are at x") or in a 在 frame that ends the clause (攻略都在 x点com 上面。 — 在 x点com 上面买的 only says
     where)."""
-    out = []
+    out: list[tuple[int, int, int, bool]] = []
     for m in PII_PATTERNS["link"].finditer(text):
         if _keep_platform(m):
             continue
-        lead = _LINK_LEAD.search(text, max(0, m.start() - 40), m.start())
+        done = out[-1][2] if out else 0  # where the last cut ended (a share code or frame may run into this link)
+        lead = _LINK_LEAD.search(text, max(done, m.start() - 40), m.start()) if done <= m.start() else None
         end = _SHARE_CODE_AFTER.match(text, m.end()).end()
         if lead and lead.group("zai"):
             end = _FRAME_END.match(text, end).end()
         elif lead and lead.group("see"):
             end = _FOR_DETAILS.match(text, end).end()
-        start = lead.start() if lead else m.start()
+        start = max(done, lead.start() if lead else m.start())
         cut = lead.end("kept") if lead and lead.group("kept") else start
+        if end <= start:
+            continue
         pred = bool(lead and (lead.group("pred") or (lead.group("zai") and _CLAUSE_END_AFTER.match(text, end))))
         out.append((start, cut, end, pred))
     return out
@@ -1023,7 +1028,7 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
 _CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
 # leave after them when they go
-_SENTENCE_START = re.compile(r"(?:^|[.!?。！？…\n])[ \t]*$")
+_SENTENCE_START = re.compile(r"(?:^|[.!?。！？…\n])[ \t]*\Z")
 _LEFTOVER = re.compile(r"[ \t]*[,;:，；：]?[ \t]*")
 
 
