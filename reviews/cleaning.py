@@ -866,11 +866,14 @@ _ID_GATE = re.compile(literal_union([
 _WIDTH_FOLD = {c: unicodedata.normalize("NFKC", chr(c)) for c in range(0xFF01, 0xFF5F)}
 assert all(len(v) == 1 for v in _WIDTH_FOLD.values())
 _WIDE_ALNUM = re.compile(r"[０-９＠Ａ-Ｚａ-ｚ]").search  # only a full-width letter, digit or ＠ can make a link or address
-# Single letters or digits with spaces or spaced full stops between them, "c d k e y s . c o m" (a TLD written
-# whole may end it: "c d k e y s . com"); joined only when they spell a domain (_SPACED_DOMAIN), so "A B C of RPGs",
-# "J. R. R. Tolkien" and "10 / 10" stay as they are
-_SPACED_RUN = re.compile(rf"(?<![A-Za-z0-9.])[A-Za-z0-9](?:(?:[ \t]+|[ \t]*\.[ \t]*)[A-Za-z0-9](?![A-Za-z0-9]))+"
-                         rf"(?:[ \t]*\.[ \t]*(?:{_TLD})(?![A-Za-z0-9]))?")
+# Single letters or digits with spaces or a spaced dot (also "dot", "(dot)", 点) between them, "c d k e y s . c o m",
+# "c d k e y s dot c o m" (a TLD written whole may end it: "c d k e y s . com"); joined only when they spell a domain
+# (_SPACED_DOMAIN), so "A B C of RPGs", "J. R. R. Tolkien" and "10 / 10" stay as they are
+_RUN_DOT = r"(?:[ \t]*\.[ \t]*|[ \t]+dot[ \t]+|[ \t]*[\[(（]dot[\])）][ \t]*|[ \t]*[点點][ \t]*)"
+_SPACED_RUN = re.compile(rf"(?<![A-Za-z0-9.])[A-Za-z0-9](?:(?:[ \t]+|{_RUN_DOT})[A-Za-z0-9](?![A-Za-z0-9]))+"
+                         rf"(?:{_RUN_DOT}(?:{_TLD})(?![A-Za-z0-9]))?", re.I)
+_DOT_SPELLINGS = (".", "点", "點", "dot", "DOT", "Dot")  # one of them is in every run that spells a domain
+_RUN_TOKEN = re.compile(r"[A-Za-z0-9]+|[.点點]|dot", re.I)  # in a run: what is kept of it (a dot spelling as ".")
 _SPACED_DOMAIN = re.compile(rf"(?:[a-z0-9-]+\.)+(?:{_TLD})", re.I).fullmatch
 # the cheap test first, on " " + the text: a run's second letter has a space before it (led by a character class, re
 # skips ahead in C: ~2x faster than a lookbehind first)
@@ -880,19 +883,31 @@ _SPACED_PAIR = re.compile(r"[ \t][A-Za-z0-9][ \t]+[A-Za-z0-9](?![A-Za-z0-9])").s
 @functools.lru_cache(maxsize=4)
 def matching_view(text: str) -> tuple[str, tuple[int, ...] | None]:
     """The text the link and e-mail patterns search, and where its characters come from: full-width forms folded
-    (NFKC) and letter-spaced domains joined ("c d k e y s . c o m" → "cdkeys.com"). ``(view, where)``: ``view[i]``
-    is ``text[where[i]]`` folded; ``where`` is ``None`` when no run was joined (then offsets are the same). The
-    kept text keeps its own characters: spans found in the view are cut from ``text`` (:func:`_original_span`).
-    Cached: the spam and personal-data rules ask about the same text."""
+    (NFKC) and letter-spaced domains joined ("c d k e y s . c o m" and "c d k e y s dot c o m" → "cdkeys.com").
+    ``(view, where)``: ``view[i]`` comes from ``text[where[i]]`` (a dot spelled "dot" from its "d"); ``where`` is
+    ``None`` when no run was joined (then offsets are the same). The kept text keeps its own characters: spans found
+    in the view are cut from ``text`` (:func:`_original_span`). Cached: the spam and personal-data rules ask about
+    the same text."""
     view = text.translate(_WIDTH_FOLD) if _WIDE_ALNUM(text) else text
-    if "." not in view or not _SPACED_PAIR(" " + view):
+    if not any(d in view for d in _DOT_SPELLINGS) or not _SPACED_PAIR(" " + view):
         return view, None
-    runs = [m.span() for m in _SPACED_RUN.finditer(view)
-            if " " in m.group(0) and _SPACED_DOMAIN(re.sub(r"[ \t]", "", m.group(0)))]
-    if not runs:
+    chars: list[str] = []
+    where: list[int] = []
+    pos = 0
+    for m in _SPACED_RUN.finditer(view):
+        tokens = [(t.start(), "." if t.group(0) in "点點" or t.group(0).lower() == "dot" else t.group(0))
+                  for t in _RUN_TOKEN.finditer(view, m.start(), m.end())]
+        if " " not in m.group(0) or not _SPACED_DOMAIN("".join(t for _, t in tokens)):
+            continue
+        chars += view[pos:m.start()]
+        where += range(pos, m.start())
+        for i, t in tokens:
+            chars += t
+            where += range(i, i + len(t))
+        pos = m.end()
+    if not pos:
         return view, None
-    keep = [i for i in range(len(view)) if not any(a <= i < b and view[i] in " \t" for a, b in runs)]
-    return "".join(view[i] for i in keep), tuple(keep)
+    return "".join(chars) + view[pos:], tuple(where) + tuple(range(pos, len(view)))
 
 
 def _original_span(where: tuple[int, ...] | None, a: int, b: int) -> tuple[int, int]:

@@ -448,7 +448,8 @@ def test_spelled_out_shop_links_are_adverts(text):
 
 @pytest.mark.parametrize("text", ["ｃｄｋｅｙｓ．ｃｏｍ", "Get keys at c d k e y s . c o m cheap", "ｗｗｗ．ｇ２ａ．ｃｏｍ",
                                   "好价看ｗｗｗ．ｃｄｋｅｙｓ．ｃｏｍ！", "keys at c d k e y s . com", "ｃ ｄ ｋ ｅ ｙ ｓ ． ｃ ｏ ｍ",
-                                  "buy on ｃｈｅａｐｇｏｌｄ点ｃｏｍ"])
+                                  "buy on ｃｈｅａｐｇｏｌｄ点ｃｏｍ", "c d k e y s dot c o m", "keys: c d k e y s 点 c o m",
+                                  "c d k e y s (dot) c o m!"])
 def test_full_width_and_letter_spaced_shop_links_are_adverts(text):
     """Matched after NFKC width folding and after joining single letters that spell a domain."""
     assert cleaning.spam_reason(text) == "url"
@@ -466,7 +467,8 @@ def test_full_width_and_letter_spaced_links_are_links(text, want):
 @pytest.mark.parametrize("text", [
     "I give it a 10 / 10", "A B C of RPGs", "J. R. R. Tolkien would love the lore.", "The A. I. is dumb, U. S. A. servers lag.",
     "Rated 9 . 5 out of 10", "这游戏ＮＢ，好玩！（真的）画面１０分。", "游戏很好玩：剧情、音乐都不错；推荐！", "ＤＬＣ很贵，Ｄ Ｌ Ｃ 也少。",
-    "Grades: A . B . C . D", "Press W A S D to move. A B C D E",
+    "Grades: A . B . C . D", "Press W A S D to move. A B C D E", "a dot on the map", "Put a dot here: A dot B dot C.",
+    "下午3点开服，A B 区人多",
 ])
 def test_spaced_letters_and_full_width_text_without_a_domain_stay(text):
     assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
