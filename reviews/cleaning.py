@@ -815,9 +815,9 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # a mainland resident ID number (GB 11643: area, birth date, sequence, check digit)
     "id_number": re.compile(r"(?<!\d)[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),
     # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
-    # (a link does not end in the punctuation after it: "see x.com/news, then")
+    # (a link does not end in the punctuation after it: "see x.com/news, then", "buy at x.net. Cheap")
     "link": re.compile(rf"(?:(?:https?://|www\.){_URL_CHARS}+"
-                       rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?![\w.\-])(?:/{_URL_CHARS}*)?"
+                       rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?![\w\-]|\.[\w\-])(?:/{_URL_CHARS}*)?"
                        rf"|(?:{_WORD_TLD})/{_URL_CHARS}*)|{_SPELLED_LINK})(?<![.,;:!?])", re.I),
 }
 _LINK_HINT = re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search

@@ -464,6 +464,22 @@ def test_full_width_and_letter_spaced_links_are_links(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"]) and cleaning.mask_pii(text) != text
 
 
+@pytest.mark.parametrize("text,want,spam", [
+    ("Great roguelike. Mods: guides.net. Great game.", "Great roguelike. Mods. Great game.", None),
+    ("Fun. The wiki moved to x.fandom.com.", "Fun. The wiki moved.", None), ("Keys at cheapkeys.net. Great deal", None, "url"),
+    ("Guides on g u i d e s . n e t. Great game.", "Guides. Great game.", None),
+])
+def test_a_domain_before_a_full_stop_is_a_link(text, want, spam):
+    assert cleaning.spam_reason(text) == spam
+    assert spam or cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["Works on the U.S. and E.U. servers, e.g. NA. I.e. fine.", "Rated 9.5. Great.", "Ph.D. level lore.",
+                                  "It ran at 1.5x speed. Good."])
+def test_abbreviations_before_a_full_stop_are_no_links(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
 @pytest.mark.parametrize("text", [
     "I give it a 10 / 10", "A B C of RPGs", "J. R. R. Tolkien would love the lore.", "The A. I. is dumb, U. S. A. servers lag.",
     "Rated 9 . 5 out of 10", "这游戏ＮＢ，好玩！（真的）画面１０分。", "游戏很好玩：剧情、音乐都不错；推荐！", "ＤＬＣ很贵，Ｄ Ｌ Ｃ 也少。",
