@@ -750,12 +750,14 @@ _SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotmail|live|yahoo|icloud|proton(?:mail)?|yandex|mail|gmx|aol"
 # "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
 # ("the guide at fextralife.com" is a link, not an address), and only when "a" is a handle or follows a mail
-# word (:func:`_word_at_site`). After an "@" or a mail provider a word-like domain ends it too ("a at proton dot me"),
-# in lower case ("friend@home.It works" is a missing space)
+# word (:func:`_word_at_site`). A mail provider's domain may have spaces around its dot ("a@gmail . com"); after an "@"
+# or a mail provider a word-like domain ends it too ("a at proton dot me"), in lower case and not after a full stop
+# with a space ("friend@home.It works", "we saw it at live. me and…" are missing or extra spaces)
 _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾特\s*)[A-Za-z0-9-]+(?:{_ANY_DOT}[A-Za-z0-9-]+)*{_ANY_DOT}"
           rf"(?:{_TLD}|(?-i:{_WORD_TLD}))"
           rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}(?:{_TLD})"
-          rf"|\s*(?:\s@\s*|@\s+|\s+at\s+)(?:{_MAIL_HOSTS})\s*{_ANY_DOT}\s*(?:{_TLD}|(?-i:{_WORD_TLD})))(?![A-Za-z])")
+          rf"|(?:\s*(?:@|＠|[\[(（]\s*at\s*[\])）]|艾特)\s*|\s+at\s+)(?:{_MAIL_HOSTS})"
+          rf"(?:\s*{_ANY_DOT}\s*(?:{_TLD})|(?:[.．。｡]|{_SPELLED_DOT})(?-i:{_WORD_TLD})))(?![A-Za-z])")
 _SPELLED_AT = re.compile(r"\s+at\s+", re.I)
 _AT_MAIL_HOST = re.compile(rf"(?:{_MAIL_HOSTS})\s*{_ANY_DOT}", re.I)
 _MAIL_WORD_BEFORE = re.compile(r"(?:(?<![a-z])(?:e-?mail|mail(?: me)?|contact|reach|write to)[ \t]*[:：]?|(?<![a-z])me[ \t]*[:：])[ \t]*$", re.I)

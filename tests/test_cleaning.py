@@ -426,7 +426,8 @@ def test_spelled_out_addresses_of_handles_or_after_a_mail_word_are_emails(text, 
     ("kirito at proton dot me", ""), ("Great co-op. kirito at proton dot me", "Great co-op."), ("name ＠ gmail.com", ""),
     ("name (at) gmail (dot) com", ""), ("name[at]qq[dot]com", ""), ("Fun. k [at] gmail [dot] com, add me", "Fun. add me"),
     ("kirito(at)proton(dot)me", ""), ("ｋｉｒｉｔｏ＠ｇｍａｉｌ．ｃｏｍ", ""), ("Name AT gmail DOT com", ""), ("kirito@proton.me for raids", ""),
-    ("好玩。邮箱 name ＠ qq ．com", "好玩。"),
+    ("好玩。邮箱 name ＠ qq ．com", "好玩。"), ("Great game. kirito@gmail . net, add me", "Great game. add me"),
+    ("Fun. ｋｉｒｉｔｏ(at)qq . ｃｏｍ", "Fun."), ("Fun. k [at] outlook . com for raids", "Fun."),
 ])
 def test_spelled_out_and_full_width_addresses_are_emails(text, want):
     assert cleaning.scrub_pii(text) == (want, ["email"]) and "▇" in cleaning.mask_pii(text)
@@ -435,6 +436,7 @@ def test_spelled_out_and_full_width_addresses_are_emails(text, want):
 @pytest.mark.parametrize("text", [
     "I looked at the dot matrix screen", "meet me at the top dot", "good at it", "The sniper is good at it. Dot sight rocks.",
     "we met at live dot", "Fun with my friend@home.It works", "Thanks @bob.Is this good?",
+    "We saw it at live. me and my friends loved it", "I was at mail. in the end it arrived",
 ])
 def test_at_and_dot_as_words_are_no_address(text):
     assert cleaning.scrub_pii(text) == (text, []) and cleaning.mask_pii(text) == text
