@@ -1019,9 +1019,10 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
     """The links in ``text`` but platforms' bare domains, each with the words that only pointed at it: ``(start, cut
     start, end, predicate)`` — the lead-in (:data:`_LINK_LEAD`, searched in the 40 characters before the link) starts
     at ``start`` and the cut at ``cut start`` ("can be found here: x" cuts from "here"); the end takes a share code,
-    a 在 frame's closing word and a "see"'s "for details". ``predicate``: the link is its clause's predicate, after a
-    copula ("mods are at x") or in a 在 frame that ends the clause (攻略都在 x点com 上面。 — 在 x点com 上面买的 only says
-    where)."""
+    a 在 frame's closing word and a "see"'s "for details". ``predicate``: the clause says nothing without the link: it
+    is the predicate, after a copula ("mods are at x") or in a 在 frame that ends the clause (攻略都在 x点com 上面。 —
+    在 x点com 上面买的 only says where), or the subject, starting a sentence with an English word after it ("x.com has
+    the best builds")."""
     out: list[tuple[int, int, int, bool]] = []
     for m in PII_PATTERNS["link"].finditer(text):
         if _keep_platform(m):
@@ -1037,12 +1038,14 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         cut = lead.end("kept") if lead and lead.group("kept") else start
         if end <= start:
             continue
-        pred = bool(lead and (lead.group("pred") or (lead.group("zai") and _CLAUSE_END_AFTER.match(text, end))))
+        pred = bool(lead.group("pred") or (lead.group("zai") and _CLAUSE_END_AFTER.match(text, end))) if lead \
+            else bool(_SENTENCE_START.search(text, 0, start) and _LOWER_WORD_AFTER.match(text, end))
         out.append((start, cut, end, pred))
     return out
 
 
 _CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
+_LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
 # leave after them when they go
 _SENTENCE_START = re.compile(r"(?:^|[.!?。！？…\n])[ \t]*\Z")
@@ -1112,7 +1115,8 @@ def _drop_contacts(text: str, spans: list[tuple[int, int]]) -> str:
 
 def _drop_clauses(sentence: str, hits: list[tuple[int, int]]) -> str:
     """One sentence without its comma clauses that overlap ``hits`` (offsets in it); its terminator
-    stays unless every clause goes, and it keeps an initial capital."""
+    stays unless every clause goes, and it keeps an initial capital (one that began with a hit gets one: a link or
+    a name says nothing of how the writer capitalises)."""
     body_end = _TERMINATOR.search(sentence).start()
     kept, start = [], 0
     for end in [m.end() for m in _CLAUSE_END.finditer(sentence, 0, body_end)] + [body_end]:
@@ -1123,7 +1127,8 @@ def _drop_clauses(sentence: str, hits: list[tuple[int, int]]) -> str:
         return "\n" if sentence.endswith("\n") else ""
     lead = sentence[:len(sentence) - len(sentence.lstrip())]
     body = "".join(kept).strip().rstrip(",;，；")
-    if sentence.lstrip()[:1].isupper():
+    first = len(sentence) - len(sentence.lstrip())
+    if sentence[first:first + 1].isupper() or any(a <= first < b for a, b in hits):
         body = body[:1].upper() + body[1:]
     return lead + body + sentence[body_end:]
 

@@ -380,6 +380,7 @@ def test_spelled_out_links_are_links(text, want):
     ("Fun. Check out x.com/guide, it is great.", "Fun. It is great."), ("Thanks to x.com/guide, I finished it.", "I finished it."),
     ("The update is in, see x.com/news for more.", "The update is in."), ("Details in x.com/post, fun.", "Details, fun."),
     ("Fun (see x.com/g), great.", "Fun, great."), ("Go to x.com/mod to get it.", "Go  to get it."),
+    ("Great game. x.com/guide has the best builds, read it.", "Great game. Read it."),  # the link was the subject
     # the word does not point at the link, or the link is not the clause's predicate: the rest stays
     ("Moved to Linux, the game runs great; patch notes: x.com/news", "Moved to Linux, the game runs great; patch notes"),
     ("The mod is great, get it on x.com/m", "The mod is great, get it "),
@@ -415,7 +416,7 @@ def test_lead_in_words_pointing_at_no_link_stay(text):
 
 
 @pytest.mark.parametrize("text,want", [
-    ("email me at mysite dot com for raids, fun game", "fun game"), ("Fun. kirito_99 at mysite dot net, add me", "Fun. add me"),
+    ("email me at mysite dot com for raids, fun game", "fun game"), ("Fun. kirito_99 at mysite dot net, add me", "Fun. Add me"),
     ("Contact: coolguy at mysite dot com", ""), ("Fun co-op. Add me: a at b dot com", "Fun co-op."),
 ])
 def test_spelled_out_addresses_of_handles_or_after_a_mail_word_are_emails(text, want):
@@ -424,9 +425,9 @@ def test_spelled_out_addresses_of_handles_or_after_a_mail_word_are_emails(text, 
 
 @pytest.mark.parametrize("text,want", [
     ("kirito at proton dot me", ""), ("Great co-op. kirito at proton dot me", "Great co-op."), ("name ＠ gmail.com", ""),
-    ("name (at) gmail (dot) com", ""), ("name[at]qq[dot]com", ""), ("Fun. k [at] gmail [dot] com, add me", "Fun. add me"),
+    ("name (at) gmail (dot) com", ""), ("name[at]qq[dot]com", ""), ("Fun. k [at] gmail [dot] com, add me", "Fun. Add me"),
     ("kirito(at)proton(dot)me", ""), ("ｋｉｒｉｔｏ＠ｇｍａｉｌ．ｃｏｍ", ""), ("Name AT gmail DOT com", ""), ("kirito@proton.me for raids", ""),
-    ("好玩。邮箱 name ＠ qq ．com", "好玩。"), ("Great game. kirito@gmail . net, add me", "Great game. add me"),
+    ("好玩。邮箱 name ＠ qq ．com", "好玩。"), ("Great game. kirito@gmail . net, add me", "Great game. Add me"),
     ("Fun. ｋｉｒｉｔｏ(at)qq . ｃｏｍ", "Fun."), ("Fun. k [at] outlook . com for raids", "Fun."),
 ])
 def test_spelled_out_and_full_width_addresses_are_emails(text, want):

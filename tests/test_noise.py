@@ -233,7 +233,7 @@ def test_not_campaigns(text):
     ("My Switch is 2nd hand, my xbox is broken, My Switch: runs fine", "My Switch is 2nd hand, my xbox is broken, My Switch: runs fine", []),
     ("whatsapp me +91 98765 43210 for raids", "", ["phone_number"]),
     ("Good game. add me on steam: DarkKnight99", "Good game.", ["gamer_id"]),
-    ("Good game. my IGN is Kirito_99, say hi", "Good game. say hi", ["gamer_id"]),
+    ("Good game. my IGN is Kirito_99, say hi", "Good game. Say hi", ["gamer_id"]),
     ("Good game. telegram: coolguy_99", "Good game.", ["gamer_id"]),
     ("好玩，我的游戏ID是 DarkKnight99 欢迎组队", "好玩", ["gamer_id"]),
     ("好玩，加我好友 123 456 789", "好玩", ["gamer_id"]),
