@@ -875,7 +875,7 @@ _RUN_DOT = r"(?:[ \t]*\.[ \t]*|[ \t]+dot[ \t]+|[ \t]*[\[(（]dot[\])）][ \t]*|[
 _SPACED_RUN = re.compile(rf"(?<![A-Za-z0-9.])[A-Za-z0-9](?:(?:[ \t]+|{_RUN_DOT})[A-Za-z0-9](?![A-Za-z0-9]))+"
                          rf"(?:{_RUN_DOT}(?:{_TLD})(?![A-Za-z0-9]))?", re.I)
 _DOT_SPELLINGS = (".", "点", "點", "dot", "DOT", "Dot")  # one of them is in every run that spells a domain
-_RUN_TOKEN = re.compile(r"[A-Za-z0-9]+|[.点點]|dot", re.I)  # in a run: what is kept of it (a dot spelling as ".")
+_RUN_TOKEN = re.compile(r"[A-Za-z0-9]+|[.点點]")  # in a run: what is kept of it (a dot spelling becomes ".")
 _SPACED_DOMAIN = re.compile(rf"(?:[a-z0-9-]+\.)+(?:{_TLD})", re.I).fullmatch
 # the cheap test first, on " " + the text: a run's second letter has a space before it (led by a character class, re
 # skips ahead in C: ~2x faster than a lookbehind first)
