@@ -1069,10 +1069,12 @@ _ZH_LINK_LEAD = (r"(?:(?:破解版?|学习版|绿色版|免安装版?|汉化(?:�
 # "can be found here: x" keeps "can be found", group "kept"), "to" after a verb of moving or pointing ("moved to x" →
 # "moved") and "according to"
 _TO_VERBS = ("move", "moved", "moves", "migrated", "go", "goes", "went", "head", "heads", "headed", "over", "redirects",
-             "redirected", "switched", "points", "pointed", "link", "links", "linked", "uploaded", "posted", "come", "came")
+             "redirected", "switched", "points", "pointed", "link", "links", "linked", "uploaded", "posted", "come", "came",
+             "back", "welcome")
+_TO_AFTER = "|".join(rf"(?<=\b{v} to)" for v in _TO_VERBS)  # tried after "to": one cheap test where "to" stands
 _PARTICIPLE = r"(?:found|available|posted|linked|listed|uploaded)"
 _EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|(?:{_PARTICIPLE}[ \t]+)?here"
-            rf"|to(?:{'|'.join(f'(?<={v} to)' for v in _TO_VERBS)})|(?:according|thanks|due)[ \t]+to"
+            rf"|to(?:{_TO_AFTER})|(?:according|thanks|due)[ \t]+to"
             r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
 # a copula right before the lead-in makes the link the clause's predicate ("mods are at x and they rock", "it's on
 # x"): with the link gone the clause says nothing, so its clause goes, as a contact's does (:func:`_drop_contacts`)

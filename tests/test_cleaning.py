@@ -381,6 +381,8 @@ def test_spelled_out_links_are_links(text, want):
     ("The update is in, see x.com/news for more.", "The update is in."), ("Details in x.com/post, fun.", "Details, fun."),
     ("Fun (see x.com/g), great.", "Fun, great."), ("Go to x.com/mod to get it.", "Go  to get it."),
     ("Great game. x.com/guide has the best builds, read it.", "Great game. Read it."),  # the link was the subject
+    ("Welcome to x.com, enjoy.", "Welcome, enjoy."), ("Great game, x.com/guide, fun.", "Great game, fun."),
+    ("Overcome to x.com/g, then win.", "Overcome to, then win."),  # "to" after a word that ends like a listed verb
     # the word does not point at the link, or the link is not the clause's predicate: the rest stays
     ("Moved to Linux, the game runs great; patch notes: x.com/news", "Moved to Linux, the game runs great; patch notes"),
     ("The mod is great, get it on x.com/m", "The mod is great, get it "),
