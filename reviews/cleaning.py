@@ -510,8 +510,10 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
         reason = _first_spam(low)
         if reason:
             return reason
+    view, _ = matching_view(text)  # full-width and letter-spaced links too
+    low = view.lower() if view is not text else low
     if _PII_HINTS["link"](low) and (_SHOP_WORD(low) or _PROMO_STEAM_URL.search(low)) \
-            and any(_advert_link(m.group(0)) for m in PII_PATTERNS["link"].finditer(text)):
+            and any(_advert_link(m.group(0)) for m in PII_PATTERNS["link"].finditer(view)):
         return "url"  # every advert link holds a shop word or a Steam group path: the cheap tests first
     return None
 
@@ -748,10 +750,14 @@ _SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotmail|live|yahoo|icloud|proton(?:mail)?|yandex|mail|gmx|aol"
 # "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
 # ("the guide at fextralife.com" is a link, not an address), and only when "a" is a handle or follows a mail
-# word (:func:`_word_at_site`)
+# word (:func:`_word_at_site`). A mail provider's domain may have spaces around its dot ("a@gmail . com"); after an "@"
+# or a mail provider a word-like domain ends it too ("a at proton dot me"), in lower case and not after a full stop
+# with a space ("friend@home.It works", "we saw it at live. me and…" are missing or extra spaces)
 _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾特\s*)[A-Za-z0-9-]+(?:{_ANY_DOT}[A-Za-z0-9-]+)*{_ANY_DOT}"
-          rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}"
-          rf"|\s*(?:\s@\s*|@\s+|\s+at\s+)(?:{_MAIL_HOSTS})\s*{_ANY_DOT}\s*)(?:{_TLD})(?![A-Za-z])")
+          rf"(?:{_TLD}|(?-i:{_WORD_TLD}))"
+          rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}(?:{_TLD})"
+          rf"|(?:\s*(?:@|＠|[\[(（]\s*at\s*[\])）]|艾特)\s*|\s+at\s+)(?:{_MAIL_HOSTS})"
+          rf"(?:\s*{_ANY_DOT}\s*(?:{_TLD})|(?:[.．。｡]|{_SPELLED_DOT})(?-i:{_WORD_TLD})))(?![A-Za-z])")
 _SPELLED_AT = re.compile(r"\s+at\s+", re.I)
 _AT_MAIL_HOST = re.compile(rf"(?:{_MAIL_HOSTS})\s*{_ANY_DOT}", re.I)
 _MAIL_WORD_BEFORE = re.compile(r"(?:(?<![a-z])(?:e-?mail|mail(?: me)?|contact|reach|write to)[ \t]*[:：]?|(?<![a-z])me[ \t]*[:：])[ \t]*$", re.I)
@@ -811,9 +817,9 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # a mainland resident ID number (GB 11643: area, birth date, sequence, check digit)
     "id_number": re.compile(r"(?<!\d)[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),
     # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
-    # (a link does not end in the punctuation after it: "see x.com/news, then")
+    # (a link does not end in the punctuation after it: "see x.com/news, then", "buy at x.net. Cheap")
     "link": re.compile(rf"(?:(?:https?://|www\.){_URL_CHARS}+"
-                       rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?![\w.\-])(?:/{_URL_CHARS}*)?"
+                       rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?![\w\-]|\.[\w\-])(?:/{_URL_CHARS}*)?"
                        rf"|(?:{_WORD_TLD})/{_URL_CHARS}*)|{_SPELLED_LINK})(?<![.,;:!?])", re.I),
 }
 _LINK_HINT = re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search
@@ -857,14 +863,86 @@ _ID_GATE = re.compile(literal_union([
     *_SHARE_CODE.split("|")])).search
 
 
+# Full-width forms (U+FF01–FF5E: "ｃｄｋｅｙｓ．ｃｏｍ", "name＠qq.com") folded to their NFKC form, which is one ASCII
+# character each, so offsets in the folded text are offsets in the original
+_WIDTH_FOLD = {c: unicodedata.normalize("NFKC", chr(c)) for c in range(0xFF01, 0xFF5F)}
+assert all(len(v) == 1 for v in _WIDTH_FOLD.values())
+_WIDE_ALNUM = re.compile(r"[０-９＠Ａ-Ｚａ-ｚ]").search  # only a full-width letter, digit or ＠ can make a link or address
+# Single letters or digits with spaces or a spaced dot (also "dot", "(dot)", 点) between them, "c d k e y s . c o m",
+# "c d k e y s dot c o m" (a TLD written whole may end it: "c d k e y s . com"); joined only when they spell a domain
+# (_SPACED_DOMAIN), so "A B C of RPGs", "J. R. R. Tolkien" and "10 / 10" stay as they are
+_RUN_DOT = r"(?:[ \t]*\.[ \t]*|[ \t]+dot[ \t]+|[ \t]*[\[(（]dot[\])）][ \t]*|[ \t]*[点點][ \t]*)"
+_SPACED_RUN = re.compile(rf"(?<![A-Za-z0-9.])[A-Za-z0-9](?:(?:[ \t]+|{_RUN_DOT})[A-Za-z0-9](?![A-Za-z0-9]))+"
+                         rf"(?:{_RUN_DOT}(?:{_TLD})(?![A-Za-z0-9]))?", re.I)
+_DOT_SPELLINGS = (".", "点", "點", "dot", "DOT", "Dot")  # one of them is in every run that spells a domain
+_RUN_TOKEN = re.compile(r"[A-Za-z0-9]+|[.点點]")  # in a run: what is kept of it (a dot spelling becomes ".")
+_SPACED_DOMAIN = re.compile(rf"(?:[a-z0-9-]+\.)+(?:{_TLD})", re.I).fullmatch
+# the cheap test first, on " " + the text: a run's second letter has a space before it (led by a character class, re
+# skips ahead in C: ~2x faster than a lookbehind first)
+_SPACED_PAIR = re.compile(r"[ \t][A-Za-z0-9][ \t]+[A-Za-z0-9](?![A-Za-z0-9])").search
+
+
+@functools.lru_cache(maxsize=4)
+def matching_view(text: str) -> tuple[str, tuple[int, ...] | None]:
+    """The text the link and e-mail patterns search, and where its characters come from: full-width forms folded
+    (NFKC) and letter-spaced domains joined ("c d k e y s . c o m" and "c d k e y s dot c o m" → "cdkeys.com").
+    ``(view, where)``: ``view[i]`` comes from ``text[where[i]]`` (a dot spelled "dot" from its "d"); ``where`` is
+    ``None`` when no run was joined (then offsets are the same). The kept text keeps its own characters: spans found
+    in the view are cut from ``text`` (:func:`_original_span`). Cached: the spam and personal-data rules ask about
+    the same text."""
+    view = text.translate(_WIDTH_FOLD) if _WIDE_ALNUM(text) else text
+    if not any(d in view for d in _DOT_SPELLINGS) or not _SPACED_PAIR(" " + view):
+        return view, None
+    chars: list[str] = []
+    where: list[int] = []
+    pos = 0
+    for m in _SPACED_RUN.finditer(view):
+        tokens = [(t.start(), "." if t.group(0) in "点點" or t.group(0).lower() == "dot" else t.group(0))
+                  for t in _RUN_TOKEN.finditer(view, m.start(), m.end())]
+        if " " not in m.group(0) or not _SPACED_DOMAIN("".join(t for _, t in tokens)):
+            continue
+        chars += view[pos:m.start()]
+        where += range(pos, m.start())
+        for i, t in tokens:
+            chars += t
+            where += range(i, i + len(t))
+        pos = m.end()
+    if not pos:
+        return view, None
+    return "".join(chars) + view[pos:], tuple(where) + tuple(range(pos, len(view)))
+
+
+def _original_span(where: tuple[int, ...] | None, a: int, b: int) -> tuple[int, int]:
+    """The span in the original text of the view's span ``[a, b)`` (``b > a``)."""
+    return (a, b) if where is None else (where[a], where[b - 1] + 1)
+
+
+def _cut(text: str, spans: list[tuple[int, int]], repl: str = "") -> str:
+    """``text`` with each of ``spans`` (sorted, not overlapping) replaced by ``repl``."""
+    out, pos = [], 0
+    for a, b in spans:
+        out += [text[pos:a], repl]
+        pos = b
+    return "".join(out) + text[pos:]
+
+
 def mask_pii(text: str) -> str:
-    """``text`` with every :func:`scrub_pii` match replaced by ``▇`` (for examples shown to people)."""
-    low = text.lower()
+    """``text`` with every :func:`scrub_pii` match replaced by ``▇`` (for examples shown to people); overlapping
+    matches of several kinds become one ``▇``."""
+    view, where = matching_view(text)
+    low = view.lower()
+    spans: list[tuple[int, int]] = []
     for kind, hint in _PII_HINTS.items():
         if hint(low):
-            text = PII_PATTERNS[kind].sub(lambda m: _keep_platform(m) or "▇" if kind == "link"
-                                          else m.group(0) if kind == "email" and _word_at_site(text, m) else "▇", text)
-    return text
+            spans += [_original_span(where, *m.span()) for m in PII_PATTERNS[kind].finditer(view)
+                      if not (kind == "link" and _keep_platform(m)) and not (kind == "email" and _word_at_site(view, m))]
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if merged and a < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return _cut(text, merged, "▇")
 
 
 def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
@@ -873,35 +951,39 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     contacts (also in Chinese numerals or spaced digits), other platforms' player ids (Discord /
     BattleTag ``name#1234``, Nintendo ``SW-…``, "PSN ID: …"), phone numbers (mainland and ``+CC``),
     mainland ID numbers, and other links or bare domains (also spelled out: ``cheapgold dot com``, ``www . site . com``,
-    ``x(dot)net``, ``x点com``). Removed, not masked, so the model never learns a placeholder.
+    ``x(dot)net``, ``x点com``, full-width ``ｘ．ｃｏｍ``, letter-spaced ``x y z . c o m``: the patterns search the
+    :func:`matching_view`, the cut is made in ``text``). Removed, not masked, so the model never learns a placeholder.
     A hex address (``0x14000000000``) or a build number is not a phone number.
 
     Every kind but ``link`` is a contact: the comma clause that holds it goes, or its whole sentence
     when every clause holds one (:func:`_drop_contacts`; "Add me: a at b dot com or X#1234." has no
-    review value). A link goes with its lead-in ("Patch notes at x.com/news say" → "Patch notes say").
+    review value). A link goes with its lead-in ("Patch notes at x.com/news say" → "Patch notes say"), or with its
+    clause when it was the clause's predicate ("mods are at x.com and they rock"; :func:`_scrub_links`).
 
     Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`PII_PATTERNS` order
     (empty when nothing was). ``low`` is ``text.lower()`` when the caller has it.
     """
-    low = text.lower() if low is None else low
+    view, where = matching_view(text)
+    low = view.lower() if view is not text else text.lower() if low is None else low
     kinds: list[str] = []
     if not _digit_run(low) and not _PII_GATE(low) and not _ID_GATE(low):
         return text, kinds
     spans: list[tuple[int, int]] = []
     for kind in _CONTACT_KINDS:
         if _PII_HINTS[kind](low):
-            found = [m.span() for m in PII_PATTERNS[kind].finditer(text)
+            found = [m.span() for m in PII_PATTERNS[kind].finditer(view)
                      if not any(a < m.end() and m.start() < b for a, b in spans)  # inside an earlier kind's match
-                     and not (kind == "phone_number" and _game_number(text, m))
-                     and not (kind == "email" and _word_at_site(text, m))]
+                     and not (kind == "phone_number" and _game_number(view, m))
+                     and not (kind == "email" and _word_at_site(view, m))]
             if found:
                 spans += found
                 kinds.append(kind)
     if spans:
-        text = _drop_contacts(text, spans)
-        low = text.lower()
+        text = _drop_contacts(text, [_original_span(where, a, b) for a, b in spans])
+        view, where = matching_view(text)
+        low = view.lower()
     if _PII_HINTS["link"](low):
-        new = _LINK_WITH_LEAD.sub(_keep_linked_platform, text)
+        new = _scrub_links(text, view, where)
         if new != text:
             text = new
             kinds.append("link")
@@ -911,19 +993,107 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     return (_tidy(text) if kinds else text), kinds
 
 
+def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
+    """``text`` without its links and the words that only pointed at them (:func:`_links_with_leads`, found in its
+    :func:`matching_view` ``view``); a link that is its clause's predicate, or all of its sentence, takes that clause
+    or sentence with it (:func:`_drop_contacts`). A lead-in that began a sentence takes the comma after the link with
+    it and passes its capital on ("Check out x.com, it is great." → "It is great.")."""
+    found = _links_with_leads(view)
+    clauses = [_original_span(where, a, b) for a, _, b, pred in found if pred or _whole_sentence(view, a, b)]
+    if clauses:
+        text = _drop_contacts(text, clauses)
+        view, where = matching_view(text)
+        found = _links_with_leads(view)
+    for _, a, b, _ in reversed(found):  # from the end: the spans before stay valid
+        a, b = _original_span(where, a, b)
+        tail = text[b:]
+        if _SENTENCE_START.search(text, 0, a):
+            tail = tail[_LEFTOVER.match(tail).end():]
+            if text[a].isupper():
+                tail = tail[:1].upper() + tail[1:]
+        text = text[:a] + tail
+    return text
+
+
+def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
+    """The links in ``text`` but platforms' bare domains, each with the words that only pointed at it: ``(start, cut
+    start, end, predicate)`` — the lead-in (:data:`_LINK_LEAD`, searched in the 40 characters before the link) starts
+    at ``start`` and the cut at ``cut start`` ("can be found here: x" cuts from "here"); the end takes a share code,
+    a 在 frame's closing word and a "see"'s "for details". ``predicate``: the clause says nothing without the link: it
+    is the predicate, after a copula ("mods are at x") or in a 在 frame that ends the clause (攻略都在 x点com 上面。 —
+    在 x点com 上面买的 only says where), or the subject, starting a sentence with an English word after it ("x.com has
+    the best builds")."""
+    out: list[tuple[int, int, int, bool]] = []
+    for m in PII_PATTERNS["link"].finditer(text):
+        if _keep_platform(m):
+            continue
+        done = out[-1][2] if out else 0  # where the last cut ended (a share code or frame may run into this link)
+        lead = _LINK_LEAD.search(text, max(done, m.start() - 40), m.start()) if done <= m.start() else None
+        end = _SHARE_CODE_AFTER.match(text, m.end()).end()
+        if lead and lead.group("zai"):
+            end = _FRAME_END.match(text, end).end()
+        elif lead and lead.group("see"):
+            end = _FOR_DETAILS.match(text, end).end()
+        start = max(done, lead.start() if lead else m.start())
+        cut = lead.end("kept") if lead and lead.group("kept") else start
+        if end <= start:
+            continue
+        pred = bool(lead.group("pred") or (lead.group("zai") and _CLAUSE_END_AFTER.match(text, end))) if lead \
+            else bool(_SENTENCE_START.search(text, 0, start) and _LOWER_WORD_AFTER.match(text, end))
+        out.append((start, cut, end, pred))
+    return out
+
+
+_CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
+_LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
+# nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
+# leave after them when they go
+_SENTENCE_START = re.compile(r"(?:^|[.!?。！？…\n])[ \t]*\Z")
+_LEFTOVER = re.compile(r"[ \t]*[,;:，；：]?[ \t]*")
+
+
+def _whole_sentence(text: str, a: int, b: int) -> bool:
+    """Whether ``text[a:b]`` is all of its sentence but the terminator ("See x.com for details."): the terminator goes
+    too."""
+    before, after = text[:a].rstrip(" \t"), text[b:].lstrip(" \t")
+    return (not before or before[-1] in ".!?。！？…\n") and (not after or after[0] in ".!?。！？…\n")
+
+
 _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
 # what is offered for download right before a link, with nothing between them but a space or a colon (破解版下载,
 # 汉化补丁下载, 资源, 网盘): with the link gone it points at nothing
 _ZH_LINK_LEAD = (r"(?:(?:破解版?|学习版|绿色版|免安装版?|汉化(?:版|补丁)?|中文版|安装包|补丁|资源|游戏|mod)[ \t]*(?:下载|下載)"
                  r"|下载|下載|(?:百度)?(?:网盘|網盤)|资源|資源)")
-# a link with the words that only pointed at it ("at / on / see / via / here / from", 链接 / 网盘链接 / 下载地址, or a
-# colon) and a cloud-drive share code after it ("提取码: abcd", "密码 1234", "pwd: x7k2")
-_LINK_WITH_LEAD = re.compile(r"(?:(?<![^\W\d_])(?:at|on|see|via|here|from)[ \t]*[:：]?[ \t]*"
-                             rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)[ \t]*[:：]?[ \t]*"
-                             rf"|{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*|[:：][ \t]*)?"
-                             rf"(?P<url>{PII_PATTERNS['link'].pattern})"
-                             rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
-                             r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)
+# English words that only point at the link after them: a preposition (also "over at", "up on"), "see" / "check out" /
+# "visit" (with "for details" after the link), a participle with "here" ("found here:"; after a copula only "here":
+# "can be found here: x" keeps "can be found", group "kept"), "to" after a verb of moving or pointing ("moved to x" →
+# "moved") and "according to"
+_TO_VERBS = ("move", "moved", "moves", "migrated", "go", "goes", "went", "head", "heads", "headed", "over", "redirects",
+             "redirected", "switched", "points", "pointed", "link", "links", "linked", "uploaded", "posted", "come", "came",
+             "back", "welcome")
+_TO_AFTER = "|".join(rf"(?<=\b{v} to)" for v in _TO_VERBS)  # tried after "to": one cheap test where "to" stands
+_PARTICIPLE = r"(?:found|available|posted|linked|listed|uploaded)"
+_EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|(?:{_PARTICIPLE}[ \t]+)?here"
+            rf"|to(?:{_TO_AFTER})|(?:according|thanks|due)[ \t]+to"
+            r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
+# a copula right before the lead-in makes the link the clause's predicate ("mods are at x and they rock", "it's on
+# x"): with the link gone the clause says nothing, so its clause goes, as a contact's does (:func:`_drop_contacts`)
+_COPULA = r"(?:(?<![^\W\d_])(?:is|are|was|were|be|been)|(?<=[^\W\d_])['’](?:s|re))[ \t]+(?:(?:now|still|also|all|right)[ \t]+)?"
+# the words that only point at a link right after them (the English ones above, 链接 / 网盘链接 / 下载地址, what is offered
+# for download, a colon, or the frame 在 … 上面 / 里 / 中, with a 的 after it: "在 x点com 上面的攻略" → "攻略"); searched
+# before each link (the link first: one pattern with the lead-ins before the link tried them at every position, ~2x
+# slower)
+_LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?:(?:over|up)[ \t]+)?(?:at|on|in|here))"
+                        rf"|(?P<kept>{_COPULA}{_PARTICIPLE}[ \t]+)here"
+                        rf"|(?<![^\W\d_])(?:{_EN_LEAD})"
+                        rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)"
+                        rf"|{_ZH_LINK_LEAD}|(?P<zai>(?<![现正存实所自好])在)|(?=[:：]))[ \t]*[:：]?[ \t]*\Z", re.I)
+# what goes after a link: a cloud-drive share code ("提取码: abcd", "密码 1234", "pwd: x7k2"); a 在 frame's closing
+# word; "for details" after "see x"
+_SHARE_CODE_AFTER = re.compile(rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
+                               r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)
+_FRAME_END = re.compile(r"(?:[ \t]*(?:上面|里面|上|里|中|内)的?)?[ \t]*")
+_FOR_DETAILS = re.compile(r"(?:[ \t]+for[ \t]+(?:more|details|info|more info|more details|the details|reference))?", re.I)
 # a share code whose link is gone (or was never a link): its words name nothing else
 _LONE_SHARE_CODE = re.compile(rf"(?:{_SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")
@@ -947,7 +1117,8 @@ def _drop_contacts(text: str, spans: list[tuple[int, int]]) -> str:
 
 def _drop_clauses(sentence: str, hits: list[tuple[int, int]]) -> str:
     """One sentence without its comma clauses that overlap ``hits`` (offsets in it); its terminator
-    stays unless every clause goes, and it keeps an initial capital."""
+    stays unless every clause goes, and it keeps an initial capital (one that began with a hit gets one: a link or
+    a name says nothing of how the writer capitalises)."""
     body_end = _TERMINATOR.search(sentence).start()
     kept, start = [], 0
     for end in [m.end() for m in _CLAUSE_END.finditer(sentence, 0, body_end)] + [body_end]:
@@ -958,13 +1129,14 @@ def _drop_clauses(sentence: str, hits: list[tuple[int, int]]) -> str:
         return "\n" if sentence.endswith("\n") else ""
     lead = sentence[:len(sentence) - len(sentence.lstrip())]
     body = "".join(kept).strip().rstrip(",;，；")
-    if sentence.lstrip()[:1].isupper():
+    first = len(sentence) - len(sentence.lstrip())
+    if sentence[first:first + 1].isupper() or any(a <= first < b for a, b in hits):
         body = body[:1].upper() + body[1:]
     return lead + body + sentence[body_end:]
 
 
 # what removing a match can leave: space before punctuation, empty brackets, a comma before other punctuation
-_TIDY = ((re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""), (re.compile(r"\(\s*\)|（\s*）|\[\s*\]"), ""),
+_TIDY = ((re.compile(r"\(\s*\)|（\s*）|\[\s*\]"), ""), (re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""),
          (re.compile(r"[,;:，；：]+(?=\s*[,.;:!?，。；：！？])"), ""), (re.compile(r"^[ \t]*[,;:，；：][ \t]*", re.M), ""))
 
 
@@ -982,10 +1154,6 @@ PLATFORM_DOMAINS = {"battle.net", "itch.io", "gog.com", "ea.com", "origin.com", 
 
 def _keep_platform(m: re.Match[str]) -> str:
     return m.group(0) if m.group(0).lower() in PLATFORM_DOMAINS else ""
-
-
-def _keep_linked_platform(m: re.Match[str]) -> str:
-    return m.group(0) if m.group("url").lower() in PLATFORM_DOMAINS else ""
 
 
 # --- duplicates ---------------------------------------------------------------------------------------

@@ -360,29 +360,140 @@ def test_lead_in_words_without_a_link_stay(text):
     ("Builds are explained on example dot net, read it.", "Builds are explained, read it."),
     ("Guides: www . site . com\nGreat game.", "Guides\nGreat game."), ("Guides: www . site.com/x", "Guides"), ("Wiki at www dot wiki dot com is good.", "Wiki  is good."),
     ("Mods on nexus(dot)com/x work.", "Mods  work."), ("Mods on nexus [dot] org work.", "Mods  work."),
-    ("汉化补丁在 mmogold点com 下载", "汉化补丁在  下载"), ("汉化在 hanhua．com 下", "汉化在  下"),
+    ("汉化补丁在 mmogold点com 下载", "汉化补丁下载"), ("汉化在 hanhua．com 下", "汉化下"),
     ("Mods on nexus[.]com work.", "Mods  work."), ("Mods on nexus (.) org work.", "Mods  work."),
     # a plain word before " at " is no mailbox: the link goes with its lead-in
     ("Patch notes at example dot org say the devs fixed the crash, and so far it holds up well.",
      "Patch notes  say the devs fixed the crash, and so far it holds up well."),
-    ("All the best mods are at www . nexussite . com and they make it shine.", "All the best mods are  and they make it shine."),
+    ("Great game. All the best mods are at www . nexussite . com and they make it shine.", "Great game."),
 ])
 def test_spelled_out_links_are_links(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
 
 
 @pytest.mark.parametrize("text,want", [
-    ("email me at mysite dot com for raids, fun game", "fun game"), ("Fun. kirito_99 at mysite dot net, add me", "Fun. add me"),
+    ("The wiki moved to https://x.fandom.com, check it.", "The wiki moved, check it."),
+    ("Great game. mods are at https://nexus.example.com/mods and they rock", "Great game."),
+    ("Great game, the best one is on mymods.net", "Great game"), ("The guide's at x.com/g, it helped a lot.", "It helped a lot."),
+    ("Great game, mods over at x.com/mods are fun", "Great game, mods  are fun"), ("Builds found here: https://x.com/b\nFun.", "Builds \nFun."),
+    ("Fun boss fights. See x.com/guide for details.", "Fun boss fights."), ("Great game, see x.com/guide, fun.", "Great game, fun."),
+    ("Fun. Check out x.com/guide, it is great.", "Fun. It is great."), ("Thanks to x.com/guide, I finished it.", "I finished it."),
+    ("The update is in, see x.com/news for more.", "The update is in."), ("Details in x.com/post, fun.", "Details, fun."),
+    ("Fun (see x.com/g), great.", "Fun, great."), ("Go to x.com/mod to get it.", "Go  to get it."),
+    ("Great game. x.com/guide has the best builds, read it.", "Great game. Read it."),  # the link was the subject
+    ("Welcome to x.com, enjoy.", "Welcome, enjoy."), ("Great game, x.com/guide, fun.", "Great game, fun."),
+    ("Overcome to x.com/g, then win.", "Overcome to, then win."),  # "to" after a word that ends like a listed verb
+    # the word does not point at the link, or the link is not the clause's predicate: the rest stays
+    ("Moved to Linux, the game runs great; patch notes: x.com/news", "Moved to Linux, the game runs great; patch notes"),
+    ("The mod is great, get it on x.com/m", "The mod is great, get it "),
+    ("The guide is posted on x.com/g and it's great.", "The guide is posted  and it's great."),
+    ("Builds can be found here: https://x.com/b", "Builds can be found "),
+    ("It is on sale at x.com/store for 5 bucks.", "It is on sale  for 5 bucks."),
+    ("过往版本的评价：\nhttp://example.com/r/316720\n\n本作很好", "过往版本的评价：\n\n\n本作很好"),  # a lead-in is on the link's line
+])
+def test_links_go_with_the_words_that_pointed_at_them(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("攻略都在 gonglue点com 上面", ""), ("画面很好，攻略都在 gonglue点com 上面", "画面很好"),  # 在 … 上面 was the predicate
+    ("游戏不错，攻略在 https://x.com/g 里，推荐", "游戏不错，推荐"), ("攻略在 x点com。剧情很好", "剧情很好"),
+    ("我是在 x点com 上面买的，很便宜", "我是买的，很便宜"), ("在 x.com 里可以找到攻略", "可以找到攻略"),  # 在 … 上面 only says where
+    ("贴吧在 tieba点com 上面的攻略很全", "贴吧攻略很全"), ("现在 x.com/news 说修好了", "现在  说修好了"),  # 现在 is "now"
+])
+def test_a_chinese_frame_around_a_link_goes_with_it(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["我在网上买的，很便宜", "在 bilibili.com 上面看的攻略", "攻略都在游戏里面，不用上网查"])
+def test_a_chinese_frame_without_a_link_or_around_a_platform_stays(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text", ["Welcome to the jungle, see you at the castle.", "It is here, finally, and it is great.",
+                                  "They moved to a new engine and it shows.", "Thanks to the devs, it runs well.",
+                                  "Mods are at their best here. Check out the new map, it is great."])
+def test_lead_in_words_pointing_at_no_link_stay(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("email me at mysite dot com for raids, fun game", "fun game"), ("Fun. kirito_99 at mysite dot net, add me", "Fun. Add me"),
     ("Contact: coolguy at mysite dot com", ""), ("Fun co-op. Add me: a at b dot com", "Fun co-op."),
 ])
 def test_spelled_out_addresses_of_handles_or_after_a_mail_word_are_emails(text, want):
     assert cleaning.scrub_pii(text) == (want, ["email"])
 
 
+@pytest.mark.parametrize("text,want", [
+    ("kirito at proton dot me", ""), ("Great co-op. kirito at proton dot me", "Great co-op."), ("name ＠ gmail.com", ""),
+    ("name (at) gmail (dot) com", ""), ("name[at]qq[dot]com", ""), ("Fun. k [at] gmail [dot] com, add me", "Fun. Add me"),
+    ("kirito(at)proton(dot)me", ""), ("ｋｉｒｉｔｏ＠ｇｍａｉｌ．ｃｏｍ", ""), ("Name AT gmail DOT com", ""), ("kirito@proton.me for raids", ""),
+    ("好玩。邮箱 name ＠ qq ．com", "好玩。"), ("Great game. kirito@gmail . net, add me", "Great game. Add me"),
+    ("Fun. ｋｉｒｉｔｏ(at)qq . ｃｏｍ", "Fun."), ("Fun. k [at] outlook . com for raids", "Fun."),
+])
+def test_spelled_out_and_full_width_addresses_are_emails(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["email"]) and "▇" in cleaning.mask_pii(text)
+
+
+@pytest.mark.parametrize("text", [
+    "I looked at the dot matrix screen", "meet me at the top dot", "good at it", "The sniper is good at it. Dot sight rocks.",
+    "we met at live dot", "Fun with my friend@home.It works", "Thanks @bob.Is this good?",
+    "We saw it at live. me and my friends loved it", "I was at mail. in the end it arrived",
+])
+def test_at_and_dot_as_words_are_no_address(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.mask_pii(text) == text
+
+
 @pytest.mark.parametrize("text", ["Buy gold at cheapgold dot com, fast delivery", "www dot buygold dot com", "www. cheapkeys. com",
                                   "cheapkeys(dot)net has it for 5 bucks", "最便宜的key在 keyshop点com"])
 def test_spelled_out_shop_links_are_adverts(text):
     assert cleaning.spam_reason(text) == "url"
+
+
+@pytest.mark.parametrize("text", ["ｃｄｋｅｙｓ．ｃｏｍ", "Get keys at c d k e y s . c o m cheap", "ｗｗｗ．ｇ２ａ．ｃｏｍ",
+                                  "好价看ｗｗｗ．ｃｄｋｅｙｓ．ｃｏｍ！", "keys at c d k e y s . com", "ｃ ｄ ｋ ｅ ｙ ｓ ． ｃ ｏ ｍ",
+                                  "buy on ｃｈｅａｐｇｏｌｄ点ｃｏｍ", "c d k e y s dot c o m", "keys: c d k e y s 点 c o m",
+                                  "c d k e y s (dot) c o m!"])
+def test_full_width_and_letter_spaced_shop_links_are_adverts(text):
+    """Matched after NFKC width folding and after joining single letters that spell a domain."""
+    assert cleaning.spam_reason(text) == "url"
+
+
+@pytest.mark.parametrize("text,want", [
+    ("攻略看ｗｗｗ．ｇｏｎｇｌｕｅ．ｃｏｍ，写得很好！", "攻略看，写得很好！"),  # the kept text keeps its full-width punctuation
+    ("Wiki: ｆａｎｗｉｋｉ．ｎｅｔ/ｘ is great", "Wiki is great"), ("Guides on g u i d e s . n e t, great game.", "Guides, great game."),
+    ("（真的）好玩！ｗ ｉ ｋ ｉ ． ｃ ｏ ｍ", "（真的）好玩！"),
+])
+def test_full_width_and_letter_spaced_links_are_links(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"]) and cleaning.mask_pii(text) != text
+
+
+@pytest.mark.parametrize("text,want,spam", [
+    ("Great roguelike. Mods: guides.net. Great game.", "Great roguelike. Mods. Great game.", None),
+    ("Fun. The wiki moved to x.fandom.com.", "Fun. The wiki moved.", None), ("Keys at cheapkeys.net. Great deal", None, "url"),
+    ("Guides on g u i d e s . n e t. Great game.", "Guides. Great game.", None),
+])
+def test_a_domain_before_a_full_stop_is_a_link(text, want, spam):
+    assert cleaning.spam_reason(text) == spam
+    assert spam or cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["Works on the U.S. and E.U. servers, e.g. NA. I.e. fine.", "Rated 9.5. Great.", "Ph.D. level lore.",
+                                  "It ran at 1.5x speed. Good."])
+def test_abbreviations_before_a_full_stop_are_no_links(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text", [
+    "I give it a 10 / 10", "A B C of RPGs", "J. R. R. Tolkien would love the lore.", "The A. I. is dumb, U. S. A. servers lag.",
+    "Rated 9 . 5 out of 10", "这游戏ＮＢ，好玩！（真的）画面１０分。", "游戏很好玩：剧情、音乐都不错；推荐！", "ＤＬＣ很贵，Ｄ Ｌ Ｃ 也少。",
+    "Grades: A . B . C . D", "Press W A S D to move. A B C D E", "a dot on the map", "Put a dot here: A dot B dot C.",
+    "下午3点开服，A B 区人多",
+])
+def test_spaced_letters_and_full_width_text_without_a_domain_stay(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+    assert cleaning.mask_pii(text) == text
 
 
 @pytest.mark.parametrize("text", [
@@ -398,11 +509,11 @@ def test_dot_as_a_word_stays(text):
 @pytest.mark.parametrize("text,want", [
     ("汉化补丁 pan.baidu.com/s/1abcDEF 提取码：x7k2，装好就能玩", "汉化补丁，装好就能玩"),
     ("链接: https://pan.baidu.com/s/1abcDEF 提取码: abcd\n汉化补丁很好用", "\n汉化补丁很好用"),
-    ("网盘链接：pan.baidu.com/s/1aB 密码：1234 好玩", " 好玩"), ("汉化补丁（提取码：k9x2）很好用", "汉化补丁很好用"),
-    ("The mod is on mega.nz/file/abc (password abcd1234), works fine.", "The mod is, works fine."),
-    ("破解版下载 链接: https://pan.baidu.com/s/1abc 提取码: abcd 游戏本身还是很好玩的", " 游戏本身还是很好玩的"),
+    ("网盘链接：pan.baidu.com/s/1aB 密码：1234 好玩", "好玩"), ("汉化补丁（提取码：k9x2）很好用", "汉化补丁很好用"),
+    ("The mod is on mega.nz/file/abc (password abcd1234), works fine.", "Works fine."),
+    ("破解版下载 链接: https://pan.baidu.com/s/1abc 提取码: abcd 游戏本身还是很好玩的", "游戏本身还是很好玩的"),
     ("资源：https://pan.baidu.com/s/1aB 提取码 abcd，装好就能玩", "装好就能玩"),
-    ("汉化补丁下载 pan.baidu.com/s/1aB 密码：1234\n好玩", "\n好玩"), ("百度网盘 pan.baidu.com/s/1aB 好玩", " 好玩"),
+    ("汉化补丁下载 pan.baidu.com/s/1aB 密码：1234\n好玩", "\n好玩"), ("百度网盘 pan.baidu.com/s/1aB 好玩", "好玩"),
     ("官方下载太慢，我用的 https://example.com/mirror 很快", "官方下载太慢，我用的  很快"),  # 下载 points at no link
 ])
 def test_cloud_share_links_go_with_their_share_code(text, want):

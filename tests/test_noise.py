@@ -233,7 +233,7 @@ def test_not_campaigns(text):
     ("My Switch is 2nd hand, my xbox is broken, My Switch: runs fine", "My Switch is 2nd hand, my xbox is broken, My Switch: runs fine", []),
     ("whatsapp me +91 98765 43210 for raids", "", ["phone_number"]),
     ("Good game. add me on steam: DarkKnight99", "Good game.", ["gamer_id"]),
-    ("Good game. my IGN is Kirito_99, say hi", "Good game. say hi", ["gamer_id"]),
+    ("Good game. my IGN is Kirito_99, say hi", "Good game. Say hi", ["gamer_id"]),
     ("Good game. telegram: coolguy_99", "Good game.", ["gamer_id"]),
     ("好玩，我的游戏ID是 DarkKnight99 欢迎组队", "好玩", ["gamer_id"]),
     ("好玩，加我好友 123 456 789", "好玩", ["gamer_id"]),
@@ -251,7 +251,7 @@ def test_not_campaigns(text):
     ("企鹅号 1 2 3 4 5 6 7 欢迎\n好玩", "\n好玩", ["contact"]),
     ("call +44 20 7946 0958 now", "", ["phone_number"]),
     ("联系13912345678", "", ["phone_number"]),
-    ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", " 自取，wiki  也行", ["link"]),
+    ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", "自取，wiki  也行", ["link"]),
 ])
 def test_personal_data_forms(text, kept, kinds):
     assert cleaning.scrub_pii(text) == (kept, kinds)

@@ -330,6 +330,22 @@ def test_links_lead_ins_by_lines_and_in_game_rewards_in_a_run(tmp_path):
     assert res["removed"]["spam"] == 1
 
 
+def test_disguised_links_and_addresses_and_their_lead_ins_in_a_run(tmp_path):
+    """Full-width and letter-spaced shop links go as spam; spelled-out e-mails, links' lead-ins and a 在 frame go from
+    the kept text, which keeps its full-width punctuation."""
+    rows = [["好价在这里：ｃｄｋｅｙｓ．ｃｏｍ，童叟无欺", "Hades", "x"],
+            ["Great roguelike, get keys at c d k e y s . c o m cheap!", "Hades", "x"],
+            ["Tight combat and a great soundtrack. Add me for runs: kirito at proton dot me", "Hades", "x"],
+            ["The wiki moved to https://x.fandom.com, check it for the boon lists, they help a lot.", "Hades", "x"],
+            ["Great roguelike, I keep coming back. The best builds are at buildsite.net and they rock.", "Hades", "x"],
+            ["剧情很好，战斗也爽快！攻略都在 gonglue点com 上面，推荐（真心）。", "Hades", "x"]]
+    res = _run(tmp_path, [_csv(tmp_path / "s.csv", ["review", "game", "author"], rows)], language=["all"])
+    assert [r["output"] for r in _load(res["train"])] == [
+        "Tight combat and a great soundtrack.", "The wiki moved, check it for the boon lists, they help a lot.",
+        "Great roguelike, I keep coming back.", "剧情很好，战斗也爽快！推荐（真心）。"]
+    assert res["removed"]["spam"] == 2
+
+
 def test_to_simplified_needs_opencc_or_converts(tmp_path):
     trad = "這個遊戲的畫面與劇情都讓人喜歡，戰鬥系統也很有深度，值得購買。"
     src = _csv(tmp_path / "t.csv", ["review", "game"], [[trad, "Hades"], [ZH[0], "Hades"]])
