@@ -295,7 +295,7 @@ async def _events(first: asyncio.Future, chunks: AsyncIterator[Any], cancel: thr
 
 
 async def _drop(first: asyncio.Future, chunks: AsyncIterator[Any]) -> None:
-    """Stop a stream's chunks whose first may still be awaited (its client left)."""
+    """End a stream's chunks: cancel the wait for the first if it still runs (its client left), close the iterator."""
     if not first.done():
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)

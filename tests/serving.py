@@ -153,10 +153,10 @@ def send_and_leave(base_url: str, headers: dict[str, str], body: dict, request_i
 
 def leave_during_prompts(base_url: str, headers: dict[str, str], settle: Callable[[], None] = lambda: None,
                          words: int = 300) -> tuple[float, list[float]]:
-    """A long prompt (``words`` × 3 words, about 3 tokens more, one token generated) evaluated whole, then
-    the same length non-streamed and streamed, their clients leaving 0.3 s after sending (ids
-    ``left-prompt`` and ``left-prompt-stream``), each followed by ``settle()`` and a one-token request.
-    Each prompt starts with its own word, so none reuses another's cache.
+    """A long chat prompt ("apple banana cherry" ``words`` times, a token a word; one token generated)
+    evaluated whole, then one as long non-streamed and one streamed whose clients leave 0.3 s after
+    sending (ids ``left-prompt`` and ``left-prompt-stream``), each followed by ``settle()`` and a
+    one-token request. Each prompt starts with its own word, so none reuses another's cached prompt.
 
     Returns:
         (seconds the whole prompt took, [seconds from each leaving to the one-token request's answer]).
