@@ -151,33 +151,36 @@ def send_and_leave(base_url: str, headers: dict[str, str], body: dict, request_i
         time.sleep(wait)
 
 
-def leave_during_prompts(base_url: str, headers: dict[str, str], settle: Callable[[], None] = lambda: None,
-                         words: int = 300) -> tuple[float, list[float]]:
-    """A long chat prompt ("apple banana cherry" ``words`` times, a token a word; one token generated)
-    evaluated whole, then one as long non-streamed and one streamed whose clients leave 0.3 s after
-    sending (ids ``left-prompt`` and ``left-prompt-stream``), each followed by ``settle()`` and a
-    one-token request. Each prompt starts with its own word, so none reuses another's cached prompt.
+def long_chat(word: str, words: int, **fields: Any) -> dict:
+    """A chat body whose prompt is ``word`` then "apple banana cherry" ``words`` times (a token a word),
+    asking for one token. Each ``word`` makes a prompt that reuses no other's cached start."""
+    return {"messages": [{"role": "user", "content": word + " apple banana cherry" * words}], "max_tokens": 1,
+            "temperature": 0, **fields}
 
-    Returns:
-        (seconds the whole prompt took, [seconds from each leaving to the one-token request's answer]).
-    """
-    def long(word: str, **kw: Any) -> dict:
-        return {"messages": [{"role": "user", "content": word + " apple banana cherry" * words}], "max_tokens": 1,
-                "temperature": 0, **kw}
+
+def whole_prompt_seconds(base_url: str, headers: dict[str, str], words: int) -> float:
+    """Seconds a :func:`long_chat` request takes, its prompt evaluated whole."""
     t = time.perf_counter()
-    assert httpx.post(f"{base_url}/v1/chat/completions", json=long("whole"), headers=headers,
-                      timeout=120).status_code == 200
-    whole = time.perf_counter() - t
+    r = httpx.post(f"{base_url}/v1/chat/completions", json=long_chat("whole", words), headers=headers, timeout=120)
+    assert r.status_code == 200, r.text
+    return time.perf_counter() - t
+
+
+def leave_during_prompts(base_url: str, headers: dict[str, str], words: int,
+                         settle: Callable[[], None] = lambda: None) -> list[float]:
+    """A non-streamed and a streamed :func:`long_chat` request whose clients leave 0.3 s after sending
+    (ids ``left-prompt`` and ``left-prompt-stream``), each followed by ``settle()`` and a one-token
+    request. Returns the seconds from each leaving to the one-token request's answer."""
     after = []
     for rid, stream in (("left-prompt", False), ("left-prompt-stream", True)):
-        send_and_leave(base_url, headers, long(rid, stream=stream), rid, 0.3)
+        send_and_leave(base_url, headers, long_chat(rid, words, stream=stream), rid, 0.3)
         t = time.perf_counter()
         settle()
         r = httpx.post(f"{base_url}/v1/chat/completions", headers=headers, timeout=120,
                        json={"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 1})
         assert r.status_code == 200, r.text
         after.append(time.perf_counter() - t)
-    return whole, after
+    return after
 
 
 def leave_streams(base_url: str, headers: dict[str, str], body: dict) -> list[str]:
