@@ -8,7 +8,9 @@ request models (:mod:`llama_cpp.server.types`) and call the same ``Llama`` metho
 checked and rewritten by :class:`steam_persona.serve.middleware.SteamMiddleware` before it gets here.
 
 Streams: the first chunk is awaited (up to :data:`FIRST_CHUNK_WAIT_S`) before the response starts,
-so an error raised while the prompt is evaluated is still a 400.
+so an error raised while the prompt is evaluated is still a 400. A client that leaves while its
+request waits (for the model, its prompt, its first chunk or its whole answer) is let go at once:
+the route returns, and the generation stops at its next token or prompt chunk.
 """
 
 from __future__ import annotations
