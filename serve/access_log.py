@@ -13,7 +13,10 @@ after some chunks or before any was read, a non-streamed request given up) adds
 
 :class:`AccessLog` is pure ASGI and sits just inside the request id and outside CORS, so that
 preflights are logged too. Bytes that are not HTTP never reach the app: the protocol writes their
-row with :func:`write_unparsed` (no method, path or time: there was no request).
+row with :func:`write_unparsed` (no method, path or time: there was no request). Bytes that break
+HTTP after a request's headers (a bad chunk of a chunked body) get the protocol's 400 while the app
+runs: the protocol notes it under :data:`PROTOCOL_ANSWER`, and the request's one row says that
+400 (its ``error_code`` "invalid_http"), not what the app answered unsent.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ Send = Callable[[Message], Awaitable[None]]
 CLIENT_CLOSED = 499
 #: ``scope["state"]`` keys copied into a row besides method, path, status and time.
 LOGGED = (REQUEST_ID, "error_code", "prompt_tokens", "stream")
+#: ``scope["state"]`` key of the answer the HTTP protocol sent in the app's stead (``{"status",
+#: "error_code"}``; :mod:`steam_persona.serve.protocol`).
+PROTOCOL_ANSWER = "protocol_answer"
 #: Per request: a one-item list the engine fills with a getter of its completion tokens so far.
 _TOKENS: contextvars.ContextVar[list[Callable[[], int]] | None] = contextvars.ContextVar("completion_tokens",
                                                                                          default=None)
@@ -69,7 +75,9 @@ class _Exchange:
                **{k: v for k, v in state.items() if k in LOGGED}}
         if self.tokens:
             row["completion_tokens"] = self.tokens[0]()
-        if self.disconnected:
+        if PROTOCOL_ANSWER in state:  # the server closed the connection, not the client
+            row.update(state[PROTOCOL_ANSWER])
+        elif self.disconnected:
             row["disconnected"] = True
         return row
 

@@ -15,7 +15,8 @@ the same weakness; vLLM and transformers leave it to the template).
 The library detokenizes the whole completion after every token; the handler makes that
 incremental (O(n) rather than O(n²) piece lookups per reply).
 
-Generation asks :data:`steam_persona.serve.engine.STOP` before each token (client gone, time limit) and checks a
+Generation asks :data:`steam_persona.serve.engine.STOP` before each token (client gone, time limit) and,
+while a prompt is evaluated, before each chunk of :data:`PROMPT_CHUNK` tokens, and checks a
 grammar with :class:`steam_persona.serve.grammar.GrammarChecker` before llama.cpp compiles it.
 
 llama-cpp-python 0.3.36 ignores ``stream_options.include_usage``. OpenAI's behaviour (API
@@ -29,14 +30,14 @@ from __future__ import annotations
 
 import contextvars
 from collections import OrderedDict
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_tokenizer import LlamaTokenizer
 
 from steam_persona.serve.access_log import note_completion_tokens
-from steam_persona.serve.engine import STOP
+from steam_persona.serve.engine import PROMPT_CHUNK, STOP
 from steam_persona.serve.errors import RequestError
 from steam_persona.serve.grammar import GrammarChecker
 from steam_persona.serve.grammar_guard import guard_grammar
@@ -87,11 +88,13 @@ class ChatHandler:
         self._tokens: OrderedDict[tuple[bytes, bool], list[int]] = OrderedDict()
         self._original_generate, self._original_tokenize = llama.generate, llama.tokenize
         self._original_detokenize, self._bos = llama.detokenize, llama.token_bos()
+        self._original_eval = llama.eval
         self._detokenized: tuple[list[int], bytes] = ([], b"")
         # Shadow bound methods on this one instance: count tokens, reuse checked prompts, detokenize
         # a growing completion incrementally (llama.cpp's tokenizer: one piece per token, concatenated).
         llama.generate = self._counting_generate  # type: ignore[method-assign]
         llama.tokenize = self._cached_tokenize  # type: ignore[method-assign]
+        llama.eval = self._stoppable_eval  # type: ignore[method-assign]
         if isinstance(llama.tokenizer_, LlamaTokenizer):
             llama.detokenize = self._incremental_detokenize  # type: ignore[method-assign]
 
@@ -126,6 +129,23 @@ class ChatHandler:
         self._detokenized = (list(tokens), text)
         return text
 
+    def _stoppable_eval(self, tokens: Sequence[int]) -> None:
+        """``Llama.eval`` in chunks of :data:`PROMPT_CHUNK` tokens, asking
+        :data:`~steam_persona.serve.engine.STOP` before each (none set: the library's own call).
+        The chunks evaluated stay in the KV cache and in ``Llama.input_ids``, as the library leaves
+        them after each of its batches, so a later prompt with the same start reuses them.
+
+        Raises:
+            PromptStopped: STOP turned true before all of ``tokens`` were evaluated.
+        """
+        stop = STOP.get()
+        if stop is None:
+            return self._original_eval(tokens)
+        for i in range(0, len(tokens), PROMPT_CHUNK):
+            if stop():
+                raise PromptStopped
+            self._original_eval(tokens[i:i + PROMPT_CHUNK])
+
     def _counting_generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
         grammar = kwargs.get("grammar")
         if grammar is not None and self.grammars is not None:
@@ -145,18 +165,21 @@ class ChatHandler:
         sampled = self.last_tokens = []
         self.last_cut = self.last_eog = False
         stop = STOP.get()
-        for token in self._original_generate(tokens, *args, **kwargs):
-            if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                usage["completion_tokens"] += 1
-                sampled.append(token)
-            else:
-                self.last_eog = True
-                if guard is not None:
-                    guard.check()
-            yield token
-            if stop is not None and stop():
-                self.last_cut = True
-                return
+        try:
+            for token in self._original_generate(tokens, *args, **kwargs):
+                if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    usage["completion_tokens"] += 1
+                    sampled.append(token)
+                else:
+                    self.last_eog = True
+                    if guard is not None:
+                        guard.check()
+                yield token
+                if stop is not None and stop():
+                    self.last_cut = True
+                    return
+        except PromptStopped:  # the library then ends the generation as at max_tokens: no text, "length"
+            self.last_cut = True
 
     def completed_text(self, stop: str | list[str] | None) -> str | None:
         """The latest non-streamed generation's text where the library's differs from OpenAI's, else ``None``.
@@ -292,6 +315,10 @@ class ChatHandler:
                "model": last.get("model", ""), "choices": [],
                "usage": {"prompt_tokens": u["prompt_tokens"], "completion_tokens": u["completion_tokens"],
                          "total_tokens": u["prompt_tokens"] + u["completion_tokens"]}}
+
+
+class PromptStopped(Exception):
+    """:data:`~steam_persona.serve.engine.STOP` turned true while a prompt was evaluated."""
 
 
 def install(llama: llama_cpp.Llama, template: str, grammars: GrammarChecker | None = None) -> ChatHandler:

@@ -22,8 +22,14 @@ import queue
 import threading
 from typing import Any, AsyncIterator, Callable, Iterator
 
-#: Per request: a predicate the generation loop asks before each token; True stops generation.
+#: Per request: a predicate the generation loop asks before each token and each prompt chunk; True stops generation.
 STOP: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("stop", default=None)
+#: Tokens of a prompt evaluated between two asks of :data:`STOP` (both engines; llama.cpp evaluates
+#: 512 or 2048 at once by default: seconds on a CPU, for a client that may have left). On a CPU a
+#: chunk this size evaluates as fast (docs/serving.md, "What happens when a client leaves"). Not
+#: llama.cpp's abort callback: it enters Python after every graph node, and then waits for the GIL
+#: whenever another thread runs Python (same section).
+PROMPT_CHUNK = 128
 
 _END = object()
 
@@ -132,6 +138,23 @@ async def watch_disconnect(receive: Callable[[], Any], cancel: threading.Event) 
         if message["type"] == "http.disconnect":
             cancel.set()
             return
+
+
+async def client_stayed(job: asyncio.Future, gone: asyncio.Task, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` s (``None``: no limit) for ``job``; False when the client left first
+    (``gone``, the request's :func:`watch_disconnect` task, ended), and then ``job`` is cancelled and
+    awaited (a :class:`Worker` job not started is skipped; a running generation stops at its next
+    token or prompt chunk, as the watcher set its ``cancel``). Cancelling the caller cancels ``job``."""
+    try:
+        await asyncio.wait({job, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        job.cancel()
+        raise
+    if job.done() or not gone.done():
+        return True
+    job.cancel()
+    await asyncio.gather(job, return_exceptions=True)
+    return False
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:

@@ -37,6 +37,7 @@ from typing import Any, AsyncIterator, Callable
 
 import httpx
 
+from steam_persona.serve.engine import PROMPT_CHUNK
 from steam_persona.serve.errors import RequestError
 from steam_persona.common.errors import UserError
 
@@ -94,10 +95,12 @@ def find_binary(explicit: str | None) -> Path:
 def server_args(binary: Path, model: str, *, port: int, n_ctx: int, parallel: int, n_threads: int,
                 n_gpu_layers: int, flash_attn: bool) -> list[str]:
     """llama-server's command line: loopback only, ``parallel`` slots of ``n_ctx`` tokens each
-    (``-c`` is the total), no web UI, continuous batching and prompt caching (its defaults)."""
+    (``-c`` is the total), no web UI, continuous batching and prompt caching (its defaults), prompts
+    evaluated :data:`~steam_persona.serve.engine.PROMPT_CHUNK` tokens at a time (``-b``: a task
+    cancelled because its client left stops at the next chunk, not at the prompt's end)."""
     return [str(binary), "-m", model, "--host", "127.0.0.1", "--port", str(port), "-c", str(n_ctx * parallel),
             "-np", str(parallel), "-t", str(n_threads), "-tb", str(n_threads), "-ngl", str(n_gpu_layers),
-            "-fa", "on" if flash_attn else "off", "--no-webui"]
+            "-fa", "on" if flash_attn else "off", "-b", str(PROMPT_CHUNK), "--no-webui"]
 
 
 def free_loopback_port() -> int:
@@ -249,8 +252,9 @@ class LlamaServer:
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /completion`` with ``body``, not streamed: the final event (``content``, ``stop_type``,
-        ``tokens_predicted`` …). Cancelling the awaiting task closes the connection, which makes
-        llama-server cancel the task at its next token.
+        ``tokens_predicted`` …). Cancelling the awaiting task closes the connection; llama-server
+        cancels the task once it notices, after a second in which no result of any task arrived (so
+        not while another slot generates; :meth:`completion` is told sooner).
 
         Raises:
             RequestError: as :meth:`completion`.
@@ -270,7 +274,13 @@ class LlamaServer:
     async def completion(self, body: dict[str, Any], should_stop: Callable[[], bool]) -> AsyncIterator[dict[str, Any]]:
         """Stream ``POST /completion`` with ``body``; yield its events (dicts) until the one with
         ``"stop": true``. When ``should_stop()`` turns true between events the connection is closed,
-        which makes llama-server cancel the task at its next token.
+        which makes llama-server cancel the task at its next event.
+
+        While the prompt is evaluated llama-server sends a progress event after each batch
+        (``return_progress``); they are not yielded, but ``should_stop()`` is asked after them, and
+        llama-server's write of the next one to a closed connection cancels the task. (Without them it
+        notices a closed connection only after a second in which no result of any task arrived:
+        never while another slot generates.)
 
         Raises:
             RequestError: 503 ``engine_unavailable`` when llama-server is gone or refuses the
@@ -280,7 +290,8 @@ class LlamaServer:
         if not self.alive:
             raise _unavailable()
         try:
-            async with self.client.stream("POST", "/completion", json={**body, "stream": True}) as response:
+            async with self.client.stream("POST", "/completion",
+                                          json={**body, "stream": True, "return_progress": True}) as response:
                 if response.status_code != 200:
                     raise _refusal(response.status_code, await response.aread())
                 async for line in response.aiter_lines():
@@ -289,7 +300,8 @@ class LlamaServer:
                     event = json.loads(line[6:])
                     if "error" in event:
                         raise _refusal(400, line[6:].encode())
-                    yield event
+                    if "prompt_progress" not in event:
+                        yield event
                     if event.get("stop") or should_stop():
                         return
         except httpx.TransportError as e:

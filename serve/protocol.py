@@ -8,6 +8,9 @@ complete its request headers within ``header_timeout`` seconds of opening, or of
 response's end, or it is closed. Bytes h11 cannot parse (a negative ``Content-Length``, TLS sent to
 plain HTTP) get uvicorn's 400 with an OpenAI error body instead of plain text (and an ``x-request-id``, as
 every response has), and a row in the ``--log_file`` log (:func:`steam_persona.serve.access_log.write_unparsed`).
+Bytes that break HTTP after a request's headers (a bad chunk size line of a chunked body) get the
+same 400 with that request's id, and the request keeps its one row, written by the access log once
+the app has ended (:data:`steam_persona.serve.access_log.PROTOCOL_ANSWER`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from steam_persona.common.atomic import JsonlLog
-from steam_persona.serve.access_log import write_unparsed
+from steam_persona.serve.access_log import PROTOCOL_ANSWER, write_unparsed
 from steam_persona.serve.errors import RequestError, error_bytes
-from steam_persona.serve.request_id import HEADER as REQUEST_ID, new_id
+from steam_persona.serve.request_id import HEADER as REQUEST_ID, STATE_KEY as REQUEST_ID_KEY, new_id, request_id
 
 
 def h11_protocol(header_timeout: float, log: JsonlLog | None = None) -> type[H11Protocol]:
@@ -48,15 +51,24 @@ def h11_protocol(header_timeout: float, log: JsonlLog | None = None) -> type[H11
                 self.timeout_keep_alive_handler()  # uvicorn's own way of closing an idle connection
 
         def send_400_response(self, msg: str) -> None:
+            # a request whose headers were parsed is running in the app (its body broke HTTP)
+            cycle = self.cycle if self.cycle is not None and not self.cycle.response_complete else None
+            if cycle is not None and cycle.response_started:  # the app's answer is under way: only closing is left
+                self.transport.close()
+                return
             body = error_bytes(RequestError(f"{msg} Send HTTP/1.1 with valid headers.", code="invalid_http"))
-            rid = new_id()
+            # the request's own id, which the app's request-id middleware then keeps
+            rid = new_id() if cycle is None else cycle.scope["state"].setdefault(
+                REQUEST_ID_KEY, request_id(cycle.scope["headers"]))
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                        (b"connection", b"close"), (REQUEST_ID, rid.encode())]
             for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
                           h11.EndOfMessage()):
                 self.transport.write(self.conn.send(event))
             self.transport.close()
-            if log is not None:
+            if cycle is not None:
+                cycle.scope["state"][PROTOCOL_ANSWER] = {"status": 400, "error_code": "invalid_http"}
+            elif log is not None:
                 write_unparsed(log, rid)
 
     return Protocol

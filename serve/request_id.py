@@ -47,8 +47,8 @@ class RequestIdMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid = request_id(scope["headers"])
-        scope.setdefault("state", {})[STATE_KEY] = rid
+        state = scope.setdefault("state", {})
+        rid = state[STATE_KEY] = state.get(STATE_KEY) or request_id(scope["headers"])  # the protocol's 400 may have set it
         header = (HEADER, rid.encode("ascii"))
 
         async def with_id(message: dict[str, Any]) -> None:

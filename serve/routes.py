@@ -8,7 +8,9 @@ request models (:mod:`llama_cpp.server.types`) and call the same ``Llama`` metho
 checked and rewritten by :class:`steam_persona.serve.middleware.SteamMiddleware` before it gets here.
 
 Streams: the first chunk is awaited (up to :data:`FIRST_CHUNK_WAIT_S`) before the response starts,
-so an error raised while the prompt is evaluated is still a 400.
+so an error raised while the prompt is evaluated is still a 400. A client that leaves while its
+request waits (for the model, its prompt, its first chunk or its whole answer) is let go at once:
+the route returns, and the generation stops at its next token or prompt chunk.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from steam_persona.serve import upstream_routes
 from steam_persona.serve.chat_handler import INCLUDE_USAGE, ChatHandler
-from steam_persona.serve.engine import STOP, Skipped, Worker, watch_disconnect
+from steam_persona.serve.engine import STOP, Skipped, Worker, client_stayed, watch_disconnect
 from steam_persona.serve.errors import RequestError, error_body
 from steam_persona.serve.grammar import GrammarChecker
 
@@ -249,15 +251,20 @@ async def _generate(request: Request, served: Served, make: Callable[[], Any], s
     streaming = False
     try:
         if not stream:
-            return JSONResponse(await served.generate.call(make, cancel=cancel))
+            job = asyncio.ensure_future(served.generate.call(make, cancel=cancel))
+            if not await client_stayed(job, watcher, None):
+                return _client_left()
+            return JSONResponse(job.result())
         chunks = served.generate.iterate(lambda: iter(make()), cancel)
         first = asyncio.ensure_future(anext(chunks, None))
-        await asyncio.wait({first}, timeout=FIRST_CHUNK_WAIT_S)
+        if not await client_stayed(first, watcher, FIRST_CHUNK_WAIT_S):
+            await _drop(first, chunks)
+            return _client_left()
         if first.done():
             first.result()  # raises what generation raised before its first chunk
         streaming = True
     except Skipped:  # the client left while the request waited for the model: nobody reads this
-        return JSONResponse(error_body("Client closed request"), status_code=400)
+        return _client_left()
     except RequestError as e:
         return e.response()
     except ValueError as e:
@@ -286,7 +293,18 @@ async def _events(first: asyncio.Future, chunks: AsyncIterator[Any], cancel: thr
         yield {"data": json.dumps(err.body())}
     finally:
         cancel.set()
-        if not first.done():  # the client left while this request waited for the model
-            first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
-        await chunks.aclose()
+        await _drop(first, chunks)
+
+
+async def _drop(first: asyncio.Future, chunks: AsyncIterator[Any]) -> None:
+    """End a stream's chunks: cancel the wait for the first if it still runs (its client left), close the iterator."""
+    if not first.done():
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+    await chunks.aclose()
+
+
+def _client_left() -> JSONResponse:
+    """The answer to a client that left before its response began: nobody reads it (the access
+    log writes 499)."""
+    return JSONResponse(error_body("Client closed request"), status_code=400)

@@ -26,7 +26,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from steam_persona.serve.access_log import note_completion_tokens
 from steam_persona.serve.chat_handler import INCLUDE_USAGE
-from steam_persona.serve.engine import watch_disconnect
+from steam_persona.serve.engine import client_stayed, watch_disconnect
 from steam_persona.serve.errors import RequestError, error_body
 from steam_persona.serve.llama_server import RETRY_AFTER_S, native_body
 
@@ -204,9 +204,14 @@ async def _pieces(served: Any, upstream_body: dict[str, Any], run: _Run, stopped
 
 async def _stream(run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, cancel: threading.Event,
                   include_usage: bool, body: Any) -> Response:
-    """Start the SSE response once the first piece came (so a refusal is still a 4xx)."""
+    """Start the SSE response once the first piece came (so a refusal is still a 4xx); a client that
+    leaves before it closes the upstream connection at once."""
+    first_piece = asyncio.ensure_future(anext(pieces, None))
     try:
-        first = await anext(pieces, None)
+        if not await client_stayed(first_piece, watcher, None):
+            await pieces.aclose()
+            return _cut_short(True, 0)
+        first = first_piece.result()
     except RequestError as e:
         watcher.cancel()
         cancel.set()

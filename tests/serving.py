@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import httpx
 
@@ -141,6 +141,48 @@ def log_rows(log: Path, ids: list[str], timeout: float = 10.0) -> list[dict | No
         time.sleep(0.05)
 
 
+def send_and_leave(base_url: str, headers: dict[str, str], body: dict, request_id: str, wait: float) -> None:
+    """POST ``body`` to /v1/chat/completions over a raw socket and close it ``wait`` s later, unread."""
+    raw = json.dumps(body).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", int(base_url.rsplit(":", 1)[1]))) as s:
+        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{head}X-Request-Id: {request_id}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
+        time.sleep(wait)
+
+
+def long_chat(word: str, words: int, **fields: Any) -> dict:
+    """A chat body whose prompt is ``word`` then "apple banana cherry" ``words`` times (a token a word),
+    asking for one token. Each ``word`` makes a prompt that reuses no other's cached start."""
+    return {"messages": [{"role": "user", "content": word + " apple banana cherry" * words}], "max_tokens": 1,
+            "temperature": 0, **fields}
+
+
+def whole_prompt_seconds(base_url: str, headers: dict[str, str], words: int) -> float:
+    """Seconds a :func:`long_chat` request takes, its prompt evaluated whole."""
+    t = time.perf_counter()
+    r = httpx.post(f"{base_url}/v1/chat/completions", json=long_chat("whole", words), headers=headers, timeout=120)
+    assert r.status_code == 200, r.text
+    return time.perf_counter() - t
+
+
+def leave_during_prompts(base_url: str, headers: dict[str, str], words: int,
+                         settle: Callable[[], None] = lambda: None) -> list[float]:
+    """A non-streamed and a streamed :func:`long_chat` request whose clients leave 0.3 s after sending
+    (ids ``left-prompt`` and ``left-prompt-stream``), each followed by ``settle()`` and a one-token
+    request. Returns the seconds from each leaving to the one-token request's answer."""
+    after = []
+    for rid, stream in (("left-prompt", False), ("left-prompt-stream", True)):
+        send_and_leave(base_url, headers, long_chat(rid, words, stream=stream), rid, 0.3)
+        t = time.perf_counter()
+        settle()
+        r = httpx.post(f"{base_url}/v1/chat/completions", headers=headers, timeout=120,
+                       json={"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        after.append(time.perf_counter() - t)
+    return after
+
+
 def leave_streams(base_url: str, headers: dict[str, str], body: dict) -> list[str]:
     """Three streamed chat requests whose clients leave: after two content chunks (``left-chunks``), once
     the stream runs without reading any of it (``left-unread``), and at once after sending
@@ -152,11 +194,6 @@ def leave_streams(base_url: str, headers: dict[str, str], body: dict) -> list[st
             seen += '"content"' in line
             if seen == 2:
                 break
-    raw = json.dumps({**body, "stream": True}).encode()
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     for rid, wait in (("left-unread", 1.0), ("left-at-once", 0)):
-        with socket.create_connection(("127.0.0.1", int(base_url.rsplit(":", 1)[1]))) as s:
-            s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{head}X-Request-Id: {rid}\r\n"
-                      f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
-            time.sleep(wait)
+        send_and_leave(base_url, headers, {**body, "stream": True}, rid, wait)
     return ["left-chunks", "left-unread", "left-at-once"]

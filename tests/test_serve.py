@@ -17,7 +17,8 @@ import time
 import httpx
 import pytest
 
-from tests.serving import REPO, leave_streams, log_rows, port_is_free, start_server
+from tests.serving import (REPO, leave_during_prompts, leave_streams, log_rows, port_is_free, start_server,
+                           whole_prompt_seconds)
 from steam_persona.common.persona import DEFAULT_SYSTEM
 
 KEY = "test-key-8f3a"
@@ -431,6 +432,23 @@ def test_streams_whose_clients_leave_get_their_log_row(server, request_log):
                         headers={**AUTH, "X-Request-Id": "stayed"}, timeout=60)
     row, = log_rows(request_log, ["stayed"])
     assert stayed.json()["usage"]["completion_tokens"] == row["completion_tokens"] == 2 and "disconnected" not in row
+
+
+def test_a_client_that_leaves_during_its_prompt_frees_the_model_at_once(server, request_log):
+    """A client that left while its long prompt was evaluated kept the model busy to the prompt's end
+    (the next request waited that long), and its row came only then. Now evaluation stops at the next
+    prompt chunk and the 499 row is written as the client leaves, streamed or not."""
+    whole = whole_prompt_seconds(server.base_url, AUTH, words=280)
+    if whole < 1.5:  # a fast machine: nothing to cut short, nor time to see it
+        pytest.skip(f"the whole prompt took {whole:.2f} s; this test needs one of seconds")
+    after = leave_during_prompts(server.base_url, AUTH, words=280)
+    print(f"whole prompt {whole:.2f} s; next request after a client left during its prompt: "
+          f"{after[0]:.2f} s (non-streamed), {after[1]:.2f} s (streamed)")
+    assert max(after) < whole / 3, (whole, after)
+    rows = log_rows(request_log, ["left-prompt", "left-prompt-stream"])
+    for row, stream in zip(rows, (False, True)):
+        assert (row["status"], row["disconnected"], row["stream"]) == (499, True, stream), row
+        assert row["prompt_tokens"] > 800 and row.get("completion_tokens", 0) == 0 and row["ms"] < 1000 * whole / 3, row
 
 
 def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):

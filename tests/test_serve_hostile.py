@@ -243,6 +243,33 @@ def test_headers_that_never_end_or_are_not_http(server, client, request_log):
     _alive(client)
 
 
+def test_a_broken_chunked_body_gets_one_400_and_one_row(server, client, request_log):
+    """Bytes that break HTTP after a request's headers (a bad chunk size line, at once or after a good
+    chunk) got the protocol's 400 and its row, and the app's 499 row for the same request: two rows
+    for one request. Now one row, for the 400 that was sent, with the request's method, path and id
+    (the client's own, else a fresh one, the same in the answer's header)."""
+    head = f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n"
+    ids = []
+    for extra, chunks in (("X-Request-Id: bad-chunk-size\r\n", b"zz\r\n"), ("", b"2\r\n{}\r\nzz\r\n")):
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.settimeout(10)
+            s.sendall(f"{head}{extra}\r\n".encode() + chunks)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 ") and json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "invalid_http"
+        ids.append(re.search(rb"\r\nx-request-id: ([^\r]+)\r\n", answer)[1].decode())
+    assert ids[0] == "bad-chunk-size" and re.fullmatch(r"req_[0-9a-f]{32}", ids[1]), ids
+    rows = log_rows(request_log, ids)
+    assert [{**row, "ms": 0, "time": 0} for row in rows] == [
+        {"event": "request", "method": "POST", "path": CHAT, "status": 400, "ms": 0, "request_id": rid,
+         "error_code": "invalid_http", "time": 0} for rid in ids]
+    time.sleep(0.5)  # a second row came as the app ended, at once
+    written = [json.loads(line)["request_id"] for line in request_log.read_text(encoding="utf-8").splitlines()]
+    assert [written.count(rid) for rid in ids] == [1, 1]
+    _alive(client)
+
+
 def test_cors_lets_browsers_send_and_read_the_request_id(client, request_log):
     origin = {"Origin": "http://good.example"}
     pre = client.options(CHAT, headers={**origin, "Access-Control-Request-Method": "POST",

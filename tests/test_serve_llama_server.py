@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from llama_cpp.server.types import CreateChatCompletionRequest
 from steam_persona.serve.llama_server import find_binary, native_body, server_args
 from steam_persona.common.errors import UserError
 from steam_persona.common.persona import DEFAULT_SYSTEM
-from tests.serving import REPO, leave_streams, log_rows, start_server
+from tests.serving import REPO, leave_during_prompts, leave_streams, log_rows, start_server, whole_prompt_seconds
 
 
 def _binary() -> Path | None:
@@ -316,10 +317,55 @@ def test_clients_that_leave_get_their_log_row_on_both_engines(servers, request_l
 
 
 
+@needs_binary
+def test_a_client_that_leaves_during_its_prompt_frees_its_slot_at_once(servers, request_logs):
+    """llama-server evaluated a prompt in one batch of up to 2048 tokens and cancelled a task only
+    between batches, so a client that left during its long prompt kept its slot busy to the prompt's
+    end; a stream waiting for its first piece did not even see the client leave. Now the upstream
+    connection is closed as the client leaves, llama-server cancels the task (its log says so) and
+    stops at the next 128-token chunk, and the 499 row is written at once. Streamed upstream (all but
+    the non-streamed requests sent once speeds are known) it is told by its write of a progress event;
+    non-streamed by its check of closed connections, once a second."""
+    engine = servers[1]
+    log = _engine_log(engine)
+
+    def cancelled_and_free() -> None:
+        cancels = log.read_text().count("cancel task")
+        deadline = time.monotonic() + 10
+        while log.read_text().count("cancel task") == cancels:
+            assert time.monotonic() < deadline, "llama-server went on with the prompt of a client that left"
+            time.sleep(0.05)
+        _assert_slots_free_soon(engine)
+
+    whole = whole_prompt_seconds(engine.base_url, {}, words=280)
+    if whole < 1.5:  # a fast machine: nothing to cut short, nor time to see it (llama-server looks once a second)
+        pytest.skip(f"the whole prompt took {whole:.2f} s; this test needs one of seconds")
+    before = log.read_text().count("cancel task")
+    after = leave_during_prompts(engine.base_url, {}, words=280, settle=cancelled_and_free)
+    print(f"whole prompt {whole:.2f} s; task cancelled, slots free and the next request answered after a client "
+          f"left during its prompt: {after[0]:.2f} s (non-streamed), {after[1]:.2f} s (streamed)")
+    assert max(after) < whole / 2, (whole, after)
+    assert log.read_text().count("cancel task") == before + 2
+    rows = log_rows(request_logs[1], ["left-prompt", "left-prompt-stream"])
+    for row, stream in zip(rows, (False, True)):
+        assert (row["status"], row["disconnected"], row["stream"]) == (499, True, stream), row
+        assert row["prompt_tokens"] > 800 and row["ms"] < 1000 * whole / 3, row
+
+
+def _engine_url(server) -> str:
+    """llama-server's own base URL (its private loopback port)."""
+    args = Path(f"/proc/{_engine_pid(server)}/cmdline").read_bytes().split(b"\0")
+    return f"http://127.0.0.1:{args[args.index(b'--port') + 1].decode()}"
+
+
+def _engine_log(server) -> Path:
+    """llama-server's log file (:func:`steam_persona.serve.llama_server.launch` names it by the port)."""
+    return Path(tempfile.gettempdir()) / f"steam-persona-llama-server-{_engine_url(server).rsplit(':', 1)[1]}.log"
+
+
 def _assert_slots_free_soon(server) -> None:
     """llama-server (asked directly, on its private port) has no slot generating within 10 s."""
-    args = Path(f"/proc/{_engine_pid(server)}/cmdline").read_bytes().split(b"\0")
-    engine_url = f"http://127.0.0.1:{args[args.index(b'--port') + 1].decode()}"
+    engine_url = _engine_url(server)
     deadline = time.monotonic() + 10
     while any(s["is_processing"] for s in httpx.get(f"{engine_url}/slots").json()):
         assert time.monotonic() < deadline, "llama-server kept generating for a client that left"

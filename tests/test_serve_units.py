@@ -339,3 +339,44 @@ def test_help_describes_the_model_argument():
     out = CliRunner().invoke(command, ["--help"], terminal_width=120).output
     assert "MODEL is one of" in out and "export dir from `steam-train export`" in out and "a .gguf file" in out
     assert "*-lora.gguf adapters are skipped" in out
+
+
+def test_a_stop_during_the_prompt_ends_generation_at_the_next_chunk(smollm2_gguf):
+    """With :data:`STOP` set, a prompt is evaluated in :data:`PROMPT_CHUNK`-token chunks and STOP is asked
+    before each: turned true after the first, generation ends with no text and "length" (streamed or
+    not) and the chunk evaluated stays cached, so the same prompt sent again goes on from there."""
+    import llama_cpp
+
+    from steam_persona.serve.chat_handler import ChatHandler
+    from steam_persona.serve.engine import PROMPT_CHUNK, STOP
+
+    llama = llama_cpp.Llama(str(smollm2_gguf), n_ctx=1024, n_threads=1, verbose=False)
+    llama.chat_handler = handler = ChatHandler(llama, CHATML)
+    evaluated = []
+    original = handler._original_eval
+    handler._original_eval = lambda tokens: evaluated.append(len(tokens)) or original(tokens)
+    messages = [{"role": "user", "content": "apple banana cherry " * 130}]
+    n_prompt = handler.prompt_tokens(messages)
+    asked = []
+
+    def stop_after_one_chunk() -> bool:
+        asked.append(True)
+        return len(asked) > 1
+
+    token = STOP.set(stop_after_one_chunk)
+    try:
+        out = llama.create_chat_completion(messages=messages, max_tokens=4)
+        assert out["choices"][0]["finish_reason"] == "length" and out["choices"][0]["message"]["content"] == ""
+        assert out["usage"]["completion_tokens"] == 0 and handler.last_cut
+        assert evaluated == [PROMPT_CHUNK] and llama.n_tokens == PROMPT_CHUNK
+        asked.clear()
+        chunks = list(llama.create_chat_completion(messages=messages, max_tokens=4, stream=True))
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert not any(c["choices"][0]["delta"].get("content") for c in chunks)
+        assert evaluated == [PROMPT_CHUNK, PROMPT_CHUNK] and llama.n_tokens == 2 * PROMPT_CHUNK
+    finally:
+        STOP.reset(token)
+    evaluated.clear()
+    out = llama.create_chat_completion(messages=messages, max_tokens=1)  # no STOP: the library's own call
+    assert out["usage"]["prompt_tokens"] == n_prompt > 2 * PROMPT_CHUNK
+    assert evaluated == [n_prompt - 2 * PROMPT_CHUNK]  # the rest only, in one call
