@@ -19,6 +19,7 @@ from steam_persona.serve.middleware import SteamMiddleware
 from steam_persona.serve.routes import Served
 from steam_persona.serve.modelinfo import ModelInfo
 from steam_persona.serve.request_id import RequestIdMiddleware
+from steam_persona.common.arguments import LlamaCppArguments
 from steam_persona.common.atomic import JsonlLog
 
 
@@ -31,6 +32,8 @@ class AppOptions:
         n_ctx: context size in tokens.
         n_threads: CPU threads for decoding and prompt processing.
         n_gpu_layers: layers to offload (-1 = all; ignored by a CPU build).
+        n_batch: prompt tokens evaluated per batch, on either engine (llama.cpp's ``n_batch``); a
+            client that leaves during its prompt frees the engine after at most one batch.
         api_key: required key, or ``None``.
         persona: persona system prompt or ``None``; persona_source says where it came from.
         persona_mode: ``"replace"`` or ``"prepend"``.
@@ -52,6 +55,7 @@ class AppOptions:
     n_ctx: int
     n_threads: int
     n_gpu_layers: int = -1
+    n_batch: int = LlamaCppArguments.n_batch
     api_key: str | None = None
     persona: str | None = None
     persona_source: str = "none"
@@ -94,8 +98,9 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
     # with llama-server generating, this process needs the vocabulary only (template, token counts)
     model = ModelSettings(
         model=str(info.path), model_alias=opts.alias, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
-        n_threads_batch=opts.n_threads, n_gpu_layers=opts.n_gpu_layers, chat_format="chat_template.default",
-        logits_all=False, flash_attn=opts.flash_attn, verbose=opts.verbose, vocab_only=upstream is not None)
+        n_threads_batch=opts.n_threads, n_gpu_layers=opts.n_gpu_layers, n_batch=opts.n_batch,
+        chat_format="chat_template.default", logits_all=False, flash_attn=opts.flash_attn, verbose=opts.verbose,
+        vocab_only=upstream is not None)
     try:
         # a vocabulary-only context has no training context, and llama.cpp warns about it whatever
         # `verbose` says: quiet it the way the library quiets its own loading
@@ -175,7 +180,8 @@ def _upstream(info: ModelInfo, opts: AppOptions) -> LlamaServer | None:
     if opts.engine != "llama-server":
         return None
     return launch(Path(opts.llama_server or ""), str(info.path), n_ctx=opts.n_ctx, parallel=opts.parallel,
-                  n_threads=opts.n_threads, n_gpu_layers=opts.n_gpu_layers, flash_attn=opts.flash_attn)
+                  n_threads=opts.n_threads, n_gpu_layers=opts.n_gpu_layers, n_batch=opts.n_batch,
+                  flash_attn=opts.flash_attn)
 
 
 def llama_cpp_version() -> str:

@@ -16,7 +16,7 @@ The library detokenizes the whole completion after every token; the handler make
 incremental (O(n) rather than O(n²) piece lookups per reply).
 
 Generation asks :data:`steam_persona.serve.engine.STOP` before each token (client gone, time limit) and,
-while a prompt is evaluated, before each chunk of :data:`PROMPT_CHUNK` tokens, and checks a
+while a prompt is evaluated, before each batch of the model's ``n_batch`` tokens, and checks a
 grammar with :class:`steam_persona.serve.grammar.GrammarChecker` before llama.cpp compiles it.
 
 llama-cpp-python 0.3.36 ignores ``stream_options.include_usage``. OpenAI's behaviour (API
@@ -37,7 +37,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_tokenizer import LlamaTokenizer
 
 from steam_persona.serve.access_log import note_completion_tokens
-from steam_persona.serve.engine import PROMPT_CHUNK, STOP
+from steam_persona.serve.engine import STOP
 from steam_persona.serve.errors import RequestError
 from steam_persona.serve.grammar import GrammarChecker
 from steam_persona.serve.grammar_guard import guard_grammar
@@ -130,10 +130,10 @@ class ChatHandler:
         return text
 
     def _stoppable_eval(self, tokens: Sequence[int]) -> None:
-        """``Llama.eval`` in chunks of :data:`PROMPT_CHUNK` tokens, asking
-        :data:`~steam_persona.serve.engine.STOP` before each (none set: the library's own call).
-        The chunks evaluated stay in the KV cache and in ``Llama.input_ids``, as the library leaves
-        them after each of its batches, so a later prompt with the same start reuses them.
+        """``Llama.eval`` one batch of ``Llama.n_batch`` tokens (``--n_batch``) at a time, asking
+        :data:`~steam_persona.serve.engine.STOP` before each (none set: the library's own call, which
+        evaluates the same batches). The batches evaluated stay in the KV cache and in
+        ``Llama.input_ids``, as the library leaves them, so a later prompt with the same start reuses them.
 
         Raises:
             PromptStopped: STOP turned true before all of ``tokens`` were evaluated.
@@ -141,10 +141,11 @@ class ChatHandler:
         stop = STOP.get()
         if stop is None:
             return self._original_eval(tokens)
-        for i in range(0, len(tokens), PROMPT_CHUNK):
+        n_batch = self.llama.n_batch
+        for i in range(0, len(tokens), n_batch):
             if stop():
                 raise PromptStopped
-            self._original_eval(tokens[i:i + PROMPT_CHUNK])
+            self._original_eval(tokens[i:i + n_batch])
 
     def _counting_generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
         grammar = kwargs.get("grammar")

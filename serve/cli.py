@@ -42,6 +42,7 @@ class ServeConfig:
     n_ctx: int = LlamaCppArguments.use("n_ctx")
     n_threads: int = LlamaCppArguments.use("n_threads")
     n_gpu_layers: int = LlamaCppArguments.use("n_gpu_layers")
+    n_batch: int = LlamaCppArguments.use("n_batch")
     system: str | None = DataArguments.use(
         "system", unset="the export's persona (export_report.json), else the GGUF chat template's default")
     persona_mode: str = arg("replace", "A client system message replaces the persona or is appended to it.",
@@ -170,8 +171,8 @@ def _app_options(cfg: ServeConfig, info: ModelInfo, binary: Path | None) -> tupl
                       "quality may drop past it")
     persona, persona_source = resolve_persona(cfg.system, info)
     opts = AppOptions(alias=cfg.model_alias or info.name, n_ctx=n_ctx, n_threads=n_threads(cfg.n_threads, generate=True),
-                      n_gpu_layers=cfg.n_gpu_layers, api_key=cfg.api_key or None, persona=persona,
-                      persona_source=persona_source, persona_mode=cfg.persona_mode,
+                      n_gpu_layers=cfg.n_gpu_layers, n_batch=cfg.n_batch, api_key=cfg.api_key or None,
+                      persona=persona, persona_source=persona_source, persona_mode=cfg.persona_mode,
                       verbose=cfg.log_level == "debug", log_file=cfg.log_file, flash_attn=cfg.flash_attn,
                       max_request_bytes=cfg.max_request_bytes or max(2**20, 64 * n_ctx), read_timeout=cfg.read_timeout,
                       max_tokens_cap=cfg.max_tokens_cap, request_timeout=cfg.request_timeout,

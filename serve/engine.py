@@ -22,14 +22,12 @@ import queue
 import threading
 from typing import Any, AsyncIterator, Callable, Iterator
 
-#: Per request: a predicate the generation loop asks before each token and each prompt chunk; True stops generation.
+#: Per request: a predicate the generation loop asks before each token and each prompt batch of
+#: ``--n_batch`` tokens (:meth:`steam_persona.serve.chat_handler.ChatHandler._stoppable_eval`); True
+#: stops generation. Not llama.cpp's abort callback, which enters Python after every graph node and
+#: then waits for the GIL whenever another thread runs Python (docs/serving.md, "What happens when a
+#: client leaves").
 STOP: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("stop", default=None)
-#: Tokens of a prompt evaluated between two asks of :data:`STOP` (both engines; llama.cpp evaluates
-#: 512 or 2048 at once by default: seconds on a CPU, for a client that may have left). On a CPU a
-#: chunk this size evaluates as fast (docs/serving.md, "What happens when a client leaves"). Not
-#: llama.cpp's abort callback: it enters Python after every graph node, and then waits for the GIL
-#: whenever another thread runs Python (same section).
-PROMPT_CHUNK = 128
 
 _END = object()
 

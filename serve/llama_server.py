@@ -37,7 +37,7 @@ from typing import Any, AsyncIterator, Callable
 
 import httpx
 
-from steam_persona.serve.engine import PROMPT_CHUNK
+from steam_persona.common.arguments import LlamaCppArguments
 from steam_persona.serve.errors import RequestError
 from steam_persona.common.errors import UserError
 
@@ -93,14 +93,15 @@ def find_binary(explicit: str | None) -> Path:
 
 
 def server_args(binary: Path, model: str, *, port: int, n_ctx: int, parallel: int, n_threads: int,
-                n_gpu_layers: int, flash_attn: bool) -> list[str]:
+                n_gpu_layers: int, n_batch: int, flash_attn: bool) -> list[str]:
     """llama-server's command line: loopback only, ``parallel`` slots of ``n_ctx`` tokens each
     (``-c`` is the total), no web UI, continuous batching and prompt caching (its defaults), prompts
-    evaluated :data:`~steam_persona.serve.engine.PROMPT_CHUNK` tokens at a time (``-b``: a task
-    cancelled because its client left stops at the next chunk, not at the prompt's end)."""
+    evaluated ``n_batch`` tokens at a time (``-b``, its logical batch: a task cancelled because its
+    client left stops at the next batch, not at the prompt's end). llama.cpp caps the physical batch
+    (``-ub``, default 512) at ``-b`` (``llama_context``'s constructor), so it needs no flag of its own."""
     return [str(binary), "-m", model, "--host", "127.0.0.1", "--port", str(port), "-c", str(n_ctx * parallel),
             "-np", str(parallel), "-t", str(n_threads), "-tb", str(n_threads), "-ngl", str(n_gpu_layers),
-            "-fa", "on" if flash_attn else "off", "-b", str(PROMPT_CHUNK), "--no-webui"]
+            "-fa", "on" if flash_attn else "off", "-b", str(n_batch), "--no-webui"]
 
 
 def free_loopback_port() -> int:
@@ -111,16 +112,16 @@ def free_loopback_port() -> int:
 
 
 def launch(binary: Path, model: str, *, n_ctx: int, parallel: int, n_threads: int, n_gpu_layers: int,
-           flash_attn: bool) -> "LlamaServer":
+           flash_attn: bool, n_batch: int = LlamaCppArguments.n_batch) -> "LlamaServer":
     """Start llama-server (:func:`server_args`) on a free loopback port, its log in the temp folder, and
-    return it once the model is loaded.
+    return it once the model is loaded (``n_batch`` unset: ``--n_batch``'s default, as serve starts it).
 
     Raises:
         UserError: it did not start (see :meth:`LlamaServer.start`).
     """
     port = free_loopback_port()
     args = server_args(binary, model, port=port, n_ctx=n_ctx, parallel=parallel, n_threads=n_threads,
-                       n_gpu_layers=n_gpu_layers, flash_attn=flash_attn)
+                       n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn)
     server = LlamaServer(args, port, Path(tempfile.gettempdir()) / f"steam-persona-llama-server-{port}.log")
     server.start()
     return server

@@ -34,7 +34,10 @@ def request_log(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(smollm2_gguf, request_log):
-    with start_server(smollm2_gguf, api_key=KEY, extra_args=("--system", DEFAULT_SYSTEM, "--log_file", request_log)) as srv:
+    """``--n_batch 128``: a client that leaves during its prompt frees the model within 128 tokens, a
+    fraction of the leave test's prompt."""
+    args = ("--system", DEFAULT_SYSTEM, "--log_file", request_log, "--n_batch", "128")
+    with start_server(smollm2_gguf, api_key=KEY, extra_args=args) as srv:
         yield srv
 
 
@@ -437,7 +440,7 @@ def test_streams_whose_clients_leave_get_their_log_row(server, request_log):
 def test_a_client_that_leaves_during_its_prompt_frees_the_model_at_once(server, request_log):
     """A client that left while its long prompt was evaluated kept the model busy to the prompt's end
     (the next request waited that long), and its row came only then. Now evaluation stops at the next
-    prompt chunk and the 499 row is written as the client leaves, streamed or not."""
+    batch of ``--n_batch`` prompt tokens and the 499 row is written as the client leaves, streamed or not."""
     whole = whole_prompt_seconds(server.base_url, AUTH, words=280)
     if whole < 1.5:  # a fast machine: nothing to cut short, nor time to see it
         pytest.skip(f"the whole prompt took {whole:.2f} s; this test needs one of seconds")

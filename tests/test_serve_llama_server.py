@@ -60,10 +60,11 @@ def test_find_binary_says_how_to_build_one(tmp_path, monkeypatch):
 
 def test_server_args_give_each_slot_the_context_and_stay_on_loopback():
     args = server_args(Path("/bin/llama-server"), "m.gguf", port=9, n_ctx=2048, parallel=4, n_threads=2,
-                       n_gpu_layers=-1, flash_attn=False)
+                       n_gpu_layers=-1, n_batch=96, flash_attn=False)
     opts = dict(zip(args[1::2], args[2::2]))
     assert opts["-c"] == "8192" and opts["-np"] == "4" and opts["--host"] == "127.0.0.1"
     assert opts["-t"] == opts["-tb"] == "2" and opts["-fa"] == "off" and opts["-m"] == "m.gguf"
+    assert opts["-b"] == "96" and "-ub" not in args  # llama.cpp caps the physical batch at -b
     assert args[-1] == "--no-webui"
 
 
@@ -97,8 +98,11 @@ def request_logs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def servers(smollm2_gguf, request_logs):
-    with start_server(smollm2_gguf, extra_args=(*ARGS, "--log_file", request_logs[0])) as embedded, \
-            start_server(smollm2_gguf, extra_args=(*ARGS, "--engine", "llama-server", "--parallel", "2",
+    """The embedded engine and llama-server, both with ``--n_batch 128``: a client that leaves during its
+    prompt frees the engine within 128 tokens, a fraction of the leave tests' prompt."""
+    args = (*ARGS, "--n_batch", "128")
+    with start_server(smollm2_gguf, extra_args=(*args, "--log_file", request_logs[0])) as embedded, \
+            start_server(smollm2_gguf, extra_args=(*args, "--engine", "llama-server", "--parallel", "2",
                                                    "--log_file", request_logs[1])) as engine:
         yield embedded, engine
 
@@ -122,6 +126,20 @@ def _stream(base_url: str, body: dict) -> list:
             if line.startswith("data: "):
                 events.append(line[6:] if line[6:] == "[DONE]" else json.loads(line[6:]))
     return events
+
+
+@needs_binary
+def test_n_batch_reaches_llama_server(servers):
+    """``--n_batch 128`` is llama-server's ``-b 128`` (no ``-ub``), and it evaluates a prompt 128 tokens
+    at a time: its progress events (asked directly, on its private port) step by 128."""
+    _, engine = servers
+    args = Path(f"/proc/{_engine_pid(engine)}/cmdline").read_bytes().split(b"\0")
+    assert args[args.index(b"-b") + 1] == b"128" and b"-ub" not in args
+    body = {"prompt": [1] + [100 + i % 50 for i in range(299)], "n_predict": 1, "cache_prompt": False,
+            "stream": True, "return_progress": True}
+    with httpx.stream("POST", f"{_engine_url(engine)}/completion", json=body, timeout=120) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert [e["prompt_progress"]["processed"] for e in events if "prompt_progress" in e] == [0, 128, 256, 300]
 
 
 @needs_binary

@@ -341,16 +341,17 @@ def test_help_describes_the_model_argument():
     assert "*-lora.gguf adapters are skipped" in out
 
 
-def test_a_stop_during_the_prompt_ends_generation_at_the_next_chunk(smollm2_gguf):
-    """With :data:`STOP` set, a prompt is evaluated in :data:`PROMPT_CHUNK`-token chunks and STOP is asked
-    before each: turned true after the first, generation ends with no text and "length" (streamed or
-    not) and the chunk evaluated stays cached, so the same prompt sent again goes on from there."""
+def test_a_stop_during_the_prompt_ends_generation_at_the_next_batch(smollm2_gguf):
+    """With :data:`STOP` set, a prompt is evaluated in batches of the model's ``n_batch`` tokens and STOP
+    is asked before each: turned true after the first, generation ends with no text and "length"
+    (streamed or not) and the batch evaluated stays cached, so the same prompt sent again goes on from there."""
     import llama_cpp
 
     from steam_persona.serve.chat_handler import ChatHandler
-    from steam_persona.serve.engine import PROMPT_CHUNK, STOP
+    from steam_persona.serve.engine import STOP
 
-    llama = llama_cpp.Llama(str(smollm2_gguf), n_ctx=1024, n_threads=1, verbose=False)
+    batch = 96  # not the library's 512 nor llama.cpp's physical batch: the handler must read the model's
+    llama = llama_cpp.Llama(str(smollm2_gguf), n_ctx=1024, n_batch=batch, n_threads=1, verbose=False)
     llama.chat_handler = handler = ChatHandler(llama, CHATML)
     evaluated = []
     original = handler._original_eval
@@ -359,24 +360,47 @@ def test_a_stop_during_the_prompt_ends_generation_at_the_next_chunk(smollm2_gguf
     n_prompt = handler.prompt_tokens(messages)
     asked = []
 
-    def stop_after_one_chunk() -> bool:
+    def stop_after_one_batch() -> bool:
         asked.append(True)
         return len(asked) > 1
 
-    token = STOP.set(stop_after_one_chunk)
+    token = STOP.set(stop_after_one_batch)
     try:
         out = llama.create_chat_completion(messages=messages, max_tokens=4)
         assert out["choices"][0]["finish_reason"] == "length" and out["choices"][0]["message"]["content"] == ""
         assert out["usage"]["completion_tokens"] == 0 and handler.last_cut
-        assert evaluated == [PROMPT_CHUNK] and llama.n_tokens == PROMPT_CHUNK
+        assert evaluated == [batch] and llama.n_tokens == batch
         asked.clear()
         chunks = list(llama.create_chat_completion(messages=messages, max_tokens=4, stream=True))
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
         assert not any(c["choices"][0]["delta"].get("content") for c in chunks)
-        assert evaluated == [PROMPT_CHUNK, PROMPT_CHUNK] and llama.n_tokens == 2 * PROMPT_CHUNK
+        assert evaluated == [batch, batch] and llama.n_tokens == 2 * batch
     finally:
         STOP.reset(token)
     evaluated.clear()
     out = llama.create_chat_completion(messages=messages, max_tokens=1)  # no STOP: the library's own call
-    assert out["usage"]["prompt_tokens"] == n_prompt > 2 * PROMPT_CHUNK
-    assert evaluated == [n_prompt - 2 * PROMPT_CHUNK]  # the rest only, in one call
+    assert out["usage"]["prompt_tokens"] == n_prompt > 2 * batch
+    assert evaluated == [n_prompt - 2 * batch]  # the rest only, in one call
+
+
+def test_n_batch_reaches_the_embedded_llama_and_defaults_to_the_librarys(smollm2_gguf):
+    """``serve --n_batch`` is the loaded ``Llama``'s ``n_batch`` (the handler's prompt batches) and its
+    physical batch; unset, it is llama-cpp-python's own default (512); ``--help`` names it."""
+    from click.testing import CliRunner
+    from llama_cpp.server.settings import ModelSettings
+
+    from steam_persona.common import config
+    from steam_persona.serve.app import build_app
+    from steam_persona.serve.cli import ServeConfig, _app_options, command
+
+    seen = []
+    cmd = config.command(ServeConfig, seen.append, name="serve", config_option="option", help="h")
+    for flags in (["--n_batch", "96"], []):
+        assert CliRunner().invoke(cmd, [str(smollm2_gguf), "--n_ctx", "1024", *flags]).exit_code == 0
+    assert seen[1].n_batch == ModelSettings.model_fields["n_batch"].default == 512
+    info = read_model_info(str(smollm2_gguf))
+    opts, _ = _app_options(seen[0], info, None)
+    llama = build_app(info, opts).state.served.llama
+    assert llama.n_batch == llama.context_params.n_batch == llama.context_params.n_ubatch == 96
+    out = " ".join(CliRunner().invoke(command, ["--help"], terminal_width=200).output.split())
+    assert "--n_batch INTEGER Prompt tokens evaluated per batch (llama.cpp's n_batch; llama-server's -b)." in out
