@@ -102,6 +102,14 @@ def test_checks_run_on_yaml_values_with_the_source_named():
         config.build(ServeConfig, {"n_threads": -1})
 
 
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_n_batch_below_1_is_exit_2_in_one_line_before_anything_loads(value, tmp_path):
+    r = CliRunner().invoke(main, ["serve", str(tmp_path / "missing.gguf"), "--n_batch", value])
+    assert r.exit_code == 2 and r.output.strip() == f"Error: command line: --n_batch {value}: must be at least 1"
+    with pytest.raises(UserError, match=rf"^x.yaml: --n_batch {value}: must be at least 1$"):
+        config.build(ServeConfig, {"n_batch": int(value)}, source="x.yaml")
+
+
 def test_unset_meaning_is_shown_only_where_a_stage_can_leave_it_unset():
     runner = CliRunner()
     eval_help = " ".join(runner.invoke(main, ["eval", "--help"]).output.split())
