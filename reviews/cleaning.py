@@ -870,13 +870,21 @@ assert all(len(v) == 1 for v in _WIDTH_FOLD.values())
 _WIDE_ALNUM = re.compile(r"[０-９＠Ａ-Ｚａ-ｚ]").search  # only a full-width letter, digit or ＠ can make a link or address
 # Single letters or digits with spaces or a spaced dot (also "dot", "(dot)", 点) between them, "c d k e y s . c o m",
 # "c d k e y s dot c o m" (a TLD written whole may end it: "c d k e y s . com"); joined only when they spell a domain
-# (_SPACED_DOMAIN), so "A B C of RPGs", "J. R. R. Tolkien" and "10 / 10" stay as they are
-_RUN_DOT = r"(?:[ \t]*\.[ \t]*|[ \t]+dot[ \t]+|[ \t]*[\[(（]dot[\])）][ \t]*|[ \t]*[点點][ \t]*)"
+# (_SPACED_DOMAIN) in one case (_one_case), so "A B C of RPGs", "J. R. R. Tolkien", "10 / 10" and "F E A R . net code"
+# stay as they are. A full stop with a space after it and none before ends a sentence or an abbreviation, it is no
+# domain's dot: "8 p. m. Top players", "W A S D. Pro tip", "G O T Y. Top 3"
+_RUN_DOT = r"(?:[ \t]+\.[ \t]*|\.(?![ \t])|[ \t]+dot[ \t]+|[ \t]*[\[(（]dot[\])）][ \t]*|[ \t]*[点點][ \t]*)"
 _SPACED_RUN = re.compile(rf"(?<![A-Za-z0-9.])[A-Za-z0-9](?:(?:[ \t]+|{_RUN_DOT})[A-Za-z0-9](?![A-Za-z0-9]))+"
                          rf"(?:{_RUN_DOT}(?:{_TLD})(?![A-Za-z0-9]))?", re.I)
 _DOT_SPELLINGS = (".", "点", "點", "dot", "DOT", "Dot")  # one of them is in every run that spells a domain
 _RUN_TOKEN = re.compile(r"[A-Za-z0-9]+|[.点點]")  # in a run: what is kept of it (a dot spelling becomes ".")
 _SPACED_DOMAIN = re.compile(rf"(?:[a-z0-9-]+\.)+(?:{_TLD})", re.I).fullmatch
+
+
+def _one_case(joined: str) -> bool:
+    """Whether a joined run's letters are all lower or all upper case (a dot spelled "DOT" is a "." by then)."""
+    letters = "".join(c for c in joined if c.isalpha())
+    return letters.islower() or letters.isupper()
 # the cheap test first, on " " + the text: a run's second letter has a space before it (led by a character class, re
 # skips ahead in C: ~2x faster than a lookbehind first)
 _SPACED_PAIR = re.compile(r"[ \t][A-Za-z0-9][ \t]+[A-Za-z0-9](?![A-Za-z0-9])").search
@@ -899,7 +907,8 @@ def matching_view(text: str) -> tuple[str, tuple[int, ...] | None]:
     for m in _SPACED_RUN.finditer(view):
         tokens = [(t.start(), "." if t.group(0) in "点點" or t.group(0).lower() == "dot" else t.group(0))
                   for t in _RUN_TOKEN.finditer(view, m.start(), m.end())]
-        if " " not in m.group(0) or not _SPACED_DOMAIN("".join(t for _, t in tokens)):
+        joined = "".join(t for _, t in tokens)
+        if " " not in m.group(0) or not _SPACED_DOMAIN(joined) or not _one_case(joined):
             continue
         chars += view[pos:m.start()]
         where += range(pos, m.start())

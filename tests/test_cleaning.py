@@ -497,6 +497,27 @@ def test_spaced_letters_and_full_width_text_without_a_domain_stay(text):
 
 
 @pytest.mark.parametrize("text", [
+    "Servers reset at 8 p. m. Top players get extra rewards, a fun system overall.",
+    "I played until 4 a. m. Fun game, but the ending is weak.", "Anoche jugué hasta las 2 a. m. Es muy adictivo.",
+    "My G O T Y. Top 3 for sure.", "Controls are W A S D. Pro tip: remap jump.", "S T A L K E R. Fun, scary and janky.",
+    "Best played on P C. Online mode is dead", "S T A L K E R ist super, d. h. es lohnt sich",
+    "El juego de E. A. es muy bueno", "F E A R . net code is bad but the game is good. I recommend it.",
+])
+def test_an_abbreviation_before_a_full_stop_is_no_letter_spaced_domain(text):
+    """A full stop with a space after it and none before ends a sentence; a run in two cases spells no domain."""
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+    assert cleaning.mask_pii(text) == text
+
+
+@pytest.mark.parametrize("text,spam", [
+    ("C D K E Y S . C O M", "url"), ("keys at c d k e y s .com", "url"), ("c d k e y s DOT c o m", "url"),
+    ("buy at x dot c o m", None), ("x 点 c o m", None), ("Guides: m y w i k i . c o m, great game.", None),
+])
+def test_letter_spaced_domains_in_one_case_are_still_links(text, spam):
+    assert cleaning.spam_reason(text) == spam and cleaning.scrub_pii(text)[1] == ["link"]
+
+
+@pytest.mark.parametrize("text", [
     # the word before "dot" cannot name a site; a full stop with spaces is punctuation unless www leads
     "Feels like the dot com bubble era of shooters.", "The game requires dot net 4.8 to start.", "A red dot on the map.",
     "Red dot sight is great, dot com era vibes.", "Great game . net code is bad though.", "I use dot net at work.",
