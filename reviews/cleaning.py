@@ -1025,13 +1025,14 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
 
 
 def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
-    """The links in ``text`` but platforms' bare domains, each with the words that only pointed at it: ``(start, cut
-    start, end, predicate)`` — the lead-in (:data:`_LINK_LEAD`, searched in the 40 characters before the link) starts
-    at ``start`` and the cut at ``cut start`` ("can be found here: x" cuts from "here"); the end takes a share code,
-    a 在 frame's closing word and a "see"'s "for details". ``predicate``: the clause says nothing without the link: it
-    is the predicate, after a copula ("mods are at x") or in a 在 frame that ends the clause (攻略都在 x点com 上面。 —
-    在 x点com 上面买的 only says where), or the subject, starting a sentence with an English word after it ("x.com has
-    the best builds")."""
+    """The links in ``text`` but platforms' bare domains and names written as domains (:func:`_keep_platform`), each
+    with the words that only pointed at it: ``(start, cut start, end, predicate)`` — the lead-in (:data:`_LINK_LEAD`,
+    searched in the 40 characters before the link) starts at ``start`` and the cut at ``cut start`` ("can be found
+    here: x" cuts from "here"); the end takes a share code, a 在 frame's closing word and a "see"'s "for details".
+    ``predicate``: the clause says nothing without the link, and its comma clause goes: the link is the predicate, after
+    a copula ("mods are at x.") or in a 在 frame that ends the clause (攻略都在 x点com 上面。 — 在 x点com 上面买的 only
+    says where), or the subject, starting a sentence with an English word after it ("x.com has the best builds"). A
+    predicate with more of its clause after it is cut lighter (:func:`_predicate_cut`)."""
     out: list[tuple[int, int, int, bool]] = []
     for m in PII_PATTERNS["link"].finditer(text):
         if _keep_platform(m):
@@ -1047,12 +1048,42 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         cut = lead.end("kept") if lead and lead.group("kept") else start
         if end <= start:
             continue
-        pred = bool(lead.group("pred") or (lead.group("zai") and _CLAUSE_END_AFTER.match(text, end))) if lead \
+        if lead and lead.group("pred"):
+            out.append(_predicate_cut(text, done, start, lead.start("prep"), end))
+            continue
+        pred = bool(lead.group("zai") and _CLAUSE_END_AFTER.match(text, end)) if lead \
             else bool(_SENTENCE_START.search(text, 0, start) and _LOWER_WORD_AFTER.match(text, end))
         out.append((start, cut, end, pred))
     return out
 
 
+def _predicate_cut(text: str, done: int, start: int, prep: int, end: int) -> tuple[int, int, int, bool]:
+    """The cut for a link after a copula (``text[start:end]``, its preposition at ``prep``; nothing before ``done`` is
+    cut again): its whole comma clause when the clause ends with it ("The best one is on x.com."); from the clause's
+    start through a conjunction right after it ("Mods are at x.com and they rock" → "They rock"); else only the
+    preposition and the link, the copula serving the words after it ("I was at x.com reading the lore" → "I was reading
+    the lore")."""
+    if _PREDICATE_END.match(text, end):
+        return start, start, end, True
+    conj = _CONJUNCTION_AFTER.match(text, end)
+    if conj:
+        begin = max(done, _clause_start(text, start))
+        return begin, begin, conj.end(), False
+    return start, prep, end, False
+
+
+def _clause_start(text: str, pos: int) -> int:
+    """Where the comma clause holding ``pos`` starts: after the last clause or sentence end before it (within 300
+    characters), its spaces skipped."""
+    lo = max(0, pos - 300)
+    ends = [m.end() for m in _CLAUSE_BOUNDARY.finditer(text, lo, pos)]
+    return ends[-1] if ends else lo
+
+
+_ADVERB = r"(?:[ \t]+(?:now|too|also|already|today|anyway|as well))?"  # what may end a clause after the link
+_PREDICATE_END = re.compile(rf"{_ADVERB}[ \t]*(?:[,;.!?，；。！？…\n]|$)", re.I)
+_CONJUNCTION_AFTER = re.compile(rf"{_ADVERB}[ \t]*[,，]?[ \t]+(?:and|but|so|or)[ \t]+", re.I)
+_CLAUSE_BOUNDARY = re.compile(r"(?:[,;，；。！？…\n]|[.!?]+(?=[ \t]))[ \t]*")
 _CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
 _LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
@@ -1092,7 +1123,7 @@ _COPULA = r"(?:(?<![^\W\d_])(?:is|are|was|were|be|been)|(?<=[^\W\d_])['’](?:s|
 # for download, a colon, or the frame 在 … 上面 / 里 / 中, with a 的 after it: "在 x点com 上面的攻略" → "攻略"); searched
 # before each link (the link first: one pattern with the lead-ins before the link tried them at every position, ~2x
 # slower)
-_LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?:(?:over|up)[ \t]+)?(?:at|on|in|here))"
+_LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(?:at|on|in|here)))"
                         rf"|(?P<kept>{_COPULA}{_PARTICIPLE}[ \t]+)here"
                         rf"|(?<![^\W\d_])(?:{_EN_LEAD})"
                         rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)"
@@ -1161,8 +1192,15 @@ PLATFORM_DOMAINS = {"battle.net", "itch.io", "gog.com", "ea.com", "origin.com", 
                     "reddit.com", "github.com", "discord.gg", "discord.com", "nexusmods.com", "steamdb.info"}
 
 
-def _keep_platform(m: re.Match[str]) -> str:
-    return m.group(0) if m.group(0).lower() in PLATFORM_DOMAINS else ""
+# A bare domain written as a name, capitalised, with no scheme, www or path: a game or a site named in the text ("Hole.io
+# is on Steam now", "Krunker.io fans", "Metacritic.com says 60"), kept as a platform's is. A shop's name is an advert
+# whatever its case (:func:`spam_reason`); "X.com" (one letter) and "CHEAPKEYS.COM" are no names
+_NAME_DOMAIN = re.compile(r"[A-Z][a-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*\.[a-z]+").fullmatch
+
+
+def _keep_platform(m: re.Match[str]) -> bool:
+    """Whether a link match is a platform's bare domain (:data:`PLATFORM_DOMAINS`) or a name (``_NAME_DOMAIN``)."""
+    return m.group(0).lower() in PLATFORM_DOMAINS or _NAME_DOMAIN(m.group(0)) is not None
 
 
 # --- duplicates ---------------------------------------------------------------------------------------

@@ -365,7 +365,7 @@ def test_lead_in_words_without_a_link_stay(text):
     # a plain word before " at " is no mailbox: the link goes with its lead-in
     ("Patch notes at example dot org say the devs fixed the crash, and so far it holds up well.",
      "Patch notes  say the devs fixed the crash, and so far it holds up well."),
-    ("Great game. All the best mods are at www . nexussite . com and they make it shine.", "Great game."),
+    ("Great game. All the best mods are at www . nexussite . com and they make it shine.", "Great game. They make it shine."),
 ])
 def test_spelled_out_links_are_links(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
@@ -373,7 +373,7 @@ def test_spelled_out_links_are_links(text, want):
 
 @pytest.mark.parametrize("text,want", [
     ("The wiki moved to https://x.fandom.com, check it.", "The wiki moved, check it."),
-    ("Great game. mods are at https://nexus.example.com/mods and they rock", "Great game."),
+    ("Great game. mods are at https://nexus.example.com/mods and they rock", "Great game. they rock"),
     ("Great game, the best one is on mymods.net", "Great game"), ("The guide's at x.com/g, it helped a lot.", "It helped a lot."),
     ("Great game, mods over at x.com/mods are fun", "Great game, mods  are fun"), ("Builds found here: https://x.com/b\nFun.", "Builds \nFun."),
     ("Fun boss fights. See x.com/guide for details.", "Fun boss fights."), ("Great game, see x.com/guide, fun.", "Great game, fun."),
@@ -393,6 +393,39 @@ def test_spelled_out_links_are_links(text, want):
 ])
 def test_links_go_with_the_words_that_pointed_at_them(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("I was at x.com reading the lore and fell in love with this game.", "I was  reading the lore and fell in love with this game."),
+    ("Mods are over at nexus-mods.example.com and they make the game much better.", "They make the game much better."),
+    ("The best guide is at x.com and it is free, great game.", "It is free, great game."),
+    ("Great game, the best one is at x.com and it is free.", "Great game, it is free."),
+    ("It is on x.com now and it is great.", "It is great."), ("Great game. Mods are on x.com but they are buggy.", "Great game. They are buggy."),
+    # the link ends its clause: the clause goes, as before
+    ("Great game. The guide is on x.com now.", "Great game."), ("Great game, mods are over at x.com, they rock.", "Great game, they rock."),
+    ("Great game. x.com has the best builds, read it.", "Great game. Read it."),  # a lower-case subject
+])
+def test_a_link_as_predicate_takes_only_its_own_words(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", [
+    "Hole.io is on Steam now and it is a fun little game for kids.", "Krunker.io fans will love this game, it plays the same.",
+    "Metacritic.com says 60, but it deserves 90", "I played Agar.io and Slither.io before, this one is better.",
+])
+def test_a_capitalised_bare_domain_is_a_name(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.mask_pii(text) == text and cleaning.spam_reason(text) is None
+
+
+@pytest.mark.parametrize("text,spam,want", [
+    ("Cdkeys.com has the cheapest keys, great game.", "url", None), ("Buy at Cheapgold.com now", "url", None),
+    ("Great game. X.com has the best builds, read it.", None, "Great game. Read it."),  # one letter: no name
+    ("Check out Mysite.com/guide, it is great.", None, "It is great."),  # with a path: a link
+    ("Guides at MYWIKI.COM, great game.", None, "Guides, great game."),
+])
+def test_shops_and_links_written_with_capitals_are_still_caught(text, spam, want):
+    assert cleaning.spam_reason(text) == spam
+    assert spam or cleaning.scrub_pii(text) == (want, ["link"])
 
 
 @pytest.mark.parametrize("text,want", [

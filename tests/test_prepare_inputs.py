@@ -342,7 +342,7 @@ def test_disguised_links_and_addresses_and_their_lead_ins_in_a_run(tmp_path):
     res = _run(tmp_path, [_csv(tmp_path / "s.csv", ["review", "game", "author"], rows)], language=["all"])
     assert [r["output"] for r in _load(res["train"])] == [
         "Tight combat and a great soundtrack.", "The wiki moved, check it for the boon lists, they help a lot.",
-        "Great roguelike, I keep coming back.", "剧情很好，战斗也爽快！推荐（真心）。"]
+        "Great roguelike, I keep coming back. They rock.", "剧情很好，战斗也爽快！推荐（真心）。"]
     assert res["removed"]["spam"] == 2
 
 
