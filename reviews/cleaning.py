@@ -747,6 +747,10 @@ _TLD = (r"com|net|org|cn|io|gg|tv|ru|de|xyz|top|info|cc|ly|uk|jp|kr|fr|biz|site|
 _WORD_TLD = r"me|co|be|to|us|it|in|at|id|my|so|no|is|am|do|go"
 _ANY_DOT = r"(?:\.|。|．|｡|\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 _SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
+# a mail provider's dot after "at" as a word: spelled, or written with no space after it or spaces on both sides ("at qq
+# .com", "at gmail . com"); a full stop with a space after it and none before ends a sentence ("stuck at 163. Top
+# players finish it"). After an "@" any spacing ("kirito@163. com")
+_MAIL_DOT = rf"(?:\s*[.．。｡](?!\s)|\s+[.．。｡]\s+|{_SPELLED_DOT})"
 _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotmail|live|yahoo|icloud|proton(?:mail)?|yandex|mail|gmx|aol"
 # "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
 # ("the guide at fextralife.com" is a link, not an address), and only when "a" is a handle or follows a mail
@@ -756,8 +760,8 @@ _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotma
 _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾特\s*)[A-Za-z0-9-]+(?:{_ANY_DOT}[A-Za-z0-9-]+)*{_ANY_DOT}"
           rf"(?:{_TLD}|(?-i:{_WORD_TLD}))"
           rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}(?:{_TLD})"
-          rf"|(?:\s*(?:@|＠|[\[(（]\s*at\s*[\])）]|艾特)\s*|\s+at\s+)(?:{_MAIL_HOSTS})"
-          rf"(?:\s*{_ANY_DOT}\s*(?:{_TLD})|(?:[.．。｡]|{_SPELLED_DOT})(?-i:{_WORD_TLD})))(?![A-Za-z])")
+          rf"|(?:\s*(?:@|＠|[\[(（]\s*at\s*[\])）]|艾特)\s*|(?P<word_at>\s+at\s+))(?:{_MAIL_HOSTS})"
+          rf"(?:(?(word_at){_MAIL_DOT}|\s*{_ANY_DOT}\s*)(?:{_TLD})|(?:[.．。｡]|{_SPELLED_DOT})(?-i:{_WORD_TLD})))(?![A-Za-z])")
 _SPELLED_AT = re.compile(r"\s+at\s+", re.I)
 _AT_MAIL_HOST = re.compile(rf"(?:{_MAIL_HOSTS})\s*{_ANY_DOT}", re.I)
 _MAIL_WORD_BEFORE = re.compile(r"(?:(?<![a-z])(?:e-?mail|mail(?: me)?|contact|reach|write to)[ \t]*[:：]?|(?<![a-z])me[ \t]*[:：])[ \t]*$", re.I)

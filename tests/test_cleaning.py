@@ -478,6 +478,21 @@ def test_at_and_dot_as_words_are_no_address(text):
     assert cleaning.scrub_pii(text) == (text, []) and cleaning.mask_pii(text) == text
 
 
+@pytest.mark.parametrize("text", [
+    "I got stuck at 163. Top players finish it in 2 hours. Still, the boss design is brilliant.",
+    "I died at 163. Pro tip: always dodge left.", "Watched the finals at live. Pro players are insane.",
+    "I'm good at qq. Top tier game though, highly recommend it.", "Bought it at 126. Live service is bad but the campaign is fine.",
+])
+def test_at_a_provider_name_before_a_sentence_end_is_no_address(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.mask_pii(text) == text
+
+
+@pytest.mark.parametrize("text", ["mail me at 163 . com", "mail: kirito@163. com", "kirito at qq dot com", "Add me at qq .com",
+                                  "Add me at qq.com", "kirito at gmail.com for raids", "a@gmail . com hi"])
+def test_addresses_with_a_spaced_dot_on_both_sides_or_after_an_at_sign_are_emails(text):
+    assert cleaning.scrub_pii(text) == ("", ["email"])
+
+
 @pytest.mark.parametrize("text", ["Buy gold at cheapgold dot com, fast delivery", "www dot buygold dot com", "www. cheapkeys. com",
                                   "cheapkeys(dot)net has it for 5 bucks", "最便宜的key在 keyshop点com"])
 def test_spelled_out_shop_links_are_adverts(text):
