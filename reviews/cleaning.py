@@ -780,16 +780,25 @@ def _word_at_site(text: str, m: re.Match[str]) -> bool:
 
 # A link spelled out to pass filters (gold sellers' campaigns): "cheapgold dot com", "cheapgold(dot)com",
 # "cheapgold[.]com", "cheapgold点com", "www . site . com", "www dot buygold dot com". Only the common top-level domains, ending the
-# word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net" or "a red
-# dot on the map" it cannot, and those stay.
+# word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net", "install dot
+# net", "late 90s dot com vibes" or "a red dot on the map" it cannot, and those stay; nor is "dot net framework / 4.8"
+# or "dot com era" a link. A 点 after a number of one or two digits is "o'clock" (凌晨 3 点 online, 9点top 路): an hour,
+# no site (a site named by digits has more: 163点com, 4399点com).
 _SPELLED_TLD = r"com|net|org|cn|ru|io|gg|xyz|top|info|biz|cc|tv|shop|store|site|online|vip|club"
 _LINK_DOT = r"(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*[点點][ \t]*|[．｡。])"
 _NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of|on|in|at|to|with|via|by|for|from|into"
                r"|and|or|is|was|use|uses|using|used|need|needs|require|requires|run|runs|made|written|built|like|than|new"
-               r"|old|red|green|blue|white|black|yellow|polka|little|tiny|big|small|one|single|each|every|no|any|some")
+               r"|old|red|green|blue|white|black|yellow|polka|little|tiny|big|small|one|single|each|every|no|any|some"
+               r"|very|late|early|install|installs|installed|installing|reinstall|reinstalled|update|updates|updated"
+               r"|updating|download|downloads|downloaded|downloading|repair|repaired|[0-9]{2,4}['’]?s")
+# what follows .NET or the dot-com era written as words
+_DOT_WORD_AFTER = (r"net[ \t]+(?:framework|core|runtime|sdk|desktop|redist|v?[0-9])"
+                   r"|com[ \t]+(?:era|bubble|boom|bust|crash|vibes?|days|age|years|compan|startup)")
+_CLOCK = r"[0-9]{1,2}[ \t]*[点點]"  # an hour: "3 点", "9点"
 _WWW_DOT = rf"(?:{_LINK_DOT}|[ \t]+\.[ \t]*|\.[ \t]+)"  # after www also a full stop with a space
 _SPELLED_LINK = (rf"(?<![\w@.\-])(?:www{_WWW_DOT}[A-Za-z0-9-]+(?:(?:{_WWW_DOT}|\.)[A-Za-z0-9-]+)*(?:{_WWW_DOT}|\.)(?:{_TLD})"
-                 rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t])[A-Za-z0-9-]+(?:{_LINK_DOT}[A-Za-z0-9-]+)*{_LINK_DOT}(?:{_SPELLED_TLD}))"
+                 rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t]|[A-Za-z0-9-]+[ \t]+dot[ \t]+(?:{_DOT_WORD_AFTER})|{_CLOCK})"
+                 rf"[A-Za-z0-9-]+(?:{_LINK_DOT}[A-Za-z0-9-]+)*{_LINK_DOT}(?:{_SPELLED_TLD}))"
                  rf"(?![A-Za-z0-9])(?:/{_URL_CHARS}*)?")
 PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # steamcommunity.com/profiles/<17 digits>/... , /id/<vanity>/... , /user/<code>; s.team/p/<code> invites
@@ -882,6 +891,7 @@ _SPACED_RUN = re.compile(rf"(?<![A-Za-z0-9.])[A-Za-z0-9](?:(?:[ \t]+|{_RUN_DOT})
                          rf"(?:{_RUN_DOT}(?:{_TLD})(?![A-Za-z0-9]))?", re.I)
 _DOT_SPELLINGS = (".", "点", "點", "dot", "DOT", "Dot")  # one of them is in every run that spells a domain
 _RUN_TOKEN = re.compile(r"[A-Za-z0-9]+|[.点點]")  # in a run: what is kept of it (a dot spelling becomes ".")
+_IS_CLOCK = re.compile(_CLOCK).match
 _SPACED_DOMAIN = re.compile(rf"(?:[a-z0-9-]+\.)+(?:{_TLD})", re.I).fullmatch
 
 
@@ -912,7 +922,7 @@ def matching_view(text: str) -> tuple[str, tuple[int, ...] | None]:
         tokens = [(t.start(), "." if t.group(0) in "点點" or t.group(0).lower() == "dot" else t.group(0))
                   for t in _RUN_TOKEN.finditer(view, m.start(), m.end())]
         joined = "".join(t for _, t in tokens)
-        if " " not in m.group(0) or not _SPACED_DOMAIN(joined) or not _one_case(joined):
+        if " " not in m.group(0) or not _SPACED_DOMAIN(joined) or not _one_case(joined) or _IS_CLOCK(m.group(0)):
             continue
         chars += view[pos:m.start()]
         where += range(pos, m.start())

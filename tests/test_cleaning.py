@@ -575,6 +575,27 @@ def test_dot_as_a_word_stays(text):
     assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
 
 
+@pytest.mark.parametrize("text", [
+    "You have to install dot net framework 4.8 first", "Download dot net 3.5 and the launcher works",
+    "It crashed until I updated dot net, now it works fine.", "It has a very dot com era feel to the menus.",
+    "late 90s dot com vibes everywhere, love it.", "Needs dot net core to run.",
+    # 点 after an hour is o'clock
+    "凌晨 3 点 online 人数还有 5 万", "晚上 8 点 tv 直播比赛", "9点top 路总是输", "10 点 info 更新了", "每周三晚上 8 点 C N 服维护",
+])
+def test_dot_net_dot_com_as_words_and_an_hour_before_dian_are_no_links(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None and cleaning.mask_pii(text) == text
+
+
+@pytest.mark.parametrize("text,want,spam", [
+    ("163点com 有攻略", "有攻略", None), ("4399点com 的小游戏", "的小游戏", None), ("Builds on mysite dot net, read it.", "Builds, read it.", None),
+    ("Mods at x dot net/mods work", "Mods  work", None), ("buy at cheapgold dot net now", None, "url"), ("最便宜的key在 keyshop点com", None, "url"),
+    ("攻略在 x 点 c o m 上面", "", None),
+])
+def test_spelled_links_near_those_words_are_still_links(text, want, spam):
+    assert cleaning.spam_reason(text) == spam
+    assert spam or cleaning.scrub_pii(text) == (want, ["link"])
+
+
 @pytest.mark.parametrize("text,want", [
     ("汉化补丁 pan.baidu.com/s/1abcDEF 提取码：x7k2，装好就能玩", "汉化补丁，装好就能玩"),
     ("链接: https://pan.baidu.com/s/1abcDEF 提取码: abcd\n汉化补丁很好用", "\n汉化补丁很好用"),
