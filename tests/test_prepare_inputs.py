@@ -526,3 +526,19 @@ def test_invisible_characters_hide_nothing_from_the_rules(tmp_path):
     res = _run(tmp_path, [src], language=["en"])
     assert [r["output"] for r in _load(res["train"])] == [EN[1], EN[3], EN[2], rows[5][0]]
     assert res["removed"]["identity_slur"] == 1 and res["removed"]["spam"] == 1
+
+
+def test_full_width_addresses_go_whole_and_the_report_shows_them_masked(tmp_path):
+    """A full-width ``＠`` after a full-width name is an address, not a mention: its clause goes whole (no QQ number
+    left), and the rule's example shows the address masked where the output dropped it."""
+    rows = [["游戏很好玩，有事联系我的邮箱１２３４５６７８９＠ｑｑ．ｃｏｍ，推荐购买。", "Hades", "x"],
+            ["游戏很好玩，有事联系我的邮箱１２３４５６７８９@qq.com，推荐购买。", "Hades", "x"],
+            ["Great roguelike with tight combat. Mail ｋｉｒｉｔｏ９９＠ｐｒｏｔｏｎ．ｍｅ for raids.", "Hades", "x"]]
+    res = _run(tmp_path, [_csv(tmp_path / "s.csv", ["review", "game", "author"], rows)], language=["all"])
+    assert [r["output"] for r in _load(res["train"])] == ["游戏很好玩，推荐购买。", "Great roguelike with tight combat."]
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert report["rules"]["handles"]["changed"] == 0 and report["rules"]["scrub_pii"]["reasons"] == {"email": 3}
+    shown = [e["text"] for e in report["rules"]["scrub_pii"]["examples"]]
+    assert "游戏很好玩，有事联系我的邮箱▇，推荐购买。" in shown
+    for leak in ("１２３４５６７８９", "123456789", "ｋｉｒｉｔｏ", "kirito"):
+        assert leak not in json.dumps(report, ensure_ascii=False), leak
