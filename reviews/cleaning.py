@@ -795,8 +795,12 @@ _NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of
 _DOT_WORD_AFTER = (r"net[ \t]+(?:framework|core|runtime|sdk|desktop|redist|v?[0-9])"
                    r"|com[ \t]+(?:era|bubble|boom|bust|crash|vibes?|days|age|years|compan|startup)")
 _CLOCK = r"[0-9]{1,2}[ \t]*[点點]"  # an hour: "3 点", "9点"
+# a link's name starts after no letter, digit, "@", "." or "-"; Han, kana and Hangul text may touch it on either side
+# ("攻略都在x.com上面", "공략은example.com에서"): those scripts write no spaces
+_WORD_CHAR = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
+_NO_WORD_BEFORE = rf"(?<!{_WORD_CHAR})(?<![@.\-])"
 _WWW_DOT = rf"(?:{_LINK_DOT}|[ \t]+\.[ \t]*|\.[ \t]+)"  # after www also a full stop with a space
-_SPELLED_LINK = (rf"(?<![\w@.\-])(?:www{_WWW_DOT}[A-Za-z0-9-]+(?:(?:{_WWW_DOT}|\.)[A-Za-z0-9-]+)*(?:{_WWW_DOT}|\.)(?:{_TLD})"
+_SPELLED_LINK = (rf"{_NO_WORD_BEFORE}(?:www{_WWW_DOT}[A-Za-z0-9-]+(?:(?:{_WWW_DOT}|\.)[A-Za-z0-9-]+)*(?:{_WWW_DOT}|\.)(?:{_TLD})"
                  rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t]|[A-Za-z0-9-]+[ \t]+dot[ \t]+(?:{_DOT_WORD_AFTER})|{_CLOCK})"
                  rf"[A-Za-z0-9-]+(?:{_LINK_DOT}[A-Za-z0-9-]+)*{_LINK_DOT}(?:{_SPELLED_TLD}))"
                  rf"(?![A-Za-z0-9])(?:/{_URL_CHARS}*)?")
@@ -832,7 +836,7 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
     # (a link does not end in the punctuation after it: "see x.com/news, then", "buy at x.net. Cheap")
     "link": re.compile(rf"(?:(?:https?://|www\.){_URL_CHARS}+"
-                       rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?![\w\-]|\.[\w\-])(?:/{_URL_CHARS}*)?"
+                       rf"|{_NO_WORD_BEFORE}(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?!{_WORD_CHAR}|-|\.(?:{_WORD_CHAR}|-))(?:/{_URL_CHARS}*)?"
                        rf"|(?:{_WORD_TLD})/{_URL_CHARS}*)|{_SPELLED_LINK})(?<![.,;:!?])", re.I),
 }
 _LINK_HINT = re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search

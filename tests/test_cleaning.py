@@ -438,6 +438,25 @@ def test_a_chinese_frame_around_a_link_goes_with_it(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
 
 
+@pytest.mark.parametrize("text,want", [
+    ("游戏很好玩，我是在x点com上面买的，很便宜", "游戏很好玩，我是买的，很便宜"), ("攻略都在x.com上面", ""),
+    ("游戏不错，去pan.baidu.com/s/1abcd下载", "游戏不错，去下载"), ("攻略网站ｘｙｚｇａｍｅ．ｃｏｍ上面有", "攻略网站上面有"),
+    ("ゲームの攻略はexample.comにあります。", "ゲームの攻略はにあります。"), ("공략은example.com에서 볼 수 있어요.", "공략은에서 볼 수 있어요."),
+])
+def test_links_touching_cjk_text_are_links(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["便宜正版key就上cdkeys.com购买，很便宜", "便宜正版key就上ｃｄｋｅｙｓ．ｃｏｍ购买", "便宜金币就上cheapgold点com购买"])
+def test_shop_links_touching_cjk_text_are_adverts(text):
+    assert cleaning.spam_reason(text) == "url"
+
+
+@pytest.mark.parametrize("text", ["在Battle.net上面买的", "版本v1.2更新了，画面很好", "游戏里的key.bindings很难改", "steam上买的keys很便宜"])
+def test_latin_words_touching_cjk_text_without_a_domain_stay(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+
+
 @pytest.mark.parametrize("text", ["我在网上买的，很便宜", "在 bilibili.com 上面看的攻略", "攻略都在游戏里面，不用上网查"])
 def test_a_chinese_frame_without_a_link_or_around_a_platform_stays(text):
     assert cleaning.scrub_pii(text) == (text, [])
