@@ -96,15 +96,18 @@ _UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000 \n]"
 # direction marks and embeddings (U+200E/F, U+202A-202E, U+2066-2069: they change how text is shown, not
 # what it says), the Hangul fillers (blank "names"), and zero-width (non-)joiners except between two
 # characters they join: emoji (a ZWJ sequence such as 👨‍👩‍👧 or 🏳️‍🌈 is one picture) and the Arabic and
-# Indic scripts (where they choose letter forms).
+# Indic scripts (where they choose letter forms). Also the C0 control characters but tab, line feed, carriage return,
+# vertical tab and form feed (the last four are spaces here), and DEL: a NUL or an escape in a review is debris of a
+# broken export and no tokenizer should see it.
 _JOINED = r"[\u0600-\u06ff\u0900-\u0dff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff]"
-_IGNORABLE = r"\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
+_IGNORABLE = r"\x00-\x08\x0e-\x1f\x7f\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
 _INVISIBLE = re.compile(rf"[{_IGNORABLE}]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
 _INVISIBLE_HINT = re.compile(rf"[{_IGNORABLE}\u200c\u200d]")
 
 
 def strip_invisible(text: str) -> str:
-    """``text`` without the invisible characters of ``_INVISIBLE``: ``"n\\u200bigger"`` → ``"nigger"``,
+    """``text`` without the invisible and control characters of ``_INVISIBLE``: ``"n\\u200bigger"`` → ``"nigger"``,
+    ``"Great\\x00 game"`` → ``"Great game"``,
     ``"a\\u00adb@x.com"`` → ``"ab@x.com"``; emoji ZWJ sequences (``"👩\\u200d💻"``) stay whole."""
     return _INVISIBLE.sub("", text) if _INVISIBLE_HINT.search(text) else text
 

@@ -500,9 +500,31 @@ def test_row_with_other_field_count_than_header_exit_2(tmp_path, text, line, fou
     src = _raw(tmp_path / "in.csv", text)
     r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--app_name", "X"])
     assert r.exit_code == 2, r.output
-    assert f"{src}: line {line}: {found} fields where the header has {width} (separator read as {sep}); put double " \
+    assert f"{src}: line {line}: {found} field{'s' * (found != 1)} where the header has {width} (separator read as {sep}); put double " \
            f"quotes around a text that holds a {sep}" in r.output.replace("\n", ""), r.output
     assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ('review,voted_up\n"Great game ""really"" fun\n', "line 2: a double quote opens a text that never closes"),
+    ('review,voted_up\nFine game,True\n"Great game,yes\nok,no\n', "line 3: a double quote opens a text that never closes"),
+    ("review,Review,voted_up\nGreat game really fun,other text here,yes\n",
+     "columns 'review' and 'Review' both read as the review field; name the one to use, e.g. --columns review=review"),
+    ("review,voted_up\nGreat game really fun\n", "line 2: 1 field where the header has 2"),
+])
+def test_unclosed_quotes_and_twin_columns_exit_2_naming_them(tmp_path, text, message):
+    src = _raw(tmp_path / "in.csv", text)
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--app_name", "X"])
+    assert r.exit_code == 2 and f"{src}: {message}" in r.output.replace("\n", ""), r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+def test_twin_columns_named_by_columns_and_control_characters_are_read(tmp_path):
+    """``--columns`` picks one of two twin columns; a NUL or another C0 control character never reaches the output."""
+    src = _raw(tmp_path / "in.csv", "review,Review,voted_up\nGreat\x00 game, really\x1b fun to play,other text here,yes\n"
+               .replace("Great\x00 game, really\x1b fun to play", '"Great\x00 game, really\x1b fun to play"'))
+    res = _run(tmp_path, [src], columns="review=review", app_name=["X"], language=["all"])
+    assert [r["output"] for r in _load(res["train"])] == ["Great game, really fun to play"]
 
 
 def test_quoted_separators_and_empty_fields_are_not_a_field_count_error(tmp_path):
