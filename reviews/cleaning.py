@@ -1040,7 +1040,7 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
         if _SENTENCE_START.search(text, 0, a):
             tail = tail[_LEFTOVER.match(tail).end():]
             if text[a].isupper():
-                tail = tail[:1].upper() + tail[1:]
+                tail = _capitalised(tail)
         text = text[:a] + tail
     return text
 
@@ -1067,6 +1067,8 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
             end = _FOR_DETAILS.match(text, end).end()
         start = max(done, lead.start() if lead else m.start())
         cut = lead.end("kept") if lead and lead.group("kept") else start
+        if lead and lead.group("thanks") and _FOR_AFTER.match(text, end):
+            cut = lead.end("thanks")  # "Thanks to x.com for the guide" → "Thanks for the guide"
         if end <= start:
             continue
         if lead and lead.group("pred"):
@@ -1101,6 +1103,7 @@ def _clause_start(text: str, pos: int) -> int:
     return ends[-1] if ends else lo
 
 
+_FOR_AFTER = re.compile(r"[ \t]+for(?![^\W\d_])", re.I)
 _ADVERB = r"(?:[ \t]+(?:now|too|also|already|today|anyway|as well))?"  # what may end a clause after the link
 _PREDICATE_END = re.compile(rf"{_ADVERB}[ \t]*(?:[,;.!?，；。！？…\n]|$)", re.I)
 _CONJUNCTION_AFTER = re.compile(rf"{_ADVERB}[ \t]*[,，]?[ \t]+(?:and|but|so|or)[ \t]+", re.I)
@@ -1135,7 +1138,7 @@ _TO_VERBS = ("move", "moved", "moves", "migrated", "go", "goes", "went", "head",
 _TO_AFTER = "|".join(rf"(?<=\b{v} to)" for v in _TO_VERBS)  # tried after "to": one cheap test where "to" stands
 _PARTICIPLE = r"(?:found|available|posted|linked|listed|uploaded)"
 _EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|(?:{_PARTICIPLE}[ \t]+)?here"
-            rf"|to(?:{_TO_AFTER})|(?:according|thanks|due)[ \t]+to"
+            rf"|to(?:{_TO_AFTER})|(?:according|(?P<thanks>thanks)|due)[ \t]+to"
             r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
 # a copula right before the lead-in makes the link the clause's predicate ("mods are at x and they rock", "it's on
 # x"): with the link gone the clause says nothing, so its clause goes, as a contact's does (:func:`_drop_contacts`)
@@ -1166,7 +1169,8 @@ def _drop_contacts(text: str, spans: list[tuple[int, int]]) -> str:
     """``text`` without the comma clauses that overlap ``spans`` (character offsets), or without the
     whole sentence (ended by ``. ! ? 。 ！ ？ …`` or a line break) when all its clauses do."""
     out, start = [], 0
-    for end in [m.end() for m in _SENTENCE_END.finditer(text)] + [len(text)]:
+    ends = [m.end() for m in _SENTENCE_END.finditer(text) if not any(a < m.start() < b for a, b in spans)]
+    for end in ends + [len(text)]:  # a full stop inside a match ("a@gmail . com") ends no sentence
         if end <= start:
             continue
         hits = [(a - start, b - start) for a, b in spans if a < end and b > start]
@@ -1192,12 +1196,19 @@ def _drop_clauses(sentence: str, hits: list[tuple[int, int]]) -> str:
     body = "".join(kept).strip().rstrip(",;，；")
     first = len(sentence) - len(sentence.lstrip())
     if sentence[first:first + 1].isupper() or any(a <= first < b for a, b in hits):
-        body = body[:1].upper() + body[1:]
+        body = _capitalised(body)
     return lead + body + sentence[body_end:]
 
 
-# what removing a match can leave: space before punctuation, empty brackets, a comma before other punctuation
-_TIDY = ((re.compile(r"\(\s*\)|（\s*）|\[\s*\]"), ""), (re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""),
+def _capitalised(text: str) -> str:
+    """``text`` with a lower-case first letter made upper case, unless an upper-case letter follows it (a brand's own
+    spelling: "iOS", "eBay", "iPhone" stay)."""
+    return text[:1].upper() + text[1:] if text[:1].islower() and not text[1:2].isupper() else text
+
+
+# what removing a match can leave: space before punctuation, brackets with nothing but punctuation in them ("(Check out
+# x.com.)" → "(.)"), a comma before other punctuation, a list item with nothing left ("- Check out x.com" → "-")
+_TIDY = ((re.compile(r"\([\s.,;:!?]*\)|（[\s。，；：！？]*）|\[\s*\]"), ""), (re.compile(r"^[ \t]*[-*•][ \t]*(?:\n|\Z)", re.M), ""), (re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""),
          (re.compile(r"[,;:，；：]+(?=\s*[,.;:!?，。；：！？])"), ""), (re.compile(r"^[ \t]*[,;:，；：][ \t]*", re.M), ""))
 
 

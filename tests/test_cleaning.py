@@ -650,6 +650,21 @@ def test_phone_numbers_near_a_contact_word_never_survive(text):
     assert cleaning.spam_reason(text) and "phone_number" in kinds and not re.search(r"\d{5}", out), out
 
 
+@pytest.mark.parametrize("text,want,kinds", [
+    ("Great game. Check out x.com, iOS version is fine too.", "Great game. iOS version is fine too.", ["link"]),
+    ("Great game. See x.com/guide, eBay sells the physical copy.", "Great game. eBay sells the physical copy.", ["link"]),
+    ("Fun. Check out x.com, iPhone port is bad.", "Fun. iPhone port is bad.", ["link"]),
+    ("Fun. Check out x.com, it is great.", "Fun. It is great.", ["link"]),  # a plain word still takes the capital
+    ("游戏很好玩，我的邮箱是 a@gmail . com 欢迎交流。", "游戏很好玩。", ["email"]),  # the dot inside the address ends no sentence
+    ("The game is fun. (Check out x.com.) The game runs well.", "The game is fun.  The game runs well.", ["link"]),
+    ("Mods I use:\n- Check out x.com\n- the unofficial patch\nAll great.", "Mods I use:\n- the unofficial patch\nAll great.", ["link"]),
+    ("Thanks to x.com for the guide, I finished the game.", "Thanks for the guide, I finished the game.", ["link"]),
+    ("Great, thanks to x.com for the maps.", "Great, thanks for the maps.", ["link"]),
+])
+def test_what_a_cut_leaves_reads_as_the_writer_wrote_it(text, want, kinds):
+    assert cleaning.scrub_pii(text) == (want, kinds)
+
+
 def test_scrub_never_leaves_lone_punctuation():
     out, _ = cleaning.scrub_pii("Fun co-op. Add me: a at b dot com or , Kirito#1234 .")
     assert out == "Fun co-op." and not re.search(r"(?:^|\s)[,.;:](?:\s|$)", out)
