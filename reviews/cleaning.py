@@ -965,7 +965,7 @@ def mask_pii(text: str) -> str:
     for kind, hint in _PII_HINTS.items():
         if hint(low):
             spans += [_original_span(where, *m.span()) for m in PII_PATTERNS[kind].finditer(view)
-                      if not (kind == "link" and _keep_platform(m)) and not (kind == "email" and _word_at_site(view, m))]
+                      if not (kind == "link" and _kept_as_text(m)) and not (kind == "email" and _word_at_site(view, m))]
     merged: list[tuple[int, int]] = []
     for a, b in sorted(spans):
         if merged and a < merged[-1][1]:
@@ -1046,7 +1046,7 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
 
 
 def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
-    """The links in ``text`` but platforms' bare domains and names written as domains (:func:`_keep_platform`), each
+    """The links in ``text`` but platforms' bare domains and names written as domains (:func:`_kept_as_text`), each
     with the words that only pointed at it: ``(start, cut start, end, predicate)`` — the lead-in (:data:`_LINK_LEAD`,
     searched in the 40 characters before the link) starts at ``start`` and the cut at ``cut start`` ("can be found
     here: x" cuts from "here"); the end takes a share code, a 在 frame's closing word and a "see"'s "for details".
@@ -1056,7 +1056,7 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
     predicate with more of its clause after it is cut lighter (:func:`_predicate_cut`)."""
     out: list[tuple[int, int, int, bool]] = []
     for m in PII_PATTERNS["link"].finditer(text):
-        if _keep_platform(m):
+        if _kept_as_text(m):
             continue
         done = out[-1][2] if out else 0  # where the last cut ended (a share code or frame may run into this link)
         lead = _LINK_LEAD.search(text, max(done, m.start() - 40), m.start()) if done <= m.start() else None
@@ -1230,9 +1230,20 @@ PLATFORM_DOMAINS = {"battle.net", "itch.io", "gog.com", "ea.com", "origin.com", 
 _NAME_DOMAIN = re.compile(r"[A-Z][a-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*\.[a-z]+").fullmatch
 
 
-def _keep_platform(m: re.Match[str]) -> bool:
-    """Whether a link match is a platform's bare domain (:data:`PLATFORM_DOMAINS`) or a name (``_NAME_DOMAIN``)."""
-    return m.group(0).lower() in PLATFORM_DOMAINS or _NAME_DOMAIN(m.group(0)) is not None
+def _kept_as_text(m: re.Match[str]) -> bool:
+    """Whether a link match is a platform's bare domain (:data:`PLATFORM_DOMAINS`), a name (``_NAME_DOMAIN``), or
+    words touching Han, kana or Hangul text that a link there would not be: one with an upper-case letter or a "。"
+    ("还是PVP。Online模式", "ＢＧＭ．ＳＥ都很棒", "打出了GG。GG": an acronym and a sentence end; a link typed into
+    CJK text is lower case, "攻略都在x.com上面"). Shops' links are adverts all the same (:func:`spam_reason`)."""
+    found = m.group(0)
+    if found.lower() in PLATFORM_DOMAINS or _NAME_DOMAIN(found) is not None:
+        return True
+    text, a, b = m.string, m.start(), m.end()
+    touches = (a and _CJK_CHAR(text[a - 1])) or (b < len(text) and _CJK_CHAR(text[b]))
+    return bool(touches) and (found != found.lower() or "。" in found or "｡" in found)
+
+
+_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]").match
 
 
 # --- duplicates ---------------------------------------------------------------------------------------

@@ -159,9 +159,10 @@ def test_pii_hints_never_hide_a_match(text):
     kinds = [k for k, p in cleaning.PII_PATTERNS.items() if k != "link"
              and any(not (k == "email" and cleaning._word_at_site(text, m)) for m in p.finditer(text))]
     out, got = cleaning.scrub_pii(text)
-    kinds += ["link"] if cleaning.PII_PATTERNS["link"].sub(cleaning._keep_platform, out) != out or "link" in got else []
+    kept = cleaning.PII_PATTERNS["link"].sub(lambda m: m.group(0) if cleaning._kept_as_text(m) else "", out)
+    kinds += ["link"] if kept != out or "link" in got else []
     assert got == kinds
-    assert not any(p.search(out) and not (k == "link" and cleaning._keep_platform(p.search(out)))
+    assert not any(p.search(out) and not (k == "link" and cleaning._kept_as_text(p.search(out)))
                    for k, p in cleaning.PII_PATTERNS.items())
 
 
@@ -452,7 +453,9 @@ def test_shop_links_touching_cjk_text_are_adverts(text):
     assert cleaning.spam_reason(text) == "url"
 
 
-@pytest.mark.parametrize("text", ["在Battle.net上面买的", "版本v1.2更新了，画面很好", "游戏里的key.bindings很难改", "steam上买的keys很便宜"])
+@pytest.mark.parametrize("text", ["在Battle.net上面买的", "版本v1.2更新了，画面很好", "游戏里的key.bindings很难改", "steam上买的keys很便宜",
+                                  "王道のＲＰＧ。ＴＶアニメも見たけど、ゲームの方が面白い。", "主要玩的还是PVP。Online模式人很多，匹配很快。",
+                                  "对面直接打出了GG。GG，这游戏太好玩了。", "画面、ＢＧＭ．ＳＥ都很棒，强烈推荐这款游戏。"])
 def test_latin_words_touching_cjk_text_without_a_domain_stay(text):
     assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
 
