@@ -793,7 +793,8 @@ _NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of
                r"|and|or|is|was|use|uses|using|used|need|needs|require|requires|run|runs|made|written|built|like|than|new"
                r"|old|red|green|blue|white|black|yellow|polka|little|tiny|big|small|one|single|each|every|no|any|some"
                r"|very|late|early|install|installs|installed|installing|reinstall|reinstalled|update|updates|updated"
-               r"|updating|download|downloads|downloaded|downloading|repair|repaired|[0-9]{2,4}['’]?s")
+               r"|updating|download|downloads|downloaded|downloading|repair|repaired|missing|get|gets|got|getting"
+               r"|[0-9]{2,4}['’]?s")
 # what follows .NET or the dot-com era written as words
 _DOT_WORD_AFTER = (r"net[ \t]+(?:framework|core|runtime|sdk|desktop|redist|v?[0-9])"
                    r"|com[ \t]+(?:era|bubble|boom|bust|crash|vibes?|days|age|years|compan|startup)")
@@ -903,9 +904,11 @@ _SPACED_DOMAIN = re.compile(rf"(?:[a-z0-9-]+\.)+(?:{_TLD})", re.I).fullmatch
 
 
 def _one_case(joined: str) -> bool:
-    """Whether a joined run's letters are all lower or all upper case (a dot spelled "DOT" is a "." by then)."""
+    """Whether a joined run's letters are all lower case, or all upper case with a name of three or more characters
+    (a dot spelled "DOT" is a "." by then): "W P . G G" and "E Z . G G" are game chat, "C D K E Y S . C O M" a shop."""
     letters = "".join(c for c in joined if c.isalpha())
-    return letters.islower() or letters.isupper()
+    return letters.islower() or (letters.isupper() and len(joined.split(".", 1)[0]) >= 3)
+
 # the cheap test first, on " " + the text: a run's second letter has a space before it (led by a character class, re
 # skips ahead in C: ~2x faster than a lookbehind first)
 _SPACED_PAIR = re.compile(r"[ \t][A-Za-z0-9][ \t]+[A-Za-z0-9](?![A-Za-z0-9])").search
@@ -1049,7 +1052,7 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
     """The links in ``text`` but platforms' bare domains and names written as domains (:func:`_kept_as_text`), each
     with the words that only pointed at it: ``(start, cut start, end, predicate)`` — the lead-in (:data:`_LINK_LEAD`,
     searched in the 40 characters before the link) starts at ``start`` and the cut at ``cut start`` ("can be found
-    here: x" cuts from "here"); the end takes a share code, a 在 frame's closing word and a "see"'s "for details".
+    here: x" cuts from "here"); the end takes a share code, a 在 frame's closing word and a "see"'s "for …" (what the link offers).
     ``predicate``: the clause says nothing without the link, and its comma clause goes: the link is the predicate, after
     a copula ("mods are at x.") or in a 在 frame that ends the clause (攻略都在 x点com 上面。 — 在 x点com 上面买的 only
     says where), or the subject, starting a sentence with an English word after it ("x.com has the best builds"). A
@@ -1129,7 +1132,7 @@ _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
 _ZH_LINK_LEAD = (r"(?:(?:破解版?|学习版|绿色版|免安装版?|汉化(?:版|补丁)?|中文版|安装包|补丁|资源|游戏|mod)[ \t]*(?:下载|下載)"
                  r"|下载|下載|(?:百度)?(?:网盘|網盤)|资源|資源)")
 # English words that only point at the link after them: a preposition (also "over at", "up on"), "see" / "check out" /
-# "visit" (with "for details" after the link), a participle with "here" ("found here:"; after a copula only "here":
+# "visit" (with "for …" after the link), a participle with "here" ("found here:"; after a copula only "here":
 # "can be found here: x" keeps "can be found", group "kept"), "to" after a verb of moving or pointing ("moved to x" →
 # "moved") and "according to"
 _TO_VERBS = ("move", "moved", "moves", "migrated", "go", "goes", "went", "head", "heads", "headed", "over", "redirects",
@@ -1153,11 +1156,13 @@ _LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(
                         rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)"
                         rf"|{_ZH_LINK_LEAD}|(?P<zai>(?<![现正存实所自好])在)|(?=[:：]))[ \t]*[:：]?[ \t]*\Z", re.I)
 # what goes after a link: a cloud-drive share code ("提取码: abcd", "密码 1234", "pwd: x7k2"); a 在 frame's closing
-# word; "for details" after "see x"
+# word; "for …" after "see x"
 _SHARE_CODE_AFTER = re.compile(rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
                                r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)
 _FRAME_END = re.compile(r"(?:[ \t]*(?:上面|里面|上|里|中|内)的?)?[ \t]*")
-_FOR_DETAILS = re.compile(r"(?:[ \t]+for[ \t]+(?:more|details|info|more info|more details|the details|reference))?", re.I)
+# what the link offers ("see x.com for the mod list", "check out x.com for mods"), to the clause's end: without the link
+# it points at nothing
+_FOR_DETAILS = re.compile(r"(?:[ \t]+for[ \t]+[^,;.!?，；。！？\n]*)?", re.I)
 # a share code whose link is gone (or was never a link): its words name nothing else
 _LONE_SHARE_CODE = re.compile(rf"(?:{_SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")

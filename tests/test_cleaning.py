@@ -668,6 +668,20 @@ def test_what_a_cut_leaves_reads_as_the_writer_wrote_it(text, want, kinds):
     assert cleaning.scrub_pii(text) == (want, kinds)
 
 
+@pytest.mark.parametrize("text", ["W P . G G , what a match. Great game overall.", "E Z . G G , this game is too easy.",
+                                  "Missing dot net? Get it from Microsoft, then enjoy."])
+def test_game_chat_spaced_out_and_missing_dot_net_are_no_links(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Pros:\n- see x.com for the mod list\n- great soundtrack", "Pros:\n- great soundtrack"),
+    ("Great game, see x.com for more info on builds, fun.", "Great game, fun."), ("Check out x.com for mods, they are great.", "They are great."),
+])
+def test_what_a_pointed_at_link_offers_goes_with_it(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
 def test_scrub_never_leaves_lone_punctuation():
     out, _ = cleaning.scrub_pii("Fun co-op. Add me: a at b dot com or , Kirito#1234 .")
     assert out == "Fun co-op." and not re.search(r"(?:^|\s)[,.;:](?:\s|$)", out)
