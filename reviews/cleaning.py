@@ -1052,11 +1052,10 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
     """The links in ``text`` but platforms' bare domains and names written as domains (:func:`_kept_as_text`), each
     with the words that only pointed at it: ``(start, cut start, end, predicate)`` — the lead-in (:data:`_LINK_LEAD`,
     searched in the 40 characters before the link) starts at ``start`` and the cut at ``cut start`` ("can be found
-    here: x" cuts from "here"); the end takes a share code, a 在 frame's closing word and a "see"'s "for …" (what the link offers).
-    ``predicate``: the clause says nothing without the link, and its comma clause goes: the link is the predicate, after
-    a copula ("mods are at x.") or in a 在 frame that ends the clause (攻略都在 x点com 上面。 — 在 x点com 上面买的 only
-    says where), or the subject, starting a sentence with an English word after it ("x.com has the best builds"). A
-    predicate with more of its clause after it is cut lighter (:func:`_predicate_cut`)."""
+    here: x" cuts from "here"); the end takes a share code, a 在 frame's closing word (上面 / 里面 also without 在) and a
+    "see"'s "for …" (what the link offers). ``predicate``: the clause says nothing without the link, and its comma
+    clause goes (:func:`_says_nothing_without`). A link after a copula with more of its clause after it is cut lighter
+    (:func:`_predicate_cut`)."""
     out: list[tuple[int, int, int, bool]] = []
     for m in PII_PATTERNS["link"].finditer(text):
         if _kept_as_text(m):
@@ -1064,10 +1063,10 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         done = out[-1][2] if out else 0  # where the last cut ended (a share code or frame may run into this link)
         lead = _LINK_LEAD.search(text, max(done, m.start() - 40), m.start()) if done <= m.start() else None
         end = _SHARE_CODE_AFTER.match(text, m.end()).end()
-        if lead and lead.group("zai"):
-            end = _FRAME_END.match(text, end).end()
-        elif lead and lead.group("see"):
+        if lead and lead.group("see"):
             end = _FOR_DETAILS.match(text, end).end()
+        else:
+            end = (_FRAME_END if lead and lead.group("zai") else _ZH_PLACE_AFTER).match(text, end).end()
         start = max(done, lead.start() if lead else m.start())
         cut = lead.end("kept") if lead and lead.group("kept") else start
         if lead and lead.group("thanks") and _FOR_AFTER.match(text, end):
@@ -1076,11 +1075,22 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
             continue
         if lead and lead.group("pred"):
             out.append(_predicate_cut(text, done, start, lead.start("prep"), end))
-            continue
-        pred = bool(lead.group("zai") and _CLAUSE_END_AFTER.match(text, end)) if lead \
-            else bool(_SENTENCE_START.search(text, 0, start) and _LOWER_WORD_AFTER.match(text, end))
-        out.append((start, cut, end, pred))
+        else:
+            out.append((start, cut, end, _says_nothing_without(text, lead, start, m.end(), end)))
     return out
+
+
+def _says_nothing_without(text: str, lead: re.Match[str] | None, start: int, link_end: int, end: int) -> bool:
+    """Whether the clause of a link (its cut ``text[start:end]``, the link ending at ``link_end``) says nothing
+    without it: the link is in a 在 frame that ends the clause (攻略都在 x点com 上面。 — 在 x点com 上面买的 only says
+    where), after a Chinese word that only points at it (详细攻略见 x.com, 请关注 x.com), before a 的 it owns (感谢 x.com
+    的攻略) or a Japanese or Korean particle that makes it the predicate (攻略は x.com にあります, 공략은 x.com 에서), or
+    the subject, starting a sentence with an English word after it ("x.com has the best builds")."""
+    if lead and lead.group("zai"):
+        return _CLAUSE_END_AFTER.match(text, end) is not None
+    if lead and lead.group("zh_point") or _CJK_PARTICLE_AFTER.match(text, link_end):
+        return True
+    return lead is None and bool(_SENTENCE_START.search(text, 0, start) and _LOWER_WORD_AFTER.match(text, end))
 
 
 def _predicate_cut(text: str, done: int, start: int, prep: int, end: int) -> tuple[int, int, int, bool]:
@@ -1112,6 +1122,8 @@ _PREDICATE_END = re.compile(rf"{_ADVERB}[ \t]*(?:[,;.!?，；。！？…\n]|$)"
 _CONJUNCTION_AFTER = re.compile(rf"{_ADVERB}[ \t]*[,，]?[ \t]+(?:and|but|so|or)[ \t]+", re.I)
 _CLAUSE_BOUNDARY = re.compile(r"(?:[,;，；。！？…\n]|[.!?]+(?=[ \t]))[ \t]*")
 _CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
+_ZH_PLACE_AFTER = re.compile(r"(?:[ \t]*(?:上面|里面)的?)?")  # "但是 x.com 上面有补丁" → "但是有补丁"
+_CJK_PARTICLE_AFTER = re.compile(r"[ \t]*(?:的|に|で|から|まで|へ|에서|에|으로|로)")
 _LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
 # leave after them when they go
@@ -1140,6 +1152,10 @@ _TO_VERBS = ("move", "moved", "moves", "migrated", "go", "goes", "went", "head",
              "back", "welcome")
 _TO_AFTER = "|".join(rf"(?<=\b{v} to)" for v in _TO_VERBS)  # tried after "to": one cheap test where "to" stands
 _PARTICIPLE = r"(?:found|available|posted|linked|listed|uploaded)"
+# Chinese words that only point at the link after them: "see", "follow", "visit" (详细攻略见 x.com, 请关注 x.com)
+_ZH_POINT = r"(?:详|請|请)?见|参见|參見|(?:请|請)?(?:看|关注|關注|访问|訪問)"
+# prepositions of other languages right before a link: "гайды на x.com", "findest du auf x.com", "están en x.com"
+_OTHER_LEAD = r"на|в|во|по|auf|bei|unter|en|sur|dans|chez|em|no|na|su|op|w|z"
 _EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|(?:{_PARTICIPLE}[ \t]+)?here"
             rf"|to(?:{_TO_AFTER})|(?:according|(?P<thanks>thanks)|due)[ \t]+to"
             r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
@@ -1154,7 +1170,8 @@ _LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(
                         rf"|(?P<kept>{_COPULA}{_PARTICIPLE}[ \t]+)here"
                         rf"|(?<![^\W\d_])(?:{_EN_LEAD})"
                         rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)"
-                        rf"|{_ZH_LINK_LEAD}|(?P<zai>(?<![现正存实所自好])在)|(?=[:：]))[ \t]*[:：]?[ \t]*\Z", re.I)
+                        rf"|{_ZH_LINK_LEAD}|(?P<zai>(?<![现正存实所自好])在)|(?P<zh_point>{_ZH_POINT})"
+                        rf"|(?<![^\W\d_])(?:{_OTHER_LEAD})|(?=[:：]))[ \t]*[:：]?[ \t]*\Z", re.I)
 # what goes after a link: a cloud-drive share code ("提取码: abcd", "密码 1234", "pwd: x7k2"); a 在 frame's closing
 # word; "for …" after "see x"
 _SHARE_CODE_AFTER = re.compile(rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
@@ -1162,7 +1179,7 @@ _SHARE_CODE_AFTER = re.compile(rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密
 _FRAME_END = re.compile(r"(?:[ \t]*(?:上面|里面|上|里|中|内)的?)?[ \t]*")
 # what the link offers ("see x.com for the mod list", "check out x.com for mods"), to the clause's end: without the link
 # it points at nothing
-_FOR_DETAILS = re.compile(r"(?:[ \t]+for[ \t]+[^,;.!?，；。！？\n]*)?", re.I)
+_FOR_DETAILS = re.compile(r"(?:[ \t]+for[ \t]+[^,;.!?，；。！？\n)）\]]*)?", re.I)
 # a share code whose link is gone (or was never a link): its words name nothing else
 _LONE_SHARE_CODE = re.compile(rf"(?:{_SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")

@@ -441,11 +441,12 @@ def test_a_chinese_frame_around_a_link_goes_with_it(text, want):
 
 @pytest.mark.parametrize("text,want", [
     ("游戏很好玩，我是在x点com上面买的，很便宜", "游戏很好玩，我是买的，很便宜"), ("攻略都在x.com上面", ""),
-    ("游戏不错，去pan.baidu.com/s/1abcd下载", "游戏不错，去下载"), ("攻略网站ｘｙｚｇａｍｅ．ｃｏｍ上面有", "攻略网站上面有"),
-    ("ゲームの攻略はexample.comにあります。", "ゲームの攻略はにあります。"), ("공략은example.com에서 볼 수 있어요.", "공략은에서 볼 수 있어요."),
+    ("游戏不错，去pan.baidu.com/s/1abcd下载", "游戏不错，去下载"), ("攻略网站ｘｙｚｇａｍｅ．ｃｏｍ上面有", "攻略网站有"),
+    ("ゲームの攻略はexample.comにあります。", ""), ("공략은example.com에서 볼 수 있어요. 재미있어요", "재미있어요"),
 ])
 def test_links_touching_cjk_text_are_links(text, want):
-    assert cleaning.scrub_pii(text) == (want, ["link"])
+    out, kinds = cleaning.scrub_pii(text)
+    assert (out.strip(), kinds) == (want, ["link"])
 
 
 @pytest.mark.parametrize("text", ["便宜正版key就上cdkeys.com购买，很便宜", "便宜正版key就上ｃｄｋｅｙｓ．ｃｏｍ购买", "便宜金币就上cheapgold点com购买"])
@@ -531,7 +532,7 @@ def test_full_width_and_letter_spaced_shop_links_are_adverts(text):
 
 
 @pytest.mark.parametrize("text,want", [
-    ("攻略看ｗｗｗ．ｇｏｎｇｌｕｅ．ｃｏｍ，写得很好！", "攻略看，写得很好！"),  # the kept text keeps its full-width punctuation
+    ("攻略看ｗｗｗ．ｇｏｎｇｌｕｅ．ｃｏｍ，写得很好！", "写得很好！"),  # the kept text keeps its full-width punctuation
     ("Wiki: ｆａｎｗｉｋｉ．ｎｅｔ/ｘ is great", "Wiki is great"), ("Guides on g u i d e s . n e t, great game.", "Guides, great game."),
     ("（真的）好玩！ｗ ｉ ｋ ｉ ． ｃ ｏ ｍ", "（真的）好玩！"),
 ])
@@ -609,7 +610,7 @@ def test_dot_net_dot_com_as_words_and_an_hour_before_dian_are_no_links(text):
 
 
 @pytest.mark.parametrize("text,want,spam", [
-    ("163点com 有攻略", "有攻略", None), ("4399点com 的小游戏", "的小游戏", None), ("Builds on mysite dot net, read it.", "Builds, read it.", None),
+    ("163点com 有攻略", "有攻略", None), ("4399点com 的小游戏很多，好玩", "好玩", None), ("Builds on mysite dot net, read it.", "Builds, read it.", None),
     ("Mods at x dot net/mods work", "Mods  work", None), ("buy at cheapgold dot net now", None, "url"), ("最便宜的key在 keyshop点com", None, "url"),
     ("攻略在 x 点 c o m 上面", "", None),
 ])
@@ -677,9 +678,29 @@ def test_game_chat_spaced_out_and_missing_dot_net_are_no_links(text):
 @pytest.mark.parametrize("text,want", [
     ("Pros:\n- see x.com for the mod list\n- great soundtrack", "Pros:\n- great soundtrack"),
     ("Great game, see x.com for more info on builds, fun.", "Great game, fun."), ("Check out x.com for mods, they are great.", "They are great."),
+    ("Great game (see x.com for more) with a great community.", "Great game  with a great community."),
 ])
 def test_what_a_pointed_at_link_offers_goes_with_it(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("详细攻略见 x.com，游戏很好玩，推荐购买。", "游戏很好玩，推荐购买。"), ("感谢 x.com 的攻略，游戏很好玩，推荐购买。", "游戏很好玩，推荐购买。"),
+    ("更多内容请关注 x.com，游戏很好玩。", "游戏很好玩。"), ("游戏存在 bug，但是 x.com 上面有修复补丁，总体推荐。", "游戏存在 bug，但是 有修复补丁，总体推荐。"),
+    ("ゲームは最高です。攻略は ｍｙｗｉｋｉ．ｃｏｍ にあります。おすすめです。", "ゲームは最高です。おすすめです。"),
+    ("공략은 example.com 에서 볼 수 있어요. 정말 재미있는 게임입니다.", "정말 재미있는 게임입니다."),
+    ("Отличная игра, гайды на ｍｙｗｉｋｉ．ｃｏｍ, всем советую.", "Отличная игра, гайды, всем советую."),
+    ("Tolles Spiel, Guides findest du auf m y w i k i . c o m, klare Empfehlung.", "Tolles Spiel, Guides findest du, klare Empfehlung."),
+    ("Las guías están en example.com, el juego es genial.", "Las guías están, el juego es genial."),
+])
+def test_links_in_other_languages_leave_no_pointing_word(text, want):
+    out, kinds = cleaning.scrub_pii(text)
+    assert (out.strip(), kinds) == (want, ["link"])  # the space before a kept sentence goes with the whitespace rule
+
+
+@pytest.mark.parametrize("text", ["我看了很多攻略，游戏很好玩。", "请看这个游戏的画面，真的很好。", "详见游戏内说明，关注官方公告。"])
+def test_pointing_words_without_a_link_stay(text):
+    assert cleaning.scrub_pii(text) == (text, [])
 
 
 def test_scrub_never_leaves_lone_punctuation():
