@@ -488,6 +488,10 @@ def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]
     for where, row in rows:
         if not isinstance(row, dict):
             raise UserError(f"{path}: {where}: not a record like the first one; keep one format per file")
+        text = row.get(mapping["review"])
+        if not isinstance(text, str) and text is not None:  # a number or a list: the wrong column, or a broken record
+            raise UserError(f"{path}: {where}: '{mapping['review']}' holds {type(text).__name__} {str(text)[:40]!r}, "
+                            "not text; fix the record, or map the text column with --columns review=COLUMN")
         v = columns_mod.row_fields(row, mapping)
         loaded.reviews.append(Review(where=f"{path}: {where}", appid=v.pop("appid") or appid, **v))
     if not any(r.text.strip() for r in loaded.reviews):

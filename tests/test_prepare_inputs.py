@@ -519,6 +519,18 @@ def test_unclosed_quotes_and_twin_columns_exit_2_naming_them(tmp_path, text, mes
     assert "Traceback" not in r.output and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("line,message", [
+    ('{"review": 12345, "appid": 1}', "line 1: 'review' holds int '12345', not text"),
+    ('{"review": "Fine game, I liked it a lot", "appid": 1}\n{"review": ["a", "b"], "appid": 1}',
+     "line 2: 'review' holds list \"['a', 'b']\", not text"),
+])
+def test_a_review_that_is_no_text_exits_2_naming_the_record(tmp_path, line, message):
+    src = _raw(tmp_path / "in.jsonl", line + "\n")
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--app_name", "X"])
+    assert r.exit_code == 2 and f"{src}: {message}" in r.output.replace("\n", ""), r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
 def test_twin_columns_named_by_columns_and_control_characters_are_read(tmp_path):
     """``--columns`` picks one of two twin columns; a NUL or another C0 control character never reaches the output."""
     src = _raw(tmp_path / "in.csv", "review,Review,voted_up\nGreat\x00 game, really\x1b fun to play,other text here,yes\n"
