@@ -1062,6 +1062,8 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
             continue
         done = out[-1][2] if out else 0  # where the last cut ended (a share code or frame may run into this link)
         lead = _LINK_LEAD.search(text, max(done, m.start() - 40), m.start()) if done <= m.start() else None
+        if lead is None and _IO_GAME(m.group(0)):
+            continue
         end = _SHARE_CODE_AFTER.match(text, m.end()).end()
         if lead and lead.group("see"):
             end = _FOR_DETAILS.match(text, end).end()
@@ -1116,6 +1118,9 @@ def _clause_start(text: str, pos: int) -> int:
     return ends[-1] if ends else lo
 
 
+# a bare ".io" name nothing points at is a game's: browser games are named by their domain ("I played agar.io and
+# slither.io before"); "check out mymods.io" is a link
+_IO_GAME = re.compile(r"[a-z0-9-]+\.io", re.I).fullmatch
 _FOR_AFTER = re.compile(r"[ \t]+for(?![^\W\d_])", re.I)
 _ADVERB = r"(?:[ \t]+(?:now|too|also|already|today|anyway|as well))?"  # what may end a clause after the link
 _PREDICATE_END = re.compile(rf"{_ADVERB}[ \t]*(?:[,;.!?，；。！？…\n]|$)", re.I)

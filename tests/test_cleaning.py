@@ -418,6 +418,14 @@ def test_a_capitalised_bare_domain_is_a_name(text):
     assert cleaning.scrub_pii(text) == (text, []) and cleaning.mask_pii(text) == text and cleaning.spam_reason(text) is None
 
 
+@pytest.mark.parametrize("text,want", [
+    ("I played agar.io and slither.io before, this one is better.", None), ("krunker.io fans will love it", None),
+    ("Check out mymods.io, it is great.", "It is great."), ("Mods at mymods.io/x work", "Mods  work"),  # pointed at, or a path
+])
+def test_a_bare_io_name_nothing_points_at_is_a_game(text, want):
+    assert cleaning.scrub_pii(text) == ((text, []) if want is None else (want, ["link"]))
+
+
 @pytest.mark.parametrize("text,spam,want", [
     ("Cdkeys.com has the cheapest keys, great game.", "url", None), ("Buy at Cheapgold.com now", "url", None),
     ("Great game. X.com has the best builds, read it.", None, "Great game. Read it."),  # one letter: no name
