@@ -1069,6 +1069,8 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
             end = _FOR_DETAILS.match(text, end).end()
         else:
             end = (_FRAME_END if lead and lead.group("zai") else _ZH_PLACE_AFTER).match(text, end).end()
+        modifier = _SITE_NOUN_AFTER.match(text, end) is not None  # "runs on x.com servers": only the link goes
+        lead = None if modifier else lead
         start = max(done, lead.start() if lead else m.start())
         cut = lead.end("kept") if lead and lead.group("kept") else start
         if lead and lead.group("thanks") and _FOR_AFTER.match(text, end):
@@ -1078,7 +1080,7 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         if lead and lead.group("pred"):
             out.append(_predicate_cut(text, done, start, lead.start("prep"), end))
         else:
-            out.append((start, cut, end, _says_nothing_without(text, lead, start, m.end(), end)))
+            out.append((start, cut, end, not modifier and _says_nothing_without(text, lead, start, m.end(), end)))
     return out
 
 
@@ -1121,6 +1123,9 @@ def _clause_start(text: str, pos: int) -> int:
 # a bare ".io" name nothing points at is a game's: browser games are named by their domain ("I played agar.io and
 # slither.io before"); "check out mymods.io" is a link
 _IO_GAME = re.compile(r"[a-z0-9-]+\.io", re.I).fullmatch
+# what a site has, right after its link: the link is a modifier ("the x.com servers", "thanks to x.com mods")
+_SITE_NOUN_AFTER = re.compile(r"[ \t]+(?:servers?|mods?|forums?|wiki|pages?|site|community|guides?|version|store|builds?"
+                              r"|maps?|users?|players?|discord|accounts?|launcher|team|staff|posts?|threads?)(?![^\W\d_])")
 _FOR_AFTER = re.compile(r"[ \t]+for(?![^\W\d_])", re.I)
 _ADVERB = r"(?:[ \t]+(?:now|too|also|already|today|anyway|as well))?"  # what may end a clause after the link
 _PREDICATE_END = re.compile(rf"{_ADVERB}[ \t]*(?:[,;.!?，；。！？…\n]|$)", re.I)

@@ -711,6 +711,15 @@ def test_pointing_words_without_a_link_stay(text):
     assert cleaning.scrub_pii(text) == (text, [])
 
 
+@pytest.mark.parametrize("text,want", [
+    ("The game is great thanks to x.com mods and the community.", "The game is great thanks to  mods and the community."),
+    ("The game runs on x.com servers, and it is fun.", "The game runs on  servers, and it is fun."),
+    ("x.com servers are down a lot, sad.", "servers are down a lot, sad."),  # the servers are the subject, not the link
+])
+def test_a_link_naming_whose_thing_goes_alone(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
 def test_scrub_never_leaves_lone_punctuation():
     out, _ = cleaning.scrub_pii("Fun co-op. Add me: a at b dot com or , Kirito#1234 .")
     assert out == "Fun co-op." and not re.search(r"(?:^|\s)[,.;:](?:\s|$)", out)
