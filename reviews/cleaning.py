@@ -991,7 +991,9 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     Every kind but ``link`` is a contact: the comma clause that holds it goes, or its whole sentence
     when every clause holds one (:func:`_drop_contacts`; "Add me: a at b dot com or X#1234." has no
     review value). A link goes with its lead-in ("Patch notes at x.com/news say" → "Patch notes say"), or with its
-    clause when it was the clause's predicate ("mods are at x.com and they rock"; :func:`_scrub_links`).
+    clause when the clause says nothing without it ("It's on x.com, works fine." → "Works fine."; "mods are at x.com
+    and they rock" → "they rock"; :func:`_scrub_links`). Platforms' and games' names written as domains stay
+    ("Battle.net", "Hole.io", :func:`_kept_as_text`).
 
     Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`PII_PATTERNS` order
     (empty when nothing was). ``low`` is ``text.lower()`` when the caller has it.
@@ -1169,8 +1171,8 @@ _OTHER_LEAD = r"на|в|во|по|auf|bei|unter|en|sur|dans|chez|em|no|na|su|op|
 _EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|(?:{_PARTICIPLE}[ \t]+)?here"
             rf"|to(?:{_TO_AFTER})|(?:according|(?P<thanks>thanks)|due)[ \t]+to"
             r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
-# a copula right before the lead-in makes the link the clause's predicate ("mods are at x and they rock", "it's on
-# x"): with the link gone the clause says nothing, so its clause goes, as a contact's does (:func:`_drop_contacts`)
+# a copula right before the lead-in makes the link the clause's predicate ("it's on x.", "mods are at x and they rock"):
+# with the link gone the clause says nothing, so it goes as far as the link holds it (:func:`_predicate_cut`)
 _COPULA = r"(?:(?<![^\W\d_])(?:is|are|was|were|be|been)|(?<=[^\W\d_])['’](?:s|re))[ \t]+(?:(?:now|still|also|all|right)[ \t]+)?"
 # the words that only point at a link right after them (the English ones above, 链接 / 网盘链接 / 下载地址, what is offered
 # for download, a colon, or the frame 在 … 上面 / 里 / 中, with a 的 after it: "在 x点com 上面的攻略" → "攻略"); searched
@@ -1240,7 +1242,8 @@ def _capitalised(text: str) -> str:
 
 # what removing a match can leave: space before punctuation, brackets with nothing but punctuation in them ("(Check out
 # x.com.)" → "(.)"), a comma before other punctuation, a list item with nothing left ("- Check out x.com" → "-")
-_TIDY = ((re.compile(r"\([\s.,;:!?]*\)|（[\s。，；：！？]*）|\[\s*\]"), ""), (re.compile(r"^[ \t]*[-*•][ \t]*(?:\n|\Z)", re.M), ""), (re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""),
+_TIDY = ((re.compile(r"\([\s.,;:!?]*\)|（[\s。，；：！？]*）|\[\s*\]"), ""), (re.compile(r"^[ \t]*[-*•][ \t]*(?:\n|\Z)", re.M), ""),
+         (re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""),
          (re.compile(r"[,;:，；：]+(?=\s*[,.;:!?，。；：！？])"), ""), (re.compile(r"^[ \t]*[,;:，；：][ \t]*", re.M), ""))
 
 
