@@ -581,7 +581,7 @@ def test_spaced_letters_and_full_width_text_without_a_domain_stay(text):
     "My G O T Y. Top 3 for sure.", "Controls are W A S D. Pro tip: remap jump.", "S T A L K E R. Fun, scary and janky.",
     "Best played on P C. Online mode is dead", "S T A L K E R ist super, d. h. es lohnt sich",
     "El juego de E. A. es muy bueno", "F E A R . net code is bad but the game is good. I recommend it.",
-    "Rated 9 / 10. Top game.", "A / B testing is fun",
+    "Rated 9 / 10. Top game.", "A / B testing is fun", "对面打出了 G G 。G G 好玩", "我觉得 A B 。C D 都行", "画面、Ｂ Ｇ Ｍ．Ｓ Ｅ都很棒",
 ])
 def test_an_abbreviation_before_a_full_stop_is_no_letter_spaced_domain(text):
     """A full stop with a space after it and none before ends a sentence; a run in two cases spells no domain."""
@@ -593,6 +593,7 @@ def test_an_abbreviation_before_a_full_stop_is_no_letter_spaced_domain(text):
     ("C D K E Y S . C O M", "url"), ("keys at c d k e y s .com", "url"), ("c d k e y s DOT c o m", "url"),
     ("buy at x dot c o m", None), ("x 点 c o m", None), ("Guides: m y w i k i . c o m, great game.", None),
     ("Guide: m y g u i d e . c o m / b u i l d s is useful.", None),  # a letter-spaced path goes with it
+    ("Guide: m y g u i d e 。 c o m is useful.", None), ("Guide: m y g u i d e．c o m is useful.", None), ("keys: c d k e y s 。c o m", "url"),
 ])
 def test_letter_spaced_domains_in_one_case_are_still_links(text, spam):
     assert cleaning.spam_reason(text) == spam and cleaning.scrub_pii(text)[1] == ["link"]
