@@ -1078,6 +1078,9 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         cut = lead.end("kept") if lead and lead.group("kept") else start
         if lead and lead.group("thanks") and _FOR_AFTER.match(text, end):
             cut = lead.end("thanks")  # "Thanks to x.com for the guide" → "Thanks for the guide"
+        conj = _CONJUNCTION_BEFORE.search(text, done, start) if cut == start else None
+        if conj and _CLAUSE_END_AFTER.match(text, end):  # "here and over at x.com, this one" → "here, this one"
+            start = cut = conj.start()
         if end <= start:
             continue
         if lead and lead.group("pred"):
@@ -1129,6 +1132,7 @@ _IO_GAME = re.compile(r"[a-z0-9-]+\.io", re.I).fullmatch
 # what a site has, right after its link: the link is a modifier ("the x.com servers", "thanks to x.com mods")
 _SITE_NOUN_AFTER = re.compile(r"[ \t]+(?:servers?|mods?|forums?|wiki|pages?|site|community|guides?|version|store|builds?"
                               r"|maps?|users?|players?|discord|accounts?|launcher|team|staff|posts?|threads?)(?![^\W\d_])")
+_CONJUNCTION_BEFORE = re.compile(r"[ \t]+(?:and|or)[ \t]+\Z", re.I)
 _FOR_AFTER = re.compile(r"[ \t]+for(?![^\W\d_])", re.I)
 _ADVERB = r"(?:[ \t]+(?:now|too|also|already|today|anyway|as well))?"  # what may end a clause after the link
 _PREDICATE_END = re.compile(rf"{_ADVERB}[ \t]*(?:[,;.!?，；。！？…\n]|$)", re.I)

@@ -675,6 +675,8 @@ def test_phone_numbers_near_a_contact_word_never_survive(text):
     ("Mods I use:\n- Check out x.com\n- the unofficial patch\nAll great.", "Mods I use:\n- the unofficial patch\nAll great.", ["link"]),
     ("Thanks to x.com for the guide, I finished the game.", "Thanks for the guide, I finished the game.", ["link"]),
     ("Great, thanks to x.com for the maps.", "Great, thanks for the maps.", ["link"]),
+    ("I write reviews here and over at x.com, this one is a 9/10.", "I write reviews here, this one is a 9/10.", ["link"]),
+    ("Get it on Steam or at x.com.", "Get it on Steam.", ["link"]),  # no "and" / "or" left hanging
 ])
 def test_what_a_cut_leaves_reads_as_the_writer_wrote_it(text, want, kinds):
     assert cleaning.scrub_pii(text) == (want, kinds)
