@@ -452,7 +452,7 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
         return _read_table(path, [(f"{word} {n}", columns_mod.flatten(rec) if isinstance(rec, dict) else rec)
                                   for n, rec in rows], columns or {})
     if first is None:
-        raise UserError(f"{path}: {word} {rows[0][0]}: unknown record shape (a {type(rows[0][1]).__name__}); "
+        raise UserError(f"{path}: {word} {rows[0][0]}: unknown record shape ({_a(type(rows[0][1]).__name__)}); "
                         "expected review objects, alpaca (instruction, output) or sharegpt (conversations)")
     fmt = {"review": "collect-jsonl" if jsonl else "review-list", "alpaca": "alpaca", "sharegpt": "sharegpt"}[first]
     loaded = Loaded(path, fmt)
@@ -474,6 +474,11 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
         if details.is_file():
             loaded.apps = read(details, tag_language).apps
     return loaded
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: ``"an int"``, ``"a list"``."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]) -> Loaded:

@@ -523,8 +523,10 @@ def test_unclosed_quotes_and_twin_columns_exit_2_naming_them(tmp_path, text, mes
     ('{"review": 12345, "appid": 1}', "line 1: 'review' holds int '12345', not text"),
     ('{"review": "Fine game, I liked it a lot", "appid": 1}\n{"review": ["a", "b"], "appid": 1}',
      "line 2: 'review' holds list \"['a', 'b']\", not text"),
+    ("[1,2,3]", "record 1: unknown record shape (an int)"), ('["a"]', "record 1: unknown record shape (a str)"),
 ])
 def test_a_review_that_is_no_text_exits_2_naming_the_record(tmp_path, line, message):
+    """Also a record that is no object: its type with the right article ("an int")."""
     src = _raw(tmp_path / "in.jsonl", line + "\n")
     r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--app_name", "X"])
     assert r.exit_code == 2 and f"{src}: {message}" in r.output.replace("\n", ""), r.output
