@@ -764,7 +764,8 @@ _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾�
           rf"(?:{_TLD}|(?-i:{_WORD_TLD}))"
           rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}(?:{_TLD})"
           rf"|(?:\s*(?:@|＠|[\[(（]\s*at\s*[\])）]|艾特)\s*|(?P<word_at>\s+at\s+))(?:{_MAIL_HOSTS})"
-          rf"(?:(?(word_at){_MAIL_DOT}|\s*{_ANY_DOT}\s*)(?:{_TLD})|(?:[.．。｡]|{_SPELLED_DOT})(?-i:{_WORD_TLD})))(?![A-Za-z])")
+          rf"(?:(?(word_at){_MAIL_DOT}|\s*{_ANY_DOT}\s*)(?:{_TLD})|\s+dot(?:com|net|org)|(?:[.．。｡]|{_SPELLED_DOT})(?-i:{_WORD_TLD})))"
+          rf"(?![A-Za-z])")
 _SPELLED_AT = re.compile(r"\s+at\s+", re.I)
 _AT_MAIL_HOST = re.compile(rf"(?:{_MAIL_HOSTS})\s*{_ANY_DOT}", re.I)
 _MAIL_WORD_BEFORE = re.compile(r"(?:(?<![a-z])(?:e-?mail|mail(?: me)?|contact|reach|write to)[ \t]*[:：]?|(?<![a-z])me[ \t]*[:：])[ \t]*$", re.I)
@@ -1079,7 +1080,8 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         if lead and lead.group("thanks") and _FOR_AFTER.match(text, end):
             cut = lead.end("thanks")  # "Thanks to x.com for the guide" → "Thanks for the guide"
         conj = _CONJUNCTION_BEFORE.search(text, done, start) if cut == start else None
-        if conj and _CLAUSE_END_AFTER.match(text, end):  # "here and over at x.com, this one" → "here, this one"
+        if conj and (_CLAUSE_END_AFTER.match(text, end) or _CONJUNCTION_AFTER.match(text, end)):
+            # "here and over at x.com, this one" → "here, this one"; "on Steam and on x.com and it" → "on Steam and it"
             start = cut = conj.start()
         if end <= start:
             continue
@@ -1139,7 +1141,9 @@ _PREDICATE_END = re.compile(rf"{_ADVERB}[ \t]*(?:[,;.!?，；。！？…\n]|$)"
 _CONJUNCTION_AFTER = re.compile(rf"{_ADVERB}[ \t]*[,，]?[ \t]+(?:and|but|so|or)[ \t]+", re.I)
 _CLAUSE_BOUNDARY = re.compile(r"(?:[,;，；。！？…\n]|[.!?]+(?=[ \t]))[ \t]*")
 _CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
-_ZH_PLACE_AFTER = re.compile(r"(?:[ \t]*(?:上面|里面)的?)?")  # "但是 x.com 上面有补丁" → "但是有补丁"
+# 上面 / 里面 after a link, or 上 / 里 before a verb of reading or getting: "但是 x.com 上面有补丁" → "但是有补丁",
+# "正在 x.com 上看攻略" → "正在看攻略" (上线 / 上传 stay)
+_ZH_PLACE_AFTER = re.compile(r"(?:[ \t]*(?:上面|里面|[上里](?=[看找买下搜查玩]))的?)?")
 _CJK_PARTICLE_AFTER = re.compile(r"[ \t]*(?:的|に|で|から|まで|へ|에서|에|으로|로)")
 _LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words

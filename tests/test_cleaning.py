@@ -677,6 +677,9 @@ def test_phone_numbers_near_a_contact_word_never_survive(text):
     ("Great, thanks to x.com for the maps.", "Great, thanks for the maps.", ["link"]),
     ("I write reviews here and over at x.com, this one is a 9/10.", "I write reviews here, this one is a 9/10.", ["link"]),
     ("Get it on Steam or at x.com.", "Get it on Steam.", ["link"]),  # no "and" / "or" left hanging
+    ("I played on Steam and on x.com and it was fine.", "I played on Steam and it was fine.", ["link"]),
+    ("正在 x.com 上看攻略，游戏本身很好玩。", "正在 看攻略，游戏本身很好玩。", ["link"]),
+    ("Great game, mail kirito at gmail dotcom for help.", "Great game.", ["email"]),
 ])
 def test_what_a_cut_leaves_reads_as_the_writer_wrote_it(text, want, kinds):
     assert cleaning.scrub_pii(text) == (want, kinds)
@@ -711,7 +714,8 @@ def test_links_in_other_languages_leave_no_pointing_word(text, want):
     assert (out.strip(), kinds) == (want, ["link"])  # the space before a kept sentence goes with the whitespace rule
 
 
-@pytest.mark.parametrize("text", ["我看了很多攻略，游戏很好玩。", "请看这个游戏的画面，真的很好。", "详见游戏内说明，关注官方公告。"])
+@pytest.mark.parametrize("text", ["我看了很多攻略，游戏很好玩。", "请看这个游戏的画面，真的很好。", "详见游戏内说明，关注官方公告。",
+                                  "I was at mail dotcom era"])
 def test_pointing_words_without_a_link_stay(text):
     assert cleaning.scrub_pii(text) == (text, [])
 
