@@ -96,15 +96,18 @@ _UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000 \n]"
 # direction marks and embeddings (U+200E/F, U+202A-202E, U+2066-2069: they change how text is shown, not
 # what it says), the Hangul fillers (blank "names"), and zero-width (non-)joiners except between two
 # characters they join: emoji (a ZWJ sequence such as 👨‍👩‍👧 or 🏳️‍🌈 is one picture) and the Arabic and
-# Indic scripts (where they choose letter forms).
+# Indic scripts (where they choose letter forms). Also the C0 control characters but tab, line feed, carriage return,
+# vertical tab and form feed (the last four are spaces here), and DEL: a NUL or an escape in a review is debris of a
+# broken export and no tokenizer should see it.
 _JOINED = r"[\u0600-\u06ff\u0900-\u0dff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff]"
-_IGNORABLE = r"\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
+_IGNORABLE = r"\x00-\x08\x0e-\x1f\x7f\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
 _INVISIBLE = re.compile(rf"[{_IGNORABLE}]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
 _INVISIBLE_HINT = re.compile(rf"[{_IGNORABLE}\u200c\u200d]")
 
 
 def strip_invisible(text: str) -> str:
-    """``text`` without the invisible characters of ``_INVISIBLE``: ``"n\\u200bigger"`` → ``"nigger"``,
+    """``text`` without the invisible and control characters of ``_INVISIBLE``: ``"n\\u200bigger"`` → ``"nigger"``,
+    ``"Great\\x00 game"`` → ``"Great game"``,
     ``"a\\u00adb@x.com"`` → ``"ab@x.com"``; emoji ZWJ sequences (``"👩\\u200d💻"``) stay whole."""
     return _INVISIBLE.sub("", text) if _INVISIBLE_HINT.search(text) else text
 
@@ -747,6 +750,10 @@ _TLD = (r"com|net|org|cn|io|gg|tv|ru|de|xyz|top|info|cc|ly|uk|jp|kr|fr|biz|site|
 _WORD_TLD = r"me|co|be|to|us|it|in|at|id|my|so|no|is|am|do|go"
 _ANY_DOT = r"(?:\.|。|．|｡|\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 _SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
+# a mail provider's dot after "at" as a word: spelled, or written with no space after it or spaces on both sides ("at qq
+# .com", "at gmail . com"); a full stop with a space after it and none before ends a sentence ("stuck at 163. Top
+# players finish it"). After an "@" any spacing ("kirito@163. com")
+_MAIL_DOT = rf"(?:\s*[.．。｡](?!\s)|\s+[.．。｡]\s+|{_SPELLED_DOT})"
 _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotmail|live|yahoo|icloud|proton(?:mail)?|yandex|mail|gmx|aol"
 # "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
 # ("the guide at fextralife.com" is a link, not an address), and only when "a" is a handle or follows a mail
@@ -756,8 +763,9 @@ _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotma
 _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾特\s*)[A-Za-z0-9-]+(?:{_ANY_DOT}[A-Za-z0-9-]+)*{_ANY_DOT}"
           rf"(?:{_TLD}|(?-i:{_WORD_TLD}))"
           rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}(?:{_TLD})"
-          rf"|(?:\s*(?:@|＠|[\[(（]\s*at\s*[\])）]|艾特)\s*|\s+at\s+)(?:{_MAIL_HOSTS})"
-          rf"(?:\s*{_ANY_DOT}\s*(?:{_TLD})|(?:[.．。｡]|{_SPELLED_DOT})(?-i:{_WORD_TLD})))(?![A-Za-z])")
+          rf"|(?:\s*(?:@|＠|[\[(（]\s*at\s*[\])）]|艾特)\s*|(?P<word_at>\s+at\s+))(?:{_MAIL_HOSTS})"
+          rf"(?:(?(word_at){_MAIL_DOT}|\s*{_ANY_DOT}\s*)(?:{_TLD})|\s+dot(?:com|net|org)|(?:[.．。｡]|{_SPELLED_DOT})(?-i:{_WORD_TLD})))"
+          rf"(?![A-Za-z])")
 _SPELLED_AT = re.compile(r"\s+at\s+", re.I)
 _AT_MAIL_HOST = re.compile(rf"(?:{_MAIL_HOSTS})\s*{_ANY_DOT}", re.I)
 _MAIL_WORD_BEFORE = re.compile(r"(?:(?<![a-z])(?:e-?mail|mail(?: me)?|contact|reach|write to)[ \t]*[:：]?|(?<![a-z])me[ \t]*[:：])[ \t]*$", re.I)
@@ -776,16 +784,30 @@ def _word_at_site(text: str, m: re.Match[str]) -> bool:
 
 # A link spelled out to pass filters (gold sellers' campaigns): "cheapgold dot com", "cheapgold(dot)com",
 # "cheapgold[.]com", "cheapgold点com", "www . site . com", "www dot buygold dot com". Only the common top-level domains, ending the
-# word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net" or "a red
-# dot on the map" it cannot, and those stay.
+# word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net", "install dot
+# net", "late 90s dot com vibes" or "a red dot on the map" it cannot, and those stay; nor is "dot net framework / 4.8"
+# or "dot com era" a link. A 点 after a number of one or two digits is "o'clock" (凌晨 3 点 online, 9点top 路): an hour,
+# no site (a site named by digits has more: 163点com, 4399点com).
 _SPELLED_TLD = r"com|net|org|cn|ru|io|gg|xyz|top|info|biz|cc|tv|shop|store|site|online|vip|club"
 _LINK_DOT = r"(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*[点點][ \t]*|[．｡。])"
 _NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of|on|in|at|to|with|via|by|for|from|into"
                r"|and|or|is|was|use|uses|using|used|need|needs|require|requires|run|runs|made|written|built|like|than|new"
-               r"|old|red|green|blue|white|black|yellow|polka|little|tiny|big|small|one|single|each|every|no|any|some")
+               r"|old|red|green|blue|white|black|yellow|polka|little|tiny|big|small|one|single|each|every|no|any|some"
+               r"|very|late|early|install|installs|installed|installing|reinstall|reinstalled|update|updates|updated"
+               r"|updating|download|downloads|downloaded|downloading|repair|repaired|missing|get|gets|got|getting"
+               r"|[0-9]{2,4}['’]?s")
+# what follows .NET or the dot-com era written as words
+_DOT_WORD_AFTER = (r"net[ \t]+(?:framework|core|runtime|sdk|desktop|redist|v?[0-9])"
+                   r"|com[ \t]+(?:era|bubble|boom|bust|crash|vibes?|days|age|years|compan|startup)")
+_CLOCK = r"[0-9]{1,2}[ \t]*[点點]"  # an hour: "3 点", "9点"
+# a link's name starts after no letter, digit, "@", "." or "-"; Han, kana and Hangul text may touch it on either side
+# ("攻略都在x.com上面", "공략은example.com에서"): those scripts write no spaces
+_WORD_CHAR = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
+_NO_WORD_BEFORE = rf"(?<!{_WORD_CHAR})(?<![@.\-])"
 _WWW_DOT = rf"(?:{_LINK_DOT}|[ \t]+\.[ \t]*|\.[ \t]+)"  # after www also a full stop with a space
-_SPELLED_LINK = (rf"(?<![\w@.\-])(?:www{_WWW_DOT}[A-Za-z0-9-]+(?:(?:{_WWW_DOT}|\.)[A-Za-z0-9-]+)*(?:{_WWW_DOT}|\.)(?:{_TLD})"
-                 rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t])[A-Za-z0-9-]+(?:{_LINK_DOT}[A-Za-z0-9-]+)*{_LINK_DOT}(?:{_SPELLED_TLD}))"
+_SPELLED_LINK = (rf"{_NO_WORD_BEFORE}(?:www{_WWW_DOT}[A-Za-z0-9-]+(?:(?:{_WWW_DOT}|\.)[A-Za-z0-9-]+)*(?:{_WWW_DOT}|\.)(?:{_TLD})"
+                 rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t]|[A-Za-z0-9-]+[ \t]+dot[ \t]+(?:{_DOT_WORD_AFTER})|{_CLOCK})"
+                 rf"[A-Za-z0-9-]+(?:{_LINK_DOT}[A-Za-z0-9-]+)*{_LINK_DOT}(?:{_SPELLED_TLD}))"
                  rf"(?![A-Za-z0-9])(?:/{_URL_CHARS}*)?")
 PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # steamcommunity.com/profiles/<17 digits>/... , /id/<vanity>/... , /user/<code>; s.team/p/<code> invites
@@ -819,7 +841,7 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
     # (a link does not end in the punctuation after it: "see x.com/news, then", "buy at x.net. Cheap")
     "link": re.compile(rf"(?:(?:https?://|www\.){_URL_CHARS}+"
-                       rf"|(?<![\w@.\-])(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?![\w\-]|\.[\w\-])(?:/{_URL_CHARS}*)?"
+                       rf"|{_NO_WORD_BEFORE}(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?!{_WORD_CHAR}|-|\.(?:{_WORD_CHAR}|-))(?:/{_URL_CHARS}*)?"
                        rf"|(?:{_WORD_TLD})/{_URL_CHARS}*)|{_SPELLED_LINK})(?<![.,;:!?])", re.I),
 }
 _LINK_HINT = re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search
@@ -868,15 +890,27 @@ _ID_GATE = re.compile(literal_union([
 _WIDTH_FOLD = {c: unicodedata.normalize("NFKC", chr(c)) for c in range(0xFF01, 0xFF5F)}
 assert all(len(v) == 1 for v in _WIDTH_FOLD.values())
 _WIDE_ALNUM = re.compile(r"[０-９＠Ａ-Ｚａ-ｚ]").search  # only a full-width letter, digit or ＠ can make a link or address
-# Single letters or digits with spaces or a spaced dot (also "dot", "(dot)", 点) between them, "c d k e y s . c o m",
+# Single letters or digits with spaces, a slash or a spaced dot (also "dot", "(dot)", 点, a full-width or ideographic
+# dot: "m y g u i d e 。 c o m") between them, "c d k e y s . c o m",
 # "c d k e y s dot c o m" (a TLD written whole may end it: "c d k e y s . com"); joined only when they spell a domain
-# (_SPACED_DOMAIN), so "A B C of RPGs", "J. R. R. Tolkien" and "10 / 10" stay as they are
-_RUN_DOT = r"(?:[ \t]*\.[ \t]*|[ \t]+dot[ \t]+|[ \t]*[\[(（]dot[\])）][ \t]*|[ \t]*[点點][ \t]*)"
-_SPACED_RUN = re.compile(rf"(?<![A-Za-z0-9.])[A-Za-z0-9](?:(?:[ \t]+|{_RUN_DOT})[A-Za-z0-9](?![A-Za-z0-9]))+"
+# (_SPACED_DOMAIN) in one case (_one_case), so "A B C of RPGs", "J. R. R. Tolkien", "10 / 10" and "F E A R . net code"
+# stay as they are. A full stop with a space after it and none before ends a sentence or an abbreviation, it is no
+# domain's dot: "8 p. m. Top players", "W A S D. Pro tip", "G O T Y. Top 3"
+_RUN_DOT = r"(?:[ \t]+\.[ \t]*|\.(?![ \t])|[ \t]+dot[ \t]+|[ \t]*[\[(（]dot[\])）][ \t]*|[ \t]*[点點．｡。][ \t]*)"
+_SPACED_RUN = re.compile(rf"(?<![A-Za-z0-9.])[A-Za-z0-9](?:(?:[ \t]+|{_RUN_DOT}|[ \t]*/[ \t]*)[A-Za-z0-9](?![A-Za-z0-9]))+"
                          rf"(?:{_RUN_DOT}(?:{_TLD})(?![A-Za-z0-9]))?", re.I)
-_DOT_SPELLINGS = (".", "点", "點", "dot", "DOT", "Dot")  # one of them is in every run that spells a domain
-_RUN_TOKEN = re.compile(r"[A-Za-z0-9]+|[.点點]")  # in a run: what is kept of it (a dot spelling becomes ".")
-_SPACED_DOMAIN = re.compile(rf"(?:[a-z0-9-]+\.)+(?:{_TLD})", re.I).fullmatch
+_DOT_SPELLINGS = (".", "点", "點", "．", "。", "｡", "dot", "DOT", "Dot")  # one of them is in every run that spells a domain
+_RUN_TOKEN = re.compile(r"[A-Za-z0-9]+|[.点點．。｡/]")  # in a run: what is kept of it (a dot spelling becomes ".")
+_IS_CLOCK = re.compile(_CLOCK).match
+_SPACED_DOMAIN = re.compile(rf"(?:[a-z0-9-]+\.)+(?:{_TLD})(?:/[a-z0-9/]*)?", re.I).fullmatch  # a path may follow
+
+
+def _one_case(joined: str) -> bool:
+    """Whether a joined run's letters are all lower case, or all upper case with a name of three or more characters
+    (a dot spelled "DOT" is a "." by then): "W P . G G" and "E Z . G G" are game chat, "C D K E Y S . C O M" a shop."""
+    letters = "".join(c for c in joined if c.isalpha())
+    return letters.islower() or (letters.isupper() and len(joined.split(".", 1)[0]) >= 3)
+
 # the cheap test first, on " " + the text: a run's second letter has a space before it (led by a character class, re
 # skips ahead in C: ~2x faster than a lookbehind first)
 _SPACED_PAIR = re.compile(r"[ \t][A-Za-z0-9][ \t]+[A-Za-z0-9](?![A-Za-z0-9])").search
@@ -897,9 +931,10 @@ def matching_view(text: str) -> tuple[str, tuple[int, ...] | None]:
     where: list[int] = []
     pos = 0
     for m in _SPACED_RUN.finditer(view):
-        tokens = [(t.start(), "." if t.group(0) in "点點" or t.group(0).lower() == "dot" else t.group(0))
+        tokens = [(t.start(), "." if t.group(0) in "点點．。｡" or t.group(0).lower() == "dot" else t.group(0))
                   for t in _RUN_TOKEN.finditer(view, m.start(), m.end())]
-        if " " not in m.group(0) or not _SPACED_DOMAIN("".join(t for _, t in tokens)):
+        joined = "".join(t for _, t in tokens)
+        if " " not in m.group(0) or not _SPACED_DOMAIN(joined) or not _one_case(joined) or _IS_CLOCK(m.group(0)):
             continue
         chars += view[pos:m.start()]
         where += range(pos, m.start())
@@ -935,7 +970,7 @@ def mask_pii(text: str) -> str:
     for kind, hint in _PII_HINTS.items():
         if hint(low):
             spans += [_original_span(where, *m.span()) for m in PII_PATTERNS[kind].finditer(view)
-                      if not (kind == "link" and _keep_platform(m)) and not (kind == "email" and _word_at_site(view, m))]
+                      if not (kind == "link" and _kept_as_text(m)) and not (kind == "email" and _word_at_site(view, m))]
     merged: list[tuple[int, int]] = []
     for a, b in sorted(spans):
         if merged and a < merged[-1][1]:
@@ -958,7 +993,9 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     Every kind but ``link`` is a contact: the comma clause that holds it goes, or its whole sentence
     when every clause holds one (:func:`_drop_contacts`; "Add me: a at b dot com or X#1234." has no
     review value). A link goes with its lead-in ("Patch notes at x.com/news say" → "Patch notes say"), or with its
-    clause when it was the clause's predicate ("mods are at x.com and they rock"; :func:`_scrub_links`).
+    clause when the clause says nothing without it ("It's on x.com, works fine." → "Works fine."; "mods are at x.com
+    and they rock" → "they rock"; :func:`_scrub_links`). Platforms' and games' names written as domains stay
+    ("Battle.net", "Hole.io", :func:`_kept_as_text`).
 
     Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`PII_PATTERNS` order
     (empty when nothing was). ``low`` is ``text.lower()`` when the caller has it.
@@ -1010,41 +1047,104 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
         if _SENTENCE_START.search(text, 0, a):
             tail = tail[_LEFTOVER.match(tail).end():]
             if text[a].isupper():
-                tail = tail[:1].upper() + tail[1:]
+                tail = _capitalised(tail)
         text = text[:a] + tail
     return text
 
 
 def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
-    """The links in ``text`` but platforms' bare domains, each with the words that only pointed at it: ``(start, cut
-    start, end, predicate)`` — the lead-in (:data:`_LINK_LEAD`, searched in the 40 characters before the link) starts
-    at ``start`` and the cut at ``cut start`` ("can be found here: x" cuts from "here"); the end takes a share code,
-    a 在 frame's closing word and a "see"'s "for details". ``predicate``: the clause says nothing without the link: it
-    is the predicate, after a copula ("mods are at x") or in a 在 frame that ends the clause (攻略都在 x点com 上面。 —
-    在 x点com 上面买的 only says where), or the subject, starting a sentence with an English word after it ("x.com has
-    the best builds")."""
+    """The links in ``text`` but platforms' bare domains and names written as domains (:func:`_kept_as_text`), each
+    with the words that only pointed at it: ``(start, cut start, end, predicate)`` — the lead-in (:data:`_LINK_LEAD`,
+    searched in the 40 characters before the link) starts at ``start`` and the cut at ``cut start`` ("can be found
+    here: x" cuts from "here"); the end takes a share code, a 在 frame's closing word (上面 / 里面 also without 在) and a
+    "see"'s "for …" (what the link offers). ``predicate``: the clause says nothing without the link, and its comma
+    clause goes (:func:`_says_nothing_without`). A link after a copula with more of its clause after it is cut lighter
+    (:func:`_predicate_cut`)."""
     out: list[tuple[int, int, int, bool]] = []
     for m in PII_PATTERNS["link"].finditer(text):
-        if _keep_platform(m):
+        if _kept_as_text(m):
             continue
         done = out[-1][2] if out else 0  # where the last cut ended (a share code or frame may run into this link)
         lead = _LINK_LEAD.search(text, max(done, m.start() - 40), m.start()) if done <= m.start() else None
+        if lead is None and _IO_GAME(m.group(0)):
+            continue
         end = _SHARE_CODE_AFTER.match(text, m.end()).end()
-        if lead and lead.group("zai"):
-            end = _FRAME_END.match(text, end).end()
-        elif lead and lead.group("see"):
+        if lead and lead.group("see"):
             end = _FOR_DETAILS.match(text, end).end()
+        else:
+            end = (_FRAME_END if lead and lead.group("zai") else _ZH_PLACE_AFTER).match(text, end).end()
+        modifier = _SITE_NOUN_AFTER.match(text, end) is not None  # "runs on x.com servers": only the link goes
+        lead = None if modifier else lead
         start = max(done, lead.start() if lead else m.start())
         cut = lead.end("kept") if lead and lead.group("kept") else start
+        if lead and lead.group("thanks") and _FOR_AFTER.match(text, end):
+            cut = lead.end("thanks")  # "Thanks to x.com for the guide" → "Thanks for the guide"
+        conj = _CONJUNCTION_BEFORE.search(text, done, start) if cut == start else None
+        if conj and (_CLAUSE_END_AFTER.match(text, end) or _CONJUNCTION_AFTER.match(text, end)):
+            # "here and over at x.com, this one" → "here, this one"; "on Steam and on x.com and it" → "on Steam and it"
+            start = cut = conj.start()
         if end <= start:
             continue
-        pred = bool(lead.group("pred") or (lead.group("zai") and _CLAUSE_END_AFTER.match(text, end))) if lead \
-            else bool(_SENTENCE_START.search(text, 0, start) and _LOWER_WORD_AFTER.match(text, end))
-        out.append((start, cut, end, pred))
+        if lead and lead.group("pred"):
+            out.append(_predicate_cut(text, done, start, lead.start("prep"), end))
+        else:
+            out.append((start, cut, end, not modifier and _says_nothing_without(text, lead, start, m.end(), end)))
     return out
 
 
+def _says_nothing_without(text: str, lead: re.Match[str] | None, start: int, link_end: int, end: int) -> bool:
+    """Whether the clause of a link (its cut ``text[start:end]``, the link ending at ``link_end``) says nothing
+    without it: the link is in a 在 frame that ends the clause (攻略都在 x点com 上面。 — 在 x点com 上面买的 only says
+    where), after a Chinese word that only points at it (详细攻略见 x.com, 请关注 x.com), before a 的 it owns (感谢 x.com
+    的攻略) or a Japanese or Korean particle that makes it the predicate (攻略は x.com にあります, 공략은 x.com 에서), or
+    the subject, starting a sentence with an English word after it ("x.com has the best builds")."""
+    if lead and lead.group("zai"):
+        return _CLAUSE_END_AFTER.match(text, end) is not None
+    if lead and lead.group("zh_point") or _CJK_PARTICLE_AFTER.match(text, link_end):
+        return True
+    return lead is None and bool(_SENTENCE_START.search(text, 0, start) and _LOWER_WORD_AFTER.match(text, end))
+
+
+def _predicate_cut(text: str, done: int, start: int, prep: int, end: int) -> tuple[int, int, int, bool]:
+    """The cut for a link after a copula (``text[start:end]``, its preposition at ``prep``; nothing before ``done`` is
+    cut again): its whole comma clause when the clause ends with it ("The best one is on x.com."); from the clause's
+    start through a conjunction right after it ("Mods are at x.com and they rock" → "They rock"); else only the
+    preposition and the link, the copula serving the words after it ("I was at x.com reading the lore" → "I was reading
+    the lore")."""
+    if _PREDICATE_END.match(text, end):
+        return start, start, end, True
+    conj = _CONJUNCTION_AFTER.match(text, end)
+    if conj:
+        begin = max(done, _clause_start(text, start))
+        return begin, begin, conj.end(), False
+    return start, prep, end, False
+
+
+def _clause_start(text: str, pos: int) -> int:
+    """Where the comma clause holding ``pos`` starts: after the last clause or sentence end before it (within 300
+    characters), its spaces skipped."""
+    lo = max(0, pos - 300)
+    ends = [m.end() for m in _CLAUSE_BOUNDARY.finditer(text, lo, pos)]
+    return ends[-1] if ends else lo
+
+
+# a bare ".io" name nothing points at is a game's: browser games are named by their domain ("I played agar.io and
+# slither.io before"); "check out mymods.io" is a link
+_IO_GAME = re.compile(r"[a-z0-9-]+\.io", re.I).fullmatch
+# what a site has, right after its link: the link is a modifier ("the x.com servers", "thanks to x.com mods")
+_SITE_NOUN_AFTER = re.compile(r"[ \t]+(?:servers?|mods?|forums?|wiki|pages?|site|community|guides?|version|store|builds?"
+                              r"|maps?|users?|players?|discord|accounts?|launcher|team|staff|posts?|threads?)(?![^\W\d_])")
+_CONJUNCTION_BEFORE = re.compile(r"[ \t]+(?:and|or)[ \t]+\Z", re.I)
+_FOR_AFTER = re.compile(r"[ \t]+for(?![^\W\d_])", re.I)
+_ADVERB = r"(?:[ \t]+(?:now|too|also|already|today|anyway|as well))?"  # what may end a clause after the link
+_PREDICATE_END = re.compile(rf"{_ADVERB}[ \t]*(?:[,;.!?，；。！？…\n]|$)", re.I)
+_CONJUNCTION_AFTER = re.compile(rf"{_ADVERB}[ \t]*[,，]?[ \t]+(?:and|but|so|or)[ \t]+", re.I)
+_CLAUSE_BOUNDARY = re.compile(r"(?:[,;，；。！？…\n]|[.!?]+(?=[ \t]))[ \t]*")
 _CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
+# 上面 / 里面 after a link, or 上 / 里 before a verb of reading or getting: "但是 x.com 上面有补丁" → "但是有补丁",
+# "正在 x.com 上看攻略" → "正在看攻略" (上线 / 上传 stay)
+_ZH_PLACE_AFTER = re.compile(r"(?:[ \t]*(?:上面|里面|[上里](?=[看找买下搜查玩]))的?)?")
+_CJK_PARTICLE_AFTER = re.compile(r"[ \t]*(?:的|に|で|から|まで|へ|에서|에|으로|로)")
 _LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
 # leave after them when they go
@@ -1065,7 +1165,7 @@ _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
 _ZH_LINK_LEAD = (r"(?:(?:破解版?|学习版|绿色版|免安装版?|汉化(?:版|补丁)?|中文版|安装包|补丁|资源|游戏|mod)[ \t]*(?:下载|下載)"
                  r"|下载|下載|(?:百度)?(?:网盘|網盤)|资源|資源)")
 # English words that only point at the link after them: a preposition (also "over at", "up on"), "see" / "check out" /
-# "visit" (with "for details" after the link), a participle with "here" ("found here:"; after a copula only "here":
+# "visit" (with "for …" after the link), a participle with "here" ("found here:"; after a copula only "here":
 # "can be found here: x" keeps "can be found", group "kept"), "to" after a verb of moving or pointing ("moved to x" →
 # "moved") and "according to"
 _TO_VERBS = ("move", "moved", "moves", "migrated", "go", "goes", "went", "head", "heads", "headed", "over", "redirects",
@@ -1073,27 +1173,34 @@ _TO_VERBS = ("move", "moved", "moves", "migrated", "go", "goes", "went", "head",
              "back", "welcome")
 _TO_AFTER = "|".join(rf"(?<=\b{v} to)" for v in _TO_VERBS)  # tried after "to": one cheap test where "to" stands
 _PARTICIPLE = r"(?:found|available|posted|linked|listed|uploaded)"
+# Chinese words that only point at the link after them: "see", "follow", "visit" (详细攻略见 x.com, 请关注 x.com)
+_ZH_POINT = r"(?:详|請|请)?见|参见|參見|(?:请|請)?(?:看|关注|關注|访问|訪問)"
+# prepositions of other languages right before a link: "гайды на x.com", "findest du auf x.com", "están en x.com"
+_OTHER_LEAD = r"на|в|во|по|auf|bei|unter|en|sur|dans|chez|em|no|na|su|op|w|z"
 _EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|(?:{_PARTICIPLE}[ \t]+)?here"
-            rf"|to(?:{_TO_AFTER})|(?:according|thanks|due)[ \t]+to"
+            rf"|to(?:{_TO_AFTER})|(?:according|(?P<thanks>thanks)|due)[ \t]+to"
             r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
-# a copula right before the lead-in makes the link the clause's predicate ("mods are at x and they rock", "it's on
-# x"): with the link gone the clause says nothing, so its clause goes, as a contact's does (:func:`_drop_contacts`)
+# a copula right before the lead-in makes the link the clause's predicate ("it's on x.", "mods are at x and they rock"):
+# with the link gone the clause says nothing, so it goes as far as the link holds it (:func:`_predicate_cut`)
 _COPULA = r"(?:(?<![^\W\d_])(?:is|are|was|were|be|been)|(?<=[^\W\d_])['’](?:s|re))[ \t]+(?:(?:now|still|also|all|right)[ \t]+)?"
 # the words that only point at a link right after them (the English ones above, 链接 / 网盘链接 / 下载地址, what is offered
 # for download, a colon, or the frame 在 … 上面 / 里 / 中, with a 的 after it: "在 x点com 上面的攻略" → "攻略"); searched
 # before each link (the link first: one pattern with the lead-ins before the link tried them at every position, ~2x
 # slower)
-_LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?:(?:over|up)[ \t]+)?(?:at|on|in|here))"
+_LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(?:at|on|in|here)))"
                         rf"|(?P<kept>{_COPULA}{_PARTICIPLE}[ \t]+)here"
                         rf"|(?<![^\W\d_])(?:{_EN_LEAD})"
                         rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)"
-                        rf"|{_ZH_LINK_LEAD}|(?P<zai>(?<![现正存实所自好])在)|(?=[:：]))[ \t]*[:：]?[ \t]*\Z", re.I)
+                        rf"|{_ZH_LINK_LEAD}|(?P<zai>(?<![现正存实所自好])在)|(?P<zh_point>{_ZH_POINT})"
+                        rf"|(?<![^\W\d_])(?:{_OTHER_LEAD})|(?=[:：]))[ \t]*[:：]?[ \t]*\Z", re.I)
 # what goes after a link: a cloud-drive share code ("提取码: abcd", "密码 1234", "pwd: x7k2"); a 在 frame's closing
-# word; "for details" after "see x"
+# word; "for …" after "see x"
 _SHARE_CODE_AFTER = re.compile(rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
                                r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)
 _FRAME_END = re.compile(r"(?:[ \t]*(?:上面|里面|上|里|中|内)的?)?[ \t]*")
-_FOR_DETAILS = re.compile(r"(?:[ \t]+for[ \t]+(?:more|details|info|more info|more details|the details|reference))?", re.I)
+# what the link offers ("see x.com for the mod list", "check out x.com for mods"), to the clause's end: without the link
+# it points at nothing
+_FOR_DETAILS = re.compile(r"(?:[ \t]+for[ \t]+[^,;.!?，；。！？\n)）\]]*)?", re.I)
 # a share code whose link is gone (or was never a link): its words name nothing else
 _LONE_SHARE_CODE = re.compile(rf"(?:{_SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")
@@ -1105,7 +1212,8 @@ def _drop_contacts(text: str, spans: list[tuple[int, int]]) -> str:
     """``text`` without the comma clauses that overlap ``spans`` (character offsets), or without the
     whole sentence (ended by ``. ! ? 。 ！ ？ …`` or a line break) when all its clauses do."""
     out, start = [], 0
-    for end in [m.end() for m in _SENTENCE_END.finditer(text)] + [len(text)]:
+    ends = [m.end() for m in _SENTENCE_END.finditer(text) if not any(a < m.start() < b for a, b in spans)]
+    for end in ends + [len(text)]:  # a full stop inside a match ("a@gmail . com") ends no sentence
         if end <= start:
             continue
         hits = [(a - start, b - start) for a, b in spans if a < end and b > start]
@@ -1131,12 +1239,20 @@ def _drop_clauses(sentence: str, hits: list[tuple[int, int]]) -> str:
     body = "".join(kept).strip().rstrip(",;，；")
     first = len(sentence) - len(sentence.lstrip())
     if sentence[first:first + 1].isupper() or any(a <= first < b for a, b in hits):
-        body = body[:1].upper() + body[1:]
+        body = _capitalised(body)
     return lead + body + sentence[body_end:]
 
 
-# what removing a match can leave: space before punctuation, empty brackets, a comma before other punctuation
-_TIDY = ((re.compile(r"\(\s*\)|（\s*）|\[\s*\]"), ""), (re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""),
+def _capitalised(text: str) -> str:
+    """``text`` with a lower-case first letter made upper case, unless an upper-case letter follows it (a brand's own
+    spelling: "iOS", "eBay", "iPhone" stay)."""
+    return text[:1].upper() + text[1:] if text[:1].islower() and not text[1:2].isupper() else text
+
+
+# what removing a match can leave: space before punctuation, brackets with nothing but punctuation in them ("(Check out
+# x.com.)" → "(.)"), a comma before other punctuation, a list item with nothing left ("- Check out x.com" → "-")
+_TIDY = ((re.compile(r"\([\s.,;:!?]*\)|（[\s。，；：！？]*）|\[\s*\]"), ""), (re.compile(r"^[ \t]*[-*•][ \t]*(?:\n|\Z)", re.M), ""),
+         (re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""),
          (re.compile(r"[,;:，；：]+(?=\s*[,.;:!?，。；：！？])"), ""), (re.compile(r"^[ \t]*[,;:，；：][ \t]*", re.M), ""))
 
 
@@ -1152,8 +1268,26 @@ PLATFORM_DOMAINS = {"battle.net", "itch.io", "gog.com", "ea.com", "origin.com", 
                     "reddit.com", "github.com", "discord.gg", "discord.com", "nexusmods.com", "steamdb.info"}
 
 
-def _keep_platform(m: re.Match[str]) -> str:
-    return m.group(0) if m.group(0).lower() in PLATFORM_DOMAINS else ""
+# A bare domain written as a name, capitalised, with no scheme, www or path: a game or a site named in the text ("Hole.io
+# is on Steam now", "Krunker.io fans", "Metacritic.com says 60"), kept as a platform's is. A shop's name is an advert
+# whatever its case (:func:`spam_reason`); "X.com" (one letter) and "CHEAPKEYS.COM" are no names
+_NAME_DOMAIN = re.compile(r"[A-Z][a-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*\.[a-z]+").fullmatch
+
+
+def _kept_as_text(m: re.Match[str]) -> bool:
+    """Whether a link match is a platform's bare domain (:data:`PLATFORM_DOMAINS`), a name (``_NAME_DOMAIN``), or
+    words touching Han, kana or Hangul text that a link there would not be: one with an upper-case letter or a "。"
+    ("还是PVP。Online模式", "ＢＧＭ．ＳＥ都很棒", "打出了GG。GG": an acronym and a sentence end; a link typed into
+    CJK text is lower case, "攻略都在x.com上面"). Shops' links are adverts all the same (:func:`spam_reason`)."""
+    found = m.group(0)
+    if found.lower() in PLATFORM_DOMAINS or _NAME_DOMAIN(found) is not None:
+        return True
+    text, a, b = m.string, m.start(), m.end()
+    touches = (a and _CJK_CHAR(text[a - 1])) or (b < len(text) and _CJK_CHAR(text[b]))
+    return bool(touches) and (found != found.lower() or "。" in found or "｡" in found)
+
+
+_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]").match
 
 
 # --- duplicates ---------------------------------------------------------------------------------------

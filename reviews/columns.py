@@ -107,14 +107,17 @@ def detect(headers: list[str], given: dict[str, str], path: Any,
     ``samples`` (the first rows) let the error suggest the column with the longest text.
 
     Raises:
-        UserError: a ``--columns`` header the file lacks, or no review-text column; the message
-            lists the columns found and a ``--columns`` line that would work.
+        UserError: a ``--columns`` header the file lacks; no review-text column; or two headers that are one
+            name but for case, spaces and ``_ - .`` (``review`` and ``Review``) for a field ``given`` does not name,
+            where either could be meant. The message lists the columns found or names both and a ``--columns``
+            line that would work.
     """
     mapping: dict[str, str] = {}
     for f, h in given.items():
         if h not in headers:
             raise UserError(f"{path}: --columns {f}={h}: no such column; columns found: {', '.join(headers[:20])}")
         mapping[f] = h
+    _refuse_twins(headers, given, path)
     taken = set(mapping.values())
     for h in sorted(headers, key=_rank):
         f = field_of(h)
@@ -128,6 +131,19 @@ def detect(headers: list[str], given: dict[str, str], path: Any,
         raise UserError(f"{path}: no review-text column among the columns found ({', '.join(headers[:20]) or 'none'}); "
                         f"name it, e.g. --columns {suggest(headers, mapping, samples or [])}")
     return mapping
+
+
+def _refuse_twins(headers: list[str], given: dict[str, str], path: Any) -> None:
+    """Raise ``UserError`` for two headers of one field that differ only in case or separators (see :func:`detect`)."""
+    seen: dict[str, str] = {}
+    for h in headers:
+        f = field_of(h)
+        if f is None or f in given:
+            continue
+        twin = seen.setdefault(_norm(h), h)
+        if twin != h:
+            raise UserError(f"{path}: columns {twin!r} and {h!r} both read as the {f} field; name the one to use, "
+                            f"e.g. --columns {f}={twin}")
 
 
 def _rank(header: str) -> int:

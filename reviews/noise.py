@@ -167,10 +167,11 @@ _SIGNATURE_WORDS = ("来自|來自|发自|發自|转自|轉自|转载|轉載|via
                     "|_ by").split("|")
 _SIGNATURE_HINT = re.compile(literal_union(_SIGNATURE_WORDS))
 # "@name", with the reply lead-in and colon around it ("回复 @name：", "Reply to @name:", a repost's "//@name:");
-# Chinese may touch the "@" ("楼上@name"), a Latin letter or digit before it makes an e-mail address, a lone "/"
+# Chinese may touch the "@" ("楼上@name"), a Latin letter or digit before it (also full-width: "１２３＠ｑｑ．ｃｏｍ") makes
+# an e-mail address, a lone "/"
 # a link ("medium.com/@name"); a Latin name ends where Chinese text starts ("玩家@Mogic的内容")
 _REPLY = r"回复|回覆|答复|(?<![A-Za-z])(?:reply|replying) to|(?<![A-Za-z])re"
-_MENTION = re.compile(rf"(?:(?:(?:{_REPLY})[ \t]*[:：]?[ \t]*)?(?<![A-Za-z0-9_.@/])|(?<![:/])//)[@＠]"
+_MENTION = re.compile(rf"(?:(?:(?:{_REPLY})[ \t]*[:：]?[ \t]*)?(?<![A-Za-z0-9_.@/０-９Ａ-Ｚａ-ｚ＿．＠])|(?<![:/])//)[@＠]"
                       r"(?:[A-Za-z0-9_][A-Za-z0-9_.\-]{1,30}|\w[\w.\-]{1,30})(?:[ \t]*[:：][ \t]*)?", re.I)
 # a reply lead-in left at a line's start without its name (the name went as the author's or another user's)
 _ORPHAN_REPLY = re.compile(rf"^[ \t]*(?:{_REPLY})[ \t]*[:：][ \t]*", re.I | re.M)

@@ -112,8 +112,8 @@ class PrepareConfig:
     max_tags: int = arg(0, "Use at most this many tags per game, the most voted first (0 = all known).")
     strip_bbcode: bool = arg(True, "Strip Steam BBCode, keeping spoiler/quote/list text.")
     strip_html: bool = arg(True, "Turn <br> into newlines, drop other HTML tags, unescape entities.")
-    normalize_whitespace: bool = arg(True, "Remove zero-width characters and soft hyphens (emoji ZWJ sequences "
-                                      "stay), normalise \\r\\n and lone \\r, collapse space runs, trim.")
+    normalize_whitespace: bool = arg(True, "Remove zero-width characters, soft hyphens (emoji ZWJ sequences "
+                                      "stay) and control characters (NUL…), normalise \\r\\n and lone \\r, collapse space runs, trim.")
     strip_page_residue: bool = arg(True, "Remove store-page residue: date headers (发布于 / Posted), 最后编辑于, "
                                    "early-access / free-product banners, helpfulness counts, hrs on record.")
     strip_handles: bool = arg(True, "Remove cross-post signatures (——来自小黑盒用户…的评价), @mentions and the "

@@ -452,7 +452,7 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
         return _read_table(path, [(f"{word} {n}", columns_mod.flatten(rec) if isinstance(rec, dict) else rec)
                                   for n, rec in rows], columns or {})
     if first is None:
-        raise UserError(f"{path}: {word} {rows[0][0]}: unknown record shape (a {type(rows[0][1]).__name__}); "
+        raise UserError(f"{path}: {word} {rows[0][0]}: unknown record shape ({_a(type(rows[0][1]).__name__)}); "
                         "expected review objects, alpaca (instruction, output) or sharegpt (conversations)")
     fmt = {"review": "collect-jsonl" if jsonl else "review-list", "alpaca": "alpaca", "sharegpt": "sharegpt"}[first]
     loaded = Loaded(path, fmt)
@@ -476,6 +476,11 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
     return loaded
 
 
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: ``"an int"``, ``"a list"``."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]) -> Loaded:
     """Flat rows ``[(where, {header: value})]`` → a ``table`` :class:`Loaded` (see :mod:`steam_persona.reviews.columns`)."""
     headers: list[str] = []
@@ -488,6 +493,10 @@ def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]
     for where, row in rows:
         if not isinstance(row, dict):
             raise UserError(f"{path}: {where}: not a record like the first one; keep one format per file")
+        text = row.get(mapping["review"])
+        if not isinstance(text, str) and text is not None:  # a number or a list: the wrong column, or a broken record
+            raise UserError(f"{path}: {where}: '{mapping['review']}' holds {type(text).__name__} {str(text)[:40]!r}, "
+                            "not text; fix the record, or map the text column with --columns review=COLUMN")
         v = columns_mod.row_fields(row, mapping)
         loaded.reviews.append(Review(where=f"{path}: {where}", appid=v.pop("appid") or appid, **v))
     if not any(r.text.strip() for r in loaded.reviews):
@@ -616,15 +625,20 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     csv.field_size_limit(2**31 - 1)  # user_reviews cells hold many reviews
     header = text.lstrip("\ufeff").split("\n", 1)[0]
     delim = max((",", "\t", ";", "|"), key=header.count)  # a one-column file reads as CSV
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delim)
+    text = text.lstrip("\ufeff")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
     cols = [c for c in (reader.fieldnames or []) if c is not None]
     if not cols or (len(cols) == 1 and not columns and columns_mod.field_of(cols[0]) != "review"):
         raise UserError(f"{path}: no CSV/TSV header found (first line: {header[:60]!r}); "
                         "put the column names on line 1, or convert the file to JSON Lines")
     if "title" in cols and "user_reviews" in cols and not columns:
-        return _read_store_csv(path, reader, tag_language)
+        return _read_store_csv(path, reader, tag_language, text)
+    rows = []
     try:
-        rows = [(f"row {n}", _whole_row(path, reader, row, delim)) for n, row in enumerate(reader, 2)]  # line 1: header
+        start = reader.line_num + 1  # the line the next row starts on
+        for n, row in enumerate(reader, 2):  # line 1: header
+            rows.append((f"row {n}", _whole_row(path, reader, row, delim, text, start)))
+            start = reader.line_num + 1
     except csv.Error as e:
         raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
     if not rows:
@@ -637,32 +651,51 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
 _DELIM_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "vertical bar"}
 
 
-def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: str) -> dict[str, Any]:
-    """``row`` when it has exactly the header's fields. ``csv.DictReader`` files extra fields under
-    the ``None`` key (its ``restkey``) and fills missing ones with ``None`` (its ``restval``): either
-    means an unquoted separator in a text, or the wrong separator, and reading on would cut or shift
-    the text silently.
+def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: str, text: str,
+               start: int) -> dict[str, Any]:
+    """``row`` (which starts on line ``start`` of ``text``) when it has exactly the header's fields. ``csv.DictReader``
+    files extra fields under the ``None`` key (its ``restkey``) and fills missing ones with ``None`` (its ``restval``):
+    either means an unquoted separator in a text, or the wrong separator, or a quote that never closes (the lenient
+    reader takes the rest of the file as one text), and reading on would cut or shift the text silently.
 
     Raises:
-        UserError: naming the file, the line (the row's last line) and both fixes.
+        UserError: naming the file, the line (the row's last line; an unclosed quote's first) and the fixes.
     """
     extra = row.get(None)
     if extra is None and None not in row.values():
         return row
     width = len(reader.fieldnames or [])
     found = width + len(extra) if extra is not None else sum(v is not None for k, v in row.items())
-    raise UserError(f"{path}: line {reader.line_num}: {found} fields where the header has {width} (separator read as "
+    if extra is None and _unclosed_quote(text, start, delim):
+        raise UserError(f"{path}: line {start}: a double quote opens a text that never closes (the rest of the file "
+                        "would read as one text); close it, or double a quote inside a quoted text (\"\")")
+    raise UserError(f"{path}: line {reader.line_num}: {found} field{'s' * (found != 1)} where the header has {width} (separator read as "
                     f"{_DELIM_NAMES[delim]}); put double quotes around a text that holds a {_DELIM_NAMES[delim]} "
                     f"(\"Good, but short\"), or save the file with one separator throughout")
 
 
-def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str) -> Loaded:
-    """The store-scrape CSV: one row per game, its reviews a JSON list in ``user_reviews``."""
+def _unclosed_quote(text: str, start: int, delim: str) -> bool:
+    """Whether the CSV ``text`` from line ``start`` on ends inside a quoted field: the strict reader (``strict=True``)
+    says "unexpected end of data" where the lenient one silently read to the end of the file."""
+    rest = "\n".join(text.split("\n")[start - 1:])
+    try:
+        for _ in csv.reader(io.StringIO(rest, newline=""), delimiter=delim, strict=True):
+            pass
+    except csv.Error as e:
+        return "unexpected end of data" in str(e)
+    return False
+
+
+def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, text: str) -> Loaded:
+    """The store-scrape CSV (``text``, read by ``reader``): one row per game, its reviews a JSON list in
+    ``user_reviews``."""
     loaded = Loaded(path, "store-csv")
     lang = 1 if tag_language == "zh" else 0
+    start = reader.line_num + 1
     for n, row in enumerate(reader, 2):  # line 1 is the header
         where = f"{path}: row {n}"
-        row = _whole_row(path, reader, row, ",")
+        row = _whole_row(path, reader, row, ",", text, start)
+        start = reader.line_num + 1
         try:
             reviews = json.loads(row["user_reviews"] or "[]")
         except json.JSONDecodeError as e:

@@ -159,9 +159,10 @@ def test_pii_hints_never_hide_a_match(text):
     kinds = [k for k, p in cleaning.PII_PATTERNS.items() if k != "link"
              and any(not (k == "email" and cleaning._word_at_site(text, m)) for m in p.finditer(text))]
     out, got = cleaning.scrub_pii(text)
-    kinds += ["link"] if cleaning.PII_PATTERNS["link"].sub(cleaning._keep_platform, out) != out or "link" in got else []
+    kept = cleaning.PII_PATTERNS["link"].sub(lambda m: m.group(0) if cleaning._kept_as_text(m) else "", out)
+    kinds += ["link"] if kept != out or "link" in got else []
     assert got == kinds
-    assert not any(p.search(out) and not (k == "link" and cleaning._keep_platform(p.search(out)))
+    assert not any(p.search(out) and not (k == "link" and cleaning._kept_as_text(p.search(out)))
                    for k, p in cleaning.PII_PATTERNS.items())
 
 
@@ -365,7 +366,7 @@ def test_lead_in_words_without_a_link_stay(text):
     # a plain word before " at " is no mailbox: the link goes with its lead-in
     ("Patch notes at example dot org say the devs fixed the crash, and so far it holds up well.",
      "Patch notes  say the devs fixed the crash, and so far it holds up well."),
-    ("Great game. All the best mods are at www . nexussite . com and they make it shine.", "Great game."),
+    ("Great game. All the best mods are at www . nexussite . com and they make it shine.", "Great game. They make it shine."),
 ])
 def test_spelled_out_links_are_links(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
@@ -373,7 +374,7 @@ def test_spelled_out_links_are_links(text, want):
 
 @pytest.mark.parametrize("text,want", [
     ("The wiki moved to https://x.fandom.com, check it.", "The wiki moved, check it."),
-    ("Great game. mods are at https://nexus.example.com/mods and they rock", "Great game."),
+    ("Great game. mods are at https://nexus.example.com/mods and they rock", "Great game. they rock"),
     ("Great game, the best one is on mymods.net", "Great game"), ("The guide's at x.com/g, it helped a lot.", "It helped a lot."),
     ("Great game, mods over at x.com/mods are fun", "Great game, mods  are fun"), ("Builds found here: https://x.com/b\nFun.", "Builds \nFun."),
     ("Fun boss fights. See x.com/guide for details.", "Fun boss fights."), ("Great game, see x.com/guide, fun.", "Great game, fun."),
@@ -396,6 +397,47 @@ def test_links_go_with_the_words_that_pointed_at_them(text, want):
 
 
 @pytest.mark.parametrize("text,want", [
+    ("I was at x.com reading the lore and fell in love with this game.", "I was  reading the lore and fell in love with this game."),
+    ("Mods are over at nexus-mods.example.com and they make the game much better.", "They make the game much better."),
+    ("The best guide is at x.com and it is free, great game.", "It is free, great game."),
+    ("Great game, the best one is at x.com and it is free.", "Great game, it is free."),
+    ("It is on x.com now and it is great.", "It is great."), ("Great game. Mods are on x.com but they are buggy.", "Great game. They are buggy."),
+    # the link ends its clause: the clause goes, as before
+    ("Great game. The guide is on x.com now.", "Great game."), ("Great game, mods are over at x.com, they rock.", "Great game, they rock."),
+    ("Great game. x.com has the best builds, read it.", "Great game. Read it."),  # a lower-case subject
+])
+def test_a_link_as_predicate_takes_only_its_own_words(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", [
+    "Hole.io is on Steam now and it is a fun little game for kids.", "Krunker.io fans will love this game, it plays the same.",
+    "Metacritic.com says 60, but it deserves 90", "I played Agar.io and Slither.io before, this one is better.",
+])
+def test_a_capitalised_bare_domain_is_a_name(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.mask_pii(text) == text and cleaning.spam_reason(text) is None
+
+
+@pytest.mark.parametrize("text,want", [
+    ("I played agar.io and slither.io before, this one is better.", None), ("krunker.io fans will love it", None),
+    ("Check out mymods.io, it is great.", "It is great."), ("Mods at mymods.io/x work", "Mods  work"),  # pointed at, or a path
+])
+def test_a_bare_io_name_nothing_points_at_is_a_game(text, want):
+    assert cleaning.scrub_pii(text) == ((text, []) if want is None else (want, ["link"]))
+
+
+@pytest.mark.parametrize("text,spam,want", [
+    ("Cdkeys.com has the cheapest keys, great game.", "url", None), ("Buy at Cheapgold.com now", "url", None),
+    ("Great game. X.com has the best builds, read it.", None, "Great game. Read it."),  # one letter: no name
+    ("Check out Mysite.com/guide, it is great.", None, "It is great."),  # with a path: a link
+    ("Guides at MYWIKI.COM, great game.", None, "Guides, great game."),
+])
+def test_shops_and_links_written_with_capitals_are_still_caught(text, spam, want):
+    assert cleaning.spam_reason(text) == spam
+    assert spam or cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
     ("攻略都在 gonglue点com 上面", ""), ("画面很好，攻略都在 gonglue点com 上面", "画面很好"),  # 在 … 上面 was the predicate
     ("游戏不错，攻略在 https://x.com/g 里，推荐", "游戏不错，推荐"), ("攻略在 x点com。剧情很好", "剧情很好"),
     ("我是在 x点com 上面买的，很便宜", "我是买的，很便宜"), ("在 x.com 里可以找到攻略", "可以找到攻略"),  # 在 … 上面 only says where
@@ -403,6 +445,28 @@ def test_links_go_with_the_words_that_pointed_at_them(text, want):
 ])
 def test_a_chinese_frame_around_a_link_goes_with_it(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("游戏很好玩，我是在x点com上面买的，很便宜", "游戏很好玩，我是买的，很便宜"), ("攻略都在x.com上面", ""),
+    ("游戏不错，去pan.baidu.com/s/1abcd下载", "游戏不错，去下载"), ("攻略网站ｘｙｚｇａｍｅ．ｃｏｍ上面有", "攻略网站有"),
+    ("ゲームの攻略はexample.comにあります。", ""), ("공략은example.com에서 볼 수 있어요. 재미있어요", "재미있어요"),
+])
+def test_links_touching_cjk_text_are_links(text, want):
+    out, kinds = cleaning.scrub_pii(text)
+    assert (out.strip(), kinds) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["便宜正版key就上cdkeys.com购买，很便宜", "便宜正版key就上ｃｄｋｅｙｓ．ｃｏｍ购买", "便宜金币就上cheapgold点com购买"])
+def test_shop_links_touching_cjk_text_are_adverts(text):
+    assert cleaning.spam_reason(text) == "url"
+
+
+@pytest.mark.parametrize("text", ["在Battle.net上面买的", "版本v1.2更新了，画面很好", "游戏里的key.bindings很难改", "steam上买的keys很便宜",
+                                  "王道のＲＰＧ。ＴＶアニメも見たけど、ゲームの方が面白い。", "主要玩的还是PVP。Online模式人很多，匹配很快。",
+                                  "对面直接打出了GG。GG，这游戏太好玩了。", "画面、ＢＧＭ．ＳＥ都很棒，强烈推荐这款游戏。"])
+def test_latin_words_touching_cjk_text_without_a_domain_stay(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
 
 
 @pytest.mark.parametrize("text", ["我在网上买的，很便宜", "在 bilibili.com 上面看的攻略", "攻略都在游戏里面，不用上网查"])
@@ -445,6 +509,21 @@ def test_at_and_dot_as_words_are_no_address(text):
     assert cleaning.scrub_pii(text) == (text, []) and cleaning.mask_pii(text) == text
 
 
+@pytest.mark.parametrize("text", [
+    "I got stuck at 163. Top players finish it in 2 hours. Still, the boss design is brilliant.",
+    "I died at 163. Pro tip: always dodge left.", "Watched the finals at live. Pro players are insane.",
+    "I'm good at qq. Top tier game though, highly recommend it.", "Bought it at 126. Live service is bad but the campaign is fine.",
+])
+def test_at_a_provider_name_before_a_sentence_end_is_no_address(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.mask_pii(text) == text
+
+
+@pytest.mark.parametrize("text", ["mail me at 163 . com", "mail: kirito@163. com", "kirito at qq dot com", "Add me at qq .com",
+                                  "Add me at qq.com", "kirito at gmail.com for raids", "a@gmail . com hi"])
+def test_addresses_with_a_spaced_dot_on_both_sides_or_after_an_at_sign_are_emails(text):
+    assert cleaning.scrub_pii(text) == ("", ["email"])
+
+
 @pytest.mark.parametrize("text", ["Buy gold at cheapgold dot com, fast delivery", "www dot buygold dot com", "www. cheapkeys. com",
                                   "cheapkeys(dot)net has it for 5 bucks", "最便宜的key在 keyshop点com"])
 def test_spelled_out_shop_links_are_adverts(text):
@@ -461,7 +540,7 @@ def test_full_width_and_letter_spaced_shop_links_are_adverts(text):
 
 
 @pytest.mark.parametrize("text,want", [
-    ("攻略看ｗｗｗ．ｇｏｎｇｌｕｅ．ｃｏｍ，写得很好！", "攻略看，写得很好！"),  # the kept text keeps its full-width punctuation
+    ("攻略看ｗｗｗ．ｇｏｎｇｌｕｅ．ｃｏｍ，写得很好！", "写得很好！"),  # the kept text keeps its full-width punctuation
     ("Wiki: ｆａｎｗｉｋｉ．ｎｅｔ/ｘ is great", "Wiki is great"), ("Guides on g u i d e s . n e t, great game.", "Guides, great game."),
     ("（真的）好玩！ｗ ｉ ｋ ｉ ． ｃ ｏ ｍ", "（真的）好玩！"),
 ])
@@ -497,6 +576,30 @@ def test_spaced_letters_and_full_width_text_without_a_domain_stay(text):
 
 
 @pytest.mark.parametrize("text", [
+    "Servers reset at 8 p. m. Top players get extra rewards, a fun system overall.",
+    "I played until 4 a. m. Fun game, but the ending is weak.", "Anoche jugué hasta las 2 a. m. Es muy adictivo.",
+    "My G O T Y. Top 3 for sure.", "Controls are W A S D. Pro tip: remap jump.", "S T A L K E R. Fun, scary and janky.",
+    "Best played on P C. Online mode is dead", "S T A L K E R ist super, d. h. es lohnt sich",
+    "El juego de E. A. es muy bueno", "F E A R . net code is bad but the game is good. I recommend it.",
+    "Rated 9 / 10. Top game.", "A / B testing is fun", "对面打出了 G G 。G G 好玩", "我觉得 A B 。C D 都行", "画面、Ｂ Ｇ Ｍ．Ｓ Ｅ都很棒",
+])
+def test_an_abbreviation_before_a_full_stop_is_no_letter_spaced_domain(text):
+    """A full stop with a space after it and none before ends a sentence; a run in two cases spells no domain."""
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+    assert cleaning.mask_pii(text) == text
+
+
+@pytest.mark.parametrize("text,spam", [
+    ("C D K E Y S . C O M", "url"), ("keys at c d k e y s .com", "url"), ("c d k e y s DOT c o m", "url"),
+    ("buy at x dot c o m", None), ("x 点 c o m", None), ("Guides: m y w i k i . c o m, great game.", None),
+    ("Guide: m y g u i d e . c o m / b u i l d s is useful.", None),  # a letter-spaced path goes with it
+    ("Guide: m y g u i d e 。 c o m is useful.", None), ("Guide: m y g u i d e．c o m is useful.", None), ("keys: c d k e y s 。c o m", "url"),
+])
+def test_letter_spaced_domains_in_one_case_are_still_links(text, spam):
+    assert cleaning.spam_reason(text) == spam and cleaning.scrub_pii(text)[1] == ["link"]
+
+
+@pytest.mark.parametrize("text", [
     # the word before "dot" cannot name a site; a full stop with spaces is punctuation unless www leads
     "Feels like the dot com bubble era of shooters.", "The game requires dot net 4.8 to start.", "A red dot on the map.",
     "Red dot sight is great, dot com era vibes.", "Great game . net code is bad though.", "I use dot net at work.",
@@ -504,6 +607,27 @@ def test_spaced_letters_and_full_width_text_without_a_domain_stay(text):
 ])
 def test_dot_as_a_word_stays(text):
     assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+
+
+@pytest.mark.parametrize("text", [
+    "You have to install dot net framework 4.8 first", "Download dot net 3.5 and the launcher works",
+    "It crashed until I updated dot net, now it works fine.", "It has a very dot com era feel to the menus.",
+    "late 90s dot com vibes everywhere, love it.", "Needs dot net core to run.",
+    # 点 after an hour is o'clock
+    "凌晨 3 点 online 人数还有 5 万", "晚上 8 点 tv 直播比赛", "9点top 路总是输", "10 点 info 更新了", "每周三晚上 8 点 C N 服维护",
+])
+def test_dot_net_dot_com_as_words_and_an_hour_before_dian_are_no_links(text):
+    assert cleaning.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None and cleaning.mask_pii(text) == text
+
+
+@pytest.mark.parametrize("text,want,spam", [
+    ("163点com 有攻略", "有攻略", None), ("4399点com 的小游戏很多，好玩", "好玩", None), ("Builds on mysite dot net, read it.", "Builds, read it.", None),
+    ("Mods at x dot net/mods work", "Mods  work", None), ("buy at cheapgold dot net now", None, "url"), ("最便宜的key在 keyshop点com", None, "url"),
+    ("攻略在 x 点 c o m 上面", "", None),
+])
+def test_spelled_links_near_those_words_are_still_links(text, want, spam):
+    assert cleaning.spam_reason(text) == spam
+    assert spam or cleaning.scrub_pii(text) == (want, ["link"])
 
 
 @pytest.mark.parametrize("text,want", [
@@ -539,6 +663,70 @@ def test_game_numbers_named_earlier_in_the_clause_are_not_phones(text):
 def test_phone_numbers_near_a_contact_word_never_survive(text):
     out, kinds = cleaning.scrub_pii(text)
     assert cleaning.spam_reason(text) and "phone_number" in kinds and not re.search(r"\d{5}", out), out
+
+
+@pytest.mark.parametrize("text,want,kinds", [
+    ("Great game. Check out x.com, iOS version is fine too.", "Great game. iOS version is fine too.", ["link"]),
+    ("Great game. See x.com/guide, eBay sells the physical copy.", "Great game. eBay sells the physical copy.", ["link"]),
+    ("Fun. Check out x.com, iPhone port is bad.", "Fun. iPhone port is bad.", ["link"]),
+    ("Fun. Check out x.com, it is great.", "Fun. It is great.", ["link"]),  # a plain word still takes the capital
+    ("游戏很好玩，我的邮箱是 a@gmail . com 欢迎交流。", "游戏很好玩。", ["email"]),  # the dot inside the address ends no sentence
+    ("The game is fun. (Check out x.com.) The game runs well.", "The game is fun.  The game runs well.", ["link"]),
+    ("Mods I use:\n- Check out x.com\n- the unofficial patch\nAll great.", "Mods I use:\n- the unofficial patch\nAll great.", ["link"]),
+    ("Thanks to x.com for the guide, I finished the game.", "Thanks for the guide, I finished the game.", ["link"]),
+    ("Great, thanks to x.com for the maps.", "Great, thanks for the maps.", ["link"]),
+    ("I write reviews here and over at x.com, this one is a 9/10.", "I write reviews here, this one is a 9/10.", ["link"]),
+    ("Get it on Steam or at x.com.", "Get it on Steam.", ["link"]),  # no "and" / "or" left hanging
+    ("I played on Steam and on x.com and it was fine.", "I played on Steam and it was fine.", ["link"]),
+    ("正在 x.com 上看攻略，游戏本身很好玩。", "正在 看攻略，游戏本身很好玩。", ["link"]),
+    ("Great game, mail kirito at gmail dotcom for help.", "Great game.", ["email"]),
+])
+def test_what_a_cut_leaves_reads_as_the_writer_wrote_it(text, want, kinds):
+    assert cleaning.scrub_pii(text) == (want, kinds)
+
+
+@pytest.mark.parametrize("text", ["W P . G G , what a match. Great game overall.", "E Z . G G , this game is too easy.",
+                                  "Missing dot net? Get it from Microsoft, then enjoy."])
+def test_game_chat_spaced_out_and_missing_dot_net_are_no_links(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Pros:\n- see x.com for the mod list\n- great soundtrack", "Pros:\n- great soundtrack"),
+    ("Great game, see x.com for more info on builds, fun.", "Great game, fun."), ("Check out x.com for mods, they are great.", "They are great."),
+    ("Great game (see x.com for more) with a great community.", "Great game  with a great community."),
+])
+def test_what_a_pointed_at_link_offers_goes_with_it(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("详细攻略见 x.com，游戏很好玩，推荐购买。", "游戏很好玩，推荐购买。"), ("感谢 x.com 的攻略，游戏很好玩，推荐购买。", "游戏很好玩，推荐购买。"),
+    ("更多内容请关注 x.com，游戏很好玩。", "游戏很好玩。"), ("游戏存在 bug，但是 x.com 上面有修复补丁，总体推荐。", "游戏存在 bug，但是 有修复补丁，总体推荐。"),
+    ("ゲームは最高です。攻略は ｍｙｗｉｋｉ．ｃｏｍ にあります。おすすめです。", "ゲームは最高です。おすすめです。"),
+    ("공략은 example.com 에서 볼 수 있어요. 정말 재미있는 게임입니다.", "정말 재미있는 게임입니다."),
+    ("Отличная игра, гайды на ｍｙｗｉｋｉ．ｃｏｍ, всем советую.", "Отличная игра, гайды, всем советую."),
+    ("Tolles Spiel, Guides findest du auf m y w i k i . c o m, klare Empfehlung.", "Tolles Spiel, Guides findest du, klare Empfehlung."),
+    ("Las guías están en example.com, el juego es genial.", "Las guías están, el juego es genial."),
+])
+def test_links_in_other_languages_leave_no_pointing_word(text, want):
+    out, kinds = cleaning.scrub_pii(text)
+    assert (out.strip(), kinds) == (want, ["link"])  # the space before a kept sentence goes with the whitespace rule
+
+
+@pytest.mark.parametrize("text", ["我看了很多攻略，游戏很好玩。", "请看这个游戏的画面，真的很好。", "详见游戏内说明，关注官方公告。",
+                                  "I was at mail dotcom era"])
+def test_pointing_words_without_a_link_stay(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("The game is great thanks to x.com mods and the community.", "The game is great thanks to  mods and the community."),
+    ("The game runs on x.com servers, and it is fun.", "The game runs on  servers, and it is fun."),
+    ("x.com servers are down a lot, sad.", "servers are down a lot, sad."),  # the servers are the subject, not the link
+])
+def test_a_link_naming_whose_thing_goes_alone(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
 
 
 def test_scrub_never_leaves_lone_punctuation():

@@ -61,6 +61,10 @@ def test_signatures_mentions_and_the_authors_name():
     # near misses: an e-mail address, a reply that names nobody
     ("mail me at bob@b.com", None, "mail me at bob@b.com", []), ("他的回复：很快，好评", None, "他的回复：很快，好评", []),
     ("see medium.com/@bob for more", None, "see medium.com/@bob for more", []),
+    # a full-width letter or digit before the ＠ makes an address too: the e-mail rule takes it whole
+    ("有事联系我的邮箱１２３４５６７８９＠ｑｑ．ｃｏｍ，推荐购买。", None, "有事联系我的邮箱１２３４５６７８９＠ｑｑ．ｃｏｍ，推荐购买。", []),
+    ("mail ｋｉｒｉｔｏ９９＠ｐｒｏｔｏｎ．ｍｅ", None, "mail ｋｉｒｉｔｏ９９＠ｐｒｏｔｏｎ．ｍｅ", []),
+    ("邮箱１２３４５６７８９@qq.com", None, "邮箱１２３４５６７８９@qq.com", []), ("楼上＠ｎａｍｅ９９ 说得对", None, "楼上 说得对", ["mention"]),
 ])
 def test_reply_lead_in_goes_with_its_name(text, author, want, kinds):
     assert noise.strip_handles(text, author) == (want, kinds)

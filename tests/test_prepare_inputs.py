@@ -342,7 +342,7 @@ def test_disguised_links_and_addresses_and_their_lead_ins_in_a_run(tmp_path):
     res = _run(tmp_path, [_csv(tmp_path / "s.csv", ["review", "game", "author"], rows)], language=["all"])
     assert [r["output"] for r in _load(res["train"])] == [
         "Tight combat and a great soundtrack.", "The wiki moved, check it for the boon lists, they help a lot.",
-        "Great roguelike, I keep coming back.", "剧情很好，战斗也爽快！推荐（真心）。"]
+        "Great roguelike, I keep coming back. They rock.", "剧情很好，战斗也爽快！推荐（真心）。"]
     assert res["removed"]["spam"] == 2
 
 
@@ -500,9 +500,45 @@ def test_row_with_other_field_count_than_header_exit_2(tmp_path, text, line, fou
     src = _raw(tmp_path / "in.csv", text)
     r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--app_name", "X"])
     assert r.exit_code == 2, r.output
-    assert f"{src}: line {line}: {found} fields where the header has {width} (separator read as {sep}); put double " \
+    assert f"{src}: line {line}: {found} field{'s' * (found != 1)} where the header has {width} (separator read as {sep}); put double " \
            f"quotes around a text that holds a {sep}" in r.output.replace("\n", ""), r.output
     assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ('review,voted_up\n"Great game ""really"" fun\n', "line 2: a double quote opens a text that never closes"),
+    ('review,voted_up\nFine game,True\n"Great game,yes\nok,no\n', "line 3: a double quote opens a text that never closes"),
+    ("review,Review,voted_up\nGreat game really fun,other text here,yes\n",
+     "columns 'review' and 'Review' both read as the review field; name the one to use, e.g. --columns review=review"),
+    ("review,voted_up\nGreat game really fun\n", "line 2: 1 field where the header has 2"),
+])
+def test_unclosed_quotes_and_twin_columns_exit_2_naming_them(tmp_path, text, message):
+    src = _raw(tmp_path / "in.csv", text)
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--app_name", "X"])
+    assert r.exit_code == 2 and f"{src}: {message}" in r.output.replace("\n", ""), r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"review": 12345, "appid": 1}', "line 1: 'review' holds int '12345', not text"),
+    ('{"review": "Fine game, I liked it a lot", "appid": 1}\n{"review": ["a", "b"], "appid": 1}',
+     "line 2: 'review' holds list \"['a', 'b']\", not text"),
+    ("[1,2,3]", "record 1: unknown record shape (an int)"), ('["a"]', "record 1: unknown record shape (a str)"),
+])
+def test_a_review_that_is_no_text_exits_2_naming_the_record(tmp_path, line, message):
+    """Also a record that is no object: its type with the right article ("an int")."""
+    src = _raw(tmp_path / "in.jsonl", line + "\n")
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--app_name", "X"])
+    assert r.exit_code == 2 and f"{src}: {message}" in r.output.replace("\n", ""), r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+def test_twin_columns_named_by_columns_and_control_characters_are_read(tmp_path):
+    """``--columns`` picks one of two twin columns; a NUL or another C0 control character never reaches the output."""
+    src = _raw(tmp_path / "in.csv", "review,Review,voted_up\nGreat\x00 game, really\x1b fun to play,other text here,yes\n"
+               .replace("Great\x00 game, really\x1b fun to play", '"Great\x00 game, really\x1b fun to play"'))
+    res = _run(tmp_path, [src], columns="review=review", app_name=["X"], language=["all"])
+    assert [r["output"] for r in _load(res["train"])] == ["Great game, really fun to play"]
 
 
 def test_quoted_separators_and_empty_fields_are_not_a_field_count_error(tmp_path):
@@ -526,3 +562,19 @@ def test_invisible_characters_hide_nothing_from_the_rules(tmp_path):
     res = _run(tmp_path, [src], language=["en"])
     assert [r["output"] for r in _load(res["train"])] == [EN[1], EN[3], EN[2], rows[5][0]]
     assert res["removed"]["identity_slur"] == 1 and res["removed"]["spam"] == 1
+
+
+def test_full_width_addresses_go_whole_and_the_report_shows_them_masked(tmp_path):
+    """A full-width ``＠`` after a full-width name is an address, not a mention: its clause goes whole (no QQ number
+    left), and the rule's example shows the address masked where the output dropped it."""
+    rows = [["游戏很好玩，有事联系我的邮箱１２３４５６７８９＠ｑｑ．ｃｏｍ，推荐购买。", "Hades", "x"],
+            ["游戏很好玩，有事联系我的邮箱１２３４５６７８９@qq.com，推荐购买。", "Hades", "x"],
+            ["Great roguelike with tight combat. Mail ｋｉｒｉｔｏ９９＠ｐｒｏｔｏｎ．ｍｅ for raids.", "Hades", "x"]]
+    res = _run(tmp_path, [_csv(tmp_path / "s.csv", ["review", "game", "author"], rows)], language=["all"])
+    assert [r["output"] for r in _load(res["train"])] == ["游戏很好玩，推荐购买。", "Great roguelike with tight combat."]
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert report["rules"]["handles"]["changed"] == 0 and report["rules"]["scrub_pii"]["reasons"] == {"email": 3}
+    shown = [e["text"] for e in report["rules"]["scrub_pii"]["examples"]]
+    assert "游戏很好玩，有事联系我的邮箱▇，推荐购买。" in shown
+    for leak in ("１２３４５６７８９", "123456789", "ｋｉｒｉｔｏ", "kirito"):
+        assert leak not in json.dumps(report, ensure_ascii=False), leak
