@@ -841,7 +841,7 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
     # (a link does not end in the punctuation after it: "see x.com/news, then", "buy at x.net. Cheap")
     "link": re.compile(rf"(?:(?:https?://|www\.){_URL_CHARS}+"
-                       rf"|{_NO_WORD_BEFORE}(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?!{_WORD_CHAR}|-|\.(?:{_WORD_CHAR}|-))(?:/{_URL_CHARS}*)?"
+                       rf"|{_NO_WORD_BEFORE}(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?!{_WORD_CHAR}|-|\.(?:{_WORD_CHAR}|-))(?:[/?#]{_URL_CHARS}*)?"
                        rf"|(?:{_WORD_TLD})/{_URL_CHARS}*)|{_SPELLED_LINK})(?<![.,;:!?])", re.I),
 }
 _LINK_HINT = re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search
@@ -1066,8 +1066,6 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
             continue
         done = out[-1][2] if out else 0  # where the last cut ended (a share code or frame may run into this link)
         lead = _LINK_LEAD.search(text, max(done, m.start() - 40), m.start()) if done <= m.start() else None
-        if lead is None and _IO_GAME(m.group(0)):
-            continue
         end = _SHARE_CODE_AFTER.match(text, m.end()).end()
         if lead and lead.group("see"):
             end = _FOR_DETAILS.match(text, end).end()
@@ -1094,11 +1092,11 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
 
 def _says_nothing_without(text: str, lead: re.Match[str] | None, start: int, link_end: int, end: int) -> bool:
     """Whether the clause of a link (its cut ``text[start:end]``, the link ending at ``link_end``) says nothing
-    without it: the link is in a 在 frame that ends the clause (攻略都在 x点com 上面。 — 在 x点com 上面买的 only says
-    where), after a Chinese word that only points at it (详细攻略见 x.com, 请关注 x.com), before a 的 it owns (感谢 x.com
+    without it: the link is in a 在 frame or after a colon and ends the clause (攻略都在 x点com 上面。, "My site: x.com";
+    在 x点com 上面买的 only says where), after a Chinese word that only points at it (详细攻略见 x.com, 请关注 x.com), before a 的 it owns (感谢 x.com
     的攻略) or a Japanese or Korean particle that makes it the predicate (攻略は x.com にあります, 공략은 x.com 에서), or
     the subject, starting a sentence with an English word after it ("x.com has the best builds")."""
-    if lead and lead.group("zai"):
+    if lead and (lead.group("zai") or lead.group(0).strip() in (":", "：")):  # "My website: x.com" names nothing
         return _CLAUSE_END_AFTER.match(text, end) is not None
     if lead and lead.group("zh_point") or _CJK_PARTICLE_AFTER.match(text, link_end):
         return True
@@ -1128,9 +1126,6 @@ def _clause_start(text: str, pos: int) -> int:
     return ends[-1] if ends else lo
 
 
-# a bare ".io" name nothing points at is a game's: browser games are named by their domain ("I played agar.io and
-# slither.io before"); "check out mymods.io" is a link
-_IO_GAME = re.compile(r"[a-z0-9-]+\.io", re.I).fullmatch
 # what a site has, right after its link: the link is a modifier ("the x.com servers", "thanks to x.com mods")
 _SITE_NOUN_AFTER = re.compile(r"[ \t]+(?:servers?|mods?|forums?|wiki|pages?|site|community|guides?|version|store|builds?"
                               r"|maps?|users?|players?|discord|accounts?|launcher|team|staff|posts?|threads?)(?![^\W\d_])")
@@ -1164,7 +1159,8 @@ _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
 # 汉化补丁下载, 资源, 网盘): with the link gone it points at nothing
 _ZH_LINK_LEAD = (r"(?:(?:破解版?|学习版|绿色版|免安装版?|汉化(?:版|补丁)?|中文版|安装包|补丁|资源|游戏|mod)[ \t]*(?:下载|下載)"
                  r"|下载|下載|(?:百度)?(?:网盘|網盤)|资源|資源)")
-# English words that only point at the link after them: a preposition (also "over at", "up on"), "see" / "check out" /
+# English words that only point at the link after them: a preposition (also "over at", "up on"), "sponsored by",
+# "see" / "check out" /
 # "visit" (with "for …" after the link), a participle with "here" ("found here:"; after a copula only "here":
 # "can be found here: x" keeps "can be found", group "kept"), "to" after a verb of moving or pointing ("moved to x" →
 # "moved") and "according to"
@@ -1177,8 +1173,8 @@ _PARTICIPLE = r"(?:found|available|posted|linked|listed|uploaded)"
 _ZH_POINT = r"(?:详|請|请)?见|参见|參見|(?:请|請)?(?:看|关注|關注|访问|訪問)"
 # prepositions of other languages right before a link: "гайды на x.com", "findest du auf x.com", "están en x.com"
 _OTHER_LEAD = r"на|в|во|по|auf|bei|unter|en|sur|dans|chez|em|no|na|su|op|w|z"
-_EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|(?:{_PARTICIPLE}[ \t]+)?here"
-            rf"|to(?:{_TO_AFTER})|(?:according|(?P<thanks>thanks)|due)[ \t]+to"
+_EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|with|(?:{_PARTICIPLE}[ \t]+)?here"
+            rf"|to(?:{_TO_AFTER})|(?:according|(?P<thanks>thanks)|due)[ \t]+to|(?:sponsored|powered|hosted)[ \t]+by"
             r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
 # a copula right before the lead-in makes the link the clause's predicate ("it's on x.", "mods are at x and they rock"):
 # with the link gone the clause says nothing, so it goes as far as the link holds it (:func:`_predicate_cut`)
@@ -1262,29 +1258,43 @@ def _tidy(text: str) -> str:
     return text
 
 
-#: store and platform names that are written as domains ("needs a Battle.net account"): kept when bare
+#: store, platform and program names that are written as domains ("needs a Battle.net account", "made in Paint.net"):
+#: kept when bare
 PLATFORM_DOMAINS = {"battle.net", "itch.io", "gog.com", "ea.com", "origin.com", "ubisoft.com", "xbox.com",
                     "epicgames.com", "humblebundle.com", "steam.com", "twitch.tv", "youtube.com", "bilibili.com",
-                    "reddit.com", "github.com", "discord.gg", "discord.com", "nexusmods.com", "steamdb.info"}
+                    "reddit.com", "github.com", "discord.gg", "discord.com", "nexusmods.com", "steamdb.info", "amazon.com",
+                    "paint.net"}
 
 
-# A bare domain written as a name, capitalised, with no scheme, www or path: a game or a site named in the text ("Hole.io
-# is on Steam now", "Krunker.io fans", "Metacritic.com says 60"), kept as a platform's is. A shop's name is an advert
-# whatever its case (:func:`spam_reason`); "X.com" (one letter) and "CHEAPKEYS.COM" are no names
-_NAME_DOMAIN = re.compile(r"[A-Z][a-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*\.[a-z]+").fullmatch
+#: games and review sites named by their domain: in a review these are names, not destinations ("Hole.io is on Steam
+#: now", "I played Agar.io and Slither.io", "Metacritic.com says 60"); kept when bare and nothing points at them
+NAME_DOMAINS = {"hole.io", "agar.io", "slither.io", "krunker.io", "diep.io", "paper.io", "surviv.io", "zombs.io",
+                "wormate.io", "mope.io", "skribbl.io", "shellshock.io", "venge.io", "bonk.io", "moomoo.io", "starve.io",
+                "deeeep.io", "gartic.io", "metacritic.com", "opencritic.com", "ign.com", "gamespot.com", "polygon.com",
+                "kotaku.com", "pcgamer.com", "eurogamer.net", "howlongtobeat.com", "protondb.com"}
+# a scheme, "www", a path, a query or a fragment: a link whatever its case and whatever touches it
+_FULL_LINK = re.compile(r"^(?:https?://|www)|[/?#]", re.I).search
+# the top-level domains of links typed into Han, kana or Hangul text: common web ones, none of them a file extension or a
+# word in game talk ("npc.ai", "xbox.live", "save.info", "ui.top", "game.app", "switch.pro", "main.cc" stay)
+_CJK_WEB_TLD = re.compile(r"(?:com|net|org|cn|gg|tv|io|xyz)\Z").search
 
 
 def _kept_as_text(m: re.Match[str]) -> bool:
-    """Whether a link match is a platform's bare domain (:data:`PLATFORM_DOMAINS`), a name (``_NAME_DOMAIN``), or
-    words touching Han, kana or Hangul text that a link there would not be: one with an upper-case letter or a "。"
-    ("还是PVP。Online模式", "ＢＧＭ．ＳＥ都很棒", "打出了GG。GG": an acronym and a sentence end; a link typed into
-    CJK text is lower case, "攻略都在x.com上面"). Shops' links are adverts all the same (:func:`spam_reason`)."""
+    """Whether a link match is a platform's bare domain (:data:`PLATFORM_DOMAINS`), a game or review site's name
+    (:data:`NAME_DOMAINS`, with no lead-in before it: "visit agar.io" is a link), or words touching Han, kana or Hangul
+    text that a link there would not be: one with an upper-case letter or a "。" ("还是PVP。Online模式", "ＢＧＭ．ＳＥ都很棒",
+    "打出了GG。GG": an acronym and a sentence end), or with a top-level domain links there do not use (:data:`_CJK_WEB_TLD`:
+    "游戏里的npc.ai很蠢"). One with a scheme, "www", a path or a query is a link all the same (:data:`_FULL_LINK`). Shops'
+    links are adverts all the same (:func:`spam_reason`)."""
     found = m.group(0)
-    if found.lower() in PLATFORM_DOMAINS or _NAME_DOMAIN(found) is not None:
-        return True
+    low = found.lower()
     text, a, b = m.string, m.start(), m.end()
+    if low in PLATFORM_DOMAINS or (low in NAME_DOMAINS and not _LINK_LEAD.search(text, max(0, a - 40), a)):
+        return True
     touches = (a and _CJK_CHAR(text[a - 1])) or (b < len(text) and _CJK_CHAR(text[b]))
-    return bool(touches) and (found != found.lower() or "。" in found or "｡" in found)
+    if not touches or _FULL_LINK(found):
+        return False
+    return found != low or "。" in found or "｡" in found or not _CJK_WEB_TLD(low)
 
 
 _CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]").match
