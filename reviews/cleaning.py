@@ -787,7 +787,7 @@ def _word_at_site(text: str, m: re.Match[str]) -> bool:
 # word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net", "install dot
 # net", "late 90s dot com vibes" or "a red dot on the map" it cannot, and those stay; nor is "dot net framework / 4.8"
 # or "dot com era" a link. A 点 after a number of one or two digits is "o'clock" (凌晨 3 点 online, 9点top 路): an hour,
-# no site (a site named by digits has more: 163点com, 4399点com).
+# no site (a site named by digits has more: 163点com, 1234点com).
 _SPELLED_TLD = r"com|net|org|cn|ru|io|gg|xyz|top|info|biz|cc|tv|shop|store|site|online|vip|club"
 _LINK_DOT = r"(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*[点點][ \t]*|[．｡。])"
 _NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of|on|in|at|to|with|via|by|for|from|into"
@@ -1067,6 +1067,10 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         done = out[-1][2] if out else 0  # where the last cut ended (a share code or frame may run into this link)
         lead = _LINK_LEAD.search(text, max(done, m.start() - 40), m.start()) if done <= m.start() else None
         end = _SHARE_CODE_AFTER.match(text, m.end()).end()
+        also = _ZH_AND_AFTER.match(text, end) if lead and lead.group("zai") else None
+        if also:  # "在x.com和贴吧上都有" → "在贴吧上都有": the frame holds the other place
+            out.append((m.start(), m.start(), also.end(), False))
+            continue
         if lead and lead.group("see"):
             end = _FOR_DETAILS.match(text, end).end()
         else:
@@ -1136,9 +1140,9 @@ _PREDICATE_END = re.compile(rf"{_ADVERB}[ \t]*(?:[,;.!?，；。！？…\n]|$)"
 _CONJUNCTION_AFTER = re.compile(rf"{_ADVERB}[ \t]*[,，]?[ \t]+(?:and|but|so|or)[ \t]+", re.I)
 _CLAUSE_BOUNDARY = re.compile(r"(?:[,;，；。！？…\n]|[.!?]+(?=[ \t]))[ \t]*")
 _CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
-# 上面 / 里面 after a link, or 上 / 里 before a verb of reading or getting: "但是 x.com 上面有补丁" → "但是有补丁",
+# 上面 / 里面 after a link, or 上 / 里 before a verb of reading, getting or having: "但是 x.com 上面有补丁" → "但是有补丁",
 # "正在 x.com 上看攻略" → "正在看攻略" (上线 / 上传 stay)
-_ZH_PLACE_AFTER = re.compile(r"(?:[ \t]*(?:上面|里面|[上里](?=[看找买下搜查玩]))的?)?")
+_ZH_PLACE_AFTER = re.compile(r"(?:[ \t]*(?:上面|里面|[上里](?=[看找买下搜查玩有]))的?)?")
 _CJK_PARTICLE_AFTER = re.compile(r"[ \t]*(?:的|に|で|から|まで|へ|에서|에|으로|로)")
 _LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
@@ -1169,8 +1173,9 @@ _TO_VERBS = ("move", "moved", "moves", "migrated", "go", "goes", "went", "head",
              "back", "welcome")
 _TO_AFTER = "|".join(rf"(?<=\b{v} to)" for v in _TO_VERBS)  # tried after "to": one cheap test where "to" stands
 _PARTICIPLE = r"(?:found|available|posted|linked|listed|uploaded)"
-# Chinese words that only point at the link after them: "see", "follow", "visit" (详细攻略见 x.com, 请关注 x.com)
-_ZH_POINT = r"(?:详|請|请)?见|参见|參見|(?:请|請)?(?:看|关注|關注|访问|訪問)"
+# Chinese words that only point at the link after them: "see", "follow", "visit", "upload to" (详细攻略见 x.com, 请关注 x.com,
+# 传到 x.com)
+_ZH_POINT = r"(?:详|請|请)?见|参见|參見|(?:请|請)?(?:看|关注|關注|访问|訪問)(?:一下)?|传到|傳到|发到|發到|放到"
 # prepositions of other languages right before a link: "гайды на x.com", "findest du auf x.com", "están en x.com"
 _OTHER_LEAD = r"на|в|во|по|auf|bei|unter|en|sur|dans|chez|em|no|na|su|op|w|z"
 _EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|with|(?:{_PARTICIPLE}[ \t]+)?here"
@@ -1193,7 +1198,10 @@ _LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(
 # word; "for …" after "see x"
 _SHARE_CODE_AFTER = re.compile(rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
                                r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)
-_FRAME_END = re.compile(r"(?:[ \t]*(?:上面|里面|上|里|中|内)的?)?[ \t]*")
+# (a 上 that begins a verb stays: 在x.com上线了 → 上线了; 上架, 上市, 上新, 上传, 上映)
+_FRAME_END = re.compile(r"(?:[ \t]*(?:上面|里面|上(?![线線架市新传傳映演升涨漲瘾癮])|里|中|内)的?)?[ \t]*")
+# another place joined to a link in a 在 frame: the link goes with the joining word
+_ZH_AND_AFTER = re.compile(r"[ \t]*(?:和|与|與|或者|或|跟|以及|及)[ \t]*(?=[^\W\d_])")
 # what the link offers ("see x.com for the mod list", "check out x.com for mods"), to the clause's end: without the link
 # it points at nothing
 _FOR_DETAILS = re.compile(r"(?:[ \t]+for[ \t]+[^,;.!?，；。！？\n)）\]]*)?", re.I)
@@ -1271,7 +1279,8 @@ PLATFORM_DOMAINS = {"battle.net", "itch.io", "gog.com", "ea.com", "origin.com", 
 NAME_DOMAINS = {"hole.io", "agar.io", "slither.io", "krunker.io", "diep.io", "paper.io", "surviv.io", "zombs.io",
                 "wormate.io", "mope.io", "skribbl.io", "shellshock.io", "venge.io", "bonk.io", "moomoo.io", "starve.io",
                 "deeeep.io", "gartic.io", "metacritic.com", "opencritic.com", "ign.com", "gamespot.com", "polygon.com",
-                "kotaku.com", "pcgamer.com", "eurogamer.net", "howlongtobeat.com", "protondb.com"}
+                "kotaku.com", "pcgamer.com", "eurogamer.net", "howlongtobeat.com", "protondb.com", "4399.com", "7k7k.com"}
+_SPELLED_NAME_DOT = re.compile(r"[ \t]*[点點][ \t]*")  # "4399点com" is the name 4399.com
 # a scheme, "www", a path, a query or a fragment: a link whatever its case and whatever touches it
 _FULL_LINK = re.compile(r"^(?:https?://|www)|[/?#]", re.I).search
 # the top-level domains of links typed into Han, kana or Hangul text: common web ones, none of them a file extension or a
@@ -1282,19 +1291,19 @@ _CJK_WEB_TLD = re.compile(r"(?:com|net|org|cn|gg|tv|io|xyz)\Z").search
 def _kept_as_text(m: re.Match[str]) -> bool:
     """Whether a link match is a platform's bare domain (:data:`PLATFORM_DOMAINS`), a game or review site's name
     (:data:`NAME_DOMAINS`, with no lead-in before it: "visit agar.io" is a link), or words touching Han, kana or Hangul
-    text that a link there would not be: one with an upper-case letter or a "。" ("还是PVP。Online模式", "ＢＧＭ．ＳＥ都很棒",
-    "打出了GG。GG": an acronym and a sentence end), or with a top-level domain links there do not use (:data:`_CJK_WEB_TLD`:
+    text that a link there would not be: one with an upper-case letter ("还是PVP。Online模式", "ＢＧＭ．ＳＥ都很棒", "打出了GG。GG":
+    an acronym and a sentence end), or with a top-level domain links there do not use (:data:`_CJK_WEB_TLD`:
     "游戏里的npc.ai很蠢"). One with a scheme, "www", a path or a query is a link all the same (:data:`_FULL_LINK`). Shops'
     links are adverts all the same (:func:`spam_reason`)."""
     found = m.group(0)
     low = found.lower()
     text, a, b = m.string, m.start(), m.end()
-    if low in PLATFORM_DOMAINS or (low in NAME_DOMAINS and not _LINK_LEAD.search(text, max(0, a - 40), a)):
+    if low in PLATFORM_DOMAINS or (_SPELLED_NAME_DOT.sub(".", low) in NAME_DOMAINS and not _LINK_LEAD.search(text, max(0, a - 40), a)):
         return True
     touches = (a and _CJK_CHAR(text[a - 1])) or (b < len(text) and _CJK_CHAR(text[b]))
     if not touches or _FULL_LINK(found):
         return False
-    return found != low or "。" in found or "｡" in found or not _CJK_WEB_TLD(low)
+    return found != low or not _CJK_WEB_TLD(low)
 
 
 _CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]").match

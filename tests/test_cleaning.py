@@ -640,7 +640,7 @@ def test_dot_net_dot_com_as_words_and_an_hour_before_dian_are_no_links(text):
 
 
 @pytest.mark.parametrize("text,want,spam", [
-    ("163点com 有攻略", "有攻略", None), ("4399点com 的小游戏很多，好玩", "好玩", None), ("Builds on mysite dot net, read it.", "Builds, read it.", None),
+    ("163点com 有攻略", "有攻略", None), ("1234点com 的小游戏很多，好玩", "好玩", None), ("Builds on mysite dot net, read it.", "Builds, read it.", None),
     ("Mods at x dot net/mods work", "Mods  work", None), ("buy at cheapgold dot net now", None, "url"), ("最便宜的key在 keyshop点com", None, "url"),
     ("攻略在 x 点 c o m 上面", "", None),
 ])
@@ -807,3 +807,22 @@ def test_a_word_with_a_file_or_word_tld_touching_cjk_text_stays(text):
 ])
 def test_a_word_with_a_common_web_tld_touching_cjk_text_is_a_link(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("好玩。汉化补丁已经在mywiki.com上线了", "好玩。汉化补丁已经上线了"), ("好玩。游戏在mywiki.com上架了", "好玩。游戏上架了"),
+    ("好玩。原声带在mywiki.com上市了", "好玩。原声带上市了"), ("好玩。新皮肤在mywiki.com上新了", "好玩。新皮肤上新了"),
+    ("好玩。电影在 mywiki.com 上映了", "好玩。电影上映了"),
+    ("好玩。攻略都在mywiki.com上", "好玩。"), ("好玩。攻略在mywiki.com上面，很全", "好玩。很全"),  # the frame's own 上 goes
+    ("好玩。我把存档传到mywiki.com上传了一份", "好玩。"), ("好玩。在mywiki.com和贴吧上都有人推荐", "好玩。在贴吧上都有人推荐"),
+    ("好玩。在mywiki.com或者贴吧上都有人推荐", "好玩。在贴吧上都有人推荐"), ("好玩。我见过 mywiki.com 上有人说结局很感人", "好玩。我见过 有人说结局很感人"),
+    ("好玩。可以关注一下 mywiki.com，很多攻略", "好玩。很多攻略"), ("好玩。攻略在mywiki。com上面", "好玩。"),
+    ("以前在4399.com上玩过类似的", "以前玩过类似的"),  # pointed at: a link
+])
+def test_a_chinese_frame_keeps_a_verbs_and_another_places_words(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["4399点com的小游戏，这个更好玩", "4399.com上的小游戏小时候玩过", "小时候玩7k7k点com的小游戏"])
+def test_a_chinese_game_site_named_by_its_domain_is_a_name(text):
+    assert cleaning.scrub_pii(text) == (text, [])
