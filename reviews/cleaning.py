@@ -1071,8 +1071,12 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         if also:  # "在x.com和贴吧上都有" → "在贴吧上都有": the frame holds the other place
             out.append((m.start(), m.start(), also.end(), False))
             continue
+        see = None
         if lead and lead.group("see"):
-            end = _FOR_DETAILS.match(text, end).end()
+            end, see = _see_end(text, lead.start(), end)
+            if see == "sentence":
+                out.append(_sentence_span(text, max(done, lead.start()), end))
+                continue
         else:
             end = (_FRAME_END if lead and lead.group("zai") else _ZH_PLACE_AFTER).match(text, end).end()
         modifier = _SITE_NOUN_AFTER.match(text, end) is not None  # "runs on x.com servers": only the link goes
@@ -1082,15 +1086,19 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         if lead and lead.group("thanks") and _FOR_AFTER.match(text, end):
             cut = lead.end("thanks")  # "Thanks to x.com for the guide" → "Thanks for the guide"
         conj = _CONJUNCTION_BEFORE.search(text, done, start) if cut == start else None
-        if conj and (_CLAUSE_END_AFTER.match(text, end) or _CONJUNCTION_AFTER.match(text, end)):
-            # "here and over at x.com, this one" → "here, this one"; "on Steam and on x.com and it" → "on Steam and it"
-            start = cut = conj.start()
+        after = _CONJUNCTION_AFTER.match(text, end)
+        if conj and after and _SUBJECT.match(text, after.end()):
+            # "on Steam and on x.com and it was cheaper there": cut, it would flip the meaning
+            out.append(_sentence_span(text, max(done, start), end))
+            continue
+        if conj and (after or _CLAUSE_END_AFTER.match(text, end)):
+            start = cut = conj.start()  # "here and over at x.com, this one" → "here, this one"; "on Steam and x.com and GOG"
         if end <= start:
             continue
         if lead and lead.group("pred"):
             out.append(_predicate_cut(text, done, start, lead.start("prep"), end))
         else:
-            out.append((start, cut, end, not modifier and _says_nothing_without(text, lead, start, m.end(), end)))
+            out.append((start, cut, end, not modifier and (see == "clause" or _says_nothing_without(text, lead, start, m.end(), end))))
     return out
 
 
@@ -1110,16 +1118,44 @@ def _says_nothing_without(text: str, lead: re.Match[str] | None, start: int, lin
 def _predicate_cut(text: str, done: int, start: int, prep: int, end: int) -> tuple[int, int, int, bool]:
     """The cut for a link after a copula (``text[start:end]``, its preposition at ``prep``; nothing before ``done`` is
     cut again): its whole comma clause when the clause ends with it ("The best one is on x.com."); from the clause's
-    start through a conjunction right after it ("Mods are at x.com and they rock" → "They rock"); else only the
-    preposition and the link, the copula serving the words after it ("I was at x.com reading the lore" → "I was reading
-    the lore")."""
-    if _PREDICATE_END.match(text, end):
-        return start, start, end, True
+    start through a conjunction right after it when a new subject follows ("Mods are at x.com and they rock" → "They
+    rock"); only the preposition and the link before an -ing word, the copula serving it ("I was at x.com reading the
+    lore" → "I was reading the lore"). Else, and when a relative clause follows ("are at x.com, which fans run"), the
+    whole sentence: a cut would leave a fragment ("It is and, as always", "are which") or turn a second place into the
+    first ("are at x.com or the official forum", "is at x.com, or in the game files")."""
     conj = _CONJUNCTION_AFTER.match(text, end)
-    if conj:
+    if conj and conj.group(0).strip(" \t,，").lower() != "or" and not _SECOND_PLACE.match(text, conj.end()):
         begin = max(done, _clause_start(text, start))
         return begin, begin, conj.end(), False
-    return start, prep, end, False
+    if _PREDICATE_END.match(text, end) and not _JOINED_AFTER.match(text, end):
+        return start, start, end, True
+    if _ING_AFTER.match(text, end):
+        return start, prep, end, False
+    return _sentence_span(text, max(done, start), end)
+
+
+def _sentence_span(text: str, a: int, b: int) -> tuple[int, int, int, bool]:
+    """A cut of the whole sentence holding ``text[a:b]`` (to its terminator; :func:`_drop_contacts` drops it)."""
+    starts = [m.end() for m in _SENTENCE_END.finditer(text, 0, a)]
+    after = _SENTENCE_END.search(text, b)
+    begin = starts[-1] if starts else 0
+    return begin, begin, after.start() if after else len(text), True
+
+
+def _see_end(text: str, lead: int, end: int) -> tuple[int, str | None]:
+    """Where the cut of a link after "see" / "check out" / "visit" (at ``lead``; the link and its share code end at
+    ``end``) ends, and what goes with it: "for …" (what the link offers) up to a comma or conjunction, and a
+    coordinating conjunction after it when the lead-in begins its clause ("See x.com for builds and the game gets
+    easier" → "The game gets easier"). ``"sentence"``: the whole sentence goes, words come before the lead-in ("You
+    can see x.com for free", "I see x.com for what it is"); ``"clause"``: its comma clause goes, a subordinate clause
+    follows ("… for builds if you are stuck"); a cut would leave a fragment."""
+    end = _FOR_DETAILS.match(text, end).end()
+    if not _CLAUSE_START_BEFORE.search(text, 0, lead):
+        return end, "sentence"
+    conj = _SEE_CONJUNCTION.match(text, end)
+    if conj is None:
+        return end, None
+    return (end, "clause") if conj.group("sub") else (conj.end(), None)
 
 
 def _clause_start(text: str, pos: int) -> int:
@@ -1138,6 +1174,13 @@ _FOR_AFTER = re.compile(r"[ \t]+for(?![^\W\d_])", re.I)
 _ADVERB = r"(?:[ \t]+(?:now|too|also|already|today|anyway|as well))?"  # what may end a clause after the link
 _PREDICATE_END = re.compile(rf"{_ADVERB}[ \t]*(?:[,;.!?，；。！？…\n]|$)", re.I)
 _CONJUNCTION_AFTER = re.compile(rf"{_ADVERB}[ \t]*[,，]?[ \t]+(?:and|but|so|or)[ \t]+", re.I)
+# what follows a link after a copula: a relative clause or a second place ("and in the Discord", "and nexus and"), an
+# -ing word
+_JOINED_AFTER = re.compile(r"[ \t]*[,，]?[ \t]*(?:which|who|where|that|whose|or|and)(?![^\W\d_])", re.I)
+_SECOND_PLACE = re.compile(r"(?:in|on|at|over|via|from|inside|under|into)(?![^\W\d_])"
+                           r"|[^\W\d_]+[ \t]*(?:,|(?:and|or)(?![^\W\d_]))", re.I)
+_SUBJECT = re.compile(r"(?:i|you|he|she|it|we|they|this|there)(?![^\W\d_])", re.I)
+_ING_AFTER = re.compile(r"[ \t]+[^\W\d_]+ing(?![^\W\d_])", re.I)
 _CLAUSE_BOUNDARY = re.compile(r"(?:[,;，；。！？…\n]|[.!?]+(?=[ \t]))[ \t]*")
 _CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
 # 上面 / 里面 after a link, or 上 / 里 before a verb of reading, getting or having: "但是 x.com 上面有补丁" → "但是有补丁",
@@ -1204,7 +1247,15 @@ _FRAME_END = re.compile(r"(?:[ \t]*(?:上面|里面|上(?![线線架市新传傳
 _ZH_AND_AFTER = re.compile(r"[ \t]*(?:和|与|與|或者|或|跟|以及|及)[ \t]*(?=[^\W\d_])")
 # what the link offers ("see x.com for the mod list", "check out x.com for mods"), to the clause's end: without the link
 # it points at nothing
-_FOR_DETAILS = re.compile(r"(?:[ \t]+for[ \t]+[^,;.!?，；。！？\n)）\]]*)?", re.I)
+# (an "and" / "or" before one or two words that end the clause joins the offer: "for builds and tips, the game")
+_CONJUNCTIONS = (r"(?:and|or)(?![ \t]+[^\s,;.!?]+(?:[ \t]+[^\s,;.!?]+)?[ \t]*(?:[,;.!?]|$))|but|so|because|then|if|when"
+                 r"|(?<!\ba )while|unless|since|until|though|although|once|cause|cuz")
+_FOR_DETAILS = re.compile(rf"(?:[ \t]+for(?:[ \t]+(?!(?:{_CONJUNCTIONS})(?![^\W\d_]))[^\s,;.!?，；。！？)）\]]+)+)?", re.I)
+# a conjunction after a "see x.com for …": a coordinating one goes with it, a subordinating one (group "sub") makes the
+# clause a fragment
+_SEE_CONJUNCTION = re.compile(r"[ \t]+(?:(?:and|but|or|so|because|cause|cuz)(?:[ \t]+then)?[ \t]+"
+                              r"|(?P<sub>if|when|while|unless|since|until|though|although|once|then)(?![^\W\d_]))", re.I)
+_CLAUSE_START_BEFORE = re.compile(r"(?:^|[,;:.!?，；：。！？…\n(（\-])[ \t]*\Z")
 # a share code whose link is gone (or was never a link): its words name nothing else
 _LONE_SHARE_CODE = re.compile(rf"(?:{_SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")

@@ -696,7 +696,7 @@ def test_phone_numbers_near_a_contact_word_never_survive(text):
     ("Great, thanks to x.com for the maps.", "Great, thanks for the maps.", ["link"]),
     ("I write reviews here and over at x.com, this one is a 9/10.", "I write reviews here, this one is a 9/10.", ["link"]),
     ("Get it on Steam or at x.com.", "Get it on Steam.", ["link"]),  # no "and" / "or" left hanging
-    ("I played on Steam and on x.com and it was fine.", "I played on Steam and it was fine.", ["link"]),
+    ("I played on Steam and on x.com and it was fine.", "", ["link"]),
     ("正在 x.com 上看攻略，游戏本身很好玩。", "正在 看攻略，游戏本身很好玩。", ["link"]),
     ("Great game, mail kirito at gmail dotcom for help.", "Great game.", ["email"]),
 ])
@@ -826,3 +826,44 @@ def test_a_chinese_frame_keeps_a_verbs_and_another_places_words(text, want):
 @pytest.mark.parametrize("text", ["4399点com的小游戏，这个更好玩", "4399.com上的小游戏小时候玩过", "小时候玩7k7k点com的小游戏"])
 def test_a_chinese_game_site_named_by_its_domain_is_a_name(text):
     assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("See mywiki.com for builds and the game gets much easier after that.", "The game gets much easier after that."),
+    ("Check out mywiki.com for a while and you will get better at the game.", "You will get better at the game."),
+    ("See mywiki.com for builds but honestly you do not need them, great game.", "Honestly you do not need them, great game."),
+    ("See mywiki.com for builds because the in-game tutorial is useless, great game.",
+     "The in-game tutorial is useless, great game."),
+    ("See mywiki.com for 5 minutes and you will understand the hype, great game.", "You will understand the hype, great game."),
+    ("Great game. See mywiki.com for more info or just play it blind like I did, best choice ever.",
+     "Great game. Just play it blind like I did, best choice ever."),
+    ("Great game, see mywiki.com for the mod list.", "Great game."), ("Great game. See mywiki.com for the mod list.", "Great game."),
+    # a subordinate clause after, or words before the lead-in: a cut would leave a fragment
+    ("Great game. Visit mywiki.com for builds if you are stuck and then enjoy the best game of the year.", "Great game."),
+    ("Great game. I see mywiki.com for what it is, a spoiler farm, but the game is good.", "Great game."),
+    ("Great game. You can see mywiki.com for free, no login, and the builds are good.", "Great game."),
+    ("Great game. Go see mywiki.com for builds; the game is hard.", "Great game."),
+])
+def test_see_x_for_takes_what_the_link_offers_up_to_a_conjunction(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Great game. It is at mywiki.com and, as always, the community carries the game.", "Great game."),
+    ("Great game. The guides are at mywiki.com which fans update daily and the game itself is great.", "Great game."),
+    ("Great game. The guides are at mywiki.com, which fans run, and they are great.", "Great game."),
+    ("Great game. Everything you need is at mywiki.com or the official forum, great game.", "Great game."),
+    ("Great game. The best builds are at mywiki.com and in the Discord, so check both.", "Great game."),
+    ("Great game. The mods are at mywiki.com and nexus and both work fine.", "Great game."),
+    ("Great game. The map is at mywiki.com, or in the game files, take your pick.", "Great game."),
+    ("Great game. Bought it on Steam and on mywiki.com and it was cheaper there.", "Great game."),
+    # near misses: a new subject after the conjunction, an -ing word, the link ending its clause
+    ("Great game. Mods are at x.com, and they rock.", "Great game. They rock."),
+    ("Great game. The fix is at x.com and the devs still have not patched it.", "Great game. The devs still have not patched it."),
+    ("See mywiki.com for the best builds and tips, the game is hard at first.", "The game is hard at first."),
+    ("I compared prices on Steam and mywiki.com and GOG before buying.", "I compared prices on Steam and GOG before buying."),
+    ("Great game. I was at x.com reading the lore.", "Great game. I was  reading the lore."),
+    ("Great game, mods are over at x.com, they rock.", "Great game, they rock."),
+])
+def test_a_link_after_a_copula_that_a_cut_would_leave_a_fragment_of_takes_its_sentence(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
