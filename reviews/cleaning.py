@@ -97,18 +97,20 @@ _UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000 \n]"
 # what it says), the Hangul fillers (blank "names"), and zero-width (non-)joiners except between two
 # characters they join: emoji (a ZWJ sequence such as 👨‍👩‍👧 or 🏳️‍🌈 is one picture) and the Arabic and
 # Indic scripts (where they choose letter forms). Also the C0 control characters but tab, line feed, carriage return,
-# vertical tab and form feed (the last four are spaces here), and DEL: a NUL or an escape in a review is debris of a
-# broken export and no tokenizer should see it.
+# vertical tab and form feed (the last four are spaces here), DEL, the C1 controls (U+0080-009F) and terminal escape
+# sequences whole ("\x1b[31m": ECMA-48 CSI, parameter, intermediate and final bytes): a NUL or an escape in a review is
+# debris of a broken export and no tokenizer should see it.
 _JOINED = r"[\u0600-\u06ff\u0900-\u0dff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff]"
-_IGNORABLE = r"\x00-\x08\x0e-\x1f\x7f\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
-_INVISIBLE = re.compile(rf"[{_IGNORABLE}]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
+_IGNORABLE = r"\x00-\x08\x0e-\x1f\x7f-\x9f\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
+_INVISIBLE = re.compile(rf"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|[{_IGNORABLE}]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
 _INVISIBLE_HINT = re.compile(rf"[{_IGNORABLE}\u200c\u200d]")
 
 
 def strip_invisible(text: str) -> str:
     """``text`` without the invisible and control characters of ``_INVISIBLE``: ``"n\\u200bigger"`` → ``"nigger"``,
     ``"Great\\x00 game"`` → ``"Great game"``,
-    ``"a\\u00adb@x.com"`` → ``"ab@x.com"``; emoji ZWJ sequences (``"👩\\u200d💻"``) stay whole."""
+    ``"a\\u00adb@x.com"`` → ``"ab@x.com"``, ``"\\x1b[31mred\\x1b[0m"`` → ``"red"``; emoji ZWJ sequences
+    (``"👩\\u200d💻"``) stay whole."""
     return _INVISIBLE.sub("", text) if _INVISIBLE_HINT.search(text) else text
 
 

@@ -867,3 +867,12 @@ def test_see_x_for_takes_what_the_link_offers_up_to_a_conjunction(text, want):
 ])
 def test_a_link_after_a_copula_that_a_cut_would_leave_a_fragment_of_takes_its_sentence(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("don\x92t", "dont"), ("end\x85", "end"), ("a\x9b31mb", "ab"), ("\x1b[31mred\x1b[0m text", "red text"),
+    ("\x1b[1;32;40mgreen\x1b[m", "green"), ("bell\x07 and \x7f", "bell and "), ("caf\u00e9 ÷ ¡", "caf\u00e9 ÷ ¡"),  # Latin-1 letters stay
+    ("[31m is a bracket", "[31m is a bracket"),
+])
+def test_c1_controls_and_terminal_escapes_are_removed(text, want):
+    assert cleaning.strip_invisible(text) == want

@@ -578,3 +578,15 @@ def test_full_width_addresses_go_whole_and_the_report_shows_them_masked(tmp_path
     assert "游戏很好玩，有事联系我的邮箱▇，推荐购买。" in shown
     for leak in ("１２３４５６７８９", "123456789", "ｋｉｒｉｔｏ", "kirito"):
         assert leak not in json.dumps(report, ensure_ascii=False), leak
+
+
+def test_control_escape_and_invisible_characters_never_reach_the_prompt_or_output(tmp_path):
+    """The game name and tags lose NUL, ESC, C1 controls, terminal escape sequences and zero-width characters as the
+    review does; a tag of nothing but those goes."""
+    src = _csv(tmp_path / "in.csv", ["review", "app_name", "tags", "voted_up"],
+               [["\x1b[31mGreat\x1b[0m game, don\x92t miss it\x85 really fun to play", "Hal\x00f-Life\x1b 2\u200b",
+                 "Act\x00ion, \x85Shooter, \u200b", "yes"]])
+    rec, = _load(_run(tmp_path, [src], language=["all"], input_template="{tags}")["train"])
+    assert rec["output"] == "Great game, dont miss it really fun to play"
+    assert '"Half-Life 2"' in rec["instruction"] or "《Half-Life 2》" in rec["instruction"], rec["instruction"]
+    assert rec["input"] == "Action, Shooter"
