@@ -348,6 +348,8 @@ _COLLECT = r"领取?\S{0,4}(?:礼包|福利|激活码|兑换码|cdk|key)"
 # "first N" only right before the collecting (前五十名领取; 通关前3名的关卡奖励 is a ranking), a Q not a key (按Q键)
 _CALL = (r"(?:加群|进群|入群|(?<![A-Za-z])[QqＱｑ]{1,2}(?![A-Za-z键])|[QqＱｑ]{1,2}群|加我|私信|私聊|关注|点赞|转发|留言|扫码|扫描二维码"
          r"|二维码|链接|戳我|前\s*\d+\s*[名位个](?=\S{0,3}领)|前[一二三四五六七八九十百]+[名位个](?=\S{0,3}领)|先到先得|名额有限)")
+# what a number of points counts in a game, after "还差 N 点" ("还差2点属性就满级了"): no begging for awards
+_GAME_STAT = r"属性|经验|血|攻击|攻|防御|防|体力|能量|技能|魔法|生命|怒气|护甲|力量|敏捷|智力|耐力|等级|级|天赋|熟练度|好感"
 SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     # a group or account *with its number / id*: "Q群000000000", "QQ群：123456", "vx: abc_123", "扣扣 一二三四五六",
     # "关注公众号"; a bare "加QQ群问问" (advice) is not an advert
@@ -367,7 +369,8 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?<![A-Za-z])use (?:my )?code\s+\w+|support-a-creator)", re.I),
     "award_begging": re.compile(
         r"请(?:给我|帮我|各位)?(?:奖励|点赞|点个赞)|求(?:个|各位|大家)?(?:奖励|点赞|打赏)|(?:奖励|点赞)(?:一下)?这(?:条|篇)"
-        r"|还差\s*\d+\s*(?:点|分|个赞|个奖励)|差\s*\d+\s*个(?:赞|奖励)|给个奖励|帮忙点(?:个)?赞|点(?:个)?赞再走|帮我冲|冲一下点赞|缺\S{0,8}点数|求点数|点数.{0,8}拜托"
+        rf"|还差\s*\d+\s*(?:点(?!{_GAME_STAT})|分(?!钟|{_GAME_STAT})|个赞|个奖励)"
+        r"|差\s*\d+\s*个(?:赞|奖励)|给个奖励|帮忙点(?:个)?赞|点(?:个)?赞再走|帮我冲|冲一下点赞|缺\S{0,8}点数|求点数|点数.{0,8}拜托"
         r"|(?<![A-Za-z])(?:give|send) (?:me )?(?:an? |some )?awards?(?![A-Za-z])|award (?:me|this|pls|please)"
         r"|(?:upvote|thumbs[- ]up|rate up) (?:this|if|pls|please)|like this (?:review|comment) if|need \d+ (?:more )?points", re.I),
     "giveaway": re.compile(
@@ -802,13 +805,15 @@ _NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of
 _DOT_WORD_AFTER = (r"net[ \t]+(?:framework|core|runtime|sdk|desktop|redist|v?[0-9])"
                    r"|com[ \t]+(?:era|bubble|boom|bust|crash|vibes?|days|age|years|compan|startup)")
 _CLOCK = r"[0-9]{1,2}[ \t]*[点點]"  # an hour: "3 点", "9点"
+# a number of points: a name of digits spells a site only before com/net/org/cn ("163点com"; "999 点 top 伤害" stays)
+_COUNT_POINTS = r"[0-9]+[ \t]*[点點][ \t]*(?!(?:com|net|org|cn)(?![A-Za-z0-9]))"
 # a link's name starts after no letter, digit, "@", "." or "-"; Han, kana and Hangul text may touch it on either side
 # ("攻略都在x.com上面", "공략은example.com에서"): those scripts write no spaces
 _WORD_CHAR = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
 _NO_WORD_BEFORE = rf"(?<!{_WORD_CHAR})(?<![@.\-])"
 _WWW_DOT = rf"(?:{_LINK_DOT}|[ \t]+\.[ \t]*|\.[ \t]+)"  # after www also a full stop with a space
 _SPELLED_LINK = (rf"{_NO_WORD_BEFORE}(?:www{_WWW_DOT}[A-Za-z0-9-]+(?:(?:{_WWW_DOT}|\.)[A-Za-z0-9-]+)*(?:{_WWW_DOT}|\.)(?:{_TLD})"
-                 rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t]|[A-Za-z0-9-]+[ \t]+dot[ \t]+(?:{_DOT_WORD_AFTER})|{_CLOCK})"
+                 rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t]|[A-Za-z0-9-]+[ \t]+dot[ \t]+(?:{_DOT_WORD_AFTER})|{_CLOCK}|{_COUNT_POINTS})"
                  rf"[A-Za-z0-9-]+(?:{_LINK_DOT}[A-Za-z0-9-]+)*{_LINK_DOT}(?:{_SPELLED_TLD}))"
                  rf"(?![A-Za-z0-9])(?:/{_URL_CHARS}*)?")
 PII_PATTERNS: dict[str, re.Pattern[str]] = {

@@ -876,3 +876,18 @@ def test_a_link_after_a_copula_that_a_cut_would_leave_a_fragment_of_takes_its_se
 ])
 def test_c1_controls_and_terminal_escapes_are_removed(text, want):
     assert cleaning.strip_invisible(text) == want
+
+
+@pytest.mark.parametrize("text,spam", [
+    ("还差2点属性就满级了，这个游戏的成长系统很好玩，推荐。", None), ("还差 30 分钟就通关了，很好玩", None),
+    ("还差100点经验升级，好玩", None), ("还差2个奖励就满级了，求点赞", "award_begging"), ("还差5点，谢谢大家", "award_begging"),
+])
+def test_points_a_game_counts_are_no_award_begging(text, spam):
+    assert cleaning.spam_reason(text) == spam
+
+
+@pytest.mark.parametrize("text,want", [
+    ("我打了 999 点 top 伤害，推荐。", None), ("每局 12345点top 分数", None), ("163点com 有攻略", "有攻略"), ("4396点cn 有攻略", "有攻略"),
+])
+def test_a_number_of_points_spells_no_site_unless_a_common_tld_follows(text, want):
+    assert cleaning.scrub_pii(text) == ((text, []) if want is None else (want, ["link"]))
