@@ -1094,18 +1094,25 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
             cut = lead.end("thanks")  # "Thanks to x.com for the guide" → "Thanks for the guide"
         conj = _CONJUNCTION_BEFORE.search(text, done, start) if cut == start else None
         after = _CONJUNCTION_AFTER.match(text, end)
-        if conj and after and _SUBJECT.match(text, after.end()):
-            # "on Steam and on x.com and it was cheaper there": cut, it would flip the meaning
+        list_item = conj and (after or _CLAUSE_END_AFTER.match(text, end))
+        if conj and (not list_item or (after and _SUBJECT.match(text, after.end()))):
+            # "on Steam and on x.com and it was cheaper there", "on a.com/x and b.com/x for news": a cut flips the
+            # meaning or leaves a fragment
             out.append(_sentence_span(text, max(done, start), end))
             continue
-        if conj and (after or _CLAUSE_END_AFTER.match(text, end)):
+        if list_item:
             start = cut = conj.start()  # "here and over at x.com, this one" → "here, this one"; "on Steam and x.com and GOG"
         if end <= start:
             continue
         if lead and lead.group("pred"):
-            out.append(_predicate_cut(text, done, start, lead.start("prep"), end))
+            prep = lead.start("prep") if lead.group("prep") else lead.start("other_prep")
+            out.append(_predicate_cut(text, done, start, prep, end))
+        elif _DANGLING_AFTER.match(text, m.end()) or (lead is None and not modifier
+                                                        and _DANGLING_BEFORE.search(text, done, m.start())):
+            out.append(_sentence_span(text, start, end))  # "Thanks to x.com's guides", "I found x.com and it helped"
         else:
-            out.append((start, cut, end, not modifier and (see == "clause" or _says_nothing_without(text, lead, start, m.end(), end))))
+            says_nothing = see == "clause" or _says_nothing_without(text, lead, start, m.end(), end)
+            out.append((start, cut, end, not modifier and says_nothing))
     return out
 
 
@@ -1176,6 +1183,10 @@ def _clause_start(text: str, pos: int) -> int:
 # what a site has, right after its link: the link is a modifier ("the x.com servers", "thanks to x.com mods")
 _SITE_NOUN_AFTER = re.compile(r"[ \t]+(?:servers?|mods?|forums?|wiki|pages?|site|community|guides?|version|store|builds?"
                               r"|maps?|users?|players?|discord|accounts?|launcher|team|staff|posts?|threads?)(?![^\W\d_])")
+# a link that owns what follows it, or the object of a word before it: a cut leaves a fragment, the sentence goes
+_DANGLING_AFTER = re.compile(r"['’]s(?![^\W\d_])|[ \t]+being(?![^\W\d_])", re.I)
+_DANGLING_BEFORE = re.compile(r"(?<![^\W\d_])(?:to|of|found|use|used|using|try|tried|visit|visited|follow|followed)"
+                              r"[ \t]+\Z", re.I)
 _CONJUNCTION_BEFORE = re.compile(r"[ \t]+(?:and|or)[ \t]+\Z", re.I)
 _FOR_AFTER = re.compile(r"[ \t]+for(?![^\W\d_])", re.I)
 _ADVERB = r"(?:[ \t]+(?:now|too|also|already|today|anyway|as well))?"  # what may end a clause after the link
@@ -1233,12 +1244,15 @@ _EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|with|(?:{_PARTICIPLE}
             r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
 # a copula right before the lead-in makes the link the clause's predicate ("it's on x.", "mods are at x and they rock"):
 # with the link gone the clause says nothing, so it goes as far as the link holds it (:func:`_predicate_cut`)
+# other languages' copulas before their prepositions ("las guías están en x.com y son…", "les guides sont sur x.com")
+_OTHER_COPULA = r"está|están|estan|es|son|estão|estao|é|são|sao|est|sont|ist|sind|war|waren|è|sono|jest|są|zijn|находятся|есть"
 _COPULA = r"(?:(?<![^\W\d_])(?:is|are|was|were|be|been)|(?<=[^\W\d_])['’](?:s|re))[ \t]+(?:(?:now|still|also|all|right)[ \t]+)?"
 # the words that only point at a link right after them (the English ones above, 链接 / 网盘链接 / 下载地址, what is offered
 # for download, a colon, or the frame 在 … 上面 / 里 / 中, with a 的 after it: "在 x点com 上面的攻略" → "攻略"); searched
 # before each link (the link first: one pattern with the lead-ins before the link tried them at every position, ~2x
 # slower)
-_LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(?:at|on|in|here)))"
+_LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(?:at|on|in|here))"
+                        rf"|(?<![^\W\d_])(?:{_OTHER_COPULA})[ \t]+(?P<other_prep>{_OTHER_LEAD}))"
                         rf"|(?P<kept>{_COPULA}{_PARTICIPLE}[ \t]+)here"
                         rf"|(?<![^\W\d_])(?:{_EN_LEAD})"
                         rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)"
