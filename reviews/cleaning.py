@@ -760,7 +760,7 @@ _SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 # players finish it"). After an "@" any spacing ("kirito@163. com")
 _MAIL_DOT = rf"(?:\s*[.．。｡](?!\s)|\s+[.．。｡]\s+|{_SPELLED_DOT})"
 _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotmail|live|yahoo|icloud|proton(?:mail)?|yandex|mail|gmx|aol"
-# "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
+# "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a-at-gmail-dot-com" with a mail provider; "a at b dot com" only with a spelled-out dot
 # ("the guide at fextralife.com" is a link, not an address), and only when "a" is a handle or follows a mail
 # word (:func:`_word_at_site`). A mail provider's domain may have spaces around its dot ("a@gmail . com"); after an "@"
 # or a mail provider a word-like domain ends it too ("a at proton dot me"), in lower case and not after a full stop
@@ -770,6 +770,7 @@ _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾�
           rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}(?:{_TLD})"
           rf"|(?:\s*(?:@|＠|[\[(（]\s*at\s*[\])）]|艾特)\s*|(?P<word_at>\s+at\s+))(?:{_MAIL_HOSTS})"
           rf"(?:(?(word_at){_MAIL_DOT}|\s*{_ANY_DOT}\s*)(?:{_TLD})|\s+dot(?:com|net|org)|(?:[.．。｡]|{_SPELLED_DOT})(?-i:{_WORD_TLD})))"
+          rf"|(?<![A-Za-z0-9_-])[A-Za-z0-9._%+]+[-_]at[-_](?:{_MAIL_HOSTS})[-_]dot[-_](?:com|net|org|cn|me)"
           rf"(?![A-Za-z])")
 _SPELLED_AT = re.compile(r"\s+at\s+", re.I)
 _AT_MAIL_HOST = re.compile(rf"(?:{_MAIL_HOSTS})\s*{_ANY_DOT}", re.I)
@@ -863,7 +864,7 @@ _FRIEND_HINT = re.compile(r"friend|好友").search
 _CONTACT_ID = re.compile(r"(?:信|❤|♥|vx|wx)\s*[:：号]?\s*[a-z]").search
 _PII_HINTS: dict[str, Callable[[str], object]] = {
     "profile_url": re.compile(r"steamcommunity|s\.team").search,
-    "email": re.compile(r"@|＠|艾特| at |\(at|\[at|（at").search,
+    "email": re.compile(r"@|＠|艾特| at |\(at|\[at|（at|[-_]at[-_]").search,
     "steam_id": lambda low: (_digit_run(low) and "7656119" in low) or _STEAM_ID_HINT(low),
     "friend_code": lambda low: _digit_run(low) and _FRIEND_HINT(low),
     "contact": lambda low: _digit_run(low) or _CONTACT_ID(low),
@@ -878,7 +879,7 @@ _PII_HINTS: dict[str, Callable[[str], object]] = {
 # The literal part of every hint above as one trie (the rest is the five-digit run): a text with
 # neither skips all of them in one search instead of one search per kind.
 _PII_GATE = re.compile(literal_union([
-    "steamcommunity", "s.team", "@", "＠", "艾特", " at ", "(at", "[at", "（at", "steam_", "u:1:", "信", "❤", "♥", "vx", "wx",
+    "steamcommunity", "s.team", "@", "＠", "艾特", " at ", "(at", "[at", "（at", "-at-", "_at_", "steam_", "u:1:", "信", "❤", "♥", "vx", "wx",
     *(f"#{d}" for d in "0123456789"), *(f"+{d}" for d in "0123456789"), "sw-", "gamertag", "battletag", "psn", "xbox",
     "xbl", "switch", "epic", "discord", "battle", "origin", "uplay", "ubisoft", "nintendo",
     *(f"ea{sep}{w}" for sep in ("", " ") for w in ("id", "name", "tag", "user")), "http", "www.",

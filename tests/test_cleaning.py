@@ -908,3 +908,12 @@ def test_a_number_of_points_spells_no_site_unless_a_common_tld_follows(text, wan
 ])
 def test_a_cut_that_would_leave_a_fragment_takes_the_sentence(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Great game. Mail kirito-at-gmail-dot-com for trades.", ("Great game.", ["email"])),
+    ("Great game, kirito_at_qq_dot_com add me", ("Great game", ["email"])),
+    ("Great pick-at-the-end-dot moment, fun.", None), ("A sit-at-home game, dot com era vibes.", None),  # no mail provider
+])
+def test_an_address_spelled_with_hyphens_is_an_address(text, want):
+    assert cleaning.scrub_pii(text) == (want or (text, []))
