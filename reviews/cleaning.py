@@ -97,18 +97,20 @@ _UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000 \n]"
 # what it says), the Hangul fillers (blank "names"), and zero-width (non-)joiners except between two
 # characters they join: emoji (a ZWJ sequence such as 👨‍👩‍👧 or 🏳️‍🌈 is one picture) and the Arabic and
 # Indic scripts (where they choose letter forms). Also the C0 control characters but tab, line feed, carriage return,
-# vertical tab and form feed (the last four are spaces here), and DEL: a NUL or an escape in a review is debris of a
-# broken export and no tokenizer should see it.
+# vertical tab and form feed (the last four are spaces here), DEL, the C1 controls (U+0080-009F) and terminal escape
+# sequences whole ("\x1b[31m": ECMA-48 CSI, parameter, intermediate and final bytes): a NUL or an escape in a review is
+# debris of a broken export and no tokenizer should see it.
 _JOINED = r"[\u0600-\u06ff\u0900-\u0dff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff]"
-_IGNORABLE = r"\x00-\x08\x0e-\x1f\x7f\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
-_INVISIBLE = re.compile(rf"[{_IGNORABLE}]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
+_IGNORABLE = r"\x00-\x08\x0e-\x1f\x7f-\x9f\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
+_INVISIBLE = re.compile(rf"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|[{_IGNORABLE}]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
 _INVISIBLE_HINT = re.compile(rf"[{_IGNORABLE}\u200c\u200d]")
 
 
 def strip_invisible(text: str) -> str:
     """``text`` without the invisible and control characters of ``_INVISIBLE``: ``"n\\u200bigger"`` → ``"nigger"``,
     ``"Great\\x00 game"`` → ``"Great game"``,
-    ``"a\\u00adb@x.com"`` → ``"ab@x.com"``; emoji ZWJ sequences (``"👩\\u200d💻"``) stay whole."""
+    ``"a\\u00adb@x.com"`` → ``"ab@x.com"``, ``"\\x1b[31mred\\x1b[0m"`` → ``"red"``; emoji ZWJ sequences
+    (``"👩\\u200d💻"``) stay whole."""
     return _INVISIBLE.sub("", text) if _INVISIBLE_HINT.search(text) else text
 
 
@@ -346,6 +348,8 @@ _COLLECT = r"领取?\S{0,4}(?:礼包|福利|激活码|兑换码|cdk|key)"
 # "first N" only right before the collecting (前五十名领取; 通关前3名的关卡奖励 is a ranking), a Q not a key (按Q键)
 _CALL = (r"(?:加群|进群|入群|(?<![A-Za-z])[QqＱｑ]{1,2}(?![A-Za-z键])|[QqＱｑ]{1,2}群|加我|私信|私聊|关注|点赞|转发|留言|扫码|扫描二维码"
          r"|二维码|链接|戳我|前\s*\d+\s*[名位个](?=\S{0,3}领)|前[一二三四五六七八九十百]+[名位个](?=\S{0,3}领)|先到先得|名额有限)")
+# what a number of points counts in a game, after "还差 N 点" ("还差2点属性就满级了"): no begging for awards
+_GAME_STAT = r"属性|经验|血|攻击|攻|防御|防|体力|能量|技能|魔法|生命|怒气|护甲|力量|敏捷|智力|耐力|等级|级|天赋|熟练度|好感"
 SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     # a group or account *with its number / id*: "Q群000000000", "QQ群：123456", "vx: abc_123", "扣扣 一二三四五六",
     # "关注公众号"; a bare "加QQ群问问" (advice) is not an advert
@@ -365,7 +369,8 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?<![A-Za-z])use (?:my )?code\s+\w+|support-a-creator)", re.I),
     "award_begging": re.compile(
         r"请(?:给我|帮我|各位)?(?:奖励|点赞|点个赞)|求(?:个|各位|大家)?(?:奖励|点赞|打赏)|(?:奖励|点赞)(?:一下)?这(?:条|篇)"
-        r"|还差\s*\d+\s*(?:点|分|个赞|个奖励)|差\s*\d+\s*个(?:赞|奖励)|给个奖励|帮忙点(?:个)?赞|点(?:个)?赞再走|帮我冲|冲一下点赞|缺\S{0,8}点数|求点数|点数.{0,8}拜托"
+        rf"|还差\s*\d+\s*(?:点(?!{_GAME_STAT})|分(?!钟|{_GAME_STAT})|个赞|个奖励)"
+        r"|差\s*\d+\s*个(?:赞|奖励)|给个奖励|帮忙点(?:个)?赞|点(?:个)?赞再走|帮我冲|冲一下点赞|缺\S{0,8}点数|求点数|点数.{0,8}拜托"
         r"|(?<![A-Za-z])(?:give|send) (?:me )?(?:an? |some )?awards?(?![A-Za-z])|award (?:me|this|pls|please)"
         r"|(?:upvote|thumbs[- ]up|rate up) (?:this|if|pls|please)|like this (?:review|comment) if|need \d+ (?:more )?points", re.I),
     "giveaway": re.compile(
@@ -755,7 +760,7 @@ _SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
 # players finish it"). After an "@" any spacing ("kirito@163. com")
 _MAIL_DOT = rf"(?:\s*[.．。｡](?!\s)|\s+[.．。｡]\s+|{_SPELLED_DOT})"
 _MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotmail|live|yahoo|icloud|proton(?:mail)?|yandex|mail|gmx|aol"
-# "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a at b dot com" only with a spelled-out dot
+# "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a-at-gmail-dot-com" with a mail provider; "a at b dot com" only with a spelled-out dot
 # ("the guide at fextralife.com" is a link, not an address), and only when "a" is a handle or follows a mail
 # word (:func:`_word_at_site`). A mail provider's domain may have spaces around its dot ("a@gmail . com"); after an "@"
 # or a mail provider a word-like domain ends it too ("a at proton dot me"), in lower case and not after a full stop
@@ -765,6 +770,7 @@ _EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾�
           rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}(?:{_TLD})"
           rf"|(?:\s*(?:@|＠|[\[(（]\s*at\s*[\])）]|艾特)\s*|(?P<word_at>\s+at\s+))(?:{_MAIL_HOSTS})"
           rf"(?:(?(word_at){_MAIL_DOT}|\s*{_ANY_DOT}\s*)(?:{_TLD})|\s+dot(?:com|net|org)|(?:[.．。｡]|{_SPELLED_DOT})(?-i:{_WORD_TLD})))"
+          rf"|(?<![A-Za-z0-9_-])[A-Za-z0-9._%+]+[-_]at[-_](?:{_MAIL_HOSTS})[-_]dot[-_](?:com|net|org|cn|me)"
           rf"(?![A-Za-z])")
 _SPELLED_AT = re.compile(r"\s+at\s+", re.I)
 _AT_MAIL_HOST = re.compile(rf"(?:{_MAIL_HOSTS})\s*{_ANY_DOT}", re.I)
@@ -787,7 +793,7 @@ def _word_at_site(text: str, m: re.Match[str]) -> bool:
 # word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net", "install dot
 # net", "late 90s dot com vibes" or "a red dot on the map" it cannot, and those stay; nor is "dot net framework / 4.8"
 # or "dot com era" a link. A 点 after a number of one or two digits is "o'clock" (凌晨 3 点 online, 9点top 路): an hour,
-# no site (a site named by digits has more: 163点com, 4399点com).
+# no site (a site named by digits has more: 163点com, 1234点com).
 _SPELLED_TLD = r"com|net|org|cn|ru|io|gg|xyz|top|info|biz|cc|tv|shop|store|site|online|vip|club"
 _LINK_DOT = r"(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*[点點][ \t]*|[．｡。])"
 _NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of|on|in|at|to|with|via|by|for|from|into"
@@ -800,13 +806,15 @@ _NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of
 _DOT_WORD_AFTER = (r"net[ \t]+(?:framework|core|runtime|sdk|desktop|redist|v?[0-9])"
                    r"|com[ \t]+(?:era|bubble|boom|bust|crash|vibes?|days|age|years|compan|startup)")
 _CLOCK = r"[0-9]{1,2}[ \t]*[点點]"  # an hour: "3 点", "9点"
+# a number of points: a name of digits spells a site only before com/net/org/cn ("163点com"; "999 点 top 伤害" stays)
+_COUNT_POINTS = r"[0-9]+[ \t]*[点點][ \t]*(?!(?:com|net|org|cn)(?![A-Za-z0-9]))"
 # a link's name starts after no letter, digit, "@", "." or "-"; Han, kana and Hangul text may touch it on either side
 # ("攻略都在x.com上面", "공략은example.com에서"): those scripts write no spaces
 _WORD_CHAR = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
 _NO_WORD_BEFORE = rf"(?<!{_WORD_CHAR})(?<![@.\-])"
 _WWW_DOT = rf"(?:{_LINK_DOT}|[ \t]+\.[ \t]*|\.[ \t]+)"  # after www also a full stop with a space
 _SPELLED_LINK = (rf"{_NO_WORD_BEFORE}(?:www{_WWW_DOT}[A-Za-z0-9-]+(?:(?:{_WWW_DOT}|\.)[A-Za-z0-9-]+)*(?:{_WWW_DOT}|\.)(?:{_TLD})"
-                 rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t]|[A-Za-z0-9-]+[ \t]+dot[ \t]+(?:{_DOT_WORD_AFTER})|{_CLOCK})"
+                 rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t]|[A-Za-z0-9-]+[ \t]+dot[ \t]+(?:{_DOT_WORD_AFTER})|{_CLOCK}|{_COUNT_POINTS})"
                  rf"[A-Za-z0-9-]+(?:{_LINK_DOT}[A-Za-z0-9-]+)*{_LINK_DOT}(?:{_SPELLED_TLD}))"
                  rf"(?![A-Za-z0-9])(?:/{_URL_CHARS}*)?")
 PII_PATTERNS: dict[str, re.Pattern[str]] = {
@@ -841,7 +849,7 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
     # (a link does not end in the punctuation after it: "see x.com/news, then", "buy at x.net. Cheap")
     "link": re.compile(rf"(?:(?:https?://|www\.){_URL_CHARS}+"
-                       rf"|{_NO_WORD_BEFORE}(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?!{_WORD_CHAR}|-|\.(?:{_WORD_CHAR}|-))(?:/{_URL_CHARS}*)?"
+                       rf"|{_NO_WORD_BEFORE}(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?!{_WORD_CHAR}|-|\.(?:{_WORD_CHAR}|-))(?:[/?#]{_URL_CHARS}*)?"
                        rf"|(?:{_WORD_TLD})/{_URL_CHARS}*)|{_SPELLED_LINK})(?<![.,;:!?])", re.I),
 }
 _LINK_HINT = re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search
@@ -856,7 +864,7 @@ _FRIEND_HINT = re.compile(r"friend|好友").search
 _CONTACT_ID = re.compile(r"(?:信|❤|♥|vx|wx)\s*[:：号]?\s*[a-z]").search
 _PII_HINTS: dict[str, Callable[[str], object]] = {
     "profile_url": re.compile(r"steamcommunity|s\.team").search,
-    "email": re.compile(r"@|＠|艾特| at |\(at|\[at|（at").search,
+    "email": re.compile(r"@|＠|艾特| at |\(at|\[at|（at|[-_]at[-_]").search,
     "steam_id": lambda low: (_digit_run(low) and "7656119" in low) or _STEAM_ID_HINT(low),
     "friend_code": lambda low: _digit_run(low) and _FRIEND_HINT(low),
     "contact": lambda low: _digit_run(low) or _CONTACT_ID(low),
@@ -871,7 +879,7 @@ _PII_HINTS: dict[str, Callable[[str], object]] = {
 # The literal part of every hint above as one trie (the rest is the five-digit run): a text with
 # neither skips all of them in one search instead of one search per kind.
 _PII_GATE = re.compile(literal_union([
-    "steamcommunity", "s.team", "@", "＠", "艾特", " at ", "(at", "[at", "（at", "steam_", "u:1:", "信", "❤", "♥", "vx", "wx",
+    "steamcommunity", "s.team", "@", "＠", "艾特", " at ", "(at", "[at", "（at", "-at-", "_at_", "steam_", "u:1:", "信", "❤", "♥", "vx", "wx",
     *(f"#{d}" for d in "0123456789"), *(f"+{d}" for d in "0123456789"), "sw-", "gamertag", "battletag", "psn", "xbox",
     "xbl", "switch", "epic", "discord", "battle", "origin", "uplay", "ubisoft", "nintendo",
     *(f"ea{sep}{w}" for sep in ("", " ") for w in ("id", "name", "tag", "user")), "http", "www.",
@@ -1066,11 +1074,17 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
             continue
         done = out[-1][2] if out else 0  # where the last cut ended (a share code or frame may run into this link)
         lead = _LINK_LEAD.search(text, max(done, m.start() - 40), m.start()) if done <= m.start() else None
-        if lead is None and _IO_GAME(m.group(0)):
-            continue
         end = _SHARE_CODE_AFTER.match(text, m.end()).end()
+        also = _ZH_AND_AFTER.match(text, end) if lead and lead.group("zai") else None
+        if also:  # "在x.com和贴吧上都有" → "在贴吧上都有": the frame holds the other place
+            out.append((m.start(), m.start(), also.end(), False))
+            continue
+        see = None
         if lead and lead.group("see"):
-            end = _FOR_DETAILS.match(text, end).end()
+            end, see = _see_end(text, lead.start(), end)
+            if see == "sentence":
+                out.append(_sentence_span(text, max(done, lead.start()), end))
+                continue
         else:
             end = (_FRAME_END if lead and lead.group("zai") else _ZH_PLACE_AFTER).match(text, end).end()
         modifier = _SITE_NOUN_AFTER.match(text, end) is not None  # "runs on x.com servers": only the link goes
@@ -1080,25 +1094,36 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         if lead and lead.group("thanks") and _FOR_AFTER.match(text, end):
             cut = lead.end("thanks")  # "Thanks to x.com for the guide" → "Thanks for the guide"
         conj = _CONJUNCTION_BEFORE.search(text, done, start) if cut == start else None
-        if conj and (_CLAUSE_END_AFTER.match(text, end) or _CONJUNCTION_AFTER.match(text, end)):
-            # "here and over at x.com, this one" → "here, this one"; "on Steam and on x.com and it" → "on Steam and it"
-            start = cut = conj.start()
+        after = _CONJUNCTION_AFTER.match(text, end)
+        list_item = conj and (after or _CLAUSE_END_AFTER.match(text, end))
+        if conj and (not list_item or (after and _SUBJECT.match(text, after.end()))):
+            # "on Steam and on x.com and it was cheaper there", "on a.com/x and b.com/x for news": a cut flips the
+            # meaning or leaves a fragment
+            out.append(_sentence_span(text, max(done, start), end))
+            continue
+        if list_item:
+            start = cut = conj.start()  # "here and over at x.com, this one" → "here, this one"; "on Steam and x.com and GOG"
         if end <= start:
             continue
         if lead and lead.group("pred"):
-            out.append(_predicate_cut(text, done, start, lead.start("prep"), end))
+            prep = lead.start("prep") if lead.group("prep") else lead.start("other_prep")
+            out.append(_predicate_cut(text, done, start, prep, end))
+        elif _DANGLING_AFTER.match(text, m.end()) or (lead is None and not modifier
+                                                        and _DANGLING_BEFORE.search(text, done, m.start())):
+            out.append(_sentence_span(text, start, end))  # "Thanks to x.com's guides", "I found x.com and it helped"
         else:
-            out.append((start, cut, end, not modifier and _says_nothing_without(text, lead, start, m.end(), end)))
+            says_nothing = see == "clause" or _says_nothing_without(text, lead, start, m.end(), end)
+            out.append((start, cut, end, not modifier and says_nothing))
     return out
 
 
 def _says_nothing_without(text: str, lead: re.Match[str] | None, start: int, link_end: int, end: int) -> bool:
     """Whether the clause of a link (its cut ``text[start:end]``, the link ending at ``link_end``) says nothing
-    without it: the link is in a 在 frame that ends the clause (攻略都在 x点com 上面。 — 在 x点com 上面买的 only says
-    where), after a Chinese word that only points at it (详细攻略见 x.com, 请关注 x.com), before a 的 it owns (感谢 x.com
+    without it: the link is in a 在 frame or after a colon and ends the clause (攻略都在 x点com 上面。, "My site: x.com";
+    在 x点com 上面买的 only says where), after a Chinese word that only points at it (详细攻略见 x.com, 请关注 x.com), before a 的 it owns (感谢 x.com
     的攻略) or a Japanese or Korean particle that makes it the predicate (攻略は x.com にあります, 공략은 x.com 에서), or
     the subject, starting a sentence with an English word after it ("x.com has the best builds")."""
-    if lead and lead.group("zai"):
+    if lead and (lead.group("zai") or lead.group(0).strip() in (":", "：")):  # "My website: x.com" names nothing
         return _CLAUSE_END_AFTER.match(text, end) is not None
     if lead and lead.group("zh_point") or _CJK_PARTICLE_AFTER.match(text, link_end):
         return True
@@ -1108,16 +1133,44 @@ def _says_nothing_without(text: str, lead: re.Match[str] | None, start: int, lin
 def _predicate_cut(text: str, done: int, start: int, prep: int, end: int) -> tuple[int, int, int, bool]:
     """The cut for a link after a copula (``text[start:end]``, its preposition at ``prep``; nothing before ``done`` is
     cut again): its whole comma clause when the clause ends with it ("The best one is on x.com."); from the clause's
-    start through a conjunction right after it ("Mods are at x.com and they rock" → "They rock"); else only the
-    preposition and the link, the copula serving the words after it ("I was at x.com reading the lore" → "I was reading
-    the lore")."""
-    if _PREDICATE_END.match(text, end):
-        return start, start, end, True
+    start through a conjunction right after it when a new subject follows ("Mods are at x.com and they rock" → "They
+    rock"); only the preposition and the link before an -ing word, the copula serving it ("I was at x.com reading the
+    lore" → "I was reading the lore"). Else, and when a relative clause follows ("are at x.com, which fans run"), the
+    whole sentence: a cut would leave a fragment ("It is and, as always", "are which") or turn a second place into the
+    first ("are at x.com or the official forum", "is at x.com, or in the game files")."""
     conj = _CONJUNCTION_AFTER.match(text, end)
-    if conj:
+    if conj and conj.group(0).strip(" \t,，").lower() != "or" and not _SECOND_PLACE.match(text, conj.end()):
         begin = max(done, _clause_start(text, start))
         return begin, begin, conj.end(), False
-    return start, prep, end, False
+    if _PREDICATE_END.match(text, end) and not _JOINED_AFTER.match(text, end):
+        return start, start, end, True
+    if _ING_AFTER.match(text, end):
+        return start, prep, end, False
+    return _sentence_span(text, max(done, start), end)
+
+
+def _sentence_span(text: str, a: int, b: int) -> tuple[int, int, int, bool]:
+    """A cut of the whole sentence holding ``text[a:b]`` (to its terminator; :func:`_drop_contacts` drops it)."""
+    starts = [m.end() for m in _SENTENCE_END.finditer(text, 0, a)]
+    after = _SENTENCE_END.search(text, b)
+    begin = starts[-1] if starts else 0
+    return begin, begin, after.start() if after else len(text), True
+
+
+def _see_end(text: str, lead: int, end: int) -> tuple[int, str | None]:
+    """Where the cut of a link after "see" / "check out" / "visit" (at ``lead``; the link and its share code end at
+    ``end``) ends, and what goes with it: "for …" (what the link offers) up to a comma or conjunction, and a
+    coordinating conjunction after it when the lead-in begins its clause ("See x.com for builds and the game gets
+    easier" → "The game gets easier"). ``"sentence"``: the whole sentence goes, words come before the lead-in ("You
+    can see x.com for free", "I see x.com for what it is"); ``"clause"``: its comma clause goes, a subordinate clause
+    follows ("… for builds if you are stuck"); a cut would leave a fragment."""
+    end = _FOR_DETAILS.match(text, end).end()
+    if not _CLAUSE_START_BEFORE.search(text, 0, lead):
+        return end, "sentence"
+    conj = _SEE_CONJUNCTION.match(text, end)
+    if conj is None:
+        return end, None
+    return (end, "clause") if conj.group("sub") else (conj.end(), None)
 
 
 def _clause_start(text: str, pos: int) -> int:
@@ -1128,22 +1181,30 @@ def _clause_start(text: str, pos: int) -> int:
     return ends[-1] if ends else lo
 
 
-# a bare ".io" name nothing points at is a game's: browser games are named by their domain ("I played agar.io and
-# slither.io before"); "check out mymods.io" is a link
-_IO_GAME = re.compile(r"[a-z0-9-]+\.io", re.I).fullmatch
 # what a site has, right after its link: the link is a modifier ("the x.com servers", "thanks to x.com mods")
 _SITE_NOUN_AFTER = re.compile(r"[ \t]+(?:servers?|mods?|forums?|wiki|pages?|site|community|guides?|version|store|builds?"
                               r"|maps?|users?|players?|discord|accounts?|launcher|team|staff|posts?|threads?)(?![^\W\d_])")
+# a link that owns what follows it, or the object of a word before it: a cut leaves a fragment, the sentence goes
+_DANGLING_AFTER = re.compile(r"['’]s(?![^\W\d_])|[ \t]+being(?![^\W\d_])", re.I)
+_DANGLING_BEFORE = re.compile(r"(?<![^\W\d_])(?:to|of|found|use|used|using|try|tried|visit|visited|follow|followed)"
+                              r"[ \t]+\Z", re.I)
 _CONJUNCTION_BEFORE = re.compile(r"[ \t]+(?:and|or)[ \t]+\Z", re.I)
 _FOR_AFTER = re.compile(r"[ \t]+for(?![^\W\d_])", re.I)
 _ADVERB = r"(?:[ \t]+(?:now|too|also|already|today|anyway|as well))?"  # what may end a clause after the link
 _PREDICATE_END = re.compile(rf"{_ADVERB}[ \t]*(?:[,;.!?，；。！？…\n]|$)", re.I)
 _CONJUNCTION_AFTER = re.compile(rf"{_ADVERB}[ \t]*[,，]?[ \t]+(?:and|but|so|or)[ \t]+", re.I)
+# what follows a link after a copula: a relative clause or a second place ("and in the Discord", "and nexus and"), an
+# -ing word
+_JOINED_AFTER = re.compile(r"[ \t]*[,，]?[ \t]*(?:which|who|where|that|whose|or|and)(?![^\W\d_])", re.I)
+_SECOND_PLACE = re.compile(r"(?:in|on|at|over|via|from|inside|under|into)(?![^\W\d_])"
+                           r"|[^\W\d_]+[ \t]*(?:,|(?:and|or)(?![^\W\d_]))", re.I)
+_SUBJECT = re.compile(r"(?:i|you|he|she|it|we|they|this|there)(?![^\W\d_])", re.I)
+_ING_AFTER = re.compile(r"[ \t]+[^\W\d_]+ing(?![^\W\d_])", re.I)
 _CLAUSE_BOUNDARY = re.compile(r"(?:[,;，；。！？…\n]|[.!?]+(?=[ \t]))[ \t]*")
 _CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
-# 上面 / 里面 after a link, or 上 / 里 before a verb of reading or getting: "但是 x.com 上面有补丁" → "但是有补丁",
+# 上面 / 里面 after a link, or 上 / 里 before a verb of reading, getting or having: "但是 x.com 上面有补丁" → "但是有补丁",
 # "正在 x.com 上看攻略" → "正在看攻略" (上线 / 上传 stay)
-_ZH_PLACE_AFTER = re.compile(r"(?:[ \t]*(?:上面|里面|[上里](?=[看找买下搜查玩]))的?)?")
+_ZH_PLACE_AFTER = re.compile(r"(?:[ \t]*(?:上面|里面|[上里](?=[看找买下搜查玩有]))的?)?")
 _CJK_PARTICLE_AFTER = re.compile(r"[ \t]*(?:的|に|で|から|まで|へ|에서|에|으로|로)")
 _LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
@@ -1164,7 +1225,8 @@ _CONTACT_KINDS = tuple(k for k in PII_PATTERNS if k != "link")
 # 汉化补丁下载, 资源, 网盘): with the link gone it points at nothing
 _ZH_LINK_LEAD = (r"(?:(?:破解版?|学习版|绿色版|免安装版?|汉化(?:版|补丁)?|中文版|安装包|补丁|资源|游戏|mod)[ \t]*(?:下载|下載)"
                  r"|下载|下載|(?:百度)?(?:网盘|網盤)|资源|資源)")
-# English words that only point at the link after them: a preposition (also "over at", "up on"), "see" / "check out" /
+# English words that only point at the link after them: a preposition (also "over at", "up on"), "sponsored by",
+# "see" / "check out" /
 # "visit" (with "for …" after the link), a participle with "here" ("found here:"; after a copula only "here":
 # "can be found here: x" keeps "can be found", group "kept"), "to" after a verb of moving or pointing ("moved to x" →
 # "moved") and "according to"
@@ -1173,21 +1235,25 @@ _TO_VERBS = ("move", "moved", "moves", "migrated", "go", "goes", "went", "head",
              "back", "welcome")
 _TO_AFTER = "|".join(rf"(?<=\b{v} to)" for v in _TO_VERBS)  # tried after "to": one cheap test where "to" stands
 _PARTICIPLE = r"(?:found|available|posted|linked|listed|uploaded)"
-# Chinese words that only point at the link after them: "see", "follow", "visit" (详细攻略见 x.com, 请关注 x.com)
-_ZH_POINT = r"(?:详|請|请)?见|参见|參見|(?:请|請)?(?:看|关注|關注|访问|訪問)"
+# Chinese words that only point at the link after them: "see", "follow", "visit", "upload to" (详细攻略见 x.com, 请关注 x.com,
+# 传到 x.com)
+_ZH_POINT = r"(?:详|請|请)?见|参见|參見|(?:请|請)?(?:看|关注|關注|访问|訪問)(?:一下)?|传到|傳到|发到|發到|放到"
 # prepositions of other languages right before a link: "гайды на x.com", "findest du auf x.com", "están en x.com"
 _OTHER_LEAD = r"на|в|во|по|auf|bei|unter|en|sur|dans|chez|em|no|na|su|op|w|z"
-_EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|(?:{_PARTICIPLE}[ \t]+)?here"
-            rf"|to(?:{_TO_AFTER})|(?:according|(?P<thanks>thanks)|due)[ \t]+to"
+_EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|with|(?:{_PARTICIPLE}[ \t]+)?here"
+            rf"|to(?:{_TO_AFTER})|(?:according|(?P<thanks>thanks)|due)[ \t]+to|(?:sponsored|powered|hosted)[ \t]+by"
             r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
 # a copula right before the lead-in makes the link the clause's predicate ("it's on x.", "mods are at x and they rock"):
 # with the link gone the clause says nothing, so it goes as far as the link holds it (:func:`_predicate_cut`)
+# other languages' copulas before their prepositions ("las guías están en x.com y son…", "les guides sont sur x.com")
+_OTHER_COPULA = r"está|están|estan|es|son|estão|estao|é|são|sao|est|sont|ist|sind|war|waren|è|sono|jest|są|zijn|находятся|есть"
 _COPULA = r"(?:(?<![^\W\d_])(?:is|are|was|were|be|been)|(?<=[^\W\d_])['’](?:s|re))[ \t]+(?:(?:now|still|also|all|right)[ \t]+)?"
 # the words that only point at a link right after them (the English ones above, 链接 / 网盘链接 / 下载地址, what is offered
 # for download, a colon, or the frame 在 … 上面 / 里 / 中, with a 的 after it: "在 x点com 上面的攻略" → "攻略"); searched
 # before each link (the link first: one pattern with the lead-ins before the link tried them at every position, ~2x
 # slower)
-_LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(?:at|on|in|here)))"
+_LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(?:at|on|in|here))"
+                        rf"|(?<![^\W\d_])(?:{_OTHER_COPULA})[ \t]+(?P<other_prep>{_OTHER_LEAD}))"
                         rf"|(?P<kept>{_COPULA}{_PARTICIPLE}[ \t]+)here"
                         rf"|(?<![^\W\d_])(?:{_EN_LEAD})"
                         rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)"
@@ -1197,10 +1263,21 @@ _LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(
 # word; "for …" after "see x"
 _SHARE_CODE_AFTER = re.compile(rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
                                r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)
-_FRAME_END = re.compile(r"(?:[ \t]*(?:上面|里面|上|里|中|内)的?)?[ \t]*")
+# (a 上 that begins a verb stays: 在x.com上线了 → 上线了; 上架, 上市, 上新, 上传, 上映)
+_FRAME_END = re.compile(r"(?:[ \t]*(?:上面|里面|上(?![线線架市新传傳映演升涨漲瘾癮])|里|中|内)的?)?[ \t]*")
+# another place joined to a link in a 在 frame: the link goes with the joining word
+_ZH_AND_AFTER = re.compile(r"[ \t]*(?:和|与|與|或者|或|跟|以及|及)[ \t]*(?=[^\W\d_])")
 # what the link offers ("see x.com for the mod list", "check out x.com for mods"), to the clause's end: without the link
 # it points at nothing
-_FOR_DETAILS = re.compile(r"(?:[ \t]+for[ \t]+[^,;.!?，；。！？\n)）\]]*)?", re.I)
+# (an "and" / "or" before one or two words that end the clause joins the offer: "for builds and tips, the game")
+_CONJUNCTIONS = (r"(?:and|or)(?![ \t]+[^\s,;.!?]+(?:[ \t]+[^\s,;.!?]+)?[ \t]*(?:[,;.!?]|$))|but|so|because|then|if|when"
+                 r"|(?<!\ba )while|unless|since|until|though|although|once|cause|cuz")
+_FOR_DETAILS = re.compile(rf"(?:[ \t]+for(?:[ \t]+(?!(?:{_CONJUNCTIONS})(?![^\W\d_]))[^\s,;.!?，；。！？)）\]]+)+)?", re.I)
+# a conjunction after a "see x.com for …": a coordinating one goes with it, a subordinating one (group "sub") makes the
+# clause a fragment
+_SEE_CONJUNCTION = re.compile(r"[ \t]+(?:(?:and|but|or|so|because|cause|cuz)(?:[ \t]+then)?[ \t]+"
+                              r"|(?P<sub>if|when|while|unless|since|until|though|although|once|then)(?![^\W\d_]))", re.I)
+_CLAUSE_START_BEFORE = re.compile(r"(?:^|[,;:.!?，；：。！？…\n(（\-])[ \t]*\Z")
 # a share code whose link is gone (or was never a link): its words name nothing else
 _LONE_SHARE_CODE = re.compile(rf"(?:{_SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")
@@ -1262,29 +1339,44 @@ def _tidy(text: str) -> str:
     return text
 
 
-#: store and platform names that are written as domains ("needs a Battle.net account"): kept when bare
+#: store, platform and program names that are written as domains ("needs a Battle.net account", "made in Paint.net"):
+#: kept when bare
 PLATFORM_DOMAINS = {"battle.net", "itch.io", "gog.com", "ea.com", "origin.com", "ubisoft.com", "xbox.com",
                     "epicgames.com", "humblebundle.com", "steam.com", "twitch.tv", "youtube.com", "bilibili.com",
-                    "reddit.com", "github.com", "discord.gg", "discord.com", "nexusmods.com", "steamdb.info"}
+                    "reddit.com", "github.com", "discord.gg", "discord.com", "nexusmods.com", "steamdb.info", "amazon.com",
+                    "paint.net"}
 
 
-# A bare domain written as a name, capitalised, with no scheme, www or path: a game or a site named in the text ("Hole.io
-# is on Steam now", "Krunker.io fans", "Metacritic.com says 60"), kept as a platform's is. A shop's name is an advert
-# whatever its case (:func:`spam_reason`); "X.com" (one letter) and "CHEAPKEYS.COM" are no names
-_NAME_DOMAIN = re.compile(r"[A-Z][a-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*\.[a-z]+").fullmatch
+#: games and review sites named by their domain: in a review these are names, not destinations ("Hole.io is on Steam
+#: now", "I played Agar.io and Slither.io", "Metacritic.com says 60"); kept when bare and nothing points at them
+NAME_DOMAINS = {"hole.io", "agar.io", "slither.io", "krunker.io", "diep.io", "paper.io", "surviv.io", "zombs.io",
+                "wormate.io", "mope.io", "skribbl.io", "shellshock.io", "venge.io", "bonk.io", "moomoo.io", "starve.io",
+                "deeeep.io", "gartic.io", "metacritic.com", "opencritic.com", "ign.com", "gamespot.com", "polygon.com",
+                "kotaku.com", "pcgamer.com", "eurogamer.net", "howlongtobeat.com", "protondb.com", "4399.com", "7k7k.com"}
+_SPELLED_NAME_DOT = re.compile(r"[ \t]*[点點][ \t]*")  # "4399点com" is the name 4399.com
+# a scheme, "www", a path, a query or a fragment: a link whatever its case and whatever touches it
+_FULL_LINK = re.compile(r"^(?:https?://|www)|[/?#]", re.I).search
+# the top-level domains of links typed into Han, kana or Hangul text: common web ones, none of them a file extension or a
+# word in game talk ("npc.ai", "xbox.live", "save.info", "ui.top", "game.app", "switch.pro", "main.cc" stay)
+_CJK_WEB_TLD = re.compile(r"(?:com|net|org|cn|gg|tv|io|xyz)\Z").search
 
 
 def _kept_as_text(m: re.Match[str]) -> bool:
-    """Whether a link match is a platform's bare domain (:data:`PLATFORM_DOMAINS`), a name (``_NAME_DOMAIN``), or
-    words touching Han, kana or Hangul text that a link there would not be: one with an upper-case letter or a "。"
-    ("还是PVP。Online模式", "ＢＧＭ．ＳＥ都很棒", "打出了GG。GG": an acronym and a sentence end; a link typed into
-    CJK text is lower case, "攻略都在x.com上面"). Shops' links are adverts all the same (:func:`spam_reason`)."""
+    """Whether a link match is a platform's bare domain (:data:`PLATFORM_DOMAINS`), a game or review site's name
+    (:data:`NAME_DOMAINS`, with no lead-in before it: "visit agar.io" is a link), or words touching Han, kana or Hangul
+    text that a link there would not be: one with an upper-case letter ("还是PVP。Online模式", "ＢＧＭ．ＳＥ都很棒", "打出了GG。GG":
+    an acronym and a sentence end), or with a top-level domain links there do not use (:data:`_CJK_WEB_TLD`:
+    "游戏里的npc.ai很蠢"). One with a scheme, "www", a path or a query is a link all the same (:data:`_FULL_LINK`). Shops'
+    links are adverts all the same (:func:`spam_reason`)."""
     found = m.group(0)
-    if found.lower() in PLATFORM_DOMAINS or _NAME_DOMAIN(found) is not None:
-        return True
+    low = found.lower()
     text, a, b = m.string, m.start(), m.end()
+    if low in PLATFORM_DOMAINS or (_SPELLED_NAME_DOT.sub(".", low) in NAME_DOMAINS and not _LINK_LEAD.search(text, max(0, a - 40), a)):
+        return True
     touches = (a and _CJK_CHAR(text[a - 1])) or (b < len(text) and _CJK_CHAR(text[b]))
-    return bool(touches) and (found != found.lower() or "。" in found or "｡" in found)
+    if not touches or _FULL_LINK(found):
+        return False
+    return found != low or not _CJK_WEB_TLD(low)
 
 
 _CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]").match

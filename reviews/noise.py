@@ -145,7 +145,8 @@ _SIGNATURE = re.compile(
     rf"(?:{_PLATFORM})[^\n,.!?;，。！？；]{{0,40}}[)）]?\s*$"
     rf"|(?:^\s*|[-—–~=_]+\s*|[（(]\s*)via\s*(?:{_PLATFORM})[^\n]{{0,12}}$"
     r"|(?:^|[-—–~=_]+\s*)(?:sent from my|sent via|posted from my|posted via|发自我的|發自我的)[^\n,.!?:;，。！？：；]{0,30}$"
-    r"|(?:^|[-—–~=_]+\s*)(?:小黑盒|黑盒|nga|b站|bilibili|贴吧|taptap|keylol|其乐)\s*(?:用户|用戶|up主)[^\n]{0,20}$"
+    # (a tail with no sentence in it: "B站up主推荐的，确实好玩" is a review)
+    r"|(?:^|[-—–~=_]+\s*)(?:小黑盒|黑盒|nga|b站|bilibili|贴吧|taptap|keylol|其乐)\s*(?:用户|用戶|up主)[^\n,!?;，！？；]{0,20}$"
     r"|^\s*(?:本评测|本文|此评测)?(?:同步|转载|轉載|首发)(?:于|自|於)[^\n]{0,40}$"
     # a copied answer's footer (知乎: 作者 / 链接 / 来源 / 著作权归作者所有), the source link, a by-line
     r"|^\s*作者[:：][^\n]{0,30}\n\s*链接[:：][^\n]*\n\s*来源[:：][^\n]{0,20}$|^\s*著作权归作者所有[^\n]*$"

@@ -51,7 +51,13 @@ from steam_persona.reviews.sources import Review
 
 TEMPLATE_FIELDS = ("name", "tags", "verdict", "playtime_hours")
 _STEAM_LANGUAGES = frozenset(cleaning.STEAM_LANGUAGES)
-_clean_name = functools.lru_cache(maxsize=65536)(persona.clean_game_name)  # a few names, many reviews
+
+
+@functools.lru_cache(maxsize=65536)  # a few names, many reviews
+def _clean_name(name: str) -> str:
+    """A game name as the prompt shows it: no control, escape or invisible characters
+    (:func:`~steam_persona.reviews.cleaning.strip_invisible`), then :func:`~steam_persona.common.persona.clean_game_name`."""
+    return persona.clean_game_name(cleaning.strip_invisible(name))
 
 
 @dataclass
@@ -453,11 +459,13 @@ def _check_config(cfg: PrepareConfig) -> None:
 
 
 def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
-    """One alpaca record in the persona's prompt format."""
+    """One alpaca record in the persona's prompt format. Every field that came from an input file loses its control,
+    escape and invisible characters, as the review did (:func:`~steam_persona.reviews.cleaning.strip_invisible`)."""
     if r.prompt is not None:
-        instruction, input_text = r.prompt
+        instruction, input_text = (cleaning.strip_invisible(p) for p in r.prompt)
         return {"instruction": instruction, "input": input_text, "output": r.text}
-    tags = (r.tags or [])[: cfg.max_tags] if cfg.max_tags > 0 else (r.tags or [])
+    tags = [t for t in (cleaning.strip_invisible(t).strip() for t in r.tags or []) if t]
+    tags = tags[: cfg.max_tags] if cfg.max_tags > 0 else tags
     lang = r.prompt_language or _review_prompt_language(r, cfg) or default_lang
     words = persona.VERDICT_WORDS[lang]
     values = {

@@ -494,7 +494,9 @@ def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]
         if not isinstance(row, dict):
             raise UserError(f"{path}: {where}: not a record like the first one; keep one format per file")
         text = row.get(mapping["review"])
-        if not isinstance(text, str) and text is not None:  # a number or a list: the wrong column, or a broken record
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            row = {**row, mapping["review"]: str(text)}  # a number is its text, as in a CSV ("100", "9.5")
+        elif not isinstance(text, str) and text is not None:  # a list, a truth value: the wrong column, or a broken record
             raise UserError(f"{path}: {where}: '{mapping['review']}' holds {type(text).__name__} {str(text)[:40]!r}, "
                             "not text; fix the record, or map the text column with --columns review=COLUMN")
         v = columns_mod.row_fields(row, mapping)

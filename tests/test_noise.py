@@ -586,3 +586,14 @@ def test_the_reply_and_report_buttons_go_only_as_whole_lines():
     assert noise.strip_page_residue("Great game.\nReply\nReport") == "Great game."
     assert noise.strip_page_residue("好玩\n回复\n举报") == "好玩"
     assert noise.strip_page_residue("Report bugs on the forum.\n举报外挂很快") == "Report bugs on the forum.\n举报外挂很快"
+
+
+@pytest.mark.parametrize("text", ["B站up主推荐的，确实好玩，值得购买。", "小黑盒用户都说好，我玩了确实好玩，推荐购买。",
+                                  "b站up主都在玩，确实好玩，值得购买。"])
+def test_a_review_that_opens_with_a_platform_name_is_no_signature(text):
+    assert noise.strip_handles(text) == (text, [])
+
+
+@pytest.mark.parametrize("text", ["这游戏确实好玩，值得购买。\n——小黑盒用户Kirito", "这游戏确实好玩，值得购买。\n小黑盒用户Kirito99"])
+def test_a_platform_users_name_on_its_own_line_is_still_a_signature(text):
+    assert noise.strip_handles(text) == ("这游戏确实好玩，值得购买。\n", ["signature"])

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from steam_persona.common import config
 from steam_persona.cli import main
 from steam_persona.common.errors import UserError
+from steam_persona.reviews import sources
 from steam_persona.reviews.prepare import PrepareConfig, run
 
 EN = ["Tight combat and a map that rewards curiosity, well worth the price.",
@@ -520,7 +521,7 @@ def test_unclosed_quotes_and_twin_columns_exit_2_naming_them(tmp_path, text, mes
 
 
 @pytest.mark.parametrize("line,message", [
-    ('{"review": 12345, "appid": 1}', "line 1: 'review' holds int '12345', not text"),
+    ('{"review": true, "appid": 1}', "line 1: 'review' holds bool 'True', not text"),
     ('{"review": "Fine game, I liked it a lot", "appid": 1}\n{"review": ["a", "b"], "appid": 1}',
      "line 2: 'review' holds list \"['a', 'b']\", not text"),
     ("[1,2,3]", "record 1: unknown record shape (an int)"), ('["a"]', "record 1: unknown record shape (a str)"),
@@ -578,3 +579,21 @@ def test_full_width_addresses_go_whole_and_the_report_shows_them_masked(tmp_path
     assert "游戏很好玩，有事联系我的邮箱▇，推荐购买。" in shown
     for leak in ("１２３４５６７８９", "123456789", "ｋｉｒｉｔｏ", "kirito"):
         assert leak not in json.dumps(report, ensure_ascii=False), leak
+
+
+def test_control_escape_and_invisible_characters_never_reach_the_prompt_or_output(tmp_path):
+    """The game name and tags lose NUL, ESC, C1 controls, terminal escape sequences and zero-width characters as the
+    review does; a tag of nothing but those goes."""
+    src = _csv(tmp_path / "in.csv", ["review", "app_name", "tags", "voted_up"],
+               [["\x1b[31mGreat\x1b[0m game, don\x92t miss it\x85 really fun to play", "Hal\x00f-Life\x1b 2\u200b",
+                 "Act\x00ion, \x85Shooter, \u200b", "yes"]])
+    rec, = _load(_run(tmp_path, [src], language=["all"], input_template="{tags}")["train"])
+    assert rec["output"] == "Great game, dont miss it really fun to play"
+    assert '"Half-Life 2"' in rec["instruction"] or "《Half-Life 2》" in rec["instruction"], rec["instruction"]
+    assert rec["input"] == "Action, Shooter"
+
+
+def test_a_json_review_that_is_a_number_is_read_as_its_text_as_in_a_csv(tmp_path):
+    src = _raw(tmp_path / "in.jsonl", '{"review": 100, "appid": 1}\n{"review": 9.5, "appid": 1}\n'
+                                      '{"review": "Fine game, I liked it a lot", "appid": 1}\n')
+    assert [r.text for r in sources.read(src).reviews] == ["100", "9.5", "Fine game, I liked it a lot"]
