@@ -1049,15 +1049,60 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
         text = _drop_contacts(text, clauses)
         view, where = matching_view(text)
         found = _links_with_leads(view)
+    cuts = []  # each cut's distance from the end: the cuts before it leave it valid
     for _, a, b, _ in reversed(found):  # from the end: the spans before stay valid
         a, b = _original_span(where, a, b)
         tail = text[b:]
         if _SENTENCE_START.search(text, 0, a):
-            tail = tail[_LEFTOVER.match(tail).end():]
+            b += _LEFTOVER.match(tail).end()
+            tail = text[b:]
             if text[a].isupper():
                 tail = _capitalised(tail)
+        gone = _took_its_clause(text, a, b)
         text = text[:a] + tail
-    return text
+        cuts += [] if gone else [len(text) - a]
+    return _drop_stubs(text, [len(text) - d for d in cuts])
+
+
+def _took_its_clause(text: str, a: int, b: int) -> bool:
+    """Whether the cut ``text[a:b]`` took all of its clause, so no stub of it is left: it starts where its comma
+    clause starts and ends with the clause's comma or a conjunction ("Check out x.com, it is great.", "Mods are at
+    x.com and they rock"), or it emptied a bracket ("Fun (see x.com), great.")."""
+    if text[:a].rstrip(" \t")[-1:] in ("(", "[", "（", "【"):
+        return True
+    return _clause_start(text, a) == a and _JOIN_END.search(text, a, b) is not None
+
+
+_JOIN_END = re.compile(r"(?:[,;:，；：]|(?<![^\W\d_])(?:and|but|so|or))[ \t]*\Z", re.I)
+
+
+def _drop_stubs(text: str, cuts: list[int]) -> str:
+    """``text`` without the comma clauses that a link cut (at the offsets ``cuts``) left as a stub: a clause in CJK
+    script of at most 5 characters ("去下载", "汉化补丁"), or one in a spaced script whose sentence has at most 4 words
+    ("Download it free", "More of my reviews", "Get it now"); :func:`_drop_contacts` drops it with its punctuation.
+    Spaced scripts count the sentence, not the clause: a comma clause as short as "Track your stats" is often a real
+    one ("Track your stats, it is free."), and Chinese runs its sentences on with commas. The counts are ours (no
+    library measures "says something"): chosen so that every stub seen after a cut goes while a sentence of 5 words
+    or more stays. "Thanks for the guide, great game." has 6."""
+    spans = []
+    for p in cuts:
+        starts = [m.end() for m in _SENTENCE_END.finditer(text, 0, p)]
+        s0 = starts[-1] if starts else 0
+        after = _SENTENCE_END.search(text, p)
+        s1 = after.start() if after else len(text)
+        c0 = max([m.end() for m in _CLAUSE_END.finditer(text, s0, p)], default=s0)
+        c1 = next((m.start() for m in _CLAUSE_END.finditer(text, p, s1)), s1)
+        clause = _STUB_UNIT.findall(text, c0, c1)
+        cjk = any(_CJK_CHAR(u) for u in clause)
+        count = len(clause) if cjk else len(_STUB_UNIT.findall(text, s0, s1))
+        if clause and count <= (5 if cjk else 4):
+            spans.append((c0, c1))
+    return _drop_contacts(text, spans) if spans else text
+
+
+# what a stub is counted in: each CJK character, or a run of other letters and digits (a word)
+_STUB_UNIT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
+                        r"|(?:(?![\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af])[^\W_])+")
 
 
 def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:

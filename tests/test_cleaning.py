@@ -343,7 +343,7 @@ def test_numbers_and_words_that_are_not_personal_data_stay(text):
     ("Patch notes at store.steampowered.com/news say the fix lands next week, good devs.",
      "Patch notes  say the fix lands next week, good devs.", ["link"]),
     ("See the guide on www.fextralife.com/builds, it helped.", "See the guide, it helped.", ["link"]),
-    ("Builds here: https://example.com/guide (via https://foo.org) and more.", "Builds   and more.", ["link"]),
+    ("Builds here: https://example.com/guide (via https://foo.org) and more of the best ones.", "Builds   and more of the best ones.", ["link"]),
 ])
 def test_contact_sentences_go_whole_and_links_lose_their_lead_in(text, want, kinds):
     assert cleaning.scrub_pii(text) == (want, kinds)
@@ -359,10 +359,10 @@ def test_lead_in_words_without_a_link_stay(text):
 
 @pytest.mark.parametrize("text,want", [
     ("Builds are explained on example dot net, read it.", "Builds are explained, read it."),
-    ("Guides: www . site . com\nGreat game.", "\nGreat game."), ("Guides: www . site.com/x", ""), ("Wiki at www dot wiki dot com is good.", "Wiki  is good."),
-    ("Mods on nexus(dot)com/x work.", "Mods  work."), ("Mods on nexus [dot] org work.", "Mods  work."),
-    ("汉化补丁在 mmogold点com 下载", "汉化补丁下载"), ("汉化在 hanhua．com 下", "汉化下"),
-    ("Mods on nexus[.]com work.", "Mods  work."), ("Mods on nexus (.) org work.", "Mods  work."),
+    ("Guides: www . site . com\nGreat game.", "\nGreat game."), ("Guides: www . site.com/x", ""), ("The wiki at www dot wiki dot com is very good.", "The wiki  is very good."),
+    ("Mods on nexus(dot)com/x work with the new patch.", "Mods  work with the new patch."), ("Mods on nexus [dot] org work with the new patch.", "Mods  work with the new patch."),
+    ("汉化补丁在 mmogold点com 下载", "汉化补丁下载"), ("汉化在 hanhua．com 下，推荐", "推荐"),
+    ("Mods on nexus[.]com work with the new patch.", "Mods  work with the new patch."), ("Mods on nexus (.) org work with the new patch.", "Mods  work with the new patch."),
     # a plain word before " at " is no mailbox: the link goes with its lead-in
     ("Patch notes at example dot org say the devs fixed the crash, and so far it holds up well.",
      "Patch notes  say the devs fixed the crash, and so far it holds up well."),
@@ -376,19 +376,19 @@ def test_spelled_out_links_are_links(text, want):
     ("The wiki moved to https://x.fandom.com, check it.", "The wiki moved, check it."),
     ("Great game. mods are at https://nexus.example.com/mods and they rock", "Great game. they rock"),
     ("Great game, the best one is on mymods.net", "Great game"), ("The guide's at x.com/g, it helped a lot.", "It helped a lot."),
-    ("Great game, mods over at x.com/mods are fun", "Great game, mods  are fun"), ("Builds found here: https://x.com/b\nFun.", "Builds \nFun."),
+    ("Great game, mods over at x.com/mods are fun", "Great game, mods  are fun"), ("Builds found here: https://x.com/b\nFun.", "\nFun."),
     ("Fun boss fights. See x.com/guide for details.", "Fun boss fights."), ("Great game, see x.com/guide, fun.", "Great game, fun."),
     ("Fun. Check out x.com/guide, it is great.", "Fun. It is great."), ("Thanks to x.com/guide, I finished it.", "I finished it."),
-    ("The update is in, see x.com/news for more.", "The update is in."), ("Details in x.com/post, fun.", "Details, fun."),
-    ("Fun (see x.com/g), great.", "Fun, great."), ("Go to x.com/mod to get it.", "Go  to get it."),
+    ("The update is in, see x.com/news for more.", "The update is in."), ("Details in x.com/post, fun.", "Fun."),
+    ("Fun (see x.com/g), great.", "Fun, great."), ("Go to x.com/mod to get it for the main quest.", "Go  to get it for the main quest."),
     ("Great game. x.com/guide has the best builds, read it.", "Great game. Read it."),  # the link was the subject
-    ("Welcome to x.com, enjoy.", "Welcome, enjoy."), ("Great game, x.com/guide, fun.", "Great game, fun."),
+    ("Welcome to x.com, enjoy.", "Enjoy."), ("Great game, x.com/guide, fun.", "Great game, fun."),
     ("Overcome to x.com/g, then win.", ""),  # "to" after a word that ends like a listed verb
     # the word does not point at the link, or the link is not the clause's predicate: the rest stays
     ("Moved to Linux, the game runs great; patch notes: x.com/news", "Moved to Linux, the game runs great"),
     ("The mod is great, get it on x.com/m", "The mod is great, get it "),
     ("The guide is posted on x.com/g and it's great.", "The guide is posted  and it's great."),
-    ("Builds can be found here: https://x.com/b", "Builds can be found "),
+    ("Good builds for every class can be found here: https://x.com/b", "Good builds for every class can be found "),
     ("It is on sale at x.com/store for 5 bucks.", "It is on sale  for 5 bucks."),
     ("过往版本的评价：\nhttp://example.com/r/316720\n\n本作很好", "过往版本的评价：\n\n\n本作很好"),  # a lead-in is on the link's line
 ])
@@ -432,11 +432,11 @@ def test_a_known_game_or_review_site_named_by_its_domain_is_a_name(text):
     ("Great game. freerobux.io gives free robux lol", "Great game."), ("Great game. kirito.io is my site, come say hi.",
                                                                      "Great game. Come say hi."),
     ("Great game. mybuilds.io has every build you need.", "Great game."),
-    ("Check out mymods.io, it is great.", "It is great."), ("Mods at mymods.io/x work", "Mods  work"),
+    ("Check out mymods.io, it is great.", "It is great."), ("Mods at mymods.io/x work with the new patch", "Mods  work with the new patch"),
     # a name pointed at, or with a path or query, is a link
-    ("Great game, check out agar.io for more.", "Great game."), ("Great game. Play it at Agar.io/party now", "Great game. Play it  now"),
-    ("Great game. Get it at mywiki.com?ref=abc123 now", "Great game. Get it  now"),
-    ("Great game. Get it at humblebundle.com?partner=kirito99 now", "Great game. Get it  now"),
+    ("Great game, check out agar.io for more.", "Great game."), ("Great game. Play it with friends at Agar.io/party now", "Great game. Play it with friends  now"),
+    ("Great game. Get it at mywiki.com?ref=abc123 now", "Great game."),
+    ("Great game. Get it at humblebundle.com?partner=kirito99 now", "Great game."),
     ("Great game, loved it. Mywiki.com#builds has the builds.", "Great game, loved it."),
     ("Great game. My website: ProGamerTips.com", "Great game."), ("Great game, my builds: Mywiki.com#kirito99", "Great game"),
     ("Great game. Track your stats with statstracker.io, it is free.", "Great game. Track your stats, it is free."),
@@ -449,7 +449,7 @@ def test_a_bare_domain_not_on_the_name_list_is_a_link_whatever_its_case(text, wa
     ("Cdkeys.com has the cheapest keys, great game.", "url", None), ("Buy at Cheapgold.com now", "url", None),
     ("Great game. X.com has the best builds, read it.", None, "Great game. Read it."),
     ("Check out Mysite.com/guide, it is great.", None, "It is great."),  # with a path: a link
-    ("Guides at MYWIKI.COM, great game.", None, "Guides, great game."),
+    ("Guides at MYWIKI.COM, great game.", None, "Great game."),
 ])
 def test_shops_and_links_written_with_capitals_are_still_caught(text, spam, want):
     assert cleaning.spam_reason(text) == spam
@@ -459,7 +459,7 @@ def test_shops_and_links_written_with_capitals_are_still_caught(text, spam, want
 @pytest.mark.parametrize("text,want", [
     ("攻略都在 gonglue点com 上面", ""), ("画面很好，攻略都在 gonglue点com 上面", "画面很好"),  # 在 … 上面 was the predicate
     ("游戏不错，攻略在 https://x.com/g 里，推荐", "游戏不错，推荐"), ("攻略在 x点com。剧情很好", "剧情很好"),
-    ("我是在 x点com 上面买的，很便宜", "我是买的，很便宜"), ("在 x.com 里可以找到攻略", "可以找到攻略"),  # 在 … 上面 only says where
+    ("我当时是在 x点com 上面买的，很便宜", "我当时是买的，很便宜"), ("在 x.com 里可以找到攻略", "可以找到攻略"),  # 在 … 上面 only says where
     ("贴吧在 tieba点com 上面的攻略很全", "贴吧攻略很全"), ("现在 x.com/news 说修好了", "现在  说修好了"),  # 现在 is "now"
 ])
 def test_a_chinese_frame_around_a_link_goes_with_it(text, want):
@@ -467,8 +467,8 @@ def test_a_chinese_frame_around_a_link_goes_with_it(text, want):
 
 
 @pytest.mark.parametrize("text,want", [
-    ("游戏很好玩，我是在x点com上面买的，很便宜", "游戏很好玩，我是买的，很便宜"), ("攻略都在x.com上面", ""),
-    ("游戏不错，去pan.baidu.com/s/1abcd下载", "游戏不错，去下载"), ("攻略网站ｘｙｚｇａｍｅ．ｃｏｍ上面有", "攻略网站有"),
+    ("游戏很好玩，我当时是在x点com上面买的，很便宜", "游戏很好玩，我当时是买的，很便宜"), ("攻略都在x.com上面", ""),
+    ("游戏不错，去pan.baidu.com/s/1abcd下载", "游戏不错"), ("很全的攻略网站ｘｙｚｇａｍｅ．ｃｏｍ上面有", "很全的攻略网站有"),
     ("ゲームの攻略はexample.comにあります。", ""), ("공략은example.com에서 볼 수 있어요. 재미있어요", "재미있어요"),
 ])
 def test_links_touching_cjk_text_are_links(text, want):
@@ -560,7 +560,7 @@ def test_full_width_and_letter_spaced_shop_links_are_adverts(text):
 
 @pytest.mark.parametrize("text,want", [
     ("攻略看ｗｗｗ．ｇｏｎｇｌｕｅ．ｃｏｍ，写得很好！", "写得很好！"),  # the kept text keeps its full-width punctuation
-    ("Wiki: ｆａｎｗｉｋｉ．ｎｅｔ/ｘ is great", "Wiki is great"), ("Guides on g u i d e s . n e t, great game.", "Guides, great game."),
+    ("The wiki: ｆａｎｗｉｋｉ．ｎｅｔ/ｘ is great for builds", "The wiki is great for builds"), ("Guides on g u i d e s . n e t, great game.", "Great game."),
     ("（真的）好玩！ｗ ｉ ｋ ｉ ． ｃ ｏ ｍ", "（真的）好玩！"),
 ])
 def test_full_width_and_letter_spaced_links_are_links(text, want):
@@ -569,8 +569,8 @@ def test_full_width_and_letter_spaced_links_are_links(text, want):
 
 @pytest.mark.parametrize("text,want,spam", [
     ("Great roguelike. Mods: guides.net. Great game.", "Great roguelike. Great game.", None),
-    ("Fun. The wiki moved to x.fandom.com.", "Fun. The wiki moved.", None), ("Keys at cheapkeys.net. Great deal", None, "url"),
-    ("Guides on g u i d e s . n e t. Great game.", "Guides. Great game.", None),
+    ("Fun. The wiki moved to x.fandom.com last year.", "Fun. The wiki moved  last year.", None), ("Keys at cheapkeys.net. Great deal", None, "url"),
+    ("Good guides on g u i d e s . n e t for all bosses. Great game.", "Good guides  for all bosses. Great game.", None),
 ])
 def test_a_domain_before_a_full_stop_is_a_link(text, want, spam):
     assert cleaning.spam_reason(text) == spam
@@ -640,8 +640,8 @@ def test_dot_net_dot_com_as_words_and_an_hour_before_dian_are_no_links(text):
 
 
 @pytest.mark.parametrize("text,want,spam", [
-    ("163点com 有攻略", "有攻略", None), ("1234点com 的小游戏很多，好玩", "好玩", None), ("Builds on mysite dot net, read it.", "Builds, read it.", None),
-    ("Mods at x dot net/mods work", "Mods  work", None), ("buy at cheapgold dot net now", None, "url"), ("最便宜的key在 keyshop点com", None, "url"),
+    ("163点com 有很全的攻略", "有很全的攻略", None), ("1234点com 的小游戏很多，好玩", "好玩", None), ("Builds on mysite dot net, read it.", "Read it.", None),
+    ("Mods at x dot net/mods work with the new patch", "Mods  work with the new patch", None), ("buy at cheapgold dot net now", None, "url"), ("最便宜的key在 keyshop点com", None, "url"),
     ("攻略在 x 点 c o m 上面", "", None),
 ])
 def test_spelled_links_near_those_words_are_still_links(text, want, spam):
@@ -650,14 +650,14 @@ def test_spelled_links_near_those_words_are_still_links(text, want, spam):
 
 
 @pytest.mark.parametrize("text,want", [
-    ("汉化补丁 pan.baidu.com/s/1abcDEF 提取码：x7k2，装好就能玩", "汉化补丁，装好就能玩"),
+    ("汉化补丁 pan.baidu.com/s/1abcDEF 提取码：x7k2，装好就能玩", "装好就能玩"),
     ("链接: https://pan.baidu.com/s/1abcDEF 提取码: abcd\n汉化补丁很好用", "\n汉化补丁很好用"),
-    ("网盘链接：pan.baidu.com/s/1aB 密码：1234 好玩", "好玩"), ("汉化补丁（提取码：k9x2）很好用", "汉化补丁很好用"),
+    ("网盘链接：pan.baidu.com/s/1aB 密码：1234 这游戏真的很好玩", "这游戏真的很好玩"), ("汉化补丁（提取码：k9x2）很好用", "汉化补丁很好用"),
     ("The mod is on mega.nz/file/abc (password abcd1234), works fine.", "Works fine."),
     ("破解版下载 链接: https://pan.baidu.com/s/1abc 提取码: abcd 游戏本身还是很好玩的", "游戏本身还是很好玩的"),
     ("资源：https://pan.baidu.com/s/1aB 提取码 abcd，装好就能玩", "装好就能玩"),
-    ("汉化补丁下载 pan.baidu.com/s/1aB 密码：1234\n好玩", "\n好玩"), ("百度网盘 pan.baidu.com/s/1aB 好玩", "好玩"),
-    ("官方下载太慢，我用的 https://example.com/mirror 很快", "官方下载太慢，我用的  很快"),  # 下载 points at no link
+    ("汉化补丁下载 pan.baidu.com/s/1aB 密码：1234\n好玩", "\n好玩"), ("百度网盘 pan.baidu.com/s/1aB 这游戏真的很好玩", "这游戏真的很好玩"),
+    ("官方下载太慢，我用的 https://example.com/mirror 就很快", "官方下载太慢，我用的  就很快"),  # 下载 points at no link
 ])
 def test_cloud_share_links_go_with_their_share_code(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
@@ -695,9 +695,9 @@ def test_phone_numbers_near_a_contact_word_never_survive(text):
     ("Thanks to x.com for the guide, I finished the game.", "Thanks for the guide, I finished the game.", ["link"]),
     ("Great, thanks to x.com for the maps.", "Great, thanks for the maps.", ["link"]),
     ("I write reviews here and over at x.com, this one is a 9/10.", "I write reviews here, this one is a 9/10.", ["link"]),
-    ("Get it on Steam or at x.com.", "Get it on Steam.", ["link"]),  # no "and" / "or" left hanging
+    ("You can get it on Steam or at x.com.", "You can get it on Steam.", ["link"]),  # no "and" / "or" left hanging
     ("I played on Steam and on x.com and it was fine.", "", ["link"]),
-    ("正在 x.com 上看攻略，游戏本身很好玩。", "正在 看攻略，游戏本身很好玩。", ["link"]),
+    ("我正在 x.com 上看攻略，游戏本身很好玩。", "我正在 看攻略，游戏本身很好玩。", ["link"]),
     ("Great game, mail kirito at gmail dotcom for help.", "Great game.", ["email"]),
 ])
 def test_what_a_cut_leaves_reads_as_the_writer_wrote_it(text, want, kinds):
@@ -781,13 +781,13 @@ def test_link_markup_keeps_an_adverts_target_for_the_spam_rule(raw, reason, text
 
 
 @pytest.mark.parametrize("text,want", [
-    ("游戏很好玩，破解版https://pan.baidu.com/s/1AbCdEfG，推荐购买。", "游戏很好玩，破解版，推荐购买。"),
-    ("好玩。视频https://www.bilibili.com/video/BV1xx411c7mD看", "好玩。视频看"), ("好玩。群https://discord.gg/AbCdEf进来玩", "好玩。群进来玩"),
+    ("游戏很好玩，破解版https://pan.baidu.com/s/1AbCdEfG，推荐购买。", "游戏很好玩，推荐购买。"),
+    ("好玩。视频https://www.bilibili.com/video/BV1xx411c7mD看", "好玩。"), ("好玩。群https://discord.gg/AbCdEf进来玩", "好玩。"),
     ("好玩。商店页面https://store.steampowered.com/app/570/Dota_2/有折扣", "好玩。商店页面有折扣"),
     ("面白い。動画はhttps://www.youtube.com/watch?v=AbCdEfGにあります", "面白い。"),
-    ("好玩。汉化补丁https://pan.baidu.com/s/1AbCdEfG提取码abcd", "好玩。汉化补丁"), ("好玩。去pan.baidu.com/s/1AbCdEfG下载", "好玩。去下载"),
-    ("面白い。攻略はmywiki.com/Guideにあります", "面白い。"), ("好玩。网站WWW.MYWIKI.COM上面有", "好玩。网站有"),
-    ("好玩。视频HTTP://X.CN/A看", "好玩。视频看"),
+    ("好玩。汉化补丁https://pan.baidu.com/s/1AbCdEfG提取码abcd", "好玩。"), ("好玩。去pan.baidu.com/s/1AbCdEfG下载", "好玩。"),
+    ("面白い。攻略はmywiki.com/Guideにあります", "面白い。"), ("好玩。这个网站WWW.MYWIKI.COM上面有全图", "好玩。这个网站有全图"),
+    ("好玩。视频HTTP://X.CN/A看", "好玩。"),
 ])
 def test_a_link_with_a_scheme_www_or_path_touching_cjk_text_is_a_link_whatever_its_case(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
@@ -803,16 +803,16 @@ def test_a_word_with_a_file_or_word_tld_touching_cjk_text_stays(text):
 
 @pytest.mark.parametrize("text,want", [
     ("好玩。攻略都在mygame.net上面", "好玩。"), ("好玩。群在mygroup.gg上面", "好玩。"), ("好玩。直播在mygame.tv上面", "好玩。"),
-    ("好玩。攻略都在mygame.io上面", "好玩。"), ("好玩。攻略都在mygame.xyz上面", "好玩。"), ("好玩。user.data.cn文件夹", "好玩。文件夹"),
+    ("好玩。攻略都在mygame.io上面", "好玩。"), ("好玩。攻略都在mygame.xyz上面", "好玩。"), ("好玩。user.data.cn文件夹", "好玩。"),
 ])
 def test_a_word_with_a_common_web_tld_touching_cjk_text_is_a_link(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
 
 
 @pytest.mark.parametrize("text,want", [
-    ("好玩。汉化补丁已经在mywiki.com上线了", "好玩。汉化补丁已经上线了"), ("好玩。游戏在mywiki.com上架了", "好玩。游戏上架了"),
+    ("好玩。汉化补丁已经在mywiki.com上线了", "好玩。汉化补丁已经上线了"), ("好玩。这款游戏在mywiki.com上架了", "好玩。这款游戏上架了"),
     ("好玩。原声带在mywiki.com上市了", "好玩。原声带上市了"), ("好玩。新皮肤在mywiki.com上新了", "好玩。新皮肤上新了"),
-    ("好玩。电影在 mywiki.com 上映了", "好玩。电影上映了"),
+    ("好玩。改编电影在 mywiki.com 上映了", "好玩。改编电影上映了"),
     ("好玩。攻略都在mywiki.com上", "好玩。"), ("好玩。攻略在mywiki.com上面，很全", "好玩。很全"),  # the frame's own 上 goes
     ("好玩。我把存档传到mywiki.com上传了一份", "好玩。"), ("好玩。在mywiki.com和贴吧上都有人推荐", "好玩。在贴吧上都有人推荐"),
     ("好玩。在mywiki.com或者贴吧上都有人推荐", "好玩。在贴吧上都有人推荐"), ("好玩。我见过 mywiki.com 上有人说结局很感人", "好玩。我见过 有人说结局很感人"),
@@ -887,7 +887,7 @@ def test_points_a_game_counts_are_no_award_begging(text, spam):
 
 
 @pytest.mark.parametrize("text,want", [
-    ("我打了 999 点 top 伤害，推荐。", None), ("每局 12345点top 分数", None), ("163点com 有攻略", "有攻略"), ("4396点cn 有攻略", "有攻略"),
+    ("我打了 999 点 top 伤害，推荐。", None), ("每局 12345点top 分数", None), ("163点com 有很全的攻略", "有很全的攻略"), ("4396点cn 有很全的攻略", "有很全的攻略"),
 ])
 def test_a_number_of_points_spells_no_site_unless_a_common_tld_follows(text, want):
     assert cleaning.scrub_pii(text) == ((text, []) if want is None else (want, ["link"]))
@@ -902,7 +902,7 @@ def test_a_number_of_points_spells_no_site_unless_a_common_tld_follows(text, wan
     ("Great game. Follow us on Twitter.com/ourstudio and Facebook.com/ourstudio for news.", "Great game."),
     ("Great game. My friends and I found mywiki.com and it helped a lot.", "Great game."),
     # near misses: a lead-in takes the words, a list keeps its other items, a site's thing keeps its words
-    ("Great game. Las guías en mywiki.com son buenas.", "Great game. Las guías  son buenas."),
+    ("Great game. Las guías en mywiki.com son muy buenas.", "Great game. Las guías  son muy buenas."),
     ("Great game. I compared prices on Steam and mywiki.com and GOG.", "Great game. I compared prices on Steam and GOG."),
     ("Great game, thanks to x.com mods and the community.", "Great game, thanks to  mods and the community."),
 ])
@@ -917,3 +917,33 @@ def test_a_cut_that_would_leave_a_fragment_takes_the_sentence(text, want):
 ])
 def test_an_address_spelled_with_hyphens_is_an_address(text, want):
     assert cleaning.scrub_pii(text) == (want or (text, []))
+
+
+_EN_STUBS = ["Crack at Pan.baidu.com", "Gamble at Stake.com", "Mods at Nexus-mods.example.com", "Mail me at Kirito.Smith.com",
+             "Free robux at Freerobux.net", "Download it free at Steamunlocked.net", "Guides at ProGamerTips.com",
+             "My site kirito.io", "More of my reviews on MyReviews.com", "Builds at Mygameguide.com.",
+             "Get it at mywiki.com?ref=abc123 now."]
+_ZH_STUBS = ["去pan.baidu.com/s/1AbCdEfG下载", "下载mega.nz/file/AbC#XyZ就行", "视频在b23.tv/AbCdEf看", "群https://discord.gg/AbCdEf进来玩",
+             "汉化补丁https://pan.baidu.com/s/1AbCdEfG提取码abcd", "破解版https://pan.baidu.com/s/1AbCdEfG"]
+
+
+@pytest.mark.parametrize("text, want", [("Great game, I loved every minute. " + s, "Great game, I loved every minute.")
+                                        for s in _EN_STUBS]
+                         + [(f"游戏很好玩，{s}，推荐购买。", "游戏很好玩，推荐购买。") for s in _ZH_STUBS]
+                         + [("Great game, Crack at Pan.baidu.com.", "Great game."),
+                            ("好玩。汉化补丁https://pan.baidu.com/s/1AbCdEfG提取码abcd", "好玩。")])
+def test_a_stub_that_a_link_cut_leaves_goes_with_the_link(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Great game. GG.", "Great game. GG."), ("推荐。好玩。", "推荐。好玩。"), ("好玩", "好玩"),
+    ("Track your stats with statstracker.io, it is free.", "Track your stats, it is free."),  # its sentence has 6 words
+    ("Thanks to x.com for the guide, great game.", "Thanks for the guide, great game."),
+    ("Great game. GG. Mods at nexus.example.com work with the new patch.", "Great game. GG. Mods  work with the new patch."),
+    ("推荐。好玩。攻略在mywiki.com上面，很全", "推荐。好玩。很全"),  # the clause after the link's is no stub of it
+    ("Check out x.com, it is great.", "It is great."), ("Fun (see x.com/g), great.", "Fun, great."),
+    ("Great game. Mods are at x.com and they rock.", "Great game. They rock."),  # the cut took its clause
+])
+def test_a_short_clause_that_held_no_link_or_lost_it_whole_stays(text, want):
+    assert cleaning.scrub_pii(text)[0] == want

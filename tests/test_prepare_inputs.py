@@ -338,12 +338,12 @@ def test_disguised_links_and_addresses_and_their_lead_ins_in_a_run(tmp_path):
             ["Great roguelike, get keys at c d k e y s . c o m cheap!", "Hades", "x"],
             ["Tight combat and a great soundtrack. Add me for runs: kirito at proton dot me", "Hades", "x"],
             ["The wiki moved to https://x.fandom.com, check it for the boon lists, they help a lot.", "Hades", "x"],
-            ["Great roguelike, I keep coming back. The best builds are at buildsite.net and they rock.", "Hades", "x"],
+            ["Great roguelike, I keep coming back. The best builds are at buildsite.net and they rock every run.", "Hades", "x"],
             ["剧情很好，战斗也爽快！攻略都在 gonglue点com 上面，推荐（真心）。", "Hades", "x"]]
     res = _run(tmp_path, [_csv(tmp_path / "s.csv", ["review", "game", "author"], rows)], language=["all"])
     assert [r["output"] for r in _load(res["train"])] == [
         "Tight combat and a great soundtrack.", "The wiki moved, check it for the boon lists, they help a lot.",
-        "Great roguelike, I keep coming back. They rock.", "剧情很好，战斗也爽快！推荐（真心）。"]
+        "Great roguelike, I keep coming back. They rock every run.", "剧情很好，战斗也爽快！推荐（真心）。"]
     assert res["removed"]["spam"] == 2
 
 
