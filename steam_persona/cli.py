@@ -28,8 +28,26 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+class OneLineUsageError(click.UsageError):
+    """A usage error (unknown flag, a value of the wrong type) shown as one line naming the flag, the value and
+    where the flags are listed: the form of every other user mistake (click's own shows three)."""
+
+    def show(self, file=None) -> None:
+        where = f" (flags: '{self.ctx.command_path} --help')" if self.ctx else ""
+        click.echo(f"Error: {self.format_message()}{where}", file=file, err=True)
+
+
 class LazyGroup(click.Group):
-    """A click group that imports a sub-command's module only when it is run."""
+    """A click group that imports a sub-command's module only when it is run; a sub-command's usage error
+    is a :class:`OneLineUsageError`."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            if isinstance(e, OneLineUsageError):
+                raise
+            raise OneLineUsageError(e.format_message(), e.ctx) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)

@@ -141,3 +141,15 @@ def test_a_stage_notes_its_use_of_a_shared_flag_and_what_unset_means_there():
     assert serve["help"] == base["help"] and "GGUF chat template" in serve["unset"] and "GGUF" not in base["unset"]
     for meta in (train, serve, base):  # no stage's wording in another's help
         assert "serve" not in meta["help"] and "chat:" not in meta["help"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["serve", "--n_batch", "abc"], "Error: Invalid value for '--n_batch': 'abc' is not a valid integer. "
+                                    "(flags: 'steam-train serve --help')"),
+    (["plugin", "package", "--bogus"], "Error: No such option '--bogus'. Did you mean '--out'? "
+                                       "(flags: 'steam-train plugin package --help')"),
+    (["nosuch"], "Error: No such command 'nosuch'. (flags: 'steam-train --help')"),
+])
+def test_a_usage_error_is_exit_2_in_one_line_naming_where_the_flags_are(argv, says):
+    r = CliRunner().invoke(main, argv, prog_name="steam-train")
+    assert r.exit_code == 2 and r.output.strip() == says
