@@ -128,7 +128,8 @@ class PrepareConfig:
     drop_empty: bool = arg(True, "Drop reviews that are empty after cleaning.")
     drop_masked: bool = arg(False, "Drop reviews with Steam's ♥♥♥ profanity mask (kept as is by default).")
     drop_spam: bool = arg(True, "Drop adverts and campaigns: QQ/WeChat contacts, phone numbers, referral codes, "
-                          "award begging, giveaways, trading, boosting (代练/代充), stream promotion, shop links.")
+                          "award begging, giveaways, trading, boosting (代练/代充), stream promotion, shop links. "
+                          "Wording rules read Chinese and English; trading also Russian and Japanese.")
     drop_identity_slurs: bool = arg(True, "Drop reviews with a slur about people's ethnicity, nationality, sexual "
                                     "orientation, gender identity or disability (reviews/lists/identity_slurs.txt).")
     blocklist: str | None = arg(None, "Your own word list file (one per line, # comments): drop reviews containing any.")

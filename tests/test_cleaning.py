@@ -135,7 +135,8 @@ _SPAM_ANY = re.compile("|".join(f"(?P<{name}>{p.pattern})" for name, p in cleani
                                                 "selling cheap skins, trade link in bio", "elo boosting service",
                                                 "点个赞再走", "有偿带人", "加群领取", "cdk 便宜私聊", "cheap coins? dm me",
                                                 "私信我领取激活码", "扫码领取新手礼包", "前五十名领取cdk", "领取key加群",
-                                                "每天登录都能领取福利", "入群领", "关注领兑换码"])
+                                                "每天登录都能领取福利", "入群领", "关注领兑换码", "продаю ключи steam",
+                                                "куплю акк", "キーを格安で販売", "セールでキーを格安で購入"])
 def test_spam_hints_never_hide_a_match(text):
     """The literal pre-filters only skip texts no pattern matches: the result equals running every
     pattern at once (leftmost match, pattern order on ties)."""
