@@ -540,6 +540,53 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
     return None
 
 
+# A self-promotion footer: trailing lines after the review, each a stream_promo match, the writer's own Steam
+# curator or group link, or a pointer to their other reviews, with separator lines (---, ===, ~~~) between.
+# It goes and the review stays when what is left above it has real length (_FOOTER_BODY_WORDS words or
+# _FOOTER_BODY_CJK CJK characters): a signature is ours to judge, not a library's.
+_FOOTER_SEPARATOR = re.compile(r"[\s\-_=~*•·|]*")
+_FOOTER_ONLY = re.compile(r"(?:check out|read|see|follow) my other reviews|more (?:of my )?reviews (?:on|at) my", re.I)
+_FOOTER_BODY_WORDS, _FOOTER_BODY_CJK = 8, 15
+_BODY_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+_BODY_WORD = re.compile(r"[^\W_]+")
+
+
+def strip_promo_footer(text: str) -> str:
+    """``text`` without a self-promotion footer (its last lines: follow my curator / twitch / channel, a Steam
+    curator or group link, "check out my other reviews"), or ``text`` unchanged when it has none or when the
+    review above it is too short to stand alone (then the spam rule judges the whole text: promotion that is
+    the body goes). A shop's link is an advert, never a footer."""
+    lines = text.rstrip().split("\n")
+    cut, promo = len(lines), False
+    while cut > 1:
+        line = lines[cut - 1]
+        if _FOOTER_SEPARATOR.fullmatch(line):
+            cut -= 1
+        elif _self_promo(line):
+            cut, promo = cut - 1, True
+        else:
+            break
+    body = "\n".join(lines[:cut]).rstrip()
+    if not promo or not _real_length(body):
+        return text
+    return body
+
+
+def _self_promo(line: str) -> bool:
+    """Whether one line promotes the writer: a ``stream_promo`` match, their other reviews, or Steam
+    curator/group links only (``url`` for a shop's link is an advert)."""
+    links = (m.group(0) for m in PII_PATTERNS["link"].finditer(matching_view(line)[0]))
+    if any(not _STEAM_URL.match(u) and _advert_link(u) for u in links):
+        return False
+    reason = spam_reason(line)
+    return reason in ("stream_promo", "url") or (reason is None and _FOOTER_ONLY.search(line) is not None)
+
+
+def _real_length(body: str) -> bool:
+    cjk = len(_BODY_CJK.findall(body))
+    return cjk >= _FOOTER_BODY_CJK or len(_BODY_WORD.findall(_BODY_CJK.sub(" ", body))) >= _FOOTER_BODY_WORDS
+
+
 def _advert_link(url: str) -> bool:
     """Whether a link (with a scheme, bare or spelled out: "cheapgold dot com") is an advert: a Steam curator or
     group page, or a shop's site (``_SHOP_HOST``, or a name with both ``_SHOP_GOODS`` and ``_SHOP_SELLING``) that
