@@ -349,6 +349,8 @@ _COLLECT = r"领取?\S{0,4}(?:礼包|福利|激活码|兑换码|cdk|key)"
 _CALL = (r"(?:加群|进群|入群|(?<![A-Za-z])[QqＱｑ]{1,2}(?![A-Za-z键])|[QqＱｑ]{1,2}群|加我|私信|私聊|关注|点赞|转发|留言|扫码|扫描二维码"
          r"|二维码|链接|戳我|前\s*\d+\s*[名位个](?=\S{0,3}领)|前[一二三四五六七八九十百]+[名位个](?=\S{0,3}领)|先到先得|名额有限)")
 # what a number of points counts in a game, after "还差 N 点" ("还差2点属性就满级了"): no begging for awards
+_JA_GOODS = r"(?:(?<![ァ-ヶ])キー(?!ボード|コンフィグ|バインド|配置|操作)|(?:ゲーム|製品)キー|アカウント|スキン)"
+_JA_SELLING = r"(?:販売|売ります|売ってます|売りたい|譲ります|買います|買い取り|買取|格安(?!で?(?:買|購入|手に入)))"
 _GAME_STAT = r"属性|经验|血|攻击|攻|防御|防|体力|能量|技能|魔法|生命|怒气|护甲|力量|敏捷|智力|耐力|等级|级|天赋|熟练度|好感"
 SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     # a group or account *with its number / id*: "Q群000000000", "QQ群：123456", "vx: abc_123", "扣扣 一二三四五六",
@@ -393,7 +395,14 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?<![a-z])(?:cheap|selling|sell|buy) (?:[a-z0-9]+ ){0,3}?(?:coins?|gold|items?|keys?|skins?|accounts?|gems?|currency)"
         r"(?![a-z])[^\n]{0,30}(?<![a-z])(?:pm|dm|msg|message) me(?![a-z])"
         r"|(?<![A-Za-z])(?:buying|selling|sell(?:ing)? my) (?:cheap )?(?:skins?|accounts?|keys?|items?)(?![A-Za-z])"
-        r"|trade ?offers?|trade ?link|(?<!the )(?<!these )(?<!those )(?<!such )cheap (?:[a-z0-9]+ )?(?:keys?|skins?)", re.I),
+        r"|trade ?offers?|trade ?link|(?<!the )(?<!these )(?<!those )(?<!such )cheap (?:[a-z0-9]+ )?(?:keys?|skins?)"
+        # Russian: a first-person offer to sell or buy (продаю, продам, куплю, скупаю) with the goods within three
+        # words; "купил игру на распродаже" (bought) and "ключевой момент" (no offer) stay
+        r"|(?<![а-яё])(?:прода[юм]|продаём|куплю|скупаю|обменяю)\s+(?:[\w@-]+\s+){0,3}?(?:ключ|аккаунт|акк(?![а-яё])|скин"
+        r"|предмет|инвентар|голд|вещи)"
+        # Japanese: keys or accounts beside a word of selling or buying in one sentence (キー, not スキー or
+        # キーボード; 格安で買えた is a purchase); "セールで買いました" and "アカウント連携" stay
+        rf"|{_JA_GOODS}[^。！？!?\n]{{0,12}}?{_JA_SELLING}|{_JA_SELLING}[^。！？!?\n]{{0,12}}?{_JA_GOODS}", re.I),
     "boosting": re.compile(
         r"接代练|代练|代打|代肝|代刷|代充|代上分|带上分|有偿\S{0,4}(?:带|代|陪)"
         r"|boosting service|(?:elo|rank|mmr) ?boost(?:ing)?(?![A-Za-z])|carry service|power ?level(?:l)?ing service", re.I),
@@ -444,9 +453,13 @@ _SPAM_EN = re.compile(r"referral|invite|promo|discount|coupon|creator|code|award
                       r"|sub (?:me )?(?:on|to)|twitch|youtube|on kick|check out|support-a").search
 
 
+_TRADE_RU_JA = r"прода[юмё]|куплю|скупаю|обменяю|販売|売り|売って|譲ります|買います|買い取り|買取|格安"
+_SPAM_RU_JA = re.compile(_TRADE_RU_JA).search
+
+
 def _spam_hint(low: str) -> bool:
     """Whether any spam pattern can match (hints tried cheapest first)."""
-    return bool(_digit_run(low) or _PLUS_PHONE(low) or _SPAM_ZH(low) or _SPAM_EN(low))
+    return bool(_digit_run(low) or _PLUS_PHONE(low) or _SPAM_ZH(low) or _SPAM_EN(low) or _SPAM_RU_JA(low))
 
 
 # what every match of each pattern contains (a text that passed _spam_hint runs only the patterns
@@ -458,7 +471,8 @@ _PATTERN_HINTS = {
     "award_begging": re.compile(r"奖励|点赞|点个赞|个赞|帮我冲|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,
     "giveaway": re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|礼包|激活码|兑换码"
                            r"|cdk|领\S{0,5}key|加群|进群|入群").search,
-    "trading": re.compile(r"收号|出号|卖号|代售|回收|出售|收购|低价|激活码|cdk|buying|selling|sell|trade|cheap|wts|wtb|pm me|dm me|msg me|message me").search,
+    "trading": re.compile(r"收号|出号|卖号|代售|回收|出售|收购|低价|激活码|cdk|buying|selling|sell|trade|cheap|wts|wtb|pm me|dm me|msg me"
+                          r"|message me|" + _TRADE_RU_JA).search,
     "boosting": re.compile(r"代练|代打|代肝|代刷|代充|代上分|带上分|有偿|boost|carry service|power").search,
     "stream_promo": re.compile(r"follow|sub|twitch|youtube|kick|check out|关注|直播|斗鱼|虎牙|抖音|快手").search,
 }
@@ -524,6 +538,53 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
             and any(_advert_link(m.group(0)) for m in PII_PATTERNS["link"].finditer(view)):
         return "url"  # every advert link holds a shop word or a Steam group path: the cheap tests first
     return None
+
+
+# A self-promotion footer: trailing lines after the review, each a stream_promo match, the writer's own Steam
+# curator or group link, or a pointer to their other reviews, with separator lines (---, ===, ~~~) between.
+# It goes and the review stays when what is left above it has real length (_FOOTER_BODY_WORDS words or
+# _FOOTER_BODY_CJK CJK characters): a signature is ours to judge, not a library's.
+_FOOTER_SEPARATOR = re.compile(r"[\s\-_=~*•·|]*")
+_FOOTER_ONLY = re.compile(r"(?:check out|read|see|follow) my other reviews|more (?:of my )?reviews (?:on|at) my", re.I)
+_FOOTER_BODY_WORDS, _FOOTER_BODY_CJK = 8, 15
+_BODY_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+_BODY_WORD = re.compile(r"[^\W_]+")
+
+
+def strip_promo_footer(text: str) -> str:
+    """``text`` without a self-promotion footer (its last lines: follow my curator / twitch / channel, a Steam
+    curator or group link, "check out my other reviews"), or ``text`` unchanged when it has none or when the
+    review above it is too short to stand alone (then the spam rule judges the whole text: promotion that is
+    the body goes). A shop's link is an advert, never a footer."""
+    lines = text.rstrip().split("\n")
+    cut, promo = len(lines), False
+    while cut > 1:
+        line = lines[cut - 1]
+        if _FOOTER_SEPARATOR.fullmatch(line):
+            cut -= 1
+        elif _self_promo(line):
+            cut, promo = cut - 1, True
+        else:
+            break
+    body = "\n".join(lines[:cut]).rstrip()
+    if not promo or not _real_length(body):
+        return text
+    return body
+
+
+def _self_promo(line: str) -> bool:
+    """Whether one line promotes the writer: a ``stream_promo`` match, their other reviews, or Steam
+    curator/group links only (``url`` for a shop's link is an advert)."""
+    links = (m.group(0) for m in PII_PATTERNS["link"].finditer(matching_view(line)[0]))
+    if any(not _STEAM_URL.match(u) and _advert_link(u) for u in links):
+        return False
+    reason = spam_reason(line)
+    return reason in ("stream_promo", "url") or (reason is None and _FOOTER_ONLY.search(line) is not None)
+
+
+def _real_length(body: str) -> bool:
+    cjk = len(_BODY_CJK.findall(body))
+    return cjk >= _FOOTER_BODY_CJK or len(_BODY_WORD.findall(_BODY_CJK.sub(" ", body))) >= _FOOTER_BODY_WORDS
 
 
 def _advert_link(url: str) -> bool:

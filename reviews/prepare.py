@@ -128,7 +128,9 @@ class PrepareConfig:
     drop_empty: bool = arg(True, "Drop reviews that are empty after cleaning.")
     drop_masked: bool = arg(False, "Drop reviews with Steam's ♥♥♥ profanity mask (kept as is by default).")
     drop_spam: bool = arg(True, "Drop adverts and campaigns: QQ/WeChat contacts, phone numbers, referral codes, "
-                          "award begging, giveaways, trading, boosting (代练/代充), stream promotion, shop links.")
+                          "award begging, giveaways, trading, boosting (代练/代充), stream promotion, shop links. "
+                          "Wording rules read Chinese and English; trading also Russian and Japanese. A self-promotion "
+                          "footer (follow my curator / twitch) under a real review is cut and the review kept.")
     drop_identity_slurs: bool = arg(True, "Drop reviews with a slur about people's ethnicity, nationality, sexual "
                                     "orientation, gender identity or disability (reviews/lists/identity_slurs.txt).")
     blocklist: str | None = arg(None, "Your own word list file (one per line, # comments): drop reviews containing any.")
@@ -148,11 +150,11 @@ class PrepareConfig:
 # Rule names in pipeline order (the report and the table list them in this order).
 RULES = ("language", "voted_up", "min_votes_up", "min_playtime_hours", "unknown_game", "strip_bbcode",
          "strip_html", "normalize_whitespace", "page_residue", "handles", "art", "to_simplified", "empty",
-         "profanity_mask", "spam", "identity_slur", "blocklist", "scrub_pii", "checklist", "little_language",
+         "profanity_mask", "promo_footer", "spam", "identity_slur", "blocklist", "scrub_pii", "checklist", "little_language",
          "repetition", "too_short", "too_long", "script", "template_fields", "exact_duplicate", "near_duplicate",
          "copypasta", "max_per_game")
 _TRANSFORMS = {"strip_bbcode", "strip_html", "normalize_whitespace", "page_residue", "handles", "art",
-               "to_simplified", "scrub_pii"}
+               "to_simplified", "promo_footer", "scrub_pii"}
 #: the flag that changes each rule (for the console warning, the report and error hints)
 FLAGS = {
     "language": "--language set to your reviews' language (e.g. english; all keeps every language)", "strip_bbcode": "--strip_bbcode False",
@@ -162,7 +164,7 @@ FLAGS = {
     "min_votes_up": "--min_votes_up 0", "min_playtime_hours": "--min_playtime_hours 0",
     "unknown_game": "--app_name NAME / --app_name APPID=NAME / --app_names FILE / an appdetails input (steam-train "
                     "collect --appid ID --details_only fetches it), or --drop_unknown_game False",
-    "empty": "--drop_empty False", "profanity_mask": "--drop_masked False", "spam": "--drop_spam False",
+    "empty": "--drop_empty False", "profanity_mask": "--drop_masked False", "promo_footer": "--drop_spam False", "spam": "--drop_spam False",
     "identity_slur": "--drop_identity_slurs False", "blocklist": "a shorter --blocklist",
     "checklist": "--drop_checklists False", "little_language": "--drop_little_language False",
     "repetition": "--drop_repetition False", "too_short": "--min_chars / --min_words",
@@ -307,6 +309,8 @@ class _Rules:
         if cfg.drop_masked and cleaning.has_profanity_mask(r.text):
             return self._drop("profanity_mask", r)
         if cfg.drop_spam:
+            self._transform("promo_footer", r, cleaning.strip_promo_footer)
+            low = cleaning.lowered(r.text)
             reason = cleaning.spam_reason(r.text, low)
             if reason:
                 return self._drop("spam", r, reason)

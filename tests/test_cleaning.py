@@ -135,7 +135,8 @@ _SPAM_ANY = re.compile("|".join(f"(?P<{name}>{p.pattern})" for name, p in cleani
                                                 "selling cheap skins, trade link in bio", "elo boosting service",
                                                 "点个赞再走", "有偿带人", "加群领取", "cdk 便宜私聊", "cheap coins? dm me",
                                                 "私信我领取激活码", "扫码领取新手礼包", "前五十名领取cdk", "领取key加群",
-                                                "每天登录都能领取福利", "入群领", "关注领兑换码"])
+                                                "每天登录都能领取福利", "入群领", "关注领兑换码", "продаю ключи steam",
+                                                "куплю акк", "キーを格安で販売", "セールでキーを格安で購入"])
 def test_spam_hints_never_hide_a_match(text):
     """The literal pre-filters only skip texts no pattern matches: the result equals running every
     pattern at once (leftmost match, pattern order on ties)."""
@@ -947,3 +948,42 @@ def test_a_stub_that_a_link_cut_leaves_goes_with_the_link(text, want):
 ])
 def test_a_short_clause_that_held_no_link_or_lost_it_whole_stays(text, want):
     assert cleaning.scrub_pii(text)[0] == want
+
+
+_BODY = "Recommended. Great story and puzzles, still holds up in 2024."
+
+
+@pytest.mark.parametrize("text,want", [
+    (f"{_BODY}\n\n---\nFollow my curator page for more reviews!", _BODY),
+    (f"{_BODY}\n\nstore.steampowered.com/curator/123456 | email me at kirito.smith@gmail.com", _BODY),
+    ("Recommended. The gunplay is crunchy and the levels are tight, worth every cent.\n\nIf you liked this review, "
+     "check out my other reviews and follow my curator group Kirito's Picks.",
+     "Recommended. The gunplay is crunchy and the levels are tight, worth every cent."),
+    ("Recommended. A masterpiece of pacing, every chapter ends on a hook.\n\n~ Kirito | twitch.tv/kirito_plays",
+     "Recommended. A masterpiece of pacing, every chapter ends on a hook."),
+    (f"{_BODY}\nCheck out my other reviews!\n===\nfollow me on twitch for more", _BODY),
+    ("这个游戏的剧情非常好，谜题设计也很巧妙，强烈推荐给大家。\n喜欢的话欢迎关注我的鉴赏家", "这个游戏的剧情非常好，谜题设计也很巧妙，强烈推荐给大家。"),
+    # near misses: no footer, a body too short to stand alone, promotion as the body, a shop's link
+    (_BODY, _BODY),
+    (f"{_BODY}\n---", f"{_BODY}\n---"),
+    ("Great game.\nfollow me on twitch for more", "Great game.\nfollow me on twitch for more"),
+    (f"Follow me on twitch for more!\n\n{_BODY}", f"Follow me on twitch for more!\n\n{_BODY}"),
+    (f"{_BODY}\n\nBuy cheap keys at cheapgold.com", f"{_BODY}\n\nBuy cheap keys at cheapgold.com"),
+    (f"{_BODY}\nfollow me on twitch, keys at cheapgold.com", f"{_BODY}\nfollow me on twitch, keys at cheapgold.com"),
+    (f"{_BODY}\nThe wiki at fextralife.com helped a lot", f"{_BODY}\nThe wiki at fextralife.com helped a lot"),
+])
+def test_promo_footer_goes_and_the_review_stays(text, want):
+    """A self-promotion footer after a review of real length is cut; a text that is only promotion, or whose
+    promotion is the body, stays whole for the spam rule to drop."""
+    out = cleaning.strip_promo_footer(text)
+    assert out == want
+    if out != text:
+        assert cleaning.spam_reason(out) is None
+
+
+def test_promo_only_texts_still_go_as_spam():
+    for text, reason in [("Great game.\nfollow me on twitch for more", "stream_promo"),
+                         (f"Follow me on twitch for more!\n\n{_BODY}", "stream_promo"),
+                         (f"{_BODY}\n\nBuy cheap keys at cheapgold.com", "trading"),
+                         ("Follow my curator page for more reviews!", "stream_promo")]:
+        assert cleaning.spam_reason(cleaning.strip_promo_footer(text)) == reason

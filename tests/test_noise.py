@@ -156,6 +156,12 @@ def test_length_counts_cjk_characters_and_other_words():
     ("buy gold safe and fast at www.mmogah.com", "url"),
     ("Get cheaper game keys at https://www.g2g.com/offer", "url"),
     ("skins 便宜 https://cs.money/ 好评", "url"),
+    ("Продаю ключи Steam дёшево, пишите в ЛС, всё проверено.", "trading"),
+    ("Куплю аккаунт Dota 2 с высоким рейтингом, пишите.", "trading"),
+    ("Продаю аккаунт с 5000 ммр, пишите в телеграм @seller_dota или на почту seller@mail.ru, дёшево!", "trading"),
+    ("Продам скины CS2, недорого", "trading"),
+    ("Steamのキーを格安で販売中！詳細はプロフィールのリンクから", "trading"),
+    ("アカウント売ります、DMください", "trading"),
 ])
 def test_campaigns_and_ads(text, reason):
     assert cleaning.spam_reason(text) == reason
@@ -163,6 +169,14 @@ def test_campaigns_and_ads(text, reason):
 
 @pytest.mark.parametrize("text", [
     "奖励机制很丰富，任务也多",
+    "Купил игру на распродаже, не пожалел",
+    "ключевой момент сюжета, не спойлерю",
+    "Продам душу за продолжение этой игры",
+    "セールで買いました、最高",
+    "アカウント連携が面倒",
+    "キーボード操作が格安ゲームとは思えない",
+    "セールでキーを格安で購入しました、最高",
+    "スキーのゲームを販売してほしい",
     "It's free to play and the trade system is deep",
     "Follow the story and you'll be fine",
     "The boost pads in this racer feel great",

@@ -597,3 +597,12 @@ def test_a_json_review_that_is_a_number_is_read_as_its_text_as_in_a_csv(tmp_path
     src = _raw(tmp_path / "in.jsonl", '{"review": 100, "appid": 1}\n{"review": 9.5, "appid": 1}\n'
                                       '{"review": "Fine game, I liked it a lot", "appid": 1}\n')
     assert [r.text for r in sources.read(src).reviews] == ["100", "9.5", "Fine game, I liked it a lot"]
+
+
+def test_promo_footer_is_cut_and_the_review_kept(tmp_path):
+    footers = ["\n\n---\nFollow my curator page for more reviews!", "\n\n~ Kirito | twitch.tv/kirito_plays"]
+    rows = [[EN[0] + footers[0], "Hades"], [EN[1] + footers[1], "Hades"], [EN[2], "Hades"],
+            ["Great game.\nfollow me on twitch for more", "Hades"]]
+    res = _run(tmp_path, [_csv(tmp_path / "f.csv", ["review", "game"], rows)], language=["all"])
+    assert [r["output"] for r in _load(res["train"])] == EN[:3]
+    assert res["changed"]["promo_footer"] == 2 and res["removed"]["spam"] == 1
