@@ -393,15 +393,20 @@ def _read_bytes(path: Path) -> tuple[bytes, str | None]:
         raise UserError(f"{path}: broken gzip file ({e}); re-download or decompress it") from None
 
 
+_LINE_END = re.compile(r"\r\n?|\n")
+
+
 def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
     """JSON Lines → ``[(line number, value)]``. Blank lines are skipped, and so is a comma ending a
-    line or standing alone (objects pasted out of a JSON array): neither can hide a record.
+    line or standing alone (objects pasted out of a JSON array): neither can hide a record. Lines end at
+    ``\\n``, ``\\r\\n`` or ``\\r`` (JSON keeps neither raw inside a string) and nowhere else: ``str.splitlines``
+    would also split at U+0085, U+2028 and U+2029, which JSON allows raw inside a review's text.
 
     Raises:
         UserError: the first line that is not JSON, with its number and column.
     """
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(_LINE_END.split(text), 1):
         line = line.strip().removesuffix(",").rstrip()
         if not line:
             continue

@@ -597,3 +597,19 @@ def test_a_json_review_that_is_a_number_is_read_as_its_text_as_in_a_csv(tmp_path
     src = _raw(tmp_path / "in.jsonl", '{"review": 100, "appid": 1}\n{"review": 9.5, "appid": 1}\n'
                                       '{"review": "Fine game, I liked it a lot", "appid": 1}\n')
     assert [r.text for r in sources.read(src).reviews] == ["100", "9.5", "Fine game, I liked it a lot"]
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_jsonl_lines_end_only_at_line_breaks_not_at_unicode_separators_in_a_review(tmp_path, end):
+    texts = ["Alyx is great\x85 really", "Line\u2028separator and\u2029paragraph", "Plain review, liked it"]
+    lines = [json.dumps({"review": t, "appid": 1}, ensure_ascii=False) for t in texts]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(end.join(lines + [""]).encode("utf-8"))
+    assert [r.text for r in sources.read(src).reviews] == texts
+
+
+def test_jsonl_bad_line_is_still_named_by_its_number_after_a_separator_in_a_review(tmp_path):
+    src = _raw(tmp_path / "in.jsonl", json.dumps({"review": "a\x85b", "appid": 1}, ensure_ascii=False)
+               + "\r\n{\"review\": \"ok\", \"appid\": 1}\r\n{broken\r\n")
+    with pytest.raises(UserError, match=r"in\.jsonl: line 3: invalid JSON"):
+        sources.read(src)
