@@ -106,12 +106,22 @@ _INVISIBLE = re.compile(rf"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|[{_IGNORABLE}]|(?<!{
 _INVISIBLE_HINT = re.compile(rf"[{_IGNORABLE}\u200c\u200d]")
 
 
+# Text saved as Windows-1252 and read back as Latin-1 turns its curly quotes, ellipsis and dashes into the C1
+# controls U+0085, U+0091-0094 and U+0096-0097 (code page table: unicode.org Public/MAPPINGS/VENDORS/MICSFT/WINDOWS/
+# CP1252.TXT). Those mean what cp1252 meant, so they become it before the other C1 controls are removed.
+_CP1252_PUNCT = str.maketrans({"\x85": "…", "\x91": "‘", "\x92": "’", "\x93": "“", "\x94": "”",
+                               "\x96": "–", "\x97": "—"})
+
+
 def strip_invisible(text: str) -> str:
     """``text`` without the invisible and control characters of ``_INVISIBLE``: ``"n\\u200bigger"`` → ``"nigger"``,
     ``"Great\\x00 game"`` → ``"Great game"``,
     ``"a\\u00adb@x.com"`` → ``"ab@x.com"``, ``"\\x1b[31mred\\x1b[0m"`` → ``"red"``; emoji ZWJ sequences
-    (``"👩\\u200d💻"``) stay whole."""
-    return _INVISIBLE.sub("", text) if _INVISIBLE_HINT.search(text) else text
+    (``"👩\\u200d💻"``) stay whole. The cp1252 punctuation of ``_CP1252_PUNCT`` is read as cp1252 first:
+    ``"Alyx\\x92s"`` → ``"Alyx’s"``."""
+    if not _INVISIBLE_HINT.search(text):
+        return text
+    return _INVISIBLE.sub("", text.translate(_CP1252_PUNCT))
 
 
 def normalize_whitespace(text: str) -> str:

@@ -870,12 +870,22 @@ def test_a_link_after_a_copula_that_a_cut_would_leave_a_fragment_of_takes_its_se
 
 
 @pytest.mark.parametrize("text,want", [
-    ("don\x92t", "dont"), ("end\x85", "end"), ("a\x9b31mb", "ab"), ("\x1b[31mred\x1b[0m text", "red text"),
+    ("don\x81t", "dont"), ("end\x8d", "end"), ("a\x9b31mb", "ab"), ("\x1b[31mred\x1b[0m text", "red text"),
     ("\x1b[1;32;40mgreen\x1b[m", "green"), ("bell\x07 and \x7f", "bell and "), ("caf\u00e9 ÷ ¡", "caf\u00e9 ÷ ¡"),  # Latin-1 letters stay
     ("[31m is a bracket", "[31m is a bracket"),
 ])
 def test_c1_controls_and_terminal_escapes_are_removed(text, want):
     assert cleaning.strip_invisible(text) == want
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Alyx\x92s story", "Alyx’s story"), ("\x93Best\x94 game\x85 ever \x96 or \x97 not", "“Best” game… ever – or — not"),
+    ("\x91quoted\x92", "‘quoted’"), ("no\x80euro\x99tm\x95dot", "noeurotmdot"),  # other cp1252 C1 go as before
+    ("a\x9b31mb’s", "ab’s"), ("Alyx’s…", "Alyx’s…"),
+])
+def test_cp1252_punctuation_read_as_latin_1_becomes_its_cp1252_meaning(text, want):
+    assert cleaning.strip_invisible(text) == want
+    assert cleaning.normalize_whitespace(text) == want
 
 
 @pytest.mark.parametrize("text,spam", [
