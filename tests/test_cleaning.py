@@ -22,6 +22,18 @@ def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():
     assert cleaning.strip_bbcode("no markup") == "no markup"
 
 
+@pytest.mark.parametrize("raw,want", [
+    ("[h1]Verdict[/h1][b]Recommended.[/b] The [i]open world[/i] is huge.<br>Bosses are brutal but fair."
+     "[url=https://example.com]my guide[/url]", "Verdict\nRecommended. The open world is huge.\nBosses are brutal but fair. my guide"),
+    ("Good.[b][i]Great[/i][/b] fun", "Good. Great fun"), ("fair.[img]https://i.example/p.png[/img]Next", "fair. Next"),
+    ("So good![b]10/10[/b]", "So good! 10/10"), ("Well,[i]yes[/i]", "Well, yes"),
+    ("un[b]believ[/b]able", "unbelievable"), ("Score 9.[b]5[/b]", "Score 9.5"), ("fair. [b]my[/b] guide", "fair. my guide"),
+    ("好玩。[b]推荐[/b]", "好玩。推荐"), ("end.[b]", "end."), ("[b]Start[/b]", "Start"), ("fair.[url=https://e.com][/url].", "fair.."),
+])
+def test_a_removed_tag_between_sentences_leaves_a_space(raw, want):
+    assert cleaning.normalize_whitespace(cleaning.strip_html(cleaning.strip_bbcode(raw))) == want
+
+
 def test_bbcode_agrees_with_labelled_cleaned_review(shared_dir):
     """``cleaned_review`` in aspect_test.csv is the dataset authors' markup-free text. Their whitespace
     handling is inconsistent (sometimes "\\n\\n" → "\\n", sometimes "\\n+" glued to the line), so
