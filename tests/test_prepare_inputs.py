@@ -586,9 +586,9 @@ def test_control_escape_and_invisible_characters_never_reach_the_prompt_or_outpu
     review does; a tag of nothing but those goes."""
     src = _csv(tmp_path / "in.csv", ["review", "app_name", "tags", "voted_up"],
                [["\x1b[31mGreat\x1b[0m game, don\x92t miss it\x85 really fun to play", "Hal\x00f-Life\x1b 2\u200b",
-                 "Act\x00ion, \x85Shooter, \u200b", "yes"]])
+                 "Act\x00ion, \x8dShooter, \u200b", "yes"]])
     rec, = _load(_run(tmp_path, [src], language=["all"], input_template="{tags}")["train"])
-    assert rec["output"] == "Great game, dont miss it really fun to play"
+    assert rec["output"] == "Great game, don’t miss it… really fun to play"  # cp1252 punctuation read as Latin-1
     assert '"Half-Life 2"' in rec["instruction"] or "《Half-Life 2》" in rec["instruction"], rec["instruction"]
     assert rec["input"] == "Action, Shooter"
 
