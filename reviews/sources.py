@@ -454,8 +454,10 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
         return _read_pages(path, rows, "line" if jsonl else "page", tag_language, columns)
     first = _kind(rows[0][1])
     if (first is None or (columns and first == "review")) and isinstance(rows[0][1], dict):
-        return _read_table(path, [(f"{word} {n}", columns_mod.flatten(rec) if isinstance(rec, dict) else rec)
-                                  for n, rec in rows], columns or {})
+        loaded = _read_table(path, [(f"{word} {n}", columns_mod.flatten(rec) if isinstance(rec, dict) else rec)
+                                    for n, rec in rows], columns or {})
+        loaded.container = "JSON lines" if jsonl else "JSON"
+        return loaded
     if first is None:
         raise UserError(f"{path}: {word} {rows[0][0]}: unknown record shape ({_a(type(rows[0][1]).__name__)}); "
                         "expected review objects, alpaca (instruction, output) or sharegpt (conversations)")

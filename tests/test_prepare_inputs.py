@@ -120,7 +120,9 @@ def test_json_with_bom_gzip_jsonl_and_a_data_container(tmp_path):
     assert [r["output"] for r in _load(res["train"])] == EN
     report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
     assert [(i["format"], i["compressed"], i["container"]) for i in report["inputs"]] == [
-        ("table", None, ""), ("table", "gzip", ""), ("table", None, "records under 'data'")]
+        ("table", None, "JSON"), ("table", "gzip", "JSON lines"), ("table", None, "records under 'data'")]
+    md = Path(res["report_md"]).read_text(encoding="utf-8")
+    assert "| table (JSON) |" in md and "| table (JSON lines), gzip |" in md
 
 
 def test_parquet_needs_pyarrow_or_reads(tmp_path):
@@ -613,3 +615,21 @@ def test_jsonl_bad_line_is_still_named_by_its_number_after_a_separator_in_a_revi
                + "\r\n{\"review\": \"ok\", \"appid\": 1}\r\n{broken\r\n")
     with pytest.raises(UserError, match=r"in\.jsonl: line 3: invalid JSON"):
         sources.read(src)
+
+
+def test_report_masks_a_mention_in_every_rule_and_the_wrote_line_names_the_plot(tmp_path):
+    rows = [{"review": "Продаю аккаунт с 5000 ммр, пишите в телеграм @seller_dota или на почту seller@mail.ru, дёшево!",
+             "appid": 570, "language": "russian", "voted_up": True, "app_name": "Dota 2"},
+            {"review": "Рекомендую. Игра затягивает на сотни часов, но сообщество бывает токсичным. @seller_dota",
+             "appid": 570, "language": "russian", "voted_up": True, "app_name": "Dota 2"}]
+    src = _raw(tmp_path / "in.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out = tmp_path / "o/t.json"
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(out), "--val_size", "0", "--language", "all"])
+    assert r.exit_code == 0, r.output
+    assert str(out.parent / "prepare_lengths.png") in r.output.replace("\n", "")
+    report = json.loads((out.parent / "prepare_report.json").read_text(encoding="utf-8"))
+    examples = [e["text"] for st in report["rules"].values() for e in st["examples"]]
+    assert any("телеграм ▇ или" in e for e in examples), examples
+    assert "seller_dota" not in json.dumps(report, ensure_ascii=False)
+    assert "seller_dota" not in (out.parent / "prepare_report.md").read_text(encoding="utf-8")
+    assert "| table (JSON lines) |" in (out.parent / "prepare_report.md").read_text(encoding="utf-8")
