@@ -191,7 +191,7 @@ class _Stat:
 
 
 def mask(text: str, author: str | None = None, lists: tuple[Any, ...] = (), handles: frozenset[str] = frozenset()) -> str:
-    """``text`` with personal data, links, ``@name`` mentions, other authors' screen names (``handles``, lower-cased:
+    """``text`` with personal data, links, ``@name`` mentions, cross-post signatures, other authors' screen names (``handles``, lower-cased:
     :func:`~steam_persona.reviews.noise.screen_names`) and the author's name replaced by ``▇`` and the words of
     ``lists`` (:class:`~steam_persona.reviews.cleaning.WordList`: slurs, blocklist) shown as ``n*****``
     (report examples). Invisible characters go first (:func:`~steam_persona.reviews.cleaning.strip_invisible`), so
@@ -200,6 +200,7 @@ def mask(text: str, author: str | None = None, lists: tuple[Any, ...] = (), hand
     text = cleaning.mask_pii(cleaning.strip_invisible(text))
     if "@" in text or "＠" in text:
         text = noise._MENTION.sub("▇", text)
+    text = noise._SIGNATURE.sub("▇", text)
     if handles:
         text = noise._HANDLE_TOKEN.sub(lambda m: "▇" if m.group(0).lower() in handles else m.group(0), text)
     for name in (author or "").split("\n"):
