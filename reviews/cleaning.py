@@ -33,7 +33,8 @@ _BB_URL_TARGET = re.compile(r"\[url=([^\]\s]+)\]", re.I)
 _BB_ITEM = re.compile(r"[ \t]*\[\*\][ \t]*")
 _BB_BLOCK = re.compile(r"\[/?(?:h[1-6]|list|olist|quote|table|tr|code|noparse)(?:[ =][^\]\n]*)?\]", re.I)
 _BB_CELL = re.compile(r"\[/?t[hd]\]", re.I)
-_BB_INLINE = re.compile(r"\[/?(?:b|i|u|s|strike|spoiler|url|emoticon)(?:=[^\]\n]*)?\]", re.I)
+_BB_INLINES = re.compile(r"(?:\[/?(?:b|i|u|s|strike|spoiler|url|emoticon)(?:=[^\]\n]*)?\])+", re.I)
+_GAP_BEFORE = set(".!?,;:)]\"'’”…")
 
 
 def strip_bbcode(text: str) -> str:
@@ -48,13 +49,25 @@ def strip_bbcode(text: str) -> str:
     """
     if "[" not in text:
         return text
-    text = _BB_DROP.sub("", text)
+    text = _BB_DROP.sub(_tag_gap, text)
     text = _BB_URL_TARGET.sub(_keep_advert, text)
     text = _BB_URL_BARE.sub(r"\1", text)
     text = _BB_ITEM.sub("\n", text)
     text = _BB_BLOCK.sub("\n", text)
     text = _BB_CELL.sub(" ", text)
-    return _BB_INLINE.sub("", text)
+    return _BB_INLINES.sub(_tag_gap, text)
+
+
+def _tag_gap(m: re.Match) -> str:
+    """What a removed tag (or run of tags) leaves: a space where it stood between a sentence's end (or a comma,
+    colon, closing bracket or quote) and a word, as ``fair.[url=…]my guide[/url]`` shows (``fair. my guide``);
+    nothing inside a word (``un[b]believ[/b]able``) or a number (``9.[b]5[/b]``), or in scripts written without
+    spaces (``好玩。[b]推荐[/b]``)."""
+    start, end = m.start(), m.end()
+    before, after = m.string[start - 1:start], m.string[end:end + 1]
+    if not (before and after and before in _GAP_BEFORE and after.isalnum()) or _CJK_CHAR(after):
+        return ""
+    return "" if before in ".," and after.isdigit() and m.string[start - 2:start - 1].isdigit() else " "
 
 
 def _keep_advert(m: re.Match) -> str:
@@ -106,12 +119,22 @@ _INVISIBLE = re.compile(rf"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|[{_IGNORABLE}]|(?<!{
 _INVISIBLE_HINT = re.compile(rf"[{_IGNORABLE}\u200c\u200d]")
 
 
+# Text saved as Windows-1252 and read back as Latin-1 turns its curly quotes, ellipsis and dashes into the C1
+# controls U+0085, U+0091-0094 and U+0096-0097 (code page table: unicode.org Public/MAPPINGS/VENDORS/MICSFT/WINDOWS/
+# CP1252.TXT). Those mean what cp1252 meant, so they become it before the other C1 controls are removed.
+_CP1252_PUNCT = str.maketrans({"\x85": "…", "\x91": "‘", "\x92": "’", "\x93": "“", "\x94": "”",
+                               "\x96": "–", "\x97": "—"})
+
+
 def strip_invisible(text: str) -> str:
     """``text`` without the invisible and control characters of ``_INVISIBLE``: ``"n\\u200bigger"`` → ``"nigger"``,
     ``"Great\\x00 game"`` → ``"Great game"``,
     ``"a\\u00adb@x.com"`` → ``"ab@x.com"``, ``"\\x1b[31mred\\x1b[0m"`` → ``"red"``; emoji ZWJ sequences
-    (``"👩\\u200d💻"``) stay whole."""
-    return _INVISIBLE.sub("", text) if _INVISIBLE_HINT.search(text) else text
+    (``"👩\\u200d💻"``) stay whole. The cp1252 punctuation of ``_CP1252_PUNCT`` is read as cp1252 first:
+    ``"Alyx\\x92s"`` → ``"Alyx’s"``."""
+    if not _INVISIBLE_HINT.search(text):
+        return text
+    return _INVISIBLE.sub("", text.translate(_CP1252_PUNCT))
 
 
 def normalize_whitespace(text: str) -> str:

@@ -182,21 +182,29 @@ class _Stat:
     reasons: Counter[str] = field(default_factory=Counter)
     examples: list[dict[str, str]] = field(default_factory=list)
 
-    def example(self, r: Review, reason: str = "", text: str | None = None, lists: tuple[Any, ...] = ()) -> None:
-        """Keep 2 examples for the report (100 characters; personal data, the author and the words of
-        ``lists`` masked)."""
+    def example(self, r: Review, reason: str = "", text: str | None = None, lists: tuple[Any, ...] = (),
+                handles: frozenset[str] = frozenset()) -> None:
+        """Keep 2 examples for the report (100 characters; personal data, handles, the author and the words of
+        ``lists`` masked, :func:`mask`)."""
         if len(self.examples) < 2:
-            self.examples.append({"where": r.where, "text": mask(text if text is not None else r.text, r.author, lists)[:100],
+            shown = mask(text if text is not None else r.text, r.author, lists, handles)
+            self.examples.append({"where": r.where, "text": shown[:100],
                                   **({"reason": reason} if reason else {})})
 
 
-def mask(text: str, author: str | None = None, lists: tuple[Any, ...] = ()) -> str:
-    """``text`` with personal data, links and the author's name replaced by ``▇`` and the words of
+def mask(text: str, author: str | None = None, lists: tuple[Any, ...] = (), handles: frozenset[str] = frozenset()) -> str:
+    """``text`` with personal data, links, ``@name`` mentions, cross-post signatures, other authors' screen names (``handles``, lower-cased:
+    :func:`~steam_persona.reviews.noise.screen_names`) and the author's name replaced by ``▇`` and the words of
     ``lists`` (:class:`~steam_persona.reviews.cleaning.WordList`: slurs, blocklist) shown as ``n*****``
     (report examples). Invisible characters go first (:func:`~steam_persona.reviews.cleaning.strip_invisible`), so
     ``n\u200bigger`` or a name split by a soft hyphen is masked in the examples of the rules that see it
     before ``normalize_whitespace`` removes them."""
     text = cleaning.mask_pii(cleaning.strip_invisible(text))
+    if "@" in text or "＠" in text:
+        text = noise._MENTION.sub("▇", text)
+    text = noise._SIGNATURE.sub("▇", text)
+    if handles:
+        text = noise._HANDLE_TOKEN.sub(lambda m: "▇" if m.group(0).lower() in handles else m.group(0), text)
     for name in (author or "").split("\n"):
         pattern = noise.name_pattern(name.strip(), text.lower())
         if pattern:
@@ -236,7 +244,7 @@ class _Rules:
         st.removed += 1
         if reason:
             st.reasons[reason] += 1
-        st.example(r, reason or note, lists=self.word_lists)
+        st.example(r, reason or note, lists=self.word_lists, handles=self.handles)
         return rule
 
     def _transform(self, rule: str, r: Review, fn: Callable[[str], str]) -> None:
@@ -244,7 +252,7 @@ class _Rules:
         if new != r.text:
             st = self.stats[rule]
             st.changed += 1
-            st.example(r, text=r.text, lists=self.word_lists)
+            st.example(r, text=r.text, lists=self.word_lists, handles=self.handles)
             r.text = new
 
     def _scrubbed(self, rule: str, r: Review, text: str, kinds: list[str]) -> None:
@@ -253,7 +261,7 @@ class _Rules:
             st = self.stats[rule]
             st.changed += 1
             st.reasons.update(kinds)
-            st.example(r, ",".join(kinds), lists=self.word_lists)
+            st.example(r, ",".join(kinds), lists=self.word_lists, handles=self.handles)
             r.text = cleaning.normalize_whitespace(text) if self.cfg.normalize_whitespace else text
 
     def per_record(self, r: Review) -> tuple[str | None, str]:
@@ -890,7 +898,8 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
               **_report_details(cfg, stats, loaded, kept, drop_lang, drop_game)}
     prepare_report.write(report, [r.length or noise.length(r.text) for r in kept], report_path, md_path)
     console.print(f"[bold]wrote[/] {out} ({len(train):,} train)" + (f", {vpath} ({len(val):,} val)" if vpath else "")
-                  + f", {report_path}, {md_path}" + (f"; registered '{cfg.name}' in {cfg.register}" if cfg.register else ""))
+                  + f", {report_path}, {md_path}, {report['lengths_png']}"
+                  + (f"; registered '{cfg.name}' in {cfg.register}" if cfg.register else ""))
     return result
 
 

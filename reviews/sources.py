@@ -393,15 +393,20 @@ def _read_bytes(path: Path) -> tuple[bytes, str | None]:
         raise UserError(f"{path}: broken gzip file ({e}); re-download or decompress it") from None
 
 
+_LINE_END = re.compile(r"\r\n?|\n")
+
+
 def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
     """JSON Lines → ``[(line number, value)]``. Blank lines are skipped, and so is a comma ending a
-    line or standing alone (objects pasted out of a JSON array): neither can hide a record.
+    line or standing alone (objects pasted out of a JSON array): neither can hide a record. Lines end at
+    ``\\n``, ``\\r\\n`` or ``\\r`` (JSON keeps neither raw inside a string) and nowhere else: ``str.splitlines``
+    would also split at U+0085, U+2028 and U+2029, which JSON allows raw inside a review's text.
 
     Raises:
         UserError: the first line that is not JSON, with its number and column.
     """
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(_LINE_END.split(text), 1):
         line = line.strip().removesuffix(",").rstrip()
         if not line:
             continue
@@ -449,8 +454,10 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
         return _read_pages(path, rows, "line" if jsonl else "page", tag_language, columns)
     first = _kind(rows[0][1])
     if (first is None or (columns and first == "review")) and isinstance(rows[0][1], dict):
-        return _read_table(path, [(f"{word} {n}", columns_mod.flatten(rec) if isinstance(rec, dict) else rec)
-                                  for n, rec in rows], columns or {})
+        loaded = _read_table(path, [(f"{word} {n}", columns_mod.flatten(rec) if isinstance(rec, dict) else rec)
+                                    for n, rec in rows], columns or {})
+        loaded.container = "JSON lines" if jsonl else "JSON"
+        return loaded
     if first is None:
         raise UserError(f"{path}: {word} {rows[0][0]}: unknown record shape ({_a(type(rows[0][1]).__name__)}); "
                         "expected review objects, alpaca (instruction, output) or sharegpt (conversations)")

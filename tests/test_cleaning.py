@@ -22,6 +22,18 @@ def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():
     assert cleaning.strip_bbcode("no markup") == "no markup"
 
 
+@pytest.mark.parametrize("raw,want", [
+    ("[h1]Verdict[/h1][b]Recommended.[/b] The [i]open world[/i] is huge.<br>Bosses are brutal but fair."
+     "[url=https://example.com]my guide[/url]", "Verdict\nRecommended. The open world is huge.\nBosses are brutal but fair. my guide"),
+    ("Good.[b][i]Great[/i][/b] fun", "Good. Great fun"), ("fair.[img]https://i.example/p.png[/img]Next", "fair. Next"),
+    ("So good![b]10/10[/b]", "So good! 10/10"), ("Well,[i]yes[/i]", "Well, yes"),
+    ("un[b]believ[/b]able", "unbelievable"), ("Score 9.[b]5[/b]", "Score 9.5"), ("fair. [b]my[/b] guide", "fair. my guide"),
+    ("好玩。[b]推荐[/b]", "好玩。推荐"), ("end.[b]", "end."), ("[b]Start[/b]", "Start"), ("fair.[url=https://e.com][/url].", "fair.."),
+])
+def test_a_removed_tag_between_sentences_leaves_a_space(raw, want):
+    assert cleaning.normalize_whitespace(cleaning.strip_html(cleaning.strip_bbcode(raw))) == want
+
+
 def test_bbcode_agrees_with_labelled_cleaned_review(shared_dir):
     """``cleaned_review`` in aspect_test.csv is the dataset authors' markup-free text. Their whitespace
     handling is inconsistent (sometimes "\\n\\n" → "\\n", sometimes "\\n+" glued to the line), so
@@ -871,12 +883,22 @@ def test_a_link_after_a_copula_that_a_cut_would_leave_a_fragment_of_takes_its_se
 
 
 @pytest.mark.parametrize("text,want", [
-    ("don\x92t", "dont"), ("end\x85", "end"), ("a\x9b31mb", "ab"), ("\x1b[31mred\x1b[0m text", "red text"),
+    ("don\x81t", "dont"), ("end\x8d", "end"), ("a\x9b31mb", "ab"), ("\x1b[31mred\x1b[0m text", "red text"),
     ("\x1b[1;32;40mgreen\x1b[m", "green"), ("bell\x07 and \x7f", "bell and "), ("caf\u00e9 ÷ ¡", "caf\u00e9 ÷ ¡"),  # Latin-1 letters stay
     ("[31m is a bracket", "[31m is a bracket"),
 ])
 def test_c1_controls_and_terminal_escapes_are_removed(text, want):
     assert cleaning.strip_invisible(text) == want
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Alyx\x92s story", "Alyx’s story"), ("\x93Best\x94 game\x85 ever \x96 or \x97 not", "“Best” game… ever – or — not"),
+    ("\x91quoted\x92", "‘quoted’"), ("no\x80euro\x99tm\x95dot", "noeurotmdot"),  # other cp1252 C1 go as before
+    ("a\x9b31mb’s", "ab’s"), ("Alyx’s…", "Alyx’s…"),
+])
+def test_cp1252_punctuation_read_as_latin_1_becomes_its_cp1252_meaning(text, want):
+    assert cleaning.strip_invisible(text) == want
+    assert cleaning.normalize_whitespace(text) == want
 
 
 @pytest.mark.parametrize("text,spam", [

@@ -385,6 +385,19 @@ def test_report_examples_mask_the_author_where_the_rule_would_remove_it():
     assert mask("Cheers, Hunter", "Hunter") == "Cheers, ▇"
 
 
+@pytest.mark.parametrize("text,handles,want", [
+    ("пишите в телеграм @seller_dota или на почту", frozenset(), "пишите в телеграм ▇ или на почту"),
+    ("回复@暗夜猎手：说得对", frozenset(), "▇说得对"), ("thanks ＠kirito_99 a lot", frozenset(), "thanks ▇ a lot"),
+    ("gg DarkKnight99 carried", frozenset({"darkknight99"}), "gg ▇ carried"),
+    ("mail me a@b.com or x@y", frozenset(), "mail me ▇ or x@y"),  # near misses: an address, a lone "@"
+    ("推荐。\n——来自小黑盒用户kirito的评价", frozenset(), "推荐。\n▇"), ("来自B站的推荐，确实好玩", frozenset(), "来自B站的推荐，确实好玩"),
+    ("meet @ 8 pm, great game", frozenset(), "meet @ 8 pm, great game"), ("no handles here", frozenset(), "no handles here"),
+])
+def test_report_examples_mask_mentions_and_other_authors_screen_names(text, handles, want):
+    from steam_persona.reviews.prepare import mask
+    assert mask(text, None, (), handles) == want
+
+
 def test_report_examples_mask_text_with_invisible_characters():
     from steam_persona.reviews import cleaning
     from steam_persona.reviews.prepare import mask

@@ -120,7 +120,9 @@ def test_json_with_bom_gzip_jsonl_and_a_data_container(tmp_path):
     assert [r["output"] for r in _load(res["train"])] == EN
     report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
     assert [(i["format"], i["compressed"], i["container"]) for i in report["inputs"]] == [
-        ("table", None, ""), ("table", "gzip", ""), ("table", None, "records under 'data'")]
+        ("table", None, "JSON"), ("table", "gzip", "JSON lines"), ("table", None, "records under 'data'")]
+    md = Path(res["report_md"]).read_text(encoding="utf-8")
+    assert "| table (JSON) |" in md and "| table (JSON lines), gzip |" in md
 
 
 def test_parquet_needs_pyarrow_or_reads(tmp_path):
@@ -586,9 +588,9 @@ def test_control_escape_and_invisible_characters_never_reach_the_prompt_or_outpu
     review does; a tag of nothing but those goes."""
     src = _csv(tmp_path / "in.csv", ["review", "app_name", "tags", "voted_up"],
                [["\x1b[31mGreat\x1b[0m game, don\x92t miss it\x85 really fun to play", "Hal\x00f-Life\x1b 2\u200b",
-                 "Act\x00ion, \x85Shooter, \u200b", "yes"]])
+                 "Act\x00ion, \x8dShooter, \u200b", "yes"]])
     rec, = _load(_run(tmp_path, [src], language=["all"], input_template="{tags}")["train"])
-    assert rec["output"] == "Great game, dont miss it really fun to play"
+    assert rec["output"] == "Great game, don’t miss it… really fun to play"  # cp1252 punctuation read as Latin-1
     assert '"Half-Life 2"' in rec["instruction"] or "《Half-Life 2》" in rec["instruction"], rec["instruction"]
     assert rec["input"] == "Action, Shooter"
 
@@ -606,3 +608,37 @@ def test_promo_footer_is_cut_and_the_review_kept(tmp_path):
     res = _run(tmp_path, [_csv(tmp_path / "f.csv", ["review", "game"], rows)], language=["all"])
     assert [r["output"] for r in _load(res["train"])] == EN[:3]
     assert res["changed"]["promo_footer"] == 2 and res["removed"]["spam"] == 1
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_jsonl_lines_end_only_at_line_breaks_not_at_unicode_separators_in_a_review(tmp_path, end):
+    texts = ["Alyx is great\x85 really", "Line\u2028separator and\u2029paragraph", "Plain review, liked it"]
+    lines = [json.dumps({"review": t, "appid": 1}, ensure_ascii=False) for t in texts]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(end.join(lines + [""]).encode("utf-8"))
+    assert [r.text for r in sources.read(src).reviews] == texts
+
+
+def test_jsonl_bad_line_is_still_named_by_its_number_after_a_separator_in_a_review(tmp_path):
+    src = _raw(tmp_path / "in.jsonl", json.dumps({"review": "a\x85b", "appid": 1}, ensure_ascii=False)
+               + "\r\n{\"review\": \"ok\", \"appid\": 1}\r\n{broken\r\n")
+    with pytest.raises(UserError, match=r"in\.jsonl: line 3: invalid JSON"):
+        sources.read(src)
+
+
+def test_report_masks_a_mention_in_every_rule_and_the_wrote_line_names_the_plot(tmp_path):
+    rows = [{"review": "Продаю аккаунт с 5000 ммр, пишите в телеграм @seller_dota или на почту seller@mail.ru, дёшево!",
+             "appid": 570, "language": "russian", "voted_up": True, "app_name": "Dota 2"},
+            {"review": "Рекомендую. Игра затягивает на сотни часов, но сообщество бывает токсичным. @seller_dota",
+             "appid": 570, "language": "russian", "voted_up": True, "app_name": "Dota 2"}]
+    src = _raw(tmp_path / "in.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out = tmp_path / "o/t.json"
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(out), "--val_size", "0", "--language", "all"])
+    assert r.exit_code == 0, r.output
+    assert str(out.parent / "prepare_lengths.png") in r.output.replace("\n", "")
+    report = json.loads((out.parent / "prepare_report.json").read_text(encoding="utf-8"))
+    examples = [e["text"] for st in report["rules"].values() for e in st["examples"]]
+    assert any("телеграм ▇ или" in e for e in examples), examples
+    assert "seller_dota" not in json.dumps(report, ensure_ascii=False)
+    assert "seller_dota" not in (out.parent / "prepare_report.md").read_text(encoding="utf-8")
+    assert "| table (JSON lines) |" in (out.parent / "prepare_report.md").read_text(encoding="utf-8")
