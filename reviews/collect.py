@@ -197,7 +197,8 @@ def _repair_part(part: Path) -> tuple[set[str], Counter[str]]:
     if good < len(data):
         with open(part, "r+b") as f:
             f.truncate(good)
-    for n, line in enumerate(data[:good].decode("utf-8").splitlines(), 1):
+    # "\n" only: str.splitlines() also breaks at U+0085/U+2028 inside a saved review's text
+    for n, line in enumerate(data[:good].decode("utf-8").split("\n")[:-1], 1):
         try:
             rec = json.loads(line)
             ids.add(str(rec["recommendationid"]))

@@ -239,3 +239,17 @@ def test_details_only_names_an_archive_for_prepare(tmp_path, steam, shared_dir):
         "out": str(tmp_path / "sft.json"), "val_size": 0}))
     recs = json.loads((tmp_path / "sft.json").read_text(encoding="utf-8"))
     assert prepared["counts"]["kept"] > 100 and recs[0]["instruction"] == "请以资深玩家的身份，点评一下《伏龙记》这款游戏。"
+
+
+def test_a_saved_review_holding_unicode_line_separators_resumes(tmp_path):
+    """The .part file is JSON lines written with ensure_ascii=False: U+0085 and U+2028 in a review's text
+    are inside its line, not line ends."""
+    from steam_persona.reviews.collect import _repair_part
+
+    part = tmp_path / "r.jsonl.part"
+    rows = [{"recommendationid": "1", "appid": 10, "review": "Alyx\x85 great\u2028really"},
+            {"recommendationid": "2", "appid": 10, "review": "fine"}]
+    part.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + '{"torn', encoding="utf-8")
+    ids, per_app = _repair_part(part)
+    assert ids == {"1", "2"} and per_app == {"10": 2}
+    assert part.read_text(encoding="utf-8").count("\n") == 2  # the torn last line is cut
