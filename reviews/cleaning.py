@@ -1043,6 +1043,10 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
     :func:`matching_view` ``view``); a link that is its clause's predicate, or all of its sentence, takes that clause
     or sentence with it (:func:`_drop_contacts`). A lead-in that began a sentence takes the comma after the link with
     it and passes its capital on ("Check out x.com, it is great." → "It is great.")."""
+    brackets = _bracketed_links(view)
+    if brackets:
+        text = _cut(text, [_original_span(where, a, b) for a, b in brackets])
+        view, where = matching_view(text)
     found = _links_with_leads(view)
     clauses = [_original_span(where, a, b) for a, _, b, pred in found if pred or _whole_sentence(view, a, b)]
     if clauses:
@@ -1062,6 +1066,19 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
         text = text[:a] + tail
         cuts += [] if gone else [len(text) - a]
     return _drop_stubs(text, [len(text) - d for d in cuts])
+
+
+# a bracketed aside, with the spaces before it; brackets inside it one deep ("(mods at x(dot)com)")
+_BRACKET = re.compile(r"[ \t]*(?:\((?:[^()\n]|\([^()\n]*\))*\)|（(?:[^（）\n]|（[^（）\n]*）)*）|\[[^\[\]\n]*\]|【[^【】\n]*】)")
+
+
+def _bracketed_links(view: str) -> list[tuple[int, int]]:
+    """The spans (sorted, in ``view``) of the bracketed asides that hold a link (:func:`_kept_as_text` ones aside), each
+    with its brackets and the spaces before it: the aside goes whole and the text outside it stays ("Loved it (x.com
+    has builds)." → "Loved it."; 好玩（攻略在x.com）。 → 好玩。). A cut inside it would leave a fragment in brackets."""
+    links = [m.span() for m in PII_PATTERNS["link"].finditer(view) if not _kept_as_text(m)]
+    return [br.span() for br in _BRACKET.finditer(view)
+            if any(br.start() < a and b < br.end() and view[br.start():a].strip(" \t") for a, b in links)]
 
 
 def _took_its_clause(text: str, a: int, b: int) -> bool:

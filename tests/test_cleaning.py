@@ -343,7 +343,7 @@ def test_numbers_and_words_that_are_not_personal_data_stay(text):
     ("Patch notes at store.steampowered.com/news say the fix lands next week, good devs.",
      "Patch notes  say the fix lands next week, good devs.", ["link"]),
     ("See the guide on www.fextralife.com/builds, it helped.", "See the guide, it helped.", ["link"]),
-    ("Builds here: https://example.com/guide (via https://foo.org) and more of the best ones.", "Builds   and more of the best ones.", ["link"]),
+    ("Builds here: https://example.com/guide (via https://foo.org) and more of the best ones.", "Builds  and more of the best ones.", ["link"]),
 ])
 def test_contact_sentences_go_whole_and_links_lose_their_lead_in(text, want, kinds):
     assert cleaning.scrub_pii(text) == (want, kinds)
@@ -690,7 +690,7 @@ def test_phone_numbers_near_a_contact_word_never_survive(text):
     ("Fun. Check out x.com, iPhone port is bad.", "Fun. iPhone port is bad.", ["link"]),
     ("Fun. Check out x.com, it is great.", "Fun. It is great.", ["link"]),  # a plain word still takes the capital
     ("游戏很好玩，我的邮箱是 a@gmail . com 欢迎交流。", "游戏很好玩。", ["email"]),  # the dot inside the address ends no sentence
-    ("The game is fun. (Check out x.com.) The game runs well.", "The game is fun.  The game runs well.", ["link"]),
+    ("The game is fun. (Check out x.com.) The game runs well.", "The game is fun. The game runs well.", ["link"]),
     ("Mods I use:\n- Check out x.com\n- the unofficial patch\nAll great.", "Mods I use:\n- the unofficial patch\nAll great.", ["link"]),
     ("Thanks to x.com for the guide, I finished the game.", "Thanks for the guide, I finished the game.", ["link"]),
     ("Great, thanks to x.com for the maps.", "Great, thanks for the maps.", ["link"]),
@@ -713,7 +713,7 @@ def test_game_chat_spaced_out_and_missing_dot_net_are_no_links(text):
 @pytest.mark.parametrize("text,want", [
     ("Pros:\n- see x.com for the mod list\n- great soundtrack", "Pros:\n- great soundtrack"),
     ("Great game, see x.com for more info on builds, fun.", "Great game, fun."), ("Check out x.com for mods, they are great.", "They are great."),
-    ("Great game (see x.com for more) with a great community.", "Great game  with a great community."),
+    ("Great game (see x.com for more) with a great community.", "Great game with a great community."),
 ])
 def test_what_a_pointed_at_link_offers_goes_with_it(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
@@ -947,3 +947,22 @@ def test_a_stub_that_a_link_cut_leaves_goes_with_the_link(text, want):
 ])
 def test_a_short_clause_that_held_no_link_or_lost_it_whole_stays(text, want):
     assert cleaning.scrub_pii(text)[0] == want
+
+
+@pytest.mark.parametrize("text, want", [
+    ("推荐。好玩（攻略在mywiki.com）。剧情很棒…", "推荐。好玩。剧情很棒…"),
+    ("Loved it (mywiki.com has builds).", "Loved it."),
+    ("Loved it (builds at mywiki.com), the combat is tight.", "Loved it, the combat is tight."),
+    ("好玩【攻略：mywiki.com】，推荐。", "好玩，推荐。"),
+])
+def test_a_bracketed_aside_with_a_link_goes_whole_and_the_text_outside_stays(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Loved it (the builds are great).", ("Loved it (the builds are great).", [])), ("好玩（真的）。", ("好玩（真的）。", [])),
+    ("Mods at mymods(dot)com, great game.", ("Great game.", ["link"])),  # a spelled dot's brackets are no aside
+    ("Great game (mods at mymods(dot)com) and fun.", ("Great game and fun.", ["link"])),
+])
+def test_a_bracket_is_an_aside_to_cut_only_around_a_link(text, want):
+    assert cleaning.scrub_pii(text) == want
