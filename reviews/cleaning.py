@@ -1418,9 +1418,10 @@ NAME_DOMAINS = {"hole.io", "agar.io", "slither.io", "krunker.io", "diep.io", "pa
 _SPELLED_NAME_DOT = re.compile(r"[ \t]*[点點][ \t]*")  # "4399点com" is the name 4399.com
 # a scheme, "www", a path, a query or a fragment: a link whatever its case and whatever touches it
 _FULL_LINK = re.compile(r"^(?:https?://|www)|[/?#]", re.I).search
-# the top-level domains of links typed into Han, kana or Hangul text: common web ones, none of them a file extension or a
-# word in game talk ("npc.ai", "xbox.live", "save.info", "ui.top", "game.app", "switch.pro", "main.cc" stay)
-_CJK_WEB_TLD = re.compile(r"(?:com|net|org|cn|gg|tv|io|xyz)\Z").search
+# the top-level domains of links typed into Han, kana or Hangul text: common web ones and the country codes of the
+# sites such reviews name ("公式サイトはmygame.jpです"), none of them a file extension or a word in game talk ("npc.ai",
+# "xbox.live", "save.info", "ui.top", "game.app", "switch.pro", "main.cc", "texture.pl" stay)
+_CJK_WEB_TLD = re.compile(r"(?:com|net|org|cn|gg|tv|io|xyz|jp|kr|tw|hk|ru|de|fr|uk)\Z").search
 
 
 def _kept_as_text(m: re.Match[str]) -> bool:

@@ -966,3 +966,15 @@ def test_a_bracketed_aside_with_a_link_goes_whole_and_the_text_outside_stays(tex
 ])
 def test_a_bracket_is_an_aside_to_cut_only_around_a_link(text, want):
     assert cleaning.scrub_pii(text) == want
+
+
+@pytest.mark.parametrize("text, want", [
+    ("おすすめ。最高！公式サイトはmygame.jpです。", ("おすすめ。最高！", ["link"])),
+    ("おすすめ。最高！公式サイトはmywiki.comです。", ("おすすめ。最高！", ["link"])),  # the same with .com
+    ("好玩。攻略都在mywiki.de上面", ("好玩。", ["link"])), ("재밌어요. 공략은mywiki.kr에서", ("재밌어요.", ["link"])),
+    ("好玩。攻略在gamer.com.tw上面", ("好玩。", ["link"])),
+    ("おすすめ。最高！公式サイトはMYGAME.JPです。", ("おすすめ。最高！公式サイトはMYGAME.JPです。", [])),  # upper case: no link there
+    ("贴图在texture.pl目录里", ("贴图在texture.pl目录里", [])),  # a file extension
+])
+def test_a_country_code_domain_touching_cjk_text_is_a_link(text, want):
+    assert cleaning.scrub_pii(text) == want
