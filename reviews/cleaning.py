@@ -1063,9 +1063,10 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
             if text[a].isupper():
                 tail = _capitalised(tail)
         gone = _took_its_clause(text, a, b)
+        limit = 3 if _FROM_LEAD(text, a) else 4
         text = text[:a] + tail
-        cuts += [] if gone else [len(text) - a]
-    return _drop_stubs(text, [len(text) - d for d in cuts])
+        cuts += [] if gone else [(len(text) - a, limit)]
+    return _drop_stubs(text, [(len(text) - d, limit) for d, limit in cuts])
 
 
 # a bracketed aside, with the spaces before it; brackets inside it one deep ("(mods at x(dot)com)")
@@ -1090,19 +1091,24 @@ def _took_its_clause(text: str, a: int, b: int) -> bool:
     return _clause_start(text, a) == a and _JOIN_END.search(text, a, b) is not None
 
 
+_FROM_LEAD = re.compile(r"from[ \t]", re.I).match  # a cut that starts "from <link>": the link named a source
+
+
 _JOIN_END = re.compile(r"(?:[,;:，；：]|(?<![^\W\d_])(?:and|but|so|or))[ \t]*\Z", re.I)
 
 
-def _drop_stubs(text: str, cuts: list[int]) -> str:
-    """``text`` without the comma clauses that a link cut (at the offsets ``cuts``) left as a stub: a clause in CJK
-    script of at most 5 characters ("去下载", "汉化补丁"), or one in a spaced script whose sentence has at most 4 words
-    ("Download it free", "More of my reviews", "Get it now"); :func:`_drop_contacts` drops it with its punctuation.
+def _drop_stubs(text: str, cuts: list[tuple[int, int]]) -> str:
+    """``text`` without the comma clauses that a link cut left as a stub (``cuts``: ``(offset, word limit)`` each): a
+    clause in CJK script of at most 5 characters ("去下载", "汉化补丁"), or one in a spaced script whose sentence has at
+    most ``limit`` words ("Download it free", "More of my reviews", "Get it now"); :func:`_drop_contacts` drops it
+    with its punctuation. The limit is 4, and 3 after a cut of "from <link>": that names a source of what the
+    sentence already names, so four words left are an instruction ("Install dot net first"), not a stub.
     Spaced scripts count the sentence, not the clause: a comma clause as short as "Track your stats" is often a real
     one ("Track your stats, it is free."), and Chinese runs its sentences on with commas. The counts are ours (no
     library measures "says something"): chosen so that every stub seen after a cut goes while a sentence of 5 words
     or more stays. "Thanks for the guide, great game." has 6."""
     spans = []
-    for p in cuts:
+    for p, limit in cuts:
         starts = [m.end() for m in _SENTENCE_END.finditer(text, 0, p)]
         s0 = starts[-1] if starts else 0
         after = _SENTENCE_END.search(text, p)
@@ -1112,7 +1118,7 @@ def _drop_stubs(text: str, cuts: list[int]) -> str:
         clause = _STUB_UNIT.findall(text, c0, c1)
         cjk = any(_CJK_CHAR(u) for u in clause)
         count = len(clause) if cjk else len(_STUB_UNIT.findall(text, s0, s1))
-        if clause and count <= (5 if cjk else 4):
+        if clause and count <= (5 if cjk else limit):
             spans.append((c0, c1))
     return _drop_contacts(text, spans) if spans else text
 

@@ -978,3 +978,16 @@ def test_a_bracket_is_an_aside_to_cut_only_around_a_link(text, want):
 ])
 def test_a_country_code_domain_touching_cjk_text_is_a_link(text, want):
     assert cleaning.scrub_pii(text) == want
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Install dot net from microsoft.com first. Then it runs fine…", "Install dot net first. Then it runs fine…"),
+    ("Great game. Get the patch from mywiki.com first.", "Great game. Get the patch first."),
+    ("Great game. Download it from mywiki.com.", "Great game."),  # a stub: 2 words
+    ("Great game. Get it from mywiki.com now.", "Great game."),  # 3 words
+    ("Great game. Crack from Pan.baidu.com.", "Great game."),
+    ("Great game. Get it free at mywiki.com now.", "Great game."),  # not "from": 4 words are still a stub
+])
+def test_a_from_link_goes_alone_and_leaves_an_instruction_of_four_words(text, want):
+    out, kinds = cleaning.scrub_pii(text)
+    assert (cleaning.normalize_whitespace(out), kinds) == (want, ["link"])
