@@ -1174,7 +1174,7 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         if end <= start:
             continue
         if lead and lead.group("pred"):
-            prep = lead.start("prep") if lead.group("prep") else lead.start("other_prep")
+            prep = lead.start("prep") if lead.group("prep") else lead.start("other_prep") if lead.group("other_prep") else None
             out.append(_predicate_cut(text, done, start, prep, end))
         elif _DANGLING_AFTER.match(text, m.end()) or (lead is None and not modifier
                                                         and _DANGLING_BEFORE.search(text, done, m.start())):
@@ -1189,7 +1189,8 @@ def _says_nothing_without(text: str, lead: re.Match[str] | None, start: int, lin
     """Whether the clause of a link (its cut ``text[start:end]``, the link ending at ``link_end``) says nothing
     without it: the link is in a 在 frame or after a colon and ends the clause (攻略都在 x点com 上面。, "My site: x.com";
     在 x点com 上面买的 only says where), after a Chinese word that only points at it (详细攻略见 x.com, 请关注 x.com), before a 的 it owns (感谢 x.com
-    的攻略) or a Japanese or Korean particle that makes it the predicate (攻略は x.com にあります, 공략은 x.com 에서), or
+    的攻略) or a Japanese or Korean particle that makes it the predicate or its object (攻略は x.com にあります, 공략은
+    x.com 에서, 攻略は x.com を見ました), or
     the subject, starting a sentence with an English word after it ("x.com has the best builds")."""
     if lead and (lead.group("zai") or lead.group(0).strip() in (":", "：")):  # "My website: x.com" names nothing
         return _CLAUSE_END_AFTER.match(text, end) is not None
@@ -1198,9 +1199,10 @@ def _says_nothing_without(text: str, lead: re.Match[str] | None, start: int, lin
     return lead is None and bool(_SENTENCE_START.search(text, 0, start) and _LOWER_WORD_AFTER.match(text, end))
 
 
-def _predicate_cut(text: str, done: int, start: int, prep: int, end: int) -> tuple[int, int, int, bool]:
-    """The cut for a link after a copula (``text[start:end]``, its preposition at ``prep``; nothing before ``done`` is
-    cut again): its whole comma clause when the clause ends with it ("The best one is on x.com."); from the clause's
+def _predicate_cut(text: str, done: int, start: int, prep: int | None, end: int) -> tuple[int, int, int, bool]:
+    """The cut for a link after a copula (``text[start:end]``, its preposition at ``prep``, ``None`` after a bare
+    copula: "The site is x.com"; nothing before ``done`` is cut again): its whole comma clause when the clause ends
+    with it ("The best one is on x.com."); from the clause's
     start through a conjunction right after it when a new subject follows ("Mods are at x.com and they rock" → "They
     rock"); only the preposition and the link before an -ing word, the copula serving it ("I was at x.com reading the
     lore" → "I was reading the lore"). Else, and when a relative clause follows ("are at x.com, which fans run"), the
@@ -1212,7 +1214,7 @@ def _predicate_cut(text: str, done: int, start: int, prep: int, end: int) -> tup
         return begin, begin, conj.end(), False
     if _PREDICATE_END.match(text, end) and not _JOINED_AFTER.match(text, end):
         return start, start, end, True
-    if _ING_AFTER.match(text, end):
+    if prep is not None and _ING_AFTER.match(text, end):
         return start, prep, end, False
     return _sentence_span(text, max(done, start), end)
 
@@ -1273,7 +1275,7 @@ _CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
 # 上面 / 里面 after a link, or 上 / 里 before a verb of reading, getting or having: "但是 x.com 上面有补丁" → "但是有补丁",
 # "正在 x.com 上看攻略" → "正在看攻略" (上线 / 上传 stay)
 _ZH_PLACE_AFTER = re.compile(r"(?:[ \t]*(?:上面|里面|[上里](?=[看找买下搜查玩有]))的?)?")
-_CJK_PARTICLE_AFTER = re.compile(r"[ \t]*(?:的|に|で|から|まで|へ|에서|에|으로|로)")
+_CJK_PARTICLE_AFTER = re.compile(r"[ \t]*(?:的|に|で|を|から|まで|へ|에서|에|으로|로|을|를)")
 _LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
 # leave after them when they go
@@ -1311,7 +1313,8 @@ _OTHER_LEAD = r"на|в|во|по|auf|bei|unter|en|sur|dans|chez|em|no|na|su|op|
 _EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|with|(?:{_PARTICIPLE}[ \t]+)?here"
             rf"|to(?:{_TO_AFTER})|(?:according|(?P<thanks>thanks)|due)[ \t]+to|(?:sponsored|powered|hosted)[ \t]+by"
             r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
-# a copula right before the lead-in makes the link the clause's predicate ("it's on x.", "mods are at x and they rock"):
+# a copula right before the lead-in, or right before the link (group "bare": "the site is x.com and…"), makes the link
+# the clause's predicate ("it's on x.", "mods are at x and they rock"):
 # with the link gone the clause says nothing, so it goes as far as the link holds it (:func:`_predicate_cut`)
 # other languages' copulas before their prepositions ("las guías están en x.com y son…", "les guides sont sur x.com")
 _OTHER_COPULA = r"está|están|estan|es|son|estão|estao|é|são|sao|est|sont|ist|sind|war|waren|è|sono|jest|są|zijn|находятся|есть"
@@ -1321,7 +1324,7 @@ _COPULA = r"(?:(?<![^\W\d_])(?:is|are|was|were|be|been)|(?<=[^\W\d_])['’](?:s|
 # before each link (the link first: one pattern with the lead-ins before the link tried them at every position, ~2x
 # slower)
 _LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(?:at|on|in|here))"
-                        rf"|(?<![^\W\d_])(?:{_OTHER_COPULA})[ \t]+(?P<other_prep>{_OTHER_LEAD}))"
+                        rf"|(?<![^\W\d_])(?:{_OTHER_COPULA})[ \t]+(?P<other_prep>{_OTHER_LEAD})|(?P<bare>{_COPULA}))"
                         rf"|(?P<kept>{_COPULA}{_PARTICIPLE}[ \t]+)here"
                         rf"|(?<![^\W\d_])(?:{_EN_LEAD})"
                         rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)"
@@ -1440,12 +1443,19 @@ def _kept_as_text(m: re.Match[str]) -> bool:
     found = m.group(0)
     low = found.lower()
     text, a, b = m.string, m.start(), m.end()
-    if low in PLATFORM_DOMAINS or (_SPELLED_NAME_DOT.sub(".", low) in NAME_DOMAINS and not _LINK_LEAD.search(text, max(0, a - 40), a)):
+    if low in PLATFORM_DOMAINS or (_SPELLED_NAME_DOT.sub(".", low) in NAME_DOMAINS and not _points_at(text, a)):
         return True
     touches = (a and _CJK_CHAR(text[a - 1])) or (b < len(text) and _CJK_CHAR(text[b]))
     if not touches or _FULL_LINK(found):
         return False
     return found != low or not _CJK_WEB_TLD(low)
+
+
+def _points_at(text: str, a: int) -> bool:
+    """Whether a lead-in other than a bare copula stands right before ``text[a]`` ("visit agar.io"; "My favourite is
+    Agar.io" names a game)."""
+    lead = _LINK_LEAD.search(text, max(0, a - 40), a)
+    return lead is not None and lead.start("bare") < 0
 
 
 _CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]").match

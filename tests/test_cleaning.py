@@ -991,3 +991,20 @@ def test_a_country_code_domain_touching_cjk_text_is_a_link(text, want):
 def test_a_from_link_goes_alone_and_leaves_an_instruction_of_four_words(text, want):
     out, kinds = cleaning.scrub_pii(text)
     assert (cleaning.normalize_whitespace(out), kinds) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text, want", [
+    ("The dev's site is https://example.com/game but honestly the game is great.", "Honestly the game is great."),
+    ("Official site is example.jp and the game is great", "The game is great"),
+    ("Great game. Official site is example.jp.", "Great game."), ("Great game, the wiki is mywiki.com, fun.", "Great game, fun."),
+    ("Great game. It is x.com reading the lore", "Great game."),  # no preposition to cut: the sentence goes
+    ("Great game. The wiki is mywiki.com because fans run it.", "Great game."),
+    ("攻略はwikiwiki.jp/eldenringを見ました", ""), ("재밌어요. 공략은 x.com을 봤어요.", "재밌어요."),
+])
+def test_a_link_after_a_bare_copula_or_an_object_particle_takes_its_clause(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["My favourite is Agar.io and I love it.", "The best part is the music and the story."])
+def test_a_name_or_words_after_a_bare_copula_stay(text):
+    assert cleaning.scrub_pii(text) == (text, [])
