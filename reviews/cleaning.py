@@ -831,7 +831,8 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     "contact": re.compile(rf"{_CONTACT}\s*[:：号]?\s*(?:{_DIGITS}|(?<=[信❤♥xX])\s*[A-Za-z][A-Za-z0-9_-]{{4,}})"),
     # other platforms' player ids: a Discord / BattleTag "name#1234", a Nintendo "SW-1234-5678-9012", an id
     # named as one ("PSN ID: kirito_99", "gamertag xXSniperXx"); "Xbox: runs fine" is not one
-    "gamer_id": re.compile(r"(?<![\w#])[A-Za-z][\w.]{1,31}#\d{4,5}(?!\d)|(?<![\w-])SW(?:-\d{4}){3}(?!\d)"
+    # (a handle ends before a full stop: "add me on discord: kirito_99. Great game." keeps its second sentence)
+    "gamer_id": re.compile(r"(?:(?<![\w#])[A-Za-z][\w.]{1,31}#\d{4,5}(?!\d)|(?<![\w-])SW(?:-\d{4}){3}(?!\d)"
                            r"|(?:(?:psn|xbox|xbl|switch|epic|discord|battle\.?net|origin|uplay|ubisoft|ea|nintendo)\s*"
                            r"(?:id|name|tag|username|user\s*name)|gamertag|battletag)\s*(?:[:：]|is)?\s*[\w.\-#]{3,32}"
                            # "my psn is kirito_99", "add me on discord: kirito99": a handle with a digit or "_"
@@ -842,7 +843,7 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
                            r"|(?:(?<![\w])my\s+ign\s*(?:[:：]|is)?|(?<![\w])ign\s*[:：]|(?:游戏|遊戲)\s*(?:id|名|ID)|账号|帳號|帐号)"
                            r"\s*(?:是|为|[:：])?\s*(?=[\w.\-#]*[\d_])[A-Za-z0-9][\w.\-#]{2,31}"
                            r"|(?<![\w])(?:telegram|tg|whatsapp|kakao(?:talk)?|line\s*id|ig)\s*[:：]\s*@?(?=[\w.\-]*[\d_])[A-Za-z][\w.\-]{2,31}"
-                           r"|(?<![\w])uid\s*(?:is|是|[:：])?\s*\d{6,12}(?!\d)|加我?好友\s*[:：]?\s*\d(?:[ \-]?\d){5,11}(?!\d)", re.I),
+                           r"|(?<![\w])uid\s*(?:is|是|[:：])?\s*\d{6,12}(?!\d)|加我?好友\s*[:：]?\s*\d(?:[ \-]?\d){5,11}(?!\d))(?<![.])", re.I),
     "phone_number": SPAM_PATTERNS["phone_number"],
     # a mainland resident ID number (GB 11643: area, birth date, sequence, check digit)
     "id_number": re.compile(r"(?<!\d)[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),

@@ -1008,3 +1008,11 @@ def test_a_link_after_a_bare_copula_or_an_object_particle_takes_its_clause(text,
 @pytest.mark.parametrize("text", ["My favourite is Agar.io and I love it.", "The best part is the music and the story."])
 def test_a_name_or_words_after_a_bare_copula_stay(text):
     assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Add me on discord: kirito_99. Great game.", " Great game."),  # the handle's full stop ends its sentence
+    ("Great game. My IGN is x_1. Fun.", "Great game. Fun."), ("Great game. my psn is kirito.99 lol", "Great game."),
+])
+def test_a_player_id_before_a_full_stop_takes_only_its_own_sentence(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["gamer_id"])
