@@ -1175,7 +1175,8 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         if end <= start:
             continue
         if lead and lead.group("pred"):
-            prep = lead.start("prep") if lead.group("prep") else lead.start("other_prep") if lead.group("other_prep") else None
+            preps = [lead.start(g) for g in ("prep", "other_prep") if lead.group(g)]
+            prep = preps[0] if preps else None  # None: a bare copula
             out.append(_predicate_cut(text, done, start, prep, end))
         elif _DANGLING_AFTER.match(text, m.end()) or (lead is None and not modifier
                                                         and _DANGLING_BEFORE.search(text, done, m.start())):
