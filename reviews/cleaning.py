@@ -915,7 +915,8 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     "contact": re.compile(rf"{_CONTACT}\s*[:：号]?\s*(?:{_DIGITS}|(?<=[信❤♥xX])\s*[A-Za-z][A-Za-z0-9_-]{{4,}})"),
     # other platforms' player ids: a Discord / BattleTag "name#1234", a Nintendo "SW-1234-5678-9012", an id
     # named as one ("PSN ID: kirito_99", "gamertag xXSniperXx"); "Xbox: runs fine" is not one
-    "gamer_id": re.compile(r"(?<![\w#])[A-Za-z][\w.]{1,31}#\d{4,5}(?!\d)|(?<![\w-])SW(?:-\d{4}){3}(?!\d)"
+    # (a handle ends before a full stop: "add me on discord: kirito_99. Great game." keeps its second sentence)
+    "gamer_id": re.compile(r"(?:(?<![\w#])[A-Za-z][\w.]{1,31}#\d{4,5}(?!\d)|(?<![\w-])SW(?:-\d{4}){3}(?!\d)"
                            r"|(?:(?:psn|xbox|xbl|switch|epic|discord|battle\.?net|origin|uplay|ubisoft|ea|nintendo)\s*"
                            r"(?:id|name|tag|username|user\s*name)|gamertag|battletag)\s*(?:[:：]|is)?\s*[\w.\-#]{3,32}"
                            # "my psn is kirito_99", "add me on discord: kirito99": a handle with a digit or "_"
@@ -926,7 +927,7 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
                            r"|(?:(?<![\w])my\s+ign\s*(?:[:：]|is)?|(?<![\w])ign\s*[:：]|(?:游戏|遊戲)\s*(?:id|名|ID)|账号|帳號|帐号)"
                            r"\s*(?:是|为|[:：])?\s*(?=[\w.\-#]*[\d_])[A-Za-z0-9][\w.\-#]{2,31}"
                            r"|(?<![\w])(?:telegram|tg|whatsapp|kakao(?:talk)?|line\s*id|ig)\s*[:：]\s*@?(?=[\w.\-]*[\d_])[A-Za-z][\w.\-]{2,31}"
-                           r"|(?<![\w])uid\s*(?:is|是|[:：])?\s*\d{6,12}(?!\d)|加我?好友\s*[:：]?\s*\d(?:[ \-]?\d){5,11}(?!\d)", re.I),
+                           r"|(?<![\w])uid\s*(?:is|是|[:：])?\s*\d{6,12}(?!\d)|加我?好友\s*[:：]?\s*\d(?:[ \-]?\d){5,11}(?!\d))(?<![.])", re.I),
     "phone_number": SPAM_PATTERNS["phone_number"],
     # a mainland resident ID number (GB 11643: area, birth date, sequence, check digit)
     "id_number": re.compile(r"(?<!\d)[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),
@@ -1127,6 +1128,10 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
     :func:`matching_view` ``view``); a link that is its clause's predicate, or all of its sentence, takes that clause
     or sentence with it (:func:`_drop_contacts`). A lead-in that began a sentence takes the comma after the link with
     it and passes its capital on ("Check out x.com, it is great." → "It is great.")."""
+    brackets = _bracketed_links(view)
+    if brackets:
+        text = _cut(text, [_original_span(where, a, b) for a, b in brackets])
+        view, where = matching_view(text)
     found = _links_with_leads(view)
     clauses = [_original_span(where, a, b) for a, _, b, pred in found if pred or _whole_sentence(view, a, b)]
     if clauses:
@@ -1143,9 +1148,23 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
             if text[a].isupper():
                 tail = _capitalised(tail)
         gone = _took_its_clause(text, a, b)
+        limit = 3 if _FROM_LEAD(text, a) else 4
         text = text[:a] + tail
-        cuts += [] if gone else [len(text) - a]
-    return _drop_stubs(text, [len(text) - d for d in cuts])
+        cuts += [] if gone else [(len(text) - a, limit)]
+    return _drop_stubs(text, [(len(text) - d, limit) for d, limit in cuts])
+
+
+# a bracketed aside, with the spaces before it; brackets inside it one deep ("(mods at x(dot)com)")
+_BRACKET = re.compile(r"[ \t]*(?:\((?:[^()\n]|\([^()\n]*\))*\)|（(?:[^（）\n]|（[^（）\n]*）)*）|\[[^\[\]\n]*\]|【[^【】\n]*】)")
+
+
+def _bracketed_links(view: str) -> list[tuple[int, int]]:
+    """The spans (sorted, in ``view``) of the bracketed asides that hold a link (:func:`_kept_as_text` ones aside), each
+    with its brackets and the spaces before it: the aside goes whole and the text outside it stays ("Loved it (x.com
+    has builds)." → "Loved it."; 好玩（攻略在x.com）。 → 好玩。). A cut inside it would leave a fragment in brackets."""
+    links = [m.span() for m in PII_PATTERNS["link"].finditer(view) if not _kept_as_text(m)]
+    return [br.span() for br in _BRACKET.finditer(view)
+            if any(br.start() < a and b < br.end() and view[br.start():a].strip(" \t") for a, b in links)]
 
 
 def _took_its_clause(text: str, a: int, b: int) -> bool:
@@ -1157,19 +1176,24 @@ def _took_its_clause(text: str, a: int, b: int) -> bool:
     return _clause_start(text, a) == a and _JOIN_END.search(text, a, b) is not None
 
 
+_FROM_LEAD = re.compile(r"from[ \t]", re.I).match  # a cut that starts "from <link>": the link named a source
+
+
 _JOIN_END = re.compile(r"(?:[,;:，；：]|(?<![^\W\d_])(?:and|but|so|or))[ \t]*\Z", re.I)
 
 
-def _drop_stubs(text: str, cuts: list[int]) -> str:
-    """``text`` without the comma clauses that a link cut (at the offsets ``cuts``) left as a stub: a clause in CJK
-    script of at most 5 characters ("去下载", "汉化补丁"), or one in a spaced script whose sentence has at most 4 words
-    ("Download it free", "More of my reviews", "Get it now"); :func:`_drop_contacts` drops it with its punctuation.
+def _drop_stubs(text: str, cuts: list[tuple[int, int]]) -> str:
+    """``text`` without the comma clauses that a link cut left as a stub (``cuts``: ``(offset, word limit)`` each): a
+    clause in CJK script of at most 5 characters ("去下载", "汉化补丁"), or one in a spaced script whose sentence has at
+    most ``limit`` words ("Download it free", "More of my reviews", "Get it now"); :func:`_drop_contacts` drops it
+    with its punctuation. The limit is 4, and 3 after a cut of "from <link>": that names a source of what the
+    sentence already names, so four words left are an instruction ("Install dot net first"), not a stub.
     Spaced scripts count the sentence, not the clause: a comma clause as short as "Track your stats" is often a real
     one ("Track your stats, it is free."), and Chinese runs its sentences on with commas. The counts are ours (no
     library measures "says something"): chosen so that every stub seen after a cut goes while a sentence of 5 words
     or more stays. "Thanks for the guide, great game." has 6."""
     spans = []
-    for p in cuts:
+    for p, limit in cuts:
         starts = [m.end() for m in _SENTENCE_END.finditer(text, 0, p)]
         s0 = starts[-1] if starts else 0
         after = _SENTENCE_END.search(text, p)
@@ -1179,7 +1203,7 @@ def _drop_stubs(text: str, cuts: list[int]) -> str:
         clause = _STUB_UNIT.findall(text, c0, c1)
         cjk = any(_CJK_CHAR(u) for u in clause)
         count = len(clause) if cjk else len(_STUB_UNIT.findall(text, s0, s1))
-        if clause and count <= (5 if cjk else 4):
+        if clause and count <= (5 if cjk else limit):
             spans.append((c0, c1))
     return _drop_contacts(text, spans) if spans else text
 
@@ -1235,7 +1259,8 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         if end <= start:
             continue
         if lead and lead.group("pred"):
-            prep = lead.start("prep") if lead.group("prep") else lead.start("other_prep")
+            preps = [lead.start(g) for g in ("prep", "other_prep") if lead.group(g)]
+            prep = preps[0] if preps else None  # None: a bare copula
             out.append(_predicate_cut(text, done, start, prep, end))
         elif _DANGLING_AFTER.match(text, m.end()) or (lead is None and not modifier
                                                         and _DANGLING_BEFORE.search(text, done, m.start())):
@@ -1250,7 +1275,8 @@ def _says_nothing_without(text: str, lead: re.Match[str] | None, start: int, lin
     """Whether the clause of a link (its cut ``text[start:end]``, the link ending at ``link_end``) says nothing
     without it: the link is in a 在 frame or after a colon and ends the clause (攻略都在 x点com 上面。, "My site: x.com";
     在 x点com 上面买的 only says where), after a Chinese word that only points at it (详细攻略见 x.com, 请关注 x.com), before a 的 it owns (感谢 x.com
-    的攻略) or a Japanese or Korean particle that makes it the predicate (攻略は x.com にあります, 공략은 x.com 에서), or
+    的攻略) or a Japanese or Korean particle that makes it the predicate or its object (攻略は x.com にあります, 공략은
+    x.com 에서, 攻略は x.com を見ました), or
     the subject, starting a sentence with an English word after it ("x.com has the best builds")."""
     if lead and (lead.group("zai") or lead.group(0).strip() in (":", "：")):  # "My website: x.com" names nothing
         return _CLAUSE_END_AFTER.match(text, end) is not None
@@ -1259,9 +1285,10 @@ def _says_nothing_without(text: str, lead: re.Match[str] | None, start: int, lin
     return lead is None and bool(_SENTENCE_START.search(text, 0, start) and _LOWER_WORD_AFTER.match(text, end))
 
 
-def _predicate_cut(text: str, done: int, start: int, prep: int, end: int) -> tuple[int, int, int, bool]:
-    """The cut for a link after a copula (``text[start:end]``, its preposition at ``prep``; nothing before ``done`` is
-    cut again): its whole comma clause when the clause ends with it ("The best one is on x.com."); from the clause's
+def _predicate_cut(text: str, done: int, start: int, prep: int | None, end: int) -> tuple[int, int, int, bool]:
+    """The cut for a link after a copula (``text[start:end]``, its preposition at ``prep``, ``None`` after a bare
+    copula: "The site is x.com"; nothing before ``done`` is cut again): its whole comma clause when the clause ends
+    with it ("The best one is on x.com."); from the clause's
     start through a conjunction right after it when a new subject follows ("Mods are at x.com and they rock" → "They
     rock"); only the preposition and the link before an -ing word, the copula serving it ("I was at x.com reading the
     lore" → "I was reading the lore"). Else, and when a relative clause follows ("are at x.com, which fans run"), the
@@ -1273,7 +1300,7 @@ def _predicate_cut(text: str, done: int, start: int, prep: int, end: int) -> tup
         return begin, begin, conj.end(), False
     if _PREDICATE_END.match(text, end) and not _JOINED_AFTER.match(text, end):
         return start, start, end, True
-    if _ING_AFTER.match(text, end):
+    if prep is not None and _ING_AFTER.match(text, end):
         return start, prep, end, False
     return _sentence_span(text, max(done, start), end)
 
@@ -1334,7 +1361,7 @@ _CLAUSE_END_AFTER = re.compile(r"[ \t]*(?:[,;.!?，；。！？…\n]|$)")
 # 上面 / 里面 after a link, or 上 / 里 before a verb of reading, getting or having: "但是 x.com 上面有补丁" → "但是有补丁",
 # "正在 x.com 上看攻略" → "正在看攻略" (上线 / 上传 stay)
 _ZH_PLACE_AFTER = re.compile(r"(?:[ \t]*(?:上面|里面|[上里](?=[看找买下搜查玩有]))的?)?")
-_CJK_PARTICLE_AFTER = re.compile(r"[ \t]*(?:的|に|で|から|まで|へ|에서|에|으로|로)")
+_CJK_PARTICLE_AFTER = re.compile(r"[ \t]*(?:的|に|で|を|から|まで|へ|에서|에|으로|로|을|를)")
 _LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
 # leave after them when they go
@@ -1372,7 +1399,8 @@ _OTHER_LEAD = r"на|в|во|по|auf|bei|unter|en|sur|dans|chez|em|no|na|su|op|
 _EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|with|(?:{_PARTICIPLE}[ \t]+)?here"
             rf"|to(?:{_TO_AFTER})|(?:according|(?P<thanks>thanks)|due)[ \t]+to|(?:sponsored|powered|hosted)[ \t]+by"
             r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
-# a copula right before the lead-in makes the link the clause's predicate ("it's on x.", "mods are at x and they rock"):
+# a copula right before the lead-in, or right before the link (group "bare": "the site is x.com and…"), makes the link
+# the clause's predicate ("it's on x.", "mods are at x and they rock"):
 # with the link gone the clause says nothing, so it goes as far as the link holds it (:func:`_predicate_cut`)
 # other languages' copulas before their prepositions ("las guías están en x.com y son…", "les guides sont sur x.com")
 _OTHER_COPULA = r"está|están|estan|es|son|estão|estao|é|são|sao|est|sont|ist|sind|war|waren|è|sono|jest|są|zijn|находятся|есть"
@@ -1382,7 +1410,7 @@ _COPULA = r"(?:(?<![^\W\d_])(?:is|are|was|were|be|been)|(?<=[^\W\d_])['’](?:s|
 # before each link (the link first: one pattern with the lead-ins before the link tried them at every position, ~2x
 # slower)
 _LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(?:at|on|in|here))"
-                        rf"|(?<![^\W\d_])(?:{_OTHER_COPULA})[ \t]+(?P<other_prep>{_OTHER_LEAD}))"
+                        rf"|(?<![^\W\d_])(?:{_OTHER_COPULA})[ \t]+(?P<other_prep>{_OTHER_LEAD})|(?P<bare>{_COPULA}))"
                         rf"|(?P<kept>{_COPULA}{_PARTICIPLE}[ \t]+)here"
                         rf"|(?<![^\W\d_])(?:{_EN_LEAD})"
                         rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)"
@@ -1485,9 +1513,10 @@ NAME_DOMAINS = {"hole.io", "agar.io", "slither.io", "krunker.io", "diep.io", "pa
 _SPELLED_NAME_DOT = re.compile(r"[ \t]*[点點][ \t]*")  # "4399点com" is the name 4399.com
 # a scheme, "www", a path, a query or a fragment: a link whatever its case and whatever touches it
 _FULL_LINK = re.compile(r"^(?:https?://|www)|[/?#]", re.I).search
-# the top-level domains of links typed into Han, kana or Hangul text: common web ones, none of them a file extension or a
-# word in game talk ("npc.ai", "xbox.live", "save.info", "ui.top", "game.app", "switch.pro", "main.cc" stay)
-_CJK_WEB_TLD = re.compile(r"(?:com|net|org|cn|gg|tv|io|xyz)\Z").search
+# the top-level domains of links typed into Han, kana or Hangul text: common web ones and the country codes of the
+# sites such reviews name ("公式サイトはmygame.jpです"), none of them a file extension or a word in game talk ("npc.ai",
+# "xbox.live", "save.info", "ui.top", "game.app", "switch.pro", "main.cc", "texture.pl" stay)
+_CJK_WEB_TLD = re.compile(r"(?:com|net|org|cn|gg|tv|io|xyz|jp|kr|tw|hk|ru|de|fr|uk)\Z").search
 
 
 def _kept_as_text(m: re.Match[str]) -> bool:
@@ -1500,12 +1529,19 @@ def _kept_as_text(m: re.Match[str]) -> bool:
     found = m.group(0)
     low = found.lower()
     text, a, b = m.string, m.start(), m.end()
-    if low in PLATFORM_DOMAINS or (_SPELLED_NAME_DOT.sub(".", low) in NAME_DOMAINS and not _LINK_LEAD.search(text, max(0, a - 40), a)):
+    if low in PLATFORM_DOMAINS or (_SPELLED_NAME_DOT.sub(".", low) in NAME_DOMAINS and not _points_at(text, a)):
         return True
     touches = (a and _CJK_CHAR(text[a - 1])) or (b < len(text) and _CJK_CHAR(text[b]))
     if not touches or _FULL_LINK(found):
         return False
     return found != low or not _CJK_WEB_TLD(low)
+
+
+def _points_at(text: str, a: int) -> bool:
+    """Whether a lead-in other than a bare copula stands right before ``text[a]`` ("visit agar.io"; "My favourite is
+    Agar.io" names a game)."""
+    lead = _LINK_LEAD.search(text, max(0, a - 40), a)
+    return lead is not None and lead.start("bare") < 0
 
 
 _CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]").match

@@ -356,7 +356,7 @@ def test_numbers_and_words_that_are_not_personal_data_stay(text):
     ("Patch notes at store.steampowered.com/news say the fix lands next week, good devs.",
      "Patch notes  say the fix lands next week, good devs.", ["link"]),
     ("See the guide on www.fextralife.com/builds, it helped.", "See the guide, it helped.", ["link"]),
-    ("Builds here: https://example.com/guide (via https://foo.org) and more of the best ones.", "Builds   and more of the best ones.", ["link"]),
+    ("Builds here: https://example.com/guide (via https://foo.org) and more of the best ones.", "Builds  and more of the best ones.", ["link"]),
 ])
 def test_contact_sentences_go_whole_and_links_lose_their_lead_in(text, want, kinds):
     assert cleaning.scrub_pii(text) == (want, kinds)
@@ -703,7 +703,7 @@ def test_phone_numbers_near_a_contact_word_never_survive(text):
     ("Fun. Check out x.com, iPhone port is bad.", "Fun. iPhone port is bad.", ["link"]),
     ("Fun. Check out x.com, it is great.", "Fun. It is great.", ["link"]),  # a plain word still takes the capital
     ("游戏很好玩，我的邮箱是 a@gmail . com 欢迎交流。", "游戏很好玩。", ["email"]),  # the dot inside the address ends no sentence
-    ("The game is fun. (Check out x.com.) The game runs well.", "The game is fun.  The game runs well.", ["link"]),
+    ("The game is fun. (Check out x.com.) The game runs well.", "The game is fun. The game runs well.", ["link"]),
     ("Mods I use:\n- Check out x.com\n- the unofficial patch\nAll great.", "Mods I use:\n- the unofficial patch\nAll great.", ["link"]),
     ("Thanks to x.com for the guide, I finished the game.", "Thanks for the guide, I finished the game.", ["link"]),
     ("Great, thanks to x.com for the maps.", "Great, thanks for the maps.", ["link"]),
@@ -726,7 +726,7 @@ def test_game_chat_spaced_out_and_missing_dot_net_are_no_links(text):
 @pytest.mark.parametrize("text,want", [
     ("Pros:\n- see x.com for the mod list\n- great soundtrack", "Pros:\n- great soundtrack"),
     ("Great game, see x.com for more info on builds, fun.", "Great game, fun."), ("Check out x.com for mods, they are great.", "They are great."),
-    ("Great game (see x.com for more) with a great community.", "Great game  with a great community."),
+    ("Great game (see x.com for more) with a great community.", "Great game with a great community."),
 ])
 def test_what_a_pointed_at_link_offers_goes_with_it(text, want):
     assert cleaning.scrub_pii(text) == (want, ["link"])
@@ -1009,3 +1009,72 @@ def test_promo_only_texts_still_go_as_spam():
                          (f"{_BODY}\n\nBuy cheap keys at cheapgold.com", "trading"),
                          ("Follow my curator page for more reviews!", "stream_promo")]:
         assert cleaning.spam_reason(cleaning.strip_promo_footer(text)) == reason
+
+
+@pytest.mark.parametrize("text, want", [
+    ("推荐。好玩（攻略在mywiki.com）。剧情很棒…", "推荐。好玩。剧情很棒…"),
+    ("Loved it (mywiki.com has builds).", "Loved it."),
+    ("Loved it (builds at mywiki.com), the combat is tight.", "Loved it, the combat is tight."),
+    ("好玩【攻略：mywiki.com】，推荐。", "好玩，推荐。"),
+])
+def test_a_bracketed_aside_with_a_link_goes_whole_and_the_text_outside_stays(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Loved it (the builds are great).", ("Loved it (the builds are great).", [])), ("好玩（真的）。", ("好玩（真的）。", [])),
+    ("Mods at mymods(dot)com, great game.", ("Great game.", ["link"])),  # a spelled dot's brackets are no aside
+    ("Great game (mods at mymods(dot)com) and fun.", ("Great game and fun.", ["link"])),
+])
+def test_a_bracket_is_an_aside_to_cut_only_around_a_link(text, want):
+    assert cleaning.scrub_pii(text) == want
+
+
+@pytest.mark.parametrize("text, want", [
+    ("おすすめ。最高！公式サイトはmygame.jpです。", ("おすすめ。最高！", ["link"])),
+    ("おすすめ。最高！公式サイトはmywiki.comです。", ("おすすめ。最高！", ["link"])),  # the same with .com
+    ("好玩。攻略都在mywiki.de上面", ("好玩。", ["link"])), ("재밌어요. 공략은mywiki.kr에서", ("재밌어요.", ["link"])),
+    ("好玩。攻略在gamer.com.tw上面", ("好玩。", ["link"])),
+    ("おすすめ。最高！公式サイトはMYGAME.JPです。", ("おすすめ。最高！公式サイトはMYGAME.JPです。", [])),  # upper case: no link there
+    ("贴图在texture.pl目录里", ("贴图在texture.pl目录里", [])),  # a file extension
+])
+def test_a_country_code_domain_touching_cjk_text_is_a_link(text, want):
+    assert cleaning.scrub_pii(text) == want
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Install dot net from microsoft.com first. Then it runs fine…", "Install dot net first. Then it runs fine…"),
+    ("Great game. Get the patch from mywiki.com first.", "Great game. Get the patch first."),
+    ("Great game. Download it from mywiki.com.", "Great game."),  # a stub: 2 words
+    ("Great game. Get it from mywiki.com now.", "Great game."),  # 3 words
+    ("Great game. Crack from Pan.baidu.com.", "Great game."),
+    ("Great game. Get it free at mywiki.com now.", "Great game."),  # not "from": 4 words are still a stub
+])
+def test_a_from_link_goes_alone_and_leaves_an_instruction_of_four_words(text, want):
+    out, kinds = cleaning.scrub_pii(text)
+    assert (cleaning.normalize_whitespace(out), kinds) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text, want", [
+    ("The dev's site is https://example.com/game but honestly the game is great.", "Honestly the game is great."),
+    ("Official site is example.jp and the game is great", "The game is great"),
+    ("Great game. Official site is example.jp.", "Great game."), ("Great game, the wiki is mywiki.com, fun.", "Great game, fun."),
+    ("Great game. It is x.com reading the lore", "Great game."),  # no preposition to cut: the sentence goes
+    ("Great game. The wiki is mywiki.com because fans run it.", "Great game."),
+    ("攻略はwikiwiki.jp/eldenringを見ました", ""), ("재밌어요. 공략은 x.com을 봤어요.", "재밌어요."),
+])
+def test_a_link_after_a_bare_copula_or_an_object_particle_takes_its_clause(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["link"])
+
+
+@pytest.mark.parametrize("text", ["My favourite is Agar.io and I love it.", "The best part is the music and the story."])
+def test_a_name_or_words_after_a_bare_copula_stay(text):
+    assert cleaning.scrub_pii(text) == (text, [])
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Add me on discord: kirito_99. Great game.", " Great game."),  # the handle's full stop ends its sentence
+    ("Great game. My IGN is x_1. Fun.", "Great game. Fun."), ("Great game. my psn is kirito.99 lol", "Great game."),
+])
+def test_a_player_id_before_a_full_stop_takes_only_its_own_sentence(text, want):
+    assert cleaning.scrub_pii(text) == (want, ["gamer_id"])
