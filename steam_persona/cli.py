@@ -37,17 +37,29 @@ class OneLineUsageError(click.UsageError):
         click.echo(f"Error: {self.format_message()}{where}", file=file, err=True)
 
 
+def _one_line(e: click.UsageError) -> click.UsageError:
+    """``e`` as a :class:`OneLineUsageError`; a group run without a command keeps showing its help."""
+    if isinstance(e, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+        return e
+    return OneLineUsageError(e.format_message(), e.ctx)
+
+
 class LazyGroup(click.Group):
-    """A click group that imports a sub-command's module only when it is run; a sub-command's usage error
-    is a :class:`OneLineUsageError`."""
+    """A click group that imports a sub-command's module only when it is run; a usage error, its own or a
+    sub-command's, is a :class:`OneLineUsageError`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise _one_line(e) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
-            if isinstance(e, OneLineUsageError):
-                raise
-            raise OneLineUsageError(e.format_message(), e.ctx) from None
+            raise _one_line(e) from None
+
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)

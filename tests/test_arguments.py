@@ -149,7 +149,13 @@ def test_a_stage_notes_its_use_of_a_shared_flag_and_what_unset_means_there():
     (["plugin", "package", "--bogus"], "Error: No such option '--bogus'. Did you mean '--out'? "
                                        "(flags: 'steam-train plugin package --help')"),
     (["nosuch"], "Error: No such command 'nosuch'. (flags: 'steam-train --help')"),
+    (["--bogus"], "Error: No such option '--bogus'. (flags: 'steam-train --help')"),
 ])
 def test_a_usage_error_is_exit_2_in_one_line_naming_where_the_flags_are(argv, says):
     r = CliRunner().invoke(main, argv, prog_name="steam-train")
     assert r.exit_code == 2 and r.output.strip() == says
+
+
+def test_a_group_run_without_a_command_shows_its_help():
+    r = CliRunner().invoke(main, ["plugin"], prog_name="steam-train")
+    assert r.output.startswith("Usage: steam-train plugin [OPTIONS] COMMAND") and "Error" not in r.output
