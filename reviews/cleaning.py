@@ -374,6 +374,11 @@ _CALL = (r"(?:加群|进群|入群|(?<![A-Za-z])[QqＱｑ]{1,2}(?![A-Za-z键])|[
 # what a number of points counts in a game, after "还差 N 点" ("还差2点属性就满级了"): no begging for awards
 _JA_GOODS = r"(?:(?<![ァ-ヶ])キー(?!ボード|コンフィグ|バインド|配置|操作)|(?:ゲーム|製品)キー|アカウント|スキン)"
 _JA_SELLING = r"(?:販売|売ります|売ってます|売りたい|譲ります|買います|買い取り|買取|格安(?!で?(?:買|購入|手に入)))"
+# an offer's way to reach or pay the seller: without one, "продаю предметы торговцу" / "スキンが販売されている" is
+# trading inside the game, not an advert
+_RU_CALL = (r"(?:пиш|(?<![а-яё])лс(?![а-яё])|личк|телег|(?<![a-z])tg(?![a-z])|дискорд|discord|(?<![а-яё])вк(?![а-яё])"
+            r"|почт|@|дёшев|дешев|недорог|(?<![а-яё])цен[аыу](?![а-яё])|(?<![а-яё])руб|₽)")
+_JA_CALL = r"(?:(?<![a-z])dm(?![a-z])|ｄｍ|詳細|プロフ|連絡|リンク|メッセージ|個別|@)"  # run on lower-cased text
 _GAME_STAT = r"属性|经验|血|攻击|攻|防御|防|体力|能量|技能|魔法|生命|怒气|护甲|力量|敏捷|智力|耐力|等级|级|天赋|熟练度|好感"
 SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     # a group or account *with its number / id*: "Q群000000000", "QQ群：123456", "vx: abc_123", "扣扣 一二三四五六",
@@ -420,12 +425,14 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?<![A-Za-z])(?:buying|selling|sell(?:ing)? my) (?:cheap )?(?:skins?|accounts?|keys?|items?)(?![A-Za-z])"
         r"|trade ?offers?|trade ?link|(?<!the )(?<!these )(?<!those )(?<!such )cheap (?:[a-z0-9]+ )?(?:keys?|skins?)"
         # Russian: a first-person offer to sell or buy (продаю, продам, куплю, скупаю) with the goods within three
-        # words; "купил игру на распродаже" (bought) and "ключевой момент" (no offer) stay
+        # words and a way to reach or pay the seller; "купил игру на распродаже" (bought) and "ключевой момент"
+        # (no offer) stay
         r"|(?<![а-яё])(?:прода[юм]|продаём|куплю|скупаю|обменяю)\s+(?:[\w@-]+\s+){0,3}?(?:ключ|аккаунт|акк(?![а-яё])|скин"
-        r"|предмет|инвентар|голд|вещи)"
+        rf"|предмет|инвентар|голд|вещи)[^\n]{{0,80}}?{_RU_CALL}"
         # Japanese: keys or accounts beside a word of selling or buying in one sentence (キー, not スキー or
-        # キーボード; 格安で買えた is a purchase); "セールで買いました" and "アカウント連携" stay
-        rf"|{_JA_GOODS}[^。！？!?\n]{{0,12}}?{_JA_SELLING}|{_JA_SELLING}[^。！？!?\n]{{0,12}}?{_JA_GOODS}", re.I),
+        # キーボード; 格安で買えた is a purchase), then a way to reach the seller; "セールで買いました" and
+        # "アカウント連携" stay
+        rf"|(?:{_JA_GOODS}[^。！？!?\n]{{0,12}}?{_JA_SELLING}|{_JA_SELLING}[^。！？!?\n]{{0,12}}?{_JA_GOODS})[^\n]{{0,40}}?{_JA_CALL}", re.I),
     "boosting": re.compile(
         r"接代练|代练|代打|代肝|代刷|代充|代上分|带上分|有偿\S{0,4}(?:带|代|陪)"
         r"|boosting service|(?:elo|rank|mmr) ?boost(?:ing)?(?![A-Za-z])|carry service|power ?level(?:l)?ing service", re.I),
