@@ -1298,8 +1298,9 @@ def _predicate_cut(text: str, done: int, start: int, prep: int | None, end: int)
     with it ("The best one is on x.com."); from the clause's
     start through a conjunction right after it when a new subject follows ("Mods are at x.com and they rock" → "They
     rock"); only the preposition and the link before an -ing word, the copula serving it ("I was at x.com reading the
-    lore" → "I was reading the lore"). Else, and when a relative clause follows ("are at x.com, which fans run"), the
-    whole sentence: a cut would leave a fragment ("It is and, as always", "are which") or turn a second place into the
+    lore" → "I was reading the lore"); through a relative clause and the ", but" / ";" after it ("is x.com
+    which is annoying, but the game is great" → "The game is great"). Else, and when a relative clause ends the
+    sentence ("are at x.com, which fans run"), the whole sentence: a cut would leave a fragment ("It is and, as always", "are which") or turn a second place into the
     first ("are at x.com or the official forum", "is at x.com, or in the game files")."""
     conj = _CONJUNCTION_AFTER.match(text, end)
     if conj and conj.group(0).strip(" \t,，").lower() != "or" and not _SECOND_PLACE.match(text, conj.end()):
@@ -1309,6 +1310,10 @@ def _predicate_cut(text: str, done: int, start: int, prep: int | None, end: int)
         return start, start, end, True
     if prep is not None and _ING_AFTER.match(text, end):
         return start, prep, end, False
+    rest = _RELATIVE_THEN_CLAUSE.match(text, end)
+    if rest:  # "is x.com which is annoying, but the game is great" → "The game is great"
+        begin = max(done, _clause_start(text, start))
+        return begin, begin, rest.end(), False
     return _sentence_span(text, max(done, start), end)
 
 
@@ -1359,6 +1364,10 @@ _CONJUNCTION_AFTER = re.compile(rf"{_ADVERB}[ \t]*[,，]?[ \t]+(?:and|but|so|or)
 # what follows a link after a copula: a relative clause or a second place ("and in the Discord", "and nexus and"), an
 # -ing word
 _JOINED_AFTER = re.compile(r"[ \t]*[,，]?[ \t]*(?:which|who|where|that|whose|or|and)(?![^\W\d_])", re.I)
+# a relative clause about the link, then a turn to something else after ", but" / ", yet" / ";": the cut ends there
+# (after ", and" the next clause often still speaks of the link: "…, and they are great")
+_RELATIVE_THEN_CLAUSE = re.compile(r"[ \t]*[,，]?[ \t]*(?:which|who|where|that|whose)(?![^\W\d_])[^.!?;\n]*?"
+                                   r"(?:[,，][ \t]*(?:but|yet)[ \t]+|;[ \t]*)", re.I)
 _SECOND_PLACE = re.compile(r"(?:in|on|at|over|via|from|inside|under|into)(?![^\W\d_])"
                            r"|[^\W\d_]+[ \t]*(?:,|(?:and|or)(?![^\W\d_]))", re.I)
 _SUBJECT = re.compile(r"(?:i|you|he|she|it|we|they|this|there)(?![^\W\d_])", re.I)

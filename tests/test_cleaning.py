@@ -1078,3 +1078,18 @@ def test_a_name_or_words_after_a_bare_copula_stay(text):
 ])
 def test_a_player_id_before_a_full_stop_takes_only_its_own_sentence(text, want):
     assert cleaning.scrub_pii(text) == (want, ["gamer_id"])
+
+
+@pytest.mark.parametrize("text, want", [
+    ("The launcher is EA.app which is annoying, but the game is great.", "The game is great."),
+    ("The wiki is example.com which has everything, but honestly the game teaches you well and I loved every hour.",
+     "Honestly the game teaches you well and I loved every hour."),
+    ("The wiki is example.com, which has everything, but the game itself is great fun and I loved it.",
+     "The game itself is great fun and I loved it."),
+    ("My guide is example.com where I found builds; the game itself is great fun and I loved it.",
+     "The game itself is great fun and I loved it."),
+    ("The guides are at mywiki.com which fans update daily.", ""),  # nothing after the relative clause
+    ("The wiki is example.com which has every recipe, and I used it a lot.", ""),  # "it" is still the link
+])
+def test_a_link_after_a_copula_takes_its_relative_clause_up_to_the_next_clause(text, want):
+    assert cleaning.scrub_pii(text)[0].strip() == want
