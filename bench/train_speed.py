@@ -69,7 +69,7 @@ STACKS = {
     "ours-keep-attn": "fixed,long",               # the compiled recompute keeps each attention call's output
                                                   # (offloaded like the layer inputs) instead of running it again
     "ours-lora-mlp-4096": "fixed,memory",         # the fused LoRA MLP in pieces of 4,096 tokens instead of 2,048
-    "ours-lora-mlp-1024": "fixed,memory",         # ... in pieces of 1,024
+    "ours-lora-mlp-1024": "fixed,memory,real_bs16,long",  # ... in pieces of 1,024
     "ours-lean-every-row": "real_bs16,fixed",     # the fused LoRA MLP and the offload on every row (the defaults
                                                   # of 2026-12-06 10:00-13:30 UTC), not only from 4,096 tokens
     "ours-main-1206": "loss,real_bs16,fixed,long",          # the defaults before the fused LoRA MLP and offload at every
