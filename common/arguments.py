@@ -141,9 +141,9 @@ class LlamaCppArguments(Arguments):
     n_threads: int = arg(0, "llama.cpp CPU threads; 0 = automatic: half the usable cores to generate (one per "
                             "physical core), all of them to quantize and verify.", check=_not_negative)
     n_gpu_layers: int = arg(-1, "Layers to offload to the GPU; -1 = all (a CPU build ignores it).")
-    n_batch: int = arg(512, "Prompt tokens evaluated per batch (llama.cpp's n_batch; llama-server's -b). A client "
-                            "that leaves during its prompt frees the model after at most one batch; smaller "
-                            "batches free it sooner but evaluate prompts slower on a GPU.", check=_positive)
+    n_batch: int = arg(512, "Prompt tokens evaluated per batch (llama.cpp's n_batch; llama-server's -b). Smaller "
+                            "batches evaluate prompts slower on a GPU; a served client that leaves during its "
+                            "prompt frees the model after at most one batch.", check=_positive)
     flash_attn: bool = arg(False, "llama.cpp's flash attention (helps on GPUs; on CPU measure first: "
                                   "bench/serve_latency.py).")
 

@@ -46,6 +46,9 @@ class ChatConfig:
     max_new_tokens: int | None = GeneratingArguments.use("max_new_tokens", None)
     n_ctx: int = LlamaCppArguments.use("n_ctx")
     n_threads: int = LlamaCppArguments.use("n_threads")
+    n_gpu_layers: int = LlamaCppArguments.use("n_gpu_layers")
+    n_batch: int = LlamaCppArguments.use("n_batch")
+    flash_attn: bool = LlamaCppArguments.use("flash_attn")
     seed: int = DataArguments.use("seed", note="It seeds sampling.")
 
 
@@ -112,7 +115,8 @@ class GGUFBackend(Backend):
         n_ctx, _ = choose_n_ctx(info, cfg.n_ctx)
         threads = n_threads(cfg.n_threads, generate=True)
         self.llama = llama_cpp.Llama(str(info.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                     n_gpu_layers=-1, seed=cfg.seed, verbose=False)
+                                     n_gpu_layers=cfg.n_gpu_layers, n_batch=cfg.n_batch, flash_attn=cfg.flash_attn,
+                                     seed=cfg.seed, verbose=False)
         self.handler = chat_handler.install(self.llama, info.chat_template)
         self.persona, _ = resolve_persona(cfg.system, info)
         self.name = info.path.name

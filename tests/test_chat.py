@@ -55,6 +55,23 @@ def test_history_clear_and_export_dir_persona(smollm2_gguf, tmp_path, monkeypatc
     assert len(turns) == 3 and all(1 <= t.tokens <= 4 and t.tokens_per_s > 0 for t in turns)
 
 
+def test_llama_cpp_settings_reach_the_chat_model_as_serve_passes_them(smollm2_gguf):
+    """``chat --n_batch / --n_gpu_layers / --flash_attn`` are serve's flags (one declaration) and reach the loaded
+    ``Llama``: its prompt batch and physical batch, the offload request, flash attention; unset, llama.cpp's 512."""
+    from click.testing import CliRunner
+
+    from steam_persona.common import config
+
+    seen = []
+    cmd = config.command(ChatConfig, seen.append, name="chat", config_option="option", help="h")
+    for flags in (["--n_batch", "96", "--n_gpu_layers", "0", "--flash_attn", "True"], []):
+        assert CliRunner().invoke(cmd, ["--model_name_or_path", str(smollm2_gguf), *flags]).exit_code == 0
+    assert (seen[1].n_batch, seen[1].n_gpu_layers, seen[1].flash_attn) == (512, -1, False)
+    llama = chat_mod.GGUFBackend(str(smollm2_gguf), seen[0]).llama
+    assert llama.n_batch == llama.context_params.n_batch == llama.context_params.n_ubatch == 96
+    assert llama.model_params.n_gpu_layers == 0 and llama.context_params.flash_attn_type == 1
+
+
 def test_missing_model_is_a_user_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "steam_persona", "chat", "--model_name_or_path", str(tmp_path / "nope.gguf")],
                        input="", cwd=REPO, capture_output=True, text=True, timeout=60)
