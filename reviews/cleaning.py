@@ -19,12 +19,12 @@ import html
 import re
 import unicodedata
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 from steam_persona.resources import shipped
+from steam_persona.reviews.text import CJK_CHAR, HAN, URL, URL_CHARS, count_chars, han_count, literal_union, lowered
 
-# --- markup -------------------------------------------------------------------------------------
 
 _BB_DROP = re.compile(r"\[img\].*?\[/img\]|\[previewyoutube=[^\]]*\].*?\[/previewyoutube\]"
                       r"|\[hr\](?:\s*\[/hr\])?|\[/hr\]", re.I | re.S)
@@ -65,7 +65,7 @@ def _tag_gap(m: re.Match) -> str:
     spaces (``好玩。[b]推荐[/b]``)."""
     start, end = m.start(), m.end()
     before, after = m.string[start - 1:start], m.string[end:end + 1]
-    if not (before and after and before in _GAP_BEFORE and after.isalnum()) or _CJK_CHAR(after):
+    if not (before and after and before in _GAP_BEFORE and after.isalnum()) or CJK_CHAR(after):
         return ""
     return "" if before in ".," and after.isdigit() and m.string[start - 2:start - 1].isdigit() else " "
 
@@ -94,123 +94,11 @@ def strip_html(text: str) -> str:
     return html.unescape(text)
 
 
-_SPACES = re.compile(r"[ \t\f\v\u00a0\u3000]+")
-_SPACE_NL = re.compile(r" *\n *")
-_MANY_NL = re.compile(r"\n{3,}")
-# what the three substitutions would change (else only the ends need stripping): an odd space, or a
-# space or line break that is doubled or borders the other. Led by one character class (re skips
-# ahead to those characters; an alternation mixing a class and literals is tried at every position),
-# the rest told by looking behind.
-_UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000 \n]"
-                       r"(?:(?<=[\r\t\f\v\u00a0\u3000])|(?<= )[ \n]|(?<=\n)(?: |\n\n))")
-# Invisible characters that split a word for every rule while it reads the same ("nig\u200bger", an
-# e-mail or link with a soft hyphen in it): zero-width space, word joiner, invisible operators, BOM /
-# zero-width no-break space, soft hyphen, combining grapheme joiner, Mongolian vowel separator, the
-# direction marks and embeddings (U+200E/F, U+202A-202E, U+2066-2069: they change how text is shown, not
-# what it says), the Hangul fillers (blank "names"), and zero-width (non-)joiners except between two
-# characters they join: emoji (a ZWJ sequence such as 👨‍👩‍👧 or 🏳️‍🌈 is one picture) and the Arabic and
-# Indic scripts (where they choose letter forms). Also the C0 control characters but tab, line feed, carriage return,
-# vertical tab and form feed (the last four are spaces here), DEL, the C1 controls (U+0080-009F) and terminal escape
-# sequences whole ("\x1b[31m": ECMA-48 CSI, parameter, intermediate and final bytes): a NUL or an escape in a review is
-# debris of a broken export and no tokenizer should see it.
-_JOINED = r"[\u0600-\u06ff\u0900-\u0dff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff]"
-_IGNORABLE = r"\x00-\x08\x0e-\x1f\x7f-\x9f\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
-_INVISIBLE = re.compile(rf"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|[{_IGNORABLE}]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
-_INVISIBLE_HINT = re.compile(rf"[{_IGNORABLE}\u200c\u200d]")
-
-
-# Text saved as Windows-1252 and read back as Latin-1 turns its curly quotes, ellipsis and dashes into the C1
-# controls U+0085, U+0091-0094 and U+0096-0097 (code page table: unicode.org Public/MAPPINGS/VENDORS/MICSFT/WINDOWS/
-# CP1252.TXT). Those mean what cp1252 meant, so they become it before the other C1 controls are removed.
-_CP1252_PUNCT = str.maketrans({"\x85": "…", "\x91": "‘", "\x92": "’", "\x93": "“", "\x94": "”",
-                               "\x96": "–", "\x97": "—"})
-
-
-def strip_invisible(text: str) -> str:
-    """``text`` without the invisible and control characters of ``_INVISIBLE``: ``"n\\u200bigger"`` → ``"nigger"``,
-    ``"Great\\x00 game"`` → ``"Great game"``,
-    ``"a\\u00adb@x.com"`` → ``"ab@x.com"``, ``"\\x1b[31mred\\x1b[0m"`` → ``"red"``; emoji ZWJ sequences
-    (``"👩\\u200d💻"``) stay whole. The cp1252 punctuation of ``_CP1252_PUNCT`` is read as cp1252 first:
-    ``"Alyx\\x92s"`` → ``"Alyx’s"``."""
-    if not _INVISIBLE_HINT.search(text):
-        return text
-    return _INVISIBLE.sub("", text.translate(_CP1252_PUNCT))
-
-
-def normalize_whitespace(text: str) -> str:
-    """Remove invisible characters (:func:`strip_invisible`), normalise ``\\r\\n`` and lone ``\\r`` to
-    ``\\n``, collapse runs of spaces (incl. NBSP and the ideographic space U+3000) to one, trim spaces
-    around line breaks, keep at most one blank line, and strip the ends.
-    ``"a\\r \\r b"`` → ``"a\\n\\nb"``."""
-    text = strip_invisible(text)
-    if not _UNNORMAL.search(text):
-        return text.strip()
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _SPACES.sub(" ", text)
-    text = _SPACE_NL.sub("\n", text)
-    return _MANY_NL.sub("\n\n", text).strip()
-
-
-# --- record filters -------------------------------------------------------------------------------
-
-_MASK = re.compile(r"♥{2,}")
-
-
-def has_profanity_mask(text: str) -> bool:
-    """True when the text contains Steam's profanity mask (two or more ``♥``)."""
-    return "♥" in text and bool(_MASK.search(text))
-
-
-def literal_union(words: Iterable[str]) -> str:
-    """A regex source matching any of ``words`` (literal strings), longest first at each position,
-    written as a trie: ``["ab", "abc", "ad"]`` → ``a(?:b(?:c)?|d)``. Python's ``re`` tries the
-    branches of a flat alternation one by one at every candidate position (it only factors a prefix
-    common to all of them); the trie tries one branch per distinct next character, which makes a
-    list of a few hundred words ~2x faster to search and a union of hint words several times faster."""
-    trie: dict[str, dict] = {}
-    for word in words:
-        node = trie
-        for ch in word:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-    return _trie_source(trie)
-
-
-def _trie_source(node: dict[str, dict]) -> str:
-    alts = [re.escape(ch) + _trie_source(child) for ch, child in sorted(node.items()) if ch]
-    if not alts:
-        return ""
-    body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-    return f"(?:{body})?" if "" in node else body
-
-
-def count_chars(runs: re.Pattern[str], text: str) -> int:
-    """How many characters of ``text`` the run pattern ``runs`` (a character class with ``+``)
-    matches: the sum of its runs' lengths, ~4x faster than counting one-character matches
-    (no string object per character)."""
-    return sum(map(len, runs.findall(text)))
-
-
 # character runs of each script (counted with count_chars)
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _LATIN_WORD = re.compile(r"[A-Za-z\u00c0-\u024f]+")
 _KANA = re.compile(r"[\u3040-\u30ff]+")
 _HANGUL = re.compile(r"[\uac00-\ud7af]+")
 _CYRILLIC_WORD = re.compile(r"[\u0400-\u04ff]+")
-
-
-@functools.lru_cache(maxsize=8)
-def lowered(text: str) -> str:
-    """``text.lower()``, cached (a few recent texts): the residue, handles, spam, slur, blocklist and
-    personal-data rules all search the lower-cased text, which most rules leave unchanged."""
-    return text.lower()
-
-
-@functools.lru_cache(maxsize=8)
-def han_count(text: str) -> int:
-    """Han characters in ``text``. Cached (a few recent texts): the language, little-language,
-    length and script rules each ask about the same text, and counting scans all of it."""
-    return count_chars(_HAN, text)
 
 
 # High-frequency characters that exist only in Traditional Chinese, paired with their Simplified
@@ -240,8 +128,8 @@ def script_mismatch(text: str, language: str) -> str | None:
         return None  # mostly Han, no Traditional-only character: fits (the common case, no counting)
     if language in LATIN_LANGUAGES and not _NON_LATIN.search(text):
         return None
-    text = _URL.sub(" ", text)
-    han = count_chars(_HAN, text)
+    text = URL.sub(" ", text)
+    han = count_chars(HAN, text)
     kana = count_chars(_KANA, text)
     latin = len(_LATIN_WORD.findall(text))
     cyrillic = len(_CYRILLIC_WORD.findall(text))
@@ -335,13 +223,7 @@ def _lingua(text: str, detector: object) -> str:
         return "latin"
     name = lang.name.lower()
     return {"portuguese": "portuguese", "bokmal": "norwegian", "nynorsk": "norwegian"}.get(name, name)
-
-
 # Spam / advertisement signals. Each pattern names one reason in the report.
-# URL characters (RFC 3986 unreserved + reserved, no brackets or quotes): a link ends at the first
-# other character, so Chinese text written right after a link stays
-_URL_CHARS = r"[A-Za-z0-9\-._~:/?#@!$&*+,;=%]"
-_URL = re.compile(rf"(?:https?://|www\.){_URL_CHARS}+", re.I)
 _STEAM_URL = re.compile(r"^(?:https?://)?(?:www\.)?(?:steamcommunity\.com|store\.steampowered\.com|s\.team)/", re.I)
 _PROMO_STEAM_URL = re.compile(r"/(?:curator|groups|gid)/", re.I)
 # A site whose name joins a thing gold/item/key sellers sell to a word of selling sells something (cheapgold,
@@ -451,11 +333,6 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
 _SPAM_LOW = {name: re.compile(p.pattern) for name, p in SPAM_PATTERNS.items()}
 
 
-# Every SPAM_PATTERNS match contains a match of one of these (in the lower-cased text); searching for
-# them first is several times cheaper than running the full patterns on the ~90 % of reviews that
-# have none. Kept as separate patterns led by a literal or one character class: re skips ahead on
-# their first characters, which it cannot do for an alternation that mixes the two. Each hint is a
-# callable on the lower-cased text.
 _FIVE_DIGITS_RE = re.compile(_FIVE_DIGITS)
 
 
@@ -474,6 +351,11 @@ def _phone_digits(low: str) -> bool:
     return _digit_run(low) and _PHONE_DIGITS.search(low) is not None  # "ddd-dddd" is a five-digit run
 
 
+# Every SPAM_PATTERNS match contains a match of one of these (in the lower-cased text); searching for
+# them first is several times cheaper than running the full patterns on the ~90 % of reviews that
+# have none. Kept as separate patterns led by a literal or one character class: re skips ahead on
+# their first characters, which it cannot do for an alternation that mixes the two. Each hint is a
+# callable on the lower-cased text.
 _SPAM_ZH = re.compile(r"微信|薇信|威信|wei\s*xin|卫星|v\s*[信❤♥]|ｖ\s*[信❤♥]|vx|wx|公众号|q\s*群|ｑ\s*群|扣|企鹅|群号|加群|进群|入群|邀请码"
                       r"|推荐码|优惠码|折扣码|我的码|返利|代练|代打|代肝|代刷|代充|代上|代售|带上分|有偿|奖励|点赞|点个赞|个赞|帮我冲|打赏|还差|点数"
                       r"|抽奖|免费送|白送|送[\s\d个份]*(?:key|激活码|cdk)|激活码|cdk|福利|礼包|兑换码|领\S{0,5}key|收号|出号|卖号|出售|收购|回收|低价|直播|斗鱼"
@@ -835,7 +717,6 @@ class WordList:
         return None
 
 
-# --- personal data ----------------------------------------------------------------------------------
 
 # top-level domains a bare domain may end in; the ones that are also English words ("fun.it",
 # "game.so") count only with a path after them ("youtu.be/x"), so a missing space after a full stop
@@ -907,7 +788,7 @@ _WWW_DOT = rf"(?:{_LINK_DOT}|[ \t]+\.[ \t]*|\.[ \t]+)"  # after www also a full 
 _SPELLED_LINK = (rf"{_NO_WORD_BEFORE}(?:www{_WWW_DOT}[A-Za-z0-9-]+(?:(?:{_WWW_DOT}|\.)[A-Za-z0-9-]+)*(?:{_WWW_DOT}|\.)(?:{_TLD})"
                  rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t]|[A-Za-z0-9-]+[ \t]+dot[ \t]+(?:{_DOT_WORD_AFTER})|{_CLOCK}|{_COUNT_POINTS})"
                  rf"[A-Za-z0-9-]+(?:{_LINK_DOT}[A-Za-z0-9-]+)*{_LINK_DOT}(?:{_SPELLED_TLD}))"
-                 rf"(?![A-Za-z0-9])(?:/{_URL_CHARS}*)?")
+                 rf"(?![A-Za-z0-9])(?:/{URL_CHARS}*)?")
 PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # steamcommunity.com/profiles/<17 digits>/... , /id/<vanity>/... , /user/<code>; s.team/p/<code> invites
     "profile_url": re.compile(r"(?:https?://)?(?:www\.)?steamcommunity\.com/(?:profiles|id|user)/[A-Za-z0-9\-._~:/?#@!$&*+,;=%]*"
@@ -940,9 +821,9 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     "id_number": re.compile(r"(?<!\d)[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),
     # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
     # (a link does not end in the punctuation after it: "see x.com/news, then", "buy at x.net. Cheap")
-    "link": re.compile(rf"(?:(?:https?://|www\.){_URL_CHARS}+"
-                       rf"|{_NO_WORD_BEFORE}(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?!{_WORD_CHAR}|-|\.(?:{_WORD_CHAR}|-))(?:[/?#]{_URL_CHARS}*)?"
-                       rf"|(?:{_WORD_TLD})/{_URL_CHARS}*)|{_SPELLED_LINK})(?<![.,;:!?])", re.I),
+    "link": re.compile(rf"(?:(?:https?://|www\.){URL_CHARS}+"
+                       rf"|{_NO_WORD_BEFORE}(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?!{_WORD_CHAR}|-|\.(?:{_WORD_CHAR}|-))(?:[/?#]{URL_CHARS}*)?"
+                       rf"|(?:{_WORD_TLD})/{URL_CHARS}*)|{_SPELLED_LINK})(?<![.,;:!?])", re.I),
 }
 _LINK_HINT = re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search
 # what every spelled-out link holds (a trie: one search)
@@ -1208,7 +1089,7 @@ def _drop_stubs(text: str, cuts: list[tuple[int, int]]) -> str:
         c0 = max([m.end() for m in _CLAUSE_END.finditer(text, s0, p)], default=s0)
         c1 = next((m.start() for m in _CLAUSE_END.finditer(text, p, s1)), s1)
         clause = _STUB_UNIT.findall(text, c0, c1)
-        cjk = any(_CJK_CHAR(u) for u in clause)
+        cjk = any(CJK_CHAR(u) for u in clause)
         count = len(clause) if cjk else len(_STUB_UNIT.findall(text, s0, s1))
         if clause and count <= (5 if cjk else limit):
             spans.append((c0, c1))
@@ -1547,7 +1428,7 @@ def _kept_as_text(m: re.Match[str]) -> bool:
     text, a, b = m.string, m.start(), m.end()
     if low in PLATFORM_DOMAINS or (_SPELLED_NAME_DOT.sub(".", low) in NAME_DOMAINS and not _points_at(text, a)):
         return True
-    touches = (a and _CJK_CHAR(text[a - 1])) or (b < len(text) and _CJK_CHAR(text[b]))
+    touches = (a and CJK_CHAR(text[a - 1])) or (b < len(text) and CJK_CHAR(text[b]))
     if not touches or _FULL_LINK(found):
         return False
     return found != low or not _CJK_WEB_TLD(low)
@@ -1560,10 +1441,6 @@ def _points_at(text: str, a: int) -> bool:
     return lead is not None and lead.start("bare") < 0
 
 
-_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]").match
-
-
-# --- duplicates ---------------------------------------------------------------------------------------
 
 _NOT_WORD = re.compile(r"[\W_]+")
 

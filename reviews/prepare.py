@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from rich.table import Table
 
 from steam_persona.common import atomic
-from steam_persona.reviews import cleaning
+from steam_persona.reviews import cleaning, text as text_mod
 from steam_persona.common import config
 from steam_persona.reviews import noise
 from steam_persona.common import persona
@@ -56,8 +56,8 @@ _STEAM_LANGUAGES = frozenset(cleaning.STEAM_LANGUAGES)
 @functools.lru_cache(maxsize=65536)  # a few names, many reviews
 def _clean_name(name: str) -> str:
     """A game name as the prompt shows it: no control, escape or invisible characters
-    (:func:`~steam_persona.reviews.cleaning.strip_invisible`), then :func:`~steam_persona.common.persona.clean_game_name`."""
-    return persona.clean_game_name(cleaning.strip_invisible(name))
+    (:func:`~steam_persona.reviews.text.strip_invisible`), then :func:`~steam_persona.common.persona.clean_game_name`."""
+    return persona.clean_game_name(text_mod.strip_invisible(name))
 
 
 @dataclass
@@ -196,10 +196,10 @@ def mask(text: str, author: str | None = None, lists: tuple[Any, ...] = (), hand
     """``text`` with personal data, links, ``@name`` mentions, cross-post signatures, other authors' screen names (``handles``, lower-cased:
     :func:`~steam_persona.reviews.noise.screen_names`) and the author's name replaced by ``▇`` and the words of
     ``lists`` (:class:`~steam_persona.reviews.cleaning.WordList`: slurs, blocklist) shown as ``n*****``
-    (report examples). Invisible characters go first (:func:`~steam_persona.reviews.cleaning.strip_invisible`), so
+    (report examples). Invisible characters go first (:func:`~steam_persona.reviews.text.strip_invisible`), so
     ``n\u200bigger`` or a name split by a soft hyphen is masked in the examples of the rules that see it
     before ``normalize_whitespace`` removes them."""
-    text = cleaning.mask_pii(cleaning.strip_invisible(text))
+    text = cleaning.mask_pii(text_mod.strip_invisible(text))
     if "@" in text or "＠" in text:
         text = noise._MENTION.sub("▇", text)
     text = noise._SIGNATURE.sub("▇", text)
@@ -262,7 +262,7 @@ class _Rules:
             st.changed += 1
             st.reasons.update(kinds)
             st.example(r, ",".join(kinds), lists=self.word_lists, handles=self.handles)
-            r.text = cleaning.normalize_whitespace(text) if self.cfg.normalize_whitespace else text
+            r.text = text_mod.normalize_whitespace(text) if self.cfg.normalize_whitespace else text
 
     def per_record(self, r: Review) -> tuple[str | None, str]:
         """The rules that look at one record alone (safe to run in worker processes), text cleaned
@@ -293,7 +293,7 @@ class _Rules:
         if cfg.strip_html:
             self._transform("strip_html", r, cleaning.strip_html)
         if cfg.normalize_whitespace:
-            self._transform("normalize_whitespace", r, cleaning.normalize_whitespace)
+            self._transform("normalize_whitespace", r, text_mod.normalize_whitespace)
         if cfg.strip_page_residue:
             self._transform("page_residue", r, noise.strip_page_residue)
         if cfg.strip_handles:
@@ -313,12 +313,12 @@ class _Rules:
 
     def _filter(self, r: Review) -> str | None:
         cfg = self.cfg
-        low = cleaning.lowered(r.text)  # one lower-casing for the spam, slur, blocklist and PII rules
-        if cfg.drop_masked and cleaning.has_profanity_mask(r.text):
+        low = text_mod.lowered(r.text)  # one lower-casing for the spam, slur, blocklist and PII rules
+        if cfg.drop_masked and text_mod.has_profanity_mask(r.text):
             return self._drop("profanity_mask", r)
         if cfg.drop_spam:
             self._transform("promo_footer", r, cleaning.strip_promo_footer)
-            low = cleaning.lowered(r.text)
+            low = text_mod.lowered(r.text)
             reason = cleaning.spam_reason(r.text, low)
             if reason:
                 return self._drop("spam", r, reason)
@@ -472,11 +472,11 @@ def _check_config(cfg: PrepareConfig) -> None:
 
 def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
     """One alpaca record in the persona's prompt format. Every field that came from an input file loses its control,
-    escape and invisible characters, as the review did (:func:`~steam_persona.reviews.cleaning.strip_invisible`)."""
+    escape and invisible characters, as the review did (:func:`~steam_persona.reviews.text.strip_invisible`)."""
     if r.prompt is not None:
-        instruction, input_text = (cleaning.strip_invisible(p) for p in r.prompt)
+        instruction, input_text = (text_mod.strip_invisible(p) for p in r.prompt)
         return {"instruction": instruction, "input": input_text, "output": r.text}
-    tags = [t for t in (cleaning.strip_invisible(t).strip() for t in r.tags or []) if t]
+    tags = [t for t in (text_mod.strip_invisible(t).strip() for t in r.tags or []) if t]
     tags = tags[: cfg.max_tags] if cfg.max_tags > 0 else tags
     lang = r.prompt_language or _review_prompt_language(r, cfg) or default_lang
     words = persona.VERDICT_WORDS[lang]
