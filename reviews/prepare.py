@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from rich.table import Table
 
 from steam_persona.common import atomic
-from steam_persona.reviews import cleaning, text as text_mod
+from steam_persona.reviews import cleaning, language as language_mod, text as text_mod
 from steam_persona.common import config
 from steam_persona.reviews import noise
 from steam_persona.common import persona
@@ -50,7 +50,7 @@ from steam_persona.resources import packaged_copy_hint
 from steam_persona.reviews.sources import Review
 
 TEMPLATE_FIELDS = ("name", "tags", "verdict", "playtime_hours")
-_STEAM_LANGUAGES = frozenset(cleaning.STEAM_LANGUAGES)
+_STEAM_LANGUAGES = frozenset(language_mod.STEAM_LANGUAGES)
 
 
 @functools.lru_cache(maxsize=65536)  # a few names, many reviews
@@ -273,7 +273,7 @@ class _Rules:
     def _select(self, r: Review) -> str | None:
         cfg = self.cfg
         if r.language is not None and r.language not in _STEAM_LANGUAGES:
-            r.language = cleaning.steam_language(r.language) or r.language  # "en", "English" in exports
+            r.language = language_mod.steam_language(r.language) or r.language  # "en", "English" in exports
         if self.languages is not None and r.language is not None and r.language not in self.languages:
             return self._drop("language", r, r.language)
         if cfg.voted_up != "any" and r.voted_up is not (cfg.voted_up == "true"):
@@ -306,7 +306,7 @@ class _Rules:
             return self._drop("empty", r)
         if self.languages is not None and r.language is None and cfg.detect_language and r.prompt is None \
                 and r.prompt_language is None:  # alpaca/sharegpt sets are re-cleaned, not re-selected
-            r.language = cleaning.detect_language(r.text, self.latin)
+            r.language = language_mod.detect_language(r.text, self.latin)
             if not _fits(r.language, self.languages):
                 return self._drop("language", r, f"detected {r.language}")
         return None
@@ -351,7 +351,7 @@ class _Rules:
             return self._drop("too_long", r, unit)
         if cfg.script_check and self.languages:
             # a record without a language field must fit one of the languages asked for
-            whys = [cleaning.script_mismatch(r.text, lang) for lang in ([r.language] if r.language else sorted(self.languages))]
+            whys = [language_mod.script_mismatch(r.text, lang) for lang in ([r.language] if r.language else sorted(self.languages))]
             if all(whys):
                 return self._drop("script", r, whys[0])
         if r.prompt is None:
@@ -422,7 +422,7 @@ def prompt_language(cfg: PrepareConfig) -> str:
     """``--prompt_language``, with ``auto`` = ``en`` when no ``--language`` is Chinese (or 'all'), else ``zh``."""
     if cfg.prompt_language != "auto":
         return cfg.prompt_language
-    langs = {cleaning.steam_language(x) or x for x in cfg.language}
+    langs = {language_mod.steam_language(x) or x for x in cfg.language}
     return "zh" if langs & {"schinese", "tchinese", "all"} or not langs else "en"
 
 
@@ -433,7 +433,7 @@ def _review_prompt_language(r: Review, cfg: PrepareConfig) -> str | None:
     (then :func:`prompt_language`)."""
     if cfg.prompt_language != "auto":
         return None
-    language = r.language or cleaning.detect_language(r.text)
+    language = r.language or language_mod.detect_language(r.text)
     if language is None:
         return None
     return "zh" if language in ("schinese", "tchinese") else "en"
@@ -566,9 +566,9 @@ def _languages(cfg: PrepareConfig) -> set[str] | None:
         return None
     out = set()
     for name in cfg.language:
-        code = cleaning.steam_language(name)
+        code = language_mod.steam_language(name)
         if code is None:
-            raise UserError(f"--language {name}: not a Steam language; use all or one of {', '.join(cleaning.STEAM_LANGUAGES)} "
+            raise UserError(f"--language {name}: not a Steam language; use all or one of {', '.join(language_mod.STEAM_LANGUAGES)} "
                             "(aliases such as zh, chinese, en, ja, ru also work)")
         out.add(code)
     return out
@@ -664,7 +664,7 @@ _LINGUA = {"english": "ENGLISH", "german": "GERMAN", "french": "FRENCH", "spanis
 def _latin_detector(languages: set[str] | None) -> Any:
     """A lingua detector over Steam's Latin-script languages (low-accuracy mode: measured 0.5 ms a
     review, see docs/data.md) when lingua is installed and a Latin-script language is asked for."""
-    if not (languages or set()) & cleaning.LATIN_LANGUAGES:
+    if not (languages or set()) & language_mod.LATIN_LANGUAGES:
         return None
     try:
         from lingua import Language, LanguageDetectorBuilder
@@ -680,7 +680,7 @@ def _fits(detected: str | None, wanted: set[str]) -> bool:
     if detected is None or detected in wanted:
         return True
     if detected == "latin":
-        return bool(wanted & cleaning.LATIN_LANGUAGES)
+        return bool(wanted & language_mod.LATIN_LANGUAGES)
     return any(_LINGUA.get(w, "").lower() == detected or (w == "norwegian" and detected == "bokmal") for w in wanted)
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from steam_persona.reviews import cleaning, text as text_mod
+from steam_persona.reviews import cleaning, language as language_mod, text as text_mod
 
 
 def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():
@@ -201,14 +201,14 @@ def test_blocklist_words_and_cjk_substrings(tmp_path):
 
 
 def test_script_check():
-    assert cleaning.script_mismatch("这游戏真好玩，强烈推荐 GTA", "schinese") is None
-    assert cleaning.script_mismatch("This game is great", "schinese") == "not Chinese"
-    assert cleaning.script_mismatch("這個遊戲說真的還不錯，對我來說時間過得很快", "schinese") == "Traditional under schinese"
-    assert cleaning.script_mismatch("這個遊戲說真的還不錯", "tchinese") is None
-    assert cleaning.script_mismatch("Great game, 10/10", "english") is None
-    assert cleaning.script_mismatch("非常好的游戏", "english") == "not Latin script"
-    assert cleaning.script_mismatch("とても面白い", "japanese") is None
-    assert cleaning.script_mismatch("12345 !!!", "english") is None
+    assert language_mod.script_mismatch("这游戏真好玩，强烈推荐 GTA", "schinese") is None
+    assert language_mod.script_mismatch("This game is great", "schinese") == "not Chinese"
+    assert language_mod.script_mismatch("這個遊戲說真的還不錯，對我來說時間過得很快", "schinese") == "Traditional under schinese"
+    assert language_mod.script_mismatch("這個遊戲說真的還不錯", "tchinese") is None
+    assert language_mod.script_mismatch("Great game, 10/10", "english") is None
+    assert language_mod.script_mismatch("非常好的游戏", "english") == "not Latin script"
+    assert language_mod.script_mismatch("とても面白い", "japanese") is None
+    assert language_mod.script_mismatch("12345 !!!", "english") is None
 
 
 def test_dedup_key_ignores_case_width_space_punctuation():

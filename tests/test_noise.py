@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steam_persona.reviews import cleaning
+from steam_persona.reviews import cleaning, language as language_mod
 from steam_persona.reviews import noise
 
 
@@ -351,15 +351,15 @@ def test_identity_slurs_stretched_to_dodge_the_list():
 
 
 def test_language_codes_aliases_and_detection():
-    assert [cleaning.steam_language(x) for x in ("zh", "Chinese", "schinese", "zh-TW", "en", "ko", "pt-BR", "xx")] == [
+    assert [language_mod.steam_language(x) for x in ("zh", "Chinese", "schinese", "zh-TW", "en", "ko", "pt-BR", "xx")] == [
         "schinese", "schinese", "schinese", "tchinese", "english", "koreana", "brazilian", None]
-    assert cleaning.detect_language("这个游戏真的很好玩") == "schinese"
-    assert cleaning.detect_language("這個遊戲真的很好玩，畫面與劇情都讓人喜歡") == "tchinese"
-    assert cleaning.detect_language("このゲームは本当に面白い") == "japanese"
-    assert cleaning.detect_language("이 게임 정말 재미있어요") == "koreana"
-    assert cleaning.detect_language("Очень хорошая игра") == "russian"
-    assert cleaning.detect_language("A really good game") == "latin"  # no detector given
-    assert cleaning.detect_language("10/10 !!!") is None
+    assert language_mod.detect_language("这个游戏真的很好玩") == "schinese"
+    assert language_mod.detect_language("這個遊戲真的很好玩，畫面與劇情都讓人喜歡") == "tchinese"
+    assert language_mod.detect_language("このゲームは本当に面白い") == "japanese"
+    assert language_mod.detect_language("이 게임 정말 재미있어요") == "koreana"
+    assert language_mod.detect_language("Очень хорошая игра") == "russian"
+    assert language_mod.detect_language("A really good game") == "latin"  # no detector given
+    assert language_mod.detect_language("10/10 !!!") is None
 
 
 def test_residue_items_share_a_line_and_korean_dates():
