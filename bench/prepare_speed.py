@@ -45,7 +45,7 @@ SHARED = Path(os.environ.get("STEAM_PERSONA_SHARED", REPO.parent / "shared"))
 sys.path.insert(0, str(REPO))
 
 from steam_persona.common import config
-from steam_persona.reviews import cleaning, noise, sources
+from steam_persona.reviews import cleaning, noise, sources, wordlist
 from steam_persona.reviews.prepare import PrepareConfig, run  # noqa: E402
 
 #: the functions of the per-record rules and the duplicate finder, timed one by one by :func:`per_rule_seconds`
@@ -54,7 +54,7 @@ RULE_FUNCTIONS = {
                "spam_reason", "scrub_pii", "script_mismatch", "dedup_key"),
     noise: ("strip_page_residue", "strip_handles", "strip_art", "checklist_reason", "little_language_reason",
             "repetition_reason", "length"),
-    cleaning.WordList: ("find",),  # the identity slurs and --blocklist
+    wordlist.WordList: ("find",),  # the identity slurs and --blocklist
     cleaning.NearDuplicates: ("first_copies",),
 }
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from rich.table import Table
 
 from steam_persona.common import atomic
-from steam_persona.reviews import cleaning, language as language_mod, text as text_mod
+from steam_persona.reviews import cleaning, language as language_mod, text as text_mod, wordlist
 from steam_persona.common import config
 from steam_persona.reviews import noise
 from steam_persona.common import persona
@@ -195,7 +195,7 @@ class _Stat:
 def mask(text: str, author: str | None = None, lists: tuple[Any, ...] = (), handles: frozenset[str] = frozenset()) -> str:
     """``text`` with personal data, links, ``@name`` mentions, cross-post signatures, other authors' screen names (``handles``, lower-cased:
     :func:`~steam_persona.reviews.noise.screen_names`) and the author's name replaced by ``▇`` and the words of
-    ``lists`` (:class:`~steam_persona.reviews.cleaning.WordList`: slurs, blocklist) shown as ``n*****``
+    ``lists`` (:class:`~steam_persona.reviews.wordlist.WordList`: slurs, blocklist) shown as ``n*****``
     (report examples). Invisible characters go first (:func:`~steam_persona.reviews.text.strip_invisible`), so
     ``n\u200bigger`` or a name split by a soft hyphen is masked in the examples of the rules that see it
     before ``normalize_whitespace`` removes them."""
@@ -327,7 +327,7 @@ class _Rules:
             if hit:
                 return self._drop("identity_slur", r, f"{hit[0]}: {_mask_word(hit[1])}")
         if self.blocklist is not None:
-            word = cleaning.blocked_word(r.text, self.blocklist, low)
+            word = wordlist.blocked_word(r.text, self.blocklist, low)
             if word:
                 return self._drop("blocklist", r, word.lower())
         if cfg.scrub_pii:
@@ -579,7 +579,7 @@ def _load_lists(cfg: PrepareConfig) -> tuple[Any, Any]:
     blocklist = None
     if cfg.blocklist:
         try:
-            blocklist = cleaning.load_blocklist(cfg.blocklist)
+            blocklist = wordlist.load_blocklist(cfg.blocklist)
         except FileNotFoundError:
             raise UserError(f"{cfg.blocklist}: blocklist file not found; check --blocklist"
                             f"{packaged_copy_hint(cfg.blocklist)}") from None
@@ -587,7 +587,7 @@ def _load_lists(cfg: PrepareConfig) -> tuple[Any, Any]:
             raise UserError(f"{cfg.blocklist}: byte {e.start} is not UTF-8; save the blocklist as UTF-8") from None
         if blocklist is None:
             raise UserError(f"{cfg.blocklist}: blocklist has no words; add one per line or drop --blocklist")
-    return blocklist, cleaning.WordList(cleaning.IDENTITY_SLURS) if cfg.drop_identity_slurs else None
+    return blocklist, wordlist.WordList(wordlist.IDENTITY_SLURS) if cfg.drop_identity_slurs else None
 
 
 def _flag_apps(cfg: PrepareConfig, tag_language: str) -> tuple[dict[str, sources.AppInfo], str | None]:

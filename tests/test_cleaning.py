@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from steam_persona.reviews import cleaning, language as language_mod, text as text_mod
+from steam_persona.reviews import cleaning, language as language_mod, text as text_mod, wordlist
 
 
 def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():
@@ -191,13 +191,13 @@ def test_pii_scrub_removes_profile_urls_ids_phones_emails():
 def test_blocklist_words_and_cjk_substrings(tmp_path):
     f = tmp_path / "block.txt"
     f.write_text("# slurs\nbadword\n坏词  # comment\n\n", encoding="utf-8")
-    rx = cleaning.load_blocklist(f)
-    assert cleaning.blocked_word("what a BADWORD here", rx) == "badword"
-    assert cleaning.blocked_word("badwords are not whole words", rx) is None
-    assert cleaning.blocked_word("这个坏词不行", rx) == "坏词"
+    rx = wordlist.load_blocklist(f)
+    assert wordlist.blocked_word("what a BADWORD here", rx) == "badword"
+    assert wordlist.blocked_word("badwords are not whole words", rx) is None
+    assert wordlist.blocked_word("这个坏词不行", rx) == "坏词"
     empty = tmp_path / "e.txt"
     empty.write_text("# nothing\n", encoding="utf-8")
-    assert cleaning.load_blocklist(empty) is None
+    assert wordlist.load_blocklist(empty) is None
 
 
 def test_script_check():
@@ -769,7 +769,7 @@ def test_scrub_never_leaves_lone_punctuation():
 def test_word_list_mask_shows_first_letters_only(tmp_path):
     f = tmp_path / "words.txt"
     f.write_text("[listed]\nbadword\n坏词\n", encoding="utf-8")
-    words = cleaning.WordList(f)
+    words = wordlist.WordList(f)
     assert words.mask("A BADWORD, 坏词 and badwords stay.") == "A B******, 坏* and badwords stay."
     assert words.mask("b a d w o r d here") == "▇"  # cannot be masked in place
     assert words.mask("nothing listed") == "nothing listed"
