@@ -13,15 +13,16 @@ CJK); Latin-script languages go to lingua-language-detector when it is installed
 
 from __future__ import annotations
 
-import functools
 import heapq
 import html
 import re
 import unicodedata
-from typing import Callable
 
 import numpy as np
-from steam_persona.reviews.text import CJK_CHAR, URL_CHARS, literal_union, lowered
+from steam_persona.reviews.pii import (CJK_WEB_TLD, CONTACT, DIGITS, ID_GATE, PII_GATE, PII_HINTS, PII_PATTERNS,
+                                       PLUS_PHONE, SHARE_CODE, cut, digit_run, game_number, matching_view,
+                                       original_span, word_at_site)
+from steam_persona.reviews.text import CJK_CHAR, lowered
 
 
 _BB_DROP = re.compile(r"\[img\].*?\[/img\]|\[previewyoutube=[^\]]*\].*?\[/previewyoutube\]"
@@ -111,11 +112,6 @@ _LINK_HOST = re.compile(r"(?:https?://)?(?:www(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)
 # the official stores of platforms and publishers are where a game is sold, not adverts (store.playstation.com)
 _OFFICIAL_STORES = ("steampowered.com", "playstation.com", "nintendo.com", "xbox.com", "microsoft.com", "epicgames.com",
                     "gog.com", "ubisoft.com", "ea.com", "humblebundle.com", "apple.com", "google.com")
-_DIGITS = r"(?:[0-9０-９零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两][\s\-.·]?){5,}"
-# the first five digits of every _DIGITS match, written out (re runs it ~2x faster than a {5} repeat)
-_NUMERAL = r"[\d零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]"  # \d: also the phone numbers' digits
-_FIVE_DIGITS = _NUMERAL + (r"[\s\-.·]?" + _NUMERAL) * 4
-_CONTACT = (r"(?:扣\s*扣|企鹅号?|[QqＱｑ]{1,2}|薇信|威信|微信|(?<![A-Za-z])[Ww]ei\s*[Xx]in(?![A-Za-z])|卫星号|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX|Vx)(?![A-Za-z]))")
 _COLLECT = r"领取?\S{0,4}(?:礼包|福利|激活码|兑换码|cdk|key)"
 # "first N" only right before the collecting (前五十名领取; 通关前3名的关卡奖励 is a ranking), a Q not a key (按Q键)
 _CALL = (r"(?:加群|进群|入群|(?<![A-Za-z])[QqＱｑ]{1,2}(?![A-Za-z键])|[QqＱｑ]{1,2}群|加我|私信|私聊|关注|点赞|转发|留言|扫码|扫描二维码"
@@ -133,15 +129,11 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
     # a group or account *with its number / id*: "Q群000000000", "QQ群：123456", "vx: abc_123", "扣扣 一二三四五六",
     # "关注公众号"; a bare "加QQ群问问" (advice) is not an advert
     "qq_wechat_group": re.compile(
-        rf"(?:[QqＱｑ]{{1,2}}\s*群|扣\s*扣\s*群|企鹅群|群号|[加进入]群|{_CONTACT})\s*[:：号]?\s*{_DIGITS}"
+        rf"(?:[QqＱｑ]{{1,2}}\s*群|扣\s*扣\s*群|企鹅群|群号|[加进入]群|{CONTACT})\s*[:：号]?\s*{DIGITS}"
         r"|(?<![A-Za-z])[Ww]ei\s*[Xx]in\s*(?:号|[:：])?\s*(?=[A-Za-z0-9_-]*[\d_])[A-Za-z][A-Za-z0-9_-]{4,}"
         r"|(?:微信群?|微信号|薇信|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX)(?![A-Za-z]))\s*[:：号]?\s*[A-Za-z][A-Za-z0-9_-]{4,}"
         r"|关注(?:我的|我们的)?(?:微信)?公众号"),
-    "phone_number": re.compile(r"(?<![0-9A-Za-z_.+:/#-])(?:(?:\+|00)86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"
-                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]?\(?\d{1,4}\)?(?:[- .]\d{2,4}){2,4}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"
-                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\(?\d{1,4}\)?[- .]\d{6,10}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"
-                               r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\d{5}[- .]\d{5}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"  # India: +91 98765 43210
-                               r"|\(\d{3}\) ?\d{3}-\d{4}(?!\d)|(?<![\d.-])\d{3}-\d{3}-\d{4}(?![\d-])"),
+    "phone_number": PII_PATTERNS["phone_number"],
     "referral_code": re.compile(
         r"(?:邀请码|推荐码|优惠码|返利|折扣码|用我的码|输入我的码|"
         r"(?<![A-Za-z])(?:referral|invite|promo|discount|coupon|creator)\s+(?:code|link)s?(?![A-Za-z])"
@@ -200,24 +192,6 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
 _SPAM_LOW = {name: re.compile(p.pattern) for name, p in SPAM_PATTERNS.items()}
 
 
-_FIVE_DIGITS_RE = re.compile(_FIVE_DIGITS)
-
-
-@functools.lru_cache(maxsize=4)
-def _digit_run(low: str) -> bool:
-    """Whether ``low`` holds five digits or Chinese numerals in a row (``_FIVE_DIGITS``): a hint of the
-    spam, contact, phone, SteamID and friend-code patterns, searched once per text (cached)."""
-    return _FIVE_DIGITS_RE.search(low) is not None
-
-
-_PLUS_PHONE = re.compile(r"\+\d[\d \-.()]{7}").search  # the shortest "+CC" phone number has 8 characters after the +
-_PHONE_DIGITS = re.compile(r"\d\d\d[- ]?\d\d\d\d")
-
-
-def _phone_digits(low: str) -> bool:
-    return _digit_run(low) and _PHONE_DIGITS.search(low) is not None  # "ddd-dddd" is a five-digit run
-
-
 # Every SPAM_PATTERNS match contains a match of one of these (in the lower-cased text); searching for
 # them first is several times cheaper than running the full patterns on the ~90 % of reviews that
 # have none. Kept as separate patterns led by a literal or one character class: re skips ahead on
@@ -238,14 +212,14 @@ _SPAM_RU_JA = re.compile(_TRADE_RU_JA).search
 
 def _spam_hint(low: str) -> bool:
     """Whether any spam pattern can match (hints tried cheapest first)."""
-    return bool(_digit_run(low) or _PLUS_PHONE(low) or _SPAM_ZH(low) or _SPAM_EN(low) or _SPAM_RU_JA(low))
+    return bool(digit_run(low) or PLUS_PHONE(low) or _SPAM_ZH(low) or _SPAM_EN(low) or _SPAM_RU_JA(low))
 
 
 # what every match of each pattern contains (a text that passed _spam_hint runs only the patterns
 # whose hint it has; one search per pattern is ~6x cheaper than the patterns' joint alternation)
 _PATTERN_HINTS = {
     "qq_wechat_group": re.compile(r"扣|企鹅|薇信|威信|微信|xin|卫星|群号|加群|进群|入群|公众号|q|ｑ|v|ｖ|wx").search,
-    "phone_number": lambda low: _phone_digits(low) or _PLUS_PHONE(low) is not None,
+    "phone_number": PII_HINTS["phone_number"],
     "referral_code": re.compile(r"邀请码|推荐码|优惠码|返利|折扣码|我的码|referral|invite|promo|discount|coupon|creator|code").search,
     "award_begging": re.compile(r"奖励|点赞|点个赞|个赞|帮我冲|打赏|还差|点数|award|upvote|thumbs|rate up|like this|points").search,
     "giveaway": re.compile(r"giveaway|give away|free|抽奖|送[\s\d个份]*(?:key|激活码|cdk)|免费送|白送|福利|礼包|激活码|兑换码"
@@ -258,34 +232,13 @@ _PATTERN_HINTS = {
 assert list(_PATTERN_HINTS) == list(SPAM_PATTERNS)
 
 
-# a number that a game gives (a seed, score, damage, gold, a count) is not a phone number: "seed 13912345678",
-# "damage numbers like 18612345678", "分数 13800138000 分", "打了 400-800-8820 次": a game word earlier in its clause
-# or a unit right after it; unless a way to contact someone is named near it, within 40 characters before or 30
-# after ("score 13812345678, call me" is a phone number)
-_GAME_NUMBER_BEFORE = re.compile(r"(?<![a-z])(?:seeds?|scores?|points?|damage|dmg|hp|gold|coins?|builds?|种子|分数|得分|伤害|血量"
-                                 r"|金币|版本)(?![a-z])[^,;.!?，；。！？\n]{0,30}$")
-_GAME_NUMBER_AFTER = re.compile(r"\s*(?:points?|pts|dmg|damage|gold|coins?|hp|xp|exp|分|点|次|伤害|金币|经验)")
-_CONTACT_WORDS = re.compile(r"(?<![a-z])(?:call|text|phone|tel|mobile|cell|whatsapp|wechat|wx|vx|qq|add me|contact|dm|reach"
-                            r"|sms)(?![a-z])|电话(?!亭)|手机|微信|加我|联系|打给|致电|号码|扣扣|v信|薇信|短信|热线")
-
-
-def _game_number(text: str, m: re.Match[str]) -> bool:
-    """Whether the number matched by ``m`` is named, earlier in its clause or right after it, as a number the
-    game gives, with no contact word (``_CONTACT_WORDS``) near it."""
-    a, b = m.span()
-    before = text[max(0, a - 40):a].lower()
-    if not (_GAME_NUMBER_BEFORE.search(before) or _GAME_NUMBER_AFTER.match(text, b)):
-        return False
-    return not _CONTACT_WORDS.search(before + " " + text[b:b + 30].lower())
-
-
 def _first_spam(low: str) -> str | None:
     """The pattern whose match starts first in ``low`` (the earlier pattern on a tie), or ``None``."""
     best: tuple[int, str] | None = None
     for name, hint in _PATTERN_HINTS.items():
         if hint(low):
             if name == "phone_number":
-                m = next((m for m in _SPAM_LOW[name].finditer(low) if not _game_number(low, m)), None)
+                m = next((m for m in _SPAM_LOW[name].finditer(low) if not game_number(low, m)), None)
             else:
                 m = _SPAM_LOW[name].search(low)
             if m and (best is None or m.start() < best[0]):
@@ -313,7 +266,7 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
             return reason
     view, _ = matching_view(text)  # full-width and letter-spaced links too
     low = view.lower() if view is not text else low
-    if _PII_HINTS["link"](low) and (_SHOP_WORD(low) or _PROMO_STEAM_URL.search(low)) \
+    if PII_HINTS["link"](low) and (_SHOP_WORD(low) or _PROMO_STEAM_URL.search(low)) \
             and any(_advert_link(m.group(0)) for m in PII_PATTERNS["link"].finditer(view)):
         return "url"  # every advert link holds a shop word or a Steam group path: the cheap tests first
     return None
@@ -379,248 +332,23 @@ def _advert_link(url: str) -> bool:
     return bool(_SHOP_HOST.search(host) or (_SHOP_GOODS.search(host) and _SHOP_SELLING.search(host)))
 
 
-
-# top-level domains a bare domain may end in; the ones that are also English words ("fun.it",
-# "game.so") count only with a path after them ("youtu.be/x"), so a missing space after a full stop
-# is not a link
-_TLD = (r"com|net|org|cn|io|gg|tv|ru|de|xyz|top|info|cc|ly|uk|jp|kr|fr|biz|site|online|app|link|nz"
-        r"|eu|pl|br|es|nl|se|moe|club|vip|fun|shop|store|live|pro|ink|icu|wang|ltd|ai|tk|ml|ga|cf|gq|hk|tw|sg"
-        r"|ca|au|ch|ws|su|pw|cz|ua|kz|ir|vn|th|ph")
-_WORD_TLD = r"me|co|be|to|us|it|in|at|id|my|so|no|is|am|do|go"
-_ANY_DOT = r"(?:\.|。|．|｡|\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
-_SPELLED_DOT = r"(?:\s*[\[(（]\s*dot\s*[\])）]\s*|\s+dot\s+|\s*点\s*)"
-# a mail provider's dot after "at" as a word: spelled, or written with no space after it or spaces on both sides ("at qq
-# .com", "at gmail . com"); a full stop with a space after it and none before ends a sentence ("stuck at 163. Top
-# players finish it"). After an "@" any spacing ("kirito@163. com")
-_MAIL_DOT = rf"(?:\s*[.．。｡](?!\s)|\s+[.．。｡]\s+|{_SPELLED_DOT})"
-_MAIL_HOSTS = r"gmail|googlemail|qq|163|126|yeah|sina|sohu|foxmail|outlook|hotmail|live|yahoo|icloud|proton(?:mail)?|yandex|mail|gmx|aol"
-# "a@b.com"; "a(at)b.com" / "a艾特b点com" with any dot; "a-at-gmail-dot-com" with a mail provider; "a at b dot com" only with a spelled-out dot
-# ("the guide at fextralife.com" is a link, not an address), and only when "a" is a handle or follows a mail
-# word (:func:`_word_at_site`). A mail provider's domain may have spaces around its dot ("a@gmail . com"); after an "@"
-# or a mail provider a word-like domain ends it too ("a at proton dot me"), in lower case and not after a full stop
-# with a space ("friend@home.It works", "we saw it at live. me and…" are missing or extra spaces)
-_EMAIL = (rf"[A-Za-z0-9._%+-]+(?:(?:@|＠|\s*[\[(（]\s*at\s*[\])）]\s*|\s*艾特\s*)[A-Za-z0-9-]+(?:{_ANY_DOT}[A-Za-z0-9-]+)*{_ANY_DOT}"
-          rf"(?:{_TLD}|(?-i:{_WORD_TLD}))"
-          rf"|\s+at\s+(?!www{_SPELLED_DOT})[A-Za-z0-9-]+(?:{_SPELLED_DOT}[A-Za-z0-9-]+)*{_SPELLED_DOT}(?:{_TLD})"
-          rf"|(?:\s*(?:@|＠|[\[(（]\s*at\s*[\])）]|艾特)\s*|(?P<word_at>\s+at\s+))(?:{_MAIL_HOSTS})"
-          rf"(?:(?(word_at){_MAIL_DOT}|\s*{_ANY_DOT}\s*)(?:{_TLD})|\s+dot(?:com|net|org)|(?:[.．。｡]|{_SPELLED_DOT})(?-i:{_WORD_TLD})))"
-          rf"|(?<![A-Za-z0-9_-])[A-Za-z0-9._%+]+[-_]at[-_](?:{_MAIL_HOSTS})[-_]dot[-_](?:com|net|org|cn|me)"
-          rf"(?![A-Za-z])")
-_SPELLED_AT = re.compile(r"\s+at\s+", re.I)
-_AT_MAIL_HOST = re.compile(rf"(?:{_MAIL_HOSTS})\s*{_ANY_DOT}", re.I)
-_MAIL_WORD_BEFORE = re.compile(r"(?:(?<![a-z])(?:e-?mail|mail(?: me)?|contact|reach|write to)[ \t]*[:：]?|(?<![a-z])me[ \t]*[:：])[ \t]*$", re.I)
-
-
-def _word_at_site(text: str, m: re.Match[str]) -> bool:
-    """Whether an e-mail match ``m`` is "word at site dot org" read as an address: "at" written as a word, no mail
-    provider after it, a name without a digit or ``_ . % + -`` and no mail word before it ("email me at",
-    "add me:"). "Patch notes at example dot org say" names a site: a link, not an address."""
-    found = m.group(0)
-    at = _SPELLED_AT.search(found)
-    if at is None or "@" in found or "＠" in found or re.search(r"[\d_.%+-]", found[:at.start()]):
-        return False
-    return not _AT_MAIL_HOST.match(found, at.end()) and not _MAIL_WORD_BEFORE.search(text, max(0, m.start() - 16), m.start())
-
-
-# A link spelled out to pass filters (gold sellers' campaigns): "cheapgold dot com", "cheapgold(dot)com",
-# "cheapgold[.]com", "cheapgold点com", "www . site . com", "www dot buygold dot com". Only the common top-level domains, ending the
-# word. The word before " dot " must be able to name a site: in "the dot com bubble", "requires dot net", "install dot
-# net", "late 90s dot com vibes" or "a red dot on the map" it cannot, and those stay; nor is "dot net framework / 4.8"
-# or "dot com era" a link. A 点 after a number of one or two digits is "o'clock" (凌晨 3 点 online, 9点top 路): an hour,
-# no site (a site named by digits has more: 163点com, 1234点com).
-_SPELLED_TLD = r"com|net|org|cn|ru|io|gg|xyz|top|info|biz|cc|tv|shop|store|site|online|vip|club"
-_LINK_DOT = r"(?:[ \t]*[\[(（{][ \t]*(?:dot|\.)[ \t]*[\])）}][ \t]*|[ \t]+dot[ \t]+|[ \t]*[点點][ \t]*|[．｡。])"
-_NOT_A_SITE = (r"the|a|an|this|that|these|those|its|his|her|my|your|our|their|of|on|in|at|to|with|via|by|for|from|into"
-               r"|and|or|is|was|use|uses|using|used|need|needs|require|requires|run|runs|made|written|built|like|than|new"
-               r"|old|red|green|blue|white|black|yellow|polka|little|tiny|big|small|one|single|each|every|no|any|some"
-               r"|very|late|early|install|installs|installed|installing|reinstall|reinstalled|update|updates|updated"
-               r"|updating|download|downloads|downloaded|downloading|repair|repaired|missing|get|gets|got|getting"
-               r"|[0-9]{2,4}['’]?s")
-# what follows .NET or the dot-com era written as words
-_DOT_WORD_AFTER = (r"net[ \t]+(?:framework|core|runtime|sdk|desktop|redist|v?[0-9])"
-                   r"|com[ \t]+(?:era|bubble|boom|bust|crash|vibes?|days|age|years|compan|startup)")
-_CLOCK = r"[0-9]{1,2}[ \t]*[点點]"  # an hour: "3 点", "9点"
-# a number of points: a name of digits spells a site only before com/net/org/cn ("163点com"; "999 点 top 伤害" stays)
-_COUNT_POINTS = r"[0-9]+[ \t]*[点點][ \t]*(?!(?:com|net|org|cn)(?![A-Za-z0-9]))"
-# a link's name starts after no letter, digit, "@", "." or "-"; Han, kana and Hangul text may touch it on either side
-# ("攻略都在x.com上面", "공략은example.com에서"): those scripts write no spaces
-_WORD_CHAR = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
-_NO_WORD_BEFORE = rf"(?<!{_WORD_CHAR})(?<![@.\-])"
-_WWW_DOT = rf"(?:{_LINK_DOT}|[ \t]+\.[ \t]*|\.[ \t]+)"  # after www also a full stop with a space
-_SPELLED_LINK = (rf"{_NO_WORD_BEFORE}(?:www{_WWW_DOT}[A-Za-z0-9-]+(?:(?:{_WWW_DOT}|\.)[A-Za-z0-9-]+)*(?:{_WWW_DOT}|\.)(?:{_TLD})"
-                 rf"|(?!(?:{_NOT_A_SITE})[ \t]+dot[ \t]|[A-Za-z0-9-]+[ \t]+dot[ \t]+(?:{_DOT_WORD_AFTER})|{_CLOCK}|{_COUNT_POINTS})"
-                 rf"[A-Za-z0-9-]+(?:{_LINK_DOT}[A-Za-z0-9-]+)*{_LINK_DOT}(?:{_SPELLED_TLD}))"
-                 rf"(?![A-Za-z0-9])(?:/{URL_CHARS}*)?")
-PII_PATTERNS: dict[str, re.Pattern[str]] = {
-    # steamcommunity.com/profiles/<17 digits>/... , /id/<vanity>/... , /user/<code>; s.team/p/<code> invites
-    "profile_url": re.compile(r"(?:https?://)?(?:www\.)?steamcommunity\.com/(?:profiles|id|user)/[A-Za-z0-9\-._~:/?#@!$&*+,;=%]*"
-                              r"|(?:https?://)?s\.team/p/[\w-]+(?:/[\w-]+)?", re.I),
-    # "name@example.com" and spelled out: "name at gmail dot com", "name(at)qq(dot)com", "name艾特qq点com"
-    "email": re.compile(_EMAIL, re.I),
-    # SteamID64: 7656119 + 10 digits; legacy STEAM_X:Y:Z and SteamID3 [U:1:Z] (Valve Developer Wiki, "SteamID")
-    "steam_id": re.compile(r"(?<!\d)7656119\d{10}(?!\d)|STEAM_[0-5]:[01]:\d{1,10}|\[?U:1:\d{1,10}\]?"),
-    # a friend code (the 32-bit account id) given as one, also spaced out ("123 456 789")
-    "friend_code": re.compile(r"(?:friend\s*code|friend\s*id|好友代码|好友代碼|好友码|好友碼|好友id)\s*(?:[:：是为]|is)?\s*\d(?:[ \-]?\d){4,9}(?!\d)", re.I),
-    # QQ / WeChat contacts, obfuscated: 扣扣 一二三四五, 企鹅号 1 2 3 4 5 6, V❤ abc_123
-    "contact": re.compile(rf"{_CONTACT}\s*[:：号]?\s*(?:{_DIGITS}|(?<=[信❤♥xX])\s*[A-Za-z][A-Za-z0-9_-]{{4,}})"),
-    # other platforms' player ids: a Discord / BattleTag "name#1234", a Nintendo "SW-1234-5678-9012", an id
-    # named as one ("PSN ID: kirito_99", "gamertag xXSniperXx"); "Xbox: runs fine" is not one
-    # (a handle ends before a full stop: "add me on discord: kirito_99. Great game." keeps its second sentence)
-    "gamer_id": re.compile(r"(?:(?<![\w#])[A-Za-z][\w.]{1,31}#\d{4,5}(?!\d)|(?<![\w-])SW(?:-\d{4}){3}(?!\d)"
-                           r"|(?:(?:psn|xbox|xbl|switch|epic|discord|battle\.?net|origin|uplay|ubisoft|ea|nintendo)\s*"
-                           r"(?:id|name|tag|username|user\s*name)|gamertag|battletag)\s*(?:[:：]|is)?\s*[\w.\-#]{3,32}"
-                           # "my psn is kirito_99", "add me on discord: kirito99": a handle with a digit or "_"
-                           r"|(?<![\w])(?:my|me on)\s+(?:psn|xbox|xbl|switch|epic|discord|battle\.?net|origin|uplay|ubisoft"
-                           r"|nintendo|steam|telegram|line|kakao(?:talk)?|whatsapp|instagram|twitter)(?:\s*(?:id|name|tag|username))?"
-                           r"\s*(?:[:：]|is)?\s*(?=[\w.\-#]*[\d_])[A-Za-z][\w.\-#]{2,31}"
-                           # an in-game name or account id given as one: "my IGN is x_1", "UID：812345678", 游戏ID是 x99
-                           r"|(?:(?<![\w])my\s+ign\s*(?:[:：]|is)?|(?<![\w])ign\s*[:：]|(?:游戏|遊戲)\s*(?:id|名|ID)|账号|帳號|帐号)"
-                           r"\s*(?:是|为|[:：])?\s*(?=[\w.\-#]*[\d_])[A-Za-z0-9][\w.\-#]{2,31}"
-                           r"|(?<![\w])(?:telegram|tg|whatsapp|kakao(?:talk)?|line\s*id|ig)\s*[:：]\s*@?(?=[\w.\-]*[\d_])[A-Za-z][\w.\-]{2,31}"
-                           r"|(?<![\w])uid\s*(?:is|是|[:：])?\s*\d{6,12}(?!\d)|加我?好友\s*[:：]?\s*\d(?:[ \-]?\d){5,11}(?!\d))(?<![.])", re.I),
-    "phone_number": SPAM_PATTERNS["phone_number"],
-    # a mainland resident ID number (GB 11643: area, birth date, sequence, check digit)
-    "id_number": re.compile(r"(?<!\d)[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),
-    # other links: with a scheme or www., or bare domains ("pan.baidu.com/s/xyz", "mega.nz/file/x")
-    # (a link does not end in the punctuation after it: "see x.com/news, then", "buy at x.net. Cheap")
-    "link": re.compile(rf"(?:(?:https?://|www\.){URL_CHARS}+"
-                       rf"|{_NO_WORD_BEFORE}(?:[A-Za-z0-9-]+\.)+(?:(?:{_TLD})(?!{_WORD_CHAR}|-|\.(?:{_WORD_CHAR}|-))(?:[/?#]{URL_CHARS}*)?"
-                       rf"|(?:{_WORD_TLD})/{URL_CHARS}*)|{_SPELLED_LINK})(?<![.,;:!?])", re.I),
-}
-_LINK_HINT = re.compile(rf"http|www\.|\.(?:{_TLD})(?![a-z])|\.(?:{_WORD_TLD})/").search
-# what every spelled-out link holds (a trie: one search)
-_SPELLED_WORDS = ["www ", "www. ", "www(", "www[", "www（", "www．", "www点", "dot ", "dot)", "dot]", "dot）", "dot}",
-                  "[.]", "(.)", "（.）", "{.}", "[ .", "( .", "（ .", "{ .",
-                  *(f"{d}{sp}{t}" for d in "点點．｡。" for sp in ("", " ") for t in _SPELLED_TLD.split("|"))]
-_SPELLED_HINT = re.compile(literal_union(_SPELLED_WORDS)).search
-# Every match of a PII pattern contains a match of one of its hints in the lower-cased text: the cheap test first
-_STEAM_ID_HINT = re.compile(r"steam_|u:1:").search
-_FRIEND_HINT = re.compile(r"friend|好友").search
-_CONTACT_ID = re.compile(r"(?:信|❤|♥|vx|wx)\s*[:：号]?\s*[a-z]").search
-_PII_HINTS: dict[str, Callable[[str], object]] = {
-    "profile_url": re.compile(r"steamcommunity|s\.team").search,
-    "email": re.compile(r"@|＠|艾特| at |\(at|\[at|（at|[-_]at[-_]").search,
-    "steam_id": lambda low: (_digit_run(low) and "7656119" in low) or _STEAM_ID_HINT(low),
-    "friend_code": lambda low: _digit_run(low) and _FRIEND_HINT(low),
-    "contact": lambda low: _digit_run(low) or _CONTACT_ID(low),
-    "gamer_id": re.compile(r"#\d|sw-|gamertag|battletag|psn|xbox|xbl|switch|epic|discord|battle|origin|uplay|ubisoft"
-                           r"|nintendo|ea ?id|ea ?name|ea ?tag|ea ?user"
-                           r"|(?:my|me on) (?:steam|telegram|line|kakao|whatsapp|instagram|twitter)|my ign"
-                           r"|ign\s*[:：]|uid|游戏\s*(?:id|名)|遊戲\s*(?:id|名)|账号|帳號|帐号|好友|telegram|whatsapp|kakao|line\s*id|\b(?:tg|ig)\s*[:：]").search,
-    "phone_number": _PATTERN_HINTS["phone_number"],
-    "id_number": _digit_run,
-    "link": lambda low: _LINK_HINT(low) or _SPELLED_HINT(low),
-}
-# The literal part of every hint above as one trie (the rest is the five-digit run): a text with
-# neither skips all of them in one search instead of one search per kind.
-_PII_GATE = re.compile(literal_union([
-    "steamcommunity", "s.team", "@", "＠", "艾特", " at ", "(at", "[at", "（at", "-at-", "_at_", "steam_", "u:1:", "信", "❤", "♥", "vx", "wx",
-    *(f"#{d}" for d in "0123456789"), *(f"+{d}" for d in "0123456789"), "sw-", "gamertag", "battletag", "psn", "xbox",
-    "xbl", "switch", "epic", "discord", "battle", "origin", "uplay", "ubisoft", "nintendo",
-    *(f"ea{sep}{w}" for sep in ("", " ") for w in ("id", "name", "tag", "user")), "http", "www.",
-    *(f".{t}" for t in _TLD.split("|")), *(f".{t}/" for t in _WORD_TLD.split("|")), *_SPELLED_WORDS])).search
-# the words of a cloud-drive share code ("提取码: abcd")
-_SHARE_CODE = r"提取码|提取密码|访问码|分享码|提取碼|訪問碼"
-# the named-id forms' literals, a trie of their own (one trie with the above searches ~3x slower)
-_ID_GATE = re.compile(literal_union([
-    "my steam", "me on steam", "my line", "me on line", "my ign", "ign:", "ign：", "uid", "游戏id", "游戏名", "游戏 id", "遊戲",
-    "账号", "帳號", "帐号", "好友", "telegram", "whatsapp", "kakao", "instagram", "twitter", "line id", "tg:", "tg：", "ig:", "ig：",
-    *_SHARE_CODE.split("|")])).search
-
-
-# Full-width forms (U+FF01–FF5E: "ｃｄｋｅｙｓ．ｃｏｍ", "name＠qq.com") folded to their NFKC form, which is one ASCII
-# character each, so offsets in the folded text are offsets in the original
-_WIDTH_FOLD = {c: unicodedata.normalize("NFKC", chr(c)) for c in range(0xFF01, 0xFF5F)}
-assert all(len(v) == 1 for v in _WIDTH_FOLD.values())
-_WIDE_ALNUM = re.compile(r"[０-９＠Ａ-Ｚａ-ｚ]").search  # only a full-width letter, digit or ＠ can make a link or address
-# Single letters or digits with spaces, a slash or a spaced dot (also "dot", "(dot)", 点, a full-width or ideographic
-# dot: "m y g u i d e 。 c o m") between them, "c d k e y s . c o m",
-# "c d k e y s dot c o m" (a TLD written whole may end it: "c d k e y s . com"); joined only when they spell a domain
-# (_SPACED_DOMAIN) in one case (_one_case), so "A B C of RPGs", "J. R. R. Tolkien", "10 / 10" and "F E A R . net code"
-# stay as they are. A full stop with a space after it and none before ends a sentence or an abbreviation, it is no
-# domain's dot: "8 p. m. Top players", "W A S D. Pro tip", "G O T Y. Top 3"
-_RUN_DOT = r"(?:[ \t]+\.[ \t]*|\.(?![ \t])|[ \t]+dot[ \t]+|[ \t]*[\[(（]dot[\])）][ \t]*|[ \t]*[点點．｡。][ \t]*)"
-_SPACED_RUN = re.compile(rf"(?<![A-Za-z0-9.])[A-Za-z0-9](?:(?:[ \t]+|{_RUN_DOT}|[ \t]*/[ \t]*)[A-Za-z0-9](?![A-Za-z0-9]))+"
-                         rf"(?:{_RUN_DOT}(?:{_TLD})(?![A-Za-z0-9]))?", re.I)
-_DOT_SPELLINGS = (".", "点", "點", "．", "。", "｡", "dot", "DOT", "Dot")  # one of them is in every run that spells a domain
-_RUN_TOKEN = re.compile(r"[A-Za-z0-9]+|[.点點．。｡/]")  # in a run: what is kept of it (a dot spelling becomes ".")
-_IS_CLOCK = re.compile(_CLOCK).match
-_SPACED_DOMAIN = re.compile(rf"(?:[a-z0-9-]+\.)+(?:{_TLD})(?:/[a-z0-9/]*)?", re.I).fullmatch  # a path may follow
-
-
-def _one_case(joined: str) -> bool:
-    """Whether a joined run's letters are all lower case, or all upper case with a name of three or more characters
-    (a dot spelled "DOT" is a "." by then): "W P . G G" and "E Z . G G" are game chat, "C D K E Y S . C O M" a shop."""
-    letters = "".join(c for c in joined if c.isalpha())
-    return letters.islower() or (letters.isupper() and len(joined.split(".", 1)[0]) >= 3)
-
-# the cheap test first, on " " + the text: a run's second letter has a space before it (led by a character class, re
-# skips ahead in C: ~2x faster than a lookbehind first)
-_SPACED_PAIR = re.compile(r"[ \t][A-Za-z0-9][ \t]+[A-Za-z0-9](?![A-Za-z0-9])").search
-
-
-@functools.lru_cache(maxsize=4)
-def matching_view(text: str) -> tuple[str, tuple[int, ...] | None]:
-    """The text the link and e-mail patterns search, and where its characters come from: full-width forms folded
-    (NFKC) and letter-spaced domains joined ("c d k e y s . c o m" and "c d k e y s dot c o m" → "cdkeys.com").
-    ``(view, where)``: ``view[i]`` comes from ``text[where[i]]`` (a dot spelled "dot" from its "d"); ``where`` is
-    ``None`` when no run was joined (then offsets are the same). The kept text keeps its own characters: spans found
-    in the view are cut from ``text`` (:func:`_original_span`). Cached: the spam and personal-data rules ask about
-    the same text."""
-    view = text.translate(_WIDTH_FOLD) if _WIDE_ALNUM(text) else text
-    if not any(d in view for d in _DOT_SPELLINGS) or not _SPACED_PAIR(" " + view):
-        return view, None
-    chars: list[str] = []
-    where: list[int] = []
-    pos = 0
-    for m in _SPACED_RUN.finditer(view):
-        tokens = [(t.start(), "." if t.group(0) in "点點．。｡" or t.group(0).lower() == "dot" else t.group(0))
-                  for t in _RUN_TOKEN.finditer(view, m.start(), m.end())]
-        joined = "".join(t for _, t in tokens)
-        if " " not in m.group(0) or not _SPACED_DOMAIN(joined) or not _one_case(joined) or _IS_CLOCK(m.group(0)):
-            continue
-        chars += view[pos:m.start()]
-        where += range(pos, m.start())
-        for i, t in tokens:
-            chars += t
-            where += range(i, i + len(t))
-        pos = m.end()
-    if not pos:
-        return view, None
-    return "".join(chars) + view[pos:], tuple(where) + tuple(range(pos, len(view)))
-
-
-def _original_span(where: tuple[int, ...] | None, a: int, b: int) -> tuple[int, int]:
-    """The span in the original text of the view's span ``[a, b)`` (``b > a``)."""
-    return (a, b) if where is None else (where[a], where[b - 1] + 1)
-
-
-def _cut(text: str, spans: list[tuple[int, int]], repl: str = "") -> str:
-    """``text`` with each of ``spans`` (sorted, not overlapping) replaced by ``repl``."""
-    out, pos = [], 0
-    for a, b in spans:
-        out += [text[pos:a], repl]
-        pos = b
-    return "".join(out) + text[pos:]
-
-
 def mask_pii(text: str) -> str:
     """``text`` with every :func:`scrub_pii` match replaced by ``▇`` (for examples shown to people); overlapping
     matches of several kinds become one ``▇``."""
     view, where = matching_view(text)
     low = view.lower()
     spans: list[tuple[int, int]] = []
-    for kind, hint in _PII_HINTS.items():
+    for kind, hint in PII_HINTS.items():
         if hint(low):
-            spans += [_original_span(where, *m.span()) for m in PII_PATTERNS[kind].finditer(view)
-                      if not (kind == "link" and _kept_as_text(m)) and not (kind == "email" and _word_at_site(view, m))]
+            spans += [original_span(where, *m.span()) for m in PII_PATTERNS[kind].finditer(view)
+                      if not (kind == "link" and _kept_as_text(m)) and not (kind == "email" and word_at_site(view, m))]
     merged: list[tuple[int, int]] = []
     for a, b in sorted(spans):
         if merged and a < merged[-1][1]:
             merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
         else:
             merged.append((a, b))
-    return _cut(text, merged, "▇")
+    return cut(text, merged, "▇")
 
 
 def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
@@ -646,23 +374,23 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     view, where = matching_view(text)
     low = view.lower() if view is not text else text.lower() if low is None else low
     kinds: list[str] = []
-    if not _digit_run(low) and not _PII_GATE(low) and not _ID_GATE(low):
+    if not digit_run(low) and not PII_GATE(low) and not ID_GATE(low):
         return text, kinds
     spans: list[tuple[int, int]] = []
     for kind in _CONTACT_KINDS:
-        if _PII_HINTS[kind](low):
+        if PII_HINTS[kind](low):
             found = [m.span() for m in PII_PATTERNS[kind].finditer(view)
                      if not any(a < m.end() and m.start() < b for a, b in spans)  # inside an earlier kind's match
-                     and not (kind == "phone_number" and _game_number(view, m))
-                     and not (kind == "email" and _word_at_site(view, m))]
+                     and not (kind == "phone_number" and game_number(view, m))
+                     and not (kind == "email" and word_at_site(view, m))]
             if found:
                 spans += found
                 kinds.append(kind)
     if spans:
-        text = _drop_contacts(text, [_original_span(where, a, b) for a, b in spans])
+        text = _drop_contacts(text, [original_span(where, a, b) for a, b in spans])
         view, where = matching_view(text)
         low = view.lower()
-    if _PII_HINTS["link"](low):
+    if PII_HINTS["link"](low):
         new = _scrub_links(text, view, where)
         if new != text:
             text = new
@@ -680,17 +408,17 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
     it and passes its capital on ("Check out x.com, it is great." → "It is great.")."""
     brackets = _bracketed_links(view)
     if brackets:
-        text = _cut(text, [_original_span(where, a, b) for a, b in brackets])
+        text = cut(text, [original_span(where, a, b) for a, b in brackets])
         view, where = matching_view(text)
     found = _links_with_leads(view)
-    clauses = [_original_span(where, a, b) for a, _, b, pred in found if pred or _whole_sentence(view, a, b)]
+    clauses = [original_span(where, a, b) for a, _, b, pred in found if pred or _whole_sentence(view, a, b)]
     if clauses:
         text = _drop_contacts(text, clauses)
         view, where = matching_view(text)
         found = _links_with_leads(view)
     cuts = []  # each cut's distance from the end: the cuts before it leave it valid
     for _, a, b, _ in reversed(found):  # from the end: the spans before stay valid
-        a, b = _original_span(where, a, b)
+        a, b = original_span(where, a, b)
         tail = text[b:]
         if _SENTENCE_START.search(text, 0, a):
             b += _LEFTOVER.match(tail).end()
@@ -977,7 +705,7 @@ _LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(
                         rf"|(?<![^\W\d_])(?:{_OTHER_LEAD})|(?=[:：]))[ \t]*[:：]?[ \t]*\Z", re.I)
 # what goes after a link: a cloud-drive share code ("提取码: abcd", "密码 1234", "pwd: x7k2"); a 在 frame's closing
 # word; "for …" after "see x"
-_SHARE_CODE_AFTER = re.compile(rf"(?:[ \t]*[,，(（]?[ \t]*(?:{_SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
+_SHARE_CODE_AFTER = re.compile(rf"(?:[ \t]*[,，(（]?[ \t]*(?:{SHARE_CODE}|密码|密碼|pwd|password|code)[ \t]*[:：=]?[ \t]*"
                                r"[A-Za-z0-9]{4,8}(?![A-Za-z0-9])[)）]?)?", re.I)
 # (a 上 that begins a verb stays: 在x.com上线了 → 上线了; 上架, 上市, 上新, 上传, 上映)
 _FRAME_END = re.compile(r"(?:[ \t]*(?:上面|里面|上(?![线線架市新传傳映演升涨漲瘾癮])|里|中|内)的?)?[ \t]*")
@@ -995,7 +723,7 @@ _SEE_CONJUNCTION = re.compile(r"[ \t]+(?:(?:and|but|or|so|because|cause|cuz)(?:[
                               r"|(?P<sub>if|when|while|unless|since|until|though|although|once|then)(?![^\W\d_]))", re.I)
 _CLAUSE_START_BEFORE = re.compile(r"(?:^|[,;:.!?，；：。！？…\n(（\-])[ \t]*\Z")
 # a share code whose link is gone (or was never a link): its words name nothing else
-_LONE_SHARE_CODE = re.compile(rf"(?:{_SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
+_LONE_SHARE_CODE = re.compile(rf"(?:{SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")
 _CLAUSE_END = re.compile(r"[,;，；]")
 _TERMINATOR = re.compile(r"[\s.!?。！？…]*$")
@@ -1072,17 +800,13 @@ NAME_DOMAINS = {"hole.io", "agar.io", "slither.io", "krunker.io", "diep.io", "pa
 _SPELLED_NAME_DOT = re.compile(r"[ \t]*[点點][ \t]*")  # "4399点com" is the name 4399.com
 # a scheme, "www", a path, a query or a fragment: a link whatever its case and whatever touches it
 _FULL_LINK = re.compile(r"^(?:https?://|www)|[/?#]", re.I).search
-# the top-level domains of links typed into Han, kana or Hangul text: common web ones and the country codes of the
-# sites such reviews name ("公式サイトはmygame.jpです"), none of them a file extension or a word in game talk ("npc.ai",
-# "xbox.live", "save.info", "ui.top", "game.app", "switch.pro", "main.cc", "texture.pl" stay)
-_CJK_WEB_TLD = re.compile(r"(?:com|net|org|cn|gg|tv|io|xyz|jp|kr|tw|hk|ru|de|fr|uk)\Z").search
 
 
 def _kept_as_text(m: re.Match[str]) -> bool:
     """Whether a link match is a platform's bare domain (:data:`PLATFORM_DOMAINS`), a game or review site's name
     (:data:`NAME_DOMAINS`, with no lead-in before it: "visit agar.io" is a link), or words touching Han, kana or Hangul
     text that a link there would not be: one with an upper-case letter ("还是PVP。Online模式", "ＢＧＭ．ＳＥ都很棒", "打出了GG。GG":
-    an acronym and a sentence end), or with a top-level domain links there do not use (:data:`_CJK_WEB_TLD`:
+    an acronym and a sentence end), or with a top-level domain links there do not use (:data:`CJK_WEB_TLD`:
     "游戏里的npc.ai很蠢"). One with a scheme, "www", a path or a query is a link all the same (:data:`_FULL_LINK`). Shops'
     links are adverts all the same (:func:`spam_reason`)."""
     found = m.group(0)
@@ -1093,7 +817,7 @@ def _kept_as_text(m: re.Match[str]) -> bool:
     touches = (a and CJK_CHAR(text[a - 1])) or (b < len(text) and CJK_CHAR(text[b]))
     if not touches or _FULL_LINK(found):
         return False
-    return found != low or not _CJK_WEB_TLD(low)
+    return found != low or not CJK_WEB_TLD(low)
 
 
 def _points_at(text: str, a: int) -> bool:
@@ -1101,7 +825,6 @@ def _points_at(text: str, a: int) -> bool:
     Agar.io" names a game)."""
     lead = _LINK_LEAD.search(text, max(0, a - 40), a)
     return lead is not None and lead.start("bare") < 0
-
 
 
 _NOT_WORD = re.compile(r"[\W_]+")

@@ -70,7 +70,6 @@ def normalize_whitespace(text: str) -> str:
     return _MANY_NL.sub("\n\n", text).strip()
 
 
-
 _MASK = re.compile(r"♥{2,}")
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from steam_persona.reviews import cleaning, language as language_mod, text as text_mod, wordlist
+from steam_persona.reviews import cleaning, language as language_mod, pii, text as text_mod, wordlist
 
 
 def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():
@@ -169,14 +169,14 @@ def test_spam_the_hints_used_to_hide():
                                                 "x(dot)org", "mmogold点com", "www dot wiki dot com", "mmogold。com"])
 def test_pii_hints_never_hide_a_match(text):
     """Every kind a pattern finds is reported, and nothing any pattern finds is left."""
-    kinds = [k for k, p in cleaning.PII_PATTERNS.items() if k != "link"
-             and any(not (k == "email" and cleaning._word_at_site(text, m)) for m in p.finditer(text))]
+    kinds = [k for k, p in pii.PII_PATTERNS.items() if k != "link"
+             and any(not (k == "email" and pii.word_at_site(text, m)) for m in p.finditer(text))]
     out, got = cleaning.scrub_pii(text)
-    kept = cleaning.PII_PATTERNS["link"].sub(lambda m: m.group(0) if cleaning._kept_as_text(m) else "", out)
+    kept = pii.PII_PATTERNS["link"].sub(lambda m: m.group(0) if cleaning._kept_as_text(m) else "", out)
     kinds += ["link"] if kept != out or "link" in got else []
     assert got == kinds
     assert not any(p.search(out) and not (k == "link" and cleaning._kept_as_text(p.search(out)))
-                   for k, p in cleaning.PII_PATTERNS.items())
+                   for k, p in pii.PII_PATTERNS.items())
 
 
 def test_pii_scrub_removes_profile_urls_ids_phones_emails():
