@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from rich.table import Table
 
 from steam_persona.common import atomic
-from steam_persona.reviews import cleaning, language as language_mod, text as text_mod, wordlist
+from steam_persona.reviews import cleaning, language as language_mod, links, text as text_mod, wordlist
 from steam_persona.common import config
 from steam_persona.reviews import noise
 from steam_persona.common import persona
@@ -199,7 +199,7 @@ def mask(text: str, author: str | None = None, lists: tuple[Any, ...] = (), hand
     (report examples). Invisible characters go first (:func:`~steam_persona.reviews.text.strip_invisible`), so
     ``n\u200bigger`` or a name split by a soft hyphen is masked in the examples of the rules that see it
     before ``normalize_whitespace`` removes them."""
-    text = cleaning.mask_pii(text_mod.strip_invisible(text))
+    text = links.mask_pii(text_mod.strip_invisible(text))
     if "@" in text or "＠" in text:
         text = noise._MENTION.sub("▇", text)
     text = noise._SIGNATURE.sub("▇", text)
@@ -331,7 +331,7 @@ class _Rules:
             if word:
                 return self._drop("blocklist", r, word.lower())
         if cfg.scrub_pii:
-            self._scrubbed("scrub_pii", r, *cleaning.scrub_pii(r.text, low))
+            self._scrubbed("scrub_pii", r, *links.scrub_pii(r.text, low))
         if cfg.drop_checklists and noise.checklist_reason(r.text):
             return self._drop("checklist", r)
         if cfg.drop_little_language and r.text and noise.little_language_reason(r.text):

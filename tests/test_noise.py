@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steam_persona.reviews import cleaning, language as language_mod, wordlist
+from steam_persona.reviews import cleaning, language as language_mod, links, wordlist
 from steam_persona.reviews import noise
 
 
@@ -284,7 +284,7 @@ def test_not_campaigns(text):
     ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", "", ["link"]),
 ])
 def test_personal_data_forms(text, kept, kinds):
-    assert cleaning.scrub_pii(text) == (kept, kinds)
+    assert links.scrub_pii(text) == (kept, kinds)
 
 
 @pytest.mark.parametrize("text", [
@@ -295,7 +295,7 @@ def test_personal_data_forms(text, kept, kinds):
     "I was at home",
 ])
 def test_not_personal_data(text):
-    assert cleaning.scrub_pii(text) == (text, [])
+    assert links.scrub_pii(text) == (text, [])
 
 
 def test_identity_slurs_hits_and_near_misses():
@@ -368,9 +368,9 @@ def test_residue_items_share_a_line_and_korean_dates():
 
 
 def test_links_end_at_non_url_characters_and_platform_names_stay():
-    assert cleaning.scrub_pii("看这里 https://store.steampowered.com/about/?snr=1_5灵、服务器短板") == ("看这里 灵、服务器短板", ["link"])
-    assert cleaning.scrub_pii("needs a Battle.net account, also on GOG.com") == ("needs a Battle.net account, also on GOG.com", [])
-    assert cleaning.scrub_pii("my blog coolgamer.net has more reviews of games") == ("my blog  has more reviews of games", ["link"])
+    assert links.scrub_pii("看这里 https://store.steampowered.com/about/?snr=1_5灵、服务器短板") == ("看这里 灵、服务器短板", ["link"])
+    assert links.scrub_pii("needs a Battle.net account, also on GOG.com") == ("needs a Battle.net account, also on GOG.com", [])
+    assert links.scrub_pii("my blog coolgamer.net has more reviews of games") == ("my blog  has more reviews of games", ["link"])
     assert noise.little_language_reason("中文10/10，音乐9.5/10，剧情9/10，综合9.5/10，K社经典") is None
 
 
@@ -385,9 +385,9 @@ def test_han_shortcut_gives_the_counted_answer(text):
 
 def test_a_missing_space_after_a_full_stop_is_not_a_link():
     for keep in ("It was fun.It is also long.In the end good.My rating: 8", "(555) 0x1F build 2.0.1"):
-        assert cleaning.scrub_pii(keep) == (keep, [])
-    assert cleaning.scrub_pii("the trailer youtu.be/abc123 here is worth a look") == ("the trailer  here is worth a look", ["link"])
-    assert cleaning.scrub_pii("Fair. call (555) 123-4567 or 555-123-4567") == ("Fair.", ["phone_number"])
+        assert links.scrub_pii(keep) == (keep, [])
+    assert links.scrub_pii("the trailer youtu.be/abc123 here is worth a look") == ("the trailer  here is worth a look", ["link"])
+    assert links.scrub_pii("Fair. call (555) 123-4567 or 555-123-4567") == ("Fair.", ["phone_number"])
     assert noise.strip_page_residue("Great game\nRead more\n3 comments") == "Great game"
 
 
