@@ -45,14 +45,15 @@ SHARED = Path(os.environ.get("STEAM_PERSONA_SHARED", REPO.parent / "shared"))
 sys.path.insert(0, str(REPO))
 
 from steam_persona.common import config
-from steam_persona.reviews import cleaning, language as language_mod, links, noise, sources, text as text_mod, wordlist
+from steam_persona.reviews import cleaning, language as language_mod, links, noise, sources, spam, text as text_mod, wordlist
 from steam_persona.reviews.prepare import PrepareConfig, run  # noqa: E402
 
 #: the functions of the per-record rules and the duplicate finder, timed one by one by :func:`per_rule_seconds`
 RULE_FUNCTIONS = {
-    cleaning: ("strip_bbcode", "strip_html", "spam_reason", "dedup_key"),
+    cleaning: ("strip_bbcode", "strip_html", "dedup_key"),
     text_mod: ("normalize_whitespace", "has_profanity_mask"),
     language_mod: ("detect_language", "script_mismatch"),
+    spam: ("spam_reason",),
     links: ("scrub_pii",),
     noise: ("strip_page_residue", "strip_handles", "strip_art", "checklist_reason", "little_language_reason",
             "repetition_reason", "length"),

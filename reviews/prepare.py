@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from rich.table import Table
 
 from steam_persona.common import atomic
-from steam_persona.reviews import cleaning, language as language_mod, links, text as text_mod, wordlist
+from steam_persona.reviews import cleaning, language as language_mod, links, spam, text as text_mod, wordlist
 from steam_persona.common import config
 from steam_persona.reviews import noise
 from steam_persona.common import persona
@@ -317,9 +317,9 @@ class _Rules:
         if cfg.drop_masked and text_mod.has_profanity_mask(r.text):
             return self._drop("profanity_mask", r)
         if cfg.drop_spam:
-            self._transform("promo_footer", r, cleaning.strip_promo_footer)
+            self._transform("promo_footer", r, spam.strip_promo_footer)
             low = text_mod.lowered(r.text)
-            reason = cleaning.spam_reason(r.text, low)
+            reason = spam.spam_reason(r.text, low)
             if reason:
                 return self._drop("spam", r, reason)
         if self.slurs is not None:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from steam_persona.reviews import cleaning, language as language_mod, links, pii, text as text_mod, wordlist
+from steam_persona.reviews import cleaning, language as language_mod, links, pii, spam as spam_mod, text as text_mod, wordlist
 
 
 def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():
@@ -117,7 +117,7 @@ def test_profanity_mask_detection():
     ("鉴赏家页面 https://store.steampowered.com/curator/123/", "url"),
 ])
 def test_spam_signals(text, reason):
-    assert cleaning.spam_reason(text) == reason
+    assert spam_mod.spam_reason(text) == reason
 
 
 @pytest.mark.parametrize("text", [
@@ -129,7 +129,7 @@ def test_spam_signals(text, reason):
     "The promo art is nice, the code is clean",
 ])
 def test_not_spam(text):
-    assert cleaning.spam_reason(text) is None
+    assert spam_mod.spam_reason(text) is None
 
 
 #: spam the pre-filter used to hide (no hint in the text although a pattern matched), and near misses
@@ -139,7 +139,7 @@ _HINT_CASES = ["扣 扣 12345678", "大家请点个赞吧", "老板 帮忙点个
                "subtitles are fine", "打了 1234567 分"]
 
 
-_SPAM_ANY = re.compile("|".join(f"(?P<{name}>{p.pattern})" for name, p in cleaning.SPAM_PATTERNS.items()))
+_SPAM_ANY = re.compile("|".join(f"(?P<{name}>{p.pattern})" for name, p in spam_mod.SPAM_PATTERNS.items()))
 
 
 @pytest.mark.parametrize("text", _HINT_CASES + ["代练联系13812345678", "关注公众号领取礼包", "加vx: game_helper88 领福利",
@@ -153,13 +153,13 @@ def test_spam_hints_never_hide_a_match(text):
     """The literal pre-filters only skip texts no pattern matches: the result equals running every
     pattern at once (leftmost match, pattern order on ties)."""
     m = _SPAM_ANY.search(text.lower())
-    assert cleaning.spam_reason(text) == (m.lastgroup if m else None)
+    assert spam_mod.spam_reason(text) == (m.lastgroup if m else None)
 
 
 def test_spam_the_hints_used_to_hide():
-    assert [cleaning.spam_reason(t) for t in _HINT_CASES[1:6]] == [
+    assert [spam_mod.spam_reason(t) for t in _HINT_CASES[1:6]] == [
         "award_begging", "award_begging", "stream_promo", "qq_wechat_group", "qq_wechat_group"]
-    assert [cleaning.spam_reason(t) for t in ("送你一个小建议", "送了朋友一份", "版本 1.0.3.2 修好了")] == [None, None, None]
+    assert [spam_mod.spam_reason(t) for t in ("送你一个小建议", "送了朋友一份", "版本 1.0.3.2 修好了")] == [None, None, None]
 
 
 @pytest.mark.parametrize("text", _HINT_CASES + ["邮箱 me@example.com", "a(at)b(dot)com", "+44 20 7946 0958",
@@ -330,12 +330,12 @@ _NOT_PII = [
 @pytest.mark.parametrize("text", _PII_FORMS)
 def test_personal_data_forms_never_survive(text):
     out, kinds = links.scrub_pii(f"好玩 {text} 推荐")
-    assert cleaning.spam_reason(text) or (kinds and not re.search(r"\d{5}|[A-Za-z]{2,}\w*[_#]\w+", out)), out
+    assert spam_mod.spam_reason(text) or (kinds and not re.search(r"\d{5}|[A-Za-z]{2,}\w*[_#]\w+", out)), out
 
 
 @pytest.mark.parametrize("text", _NOT_PII)
 def test_numbers_and_words_that_are_not_personal_data_stay(text):
-    assert links.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+    assert links.scrub_pii(text) == (text, []) and spam_mod.spam_reason(text) is None
 
 
 @pytest.mark.parametrize("text,want,kinds", [
@@ -430,7 +430,7 @@ def test_a_link_as_predicate_takes_only_its_own_words(text, want):
     "I made my own textures in Paint.net and they look great.", "I bought it on Amazon.com and the key worked fine.",
 ])
 def test_a_known_game_or_review_site_named_by_its_domain_is_a_name(text):
-    assert links.scrub_pii(text) == (text, []) and links.mask_pii(text) == text and cleaning.spam_reason(text) is None
+    assert links.scrub_pii(text) == (text, []) and links.mask_pii(text) == text and spam_mod.spam_reason(text) is None
 
 
 @pytest.mark.parametrize("text,want", [
@@ -465,7 +465,7 @@ def test_a_bare_domain_not_on_the_name_list_is_a_link_whatever_its_case(text, wa
     ("Guides at MYWIKI.COM, great game.", None, "Great game."),
 ])
 def test_shops_and_links_written_with_capitals_are_still_caught(text, spam, want):
-    assert cleaning.spam_reason(text) == spam
+    assert spam_mod.spam_reason(text) == spam
     assert spam or links.scrub_pii(text) == (want, ["link"])
 
 
@@ -491,14 +491,14 @@ def test_links_touching_cjk_text_are_links(text, want):
 
 @pytest.mark.parametrize("text", ["便宜正版key就上cdkeys.com购买，很便宜", "便宜正版key就上ｃｄｋｅｙｓ．ｃｏｍ购买", "便宜金币就上cheapgold点com购买"])
 def test_shop_links_touching_cjk_text_are_adverts(text):
-    assert cleaning.spam_reason(text) == "url"
+    assert spam_mod.spam_reason(text) == "url"
 
 
 @pytest.mark.parametrize("text", ["在Battle.net上面买的", "版本v1.2更新了，画面很好", "游戏里的key.bindings很难改", "steam上买的keys很便宜",
                                   "王道のＲＰＧ。ＴＶアニメも見たけど、ゲームの方が面白い。", "主要玩的还是PVP。Online模式人很多，匹配很快。",
                                   "对面直接打出了GG。GG，这游戏太好玩了。", "画面、ＢＧＭ．ＳＥ都很棒，强烈推荐这款游戏。"])
 def test_latin_words_touching_cjk_text_without_a_domain_stay(text):
-    assert links.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+    assert links.scrub_pii(text) == (text, []) and spam_mod.spam_reason(text) is None
 
 
 @pytest.mark.parametrize("text", ["我在网上买的，很便宜", "在 bilibili.com 上面看的攻略", "攻略都在游戏里面，不用上网查"])
@@ -559,7 +559,7 @@ def test_addresses_with_a_spaced_dot_on_both_sides_or_after_an_at_sign_are_email
 @pytest.mark.parametrize("text", ["Buy gold at cheapgold dot com, fast delivery", "www dot buygold dot com", "www. cheapkeys. com",
                                   "cheapkeys(dot)net has it for 5 bucks", "最便宜的key在 keyshop点com"])
 def test_spelled_out_shop_links_are_adverts(text):
-    assert cleaning.spam_reason(text) == "url"
+    assert spam_mod.spam_reason(text) == "url"
 
 
 @pytest.mark.parametrize("text", ["ｃｄｋｅｙｓ．ｃｏｍ", "Get keys at c d k e y s . c o m cheap", "ｗｗｗ．ｇ２ａ．ｃｏｍ",
@@ -568,7 +568,7 @@ def test_spelled_out_shop_links_are_adverts(text):
                                   "c d k e y s (dot) c o m!"])
 def test_full_width_and_letter_spaced_shop_links_are_adverts(text):
     """Matched after NFKC width folding and after joining single letters that spell a domain."""
-    assert cleaning.spam_reason(text) == "url"
+    assert spam_mod.spam_reason(text) == "url"
 
 
 @pytest.mark.parametrize("text,want", [
@@ -586,7 +586,7 @@ def test_full_width_and_letter_spaced_links_are_links(text, want):
     ("Good guides on g u i d e s . n e t for all bosses. Great game.", "Good guides  for all bosses. Great game.", None),
 ])
 def test_a_domain_before_a_full_stop_is_a_link(text, want, spam):
-    assert cleaning.spam_reason(text) == spam
+    assert spam_mod.spam_reason(text) == spam
     assert spam or links.scrub_pii(text) == (want, ["link"])
 
 
@@ -603,7 +603,7 @@ def test_abbreviations_before_a_full_stop_are_no_links(text):
     "下午3点开服，A B 区人多",
 ])
 def test_spaced_letters_and_full_width_text_without_a_domain_stay(text):
-    assert links.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+    assert links.scrub_pii(text) == (text, []) and spam_mod.spam_reason(text) is None
     assert links.mask_pii(text) == text
 
 
@@ -617,7 +617,7 @@ def test_spaced_letters_and_full_width_text_without_a_domain_stay(text):
 ])
 def test_an_abbreviation_before_a_full_stop_is_no_letter_spaced_domain(text):
     """A full stop with a space after it and none before ends a sentence; a run in two cases spells no domain."""
-    assert links.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+    assert links.scrub_pii(text) == (text, []) and spam_mod.spam_reason(text) is None
     assert links.mask_pii(text) == text
 
 
@@ -628,7 +628,7 @@ def test_an_abbreviation_before_a_full_stop_is_no_letter_spaced_domain(text):
     ("Guide: m y g u i d e 。 c o m is useful.", None), ("Guide: m y g u i d e．c o m is useful.", None), ("keys: c d k e y s 。c o m", "url"),
 ])
 def test_letter_spaced_domains_in_one_case_are_still_links(text, spam):
-    assert cleaning.spam_reason(text) == spam and links.scrub_pii(text)[1] == ["link"]
+    assert spam_mod.spam_reason(text) == spam and links.scrub_pii(text)[1] == ["link"]
 
 
 @pytest.mark.parametrize("text", [
@@ -638,7 +638,7 @@ def test_letter_spaced_domains_in_one_case_are_still_links(text, spam):
     "下午3点开服，com 区人多", "dot matrix art style", "polka dot outfits",
 ])
 def test_dot_as_a_word_stays(text):
-    assert links.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+    assert links.scrub_pii(text) == (text, []) and spam_mod.spam_reason(text) is None
 
 
 @pytest.mark.parametrize("text", [
@@ -649,7 +649,7 @@ def test_dot_as_a_word_stays(text):
     "凌晨 3 点 online 人数还有 5 万", "晚上 8 点 tv 直播比赛", "9点top 路总是输", "10 点 info 更新了", "每周三晚上 8 点 C N 服维护",
 ])
 def test_dot_net_dot_com_as_words_and_an_hour_before_dian_are_no_links(text):
-    assert links.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None and links.mask_pii(text) == text
+    assert links.scrub_pii(text) == (text, []) and spam_mod.spam_reason(text) is None and links.mask_pii(text) == text
 
 
 @pytest.mark.parametrize("text,want,spam", [
@@ -658,7 +658,7 @@ def test_dot_net_dot_com_as_words_and_an_hour_before_dian_are_no_links(text):
     ("攻略在 x 点 c o m 上面", "", None),
 ])
 def test_spelled_links_near_those_words_are_still_links(text, want, spam):
-    assert cleaning.spam_reason(text) == spam
+    assert spam_mod.spam_reason(text) == spam
     assert spam or links.scrub_pii(text) == (want, ["link"])
 
 
@@ -685,7 +685,7 @@ def test_share_code_words_alone_stay(text):
                                   "Crit builds hit for 13912345678 at max level.", "伤害数字能到 18612345678，太夸张了",
                                   "Version 13812345678.1 fixed it."])
 def test_game_numbers_named_earlier_in_the_clause_are_not_phones(text):
-    assert links.scrub_pii(text) == (text, []) and cleaning.spam_reason(text) is None
+    assert links.scrub_pii(text) == (text, []) and spam_mod.spam_reason(text) is None
 
 
 @pytest.mark.parametrize("text", ["Damage numbers like 18612345678, call me.", "score 13812345678, call me",
@@ -694,7 +694,7 @@ def test_game_numbers_named_earlier_in_the_clause_are_not_phones(text):
                                   "Call me at 13812345678.", "好玩，电话13812345678。", "Call +44 20 7946 0958."])
 def test_phone_numbers_near_a_contact_word_never_survive(text):
     out, kinds = links.scrub_pii(text)
-    assert cleaning.spam_reason(text) and "phone_number" in kinds and not re.search(r"\d{5}", out), out
+    assert spam_mod.spam_reason(text) and "phone_number" in kinds and not re.search(r"\d{5}", out), out
 
 
 @pytest.mark.parametrize("text,want,kinds", [
@@ -788,7 +788,7 @@ def test_link_markup_keeps_an_adverts_target_for_the_spam_rule(raw, reason, text
     """A [url=…] or <a href=…> link's target is dropped with its tag, so an advert hidden behind friendly link
     text would pass the spam rule: advert targets stay in the text, other links' targets go as before."""
     out = cleaning.strip_html(cleaning.strip_bbcode(raw))
-    assert cleaning.spam_reason(out) == reason
+    assert spam_mod.spam_reason(out) == reason
     if text is not None:
         assert out == text
 
@@ -906,7 +906,7 @@ def test_cp1252_punctuation_read_as_latin_1_becomes_its_cp1252_meaning(text, wan
     ("还差100点经验升级，好玩", None), ("还差2个奖励就满级了，求点赞", "award_begging"), ("还差5点，谢谢大家", "award_begging"),
 ])
 def test_points_a_game_counts_are_no_award_begging(text, spam):
-    assert cleaning.spam_reason(text) == spam
+    assert spam_mod.spam_reason(text) == spam
 
 
 @pytest.mark.parametrize("text,want", [
@@ -997,10 +997,10 @@ _BODY = "Recommended. Great story and puzzles, still holds up in 2024."
 def test_promo_footer_goes_and_the_review_stays(text, want):
     """A self-promotion footer after a review of real length is cut; a text that is only promotion, or whose
     promotion is the body, stays whole for the spam rule to drop."""
-    out = cleaning.strip_promo_footer(text)
+    out = spam_mod.strip_promo_footer(text)
     assert out == want
     if out != text:
-        assert cleaning.spam_reason(out) is None
+        assert spam_mod.spam_reason(out) is None
 
 
 def test_promo_only_texts_still_go_as_spam():
@@ -1008,7 +1008,7 @@ def test_promo_only_texts_still_go_as_spam():
                          (f"Follow me on twitch for more!\n\n{_BODY}", "stream_promo"),
                          (f"{_BODY}\n\nBuy cheap keys at cheapgold.com", "trading"),
                          ("Follow my curator page for more reviews!", "stream_promo")]:
-        assert cleaning.spam_reason(cleaning.strip_promo_footer(text)) == reason
+        assert spam_mod.spam_reason(spam_mod.strip_promo_footer(text)) == reason
 
 
 @pytest.mark.parametrize("text, want", [

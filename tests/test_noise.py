@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steam_persona.reviews import cleaning, language as language_mod, links, wordlist
+from steam_persona.reviews import language as language_mod, links, spam, wordlist
 from steam_persona.reviews import noise
 
 
@@ -164,7 +164,7 @@ def test_length_counts_cjk_characters_and_other_words():
     ("アカウント売ります、DMください", "trading"),
 ])
 def test_campaigns_and_ads(text, reason):
-    assert cleaning.spam_reason(text) == reason
+    assert spam.spam_reason(text) == reason
 
 
 @pytest.mark.parametrize("text", [
@@ -246,7 +246,7 @@ def test_campaigns_and_ads(text, reason):
     "崩溃地址 0x14000000000+0x1a2b3c，build 20240314",
 ])
 def test_not_campaigns(text):
-    assert cleaning.spam_reason(text) is None
+    assert spam.spam_reason(text) is None
 
 
 @pytest.mark.parametrize("text,kept,kinds", [
