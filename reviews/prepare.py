@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from rich.table import Table
 
 from steam_persona.common import atomic
-from steam_persona.reviews import cleaning, language as language_mod, links, spam, text as text_mod, wordlist
+from steam_persona.reviews import cleaning, dedup, language as language_mod, links, spam, text as text_mod, wordlist
 from steam_persona.common import config
 from steam_persona.reviews import noise
 from steam_persona.common import persona
@@ -236,7 +236,7 @@ class _Rules:
         self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
-        self.near = cleaning.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
+        self.near = dedup.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
 
     def _drop(self, rule: str, r: Review, reason: str = "", note: str = "") -> str:
         """Count a removal (``reason`` is tallied; ``note`` only shows in the report's examples)."""
@@ -268,7 +268,7 @@ class _Rules:
         """The rules that look at one record alone (safe to run in worker processes), text cleaned
         in place: ``(the removing rule's name or None, the dedup key of a kept record or "")``."""
         rule = self._select(r) or self._clean(r) or self._filter(r) or self._measure(r)
-        return rule, cleaning.dedup_key(r.text) if rule is None and (self.cfg.dedup or self.near is not None) else ""
+        return rule, dedup.dedup_key(r.text) if rule is None and (self.cfg.dedup or self.near is not None) else ""
 
     def _select(self, r: Review) -> str | None:
         cfg = self.cfg

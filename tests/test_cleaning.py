@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from steam_persona.reviews import cleaning, language as language_mod, links, pii, spam as spam_mod, text as text_mod, wordlist
+from steam_persona.reviews import cleaning, dedup, language as language_mod, links, pii, spam as spam_mod, text as text_mod, wordlist
 
 
 def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():
@@ -212,8 +212,8 @@ def test_script_check():
 
 
 def test_dedup_key_ignores_case_width_space_punctuation():
-    assert cleaning.dedup_key("好玩！！ Great  Game!") == cleaning.dedup_key("好玩!great game")
-    assert cleaning.dedup_key("好玩") != cleaning.dedup_key("不好玩")
+    assert dedup.dedup_key("好玩！！ Great  Game!") == dedup.dedup_key("好玩!great game")
+    assert dedup.dedup_key("好玩") != dedup.dedup_key("不好玩")
 
 
 def test_near_duplicates_catch_edited_copies_not_different_texts():
@@ -221,15 +221,15 @@ def test_near_duplicates_catch_edited_copies_not_different_texts():
     texts = [base, base[1:] + "！！",  # first char lost, punctuation added
              "画面很好，剧情一般，打击感不错，但是优化太差了，希望后续更新能修一下闪退的问题",
              "短评"]  # too short to shingle: never a near duplicate
-    nd = cleaning.NearDuplicates(threshold=0.8)
-    assert nd.first_copies([cleaning.dedup_key(t) for t in texts]) == [None, 0, None, None]
+    nd = dedup.NearDuplicates(threshold=0.8)
+    assert nd.first_copies([dedup.dedup_key(t) for t in texts]) == [None, 0, None, None]
     assert nd.first_copies([]) == [] and nd.first_copies(["短评"]) == [None]
-    sig1 = cleaning.NearDuplicates(seed=1).signature(cleaning.dedup_key(base))
-    sig2 = cleaning.NearDuplicates(seed=1).signature(cleaning.dedup_key(base))
+    sig1 = dedup.NearDuplicates(seed=1).signature(dedup.dedup_key(base))
+    sig2 = dedup.NearDuplicates(seed=1).signature(dedup.dedup_key(base))
     assert (sig1 == sig2).all()  # deterministic across instances (no Python hash randomisation)
 
 
-def _first_copies_one_by_one(nd: cleaning.NearDuplicates, keys: list[str]) -> list[int | None]:
+def _first_copies_one_by_one(nd: dedup.NearDuplicates, keys: list[str]) -> list[int | None]:
     """The definition first_copies vectorises: LSH buckets filled text by text, duplicates not indexed."""
     import numpy as np
 
@@ -263,9 +263,9 @@ def test_near_duplicates_vectorised_equals_one_by_one():
             k = rng.choice(keys)
             keys.append(k[:rng.randint(0, 3)] + k[rng.randint(3, 6):] + rng.choice("好坏啊哈"))
         else:
-            keys.append(cleaning.dedup_key("".join(rng.sample(pieces, rng.randint(1, 4)))))
+            keys.append(dedup.dedup_key("".join(rng.sample(pieces, rng.randint(1, 4)))))
     for threshold in (0.8, 0.5):
-        nd = cleaning.NearDuplicates(threshold=threshold, bands=8, rows=2)
+        nd = dedup.NearDuplicates(threshold=threshold, bands=8, rows=2)
         want = _first_copies_one_by_one(nd, keys)
         assert nd.first_copies(keys) == want
         assert 20 < sum(x is not None for x in want) < 250
@@ -275,7 +275,7 @@ def test_band_ids_survive_a_mix_collision():
     """Two different bands whose 64-bit mixes collide still get different ids (the bytes decide)."""
     import numpy as np
 
-    nd = cleaning.NearDuplicates(bands=2, rows=2)
+    nd = dedup.NearDuplicates(bands=2, rows=2)
     a0, a1 = (int(x) for x in nd._a[:2])
     sigs = np.zeros((3, 4), np.uint64)
     sigs[0, :2], sigs[1, :2], sigs[2, :2] = (a1, 0), (0, a0), (a1, 0)  # a0*a1 == a1*a0: same mix
@@ -292,14 +292,14 @@ def test_minhash_estimate_tracks_jaccard_on_real_pairs(seed_dataset):
     import numpy as np
 
     seed = json.loads(seed_dataset.read_text(encoding="utf-8"))
-    nd = cleaning.NearDuplicates()
+    nd = dedup.NearDuplicates()
 
     def jaccard(a: str, b: str) -> float:
         sa, sb = ({k[i:i + 5] for i in range(len(k) - 4)} for k in (a, b))
         return len(sa & sb) / len(sa | sb)
 
     for i, j in [(119, 117), (71, 62), (156, 154), (10, 11), (300, 301)]:
-        a, b = (cleaning.dedup_key(seed[k]["output"]) for k in (i, j))
+        a, b = (dedup.dedup_key(seed[k]["output"]) for k in (i, j))
         est = float(np.mean(nd.signature(a) == nd.signature(b)))
         assert abs(est - jaccard(a, b)) < 0.2, (i, j, est, jaccard(a, b))
 
