@@ -34,7 +34,13 @@ from typing import Any, Callable, Iterator
 from rich.table import Table
 
 from steam_persona.common import atomic
-from steam_persona.reviews import cleaning, dedup, language as language_mod, links, spam, text as text_mod, wordlist
+from steam_persona.reviews import dedup
+from steam_persona.reviews import language as language_mod
+from steam_persona.reviews import links
+from steam_persona.reviews import markup
+from steam_persona.reviews import spam
+from steam_persona.reviews import text as text_mod
+from steam_persona.reviews import wordlist
 from steam_persona.common import config
 from steam_persona.reviews import noise
 from steam_persona.common import persona
@@ -289,9 +295,9 @@ class _Rules:
     def _clean(self, r: Review) -> str | None:
         cfg = self.cfg
         if cfg.strip_bbcode:
-            self._transform("strip_bbcode", r, cleaning.strip_bbcode)
+            self._transform("strip_bbcode", r, markup.strip_bbcode)
         if cfg.strip_html:
-            self._transform("strip_html", r, cleaning.strip_html)
+            self._transform("strip_html", r, markup.strip_html)
         if cfg.normalize_whitespace:
             self._transform("normalize_whitespace", r, text_mod.normalize_whitespace)
         if cfg.strip_page_residue:

@@ -7,19 +7,20 @@ import re
 
 import pytest
 
-from steam_persona.reviews import cleaning, dedup, language as language_mod, links, pii, spam as spam_mod, text as text_mod, wordlist
+from steam_persona.reviews import (dedup, language as language_mod, links, markup, pii, spam as spam_mod,
+                                   text as text_mod, wordlist)
 
 
 def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():
     raw = ("[h1]Verdict[/h1][b]Good[/b] [i]game[/i]. [spoiler]he dies[/spoiler]\n[quote=bob]so true[/quote]"
            "[list][*]fast[*]fun[/list][url=https://x.example/a]here[/url] [img]https://i.example/p.png[/img][hr][/hr]"
            "[table][tr][td]a[/td][td]b[/td][/tr][/table][strike]bad[/strike] [u]u[/u] [code]x=1[/code] [Spoilers] ok")
-    out = text_mod.normalize_whitespace(cleaning.strip_bbcode(raw))
+    out = text_mod.normalize_whitespace(markup.strip_bbcode(raw))
     assert out == "Verdict\nGood game. he dies\n\nso true\n\nfast\nfun\nhere\n\na b\n\nbad u\nx=1\n[Spoilers] ok"
     assert "https" not in out and "[" not in out.replace("[Spoilers]", "")
-    assert cleaning.strip_bbcode("[quote zholobov]text[/quote]").strip() == "text"
-    assert cleaning.strip_bbcode("[URL]https://store.steampowered.com[/URL]") == "https://store.steampowered.com"
-    assert cleaning.strip_bbcode("no markup") == "no markup"
+    assert markup.strip_bbcode("[quote zholobov]text[/quote]").strip() == "text"
+    assert markup.strip_bbcode("[URL]https://store.steampowered.com[/URL]") == "https://store.steampowered.com"
+    assert markup.strip_bbcode("no markup") == "no markup"
 
 
 @pytest.mark.parametrize("raw,want", [
@@ -31,7 +32,7 @@ def test_bbcode_keeps_visible_text_and_drops_targets_images_rules():
     ("好玩。[b]推荐[/b]", "好玩。推荐"), ("end.[b]", "end."), ("[b]Start[/b]", "Start"), ("fair.[url=https://e.com][/url].", "fair.."),
 ])
 def test_a_removed_tag_between_sentences_leaves_a_space(raw, want):
-    assert text_mod.normalize_whitespace(cleaning.strip_html(cleaning.strip_bbcode(raw))) == want
+    assert text_mod.normalize_whitespace(markup.strip_html(markup.strip_bbcode(raw))) == want
 
 
 def test_bbcode_agrees_with_labelled_cleaned_review(shared_dir):
@@ -44,10 +45,10 @@ def test_bbcode_agrees_with_labelled_cleaned_review(shared_dir):
     with_markup = [r for r in rows if re.search(r"\[/?[a-zA-Z0-9*]+[^\]]*\]", r["review"])]
     agree = exact = 0
     for r in rows:
-        ours = text_mod.normalize_whitespace(cleaning.strip_html(cleaning.strip_bbcode(r["review"])))
+        ours = text_mod.normalize_whitespace(markup.strip_html(markup.strip_bbcode(r["review"])))
         agree += ws.sub("", ours) == ws.sub("", r["cleaned_review"])
         exact += ours == r["cleaned_review"].strip()
-    markup_agree = sum(ws.sub("", text_mod.normalize_whitespace(cleaning.strip_bbcode(r["review"])))
+    markup_agree = sum(ws.sub("", text_mod.normalize_whitespace(markup.strip_bbcode(r["review"])))
                        == ws.sub("", r["cleaned_review"]) for r in with_markup)
     assert len(rows) == 200 and len(with_markup) >= 35
     assert markup_agree == len(with_markup)  # measured: 38/38 reviews with markup agree
@@ -56,8 +57,8 @@ def test_bbcode_agrees_with_labelled_cleaned_review(shared_dir):
 
 
 def test_html_residue():
-    assert cleaning.strip_html("多半好评<br>此游戏<br/>好<BR />评 &amp; &quot;ok&quot; <b>x</b>") == '多半好评\n此游戏\n好\n评 & "ok" x'
-    assert cleaning.strip_html("1 < 2 and 3 > 2") == "1 < 2 and 3 > 2"
+    assert markup.strip_html("多半好评<br>此游戏<br/>好<BR />评 &amp; &quot;ok&quot; <b>x</b>") == '多半好评\n此游戏\n好\n评 & "ok" x'
+    assert markup.strip_html("1 < 2 and 3 > 2") == "1 < 2 and 3 > 2"
 
 
 def test_whitespace_crlf_lone_cr_and_runs():
@@ -787,7 +788,7 @@ def test_word_list_mask_shows_first_letters_only(tmp_path):
 def test_link_markup_keeps_an_adverts_target_for_the_spam_rule(raw, reason, text):
     """A [url=…] or <a href=…> link's target is dropped with its tag, so an advert hidden behind friendly link
     text would pass the spam rule: advert targets stay in the text, other links' targets go as before."""
-    out = cleaning.strip_html(cleaning.strip_bbcode(raw))
+    out = markup.strip_html(markup.strip_bbcode(raw))
     assert spam_mod.spam_reason(out) == reason
     if text is not None:
         assert out == text

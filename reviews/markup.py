@@ -1,14 +1,8 @@
-"""Text cleaning rules for Steam reviews: one small function per rule.
-
-``prepare`` runs these in order and counts, per rule, how many records each one changed or removed.
-Transformations take and return ``str``; detectors return the matched reason (``str``) or ``None``.
-
-Why our own code: the cleaning rules *are* the data pipeline, our edge. Steam's markup is BBCode
-(tag list: https://steamcommunity.com/comment/Recommendation/formattinghelp), which no maintained
-Python library parses the way Steam renders it; the spam/campaign, PII, slur-list and duplicate
-rules are tuned to Steam review quirks (QQ-group adverts and their obfuscations, SteamID forms,
-point-begging campaigns, ``♥`` masks). Language detection by script is ours (cheap and exact for
-CJK); Latin-script languages go to lingua-language-detector when it is installed.
+"""Steam BBCode and HTML residue turned into the text a reader sees (:func:`strip_bbcode`,
+:func:`strip_html`; they take and return ``str``). Why our own code: Steam's markup is BBCode (tag list:
+https://steamcommunity.com/comment/Recommendation/formattinghelp), which no maintained Python library parses the
+way Steam renders it, and a shop link's target must stay in the text for the spam rule
+(:func:`~steam_persona.reviews.spam.advert_link`); HTML entities go to ``html.unescape``.
 """
 
 from __future__ import annotations
