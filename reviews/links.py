@@ -41,7 +41,7 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     BattleTag ``name#1234``, Nintendo ``SW-…``, "PSN ID: …"), phone numbers (mainland and ``+CC``),
     mainland ID numbers, and other links or bare domains (also spelled out: ``cheapgold dot com``, ``www . site . com``,
     ``x(dot)net``, ``x点com``, full-width ``ｘ．ｃｏｍ``, letter-spaced ``x y z . c o m``: the patterns search the
-    :func:`matching_view`, the cut is made in ``text``). Removed, not masked, so the model never learns a placeholder.
+    :func:`~steam_persona.reviews.pii.matching_view`, the cut is made in ``text``). Removed, not masked, so the model never learns a placeholder.
     A hex address (``0x14000000000``) or a build number is not a phone number.
 
     Every kind but ``link`` is a contact: the comma clause that holds it goes, or its whole sentence
@@ -51,7 +51,7 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     and they rock" → "they rock"; :func:`_scrub_links`). Platforms' and games' names written as domains stay
     ("Battle.net", "Hole.io", :func:`_kept_as_text`).
 
-    Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`PII_PATTERNS` order
+    Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`~steam_persona.reviews.pii.PII_PATTERNS` order
     (empty when nothing was). ``low`` is ``text.lower()`` when the caller has it.
     """
     view, where = matching_view(text)
@@ -86,7 +86,7 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
 
 def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
     """``text`` without its links and the words that only pointed at them (:func:`_links_with_leads`, found in its
-    :func:`matching_view` ``view``); a link that is its clause's predicate, or all of its sentence, takes that clause
+    :func:`~steam_persona.reviews.pii.matching_view` ``view``); a link that is its clause's predicate, or all of its sentence, takes that clause
     or sentence with it (:func:`_drop_contacts`). A lead-in that began a sentence takes the comma after the link with
     it and passes its capital on ("Check out x.com, it is great." → "It is great.")."""
     brackets = _bracketed_links(view)
@@ -489,9 +489,9 @@ def _kept_as_text(m: re.Match[str]) -> bool:
     """Whether a link match is a platform's bare domain (:data:`PLATFORM_DOMAINS`), a game or review site's name
     (:data:`NAME_DOMAINS`, with no lead-in before it: "visit agar.io" is a link), or words touching Han, kana or Hangul
     text that a link there would not be: one with an upper-case letter ("还是PVP。Online模式", "ＢＧＭ．ＳＥ都很棒", "打出了GG。GG":
-    an acronym and a sentence end), or with a top-level domain links there do not use (:data:`CJK_WEB_TLD`:
+    an acronym and a sentence end), or with a top-level domain links there do not use (:data:`~steam_persona.reviews.pii.CJK_WEB_TLD`:
     "游戏里的npc.ai很蠢"). One with a scheme, "www", a path or a query is a link all the same (:data:`_FULL_LINK`). Shops'
-    links are adverts all the same (:func:`spam_reason`)."""
+    links are adverts all the same (:func:`~steam_persona.reviews.spam.spam_reason`)."""
     found = m.group(0)
     low = found.lower()
     text, a, b = m.string, m.start(), m.end()

@@ -33,7 +33,7 @@ def strip_bbcode(text: str) -> str:
     (the link text stays; an advert's target stays beside it, `_keep_advert`), ``[img]…[/img]``,
     ``[previewyoutube]`` and ``[hr]``. Unknown bracketed text
     such as ``[Spoilers]`` or ``[ Audience ]`` is left alone. Whitespace is tidied later by
-    :func:`normalize_whitespace`.
+    :func:`~steam_persona.reviews.text.normalize_whitespace`.
     """
     if "[" not in text:
         return text
@@ -59,9 +59,10 @@ def _tag_gap(m: re.Match) -> str:
 
 
 def _keep_advert(m: re.Match) -> str:
-    """A link tag's target (group 1) left in the text when it is a shop's (`advert_link`), so the spam rule
-    sees what a reader clicking the link would; any other tag unchanged, to be stripped. Steam curator and
-    group pages behind link text stay hidden: curators sign their reviews that way (labelled data keeps them)."""
+    """A link tag's target (group 1) left in the text when it is a shop's
+    (:func:`~steam_persona.reviews.spam.advert_link`), so the spam rule sees what a reader clicking the link would;
+    any other tag unchanged, to be stripped. Steam curator and group pages behind link text stay hidden: curators
+    sign their reviews that way (labelled data keeps them)."""
     url = m.group(1)
     return f" {url} " if not STEAM_URL.match(url) and advert_link(url) else m.group(0)
 

@@ -180,7 +180,7 @@ def spam_reason(text: str, low: str | None = None) -> str | None:
     ``boosting`` (代练/代充, rank boosting), ``stream_promo`` (follow my channel/stream), ``url``
     (a Steam curator/group link, or a link to a shop or key seller, also spelled out: "cheapkeys dot com").
     Other links are not adverts:
-    :func:`scrub_pii` removes them from the kept text. ``low`` is ``text.lower()`` when the caller
+    :func:`~steam_persona.reviews.links.scrub_pii` removes them from the kept text. ``low`` is ``text.lower()`` when the caller
     has it (one lower-casing for several rules).
     """
     low = text.lower() if low is None else low

@@ -108,11 +108,10 @@ class WordList:
     entry per line, ``#`` comments, ``!phrase`` allowed phrases.
 
     Han/kana/Hangul entries match as substrings; other entries match whole words (no letter or digit
-    on either side), any case. One literal alternation (:func:`literal_union`) is searched in the
-    lower-cased text (re skips ahead on the entries' first characters; ~20x faster than ``re.I`` with
-    look-arounds) and each
-    candidate's word boundaries are checked in Python. Raises ``OSError`` / ``UnicodeDecodeError``
-    for the caller to report.
+    on either side), any case. One literal alternation (:func:`~steam_persona.reviews.text.literal_union`) is
+    searched in the lower-cased text (re skips ahead on the entries' first characters; ~20x faster than ``re.I``
+    with look-arounds) and each candidate's word boundaries are checked in Python. Raises ``OSError`` /
+    ``UnicodeDecodeError`` for the caller to report.
     """
 
     def __init__(self, path: str | Path) -> None:
