@@ -45,17 +45,22 @@ SHARED = Path(os.environ.get("STEAM_PERSONA_SHARED", REPO.parent / "shared"))
 sys.path.insert(0, str(REPO))
 
 from steam_persona.common import config
-from steam_persona.reviews import cleaning, noise, sources
+from steam_persona.reviews import (dedup, language as language_mod, links, markup, noise, sources, spam,
+                                   text as text_mod, wordlist)
 from steam_persona.reviews.prepare import PrepareConfig, run  # noqa: E402
 
 #: the functions of the per-record rules and the duplicate finder, timed one by one by :func:`per_rule_seconds`
 RULE_FUNCTIONS = {
-    cleaning: ("strip_bbcode", "strip_html", "normalize_whitespace", "detect_language", "has_profanity_mask",
-               "spam_reason", "scrub_pii", "script_mismatch", "dedup_key"),
+    markup: ("strip_bbcode", "strip_html"),
+    text_mod: ("normalize_whitespace", "has_profanity_mask"),
+    language_mod: ("detect_language", "script_mismatch"),
+    spam: ("spam_reason",),
+    links: ("scrub_pii",),
+    dedup: ("dedup_key",),
     noise: ("strip_page_residue", "strip_handles", "strip_art", "checklist_reason", "little_language_reason",
             "repetition_reason", "length"),
-    cleaning.WordList: ("find",),  # the identity slurs and --blocklist
-    cleaning.NearDuplicates: ("first_copies",),
+    wordlist.WordList: ("find",),  # the identity slurs and --blocklist
+    dedup.NearDuplicates: ("first_copies",),
 }
 
 

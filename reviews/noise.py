@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import zlib
 
-from steam_persona.reviews.cleaning import count_chars, han_count, literal_union, lowered, strip_invisible
+from steam_persona.reviews.text import count_chars, han_count, literal_union, lowered, strip_invisible
 
 # --- store-page residue -------------------------------------------------------------------------
 

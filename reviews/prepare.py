@@ -34,7 +34,13 @@ from typing import Any, Callable, Iterator
 from rich.table import Table
 
 from steam_persona.common import atomic
-from steam_persona.reviews import cleaning
+from steam_persona.reviews import dedup
+from steam_persona.reviews import language as language_mod
+from steam_persona.reviews import links
+from steam_persona.reviews import markup
+from steam_persona.reviews import spam
+from steam_persona.reviews import text as text_mod
+from steam_persona.reviews import wordlist
 from steam_persona.common import config
 from steam_persona.reviews import noise
 from steam_persona.common import persona
@@ -50,14 +56,14 @@ from steam_persona.resources import packaged_copy_hint
 from steam_persona.reviews.sources import Review
 
 TEMPLATE_FIELDS = ("name", "tags", "verdict", "playtime_hours")
-_STEAM_LANGUAGES = frozenset(cleaning.STEAM_LANGUAGES)
+_STEAM_LANGUAGES = frozenset(language_mod.STEAM_LANGUAGES)
 
 
 @functools.lru_cache(maxsize=65536)  # a few names, many reviews
 def _clean_name(name: str) -> str:
     """A game name as the prompt shows it: no control, escape or invisible characters
-    (:func:`~steam_persona.reviews.cleaning.strip_invisible`), then :func:`~steam_persona.common.persona.clean_game_name`."""
-    return persona.clean_game_name(cleaning.strip_invisible(name))
+    (:func:`~steam_persona.reviews.text.strip_invisible`), then :func:`~steam_persona.common.persona.clean_game_name`."""
+    return persona.clean_game_name(text_mod.strip_invisible(name))
 
 
 @dataclass
@@ -195,11 +201,11 @@ class _Stat:
 def mask(text: str, author: str | None = None, lists: tuple[Any, ...] = (), handles: frozenset[str] = frozenset()) -> str:
     """``text`` with personal data, links, ``@name`` mentions, cross-post signatures, other authors' screen names (``handles``, lower-cased:
     :func:`~steam_persona.reviews.noise.screen_names`) and the author's name replaced by ``▇`` and the words of
-    ``lists`` (:class:`~steam_persona.reviews.cleaning.WordList`: slurs, blocklist) shown as ``n*****``
-    (report examples). Invisible characters go first (:func:`~steam_persona.reviews.cleaning.strip_invisible`), so
+    ``lists`` (:class:`~steam_persona.reviews.wordlist.WordList`: slurs, blocklist) shown as ``n*****``
+    (report examples). Invisible characters go first (:func:`~steam_persona.reviews.text.strip_invisible`), so
     ``n\u200bigger`` or a name split by a soft hyphen is masked in the examples of the rules that see it
     before ``normalize_whitespace`` removes them."""
-    text = cleaning.mask_pii(cleaning.strip_invisible(text))
+    text = links.mask_pii(text_mod.strip_invisible(text))
     if "@" in text or "＠" in text:
         text = noise._MENTION.sub("▇", text)
     text = noise._SIGNATURE.sub("▇", text)
@@ -236,7 +242,7 @@ class _Rules:
         self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
-        self.near = cleaning.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
+        self.near = dedup.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
 
     def _drop(self, rule: str, r: Review, reason: str = "", note: str = "") -> str:
         """Count a removal (``reason`` is tallied; ``note`` only shows in the report's examples)."""
@@ -262,18 +268,18 @@ class _Rules:
             st.changed += 1
             st.reasons.update(kinds)
             st.example(r, ",".join(kinds), lists=self.word_lists, handles=self.handles)
-            r.text = cleaning.normalize_whitespace(text) if self.cfg.normalize_whitespace else text
+            r.text = text_mod.normalize_whitespace(text) if self.cfg.normalize_whitespace else text
 
     def per_record(self, r: Review) -> tuple[str | None, str]:
         """The rules that look at one record alone (safe to run in worker processes), text cleaned
         in place: ``(the removing rule's name or None, the dedup key of a kept record or "")``."""
         rule = self._select(r) or self._clean(r) or self._filter(r) or self._measure(r)
-        return rule, cleaning.dedup_key(r.text) if rule is None and (self.cfg.dedup or self.near is not None) else ""
+        return rule, dedup.dedup_key(r.text) if rule is None and (self.cfg.dedup or self.near is not None) else ""
 
     def _select(self, r: Review) -> str | None:
         cfg = self.cfg
         if r.language is not None and r.language not in _STEAM_LANGUAGES:
-            r.language = cleaning.steam_language(r.language) or r.language  # "en", "English" in exports
+            r.language = language_mod.steam_language(r.language) or r.language  # "en", "English" in exports
         if self.languages is not None and r.language is not None and r.language not in self.languages:
             return self._drop("language", r, r.language)
         if cfg.voted_up != "any" and r.voted_up is not (cfg.voted_up == "true"):
@@ -289,11 +295,11 @@ class _Rules:
     def _clean(self, r: Review) -> str | None:
         cfg = self.cfg
         if cfg.strip_bbcode:
-            self._transform("strip_bbcode", r, cleaning.strip_bbcode)
+            self._transform("strip_bbcode", r, markup.strip_bbcode)
         if cfg.strip_html:
-            self._transform("strip_html", r, cleaning.strip_html)
+            self._transform("strip_html", r, markup.strip_html)
         if cfg.normalize_whitespace:
-            self._transform("normalize_whitespace", r, cleaning.normalize_whitespace)
+            self._transform("normalize_whitespace", r, text_mod.normalize_whitespace)
         if cfg.strip_page_residue:
             self._transform("page_residue", r, noise.strip_page_residue)
         if cfg.strip_handles:
@@ -306,20 +312,20 @@ class _Rules:
             return self._drop("empty", r)
         if self.languages is not None and r.language is None and cfg.detect_language and r.prompt is None \
                 and r.prompt_language is None:  # alpaca/sharegpt sets are re-cleaned, not re-selected
-            r.language = cleaning.detect_language(r.text, self.latin)
+            r.language = language_mod.detect_language(r.text, self.latin)
             if not _fits(r.language, self.languages):
                 return self._drop("language", r, f"detected {r.language}")
         return None
 
     def _filter(self, r: Review) -> str | None:
         cfg = self.cfg
-        low = cleaning.lowered(r.text)  # one lower-casing for the spam, slur, blocklist and PII rules
-        if cfg.drop_masked and cleaning.has_profanity_mask(r.text):
+        low = text_mod.lowered(r.text)  # one lower-casing for the spam, slur, blocklist and PII rules
+        if cfg.drop_masked and text_mod.has_profanity_mask(r.text):
             return self._drop("profanity_mask", r)
         if cfg.drop_spam:
-            self._transform("promo_footer", r, cleaning.strip_promo_footer)
-            low = cleaning.lowered(r.text)
-            reason = cleaning.spam_reason(r.text, low)
+            self._transform("promo_footer", r, spam.strip_promo_footer)
+            low = text_mod.lowered(r.text)
+            reason = spam.spam_reason(r.text, low)
             if reason:
                 return self._drop("spam", r, reason)
         if self.slurs is not None:
@@ -327,11 +333,11 @@ class _Rules:
             if hit:
                 return self._drop("identity_slur", r, f"{hit[0]}: {_mask_word(hit[1])}")
         if self.blocklist is not None:
-            word = cleaning.blocked_word(r.text, self.blocklist, low)
+            word = wordlist.blocked_word(r.text, self.blocklist, low)
             if word:
                 return self._drop("blocklist", r, word.lower())
         if cfg.scrub_pii:
-            self._scrubbed("scrub_pii", r, *cleaning.scrub_pii(r.text, low))
+            self._scrubbed("scrub_pii", r, *links.scrub_pii(r.text, low))
         if cfg.drop_checklists and noise.checklist_reason(r.text):
             return self._drop("checklist", r)
         if cfg.drop_little_language and r.text and noise.little_language_reason(r.text):
@@ -351,7 +357,7 @@ class _Rules:
             return self._drop("too_long", r, unit)
         if cfg.script_check and self.languages:
             # a record without a language field must fit one of the languages asked for
-            whys = [cleaning.script_mismatch(r.text, lang) for lang in ([r.language] if r.language else sorted(self.languages))]
+            whys = [language_mod.script_mismatch(r.text, lang) for lang in ([r.language] if r.language else sorted(self.languages))]
             if all(whys):
                 return self._drop("script", r, whys[0])
         if r.prompt is None:
@@ -422,7 +428,7 @@ def prompt_language(cfg: PrepareConfig) -> str:
     """``--prompt_language``, with ``auto`` = ``en`` when no ``--language`` is Chinese (or 'all'), else ``zh``."""
     if cfg.prompt_language != "auto":
         return cfg.prompt_language
-    langs = {cleaning.steam_language(x) or x for x in cfg.language}
+    langs = {language_mod.steam_language(x) or x for x in cfg.language}
     return "zh" if langs & {"schinese", "tchinese", "all"} or not langs else "en"
 
 
@@ -433,7 +439,7 @@ def _review_prompt_language(r: Review, cfg: PrepareConfig) -> str | None:
     (then :func:`prompt_language`)."""
     if cfg.prompt_language != "auto":
         return None
-    language = r.language or cleaning.detect_language(r.text)
+    language = r.language or language_mod.detect_language(r.text)
     if language is None:
         return None
     return "zh" if language in ("schinese", "tchinese") else "en"
@@ -472,11 +478,11 @@ def _check_config(cfg: PrepareConfig) -> None:
 
 def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
     """One alpaca record in the persona's prompt format. Every field that came from an input file loses its control,
-    escape and invisible characters, as the review did (:func:`~steam_persona.reviews.cleaning.strip_invisible`)."""
+    escape and invisible characters, as the review did (:func:`~steam_persona.reviews.text.strip_invisible`)."""
     if r.prompt is not None:
-        instruction, input_text = (cleaning.strip_invisible(p) for p in r.prompt)
+        instruction, input_text = (text_mod.strip_invisible(p) for p in r.prompt)
         return {"instruction": instruction, "input": input_text, "output": r.text}
-    tags = [t for t in (cleaning.strip_invisible(t).strip() for t in r.tags or []) if t]
+    tags = [t for t in (text_mod.strip_invisible(t).strip() for t in r.tags or []) if t]
     tags = tags[: cfg.max_tags] if cfg.max_tags > 0 else tags
     lang = r.prompt_language or _review_prompt_language(r, cfg) or default_lang
     words = persona.VERDICT_WORDS[lang]
@@ -566,9 +572,9 @@ def _languages(cfg: PrepareConfig) -> set[str] | None:
         return None
     out = set()
     for name in cfg.language:
-        code = cleaning.steam_language(name)
+        code = language_mod.steam_language(name)
         if code is None:
-            raise UserError(f"--language {name}: not a Steam language; use all or one of {', '.join(cleaning.STEAM_LANGUAGES)} "
+            raise UserError(f"--language {name}: not a Steam language; use all or one of {', '.join(language_mod.STEAM_LANGUAGES)} "
                             "(aliases such as zh, chinese, en, ja, ru also work)")
         out.add(code)
     return out
@@ -579,7 +585,7 @@ def _load_lists(cfg: PrepareConfig) -> tuple[Any, Any]:
     blocklist = None
     if cfg.blocklist:
         try:
-            blocklist = cleaning.load_blocklist(cfg.blocklist)
+            blocklist = wordlist.load_blocklist(cfg.blocklist)
         except FileNotFoundError:
             raise UserError(f"{cfg.blocklist}: blocklist file not found; check --blocklist"
                             f"{packaged_copy_hint(cfg.blocklist)}") from None
@@ -587,7 +593,7 @@ def _load_lists(cfg: PrepareConfig) -> tuple[Any, Any]:
             raise UserError(f"{cfg.blocklist}: byte {e.start} is not UTF-8; save the blocklist as UTF-8") from None
         if blocklist is None:
             raise UserError(f"{cfg.blocklist}: blocklist has no words; add one per line or drop --blocklist")
-    return blocklist, cleaning.WordList(cleaning.IDENTITY_SLURS) if cfg.drop_identity_slurs else None
+    return blocklist, wordlist.WordList(wordlist.IDENTITY_SLURS) if cfg.drop_identity_slurs else None
 
 
 def _flag_apps(cfg: PrepareConfig, tag_language: str) -> tuple[dict[str, sources.AppInfo], str | None]:
@@ -664,7 +670,7 @@ _LINGUA = {"english": "ENGLISH", "german": "GERMAN", "french": "FRENCH", "spanis
 def _latin_detector(languages: set[str] | None) -> Any:
     """A lingua detector over Steam's Latin-script languages (low-accuracy mode: measured 0.5 ms a
     review, see docs/data.md) when lingua is installed and a Latin-script language is asked for."""
-    if not (languages or set()) & cleaning.LATIN_LANGUAGES:
+    if not (languages or set()) & language_mod.LATIN_LANGUAGES:
         return None
     try:
         from lingua import Language, LanguageDetectorBuilder
@@ -680,7 +686,7 @@ def _fits(detected: str | None, wanted: set[str]) -> bool:
     if detected is None or detected in wanted:
         return True
     if detected == "latin":
-        return bool(wanted & cleaning.LATIN_LANGUAGES)
+        return bool(wanted & language_mod.LATIN_LANGUAGES)
     return any(_LINGUA.get(w, "").lower() == detected or (w == "norwegian" and detected == "bokmal") for w in wanted)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steam_persona.reviews import cleaning
+from steam_persona.reviews import language as language_mod, links, spam, wordlist
 from steam_persona.reviews import noise
 
 
@@ -164,7 +164,7 @@ def test_length_counts_cjk_characters_and_other_words():
     ("アカウント売ります、DMください", "trading"),
 ])
 def test_campaigns_and_ads(text, reason):
-    assert cleaning.spam_reason(text) == reason
+    assert spam.spam_reason(text) == reason
 
 
 @pytest.mark.parametrize("text", [
@@ -246,7 +246,7 @@ def test_campaigns_and_ads(text, reason):
     "崩溃地址 0x14000000000+0x1a2b3c，build 20240314",
 ])
 def test_not_campaigns(text):
-    assert cleaning.spam_reason(text) is None
+    assert spam.spam_reason(text) is None
 
 
 @pytest.mark.parametrize("text,kept,kinds", [
@@ -284,7 +284,7 @@ def test_not_campaigns(text):
     ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", "", ["link"]),
 ])
 def test_personal_data_forms(text, kept, kinds):
-    assert cleaning.scrub_pii(text) == (kept, kinds)
+    assert links.scrub_pii(text) == (kept, kinds)
 
 
 @pytest.mark.parametrize("text", [
@@ -295,11 +295,11 @@ def test_personal_data_forms(text, kept, kinds):
     "I was at home",
 ])
 def test_not_personal_data(text):
-    assert cleaning.scrub_pii(text) == (text, [])
+    assert links.scrub_pii(text) == (text, [])
 
 
 def test_identity_slurs_hits_and_near_misses():
-    slurs = cleaning.WordList(cleaning.IDENTITY_SLURS)
+    slurs = wordlist.WordList(wordlist.IDENTITY_SLURS)
     assert len(slurs) > 150
     hits = {"What a retarded AI": "disability", "策划是智障吗": "disability", "这是日本鬼子": "ethnic, national, racial",
             "this N1GGER lol": "ethnic, national, racial", "f4ggot": "sexual orientation, gender identity",
@@ -314,7 +314,7 @@ def test_identity_slurs_hits_and_near_misses():
 
 
 def test_identity_slurs_spaced_out_or_masked_with_stars():
-    slurs = cleaning.WordList(cleaning.IDENTITY_SLURS)
+    slurs = wordlist.WordList(wordlist.IDENTITY_SLURS)
     for text in ("this n i g g e r lol", "N.I.G.G.E.R", "n-i-g-g-e-r!", "what a f*ggot", "n**ger team", "r e t a r d e d AI",
                  "支 那 人"):
         assert slurs.find(text) is not None, text
@@ -324,7 +324,7 @@ def test_identity_slurs_spaced_out_or_masked_with_stars():
 
 
 def test_identity_slurs_in_look_alike_characters():
-    slurs = cleaning.WordList(cleaning.IDENTITY_SLURS)
+    slurs = wordlist.WordList(wordlist.IDENTITY_SLURS)
     for text in ("the devs are nigg3rs lol", "what a f4g game", "n1gg4 this game", "tr@nny", "r3tard", "so ret@rded",
                  "N!GGER!!", "ni99er", "k1ke devs", "ＮＩＧＧＥＲ", "n\u0456gger dev"):
         assert slurs.find(text) is not None, text
@@ -332,12 +332,12 @@ def test_identity_slurs_in_look_alike_characters():
                  "the fag end of the campaign", "Очень хорошая игра, 4К, RTX, dev-команда фиксит", "3D游戏很nice",
                  "Niger and Nigeria are playable nations"):
         assert slurs.find(text) is None, text
-    assert cleaning.fold_lookalikes("n1gg3r 1080p $20 wow!! ｎ1ce игра ｎｉｇｇｅｒ 好玩！") == "nigger io8op wow!! nice n nigger"
+    assert wordlist.fold_lookalikes("n1gg3r 1080p $20 wow!! ｎ1ce игра ｎｉｇｇｅｒ 好玩！") == "nigger io8op wow!! nice n nigger"
 
 
 def test_identity_slurs_stretched_to_dodge_the_list():
     """A letter three or more times in a row stands for one or two of it; doubled letters are as written."""
-    slurs = cleaning.WordList(cleaning.IDENTITY_SLURS)
+    slurs = wordlist.WordList(wordlist.IDENTITY_SLURS)
     for text, entry in (("niiiiigger devs", "nigger"), ("what a faaaggot", "faggot"), ("NIIIIGGGGER lol", "nigger"),
                         ("faggggggot", "faggot"), ("the sand niiiigger", "sand nigger"), ("n i i i g g e r", "nigger"),
                         ("n1iiigger", "nigger"), ("retaaaaarded AI", "retarded"), ("maricóóón", "maricón"),
@@ -351,15 +351,15 @@ def test_identity_slurs_stretched_to_dodge_the_list():
 
 
 def test_language_codes_aliases_and_detection():
-    assert [cleaning.steam_language(x) for x in ("zh", "Chinese", "schinese", "zh-TW", "en", "ko", "pt-BR", "xx")] == [
+    assert [language_mod.steam_language(x) for x in ("zh", "Chinese", "schinese", "zh-TW", "en", "ko", "pt-BR", "xx")] == [
         "schinese", "schinese", "schinese", "tchinese", "english", "koreana", "brazilian", None]
-    assert cleaning.detect_language("这个游戏真的很好玩") == "schinese"
-    assert cleaning.detect_language("這個遊戲真的很好玩，畫面與劇情都讓人喜歡") == "tchinese"
-    assert cleaning.detect_language("このゲームは本当に面白い") == "japanese"
-    assert cleaning.detect_language("이 게임 정말 재미있어요") == "koreana"
-    assert cleaning.detect_language("Очень хорошая игра") == "russian"
-    assert cleaning.detect_language("A really good game") == "latin"  # no detector given
-    assert cleaning.detect_language("10/10 !!!") is None
+    assert language_mod.detect_language("这个游戏真的很好玩") == "schinese"
+    assert language_mod.detect_language("這個遊戲真的很好玩，畫面與劇情都讓人喜歡") == "tchinese"
+    assert language_mod.detect_language("このゲームは本当に面白い") == "japanese"
+    assert language_mod.detect_language("이 게임 정말 재미있어요") == "koreana"
+    assert language_mod.detect_language("Очень хорошая игра") == "russian"
+    assert language_mod.detect_language("A really good game") == "latin"  # no detector given
+    assert language_mod.detect_language("10/10 !!!") is None
 
 
 def test_residue_items_share_a_line_and_korean_dates():
@@ -368,9 +368,9 @@ def test_residue_items_share_a_line_and_korean_dates():
 
 
 def test_links_end_at_non_url_characters_and_platform_names_stay():
-    assert cleaning.scrub_pii("看这里 https://store.steampowered.com/about/?snr=1_5灵、服务器短板") == ("看这里 灵、服务器短板", ["link"])
-    assert cleaning.scrub_pii("needs a Battle.net account, also on GOG.com") == ("needs a Battle.net account, also on GOG.com", [])
-    assert cleaning.scrub_pii("my blog coolgamer.net has more reviews of games") == ("my blog  has more reviews of games", ["link"])
+    assert links.scrub_pii("看这里 https://store.steampowered.com/about/?snr=1_5灵、服务器短板") == ("看这里 灵、服务器短板", ["link"])
+    assert links.scrub_pii("needs a Battle.net account, also on GOG.com") == ("needs a Battle.net account, also on GOG.com", [])
+    assert links.scrub_pii("my blog coolgamer.net has more reviews of games") == ("my blog  has more reviews of games", ["link"])
     assert noise.little_language_reason("中文10/10，音乐9.5/10，剧情9/10，综合9.5/10，K社经典") is None
 
 
@@ -385,9 +385,9 @@ def test_han_shortcut_gives_the_counted_answer(text):
 
 def test_a_missing_space_after_a_full_stop_is_not_a_link():
     for keep in ("It was fun.It is also long.In the end good.My rating: 8", "(555) 0x1F build 2.0.1"):
-        assert cleaning.scrub_pii(keep) == (keep, [])
-    assert cleaning.scrub_pii("the trailer youtu.be/abc123 here is worth a look") == ("the trailer  here is worth a look", ["link"])
-    assert cleaning.scrub_pii("Fair. call (555) 123-4567 or 555-123-4567") == ("Fair.", ["phone_number"])
+        assert links.scrub_pii(keep) == (keep, [])
+    assert links.scrub_pii("the trailer youtu.be/abc123 here is worth a look") == ("the trailer  here is worth a look", ["link"])
+    assert links.scrub_pii("Fair. call (555) 123-4567 or 555-123-4567") == ("Fair.", ["phone_number"])
     assert noise.strip_page_residue("Great game\nRead more\n3 comments") == "Great game"
 
 

@@ -399,9 +399,9 @@ def test_report_examples_mask_mentions_and_other_authors_screen_names(text, hand
 
 
 def test_report_examples_mask_text_with_invisible_characters():
-    from steam_persona.reviews import cleaning
+    from steam_persona.reviews import wordlist
     from steam_persona.reviews.prepare import mask
-    slurs = (cleaning.WordList(cleaning.IDENTITY_SLURS),)
+    slurs = (wordlist.WordList(wordlist.IDENTITY_SLURS),)
     assert mask("you n\u200bigger lol", None, slurs) == "you n***** lol"
     assert mask("mail kirito\u200b99@qq\u00ad.com now") == "mail ▇ now"
     assert mask("great game — Dark_\u200bKnight\u00ad99", "Dark_Knight99") == "great game ▇"
