@@ -994,6 +994,9 @@ _BODY = "Recommended. Great story and puzzles, still holds up in 2024."
     (f"{_BODY}\n\nBuy cheap keys at cheapgold.com", f"{_BODY}\n\nBuy cheap keys at cheapgold.com"),
     (f"{_BODY}\nfollow me on twitch, keys at cheapgold.com", f"{_BODY}\nfollow me on twitch, keys at cheapgold.com"),
     (f"{_BODY}\nThe wiki at fextralife.com helped a lot", f"{_BODY}\nThe wiki at fextralife.com helped a lot"),
+    (f"{_BODY}\nLive on Twitch, the devs showed the roadmap and it looks great.",
+     f"{_BODY}\nLive on Twitch, the devs showed the roadmap and it looks great."),  # news, not the writer's stream
+    (f"{_BODY}\nLive on Twitch, come hang out!", _BODY),
 ])
 def test_promo_footer_goes_and_the_review_stays(text, want):
     """A self-promotion footer after a review of real length is cut; a text that is only promotion, or whose
