@@ -122,10 +122,23 @@ _BRACKET = re.compile(r"[ \t]*(?:\((?:[^()\n]|\([^()\n]*\))*\)|（(?:[^（）\n]
 def _bracketed_links(view: str) -> list[tuple[int, int]]:
     """The spans (sorted, in ``view``) of the bracketed asides that hold a link (:func:`_kept_as_text` ones aside), each
     with its brackets and the spaces before it: the aside goes whole and the text outside it stays ("Loved it (x.com
-    has builds)." → "Loved it."; 好玩（攻略在x.com）。 → 好玩。). A cut inside it would leave a fragment in brackets."""
+    has builds)." → "Loved it."; 好玩（攻略在x.com）。 → 好玩。), the innermost one where brackets nest. A cut inside it
+    would leave a fragment in brackets."""
     links = [m.span() for m in PII_PATTERNS["link"].finditer(view) if not _kept_as_text(m)]
-    return [br.span() for br in _BRACKET.finditer(view)
-            if any(br.start() < a and b < br.end() and view[br.start():a].strip(" \t") for a, b in links)]
+    return [span for br in _BRACKET.finditer(view) for span in _innermost(view, br, links)]
+
+
+def _innermost(view: str, br: re.Match[str], links: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans of the innermost brackets in ``br`` (one level of nesting) that hold one of ``links``: the brackets
+    inside it that do ("(the music (see x.com) is great)" loses "(see x.com)" only), else ``br`` itself if it does."""
+    def holds(a: int, b: int, start: int, end: int) -> bool:
+        return start < a and b < end and bool(view[start:a].strip(" \t"))
+
+    inner = [m.span() for m in _BRACKET.finditer(view, br.start() + 1, br.end() - 1)
+             if any(holds(a, b, *m.span()) for a, b in links)]
+    if inner:
+        return inner
+    return [br.span()] if any(holds(a, b, *br.span()) for a, b in links) else []
 
 
 def _took_its_clause(text: str, a: int, b: int) -> bool:

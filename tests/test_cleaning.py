@@ -1020,6 +1020,11 @@ def test_promo_only_texts_still_go_as_spam():
     ("Loved it (mywiki.com has builds).", "Loved it."),
     ("Loved it (builds at mywiki.com), the combat is tight.", "Loved it, the combat is tight."),
     ("好玩【攻略：mywiki.com】，推荐。", "好玩，推荐。"),
+    # nested: the innermost aside that holds the link goes, the outer one keeps its words
+    ("Great game (the soundtrack (see mywiki.com) is amazing) and the combat rocks.",
+     "Great game (the soundtrack is amazing) and the combat rocks."),
+    ("Great (music (a.com) and art (b.com) both shine) game.", "Great (music and art both shine) game."),
+    ("Great game (I loved it, guides at mywiki.com) and the combat rocks.", "Great game and the combat rocks."),
 ])
 def test_a_bracketed_aside_with_a_link_goes_whole_and_the_text_outside_stays(text, want):
     assert links.scrub_pii(text) == (want, ["link"])
