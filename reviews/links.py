@@ -381,7 +381,7 @@ _ZH_POINT = r"(?:详|請|请)?见|参见|參見|(?:请|請)?(?:看|关注|關注
 _OTHER_LEAD = r"на|в|во|по|auf|bei|unter|en|sur|dans|chez|em|no|na|su|op|w|z"
 _EN_LEAD = (rf"(?:(?:over|up)[ \t]+)?(?:at|on|in)|via|from|with|(?:{_PARTICIPLE}[ \t]+)?here"
             rf"|to(?:{_TO_AFTER})|(?:according|(?P<thanks>thanks)|due)[ \t]+to|(?:sponsored|powered|hosted)[ \t]+by"
-            r"|(?P<see>see|check(?:[ \t]+it)?[ \t]+out|visit)")
+            r"|(?P<see>see|check(?:(?:[ \t]+it)?[ \t]+out)?|visit)")
 # a copula right before the lead-in, or right before the link (group "bare": "the site is x.com and…"), makes the link
 # the clause's predicate ("it's on x.", "mods are at x and they rock"):
 # with the link gone the clause says nothing, so it goes as far as the link holds it (:func:`_predicate_cut`)

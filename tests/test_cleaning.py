@@ -728,6 +728,9 @@ def test_game_chat_spaced_out_and_missing_dot_net_are_no_links(text):
     ("Pros:\n- see x.com for the mod list\n- great soundtrack", "Pros:\n- great soundtrack"),
     ("Great game, see x.com for more info on builds, fun.", "Great game, fun."), ("Check out x.com for mods, they are great.", "They are great."),
     ("Great game (see x.com for more) with a great community.", "Great game with a great community."),
+    ("Great game, check mywiki.com for builds. The combat rocks.", "Great game. The combat rocks."),  # "check" alone
+    ("Check mywiki.com for builds, the combat rocks.", "The combat rocks."),
+    ("Great game. I check mywiki.com every day for news. The combat rocks.", "Great game. The combat rocks."),
 ])
 def test_what_a_pointed_at_link_offers_goes_with_it(text, want):
     assert links.scrub_pii(text) == (want, ["link"])
