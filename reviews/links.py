@@ -484,7 +484,7 @@ def _tidy(text: str) -> str:
 PLATFORM_DOMAINS = {"battle.net", "itch.io", "gog.com", "ea.com", "origin.com", "ubisoft.com", "xbox.com",
                     "epicgames.com", "humblebundle.com", "steam.com", "twitch.tv", "youtube.com", "bilibili.com",
                     "reddit.com", "github.com", "discord.gg", "discord.com", "nexusmods.com", "steamdb.info", "amazon.com",
-                    "paint.net"}
+                    "paint.net", "microsoft.net", "asp.net", "vb.net", "ado.net"}
 
 
 #: games and review sites named by their domain: in a review these are names, not destinations ("Hole.io is on Steam

@@ -719,7 +719,9 @@ def test_what_a_cut_leaves_reads_as_the_writer_wrote_it(text, want, kinds):
 
 
 @pytest.mark.parametrize("text", ["W P . G G , what a match. Great game overall.", "E Z . G G , this game is too easy.",
-                                  "Missing dot net? Get it from Microsoft, then enjoy."])
+                                  "Missing dot net? Get it from Microsoft, then enjoy.",
+                                  "Needs the runtime from Microsoft.NET first, then it runs fine.",
+                                  "Built on ASP.NET and VB.NET lol, runs fine though."])
 def test_game_chat_spaced_out_and_missing_dot_net_are_no_links(text):
     assert links.scrub_pii(text) == (text, [])
 
