@@ -54,7 +54,7 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     Returns ``(text, kinds)`` where ``kinds`` lists what was removed, in :data:`~steam_persona.reviews.pii.PII_PATTERNS` order
     (empty when nothing was). ``low`` is ``text.lower()`` when the caller has it.
     """
-    view, where = matching_view(text)
+    original, (view, where) = text, matching_view(text)
     low = view.lower() if view is not text else text.lower() if low is None else low
     kinds: list[str] = []
     if not digit_run(low) and not PII_GATE(low) and not ID_GATE(low):
@@ -81,7 +81,7 @@ def scrub_pii(text: str, low: str | None = None) -> tuple[str, list[str]]:
     if ("码" in text or "碼" in text) and _LONE_SHARE_CODE.search(text):
         text = _LONE_SHARE_CODE.sub("", text)
         kinds += [] if "link" in kinds else ["link"]
-    return (_tidy(text) if kinds else text), kinds
+    return (_tidy(text, _seams(original, text)) if kinds else text), kinds
 
 
 def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
@@ -467,17 +467,42 @@ def _capitalised(text: str) -> str:
     return text[:1].upper() + text[1:] if text[:1].islower() and not text[1:2].isupper() else text
 
 
-# what removing a match can leave: space before punctuation, brackets with nothing but punctuation in them ("(Check out
-# x.com.)" → "(.)"), a comma before other punctuation, a list item with nothing left ("- Check out x.com" → "-")
-_TIDY = ((re.compile(r"\([\s.,;:!?]*\)|（[\s。，；：！？]*）|\[\s*\]"), ""), (re.compile(r"^[ \t]*[-*•][ \t]*(?:\n|\Z)", re.M), ""),
-         (re.compile(r"[ \t]+(?=[,.;:!?，。；：！？])"), ""),
-         (re.compile(r"[,;:，；：]+(?=\s*[,.;:!?，。；：！？])"), ""), (re.compile(r"^[ \t]*[,;:，；：][ \t]*", re.M), ""))
+# what removing a match can leave at the place it was: space before punctuation, brackets with nothing but punctuation
+# in them ("(Check out x.com.)" → "(.)"), a comma before other punctuation, a list item with nothing left ("- Check out
+# x.com" → "-"); an emoticon is no punctuation ("check x.com :) great" keeps its space and comma)
+_EMOTICON = r"[:;=]['-]?(?:[()\[\]/\\|*3]|[DPpOo](?![^\W\d_]))"
+_TIDY = (re.compile(r"\([\s.,;:!?]*\)|（[\s。，；：！？]*）|\[\s*\]"), re.compile(r"^[ \t]*[-*•][ \t]*(?:\n|\Z)", re.M),
+         re.compile(rf"[ \t]+(?=[,.;:!?，。；：！？])(?!{_EMOTICON})"),
+         re.compile(rf"[,;:，；：]+(?=\s*[,.;:!?，。；：！？])(?!\s*{_EMOTICON})"), re.compile(r"^[ \t]*[,;:，；：][ \t]*", re.M))
 
 
-def _tidy(text: str) -> str:
-    for pattern, repl in _TIDY:
-        text = pattern.sub(repl, text)
+def _tidy(text: str, seams: list[int] | None) -> str:
+    """``text`` without what a removal left at ``seams`` (:data:`_TIDY`; the text elsewhere is the writer's own: "Super
+    jeu !" keeps its space), or wherever it is when ``seams`` is None."""
+    for pattern in _TIDY:
+        spans = [(a, b) for a, b in (m.span() for m in pattern.finditer(text))
+                 if seams is None or any(a <= p <= b for p in seams)]
+        if seams is not None:
+            seams = [p - sum(min(p, b) - a for a, b in spans if a < p) for p in seams]
+        text = cut(text, spans)
     return text
+
+
+def _seams(before: str, after: str) -> list[int] | None:
+    """The places in ``after`` where characters of ``before`` were removed (``after`` is ``before`` with spans cut out
+    and letters' case changed), or None when ``after`` is not such a text. Matched greedily from the start: a cut is
+    found where the first character after it differs from the first one cut (or, when they are equal, a little
+    later, at no cost to what :func:`_tidy` finds there)."""
+    seams, i = [], 0
+    for j, ch in enumerate(after):
+        start = i
+        while i < len(before) and before[i] != ch and before[i].lower() != ch.lower():
+            i += 1
+        if i == len(before):
+            return None
+        seams += [j] if i > start else []
+        i += 1
+    return seams + ([len(after)] if i < len(before) else [])
 
 
 #: store, platform and program names that are written as domains ("needs a Battle.net account", "made in Paint.net"):

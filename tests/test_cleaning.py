@@ -727,6 +727,28 @@ def test_game_chat_spaced_out_and_missing_dot_net_are_no_links(text):
 
 
 @pytest.mark.parametrize("text,want", [
+    ("Great game overall :) the combat rocks, add me kirito_99#1234 lol.", "Great game overall :) the combat rocks."),
+    ("Great game overall ;) and :D the combat rocks, see mywiki.com.", "Great game overall ;) and :D the combat rocks."),
+    ("Super jeu ! Les guides sont sur mywiki.fr, très utiles.", "Super jeu ! Très utiles."),
+    ("Amazing game, check mywiki.com :) the combat rocks.", "Amazing game,  :) the combat rocks."),
+    ("Great game ... really, see x.com.", "Great game ... really."),
+    ("Great game , see mywiki.com , fun.", "Great game , fun."),
+])
+def test_a_cut_tidies_only_where_it_was(text, want):
+    """Space before punctuation, a comma before punctuation and empty brackets are tidied where a removal left them;
+    elsewhere the text keeps the writer's spacing (French "Super jeu !", " ...", " ,"), and an emoticon is no
+    punctuation."""
+    assert links.scrub_pii(text)[0] == want
+
+
+def test_seams_are_where_a_text_lost_characters():
+    assert links._seams("a x.com, b", "a , b") == [2]
+    assert links._seams("see x.com, it is great.", "It is great.") == [0]  # a capital passed on
+    assert links._seams("great. x.com", "great.") == [6]
+    assert links._seams("abc", "abd") is None  # not a cut of it: tidied everywhere
+
+
+@pytest.mark.parametrize("text,want", [
     ("Pros:\n- see x.com for the mod list\n- great soundtrack", "Pros:\n- great soundtrack"),
     ("Great game, see x.com for more info on builds, fun.", "Great game, fun."), ("Check out x.com for mods, they are great.", "They are great."),
     ("Great game (see x.com for more) with a great community.", "Great game with a great community."),
