@@ -393,8 +393,7 @@ _COPULA = r"(?:(?<![^\W\d_])(?:is|are|was|were|be|been)|(?<=[^\W\d_])['’](?:s|
 # before each link (the link first: one pattern with the lead-ins before the link tried them at every position, ~2x
 # slower)
 _LINK_LEAD = re.compile(rf"(?:(?P<pred>{_COPULA}(?P<prep>(?:(?:over|up)[ \t]+)?(?:at|on|in|here))"
-                        rf"|(?<![^\W\d_])(?:{_OTHER_COPULA})[ \t]+(?:(?P<other_prep>{_OTHER_LEAD})|(?P<other_bare>))"
-                        rf"|(?P<bare>{_COPULA}))"
+                        rf"|(?<![^\W\d_])(?:{_OTHER_COPULA})[ \t]+(?P<other_prep>{_OTHER_LEAD})|(?P<bare>{_COPULA}))"
                         rf"|(?P<kept>{_COPULA}{_PARTICIPLE}[ \t]+)here"
                         rf"|(?<![^\W\d_])(?:{_EN_LEAD})"
                         rf"|(?:{_ZH_LINK_LEAD}[ \t]*[:：]?[ \t]*)?(?:(?:百度)?网盘|下载|下載|分享)?(?:链接|連結|地址|网址|網址)"
@@ -546,4 +545,4 @@ def _points_at(text: str, a: int) -> bool:
     """Whether a lead-in other than a bare copula stands right before ``text[a]`` ("visit agar.io"; "My favourite is
     Agar.io" names a game)."""
     lead = _LINK_LEAD.search(text, max(0, a - 40), a)
-    return lead is not None and lead.start("bare") < 0 and lead.start("other_bare") < 0
+    return lead is not None and lead.start("bare") < 0
