@@ -106,8 +106,10 @@ SPAM_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|twitch\.tv/\w+|youtube\.com/(?:c/|@|channel)|check out my (?:channel|stream|video)"
         # the writer's own stream: "Live on Twitch every night", "I'm streaming it on YouTube"; not "shown live on Twitch"
         r"|(?:^|[.!?\n]\s*)(?:i'?m |i am |we'?re )?(?:live|streaming(?: (?:it|this))?) on (?:twitch|youtube|kick)"
-        # ... not an adverbial before a clause of its own: "Live on Twitch, the devs showed the roadmap"
-        r"(?!\s*,\s*(?:the|a|an|they|he|she|it|this|that|these|those|its|their|his|her|devs?|developers?)\b)"
+        # ... not an adverbial before a clause of its own ("Live on Twitch, the devs showed the roadmap") unless the
+        # line goes on to invite ("Live on Twitch, the community is nice, come hang out!")
+        r"(?!\s*,\s*(?:the|a|an|they|he|she|it|this|that|these|those|its|their|his|her|devs?|developers?)\b"
+        r"(?![^\n]*\b(?:come|join|drop by|stop by|say hi|follow|sub(?:scribe)?|check (?:\w+ )?out)\b))"
         r"|(?<![a-z])(?:i|we) (?:stream|am streaming|'m streaming|are streaming) (?:it |this )?[^.!?\n]{0,20}on (?:twitch|youtube|kick)"
         r"|关注我的?(?:b站|哔哩哔哩|直播间?|抖音|快手|频道|主页)|直播间\s*[:：号]?\s*\d+|(?:斗鱼|虎牙)(?:房间)?\s*[:：号]?\s*\d{3,}"
         r"|抖音号|快手号|求关注|点个关注|关注(?:我的|我们的|本)?鉴赏家|follow (?:my|our) curator", re.I),

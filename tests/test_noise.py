@@ -126,6 +126,8 @@ def test_length_counts_cjk_characters_and_other_words():
     ("Live on Twitch every night playing this, come say hi!", "stream_promo"),
     ("Great game.\nLive on Twitch, come hang out!", "stream_promo"),
     ("Great game.\nLive on Twitch, my schedule is on my page", "stream_promo"),
+    ("Live on Twitch, the community is super nice, come hang out!", "stream_promo"),
+    ("Live on Twitch, the streamer MyName123 plays it every night, check him out!", "stream_promo"),
     ("Great game. I stream it every night on twitch", "stream_promo"),
     ("Great game. I'm live on kick most nights", "stream_promo"),
     ("觉得有用的话点个赞再走，谢谢", "award_begging"),
