@@ -210,7 +210,7 @@ def _links_with_leads(text: str) -> list[tuple[int, int, int, bool]]:
         if lead and lead.group("see"):
             end, see = _see_end(text, lead.start(), end)
             if see == "sentence":
-                out.append(_sentence_span(text, max(done, lead.start()), end))
+                out.append(_sentence_span(text, max(done, lead.start()), end, _CLAUSE_BREAK))
                 continue
         else:
             end = (_FRAME_END if lead and lead.group("zai") else _ZH_PLACE_AFTER).match(text, end).end()
@@ -284,12 +284,18 @@ def _predicate_cut(text: str, done: int, start: int, prep: int | None, end: int)
     return _sentence_span(text, max(done, start), end)
 
 
-def _sentence_span(text: str, a: int, b: int) -> tuple[int, int, int, bool]:
-    """A cut of the whole sentence holding ``text[a:b]`` (to its terminator; :func:`_drop_contacts` drops it)."""
+def _sentence_span(text: str, a: int, b: int, stop: re.Pattern[str] | None = None) -> tuple[int, int, int, bool]:
+    """A cut of the whole sentence holding ``text[a:b]`` (to its terminator; :func:`_drop_contacts` drops it), or, when
+    ``stop`` matches between ``b`` and the terminator, of the sentence up to the end of that match (a second clause of
+    its own stays: "I check x.com daily for builds, and honestly the game is great" → "Honestly the game is great")."""
     starts = [m.end() for m in _SENTENCE_END.finditer(text, 0, a)]
     after = _SENTENCE_END.search(text, b)
-    begin = starts[-1] if starts else 0
-    return begin, begin, after.start() if after else len(text), True
+    begin, end = starts[-1] if starts else 0, after.start() if after else len(text)
+    brk = stop.search(text, b, end) if stop else None
+    if brk:
+        begin += len(text[begin:a]) - len(text[begin:a].lstrip())
+        return begin, begin, brk.end(), False
+    return begin, begin, end, True
 
 
 def _see_end(text: str, lead: int, end: int) -> tuple[int, str | None]:
@@ -349,7 +355,11 @@ _LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
 # leave after them when they go
 _SENTENCE_START = re.compile(r"(?:^|[.!?。！？…\n])[ \t]*\Z")
-_LEFTOVER = re.compile(r"[ \t]*[,;:，；：]?[ \t]*")
+# an emoticon: no punctuation, no sentence end ("Check x.com :) great" keeps its ":)")
+_EMOTICON = r"[:;=]['-]?(?:[()\[\]/\\|*3]|[DPpOo](?![^\W\d_]))"
+_LEFTOVER = re.compile(rf"[ \t]*(?:(?!{_EMOTICON})[,;:，；：])?[ \t]*")
+# where a second clause of its own begins: ", and" / ", but" / ", so" or ";"
+_CLAUSE_BREAK = re.compile(r"[ \t]*(?:[,，][ \t]*(?:and|but|so)(?![^\W\d_])|[;；])[ \t]*", re.I)
 
 
 def _whole_sentence(text: str, a: int, b: int) -> bool:
@@ -469,10 +479,9 @@ def _capitalised(text: str) -> str:
 # what removing a match can leave at the place it was: space before punctuation, brackets with nothing but punctuation
 # in them ("(Check out x.com.)" → "(.)"), a comma before other punctuation, a list item with nothing left ("- Check out
 # x.com" → "-"); an emoticon is no punctuation ("check x.com :) great" keeps its space and comma)
-_EMOTICON = r"[:;=]['-]?(?:[()\[\]/\\|*3]|[DPpOo](?![^\W\d_]))"
 _TIDY = (re.compile(r"\([\s.,;:!?]*\)|（[\s。，；：！？]*）|\[\s*\]"), re.compile(r"^[ \t]*[-*•][ \t]*(?:\n|\Z)", re.M),
          re.compile(rf"[ \t]+(?=[,.;:!?，。；：！？])(?!{_EMOTICON})"),
-         re.compile(rf"[,;:，；：]+(?=\s*[,.;:!?，。；：！？])(?!\s*{_EMOTICON})"), re.compile(r"^[ \t]*[,;:，；：][ \t]*", re.M))
+         re.compile(rf"[,;:，；：]+(?=\s*[,.;:!?，。；：！？])(?!\s*{_EMOTICON})"), re.compile(rf"^[ \t]*(?!{_EMOTICON})[,;:，；：][ \t]*", re.M))
 
 
 def _tidy(text: str, seams: list[int] | None) -> str:

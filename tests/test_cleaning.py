@@ -733,6 +733,9 @@ def test_game_chat_spaced_out_and_missing_dot_net_are_no_links(text):
     ("Amazing game, check mywiki.com :) the combat rocks.", "Amazing game,  :) the combat rocks."),
     ("Great game ... really, see x.com.", "Great game ... really."),
     ("Great game , see mywiki.com , fun.", "Great game , fun."),
+    # an emoticon after a cut sentence is no punctuation to tidy
+    ("Check mybuilds.com :o) The story is great.", ":o) The story is great."),
+    ("Check out mybuilds.com :D The story is great.", ":D The story is great."),
 ])
 def test_a_cut_tidies_only_where_it_was(text, want):
     """Space before punctuation, a comma before punctuation and empty brackets are tidied where a removal left them;
@@ -755,6 +758,11 @@ def test_seams_are_where_a_text_lost_characters():
     ("Great game, check mywiki.com for builds. The combat rocks.", "Great game. The combat rocks."),  # "check" alone
     ("Check mywiki.com for builds, the combat rocks.", "The combat rocks."),
     ("Great game. I check mywiki.com every day for news. The combat rocks.", "Great game. The combat rocks."),
+    # words before the lead-in: the sentence goes, up to a second clause of its own
+    ("I check mybuilds.com daily for new builds, and honestly this game is the best ARPG out there.",
+     "Honestly this game is the best ARPG out there."),
+    ("You should check mybuilds.com if you want builds; the game itself is the best ARPG.",
+     "The game itself is the best ARPG."),
 ])
 def test_what_a_pointed_at_link_offers_goes_with_it(text, want):
     assert links.scrub_pii(text) == (want, ["link"])
@@ -879,11 +887,13 @@ def test_a_chinese_game_site_named_by_its_domain_is_a_name(text):
     ("Great game. See mywiki.com for more info or just play it blind like I did, best choice ever.",
      "Great game. Just play it blind like I did, best choice ever."),
     ("Great game, see mywiki.com for the mod list.", "Great game."), ("Great game. See mywiki.com for the mod list.", "Great game."),
-    # a subordinate clause after, or words before the lead-in: a cut would leave a fragment
+    # a subordinate clause after, or words before the lead-in: a cut would leave a fragment, so the sentence goes up
+    # to a second clause of its own (", and" / ", but" / ", so" / ";")
     ("Great game. Visit mywiki.com for builds if you are stuck and then enjoy the best game of the year.", "Great game."),
-    ("Great game. I see mywiki.com for what it is, a spoiler farm, but the game is good.", "Great game."),
-    ("Great game. You can see mywiki.com for free, no login, and the builds are good.", "Great game."),
-    ("Great game. Go see mywiki.com for builds; the game is hard.", "Great game."),
+    ("Great game. I see mywiki.com for what it is, a spoiler farm, but the game is good.", "Great game. The game is good."),
+    ("Great game. You can see mywiki.com for free, no login, and the builds are good.", "Great game. The builds are good."),
+    ("Great game. Go see mywiki.com for builds; the game is hard.", "Great game. The game is hard."),
+    ("Great game. You can see mywiki.com for free, no login needed.", "Great game."),
 ])
 def test_see_x_for_takes_what_the_link_offers_up_to_a_conjunction(text, want):
     assert links.scrub_pii(text) == (want, ["link"])
