@@ -115,8 +115,11 @@ def _scrub_links(text: str, view: str, where: tuple[int, ...] | None) -> str:
     return _drop_stubs(text, [(len(text) - d, limit) for d, limit in cuts])
 
 
+# an emoticon: no punctuation, no sentence end ("Check x.com :) great" keeps its ":)")
+_EMOTICON = r"[:;=]['-]?(?:[()\[\]/\\|*3]|[DPpOo](?![^\W\d_]))"
 # a bracketed aside, with the spaces before it; brackets inside it one deep ("(mods at x(dot)com)")
-_BRACKET = re.compile(r"[ \t]*(?:\((?:[^()\n]|\([^()\n]*\))*\)|（(?:[^（）\n]|（[^（）\n]*）)*）|\[[^\[\]\n]*\]|【[^【】\n]*】)")
+_BRACKET = re.compile(rf"[ \t]*(?:\((?:{_EMOTICON}|[^()\n]|\((?:{_EMOTICON}|[^()\n])*\))*\)|（(?:[^（）\n]|（[^（）\n]*）)*）"
+                      r"|\[[^\[\]\n]*\]|【[^【】\n]*】)")
 
 
 def _bracketed_links(view: str) -> list[tuple[int, int]]:
@@ -134,7 +137,8 @@ def _innermost(view: str, br: re.Match[str], links: list[tuple[int, int]]) -> li
     def holds(a: int, b: int, start: int, end: int) -> bool:
         return start < a and b < end and bool(view[start:a].strip(" \t"))
 
-    inner = [m.span() for m in _BRACKET.finditer(view, br.start() + 1, br.end() - 1)
+    opening = br.end() - len(br.group(0).lstrip(" \t"))  # where its bracket opens, after the spaces before it
+    inner = [m.span() for m in _BRACKET.finditer(view, opening + 1, br.end() - 1)
              if any(holds(a, b, *m.span()) for a, b in links)]
     if inner:
         return inner
@@ -355,8 +359,6 @@ _LOWER_WORD_AFTER = re.compile(r"[ \t]+[a-z]")
 # nothing but a sentence's end and spaces before a position (searched in text[:a]); what a sentence's first words
 # leave after them when they go
 _SENTENCE_START = re.compile(r"(?:^|[.!?。！？…\n])[ \t]*\Z")
-# an emoticon: no punctuation, no sentence end ("Check x.com :) great" keeps its ":)")
-_EMOTICON = r"[:;=]['-]?(?:[()\[\]/\\|*3]|[DPpOo](?![^\W\d_]))"
 _LEFTOVER = re.compile(rf"[ \t]*(?:(?!{_EMOTICON})[,;:，；：])?[ \t]*")
 # where a second clause of its own begins: ", and" / ", but" / ", so" or ";"
 _CLAUSE_BREAK = re.compile(r"[ \t]*(?:[,，][ \t]*(?:and|but|so)(?![^\W\d_])|[;；])[ \t]*", re.I)

@@ -1062,6 +1062,10 @@ def test_promo_only_texts_still_go_as_spam():
      "Great game (the soundtrack is amazing) and the combat rocks."),
     ("Great (music (a.com) and art (b.com) both shine) game.", "Great (music and art both shine) game."),
     ("Great game (I loved it, guides at mywiki.com) and the combat rocks.", "Great game and the combat rocks."),
+    # an emoticon inside the brackets does not close them
+    ("Great game (see x.com :)) and the story is great.", "Great game and the story is great."),
+    ("Great game (builds: mybuilds.com ;)). The story rocks.", "Great game. The story rocks."),
+    ("Great game (I had a blast :)) and the story (see x.com) is touching.", "Great game (I had a blast :)) and the story is touching."),
 ])
 def test_a_bracketed_aside_with_a_link_goes_whole_and_the_text_outside_stays(text, want):
     assert links.scrub_pii(text) == (want, ["link"])
