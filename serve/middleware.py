@@ -30,6 +30,7 @@ from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.persona import apply_persona
 from steam_persona.serve.request_id import STATE_KEY as REQUEST_ID
 from steam_persona.serve.routes import Served
+from steam_persona.serve.tool_calls import check_auto_tools
 from steam_persona.serve.validate import check_generation, check_stream_options, check_token_ids, parse_json
 
 logger = logging.getLogger("steam_persona.serve")
@@ -181,6 +182,7 @@ class SteamMiddleware:
         model = self._validate(path, data)
         if path == _CHAT:
             self._structured_output(model)
+            check_auto_tools(data, self.served.handler.formatter)
         n_prompt = self._count_prompt(path, data) if path in (_CHAT, CHAT_COUNT, _COMPLETIONS) else None
         return data, include_usage, model, n_prompt
 
