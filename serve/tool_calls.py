@@ -215,21 +215,30 @@ def _message_calls(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stream_calls(chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    parser = ToolCallStream()
+    convert = ToolCallChunks()
     for chunk in chunks:
+        yield from convert(chunk)
+
+
+class ToolCallChunks:
+    """A chat stream's chunks, one at a time, with Hermes blocks in their ``content`` deltas as
+    ``tool_calls`` deltas (:class:`ToolCallStream`): a chunk becomes none, one or several; the
+    last (with its ``finish_reason``) says "tool_calls" instead of "stop" after calls. Chunks
+    without choices (``usage``) and without content pass unchanged."""
+
+    def __init__(self) -> None:
+        self.parser = ToolCallStream()
+
+    def __call__(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         if not chunk.get("choices"):
-            yield chunk
-            continue
+            return [chunk]
         choice = chunk["choices"][0]
-        text = choice["delta"].get("content")
-        finish = choice.get("finish_reason")
+        text, finish = choice["delta"].get("content"), choice.get("finish_reason")
         if text is None and finish is None:
-            yield chunk
-            continue
-        deltas = parser.feed(text or "") + (parser.finish() if finish is not None else [])
-        for delta in deltas:
-            yield {**chunk, "choices": [{**choice, "delta": delta, "finish_reason": None}]}
+            return [chunk]
+        deltas = self.parser.feed(text or "") + (self.parser.finish() if finish is not None else [])
+        out = [{**chunk, "choices": [{**choice, "delta": delta, "finish_reason": None}]} for delta in deltas]
         if finish is not None:
-            if parser.calls and finish == "stop":
-                finish = "tool_calls"
-            yield {**chunk, "choices": [{**choice, "delta": {}, "finish_reason": finish}]}
+            finish = "tool_calls" if self.parser.calls and finish == "stop" else finish
+            out.append({**chunk, "choices": [{**choice, "delta": {}, "finish_reason": finish}]})
+        return out

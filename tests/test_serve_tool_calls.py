@@ -15,7 +15,9 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from steam_persona.common.errors import UserError
 from steam_persona.serve.errors import RequestError
+from steam_persona.serve.llama_server import find_binary
 from steam_persona.serve.tool_calls import (ToolCallStream, check_auto_tools, parse_tool_calls, parses_calls,
                                             shows_tools, with_tool_calls)
 from tests.serving import serve_process
@@ -246,8 +248,18 @@ def test_smollm2_server_refuses_auto_tools_and_keeps_forced_calls(smollm2_gguf):
         assert plain.choices[0].message.tool_calls is None and plain.usage.completion_tokens == 4
 
 
-def test_qwen_template_server_returns_hermes_blocks_as_tool_calls(qwen_gguf):
-    with serve_process(qwen_gguf, extra_args=("--max_tokens_cap", "64")) as url:
+def _llama_server() -> bool:
+    try:
+        return find_binary(None) is not None
+    except UserError:
+        return False
+
+
+@pytest.mark.parametrize("engine", ["llama-cpp-python", pytest.param("llama-server", marks=pytest.mark.skipif(
+    not _llama_server(), reason="no llama-server binary (build it with `make llama-server`)"))])
+def test_qwen_template_server_returns_hermes_blocks_as_tool_calls(qwen_gguf, engine):
+    args = ("--max_tokens_cap", "64", "--n_ctx", "1024", "--engine", engine)
+    with serve_process(qwen_gguf, extra_args=args) as url:
         counted = [httpx.post(f"{url}/extras/tokenize/chat", json={"messages": HI, **extra}).json()["count"]
                    for extra in ({}, {"tools": [PRICE]})]
         assert counted[1] > counted[0] + 50  # the template shows the tool to the model
