@@ -4,7 +4,7 @@ Pure ASGI (not ``BaseHTTPMiddleware``) so that streams pass through untouched an
 ``include_usage`` context variable reaches the routes. For ``POST`` JSON endpoints it reads the
 body once (:mod:`steam_persona.serve.body`: at most ``max_request_bytes``, within ``read_timeout``; JSON is accepted whatever the ``Content-Type``, since
 ``curl -d`` sends a form type), answers 4xx itself for every client mistake (:mod:`steam_persona.serve.validate`,
-the library's request schema, token ids, grammars, context overflow), and passes the rewritten
+the library's request schema, token ids, grammars, context overflow, tools the chat template hides: :mod:`steam_persona.serve.tool_calls`), and passes the rewritten
 request model on (in ``scope["state"]``). For chat requests it normalises the messages (:mod:`steam_persona.serve.messages`) and applies the
 persona (:mod:`steam_persona.serve.persona`). Token counting runs on the checks thread, never on the event loop.
 A key sent in the query string is refused and removed from the request before anything logs it.
