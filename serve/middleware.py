@@ -30,7 +30,7 @@ from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.persona import apply_persona
 from steam_persona.serve.request_id import STATE_KEY as REQUEST_ID
 from steam_persona.serve.routes import Served
-from steam_persona.serve.tool_calls import check_auto_tools
+from steam_persona.serve.tool_calls import arguments_as_objects, check_auto_tools
 from steam_persona.serve.validate import check_generation, check_stream_options, check_token_ids, parse_json
 
 logger = logging.getLogger("steam_persona.serve")
@@ -149,7 +149,7 @@ class SteamMiddleware:
             messages = normalise_messages(data.get("messages"))
             if len(messages) >= self.served.n_ctx:  # every message takes at least one template token
                 raise self._overflow(len(messages), data)
-            data["messages"] = apply_persona(messages, self.persona, self.persona_mode)
+            data["messages"] = apply_persona(arguments_as_objects(messages), self.persona, self.persona_mode)
         if path == "/extras/detokenize":
             check_token_ids(data.get("tokens"), self.served.n_vocab)
         if path in (_CHAT, _COMPLETIONS):

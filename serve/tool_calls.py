@@ -15,6 +15,8 @@ the generated text as ``content``. Two consequences this module handles:
   an OpenAI ``tool_calls`` entry (API reference, "Chat Completions": ``message.tool_calls`` and the
   streamed ``delta.tool_calls``, whose first delta per ``index`` carries ``id``, ``type`` and
   ``function.name``, later ones only ``function.arguments``).
+* Calls sent back in the history carry ``arguments`` as a JSON string, which templates would quote
+  once more: :func:`arguments_as_objects` gives them the object.
 
 Why our own parser: llama-cpp-python has none for Hermes blocks in "auto" mode, and the parsers
 that exist live inside other servers (vLLM's ``hermes_tool_parser``, llama.cpp's C++ chat parser,
@@ -89,6 +91,32 @@ def parses_calls(request: dict[str, Any], template: str) -> bool:
     """Should this chat request's text be read for Hermes ``<tool_call>`` blocks? (tools in "auto"
     mode and a template that asks for them)."""
     return _auto_tools(request) is not None and OPEN in template
+
+
+def arguments_as_objects(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with each assistant ``tool_calls[].function.arguments`` that is a JSON object
+    sent as a string (OpenAI's form, which clients send back in the history) given as that object.
+
+    Chat templates follow transformers' convention (its chat-templating docs: ``arguments`` is a
+    dict) and render it with ``| tojson``: a string came out JSON-quoted, so the model saw its own
+    call as ``"arguments": "{\\"game\\": …}"``, unlike what it wrote. Other values are left as
+    they are; the list and the changed messages are new objects (the request's stay as sent).
+    """
+    return [_with_object_arguments(m) if m.get("role") == "assistant" and isinstance(m.get("tool_calls"), list)
+            else m for m in messages]
+
+
+def _with_object_arguments(message: dict[str, Any]) -> dict[str, Any]:
+    calls = []
+    for call in message["tool_calls"]:
+        function = call.get("function") if isinstance(call, dict) else None
+        args = function.get("arguments") if isinstance(function, dict) else None
+        try:
+            parsed = json.loads(args) if isinstance(args, str) else None
+        except ValueError:
+            parsed = None
+        calls.append({**call, "function": {**function, "arguments": parsed}} if isinstance(parsed, dict) else call)
+    return {**message, "tool_calls": calls}
 
 
 def _call(block: str, index: int) -> dict[str, Any] | None:

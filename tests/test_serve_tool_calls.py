@@ -18,8 +18,8 @@ from pydantic import BaseModel
 from steam_persona.common.errors import UserError
 from steam_persona.serve.errors import RequestError
 from steam_persona.serve.llama_server import find_binary
-from steam_persona.serve.tool_calls import (ToolCallStream, check_auto_tools, parse_tool_calls, parses_calls,
-                                            shows_tools, with_tool_calls)
+from steam_persona.serve.tool_calls import (ToolCallStream, arguments_as_objects, check_auto_tools,
+                                            parse_tool_calls, parses_calls, shows_tools, with_tool_calls)
 from tests.serving import serve_process
 
 CHAT = "/v1/chat/completions"
@@ -28,6 +28,10 @@ PRICE = {"type": "function", "function": {"name": "get_price", "description": "P
                                                          "required": ["game"]}}}
 HI = [{"role": "user", "content": "How much is Portal?"}]
 CALL_TEXT = '<tool_call>\n{"name": "get_price", "arguments": {"game": "Portal 2"}}\n</tool_call>'
+#: An agent's second turn: the call the model made (OpenAI form: arguments as a JSON string) and its result.
+HISTORY = [*HI, {"role": "assistant", "content": None, "tool_calls": [
+    {"id": "call_1", "type": "function", "function": {"name": "get_price", "arguments": '{"game": "Portal 2"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "9.99"}]
 TWO_CALLS = ('Let me look.\n' + CALL_TEXT + '\n<tool_call>\n{"name": "rate", "arguments": {"ok": true, "why": "好"}}'
              '\n</tool_call>')
 
@@ -189,6 +193,15 @@ def test_a_message_gets_tool_calls_and_null_content():
     assert choice["message"]["tool_calls"][0]["function"] == {"name": "get_price", "arguments": '{"game": "Portal 2"}'}
 
 
+def test_history_calls_render_as_the_model_wrote_them(qwen_template):
+    prompt = _formatter(qwen_template)(messages=arguments_as_objects(HISTORY)).prompt
+    assert CALL_TEXT + "<|im_end|>" in prompt and "<tool_response>\n9.99\n</tool_response>" in prompt
+    assert HISTORY[1]["tool_calls"][0]["function"]["arguments"] == '{"game": "Portal 2"}'  # the request is kept
+    odd = [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "not json"}}, "x",
+                                                {"function": {"name": "g", "arguments": "[1]"}}]}]
+    assert arguments_as_objects(odd) == odd
+
+
 # --- which templates show tools; which requests are refused or parsed ----------------------------
 
 def test_qwen_template_shows_tools_and_smollm2_template_does_not(qwen_template, smol_template):
@@ -263,6 +276,10 @@ def test_qwen_template_server_returns_hermes_blocks_as_tool_calls(qwen_gguf, eng
         counted = [httpx.post(f"{url}/extras/tokenize/chat", json={"messages": HI, **extra}).json()["count"]
                    for extra in ({}, {"tools": [PRICE]})]
         assert counted[1] > counted[0] + 50  # the template shows the tool to the model
+        as_object = json.loads(json.dumps(HISTORY))
+        as_object[1]["tool_calls"][0]["function"]["arguments"] = {"game": "Portal 2"}
+        assert len({httpx.post(f"{url}/extras/tokenize/chat", json={"messages": m}).json()["count"]
+                    for m in (HISTORY, as_object)}) == 1
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
         forced_text = {"grammar": _gbnf("Checking.\n" + CALL_TEXT), "temperature": 0}
         done = client.chat.completions.create(model="m", messages=HI, tools=[PRICE], extra_body=forced_text)
