@@ -42,6 +42,7 @@ from steam_persona.serve.errors import RequestError
 from steam_persona.serve.grammar import GrammarChecker
 from steam_persona.serve.grammar_guard import guard_grammar
 from steam_persona.serve.modelinfo import special_token_texts
+from steam_persona.serve.tool_calls import parses_calls, with_tool_calls
 
 #: Set per request by the middleware: does this stream want a final ``usage`` chunk?
 INCLUDE_USAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("include_usage", default=False)
@@ -283,6 +284,8 @@ class ChatHandler:
         # puts this prompt's tokens (contents as text) in the cache the library's tokenize call reads
         self.prompt_tokens(kwargs["messages"], kwargs.get("tools"), kwargs.get("tool_choice"))
         result = self._handler(**kwargs)
+        if parses_calls(kwargs, self.formatter.template):
+            result = with_tool_calls(result, bool(kwargs.get("stream")))
         if isinstance(kwargs.get("tool_choice"), dict) or isinstance(kwargs.get("function_call"), dict):
             result = self._forced_tool_finish(result, bool(kwargs.get("stream")), kwargs.get("max_tokens"))
         if kwargs.get("stream") and INCLUDE_USAGE.get():

@@ -4,7 +4,7 @@ Pure ASGI (not ``BaseHTTPMiddleware``) so that streams pass through untouched an
 ``include_usage`` context variable reaches the routes. For ``POST`` JSON endpoints it reads the
 body once (:mod:`steam_persona.serve.body`: at most ``max_request_bytes``, within ``read_timeout``; JSON is accepted whatever the ``Content-Type``, since
 ``curl -d`` sends a form type), answers 4xx itself for every client mistake (:mod:`steam_persona.serve.validate`,
-the library's request schema, token ids, grammars, context overflow), and passes the rewritten
+the library's request schema, token ids, grammars, context overflow, tools the chat template hides: :mod:`steam_persona.serve.tool_calls`), and passes the rewritten
 request model on (in ``scope["state"]``). For chat requests it normalises the messages (:mod:`steam_persona.serve.messages`) and applies the
 persona (:mod:`steam_persona.serve.persona`). Token counting runs on the checks thread, never on the event loop.
 A key sent in the query string is refused and removed from the request before anything logs it.
@@ -30,6 +30,7 @@ from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.persona import apply_persona
 from steam_persona.serve.request_id import STATE_KEY as REQUEST_ID
 from steam_persona.serve.routes import Served
+from steam_persona.serve.tool_calls import arguments_as_objects, check_auto_tools
 from steam_persona.serve.validate import check_generation, check_stream_options, check_token_ids, parse_json
 
 logger = logging.getLogger("steam_persona.serve")
@@ -148,7 +149,7 @@ class SteamMiddleware:
             messages = normalise_messages(data.get("messages"))
             if len(messages) >= self.served.n_ctx:  # every message takes at least one template token
                 raise self._overflow(len(messages), data)
-            data["messages"] = apply_persona(messages, self.persona, self.persona_mode)
+            data["messages"] = apply_persona(arguments_as_objects(messages), self.persona, self.persona_mode)
         if path == "/extras/detokenize":
             check_token_ids(data.get("tokens"), self.served.n_vocab)
         if path in (_CHAT, _COMPLETIONS):
@@ -181,6 +182,7 @@ class SteamMiddleware:
         model = self._validate(path, data)
         if path == _CHAT:
             self._structured_output(model)
+            check_auto_tools(data, self.served.handler.formatter)
         n_prompt = self._count_prompt(path, data) if path in (_CHAT, CHAT_COUNT, _COMPLETIONS) else None
         return data, include_usage, model, n_prompt
 

@@ -29,6 +29,7 @@ from steam_persona.serve.chat_handler import INCLUDE_USAGE
 from steam_persona.serve.engine import client_stayed, watch_disconnect
 from steam_persona.serve.errors import RequestError, error_body
 from steam_persona.serve.llama_server import RETRY_AFTER_S, native_body
+from steam_persona.serve.tool_calls import ToolCallChunks, parses_calls, with_tool_calls
 
 #: llama-server's ``stop_type`` → OpenAI ``finish_reason``.
 _FINISH = {"eos": "stop", "word": "stop", "limit": "length", "none": "length"}
@@ -47,6 +48,7 @@ class _Run:
     finish_reason: str = "length"
     completion_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
+    tool_calls: ToolCallChunks | None = None  # set when Hermes blocks in the text are tool calls
 
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -62,6 +64,13 @@ class _Run:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": [choice]}
 
+    def text_chunks(self, piece: str | None) -> list[dict[str, Any]]:
+        """The stream chunks for a generated text piece, or for the end (``None``): one, or with
+        :attr:`tool_calls` none or several."""
+        end = piece is None
+        chunk = self.chunk({} if end else {"content": piece}, piece or "", self.finish_reason if end else None)
+        return self.tool_calls(chunk) if self.tool_calls else [chunk]
+
     def response(self, text: str) -> dict[str, Any]:
         """The non-streamed response object."""
         if self.chat:
@@ -71,8 +80,9 @@ class _Run:
         else:
             choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": self.finish_reason}
             obj = "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "choices": [choice], "usage": self.usage()}
+        result = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                  "choices": [choice], "usage": self.usage()}
+        return with_tool_calls(result, stream=False) if self.tool_calls else result
 
 
 async def generate(request: Request, served: Any, body: Any, chat: bool) -> Response:
@@ -83,7 +93,9 @@ async def generate(request: Request, served: Any, body: Any, chat: bool) -> Resp
     except RequestError as e:
         return e.response()
     run = _Run(chat=chat, id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, model=served.alias,
-               prompt_tokens=len(tokens))
+               prompt_tokens=len(tokens),
+               tool_calls=ToolCallChunks() if chat and parses_calls(dict(body), served.handler.formatter.template)
+               else None)
     if not body.stream:
         return await _complete(request, served, upstream_body, run, body)
     note_completion_tokens(lambda: run.completion_tokens)
@@ -230,10 +242,13 @@ async def _stream(run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, 
             for chunk in head:
                 yield _event(chunk)
             if first is not None:
-                yield _event(run.chunk({"content": first}, first, None))
+                for chunk in run.text_chunks(first):
+                    yield _event(chunk)
                 async for piece in pieces:
-                    yield _event(run.chunk({"content": piece}, piece, None))
-            yield _event(run.chunk({}, "", run.finish_reason))
+                    for chunk in run.text_chunks(piece):
+                        yield _event(chunk)
+            for chunk in run.text_chunks(None):
+                yield _event(chunk)
             if include_usage:
                 yield _event({"id": run.id, "object": run.chunk(None, None, None)["object"], "created": run.created,
                               "model": run.model, "choices": [], "usage": run.usage()})
