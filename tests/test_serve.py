@@ -362,6 +362,51 @@ def test_openai_client_newer_fields_and_apis(server):
     assert "POST /v1/chat/completions" in e.value.message and e.value.code == "not_found"
 
 
+RATE = {"type": "function", "function": {"name": "rate", "description": "Rate a game",
+                                         "parameters": {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                                        "required": ["ok"], "additionalProperties": False}}}
+RATE_PORTAL = {"messages": [{"role": "user", "content": "Rate Portal"}], "tools": [RATE], "tool_choice": "required",
+               "max_tokens": 32, "seed": 11, "temperature": 0.8}
+
+
+def test_streamed_tool_call_deltas_are_openai_shaped_and_join_to_the_non_streamed_call(client):
+    """llama-cpp-python repeated ``id``, ``type`` and ``function.name`` in every delta (and a legacy
+    ``function_call`` beside them): the openai SDK's stream helper and LangChain joined them into
+    "raterate…". OpenAI sends them in the first delta of each tool call only."""
+    whole = chat(client, **RATE_PORTAL)["choices"][0]
+    assert whole["finish_reason"] == "tool_calls" and "function_call" not in whole["message"]
+    call, = whole["message"]["tool_calls"]
+    assert call["function"]["name"] == "rate" and isinstance(json.loads(call["function"]["arguments"])["ok"], bool)
+    chunks, done = stream_chat(client, RATE_PORTAL)
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert done and deltas[0] == {"role": "assistant", "content": None} and deltas[-1] == {}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    calls = [d["tool_calls"] for d in deltas[1:-1]]
+    assert all(len(c) == 1 and c[0]["index"] == 0 and set(d) == {"tool_calls"} for c, d in zip(calls, deltas[1:-1]))
+    first, *rest = [c[0] for c in calls]
+    assert first["id"].startswith("call_") and (first["type"], first["function"]["name"]) == ("function", "rate")
+    assert rest and all(c == {"index": 0, "function": {"arguments": c["function"]["arguments"]}} for c in rest)
+    assert "".join(c["function"]["arguments"] for c in [first, *rest]) == call["function"]["arguments"]
+
+
+def test_openai_stream_helper_gets_the_exact_tool_name_and_parsed_arguments(server):
+    import openai
+    from pydantic import BaseModel
+
+    class Rate(BaseModel):
+        ok: bool
+
+    oa = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0)
+    with oa.chat.completions.stream(model="m", messages=RATE_PORTAL["messages"], max_tokens=32, seed=11,
+                                    tools=[openai.pydantic_function_tool(Rate)], tool_choice="required") as s:
+        done = [e for e in s if e.type == "tool_calls.function.arguments.done"]
+        final = s.get_final_completion()
+    message = final.choices[0].message
+    call, = message.tool_calls
+    assert (call.function.name, done[0].name) == ("Rate", "Rate") and call.id.startswith("call_")
+    assert isinstance(call.function.parsed_arguments, Rate) and message.function_call is None
+
+
 def test_logs_hold_no_key_and_no_prompt(server, client, request_log):
     out = chat(client, [{"role": "user", "content": SECRET_PROMPT}], max_tokens=1)
     client.post("/v1/chat/completions", content=b"{")
