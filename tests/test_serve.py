@@ -407,6 +407,36 @@ def test_openai_stream_helper_gets_the_exact_tool_name_and_parsed_arguments(serv
     assert isinstance(call.function.parsed_arguments, Rate) and message.function_call is None
 
 
+def test_a_function_without_parameters_is_called_with_empty_arguments(client):
+    """OpenAI allows a function without ``parameters`` (no arguments); it was a 400 "Field required"."""
+    now = {"type": "function", "function": {"name": "now"}}
+    out = chat(client, [{"role": "user", "content": "What time is it?"}], tools=[now], tool_choice="required",
+               max_tokens=8)["choices"][0]
+    assert out["finish_reason"] == "tool_calls"
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in out["message"]["tool_calls"]] == [
+        ("now", {})]
+
+
+def test_a_recursive_pydantic_schema_is_honoured_and_a_bad_format_type_names_the_accepted_ones(client):
+    """``model_json_schema()`` of a recursive model has a root ``$ref`` into ``$defs``: it was a 400
+    (``KeyError: '#/$defs/Node'``)."""
+    from pydantic import BaseModel
+
+    class Node(BaseModel):
+        v: int
+        kids: list["Node"]
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "node", "strict": True, "schema": Node.model_json_schema()}}
+    out = chat(client, [{"role": "user", "content": 'Reply with this JSON: {"v": 3, "kids": []}'}],
+               response_format=fmt, max_tokens=64, temperature=0)["choices"][0]
+    assert out["finish_reason"] == "stop", out
+    assert re.match(r'\{\s*"v"', out["message"]["content"])  # the schema's property order
+    assert isinstance(Node.model_validate_json(out["message"]["content"]).v, int)
+    r = client.post("/v1/chat/completions", json={"messages": HELLO, "response_format": {"type": "yaml"}})
+    err = _error(r, 400, "invalid_value")
+    assert err["param"] == "response_format.type" and "'text', 'json_object' or 'json_schema'" in err["message"]
+
+
 def test_logs_hold_no_key_and_no_prompt(server, client, request_log):
     out = chat(client, [{"role": "user", "content": SECRET_PROMPT}], max_tokens=1)
     client.post("/v1/chat/completions", content=b"{")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 import pytest
 
@@ -469,3 +470,49 @@ def test_a_non_streamed_tool_call_has_no_legacy_function_call_unless_functions_w
     assert openai_tool_calls(answer(), False, legacy=True)["choices"][0]["message"]["function_call"] == {
         "name": "rate", "arguments": "{}"}
 
+
+def test_a_function_without_parameters_takes_none():
+    """OpenAI allows leaving ``parameters`` out; the library's schema answered 400 "Field required"."""
+    data = {"tools": [{"type": "function", "function": {"name": "now"}}], "functions": [{"name": "later"}]}
+    check_generation(data, chat=True, n_vocab=100, max_tokens_cap=64)
+    assert data["tools"][0]["function"]["parameters"] == {"type": "object", "properties": {}}
+    assert data["functions"][0]["parameters"] == {"type": "object", "properties": {}}
+
+
+def _recursive_schema():
+    from pydantic import BaseModel
+
+    class Node(BaseModel):
+        v: int
+        kids: list["Node"]
+
+    return Node.model_json_schema()  # {"$defs": {"Node": {...}}, "$ref": "#/$defs/Node"}
+
+
+def test_a_root_ref_is_resolved_against_defs():
+    """A recursive pydantic model's schema (root ``$ref``) was a 400 with ``KeyError: '#/$defs/Node'``."""
+    from llama_cpp import llama_grammar
+
+    schema = _recursive_schema()
+    data = {"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]}
+    check_generation(data, chat=True, n_vocab=100, max_tokens_cap=64)
+    resolved = {**schema["$defs"]["Node"], "$defs": schema["$defs"]}
+    assert data["response_format"] == {"type": "json_object", "schema": resolved}
+    assert data["tools"][0]["function"]["parameters"] == resolved
+    grammar = llama_grammar.json_schema_to_gbnf(json.dumps(resolved))
+    assert 'root ::= "{" space v-kv "," space kids-kv "}" space' in grammar and "kids-item ::= Node" in grammar
+
+
+@pytest.mark.parametrize("fmt, param, fragment", [
+    ({"type": "yaml"}, "response_format.type", "'text', 'json_object' or 'json_schema'"),
+    ({"type": "json_schema", "json_schema": {"schema": {"$ref": "#/$defs/Missing", "$defs": {}}}},
+     "response_format.json_schema.schema", "'#/$defs/Missing' points to no schema"),
+    ({"type": "json_object", "schema": {"$ref": "#/$defs/A", "$defs": {"A": {"$ref": "#/$defs/A"}}}},
+     "response_format.schema", "a cycle"),
+])
+def test_response_format_mistakes_name_the_field(fmt, param, fragment):
+    with pytest.raises(RequestError) as e:
+        check_generation({"response_format": fmt}, chat=True, n_vocab=100, max_tokens_cap=64)
+    assert (e.value.status, e.value.param, e.value.code) == (400, param, "invalid_value")
+    assert fragment in e.value.message
