@@ -415,6 +415,10 @@ def test_a_function_without_parameters_is_called_with_empty_arguments(client):
     assert out["finish_reason"] == "tool_calls"
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in out["message"]["tool_calls"]] == [
         ("now", {})]
+    # the legacy `functions` keep their `function_call`
+    legacy = chat(client, [{"role": "user", "content": "What time is it?"}], functions=[now["function"]],
+                  function_call={"name": "now"}, max_tokens=8)["choices"][0]["message"]
+    assert legacy["function_call"]["name"] == "now" and json.loads(legacy["function_call"]["arguments"]) == {}
 
 
 def test_a_recursive_pydantic_schema_is_honoured_and_a_bad_format_type_names_the_accepted_ones(client):
