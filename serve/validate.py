@@ -98,8 +98,8 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     OpenAI's ``response_format`` ``json_schema`` becomes the library's ``json_object`` with a
     ``schema``; ``max_completion_tokens`` becomes ``max_tokens`` (the smaller wins when both are sent); the
     result is capped at ``max_tokens_cap`` (the server's limit; also the default when none is
-    sent to /v1/chat/completions; /v1/completions keeps OpenAI's 16); ``seed`` is reduced modulo 2³² (llama.cpp's seed type);
-    a function without ``parameters`` takes none; a JSON schema's root ``$ref`` is resolved.
+    sent to /v1/chat/completions; /v1/completions keeps OpenAI's 16); ``seed`` is reduced modulo 2³² (llama.cpp's seed
+    type); a function without ``parameters`` takes none; a JSON schema's root ``$ref`` is resolved.
 
     Raises:
         RequestError: 400 naming the field: ``true``/``false`` for a number, ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
@@ -202,8 +202,9 @@ def _json_schema_format(data: dict[str, Any]) -> None:
     if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
         raise RequestError("'response_format.json_schema' must be an object with a JSON schema object in 'schema'",
                            param="response_format.json_schema", code="invalid_value")
-    schema = {"schema": _inline_root_ref(spec["schema"], "response_format.json_schema.schema")} if "schema" in spec else {}
-    data["response_format"] = {"type": "json_object", **schema}
+    data["response_format"] = {"type": "json_object"}
+    if "schema" in spec:
+        data["response_format"]["schema"] = _inline_root_ref(spec["schema"], "response_format.json_schema.schema")
 
 
 def _inline_root_ref(schema: Any, param: str) -> Any:

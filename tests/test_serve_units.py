@@ -415,7 +415,8 @@ def _chunk(delta, finish_reason=None):
 def _library_tool_stream(pieces):
     """What llama-cpp-python 0.3.36 streams for a forced call of ``rate``: every delta repeats the header."""
     def call(text):
-        return {"index": 0, "id": "call__0_rate_cmpl-1", "type": "function", "function": {"name": "rate", "arguments": text}}
+        return {"index": 0, "id": "call__0_rate_cmpl-1", "type": "function",
+                "function": {"name": "rate", "arguments": text}}
 
     yield _chunk({"role": "assistant", "content": None, "function_call": None, "tool_calls": None})
     for text in pieces:
