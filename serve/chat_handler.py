@@ -287,7 +287,9 @@ class ChatHandler:
         if parses_calls(kwargs, self.formatter.template):
             result = with_tool_calls(result, bool(kwargs.get("stream")))
         if isinstance(kwargs.get("tool_choice"), dict) or isinstance(kwargs.get("function_call"), dict):
-            result = self._forced_tool_finish(result, bool(kwargs.get("stream")), kwargs.get("max_tokens"))
+            stream = bool(kwargs.get("stream"))
+            result = self._forced_tool_finish(result, stream, kwargs.get("max_tokens"))
+            result = openai_tool_calls(result, stream, legacy=kwargs.get("functions") is not None)
         if kwargs.get("stream") and INCLUDE_USAGE.get():
             return self.with_usage(result)
         return result
@@ -319,6 +321,57 @@ class ChatHandler:
                "model": last.get("model", ""), "choices": [],
                "usage": {"prompt_tokens": u["prompt_tokens"], "completion_tokens": u["completion_tokens"],
                          "total_tokens": u["prompt_tokens"] + u["completion_tokens"]}}
+
+
+def openai_tool_calls(result: Any, stream: bool, legacy: bool) -> Any:
+    """A forced tool call's answer (a ``chat.completion``, or an iterator of ``chat.completion.chunk``
+    dicts) in OpenAI's shape.
+
+    llama-cpp-python 0.3.36 (``_convert_completion_to_chat_function``) repeats ``id``, ``type`` and
+    ``function.name`` in every streamed delta and copies the call into the legacy ``function_call``.
+    OpenAI (API reference, "The chat completion chunk object", ``delta.tool_calls``) sends ``id``,
+    ``type`` and ``function.name`` only in the first delta of each tool call ``index``; later deltas
+    carry ``index`` and ``function.arguments`` only. Clients that join deltas (the openai SDK's
+    ``chat.completions.stream()``, LangChain) append every string they see, so repeated names came out
+    as "RateRateRate". The role delta is ``{"role": "assistant", "content": null}``, the last one
+    (with ``finish_reason``) ``{}``. ``function_call`` is kept only when the request used the legacy
+    ``functions`` (``legacy``), its ``name`` likewise in its first delta only.
+    """
+    if not stream:
+        for choice in result["choices"]:
+            if not legacy:
+                choice["message"].pop("function_call", None)
+        return result
+    return _openai_tool_chunks(result, legacy)
+
+
+def _openai_tool_chunks(chunks: Iterator[dict[str, Any]], legacy: bool) -> Iterator[dict[str, Any]]:
+    """The chunks of :func:`openai_tool_calls`, each ``delta`` rewritten in place."""
+    named: set[Any] = set()  # tool call indexes (and "function_call") whose header was sent
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            choice["delta"] = _openai_delta(choice["delta"], named, legacy)
+        yield chunk
+
+
+def _openai_delta(delta: dict[str, Any], named: set[Any], legacy: bool) -> dict[str, Any]:
+    """One streamed delta without ``null`` fields (but the role delta's ``content``) and without tool
+    call headers already in ``named`` (updated)."""
+    out = {k: v for k, v in delta.items()
+           if k not in ("tool_calls", "function_call") and (v is not None or (k == "content" and delta.get("role")))}
+    calls = []
+    for call in delta.get("tool_calls") or []:
+        if call["index"] in named:
+            call = {"index": call["index"], "function": {"arguments": call["function"]["arguments"]}}
+        named.add(call["index"])
+        calls.append(call)
+    if calls:
+        out["tool_calls"] = calls
+    function_call = delta.get("function_call")
+    if legacy and function_call is not None:
+        out["function_call"] = {"arguments": function_call["arguments"]} if "function_call" in named else function_call
+        named.add("function_call")
+    return out
 
 
 class PromptStopped(Exception):

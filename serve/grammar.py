@@ -79,12 +79,13 @@ class GrammarChecker:
     def from_schema(self, schema: object) -> str:
         """The GBNF grammar for JSON ``schema`` (the library's conversion), compiled by llama.cpp.
 
-        Blocking; results are cached per schema.
+        Blocking; results are cached per schema text. Keys keep their order: the grammar writes an
+        object's properties in the schema's order (as OpenAI's structured outputs do).
 
         Raises:
             SchemaError: the schema cannot be converted, its grammar is too large or llama.cpp rejects it.
         """
-        key = ("schema", json.dumps(schema, sort_keys=True))
+        key = ("schema", json.dumps(schema))
         with self._lock:
             if key not in self._verdicts:
                 self._remember(key, self._convert(key[1]))

@@ -42,6 +42,8 @@ _BIAS = 100.0
 MAX_STOPS = 16
 #: Longest ``stop`` string, in characters (a longer one costs time per token and hardly ever matches).
 MAX_STOP_CHARS = 1024
+#: Most root ``$ref`` hops a JSON schema may take to reach its root schema (see :func:`_inline_root_ref`).
+_MAX_ROOT_REFS = 32
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -96,14 +98,17 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     OpenAI's ``response_format`` ``json_schema`` becomes the library's ``json_object`` with a
     ``schema``; ``max_completion_tokens`` becomes ``max_tokens`` (the smaller wins when both are sent); the
     result is capped at ``max_tokens_cap`` (the server's limit; also the default when none is
-    sent to /v1/chat/completions; /v1/completions keeps OpenAI's 16); ``seed`` is reduced modulo 2³² (llama.cpp's seed type).
+    sent to /v1/chat/completions; /v1/completions keeps OpenAI's 16); ``seed`` is reduced modulo 2³² (llama.cpp's seed
+    type); a function without ``parameters`` takes none; a JSON schema's root ``$ref`` is resolved.
 
     Raises:
         RequestError: 400 naming the field: ``true``/``false`` for a number, ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
             a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
             range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, more than
-            :data:`MAX_STOPS` ``stop`` strings or one over :data:`MAX_STOP_CHARS` characters, or a
-            ``json_schema`` response format without a schema object.
+            :data:`MAX_STOPS` ``stop`` strings or one over :data:`MAX_STOP_CHARS` characters, a
+            ``response_format`` type other than ``text``, ``json_object``, ``json_schema``, a
+            ``json_schema`` response format without a schema object, or a schema whose root ``$ref``
+            cannot be resolved.
     """
     for name in _NUMBERS:
         if isinstance(data.get(name), bool):
@@ -129,6 +134,7 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
         data["prompt"] = prompt[0] if prompt else ""
     if chat:
         _json_schema_format(data)
+        _default_parameters(data)
         _check_tool_choice(data)
     data["max_tokens"] = _max_tokens(data, max_tokens_cap, default=max_tokens_cap if chat else COMPLETION_DEFAULT)
     for name, (low, high) in _RANGES.items():
@@ -174,15 +180,92 @@ def _json_schema_format(data: dict[str, Any]) -> None:
     """OpenAI's structured outputs, ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``
     (what the OpenAI SDK's ``parse`` and LangChain's ``with_structured_output`` send), as the
     library's ``{"type": "json_object", "schema": ...}`` (0.3.36 knows only that one). ``strict``
-    needs nothing more: the schema's grammar allows nothing else."""
+    needs nothing more: the schema's grammar allows nothing else. A schema's root ``$ref`` is
+    resolved (:func:`_inline_root_ref`).
+
+    Raises:
+        RequestError: 400 for a ``type`` other than ``text``, ``json_object`` and ``json_schema`` (the
+            library's own message named only the first two), a ``json_schema`` without a schema
+            object, or a root ``$ref`` that cannot be resolved.
+    """
     fmt = data.get("response_format")
-    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+    if not isinstance(fmt, dict):
+        return  # the library's schema reports it
+    if fmt.get("type") not in ("text", "json_object", "json_schema"):
+        raise RequestError("'response_format.type' must be 'text', 'json_object' or 'json_schema'",
+                           param="response_format.type", code="invalid_value")
+    if fmt["type"] == "json_object" and "schema" in fmt:
+        fmt["schema"] = _inline_root_ref(fmt["schema"], "response_format.schema")
+    if fmt["type"] != "json_schema":
         return
     spec = fmt.get("json_schema")
     if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
         raise RequestError("'response_format.json_schema' must be an object with a JSON schema object in 'schema'",
                            param="response_format.json_schema", code="invalid_value")
-    data["response_format"] = {"type": "json_object", **({"schema": spec["schema"]} if "schema" in spec else {})}
+    data["response_format"] = {"type": "json_object"}
+    if "schema" in spec:
+        data["response_format"]["schema"] = _inline_root_ref(spec["schema"], "response_format.json_schema.schema")
+
+
+def _inline_root_ref(schema: Any, param: str) -> Any:
+    """``schema`` with a local root ``$ref`` replaced by what it points to (the other root keys, such
+    as ``$defs``, kept for the references below the root).
+
+    pydantic's ``model_json_schema()`` of a recursive model is ``{"$defs": {"Node": …}, "$ref":
+    "#/$defs/Node"}``; the library's json-schema-to-grammar converter (0.3.36) resolves ``$ref`` below
+    the root but fails on one at the root (``KeyError: '#/$defs/Node'``). Other values are returned as
+    they are (the converter reports remote references).
+
+    Raises:
+        RequestError: 400 naming ``param`` when the root ``$ref`` points to nothing in the schema or
+            the root references form a cycle.
+    """
+    for _ in range(_MAX_ROOT_REFS):
+        ref = schema.get("$ref") if isinstance(schema, dict) else None
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            return schema
+        target = _json_pointer(schema, ref[2:])
+        if not isinstance(target, dict):
+            raise RequestError(f"The JSON schema in '{param}' cannot be used: its root $ref {ref!r} points to no "
+                               "schema object in it; put the schema under that path (e.g. in '$defs')",
+                               param=param, code="invalid_value")
+        schema = {**{k: v for k, v in schema.items() if k != "$ref"}, **target}
+    raise RequestError(f"The JSON schema in '{param}' cannot be used: its root $ref leads through more than "
+                       f"{_MAX_ROOT_REFS} references (a cycle?)", param=param, code="invalid_value")
+
+
+def _json_pointer(document: Any, pointer: str) -> Any:
+    """The value at JSON Pointer ``pointer`` (RFC 6901, without its leading ``/``) in ``document``, or
+    ``None`` when there is none."""
+    node = document
+    for part in pointer.split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _default_parameters(data: dict[str, Any]) -> None:
+    """Give each function of ``tools`` (and of the legacy ``functions``) without ``parameters`` an
+    empty parameter list, ``{"type": "object", "properties": {}}`` (OpenAI, API reference, "tools":
+    "Omitting parameters defines a function with an empty parameter list"; the library's request
+    schema requires the field, and its forced call reads it), and resolve a root ``$ref`` of those
+    that have them (:func:`_inline_root_ref`; the library fell back to any JSON for such a forced tool).
+    Other shapes are left to the library's schema."""
+    tools = data.get("tools") if isinstance(data.get("tools"), list) else []
+    functions = data.get("functions") if isinstance(data.get("functions"), list) else []
+    listed = [(f"tools[{i}].function", t.get("function")) for i, t in enumerate(tools) if isinstance(t, dict)]
+    listed += [(f"functions[{i}]", f) for i, f in enumerate(functions)]
+    for param, fn in listed:
+        if not isinstance(fn, dict):
+            continue
+        if fn.get("parameters") is None:
+            fn["parameters"] = {"type": "object", "properties": {}}
+        fn["parameters"] = _inline_root_ref(fn["parameters"], f"{param}.parameters")
 
 
 def _check_tool_choice(data: dict[str, Any]) -> None:

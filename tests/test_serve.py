@@ -454,6 +454,87 @@ def test_a_client_that_leaves_during_its_prompt_frees_the_model_at_once(server, 
         assert row["prompt_tokens"] > 800 and row.get("completion_tokens", 0) == 0 and row["ms"] < 1000 * whole / 3, row
 
 
+# Seeded requests set the library's seed chain that later unseeded requests follow: these come after the
+# tests above, whose unseeded replies they would otherwise change.
+RATE = {"type": "function", "function": {"name": "rate", "description": "Rate a game",
+                                         "parameters": {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                                        "required": ["ok"], "additionalProperties": False}}}
+RATE_PORTAL = {"messages": [{"role": "user", "content": "Rate Portal"}], "tools": [RATE], "tool_choice": "required",
+               "max_tokens": 32, "seed": 11, "temperature": 0.8}
+
+
+def test_streamed_tool_call_deltas_are_openai_shaped_and_join_to_the_non_streamed_call(client):
+    """llama-cpp-python repeated ``id``, ``type`` and ``function.name`` in every delta (and a legacy
+    ``function_call`` beside them): the openai SDK's stream helper and LangChain joined them into
+    "raterate…". OpenAI sends them in the first delta of each tool call only."""
+    whole = chat(client, **RATE_PORTAL)["choices"][0]
+    assert whole["finish_reason"] == "tool_calls" and "function_call" not in whole["message"]
+    call, = whole["message"]["tool_calls"]
+    assert call["function"]["name"] == "rate" and isinstance(json.loads(call["function"]["arguments"])["ok"], bool)
+    chunks, done = stream_chat(client, RATE_PORTAL)
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert done and deltas[0] == {"role": "assistant", "content": None} and deltas[-1] == {}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    calls = [d["tool_calls"] for d in deltas[1:-1]]
+    assert all(len(c) == 1 and c[0]["index"] == 0 and set(d) == {"tool_calls"} for c, d in zip(calls, deltas[1:-1]))
+    first, *rest = [c[0] for c in calls]
+    assert first["id"].startswith("call_") and (first["type"], first["function"]["name"]) == ("function", "rate")
+    assert rest and all(c == {"index": 0, "function": {"arguments": c["function"]["arguments"]}} for c in rest)
+    assert "".join(c["function"]["arguments"] for c in [first, *rest]) == call["function"]["arguments"]
+
+
+def test_openai_stream_helper_gets_the_exact_tool_name_and_parsed_arguments(server):
+    import openai
+    from pydantic import BaseModel
+
+    class Rate(BaseModel):
+        ok: bool
+
+    oa = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0)
+    with oa.chat.completions.stream(model="m", messages=RATE_PORTAL["messages"], max_tokens=32, seed=11,
+                                    tools=[openai.pydantic_function_tool(Rate)], tool_choice="required") as s:
+        done = [e for e in s if e.type == "tool_calls.function.arguments.done"]
+        final = s.get_final_completion()
+    message = final.choices[0].message
+    call, = message.tool_calls
+    assert (call.function.name, done[0].name) == ("Rate", "Rate") and call.id.startswith("call_")
+    assert isinstance(call.function.parsed_arguments, Rate) and message.function_call is None
+
+
+def test_a_function_without_parameters_is_called_with_empty_arguments(client):
+    """OpenAI allows a function without ``parameters`` (no arguments); it was a 400 "Field required"."""
+    now = {"type": "function", "function": {"name": "now"}}
+    out = chat(client, [{"role": "user", "content": "What time is it?"}], tools=[now], tool_choice="required",
+               max_tokens=8)["choices"][0]
+    assert out["finish_reason"] == "tool_calls"
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in out["message"]["tool_calls"]] == [
+        ("now", {})]
+    # the legacy `functions` keep their `function_call`
+    legacy = chat(client, [{"role": "user", "content": "What time is it?"}], functions=[now["function"]],
+                  function_call={"name": "now"}, max_tokens=8)["choices"][0]["message"]
+    assert legacy["function_call"]["name"] == "now" and json.loads(legacy["function_call"]["arguments"]) == {}
+
+
+def test_a_recursive_pydantic_schema_is_honoured_and_a_bad_format_type_names_the_accepted_ones(client):
+    """``model_json_schema()`` of a recursive model has a root ``$ref`` into ``$defs``: it was a 400
+    (``KeyError: '#/$defs/Node'``)."""
+    from pydantic import BaseModel
+
+    class Node(BaseModel):
+        v: int
+        kids: list["Node"]
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "node", "strict": True, "schema": Node.model_json_schema()}}
+    out = chat(client, [{"role": "user", "content": 'Reply with this JSON: {"v": 3, "kids": []}'}],
+               response_format=fmt, max_tokens=64, temperature=0)["choices"][0]
+    assert out["finish_reason"] == "stop", out
+    assert re.match(r'\{\s*"v"', out["message"]["content"])  # the schema's property order
+    assert isinstance(Node.model_validate_json(out["message"]["content"]).v, int)
+    r = client.post("/v1/chat/completions", json={"messages": HELLO, "response_format": {"type": "yaml"}})
+    err = _error(r, 400, "invalid_value")
+    assert err["param"] == "response_format.type" and "'text', 'json_object' or 'json_schema'" in err["message"]
+
+
 def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):
     with start_server(smollm2_gguf) as srv:
         body = {"messages": [{"role": "user", "content": "Tell me a long story about a dragon."}],

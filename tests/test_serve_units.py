@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 import pytest
 
@@ -404,3 +405,115 @@ def test_n_batch_reaches_the_embedded_llama_and_defaults_to_the_librarys(smollm2
     assert llama.n_batch == llama.context_params.n_batch == llama.context_params.n_ubatch == 96
     out = " ".join(CliRunner().invoke(command, ["--help"], terminal_width=200).output.split())
     assert "--n_batch INTEGER Prompt tokens evaluated per batch (llama.cpp's n_batch; llama-server's -b)." in out
+
+
+def _chunk(delta, finish_reason=None):
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+
+def _library_tool_stream(pieces):
+    """What llama-cpp-python 0.3.36 streams for a forced call of ``rate``: every delta repeats the header."""
+    def call(text):
+        return {"index": 0, "id": "call__0_rate_cmpl-1", "type": "function",
+                "function": {"name": "rate", "arguments": text}}
+
+    yield _chunk({"role": "assistant", "content": None, "function_call": None, "tool_calls": None})
+    for text in pieces:
+        yield _chunk({"role": None, "content": None, "function_call": {"name": "rate", "arguments": text},
+                      "tool_calls": [call(text)]})
+    yield _chunk({"role": None, "content": None, "function_call": None, "tool_calls": None}, "tool_calls")
+
+
+def test_streamed_tool_call_deltas_carry_the_header_once_as_openai_sends_them():
+    """Found by a new-user trial: the openai SDK's stream helper and LangChain joined the repeated
+    names into "RateRateRate" and the ids likewise."""
+    from steam_persona.serve.chat_handler import openai_tool_calls
+
+    pieces = ['{"', 'ok', '": ', 'true', '}']
+    deltas = [c["choices"][0]["delta"] for c in openai_tool_calls(_library_tool_stream(pieces), True, legacy=False)]
+    assert deltas[0] == {"role": "assistant", "content": None}
+    assert deltas[1] == {"tool_calls": [{"index": 0, "id": "call__0_rate_cmpl-1", "type": "function",
+                                         "function": {"name": "rate", "arguments": '{"'}}]}
+    assert deltas[2:-1] == [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces[1:]]
+    assert deltas[-1] == {}
+    # the legacy `functions` keep `function_call`, its name in its first delta only
+    legacy = [c["choices"][0]["delta"] for c in openai_tool_calls(_library_tool_stream(pieces), True, legacy=True)]
+    assert [d.get("function_call") for d in legacy] == [
+        None, {"name": "rate", "arguments": '{"'}, *({"arguments": p} for p in pieces[1:]), None]
+    assert [d["tool_calls"] for d in legacy[1:-1]] == [d["tool_calls"] for d in deltas[1:-1]]
+
+
+def test_streamed_tool_call_deltas_join_in_the_openai_sdk_to_the_exact_name():
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    from steam_persona.serve.chat_handler import openai_tool_calls
+
+    state = ChatCompletionStreamState()
+    for chunk in openai_tool_calls(_library_tool_stream(['{"ok"', ': true}']), True, legacy=False):
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    message = state.get_final_completion().choices[0].message
+    assert message.function_call is None
+    assert [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls] == [
+        ("call__0_rate_cmpl-1", "rate", '{"ok": true}')]
+
+
+def test_a_non_streamed_tool_call_has_no_legacy_function_call_unless_functions_were_sent():
+    from steam_persona.serve.chat_handler import openai_tool_calls
+
+    def answer():
+        return {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": None, "function_call": {"name": "rate", "arguments": "{}"},
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "rate", "arguments": "{}"}}]}}]}
+
+    assert "function_call" not in openai_tool_calls(answer(), False, legacy=False)["choices"][0]["message"]
+    assert openai_tool_calls(answer(), False, legacy=True)["choices"][0]["message"]["function_call"] == {
+        "name": "rate", "arguments": "{}"}
+
+
+def test_a_function_without_parameters_takes_none():
+    """OpenAI allows leaving ``parameters`` out; the library's schema answered 400 "Field required"."""
+    data = {"tools": [{"type": "function", "function": {"name": "now"}}], "functions": [{"name": "later"}]}
+    check_generation(data, chat=True, n_vocab=100, max_tokens_cap=64)
+    assert data["tools"][0]["function"]["parameters"] == {"type": "object", "properties": {}}
+    assert data["functions"][0]["parameters"] == {"type": "object", "properties": {}}
+
+
+def _recursive_schema():
+    from pydantic import BaseModel
+
+    class Node(BaseModel):
+        v: int
+        kids: list["Node"]
+
+    return Node.model_json_schema()  # {"$defs": {"Node": {...}}, "$ref": "#/$defs/Node"}
+
+
+def test_a_root_ref_is_resolved_against_defs():
+    """A recursive pydantic model's schema (root ``$ref``) was a 400 with ``KeyError: '#/$defs/Node'``."""
+    from llama_cpp import llama_grammar
+
+    schema = _recursive_schema()
+    data = {"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]}
+    check_generation(data, chat=True, n_vocab=100, max_tokens_cap=64)
+    resolved = {**schema["$defs"]["Node"], "$defs": schema["$defs"]}
+    assert data["response_format"] == {"type": "json_object", "schema": resolved}
+    assert data["tools"][0]["function"]["parameters"] == resolved
+    grammar = llama_grammar.json_schema_to_gbnf(json.dumps(resolved))
+    assert 'root ::= "{" space v-kv "," space kids-kv "}" space' in grammar and "kids-item ::= Node" in grammar
+
+
+@pytest.mark.parametrize("fmt, param, fragment", [
+    ({"type": "yaml"}, "response_format.type", "'text', 'json_object' or 'json_schema'"),
+    ({"type": "json_schema", "json_schema": {"schema": {"$ref": "#/$defs/Missing", "$defs": {}}}},
+     "response_format.json_schema.schema", "'#/$defs/Missing' points to no schema"),
+    ({"type": "json_object", "schema": {"$ref": "#/$defs/A", "$defs": {"A": {"$ref": "#/$defs/A"}}}},
+     "response_format.schema", "a cycle"),
+])
+def test_response_format_mistakes_name_the_field(fmt, param, fragment):
+    with pytest.raises(RequestError) as e:
+        check_generation({"response_format": fmt}, chat=True, n_vocab=100, max_tokens_cap=64)
+    assert (e.value.status, e.value.param, e.value.code) == (400, param, "invalid_value")
+    assert fragment in e.value.message
