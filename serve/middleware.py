@@ -23,8 +23,7 @@ from pydantic import ValidationError
 from steam_persona.serve import auth
 from steam_persona.serve.body import read_body
 from steam_persona.serve.chat_handler import INCLUDE_USAGE, SEEDED
-from steam_persona.serve.llama_server import RETRY_AFTER_S
-from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error
+from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error, shutting_down
 from steam_persona.serve.grammar import SchemaError
 from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.persona import apply_persona
@@ -107,9 +106,7 @@ class SteamMiddleware:
             state["error_code"] = err.code
             return await _reply(send, err)
         except asyncio.CancelledError:  # uvicorn's shutdown deadline: a body still arriving, or checks running
-            return await _reply(send, RequestError("The server is shutting down; send the request again", status=503,
-                                                   type="server_error", code="shutting_down",
-                                                   headers={"Retry-After": str(RETRY_AFTER_S)}))
+            return await _reply(send, shutting_down())
         token, seeded = INCLUDE_USAGE.set(include_usage), SEEDED.set(data.get("seed") is not None)
         try:
             await self.app(scope, _replay(b"", receive), send)

@@ -499,6 +499,67 @@ def test_sigterm_while_a_body_arrives_answers_503_with_retry_after(smollm2_gguf)
         assert srv.proc.wait(30) in (0, -signal.SIGTERM)
 
 
+def _sse(base_url, body, out, key, started=None):
+    """POST a streamed chat; ``out[key]`` = (status, Retry-After, SSE data payloads, seconds to headers)."""
+    t0 = time.monotonic()
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+        head = time.monotonic() - t0
+        if started is not None:
+            started.set()
+        data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")] if r.status_code == 200 \
+            else [r.read().decode()]
+    out[key] = (r.status_code, r.headers.get("retry-after"), data, head)
+
+
+#: A reply that runs to max_tokens: SmolLM2's end-of-text and end-of-turn tokens banned.
+NO_END = {"logit_bias": {"0": -100, "2": -100}, "max_tokens": 4000, "temperature": 0}
+
+
+def test_sigterm_answers_requests_queued_for_the_model_503_with_retry_after(smollm2_gguf, tmp_path):
+    """A trial found a non-streamed request queued behind a running one answered 200 with no text when
+    SIGTERM came (the SDK does not retry that); llama-server's engine said 503 ``shutting_down``. Now
+    the embedded engine does too: non-streamed and streamed (a stream that already sent its headers
+    after waiting 5 s ends with that error as its last event); the running one ends with its text."""
+    log = tmp_path / "requests.jsonl"
+    args = ("--shutdown_timeout", "2", "--n_threads", "1", "--max_tokens_cap", "4000", "--log_file", log)
+    with start_server(smollm2_gguf, extra_args=args) as srv:
+        out = {}
+        running = threading.Thread(target=_sse, args=(srv.base_url, {
+            "messages": [{"role": "user", "content": "Tell me a long story."}], **NO_END}, out, "running"))
+        running.start()
+        time.sleep(0.5)
+        short = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        waited = threading.Event()
+        early = threading.Thread(target=_sse, args=(srv.base_url, short, out, "stream_with_headers", waited))
+        early.start()
+        assert waited.wait(20)  # its headers came after 5 s of waiting
+        late = threading.Thread(target=_sse, args=(srv.base_url, short, out, "stream"))
+        late.start()
+
+        def plain():
+            r = httpx.post(f"{srv.base_url}/v1/chat/completions", json=short, headers={"X-Request-Id": "queued"},
+                           timeout=60)
+            out["plain"] = (r.status_code, r.headers.get("retry-after"), r.json())
+        queued = threading.Thread(target=plain)
+        queued.start()
+        time.sleep(0.5)
+        srv.proc.send_signal(signal.SIGTERM)
+        for t in (running, early, late, queued):
+            t.join(30)
+        assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+    status, _, data, _ = out["running"]
+    last = json.loads(data[-2])
+    if last["choices"][0]["finish_reason"] != "length" or data[-1] != "[DONE]":
+        pytest.skip(f"the running reply ended before SIGTERM: {data[-2:]}")
+    status, retry, body = out["plain"]
+    assert (status, retry, body["error"]["code"], body["error"]["type"]) == (503, "5", "shutting_down", "server_error")
+    status, retry, data, head = out["stream"]
+    assert (status, retry, json.loads(data[0])["error"]["code"]) == (503, "5", "shutting_down"), data
+    status, _, data, head = out["stream_with_headers"]
+    assert status == 200 and head >= 4.5 and [json.loads(d)["error"]["code"] for d in data] == ["shutting_down"]
+    assert log_rows(log, ["queued"])[0]["status"] == 503
+
+
 def _serve_cli(*args):
     return subprocess.run([sys.executable, "-m", "steam_persona", "serve", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=60, env={**os.environ, "STEAM_PERSONA_API_KEY": ""})
