@@ -289,6 +289,27 @@ def test_cors_lets_browsers_send_and_read_the_request_id(client, request_log):
     assert len(allowed) == len(set(allowed))  # content-type was listed twice
 
 
+def test_cors_allows_every_header_the_openai_sdks_send(client):
+    """A trial found the preflight of openai-node's ``chat.completions.stream()`` (and openai-python's
+    helpers) refused: they send ``X-Stainless-Helper-Method``; ``Idempotency-Key`` was refused too.
+    Every ``X-Stainless-*`` name is allowed now, other names stay refused, credentials stay off."""
+    origin = {"Origin": "http://good.example", "Access-Control-Request-Method": "POST"}
+    for asked in ("content-type, x-stainless-helper-method, idempotency-key, authorization",
+                  "X-Stainless-Helper-Method", "x-stainless-helper, x-stainless-poll-helper, x-stainless-stream-helper"):
+        pre = client.options(CHAT, headers={**origin, "Access-Control-Request-Headers": asked})
+        assert pre.status_code == 200, pre.text
+        allowed = [h.strip() for h in pre.headers["access-control-allow-headers"].lower().split(",")]
+        assert {h.strip().lower() for h in asked.split(",")} <= set(allowed) and len(allowed) == len(set(allowed))
+        assert pre.headers["access-control-allow-origin"] == "http://good.example"
+        assert "access-control-allow-credentials" not in pre.headers
+    refused = client.options(CHAT, headers={**origin, "Access-Control-Request-Headers": "x-stainless-os, x-other"})
+    assert "(headers not allowed)" in _error(refused, 400, "cors_not_allowed")["message"]
+    assert "x-stainless-*" in refused.json()["error"]["message"]
+    r = client.post(CHAT, json={"messages": HI, "max_tokens": 2}, headers={
+        "Origin": "http://good.example", "X-Stainless-Helper-Method": "stream", "Idempotency-Key": "stainless-1"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://good.example"
+
+
 def test_refused_cors_preflights_are_openai_shaped_and_logged(client, request_log):
     """A preflight from an origin (or with a method) not allowed got starlette's plain-text
     ``400 Disallowed CORS origin``, and no log row."""
