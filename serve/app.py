@@ -116,7 +116,7 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
                     checks=Worker("llama-checks"), alias=opts.alias,
                     n_ctx=opts.n_ctx if upstream is not None else llama.n_ctx(),
                     request_timeout=opts.request_timeout, check_budget=opts.check_budget, upstream=upstream)
-    app = FastAPI(title="steam-persona (llama-cpp-python)", version=llama_cpp_version())
+    app = FastAPI(title="steam-persona (llama-cpp-python)", version=llama_cpp_version(), redirect_slashes=False)
     app.state.served = served
     app.include_router(routes.router)
     routes.install_schemas(app)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator
 
 import llama_cpp
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from llama_cpp.server.types import (CreateChatCompletionRequest, CreateCompletionRequest, DetokenizeInputRequest,
@@ -40,6 +41,7 @@ from steam_persona.serve.engine import (FIRST_CHUNK_WAIT_S, STOP, Skipped, Worke
                                          watch_disconnect)
 from steam_persona.serve.errors import RequestError, error_body, shutting_down
 from steam_persona.serve.grammar import GrammarChecker
+from steam_persona.serve.modelinfo import completion_prompt_tokens
 
 router = APIRouter()
 #: Fields of the request models that are not ``Llama`` call arguments (as the library excludes them).
@@ -112,9 +114,28 @@ def _kwargs(body: CreateChatCompletionRequest | CreateCompletionRequest, llama: 
     if body.grammar is not None:
         kwargs["grammar"] = llama_cpp.LlamaGrammar.from_string(body.grammar)
     if body.min_tokens > 0:
+        # the library drops both its logit_bias processor and ours when both come
+        # (`logits_processor = logits_processor.extend(...)`, which returns None): the bias goes in our list
         kwargs["logits_processor"] = llama_cpp.LogitsProcessorList(
-            [llama_cpp.MinTokensLogitsProcessor(body.min_tokens, llama.token_eos())])
+            [llama_cpp.MinTokensLogitsProcessor(body.min_tokens, llama.token_eos()),
+             *_bias_processor(kwargs.pop("logit_bias", None))])
+    if isinstance(body, CreateCompletionRequest) and body.prompt == "" and body.suffix is None:
+        kwargs["prompt"] = completion_prompt_tokens(llama, "")  # the library would start from no token
     return kwargs
+
+
+def _bias_processor(bias: dict[str, float] | None) -> list[Callable[..., Any]]:
+    """``logit_bias`` (token id → bias) as a logits processor: the bias added to each token's logit, as
+    the library's own one does; none for no bias."""
+    if not bias:
+        return []
+    ids = np.array([int(i) for i in bias], dtype=np.intc)
+    values = np.array(list(bias.values()), dtype=np.single)
+
+    def add_bias(input_ids: Any, scores: Any) -> Any:
+        scores[ids] += values
+        return scores
+    return [add_bias]
 
 
 def _body(request: Request) -> Any:

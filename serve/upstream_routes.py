@@ -30,6 +30,7 @@ from steam_persona.serve.chat_handler import INCLUDE_USAGE
 from steam_persona.serve.engine import FIRST_CHUNK_WAIT_S, client_stayed, drop_stream, watch_disconnect
 from steam_persona.serve.errors import RequestError, error_body, shutting_down
 from steam_persona.serve.llama_server import native_body
+from steam_persona.serve.modelinfo import completion_prompt_tokens
 
 #: llama-server's ``stop_type`` → OpenAI ``finish_reason``.
 _FINISH = {"eos": "stop", "word": "stop", "limit": "length", "none": "length"}
@@ -294,19 +295,26 @@ def _event(chunk: dict[str, Any]) -> dict[str, str]:
 
 
 async def _prompt(served: Any, body: Any, chat: bool) -> list[int]:
-    """The prompt's token ids (chat: the template rendered, contents as text; completion: the
-    library's tokenization of the prompt string, special tokens parsed, BOS added)."""
+    """The prompt's token ids (chat: the template rendered, contents as text; completion:
+    :func:`~steam_persona.serve.modelinfo.completion_prompt_tokens`).
+
+    Raises:
+        RequestError: 400 ``unsupported_value`` for what llama-server cannot do: ``min_tokens``,
+            ``suffix``, forcing a tool call.
+    """
+    if body.min_tokens:  # llama-cpp-python's own field; llama-server has no such sampler
+        raise RequestError("'min_tokens' is not available with --engine llama-server", param="min_tokens",
+                           code="unsupported_value")
     if chat:
         if isinstance(body.tool_choice, dict) or body.tool_choice == "required" or isinstance(body.function_call, dict):
             raise RequestError("Forcing a tool call is not available with --engine llama-server; send "
                                "tool_choice 'auto' or 'none', or serve with the default engine",
                                param="tool_choice", code="unsupported_value")
         return await served.check(served.handler.prompt_token_ids, body.messages, body.tools, body.tool_choice)
-    for name in ("min_tokens", "suffix"):  # suffix: llama-cpp-python's fill-in-the-middle prompt
-        if getattr(body, name):
-            raise RequestError(f"'{name}' is not available with --engine llama-server", param=name,
-                               code="unsupported_value")
-    return await served.check(served.llama.tokenize, body.prompt.encode("utf-8"), True, True)
+    if body.suffix:  # llama-cpp-python's fill-in-the-middle prompt
+        raise RequestError("'suffix' is not available with --engine llama-server", param="suffix",
+                           code="unsupported_value")
+    return await served.check(completion_prompt_tokens, served.llama, body.prompt)
 
 
 async def _logit_bias(served: Any, body: Any) -> dict[int, float] | None:

@@ -218,6 +218,23 @@ def test_engine_completions_and_limits_match_the_embedded_engine(servers):
 
 
 @needs_binary
+def test_min_tokens_is_refused_and_an_empty_prompt_completed_on_the_engine(servers):
+    """A trial found ``min_tokens`` silently ignored on chat requests (the docs said 400), and an empty
+    completion prompt refused on both engines (OpenAI completes it): both engines now start it from the
+    same token and give the same greedy text."""
+    embedded, engine = servers
+    r = httpx.post(f"{engine.base_url}/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "x"}], "min_tokens": 5, "logit_bias": {"2": 100}, "max_tokens": 8})
+    assert r.status_code == 400 and (r.json()["error"]["param"], r.json()["error"]["code"]) == ("min_tokens",
+                                                                                               "unsupported_value")
+    body = {"prompt": "", "max_tokens": 6, **GREEDY}
+    ours, theirs = (httpx.post(f"{s.base_url}/v1/completions", json=body, timeout=120) for s in servers)
+    assert ours.status_code == theirs.status_code == 200, (ours.text, theirs.text)
+    assert theirs.json()["choices"][0]["text"] == ours.json()["choices"][0]["text"] != ""
+    assert theirs.json()["usage"] == ours.json()["usage"] and ours.json()["usage"]["prompt_tokens"] == 1
+
+
+@needs_binary
 def test_structured_outputs_match_and_schema_bombs_are_refused_on_the_engine(servers):
     """``json_schema`` response formats give the same JSON on both engines; a schema whose grammar
     would be gigabytes was converted on the event loop (``/health`` froze, then memory ran out)."""
