@@ -174,7 +174,12 @@ def _complete(served: Served, body: Any, create: Callable[..., Any]) -> Any:
     """``create(**kwargs)`` (a ``Llama`` method) on the generate thread; a non-streamed result gets the
     text OpenAI would give (:meth:`ChatHandler.completed_text`: the text so far when the time limit
     cut it, the earliest stop match); a completion stream that asked for ``include_usage`` gets its
-    usage chunk (the library ignores it; chat streams get theirs from the chat handler)."""
+    usage chunk (the library ignores it; chat streams get theirs from the chat handler).
+
+    Raises:
+        RequestError: 503 ``shutting_down`` when shutdown came before this generation's first token
+            (it waited for the model, or its prompt was stopped; a stream: at its first chunk).
+    """
     if time.monotonic() > served.wind_down_at:  # it waited behind a generation that shutdown ended
         raise shutting_down()
     result = create(**_kwargs(body, served.llama))
