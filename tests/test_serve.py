@@ -17,8 +17,8 @@ import time
 import httpx
 import pytest
 
-from tests.serving import (REPO, leave_during_prompts, leave_streams, log_rows, port_is_free, start_server,
-                           whole_prompt_seconds)
+from tests.serving import (REPO, leave_during_prompts, leave_streams, log_rows, long_chat, port_is_free,
+                           start_server, whole_prompt_seconds)
 from steam_persona.common.persona import DEFAULT_SYSTEM
 
 KEY = "test-key-8f3a"
@@ -558,6 +558,29 @@ def test_sigterm_answers_requests_queued_for_the_model_503_with_retry_after(smol
     status, _, data, head = out["stream_with_headers"]
     assert status == 200 and head >= 4.5 and [json.loads(d)["error"]["code"] for d in data] == ["shutting_down"]
     assert log_rows(log, ["queued"])[0]["status"] == 503
+
+
+def test_sigterm_during_a_prompt_answers_503_not_an_empty_reply(smollm2_gguf):
+    """A request whose prompt shutdown stops has no text to give: it was a 200 with ``content: ""``, now
+    503 ``shutting_down`` with ``Retry-After``, as on llama-server's engine."""
+    args = ("--shutdown_timeout", "1", "--n_threads", "1", "--n_batch", "64")
+    with start_server(smollm2_gguf, extra_args=args) as srv:
+        whole = whole_prompt_seconds(srv.base_url, {}, words=280)
+        if whole < 2:  # a fast machine: the prompt ends before the wind-down (0.8 s after SIGTERM)
+            pytest.skip(f"the whole prompt took {whole:.2f} s; this test needs one of seconds")
+        out = {}
+
+        def ask():
+            r = httpx.post(f"{srv.base_url}/v1/chat/completions", json=long_chat("cut", 280), timeout=60)
+            out["r"] = (r.status_code, r.headers.get("retry-after"), r.json())
+        client = threading.Thread(target=ask)
+        client.start()
+        time.sleep(0.2)
+        srv.proc.send_signal(signal.SIGTERM)
+        client.join(30)
+        assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+    status, retry, body = out["r"]
+    assert (status, retry, body["error"]["code"]) == (503, "5", "shutting_down"), body
 
 
 def _serve_cli(*args):
