@@ -116,7 +116,7 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
                     checks=Worker("llama-checks"), alias=opts.alias,
                     n_ctx=opts.n_ctx if upstream is not None else llama.n_ctx(),
                     request_timeout=opts.request_timeout, check_budget=opts.check_budget, upstream=upstream)
-    app = FastAPI(title="steam-persona (llama-cpp-python)", version=llama_cpp_version())
+    app = FastAPI(title="steam-persona (llama-cpp-python)", version=llama_cpp_version(), redirect_slashes=False)
     app.state.served = served
     app.include_router(routes.router)
     routes.install_schemas(app)
@@ -131,12 +131,10 @@ def build_app(info: ModelInfo, opts: AppOptions) -> FastAPI:
 
 
 #: request headers browsers may send (Content-Type and the other CORS-safelisted ones starlette adds itself): the
-#: key, the request id, and what OpenAI's SDKs send with every request (openai-python / openai-node's
-#: X-Stainless-* platform headers, OpenAI-Organization/-Project/-Beta)
+#: key, the request id, and what OpenAI's SDKs send (openai-python / openai-node: OpenAI-Organization/-Project/-Beta,
+#: Idempotency-Key on every POST; their X-Stainless-* headers are allowed by prefix, see :mod:`steam_persona.serve.cors`)
 CORS_HEADERS = ["authorization", "x-api-key", "x-request-id", "openai-organization", "openai-project", "openai-beta",
-                "x-stainless-arch", "x-stainless-async", "x-stainless-lang", "x-stainless-os",
-                "x-stainless-package-version", "x-stainless-raw-response", "x-stainless-read-timeout",
-                "x-stainless-retry-count", "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-timeout"]
+                "idempotency-key"]
 
 
 def _install_middleware(app: FastAPI, served: Served, opts: AppOptions) -> None:

@@ -1,5 +1,11 @@
 """CORS for browsers (``--cors_origins``): starlette's ``CORSMiddleware``, with refused preflights
-answered as every other 4xx.
+answered as every other 4xx, and every ``X-Stainless-*`` header allowed.
+
+The OpenAI SDKs (openai-python, openai-node: Stainless-generated) send a family of ``X-Stainless-*``
+headers that grows with their versions (``-Helper-Method`` from ``chat.completions.stream()`` and
+``.parse()``, ``-Helper``, ``-Poll-Helper``, ``-Timeout`` …); starlette allows only listed names
+or all, so names with that prefix are taken out of a preflight's ``Access-Control-Request-Headers``
+before starlette's check and added to its ``Access-Control-Allow-Headers``.
 
 Starlette answers a preflight it refuses (an origin, method or header not allowed) with a
 plain-text ``400 Disallowed CORS origin``; here it is an OpenAI-shaped 400 ``cors_not_allowed``
@@ -12,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
@@ -20,6 +26,8 @@ from steam_persona.serve.errors import error_body
 
 #: The error code of a refused preflight.
 REFUSED = "cors_not_allowed"
+#: Request headers with this prefix are allowed whatever their name (the OpenAI SDKs' own).
+SDK_HEADER_PREFIX = "x-stainless-"
 
 
 class OpenAICORSMiddleware(CORSMiddleware):
@@ -31,7 +39,11 @@ class OpenAICORSMiddleware(CORSMiddleware):
         if headers is None or scope["method"] != "OPTIONS" or "origin" not in headers \
                 or "access-control-request-method" not in headers:
             return await super().__call__(scope, receive, send)
+        sdk_headers, headers = _without_sdk_headers(headers)
         response = self.preflight_response(request_headers=headers)
+        if response.status_code == 200 and sdk_headers:
+            allowed = response.headers["access-control-allow-headers"]  # starlette lists the safelisted ones at least
+            response.headers["access-control-allow-headers"] = ", ".join([allowed, *sdk_headers])
         if response.status_code == 400:
             scope.setdefault("state", {})["error_code"] = REFUSED
             response = self._refusal(response)
@@ -44,5 +56,20 @@ class OpenAICORSMiddleware(CORSMiddleware):
         kept = {k: v for k, v in plain.headers.items() if k not in ("content-type", "content-length")}
         message = (f"CORS preflight refused ({refused} not allowed): this server allows the origins given by its "
                    f"--cors_origins, the methods {', '.join(self.allow_methods)} and the headers "
-                   f"{', '.join(sorted(self.allow_headers))}")
+                   f"{', '.join(sorted(self.allow_headers))}, {SDK_HEADER_PREFIX}*")
         return JSONResponse(error_body(message, code=REFUSED), status_code=400, headers=kept)
+
+
+def _without_sdk_headers(headers: Headers) -> tuple[list[str], Headers]:
+    """``(the requested X-Stainless-* names, the preflight's headers without them)``."""
+    requested = [h.strip().lower() for h in headers.get("access-control-request-headers", "").split(",") if h.strip()]
+    sdk = [h for h in requested if h.startswith(SDK_HEADER_PREFIX)]
+    if not sdk:
+        return [], headers
+    rest = MutableHeaders(raw=list(headers.raw))
+    others = [h for h in requested if not h.startswith(SDK_HEADER_PREFIX)]
+    if others:
+        rest["access-control-request-headers"] = ", ".join(others)
+    else:
+        del rest["access-control-request-headers"]
+    return sdk, rest

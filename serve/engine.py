@@ -29,6 +29,12 @@ from typing import Any, AsyncIterator, Callable, Iterator
 #: client leaves").
 STOP: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("stop", default=None)
 
+#: Seconds a stream waits for its first chunk before its response starts (both engines): an error raised
+#: while the prompt is evaluated is still a 4xx, yet a request queued behind others (or waiting for a
+#: llama-server slot) gets headers and SSE pings (keeping proxies and client read timeouts at bay)
+#: instead of silence.
+FIRST_CHUNK_WAIT_S = 5.0
+
 _END = object()
 
 
@@ -153,6 +159,15 @@ async def client_stayed(job: asyncio.Future, gone: asyncio.Task, timeout: float 
     job.cancel()
     await asyncio.gather(job, return_exceptions=True)
     return False
+
+
+async def drop_stream(first: asyncio.Future, chunks: AsyncIterator[Any]) -> None:
+    """End a stream's chunks: cancel the wait for the first (``first``, ``anext(chunks)``) if it still
+    runs, then close the iterator (a llama-server stream closes its upstream connection)."""
+    if not first.done():
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+    await chunks.aclose()
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:

@@ -43,6 +43,18 @@ class RequestError(Exception):
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
 
 
+#: Seconds a client is told to wait (``Retry-After``) while llama-server is down or the server shuts
+#: down (the OpenAI SDK waits that long before its retry, instead of 0.5–1 s: time for a restart).
+RETRY_AFTER_S = 5
+
+
+def shutting_down() -> RequestError:
+    """503 ``shutting_down`` with ``Retry-After``: the answer to a request that the server stops before
+    it generated anything (worth sending again, to the restarted server)."""
+    return RequestError("The server is shutting down; send the request again", status=503, type="server_error",
+                        code="shutting_down", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     """The OpenAI error object."""

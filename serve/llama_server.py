@@ -38,7 +38,7 @@ from typing import Any, AsyncIterator, Callable
 import httpx
 
 from steam_persona.common.arguments import LlamaCppArguments
-from steam_persona.serve.errors import RequestError
+from steam_persona.serve.errors import RETRY_AFTER_S, RequestError
 from steam_persona.common.errors import UserError
 
 logger = logging.getLogger("steam_persona.serve")
@@ -56,9 +56,6 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 #: Seconds before the first restart; doubled for each further death within the window.
 RESTART_BACKOFF_S = 1.0
-#: Seconds a client is told to wait (``Retry-After``) while llama-server is down or the server shuts
-#: down (the OpenAI SDK waits that long before its retry, instead of 0.5–1 s: time for a restart).
-RETRY_AFTER_S = 5
 
 
 def cache_root() -> Path:

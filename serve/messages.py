@@ -23,34 +23,49 @@ def normalise_messages(messages: Any) -> list[dict[str, Any]]:
         messages: the request's ``messages`` value (a list of dicts, as OpenAI's schema).
 
     Raises:
-        RequestError: 400 when ``messages`` is not a non-empty list of objects with a known
-            ``role``, a part is not ``{"type": "text", "text": str}`` (image, audio and file parts
-            are refused: this model reads text only), or ``content`` has another type.
+        RequestError: 400 naming the message or part, with OpenAI's codes for these mistakes:
+            ``invalid_type`` when ``messages`` is not a list or a message not an object,
+            ``empty_array`` for ``[]``, ``invalid_value`` for an unknown ``role``,
+            ``missing_required_parameter`` for a message other than the assistant's without
+            ``content`` (``null`` is accepted) or a ``tool`` message without ``tool_call_id``,
+            ``invalid_type`` for a ``content`` that is neither a string, a list of parts nor null, and
+            ``invalid_value`` / ``unsupported_content_type`` for a part that is not text (image,
+            audio and file parts are refused: this model reads text only).
     """
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list of {role, content} objects", param="messages")
-    out = []
-    for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise RequestError(f"{where} must be an object with 'role' and 'content'", param=where)
-        role = msg.get("role")
-        if role not in _ROLES:
-            raise RequestError(f"{where}.role must be one of {', '.join(_ROLES)}, not {role!r}", param=f"{where}.role")
-        content = msg.get("content")
-        if content is None:
-            content = ""
-        elif isinstance(content, list):
-            content = _join_parts(content, f"{where}.content")
-        elif not isinstance(content, str):
-            raise RequestError(f"{where}.content must be a string, a list of text parts or null, "
-                               f"not {type(content).__name__}", param=f"{where}.content")
-        if role == "developer":  # OpenAI's newer name for the system role; templates know "system"
-            role = "system"
-        if content is not msg.get("content") or role != msg.get("role"):
-            msg = {**msg, "role": role, "content": content}
-        out.append(msg)
-    return out
+    if not isinstance(messages, list):
+        raise RequestError("'messages' must be a list of {role, content} objects", param="messages",
+                           code="invalid_type")
+    if not messages:
+        raise RequestError("'messages' is an empty array; send at least one {role, content} object",
+                           param="messages", code="empty_array")
+    return [_normalise(msg, f"messages[{i}]") for i, msg in enumerate(messages)]
+
+
+def _normalise(msg: Any, where: str) -> dict[str, Any]:
+    """One message with its ``content`` a string (raises as :func:`normalise_messages`)."""
+    if not isinstance(msg, dict):
+        raise RequestError(f"{where} must be an object with 'role' and 'content'", param=where, code="invalid_type")
+    role = msg.get("role")
+    if role not in _ROLES:
+        raise RequestError(f"{where}.role must be one of {', '.join(_ROLES)}, not {role!r}", param=f"{where}.role",
+                           code="invalid_value")
+    for field, needed in (("content", role != "assistant"), ("tool_call_id", role == "tool")):
+        if needed and field not in msg:
+            raise RequestError(f"Missing required parameter: '{where}.{field}'", param=f"{where}.{field}",
+                               code="missing_required_parameter")
+    content = msg.get("content")
+    if content is None:
+        content = ""
+    elif isinstance(content, list):
+        content = _join_parts(content, f"{where}.content")
+    elif not isinstance(content, str):
+        raise RequestError(f"{where}.content must be a string, a list of text parts or null, "
+                           f"not {type(content).__name__}", param=f"{where}.content", code="invalid_type")
+    if role == "developer":  # OpenAI's newer name for the system role; templates know "system"
+        role = "system"
+    if content is not msg.get("content") or role != msg.get("role"):
+        msg = {**msg, "role": role, "content": content}
+    return msg
 
 
 def _join_parts(parts: list[Any], where: str) -> str:
@@ -69,5 +84,5 @@ def _join_parts(parts: list[Any], where: str) -> str:
             raise RequestError(f"{p} is a {kind} part, but this model reads text only; send text parts only",
                                param=p, code="unsupported_content_type")
         else:
-            raise RequestError(f"{p} must be {{\"type\": \"text\", \"text\": \"...\"}}", param=p)
+            raise RequestError(f"{p} must be {{\"type\": \"text\", \"text\": \"...\"}}", param=p, code="invalid_value")
     return "\n".join(texts)

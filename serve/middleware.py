@@ -23,10 +23,10 @@ from pydantic import ValidationError
 from steam_persona.serve import auth
 from steam_persona.serve.body import read_body
 from steam_persona.serve.chat_handler import INCLUDE_USAGE, SEEDED
-from steam_persona.serve.llama_server import RETRY_AFTER_S
-from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error
+from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error, shutting_down
 from steam_persona.serve.grammar import SchemaError
 from steam_persona.serve.messages import normalise_messages
+from steam_persona.serve.modelinfo import completion_prompt_tokens
 from steam_persona.serve.persona import apply_persona
 from steam_persona.serve.request_id import STATE_KEY as REQUEST_ID
 from steam_persona.serve.routes import Served
@@ -96,6 +96,10 @@ class SteamMiddleware:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.setdefault("state", {})
+        if len(scope["path"]) > 1 and scope["path"].endswith("/"):
+            # served as without it: starlette would redirect (307) to an http:// URL built from the Host
+            # header, wrong behind a TLS proxy, and a POST client may not follow
+            scope["path"] = scope["path"].rstrip("/") or "/"
         try:
             self._check_access(scope)
             if scope["method"] != "POST" or scope["path"] not in self.models:
@@ -108,9 +112,7 @@ class SteamMiddleware:
             state["error_code"] = err.code
             return await _reply(send, err)
         except asyncio.CancelledError:  # uvicorn's shutdown deadline: a body still arriving, or checks running
-            return await _reply(send, RequestError("The server is shutting down; send the request again", status=503,
-                                                   type="server_error", code="shutting_down",
-                                                   headers={"Retry-After": str(RETRY_AFTER_S)}))
+            return await _reply(send, shutting_down())
         token, seeded = INCLUDE_USAGE.set(include_usage), SEEDED.set(data.get("seed") is not None)
         try:
             await self.app(scope, _replay(b"", receive), send)
@@ -142,8 +144,9 @@ class SteamMiddleware:
         if path == "/v1/embeddings":
             raise RequestError("Embeddings are not served: this is a chat model, loaded without embedding support",
                                status=400, param="input", code="unsupported_endpoint")
-        include_usage = check_stream_options(data.pop("stream_options", None))
+        options, include_usage = data.pop("stream_options", None), False
         if path in (_CHAT, _COMPLETIONS):
+            include_usage = check_stream_options(options, data.get("stream", False))
             data["model"] = self.served.alias
         if path in (_CHAT, CHAT_COUNT):
             messages = normalise_messages(data.get("messages"))
@@ -243,9 +246,7 @@ class SteamMiddleware:
             n_prompt = served.handler.prompt_tokens(data["messages"], data.get("tools"), data.get("tool_choice"))
         else:
             prompt = data.get("prompt") or ""  # a string by now (check_generation unpacks a one-item list)
-            n_prompt = len(served.llama.tokenize(prompt.encode("utf-8"), True, True))
-            if n_prompt == 0:  # llama.cpp cannot start from nothing (models without BOS)
-                raise RequestError("'prompt' is empty; send some text", param="prompt", code="invalid_value")
+            n_prompt = len(completion_prompt_tokens(served.llama, prompt))
             if isinstance(data.get("suffix"), str):  # fill-in-the-middle: the library adds the suffix to the prompt
                 n_prompt += len(served.llama.tokenize(data["suffix"].encode("utf-8"), False, False))
         logger.debug("%s: %d prompt tokens, stream=%s", path, n_prompt, data.get("stream"))

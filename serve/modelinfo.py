@@ -201,6 +201,17 @@ def special_token_texts(llama: Any) -> tuple[str, str]:
     return text(llama.token_bos()), text(llama.token_eos())
 
 
+def completion_prompt_tokens(llama: Any, prompt: str) -> list[int]:
+    """A /v1/completions ``prompt``'s token ids (the library's tokenization: special tokens parsed, BOS
+    added when the model wants one). An empty prompt, which OpenAI accepts and continues "as if from the
+    beginning of a new document" (its ``<|endoftext|>``), is the model's BOS token, else its EOS token:
+    llama.cpp cannot generate from no token at all."""
+    tokens = llama.tokenize(prompt.encode("utf-8"), True, True)
+    if tokens:
+        return tokens
+    return [llama.token_bos() if llama.token_bos() != -1 else llama.token_eos()]
+
+
 def available_memory_bytes() -> int:
     """Memory available to new allocations: ``MemAvailable`` from ``/proc/meminfo`` (Linux), else
     physical pages × page size."""

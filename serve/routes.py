@@ -10,7 +10,10 @@ checked and rewritten by :class:`steam_persona.serve.middleware.SteamMiddleware`
 Streams: the first chunk is awaited (up to :data:`FIRST_CHUNK_WAIT_S`) before the response starts,
 so an error raised while the prompt is evaluated is still a 400. A client that leaves while its
 request waits (for the model, its prompt, its first chunk or its whole answer) is let go at once:
-the route returns, and the generation stops at its next token or prompt chunk.
+the route returns, and the generation stops at its next token or prompt chunk. A request that
+shutdown stops before its first token (waiting for the model, or during its prompt) is answered 503
+``shutting_down`` with ``Retry-After`` (a stream that began: its last event is that error), as on
+``--engine llama-server``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import llama_cpp
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from llama_cpp.server.types import (CreateChatCompletionRequest, CreateCompletionRequest, DetokenizeInputRequest,
@@ -33,17 +37,15 @@ from sse_starlette.sse import EventSourceResponse
 
 from steam_persona.serve import upstream_routes
 from steam_persona.serve.chat_handler import INCLUDE_USAGE, ChatHandler
-from steam_persona.serve.engine import STOP, Skipped, Worker, client_stayed, watch_disconnect
-from steam_persona.serve.errors import RequestError, error_body
+from steam_persona.serve.engine import (FIRST_CHUNK_WAIT_S, STOP, Skipped, Worker, client_stayed, drop_stream,
+                                         watch_disconnect)
+from steam_persona.serve.errors import RequestError, error_body, shutting_down
 from steam_persona.serve.grammar import GrammarChecker
+from steam_persona.serve.modelinfo import completion_prompt_tokens
 
 router = APIRouter()
 #: Fields of the request models that are not ``Llama`` call arguments (as the library excludes them).
 _NOT_KWARGS = {"n", "best_of", "logit_bias_type", "user", "min_tokens"}
-#: Seconds a stream waits for its first chunk before its response starts: an error raised while the
-#: prompt is evaluated is still a 4xx, yet a request queued behind others gets headers and SSE pings
-#: (keeping proxies and client read timeouts at bay) instead of silence.
-FIRST_CHUNK_WAIT_S = 5.0
 
 
 @dataclass
@@ -112,9 +114,28 @@ def _kwargs(body: CreateChatCompletionRequest | CreateCompletionRequest, llama: 
     if body.grammar is not None:
         kwargs["grammar"] = llama_cpp.LlamaGrammar.from_string(body.grammar)
     if body.min_tokens > 0:
+        # the library drops both its logit_bias processor and ours when both come
+        # (`logits_processor = logits_processor.extend(...)`, which returns None): the bias goes in our list
         kwargs["logits_processor"] = llama_cpp.LogitsProcessorList(
-            [llama_cpp.MinTokensLogitsProcessor(body.min_tokens, llama.token_eos())])
+            [llama_cpp.MinTokensLogitsProcessor(body.min_tokens, llama.token_eos()),
+             *_bias_processor(kwargs.pop("logit_bias", None))])
+    if isinstance(body, CreateCompletionRequest) and body.prompt == "" and body.suffix is None:
+        kwargs["prompt"] = completion_prompt_tokens(llama, "")  # the library would start from no token
     return kwargs
+
+
+def _bias_processor(bias: dict[str, float] | None) -> list[Callable[..., Any]]:
+    """``logit_bias`` (token id → bias) as a logits processor: the bias added to each token's logit, as
+    the library's own one does; none for no bias."""
+    if not bias:
+        return []
+    ids = np.array([int(i) for i in bias], dtype=np.intc)
+    values = np.array(list(bias.values()), dtype=np.single)
+
+    def add_bias(input_ids: Any, scores: Any) -> Any:
+        scores[ids] += values
+        return scores
+    return [add_bias]
 
 
 def _body(request: Request) -> Any:
@@ -153,11 +174,20 @@ def _complete(served: Served, body: Any, create: Callable[..., Any]) -> Any:
     """``create(**kwargs)`` (a ``Llama`` method) on the generate thread; a non-streamed result gets the
     text OpenAI would give (:meth:`ChatHandler.completed_text`: the text so far when the time limit
     cut it, the earliest stop match); a completion stream that asked for ``include_usage`` gets its
-    usage chunk (the library ignores it; chat streams get theirs from the chat handler)."""
+    usage chunk (the library ignores it; chat streams get theirs from the chat handler).
+
+    Raises:
+        RequestError: 503 ``shutting_down`` when shutdown came before this generation's first token
+            (it waited for the model, or its prompt was stopped; a stream: at its first chunk).
+    """
+    if time.monotonic() > served.wind_down_at:  # it waited behind a generation that shutdown ended
+        raise shutting_down()
     result = create(**_kwargs(body, served.llama))
     if body.stream:
         completion = isinstance(body, CreateCompletionRequest)
-        return served.handler.with_usage(result) if completion and INCLUDE_USAGE.get() else result
+        return _refuse_unstarted(served, served.handler.with_usage(result) if completion and INCLUDE_USAGE.get()
+                                 else result)
+    _check_started(served)
     text = served.handler.completed_text(body.stop)
     choice = result["choices"][0]
     if text is None or choice.get("message", {}).get("tool_calls"):
@@ -169,6 +199,30 @@ def _complete(served: Served, body: Any, create: Callable[..., Any]) -> Any:
         tail = body.suffix if body.suffix and choice["text"].endswith(body.suffix) else ""
         choice["text"] = head + text + tail
     return result
+
+
+def _check_started(served: Served) -> None:
+    """Raise 503 ``shutting_down`` when shutdown stopped the latest generation before its first token
+    (during its prompt): it has nothing to give, and a retry to the restarted server will."""
+    handler = served.handler
+    if handler.last_cut and handler.last_usage["completion_tokens"] == 0 and time.monotonic() > served.wind_down_at:
+        raise shutting_down()
+
+
+def _refuse_unstarted(served: Served, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """``chunks`` (a stream), checked by :func:`_check_started` when the first comes (the prompt was
+    evaluated by then, or stopped)."""
+    it = iter(chunks)
+    first = next(it, None)
+    if first is None:
+        return
+    try:
+        _check_started(served)
+    except RequestError:
+        getattr(it, "close", lambda: None)()
+        raise
+    yield first
+    yield from it
 
 
 def _model_object(served: Served) -> dict[str, Any]:
@@ -258,13 +312,15 @@ async def _generate(request: Request, served: Served, make: Callable[[], Any], s
         chunks = served.generate.iterate(lambda: iter(make()), cancel)
         first = asyncio.ensure_future(anext(chunks, None))
         if not await client_stayed(first, watcher, FIRST_CHUNK_WAIT_S):
-            await _drop(first, chunks)
+            await drop_stream(first, chunks)
             return _client_left()
         if first.done():
             first.result()  # raises what generation raised before its first chunk
         streaming = True
     except Skipped:  # the client left while the request waited for the model: nobody reads this
         return _client_left()
+    except asyncio.CancelledError:  # uvicorn's shutdown deadline, while the request waited for the model
+        return shutting_down().response()
     except RequestError as e:
         return e.response()
     except ValueError as e:
@@ -293,15 +349,7 @@ async def _events(first: asyncio.Future, chunks: AsyncIterator[Any], cancel: thr
         yield {"data": json.dumps(err.body())}
     finally:
         cancel.set()
-        await _drop(first, chunks)
-
-
-async def _drop(first: asyncio.Future, chunks: AsyncIterator[Any]) -> None:
-    """End a stream's chunks: cancel the wait for the first if it still runs (its client left), close the iterator."""
-    if not first.done():
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
-    await chunks.aclose()
+        await drop_stream(first, chunks)
 
 
 def _client_left() -> JSONResponse:

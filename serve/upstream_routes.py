@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 import uuid
@@ -26,9 +27,10 @@ from sse_starlette.sse import EventSourceResponse
 
 from steam_persona.serve.access_log import note_completion_tokens
 from steam_persona.serve.chat_handler import INCLUDE_USAGE
-from steam_persona.serve.engine import client_stayed, watch_disconnect
-from steam_persona.serve.errors import RequestError, error_body
-from steam_persona.serve.llama_server import RETRY_AFTER_S, native_body
+from steam_persona.serve.engine import FIRST_CHUNK_WAIT_S, client_stayed, drop_stream, watch_disconnect
+from steam_persona.serve.errors import RequestError, error_body, shutting_down
+from steam_persona.serve.llama_server import native_body
+from steam_persona.serve.modelinfo import completion_prompt_tokens
 from steam_persona.serve.tool_calls import ToolCallChunks, parses_calls, with_tool_calls
 
 #: llama-server's ``stop_type`` → OpenAI ``finish_reason``.
@@ -104,7 +106,7 @@ async def generate(request: Request, served: Any, body: Any, chat: bool) -> Resp
     stopped = lambda: cancel.is_set() or time.monotonic() > min(deadline, served.wind_down_at)  # noqa: E731
     pieces = _pieces(served, upstream_body, run, stopped)
     watcher = asyncio.create_task(watch_disconnect(request.receive, cancel))
-    return await _stream(run, pieces, watcher, cancel, INCLUDE_USAGE.get(), body)
+    return await _stream(served, run, pieces, watcher, cancel, INCLUDE_USAGE.get(), body)
 
 
 async def _complete(request: Request, served: Any, upstream_body: dict[str, Any], run: _Run, body: Any) -> Response:
@@ -183,12 +185,7 @@ def _cut_short(client_left: bool, deadline: float) -> JSONResponse:
         return JSONResponse(error_body("The generation ran past this server's --request_timeout; ask for fewer "
                                        "tokens or stream the response", type="server_error", code="timeout"),
                             status_code=504, headers={"x-should-retry": "false"})
-    return _shutting_down()
-
-
-def _shutting_down() -> JSONResponse:
-    return JSONResponse(error_body("The server is shutting down; send the request again", type="server_error",
-                                   code="shutting_down"), status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return shutting_down().response()
 
 
 def _finish(run: _Run, event: dict[str, Any]) -> None:
@@ -214,52 +211,87 @@ async def _pieces(served: Any, upstream_body: dict[str, Any], run: _Run, stopped
         run.completion_tokens += 1
 
 
-async def _stream(run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, cancel: threading.Event,
+async def _stream(served: Any, run: _Run, pieces: AsyncIterator[str], watcher: asyncio.Task, cancel: threading.Event,
                   include_usage: bool, body: Any) -> Response:
-    """Start the SSE response once the first piece came (so a refusal is still a 4xx); a client that
-    leaves before it closes the upstream connection at once."""
-    first_piece = asyncio.ensure_future(anext(pieces, None))
+    """Start the SSE response once the first piece came (so a refusal is still a 4xx), or after
+    :data:`~steam_persona.serve.engine.FIRST_CHUNK_WAIT_S` while the request waits for a slot (then it
+    gets SSE pings rather than silence, as on the embedded engine); a client that leaves before it
+    closes the upstream connection at once. Shutdown before the first piece: 503 ``shutting_down``
+    (after the response began: the stream's last event)."""
+    first = asyncio.ensure_future(anext(pieces, None))
     try:
-        if not await client_stayed(first_piece, watcher, None):
-            await pieces.aclose()
+        if not await _await_first(served, first, watcher, time.monotonic() + FIRST_CHUNK_WAIT_S):
+            await drop_stream(first, pieces)
             return _cut_short(True, 0)
-        first = first_piece.result()
-    except RequestError as e:
+        if first.done():
+            _check_started(served, run, first.result())
+    except (RequestError, asyncio.CancelledError) as e:  # CancelledError: uvicorn's shutdown deadline
         watcher.cancel()
         cancel.set()
-        e = _blame(e, body)
-        return e.response()
-    except asyncio.CancelledError:  # uvicorn's shutdown deadline, while this request waited for a slot
-        watcher.cancel()
-        cancel.set()
-        return _shutting_down()
+        first.cancel()
+        return (_blame(e, body) if isinstance(e, RequestError) else shutting_down()).response()
+    return EventSourceResponse(_events(served, run, first, pieces, watcher, cancel, include_usage, body), sep="\n")
 
-    async def events() -> AsyncIterator[dict[str, str]]:
-        try:
-            head = [run.chunk({"role": "assistant"}, None, None)] if run.chat else []
-            if not run.chat and body.echo:
-                head.append(run.chunk(None, body.prompt, None))
-            for chunk in head:
+
+async def _events(served: Any, run: _Run, first: asyncio.Future, pieces: AsyncIterator[str], watcher: asyncio.Task,
+                  cancel: threading.Event, include_usage: bool, body: Any) -> AsyncIterator[dict[str, str]]:
+    """The SSE events of a stream whose first piece is (or will be) ``first``'s result."""
+    try:
+        if not await _await_first(served, first, watcher, math.inf):
+            return
+        piece = first.result()
+        _check_started(served, run, piece)
+        head = [run.chunk({"role": "assistant"}, None, None)] if run.chat else []
+        if not run.chat and body.echo:
+            head.append(run.chunk(None, body.prompt, None))
+        for chunk in head:
+            yield _event(chunk)
+        if piece is not None:
+            for chunk in run.text_chunks(piece):
                 yield _event(chunk)
-            if first is not None:
-                for chunk in run.text_chunks(first):
+            async for piece in pieces:
+                for chunk in run.text_chunks(piece):
                     yield _event(chunk)
-                async for piece in pieces:
-                    for chunk in run.text_chunks(piece):
-                        yield _event(chunk)
-            for chunk in run.text_chunks(None):
-                yield _event(chunk)
-            if include_usage:
-                yield _event({"id": run.id, "object": run.chunk(None, None, None)["object"], "created": run.created,
-                              "model": run.model, "choices": [], "usage": run.usage()})
-            yield {"data": "[DONE]"}
-        except RequestError as e:  # after the response began: the stream ends with the error
-            yield {"data": json.dumps(_blame(e, body).body())}
-        finally:
-            watcher.cancel()
-            cancel.set()
-            await pieces.aclose()
-    return EventSourceResponse(events(), sep="\n")
+        for chunk in run.text_chunks(None):
+            yield _event(chunk)
+        if include_usage:
+            yield _event({"id": run.id, "object": run.chunk(None, None, None)["object"], "created": run.created,
+                          "model": run.model, "choices": [], "usage": run.usage()})
+        yield {"data": "[DONE]"}
+    except RequestError as e:  # after the response began: the stream ends with the error
+        yield {"data": json.dumps(_blame(e, body).body())}
+    finally:
+        watcher.cancel()
+        cancel.set()
+        await drop_stream(first, pieces)
+
+
+async def _await_first(served: Any, first: asyncio.Future, watcher: asyncio.Task, until: float) -> bool:
+    """Wait for a stream's first piece, at most until ``until`` (``time.monotonic()``); False when the
+    client left first (``first`` is cancelled then).
+
+    Raises:
+        RequestError: 503 ``shutting_down`` when shutdown's wind-down came first (the caller's
+            :func:`~steam_persona.serve.engine.drop_stream` then closes the upstream connection).
+    """
+    while not first.done():
+        now = time.monotonic()
+        if now > served.wind_down_at:
+            raise shutting_down()
+        if now >= until:
+            return True
+        # polled: the wind-down time is set by a signal while this waits
+        if not await client_stayed(first, watcher, min(until - now, 0.5)):
+            return False
+    return True
+
+
+def _check_started(served: Any, run: _Run, first: str | None) -> None:
+    """Raise 503 ``shutting_down`` when shutdown stopped the stream before any text (waiting for a slot
+    or during its prompt; llama-server's own end, even an empty one, sets another finish reason)."""
+    if first is None and run.completion_tokens == 0 and run.finish_reason == "length" \
+            and time.monotonic() > served.wind_down_at:
+        raise shutting_down()
 
 
 def _blame(err: RequestError, body: Any) -> RequestError:
@@ -278,19 +310,26 @@ def _event(chunk: dict[str, Any]) -> dict[str, str]:
 
 
 async def _prompt(served: Any, body: Any, chat: bool) -> list[int]:
-    """The prompt's token ids (chat: the template rendered, contents as text; completion: the
-    library's tokenization of the prompt string, special tokens parsed, BOS added)."""
+    """The prompt's token ids (chat: the template rendered, contents as text; completion:
+    :func:`~steam_persona.serve.modelinfo.completion_prompt_tokens`).
+
+    Raises:
+        RequestError: 400 ``unsupported_value`` for what llama-server cannot do: ``min_tokens``,
+            ``suffix``, forcing a tool call.
+    """
+    if body.min_tokens:  # llama-cpp-python's own field; llama-server has no such sampler
+        raise RequestError("'min_tokens' is not available with --engine llama-server", param="min_tokens",
+                           code="unsupported_value")
     if chat:
         if isinstance(body.tool_choice, dict) or body.tool_choice == "required" or isinstance(body.function_call, dict):
             raise RequestError("Forcing a tool call is not available with --engine llama-server; send "
                                "tool_choice 'auto' or 'none', or serve with the default engine",
                                param="tool_choice", code="unsupported_value")
         return await served.check(served.handler.prompt_token_ids, body.messages, body.tools, body.tool_choice)
-    for name in ("min_tokens", "suffix"):  # suffix: llama-cpp-python's fill-in-the-middle prompt
-        if getattr(body, name):
-            raise RequestError(f"'{name}' is not available with --engine llama-server", param=name,
-                               code="unsupported_value")
-    return await served.check(served.llama.tokenize, body.prompt.encode("utf-8"), True, True)
+    if body.suffix:  # llama-cpp-python's fill-in-the-middle prompt
+        raise RequestError("'suffix' is not available with --engine llama-server", param="suffix",
+                           code="unsupported_value")
+    return await served.check(completion_prompt_tokens, served.llama, body.prompt)
 
 
 async def _logit_bias(served: Any, body: Any) -> dict[int, float] | None:

@@ -103,7 +103,7 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
 
     Raises:
         RequestError: 400 naming the field: ``true``/``false`` for a number, ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
-            a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
+            no ``prompt`` (completions), a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
             range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, more than
             :data:`MAX_STOPS` ``stop`` strings or one over :data:`MAX_STOP_CHARS` characters, a
             ``response_format`` type other than ``text``, ``json_object``, ``json_schema``, a
@@ -123,6 +123,8 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
         raise RequestError("logprobs are not served by this server (they need logits_all); drop 'logprobs'",
                            param="logprobs", code="unsupported_parameter")
     prompt = data.get("prompt")
+    if not chat and prompt is None:  # the library's default is "", which is a prompt
+        raise RequestError("Missing required parameter: 'prompt'", param="prompt", code="missing_required_parameter")
     if not chat and isinstance(prompt, list):
         if any(isinstance(p, (int, list)) for p in prompt):  # OpenAI also takes token ids; the library does not
             raise RequestError("'prompt' must be text: token-id prompts are not accepted by this server; send the "
@@ -343,14 +345,26 @@ def _check_logit_bias(data: dict[str, Any], n_vocab: int) -> None:
                                param="logit_bias", code="invalid_value")
 
 
-def check_stream_options(options: Any) -> bool:
+def check_stream_options(options: Any, stream: Any = False) -> bool:
     """Whether a stream wants a final ``usage`` chunk (OpenAI's ``stream_options.include_usage``).
 
+    Args:
+        options: the request's ``stream_options`` (``None``: not sent).
+        stream: its ``stream``; OpenAI takes ``stream_options`` only with ``stream: true``.
+
     Raises:
-        RequestError: 400 when ``stream_options`` is not an object or ``include_usage`` not a boolean.
+        RequestError: 400 ``invalid_type`` when ``stream`` is not a boolean (pydantic would read the
+            string ``"true"`` as true; OpenAI refuses it), ``invalid_value`` when ``stream_options`` comes
+            without ``stream: true`` (OpenAI's words), is not an object, or its ``include_usage`` not a boolean.
     """
+    if stream is not None and not isinstance(stream, bool):
+        raise RequestError(f"Invalid type for 'stream': expected a boolean, but got {_json_type(stream)} instead.",
+                           param="stream", code="invalid_type")
     if options is None:
         return False
+    if stream is not True:
+        raise RequestError("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                           param="stream_options", code="invalid_value")
     if not isinstance(options, dict):
         raise RequestError("'stream_options' must be an object such as {\"include_usage\": true}",
                            param="stream_options", code="invalid_value")
@@ -359,6 +373,15 @@ def check_stream_options(options: Any) -> bool:
         raise RequestError("'stream_options.include_usage' must be true or false",
                            param="stream_options.include_usage", code="invalid_value")
     return include
+
+
+def _json_type(value: Any) -> str:
+    """``"a string"``, ``"an integer"`` … : a JSON value's type in OpenAI's error wording."""
+    for kind, name in ((str, "a string"), (bool, "a boolean"), (int, "an integer"), (float, "a decimal"),
+                       (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return "null"
 
 
 def check_token_ids(tokens: Any, n_vocab: int) -> None:

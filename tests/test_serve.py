@@ -17,8 +17,8 @@ import time
 import httpx
 import pytest
 
-from tests.serving import (REPO, leave_during_prompts, leave_streams, log_rows, port_is_free, start_server,
-                           whole_prompt_seconds)
+from tests.serving import (REPO, leave_during_prompts, leave_streams, log_rows, long_chat, port_is_free,
+                           start_server, whole_prompt_seconds)
 from steam_persona.common.persona import DEFAULT_SYSTEM
 
 KEY = "test-key-8f3a"
@@ -578,6 +578,90 @@ def test_sigterm_while_a_body_arrives_answers_503_with_retry_after(smollm2_gguf)
         assert "\r\nretry-after: 5\r\n" in head.lower() and '"code": "shutting_down"' in head
         assert re.search(r"\r\nx-request-id: req_[0-9a-f]{32}\r\n", head), head  # a 5xx has one too
         assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+
+
+def _sse(base_url, body, out, key, started=None):
+    """POST a streamed chat; ``out[key]`` = (status, Retry-After, SSE data payloads, seconds to headers)."""
+    t0 = time.monotonic()
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+        head = time.monotonic() - t0
+        if started is not None:
+            started.set()
+        data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")] if r.status_code == 200 \
+            else [r.read().decode()]
+    out[key] = (r.status_code, r.headers.get("retry-after"), data, head)
+
+
+#: A reply that runs to max_tokens: SmolLM2's end-of-text and end-of-turn tokens banned.
+NO_END = {"logit_bias": {"0": -100, "2": -100}, "max_tokens": 4000, "temperature": 0}
+
+
+def test_sigterm_answers_requests_queued_for_the_model_503_with_retry_after(smollm2_gguf, tmp_path):
+    """A trial found a non-streamed request queued behind a running one answered 200 with no text when
+    SIGTERM came (the SDK does not retry that); llama-server's engine said 503 ``shutting_down``. Now
+    the embedded engine does too: non-streamed and streamed (a stream that already sent its headers
+    after waiting 5 s ends with that error as its last event); the running one ends with its text."""
+    log = tmp_path / "requests.jsonl"
+    args = ("--shutdown_timeout", "2", "--n_threads", "1", "--max_tokens_cap", "4000", "--log_file", log)
+    with start_server(smollm2_gguf, extra_args=args) as srv:
+        out = {}
+        running = threading.Thread(target=_sse, args=(srv.base_url, {
+            "messages": [{"role": "user", "content": "Tell me a long story."}], **NO_END}, out, "running"))
+        running.start()
+        time.sleep(0.5)
+        short = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        waited = threading.Event()
+        early = threading.Thread(target=_sse, args=(srv.base_url, short, out, "stream_with_headers", waited))
+        early.start()
+        assert waited.wait(20)  # its headers came after 5 s of waiting
+        late = threading.Thread(target=_sse, args=(srv.base_url, short, out, "stream"))
+        late.start()
+
+        def plain():
+            r = httpx.post(f"{srv.base_url}/v1/chat/completions", json=short, headers={"X-Request-Id": "queued"},
+                           timeout=60)
+            out["plain"] = (r.status_code, r.headers.get("retry-after"), r.json())
+        queued = threading.Thread(target=plain)
+        queued.start()
+        time.sleep(0.5)
+        srv.proc.send_signal(signal.SIGTERM)
+        for t in (running, early, late, queued):
+            t.join(30)
+        assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+    status, _, data, _ = out["running"]
+    last = json.loads(data[-2])
+    if last["choices"][0]["finish_reason"] != "length" or data[-1] != "[DONE]":
+        pytest.skip(f"the running reply ended before SIGTERM: {data[-2:]}")
+    status, retry, body = out["plain"]
+    assert (status, retry, body["error"]["code"], body["error"]["type"]) == (503, "5", "shutting_down", "server_error")
+    status, retry, data, head = out["stream"]
+    assert (status, retry, json.loads(data[0])["error"]["code"]) == (503, "5", "shutting_down"), data
+    status, _, data, head = out["stream_with_headers"]
+    assert status == 200 and head >= 4.5 and [json.loads(d)["error"]["code"] for d in data] == ["shutting_down"]
+    assert log_rows(log, ["queued"])[0]["status"] == 503
+
+
+def test_sigterm_during_a_prompt_answers_503_not_an_empty_reply(smollm2_gguf):
+    """A request whose prompt shutdown stops has no text to give: it was a 200 with ``content: ""``, now
+    503 ``shutting_down`` with ``Retry-After``, as on llama-server's engine."""
+    args = ("--shutdown_timeout", "1", "--n_threads", "1", "--n_batch", "64")
+    with start_server(smollm2_gguf, extra_args=args) as srv:
+        whole = whole_prompt_seconds(srv.base_url, {}, words=280)
+        if whole < 2:  # a fast machine: the prompt ends before the wind-down (0.8 s after SIGTERM)
+            pytest.skip(f"the whole prompt took {whole:.2f} s; this test needs one of seconds")
+        out = {}
+
+        def ask():
+            r = httpx.post(f"{srv.base_url}/v1/chat/completions", json=long_chat("cut", 280), timeout=60)
+            out["r"] = (r.status_code, r.headers.get("retry-after"), r.json())
+        client = threading.Thread(target=ask)
+        client.start()
+        time.sleep(0.2)
+        srv.proc.send_signal(signal.SIGTERM)
+        client.join(30)
+        assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+    status, retry, body = out["r"]
+    assert (status, retry, body["error"]["code"]) == (503, "5", "shutting_down"), body
 
 
 def _serve_cli(*args):

@@ -122,7 +122,7 @@ def test_inputs_that_gave_500_get_openai_shaped_400(client):
         r = client.post(CHAT, json={"messages": secret, **extra})
         assert r.status_code == 400 and "secret-prompt-8812" not in r.text, r.text
     # found by tests/test_serve_fuzz.py: an empty completion prompt, a null sampling field
-    _error(client.post("/v1/completions", json={}), 400, "invalid_value", "prompt")
+    _error(client.post("/v1/completions", json={}), 400, "missing_required_parameter", "prompt")
     assert client.post(CHAT, json={"messages": HI, "max_tokens": 1, "frequency_penalty": None}).status_code == 200
     one = client.post("/v1/completions", json={"prompt": ["Once upon a time"], "max_tokens": 3})
     assert one.status_code == 200 and one.json()["usage"]["completion_tokens"] == 3
@@ -289,6 +289,27 @@ def test_cors_lets_browsers_send_and_read_the_request_id(client, request_log):
     assert len(allowed) == len(set(allowed))  # content-type was listed twice
 
 
+def test_cors_allows_every_header_the_openai_sdks_send(client):
+    """A trial found the preflight of openai-node's ``chat.completions.stream()`` (and openai-python's
+    helpers) refused: they send ``X-Stainless-Helper-Method``; ``Idempotency-Key`` was refused too.
+    Every ``X-Stainless-*`` name is allowed now, other names stay refused, credentials stay off."""
+    origin = {"Origin": "http://good.example", "Access-Control-Request-Method": "POST"}
+    for asked in ("content-type, x-stainless-helper-method, idempotency-key, authorization",
+                  "X-Stainless-Helper-Method", "x-stainless-helper, x-stainless-poll-helper, x-stainless-stream-helper"):
+        pre = client.options(CHAT, headers={**origin, "Access-Control-Request-Headers": asked})
+        assert pre.status_code == 200, pre.text
+        allowed = [h.strip() for h in pre.headers["access-control-allow-headers"].lower().split(",")]
+        assert {h.strip().lower() for h in asked.split(",")} <= set(allowed) and len(allowed) == len(set(allowed))
+        assert pre.headers["access-control-allow-origin"] == "http://good.example"
+        assert "access-control-allow-credentials" not in pre.headers
+    refused = client.options(CHAT, headers={**origin, "Access-Control-Request-Headers": "x-stainless-os, x-other"})
+    assert "(headers not allowed)" in _error(refused, 400, "cors_not_allowed")["message"]
+    assert "x-stainless-*" in refused.json()["error"]["message"]
+    r = client.post(CHAT, json={"messages": HI, "max_tokens": 2}, headers={
+        "Origin": "http://good.example", "X-Stainless-Helper-Method": "stream", "Idempotency-Key": "stainless-1"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://good.example"
+
+
 def test_refused_cors_preflights_are_openai_shaped_and_logged(client, request_log):
     """A preflight from an origin (or with a method) not allowed got starlette's plain-text
     ``400 Disallowed CORS origin``, and no log row."""
@@ -364,8 +385,74 @@ def test_odd_values_found_by_an_outside_tester(client):
                  "context_length_exceeded", "prompt")
     assert "in the prompt" in err["message"]
     ok = client.post(CHAT, json={"messages": HI, "max_tokens": 1, "logit_bias": {"5": -100}, "seed": 2**70,
-                                 "stream_options": {"include_usage": False}})
+                                 "stream": True, "stream_options": {"include_usage": False}})
     assert ok.status_code == 200, ok.text
+
+
+def test_request_shapes_openai_refuses_get_400s_with_codes(client, request_log):
+    """Found by a trial: message-shape 400s had ``"code": null`` (and so had their log rows), and
+    shapes OpenAI refuses were accepted: ``"stream": "true"``, ``stream_options`` without
+    ``stream: true``, a tool message without ``tool_call_id``, a user message without ``content``."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    cases = [  # (request id, body, code, param)
+        ("m-empty", {"messages": []}, "empty_array", "messages"),
+        ("m-type", {"messages": "hi"}, "invalid_type", "messages"),
+        ("m-item", {"messages": ["hi"]}, "invalid_type", "messages[0]"),
+        ("m-role", {"messages": [{"role": "bot", "content": "x"}]}, "invalid_value", "messages[0].role"),
+        ("m-content", {"messages": [{"role": "user", "content": {"text": "x"}}]}, "invalid_type", "messages[0].content"),
+        ("m-part", {"messages": [{"role": "user", "content": [{"type": "x"}]}]}, "invalid_value",
+         "messages[0].content[0]"),
+        ("m-no-content", {"messages": [{"role": "user"}]}, "missing_required_parameter", "messages[0].content"),
+        ("m-no-call-id", {"messages": [*HI, {"role": "assistant", "content": None, "tool_calls": [call]},
+                                       {"role": "tool", "content": "1"}]},
+         "missing_required_parameter", "messages[2].tool_call_id"),
+        ("s-string", {"messages": HI, "stream": "true"}, "invalid_type", "stream"),
+        ("s-options", {"messages": HI, "stream_options": {"include_usage": True}}, "invalid_value", "stream_options"),
+        ("s-options-false", {"messages": HI, "stream": False, "stream_options": {"include_usage": True}},
+         "invalid_value", "stream_options"),
+    ]
+    for rid, body, code, param in cases:
+        _error(client.post(CHAT, json=body, headers={"X-Request-Id": rid}), 400, code, param)
+    rows = log_rows(request_log, [rid for rid, *_ in cases])
+    assert [row["error_code"] for row in rows] == [code for _, _, code, _ in cases]
+    string = client.post(CHAT, json={"messages": HI, "stream": "true"}).json()["error"]["message"]
+    assert string == "Invalid type for 'stream': expected a boolean, but got a string instead."
+    # what OpenAI accepts still is: an assistant turn with tool calls and no content, a null content,
+    # a tool answer with its call's id, stream_options with stream true
+    history = [*HI, {"role": "assistant", "tool_calls": [call]}, {"role": "tool", "tool_call_id": "c1", "content": "1"},
+               {"role": "user", "content": None}]
+    assert client.post(CHAT, json={"messages": history, "max_tokens": 1}).status_code == 200
+    with client.stream("POST", CHAT, json={"messages": HI, "max_tokens": 1, "stream": True,
+                                           "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200 and '"usage"' in r.read().decode()
+
+
+def test_trailing_slashes_are_served_without_redirects(client):
+    """``POST /v1/chat/completions/`` was a 307 to an ``http://`` URL built from the Host header (wrong
+    behind a TLS proxy), ``GET /v1/models/`` a 404: each path is served as without its slash."""
+    r = client.post(CHAT + "/", json={"messages": HI, "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
+    listed = client.get("/v1/models/")
+    assert listed.status_code == 200 and listed.json()["object"] == "list"
+    alias = listed.json()["data"][0]["id"]
+    assert client.get(f"/v1/models/{alias}/").json()["id"] == alias
+    assert httpx.get(f"{client.base_url}/health/").json()["status"] == "ok"  # open, like /health
+    _error(client.get("/v1/nothing/"), 404, "not_found")
+    assert not any(300 <= client.request(m, p).status_code < 400 for m, p in [("GET", "/v1/"), ("GET", "/v1/chat/")])
+
+
+def test_min_tokens_keeps_logit_bias_and_an_empty_prompt_is_completed(client):
+    """With ``min_tokens``, the library dropped ``logit_bias`` (and ``min_tokens`` with it): a reply
+    pushed to its end-of-turn token ran to ``max_tokens``; now it takes ``min_tokens`` tokens, then
+    ends. ``/v1/completions`` with ``prompt: ""`` was a 400; OpenAI completes it."""
+    end = client.post(CHAT, json={"messages": HI, "min_tokens": 5, "logit_bias": {"2": 100}, "max_tokens": 8}).json()
+    assert (end["usage"]["completion_tokens"], end["choices"][0]["finish_reason"]) == (5, "stop"), end
+    banned = client.post(CHAT, json={"messages": HI, "min_tokens": 2, "logit_bias": {"2": -100, "0": -100},
+                                     "max_tokens": 6}).json()
+    assert (banned["usage"]["completion_tokens"], banned["choices"][0]["finish_reason"]) == (6, "length")
+    r = client.post("/v1/completions", json={"prompt": "", "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 1, r.text
+    assert r.json()["usage"]["completion_tokens"] >= 1 and r.json()["choices"][0]["text"]
 
 
 def test_a_seed_repeats_its_reply_whatever_came_before(client):

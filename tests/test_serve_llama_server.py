@@ -218,6 +218,23 @@ def test_engine_completions_and_limits_match_the_embedded_engine(servers):
 
 
 @needs_binary
+def test_min_tokens_is_refused_and_an_empty_prompt_completed_on_the_engine(servers):
+    """A trial found ``min_tokens`` silently ignored on chat requests (the docs said 400), and an empty
+    completion prompt refused on both engines (OpenAI completes it): both engines now start it from the
+    same token and give the same greedy text."""
+    embedded, engine = servers
+    r = httpx.post(f"{engine.base_url}/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "x"}], "min_tokens": 5, "logit_bias": {"2": 100}, "max_tokens": 8})
+    assert r.status_code == 400 and (r.json()["error"]["param"], r.json()["error"]["code"]) == ("min_tokens",
+                                                                                               "unsupported_value")
+    body = {"prompt": "", "max_tokens": 6, **GREEDY}
+    ours, theirs = (httpx.post(f"{s.base_url}/v1/completions", json=body, timeout=120) for s in servers)
+    assert ours.status_code == theirs.status_code == 200, (ours.text, theirs.text)
+    assert theirs.json()["choices"][0]["text"] == ours.json()["choices"][0]["text"] != ""
+    assert theirs.json()["usage"] == ours.json()["usage"] and ours.json()["usage"]["prompt_tokens"] == 1
+
+
+@needs_binary
 def test_structured_outputs_match_and_schema_bombs_are_refused_on_the_engine(servers):
     """``json_schema`` response formats give the same JSON on both engines; a schema whose grammar
     would be gigabytes was converted on the event loop (``/health`` froze, then memory ran out)."""
@@ -540,3 +557,61 @@ def test_stopping_our_server_stops_the_engine(smollm2_gguf):
     while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]:
         assert time.monotonic() < deadline, "llama-server outlived steam-train serve"
         time.sleep(0.1)
+
+
+def _timed_stream(base_url: str, body: dict, out: dict, key: str, leave_after: float | None = None) -> None:
+    """POST a streamed chat; ``out[key]`` = (seconds to headers, [(seconds, SSE line)]). With
+    ``leave_after``, the connection is closed once that many seconds have passed (at the next line)."""
+    t = time.monotonic()
+    lines = []
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+        out[key] = (time.monotonic() - t, lines)
+        for line in r.iter_lines():
+            if line:
+                lines.append((time.monotonic() - t, line))
+            if leave_after is not None and time.monotonic() - t > leave_after:
+                return
+
+
+@needs_binary
+def test_a_stream_waiting_for_a_slot_starts_after_5_s_and_ends_with_shutdowns_error(smollm2_gguf):
+    """A trial found a stream waiting for a free slot got no byte (not even headers) until it started,
+    29.5 s there, where the embedded engine sends headers after 5 s and then SSE pings. Now both do;
+    once the slot frees the stream goes on as usual, and shutdown before its first piece makes its
+    last event a 503 ``shutting_down`` error."""
+    args = ("--system", DEFAULT_SYSTEM, "--n_ctx", "4096", "--n_threads", "1", "--engine", "llama-server",
+            "--parallel", "1", "--shutdown_timeout", "4", "--max_tokens_cap", "4000")
+    hog = {"messages": [{"role": "user", "content": "Tell me a long story."}], "logit_bias": {"0": -100, "2": -100},
+           "max_tokens": 4000, "temperature": 0}
+    hi = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+    with start_server(smollm2_gguf, extra_args=args) as server:
+        out = {}
+        busy = threading.Thread(target=_timed_stream, args=(server.base_url, hog, out, "hog", 7.0))
+        busy.start()
+        time.sleep(0.5)
+        _timed_stream(server.base_url, hi, out, "waiter")
+        busy.join()
+        head, lines = out["waiter"]
+        hog_lines = out["hog"][1]
+        if hog_lines[-1][1] == "data: [DONE]":
+            pytest.skip("the slot's reply ended before the waiting stream's headers were due")
+        assert 4.5 <= head < 6.5, head  # headers while the slot was still busy (7 s)
+        assert lines[0][0] > 6.5 and lines[-1][1] == "data: [DONE]"  # its chunks once the slot was free
+        chunks = [json.loads(line[6:]) for _, line in lines[:-1]]
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+        busy = threading.Thread(target=_timed_stream, args=(server.base_url, hog, out, "hog2"))
+        busy.start()
+        time.sleep(0.5)
+        waiter = threading.Thread(target=_timed_stream, args=(server.base_url, hi, out, "waiter2"))
+        waiter.start()
+        time.sleep(5.5)
+        server.proc.send_signal(signal.SIGTERM)
+        busy.join(30)
+        waiter.join(30)
+        assert server.proc.wait(30) in (0, -signal.SIGTERM)
+    head, lines = out["waiter2"]
+    assert head < 6 and [json.loads(line[6:])["error"]["code"] for _, line in lines] == ["shutting_down"], lines
+    hog_lines = out["hog2"][1]
+    assert hog_lines[-1][1] == "data: [DONE]" and json.loads(hog_lines[-2][1][6:])["choices"][0]["finish_reason"] == "length"

@@ -33,8 +33,8 @@ def test_normalise_joins_text_parts_and_nulls():
 
 
 @pytest.mark.parametrize("messages, param, fragment", [
-    ("hi", "messages", "non-empty list"),
-    ([], "messages", "non-empty list"),
+    ("hi", "messages", "a list"),
+    ([], "messages", "empty array"),
     (["hi"], "messages[0]", "object"),
     ([{"role": "bot", "content": "x"}], "messages[0].role", "'bot'"),
     ([{"role": "user", "content": 3}], "messages[0].content", "not int"),
