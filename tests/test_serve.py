@@ -535,6 +535,47 @@ def test_a_recursive_pydantic_schema_is_honoured_and_a_bad_format_type_names_the
     assert err["param"] == "response_format.type" and "'text', 'json_object' or 'json_schema'" in err["message"]
 
 
+EMOJI = [{"role": "system", "content": SMOL_DEFAULT},
+         {"role": "user", "content": "Reply only with emojis: a starry night"}]
+
+
+def _greedy_reply(client, path, body, stream):
+    """(text, finish_reason, completion_tokens) of one greedy request, streamed or not."""
+    body = {**body, "temperature": 0, "seed": 1}  # seeded: the prompt is evaluated afresh, the reply repeats
+    if not stream:
+        r = client.post(path, json=body)
+        assert r.status_code == 200, r.text
+        choice, usage = r.json()["choices"][0], r.json()["usage"]
+        return choice["message"]["content"] if "message" in choice else choice["text"], choice["finish_reason"], \
+            usage["completion_tokens"]
+    with client.stream("POST", path, json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    choices = [c["choices"][0] for c in chunks[:-1]]
+    text = "".join(c["delta"].get("content") or "" if "delta" in c else c["text"] for c in choices)
+    (finish,) = [c["finish_reason"] for c in choices if c["finish_reason"]]
+    return text, finish, chunks[-1]["usage"]["completion_tokens"]
+
+
+def test_max_tokens_is_never_exceeded_when_the_cut_falls_inside_a_character(client):
+    """llama-cpp-python skips its ``max_tokens`` check while the text ends inside a UTF-8 character:
+    SmolLM2 writes each of these emoji as 3 byte tokens, and ``max_tokens`` 1 gave 3 tokens. OpenAI
+    never exceeds it and drops the cut character's bytes (``finish_reason`` "length")."""
+    prompt = chatml(*[(m["role"], m["content"]) for m in EMOJI])
+    texts = {}
+    for n in range(1, 7):
+        for stream in (False, True):
+            for path, body in (("/v1/chat/completions", {"messages": EMOJI, "max_tokens": n}),
+                               ("/v1/completions", {"prompt": prompt, "max_tokens": n})):
+                text, finish, used = _greedy_reply(client, path, body, stream)
+                assert (used, finish) == (n, "length") and "\ufffd" not in text, (path, n, stream, used, finish, text)
+                texts.setdefault(n, set()).add(text)
+    # streamed or not, chat or completion: the same text, the cut emoji left out
+    assert [texts[n] for n in range(1, 7)] == [{""}, {""}, {"🌳"}, {"🌳"}, {"🌳"}, {"🌳🌱"}]
+    body = {"messages": EMOJI, "max_completion_tokens": 2}
+    assert _greedy_reply(client, "/v1/chat/completions", body, False) == ("", "length", 2)
+
+
 def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):
     with start_server(smollm2_gguf) as srv:
         body = {"messages": [{"role": "user", "content": "Tell me a long story about a dragon."}],
