@@ -18,8 +18,9 @@ incremental (O(n) rather than O(n²) piece lookups per reply).
 ``max_tokens`` is a hard limit here, as in OpenAI's API: llama-cpp-python 0.3.36
 (``Llama._create_completion``) skips its ``max_tokens`` check while the text ends inside a UTF-8
 character, so a reply cut inside one got more tokens than asked (3 for ``max_tokens`` 1 when SmolLM2
-writes an emoji as 3 byte tokens). The handler ends the generation at the limit itself; the character's partial bytes are then dropped from the text and the
-answer ends with ``finish_reason`` "length", its ``usage`` counting the tokens generated.
+writes an emoji as 3 byte tokens). The handler ends the generation at the limit itself: the cut
+character's bytes are left out of the text, ``finish_reason`` is "length" and ``usage`` counts the
+tokens generated, as OpenAI answers and llama-server does.
 
 Generation asks :data:`steam_persona.serve.engine.STOP` before each token (client gone, time limit) and,
 while a prompt is evaluated, before each batch of the model's ``n_batch`` tokens, and checks a

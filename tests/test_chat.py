@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.serving import REPO
+from tests.serving import EMOJI, REPO
 from steam_persona import chat as chat_mod
 from steam_persona.chat import ChatConfig
 
@@ -60,9 +60,9 @@ def test_max_new_tokens_is_never_exceeded_inside_a_character(smollm2_gguf, monke
     a character was incomplete (1 asked, 3 generated). Cut inside one, its bytes are left out."""
     turns = []
     for n in (1, 4):
-        monkeypatch.setattr(sys, "stdin", io.StringIO("Reply only with emojis: a starry night\n"))
+        monkeypatch.setattr(sys, "stdin", io.StringIO(EMOJI[1]["content"] + "\n"))
         turns += chat_mod.run(ChatConfig(model_name_or_path=str(smollm2_gguf), temperature=0.0, max_new_tokens=n,
-                                         system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"))
+                                         system=EMOJI[0]["content"]))
     assert [(t.tokens, t.stopped) for t in turns] == [(1, False), (4, False)]
     assert turns[0].text == "" and len(turns[1].text) == 1 and ord(turns[1].text) > 0x1F000, turns  # one emoji
 

@@ -17,8 +17,8 @@ import time
 import httpx
 import pytest
 
-from tests.serving import (REPO, leave_during_prompts, leave_streams, log_rows, port_is_free, start_server,
-                           whole_prompt_seconds)
+from tests.serving import (EMOJI, REPO, leave_during_prompts, leave_streams, log_rows, port_is_free, start_server,
+                           text_reply, whole_prompt_seconds)
 from steam_persona.common.persona import DEFAULT_SYSTEM
 
 KEY = "test-key-8f3a"
@@ -535,26 +535,8 @@ def test_a_recursive_pydantic_schema_is_honoured_and_a_bad_format_type_names_the
     assert err["param"] == "response_format.type" and "'text', 'json_object' or 'json_schema'" in err["message"]
 
 
-EMOJI = [{"role": "system", "content": SMOL_DEFAULT},
-         {"role": "user", "content": "Reply only with emojis: a starry night"}]
-
-
-def _greedy_reply(client, path, body, stream):
-    """(text, finish_reason, completion_tokens) of one greedy request, streamed or not."""
-    body = {**body, "temperature": 0, "seed": 1}  # seeded: the prompt is evaluated afresh, the reply repeats
-    if not stream:
-        r = client.post(path, json=body)
-        assert r.status_code == 200, r.text
-        choice, usage = r.json()["choices"][0], r.json()["usage"]
-        return choice["message"]["content"] if "message" in choice else choice["text"], choice["finish_reason"], \
-            usage["completion_tokens"]
-    with client.stream("POST", path, json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
-        assert r.status_code == 200
-        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
-    choices = [c["choices"][0] for c in chunks[:-1]]
-    text = "".join(c["delta"].get("content") or "" if "delta" in c else c["text"] for c in choices)
-    (finish,) = [c["finish_reason"] for c in choices if c["finish_reason"]]
-    return text, finish, chunks[-1]["usage"]["completion_tokens"]
+#: Greedy, and seeded so that the prompt is evaluated afresh and a reply repeats exactly.
+GREEDY_SEEDED = {"temperature": 0, "seed": 1}
 
 
 def test_max_tokens_is_never_exceeded_when_the_cut_falls_inside_a_character(client):
@@ -567,7 +549,7 @@ def test_max_tokens_is_never_exceeded_when_the_cut_falls_inside_a_character(clie
         for stream in (False, True):
             for path, body in (("/v1/chat/completions", {"messages": EMOJI, "max_tokens": n}),
                                ("/v1/completions", {"prompt": prompt, "max_tokens": n})):
-                text, finish, used = _greedy_reply(client, path, body, stream)
+                text, finish, used = text_reply(client, path, {**body, **GREEDY_SEEDED}, stream)
                 assert (used, finish) == (n, "length") and "\ufffd" not in text, (path, n, stream, used, finish, text)
                 texts.setdefault(n, set()).add(text)
     # streamed or not, chat or completion: the same text, the cut emoji left out
@@ -576,7 +558,7 @@ def test_max_tokens_is_never_exceeded_when_the_cut_falls_inside_a_character(clie
     assert [texts[n] for n in (1, 2, 4, 5)] == [{""}, {""}, {first}, {first}], texts
     assert len(two) == 2 and two.startswith(first) and min(map(ord, two)) > 0x1F000, two  # two emoji
     body = {"messages": EMOJI, "max_completion_tokens": 2}
-    assert _greedy_reply(client, "/v1/chat/completions", body, False) == ("", "length", 2)
+    assert text_reply(client, "/v1/chat/completions", {**body, **GREEDY_SEEDED}, False) == ("", "length", 2)
 
 
 def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):
