@@ -175,7 +175,34 @@ class ChatHandler:
 
     def _limited_chunks(self, max_tokens: int | None, args: Any, kwargs: Any) -> Iterator[dict[str, Any]]:
         with self._limit(max_tokens):
-            yield from self._original_complete(*args, **kwargs)
+            yield from self._cut_stream_completed(self._original_complete(*args, **kwargs))
+
+    def _cut_stream_completed(self, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """A completion stream whose text after a cut (:attr:`last_cut`) is the generated text's whole
+        characters, as a non-streamed answer gives it.
+
+        After its generation ends, the library decodes each token it held back alone, dropping
+        undecodable bytes (``errors="ignore"``): a token that ends one character and starts another
+        (Qwen2.5 has 48, e.g. ``b"\\xa4\\xed"``) lost the character it ended when the cut held it.
+        Those chunks are replaced by one holding the rest of the text (none when nothing is left).
+        """
+        sent: list[str] = []
+        held: list[dict[str, Any]] = []
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            if not self.last_cut:
+                sent.append(choice["text"])
+            elif choice["finish_reason"] is None:
+                held.append(chunk)
+                continue
+            else:
+                whole = self._original_detokenize(self.last_tokens).decode("utf-8", errors="ignore")
+                before = "".join(sent)
+                if whole.startswith(before):
+                    rest = whole[len(before):]
+                    held = [{**chunk, "choices": [{**choice, "text": rest, "finish_reason": None}]}] if rest else []
+                yield from held
+            yield chunk
 
     @contextlib.contextmanager
     def _limit(self, max_tokens: int | None) -> Iterator[None]:
