@@ -253,9 +253,9 @@ class LlamaServer:
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /completion`` with ``body``, not streamed: the final event (``content``, ``stop_type``,
-        ``tokens_predicted``, the generated ids as ``tokens`` …). Cancelling the awaiting task closes the connection; llama-server
-        cancels the task once it notices, after a second in which no result of any task arrived (so
-        not while another slot generates; :meth:`completion` is told sooner).
+        ``tokens_predicted``, the generated ids as ``tokens`` …). Cancelling the awaiting task closes
+        the connection; llama-server cancels the task once it notices, after a second in which no
+        result of any task arrived (so not while another slot generates; :meth:`completion` is told sooner).
 
         Raises:
             RequestError: as :meth:`completion`.
