@@ -259,11 +259,11 @@ class ChatHandler:
     def completed_text(self, stop: str | list[str] | None) -> str | None:
         """The latest non-streamed generation's text where the library's differs from OpenAI's, else ``None``.
 
-        Two cases (llama-cpp-python 0.3.36, ``Llama._create_completion``): a generation ended by
-        :data:`~steam_persona.serve.engine.STOP` (time limit, shutdown) returns ``""``, so the text so
-        far is given; and with several stop strings the library cuts at the first one *in list
-        order* that the text contains, where OpenAI (and llama-server) cut at the earliest match
-        in the text. Bytes are cut before decoding (as the library does), undecodable ends dropped.
+        Two cases (llama-cpp-python 0.3.36, ``Llama._create_completion``): a generation the handler
+        ended (:attr:`last_cut`: time limit, shutdown, ``max_tokens`` inside a character) returns ``""``,
+        so the text so far is given; and with several stop strings the library cuts at the first one
+        *in list order* that the text contains, where OpenAI (and llama-server) cut at the earliest
+        match in the text. Bytes are cut before decoding (as the library does), undecodable ends dropped.
         """
         stops = [s.encode("utf-8") for s in ([stop] if isinstance(stop, str) else stop or []) if s]
         if not self.last_cut and len(stops) < 2:
