@@ -561,6 +561,18 @@ def test_max_tokens_is_never_exceeded_when_the_cut_falls_inside_a_character(clie
     assert text_reply(client, "/v1/chat/completions", {**body, **GREEDY_SEEDED}, False) == ("", "length", 2)
 
 
+def test_the_server_token_cap_is_never_exceeded_inside_a_character(smollm2_gguf):
+    """``--max_tokens_cap`` (the limit when a chat request sends none, and the most it may ask) holds when
+    it falls inside an emoji (4 tokens: one emoji of 3, then the first of the next)."""
+    with start_server(smollm2_gguf, extra_args=("--max_tokens_cap", "4", "--n_ctx", "512")) as srv, \
+            httpx.Client(base_url=srv.base_url, timeout=120) as client:
+        for extra in ({}, {"max_tokens": 100}):
+            for stream in (False, True):
+                body = {"messages": EMOJI, **GREEDY_SEEDED, **extra}
+                text, finish, used = text_reply(client, "/v1/chat/completions", body, stream)
+                assert (len(text), finish, used) == (1, "length", 4) and ord(text) > 0x1F000, (extra, stream, text)
+
+
 def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):
     with start_server(smollm2_gguf) as srv:
         body = {"messages": [{"role": "user", "content": "Tell me a long story about a dragon."}],
