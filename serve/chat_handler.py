@@ -15,6 +15,13 @@ the same weakness; vLLM and transformers leave it to the template).
 The library detokenizes the whole completion after every token; the handler makes that
 incremental (O(n) rather than O(n²) piece lookups per reply).
 
+``max_tokens`` is a hard limit here, as in OpenAI's API: llama-cpp-python 0.3.36
+(``Llama._create_completion``) skips its ``max_tokens`` check while the text ends inside a UTF-8
+character, so a reply cut inside one got more tokens than asked (3 for ``max_tokens`` 1 when SmolLM2
+writes an emoji as 3 byte tokens). The handler ends the generation at the limit itself: the cut
+character's bytes are left out of the text, ``finish_reason`` is "length" and ``usage`` counts the
+tokens generated, as OpenAI answers and llama-server does.
+
 Generation asks :data:`steam_persona.serve.engine.STOP` before each token (client gone, time limit) and,
 while a prompt is evaluated, before each batch of the model's ``n_batch`` tokens, and checks a
 grammar with :class:`steam_persona.serve.grammar.GrammarChecker` before llama.cpp compiles it.
@@ -28,7 +35,9 @@ given to ``Llama.generate`` and every sampled token except an end-of-generation 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import inspect
 from collections import OrderedDict
 from typing import Any, Iterator, Sequence
 
@@ -71,8 +80,9 @@ class ChatHandler:
         last_usage: ``{"prompt_tokens", "completion_tokens"}`` of the latest generation (requests
             are serialised by the server's lock, so one slot is enough).
         last_tokens: the latest generation's sampled token ids, end-of-generation tokens left out.
-        last_cut: True when :data:`~steam_persona.serve.engine.STOP` ended the latest generation
-            (the library then returns no text; see :meth:`completed_text`).
+        last_cut: True when the handler ended the latest generation: :data:`~steam_persona.serve.engine.STOP`,
+            or ``max_tokens`` reached inside a character (the library then returns no text; see
+            :meth:`completed_text`).
     """
 
     def __init__(self, llama: llama_cpp.Llama, template: str, grammars: GrammarChecker | None = None) -> None:
@@ -90,12 +100,16 @@ class ChatHandler:
         self._original_generate, self._original_tokenize = llama.generate, llama.tokenize
         self._original_detokenize, self._bos = llama.detokenize, llama.token_bos()
         self._original_eval = llama.eval
+        self._original_complete = llama.create_completion
+        self._complete_signature = inspect.signature(llama.create_completion)
+        self._max_tokens: int | None = None  # the running create_completion's, for _counting_generate
         self._detokenized: tuple[list[int], bytes] = ([], b"")
         # Shadow bound methods on this one instance: count tokens, reuse checked prompts, detokenize
         # a growing completion incrementally (llama.cpp's tokenizer: one piece per token, concatenated).
         llama.generate = self._counting_generate  # type: ignore[method-assign]
         llama.tokenize = self._cached_tokenize  # type: ignore[method-assign]
         llama.eval = self._stoppable_eval  # type: ignore[method-assign]
+        llama.create_completion = self._limited_complete  # type: ignore[method-assign]
         if isinstance(llama.tokenizer_, LlamaTokenizer):
             llama.detokenize = self._incremental_detokenize  # type: ignore[method-assign]
 
@@ -148,6 +162,65 @@ class ChatHandler:
                 raise PromptStopped
             self._original_eval(tokens[i:i + n_batch])
 
+    def _limited_complete(self, *args: Any, **kwargs: Any) -> Any:
+        """``Llama.create_completion`` whose generation :meth:`_counting_generate` ends at its
+        ``max_tokens`` (``None`` or ≤ 0: the context's room, as the library reads it). A stream's
+        generation runs while its chunks are read, so its limit is set when the first is asked for."""
+        call = self._complete_signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        if call.arguments["stream"]:
+            return self._limited_chunks(call.arguments["max_tokens"], args, kwargs)
+        with self._limit(call.arguments["max_tokens"]):
+            return self._original_complete(*args, **kwargs)
+
+    def _limited_chunks(self, max_tokens: int | None, args: Any, kwargs: Any) -> Iterator[dict[str, Any]]:
+        with self._limit(max_tokens):
+            yield from self._cut_stream_completed(self._original_complete(*args, **kwargs))
+
+    def _cut_stream_completed(self, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """A completion stream whose text after a cut (:attr:`last_cut`) is the generated text's whole
+        characters, as a non-streamed answer gives it.
+
+        After its generation ends, the library decodes each token it held back alone, dropping
+        undecodable bytes (``errors="ignore"``): a token that ends one character and starts another
+        (Qwen2.5 has 48, e.g. ``b"\\xa4\\xed"``) lost the character it ended when the cut held it.
+        Those chunks are replaced by one holding the rest of the text (none when nothing is left).
+        """
+        sent: list[str] = []
+        held: list[dict[str, Any]] = []
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            if not self.last_cut:
+                sent.append(choice["text"])
+            elif choice["finish_reason"] is None:
+                held.append(chunk)
+                continue
+            else:
+                whole = self._original_detokenize(self.last_tokens).decode("utf-8", errors="ignore")
+                before = "".join(sent)
+                if whole.startswith(before):
+                    rest = whole[len(before):]
+                    held = [{**chunk, "choices": [{**choice, "text": rest, "finish_reason": None}]}] if rest else []
+                yield from held
+            yield chunk
+
+    @contextlib.contextmanager
+    def _limit(self, max_tokens: int | None) -> Iterator[None]:
+        self._max_tokens = -1 if max_tokens is None else max_tokens
+        try:
+            yield
+        finally:
+            self._max_tokens = None
+
+    def _generation_limit(self, n_prompt: int) -> int | None:
+        """Most tokens the running generation may sample after an ``n_prompt``-token prompt, counted as
+        :attr:`last_usage` counts them: the library's ``max_tokens`` rule (``Llama._create_completion``:
+        ≤ 0 means until the context is full; never past it); ``None`` outside ``create_completion``."""
+        if self._max_tokens is None:
+            return None
+        room = self.llama.n_ctx() - n_prompt
+        return room if self._max_tokens <= 0 else min(self._max_tokens, room)
+
     def _counting_generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
         grammar = kwargs.get("grammar")
         if grammar is not None and self.grammars is not None:
@@ -166,7 +239,7 @@ class ChatHandler:
         note_completion_tokens(lambda: usage["completion_tokens"])
         sampled = self.last_tokens = []
         self.last_cut = self.last_eog = False
-        stop = STOP.get()
+        stop, limit = STOP.get(), self._generation_limit(len(tokens))
         try:
             for token in self._original_generate(tokens, *args, **kwargs):
                 if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
@@ -177,7 +250,7 @@ class ChatHandler:
                     if guard is not None:
                         guard.check()
                 yield token
-                if stop is not None and stop():
+                if (stop is not None and stop()) or len(sampled) == limit:
                     self.last_cut = True
                     return
         except PromptStopped:  # the library then ends the generation as at max_tokens: no text, "length"
@@ -186,11 +259,11 @@ class ChatHandler:
     def completed_text(self, stop: str | list[str] | None) -> str | None:
         """The latest non-streamed generation's text where the library's differs from OpenAI's, else ``None``.
 
-        Two cases (llama-cpp-python 0.3.36, ``Llama._create_completion``): a generation ended by
-        :data:`~steam_persona.serve.engine.STOP` (time limit, shutdown) returns ``""``, so the text so
-        far is given; and with several stop strings the library cuts at the first one *in list
-        order* that the text contains, where OpenAI (and llama-server) cut at the earliest match
-        in the text. Bytes are cut before decoding (as the library does), undecodable ends dropped.
+        Two cases (llama-cpp-python 0.3.36, ``Llama._create_completion``): a generation the handler
+        ended (:attr:`last_cut`: time limit, shutdown, ``max_tokens`` inside a character) returns ``""``,
+        so the text so far is given; and with several stop strings the library cuts at the first one
+        *in list order* that the text contains, where OpenAI (and llama-server) cut at the earliest
+        match in the text. Bytes are cut before decoding (as the library does), undecodable ends dropped.
         """
         stops = [s.encode("utf-8") for s in ([stop] if isinstance(stop, str) else stop or []) if s]
         if not self.last_cut and len(stops) < 2:

@@ -250,9 +250,9 @@ class LlamaServer:
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /completion`` with ``body``, not streamed: the final event (``content``, ``stop_type``,
-        ``tokens_predicted`` …). Cancelling the awaiting task closes the connection; llama-server
-        cancels the task once it notices, after a second in which no result of any task arrived (so
-        not while another slot generates; :meth:`completion` is told sooner).
+        ``tokens_predicted``, the generated ids as ``tokens`` …). Cancelling the awaiting task closes
+        the connection; llama-server cancels the task once it notices, after a second in which no
+        result of any task arrived (so not while another slot generates; :meth:`completion` is told sooner).
 
         Raises:
             RequestError: as :meth:`completion`.
@@ -261,7 +261,7 @@ class LlamaServer:
         if not self.alive:
             raise _unavailable()
         try:
-            response = await self.client.post("/completion", json={**body, "stream": False})
+            response = await self.client.post("/completion", json={**body, "stream": False, "return_tokens": True})
         except httpx.TransportError as e:
             logger.error("llama-server connection failed: %s", type(e).__name__)
             raise _unavailable() from None

@@ -13,6 +13,7 @@ closes the upstream connection, which stops llama-server's work on it.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import math
 import threading
@@ -147,9 +148,11 @@ async def _complete(request: Request, served: Any, upstream_body: dict[str, Any]
     if pieces is None:
         _finish(run, event)
         note_completion_tokens(lambda: run.completion_tokens)
+        text = await served.check(_without_cut_character, served.llama, event)
+    else:
+        text = "".join(pieces)
     _note_speed(served, run)
-    return JSONResponse(run.response(_completion_text(body, run.chat, event["content"] if pieces is None
-                                                      else "".join(pieces))))
+    return JSONResponse(run.response(_completion_text(body, run.chat, text)))
 
 
 #: A request may be answered from llama-server's non-streamed call when, at this fraction of the
@@ -193,6 +196,20 @@ def _finish(run: _Run, event: dict[str, Any]) -> None:
     run.finish_reason = _FINISH.get(event.get("stop_type", "none"), "length")
     # llama-server counts the end-of-generation token; OpenAI and llama-cpp-python do not
     run.completion_tokens = event.get("tokens_predicted", 0) - (event.get("stop_type") == "eos")
+
+
+def _without_cut_character(llama: Any, event: dict[str, Any]) -> str:
+    """llama-server's non-streamed ``content`` without a character that ``n_predict`` cut: its JSON
+    encoder writes the character's first bytes as U+FFFD, where OpenAI (and llama-server's own stream)
+    leave them out. The cut is seen in the generated tokens' bytes (``return_tokens``: ``llama`` has
+    the vocabulary), which then end inside a UTF-8 sequence."""
+    content = event["content"]
+    if event.get("stop_type") != "limit" or not content.endswith("\ufffd"):
+        return content
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder.decode(llama.detokenize(event.get("tokens") or []))
+    pending, _ = decoder.getstate()  # the bytes of an unfinished character at the end
+    return content[:-1] if pending else content
 
 
 def _completion_text(body: Any, chat: bool, text: str) -> str:

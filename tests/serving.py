@@ -197,3 +197,26 @@ def leave_streams(base_url: str, headers: dict[str, str], body: dict) -> list[st
     for rid, wait in (("left-unread", 1.0), ("left-at-once", 0)):
         send_and_leave(base_url, headers, {**body, "stream": True}, rid, wait)
     return ["left-chunks", "left-unread", "left-at-once"]
+
+
+#: A chat whose reply SmolLM2 writes as emoji, each of them 3 byte tokens (a ``max_tokens`` cut may fall inside one).
+EMOJI = [{"role": "system", "content": "You are a helpful AI assistant named SmolLM, trained by Hugging Face"},
+         {"role": "user", "content": "Reply only with emojis: a starry night"}]
+
+
+def text_reply(client: httpx.Client, path: str, body: dict, stream: bool) -> tuple[str, str, int]:
+    """(text, finish_reason, usage.completion_tokens) of one chat or completion request, streamed or not
+    (a stream asks for its usage chunk and must have exactly one ``finish_reason``)."""
+    if not stream:
+        r = client.post(path, json=body)
+        assert r.status_code == 200, r.text
+        choice, usage = r.json()["choices"][0], r.json()["usage"]
+        text = choice["message"]["content"] if "message" in choice else choice["text"]
+        return text, choice["finish_reason"], usage["completion_tokens"]
+    with client.stream("POST", path, json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    choices = [c["choices"][0] for c in chunks[:-1]]
+    text = "".join(c["delta"].get("content") or "" if "delta" in c else c["text"] for c in choices)
+    (finish,) = [c["finish_reason"] for c in choices if c["finish_reason"]]
+    return text, finish, chunks[-1]["usage"]["completion_tokens"]

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.serving import REPO
+from tests.serving import EMOJI, REPO
 from steam_persona import chat as chat_mod
 from steam_persona.chat import ChatConfig
 
@@ -53,6 +53,18 @@ def test_history_clear_and_export_dir_persona(smollm2_gguf, tmp_path, monkeypatc
     assert seen == [[persona, ("user", "")], [persona, ("user", ""), ("assistant", ""), ("user", "")],
                     [persona, ("user", "")]]
     assert len(turns) == 3 and all(1 <= t.tokens <= 4 and t.tokens_per_s > 0 for t in turns)
+
+
+def test_max_new_tokens_is_never_exceeded_inside_a_character(smollm2_gguf, monkeypatch):
+    """SmolLM2 writes these emoji as 3 byte tokens each; llama-cpp-python went on past the limit while
+    a character was incomplete (1 asked, 3 generated). Cut inside one, its bytes are left out."""
+    turns = []
+    for n in (1, 4):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(EMOJI[1]["content"] + "\n"))
+        turns += chat_mod.run(ChatConfig(model_name_or_path=str(smollm2_gguf), temperature=0.0, max_new_tokens=n,
+                                         system=EMOJI[0]["content"]))
+    assert [(t.tokens, t.stopped) for t in turns] == [(1, False), (4, False)]
+    assert turns[0].text == "" and len(turns[1].text) == 1 and ord(turns[1].text) > 0x1F000, turns  # one emoji
 
 
 def test_llama_cpp_settings_reach_the_chat_model_as_serve_passes_them(smollm2_gguf):

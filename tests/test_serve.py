@@ -17,8 +17,8 @@ import time
 import httpx
 import pytest
 
-from tests.serving import (REPO, leave_during_prompts, leave_streams, log_rows, long_chat, port_is_free,
-                           start_server, whole_prompt_seconds)
+from tests.serving import (EMOJI, REPO, leave_during_prompts, leave_streams, log_rows, long_chat, port_is_free,
+                           start_server, text_reply, whole_prompt_seconds)
 from steam_persona.common.persona import DEFAULT_SYSTEM
 
 KEY = "test-key-8f3a"
@@ -533,6 +533,44 @@ def test_a_recursive_pydantic_schema_is_honoured_and_a_bad_format_type_names_the
     r = client.post("/v1/chat/completions", json={"messages": HELLO, "response_format": {"type": "yaml"}})
     err = _error(r, 400, "invalid_value")
     assert err["param"] == "response_format.type" and "'text', 'json_object' or 'json_schema'" in err["message"]
+
+
+#: Greedy, and seeded so that the prompt is evaluated afresh and a reply repeats exactly.
+GREEDY_SEEDED = {"temperature": 0, "seed": 1}
+
+
+def test_max_tokens_is_never_exceeded_when_the_cut_falls_inside_a_character(client):
+    """llama-cpp-python skips its ``max_tokens`` check while the text ends inside a UTF-8 character:
+    SmolLM2 writes each of these emoji as 3 byte tokens, and ``max_tokens`` 1 gave 3 tokens. OpenAI
+    never exceeds it and drops the cut character's bytes (``finish_reason`` "length")."""
+    prompt = chatml(*[(m["role"], m["content"]) for m in EMOJI])
+    texts = {}
+    for n in range(1, 7):
+        for stream in (False, True):
+            for path, body in (("/v1/chat/completions", {"messages": EMOJI, "max_tokens": n}),
+                               ("/v1/completions", {"prompt": prompt, "max_tokens": n})):
+                text, finish, used = text_reply(client, path, {**body, **GREEDY_SEEDED}, stream)
+                assert (used, finish) == (n, "length") and "\ufffd" not in text, (path, n, stream, used, finish, text)
+                texts.setdefault(n, set()).add(text)
+    # streamed or not, chat or completion: the same text, the cut emoji left out
+    assert all(len(t) == 1 for t in texts.values()), texts
+    first, two = texts[3].pop(), texts[6].pop()
+    assert [texts[n] for n in (1, 2, 4, 5)] == [{""}, {""}, {first}, {first}], texts
+    assert len(two) == 2 and two.startswith(first) and min(map(ord, two)) > 0x1F000, two  # two emoji
+    body = {"messages": EMOJI, "max_completion_tokens": 2}
+    assert text_reply(client, "/v1/chat/completions", {**body, **GREEDY_SEEDED}, False) == ("", "length", 2)
+
+
+def test_the_server_token_cap_is_never_exceeded_inside_a_character(smollm2_gguf):
+    """``--max_tokens_cap`` (the limit when a chat request sends none, and the most it may ask) holds when
+    it falls inside an emoji (4 tokens: one emoji of 3, then the first of the next)."""
+    with start_server(smollm2_gguf, extra_args=("--max_tokens_cap", "4", "--n_ctx", "512")) as srv, \
+            httpx.Client(base_url=srv.base_url, timeout=120) as client:
+        for extra in ({}, {"max_tokens": 100}):
+            for stream in (False, True):
+                body = {"messages": EMOJI, **GREEDY_SEEDED, **extra}
+                text, finish, used = text_reply(client, "/v1/chat/completions", body, stream)
+                assert (len(text), finish, used) == (1, "length", 4) and ord(text) > 0x1F000, (extra, stream, text)
 
 
 def test_sigterm_during_stream_ends_cleanly_and_frees_port(smollm2_gguf):

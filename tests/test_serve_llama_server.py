@@ -25,7 +25,8 @@ from llama_cpp.server.types import CreateChatCompletionRequest
 from steam_persona.serve.llama_server import find_binary, native_body, server_args
 from steam_persona.common.errors import UserError
 from steam_persona.common.persona import DEFAULT_SYSTEM
-from tests.serving import REPO, leave_during_prompts, leave_streams, log_rows, start_server, whole_prompt_seconds
+from tests.serving import (EMOJI, REPO, leave_during_prompts, leave_streams, log_rows, start_server, text_reply,
+                           whole_prompt_seconds)
 
 
 def _binary() -> Path | None:
@@ -174,6 +175,26 @@ def test_engine_streams_in_the_openai_shape_with_usage(servers):
     whole = _chat(engine.base_url, **{k: v for k, v in body.items() if k != "stream_options"})
     assert text == whole["choices"][0]["message"]["content"]
     assert usage["usage"] == whole["usage"]
+
+
+@needs_binary
+def test_max_tokens_cut_inside_a_character_is_the_same_on_both_engines(servers):
+    """llama-server counts tokens itself and stops at ``n_predict``: a cut inside an emoji (SmolLM2 writes
+    each as 3 byte tokens) gives exactly ``max_tokens`` tokens without the cut character's bytes, as the
+    embedded engine now does, streamed or not. Its non-streamed answer wrote those bytes as U+FFFD; it
+    is asked for once a speed is known (a first reply of 8 tokens), so the cuts go through it."""
+    replies = {}
+    for server in servers:
+        with httpx.Client(base_url=server.base_url, timeout=120) as client:
+            first = text_reply(client, "/v1/chat/completions", {"messages": EMOJI, **GREEDY, "max_tokens": 8}, False)
+            assert first[1:] == ("length", 8)
+            for n in range(1, 6):
+                for stream in (False, True):
+                    body = {"messages": EMOJI, **GREEDY, "seed": 1, "max_tokens": n}
+                    replies.setdefault((n, stream), []).append(text_reply(client, "/v1/chat/completions", body, stream))
+    for (n, stream), (ours, theirs) in replies.items():
+        assert ours == theirs and ours[1:] == ("length", n) and "\ufffd" not in ours[0], (n, stream, ours, theirs)
+    assert [replies[n, False][0][0] for n in (1, 2)] == ["", ""] and len(replies[3, False][0][0]) == 1, replies
 
 
 @needs_binary

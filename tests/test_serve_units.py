@@ -517,3 +517,43 @@ def test_response_format_mistakes_name_the_field(fmt, param, fragment):
         check_generation({"response_format": fmt}, chat=True, n_vocab=100, max_tokens_cap=64)
     assert (e.value.status, e.value.param, e.value.code) == (400, param, "invalid_value")
     assert fragment in e.value.message
+
+
+@pytest.fixture(scope="module")
+def qwen_vocab_gguf(shared_dir, tmp_path_factory):
+    """A vocabulary-only GGUF of Qwen2.5 (llama.cpp's converter, ``vocab_only``): its tokenizer and the 7B config."""
+    import gguf
+    from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
+
+    folder = tmp_path_factory.mktemp("qwen-vocab")
+    for f in (shared_dir / "models" / "qwen2.5-tokenizer").iterdir():
+        (folder / f.name).symlink_to(f)
+    (folder / "config.json").symlink_to(shared_dir / "models" / "qwen2.5-7b-instruct-config" / "config.json")
+    model_class = get_model_class(get_model_architecture(ModelBase.load_hparams(folder, False), ModelType.TEXT))
+    out = folder / "qwen-vocab.gguf"
+    model_class(folder, gguf.LlamaFileType.MOSTLY_F16, out, model_name="qwen-vocab").write_vocab()
+    return out
+
+
+def test_a_cut_inside_a_character_keeps_whole_characters_streamed_as_not(qwen_vocab_gguf):
+    """Qwen2.5 has tokens that end one character and start the next (``b"\\xa4\\xed"``): the library holds
+    them back while the text ends inside a character, then, cut at ``max_tokens``, decoded each alone
+    and streamed nothing of "다다" (non-streamed: "다다"). The sampled tokens are scripted (no Qwen
+    weights here); the library's own completion code turns them into chunks and usage."""
+    import llama_cpp
+
+    from steam_persona.serve.chat_handler import ChatHandler
+
+    llama = llama_cpp.Llama(str(qwen_vocab_gguf), vocab_only=True, verbose=False)
+    sampled = [8843, 44680, 8843, 44680]
+    assert [llama.detokenize([t]) for t in sampled] == [b"\xeb\x8b", b"\xa4\xed"] * 2  # "다" is eb 8b a4
+    llama.generate = lambda tokens, **kwargs: iter(sampled)
+    handler = ChatHandler(llama, CHATML)
+    for n, text in zip(range(1, 5), ["", "다", "다", "다다"]):
+        chunks = list(llama.create_completion("x", max_tokens=n, stream=True))
+        assert "".join(c["choices"][0]["text"] for c in chunks) == text, (n, chunks)
+        assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
+        assert handler.last_usage["completion_tokens"] == n
+        whole = llama.create_completion("x", max_tokens=n)
+        assert whole["usage"]["completion_tokens"] == n and whole["choices"][0]["finish_reason"] == "length"
+        assert (handler.completed_text(None) or whole["choices"][0]["text"]) == text  # as the route answers
