@@ -311,13 +311,14 @@ def test_kept_alive_clients_that_pause_are_answered_at_once(servers):
 
 
 def _engine_pid(server) -> int:
-    """The llama-server child of our server process."""
+    """The llama-server child of our server process (not its other children: the grammar checker's process)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            argv0 = (stat.parent / "cmdline").read_bytes().split(b"\0")[0]
         except OSError:
             continue
-        if int(fields[1]) == server.proc.pid:
+        if int(fields[1]) == server.proc.pid and Path(argv0.decode()).name == "llama-server":
             return int(stat.parent.name)
     raise AssertionError("no llama-server child")
 
