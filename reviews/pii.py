@@ -21,6 +21,8 @@ DIGITS = r"(?:[0-9０-９零〇一二三四五六七八九壹贰叁肆伍陆柒�
 # the first five digits of every DIGITS match, written out (re runs it ~2x faster than a {5} repeat)
 _NUMERAL = r"[\d零〇一二三四五六七八九壹贰叁肆伍陆柒捌玖幺两]"  # \d: also the phone numbers' digits
 _FIVE_DIGITS = _NUMERAL + (r"[\s\-.·]?" + _NUMERAL) * 4
+# a QQ / WeChat account named as one with 是 / is before its number or id (no lone Q: "The FAQ is 1234567 words")
+_NAMED_CONTACT = r"(?<![A-Za-z])(?:QQ|qq|Qq|ＱＱ|扣\s*扣|企鹅|微信|薇信|威信|[Ww]e\s*[Cc]hat|[Ww]ei\s*[Xx]in|vx|wx|VX|WX)"
 CONTACT = (r"(?:扣\s*扣|企鹅号?|[QqＱｑ]{1,2}|薇信|威信|微信|(?<![A-Za-z])[Ww]ei\s*[Xx]in(?![A-Za-z])|卫星号|[VvＶ]\s*信|[VvＶ]\s*[❤♥]|(?<![A-Za-z])(?:vx|wx|VX|WX|Vx)(?![A-Za-z]))")
 
 
@@ -149,7 +151,10 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # a friend code (the 32-bit account id) given as one, also spaced out ("123 456 789")
     "friend_code": re.compile(r"(?:friend\s*code|friend\s*id|好友代码|好友代碼|好友码|好友碼|好友id)\s*(?:[:：是为]|is)?\s*\d(?:[ \-]?\d){4,9}(?!\d)", re.I),
     # QQ / WeChat contacts, obfuscated: 扣扣 一二三四五, 企鹅号 1 2 3 4 5 6, V❤ abc_123
-    "contact": re.compile(rf"{CONTACT}\s*[:：号]?\s*(?:{DIGITS}|(?<=[信❤♥xX])\s*[A-Za-z][A-Za-z0-9_-]{{4,}})"),
+    # (also named with 是 / is: 我的QQ是123456789, 微信是 wxid_abc123, "my QQ is 2847561930")
+    "contact": re.compile(rf"{CONTACT}\s*[:：号]?\s*(?:{DIGITS}|(?<=[信❤♥xX])\s*[A-Za-z][A-Za-z0-9_-]{{4,}})"
+                          rf"|{_NAMED_CONTACT}\s*(?:号|號)?\s*(?:是|为|為|(?<![A-Za-z])is(?![A-Za-z]))\s*"
+                          rf"(?:{DIGITS}|(?=[A-Za-z0-9_-]*[\d_])[A-Za-z][A-Za-z0-9_-]{{4,}})"),
     # other platforms' player ids: a Discord / BattleTag "name#1234", a Nintendo "SW-1234-5678-9012", an id
     # named as one ("PSN ID: kirito_99", "gamertag xXSniperXx"); "Xbox: runs fine" is not one
     # (a handle ends before a full stop: "add me on discord: kirito_99. Great game." keeps its second sentence)
@@ -164,7 +169,9 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
                            r"|(?:(?<![\w])my\s+ign\s*(?:[:：]|is)?|(?<![\w])ign\s*[:：]|(?:游戏|遊戲)\s*(?:id|名|ID)|账号|帳號|帐号)"
                            r"\s*(?:是|为|[:：])?\s*(?=[\w.\-#]*[\d_])[A-Za-z0-9][\w.\-#]{2,31}"
                            r"|(?<![\w])(?:telegram|tg|whatsapp|kakao(?:talk)?|line\s*id|ig)\s*[:：]\s*@?(?=[\w.\-]*[\d_])[A-Za-z][\w.\-]{2,31}"
-                           r"|(?<![\w])uid\s*(?:is|是|[:：])?\s*\d{6,12}(?!\d)|加我?好友\s*[:：]?\s*\d(?:[ \-]?\d){5,11}(?!\d))(?<![.])", re.I),
+                           r"|(?<![\w])uid\s*(?:is|是|[:：])?\s*\d{6,12}(?!\d)|加我?好友\s*[:：]?\s*\d(?:[ \-]?\d){5,11}(?!\d)"
+                           # a Discord user id (a 17-20 digit snowflake) named near the word: "Discord: 2847…", "(id 2847…)"
+                           r"|(?<![\w])discord(?:\s+(?:user\s+)?id)?\s*(?:[:：]|is|\((?:\s*id)?)?\s*\d{17,20}(?!\d))(?<![.])", re.I),
     "phone_number": re.compile(r"(?<![0-9A-Za-z_.+:/#-])(?:(?:\+|00)86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"
                                r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]?\(?\d{1,4}\)?(?:[- .]\d{2,4}){2,4}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"
                                r"|(?<![0-9A-Za-z_.+])\+\d{1,3}[- .]\(?\d{1,4}\)?[- .]\d{6,10}(?![0-9A-Za-z_]|\.[0-9A-Za-z])"

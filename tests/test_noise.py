@@ -288,6 +288,15 @@ def test_not_campaigns(text):
     ("call +44 20 7946 0958 now", "", ["phone_number"]),
     ("联系13912345678", "", ["phone_number"]),
     ("资源 pan.baidu.com/s/1abc 自取，wiki fextralife.com 也行", "", ["link"]),
+    # named with 是 / is, and Discord's numeric user ids
+    ("我的QQ是123456789，加我一起讨论剧情！游戏很好玩。", "加我一起讨论剧情！游戏很好玩。", ["contact"]),
+    ("我的微信是 wxid_abc123，欢迎交流。", "欢迎交流。", ["contact"]),
+    ("Great game. My QQ is 2847561930, add me to talk about the story.", "Great game. Add me to talk about the story.",
+     ["contact"]),
+    ("Great game. Discord: 284756193847561234. Fun with friends.", "Great game. Fun with friends.", ["gamer_id"]),
+    ("Great game. Add me on Discord (id 284756193847561234). Fun.", "Great game. Fun.", ["gamer_id"]),
+    ("Great game, really fun. My Discord user ID is 1234567890123456789 if you want help.", "Great game, really fun.",
+     ["gamer_id"]),
 ])
 def test_personal_data_forms(text, kept, kinds):
     assert links.scrub_pii(text) == (kept, kinds)
@@ -299,6 +308,8 @@ def test_personal_data_forms(text, kept, kinds):
     "e.g. node.js or file.exe, 2.5 hours",
     "打了 1234567 分",
     "I was at home",
+    "My QQ is slow lately, but the game is fine.", "QQ是腾讯的聊天软件，游戏很好玩。", "微信是必须的吗？",
+    "The FAQ is 1234567 words long, lol.", "Q is 100000 damage at max rank.", "Discord has 12345678901234567890 bugs lol.",
 ])
 def test_not_personal_data(text):
     assert links.scrub_pii(text) == (text, [])
