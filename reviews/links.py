@@ -424,7 +424,8 @@ _ZH_AND_AFTER = re.compile(r"[ \t]*(?:和|与|與|或者|或|跟|以及|及)[ \t
 # (an "and" / "or" before one or two words that end the clause joins the offer: "for builds and tips, the game")
 _CONJUNCTIONS = (r"(?:and|or)(?![ \t]+[^\s,;.!?]+(?:[ \t]+[^\s,;.!?]+)?[ \t]*(?:[,;.!?]|$))|but|so|because|then|if|when"
                  r"|(?<!\ba )while|unless|since|until|though|although|once|cause|cuz")
-_FOR_DETAILS = re.compile(rf"(?:[ \t]+for(?:[ \t]+(?!(?:{_CONJUNCTIONS})(?![^\W\d_]))[^\s,;.!?，；。！？)）\]]+)+)?", re.I)
+_FOR_DETAILS = re.compile(rf"(?:[ \t]+for(?:[ \t]+(?!(?:{_CONJUNCTIONS})(?![^\W\d_])|{_EMOTICON}(?!\S))"
+                          r"[^\s,;.!?，；。！？)）\]]+)+)?", re.I)
 # a conjunction after a "see x.com for …": a coordinating one goes with it, a subordinating one (group "sub") makes the
 # clause a fragment
 _SEE_CONJUNCTION = re.compile(r"[ \t]+(?:(?:and|but|or|so|because|cause|cuz)(?:[ \t]+then)?[ \t]+"
@@ -432,9 +433,11 @@ _SEE_CONJUNCTION = re.compile(r"[ \t]+(?:(?:and|but|or|so|because|cause|cuz)(?:[
 _CLAUSE_START_BEFORE = re.compile(r"(?:^|[,;:.!?，；：。！？…\n(（\-])[ \t]*\Z")
 # a share code whose link is gone (or was never a link): its words name nothing else
 _LONE_SHARE_CODE = re.compile(rf"(?:{SHARE_CODE})[ \t]*[:：=]?[ \t]*[A-Za-z0-9]{{4,8}}(?![A-Za-z0-9])")
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？…]+|\n")
-_CLAUSE_END = re.compile(r"[,;，；]")
-_TERMINATOR = re.compile(r"[\s.!?。！？…]*$")
+# a sentence ends at its terminator, or at an emoticon standing as a word ("Great zone :) Write to x@y.ru ;) The
+# anomalies…": three sentences); a clause at a comma or semicolon that begins no emoticon
+_SENTENCE_END = re.compile(rf"[.!?]+(?=\s|$)|[。！？…]+|\n|(?<!\S){_EMOTICON}(?=\s|$)")
+_CLAUSE_END = re.compile(rf"(?!{_EMOTICON})[,;，；]")
+_TERMINATOR = re.compile(rf"(?:[\s.!?。！？…]|(?<!\S){_EMOTICON})*$")
 
 
 def _drop_contacts(text: str, spans: list[tuple[int, int]]) -> str:

@@ -736,6 +736,11 @@ def test_game_chat_spaced_out_and_missing_dot_net_are_no_links(text):
     # an emoticon after a cut sentence is no punctuation to tidy
     ("Check mybuilds.com :o) The story is great.", ":o) The story is great."),
     ("Check out mybuilds.com :D The story is great.", ":D The story is great."),
+    # an emoticon standing as a word ends a sentence, and its ";" ends no clause
+    ("Great zone :) Write to stalker@yandex.ru ;) The anomalies are great.", "Great zone :) The anomalies are great."),
+    ("Great zone! Mail me at stalker@yandex.ru ;) The anomalies are great.", "Great zone! The anomalies are great."),
+    ("Great automation game :) check factorio.com :D Belts are life.", "Great automation game :) Belts are life."),
+    ("Great game ;) really fun, add me kirito_99#1234 lol.", "Great game ;) really fun."),
 ])
 def test_a_cut_tidies_only_where_it_was(text, want):
     """Space before punctuation, a comma before punctuation and empty brackets are tidied where a removal left them;
