@@ -741,6 +741,7 @@ def test_game_chat_spaced_out_and_missing_dot_net_are_no_links(text):
     ("Great zone! Mail me at stalker@yandex.ru ;) The anomalies are great.", "Great zone! The anomalies are great."),
     ("Great automation game :) check factorio.com :D Belts are life.", "Great automation game :) Belts are life."),
     ("Great game ;) really fun, add me kirito_99#1234 lol.", "Great game ;) really fun."),
+    ("Great game, guides on mysite.com :D the community is great too.", "Great game  :D the community is great too."),
 ])
 def test_a_cut_tidies_only_where_it_was(text, want):
     """Space before punctuation, a comma before punctuation and empty brackets are tidied where a removal left them;
