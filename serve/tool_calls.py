@@ -81,8 +81,9 @@ def check_auto_tools(request: dict[str, Any], formatter: Any) -> None:
     if key is None or shows_tools(formatter, key):
         return
     raise RequestError(f"This model does not support tools: its chat template shows no '{key}' to the model, so "
-                       "with tool_choice 'auto' it can never call one. Force a call (tool_choice {'type': 'function', "
-                       "'function': {'name': ...}} or 'required': the arguments are grammar-constrained), send "
+                       "with tool_choice 'auto' it can never call one. With --engine llama-cpp-python, force a call "
+                       "(tool_choice {'type': 'function', 'function': {'name': ...}} or 'required': the arguments are "
+                       "grammar-constrained); else send "
                        "tool_choice 'none', or serve a model whose template renders tools (Qwen2.5)",
                        param=key, code="tools_unsupported")
 
