@@ -242,6 +242,7 @@ class _Rules:
         self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
+        self.arrived: str | None = None  # the text of the record per_record is on, as it arrived (report examples)
         self.near = dedup.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
 
     def _drop(self, rule: str, r: Review, reason: str = "", note: str = "") -> str:
@@ -250,7 +251,7 @@ class _Rules:
         st.removed += 1
         if reason:
             st.reasons[reason] += 1
-        st.example(r, reason or note, lists=self.word_lists, handles=self.handles)
+        st.example(r, reason or note, self.arrived, lists=self.word_lists, handles=self.handles)
         return rule
 
     def _transform(self, rule: str, r: Review, fn: Callable[[str], str]) -> None:
@@ -273,7 +274,11 @@ class _Rules:
     def per_record(self, r: Review) -> tuple[str | None, str]:
         """The rules that look at one record alone (safe to run in worker processes), text cleaned
         in place: ``(the removing rule's name or None, the dedup key of a kept record or "")``."""
-        rule = self._select(r) or self._clean(r) or self._filter(r) or self._measure(r)
+        self.arrived = r.text  # a dropped record's example shows what the cuts left nothing of
+        try:
+            rule = self._select(r) or self._clean(r) or self._filter(r) or self._measure(r)
+        finally:
+            self.arrived = None
         return rule, dedup.dedup_key(r.text) if rule is None and (self.cfg.dedup or self.near is not None) else ""
 
     def _select(self, r: Review) -> str | None:

@@ -642,3 +642,16 @@ def test_report_masks_a_mention_in_every_rule_and_the_wrote_line_names_the_plot(
     assert "seller_dota" not in json.dumps(report, ensure_ascii=False)
     assert "seller_dota" not in (out.parent / "prepare_report.md").read_text(encoding="utf-8")
     assert "| table (JSON lines) |" in (out.parent / "prepare_report.md").read_text(encoding="utf-8")
+
+
+def test_a_dropped_records_example_shows_it_as_it_arrived_masked(tmp_path):
+    """A review that the cuts left too short is shown in its rule's example as it came in, masked, not as the nothing
+    that was left (the report said ``*(words)*`` with no text)."""
+    rows = [["Great zone. Add me on discord: kirito_99 and see mywiki.com for builds.", "Hades", "x"],
+            ["Great roguelike with tight combat and a soundtrack I still hum every day.", "Hades", "x"]]
+    res = _run(tmp_path, [_csv(tmp_path / "s.csv", ["review", "game", "author"], rows)], language=["all"])
+    assert [r["output"] for r in _load(res["train"])] == [rows[1][0]]
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    (example,) = report["rules"]["too_short"]["examples"]
+    assert example["text"] == "Great zone. Add ▇ and see ▇ for builds."
+    assert "mywiki" not in json.dumps(report, ensure_ascii=False)
