@@ -222,7 +222,8 @@ def strip_handles(text: str, author: str | None = None, handles: frozenset[str] 
     for name in strip_invisible(author).split("\n") if author else ():  # the text has none left either
         pattern = name_pattern(name.strip(), low)
         if pattern:
-            text, n = re.subn(pattern, _kept_sign_off, text, flags=re.I)
+            # not inside a tag ("cs_pro#0001"): scrub_pii takes the tag with its clause
+            text, n = re.subn(pattern + r"(?!#\d)", _kept_sign_off, text, flags=re.I)
             if n:
                 kinds.append("author_name")
     if handles:

@@ -502,6 +502,8 @@ def test_signature_near_misses_stay(keep):
     ("Dark Knight 99 recommends", "Dark_Knight-99", " recommends"),
     ("Great.\nReview by Kirito", "Kirito", "Great.\n"),
     ("standby mode, player 1", "Kirito\nPlayer_123", "standby mode, player 1"),
+    # inside a Discord / BattleTag tag the name stays for scrub_pii, which takes the whole tag with its clause
+    ("GG. Discord: cs_pro#0001 :) fixed, cs_pro out.", "cs_pro", "GG. Discord: cs_pro#0001 :) fixed,  out."),
 ])
 def test_author_name_in_other_spellings(text, author, want):
     out, _ = noise.strip_handles(text, author)
