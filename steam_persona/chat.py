@@ -41,8 +41,11 @@ class ChatConfig:
     quantization_bit: int | None = QuantizationArguments.use("quantization_bit")
     system: str | None = DataArguments.use(
         "system", unset="the run's (run_config.yaml), else none; a GGUF keeps the persona in its chat template")
-    temperature: float | None = GeneratingArguments.use("temperature", None, note="0 = greedy.")
-    top_p: float | None = GeneratingArguments.use("top_p", None)
+    temperature: float | None = GeneratingArguments.use(
+        "temperature", None, note="0 = greedy.",
+        unset=f"the model's generation config when it samples, else {FALLBACK_GENERATION['temperature']}")
+    top_p: float | None = GeneratingArguments.use(
+        "top_p", None, unset=f"the model's generation config when it samples, else {FALLBACK_GENERATION['top_p']}")
     max_new_tokens: int | None = GeneratingArguments.use("max_new_tokens", None)
     n_ctx: int = LlamaCppArguments.use("n_ctx")
     n_threads: int = LlamaCppArguments.use("n_threads")
