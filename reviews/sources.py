@@ -34,9 +34,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 from steam_persona.reviews import columns as columns_mod
+from steam_persona.reviews import csvquotes
 from steam_persona.common import persona
 from steam_persona.common.textfile import decode
 from steam_persona.common.errors import UserError
@@ -642,16 +643,18 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
                         "put the column names on line 1, or convert the file to JSON Lines")
     if "title" in cols and "user_reviews" in cols and not columns:
         return _read_store_csv(path, reader, tag_language, text)
-    rows = []
+    rows, spans = [], []
     try:
         start = reader.line_num + 1  # the line the next row starts on
         for n, row in enumerate(reader, 2):  # line 1: header
             rows.append((f"row {n}", _whole_row(path, reader, row, delim, text, start)))
+            spans.append((start, reader.line_num))
             start = reader.line_num + 1
     except csv.Error as e:
         raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
     if not rows:
         raise UserError(f"{path}: no rows under the header; remove it from the inputs")
+    _refuse_runaway_quotes(path, text, [r for _, r in rows], spans, delim)
     loaded = _read_table(path, rows, columns or {})
     loaded.container = "TSV" if delim == "\t" else "CSV"
     return loaded
@@ -665,7 +668,7 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: s
     """``row`` (which starts on line ``start`` of ``text``) when it has exactly the header's fields. ``csv.DictReader``
     files extra fields under the ``None`` key (its ``restkey``) and fills missing ones with ``None`` (its ``restval``):
     either means an unquoted separator in a text, or the wrong separator, or a quote that never closes (the lenient
-    reader takes the rest of the file as one text), and reading on would cut or shift the text silently.
+    reader takes the lines after it into one text), and reading on would cut or shift the text silently.
 
     Raises:
         UserError: naming the file, the line (the row's last line; an unclosed quote's first) and the fixes.
@@ -675,24 +678,49 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: s
         return row
     width = len(reader.fieldnames or [])
     found = width + len(extra) if extra is not None else sum(v is not None for k, v in row.items())
-    if extra is None and _unclosed_quote(text, start, delim):
-        raise UserError(f"{path}: line {start}: a double quote opens a text that never closes (the rest of the file "
-                        "would read as one text); close it, or double a quote inside a quoted text (\"\")")
+    lines = _LINE_END.split(text)[start - 1:reader.line_num]
+    opened = csvquotes.opening_line(lines, start)
+    if extra is None and csvquotes.ends_open(_LINE_END.split(text)[start - 1:], delim):
+        _runaway(path, opened or start, "the rest of the file would read as one text")
+    if opened is not None:
+        inner = [start + i for i, line in enumerate(lines[1:], 1)
+                 if csvquotes.looks_like_row(line, delim, [(set(), None)] * width, None)]
+        if inner:
+            _runaway(path, opened, f"line {inner[0]}, a row of its own, would read as part of its text")
     raise UserError(f"{path}: line {reader.line_num}: {found} field{'s' * (found != 1)} where the header has {width} (separator read as "
                     f"{_DELIM_NAMES[delim]}); put double quotes around a text that holds a {_DELIM_NAMES[delim]} "
                     f"(\"Good, but short\"), or save the file with one separator throughout")
 
 
-def _unclosed_quote(text: str, start: int, delim: str) -> bool:
-    """Whether the CSV ``text`` from line ``start`` on ends inside a quoted field: the strict reader (``strict=True``)
-    says "unexpected end of data" where the lenient one silently read to the end of the file."""
-    rest = "\n".join(text.split("\n")[start - 1:])
-    try:
-        for _ in csv.reader(io.StringIO(rest, newline=""), delimiter=delim, strict=True):
-            pass
-    except csv.Error as e:
-        return "unexpected end of data" in str(e)
-    return False
+def _runaway(path: Path, line: int, why: str) -> NoReturn:
+    raise UserError(f"{path}: line {line}: a double quote opens a text that never closes ({why}); remove the quote, "
+                    "close it, or double a quote inside a quoted text (\"\")")
+
+
+def _refuse_runaway_quotes(path: Path, text: str, rows: list[dict[str, Any]], spans: list[tuple[int, int]],
+                           delim: str) -> None:
+    """Refuse a runaway quote among rows of the right width (see :mod:`steam_persona.reviews.csvquotes`):
+    the last row's text still open at the end of the file, or a multi-line text whose inner lines read as
+    rows. ``spans`` are each row's first and last line.
+
+    Raises:
+        UserError: naming the line where the quote opens and the lines it swallowed.
+    """
+    lines = _LINE_END.split(text)
+    a, b = spans[-1]
+    if csvquotes.ends_open(lines[a - 1:], delim):
+        _runaway(path, csvquotes.opening_line(lines[a - 1:b], a) or a, "the rest of the file would read as one text")
+    if all(a == b for a, b in spans):
+        return
+    kinds = csvquotes.column_kinds([list(r.values()) for r, (a, b) in zip(rows, spans) if a == b])
+    for row, (a, b) in zip(rows, spans):
+        if b == a:
+            continue
+        skip = next((i for i, v in enumerate(row.values()) if "\n" in (v or "") or "\r" in (v or "")), None)
+        swallowed = csvquotes.swallowed_rows(lines[a - 1:b], a, delim, kinds, skip)
+        if swallowed:
+            _runaway(path, csvquotes.opening_line(lines[a - 1:b], a) or a,
+                     f"lines {swallowed[0]}-{b - 1}, which read as rows of their own, would be part of its text")
 
 
 def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, text: str) -> Loaded:

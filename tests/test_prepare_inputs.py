@@ -655,3 +655,41 @@ def test_a_dropped_records_example_shows_it_as_it_arrived_masked(tmp_path):
     (example,) = report["rules"]["too_short"]["examples"]
     assert example["text"] == "Great zone. Add ▇ and see ▇ for builds."
     assert "mywiki" not in json.dumps(report, ensure_ascii=False)
+
+
+_GAMES = ["Factorio", "Hades", "Portal 2", "Outer Wilds", "Slay the Spire", "Stardew Valley"]
+
+
+@pytest.mark.parametrize("text,message", [
+    # a quote that never closes, the rows after it unquoted: the lenient reader took them all as one text
+    ("game,review\nCeleste,Recommended. Hard but fair and the music is great.\n"
+     'Terraria,"Recommended. the quote never closes here\n'
+     + "".join(f"{g},Recommended. {g} is one of my favourite games; I keep coming back.\n" for g in _GAMES),
+     "line 3: a double quote opens a text that never closes (the rest of the file would read as one text)"),
+    # closed by the next quoted text, shifting the fields: the quote's line is named, not the row that broke
+    ('game,review\nCeleste,"Recommended. Hard but fair, and the music is great."\n'
+     'Terraria,"Recommended. I said ""wow"" and then the quote never closes\n'
+     + "".join(f'{g},"Recommended. {g} is a favourite, number {i} of all time."\n' for i, g in enumerate(_GAMES)),
+     "line 3: a double quote opens a text that never closes (line 4, a row of its own, would read as part of its text)"),
+    # closed by a stray quote further down, the fields realigned: the swallowed lines read as rows
+    ("game;review;verdict;hours\n" + "".join(f"{g};A fine game I enjoyed a lot;Recommended;{i},5\n" for i, g in enumerate(_GAMES))
+     + 'Terraria;"Stray quote;Recommended;3,0\nCeleste;Hard but fair;Recommended;2,0\nHades;Great runs;Recommended;7,5\n'
+       'Portal;A closing" quote;Recommended;1,0\n',
+     "line 8: a double quote opens a text that never closes (lines 9-10, which read as rows of their own, would be part of its text)"),
+])
+def test_a_runaway_quote_exits_2_naming_the_line_it_opens_on(tmp_path, text, message):
+    src = _raw(tmp_path / "in.csv", text)
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--language", "all"])
+    assert r.exit_code == 2 and f"{src}: {message}; remove the quote, close it" in r.output.replace("\n", ""), r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+def test_multi_line_quoted_reviews_as_excel_writes_them_are_kept_whole(tmp_path):
+    """Excel's multi-line texts (``;``, CRLF, lines with separators, a list) are no runaway quote."""
+    multi = ["Pros: tight controls; great music\r\nCons: some screens; hard; long; 2\r\nMenus: slow; ugly; old; 3\r\n- chapter 7; wow\r\n- the ending; lovely",
+             'Short "quoted" word\r\nand a second line; with a separator']
+    rows = [[g, multi[i] if i < 2 else EN[i - 2], "Recommended", f"{i},5"]
+            for i, g in enumerate(_GAMES)]
+    src = _csv(tmp_path / "in.csv", ["Game", "Review", "Recommended", "Hours"], rows, delimiter=";")
+    outs = [r["output"] for r in _load(_run(tmp_path, [src], language=["all"])["train"])]
+    assert outs[:2] == [m.replace("\r\n", "\n") for m in multi] and len(outs) == 6

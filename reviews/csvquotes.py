@@ -1,0 +1,92 @@
+"""Runaway quotes in a CSV/TSV review table: a double quote that opens a text and never closes.
+
+Python's ``csv`` reader (like Excel) lets a quoted text run over line ends, which is how multi-line
+reviews are stored. A stray quote (``"Great`` with no closing quote) therefore makes the reader swallow the
+lines after it into one text: to the end of the file, or up to the next quote, which may realign the fields
+so that nothing looks wrong. ``csv`` cannot tell the two apart; this module can, from how the swallowed lines
+look (our own rule, as no CSV library checks this):
+
+* a text that is still open at the end of the file is always a runaway quote (Excel closes every quote);
+* a text whose inner lines (neither its first nor its last) read as rows of the file is one: at least two
+  of them, and at least half, split into the header's number of fields whose values are like the values
+  the other rows hold in each column (:func:`column_kinds`). A review's own lines rarely do: a list item
+  starts with ``-`` or ``*``, a sentence is longer than a game name or a verdict, and a column whose values
+  repeat (``Recommended``, ``english``) must match one of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+_NUMBER = re.compile(r"[-+]?\d[\d\s.,:%']*")
+_SHORT = re.compile(r"[\w\d][^\n]{0,29}")
+
+
+def opening_line(lines: list[str], start: int) -> int | None:
+    """The line number on which a quoted text that runs over a line end opens, for a record whose
+    ``lines`` begin on line ``start``; ``None`` when every quote closes on its own line. Quotes are
+    counted per line (a doubled ``""`` counts two, so it keeps the parity)."""
+    open_ = False
+    for i, line in enumerate(lines[:-1]):
+        open_ ^= line.count('"') % 2 == 1
+        if open_:
+            return start + i
+    return None
+
+
+def ends_open(lines: list[str], delim: str) -> bool:
+    """Whether the CSV ``lines`` end inside a quoted text: the strict reader says "unexpected end of data"
+    where the lenient one reads to the end of the file."""
+    try:
+        for _ in csv.reader(io.StringIO("\n".join(lines), newline=""), delimiter=delim, strict=True):
+            pass
+    except csv.Error as e:
+        return "unexpected end of data" in str(e)
+    return False
+
+
+def _kind(value: str) -> str:
+    """``"empty"``, ``"number"`` (``12,5``, ``367520``, ``1.204,5``), ``"short"`` (up to 30 characters
+    starting with a letter or digit: a game name, a verdict, a language) or ``"text"``."""
+    v = value.strip()
+    if not v:
+        return "empty"
+    if _NUMBER.fullmatch(v):
+        return "number"
+    return "short" if _SHORT.fullmatch(v) else "text"
+
+
+def column_kinds(rows: list[list[str]]) -> list[tuple[set[str], set[str] | None]]:
+    """Per column of the single-line ``rows`` (values in header order): the kinds of value it holds, and
+    its values when they repeat (at most half as many distinct values as rows, over 4 rows or more),
+    else ``None``."""
+    out = []
+    for col in zip(*rows):
+        values = {v.strip() for v in col}
+        out.append(({_kind(v) for v in col}, values if len(col) >= 4 and len(values) * 2 <= len(col) else None))
+    return out
+
+
+def looks_like_row(line: str, delim: str, kinds: list[tuple[set[str], set[str] | None]], skip: int | None) -> bool:
+    """Whether ``line`` read alone splits into one field per column of ``kinds`` (from :func:`column_kinds`),
+    each like that column's values; column ``skip`` (the one holding the runaway text) may hold anything."""
+    fields = next(csv.reader([line], delimiter=delim), [])
+    if len(fields) != len(kinds) or len(kinds) < 2:
+        return False
+    for i, (v, (seen, values)) in enumerate(zip(fields, kinds)):
+        if i == skip or not seen:
+            continue
+        if _kind(v) not in seen or (values is not None and v.strip() not in values):
+            return False
+    return True
+
+
+def swallowed_rows(lines: list[str], start: int, delim: str, kinds: list[tuple[set[str], set[str] | None]],
+                   skip: int | None) -> list[int]:
+    """The line numbers of a record's inner lines (``lines`` begin on line ``start``; its first and last
+    line left out) that look like rows, when they make a runaway quote (see the module rule), else ``[]``."""
+    inner = lines[1:-1]
+    found = [start + 1 + i for i, line in enumerate(inner) if looks_like_row(line, delim, kinds, skip)]
+    return found if len(found) >= 2 and len(found) * 2 >= len(inner) else []
