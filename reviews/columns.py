@@ -165,7 +165,6 @@ def suggest(headers: list[str], mapping: dict[str, str], samples: list[dict[str,
 
 _NO = re.compile(r"^(?:不推荐|不推薦|not\s*recommended|false|no|0|n|negative|neg|thumbs?\s*down|👎|差评|不)$", re.I)
 _YES = re.compile(r"^(?:推荐|推薦|recommended|true|yes|1|y|positive|pos|thumbs?\s*up|👍|好评|是)$", re.I)
-_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 _IN_MINUTES = re.compile(r"^\D*\d[\d,.]*\s*(?:min|mins|minutes?|分钟)\W*$", re.I)  # "90 min" in an hours column
 
 
@@ -183,24 +182,66 @@ def voted(v: Any) -> bool | None:
     return False if _NO.match(s) else True if _YES.match(s) else None
 
 
-def number(v: Any) -> float | None:
-    """The first number in a value: ``"总时数 1,030.7 小时"`` → ``1030.7``; ``None`` when there is none."""
+#: a number as written in a cell, decimal mark and thousands separators included: ``1,204.5``, ``1.204,5``, ``12,5``.
+_NUMBER = re.compile(r"\d(?:[\d,.]*\d)?")
+_GROUPED = re.compile(r"\d{1,3}(?:[,.]\d{3})+")  # 1,234 / 1.234 / 1,234,567: a thousands separator, or a decimal mark
+NUMERIC_FIELDS = ("playtime_minutes", "playtime_hours", "votes_up")
+
+
+def _mark(token: str) -> str | None:
+    """The decimal mark that ``token`` (a :data:`_NUMBER` match) shows for sure, else ``None``: the later of
+    ``,`` and ``.`` when both are there; a lone mark not followed by exactly three digits (``12,5``, ``30.75``)."""
+    if "," in token and "." in token:
+        return "," if token.rfind(",") > token.rfind(".") else "."
+    for m in ",.":
+        if token.count(m) == 1 and not _GROUPED.fullmatch(token):
+            return m
+    return None
+
+
+def decimal_comma(values: list[Any], semicolon: bool) -> bool:
+    """Whether the numbers of one file (``values``: its playtime and votes cells) use a decimal comma.
+
+    The rule, in order: the marks the numbers show for sure (:func:`_mark`) decide, by majority (a tie:
+    decimal point); a file whose numbers show neither (``1,234``, ``12``) reads with a decimal comma when
+    it is ``;``-separated (Excel's CSV where the comma is the decimal mark: German, French … locales), else
+    with a decimal point."""
+    marks = [_mark(m.group(0)) for v in values if isinstance(v, str) and (m := _NUMBER.search(v))]
+    comma, point = marks.count(","), marks.count(".")
+    return comma > point if comma or point else semicolon
+
+
+def number(v: Any, comma: bool = False) -> float | None:
+    """The first number in a value: ``"总时数 1,030.7 小时"`` → ``1030.7``; ``None`` when there is none.
+
+    ``comma`` (from :func:`decimal_comma`) says how to read a number whose mark is ambiguous: ``1,234``
+    is ``1.234`` with it and ``1234`` without; ``1.234`` is ``1234`` with it and ``1.234`` without. A number
+    that shows its mark (:func:`_mark`: ``1,204.5``, ``1.204,5``, ``12,5``) is read by it either way, the
+    other mark being a thousands separator."""
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, (int, float)):
         return float(v)
     m = _NUMBER.search(str(v))
-    return float(m.group(0).replace(",", "")) if m else None
+    if not m:
+        return None
+    token = m.group(0)
+    mark = _mark(token) or ("," if comma and "," in token and token.count(",") == 1 else None)
+    mark = mark or ("." if not comma and token.count(".") == 1 else None)
+    whole, _, frac = token.rpartition(mark) if mark else (token, "", "")
+    digits = re.sub(r"[,.]", "", whole)
+    return float(f"{digits}.{frac}" if mark else digits)
 
 
-def row_fields(row: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
-    """One row's values under our field names (``playtime_hours`` in hours, unknown → ``None``)."""
+def row_fields(row: dict[str, Any], mapping: dict[str, str], comma: bool = False) -> dict[str, Any]:
+    """One row's values under our field names (``playtime_hours`` in hours, unknown → ``None``); ``comma``:
+    the file's numbers use a decimal comma (:func:`decimal_comma`)."""
     get = {f: row.get(h) for f, h in mapping.items()}
-    minutes = number(get.get("playtime_minutes"))
+    minutes = number(get.get("playtime_minutes"), comma)
     if minutes is None and _IN_MINUTES.search(str(get.get("playtime_hours") or "")):
-        minutes = number(get.get("playtime_hours"))
-    hours = round(minutes / 60, 1) if minutes is not None else number(get.get("playtime_hours"))
-    votes = number(get.get("votes_up"))
+        minutes = number(get.get("playtime_hours"), comma)
+    hours = round(minutes / 60, 1) if minutes is not None else number(get.get("playtime_hours"), comma)
+    votes = number(get.get("votes_up"), comma)
     text = get.get("review")
     tags = get.get("tags")
     return {

@@ -489,8 +489,10 @@ def _a(noun: str) -> str:
     return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
-def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]) -> Loaded:
-    """Flat rows ``[(where, {header: value})]`` → a ``table`` :class:`Loaded` (see :mod:`steam_persona.reviews.columns`)."""
+def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str], semicolon: bool = False) -> Loaded:
+    """Flat rows ``[(where, {header: value})]`` → a ``table`` :class:`Loaded` (see :mod:`steam_persona.reviews.columns`);
+    ``semicolon``: a ``;``-separated CSV (its numbers are read with a decimal comma unless they show a point,
+    :func:`~steam_persona.reviews.columns.decimal_comma`)."""
     headers: list[str] = []
     for _, row in rows[:50]:
         if isinstance(row, dict):
@@ -498,6 +500,8 @@ def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]
     mapping = columns_mod.detect(headers, columns, path, [row for _, row in rows[:50] if isinstance(row, dict)])
     loaded = Loaded(path, "table", columns=mapping)
     appid = _appid_from_name(path)
+    comma = columns_mod.decimal_comma([row.get(mapping[f]) for _, row in rows if isinstance(row, dict)
+                                       for f in columns_mod.NUMERIC_FIELDS if f in mapping], semicolon)
     for where, row in rows:
         if not isinstance(row, dict):
             raise UserError(f"{path}: {where}: not a record like the first one; keep one format per file")
@@ -507,7 +511,7 @@ def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]
         elif not isinstance(text, str) and text is not None:  # a list, a truth value: the wrong column, or a broken record
             raise UserError(f"{path}: {where}: '{mapping['review']}' holds {type(text).__name__} {str(text)[:40]!r}, "
                             "not text; fix the record, or map the text column with --columns review=COLUMN")
-        v = columns_mod.row_fields(row, mapping)
+        v = columns_mod.row_fields(row, mapping, comma)
         loaded.reviews.append(Review(where=f"{path}: {where}", appid=v.pop("appid") or appid, **v))
     if not any(r.text.strip() for r in loaded.reviews):
         raise UserError(f"{path}: column '{mapping['review']}' holds no review text; map the text column with "
@@ -655,7 +659,7 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     if not rows:
         raise UserError(f"{path}: no rows under the header; remove it from the inputs")
     _refuse_runaway_quotes(path, text, [r for _, r in rows], spans, delim)
-    loaded = _read_table(path, rows, columns or {})
+    loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";")
     loaded.container = "TSV" if delim == "\t" else "CSV"
     return loaded
 

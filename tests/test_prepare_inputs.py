@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from steam_persona.common import config
 from steam_persona.cli import main
 from steam_persona.common.errors import UserError
-from steam_persona.reviews import sources
+from steam_persona.reviews import columns, sources
 from steam_persona.reviews.prepare import PrepareConfig, run
 
 EN = ["Tight combat and a map that rewards curiosity, well worth the price.",
@@ -693,3 +693,35 @@ def test_multi_line_quoted_reviews_as_excel_writes_them_are_kept_whole(tmp_path)
     src = _csv(tmp_path / "in.csv", ["Game", "Review", "Recommended", "Hours"], rows, delimiter=";")
     outs = [r["output"] for r in _load(_run(tmp_path, [src], language=["all"])["train"])]
     assert outs[:2] == [m.replace("\r\n", "\n") for m in multi] and len(outs) == 6
+
+
+@pytest.mark.parametrize("value,comma,expected", [
+    ("1,204.5 hrs on record", False, 1204.5), ("1,204.5 hrs on record", True, 1204.5),
+    ("1.204,5", False, 1204.5), ("1.204,5", True, 1204.5), ("12,5", False, 12.5), ("2,0", True, 2.0),
+    ("1,234", False, 1234.0), ("1,234", True, 1.234), ("1.234", False, 1.234), ("1.234", True, 1234.0),
+    ("1,234,567", True, 1234567.0), ("1.234.567", False, 1234567.0), ("总时数 30.7 小时", True, 30.7), ("12", True, 12.0),
+    ("none", False, None), (7, True, 7.0),
+])
+def test_numbers_with_a_decimal_comma_point_or_thousands_separators(value, comma, expected):
+    assert columns.number(value, comma) == expected
+
+
+@pytest.mark.parametrize("values,semicolon,expected", [
+    (["1,0", "12,5", "1,234"], False, True),  # a file whose numbers show a decimal comma
+    (["1,204.5", "30.7", "2,5"], True, False),  # more show a point, even in a ;-separated file
+    (["1,234", "12", None], True, True), (["1,234", "12", 7], False, False),  # nothing shown: the separator decides
+])
+def test_a_files_decimal_mark_is_decided_by_its_numbers_then_its_separator(values, semicolon, expected):
+    assert columns.decimal_comma(values, semicolon) is expected
+
+
+def test_excel_csv_of_a_decimal_comma_locale_reads_hours_and_votes_right(tmp_path):
+    """A ``;`` Excel CSV (German/French locale): ``1,0`` hours is one hour, ``1.234`` helpful votes are 1234."""
+    rows = [[g, EN[i % 4] + f" Run {i}.", "Recommended", f"{h},5", f"1.2{i}4"]
+            for i, (g, h) in enumerate(zip(_GAMES, [1, 2, 12, 30, 1, 4]))]
+    src = _csv(tmp_path / "in.csv", ["Game", "Review", "Recommended", "Hours", "Helpful"], rows, delimiter=";", bom=True)
+    loaded = sources.read(src)
+    assert [r.playtime_hours for r in loaded.reviews] == [1.5, 2.5, 12.5, 30.5, 1.5, 4.5]
+    assert [r.votes_up for r in loaded.reviews] == [1204, 1214, 1224, 1234, 1244, 1254]
+    res = _run(tmp_path, [src], language=["all"], min_playtime_hours=10, near_dedup=False)
+    assert res["removed"]["min_playtime_hours"] == 4 and len(_load(res["train"])) == 2
