@@ -3,6 +3,7 @@ training's dataset loader and ``prepare``'s readers)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -64,3 +65,9 @@ def _latin_share(text: str) -> float:
     near = sum(bool(_LATIN.match(text[i])) and any(0 <= j < len(text) and text[j].isascii() and text[j].isalpha()
                                                    for j in (i - 1, i + 1)) for i in wide)
     return near / max(1, len(wide))
+
+
+def json_msg(e: json.JSONDecodeError) -> str:
+    """``e.msg`` for a message that already names the line and column: Python's messages that end in
+    "at" (``Unterminated string starting at``, meant to be followed by the position) end in "there"."""
+    return e.msg[:-3] + " there" if e.msg.endswith(" at") else e.msg

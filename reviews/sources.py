@@ -39,7 +39,7 @@ from typing import Any, Iterator, NoReturn
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.reviews import csvquotes
 from steam_persona.common import persona
-from steam_persona.common.textfile import decode
+from steam_persona.common.textfile import decode, json_msg
 from steam_persona.common.errors import UserError
 
 #: Steam user-tag ids → (English, 简体中文) names, for ``tags_raw`` in the store-scrape CSV.
@@ -273,7 +273,7 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
         lines = None
     except json.JSONDecodeError as e:
         if stripped[0] != "{" or e.msg != "Extra data":
-            raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}); fix the file") from None
+            raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the file") from None
         lines = _parse_jsonl(path, text)
     if lines is not None:
         return _read_records(path, lines, jsonl=True, tag_language=tag_language, columns=columns)
@@ -414,7 +414,7 @@ def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
         try:
             rows.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno}); fix or delete the line") from None
+            raise UserError(f"{path}: line {n}: invalid JSON at column {e.colno} ({json_msg(e)}); fix or delete the line") from None
     return rows
 
 
@@ -740,7 +740,7 @@ def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, text:
         try:
             reviews = json.loads(row["user_reviews"] or "[]")
         except json.JSONDecodeError as e:
-            raise UserError(f"{where}: user_reviews is not a JSON list ({e.msg}); fix the cell") from None
+            raise UserError(f"{where}: user_reviews is not a JSON list ({json_msg(e)}); fix the cell") from None
         if not isinstance(reviews, list):
             raise UserError(f"{where}: user_reviews must be a JSON list of review texts; fix the cell")
         tags = _csv_tags(row.get("tags_raw") or "", loaded.unknown_tag_ids, lang, where)
@@ -771,7 +771,7 @@ def read_app_names(path: Path, tag_language: str = "zh", encoding: str = "utf-8"
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}); fix the file") from None
+            raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the file") from None
         apps = _appdetails(data)
         if apps is None:
             apps = {str(k): AppInfo(name=str(v).strip() or None) for k, v in data.items() if isinstance(v, (str, int))}

@@ -207,11 +207,17 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     _write(tmp / "nonstr.json", [{"instruction": "a", "input": 42, "output": "b"}])
     _write(tmp / "gbk.json", [{"instruction": "请点评这款游戏", "output": "打击感爆棚"}], encoding="gbk")
     _write(tmp / "good.json", GOOD)
+    _write(tmp / "raw.json", [{"recommendationid": "1", "review": "Great game", "voted_up": True}])
+    (tmp / "excel.csv").write_text("Game;Review;Hours\nHades;Great game;1,0\n", encoding="utf-8")
     (tmp / "dataset_info.json").write_text(json.dumps({"good": {"file_name": "good.json"}}), encoding="utf-8")
     return {
         "missing file": (["--dataset", str(tmp / "nope.json")], "nope.json: dataset file not found"),
         "invalid json": (["--dataset", str(tmp / "syntax.json")], "syntax.json: invalid JSON at line 2 column"),
         "jsonl bad line": (["--dataset", str(tmp / "lines.jsonl")], "lines.jsonl: line 2: invalid JSON at column 2"),
+        "raw reviews": (["--dataset", str(tmp / "raw.json")], "raw.json: this looks like raw reviews (a 'review' field and "
+                        f"no 'instruction'), not an SFT set; run `steam-train prepare {tmp / 'raw.json'}` first"),
+        "review table": (["--dataset", str(tmp / "excel.csv")], "excel.csv: this looks like raw reviews (a CSV file), not an "
+                         f"SFT set; run `steam-train prepare {tmp / 'excel.csv'}` first"),
         "missing columns": (["--dataset", str(tmp / "cols.json")], "cols.json: record 1: missing column 'instruction'"),
         "empty output": (["--dataset", str(tmp / "empty.json")], "empty.json: record 2: 'output' is empty"),
         "non-string": (["--dataset", str(tmp / "nonstr.json")], "nonstr.json: record 1: 'input' must be a string, not int"),
@@ -255,3 +261,23 @@ def test_the_encoding_hint_names_the_encoding_the_bytes_look_like(tmp_path, text
         decode(tmp_path / "f.csv", text.encode(encoding), "utf-8")
     with pytest.raises(UserError, match="re-save it as UTF-8 or pass the right --encoding"):
         decode(tmp_path / "f.csv", b"\x80\x81\x82\x83 abc", "utf-8")
+
+
+@pytest.mark.parametrize("records,key", [
+    ([{"review": "Great game", "voted_up": True}], "review"), ([{"评论": "好玩", "推荐": "推荐"}], "评论"),
+    ([{"success": 1, "reviews": [{"review": "Great game"}]}], "reviews"),
+])
+def test_raw_reviews_are_sent_to_prepare_and_sft_records_with_such_a_key_are_not(tmp_path, records, key):
+    path = _write(tmp_path / "d.jsonl", records, jsonl=True)
+    with pytest.raises(UserError, match=f"this looks like raw reviews \\(a '{key}' field and no 'instruction'\\)"):
+        data.load_conversations(str(path))
+    sft = _write(tmp_path / "sft.json", [{"instruction": "Review Hades", "output": "Great", "review": "x"}])
+    assert data.load_conversations(str(sft))[0][-1]["content"] == "Great"
+
+
+def test_an_unterminated_string_is_named_once_with_its_column(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(GOOD[0]) + '\n{"instruction": "a", "output": "b\n', encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        data.load_conversations(str(path))
+    assert "line 2: invalid JSON at column 32 (Unterminated string starting there)" in str(e.value)

@@ -725,3 +725,13 @@ def test_excel_csv_of_a_decimal_comma_locale_reads_hours_and_votes_right(tmp_pat
     assert [r.votes_up for r in loaded.reviews] == [1204, 1214, 1224, 1234, 1244, 1254]
     res = _run(tmp_path, [src], language=["all"], min_playtime_hours=10, near_dedup=False)
     assert res["removed"]["min_playtime_hours"] == 4 and len(_load(res["train"])) == 2
+
+
+def test_an_unterminated_string_in_json_lines_is_named_once_with_its_column(tmp_path):
+    src = _raw(tmp_path / "in.jsonl", '{"review": "Fine game", "appid": 1}\n{"review": "Broken line, "appid": 1}\n')
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert f"{src}: line 2: invalid JSON at column 27 (Expecting ',' delimiter); fix or delete the line" == str(e.value)
+    src.write_text('{"review": "Fine game", "appid": 1}\n{"review": "ok", "appid": 1}\n{"review": "unterminated\n')
+    with pytest.raises(UserError, match=r"line 3: invalid JSON at column 12 \(Unterminated string starting there\)"):
+        sources.read(src)

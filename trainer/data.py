@@ -32,11 +32,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from steam_persona.common import registry
 from steam_persona.common.errors import UserError
-from steam_persona.common.textfile import decode
+from steam_persona.common.textfile import decode, json_msg
 from steam_persona.common.persona import user_message
 
 #: One conversation: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
@@ -116,7 +116,7 @@ def _parse(path: Path, text: str, arg: str) -> list[Any]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}); fix the syntax") from None
+            raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the syntax") from None
         if not isinstance(data, list):
             raise UserError(f"{path}: expected a JSON array of records or JSON Lines; wrap the records in [ ]")
         return data
@@ -127,9 +127,32 @@ def _parse(path: Path, text: str, arg: str) -> list[Any]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {n}: invalid JSON at column {e.colno} ({e.msg}); "
+            raise UserError(f"{path}: line {n}: invalid JSON at column {e.colno} ({json_msg(e)}); "
                             "fix or delete that line (JSON Lines: one object per line)") from None
     return records
+
+
+#: review tables that ``steam-train prepare`` reads and training does not.
+_TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+
+
+def _review_key(record: Any, prompt: str) -> str | None:
+    """The key that makes ``record`` a raw review rather than an SFT record: a review-text column
+    (:data:`steam_persona.reviews.columns.ALIASES`: ``review``, ``text``, ``评论`` …) or an appreviews page's
+    ``reviews``, in a record without the ``prompt`` column; else ``None``."""
+    from steam_persona.reviews.columns import field_of
+
+    if not isinstance(record, dict) or prompt in record:
+        return None
+    if isinstance(record.get("reviews"), (list, dict)):
+        return "reviews"
+    return next((k for k in record if isinstance(k, str) and field_of(k) == "review"), None)
+
+
+def _raw_reviews(path: Path, why: str) -> NoReturn:
+    """Raise ``UserError``: ``path`` holds raw reviews (``why``), which ``prepare`` turns into an SFT set."""
+    raise UserError(f"{path}: this looks like raw reviews ({why}), not an SFT set; run `steam-train prepare {path}` "
+                    "first and train on the train.json it writes")
 
 
 def _detect(record: Any, columns: dict[str, str]) -> str:
@@ -252,11 +275,16 @@ def read_dataset(spec: DatasetSpec, *, system: str | None = None, encoding: str 
     Raises:
         UserError: file-level problems (missing, undecodable, invalid JSON, not a list, empty).
     """
+    if spec.path.suffix.lower() in _TABLE_SUFFIXES:
+        _raw_reviews(spec.path, f"a {spec.path.suffix.lower()[1:].upper()} file")
     text = _decode(spec.path, encoding, spec.arg)
     records = _parse(spec.path, text, spec.arg)
     if not records:
         raise UserError(f"{spec.path}: no records; add records or pick another {spec.arg}")
     fmt = spec.formatting if spec.formatting != "auto" else _detect(records[0], spec.columns)
+    prompt = {**ALPACA_COLUMNS, **spec.columns}["prompt"]
+    if fmt == "alpaca" and (key := _review_key(records[0], prompt)):
+        _raw_reviews(spec.path, f"a '{key}' field and no '{prompt}'")
     unit = "line" if spec.path.suffix.lower() == ".jsonl" else "record"
     convs: list[Conversation | None] = []
     problems: list[str] = []
