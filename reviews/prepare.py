@@ -239,6 +239,7 @@ class _Rules:
         self.simplify = simplify
         self.uses = _template_fields(cfg)
         self.seen: dict[str, Review] = {}  # dedup key → its first record
+        self.files: dict[str, set[str]] = {}  # dedup key of a text with copies → the input files it came in
         self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
@@ -246,12 +247,12 @@ class _Rules:
         self.near = dedup.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
 
     def _drop(self, rule: str, r: Review, reason: str = "", note: str = "") -> str:
-        """Count a removal (``reason`` is tallied; ``note`` only shows in the report's examples)."""
+        """Count a removal (``reason`` is tallied; ``note``, else ``reason``, shows in the report's examples)."""
         st = self.stats[rule]
         st.removed += 1
         if reason:
             st.reasons[reason] += 1
-        st.example(r, reason or note, self.arrived, lists=self.word_lists, handles=self.handles)
+        st.example(r, note or reason, self.arrived, lists=self.word_lists, handles=self.handles)
         return rule
 
     def _transform(self, rule: str, r: Review, fn: Callable[[str], str]) -> None:
@@ -374,14 +375,17 @@ class _Rules:
 
     def exact_duplicate(self, r: Review, key: str) -> str | None:
         """The rule that needs the records before this one (in input order): exact duplicates by
-        their dedup ``key``."""
+        their dedup ``key``, tallied as :data:`OTHER_FILE` when the text had not yet come in this record's file."""
         if self.cfg.dedup:
             first = self.seen.get(key)
             if first is None:
                 self.seen[key] = r
                 return None
             self.games.setdefault(key, {_game(first)}).add(_game(r))
-            return self._drop("exact_duplicate", r, note=f"copy of {first.where}")
+            files = self.files.setdefault(key, {_file(first)})
+            where = "same file" if _file(r) in files else OTHER_FILE
+            files.add(_file(r))
+            return self._drop("exact_duplicate", r, where, note=f"copy of {first.where}")
         return None
 
     def near_duplicates(self, kept: list[Review], keys: list[str]) -> list[Review]:
@@ -773,6 +777,15 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
     return kept, keys, drop_lang, drop_game
 
 
+#: the ``exact_duplicate`` reason of a copy of a review read from another input file
+OTHER_FILE = "in another input file"
+
+
+def _file(r: Review) -> str:
+    """The input file a review came from: its ``where`` up to the first ``": "``."""
+    return r.where.split(": ", 1)[0]
+
+
 def _game(r: Review) -> str:
     return _clean_name(r.game_name) if r.game_name else "(verbatim prompt)" if r.prompt else "(unknown game)"
 
@@ -785,12 +798,23 @@ def _warn_big_rules(stats: dict[str, _Stat], read: int, warned: set[str], so_far
         n = stats[name].removed
         if read and n > read / 5:
             seen = f"the first {read:,}" if so_far else f"{read:,}"
-            lines.append(f"rule '{name}' removed {n:,} of {seen} reviews ({n / read:.0%}); change it with "
-                         f"{FLAGS.get(name, 'its flag')}")
+            lines.append(f"rule '{name}' removed {n:,} of {seen} reviews ({n / read:.0%}); "
+                         + _big_rule_fix(name, stats[name]))
             if name not in warned:
                 warned.add(name)
                 console.print(f"[bold yellow]warning[/] {lines[-1]}")
     return lines
+
+
+def _big_rule_fix(name: str, st: _Stat) -> str:
+    """What to do about a rule that removed many: its flag; for exact copies of reviews in other input files
+    (the same reviews given twice), that they were kept once, and the flag only for copies within a file."""
+    other = st.reasons[OTHER_FILE] if name == "exact_duplicate" else 0
+    if not other:
+        return f"change it with {FLAGS.get(name, 'its flag')}"
+    same = st.removed - other
+    return (f"{other:,} {'was a copy of a review' if other == 1 else 'were copies of reviews'} in another input file (each is kept once)"
+            + (f"; for the {same:,} copies within a file, change it with {FLAGS[name]}" if same else ""))
 
 
 def _nothing_left(cfg: PrepareConfig, stats: dict[str, _Stat], read: int) -> None:

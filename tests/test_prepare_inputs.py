@@ -735,3 +735,20 @@ def test_an_unterminated_string_in_json_lines_is_named_once_with_its_column(tmp_
     src.write_text('{"review": "Fine game", "appid": 1}\n{"review": "ok", "appid": 1}\n{"review": "unterminated\n')
     with pytest.raises(UserError, match=r"line 3: invalid JSON at column 12 \(Unterminated string starting there\)"):
         sources.read(src)
+
+
+def test_copies_across_input_files_are_told_apart_from_copies_within_a_file(tmp_path):
+    """The same reviews given in several files: the warning says so instead of advising --dedup False."""
+    rows = [["Hades", t] for t in EN]
+    files = [_csv(tmp_path / f"in{i}.csv", ["game", "review"], rows) for i in range(3)]
+    res = _run(tmp_path, files, language=["all"], near_dedup=False)
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert res["removed"]["exact_duplicate"] == 8 and len(_load(res["train"])) == 4
+    assert report["warnings"] == ["rule 'exact_duplicate' removed 8 of 12 reviews (67%); 8 were copies of reviews in "
+                                  "another input file (each is kept once)"]
+    assert report["rules"]["exact_duplicate"]["reasons"] == {"in another input file": 8}
+    files.append(_csv(tmp_path / "in3.csv", ["game", "review"], rows[:1] * 9))
+    report = json.loads(Path(_run(tmp_path, files[2:], language=["all"], near_dedup=False)["report"]).read_text("utf-8"))
+    assert report["warnings"] == ["rule 'exact_duplicate' removed 9 of 13 reviews (69%); 1 was a copy of a review in "
+                                  "another input file (each is kept once); for the 8 copies within a file, change it "
+                                  "with --dedup False"]
