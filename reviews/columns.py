@@ -211,13 +211,13 @@ def decimal_comma(values: list[Any], semicolon: bool) -> bool:
     return comma > point if comma or point else semicolon
 
 
-def number(v: Any, comma: bool = False) -> float | None:
+def number(v: Any, comma: bool = False, whole: bool = False) -> float | None:
     """The first number in a value: ``"总时数 1,030.7 小时"`` → ``1030.7``; ``None`` when there is none.
 
     ``comma`` (from :func:`decimal_comma`) says how to read a number whose mark is ambiguous: ``1,234``
-    is ``1.234`` with it and ``1234`` without; ``1.234`` is ``1234`` with it and ``1.234`` without. A number
-    that shows its mark (:func:`_mark`: ``1,204.5``, ``1.204,5``, ``12,5``) is read by it either way, the
-    other mark being a thousands separator."""
+    is ``1.234`` with it and ``1234`` without; ``1.234`` is ``1234`` with it and ``1.234`` without. A count
+    (``whole``: votes, minutes) reads either as ``1234``. A number that shows its mark (:func:`_mark`:
+    ``1,204.5``, ``1.204,5``, ``12,5``) is read by it either way, the other mark being a thousands separator."""
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, (int, float)):
@@ -226,6 +226,8 @@ def number(v: Any, comma: bool = False) -> float | None:
     if not m:
         return None
     token = m.group(0)
+    if whole and _GROUPED.fullmatch(token):
+        return float(re.sub(r"[,.]", "", token))
     mark = _mark(token) or ("," if comma and "," in token and token.count(",") == 1 else None)
     mark = mark or ("." if not comma and token.count(".") == 1 else None)
     whole, _, frac = token.rpartition(mark) if mark else (token, "", "")
@@ -237,11 +239,11 @@ def row_fields(row: dict[str, Any], mapping: dict[str, str], comma: bool = False
     """One row's values under our field names (``playtime_hours`` in hours, unknown → ``None``); ``comma``:
     the file's numbers use a decimal comma (:func:`decimal_comma`)."""
     get = {f: row.get(h) for f, h in mapping.items()}
-    minutes = number(get.get("playtime_minutes"), comma)
+    minutes = number(get.get("playtime_minutes"), comma, whole=True)
     if minutes is None and _IN_MINUTES.search(str(get.get("playtime_hours") or "")):
-        minutes = number(get.get("playtime_hours"), comma)
+        minutes = number(get.get("playtime_hours"), comma, whole=True)
     hours = round(minutes / 60, 1) if minutes is not None else number(get.get("playtime_hours"), comma)
-    votes = number(get.get("votes_up"), comma)
+    votes = number(get.get("votes_up"), comma, whole=True)
     text = get.get("review")
     tags = get.get("tags")
     return {

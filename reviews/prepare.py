@@ -813,7 +813,8 @@ def _big_rule_fix(name: str, st: _Stat) -> str:
     if not other:
         return f"change it with {FLAGS.get(name, 'its flag')}"
     same = st.removed - other
-    return (f"{other:,} {'was a copy of a review' if other == 1 else 'were copies of reviews'} in another input file (each is kept once)"
+    copies = "was a copy of a review" if other == 1 else "were copies of reviews"
+    return (f"{other:,} {copies} in another input file (each is kept once)"
             + (f"; for the {same:,} copies within a file, change it with {FLAGS[name]}" if same else ""))
 
 

@@ -706,6 +706,11 @@ def test_numbers_with_a_decimal_comma_point_or_thousands_separators(value, comma
     assert columns.number(value, comma) == expected
 
 
+@pytest.mark.parametrize("value,comma", [("1,234", True), ("1.234", False), ("1,234", False), ("1.234", True)])
+def test_a_count_reads_a_grouped_number_as_thousands_whatever_the_decimal_mark(value, comma):
+    assert columns.number(value, comma, whole=True) == 1234.0
+
+
 @pytest.mark.parametrize("values,semicolon,expected", [
     (["1,0", "12,5", "1,234"], False, True),  # a file whose numbers show a decimal comma
     (["1,204.5", "30.7", "2,5"], True, False),  # more show a point, even in a ;-separated file
