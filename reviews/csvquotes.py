@@ -9,9 +9,10 @@ look (our own rule, as no CSV library checks this):
 * a text that is still open at the end of the file is always a runaway quote (Excel closes every quote);
 * a text whose inner lines (neither its first nor its last) read as rows of the file is one: at least two
   of them, and at least half, split into the header's number of fields whose values are like the values
-  the other rows hold in each column (:func:`column_kinds`). A review's own lines rarely do: a list item
-  starts with ``-`` or ``*``, a sentence is longer than a game name or a verdict, and a column whose values
-  repeat (``Recommended``, ``english``) must match one of them.
+  the single-line rows hold in each column (:func:`column_kinds`). A review's own lines rarely do: a list
+  item starts with ``-`` or ``*``, a sentence is longer than a game name or a verdict, the piece after a
+  comma is shorter than a review, and a column whose values repeat (a game, ``Recommended``, ``english``)
+  must hold one of them.
 """
 
 from __future__ import annotations
@@ -69,24 +70,23 @@ def column_kinds(rows: list[list[str]]) -> list[tuple[set[str], set[str] | None]
     return out
 
 
-def looks_like_row(line: str, delim: str, kinds: list[tuple[set[str], set[str] | None]], skip: int | None) -> bool:
+def looks_like_row(line: str, delim: str, kinds: list[tuple[set[str], set[str] | None]]) -> bool:
     """Whether ``line`` read alone splits into one field per column of ``kinds`` (from :func:`column_kinds`),
-    each like that column's values; column ``skip`` (the one holding the runaway text) may hold anything."""
+    each like that column's values (a column with no kinds takes anything)."""
     fields = next(csv.reader([line], delimiter=delim), [])
     if len(fields) != len(kinds) or len(kinds) < 2:
         return False
-    for i, (v, (seen, values)) in enumerate(zip(fields, kinds)):
-        if i == skip or not seen:
+    for v, (seen, values) in zip(fields, kinds):
+        if not seen:
             continue
         if _kind(v) not in seen or (values is not None and v.strip() not in values):
             return False
     return True
 
 
-def swallowed_rows(lines: list[str], start: int, delim: str, kinds: list[tuple[set[str], set[str] | None]],
-                   skip: int | None) -> list[int]:
+def swallowed_rows(lines: list[str], start: int, delim: str, kinds: list[tuple[set[str], set[str] | None]]) -> list[int]:
     """The line numbers of a record's inner lines (``lines`` begin on line ``start``; its first and last
     line left out) that look like rows, when they make a runaway quote (see the module rule), else ``[]``."""
     inner = lines[1:-1]
-    found = [start + 1 + i for i, line in enumerate(inner) if looks_like_row(line, delim, kinds, skip)]
+    found = [start + 1 + i for i, line in enumerate(inner) if looks_like_row(line, delim, kinds)]
     return found if len(found) >= 2 and len(found) * 2 >= len(inner) else []

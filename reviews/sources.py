@@ -688,7 +688,7 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: s
         _runaway(path, opened or start, "the rest of the file would read as one text")
     if opened is not None:
         inner = [start + i for i, line in enumerate(lines[1:], 1)
-                 if csvquotes.looks_like_row(line, delim, [(set(), None)] * width, None)]
+                 if csvquotes.looks_like_row(line, delim, [(set(), None)] * width)]
         if inner:
             _runaway(path, opened, f"line {inner[0]}, a row of its own, would read as part of its text")
     raise UserError(f"{path}: line {reader.line_num}: {found} field{'s' * (found != 1)} where the header has {width} (separator read as "
@@ -717,11 +717,10 @@ def _refuse_runaway_quotes(path: Path, text: str, rows: list[dict[str, Any]], sp
     if all(a == b for a, b in spans):
         return
     kinds = csvquotes.column_kinds([list(r.values()) for r, (a, b) in zip(rows, spans) if a == b])
-    for row, (a, b) in zip(rows, spans):
+    for a, b in spans:
         if b == a:
             continue
-        skip = next((i for i, v in enumerate(row.values()) if "\n" in (v or "") or "\r" in (v or "")), None)
-        swallowed = csvquotes.swallowed_rows(lines[a - 1:b], a, delim, kinds, skip)
+        swallowed = csvquotes.swallowed_rows(lines[a - 1:b], a, delim, kinds)
         if swallowed:
             _runaway(path, csvquotes.opening_line(lines[a - 1:b], a) or a,
                      f"lines {swallowed[0]}-{b - 1}, which read as rows of their own, would be part of its text")

@@ -672,8 +672,8 @@ _GAMES = ["Factorio", "Hades", "Portal 2", "Outer Wilds", "Slay the Spire", "Sta
      + "".join(f'{g},"Recommended. {g} is a favourite, number {i} of all time."\n' for i, g in enumerate(_GAMES)),
      "line 3: a double quote opens a text that never closes (line 4, a row of its own, would read as part of its text)"),
     # closed by a stray quote further down, the fields realigned: the swallowed lines read as rows
-    ("game;review;verdict;hours\n" + "".join(f"{g};A fine game I enjoyed a lot;Recommended;{i},5\n" for i, g in enumerate(_GAMES))
-     + 'Terraria;"Stray quote;Recommended;3,0\nCeleste;Hard but fair;Recommended;2,0\nHades;Great runs;Recommended;7,5\n'
+    ("game;review;verdict;hours\n" + "".join(f"{g};{EN[i % 4]} Run {i}.;Recommended;{i},5\n" for i, g in enumerate(_GAMES))
+     + f'Terraria;"Stray quote;Recommended;3,0\nCeleste;{EN[0]};Recommended;2,0\nHades;{EN[1]};Recommended;7,5\n'
        'Portal;A closing" quote;Recommended;1,0\n',
      "line 8: a double quote opens a text that never closes (lines 9-10, which read as rows of their own, would be part of its text)"),
 ])
@@ -693,6 +693,10 @@ def test_multi_line_quoted_reviews_as_excel_writes_them_are_kept_whole(tmp_path)
     src = _csv(tmp_path / "in.csv", ["Game", "Review", "Recommended", "Hours"], rows, delimiter=";")
     outs = [r["output"] for r in _load(_run(tmp_path, [src], language=["all"])["train"])]
     assert outs[:2] == [m.replace("\r\n", "\n") for m in multi] and len(outs) == 6
+    pros = "Great game, would buy again!\nPros: music, art\nCons: length, price\nWorth every cent of the full price."
+    src = _csv(tmp_path / "two.csv", ["game", "review"], [["Celeste", pros]] + [[g, t] for g, t in zip(_GAMES, EN)])
+    outs = [r["output"] for r in _load(_run(tmp_path, [src], language=["all"])["train"])]
+    assert outs == [pros, *EN]
 
 
 @pytest.mark.parametrize("value,comma,expected", [
