@@ -21,6 +21,9 @@ import csv
 import io
 import re
 
+#: how many single-line rows :func:`column_kinds` learns from (a sample keeps a big file fast; a value
+#: first seen after it can only make a swallowed row look less like a row, never a review look like one)
+SAMPLE = 5000
 _NUMBER = re.compile(r"[-+]?\d[\d\s.,:%']*")
 _SHORT = re.compile(r"[\w\d][^\n]{0,29}")
 

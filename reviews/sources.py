@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -716,7 +717,8 @@ def _refuse_runaway_quotes(path: Path, text: str, rows: list[dict[str, Any]], sp
         _runaway(path, csvquotes.opening_line(lines[a - 1:b], a) or a, "the rest of the file would read as one text")
     if all(a == b for a, b in spans):
         return
-    kinds = csvquotes.column_kinds([list(r.values()) for r, (a, b) in zip(rows, spans) if a == b])
+    single = (list(r.values()) for r, (a, b) in zip(rows, spans) if a == b)
+    kinds = csvquotes.column_kinds(list(itertools.islice(single, csvquotes.SAMPLE)))
     for a, b in spans:
         if b == a:
             continue
