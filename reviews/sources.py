@@ -650,9 +650,9 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
         return _read_store_csv(path, reader, tag_language, text)
     rows, spans = [], []
     try:
-        start = reader.line_num + 1  # the line the next row starts on
-        for n, row in enumerate(reader, 2):  # line 1: header
-            rows.append((f"row {n}", _whole_row(path, reader, row, delim, text, start)))
+        start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
+        for row in reader:
+            rows.append((f"row {start}", _whole_row(path, reader, row, delim, text, start)))
             spans.append((start, reader.line_num))
             start = reader.line_num + 1
     except csv.Error as e:
@@ -733,9 +733,9 @@ def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, text:
     ``user_reviews``."""
     loaded = Loaded(path, "store-csv")
     lang = 1 if tag_language == "zh" else 0
-    start = reader.line_num + 1
-    for n, row in enumerate(reader, 2):  # line 1 is the header
-        where = f"{path}: row {n}"
+    start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
+    for row in reader:
+        where = f"{path}: row {start}"
         row = _whole_row(path, reader, row, ",", text, start)
         start = reader.line_num + 1
         try:

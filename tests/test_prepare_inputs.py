@@ -761,3 +761,9 @@ def test_copies_across_input_files_are_told_apart_from_copies_within_a_file(tmp_
     assert report["warnings"] == ["rule 'exact_duplicate' removed 9 of 13 reviews (69%); 1 was a copy of a review in "
                                   "another input file (each is kept once); for the 8 copies within a file, change it "
                                   "with --dedup False"]
+
+
+def test_a_csv_row_after_a_multi_line_text_is_named_by_the_line_it_starts_on(tmp_path):
+    src = _csv(tmp_path / "in.csv", ["game", "review"], [["Hades", EN[0] + "\nSecond line.\nThird line."],
+                                                       ["Celeste", EN[1]], ["Celeste", EN[1]]])
+    assert [r.where for r in sources.read(src).reviews] == [f"{src}: row {n}" for n in (2, 5, 6)]
