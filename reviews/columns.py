@@ -230,8 +230,8 @@ def number(v: Any, comma: bool = False, whole: bool = False) -> float | None:
         return float(re.sub(r"[,.]", "", token))
     mark = _mark(token) or ("," if comma and "," in token and token.count(",") == 1 else None)
     mark = mark or ("." if not comma and token.count(".") == 1 else None)
-    whole, _, frac = token.rpartition(mark) if mark else (token, "", "")
-    digits = re.sub(r"[,.]", "", whole)
+    before, _, frac = token.rpartition(mark) if mark else (token, "", "")
+    digits = re.sub(r"[,.]", "", before)
     return float(f"{digits}.{frac}" if mark else digits)
 
 

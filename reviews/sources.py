@@ -683,9 +683,10 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: s
         return row
     width = len(reader.fieldnames or [])
     found = width + len(extra) if extra is not None else sum(v is not None for k, v in row.items())
-    lines = _LINE_END.split(text)[start - 1:reader.line_num]
+    rest = _LINE_END.split(text)[start - 1:]
+    lines = rest[:reader.line_num - start + 1]
     opened = csvquotes.opening_line(lines, start)
-    if extra is None and csvquotes.ends_open(_LINE_END.split(text)[start - 1:], delim):
+    if extra is None and csvquotes.ends_open(rest, delim):
         _runaway(path, opened or start, "the rest of the file would read as one text")
     if opened is not None:
         inner = [start + i for i, line in enumerate(lines[1:], 1)
