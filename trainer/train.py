@@ -342,17 +342,6 @@ RESUMABLE_CHANGES = frozenset({
     "include_num_input_tokens_seen"})
 
 
-def _recorded_config(ckpt: Path) -> tuple[Path, dict] | None:
-    """The run config a checkpoint was trained with: its own ``run_config.yaml``, else (a checkpoint saved
-    before checkpoints carried one) its run dir's. ``None`` when neither exists."""
-    import yaml
-
-    for p in (ckpt / "run_config.yaml", ckpt.parent / "run_config.yaml"):
-        if p.is_file():
-            return p, yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    return None
-
-
 def _shown(value: Any) -> str:
     text = ",".join(map(str, value)) if isinstance(value, list) else repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 40 else text[:39] + "…"
@@ -360,17 +349,20 @@ def _shown(value: Any) -> str:
 
 def check_resume_settings(cfg: TrainConfig, ckpt: Path) -> None:
     """Refuse to resume ``ckpt`` with settings that define the run (all but :data:`RESUMABLE_CHANGES`)
-    other than those it was trained with, as recorded in its run config (:func:`_recorded_config`; keys it
-    lacks are not compared). Runs before anything heavy is loaded.
+    other than those it was trained with: its ``run_config.yaml``, else its run dir's for a checkpoint saved
+    without one (:meth:`RunRecord.find`); keys the record lacks are not compared. Runs before anything heavy
+    is loaded.
 
     Raises:
         UserError: one line listing every differing setting with the checkpoint's value, and the two ways
-            out (the checkpoint's values, or starting over).
+            out (the checkpoint's values, or starting over); or the record is not valid YAML.
     """
-    recorded = _recorded_config(ckpt)
-    if recorded is None:
+    from steam_persona.common.run_record import RunRecord
+
+    record = RunRecord.load(ckpt)
+    if record.path is None:
         return
-    path, old = recorded
+    path, old = record.path, record.raw
     new = _run_config_dict(cfg)
     diffs = [f"--{k} {_shown(v)} (checkpoint: {_shown(old[k])})" for k, v in new.items()
              if k not in RESUMABLE_CHANGES and k in old and old[k] != v]
@@ -1094,4 +1086,5 @@ command = config.command(TrainConfig, run, name="train", help=(
     "LoRA/QLoRA SFT with LLaMA-Factory's flags: `steam-train train --stage sft --do_train --model_name_or_path "
     "Qwen/Qwen2.5-7B-Instruct --dataset steam_reviews --dataset_dir data --template qwen --finetuning_type lora "
     "--lora_target all --output_dir saves/x --quantization_bit 4 ...`, or `steam-train train config.yaml`. "
-    "An unfinished run resumes from its last checkpoint unless --overwrite_output_dir."))
+    "An unfinished run resumes from its last checkpoint, with the settings it was trained with (docs/training.md "
+    "lists those that may change), unless --overwrite_output_dir."))
