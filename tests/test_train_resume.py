@@ -67,6 +67,7 @@ def test_resume_check_without_a_recorded_config_in_the_checkpoint(tmp_path):
     --resume_from_checkpoint is told to drop that flag to start over."""
     ckpt = tmp_path / "run" / "checkpoint-2"
     ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text('{"global_step": 2, "world_size": 2}', encoding="utf-8")
     base = _flags("m", "d.json", tmp_path / "run")
     (tmp_path / "run" / "run_config.yaml").write_text(
         train_mod._run_config_yaml(config.build(TrainConfig, base)), encoding="utf-8")
@@ -76,7 +77,15 @@ def test_resume_check_without_a_recorded_config_in_the_checkpoint(tmp_path):
                                                          "resume_from_checkpoint": str(ckpt)}), ckpt)
     assert "--system '' (checkpoint: '你是“老G”" in e.value.message and "--seed 7 (checkpoint: 42)" in e.value.message
     assert e.value.message.endswith("drop --resume_from_checkpoint and pass --overwrite_output_dir to start over")
-    check_resume_settings(config.build(TrainConfig, {**base, "seed": 7}), tmp_path / "elsewhere" / "checkpoint-1")
+    # saved by 2 processes: on 1 the accumulation is derived from the checkpoint, so its flag may differ
+    check_resume_settings(config.build(TrainConfig, {**base, "gradient_accumulation_steps": 2}), ckpt)
+    with pytest.raises(UserError, match="--gradient_accumulation_steps 2 \\(checkpoint: 1\\)"):
+        check_resume_settings(config.build(TrainConfig, {**base, "gradient_accumulation_steps": 2,
+                                                         "nproc_per_node": 2}), ckpt)
+    elsewhere = tmp_path / "elsewhere" / "checkpoint-1"  # no record at all: nothing to compare
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "trainer_state.json").write_text('{"global_step": 1}', encoding="utf-8")
+    check_resume_settings(config.build(TrainConfig, {**base, "seed": 7}), elsewhere)
 
 
 def test_results_after_a_resume_cover_the_whole_run(tiny_llama_dir, eight, tmp_path):

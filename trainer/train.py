@@ -347,6 +347,17 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:39] + "…"
 
 
+def _other_process_count(cfg: TrainConfig, ckpt: Path) -> bool:
+    """True when ``ckpt`` resumes on another number of processes than it was saved from: the accumulation is
+    then the checkpoint's micro-batches per step over the new count, whatever the flag says
+    (:func:`steam_persona.trainer.distributed.accum_for_resume`)."""
+    from steam_persona.trainer import distributed
+
+    world = distributed.rank_world()[1] if distributed.launched() else cfg.nproc_per_node
+    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("world_size", world)) != world
+
+
 def check_resume_settings(cfg: TrainConfig, ckpt: Path) -> None:
     """Refuse to resume ``ckpt`` with settings that define the run (all but :data:`RESUMABLE_CHANGES`)
     other than those it was trained with: its ``run_config.yaml``, else its run dir's for a checkpoint saved
@@ -364,8 +375,9 @@ def check_resume_settings(cfg: TrainConfig, ckpt: Path) -> None:
         return
     path, old = record.path, record.raw
     new = _run_config_dict(cfg)
+    may_change = RESUMABLE_CHANGES | ({"gradient_accumulation_steps"} if _other_process_count(cfg, ckpt) else set())
     diffs = [f"--{k} {_shown(v)} (checkpoint: {_shown(old[k])})" for k, v in new.items()
-             if k not in RESUMABLE_CHANGES and k in old and old[k] != v]
+             if k not in may_change and k in old and old[k] != v]
     if diffs:
         start_over = ("drop --resume_from_checkpoint and pass --overwrite_output_dir to start over"
                       if cfg.resume_from_checkpoint else "pass --overwrite_output_dir to start over")
