@@ -88,7 +88,7 @@ def test_resume_check_without_a_recorded_config_in_the_checkpoint(tmp_path):
     check_resume_settings(config.build(TrainConfig, {**base, "seed": 7}), elsewhere)
 
 
-def test_results_after_a_resume_cover_the_whole_run(tiny_llama_dir, eight, tmp_path):
+def test_results_after_a_resume_cover_the_whole_run(tiny_llama_dir, eight, tmp_path, monkeypatch):
     """Regression: after a resume train_loss was the mean of the resumed steps only and train_runtime and the
     speeds this session's, beside a loss_first from the first session."""
     full = run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, tmp_path / "full")))
@@ -96,8 +96,11 @@ def test_results_after_a_resume_cover_the_whole_run(tiny_llama_dir, eight, tmp_p
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out)), callbacks=(_crash_at_3,))
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text(encoding="utf-8"))
+    shown = {}
+    monkeypatch.setattr(train_mod, "summary_table", lambda title, rows: shown.update(rows))
     resumed = run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out)))
     assert (full["resumed_from_step"], resumed["resumed_from_step"]) == (0, 2)
+    assert shown["runtime"].endswith(" (all sessions; this one resumed at step 2)"), shown
     assert abs(resumed["train_loss"] - full["train_loss"]) < 1e-3, (resumed, full)
     rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert abs(resumed["train_loss"] - sum(r["loss"] for r in rows) / 4) < 1e-4

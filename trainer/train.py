@@ -1088,7 +1088,8 @@ def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
     rows.append(("speed", speed))
     if r.get("compile_seconds") is not None:
         rows.append(("compile", f"{r['compile_seconds']} s (first steps, beyond their steady-state time)"))
-    rows += [("runtime", _hms(r["train_runtime"])), ("output", r["output_dir"])]
+    resumed = f" (all sessions; this one resumed at step {r['resumed_from_step']})" if r.get("resumed_from_step") else ""
+    rows += [("runtime", _hms(r["train_runtime"]) + resumed), ("output", r["output_dir"])]
     summary_table("training done", rows)
 
 
