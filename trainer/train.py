@@ -329,15 +329,15 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
 
 
 #: Settings that may differ when a run resumes: how often to log, save and evaluate, where the run is and
-#: how it resumes, the eval batch size, the speed/memory levers that leave every gradient the same, the
-#: process count (:func:`steam_persona.trainer.distributed.accum_for_resume` keeps the micro-batches per
+#: how it resumes, the eval batch size, the speed/memory levers that leave each step's samples and loss the
+#: same, the process count (:func:`steam_persona.trainer.distributed.accum_for_resume` keeps the micro-batches per
 #: step), the no-op LLaMA-Factory keys, and the length of the run (``max_steps`` / ``num_train_epochs``:
 #: training longer, docs/training.md). Every other setting defines the run and must match the checkpoint's.
 RESUMABLE_CHANGES = frozenset({
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "do_train", "save_steps", "save_total_limit",
     "save_only_model", "logging_steps", "plot_loss", "report_to", "eval_steps", "eval_strategy",
     "load_best_model_at_end", "per_device_eval_batch_size", "max_steps", "num_train_epochs", "nproc_per_node",
-    "disable_gradient_checkpointing", "torch_compile", "enable_liger_kernel", "quantization_method",
+    "disable_gradient_checkpointing", "padding_free", "torch_compile", "enable_liger_kernel", "quantization_method",
     "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout",
     "include_num_input_tokens_seen"})
 
