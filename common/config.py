@@ -191,6 +191,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _no_unknown_keys(yaml_values: dict[str, Any], known: dict[str, Any], source: str) -> None:
+    """Raise one UserError naming every unknown key of ``yaml_values`` (each with its closest known key)."""
+    unknown = [str(k) for k in yaml_values if k not in known]
+    if not unknown:
+        return
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        named.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    keys = "key " + named[0] if len(named) == 1 else f"keys {', '.join(named)}"
+    raise UserError(f"{source}: unknown {keys}; see --help for the known keys, or delete "
+                    f"{'it' if len(named) == 1 else 'them'}")
+
+
 def build(cls: type, yaml_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None,
           source: str = "config") -> Any:
     """Build a config instance: defaults < ``yaml_values`` < env vars < ``flags``.
@@ -208,12 +222,9 @@ def build(cls: type, yaml_values: dict[str, Any] | None = None, flags: dict[str,
     import os
 
     known = {f.name: f for f in _fields(cls)}
+    _no_unknown_keys(yaml_values or {}, known, source)
     values: dict[str, Any] = {}
     for key, value in (yaml_values or {}).items():
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else "; see --help for the known keys"
-            raise UserError(f"{source}: unknown key '{key}'{hint}")
         values[key] = _convert(known[key], value, source)
     for name, f in known.items():
         env = f.metadata.get("envvar")

@@ -67,7 +67,7 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
         # <name>-lora.gguf (a LoRA adapter export) cannot be served on its own
         found = sorted(f for f in p.glob("*.gguf") if not f.stem.lower().endswith("-lora"))
         if not found:
-            raise UserError(f"{p}: no .gguf file in this folder; run `steam-train export` first or pass a .gguf path")
+            raise UserError(f"{p}: no .gguf file in this folder; {_where_the_gguf_is(p)}")
         rank = {q: i for i, q in enumerate(QUANT_PREFERENCE)}
         gguf = min(found, key=lambda f: (rank.get(f.stem.rsplit("-", 1)[-1].lower(), len(rank)), f.name))
         report_dir = p
@@ -85,6 +85,19 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{report_path}: not valid JSON ({e}); re-run `steam-train export`") from None
     return gguf.resolve(), report
+
+
+def _where_the_gguf_is(folder: Path) -> str:
+    """The fix for a folder without a GGUF: its ``export/`` (a train run dir exported with the default
+    ``--export_dir``) when that holds one, else how to make one."""
+    export = folder / "export"
+    inside = sorted(f.name for f in export.glob("*.gguf") if not f.stem.lower().endswith("-lora")) \
+        if export.is_dir() else []
+    if inside:
+        return f"it is a train run dir: pass its export, {export} (holding {', '.join(inside)})"
+    if (folder / "adapter_config.json").is_file():
+        return f"it is a train run dir: run `steam-train export --adapter_name_or_path {folder}` first"
+    return "run `steam-train export` first or pass a .gguf path"
 
 
 def default_alias(model: str | Path, gguf: Path, report: dict[str, Any] | None) -> str:

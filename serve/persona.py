@@ -3,7 +3,8 @@
 Source order: :func:`steam_persona.common.persona.resolve`'s, with the export dir's
 ``export_report.json`` (``persona``: a string, or an object with ``system``) as the exported
 persona and the GGUF chat template's default system prompt (``steam-train export`` embeds the
-persona there) as the fallback; ``--system ''`` serves no persona. A request without a system
+persona there) as the fallback; ``--system ''`` serves no persona: a request without a system message
+gets an empty one, so the template's default system prompt is dropped too. A request without a system
 message gets the persona; a client system message replaces it (``persona_mode=replace``, OpenAI
 semantics) or follows it (``prepend``).
 """
@@ -17,8 +18,8 @@ from steam_persona.common import persona as persona_lib
 
 
 def resolve_persona(system: str | None, info: ModelInfo) -> tuple[str | None, str]:
-    """Return ``(persona text or None, where it came from)``: ``--system``, ``export_report.json``,
-    ``GGUF chat template`` or ``none``."""
+    """Return ``(persona text, "" for none (``--system ''``), or None (the template's own default applies),
+    where it came from)``: ``--system``, ``export_report.json``, ``GGUF chat template`` or ``none``."""
     exported = persona_lib.exported(info.export_report)
     chosen = persona_lib.resolve(system, gguf=exported, default=info.template_system)
     if system is not None:
@@ -27,21 +28,22 @@ def resolve_persona(system: str | None, info: ModelInfo) -> tuple[str | None, st
         source = "export_report.json"
     else:
         source = "GGUF chat template" if chosen else "none"
-    return chosen or None, source
+    return chosen if system == "" else chosen or None, source
 
 
 def apply_persona(messages: list[dict[str, Any]], persona: str | None, mode: str = "replace") -> list[dict[str, Any]]:
     """Put the persona into ``messages`` (already normalised: every content a string).
 
-    * no system message → ``[{"role": "system", "content": persona}, *messages]``;
+    * no system message → ``[{"role": "system", "content": persona}, *messages]`` (an empty one for
+      ``persona == ""``: the chat template then adds no default system prompt either);
     * a system message first and ``mode == "prepend"`` → its content becomes
       ``persona + "\\n\\n" + content``;
-    * otherwise the client's system message stands.
+    * otherwise (or ``persona is None``) the client's messages stand.
     """
-    if not persona:
+    if persona is None:
         return messages
     if messages and messages[0].get("role") == "system":
-        if mode == "prepend":
+        if mode == "prepend" and persona:
             return [{**messages[0], "content": f"{persona}\n\n{messages[0]['content']}"}, *messages[1:]]
         return messages
     return [{"role": "system", "content": persona}, *messages]

@@ -73,7 +73,11 @@ class Turn:
 
 
 class Backend:
-    """A chat model: ``stream(messages, on_text) -> Turn`` with ``persona`` and sampling ``defaults``."""
+    """A chat model: ``stream(messages, on_text) -> Turn`` with ``persona`` and sampling ``defaults``.
+
+    ``persona``: the system message each request starts with; ``""`` (``--system ''``) sends an empty one, which
+    drops the persona a chat template would add by default (as a request's empty system message does in
+    ``serve``); ``None`` sends none, so the template's default system prompt applies."""
 
     name: str
     persona: str | None
@@ -160,7 +164,8 @@ class HFBackend(Backend):
         self.model, self.tokenizer = load_for_inference(base, cfg.adapter_name_or_path,
                                                         quantization_bit=cfg.quantization_bit)
         # no persona known: the model's chat template applies its own default system prompt
-        self.persona = persona.resolve(cfg.system, RunRecord.load(cfg.adapter_name_or_path), default=None) or None
+        self.persona = "" if cfg.system == "" else \
+            persona.resolve(cfg.system, RunRecord.load(cfg.adapter_name_or_path), default=None) or None
         self.name = f"{base or 'run base'} + {cfg.adapter_name_or_path}" if cfg.adapter_name_or_path else str(base)
         gen = self.model.generation_config
         self.defaults = generation_defaults(gen.to_dict() if gen is not None else None)
@@ -265,7 +270,8 @@ def run(cfg: ChatConfig) -> list[Turn]:
         backend = load_backend(cfg)
     sampling = {k: getattr(cfg, k) if getattr(cfg, k) is not None else backend.defaults[k]
                 for k in ("temperature", "top_p", "max_new_tokens")}
-    persona_line = (backend.persona or "(the model's default)").strip().splitlines()[0][:100]
+    persona_line = "(none: --system '')" if backend.persona == "" else \
+        (backend.persona or "(the model's default)").strip().splitlines()[0][:100]
     console.print(f"[bold]{backend.name}[/]  persona: {persona_line}")
     console.print(f"temperature {sampling['temperature']}, top_p {sampling['top_p']}, "
                   f"max_new_tokens {sampling['max_new_tokens']}. Type 'clear' to forget the history, 'exit' to quit.")
@@ -283,7 +289,7 @@ def run(cfg: ChatConfig) -> list[Turn]:
             console.print("History cleared.")
             continue
         history.append({"role": "user", "content": line})
-        messages = ([{"role": "system", "content": backend.persona}] if backend.persona else []) + history
+        messages = ([] if backend.persona is None else [{"role": "system", "content": backend.persona}]) + history
         if interactive:
             out.write("Assistant: ")
 

@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: Exit status after Ctrl-C: 128 + SIGINT, as a shell reports a process that SIGINT ended.
+SIGINT_EXIT = 130
+
+
 class OneLineUsageError(click.UsageError):
     """A usage error (unknown flag, a value of the wrong type) shown as one line naming the flag, the value and
     where the flags are listed: the form of every other user mistake (click's own shows three)."""
@@ -59,7 +63,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except click.UsageError as e:
             raise _one_line(e) from None
-
+        except KeyboardInterrupt:
+            # Ctrl-C: the stage has said where it stopped (train, export, demo); exit 130, the shell's code for
+            # SIGINT (128 + 2), instead of click's "Aborted!" and exit 1
+            raise click.exceptions.Exit(SIGINT_EXIT) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)

@@ -55,6 +55,7 @@ SAME_NAME_OTHER_SETTING = {
     "overwrite": "collect: fetch again; export: replace a finished export",
     "appid": "collect: the apps to fetch; prepare: the app of records that have none",
     "out": "collect: the JSON Lines output; prepare: the alpaca output",
+    "preprocessing_num_workers": "prepare: processes for the per-record rules; train: LLaMA-Factory's key, no effect",
 }
 
 

@@ -148,6 +148,31 @@ def test_missing_adapter_or_model_is_rejected_before_torch_is_imported(tmp_path)
 
 
 def test_chat_system_empty_means_no_persona_even_when_the_run_has_one(tiny_adapter, monkeypatch, capsys):
+    seen = []
+    original = chat_mod.HFBackend.stream
+    monkeypatch.setattr(chat_mod.HFBackend, "stream", lambda self, m, *a, **kw: seen.append(m) or original(self, m, *a, **kw))
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n"))
     chat_mod.run(ChatConfig(adapter_name_or_path=str(tiny_adapter), system="", temperature=0.0, max_new_tokens=2))
-    assert "persona: (the model's default)" in capsys.readouterr().err  # persona.resolve: '' given = none
+    assert "persona: (none: --system '')" in capsys.readouterr().err
+    assert seen[0][0] == {"role": "system", "content": ""}  # an empty system turn: the template adds no persona
+
+
+def test_chat_system_empty_drops_the_persona_a_gguf_template_carries(smollm2_gguf, monkeypatch):
+    """Regression: `chat --system ""` on an export kept the persona baked into its chat template (help: '' = none),
+    while serve drops it for a request whose system message is empty."""
+    seen = []
+    original = chat_mod.GGUFBackend.stream
+
+    def spy(self, messages, *args, **kwargs):
+        turn = original(self, messages, *args, **kwargs)
+        seen.append((messages[0], self.handler.last_usage["prompt_tokens"]))
+        return turn
+
+    monkeypatch.setattr(chat_mod.GGUFBackend, "stream", spy)
+    for system in ("", None):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
+        chat_mod.run(ChatConfig(model_name_or_path=str(smollm2_gguf), system=system, temperature=0.0, max_new_tokens=1))
+    (empty, n_empty), (default, n_default) = seen
+    # unset: the template's default system prompt (the persona an export embeds); '': an empty system turn
+    assert default == {"role": "system", "content": "You are a helpful AI assistant named SmolLM, trained by Hugging Face"}
+    assert empty == {"role": "system", "content": ""} and n_default - n_empty >= 10, seen

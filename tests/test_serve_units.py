@@ -54,6 +54,9 @@ def test_apply_persona_modes():
     assert apply_persona(own, "P") == own
     assert apply_persona(own, "P", "prepend")[0] == {"role": "system", "content": "P\n\nS"}
     assert apply_persona(user, None) == user
+    # --system '': an empty system turn, so the template adds no default persona either; a client's own stands
+    assert apply_persona(user, "") == [{"role": "system", "content": ""}, *user]
+    assert apply_persona(own, "", "prepend") == own
 
 
 def test_template_default_system():
@@ -72,7 +75,7 @@ def test_smollm2_facts_and_persona_sources(smollm2_gguf, tmp_path):
     reported = replace(info, export_report={"persona": {"system": "from report"}})
     assert resolve_persona(None, reported) == ("from report", "export_report.json")
     # persona.resolve's precedence: '' given = no persona; a blank report persona is not a persona
-    assert resolve_persona("", reported) == (None, "--system")
+    assert resolve_persona("", reported) == ("", "--system")  # none: an empty system turn, no template default
     assert resolve_persona(None, replace(info, export_report={"persona": "  "})) == (info.template_system,
                                                                                      "GGUF chat template")
     assert resolve_persona(None, replace(info, template_system=None)) == (None, "none")
@@ -104,6 +107,24 @@ def test_find_gguf_in_export_dir(tmp_path):
     (tmp_path / "export_report.json").write_text("{broken")
     with pytest.raises(UserError, match="export_report.json: not valid JSON"):
         find_gguf(tmp_path)
+
+
+def test_a_run_dir_without_a_gguf_points_to_its_export(tmp_path):
+    """Regression: `serve saves/run` (a train run dir whose export/ holds the GGUF) said to run export first."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError) as e:
+        find_gguf(run)
+    assert e.value.message == (f"{run}: no .gguf file in this folder; it is a train run dir: run "
+                               f"`steam-train export --adapter_name_or_path {run}` first")
+    (run / "export").mkdir()
+    for name in ("run-q4_k_m.gguf", "run-lora.gguf"):
+        (run / "export" / name).write_bytes(b"GGUF")
+    with pytest.raises(UserError) as e:
+        find_gguf(run)
+    assert e.value.message == (f"{run}: no .gguf file in this folder; it is a train run dir: pass its export, "
+                               f"{run / 'export'} (holding run-q4_k_m.gguf)")
 
 
 def test_default_alias_is_the_export_name_never_the_folder_name(tmp_path):

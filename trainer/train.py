@@ -56,6 +56,13 @@ from steam_persona.common.persona import DEFAULT_SYSTEM
 from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput
 
 
+def _bitsandbytes_only(value: str) -> str:
+    if value.lower() not in ("bitsandbytes", "bnb"):
+        raise ValueError("only bitsandbytes (bnb) quantizes here; use a 16-bit base with --quantization_bit 4 or 8 "
+                         "instead of a GPTQ/AWQ/other quantization")
+    return "bitsandbytes"
+
+
 @dataclass
 class TrainConfig:
     """One training run. Field names and defaults follow LLaMA-Factory (``hparams/*_args.py``) and
@@ -92,6 +99,19 @@ class TrainConfig:
     logging_steps: int = arg(10, "Log (trainer_log.jsonl, console) every this many optimizer steps.")
     plot_loss: bool = arg(True, "Write training_loss.png (always on; accepted for LLaMA-Factory compatibility).")
     report_to: str = arg("none", "Experiment trackers (only none; logs are trainer_log.jsonl).", choices=("none",))
+    # --- LLaMA-Factory keys that change nothing here (accepted so its configs run as they are)
+    quantization_method: str = arg("bitsandbytes", "Quantization backend of --quantization_bit (only bitsandbytes, "
+                                                   "LLaMA-Factory's bnb).", check=_bitsandbytes_only)
+    overwrite_cache: bool = arg(False, "Accepted for LLaMA-Factory compatibility; no effect (datasets are tokenized "
+                                       "in memory each run, no cache).")
+    preprocessing_num_workers: int | None = arg(None, "Accepted for LLaMA-Factory compatibility; no effect "
+                                                      "(tokenizing runs in this process).")
+    dataloader_num_workers: int = arg(0, "Accepted for LLaMA-Factory compatibility; no effect (batches are built "
+                                         "in the training process from tokenized samples).")
+    ddp_timeout: int | None = arg(None, "Accepted for LLaMA-Factory compatibility; no effect (seconds; "
+                                        "torch.distributed's default timeout applies).")
+    include_num_input_tokens_seen: bool = arg(False, "Accepted for HF compatibility; no effect (trainer_log.jsonl "
+                                                     "always has total_tokens).")
     # --- optimisation
     per_device_train_batch_size: int = TrainingArguments.use("per_device_train_batch_size")
     per_device_eval_batch_size: int = TrainingArguments.use("per_device_eval_batch_size")
@@ -308,6 +328,63 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
     return None
 
 
+#: Settings that may differ when a run resumes: how often to log, save and evaluate, where the run is and
+#: how it resumes, the eval batch size, the speed/memory levers that leave each step's samples and loss the
+#: same, the process count (:func:`steam_persona.trainer.distributed.accum_for_resume` keeps the micro-batches per
+#: step), the no-op LLaMA-Factory keys, and the length of the run (``max_steps`` / ``num_train_epochs``:
+#: training longer, docs/training.md). Every other setting defines the run and must match the checkpoint's.
+RESUMABLE_CHANGES = frozenset({
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "do_train", "save_steps", "save_total_limit",
+    "save_only_model", "logging_steps", "plot_loss", "report_to", "eval_steps", "eval_strategy",
+    "load_best_model_at_end", "per_device_eval_batch_size", "max_steps", "num_train_epochs", "nproc_per_node",
+    "disable_gradient_checkpointing", "padding_free", "torch_compile", "enable_liger_kernel", "quantization_method",
+    "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout",
+    "include_num_input_tokens_seen"})
+
+
+def _shown(value: Any) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, list) else repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _other_process_count(cfg: TrainConfig, ckpt: Path) -> bool:
+    """True when ``ckpt`` resumes on another number of processes than it was saved from: the accumulation is
+    then the checkpoint's micro-batches per step over the new count, whatever the flag says
+    (:func:`steam_persona.trainer.distributed.accum_for_resume`)."""
+    from steam_persona.trainer import distributed
+
+    world = distributed.rank_world()[1] if distributed.launched() else cfg.nproc_per_node
+    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("world_size", world)) != world
+
+
+def check_resume_settings(cfg: TrainConfig, ckpt: Path) -> None:
+    """Refuse to resume ``ckpt`` with settings that define the run (all but :data:`RESUMABLE_CHANGES`)
+    other than those it was trained with: its ``run_config.yaml``, else its run dir's for a checkpoint saved
+    without one (:meth:`RunRecord.find`); keys the record lacks are not compared. Runs before anything heavy
+    is loaded.
+
+    Raises:
+        UserError: one line listing every differing setting with the checkpoint's value, and the two ways
+            out (the checkpoint's values, or starting over); or the record is not valid YAML.
+    """
+    from steam_persona.common.run_record import RunRecord
+
+    record = RunRecord.load(ckpt)
+    if record.path is None:
+        return
+    path, old = record.path, record.raw
+    new = _run_config_dict(cfg)
+    may_change = RESUMABLE_CHANGES | ({"gradient_accumulation_steps"} if _other_process_count(cfg, ckpt) else set())
+    diffs = [f"--{k} {_shown(v)} (checkpoint: {_shown(old[k])})" for k, v in new.items()
+             if k not in may_change and k in old and old[k] != v]
+    if diffs:
+        start_over = ("drop --resume_from_checkpoint and pass --overwrite_output_dir to start over"
+                      if cfg.resume_from_checkpoint else "pass --overwrite_output_dir to start over")
+        raise UserError(f"{ckpt}: resuming with settings that differ from the checkpoint's: {', '.join(diffs)}; "
+                        f"rerun with the checkpoint's values (recorded in {path}) or {start_over}")
+
+
 def _clear_run(out: Path) -> None:
     """--overwrite_output_dir: remove our own artifacts only (never unrelated files)."""
     for p in [*out.glob("checkpoint-*"), out / BEST_DIR]:
@@ -356,6 +433,7 @@ def _save_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, optimizer
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             torch.save(rng, tmp / "rng_state.pth")
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "global_step": step}, indent=2), encoding="utf-8")
+        (tmp / "run_config.yaml").write_text(_run_config_yaml(cfg), encoding="utf-8")
     if cfg.save_total_limit:
         ckpts = sorted((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
         for _, p in ckpts[: max(0, len(ckpts) - cfg.save_total_limit)]:
@@ -449,12 +527,14 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         ``all_results.json``'s content: ``output_dir``, ``global_step``, ``loss_first`` (mean loss per
         learned token of step 1), ``loss_last`` (mean over the last ``loss_last_steps`` steps: the last
         ``trainer_log.jsonl`` row, as the step line, bar and plot show it), ``train_loss`` (mean over
-        this invocation's steps), ``eval_loss`` (the last eval, when ``--val_size`` or ``--eval_dataset``),
+        every step of the run), ``eval_loss`` (the last eval, when ``--val_size`` or ``--eval_dataset``),
         ``best_eval_loss`` / ``best_global_step`` (the lowest eval loss and its step; with
-        ``--load_best_model_at_end`` that adapter is the one saved, and ``kept`` says so), ``train_runtime`` (s),
-        ``train_samples_per_second``, ``train_tokens_per_second`` (over the whole runtime),
-        ``steady_tokens_per_second`` (after the warm-up steps, :mod:`steam_persona.trainer.throughput`),
-        ``compile_seconds`` (the warm-up steps' time beyond steady speed; ``None`` when not compiling),
+        ``--load_best_model_at_end`` that adapter is the one saved, and ``kept`` says so), ``train_runtime`` (s of
+        training of the steps kept, summed over resumed sessions), ``train_samples_per_second``,
+        ``train_tokens_per_second`` (over that runtime), ``resumed_from_step`` (0 unless this session resumed),
+        ``steady_tokens_per_second`` (this session, after its warm-up steps,
+        :mod:`steam_persona.trainer.throughput`), ``compile_seconds`` (this session's warm-up steps' time beyond
+        steady speed; ``None`` when not compiling),
         ``num_samples``, ``truncated``, ``dropped``.
 
     Raises:
@@ -466,6 +546,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
 
     _check(cfg)
     resume = _resume_point(cfg, Path(cfg.output_dir))
+    if resume is not None:
+        check_resume_settings(cfg, resume)
     if cfg.nproc_per_node > 1 and not distributed.launched():
         # --nproc_per_node N: check the user's input here (one-line errors, exit 2), then run N copies under torchrun
         prepare_data(cfg, model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code))
@@ -500,7 +582,7 @@ class TrainRecipe:
         self.pending: list[float] = []
         self.last_logged: float | None = None
         self.last_window = 0
-        self.tokens_run, self.samples_run = 0, 0
+        self.tokens_run = 0
         self.t0 = time.time()
 
     def setup(self, resume: Path | None) -> None:
@@ -768,6 +850,7 @@ class TrainRecipe:
         first = self.state.get("first_loss", self.step_losses[0] if self.step_losses else None)
         st = {"total_tokens": int(self.state.get("total_tokens", 0)) + self.tokens_run,
               "elapsed": float(self.state.get("elapsed", 0.0)) + time.time() - self.t0,
+              "loss_sum": self._loss_sum_before() + sum(self.step_losses),
               **({"first_loss": first} if first is not None else {}),
               **{k: self.state[k] for k in ("best_eval_loss", "best_global_step") if k in self.state},
               "world_size": self.world, "gradient_accumulation_steps": self.accum}
@@ -810,7 +893,6 @@ class TrainRecipe:
         Every figure shown (bar, step line, log, plot, summary) is the mean loss of the steps since the
         last logged one; step 1 is always logged, so the log starts where the summary does."""
         self.tokens_run += stats["tokens"]
-        self.samples_run += stats["samples"]
         self.step_losses.append(stats["loss"])
         self.pending.append(stats["loss"])
         done, now = step + 1, time.time()
@@ -853,21 +935,36 @@ class TrainRecipe:
 
     # ------------------------------------------------------------ the end
 
+    def _loss_sum_before(self) -> float:
+        """Sum of the step losses before the resumed step: the checkpoint's ``loss_sum``, else (a checkpoint
+        saved before it was recorded) rebuilt from the kept log rows, each the mean of the steps since the last."""
+        if "loss_sum" in self.state or not self.start:
+            return float(self.state.get("loss_sum", 0.0))
+        train_rows = [r for r in self.rows if "loss" in r and r["current_steps"] <= self.start]
+        return sum(r["loss"] * (r["current_steps"] - prev["current_steps"])
+                   for prev, r in zip([{"current_steps": 0}, *train_rows], train_rows))
+
     def results(self, runtime: float) -> dict[str, Any]:
-        """``all_results.json``'s content (see :func:`run`) after ``runtime`` seconds of :meth:`train`."""
+        """``all_results.json``'s content (see :func:`run`) after ``runtime`` seconds of :meth:`train`; after a
+        resume the loss, runtime and speed figures cover the whole run, the steady speed and compile time this
+        session."""
         steps, steady = self.step_losses, self.speed.steady_tokens_per_s()
+        runtime = float(self.state.get("elapsed", 0.0)) + runtime
+        tokens = int(self.state.get("total_tokens", 0)) + self.tokens_run
+        samples = sum(len(mb) for s in range(self.total) for mb in self.plan.group(s))
         r: dict[str, Any] = {
             "output_dir": str(self.out), "global_step": self.total, "epoch": self.plan.epoch_at(self.total - 1),
+            "resumed_from_step": self.start,
             "loss_first": round(self.state.get("first_loss", steps[0] if steps else float("nan")), 4),
             "loss_last": self.last_logged, "loss_last_steps": self.last_window,
-            "train_loss": round(sum(steps) / len(steps), 4) if steps else None,
+            "train_loss": round((self._loss_sum_before() + sum(steps)) / self.total, 4) if steps else None,
             "train_runtime": round(runtime, 2),
-            "train_samples_per_second": round(self.samples_run / runtime, 3) if runtime > 0 else None,
-            "train_steps_per_second": round(len(steps) / runtime, 4) if runtime > 0 else None,
-            "train_tokens_per_second": round(self.tokens_run / runtime, 1) if runtime > 0 else None,
+            "train_samples_per_second": round(samples / runtime, 3) if runtime > 0 else None,
+            "train_steps_per_second": round(self.total / runtime, 4) if runtime > 0 else None,
+            "train_tokens_per_second": round(tokens / runtime, 1) if runtime > 0 else None,
             "steady_tokens_per_second": None if steady is None else round(steady, 1),
             "compile_seconds": round(self.speed.warmup_overhead_s(), 1) if self.compiling else None,
-            "total_tokens": int(self.state.get("total_tokens", 0)) + self.tokens_run,
+            "total_tokens": tokens,
             "num_samples": len(self.train_idx), "num_eval_samples": len(self.eval_idx),
             "truncated": self.enc.truncated, "dropped": len(self.enc.dropped),
         }
@@ -952,12 +1049,17 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def _run_config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """Every setting as ``run_config.yaml`` records it (``lora_alpha`` resolved to 2 × rank when unset)."""
+    d = config.to_dict(cfg)
+    d["lora_alpha"] = cfg.lora_alpha or 2 * cfg.lora_rank
+    return d
+
+
 def _run_config_yaml(cfg: TrainConfig) -> str:
     import yaml
 
-    d = config.to_dict(cfg)
-    d["lora_alpha"] = cfg.lora_alpha or 2 * cfg.lora_rank
-    return yaml.safe_dump(d, allow_unicode=True, sort_keys=False)
+    return yaml.safe_dump(_run_config_dict(cfg), allow_unicode=True, sort_keys=False)
 
 
 def _loss_shown(r: dict) -> str:
@@ -986,7 +1088,8 @@ def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
     rows.append(("speed", speed))
     if r.get("compile_seconds") is not None:
         rows.append(("compile", f"{r['compile_seconds']} s (first steps, beyond their steady-state time)"))
-    rows += [("runtime", _hms(r["train_runtime"])), ("output", r["output_dir"])]
+    resumed = f" (all sessions; this one resumed at step {r['resumed_from_step']})" if r.get("resumed_from_step") else ""
+    rows += [("runtime", _hms(r["train_runtime"]) + resumed), ("output", r["output_dir"])]
     summary_table("training done", rows)
 
 
@@ -996,4 +1099,5 @@ command = config.command(TrainConfig, run, name="train", help=(
     "LoRA/QLoRA SFT with LLaMA-Factory's flags: `steam-train train --stage sft --do_train --model_name_or_path "
     "Qwen/Qwen2.5-7B-Instruct --dataset steam_reviews --dataset_dir data --template qwen --finetuning_type lora "
     "--lora_target all --output_dir saves/x --quantization_bit 4 ...`, or `steam-train train config.yaml`. "
-    "An unfinished run resumes from its last checkpoint unless --overwrite_output_dir."))
+    "An unfinished run resumes from its last checkpoint, with the settings it was trained with (docs/training.md "
+    "lists those that may change), unless --overwrite_output_dir."))

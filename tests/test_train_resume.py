@@ -1,0 +1,143 @@
+"""Resuming a run: settings that must match the checkpoint's, whole-run results, LLaMA-Factory's no-op keys,
+and Ctrl-C's exit status (a tiny random Llama; a few steps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from steam_persona.cli import main
+from steam_persona.common import config
+from steam_persona.common.errors import UserError
+from steam_persona.trainer import train as train_mod
+from steam_persona.trainer.train import TrainConfig, TrainRecipe, check_resume_settings, run
+
+
+def _flags(model_dir, data_path, out, **kw) -> dict:
+    return {"model_name_or_path": str(model_dir), "dataset": [str(data_path)], "output_dir": str(out),
+            "per_device_train_batch_size": 4, "learning_rate": 5e-3, "max_steps": 4, "logging_steps": 1,
+            "save_steps": 2, "lora_rank": 8, "cutoff_len": 256, **kw}
+
+
+def _argv(flags: dict) -> list[str]:
+    return ["train"] + [x for k, v in flags.items() for x in (f"--{k}", ",".join(v) if isinstance(v, list) else str(v))]
+
+
+def _crash_at_3(step, row):
+    if step == 3:
+        raise RuntimeError("simulated crash")
+
+
+def test_resume_with_changed_settings_is_exit_2_listing_them_and_keeps_run_config(tiny_llama_dir, eight, tmp_path,
+                                                                                  monkeypatch):
+    """Regression: a resume with another --learning_rate / batch size went on silently (the old schedule, a batch
+    size changed mid-run, run_config.yaml rewritten with the unused values); another --lora_rank ended in a
+    462-line state_dict traceback."""
+    out = tmp_path / "run"
+    flags = _flags(tiny_llama_dir, eight, out)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, flags), callbacks=(_crash_at_3,))
+    recorded = (out / "run_config.yaml").read_bytes()
+    assert (out / "checkpoint-2" / "run_config.yaml").read_bytes() == recorded
+    loaded = []
+    monkeypatch.setattr(train_mod.TrainRecipe, "setup", lambda self, resume: loaded.append(resume))
+    changed = CliRunner().invoke(main, _argv({**flags, "learning_rate": 1e-3, "per_device_train_batch_size": 2,
+                                              "lora_rank": 16}))
+    msg = changed.output.strip()
+    assert changed.exit_code == 2 and len(msg.splitlines()) == 1 and "Traceback" not in msg, msg
+    assert (f"{out / 'checkpoint-2'}: resuming with settings that differ from the checkpoint's: "
+            "--per_device_train_batch_size 2 (checkpoint: 4), --learning_rate 0.001 (checkpoint: 0.005), "
+            "--lora_rank 16 (checkpoint: 8), --lora_alpha 32 (checkpoint: 16); rerun with the checkpoint's values "
+            f"(recorded in {out / 'checkpoint-2' / 'run_config.yaml'}) or pass --overwrite_output_dir to start "
+            "over") in msg
+    assert loaded == [] and (out / "run_config.yaml").read_bytes() == recorded  # nothing loaded, nothing rewritten
+    # logging / saving cadence and the LLaMA-Factory no-op keys may change: the run resumes and records them
+    monkeypatch.undo()
+    same = CliRunner().invoke(main, _argv({**flags, "logging_steps": 2, "save_steps": 3, "ddp_timeout": 180000000}))
+    assert same.exit_code == 0 and f"resuming from {out / 'checkpoint-2'}" in " ".join(same.output.split()), same.output
+    rc = yaml.safe_load((out / "run_config.yaml").read_text(encoding="utf-8"))
+    assert (rc["logging_steps"], rc["ddp_timeout"], rc["learning_rate"]) == (2, 180000000, 5e-3)
+
+
+def test_resume_check_without_a_recorded_config_in_the_checkpoint(tmp_path):
+    """A checkpoint saved before checkpoints carried run_config.yaml is compared with its run dir's; an explicit
+    --resume_from_checkpoint is told to drop that flag to start over."""
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text('{"global_step": 2, "world_size": 2}', encoding="utf-8")
+    base = _flags("m", "d.json", tmp_path / "run")
+    (tmp_path / "run" / "run_config.yaml").write_text(
+        train_mod._run_config_yaml(config.build(TrainConfig, base)), encoding="utf-8")
+    check_resume_settings(config.build(TrainConfig, {**base, "max_steps": 40, "eval_steps": 5}), ckpt)
+    with pytest.raises(UserError) as e:
+        check_resume_settings(config.build(TrainConfig, {**base, "seed": 7, "system": "", "output_dir": str(tmp_path / "b"),
+                                                         "resume_from_checkpoint": str(ckpt)}), ckpt)
+    assert "--system '' (checkpoint: '你是“老G”" in e.value.message and "--seed 7 (checkpoint: 42)" in e.value.message
+    assert e.value.message.endswith("drop --resume_from_checkpoint and pass --overwrite_output_dir to start over")
+    # saved by 2 processes: on 1 the accumulation is derived from the checkpoint, so its flag may differ
+    check_resume_settings(config.build(TrainConfig, {**base, "gradient_accumulation_steps": 2}), ckpt)
+    with pytest.raises(UserError, match="--gradient_accumulation_steps 2 \\(checkpoint: 1\\)"):
+        check_resume_settings(config.build(TrainConfig, {**base, "gradient_accumulation_steps": 2,
+                                                         "nproc_per_node": 2}), ckpt)
+    elsewhere = tmp_path / "elsewhere" / "checkpoint-1"  # no record at all: nothing to compare
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "trainer_state.json").write_text('{"global_step": 1}', encoding="utf-8")
+    check_resume_settings(config.build(TrainConfig, {**base, "seed": 7}), elsewhere)
+
+
+def test_results_after_a_resume_cover_the_whole_run(tiny_llama_dir, eight, tmp_path, monkeypatch):
+    """Regression: after a resume train_loss was the mean of the resumed steps only and train_runtime and the
+    speeds this session's, beside a loss_first from the first session."""
+    full = run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, tmp_path / "full")))
+    out = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out)), callbacks=(_crash_at_3,))
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text(encoding="utf-8"))
+    shown = {}
+    monkeypatch.setattr(train_mod, "summary_table", lambda title, rows: shown.update(rows))
+    resumed = run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out)))
+    assert (full["resumed_from_step"], resumed["resumed_from_step"]) == (0, 2)
+    assert shown["runtime"].endswith(" (all sessions; this one resumed at step 2)"), shown
+    assert abs(resumed["train_loss"] - full["train_loss"]) < 1e-3, (resumed, full)
+    rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert abs(resumed["train_loss"] - sum(r["loss"] for r in rows) / 4) < 1e-4
+    assert resumed["train_runtime"] > state["elapsed"]
+    # 4 steps of 4 samples (runtime is rounded to 0.01 s)
+    assert resumed["train_samples_per_second"] * resumed["train_runtime"] == pytest.approx(16, rel=0.05)
+    assert resumed["train_steps_per_second"] * resumed["train_runtime"] == pytest.approx(4, rel=0.05)
+    # a checkpoint without loss_sum: rebuilt from the log rows (each the mean of the steps since the last)
+    recipe = TrainRecipe(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out)))
+    recipe.start, recipe.rows = 4, [{"current_steps": 1, "loss": 3.0}, {"current_steps": 2, "eval_loss": 9.0},
+                                    {"current_steps": 3, "loss": 2.0}, {"current_steps": 5, "loss": 1.0}]
+    assert recipe._loss_sum_before() == 3.0 + 2 * 2.0
+
+
+def test_llamafactory_no_op_keys_are_accepted_and_unknown_keys_listed_at_once(tmp_path):
+    """Regression: LLaMA-Factory's own example keys were refused one per run (5 runs for one config)."""
+    lf = {"quantization_method": "bnb", "overwrite_cache": True, "preprocessing_num_workers": 16,
+          "dataloader_num_workers": 4, "ddp_timeout": 180000000, "include_num_input_tokens_seen": True,
+          "plot_loss": True, "report_to": "none", "save_only_model": False}
+    cfg = config.build(TrainConfig, {"dataset": ["d.json"], **lf})
+    assert cfg.quantization_method == "bitsandbytes" and cfg.ddp_timeout == 180000000
+    with pytest.raises(UserError, match=r"config: --quantization_method gptq: only bitsandbytes \(bnb\) quantizes"):
+        config.build(TrainConfig, {"quantization_method": "gptq"})
+    p = tmp_path / "lf.yaml"
+    p.write_text(yaml.safe_dump({"dataset": "d.json", "flash_atn": "auto", "lora_rnk": 8, "zzz_unheard_of": 1}),
+                 encoding="utf-8")
+    r = CliRunner().invoke(main, ["train", str(p)])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert (f"{p}: unknown keys 'flash_atn', 'lora_rnk' (did you mean 'lora_rank'?), 'zzz_unheard_of'; "
+            "see --help for the known keys, or delete them") in r.output
+
+
+def test_ctrl_c_exits_130_without_aborted(monkeypatch):
+    """Regression: Ctrl-C during train or export exited 1 with click's "Aborted!" after our own message."""
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_check", interrupted)
+    r = CliRunner().invoke(main, ["train", "--dataset", "d.json"])
+    assert r.exit_code == 130 and "Aborted" not in r.output, (r.exit_code, r.output)
