@@ -313,6 +313,111 @@ def test_compiled_layers_checkpoint_inside_and_share_dequantization(tiny_qwen2_d
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("kept", [2, 1])
+def test_kept_matmul_outputs_keep_loss_and_gradients(tiny_qwen2_dir, kept):
+    """Compiled layers (aot_eager on CPU) of the 4-bit QLoRA model where the last `kept` layers keep their
+    matmul outputs for the backward (`keep_matmul_outputs`) and the others recompute: the loss and LoRA
+    gradients are the eager model's bit for bit, with no graph break and one graph per policy."""
+    from torch._dynamo.utils import counters
+
+    def build():
+        return _qlora_bf16(tiny_qwen2_dir, fused_loss="chunked", varlen=False)
+
+    batch = collate(_feats(), True, pad_token_id=0)
+    n = batch["input_ids"].numel()
+    want = _loss_and_grads(build(), batch)
+    model = build()
+    lm = model.get_base_model()
+    torch._dynamo.reset()
+    counters.clear()
+    accel.compile_decoder_layers(lm, backend="aot_eager")
+    report = accel._apply_keep(lm, 4096, {"compile": "on (...)", "fused_loss": "on (...)"})
+    assert report == "on (rows under 4096 tokens keep matmul outputs in the layers that fit, 20% of the memory set aside)"
+    per_token = accel.activation_bytes_per_token(lm.config)
+    assert accel.keep_layers(lm, n, kept * n * per_token + n * per_token - 1) == kept
+    assert [layer._steam_keep_outputs for layer in lm.model.layers] == [kept == 2, True]
+    got = _loss_and_grads(model, batch)
+    assert got[0] == want[0] and got[1] == want[1]
+    for k in want[2]:
+        assert torch.equal(got[2][k], want[2][k]), k
+    assert not counters["graph_break"]
+    assert counters["stats"]["unique_graphs"] == (1 if kept == 2 else 2)
+    assert accel.keep_layers(lm, 4096, 10**15) == 0  # rows of the lean size and more never keep
+    torch._dynamo.reset()
+
+
+def _partitioned_graphs(model_dir, keep: bool) -> dict:
+    """The forward and backward graphs AOTAutograd's min-cut partitioner (inductor's) makes of a compiled
+    decoder layer of the 4-bit QLoRA model, every layer keeping its matmul outputs or recomputing."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    graphs = {}
+
+    def keeper(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind] = gm
+            return make_boxed_func(gm.forward)
+        return compiler
+
+    backend = aot_autograd(fw_compiler=keeper("fw"), bw_compiler=keeper("bw"),
+                           partition_fn=min_cut_rematerialization_partition)
+    model = _qlora_bf16(model_dir, fused_loss="chunked", varlen=False)
+    lm = model.get_base_model()
+    torch._dynamo.reset()
+    accel.compile_decoder_layers(lm, backend=backend)
+    for layer in lm.model.layers:
+        layer._steam_keep_outputs = keep
+    _loss_and_grads(model, collate(_feats(), True, pad_token_id=0))
+    torch._dynamo.reset()
+    return graphs
+
+
+def test_kept_layer_saves_matmul_outputs_not_weights_or_fp32_copies(tiny_qwen2_dir):
+    """Under the min-cut partitioner a kept layer's backward reruns none of its forward matmuls (7 base and 14
+    LoRA ones; the recomputing layer reruns 19: all but down_proj's base and lora_B, whose outputs the
+    backward doesn't use) and still dequantizes each weight once; it saves per token what
+    `activation_bytes_per_token` counts and nothing of a weight's size or in fp32 beyond rank-wide LoRA
+    outputs and norm statistics."""
+    def matmuls(gm):
+        return sum(n.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) for n in gm.graph.nodes)
+
+    def count(gm, name):
+        return sum(str(n.target).startswith(name) for n in gm.graph.nodes if n.op == "call_function")
+
+    keep, recompute = _partitioned_graphs(tiny_qwen2_dir, True), _partitioned_graphs(tiny_qwen2_dir, False)
+    assert matmuls(recompute["bw"]) - matmuls(keep["bw"]) == 19
+    assert count(keep["bw"], "bitsandbytes.dequantize_4bit") == count(recompute["bw"], "bitsandbytes.dequantize_4bit") == 7
+    saved = [n for n in [n for n in keep["fw"].graph.nodes if n.op == "output"][0].args[0]
+             if isinstance(n.meta.get("val"), torch.Tensor)]
+    per_token = [n.meta["val"] for n in saved if any(not isinstance(d, int) for d in n.meta["val"].shape)]
+    # what is not per token is the layer's own inputs (parameters, quantization state, rotary tables), never
+    # something computed of a weight's size
+    assert all(n.op == "placeholder" or n.meta["val"].dim() == 0 for n in saved
+               if all(isinstance(d, int) for d in n.meta["val"].shape))
+    # fp32 only at rank or norm width: LoRA's rank-4 outputs, RMSNorm's (.., 1), attention's lse (1, heads, T)
+    assert all(t.dtype == torch.bfloat16 or t.shape[-1] in (1, 4) or t.dim() == 3 for t in per_token), per_token
+
+
+def test_activation_bytes_per_token_and_plan():
+    """Qwen2.5-7B's kept layer holds 113,664 bytes a token (2 x 3584 + 3 x 3584 + 2 x 512 + 2 x 18,944 bf16
+    elements); the plan keeps as many layers as fit, within [0, layers]."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    cfg = json.loads((Path(__file__).resolve().parents[2] / "shared/models/qwen2.5-7b-instruct-config/config.json")
+                     .read_text())
+    per = accel.activation_bytes_per_token(SimpleNamespace(**cfg))
+    assert per == 113_664
+    assert accel.plan_kept_layers(28, 3000, per, 28 * 3000 * per) == 28
+    assert accel.plan_kept_layers(28, 3000, per, 10 * 3000 * per + 1) == 10
+    assert accel.plan_kept_layers(28, 3000, per, 3000 * per - 1) == 0
+    assert accel.plan_kept_layers(28, 3000, per, -5) == 0
+    assert accel.plan_kept_layers(28, 3000, per, 10**15) == 28
+
+
 def test_overlapped_offload_round_trip_keeps_loss_and_gradients(tiny_qwen2_dir):
     """OverlappedOffload's hooks (CPU path: plain copies, the same bookkeeping as on CUDA) around a checkpointed
     LoRA model: each per-token activation is offloaded once and comes back in reverse order, one ahead, and
