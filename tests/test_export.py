@@ -429,12 +429,19 @@ def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tiny_llam
     assert f"export interrupted: {out} keeps the finished steps (export_log.jsonl, merged/, smol-run-bf16.gguf, " \
            "smol-run-q4_k_m.gguf;" in said
     assert not (out / "export_report.json").exists()
+    # without a terminal: one plain line per step start and end (the trial's CI log showed none)
+    assert "export step 3/4 quantize q4_k_m … elapsed 0:00:" in said and "export step 3/4 quantize q4_k_m: done in " in said
+    assert said.count("export step") == 7  # 3 started and ended, verify started
     events = [json.loads(line) for line in (out / "export_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(e["event"], e["step"]) for e in events][-2:] == [("step_end", "quantize_q4_k_m"),
                                                               ("step_start", "verify_q4_k_m")]
     monkeypatch.setattr(verify, "verify_gguf", real_verify)
 
     report = export(adapter_name_or_path=str(run), export_dir=str(out), quantization=["q4_k_m"])
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"reusing merge, convert bf16, quantize q4_k_m from the earlier export in {out} (same inputs)" in said
+    assert "export step 1/4 merge adapter into bfloat16 base: reused elapsed 0:00:00" in said
+    assert "export step 4/4 verify q4_k_m: done in " in said
     assert report["steps"] == {"merge": "reused", "convert_bf16": "reused", "quantize_q4_k_m": "reused",
                                "verify_q4_k_m": "done"}
     v = report["verify"]["q4_k_m"]
