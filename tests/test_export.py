@@ -540,3 +540,29 @@ def test_known_harmless_library_noise_is_silenced_and_the_rest_is_not():
             "in v6.', FutureWarning)\nwarnings.warn('other', FutureWarning)")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stderr
     assert "FutureWarning: other" in err and "is_gradient_checkpointing" not in err
+
+
+def test_held_interrupt_delivers_ctrl_c_when_the_block_ends_to_the_handler_it_replaced():
+    import os
+    import signal
+
+    from steam_persona.export.interrupt import held_interrupt
+
+    ran = []
+    with pytest.raises(KeyboardInterrupt):
+        with held_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)  # handled here at once: recorded, nothing raised
+            ran.append("after the signal")
+    assert ran == ["after the signal"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with held_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert seen == []
+        assert seen == [signal.SIGINT]  # a caller's own handler keeps its meaning
+        with held_interrupt():
+            pass
+        assert seen == [signal.SIGINT]  # no signal, nothing delivered
+    finally:
+        signal.signal(signal.SIGINT, previous)
