@@ -14,8 +14,9 @@ Steps (each reused on a rerun when its output exists and was made from the same 
 The steps are :class:`Step` objects (name, input fingerprint, function) listed by :func:`export_steps`;
 a step is reused when the fingerprint recorded beside its output (``merged/export_merge.json``,
 ``.steam-export.json``) equals its own. Every file is written under a temp name and renamed; ``export_report.json`` is written last, so a
-folder without it is an unfinished export that a rerun resumes. An interrupted export (Ctrl-C)
-says what it leaves: the finished steps' files, reused by the rerun.
+folder without it is an unfinished export that a rerun resumes. An interrupted export (Ctrl-C, at any
+moment: :mod:`steam_persona.export.interrupt`) says what it leaves: the finished steps' files, which the
+rerun names as it reuses them.
 """
 
 from __future__ import annotations
@@ -326,10 +327,8 @@ def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_sta
     """Run (or reuse) each step under one progress bar and ``export_log.jsonl``, then write the extras and,
     last, the report (its presence marks a finished export). Says which steps a rerun reuses, and
     without a terminal prints one plain line as each step starts and ends. Returns the report."""
-    from steam_persona.common.console import progress
     from steam_persona.common.atomic import JsonlLog
-
-    from steam_persona.common.console import console
+    from steam_persona.common.console import console, progress
 
     done: dict[str, str] = {}
     seconds: dict[str, float] = {}
