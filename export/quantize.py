@@ -10,6 +10,7 @@ from pathlib import Path
 
 from steam_persona.common.errors import UserError
 from steam_persona.common.atomic import atomic_path
+from steam_persona.export.interrupt import held_interrupt
 
 #: Accepted --quantization names. f16/bf16 come from the converter; the others from llama.cpp's
 #: quantizer. (IQ types need an importance matrix and are left out.)
@@ -46,7 +47,9 @@ def quantize(src: Path, dst: Path, qtype: str, n_threads: int) -> None:
     """Quantize the GGUF ``src`` to ``qtype`` at ``dst`` (temp name, then rename).
 
     Uses ``llama_cpp.llama_model_quantize`` with ``LLAMA_FTYPE_MOSTLY_<QTYPE>`` (llama.h); it
-    copies every header key (chat template, our ``steam_persona.*`` keys) to the new file.
+    copies every header key (chat template, our ``steam_persona.*`` keys) to the new file. Ctrl-C
+    takes effect when llama.cpp returns (:func:`~steam_persona.export.interrupt.held_interrupt`;
+    the quantizer cannot be stopped midway), and the unfinished file is removed.
 
     Raises:
         UserError: full disk. RuntimeError: llama.cpp reported another failure.
@@ -60,7 +63,7 @@ def quantize(src: Path, dst: Path, qtype: str, n_threads: int) -> None:
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}")
     params.nthread = n_threads
     with atomic_path(dst) as tmp:
-        with suppress_stdout_stderr(disable=False):
+        with held_interrupt(), suppress_stdout_stderr(disable=False):
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
         if rc != 0:
             if shutil.disk_usage(dst.parent).free < src.stat().st_size // 2:

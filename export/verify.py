@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from steam_persona.common import persona
+from steam_persona.export.interrupt import held_interrupt
 
 #: The 3 fixed conversations (no system message: the template's default persona applies).
 PROMPTS: list[list[dict[str, str]]] = [
@@ -77,8 +78,9 @@ def compare_logits(ref: dict[str, np.ndarray], llm, *, is_float: bool) -> dict[s
     for i in range(n):
         ids = ref[f"ids_{i}"].tolist()
         want = ref[f"logits_{i}"]
-        llm.reset()
-        llm.eval(ids)
+        with held_interrupt():
+            llm.reset()
+            llm.eval(ids)
         got = np.asarray(llm.scores[: len(ids)], dtype=np.float32)[:, : want.shape[1]]
         max_diff = max(max_diff, float(np.abs(got - want).max()))
         max_ref = max(max_ref, float(np.abs(want).max()))
@@ -153,19 +155,25 @@ def check_stop(llm, eot: str, max_tokens: int = 48) -> dict[str, Any]:
 def verify_gguf(path: Path, ref: dict[str, np.ndarray], eot: str, *, is_float: bool, n_threads: int) -> dict[str, Any]:
     """Load ``path`` with llama-cpp-python and run :func:`compare_logits` and :func:`check_stop`.
 
+    Every llama.cpp call runs under :func:`~steam_persona.export.interrupt.held_interrupt`, so Ctrl-C
+    at any moment raises ``KeyboardInterrupt`` here once the running call returns.
+
     Returns:
         ``{"logits": {...}, "stop": {...}, "chat_template": the GGUF's template text, "passed": bool}``.
     """
     from llama_cpp import Llama
 
     longest = max(len(v) for k, v in ref.items() if k.startswith("ids_"))
-    llm = Llama(model_path=str(path), n_ctx=max(512, longest + 128), logits_all=True, n_threads=n_threads,
-                n_batch=512, verbose=False, seed=0)
+    with held_interrupt():  # llama.cpp logs through a Python callback while it loads and frees
+        llm = Llama(model_path=str(path), n_ctx=max(512, longest + 128), logits_all=True, n_threads=n_threads,
+                    n_batch=512, verbose=False, seed=0)
     try:
         logits = compare_logits(ref, llm, is_float=is_float)
-        stop = check_stop(llm, eot)
+        with held_interrupt():
+            stop = check_stop(llm, eot)
         template = llm.metadata.get("tokenizer.chat_template", "")
     finally:
-        llm.close()
+        with held_interrupt():
+            llm.close()
     return {"logits": logits, "stop": stop, "chat_template": template,
             "passed": bool(logits["passed"] and stop["passed"])}

@@ -9,6 +9,7 @@ the natural stop is asserted on SmolLM2, a real instruct model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -366,16 +367,45 @@ def test_yaml_config_and_run_config_defaults(tiny_run, tmp_path, monkeypatch):
     assert seen["cfg"].model_name_or_path is None  # read from the run's run_config.yaml by run()
 
 
-def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tiny_llama_dir, tmp_path):
+@contextlib.contextmanager
+def _ctrl_c_inside_llama_cpp_once_armed(armed: list[bool]):
+    """Send SIGINT from inside llama.cpp's log callback (as a Ctrl-C pressed while llama.cpp loads a model
+    lands: Python runs the handler in that ctypes callback) at the first log line once ``armed[0]``."""
+    import ctypes
+    import os
+    import signal
+
+    import llama_cpp
+    from llama_cpp import _logger
+
+    sent: list[int] = []
+
+    @llama_cpp.llama_log_callback
+    def on_log(level, text, user_data):
+        if armed[0] and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
+    try:
+        yield sent
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tiny_llama_dir, tmp_path, monkeypatch, capsys):
     """The embedded default (SmolLM2-135M-Instruct, from its GGUF) + a small adapter → q4_k_m.
 
     The run dir's tokenizer is SmolLM2's (saved by the tiny_llama_dir fixture, as train saves it);
     the adapter's shapes are SmolLM2-135M's (hidden 576, 9 heads, 3 KV heads, 30 layers).
+    The first export gets Ctrl-C while verify loads the GGUF (regression: it carried on and exited 0);
+    the rerun reuses merge, convert and quantize and says so.
     """
     from llama_cpp import Llama
     from transformers import LlamaConfig
 
     from steam_persona.common.hub import resolve_model
+    from steam_persona.export import verify
 
     src = resolve_model("smollm2")
     cfg = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30,
@@ -383,12 +413,42 @@ def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tiny_llam
     persona = "You are Lao G, a witty veteran gamer. Answer in one short sentence."
     run = make_run_dir(Path(src.path), tmp_path / "smol-run", system=persona, std=0.02, config=cfg,
                        model_name_or_path="smollm2", tokenizer_dir=tiny_llama_dir)
-    report = export(adapter_name_or_path=str(run), export_dir=str(tmp_path / "out"), quantization=["q4_k_m"])
+    out = tmp_path / "out"
+    armed = [False]
+    real_verify = verify.verify_gguf
+
+    def verify_armed(*args, **kwargs):  # the verify step starts: the next llama.cpp log line sends Ctrl-C
+        armed[0] = True
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(verify, "verify_gguf", verify_armed)
+    with _ctrl_c_inside_llama_cpp_once_armed(armed) as sent, pytest.raises(KeyboardInterrupt):
+        export(adapter_name_or_path=str(run), export_dir=str(out), quantization=["q4_k_m"])
+    assert sent == [1]
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"export interrupted: {out} keeps the finished steps (export_log.jsonl, merged/, smol-run-bf16.gguf, " \
+           "smol-run-q4_k_m.gguf;" in said
+    assert not (out / "export_report.json").exists()
+    # without a terminal: one plain line per step start and end (the trial's CI log showed none)
+    assert "export step 3/4 quantize q4_k_m … elapsed 0:00:" in said and "export step 3/4 quantize q4_k_m: done in " in said
+    assert said.count("export step") == 7  # 3 started and ended, verify started
+    events = [json.loads(line) for line in (out / "export_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(e["event"], e["step"]) for e in events][-2:] == [("step_end", "quantize_q4_k_m"),
+                                                              ("step_start", "verify_q4_k_m")]
+    monkeypatch.setattr(verify, "verify_gguf", real_verify)
+
+    report = export(adapter_name_or_path=str(run), export_dir=str(out), quantization=["q4_k_m"])
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"reusing merge, convert bf16, quantize q4_k_m from the earlier export in {out} (same inputs)" in said
+    assert "export step 1/4 merge adapter into bfloat16 base: reused elapsed 0:00:00" in said
+    assert "export step 4/4 verify q4_k_m: done in " in said
+    assert report["steps"] == {"merge": "reused", "convert_bf16": "reused", "quantize_q4_k_m": "reused",
+                               "verify_q4_k_m": "done"}
     v = report["verify"]["q4_k_m"]
     assert report["base_model"] == "smollm2" and report["eos_token"] == "<|im_end|>"
     assert v["passed"] and v["chat_template_has_persona"] and v["stop"]["eot_ends_generation"]
     assert v["logits"]["top1_agreement"] >= 0.7  # 4-bit of a 135M model (measured ≈ 0.9)
-    gguf = tmp_path / "out" / "smol-run-q4_k_m.gguf"
+    gguf = out / "smol-run-q4_k_m.gguf"
     llm = Llama(model_path=str(gguf), n_ctx=1024, verbose=False, seed=0)
     assert persona in llm.metadata["tokenizer.chat_template"]
     r = llm.create_chat_completion(messages=[{"role": "user", "content": "Name one good game."}], max_tokens=96,
@@ -396,7 +456,7 @@ def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tiny_llam
     llm.close()
     assert r["choices"][0]["finish_reason"] == "stop" and "<|im_end|>" not in r["choices"][0]["message"]["content"]
     assert 0 < r["usage"]["completion_tokens"] < 96
-    assert (tmp_path / "out" / "Modelfile").read_text(encoding="utf-8").startswith("# Ollama Modelfile")
+    assert (out / "Modelfile").read_text(encoding="utf-8").startswith("# Ollama Modelfile")
 
 
 def test_export_of_a_real_qlora_trainer_run(tiny_llama_dir, tmp_path):
@@ -480,3 +540,29 @@ def test_known_harmless_library_noise_is_silenced_and_the_rest_is_not():
             "in v6.', FutureWarning)\nwarnings.warn('other', FutureWarning)")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stderr
     assert "FutureWarning: other" in err and "is_gradient_checkpointing" not in err
+
+
+def test_held_interrupt_delivers_ctrl_c_when_the_block_ends_to_the_handler_it_replaced():
+    import os
+    import signal
+
+    from steam_persona.export.interrupt import held_interrupt
+
+    ran = []
+    with pytest.raises(KeyboardInterrupt):
+        with held_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)  # handled here at once: recorded, nothing raised
+            ran.append("after the signal")
+    assert ran == ["after the signal"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with held_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert seen == []
+        assert seen == [signal.SIGINT]  # a caller's own handler keeps its meaning
+        with held_interrupt():
+            pass
+        assert seen == [signal.SIGINT]  # no signal, nothing delivered
+    finally:
+        signal.signal(signal.SIGINT, previous)

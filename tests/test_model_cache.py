@@ -27,3 +27,24 @@ def test_the_gguf_loader_prints_no_raw_progress_bar():
 
     enable_transformers_gguf()
     assert gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...").disable
+
+
+def test_a_gguf_base_is_dequantized_in_bfloat16_without_the_packed_weights_warning(tmp_path, monkeypatch, capfd):
+    """Regression: `eval --gguf` and the first train printed transformers' "Loading a GGUF checkpoint with
+    its weights packed is fastest in float32 … Pass `dtype=torch.float32`"; the cached copy is a plain
+    bf16 checkpoint."""
+    import json
+
+    from safetensors import safe_open
+
+    from steam_persona.common.hub import resolve_model
+    from steam_persona.trainer import model
+
+    monkeypatch.setenv("STEAM_PERSONA_CACHE", str(tmp_path))
+    path = model.hf_path(resolve_model("smollm2"))
+    err = capfd.readouterr().err
+    assert "converting SmolLM2-135M-Instruct.Q4_1.gguf to an HF checkpoint once" in err
+    assert "Loading a GGUF checkpoint" not in err and "dtype=torch.float32" not in err
+    assert "quantization_config" not in json.loads((tmp_path / "gguf" / path.rsplit("/", 1)[1] / "config.json").read_text())
+    with safe_open(f"{path}/model.safetensors", "pt") as f:
+        assert len(list(f.keys())) == 272 and {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}

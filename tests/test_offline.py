@@ -52,3 +52,16 @@ def test_bitsandbytes_alone_would_reach_the_hub():
     r, logged = _run("import bitsandbytes")
     assert r.returncode == 0, r.stderr
     assert "lookup huggingface.co" in logged
+
+
+def test_export_imports_the_training_stack_offline_and_quietly():
+    """`export` never imports `trainer` itself; its merge imports peft → bitsandbytes. The trial saw
+    bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" (a hub kernel fetch) and
+    peft's `is_gradient_checkpointing` FutureWarning there."""
+    code = ("import warnings\nimport steam_persona.export.merge, peft, bitsandbytes\n"
+            "warnings.warn('`is_gradient_checkpointing` is deprecated and will be removed in v6.', FutureWarning)")
+    r, logged = _run(code)
+    assert r.returncode == 0, r.stderr
+    assert logged == ""
+    assert "kernels-community" not in r.stderr and "gemm_4bit" not in r.stderr
+    assert "is_gradient_checkpointing" not in r.stderr

@@ -58,7 +58,7 @@ def hf_path(source: ModelSource) -> str:
     from steam_persona.common.console import console
 
     console.print(f"[dim]converting {gguf.name} to an HF checkpoint once (cached in {target})[/dim]")
-    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.bfloat16, **source.model_kwargs())
     tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)

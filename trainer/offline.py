@@ -11,7 +11,9 @@ process. steam-persona only downloads what the user names (``--model_name_or_pat
   ``huggingface_hub.constants.HF_HUB_OFFLINE`` set, which ``kernels`` reads to look only in the local cache;
   bitsandbytes then falls back to its own CPU kernels, and its warning about that is silenced.
 
-`install` runs when the ``trainer`` package is imported, before any stage can import bitsandbytes.
+`install` runs when the ``trainer`` package is imported, before any stage can import bitsandbytes; the
+``export`` package, which reaches bitsandbytes through peft without needing the trainer, imports it first
+for that.
 """
 
 from __future__ import annotations
