@@ -186,6 +186,16 @@ def voted(v: Any) -> bool | None:
 _NUMBER = re.compile(r"\d(?:[\d,.]*\d)?")
 _GROUPED = re.compile(r"\d{1,3}(?:[,.]\d{3})+")  # 1,234 / 1.234 / 1,234,567: a thousands separator, or a decimal mark
 NUMERIC_FIELDS = ("playtime_minutes", "playtime_hours", "votes_up")
+#: thousands grouped by a space, a no-break space (U+00A0, French Excel), a narrow one (U+202F) or an apostrophe
+#: (Swiss): ``1 204,5``, ``1'204.5``, ``12 345 678``; only groups of exactly three digits after a lead of one to three
+_SPACED = re.compile(r"(?<![\d.,])\d{1,3}(?:[ \u00a0\u202f'\u2019]\d{3})+(?!\d)")
+_SPACES = re.compile(r"[ \u00a0\u202f'\u2019]")
+
+
+def _first_number(v: str) -> str | None:
+    """The first :data:`_NUMBER` in ``v`` with its space or apostrophe thousands separators (:data:`_SPACED`) dropped."""
+    m = _NUMBER.search(_SPACED.sub(lambda g: _SPACES.sub("", g.group(0)), v))
+    return m.group(0) if m else None
 
 
 def _mark(token: str) -> str | None:
@@ -206,7 +216,7 @@ def decimal_comma(values: list[Any], semicolon: bool) -> bool:
     decimal point); a file whose numbers show neither (``1,234``, ``12``) reads with a decimal comma when
     it is ``;``-separated (Excel's CSV where the comma is the decimal mark: German, French … locales), else
     with a decimal point."""
-    marks = [_mark(m.group(0)) for v in values if isinstance(v, str) and (m := _NUMBER.search(v))]
+    marks = [_mark(t) for v in values if isinstance(v, str) and (t := _first_number(v))]
     comma, point = marks.count(","), marks.count(".")
     return comma > point if comma or point else semicolon
 
@@ -217,15 +227,15 @@ def number(v: Any, comma: bool = False, whole: bool = False) -> float | None:
     ``comma`` (from :func:`decimal_comma`) says how to read a number whose mark is ambiguous: ``1,234``
     is ``1.234`` with it and ``1234`` without; ``1.234`` is ``1234`` with it and ``1.234`` without. A count
     (``whole``: votes, minutes) reads either as ``1234``. A number that shows its mark (:func:`_mark`:
-    ``1,204.5``, ``1.204,5``, ``12,5``) is read by it either way, the other mark being a thousands separator."""
+    ``1,204.5``, ``1.204,5``, ``12,5``) is read by it either way, the other mark being a thousands separator.
+    Thousands grouped by a space or an apostrophe (:data:`_SPACED`: ``1 204,5``, ``1'204.5``) read as one number."""
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, (int, float)):
         return float(v)
-    m = _NUMBER.search(str(v))
-    if not m:
+    token = _first_number(str(v))
+    if token is None:
         return None
-    token = m.group(0)
     if whole and _GROUPED.fullmatch(token):
         return float(re.sub(r"[,.]", "", token))
     mark = _mark(token) or ("," if comma and "," in token and token.count(",") == 1 else None)

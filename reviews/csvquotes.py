@@ -3,16 +3,15 @@
 Python's ``csv`` reader (like Excel) lets a quoted text run over line ends, which is how multi-line
 reviews are stored. A stray quote (``"Great`` with no closing quote) therefore makes the reader swallow the
 lines after it into one text: to the end of the file, or up to the next quote, which may realign the fields
-so that nothing looks wrong. ``csv`` cannot tell the two apart; this module can, from how the swallowed lines
-look (our own rule, as no CSV library checks this):
+so that nothing looks wrong. ``csv`` cannot tell a stray quote from a multi-line review; this module tells
+what it can, from how the swallowed lines look (our own rule, as no CSV library checks this):
 
 * a text that is still open at the end of the file is always a runaway quote (Excel closes every quote);
-* a text whose inner lines (neither its first nor its last) read as rows of the file is one: at least two
-  of them, and at least half, split into the header's number of fields whose values are like the values
-  the single-line rows hold in each column (:func:`column_kinds`). A review's own lines rarely do: a list
-  item starts with ``-`` or ``*``, a sentence is longer than a game name or a verdict, the piece after a
-  comma is shorter than a review, and a column whose values repeat (a game, ``Recommended``, ``english``)
-  must hold one of them.
+  the caller refuses it, as it refuses a record whose fields no longer line up after a quote;
+* a text whose inner lines (neither its first nor its last) read as rows of the file *may* be one: a line
+  that splits into the header's number of fields whose values are like the values the single-line rows
+  hold in each column (:func:`column_kinds`). A review's own lines can look the same (``Graphics, 9/10``
+  in a review of a file of many games), so the caller only warns, naming the lines, and keeps the text.
 """
 
 from __future__ import annotations
@@ -89,7 +88,5 @@ def looks_like_row(line: str, delim: str, kinds: list[tuple[set[str], set[str] |
 
 def swallowed_rows(lines: list[str], start: int, delim: str, kinds: list[tuple[set[str], set[str] | None]]) -> list[int]:
     """The line numbers of a record's inner lines (``lines`` begin on line ``start``; its first and last
-    line left out) that look like rows, when they make a runaway quote (see the module rule), else ``[]``."""
-    inner = lines[1:-1]
-    found = [start + 1 + i for i, line in enumerate(inner) if looks_like_row(line, delim, kinds)]
-    return found if len(found) >= 2 and len(found) * 2 >= len(inner) else []
+    line left out) that look like rows (:func:`looks_like_row`); ``[]`` when none does."""
+    return [start + 1 + i for i, line in enumerate(lines[1:-1]) if looks_like_row(line, delim, kinds)]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from rich.markup import escape
 from rich.table import Table
 
 from steam_persona.common import atomic
@@ -632,6 +633,8 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
     for path in sources.expand_inputs(cfg.inputs):
         item = sources.read(path, tag_language, cfg.encoding, columns)
         console.print(f"[green]detected[/] {item.describe()}")
+        for line in item.warnings:
+            console.print("[bold yellow]warning[/] " + escape(line))
         loaded.append(item)
     apps: dict[str, sources.AppInfo] = {}
     for item in loaded:  # metadata from appdetails files and CSV rows fills reviews' names and tags
@@ -906,7 +909,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])
     stats = rules.stats
-    warnings = _warn_big_rules(stats, len(reviews), rules.warned)
+    warnings = [w for item in loaded for w in item.warnings] + _warn_big_rules(stats, len(reviews), rules.warned)
     _print_table(stats, len(reviews), len(kept))
 
     if not kept:

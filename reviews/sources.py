@@ -154,7 +154,8 @@ class Loaded:
     """What one input file gave: its detected format, reviews, app metadata and notes.
 
     ``columns`` is the ``{field: header}`` mapping a ``table`` file was read with; ``compressed`` is
-    ``"gzip"`` for a ``.gz`` file; ``encoding`` is ``"UTF-16"`` when a byte-order mark said so.
+    ``"gzip"`` for a ``.gz`` file; ``encoding`` is ``"UTF-16"`` when a byte-order mark said so;
+    ``warnings`` are one-line notes on what was read but may be wrong (shown and put in the report).
     """
 
     path: Path
@@ -166,6 +167,7 @@ class Loaded:
     compressed: str | None = None
     container: str = ""
     encoding: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         what = f"{len(self.reviews):,} review{'s' * (len(self.reviews) != 1)}" if self.format != "appdetails" else f"{len(self.apps)} apps"
@@ -638,10 +640,15 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     """CSV or TSV (delimiter sniffed from the header line): the store-scrape CSV when it has
     ``title`` + ``user_reviews``, else a ``table``."""
     csv.field_size_limit(2**31 - 1)  # user_reviews cells hold many reviews
-    header = text.lstrip("\ufeff").split("\n", 1)[0]
-    delim = max((",", "\t", ";", "|"), key=header.count)  # a one-column file reads as CSV
     text = text.lstrip("\ufeff")
+    header = text.split("\n", 1)[0]
+    hint = _SEP_HINT.fullmatch(header.rstrip("\r"))
+    if hint:
+        header = (text.split("\n", 2) + [""])[1]
+    delim = hint.group(1) if hint else max((",", "\t", ";", "|"), key=header.count)  # one column reads as CSV
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+    if hint:
+        next(reader.reader, None)  # the hint line still counts in line_num, so lines keep their numbers
     cols = [c for c in (reader.fieldnames or []) if c is not None]
     if not cols or (len(cols) == 1 and not columns and columns_mod.field_of(cols[0]) != "review"):
         raise UserError(f"{path}: no CSV/TSV header found (first line: {header[:60]!r}); "
@@ -659,12 +666,15 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
         raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
     if not rows:
         raise UserError(f"{path}: no rows under the header; remove it from the inputs")
-    _refuse_runaway_quotes(path, text, [r for _, r in rows], spans, delim)
+    _refuse_unclosed_quote(path, text, spans[-1], delim)
     loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";")
     loaded.container = "TSV" if delim == "\t" else "CSV"
+    loaded.warnings = _rowlike_lines(path, text, [r for _, r in rows], spans, delim)
     return loaded
 
 
+#: Excel's separator hint on line 1 of a CSV (``sep=;``): Excel reads and writes it, the ``csv`` module does not
+_SEP_HINT = re.compile(r"sep=(.)")
 _DELIM_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "vertical bar"}
 
 
@@ -703,30 +713,43 @@ def _runaway(path: Path, line: int, why: str) -> NoReturn:
                     "close it, or double a quote inside a quoted text (\"\")")
 
 
-def _refuse_runaway_quotes(path: Path, text: str, rows: list[dict[str, Any]], spans: list[tuple[int, int]],
-                           delim: str) -> None:
-    """Refuse a runaway quote among rows of the right width (see :mod:`steam_persona.reviews.csvquotes`):
-    the last row's text still open at the end of the file, or a multi-line text whose inner lines read as
-    rows. ``spans`` are each row's first and last line.
+def _refuse_unclosed_quote(path: Path, text: str, last: tuple[int, int], delim: str) -> None:
+    """Refuse a text still open at the end of the file (see :mod:`steam_persona.reviews.csvquotes`);
+    ``last`` is the last row's first and last line.
 
     Raises:
-        UserError: naming the line where the quote opens and the lines it swallowed.
+        UserError: naming the line where the quote opens.
     """
     lines = _LINE_END.split(text)
-    a, b = spans[-1]
+    a, b = last
     if csvquotes.ends_open(lines[a - 1:], delim):
         _runaway(path, csvquotes.opening_line(lines[a - 1:b], a) or a, "the rest of the file would read as one text")
+
+
+#: how many records with row-like lines are named one by one; the rest are counted in one more warning
+_ROWLIKE_SHOWN = 5
+
+
+def _rowlike_lines(path: Path, text: str, rows: list[dict[str, Any]], spans: list[tuple[int, int]],
+                   delim: str) -> list[str]:
+    """Warnings for the multi-line texts whose inner lines look like rows of the file (a quote left open
+    and closed by a later stray quote, or a review that lists ``Graphics, 9/10``: see
+    :mod:`steam_persona.reviews.csvquotes`). The texts are kept whole; ``spans`` are each row's first and last line."""
     if all(a == b for a, b in spans):
-        return
+        return []
+    lines = _LINE_END.split(text)
     single = (list(r.values()) for r, (a, b) in zip(rows, spans) if a == b)
     kinds = csvquotes.column_kinds(list(itertools.islice(single, csvquotes.SAMPLE)))
-    for a, b in spans:
-        if b == a:
-            continue
-        swallowed = csvquotes.swallowed_rows(lines[a - 1:b], a, delim, kinds)
-        if swallowed:
-            _runaway(path, csvquotes.opening_line(lines[a - 1:b], a) or a,
-                     f"lines {swallowed[0]}-{b - 1}, which read as rows of their own, would be part of its text")
+    found = [(csvquotes.opening_line(lines[a - 1:b], a) or a, inner) for a, b in spans
+             if b > a and (inner := csvquotes.swallowed_rows(lines[a - 1:b], a, delim, kinds))]
+    out = [f"{path}: line {a}: a quoted text runs on over line{'s' * (len(inner) > 1)} {', '.join(map(str, inner))}, "
+           f"which look{'s' * (len(inner) == 1)} like {'rows' if len(inner) > 1 else 'a row'} of the file; kept as "
+           f"that review's text. If the quote on line {a} was left open by mistake, close or remove it (a quote "
+           f"inside a quoted text is doubled: \"\") and rerun prepare" for a, inner in found[:_ROWLIKE_SHOWN]]
+    if len(found) > _ROWLIKE_SHOWN:
+        out.append(f"{path}: {len(found) - _ROWLIKE_SHOWN} more quoted texts hold lines that look like rows "
+                   f"(first on line {found[_ROWLIKE_SHOWN][0]}); kept as texts")
+    return out
 
 
 def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, text: str) -> Loaded:

@@ -671,11 +671,6 @@ _GAMES = ["Factorio", "Hades", "Portal 2", "Outer Wilds", "Slay the Spire", "Sta
      'Terraria,"Recommended. I said ""wow"" and then the quote never closes\n'
      + "".join(f'{g},"Recommended. {g} is a favourite, number {i} of all time."\n' for i, g in enumerate(_GAMES)),
      "line 3: a double quote opens a text that never closes (line 4, a row of its own, would read as part of its text)"),
-    # closed by a stray quote further down, the fields realigned: the swallowed lines read as rows
-    ("game;review;verdict;hours\n" + "".join(f"{g};{EN[i % 4]} Run {i}.;Recommended;{i},5\n" for i, g in enumerate(_GAMES))
-     + f'Terraria;"Stray quote;Recommended;3,0\nCeleste;{EN[0]};Recommended;2,0\nHades;{EN[1]};Recommended;7,5\n'
-       'Portal;A closing" quote;Recommended;1,0\n',
-     "line 8: a double quote opens a text that never closes (lines 9-10, which read as rows of their own, would be part of its text)"),
 ])
 def test_a_runaway_quote_exits_2_naming_the_line_it_opens_on(tmp_path, text, message):
     src = _raw(tmp_path / "in.csv", text)
@@ -699,7 +694,98 @@ def test_multi_line_quoted_reviews_as_excel_writes_them_are_kept_whole(tmp_path)
     assert outs == [pros, *EN]
 
 
+def _read_warned(tmp_path, text: str, name: str = "in.csv", **kw) -> tuple[list[str], list[str]]:
+    """The review texts ``prepare`` writes for a CSV ``text`` (every rule that could drop one off), and its report's warnings."""
+    src = _raw(tmp_path / name, text)
+    res = _run(tmp_path, [src], language=["all"], app_name=["X"], drop_unknown_game=False, dedup=False,
+               near_dedup=False, min_chars=0, min_words=0, drop_spam=False, copypasta_games=0, drop_repetition=False, **kw)
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    return [r["output"] for r in _load(res["train"])], report["warnings"]
+
+
+_ROWLIKE = ("kept as that review's text. If the quote on line {0} was left open by mistake, close or remove it (a quote "
+            'inside a quoted text is doubled: "") and rerun prepare')
+
+
+def test_a_list_review_in_a_file_of_many_games_is_read_whole_with_a_warning(tmp_path):
+    """``game,review`` with 20 games, one a ``Graphics, 9/10`` list: its lines look like rows (the game column does not
+    repeat), yet the file is valid, so it is read fully and the warning names the quote's line and the row-like lines."""
+    pros = "My scores:\nGraphics, 9/10\nStory, meh\nMusic, 10/10\nOverall, great"
+    reviews = [f"Short take {i}" if i % 3 else EN[i % 4] + f" Run {i}." for i in range(20)]
+    reviews[5] = pros
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["game", "review"]] + [[f"Game {i}", r] for i, r in enumerate(reviews)])
+    outs, warnings = _read_warned(tmp_path, buf.getvalue())
+    assert outs == reviews
+    src = tmp_path / "in.csv"
+    assert warnings == [f"{src}: line 7: a quoted text runs on over lines 8, 9, 10, which look like rows of the file; "
+                        + _ROWLIKE.format(7)]
+
+
+def test_excel_german_list_and_a_ranking_of_the_files_games_are_read_whole(tmp_path):
+    """The German Excel form (``;``, BOM, CRLF, ``Grafik; 9/10``) and a review ranking other games of the file
+    (``Doom, good``, whose game column repeats) are valid files, read fully."""
+    pros = "Meine Wertung:\r\nGrafik; 9/10\r\nStory; naja\r\nMusik; 10/10\r\nFazit; super"
+    rows = [[f"Spiel {i}", f"Kurz {i}" if i != 3 else pros] for i in range(12)]
+    src = _csv(tmp_path / "de.csv", ["Spiel", "Rezension"], rows, delimiter=";", bom=True)
+    outs, warnings = _read_warned(tmp_path, src.read_text(encoding="utf-8"), "de.csv", columns="review=Rezension")
+    assert outs == [r[1].replace("\r\n", "\n") for r in rows]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{src}: line 5: a quoted text runs on over lines 6, 7, 8, ")
+    games = ["Doom", "Halo", "Quake"]
+    rank = "My ranking of this list:\nDoom, good\nHalo, bad\nQuake, good\nDoom, bad"
+    rows = [[games[i % 3], ["good", "bad"][i % 2] if i != 4 else rank] for i in range(12)]
+    outs, warnings = _read_warned(tmp_path, "".join(f'{g},"{t}"\n' if "\n" in t else f"{g},{t}\n"
+                                                    for g, t in [["game", "review"]] + rows), "rank.csv")
+    assert outs == [r[1] for r in rows] and len(warnings) == 1
+
+
+def test_a_big_file_whose_reviews_quote_rows_is_read_whole_with_a_capped_warning(tmp_path):
+    """5,000 rows of 3 columns, every 500th review quoting lines such as ``Game 3,short text,3``: read fully; five
+    records are named, the rest counted in one more line."""
+    quoted = "The log said:\nGame 3,short text,3\nGame 4,short text,4\nthat is all"
+    rows = [[f"Game {i % 7}", quoted if i % 500 == 3 else "short text", str(i % 9)] for i in range(5000)]
+    loaded = sources.read(_csv(tmp_path / "big.csv", ["game", "review", "score"], rows))
+    assert [r.text for r in loaded.reviews] == [r[1] for r in rows]
+    assert len(loaded.warnings) == 6 and " line 5: a quoted text runs on over lines 6, 7, " in loaded.warnings[0]
+    assert loaded.warnings[5].endswith("big.csv: 5 more quoted texts hold lines that look like rows (first on line "
+                                       f"{2 + 2503 + 3 * 5}); kept as texts")  # 5 quoted rows of 4 lines come before
+
+
+def test_a_stray_quote_closed_by_a_later_one_is_kept_and_warned_naming_its_lines(tmp_path):
+    """A quote left open on line 7 and closed on line 9 swallows line 8, a perfect row: no error (it cannot be told
+    from a multi-line review), but a warning names lines 7 and 8 and says how to fix the file; nothing is lost."""
+    lines = [f"Game {i % 3},Review number {i} is fine" for i in range(12)]
+    lines[5], lines[7] = 'Game 2,"Stray open', 'Game 0,closes" here'
+    outs, warnings = _read_warned(tmp_path, "game,review\n" + "\n".join(lines) + "\n")
+    assert "Stray open\nGame 0,Review number 6 is fine\nGame 0,closes here" in outs and len(outs) == 10
+    assert warnings == [f"{tmp_path / 'in.csv'}: line 7: a quoted text runs on over line 8, which looks like a row of "
+                        "the file; " + _ROWLIKE.format(7)]
+    realigned = ("game;review;verdict;hours\n" + "".join(f"{g};{EN[i % 4]} Run {i}.;Recommended;{i},5\n"
+                                                        for i, g in enumerate(_GAMES))
+                 + f'Terraria;"Stray quote;Recommended;3,0\nCeleste;{EN[0]};Recommended;2,0\n'
+                   f'Hades;{EN[1]};Recommended;7,5\nPortal;A closing" quote;Recommended;1,0\n')
+    outs, warnings = _read_warned(tmp_path, realigned, "four.csv")
+    assert len(outs) == 7 and warnings[0].startswith(f"{tmp_path / 'four.csv'}: line 8: a quoted text runs on over "
+                                                     "lines 9, 10, which look like rows")
+
+
+def test_an_excel_sep_hint_line_sets_the_separator_and_is_skipped(tmp_path):
+    """``sep=;`` on line 1 (Excel writes and reads it): the separator is ``;``, the header is line 2, and an error
+    still names the file's own line numbers."""
+    src = _raw(tmp_path / "in.csv", "sep=;\r\nGame;Review;Hours\r\nHades;Great, tight combat;1,5\r\n"
+                                    "Celeste;Hard, but fair;12,5\r\n")
+    loaded = sources.read(src)
+    assert [(r.game_name, r.text, r.playtime_hours) for r in loaded.reviews] == [
+        ("Hades", "Great, tight combat", 1.5), ("Celeste", "Hard, but fair", 12.5)]
+    _raw(src, "\ufeffsep=,\nGame,Review\nHades,Great\nCeleste,Hard,but fair\n")
+    with pytest.raises(UserError, match=r"in.csv: line 4: 3 fields where the header has 2 \(separator read as comma\)"):
+        sources.read(src)
+
+
 @pytest.mark.parametrize("value,comma,expected", [
+    ("1 204,5", True, 1204.5), ("1\u00a0204,5", True, 1204.5), ("1\u202f204,5", False, 1204.5), ("1'204.5", False, 1204.5),
+    ("1 204", False, 1204.0), ("12 345 678", True, 12345678.0), ("Played 3 000 hrs", False, 3000.0),
+    ("1 2345", False, 1.0), ("2024 100", False, 2024.0),  # not groups of three after a lead of one to three digits
     ("1,204.5 hrs on record", False, 1204.5), ("1,204.5 hrs on record", True, 1204.5),
     ("1.204,5", False, 1204.5), ("1.204,5", True, 1204.5), ("12,5", False, 12.5), ("2,0", True, 2.0),
     ("1,234", False, 1234.0), ("1,234", True, 1.234), ("1.234", False, 1.234), ("1.234", True, 1234.0),
@@ -713,6 +799,18 @@ def test_numbers_with_a_decimal_comma_point_or_thousands_separators(value, comma
 @pytest.mark.parametrize("value,comma", [("1,234", True), ("1.234", False), ("1,234", False), ("1.234", True)])
 def test_a_count_reads_a_grouped_number_as_thousands_whatever_the_decimal_mark(value, comma):
     assert columns.number(value, comma, whole=True) == 1234.0
+
+
+def test_hours_and_votes_with_space_grouped_thousands_pass_the_filters(tmp_path):
+    """French Excel (NBSP-grouped ``1\u00a0204,5`` hours, ``1 204`` votes): read as 1204.5 and 1204, not 1, so
+    ``--min_playtime_hours 1000`` and ``--min_votes_up 2`` keep the rows."""
+    rows = [[g, EN[i % 4] + f" Run {i}.", "1\u00a0204,5" if i % 2 else "12,5", "1 204" if i % 2 else "1"]
+            for i, g in enumerate(_GAMES)]
+    src = _csv(tmp_path / "fr.csv", ["game", "review", "hours", "votes_up"], rows, delimiter=";")
+    loaded = sources.read(src)
+    assert [(r.playtime_hours, r.votes_up) for r in loaded.reviews] == [(12.5, 1), (1204.5, 1204)] * 3
+    res = _run(tmp_path, [src], language=["all"], min_playtime_hours=1000, min_votes_up=2, near_dedup=False)
+    assert len(_load(res["train"])) == 3
 
 
 @pytest.mark.parametrize("values,semicolon,expected", [
