@@ -637,8 +637,8 @@ def _app_info(d: dict) -> AppInfo:
 
 
 def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] | None) -> Loaded:
-    """CSV or TSV (delimiter sniffed from the header line): the store-scrape CSV when it has
-    ``title`` + ``user_reviews``, else a ``table``."""
+    """CSV or TSV (delimiter sniffed from the header line, or given by Excel's ``sep=;`` hint on line 1, which is
+    skipped): the store-scrape CSV when it has ``title`` + ``user_reviews``, else a ``table``."""
     csv.field_size_limit(2**31 - 1)  # user_reviews cells hold many reviews
     text = text.lstrip("\ufeff")
     header = text.split("\n", 1)[0]
