@@ -12,6 +12,8 @@ what it can, from how the swallowed lines look (our own rule, as no CSV library 
   that splits into the header's number of fields whose values are like the values the single-line rows
   hold in each column (:func:`column_kinds`). A review's own lines can look the same (``Graphics, 9/10``
   in a review of a file of many games), so the caller only warns, naming the lines, and keeps the text.
+  A line that ends otherwise than the rows do is a cell's own line, never a swallowed row: Excel and Google
+  Sheets end rows with CRLF and a cell's lines with LF.
 """
 
 from __future__ import annotations

@@ -713,6 +713,17 @@ def _runaway(path: Path, line: int, why: str) -> NoReturn:
                     "close it, or double a quote inside a quoted text (\"\")")
 
 
+def _ranges(numbers: list[int]) -> str:
+    """Ascending line ``numbers`` as runs: ``[8, 9, 10, 12]`` → ``"8-10, 12"``."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
 def _refuse_unclosed_quote(path: Path, text: str, last: tuple[int, int], delim: str) -> None:
     """Refuse a text still open at the end of the file (see :mod:`steam_persona.reviews.csvquotes`);
     ``last`` is the last row's first and last line.
@@ -738,11 +749,13 @@ def _rowlike_lines(path: Path, text: str, rows: list[dict[str, Any]], spans: lis
     if all(a == b for a, b in spans):
         return []
     lines = _LINE_END.split(text)
+    ends = [m.group(0) for m in _LINE_END.finditer(text)]  # ends[n - 1]: how line n ends
+    row_end = ends[spans[0][0] - 2]  # the header's
     single = (list(r.values()) for r, (a, b) in zip(rows, spans) if a == b)
     kinds = csvquotes.column_kinds(list(itertools.islice(single, csvquotes.SAMPLE)))
-    found = [(csvquotes.opening_line(lines[a - 1:b], a) or a, inner) for a, b in spans
-             if b > a and (inner := csvquotes.swallowed_rows(lines[a - 1:b], a, delim, kinds))]
-    out = [f"{path}: line {a}: a quoted text runs on over line{'s' * (len(inner) > 1)} {', '.join(map(str, inner))}, "
+    found = [(csvquotes.opening_line(lines[a - 1:b], a) or a, inner) for a, b in spans if b > a and (inner := [
+        n for n in csvquotes.swallowed_rows(lines[a - 1:b], a, delim, kinds) if ends[n - 1] == row_end])]
+    out = [f"{path}: line {a}: a quoted text runs on over line{'s' * (len(inner) > 1)} {_ranges(inner)}, "
            f"which look{'s' * (len(inner) == 1)} like {'rows' if len(inner) > 1 else 'a row'} of the file; kept as "
            f"that review's text. If the quote on line {a} was left open by mistake, close or remove it (a quote "
            f"inside a quoted text is doubled: \"\") and rerun prepare" for a, inner in found[:_ROWLIKE_SHOWN]]

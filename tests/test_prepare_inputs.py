@@ -718,19 +718,24 @@ def test_a_list_review_in_a_file_of_many_games_is_read_whole_with_a_warning(tmp_
     outs, warnings = _read_warned(tmp_path, buf.getvalue())
     assert outs == reviews
     src = tmp_path / "in.csv"
-    assert warnings == [f"{src}: line 7: a quoted text runs on over lines 8, 9, 10, which look like rows of the file; "
+    assert warnings == [f"{src}: line 7: a quoted text runs on over lines 8-10, which look like rows of the file; "
                         + _ROWLIKE.format(7)]
 
 
 def test_excel_german_list_and_a_ranking_of_the_files_games_are_read_whole(tmp_path):
-    """The German Excel form (``;``, BOM, CRLF, ``Grafik; 9/10``) and a review ranking other games of the file
-    (``Doom, good``, whose game column repeats) are valid files, read fully."""
-    pros = "Meine Wertung:\r\nGrafik; 9/10\r\nStory; naja\r\nMusik; 10/10\r\nFazit; super"
+    """The German Excel form (``;``, BOM, CRLF between rows, LF inside a cell, ``Grafik; 9/10``) and a review ranking
+    other games of the file (``Doom, good``, whose game column repeats) are valid files, read fully. Excel's cell lines
+    end otherwise than its rows, so they are no swallowed rows (no warning); with CRLF in the cell too they warn."""
+    pros = "Meine Wertung:\nGrafik; 9/10\nStory; naja\nMusik; 10/10\nFazit; super"
     rows = [[f"Spiel {i}", f"Kurz {i}" if i != 3 else pros] for i in range(12)]
     src = _csv(tmp_path / "de.csv", ["Spiel", "Rezension"], rows, delimiter=";", bom=True)
-    outs, warnings = _read_warned(tmp_path, src.read_text(encoding="utf-8"), "de.csv", columns="review=Rezension")
+    outs, warnings = _read_warned(tmp_path, src.read_bytes().decode("utf-8"), "de.csv", columns="review=Rezension")
+    assert outs == [r[1] for r in rows] and warnings == []
+    rows[3][1] = pros.replace("\n", "\r\n")
+    src = _csv(tmp_path / "de.csv", ["Spiel", "Rezension"], rows, delimiter=";", bom=True)
+    outs, warnings = _read_warned(tmp_path, src.read_bytes().decode("utf-8"), "de.csv", columns="review=Rezension")
     assert outs == [r[1].replace("\r\n", "\n") for r in rows]
-    assert len(warnings) == 1 and warnings[0].startswith(f"{src}: line 5: a quoted text runs on over lines 6, 7, 8, ")
+    assert len(warnings) == 1 and warnings[0].startswith(f"{src}: line 5: a quoted text runs on over lines 6-8, which look like rows")
     games = ["Doom", "Halo", "Quake"]
     rank = "My ranking of this list:\nDoom, good\nHalo, bad\nQuake, good\nDoom, bad"
     rows = [[games[i % 3], ["good", "bad"][i % 2] if i != 4 else rank] for i in range(12)]
@@ -744,9 +749,11 @@ def test_a_big_file_whose_reviews_quote_rows_is_read_whole_with_a_capped_warning
     records are named, the rest counted in one more line."""
     quoted = "The log said:\nGame 3,short text,3\nGame 4,short text,4\nthat is all"
     rows = [[f"Game {i % 7}", quoted if i % 500 == 3 else "short text", str(i % 9)] for i in range(5000)]
-    loaded = sources.read(_csv(tmp_path / "big.csv", ["game", "review", "score"], rows))
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["game", "review", "score"]] + rows)  # rows end as the cell's lines
+    loaded = sources.read(_raw(tmp_path / "big.csv", buf.getvalue()))
     assert [r.text for r in loaded.reviews] == [r[1] for r in rows]
-    assert len(loaded.warnings) == 6 and " line 5: a quoted text runs on over lines 6, 7, " in loaded.warnings[0]
+    assert len(loaded.warnings) == 6 and " line 5: a quoted text runs on over lines 6-7, which" in loaded.warnings[0]
     assert loaded.warnings[5].endswith("big.csv: 5 more quoted texts hold lines that look like rows (first on line "
                                        f"{2 + 2503 + 3 * 5}); kept as texts")  # 5 quoted rows of 4 lines come before
 
@@ -766,7 +773,7 @@ def test_a_stray_quote_closed_by_a_later_one_is_kept_and_warned_naming_its_lines
                    f'Hades;{EN[1]};Recommended;7,5\nPortal;A closing" quote;Recommended;1,0\n')
     outs, warnings = _read_warned(tmp_path, realigned, "four.csv")
     assert len(outs) == 7 and warnings[0].startswith(f"{tmp_path / 'four.csv'}: line 8: a quoted text runs on over "
-                                                     "lines 9, 10, which look like rows")
+                                                     "lines 9-10, which look like rows")
 
 
 def test_an_excel_sep_hint_line_sets_the_separator_and_is_skipped(tmp_path):
