@@ -141,3 +141,24 @@ def test_ctrl_c_exits_130_without_aborted(monkeypatch):
     monkeypatch.setattr(train_mod, "_check", interrupted)
     r = CliRunner().invoke(main, ["train", "--dataset", "d.json"])
     assert r.exit_code == 130 and "Aborted" not in r.output, (r.exit_code, r.output)
+
+
+def _log(out) -> list[dict]:
+    return [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_training_longer_on_resume_follows_the_stretched_schedule_from_the_first_resumed_step(tiny_llama_dir, eight,
+                                                                                               tmp_path):
+    """Regression: resumed with a larger --max_steps, the first resumed step used the old schedule's lr (restored
+    from optimizer.pt): 4 steps crashed at 3, resumed with 6 ran step 3 at 2.5e-3 where the 6-step schedule gives
+    3.33e-3."""
+    full = tmp_path / "full"
+    run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, full, max_steps=6)))
+    out = tmp_path / "longer"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out)), callbacks=(_crash_at_3,))
+    run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out, max_steps=6)))
+    lrs = {r["current_steps"]: r["lr"] for r in _log(out)}
+    want = {r["current_steps"]: r["lr"] for r in _log(full)}
+    assert [lrs[s] for s in range(3, 7)] == pytest.approx([want[s] for s in range(3, 7)], rel=1e-9)
+    assert want[3] == pytest.approx(5e-3 * 4 / 6)  # linear decay over 6 steps, no warmup

@@ -448,6 +448,7 @@ def _load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any) -> 
     set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", map_location="cpu", weights_only=True))
+    _follow_schedule(scheduler)
     rng_file = ckpt / "rng_state.pth"
     if rng_file.is_file():
         rng = torch.load(rng_file, weights_only=False)
@@ -456,6 +457,15 @@ def _load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any) -> 
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def _follow_schedule(scheduler: Any) -> None:
+    """Set the optimizer's lr to this run's schedule at the restored step. ``optimizer.pt`` holds the lr of the
+    schedule the checkpoint was saved under, which differs when a resume trains longer (``--max_steps`` /
+    ``--num_train_epochs``); without this the first resumed step would use it. Stepping back one step and
+    stepping again recomputes the lr through the scheduler's own (public) ``step``."""
+    scheduler.last_epoch -= 1
+    scheduler.step()
 
 
 # ---------------------------------------------------------------- the run
