@@ -162,3 +162,32 @@ def test_training_longer_on_resume_follows_the_stretched_schedule_from_the_first
     want = {r["current_steps"]: r["lr"] for r in _log(full)}
     assert [lrs[s] for s in range(3, 7)] == pytest.approx([want[s] for s in range(3, 7)], rel=1e-9)
     assert want[3] == pytest.approx(5e-3 * 4 / 6)  # linear decay over 6 steps, no warmup
+
+
+def test_resume_with_changed_dataset_contents_is_exit_2_naming_the_file(tiny_llama_dir, eight, tmp_path):
+    """Regression: a dataset overwritten at the same path (8 records -> 6) was resumed silently, mixing two
+    datasets in one run. Checkpoints record each data file's sha256; one without it is not compared."""
+    data, held_out = tmp_path / "train.json", tmp_path / "val.json"
+    data.write_bytes(eight.read_bytes())
+    held_out.write_bytes(eight.read_bytes())
+    out = tmp_path / "run"
+    flags = _flags(tiny_llama_dir, data, out, eval_dataset=[str(held_out)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, flags), callbacks=(_crash_at_3,))
+    ckpt = out / "checkpoint-2"
+    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["data_sha256"] == train_mod.data_fingerprint(config.build(TrainConfig, flags))
+    assert sorted(state["data_sha256"]) == sorted([str(data), str(held_out)])
+
+    data.write_text(json.dumps(json.loads(eight.read_text(encoding="utf-8"))[:6]), encoding="utf-8")
+    r = CliRunner().invoke(main, _argv(flags))
+    msg = r.output.strip()
+    assert r.exit_code == 2 and len(msg.splitlines()) == 1, msg
+    assert msg == (f"Error: {data}: the dataset changed since {ckpt} was saved (its sha256 differs); put back the data the "
+                   "run was trained on, or pass --overwrite_output_dir to start over on the new data")
+    held_out.write_text("[]", encoding="utf-8")
+    with pytest.raises(UserError, match=f"sha256 differs; so did {held_out}\\); put back"):
+        train_mod.check_resume_data(config.build(TrainConfig, flags), ckpt)
+    state.pop("data_sha256")  # a checkpoint saved before the fingerprint was recorded: not compared
+    (ckpt / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+    train_mod.check_resume_data(config.build(TrainConfig, flags), ckpt)

@@ -385,6 +385,48 @@ def check_resume_settings(cfg: TrainConfig, ckpt: Path) -> None:
                         f"rerun with the checkpoint's values (recorded in {path}) or {start_over}")
 
 
+def data_fingerprint(cfg: TrainConfig) -> dict[str, str]:
+    """sha256 (hex) of the bytes of each file of ``--dataset`` and ``--eval_dataset``, keyed by its path (a
+    registered name resolved through ``dataset_info.json``). A missing file is left out: reading it says so.
+    Costs one sequential read of each file (``hashlib.file_digest``), well under the tokenizing that follows.
+
+    Raises:
+        UserError: a name unknown to the registry (as reading the data would).
+    """
+    import hashlib
+
+    from steam_persona.trainer import data
+
+    paths = [data.resolve(name, cfg.dataset_dir).path for name in [*cfg.dataset, *cfg.eval_dataset]]
+    out = {}
+    for p in paths:
+        if p.is_file():
+            with p.open("rb") as f:
+                out[str(p)] = hashlib.file_digest(f, "sha256").hexdigest()
+    return out
+
+
+def check_resume_data(cfg: TrainConfig, ckpt: Path) -> None:
+    """Refuse to resume ``ckpt`` when a dataset file's bytes changed since it was saved (same path, other
+    contents: a rerun ``prepare``). Compares :func:`data_fingerprint` with ``trainer_state.json``'s
+    ``data_sha256``; a checkpoint without one (saved before it was recorded) is not compared.
+
+    Raises:
+        UserError: one line naming the changed file and the two ways out.
+    """
+    saved = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8")).get("data_sha256")
+    if not saved:
+        return
+    changed = [p for p, h in data_fingerprint(cfg).items() if p in saved and saved[p] != h]
+    if changed:
+        start_over = ("drop --resume_from_checkpoint and pass --overwrite_output_dir" if cfg.resume_from_checkpoint
+                      else "pass --overwrite_output_dir")
+        also = f"; so did {', '.join(changed[1:])}" if changed[1:] else ""
+        raise UserError(f"{changed[0]}: the dataset changed since {ckpt} was saved (its sha256 differs{also}); "
+                        f"put back the data the run "
+                        f"was trained on, or {start_over} to start over on the new data")
+
+
 def _clear_run(out: Path) -> None:
     """--overwrite_output_dir: remove our own artifacts only (never unrelated files)."""
     for p in [*out.glob("checkpoint-*"), out / BEST_DIR]:
@@ -558,6 +600,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     resume = _resume_point(cfg, Path(cfg.output_dir))
     if resume is not None:
         check_resume_settings(cfg, resume)
+        check_resume_data(cfg, resume)
     if cfg.nproc_per_node > 1 and not distributed.launched():
         # --nproc_per_node N: check the user's input here (one-line errors, exit 2), then run N copies under torchrun
         prepare_data(cfg, model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code))
@@ -617,7 +660,8 @@ class TrainRecipe:
         self.main = self.rank == 0
 
     def setup_data(self) -> None:
-        """Tokenizer, chat template, encoded train/eval samples and the ``--val_size`` split.
+        """Tokenizer, chat template, encoded train/eval samples, the ``--val_size`` split and the data's
+        :func:`data_fingerprint` (saved in each checkpoint).
 
         Raises:
             UserError: any dataset problem (:func:`prepare_data`), or a ``--val_size`` taking every sample.
@@ -632,6 +676,7 @@ class TrainRecipe:
         self.train_idx, self.eval_idx = split_eval(len(self.enc), cfg.val_size, cfg.seed)
         if cfg.eval_dataset:
             self.eval_idx = list(range(len(self.eval_enc)))
+        self.data_sha256 = data_fingerprint(cfg)
 
     def setup_model(self) -> None:
         """Seed, load the base (quantized with ``--quantization_bit``), add LoRA, apply the speed levers
@@ -863,7 +908,7 @@ class TrainRecipe:
               "loss_sum": self._loss_sum_before() + sum(self.step_losses),
               **({"first_loss": first} if first is not None else {}),
               **{k: self.state[k] for k in ("best_eval_loss", "best_global_step") if k in self.state},
-              "world_size": self.world, "gradient_accumulation_steps": self.accum}
+              "world_size": self.world, "gradient_accumulation_steps": self.accum, "data_sha256": self.data_sha256}
         _save_checkpoint(self.out, done, self.model, self.tokenizer, self.optimizer, self.scheduler, st, self.cfg)
         return self.out / f"checkpoint-{done}"
 
