@@ -50,7 +50,7 @@ def test_resume_with_changed_settings_is_exit_2_listing_them_and_keeps_run_confi
     assert changed.exit_code == 2 and len(msg.splitlines()) == 1 and "Traceback" not in msg, msg
     assert (f"{out / 'checkpoint-2'}: resuming with settings that differ from the checkpoint's: "
             "--per_device_train_batch_size 2 (checkpoint: 4), --learning_rate 0.001 (checkpoint: 0.005), "
-            "--lora_rank 16 (checkpoint: 8), --lora_alpha 32 (checkpoint: 16); rerun with the checkpoint's values "
+            "--lora_rank 16 (checkpoint: 8); rerun with the checkpoint's values "
             f"(recorded in {out / 'checkpoint-2' / 'run_config.yaml'}) or pass --overwrite_output_dir to start "
             "over") in msg
     assert loaded == [] and (out / "run_config.yaml").read_bytes() == recorded  # nothing loaded, nothing rewritten
@@ -82,6 +82,18 @@ def test_resume_check_without_a_recorded_config_in_the_checkpoint(tmp_path):
     with pytest.raises(UserError, match="--gradient_accumulation_steps 2 \\(checkpoint: 1\\)"):
         check_resume_settings(config.build(TrainConfig, {**base, "gradient_accumulation_steps": 2,
                                                          "nproc_per_node": 2}), ckpt)
+    # values are shown whole (a list of long paths), a long text from just before where it differs; an unset
+    # --lora_alpha follows the rank and is named as derived (it was cut to 'ds2.j…' and shown as a flag not passed)
+    long = [str(tmp_path / "a-rather-long-folder-name" / "steam_sft_train.json"), str(tmp_path / "ds2.json")]
+    persona = "You are a veteran gamer. " * 5
+    record = {**yaml.safe_load((tmp_path / "run" / "run_config.yaml").read_text(encoding="utf-8")),
+              "lora_alpha": 64, "system": persona + "Be blunt."}
+    (tmp_path / "run" / "run_config.yaml").write_text(yaml.safe_dump(record), encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        check_resume_settings(config.build(TrainConfig, {**base, "dataset": long, "system": persona + "Be kind."}),
+                              ckpt)
+    assert (f"--dataset {','.join(long)} (checkpoint: d.json), --system …{persona[-17:]}Be kind.' (checkpoint: "
+            f"…{persona[-17:]}Be blunt.'), lora_alpha 16 (2 × --lora_rank) (checkpoint: 64);") in e.value.message
     elsewhere = tmp_path / "elsewhere" / "checkpoint-1"  # no record at all: nothing to compare
     elsewhere.mkdir(parents=True)
     (elsewhere / "trainer_state.json").write_text('{"global_step": 1}', encoding="utf-8")
@@ -191,3 +203,24 @@ def test_resume_with_changed_dataset_contents_is_exit_2_naming_the_file(tiny_lla
     state.pop("data_sha256")  # a checkpoint saved before the fingerprint was recorded: not compared
     (ckpt / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
     train_mod.check_resume_data(config.build(TrainConfig, flags), ckpt)
+
+
+def test_ctrl_c_while_loading_says_what_is_kept(tiny_llama_dir, eight, tmp_path, monkeypatch):
+    """Regression: Ctrl-C while the model loaded exited 130 without a word, unlike every other interrupt."""
+    def ctrl_c(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod.TrainRecipe, "setup_model", ctrl_c)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, _argv(_flags(tiny_llama_dir, eight, out)))
+    said = " ".join(r.output.split())
+    assert r.exit_code == 130 and "Aborted" not in said, (r.exit_code, said)
+    assert f"interrupted while loading, before the first step: nothing was written to {out}; rerun the same " \
+           "command to start" in said
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out)), callbacks=(_crash_at_3,))
+    monkeypatch.setattr(train_mod.TrainRecipe, "setup_model", ctrl_c)
+    r = CliRunner().invoke(main, _argv(_flags(tiny_llama_dir, eight, out)))
+    assert r.exit_code == 130 and (f"interrupted while loading, before the first step: rerun the same command to "
+                                   f"resume from {out / 'checkpoint-2'} (step 2)") in " ".join(r.output.split())

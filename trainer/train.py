@@ -342,9 +342,39 @@ RESUMABLE_CHANGES = frozenset({
     "include_num_input_tokens_seen"})
 
 
-def _shown(value: Any) -> str:
-    text = ",".join(map(str, value)) if isinstance(value, list) else repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 40 else text[:39] + "…"
+def _text(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else repr(value) if isinstance(value, str) else str(value)
+
+
+def _shown_pair(new: Any, old: Any) -> tuple[str, str]:
+    """``new`` and ``old`` as the resume refusal shows them: in full (paths, lists, numbers); texts over 80
+    characters (a persona) from 20 characters before where the two first differ, 60 characters long, ``…``
+    marking what is left out, so the difference itself can be read."""
+    a, b = _text(new), _text(old)
+    if not (isinstance(new, str) and isinstance(old, str)) or max(len(a), len(b)) <= 80:
+        return a, b
+    start = max(0, len(os.path.commonprefix([a, b])) - 20)
+
+    def cut(t: str) -> str:
+        return ("…" if start else "") + t[start:start + 60] + ("…" if len(t) > start + 60 else "")
+
+    return cut(a), cut(b)
+
+
+def _resume_diffs(cfg: TrainConfig, old: dict, may_change: set[str]) -> list[str]:
+    """One ``--key new (checkpoint: old)`` per setting that differs from the record ``old``. ``lora_alpha``
+    left unset follows the rank: it is left out when ``--lora_rank`` is listed, else named as derived."""
+    new = _run_config_dict(cfg)
+    diffs = {k: v for k, v in new.items() if k not in may_change and k in old and old[k] != v}
+    derived_alpha = cfg.lora_alpha is None and "lora_alpha" in diffs
+    if derived_alpha and "lora_rank" in diffs:
+        del diffs["lora_alpha"]
+    out = []
+    for k, v in diffs.items():
+        shown, was = _shown_pair(v, old[k])
+        flag = f"lora_alpha {shown} (2 × --lora_rank)" if k == "lora_alpha" and derived_alpha else f"--{k} {shown}"
+        out.append(f"{flag} (checkpoint: {was})")
+    return out
 
 
 def _other_process_count(cfg: TrainConfig, ckpt: Path) -> bool:
@@ -373,16 +403,13 @@ def check_resume_settings(cfg: TrainConfig, ckpt: Path) -> None:
     record = RunRecord.load(ckpt)
     if record.path is None:
         return
-    path, old = record.path, record.raw
-    new = _run_config_dict(cfg)
     may_change = RESUMABLE_CHANGES | ({"gradient_accumulation_steps"} if _other_process_count(cfg, ckpt) else set())
-    diffs = [f"--{k} {_shown(v)} (checkpoint: {_shown(old[k])})" for k, v in new.items()
-             if k not in may_change and k in old and old[k] != v]
+    diffs = _resume_diffs(cfg, record.raw, may_change)
     if diffs:
         start_over = ("drop --resume_from_checkpoint and pass --overwrite_output_dir to start over"
                       if cfg.resume_from_checkpoint else "pass --overwrite_output_dir to start over")
         raise UserError(f"{ckpt}: resuming with settings that differ from the checkpoint's: {', '.join(diffs)}; "
-                        f"rerun with the checkpoint's values (recorded in {path}) or {start_over}")
+                        f"rerun with the checkpoint's values (recorded in {record.path}) or {start_over}")
 
 
 def data_fingerprint(cfg: TrainConfig) -> dict[str, str]:
@@ -606,7 +633,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
         prepare_data(cfg, model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code))
         return distributed.relaunch(cfg, cfg.nproc_per_node)
     recipe = TrainRecipe(cfg, callbacks, resume_hint)
-    recipe.setup(resume)
+    with _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, None, resume_hint and distributed.rank_world()[0] == 0):
+        recipe.setup(resume)
     recipe.train()
     return recipe.finish()
 
@@ -1084,19 +1112,29 @@ def _data_line(enc: Any, cutoff_len: int) -> str:
 
 
 @contextlib.contextmanager
-def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, speed: Throughput, main: bool):
-    """On Ctrl-C (KeyboardInterrupt) print, on rank 0, where the run stopped and how to go on, then re-raise."""
+def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, speed: Throughput | None, main: bool):
+    """On Ctrl-C (KeyboardInterrupt) print, on rank 0, where the run stopped and how to go on, then re-raise.
+    ``speed`` is ``None`` while setting up (loading the data and model), before the first step."""
     try:
         yield
     except KeyboardInterrupt:
         if main:
-            ckpt = resumable_checkpoint(out)
-            how = (f"rerun the same command to resume from {ckpt} (step {ckpt.name.split('-')[1]})" if ckpt else
-                   f"no resumable checkpoint yet (one is saved every --save_steps {cfg.save_steps} steps"
-                   f"{' without --save_only_model' if cfg.save_only_model else ''}); rerun with "
-                   "--overwrite_output_dir to start over")
-            console.print(f"[yellow]interrupted after step {speed.done} of {speed.total}: {how}[/yellow]")
+            console.print(f"[yellow]{_interrupted_line(out, cfg, speed)}[/yellow]")
         raise
+
+
+def _interrupted_line(out: Path, cfg: TrainConfig, speed: Throughput | None) -> str:
+    ckpt = resumable_checkpoint(out)
+    when = f"after step {speed.done} of {speed.total}" if speed else "while loading, before the first step"
+    if ckpt:
+        how = f"rerun the same command to resume from {ckpt} (step {ckpt.name.split('-')[1]})"
+    elif speed is None and not (out.is_dir() and any(out.iterdir())):
+        how = f"nothing was written to {out}; rerun the same command to start"
+    else:
+        how = (f"no resumable checkpoint yet (one is saved every --save_steps {cfg.save_steps} steps"
+               f"{' without --save_only_model' if cfg.save_only_model else ''}); rerun with "
+               "--overwrite_output_dir to start over")
+    return f"interrupted {when}: {how}"
 
 
 def _hms(seconds: float) -> str:
