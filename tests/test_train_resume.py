@@ -224,3 +224,21 @@ def test_ctrl_c_while_loading_says_what_is_kept(tiny_llama_dir, eight, tmp_path,
     r = CliRunner().invoke(main, _argv(_flags(tiny_llama_dir, eight, out)))
     assert r.exit_code == 130 and (f"interrupted while loading, before the first step: rerun the same command to "
                                    f"resume from {out / 'checkpoint-2'} (step 2)") in " ".join(r.output.split())
+
+
+def test_repeated_flags_a_list_flag_joins_its_values_a_single_value_flag_keeps_the_last(monkeypatch):
+    """A trial found --dataset a --dataset b trained on both while --learning_rate twice kept the last: list flags
+    (--dataset, --eval_dataset, --lora_target) join, as collect's --appid 570 --appid 730 and LLaMA-Factory's comma
+    list; --help says so."""
+    seen = []
+
+    def captured(cfg):
+        seen.append(cfg)
+        raise UserError("stop")
+
+    monkeypatch.setattr(train_mod, "_check", captured)
+    for argv in (["--dataset", "a.json", "--dataset", "b.json,c.json"], ["--dataset", "a.json,b.json,c.json"]):
+        CliRunner().invoke(main, ["train", *argv, "--learning_rate", "1e-3", "--learning_rate", "2e-4"])
+    assert [(c.dataset, c.learning_rate) for c in seen] == [(["a.json", "b.json", "c.json"], 2e-4)] * 2
+    shown = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    assert "several are joined: comma-separated (LLaMA-Factory) or the flag repeated" in shown

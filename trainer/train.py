@@ -78,7 +78,8 @@ class TrainConfig:
     trust_remote_code: bool = ModelArguments.use("trust_remote_code")
     quantization_bit: int | None = QuantizationArguments.use("quantization_bit")
     # --- data
-    dataset: list[str] = arg([], "Dataset name(s) in DATASET_DIR/dataset_info.json, or .json/.jsonl path(s); comma-separated.")
+    dataset: list[str] = arg([], "Dataset name(s) in DATASET_DIR/dataset_info.json, or .json/.jsonl path(s); several are "
+                                 "joined: comma-separated (LLaMA-Factory) or the flag repeated.")
     dataset_dir: str = DataArguments.use("dataset_dir")
     encoding: str = DataArguments.use("encoding")
     template: str = DataArguments.use("template")
@@ -88,7 +89,7 @@ class TrainConfig:
     max_samples: int | None = DataArguments.use("max_samples")
     val_size: float = DataArguments.use("val_size")
     eval_dataset: list[str] = arg([], "Eval dataset name(s) or .json/.jsonl path(s), e.g. prepare's _val file; "
-                                      "used instead of a --val_size split.")
+                                      "used instead of a --val_size split; several: as --dataset.")
     # --- output / resume
     output_dir: str = arg("saves/steam-persona-lora", "Run directory (adapter, logs, checkpoints).")
     overwrite_output_dir: bool = arg(False, "Start over in an existing run dir instead of resuming from its last checkpoint.")
