@@ -50,7 +50,7 @@ def test_resume_with_changed_settings_is_exit_2_listing_them_and_keeps_run_confi
     assert changed.exit_code == 2 and len(msg.splitlines()) == 1 and "Traceback" not in msg, msg
     assert (f"{out / 'checkpoint-2'}: resuming with settings that differ from the checkpoint's: "
             "--per_device_train_batch_size 2 (checkpoint: 4), --learning_rate 0.001 (checkpoint: 0.005), "
-            "--lora_rank 16 (checkpoint: 8), --lora_alpha 32 (checkpoint: 16); rerun with the checkpoint's values "
+            "--lora_rank 16 (checkpoint: 8); rerun with the checkpoint's values "
             f"(recorded in {out / 'checkpoint-2' / 'run_config.yaml'}) or pass --overwrite_output_dir to start "
             "over") in msg
     assert loaded == [] and (out / "run_config.yaml").read_bytes() == recorded  # nothing loaded, nothing rewritten
@@ -82,6 +82,18 @@ def test_resume_check_without_a_recorded_config_in_the_checkpoint(tmp_path):
     with pytest.raises(UserError, match="--gradient_accumulation_steps 2 \\(checkpoint: 1\\)"):
         check_resume_settings(config.build(TrainConfig, {**base, "gradient_accumulation_steps": 2,
                                                          "nproc_per_node": 2}), ckpt)
+    # values are shown whole (a list of long paths), a long text from just before where it differs; an unset
+    # --lora_alpha follows the rank and is named as derived (it was cut to 'ds2.j…' and shown as a flag not passed)
+    long = [str(tmp_path / "a-rather-long-folder-name" / "steam_sft_train.json"), str(tmp_path / "ds2.json")]
+    persona = "You are a veteran gamer. " * 5
+    record = {**yaml.safe_load((tmp_path / "run" / "run_config.yaml").read_text(encoding="utf-8")),
+              "lora_alpha": 64, "system": persona + "Be blunt."}
+    (tmp_path / "run" / "run_config.yaml").write_text(yaml.safe_dump(record), encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        check_resume_settings(config.build(TrainConfig, {**base, "dataset": long, "system": persona + "Be kind."}),
+                              ckpt)
+    assert (f"--dataset {','.join(long)} (checkpoint: d.json), --system …{persona[-17:]}Be kind.' (checkpoint: "
+            f"…{persona[-17:]}Be blunt.'), lora_alpha 16 (2 × --lora_rank) (checkpoint: 64);") in e.value.message
     elsewhere = tmp_path / "elsewhere" / "checkpoint-1"  # no record at all: nothing to compare
     elsewhere.mkdir(parents=True)
     (elsewhere / "trainer_state.json").write_text('{"global_step": 1}', encoding="utf-8")
@@ -141,3 +153,92 @@ def test_ctrl_c_exits_130_without_aborted(monkeypatch):
     monkeypatch.setattr(train_mod, "_check", interrupted)
     r = CliRunner().invoke(main, ["train", "--dataset", "d.json"])
     assert r.exit_code == 130 and "Aborted" not in r.output, (r.exit_code, r.output)
+
+
+def _log(out) -> list[dict]:
+    return [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_training_longer_on_resume_follows_the_stretched_schedule_from_the_first_resumed_step(tiny_llama_dir, eight,
+                                                                                               tmp_path):
+    """Regression: resumed with a larger --max_steps, the first resumed step used the old schedule's lr (restored
+    from optimizer.pt): 4 steps crashed at 3, resumed with 6 ran step 3 at 2.5e-3 where the 6-step schedule gives
+    3.33e-3."""
+    full = tmp_path / "full"
+    run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, full, max_steps=6)))
+    out = tmp_path / "longer"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out)), callbacks=(_crash_at_3,))
+    run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out, max_steps=6)))
+    lrs = {r["current_steps"]: r["lr"] for r in _log(out)}
+    want = {r["current_steps"]: r["lr"] for r in _log(full)}
+    assert [lrs[s] for s in range(3, 7)] == pytest.approx([want[s] for s in range(3, 7)], rel=1e-9)
+    assert want[3] == pytest.approx(5e-3 * 4 / 6)  # linear decay over 6 steps, no warmup
+
+
+def test_resume_with_changed_dataset_contents_is_exit_2_naming_the_file(tiny_llama_dir, eight, tmp_path):
+    """Regression: a dataset overwritten at the same path (8 records -> 6) was resumed silently, mixing two
+    datasets in one run. Checkpoints record each data file's sha256; one without it is not compared."""
+    data, held_out = tmp_path / "train.json", tmp_path / "val.json"
+    data.write_bytes(eight.read_bytes())
+    held_out.write_bytes(eight.read_bytes())
+    out = tmp_path / "run"
+    flags = _flags(tiny_llama_dir, data, out, eval_dataset=[str(held_out)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, flags), callbacks=(_crash_at_3,))
+    ckpt = out / "checkpoint-2"
+    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["data_sha256"] == train_mod.data_fingerprint(config.build(TrainConfig, flags))
+    assert sorted(state["data_sha256"]) == sorted([str(data), str(held_out)])
+
+    data.write_text(json.dumps(json.loads(eight.read_text(encoding="utf-8"))[:6]), encoding="utf-8")
+    r = CliRunner().invoke(main, _argv(flags))
+    msg = r.output.strip()
+    assert r.exit_code == 2 and len(msg.splitlines()) == 1, msg
+    assert msg == (f"Error: {data}: the dataset changed since {ckpt} was saved (its sha256 differs); put back the data the "
+                   "run was trained on, or pass --overwrite_output_dir to start over on the new data")
+    held_out.write_text("[]", encoding="utf-8")
+    with pytest.raises(UserError, match=f"sha256 differs; so did {held_out}\\); put back"):
+        train_mod.check_resume_data(config.build(TrainConfig, flags), ckpt)
+    state.pop("data_sha256")  # a checkpoint saved before the fingerprint was recorded: not compared
+    (ckpt / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+    train_mod.check_resume_data(config.build(TrainConfig, flags), ckpt)
+
+
+def test_ctrl_c_while_loading_says_what_is_kept(tiny_llama_dir, eight, tmp_path, monkeypatch):
+    """Regression: Ctrl-C while the model loaded exited 130 without a word, unlike every other interrupt."""
+    def ctrl_c(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod.TrainRecipe, "setup_model", ctrl_c)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, _argv(_flags(tiny_llama_dir, eight, out)))
+    said = " ".join(r.output.split())
+    assert r.exit_code == 130 and "Aborted" not in said, (r.exit_code, said)
+    assert f"interrupted while loading, before the first step: nothing was written to {out}; rerun the same " \
+           "command to start" in said
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out)), callbacks=(_crash_at_3,))
+    monkeypatch.setattr(train_mod.TrainRecipe, "setup_model", ctrl_c)
+    r = CliRunner().invoke(main, _argv(_flags(tiny_llama_dir, eight, out)))
+    assert r.exit_code == 130 and (f"interrupted while loading, before the first step: rerun the same command to "
+                                   f"resume from {out / 'checkpoint-2'} (step 2)") in " ".join(r.output.split())
+
+
+def test_repeated_flags_a_list_flag_joins_its_values_a_single_value_flag_keeps_the_last(monkeypatch):
+    """A trial found --dataset a --dataset b trained on both while --learning_rate twice kept the last: list flags
+    (--dataset, --eval_dataset, --lora_target) join, as collect's --appid 570 --appid 730 and LLaMA-Factory's comma
+    list; --help says so."""
+    seen = []
+
+    def captured(cfg):
+        seen.append(cfg)
+        raise UserError("stop")
+
+    monkeypatch.setattr(train_mod, "_check", captured)
+    for argv in (["--dataset", "a.json", "--dataset", "b.json,c.json"], ["--dataset", "a.json,b.json,c.json"]):
+        CliRunner().invoke(main, ["train", *argv, "--learning_rate", "1e-3", "--learning_rate", "2e-4"])
+    assert [(c.dataset, c.learning_rate) for c in seen] == [(["a.json", "b.json", "c.json"], 2e-4)] * 2
+    shown = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    assert "several are joined: comma-separated (LLaMA-Factory) or the flag repeated" in shown

@@ -78,7 +78,8 @@ class TrainConfig:
     trust_remote_code: bool = ModelArguments.use("trust_remote_code")
     quantization_bit: int | None = QuantizationArguments.use("quantization_bit")
     # --- data
-    dataset: list[str] = arg([], "Dataset name(s) in DATASET_DIR/dataset_info.json, or .json/.jsonl path(s); comma-separated.")
+    dataset: list[str] = arg([], "Dataset name(s) in DATASET_DIR/dataset_info.json, or .json/.jsonl path(s); several are "
+                                 "joined: comma-separated (LLaMA-Factory) or the flag repeated.")
     dataset_dir: str = DataArguments.use("dataset_dir")
     encoding: str = DataArguments.use("encoding")
     template: str = DataArguments.use("template")
@@ -88,7 +89,7 @@ class TrainConfig:
     max_samples: int | None = DataArguments.use("max_samples")
     val_size: float = DataArguments.use("val_size")
     eval_dataset: list[str] = arg([], "Eval dataset name(s) or .json/.jsonl path(s), e.g. prepare's _val file; "
-                                      "used instead of a --val_size split.")
+                                      "used instead of a --val_size split; several: as --dataset.")
     # --- output / resume
     output_dir: str = arg("saves/steam-persona-lora", "Run directory (adapter, logs, checkpoints).")
     overwrite_output_dir: bool = arg(False, "Start over in an existing run dir instead of resuming from its last checkpoint.")
@@ -342,9 +343,39 @@ RESUMABLE_CHANGES = frozenset({
     "include_num_input_tokens_seen"})
 
 
-def _shown(value: Any) -> str:
-    text = ",".join(map(str, value)) if isinstance(value, list) else repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 40 else text[:39] + "…"
+def _text(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else repr(value) if isinstance(value, str) else str(value)
+
+
+def _shown_pair(new: Any, old: Any) -> tuple[str, str]:
+    """``new`` and ``old`` as the resume refusal shows them: in full (paths, lists, numbers); texts over 80
+    characters (a persona) from 20 characters before where the two first differ, 60 characters long, ``…``
+    marking what is left out, so the difference itself can be read."""
+    a, b = _text(new), _text(old)
+    if not (isinstance(new, str) and isinstance(old, str)) or max(len(a), len(b)) <= 80:
+        return a, b
+    start = max(0, len(os.path.commonprefix([a, b])) - 20)
+
+    def cut(t: str) -> str:
+        return ("…" if start else "") + t[start:start + 60] + ("…" if len(t) > start + 60 else "")
+
+    return cut(a), cut(b)
+
+
+def _resume_diffs(cfg: TrainConfig, old: dict, may_change: set[str]) -> list[str]:
+    """One ``--key new (checkpoint: old)`` per setting that differs from the record ``old``. ``lora_alpha``
+    left unset follows the rank: it is left out when ``--lora_rank`` is listed, else named as derived."""
+    new = _run_config_dict(cfg)
+    diffs = {k: v for k, v in new.items() if k not in may_change and k in old and old[k] != v}
+    derived_alpha = cfg.lora_alpha is None and "lora_alpha" in diffs
+    if derived_alpha and "lora_rank" in diffs:
+        del diffs["lora_alpha"]
+    out = []
+    for k, v in diffs.items():
+        shown, was = _shown_pair(v, old[k])
+        flag = f"lora_alpha {shown} (2 × --lora_rank)" if k == "lora_alpha" and derived_alpha else f"--{k} {shown}"
+        out.append(f"{flag} (checkpoint: {was})")
+    return out
 
 
 def _other_process_count(cfg: TrainConfig, ckpt: Path) -> bool:
@@ -373,16 +404,55 @@ def check_resume_settings(cfg: TrainConfig, ckpt: Path) -> None:
     record = RunRecord.load(ckpt)
     if record.path is None:
         return
-    path, old = record.path, record.raw
-    new = _run_config_dict(cfg)
     may_change = RESUMABLE_CHANGES | ({"gradient_accumulation_steps"} if _other_process_count(cfg, ckpt) else set())
-    diffs = [f"--{k} {_shown(v)} (checkpoint: {_shown(old[k])})" for k, v in new.items()
-             if k not in may_change and k in old and old[k] != v]
+    diffs = _resume_diffs(cfg, record.raw, may_change)
     if diffs:
         start_over = ("drop --resume_from_checkpoint and pass --overwrite_output_dir to start over"
                       if cfg.resume_from_checkpoint else "pass --overwrite_output_dir to start over")
         raise UserError(f"{ckpt}: resuming with settings that differ from the checkpoint's: {', '.join(diffs)}; "
-                        f"rerun with the checkpoint's values (recorded in {path}) or {start_over}")
+                        f"rerun with the checkpoint's values (recorded in {record.path}) or {start_over}")
+
+
+def data_fingerprint(cfg: TrainConfig) -> dict[str, str]:
+    """sha256 (hex) of the bytes of each file of ``--dataset`` and ``--eval_dataset``, keyed by its path (a
+    registered name resolved through ``dataset_info.json``). A missing file is left out: reading it says so.
+    Costs one sequential read of each file (``hashlib.file_digest``), well under the tokenizing that follows.
+
+    Raises:
+        UserError: a name unknown to the registry (as reading the data would).
+    """
+    import hashlib
+
+    from steam_persona.trainer import data
+
+    paths = [data.resolve(name, cfg.dataset_dir).path for name in [*cfg.dataset, *cfg.eval_dataset]]
+    out = {}
+    for p in paths:
+        if p.is_file():
+            with p.open("rb") as f:
+                out[str(p)] = hashlib.file_digest(f, "sha256").hexdigest()
+    return out
+
+
+def check_resume_data(cfg: TrainConfig, ckpt: Path) -> None:
+    """Refuse to resume ``ckpt`` when a dataset file's bytes changed since it was saved (same path, other
+    contents: a rerun ``prepare``). Compares :func:`data_fingerprint` with ``trainer_state.json``'s
+    ``data_sha256``; a checkpoint without one (saved before it was recorded) is not compared.
+
+    Raises:
+        UserError: one line naming the changed file and the two ways out.
+    """
+    saved = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8")).get("data_sha256")
+    if not saved:
+        return
+    changed = [p for p, h in data_fingerprint(cfg).items() if p in saved and saved[p] != h]
+    if changed:
+        start_over = ("drop --resume_from_checkpoint and pass --overwrite_output_dir" if cfg.resume_from_checkpoint
+                      else "pass --overwrite_output_dir")
+        also = f"; so did {', '.join(changed[1:])}" if changed[1:] else ""
+        raise UserError(f"{changed[0]}: the dataset changed since {ckpt} was saved (its sha256 differs{also}); "
+                        f"put back the data the run "
+                        f"was trained on, or {start_over} to start over on the new data")
 
 
 def _clear_run(out: Path) -> None:
@@ -448,6 +518,7 @@ def _load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any) -> 
     set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", map_location="cpu", weights_only=True))
+    _follow_schedule(scheduler)
     rng_file = ckpt / "rng_state.pth"
     if rng_file.is_file():
         rng = torch.load(rng_file, weights_only=False)
@@ -456,6 +527,15 @@ def _load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any) -> 
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def _follow_schedule(scheduler: Any) -> None:
+    """Set the optimizer's lr to this run's schedule at the restored step. ``optimizer.pt`` holds the lr of the
+    schedule the checkpoint was saved under, which differs when a resume trains longer (``--max_steps`` /
+    ``--num_train_epochs``); without this the first resumed step would use it. Stepping back one step and
+    stepping again recomputes the lr through the scheduler's own (public) ``step``."""
+    scheduler.last_epoch -= 1
+    scheduler.step()
 
 
 # ---------------------------------------------------------------- the run
@@ -548,12 +628,14 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     resume = _resume_point(cfg, Path(cfg.output_dir))
     if resume is not None:
         check_resume_settings(cfg, resume)
+        check_resume_data(cfg, resume)
     if cfg.nproc_per_node > 1 and not distributed.launched():
         # --nproc_per_node N: check the user's input here (one-line errors, exit 2), then run N copies under torchrun
         prepare_data(cfg, model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code))
         return distributed.relaunch(cfg, cfg.nproc_per_node)
     recipe = TrainRecipe(cfg, callbacks, resume_hint)
-    recipe.setup(resume)
+    with _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, None, resume_hint and distributed.rank_world()[0] == 0):
+        recipe.setup(resume)
     recipe.train()
     return recipe.finish()
 
@@ -607,7 +689,8 @@ class TrainRecipe:
         self.main = self.rank == 0
 
     def setup_data(self) -> None:
-        """Tokenizer, chat template, encoded train/eval samples and the ``--val_size`` split.
+        """Tokenizer, chat template, encoded train/eval samples, the ``--val_size`` split and the data's
+        :func:`data_fingerprint` (saved in each checkpoint).
 
         Raises:
             UserError: any dataset problem (:func:`prepare_data`), or a ``--val_size`` taking every sample.
@@ -622,6 +705,7 @@ class TrainRecipe:
         self.train_idx, self.eval_idx = split_eval(len(self.enc), cfg.val_size, cfg.seed)
         if cfg.eval_dataset:
             self.eval_idx = list(range(len(self.eval_enc)))
+        self.data_sha256 = data_fingerprint(cfg)
 
     def setup_model(self) -> None:
         """Seed, load the base (quantized with ``--quantization_bit``), add LoRA, apply the speed levers
@@ -853,7 +937,7 @@ class TrainRecipe:
               "loss_sum": self._loss_sum_before() + sum(self.step_losses),
               **({"first_loss": first} if first is not None else {}),
               **{k: self.state[k] for k in ("best_eval_loss", "best_global_step") if k in self.state},
-              "world_size": self.world, "gradient_accumulation_steps": self.accum}
+              "world_size": self.world, "gradient_accumulation_steps": self.accum, "data_sha256": self.data_sha256}
         _save_checkpoint(self.out, done, self.model, self.tokenizer, self.optimizer, self.scheduler, st, self.cfg)
         return self.out / f"checkpoint-{done}"
 
@@ -1029,19 +1113,29 @@ def _data_line(enc: Any, cutoff_len: int) -> str:
 
 
 @contextlib.contextmanager
-def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, speed: Throughput, main: bool):
-    """On Ctrl-C (KeyboardInterrupt) print, on rank 0, where the run stopped and how to go on, then re-raise."""
+def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, speed: Throughput | None, main: bool):
+    """On Ctrl-C (KeyboardInterrupt) print, on rank 0, where the run stopped and how to go on, then re-raise.
+    ``speed`` is ``None`` while setting up (loading the data and model), before the first step."""
     try:
         yield
     except KeyboardInterrupt:
         if main:
-            ckpt = resumable_checkpoint(out)
-            how = (f"rerun the same command to resume from {ckpt} (step {ckpt.name.split('-')[1]})" if ckpt else
-                   f"no resumable checkpoint yet (one is saved every --save_steps {cfg.save_steps} steps"
-                   f"{' without --save_only_model' if cfg.save_only_model else ''}); rerun with "
-                   "--overwrite_output_dir to start over")
-            console.print(f"[yellow]interrupted after step {speed.done} of {speed.total}: {how}[/yellow]")
+            console.print(f"[yellow]{_interrupted_line(out, cfg, speed)}[/yellow]")
         raise
+
+
+def _interrupted_line(out: Path, cfg: TrainConfig, speed: Throughput | None) -> str:
+    ckpt = resumable_checkpoint(out)
+    when = f"after step {speed.done} of {speed.total}" if speed else "while loading, before the first step"
+    if ckpt:
+        how = f"rerun the same command to resume from {ckpt} (step {ckpt.name.split('-')[1]})"
+    elif speed is None and not (out.is_dir() and any(out.iterdir())):
+        how = f"nothing was written to {out}; rerun the same command to start"
+    else:
+        how = (f"no resumable checkpoint yet (one is saved every --save_steps {cfg.save_steps} steps"
+               f"{' without --save_only_model' if cfg.save_only_model else ''}); rerun with "
+               "--overwrite_output_dir to start over")
+    return f"interrupted {when}: {how}"
 
 
 def _hms(seconds: float) -> str:
