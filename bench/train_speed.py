@@ -70,9 +70,6 @@ STACKS = {
                                                   # (offloaded like the layer inputs) instead of running it again
     "ours-lora-mlp-4096": "fixed,memory",         # the fused LoRA MLP in pieces of 4,096 tokens instead of 2,048
     "ours-lora-mlp-1024": "fixed,memory,real_bs16,long",  # ... in pieces of 1,024
-    "ours-recompute": "real,real_bs16,fixed",     # every row recomputes its layers (no kept matmul outputs: the
-    #                                               defaults before 2026-12-06 20:30 UTC)
-    "ours-keep-every-row": "fixed,real_bs32",     # every row that fits keeps its matmul outputs; lean levers off
     "ours-lean-every-row": "real_bs16,fixed",     # the fused LoRA MLP and the offload on every row (the defaults
                                                   # of 2026-12-06 10:00-13:30 UTC), not only from 4,096 tokens
     "ours-main-1206": "loss,real_bs16,fixed,long",          # the defaults before the fused LoRA MLP and offload at every
@@ -101,8 +98,6 @@ VARIANTS = {
     "ours-no-offload": {"offload_min_tokens": None},
     "ours-no-lora-mlp": {"lora_mlp": False},
     "ours-main-1206": {"lora_mlp": False, "offload_min_tokens": 16384},
-    "ours-recompute": {"keep_below_tokens": None},
-    "ours-keep-every-row": {"keep_below_tokens": 10**9, "offload_min_tokens": None, "lora_mlp": False},
     "ours-lean-every-row": {"offload_min_tokens": 1, "lora_mlp_min_tokens": 1},
     "ours-lowmem": {"lora_mlp": False, "mlp_chunk_min_tokens": 16384},
     "ours-main-1205": {"lora_mlp": False, "offload_min_tokens": 16384, "offload_overlap": False,
@@ -393,9 +388,7 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
         losses.append(tot / n_tok)
     if warmup >= steps:  # all warm-up (a profiled run): nothing timed
         return {"last_loss": losses[-1]}
-    layers = getattr(accel._causal_lm(model), "_steam_keep", [()])[0]  # the last row's plan (accel.keep_layers)
-    return {**_timing(ends, counts, warmup, losses[-1]), "warmup_steps_s": ends[warmup - 1] - t_start,
-            "kept_layers": sum(getattr(layer, "_steam_keep_outputs", False) for layer in layers)}
+    return {**_timing(ends, counts, warmup, losses[-1]), "warmup_steps_s": ends[warmup - 1] - t_start}
 
 
 def _timing(ends, counts, warmup, last_loss) -> dict:

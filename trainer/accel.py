@@ -24,10 +24,6 @@ What `apply_fast_path(model)` does to an already-built (peft-wrapped or plain) c
   instance patch (``_apply_liger_kernel_to_instance``). Measured slower than compiled layers (and than
   plain eager) in these launch-bound steps: each Triton launch costs more host time than it saves;
   dynamo also cannot trace its autograd functions, so it excludes compilation.
-- **Kept matmul outputs for short rows** (default on with compiled layers, rows under `LEAN_MIN_TOKENS`
-  tokens): such a row's steps are host- and recompute-bound while its activations are small next to the
-  card, so as many layers as the free memory holds (`keep_layers`, planned per row) skip the recompute and
-  keep their matmul outputs for the backward (`keep_matmul_outputs`); the others recompute as before.
 - **Activation offload** (default on from `LEAN_MIN_TOKENS` tokens a batch): the
   checkpointed layer inputs (layers x tokens x hidden bf16, 6.6 GB at 32k for a 7B) go to pinned host memory
   while the forward runs and come back in the backward, the copies overlapped with compute
@@ -73,12 +69,6 @@ IGNORE_INDEX = -100
 #: and their steps are host-bound, where the levers' extra launches and copies cost speed (figures in
 #: docs/gpu.md, "Figures behind trainer/accel.py's defaults").
 LEAN_MIN_TOKENS = 4096
-
-#: Rows under `LEAN_MIN_TOKENS` tokens keep their matmul outputs for the backward (`keep_matmul_outputs`)
-#: in as many compiled decoder layers as fit in the memory left, after this share of the card's limit is set
-#: aside for the step's other transients (one layer's backward, the loss's chunks, the allocator's slack):
-#: see `plan_kept_layers`.
-KEEP_RESERVE = 0.2
 
 #: Rows of more tokens than this run each decoder layer's MLP in `MLP_CHUNKS` checkpointed pieces, eagerly
 #: (`chunk_mlp`): at 49,152 tokens one gate/up activation of a 7B is 1.73 GiB, and the backward holds several.
@@ -267,8 +257,6 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
         extra = varlen_kwargs(self, position_ids)
         attention_mask = extra.pop("attention_mask", None)
         kwargs.update(extra)
-    if getattr(self, "_steam_keep", None) is not None and self.lm_head.weight.is_cuda:
-        keep_layers(self, n_tokens, free_activation_bytes(self.lm_head.weight.device))
     with ctx, stance:
         out = getattr(self, self.base_model_prefix)(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -442,78 +430,10 @@ def recompute_everything():
     return create_selective_checkpoint_contexts(lambda ctx, op, *args, **kwargs: CheckpointPolicy.MUST_RECOMPUTE)
 
 
-def keep_matmul_outputs():
-    """``context_fn`` for ``torch.utils.checkpoint.checkpoint`` under torch.compile: the layer's matmul and
-    attention outputs stay for the backward, so it reruns none of them. Recomputed (``MUST_RECOMPUTE``):
-    bitsandbytes' dequantizations (saving them would keep a bf16 copy of every frozen weight; the backward
-    dequantizes each weight once anyway for the input gradient), upcasts to fp32 (left to the partitioner,
-    peft's fp32 copy of each LoRA input, a matmul input in the backward, would be saved: as much again as
-    the rest) and in-place ops (bitsandbytes adds the nested absmax's offset in place). Every other op is
-    ``PREFER_SAVE``: AOTAutograd's min-cut partitioner decides; it saves what is costly to recompute (the
-    bf16 sums after base and LoRA matmuls, attention's output) and recomputes cheap pointwise ops. The
-    memory this holds is `activation_bytes_per_token`. Source: torch.utils.checkpoint
-    create_selective_checkpoint_contexts; torch/_functorch/partitioners.py (``must_recompute``)."""
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-
-    def policy(ctx, op, *args, **kwargs):
-        recompute = (getattr(op, "namespace", "") == "bitsandbytes" or op._schema.is_mutable
-                     or (op is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.float32))
-        return CheckpointPolicy.MUST_RECOMPUTE if recompute else CheckpointPolicy.PREFER_SAVE
-
-    return create_selective_checkpoint_contexts(policy)
-
-
-def activation_bytes_per_token(config) -> int:
-    """Bytes one decoder layer under `keep_matmul_outputs` holds per token of a row until its backward, in
-    bf16: the saved set of its compiled graph (tests/test_accel.py reads it), which is the layer's input and
-    the residual after attention (2 x hidden), q/k/v after RoPE, attention's output and its token-major copy
-    for o_proj (3 x q + 2 x kv), the MLP's gate and up sums (2 x intermediate); norms' statistics and LoRA's
-    rank-wide outputs are left out. For Qwen2.5-7B 113,664 bytes: its 28 layers hold 3.2 MB a token."""
-    hidden = config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    q = config.num_attention_heads * head_dim
-    kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    return 2 * (2 * hidden + 3 * q + 2 * kv * head_dim + 2 * config.intermediate_size)
-
-
-def plan_kept_layers(n_layers: int, n_tokens: int, per_token: int, free_bytes: int) -> int:
-    """How many decoder layers of a row of `n_tokens` tokens keep their matmul outputs: as many as fit in
-    `free_bytes` at `per_token` bytes a token and layer (`activation_bytes_per_token`), at most `n_layers`,
-    at least 0."""
-    if n_tokens <= 0 or per_token <= 0:
-        return n_layers
-    return max(0, min(n_layers, free_bytes // (n_tokens * per_token)))
-
-
-def free_activation_bytes(device: torch.device) -> int:
-    """Device memory a step may still fill, in bytes: the process's limit (the card's total times
-    ``torch.cuda.set_per_process_memory_fraction``'s fraction) or what the device has free plus the
-    allocator's unused cache, whichever is smaller, less what is allocated now and `KEEP_RESERVE` of the
-    limit. Negative when nothing is left."""
-    free, total = torch.cuda.mem_get_info(device)
-    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
-    limit = int(total * fraction)
-    allocated = torch.cuda.memory_allocated(device)
-    cached = torch.cuda.memory_reserved(device) - allocated
-    return min(limit - allocated, free + cached) - int(KEEP_RESERVE * limit)
-
-
-def keep_layers(lm, n_tokens: int, free_bytes: int) -> int:
-    """Mark the last `plan_kept_layers` decoder layers of `lm` (set up by `_apply_keep`) to keep their matmul outputs for a row of `n_tokens` tokens, the others to recompute; rows of
-    `lm._steam_keep_below` tokens or more keep none. Returns how many keep. The last layers are the ones
-    kept: their backward runs first and frees them before the recomputing layers' transients."""
-    layers, per_token, below = lm._steam_keep
-    k = plan_kept_layers(len(layers), n_tokens, per_token, free_bytes) if n_tokens < below else 0
-    for i, layer in enumerate(layers):
-        layer._steam_keep_outputs = i >= len(layers) - k
-    return k
-
-
 def apply_fast_path(model, *, liger_kernels: bool = False, fused_loss: str | None = "auto", varlen: bool = True,
                     offload_min_tokens: int | None = LEAN_MIN_TOKENS, offload_overlap: bool = True,
                     compile_layers: bool = True, mlp_chunk_min_tokens: int | None = MLP_CHUNK_MIN_TOKENS,
-                    lora_mlp: bool = True, lora_mlp_min_tokens: int = LEAN_MIN_TOKENS,
-                    keep_below_tokens: int | None = LEAN_MIN_TOKENS) -> dict[str, str]:
+                    lora_mlp: bool = True, lora_mlp_min_tokens: int = LEAN_MIN_TOKENS) -> dict[str, str]:
     """Apply the levers above to `model` in place (after peft wrapping is fine: Liger patches forwards only).
 
     fused_loss: "auto" (Liger on CUDA with Triton, else `chunked_linear_cross_entropy`), "liger",
@@ -525,8 +445,7 @@ def apply_fast_path(model, *, liger_kernels: bool = False, fused_loss: str | Non
     liger_kernels: Liger RMSNorm/RoPE/SwiGLU (then layers are not compiled). compile_layers: compile each
     decoder layer where CUDA and Triton are present (`compile_decoder_layers`). lora_mlp: each compiled
     layer's LoRA SwiGLU MLP as one op with a hand-written, piecewise backward (trainer/lora_mlp.py), for
-    batches of at least `lora_mlp_min_tokens` tokens. keep_below_tokens: rows of fewer tokens keep their
-    matmul outputs in as many compiled layers as the free memory holds (`keep_layers`; None: never). Returns {lever: "on (...)" | "off: reason"} for the
+    batches of at least `lora_mlp_min_tokens` tokens. Returns {lever: "on (...)" | "off: reason"} for the
     run log. Never raises for a missing kernel: each lever that can't run here is reported off and the
     stock path stays.
     """
@@ -545,23 +464,7 @@ def apply_fast_path(model, *, liger_kernels: bool = False, fused_loss: str | Non
                             else "off: the fused LoRA MLPs work in pieces (long rows stay compiled)")
     report.update(_apply_fused_loss(lm, fused_loss, why_not, offload_min_tokens, offload_overlap))
     report["attention"] = _apply_varlen(lm, device) if varlen else "sdpa (varlen disabled)"
-    report["keep_outputs"] = _apply_keep(lm, keep_below_tokens, report)
     return report
-
-
-def _apply_keep(lm, below: int | None, report: dict[str, str]) -> str:
-    """Give `lm` what `keep_layers` needs when its layers are compiled with the checkpoint inside and the fused
-    loss runs its training forward (`_fused_forward` plans each row); the report line."""
-    layers = getattr(getattr(lm, getattr(lm, "base_model_prefix", ""), None), "layers", None)
-    why = ("disabled" if below is None else "layers not compiled" if not report["compile"].startswith("on")
-           else "the fused loss is off" if not report.get("fused_loss", "").startswith("on")
-           else "no activation checkpoint inside the layers"
-           if layers is None or not all(hasattr(layer, "_steam_keep_fn") for layer in layers) else None)
-    if why:
-        return f"off: {why}"
-    lm._steam_keep = (list(layers), activation_bytes_per_token(lm.config), below)
-    return (f"on (rows under {below} tokens keep matmul outputs in the layers that fit, "
-            f"{KEEP_RESERVE:.0%} of the memory set aside)")
 
 
 def _apply_liger(lm, wanted: bool, why_not: str | None) -> str:
@@ -712,7 +615,6 @@ def checkpoint_inside(layer, context_fn=None) -> bool:
     if context_fn is not None:  # transformers sets partial(torch.utils.checkpoint.checkpoint, **kwargs)
         fn = functools.partial(fn.func, *fn.args, **{**fn.keywords, "context_fn": context_fn})
     layer._steam_checkpoint_fn = fn
-    layer._steam_keep_fn = functools.partial(fn.func, *fn.args, **{**fn.keywords, "context_fn": keep_matmul_outputs})
     layer.gradient_checkpointing = False
     layer.forward = types.MethodType(_checkpointed_forward, layer)
     return True
@@ -787,13 +689,10 @@ def _dequant_linear_forward(self, x):
 
 def _checkpointed_forward(self, *args, **kwargs):
     """Instance ``forward`` set by `checkpoint_inside` (module level: one function, so all layers share
-    one compiled graph). A layer marked by `keep_layers` keeps its matmul outputs only while compiled: run
-    eagerly (a layer the compiler gave up on), `keep_matmul_outputs` would save every op's output."""
+    one compiled graph)."""
     forward = type(self).forward
     if self.training and torch.is_grad_enabled():
-        keep = getattr(self, "_steam_keep_outputs", False) and torch.compiler.is_compiling()
-        fn = self._steam_keep_fn if keep else self._steam_checkpoint_fn
-        return fn(functools.partial(forward, self, **kwargs), *args)
+        return self._steam_checkpoint_fn(functools.partial(forward, self, **kwargs), *args)
     return forward(self, *args, **kwargs)
 
 
