@@ -18,8 +18,9 @@ from steam_persona.common import persona as persona_lib
 
 
 def resolve_persona(system: str | None, info: ModelInfo) -> tuple[str | None, str]:
-    """Return ``(persona text, "" for none (``--system ''``), or None (the template's own default applies),
-    where it came from)``: ``--system``, ``export_report.json``, ``GGUF chat template`` or ``none``."""
+    """Return ``(persona, source)``. ``persona``: the text; ``""`` for none (``--system ''``: requests get an
+    empty system message); ``None`` when nothing is known (the template's own default applies). ``source``:
+    ``--system``, ``export_report.json``, ``GGUF chat template`` or ``none``."""
     exported = persona_lib.exported(info.export_report)
     chosen = persona_lib.resolve(system, gguf=exported, default=info.template_system)
     if system is not None:
