@@ -877,16 +877,19 @@ class TrainRecipe:
             with distributed.sync_grads(self.ddp, last=j == len(runs) - 1):
                 with self._autocast():
                     ls, _ = loss_sum(self.ddp, batch)
-                if not torch.isfinite(ls):
-                    raise NonFiniteError(f"{self.out}: step {step + 1}: the loss became {float(ls)}; stopped without "
-                                         "saving this step. Train in bf16 (--bf16 True) instead of fp16, or lower "
-                                         "--learning_rate")
                 scaled = ls / max(n_tok, 1)
                 if self.world > 1:  # DDP averages over ranks: × world makes it the sum over the step's tokens
                     scaled = scaled * (self.world if micro else 0)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            # read after the backward is queued: a check before it would leave the GPU idle while the host
+            # launches the backward's first kernels
+            value = ls.detach().item()
+            if not math.isfinite(value):
+                raise NonFiniteError(f"{self.out}: step {step + 1}: the loss became {value}; stopped without "
+                                     "saving this step. Train in bf16 (--bf16 True) instead of fp16, or lower "
+                                     "--learning_rate")
             if micro:
-                loss_total += ls.detach().item()
+                loss_total += value
                 tokens += int(batch["input_ids"].numel() if self.cfg.padding_free else batch["attention_mask"].sum())
                 samples += len(mb)
         return loss_total, tokens, samples
