@@ -13,7 +13,8 @@ Environment: BENCH_CONFIGS (comma list) runs only those data configurations of e
 (comma list of lengths) replaces the long-context sweep's lengths (ascending, stops at the first OOM);
 BENCH_KEEP_COMPILED=1 keeps a stack's compiled layers from one data configuration to the next (steady-state
 figures are the same, the device time of recompiling is saved); BENCH_STACK_TIMEOUT (seconds) stops a stack's process that runs longer (a hang can't eat the whole run: its
-figures so far are kept, marked ``timed_out``).
+figures so far are kept, marked ``timed_out``); BENCH_TRACE_DIR writes each profile configuration's Chrome
+trace of ours there (`trace-<configuration>.json.gz`, for a timeline view).
 
 Stacks (each in its own process, so peaks, kernel patches and allocator state don't leak):
 - baseline: HF Trainer, peft LoRA r8/alpha16 on all linear layers but lm_head, bnb nf4 + double quant,
@@ -77,6 +78,7 @@ STACKS = {
     "ours-lowmem": "loss,fixed,long",             # compiled MLPs, eager layers with chunked MLPs for rows > 16k
     "ours-main-1205": "loss,fixed,long",          # the defaults before chunked MLPs and overlapped offload
     "ours-profile": "profile,profile_real,profile_long",  # torch.profiler: where a step's time goes
+    "ours-phases": "phases,phases_real",          # unprofiled: when the host and the GPU finish each part of a step
     "unsloth-profile": "profile,profile_real,profile_long",  # the same for Unsloth
     "ours-memory": "fixed,memory",                # what is live at the peak of a fixed 1024 x 4 step (memory_profile)
     "unsloth": "loss,real_bs16,real_pf4x4,fixed,long",  # the anchor, run its recommended way (bench/unsloth_stack.py)
@@ -334,10 +336,12 @@ def run_steps(model, dataset, collator, batch_size: int, steps: int, warmup: int
 
 
 def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_free: bool, steps: int,
-             warmup: int, pad_id: int) -> dict:
+             warmup: int, pad_id: int, phases: bool = False) -> dict:
     """Train like steam_persona.trainer.train.run's loop (steam_persona.trainer.packing.collate + loss_sum, bf16 autocast, loss / step
     tokens, clip 1.0, fused AdamW, one .item() sync per micro-batch, a step's micro-batches merged
-    into rows of up to 16k tokens); time the last `steps - warmup`."""
+    into rows of up to 16k tokens); time the last `steps - warmup`. `phases`: also return ``phases``, the
+    timed steps' mean offsets (ms from the step's start) at which the host got past each part of the loop
+    (``host``) and at which the GPU finished it (``gpu``, CUDA events): where the host, not the GPU, sets the pace."""
     import torch
 
     from steam_persona.trainer import accel
@@ -355,7 +359,12 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
     ends, counts, losses = [], [], []
     t_start = time.perf_counter()
     i = 0
+    marks: list[list] = []
+    mark = ((lambda name: marks[-1].append((name, time.perf_counter(), _event()))) if phases and cuda
+            else (lambda name: None))
     for _ in range(steps):
+        marks.append([])
+        mark("start")
         micro = []
         for _ in range(accum):
             micro.append([samples[(i + k) % len(samples)] for k in range(batch_size)])
@@ -372,15 +381,20 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
         tot = 0.0
         for mb in micro:
             batch = {k: v.to(dev) for k, v in collate(mb, padding_free, pad_id).items()}
+            mark("batch")
             with torch.autocast(dev.type, dtype=torch.bfloat16):
                 ls, _ = loss_sum(model, batch)
+            mark("forward")
             (ls / n_tok).backward()
+            mark("backward")
             tot += ls.item()
             eff += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
             padded += batch["input_ids"].numel()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        mark("clip")
         opt.step()
         opt.zero_grad(set_to_none=True)
+        mark("optimizer")
         if cuda:
             torch.cuda.synchronize()
         ends.append(time.perf_counter())
@@ -388,7 +402,33 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
         losses.append(tot / n_tok)
     if warmup >= steps:  # all warm-up (a profiled run): nothing timed
         return {"last_loss": losses[-1]}
-    return {**_timing(ends, counts, warmup, losses[-1]), "warmup_steps_s": ends[warmup - 1] - t_start}
+    res = {**_timing(ends, counts, warmup, losses[-1]), "warmup_steps_s": ends[warmup - 1] - t_start}
+    if phases and cuda:
+        res["phases"] = _phase_offsets(marks[warmup:])
+    return res
+
+
+def _event():
+    import torch
+
+    e = torch.cuda.Event(enable_timing=True)
+    e.record()
+    return e
+
+
+def _phase_offsets(steps: list[list]) -> dict:
+    """{"host": {mark: ms}, "gpu": {mark: ms}}: each mark's mean offset from its step's "start" mark, on the
+    host clock and on the GPU's (a mark recorded once per micro-batch keeps its last)."""
+    host: dict[str, list] = {}
+    gpu: dict[str, list] = {}
+    for marks in steps:
+        name0, t0, e0 = marks[0]
+        last = {name: (t, e) for name, t, e in marks}
+        for name, (t, e) in last.items():
+            host.setdefault(name, []).append((t - t0) * 1e3)
+            gpu.setdefault(name, []).append(e0.elapsed_time(e))
+    mean = lambda d: {k: round(statistics.mean(v), 2) for k, v in d.items()}  # noqa: E731
+    return {"host": mean(host), "gpu": mean(gpu)}
 
 
 def _timing(ends, counts, warmup, last_loss) -> dict:
@@ -561,6 +601,12 @@ def unsloth_max_seq_length(kinds: list[str], long_lengths: list[int]) -> int:
     return max(long_lengths or [49152])
 
 
+def trace_path(config: str) -> Path | None:
+    """Where a profile configuration's Chrome trace goes: BENCH_TRACE_DIR/trace-<config>.json.gz, or None."""
+    d = os.environ.get("BENCH_TRACE_DIR")
+    return Path(d) / f"trace-{config}.json.gz" if d else None
+
+
 def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -> None:
     if stack.startswith("unsloth"):  # Unsloth patches transformers and TRL: import it before them
         sys.path.insert(0, str(REPO / "bench"))
@@ -641,8 +687,12 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
             if tiny and name == "profile_long":
                 data = fixed_samples(1, 256, vocab)
             res[name] = (unsloth_stack.profile(model, tok, data, bs, tmp, kernel_summary) if uns
-                         else profile_steps(model, data, pad, bs, 1 if name == "profile_long" else 2))
+                         else profile_steps(model, data, pad, bs, 1 if name == "profile_long" else 2,
+                                            trace_path(name)))
             out.write_text(json.dumps(res, indent=1))
+    for name, data, bs in (("phases", fixed, 4), ("phases_real", real, 16)):
+        if name in kinds:
+            record(name, lambda: run_ours(model, data, bs, 1, True, steps, warmup, pad, phases=True))
     if "fixed_padded" in kinds:
         record("fixed_padded", ours(fixed, 4, padding_free=False))
     if "long" in kinds or "long32k" in kinds:
