@@ -662,3 +662,14 @@ def _swallow(fn):
         fn()
     except httpx.TransportError:
         pass
+
+
+def test_a_streamed_completion_with_echo_starts_with_the_prompt(client):
+    # the stream left the prompt out while the non-streamed answer had it
+    body = {"prompt": "Hades is", "max_tokens": 3, "temperature": 0, "echo": True}
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    r = client.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    texts = [c["choices"][0]["text"] for c in chunks if c["choices"]]
+    assert texts[0] == "Hades is" and "".join(texts) == plain and plain.startswith("Hades is") and len(plain) > 8
+    assert len({c["id"] for c in chunks}) == 1 and chunks[-1]["usage"]["completion_tokens"] == 3
