@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any
 
-from steam_persona.serve.errors import RequestError
+from steam_persona.serve.errors import RequestError, json_type
 
 #: Inclusive ranges of the sampling fields (OpenAI's where it has one, else llama.cpp's meaning).
 _RANGES: dict[str, tuple[float, float]] = {
@@ -358,7 +358,7 @@ def check_stream_options(options: Any, stream: Any = False) -> bool:
             without ``stream: true`` (OpenAI's words), is not an object, or its ``include_usage`` not a boolean.
     """
     if stream is not None and not isinstance(stream, bool):
-        raise RequestError(f"Invalid type for 'stream': expected a boolean, but got {_json_type(stream)} instead.",
+        raise RequestError(f"Invalid type for 'stream': expected a boolean, but got {json_type(stream)} instead.",
                            param="stream", code="invalid_type")
     if options is None:
         return False
@@ -373,15 +373,6 @@ def check_stream_options(options: Any, stream: Any = False) -> bool:
         raise RequestError("'stream_options.include_usage' must be true or false",
                            param="stream_options.include_usage", code="invalid_value")
     return include
-
-
-def _json_type(value: Any) -> str:
-    """``"a string"``, ``"an integer"`` … : a JSON value's type in OpenAI's error wording."""
-    for kind, name in ((str, "a string"), (bool, "a boolean"), (int, "an integer"), (float, "a decimal"),
-                       (list, "an array"), (dict, "an object")):
-        if isinstance(value, kind):
-            return name
-    return "null"
 
 
 def check_token_ids(tokens: Any, n_vocab: int) -> None:

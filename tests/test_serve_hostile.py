@@ -673,3 +673,31 @@ def test_a_streamed_completion_with_echo_starts_with_the_prompt(client):
     texts = [c["choices"][0]["text"] for c in chunks if c["choices"]]
     assert texts[0] == "Hades is" and "".join(texts) == plain and plain.startswith("Hades is") and len(plain) > 8
     assert len({c["id"] for c in chunks}) == 1 and chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_union_fields_name_the_field_and_what_it_takes(client):
+    # pydantic's branch names leaked: param "tool_choice.literal['none','auto','required']", "stop.str",
+    # "prompt.str", and messages ending "(and 1 more problem)"
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    takes = "'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}"
+    cases = [  # (path, extra fields, code, param, message)
+        (CHAT, {"tool_choice": "REQUIRED"}, "invalid_value", "tool_choice",
+         f"Invalid value for 'tool_choice': expected {takes}."),
+        (CHAT, {"tool_choice": 5}, "invalid_type", "tool_choice",
+         f"Invalid type for 'tool_choice': expected {takes}, but got an integer instead."),
+        (CHAT, {"tools": [tool], "tool_choice": {"type": "function"}}, "missing_required_parameter", "tool_choice.function",
+         f"Missing required parameter: 'tool_choice.function' ('tool_choice' takes {takes})."),
+        (CHAT, {"tools": [tool], "tool_choice": {"type": "function", "function": {}}}, "missing_required_parameter",
+         "tool_choice.function.name", f"Missing required parameter: 'tool_choice.function.name' ('tool_choice' takes {takes})."),
+        (CHAT, {"stop": 5}, "invalid_type", "stop",
+         "Invalid type for 'stop': expected a string or an array of strings, but got an integer instead."),
+        (CHAT, {"stop": ["a", None]}, "invalid_type", "stop[1]",
+         "Invalid type for 'stop[1]': expected a string, but got null instead ('stop' takes a string or an array of strings)."),
+        ("/v1/completions", {"prompt": 5}, "invalid_type", "prompt",
+         "Invalid type for 'prompt': expected a string or an array of one string, but got an integer instead."),
+        (CHAT, {"tools": [{"type": "code_interpreter"}]}, "invalid_value", "tools[0].type",
+         "Invalid value for 'tools[0].type': expected 'function'."),
+    ]
+    for path, extra, code, param, message in cases:
+        body = {"messages": HI, **extra} if path == CHAT else extra
+        assert _error(client.post(path, json=body), 400, code, param)["message"] == message
