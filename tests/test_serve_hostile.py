@@ -347,7 +347,7 @@ def test_odd_values_found_by_an_outside_tester(client):
     (" 5", "5_0", Arabic-Indic digits), a non-object ``stream_options``, ``typical_p`` out of range;
     a completion ``suffix`` over the context was the library's own error without the code."""
     for name in ("temperature", "top_p", "n", "seed", "max_tokens", "presence_penalty"):
-        _error(client.post(CHAT, json={"messages": HI, name: True}), 400, "invalid_value", name)
+        _error(client.post(CHAT, json={"messages": HI, name: True}), 400, "invalid_type", name)
     for key in (" 5", "5_0", "\u0665", "+5"):
         _error(client.post(CHAT, json={"messages": HI, "logit_bias": {key: 1}}), 400, "invalid_value", "logit_bias")
     _error(client.post(CHAT, json={"messages": HI, "stream": True, "stream_options": "x"}), 400, "invalid_value",
@@ -701,3 +701,20 @@ def test_union_fields_name_the_field_and_what_it_takes(client):
     for path, extra, code, param, message in cases:
         body = {"messages": HI, **extra} if path == CHAT else extra
         assert _error(client.post(path, json=body), 400, code, param)["message"] == message
+
+
+def test_numbers_and_booleans_sent_as_strings_are_refused_as_openai_does(client):
+    # "0.5" was read as 0.5 for temperature, top_p, presence_penalty and seed (answered 200), while
+    # max_tokens "8" was refused; "n": "1" got "'n' must be 1"; "logprobs": "false" was read as true
+    for name, value, expected in (("temperature", "0.5", "a number"), ("top_p", "0.5", "a number"),
+                                  ("presence_penalty", "1", "a number"), ("seed", "5", "an integer"),
+                                  ("n", "1", "an integer"), ("max_tokens", "8", "an integer"),
+                                  ("top_k", 4.5, "an integer"), ("logprobs", "false", "a boolean")):
+        err = _error(client.post(CHAT, json={"messages": HI, name: value}), 400, "invalid_type", name)
+        got = "a string" if isinstance(value, str) else "a decimal"
+        assert err["message"] == f"Invalid type for '{name}': expected {expected}, but got {got} instead."
+    for name, value in (("echo", "true"), ("logprobs", "2"), ("temperature", [0.5])):
+        _error(client.post("/v1/completions", json={"prompt": "hi", name: value}), 400, "invalid_type", name)
+    ok = client.post(CHAT, json={"messages": HI, "max_tokens": 1, "temperature": 1, "top_p": 0.5, "seed": 5,
+                                 "n": 1, "logprobs": False, "top_k": 40})
+    assert ok.status_code == 200, ok.text
