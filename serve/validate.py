@@ -17,9 +17,10 @@ from typing import Any
 
 from steam_persona.serve.errors import RequestError, json_type
 
-#: Inclusive ranges of the sampling fields (OpenAI's where it has one, else llama.cpp's meaning).
+#: Inclusive ranges of the sampling fields (OpenAI's where it has one, else llama.cpp's meaning;
+#: ``top_k`` -1 is vLLM's "disabled", which llama.cpp spells 0).
 _RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "top_k": (0, 2**31 - 1),
+    "temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "top_k": (-1, 2**31 - 1),
     "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0), "repeat_penalty": (0.0, 10.0),
     "mirostat_mode": (0, 2), "mirostat_tau": (0.0, 10.0), "mirostat_eta": (0.001, 1.0),
     "min_tokens": (0, 2**31 - 1), "top_logprobs": (0, 20), "typical_p": (0.0, 1.0),
@@ -144,7 +145,10 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     for name, (low, high) in _RANGES.items():
         value = data.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
-            raise RequestError(f"'{name}' must be between {low:g} and {high:g}", param=name, code="invalid_value")
+            raise RequestError(f"'{name}' must be between {_number(low)} and {_number(high)}", param=name,
+                               code="invalid_value")
+    if data.get("top_k") == -1:
+        data["top_k"] = 0
     if data.get("repeat_penalty") == 0:  # llama.cpp divides logits by it (llama-server refuses 0, the library gives ±inf)
         raise RequestError("'repeat_penalty' must be greater than 0 (1 = no penalty)", param="repeat_penalty",
                            code="invalid_value")
@@ -153,6 +157,11 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     _drop_empty_stops(data)
     _check_stops(data.get("stop"))
     _check_logit_bias(data, n_vocab)
+
+
+def _number(value: float) -> str:
+    """A range bound as text: integers in full (``2147483647``, not ``2.14748e+09``)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _check_types(data: dict[str, Any], chat: bool) -> None:

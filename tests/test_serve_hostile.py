@@ -718,3 +718,16 @@ def test_numbers_and_booleans_sent_as_strings_are_refused_as_openai_does(client)
     ok = client.post(CHAT, json={"messages": HI, "max_tokens": 1, "temperature": 1, "top_p": 0.5, "seed": 5,
                                  "n": 1, "logprobs": False, "top_k": 40})
     assert ok.status_code == 200, ok.text
+
+
+def test_top_k_minus_one_means_disabled_and_range_errors_print_integers(client):
+    # -1 (vLLM's "disabled", sent by some client configs) was refused as "between 0 and 2.14748e+09"
+    body = {"messages": [{"role": "user", "content": "Name a game."}], "max_tokens": 6, "temperature": 1, "seed": 3}
+    disabled = client.post(CHAT, json={**body, "top_k": -1})
+    assert disabled.status_code == 200, disabled.text
+    assert disabled.json()["choices"][0]["message"] == client.post(CHAT, json={**body, "top_k": 0}).json()["choices"][0]["message"]
+    for bad in (-2, 2**31):
+        err = _error(client.post(CHAT, json={**body, "top_k": bad}), 400, "invalid_value", "top_k")
+        assert err["message"] == "'top_k' must be between -1 and 2147483647"
+    assert _error(client.post(CHAT, json={**body, "temperature": 3}), 400, "invalid_value")["message"] == \
+        "'temperature' must be between 0 and 2"
