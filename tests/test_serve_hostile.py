@@ -383,7 +383,7 @@ def test_odd_values_found_by_an_outside_tester(client):
            "unsupported_value", "tool_choice")
     err = _error(client.post("/v1/completions", json={"prompt": "hi", "suffix": "word " * 9000}), 400,
                  "context_length_exceeded", "prompt")
-    assert "in the prompt" in err["message"]
+    assert "your prompt resulted in" in err["message"] and "completion" not in err["message"].split(".")[1][:40]
     ok = client.post(CHAT, json={"messages": HI, "max_tokens": 1, "logit_bias": {"5": -100}, "seed": 2**70,
                                  "stream": True, "stream_options": {"include_usage": False}})
     assert ok.status_code == 200, ok.text
@@ -731,3 +731,12 @@ def test_top_k_minus_one_means_disabled_and_range_errors_print_integers(client):
         assert err["message"] == "'top_k' must be between -1 and 2147483647"
     assert _error(client.post(CHAT, json={**body, "temperature": 3}), 400, "invalid_value")["message"] == \
         "'temperature' must be between 0 and 2"
+
+
+def test_a_prompt_that_fills_the_context_is_refused_without_counting_a_completion(client):
+    # the message counted max_tokens "in the completion", as if prompt + max_tokens were checked
+    err = _error(client.post(CHAT, json={"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 24}),
+                 400, "context_length_exceeded", "messages")
+    assert re.fullmatch(r"This model's maximum context length is 8192 tokens\. However, your messages resulted in "
+                        r"\d+ tokens, which leaves no room for a completion\. Please reduce the length of the messages\.",
+                        err["message"]), err
