@@ -740,3 +740,17 @@ def test_a_prompt_that_fills_the_context_is_refused_without_counting_a_completio
     assert re.fullmatch(r"This model's maximum context length is 8192 tokens\. However, your messages resulted in "
                         r"\d+ tokens, which leaves no room for a completion\. Please reduce the length of the messages\.",
                         err["message"]), err
+
+
+def test_a_system_message_anywhere_replaces_the_persona(client):
+    # [user, system] got the persona inserted in front: two system turns
+    def count(messages):
+        return client.post("/extras/tokenize/chat", json={"messages": messages}).json()["count"]
+
+    late = [{"role": "user", "content": "x"}, {"role": "system", "content": "Be a pirate."}]
+    with_persona = count([{"role": "system", "content": PERSONA}, *late])
+    assert count(late) == count([{"role": "system", "content": ""}, *late]) < with_persona - 10  # nor the template's
+    assert count(late) == count([late[0], {"role": "developer", "content": "Be a pirate."}])
+    assert count([late[0]]) == count([{"role": "system", "content": PERSONA}, late[0]])  # none: the persona
+    r = client.post(CHAT, json={"messages": late, "max_tokens": 1})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == count(late)
