@@ -160,7 +160,7 @@ NOT_SERVED = ("This path is not served here; this server answers POST /v1/chat/c
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    code = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    code = {401: "invalid_api_key", 404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
     message = NOT_SERVED if exc.status_code == 404 and exc.detail == "Not Found" else str(exc.detail)
     return JSONResponse(error_body(message, type=kind, code=code), status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))

@@ -129,7 +129,11 @@ class SteamMiddleware:
             raise RequestError("Send the API key as 'Authorization: Bearer KEY', never in the URL "
                                "(URLs end up in logs and browser history)", status=401, code="invalid_api_key")
         if self.api_key and scope["method"] != "OPTIONS" and scope["path"] not in OPEN_PATHS:
-            if not auth.key_ok(auth.presented_key(scope["headers"]), self.api_key):
+            presented = auth.presented_key(scope["headers"])
+            if not presented:
+                raise RequestError("You didn't provide an API key; send it as 'Authorization: Bearer KEY'",
+                                   status=401, code="invalid_api_key")
+            if not auth.key_ok(presented, self.api_key):
                 raise RequestError("Incorrect API key provided; send it as 'Authorization: Bearer KEY'",
                                    status=401, code="invalid_api_key")
 

@@ -108,7 +108,7 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
 
     Raises:
         RequestError: 400 naming the field: ``invalid_type`` for a value of the wrong JSON type
-            (:func:`_check_types`), ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
+            (:func:`_check_types`), ``top_logprobs`` without ``logprobs``, ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
             no ``prompt`` (completions), a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
             range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, more than
             :data:`MAX_STOPS` ``stop`` strings or one over :data:`MAX_STOP_CHARS` characters, a
@@ -125,6 +125,9 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
         # llama.cpp needs logits_all=True for them (n_ctx × n_vocab floats); it would fail mid-stream
         raise RequestError("logprobs are not served by this server (they need logits_all); drop 'logprobs'",
                            param="logprobs", code="unsupported_parameter")
+    if chat and data.get("top_logprobs") and not data.get("logprobs"):  # OpenAI: 400 too
+        raise RequestError("'top_logprobs' needs 'logprobs': true (and logprobs are not served here); drop "
+                           "'top_logprobs'", param="top_logprobs", code="invalid_value")
     prompt = data.get("prompt")
     if not chat and prompt is None:  # the library's default is "", which is a prompt
         raise RequestError("Missing required parameter: 'prompt'", param="prompt", code="missing_required_parameter")

@@ -437,7 +437,7 @@ def test_trailing_slashes_are_served_without_redirects(client):
     alias = listed.json()["data"][0]["id"]
     assert client.get(f"/v1/models/{alias}/").json()["id"] == alias
     assert httpx.get(f"{client.base_url}/health/").json()["status"] == "ok"  # open, like /health
-    _error(client.get("/v1/nothing/"), 404, "not_found")
+    _error(client.get("/v1/nothing/"), 404, "unknown_url")
     assert not any(300 <= client.request(m, p).status_code < 400 for m, p in [("GET", "/v1/"), ("GET", "/v1/chat/")])
 
 
@@ -754,3 +754,22 @@ def test_a_system_message_anywhere_replaces_the_persona(client):
     assert count([late[0]]) == count([{"role": "system", "content": PERSONA}, late[0]])  # none: the persona
     r = client.post(CHAT, json={"messages": late, "max_tokens": 1})
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == count(late)
+
+
+def test_small_openai_differences_a_trial_found(server, client):
+    # accepted before: top_logprobs without logprobs, an empty content-parts list; a missing key was
+    # "Incorrect API key provided"; unknown paths had code "not_found" (OpenAI: "unknown_url")
+    _error(client.post(CHAT, json={"messages": HI, "top_logprobs": 2}), 400, "invalid_value", "top_logprobs")
+    err = _error(client.post(CHAT, json={"messages": [{"role": "user", "content": []}]}), 400, "empty_array",
+                 "messages[0].content")
+    assert err["message"] == ("Invalid 'messages[0].content': empty array. Expected an array with minimum length 1, "
+                              "but got an empty array instead.")
+    for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": f"Basic {KEY}"}):
+        r = httpx.post(f"{server.base_url}{CHAT}", json={"messages": HI}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert r.json()["error"]["message"] == "You didn't provide an API key; send it as 'Authorization: Bearer KEY'"
+    wrong = httpx.post(f"{server.base_url}{CHAT}", json={"messages": HI}, headers={"Authorization": "Bearer nope"})
+    assert wrong.json()["error"]["message"].startswith("Incorrect API key provided")
+    _error(client.post("/v1/responses", json={"input": "hi"}), 404, "unknown_url")
+    ok = client.post(CHAT, json={"messages": HI, "top_logprobs": 0, "max_tokens": 1})
+    assert ok.status_code == 200, ok.text
