@@ -116,7 +116,8 @@ def from_validation_error(exc: Any) -> RequestError:
     first = errors[0]
     if any(_is_branch(p) for p in first.get("loc", ())):
         field = _loc(first["loc"])
-        branches = [e for e in errors if _loc(e["loc"]) == field or _loc(e["loc"]).startswith((field + ".", field + "["))]
+        branches = [e for e in errors if _loc(e["loc"]) == field
+                    or _loc(e["loc"]).startswith((field + ".", field + "["))]
         deepest = max(branches, key=lambda e: len(_loc(e["loc"])))
         if _loc(deepest["loc"]) == field:
             return _union_error(field, first.get("input"), branches)

@@ -108,7 +108,8 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
 
     Raises:
         RequestError: 400 naming the field: ``invalid_type`` for a value of the wrong JSON type
-            (:func:`_check_types`), ``top_logprobs`` without ``logprobs``, ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
+            (:func:`_check_types`), ``top_logprobs`` without ``logprobs``, ``n``/``best_of`` ≠ 1,
+            logprobs (need ``logits_all``),
             no ``prompt`` (completions), a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
             range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, more than
             :data:`MAX_STOPS` ``stop`` strings or one over :data:`MAX_STOP_CHARS` characters, a

@@ -685,14 +685,17 @@ def test_union_fields_name_the_field_and_what_it_takes(client):
          f"Invalid value for 'tool_choice': expected {takes}."),
         (CHAT, {"tool_choice": 5}, "invalid_type", "tool_choice",
          f"Invalid type for 'tool_choice': expected {takes}, but got an integer instead."),
-        (CHAT, {"tools": [tool], "tool_choice": {"type": "function"}}, "missing_required_parameter", "tool_choice.function",
+        (CHAT, {"tools": [tool], "tool_choice": {"type": "function"}}, "missing_required_parameter",
+         "tool_choice.function",
          f"Missing required parameter: 'tool_choice.function' ('tool_choice' takes {takes})."),
         (CHAT, {"tools": [tool], "tool_choice": {"type": "function", "function": {}}}, "missing_required_parameter",
-         "tool_choice.function.name", f"Missing required parameter: 'tool_choice.function.name' ('tool_choice' takes {takes})."),
+         "tool_choice.function.name",
+         f"Missing required parameter: 'tool_choice.function.name' ('tool_choice' takes {takes})."),
         (CHAT, {"stop": 5}, "invalid_type", "stop",
          "Invalid type for 'stop': expected a string or an array of strings, but got an integer instead."),
         (CHAT, {"stop": ["a", None]}, "invalid_type", "stop[1]",
-         "Invalid type for 'stop[1]': expected a string, but got null instead ('stop' takes a string or an array of strings)."),
+         "Invalid type for 'stop[1]': expected a string, but got null instead "
+         "('stop' takes a string or an array of strings)."),
         ("/v1/completions", {"prompt": 5}, "invalid_type", "prompt",
          "Invalid type for 'prompt': expected a string or an array of one string, but got an integer instead."),
         (CHAT, {"tools": [{"type": "code_interpreter"}]}, "invalid_value", "tools[0].type",
@@ -725,7 +728,8 @@ def test_top_k_minus_one_means_disabled_and_range_errors_print_integers(client):
     body = {"messages": [{"role": "user", "content": "Name a game."}], "max_tokens": 6, "temperature": 1, "seed": 3}
     disabled = client.post(CHAT, json={**body, "top_k": -1})
     assert disabled.status_code == 200, disabled.text
-    assert disabled.json()["choices"][0]["message"] == client.post(CHAT, json={**body, "top_k": 0}).json()["choices"][0]["message"]
+    off = client.post(CHAT, json={**body, "top_k": 0}).json()
+    assert disabled.json()["choices"][0]["message"] == off["choices"][0]["message"]
     for bad in (-2, 2**31):
         err = _error(client.post(CHAT, json={**body, "top_k": bad}), 400, "invalid_value", "top_k")
         assert err["message"] == "'top_k' must be between -1 and 2147483647"
@@ -738,7 +742,8 @@ def test_a_prompt_that_fills_the_context_is_refused_without_counting_a_completio
     err = _error(client.post(CHAT, json={"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 24}),
                  400, "context_length_exceeded", "messages")
     assert re.fullmatch(r"This model's maximum context length is 8192 tokens\. However, your messages resulted in "
-                        r"\d+ tokens, which leaves no room for a completion\. Please reduce the length of the messages\.",
+                        r"\d+ tokens, which leaves no room for a completion\. "
+                        r"Please reduce the length of the messages\.",
                         err["message"]), err
 
 
