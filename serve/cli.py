@@ -45,7 +45,8 @@ class ServeConfig:
     n_batch: int = LlamaCppArguments.use("n_batch")
     system: str | None = DataArguments.use(
         "system", unset="the export's persona (export_report.json), else the GGUF chat template's default")
-    persona_mode: str = arg("replace", "A client system message replaces the persona or is appended to it.",
+    persona_mode: str = arg("replace", "A client system message (first or not) replaces the persona, or "
+                                       "follows it (prepend).",
                             choices=("replace", "prepend"))
     flash_attn: bool = LlamaCppArguments.use("flash_attn")
     max_request_bytes: int = arg(0, "Largest request body in bytes (413 above); 0 = 64 bytes per context token, "

@@ -65,23 +65,92 @@ def error_bytes(err: RequestError) -> bytes:
     return json.dumps(err.body(), ensure_ascii=False).encode("utf-8")
 
 
+#: What a union-typed request field takes, in OpenAI's terms (pydantic's messages name its branches).
+_EXPECTED = {
+    "tool_choice": "'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+    "function_call": "'none', 'auto' or {\"name\": ...}",
+    "stop": "a string or an array of strings",
+    "prompt": "a string or an array of one string",
+}
+#: pydantic error types that mean "wrong JSON type" → what was expected, in OpenAI's words.
+_TYPES = {"string_type": "a string", "float_type": "a number", "float_parsing": "a number", "int_type": "an integer",
+          "int_parsing": "an integer", "int_from_float": "an integer", "bool_type": "a boolean",
+          "bool_parsing": "a boolean", "list_type": "an array", "dict_type": "an object", "model_type": "an object"}
+#: Type names pydantic puts into an error's ``loc`` for the branch of a union (``"str"``, ``"list[str]"``).
+_BRANCH_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def json_type(value: Any) -> str:
+    """``"a string"``, ``"an integer"`` … : a JSON value's type in OpenAI's error wording."""
+    for kind, name in ((str, "a string"), (bool, "a boolean"), (int, "an integer"), (float, "a decimal"),
+                       (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return "null"
+
+
+def _is_branch(part: Any) -> bool:
+    """Whether a ``loc`` part names a union branch (``"literal['none','auto']"``, ``"list[str]"``, a
+    model class name) rather than a request field or index."""
+    return isinstance(part, str) and ("[" in part or part[:1].isupper() or part in _BRANCH_NAMES)
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+    """The request field path a client wrote (``tools[0].function.name``) of a pydantic ``loc``,
+    without its union branch names."""
     out = ""
-    for p in parts:
+    for p in (str(p) for p in loc if p != "body" and not _is_branch(p)):
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
     return out or "body"
 
 
 def from_validation_error(exc: Any) -> RequestError:
-    """A 400 ``invalid_value`` naming the first bad field of a pydantic ``ValidationError``."""
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    param = _loc(tuple(first.get("loc", ())))
-    msg = f"{param}: {first.get('msg', 'invalid value')}"
-    if len(errors) > 1:
-        msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return RequestError(msg, param=param, code="invalid_value")
+    """A 400 for the first bad field of a pydantic ``ValidationError``, in OpenAI's words and codes
+    (``invalid_type``, ``invalid_value``, ``missing_required_parameter``), ``param`` the field's path.
+
+    A union field (``tool_choice``, ``stop``, ``prompt``) gets one error per branch; the one that went
+    deepest (the branch whose type the value had: ``tool_choice.function.name`` missing from an
+    object) is reported, or, when none did, what the field takes (:data:`_EXPECTED`).
+    """
+    errors = exc.errors() or [{"loc": (), "msg": "invalid request", "type": "value_error"}]
+    first = errors[0]
+    if any(_is_branch(p) for p in first.get("loc", ())):
+        field = _loc(first["loc"])
+        branches = [e for e in errors if _loc(e["loc"]) == field
+                    or _loc(e["loc"]).startswith((field + ".", field + "["))]
+        deepest = max(branches, key=lambda e: len(_loc(e["loc"])))
+        if _loc(deepest["loc"]) == field:
+            return _union_error(field, first.get("input"), branches)
+        first = deepest
+    return _field_error(_loc(tuple(first.get("loc", ()))), first)
+
+
+def _union_error(field: str, value: Any, branches: list[dict[str, Any]]) -> RequestError:
+    expected = _EXPECTED.get(field) or " or ".join(dict.fromkeys(_expected(e) for e in branches))
+    if isinstance(value, str) and any(e["type"] == "literal_error" for e in branches):
+        return RequestError(f"Invalid value for '{field}': expected {expected}.", param=field, code="invalid_value")
+    return RequestError(f"Invalid type for '{field}': expected {expected}, but got {json_type(value)} instead.",
+                        param=field, code="invalid_type")
+
+
+def _field_error(param: str, error: dict[str, Any]) -> RequestError:
+    kind = error.get("type")
+    top = param.split(".")[0].split("[")[0]
+    hint = f" ('{top}' takes {_EXPECTED[top]})" if top in _EXPECTED and top != param else ""
+    if kind == "missing":
+        return RequestError(f"Missing required parameter: '{param}'{hint}.", param=param,
+                            code="missing_required_parameter")
+    if kind in _TYPES:
+        return RequestError(f"Invalid type for '{param}': expected {_TYPES[kind]}, but got "
+                            f"{json_type(error.get('input'))} instead{hint}.", param=param, code="invalid_type")
+    return RequestError(f"Invalid value for '{param}': expected {_expected(error)}{hint}.", param=param,
+                        code="invalid_value")
+
+
+def _expected(error: dict[str, Any]) -> str:
+    """What a pydantic error says the value should be (``"'function'"``, ``"a valid string"``)."""
+    msg = str(error.get("msg", "a valid value"))
+    return _TYPES.get(error.get("type"), msg.removeprefix("Input should be ").removeprefix("Value error, "))
 
 
 #: The message of a 404 for a path no route serves (OpenAI endpoints such as ``/v1/responses`` or
@@ -92,7 +161,7 @@ NOT_SERVED = ("This path is not served here; this server answers POST /v1/chat/c
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    code = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    code = {401: "invalid_api_key", 404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
     message = NOT_SERVED if exc.status_code == 404 and exc.detail == "Not Found" else str(exc.detail)
     return JSONResponse(error_body(message, type=kind, code=code), status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))

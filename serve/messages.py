@@ -25,7 +25,7 @@ def normalise_messages(messages: Any) -> list[dict[str, Any]]:
     Raises:
         RequestError: 400 naming the message or part, with OpenAI's codes for these mistakes:
             ``invalid_type`` when ``messages`` is not a list or a message not an object,
-            ``empty_array`` for ``[]``, ``invalid_value`` for an unknown ``role``,
+            ``empty_array`` for ``[]`` (``messages`` or a ``content``), ``invalid_value`` for an unknown ``role``,
             ``missing_required_parameter`` for a message other than the assistant's without
             ``content`` (``null`` is accepted) or a ``tool`` message without ``tool_call_id``,
             ``invalid_type`` for a ``content`` that is neither a string, a list of parts nor null, and
@@ -56,6 +56,9 @@ def _normalise(msg: Any, where: str) -> dict[str, Any]:
     content = msg.get("content")
     if content is None:
         content = ""
+    elif content == []:
+        raise RequestError(f"Invalid '{where}.content': empty array. Expected an array with minimum length 1, "
+                           "but got an empty array instead.", param=f"{where}.content", code="empty_array")
     elif isinstance(content, list):
         content = _join_parts(content, f"{where}.content")
     elif not isinstance(content, str):

@@ -129,7 +129,11 @@ class SteamMiddleware:
             raise RequestError("Send the API key as 'Authorization: Bearer KEY', never in the URL "
                                "(URLs end up in logs and browser history)", status=401, code="invalid_api_key")
         if self.api_key and scope["method"] != "OPTIONS" and scope["path"] not in OPEN_PATHS:
-            if not auth.key_ok(auth.presented_key(scope["headers"]), self.api_key):
+            presented = auth.presented_key(scope["headers"])
+            if not presented:
+                raise RequestError("You didn't provide an API key; send it as 'Authorization: Bearer KEY'",
+                                   status=401, code="invalid_api_key")
+            if not auth.key_ok(presented, self.api_key):
                 raise RequestError("Incorrect API key provided; send it as 'Authorization: Bearer KEY'",
                                    status=401, code="invalid_api_key")
 
@@ -151,7 +155,7 @@ class SteamMiddleware:
         if path in (_CHAT, CHAT_COUNT):
             messages = normalise_messages(data.get("messages"))
             if len(messages) >= self.served.n_ctx:  # every message takes at least one template token
-                raise self._overflow(len(messages), data)
+                raise self._overflow(len(messages), data, at_least=True)
             data["messages"] = apply_persona(arguments_as_objects(messages), self.persona, self.persona_mode)
         if path == "/extras/detokenize":
             check_token_ids(data.get("tokens"), self.served.n_vocab)
@@ -254,13 +258,16 @@ class SteamMiddleware:
             raise self._overflow(n_prompt, data)
         return n_prompt
 
-    def _overflow(self, n_prompt: int, data: dict[str, Any]) -> RequestError:
-        max_tokens = data.get("max_tokens") if isinstance(data.get("max_tokens"), int) else 0
+    def _overflow(self, n_prompt: int, data: dict[str, Any], at_least: bool = False) -> RequestError:
+        """400 ``context_length_exceeded``: the prompt alone fills the context. The completion is not
+        counted: a generation that reaches the context's end stops there with ``finish_reason``
+        "length" (clients such as Dify send a large ``max_tokens`` by default). ``at_least``: ``n_prompt``
+        is a lower bound (one token a message, counted before rendering)."""
         where = "messages" if "messages" in data else "prompt"
         return RequestError(
-            f"This model's maximum context length is {self.served.n_ctx} tokens. However, you requested "
-            f"{n_prompt + max_tokens} tokens ({n_prompt} in the {where}, {max_tokens} in the completion). "
-            f"Please reduce the length of the {where} or completion.",
+            f"This model's maximum context length is {self.served.n_ctx} tokens. However, your {where} resulted in "
+            f"{'at least ' if at_least else ''}{n_prompt} tokens, which leaves no room for a completion. "
+            f"Please reduce the length of the {where}.",
             param=where, code="context_length_exceeded")
 
 

@@ -185,8 +185,9 @@ def _complete(served: Served, body: Any, create: Callable[..., Any]) -> Any:
     result = create(**_kwargs(body, served.llama))
     if body.stream:
         completion = isinstance(body, CreateCompletionRequest)
-        return _refuse_unstarted(served, served.handler.with_usage(result) if completion and INCLUDE_USAGE.get()
-                                 else result)
+        chunks = _refuse_unstarted(served, served.handler.with_usage(result) if completion and INCLUDE_USAGE.get()
+                                   else result)
+        return _echoed(body.prompt, chunks) if completion and body.echo and body.prompt else chunks
     _check_started(served)
     text = served.handler.completed_text(body.stop)
     choice = result["choices"][0]
@@ -221,6 +222,19 @@ def _refuse_unstarted(served: Served, chunks: Iterator[dict[str, Any]]) -> Itera
     except RequestError:
         getattr(it, "close", lambda: None)()
         raise
+    yield first
+    yield from it
+
+
+def _echoed(prompt: str, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """A completion stream with ``echo``: a chunk carrying ``prompt`` first (as OpenAI's legacy API and
+    the non-streamed answer do; the library's stream leaves it out), its ``id``, ``created`` and
+    ``model`` those of the stream's first chunk."""
+    it = iter(chunks)
+    first = next(it, None)
+    if first is None:
+        return
+    yield {**first, "choices": [{"text": prompt, "index": 0, "logprobs": None, "finish_reason": None}]}
     yield first
     yield from it
 

@@ -15,18 +15,23 @@ import math
 import re
 from typing import Any
 
-from steam_persona.serve.errors import RequestError
+from steam_persona.serve.errors import RequestError, json_type
 
-#: Inclusive ranges of the sampling fields (OpenAI's where it has one, else llama.cpp's meaning).
+#: Inclusive ranges of the sampling fields (OpenAI's where it has one, else llama.cpp's meaning;
+#: ``top_k`` -1 is vLLM's "disabled", which llama.cpp spells 0).
 _RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "top_k": (0, 2**31 - 1),
+    "temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "top_k": (-1, 2**31 - 1),
     "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0), "repeat_penalty": (0.0, 10.0),
     "mirostat_mode": (0, 2), "mirostat_tau": (0.0, 10.0), "mirostat_eta": (0.001, 1.0),
     "min_tokens": (0, 2**31 - 1), "top_logprobs": (0, 20), "typical_p": (0.0, 1.0),
 }
-#: Number fields of the chat and completion requests: JSON ``true``/``false`` is not a number there
-#: (pydantic's lax mode would read ``"temperature": true`` as 1.0).
-_NUMBERS = (*_RANGES, "n", "best_of", "seed", "max_tokens", "max_completion_tokens", "tfs_z")
+#: Integer fields of the chat and completion requests (``logprobs`` too, on /v1/completions).
+_INTEGERS = ("n", "best_of", "seed", "max_tokens", "max_completion_tokens", "top_k", "min_tokens", "top_logprobs",
+             "mirostat_mode")
+#: Number fields (integers or decimals).
+_NUMBERS = (*(name for name in _RANGES if name not in _INTEGERS), "tfs_z")
+#: Boolean fields (``logprobs`` too, on /v1/chat/completions; ``stream``: :func:`check_stream_options`).
+_BOOLEANS = ("echo", "parallel_tool_calls")
 #: A token id as a ``logit_bias`` key: ASCII digits only (``int()`` also takes " 5", "5_0" and "٥").
 _TOKEN_ID = re.compile(r"-?[0-9]+")
 #: OpenAI's default ``max_tokens`` for /v1/completions (chat has none: the server cap applies).
@@ -102,7 +107,9 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     type); a function without ``parameters`` takes none; a JSON schema's root ``$ref`` is resolved.
 
     Raises:
-        RequestError: 400 naming the field: ``true``/``false`` for a number, ``n``/``best_of`` ≠ 1, logprobs (need ``logits_all``),
+        RequestError: 400 naming the field: ``invalid_type`` for a value of the wrong JSON type
+            (:func:`_check_types`), ``top_logprobs`` without ``logprobs``, ``n``/``best_of`` ≠ 1,
+            logprobs (need ``logits_all``),
             no ``prompt`` (completions), a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
             range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, more than
             :data:`MAX_STOPS` ``stop`` strings or one over :data:`MAX_STOP_CHARS` characters, a
@@ -110,10 +117,7 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
             ``json_schema`` response format without a schema object, or a schema whose root ``$ref``
             cannot be resolved.
     """
-    for name in _NUMBERS:
-        if isinstance(data.get(name), bool):
-            raise RequestError(f"'{name}' must be a number, not {str(data[name]).lower()}", param=name,
-                               code="invalid_value")
+    _check_types(data, chat)
     for name in ("n", "best_of"):
         if data.get(name) not in (None, 1):
             raise RequestError(f"'{name}' must be 1: this server generates one choice per request; "
@@ -122,6 +126,9 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
         # llama.cpp needs logits_all=True for them (n_ctx × n_vocab floats); it would fail mid-stream
         raise RequestError("logprobs are not served by this server (they need logits_all); drop 'logprobs'",
                            param="logprobs", code="unsupported_parameter")
+    if chat and data.get("top_logprobs") and not data.get("logprobs"):  # OpenAI: 400 too
+        raise RequestError("'top_logprobs' needs 'logprobs': true (and logprobs are not served here); drop "
+                           "'top_logprobs'", param="top_logprobs", code="invalid_value")
     prompt = data.get("prompt")
     if not chat and prompt is None:  # the library's default is "", which is a prompt
         raise RequestError("Missing required parameter: 'prompt'", param="prompt", code="missing_required_parameter")
@@ -142,7 +149,10 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     for name, (low, high) in _RANGES.items():
         value = data.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
-            raise RequestError(f"'{name}' must be between {low:g} and {high:g}", param=name, code="invalid_value")
+            raise RequestError(f"'{name}' must be between {_number(low)} and {_number(high)}", param=name,
+                               code="invalid_value")
+    if data.get("top_k") == -1:
+        data["top_k"] = 0
     if data.get("repeat_penalty") == 0:  # llama.cpp divides logits by it (llama-server refuses 0, the library gives ±inf)
         raise RequestError("'repeat_penalty' must be greater than 0 (1 = no penalty)", param="repeat_penalty",
                            code="invalid_value")
@@ -151,6 +161,28 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     _drop_empty_stops(data)
     _check_stops(data.get("stop"))
     _check_logit_bias(data, n_vocab)
+
+
+def _number(value: float) -> str:
+    """A range bound as text: integers in full (``2147483647``, not ``2.14748e+09``)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _check_types(data: dict[str, Any], chat: bool) -> None:
+    """Refuse a number or boolean field of another JSON type, as OpenAI does (400 ``invalid_type``):
+    pydantic's lax mode read ``"0.5"`` and ``true`` as numbers and ``"false"`` as a true ``logprobs``.
+
+    Raises:
+        RequestError: 400 ``invalid_type`` naming the first such field.
+    """
+    integers, booleans = (*_INTEGERS, *(() if chat else ("logprobs",))), (*_BOOLEANS, *(("logprobs",) if chat else ()))
+    for names, kinds, expected in ((integers, int, "an integer"), (_NUMBERS, (int, float), "a number"),
+                                   (booleans, bool, "a boolean")):
+        for name in names:
+            value = data.get(name)
+            if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool)):
+                raise RequestError(f"Invalid type for '{name}': expected {expected}, but got {json_type(value)} "
+                                   "instead.", param=name, code="invalid_type")
 
 
 def _drop_empty_stops(data: dict[str, Any]) -> None:
@@ -315,8 +347,6 @@ def _max_tokens(data: dict[str, Any], cap: int, default: int) -> int:
         value = data.pop(name, None)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RequestError(f"'{name}' must be an integer", param=name, code="invalid_value")
         if value <= 0:
             raise RequestError(f"'{name}' must be at least 1", param=name, code="invalid_value")
         values.append(value)
@@ -358,7 +388,7 @@ def check_stream_options(options: Any, stream: Any = False) -> bool:
             without ``stream: true`` (OpenAI's words), is not an object, or its ``include_usage`` not a boolean.
     """
     if stream is not None and not isinstance(stream, bool):
-        raise RequestError(f"Invalid type for 'stream': expected a boolean, but got {_json_type(stream)} instead.",
+        raise RequestError(f"Invalid type for 'stream': expected a boolean, but got {json_type(stream)} instead.",
                            param="stream", code="invalid_type")
     if options is None:
         return False
@@ -373,15 +403,6 @@ def check_stream_options(options: Any, stream: Any = False) -> bool:
         raise RequestError("'stream_options.include_usage' must be true or false",
                            param="stream_options.include_usage", code="invalid_value")
     return include
-
-
-def _json_type(value: Any) -> str:
-    """``"a string"``, ``"an integer"`` … : a JSON value's type in OpenAI's error wording."""
-    for kind, name in ((str, "a string"), (bool, "a boolean"), (int, "an integer"), (float, "a decimal"),
-                       (list, "an array"), (dict, "an object")):
-        if isinstance(value, kind):
-            return name
-    return "null"
 
 
 def check_token_ids(tokens: Any, n_vocab: int) -> None:

@@ -347,7 +347,7 @@ def test_odd_values_found_by_an_outside_tester(client):
     (" 5", "5_0", Arabic-Indic digits), a non-object ``stream_options``, ``typical_p`` out of range;
     a completion ``suffix`` over the context was the library's own error without the code."""
     for name in ("temperature", "top_p", "n", "seed", "max_tokens", "presence_penalty"):
-        _error(client.post(CHAT, json={"messages": HI, name: True}), 400, "invalid_value", name)
+        _error(client.post(CHAT, json={"messages": HI, name: True}), 400, "invalid_type", name)
     for key in (" 5", "5_0", "\u0665", "+5"):
         _error(client.post(CHAT, json={"messages": HI, "logit_bias": {key: 1}}), 400, "invalid_value", "logit_bias")
     _error(client.post(CHAT, json={"messages": HI, "stream": True, "stream_options": "x"}), 400, "invalid_value",
@@ -383,7 +383,7 @@ def test_odd_values_found_by_an_outside_tester(client):
            "unsupported_value", "tool_choice")
     err = _error(client.post("/v1/completions", json={"prompt": "hi", "suffix": "word " * 9000}), 400,
                  "context_length_exceeded", "prompt")
-    assert "in the prompt" in err["message"]
+    assert "your prompt resulted in" in err["message"] and "completion" not in err["message"].split(".")[1][:40]
     ok = client.post(CHAT, json={"messages": HI, "max_tokens": 1, "logit_bias": {"5": -100}, "seed": 2**70,
                                  "stream": True, "stream_options": {"include_usage": False}})
     assert ok.status_code == 200, ok.text
@@ -437,7 +437,7 @@ def test_trailing_slashes_are_served_without_redirects(client):
     alias = listed.json()["data"][0]["id"]
     assert client.get(f"/v1/models/{alias}/").json()["id"] == alias
     assert httpx.get(f"{client.base_url}/health/").json()["status"] == "ok"  # open, like /health
-    _error(client.get("/v1/nothing/"), 404, "not_found")
+    _error(client.get("/v1/nothing/"), 404, "unknown_url")
     assert not any(300 <= client.request(m, p).status_code < 400 for m, p in [("GET", "/v1/"), ("GET", "/v1/chat/")])
 
 
@@ -662,3 +662,119 @@ def _swallow(fn):
         fn()
     except httpx.TransportError:
         pass
+
+
+def test_a_streamed_completion_with_echo_starts_with_the_prompt(client):
+    # the stream left the prompt out while the non-streamed answer had it
+    body = {"prompt": "Hades is", "max_tokens": 3, "temperature": 0, "echo": True}
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    r = client.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    texts = [c["choices"][0]["text"] for c in chunks if c["choices"]]
+    assert texts[0] == "Hades is" and "".join(texts) == plain and plain.startswith("Hades is") and len(plain) > 8
+    assert len({c["id"] for c in chunks}) == 1 and chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_union_fields_name_the_field_and_what_it_takes(client):
+    # pydantic's branch names leaked: param "tool_choice.literal['none','auto','required']", "stop.str",
+    # "prompt.str", and messages ending "(and 1 more problem)"
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    takes = "'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}"
+    cases = [  # (path, extra fields, code, param, message)
+        (CHAT, {"tool_choice": "REQUIRED"}, "invalid_value", "tool_choice",
+         f"Invalid value for 'tool_choice': expected {takes}."),
+        (CHAT, {"tool_choice": 5}, "invalid_type", "tool_choice",
+         f"Invalid type for 'tool_choice': expected {takes}, but got an integer instead."),
+        (CHAT, {"tools": [tool], "tool_choice": {"type": "function"}}, "missing_required_parameter",
+         "tool_choice.function",
+         f"Missing required parameter: 'tool_choice.function' ('tool_choice' takes {takes})."),
+        (CHAT, {"tools": [tool], "tool_choice": {"type": "function", "function": {}}}, "missing_required_parameter",
+         "tool_choice.function.name",
+         f"Missing required parameter: 'tool_choice.function.name' ('tool_choice' takes {takes})."),
+        (CHAT, {"stop": 5}, "invalid_type", "stop",
+         "Invalid type for 'stop': expected a string or an array of strings, but got an integer instead."),
+        (CHAT, {"stop": ["a", None]}, "invalid_type", "stop[1]",
+         "Invalid type for 'stop[1]': expected a string, but got null instead "
+         "('stop' takes a string or an array of strings)."),
+        ("/v1/completions", {"prompt": 5}, "invalid_type", "prompt",
+         "Invalid type for 'prompt': expected a string or an array of one string, but got an integer instead."),
+        (CHAT, {"tools": [{"type": "code_interpreter"}]}, "invalid_value", "tools[0].type",
+         "Invalid value for 'tools[0].type': expected 'function'."),
+    ]
+    for path, extra, code, param, message in cases:
+        body = {"messages": HI, **extra} if path == CHAT else extra
+        assert _error(client.post(path, json=body), 400, code, param)["message"] == message
+
+
+def test_numbers_and_booleans_sent_as_strings_are_refused_as_openai_does(client):
+    # "0.5" was read as 0.5 for temperature, top_p, presence_penalty and seed (answered 200), while
+    # max_tokens "8" was refused; "n": "1" got "'n' must be 1"; "logprobs": "false" was read as true
+    for name, value, expected in (("temperature", "0.5", "a number"), ("top_p", "0.5", "a number"),
+                                  ("presence_penalty", "1", "a number"), ("seed", "5", "an integer"),
+                                  ("n", "1", "an integer"), ("max_tokens", "8", "an integer"),
+                                  ("top_k", 4.5, "an integer"), ("logprobs", "false", "a boolean")):
+        err = _error(client.post(CHAT, json={"messages": HI, name: value}), 400, "invalid_type", name)
+        got = "a string" if isinstance(value, str) else "a decimal"
+        assert err["message"] == f"Invalid type for '{name}': expected {expected}, but got {got} instead."
+    for name, value in (("echo", "true"), ("logprobs", "2"), ("temperature", [0.5])):
+        _error(client.post("/v1/completions", json={"prompt": "hi", name: value}), 400, "invalid_type", name)
+    ok = client.post(CHAT, json={"messages": HI, "max_tokens": 1, "temperature": 1, "top_p": 0.5, "seed": 5,
+                                 "n": 1, "logprobs": False, "top_k": 40})
+    assert ok.status_code == 200, ok.text
+
+
+def test_top_k_minus_one_means_disabled_and_range_errors_print_integers(client):
+    # -1 (vLLM's "disabled", sent by some client configs) was refused as "between 0 and 2.14748e+09"
+    body = {"messages": [{"role": "user", "content": "Name a game."}], "max_tokens": 6, "temperature": 1, "seed": 3}
+    disabled = client.post(CHAT, json={**body, "top_k": -1})
+    assert disabled.status_code == 200, disabled.text
+    off = client.post(CHAT, json={**body, "top_k": 0}).json()
+    assert disabled.json()["choices"][0]["message"] == off["choices"][0]["message"]
+    for bad in (-2, 2**31):
+        err = _error(client.post(CHAT, json={**body, "top_k": bad}), 400, "invalid_value", "top_k")
+        assert err["message"] == "'top_k' must be between -1 and 2147483647"
+    assert _error(client.post(CHAT, json={**body, "temperature": 3}), 400, "invalid_value")["message"] == \
+        "'temperature' must be between 0 and 2"
+
+
+def test_a_prompt_that_fills_the_context_is_refused_without_counting_a_completion(client):
+    # the message counted max_tokens "in the completion", as if prompt + max_tokens were checked
+    err = _error(client.post(CHAT, json={"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 24}),
+                 400, "context_length_exceeded", "messages")
+    assert re.fullmatch(r"This model's maximum context length is 8192 tokens\. However, your messages resulted in "
+                        r"\d+ tokens, which leaves no room for a completion\. "
+                        r"Please reduce the length of the messages\.",
+                        err["message"]), err
+
+
+def test_a_system_message_anywhere_replaces_the_persona(client):
+    # [user, system] got the persona inserted in front: two system turns
+    def count(messages):
+        return client.post("/extras/tokenize/chat", json={"messages": messages}).json()["count"]
+
+    late = [{"role": "user", "content": "x"}, {"role": "system", "content": "Be a pirate."}]
+    with_persona = count([{"role": "system", "content": PERSONA}, *late])
+    assert count(late) == count([{"role": "system", "content": ""}, *late]) < with_persona - 10  # nor the template's
+    assert count(late) == count([late[0], {"role": "developer", "content": "Be a pirate."}])
+    assert count([late[0]]) == count([{"role": "system", "content": PERSONA}, late[0]])  # none: the persona
+    r = client.post(CHAT, json={"messages": late, "max_tokens": 1})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == count(late)
+
+
+def test_small_openai_differences_a_trial_found(server, client):
+    # accepted before: top_logprobs without logprobs, an empty content-parts list; a missing key was
+    # "Incorrect API key provided"; unknown paths had code "not_found" (OpenAI: "unknown_url")
+    _error(client.post(CHAT, json={"messages": HI, "top_logprobs": 2}), 400, "invalid_value", "top_logprobs")
+    err = _error(client.post(CHAT, json={"messages": [{"role": "user", "content": []}]}), 400, "empty_array",
+                 "messages[0].content")
+    assert err["message"] == ("Invalid 'messages[0].content': empty array. Expected an array with minimum length 1, "
+                              "but got an empty array instead.")
+    for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": f"Basic {KEY}"}):
+        r = httpx.post(f"{server.base_url}{CHAT}", json={"messages": HI}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert r.json()["error"]["message"] == "You didn't provide an API key; send it as 'Authorization: Bearer KEY'"
+    wrong = httpx.post(f"{server.base_url}{CHAT}", json={"messages": HI}, headers={"Authorization": "Bearer nope"})
+    assert wrong.json()["error"]["message"].startswith("Incorrect API key provided")
+    _error(client.post("/v1/responses", json={"input": "hi"}), 404, "unknown_url")
+    ok = client.post(CHAT, json={"messages": HI, "top_logprobs": 0, "max_tokens": 1})
+    assert ok.status_code == 200, ok.text

@@ -637,3 +637,22 @@ def test_a_stream_waiting_for_a_slot_starts_after_5_s_and_ends_with_shutdowns_er
     assert head < 6 and [json.loads(line[6:])["error"]["code"] for _, line in lines] == ["shutting_down"], lines
     hog_lines = out["hog2"][1]
     assert hog_lines[-1][1] == "data: [DONE]" and json.loads(hog_lines[-2][1][6:])["choices"][0]["finish_reason"] == "length"
+
+
+@needs_binary
+def test_a_completion_past_the_context_end_and_a_streamed_echo_on_the_engine(servers):
+    """On llama-server as on the embedded engine (tests/test_serve.py): a ``max_tokens`` reaching past
+    ``n_ctx`` (1024 here) is served and stops at the context's end with "length"; a streamed completion
+    with ``echo`` starts with the prompt (the embedded stream left it out) on both engines."""
+    engine = servers[1]
+    no_end = {"0": -100, "2": -100}  # SmolLM2's end tokens: it would stop at one before the context's end
+    out = httpx.post(f"{engine.base_url}/v1/completions", json={"prompt": "word " * 1021, "max_tokens": 100, **GREEDY,
+                                                                "logit_bias": no_end}, timeout=120).json()
+    assert 1020 <= out["usage"]["prompt_tokens"] < 1023 and out["usage"]["total_tokens"] == 1024, out
+    assert out["choices"][0]["finish_reason"] == "length"
+    echo = {"prompt": "Hades is", "max_tokens": 3, **GREEDY, "echo": True, "stream": True}
+    for server in servers:
+        r = httpx.post(f"{server.base_url}/v1/completions", json=echo, timeout=120)
+        texts = [json.loads(line[6:])["choices"][0]["text"] for line in r.text.splitlines()
+                 if line.startswith("data: {")]
+        assert texts[0] == "Hades is" and len("".join(texts)) > 8, texts

@@ -53,6 +53,9 @@ def test_apply_persona_modes():
     own = [{"role": "system", "content": "S"}, *user]
     assert apply_persona(own, "P") == own
     assert apply_persona(own, "P", "prepend")[0] == {"role": "system", "content": "P\n\nS"}
+    late = [*user, {"role": "system", "content": "S"}]
+    assert apply_persona(late, "P") == [{"role": "system", "content": ""}, *late]
+    assert apply_persona(late, "P", "prepend") == [{"role": "system", "content": "P"}, *late]
     assert apply_persona(user, None) == user
     # --system '': an empty system turn, so the template adds no default persona either; a client's own stands
     assert apply_persona(user, "") == [{"role": "system", "content": ""}, *user]
