@@ -129,10 +129,31 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     if chat and data.get("top_logprobs") and not data.get("logprobs"):  # OpenAI: 400 too
         raise RequestError("'top_logprobs' needs 'logprobs': true (and logprobs are not served here); drop "
                            "'top_logprobs'", param="top_logprobs", code="invalid_value")
+    if chat:
+        _json_schema_format(data)
+        _default_parameters(data)
+        _check_tool_choice(data)
+    else:
+        _check_prompt(data)
+    data["max_tokens"] = _max_tokens(data, max_tokens_cap, default=max_tokens_cap if chat else COMPLETION_DEFAULT)
+    _check_sampling(data)
+    if isinstance(data.get("seed"), int):
+        data["seed"] %= 2**32
+    _drop_empty_stops(data)
+    _check_stops(data.get("stop"))
+    _check_logit_bias(data, n_vocab)
+
+
+def _check_prompt(data: dict[str, Any]) -> None:
+    """A /v1/completions ``prompt``: present, text, one of it (a list of one becomes its string).
+
+    Raises:
+        RequestError: 400 for a missing prompt, token ids, or a list of more than one prompt.
+    """
     prompt = data.get("prompt")
-    if not chat and prompt is None:  # the library's default is "", which is a prompt
+    if prompt is None:  # the library's default is "", which is a prompt
         raise RequestError("Missing required parameter: 'prompt'", param="prompt", code="missing_required_parameter")
-    if not chat and isinstance(prompt, list):
+    if isinstance(prompt, list):
         if any(isinstance(p, (int, list)) for p in prompt):  # OpenAI also takes token ids; the library does not
             raise RequestError("'prompt' must be text: token-id prompts are not accepted by this server; send the "
                                "text (POST /extras/detokenize turns ids into text)", param="prompt",
@@ -141,11 +162,14 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
             raise RequestError("'prompt' may be one string (or a list of one): this server completes one prompt "
                                "per request", param="prompt", code="unsupported_parameter")
         data["prompt"] = prompt[0] if prompt else ""
-    if chat:
-        _json_schema_format(data)
-        _default_parameters(data)
-        _check_tool_choice(data)
-    data["max_tokens"] = _max_tokens(data, max_tokens_cap, default=max_tokens_cap if chat else COMPLETION_DEFAULT)
+
+
+def _check_sampling(data: dict[str, Any]) -> None:
+    """The sampling fields within `_RANGES`; ``top_k`` -1 becomes llama.cpp's 0 (disabled).
+
+    Raises:
+        RequestError: 400 ``invalid_value`` naming a field out of its range, or ``repeat_penalty`` 0.
+    """
     for name, (low, high) in _RANGES.items():
         value = data.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
@@ -156,11 +180,6 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     if data.get("repeat_penalty") == 0:  # llama.cpp divides logits by it (llama-server refuses 0, the library gives ±inf)
         raise RequestError("'repeat_penalty' must be greater than 0 (1 = no penalty)", param="repeat_penalty",
                            code="invalid_value")
-    if isinstance(data.get("seed"), int):
-        data["seed"] %= 2**32
-    _drop_empty_stops(data)
-    _check_stops(data.get("stop"))
-    _check_logit_bias(data, n_vocab)
 
 
 def _number(value: float) -> str:
