@@ -778,3 +778,19 @@ def test_small_openai_differences_a_trial_found(server, client):
     _error(client.post("/v1/responses", json={"input": "hi"}), 404, "unknown_url")
     ok = client.post(CHAT, json={"messages": HI, "top_logprobs": 0, "max_tokens": 1})
     assert ok.status_code == 200, ok.text
+
+
+def test_assistant_tool_calls_that_are_not_calls_get_400(client):
+    # "tool_calls": "oops" and items that are no calls were silently dropped by the template
+    def sent(calls):
+        return client.post(CHAT, json={"messages": [*HI, {"role": "assistant", "content": None, "tool_calls": calls},
+                                                    {"role": "user", "content": "ok"}], "max_tokens": 1})
+
+    err = _error(sent("oops"), 400, "invalid_type", "messages[1].tool_calls")
+    assert err["message"] == "Invalid type for 'messages[1].tool_calls': expected an array of objects, but got a string instead."
+    _error(sent([7]), 400, "invalid_type", "messages[1].tool_calls[0]")
+    _error(sent([{"id": "c", "type": "function", "function": {"arguments": "{}"}}]), 400, "missing_required_parameter",
+           "messages[1].tool_calls[0].function.name")
+    _error(sent([{"id": "c", "type": "function"}]), 400, "missing_required_parameter", "messages[1].tool_calls[0].function")
+    ok = sent([{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}])
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 1, ok.text

@@ -40,11 +40,26 @@ def test_normalise_joins_text_parts_and_nulls():
     ([{"role": "user", "content": 3}], "messages[0].content", "not int"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]", "text only"),
     ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0]", '"type": "text"'),
+    ([{"role": "assistant", "tool_calls": "oops"}], "messages[0].tool_calls", "expected an array of objects, but got a string"),
+    ([{"role": "assistant", "tool_calls": ["oops"]}], "messages[0].tool_calls[0]", "expected an object, but got a string"),
+    ([{"role": "assistant", "tool_calls": [{"id": "c"}]}], "messages[0].tool_calls[0].function", "Missing required"),
+    ([{"role": "assistant", "tool_calls": [{"function": 3}]}], "messages[0].tool_calls[0].function", "got an integer"),
+    ([{"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}], "messages[0].tool_calls[0].function.name",
+     "Missing required parameter: 'messages[0].tool_calls[0].function.name'."),
+    ([{"role": "assistant", "tool_calls": [{"function": {"name": ["f"]}}]}], "messages[0].tool_calls[0].function.name",
+     "expected a string, but got an array"),
 ])
 def test_normalise_rejects_with_a_400_naming_the_field(messages, param, fragment):
     with pytest.raises(RequestError) as e:
         normalise_messages(messages)
     assert e.value.status == 400 and e.value.param == param and fragment in e.value.message
+
+
+def test_assistant_tool_calls_of_openai_shape_pass_unchanged():
+    calls = [{"function": {"name": "f"}}, {"id": "c", "type": "function", "function": {"name": "g", "arguments": "{}"}}]
+    msgs = [{"role": "assistant", "content": None, "tool_calls": calls}, {"role": "user", "content": "x", "tool_calls": 1}]
+    assert normalise_messages(msgs) == [{"role": "assistant", "content": "", "tool_calls": calls}, msgs[1]]
+    assert normalise_messages([{"role": "assistant", "content": "", "tool_calls": None}])[0]["tool_calls"] is None
 
 
 def test_apply_persona_modes():
