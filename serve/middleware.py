@@ -121,13 +121,19 @@ class SteamMiddleware:
             SEEDED.reset(seeded)
 
     def _check_access(self, scope: Scope) -> None:
-        """Refuse keys in the query string (blanking it first: the access log prints it), then check
-        the key on every path but :data:`OPEN_PATHS`."""
+        """Refuse keys in the query string, with or without ``--api_key`` (blanking it first: the access
+        log prints it), then check the key on every path but :data:`OPEN_PATHS`.
+
+        Raises:
+            RequestError: 401 ``invalid_api_key``; its message says how this server takes a key.
+        """
         query = scope.get("query_string", b"").decode("latin-1")
         if query and any(name.lower() in _KEY_PARAMS for name, _ in parse_qsl(query, keep_blank_values=True)):
             scope["query_string"] = b""
-            raise RequestError("Send the API key as 'Authorization: Bearer KEY', never in the URL "
-                               "(URLs end up in logs and browser history)", status=401, code="invalid_api_key")
+            send = ("send it as 'Authorization: Bearer KEY'" if self.api_key
+                    else "this server checks no key, so send none (a server that does takes 'Authorization: Bearer KEY')")
+            raise RequestError("API keys are never taken from the query string (URLs end up in logs and browser "
+                               f"history); {send}", status=401, code="invalid_api_key")
         if self.api_key and scope["method"] != "OPTIONS" and scope["path"] not in OPEN_PATHS:
             presented = auth.presented_key(scope["headers"])
             if not presented:

@@ -794,3 +794,12 @@ def test_assistant_tool_calls_that_are_not_calls_get_400(client):
     _error(sent([{"id": "c", "type": "function"}]), 400, "missing_required_parameter", "messages[1].tool_calls[0].function")
     ok = sent([{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}])
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 1, ok.text
+
+
+def test_a_key_in_the_url_is_refused_and_never_logged(client, request_log):
+    r = client.get("/v1/models", params={"api_key": "url-secret-93"})
+    err = _error(r, 401, "invalid_api_key")
+    assert err["message"] == ("API keys are never taken from the query string (URLs end up in logs and browser "
+                              "history); send it as 'Authorization: Bearer KEY'")
+    row, = log_rows(request_log, [r.headers["x-request-id"]])
+    assert row["status"] == 401 and "url-secret-93" not in request_log.read_text(encoding="utf-8")
