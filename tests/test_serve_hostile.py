@@ -803,3 +803,15 @@ def test_a_key_in_the_url_is_refused_and_never_logged(client, request_log):
                               "history); send it as 'Authorization: Bearer KEY'")
     row, = log_rows(request_log, [r.headers["x-request-id"]])
     assert row["status"] == 401 and "url-secret-93" not in request_log.read_text(encoding="utf-8")
+
+
+def test_any_model_name_is_served_but_a_model_that_is_no_string_is_refused(client):
+    alias = client.get("/v1/models").json()["data"][0]["id"]
+    for path, body in ((CHAT, {"messages": HI}), ("/v1/completions", {"prompt": "Hi"})):
+        for model in ("gpt-4o", "", alias):
+            r = client.post(path, json={**body, "model": model, "max_tokens": 1})
+            assert r.status_code == 200 and r.json()["model"] == alias, r.text
+        for model, kind in ((5, "an integer"), (["gpt-4o"], "an array"), ({"id": "x"}, "an object")):
+            err = _error(client.post(path, json={**body, "model": model}), 400, "invalid_type", "model")
+            assert err["message"] == f"Invalid type for 'model': expected a string, but got {kind} instead."
+    _error(client.get("/v1/models/gpt-4o"), 404, "model_not_found", "model")
