@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from steam_persona.serve.errors import RequestError
+from steam_persona.serve.errors import RequestError, json_type
 
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -28,9 +28,10 @@ def normalise_messages(messages: Any) -> list[dict[str, Any]]:
             ``empty_array`` for ``[]`` (``messages`` or a ``content``), ``invalid_value`` for an unknown ``role``,
             ``missing_required_parameter`` for a message other than the assistant's without
             ``content`` (``null`` is accepted) or a ``tool`` message without ``tool_call_id``,
-            ``invalid_type`` for a ``content`` that is neither a string, a list of parts nor null, and
+            ``invalid_type`` for a ``content`` that is neither a string, a list of parts nor null,
             ``invalid_value`` / ``unsupported_content_type`` for a part that is not text (image,
-            audio and file parts are refused: this model reads text only).
+            audio and file parts are refused: this model reads text only), and, for an assistant's
+            ``tool_calls`` (see :func:`_check_tool_calls`), ``invalid_type`` / ``missing_required_parameter``.
     """
     if not isinstance(messages, list):
         raise RequestError("'messages' must be a list of {role, content} objects", param="messages",
@@ -53,6 +54,8 @@ def _normalise(msg: Any, where: str) -> dict[str, Any]:
         if needed and field not in msg:
             raise RequestError(f"Missing required parameter: '{where}.{field}'", param=f"{where}.{field}",
                                code="missing_required_parameter")
+    if role == "assistant" and msg.get("tool_calls") is not None:
+        _check_tool_calls(msg["tool_calls"], f"{where}.tool_calls")
     content = msg.get("content")
     if content is None:
         content = ""
@@ -69,6 +72,37 @@ def _normalise(msg: Any, where: str) -> dict[str, Any]:
     if content is not msg.get("content") or role != msg.get("role"):
         msg = {**msg, "role": role, "content": content}
     return msg
+
+
+def _check_tool_calls(calls: Any, where: str) -> None:
+    """Refuse an assistant's ``tool_calls`` that a chat template would skip or render as garbage: OpenAI's
+    schema (an array of ``{"id", "type", "function": {"name", "arguments"}}``) in its error codes.
+    ``id``, ``type`` and ``arguments`` are not required: clients that replay their own history omit them.
+
+    Raises:
+        RequestError: 400 ``invalid_type`` naming ``where`` (not an array), ``where[j]`` (an item not
+            an object), ``where[j].function`` (not an object) or ``where[j].function.name`` (not a
+            string); ``missing_required_parameter`` naming ``where[j].function`` or ``…function.name``.
+    """
+    if not isinstance(calls, list):
+        raise _invalid_type(where, "an array of objects", calls)
+    for j, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise _invalid_type(f"{where}[{j}]", "an object", call)
+        function = call.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        for field, value, kind in (("function", function, dict), ("function.name", name, str)):
+            param = f"{where}[{j}].{field}"
+            if value is None:
+                raise RequestError(f"Missing required parameter: '{param}'.", param=param,
+                                   code="missing_required_parameter")
+            if not isinstance(value, kind):
+                raise _invalid_type(param, "an object" if kind is dict else "a string", value)
+
+
+def _invalid_type(param: str, expected: str, value: Any) -> RequestError:
+    return RequestError(f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
+                        param=param, code="invalid_type")
 
 
 def _join_parts(parts: list[Any], where: str) -> str:

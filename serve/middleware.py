@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from steam_persona.serve import auth
 from steam_persona.serve.body import read_body
 from steam_persona.serve.chat_handler import INCLUDE_USAGE, SEEDED
-from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error, shutting_down
+from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error, json_type, shutting_down
 from steam_persona.serve.grammar import SchemaError
 from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.modelinfo import completion_prompt_tokens
@@ -121,13 +121,19 @@ class SteamMiddleware:
             SEEDED.reset(seeded)
 
     def _check_access(self, scope: Scope) -> None:
-        """Refuse keys in the query string (blanking it first: the access log prints it), then check
-        the key on every path but :data:`OPEN_PATHS`."""
+        """Refuse keys in the query string, with or without ``--api_key`` (blanking it first: the access
+        log prints it), then check the key on every path but :data:`OPEN_PATHS`.
+
+        Raises:
+            RequestError: 401 ``invalid_api_key``; its message says how this server takes a key.
+        """
         query = scope.get("query_string", b"").decode("latin-1")
         if query and any(name.lower() in _KEY_PARAMS for name, _ in parse_qsl(query, keep_blank_values=True)):
             scope["query_string"] = b""
-            raise RequestError("Send the API key as 'Authorization: Bearer KEY', never in the URL "
-                               "(URLs end up in logs and browser history)", status=401, code="invalid_api_key")
+            send = ("send it as 'Authorization: Bearer KEY'" if self.api_key
+                    else "this server checks no key, so send none (a server that does takes 'Authorization: Bearer KEY')")
+            raise RequestError("API keys are never taken from the query string (URLs end up in logs and browser "
+                               f"history); {send}", status=401, code="invalid_api_key")
         if self.api_key and scope["method"] != "OPTIONS" and scope["path"] not in OPEN_PATHS:
             presented = auth.presented_key(scope["headers"])
             if not presented:
@@ -151,7 +157,7 @@ class SteamMiddleware:
         options, include_usage = data.pop("stream_options", None), False
         if path in (_CHAT, _COMPLETIONS):
             include_usage = check_stream_options(options, data.get("stream", False))
-            data["model"] = self.served.alias
+            data["model"] = self._model(data.get("model"))
         if path in (_CHAT, CHAT_COUNT):
             messages = normalise_messages(data.get("messages"))
             if len(messages) >= self.served.n_ctx:  # every message takes at least one template token
@@ -162,6 +168,18 @@ class SteamMiddleware:
         if path in (_CHAT, _COMPLETIONS):
             check_generation(data, chat=path == _CHAT, n_vocab=self.served.n_vocab, max_tokens_cap=self.max_tokens_cap)
         return data, include_usage
+
+    def _model(self, model: Any) -> str:
+        """The served alias, whatever model name a generation request sends (local clients send
+        "gpt-4o" and the like; llama-server answers any name too).
+
+        Raises:
+            RequestError: 400 ``invalid_type`` naming ``model`` when it is not a string.
+        """
+        if model is not None and not isinstance(model, str):
+            raise RequestError(f"Invalid type for 'model': expected a string, but got {json_type(model)} instead.",
+                               param="model", code="invalid_type")
+        return self.served.alias
 
     def _validate(self, path: str, data: dict[str, Any]) -> Any:
         """The library's request model for ``data`` (its own routes answer 500 to a bad type).

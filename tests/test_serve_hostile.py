@@ -778,3 +778,40 @@ def test_small_openai_differences_a_trial_found(server, client):
     _error(client.post("/v1/responses", json={"input": "hi"}), 404, "unknown_url")
     ok = client.post(CHAT, json={"messages": HI, "top_logprobs": 0, "max_tokens": 1})
     assert ok.status_code == 200, ok.text
+
+
+def test_assistant_tool_calls_that_are_not_calls_get_400(client):
+    # "tool_calls": "oops" and items that are no calls were silently dropped by the template
+    def sent(calls):
+        return client.post(CHAT, json={"messages": [*HI, {"role": "assistant", "content": None, "tool_calls": calls},
+                                                    {"role": "user", "content": "ok"}], "max_tokens": 1})
+
+    err = _error(sent("oops"), 400, "invalid_type", "messages[1].tool_calls")
+    assert err["message"] == "Invalid type for 'messages[1].tool_calls': expected an array of objects, but got a string instead."
+    _error(sent([7]), 400, "invalid_type", "messages[1].tool_calls[0]")
+    _error(sent([{"id": "c", "type": "function", "function": {"arguments": "{}"}}]), 400, "missing_required_parameter",
+           "messages[1].tool_calls[0].function.name")
+    _error(sent([{"id": "c", "type": "function"}]), 400, "missing_required_parameter", "messages[1].tool_calls[0].function")
+    ok = sent([{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}])
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 1, ok.text
+
+
+def test_a_key_in_the_url_is_refused_and_never_logged(client, request_log):
+    r = client.get("/v1/models", params={"api_key": "url-secret-93"})
+    err = _error(r, 401, "invalid_api_key")
+    assert err["message"] == ("API keys are never taken from the query string (URLs end up in logs and browser "
+                              "history); send it as 'Authorization: Bearer KEY'")
+    row, = log_rows(request_log, [r.headers["x-request-id"]])
+    assert row["status"] == 401 and "url-secret-93" not in request_log.read_text(encoding="utf-8")
+
+
+def test_any_model_name_is_served_but_a_model_that_is_no_string_is_refused(client):
+    alias = client.get("/v1/models").json()["data"][0]["id"]
+    for path, body in ((CHAT, {"messages": HI}), ("/v1/completions", {"prompt": "Hi"})):
+        for model in ("gpt-4o", "", alias):
+            r = client.post(path, json={**body, "model": model, "max_tokens": 1})
+            assert r.status_code == 200 and r.json()["model"] == alias, r.text
+        for model, kind in ((5, "an integer"), (["gpt-4o"], "an array"), ({"id": "x"}, "an object")):
+            err = _error(client.post(path, json={**body, "model": model}), 400, "invalid_type", "model")
+            assert err["message"] == f"Invalid type for 'model': expected a string, but got {kind} instead."
+    _error(client.get("/v1/models/gpt-4o"), 404, "model_not_found", "model")

@@ -10,6 +10,7 @@ from steam_persona.serve.auth import key_ok, presented_key
 from steam_persona.serve.cli import dify_hint, is_loopback
 from steam_persona.serve.errors import RequestError
 from steam_persona.serve.messages import normalise_messages
+from steam_persona.serve.middleware import SteamMiddleware
 from steam_persona.serve.modelinfo import choose_n_ctx, default_alias, find_gguf, read_model_info, template_default_system
 from steam_persona.serve.persona import apply_persona, resolve_persona
 from steam_persona.common.arguments import n_threads
@@ -40,11 +41,26 @@ def test_normalise_joins_text_parts_and_nulls():
     ([{"role": "user", "content": 3}], "messages[0].content", "not int"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]", "text only"),
     ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0]", '"type": "text"'),
+    ([{"role": "assistant", "tool_calls": "oops"}], "messages[0].tool_calls", "expected an array of objects, but got a string"),
+    ([{"role": "assistant", "tool_calls": ["oops"]}], "messages[0].tool_calls[0]", "expected an object, but got a string"),
+    ([{"role": "assistant", "tool_calls": [{"id": "c"}]}], "messages[0].tool_calls[0].function", "Missing required"),
+    ([{"role": "assistant", "tool_calls": [{"function": 3}]}], "messages[0].tool_calls[0].function", "got an integer"),
+    ([{"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}], "messages[0].tool_calls[0].function.name",
+     "Missing required parameter: 'messages[0].tool_calls[0].function.name'."),
+    ([{"role": "assistant", "tool_calls": [{"function": {"name": ["f"]}}]}], "messages[0].tool_calls[0].function.name",
+     "expected a string, but got an array"),
 ])
 def test_normalise_rejects_with_a_400_naming_the_field(messages, param, fragment):
     with pytest.raises(RequestError) as e:
         normalise_messages(messages)
     assert e.value.status == 400 and e.value.param == param and fragment in e.value.message
+
+
+def test_assistant_tool_calls_of_openai_shape_pass_unchanged():
+    calls = [{"function": {"name": "f"}}, {"id": "c", "type": "function", "function": {"name": "g", "arguments": "{}"}}]
+    msgs = [{"role": "assistant", "content": None, "tool_calls": calls}, {"role": "user", "content": "x", "tool_calls": 1}]
+    assert normalise_messages(msgs) == [{"role": "assistant", "content": "", "tool_calls": calls}, msgs[1]]
+    assert normalise_messages([{"role": "assistant", "content": "", "tool_calls": None}])[0]["tool_calls"] is None
 
 
 def test_apply_persona_modes():
@@ -151,6 +167,23 @@ def test_auth_headers_and_constant_time_compare():
     # bytes no str comparison takes (hmac.compare_digest raises TypeError on non-ASCII str)
     for odd in (b"k\xc3\xa91", b"\xff\xfe", b"k\x001", b"k\x7f1"):
         assert presented_key([(b"authorization", b"Bearer " + odd)]) == odd and not key_ok(odd, "k1")
+
+
+@pytest.mark.parametrize("api_key, advice", [
+    (None, "this server checks no key, so send none (a server that does takes 'Authorization: Bearer KEY')"),
+    ("k1", "send it as 'Authorization: Bearer KEY'"),
+])
+def test_a_key_in_the_query_string_is_refused_saying_how_this_server_takes_keys(api_key, advice):
+    # without --api_key the refusal read as if the key were wrong
+    mw = SteamMiddleware(None, served=None, api_key=api_key, persona=None, persona_mode="replace",
+                         max_request_bytes=1, max_tokens_cap=1, read_timeout=1)
+    scope = {"method": "GET", "path": "/v1/models", "headers": [], "query_string": b"a=1&API_KEY=secret"}
+    with pytest.raises(RequestError) as e:
+        mw._check_access(scope)
+    assert (e.value.status, e.value.code, scope["query_string"]) == (401, "invalid_api_key", b"")
+    assert e.value.message == ("API keys are never taken from the query string (URLs end up in logs and browser "
+                               f"history); {advice}")
+    mw._check_access({**scope, "query_string": b"a=1", "headers": [(b"authorization", b"Bearer k1")]})
 
 
 def test_hosts_threads_and_dify_hint():
