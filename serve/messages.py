@@ -54,6 +54,10 @@ def _normalise(msg: Any, where: str) -> dict[str, Any]:
         if needed and field not in msg:
             raise RequestError(f"Missing required parameter: '{where}.{field}'", param=f"{where}.{field}",
                                code="missing_required_parameter")
+    if role == "tool" and not isinstance(msg["tool_call_id"], str):
+        raise RequestError(f"Invalid type for '{where}.tool_call_id': expected a string, but got "
+                           f"{json_type(msg['tool_call_id'])} instead.", param=f"{where}.tool_call_id",
+                           code="invalid_type")
     if role == "assistant" and msg.get("tool_calls") is not None:
         _check_tool_calls(msg["tool_calls"], f"{where}.tool_calls")
     content = msg.get("content")
@@ -118,7 +122,7 @@ def _join_parts(parts: list[Any], where: str) -> str:
         elif kind == "refusal" and isinstance(part.get("refusal"), str):  # OpenAI's assistant history parts
             texts.append(part["refusal"])
         elif kind in ("image_url", "image", "input_image", "input_audio", "audio", "file"):
-            raise RequestError(f"{p} is a {kind} part, but this model reads text only; send text parts only",
+            raise RequestError(f"{p} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} part, but this model reads text only; send text parts only",
                                param=p, code="unsupported_content_type")
         else:
             raise RequestError(f"{p} must be {{\"type\": \"text\", \"text\": \"...\"}}", param=p, code="invalid_value")

@@ -137,7 +137,10 @@ class SteamMiddleware:
         if self.api_key and scope["method"] != "OPTIONS" and scope["path"] not in OPEN_PATHS:
             presented = auth.presented_key(scope["headers"])
             if not presented:
-                raise RequestError("You didn't provide an API key; send it as 'Authorization: Bearer KEY'",
+                other = any(name == b"authorization" and value.partition(b" ")[0].lower() != b"bearer"
+                            for name, value in scope["headers"])  # a key in another scheme, or none
+                raise RequestError(("The Authorization header must read 'Bearer KEY'" if other else
+                                    "You didn't provide an API key") + "; send it as 'Authorization: Bearer KEY'",
                                    status=401, code="invalid_api_key")
             if not auth.key_ok(presented, self.api_key):
                 raise RequestError("Incorrect API key provided; send it as 'Authorization: Bearer KEY'",

@@ -190,11 +190,16 @@ def _number(value: float) -> str:
 def _check_types(data: dict[str, Any], chat: bool) -> None:
     """Refuse a number or boolean field of another JSON type, as OpenAI does (400 ``invalid_type``):
     pydantic's lax mode read ``"0.5"`` and ``true`` as numbers and ``"false"`` as a true ``logprobs``.
+    An integer field takes a whole decimal (``512.0``, ``1e3``) as that integer, as JSON Schema and the
+    library's own request models do: clients that compute or configure counts send them.
 
     Raises:
         RequestError: 400 ``invalid_type`` naming the first such field.
     """
     integers, booleans = (*_INTEGERS, *(() if chat else ("logprobs",))), (*_BOOLEANS, *(("logprobs",) if chat else ()))
+    for name in integers:
+        if isinstance(data.get(name), float) and data[name].is_integer():
+            data[name] = int(data[name])
     for names, kinds, expected in ((integers, int, "an integer"), (_NUMBERS, (int, float), "a number"),
                                    (booleans, bool, "a boolean")):
         for name in names:

@@ -726,7 +726,8 @@ def test_keys_with_non_ascii_or_control_bytes_get_401_and_the_server_stays_up(se
                 answer += chunk
         head, body = answer.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 401 ") and b"\r\nwww-authenticate: Bearer\r\n" in head, (header, answer)
-        said = "You didn't provide an API key" if b"B\xe9arer" in header else "Incorrect API key provided"
+        said = ("The Authorization header must read 'Bearer KEY'" if b"B\xe9arer" in header
+                else "Incorrect API key provided")
         assert json.loads(body)["error"] == {"message": f"{said}; send it as 'Authorization: Bearer KEY'",
                                              "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
     assert client.get("/v1/models").status_code == 200

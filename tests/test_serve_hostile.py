@@ -723,6 +723,29 @@ def test_numbers_and_booleans_sent_as_strings_are_refused_as_openai_does(client)
     assert ok.status_code == 200, ok.text
 
 
+def test_whole_decimals_in_integer_fields_are_those_integers(client):
+    # strict types refused "max_tokens": 512.0 (computed or configured counts), which the library's request
+    # models and JSON Schema read as 512; 4.5 stays refused
+    body = {"messages": HI, "temperature": 1}
+    want = client.post(CHAT, json={**body, "max_tokens": 3, "seed": 7, "n": 1, "top_k": 40}).json()
+    got = client.post(CHAT, json={**body, "max_tokens": 3.0, "seed": 7.0, "n": 1.0, "top_k": 40.0})
+    assert got.status_code == 200, got.text
+    assert got.json()["choices"][0]["message"] == want["choices"][0]["message"]
+    assert got.json()["usage"]["completion_tokens"] <= 3
+    assert client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2e0}).status_code == 200
+    err = _error(client.post(CHAT, json={**body, "max_tokens": 4.5}), 400, "invalid_type", "max_tokens")
+    assert err["message"] == "Invalid type for 'max_tokens': expected an integer, but got a decimal instead."
+
+
+def test_a_tool_message_whose_tool_call_id_is_no_string_is_refused(client):
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    for value, kind in ((None, "null"), (5, "an integer")):
+        msgs = [*HI, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": value, "content": "42"}]
+        err = _error(client.post(CHAT, json={"messages": msgs}), 400, "invalid_type", "messages[2].tool_call_id")
+        assert err["message"] == f"Invalid type for 'messages[2].tool_call_id': expected a string, but got {kind} instead."
+
+
 def test_top_k_minus_one_means_disabled_and_range_errors_print_integers(client):
     # -1 (vLLM's "disabled", sent by some client configs) was refused as "between 0 and 2.14748e+09"
     body = {"messages": [{"role": "user", "content": "Name a game."}], "max_tokens": 6, "temperature": 1, "seed": 3}
@@ -769,10 +792,12 @@ def test_small_openai_differences_a_trial_found(server, client):
                  "messages[0].content")
     assert err["message"] == ("Invalid 'messages[0].content': empty array. Expected an array with minimum length 1, "
                               "but got an empty array instead.")
-    for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": f"Basic {KEY}"}):
+    for headers, said in (({}, "You didn't provide an API key"), ({"Authorization": "Bearer"}, "You didn't provide "
+                          "an API key"), ({"Authorization": f"Basic {KEY}"}, "The Authorization header must read "
+                          "'Bearer KEY'"), ({"Authorization": KEY}, "The Authorization header must read 'Bearer KEY'")):
         r = httpx.post(f"{server.base_url}{CHAT}", json={"messages": HI}, headers=headers)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-        assert r.json()["error"]["message"] == "You didn't provide an API key; send it as 'Authorization: Bearer KEY'"
+        assert r.json()["error"]["message"] == f"{said}; send it as 'Authorization: Bearer KEY'", headers
     wrong = httpx.post(f"{server.base_url}{CHAT}", json={"messages": HI}, headers={"Authorization": "Bearer nope"})
     assert wrong.json()["error"]["message"].startswith("Incorrect API key provided")
     _error(client.post("/v1/responses", json={"input": "hi"}), 404, "unknown_url")
