@@ -422,13 +422,11 @@ def _phase_offsets(steps: list[list]) -> dict:
     host: dict[str, list] = {}
     gpu: dict[str, list] = {}
     for marks in steps:
-        name0, t0, e0 = marks[0]
-        last = {name: (t, e) for name, t, e in marks}
-        for name, (t, e) in last.items():
+        _, t0, e0 = marks[0]
+        for name, (t, e) in {name: (t, e) for name, t, e in marks}.items():
             host.setdefault(name, []).append((t - t0) * 1e3)
             gpu.setdefault(name, []).append(e0.elapsed_time(e))
-    mean = lambda d: {k: round(statistics.mean(v), 2) for k, v in d.items()}  # noqa: E731
-    return {"host": mean(host), "gpu": mean(gpu)}
+    return {clock: {k: round(statistics.mean(v), 2) for k, v in d.items()} for clock, d in (("host", host), ("gpu", gpu))}
 
 
 def _timing(ends, counts, warmup, last_loss) -> dict:

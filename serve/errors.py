@@ -89,6 +89,13 @@ def json_type(value: Any) -> str:
     return "null"
 
 
+def invalid_type(param: str, expected: str, value: Any, hint: str = "") -> RequestError:
+    """400 ``invalid_type`` naming ``param``, in OpenAI's words: "Invalid type for 'param': expected
+    <expected>, but got <value's JSON type> instead<hint>."."""
+    return RequestError(f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead{hint}.",
+                        param=param, code="invalid_type")
+
+
 def _is_branch(part: Any) -> bool:
     """Whether a ``loc`` part names a union branch (``"literal['none','auto']"``, ``"list[str]"``, a
     model class name) rather than a request field or index."""
@@ -129,8 +136,7 @@ def _union_error(field: str, value: Any, branches: list[dict[str, Any]]) -> Requ
     expected = _EXPECTED.get(field) or " or ".join(dict.fromkeys(_expected(e) for e in branches))
     if isinstance(value, str) and any(e["type"] == "literal_error" for e in branches):
         return RequestError(f"Invalid value for '{field}': expected {expected}.", param=field, code="invalid_value")
-    return RequestError(f"Invalid type for '{field}': expected {expected}, but got {json_type(value)} instead.",
-                        param=field, code="invalid_type")
+    return invalid_type(field, expected, value)
 
 
 def _field_error(param: str, error: dict[str, Any]) -> RequestError:
@@ -141,8 +147,7 @@ def _field_error(param: str, error: dict[str, Any]) -> RequestError:
         return RequestError(f"Missing required parameter: '{param}'{hint}.", param=param,
                             code="missing_required_parameter")
     if kind in _TYPES:
-        return RequestError(f"Invalid type for '{param}': expected {_TYPES[kind]}, but got "
-                            f"{json_type(error.get('input'))} instead{hint}.", param=param, code="invalid_type")
+        return invalid_type(param, _TYPES[kind], error.get("input"), hint)
     return RequestError(f"Invalid value for '{param}': expected {_expected(error)}{hint}.", param=param,
                         code="invalid_value")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from steam_persona.serve.errors import RequestError, json_type
+from steam_persona.serve.errors import RequestError, invalid_type
 
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -55,9 +55,7 @@ def _normalise(msg: Any, where: str) -> dict[str, Any]:
             raise RequestError(f"Missing required parameter: '{where}.{field}'", param=f"{where}.{field}",
                                code="missing_required_parameter")
     if role == "tool" and not isinstance(msg["tool_call_id"], str):
-        raise RequestError(f"Invalid type for '{where}.tool_call_id': expected a string, but got "
-                           f"{json_type(msg['tool_call_id'])} instead.", param=f"{where}.tool_call_id",
-                           code="invalid_type")
+        raise invalid_type(f"{where}.tool_call_id", "a string", msg["tool_call_id"])
     if role == "assistant" and msg.get("tool_calls") is not None:
         _check_tool_calls(msg["tool_calls"], f"{where}.tool_calls")
     content = msg.get("content")
@@ -89,10 +87,10 @@ def _check_tool_calls(calls: Any, where: str) -> None:
             string); ``missing_required_parameter`` naming ``where[j].function`` or ``…function.name``.
     """
     if not isinstance(calls, list):
-        raise _invalid_type(where, "an array of objects", calls)
+        raise invalid_type(where, "an array of objects", calls)
     for j, call in enumerate(calls):
         if not isinstance(call, dict):
-            raise _invalid_type(f"{where}[{j}]", "an object", call)
+            raise invalid_type(f"{where}[{j}]", "an object", call)
         function = call.get("function")
         name = function.get("name") if isinstance(function, dict) else None
         for field, value, kind in (("function", function, dict), ("function.name", name, str)):
@@ -101,12 +99,7 @@ def _check_tool_calls(calls: Any, where: str) -> None:
                 raise RequestError(f"Missing required parameter: '{param}'.", param=param,
                                    code="missing_required_parameter")
             if not isinstance(value, kind):
-                raise _invalid_type(param, "an object" if kind is dict else "a string", value)
-
-
-def _invalid_type(param: str, expected: str, value: Any) -> RequestError:
-    return RequestError(f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
-                        param=param, code="invalid_type")
+                raise invalid_type(param, "an object" if kind is dict else "a string", value)
 
 
 def _join_parts(parts: list[Any], where: str) -> str:
@@ -122,7 +115,8 @@ def _join_parts(parts: list[Any], where: str) -> str:
         elif kind == "refusal" and isinstance(part.get("refusal"), str):  # OpenAI's assistant history parts
             texts.append(part["refusal"])
         elif kind in ("image_url", "image", "input_image", "input_audio", "audio", "file"):
-            raise RequestError(f"{p} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} part, but this model reads text only; send text parts only",
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise RequestError(f"{p} is {article} {kind} part, but this model reads text only; send text parts only",
                                param=p, code="unsupported_content_type")
         else:
             raise RequestError(f"{p} must be {{\"type\": \"text\", \"text\": \"...\"}}", param=p, code="invalid_value")

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from steam_persona.serve import auth
 from steam_persona.serve.body import read_body
 from steam_persona.serve.chat_handler import INCLUDE_USAGE, SEEDED
-from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error, json_type, shutting_down
+from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error, invalid_type, shutting_down
 from steam_persona.serve.grammar import SchemaError
 from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.modelinfo import completion_prompt_tokens
@@ -180,8 +180,7 @@ class SteamMiddleware:
             RequestError: 400 ``invalid_type`` naming ``model`` when it is not a string.
         """
         if model is not None and not isinstance(model, str):
-            raise RequestError(f"Invalid type for 'model': expected a string, but got {json_type(model)} instead.",
-                               param="model", code="invalid_type")
+            raise invalid_type("model", "a string", model)
         return self.served.alias
 
     def _validate(self, path: str, data: dict[str, Any]) -> Any:

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any
 
-from steam_persona.serve.errors import RequestError, json_type
+from steam_persona.serve.errors import RequestError, invalid_type
 
 #: Inclusive ranges of the sampling fields (OpenAI's where it has one, else llama.cpp's meaning;
 #: ``top_k`` -1 is vLLM's "disabled", which llama.cpp spells 0).
@@ -205,8 +205,7 @@ def _check_types(data: dict[str, Any], chat: bool) -> None:
         for name in names:
             value = data.get(name)
             if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool)):
-                raise RequestError(f"Invalid type for '{name}': expected {expected}, but got {json_type(value)} "
-                                   "instead.", param=name, code="invalid_type")
+                raise invalid_type(name, expected, value)
 
 
 def _drop_empty_stops(data: dict[str, Any]) -> None:
@@ -412,8 +411,7 @@ def check_stream_options(options: Any, stream: Any = False) -> bool:
             without ``stream: true`` (OpenAI's words), is not an object, or its ``include_usage`` not a boolean.
     """
     if stream is not None and not isinstance(stream, bool):
-        raise RequestError(f"Invalid type for 'stream': expected a boolean, but got {json_type(stream)} instead.",
-                           param="stream", code="invalid_type")
+        raise invalid_type("stream", "a boolean", stream)
     if options is None:
         return False
     if stream is not True:
