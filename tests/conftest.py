@@ -7,8 +7,10 @@ import live in ``tests/helpers.py``.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STEAM_PERSONA_SHARED", REPO.parent / "shared")).resolve()
 NETGUARD = Path(__file__).with_name("netguard")
 NETLOG = Path(tempfile.mkdtemp(prefix="steam-persona-netlog-")) / "refused.log"
+atexit.register(shutil.rmtree, NETLOG.parent, ignore_errors=True)
 
 
 def _install_netguard() -> None:
