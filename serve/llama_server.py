@@ -233,10 +233,13 @@ class LlamaServer:
         return self.proc is not None and self.proc.poll() is None and not self._starting
 
     async def aclose(self) -> None:
-        """Close the HTTP client and stop the process (the app's shutdown hook)."""
+        """Close the HTTP client and stop the process (the app's shutdown hook). Its log file goes with
+        it, unless it died too often (:attr:`gave_up`): each death's end of log is in serve's log already."""
         if self.client is not None:
             await self.client.aclose()
         self.close()
+        if not self.gave_up:
+            self.log_path.unlink(missing_ok=True)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the process (SIGTERM, then SIGKILL after ``timeout`` s)."""

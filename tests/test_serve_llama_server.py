@@ -409,6 +409,15 @@ def test_a_client_that_leaves_during_its_prompt_frees_its_slot_at_once(servers, 
         assert row["prompt_tokens"] > 800 and row["ms"] < 1000 * whole / 3, row
 
 
+@needs_binary
+def test_engine_log_is_removed_when_serve_stops(smollm2_gguf):
+    """llama-server's log in the temp folder lives as long as serve: every stopped serve left one behind."""
+    with start_server(smollm2_gguf, extra_args=(*ARGS, "--engine", "llama-server")) as server:
+        log = _engine_log(server)
+        assert "model loaded" in log.read_text()
+    assert not log.exists()
+
+
 def _engine_url(server) -> str:
     """llama-server's own base URL (its private loopback port)."""
     args = Path(f"/proc/{_engine_pid(server)}/cmdline").read_bytes().split(b"\0")
