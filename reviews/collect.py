@@ -2,23 +2,17 @@
 
 API: ``GET {base_url}/appreviews/<appid>?json=1&cursor=…`` (../shared/reference/steam-api.md).
 Paging follows the ``cursor`` each response returns (``*`` first; sent URL-encoded, as it holds
-``+ / =``) and stops on an empty page, a cursor that comes back unchanged, or ``--max_reviews``.
+``+ / =``) and ends an app on an empty page, a cursor that comes back unchanged, ``--max_reviews``,
+:data:`STALL_PAGES` pages in a row without a new review, or a cursor sent before (a cycle).
 
-Robustness:
+Robustness: the HTTP side (rate limit, retries, ``Retry-After``, deadlines) is
+:mod:`.collect_fetch`; the files (lock, resume state, ``.part``, crash-safe finish) are
+:mod:`.collect_state`. A rerun of the same command after Ctrl-C, a kill, a crash, a failed app or
+the time bound continues without duplicates or lost pages. An app that fails does not stop the
+others; the command exits 2 at the end, naming each failed app.
 
-* a rate limit (``--rate_limit`` requests per second) and, on HTTP 429, 5xx, timeouts, connection
-  errors and malformed pages, retries with exponential backoff and full jitter
-  (``sleep = uniform(0, min(backoff_max, backoff_base * 2**attempt))``, AWS Architecture Blog,
-  "Exponential Backoff And Jitter", 2015), honouring ``Retry-After``; a bound on the total time;
-* resumable: reviews are appended to ``<out>.part`` (flushed and fsynced per page), which is the
-  record of the ids seen; after each page ``<out>.state.json`` records the next cursor per app
-  (written atomically, after the reviews). A rerun of the same command after Ctrl-C, a kill or a
-  crash re-reads the ids in ``.part`` and continues from the saved cursor, so a page fetched again
-  adds no duplicate and no page is lost. (Keeping the ids in the state file too would rewrite
-  all of them after every page: quadratic in the number of reviews.) When
-  every app is done ``.part`` is renamed to ``<out>`` and the state file removed.
-
-Output: one raw review object per line, unchanged apart from an added ``appid``. With
+Output: one raw review object per line, unchanged apart from an added ``appid`` (a review whose
+``review`` is not text is skipped and counted; a null ``author`` is dropped). With
 ``--with_details`` the ``appdetails`` response (name, genres) of each app is saved once beside it
 as ``<out stem>.appdetails.json``, which ``prepare`` picks up. Every page and retry is logged as
 JSON lines in ``<out stem>.log.jsonl``.
@@ -28,24 +22,20 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import httpx
 from rich.progress import TextColumn
 
 from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common.config import arg
-from steam_persona.common.console import console, progress, summary_table
+from steam_persona.common.console import console, plain_progress, progress, summary_table
 from steam_persona.common.errors import UserError
-
-#: Query parameters that must match between a run and the run it resumes.
-_QUERY_FIELDS = ("language", "filter", "review_type", "purchase_type", "day_range", "num_per_page", "max_reviews")
+from steam_persona.reviews import collect_state as cs
+from steam_persona.reviews.collect_fetch import Budget, Fetcher
 
 
 @dataclass
@@ -72,97 +62,20 @@ class CollectConfig:
     base_url: str = arg("https://store.steampowered.com", "API root; point it at a mirror or a test server.")
     rate_limit: float = arg(1.0, "Most requests per second (0 = no limit). Be polite: Steam answers 429 "
                             "when pushed.")
-    timeout: float = arg(30.0, "Seconds to wait for one response.")
+    timeout: float = arg(30.0, "Seconds for one whole response (connect to last byte); a slower one is retried.")
     max_retries: int = arg(6, "Retries of one request on 429, 5xx, timeouts and malformed pages.")
     backoff_base: float = arg(1.0, "First retry waits up to this many seconds; doubles each retry (with jitter).")
-    backoff_max: float = arg(60.0, "Longest wait between retries (seconds).")
-    max_time: float = arg(3600.0, "Stop after this many seconds in all (0 = no bound); rerun to continue.")
-    overwrite: bool = arg(False, "Collect again even when the output file is already complete.")
+    backoff_max: float = arg(60.0, "Longest backoff between retries (seconds); a longer Retry-After is still "
+                               "honoured.")
+    max_time: float = arg(3600.0, "Stop after this many seconds in all, requests and waits included (0 = no "
+                            "bound); the data is then partial: exit 2, rerun to continue.")
+    overwrite: bool = arg(False, "Collect again from the start even when the output file is complete "
+                          "(replacing it), and fetch appdetails again.")
 
 
-class _Budget(Exception):
-    """The total time bound was reached (not an error: the run stops and can be resumed)."""
-
-
-class _Fetcher:
-    """One polite HTTP client: rate limit, retries with backoff + jitter, total-time bound."""
-
-    def __init__(self, cfg: CollectConfig, deadline: float | None) -> None:
-        self.cfg = cfg
-        self.deadline = deadline
-        self.client = httpx.Client(timeout=cfg.timeout, follow_redirects=True,
-                                   headers={"User-Agent": "steam-persona-collect/0.1"})
-        self._last = 0.0
-        self.requests = 0
-        self.retries = 0
-        self.log: atomic.JsonlLog | None = None  # set per output file by _collect_file
-
-    def close(self) -> None:
-        self.client.close()
-
-    def _sleep(self, seconds: float) -> None:
-        if self.deadline is not None and time.monotonic() + seconds > self.deadline:
-            raise _Budget()
-        if seconds > 0:
-            time.sleep(seconds)
-
-    def _wait_rate(self) -> None:
-        if self.cfg.rate_limit > 0:
-            self._sleep(max(0.0, self._last + 1.0 / self.cfg.rate_limit - time.monotonic()))
-        elif self.deadline is not None and time.monotonic() > self.deadline:
-            raise _Budget()
-        self._last = time.monotonic()
-
-    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry ``attempt`` (0-based): full jitter, at least Retry-After."""
-        cap = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** attempt)
-        wait = random.uniform(0, cap)
-        return max(wait, min(retry_after, self.cfg.backoff_max)) if retry_after else wait
-
-    def get_json(self, url: str, params: dict[str, Any], what: str, check: Any) -> dict:
-        """GET ``url`` and return its JSON object once ``check(obj)`` returns ``None`` (else the
-        problem as text). Retries transient failures; raises UserError when they persist or on a
-        4xx other than 429."""
-        problem, retry_after = "", None
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt:
-                self.retries += 1
-                wait = self.backoff(attempt - 1, retry_after)
-                if self.log:
-                    self.log.write(event="retry", what=what, problem=problem, attempt=attempt, wait_s=round(wait, 3))
-                self._sleep(wait)
-            retry_after = None
-            self._wait_rate()
-            self.requests += 1
-            try:
-                resp = self.client.get(url, params=params)
-            except httpx.TimeoutException:
-                problem = f"no answer within {self.cfg.timeout:g} s"
-                continue
-            except httpx.TransportError as e:
-                problem = f"connection failed ({type(e).__name__}: {e})"
-                continue
-            if resp.status_code == 429 or resp.status_code >= 500:
-                problem = f"HTTP {resp.status_code}"
-                ra = resp.headers.get("Retry-After", "")
-                retry_after = float(ra) if ra.replace(".", "", 1).isdigit() else None
-                continue
-            if resp.status_code >= 400:
-                raise UserError(f"{resp.url}: HTTP {resp.status_code} for {what}; check --appid and --base_url")
-            try:
-                data = resp.json()
-            except ValueError:
-                problem = f"malformed page: not JSON (starts {resp.text[:40]!r})"
-                continue
-            problem = check(data) or ""
-            if not problem:
-                return data
-            if problem.startswith("!"):  # a definite answer, not a glitch: no retry
-                raise UserError(f"{resp.url}: {problem[1:]}")
-        if self.log:
-            self.log.write(event="gave_up", what=what, problem=problem, tries=self.cfg.max_retries + 1)
-        raise UserError(f"{url}: {what}: {problem} after {self.cfg.max_retries + 1} tries; progress is saved, "
-                        "rerun the same command to resume (or raise --max_retries / lower --rate_limit)")
+#: Consecutive pages without a new review after which an app ends: ``filter=all`` on Steam can
+#: hand out fresh cursors over the same reviews for ever.
+STALL_PAGES = 5
 
 
 def _check_page(data: Any) -> str | None:
@@ -172,158 +85,241 @@ def _check_page(data: Any) -> str | None:
         return f"!Steam answered success={data.get('success')!r}; check the app id and --language/--filter values"
     if not isinstance(data.get("reviews"), list):
         return "malformed page: 'reviews' is not a list"
-    bad = next((i for i, r in enumerate(data["reviews"], 1)
-                if not isinstance(r, dict) or "recommendationid" not in r or "review" not in r), None)
+    bad = next((i for i, r in enumerate(data["reviews"], 1) if not isinstance(r, dict) or "recommendationid" not in r), None)
     if bad is not None:
-        return f"malformed page: review {bad} has no recommendationid/review"
+        return f"malformed page: review {bad} has no recommendationid"
     if data["reviews"] and not isinstance(data.get("cursor"), str):
         return "malformed page: no 'cursor'"
     return None
 
 
-def _query(cfg: CollectConfig) -> dict[str, Any]:
-    return {k: getattr(cfg, k) for k in _QUERY_FIELDS}
+def _new_app() -> dict[str, Any]:
+    return {"cursor": "*", "done": False, "end": None, "pages": 0, "reviews": 0, "skipped": 0, "total": None}
 
 
-def _repair_part(part: Path) -> tuple[set[str], Counter[str]]:
-    """Read the review ids already saved in ``part`` and count them per app; cut a torn last line
-    left by a kill."""
-    ids: set[str] = set()
-    per_app: Counter[str] = Counter()
-    if not part.exists():
-        return ids, per_app
-    data = part.read_bytes()
-    good = data.rfind(b"\n") + 1
-    if good < len(data):
-        with open(part, "r+b") as f:
-            f.truncate(good)
-    # "\n" only: str.splitlines() also breaks at U+0085/U+2028 inside a saved review's text
-    for n, line in enumerate(data[:good].decode("utf-8").split("\n")[:-1], 1):
-        try:
-            rec = json.loads(line)
-            ids.add(str(rec["recommendationid"]))
-            per_app[str(rec["appid"])] += 1
-        except (ValueError, KeyError, TypeError):
-            raise UserError(f"{part}: line {n} is not a saved review; delete {part} and its .state.json to start over") from None
-    return ids, per_app
+def _apply_max_reviews(st: dict[str, Any], cfg: CollectConfig) -> None:
+    """A raised ``--max_reviews`` reopens an app that stopped at the old one; a lowered one ends it (keeping what is saved)."""
+    if st["done"] and st.get("end") == "max_reviews" and (not cfg.max_reviews or st["reviews"] < cfg.max_reviews):
+        st["done"], st["end"] = False, None
+    if not st["done"] and cfg.max_reviews and st["reviews"] >= cfg.max_reviews:
+        st["done"], st["end"] = True, "max_reviews"
 
 
-def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetcher) -> dict[str, Any]:
-    """Collect ``appids`` into ``out`` (resuming a saved state). Returns per-app counts."""
-    part = out.with_name(out.name + ".part")
-    state_path = out.with_name(out.name + ".state.json")
-    if out.exists() and not state_path.exists() and not cfg.overwrite:
-        n = sum(1 for _ in open(out, encoding="utf-8"))
-        console.print(f"{out}: already complete ({n:,} reviews); pass --overwrite to collect again")
-        return {"file": str(out), "complete": True, "skipped": True, "apps": {}}
-    state, seen = _open_state(out, part, state_path, cfg)
-    for appid in appids:
-        state["apps"].setdefault(appid, {"cursor": "*", "done": False, "pages": 0, "reviews": 0, "total": None})
-    fetch.log = atomic.JsonlLog(log_path(out))
-
-    def save() -> None:
-        atomic.write_json(state_path, state, indent=None)
-
-    complete = True
-    with progress(TextColumn("{task.fields[pages]} pages"), TextColumn("{task.fields[rate]:.1f} reviews/s")) as bar, \
-            open(part, "a", encoding="utf-8") as sink:
-        for appid in appids:
-            st = state["apps"][appid]
-            if st["done"]:
-                continue
-            task = bar.add_task(f"app {appid}", total=st["total"], completed=st["reviews"], pages=st["pages"], rate=0.0)
-            t0, got0 = time.monotonic(), st["reviews"]
-            try:
-                while not st["done"]:
-                    _collect_page(appid, st, cfg, fetch, seen, sink, save)
-                    elapsed = max(time.monotonic() - t0, 1e-6)
-                    bar.update(task, completed=st["reviews"], pages=st["pages"], rate=(st["reviews"] - got0) / elapsed,
-                               total=st["reviews"] if st["done"] else st["total"])
-            except _Budget:
-                complete = False
-                console.print(f"[yellow]time bound --max_time {cfg.max_time:g} s reached at app {appid} page "
-                              f"{st['pages'] + 1}; progress saved in {state_path}; rerun the same command to continue")
-                break
-    if complete and cfg.with_details:
-        complete = _details(out, appids, cfg, fetch)
-    fetch.log.write(event="end", complete=complete, requests=fetch.requests, retries=fetch.retries)
-    fetch.log.close()
-    result = {"file": str(out), "complete": complete, "skipped": False,
-              "apps": {a: {k: state["apps"][a][k] for k in ("reviews", "pages", "done")} for a in appids}}
-    if complete:
-        os.replace(part, out)
-        state_path.unlink()
-    return result
-
-
-def _open_state(out: Path, part: Path, state_path: Path, cfg: CollectConfig) -> tuple[dict[str, Any], set[str]]:
-    """The resume state and the review ids already in ``part`` (repaired after a kill), or a fresh state
-    and an empty ``part``.
+def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, Any], set[str]] | None:
+    """The state to run with and the review ids already in ``.part``; ``None`` when ``out`` is complete
+    and nothing more is asked.
 
     Raises:
-        UserError: the state file is unreadable or was saved with other settings.
+        UserError: ``out`` or its state was made with other query flags (named), the state is
+            unreadable, or ``.part`` holds fewer reviews than the state says were saved.
     """
-    if state_path.exists():
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except ValueError:
-            raise UserError(f"{state_path}: unreadable resume state; delete it and {part} to start over") from None
-        if state.get("query") != _query(cfg):
-            raise UserError(f"{state_path}: saved by a run with other settings ({state.get('query')}); rerun with "
-                            f"those, or delete it and {part} to start over")
-        seen, per_app = _repair_part(part)
-        for appid, st in state["apps"].items():  # the .part file is the truth (a kill may beat the state write)
-            st["reviews"] = per_app[appid]
-        console.print(f"{out}: resuming ({len(seen):,} reviews saved)")
-    else:
-        state = {"query": _query(cfg), "apps": {}}
-        seen = set()
+    part, state_path, _ = cs.paths(out)
+    state = None if cfg.overwrite else cs.read_state(state_path)
+    if state is None and out.exists() and not cfg.overwrite:
+        console.print(f"{out}: already complete ({cs.count_lines(out):,} reviews; its settings were not recorded); "
+                      "pass --overwrite to collect again")
+        return None
+    if state is None:
         out.parent.mkdir(parents=True, exist_ok=True)
         part.write_bytes(b"")
+        return {"query": cs.query_of(cfg), "complete": False, "apps": {a: _new_app() for a in appids}}, set()
+    diff = cs.differing_flags(state.get("query") or {}, cfg)
+    if diff:
+        raise UserError(f"{out}: collected with other settings: {diff}; use the file's values, pass --overwrite "
+                        "to collect it again, or give another --out")
+    if not state.get("complete") and not part.exists() and out.exists() and all(
+            st["done"] for st in state["apps"].values()):
+        state["complete"] = True  # a kill came between renaming .part and saving the state
+        cs.save_state(state_path, state)
+    for a in appids:
+        state["apps"].setdefault(a, _new_app())
+    for st in state["apps"].values():
+        _apply_max_reviews(st, cfg)
+    if state.get("complete"):
+        if all(st["done"] for st in state["apps"].values()):
+            console.print(f"{out}: already complete ({cs.count_lines(out):,} reviews); pass --overwrite to collect "
+                          "again, or raise --max_reviews to add more")
+            return None
+        cs.reopen_complete(out, part)
+        state["complete"] = False
+    seen, per_app = cs.repair_part(part)
+    cs.check_part(part, state_path, state, per_app)
+    for appid, st in state["apps"].items():  # the .part file is the truth (a kill may beat the state write)
+        st["reviews"] = per_app[appid]
+    console.print(f"{out}: resuming ({len(seen):,} reviews saved)")
     return state, seen
 
 
-def _collect_page(appid: str, st: dict[str, Any], cfg: CollectConfig, fetch: _Fetcher, seen: set[str], sink: Any,
-                  save: Callable[[], None]) -> None:
-    """Fetch the next page of ``appid`` at ``st["cursor"]``, append its new reviews to ``sink`` (fsynced),
-    advance ``st`` (cursor, pages, reviews, total, done) and ``save()`` the state. A page with no reviews, the same or no next
-    cursor, or ``--max_reviews`` reached ends the app.
+def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -> dict[str, Any]:
+    """Collect ``appids`` (and any unfinished app already in the file) into ``out``, under its lock.
 
-    Raises:
-        UserError: the page is malformed (``_check_page``) or the server keeps failing (``_Fetcher``).
+    Returns:
+        ``{"file", "complete", "skipped", "stopped": reason or None, "failed": {appid: message},
+        "apps": {appid: {"reviews", "pages", "done", "end", "skipped"}}}``.
     """
-    url_params = {"json": 1, "language": cfg.language, "filter": cfg.filter, "review_type": cfg.review_type,
-                  "purchase_type": cfg.purchase_type, "num_per_page": cfg.num_per_page}
-    if cfg.day_range is not None:
-        url_params["day_range"] = cfg.day_range
-    cursor = st["cursor"]
-    data = fetch.get_json(f"{cfg.base_url.rstrip('/')}/appreviews/{appid}", {**url_params, "cursor": cursor},
-                          f"app {appid} page {st['pages'] + 1} (cursor {cursor!r})", _check_page)
-    if st["total"] is None and isinstance(data.get("query_summary"), dict):
-        total = data["query_summary"].get("total_reviews")
-        if isinstance(total, int):
-            st["total"] = min(total, cfg.max_reviews) if cfg.max_reviews else total
-    lines = []
-    for r in data["reviews"]:
-        rid = str(r["recommendationid"])
-        if rid in seen:
-            continue
-        if cfg.max_reviews and st["reviews"] + len(lines) >= cfg.max_reviews:
-            break
-        seen.add(rid)
-        lines.append(json.dumps({**r, "appid": int(appid) if appid.isdigit() else appid}, ensure_ascii=False) + "\n")
-    sink.writelines(lines)
-    sink.flush()
-    os.fsync(sink.fileno())
-    st["pages"] += 1
-    st["reviews"] += len(lines)
-    new_cursor = data.get("cursor")
-    st["done"] = (not data["reviews"] or new_cursor == cursor or not new_cursor
-                  or bool(cfg.max_reviews and st["reviews"] >= cfg.max_reviews))
-    st["cursor"] = new_cursor or cursor
-    save()
-    fetch.log.write(event="page", appid=appid, page=st["pages"], cursor=cursor, next_cursor=new_cursor,
-                    received=len(data["reviews"]), new=len(lines), saved=st["reviews"], done=st["done"])
+    _, state_path, _ = cs.paths(out)
+    with cs.locked(out):
+        opened = _open(out, appids, cfg)
+        if opened is None:
+            return {"file": str(out), "complete": True, "skipped": True, "stopped": None, "failed": {}, "apps": {}}
+        state, seen = opened
+        fetch.log = atomic.JsonlLog(log_path(out))
+        fetch.log.write(event="start", pid=os.getpid(), out=str(out), appids=list(state["apps"]), query=state["query"],
+                        max_reviews=cfg.max_reviews, resumed=bool(seen))
+        try:
+            stopped, failed = _collect_apps(out, state, cfg, fetch, seen)
+            complete = stopped is None and not failed and all(st["done"] for st in state["apps"].values())
+            if complete and cfg.with_details:
+                stopped = _details(out, list(state["apps"]), cfg, fetch)
+                complete = stopped is None
+            if complete:
+                cs.finish(out, cs.paths(out)[0], state_path, state, cfg.overwrite)
+        except BaseException as e:
+            fetch.log.write(event="error", error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            fetch.log.write(event="end", requests=fetch.requests, retries=fetch.retries,
+                            complete=bool(state.get("complete")))
+            fetch.log.close()
+    apps = {a: {k: st.get(k) for k in ("reviews", "pages", "done", "end", "skipped")} for a, st in state["apps"].items()}
+    return {"file": str(out), "complete": complete, "skipped": False, "stopped": stopped, "failed": failed, "apps": apps}
+
+
+def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: Fetcher,
+                  seen: set[str]) -> tuple[str | None, dict[str, str]]:
+    """Page through every unfinished app of ``state``; an app that fails does not stop the others.
+
+    Returns:
+        ``(why the time bound stopped the run or None, {appid: error message})``.
+    """
+    part, state_path, _ = cs.paths(out)
+    failed: dict[str, str] = {}
+    with progress(TextColumn("{task.fields[pages]} pages"), TextColumn("{task.fields[rate]:.1f} reviews/s")) as bar, \
+            open(part, "a", encoding="utf-8") as sink:
+        for appid, st in state["apps"].items():
+            if st["done"]:
+                continue
+            page = _Pager(appid, st, cfg, fetch, seen, sink, lambda: cs.save_state(state_path, state))
+            task = bar.add_task(f"app {appid}", total=page.shown_total(), completed=st["reviews"], pages=st["pages"],
+                                rate=0.0)
+            try:
+                while not st["done"]:
+                    page.next()
+                    bar.update(task, completed=st["reviews"], pages=st["pages"], rate=page.rate(),
+                               total=page.shown_total())
+                    plain_progress(f"app {appid} reviews", st["reviews"], page.shown_total() or 0,
+                                   {"pages": st["pages"], "reviews/s": f"{page.rate():.1f}"})
+            except Budget as e:
+                fetch.log.write(event="stopped", appid=appid, reason=str(e))
+                console.print(f"[yellow]{e} at app {appid} page {st['pages'] + 1}; progress saved in {state_path}; "
+                              "rerun the same command to continue")
+                return str(e), failed
+            except UserError as e:
+                failed[appid] = e.message
+                fetch.log.write(event="app_failed", appid=appid, error=e.message)
+                console.print(f"[red]app {appid} failed: {e.message}; going on with the others", markup=False)
+    return None, failed
+
+
+class _Pager:
+    """The pages of one app: fetch, de-duplicate, append to ``.part``, advance its state ``st``."""
+
+    def __init__(self, appid: str, st: dict[str, Any], cfg: CollectConfig, fetch: Fetcher, seen: set[str], sink: Any,
+                 save: Callable[[], None]) -> None:
+        self.appid, self.st, self.cfg, self.fetch, self.seen, self.sink, self.save = appid, st, cfg, fetch, seen, sink, save
+        self.cursors: set[str] = set()
+        self.idle = 0  # consecutive pages without a new review
+        self.t0, self.got0 = time.monotonic(), st["reviews"]
+
+    def rate(self) -> float:
+        return (self.st["reviews"] - self.got0) / max(time.monotonic() - self.t0, 1e-6)
+
+    def shown_total(self) -> int | None:
+        """Steam's ``total_reviews`` capped by ``--max_reviews``, never below what is saved; the saved
+        count once the app is done (Steam's total counts reviews the query does not return)."""
+        st, cap = self.st, self.cfg.max_reviews
+        if st["done"]:
+            return st["reviews"]
+        if st["total"] is None:
+            return cap or None
+        return max(st["reviews"], min(st["total"], cap) if cap else st["total"])
+
+    def next(self) -> None:
+        """Fetch the page at ``st["cursor"]``, append its new reviews (fsynced), then advance and save ``st``.
+
+        Raises:
+            UserError: a 4xx, Steam's ``success != 1``, or failures after ``--max_retries`` (``Fetcher``).
+            Budget: the time bound.
+        """
+        st, cfg, cursor = self.st, self.cfg, self.st["cursor"]
+        self.cursors.add(cursor)
+        data = self.fetch.get_json(f"{cfg.base_url.rstrip('/')}/appreviews/{self.appid}", self._params(cursor),
+                                   f"app {self.appid} page {st['pages'] + 1} (cursor {cursor!r})", _check_page)
+        summary = data.get("query_summary")
+        if st["total"] is None and isinstance(summary, dict) and isinstance(summary.get("total_reviews"), int):
+            st["total"] = summary["total_reviews"]
+        lines, skipped = self._new_lines(data["reviews"])
+        self.sink.writelines(lines)
+        self.sink.flush()
+        os.fsync(self.sink.fileno())
+        st["pages"] += 1
+        st["reviews"] += len(lines)
+        st["skipped"] = st.get("skipped", 0) + skipped
+        self.idle = 0 if lines else self.idle + 1
+        new_cursor = data.get("cursor") or cursor
+        st["end"] = self._end(data["reviews"], cursor, new_cursor)
+        st["done"], st["cursor"] = st["end"] is not None, new_cursor
+        self.save()
+        self.fetch.log.write(event="page", appid=self.appid, page=st["pages"], cursor=cursor, next_cursor=new_cursor,
+                             received=len(data["reviews"]), new=len(lines), skipped=skipped, saved=st["reviews"],
+                             done=st["done"], end=st["end"])
+
+    def _params(self, cursor: str) -> dict[str, Any]:
+        cfg, n = self.cfg, self.cfg.num_per_page
+        if cfg.max_reviews:
+            n = max(1, min(n, cfg.max_reviews - self.st["reviews"]))
+        params = {"json": 1, "language": cfg.language, "filter": cfg.filter, "review_type": cfg.review_type,
+                  "purchase_type": cfg.purchase_type, "num_per_page": n, "cursor": cursor}
+        if cfg.day_range is not None:
+            params["day_range"] = cfg.day_range
+        return params
+
+    def _new_lines(self, reviews: list[dict]) -> tuple[list[str], int]:
+        """JSON lines of the reviews not seen before (up to ``--max_reviews``), and how many were skipped
+        for having no review text. A non-object ``author`` (null) is dropped so prepare reads the record."""
+        lines, skipped = [], 0
+        for r in reviews:
+            rid = str(r["recommendationid"])
+            if rid in self.seen:
+                continue
+            if not isinstance(r.get("review"), str):
+                skipped += 1
+                continue
+            if self.cfg.max_reviews and self.st["reviews"] + len(lines) >= self.cfg.max_reviews:
+                break
+            if "author" in r and not isinstance(r["author"], dict):
+                r = {k: v for k, v in r.items() if k != "author"}
+            self.seen.add(rid)
+            lines.append(json.dumps({**r, "appid": int(self.appid)}, ensure_ascii=False) + "\n")
+        return lines, skipped
+
+    def _end(self, reviews: list[dict], cursor: str, new_cursor: str) -> str | None:
+        """Why the app ends after this page (``"end"``, ``"max_reviews"``, ``"stalled"``, ``"cycle"``), or ``None``."""
+        if self.cfg.max_reviews and self.st["reviews"] >= self.cfg.max_reviews:
+            return "max_reviews"
+        if not reviews or new_cursor == cursor:
+            if not reviews and new_cursor != cursor:
+                self.fetch.log.write(event="empty_page_new_cursor", appid=self.appid, cursor=cursor,
+                                     next_cursor=new_cursor)
+            return "end"
+        if self.idle >= STALL_PAGES:
+            console.print(f"[yellow]app {self.appid}: {STALL_PAGES} pages in a row brought no new review; "
+                          "taking it as the end")
+            return "stalled"
+        if new_cursor in self.cursors:
+            console.print(f"[yellow]app {self.appid}: Steam sent a cursor it had sent before; taking it as the end")
+            return "cycle"
+        return None
 
 
 def log_path(out: Path) -> Path:
@@ -336,11 +332,17 @@ def details_path(out: Path) -> Path:
     return out.with_suffix(".appdetails.json")
 
 
-def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetcher) -> bool:
+def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -> str | None:
+    """Fetch appdetails of ``appids`` missing from ``details_path(out)`` (all with ``--overwrite``).
+    Only ``success: true`` answers are saved, so a later run asks again for the others.
+
+    Returns:
+        Why the time bound stopped it, or ``None``.
+    """
     path = details_path(out)
-    have = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    have = json.loads(path.read_text(encoding="utf-8")) if path.exists() and not cfg.overwrite else {}
     for appid in appids:
-        if appid in have:
+        if isinstance(have.get(appid), dict) and have[appid].get("success") is True:
             continue
 
         def check(data: Any, appid: str = appid) -> str | None:
@@ -349,39 +351,42 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetcher) 
             return None
 
         try:
-            data = fetch.get_json(f"{cfg.base_url.rstrip('/')}/api/appdetails", {"appids": appid, "l": cfg.details_language},
-                                  f"appdetails of app {appid}", check)
-        except _Budget:
-            console.print(f"[yellow]time bound reached before appdetails of {appid}; rerun to continue")
-            return False
-        have[appid] = data[appid]
+            data = fetch.get_json(f"{cfg.base_url.rstrip('/')}/api/appdetails",
+                                  {"appids": appid, "l": cfg.details_language}, f"appdetails of app {appid}", check)
+        except Budget as e:
+            console.print(f"[yellow]{e} before appdetails of {appid}; rerun to continue")
+            return str(e)
+        entry = data[appid]
+        if entry.get("success") is not True or not isinstance(entry.get("data"), dict):
+            have.pop(appid, None)
+            fetch.log.write(event="no_details", appid=appid, answer=entry)
+            console.print(f"[yellow]app {appid}: Steam returned no appdetails (delisted, region-locked or a wrong id); "
+                          f"a rerun asks again. prepare drops its reviews as unknown_game unless you name the game: "
+                          f"--app_name {appid}=NAME")
+            continue
+        have[appid] = entry
         atomic.write_json(path, have)
-    return True
+    return None
 
 
-def _details_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: _Fetcher) -> dict[str, Any]:
+def _details_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -> dict[str, Any]:
     """``--details_only``: appdetails of ``appids`` into ``details_path(out)``; no reviews."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fetch.log = atomic.JsonlLog(log_path(out))
-    complete = _details(out, appids, cfg, fetch)
-    fetch.log.write(event="end", complete=complete, requests=fetch.requests, retries=fetch.retries)
-    fetch.log.close()
-    return {"file": str(details_path(out)), "complete": complete, "skipped": False, "apps": {}}
+    with cs.locked(out), atomic.JsonlLog(log_path(out)) as log:
+        fetch.log = log
+        stopped = _details(out, appids, cfg, fetch)
+        log.write(event="end", complete=stopped is None, requests=fetch.requests, retries=fetch.retries)
+    return {"file": str(details_path(out)), "complete": stopped is None, "skipped": False, "stopped": stopped,
+            "failed": {}, "apps": {}}
 
 
-def run(cfg: CollectConfig) -> dict[str, Any]:
-    """Collect reviews for ``cfg.appid``.
-
-    Returns:
-        ``{"files": [{"file", "complete", "skipped", "apps": {appid: {"reviews", "pages", "done"}}}],
-        "complete": bool, "requests": int, "retries": int, "seconds": float}``.
+def _appids(cfg: CollectConfig) -> list[str]:
+    """``--appid`` values split at commas, stripped, de-duplicated in order.
 
     Raises:
-        UserError: bad flags, a 4xx answer, Steam's ``success != 1``, a request that keeps failing
-            after ``--max_retries`` (progress is kept: rerun to resume), or resume state from
-            other settings.
+        UserError: none given, a non-number, or another flag out of range.
     """
-    appids = [a.strip() for item in cfg.appid for a in str(item).split(",") if a.strip()]
+    appids = list(dict.fromkeys(a.strip() for item in cfg.appid for a in str(item).split(",") if a.strip()))
     if not appids:
         raise UserError("collect: no --appid given; e.g. --appid 570 (the number in the store URL)")
     bad = [a for a in appids if not a.isdigit()]
@@ -389,36 +394,70 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
         raise UserError(f"--appid {bad[0]}: app ids are numbers (store.steampowered.com/app/<id>/); fix it")
     if not 1 <= cfg.num_per_page <= 100:
         raise UserError(f"--num_per_page {cfg.num_per_page}: Steam allows 1–100")
-    if cfg.max_reviews < 0 or cfg.rate_limit < 0 or cfg.max_retries < 0 or cfg.timeout <= 0:
-        raise UserError("--max_reviews, --rate_limit and --max_retries must be >= 0 and --timeout > 0")
-    if "{appid}" in cfg.out:
-        jobs = [(Path(cfg.out.replace("{appid}", a)), [a]) for a in appids]
-    else:
-        jobs = [(Path(cfg.out), appids)]
+    if min(cfg.max_reviews, cfg.rate_limit, cfg.max_retries, cfg.max_time, cfg.backoff_base, cfg.backoff_max) < 0 \
+            or cfg.timeout <= 0:
+        raise UserError("--max_reviews, --rate_limit, --max_retries, --max_time, --backoff_base and --backoff_max "
+                        "must be >= 0 and --timeout > 0")
+    return appids
+
+
+def collect(cfg: CollectConfig) -> dict[str, Any]:
+    """Collect reviews for ``cfg.appid``; every output file gets its turn even when one fails.
+
+    Returns:
+        ``{"files": [see _collect_file], "complete": bool, "stopped": reason or None,
+        "failed": {appid: message}, "requests": int, "retries": int, "seconds": float}``.
+
+    Raises:
+        UserError: bad flags, or an output whose lock, settings or state forbid the run.
+    """
+    appids = _appids(cfg)
+    jobs = [(Path(cfg.out.replace("{appid}", a)), [a]) for a in appids] if "{appid}" in cfg.out \
+        else [(Path(cfg.out), appids)]
     t0 = time.monotonic()
-    fetch = _Fetcher(cfg, t0 + cfg.max_time if cfg.max_time > 0 else None)
-    files = []
+    fetch = Fetcher(cfg, t0 + cfg.max_time if cfg.max_time > 0 else None)
+    files: list[dict[str, Any]] = []
     try:
         for out, ids in jobs:
-            res = _details_file(out, ids, cfg, fetch) if cfg.details_only else _collect_file(out, ids, cfg, fetch)
-            files.append(res)
-            if not res["complete"]:
+            files.append(_details_file(out, ids, cfg, fetch) if cfg.details_only else _collect_file(out, ids, cfg, fetch))
+            if files[-1]["stopped"]:
                 break
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; progress is saved: rerun the same command to resume")
         raise
     finally:
         fetch.close()
-    result = {"files": files, "complete": len(files) == len(jobs) and all(f["complete"] for f in files),
-              "requests": fetch.requests, "retries": fetch.retries, "seconds": round(time.monotonic() - t0, 2)}
+    return {"files": files, "complete": len(files) == len(jobs) and all(f["complete"] for f in files),
+            "stopped": next((f["stopped"] for f in files if f["stopped"]), None),
+            "failed": {a: m for f in files for a, m in f["failed"].items()},
+            "requests": fetch.requests, "retries": fetch.retries, "seconds": round(time.monotonic() - t0, 2)}
+
+
+def run(cfg: CollectConfig) -> dict[str, Any]:
+    """``steam-train collect``: :func:`collect`, a summary table, and exit 2 unless every file is complete.
+
+    Raises:
+        UserError: as :func:`collect`; and at the end, after the summary, when an app failed (one line
+            each above it) or the time bound stopped the run (the data is partial: rerun to continue).
+    """
+    res = collect(cfg)
     rows: list[tuple[object, object]] = []
-    for f in files:
+    for f in res["files"]:
         for a, s in f["apps"].items():
-            rows.append((f"app {a}", f"{s['reviews']:,} reviews, {s['pages']} pages" + ("" if s["done"] else " (unfinished)")))
+            note = "" if s["done"] else " (failed)" if a in f["failed"] else " (unfinished)"
+            extra = f", {s['skipped']} without text skipped" if s.get("skipped") else ""
+            rows.append((f"app {a}", f"{s['reviews']:,} reviews, {s['pages']} pages{extra}{note}"))
         rows.append(("file", f["file"] + ("" if f["complete"] else " (.part: rerun to finish)")))
-    rows += [("requests", f"{fetch.requests} ({fetch.retries} retries)"), ("time", f"{result['seconds']:.1f} s")]
+    rows += [("requests", f"{res['requests']} ({res['retries']} retries)"), ("time", f"{res['seconds']:.1f} s")]
     summary_table("collect", rows)
-    return result
+    for appid, message in res["failed"].items():
+        console.print(f"app {appid}: {message}", markup=False, soft_wrap=True)
+    if res["failed"]:
+        raise UserError(f"collect: {len(res['failed'])} app(s) failed (above); the others are saved; fix the cause "
+                        "and rerun the same command to retry them")
+    if res["stopped"]:
+        raise UserError(f"collect: {res['stopped']}; the data is partial (.part): rerun the same command to continue")
+    return res
 
 
 command = config.command(

@@ -4,16 +4,20 @@ Steam's servers cannot be reached from tests, so :class:`SteamReplay` serves
 ``GET /appreviews/<appid>`` and ``GET /api/appdetails`` over real HTTP (``http.server`` in a
 thread). Pages are built at test time from the archived reviews in
 ``../shared/data/raw/appreviews/`` (nothing is copied into the repo): the reviews of an app in
-archive order, cut into pages of ``num_per_page``. Cursors look like Steam's (base64 with ``+``,
-``/`` and ``=``), so a client that does not URL-encode them gets HTTP 400 here, as a wrong cursor
-would derail it on Steam. After the last page the API answers an empty page with the same
-cursor, as Steam does.
+archive order, ``num_per_page`` from the request's position. Cursors look like Steam's (base64
+with ``+``, ``/`` and ``=``) and name a position, so the page size may change between requests; a
+client that does not URL-encode them gets HTTP 400 here, as a wrong cursor would derail it on
+Steam. After the last page the API answers an empty page with the same cursor, as Steam does.
 
 Faults for robustness tests go in ``faults``, a list consumed one per ``/appreviews`` request:
-an ``int`` answers that HTTP status, ``"malformed"`` a truncated JSON body, ``"bad_review"`` a
-page whose first review lacks its id, ``"slow"`` waits ``slow_seconds`` before answering,
-``"repeat_cursor"`` answers the page with the request's own cursor, ``None`` answers normally.
-``delay`` slows every page (to interrupt a run in the middle). ``requests`` records each query.
+an ``int`` answers that HTTP status, ``(status, headers)`` that status with those headers (e.g.
+``Retry-After``), ``"malformed"`` a truncated JSON body, ``"bad_review"`` a page whose first review
+lacks its id, ``"slow"`` waits ``slow_seconds`` before answering, ``"trickle"`` sends the page one
+byte every ``trickle_seconds``, ``"repeat_cursor"`` answers the page with the request's own cursor,
+``("cursor", c)`` answers it with cursor ``c``, ``"dups"`` answers the first reviews again with a
+fresh cursor whatever was asked (Steam's endless ``filter=all``), ``None`` answers normally.
+``answers`` maps an app id to a fixed JSON answer (e.g. ``{"success": 2}``). ``delay`` slows every
+page (to interrupt a run in the middle). ``requests`` records each query.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,10 +33,17 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 
-def cursor_for(appid: str, page: int) -> str:
-    """A Steam-like cursor for ``page`` (>= 1) that always contains ``+``, ``/`` and ``=``."""
-    digest = base64.b64encode(hashlib.sha1(f"{appid}:{page}".encode()).digest()).decode()
-    return f"AoJ{digest[:6]}+{page}/{digest[6:10]}=="
+def cursor_for(appid: str, position: int) -> str:
+    """A Steam-like cursor for the reviews after the first ``position``; it always contains ``+``, ``/`` and ``=``."""
+    digest = base64.b64encode(hashlib.sha1(f"{appid}:{position}".encode()).digest()).decode()
+    return f"AoJ{digest[:6]}+{position}/{digest[6:10]}=="
+
+
+def _position(appid: str, cursor: str) -> int | None:
+    if cursor == "*":
+        return 0
+    m = re.search(r"\+(\d+)/.{4}==$", cursor)
+    return int(m.group(1)) if m and cursor_for(appid, int(m.group(1))) == cursor else None
 
 
 class SteamReplay:
@@ -48,6 +60,9 @@ class SteamReplay:
         self.faults: list = []
         self.delay = 0.0
         self.slow_seconds = 2.0
+        self.trickle_seconds = 0.1
+        self.answers: dict[str, dict] = {}
+        self._fresh = 0
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"replay": self})
@@ -79,19 +94,19 @@ class SteamReplay:
     def page(self, appid: str, cursor: str, n: int) -> dict | None:
         """The API answer for ``cursor`` (``None`` for an unknown cursor)."""
         revs = self.reviews.get(appid, [])
-        pages = max(1, -(-len(revs) // n))
-        if cursor == "*":
-            i = 0
-        else:
-            i = next((p for p in range(1, pages + 1) if cursor_for(appid, p) == cursor), None)
-            if i is None:
-                return None
-        chunk = revs[i * n:(i + 1) * n]
-        nxt = cursor_for(appid, i + 1) if chunk else cursor
-        body = {"success": 1, "cursor": nxt, "reviews": chunk}
+        i = _position(appid, cursor)
+        if i is None:
+            return None
+        chunk = revs[i:i + n]
+        body = {"success": 1, "cursor": cursor_for(appid, i + len(chunk)) if chunk else cursor, "reviews": chunk}
         if i == 0:
             body["query_summary"] = {"num_reviews": len(chunk), "total_reviews": len(revs)}
         return body
+
+    def fresh_cursor(self) -> str:
+        with self._lock:
+            self._fresh += 1
+            return cursor_for("fresh", self._fresh)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -100,13 +115,25 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:  # keep test output clean
         pass
 
-    def _send(self, status: int, body: str | bytes, ctype: str = "application/json") -> None:
+    def _send(self, status: int, body: str | bytes, ctype: str = "application/json", headers: dict | None = None,
+              trickle: float = 0.0) -> None:
         data = body.encode() if isinstance(body, str) else body
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
+        if not trickle:
+            self.wfile.write(data)
+            return
+        for i in range(len(data)):  # until the client hangs up
+            try:
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(trickle)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         rp = self.replay
@@ -127,18 +154,29 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(fault, int):
             self._send(fault, "<html>error</html>", "text/html")
             return
+        if isinstance(fault, tuple) and isinstance(fault[0], int):
+            self._send(fault[0], "<html>error</html>", "text/html", headers=fault[1])
+            return
         if fault == "slow":
             time.sleep(rp.slow_seconds)
         appid = parts.path.rsplit("/", 1)[-1]
-        body = rp.page(appid, q.get("cursor", ""), int(q.get("num_per_page", "20")))
+        if appid in rp.answers:
+            self._send(200, json.dumps(rp.answers[appid]))
+            return
+        n = int(q.get("num_per_page", "20"))
+        body = rp.page(appid, "*" if fault == "dups" else q.get("cursor", ""), n)
         if body is None:
             self._send(400, json.dumps({"success": 2, "error": f"unknown cursor {q.get('cursor')!r}"}))
             return
         if fault == "repeat_cursor":
             body["cursor"] = q.get("cursor")
+        if fault == "dups":
+            body["cursor"] = rp.fresh_cursor()
+        if isinstance(fault, tuple) and fault[0] == "cursor":
+            body["cursor"] = fault[1]
         if fault == "bad_review" and body["reviews"]:
             body["reviews"] = [{"review": "no id"}] + body["reviews"][1:]
         text = json.dumps(body, ensure_ascii=False)
         if fault == "malformed":
             text = text[: len(text) // 2]
-        self._send(200, text)
+        self._send(200, text, trickle=rp.trickle_seconds if fault == "trickle" else 0.0)

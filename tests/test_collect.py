@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from tests.steam_replay import SteamReplay, cursor_for
 from steam_persona.common import config
 from steam_persona.cli import main
-from steam_persona.reviews.collect import CollectConfig, run
+from steam_persona.reviews.collect import CollectConfig, collect, run
 from steam_persona.common.errors import UserError
 
 APP = "570980"  # 266 real reviews in the archive
@@ -61,11 +61,12 @@ def test_paginates_with_encoded_cursors_and_dedups(tmp_path, archive):
     # 268 served / 50 = 6 pages, then the empty page that ends it
     assert len(server.requests) == 7
     sent = [r["query"]["cursor"] for r in server.requests]
-    assert sent[0] == "*" and sent[1] == cursor_for(APP, 1) and all(c in sent[1] for c in "+/=")
+    assert sent[0] == "*" and sent[1] == cursor_for(APP, 50) and all(c in sent[1] for c in "+/=")
     raw = server.requests[1]["raw_query"]
     assert "%2B" in raw and "%2F" in raw and "%3D" in raw
     assert server.requests[0]["query"]["language"] == "schinese" and server.requests[0]["query"]["num_per_page"] == "50"
-    assert not out.with_name(out.name + ".part").exists() and not out.with_name(out.name + ".state.json").exists()
+    assert not out.with_name(out.name + ".part").exists() and not out.with_name(out.name + ".lock").exists()
+    assert json.loads(out.with_name(out.name + ".state.json").read_text())["complete"]
 
 
 def test_429_then_success_and_500_burst(tmp_path, steam, archive):
@@ -90,14 +91,16 @@ def test_timeout_is_retried(tmp_path, steam, archive):
 def test_malformed_page_gives_clear_error_and_loses_nothing(tmp_path, steam, archive):
     out = tmp_path / "r.jsonl"
     steam.faults = [None, None] + ["malformed"] * 4  # page 3 stays broken through 3 retries
-    with pytest.raises(UserError, match=r"page 3 .*malformed page: not JSON.* after 4 tries; progress is saved, rerun"):
-        run(_cfg(steam, out))
+    res = collect(_cfg(steam, out))
+    assert not res["complete"] and res["failed"][APP].startswith(f"{steam.base_url}/appreviews/{APP}: app {APP} page 3 ")
+    assert "malformed page: not JSON" in res["failed"][APP] and "after 4 tries; progress is saved, rerun" in res["failed"][APP]
     part, state = tmp_path / "r.jsonl.part", json.loads((tmp_path / "r.jsonl.state.json").read_text())
     assert not out.exists() and len(_lines(part)) == 100
-    assert state["apps"][APP]["cursor"] == cursor_for(APP, 2) and state["apps"][APP]["reviews"] == 100
+    assert state["apps"][APP]["cursor"] == cursor_for(APP, 100) and state["apps"][APP]["reviews"] == 100
     steam.faults = ["bad_review"] * 4  # a review without its id is malformed too
-    with pytest.raises(UserError, match="review 1 has no recommendationid"):
+    with pytest.raises(UserError, match="1 app.s. failed"):
         run(_cfg(steam, out))
+    assert "review 1 has no recommendationid" in [e for e in _lines(tmp_path / "r.log.jsonl") if e["event"] == "app_failed"][-1]["error"]
     run(_cfg(steam, out))  # the server recovers: resume
     rows = _lines(out)
     assert len(rows) == 266 and {r["recommendationid"] for r in rows} == _ids(archive)
@@ -156,13 +159,13 @@ def test_max_reviews_and_details_feed_prepare(tmp_path, steam):
 
 def test_time_bound_stops_and_rerun_finishes(tmp_path, steam):
     steam.delay = 0.05
-    res = run(_cfg(steam, tmp_path / "r.jsonl", num_per_page=20, max_time=0.3))
-    assert not res["complete"] and not (tmp_path / "r.jsonl").exists()
+    res = collect(_cfg(steam, tmp_path / "r.jsonl", num_per_page=20, max_time=0.3))
+    assert not res["complete"] and res["stopped"].startswith("time bound --max_time 0.3 s reached") and not (tmp_path / "r.jsonl").exists()
     assert 0 < len(_lines(tmp_path / "r.jsonl.part")) < 266
     steam.delay = 0
     assert run(_cfg(steam, tmp_path / "r.jsonl", num_per_page=20))["complete"]
     assert len(_lines(tmp_path / "r.jsonl")) == 266
-    again = run(_cfg(steam, tmp_path / "r.jsonl", num_per_page=20))  # already complete: nothing fetched
+    again = collect(_cfg(steam, tmp_path / "r.jsonl", num_per_page=20))  # already complete: nothing fetched
     assert again["files"][0]["skipped"]
 
 
@@ -170,8 +173,9 @@ def test_resume_with_other_settings_is_refused(tmp_path, steam):
     steam.faults = [None] + ["malformed"] * 4
     with pytest.raises(UserError):
         run(_cfg(steam, tmp_path / "r.jsonl"))
-    with pytest.raises(UserError, match="saved by a run with other settings"):
-        run(_cfg(steam, tmp_path / "r.jsonl", language="english"))
+    with pytest.raises(UserError, match=r"r.jsonl: collected with other settings: --language english \(file: schinese\), "
+                                        r"--filter all \(file: recent\); use the file's values, pass --overwrite"):
+        run(_cfg(steam, tmp_path / "r.jsonl", language="english", filter="all"))
 
 
 def test_rate_limit_spaces_requests(tmp_path, steam):
@@ -181,12 +185,13 @@ def test_rate_limit_spaces_requests(tmp_path, steam):
 
 
 def test_backoff_has_full_jitter_and_cap():
-    from steam_persona.reviews.collect import _Fetcher
+    from steam_persona.reviews.collect_fetch import Fetcher
 
-    f = _Fetcher(config.build(CollectConfig, {"backoff_base": 1.0, "backoff_max": 8.0}), None)
+    f = Fetcher(config.build(CollectConfig, {"backoff_base": 1.0, "backoff_max": 8.0}), None)
     waits = [f.backoff(5) for _ in range(200)]
     assert max(waits) <= 8.0 and min(waits) < 2.0 and len(set(waits)) > 150
     assert f.backoff(0, retry_after=3.0) >= 3.0  # Retry-After is honoured
+    assert f.backoff(0, retry_after=20.0) >= 20.0  # even above --backoff_max
     f.close()
 
 
@@ -244,7 +249,7 @@ def test_details_only_names_an_archive_for_prepare(tmp_path, steam, shared_dir):
 def test_a_saved_review_holding_unicode_line_separators_resumes(tmp_path):
     """The .part file is JSON lines written with ensure_ascii=False: U+0085 and U+2028 in a review's text
     are inside its line, not line ends."""
-    from steam_persona.reviews.collect import _repair_part
+    from steam_persona.reviews.collect_state import repair_part as _repair_part
 
     part = tmp_path / "r.jsonl.part"
     rows = [{"recommendationid": "1", "appid": 10, "review": "Alyx\x85 great\u2028really"},

@@ -1,0 +1,172 @@
+"""Files of one ``steam-train collect`` output: the lock, the resume state and the ``.part`` file.
+
+Beside ``<out>`` live ``<out>.lock`` (while a run writes it), ``<out>.part`` (reviews of an
+unfinished run, the record of the ids seen) and ``<out>.state.json``: the query, and per app the
+next cursor, pages, reviews and whether (and why) it ended. The state stays after the run
+completes (``"complete": true``), so a later run can compare its settings with the file's and
+continue from the saved cursors when ``--max_reviews`` is raised.
+
+Crash-safe order: reviews are appended and fsynced before the state that counts them is written
+(atomically), and on completion ``.part`` is renamed to ``<out>`` before the state says
+``complete``. A kill at any point leaves files a rerun reads without loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+from steam_persona.common import atomic
+from steam_persona.common.errors import UserError
+
+#: Settings that select which reviews Steam returns: a run may only resume or extend a file made
+#: with the same values (``--max_reviews``, ``--num_per_page`` and the pacing flags may change).
+QUERY_FIELDS = ("language", "filter", "review_type", "purchase_type", "day_range")
+
+
+def paths(out: Path) -> tuple[Path, Path, Path]:
+    """``(<out>.part, <out>.state.json, <out>.lock)``."""
+    return tuple(out.with_name(out.name + s) for s in (".part", ".state.json", ".lock"))  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold ``<out>.lock`` (an exclusive ``flock``, holding the pid) while the block writes ``out``.
+
+    The kernel drops a ``flock`` when its process dies, so a lock file left by a killed run is taken
+    over. The file is removed on exit; the inode check makes a run that opened the file just
+    before its removal try again on the new one.
+
+    Raises:
+        UserError: another live run holds the lock.
+    """
+    lock = paths(out)[2]
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"{lock}: another collect (pid {pid}) is writing {out}; wait for it to end, "
+                            "or give this run another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def query_of(cfg: Any) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in QUERY_FIELDS}
+
+
+def differing_flags(saved: dict[str, Any], cfg: Any) -> str:
+    """``"--language english (file: schinese), --filter all (file: recent)"``, or ``""`` when the same."""
+    return ", ".join(f"--{k} {getattr(cfg, k)} (file: {saved.get(k)})" for k in QUERY_FIELDS
+                     if saved.get(k) != getattr(cfg, k))
+
+
+def read_state(state_path: Path) -> dict[str, Any] | None:
+    """The saved state, or ``None`` when there is none.
+
+    Raises:
+        UserError: the state file is unreadable.
+    """
+    if not state_path.exists():
+        return None
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("apps"), dict):
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{state_path}: unreadable collect state; delete it (and any .part beside it) "
+                        "to start over") from None
+    return state
+
+
+def save_state(state_path: Path, state: dict[str, Any]) -> None:
+    atomic.write_json(state_path, state, indent=None)
+
+
+def repair_part(part: Path) -> tuple[set[str], Counter[str]]:
+    """Read the review ids saved in ``part`` and count them per app; cut a torn last line left by a kill.
+
+    Raises:
+        UserError: a line that is not a saved review.
+    """
+    ids: set[str] = set()
+    per_app: Counter[str] = Counter()
+    if not part.exists():
+        return ids, per_app
+    data = part.read_bytes()
+    good = data.rfind(b"\n") + 1
+    if good < len(data):
+        with open(part, "r+b") as f:
+            f.truncate(good)
+    # "\n" only: str.splitlines() also breaks at U+0085/U+2028 inside a saved review's text
+    for n, line in enumerate(data[:good].decode("utf-8").split("\n")[:-1], 1):
+        try:
+            rec = json.loads(line)
+            ids.add(str(rec["recommendationid"]))
+            per_app[str(rec["appid"])] += 1
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{part}: line {n} is not a saved review; delete {part} and its .state.json "
+                            "to start over") from None
+    return ids, per_app
+
+
+def check_part(part: Path, state_path: Path, state: dict[str, Any], per_app: Counter[str]) -> None:
+    """Refuse to resume when ``.part`` holds fewer reviews of an app than the state says were saved
+    (it was removed, cut or replaced): continuing from the saved cursor would lose the earlier pages.
+
+    Raises:
+        UserError: naming the app, both counts and the fix.
+    """
+    for appid, st in state["apps"].items():
+        if per_app[appid] < st.get("reviews", 0):
+            raise UserError(f"{part}: holds {per_app[appid]} reviews of app {appid} but {state_path} says "
+                            f"{st['reviews']} were saved (the .part was removed or cut); restore it, or delete "
+                            f"{state_path} to collect from the start")
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def reopen_complete(out: Path, part: Path) -> None:
+    """Continue a complete ``out``: copy it to ``part`` (``out`` stays whole until the run finishes)."""
+    with atomic.atomic_path(part) as tmp:
+        shutil.copyfile(out, tmp)
+
+
+def finish(out: Path, part: Path, state_path: Path, state: dict[str, Any], overwrite: bool) -> None:
+    """Move ``part`` to ``out`` and mark the state complete, in that order.
+
+    Raises:
+        UserError: without ``--overwrite``, ``out`` exists with more reviews than ``part``: nothing is replaced.
+    """
+    if out.exists() and not overwrite and count_lines(out) > count_lines(part):
+        raise UserError(f"{out}: holds {count_lines(out)} reviews, more than the {count_lines(part)} this run "
+                        f"collected in {part}; kept both: pass --overwrite to replace it, or delete {part} and "
+                        f"{state_path}")
+    os.replace(part, out)
+    state["complete"] = True
+    save_state(state_path, state)
