@@ -217,7 +217,7 @@ def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: F
             except UserError as e:
                 failed[appid] = e.message
                 fetch.log.write(event="app_failed", appid=appid, error=e.message)
-                console.print(f"[red]app {appid} failed: {e.message}; going on with the others", markup=False)
+                console.print(f"app {appid} failed: {e.message}; going on with the others", style="red", markup=False)
     return None, failed
 
 

@@ -258,3 +258,190 @@ def test_a_saved_review_holding_unicode_line_separators_resumes(tmp_path):
     ids, per_app = _repair_part(part)
     assert ids == {"1", "2"} and per_app == {"10": 2}
     assert part.read_text(encoding="utf-8").count("\n") == 2  # the torn last line is cut
+
+
+def _fake(appid: str, n: int) -> list[dict]:
+    """``n`` small synthetic reviews of ``appid`` (ids unique across apps)."""
+    return [{"recommendationid": f"{appid}{i:04d}", "review": f"review {i} of {appid}", "voted_up": True,
+             "language": "schinese", "author": {"steamid": str(i), "playtime_at_review": 600}} for i in range(n)]
+
+
+def test_a_second_run_on_a_locked_output_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, steam):
+    from steam_persona.reviews import collect_state
+
+    out = tmp_path / "r.jsonl"
+    with collect_state.locked(out):  # another run is writing out
+        with pytest.raises(UserError, match=rf"r.jsonl.lock: another collect \(pid {os.getpid()}\) is writing .*r.jsonl; "
+                                            "wait for it to end"):
+            collect(_cfg(steam, out))
+    assert steam.requests == [] and not out.exists()
+    (tmp_path / "r.jsonl.lock").write_text("999999")  # left by a killed run: nobody holds it
+    assert collect(_cfg(steam, out))["complete"] and len(_lines(out)) == 266
+    assert not (tmp_path / "r.jsonl.lock").exists()
+
+
+def test_a_stale_state_without_its_part_never_shrinks_a_complete_output(tmp_path, steam, archive):
+    """The trial's data loss: an old state beside a finished output resumed from its cursor with an
+    empty .part and replaced 266 reviews with the rest."""
+    out, state = tmp_path / "r.jsonl", tmp_path / "r.jsonl.state.json"
+    steam.faults = [None, None] + ["malformed"] * 4
+    assert not collect(_cfg(steam, out))["complete"]
+    old = state.read_text()
+    assert collect(_cfg(steam, out))["complete"] and len(_lines(out)) == 266
+    state.write_text(old)
+    n = len(steam.requests)
+    with pytest.raises(UserError, match=r"r.jsonl.part: holds 0 reviews of app 570980 but .*state.json says 100 were "
+                                        r"saved \(the .part was removed or cut\); restore it, or delete"):
+        collect(_cfg(steam, out))
+    assert len(steam.requests) == n and len(_lines(out)) == 266
+
+
+def test_a_kill_between_rename_and_state_write_finishes_on_rerun(tmp_path, steam):
+    out, state_path = tmp_path / "r.jsonl", tmp_path / "r.jsonl.state.json"
+    collect(_cfg(steam, out))
+    state = json.loads(state_path.read_text())
+    state["complete"] = False  # .part was renamed, the state not yet saved
+    state_path.write_text(json.dumps(state))
+    n = len(steam.requests)
+    assert collect(_cfg(steam, out))["files"][0]["skipped"] and len(steam.requests) == n
+    assert json.loads(state_path.read_text())["complete"] and len(_lines(out)) == 266
+
+
+def test_finish_never_replaces_a_larger_output(tmp_path):
+    from steam_persona.reviews.collect_state import finish
+
+    out, part, state = tmp_path / "r.jsonl", tmp_path / "r.jsonl.part", tmp_path / "r.jsonl.state.json"
+    out.write_text("1\n2\n3\n")
+    part.write_text("1\n")
+    with pytest.raises(UserError, match=r"r.jsonl: holds 3 reviews, more than the 1 this run collected"):
+        finish(out, part, state, {"apps": {}}, overwrite=False)
+    assert out.read_text() == "1\n2\n3\n" and part.exists() and not state.exists()
+    finish(out, part, state, {"apps": {}}, overwrite=True)
+    assert out.read_text() == "1\n" and json.loads(state.read_text())["complete"]
+
+
+def test_a_complete_file_checks_settings_and_grows_with_max_reviews(tmp_path, steam, archive):
+    out = tmp_path / "raw/570980.jsonl"
+    collect(_cfg(steam, out, max_reviews=60))
+    n = len(steam.requests)
+    with pytest.raises(UserError, match=r"570980.jsonl: collected with other settings: --language english \(file: "
+                                        r"schinese\), --filter all \(file: recent\); .*--overwrite .* another --out"):
+        collect(_cfg(steam, out, language="english", filter="all"))
+    assert len(steam.requests) == n and len(_lines(out)) == 60
+    assert collect(_cfg(steam, out, max_reviews=30))["files"][0]["skipped"] and len(_lines(out)) == 60  # kept
+    res = collect(_cfg(steam, out, max_reviews=120))  # continues from the saved cursor
+    assert res["complete"] and steam.requests[n]["query"]["cursor"] == cursor_for(APP, 60)
+    assert [r["recommendationid"] for r in _lines(out)] == [r["recommendationid"] for r in archive[:120]]
+    assert [r["query"]["num_per_page"] for r in steam.requests[n:]] == ["50", "10"]  # min(num_per_page, needed)
+
+
+def test_appdetails_without_success_are_not_cached_and_are_asked_again(tmp_path, capsys):
+    with SteamReplay({"10": _fake("10", 3)}) as server:  # no details for app 10
+        res = collect(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10"], with_details=True))
+        assert res["complete"] and not (tmp_path / "raw/10.appdetails.json").exists()
+        err = capsys.readouterr().err
+        assert "app 10: Steam returned no appdetails" in err and "--app_name 10=NAME" in err
+        (tmp_path / "raw/10.appdetails.json").write_text('{"10": {"success": false}}')  # cached by an older version
+        server.details["10"] = {"name": "Half-Life 2"}
+        collect(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10"], details_only=True))
+        assert sum(r["path"] == "/api/appdetails" for r in server.requests) == 2
+    saved = json.loads((tmp_path / "raw/10.appdetails.json").read_text())
+    assert saved == {"10": {"success": True, "data": {"name": "Half-Life 2"}}}
+
+
+def test_reviews_without_text_are_skipped_and_null_authors_dropped_so_prepare_reads_the_file(tmp_path):
+    from steam_persona.reviews.prepare import PrepareConfig
+    from steam_persona.reviews.prepare import run as prepare
+
+    revs = _fake("10", 4)
+    revs[1]["review"] = None
+    revs[2]["author"] = None
+    with SteamReplay({"10": revs}, details={"10": {"name": "Half-Life 2"}}) as server:
+        res = collect(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10"], with_details=True))
+    assert res["files"][0]["apps"]["10"]["skipped"] == 1
+    rows = _lines(tmp_path / "raw/10.jsonl")
+    assert [r["recommendationid"] for r in rows] == ["100000", "100002", "100003"] and "author" not in rows[1]
+    prepared = prepare(config.build(PrepareConfig, {"inputs": [str(tmp_path / "raw")], "out": str(tmp_path / "sft.json"),
+                                                    "val_size": 0, "min_chars": 1, "drop_spam": False}))
+    assert prepared["formats"][str(tmp_path / "raw/10.jsonl")] == "collect-jsonl"
+
+
+def test_one_failing_app_does_not_stop_the_others_and_a_rerun_retries_it(tmp_path, capsys):
+    with SteamReplay({"10": _fake("10", 5), "999": _fake("999", 2), "11": _fake("11", 4)}) as server:
+        server.answers["999"] = {"success": 2}
+        with pytest.raises(UserError, match=r"collect: 1 app\(s\) failed \(above\); the others are saved"):
+            run(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10,999,11"]))
+        assert "app 999: " in capsys.readouterr().err
+        assert len(_lines(tmp_path / "raw/10.jsonl")) == 5 and len(_lines(tmp_path / "raw/11.jsonl")) == 4
+        res = collect(_cfg(server, tmp_path / "shared.jsonl", appid=["10,999,11"]))  # one shared file
+        assert set(res["failed"]) == {"999"} and len(_lines(tmp_path / "shared.jsonl.part")) == 9
+        del server.answers["999"]
+        res = collect(_cfg(server, tmp_path / "shared.jsonl", appid=["10,999,11"]))
+        assert res["complete"] and len(_lines(tmp_path / "shared.jsonl")) == 11
+        n = len(server.requests)
+        res = collect(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10,999,11"]))
+        assert res["complete"] and [f["skipped"] for f in res["files"]] == [True, False, True]
+        assert len(_lines(tmp_path / "raw/999.jsonl")) == 2 and len(server.requests) == n + 2
+
+
+def test_endless_duplicate_pages_and_cursor_cycles_end_the_app(tmp_path, steam):
+    from steam_persona.reviews.collect import STALL_PAGES
+
+    steam.faults = ["dups"] * 50  # the same reviews under ever new cursors
+    res = collect(_cfg(steam, tmp_path / "a.jsonl"))
+    assert res["files"][0]["apps"][APP]["end"] == "stalled" and len(steam.requests) == 1 + STALL_PAGES
+    assert len(_lines(tmp_path / "a.jsonl")) == 50
+    steam.faults, steam.requests = [None, ("cursor", cursor_for(APP, 0))], []  # page 2 points back to page 1
+    res = collect(_cfg(steam, tmp_path / "b.jsonl"))
+    assert res["files"][0]["apps"][APP]["end"] == "cycle" and len(steam.requests) == 3
+    assert len(_lines(tmp_path / "b.jsonl")) == 100
+
+
+def test_retry_after_as_an_http_date_or_above_backoff_max(tmp_path, steam):
+    from email.utils import formatdate
+
+    from steam_persona.reviews.collect_fetch import retry_after_seconds
+
+    assert retry_after_seconds("Wed, 21 Oct 2026 07:28:00 GMT", now=1792567680 - 5) == 5.0
+    assert retry_after_seconds("4") == 4.0 and retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+    steam.faults = [(429, {"Retry-After": formatdate(time.time() + 2, usegmt=True)}), (503, {"Retry-After": "0.4"})]
+    t0 = time.monotonic()
+    res = collect(_cfg(steam, tmp_path / "r.jsonl"))  # --backoff_max 0.005
+    assert res["complete"] and res["retries"] == 2 and time.monotonic() - t0 >= 1.0 + 0.4
+    log = [e for e in _lines(tmp_path / "r.log.jsonl") if e["event"] == "retry"]
+    assert log[1]["retry_after_s"] == 0.4 and log[1]["wait_s"] >= 0.4
+
+
+def test_a_retry_after_past_max_time_stops_at_once(tmp_path, steam):
+    steam.faults = [(429, {"Retry-After": "50"})]
+    t0 = time.monotonic()
+    res = collect(_cfg(steam, tmp_path / "r.jsonl", max_time=5))
+    assert time.monotonic() - t0 < 1.0 and res["retries"] == 0 and res["requests"] == 1
+    assert res["stopped"].startswith("waiting 50.0 s to retry app 570980 page 1") and "would pass --max_time 5 s" in res["stopped"]
+    r = CliRunner().invoke(main, ["collect", "--appid", APP, "--out", str(tmp_path / "r.jsonl"), "--base_url",
+                                  steam.base_url, "--rate_limit", "0", "--max_time", "0.0001"])
+    assert r.exit_code == 2 and "the data is partial (.part): rerun the same command to continue" in r.output
+
+
+def test_timeout_bounds_a_whole_trickling_response_and_max_time_the_run(tmp_path, steam):
+    steam.faults, steam.trickle_seconds = ["trickle"], 0.02  # one byte every 20 ms: never a read timeout
+    t0 = time.monotonic()
+    res = collect(_cfg(steam, tmp_path / "a.jsonl", timeout=0.5))
+    assert res["complete"] and res["retries"] == 1 and time.monotonic() - t0 < 2.5
+    assert "no whole answer within --timeout 0.5 s" in [e for e in _lines(tmp_path / "a.log.jsonl") if e["event"] == "retry"][0]["problem"]
+    steam.faults = ["trickle"] * 3
+    t0 = time.monotonic()
+    res = collect(_cfg(steam, tmp_path / "b.jsonl", timeout=30, max_time=0.6))
+    assert 0.5 < time.monotonic() - t0 < 1.5 and res["stopped"] == "time bound --max_time 0.6 s reached during a request"
+    assert (tmp_path / "b.jsonl.part").exists() and not (tmp_path / "b.jsonl").exists()
+
+
+def test_flags_are_checked_and_app_ids_deduplicated(tmp_path, steam, capsys):
+    from steam_persona.reviews.collect import _appids
+
+    assert _appids(config.build(CollectConfig, {"appid": ["10, 10", "11,10"]})) == ["10", "11"]
+    for flag in ("max_time", "backoff_base", "backoff_max"):
+        with pytest.raises(UserError, match="must be >= 0"):
+            _appids(config.build(CollectConfig, {"appid": ["10"], flag: -1}))
+    collect(_cfg(steam, tmp_path / "r.jsonl"))
+    assert "app 570980 reviews 50/266  pages 1" in capsys.readouterr().err  # plain progress when not a terminal
