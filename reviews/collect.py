@@ -137,8 +137,10 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
         _apply_max_reviews(st, cfg)
     if state.get("complete"):
         if all(st["done"] for st in state["apps"].values()):
+            more = ", or raise --max_reviews to add more" if any(
+                st.get("end") == "max_reviews" for st in state["apps"].values()) else ""
             console.print(f"{out}: already complete ({cs.count_lines(out):,} reviews); pass --overwrite to collect "
-                          "again, or raise --max_reviews to add more")
+                          f"again{more}")
             return None
         cs.reopen_complete(out, part)
         state["complete"] = False
@@ -311,6 +313,11 @@ class _Pager:
             if not reviews and new_cursor != cursor:
                 self.fetch.log.write(event="empty_page_new_cursor", appid=self.appid, cursor=cursor,
                                      next_cursor=new_cursor)
+                console.print(f"[yellow]app {self.appid}: an empty page with a new cursor; taking it as the end "
+                              "(Steam's rule)")
+            if not self.st["reviews"]:
+                console.print(f"[yellow]app {self.appid}: Steam has no reviews for it with these settings; check the "
+                              "app id, --language and --filter")
             return "end"
         if self.idle >= STALL_PAGES:
             console.print(f"[yellow]app {self.appid}: {STALL_PAGES} pages in a row brought no new review; "

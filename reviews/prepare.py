@@ -170,7 +170,8 @@ FLAGS = {
     "to_simplified": "--to_simplified False", "scrub_pii": "--scrub_pii False", "voted_up": "--voted_up any",
     "min_votes_up": "--min_votes_up 0", "min_playtime_hours": "--min_playtime_hours 0",
     "unknown_game": "--app_name NAME / --app_name APPID=NAME / --app_names FILE / an appdetails input (steam-train "
-                    "collect --appid ID --details_only fetches it), or --drop_unknown_game False",
+                    "collect --appid ID --details_only True fetches it when Steam still lists the app), "
+                    "or --drop_unknown_game False",
     "empty": "--drop_empty False", "profanity_mask": "--drop_masked False", "promo_footer": "--drop_spam False", "spam": "--drop_spam False",
     "identity_slur": "--drop_identity_slurs False", "blocklist": "a shorter --blocklist",
     "checklist": "--drop_checklists False", "little_language": "--drop_little_language False",

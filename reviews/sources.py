@@ -438,7 +438,7 @@ def _kind(rec: Any) -> str | None:
     if not isinstance(rec, dict):
         return None
     if "review" in rec and ("recommendationid" in rec or "voted_up" in rec):
-        flat = (columns_mod.field_of(k) for k, v in rec.items() if not (k == "author" and isinstance(v, dict)))
+        flat = (columns_mod.field_of(k) for k, v in rec.items() if not (k == "author" and (isinstance(v, dict) or v is None)))
         return "review" if all(f in _STEAM_FIELDS for f in flat) else None
     if "instruction" in rec and "output" in rec:
         return "alpaca"
@@ -469,9 +469,13 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
     loaded = Loaded(path, fmt)
     appid = _appid_from_name(path)
     prefix = f"{path}: {word} "
+    odd: list[int] = []
     for n, rec in rows:
         where = prefix + str(n)
         kind = _kind(rec)
+        if first == "review" and _odd_review(rec):
+            odd.append(n)
+            continue
         if kind != first:
             raise UserError(f"{where}: record is not like the first one ({first}); keep one format per file")
         if kind == "review":
@@ -480,11 +484,22 @@ def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_lang
             loaded.reviews.append(_from_alpaca(rec, where))
         else:
             loaded.reviews.extend(_from_sharegpt(rec, where))
+    if odd:
+        loaded.warnings.append(f"{path}: skipped {len(odd)} review record(s) without 'review' text or with odd fields "
+                               f"({word} {', '.join(map(str, odd[:5]))}{' …' if len(odd) > 5 else ''})")
     if fmt == "collect-jsonl":
         details = path.with_suffix(".appdetails.json")
         if details.is_file():
             loaded.apps = read(details, tag_language).apps
     return loaded
+
+
+def _odd_review(rec: Any) -> bool:
+    """A record of a review file that Steam sent oddly (``"review": null``, a non-object ``author``,
+    an unknown field): it names a review but cannot be read as one. Skipped with a warning, so one
+    odd record does not block its file; records of another kind still stop the file."""
+    return isinstance(rec, dict) and ("recommendationid" in rec or "review" in rec) and (
+        _kind(rec) != "review" or not isinstance(rec.get("review"), str))
 
 
 def _a(noun: str) -> str:
@@ -554,11 +569,12 @@ def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
         raise UserError(f"{where}: not a Steam review (no 'review' text); fix or remove it")
     author = rec.get("author")
     author = author if isinstance(author, dict) else {}
-    minutes = _int(author.get("playtime_at_review", author.get("playtime_forever")))
+    at_review = author.get("playtime_at_review")
+    minutes = _int(at_review if at_review is not None else author.get("playtime_forever"))
     voted, app, rid, steamid = rec.get("voted_up"), rec.get("appid"), rec.get("recommendationid"), author.get("steamid")
     return Review(
         text=rec["review"], where=where, appid=str(app) if app is not None else appid,
-        language=rec.get("language"), voted_up=voted if isinstance(voted, bool) else None,
+        language=rec.get("language"), voted_up=columns_mod.voted(voted),
         votes_up=_int(rec.get("votes_up")), playtime_hours=round(minutes / 60, 1) if minutes is not None else None,
         review_id=str(rid) if rid is not None else None, author=str(steamid) if steamid else None)
 

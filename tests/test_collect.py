@@ -445,3 +445,28 @@ def test_flags_are_checked_and_app_ids_deduplicated(tmp_path, steam, capsys):
             _appids(config.build(CollectConfig, {"appid": ["10"], flag: -1}))
     collect(_cfg(steam, tmp_path / "r.jsonl"))
     assert "app 570980 reviews 50/266  pages 1" in capsys.readouterr().err  # plain progress when not a terminal
+
+
+def test_prepare_skips_odd_review_records_with_a_warning_and_reads_string_verdicts(tmp_path):
+    """Records an older collect (or another tool) wrote: one odd record no longer fails the file."""
+    from steam_persona.reviews.prepare import PrepareConfig
+    from steam_persona.reviews.prepare import run as prepare
+    from steam_persona.reviews.sources import read
+
+    revs = _fake("10", 5)
+    revs[1]["review"] = None
+    revs[2]["author"] = None  # read, with no playtime
+    revs[3]["voted_up"] = "false"
+    revs[4]["author"] = {"steamid": "4", "playtime_at_review": None, "playtime_forever": 120}
+    src = tmp_path / "raw/10.jsonl"
+    src.parent.mkdir()
+    src.write_text("".join(json.dumps({**r, "appid": 10}) + "\n" for r in revs), encoding="utf-8")
+    res = prepare(config.build(PrepareConfig, {"inputs": [str(src)], "out": str(tmp_path / "sft.json"), "val_size": 0,
+                                               "app_name": ["Half-Life 2"], "min_chars": 1, "drop_spam": False,
+                                               "dedup": False}))
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert f"{src}: skipped 1 review record(s) without 'review' text or with odd fields (line 2)" in report["warnings"]
+    assert len(json.loads((tmp_path / "sft.json").read_text(encoding="utf-8"))) == 4
+    loaded = read(src, "zh")
+    assert [(r.review_id, r.voted_up, r.playtime_hours) for r in loaded.reviews] == [
+        ("100000", True, 10.0), ("100002", True, None), ("100003", False, 10.0), ("100004", True, 2.0)]
