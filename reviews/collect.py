@@ -35,6 +35,7 @@ from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
 from steam_persona.common.errors import UserError
 from steam_persona.reviews import collect_state as cs
+from steam_persona.reviews import language as language_mod
 from steam_persona.reviews.collect_fetch import Budget, Fetcher
 
 
@@ -85,7 +86,8 @@ def _check_page(data: Any) -> str | None:
         return f"!Steam answered success={data.get('success')!r}; check the app id and --language/--filter values"
     if not isinstance(data.get("reviews"), list):
         return "malformed page: 'reviews' is not a list"
-    bad = next((i for i, r in enumerate(data["reviews"], 1) if not isinstance(r, dict) or "recommendationid" not in r), None)
+    bad = next((i for i, r in enumerate(data["reviews"], 1)
+                if not isinstance(r, dict) or "recommendationid" not in r), None)
     if bad is not None:
         return f"malformed page: review {bad} has no recommendationid"
     if data["reviews"] and not isinstance(data.get("cursor"), str):
@@ -98,7 +100,8 @@ def _new_app() -> dict[str, Any]:
 
 
 def _apply_max_reviews(st: dict[str, Any], cfg: CollectConfig) -> None:
-    """A raised ``--max_reviews`` reopens an app that stopped at the old one; a lowered one ends it (keeping what is saved)."""
+    """A raised ``--max_reviews`` reopens an app that stopped at the old one; a lowered one ends it
+    (keeping what is saved)."""
     if st["done"] and st.get("end") == "max_reviews" and (not cfg.max_reviews or st["reviews"] < cfg.max_reviews):
         st["done"], st["end"] = False, None
     if not st["done"] and cfg.max_reviews and st["reviews"] >= cfg.max_reviews:
@@ -114,7 +117,10 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
             unreadable, or ``.part`` holds fewer reviews than the state says were saved.
     """
     part, state_path, _ = cs.paths(out)
-    state = None if cfg.overwrite else cs.read_state(state_path)
+    state = cs.read_state(state_path)
+    if cfg.overwrite and state is not None and (
+            state.get("complete") or cs.differing_flags(state.get("query") or {}, cfg)):
+        state = None  # --overwrite starts again, but still resumes its own unfinished run
     if state is None and out.exists() and not cfg.overwrite:
         console.print(f"{out}: already complete ({cs.count_lines(out):,} reviews; its settings were not recorded); "
                       "pass --overwrite to collect again")
@@ -183,8 +189,10 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetch
             fetch.log.write(event="end", requests=fetch.requests, retries=fetch.retries,
                             complete=bool(state.get("complete")))
             fetch.log.close()
-    apps = {a: {k: st.get(k) for k in ("reviews", "pages", "done", "end", "skipped")} for a, st in state["apps"].items()}
-    return {"file": str(out), "complete": complete, "skipped": False, "stopped": stopped, "failed": failed, "apps": apps}
+    apps = {a: {k: st.get(k) for k in ("reviews", "pages", "done", "end", "skipped")}
+            for a, st in state["apps"].items()}
+    return {"file": str(out), "complete": complete, "skipped": False, "stopped": stopped, "failed": failed,
+            "apps": apps}
 
 
 def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: Fetcher,
@@ -228,7 +236,8 @@ class _Pager:
 
     def __init__(self, appid: str, st: dict[str, Any], cfg: CollectConfig, fetch: Fetcher, seen: set[str], sink: Any,
                  save: Callable[[], None]) -> None:
-        self.appid, self.st, self.cfg, self.fetch, self.seen, self.sink, self.save = appid, st, cfg, fetch, seen, sink, save
+        self.appid, self.st, self.cfg, self.fetch = appid, st, cfg, fetch
+        self.seen, self.sink, self.save = seen, sink, save
         self.cursors: set[str] = set()
         self.idle = 0  # consecutive pages without a new review
         self.t0, self.got0 = time.monotonic(), st["reviews"]
@@ -405,6 +414,13 @@ def _appids(cfg: CollectConfig) -> list[str]:
             or cfg.timeout <= 0:
         raise UserError("--max_reviews, --rate_limit, --max_retries, --max_time, --backoff_base and --backoff_max "
                         "must be >= 0 and --timeout > 0")
+    for code in cfg.language.split(","):
+        if code != "all" and code not in language_mod.STEAM_LANGUAGES:
+            hint = language_mod.steam_language(code)
+            fix = f"did you mean {hint}?" if hint else f"use all or one of {', '.join(language_mod.STEAM_LANGUAGES)}"
+            raise UserError(f"--language {code}: not a Steam API language code; {fix}")
+    if cfg.day_range is not None and cfg.filter != "all":
+        console.print(f"[yellow]--day_range {cfg.day_range}: Steam applies it only with --filter all")
     return appids
 
 
@@ -426,7 +442,8 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     files: list[dict[str, Any]] = []
     try:
         for out, ids in jobs:
-            files.append(_details_file(out, ids, cfg, fetch) if cfg.details_only else _collect_file(out, ids, cfg, fetch))
+            one = _details_file if cfg.details_only else _collect_file
+            files.append(one(out, ids, cfg, fetch))
             if files[-1]["stopped"]:
                 break
     except KeyboardInterrupt:

@@ -470,3 +470,15 @@ def test_prepare_skips_odd_review_records_with_a_warning_and_reads_string_verdic
     loaded = read(src, "zh")
     assert [(r.review_id, r.voted_up, r.playtime_hours) for r in loaded.reviews] == [
         ("100000", True, 10.0), ("100002", True, None), ("100003", False, 10.0), ("100004", True, 2.0)]
+
+
+def test_a_typo_in_language_is_refused_and_an_interrupted_overwrite_resumes(tmp_path, steam):
+    with pytest.raises(UserError, match="--language chinese: not a Steam API language code; did you mean schinese"):
+        collect(_cfg(steam, tmp_path / "r.jsonl", language="chinese"))
+    out = tmp_path / "r.jsonl"
+    collect(_cfg(steam, out))
+    steam.faults, steam.requests = [None, None] + ["malformed"] * 4, []
+    assert set(collect(_cfg(steam, out, overwrite=True))["failed"]) == {APP}
+    assert len(_lines(out)) == 266 and len(_lines(tmp_path / "r.jsonl.part")) == 100  # the old file stays until the end
+    assert collect(_cfg(steam, out, overwrite=True))["complete"]  # resumes at page 3
+    assert steam.requests[6]["query"]["cursor"] == cursor_for(APP, 100) and len(_lines(out)) == 266
