@@ -52,7 +52,8 @@ class CollectConfig:
                              choices=("all", "steam", "non_steam_purchase"))
     day_range: int | None = arg(None, "With --filter all: only reviews from the last N days.")
     num_per_page: int = arg(100, "Reviews per request (1–100).")
-    max_reviews: int = arg(0, "Stop after this many reviews per app (0 = all).")
+    max_reviews: int = arg(0, "Stop after this many reviews per app (0 = all); raising it later continues a "
+                           "complete file.")
     out: str = arg("raw/{appid}.jsonl", "Output JSON Lines; '{appid}' gives one file per app, else all apps "
                    "go into one file.")
     with_details: bool = arg(False, "Also fetch appdetails (name, genres) once per app, saved as "
@@ -487,5 +488,6 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
 command = config.command(
     CollectConfig, run, name="collect", config_option="option",
     help="Download Steam reviews (appreviews API) to JSON Lines, one raw review + appid per line.\n\n"
-         "Resumable: rerun the same command after an interruption. Example:\n\n"
+         "Resumable: rerun the same command after an interruption, a failed app or --max_time (these exit 2 with the "
+         "data kept). One run at a time per output file. Example:\n\n"
          "steam-train collect --appid 570 --appid 730 --language schinese --max_reviews 2000 --with_details")
