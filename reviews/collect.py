@@ -78,6 +78,8 @@ class CollectConfig:
 #: Consecutive pages without a new review after which an app ends: ``filter=all`` on Steam can
 #: hand out fresh cursors over the same reviews for ever.
 STALL_PAGES = 5
+#: Seconds between plain progress lines when stderr is not a terminal.
+PLAIN_EVERY_S = 10.0
 
 
 def _check_page(data: Any) -> str | None:
@@ -218,8 +220,7 @@ def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: F
                     page.next()
                     bar.update(task, completed=st["reviews"], pages=st["pages"], rate=page.rate(),
                                total=page.shown_total())
-                    plain_progress(f"app {appid} reviews", st["reviews"], page.shown_total() or 0,
-                                   {"pages": st["pages"], "reviews/s": f"{page.rate():.1f}"})
+                    page.plain_line()
             except Budget as e:
                 fetch.log.write(event="stopped", appid=appid, reason=str(e))
                 console.print(f"[yellow]{e} at app {appid} page {st['pages'] + 1}; progress saved in {state_path}; "
@@ -242,6 +243,15 @@ class _Pager:
         self.cursors: set[str] = set()
         self.idle = 0  # consecutive pages without a new review
         self.t0, self.got0 = time.monotonic(), st["reviews"]
+        self.shown_at: float | None = None
+
+    def plain_line(self) -> None:
+        """A plain progress line without a terminal: the first page, every :data:`PLAIN_EVERY_S`, the last."""
+        now = time.monotonic()
+        if self.st["done"] or self.shown_at is None or now - self.shown_at >= PLAIN_EVERY_S:
+            self.shown_at = now
+            plain_progress(f"app {self.appid} reviews", self.st["reviews"], self.shown_total() or 0,
+                           {"pages": self.st["pages"], "reviews/s": f"{self.rate():.1f}"})
 
     def rate(self) -> float:
         return (self.st["reviews"] - self.got0) / max(time.monotonic() - self.t0, 1e-6)

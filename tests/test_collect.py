@@ -444,7 +444,9 @@ def test_flags_are_checked_and_app_ids_deduplicated(tmp_path, steam, capsys):
         with pytest.raises(UserError, match="must be >= 0"):
             _appids(config.build(CollectConfig, {"appid": ["10"], flag: -1}))
     collect(_cfg(steam, tmp_path / "r.jsonl"))
-    assert "app 570980 reviews 50/266  pages 1" in capsys.readouterr().err  # plain progress when not a terminal
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("app 570980 reviews")]
+    assert lines[0].startswith("app 570980 reviews 50/266  pages 1  reviews/s ")  # plain progress: first and last
+    assert lines[-1].startswith("app 570980 reviews 266/266  pages 7  reviews/s ") and len(lines) == 2
 
 
 def test_prepare_skips_odd_review_records_with_a_warning_and_reads_string_verdicts(tmp_path):
