@@ -121,6 +121,8 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
     """
     part, state_path, _ = cs.paths(out)
     state = cs.read_state(state_path)
+    if state is not None and state.get("complete") and not out.exists():
+        state = None  # the output was deleted: collect it again
     if cfg.overwrite and state is not None and (
             state.get("complete") or cs.differing_flags(state.get("query") or {}, cfg)):
         state = None  # --overwrite starts again, but still resumes its own unfinished run

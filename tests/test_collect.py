@@ -119,6 +119,8 @@ def test_killed_run_resumes_without_duplicates_or_gaps(tmp_path, steam, archive)
             if state.exists() and json.loads(state.read_text() or "{}").get("apps", {}).get(APP, {}).get("pages", 0) >= 3:
                 break
             time.sleep(0.05)
+        with pytest.raises(UserError, match=rf"another collect \(pid {proc.pid}\) is writing"):  # one run at a time
+            collect(_cfg(steam, out, num_per_page=20))
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
@@ -128,9 +130,10 @@ def test_killed_run_resumes_without_duplicates_or_gaps(tmp_path, steam, archive)
     with open(part, "a", encoding="utf-8") as f:  # a torn line, as a kill mid-write leaves
         f.write('{"recommendationid": "99999", "rev')
     steam.delay = 0
+    assert (tmp_path / "r.jsonl.lock").exists()  # left by the killed run: taken over
     res = run(_cfg(steam, out, num_per_page=20))
     rows = _lines(out)
-    assert res["complete"] and len(rows) == 266
+    assert res["complete"] and len(rows) == 266 and not (tmp_path / "r.jsonl.lock").exists()
     assert [r["recommendationid"] for r in rows] == [r["recommendationid"] for r in archive]
 
 
@@ -305,6 +308,8 @@ def test_a_kill_between_rename_and_state_write_finishes_on_rerun(tmp_path, steam
     n = len(steam.requests)
     assert collect(_cfg(steam, out))["files"][0]["skipped"] and len(steam.requests) == n
     assert json.loads(state_path.read_text())["complete"] and len(_lines(out)) == 266
+    out.unlink()  # a deleted output is collected again
+    assert collect(_cfg(steam, out))["complete"] and len(_lines(out)) == 266
 
 
 def test_finish_never_replaces_a_larger_output(tmp_path):
