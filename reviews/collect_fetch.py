@@ -6,15 +6,20 @@ Architecture Blog, "Exponential Backoff And Jitter", 2015), and at least ``Retry
 §10.2.3: seconds or an HTTP-date) even above ``--backoff_max``.
 
 Why our own deadline: httpx's ``timeout`` bounds each wait for bytes, not a whole response, so a
-server that trickles one byte at a time would hold a request for ever. The body is streamed and the
-clock checked after each chunk; every wait for bytes is also bounded by the time left.
+server that trickles one byte at a time would hold a request for ever. Each phase (connect, send,
+headers) gets at most ``min(--timeout, time left)``; the body is streamed, the clock checked after
+each chunk, and a timer shuts the socket (httpcore's documented ``network_stream`` extension) at
+the deadline, so a server that stalls mid-body is cut off on time too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import random
+import socket
+import threading
 import time
 from typing import Any, Callable
 
@@ -50,6 +55,15 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     except (TypeError, ValueError, IndexError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _hang_up(resp: httpx.Response) -> None:
+    """Shut the socket under ``resp`` (from a timer thread): a blocked read returns at once."""
+    stream = resp.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class Fetcher:
@@ -101,12 +115,18 @@ class Fetcher:
         try:
             with self.client.stream("GET", url, params=params, timeout=httpx.Timeout(limit)) as resp:
                 body = bytearray()
-                for chunk in resp.iter_bytes():
-                    body += chunk
-                    if time.monotonic() > end:
-                        break
-        except httpx.TimeoutException:
-            end = time.monotonic()
+                timer = threading.Timer(max(0.0, end - time.monotonic()), _hang_up, (resp,))
+                timer.start()
+                try:
+                    for chunk in resp.iter_bytes():
+                        body += chunk
+                        if time.monotonic() > end:
+                            break
+                finally:
+                    timer.cancel()
+        except httpx.TransportError:
+            if time.monotonic() < end:
+                raise
         if time.monotonic() >= end:
             if self._left() <= 0:
                 raise Budget(f"time bound --max_time {self.cfg.max_time:g} s reached during a request")

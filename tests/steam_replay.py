@@ -13,7 +13,8 @@ Faults for robustness tests go in ``faults``, a list consumed one per ``/apprevi
 an ``int`` answers that HTTP status, ``(status, headers)`` that status with those headers (e.g.
 ``Retry-After``), ``"malformed"`` a truncated JSON body, ``"bad_review"`` a page whose first review
 lacks its id, ``"slow"`` waits ``slow_seconds`` before answering, ``"trickle"`` sends the page one
-byte every ``trickle_seconds``, ``"repeat_cursor"`` answers the page with the request's own cursor,
+byte every ``trickle_seconds``, ``"stall"`` sends one byte after ``trickle_seconds`` and the rest
+after ``slow_seconds`` more, ``"repeat_cursor"`` answers the page with the request's own cursor,
 ``("cursor", c)`` answers it with cursor ``c``, ``"dups"`` answers the first reviews again with a
 fresh cursor whatever was asked (Steam's endless ``filter=all``), ``None`` answers normally.
 ``answers`` maps an app id to a fixed JSON answer (e.g. ``{"success": 2}``). ``delay`` slows every
@@ -116,7 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status: int, body: str | bytes, ctype: str = "application/json", headers: dict | None = None,
-              trickle: float = 0.0) -> None:
+              trickle: float = 0.0, stall: tuple[float, float] | None = None) -> None:
         data = body.encode() if isinstance(body, str) else body
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -124,6 +125,17 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
+        if stall:
+            try:
+                self.wfile.flush()
+                time.sleep(stall[0])
+                self.wfile.write(data[:1])
+                self.wfile.flush()
+                time.sleep(stall[1])
+                self.wfile.write(data[1:])
+            except OSError:
+                pass
+            return
         if not trickle:
             self.wfile.write(data)
             return
@@ -179,4 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         text = json.dumps(body, ensure_ascii=False)
         if fault == "malformed":
             text = text[: len(text) // 2]
+        if fault == "stall":
+            self._send(200, text, stall=(rp.trickle_seconds, rp.slow_seconds))
+            return
         self._send(200, text, trickle=rp.trickle_seconds if fault == "trickle" else 0.0)
