@@ -502,3 +502,34 @@ def test_a_typo_in_language_is_refused_and_an_interrupted_overwrite_resumes(tmp_
     assert len(_lines(out)) == 266 and len(_lines(tmp_path / "r.jsonl.part")) == 100  # the old file stays until the end
     assert collect(_cfg(steam, out, overwrite=True))["complete"]  # resumes at page 3
     assert steam.requests[6]["query"]["cursor"] == cursor_for(APP, 100) and len(_lines(out)) == 266
+
+
+def test_the_shown_total_grows_past_a_wrong_total_reviews():
+    from steam_persona.reviews.collect import _Pager
+
+    cfg = config.build(CollectConfig, {"appid": ["10"]})
+    st = {"cursor": "x", "done": False, "end": None, "pages": 3, "reviews": 200, "skipped": 0, "total": 20}
+    pager = _Pager("10", st, cfg, None, set(), None, lambda: None)
+    assert pager.shown_total() == 200  # never "200/20"
+    st["total"] = 2000
+    assert pager.shown_total() == 2000
+    st["done"] = True
+    assert pager.shown_total() == 200  # done: what was saved, not Steam's estimate
+    pager.cfg = config.build(CollectConfig, {"appid": ["10"], "max_reviews": 500})
+    st["done"] = False
+    assert pager.shown_total() == 500
+
+
+def test_the_log_tells_runs_apart(tmp_path, steam):
+    out = tmp_path / "r.jsonl"
+    steam.faults = [None] + ["malformed"] * 4
+    collect(_cfg(steam, out))
+    collect(_cfg(steam, out))
+    log = _lines(tmp_path / "r.log.jsonl")
+    starts = [e for e in log if e["event"] == "start"]
+    assert [s["resumed"] for s in starts] == [False, True] and starts[0]["pid"] == os.getpid()
+    assert starts[0]["query"] == {"language": "schinese", "filter": "recent", "review_type": "all",
+                                  "purchase_type": "all", "day_range": None}
+    assert [e["event"] for e in log if e["event"] in ("start", "app_failed", "end")] == [
+        "start", "app_failed", "end", "start", "end"]
+    assert [e["complete"] for e in log if e["event"] == "end"] == [False, True]
