@@ -457,6 +457,9 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
         for out, ids in jobs:
             one = _details_file if cfg.details_only else _collect_file
             files.append(one(out, ids, cfg, fetch))
+            if files[-1]["skipped"] and cfg.with_details:  # a complete file still gets the appdetails it lacks
+                details = _details_file(out, ids, cfg, fetch)
+                files[-1].update(complete=details["complete"], stopped=details["stopped"])
             if files[-1]["stopped"]:
                 break
     except KeyboardInterrupt:

@@ -338,6 +338,10 @@ def test_a_complete_file_checks_settings_and_grows_with_max_reviews(tmp_path, st
     assert res["complete"] and steam.requests[n]["query"]["cursor"] == cursor_for(APP, 60)
     assert [r["recommendationid"] for r in _lines(out)] == [r["recommendationid"] for r in archive[:120]]
     assert [r["query"]["num_per_page"] for r in steam.requests[n:]] == ["50", "10"]  # min(num_per_page, needed)
+    n = len(steam.requests)
+    assert collect(_cfg(steam, out, max_reviews=120, with_details=True))["complete"]  # only the missing appdetails
+    assert [r["path"] for r in steam.requests[n:]] == ["/api/appdetails"]
+    assert json.loads((tmp_path / "raw/570980.appdetails.json").read_text())[APP]["success"] is True
 
 
 def test_appdetails_without_success_are_not_cached_and_are_asked_again(tmp_path, capsys):
