@@ -317,6 +317,7 @@ class _Pager:
             if rid in self.seen:
                 continue
             if not isinstance(r.get("review"), str):
+                self.seen.add(rid)  # counted once, however often Steam repeats it
                 skipped += 1
                 continue
             if self.cfg.max_reviews and self.st["reviews"] + len(lines) >= self.cfg.max_reviews:
