@@ -54,10 +54,14 @@ from steam_persona.resources import doc, shipped
 MAX_UNPACKED_BYTES = 50 * 1024 * 1024
 #: Timestamp of every zip entry (reproducible packages; zip cannot store dates before 1980).
 ZIP_DATE_TIME = (2025, 1, 1, 0, 0, 0)
-#: Never shipped, whatever .difyignore says: caches, virtualenvs, secrets, other stages' code.
-ALWAYS_EXCLUDE = ["__pycache__/", "*.py[cod]", ".venv/", "venv/", ".git/", ".pytest_cache/", ".mypy_cache/",
-                  ".ruff_cache/", ".env", "trainer/", "export/", "serve/", "tests/", "build/", "dist/",
-                  "*.difypkg", ".DS_Store"]
+#: What a plugin folder may ship (gitignore syntax, from the folder): the files a Dify plugin is
+#: made of. An allowlist, so that whatever else lies there (``.env.local``, keys, notes) stays out.
+INCLUDE = ["/main.py", "/manifest.yaml", "/pyproject.toml", "/uv.lock", "/requirements.txt", "/README.md",
+           "/PRIVACY.md", "/.env.example", "/_assets/*.svg", "/_assets/*.png", "/provider/*.py", "/provider/*.yaml",
+           "/models/**/*.py", "/models/**/*.yaml", "/tools/*.py", "/tools/*.yaml"]
+#: Never shipped, even when included: caches, secrets, tests.
+ALWAYS_EXCLUDE = ["__pycache__/", "*.py[cod]", ".venv/", "tests/", "test_*.py", ".env", ".env.*", "!.env.example",
+                  "*.pem", "*.key", "*secret*"]
 
 # Daemon rules (plugin_declaration.go, identity.go, manifest_entities tags).
 VERSION_RE = re.compile(r"^\d{1,4}(\.\d{1,4}){2}(-\w{1,16})?$")
@@ -137,7 +141,8 @@ class VerifyConfig:
 
 def _ignore_spec(source: Path) -> pathspec.GitIgnoreSpec:
     """Patterns of :data:`ALWAYS_EXCLUDE` + the folder's ``.difyignore`` (else ``.gitignore``),
-    gitignore syntax (the daemon's packager reads the same files the same way)."""
+    gitignore syntax (the daemon's packager reads the same files the same way; ours ships only
+    :data:`INCLUDE` of them)."""
     lines = list(ALWAYS_EXCLUDE)
     for name in (".difyignore", ".gitignore"):
         f = source / name
@@ -145,6 +150,21 @@ def _ignore_spec(source: Path) -> pathspec.GitIgnoreSpec:
             lines += f.read_text(encoding="utf-8").splitlines()
             break
     return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def source_files(source: Path) -> tuple[list[str], list[str]]:
+    """A plugin folder's files (relative, forward slashes, sorted) as ``(shipped, left_out)``:
+    shipped = in :data:`INCLUDE` and not ignored (:func:`_ignore_spec`); left_out = the other
+    files, caches and virtualenvs not listed."""
+    include, ignore = pathspec.GitIgnoreSpec.from_lines(INCLUDE), _ignore_spec(source)
+    cache = pathspec.GitIgnoreSpec.from_lines(["__pycache__/", "*.py[cod]", ".venv/", ".*_cache/"])
+    shipped, left_out = [], []
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source).as_posix()
+        if path.is_dir() or path.is_symlink() or cache.match_file(rel):
+            continue
+        (shipped if include.match_file(rel) and not ignore.match_file(rel) else left_out).append(rel)
+    return shipped, left_out
 
 
 def _path(rel: str, repo: Path | None) -> Path:
@@ -165,13 +185,7 @@ def stage(pkg: Package, repo: Path | None = None, version: str | None = None) ->
     if not manifest.is_file() or not source.is_dir():
         raise UserError(f"{manifest if not manifest.is_file() else source}: plugin sources not found; "
                         f"reinstall steam-persona (they are part of the package) or restore the file")
-    spec = _ignore_spec(source)
-    files: dict[str, bytes] = {}
-    for path in sorted(source.rglob("*")):
-        rel = path.relative_to(source).as_posix()
-        if path.is_dir() or path.is_symlink() or spec.match_file(rel):
-            continue
-        files[rel] = path.read_bytes()
+    files = {rel: (source / rel).read_bytes() for rel in source_files(source)[0]}
     for arc, src in pkg.extra:
         f = _path(src, repo)
         if not f.is_file():
@@ -398,6 +412,10 @@ def run(cfg: PackageConfig) -> dict[str, Path]:
         result[pkg.key] = path
         rows.append((f"{pkg.key}: {manifest['author']}/{manifest['name']} {manifest['version']}",
                      f"{path}  ({len(files)} files, {path.stat().st_size / 1024:.1f} KiB)"))
+        left_out = source_files(shipped(pkg.source))[1]
+        if left_out:
+            rows.append((f"{pkg.key}: left out (not plugin files)", ", ".join(left_out[:6])
+                         + (f" and {len(left_out) - 6} more" if len(left_out) > 6 else "")))
     how = ("signed: the daemon needs THIRD_PARTY_SIGNATURE_VERIFICATION_* with your public key" if key else
            "unsigned: sign with --sign KEY, or turn FORCE_VERIFYING_SIGNATURE off")
     summary_table("Dify plugins", rows + [("install", f"Dify → Plugins → Install from local package file; "
