@@ -399,16 +399,21 @@ def run(cfg: PackageConfig) -> dict[str, Path]:
         UserError: a package breaks a daemon rule (nothing is written then) or sources are missing.
     """
     key = plugin_sign.load_private_key(cfg.sign) if cfg.sign else None
+    out_folder(cfg.out, create=False)  # a bad --out stops before any work
     staged = []
     for pkg in PACKAGES:
         files = stage(pkg, version=cfg.version)
         manifest = validate(files, f"{pkg.key} plugin ({pkg.manifest})")
         staged.append((pkg, files, manifest))
-    out_dir = Path(cfg.out)
+    out_dir = out_folder(cfg.out)
     result: dict[str, Path] = {}
     rows = []
     for pkg, files, manifest in staged:
-        path = write_difypkg(files, out_dir / f"{manifest['name']}-{manifest['version']}.difypkg", key)
+        path = out_dir / f"{manifest['name']}-{manifest['version']}.difypkg"
+        try:
+            write_difypkg(files, path, key)
+        except OSError as e:
+            raise UserError(f"{path}: cannot be written ({e.strerror or e}); pick another --out") from None
         result[pkg.key] = path
         rows.append((f"{pkg.key}: {manifest['author']}/{manifest['name']} {manifest['version']}",
                      f"{path}  ({len(files)} files, {path.stat().st_size / 1024:.1f} KiB)"))
@@ -423,9 +428,40 @@ def run(cfg: PackageConfig) -> dict[str, Path]:
     return result
 
 
+def out_folder(out: str, create: bool = True) -> Path:
+    """The ``--out`` folder, created when ``create``.
+
+    Raises:
+        UserError: empty, an existing file (or below one), or not creatable (permissions, read-only).
+    """
+    if not str(out).strip():
+        raise UserError("--out is empty; give a folder, e.g. --out dist")
+    path = Path(out)
+    if path.is_file():
+        raise UserError(f"--out {out}: is a file, not a folder; pick another --out")
+    if not create:
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"--out {out}: is a file, not a folder; pick another --out") from None
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the folder ({e.strerror or e}); pick another --out") from None
+    return path
+
+
 def keygen(cfg: KeygenConfig) -> tuple[Path, Path]:
-    """Write a new RSA-4096 signing pair (:func:`plugin_sign.keygen`); print the paths, never the key."""
-    private, public = plugin_sign.keygen(cfg.out)
+    """Write a new RSA-4096 signing pair (:func:`plugin_sign.keygen`); print the paths, never the key.
+
+    Raises:
+        UserError: ``--out`` is unusable (:func:`out_folder`) or cannot be written, or a pair is there.
+    """
+    out = out_folder(cfg.out)
+    try:
+        private, public = plugin_sign.keygen(out)
+    except OSError as e:
+        raise UserError(f"--out {cfg.out}: the key pair cannot be written ({e.strerror or e}); pick another --out"
+                        ) from None
     summary_table("Plugin signing key", [("private (keep secret, mode 0600)", private),
                                          ("public (for the plugin daemon)", public),
                                          ("sign", f"steam-train plugin package --sign {private}")])
@@ -439,17 +475,31 @@ def verify(cfg: VerifyConfig) -> dict[str, int]:
         package path → signing time (Unix seconds).
 
     Raises:
-        UserError: no package or key given; a package is unsigned or its signature is bad.
+        UserError: no package or key given; any package is missing, a folder, unsigned or badly
+            signed (after every package is checked and listed).
     """
     if not cfg.packages:
         raise UserError("plugin verify: no package given; pass the .difypkg files to check")
     if not cfg.public_key:
         raise UserError("plugin verify: missing --public_key; give the signer's .public.pem")
     key = plugin_sign.load_public_key(cfg.public_key)
-    result = {p: plugin_sign.verify(p, key) for p in cfg.packages}
-    when = {p: datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-            for p, t in result.items()}
-    summary_table("Signatures", [(p, f"good, signed {w}") for p, w in when.items()])
+    result: dict[str, int] = {}
+    rows, bad = [], []
+    for p in cfg.packages:
+        try:
+            if Path(p).is_dir():
+                raise UserError(f"{p}: a folder, not a .difypkg file")
+            result[p] = plugin_sign.verify(p, key)
+            when = datetime.datetime.fromtimestamp(result[p], datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            rows.append((p, f"good, signed {when}"))
+        except UserError as e:
+            bad.append(str(e))
+            rows.append((p, f"BAD: {e}"))
+    if len(bad) == len(cfg.packages) == 1:
+        raise UserError(bad[0])
+    summary_table("Signatures", rows)
+    if bad:
+        raise UserError(f"{len(bad)} of {len(cfg.packages)} packages failed the check; the first: {bad[0]}")
     return result
 
 
