@@ -69,7 +69,7 @@ class FakeServer(BaseHTTPRequestHandler):
         self._send(200, json.dumps({"object": "list", "data": [{"id": "m"}]}).encode())
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
             getattr(self, "mode_" + self.path.split("/")[1])()
         except (BrokenPipeError, ConnectionResetError):  # the plugin gave up on it: what the test wants
@@ -120,6 +120,11 @@ class FakeServer(BaseHTTPRequestHandler):
     def mode_slow(self) -> None:  # a blocking answer that comes too late
         time.sleep(STALL_S)
         self._send(200, json.dumps(COMPLETION).encode())
+
+    def mode_echo(self) -> None:  # a completion whose text is the messages the server received
+        body = json.loads(self._body or b"{}")
+        self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": json.dumps(body.get("messages"))}}]}).encode())
 
     def mode_busy(self) -> None:
         self._send(429, json.dumps({"error": {"message": "too many requests"}}).encode())
@@ -249,3 +254,39 @@ def test_invalid_port_is_a_clear_error(chat):
                           "stop": None, "tools": None, "stream": False})
     assert reply.error["error_type"] == "InvokeBadRequestError"
     assert "has an invalid port (1-65535)" in reply.error["message"]
+
+
+def test_tool_results_and_tool_calls_in_the_history_reach_the_model_as_text(chat, fake):
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "content": "", "tool_calls": [
+                   {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+               {"role": "tool", "content": "sunny", "tool_call_id": "c1"}]
+    reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": {"endpoint_url": f"{fake}/echo/v1"},
+                          "prompt_messages": history, "model_parameters": {}, "stop": None, "tools": None,
+                          "stream": False})
+    assert reply.error is None, reply.error
+    sent = json.loads(reply.result[0]["delta"]["message"]["content"])  # the fake echoes the messages it got
+    assert sent == [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": ""},
+                    {"role": "user", "content": "Tool result (c1):\nsunny"}]
+
+
+@pytest.mark.parametrize("part", [{"type": "document", "format": "pdf", "mime_type": "application/pdf",
+                                   "base64_data": "JVBERi0=", "url": ""},
+                                  {"type": "audio", "format": "mp3", "mime_type": "audio/mpeg",
+                                   "base64_data": "AAAA", "url": ""}])
+def test_document_and_audio_attachments_are_refused_not_dropped(chat, fake, part):
+    content = [{"type": "text", "data": "Summarise this."}, part]
+    reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": {"endpoint_url": f"{fake}/echo/v1"},
+                          "prompt_messages": [{"role": "user", "content": content}], "model_parameters": {},
+                          "stop": None, "tools": None, "stream": False})
+    assert reply.error["error_type"] == "InvokeBadRequestError"
+    assert f"message 0 has a {part['type']} attachment, and this model reads text only" in reply.error["message"]
+
+
+def test_num_tokens_fallback_counts_a_persona_and_is_bounded(chat, fake):
+    messages = [{"role": "user", "content": "hi"}]
+    reply = chat.request({**CHAT, "action": "get_llm_num_tokens", "credentials": {"endpoint_url": f"{fake}/slow/v1"},
+                          "prompt_messages": messages, "tools": None}, timeout=STALL_S)
+    assert reply.seconds < 5 + 2  # one shared TOKENIZE_TIMEOUT, not one per endpoint
+    # no tokenizer answered: the estimate includes the persona the server would add (it was 3 tokens)
+    assert reply.result[0]["num_tokens"] > 40

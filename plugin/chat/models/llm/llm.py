@@ -35,8 +35,9 @@ from dify_plugin.config.logger_format import plugin_logger_handler
 from dify_plugin.entities import I18nObject
 from dify_plugin.entities.model import AIModelEntity, ParameterRule, ParameterType
 from dify_plugin.entities.model.llm import LLMResult, LLMResultChunk, LLMResultChunkDelta
-from dify_plugin.entities.model.message import (AssistantPromptMessage, PromptMessage, PromptMessageTool,
-                                                SystemPromptMessage)
+from dify_plugin.entities.model.message import (AssistantPromptMessage, PromptMessage, PromptMessageContentType,
+                                                PromptMessageTool, SystemPromptMessage, ToolPromptMessage,
+                                                UserPromptMessage)
 from dify_plugin.errors.model import (CredentialsValidateFailedError, InvokeAuthorizationError,
                                       InvokeBadRequestError, InvokeError, InvokeRateLimitError,
                                       InvokeServerUnavailableError)
@@ -56,6 +57,21 @@ _ERROR_CLASS = {"auth": InvokeAuthorizationError, "bad_request": InvokeBadReques
                 "server": InvokeServerUnavailableError}
 #: Key in our copy of the credentials holding the invoke's deadline (``time.monotonic()`` seconds).
 _DEADLINE = "_steam_persona_deadline"
+
+
+def _refuse_attachments(messages: list[PromptMessage]) -> None:
+    """Refuse content parts the SDK would drop without a word (documents, audio); images and video
+    reach the server, which refuses them itself ("this model reads text only").
+
+    Raises:
+        InvokeBadRequestError: naming the part and what to do in Dify.
+    """
+    for i, m in enumerate(messages):
+        for part in m.content if isinstance(m.content, list) else []:
+            if part.type in (PromptMessageContentType.DOCUMENT, PromptMessageContentType.AUDIO):
+                raise InvokeBadRequestError(
+                    f"message {i} has a {part.type.value} attachment, and this model reads text only; turn off"
+                    f" file upload for it in Dify, or extract the text first (e.g. a Doc Extractor node)")
 
 
 def _transport_what(error: BaseException) -> str:
@@ -209,6 +225,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         if stream and server_client.is_on(c.get("stream_include_usage", "enabled")):
             params["stream_options"] = {"include_usage": True}
         messages = self._with_persona(c, prompt_messages)
+        _refuse_attachments(messages)
         c[_DEADLINE] = time.monotonic() + seconds
         call = functools.partial(super()._invoke, model, c, messages, params, tools, stop, stream, user)
         if stream:
@@ -325,7 +342,17 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         return super()._transform_invoke_error(error)
 
     def _convert_prompt_message_to_dict(self, message: PromptMessage, credentials: dict | None = None) -> dict:
-        """The SDK's conversion, with text-only part lists flattened to one string."""
+        """The SDK's conversion, with text-only part lists flattened to one string, and a tool
+        result as a user turn ``Tool result (ID):\nCONTENT``.
+
+        Why the tool turn: with ``function_calling_type=no_call`` (this model has no tool-call
+        feature) the SDK turns a tool message into a dict without a role, which every server refuses;
+        as text the model still reads the result, as in Dify's ReAct agents.
+        """
+        if isinstance(message, ToolPromptMessage):
+            content = server_client.flatten_content(super()._convert_prompt_message_to_dict(
+                UserPromptMessage(content=message.content), credentials)["content"])
+            return {"role": "user", "content": f"Tool result ({message.tool_call_id}):\n{content or ''}"}
         d = super()._convert_prompt_message_to_dict(message, credentials)
         if "content" in d:
             d["content"] = server_client.flatten_content(d["content"])
@@ -335,18 +362,24 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
     def _count_messages(self, credentials: dict, prompt_messages: list[PromptMessage]) -> int:
         """Prompt tokens of a conversation: counted by ``steam-train serve`` itself (its template, and
         the persona it adds when the conversation has no system turn), else ChatML rendering counted
-        by the server's tokenizer, else :func:`server_client.estimate_tokens`."""
+        by the server's tokenizer, else :func:`server_client.estimate_tokens` of that rendering with
+        :data:`persona.DEFAULT_SYSTEM` standing in for the server's persona when there is no system turn.
+
+        Both server calls share one :data:`server_client.TOKENIZE_TIMEOUT`: counting never holds a chat longer.
+        """
         messages = [self._convert_prompt_message_to_dict(m, credentials) for m in prompt_messages]
-        n = server_client.count_chat_tokens(credentials["endpoint_url"], credentials.get("api_key"), messages,
-                                            model=credentials.get("endpoint_model_name"))
+        url, key, model = credentials["endpoint_url"], credentials.get("api_key"), credentials.get("endpoint_model_name")
+        end = time.monotonic() + server_client.TOKENIZE_TIMEOUT
+        n = server_client.count_chat_tokens(url, key, messages, model=model)
         if n is not None:
             return n
         text = server_client.render_chatml(messages)
-        n = server_client.count_tokens(credentials["endpoint_url"], credentials.get("api_key"), text,
-                                       model=credentials.get("endpoint_model_name"))
+        left = end - time.monotonic()
+        n = server_client.count_tokens(url, key, text, model=model, read_timeout=left) if left > 0.5 else None
         if n is None:
-            logger.info("tokenize endpoint unavailable at %s; estimating tokens", credentials["endpoint_url"])
-            return server_client.estimate_tokens(text)
+            logger.info("tokenize endpoints unavailable at %s; estimating tokens", url)
+            return server_client.estimate_tokens(server_client.render_chatml(
+                server_client.prepare_messages(messages, system=persona.DEFAULT_SYSTEM)))
         return n
 
     def get_num_tokens(self, model: str, credentials: dict, prompt_messages: list[PromptMessage],
