@@ -290,3 +290,13 @@ def test_num_tokens_fallback_counts_a_persona_and_is_bounded(chat, fake):
     assert reply.seconds < 5 + 2  # one shared TOKENIZE_TIMEOUT, not one per endpoint
     # no tokenizer answered: the estimate includes the persona the server would add (it was 3 tokens)
     assert reply.result[0]["num_tokens"] > 40
+
+
+@pytest.mark.parametrize("url", ["", None, "  "])
+def test_an_empty_endpoint_url_says_so(chat, review, url):
+    creds = {"endpoint_url": url, "context_size": "2048"}
+    checked = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": creds})
+    tool = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": creds,
+                           "tool_parameters": {"game_name": "Celeste"}})
+    for reply in (checked, tool):
+        assert reply.error["message"].startswith("the endpoint URL is empty; give the server's base URL"), reply.error

@@ -92,7 +92,7 @@ def write_review(credentials: Mapping[str, Any], game_name: Any, tags: Any = Non
     limit = _max_tokens(max_tokens, _choice("length", length, LENGTHS, "auto"))
     try:
         response = server_client.chat_completion(
-            credentials.get("endpoint_url") or server_client.DEFAULT_ENDPOINT, credentials.get("api_key"),
+            credentials.get("endpoint_url"), credentials.get("api_key"),
             messages, model=(credentials.get("model") or "").strip() or None, max_tokens=limit,
             temperature=float(temperature) if temperature not in (None, "") else None,
             seed=int(seed) if seed not in (None, "") else None,
@@ -146,7 +146,7 @@ def check_credentials(credentials: Mapping[str, Any]) -> list[str]:
     """
     try:
         server_client.request_timeout(credentials)
-        return server_client.list_models(credentials.get("endpoint_url") or server_client.DEFAULT_ENDPOINT,
+        return server_client.list_models(credentials.get("endpoint_url"),
                                          credentials.get("api_key"))
     except server_client.ServerError as e:
         raise ReviewError(str(e)) from None

@@ -128,7 +128,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
                 empty, not http(s) or has an invalid port.
         """
         c = dict(credentials)
-        url = c.get("endpoint_url") or server_client.DEFAULT_ENDPOINT
+        url = c.get("endpoint_url") or ("" if check_url else server_client.DEFAULT_ENDPOINT)
         try:
             c["endpoint_url"] = server_client.normalize_endpoint(url)
         except server_client.ServerError:
