@@ -8,9 +8,15 @@ HTTP, SSE parsing and chunking are the SDK's (``OAICompatLargeLanguageModel``). 
   internet access to fetch the GPT-2 vocabulary);
 * list-of-text-parts contents flattened to strings (some chat templates crash on lists);
 * the optional persona system prompt when a conversation has none;
-* errors mapped to Dify's invoke errors: refused/timeout → server unavailable, 401 →
-  authorization, 400 (e.g. context overflow) → bad request with the server's message;
-* credential validation bounded in time, with the Docker networking hint for localhost URLs;
+* errors mapped to Dify's invoke errors, one line each: refused, timed out, cut mid-reply, or an
+  answer that is no completion (HTML, a non-JSON line, a stream ended before ``[DONE]``) → server
+  unavailable; 401 → authorization; 429 → rate limit; 400 (e.g. context overflow) → bad request
+  with the server's message;
+* one total deadline per invoke (the ``request_timeout`` credential), which requests' per-read
+  timeout cannot give;
+* tool results in the history sent as text, document/audio attachments refused;
+* credential validation bounded in time, with the Docker networking hint for localhost URLs, whole
+  numbers checked and ``context_size`` held against the server's ``n_ctx``;
 * ``get_num_tokens`` through the server's ``/extras/tokenize``, falling back to an estimate.
 
 The SDK base is imported as a module (not as a name) so that this module holds exactly one
@@ -247,10 +253,15 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
             InvokeServerUnavailableError: not finished within ``seconds``; other errors via :meth:`_map_error`.
         """
         events: queue.Queue = queue.Queue()
+        gone = threading.Event()  # set when the reader stops listening (deadline, error, Dify closed the stream)
 
         def work() -> None:
             try:
-                for item in produce():
+                items = iter(produce())
+                for item in items:
+                    if gone.is_set():
+                        getattr(items, "close", lambda: None)()  # closes the SDK's generator and its response
+                        return
                     events.put((True, item))
                 events.put((False, None))
             except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
@@ -258,17 +269,20 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
 
         threading.Thread(target=work, daemon=True, name="steam-persona-invoke").start()
         end = time.monotonic() + seconds
-        while True:
-            try:
-                is_item, value = events.get(timeout=max(0.0, end - time.monotonic()))
-            except queue.Empty:
-                what = f"did not finish the reply within {seconds:g} s (the request_timeout setting)"
-                raise InvokeServerUnavailableError(server_client.unavailable_message(url, what)) from None
-            if not is_item:
-                if value is not None:
-                    raise self._map_error(value, url)
-                return
-            yield value
+        try:
+            while True:
+                try:
+                    is_item, value = events.get(timeout=max(0.0, end - time.monotonic()))
+                except queue.Empty:
+                    what = f"did not finish the reply within {seconds:g} s (the request_timeout setting)"
+                    raise InvokeServerUnavailableError(server_client.unavailable_message(url, what)) from None
+                if not is_item:
+                    if value is not None:
+                        raise self._map_error(value, url)
+                    return
+                yield value
+        finally:
+            gone.set()
 
     def _handle_generate_stream_response(self, model: str, credentials: dict, response: requests.Response,
                                          prompt_messages: list[PromptMessage]) -> Generator:
