@@ -297,9 +297,11 @@ def test_invoke_tool_every_parameter_combination(review, server):
         reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
                                 "credentials": review_creds(server), "tool_parameters": params})
         assert reply.error is None, reply.error
-        text, js = reply.result
+        text, js, *variables = reply.result
         assert text["type"] == "text" and js["type"] == "json"
         out = js["message"]["json_object"]
+        assert [(v["type"], v["message"]["variable_name"], v["message"]["variable_value"]) for v in variables] == [
+            ("variable", k, out.get(k, "")) for k in ("game", "verdict", "review")]  # the YAML's output_schema
         assert set(out) == {"game", "review", "model", "usage"} | ({"verdict"} if verdict != "auto" else set())
         assert out["review"] == text["message"]["text"]  # may be blank: 2 tokens can be a space or half a 字
         assert (out["game"], out.get("verdict", "auto")) == ("Hollow Knight", verdict)
