@@ -300,3 +300,16 @@ def test_an_empty_endpoint_url_says_so(chat, review, url):
                            "tool_parameters": {"game_name": "Celeste"}})
     for reply in (checked, tool):
         assert reply.error["message"].startswith("the endpoint URL is empty; give the server's base URL"), reply.error
+
+
+def test_https_to_a_plain_http_server_says_use_http(chat, review, fake):
+    creds = {"endpoint_url": fake.replace("http://", "https://") + "/json/v1", "context_size": "2048"}
+    reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": creds, "stop": None, "tools": None,
+                          "prompt_messages": [{"role": "user", "content": "Hi"}], "model_parameters": {},
+                          "stream": False})
+    tool = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": creds,
+                           "tool_parameters": {"game_name": "Celeste"}})
+    assert reply.error["error_type"] == "InvokeServerUnavailableError"
+    for error in (reply.error, tool.error):
+        assert "TLS handshake" in error["message"] and "use http://" in error["message"], error
+        assert "Dify runs plugins inside Docker" not in error["message"]

@@ -33,12 +33,11 @@ DEFAULT_ENDPOINT = "http://host.docker.internal:8000/v1"
 CONNECT_TIMEOUT = 5.0
 #: Seconds a credential check may wait for the server's answer (GET /models, one-token reply).
 VALIDATE_READ_TIMEOUT = 30.0
-#: Seconds a generation may go without receiving a byte (CPU inference of a 7B model is slow).
-GENERATE_READ_TIMEOUT = 300.0
 #: Seconds for a tokenize call; counting must never hold up a chat.
 TOKENIZE_TIMEOUT = 5.0
-#: Default total seconds one chat call or review may take, first byte to last (the ``request_timeout``
-#: credential overrides it); a server that stalls or trickles keep-alive comments fails after this.
+#: Default total seconds one chat reply or review may take, request to last byte (the ``request_timeout``
+#: credential overrides it; CPU inference of a 7B model is slow); a server that stalls or trickles
+#: keep-alive comments fails after this.
 REQUEST_TIMEOUT = 300.0
 #: Characters that paste invisibly with a copied key (zero-width space/joiners, word joiner, BOM).
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
@@ -279,12 +278,13 @@ def list_models(endpoint_url: str, api_key: str | None = None,
 
 
 def chat_completion(endpoint_url: str, api_key: str | None, messages: list[dict], *, model: str | None = None,
-                    read_timeout: float = GENERATE_READ_TIMEOUT, **params: Any) -> dict:
+                    read_timeout: float = REQUEST_TIMEOUT, **params: Any) -> dict:
     """``POST {base}/chat/completions`` without streaming; returns the OpenAI response object.
 
     Args:
         messages: OpenAI chat messages; list-of-parts contents are flattened (:func:`prepare_messages`).
         model: the model id as the server calls it; ``None`` lets a one-model server pick its own.
+        read_timeout: seconds the whole answer may take (CPU inference of a 7B model is slow).
         params: OpenAI fields (``max_tokens``, ``temperature``, ``seed``, ``stop`` …); ``None`` values are dropped.
 
     Raises:

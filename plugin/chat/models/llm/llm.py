@@ -80,17 +80,21 @@ def _refuse_attachments(messages: list[PromptMessage]) -> None:
                     f" file upload for it in Dify, or extract the text first (e.g. a Doc Extractor node)")
 
 
-def _transport_what(error: BaseException) -> str:
-    """What a requests/urllib3 failure means for the user, as the end of :func:`unavailable_message`."""
+def _transport_message(error: BaseException, url: str) -> str:
+    """One line for a requests/urllib3 failure: timed out, TLS refused (no Docker hint: the server
+    answered), unreachable, or cut mid-reply (killed, ``ChunkedEncodingError``)."""
     detail = " ".join(f"{type(error).__name__}: {error}".split())[:200]
-    if isinstance(error, requests.exceptions.Timeout):
-        return "did not answer in time"
     if isinstance(error, requests.exceptions.SSLError):
-        return f"failed the TLS handshake ({detail}); if it speaks plain HTTP (steam-train serve does), use http://"
-    if isinstance(error, requests.exceptions.ConnectionError) and not isinstance(
+        return (f"the TLS handshake with {url} failed ({detail}); if the server speaks plain HTTP (steam-train"
+                f" serve does), use http://")
+    if isinstance(error, requests.exceptions.Timeout):
+        what = "did not answer in time"
+    elif isinstance(error, requests.exceptions.ConnectionError) and not isinstance(
             error, requests.exceptions.ChunkedEncodingError):
-        return f"cannot be reached ({detail})"
-    return f"stopped mid-reply ({detail})"
+        what = f"cannot be reached ({detail})"
+    else:
+        what = f"stopped mid-reply ({detail})"
+    return server_client.unavailable_message(url, what)
 
 
 def _checked_lines(lines: Iterator[str], url: str, deadline: float) -> Iterator[str]:
@@ -340,7 +344,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         if isinstance(error, server_client.ServerError):
             return _ERROR_CLASS[error.kind](str(error))
         if isinstance(error, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)):
-            return InvokeServerUnavailableError(server_client.unavailable_message(url, _transport_what(error)))
+            return InvokeServerUnavailableError(_transport_message(error, url))
         match = _SDK_STATUS.search(str(error)) if isinstance(error, InvokeError) else None
         if match:
             err = server_client.error_for_status(int(match.group(1)), match.group(2), url)
