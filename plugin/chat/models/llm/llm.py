@@ -239,7 +239,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         c[_DEADLINE] = time.monotonic() + seconds
         call = functools.partial(super()._invoke, model, c, messages, params, tools, stop, stream, user)
         if stream:
-            return self._bounded(lambda: call(), c["endpoint_url"], seconds)
+            return self._bounded(call, c["endpoint_url"], seconds)
         results = self._bounded(lambda: iter([call()]), c["endpoint_url"], seconds)
         try:
             return next(results)
