@@ -54,10 +54,14 @@ from steam_persona.resources import doc, shipped
 MAX_UNPACKED_BYTES = 50 * 1024 * 1024
 #: Timestamp of every zip entry (reproducible packages; zip cannot store dates before 1980).
 ZIP_DATE_TIME = (2025, 1, 1, 0, 0, 0)
-#: Never shipped, whatever .difyignore says: caches, virtualenvs, secrets, other stages' code.
-ALWAYS_EXCLUDE = ["__pycache__/", "*.py[cod]", ".venv/", "venv/", ".git/", ".pytest_cache/", ".mypy_cache/",
-                  ".ruff_cache/", ".env", "trainer/", "export/", "serve/", "tests/", "build/", "dist/",
-                  "*.difypkg", ".DS_Store"]
+#: What a plugin folder may ship (gitignore syntax, from the folder): the files a Dify plugin is
+#: made of. An allowlist, so that whatever else lies there (``.env.local``, keys, notes) stays out.
+INCLUDE = ["/main.py", "/manifest.yaml", "/pyproject.toml", "/uv.lock", "/requirements.txt", "/README.md",
+           "/PRIVACY.md", "/.env.example", "/_assets/*.svg", "/_assets/*.png", "/provider/*.py", "/provider/*.yaml",
+           "/models/**/*.py", "/models/**/*.yaml", "/tools/*.py", "/tools/*.yaml"]
+#: Never shipped, even when included: caches, secrets, tests.
+ALWAYS_EXCLUDE = ["__pycache__/", "*.py[cod]", ".venv/", "tests/", "test_*.py", ".env", ".env.*", "!.env.example",
+                  "*.pem", "*.key", "*secret*"]
 
 # Daemon rules (plugin_declaration.go, identity.go, manifest_entities tags).
 VERSION_RE = re.compile(r"^\d{1,4}(\.\d{1,4}){2}(-\w{1,16})?$")
@@ -137,7 +141,8 @@ class VerifyConfig:
 
 def _ignore_spec(source: Path) -> pathspec.GitIgnoreSpec:
     """Patterns of :data:`ALWAYS_EXCLUDE` + the folder's ``.difyignore`` (else ``.gitignore``),
-    gitignore syntax (the daemon's packager reads the same files the same way)."""
+    gitignore syntax (the daemon's packager reads the same files the same way; ours ships only
+    :data:`INCLUDE` of them)."""
     lines = list(ALWAYS_EXCLUDE)
     for name in (".difyignore", ".gitignore"):
         f = source / name
@@ -145,6 +150,21 @@ def _ignore_spec(source: Path) -> pathspec.GitIgnoreSpec:
             lines += f.read_text(encoding="utf-8").splitlines()
             break
     return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def source_files(source: Path) -> tuple[list[str], list[str]]:
+    """A plugin folder's files (relative, forward slashes, sorted) as ``(shipped, left_out)``:
+    shipped = in :data:`INCLUDE` and not ignored (:func:`_ignore_spec`); left_out = the other
+    files, caches and virtualenvs not listed."""
+    include, ignore = pathspec.GitIgnoreSpec.from_lines(INCLUDE), _ignore_spec(source)
+    cache = pathspec.GitIgnoreSpec.from_lines(["__pycache__/", "*.py[cod]", ".venv/", ".*_cache/"])
+    shipped, left_out = [], []
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source).as_posix()
+        if path.is_dir() or path.is_symlink() or cache.match_file(rel):
+            continue
+        (shipped if include.match_file(rel) and not ignore.match_file(rel) else left_out).append(rel)
+    return shipped, left_out
 
 
 def _path(rel: str, repo: Path | None) -> Path:
@@ -165,13 +185,7 @@ def stage(pkg: Package, repo: Path | None = None, version: str | None = None) ->
     if not manifest.is_file() or not source.is_dir():
         raise UserError(f"{manifest if not manifest.is_file() else source}: plugin sources not found; "
                         f"reinstall steam-persona (they are part of the package) or restore the file")
-    spec = _ignore_spec(source)
-    files: dict[str, bytes] = {}
-    for path in sorted(source.rglob("*")):
-        rel = path.relative_to(source).as_posix()
-        if path.is_dir() or path.is_symlink() or spec.match_file(rel):
-            continue
-        files[rel] = path.read_bytes()
+    files = {rel: (source / rel).read_bytes() for rel in source_files(source)[0]}
     for arc, src in pkg.extra:
         f = _path(src, repo)
         if not f.is_file():
@@ -385,19 +399,28 @@ def run(cfg: PackageConfig) -> dict[str, Path]:
         UserError: a package breaks a daemon rule (nothing is written then) or sources are missing.
     """
     key = plugin_sign.load_private_key(cfg.sign) if cfg.sign else None
+    out_folder(cfg.out, create=False)  # a bad --out stops before any work
     staged = []
     for pkg in PACKAGES:
         files = stage(pkg, version=cfg.version)
         manifest = validate(files, f"{pkg.key} plugin ({pkg.manifest})")
         staged.append((pkg, files, manifest))
-    out_dir = Path(cfg.out)
+    out_dir = out_folder(cfg.out)
     result: dict[str, Path] = {}
     rows = []
     for pkg, files, manifest in staged:
-        path = write_difypkg(files, out_dir / f"{manifest['name']}-{manifest['version']}.difypkg", key)
+        path = out_dir / f"{manifest['name']}-{manifest['version']}.difypkg"
+        try:
+            write_difypkg(files, path, key)
+        except OSError as e:
+            raise UserError(f"{path}: cannot be written ({e.strerror or e}); pick another --out") from None
         result[pkg.key] = path
         rows.append((f"{pkg.key}: {manifest['author']}/{manifest['name']} {manifest['version']}",
                      f"{path}  ({len(files)} files, {path.stat().st_size / 1024:.1f} KiB)"))
+        left_out = source_files(shipped(pkg.source))[1]
+        if left_out:
+            rows.append((f"{pkg.key}: left out (not plugin files)", ", ".join(left_out[:6])
+                         + (f" and {len(left_out) - 6} more" if len(left_out) > 6 else "")))
     how = ("signed: the daemon needs THIRD_PARTY_SIGNATURE_VERIFICATION_* with your public key" if key else
            "unsigned: sign with --sign KEY, or turn FORCE_VERIFYING_SIGNATURE off")
     summary_table("Dify plugins", rows + [("install", f"Dify → Plugins → Install from local package file; "
@@ -405,9 +428,40 @@ def run(cfg: PackageConfig) -> dict[str, Path]:
     return result
 
 
+def out_folder(out: str, create: bool = True) -> Path:
+    """The ``--out`` folder, created when ``create``.
+
+    Raises:
+        UserError: empty, an existing file (or below one), or not creatable (permissions, read-only).
+    """
+    if not str(out).strip():
+        raise UserError("--out is empty; give a folder, e.g. --out dist")
+    path = Path(out)
+    if path.is_file():
+        raise UserError(f"--out {out}: is a file, not a folder; pick another --out")
+    if not create:
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"--out {out}: is a file, not a folder; pick another --out") from None
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the folder ({e.strerror or e}); pick another --out") from None
+    return path
+
+
 def keygen(cfg: KeygenConfig) -> tuple[Path, Path]:
-    """Write a new RSA-4096 signing pair (:func:`plugin_sign.keygen`); print the paths, never the key."""
-    private, public = plugin_sign.keygen(cfg.out)
+    """Write a new RSA-4096 signing pair (:func:`plugin_sign.keygen`); print the paths, never the key.
+
+    Raises:
+        UserError: ``--out`` is unusable (:func:`out_folder`) or cannot be written, or a pair is there.
+    """
+    out = out_folder(cfg.out)
+    try:
+        private, public = plugin_sign.keygen(out)
+    except OSError as e:
+        raise UserError(f"--out {cfg.out}: the key pair cannot be written ({e.strerror or e}); pick another --out"
+                        ) from None
     summary_table("Plugin signing key", [("private (keep secret, mode 0600)", private),
                                          ("public (for the plugin daemon)", public),
                                          ("sign", f"steam-train plugin package --sign {private}")])
@@ -421,17 +475,31 @@ def verify(cfg: VerifyConfig) -> dict[str, int]:
         package path → signing time (Unix seconds).
 
     Raises:
-        UserError: no package or key given; a package is unsigned or its signature is bad.
+        UserError: no package or key given; any package is missing, a folder, unsigned or badly
+            signed (after every package is checked and listed).
     """
     if not cfg.packages:
         raise UserError("plugin verify: no package given; pass the .difypkg files to check")
     if not cfg.public_key:
         raise UserError("plugin verify: missing --public_key; give the signer's .public.pem")
     key = plugin_sign.load_public_key(cfg.public_key)
-    result = {p: plugin_sign.verify(p, key) for p in cfg.packages}
-    when = {p: datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-            for p, t in result.items()}
-    summary_table("Signatures", [(p, f"good, signed {w}") for p, w in when.items()])
+    result: dict[str, int] = {}
+    rows, bad = [], []
+    for p in cfg.packages:
+        try:
+            if Path(p).is_dir():
+                raise UserError(f"{p}: a folder, not a .difypkg file")
+            result[p] = plugin_sign.verify(p, key)
+            when = datetime.datetime.fromtimestamp(result[p], datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            rows.append((p, f"good, signed {when}"))
+        except UserError as e:
+            bad.append(str(e))
+            rows.append((p, f"BAD: {e}"))
+    if len(bad) == len(cfg.packages) == 1:
+        raise UserError(bad[0])
+    summary_table("Signatures", rows)
+    if bad:
+        raise UserError(f"{len(bad)} of {len(cfg.packages)} packages failed the check; the first: {bad[0]}")
     return result
 
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from steam_persona.cli import main as cli
 from steam_persona.common.errors import UserError
 from steam_persona.plugin.call import PluginCallError, PluginCode
-from steam_persona.plugin.package import MAX_UNPACKED_BYTES, PACKAGES, PackageConfig, run, stage, validate
+from steam_persona.plugin.package import MAX_UNPACKED_BYTES, PACKAGES, PackageConfig, run, source_files, stage, validate
 from steam_persona.resources import shipped
 
 FORBIDDEN_PREFIXES = ("trainer/", "export/", "serve/", "tests/", ".venv/", "build/", "dist/", ".git/")
@@ -120,27 +120,29 @@ def test_same_sources_same_bytes(built, tmp_path):
         assert hashlib.sha256(again[key].read_bytes()).digest() == hashlib.sha256(built[key].read_bytes()).digest()
 
 
-def test_difyignore_and_always_excluded(tmp_path):
+def test_only_plugin_files_are_shipped(tmp_path):
     repo = tmp_path / "repo"
     for rel in ("manifest.yaml", "common/persona.py", "plugin"):
         src, dst = shipped(rel), repo / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
     chat = repo / "plugin/chat"
-    (chat / "debug.log").write_text("x")  # *.log is in .difyignore
-    (chat / "notes").mkdir()
-    (chat / "notes/draft.md").write_text("x")
-    (chat / ".difyignore").write_text((chat / ".difyignore").read_text() + "notes/\n")
-    (chat / ".env").write_text("REMOTE_INSTALL_KEY=secret")
-    (chat / "models/llm/__pycache__").mkdir()
-    (chat / "models/llm/__pycache__/llm.cpython-312.pyc").write_bytes(b"\0")
-    (chat / "tests").mkdir()
-    (chat / "tests/test_x.py").write_text("x")
+    planted = {".env": "REMOTE_INSTALL_KEY=secret", ".env.local": "API_KEY=abc", "secrets.txt": "k17",
+               "notes.md": "x", "debug.log": "x", "provider/client.pem": "x", "provider/api_secret.py": "x",
+               "models/llm/__pycache__/llm.cpython-312.pyc": "x", "tests/test_x.py": "x", "build/x.py": "x"}
+    for rel, text in planted.items():
+        (chat / rel).parent.mkdir(parents=True, exist_ok=True)
+        (chat / rel).write_text(text)
+    (chat / "provider/helper.py").write_text("x")  # a new module of the plugin's own kind ships
     files = stage(PACKAGES[0], repo)
-    assert "models/llm/llm.py" in files and "PRIVACY.md" in files and ".env.example" in files
-    for gone in ("debug.log", "notes/draft.md", ".env", "models/llm/__pycache__/llm.cpython-312.pyc",
-                 "tests/test_x.py"):
-        assert gone not in files
+    assert sorted(files) == ['.env.example', 'PRIVACY.md', 'README.md', '_assets/icon.svg', 'main.py', 'manifest.yaml',
+                             'models/llm/llm.py', 'persona.py', 'provider/helper.py', 'provider/steam_persona.py',
+                             'provider/steam_persona.yaml', 'pyproject.toml', 'requirements.txt', 'server_client.py',
+                             'uv.lock']
+    (chat / ".difyignore").write_text("provider/helper.py\n")  # .difyignore still takes files out
+    assert "provider/helper.py" not in stage(PACKAGES[0], repo)
+    left_out = source_files(chat)[1]
+    assert set(planted) - {"models/llm/__pycache__/llm.cpython-312.pyc"} <= set(left_out)
 
 
 @pytest.mark.parametrize("field,value,needle", [

@@ -124,7 +124,8 @@ def test_model_schema_has_the_parameter_rules(chat, server):
     reply = chat.request({**CHAT, "action": "get_ai_model_schemas", "credentials": chat_creds(server)})
     schema = reply.result[0]["model_schema"]
     rules = {r["name"]: r for r in schema["parameter_rules"]}
-    assert set(rules) == {"temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "stop", "seed",
+    # no "stop": Dify's own Stop sequences control sends a list as invoke's stop (a text rule clashed with it)
+    assert set(rules) == {"temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "seed",
                           "response_format"}
     assert rules["response_format"]["options"] == ["text", "json_object"]
     assert rules["max_tokens"]["max"] == 1024
@@ -178,6 +179,24 @@ def test_list_content_and_stop_word(chat, server):
     assert final["usage"]["prompt_tokens"] == server_reply(server, joined, max_tokens=1)["usage"]["prompt_tokens"]
     # 24 tokens of English without an "e" are unlikely: the stop word ended the reply early
     assert "e" not in text and final["finish_reason"] == "stop" and final["usage"]["completion_tokens"] < 24
+
+
+def test_stop_left_in_the_parameters_is_dropped_not_a_failure(chat, server):
+    """Dify sends stop as invoke's list (test_list_content_and_stop_word); the schema has no stop rule,
+    so a stop among the parameters (as from an old app config) is filtered out by the SDK."""
+    reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": chat_creds(server), "stop": None,
+                          "prompt_messages": [{"role": "user", "content": "Hi"}], "tools": None, "stream": False,
+                          "model_parameters": {"max_tokens": 4, "temperature": 0, "seed": 1, "stop": "e\na"}})
+    assert reply.error is None, reply.error
+    assert reply.result[0]["delta"]["message"]["content"] == server_reply(
+        server, [{"role": "user", "content": "Hi"}], max_tokens=4)["choices"][0]["message"]["content"]
+
+
+def test_validate_refuses_a_context_size_above_the_servers_n_ctx(chat, server):
+    reply = chat.request({**CHAT, "action": "validate_model_credentials",
+                          "credentials": chat_creds(server, context_size="4096")})
+    assert reply.error["error_type"] == "CredentialsValidateFailedError"
+    assert reply.error["message"].startswith(f"context_size 4096 is larger than the server's n_ctx {N_CTX}; set it")
 
 
 def test_get_llm_num_tokens_uses_server_tokenizer(chat, server):
@@ -278,12 +297,14 @@ def test_invoke_tool_every_parameter_combination(review, server):
         reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
                                 "credentials": review_creds(server), "tool_parameters": params})
         assert reply.error is None, reply.error
-        text, js = reply.result
+        text, js, *variables = reply.result
         assert text["type"] == "text" and js["type"] == "json"
         out = js["message"]["json_object"]
-        assert set(out) == {"game", "verdict", "review", "model", "usage"}
+        assert [(v["type"], v["message"]["variable_name"], v["message"]["variable_value"]) for v in variables] == [
+            ("variable", k, out.get(k, "")) for k in ("game", "verdict", "review")]  # the YAML's output_schema
+        assert set(out) == {"game", "review", "model", "usage"} | ({"verdict"} if verdict != "auto" else set())
         assert out["review"] == text["message"]["text"]  # may be blank: 2 tokens can be a space or half a 字
-        assert (out["game"], out["verdict"]) == ("Hollow Knight", verdict)
+        assert (out["game"], out.get("verdict", "auto")) == ("Hollow Knight", verdict)
         assert out["model"] == "SmolLM2-135M-Instruct.Q4_1"
         # max_tokens reached the server (a multi-byte character may take a few more tokens)
         assert 1 <= out["usage"]["completion_tokens"] <= 2 + 3
@@ -300,7 +321,7 @@ def test_invoke_tool_defaults_and_persona_switch(review, server):
     params = {"game_name": "Celeste", "max_tokens": 1}
     plain = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
                             "credentials": review_creds(server), "tool_parameters": params})
-    assert plain.result[1]["message"]["json_object"]["verdict"] == "auto"
+    assert "verdict" not in plain.result[1]["message"]["json_object"]  # one token opens with no verdict
     with_persona = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
                                    "credentials": review_creds(server, persona_system_prompt="enabled"),
                                    "tool_parameters": params})

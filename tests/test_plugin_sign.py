@@ -106,6 +106,27 @@ def test_cli_verify_round_trip(signed, keys):
     assert result.output.count("good, signed") == 2
 
 
+def test_cli_verify_reports_every_package(signed, keys, tmp_path):
+    unsigned = run(PackageConfig(out=str(tmp_path / "u")))["chat"]
+    result = _cli("plugin", "verify", str(unsigned), str(tmp_path), str(signed["review"]),
+                  "--public_key", str(keys["a"] / "steam_persona.public.pem"))
+    assert result.exit_code == 2
+    assert result.output.count("good, signed") == 1 and "a folder, not a .difypkg file" in result.output
+    assert "2 of 3 packages failed the check; the first:" in result.output and "unsigned" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["package", "keygen"])
+@pytest.mark.parametrize("where, words", [("file", "is a file, not a folder"), ("below_file", "cannot create the folder"),
+                                          ("empty", "--out is empty")])
+def test_cli_out_that_is_no_folder_is_one_line(tmp_path, command, where, words):
+    (tmp_path / "afile").write_text("x")
+    out = {"file": tmp_path / "afile", "below_file": tmp_path / "afile" / "k", "empty": ""}[where]
+    result = _cli("plugin", command, "--out", str(out))
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert "Traceback" not in result.output and (tmp_path / "afile").read_text() == "x"
+
+
 def test_a_flipped_byte_in_any_file_fails(signed, keys):
     entries, comment = _entries(signed["review"])
     for n, (info, data) in enumerate(entries):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import unicodedata
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
@@ -32,10 +33,14 @@ DEFAULT_ENDPOINT = "http://host.docker.internal:8000/v1"
 CONNECT_TIMEOUT = 5.0
 #: Seconds a credential check may wait for the server's answer (GET /models, one-token reply).
 VALIDATE_READ_TIMEOUT = 30.0
-#: Seconds a generation may go without receiving a byte (CPU inference of a 7B model is slow).
-GENERATE_READ_TIMEOUT = 300.0
 #: Seconds for a tokenize call; counting must never hold up a chat.
 TOKENIZE_TIMEOUT = 5.0
+#: Default total seconds one chat reply or review may take, request to last byte (the ``request_timeout``
+#: credential overrides it; CPU inference of a 7B model is slow); a server that stalls or trickles
+#: keep-alive comments fails after this.
+REQUEST_TIMEOUT = 300.0
+#: Characters that paste invisibly with a copied key (zero-width space/joiners, word joiner, BOM).
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
@@ -44,8 +49,9 @@ class ServerError(Exception):
     """A request to the server failed; ``str(e)`` is one line a user can act on.
 
     Attributes:
-        kind: ``"unavailable"`` (refused, timed out, DNS), ``"auth"`` (HTTP 401/403),
-            ``"bad_request"`` (HTTP 400/404/422, e.g. context overflow), ``"server"`` (5xx, bad JSON).
+        kind: ``"unavailable"`` (refused, timed out, DNS), ``"auth"`` (HTTP 401/403, a key that
+            cannot be sent), ``"bad_request"`` (HTTP 400/404/422, e.g. context overflow),
+            ``"rate_limit"`` (HTTP 429), ``"server"`` (5xx, an answer that is not the API's).
         status: the HTTP status, or ``None`` when no response came back.
     """
 
@@ -68,6 +74,11 @@ def normalize_endpoint(url: str | None) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ServerError(f"endpoint URL {url!r} is not an http(s) URL; use e.g. {DEFAULT_ENDPOINT}", "bad_request")
+    try:
+        parts.port
+    except ValueError:
+        raise ServerError(f"endpoint URL {url!r} has an invalid port (1-65535); use e.g. {DEFAULT_ENDPOINT}",
+                          "bad_request") from None
     path = parts.path.rstrip("/") or "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
@@ -94,12 +105,61 @@ def docker_hint(endpoint_url: str) -> str:
             f" with --host 0.0.0.0.")
 
 
+def clean_api_key(api_key: Any) -> str:
+    """The key as it goes into ``Authorization: Bearer KEY``: surrounding spaces and invisible
+    zero-width characters removed; ``""`` for none.
+
+    Raises:
+        ServerError: (kind ``auth``) the key still holds a character an HTTP header cannot carry
+            (non-ASCII, a space, a newline); the message names its position, never the key.
+    """
+    key = str(api_key or "").translate(_INVISIBLE).strip()
+    bad = next((i for i, ch in enumerate(key) if not ("!" <= ch <= "~")), None)
+    if bad is not None:
+        raise ServerError(f"the API key has a character an HTTP header cannot carry at position {bad + 1}"
+                          f" ({unicodedata.name(key[bad], repr(key[bad]))}); paste the key again, ASCII only",
+                          "auth")
+    return key
+
+
 def headers(api_key: str | None) -> dict[str, str]:
-    """Request headers: JSON, plus ``Authorization: Bearer KEY`` when a key is set."""
+    """Request headers: JSON, plus ``Authorization: Bearer KEY`` when a key is set.
+
+    Raises:
+        ServerError: the key cannot be sent (:func:`clean_api_key`).
+    """
     out = {"Content-Type": "application/json", "Accept": "application/json"}
-    if api_key:
-        out["Authorization"] = f"Bearer {api_key.strip()}"
+    key = clean_api_key(api_key)
+    if key:
+        out["Authorization"] = f"Bearer {key}"
     return out
+
+
+def positive_int(name: str, value: Any, default: int | None = None) -> int:
+    """A credential that must be a whole number > 0 (Dify's text inputs send strings).
+
+    Raises:
+        ServerError: (kind ``bad_request``) empty without a default, not a whole number, or < 1.
+    """
+    text = str(value if value is not None else "").strip()
+    if not text and default is not None:
+        return default
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ServerError(f"{name} must be a whole number of at least 1, not {value!r}", "bad_request")
+    return number
+
+
+def request_timeout(credentials: Mapping[str, Any]) -> float:
+    """The ``request_timeout`` credential in seconds, else :data:`REQUEST_TIMEOUT`.
+
+    Raises:
+        ServerError: not a whole number of seconds >= 1.
+    """
+    return float(positive_int("request_timeout", credentials.get("request_timeout"), int(REQUEST_TIMEOUT)))
 
 
 def server_message(body: str) -> str:
@@ -126,12 +186,24 @@ def error_for_status(status: int, body: str, url: str) -> ServerError:
     if status in (401, 403):
         return ServerError(f"the server at {url} rejected the API key (HTTP {status}); use the key the server"
                            f" was started with (steam-train serve --api_key), or none if it has none", "auth", status)
-    if status == 404:
+    if status == 404 and "model" not in msg.lower():
         return ServerError(f"{url} answered HTTP 404 ({msg}); the endpoint URL must be the API base that ends"
                            f" in /v1, e.g. {DEFAULT_ENDPOINT}", "bad_request", status)
+    if status == 429:
+        return ServerError(f"the server is busy (HTTP 429): {msg}; try again later", "rate_limit", status)
     if 400 <= status < 500:
         return ServerError(f"the server refused the request (HTTP {status}): {msg}", "bad_request", status)
     return ServerError(f"the server failed (HTTP {status}): {msg}", "server", status)
+
+
+def error_event(error: Any, url: str) -> ServerError:
+    """Map an error sent inside a stream (``data: {"error": {"message", "code", "type"}}``) as its
+    HTTP status would be: ``code`` when it is one, 400 for ``invalid_request_error``, else 500."""
+    err = error if isinstance(error, dict) else {"message": str(error)}
+    code = err.get("code")
+    status = code if isinstance(code, int) and 400 <= code < 600 else (
+        400 if "invalid_request" in str(err.get("type", "")) else 500)
+    return error_for_status(status, json.dumps({"error": err}, ensure_ascii=False), url)
 
 
 def unavailable_message(url: str, what: str) -> str:
@@ -143,6 +215,9 @@ def error_for_exception(exc: Exception, url: str) -> ServerError:
     """Map an httpx transport error (refused, timeout, DNS) to a ``kind="unavailable"`` :class:`ServerError`."""
     if isinstance(exc, httpx.TimeoutException):
         what = "did not answer in time"
+    elif "SSL" in str(exc) or "TLS" in str(exc):
+        return ServerError(f"the TLS handshake with {url} failed ({' '.join(str(exc).split())[:200]}); if the"
+                           f" server speaks plain HTTP (steam-train serve does), use http://", "unavailable")
     elif isinstance(exc, httpx.ConnectError):
         what = f"cannot be reached ({' '.join(str(exc).split()) or 'connection refused'})"
     else:
@@ -157,9 +232,20 @@ def is_on(value: Any) -> bool:
 
 def _request(method: str, url: str, api_key: str | None, *, json_body: Any = None,
              read_timeout: float) -> httpx.Response:
+    """One request whose whole answer must arrive within ``read_timeout`` seconds (plus the connect
+    timeout): httpx's read timeout bounds each gap only, so the body is read piecewise against a deadline."""
+    deadline = time.monotonic() + read_timeout
     timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout, write=read_timeout, pool=CONNECT_TIMEOUT)
     try:
-        response = httpx.request(method, url, headers=headers(api_key), json=json_body, timeout=timeout)
+        with httpx.stream(method, url, headers=headers(api_key), json=json_body, timeout=timeout) as response:
+            raw = bytearray()
+            for piece in response.iter_raw():
+                raw += piece
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"no complete answer within {read_timeout:g} s")
+        response = httpx.Response(response.status_code, headers=response.headers, content=bytes(raw),
+                                  request=response.request)
+        response.read()  # decodes gzip/deflate as the headers say
     except httpx.HTTPError as e:
         raise error_for_exception(e, url) from None
     if response.status_code >= 400:
@@ -192,12 +278,13 @@ def list_models(endpoint_url: str, api_key: str | None = None,
 
 
 def chat_completion(endpoint_url: str, api_key: str | None, messages: list[dict], *, model: str | None = None,
-                    read_timeout: float = GENERATE_READ_TIMEOUT, **params: Any) -> dict:
+                    read_timeout: float = REQUEST_TIMEOUT, **params: Any) -> dict:
     """``POST {base}/chat/completions`` without streaming; returns the OpenAI response object.
 
     Args:
         messages: OpenAI chat messages; list-of-parts contents are flattened (:func:`prepare_messages`).
         model: the model id as the server calls it; ``None`` lets a one-model server pick its own.
+        read_timeout: seconds the whole answer may take (CPU inference of a 7B model is slow).
         params: OpenAI fields (``max_tokens``, ``temperature``, ``seed``, ``stop`` …); ``None`` values are dropped.
 
     Raises:
@@ -230,6 +317,24 @@ def validate(endpoint_url: str, api_key: str | None = None, model: str | None = 
     reply = chat_completion(endpoint_url, api_key, [{"role": "user", "content": "ping"}], model=model,
                             max_tokens=1, read_timeout=read_timeout)
     return {"models": models, "model": reply.get("model") or model or (models[0] if models else "")}
+
+
+def server_n_ctx(endpoint_url: str, api_key: str | None = None,
+                 read_timeout: float = VALIDATE_READ_TIMEOUT) -> int | None:
+    """The context size the server really runs with: ``n_ctx`` of ``GET /health`` (``steam-train
+    serve``), else ``default_generation_settings.n_ctx`` of ``GET /props`` (llama.cpp's
+    ``llama-server``); ``None`` when the server reports neither (vLLM, Ollama) or cannot be asked."""
+    root = server_root(endpoint_url)
+    for path, keys in (("/health", ("n_ctx",)), ("/props", ("default_generation_settings", "n_ctx"))):
+        try:
+            value: Any = _json(_request("GET", root + path, api_key, read_timeout=read_timeout))
+        except ServerError:
+            continue
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def flatten_content(content: Any) -> Any:

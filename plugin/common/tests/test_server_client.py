@@ -35,3 +35,29 @@ def test_errors_and_switches():
     assert sc.error_for_status(401, "", "u").kind == "auth"
     assert sc.error_for_status(503, "busy", "u").kind == "server"
     assert [sc.is_on(v) for v in ("enabled", "true", True, "disabled", None, "")] == [True, True, True, False, False, False]
+
+
+def test_status_kinds_and_404_advice():
+    assert sc.error_for_status(429, '{"error": {"message": "slow down"}}', "u").kind == "rate_limit"
+    assert "must be the API base" in str(sc.error_for_status(404, '{"detail": "Not Found"}', "u"))
+    unknown_model = sc.error_for_status(404, '{"error": {"message": "The model `x` does not exist."}}', "u")
+    assert "must be the API base" not in str(unknown_model) and "does not exist" in str(unknown_model)
+    assert sc.error_event({"message": "overflow", "type": "invalid_request_error"}, "u").kind == "bad_request"
+    assert sc.error_event({"message": "boom", "code": 503}, "u").status == 503
+    assert sc.error_event("oops", "u").kind == "server"
+
+
+def test_api_key_and_numbers_from_the_form():
+    assert sc.clean_api_key(" k17\u200b\ufeff ") == "k17" and sc.clean_api_key(None) == ""
+    assert sc.headers(" k\u200b")["Authorization"] == "Bearer k"
+    for bad in ("k17\u200b密钥", "k 17", "k17\nx"):
+        with pytest.raises(sc.ServerError, match="HTTP header cannot carry") as e:
+            sc.headers(bad)
+        assert e.value.kind == "auth" and bad not in str(e.value)
+    assert sc.positive_int("n", " 12 ") == 12 and sc.positive_int("n", "", 7) == 7
+    for bad in ("abc", "-5", "0", "", None, "1.5"):
+        with pytest.raises(sc.ServerError, match="n must be a whole number of at least 1"):
+            sc.positive_int("n", bad)
+    assert sc.request_timeout({}) == sc.REQUEST_TIMEOUT and sc.request_timeout({"request_timeout": "9"}) == 9.0
+    with pytest.raises(sc.ServerError, match="invalid port"):
+        sc.normalize_endpoint("http://h:99999/v1")

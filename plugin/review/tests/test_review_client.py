@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import persona
-from tools.review_client import ReviewError, prompt_args
+from tools.review_client import ReviewError, _max_tokens, _verdict_of, prompt_args
 
 PLUGIN = Path(__file__).resolve().parents[1]
 
@@ -46,3 +46,29 @@ def test_tool_default_length_is_the_training_format():
     default = next(p for p in spec["parameters"] if p["name"] == "length")["default"]
     msgs = persona.review_messages(None, **prompt_args("Dota 2", "免费开玩, 多人, 竞技", "auto", "zh", default))
     assert msgs == [{"role": "user", "content": "请以资深玩家的身份，点评一下《Dota 2》这款游戏。\n游戏类型标签：免费开玩, 多人, 竞技"}]
+
+
+def test_tags_as_a_list_are_joined_like_a_string():
+    as_list = persona.review_messages(None, **prompt_args("Doom", ["fps", " retro ", ""], language="en"))
+    assert as_list == persona.review_messages(None, **prompt_args("Doom", "fps, retro", language="en"))
+    assert "['fps'" not in as_list[0]["content"]
+
+
+@pytest.mark.parametrize("value, expected", [(None, 500), ("", 500), ("7", 7), (12.0, 12), (4096, 4096)])
+def test_max_tokens_default_and_range(value, expected):
+    assert _max_tokens(value, "auto") == expected
+    assert _max_tokens(None, "short") == 200
+
+
+@pytest.mark.parametrize("value", [0, -1, 4097, 99999, "abc"])
+def test_max_tokens_outside_the_yaml_range_is_refused(value):
+    with pytest.raises(ReviewError, match="max_tokens must be"):
+        _max_tokens(value, "auto")
+
+
+@pytest.mark.parametrize("asked, review, verdict", [
+    ("recommend", "Meh.", "recommend"), ("auto", "Not recommended. It crashes.", "not_recommend"),
+    ("auto", "**Recommended** — great.", "recommend"), ("auto", "不推荐，太肝了。", "not_recommend"),
+    ("auto", "推荐！", "recommend"), ("auto", "A fine game.", None)])
+def test_json_verdict_is_what_the_review_concluded(asked, review, verdict):
+    assert _verdict_of(asked, review) == verdict

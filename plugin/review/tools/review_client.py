@@ -19,6 +19,8 @@ import server_client
 #: ``max_tokens`` per requested length when the caller gives none ("auto": medium's; the persona writes ~1.5 tokens
 #: per Chinese character; "long" leaves room for several paragraphs).
 MAX_TOKENS_BY_LENGTH = {"short": 200, "medium": 500, "long": 1000}
+#: The largest ``max_tokens`` the tool accepts (its YAML's ``max``).
+MAX_TOKENS_LIMIT = 4096
 VERDICTS = ("auto", "recommend", "not_recommend")
 LANGUAGES = ("zh", "en")
 LENGTHS = ("auto", *MAX_TOKENS_BY_LENGTH)
@@ -50,7 +52,9 @@ def prompt_args(game_name: Any, tags: Any = None, verdict: Any = "auto", languag
     if not str(game_name or "").strip():
         raise ReviewError("game_name is required: give the game to review, e.g. 《黑神话：悟空》")
     length = _choice("length", length, LENGTHS, "auto")
-    return {"game_name": str(game_name), "tags": str(tags) if tags else None,
+    if isinstance(tags, (list, tuple)):
+        tags = [str(t).strip() for t in tags if str(t).strip()]
+    return {"game_name": str(game_name), "tags": tags if isinstance(tags, list) else (str(tags) if tags else None),
             "verdict": _choice("verdict", verdict, VERDICTS, "auto").replace("_", " "),
             "language": _choice("language", language, LANGUAGES, "zh"),
             "length": None if length == "auto" else length,
@@ -66,13 +70,15 @@ def write_review(credentials: Mapping[str, Any], game_name: Any, tags: Any = Non
         credentials: the tool provider's credentials: ``endpoint_url`` (API base, …/v1), ``api_key``
             (optional), ``model`` (optional id as the server calls it), ``persona_system_prompt``
             (``enabled`` sends :data:`persona.DEFAULT_SYSTEM`; default: the server's own).
-        max_tokens: reply limit in tokens; default by ``length`` (:data:`MAX_TOKENS_BY_LENGTH`,
-            ``medium``'s when no length is given).
+        max_tokens: reply limit in tokens, 1 … :data:`MAX_TOKENS_LIMIT`; default by ``length``
+            (:data:`MAX_TOKENS_BY_LENGTH`; ``auto`` takes ``medium``'s).
         temperature, seed: sampling settings passed through when given.
 
     Returns:
         ``{"game", "verdict", "review", "model", "usage"}`` — ``game`` cleaned (no 《》/™),
-        ``verdict`` one of :data:`VERDICTS`, ``usage`` the server's OpenAI usage object.
+        ``verdict`` ``recommend``/``not_recommend``: the one asked for, else the one the review opens
+        with (the key is absent when it opens with neither); ``usage`` the server's OpenAI usage object.
+        The whole call is bounded by the ``request_timeout`` credential (:func:`server_client.request_timeout`).
 
     Raises:
         ReviewError: bad parameters, server down / rejected key / refused request (one line each).
@@ -83,38 +89,64 @@ def write_review(credentials: Mapping[str, Any], game_name: Any, tags: Any = Non
                                                                  extra_instructions))
     except ValueError as e:  # ReviewError included; persona's own checks (e.g. a name that is only 《》)
         raise ReviewError(str(e)) from None
-    length_v = _choice("length", length, LENGTHS, "auto")
-    try:
-        limit = int(max_tokens) if max_tokens not in (None, "") else MAX_TOKENS_BY_LENGTH.get(length_v, 500)
-    except (TypeError, ValueError):
-        raise ReviewError(f"max_tokens must be a whole number of tokens, not {max_tokens!r}") from None
-    if limit < 1:
-        raise ReviewError(f"max_tokens must be at least 1, not {limit}")
+    limit = _max_tokens(max_tokens, _choice("length", length, LENGTHS, "auto"))
     try:
         response = server_client.chat_completion(
-            credentials.get("endpoint_url") or server_client.DEFAULT_ENDPOINT, credentials.get("api_key"),
+            credentials.get("endpoint_url"), credentials.get("api_key"),
             messages, model=(credentials.get("model") or "").strip() or None, max_tokens=limit,
             temperature=float(temperature) if temperature not in (None, "") else None,
-            seed=int(seed) if seed not in (None, "") else None)
+            seed=int(seed) if seed not in (None, "") else None,
+            read_timeout=server_client.request_timeout(credentials))
     except server_client.ServerError as e:
         raise ReviewError(str(e)) from None
-    return {
-        "game": persona.clean_game_name(str(game_name)),
-        "verdict": _choice("verdict", verdict, VERDICTS, "auto"),
-        "review": server_client.completion_text(response),
-        "model": response.get("model") or credentials.get("model") or "",
-        "usage": response.get("usage") or {},
-    }
+    review = server_client.completion_text(response)
+    result = {"game": persona.clean_game_name(str(game_name)), "verdict": _verdict_of(verdict, review),
+              "review": review, "model": response.get("model") or credentials.get("model") or "",
+              "usage": response.get("usage") or {}}
+    if result["verdict"] is None:
+        del result["verdict"]
+    return result
+
+
+def _max_tokens(max_tokens: Any, length: str) -> int:
+    """The reply limit: ``max_tokens`` when given (1 … :data:`MAX_TOKENS_LIMIT`), else by ``length``.
+
+    Raises:
+        ReviewError: not a whole number, or out of range.
+    """
+    if max_tokens in (None, ""):
+        return MAX_TOKENS_BY_LENGTH.get(length, MAX_TOKENS_BY_LENGTH["medium"])
+    try:
+        limit = int(float(max_tokens))
+    except (TypeError, ValueError):
+        raise ReviewError(f"max_tokens must be a whole number of tokens, not {max_tokens!r}") from None
+    if not 1 <= limit <= MAX_TOKENS_LIMIT:
+        raise ReviewError(f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, not {limit}")
+    return limit
+
+
+def _verdict_of(asked: Any, review: str) -> str | None:
+    """The verdict for the JSON result: the one asked for; with ``auto``, the one the review opens
+    with (a word of :data:`persona.VERDICT_WORDS`, as Steam reviews and the examples do), else ``None``."""
+    v = _choice("verdict", asked, VERDICTS, "auto")
+    if v != "auto":
+        return v
+    opening = review.lstrip(" \t\n*#【[「『\"'").lower()
+    words = sorted(((w.lower(), ok) for lang in persona.VERDICT_WORDS.values() for ok, w in lang.items()),
+                   key=lambda p: -len(p[0]))  # "不推荐" before "推荐", "not recommended" before "recommended"
+    return next(("recommend" if ok else "not_recommend" for w, ok in words if opening.startswith(w)), None)
 
 
 def check_credentials(credentials: Mapping[str, Any]) -> list[str]:
     """Ping ``GET /v1/models`` with the provider credentials; return the served model ids.
 
     Raises:
-        ReviewError: unreachable server (with the Docker hint for localhost URLs) or rejected key.
+        ReviewError: unreachable server (with the Docker hint for localhost URLs), rejected or
+            unsendable key, or a ``request_timeout`` that is not a whole number of seconds >= 1.
     """
     try:
-        return server_client.list_models(credentials.get("endpoint_url") or server_client.DEFAULT_ENDPOINT,
+        server_client.request_timeout(credentials)
+        return server_client.list_models(credentials.get("endpoint_url"),
                                          credentials.get("api_key"))
     except server_client.ServerError as e:
         raise ReviewError(str(e)) from None

@@ -15,7 +15,8 @@ from tools.review_client import write_review
 
 class WriteSteamReviewTool(Tool):
     def _invoke(self, tool_parameters: dict[str, Any]) -> Generator[ToolInvokeMessage, None, None]:
-        """Yield the review text, then ``{game, verdict, review, model, usage}`` as JSON.
+        """Yield the review text, then ``{game, verdict, review, model, usage}`` as JSON, then the
+        ``game``, ``verdict`` (``""`` when unknown) and ``review`` variables of the YAML's ``output_schema``.
 
         Raises:
             ReviewError: one-line message (missing game name, server down, rejected key…); Dify
@@ -28,3 +29,5 @@ class WriteSteamReviewTool(Tool):
             max_tokens=p.get("max_tokens"))
         yield self.create_text_message(result["review"])
         yield self.create_json_message(result)
+        for name in ("game", "verdict", "review"):
+            yield self.create_variable_message(name, result.get(name, ""))

@@ -8,9 +8,15 @@ HTTP, SSE parsing and chunking are the SDK's (``OAICompatLargeLanguageModel``). 
   internet access to fetch the GPT-2 vocabulary);
 * list-of-text-parts contents flattened to strings (some chat templates crash on lists);
 * the optional persona system prompt when a conversation has none;
-* errors mapped to Dify's invoke errors: refused/timeout → server unavailable, 401 →
-  authorization, 400 (e.g. context overflow) → bad request with the server's message;
-* credential validation bounded in time, with the Docker networking hint for localhost URLs;
+* errors mapped to Dify's invoke errors, one line each: refused, timed out, cut mid-reply, or an
+  answer that is no completion (HTML, a non-JSON line, a stream ended before ``[DONE]``) → server
+  unavailable; 401 → authorization; 429 → rate limit; 400 (e.g. context overflow) → bad request
+  with the server's message;
+* one total deadline per invoke (the ``request_timeout`` credential), which requests' per-read
+  timeout cannot give;
+* tool results in the history sent as text, document/audio attachments refused;
+* credential validation bounded in time, with the Docker networking hint for localhost URLs, whole
+  numbers checked and ``context_size`` held against the server's ``n_ctx``;
 * ``get_num_tokens`` through the server's ``/extras/tokenize``, falling back to an estimate.
 
 The SDK base is imported as a module (not as a name) so that this module holds exactly one
@@ -19,20 +25,28 @@ The SDK base is imported as a module (not as a name) so that this module holds e
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import queue
 import re
-from collections.abc import Generator, Mapping
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 import requests
+import urllib3
 from dify_plugin.config.logger_format import plugin_logger_handler
 from dify_plugin.entities import I18nObject
 from dify_plugin.entities.model import AIModelEntity, ParameterRule, ParameterType
-from dify_plugin.entities.model.llm import LLMResult, LLMResultChunk
-from dify_plugin.entities.model.message import (AssistantPromptMessage, PromptMessage, PromptMessageTool,
-                                                SystemPromptMessage)
+from dify_plugin.entities.model.llm import LLMResult, LLMResultChunk, LLMResultChunkDelta
+from dify_plugin.entities.model.message import (AssistantPromptMessage, PromptMessage, PromptMessageContentType,
+                                                PromptMessageTool, SystemPromptMessage, ToolPromptMessage,
+                                                UserPromptMessage)
 from dify_plugin.errors.model import (CredentialsValidateFailedError, InvokeAuthorizationError,
-                                      InvokeBadRequestError, InvokeError, InvokeServerUnavailableError)
+                                      InvokeBadRequestError, InvokeError, InvokeRateLimitError,
+                                      InvokeServerUnavailableError)
 from dify_plugin.interfaces.model.openai_compatible import llm as oai_llm
 
 import persona
@@ -45,7 +59,68 @@ logger.addHandler(plugin_logger_handler)
 #: The SDK reports a non-200 answer as InvokeError("API request failed with status code N: BODY").
 _SDK_STATUS = re.compile(r"status code (\d{3}):\s*(.*)", re.S)
 _ERROR_CLASS = {"auth": InvokeAuthorizationError, "bad_request": InvokeBadRequestError,
-                "unavailable": InvokeServerUnavailableError, "server": InvokeServerUnavailableError}
+                "rate_limit": InvokeRateLimitError, "unavailable": InvokeServerUnavailableError,
+                "server": InvokeServerUnavailableError}
+#: Key in our copy of the credentials holding the invoke's deadline (``time.monotonic()`` seconds).
+_DEADLINE = "_steam_persona_deadline"
+
+
+def _refuse_attachments(messages: list[PromptMessage]) -> None:
+    """Refuse content parts the SDK would drop without a word (documents, audio); images and video
+    reach the server, which refuses them itself ("this model reads text only").
+
+    Raises:
+        InvokeBadRequestError: naming the part and what to do in Dify.
+    """
+    for i, m in enumerate(messages):
+        for part in m.content if isinstance(m.content, list) else []:
+            if part.type in (PromptMessageContentType.DOCUMENT, PromptMessageContentType.AUDIO):
+                raise InvokeBadRequestError(
+                    f"message {i} has a {part.type.value} attachment, and this model reads text only; turn off"
+                    f" file upload for it in Dify, or extract the text first (e.g. a Doc Extractor node)")
+
+
+def _transport_message(error: BaseException, url: str) -> str:
+    """One line for a requests/urllib3 failure: timed out, TLS refused (no Docker hint: the server
+    answered), unreachable, or cut mid-reply (killed, ``ChunkedEncodingError``)."""
+    detail = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+    if isinstance(error, requests.exceptions.SSLError):
+        return (f"the TLS handshake with {url} failed ({detail}); if the server speaks plain HTTP (steam-train"
+                f" serve does), use http://")
+    if isinstance(error, requests.exceptions.Timeout):
+        what = "did not answer in time"
+    elif isinstance(error, requests.exceptions.ConnectionError) and not isinstance(
+            error, requests.exceptions.ChunkedEncodingError):
+        what = f"cannot be reached ({detail})"
+    else:
+        what = f"stopped mid-reply ({detail})"
+    return server_client.unavailable_message(url, what)
+
+
+def _checked_lines(lines: Iterator[str], url: str, deadline: float) -> Iterator[str]:
+    """Pass SSE lines on to the SDK's parser, raising :class:`server_client.ServerError` where the
+    parser would end quietly: past ``deadline`` (keep-alive comments included), a ``data:`` line
+    that is not JSON, an error event (``{"error": …}`` without choices), or the end of the body
+    before ``data: [DONE]`` (the stream terminator of OpenAI's API, llama.cpp, vLLM and Ollama)."""
+    for raw in lines:
+        if time.monotonic() > deadline:
+            raise server_client.ServerError(server_client.unavailable_message(url, "did not finish the reply in"
+                                            " time (the request_timeout setting)"), "unavailable")
+        line = (raw or "").strip()
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            return
+        if line and not line.startswith(":"):
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise server_client.ServerError(f"the server at {url} sent a stream line that is not JSON:"
+                                                f" {data[:120]!r}", "server") from None
+            if isinstance(event, dict) and event.get("error") and event.get("choices") is None:
+                raise server_client.error_event(event["error"], url)
+        yield raw
+    raise server_client.ServerError(server_client.unavailable_message(url, "stopped mid-reply (the stream ended"
+                                                                      " without [DONE])"), "unavailable")
 
 
 class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
@@ -54,19 +129,26 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
     # -- credentials ---------------------------------------------------------------------------
     @staticmethod
     def _credentials(credentials: Mapping, check_url: bool = True) -> dict:
-        """Our form's credentials in the SDK's vocabulary (chat mode, no tool calls).
+        """Our form's credentials in the SDK's vocabulary (chat mode, no tool calls), checked:
+        the API key cleaned (:func:`server_client.clean_api_key`), ``context_size`` and
+        ``max_tokens_to_sample`` whole numbers >= 1 (the SDK's schema reads them with ``int()``).
 
         Raises:
-            server_client.ServerError: ``check_url`` and the endpoint URL is empty or not http(s).
+            server_client.ServerError: a bad key or number; ``check_url`` and the endpoint URL is
+                empty, not http(s) or has an invalid port.
         """
         c = dict(credentials)
-        url = c.get("endpoint_url") or server_client.DEFAULT_ENDPOINT
+        url = c.get("endpoint_url") or ("" if check_url else server_client.DEFAULT_ENDPOINT)
         try:
             c["endpoint_url"] = server_client.normalize_endpoint(url)
         except server_client.ServerError:
             if check_url:
                 raise
             c["endpoint_url"] = str(url)
+        c["api_key"] = server_client.clean_api_key(c.get("api_key"))
+        c["context_size"] = str(server_client.positive_int("context_size", c.get("context_size"), 4096))
+        c["max_tokens_to_sample"] = str(server_client.positive_int("max_tokens_to_sample",
+                                                                   c.get("max_tokens_to_sample"), 2048))
         c["mode"] = "chat"
         c.setdefault("function_calling_type", "no_call")
         c.setdefault("stream_function_calling", "not_supported")
@@ -84,33 +166,46 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         return [SystemPromptMessage(content=persona.DEFAULT_SYSTEM), *prompt_messages]
 
     def validate_credentials(self, model: str, credentials: dict) -> None:
-        """Check reachability, key and a one-token chat within bounded time
-        (:data:`server_client.CONNECT_TIMEOUT` + :data:`server_client.VALIDATE_READ_TIMEOUT` per call).
+        """Check the form's values, reachability, key and a one-token chat within bounded time
+        (:data:`server_client.CONNECT_TIMEOUT` + :data:`server_client.VALIDATE_READ_TIMEOUT` per
+        call), and that ``context_size`` fits the ``n_ctx`` the server reports
+        (:func:`server_client.server_n_ctx`; Dify trims history by it).
 
         Raises:
             CredentialsValidateFailedError: one line; for localhost URLs it explains Docker networking.
         """
         try:
             c = self._credentials(credentials)
+            server_client.positive_int("context_size", credentials.get("context_size"))  # required
+            server_client.request_timeout(c)
             server_client.validate(c["endpoint_url"], c.get("api_key"), c.get("endpoint_model_name") or model)
+            n_ctx = server_client.server_n_ctx(c["endpoint_url"], c.get("api_key"))
         except server_client.ServerError as e:
             raise CredentialsValidateFailedError(str(e)) from None
+        if n_ctx is not None and int(c["context_size"]) > n_ctx:
+            raise CredentialsValidateFailedError(
+                f"context_size {c['context_size']} is larger than the server's n_ctx {n_ctx}; set it to {n_ctx}"
+                f" or less, or Dify sends histories the server refuses (HTTP 400)")
 
     # -- schema --------------------------------------------------------------------------------
     def get_customizable_model_schema(self, model: str, credentials: Mapping) -> AIModelEntity:
-        """The SDK's rules (temperature, top_p, presence/frequency penalty, max_tokens) + seed, stop,
+        """The SDK's rules (temperature, top_p, presence/frequency penalty, max_tokens) + seed and
         response_format (the SDK sends ``{"type": value}``; the server constrains ``json_object``
-        replies with llama.cpp's JSON grammar)."""
+        replies with llama.cpp's JSON grammar).
+
+        No ``stop`` rule: Dify's UI has its own "Stop sequences" control (a list), and Dify pops
+        ``stop`` out of the parameters and passes it as ``invoke``'s ``stop`` list (api/core:
+        ModelConfigConverter, the LLM node), where a text rule's string fails the daemon's list type.
+
+        Raises:
+            server_client.ServerError: ``context_size`` or ``max_tokens_to_sample`` is not a whole number >= 1.
+        """
         entity = super().get_customizable_model_schema(model, self._credentials(credentials, check_url=False))
         entity.parameter_rules += [
             ParameterRule(name="seed", type=ParameterType.INT, required=False, min=0,
                           label=I18nObject(en_US="Seed", zh_Hans="随机种子"),
                           help=I18nObject(en_US="Same seed + same settings = same reply (llama.cpp sampling).",
                                           zh_Hans="相同的种子和参数会得到相同的回复。")),
-            ParameterRule(name="stop", type=ParameterType.STRING, required=False,
-                          label=I18nObject(en_US="Stop sequences", zh_Hans="停止词"),
-                          help=I18nObject(en_US="Text that ends the reply; several: one per line.",
-                                          zh_Hans="遇到即停止生成的文本；多个请每行一个。")),
             ParameterRule(name="response_format", type=ParameterType.STRING, required=False,
                           options=["text", "json_object"],
                           label=I18nObject(en_US="Response format", zh_Hans="回复格式"),
@@ -123,42 +218,133 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
     def _invoke(self, model: str, credentials: dict, prompt_messages: list[PromptMessage], model_parameters: dict,
                 tools: list[PromptMessageTool] | None = None, stop: list[str] | None = None, stream: bool = True,
                 user: str | None = None) -> LLMResult | Generator:
+        """The SDK's request, bounded by the ``request_timeout`` credential in total (see :meth:`_bounded`).
+
+        ``stop`` is the list Dify passes (its own "Stop sequences" control); the SDK has already
+        dropped parameters without a rule, so ``model_parameters`` holds no ``stop``.
+
+        Raises:
+            InvokeError subclasses: see :meth:`_map_error`; one line each.
+        """
         try:
             c = self._credentials(credentials)
+            seconds = server_client.request_timeout(c)
         except server_client.ServerError as e:
-            raise InvokeBadRequestError(str(e)) from None
+            raise _ERROR_CLASS[e.kind](str(e)) from None
         params = dict(model_parameters)
-        extra_stop = params.pop("stop", None)
-        if isinstance(extra_stop, str):
-            extra_stop = [s for s in extra_stop.splitlines() if s]
-        stop = [*(stop or []), *(extra_stop or [])] or None
         if stream and server_client.is_on(c.get("stream_include_usage", "enabled")):
             params["stream_options"] = {"include_usage": True}
         messages = self._with_persona(c, prompt_messages)
+        _refuse_attachments(messages)
+        c[_DEADLINE] = time.monotonic() + seconds
+        call = functools.partial(super()._invoke, model, c, messages, params, tools, stop, stream, user)
+        if stream:
+            return self._bounded(call, c["endpoint_url"], seconds)
+        results = self._bounded(lambda: iter([call()]), c["endpoint_url"], seconds)
         try:
-            result = super()._invoke(model, c, messages, params, tools, stop, stream, user)
-        except Exception as e:  # noqa: BLE001 - every failure becomes one of Dify's invoke errors
-            raise self._map_error(e, c["endpoint_url"]) from None
-        return self._mapped_stream(result, c["endpoint_url"]) if isinstance(result, Generator) else result
+            return next(results)
+        finally:
+            results.close()
 
-    def _mapped_stream(self, chunks: Generator, url: str) -> Generator[LLMResultChunk, None, None]:
-        """Re-raise errors that happen mid-stream (server killed, read timeout) as invoke errors."""
+    def _bounded(self, produce: Callable[[], Iterator], url: str, seconds: float) -> Generator:
+        """Yield what ``produce()`` yields, computed in a daemon thread, for at most ``seconds`` in total.
+
+        Why a thread: requests (the SDK's HTTP) only bounds each socket read, so a server that stalls
+        or trickles bytes could hold a Dify run for ever. Past the deadline this raises and stops
+        waiting; the thread ends at its next line (:func:`_checked_lines`) or read timeout.
+
+        Raises:
+            InvokeServerUnavailableError: not finished within ``seconds``; other errors via :meth:`_map_error`.
+        """
+        events: queue.Queue = queue.Queue()
+        gone = threading.Event()  # set when the reader stops listening (deadline, error, Dify closed the stream)
+
+        def work() -> None:
+            try:
+                items = iter(produce())
+                for item in items:
+                    if gone.is_set():
+                        getattr(items, "close", lambda: None)()  # closes the SDK's generator and its response
+                        return
+                    events.put((True, item))
+                events.put((False, None))
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                events.put((False, e))
+
+        threading.Thread(target=work, daemon=True, name="steam-persona-invoke").start()
+        end = time.monotonic() + seconds
         try:
-            yield from chunks
-        except InvokeError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise self._map_error(e, url) from None
+            while True:
+                try:
+                    is_item, value = events.get(timeout=max(0.0, end - time.monotonic()))
+                except queue.Empty:
+                    what = f"did not finish the reply within {seconds:g} s (the request_timeout setting)"
+                    raise InvokeServerUnavailableError(server_client.unavailable_message(url, what)) from None
+                if not is_item:
+                    if value is not None:
+                        raise self._map_error(value, url)
+                    return
+                yield value
+        finally:
+            gone.set()
+
+    def _handle_generate_stream_response(self, model: str, credentials: dict, response: requests.Response,
+                                         prompt_messages: list[PromptMessage]) -> Generator:
+        """The SDK's SSE parsing, guarded: a JSON answer (a server that ignores ``stream``) becomes
+        one chunk; any other non-``text/event-stream`` answer, a non-JSON line, an error event, a
+        stream cut before ``[DONE]`` or past the deadline raises (see :func:`_checked_lines`)."""
+        url = credentials["endpoint_url"]
+        kind = response.headers.get("Content-Type", "")
+        if "application/json" in kind:
+            yield from self._json_as_stream(model, credentials, response, prompt_messages)
+            return
+        if "text/event-stream" not in kind:
+            raise server_client.ServerError(f"{url}/chat/completions answered {kind or 'no content type'}, not an"
+                                            f" event stream: {response.text[:120]!r}; is the endpoint URL the"
+                                            f" API base of an OpenAI-compatible server?", "server")
+        lines = response.iter_lines
+        response.iter_lines = lambda **kw: _checked_lines(lines(**kw), url, credentials[_DEADLINE])
+        yield from super()._handle_generate_stream_response(model, credentials, response, prompt_messages)
+
+    def _json_as_stream(self, model: str, credentials: dict, response: requests.Response,
+                        prompt_messages: list[PromptMessage]) -> Generator[LLMResultChunk, None, None]:
+        """A whole JSON completion as a content chunk and the final chunk (usage, finish reason)."""
+        result = self._handle_generate_response(model, credentials, response, prompt_messages)
+        finish = (response.json()["choices"][0] or {}).get("finish_reason") or "stop"
+        yield LLMResultChunk(model=result.model, delta=LLMResultChunkDelta(index=0, message=result.message))
+        yield LLMResultChunk(model=result.model, delta=LLMResultChunkDelta(
+            index=1, message=AssistantPromptMessage(content=""), finish_reason=finish, usage=result.usage))
+
+    def _handle_generate_response(self, model: str, credentials: dict, response: requests.Response,
+                                  prompt_messages: list[PromptMessage]) -> LLMResult:
+        """The SDK's parsing, after checking the answer is a completion object (JSON with choices).
+
+        Raises:
+            server_client.ServerError: (kind ``server``) anything else, e.g. an HTML page or an SSE body.
+        """
+        url = credentials["endpoint_url"]
+        try:
+            data = response.json()
+        except ValueError:
+            raise server_client.ServerError(f"{url}/chat/completions did not answer JSON"
+                                            f" ({response.headers.get('Content-Type') or 'no content type'}):"
+                                            f" {response.text[:120]!r}", "server") from None
+        if not isinstance(data, dict) or not data.get("choices"):
+            raise server_client.ServerError(f"{url}/chat/completions answered without choices:"
+                                            f" {response.text[:200]!r}", "server")
+        return super()._handle_generate_response(model, credentials, response, prompt_messages)
 
     @staticmethod
-    def _map_error(error: Exception, url: str) -> InvokeError:
-        """SDK/requests failures → InvokeServerUnavailableError / InvokeAuthorizationError /
-        InvokeBadRequestError with a one-line description (server's own message for HTTP 4xx)."""
+    def _map_error(error: BaseException, url: str) -> InvokeError:
+        """Failures → Dify's invoke errors, one line each: unreachable / timed out / cut mid-reply →
+        InvokeServerUnavailableError; HTTP 401 → InvokeAuthorizationError; 429 → InvokeRateLimitError;
+        other 4xx (e.g. context overflow) → InvokeBadRequestError with the server's message."""
         if isinstance(error, InvokeError) and type(error) is not InvokeError:
             return error
-        if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
-            what = "did not answer in time" if isinstance(error, requests.exceptions.Timeout) else "cannot be reached"
-            return InvokeServerUnavailableError(server_client.unavailable_message(url, what))
+        if isinstance(error, server_client.ServerError):
+            return _ERROR_CLASS[error.kind](str(error))
+        if isinstance(error, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)):
+            return InvokeServerUnavailableError(_transport_message(error, url))
         match = _SDK_STATUS.search(str(error)) if isinstance(error, InvokeError) else None
         if match:
             err = server_client.error_for_status(int(match.group(1)), match.group(2), url)
@@ -174,7 +360,17 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         return super()._transform_invoke_error(error)
 
     def _convert_prompt_message_to_dict(self, message: PromptMessage, credentials: dict | None = None) -> dict:
-        """The SDK's conversion, with text-only part lists flattened to one string."""
+        """The SDK's conversion, with text-only part lists flattened to one string, and a tool
+        result as a user turn ``Tool result (ID):\nCONTENT``.
+
+        Why the tool turn: with ``function_calling_type=no_call`` (this model has no tool-call
+        feature) the SDK turns a tool message into a dict without a role, which every server refuses;
+        as text the model still reads the result, as in Dify's ReAct agents.
+        """
+        if isinstance(message, ToolPromptMessage):
+            content = server_client.flatten_content(super()._convert_prompt_message_to_dict(
+                UserPromptMessage(content=message.content), credentials)["content"])
+            return {"role": "user", "content": f"Tool result ({message.tool_call_id}):\n{content or ''}"}
         d = super()._convert_prompt_message_to_dict(message, credentials)
         if "content" in d:
             d["content"] = server_client.flatten_content(d["content"])
@@ -184,18 +380,24 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
     def _count_messages(self, credentials: dict, prompt_messages: list[PromptMessage]) -> int:
         """Prompt tokens of a conversation: counted by ``steam-train serve`` itself (its template, and
         the persona it adds when the conversation has no system turn), else ChatML rendering counted
-        by the server's tokenizer, else :func:`server_client.estimate_tokens`."""
+        by the server's tokenizer, else :func:`server_client.estimate_tokens` of that rendering with
+        :data:`persona.DEFAULT_SYSTEM` standing in for the server's persona when there is no system turn.
+
+        Both server calls share one :data:`server_client.TOKENIZE_TIMEOUT`: counting never holds a chat longer.
+        """
         messages = [self._convert_prompt_message_to_dict(m, credentials) for m in prompt_messages]
-        n = server_client.count_chat_tokens(credentials["endpoint_url"], credentials.get("api_key"), messages,
-                                            model=credentials.get("endpoint_model_name"))
+        url, key, model = credentials["endpoint_url"], credentials.get("api_key"), credentials.get("endpoint_model_name")
+        end = time.monotonic() + server_client.TOKENIZE_TIMEOUT
+        n = server_client.count_chat_tokens(url, key, messages, model=model)
         if n is not None:
             return n
         text = server_client.render_chatml(messages)
-        n = server_client.count_tokens(credentials["endpoint_url"], credentials.get("api_key"), text,
-                                       model=credentials.get("endpoint_model_name"))
+        left = end - time.monotonic()
+        n = server_client.count_tokens(url, key, text, model=model, read_timeout=left) if left > 0.5 else None
         if n is None:
-            logger.info("tokenize endpoint unavailable at %s; estimating tokens", credentials["endpoint_url"])
-            return server_client.estimate_tokens(text)
+            logger.info("tokenize endpoints unavailable at %s; estimating tokens", url)
+            return server_client.estimate_tokens(server_client.render_chatml(
+                server_client.prepare_messages(messages, system=persona.DEFAULT_SYSTEM)))
         return n
 
     def get_num_tokens(self, model: str, credentials: dict, prompt_messages: list[PromptMessage],

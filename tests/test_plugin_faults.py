@@ -1,0 +1,315 @@
+"""Both Dify plugins, in the real dify_plugin runtime, against servers that misbehave.
+
+A real ``steam-train serve`` cannot be made to stall, trickle keep-alives, drop a stream, answer
+HTML or ignore ``stream: true`` on demand, so a small stdlib HTTP server (below) plays each
+failure, chosen by the first path segment of the endpoint URL (``http://127.0.0.1:P/MODE/v1``).
+The plugins are the built ``.difypkg`` files run as ``python -m main`` (see test_plugin_runtime.py).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.dify_driver import PluginProcess, plugin_python, unpack
+from steam_persona.plugin.package import PackageConfig, run
+
+pytestmark = pytest.mark.slow
+
+CHAT = {"type": "model", "provider": "steam_persona", "model_type": "llm", "model": "steam-persona"}
+REVIEW = {"type": "tool", "provider": "steam_persona_review"}
+TIMEOUT_S = 2  # the request_timeout credential of the deadline tests
+STALL_S = 20  # how long the fake server stalls: far past TIMEOUT_S, so only the deadline can end the call
+
+
+def _chunk(text: str) -> bytes:
+    event = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+COMPLETION = {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "usage":
+              {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+
+
+class FakeServer(BaseHTTPRequestHandler):
+    """``GET …/models`` answers one model; ``POST …/chat/completions`` fails as its MODE says."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _stream_start(self, chunked: bool = False) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding" if chunked else "Connection", "chunked" if chunked else "close")
+        self.end_headers()
+        self._chunked = chunked
+
+    def _write(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n" if self._chunked else data)
+        self.wfile.flush()
+
+    def do_GET(self) -> None:
+        self._send(200, json.dumps({"object": "list", "data": [{"id": "m"}]}).encode())
+
+    def do_POST(self) -> None:
+        self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            getattr(self, "mode_" + self.path.split("/")[1])()
+        except (BrokenPipeError, ConnectionResetError):  # the plugin gave up on it: what the test wants
+            self.close_connection = True
+
+    def mode_cut(self) -> None:  # the body ends (connection closed) before data: [DONE]
+        self._stream_start()
+        self._write(_chunk("tok "))
+        self.close_connection = True
+
+    def mode_killed(self) -> None:  # the server dies inside a chunked body (requests: ChunkedEncodingError)
+        self._stream_start(chunked=True)
+        self._write(_chunk("tok "))
+        self.wfile.write(b"ff\r\ndata: {\"partial")
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def mode_garbage(self) -> None:
+        self._stream_start()
+        self._write(_chunk("tok ") + b"data: {not json\n\n" + b"data: [DONE]\n\n")
+        self.close_connection = True
+
+    def mode_errevent(self) -> None:
+        self._stream_start()
+        error = {"message": "context overflow mid-stream", "type": "invalid_request_error"}
+        self._write(_chunk("tok ") + f"data: {json.dumps({'error': error})}\n\n".encode())
+        self.close_connection = True
+
+    def mode_html(self) -> None:
+        self._send(200, b"<html><body>proxy login</body></html>", "text/html")
+
+    def mode_json(self) -> None:  # a server that ignores stream: true
+        self._send(200, json.dumps(COMPLETION).encode())
+
+    def mode_stall(self) -> None:  # headers, one chunk, then nothing
+        self._stream_start()
+        self._write(_chunk("tok "))
+        time.sleep(STALL_S)
+        self.close_connection = True
+
+    def mode_trickle(self) -> None:  # SSE keep-alive comments for ever: each read succeeds
+        self._stream_start()
+        for _ in range(STALL_S * 4):
+            self._write(b": keep-alive\n\n")
+            time.sleep(0.25)
+        self.close_connection = True
+
+    def mode_slow(self) -> None:  # a blocking answer that comes too late
+        time.sleep(STALL_S)
+        self._send(200, json.dumps(COMPLETION).encode())
+
+    def mode_echo(self) -> None:  # a completion whose text is the messages the server received
+        body = json.loads(self._body or b"{}")
+        self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": json.dumps(body.get("messages"))}}]}).encode())
+
+    def mode_busy(self) -> None:
+        self._send(429, json.dumps({"error": {"message": "too many requests"}}).encode())
+
+    def mode_nomodel(self) -> None:  # what vLLM answers for an unknown model
+        self._send(404, json.dumps({"error": {"message": "The model `x` does not exist."}}).encode())
+
+
+@pytest.fixture(scope="module")
+def fake() -> str:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def plugins(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("plugins")
+    return {k: unpack(p, out / k) for k, p in run(PackageConfig(out=str(out / "dist"))).items()}
+
+
+@pytest.fixture(scope="module")
+def chat(plugins):
+    with PluginProcess(plugins["chat"], plugin_python(plugins["chat"])) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def review(plugins):
+    with PluginProcess(plugins["review"], plugin_python(plugins["review"])) as p:
+        yield p
+
+
+def invoke(chat, fake: str, mode: str, stream: bool = True, **creds):
+    credentials = {"endpoint_url": f"{fake}/{mode}/v1", "context_size": "2048", **creds}
+    return chat.request({**CHAT, "action": "invoke_llm", "credentials": credentials,
+                         "prompt_messages": [{"role": "user", "content": "Hi"}],
+                         "model_parameters": {"max_tokens": 8}, "stop": None, "tools": None, "stream": stream},
+                        timeout=STALL_S)
+
+
+def text_of(reply) -> str:
+    return "".join(c["delta"]["message"]["content"] or "" for c in reply.result)
+
+
+@pytest.mark.parametrize("mode, error_type, words", [
+    ("cut", "InvokeServerUnavailableError", "stopped mid-reply (the stream ended without [DONE])"),
+    ("killed", "InvokeServerUnavailableError", "stopped mid-reply (ChunkedEncodingError"),
+    ("garbage", "InvokeServerUnavailableError", "sent a stream line that is not JSON: '{not json'"),
+    ("errevent", "InvokeBadRequestError", "(HTTP 400): context overflow mid-stream"),
+    ("html", "InvokeServerUnavailableError", "answered text/html, not an event stream"),
+    ("busy", "InvokeRateLimitError", "the server is busy (HTTP 429): too many requests"),
+])
+def test_broken_streams_are_invoke_errors_never_a_quiet_success(chat, fake, mode, error_type, words):
+    reply = invoke(chat, fake, mode)
+    assert reply.error is not None, f"{mode}: reported as success with {text_of(reply)!r}"
+    assert reply.error["error_type"] == error_type and words in reply.error["message"], reply.error
+    assert "\n" not in reply.error["message"]
+    assert not [c for c in reply.result if c["delta"].get("finish_reason")]  # no final chunk was sent
+
+
+def test_a_json_answer_to_a_stream_request_keeps_its_text(chat, fake):
+    reply = invoke(chat, fake, "json")
+    assert reply.error is None, reply.error
+    final = reply.result[-1]["delta"]
+    assert (text_of(reply), final["finish_reason"]) == ("hi", "stop")
+    assert (final["usage"]["prompt_tokens"], final["usage"]["completion_tokens"]) == (3, 1)
+
+
+@pytest.mark.parametrize("mode, error_type, words", [
+    ("html", "InvokeServerUnavailableError", "did not answer JSON (text/html): '<html><body>proxy login"),
+    ("nomodel", "InvokeBadRequestError", "refused the request (HTTP 404): The model `x` does not exist."),
+])
+def test_blocking_answers_that_are_no_completion(chat, fake, mode, error_type, words):
+    reply = invoke(chat, fake, mode, stream=False)
+    assert reply.error["error_type"] == error_type and words in reply.error["message"], reply.error
+    assert "must be the API base" not in reply.error["message"]  # a wrong model is no wrong path
+
+
+@pytest.mark.parametrize("mode, stream", [("stall", True), ("trickle", True), ("slow", False)])
+def test_request_timeout_bounds_the_whole_invoke(chat, fake, mode, stream):
+    reply = invoke(chat, fake, mode, stream=stream, request_timeout=str(TIMEOUT_S))
+    assert reply.error["error_type"] == "InvokeServerUnavailableError", reply.error
+    assert f"within {TIMEOUT_S} s (the request_timeout setting)" in reply.error["message"]
+    assert TIMEOUT_S <= reply.seconds < TIMEOUT_S + 3
+
+
+def test_review_tool_is_bounded_by_request_timeout(review, fake):
+    creds = {"endpoint_url": f"{fake}/slow/v1", "request_timeout": str(TIMEOUT_S)}
+    reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": creds,
+                            "tool_parameters": {"game_name": "Celeste"}}, timeout=STALL_S)
+    assert reply.error["error_type"] == "ReviewError" and "did not answer in time" in reply.error["message"]
+    assert TIMEOUT_S <= reply.seconds < TIMEOUT_S + 3
+
+
+@pytest.mark.parametrize("field, value", [("context_size", "abc"), ("context_size", "-5"), ("context_size", ""),
+                                          ("max_tokens_to_sample", "0"), ("request_timeout", "soon")])
+def test_credentials_must_be_positive_whole_numbers(chat, fake, field, value):
+    creds = {"endpoint_url": f"{fake}/json/v1", "context_size": "2048", field: value}
+    reply = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": creds})
+    assert reply.error["error_type"] == "CredentialsValidateFailedError", reply.error
+    assert reply.error["message"] == f"{field} must be a whole number of at least 1, not {value!r}"
+    schema = chat.request({**CHAT, "action": "get_ai_model_schemas", "credentials": creds})
+    if field != "request_timeout" and value:  # (an empty context_size is the SDK's 4096 there)
+        assert "must be a whole number of at least 1" in schema.error["message"]
+
+
+def test_an_api_key_with_invisible_or_foreign_characters(chat, review, fake):
+    pasted = {"endpoint_url": f"{fake}/json/v1", "context_size": "2048", "api_key": " k17\u200b\n"}
+    reply = invoke(chat, fake, "json", stream=False, api_key=" k17\u200b")
+    assert reply.error is None and text_of(reply) == "hi"  # zero-width space and spaces dropped
+    for key in ("k17\u200b密钥", "k1 7", "k17\nx"):
+        bad = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": {**pasted, "api_key": key}})
+        assert bad.error["error_type"] == "CredentialsValidateFailedError"
+        assert bad.error["message"].startswith("the API key has a character an HTTP header cannot carry at position")
+        tool = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                               "credentials": {**pasted, "api_key": key}, "tool_parameters": {"game_name": "Celeste"}})
+        assert tool.error["error_type"] == "ReviewError" and "HTTP header cannot carry" in tool.error["message"]
+
+
+def test_invalid_port_is_a_clear_error(chat):
+    reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": {"endpoint_url": "http://127.0.0.1:99999/v1"},
+                          "prompt_messages": [{"role": "user", "content": "Hi"}], "model_parameters": {},
+                          "stop": None, "tools": None, "stream": False})
+    assert reply.error["error_type"] == "InvokeBadRequestError"
+    assert "has an invalid port (1-65535)" in reply.error["message"]
+
+
+def test_tool_results_and_tool_calls_in_the_history_reach_the_model_as_text(chat, fake):
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "content": "", "tool_calls": [
+                   {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+               {"role": "tool", "content": "sunny", "tool_call_id": "c1"}]
+    reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": {"endpoint_url": f"{fake}/echo/v1"},
+                          "prompt_messages": history, "model_parameters": {}, "stop": None, "tools": None,
+                          "stream": False})
+    assert reply.error is None, reply.error
+    sent = json.loads(reply.result[0]["delta"]["message"]["content"])  # the fake echoes the messages it got
+    assert sent == [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": ""},
+                    {"role": "user", "content": "Tool result (c1):\nsunny"}]
+
+
+@pytest.mark.parametrize("part", [{"type": "document", "format": "pdf", "mime_type": "application/pdf",
+                                   "base64_data": "JVBERi0=", "url": ""},
+                                  {"type": "audio", "format": "mp3", "mime_type": "audio/mpeg",
+                                   "base64_data": "AAAA", "url": ""}])
+def test_document_and_audio_attachments_are_refused_not_dropped(chat, fake, part):
+    content = [{"type": "text", "data": "Summarise this."}, part]
+    reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": {"endpoint_url": f"{fake}/echo/v1"},
+                          "prompt_messages": [{"role": "user", "content": content}], "model_parameters": {},
+                          "stop": None, "tools": None, "stream": False})
+    assert reply.error["error_type"] == "InvokeBadRequestError"
+    assert f"message 0 has a {part['type']} attachment, and this model reads text only" in reply.error["message"]
+
+
+def test_num_tokens_fallback_counts_a_persona_and_is_bounded(chat, fake):
+    messages = [{"role": "user", "content": "hi"}]
+    reply = chat.request({**CHAT, "action": "get_llm_num_tokens", "credentials": {"endpoint_url": f"{fake}/slow/v1"},
+                          "prompt_messages": messages, "tools": None}, timeout=STALL_S)
+    assert reply.seconds < 5 + 2  # one shared TOKENIZE_TIMEOUT, not one per endpoint
+    # no tokenizer answered: the estimate includes the persona the server would add (it was 3 tokens)
+    assert reply.result[0]["num_tokens"] > 40
+
+
+@pytest.mark.parametrize("url", ["", None, "  "])
+def test_an_empty_endpoint_url_says_so(chat, review, url):
+    creds = {"endpoint_url": url, "context_size": "2048"}
+    checked = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": creds})
+    tool = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": creds,
+                           "tool_parameters": {"game_name": "Celeste"}})
+    for reply in (checked, tool):
+        assert reply.error["message"].startswith("the endpoint URL is empty; give the server's base URL"), reply.error
+
+
+def test_https_to_a_plain_http_server_says_use_http(chat, review, fake):
+    creds = {"endpoint_url": fake.replace("http://", "https://") + "/json/v1", "context_size": "2048"}
+    reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": creds, "stop": None, "tools": None,
+                          "prompt_messages": [{"role": "user", "content": "Hi"}], "model_parameters": {},
+                          "stream": False})
+    tool = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": creds,
+                           "tool_parameters": {"game_name": "Celeste"}})
+    assert reply.error["error_type"] == "InvokeServerUnavailableError"
+    for error in (reply.error, tool.error):
+        assert "TLS handshake" in error["message"] and "use http://" in error["message"], error
+        assert "Dify runs plugins inside Docker" not in error["message"]
