@@ -33,7 +33,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
-from typing import Any
 
 import requests
 import urllib3
