@@ -36,7 +36,7 @@ from steam_persona.common.console import console, plain_progress, progress, summ
 from steam_persona.common.errors import UserError
 from steam_persona.reviews import collect_state as cs
 from steam_persona.reviews import language as language_mod
-from steam_persona.reviews.collect_fetch import Budget, Fetcher
+from steam_persona.reviews.collect_fetch import Budget, Fetcher, RateLimited
 
 
 @dataclass
@@ -121,8 +121,8 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
     """
     part, state_path, _ = cs.paths(out)
     state = cs.read_state(state_path)
-    if state is not None and state.get("complete") and not out.exists():
-        state = None  # the output was deleted: collect it again
+    if state is not None and state.get("complete") and not out.exists() and _saved(state):
+        state = None  # the output was deleted: collect it again (an app without reviews writes none)
     if cfg.overwrite and state is not None and (
             state.get("complete") or cs.differing_flags(state.get("query") or {}, cfg)):
         state = None  # --overwrite starts again, but still resumes its own unfinished run
@@ -144,13 +144,14 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
         cs.save_state(state_path, state)
     for a in appids:
         state["apps"].setdefault(a, _new_app())
+    _drop_unnamed(out, state, appids)
     for st in state["apps"].values():
         _apply_max_reviews(st, cfg)
     if state.get("complete"):
         if all(st["done"] for st in state["apps"].values()):
             more = ", or raise --max_reviews to add more" if any(
                 st.get("end") == "max_reviews" for st in state["apps"].values()) else ""
-            console.print(f"{out}: already complete ({cs.count_lines(out):,} reviews); pass --overwrite to collect "
+            console.print(f"{out}: already complete ({_saved(state):,} reviews); pass --overwrite to collect "
                           f"again{more}")
             return None
         cs.reopen_complete(out, part)
@@ -163,30 +164,52 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
     return state, seen
 
 
+def _saved(state: dict[str, Any]) -> int:
+    return sum(st.get("reviews", 0) for st in state["apps"].values())
+
+
+def _drop_unnamed(out: Path, state: dict[str, Any], appids: list[str]) -> None:
+    """An unfinished app of a shared file that this command does not name stops being pending (a
+    mistyped id must not block the file for ever); its saved reviews stay, and naming it again resumes it."""
+    for a, st in state["apps"].items():
+        if a in appids and st.get("end") == "dropped":
+            st["done"], st["end"] = False, None
+        elif a not in appids and not st["done"]:
+            st["done"], st["end"] = True, "dropped"
+            console.print(f"[yellow]{out}: app {a} is not in this command; no longer collected into this file "
+                          "(what it saved stays; name it again to resume it)")
+
+
 def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -> dict[str, Any]:
     """Collect ``appids`` (and any unfinished app already in the file) into ``out``, under its lock.
 
+    The file is finished (``.part`` renamed, or removed when no app had a review) once every app
+    is done or failed and one is done: a failed app of a shared file is marked in the state and
+    retried by a rerun, without holding back the others' reviews.
+
     Returns:
         ``{"file", "complete", "skipped", "stopped": reason or None, "failed": {appid: message},
-        "apps": {appid: {"reviews", "pages", "done", "end", "skipped"}}}``.
+        "details_failed": {appid: message}, "apps": {appid: {"reviews", "pages", "done", "end", "skipped"}}}``.
     """
     _, state_path, _ = cs.paths(out)
     with cs.locked(out):
         opened = _open(out, appids, cfg)
         if opened is None:
-            return {"file": str(out), "complete": True, "skipped": True, "stopped": None, "failed": {}, "apps": {}}
+            return {"file": str(out), "complete": True, "skipped": True, "stopped": None, "failed": {},
+                    "details_failed": {}, "apps": {}}
         state, seen = opened
         fetch.log = atomic.JsonlLog(log_path(out))
         fetch.log.write(event="start", pid=os.getpid(), out=str(out), appids=list(state["apps"]), query=state["query"],
                         max_reviews=cfg.max_reviews, resumed=bool(seen))
+        details_failed: dict[str, str] = {}
         try:
             stopped, failed = _collect_apps(out, state, cfg, fetch, seen)
-            complete = stopped is None and not failed and all(st["done"] for st in state["apps"].values())
-            if complete and cfg.with_details:
-                stopped = _details(out, list(state["apps"]), cfg, fetch)
-                complete = stopped is None
+            complete = stopped is None and all(st["done"] or a in failed for a, st in state["apps"].items()) \
+                and any(st["done"] for st in state["apps"].values())
             if complete:
                 cs.finish(out, cs.paths(out)[0], state_path, state, cfg.overwrite)
+            if complete and cfg.with_details:
+                stopped, details_failed = _details(out, [a for a in appids if state["apps"][a]["done"]], cfg, fetch)
         except BaseException as e:
             fetch.log.write(event="error", error=f"{type(e).__name__}: {e}")
             raise
@@ -197,7 +220,7 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetch
     apps = {a: {k: st.get(k) for k in ("reviews", "pages", "done", "end", "skipped")}
             for a, st in state["apps"].items()}
     return {"file": str(out), "complete": complete, "skipped": False, "stopped": stopped, "failed": failed,
-            "apps": apps}
+            "details_failed": details_failed, "apps": apps}
 
 
 def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: Fetcher,
@@ -205,7 +228,8 @@ def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: F
     """Page through every unfinished app of ``state``; an app that fails does not stop the others.
 
     Returns:
-        ``(why the time bound stopped the run or None, {appid: error message})``.
+        ``(why the time bound or Steam's rate limit stopped the run, or None; {appid: error message})``;
+        a failed app is marked ``"failed"`` in the state.
     """
     part, state_path, _ = cs.paths(out)
     failed: dict[str, str] = {}
@@ -214,6 +238,7 @@ def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: F
         for appid, st in state["apps"].items():
             if st["done"]:
                 continue
+            st.pop("failed", None)
             page = _Pager(appid, st, cfg, fetch, seen, sink, lambda: cs.save_state(state_path, state))
             task = bar.add_task(f"app {appid}", total=page.shown_total(), completed=st["reviews"], pages=st["pages"],
                                 rate=0.0)
@@ -223,13 +248,14 @@ def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: F
                     bar.update(task, completed=st["reviews"], pages=st["pages"], rate=page.rate(),
                                total=page.shown_total())
                     page.plain_line()
-            except Budget as e:
+            except (Budget, RateLimited) as e:
                 fetch.log.write(event="stopped", appid=appid, reason=str(e))
                 console.print(f"[yellow]{e} at app {appid} page {st['pages'] + 1}; progress saved in {state_path}; "
                               "rerun the same command to continue")
                 return str(e), failed
             except UserError as e:
-                failed[appid] = e.message
+                failed[appid] = st["failed"] = e.message
+                cs.save_state(state_path, state)
                 fetch.log.write(event="app_failed", appid=appid, error=e.message)
                 console.print(f"app {appid} failed: {e.message}; going on with the others", style="red", markup=False)
     return None, failed
@@ -362,17 +388,19 @@ def details_path(out: Path) -> Path:
     return out.with_suffix(".appdetails.json")
 
 
-def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -> str | None:
+def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -> tuple[str | None, dict[str, str]]:
     """Fetch appdetails of ``appids`` missing from ``details_path(out)`` (all with ``--overwrite``).
-    Only ``success: true`` answers are saved, so a later run asks again for the others.
+    Only ``success: true`` answers are saved, and a saved entry is kept when the new answer fails, so
+    a later run asks again for the others. A failed request is a warning: the other apps go on.
 
     Returns:
-        Why the time bound stopped it, or ``None``.
+        ``(why the time bound or Steam's rate limit stopped it, or None; {appid: why it has no appdetails})``.
     """
     path = details_path(out)
-    have = json.loads(path.read_text(encoding="utf-8")) if path.exists() and not cfg.overwrite else {}
+    have = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    failed: dict[str, str] = {}
     for appid in appids:
-        if isinstance(have.get(appid), dict) and have[appid].get("success") is True:
+        if not cfg.overwrite and isinstance(have.get(appid), dict) and have[appid].get("success") is True:
             continue
 
         def check(data: Any, appid: str = appid) -> str | None:
@@ -383,12 +411,17 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -
         try:
             data = fetch.get_json(f"{cfg.base_url.rstrip('/')}/api/appdetails",
                                   {"appids": appid, "l": cfg.details_language}, f"appdetails of app {appid}", check)
-        except Budget as e:
-            console.print(f"[yellow]{e} before appdetails of {appid}; rerun to continue")
-            return str(e)
+        except (Budget, RateLimited) as e:
+            console.print(f"[yellow]{e} before appdetails of {appid}; rerun to continue", markup=False)
+            return str(e), failed
+        except UserError as e:
+            failed[appid] = e.message
+            fetch.log.write(event="no_details", appid=appid, error=e.message)
+            console.print(f"app {appid}: no appdetails ({e.message}); a rerun asks again", style="yellow", markup=False)
+            continue
         entry = data[appid]
         if entry.get("success") is not True or not isinstance(entry.get("data"), dict):
-            have.pop(appid, None)
+            failed[appid] = "Steam returned no appdetails (delisted, region-locked or a wrong id)"
             fetch.log.write(event="no_details", appid=appid, answer=entry)
             console.print(f"[yellow]app {appid}: Steam returned no appdetails (delisted, region-locked or a wrong id); "
                           f"a rerun asks again. prepare drops its reviews as unknown_game unless you name the game: "
@@ -396,7 +429,7 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -
             continue
         have[appid] = entry
         atomic.write_json(path, have)
-    return None
+    return None, failed
 
 
 def _details_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -> dict[str, Any]:
@@ -404,10 +437,10 @@ def _details_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetch
     out.parent.mkdir(parents=True, exist_ok=True)
     with cs.locked(out), atomic.JsonlLog(log_path(out)) as log:
         fetch.log = log
-        stopped = _details(out, appids, cfg, fetch)
+        stopped, failed = _details(out, appids, cfg, fetch)
         log.write(event="end", complete=stopped is None, requests=fetch.requests, retries=fetch.retries)
     return {"file": str(details_path(out)), "complete": stopped is None, "skipped": False, "stopped": stopped,
-            "failed": {}, "apps": {}}
+            "failed": {}, "details_failed": failed, "apps": {}}
 
 
 def _appids(cfg: CollectConfig) -> list[str]:
@@ -438,12 +471,35 @@ def _appids(cfg: CollectConfig) -> list[str]:
     return appids
 
 
+def _one_file(out: Path, ids: list[str], cfg: CollectConfig, fetch: Fetcher, go_on: bool) -> dict[str, Any]:
+    """One output file (reviews, or appdetails with ``--details_only``). With ``go_on``, a refusal of
+    this file (its lock, settings or state) fails only its apps, so the other files get their turn.
+
+    Raises:
+        UserError: that refusal, without ``go_on``.
+    """
+    try:
+        res = (_details_file if cfg.details_only else _collect_file)(out, ids, cfg, fetch)
+        if res["skipped"] and cfg.with_details:  # a complete file still gets the appdetails it lacks
+            details = _details_file(out, ids, cfg, fetch)
+            res.update(complete=details["complete"], stopped=details["stopped"],
+                       details_failed=details["details_failed"])
+        return res
+    except UserError as e:
+        if not go_on:
+            raise
+        console.print(f"{e.message}; going on with the others", style="red", markup=False)
+        return {"file": str(out), "complete": False, "skipped": False, "stopped": None,
+                "failed": {a: e.message for a in ids}, "details_failed": {}, "apps": {}}
+
+
 def collect(cfg: CollectConfig) -> dict[str, Any]:
     """Collect reviews for ``cfg.appid``; every output file gets its turn even when one fails.
 
     Returns:
         ``{"files": [see _collect_file], "complete": bool, "stopped": reason or None,
-        "failed": {appid: message}, "requests": int, "retries": int, "seconds": float}``.
+        "failed": {appid: message}, "details_failed": {appid: message}, "requests": int, "retries": int,
+        "seconds": float}``.
 
     Raises:
         UserError: bad flags, or an output whose lock, settings or state forbid the run.
@@ -456,11 +512,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     files: list[dict[str, Any]] = []
     try:
         for out, ids in jobs:
-            one = _details_file if cfg.details_only else _collect_file
-            files.append(one(out, ids, cfg, fetch))
-            if files[-1]["skipped"] and cfg.with_details:  # a complete file still gets the appdetails it lacks
-                details = _details_file(out, ids, cfg, fetch)
-                files[-1].update(complete=details["complete"], stopped=details["stopped"])
+            files.append(_one_file(out, ids, cfg, fetch, len(jobs) > 1))
             if files[-1]["stopped"]:
                 break
     except KeyboardInterrupt:
@@ -468,36 +520,57 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
         raise
     finally:
         fetch.close()
-    return {"files": files, "complete": len(files) == len(jobs) and all(f["complete"] for f in files),
+    return {"files": files, "complete": len(files) == len(jobs) and all(f["complete"] and not f["failed"]
+                                                                        for f in files),
             "stopped": next((f["stopped"] for f in files if f["stopped"]), None),
             "failed": {a: m for f in files for a, m in f["failed"].items()},
+            "details_failed": {a: m for f in files for a, m in f["details_failed"].items()},
             "requests": fetch.requests, "retries": fetch.retries, "seconds": round(time.monotonic() - t0, 2)}
+
+
+def _summary_rows(res: dict[str, Any]) -> list[tuple[object, object]]:
+    rows: list[tuple[object, object]] = []
+    for f in res["files"]:
+        for a, s in f["apps"].items():
+            note = " (failed: a rerun retries it)" if a in f["failed"] else "" if s["done"] else " (unfinished)"
+            if s["done"] and not s["reviews"] and s["end"] == "end":
+                note = " (Steam has none with these settings)"
+            elif s["end"] == "dropped":
+                note = " (not in this command: left as it was)"
+            extra = f", {s['skipped']} without text skipped" if s.get("skipped") else ""
+            rows.append((f"app {a}", f"{s['reviews']:,} reviews, {s['pages']} pages{extra}{note}"))
+        rows += [(f"app {a}", "failed") for a in f["failed"] if a not in f["apps"]]
+        rows += [(f"app {a}", f"no appdetails: {m}") for a, m in f["details_failed"].items()]
+        done = "" if f["complete"] else " (.part: rerun to finish)"
+        if f["complete"] and not f["skipped"] and not Path(f["file"]).exists():
+            done = " (not written: no reviews)"
+        rows.append(("file", f["file"] + done))
+    return rows + [("requests", f"{res['requests']} ({res['retries']} retries)"), ("time", f"{res['seconds']:.1f} s")]
 
 
 def run(cfg: CollectConfig) -> dict[str, Any]:
     """``steam-train collect``: :func:`collect`, a summary table, and exit 2 unless every file is complete.
 
+    A missing appdetails is a warning (listed in the summary; a rerun asks again), except with
+    ``--details_only``, where it is the whole job.
+
     Raises:
         UserError: as :func:`collect`; and at the end, after the summary, when an app failed (one line
-            each above it) or the time bound stopped the run (the data is partial: rerun to continue).
+            each above it), Steam's rate limit or the time bound stopped the run (the data is partial:
+            rerun to continue), or ``--details_only`` got no appdetails for an app.
     """
     res = collect(cfg)
-    rows: list[tuple[object, object]] = []
-    for f in res["files"]:
-        for a, s in f["apps"].items():
-            note = "" if s["done"] else " (failed)" if a in f["failed"] else " (unfinished)"
-            extra = f", {s['skipped']} without text skipped" if s.get("skipped") else ""
-            rows.append((f"app {a}", f"{s['reviews']:,} reviews, {s['pages']} pages{extra}{note}"))
-        rows.append(("file", f["file"] + ("" if f["complete"] else " (.part: rerun to finish)")))
-    rows += [("requests", f"{res['requests']} ({res['retries']} retries)"), ("time", f"{res['seconds']:.1f} s")]
-    summary_table("collect", rows)
+    summary_table("collect", _summary_rows(res))
     for appid, message in res["failed"].items():
         console.print(f"app {appid}: {message}", markup=False, soft_wrap=True)
     if res["failed"]:
-        raise UserError(f"collect: {len(res['failed'])} app(s) failed (above); the others are saved; fix the cause "
-                        "and rerun the same command to retry them")
+        raise UserError(f"collect: {len(res['failed'])} app(s) failed (above); the others are saved; rerun the same "
+                        "command to retry them, or leave a wrong app id out of it")
     if res["stopped"]:
         raise UserError(f"collect: {res['stopped']}; the data is partial (.part): rerun the same command to continue")
+    if cfg.details_only and res["details_failed"]:
+        raise UserError(f"collect: no appdetails for app(s) {', '.join(res['details_failed'])} (above); the others "
+                        "are saved; rerun the same command to ask again")
     return res
 
 

@@ -35,6 +35,11 @@ class Budget(Exception):
     ``str(e)`` says why, e.g. ``"time bound --max_time 5 s reached"``."""
 
 
+class RateLimited(UserError):
+    """Steam kept answering HTTP 429 past ``--max_retries``: the limit holds for the whole client, so
+    the run stops (resumable) rather than failing every later app."""
+
+
 class _Slow(Exception):
     """One response took longer than ``--timeout`` in all."""
 
@@ -139,6 +144,7 @@ class Fetcher:
 
         Raises:
             UserError: a 4xx other than 429, a definite answer, or failures after ``--max_retries``.
+            RateLimited: (a UserError) the failures after ``--max_retries`` were HTTP 429.
             Budget: the total time bound stops the run.
         """
         problem, retry_after = "", None
@@ -161,6 +167,10 @@ class Fetcher:
                 raise UserError(f"{url}: {what}: {problem[1:]}")
         if self.log:
             self.log.write(event="gave_up", what=what, problem=problem, tries=self.cfg.max_retries + 1)
+        if problem == "HTTP 429":
+            raise RateLimited(f"Steam kept answering HTTP 429 (rate limit) for {what} after "
+                              f"{self.cfg.max_retries + 1} tries; wait a few minutes, lower --rate_limit or raise "
+                              "--max_retries")
         raise UserError(f"{url}: {what}: {problem} after {self.cfg.max_retries + 1} tries; progress is saved, "
                         "rerun the same command to resume (or raise --max_retries / lower --rate_limit)")
 

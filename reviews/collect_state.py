@@ -152,13 +152,18 @@ def count_lines(path: Path) -> int:
 
 
 def reopen_complete(out: Path, part: Path) -> None:
-    """Continue a complete ``out``: copy it to ``part`` (``out`` stays whole until the run finishes)."""
+    """Continue a complete ``out``: copy it to ``part`` (``out`` stays whole until the run finishes;
+    an output not written, as no app had a review, gives an empty ``part``)."""
     with atomic.atomic_path(part) as tmp:
-        shutil.copyfile(out, tmp)
+        if out.exists():
+            shutil.copyfile(out, tmp)
+        else:
+            Path(tmp).write_bytes(b"")
 
 
 def finish(out: Path, part: Path, state_path: Path, state: dict[str, Any], overwrite: bool) -> None:
-    """Move ``part`` to ``out`` and mark the state complete, in that order.
+    """Move ``part`` to ``out`` and mark the state complete, in that order. An empty ``part`` (no app
+    had a review) writes no output: an empty file would only stop ``prepare`` on a folder.
 
     Raises:
         UserError: without ``--overwrite``, ``out`` exists with more reviews than ``part``: nothing is replaced.
@@ -167,6 +172,10 @@ def finish(out: Path, part: Path, state_path: Path, state: dict[str, Any], overw
         raise UserError(f"{out}: holds {count_lines(out)} reviews, more than the {count_lines(part)} this run "
                         f"collected in {part}; kept both: pass --overwrite to replace it, or delete {part} and "
                         f"{state_path}")
-    os.replace(part, out)
+    if part.stat().st_size:
+        os.replace(part, out)
+    else:
+        out.unlink(missing_ok=True)
+        part.unlink()
     state["complete"] = True
     save_state(state_path, state)

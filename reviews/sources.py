@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
+from rich.markup import escape
+
+from steam_persona.common.console import console
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.reviews import csvquotes
 from steam_persona.common import persona
@@ -192,30 +195,56 @@ def _suffix(p: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+#: Files ``steam-train collect`` keeps beside its output (state, log, lock, unfinished ``.part``):
+#: never review inputs, whether a folder or a glob names them.
+_COLLECT_SIDE_FILES = (".state.json", ".log.jsonl", ".lock", ".part")
+
+
+def _skip_note(f: Path) -> str | None:
+    """Why ``f`` is not a review input (collect's side file, an empty JSON Lines file), or ``None``."""
+    if f.name.endswith(".part"):
+        return "an unfinished collect output (rerun that collect to finish it)"
+    if f.name.endswith(_COLLECT_SIDE_FILES):
+        return "collect's state/log/lock file, not reviews"
+    if _suffix(f) in (".jsonl", ".ndjson") and f.stat().st_size == 0:
+        return "empty (e.g. collect found no reviews for the app)"
+    return None
+
+
 def expand_inputs(paths: list[str]) -> list[Path]:
     """Resolve the INPUT arguments: files as given, folders to their ``.json``/``.jsonl``/``.ndjson``/
-    ``.csv``/``.tsv``/``.parquet`` files, gzipped or not (recursively, sorted; collect's
-    ``*.state.json`` / ``*.log.jsonl``, ``prepare_report.json``, ``dataset_info.json`` and hidden
-    files skipped).
+    ``.csv``/``.tsv``/``.parquet`` files, gzipped or not (recursively, sorted; ``prepare_report.json``,
+    ``dataset_info.json`` and hidden files skipped). In folders and file lists alike, collect's side
+    files (``*.state.json``, ``*.log.jsonl``, ``*.lock``, ``*.part``) and empty ``.jsonl`` files are
+    skipped with one printed note each.
 
     Raises:
-        UserError: no inputs, or a path that does not exist.
+        UserError: no inputs, a path that does not exist, or nothing left to read.
     """
     if not paths:
         raise UserError("prepare: no INPUT given; pass review files or folders, e.g. raw/570.jsonl")
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f) in _SUFFIXES
-                           and not f.name.startswith(".") and not f.name.endswith((".state.json", ".log.jsonl"))
-                           and f.name not in ("prepare_report.json", "dataset_info.json"))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                           and (_suffix(f) in _SUFFIXES or f.name.endswith(".part"))
+                           and f.name not in ("prepare_report.json", "dataset_info.json")
+                           and not f.name.endswith(_COLLECT_SIDE_FILES[:3]))
             if not found:
                 raise UserError(f"{p}: folder has no .json, .jsonl, .csv, .tsv or .parquet files; check the path")
-            out.extend(found)
         elif p.is_file():
-            out.append(p)
+            found = [p]
         else:
             raise UserError(f"{p}: input not found; check the path")
+        for f in found:
+            note = _skip_note(f)
+            if note:
+                console.print(f"[yellow]note[/] {escape(str(f))}: skipped, {note}")
+            else:
+                out.append(f)
+    if not out:
+        raise UserError(f"prepare: nothing to read in {', '.join(paths)} (every file was skipped, above); "
+                        "check the paths or finish the collect")
     return out
 
 

@@ -17,7 +17,8 @@ byte every ``trickle_seconds``, ``"stall"`` sends one byte after ``trickle_secon
 after ``slow_seconds`` more, ``"repeat_cursor"`` answers the page with the request's own cursor,
 ``("cursor", c)`` answers it with cursor ``c``, ``"dups"`` answers the first reviews again with a
 fresh cursor whatever was asked (Steam's endless ``filter=all``), ``None`` answers normally.
-``answers`` maps an app id to a fixed JSON answer (e.g. ``{"success": 2}``). ``delay`` slows every
+``details_faults`` does the same for ``/api/appdetails`` requests (an ``int`` status or
+``(status, headers)``). ``answers`` maps an app id to a fixed JSON answer (e.g. ``{"success": 2}``). ``delay`` slows every
 page (to interrupt a run in the middle). ``requests`` records each query.
 """
 
@@ -59,6 +60,7 @@ class SteamReplay:
         self.reviews = reviews
         self.details = details or {}
         self.faults: list = []
+        self.details_faults: list = []
         self.delay = 0.0
         self.slow_seconds = 2.0
         self.trickle_seconds = 0.1
@@ -88,9 +90,10 @@ class SteamReplay:
         self.server.shutdown()
         self.server.server_close()
 
-    def next_fault(self):
+    def next_fault(self, details: bool = False):
+        faults = self.details_faults if details else self.faults
         with self._lock:
-            return self.faults.pop(0) if self.faults else None
+            return faults.pop(0) if faults else None
 
     def page(self, appid: str, cursor: str, n: int) -> dict | None:
         """The API answer for ``cursor`` (``None`` for an unknown cursor)."""
@@ -154,6 +157,11 @@ class _Handler(BaseHTTPRequestHandler):
         rp.requests.append({"path": parts.path, "query": q, "raw_query": parts.query})
         if parts.path.startswith("/api/appdetails"):
             appid = q.get("appids", "")
+            fault = rp.next_fault(details=True)
+            if fault is not None:
+                status, headers = fault if isinstance(fault, tuple) else (fault, {})
+                self._send(status, "<html>error</html>", "text/html", headers=headers)
+                return
             data = rp.details.get(appid)
             self._send(200, json.dumps({appid: {"success": True, "data": data} if data else {"success": False}}))
             return

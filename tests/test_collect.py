@@ -383,7 +383,10 @@ def test_one_failing_app_does_not_stop_the_others_and_a_rerun_retries_it(tmp_pat
         assert "app 999: " in capsys.readouterr().err
         assert len(_lines(tmp_path / "raw/10.jsonl")) == 5 and len(_lines(tmp_path / "raw/11.jsonl")) == 4
         res = collect(_cfg(server, tmp_path / "shared.jsonl", appid=["10,999,11"]))  # one shared file
-        assert set(res["failed"]) == {"999"} and len(_lines(tmp_path / "shared.jsonl.part")) == 9
+        assert set(res["failed"]) == {"999"} and not res["complete"]
+        assert len(_lines(tmp_path / "shared.jsonl")) == 9  # finished with the apps that succeeded
+        state = json.loads((tmp_path / "shared.jsonl.state.json").read_text())
+        assert "success=2" in state["apps"]["999"]["failed"] and not state["apps"]["999"]["done"]
         del server.answers["999"]
         res = collect(_cfg(server, tmp_path / "shared.jsonl", appid=["10,999,11"]))
         assert res["complete"] and len(_lines(tmp_path / "shared.jsonl")) == 11
@@ -537,3 +540,102 @@ def test_the_log_tells_runs_apart(tmp_path, steam):
     assert [e["event"] for e in log if e["event"] in ("start", "app_failed", "end")] == [
         "start", "app_failed", "end", "start", "end"]
     assert [e["complete"] for e in log if e["event"] == "end"] == [False, True]
+
+
+def test_an_app_without_reviews_writes_no_file_and_prepare_reads_the_folder(tmp_path, capsys):
+    from steam_persona.reviews.prepare import PrepareConfig
+    from steam_persona.reviews.prepare import run as prepare
+
+    with SteamReplay({"10": _fake("10", 3), "5": []}, details={"10": {"name": "Half-Life 2"}}) as server:
+        res = run(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10,5"]))
+        assert res["complete"] and not (tmp_path / "raw/5.jsonl").exists()
+        assert not (tmp_path / "raw/5.jsonl.part").exists()
+        state = json.loads((tmp_path / "raw/5.jsonl.state.json").read_text())
+        assert state["complete"] and state["apps"]["5"]["reviews"] == 0 and state["apps"]["5"]["done"]
+        err = capsys.readouterr().err
+        assert "0 reviews, 1 pages (Steam has none with these settings)" in err and "(not written: no reviews)" in err
+        n = len(server.requests)
+        collect(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10,5"]))
+        assert len(server.requests) == n and "raw/5.jsonl: already complete (0 reviews)" in capsys.readouterr().err
+    (tmp_path / "raw/6.jsonl").write_text("")  # an empty output of an older collect
+    prepared = prepare(config.build(PrepareConfig, {"inputs": [str(tmp_path / "raw")], "out": str(tmp_path / "sft.json"),
+                                                    "val_size": 0, "min_chars": 1, "drop_spam": False,
+                                                    "app_name": ["10=Half-Life 2"]}))
+    assert list(prepared["formats"]) == [str(tmp_path / "raw/10.jsonl")]
+    assert "raw/6.jsonl: skipped, empty" in " ".join(capsys.readouterr().err.split())
+
+
+def test_prepare_skips_collects_side_files_in_a_file_list_with_a_note(tmp_path, capsys):
+    from steam_persona.reviews import sources
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "10.jsonl").write_text(json.dumps({**_fake("10", 1)[0], "appid": 10}) + "\n")
+    side = ["10.log.jsonl", "10.jsonl.state.json", "10.jsonl.lock", "11.jsonl.part", "12.jsonl"]
+    for name in side:
+        (raw / name).write_text("{}\n" if name != "12.jsonl" else "")
+    assert sources.expand_inputs(sorted(str(p) for p in raw.iterdir())) == [raw / "10.jsonl"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert "10.jsonl.state.json: skipped, collect's state/log/lock file" in err
+    assert "11.jsonl.part: skipped, an unfinished collect output" in err and "12.jsonl: skipped, empty" in err
+    assert sources.expand_inputs([str(raw)]) == [raw / "10.jsonl"]
+    assert "11.jsonl.part: skipped" in capsys.readouterr().err
+    with pytest.raises(UserError, match="nothing to read in .*every file was skipped"):
+        sources.expand_inputs([str(raw / "11.jsonl.part")])
+
+
+@pytest.mark.parametrize("fault,tries", [(500, 4), (403, 1)])  # 403 is not retried
+def test_an_appdetails_failure_is_a_warning_and_the_other_apps_go_on(tmp_path, capsys, fault, tries):
+    apps = {a: _fake(a, 2) for a in ("80", "81", "82")}
+    with SteamReplay(apps, details={a: {"name": f"Game {a}"} for a in apps}) as server:
+        server.details_faults = [fault] * tries  # app 80's appdetails fails every try
+        res = run(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["80,81,82"], with_details=True))
+        assert [len(_lines(tmp_path / f"raw/{a}.jsonl")) for a in apps] == [2, 2, 2]
+        assert set(res["details_failed"]) == {"80"} and f"HTTP {fault}" in res["details_failed"]["80"]
+        assert not (tmp_path / "raw/80.appdetails.json").exists()
+        assert json.loads((tmp_path / "raw/82.appdetails.json").read_text())["82"]["data"] == {"name": "Game 82"}
+        assert "no appdetails: " in capsys.readouterr().err
+        res = run(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["80,81,82"], with_details=True))  # asks again
+        assert not res["details_failed"] and (tmp_path / "raw/80.appdetails.json").exists()
+
+
+def test_details_only_failures_and_overwrite_keep_good_entries(tmp_path):
+    with SteamReplay({}, details={"80": {"name": "A"}, "81": {"name": "B"}}) as server:
+        collect(_cfg(server, tmp_path / "s.jsonl", appid=["80,81"], details_only=True))
+        del server.details["81"]  # Steam now answers success:false for 81
+        server.details_faults = [502] * 4  # and 80's request keeps failing
+        with pytest.raises(UserError, match=r"no appdetails for app\(s\) 80, 81"):
+            run(_cfg(server, tmp_path / "s.jsonl", appid=["80,81"], details_only=True, overwrite=True))
+    saved = json.loads((tmp_path / "s.appdetails.json").read_text())
+    assert saved["80"]["data"] == {"name": "A"} and saved["81"]["data"] == {"name": "B"}
+
+
+def test_a_wrong_id_in_a_shared_file_does_not_block_it_and_is_dropped_when_left_out(tmp_path, capsys):
+    with SteamReplay({"90": _fake("90", 3), "92": _fake("92", 2)}) as server:
+        server.answers["999"] = {"success": 2}
+        with pytest.raises(UserError, match="leave a wrong app id out"):
+            run(_cfg(server, tmp_path / "s.jsonl", appid=["90,999,92"]))
+        assert len(_lines(tmp_path / "s.jsonl")) == 5 and not (tmp_path / "s.jsonl.part").exists()
+        capsys.readouterr()
+        res = run(_cfg(server, tmp_path / "s.jsonl", appid=["90,92"]))
+        assert res["complete"] and not any(r["path"] == "/appreviews/999" for r in server.requests[-2:])
+        err = " ".join(capsys.readouterr().err.split())
+        assert "app 999 is not in this command; no longer collected" in err
+        n = len(server.requests)
+        collect(_cfg(server, tmp_path / "s.jsonl", appid=["90,92"]))
+        assert len(server.requests) == n and len(_lines(tmp_path / "s.jsonl")) == 5
+
+
+def test_a_locked_output_fails_only_its_app_and_a_429_give_up_stops_the_run(tmp_path, capsys):
+    from steam_persona.reviews import collect_state
+
+    with SteamReplay({a: _fake(a, 2) for a in ("1", "2", "3")}) as server:
+        with collect_state.locked(tmp_path / "raw/2.jsonl"):
+            res = collect(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["1,2,3"]))
+        assert set(res["failed"]) == {"2"} and "another collect" in res["failed"]["2"]
+        assert (tmp_path / "raw/3.jsonl").exists()
+        server.faults = [429] * 4
+        with pytest.raises(UserError, match="HTTP 429 \\(rate limit\\).*rerun the same command to continue"):
+            run(_cfg(server, tmp_path / "q/{appid}.jsonl", appid=["1,2,3"]))
+        assert not any(r["path"] != "/appreviews/1" for r in server.requests[-4:])
+        assert not (tmp_path / "q/2.jsonl.part").exists()  # app 2 was never started
