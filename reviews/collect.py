@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +88,8 @@ def _check_page(data: Any) -> str | None:
     if not isinstance(data, dict):
         return "malformed page: not a JSON object"
     if data.get("success") != 1:
-        return f"!Steam answered success={data.get('success')!r}; check the app id and --language/--filter values"
+        return (f"!Steam answered success={data.get('success')!r}: the app id may be wrong (or --language/--filter); "
+                "fix it, or leave it out of the command")
     if not isinstance(data.get("reviews"), list):
         return "malformed page: 'reviews' is not a list"
     bad = next((i for i, r in enumerate(data["reviews"], 1)
@@ -123,6 +126,8 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
     state = cs.read_state(state_path)
     if state is not None and state.get("complete") and not out.exists() and _saved(state):
         state = None  # the output was deleted: collect it again (an app without reviews writes none)
+    if cfg.overwrite and state is not None:
+        _refuse_dropping(out, state, appids)
     if cfg.overwrite and state is not None and (
             state.get("complete") or cs.differing_flags(state.get("query") or {}, cfg)):
         state = None  # --overwrite starts again, but still resumes its own unfinished run
@@ -162,6 +167,14 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
         st["reviews"] = per_app[appid]
     console.print(f"{out}: resuming ({len(seen):,} reviews saved)")
     return state, seen
+
+
+def _refuse_dropping(out: Path, state: dict[str, Any], appids: list[str]) -> None:
+    """Raises UserError: ``--overwrite`` of a shared file would lose the reviews of apps this command does not name."""
+    others = [a for a, st in state["apps"].items() if a not in appids and st.get("reviews")]
+    if others:
+        raise UserError(f"{out}: --overwrite would drop the reviews of app(s) {', '.join(others)}, which this command "
+                        "does not name; name them too, or give another --out")
 
 
 def _saved(state: dict[str, Any]) -> int:
@@ -308,7 +321,7 @@ class _Pager:
         summary = data.get("query_summary")
         if st["total"] is None and isinstance(summary, dict) and isinstance(summary.get("total_reviews"), int):
             st["total"] = summary["total_reviews"]
-        lines, skipped = self._new_lines(data["reviews"])
+        lines, skipped, cut = self._new_lines(data["reviews"])
         self.sink.writelines(lines)
         self.sink.flush()
         os.fsync(self.sink.fileno())
@@ -318,7 +331,9 @@ class _Pager:
         self.idle = 0 if lines else self.idle + 1
         new_cursor = data.get("cursor") or cursor
         st["end"] = self._end(data["reviews"], cursor, new_cursor)
-        st["done"], st["cursor"] = st["end"] is not None, new_cursor
+        # a page cut short by --max_reviews keeps its own cursor: a raised --max_reviews asks for it again
+        # (the reviews already saved are de-duplicated), whatever page size the server really sent
+        st["done"], st["cursor"] = st["end"] is not None, cursor if cut else new_cursor
         self.save()
         self.fetch.log.write(event="page", appid=self.appid, page=st["pages"], cursor=cursor, next_cursor=new_cursor,
                              received=len(data["reviews"]), new=len(lines), skipped=skipped, saved=st["reviews"],
@@ -334,9 +349,10 @@ class _Pager:
             params["day_range"] = cfg.day_range
         return params
 
-    def _new_lines(self, reviews: list[dict]) -> tuple[list[str], int]:
-        """JSON lines of the reviews not seen before (up to ``--max_reviews``), and how many were skipped
-        for having no review text. A non-object ``author`` (null) is dropped so prepare reads the record."""
+    def _new_lines(self, reviews: list[dict]) -> tuple[list[str], int, bool]:
+        """JSON lines of the reviews not seen before (up to ``--max_reviews``), how many were skipped
+        for having no review text, and whether ``--max_reviews`` cut the page short. A non-object
+        ``author`` (null) is dropped so prepare reads the record."""
         lines, skipped = [], 0
         for r in reviews:
             rid = str(r["recommendationid"])
@@ -347,12 +363,12 @@ class _Pager:
                 skipped += 1
                 continue
             if self.cfg.max_reviews and self.st["reviews"] + len(lines) >= self.cfg.max_reviews:
-                break
+                return lines, skipped, True
             if "author" in r and not isinstance(r["author"], dict):
                 r = {k: v for k, v in r.items() if k != "author"}
             self.seen.add(rid)
             lines.append(json.dumps({**r, "appid": int(self.appid)}, ensure_ascii=False) + "\n")
-        return lines, skipped
+        return lines, skipped, False
 
     def _end(self, reviews: list[dict], cursor: str, new_cursor: str) -> str | None:
         """Why the app ends after this page (``"end"``, ``"max_reviews"``, ``"stalled"``, ``"cycle"``), or ``None``."""
@@ -412,7 +428,7 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -
             data = fetch.get_json(f"{cfg.base_url.rstrip('/')}/api/appdetails",
                                   {"appids": appid, "l": cfg.details_language}, f"appdetails of app {appid}", check)
         except (Budget, RateLimited) as e:
-            console.print(f"[yellow]{e} before appdetails of {appid}; rerun to continue", markup=False)
+            console.print(f"{e} before appdetails of {appid}; rerun to continue", style="yellow", markup=False)
             return str(e), failed
         except UserError as e:
             failed[appid] = e.message
@@ -471,6 +487,24 @@ def _appids(cfg: CollectConfig) -> list[str]:
     return appids
 
 
+def _jobs(cfg: CollectConfig, appids: list[str]) -> list[tuple[Path, list[str]]]:
+    """The output files and the apps of each: one per app with ``{appid}`` in ``--out``, else one.
+    Warns about an output that ``prepare`` would not pick up from a folder (no ``.jsonl``/``.json``).
+
+    Raises:
+        UserError: ``--out`` names a folder (ends in ``/`` or exists as one).
+    """
+    if cfg.out.endswith(("/", os.sep)) or Path(cfg.out.replace("{appid}", appids[0])).is_dir():
+        folder = cfg.out.rstrip("/" + os.sep) or "."
+        raise UserError(f"--out {cfg.out}: a folder; name the file, e.g. --out {folder}/{{appid}}.jsonl (one per app)")
+    jobs = [(Path(cfg.out.replace("{appid}", a)), [a]) for a in appids] if "{appid}" in cfg.out \
+        else [(Path(cfg.out), appids)]
+    if Path(cfg.out).suffix.lower() not in (".jsonl", ".json"):
+        console.print(f"[yellow]--out {cfg.out}: no .jsonl extension; prepare reads a folder's .jsonl files only, "
+                      "so give this file to it by name")
+    return jobs
+
+
 def _one_file(out: Path, ids: list[str], cfg: CollectConfig, fetch: Fetcher, go_on: bool) -> dict[str, Any]:
     """One output file (reviews, or appdetails with ``--details_only``). With ``go_on``, a refusal of
     this file (its lock, settings or state) fails only its apps, so the other files get their turn.
@@ -493,6 +527,11 @@ def _one_file(out: Path, ids: list[str], cfg: CollectConfig, fetch: Fetcher, go_
                 "failed": {a: e.message for a in ids}, "details_failed": {}, "apps": {}}
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (``timeout``, ``docker stop``, systemd) ends the run as Ctrl-C does: saved, logged, exit 130."""
+    raise KeyboardInterrupt
+
+
 def collect(cfg: CollectConfig) -> dict[str, Any]:
     """Collect reviews for ``cfg.appid``; every output file gets its turn even when one fails.
 
@@ -505,11 +544,12 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
         UserError: bad flags, or an output whose lock, settings or state forbid the run.
     """
     appids = _appids(cfg)
-    jobs = [(Path(cfg.out.replace("{appid}", a)), [a]) for a in appids] if "{appid}" in cfg.out \
-        else [(Path(cfg.out), appids)]
+    jobs = _jobs(cfg, appids)
     t0 = time.monotonic()
     fetch = Fetcher(cfg, t0 + cfg.max_time if cfg.max_time > 0 else None)
     files: list[dict[str, Any]] = []
+    old_term = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         for out, ids in jobs:
             files.append(_one_file(out, ids, cfg, fetch, len(jobs) > 1))
@@ -520,6 +560,8 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
         raise
     finally:
         fetch.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return {"files": files, "complete": len(files) == len(jobs) and all(f["complete"] and not f["failed"]
                                                                         for f in files),
             "stopped": next((f["stopped"] for f in files if f["stopped"]), None),

@@ -26,7 +26,14 @@ from typing import Any, Callable
 import httpx
 
 from steam_persona.common import atomic
+from steam_persona.common.console import console
 from steam_persona.common.errors import UserError
+
+#: A ``Retry-After`` above this many seconds (or not finite) stops the run instead of sleeping: the
+#: user reruns later rather than watching a frozen bar for hours.
+RETRY_AFTER_MAX_S = 3600.0
+#: A wait before a retry longer than this many seconds prints a line (short ones are only logged).
+LONG_WAIT_S = 5.0
 
 
 class Budget(Exception):
@@ -36,8 +43,9 @@ class Budget(Exception):
 
 
 class RateLimited(UserError):
-    """Steam kept answering HTTP 429 past ``--max_retries``: the limit holds for the whole client, so
-    the run stops (resumable) rather than failing every later app."""
+    """Steam kept answering HTTP 429 past ``--max_retries``, or asked (``Retry-After``) to wait more
+    than :data:`RETRY_AFTER_MAX_S`: the limit holds for the whole client, so the run stops
+    (resumable) rather than failing every later app."""
 
 
 class _Slow(Exception):
@@ -47,19 +55,21 @@ class _Slow(Exception):
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: ``"120"`` or an HTTP-date
     (``"Wed, 21 Oct 2026 07:28:00 GMT"``, measured from ``now``, Unix seconds); ``None`` when absent
-    or unreadable. A date in the past gives 0."""
+    or unreadable (``nan``). A date in the past gives 0; ``inf`` or a far-future date stays large
+    (the caller bounds it)."""
     value = (value or "").strip()
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
+        return None if seconds != seconds else max(0.0, seconds)
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _hang_up(resp: httpx.Response) -> None:
@@ -150,12 +160,7 @@ class Fetcher:
         problem, retry_after = "", None
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
-                wait = self.backoff(attempt - 1, retry_after)
-                if self.log:
-                    self.log.write(event="retry", what=what, problem=problem, attempt=attempt, wait_s=round(wait, 3),
-                                   retry_after_s=retry_after)
-                self._sleep(wait, f"waiting {wait:.1f} s to retry {what} ({problem})")
-                self.retries += 1
+                self._wait_to_retry(attempt, what, problem, retry_after)
             self._wait_rate()
             self.requests += 1
             problem, retry_after, data = self._try(url, params, what)
@@ -174,6 +179,26 @@ class Fetcher:
         raise UserError(f"{url}: {what}: {problem} after {self.cfg.max_retries + 1} tries; progress is saved, "
                         "rerun the same command to resume (or raise --max_retries / lower --rate_limit)")
 
+    def _wait_to_retry(self, attempt: int, what: str, problem: str, retry_after: float | None) -> None:
+        """Log and sleep the backoff before retry ``attempt``; a line on screen for a long one.
+
+        Raises:
+            RateLimited: ``Retry-After`` over :data:`RETRY_AFTER_MAX_S`. Budget: the wait passes ``--max_time``.
+        """
+        if retry_after is not None and retry_after > RETRY_AFTER_MAX_S:
+            raise RateLimited(f"Steam asks to wait {retry_after:.3g} s (Retry-After) before retrying {what} "
+                              f"({problem}), more than {RETRY_AFTER_MAX_S:g} s; rerun later")
+        wait = self.backoff(attempt - 1, retry_after)
+        if self.log:
+            self.log.write(event="retry", what=what, problem=problem, attempt=attempt, wait_s=round(wait, 3),
+                           retry_after_s=retry_after)
+        if wait > LONG_WAIT_S and wait <= self._left():
+            why = "Steam's Retry-After" if retry_after is not None and wait == retry_after else "backoff"
+            console.print(f"{problem} for {what}: waiting {wait:.0f} s ({why}) before retry {attempt} of "
+                          f"{self.cfg.max_retries}", style="yellow", markup=False)
+        self._sleep(wait, f"waiting {wait:.1f} s to retry {what} ({problem})")
+        self.retries += 1
+
     def _try(self, url: str, params: dict[str, Any], what: str) -> tuple[str, float | None, Any]:
         """One request: ``(problem, retry_after_seconds, data)``; ``problem`` is ``""`` on a JSON answer."""
         try:
@@ -184,6 +209,9 @@ class Fetcher:
             return f"connection failed ({type(e).__name__}: {e})", None, None
         if resp.status_code == 429 or resp.status_code >= 500:
             return f"HTTP {resp.status_code}", retry_after_seconds(resp.headers.get("Retry-After")), None
+        if resp.status_code == 400 and params.get("cursor", "*") != "*":
+            raise UserError(f"{resp.url}: HTTP 400 for {what}: Steam rejected the saved cursor (cursors expire); "
+                            "pass --overwrite to collect this output again from the start")
         if resp.status_code >= 400:
             raise UserError(f"{resp.url}: HTTP {resp.status_code} for {what}; check --appid and --base_url")
         try:

@@ -44,12 +44,15 @@ def locked(out: Path) -> Iterator[None]:
     before its removal try again on the new one.
 
     Raises:
-        UserError: another live run holds the lock.
+        UserError: another live run holds the lock, or ``out``'s folder cannot be written.
     """
     lock = paths(out)[2]
-    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"{out}: cannot write there ({e.strerror}); give --out a writable path") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -78,9 +81,11 @@ def query_of(cfg: Any) -> dict[str, Any]:
 
 
 def differing_flags(saved: dict[str, Any], cfg: Any) -> str:
-    """``"--language english (file: schinese), --filter all (file: recent)"``, or ``""`` when the same."""
+    """``"--language english (file: schinese), --filter all (file: recent)"``, or ``""`` when the same.
+    ``day_range`` counts only with ``filter=all`` on both sides: Steam ignores it otherwise."""
     return ", ".join(f"--{k} {getattr(cfg, k)} (file: {saved.get(k)})" for k in QUERY_FIELDS
-                     if saved.get(k) != getattr(cfg, k))
+                     if saved.get(k) != getattr(cfg, k)
+                     and (k != "day_range" or saved.get("filter") == "all" or cfg.filter == "all"))
 
 
 def read_state(state_path: Path) -> dict[str, Any] | None:
@@ -140,6 +145,10 @@ def check_part(part: Path, state_path: Path, state: dict[str, Any], per_app: Cou
         UserError: naming the app, both counts and the fix.
     """
     for appid, st in state["apps"].items():
+        if per_app[appid] < st.get("reviews", 0) and not part.exists() and part.with_suffix("").exists():
+            out = part.with_suffix("")
+            raise UserError(f"{state_path}: left by an older unfinished run beside the complete {out}; delete "
+                            f"{state_path} to keep {out} as it is, or pass --overwrite to collect it again")
         if per_app[appid] < st.get("reviews", 0):
             raise UserError(f"{part}: holds {per_app[appid]} reviews of app {appid} but {state_path} says "
                             f"{st['reviews']} were saved (the .part was removed or cut); restore it, or delete "

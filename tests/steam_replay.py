@@ -18,7 +18,8 @@ after ``slow_seconds`` more, ``"repeat_cursor"`` answers the page with the reque
 ``("cursor", c)`` answers it with cursor ``c``, ``"dups"`` answers the first reviews again with a
 fresh cursor whatever was asked (Steam's endless ``filter=all``), ``None`` answers normally.
 ``details_faults`` does the same for ``/api/appdetails`` requests (an ``int`` status or
-``(status, headers)``). ``answers`` maps an app id to a fixed JSON answer (e.g. ``{"success": 2}``). ``delay`` slows every
+``(status, headers)``). ``answers`` maps an app id to a fixed JSON answer (e.g. ``{"success": 2}``). ``min_page`` makes pages at least that long whatever ``num_per_page`` asks (a server that
+ignores small page sizes). ``delay`` slows every
 page (to interrupt a run in the middle). ``requests`` records each query.
 """
 
@@ -62,6 +63,7 @@ class SteamReplay:
         self.faults: list = []
         self.details_faults: list = []
         self.delay = 0.0
+        self.min_page = 0
         self.slow_seconds = 2.0
         self.trickle_seconds = 0.1
         self.answers: dict[str, dict] = {}
@@ -183,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
         if appid in rp.answers:
             self._send(200, json.dumps(rp.answers[appid]))
             return
-        n = int(q.get("num_per_page", "20"))
+        n = max(int(q.get("num_per_page", "20")), rp.min_page)
         body = rp.page(appid, "*" if fault == "dups" else q.get("cursor", ""), n)
         if body is None:
             self._send(400, json.dumps({"success": 2, "error": f"unknown cursor {q.get('cursor')!r}"}))

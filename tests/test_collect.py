@@ -293,8 +293,8 @@ def test_a_stale_state_without_its_part_never_shrinks_a_complete_output(tmp_path
     assert collect(_cfg(steam, out))["complete"] and len(_lines(out)) == 266
     state.write_text(old)
     n = len(steam.requests)
-    with pytest.raises(UserError, match=r"r.jsonl.part: holds 0 reviews of app 570980 but .*state.json says 100 were "
-                                        r"saved \(the .part was removed or cut\); restore it, or delete"):
+    with pytest.raises(UserError, match=r"r.jsonl.state.json: left by an older unfinished run beside the complete "
+                                        r".*r.jsonl; delete .*state.json to keep .*r.jsonl as it is, or pass --overwrite"):
         collect(_cfg(steam, out))
     assert len(steam.requests) == n and len(_lines(out)) == 266
 
@@ -639,3 +639,81 @@ def test_a_locked_output_fails_only_its_app_and_a_429_give_up_stops_the_run(tmp_
             run(_cfg(server, tmp_path / "q/{appid}.jsonl", appid=["1,2,3"]))
         assert not any(r["path"] != "/appreviews/1" for r in server.requests[-4:])
         assert not (tmp_path / "q/2.jsonl.part").exists()  # app 2 was never started
+
+
+def test_out_as_a_folder_or_unwritable_is_one_line_and_no_extension_warns(tmp_path, steam):
+    (tmp_path / "raw").mkdir()
+    for out in (tmp_path / "raw", f"{tmp_path}/new/"):
+        r = CliRunner().invoke(main, ["collect", "--appid", APP, "--out", str(out), "--base_url", steam.base_url])
+        assert r.exit_code == 2 and "a folder; name the file, e.g. --out " in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["collect", "--appid", APP, "--out", "/proc/x.jsonl", "--base_url", steam.base_url])
+    assert r.exit_code == 2 and "/proc/x.jsonl: cannot write there" in r.output and "Traceback" not in r.output
+    assert not steam.requests and not (tmp_path / "new").exists()
+    r = CliRunner().invoke(main, ["collect", "--appid", APP, "--out", str(tmp_path / "raw/{appid}"), "--base_url",
+                                  steam.base_url, "--rate_limit", "0", "--max_reviews", "5"])
+    assert r.exit_code == 0 and "no .jsonl extension; prepare reads a folder's .jsonl files only" in " ".join(
+        r.output.split())
+
+
+def test_raising_max_reviews_loses_nothing_when_the_server_ignores_small_pages(tmp_path, steam, archive):
+    steam.min_page = 10
+    out = tmp_path / "r.jsonl"
+    collect(_cfg(steam, out, max_reviews=7))
+    collect(_cfg(steam, out, max_reviews=20))
+    assert [r["recommendationid"] for r in _lines(out)] == [r["recommendationid"] for r in archive[:20]]
+
+
+def test_overwrite_of_a_shared_file_refuses_to_drop_apps_not_named(tmp_path):
+    with SteamReplay({a: _fake(a, 2) for a in ("90", "92", "93")}) as server:
+        collect(_cfg(server, tmp_path / "s.jsonl", appid=["90,92,93"]))
+        with pytest.raises(UserError, match=r"--overwrite would drop the reviews of app\(s\) 93, which this command"):
+            collect(_cfg(server, tmp_path / "s.jsonl", appid=["90,92"], overwrite=True))
+        assert len(_lines(tmp_path / "s.jsonl")) == 6
+
+
+@pytest.mark.parametrize("value", ["inf", "1e20", "Fri, 01 Jan 2100 00:00:00 GMT"])
+def test_an_absurd_retry_after_stops_the_run_cleanly(tmp_path, steam, value):
+    steam.faults = [(429, {"Retry-After": value})]
+    with pytest.raises(UserError, match=r"Steam asks to wait .* s \(Retry-After\) .*rerun later; the data is partial"):
+        run(_cfg(steam, tmp_path / "r.jsonl", max_time=0))
+    assert len(steam.requests) == 1
+
+
+def test_a_long_wait_prints_a_line(tmp_path, steam, monkeypatch, capsys):
+    from steam_persona.reviews import collect_fetch
+
+    monkeypatch.setattr(collect_fetch, "LONG_WAIT_S", 0.01)
+    steam.faults = [(503, {"Retry-After": "0.05"})]
+    assert collect(_cfg(steam, tmp_path / "r.jsonl", max_reviews=5))["complete"]
+    assert "HTTP 503 for app 570980 page 1 (cursor '*'): waiting 0 s (Steam's Retry-After) before retry 1 of 3" in \
+        " ".join(capsys.readouterr().err.split())
+
+
+def test_a_rejected_saved_cursor_names_the_fix_and_day_range_counts_only_with_filter_all(tmp_path, steam):
+    out = tmp_path / "r.jsonl"
+    collect(_cfg(steam, out, max_reviews=5))
+    res = collect(_cfg(steam, out, max_reviews=5, day_range=30))  # Steam ignores day_range with filter recent
+    assert res["files"][0]["skipped"]
+    with pytest.raises(UserError, match=r"collected with other settings: --filter all \(file: recent\)"):
+        collect(_cfg(steam, out, filter="all", day_range=30))
+    state = json.loads((tmp_path / "r.jsonl.state.json").read_text())
+    state["apps"][APP]["cursor"] = "AoJexpired+5/zzzz=="
+    (tmp_path / "r.jsonl.state.json").write_text(json.dumps(state))
+    failed = collect(_cfg(steam, out, max_reviews=10))["failed"][APP]
+    assert "HTTP 400 for app 570980 page 2 (cursor 'AoJexpired+5/zzzz=='): Steam rejected the saved cursor" in failed
+    assert failed.endswith("pass --overwrite to collect this output again from the start") and len(_lines(out)) == 5
+
+
+def test_sigterm_ends_the_run_like_ctrl_c(tmp_path, steam, capsys):
+    import threading
+
+    steam.delay = 0.05
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    with pytest.raises(KeyboardInterrupt):
+        collect(_cfg(steam, tmp_path / "r.jsonl", num_per_page=5))
+    assert "interrupted; progress is saved" in capsys.readouterr().err
+    assert [e["event"] for e in _lines(tmp_path / "r.log.jsonl")][-2:] == ["error", "end"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    steam.delay = 0
+    assert collect(_cfg(steam, tmp_path / "r.jsonl", num_per_page=50))["complete"]
+    assert len(_lines(tmp_path / "r.jsonl")) == 266
