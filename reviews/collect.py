@@ -7,12 +7,14 @@ Paging follows the ``cursor`` each response returns (``*`` first; sent URL-encod
 
 Robustness: the HTTP side (rate limit, retries, ``Retry-After``, deadlines) is
 :mod:`.collect_fetch`; the files (lock, resume state, ``.part``, crash-safe finish) are
-:mod:`.collect_state`. A rerun of the same command after Ctrl-C, a kill, a crash, a failed app or
-the time bound continues without duplicates or lost pages. An app that fails does not stop the
-others; the command exits 2 at the end, naming each failed app.
+:mod:`.collect_state`. A rerun of the same command after Ctrl-C, SIGTERM, a kill, a crash, a
+failed app or the time bound continues without duplicates or lost pages. An app that fails (or a
+missing appdetails) does not stop the others; the command exits 2 at the end, naming each failed
+app. A request that still gets HTTP 429 after the retries stops the run: the limit is the client's.
 
 Output: one raw review object per line, unchanged apart from an added ``appid`` (a review whose
-``review`` is not text is skipped and counted; a null ``author`` is dropped). With
+``review`` is not text is skipped and counted; a null ``author`` is dropped); no file when no app
+of it has a review. With
 ``--with_details`` the ``appdetails`` response (name, genres) of each app is saved once beside it
 as ``<out stem>.appdetails.json``, which ``prepare`` picks up. Every page and retry is logged as
 JSON lines in ``<out stem>.log.jsonl``.
@@ -56,8 +58,9 @@ class CollectConfig:
     num_per_page: int = arg(100, "Reviews per request (1–100).")
     max_reviews: int = arg(0, "Stop after this many reviews per app (0 = all); raising it later continues a "
                            "complete file.")
-    out: str = arg("raw/{appid}.jsonl", "Output JSON Lines; '{appid}' gives one file per app, else all apps "
-                   "go into one file.")
+    out: str = arg("raw/{appid}.jsonl", "Output JSON Lines file (not a folder); '{appid}' gives one file per "
+                   "app, else all apps go into one file (an app left off a later command is no longer collected "
+                   "into it).")
     with_details: bool = arg(False, "Also fetch appdetails (name, genres) once per app, saved as "
                              "<out stem>.appdetails.json.")
     details_language: str = arg("schinese", "Language of appdetails names and genres (the 'l' parameter).")
@@ -67,14 +70,15 @@ class CollectConfig:
     rate_limit: float = arg(1.0, "Most requests per second (0 = no limit). Be polite: Steam answers 429 "
                             "when pushed.")
     timeout: float = arg(30.0, "Seconds for one whole response (connect to last byte); a slower one is retried.")
-    max_retries: int = arg(6, "Retries of one request on 429, 5xx, timeouts and malformed pages.")
+    max_retries: int = arg(6, "Retries of one request on 429, 5xx, timeouts and malformed pages; a 429 past them "
+                           "stops the run (rerun later).")
     backoff_base: float = arg(1.0, "First retry waits up to this many seconds; doubles each retry (with jitter).")
     backoff_max: float = arg(60.0, "Longest backoff between retries (seconds); a longer Retry-After is still "
-                               "honoured.")
+                               "honoured, up to an hour (more stops the run).")
     max_time: float = arg(3600.0, "Stop after this many seconds in all, requests and waits included (0 = no "
                             "bound); the data is then partial: exit 2, rerun to continue.")
     overwrite: bool = arg(False, "Collect again from the start even when the output file is complete "
-                          "(replacing it), and fetch appdetails again.")
+                          "(replacing it), and fetch appdetails again; a shared file must name all its apps.")
 
 
 #: Consecutive pages without a new review after which an app ends: ``filter=all`` on Steam can
@@ -619,6 +623,6 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
 command = config.command(
     CollectConfig, run, name="collect", config_option="option",
     help="Download Steam reviews (appreviews API) to JSON Lines, one raw review + appid per line.\n\n"
-         "Resumable: rerun the same command after an interruption, a failed app or --max_time (these exit 2 with the "
-         "data kept). One run at a time per output file. Example:\n\n"
+         "Resumable: rerun the same command after an interruption (Ctrl-C or SIGTERM: exit 130), a failed app, "
+         "Steam's rate limit or --max_time (these exit 2 with the data kept). One run at a time per output file. Example:\n\n"
          "steam-train collect --appid 570 --appid 730 --language schinese --max_reviews 2000 --with_details")
