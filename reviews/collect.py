@@ -250,6 +250,8 @@ def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: F
     """
     part, state_path, _ = cs.paths(out)
     failed: dict[str, str] = {}
+    if all(st["done"] for st in state["apps"].values()):
+        return None, failed  # no empty progress display
     with progress(TextColumn("{task.fields[pages]} pages"), TextColumn("{task.fields[rate]:.1f} reviews/s")) as bar, \
             open(part, "a", encoding="utf-8") as sink:
         for appid, st in state["apps"].items():
@@ -267,8 +269,8 @@ def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: F
                     page.plain_line()
             except (Budget, RateLimited) as e:
                 fetch.log.write(event="stopped", appid=appid, reason=str(e))
-                console.print(f"[yellow]{e} at app {appid} page {st['pages'] + 1}; progress saved in {state_path}; "
-                              "rerun the same command to continue")
+                console.print(f"stopped at app {appid} page {st['pages'] + 1}: {e}; progress saved in {state_path}; "
+                              "rerun the same command to continue", style="yellow", markup=False)
                 return str(e), failed
             except UserError as e:
                 failed[appid] = st["failed"] = e.message
@@ -432,7 +434,7 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -
             data = fetch.get_json(f"{cfg.base_url.rstrip('/')}/api/appdetails",
                                   {"appids": appid, "l": cfg.details_language}, f"appdetails of app {appid}", check)
         except (Budget, RateLimited) as e:
-            console.print(f"{e} before appdetails of {appid}; rerun to continue", style="yellow", markup=False)
+            console.print(f"stopped before appdetails of {appid}: {e}; rerun to continue", style="yellow", markup=False)
             return str(e), failed
         except UserError as e:
             failed[appid] = e.message
@@ -587,7 +589,8 @@ def _summary_rows(res: dict[str, Any]) -> list[tuple[object, object]]:
             rows.append((f"app {a}", f"{s['reviews']:,} reviews, {s['pages']} pages{extra}{note}"))
         rows += [(f"app {a}", "failed") for a in f["failed"] if a not in f["apps"]]
         rows += [(f"app {a}", f"no appdetails: {m}") for a, m in f["details_failed"].items()]
-        done = "" if f["complete"] else " (.part: rerun to finish)"
+        done = "" if f["complete"] else " (unfinished: rerun to finish)" if f["file"].endswith(".appdetails.json") \
+            else " (.part: rerun to finish)"
         if f["complete"] and not f["skipped"] and not Path(f["file"]).exists():
             done = " (not written: no reviews)"
         rows.append(("file", f["file"] + done))
@@ -624,5 +627,6 @@ command = config.command(
     CollectConfig, run, name="collect", config_option="option",
     help="Download Steam reviews (appreviews API) to JSON Lines, one raw review + appid per line.\n\n"
          "Resumable: rerun the same command after an interruption (Ctrl-C or SIGTERM: exit 130), a failed app, "
-         "Steam's rate limit or --max_time (these exit 2 with the data kept). One run at a time per output file. Example:\n\n"
+         "Steam's rate limit or --max_time (these exit 2 with the data kept). One run at a time per output file. "
+         "Example:\n\n"
          "steam-train collect --appid 570 --appid 730 --language schinese --max_reviews 2000 --with_details")
