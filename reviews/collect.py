@@ -148,7 +148,7 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
         raise UserError(f"{out}: collected with other settings: {diff}; use the file's values, pass --overwrite "
                         "to collect it again, or give another --out")
     if not state.get("complete") and not part.exists() and out.exists() and all(
-            st["done"] for st in state["apps"].values()):
+            st["done"] or st.get("failed") for st in state["apps"].values()):
         state["complete"] = True  # a kill came between renaming .part and saving the state
         cs.save_state(state_path, state)
     for a in appids:

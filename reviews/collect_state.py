@@ -181,10 +181,10 @@ def finish(out: Path, part: Path, state_path: Path, state: dict[str, Any], overw
         raise UserError(f"{out}: holds {count_lines(out)} reviews, more than the {count_lines(part)} this run "
                         f"collected in {part}; kept both: pass --overwrite to replace it, or delete {part} and "
                         f"{state_path}")
-    if part.stat().st_size:
+    if part.exists() and part.stat().st_size:
         os.replace(part, out)
     else:
         out.unlink(missing_ok=True)
-        part.unlink()
+        part.unlink(missing_ok=True)
     state["complete"] = True
     save_state(state_path, state)

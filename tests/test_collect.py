@@ -557,6 +557,10 @@ def test_an_app_without_reviews_writes_no_file_and_prepare_reads_the_folder(tmp_
         n = len(server.requests)
         collect(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10,5"]))
         assert len(server.requests) == n and "raw/5.jsonl: already complete (0 reviews)" in capsys.readouterr().err
+        state_path = tmp_path / "raw/5.jsonl.state.json"  # a kill between removing .part and saving the state
+        state_path.write_text(json.dumps({**json.loads(state_path.read_text()), "complete": False}))
+        assert collect(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["5"]))["complete"]
+        assert json.loads(state_path.read_text())["complete"] and len(server.requests) == n
     (tmp_path / "raw/6.jsonl").write_text("")  # an empty output of an older collect
     prepared = prepare(config.build(PrepareConfig, {"inputs": [str(tmp_path / "raw")], "out": str(tmp_path / "sft.json"),
                                                     "val_size": 0, "min_chars": 1, "drop_spam": False,
@@ -624,6 +628,13 @@ def test_a_wrong_id_in_a_shared_file_does_not_block_it_and_is_dropped_when_left_
         n = len(server.requests)
         collect(_cfg(server, tmp_path / "s.jsonl", appid=["90,92"]))
         assert len(server.requests) == n and len(_lines(tmp_path / "s.jsonl")) == 5
+        state_path = tmp_path / "s.jsonl.state.json"  # a kill between finishing the file and saving the state
+        state = json.loads(state_path.read_text())
+        state_path.write_text(json.dumps({**state, "complete": False, "apps": {**state["apps"], "999": {
+            **state["apps"]["999"], "done": False, "end": None, "failed": "success=2"}}}))
+        del server.answers["999"]
+        res = collect(_cfg(server, tmp_path / "s.jsonl", appid=["90,999,92"]))
+        assert res["complete"] and len(_lines(tmp_path / "s.jsonl")) == 5  # 999 has no reviews here
 
 
 def test_a_locked_output_fails_only_its_app_and_a_429_give_up_stops_the_run(tmp_path, capsys):
