@@ -147,8 +147,7 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
     if diff:
         raise UserError(f"{out}: collected with other settings: {diff}; use the file's values, pass --overwrite "
                         "to collect it again, or give another --out")
-    if not state.get("complete") and not part.exists() and out.exists() and all(
-            st["done"] or st.get("failed") for st in state["apps"].values()):
+    if not state.get("complete") and not part.exists() and out.exists() and _finishable(state["apps"]):
         state["complete"] = True  # a kill came between renaming .part and saving the state
         cs.save_state(state_path, state)
     for a in appids:
@@ -179,6 +178,11 @@ def _refuse_dropping(out: Path, state: dict[str, Any], appids: list[str]) -> Non
     if others:
         raise UserError(f"{out}: --overwrite would drop the reviews of app(s) {', '.join(others)}, which this command "
                         "does not name; name them too, or give another --out")
+
+
+def _finishable(apps: dict[str, dict[str, Any]]) -> bool:
+    """A file is finished once every app is done or failed and one is done."""
+    return all(st["done"] or st.get("failed") for st in apps.values()) and any(st["done"] for st in apps.values())
 
 
 def _saved(state: dict[str, Any]) -> int:
@@ -221,8 +225,7 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetch
         details_failed: dict[str, str] = {}
         try:
             stopped, failed = _collect_apps(out, state, cfg, fetch, seen)
-            complete = stopped is None and all(st["done"] or a in failed for a, st in state["apps"].items()) \
-                and any(st["done"] for st in state["apps"].values())
+            complete = stopped is None and _finishable(state["apps"])
             if complete:
                 cs.finish(out, cs.paths(out)[0], state_path, state, cfg.overwrite)
             if complete and cfg.with_details:
