@@ -202,7 +202,8 @@ def _drop_unnamed(out: Path, state: dict[str, Any], appids: list[str]) -> None:
 
 
 def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -> dict[str, Any]:
-    """Collect ``appids`` (and any unfinished app already in the file) into ``out``, under its lock.
+    """Collect ``appids`` into ``out``, under its lock (an unfinished app of the file that ``appids``
+    leaves out is dropped from the apps still to collect: :func:`_drop_unnamed`).
 
     The file is finished (``.part`` renamed, or removed when no app had a review) once every app
     is done or failed and one is done: a failed app of a shared file is marked in the state and
@@ -509,8 +510,8 @@ def _jobs(cfg: CollectConfig, appids: list[str]) -> list[tuple[Path, list[str]]]
     jobs = [(Path(cfg.out.replace("{appid}", a)), [a]) for a in appids] if "{appid}" in cfg.out \
         else [(Path(cfg.out), appids)]
     if Path(cfg.out).suffix.lower() not in (".jsonl", ".json"):
-        console.print(f"[yellow]--out {cfg.out}: no .jsonl extension; prepare reads a folder's .jsonl files only, "
-                      "so give this file to it by name")
+        console.print(f"[yellow]--out {cfg.out}: no .jsonl extension; prepare skips it in a folder (it reads .jsonl, "
+                      ".json, .csv, … files), so give this file to it by name")
     return jobs
 
 

@@ -662,7 +662,7 @@ def test_out_as_a_folder_or_unwritable_is_one_line_and_no_extension_warns(tmp_pa
     assert not steam.requests and not (tmp_path / "new").exists()
     r = CliRunner().invoke(main, ["collect", "--appid", APP, "--out", str(tmp_path / "raw/{appid}"), "--base_url",
                                   steam.base_url, "--rate_limit", "0", "--max_reviews", "5"])
-    assert r.exit_code == 0 and "no .jsonl extension; prepare reads a folder's .jsonl files only" in " ".join(
+    assert r.exit_code == 0 and "no .jsonl extension; prepare skips it in a folder" in " ".join(
         r.output.split())
 
 
