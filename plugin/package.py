@@ -54,14 +54,18 @@ from steam_persona.resources import doc, shipped
 MAX_UNPACKED_BYTES = 50 * 1024 * 1024
 #: Timestamp of every zip entry (reproducible packages; zip cannot store dates before 1980).
 ZIP_DATE_TIME = (2025, 1, 1, 0, 0, 0)
-#: What a plugin folder may ship (gitignore syntax, from the folder): the files a Dify plugin is
-#: made of. An allowlist, so that whatever else lies there (``.env.local``, keys, notes) stays out.
-INCLUDE = ["/main.py", "/manifest.yaml", "/pyproject.toml", "/uv.lock", "/requirements.txt", "/README.md",
-           "/PRIVACY.md", "/.env.example", "/_assets/*.svg", "/_assets/*.png", "/provider/*.py", "/provider/*.yaml",
-           "/models/**/*.py", "/models/**/*.yaml", "/tools/*.py", "/tools/*.yaml"]
-#: Never shipped, even when included: caches, secrets, tests.
-ALWAYS_EXCLUDE = ["__pycache__/", "*.py[cod]", ".venv/", "tests/", "test_*.py", ".env", ".env.*", "!.env.example",
-                  "*.pem", "*.key", "*secret*"]
+#: What a plugin folder may ship (gitignore syntax, from the folder): the kinds of files a Dify plugin
+#: is made of: every Python module (a module left out breaks the plugin's imports), its YAML, Dify's
+#: ``readme/`` translations and the images of ``_assets/``. An allowlist of kinds, so that whatever
+#: else lies there (``.env.local``, notes, logs) stays out.
+IMAGE_TYPES = ("svg", "png", "jpg", "jpeg", "gif", "webp", "ico")
+INCLUDE = ["*.py", "/manifest.yaml", "/pyproject.toml", "/uv.lock", "/requirements.txt", "/README.md",
+           "/readme/*.md", "/PRIVACY.md", "/.env.example", *(f"/_assets/**/*.{t}" for t in IMAGE_TYPES),
+           "/provider/**/*.yaml", "/models/**/*.yaml", "/tools/**/*.yaml"]
+#: Never shipped, even when included: caches, virtualenvs, build outputs, tests, and secrets by their
+#: usual names (never by a word such as "secret", which ordinary module names may hold).
+ALWAYS_EXCLUDE = ["__pycache__/", "*.py[cod]", ".venv/", "venv/", ".*_cache/", "build/", "dist/", "tests/",
+                  "conftest.py", ".env", ".env.*", "!.env.example", "*.pem", "*.key"]
 
 # Daemon rules (plugin_declaration.go, identity.go, manifest_entities tags).
 VERSION_RE = re.compile(r"^\d{1,4}(\.\d{1,4}){2}(-\w{1,16})?$")
@@ -221,8 +225,12 @@ def _i18n(value: Any, where: str) -> None:
 
 def _asset(files: dict[str, bytes], icon: Any, where: str) -> None:
     name = icon.get("en_US") if isinstance(icon, dict) else icon
-    if not name or f"_assets/{name}" not in files:
-        raise UserError(f"{where}: icon {name!r} is not in _assets/; add the file or fix the name")
+    if name and f"_assets/{name}" in files:
+        return
+    if name and str(name).rsplit(".", 1)[-1].lower() not in IMAGE_TYPES:
+        raise UserError(f"{where}: icon {name!r} is not an image type Dify shows ({', '.join(IMAGE_TYPES)});"
+                        f" convert it or fix the name")
+    raise UserError(f"{where}: icon {name!r} is not in _assets/; add the file or fix the name")
 
 
 def validate(files: dict[str, bytes], label: str = "plugin") -> dict:
