@@ -261,6 +261,16 @@ def test_invoke_errors_are_mapped(chat, server, dead_url, case):
         assert "host.docker.internal" in msg and reply.seconds < VALIDATE_BOUND_S
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_timed_out_invoke_stops_the_work_on_the_server(chat, server, stream):
+    count = [{"role": "user", "content": "Count from 1 to 2000, separated by commas: 1, 2, 3,"}]  # ~9 s of tokens
+    reply = invoke(chat, chat_creds(server, request_timeout="1"), count, stream=stream, max_tokens=1024)
+    assert "within 1 s; raise the request_timeout setting" in reply.error["message"], reply.error
+    start = time.monotonic()
+    assert server_reply(server, [{"role": "user", "content": "Hi"}], max_tokens=2)["choices"]
+    assert time.monotonic() - start < 3.0  # not queued behind the abandoned reply (before: 7.7 s when blocking)
+
+
 # -- review tool -----------------------------------------------------------------------------------
 
 def review_creds(server: str, **over) -> dict:

@@ -213,7 +213,7 @@ class _SdkRequests:
         left = exchange.deadline - time.monotonic()
         if left <= 0:
             raise requests.exceptions.ReadTimeout("the request_timeout passed before the request")
-        kwargs["timeout"] = (min(server_client.CONNECT_TIMEOUT, left), min(left + 0.5, server_client.READ_TIMEOUT))
+        kwargs["timeout"] = (min(server_client.CONNECT_TIMEOUT, left), min(left + 0.2, server_client.READ_TIMEOUT))
         kwargs["hooks"] = {"response": exchange.keep}
         return requests.post(url, **kwargs)
 
