@@ -464,10 +464,13 @@ def count_chat_tokens(endpoint_url: str, api_key: str | None, messages: list[dic
 
 
 def estimate_tokens(text: str) -> int:
-    """Offline estimate when no tokenizer is at hand: one token per CJK character, one per four
-    other characters (the usual BPE rule of thumb for English, from OpenAI's tokenizer guide)."""
+    """An estimate, leaning high, for when no tokenizer is at hand: two tokens per CJK character (a
+    byte-level BPE without Chinese merges, such as SmolLM2's, takes about that; Qwen's takes fewer)
+    and one per four other characters (the BPE rule of thumb for English, from OpenAI's tokenizer
+    guide). High rather than low, because Dify trims histories by it and too low a count ends in
+    a context overflow."""
     cjk = sum(1 for ch in text if unicodedata.east_asian_width(ch) in ("W", "F"))
-    return cjk + math.ceil((len(text) - cjk) / 4)
+    return 2 * cjk + math.ceil((len(text) - cjk) / 4)
 
 
 def completion_text(response: Mapping[str, Any]) -> str:

@@ -26,7 +26,7 @@ def test_messages_and_counting():
     assert sc.prepare_messages([{"role": "user", "content": "hi"}], system="S")[0] == {"role": "system", "content": "S"}
     assert len(sc.prepare_messages([{"role": "system", "content": "T"}], system="S")) == 1
     assert sc.render_chatml([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    assert sc.estimate_tokens("你好abcd") == 3
+    assert sc.estimate_tokens("你好abcd") == 5
 
 
 def test_errors_and_switches():

@@ -1,6 +1,6 @@
 """The chat model: the SDK's OpenAI-compatible LLM, adapted to the persona's server.
 
-HTTP, SSE parsing and chunking are the SDK's (``OAICompatLargeLanguageModel``). What we add:
+HTTP and chunking are the SDK's (``OAICompatLargeLanguageModel``). What we add:
 
 * ``stream_options.include_usage`` on streamed requests (the SDK does not ask for it), and, for
   servers that ignore it (llama-cpp-python 0.3.36), usage counted with the server's tokenizer over
@@ -8,12 +8,15 @@ HTTP, SSE parsing and chunking are the SDK's (``OAICompatLargeLanguageModel``). 
   internet access to fetch the GPT-2 vocabulary);
 * list-of-text-parts contents flattened to strings (some chat templates crash on lists);
 * the optional persona system prompt when a conversation has none;
+* streams read as server-sent events by the standard (:func:`sse_data`: CRLF, ``event:``/``id:``
+  lines, multi-line data), which the SDK's split on blank lines is not;
 * errors mapped to Dify's invoke errors, one line each: refused, timed out, cut mid-reply, or an
-  answer that is no completion (HTML, a non-JSON line, a stream ended before ``[DONE]``) → server
-  unavailable; 401 → authorization; 429 → rate limit; 400 (e.g. context overflow) → bad request
-  with the server's message;
+  answer that is no completion (HTML, a non-JSON event, a stream ended before ``[DONE]`` and any
+  ``finish_reason``) → server unavailable; 401 → authorization; 429 → rate limit; 400 (e.g.
+  context overflow) → bad request with the server's message; bad saved credentials → Dify's
+  credential / authorization errors;
 * one total deadline per invoke (the ``request_timeout`` credential), which requests' per-read
-  timeout cannot give;
+  timeout cannot give; when it passes, the connection is shut so the server stops the reply;
 * tool results in the history sent as text, document/audio attachments refused;
 * credential validation bounded in time, with the Docker networking hint for localhost URLs, whole
   numbers checked and ``context_size`` held against the server's ``n_ctx``;
