@@ -29,6 +29,7 @@ PyPI, it cannot merge the shared modules in, and its checks run only at install 
 
 from __future__ import annotations
 
+import ast
 import datetime
 import re
 import time
@@ -171,6 +172,40 @@ def source_files(source: Path) -> tuple[list[str], list[str]]:
     return shipped, left_out
 
 
+def _imported(tree: ast.AST) -> set[str]:
+    """Absolute module names a module's code imports, with each ``from M import N`` also as ``M.N``."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def _check_imports(files: dict[str, bytes], left_out: list[str], source: Path) -> None:
+    """Refuse a package whose shipped code imports a module of its folder that stays out (by
+    ``.difyignore`` or :data:`ALWAYS_EXCLUDE`): the plugin would fail at start with ModuleNotFoundError.
+
+    Raises:
+        UserError: naming the importing file, the module and the file left out.
+    """
+    modules = {rel[: -len(".py")].removesuffix("/__init__").replace("/", "."): rel
+               for rel in left_out if rel.endswith(".py")}
+    for arc, data in files.items():
+        if not arc.endswith(".py") or not modules:
+            continue
+        try:
+            tree = ast.parse(data, filename=arc)
+        except SyntaxError as e:
+            raise UserError(f"{source / arc}: line {e.lineno}: invalid Python ({e.msg}); fix it") from None
+        missing = sorted(_imported(tree) & modules.keys())
+        if missing:
+            raise UserError(f"{source / arc}: imports {missing[0]}, but {modules[missing[0]]} is left out of the"
+                            f" package (.difyignore, or tests/ and caches); ship it or drop the import")
+
+
 def _path(rel: str, repo: Path | None) -> Path:
     return repo / rel if repo is not None else shipped(rel)
 
@@ -189,7 +224,9 @@ def stage(pkg: Package, repo: Path | None = None, version: str | None = None) ->
     if not manifest.is_file() or not source.is_dir():
         raise UserError(f"{manifest if not manifest.is_file() else source}: plugin sources not found; "
                         f"reinstall steam-persona (they are part of the package) or restore the file")
-    files = {rel: (source / rel).read_bytes() for rel in source_files(source)[0]}
+    shipped_files, left_out = source_files(source)
+    files = {rel: (source / rel).read_bytes() for rel in shipped_files}
+    _check_imports(files, left_out, source)
     for arc, src in pkg.extra:
         f = _path(src, repo)
         if not f.is_file():

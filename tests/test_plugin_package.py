@@ -120,12 +120,17 @@ def test_same_sources_same_bytes(built, tmp_path):
         assert hashlib.sha256(again[key].read_bytes()).digest() == hashlib.sha256(built[key].read_bytes()).digest()
 
 
-def test_only_plugin_files_are_shipped(tmp_path):
+def _repo_copy(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     for rel in ("manifest.yaml", "common/persona.py", "plugin"):
         src, dst = shipped(rel), repo / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
+    return repo
+
+
+def test_only_plugin_files_are_shipped(tmp_path):
+    repo = _repo_copy(tmp_path)
     chat = repo / "plugin/chat"
     planted = {".env": "REMOTE_INSTALL_KEY=secret", ".env.local": "API_KEY=abc", "secrets.txt": "k17",
                "notes.md": "x", "debug.log": "x", "provider/client.pem": "x", "tools/x.key": "x",
@@ -147,6 +152,18 @@ def test_only_plugin_files_are_shipped(tmp_path):
     assert "provider/helper.py" not in stage(PACKAGES[0], repo)
     left_out = source_files(chat)[1]
     assert set(planted) - {"models/llm/__pycache__/llm.cpython-312.pyc"} <= set(left_out)
+
+
+def test_a_module_the_code_imports_must_not_be_left_out(tmp_path):
+    repo = _repo_copy(tmp_path)
+    review = repo / "plugin/review"
+    (review / "helpers.py").write_text("X = 1\n")
+    tool = review / "tools/write_steam_review.py"
+    tool.write_text(tool.read_text() + "\nfrom helpers import X\n")
+    assert "helpers.py" in stage(PACKAGES[1], repo)  # shipped: every .py
+    (review / ".difyignore").write_text("helpers.py\n")
+    with pytest.raises(UserError, match=r"write_steam_review.py: imports helpers, but helpers.py is left out"):
+        stage(PACKAGES[1], repo)
 
 
 @pytest.mark.parametrize("field,value,needle", [
