@@ -229,7 +229,7 @@ def text_of(reply) -> str:
 
 @pytest.mark.parametrize("mode, error_type, words", [
     ("cut", "InvokeServerUnavailableError", "stopped mid-reply (the stream ended without [DONE] or a finish_reason)"),
-    ("killed", "InvokeServerUnavailableError", "stopped mid-reply (ChunkedEncodingError"),
+    ("killed", "InvokeServerUnavailableError", "stopped mid-reply (ProtocolError"),
     ("garbage", "InvokeServerUnavailableError", "sent a stream event that is not JSON: '{not json'"),
     ("errevent", "InvokeBadRequestError", "refused the request mid-reply: context overflow mid-stream"),
     ("errfail", "InvokeServerUnavailableError", "failed mid-reply: out of memory"),

@@ -96,7 +96,7 @@ def _transport_message(error: BaseException, url: str) -> str:
             isinstance(error, requests.exceptions.ConnectionError)
             and not isinstance(error, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ReadTimeout))):
         return server_client.unavailable_message(url, f"cannot be reached ({detail})")
-    if isinstance(error, requests.exceptions.Timeout):
+    if isinstance(error, (requests.exceptions.Timeout, urllib3.exceptions.ReadTimeoutError)):
         return f"the server at {url} did not finish the reply in time; raise the request_timeout setting"
     return f"the server at {url} stopped mid-reply ({detail})"
 
@@ -129,6 +129,14 @@ def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
         data.append(buf.rstrip(b"\r")[5:].removeprefix(b" ").decode("utf-8", "replace"))
     if data:
         yield "\n".join(data)
+
+
+def _arrived(response: requests.Response) -> Iterator[bytes]:
+    """A streamed body's bytes as they arrive (urllib3's ``read1``: what one socket read gives,
+    chunked transfer decoded), where requests' ``iter_content`` waits to fill fixed-size blocks
+    when the server sends no chunked transfer encoding."""
+    while data := response.raw.read1(65536):
+        yield data
 
 
 def _checked_events(chunks: Iterable[bytes], url: str, deadline: float) -> Iterator[str]:
@@ -394,22 +402,25 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
                     exchange.response.close()
 
         threading.Thread(target=work, daemon=True, name="steam-persona-invoke").start()
+        finished = False
         try:
             while True:
                 try:
                     is_item, value = events.get(timeout=max(0.0, exchange.deadline - time.monotonic()))
                 except queue.Empty:
-                    exchange.end()
                     raise InvokeServerUnavailableError(
                         f"the server at {url} did not finish the reply within {seconds:g} s; raise the"
                         f" request_timeout setting (the server was told to stop)") from None
                 if not is_item:
+                    finished = True
                     if value is not None:
                         raise self._map_error(value, url)
                     return
                 yield value
         finally:
             gone.set()
+            if not finished:  # the deadline, or Dify closed the stream: the server should stop too
+                exchange.end()
 
     def _handle_generate_stream_response(self, model: str, credentials: dict, response: requests.Response,
                                          prompt_messages: list[PromptMessage]) -> Generator:
@@ -426,8 +437,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
             raise server_client.ServerError(f"{url}/chat/completions answered {kind or 'no content type'}, not an"
                                             f" event stream: {response.text[:120]!r}; is the endpoint URL the"
                                             f" API base of an OpenAI-compatible server?", "server")
-        response.iter_lines = lambda **kw: _checked_events(response.iter_content(chunk_size=None), url,
-                                                           credentials[_DEADLINE])
+        response.iter_lines = lambda **kw: _checked_events(_arrived(response), url, credentials[_DEADLINE])
         yield from super()._handle_generate_stream_response(model, credentials, response, prompt_messages)
 
     def _json_as_stream(self, model: str, credentials: dict, response: requests.Response,
