@@ -223,6 +223,14 @@ def invoke(chat, fake: str, mode: str, stream: bool = True, **creds):
                         timeout=STALL_S)
 
 
+def _closed_at(wait_s: float = 3.0) -> float | None:
+    """When the fake saw the client close a "watch" connection (its handler thread notices within ms)."""
+    end = time.monotonic() + wait_s
+    while not CLOSED and time.monotonic() < end:
+        time.sleep(0.05)
+    return CLOSED[0] if CLOSED else None
+
+
 def text_of(reply) -> str:
     return "".join(c["delta"]["message"]["content"] or "" for c in reply.result)
 
@@ -288,11 +296,8 @@ def test_a_timed_out_invoke_closes_its_connection_so_the_server_stops(chat, fake
     start = time.monotonic()
     reply = invoke(chat, fake, mode, stream=stream, request_timeout=str(TIMEOUT_S))
     assert "raise the request_timeout setting" in reply.error["message"], reply.error
-    for _ in range(30):  # the fake's handler thread notices the close
-        if CLOSED:
-            break
-        time.sleep(0.1)
-    assert CLOSED and CLOSED[0] - start < TIMEOUT_S + 1.5, "the connection was left open"
+    closed = _closed_at()
+    assert closed is not None and closed - start < TIMEOUT_S + 1.5, "the connection was left open"
 
 
 def test_saving_credentials_is_bounded_when_health_and_props_hang(chat, fake):
@@ -304,13 +309,17 @@ def test_saving_credentials_is_bounded_when_health_and_props_hang(chat, fake):
     assert "larger than the server's n_ctx 2048" in text_ctx.error["message"]  # n_ctx "2048" (text) is still read
 
 
-def test_review_tool_is_bounded_by_request_timeout(review, fake):
-    creds = {"endpoint_url": f"{fake}/slow/v1", "request_timeout": str(TIMEOUT_S)}
+@pytest.mark.parametrize("mode", ["slow", "watchslow"])
+def test_review_tool_is_bounded_by_request_timeout(review, fake, mode):
+    CLOSED.clear()
+    creds = {"endpoint_url": f"{fake}/{mode}/v1", "request_timeout": str(TIMEOUT_S)}
     reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": creds,
                             "tool_parameters": {"game_name": "Celeste"}}, timeout=STALL_S)
     assert reply.error["error_type"] == "ReviewError", reply.error
     assert reply.error["message"].endswith("did not finish its answer in time; raise the request_timeout setting")
     assert TIMEOUT_S <= reply.seconds < TIMEOUT_S + 3
+    if mode == "watchslow":  # the connection was closed, so the server can stop
+        assert _closed_at(), "the connection was left open"
 
 
 @pytest.mark.parametrize("field, value", [("context_size", "abc"), ("context_size", "-5"), ("context_size", ""),
