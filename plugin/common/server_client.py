@@ -33,7 +33,7 @@ DEFAULT_ENDPOINT = "http://host.docker.internal:8000/v1"
 #: Seconds to wait for a TCP connection before calling the server unavailable.
 CONNECT_TIMEOUT = 5.0
 #: Seconds a whole credential check may take, all its requests together (GET /models, a one-token
-#: reply, the n_ctx probe), connects included.
+#: reply, the n_ctx probe), plus up to :data:`CONNECT_TIMEOUT` to connect.
 VALIDATE_TIMEOUT = 15.0
 #: Seconds of :data:`VALIDATE_TIMEOUT` the optional n_ctx probe (GET /health, then /props) may use at most.
 PROBE_TIMEOUT = 3.0
