@@ -16,7 +16,7 @@ installed steam-persona holds the same files as package data
 Before writing, each staged package is checked against the daemon's rules (langgenius/
 dify-plugin-daemon ``pkg/entities/plugin_entities/plugin_declaration.go`` and the package decoder):
 manifest regexes and required fields, icons present in ``_assets/``, referenced YAML and Python
-present, model-vs-tool exclusivity, ≤ 50 MiB. The zip holds file entries only, sorted, with
+present, model-vs-tool exclusivity, ≤ 50 MiB; and no shipped module may import one left out. The zip holds file entries only, sorted, with
 forward slashes, ``manifest.yaml`` at the root, deflated, and a fixed timestamp so that the same
 sources give the same bytes. Unsigned, it has no zip comment; with ``--sign KEY`` it gets the
 daemon's verification entry last and a signature comment (:mod:`steam_persona.plugin.sign`), so only
