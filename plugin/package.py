@@ -16,7 +16,7 @@ installed steam-persona holds the same files as package data
 Before writing, each staged package is checked against the daemon's rules (langgenius/
 dify-plugin-daemon ``pkg/entities/plugin_entities/plugin_declaration.go`` and the package decoder):
 manifest regexes and required fields, icons present in ``_assets/``, referenced YAML and Python
-present, model-vs-tool exclusivity, ≤ 50 MiB. The zip holds file entries only, sorted, with
+present, model-vs-tool exclusivity, ≤ 50 MiB; and no shipped module may import one left out. The zip holds file entries only, sorted, with
 forward slashes, ``manifest.yaml`` at the root, deflated, and a fixed timestamp so that the same
 sources give the same bytes. Unsigned, it has no zip comment; with ``--sign KEY`` it gets the
 daemon's verification entry last and a signature comment (:mod:`steam_persona.plugin.sign`), so only
@@ -29,6 +29,7 @@ PyPI, it cannot merge the shared modules in, and its checks run only at install 
 
 from __future__ import annotations
 
+import ast
 import datetime
 import re
 import time
@@ -54,14 +55,18 @@ from steam_persona.resources import doc, shipped
 MAX_UNPACKED_BYTES = 50 * 1024 * 1024
 #: Timestamp of every zip entry (reproducible packages; zip cannot store dates before 1980).
 ZIP_DATE_TIME = (2025, 1, 1, 0, 0, 0)
-#: What a plugin folder may ship (gitignore syntax, from the folder): the files a Dify plugin is
-#: made of. An allowlist, so that whatever else lies there (``.env.local``, keys, notes) stays out.
-INCLUDE = ["/main.py", "/manifest.yaml", "/pyproject.toml", "/uv.lock", "/requirements.txt", "/README.md",
-           "/PRIVACY.md", "/.env.example", "/_assets/*.svg", "/_assets/*.png", "/provider/*.py", "/provider/*.yaml",
-           "/models/**/*.py", "/models/**/*.yaml", "/tools/*.py", "/tools/*.yaml"]
-#: Never shipped, even when included: caches, secrets, tests.
-ALWAYS_EXCLUDE = ["__pycache__/", "*.py[cod]", ".venv/", "tests/", "test_*.py", ".env", ".env.*", "!.env.example",
-                  "*.pem", "*.key", "*secret*"]
+#: What a plugin folder may ship (gitignore syntax, from the folder): the kinds of files a Dify plugin
+#: is made of: every Python module (a module left out breaks the plugin's imports), its YAML, Dify's
+#: ``readme/`` translations and the images of ``_assets/``. An allowlist of kinds, so that whatever
+#: else lies there (``.env.local``, notes, logs) stays out.
+IMAGE_TYPES = ("svg", "png", "jpg", "jpeg", "gif", "webp", "ico")
+INCLUDE = ["*.py", "/manifest.yaml", "/pyproject.toml", "/uv.lock", "/requirements.txt", "/README.md",
+           "/readme/*.md", "/PRIVACY.md", "/.env.example", *(f"/_assets/**/*.{t}" for t in IMAGE_TYPES),
+           "/provider/**/*.yaml", "/models/**/*.yaml", "/tools/**/*.yaml"]
+#: Never shipped, even when included: caches, virtualenvs, build outputs, tests, and secrets by their
+#: usual names (never by a word such as "secret", which ordinary module names may hold).
+ALWAYS_EXCLUDE = ["__pycache__/", "*.py[cod]", ".venv/", "venv/", ".*_cache/", "build/", "dist/", "tests/",
+                  "conftest.py", ".env", ".env.*", "!.env.example", "*.pem", "*.key"]
 
 # Daemon rules (plugin_declaration.go, identity.go, manifest_entities tags).
 VERSION_RE = re.compile(r"^\d{1,4}(\.\d{1,4}){2}(-\w{1,16})?$")
@@ -167,6 +172,40 @@ def source_files(source: Path) -> tuple[list[str], list[str]]:
     return shipped, left_out
 
 
+def _imported(tree: ast.AST) -> set[str]:
+    """Absolute module names a module's code imports, with each ``from M import N`` also as ``M.N``."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def _check_imports(files: dict[str, bytes], left_out: list[str], source: Path) -> None:
+    """Refuse a package whose shipped code imports a module of its folder that stays out (by
+    ``.difyignore`` or :data:`ALWAYS_EXCLUDE`): the plugin would fail at start with ModuleNotFoundError.
+
+    Raises:
+        UserError: naming the importing file, the module and the file left out.
+    """
+    modules = {rel[: -len(".py")].removesuffix("/__init__").replace("/", "."): rel
+               for rel in left_out if rel.endswith(".py")}
+    for arc, data in files.items():
+        if not arc.endswith(".py") or not modules:
+            continue
+        try:
+            tree = ast.parse(data, filename=arc)
+        except SyntaxError as e:
+            raise UserError(f"{source / arc}: line {e.lineno}: invalid Python ({e.msg}); fix it") from None
+        missing = sorted(_imported(tree) & modules.keys())
+        if missing:
+            raise UserError(f"{source / arc}: imports {missing[0]}, but {modules[missing[0]]} is left out of the"
+                            f" package (.difyignore, or tests/ and caches); ship it or drop the import")
+
+
 def _path(rel: str, repo: Path | None) -> Path:
     return repo / rel if repo is not None else shipped(rel)
 
@@ -185,7 +224,9 @@ def stage(pkg: Package, repo: Path | None = None, version: str | None = None) ->
     if not manifest.is_file() or not source.is_dir():
         raise UserError(f"{manifest if not manifest.is_file() else source}: plugin sources not found; "
                         f"reinstall steam-persona (they are part of the package) or restore the file")
-    files = {rel: (source / rel).read_bytes() for rel in source_files(source)[0]}
+    shipped_files, left_out = source_files(source)
+    files = {rel: (source / rel).read_bytes() for rel in shipped_files}
+    _check_imports(files, left_out, source)
     for arc, src in pkg.extra:
         f = _path(src, repo)
         if not f.is_file():
@@ -221,8 +262,12 @@ def _i18n(value: Any, where: str) -> None:
 
 def _asset(files: dict[str, bytes], icon: Any, where: str) -> None:
     name = icon.get("en_US") if isinstance(icon, dict) else icon
-    if not name or f"_assets/{name}" not in files:
-        raise UserError(f"{where}: icon {name!r} is not in _assets/; add the file or fix the name")
+    if name and f"_assets/{name}" in files:
+        return
+    if name and str(name).rsplit(".", 1)[-1].lower() not in IMAGE_TYPES:
+        raise UserError(f"{where}: icon {name!r} is not an image type Dify shows ({', '.join(IMAGE_TYPES)});"
+                        f" convert it or fix the name")
+    raise UserError(f"{where}: icon {name!r} is not in _assets/; add the file or fix the name")
 
 
 def validate(files: dict[str, bytes], label: str = "plugin") -> dict:

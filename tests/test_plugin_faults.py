@@ -34,6 +34,15 @@ def _chunk(text: str) -> bytes:
     return f"data: {json.dumps(event)}\n\n".encode()
 
 
+def _event(choices: list) -> dict:
+    return {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices}
+
+
+def _finish() -> bytes:
+    return f"data: {json.dumps(_event([{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]))}\n\n".encode()
+
+
+CLOSED: list[float] = []  # when the fake saw a client close a "watch" connection (time.monotonic())
 COMPLETION = {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "usage":
               {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
               "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
@@ -66,6 +75,11 @@ class FakeServer(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def do_GET(self) -> None:
+        if self.path.endswith(("/health", "/props")):
+            if self.path.startswith("/hang"):  # a proxy that stalls on paths it does not know
+                time.sleep(STALL_S)
+            self._send(200, json.dumps({"n_ctx": "2048"}).encode())  # n_ctx as text
+            return
         self._send(200, json.dumps({"object": "list", "data": [{"id": "m"}]}).encode())
 
     def do_POST(self) -> None:
@@ -98,6 +112,43 @@ class FakeServer(BaseHTTPRequestHandler):
         self._write(_chunk("tok ") + f"data: {json.dumps({'error': error})}\n\n".encode())
         self.close_connection = True
 
+    def mode_errfail(self) -> None:  # an error event without code or type, after HTTP 200
+        self._stream_start()
+        self._write(_chunk("tok ") + f"data: {json.dumps({'error': {'message': 'out of memory'}})}\n\n".encode())
+        self.close_connection = True
+
+    def mode_nodone(self) -> None:  # complete (finish_reason, usage) but no data: [DONE]
+        self._stream_start()
+        self._write(_chunk("hi") + _finish() + b"data: " + json.dumps({**_event([]), "usage": COMPLETION["usage"]})
+                    .encode() + b"\n\n")
+        self.close_connection = True
+
+    def mode_ssefull(self) -> None:  # valid SSE: event/id/retry fields, comments, CRLF, a data field split in two
+        self._stream_start()
+        first = json.dumps(_event([{"index": 0, "delta": {"content": "h"}, "finish_reason": None}]), indent=1)
+        lines = ["retry: 1000", ": hello", "event: message", "id: 1", *("data: " + x for x in first.split("\n")), "",
+                 "event: message", "id: 2", "data:" + _finish()[6:].decode().strip(), "", "data: [DONE]", "", ""]
+        body = "\r\n".join(lines).encode()
+        for i in range(0, len(body), 7):  # small pieces: CRLF pairs split across reads too
+            self._write(body[i:i + 7])
+
+    def mode_watch(self) -> None:  # a stream that stalls; records when the client closed the connection
+        self._stream_start()
+        self._write(_chunk("tok "))
+        self._until_closed()
+
+    def mode_watchslow(self) -> None:  # a reply that never starts (a long prompt); records the client's close
+        self._until_closed()
+
+    def _until_closed(self) -> None:
+        self.connection.settimeout(STALL_S)
+        try:
+            self.connection.recv(1)
+        except OSError:
+            pass
+        CLOSED.append(time.monotonic())
+        self.close_connection = True
+
     def mode_html(self) -> None:
         self._send(200, b"<html><body>proxy login</body></html>", "text/html")
 
@@ -128,6 +179,9 @@ class FakeServer(BaseHTTPRequestHandler):
 
     def mode_busy(self) -> None:
         self._send(429, json.dumps({"error": {"message": "too many requests"}}).encode())
+
+    def mode_hang(self) -> None:
+        self.mode_json()
 
     def mode_nomodel(self) -> None:  # what vLLM answers for an unknown model
         self._send(404, json.dumps({"error": {"message": "The model `x` does not exist."}}).encode())
@@ -169,15 +223,24 @@ def invoke(chat, fake: str, mode: str, stream: bool = True, **creds):
                         timeout=STALL_S)
 
 
+def _closed_at(wait_s: float = 3.0) -> float | None:
+    """When the fake saw the client close a "watch" connection (its handler thread notices within ms)."""
+    end = time.monotonic() + wait_s
+    while not CLOSED and time.monotonic() < end:
+        time.sleep(0.05)
+    return CLOSED[0] if CLOSED else None
+
+
 def text_of(reply) -> str:
     return "".join(c["delta"]["message"]["content"] or "" for c in reply.result)
 
 
 @pytest.mark.parametrize("mode, error_type, words", [
-    ("cut", "InvokeServerUnavailableError", "stopped mid-reply (the stream ended without [DONE])"),
-    ("killed", "InvokeServerUnavailableError", "stopped mid-reply (ChunkedEncodingError"),
-    ("garbage", "InvokeServerUnavailableError", "sent a stream line that is not JSON: '{not json'"),
-    ("errevent", "InvokeBadRequestError", "(HTTP 400): context overflow mid-stream"),
+    ("cut", "InvokeServerUnavailableError", "stopped mid-reply (the stream ended without [DONE] or a finish_reason)"),
+    ("killed", "InvokeServerUnavailableError", "stopped mid-reply (ProtocolError"),
+    ("garbage", "InvokeServerUnavailableError", "sent a stream event that is not JSON: '{not json'"),
+    ("errevent", "InvokeBadRequestError", "refused the request mid-reply: context overflow mid-stream"),
+    ("errfail", "InvokeServerUnavailableError", "failed mid-reply: out of memory"),
     ("html", "InvokeServerUnavailableError", "answered text/html, not an event stream"),
     ("busy", "InvokeRateLimitError", "the server is busy (HTTP 429): too many requests"),
 ])
@@ -185,8 +248,10 @@ def test_broken_streams_are_invoke_errors_never_a_quiet_success(chat, fake, mode
     reply = invoke(chat, fake, mode)
     assert reply.error is not None, f"{mode}: reported as success with {text_of(reply)!r}"
     assert reply.error["error_type"] == error_type and words in reply.error["message"], reply.error
-    assert "\n" not in reply.error["message"]
+    assert "\n" not in reply.error["message"] and "HTTP 500" not in reply.error["message"]
     assert not [c for c in reply.result if c["delta"].get("finish_reason")]  # no final chunk was sent
+    if mode != "busy":  # the server was reached: no question whether it runs, no Docker advice
+        assert "is `steam-train serve` running" not in reply.error["message"], reply.error
 
 
 def test_a_json_answer_to_a_stream_request_keeps_its_text(chat, fake):
@@ -207,20 +272,54 @@ def test_blocking_answers_that_are_no_completion(chat, fake, mode, error_type, w
     assert "must be the API base" not in reply.error["message"]  # a wrong model is no wrong path
 
 
+@pytest.mark.parametrize("mode", ["nodone", "ssefull"])
+def test_complete_streams_in_any_valid_sse_form_keep_their_text(chat, fake, mode):
+    reply = invoke(chat, fake, mode)
+    assert reply.error is None, reply.error
+    assert (text_of(reply), reply.result[-1]["delta"]["finish_reason"]) == ("hi" if mode == "nodone" else "h", "stop")
+
+
 @pytest.mark.parametrize("mode, stream", [("stall", True), ("trickle", True), ("slow", False)])
 def test_request_timeout_bounds_the_whole_invoke(chat, fake, mode, stream):
     reply = invoke(chat, fake, mode, stream=stream, request_timeout=str(TIMEOUT_S))
     assert reply.error["error_type"] == "InvokeServerUnavailableError", reply.error
-    assert f"within {TIMEOUT_S} s (the request_timeout setting)" in reply.error["message"]
+    assert f"within {TIMEOUT_S} s; raise the request_timeout setting" in reply.error["message"]
+    assert "Docker" not in reply.error["message"] and "running there" not in reply.error["message"]
     assert TIMEOUT_S <= reply.seconds < TIMEOUT_S + 3
+    if mode == "stall":  # its one event (no chunked transfer, 150 bytes) reached Dify as it came
+        assert text_of(reply) == "tok "
 
 
-def test_review_tool_is_bounded_by_request_timeout(review, fake):
-    creds = {"endpoint_url": f"{fake}/slow/v1", "request_timeout": str(TIMEOUT_S)}
+@pytest.mark.parametrize("mode, stream", [("watch", True), ("watchslow", True), ("watchslow", False)])
+def test_a_timed_out_invoke_closes_its_connection_so_the_server_stops(chat, fake, mode, stream):
+    CLOSED.clear()
+    start = time.monotonic()
+    reply = invoke(chat, fake, mode, stream=stream, request_timeout=str(TIMEOUT_S))
+    assert "raise the request_timeout setting" in reply.error["message"], reply.error
+    closed = _closed_at()
+    assert closed is not None and closed - start < TIMEOUT_S + 1.5, "the connection was left open"
+
+
+def test_saving_credentials_is_bounded_when_health_and_props_hang(chat, fake):
+    creds = {"endpoint_url": f"{fake}/hang/v1", "context_size": "4096"}
+    reply = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": creds}, timeout=STALL_S)
+    assert reply.error is None and reply.seconds < 3 + 2  # PROBE_TIMEOUT for /health and /props together
+    text_ctx = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": {
+        **creds, "endpoint_url": f"{fake}/json/v1"}})
+    assert "larger than the server's n_ctx 2048" in text_ctx.error["message"]  # n_ctx "2048" (text) is still read
+
+
+@pytest.mark.parametrize("mode", ["slow", "watchslow"])
+def test_review_tool_is_bounded_by_request_timeout(review, fake, mode):
+    CLOSED.clear()
+    creds = {"endpoint_url": f"{fake}/{mode}/v1", "request_timeout": str(TIMEOUT_S)}
     reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": creds,
                             "tool_parameters": {"game_name": "Celeste"}}, timeout=STALL_S)
-    assert reply.error["error_type"] == "ReviewError" and "did not answer in time" in reply.error["message"]
+    assert reply.error["error_type"] == "ReviewError", reply.error
+    assert reply.error["message"].endswith("did not finish its answer in time; raise the request_timeout setting")
     assert TIMEOUT_S <= reply.seconds < TIMEOUT_S + 3
+    if mode == "watchslow":  # the connection was closed, so the server can stop
+        assert _closed_at(), "the connection was left open"
 
 
 @pytest.mark.parametrize("field, value", [("context_size", "abc"), ("context_size", "-5"), ("context_size", ""),
@@ -230,9 +329,20 @@ def test_credentials_must_be_positive_whole_numbers(chat, fake, field, value):
     reply = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": creds})
     assert reply.error["error_type"] == "CredentialsValidateFailedError", reply.error
     assert reply.error["message"] == f"{field} must be a whole number of at least 1, not {value!r}"
+    if not value:  # (an empty context_size is the SDK's 4096 after saving)
+        return
+    # saved before this check existed: Dify's error types, never the plugin's own
     schema = chat.request({**CHAT, "action": "get_ai_model_schemas", "credentials": creds})
-    if field != "request_timeout" and value:  # (an empty context_size is the SDK's 4096 there)
-        assert "must be a whole number of at least 1" in schema.error["message"]
+    assert schema.error["error_type"] == "CredentialsValidateFailedError", schema.error
+    assert "must be a whole number of at least 1" in schema.error["message"]
+    counted = chat.request({**CHAT, "action": "get_llm_num_tokens", "credentials": creds, "tools": None,
+                            "prompt_messages": [{"role": "user", "content": "hi"}]})
+    answered = invoke(chat, fake, "json", **{field: value})
+    for reply in (counted, answered):  # (the SDK reads the schema before it counts or invokes)
+        assert reply.error["error_type"] in ("CredentialsValidateFailedError", "InvokeBadRequestError"), reply.error
+        assert reply.error["message"].endswith("open the model's settings in Dify and save them again")
+    key = invoke(chat, fake, "json", api_key="k19\nX")
+    assert key.error["error_type"] == "InvokeAuthorizationError", key.error
 
 
 def test_an_api_key_with_invisible_or_foreign_characters(chat, review, fake):
@@ -280,7 +390,8 @@ def test_document_and_audio_attachments_are_refused_not_dropped(chat, fake, part
                           "prompt_messages": [{"role": "user", "content": content}], "model_parameters": {},
                           "stop": None, "tools": None, "stream": False})
     assert reply.error["error_type"] == "InvokeBadRequestError"
-    assert f"message 0 has a {part['type']} attachment, and this model reads text only" in reply.error["message"]
+    article = "an" if part["type"] == "audio" else "a"
+    assert f"message 0 has {article} {part['type']} attachment, and this model reads text only" in reply.error["message"]
 
 
 def test_num_tokens_fallback_counts_a_persona_and_is_bounded(chat, fake):

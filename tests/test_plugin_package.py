@@ -120,29 +120,50 @@ def test_same_sources_same_bytes(built, tmp_path):
         assert hashlib.sha256(again[key].read_bytes()).digest() == hashlib.sha256(built[key].read_bytes()).digest()
 
 
-def test_only_plugin_files_are_shipped(tmp_path):
+def _repo_copy(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     for rel in ("manifest.yaml", "common/persona.py", "plugin"):
         src, dst = shipped(rel), repo / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
+    return repo
+
+
+def test_only_plugin_files_are_shipped(tmp_path):
+    repo = _repo_copy(tmp_path)
     chat = repo / "plugin/chat"
     planted = {".env": "REMOTE_INSTALL_KEY=secret", ".env.local": "API_KEY=abc", "secrets.txt": "k17",
-               "notes.md": "x", "debug.log": "x", "provider/client.pem": "x", "provider/api_secret.py": "x",
+               "notes.md": "x", "debug.log": "x", "provider/client.pem": "x", "tools/x.key": "x",
                "models/llm/__pycache__/llm.cpython-312.pyc": "x", "tests/test_x.py": "x", "build/x.py": "x"}
     for rel, text in planted.items():
         (chat / rel).parent.mkdir(parents=True, exist_ok=True)
         (chat / rel).write_text(text)
-    (chat / "provider/helper.py").write_text("x")  # a new module of the plugin's own kind ships
+    own = ["provider/helper.py", "helpers.py", "models/llm/sub/extra.py", "provider/api_secret.py",
+           "tools/secret_santa.py", "readme/README_zh_Hans.md", "_assets/logo.jpg", "_assets/dark/icon.webp"]
+    for rel in own:  # the plugin's own code and data: every module it may import, translations, images
+        (chat / rel).parent.mkdir(parents=True, exist_ok=True)
+        (chat / rel).write_text("x")
     files = stage(PACKAGES[0], repo)
-    assert sorted(files) == ['.env.example', 'PRIVACY.md', 'README.md', '_assets/icon.svg', 'main.py', 'manifest.yaml',
-                             'models/llm/llm.py', 'persona.py', 'provider/helper.py', 'provider/steam_persona.py',
-                             'provider/steam_persona.yaml', 'pyproject.toml', 'requirements.txt', 'server_client.py',
-                             'uv.lock']
+    assert sorted(files) == sorted(own + [
+        '.env.example', 'PRIVACY.md', 'README.md', '_assets/icon.svg', 'main.py', 'manifest.yaml', 'models/llm/llm.py',
+        'persona.py', 'provider/steam_persona.py', 'provider/steam_persona.yaml', 'pyproject.toml',
+        'requirements.txt', 'server_client.py', 'uv.lock'])
     (chat / ".difyignore").write_text("provider/helper.py\n")  # .difyignore still takes files out
     assert "provider/helper.py" not in stage(PACKAGES[0], repo)
     left_out = source_files(chat)[1]
     assert set(planted) - {"models/llm/__pycache__/llm.cpython-312.pyc"} <= set(left_out)
+
+
+def test_a_module_the_code_imports_must_not_be_left_out(tmp_path):
+    repo = _repo_copy(tmp_path)
+    review = repo / "plugin/review"
+    (review / "helpers.py").write_text("X = 1\n")
+    tool = review / "tools/write_steam_review.py"
+    tool.write_text(tool.read_text() + "\nfrom helpers import X\n")
+    assert "helpers.py" in stage(PACKAGES[1], repo)  # shipped: every .py
+    (review / ".difyignore").write_text("helpers.py\n")
+    with pytest.raises(UserError, match=r"write_steam_review.py: imports helpers, but helpers.py is left out"):
+        stage(PACKAGES[1], repo)
 
 
 @pytest.mark.parametrize("field,value,needle", [
@@ -196,6 +217,10 @@ def test_referenced_files_must_exist():
         validate({**files, "tools/write_steam_review.yaml": yaml.safe_dump(tool).encode()})
     with pytest.raises(UserError, match="_assets"):
         validate({k: v for k, v in _staged("chat").items() if not k.startswith("_assets/")})
+    jpg = _with_manifest({**_staged("chat"), "_assets/logo.jpg": b"x"}, icon="logo.jpg")
+    assert validate(jpg)["icon"] == "logo.jpg"  # an existing jpg is no missing icon
+    with pytest.raises(UserError, match=r"icon 'logo.bmp' is not an image type Dify shows \(svg, png"):
+        validate(_with_manifest(_staged("chat"), icon="logo.bmp"))  # (a .bmp is never shipped)
 
 
 def test_oversize_refused():

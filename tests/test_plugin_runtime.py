@@ -234,10 +234,14 @@ def test_response_format_json_object(chat, server):
     assert reply.result[0]["delta"]["message"]["content"].lstrip().startswith("{")
 
 
-def test_num_tokens_falls_back_when_server_is_down(chat, dead_url):
+def test_num_tokens_falls_back_when_server_is_down(chat, server, dead_url):
+    messages = [{"role": "user", "content": "hi"}]
     reply = chat.request({**CHAT, "action": "get_llm_num_tokens", "credentials": {"endpoint_url": dead_url},
-                          "prompt_messages": [{"role": "user", "content": "hello there"}], "tools": None})
-    assert reply.error is None and reply.result[0]["num_tokens"] > 0
+                          "prompt_messages": messages, "tools": None})
+    with_persona = [{"role": "system", "content": persona.DEFAULT_SYSTEM}, *messages]  # what an export's server adds
+    counted = server_reply(server, with_persona, max_tokens=1)["usage"]["prompt_tokens"]
+    # an estimate, leaning high (Dify trims histories by it): it was 102 for the server's 147
+    assert reply.error is None and counted <= reply.result[0]["num_tokens"] <= 1.25 * counted
 
 
 @pytest.mark.parametrize("case", ["wrong_key", "dead_port", "context_overflow"])
@@ -259,6 +263,16 @@ def test_invoke_errors_are_mapped(chat, server, dead_url, case):
         assert "maximum context length is 2048 tokens" in msg  # the server's own message
     if case == "dead_port":
         assert "host.docker.internal" in msg and reply.seconds < VALIDATE_BOUND_S
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_timed_out_invoke_stops_the_work_on_the_server(chat, server, stream):
+    count = [{"role": "user", "content": "Count from 1 to 2000, separated by commas: 1, 2, 3,"}]  # ~9 s of tokens
+    reply = invoke(chat, chat_creds(server, request_timeout="1"), count, stream=stream, max_tokens=1024)
+    assert "within 1 s; raise the request_timeout setting" in reply.error["message"], reply.error
+    start = time.monotonic()
+    assert server_reply(server, [{"role": "user", "content": "Hi"}], max_tokens=2)["choices"]
+    assert time.monotonic() - start < 3.0  # not queued behind the abandoned reply (before: 7.7 s when blocking)
 
 
 # -- review tool -----------------------------------------------------------------------------------

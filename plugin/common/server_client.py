@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import unicodedata
 from typing import Any, Iterable, Mapping
@@ -31,17 +32,25 @@ import httpx
 DEFAULT_ENDPOINT = "http://host.docker.internal:8000/v1"
 #: Seconds to wait for a TCP connection before calling the server unavailable.
 CONNECT_TIMEOUT = 5.0
-#: Seconds a credential check may wait for the server's answer (GET /models, one-token reply).
-VALIDATE_READ_TIMEOUT = 30.0
+#: Seconds a whole credential check may take, all its requests together (GET /models, a one-token
+#: reply, the n_ctx probe), plus up to :data:`CONNECT_TIMEOUT` to connect.
+VALIDATE_TIMEOUT = 15.0
+#: Seconds of :data:`VALIDATE_TIMEOUT` the optional n_ctx probe (GET /health, then /props) may use at most.
+PROBE_TIMEOUT = 3.0
 #: Seconds for a tokenize call; counting must never hold up a chat.
 TOKENIZE_TIMEOUT = 5.0
-#: Default total seconds one chat reply or review may take, request to last byte (the ``request_timeout``
-#: credential overrides it; CPU inference of a 7B model is slow); a server that stalls or trickles
-#: keep-alive comments fails after this.
-REQUEST_TIMEOUT = 300.0
+#: Default total seconds one chat reply or review may take, request to last byte, when the
+#: ``request_timeout`` credential is unset (credentials saved before it existed): generous, so that
+#: long CPU replies that worked under the old per-read limit still do; a server that stalls or
+#: trickles keep-alive comments fails after this.
+REQUEST_TIMEOUT = 3600.0
+#: Seconds one wait for the server's next bytes may take (the Dify SDK's own per-read limit).
+READ_TIMEOUT = 300.0
 #: Characters that paste invisibly with a copied key (zero-width space/joiners, word joiner, BOM).
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 
+_WHOLE = re.compile(r"([0-9]+)(?:\.0*)?")
+_KEY_WORDS = re.compile(r"api.?key|token|auth|credential|bearer", re.I)
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
@@ -135,8 +144,23 @@ def headers(api_key: str | None) -> dict[str, str]:
     return out
 
 
+def whole_number(value: Any) -> int | None:
+    """``value`` as a whole number: an int, a float without fraction (``2048.0``), or text of ASCII
+    digits with an optional ``.0`` fraction (``"2048"``, ``"2048.0"``); ``None`` for anything else,
+    including booleans, signs, ``_`` separators and non-ASCII digits (``"２０４８"``), which Python's
+    ``int()`` would take but a form field should not."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    match = _WHOLE.fullmatch(str(value if value is not None else "").strip())
+    return int(match.group(1)) if match else None
+
+
 def positive_int(name: str, value: Any, default: int | None = None) -> int:
-    """A credential that must be a whole number > 0 (Dify's text inputs send strings).
+    """A credential that must be a whole number > 0 (:func:`whole_number`; Dify's text inputs send strings).
 
     Raises:
         ServerError: (kind ``bad_request``) empty without a default, not a whole number, or < 1.
@@ -144,10 +168,7 @@ def positive_int(name: str, value: Any, default: int | None = None) -> int:
     text = str(value if value is not None else "").strip()
     if not text and default is not None:
         return default
-    try:
-        number = int(text)
-    except ValueError:
-        number = 0
+    number = whole_number(value) or 0
     if number < 1:
         raise ServerError(f"{name} must be a whole number of at least 1, not {value!r}", "bad_request")
     return number
@@ -183,9 +204,12 @@ def server_message(body: str) -> str:
 def error_for_status(status: int, body: str, url: str) -> ServerError:
     """Map an HTTP error status to a :class:`ServerError` with a one-line, actionable message."""
     msg = server_message(body)
-    if status in (401, 403):
+    if status == 401 or (status == 403 and _KEY_WORDS.search(msg)):
         return ServerError(f"the server at {url} rejected the API key (HTTP {status}); use the key the server"
                            f" was started with (steam-train serve --api_key), or none if it has none", "auth", status)
+    if status == 403:
+        return ServerError(f"{url} refused access (HTTP 403): {msg}; a proxy, firewall or IP allowlist between"
+                           f" Dify and the server may block it", "auth", status)
     if status == 404 and "model" not in msg.lower():
         return ServerError(f"{url} answered HTTP 404 ({msg}); the endpoint URL must be the API base that ends"
                            f" in /v1, e.g. {DEFAULT_ENDPOINT}", "bad_request", status)
@@ -197,13 +221,17 @@ def error_for_status(status: int, body: str, url: str) -> ServerError:
 
 
 def error_event(error: Any, url: str) -> ServerError:
-    """Map an error sent inside a stream (``data: {"error": {"message", "code", "type"}}``) as its
-    HTTP status would be: ``code`` when it is one, 400 for ``invalid_request_error``, else 500."""
+    """Map an error sent inside a stream (``data: {"error": {"message", "code", "type"}}``, after
+    HTTP 200) as its ``code`` would be when that is an HTTP status; else ``invalid_request_error``
+    → ``bad_request`` and anything else → ``server``, with a message that claims no HTTP status."""
     err = error if isinstance(error, dict) else {"message": str(error)}
     code = err.get("code")
-    status = code if isinstance(code, int) and 400 <= code < 600 else (
-        400 if "invalid_request" in str(err.get("type", "")) else 500)
-    return error_for_status(status, json.dumps({"error": err}, ensure_ascii=False), url)
+    if isinstance(code, int) and 400 <= code < 600:
+        return error_for_status(code, json.dumps({"error": err}, ensure_ascii=False), url)
+    msg = server_message(json.dumps({"error": err}, ensure_ascii=False))
+    if "invalid_request" in str(err.get("type", "")):
+        return ServerError(f"the server refused the request mid-reply: {msg}", "bad_request")
+    return ServerError(f"the server at {url} failed mid-reply: {msg}", "server")
 
 
 def unavailable_message(url: str, what: str) -> str:
@@ -211,8 +239,13 @@ def unavailable_message(url: str, what: str) -> str:
     return f"the model server at {url} {what}; is `steam-train serve` running there?" + docker_hint(url)
 
 
-def error_for_exception(exc: Exception, url: str) -> ServerError:
-    """Map an httpx transport error (refused, timeout, DNS) to a ``kind="unavailable"`` :class:`ServerError`."""
+def error_for_exception(exc: Exception, url: str, setting: str = "") -> ServerError:
+    """Map an httpx transport error (refused, timeout, DNS) to a ``kind="unavailable"`` :class:`ServerError`;
+    a timeout after the connection was made names ``setting``, the one to raise, and asks nothing
+    about the server running (it was reached)."""
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return ServerError(f"the server at {url} did not finish its answer in time"
+                           + (f"; raise the {setting} setting" if setting else ""), "unavailable")
     if isinstance(exc, httpx.TimeoutException):
         what = "did not answer in time"
     elif "SSL" in str(exc) or "TLS" in str(exc):
@@ -231,11 +264,15 @@ def is_on(value: Any) -> bool:
 
 
 def _request(method: str, url: str, api_key: str | None, *, json_body: Any = None,
-             read_timeout: float) -> httpx.Response:
+             read_timeout: float, setting: str = "") -> httpx.Response:
     """One request whose whole answer must arrive within ``read_timeout`` seconds (plus the connect
-    timeout): httpx's read timeout bounds each gap only, so the body is read piecewise against a deadline."""
+    timeout, at most as long): httpx's read timeout bounds each gap only, so the body is read
+    piecewise against a deadline, and the connection is closed when it passes (the server then
+    stops the work). ``setting``: the credential a timeout message tells to raise."""
     deadline = time.monotonic() + read_timeout
-    timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout, write=read_timeout, pool=CONNECT_TIMEOUT)
+    gap = min(read_timeout, READ_TIMEOUT)
+    timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT, read_timeout), read=gap, write=gap,
+                            pool=min(CONNECT_TIMEOUT, read_timeout))
     try:
         with httpx.stream(method, url, headers=headers(api_key), json=json_body, timeout=timeout) as response:
             raw = bytearray()
@@ -247,7 +284,7 @@ def _request(method: str, url: str, api_key: str | None, *, json_body: Any = Non
                                   request=response.request)
         response.read()  # decodes gzip/deflate as the headers say
     except httpx.HTTPError as e:
-        raise error_for_exception(e, url) from None
+        raise error_for_exception(e, url, setting) from None
     if response.status_code >= 400:
         raise error_for_status(response.status_code, response.text, url)
     return response
@@ -265,8 +302,7 @@ def _json(response: httpx.Response) -> dict:
     return data
 
 
-def list_models(endpoint_url: str, api_key: str | None = None,
-                read_timeout: float = VALIDATE_READ_TIMEOUT) -> list[str]:
+def list_models(endpoint_url: str, api_key: str | None = None, read_timeout: float = VALIDATE_TIMEOUT) -> list[str]:
     """``GET {base}/models``: the ids the server serves. Checks reachability and the API key.
 
     Raises:
@@ -278,13 +314,14 @@ def list_models(endpoint_url: str, api_key: str | None = None,
 
 
 def chat_completion(endpoint_url: str, api_key: str | None, messages: list[dict], *, model: str | None = None,
-                    read_timeout: float = REQUEST_TIMEOUT, **params: Any) -> dict:
+                    read_timeout: float = REQUEST_TIMEOUT, setting: str = "request_timeout", **params: Any) -> dict:
     """``POST {base}/chat/completions`` without streaming; returns the OpenAI response object.
 
     Args:
         messages: OpenAI chat messages; list-of-parts contents are flattened (:func:`prepare_messages`).
         model: the model id as the server calls it; ``None`` lets a one-model server pick its own.
         read_timeout: seconds the whole answer may take (CPU inference of a 7B model is slow).
+        setting: the credential a timeout message tells to raise.
         params: OpenAI fields (``max_tokens``, ``temperature``, ``seed``, ``stop`` …); ``None`` values are dropped.
 
     Raises:
@@ -295,45 +332,51 @@ def chat_completion(endpoint_url: str, api_key: str | None, messages: list[dict]
     if model:
         body["model"] = model
     body.update({k: v for k, v in params.items() if v is not None})
-    data = _json(_request("POST", f"{base}/chat/completions", api_key, json_body=body, read_timeout=read_timeout))
+    data = _json(_request("POST", f"{base}/chat/completions", api_key, json_body=body, read_timeout=read_timeout,
+                          setting=setting))
     if not data.get("choices"):
         raise ServerError(f"{base}/chat/completions answered without choices: {str(data)[:200]}", "server", 200)
     return data
 
 
 def validate(endpoint_url: str, api_key: str | None = None, model: str | None = None,
-             read_timeout: float = VALIDATE_READ_TIMEOUT) -> dict:
-    """Check that the server is reachable, accepts the key and answers a one-token chat.
-
-    Bounded: at most :data:`CONNECT_TIMEOUT` to connect and ``read_timeout`` per answer.
+             seconds: float = VALIDATE_TIMEOUT) -> dict:
+    """Check that the server is reachable, accepts the key and answers a one-token chat, and read
+    its ``n_ctx`` (:func:`server_n_ctx`), all within ``seconds`` together.
 
     Returns:
-        ``{"models": [...], "model": id the server answered with}``.
+        ``{"models": [...], "model": id the server answered with, "n_ctx": int or None}``.
 
     Raises:
         ServerError: with a one-line message (Docker hint for localhost URLs).
     """
-    models = list_models(endpoint_url, api_key, read_timeout=read_timeout)
+    end = time.monotonic() + seconds
+    models = list_models(endpoint_url, api_key, read_timeout=seconds)
     reply = chat_completion(endpoint_url, api_key, [{"role": "user", "content": "ping"}], model=model,
-                            max_tokens=1, read_timeout=read_timeout)
-    return {"models": models, "model": reply.get("model") or model or (models[0] if models else "")}
+                            max_tokens=1, read_timeout=max(0.1, end - time.monotonic()), setting="")
+    n_ctx = server_n_ctx(endpoint_url, api_key, min(PROBE_TIMEOUT, end - time.monotonic()))
+    return {"models": models, "model": reply.get("model") or model or (models[0] if models else ""), "n_ctx": n_ctx}
 
 
-def server_n_ctx(endpoint_url: str, api_key: str | None = None,
-                 read_timeout: float = VALIDATE_READ_TIMEOUT) -> int | None:
+def server_n_ctx(endpoint_url: str, api_key: str | None = None, seconds: float = PROBE_TIMEOUT) -> int | None:
     """The context size the server really runs with: ``n_ctx`` of ``GET /health`` (``steam-train
     serve``), else ``default_generation_settings.n_ctx`` of ``GET /props`` (llama.cpp's
-    ``llama-server``); ``None`` when the server reports neither (vLLM, Ollama) or cannot be asked."""
-    root = server_root(endpoint_url)
+    ``llama-server``), an int or whole-number text; ``None`` when the server reports neither (vLLM,
+    Ollama) or cannot be asked within ``seconds`` (both requests together)."""
+    root, end = server_root(endpoint_url), time.monotonic() + seconds
     for path, keys in (("/health", ("n_ctx",)), ("/props", ("default_generation_settings", "n_ctx"))):
+        left = end - time.monotonic()
+        if left < 0.1:
+            return None
         try:
-            value: Any = _json(_request("GET", root + path, api_key, read_timeout=read_timeout))
+            value: Any = _json(_request("GET", root + path, api_key, read_timeout=left))
         except ServerError:
             continue
         for key in keys:
             value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, int) and value > 0:
-            return value
+        number = whole_number(value)
+        if number is not None and number > 0:
+            return number
     return None
 
 
@@ -421,10 +464,13 @@ def count_chat_tokens(endpoint_url: str, api_key: str | None, messages: list[dic
 
 
 def estimate_tokens(text: str) -> int:
-    """Offline estimate when no tokenizer is at hand: one token per CJK character, one per four
-    other characters (the usual BPE rule of thumb for English, from OpenAI's tokenizer guide)."""
+    """An estimate, leaning high, for when no tokenizer is at hand: two tokens per CJK character (a
+    byte-level BPE without Chinese merges, such as SmolLM2's, takes about that; Qwen's takes fewer)
+    and one per four other characters (the BPE rule of thumb for English, from OpenAI's tokenizer
+    guide). High rather than low, because Dify trims histories by it and too low a count ends in
+    a context overflow."""
     cjk = sum(1 for ch in text if unicodedata.east_asian_width(ch) in ("W", "F"))
-    return cjk + math.ceil((len(text) - cjk) / 4)
+    return 2 * cjk + math.ceil((len(text) - cjk) / 4)
 
 
 def completion_text(response: Mapping[str, Any]) -> str:

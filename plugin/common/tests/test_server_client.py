@@ -26,13 +26,16 @@ def test_messages_and_counting():
     assert sc.prepare_messages([{"role": "user", "content": "hi"}], system="S")[0] == {"role": "system", "content": "S"}
     assert len(sc.prepare_messages([{"role": "system", "content": "T"}], system="S")) == 1
     assert sc.render_chatml([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    assert sc.estimate_tokens("你好abcd") == 3
+    assert sc.estimate_tokens("你好abcd") == 5
 
 
 def test_errors_and_switches():
     err = sc.error_for_status(400, '{"error": {"message": "This model\'s maximum context length is 2048 tokens."}}', "u")
     assert (err.kind, err.status) == ("bad_request", 400) and "maximum context length is 2048" in str(err)
     assert sc.error_for_status(401, "", "u").kind == "auth"
+    assert "rejected the API key (HTTP 403)" in str(sc.error_for_status(403, '{"detail": "Invalid API key"}', "u"))
+    waf = sc.error_for_status(403, "<html>Request blocked</html>", "u")
+    assert "API key" not in str(waf) and "proxy, firewall or IP allowlist" in str(waf)
     assert sc.error_for_status(503, "busy", "u").kind == "server"
     assert [sc.is_on(v) for v in ("enabled", "true", True, "disabled", None, "")] == [True, True, True, False, False, False]
 
@@ -45,6 +48,7 @@ def test_status_kinds_and_404_advice():
     assert sc.error_event({"message": "overflow", "type": "invalid_request_error"}, "u").kind == "bad_request"
     assert sc.error_event({"message": "boom", "code": 503}, "u").status == 503
     assert sc.error_event("oops", "u").kind == "server"
+    assert "HTTP" not in str(sc.error_event({"message": "context overflow"}, "u"))  # it came after HTTP 200
 
 
 def test_api_key_and_numbers_from_the_form():
@@ -55,7 +59,8 @@ def test_api_key_and_numbers_from_the_form():
             sc.headers(bad)
         assert e.value.kind == "auth" and bad not in str(e.value)
     assert sc.positive_int("n", " 12 ") == 12 and sc.positive_int("n", "", 7) == 7
-    for bad in ("abc", "-5", "0", "", None, "1.5"):
+    assert [sc.positive_int("n", v) for v in (2048.0, "2048.0", " 2048 ", 2048)] == [2048] * 4
+    for bad in ("abc", "-5", "0", "", None, "1.5", 1.5, True, "+2048", "2_048", "２０４８", "inf", "1e3"):
         with pytest.raises(sc.ServerError, match="n must be a whole number of at least 1"):
             sc.positive_int("n", bad)
     assert sc.request_timeout({}) == sc.REQUEST_TIMEOUT and sc.request_timeout({"request_timeout": "9"}) == 9.0

@@ -60,15 +60,13 @@ def test_max_tokens_default_and_range(value, expected):
     assert _max_tokens(None, "short") == 200
 
 
-@pytest.mark.parametrize("value", [0, -1, 4097, 99999, "abc"])
+@pytest.mark.parametrize("value", [0, -1, 4097, 99999, "abc", "inf", float("inf"), True, "nan"])
 def test_max_tokens_outside_the_yaml_range_is_refused(value):
     with pytest.raises(ReviewError, match="max_tokens must be"):
         _max_tokens(value, "auto")
 
 
-@pytest.mark.parametrize("asked, review, verdict", [
-    ("recommend", "Meh.", "recommend"), ("auto", "Not recommended. It crashes.", "not_recommend"),
-    ("auto", "**Recommended** — great.", "recommend"), ("auto", "不推荐，太肝了。", "not_recommend"),
-    ("auto", "推荐！", "recommend"), ("auto", "A fine game.", None)])
-def test_json_verdict_is_what_the_review_concluded(asked, review, verdict):
-    assert _verdict_of(asked, review) == verdict
+@pytest.mark.parametrize("asked, verdict", [("recommend", "recommend"), ("not recommend", "not_recommend"),
+                                            ("auto", None), (None, None)])
+def test_json_verdict_is_only_the_one_asked_for(asked, verdict):
+    assert _verdict_of(asked) == verdict  # never guessed: "推荐指数：1/10，千万别买" opens with 推荐

@@ -76,8 +76,8 @@ def write_review(credentials: Mapping[str, Any], game_name: Any, tags: Any = Non
 
     Returns:
         ``{"game", "verdict", "review", "model", "usage"}`` — ``game`` cleaned (no 《》/™),
-        ``verdict`` ``recommend``/``not_recommend``: the one asked for, else the one the review opens
-        with (the key is absent when it opens with neither); ``usage`` the server's OpenAI usage object.
+        ``verdict`` ``recommend``/``not_recommend``: the one asked for (the key is absent for ``auto``);
+        ``usage`` the server's OpenAI usage object.
         The whole call is bounded by the ``request_timeout`` credential (:func:`server_client.request_timeout`).
 
     Raises:
@@ -100,7 +100,7 @@ def write_review(credentials: Mapping[str, Any], game_name: Any, tags: Any = Non
     except server_client.ServerError as e:
         raise ReviewError(str(e)) from None
     review = server_client.completion_text(response)
-    result = {"game": persona.clean_game_name(str(game_name)), "verdict": _verdict_of(verdict, review),
+    result = {"game": persona.clean_game_name(str(game_name)), "verdict": _verdict_of(verdict),
               "review": review, "model": response.get("model") or credentials.get("model") or "",
               "usage": response.get("usage") or {}}
     if result["verdict"] is None:
@@ -117,24 +117,21 @@ def _max_tokens(max_tokens: Any, length: str) -> int:
     if max_tokens in (None, ""):
         return MAX_TOKENS_BY_LENGTH.get(length, MAX_TOKENS_BY_LENGTH["medium"])
     try:
+        if isinstance(max_tokens, bool):
+            raise TypeError
         limit = int(float(max_tokens))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ReviewError(f"max_tokens must be a whole number of tokens, not {max_tokens!r}") from None
     if not 1 <= limit <= MAX_TOKENS_LIMIT:
         raise ReviewError(f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, not {limit}")
     return limit
 
 
-def _verdict_of(asked: Any, review: str) -> str | None:
-    """The verdict for the JSON result: the one asked for; with ``auto``, the one the review opens
-    with (a word of :data:`persona.VERDICT_WORDS`, as Steam reviews and the examples do), else ``None``."""
+def _verdict_of(asked: Any) -> str | None:
+    """The verdict for the JSON result: the one asked for; ``None`` with ``auto`` (a guess from the
+    review's words could state the opposite of what it says, e.g. "推荐指数：1/10，千万别买")."""
     v = _choice("verdict", asked, VERDICTS, "auto")
-    if v != "auto":
-        return v
-    opening = review.lstrip(" \t\n*#【[「『\"'").lower()
-    words = sorted(((w.lower(), ok) for lang in persona.VERDICT_WORDS.values() for ok, w in lang.items()),
-                   key=lambda p: -len(p[0]))  # "不推荐" before "推荐", "not recommended" before "recommended"
-    return next(("recommend" if ok else "not_recommend" for w, ok in words if opening.startswith(w)), None)
+    return None if v == "auto" else v
 
 
 def check_credentials(credentials: Mapping[str, Any]) -> list[str]:

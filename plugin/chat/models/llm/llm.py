@@ -1,6 +1,6 @@
 """The chat model: the SDK's OpenAI-compatible LLM, adapted to the persona's server.
 
-HTTP, SSE parsing and chunking are the SDK's (``OAICompatLargeLanguageModel``). What we add:
+HTTP and chunking are the SDK's (``OAICompatLargeLanguageModel``). What we add:
 
 * ``stream_options.include_usage`` on streamed requests (the SDK does not ask for it), and, for
   servers that ignore it (llama-cpp-python 0.3.36), usage counted with the server's tokenizer over
@@ -8,12 +8,15 @@ HTTP, SSE parsing and chunking are the SDK's (``OAICompatLargeLanguageModel``). 
   internet access to fetch the GPT-2 vocabulary);
 * list-of-text-parts contents flattened to strings (some chat templates crash on lists);
 * the optional persona system prompt when a conversation has none;
+* streams read as server-sent events by the standard (:func:`sse_data`: CRLF, ``event:``/``id:``
+  lines, multi-line data), which the SDK's split on blank lines is not;
 * errors mapped to Dify's invoke errors, one line each: refused, timed out, cut mid-reply, or an
-  answer that is no completion (HTML, a non-JSON line, a stream ended before ``[DONE]``) → server
-  unavailable; 401 → authorization; 429 → rate limit; 400 (e.g. context overflow) → bad request
-  with the server's message;
+  answer that is no completion (HTML, a non-JSON event, a stream ended before ``[DONE]`` and any
+  ``finish_reason``) → server unavailable; 401 → authorization; 429 → rate limit; 400 (e.g.
+  context overflow) → bad request with the server's message; bad saved credentials → Dify's
+  credential / authorization errors;
 * one total deadline per invoke (the ``request_timeout`` credential), which requests' per-read
-  timeout cannot give;
+  timeout cannot give; when it passes, the connection is shut so the server stops the reply;
 * tool results in the history sent as text, document/audio attachments refused;
 * credential validation bounded in time, with the Docker networking hint for localhost URLs, whole
   numbers checked and ``context_size`` held against the server's ``n_ctx``;
@@ -30,9 +33,10 @@ import json
 import logging
 import queue
 import re
+import socket
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 
 import requests
 import urllib3
@@ -56,6 +60,7 @@ logger.setLevel(logging.INFO)
 logger.addHandler(plugin_logger_handler)
 
 #: The SDK reports a non-200 answer as InvokeError("API request failed with status code N: BODY").
+_EOL = re.compile(rb"\r\n|\r|\n")
 _SDK_STATUS = re.compile(r"status code (\d{3}):\s*(.*)", re.S)
 _ERROR_CLASS = {"auth": InvokeAuthorizationError, "bad_request": InvokeBadRequestError,
                 "rate_limit": InvokeRateLimitError, "unavailable": InvokeServerUnavailableError,
@@ -75,51 +80,156 @@ def _refuse_attachments(messages: list[PromptMessage]) -> None:
         for part in m.content if isinstance(m.content, list) else []:
             if part.type in (PromptMessageContentType.DOCUMENT, PromptMessageContentType.AUDIO):
                 raise InvokeBadRequestError(
-                    f"message {i} has a {part.type.value} attachment, and this model reads text only; turn off"
+                    f"message {i} has {'an' if part.type.value[0] in 'aeiou' else 'a'} {part.type.value} attachment, and this model reads text only; turn off"
                     f" file upload for it in Dify, or extract the text first (e.g. a Doc Extractor node)")
 
 
 def _transport_message(error: BaseException, url: str) -> str:
-    """One line for a requests/urllib3 failure: timed out, TLS refused (no Docker hint: the server
-    answered), unreachable, or cut mid-reply (killed, ``ChunkedEncodingError``)."""
+    """One line for a requests/urllib3 failure: TLS refused, unreachable (these two ask whether the
+    server runs, with the Docker hint for localhost), or, for a server that was reached, timed out
+    (naming the request_timeout setting) or cut mid-reply (killed, ``ChunkedEncodingError``)."""
     detail = " ".join(f"{type(error).__name__}: {error}".split())[:200]
     if isinstance(error, requests.exceptions.SSLError):
         return (f"the TLS handshake with {url} failed ({detail}); if the server speaks plain HTTP (steam-train"
                 f" serve does), use http://")
-    if isinstance(error, requests.exceptions.Timeout):
-        what = "did not answer in time"
-    elif isinstance(error, requests.exceptions.ConnectionError) and not isinstance(
-            error, requests.exceptions.ChunkedEncodingError):
-        what = f"cannot be reached ({detail})"
-    else:
-        what = f"stopped mid-reply ({detail})"
-    return server_client.unavailable_message(url, what)
+    if isinstance(error, requests.exceptions.ConnectTimeout) or (
+            isinstance(error, requests.exceptions.ConnectionError)
+            and not isinstance(error, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ReadTimeout))):
+        return server_client.unavailable_message(url, f"cannot be reached ({detail})")
+    if isinstance(error, (requests.exceptions.Timeout, urllib3.exceptions.ReadTimeoutError)):
+        return f"the server at {url} did not finish the reply in time; raise the request_timeout setting"
+    return f"the server at {url} stopped mid-reply ({detail})"
 
 
-def _checked_lines(lines: Iterator[str], url: str, deadline: float) -> Iterator[str]:
-    """Pass SSE lines on to the SDK's parser, raising :class:`server_client.ServerError` where the
-    parser would end quietly: past ``deadline`` (keep-alive comments included), a ``data:`` line
-    that is not JSON, an error event (``{"error": …}`` without choices), or the end of the body
-    before ``data: [DONE]`` (the stream terminator of OpenAI's API, llama.cpp, vLLM and Ollama)."""
-    for raw in lines:
-        if time.monotonic() > deadline:
-            raise server_client.ServerError(server_client.unavailable_message(url, "did not finish the reply in"
-                                            " time (the request_timeout setting)"), "unavailable")
-        line = (raw or "").strip()
-        data = line.removeprefix("data:").strip()
-        if data == "[DONE]":
+def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The ``data`` of each server-sent event in a byte stream, as the WHATWG HTML standard's "event
+    stream interpretation" reads it: lines end in CRLF, LF or CR; ``data:`` fields (one space after
+    the colon dropped) are joined by newlines; a blank line ends an event; ``event:``, ``id:``,
+    ``retry:`` and ``:`` comment lines are ignored. An event the body ends inside is still returned.
+
+    Why our own: the SDK splits on ``"\\n\\n"`` only (no CRLF, no multi-line events), and the plugin's
+    locked dependencies hold no SSE parser; this is the standard's few rules, nothing more.
+    """
+    buf, data = b"", []
+    for chunk in chunks:
+        buf += chunk
+        cut = len(buf) - 1 if buf.endswith(b"\r") else len(buf)  # a CR may be the first half of CRLF
+        *lines, rest = _EOL.split(buf[:cut])
+        buf = rest + buf[cut:]
+        for line in lines:
+            if not line:
+                if data:
+                    yield "\n".join(data)
+                data = []
+                continue
+            field, _, value = line.partition(b":")
+            if field == b"data":
+                data.append(value.removeprefix(b" ").decode("utf-8", "replace"))
+    if buf.rstrip(b"\r").startswith(b"data:"):
+        data.append(buf.rstrip(b"\r")[5:].removeprefix(b" ").decode("utf-8", "replace"))
+    if data:
+        yield "\n".join(data)
+
+
+def _arrived(response: requests.Response) -> Iterator[bytes]:
+    """A streamed body's bytes as they arrive (urllib3's ``read1``: what one socket read gives,
+    chunked transfer decoded), where requests' ``iter_content`` waits to fill fixed-size blocks
+    when the server sends no chunked transfer encoding."""
+    while data := response.raw.read1(65536):
+        yield data
+
+
+def _checked_events(chunks: Iterable[bytes], url: str, deadline: float) -> Iterator[str]:
+    """The stream's events as ``data: …`` lines for the SDK's parser, raising
+    :class:`server_client.ServerError` where the parser would end quietly: past ``deadline``
+    (keep-alive comments included), data that is not JSON, an error event (``{"error": …}``
+    without choices), or a body that ends before ``data: [DONE]`` (the terminator of OpenAI's
+    API, llama.cpp, vLLM and Ollama) and before any choice's ``finish_reason`` (a stream that
+    has its finish reason is complete)."""
+    def timed() -> Iterator[bytes]:
+        for chunk in chunks:
+            if time.monotonic() > deadline:
+                raise server_client.ServerError(f"the server at {url} did not finish the reply in time (raise the"
+                                                f" request_timeout setting)", "unavailable")
+            yield chunk
+
+    finished = False
+    for data in sse_data(timed()):
+        if data.strip() == "[DONE]":
             return
-        if line and not line.startswith(":"):
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise server_client.ServerError(f"the server at {url} sent a stream event that is not JSON:"
+                                            f" {data[:120]!r}", "server") from None
+        if isinstance(event, dict) and event.get("error") and event.get("choices") is None:
+            raise server_client.error_event(event["error"], url)
+        choices = event.get("choices") if isinstance(event, dict) else None
+        finished = finished or any(isinstance(c, dict) and c.get("finish_reason") for c in choices or [])
+        yield "data: " + data
+    if not finished:
+        raise server_client.ServerError(f"the server at {url} stopped mid-reply (the stream ended without"
+                                        f" [DONE] or a finish_reason)", "unavailable")
+
+
+class _Exchange:
+    """The HTTP exchange of one invoke (the SDK's ``requests.post``), so that its deadline ends it on
+    the server too: the socket is shut down, and ``steam-train serve`` / ``llama-server`` cancel a
+    task whose client left (docs/serving.md), instead of finishing it before the next request."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.response: requests.Response | None = None
+        self.ended = False
+
+    def keep(self, response: requests.Response, **_: object) -> requests.Response:
+        """requests' ``response`` hook: called when the headers arrive, before the body is read."""
+        self.response = response
+        if self.ended:
+            self.end()
+        return response
+
+    def end(self) -> None:
+        """Shut the socket down (this also wakes a thread blocked reading it); the reader closes it."""
+        self.ended = True
+        connection = getattr(getattr(self.response, "raw", None), "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
             try:
-                event = json.loads(data)
-            except ValueError:
-                raise server_client.ServerError(f"the server at {url} sent a stream line that is not JSON:"
-                                                f" {data[:120]!r}", "server") from None
-            if isinstance(event, dict) and event.get("error") and event.get("choices") is None:
-                raise server_client.error_event(event["error"], url)
-        yield raw
-    raise server_client.ServerError(server_client.unavailable_message(url, "stopped mid-reply (the stream ended"
-                                                                      " without [DONE])"), "unavailable")
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+_exchange = threading.local()  # .current: the _Exchange of the invoke this worker thread runs
+
+
+class _SdkRequests:
+    """What the SDK module sees as ``requests``: the same, except that ``post`` within an invoke
+    waits for the server's headers at most until the deadline (never longer than the SDK's own
+    per-read limit) and registers the response with the invoke's :class:`_Exchange`.
+
+    Why: the SDK calls the module-level ``requests.post`` with fixed timeouts and no hooks, and
+    overriding its ``_generate`` would copy it whole.
+    """
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(requests, name)
+
+    @staticmethod
+    def post(url: str, **kwargs: object) -> requests.Response:
+        exchange = getattr(_exchange, "current", None)
+        if exchange is None:
+            return requests.post(url, **kwargs)
+        left = exchange.deadline - time.monotonic()
+        if left <= 0:
+            raise requests.exceptions.ReadTimeout("the request_timeout passed before the request")
+        kwargs["timeout"] = (min(server_client.CONNECT_TIMEOUT, left), min(left + 0.2, server_client.READ_TIMEOUT))
+        kwargs["hooks"] = {"response": exchange.keep}
+        return requests.post(url, **kwargs)
+
+
+oai_llm.requests = _SdkRequests()
 
 
 class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
@@ -155,6 +265,24 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
             c.pop("endpoint_model_name", None)  # the SDK would send model "" instead of the Dify name
         return c
 
+    @classmethod
+    def _saved_credentials(cls, credentials: Mapping, check_url: bool = True,
+                           invalid: type[Exception] = InvokeBadRequestError) -> dict:
+        """:meth:`_credentials` plus ``request_timeout`` for a call with saved credentials (invoke,
+        schema, token count), whose failure is one of Dify's errors, as Dify's own model plugins raise.
+
+        Raises:
+            InvokeAuthorizationError: the saved API key cannot be sent.
+            invalid: a saved number or URL is invalid (saved before the check existed).
+        """
+        try:
+            c = cls._credentials(credentials, check_url)
+            server_client.request_timeout(c)
+            return c
+        except server_client.ServerError as e:
+            error_class = InvokeAuthorizationError if e.kind == "auth" else invalid
+            raise error_class(f"{e}; open the model's settings in Dify and save them again") from None
+
     @staticmethod
     def _with_persona(credentials: Mapping, prompt_messages: list[PromptMessage]) -> list[PromptMessage]:
         """Prepend :data:`persona.DEFAULT_SYSTEM` when the switch is on and no system turn exists."""
@@ -165,10 +293,9 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         return [SystemPromptMessage(content=persona.DEFAULT_SYSTEM), *prompt_messages]
 
     def validate_credentials(self, model: str, credentials: dict) -> None:
-        """Check the form's values, reachability, key and a one-token chat within bounded time
-        (:data:`server_client.CONNECT_TIMEOUT` + :data:`server_client.VALIDATE_READ_TIMEOUT` per
-        call), and that ``context_size`` fits the ``n_ctx`` the server reports
-        (:func:`server_client.server_n_ctx`; Dify trims history by it).
+        """Check the form's values, reachability, key and a one-token chat, and that ``context_size``
+        fits the ``n_ctx`` the server reports (:func:`server_client.server_n_ctx`; Dify trims history
+        by it), all within :data:`server_client.VALIDATE_TIMEOUT` seconds (:func:`server_client.validate`).
 
         Raises:
             CredentialsValidateFailedError: one line; for localhost URLs it explains Docker networking.
@@ -177,8 +304,8 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
             c = self._credentials(credentials)
             server_client.positive_int("context_size", credentials.get("context_size"))  # required
             server_client.request_timeout(c)
-            server_client.validate(c["endpoint_url"], c.get("api_key"), c.get("endpoint_model_name") or model)
-            n_ctx = server_client.server_n_ctx(c["endpoint_url"], c.get("api_key"))
+            n_ctx = server_client.validate(c["endpoint_url"], c.get("api_key"),
+                                           c.get("endpoint_model_name") or model)["n_ctx"]
         except server_client.ServerError as e:
             raise CredentialsValidateFailedError(str(e)) from None
         if n_ctx is not None and int(c["context_size"]) > n_ctx:
@@ -197,9 +324,10 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         ModelConfigConverter, the LLM node), where a text rule's string fails the daemon's list type.
 
         Raises:
-            server_client.ServerError: ``context_size`` or ``max_tokens_to_sample`` is not a whole number >= 1.
+            CredentialsValidateFailedError, InvokeAuthorizationError: see :meth:`_saved_credentials`.
         """
-        entity = super().get_customizable_model_schema(model, self._credentials(credentials, check_url=False))
+        entity = super().get_customizable_model_schema(model, self._saved_credentials(
+            credentials, check_url=False, invalid=CredentialsValidateFailedError))
         entity.parameter_rules += [
             ParameterRule(name="seed", type=ParameterType.INT, required=False, min=0,
                           label=I18nObject(en_US="Seed", zh_Hans="随机种子"),
@@ -225,32 +353,31 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         Raises:
             InvokeError subclasses: see :meth:`_map_error`; one line each.
         """
-        try:
-            c = self._credentials(credentials)
-            seconds = server_client.request_timeout(c)
-        except server_client.ServerError as e:
-            raise _ERROR_CLASS[e.kind](str(e)) from None
+        c = self._saved_credentials(credentials)
+        seconds = server_client.request_timeout(c)
         params = dict(model_parameters)
         if stream and server_client.is_on(c.get("stream_include_usage", "enabled")):
             params["stream_options"] = {"include_usage": True}
         messages = self._with_persona(c, prompt_messages)
         _refuse_attachments(messages)
         c[_DEADLINE] = time.monotonic() + seconds
+        exchange = _Exchange(c[_DEADLINE])
         call = functools.partial(super()._invoke, model, c, messages, params, tools, stop, stream, user)
         if stream:
-            return self._bounded(call, c["endpoint_url"], seconds)
-        results = self._bounded(lambda: iter([call()]), c["endpoint_url"], seconds)
+            return self._bounded(call, c["endpoint_url"], seconds, exchange)
+        results = self._bounded(lambda: iter([call()]), c["endpoint_url"], seconds, exchange)
         try:
             return next(results)
         finally:
             results.close()
 
-    def _bounded(self, produce: Callable[[], Iterator], url: str, seconds: float) -> Generator:
-        """Yield what ``produce()`` yields, computed in a daemon thread, for at most ``seconds`` in total.
+    def _bounded(self, produce: Callable[[], Iterator], url: str, seconds: float, exchange: _Exchange) -> Generator:
+        """Yield what ``produce()`` yields, computed in a daemon thread, for at most ``seconds`` in total
+        (until ``exchange.deadline``).
 
         Why a thread: requests (the SDK's HTTP) only bounds each socket read, so a server that stalls
-        or trickles bytes could hold a Dify run for ever. Past the deadline this raises and stops
-        waiting; the thread ends at its next line (:func:`_checked_lines`) or read timeout.
+        or trickles bytes could hold a Dify run for ever. Past the deadline this raises and ends the
+        HTTP exchange (:meth:`_Exchange.end`), so that the server stops generating and the thread ends.
 
         Raises:
             InvokeServerUnavailableError: not finished within ``seconds``; other errors via :meth:`_map_error`.
@@ -259,6 +386,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         gone = threading.Event()  # set when the reader stops listening (deadline, error, Dify closed the stream)
 
         def work() -> None:
+            _exchange.current = exchange
             try:
                 items = iter(produce())
                 for item in items:
@@ -269,29 +397,37 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
                 events.put((False, None))
             except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
                 events.put((False, e))
+            finally:
+                if exchange.response is not None:
+                    exchange.response.close()
 
         threading.Thread(target=work, daemon=True, name="steam-persona-invoke").start()
-        end = time.monotonic() + seconds
+        finished = False
         try:
             while True:
                 try:
-                    is_item, value = events.get(timeout=max(0.0, end - time.monotonic()))
+                    is_item, value = events.get(timeout=max(0.0, exchange.deadline - time.monotonic()))
                 except queue.Empty:
-                    what = f"did not finish the reply within {seconds:g} s (the request_timeout setting)"
-                    raise InvokeServerUnavailableError(server_client.unavailable_message(url, what)) from None
+                    raise InvokeServerUnavailableError(
+                        f"the server at {url} did not finish the reply within {seconds:g} s; raise the"
+                        f" request_timeout setting (the server was told to stop)") from None
                 if not is_item:
+                    finished = True
                     if value is not None:
                         raise self._map_error(value, url)
                     return
                 yield value
         finally:
             gone.set()
+            if not finished:  # the deadline, or Dify closed the stream: the server should stop too
+                exchange.end()
 
     def _handle_generate_stream_response(self, model: str, credentials: dict, response: requests.Response,
                                          prompt_messages: list[PromptMessage]) -> Generator:
         """The SDK's SSE parsing, guarded: a JSON answer (a server that ignores ``stream``) becomes
         one chunk; any other non-``text/event-stream`` answer, a non-JSON line, an error event, a
-        stream cut before ``[DONE]`` or past the deadline raises (see :func:`_checked_lines`)."""
+        stream cut before ``[DONE]`` and a finish reason, or past the deadline raises (see
+        :func:`_checked_events`)."""
         url = credentials["endpoint_url"]
         kind = response.headers.get("Content-Type", "")
         if "application/json" in kind:
@@ -301,8 +437,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
             raise server_client.ServerError(f"{url}/chat/completions answered {kind or 'no content type'}, not an"
                                             f" event stream: {response.text[:120]!r}; is the endpoint URL the"
                                             f" API base of an OpenAI-compatible server?", "server")
-        lines = response.iter_lines
-        response.iter_lines = lambda **kw: _checked_lines(lines(**kw), url, credentials[_DEADLINE])
+        response.iter_lines = lambda **kw: _checked_events(_arrived(response), url, credentials[_DEADLINE])
         yield from super()._handle_generate_stream_response(model, credentials, response, prompt_messages)
 
     def _json_as_stream(self, model: str, credentials: dict, response: requests.Response,
@@ -403,7 +538,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
                        tools: list[PromptMessageTool] | None = None) -> int:
         """Tokens of the prompt as the server will see it (persona system turn included when the
         switch adds it). Uses ``POST /extras/tokenize`` (llama_cpp.server); falls back to an estimate."""
-        c = self._credentials(credentials, check_url=False)
+        c = self._saved_credentials(credentials, check_url=False)
         return self._count_messages(c, self._with_persona(c, prompt_messages))
 
     def _create_final_llm_result_chunk(self, index: int, message: AssistantPromptMessage, finish_reason: str,
