@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -233,7 +233,12 @@ def _server_class(served):
 
 
 def _die(sig: int) -> None:
-    signal.signal(sig, signal.SIG_DFL)
+    """End the process by ``sig`` from the deadline's timer thread. ``signal.signal`` works only in the
+    main thread (the one that may be stuck), so libc's ``signal()`` restores the default action first."""
+    try:
+        ctypes.CDLL(None, use_errno=True).signal(sig, ctypes.c_void_p(0))  # 0 = SIG_DFL
+    except (OSError, AttributeError):
+        os._exit(128 + sig)
     os.kill(os.getpid(), sig)
 
 

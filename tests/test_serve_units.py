@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 import pytest
 
@@ -614,3 +617,16 @@ def test_a_cut_inside_a_character_keeps_whole_characters_streamed_as_not(qwen_vo
         whole = llama.create_completion("x", max_tokens=n)
         assert whole["usage"]["completion_tokens"] == n and whole["choices"][0]["finish_reason"] == "length"
         assert (handler.completed_text(None) or whole["choices"][0]["text"]) == text  # as the route answers
+
+
+def test_the_shutdown_deadline_ends_the_process_by_its_signal_from_its_timer_thread():
+    """serve's last resort at ``--shutdown_timeout`` + 2 s runs in a timer thread, where
+    ``signal.signal`` raises (a traceback, and the process lived on)."""
+    code = ("import signal, threading, time\n"
+            "from steam_persona.serve.cli import _die\n"
+            "signal.signal(signal.SIGTERM, lambda *a: None)\n"  # a Python handler, as uvicorn's
+            "threading.Timer(0.1, _die, (signal.SIGTERM,)).start()\n"
+            "time.sleep(5)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "Traceback" not in done.stderr
