@@ -86,6 +86,8 @@ class CollectConfig:
 STALL_PAGES = 5
 #: Seconds between plain progress lines when stderr is not a terminal.
 PLAIN_EVERY_S = 10.0
+#: Why an app has no appdetails when Steam answered ``success: false`` (any other reason is a failed request).
+NO_DETAILS = "Steam returned no appdetails (delisted, region-locked or a wrong id)"
 
 
 def _check_page(data: Any) -> str | None:
@@ -447,9 +449,9 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -
             continue
         entry = data[appid]
         if entry.get("success") is not True or not isinstance(entry.get("data"), dict):
-            failed[appid] = "Steam returned no appdetails (delisted, region-locked or a wrong id)"
+            failed[appid] = NO_DETAILS
             fetch.log.write(event="no_details", appid=appid, answer=entry)
-            console.print(f"[yellow]app {appid}: Steam returned no appdetails (delisted, region-locked or a wrong id); "
+            console.print(f"[yellow]app {appid}: {NO_DETAILS}; "
                           f"a rerun asks again. prepare drops its reviews as unknown_game unless you name the game: "
                           f"--app_name {appid}=NAME")
             continue
@@ -604,13 +606,15 @@ def _summary_rows(res: dict[str, Any]) -> list[tuple[object, object]]:
 def run(cfg: CollectConfig) -> dict[str, Any]:
     """``steam-train collect``: :func:`collect`, a summary table, and exit 2 unless every file is complete.
 
-    A missing appdetails is a warning (listed in the summary; a rerun asks again), except with
-    ``--details_only``, where it is the whole job.
+    Steam's ``success: false`` for appdetails is a warning (listed in the summary; a rerun asks again),
+    except with ``--details_only``, where it is the whole job; an appdetails request that failed (HTTP
+    error or timeout after the retries) exits 2, as ``prepare`` would drop that app's reviews.
 
     Raises:
         UserError: as :func:`collect`; and at the end, after the summary, when an app failed (one line
             each above it), Steam's rate limit or the time bound stopped the run (the data is partial:
-            rerun to continue), or ``--details_only`` got no appdetails for an app.
+            rerun to continue), ``--details_only`` got no appdetails for an app, or an appdetails
+            request failed (the reviews files are finished first).
     """
     res = collect(cfg)
     summary_table("collect", _summary_rows(res))
@@ -624,6 +628,11 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
     if cfg.details_only and res["details_failed"]:
         raise UserError(f"collect: no appdetails for app(s) {', '.join(res['details_failed'])} (above); the others "
                         "are saved; rerun the same command to ask again")
+    unfetched = [a for a, m in res["details_failed"].items() if m != NO_DETAILS]
+    if unfetched:
+        raise UserError(f"collect: the appdetails request failed for app(s) {', '.join(unfetched)} (above); their "
+                        "reviews are saved, but prepare would drop them as unknown_game: rerun the same command to "
+                        "fetch the appdetails")
     return res
 
 

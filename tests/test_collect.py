@@ -346,7 +346,7 @@ def test_a_complete_file_checks_settings_and_grows_with_max_reviews(tmp_path, st
 
 def test_appdetails_without_success_are_not_cached_and_are_asked_again(tmp_path, capsys):
     with SteamReplay({"10": _fake("10", 3)}) as server:  # no details for app 10
-        res = collect(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10"], with_details=True))
+        res = run(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10"], with_details=True))  # no exit 2
         assert res["complete"] and not (tmp_path / "raw/10.appdetails.json").exists()
         err = capsys.readouterr().err
         assert "app 10: Steam returned no appdetails" in err and "--app_name 10=NAME" in err
@@ -589,13 +589,15 @@ def test_prepare_skips_collects_side_files_in_a_file_list_with_a_note(tmp_path, 
 
 
 @pytest.mark.parametrize("fault,tries", [(500, 4), (403, 1)])  # 403 is not retried
-def test_an_appdetails_failure_is_a_warning_and_the_other_apps_go_on(tmp_path, capsys, fault, tries):
+def test_a_failed_appdetails_request_exits_2_after_the_other_apps(tmp_path, capsys, fault, tries):
     apps = {a: _fake(a, 2) for a in ("80", "81", "82")}
     with SteamReplay(apps, details={a: {"name": f"Game {a}"} for a in apps}) as server:
         server.details_faults = [fault] * tries  # app 80's appdetails fails every try
-        res = run(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["80,81,82"], with_details=True))
+        with pytest.raises(UserError, match=r"appdetails request failed for app\(s\) 80 .*prepare would drop them "
+                                             r"as unknown_game: rerun the same command"):
+            run(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["80,81,82"], with_details=True))
         assert [len(_lines(tmp_path / f"raw/{a}.jsonl")) for a in apps] == [2, 2, 2]
-        assert set(res["details_failed"]) == {"80"} and f"HTTP {fault}" in res["details_failed"]["80"]
+        assert not any(tmp_path.glob("raw/*.part"))
         assert not (tmp_path / "raw/80.appdetails.json").exists()
         assert json.loads((tmp_path / "raw/82.appdetails.json").read_text())["82"]["data"] == {"name": "Game 82"}
         assert "no appdetails: " in capsys.readouterr().err
