@@ -86,6 +86,11 @@ class CollectConfig:
 STALL_PAGES = 5
 #: Seconds between plain progress lines when stderr is not a terminal.
 PLAIN_EVERY_S = 10.0
+#: ``--out`` extensions refused, and why: collect writes plain JSON lines, which ``prepare``
+#: (``reviews.sources``) would read as a table, or which the name would call compressed.
+OTHER_FORMATS = {".csv": "prepare reads a .csv file as a CSV table", ".tsv": "prepare reads a .tsv file as a TSV table",
+                 ".parquet": "prepare reads a .parquet file as Parquet",
+                 ".gz": "collect writes plain JSON lines, not gzip"}
 #: Why an app has no appdetails when Steam answered ``success: false`` (any other reason is a failed request).
 NO_DETAILS = "Steam returned no appdetails (delisted, region-locked or a wrong id)"
 
@@ -501,19 +506,25 @@ def _appids(cfg: CollectConfig) -> list[str]:
 
 def _jobs(cfg: CollectConfig, appids: list[str]) -> list[tuple[Path, list[str]]]:
     """The output files and the apps of each: one per app with ``{appid}`` in ``--out``, else one.
-    Warns about an output that ``prepare`` would not pick up from a folder (no ``.jsonl``/``.json``).
+    Warns about an output that ``prepare`` would not pick up from a folder (no ``.jsonl``/``.json``/``.ndjson``).
 
     Raises:
-        UserError: ``--out`` names a folder (ends in ``/`` or exists as one).
+        UserError: ``--out`` names a folder (ends in ``/`` or exists as one), or has an extension that
+            ``prepare`` reads as another format (:data:`OTHER_FORMATS`).
     """
     if cfg.out.endswith(("/", os.sep)) or Path(cfg.out.replace("{appid}", appids[0])).is_dir():
         folder = cfg.out.rstrip("/" + os.sep) or "."
         raise UserError(f"--out {cfg.out}: a folder; name the file, e.g. --out {folder}/{{appid}}.jsonl (one per app)")
     jobs = [(Path(cfg.out.replace("{appid}", a)), [a]) for a in appids] if "{appid}" in cfg.out \
         else [(Path(cfg.out), appids)]
-    if Path(cfg.out).suffix.lower() not in (".jsonl", ".json"):
-        console.print(f"[yellow]--out {cfg.out}: no .jsonl extension; prepare skips it in a folder (it reads .jsonl, "
-                      ".json, .csv, … files), so give this file to it by name")
+    suffix = Path(cfg.out).suffix.lower()
+    if suffix in OTHER_FORMATS:
+        raise UserError(f"--out {cfg.out}: {OTHER_FORMATS[suffix]}; name it .jsonl, e.g. --out "
+                        f"{Path(cfg.out).with_suffix('.jsonl')}")
+    if suffix not in (".jsonl", ".json", ".ndjson"):
+        console.print(f"[yellow]--out {cfg.out}: prepare reads only .jsonl, .json, .ndjson, .csv, .tsv and .parquet "
+                      "files from a folder, so it skips this one there without a note; give it to prepare by name, "
+                      "or name it .jsonl")
     return jobs
 
 

@@ -654,7 +654,7 @@ def test_a_locked_output_fails_only_its_app_and_a_429_give_up_stops_the_run(tmp_
         assert not (tmp_path / "q/2.jsonl.part").exists()  # app 2 was never started
 
 
-def test_out_as_a_folder_or_unwritable_is_one_line_and_no_extension_warns(tmp_path, steam):
+def test_out_as_a_folder_unwritable_or_another_format_is_one_line_and_no_extension_warns(tmp_path, steam):
     (tmp_path / "raw").mkdir()
     for out in (tmp_path / "raw", f"{tmp_path}/new/"):
         r = CliRunner().invoke(main, ["collect", "--appid", APP, "--out", str(out), "--base_url", steam.base_url])
@@ -664,8 +664,18 @@ def test_out_as_a_folder_or_unwritable_is_one_line_and_no_extension_warns(tmp_pa
     assert not steam.requests and not (tmp_path / "new").exists()
     r = CliRunner().invoke(main, ["collect", "--appid", APP, "--out", str(tmp_path / "raw/{appid}"), "--base_url",
                                   steam.base_url, "--rate_limit", "0", "--max_reviews", "5"])
-    assert r.exit_code == 0 and "no .jsonl extension; prepare skips it in a folder" in " ".join(
-        r.output.split())
+    assert r.exit_code == 0 and "prepare reads only .jsonl, .json, .ndjson, .csv, .tsv and .parquet files from a " \
+        "folder, so it skips this one there without a note; give it to prepare by name" in " ".join(r.output.split())
+    for out, why in (("z.csv", "prepare reads a .csv file as a CSV table"), ("{appid}.TSV", "as a TSV table"),
+                     ("z.parquet", "as Parquet"), ("y.jsonl.gz", "collect writes plain JSON lines, not gzip")):
+        r = CliRunner().invoke(main, ["collect", "--appid", APP, "--out", str(tmp_path / "q" / out), "--base_url",
+                                      steam.base_url])
+        assert r.exit_code == 2 and why in r.output and "name it .jsonl" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "q").exists()
+    n = len(steam.requests)
+    r = CliRunner().invoke(main, ["collect", "--appid", APP, "--out", str(tmp_path / "raw/w.ndjson"), "--base_url",
+                                  steam.base_url, "--rate_limit", "0", "--max_reviews", "5"])
+    assert r.exit_code == 0 and "prepare reads only" not in r.output and len(steam.requests) > n
 
 
 def test_raising_max_reviews_loses_nothing_when_the_server_ignores_small_pages(tmp_path, steam, archive):
