@@ -134,7 +134,7 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
             unreadable, or ``.part`` holds fewer reviews than the state says were saved.
     """
     part, state_path, _ = cs.paths(out)
-    state = cs.read_state(state_path)
+    state = old = cs.read_state(state_path)
     if state is not None and state.get("complete") and not out.exists() and _saved(state):
         state = None  # the output was deleted: collect it again (an app without reviews writes none)
     if cfg.overwrite and state is not None:
@@ -149,7 +149,10 @@ def _open(out: Path, appids: list[str], cfg: CollectConfig) -> tuple[dict[str, A
     if state is None:
         out.parent.mkdir(parents=True, exist_ok=True)
         part.write_bytes(b"")
-        return {"query": cs.query_of(cfg), "complete": False, "apps": {a: _new_app() for a in appids}}, set()
+        state = {"query": cs.query_of(cfg), "complete": False, "apps": {a: _new_app() for a in appids}}
+        if out.exists():  # the state of the file being replaced, restored if the new one has no review
+            state["replaces"] = old["replaces"] if old is not None and "replaces" in old else old
+        return state, set()
     diff = cs.differing_flags(state.get("query") or {}, cfg)
     if diff:
         raise UserError(f"{out}: collected with other settings: {diff}; use the file's values, pass --overwrite "

@@ -175,16 +175,35 @@ def finish(out: Path, part: Path, state_path: Path, state: dict[str, Any], overw
     had a review) writes no output: an empty file would only stop ``prepare`` on a folder.
 
     Raises:
-        UserError: without ``--overwrite``, ``out`` exists with more reviews than ``part``: nothing is replaced.
+        UserError: without ``--overwrite``, ``out`` exists with more reviews than ``part``: nothing is
+            replaced; or an ``--overwrite`` collected no review: ``out`` and the state it had
+            (``state["replaces"]``) are kept, ``part`` is removed.
     """
     if out.exists() and not overwrite and count_lines(out) > count_lines(part):
         raise UserError(f"{out}: holds {count_lines(out)} reviews, more than the {count_lines(part)} this run "
                         f"collected in {part}; kept both: pass --overwrite to replace it, or delete {part} and "
                         f"{state_path}")
-    if part.exists() and part.stat().st_size:
+    empty = not (part.exists() and part.stat().st_size)
+    if empty and out.exists() and "replaces" in state:
+        _keep_replaced(out, part, state_path, state["replaces"])
+    state.pop("replaces", None)
+    if not empty:
         os.replace(part, out)
     else:
         out.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
     state["complete"] = True
     save_state(state_path, state)
+
+
+def _keep_replaced(out: Path, part: Path, state_path: Path, old_state: dict[str, Any] | None) -> None:
+    """Raises UserError after putting back the state of ``out`` (none if it had none) and removing
+    the empty ``part``: an ``--overwrite`` that found no review never deletes a complete file."""
+    if old_state is None:
+        state_path.unlink(missing_ok=True)
+    else:
+        save_state(state_path, old_state)
+    part.unlink(missing_ok=True)
+    raise UserError(f"{out}: --overwrite collected no review (Steam has none with these settings), so the "
+                    f"{count_lines(out):,} reviews it holds are kept as they were; check --language and the "
+                    f"other flags, or delete {out} yourself")

@@ -740,3 +740,26 @@ def test_sigterm_ends_the_run_like_ctrl_c(tmp_path, steam, capsys):
     steam.delay = 0
     assert collect(_cfg(steam, tmp_path / "r.jsonl", num_per_page=50))["complete"]
     assert len(_lines(tmp_path / "r.jsonl")) == 266
+
+
+def test_an_overwrite_that_finds_no_review_keeps_the_complete_file_and_its_settings(tmp_path):
+    with SteamReplay({"5": _fake("5", 3), "1": _fake("1", 2)}) as server:
+        out = tmp_path / "s.jsonl"
+        collect(_cfg(server, out, appid=["5,1"]))
+        state = (tmp_path / "s.jsonl.state.json").read_text()
+        server.reviews.update({"5": [], "1": []})  # Steam now answers success:1 without reviews
+        for kw in ({}, {"language": "english"}):
+            with pytest.raises(UserError, match=r"s.jsonl: --overwrite collected no review .* so the 5 reviews it "
+                                                r"holds are kept as they were"):
+                run(_cfg(server, out, appid=["5,1"], overwrite=True, **kw))
+            assert len(_lines(out)) == 5 and not (tmp_path / "s.jsonl.part").exists()
+            assert (tmp_path / "s.jsonl.state.json").read_text() == state
+        n = len(server.requests)
+        assert collect(_cfg(server, out, appid=["5,1"]))["files"][0]["skipped"] and len(server.requests) == n
+        (tmp_path / "s.jsonl.state.json").unlink()  # a file whose settings were not recorded
+        with pytest.raises(UserError, match="--overwrite collected no review"):
+            run(_cfg(server, out, appid=["5,1"], overwrite=True))
+        assert len(_lines(out)) == 5 and not (tmp_path / "s.jsonl.state.json").exists()
+        server.reviews["5"] = _fake("5", 4)
+        assert collect(_cfg(server, out, appid=["5,1"], overwrite=True))["complete"] and len(_lines(out)) == 4
+        assert "replaces" not in json.loads((tmp_path / "s.jsonl.state.json").read_text())
