@@ -86,6 +86,10 @@ class CollectConfig:
 STALL_PAGES = 5
 #: Seconds between plain progress lines when stderr is not a terminal.
 PLAIN_EVERY_S = 10.0
+#: The cause and fix of an HTTP 400 on a cursor saved by an earlier run (one handed out in this run is retried).
+SAVED_CURSOR_REJECTED = ("Steam rejected the saved cursor (cursors expire); rerun the same command once, and if it "
+                         "is rejected again, pass --overwrite to collect this output again from the start (on a "
+                         "shared file that collects all its apps again)")
 #: ``--out`` extensions refused, and why: collect writes plain JSON lines, which ``prepare``
 #: (``reviews.sources``) would read as a table, or which the name would call compressed.
 OTHER_FORMATS = {".csv": "prepare reads a .csv file as a CSV table", ".tsv": "prepare reads a .tsv file as a TSV table",
@@ -305,6 +309,7 @@ class _Pager:
         self.idle = 0  # consecutive pages without a new review
         self.t0, self.got0 = time.monotonic(), st["reviews"]
         self.shown_at: float | None = None
+        self.saved_cursor = st["cursor"] if st["pages"] else None  # from an earlier run, not from Steam just now
 
     def plain_line(self) -> None:
         """A plain progress line without a terminal: the first page, every :data:`PLAIN_EVERY_S`, the last."""
@@ -331,13 +336,15 @@ class _Pager:
         """Fetch the page at ``st["cursor"]``, append its new reviews (fsynced), then advance and save ``st``.
 
         Raises:
-            UserError: a 4xx, Steam's ``success != 1``, or failures after ``--max_retries`` (``Fetcher``).
+            UserError: a 4xx (a 400 on a cursor only when an earlier run saved it), Steam's
+                ``success != 1``, or failures after ``--max_retries`` (``Fetcher``).
             Budget: the time bound.
         """
         st, cfg, cursor = self.st, self.cfg, self.st["cursor"]
         self.cursors.add(cursor)
         data = self.fetch.get_json(f"{cfg.base_url.rstrip('/')}/appreviews/{self.appid}", self._params(cursor),
-                                   f"app {self.appid} page {st['pages'] + 1} (cursor {cursor!r})", _check_page)
+                                   f"app {self.appid} page {st['pages'] + 1} (cursor {cursor!r})", _check_page,
+                                   SAVED_CURSOR_REJECTED if cursor == self.saved_cursor else None)
         summary = data.get("query_summary")
         if st["total"] is None and isinstance(summary, dict) and isinstance(summary.get("total_reviews"), int):
             st["total"] = summary["total_reviews"]

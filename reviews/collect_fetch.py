@@ -36,6 +36,10 @@ RETRY_AFTER_MAX_S = 3600.0
 LONG_WAIT_S = 5.0
 
 
+#: The problem of an HTTP 400 answer to a request with a ``cursor``.
+REJECTED_CURSOR = "HTTP 400 (cursor rejected)"
+
+
 class Budget(Exception):
     """The total time bound (``--max_time``) stops the run (not an error: the run can be resumed).
 
@@ -148,12 +152,16 @@ class Fetcher:
             raise _Slow()
         return resp, bytes(body)
 
-    def get_json(self, url: str, params: dict[str, Any], what: str, check: Callable[[Any], str | None]) -> Any:
+    def get_json(self, url: str, params: dict[str, Any], what: str, check: Callable[[Any], str | None],
+                 on_rejected_cursor: str | None = None) -> Any:
         """GET ``url`` and return its JSON once ``check(obj)`` returns ``None`` (else the problem as
-        text; a problem starting with ``"!"`` is Steam's definite answer and is not retried).
+        text; a problem starting with ``"!"`` is Steam's definite answer and is not retried). An HTTP
+        400 on a ``cursor`` is retried as a hiccup, unless ``on_rejected_cursor`` (the cause and fix
+        to report) is given.
 
         Raises:
-            UserError: a 4xx other than 429, a definite answer, or failures after ``--max_retries``.
+            UserError: a 4xx other than 429 (a 400 on a cursor only with ``on_rejected_cursor``), a
+                definite answer, or failures after ``--max_retries``.
             RateLimited: (a UserError) the failures after ``--max_retries`` were HTTP 429.
             Budget: the total time bound stops the run.
         """
@@ -170,6 +178,8 @@ class Fetcher:
                     return data
             if problem.startswith("!"):
                 raise UserError(f"{url}: {what}: {problem[1:]}")
+            if problem == REJECTED_CURSOR and on_rejected_cursor:
+                raise UserError(f"{url}: {REJECTED_CURSOR} for {what}: {on_rejected_cursor}")
         if self.log:
             self.log.write(event="gave_up", what=what, problem=problem, tries=self.cfg.max_retries + 1)
         if problem == "HTTP 429":
@@ -210,8 +220,7 @@ class Fetcher:
         if resp.status_code == 429 or resp.status_code >= 500:
             return f"HTTP {resp.status_code}", retry_after_seconds(resp.headers.get("Retry-After")), None
         if resp.status_code == 400 and params.get("cursor", "*") != "*":
-            raise UserError(f"{resp.url}: HTTP 400 for {what}: Steam rejected the saved cursor (cursors expire); "
-                            "pass --overwrite to collect this output again from the start")
+            return REJECTED_CURSOR, None, None
         if resp.status_code >= 400:
             raise UserError(f"{resp.url}: HTTP {resp.status_code} for {what}; check --appid and --base_url")
         try:

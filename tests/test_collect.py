@@ -722,9 +722,24 @@ def test_a_rejected_saved_cursor_names_the_fix_and_day_range_counts_only_with_fi
     state = json.loads((tmp_path / "r.jsonl.state.json").read_text())
     state["apps"][APP]["cursor"] = "AoJexpired+5/zzzz=="
     (tmp_path / "r.jsonl.state.json").write_text(json.dumps(state))
+    n = len(steam.requests)
     failed = collect(_cfg(steam, out, max_reviews=10))["failed"][APP]
-    assert "HTTP 400 for app 570980 page 2 (cursor 'AoJexpired+5/zzzz=='): Steam rejected the saved cursor" in failed
-    assert failed.endswith("pass --overwrite to collect this output again from the start") and len(_lines(out)) == 5
+    assert "HTTP 400 (cursor rejected) for app 570980 page 2 (cursor 'AoJexpired+5/zzzz=='): Steam rejected the " \
+        "saved cursor" in failed and len(steam.requests) == n + 1  # not retried
+    assert "rerun the same command once, and if it is rejected again, pass --overwrite" in failed
+    assert len(_lines(out)) == 5
+
+
+def test_a_cursor_rejected_within_the_run_is_retried_as_a_hiccup(tmp_path, steam):
+    steam.faults = [None, 400]
+    assert collect(_cfg(steam, tmp_path / "r.jsonl", max_reviews=100))["complete"]
+    assert len(_lines(tmp_path / "r.jsonl")) == 100
+    assert [e["problem"] for e in _lines(tmp_path / "r.log.jsonl") if e["event"] == "retry"] == [
+        "HTTP 400 (cursor rejected)"]
+    steam.faults = [None] + [400] * 4
+    failed = collect(_cfg(steam, tmp_path / "q.jsonl", max_reviews=100))["failed"][APP]
+    assert "HTTP 400 (cursor rejected) after 4 tries; progress is saved, rerun the same command" in failed
+    assert "saved cursor" not in failed and "--overwrite" not in failed
 
 
 def test_sigterm_ends_the_run_like_ctrl_c(tmp_path, steam, capsys):
