@@ -438,9 +438,12 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -
 
     Returns:
         ``(why the time bound or Steam's rate limit stopped it, or None; {appid: why it has no appdetails})``.
+
+    Raises:
+        UserError: the saved appdetails file is unreadable (:func:`_read_details`).
     """
     path = details_path(out)
-    have = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    have = _read_details(path)
     failed: dict[str, str] = {}
     for appid in appids:
         if not cfg.overwrite and isinstance(have.get(appid), dict) and have[appid].get("success") is True:
@@ -473,6 +476,24 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -
         have[appid] = entry
         atomic.write_json(path, have)
     return None, failed
+
+
+def _read_details(path: Path) -> dict[str, Any]:
+    """The saved appdetails ``{appid: answer}`` of ``path`` (``{}`` when absent).
+
+    Raises:
+        UserError: ``path`` is not a JSON object (cut by hand or by a disk fault).
+    """
+    if not path.exists():
+        return {}
+    try:
+        have = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        have = e
+    if not isinstance(have, dict):
+        why = f"not JSON ({have})" if isinstance(have, ValueError) else "not a JSON object"
+        raise UserError(f"{path}: unreadable appdetails file: {why}; delete it and rerun to fetch it again")
+    return have
 
 
 def _details_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -> dict[str, Any]:

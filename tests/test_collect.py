@@ -778,3 +778,16 @@ def test_an_overwrite_that_finds_no_review_keeps_the_complete_file_and_its_setti
         server.reviews["5"] = _fake("5", 4)
         assert collect(_cfg(server, out, appid=["5,1"], overwrite=True))["complete"] and len(_lines(out)) == 4
         assert "replaces" not in json.loads((tmp_path / "s.jsonl.state.json").read_text())
+
+
+@pytest.mark.parametrize("text", ['{"1": {"succ', "[]"])
+def test_a_corrupt_appdetails_file_is_one_line_naming_it(tmp_path, text):
+    with SteamReplay({"1": _fake("1", 2)}, details={"1": {"name": "A"}}) as server:
+        (tmp_path / "raw").mkdir()
+        (tmp_path / "raw/1.appdetails.json").write_text(text)
+        r = CliRunner().invoke(main, ["collect", "--appid", "1", "--out", str(tmp_path / "raw/{appid}.jsonl"),
+                                      "--with_details", "true", "--base_url", server.base_url, "--rate_limit", "0"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and r.exception.__class__ is SystemExit
+    assert "1.appdetails.json: unreadable appdetails file: not" in r.output
+    assert "delete it and rerun to fetch it again" in " ".join(r.output.split())
+    assert len(_lines(tmp_path / "raw/1.jsonl")) == 2 and (tmp_path / "raw/1.appdetails.json").read_text() == text
