@@ -7,7 +7,7 @@ Paging follows the ``cursor`` each response returns (``*`` first; sent URL-encod
 
 Robustness: the HTTP side (rate limit, retries, ``Retry-After``, deadlines) is
 :mod:`.collect_fetch`; the files (lock, resume state, ``.part``, crash-safe finish) are
-:mod:`.collect_state`. A rerun of the same command after Ctrl-C, SIGTERM, a kill, a crash, a
+:mod:`.collect_state`. A rerun of the same command after Ctrl-C, SIGTERM, SIGHUP, a kill, a crash, a
 failed app or the time bound continues without duplicates or lost pages. An app that fails (or a
 missing appdetails) does not stop the others; the command exits 2 at the end, naming each failed
 app. A request that still gets HTTP 429 after the retries stops the run: the limit is the client's.
@@ -23,6 +23,7 @@ JSON lines in ``<out stem>.log.jsonl``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -521,6 +522,12 @@ def _appids(cfg: CollectConfig) -> list[str]:
         raise UserError(f"--appid {bad[0]}: app ids are numbers (store.steampowered.com/app/<id>/); fix it")
     if not 1 <= cfg.num_per_page <= 100:
         raise UserError(f"--num_per_page {cfg.num_per_page}: Steam allows 1–100")
+    seconds = {"timeout": cfg.timeout, "rate_limit": cfg.rate_limit, "max_time": cfg.max_time,
+               "backoff_base": cfg.backoff_base, "backoff_max": cfg.backoff_max}
+    odd = next((f"--{k} {v}" for k, v in seconds.items() if not math.isfinite(v)), None)
+    if odd:
+        raise UserError(f"{odd}: not a number of seconds or requests; give a finite number (--max_time 0 and "
+                        "--rate_limit 0 mean no bound)")
     if min(cfg.max_reviews, cfg.rate_limit, cfg.max_retries, cfg.max_time, cfg.backoff_base, cfg.backoff_max) < 0 \
             or cfg.timeout <= 0:
         raise UserError("--max_reviews, --rate_limit, --max_retries, --max_time, --backoff_base and --backoff_max "
@@ -581,8 +588,13 @@ def _one_file(out: Path, ids: list[str], cfg: CollectConfig, fetch: Fetcher, go_
                 "failed": {a: e.message for a in ids}, "details_failed": {}, "apps": {}}
 
 
+#: Signals that end the run as Ctrl-C does: SIGTERM (``timeout``, ``docker stop``, systemd) and
+#: SIGHUP (the terminal closed, an ssh session dropped).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM (``timeout``, ``docker stop``, systemd) ends the run as Ctrl-C does: saved, logged, exit 130."""
+    """A :data:`STOP_SIGNALS` signal ends the run as Ctrl-C does: saved, logged, exit 130."""
     raise KeyboardInterrupt
 
 
@@ -602,8 +614,8 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     fetch = Fetcher(cfg, t0 + cfg.max_time if cfg.max_time > 0 else None)
     files: list[dict[str, Any]] = []
-    old_term = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
-        else None
+    old_handlers = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS} \
+        if threading.current_thread() is threading.main_thread() else {}
     try:
         for out, ids in jobs:
             files.append(_one_file(out, ids, cfg, fetch, len(jobs) > 1))
@@ -614,8 +626,8 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
         raise
     finally:
         fetch.close()
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
     return {"files": files, "complete": len(files) == len(jobs) and all(f["complete"] and not f["failed"]
                                                                         for f in files),
             "stopped": next((f["stopped"] for f in files if f["stopped"]), None),
@@ -681,7 +693,7 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
 command = config.command(
     CollectConfig, run, name="collect", config_option="option",
     help="Download Steam reviews (appreviews API) to JSON Lines, one raw review + appid per line.\n\n"
-         "Resumable: rerun the same command after an interruption (Ctrl-C or SIGTERM: exit 130), a failed app, "
-         "Steam's rate limit or --max_time (these exit 2 with the data kept). One run at a time per output file. "
+         "Resumable: rerun the same command after an interruption (Ctrl-C, SIGTERM or SIGHUP: exit 130), a failed "
+         "app or appdetails request, Steam's rate limit or --max_time (these exit 2 with the data kept). One run at a time per output file. "
          "Example:\n\n"
          "steam-train collect --appid 570 --appid 730 --language schinese --max_reviews 2000 --with_details")

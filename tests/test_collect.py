@@ -468,6 +468,11 @@ def test_flags_are_checked_and_app_ids_deduplicated(tmp_path, steam, capsys):
     for flag in ("max_time", "backoff_base", "backoff_max"):
         with pytest.raises(UserError, match="must be >= 0"):
             _appids(config.build(CollectConfig, {"appid": ["10"], flag: -1}))
+    for flag in ("timeout", "rate_limit", "max_time", "backoff_base"):
+        r = CliRunner().invoke(main, ["collect", "--appid", "10", "--out", str(tmp_path / "n.jsonl"), f"--{flag}",
+                                      "nan", "--base_url", steam.base_url])
+        assert r.exit_code == 2 and f"--{flag} nan: not a number" in r.output and "Traceback" not in r.output
+    assert not list(tmp_path.iterdir()) and not steam.requests
     collect(_cfg(steam, tmp_path / "r.jsonl"))
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("app 570980 reviews")]
     assert lines[0].startswith("app 570980 reviews 50/266  pages 1  reviews/s ")  # plain progress: first and last
@@ -742,16 +747,17 @@ def test_a_cursor_rejected_within_the_run_is_retried_as_a_hiccup(tmp_path, steam
     assert "saved cursor" not in failed and "--overwrite" not in failed
 
 
-def test_sigterm_ends_the_run_like_ctrl_c(tmp_path, steam, capsys):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_end_the_run_like_ctrl_c(tmp_path, steam, capsys, sig):
     import threading
 
     steam.delay = 0.05
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    threading.Timer(0.2, os.kill, (os.getpid(), sig)).start()
     with pytest.raises(KeyboardInterrupt):
         collect(_cfg(steam, tmp_path / "r.jsonl", num_per_page=5))
     assert "interrupted; progress is saved" in capsys.readouterr().err
     assert [e["event"] for e in _lines(tmp_path / "r.log.jsonl")][-2:] == ["error", "end"]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(sig) is signal.SIG_DFL
     steam.delay = 0
     assert collect(_cfg(steam, tmp_path / "r.jsonl", num_per_page=50))["complete"]
     assert len(_lines(tmp_path / "r.jsonl")) == 266
