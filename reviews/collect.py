@@ -694,6 +694,7 @@ command = config.command(
     CollectConfig, run, name="collect", config_option="option",
     help="Download Steam reviews (appreviews API) to JSON Lines, one raw review + appid per line.\n\n"
          "Resumable: rerun the same command after an interruption (Ctrl-C, SIGTERM or SIGHUP: exit 130), a failed "
-         "app or appdetails request, Steam's rate limit or --max_time (these exit 2 with the data kept). One run at a time per output file. "
+         "app or appdetails request, Steam's rate limit or --max_time (these exit 2 with the data kept). One run "
+         "at a time per output file. "
          "Example:\n\n"
          "steam-train collect --appid 570 --appid 730 --language schinese --max_reviews 2000 --with_details")
