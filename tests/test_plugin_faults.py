@@ -9,6 +9,7 @@ The plugins are the built ``.difypkg`` files run as ``python -m main`` (see test
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import time
@@ -172,6 +173,10 @@ class FakeServer(BaseHTTPRequestHandler):
         time.sleep(STALL_S)
         self._send(200, json.dumps(COMPLETION).encode())
 
+    def mode_late(self) -> None:  # a blocking answer after 2 s of silence
+        time.sleep(2)
+        self._send(200, json.dumps(COMPLETION).encode())
+
     def mode_echo(self) -> None:  # a completion whose text is the messages the server received
         body = json.loads(self._body or b"{}")
         self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
@@ -316,10 +321,25 @@ def test_review_tool_is_bounded_by_request_timeout(review, fake, mode):
     reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": creds,
                             "tool_parameters": {"game_name": "Celeste"}}, timeout=STALL_S)
     assert reply.error["error_type"] == "ReviewError", reply.error
-    assert reply.error["message"].endswith("did not finish its answer in time; raise the request_timeout setting")
+    assert reply.error["message"].endswith(f"did not finish its answer within {TIMEOUT_S} s; raise the request_timeout"
+                                           f" setting")
     assert TIMEOUT_S <= reply.seconds < TIMEOUT_S + 3
     if mode == "watchslow":  # the connection was closed, so the server can stop
         assert _closed_at(), "the connection was left open"
+
+
+def test_review_tool_waits_the_whole_request_timeout_for_a_silent_answer(plugins, fake, tmp_path):
+    """A non-streamed review sends nothing until it is written: no per-read cap may end it early
+    (here the chat plugin's per-read limit is cut to 0.5 s, the answer comes after 2 s of silence)."""
+    copy = shutil.copytree(plugins["review"], tmp_path / "review")
+    client = copy / "server_client.py"
+    client.write_text(client.read_text().replace("READ_TIMEOUT = 300.0", "READ_TIMEOUT = 0.5"))
+    creds = {"endpoint_url": f"{fake}/late/v1", "request_timeout": "10"}
+    with PluginProcess(copy, plugin_python(copy)) as review:
+        reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                                "credentials": creds, "tool_parameters": {"game_name": "Celeste"}}, timeout=STALL_S)
+    assert reply.error is None, reply.error
+    assert reply.result[0]["message"]["text"] == "hi" and reply.seconds >= 2
 
 
 @pytest.mark.parametrize("field, value", [("context_size", "abc"), ("context_size", "-5"), ("context_size", ""),
