@@ -400,6 +400,22 @@ def test_tool_results_and_tool_calls_in_the_history_reach_the_model_as_text(chat
                     {"role": "user", "content": "Tool result (c1):\nsunny"}]
 
 
+def test_system_and_assistant_part_lists_are_flattened_like_user_ones(chat, fake):
+    parts = [{"type": "text", "data": "You are terse."}, {"type": "text", "data": "Answer in English."}]
+    history = [{"role": "system", "content": parts}, {"role": "user", "content": "hi"},
+               {"role": "assistant", "content": [{"type": "text", "data": "Hello."}]},
+               {"role": "user", "content": "more"}]
+    for stream in (True, False):
+        reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": {"endpoint_url": f"{fake}/echo/v1"},
+                              "prompt_messages": history, "model_parameters": {}, "stop": None, "tools": None,
+                              "stream": stream})
+        assert reply.error is None, reply.error
+        sent = json.loads(text_of(reply))  # the fake echoes the messages it got
+        assert sent == [{"role": "system", "content": "You are terse.\nAnswer in English."},
+                        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."},
+                        {"role": "user", "content": "more"}]
+
+
 @pytest.mark.parametrize("part", [{"type": "document", "format": "pdf", "mime_type": "application/pdf",
                                    "base64_data": "JVBERi0=", "url": ""},
                                   {"type": "audio", "format": "mp3", "mime_type": "audio/mpeg",

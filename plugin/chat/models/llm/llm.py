@@ -502,13 +502,21 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         as text the model still reads the result, as in Dify's ReAct agents.
         """
         if isinstance(message, ToolPromptMessage):
-            content = server_client.flatten_content(super()._convert_prompt_message_to_dict(
-                UserPromptMessage(content=message.content), credentials)["content"])
+            content = self._parts_as_user(message.content, credentials)
             return {"role": "user", "content": f"Tool result ({message.tool_call_id}):\n{content or ''}"}
+        if isinstance(message.content, list) and not isinstance(message, UserPromptMessage):
+            message = message.model_copy(update={"content": self._parts_as_user(message.content, credentials)})
         d = super()._convert_prompt_message_to_dict(message, credentials)
         if "content" in d:
             d["content"] = server_client.flatten_content(d["content"])
         return d
+
+    def _parts_as_user(self, content: object, credentials: dict | None) -> object:
+        """A message content as the SDK converts a user turn's (only there does it turn content
+        parts into OpenAI dicts; a system or assistant list would reach the JSON encoder as
+        objects), text-only part lists flattened to one string."""
+        return server_client.flatten_content(super()._convert_prompt_message_to_dict(
+            UserPromptMessage(content=content), credentials)["content"])
 
     # -- token counting ------------------------------------------------------------------------
     def _count_messages(self, credentials: dict, prompt_messages: list[PromptMessage]) -> int:
