@@ -118,6 +118,25 @@ class FakeServer(BaseHTTPRequestHandler):
         self._write(_chunk("tok ") + f"data: {json.dumps({'error': {'message': 'out of memory'}})}\n\n".encode())
         self.close_connection = True
 
+    def mode_errobject(self) -> None:  # a bare OpenAI error object, as older vLLM streams it
+        self._stream_start()
+        error = {"object": "error", "message": "prompt too long", "type": "BadRequestError", "code": 400}
+        self._write(f"data: {json.dumps(error)}\n\n".encode())
+        self.close_connection = True
+
+    def mode_errnamed(self) -> None:  # an event named "error" whose data has a message only
+        self._stream_start()
+        self._write(_chunk("tok ") + b'event: error\ndata: {"message": "overloaded"}\n\n')
+        self.close_connection = True
+
+    def mode_heartbeat(self) -> None:  # events without choices (or with null ones) between real ones; a BOM first
+        self._stream_start()
+        beat = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        self._write(b"\xef\xbb")  # the byte order mark split over two reads
+        self._write(b"\xbf" + _chunk("h") + f"data: {json.dumps(beat)}\n\n".encode() + _chunk("i")
+                    + f"data: {json.dumps({**beat, 'choices': None})}\n\n".encode() + _finish() + b"data: [DONE]\n\n")
+        self.close_connection = True
+
     def mode_nodone(self) -> None:  # complete (finish_reason, usage) but no data: [DONE]
         self._stream_start()
         self._write(_chunk("hi") + _finish() + b"data: " + json.dumps({**_event([]), "usage": COMPLETION["usage"]})
@@ -246,6 +265,8 @@ def text_of(reply) -> str:
     ("garbage", "InvokeServerUnavailableError", "sent a stream event that is not JSON: '{not json'"),
     ("errevent", "InvokeBadRequestError", "refused the request mid-reply: context overflow mid-stream"),
     ("errfail", "InvokeServerUnavailableError", "failed mid-reply: out of memory"),
+    ("errobject", "InvokeBadRequestError", "refused the request (HTTP 400): prompt too long"),
+    ("errnamed", "InvokeServerUnavailableError", "failed mid-reply: overloaded"),
     ("html", "InvokeServerUnavailableError", "answered text/html, not an event stream"),
     ("busy", "InvokeRateLimitError", "the server is busy (HTTP 429): too many requests"),
 ])
@@ -277,11 +298,11 @@ def test_blocking_answers_that_are_no_completion(chat, fake, mode, error_type, w
     assert "must be the API base" not in reply.error["message"]  # a wrong model is no wrong path
 
 
-@pytest.mark.parametrize("mode", ["nodone", "ssefull"])
-def test_complete_streams_in_any_valid_sse_form_keep_their_text(chat, fake, mode):
+@pytest.mark.parametrize("mode, text", [("nodone", "hi"), ("ssefull", "h"), ("heartbeat", "hi")])
+def test_complete_streams_in_any_valid_sse_form_keep_their_text(chat, fake, mode, text):
     reply = invoke(chat, fake, mode)
     assert reply.error is None, reply.error
-    assert (text_of(reply), reply.result[-1]["delta"]["finish_reason"]) == ("hi" if mode == "nodone" else "h", "stop")
+    assert (text_of(reply), reply.result[-1]["delta"]["finish_reason"]) == (text, "stop")
 
 
 @pytest.mark.parametrize("mode, stream", [("stall", True), ("trickle", True), ("slow", False)])
