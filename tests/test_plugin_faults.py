@@ -386,6 +386,25 @@ def test_credentials_must_be_positive_whole_numbers(chat, fake, field, value):
     assert key.error["error_type"] == "InvokeAuthorizationError", key.error
 
 
+def test_max_tokens_to_sample_above_context_size_is_refused_when_saved(chat, fake):
+    creds = {"endpoint_url": f"{fake}/json/v1", "context_size": "2048", "max_tokens_to_sample": "99999999"}
+    reply = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": creds})
+    assert reply.error["error_type"] == "CredentialsValidateFailedError", reply.error
+    assert "max_tokens_to_sample 99999999 is larger than context_size 2048" in reply.error["message"]
+    ok = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": {
+        "endpoint_url": f"{fake}/json/v1", "context_size": "1024"}})  # unset: its default 2048 is no error
+    assert ok.error is None, ok.error
+
+
+@pytest.mark.parametrize("value", [1.5, "0.9"])
+def test_review_max_tokens_that_are_no_whole_number_are_refused(review, fake, value):
+    reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                            "credentials": {"endpoint_url": f"{fake}/json/v1"},
+                            "tool_parameters": {"game_name": "Celeste", "max_tokens": value}})
+    assert reply.error["error_type"] == "ReviewError", reply.error
+    assert reply.error["message"].endswith(f"max_tokens must be a whole number of tokens, not {value!r}")
+
+
 def test_an_api_key_with_invisible_or_foreign_characters(chat, review, fake):
     pasted = {"endpoint_url": f"{fake}/json/v1", "context_size": "2048", "api_key": " k17\u200b\n"}
     reply = invoke(chat, fake, "json", stream=False, api_key=" k17\u200b")

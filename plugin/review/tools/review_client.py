@@ -112,16 +112,14 @@ def _max_tokens(max_tokens: Any, length: str) -> int:
     """The reply limit: ``max_tokens`` when given (1 … :data:`MAX_TOKENS_LIMIT`), else by ``length``.
 
     Raises:
-        ReviewError: not a whole number, or out of range.
+        ReviewError: not a whole number (:func:`server_client.whole_number`, as the chat
+            credentials read them: ``1.5``, ``"0.9"``, ``"1e1"`` are refused), or out of range.
     """
     if max_tokens in (None, ""):
         return MAX_TOKENS_BY_LENGTH.get(length, MAX_TOKENS_BY_LENGTH["medium"])
-    try:
-        if isinstance(max_tokens, bool):
-            raise TypeError
-        limit = int(float(max_tokens))
-    except (TypeError, ValueError, OverflowError):
-        raise ReviewError(f"max_tokens must be a whole number of tokens, not {max_tokens!r}") from None
+    limit = server_client.whole_number(max_tokens)
+    if limit is None:
+        raise ReviewError(f"max_tokens must be a whole number of tokens, not {max_tokens!r}")
     if not 1 <= limit <= MAX_TOKENS_LIMIT:
         raise ReviewError(f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, not {limit}")
     return limit

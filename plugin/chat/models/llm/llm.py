@@ -311,7 +311,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         return [SystemPromptMessage(content=persona.DEFAULT_SYSTEM), *prompt_messages]
 
     def validate_credentials(self, model: str, credentials: dict) -> None:
-        """Check the form's values, reachability, key and a one-token chat, and that ``context_size``
+        """Check the form's values (``max_tokens_to_sample`` at most ``context_size``), reachability, key and a one-token chat, and that ``context_size``
         fits the ``n_ctx`` the server reports (:func:`server_client.server_n_ctx`; Dify trims history
         by it), all within :data:`server_client.VALIDATE_TIMEOUT` seconds (:func:`server_client.validate`).
 
@@ -322,6 +322,11 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
             c = self._credentials(credentials)
             server_client.positive_int("context_size", credentials.get("context_size"))  # required
             server_client.request_timeout(c)
+            given = str(credentials.get("max_tokens_to_sample") or "").strip()
+            if given and int(c["max_tokens_to_sample"]) > int(c["context_size"]):
+                raise server_client.ServerError(
+                    f"max_tokens_to_sample {c['max_tokens_to_sample']} is larger than context_size"
+                    f" {c['context_size']}: a reply cannot outgrow the context; lower it", "bad_request")
             n_ctx = server_client.validate(c["endpoint_url"], c.get("api_key"),
                                            c.get("endpoint_model_name") or model)["n_ctx"]
         except server_client.ServerError as e:
