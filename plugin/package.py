@@ -260,6 +260,9 @@ def stage(pkg: Package, repo: Path | None = None, version: str | None = None) ->
 
 
 def _yaml(files: dict[str, bytes], name: str, where: str) -> dict:
+    if name not in files and str(name).endswith(".yml"):
+        raise UserError(f"{where}: references {name}; plugin YAML files must end in .yaml (only those are"
+                        f" shipped): rename it to {str(name)[:-4]}.yaml and fix the reference")
     if name not in files:
         raise UserError(f"{where}: references {name}, which is not in the package; add it or fix the path")
     try:

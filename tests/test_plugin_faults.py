@@ -207,6 +207,9 @@ class FakeServer(BaseHTTPRequestHandler):
     def mode_hang(self) -> None:
         self.mode_json()
 
+    def mode_gone(self) -> None:  # a proxy that knows no such path and says nothing
+        self._send(404, b"", "text/plain")
+
     def mode_nomodel(self) -> None:  # what vLLM answers for an unknown model
         self._send(404, json.dumps({"error": {"message": "The model `x` does not exist."}}).encode())
 
@@ -403,6 +406,14 @@ def test_review_max_tokens_that_are_no_whole_number_are_refused(review, fake, va
                             "tool_parameters": {"game_name": "Celeste", "max_tokens": value}})
     assert reply.error["error_type"] == "ReviewError", reply.error
     assert reply.error["message"].endswith(f"max_tokens must be a whole number of tokens, not {value!r}")
+
+
+def test_a_404_with_an_empty_body_reads_well(review, fake):
+    reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                            "credentials": {"endpoint_url": f"{fake}/gone/v1"}, "tool_parameters": {"game_name": "x"}})
+    assert reply.error["error_type"] == "ReviewError", reply.error
+    assert f"{fake}/gone/v1/chat/completions answered HTTP 404 (an empty body); the endpoint URL must be the API" \
+           f" base that ends in /v1" in reply.error["message"]
 
 
 def test_an_api_key_with_invisible_or_foreign_characters(chat, review, fake):

@@ -235,6 +235,11 @@ def test_referenced_files_must_exist():
         validate({k: v for k, v in files.items() if k != "tools/write_steam_review.py"})
     with pytest.raises(UserError, match="provider/steam_review.yaml"):
         validate({k: v for k, v in files.items() if k != "provider/steam_review.yaml"})
+    provider = yaml.safe_load(files["provider/steam_review.yaml"])
+    provider["tools"] = ["tools/write_steam_review.yml"]
+    with pytest.raises(UserError, match=r"references tools/write_steam_review.yml; plugin YAML files must end in"
+                                        r" .yaml \(only those are shipped\): rename it to tools/write_steam_review.yaml"):
+        validate({**files, "provider/steam_review.yaml": yaml.safe_dump(provider).encode()})
     tool = yaml.safe_load(files["tools/write_steam_review.yaml"])
     del tool["parameters"][0]["human_description"]
     with pytest.raises(UserError, match="human_description"):

@@ -205,7 +205,7 @@ def server_message(body: str) -> str:
 
 def error_for_status(status: int, body: str, url: str) -> ServerError:
     """Map an HTTP error status to a :class:`ServerError` with a one-line, actionable message."""
-    msg = server_message(body)
+    msg = server_message(body) or "an empty body"
     if status == 401 or (status == 403 and _KEY_WORDS.search(msg)):
         return ServerError(f"the server at {url} rejected the API key (HTTP {status}); use the key the server"
                            f" was started with (steam-train serve --api_key), or none if it has none", "auth", status)
