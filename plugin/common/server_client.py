@@ -467,13 +467,16 @@ def count_chat_tokens(endpoint_url: str, api_key: str | None, messages: list[dic
 
 
 def estimate_tokens(text: str) -> int:
-    """An estimate, leaning high, for when no tokenizer is at hand: two tokens per CJK character (a
-    byte-level BPE without Chinese merges, such as SmolLM2's, takes about that; Qwen's takes fewer)
-    and one per four other characters (the BPE rule of thumb for English, from OpenAI's tokenizer
-    guide). High rather than low, because Dify trims histories by it and too low a count ends in
-    a context overflow."""
-    cjk = sum(1 for ch in text if unicodedata.east_asian_width(ch) in ("W", "F"))
-    return 2 * cjk + math.ceil((len(text) - cjk) / 4)
+    """An estimate for when no tokenizer is at hand: two tokens per wide (CJK, Hangul, emoji)
+    character (a byte-level BPE without Chinese merges, such as SmolLM2's, takes about that; Qwen's
+    takes fewer), one per other non-ASCII character (Cyrillic, Arabic, Thai: two or three UTF-8
+    bytes that such a BPE seldom merges) and one per four ASCII characters (the BPE rule of thumb
+    for English, from OpenAI's tokenizer guide). Meant to lean high, because Dify trims histories
+    by it and too low a count ends in a context overflow; it can still fall low for ASCII digits,
+    punctuation and code, which BPEs split finer than English words."""
+    wide = sum(1 for ch in text if unicodedata.east_asian_width(ch) in ("W", "F"))
+    narrow = sum(1 for ch in text if ord(ch) > 127) - wide
+    return 2 * wide + narrow + math.ceil((len(text) - wide - narrow) / 4)
 
 
 def completion_text(response: Mapping[str, Any]) -> str:
