@@ -54,6 +54,13 @@ def test_tags_as_a_list_are_joined_like_a_string():
     assert "['fps'" not in as_list[0]["content"]
 
 
+@pytest.mark.parametrize("rendered", ['["fps", "retro"]', "['fps', 'retro']", '["fps", null, "retro"]'])
+def test_tags_as_a_list_rendered_into_text_are_read_as_that_list(rendered):
+    content = persona.review_messages(None, **prompt_args("Doom", rendered, language="en"))[0]["content"]
+    assert content == persona.review_messages(None, **prompt_args("Doom", "fps, retro", language="en"))[0]["content"]
+    assert "[" not in content and "None" not in content and "null" not in content
+
+
 @pytest.mark.parametrize("value, expected", [(None, 500), ("", 500), ("7", 7), (12.0, 12), ("12.0", 12), (4096, 4096)])
 def test_max_tokens_default_and_range(value, expected):
     assert _max_tokens(value, "auto") == expected
