@@ -30,6 +30,7 @@ PyPI, it cannot merge the shared modules in, and its checks run only at install 
 from __future__ import annotations
 
 import ast
+import os
 import datetime
 import re
 import time
@@ -160,27 +161,41 @@ def _ignore_spec(source: Path) -> pathspec.GitIgnoreSpec:
 def source_files(source: Path) -> tuple[list[str], list[str]]:
     """A plugin folder's files (relative, forward slashes, sorted) as ``(shipped, left_out)``:
     shipped = in :data:`INCLUDE` and not ignored (:func:`_ignore_spec`); left_out = the other
-    files, caches and virtualenvs not listed."""
+    files, caches and virtualenvs not listed. A symlinked file counts as the file it points to
+    (its target's bytes are shipped: the package holds no links).
+
+    Raises:
+        UserError: a symlink whose target does not exist.
+    """
     include, ignore = pathspec.GitIgnoreSpec.from_lines(INCLUDE), _ignore_spec(source)
     cache = pathspec.GitIgnoreSpec.from_lines(["__pycache__/", "*.py[cod]", ".venv/", ".*_cache/"])
     shipped, left_out = [], []
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source).as_posix()
-        if path.is_dir() or path.is_symlink() or cache.match_file(rel):
+        if path.is_dir() or cache.match_file(rel):
             continue
+        if not path.exists():
+            raise UserError(f"{path}: a symlink to {os.readlink(path)}, which does not exist; fix or delete the link")
         (shipped if include.match_file(rel) and not ignore.match_file(rel) else left_out).append(rel)
     return shipped, left_out
 
 
-def _imported(tree: ast.AST) -> set[str]:
-    """Absolute module names a module's code imports, with each ``from M import N`` also as ``M.N``."""
+def _imported(tree: ast.AST, package: list[str]) -> set[str]:
+    """Absolute module names a module's code imports, with each ``from M import N`` also as ``M.N``;
+    relative imports resolved against ``package`` (the importing module's package, as parts) by
+    Python's rule (``level`` dots: that package, then one parent per further dot)."""
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level > len(package):  # beyond the plugin root: Python refuses it at import
+                continue
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            if module:
+                names.add(module)
+                names.update(f"{module}.{a.name}" for a in node.names)
     return names
 
 
@@ -200,7 +215,8 @@ def _check_imports(files: dict[str, bytes], left_out: list[str], source: Path) -
             tree = ast.parse(data, filename=arc)
         except SyntaxError as e:
             raise UserError(f"{source / arc}: line {e.lineno}: invalid Python ({e.msg}); fix it") from None
-        missing = sorted(_imported(tree) & modules.keys())
+        package = arc.split("/")[:-1]
+        missing = sorted(_imported(tree, package) & modules.keys())
         if missing:
             raise UserError(f"{source / arc}: imports {missing[0]}, but {modules[missing[0]]} is left out of the"
                             f" package (.difyignore, or tests/ and caches); ship it or drop the import")
@@ -244,6 +260,9 @@ def stage(pkg: Package, repo: Path | None = None, version: str | None = None) ->
 
 
 def _yaml(files: dict[str, bytes], name: str, where: str) -> dict:
+    if name not in files and str(name).endswith(".yml"):
+        raise UserError(f"{where}: references {name}; plugin YAML files must end in .yaml (only those are"
+                        f" shipped): rename it to {str(name)[:-4]}.yaml and fix the reference")
     if name not in files:
         raise UserError(f"{where}: references {name}, which is not in the package; add it or fix the path")
     try:

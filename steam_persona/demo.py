@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona import demo_compare
@@ -58,6 +60,8 @@ from steam_persona.resources import doc, shipped
 
 #: The embedded demo data set (original text, written for this project).
 EXAMPLES = shipped("examples/persona_reviews.json")
+#: The review tool's declaration: its ``max_tokens`` parameter's ``max`` bounds ``--max_new_tokens``.
+REVIEW_TOOL_YAML = shipped("plugin/review/tools/write_steam_review.yaml")
 STAGES = ("prepare", "train", "compare", "export", "serve")
 #: The summary's line on Chinese with the embedded base.
 ZH_NOTE = ("SmolLM2-135M was trained mostly on English: a few minutes of LoRA on 65 Chinese reviews teaches "
@@ -170,6 +174,12 @@ def examples(language: str) -> list[dict[str, str]]:
     records = json.loads(EXAMPLES.read_text(encoding="utf-8"))
     english = INSTRUCTION_TEMPLATE_EN.split("{")[0]
     return [r for r in records if r["instruction"].startswith(english) == (language == "en")]
+
+
+def review_max_tokens() -> int:
+    """The largest ``max_tokens`` the review tool accepts (the ``max`` of its YAML's parameter)."""
+    params = yaml.safe_load(REVIEW_TOOL_YAML.read_text(encoding="utf-8"))["parameters"]
+    return next(int(p["max"]) for p in params if p.get("name") == "max_tokens")
 
 
 def _prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
@@ -428,12 +438,16 @@ def run(cfg: DemoConfig) -> DemoResult:
     ``demo_summary.json`` + ``report.md``.
 
     Raises:
-        UserError: a missing ``--data`` file, an unknown ``--language``, or a stage's own user error
+        UserError: a missing ``--data`` file, an unknown ``--language``, ``--max_new_tokens`` above
+            the review tool's limit (checked before any work), or a stage's own user error
             (the stage is recorded as failed in ``demo_state.json``; fix and rerun to continue from it).
     """
     t0, load_start = time.perf_counter(), _load_average()
     if cfg.language not in ("en", "zh"):
         raise UserError(f"demo: --language {cfg.language}: use en or zh")
+    if cfg.max_new_tokens > (limit := review_max_tokens()):
+        raise UserError(f"demo: --max_new_tokens {cfg.max_new_tokens}: the review tool takes at most {limit}"
+                        f" tokens; use {limit} or less")
     torch_threads = _threads_for_load(load_start)
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,15 @@ def test_missing_data_is_a_one_line_user_error(tmp_path):
     assert result.exit_code == 2 and "--quantization_bit 3" in result.output
 
 
+def test_max_new_tokens_above_the_review_tools_limit_is_refused_before_any_work(tmp_path):
+    from steam_persona.cli import main
+
+    result = CliRunner().invoke(main, ["demo", "--max_new_tokens", "5000", "--output_dir", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--max_new_tokens 5000: the review tool takes at most 4096 tokens; use 4096 or less" in result.output
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.slow
 def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tmp_path):
     out = tmp_path / "demo_run"

@@ -9,6 +9,7 @@ The plugins are the built ``.difypkg`` files run as ``python -m main`` (see test
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import time
@@ -117,6 +118,25 @@ class FakeServer(BaseHTTPRequestHandler):
         self._write(_chunk("tok ") + f"data: {json.dumps({'error': {'message': 'out of memory'}})}\n\n".encode())
         self.close_connection = True
 
+    def mode_errobject(self) -> None:  # a bare OpenAI error object, as older vLLM streams it
+        self._stream_start()
+        error = {"object": "error", "message": "prompt too long", "type": "BadRequestError", "code": 400}
+        self._write(f"data: {json.dumps(error)}\n\n".encode())
+        self.close_connection = True
+
+    def mode_errnamed(self) -> None:  # an event named "error" whose data has a message only
+        self._stream_start()
+        self._write(_chunk("tok ") + b'event: error\ndata: {"message": "overloaded"}\n\n')
+        self.close_connection = True
+
+    def mode_heartbeat(self) -> None:  # events without choices (or with null ones) between real ones; a BOM first
+        self._stream_start()
+        beat = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        self._write(b"\xef\xbb")  # the byte order mark split over two reads
+        self._write(b"\xbf" + _chunk("h") + f"data: {json.dumps(beat)}\n\n".encode() + _chunk("i")
+                    + f"data: {json.dumps({**beat, 'choices': None})}\n\n".encode() + _finish() + b"data: [DONE]\n\n")
+        self.close_connection = True
+
     def mode_nodone(self) -> None:  # complete (finish_reason, usage) but no data: [DONE]
         self._stream_start()
         self._write(_chunk("hi") + _finish() + b"data: " + json.dumps({**_event([]), "usage": COMPLETION["usage"]})
@@ -172,6 +192,10 @@ class FakeServer(BaseHTTPRequestHandler):
         time.sleep(STALL_S)
         self._send(200, json.dumps(COMPLETION).encode())
 
+    def mode_late(self) -> None:  # a blocking answer after 2 s of silence
+        time.sleep(2)
+        self._send(200, json.dumps(COMPLETION).encode())
+
     def mode_echo(self) -> None:  # a completion whose text is the messages the server received
         body = json.loads(self._body or b"{}")
         self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
@@ -182,6 +206,9 @@ class FakeServer(BaseHTTPRequestHandler):
 
     def mode_hang(self) -> None:
         self.mode_json()
+
+    def mode_gone(self) -> None:  # a proxy that knows no such path and says nothing
+        self._send(404, b"", "text/plain")
 
     def mode_nomodel(self) -> None:  # what vLLM answers for an unknown model
         self._send(404, json.dumps({"error": {"message": "The model `x` does not exist."}}).encode())
@@ -241,6 +268,8 @@ def text_of(reply) -> str:
     ("garbage", "InvokeServerUnavailableError", "sent a stream event that is not JSON: '{not json'"),
     ("errevent", "InvokeBadRequestError", "refused the request mid-reply: context overflow mid-stream"),
     ("errfail", "InvokeServerUnavailableError", "failed mid-reply: out of memory"),
+    ("errobject", "InvokeBadRequestError", "refused the request (HTTP 400): prompt too long"),
+    ("errnamed", "InvokeServerUnavailableError", "failed mid-reply: overloaded"),
     ("html", "InvokeServerUnavailableError", "answered text/html, not an event stream"),
     ("busy", "InvokeRateLimitError", "the server is busy (HTTP 429): too many requests"),
 ])
@@ -272,11 +301,11 @@ def test_blocking_answers_that_are_no_completion(chat, fake, mode, error_type, w
     assert "must be the API base" not in reply.error["message"]  # a wrong model is no wrong path
 
 
-@pytest.mark.parametrize("mode", ["nodone", "ssefull"])
-def test_complete_streams_in_any_valid_sse_form_keep_their_text(chat, fake, mode):
+@pytest.mark.parametrize("mode, text", [("nodone", "hi"), ("ssefull", "h"), ("heartbeat", "hi")])
+def test_complete_streams_in_any_valid_sse_form_keep_their_text(chat, fake, mode, text):
     reply = invoke(chat, fake, mode)
     assert reply.error is None, reply.error
-    assert (text_of(reply), reply.result[-1]["delta"]["finish_reason"]) == ("hi" if mode == "nodone" else "h", "stop")
+    assert (text_of(reply), reply.result[-1]["delta"]["finish_reason"]) == (text, "stop")
 
 
 @pytest.mark.parametrize("mode, stream", [("stall", True), ("trickle", True), ("slow", False)])
@@ -316,10 +345,25 @@ def test_review_tool_is_bounded_by_request_timeout(review, fake, mode):
     reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": creds,
                             "tool_parameters": {"game_name": "Celeste"}}, timeout=STALL_S)
     assert reply.error["error_type"] == "ReviewError", reply.error
-    assert reply.error["message"].endswith("did not finish its answer in time; raise the request_timeout setting")
+    assert reply.error["message"].endswith(f"did not finish its answer within {TIMEOUT_S} s; raise the request_timeout"
+                                           f" setting")
     assert TIMEOUT_S <= reply.seconds < TIMEOUT_S + 3
     if mode == "watchslow":  # the connection was closed, so the server can stop
         assert _closed_at(), "the connection was left open"
+
+
+def test_review_tool_waits_the_whole_request_timeout_for_a_silent_answer(plugins, fake, tmp_path):
+    """A non-streamed review sends nothing until it is written: no per-read cap may end it early
+    (here the chat plugin's per-read limit is cut to 0.5 s, the answer comes after 2 s of silence)."""
+    copy = shutil.copytree(plugins["review"], tmp_path / "review")
+    client = copy / "server_client.py"
+    client.write_text(client.read_text().replace("READ_TIMEOUT = 300.0", "READ_TIMEOUT = 0.5"))
+    creds = {"endpoint_url": f"{fake}/late/v1", "request_timeout": "10"}
+    with PluginProcess(copy, plugin_python(copy)) as review:
+        reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                                "credentials": creds, "tool_parameters": {"game_name": "Celeste"}}, timeout=STALL_S)
+    assert reply.error is None, reply.error
+    assert reply.result[0]["message"]["text"] == "hi" and reply.seconds >= 2
 
 
 @pytest.mark.parametrize("field, value", [("context_size", "abc"), ("context_size", "-5"), ("context_size", ""),
@@ -343,6 +387,33 @@ def test_credentials_must_be_positive_whole_numbers(chat, fake, field, value):
         assert reply.error["message"].endswith("open the model's settings in Dify and save them again")
     key = invoke(chat, fake, "json", api_key="k19\nX")
     assert key.error["error_type"] == "InvokeAuthorizationError", key.error
+
+
+def test_max_tokens_to_sample_above_context_size_is_refused_when_saved(chat, fake):
+    creds = {"endpoint_url": f"{fake}/json/v1", "context_size": "2048", "max_tokens_to_sample": "99999999"}
+    reply = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": creds})
+    assert reply.error["error_type"] == "CredentialsValidateFailedError", reply.error
+    assert "max_tokens_to_sample 99999999 is larger than context_size 2048" in reply.error["message"]
+    ok = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": {
+        "endpoint_url": f"{fake}/json/v1", "context_size": "1024"}})  # unset: its default 2048 is no error
+    assert ok.error is None, ok.error
+
+
+@pytest.mark.parametrize("value", [1.5, "0.9"])
+def test_review_max_tokens_that_are_no_whole_number_are_refused(review, fake, value):
+    reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                            "credentials": {"endpoint_url": f"{fake}/json/v1"},
+                            "tool_parameters": {"game_name": "Celeste", "max_tokens": value}})
+    assert reply.error["error_type"] == "ReviewError", reply.error
+    assert reply.error["message"].endswith(f"max_tokens must be a whole number of tokens, not {value!r}")
+
+
+def test_a_404_with_an_empty_body_reads_well(review, fake):
+    reply = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                            "credentials": {"endpoint_url": f"{fake}/gone/v1"}, "tool_parameters": {"game_name": "x"}})
+    assert reply.error["error_type"] == "ReviewError", reply.error
+    assert f"{fake}/gone/v1/chat/completions answered HTTP 404 (an empty body); the endpoint URL must be the API" \
+           f" base that ends in /v1" in reply.error["message"]
 
 
 def test_an_api_key_with_invisible_or_foreign_characters(chat, review, fake):
@@ -378,6 +449,22 @@ def test_tool_results_and_tool_calls_in_the_history_reach_the_model_as_text(chat
     sent = json.loads(reply.result[0]["delta"]["message"]["content"])  # the fake echoes the messages it got
     assert sent == [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": ""},
                     {"role": "user", "content": "Tool result (c1):\nsunny"}]
+
+
+def test_system_and_assistant_part_lists_are_flattened_like_user_ones(chat, fake):
+    parts = [{"type": "text", "data": "You are terse."}, {"type": "text", "data": "Answer in English."}]
+    history = [{"role": "system", "content": parts}, {"role": "user", "content": "hi"},
+               {"role": "assistant", "content": [{"type": "text", "data": "Hello."}]},
+               {"role": "user", "content": "more"}]
+    for stream in (True, False):
+        reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": {"endpoint_url": f"{fake}/echo/v1"},
+                              "prompt_messages": history, "model_parameters": {}, "stop": None, "tools": None,
+                              "stream": stream})
+        assert reply.error is None, reply.error
+        sent = json.loads(text_of(reply))  # the fake echoes the messages it got
+        assert sent == [{"role": "system", "content": "You are terse.\nAnswer in English."},
+                        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."},
+                        {"role": "user", "content": "more"}]
 
 
 @pytest.mark.parametrize("part", [{"type": "document", "format": "pdf", "mime_type": "application/pdf",

@@ -166,6 +166,30 @@ def test_a_module_the_code_imports_must_not_be_left_out(tmp_path):
         stage(PACKAGES[1], repo)
 
 
+@pytest.mark.parametrize("line", ["from . import local", "from .local import X", "from . import local as other"])
+def test_a_relative_import_of_a_left_out_module_is_refused_too(tmp_path, line):
+    repo = _repo_copy(tmp_path)
+    review = repo / "plugin/review"
+    (review / "tools/local.py").write_text("X = 1\n")
+    (review / "tools/__init__.py").write_text("")
+    tool = review / "tools/write_steam_review.py"
+    tool.write_text(tool.read_text() + f"\n{line}\n")
+    (review / ".difyignore").write_text("tools/local.py\n")
+    with pytest.raises(UserError, match=r"write_steam_review.py: imports tools.local, but tools/local.py is left out"):
+        stage(PACKAGES[1], repo)
+
+
+def test_a_symlinked_module_ships_its_targets_bytes_and_a_dangling_link_is_refused(tmp_path):
+    repo = _repo_copy(tmp_path)
+    review = repo / "plugin/review"
+    (tmp_path / "linked_target.py").write_text("Y = 2\n")
+    (review / "tools/linked.py").symlink_to(tmp_path / "linked_target.py")
+    assert stage(PACKAGES[1], repo)["tools/linked.py"] == b"Y = 2\n"
+    (tmp_path / "linked_target.py").unlink()
+    with pytest.raises(UserError, match=r"tools/linked.py: a symlink to .*linked_target.py, which does not exist"):
+        stage(PACKAGES[1], repo)
+
+
 @pytest.mark.parametrize("field,value,needle", [
     ("author", "Steam-Persona", "author"),
     ("author", "a" * 65, "author"),
@@ -211,6 +235,11 @@ def test_referenced_files_must_exist():
         validate({k: v for k, v in files.items() if k != "tools/write_steam_review.py"})
     with pytest.raises(UserError, match="provider/steam_review.yaml"):
         validate({k: v for k, v in files.items() if k != "provider/steam_review.yaml"})
+    provider = yaml.safe_load(files["provider/steam_review.yaml"])
+    provider["tools"] = ["tools/write_steam_review.yml"]
+    with pytest.raises(UserError, match=r"references tools/write_steam_review.yml; plugin YAML files must end in"
+                                        r" .yaml \(only those are shipped\): rename it to tools/write_steam_review.yaml"):
+        validate({**files, "provider/steam_review.yaml": yaml.safe_dump(provider).encode()})
     tool = yaml.safe_load(files["tools/write_steam_review.yaml"])
     del tool["parameters"][0]["human_description"]
     with pytest.raises(UserError, match="human_description"):

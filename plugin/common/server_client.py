@@ -44,7 +44,9 @@ TOKENIZE_TIMEOUT = 5.0
 #: long CPU replies that worked under the old per-read limit still do; a server that stalls or
 #: trickles keep-alive comments fails after this.
 REQUEST_TIMEOUT = 3600.0
-#: Seconds one wait for the server's next bytes may take (the Dify SDK's own per-read limit).
+#: Seconds one wait for the chat plugin's next bytes may take (the Dify SDK's own per-read limit);
+#: :func:`chat_completion` waits the whole ``read_timeout`` instead, since a non-streamed answer
+#: sends nothing until it is complete.
 READ_TIMEOUT = 300.0
 #: Characters that paste invisibly with a copied key (zero-width space/joiners, word joiner, BOM).
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
@@ -203,7 +205,7 @@ def server_message(body: str) -> str:
 
 def error_for_status(status: int, body: str, url: str) -> ServerError:
     """Map an HTTP error status to a :class:`ServerError` with a one-line, actionable message."""
-    msg = server_message(body)
+    msg = server_message(body) or "an empty body"
     if status == 401 or (status == 403 and _KEY_WORDS.search(msg)):
         return ServerError(f"the server at {url} rejected the API key (HTTP {status}); use the key the server"
                            f" was started with (steam-train serve --api_key), or none if it has none", "auth", status)
@@ -239,12 +241,13 @@ def unavailable_message(url: str, what: str) -> str:
     return f"the model server at {url} {what}; is `steam-train serve` running there?" + docker_hint(url)
 
 
-def error_for_exception(exc: Exception, url: str, setting: str = "") -> ServerError:
+def error_for_exception(exc: Exception, url: str, setting: str = "", seconds: float | None = None) -> ServerError:
     """Map an httpx transport error (refused, timeout, DNS) to a ``kind="unavailable"`` :class:`ServerError`;
-    a timeout after the connection was made names ``setting``, the one to raise, and asks nothing
-    about the server running (it was reached)."""
+    a timeout after the connection was made names ``seconds`` (the limit that passed) and
+    ``setting`` (the one to raise), and asks nothing about the server running (it was reached)."""
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
-        return ServerError(f"the server at {url} did not finish its answer in time"
+        when = f"within {round(seconds, 1):g} s" if seconds is not None else "in time"
+        return ServerError(f"the server at {url} did not finish its answer {when}"
                            + (f"; raise the {setting} setting" if setting else ""), "unavailable")
     if isinstance(exc, httpx.TimeoutException):
         what = "did not answer in time"
@@ -268,10 +271,10 @@ def _request(method: str, url: str, api_key: str | None, *, json_body: Any = Non
     """One request whose whole answer must arrive within ``read_timeout`` seconds (plus the connect
     timeout, at most as long): httpx's read timeout bounds each gap only, so the body is read
     piecewise against a deadline, and the connection is closed when it passes (the server then
-    stops the work). ``setting``: the credential a timeout message tells to raise."""
+    stops the work). A non-streamed answer arrives in one piece at the end, so no wait is capped
+    below ``read_timeout``. ``setting``: the credential a timeout message tells to raise."""
     deadline = time.monotonic() + read_timeout
-    gap = min(read_timeout, READ_TIMEOUT)
-    timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT, read_timeout), read=gap, write=gap,
+    timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT, read_timeout), read=read_timeout, write=read_timeout,
                             pool=min(CONNECT_TIMEOUT, read_timeout))
     try:
         with httpx.stream(method, url, headers=headers(api_key), json=json_body, timeout=timeout) as response:
@@ -284,7 +287,7 @@ def _request(method: str, url: str, api_key: str | None, *, json_body: Any = Non
                                   request=response.request)
         response.read()  # decodes gzip/deflate as the headers say
     except httpx.HTTPError as e:
-        raise error_for_exception(e, url, setting) from None
+        raise error_for_exception(e, url, setting, read_timeout) from None
     if response.status_code >= 400:
         raise error_for_status(response.status_code, response.text, url)
     return response
@@ -464,13 +467,16 @@ def count_chat_tokens(endpoint_url: str, api_key: str | None, messages: list[dic
 
 
 def estimate_tokens(text: str) -> int:
-    """An estimate, leaning high, for when no tokenizer is at hand: two tokens per CJK character (a
-    byte-level BPE without Chinese merges, such as SmolLM2's, takes about that; Qwen's takes fewer)
-    and one per four other characters (the BPE rule of thumb for English, from OpenAI's tokenizer
-    guide). High rather than low, because Dify trims histories by it and too low a count ends in
-    a context overflow."""
-    cjk = sum(1 for ch in text if unicodedata.east_asian_width(ch) in ("W", "F"))
-    return 2 * cjk + math.ceil((len(text) - cjk) / 4)
+    """An estimate for when no tokenizer is at hand: two tokens per wide (CJK, Hangul, emoji)
+    character (a byte-level BPE without Chinese merges, such as SmolLM2's, takes about that; Qwen's
+    takes fewer), one per other non-ASCII character (Cyrillic, Arabic, Thai: two or three UTF-8
+    bytes that such a BPE seldom merges) and one per four ASCII characters (the BPE rule of thumb
+    for English, from OpenAI's tokenizer guide). Meant to lean high, because Dify trims histories
+    by it and too low a count ends in a context overflow; it can still fall low for ASCII digits,
+    punctuation and code, which BPEs split finer than English words."""
+    wide = sum(1 for ch in text if unicodedata.east_asian_width(ch) in ("W", "F"))
+    narrow = sum(1 for ch in text if ord(ch) > 127) - wide
+    return 2 * wide + narrow + math.ceil((len(text) - wide - narrow) / 4)
 
 
 def completion_text(response: Mapping[str, Any]) -> str:

@@ -27,6 +27,7 @@ def test_messages_and_counting():
     assert len(sc.prepare_messages([{"role": "system", "content": "T"}], system="S")) == 1
     assert sc.render_chatml([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert sc.estimate_tokens("你好abcd") == 5
+    assert sc.estimate_tokens("привет") == 6 and sc.estimate_tokens("สวัสดีab") == 7
 
 
 def test_errors_and_switches():

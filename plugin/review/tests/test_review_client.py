@@ -54,7 +54,14 @@ def test_tags_as_a_list_are_joined_like_a_string():
     assert "['fps'" not in as_list[0]["content"]
 
 
-@pytest.mark.parametrize("value, expected", [(None, 500), ("", 500), ("7", 7), (12.0, 12), (4096, 4096)])
+@pytest.mark.parametrize("rendered", ['["fps", "retro"]', "['fps', 'retro']", '["fps", null, "retro"]'])
+def test_tags_as_a_list_rendered_into_text_are_read_as_that_list(rendered):
+    content = persona.review_messages(None, **prompt_args("Doom", rendered, language="en"))[0]["content"]
+    assert content == persona.review_messages(None, **prompt_args("Doom", "fps, retro", language="en"))[0]["content"]
+    assert "[" not in content and "None" not in content and "null" not in content
+
+
+@pytest.mark.parametrize("value, expected", [(None, 500), ("", 500), ("7", 7), (12.0, 12), ("12.0", 12), (4096, 4096)])
 def test_max_tokens_default_and_range(value, expected):
     assert _max_tokens(value, "auto") == expected
     assert _max_tokens(None, "short") == 200
@@ -63,6 +70,12 @@ def test_max_tokens_default_and_range(value, expected):
 @pytest.mark.parametrize("value", [0, -1, 4097, 99999, "abc", "inf", float("inf"), True, "nan"])
 def test_max_tokens_outside_the_yaml_range_is_refused(value):
     with pytest.raises(ReviewError, match="max_tokens must be"):
+        _max_tokens(value, "auto")
+
+
+@pytest.mark.parametrize("value", [1.5, "2.7", "0.9", "1e1", "-5"])
+def test_max_tokens_that_are_no_whole_number_are_refused_not_truncated(value):
+    with pytest.raises(ReviewError, match=f"max_tokens must be a whole number of tokens, not {value!r}"):
         _max_tokens(value, "auto")
 
 

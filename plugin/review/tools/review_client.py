@@ -11,6 +11,8 @@ copies ``common/persona.py`` (the one definition of the prompt format) and
 
 from __future__ import annotations
 
+import ast
+import json
 from typing import Any, Mapping
 
 import persona
@@ -52,13 +54,31 @@ def prompt_args(game_name: Any, tags: Any = None, verdict: Any = "auto", languag
     if not str(game_name or "").strip():
         raise ReviewError("game_name is required: give the game to review, e.g. 《黑神话：悟空》")
     length = _choice("length", length, LENGTHS, "auto")
+    tags = _tag_list(tags)
     if isinstance(tags, (list, tuple)):
-        tags = [str(t).strip() for t in tags if str(t).strip()]
+        tags = [str(t).strip() for t in tags if t is not None and str(t).strip()]
     return {"game_name": str(game_name), "tags": tags if isinstance(tags, list) else (str(tags) if tags else None),
             "verdict": _choice("verdict", verdict, VERDICTS, "auto").replace("_", " "),
             "language": _choice("language", language, LANGUAGES, "zh"),
             "length": None if length == "auto" else length,
             "extra_instructions": str(extra_instructions or "") or None}
+
+
+def _tag_list(tags: Any) -> Any:
+    """``tags`` as a list when it is a list rendered into text (``'["fps", "retro"]'`` as JSON, or
+    ``"['fps', 'retro']"`` as Python writes it: what a Dify template gives for an array variable);
+    anything else unchanged."""
+    text = tags.strip() if isinstance(tags, str) else ""
+    if not (text.startswith("[") and text.endswith("]")):
+        return tags
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(value, list):
+            return value
+    return tags
 
 
 def write_review(credentials: Mapping[str, Any], game_name: Any, tags: Any = None, verdict: Any = "auto",
@@ -112,16 +132,14 @@ def _max_tokens(max_tokens: Any, length: str) -> int:
     """The reply limit: ``max_tokens`` when given (1 … :data:`MAX_TOKENS_LIMIT`), else by ``length``.
 
     Raises:
-        ReviewError: not a whole number, or out of range.
+        ReviewError: not a whole number (:func:`server_client.whole_number`, as the chat
+            credentials read them: ``1.5``, ``"0.9"``, ``"1e1"`` are refused), or out of range.
     """
     if max_tokens in (None, ""):
         return MAX_TOKENS_BY_LENGTH.get(length, MAX_TOKENS_BY_LENGTH["medium"])
-    try:
-        if isinstance(max_tokens, bool):
-            raise TypeError
-        limit = int(float(max_tokens))
-    except (TypeError, ValueError, OverflowError):
-        raise ReviewError(f"max_tokens must be a whole number of tokens, not {max_tokens!r}") from None
+    limit = server_client.whole_number(max_tokens)
+    if limit is None:
+        raise ReviewError(f"max_tokens must be a whole number of tokens, not {max_tokens!r}")
     if not 1 <= limit <= MAX_TOKENS_LIMIT:
         raise ReviewError(f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, not {limit}")
     return limit

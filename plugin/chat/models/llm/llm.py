@@ -59,8 +59,10 @@ logger = logging.getLogger(__name__)
 logger.setLevel(logging.INFO)
 logger.addHandler(plugin_logger_handler)
 
-#: The SDK reports a non-200 answer as InvokeError("API request failed with status code N: BODY").
 _EOL = re.compile(rb"\r\n|\r|\n")
+#: The UTF-8 byte order mark, which the event-stream standard drops at a stream's start.
+_BOM = b"\xef\xbb\xbf"
+#: The SDK reports a non-200 answer as InvokeError("API request failed with status code N: BODY").
 _SDK_STATUS = re.compile(r"status code (\d{3}):\s*(.*)", re.S)
 _ERROR_CLASS = {"auth": InvokeAuthorizationError, "bad_request": InvokeBadRequestError,
                 "rate_limit": InvokeRateLimitError, "unavailable": InvokeServerUnavailableError,
@@ -103,16 +105,21 @@ def _transport_message(error: BaseException, url: str) -> str:
 
 def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
     """The ``data`` of each server-sent event in a byte stream, as the WHATWG HTML standard's "event
-    stream interpretation" reads it: lines end in CRLF, LF or CR; ``data:`` fields (one space after
-    the colon dropped) are joined by newlines; a blank line ends an event; ``event:``, ``id:``,
-    ``retry:`` and ``:`` comment lines are ignored. An event the body ends inside is still returned.
+    stream interpretation" reads it: a leading UTF-8 byte order mark is dropped; lines end in CRLF,
+    LF or CR; ``data:`` fields (one space after the colon dropped) are joined by newlines; a blank
+    line ends an event; ``event:``, ``id:``, ``retry:`` and ``:`` comment lines are ignored. An
+    event the body ends inside is still returned.
 
     Why our own: the SDK splits on ``"\\n\\n"`` only (no CRLF, no multi-line events), and the plugin's
     locked dependencies hold no SSE parser; this is the standard's few rules, nothing more.
     """
-    buf, data = b"", []
+    buf, data, at_start = b"", [], True
     for chunk in chunks:
         buf += chunk
+        if at_start:
+            if _BOM.startswith(buf):  # the mark may come split over reads
+                continue
+            buf, at_start = buf.removeprefix(_BOM), False
         cut = len(buf) - 1 if buf.endswith(b"\r") else len(buf)  # a CR may be the first half of CRLF
         *lines, rest = _EOL.split(buf[:cut])
         buf = rest + buf[cut:]
@@ -142,8 +149,9 @@ def _arrived(response: requests.Response) -> Iterator[bytes]:
 def _checked_events(chunks: Iterable[bytes], url: str, deadline: float) -> Iterator[str]:
     """The stream's events as ``data: …`` lines for the SDK's parser, raising
     :class:`server_client.ServerError` where the parser would end quietly: past ``deadline``
-    (keep-alive comments included), data that is not JSON, an error event (``{"error": …}``
-    without choices), or a body that ends before ``data: [DONE]`` (the terminator of OpenAI's
+    (keep-alive comments included), data that is not JSON, an error event without choices
+    (``{"error": …}``, or a bare error object ``{"object": "error", "message", "code"}`` as vLLM
+    sends it), or a body that ends before ``data: [DONE]`` (the terminator of OpenAI's
     API, llama.cpp, vLLM and Ollama) and before any choice's ``finish_reason`` (a stream that
     has its finish reason is complete)."""
     def timed() -> Iterator[bytes]:
@@ -162,14 +170,24 @@ def _checked_events(chunks: Iterable[bytes], url: str, deadline: float) -> Itera
         except ValueError:
             raise server_client.ServerError(f"the server at {url} sent a stream event that is not JSON:"
                                             f" {data[:120]!r}", "server") from None
-        if isinstance(event, dict) and event.get("error") and event.get("choices") is None:
-            raise server_client.error_event(event["error"], url)
         choices = event.get("choices") if isinstance(event, dict) else None
-        finished = finished or any(isinstance(c, dict) and c.get("finish_reason") for c in choices or [])
+        if not isinstance(choices, list):
+            if isinstance(event, dict) and (event.get("error") or event.get("message")):
+                raise server_client.error_event(_error_of(event), url)
+            continue  # a heartbeat or another event with no reply in it
+        finished = finished or any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
         yield "data: " + data
     if not finished:
         raise server_client.ServerError(f"the server at {url} stopped mid-reply (the stream ended without"
                                         f" [DONE] or a finish_reason)", "unavailable")
+
+
+def _error_of(event: dict) -> object:
+    """The error of a stream event: its ``error`` field, else the event itself when it is a bare
+    error object (``message``, and maybe ``type``/``code``, at the top level)."""
+    if event.get("error"):
+        return event["error"]
+    return {k: event[k] for k in ("message", "type", "code") if event.get(k) is not None}
 
 
 class _Exchange:
@@ -293,7 +311,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         return [SystemPromptMessage(content=persona.DEFAULT_SYSTEM), *prompt_messages]
 
     def validate_credentials(self, model: str, credentials: dict) -> None:
-        """Check the form's values, reachability, key and a one-token chat, and that ``context_size``
+        """Check the form's values (``max_tokens_to_sample`` at most ``context_size``), reachability, key and a one-token chat, and that ``context_size``
         fits the ``n_ctx`` the server reports (:func:`server_client.server_n_ctx`; Dify trims history
         by it), all within :data:`server_client.VALIDATE_TIMEOUT` seconds (:func:`server_client.validate`).
 
@@ -304,6 +322,11 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
             c = self._credentials(credentials)
             server_client.positive_int("context_size", credentials.get("context_size"))  # required
             server_client.request_timeout(c)
+            given = str(credentials.get("max_tokens_to_sample") or "").strip()
+            if given and int(c["max_tokens_to_sample"]) > int(c["context_size"]):
+                raise server_client.ServerError(
+                    f"max_tokens_to_sample {c['max_tokens_to_sample']} is larger than context_size"
+                    f" {c['context_size']}: a reply cannot outgrow the context; lower it", "bad_request")
             n_ctx = server_client.validate(c["endpoint_url"], c.get("api_key"),
                                            c.get("endpoint_model_name") or model)["n_ctx"]
         except server_client.ServerError as e:
@@ -502,13 +525,21 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         as text the model still reads the result, as in Dify's ReAct agents.
         """
         if isinstance(message, ToolPromptMessage):
-            content = server_client.flatten_content(super()._convert_prompt_message_to_dict(
-                UserPromptMessage(content=message.content), credentials)["content"])
+            content = self._parts_as_user(message.content, credentials)
             return {"role": "user", "content": f"Tool result ({message.tool_call_id}):\n{content or ''}"}
+        if isinstance(message.content, list) and not isinstance(message, UserPromptMessage):
+            message = message.model_copy(update={"content": self._parts_as_user(message.content, credentials)})
         d = super()._convert_prompt_message_to_dict(message, credentials)
         if "content" in d:
             d["content"] = server_client.flatten_content(d["content"])
         return d
+
+    def _parts_as_user(self, content: object, credentials: dict | None) -> object:
+        """A message content as the SDK converts a user turn's (only there does it turn content
+        parts into OpenAI dicts; a system or assistant list would reach the JSON encoder as
+        objects), text-only part lists flattened to one string."""
+        return server_client.flatten_content(super()._convert_prompt_message_to_dict(
+            UserPromptMessage(content=content), credentials)["content"])
 
     # -- token counting ------------------------------------------------------------------------
     def _count_messages(self, credentials: dict, prompt_messages: list[PromptMessage]) -> int:
