@@ -56,6 +56,7 @@ from steam_persona.common.arguments import (DataArguments, GeneratingArguments, 
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, status, summary_table
 from steam_persona.common.errors import UserError
+from steam_persona.export.quantize import check_types
 from steam_persona.resources import doc, shipped
 
 #: The embedded demo data set (original text, written for this project).
@@ -445,6 +446,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     t0, load_start = time.perf_counter(), _load_average()
     if cfg.language not in ("en", "zh"):
         raise UserError(f"demo: --language {cfg.language}: use en or zh")
+    check_types([cfg.quantization])  # export would refuse it only after the training
     if cfg.max_new_tokens > (limit := review_max_tokens()):
         raise UserError(f"demo: --max_new_tokens {cfg.max_new_tokens}: the review tool takes at most {limit}"
                         f" tokens; use {limit} or less")

@@ -107,6 +107,9 @@ def test_max_new_tokens_above_the_review_tools_limit_is_refused_before_any_work(
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--max_new_tokens 5000: the review tool takes at most 4096 tokens; use 4096 or less" in result.output
     assert not (tmp_path / "d").exists()
+    result = CliRunner().invoke(main, ["demo", "--quantization", "q9_x", "--output_dir", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "--quantization: unknown type 'q9_x'; use one or more of q4_k_m" in result.output
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.slow

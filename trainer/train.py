@@ -582,8 +582,8 @@ def _check(cfg: TrainConfig) -> None:
         raise UserError(f"--quantization_bit {cfg.quantization_bit}: use 4 or 8 (or leave it unset)")
     if not 0 <= cfg.warmup_ratio < 1:
         raise UserError(f"--warmup_ratio {cfg.warmup_ratio}: must be in [0, 1)")
-    if cfg.learning_rate <= 0:
-        raise UserError(f"--learning_rate {cfg.learning_rate}: must be positive")
+    if not 0 < cfg.learning_rate < math.inf:  # also nan, which every comparison refuses
+        raise UserError(f"--learning_rate {cfg.learning_rate}: must be a positive number")
     if cfg.eval_dataset and cfg.val_size:
         raise UserError(f"--eval_dataset and --val_size {cfg.val_size} are both set; give one source of eval samples")
     if cfg.load_best_model_at_end and (cfg.eval_strategy == "no" or not (cfg.val_size or cfg.eval_dataset)):
@@ -864,8 +864,6 @@ class TrainRecipe:
         In a multi-process run a rank left without a micro-batch (short last step) joins DDP's all-reduce
         with a zero-weighted one; gradients are all-reduced on the last micro-batch only
         (:mod:`steam_persona.trainer.distributed`)."""
-        import torch
-
         from steam_persona.trainer import distributed
         from steam_persona.trainer.packing import loss_sum
 
