@@ -195,9 +195,9 @@ def _suffix(p: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-#: Files ``steam-train collect`` keeps beside its output (state, log, lock, unfinished ``.part``):
-#: never review inputs, whether a folder or a glob names them.
-_COLLECT_SIDE_FILES = (".state.json", ".log.jsonl", ".lock", ".part")
+#: Files ``steam-train collect`` keeps beside its output (state, log, lock): never review inputs;
+#: left out of folders quietly, noted when named. An unfinished ``.part`` is noted in both.
+_COLLECT_SIDE_FILES = (".state.json", ".log.jsonl", ".lock")
 
 
 def _skip_note(f: Path) -> str | None:
@@ -229,7 +229,7 @@ def expand_inputs(paths: list[str]) -> list[Path]:
             found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
                            and (_suffix(f) in _SUFFIXES or f.name.endswith(".part"))
                            and f.name not in ("prepare_report.json", "dataset_info.json")
-                           and not f.name.endswith(_COLLECT_SIDE_FILES[:3]))
+                           and not f.name.endswith(_COLLECT_SIDE_FILES))
             if not found:
                 raise UserError(f"{p}: folder has no .json, .jsonl, .csv, .tsv or .parquet files; check the path")
         elif p.is_file():
