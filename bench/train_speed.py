@@ -79,6 +79,11 @@ STACKS = {
     "ours-main-1205": "loss,fixed,long",          # the defaults before chunked MLPs and overlapped offload
     "ours-profile": "profile,profile_real,profile_long",  # torch.profiler: where a step's time goes
     "ours-phases": "phases,phases_real",          # unprofiled: when the host and the GPU finish each part of a step
+    "ours-hostprof": "phases,phases_real,hostprof,hostprof_real",  # ... and cProfile of the host's Python
+    "ours-loss-chunks": "phases,phases_real",     # Liger's fused loss in chunks of ~1,024 rows (chunk_mem_const)
+    "ours-no-asserts": "phases,phases_real",      # Inductor's wrappers without size/stride/alignment asserts
+    "ours-cpp-wrapper": "phases,phases_real",     # Inductor's wrapper code in C++ (cpp_wrapper), not Python
+    "ours-combo": "phases,phases_real",           # Inductor's combo kernels (independent kernels in one launch)
     "unsloth-profile": "profile,profile_real,profile_long",  # the same for Unsloth
     "ours-memory": "fixed,memory",                # what is live at the peak of a fixed 1024 x 4 step (memory_profile)
     "unsloth": "loss,real_bs16,real_pf4x4,fixed,long",  # the anchor, run its recommended way (bench/unsloth_stack.py)
@@ -104,6 +109,14 @@ VARIANTS = {
     "ours-lowmem": {"lora_mlp": False, "mlp_chunk_min_tokens": 16384},
     "ours-main-1205": {"lora_mlp": False, "offload_min_tokens": 16384, "offload_overlap": False,
                        "mlp_chunk_min_tokens": None},
+}
+
+
+#: Inductor settings each variant of ours changes (torch._inductor.config), read when the layers compile
+INDUCTOR_VARIANTS = {
+    "ours-no-asserts": {"size_asserts": False, "alignment_asserts": False},
+    "ours-cpp-wrapper": {"cpp_wrapper": True},
+    "ours-combo": {"combo_kernels": True},
 }
 
 
@@ -213,6 +226,25 @@ def keep_attention_in_compiled_recompute(accel) -> None:
     accel.OverlappedOffload.wanted = wanted
 
 
+def liger_in_chunks(accel, rows: int) -> None:
+    """Make the fused loss split its BT rows into chunks of at most `rows` (and not fewer rows than that when
+    BT allows): Liger sizes a chunk as next_power_of_2(ceil(BT / ceil(V / (chunk_mem_const * H)))), so
+    chunk_mem_const is the largest that still gives at least ceil(BT / rows) chunks."""
+    import math
+
+    def loss(hidden, weight, target, bias=None, *, reduction="mean", ignore_index=accel.IGNORE_INDEX):
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        (bt, h), v = hidden.shape, weight.shape[0]
+        want, const = math.ceil(bt / rows), 1
+        while math.ceil(v / ((const + 1) * h)) >= want and const < 64:
+            const += 1
+        return liger_fused_linear_cross_entropy(hidden, weight, target, bias, ignore_index=ignore_index,
+                                                reduction=reduction, chunk_mem_const=const)
+
+    accel._liger_linear_cross_entropy = loss
+
+
 def build_ours(model_dir: Path, variant: str):
     """What `steam-train train --quantization_bit 4 --bf16 True` builds: steam_persona.trainer.model + steam_persona.trainer.accel."""
     import torch
@@ -226,6 +258,15 @@ def build_ours(model_dir: Path, variant: str):
     if variant == "ours-keep-attn":
         keep_attention_in_compiled_recompute(accel)
     report = accel.apply_fast_path(model, **VARIANTS.get(variant, {}))
+    if variant in INDUCTOR_VARIANTS:
+        import torch._inductor.config as inductor_config
+
+        for key, value in INDUCTOR_VARIANTS[variant].items():
+            setattr(inductor_config, key, value)
+        report["compile"] += f"; inductor {INDUCTOR_VARIANTS[variant]} (bench)"
+    if variant == "ours-loss-chunks":
+        liger_in_chunks(accel, rows=1024)
+        report["fused_loss"] += "; chunks of <= 1,024 rows (bench)"
     if variant.startswith("ours-lora-mlp-"):
         piece = int(variant.rsplit("-", 1)[1])
         for layer in model.get_base_model().model.layers:
@@ -437,6 +478,7 @@ def _timing(ends, counts, warmup, last_loss) -> dict:
     eff, padded, total = sum(c[0] for c in counts), sum(c[1] for c in counts), sum(step_s)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
     return {"steps_timed": len(step_s), "s_per_step": statistics.median(step_s),
+            "step_ms": [round(x * 1e3, 1) for x in step_s],
             "tokens_per_step": eff / len(step_s), "eff_tokens_per_s": eff / total,
             "padded_tokens_per_s": padded / total, "peak_gib": peak, "last_loss": last_loss}
 
@@ -599,6 +641,25 @@ def unsloth_max_seq_length(kinds: list[str], long_lengths: list[int]) -> int:
     return max(long_lengths or [49152])
 
 
+def host_profile(fn, top: int = 45) -> dict:
+    """cProfile of the host's Python while `fn` runs (after compiling): the functions with the most own time
+    (``tottime``) and the most time below them (``cumtime``), seconds over the whole run, as pstats prints them."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    res = fn()
+    prof.disable()
+    out = {"run": res}
+    for key in ("tottime", "cumtime"):
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(top)
+        out[key] = buf.getvalue().splitlines()[-top - 3:]
+    return out
+
+
 def trace_path(config: str) -> Path | None:
     """Where a profile configuration's Chrome trace goes: BENCH_TRACE_DIR/trace-<config>.json.gz, or None."""
     d = os.environ.get("BENCH_TRACE_DIR")
@@ -691,6 +752,10 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
     for name, data, bs in (("phases", fixed, 4), ("phases_real", real, 16)):
         if name in kinds:
             record(name, lambda: run_ours(model, data, bs, 1, True, steps, warmup, pad, phases=True))
+    for name, data, bs in (("hostprof", fixed, 4), ("hostprof_real", real, 16)):
+        if name in kinds:
+            res[name] = host_profile(lambda: run_ours(model, data, bs, 1, True, 4, 1, pad))
+            out.write_text(json.dumps(res, indent=1))
     if "fixed_padded" in kinds:
         record("fixed_padded", ours(fixed, 4, padding_free=False))
     if "long" in kinds or "long32k" in kinds:
