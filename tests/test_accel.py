@@ -47,6 +47,50 @@ def test_chunked_linear_cross_entropy_matches_full_logits():
         accel.chunked_linear_cross_entropy(h, w, t, reduction="none")
 
 
+def _liger_chunk_rows(n_rows, hidden, vocab, const):
+    """The rows of one chunk as Liger-Kernel 0.8 sizes them (liger_kernel/ops/fused_linear_cross_entropy.py)."""
+    parts = -(-vocab // (const * hidden))
+    per = -(-n_rows // parts)
+    return min(1 << (per - 1).bit_length(), n_rows)
+
+
+@pytest.mark.parametrize("n_rows, const, chunk", [(500, 43, 500), (1024, 43, 1024), (2500, 21, 1024),
+                                                 (4096, 14, 1024), (16384, 2, 1024), (32768, 1, 1024),
+                                                 (60000, 1, 2048)])
+def test_liger_chunk_mem_const_gives_chunks_of_1024_rows(n_rows, const, chunk):
+    """Qwen2.5-7B's shapes (hidden 3,584, vocab 152,064): the loss's chunks are LOSS_CHUNK_ROWS rows where
+    Liger's default budget made 128 (4,096 rows) and never more; past 43 x 1,024 rows Liger's own default."""
+    assert accel.liger_chunk_mem_const(n_rows, 3584, 152064) == const
+    assert _liger_chunk_rows(n_rows, 3584, 152064, const) == chunk
+    assert _liger_chunk_rows(4096, 3584, 152064, 1) == 128
+
+
+def test_liger_loss_passes_chunk_mem_const_when_liger_takes_it(monkeypatch):
+    """Liger-Kernel needs CUDA and Triton, so a stand-in module records what the fused loss passes to it."""
+    import sys
+    import types
+
+    seen = []
+
+    def new_liger(input, weight, target, bias=None, ignore_index=-100, reduction="mean", chunk_mem_const=1):
+        seen.append(chunk_mem_const)
+        return torch.zeros(())
+
+    def old_liger(input, weight, target, bias=None, ignore_index=-100, reduction="mean"):
+        seen.append(None)
+        return torch.zeros(())
+
+    for fn, want in ((new_liger, 14), (old_liger, None)):
+        mod = types.ModuleType("liger_kernel.transformers.functional")
+        mod.liger_fused_linear_cross_entropy = fn
+        monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", mod)
+        accel._liger_takes_chunk_mem_const.cache_clear()
+        accel._liger_linear_cross_entropy(torch.empty(4096, 3584, device="meta"),
+                                          torch.empty(152064, 3584, device="meta"), torch.empty(4096, device="meta"))
+        assert seen[-1] == want
+    accel._liger_takes_chunk_mem_const.cache_clear()
+
+
 def test_cu_seqlens_from_packed_position_ids():
     pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
     kw = accel._cu_seqlens(pos)

@@ -7,7 +7,8 @@ What `apply_fast_path(model)` does to an already-built (peft-wrapped or plain) c
   (tokens x vocab in bf16, then an fp32 copy inside the loss: 4,096 tokens x 152,064 vocab = 1.25 GB + 2.5 GB
   + 2.5 GB for its gradient). We replace the instance's training forward so the loss is computed from the
   final hidden states and ``lm_head.weight`` chunk by chunk, never holding the whole logits tensor: with
-  Liger-Kernel's ``LigerFusedLinearCrossEntropyFunction`` (Triton, CUDA) when it is importable, else with
+  Liger-Kernel's ``LigerFusedLinearCrossEntropyFunction`` (Triton, CUDA; in chunks of `LOSS_CHUNK_ROWS`
+  rows) when it is importable, else with
   `chunked_linear_cross_entropy` (plain torch, any device). Both compute exactly
   ``transformers.loss.loss_utils.ForCausalLMLoss`` (shift by one, ignore_index -100, mean over label tokens
   or sum / ``num_items_in_batch``). Generic over decoder-only models with ``.model`` and ``.lm_head``.
@@ -75,6 +76,12 @@ LEAN_MIN_TOKENS = 4096
 #: Up to 32k tokens the compiled layers fit a 24 GiB card and run faster (docs/gpu.md).
 MLP_CHUNK_MIN_TOKENS = 32768
 MLP_CHUNKS = 8
+
+#: Liger's fused loss computes the logits of at most this many rows at a time (`liger_chunk_mem_const`). Its
+#: own budget (logits no bigger than the hidden states) cuts a 4,096-token row of a 152k vocabulary into 32
+#: chunks of 128 rows, whose logits matmuls keep a fraction of an H100 busy; 1,024 rows are 311 MiB of bf16
+#: logits, transient at the end of the forward (figures in docs/gpu.md).
+LOSS_CHUNK_ROWS = 1024
 
 #: Longest packed row `merge_micro_batches` builds on a GPU by default: a 7B QLoRA step of this many tokens
 #: fits a 24 GB card with room (docs/gpu.md, "Figures behind trainer/accel.py's defaults").
@@ -195,11 +202,37 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return out[0], out[1], None, out[2], None, None, None
 
 
+def liger_chunk_mem_const(n_rows: int, hidden_size: int, vocab_size: int, rows: int = LOSS_CHUNK_ROWS) -> int:
+    """Liger-Kernel's ``chunk_mem_const`` that makes its fused loss take chunks of at most `rows` rows.
+
+    Liger (liger_kernel/ops/fused_linear_cross_entropy.py) splits n_rows into
+    parts = ceil(vocab / (chunk_mem_const * hidden)) chunks, each rounded up to a power of two rows; the
+    largest constant that still gives at least ceil(n_rows / rows) parts makes the chunks as big as allowed
+    (one part when n_rows <= rows). 1, Liger's default, when n_rows needs more parts than that makes."""
+    want = -(-n_rows // rows)
+    if want <= 1:
+        return -(-vocab_size // hidden_size)
+    # parts >= want  <=>  vocab / (const * hidden) > want - 1
+    return max(1, -(-vocab_size // (hidden_size * (want - 1))) - 1)
+
+
+@functools.cache
+def _liger_takes_chunk_mem_const() -> bool:
+    import inspect
+
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    return "chunk_mem_const" in inspect.signature(liger_fused_linear_cross_entropy).parameters
+
+
 def _liger_linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean", ignore_index=IGNORE_INDEX):
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
+    kw = {}
+    if _liger_takes_chunk_mem_const():  # liger-kernel < 0.8 keeps its own chunks
+        kw["chunk_mem_const"] = liger_chunk_mem_const(hidden.shape[0], hidden.shape[1], weight.shape[0])
     return liger_fused_linear_cross_entropy(hidden, weight, target, bias, ignore_index=ignore_index,
-                                            reduction=reduction)
+                                            reduction=reduction, **kw)
 
 
 def causal_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Linear, labels: torch.Tensor, *,
