@@ -143,7 +143,7 @@ def test_per_sample_attention_on_cpu_equals_block_diagonal_mask(arch, tiny_qwen2
     assert n_got == n_want
     assert got == pytest.approx(want, rel=1e-5)
     for k in g_want:
-        assert torch.allclose(g_got[k], g_want[k], rtol=1e-4, atol=1e-7), k
+        assert torch.allclose(g_got[k], g_want[k], rtol=1e-4, atol=1e-6), k  # fp32 sums in another order: 3e-7 seen
     alone = [loss_sum(model, collate([f], True, 0))[0].item() for f in feats]
     assert got == pytest.approx(sum(alone), rel=1e-5)
 
@@ -177,7 +177,7 @@ def test_fused_loss_equals_stock_loss(tiny_qwen2_dir, padding_free):
     assert n_got == n_want == (7 - 2) + (12 - 2) + (5 - 2)  # labelled from index 2 on
     assert got == pytest.approx(want, rel=1e-5)
     for k in g_want:
-        assert torch.allclose(g_got[k], g_want[k], rtol=1e-4, atol=1e-7), k
+        assert torch.allclose(g_got[k], g_want[k], rtol=1e-4, atol=1e-6), k  # fp32 sums in another order: 3e-7 seen
 
 
 def test_packed_row_loss_equals_samples_alone(tiny_qwen2_dir):
