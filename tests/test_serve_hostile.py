@@ -186,7 +186,7 @@ def test_a_body_that_never_arrives_times_out_without_blocking_others(server, cli
     socks = []
     for _ in range(20):
         s = socket.create_connection(("127.0.0.1", server.port))
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + KEY.encode()
                   + b"\r\nContent-Length: 100\r\n\r\n{")
         socks.append(s)
     t = time.perf_counter()
@@ -209,7 +209,7 @@ def test_headers_that_never_end_or_are_not_http(server, client, request_log):
     fresh = socket.create_connection(("127.0.0.1", server.port))
     fresh.sendall(b"GET /health HTTP/1.1\r\nHo")
     reused = socket.create_connection(("127.0.0.1", server.port))
-    reused.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    reused.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     reused.settimeout(5)
     first = b""
     while not first.endswith(b"}"):  # the whole /health answer
@@ -225,7 +225,7 @@ def test_headers_that_never_end_or_are_not_http(server, client, request_log):
     # bytes that are not HTTP (a negative Content-Length, TLS to plain HTTP): uvicorn's plain-text 400 is
     # OpenAI-shaped, and logged (it had no row)
     ids = []
-    for raw in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01" + b"\0" * 40):
+    for raw in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01" + b"\0" * 40):
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.settimeout(10)
             s.sendall(raw)
@@ -248,7 +248,7 @@ def test_a_broken_chunked_body_gets_one_400_and_one_row(server, client, request_
     chunk) got the protocol's 400 and its row, and the app's 499 row for the same request: two rows
     for one request. Now one row, for the 400 that was sent, with the request's method, path and id
     (the client's own, else a fresh one, the same in the answer's header)."""
-    head = f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n"
+    head = f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n"
     ids = []
     for extra, chunks in (("X-Request-Id: bad-chunk-size\r\n", b"zz\r\n"), ("", b"2\r\n{}\r\nzz\r\n")):
         with socket.create_connection(("127.0.0.1", server.port)) as s:
@@ -621,7 +621,7 @@ def test_request_timeout_and_sigterm_stop_a_running_generation(smollm2_gguf):
         # and two bodies still arriving: uvicorn cancels them at its deadline (a 500 with a traceback before)
         slow = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(2)]
         for sock in slow:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
         time.sleep(0.5)
         t = time.perf_counter()
         srv.proc.send_signal(signal.SIGTERM)
@@ -840,3 +840,10 @@ def test_any_model_name_is_served_but_a_model_that_is_no_string_is_refused(clien
             err = _error(client.post(path, json={**body, "model": model}), 400, "invalid_type", "model")
             assert err["message"] == f"Invalid type for 'model': expected a string, but got {kind} instead."
     _error(client.get("/v1/models/gpt-4o"), 404, "model_not_found", "model")
+
+
+def test_with_a_key_foreign_origins_and_host_names_are_served(client):
+    """The keyless server's guard against web pages (:mod:`steam_persona.serve.local_guard`) is off: a page cannot know the key."""
+    r = client.post(CHAT, json={"messages": HI, "max_tokens": 2},
+                    headers={"Origin": "https://evil.example", "Host": "proxy.example"})
+    assert r.status_code == 200, r.text
