@@ -149,9 +149,11 @@ def _install_middleware(app: FastAPI, served: Served, opts: AppOptions) -> None:
                        max_tokens_cap=opts.max_tokens_cap, read_timeout=opts.read_timeout,
                        cors_origins=opts.cors_origins, loopback_bind=opts.loopback_bind)
     if opts.cors_origins:
-        # no credentials: clients authenticate with a header, and never "*" together with credentials
+        # no credentials: clients authenticate with a header, and never "*" together with credentials;
+        # Chrome's Private Network Access preflight (a public page calling 127.0.0.1) is granted to listed origins
         app.add_middleware(OpenAICORSMiddleware, allow_origins=list(opts.cors_origins), allow_credentials=False,
-                           allow_methods=["GET", "POST"], expose_headers=["x-request-id"], allow_headers=CORS_HEADERS)
+                           allow_private_network=True, allow_methods=["GET", "POST"], expose_headers=["x-request-id"],
+                           allow_headers=CORS_HEADERS)
     if log is not None:
         app.add_middleware(AccessLog, log=log)
     app.add_middleware(RequestIdMiddleware)  # added last: the outermost, so that every answer carries the id

@@ -37,7 +37,9 @@ class ServeConfig:
     model: str = arg(None, "Export dir (from `steam-train export`) or a .gguf file.", positional=True)
     host: str = arg("127.0.0.1", "Address to listen on. Anything but loopback needs --api_key (or --insecure).")
     port: int = arg(8000, "TCP port to listen on (0: any free one; the banner shows which).")
-    api_key: str | None = arg(None, "Require 'Authorization: Bearer KEY' on every endpoint but /health.",
+    api_key: str | None = arg(None, "Require 'Authorization: Bearer KEY' on every endpoint but /health. Without "
+                                    "a key, requests from web pages (an Origin not in --cors_origins) and, on "
+                                    "loopback, Host names other than localhost / 127.0.0.1 / [::1] get 403.",
                               envvar=API_KEY_ENV, secret=True)
     insecure: bool = arg(False, "Allow a non-loopback --host without an API key.")
     model_alias: str | None = arg(None, "Model id clients use (default: the export's name from "
@@ -60,11 +62,11 @@ class ServeConfig:
                                     "sends no max_tokens / max_completion_tokens.")
     request_timeout: float = arg(300.0, "Seconds one generation may run; then it ends with the text so far and "
                                         "finish_reason 'length' (streamed or not).")
-    cors_origins: list[str] = arg([], "Origins browsers may call from (CORS, comma-separated, e.g. "
-                                      "http://localhost:3000); none = no CORS headers. '*' allows any, without "
-                                      "credentials.")
-    shutdown_timeout: float = arg(10.0, "On SIGTERM, seconds to let running requests finish; then the process "
-                                        "ends whatever it is doing.")
+    cors_origins: list[str] = arg([], "Origins browsers may call from (CORS, comma-separated scheme://host[:port], "
+                                      "e.g. http://localhost:3000); none = no CORS headers. '*' allows any, without "
+                                      "credentials. Without --api_key, pages from other origins get 403.")
+    shutdown_timeout: float = arg(10.0, "On SIGTERM or Ctrl-C, seconds to let running requests finish; then the "
+                                        "process ends whatever it is doing (a second Ctrl-C: at once, exit 130).")
     log_file: str | None = arg(None, "Also append one JSON line per response here (request id, method, path, "
                                      "status, ms, tokens, error code, whether the client left; never keys or text).")
     engine: str = arg("llama-cpp-python", "What generates: llama-cpp-python in this process (one request at a time), "

@@ -163,14 +163,15 @@ class SteamMiddleware:
             RequestError: the 4xx to answer.
         """
         # null means "not set" (OpenAI's clients send it so); the library would pass some on (a None penalty: 500)
-        data = {k: v for k, v in parse_json(raw).items() if v is not None}
+        parsed = parse_json(raw)
+        data = {k: v for k, v in parsed.items() if v is not None}
         if path == "/v1/embeddings":
             raise RequestError("Embeddings are not served: this is a chat model, loaded without embedding support",
                                status=400, param="input", code="unsupported_endpoint")
         options, include_usage = data.pop("stream_options", None), False
         if path in (_CHAT, _COMPLETIONS):
             include_usage = check_stream_options(options, data.get("stream", False))
-            data["model"] = self._model(data.get("model"))
+            data["model"] = self._model(parsed.get("model", ""))
         if path in (_CHAT, CHAT_COUNT):
             messages = normalise_messages(data.get("messages"))
             if len(messages) >= self.served.n_ctx:  # every message takes at least one template token
@@ -184,12 +185,12 @@ class SteamMiddleware:
 
     def _model(self, model: Any) -> str:
         """The served alias, whatever model name a generation request sends (local clients send
-        "gpt-4o" and the like; llama-server answers any name too).
+        "gpt-4o" and the like; llama-server answers any name too); ``""`` when it sends none.
 
         Raises:
-            RequestError: 400 ``invalid_type`` naming ``model`` when it is not a string.
+            RequestError: 400 ``invalid_type`` naming ``model`` when it is not a string (``null`` included).
         """
-        if model is not None and not isinstance(model, str):
+        if not isinstance(model, str):
             raise invalid_type("model", "a string", model)
         return self.served.alias
 
