@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from steam_persona.serve.modelinfo import ModelInfo
 
 API_KEY_ENV = "STEAM_PERSONA_API_KEY"
+#: A browser's ``Origin`` (lower case): ``scheme://host[:port]``, the host a name or a bracketed IPv6 address.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://([a-z0-9_~!$&'()*+,;=.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 
 
 @dataclass
@@ -114,15 +116,14 @@ def cors_origins(values: list[str]) -> tuple[str, ...]:
     Raises:
         UserError: an entry that is neither ``*`` nor ``scheme://host[:port]``.
     """
-    origins = tuple(v.strip().lower().removesuffix("/") for v in values if v.strip())
-    for origin in origins:
+    origins = []
+    for value in (v.strip() for v in values if v.strip()):
+        origin = value.lower().removesuffix("/")
         if origin != "*" and not _ORIGIN.fullmatch(origin):
-            raise UserError(f"serve: --cors_origins {origin!r} is no origin; give scheme://host[:port] "
+            raise UserError(f"serve: --cors_origins {value!r} is no origin; give scheme://host[:port] "
                             "(e.g. http://localhost:3000), or * for any")
-    return origins
-
-
-_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://([a-z0-9_~!$&'()*+,;=.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
+        origins.append(origin)
+    return tuple(origins)
 
 
 def dify_hint(host: str, port: int, has_key: bool = True) -> list[str]:
