@@ -7,7 +7,8 @@ response's end, or to the client's leaving), ``request_id`` (the response's ``x-
 :mod:`steam_persona.serve.request_id`) and, when known, ``error_code``, ``prompt_tokens``,
 ``stream`` (noted in ``scope["state"]`` by :mod:`steam_persona.serve.middleware`) and
 ``completion_tokens`` (generated so far, noted by the engine through
-:func:`note_completion_tokens`). A client that left before its response's end (a stream closed
+:func:`note_completion_tokens`, which may also note the ``prompt_tokens`` the engine evaluates: the
+count in the response's ``usage``, fill-in-the-middle tokens of a ``suffix`` included). A client that left before its response's end (a stream closed
 after some chunks or before any was read, a non-streamed request given up) adds
 ``"disconnected": true``. Never keys or text.
 
@@ -39,17 +40,16 @@ LOGGED = (REQUEST_ID, "error_code", "prompt_tokens", "stream")
 #: ``scope["state"]`` key of the answer the HTTP protocol sent in the app's stead (``{"status",
 #: "error_code"}``; :mod:`steam_persona.serve.protocol`).
 PROTOCOL_ANSWER = "protocol_answer"
-#: Per request: a one-item list the engine fills with a getter of its completion tokens so far.
-_TOKENS: contextvars.ContextVar[list[Callable[[], int]] | None] = contextvars.ContextVar("completion_tokens",
-                                                                                         default=None)
+#: Per request: a list the engine fills with a getter of its completion tokens so far and its prompt tokens.
+_TOKENS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("completion_tokens", default=None)
 
 
-def note_completion_tokens(count: Callable[[], int]) -> None:
-    """Give this request's row ``completion_tokens = count()`` (called by an engine as generation
-    starts; a no-op outside a logged request, e.g. in ``steam-train chat``)."""
+def note_completion_tokens(count: Callable[[], int], prompt_tokens: int | None = None) -> None:
+    """Give this request's row ``completion_tokens = count()`` and, when given, ``prompt_tokens``
+    (called by an engine as generation starts; a no-op outside a logged request, e.g. in ``steam-train chat``)."""
     slot = _TOKENS.get()
     if slot is not None:
-        slot[:] = [count]
+        slot[:] = [count, prompt_tokens]
 
 
 def write_unparsed(log: JsonlLog, request_id: str) -> None:
@@ -65,7 +65,7 @@ class _Exchange:
         self.scope, self.start = scope, time.perf_counter()
         self.status: int | None = None
         self.disconnected = self.written = self.left_before_start = False
-        self.tokens: list[Callable[[], int]] = []
+        self.tokens: list[Any] = []
 
     def row(self) -> dict[str, Any]:
         state = self.scope.get("state", {})
@@ -75,6 +75,8 @@ class _Exchange:
                **{k: v for k, v in state.items() if k in LOGGED}}
         if self.tokens:
             row["completion_tokens"] = self.tokens[0]()
+            if self.tokens[1] is not None:
+                row["prompt_tokens"] = self.tokens[1]
         if PROTOCOL_ANSWER in state:  # the server closed the connection, not the client
             row.update(state[PROTOCOL_ANSWER])
         elif self.disconnected:

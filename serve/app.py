@@ -46,6 +46,7 @@ class AppOptions:
         request_timeout: seconds one generation may run.
         check_budget: seconds a request's checks may take (413 above).
         cors_origins: origins allowed by CORS; empty = no CORS headers at all.
+        loopback_bind: the server listens on a loopback address (without ``api_key``, other ``Host`` names are refused).
         engine: ``"llama-cpp-python"`` (embedded) or ``"llama-server"``.
         parallel: llama-server slots (requests generated at once); engine llama-server only.
         llama_server: the llama-server binary; engine llama-server only.
@@ -69,6 +70,7 @@ class AppOptions:
     request_timeout: float = 300.0
     check_budget: float = 10.0
     cors_origins: tuple[str, ...] = ()
+    loopback_bind: bool = True
     engine: str = "llama-cpp-python"
     parallel: int = 1
     llama_server: str | None = None
@@ -144,11 +146,14 @@ def _install_middleware(app: FastAPI, served: Served, opts: AppOptions) -> None:
     log = app.state.request_log = JsonlLog(opts.log_file) if opts.log_file else None
     app.add_middleware(SteamMiddleware, served=served, api_key=opts.api_key, persona=opts.persona,
                        persona_mode=opts.persona_mode, max_request_bytes=opts.max_request_bytes,
-                       max_tokens_cap=opts.max_tokens_cap, read_timeout=opts.read_timeout)
+                       max_tokens_cap=opts.max_tokens_cap, read_timeout=opts.read_timeout,
+                       cors_origins=opts.cors_origins, loopback_bind=opts.loopback_bind)
     if opts.cors_origins:
-        # no credentials: clients authenticate with a header, and never "*" together with credentials
+        # no credentials: clients authenticate with a header, and never "*" together with credentials;
+        # Chrome's Private Network Access preflight (a public page calling 127.0.0.1) is granted to listed origins
         app.add_middleware(OpenAICORSMiddleware, allow_origins=list(opts.cors_origins), allow_credentials=False,
-                           allow_methods=["GET", "POST"], expose_headers=["x-request-id"], allow_headers=CORS_HEADERS)
+                           allow_private_network=True, allow_methods=["GET", "POST"], expose_headers=["x-request-id"],
+                           allow_headers=CORS_HEADERS)
     if log is not None:
         app.add_middleware(AccessLog, log=log)
     app.add_middleware(RequestIdMiddleware)  # added last: the outermost, so that every answer carries the id

@@ -51,7 +51,7 @@ from steam_persona.serve.errors import RequestError
 from steam_persona.serve.grammar import GrammarChecker
 from steam_persona.serve.grammar_guard import guard_grammar
 from steam_persona.serve.modelinfo import special_token_texts
-from steam_persona.serve.tool_calls import parses_calls, with_tool_calls
+from steam_persona.serve.tool_calls import parses_calls, tool_call_id, with_tool_calls
 
 #: Set per request by the middleware: does this stream want a final ``usage`` chunk?
 INCLUDE_USAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("include_usage", default=False)
@@ -236,7 +236,7 @@ class ChatHandler:
             self.llama.reset()
         guard = guard_grammar(self.llama, kwargs)  # llama.cpp's own grammar sampler can abort the process
         usage = self.last_usage = {"prompt_tokens": len(tokens), "completion_tokens": 0}
-        note_completion_tokens(lambda: usage["completion_tokens"])
+        note_completion_tokens(lambda: usage["completion_tokens"], prompt_tokens=len(tokens))
         sampled = self.last_tokens = []
         self.last_cut = self.last_eog = False
         stop, limit = STOP.get(), self._generation_limit(len(tokens))
@@ -408,10 +408,14 @@ def openai_tool_calls(result: Any, stream: bool, legacy: bool) -> Any:
     ``chat.completions.stream()``, LangChain) append every string they see, so repeated names came out
     as "RateRateRate". The role delta is ``{"role": "assistant", "content": null}``, the last one
     (with ``finish_reason``) ``{}``. ``function_call`` is kept only when the request used the legacy
-    ``functions`` (``legacy``), its ``name`` likewise in its first delta only.
+    ``functions`` (``legacy``), its ``name`` likewise in its first delta only. Each call's ``id`` is
+    OpenAI's short ``call_…`` (:func:`~steam_persona.serve.tool_calls.tool_call_id`), not the library's
+    ``call__<index>_<name>_<completion id>`` (a long name made it thousands of characters).
     """
     if not stream:
         for choice in result["choices"]:
+            for call in choice["message"].get("tool_calls") or []:
+                call["id"] = tool_call_id()
             if not legacy:
                 choice["message"].pop("function_call", None)
         return result
@@ -436,6 +440,8 @@ def _openai_delta(delta: dict[str, Any], named: set[Any], legacy: bool) -> dict[
     for call in delta.get("tool_calls") or []:
         if call["index"] in named:
             call = {"index": call["index"], "function": {"arguments": call["function"]["arguments"]}}
+        else:
+            call = {**call, "id": tool_call_id()}
         named.add(call["index"])
         calls.append(call)
     if calls:

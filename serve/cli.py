@@ -5,7 +5,10 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import logging
+import math
 import os
+import re
+import signal
 import socket
 import threading
 import time
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from steam_persona.serve.modelinfo import ModelInfo
 
 API_KEY_ENV = "STEAM_PERSONA_API_KEY"
+#: A browser's ``Origin`` (lower case): ``scheme://host[:port]``, the host a name or a bracketed IPv6 address.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://([a-z0-9_~!$&'()*+,;=.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 
 
 @dataclass
@@ -33,8 +38,10 @@ class ServeConfig:
 
     model: str = arg(None, "Export dir (from `steam-train export`) or a .gguf file.", positional=True)
     host: str = arg("127.0.0.1", "Address to listen on. Anything but loopback needs --api_key (or --insecure).")
-    port: int = arg(8000, "TCP port to listen on.")
-    api_key: str | None = arg(None, "Require 'Authorization: Bearer KEY' on every endpoint but /health.",
+    port: int = arg(8000, "TCP port to listen on (0: any free one; the banner shows which).")
+    api_key: str | None = arg(None, "Require 'Authorization: Bearer KEY' on every endpoint but /health. Without "
+                                    "a key, requests from web pages (an Origin not in --cors_origins) and, on "
+                                    "loopback, Host names other than localhost / 127.0.0.1 / [::1] get 403.",
                               envvar=API_KEY_ENV, secret=True)
     insecure: bool = arg(False, "Allow a non-loopback --host without an API key.")
     model_alias: str | None = arg(None, "Model id clients use (default: the export's name from "
@@ -57,11 +64,11 @@ class ServeConfig:
                                     "sends no max_tokens / max_completion_tokens.")
     request_timeout: float = arg(300.0, "Seconds one generation may run; then it ends with the text so far and "
                                         "finish_reason 'length' (streamed or not).")
-    cors_origins: list[str] = arg([], "Origins browsers may call from (CORS, comma-separated, e.g. "
-                                      "http://localhost:3000); none = no CORS headers. '*' allows any, without "
-                                      "credentials.")
-    shutdown_timeout: float = arg(10.0, "On SIGTERM, seconds to let running requests finish; then the process "
-                                        "ends whatever it is doing.")
+    cors_origins: list[str] = arg([], "Origins browsers may call from (CORS, comma-separated scheme://host[:port], "
+                                      "e.g. http://localhost:3000); none = no CORS headers. '*' allows any, without "
+                                      "credentials. Without --api_key, pages from other origins get 403.")
+    shutdown_timeout: float = arg(10.0, "On SIGTERM or Ctrl-C, seconds to let running requests finish; then the "
+                                        "process ends whatever it is doing (a second Ctrl-C: at once, exit 130).")
     log_file: str | None = arg(None, "Also append one JSON line per response here (request id, method, path, "
                                      "status, ms, tokens, error code, whether the client left; never keys or text).")
     engine: str = arg("llama-cpp-python", "What generates: llama-cpp-python in this process (one request at a time), "
@@ -85,19 +92,38 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Fail early (before loading the model) when ``host:port`` cannot be bound.
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (before the model loads), for uvicorn to listen on; with port 0,
+    ``getsockname()`` tells the port the system picked.
 
     Raises:
         UserError: the port is taken or the address is not on this machine.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host.strip("[]"), port))
-        except OSError as e:
-            raise UserError(f"serve: cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"serve: cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") from None
+    return sock
+
+
+def cors_origins(values: list[str]) -> tuple[str, ...]:
+    """``--cors_origins`` as browsers send origins: lower case, without a trailing slash.
+
+    Raises:
+        UserError: an entry that is neither ``*`` nor ``scheme://host[:port]``.
+    """
+    origins = []
+    for value in (v.strip() for v in values if v.strip()):
+        origin = value.lower().removesuffix("/")
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise UserError(f"serve: --cors_origins {value!r} is no origin; give scheme://host[:port] "
+                            "(e.g. http://localhost:3000), or * for any")
+        origins.append(origin)
+    return tuple(origins)
 
 
 def dify_hint(host: str, port: int, has_key: bool = True) -> list[str]:
@@ -118,7 +144,8 @@ def run(cfg: ServeConfig) -> None:
             non-loopback host without an API key (and no ``--insecure``), or a port in use.
 
     After SIGTERM/SIGINT uvicorn finishes the graceful shutdown and re-raises the signal, so the
-    process ends with the signal's status (143 / -15), as Docker and systemd expect. With
+    process ends with the signal's status (143 / -15 for SIGTERM, as Docker and systemd expect; 130
+    for SIGINT); a second SIGINT ends it at once, with 130. With
     ``--engine llama-server``, a llama-server that keeps dying (see
     :meth:`steam_persona.serve.llama_server.LlamaServer.supervise`) ends serve with status 1.
     """
@@ -131,6 +158,8 @@ def run(cfg: ServeConfig) -> None:
     from steam_persona.serve.protocol import h11_protocol
 
     _check_flags(cfg)
+    sock = listen_socket(cfg.host, cfg.port)
+    port = sock.getsockname()[1]
     binary = find_binary(cfg.llama_server) if cfg.engine == "llama-server" else None
     info = read_model_info(cfg.model)
     if not info.chat_template:
@@ -145,15 +174,17 @@ def run(cfg: ServeConfig) -> None:
             app = build_app(info, opts)
         except ValueError as e:
             raise UserError(f"{info.path}: llama.cpp could not load the model ({e})") from None
-    _banner(cfg, info, opts, ctx_reason)
+    _banner(cfg, port, info, opts, ctx_reason)
     # Let running streams finish within --shutdown_timeout on SIGTERM instead of sse-starlette's
     # default of cutting them at once; uvicorn closes whatever is left after the timeout.
     AppStatus.disable_automatic_graceful_drain()
-    server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+    server = _server_class(app.state.served)(uvicorn.Config(app, host=cfg.host, port=port, log_level=cfg.log_level,
                                     timeout_graceful_shutdown=cfg.shutdown_timeout,
                                     http=h11_protocol(cfg.read_timeout, app.state.request_log)))
     app.state.stop_serving = lambda: setattr(server, "should_exit", True)
-    server.run()
+    server.run(sockets=[sock])
+    if server.interrupted:  # a SIGINT whose re-raise did nothing (ignored, as in a shell's background job)
+        raise SystemExit(128 + signal.SIGINT)
     upstream = app.state.served.upstream
     if upstream is not None and upstream.gave_up:
         console.print(f"[red]error:[/] llama-server kept dying; serve stops (its log: {upstream.log_path})")
@@ -177,16 +208,21 @@ def _app_options(cfg: ServeConfig, info: ModelInfo, binary: Path | None) -> tupl
                       verbose=cfg.log_level == "debug", log_file=cfg.log_file, flash_attn=cfg.flash_attn,
                       max_request_bytes=cfg.max_request_bytes or max(2**20, 64 * n_ctx), read_timeout=cfg.read_timeout,
                       max_tokens_cap=cfg.max_tokens_cap, request_timeout=cfg.request_timeout,
-                      cors_origins=tuple(o.strip() for o in cfg.cors_origins if o.strip()),
+                      cors_origins=cors_origins(cfg.cors_origins), loopback_bind=is_loopback(cfg.host),
                       engine=cfg.engine, parallel=cfg.parallel, llama_server=str(binary) if binary else None)
     return opts, ctx_reason
 
 
 def _check_flags(cfg: ServeConfig) -> None:
     """Refuse flag values that cannot work, before anything loads (see :func:`run`)."""
-    if cfg.max_tokens_cap < 1 or cfg.request_timeout <= 0 or cfg.read_timeout <= 0 or cfg.max_request_bytes < 0:
-        raise UserError("serve: --max_tokens_cap, --request_timeout and --read_timeout must be positive, "
-                        "--max_request_bytes ≥ 0")
+    _check_seconds("read_timeout", cfg.read_timeout)
+    _check_seconds("request_timeout", cfg.request_timeout)
+    _check_seconds("shutdown_timeout", cfg.shutdown_timeout, zero_ok=True)
+    if cfg.max_tokens_cap < 1 or cfg.max_request_bytes < 0:
+        raise UserError("serve: --max_tokens_cap must be positive, --max_request_bytes ≥ 0")
+    if not 0 <= cfg.port <= 65535:
+        raise UserError(f"serve: --port {cfg.port}: must be 0–65535 (0: any free port)")
+    cors_origins(cfg.cors_origins)
     if cfg.parallel < 1:
         raise UserError("serve: --parallel must be at least 1")
     if not cfg.model:
@@ -199,7 +235,13 @@ def _check_flags(cfg: ServeConfig) -> None:
                         f"(or {API_KEY_ENV}), or pass --insecure to serve without a key")
     if cfg.log_file:
         _check_log_file(Path(cfg.log_file))
-    check_port_free(cfg.host, cfg.port)
+
+
+def _check_seconds(flag: str, seconds: float, zero_ok: bool = False) -> None:
+    """Raises UserError unless ``seconds`` is finite and positive (or 0 with ``zero_ok``): nan passes ``<= 0``."""
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
+        raise UserError(f"serve: --{flag} {seconds}: must be a finite number of seconds "
+                        f"{'≥ 0' if zero_ok else 'above 0'}")
 
 
 def _check_log_file(path: Path) -> None:
@@ -219,9 +261,21 @@ def _server_class(served):
         """uvicorn's server plus a deadline: once SIGTERM/SIGINT arrives, running generations end within
         80 % of ``timeout_graceful_shutdown`` and the process ends by that signal
         within ``timeout_graceful_shutdown`` + 2 s, even if a thread is stuck in llama.cpp (its
-        threads are daemons, but a C call holding the interpreter would delay a normal exit)."""
+        threads are daemons, but a C call holding the interpreter would delay a normal exit).
+        A second Ctrl-C (SIGINT) quits at once (:func:`_force_quit`); ``interrupted`` says whether
+        a SIGINT came."""
+
+        interrupted = False
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if sockets and self.started:  # uvicorn says where it listens only for sockets it bound itself
+                self._log_started_message(sockets)
 
         def handle_exit(self, sig: int, frame) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                _force_quit(len(self.server_state.tasks))
+            self.interrupted = self.interrupted or sig == signal.SIGINT
             if not self.should_exit:
                 # generations end (finish_reason "length") early enough for their responses to go out
                 served.wind_down_at = time.monotonic() + 0.8 * self.config.timeout_graceful_shutdown
@@ -230,6 +284,12 @@ def _server_class(served):
                 timer.start()
             super().handle_exit(sig, frame)
     return Server
+
+
+def _force_quit(running: int) -> None:
+    """A second Ctrl-C: one line, then exit 130 at once, whatever runs (no drain, no tracebacks)."""
+    os.write(2, f"forced quit (Ctrl-C during shutdown): {running} running request(s) cut\n".encode())
+    os._exit(128 + signal.SIGINT)
 
 
 def _die(sig: int) -> None:
@@ -242,7 +302,7 @@ def _die(sig: int) -> None:
     os.kill(os.getpid(), sig)
 
 
-def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
+def _banner(cfg: ServeConfig, port: int, info, opts, ctx_reason: str) -> None:
     from steam_persona.common.console import summary_table
 
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
@@ -250,7 +310,7 @@ def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
     if len(first) > 100:
         first = first[:99] + "…"
     summary_table("steam-persona server", [
-        ("URL", f"http://{host}:{cfg.port}/v1"),
+        ("URL", f"http://{host}:{port}/v1"),
         ("model", f"{opts.alias}  ({info.path.name}, {info.file_bytes / 2**20:.0f} MiB)"),
         ("persona", f"{first}  [{opts.persona_source}, {opts.persona_mode}]"),
         ("n_ctx", f"{opts.n_ctx} tokens ({ctx_reason})"),
@@ -261,12 +321,12 @@ def _banner(cfg: ServeConfig, info, opts, ctx_reason: str) -> None:
                    f"bodies ≤ {opts.max_request_bytes / 2**20:.1f} MiB"),
         ("CORS", ", ".join(opts.cors_origins) or "off"),
         ("API key", "required" if opts.api_key else "none (loopback only)" if is_loopback(cfg.host) else "NONE (--insecure)"),
-        ("health", f"http://{host}:{cfg.port}/health"),
+        ("health", f"http://{host}:{port}/health"),
     ])
     console.print("Dify: install the plugins (`steam-train plugin package`), then Settings → Model Provider → "
                   "Steam Persona → Add Model (or the generic OpenAI-API-compatible provider, same values):", soft_wrap=True)
     console.print(f"  model name: {opts.alias}   context size: {opts.n_ctx}")
-    for line in dify_hint(cfg.host, cfg.port, has_key=bool(opts.api_key)):
+    for line in dify_hint(cfg.host, port, has_key=bool(opts.api_key)):
         console.print(f"  {line}", soft_wrap=True)
 
 

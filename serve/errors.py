@@ -164,10 +164,19 @@ NOT_SERVED = ("This path is not served here; this server answers POST /v1/chat/c
               "and GET /v1/models (the Responses, Assistants, audio and image APIs are not served)")
 
 
+def _not_allowed(request: Request, allow: str) -> str:
+    """A 405's message in the style of the 404's: the path, the methods it takes and the one sent."""
+    methods = " or ".join(m.strip() for m in allow.split(",") if m.strip()) or "no method"
+    return f"{request.url.path} takes {methods} only; you sent {request.method}"
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
     code = {401: "invalid_api_key", 404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
     message = NOT_SERVED if exc.status_code == 404 and exc.detail == "Not Found" else str(exc.detail)
+    if exc.status_code == 405:
+        allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
+        message = _not_allowed(request, allow)
     return JSONResponse(error_body(message, type=kind, code=code), status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
 

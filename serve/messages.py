@@ -14,10 +14,13 @@ from typing import Any
 from steam_persona.serve.errors import RequestError, invalid_type
 
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+#: The message keys chat templates read (OpenAI's and the library's); others are dropped, as OpenAI ignores them.
+_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "function_call")
 
 
 def normalise_messages(messages: Any) -> list[dict[str, Any]]:
-    """Return ``messages`` with every ``content`` a string; ``developer`` becomes ``system``.
+    """Return ``messages`` with every ``content`` a string, ``developer`` as ``system`` and only the keys
+    templates read (:data:`_KEYS`; the library's pydantic model warns, into the server's output, about others).
 
     Args:
         messages: the request's ``messages`` value (a list of dicts, as OpenAI's schema).
@@ -28,7 +31,8 @@ def normalise_messages(messages: Any) -> list[dict[str, Any]]:
             ``empty_array`` for ``[]`` (``messages`` or a ``content``), ``invalid_value`` for an unknown ``role``,
             ``missing_required_parameter`` for a message other than the assistant's without
             ``content`` (``null`` is accepted) or a ``tool`` message without ``tool_call_id``,
-            ``invalid_type`` for a ``content`` that is neither a string, a list of parts nor null,
+            ``invalid_type`` for a ``content`` that is neither a string, a list of parts nor null, or a
+            ``name`` that is no string,
             ``invalid_value`` / ``unsupported_content_type`` for a part that is not text (image,
             audio and file parts are refused: this model reads text only), and, for an assistant's
             ``tool_calls`` (see :func:`_check_tool_calls`), ``invalid_type`` / ``missing_required_parameter``.
@@ -56,6 +60,8 @@ def _normalise(msg: Any, where: str) -> dict[str, Any]:
                                code="missing_required_parameter")
     if role == "tool" and not isinstance(msg["tool_call_id"], str):
         raise invalid_type(f"{where}.tool_call_id", "a string", msg["tool_call_id"])
+    if msg.get("name") is not None and not isinstance(msg["name"], str):
+        raise invalid_type(f"{where}.name", "a string", msg["name"])
     if role == "assistant" and msg.get("tool_calls") is not None:
         _check_tool_calls(msg["tool_calls"], f"{where}.tool_calls")
     content = msg.get("content")
@@ -71,9 +77,7 @@ def _normalise(msg: Any, where: str) -> dict[str, Any]:
                            f"not {type(content).__name__}", param=f"{where}.content", code="invalid_type")
     if role == "developer":  # OpenAI's newer name for the system role; templates know "system"
         role = "system"
-    if content is not msg.get("content") or role != msg.get("role"):
-        msg = {**msg, "role": role, "content": content}
-    return msg
+    return {**{k: v for k, v in msg.items() if k in _KEYS}, "role": role, "content": content}
 
 
 def _check_tool_calls(calls: Any, where: str) -> None:

@@ -25,6 +25,7 @@ from steam_persona.serve.body import read_body
 from steam_persona.serve.chat_handler import INCLUDE_USAGE, SEEDED
 from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error, invalid_type, shutting_down
 from steam_persona.serve.grammar import SchemaError
+from steam_persona.serve.local_guard import check_local
 from steam_persona.serve.messages import normalise_messages
 from steam_persona.serve.modelinfo import completion_prompt_tokens
 from steam_persona.serve.persona import apply_persona
@@ -72,11 +73,16 @@ class SteamMiddleware:
         max_request_bytes: larger bodies get 413 ``request_too_large`` (read no further).
         read_timeout: seconds a body may take to arrive (then 408; see :mod:`steam_persona.serve.body`).
         max_tokens_cap: most tokens one request may generate (see :func:`steam_persona.serve.validate.check_generation`).
+        cors_origins: ``--cors_origins``; without ``api_key``, the only foreign origins served
+            (:mod:`steam_persona.serve.local_guard`).
+        loopback_bind: the server listens on loopback only; without ``api_key``, other ``Host`` names are refused.
     """
 
     def __init__(self, app: Any, *, served: Served, api_key: str | None, persona: str | None, persona_mode: str,
-                 max_request_bytes: int, max_tokens_cap: int, read_timeout: float) -> None:
+                 max_request_bytes: int, max_tokens_cap: int, read_timeout: float,
+                 cors_origins: tuple[str, ...] = (), loopback_bind: bool = True) -> None:
         self.app, self.served, self.api_key, self.persona, self.persona_mode = app, served, api_key, persona, persona_mode
+        self.cors_origins, self.loopback_bind = cors_origins, loopback_bind
         self.max_request_bytes, self.max_tokens_cap, self.read_timeout = max_request_bytes, max_tokens_cap, read_timeout
         self.models = _request_models()
 
@@ -122,10 +128,12 @@ class SteamMiddleware:
 
     def _check_access(self, scope: Scope) -> None:
         """Refuse keys in the query string, with or without ``--api_key`` (blanking it first: the access
-        log prints it), then check the key on every path but :data:`OPEN_PATHS`.
+        log prints it), then check the key on every path but :data:`OPEN_PATHS`; without a key, refuse
+        web pages that are not allowed (:func:`steam_persona.serve.local_guard.check_local`).
 
         Raises:
-            RequestError: 401 ``invalid_api_key``; its message says how this server takes a key.
+            RequestError: 401 ``invalid_api_key``, its message saying how this server takes a key; 403
+                from :func:`~steam_persona.serve.local_guard.check_local`.
         """
         query = scope.get("query_string", b"").decode("latin-1")
         if query and any(name.lower() in _KEY_PARAMS for name, _ in parse_qsl(query, keep_blank_values=True)):
@@ -134,6 +142,8 @@ class SteamMiddleware:
                     else "this server checks no key, so send none (a server that does takes 'Authorization: Bearer KEY')")
             raise RequestError("API keys are never taken from the query string (URLs end up in logs and browser "
                                f"history); {send}", status=401, code="invalid_api_key")
+        if not self.api_key:
+            check_local(scope, self.cors_origins, self.loopback_bind)
         if self.api_key and scope["method"] != "OPTIONS" and scope["path"] not in OPEN_PATHS:
             presented = auth.presented_key(scope["headers"])
             if not presented:
@@ -153,14 +163,15 @@ class SteamMiddleware:
             RequestError: the 4xx to answer.
         """
         # null means "not set" (OpenAI's clients send it so); the library would pass some on (a None penalty: 500)
-        data = {k: v for k, v in parse_json(raw).items() if v is not None}
+        parsed = parse_json(raw)
+        data = {k: v for k, v in parsed.items() if v is not None}
         if path == "/v1/embeddings":
             raise RequestError("Embeddings are not served: this is a chat model, loaded without embedding support",
                                status=400, param="input", code="unsupported_endpoint")
         options, include_usage = data.pop("stream_options", None), False
         if path in (_CHAT, _COMPLETIONS):
             include_usage = check_stream_options(options, data.get("stream", False))
-            data["model"] = self._model(data.get("model"))
+            data["model"] = self._model(parsed.get("model", ""))
         if path in (_CHAT, CHAT_COUNT):
             messages = normalise_messages(data.get("messages"))
             if len(messages) >= self.served.n_ctx:  # every message takes at least one template token
@@ -174,12 +185,12 @@ class SteamMiddleware:
 
     def _model(self, model: Any) -> str:
         """The served alias, whatever model name a generation request sends (local clients send
-        "gpt-4o" and the like; llama-server answers any name too).
+        "gpt-4o" and the like; llama-server answers any name too); ``""`` when it sends none.
 
         Raises:
-            RequestError: 400 ``invalid_type`` naming ``model`` when it is not a string.
+            RequestError: 400 ``invalid_type`` naming ``model`` when it is not a string (``null`` included).
         """
-        if model is not None and not isinstance(model, str):
+        if not isinstance(model, str):
             raise invalid_type("model", "a string", model)
         return self.served.alias
 

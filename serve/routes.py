@@ -107,7 +107,8 @@ def _served(request: Request) -> Served:
 def _kwargs(body: CreateChatCompletionRequest | CreateCompletionRequest, llama: llama_cpp.Llama) -> dict[str, Any]:
     """``Llama`` call arguments from a request (what the library's ``prepare_request_resources`` does).
     Called on the generate thread: ``logit_bias`` by token text tokenizes."""
-    kwargs = body.model_dump(exclude=_NOT_KWARGS)
+    # no serializer warnings: messages are checked dicts, not the library's TypedDicts (a user's `name` is none of them)
+    kwargs = body.model_dump(exclude=_NOT_KWARGS, warnings=False)
     if body.logit_bias is not None and body.logit_bias_type == "tokens":
         kwargs["logit_bias"] = {str(i): score for text, score in body.logit_bias.items()
                                 for i in llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)}

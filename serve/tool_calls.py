@@ -120,6 +120,11 @@ def _with_object_arguments(message: dict[str, Any]) -> dict[str, Any]:
     return {**message, "tool_calls": calls}
 
 
+def tool_call_id() -> str:
+    """A new tool call id as OpenAI writes them: ``call_`` and 24 random characters."""
+    return "call_" + uuid.uuid4().hex[:24]
+
+
 def _call(block: str, index: int) -> dict[str, Any] | None:
     """The OpenAI tool call in a block's text, or ``None`` when it is not ``{"name": str, "arguments": object}``."""
     try:
@@ -132,7 +137,7 @@ def _call(block: str, index: int) -> dict[str, Any] | None:
     if not isinstance(args, (dict, str)):
         return None
     arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-    return {"index": index, "id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+    return {"index": index, "id": tool_call_id(), "type": "function",
             "function": {"name": obj["name"], "arguments": arguments}}
 
 

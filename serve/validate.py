@@ -114,8 +114,9 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
             range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, more than
             :data:`MAX_STOPS` ``stop`` strings or one over :data:`MAX_STOP_CHARS` characters, a
             ``response_format`` type other than ``text``, ``json_object``, ``json_schema``, a
-            ``json_schema`` response format without a schema object, or a schema whose root ``$ref``
-            cannot be resolved.
+            ``json_schema`` response format without a schema object, a schema whose root ``$ref``
+            cannot be resolved, ``tools: []`` (``empty_array``) or a function name outside
+            :data:`TOOL_NAME` (``invalid_value``).
     """
     _check_types(data, chat)
     for name in ("n", "best_of"):
@@ -131,6 +132,7 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
                            "'top_logprobs'", param="top_logprobs", code="invalid_value")
     if chat:
         _json_schema_format(data)
+        _check_tool_names(data)
         _default_parameters(data)
         _check_tool_choice(data)
     else:
@@ -304,6 +306,29 @@ def _json_pointer(document: Any, pointer: str) -> Any:
         else:
             return None
     return node
+
+
+#: What OpenAI takes as a function name (tools and the legacy functions).
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def _check_tool_names(data: dict[str, Any]) -> None:
+    """Refuse ``tools: []`` and function names OpenAI refuses (they also went into tool-call ids and
+    grammars); other shapes are left to the library's schema."""
+    tools = data.get("tools")
+    if tools == []:
+        raise RequestError("Invalid 'tools': empty array. Expected an array with minimum length 1, but got an empty "
+                           "array instead.", param="tools", code="empty_array")
+    listed = [(f"tools[{i}].function.name", t.get("function")) for i, t in enumerate(tools or [])
+              if isinstance(t, dict)] if isinstance(tools, list) else []
+    functions = data.get("functions")
+    listed += [(f"functions[{i}].name", f) for i, f in enumerate(functions)] if isinstance(functions, list) else []
+    for param, fn in listed:
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if isinstance(name, str) and not TOOL_NAME.fullmatch(name):
+            raise RequestError(f"Invalid '{param}': a function name must be 1 to 64 letters, digits, underscores "
+                               f"or dashes (^[a-zA-Z0-9_-]{{1,64}}$), not {name[:80]!r}", param=param,
+                               code="invalid_value")
 
 
 def _default_parameters(data: dict[str, Any]) -> None:

@@ -146,7 +146,7 @@ def send_and_leave(base_url: str, headers: dict[str, str], body: dict, request_i
     raw = json.dumps(body).encode()
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     with socket.create_connection(("127.0.0.1", int(base_url.rsplit(":", 1)[1]))) as s:
-        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{head}X-Request-Id: {request_id}\r\n"
+        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}X-Request-Id: {request_id}\r\n"
                   f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
         time.sleep(wait)
 

@@ -611,7 +611,7 @@ def test_sigterm_while_a_body_arrives_answers_503_with_retry_after(smollm2_gguf)
     # the OpenAI SDK retries a 503 after Retry-After (else after 0.5-1 s: too soon for a restart)
     with start_server(smollm2_gguf, extra_args=("--shutdown_timeout", "1", "--read_timeout", "30")) as srv:
         with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       b"Content-Length: 100\r\n\r\n{\"messages\"")
             time.sleep(0.3)
             srv.proc.send_signal(signal.SIGTERM)
@@ -720,7 +720,7 @@ def test_keys_with_non_ascii_or_control_bytes_get_401_and_the_server_stays_up(se
                    b"Authorization: Bearer " + KEY.encode() + b"\xe2\x82\xac", b"Authorization: Bearer a\x01\x7fb",
                    b"Authorization: B\xe9arer " + KEY.encode(), b"X-API-Key: \xc3\xa9\x02"):
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n")
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + header + b"\r\n\r\n")
             answer = b""
             while chunk := s.recv(4096):
                 answer += chunk

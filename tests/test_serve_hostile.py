@@ -186,7 +186,7 @@ def test_a_body_that_never_arrives_times_out_without_blocking_others(server, cli
     socks = []
     for _ in range(20):
         s = socket.create_connection(("127.0.0.1", server.port))
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + KEY.encode()
                   + b"\r\nContent-Length: 100\r\n\r\n{")
         socks.append(s)
     t = time.perf_counter()
@@ -209,7 +209,7 @@ def test_headers_that_never_end_or_are_not_http(server, client, request_log):
     fresh = socket.create_connection(("127.0.0.1", server.port))
     fresh.sendall(b"GET /health HTTP/1.1\r\nHo")
     reused = socket.create_connection(("127.0.0.1", server.port))
-    reused.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    reused.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     reused.settimeout(5)
     first = b""
     while not first.endswith(b"}"):  # the whole /health answer
@@ -225,7 +225,7 @@ def test_headers_that_never_end_or_are_not_http(server, client, request_log):
     # bytes that are not HTTP (a negative Content-Length, TLS to plain HTTP): uvicorn's plain-text 400 is
     # OpenAI-shaped, and logged (it had no row)
     ids = []
-    for raw in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01" + b"\0" * 40):
+    for raw in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01" + b"\0" * 40):
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.settimeout(10)
             s.sendall(raw)
@@ -248,7 +248,7 @@ def test_a_broken_chunked_body_gets_one_400_and_one_row(server, client, request_
     chunk) got the protocol's 400 and its row, and the app's 499 row for the same request: two rows
     for one request. Now one row, for the 400 that was sent, with the request's method, path and id
     (the client's own, else a fresh one, the same in the answer's header)."""
-    head = f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n"
+    head = f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n"
     ids = []
     for extra, chunks in (("X-Request-Id: bad-chunk-size\r\n", b"zz\r\n"), ("", b"2\r\n{}\r\nzz\r\n")):
         with socket.create_connection(("127.0.0.1", server.port)) as s:
@@ -621,7 +621,7 @@ def test_request_timeout_and_sigterm_stop_a_running_generation(smollm2_gguf):
         # and two bodies still arriving: uvicorn cancels them at its deadline (a 500 with a traceback before)
         slow = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(2)]
         for sock in slow:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
         time.sleep(0.5)
         t = time.perf_counter()
         srv.proc.send_signal(signal.SIGTERM)
@@ -836,7 +836,76 @@ def test_any_model_name_is_served_but_a_model_that_is_no_string_is_refused(clien
         for model in ("gpt-4o", "", alias):
             r = client.post(path, json={**body, "model": model, "max_tokens": 1})
             assert r.status_code == 200 and r.json()["model"] == alias, r.text
-        for model, kind in ((5, "an integer"), (["gpt-4o"], "an array"), ({"id": "x"}, "an object")):
+        for model, kind in ((5, "an integer"), (["gpt-4o"], "an array"), ({"id": "x"}, "an object"), (None, "null")):
             err = _error(client.post(path, json={**body, "model": model}), 400, "invalid_type", "model")
             assert err["message"] == f"Invalid type for 'model': expected a string, but got {kind} instead."
     _error(client.get("/v1/models/gpt-4o"), 404, "model_not_found", "model")
+
+
+def test_with_a_key_foreign_origins_and_host_names_are_served(client):
+    """The keyless server's guard against web pages (:mod:`steam_persona.serve.local_guard`) is off: a page cannot know the key."""
+    r = client.post(CHAT, json={"messages": HI, "max_tokens": 2},
+                    headers={"Origin": "https://evil.example", "Host": "proxy.example"})
+    assert r.status_code == 200, r.text
+
+
+def test_message_names_and_unknown_message_keys(server, client):
+    err = _error(client.post(CHAT, json={"messages": [{**HI[0], "name": 5}]}), 400, "invalid_type", "messages[0].name")
+    assert err["message"] == "Invalid type for 'messages[0].name': expected a string, but got an integer instead."
+    for message in ({**HI[0], "foo": 1}, {**HI[0], "name": "bob"}, {"role": "system", "content": "x", "name": "s"}):
+        r = client.post(CHAT, json={"messages": [message, *HI], "max_tokens": 2})
+        assert r.status_code == 200, r.text
+    assert "UserWarning" not in server.output() and "PydanticSerialization" not in server.output()
+
+
+def test_tool_lists_and_names_openai_refuses(client):
+    tool = {"type": "function", "function": {"name": "get_price", "parameters": {"type": "object", "properties": {}}}}
+    _error(client.post(CHAT, json={"messages": HI, "tools": []}), 400, "empty_array", "tools")
+    for name in ("a b/c", "a" * 65, ""):
+        bad = {**tool, "function": {**tool["function"], "name": name}}
+        _error(client.post(CHAT, json={"messages": HI, "tools": [tool, bad], "tool_choice": "required"}), 400,
+               "invalid_value", "tools[1].function.name")
+    _error(client.post(CHAT, json={"messages": HI, "functions": [{"name": "x y"}]}), 400, "invalid_value",
+           "functions[0].name")
+
+
+def test_tool_call_ids_are_short_and_random(client):
+    tool = {"type": "function", "function": {"name": "get_price", "parameters": {
+        "type": "object", "properties": {"game": {"type": "string"}}, "required": ["game"]}}}
+    body = {"messages": HI, "tools": [tool], "tool_choice": "required", "max_tokens": 24, "seed": 1}
+    ids = []
+    for _ in range(2):
+        r = client.post(CHAT, json=body)
+        assert r.status_code == 200, r.text
+        ids += [c["id"] for c in r.json()["choices"][0]["message"]["tool_calls"]]
+    with client.stream("POST", CHAT, json={**body, "stream": True}) as r:
+        deltas = [json.loads(line[6:])["choices"] for line in r.iter_lines() if line.startswith("data: {")]
+    ids += [c["id"] for d in deltas if d for c in d[0]["delta"].get("tool_calls", []) if "id" in c]
+    assert len(ids) == 3 and len(set(ids)) == 3 and all(re.fullmatch(r"call_[0-9a-f]{24}", i) for i in ids), ids
+
+
+def test_405_names_the_path_and_the_methods_it_takes(client):
+    err = _error(client.get(CHAT), 405, "method_not_allowed")
+    assert err["message"] == "/v1/chat/completions takes POST only; you sent GET", err
+    r = client.post("/health")
+    assert r.status_code == 405 and r.json()["error"]["message"] == "/health takes HEAD or GET only; you sent POST"
+
+
+def test_an_allowed_origin_may_ask_for_private_network_access(client):
+    r = client.options(CHAT, headers={"Origin": "http://good.example", "Access-Control-Request-Method": "POST",
+                                      "Access-Control-Request-Private-Network": "true"})
+    assert r.status_code == 200 and r.headers["access-control-allow-private-network"] == "true", r.text
+    r = client.options(CHAT, headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+                                      "Access-Control-Request-Private-Network": "true"})
+    assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+
+
+def test_the_log_counts_a_suffix_prompt_as_usage_does(client, request_log):
+    usage = {}
+    for rid, body in (("fim-1", {"prompt": "hi", "suffix": "end"}),
+                      ("fim-2", {"prompt": "def f(x):", "suffix": "    return y"})):
+        r = client.post("/v1/completions", json={**body, "max_tokens": 2}, headers={"X-Request-Id": rid})
+        assert r.status_code == 200, r.text
+        usage[rid] = r.json()["usage"]["prompt_tokens"]
+    rows = log_rows(request_log, list(usage))
+    assert [row["prompt_tokens"] for row in rows] == list(usage.values()), (rows, usage)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -493,15 +494,18 @@ def test_streamed_tool_call_deltas_carry_the_header_once_as_openai_sends_them():
     pieces = ['{"', 'ok', '": ', 'true', '}']
     deltas = [c["choices"][0]["delta"] for c in openai_tool_calls(_library_tool_stream(pieces), True, legacy=False)]
     assert deltas[0] == {"role": "assistant", "content": None}
-    assert deltas[1] == {"tool_calls": [{"index": 0, "id": "call__0_rate_cmpl-1", "type": "function",
-                                         "function": {"name": "rate", "arguments": '{"'}}]}
+    (header,) = deltas[1]["tool_calls"]
+    assert re.fullmatch(r"call_[0-9a-f]{24}", header.pop("id")), header  # OpenAI's short id, not the library's
+    assert header == {"index": 0, "type": "function", "function": {"name": "rate", "arguments": '{"'}}
     assert deltas[2:-1] == [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces[1:]]
     assert deltas[-1] == {}
     # the legacy `functions` keep `function_call`, its name in its first delta only
     legacy = [c["choices"][0]["delta"] for c in openai_tool_calls(_library_tool_stream(pieces), True, legacy=True)]
     assert [d.get("function_call") for d in legacy] == [
         None, {"name": "rate", "arguments": '{"'}, *({"arguments": p} for p in pieces[1:]), None]
-    assert [d["tool_calls"] for d in legacy[1:-1]] == [d["tool_calls"] for d in deltas[1:-1]]
+    assert [d["tool_calls"] for d in legacy[2:-1]] == [d["tool_calls"] for d in deltas[2:-1]]
+    (legacy_header,) = legacy[1]["tool_calls"]
+    assert re.fullmatch(r"call_[0-9a-f]{24}", legacy_header.pop("id")) and legacy_header == header
 
 
 def test_streamed_tool_call_deltas_join_in_the_openai_sdk_to_the_exact_name():
@@ -515,8 +519,8 @@ def test_streamed_tool_call_deltas_join_in_the_openai_sdk_to_the_exact_name():
         state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
     message = state.get_final_completion().choices[0].message
     assert message.function_call is None
-    assert [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls] == [
-        ("call__0_rate_cmpl-1", "rate", '{"ok": true}')]
+    assert [(c.function.name, c.function.arguments) for c in message.tool_calls] == [("rate", '{"ok": true}')]
+    assert re.fullmatch(r"call_[0-9a-f]{24}", message.tool_calls[0].id)
 
 
 def test_a_non_streamed_tool_call_has_no_legacy_function_call_unless_functions_were_sent():

@@ -1,0 +1,142 @@
+"""A real `steam-train serve` process without an API key (the default: loopback only) against web
+pages and odd flags, as trial 22 found them: cross-site and DNS-rebinding requests, ports outside
+0–65535 and port 0, non-finite timeouts, CORS origins that are no origins, a second Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.serving import REPO, log_rows, start_server
+
+CHAT = "/v1/chat/completions"
+HI = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}
+
+
+@pytest.fixture(scope="module")
+def request_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("local") / "requests.jsonl"
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf, request_log):
+    with start_server(smollm2_gguf, extra_args=("--cors_origins", "http://Good.example/",
+                                                "--log_file", request_log)) as srv:
+        yield srv
+
+
+def _refused(r, code):
+    assert r.status_code == 403, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["type"] == "invalid_request_error" and "--api_key" in err["message"], err
+    return err
+
+
+def test_a_foreign_page_cannot_make_a_keyless_server_generate(server, request_log):
+    # what fetch(url, {method: "POST", mode: "no-cors", body}) sends from any site: no preflight
+    r = httpx.post(f"{server.base_url}{CHAT}", content=json.dumps(HI), timeout=30, headers={
+        "Origin": "https://evil.example", "Content-Type": "text/plain;charset=UTF-8", "X-Request-Id": "evil-post"})
+    _refused(r, "cors_not_allowed")
+    (row,) = log_rows(request_log, ["evil-post"])
+    assert row["status"] == 403 and row["error_code"] == "cors_not_allowed" and "prompt_tokens" not in row
+    for origin in ("null", f"http://127.0.0.1:{server.port + 1}", f"https://localhost:{server.port}"):
+        _refused(httpx.get(f"{server.base_url}/v1/models", headers={"Origin": origin}), "cors_not_allowed")
+
+
+def test_allowed_and_own_origins_and_plain_clients_are_served(server):
+    for origin in ("http://good.example", f"http://127.0.0.1:{server.port}", f"http://localhost:{server.port}"):
+        r = httpx.post(f"{server.base_url}{CHAT}", json=HI, headers={"Origin": origin}, timeout=30)
+        assert r.status_code == 200, (origin, r.text)
+    assert httpx.get(f"{server.base_url}/docs", headers={"Origin": f"http://localhost:{server.port}"}).status_code == 200
+    assert httpx.post(f"{server.base_url}{CHAT}", json=HI, timeout=30).status_code == 200
+
+
+def test_dns_rebinding_host_names_are_refused(server):
+    _refused(httpx.get(f"{server.base_url}/v1/models", headers={"Host": f"evil.example:{server.port}"}),
+             "host_not_allowed")
+    _refused(httpx.get(f"{server.base_url}/health", headers={"Host": "127.0.0.1.evil.example"}), "host_not_allowed")
+    for host in ("localhost", f"localhost:{server.port}", "app.localhost", "127.0.0.2:1", "[::1]", f"[::1]:{server.port}"):
+        assert httpx.get(f"{server.base_url}/v1/models", headers={"Host": host}).status_code == 200, host
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "steam_persona", "serve", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--port", "99999"), "--port 99999: must be 0–65535"),
+    (("--port", "-1"), "--port -1: must be 0–65535"),
+    (("--read_timeout", "nan"), "--read_timeout nan"),
+    (("--request_timeout", "inf"), "--request_timeout inf"),
+    (("--shutdown_timeout", "nan"), "--shutdown_timeout nan"),
+    (("--shutdown_timeout", "-1"), "--shutdown_timeout -1"),
+    (("--cors_origins", "not a url"), "--cors_origins 'not a url' is no origin"),
+    (("--cors_origins", "http://localhost:3000/app"), "is no origin"),
+])
+def test_flags_that_cannot_work_are_one_line_exit_2(smollm2_gguf, args, says):
+    out = _cli(str(smollm2_gguf), *args)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in out.stderr, out.stderr
+
+
+def test_port_0_prints_the_port_actually_bound(smollm2_gguf):
+    proc = subprocess.Popen([sys.executable, "-m", "steam_persona", "serve", str(smollm2_gguf), "--port", "0"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Uvicorn running on" in line:
+                break
+        text = "".join(lines)
+        ports = set(re.findall(r"127\.0\.0\.1:(\d+)", text))
+        assert len(ports) == 1 and "0" not in ports, text
+        (port,) = ports
+        assert f"Endpoint URL http://127.0.0.1:{port}/v1" in text
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_a_second_ctrl_c_during_a_stream_quits_at_once_with_130(smollm2_gguf):
+    long = {"messages": [{"role": "user", "content": "Write a very long story."}], "max_tokens": 1024,
+            "stream": True}
+    with start_server(smollm2_gguf) as srv:
+        started = threading.Event()
+
+        def stream():
+            try:
+                with httpx.stream("POST", f"{srv.base_url}{CHAT}", json=long, timeout=60) as r:
+                    for _ in r.iter_lines():
+                        started.set()
+            except httpx.HTTPError:
+                pass
+        threading.Thread(target=stream, daemon=True).start()
+        assert started.wait(30)
+        srv.proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        t = time.perf_counter()
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.proc.wait(10) == 130 and time.perf_counter() - t < 2
+        out = srv.output()
+        assert "Traceback" not in out and "forced quit (Ctrl-C during shutdown): 1 running request(s) cut" in out, out
+
+
+def test_one_ctrl_c_drains_and_exits_130(smollm2_gguf):
+    with start_server(smollm2_gguf) as srv:
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.proc.wait(20) == 130
+        assert "Traceback" not in srv.output()
