@@ -92,22 +92,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (before the model loads), for uvicorn to listen on; with port 0,
-    ``getsockname()`` tells the port the system picked.
+def check_port_free(host: str, port: int) -> int:
+    """Fail early (before loading the model) when ``host:port`` cannot be bound; return the port, for
+    port 0 the free one the system picked (uvicorn then binds that one, so banner and log name it).
 
     Raises:
         UserError: the port is taken or the address is not on this machine.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as e:
-        sock.close()
-        raise UserError(f"serve: cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") from None
-    return sock
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as e:
+            raise UserError(f"serve: cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") from None
+        return s.getsockname()[1]
 
 
 def cors_origins(values: list[str]) -> tuple[str, ...]:
@@ -158,8 +157,7 @@ def run(cfg: ServeConfig) -> None:
     from steam_persona.serve.protocol import h11_protocol
 
     _check_flags(cfg)
-    sock = listen_socket(cfg.host, cfg.port)
-    port = sock.getsockname()[1]
+    port = check_port_free(cfg.host, cfg.port)
     binary = find_binary(cfg.llama_server) if cfg.engine == "llama-server" else None
     info = read_model_info(cfg.model)
     if not info.chat_template:
@@ -182,7 +180,7 @@ def run(cfg: ServeConfig) -> None:
                                     timeout_graceful_shutdown=cfg.shutdown_timeout,
                                     http=h11_protocol(cfg.read_timeout, app.state.request_log)))
     app.state.stop_serving = lambda: setattr(server, "should_exit", True)
-    server.run(sockets=[sock])
+    server.run()
     if server.interrupted:  # a SIGINT whose re-raise did nothing (ignored, as in a shell's background job)
         raise SystemExit(128 + signal.SIGINT)
     upstream = app.state.served.upstream
@@ -266,11 +264,6 @@ def _server_class(served):
         a SIGINT came."""
 
         interrupted = False
-
-        async def startup(self, sockets=None) -> None:
-            await super().startup(sockets)
-            if sockets and self.started:  # uvicorn says where it listens only for sockets it bound itself
-                self._log_started_message(sockets)
 
         def handle_exit(self, sig: int, frame) -> None:
             if self.should_exit and sig == signal.SIGINT:
