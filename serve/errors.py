@@ -166,7 +166,7 @@ NOT_SERVED = ("This path is not served here; this server answers POST /v1/chat/c
 
 def _not_allowed(request: Request, allow: str) -> str:
     """A 405's message in the style of the 404's: the path, the methods it takes and the one sent."""
-    methods = " or ".join(m.strip() for m in allow.split(",") if m.strip()) or "no method"
+    methods = " or ".join(sorted(m.strip() for m in allow.split(",") if m.strip())) or "no method"  # a set upstream
     return f"{request.url.path} takes {methods} only; you sent {request.method}"
 
 

@@ -888,7 +888,7 @@ def test_405_names_the_path_and_the_methods_it_takes(client):
     err = _error(client.get(CHAT), 405, "method_not_allowed")
     assert err["message"] == "/v1/chat/completions takes POST only; you sent GET", err
     r = client.post("/health")
-    assert r.status_code == 405 and r.json()["error"]["message"] == "/health takes HEAD or GET only; you sent POST"
+    assert r.status_code == 405 and r.json()["error"]["message"] == "/health takes GET or HEAD only; you sent POST"
 
 
 def test_an_allowed_origin_may_ask_for_private_network_access(client):
