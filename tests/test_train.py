@@ -4,7 +4,9 @@ a real 4-bit QLoRA run on the real sample, and load_for_inference."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import stat
 from pathlib import Path
 
 import pytest
@@ -95,6 +97,10 @@ def test_overfit_8_records_and_run_dir_contract(tiny_llama_dir, eight, tmp_path)
                  "training_loss.png", "all_results.json", "run_config.yaml", "checkpoint-6/adapter_model.safetensors"):
         assert (out / name).is_file(), name
     assert (out / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("adapter_model.safetensors", "checkpoint-6/adapter_model.safetensors", "all_results.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name  # as open() makes it, not mkstemp's 0600
     rc = yaml.safe_load((out / "run_config.yaml").read_text(encoding="utf-8"))
     assert rc["model_name_or_path"] == str(tiny_llama_dir) and rc["system"].startswith("你是“老G”")
     assert (rc["template"], rc["cutoff_len"], rc["quantization_bit"], rc["lora_rank"], rc["lora_alpha"]) == ("auto", 256, None, 16, 32)

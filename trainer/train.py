@@ -478,6 +478,7 @@ def _save_adapter_and_tokenizer(model: Any, tokenizer: Any, target: Path) -> Non
             model.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+            atomic.plain_modes(tmp)
             for f in Path(tmp).iterdir():
                 os.replace(f, target / f.name)
     except OSError as e:
