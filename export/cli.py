@@ -37,6 +37,7 @@ import click
 
 from steam_persona.common import arguments
 from steam_persona.common import config
+from steam_persona.common import lock as locking
 from steam_persona.common.arguments import DataArguments, LlamaCppArguments, ModelArguments
 from steam_persona.common.config import arg
 from steam_persona.common.errors import UserError
@@ -168,13 +169,20 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
 
     Raises:
         UserError (exit 2): bad flags, missing adapter, adapter/base mismatch, unsupported
-            architecture, unknown quant type, a non-export folder in the way, full disk.
+            architecture, unknown quant type, a non-export folder in the way, full disk, another
+            export writing the export dir (``<export_dir>.lock`` beside it holds its pid).
         VerificationFailed (exit 1): a GGUF failed verification (everything is still written).
     """
-    from steam_persona.common.console import console
-
     t_start = time.time()
     job = plan(cfg)
+    with locking.folder_lock(job.out, "export", "--export_dir"):
+        return _run(job, t_start)
+
+
+def _run(job: ExportJob, t_start: float) -> dict[str, Any]:
+    from steam_persona.common.console import console
+
+    cfg = job.cfg
     job.state = _open_export_dir(job.out, cfg.overwrite)
     steps = export_steps(job)
     reused = {s.name: s.reusable() for s in steps}

@@ -572,3 +572,13 @@ def test_held_interrupt_delivers_ctrl_c_when_the_block_ends_to_the_handler_it_re
         assert seen == [signal.SIGINT]  # no signal, nothing delivered
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_one_export_per_export_dir(tiny_run, tmp_path):
+    from steam_persona.common import lock
+
+    out = tmp_path / "ex"
+    with lock.folder_lock(out, "export", "--export_dir"):
+        with pytest.raises(UserError, match=rf"ex: in use by another export \(pid {os.getpid()}, started "):
+            export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"])
+    assert not out.exists() and not (tmp_path / "ex.lock").exists()

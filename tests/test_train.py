@@ -392,3 +392,17 @@ def test_a_train_time_eval_leaves_4bit_training_unchanged(tiny_llama_dir, eight,
         rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text().splitlines()]
         losses.append([r["loss"] for r in rows if "loss" in r])
     assert len(losses[0]) == 4 and losses[1] == losses[0]
+
+
+def test_one_train_per_output_dir_and_a_dead_runs_lock_is_taken_over(tiny_llama_dir, eight, tmp_path):
+    from steam_persona.common import lock
+
+    out = tmp_path / "run"
+    with lock.folder_lock(out, "train", "--output_dir"):  # another train is writing out
+        with pytest.raises(UserError, match=rf"run: in use by another train \(pid {os.getpid()}, started "
+                                            r"\d\d:\d\d\); wait for it to end or pick another --output_dir"):
+            run(_cfg(tiny_llama_dir, eight, out, max_steps=1))
+    assert not out.exists()
+    (tmp_path / "run.lock").write_text("999999")  # left by a killed run: nobody holds it
+    assert run(_cfg(tiny_llama_dir, eight, out, max_steps=1))["global_step"] == 1
+    assert not (tmp_path / "run.lock").exists()

@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 from steam_persona.common import atomic
 from steam_persona.common import config
+from steam_persona.common import lock as locking
 from steam_persona.common.arguments import (DataArguments, LoraArguments, ModelArguments, QuantizationArguments,
                                              TrainingArguments)
 from steam_persona.common.config import arg
@@ -620,12 +621,22 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
 
     Raises:
         UserError: bad data/flags (nothing is written to ``output_dir``), or a non-finite loss/grad
-            norm (:class:`NonFiniteError`; the adapter is not saved).
+            norm (:class:`NonFiniteError`; the adapter is not saved), or another ``train`` writing
+            ``output_dir`` (``<output_dir>.lock`` beside it holds its pid).
     """
+    from steam_persona.trainer import distributed
+
+    _check(cfg)
+    lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if distributed.rank_world()[0] == 0 \
+        else contextlib.nullcontext()
+    with lock:
+        return _run(cfg, callbacks, resume_hint)
+
+
+def _run(cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...], resume_hint: bool) -> dict[str, Any]:
     from steam_persona.trainer import distributed
     from steam_persona.trainer import model as model_lib
 
-    _check(cfg)
     resume = _resume_point(cfg, Path(cfg.output_dir))
     if resume is not None:
         check_resume_settings(cfg, resume)
