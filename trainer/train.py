@@ -49,7 +49,7 @@ from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common import lock as locking
 from steam_persona.common.arguments import (DataArguments, LoraArguments, ModelArguments, QuantizationArguments,
-                                             TrainingArguments)
+                                             TrainingArguments, not_negative_finite)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
 from steam_persona.common.errors import UserError
@@ -119,9 +119,9 @@ class TrainConfig:
     per_device_eval_batch_size: int = TrainingArguments.use("per_device_eval_batch_size")
     gradient_accumulation_steps: int = arg(1, "Micro-batches per optimizer step (effective batch = product).")
     learning_rate: float = TrainingArguments.use("learning_rate")
-    weight_decay: float = arg(0.0, "AdamW weight decay.")
-    max_grad_norm: float = arg(1.0, "Gradient clipping norm (0 = off).")
-    num_train_epochs: float = arg(3.0, "Epochs (may be fractional).")
+    weight_decay: float = arg(0.0, "AdamW weight decay (0 or more).", check=not_negative_finite)
+    max_grad_norm: float = arg(1.0, "Gradient clipping norm (0 = off).", check=not_negative_finite)
+    num_train_epochs: float = arg(3.0, "Epochs (may be fractional; used when --max_steps is not > 0).")
     max_steps: int = TrainingArguments.use("max_steps")
     lr_scheduler_type: str = arg("linear", "LR schedule after warmup.",
                                  choices=("linear", "cosine", "constant", "constant_with_warmup", "polynomial",
@@ -586,6 +586,9 @@ def _check(cfg: TrainConfig) -> None:
         raise UserError(f"--warmup_ratio {cfg.warmup_ratio}: must be in [0, 1)")
     if not 0 < cfg.learning_rate < math.inf:  # also nan, which every comparison refuses
         raise UserError(f"--learning_rate {cfg.learning_rate}: must be a positive number")
+    if cfg.max_steps <= 0 and not 0 < cfg.num_train_epochs < math.inf:
+        raise UserError(f"--num_train_epochs {cfg.num_train_epochs}: must be a finite number above 0 (or pass "
+                        "--max_steps)")
     if cfg.eval_dataset and cfg.val_size:
         raise UserError(f"--eval_dataset and --val_size {cfg.val_size} are both set; give one source of eval samples")
     if cfg.load_best_model_at_end and (cfg.eval_strategy == "no" or not (cfg.val_size or cfg.eval_dataset)):
@@ -858,7 +861,7 @@ class TrainRecipe:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         if not torch.isfinite(grad_norm) and self.scaler is None:
             raise NonFiniteError(f"{self.out}: step {step + 1}: the gradient norm became {float(grad_norm)}; stopped "
-                                 "without saving this step. Train in bf16 (--bf16 True), or lower --learning_rate")
+                                 f"without saving this step. {self._non_finite_fix()}")
         lr = self.scheduler.get_last_lr()[0]
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -869,6 +872,13 @@ class TrainRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_total / max(n_tok, 1), "tokens": int(tokens), "samples": int(samples),
                 "grad_norm": float(grad_norm), "lr": lr}
+
+    def _non_finite_fix(self) -> str:
+        import torch
+
+        if self.amp == torch.float16:
+            return "Train in bf16 (--bf16 True) instead of fp16, or lower --learning_rate"
+        return "Lower --learning_rate"
 
     def _forward_backward(self, step: int, n_tok: int) -> tuple[float, int, int]:
         """Accumulate the gradients of ``step``; returns this rank's (loss sum, tokens, samples).
@@ -896,8 +906,7 @@ class TrainRecipe:
             value = ls.detach().item()
             if not math.isfinite(value):
                 raise NonFiniteError(f"{self.out}: step {step + 1}: the loss became {value}; stopped without "
-                                     "saving this step. Train in bf16 (--bf16 True) instead of fp16, or lower "
-                                     "--learning_rate")
+                                     f"saving this step. {self._non_finite_fix()}")
             if micro:
                 loss_total += value
                 tokens += int(batch["input_ids"].numel() if self.cfg.padding_free else batch["attention_mask"].sum())
