@@ -59,6 +59,8 @@ def _acquire(lock: Path, in_use: Callable[[str, str], str], unwritable: Callable
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileExistsError as e:  # a file where a parent folder should be
+            raise UserError(unwritable(f"{e.filename} is a file, not a folder")) from None
         except OSError as e:
             raise UserError(unwritable(e.strerror or str(e))) from None
         try:

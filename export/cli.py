@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from steam_persona.common import arguments
+from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common import lock as locking
 from steam_persona.common.arguments import DataArguments, LlamaCppArguments, ModelArguments
@@ -175,7 +176,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     """
     t_start = time.time()
     job = plan(cfg)
-    with locking.folder_lock(job.out, "export", "--export_dir"):
+    with locking.folder_lock(job.out, "export", "--export_dir"), atomic.writing_into(job.out, "--export_dir"):
         return _run(job, t_start)
 
 

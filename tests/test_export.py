@@ -582,3 +582,11 @@ def test_one_export_per_export_dir(tiny_run, tmp_path):
         with pytest.raises(UserError, match=rf"ex: in use by another export \(pid {os.getpid()}, started "):
             export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"])
     assert not out.exists() and not (tmp_path / "ex.lock").exists()
+
+
+def test_an_export_dir_that_cannot_be_written_is_one_line_exit_2(tiny_run, tmp_path):
+    (tmp_path / "f").write_text("a file")
+    _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--export_dir", str(tmp_path / "f" / "ex")),
+                    "f/ex: cannot write there (", "is a file, not a folder); pick another --export_dir")
+    _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--export_dir", str(tmp_path / "f")),
+                    "f: is a file; choose another --export_dir")

@@ -3,6 +3,7 @@ a real 4-bit QLoRA run on the real sample, and load_for_inference."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -416,3 +417,44 @@ def test_one_train_per_output_dir_and_a_dead_runs_lock_is_taken_over(tiny_llama_
     (tmp_path / "run.lock").write_text("999999")  # left by a killed run: nobody holds it
     assert run(_cfg(tiny_llama_dir, eight, out, max_steps=1))["global_step"] == 1
     assert not (tmp_path / "run.lock").exists()
+
+
+def _train_cli(tiny_llama_dir, eight, out):
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+
+    return CliRunner().invoke(main, ["train", "--model_name_or_path", str(tiny_llama_dir), "--dataset", str(eight),
+                                     "--output_dir", str(out), "--max_steps", "1", "--cutoff_len", "128"])
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line_exit_2(tiny_llama_dir, eight, tmp_path):
+    (tmp_path / "f").write_text("a file")
+    r = _train_cli(tiny_llama_dir, eight, tmp_path / "f" / "run")  # the lock beside it cannot be made
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "f/run: cannot write there (" in r.output and "is a file, not a folder); pick another --output_dir" in r.output
+    r = _train_cli(tiny_llama_dir, eight, tmp_path / "f")  # the run dir itself, made after the model loads
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "f: cannot write (not a directory); move the file out of the way or pick another --output_dir; nothing " \
+           "half-written was kept" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   Exception("No space left on device (os error 28)"),  # as tokenizers' save says it
+                                   OSError(errno.EROFS, "Read-only file system", "OUT/run_config.yaml")])
+def test_a_full_or_read_only_disk_mid_run_is_one_line(tmp_path, error):
+    from steam_persona.common import atomic
+
+    if getattr(error, "filename", None):
+        error.filename = str(tmp_path / "run" / "run_config.yaml")
+    e = atomic.write_error(tmp_path / "run", error, "--output_dir")
+    assert str(e.message).startswith(f"{tmp_path / 'run'}: cannot write (")
+    assert ("free some disk" if "space" in str(error) else "make it writable") in e.message
+
+
+def test_an_input_that_cannot_be_read_is_not_blamed_on_the_output_dir(tmp_path):
+    from steam_persona.common import atomic
+
+    assert atomic.write_error(tmp_path / "run", PermissionError(errno.EACCES, "denied", "/data/x.json"), "--output_dir") is None
+    assert atomic.write_error(tmp_path / "run", ValueError("bad"), "--output_dir") is None

@@ -466,26 +466,18 @@ def _clear_run(out: Path) -> None:
 
 def _save_adapter_and_tokenizer(model: Any, tokenizer: Any, target: Path) -> None:
     """Save the PEFT adapter (+ tokenizer) into ``target``: written into a temp folder inside it, then each
-    file renamed into place; the temp folder is removed (also on error).
-
-    Raises:
-        UserError: the disk is full (ENOSPC); files already in ``target`` stay whole.
-    """
+    file renamed into place, with plain modes; the temp folder is removed (also on error), so files already
+    in ``target`` stay whole when a write fails (:func:`run` says why in one line)."""
     import tempfile
 
     target.mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.TemporaryDirectory(prefix=".save-", dir=target) as tmp:
-            model.save_pretrained(tmp)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            atomic.plain_modes(tmp)
-            for f in Path(tmp).iterdir():
-                os.replace(f, target / f.name)
-    except OSError as e:
-        if e.errno == 28:  # ENOSPC, as atomic.atomic_path
-            raise UserError(f"{target}: no space left on the device; free some disk and rerun") from None
-        raise
+    with tempfile.TemporaryDirectory(prefix=".save-", dir=target) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        atomic.plain_modes(tmp)
+        for f in Path(tmp).iterdir():
+            os.replace(f, target / f.name)
 
 
 def _save_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, optimizer: Any, scheduler: Any,
@@ -632,7 +624,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     _check(cfg)
     lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if distributed.rank_world()[0] == 0 \
         else contextlib.nullcontext()
-    with lock:
+    with lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
         return _run(cfg, callbacks, resume_hint)
 
 
