@@ -458,3 +458,13 @@ def test_an_input_that_cannot_be_read_is_not_blamed_on_the_output_dir(tmp_path):
 
     assert atomic.write_error(tmp_path / "run", PermissionError(errno.EACCES, "denied", "/data/x.json"), "--output_dir") is None
     assert atomic.write_error(tmp_path / "run", ValueError("bad"), "--output_dir") is None
+
+
+@pytest.mark.parametrize("has_bf16, dtype", [(False, torch.float32), (True, torch.bfloat16)])
+def test_bf16_on_a_cpu_without_bf16_trains_in_float32_and_says_so(monkeypatch, capsys, has_bf16, dtype):
+    from steam_persona.trainer import train
+
+    monkeypatch.setattr(train, "_cpu_has_bf16", lambda: has_bf16)
+    device, got, _ = train.resolve_precision(config.build(TrainConfig, {"bf16": True, "use_cpu": True}))
+    assert (device, got) == ("cpu", dtype)  # emulated bf16 was ~30x slower (trial 23)
+    assert ("training in float32 instead" in " ".join(capsys.readouterr().err.split())) is not has_bf16

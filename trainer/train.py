@@ -133,7 +133,8 @@ class TrainConfig:
     load_best_model_at_end: bool = arg(False, "Save the adapter of the lowest eval loss as the run's adapter (kept in "
                                               "best/ while training); needs --val_size or --eval_dataset.")
     seed: int = DataArguments.use("seed", note="It seeds the data order, the validation split and the LoRA init.")
-    bf16: bool = arg(False, "Train in bfloat16 (the default on GPUs that support it, even without this flag).")
+    bf16: bool = arg(False, "Train in bfloat16 (the default on GPUs that support it, even without this flag; a CPU "
+                            "without bf16 instructions trains in float32 instead, with a warning).")
     fp16: bool = arg(False, "Train in float16 (warned on bf16-capable hardware: overflow risk).")
     use_cpu: bool = arg(False, "Train on the CPU even when a GPU is present.")
     nproc_per_node: int = arg(1, "Processes (one per GPU) on this host: > 1 re-runs this training under torchrun "
@@ -169,7 +170,8 @@ def resolve_precision(cfg: TrainConfig) -> tuple[str, Any, Any]:
     fp16 on bf16-capable hardware is honoured on CUDA with a warning (fp16 overflows on Qwen2.5:
     NaN or loss 0). With neither flag a CUDA GPU trains in bf16 when it supports it, else fp32;
     the CPU trains in fp32. On CPU float16 has no fast kernels, so ``--fp16`` trains in bfloat16 when the
-    CPU has bf16 instructions, else float32, and says so.
+    CPU has bf16 instructions, else float32, and says so; ``--bf16`` on a CPU without them (emulated
+    bfloat16 is ~30x slower) trains in float32 and says so too.
 
     Raises:
         UserError: both --bf16 and --fp16, or --bf16 on hardware without bf16.
@@ -201,7 +203,10 @@ def resolve_precision(cfg: TrainConfig) -> tuple[str, Any, Any]:
         console.print(f"[yellow]warning: --fp16 on CPU: CPUs have no fast float16 math; training in {alt} instead"
                       f"{' (this CPU supports bf16: pass --bf16 True)' if cpu_bf16 else ''}[/yellow]")
         return (device, torch.bfloat16, torch.bfloat16) if cpu_bf16 else (device, torch.float32, None)
-    if cfg.bf16:
+    if cfg.bf16 and not cpu_bf16:
+        console.print("[yellow]warning: --bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX): emulated "
+                      "bfloat16 is ~30x slower; training in float32 instead[/yellow]")
+    if cfg.bf16 and cpu_bf16:
         return device, torch.bfloat16, torch.bfloat16
     return device, torch.float32, None
 
