@@ -468,3 +468,27 @@ def test_bf16_on_a_cpu_without_bf16_trains_in_float32_and_says_so(monkeypatch, c
     device, got, _ = train.resolve_precision(config.build(TrainConfig, {"bf16": True, "use_cpu": True}))
     assert (device, got) == ("cpu", dtype)  # emulated bf16 was ~30x slower (trial 23)
     assert ("training in float32 instead" in " ".join(capsys.readouterr().err.split())) is not has_bf16
+
+
+def test_llama_factory_double_quantization_is_an_accepted_no_op():
+    cfg = config.build(TrainConfig, {"double_quantization": True, "dataset": ["x"]})
+    assert (cfg.double_quantization, cfg.deepspeed) == (True, None)
+    with pytest.raises(UserError, match=r"x.yaml: --double_quantization False: 4-bit QLoRA here always "
+                                        r"double-quantizes"):
+        config.build(TrainConfig, {"double_quantization": False}, source="x.yaml")
+
+
+@pytest.mark.parametrize("argv, says, not_says", [
+    (["--deepspeed", "ds.json"], "--deepspeed ds.json: not supported; train on several GPUs with DDP instead: "
+                                 "--nproc_per_node N, docs/multi-gpu.md", "Traceback"),
+    (["--enable_thinking", "true"], "No such option '--enable_thinking'.", "Did you mean"),  # was "--enable_liger_kernel?"
+    (["--lora_rnak", "8"], "No such option '--lora_rnak'. Did you mean '--lora_rank'?", "Traceback"),
+])
+def test_cli_deepspeed_and_did_you_mean_only_for_close_names(argv, says, not_says):
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+
+    r = CliRunner().invoke(main, ["train", *argv])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert says in r.output and not_says not in r.output, r.output

@@ -64,6 +64,19 @@ def _bitsandbytes_only(value: str) -> str:
     return "bitsandbytes"
 
 
+def _double_quantization(value: bool) -> bool:
+    if not value:
+        raise ValueError("4-bit QLoRA here always double-quantizes (NF4 + double quant); drop the key or set it true")
+    return value
+
+
+def _no_deepspeed(value: str | None) -> str | None:
+    if value is not None:
+        raise ValueError("not supported; train on several GPUs with DDP instead: --nproc_per_node N, "
+                         "docs/multi-gpu.md")
+    return value
+
+
 @dataclass
 class TrainConfig:
     """One training run. Field names and defaults follow LLaMA-Factory (``hparams/*_args.py``) and
@@ -114,6 +127,10 @@ class TrainConfig:
                                         "torch.distributed's default timeout applies).")
     include_num_input_tokens_seen: bool = arg(False, "Accepted for HF compatibility; no effect (trainer_log.jsonl "
                                                      "always has total_tokens).")
+    double_quantization: bool = arg(True, "Accepted for LLaMA-Factory compatibility: 4-bit QLoRA always uses NF4 + "
+                                          "double quantization; False is refused.", check=_double_quantization)
+    deepspeed: str | None = arg(None, "Not supported (LLaMA-Factory's DeepSpeed config); several GPUs train with DDP: "
+                                      "--nproc_per_node, docs/multi-gpu.md.", check=_no_deepspeed)
     # --- optimisation
     per_device_train_batch_size: int = TrainingArguments.use("per_device_train_batch_size")
     per_device_eval_batch_size: int = TrainingArguments.use("per_device_eval_batch_size")
@@ -346,7 +363,7 @@ RESUMABLE_CHANGES = frozenset({
     "load_best_model_at_end", "per_device_eval_batch_size", "max_steps", "num_train_epochs", "nproc_per_node",
     "disable_gradient_checkpointing", "padding_free", "torch_compile", "enable_liger_kernel", "quantization_method",
     "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout",
-    "include_num_input_tokens_seen"})
+    "include_num_input_tokens_seen", "double_quantization", "deepspeed"})
 
 
 def _text(value: Any) -> str:
