@@ -298,6 +298,13 @@ def test_missing_adapter_exits_2(tmp_path):
     assert not (tmp_path / "empty" / "export").exists()
 
 
+def test_a_killed_run_names_its_checkpoints(tiny_llama_dir, tmp_path):
+    make_run_dir(tiny_llama_dir, tmp_path / "killed" / "checkpoint-3")  # killed after its checkpoint at step 3
+    _one_line_error(_cli("--adapter_name_or_path", str(tmp_path / "killed")),
+                    "killed: no final LoRA adapter here: the training did not finish; pass one of its checkpoints (",
+                    "killed/checkpoint-3) or rerun the training to finish it")
+
+
 def test_lora_gguf_without_an_adapter_exits_2_before_any_work(tmp_path):
     _one_line_error(_cli("--model_name_or_path", "smollm2", "--export_dir", str(tmp_path / "x"), "--lora_gguf"),
                     "--lora_gguf: no --adapter_name_or_path to convert")

@@ -492,3 +492,9 @@ def test_cli_deepspeed_and_did_you_mean_only_for_close_names(argv, says, not_say
     r = CliRunner().invoke(main, ["train", *argv])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert says in r.output and not_says not in r.output, r.output
+
+
+def test_resume_from_a_missing_checkpoint_says_it_does_not_exist(tiny_llama_dir, eight, tmp_path):
+    with pytest.raises(UserError, match=r"nonexist/checkpoint-3: --resume_from_checkpoint: no such folder; pass an "
+                                        r"existing checkpoint-N folder$"):
+        run(_cfg(tiny_llama_dir, eight, tmp_path / "run", resume_from_checkpoint=str(tmp_path / "nonexist" / "checkpoint-3")))

@@ -330,6 +330,10 @@ def finished_run(out: Path) -> dict | None:
 def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
     if cfg.resume_from_checkpoint:
         p = Path(cfg.resume_from_checkpoint)
+        if not p.is_dir():
+            newest = resumable_checkpoint(p.parent)
+            raise UserError(f"{p}: --resume_from_checkpoint: no such folder; pass an existing checkpoint-N folder"
+                            + (f" (the newest resumable one there is {newest})" if newest else ""))
         if not (p / "trainer_state.json").is_file() or not (p / "optimizer.pt").is_file():
             raise UserError(f"{p}: not a resumable checkpoint (needs trainer_state.json and optimizer.pt); "
                             "pass a checkpoint-N folder saved without --save_only_model")
