@@ -219,8 +219,10 @@ def test_lora_gguf_on_the_base_equals_the_merged_gguf(tiny_export, tiny_llama_di
 
 def test_rerun_refuses_then_overwrite_reuses_finished_steps(tiny_export, tiny_run):
     out, first, _ = tiny_export
-    with pytest.raises(UserError, match="holds a finished export; pass --overwrite"):
-        export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"])
+    with pytest.MonkeyPatch.context() as mp:  # refused before plan()'s imports and checks (~10 s on a real run)
+        mp.setattr("steam_persona.export.cli.plan", lambda cfg: pytest.fail("plan() ran"))
+        with pytest.raises(UserError, match="holds a finished export; pass --overwrite"):
+            export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"])
     report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"],
                     lora_gguf=True, overwrite=True, no_verify=True)
     assert report["steps"]["merge"] == "reused" and report["steps"]["convert_f16"] == "reused"
