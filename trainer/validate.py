@@ -111,6 +111,6 @@ def _report(cfg: ValidateConfig, res: Any, template: Any) -> dict[str, Any]:
 
 
 command = config.command(ValidateConfig, run, name="validate",
-                         help="Check one dataset or several (comma-separated, as train's --dataset): record counts, token lengths "
-                              "and every problem (exit 2 if any).",
+                         help="Check one dataset or several (comma-separated, as train's --dataset): record "
+                              "counts, token lengths and every problem (exit 2 if any).",
                          config_option="option")
