@@ -18,6 +18,7 @@ This module imports only the standard library and the config glue, so every stag
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -51,6 +52,19 @@ def _positive(value: int | None) -> int | None:
 def _not_negative(value: int | None) -> int | None:
     if value is not None and value < 0:
         raise ValueError("must be 0 (automatic) or more")
+    return value
+
+
+def not_negative_finite(value: float | None) -> float | None:
+    """A float flag that is 0 or more (nan and inf refused)."""
+    if value is not None and not 0 <= value < math.inf:
+        raise ValueError("must be a finite number, 0 or more")
+    return value
+
+
+def _dropout(value: float) -> float:
+    if not 0 <= value < 1:
+        raise ValueError("must be in [0, 1)")
     return value
 
 
@@ -90,8 +104,10 @@ class DataArguments(Arguments):
     cutoff_len: int | None = arg(
         CUTOFF_LEN, "Max tokens per sample (prompt + reply); longer prompts are cut, samples whose reply cannot fit "
                     "are dropped.", unset=f"the run's, else {CUTOFF_LEN}", check=_positive)
-    max_samples: int | None = arg(None, "Use at most this many records of each dataset (default: all).")
-    val_size: float = arg(0.0, "Validation split: a fraction in (0, 1) or a record count (>= 1); 0 = none.")
+    max_samples: int | None = arg(None, "Use at most this many records of each dataset (default: all).",
+                                  check=_positive)
+    val_size: float = arg(0.0, "Validation split: a fraction in (0, 1) or a record count (>= 1); 0 = none.",
+                          check=not_negative_finite)
     seed: int = arg(42, "Random seed.")
 
 
@@ -100,9 +116,9 @@ class LoraArguments(Arguments):
     """The LoRA adapter's shape (LLaMA-Factory's ``FinetuningArguments``, lora part)."""
 
     lora_rank: int = arg(8, "LoRA rank r.", check=_positive)
-    lora_alpha: int | None = arg(None, "LoRA alpha (default 2 × rank).")
-    lora_dropout: float = arg(0.0, "LoRA dropout (> 0 turns the GPU's fused LoRA MLPs off: more memory on long "
-                                   "rows, docs/gpu.md).")
+    lora_alpha: int | None = arg(None, "LoRA alpha (default 2 × rank).", check=_positive)
+    lora_dropout: float = arg(0.0, "LoRA dropout, in [0, 1) (> 0 turns the GPU's fused LoRA MLPs off: more memory "
+                                   "on long rows, docs/gpu.md).", check=_dropout)
     lora_target: list[str] = arg(["all"], "Linear layers to adapt: all (every linear but the output head) or names "
                                           "like q_proj,v_proj.")
 

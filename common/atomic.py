@@ -8,8 +8,10 @@ the stdlib has no one-liner for it. Temp files live beside the target (same file
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +37,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp
         if target.is_dir() and tmp.is_dir():
             shutil.rmtree(target)
+        plain_modes(tmp)
         os.replace(tmp, target)
     except OSError as e:
         _cleanup(tmp)
@@ -46,6 +49,25 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_modes(path: str | Path) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the modes a plain ``open()`` / ``mkdir()``
+    would: writers that go through ``mkstemp`` (safetensors, tempfile) leave 0600 / 0700, which other
+    users of a shared or mounted dir cannot read. Executable files stay executable."""
+    path = Path(path)
+    mask = _umask()
+    for p in [path, *(path.rglob("*") if path.is_dir() else ())]:
+        if p.is_symlink():
+            continue
+        executable = p.is_dir() or p.stat().st_mode & 0o111
+        p.chmod((0o777 if executable else 0o666) & ~mask)
+
+
 def _cleanup(tmp: Path) -> None:
     import shutil
 
@@ -53,6 +75,48 @@ def _cleanup(tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     elif tmp.exists():
         tmp.unlink()
+
+
+#: Errors of the disk's side of a write: the fix is another place or more room, not other input.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_IN_THE_WAY = (errno.ENOTDIR, errno.EEXIST)
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, *_IN_THE_WAY)
+#: How Rust writers (tokenizers, safetensors) report an OS error in a plain ``Exception``.
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def write_error(folder: Path, e: BaseException, flag: str) -> UserError | None:
+    """The one-line error for ``e`` when it is a failed write into ``folder`` (given as ``flag``): a full
+    disk or quota, a read-only or unwritable place, a file in the way; ``None`` for any other error,
+    and for an ``OSError`` about a file outside ``folder`` (an input)."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None and (m := _RUST_OS_ERROR.search(str(e))):
+        code = int(m.group(1))
+    if code not in _FULL + _UNWRITABLE:
+        return None
+    name = getattr(e, "filename", None)
+    if name and folder.resolve() not in (Path(name).resolve(), *Path(name).resolve().parents):
+        return None
+    fix = ("free some disk" if code in _FULL else "move the file out of the way" if code in _IN_THE_WAY
+           else "make it writable")
+    return UserError(f"{folder}: cannot write ({os.strerror(code).lower()}); {fix} or pick another {flag}; "
+                     "nothing half-written was kept")
+
+
+@contextlib.contextmanager
+def writing_into(folder: Path, flag: str) -> Iterator[None]:
+    """Turn a failed write into ``folder`` inside the block into its one-line error (:func:`write_error`).
+
+    Raises:
+        UserError: the disk is full, or ``folder`` cannot be written.
+    """
+    try:
+        yield
+    except Exception as e:
+        error = write_error(folder, e, flag)
+        if error is None:
+            raise
+        raise error from None
 
 
 def write_text(target: str | Path, text: str) -> None:

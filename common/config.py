@@ -27,7 +27,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import click
 import yaml
@@ -191,6 +191,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: How alike (difflib's ratio) an unknown name and a known one must be for "did you mean" to name it: 0.75
+#: keeps typos (lora_rnak → lora_rank, num_epochs → num_train_epochs) and drops far guesses (deepspeed →
+#: seed, double_quantization → quantization_bit).
+CLOSE_NAME = 0.75
+
+
+def close_name(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to ``name`` when it is close (:data:`CLOSE_NAME`), else ``None``."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=CLOSE_NAME)
+    return close[0] if close else None
+
+
 def _no_unknown_keys(yaml_values: dict[str, Any], known: dict[str, Any], source: str) -> None:
     """Raise one UserError naming every unknown key of ``yaml_values`` (each with its closest known key)."""
     unknown = [str(k) for k in yaml_values if k not in known]
@@ -198,8 +210,8 @@ def _no_unknown_keys(yaml_values: dict[str, Any], known: dict[str, Any], source:
         return
     named = []
     for key in unknown:
-        close = difflib.get_close_matches(key, known, n=1)
-        named.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        close = close_name(key, known)
+        named.append(f"'{key}'" + (f" (did you mean '{close}'?)" if close else ""))
     keys = "key " + named[0] if len(named) == 1 else f"keys {', '.join(named)}"
     raise UserError(f"{source}: unknown {keys}; see --help for the known keys, or delete "
                     f"{'it' if len(named) == 1 else 'them'}")

@@ -69,5 +69,9 @@ def _latin_share(text: str) -> float:
 
 def json_msg(e: json.JSONDecodeError) -> str:
     """``e.msg`` for a message that already names the line and column: Python's messages that end in
-    "at" (``Unterminated string starting at``, meant to be followed by the position) end in "there"."""
-    return e.msg[:-3] + " there" if e.msg.endswith(" at") else e.msg
+    "at" (``Unterminated string starting at``, meant to be followed by the position) end in "there". An
+    error right after a comma asks about a trailing comma, the common hand-edit mistake."""
+    msg = e.msg[:-3] + " there" if e.msg.endswith(" at") else e.msg
+    if e.doc[:e.pos].rstrip().endswith(","):
+        msg += "; a comma too many? JSON allows no trailing comma before ']' or '}'"
+    return msg

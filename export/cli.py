@@ -36,7 +36,9 @@ from typing import Any, Callable, Iterator
 import click
 
 from steam_persona.common import arguments
+from steam_persona.common import atomic
 from steam_persona.common import config
+from steam_persona.common import lock as locking
 from steam_persona.common.arguments import DataArguments, LlamaCppArguments, ModelArguments
 from steam_persona.common.config import arg
 from steam_persona.common.errors import UserError
@@ -168,13 +170,23 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
 
     Raises:
         UserError (exit 2): bad flags, missing adapter, adapter/base mismatch, unsupported
-            architecture, unknown quant type, a non-export folder in the way, full disk.
+            architecture, unknown quant type, a non-export folder in the way, full disk, another
+            export writing the export dir (``<export_dir>.lock`` beside it holds its pid).
         VerificationFailed (exit 1): a GGUF failed verification (everything is still written).
     """
+    t_start = time.time()
+    out = _export_dir(cfg)
+    if out is not None and not cfg.overwrite:  # before the slow imports and checks of plan()
+        _refuse_finished(out)
+    job = plan(cfg)
+    with locking.folder_lock(job.out, "export", "--export_dir"), atomic.writing_into(job.out, "--export_dir"):
+        return _run(job, t_start)
+
+
+def _run(job: ExportJob, t_start: float) -> dict[str, Any]:
     from steam_persona.common.console import console
 
-    t_start = time.time()
-    job = plan(cfg)
+    cfg = job.cfg
     job.state = _open_export_dir(job.out, cfg.overwrite)
     steps = export_steps(job)
     reused = {s.name: s.reusable() for s in steps}
@@ -217,17 +229,26 @@ def plan(cfg: ExportConfig) -> ExportJob:
     src = resolve_model(str(base))
     # '' = no persona: the model keeps its own template default
     system = persona.resolve(cfg.system, run) or None
-    if cfg.export_dir:
-        out = Path(cfg.export_dir).expanduser()
-    elif run_info.adapter_dir is not None:
-        out = run_info.adapter_dir / "export"
-    else:
+    out = _export_dir(cfg)
+    if out is None:
         raise UserError("command line: no --export_dir given (needed when there is no --adapter_name_or_path)")
     name = _safe_name(cfg.export_name or (run_info.adapter_dir.resolve().name if run_info.adapter_dir else src.name))
     job = ExportJob(cfg, qtypes, run_info, str(base), src, system or None, out, name,
                     arguments.n_threads(cfg.n_threads, generate=False))
     _check_base(job)
     return job
+
+
+def _export_dir(cfg: ExportConfig) -> Path | None:
+    """``--export_dir``, else ``ADAPTER_NAME_OR_PATH/export``; ``None`` when neither is given."""
+    if cfg.export_dir:
+        return Path(cfg.export_dir).expanduser()
+    return Path(cfg.adapter_name_or_path).expanduser() / "export" if cfg.adapter_name_or_path else None
+
+
+def _refuse_finished(out: Path) -> None:
+    if (out / REPORT).is_file():
+        raise UserError(f"{out}: holds a finished export; pass --overwrite to replace it or choose another --export_dir")
 
 
 def _check_base(job: ExportJob) -> None:
@@ -471,8 +492,8 @@ def _open_export_dir(out: Path, overwrite: bool) -> dict[str, Any]:
         raise UserError(f"{out}: is a file; choose another --export_dir")
     state: dict[str, Any] = {"files": {}}
     if out.is_dir() and any(out.iterdir()):
-        if (out / REPORT).is_file() and not overwrite:
-            raise UserError(f"{out}: holds a finished export; pass --overwrite to replace it or choose another --export_dir")
+        if not overwrite:
+            _refuse_finished(out)
         if not (out / STATE).is_file() and not overwrite:
             raise UserError(f"{out}: folder is not empty and holds no export; choose another --export_dir or pass --overwrite")
         try:

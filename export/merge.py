@@ -42,6 +42,13 @@ class RunInfo:
     run: RunRecord = field(default_factory=RunRecord)
 
 
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``run_dir`` that hold an adapter, by step."""
+    found = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()
+             and (p / "adapter_config.json").is_file() and any((p / f).is_file() for f in ADAPTER_FILES)]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
 def read_run(adapter_name_or_path: str | None) -> RunInfo:
     """Read a run dir (or a ``checkpoint-N`` folder inside one).
 
@@ -58,6 +65,10 @@ def read_run(adapter_name_or_path: str | None) -> RunInfo:
         raise UserError(f"{d}: adapter folder not found; pass --adapter_name_or_path a run dir made by steam-train train")
     cfg_file = d / "adapter_config.json"
     if not cfg_file.is_file() or not any((d / f).is_file() for f in ADAPTER_FILES):
+        ckpts = _checkpoints(d)
+        if ckpts:
+            raise UserError(f"{d}: no final LoRA adapter here: the training did not finish; pass one of its "
+                            f"checkpoints ({', '.join(map(str, ckpts))}) or rerun the training to finish it")
         raise UserError(f"{d}: no LoRA adapter here (adapter_config.json + adapter_model.safetensors); "
                         "pass the run dir of a finished training or one of its checkpoint-N folders")
     try:

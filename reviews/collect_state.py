@@ -14,15 +14,15 @@ Crash-safe order: reviews are appended and fsynced before the state that counts 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from steam_persona.common import atomic
+from steam_persona.common import lock as locking
 from steam_persona.common.errors import UserError
 
 #: Settings that select which reviews Steam returns: a run may only resume or extend a file made
@@ -35,45 +35,17 @@ def paths(out: Path) -> tuple[Path, Path, Path]:
     return tuple(out.with_name(out.name + s) for s in (".part", ".state.json", ".lock"))  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
-def locked(out: Path) -> Iterator[None]:
-    """Hold ``<out>.lock`` (an exclusive ``flock``, holding the pid) while the block writes ``out``.
-
-    The kernel drops a ``flock`` when its process dies, so a lock file left by a killed run is taken
-    over. The file is removed on exit; the inode check makes a run that opened the file just
-    before its removal try again on the new one.
+def locked(out: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold ``<out>.lock`` (:func:`steam_persona.common.lock.locked`) while the block writes ``out``.
 
     Raises:
         UserError: another live run holds the lock, or ``out``'s folder cannot be written.
     """
     lock = paths(out)[2]
-    while True:
-        try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise UserError(f"{out}: cannot write there ({e.strerror}); give --out a writable path") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise UserError(f"{lock}: another collect (pid {pid}) is writing {out}; wait for it to end, "
-                            "or give this run another --out") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
+    return locking.locked(
+        lock, lambda pid, _: f"{lock}: another collect (pid {pid}) is writing {out}; wait for it to end, "
+                             "or give this run another --out",
+        lambda why: f"{out}: cannot write there ({why}); give --out a writable path")
 
 
 def query_of(cfg: Any) -> dict[str, Any]:

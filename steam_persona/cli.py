@@ -45,6 +45,11 @@ def _one_line(e: click.UsageError) -> click.UsageError:
     """``e`` as a :class:`OneLineUsageError`; a group run without a command keeps showing its help."""
     if isinstance(e, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
         return e
+    if isinstance(e, click.NoSuchOption):  # click names any flag 0.6 alike (--deepspeed: "--seed?")
+        from steam_persona.common import config
+
+        close = config.close_name(e.option_name, e.possibilities or [])
+        e = click.NoSuchOption(e.option_name, possibilities=[close] if close else None, ctx=e.ctx)
     return OneLineUsageError(e.format_message(), e.ctx)
 
 

@@ -281,3 +281,16 @@ def test_an_unterminated_string_is_named_once_with_its_column(tmp_path):
     with pytest.raises(UserError) as e:
         data.load_conversations(str(path))
     assert "line 2: invalid JSON at column 32 (Unterminated string starting there)" in str(e.value)
+
+
+def test_a_trailing_comma_is_named_as_the_likely_mistake(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(GOOD, indent=2)[:-2] + ",\n]\n", encoding="utf-8")  # hand-edited: [..., {...},]
+    with pytest.raises(UserError) as e:
+        data.load_conversations(str(path))
+    assert "(Expecting value; a comma too many? JSON allows no trailing comma before ']' or '}'); fix the syntax" \
+        in str(e.value)
+    path.write_text('[{"instruction": "a" "output": "b"}]', encoding="utf-8")  # not after a comma: no such guess
+    with pytest.raises(UserError) as e:
+        data.load_conversations(str(path))
+    assert "comma too many" not in str(e.value)

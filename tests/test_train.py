@@ -3,8 +3,11 @@ a real 4-bit QLoRA run on the real sample, and load_for_inference."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shlex
+import stat
 from pathlib import Path
 
 import pytest
@@ -95,6 +98,10 @@ def test_overfit_8_records_and_run_dir_contract(tiny_llama_dir, eight, tmp_path)
                  "training_loss.png", "all_results.json", "run_config.yaml", "checkpoint-6/adapter_model.safetensors"):
         assert (out / name).is_file(), name
     assert (out / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("adapter_model.safetensors", "checkpoint-6/adapter_model.safetensors", "all_results.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name  # as open() makes it, not mkstemp's 0600
     rc = yaml.safe_load((out / "run_config.yaml").read_text(encoding="utf-8"))
     assert rc["model_name_or_path"] == str(tiny_llama_dir) and rc["system"].startswith("你是“老G”")
     assert (rc["template"], rc["cutoff_len"], rc["quantization_bit"], rc["lora_rank"], rc["lora_alpha"]) == ("auto", 256, None, 16, 32)
@@ -132,8 +139,8 @@ def test_resume_after_crash_matches_uninterrupted(tiny_llama_dir, eight, tmp_pat
 
 def test_non_finite_loss_stops_at_once_and_saves_nothing(tiny_llama_dir, eight, tmp_path):
     out = tmp_path / "nan"
-    with pytest.raises(UserError, match=r"step 2: the (loss|gradient norm) became (nan|inf).*--bf16 True"):
-        run(_cfg(tiny_llama_dir, eight, out, learning_rate=1e30, max_grad_norm=0.0, save_steps=1))
+    with pytest.raises(UserError, match=r"step 2: the (loss|gradient norm) became (nan|inf).*Lower --learning_rate$"):
+        run(_cfg(tiny_llama_dir, eight, out, learning_rate=1e30, max_grad_norm=0.0, save_steps=1))  # float32: no bf16 advice
     assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-2").exists()
     assert not (out / "adapter_model.safetensors").exists()
 
@@ -270,6 +277,16 @@ def test_eval_dataset_and_load_best_model_at_end(tiny_llama_dir, eight, tmp_path
     ({"load_best_model_at_end": True}, "--load_best_model_at_end needs eval samples: add --eval_dataset FILE"),
     ({"learning_rate": "nan"}, "--learning_rate nan: must be a positive number"),  # was torch's traceback at step 1
     ({"learning_rate": "inf"}, "--learning_rate inf: must be a positive number"),
+    # each was a traceback after loading, or trained as if the value were sane
+    ({"lora_dropout": 1.5}, "--lora_dropout 1.5: must be in [0, 1)"),
+    ({"lora_dropout": -0.1}, "--lora_dropout -0.1: must be in [0, 1)"),
+    ({"num_train_epochs": "nan"}, "--num_train_epochs nan: must be a finite number above 0 (or pass --max_steps)"),
+    ({"max_steps": -5, "num_train_epochs": 0}, "--num_train_epochs 0.0: must be a finite number above 0"),
+    ({"weight_decay": "inf"}, "--weight_decay inf: must be a finite number, 0 or more"),
+    ({"max_grad_norm": "nan"}, "--max_grad_norm nan: must be a finite number, 0 or more"),
+    ({"lora_alpha": -3}, "--lora_alpha -3: must be at least 1"),
+    ({"val_size": -0.1}, "--val_size -0.1: must be a finite number, 0 or more"),
+    ({"max_samples": 0}, "--max_samples 0: must be at least 1"),
 ])
 def test_eval_flag_misuse_is_exit_2_and_writes_nothing(tiny_llama_dir, eight, tmp_path, flags, fix):
     from click.testing import CliRunner
@@ -386,3 +403,98 @@ def test_a_train_time_eval_leaves_4bit_training_unchanged(tiny_llama_dir, eight,
         rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text().splitlines()]
         losses.append([r["loss"] for r in rows if "loss" in r])
     assert len(losses[0]) == 4 and losses[1] == losses[0]
+
+
+def test_one_train_per_output_dir_and_a_dead_runs_lock_is_taken_over(tiny_llama_dir, eight, tmp_path):
+    from steam_persona.common import lock
+
+    out = tmp_path / "run"
+    with lock.folder_lock(out, "train", "--output_dir"):  # another train is writing out
+        with pytest.raises(UserError, match=rf"run: in use by another train \(pid {os.getpid()}, started "
+                                            r"\d\d:\d\d\); wait for it to end or pick another --output_dir"):
+            run(_cfg(tiny_llama_dir, eight, out, max_steps=1))
+    assert not out.exists()
+    (tmp_path / "run.lock").write_text("999999")  # left by a killed run: nobody holds it
+    assert run(_cfg(tiny_llama_dir, eight, out, max_steps=1))["global_step"] == 1
+    assert not (tmp_path / "run.lock").exists()
+
+
+def _train_cli(tiny_llama_dir, eight, out):
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+
+    return CliRunner().invoke(main, ["train", "--model_name_or_path", str(tiny_llama_dir), "--dataset", str(eight),
+                                     "--output_dir", str(out), "--max_steps", "1", "--cutoff_len", "128"])
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line_exit_2(tiny_llama_dir, eight, tmp_path):
+    (tmp_path / "f").write_text("a file")
+    r = _train_cli(tiny_llama_dir, eight, tmp_path / "f" / "run")  # the lock beside it cannot be made
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "f/run: cannot write there (" in r.output and "is a file, not a folder); pick another --output_dir" in r.output
+    r = _train_cli(tiny_llama_dir, eight, tmp_path / "f")  # the run dir itself, made after the model loads
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "f: cannot write (not a directory); move the file out of the way or pick another --output_dir; nothing " \
+           "half-written was kept" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   Exception("No space left on device (os error 28)"),  # as tokenizers' save says it
+                                   OSError(errno.EROFS, "Read-only file system", "OUT/run_config.yaml")])
+def test_a_full_or_read_only_disk_mid_run_is_one_line(tmp_path, error):
+    from steam_persona.common import atomic
+
+    if getattr(error, "filename", None):
+        error.filename = str(tmp_path / "run" / "run_config.yaml")
+    e = atomic.write_error(tmp_path / "run", error, "--output_dir")
+    assert str(e.message).startswith(f"{tmp_path / 'run'}: cannot write (")
+    assert ("free some disk" if "space" in str(error) else "make it writable") in e.message
+
+
+def test_an_input_that_cannot_be_read_is_not_blamed_on_the_output_dir(tmp_path):
+    from steam_persona.common import atomic
+
+    assert atomic.write_error(tmp_path / "run", PermissionError(errno.EACCES, "denied", "/data/x.json"), "--output_dir") is None
+    assert atomic.write_error(tmp_path / "run", ValueError("bad"), "--output_dir") is None
+
+
+@pytest.mark.parametrize("has_bf16, dtype", [(False, torch.float32), (True, torch.bfloat16)])
+def test_bf16_on_a_cpu_without_bf16_trains_in_float32_and_says_so(monkeypatch, capsys, has_bf16, dtype):
+    from steam_persona.trainer import train
+
+    monkeypatch.setattr(train, "_cpu_has_bf16", lambda: has_bf16)
+    device, got, _ = train.resolve_precision(config.build(TrainConfig, {"bf16": True, "use_cpu": True}))
+    assert (device, got) == ("cpu", dtype)  # emulated bf16 was ~30x slower (trial 23)
+    assert ("training in float32 instead" in " ".join(capsys.readouterr().err.split())) is not has_bf16
+
+
+def test_llama_factory_double_quantization_is_an_accepted_no_op():
+    cfg = config.build(TrainConfig, {"double_quantization": True, "dataset": ["x"]})
+    assert (cfg.double_quantization, cfg.deepspeed) == (True, None)
+    with pytest.raises(UserError, match=r"x.yaml: --double_quantization False: 4-bit QLoRA here always "
+                                        r"double-quantizes"):
+        config.build(TrainConfig, {"double_quantization": False}, source="x.yaml")
+
+
+@pytest.mark.parametrize("argv, says, not_says", [
+    (["--deepspeed", "ds.json"], "--deepspeed ds.json: not supported; train on several GPUs with DDP instead: "
+                                 "--nproc_per_node N, docs/multi-gpu.md", "Traceback"),
+    (["--enable_thinking", "true"], "No such option '--enable_thinking'.", "Did you mean"),  # was "--enable_liger_kernel?"
+    (["--lora_rnak", "8"], "No such option '--lora_rnak'. Did you mean '--lora_rank'?", "Traceback"),
+])
+def test_cli_deepspeed_and_did_you_mean_only_for_close_names(argv, says, not_says):
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+
+    r = CliRunner().invoke(main, ["train", *argv])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert says in r.output and not_says not in r.output, r.output
+
+
+def test_resume_from_a_missing_checkpoint_says_it_does_not_exist(tiny_llama_dir, eight, tmp_path):
+    with pytest.raises(UserError, match=r"nonexist/checkpoint-3: --resume_from_checkpoint: no such folder; pass an "
+                                        r"existing checkpoint-N folder$"):
+        run(_cfg(tiny_llama_dir, eight, tmp_path / "run", resume_from_checkpoint=str(tmp_path / "nonexist" / "checkpoint-3")))

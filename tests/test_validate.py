@@ -12,8 +12,8 @@ from steam_persona.trainer.validate import ValidateConfig, run
 
 
 def test_validate_real_sample_stats(seed_dataset, tiny_qwen2_dir):
-    r = run(config.build(ValidateConfig, {"dataset": str(seed_dataset), "model_name_or_path": str(tiny_qwen2_dir),
-                                          "cutoff_len": 300}))
+    [r] = run(config.build(ValidateConfig, {"dataset": str(seed_dataset), "model_name_or_path": str(tiny_qwen2_dir),
+                                            "cutoff_len": 300}))
     assert (r["records"], r["usable"], r["problems"]) == (941, 941, [])
     t = r["tokens"]
     assert t["min"] <= t["median"] <= t["p95"] <= t["max"] and t["min"] > 50
@@ -32,6 +32,18 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path, tiny_llama_dir):
     assert "line 2: 'output' is empty" in res.output and "line 3: 'input' must be a string, not list" in res.output
     assert "4 (2 usable, 2 with problems)" in res.output
     assert res.output.strip().splitlines()[-1].startswith("Error: ") and "2 unusable record(s)" in res.output
+
+
+def test_a_comma_list_validates_each_dataset_as_train_takes_them(tmp_path, tiny_llama_dir):
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text(json.dumps({"instruction": "a", "output": "ok"}) + "\n", encoding="utf-8")
+    bad.write_text(json.dumps({"instruction": "b", "output": ""}) + "\n", encoding="utf-8")
+    [r] = run(config.build(ValidateConfig, {"dataset": f"{good},", "model_name_or_path": str(tiny_llama_dir)}))
+    assert (r["dataset"], r["usable"]) == (str(good), 1)
+    res = CliRunner().invoke(main, ["validate", f"{good},{bad}", "--model_name_or_path", str(tiny_llama_dir)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "good.jsonl: 1 records read, 0 with problems" in res.output and "line 1: 'output' is empty" in res.output
+    assert res.output.strip().splitlines()[-1].startswith("Error: ") and "bad.jsonl: 1 unusable record(s)" in res.output
 
 
 def test_dataset_errors_name_the_positional_DATASET(tmp_path):

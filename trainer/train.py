@@ -47,8 +47,9 @@ from typing import Any, Callable
 
 from steam_persona.common import atomic
 from steam_persona.common import config
+from steam_persona.common import lock as locking
 from steam_persona.common.arguments import (DataArguments, LoraArguments, ModelArguments, QuantizationArguments,
-                                             TrainingArguments)
+                                             TrainingArguments, not_negative_finite)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
 from steam_persona.common.errors import UserError
@@ -61,6 +62,19 @@ def _bitsandbytes_only(value: str) -> str:
         raise ValueError("only bitsandbytes (bnb) quantizes here; use a 16-bit base with --quantization_bit 4 or 8 "
                          "instead of a GPTQ/AWQ/other quantization")
     return "bitsandbytes"
+
+
+def _double_quantization(value: bool) -> bool:
+    if not value:
+        raise ValueError("4-bit QLoRA here always double-quantizes (NF4 + double quant); drop the key or set it true")
+    return value
+
+
+def _no_deepspeed(value: str | None) -> str | None:
+    if value is not None:
+        raise ValueError("not supported; train on several GPUs with DDP instead: --nproc_per_node N, "
+                         "docs/multi-gpu.md")
+    return value
 
 
 @dataclass
@@ -113,14 +127,18 @@ class TrainConfig:
                                         "torch.distributed's default timeout applies).")
     include_num_input_tokens_seen: bool = arg(False, "Accepted for HF compatibility; no effect (trainer_log.jsonl "
                                                      "always has total_tokens).")
+    double_quantization: bool = arg(True, "Accepted for LLaMA-Factory compatibility: 4-bit QLoRA always uses NF4 + "
+                                          "double quantization; False is refused.", check=_double_quantization)
+    deepspeed: str | None = arg(None, "Not supported (LLaMA-Factory's DeepSpeed config); several GPUs train with DDP: "
+                                      "--nproc_per_node, docs/multi-gpu.md.", check=_no_deepspeed)
     # --- optimisation
     per_device_train_batch_size: int = TrainingArguments.use("per_device_train_batch_size")
     per_device_eval_batch_size: int = TrainingArguments.use("per_device_eval_batch_size")
     gradient_accumulation_steps: int = arg(1, "Micro-batches per optimizer step (effective batch = product).")
     learning_rate: float = TrainingArguments.use("learning_rate")
-    weight_decay: float = arg(0.0, "AdamW weight decay.")
-    max_grad_norm: float = arg(1.0, "Gradient clipping norm (0 = off).")
-    num_train_epochs: float = arg(3.0, "Epochs (may be fractional).")
+    weight_decay: float = arg(0.0, "AdamW weight decay (0 or more).", check=not_negative_finite)
+    max_grad_norm: float = arg(1.0, "Gradient clipping norm (0 = off).", check=not_negative_finite)
+    num_train_epochs: float = arg(3.0, "Epochs (may be fractional; used when --max_steps is not > 0).")
     max_steps: int = TrainingArguments.use("max_steps")
     lr_scheduler_type: str = arg("linear", "LR schedule after warmup.",
                                  choices=("linear", "cosine", "constant", "constant_with_warmup", "polynomial",
@@ -132,7 +150,8 @@ class TrainConfig:
     load_best_model_at_end: bool = arg(False, "Save the adapter of the lowest eval loss as the run's adapter (kept in "
                                               "best/ while training); needs --val_size or --eval_dataset.")
     seed: int = DataArguments.use("seed", note="It seeds the data order, the validation split and the LoRA init.")
-    bf16: bool = arg(False, "Train in bfloat16 (the default on GPUs that support it, even without this flag).")
+    bf16: bool = arg(False, "Train in bfloat16 (the default on GPUs that support it, even without this flag; a CPU "
+                            "without bf16 instructions trains in float32 instead, with a warning).")
     fp16: bool = arg(False, "Train in float16 (warned on bf16-capable hardware: overflow risk).")
     use_cpu: bool = arg(False, "Train on the CPU even when a GPU is present.")
     nproc_per_node: int = arg(1, "Processes (one per GPU) on this host: > 1 re-runs this training under torchrun "
@@ -168,7 +187,8 @@ def resolve_precision(cfg: TrainConfig) -> tuple[str, Any, Any]:
     fp16 on bf16-capable hardware is honoured on CUDA with a warning (fp16 overflows on Qwen2.5:
     NaN or loss 0). With neither flag a CUDA GPU trains in bf16 when it supports it, else fp32;
     the CPU trains in fp32. On CPU float16 has no fast kernels, so ``--fp16`` trains in bfloat16 when the
-    CPU has bf16 instructions, else float32, and says so.
+    CPU has bf16 instructions, else float32, and says so; ``--bf16`` on a CPU without them (emulated
+    bfloat16 is ~30x slower) trains in float32 and says so too.
 
     Raises:
         UserError: both --bf16 and --fp16, or --bf16 on hardware without bf16.
@@ -200,7 +220,10 @@ def resolve_precision(cfg: TrainConfig) -> tuple[str, Any, Any]:
         console.print(f"[yellow]warning: --fp16 on CPU: CPUs have no fast float16 math; training in {alt} instead"
                       f"{' (this CPU supports bf16: pass --bf16 True)' if cpu_bf16 else ''}[/yellow]")
         return (device, torch.bfloat16, torch.bfloat16) if cpu_bf16 else (device, torch.float32, None)
-    if cfg.bf16:
+    if cfg.bf16 and not cpu_bf16:
+        console.print("[yellow]warning: --bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX): emulated "
+                      "bfloat16 is ~30x slower; training in float32 instead[/yellow]")
+    if cfg.bf16 and cpu_bf16:
         return device, torch.bfloat16, torch.bfloat16
     return device, torch.float32, None
 
@@ -307,6 +330,10 @@ def finished_run(out: Path) -> dict | None:
 def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
     if cfg.resume_from_checkpoint:
         p = Path(cfg.resume_from_checkpoint)
+        if not p.is_dir():
+            newest = resumable_checkpoint(p.parent)
+            raise UserError(f"{p}: --resume_from_checkpoint: no such folder; pass an existing checkpoint-N folder"
+                            + (f" (the newest resumable one there is {newest})" if newest else ""))
         if not (p / "trainer_state.json").is_file() or not (p / "optimizer.pt").is_file():
             raise UserError(f"{p}: not a resumable checkpoint (needs trainer_state.json and optimizer.pt); "
                             "pass a checkpoint-N folder saved without --save_only_model")
@@ -340,7 +367,7 @@ RESUMABLE_CHANGES = frozenset({
     "load_best_model_at_end", "per_device_eval_batch_size", "max_steps", "num_train_epochs", "nproc_per_node",
     "disable_gradient_checkpointing", "padding_free", "torch_compile", "enable_liger_kernel", "quantization_method",
     "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout",
-    "include_num_input_tokens_seen"})
+    "include_num_input_tokens_seen", "double_quantization", "deepspeed"})
 
 
 def _text(value: Any) -> str:
@@ -465,25 +492,18 @@ def _clear_run(out: Path) -> None:
 
 def _save_adapter_and_tokenizer(model: Any, tokenizer: Any, target: Path) -> None:
     """Save the PEFT adapter (+ tokenizer) into ``target``: written into a temp folder inside it, then each
-    file renamed into place; the temp folder is removed (also on error).
-
-    Raises:
-        UserError: the disk is full (ENOSPC); files already in ``target`` stay whole.
-    """
+    file renamed into place, with plain modes; the temp folder is removed (also on error), so files already
+    in ``target`` stay whole when a write fails (:func:`run` says why in one line)."""
     import tempfile
 
     target.mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.TemporaryDirectory(prefix=".save-", dir=target) as tmp:
-            model.save_pretrained(tmp)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            for f in Path(tmp).iterdir():
-                os.replace(f, target / f.name)
-    except OSError as e:
-        if e.errno == 28:  # ENOSPC, as atomic.atomic_path
-            raise UserError(f"{target}: no space left on the device; free some disk and rerun") from None
-        raise
+    with tempfile.TemporaryDirectory(prefix=".save-", dir=target) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        atomic.plain_modes(tmp)
+        for f in Path(tmp).iterdir():
+            os.replace(f, target / f.name)
 
 
 def _save_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, optimizer: Any, scheduler: Any,
@@ -584,6 +604,9 @@ def _check(cfg: TrainConfig) -> None:
         raise UserError(f"--warmup_ratio {cfg.warmup_ratio}: must be in [0, 1)")
     if not 0 < cfg.learning_rate < math.inf:  # also nan, which every comparison refuses
         raise UserError(f"--learning_rate {cfg.learning_rate}: must be a positive number")
+    if cfg.max_steps <= 0 and not 0 < cfg.num_train_epochs < math.inf:
+        raise UserError(f"--num_train_epochs {cfg.num_train_epochs}: must be a finite number above 0 (or pass "
+                        "--max_steps)")
     if cfg.eval_dataset and cfg.val_size:
         raise UserError(f"--eval_dataset and --val_size {cfg.val_size} are both set; give one source of eval samples")
     if cfg.load_best_model_at_end and (cfg.eval_strategy == "no" or not (cfg.val_size or cfg.eval_dataset)):
@@ -619,12 +642,22 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
 
     Raises:
         UserError: bad data/flags (nothing is written to ``output_dir``), or a non-finite loss/grad
-            norm (:class:`NonFiniteError`; the adapter is not saved).
+            norm (:class:`NonFiniteError`; the adapter is not saved), or another ``train`` writing
+            ``output_dir`` (``<output_dir>.lock`` beside it holds its pid).
     """
+    from steam_persona.trainer import distributed
+
+    _check(cfg)
+    lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if distributed.rank_world()[0] == 0 \
+        else contextlib.nullcontext()
+    with lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
+        return _run(cfg, callbacks, resume_hint)
+
+
+def _run(cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...], resume_hint: bool) -> dict[str, Any]:
     from steam_persona.trainer import distributed
     from steam_persona.trainer import model as model_lib
 
-    _check(cfg)
     resume = _resume_point(cfg, Path(cfg.output_dir))
     if resume is not None:
         check_resume_settings(cfg, resume)
@@ -846,7 +879,7 @@ class TrainRecipe:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         if not torch.isfinite(grad_norm) and self.scaler is None:
             raise NonFiniteError(f"{self.out}: step {step + 1}: the gradient norm became {float(grad_norm)}; stopped "
-                                 "without saving this step. Train in bf16 (--bf16 True), or lower --learning_rate")
+                                 f"without saving this step. {self._non_finite_fix()}")
         lr = self.scheduler.get_last_lr()[0]
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -857,6 +890,13 @@ class TrainRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_total / max(n_tok, 1), "tokens": int(tokens), "samples": int(samples),
                 "grad_norm": float(grad_norm), "lr": lr}
+
+    def _non_finite_fix(self) -> str:
+        import torch
+
+        if self.amp == torch.float16:
+            return "Train in bf16 (--bf16 True) instead of fp16, or lower --learning_rate"
+        return "Lower --learning_rate"
 
     def _forward_backward(self, step: int, n_tok: int) -> tuple[float, int, int]:
         """Accumulate the gradients of ``step``; returns this rank's (loss sum, tokens, samples).
@@ -884,8 +924,7 @@ class TrainRecipe:
             value = ls.detach().item()
             if not math.isfinite(value):
                 raise NonFiniteError(f"{self.out}: step {step + 1}: the loss became {value}; stopped without "
-                                     "saving this step. Train in bf16 (--bf16 True) instead of fp16, or lower "
-                                     "--learning_rate")
+                                     f"saving this step. {self._non_finite_fix()}")
             if micro:
                 loss_total += value
                 tokens += int(batch["input_ids"].numel() if self.cfg.padding_free else batch["attention_mask"].sum())

@@ -1,7 +1,7 @@
-"""``steam-train validate DATASET``: record counts, token-length statistics and every problem found.
+"""``steam-train validate DATASET[,DATASET...]``: record counts, token-length statistics and every problem found.
 
 Reads the dataset exactly as ``train`` does (same readers, template, masking and truncation), so a
-dataset that validates cleanly trains. Exit code 2 when any record is unusable. The file is read and
+dataset that validates cleanly trains. Exit code 2 when any record is unusable. The files are read and
 checked before transformers is imported (a spinner shows while it loads), so a bad file is rejected
 at once.
 """
@@ -24,7 +24,8 @@ from steam_persona.common.persona import DEFAULT_SYSTEM
 
 @dataclass
 class ValidateConfig:
-    dataset: str = arg(None, "Dataset: a .json/.jsonl path or a name in DATASET_DIR/dataset_info.json.", positional=True)
+    dataset: str = arg(None, "Dataset: a .json/.jsonl path or a name in DATASET_DIR/dataset_info.json; several "
+                             "comma-separated (as train's --dataset) are each checked.", positional=True)
     dataset_dir: str = DataArguments.use("dataset_dir")
     encoding: str = DataArguments.use("encoding")
     model_name_or_path: str = ModelArguments.use("model_name_or_path")
@@ -38,31 +39,47 @@ def _pct(values: list[int], q: float) -> int:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def run(cfg: ValidateConfig) -> dict[str, Any]:
-    """Check a dataset and print a report.
+def run(cfg: ValidateConfig) -> list[dict[str, Any]]:
+    """Check each dataset of ``cfg.dataset`` (one, or several comma-separated as ``train --dataset`` takes
+    them) and print a report for each.
 
     Returns:
-        ``{"records", "usable", "problems": [...], "tokens": {min, mean, median, p95, max},
-        "label_tokens_mean", "truncated", "dropped"}`` (token figures over usable records, with the
-        template and ``cutoff_len`` applied before truncation).
+        one report per dataset: ``{"dataset", "records", "usable", "problems": [...], "tokens": {min, mean,
+        median, p95, max}, "label_tokens_mean", "truncated", "dropped"}`` (token figures over usable records,
+        with the template and ``cutoff_len`` applied before truncation).
 
     Raises:
-        UserError: a file-level problem, or (after printing the report) any unusable record.
+        UserError: a file-level problem (before any report), or (after the reports) any unusable record.
     """
     from steam_persona.trainer import data
-    from steam_persona.trainer.encode import encode_conversation, fit
     from steam_persona.common.hub import resolve_model
     from steam_persona.trainer.templates import ChatTemplate
 
-    if not cfg.dataset:
+    names = [n.strip() for n in (cfg.dataset or "").split(",") if n.strip()]
+    if not names:
         raise UserError("validate: give a dataset (a .json/.jsonl path or a registered name)")
-    res = data.read_dataset(data.resolve(cfg.dataset, cfg.dataset_dir, arg="DATASET"), system=cfg.system or None, encoding=cfg.encoding)
+    read = [data.read_dataset(data.resolve(n, cfg.dataset_dir, arg="DATASET"), system=cfg.system or None,
+                              encoding=cfg.encoding) for n in names]
     resolve_model(cfg.model_name_or_path)  # a missing model path fails here, before the heavy imports
-    console.print(f"{res.spec.path}: {len(res.conversations)} records read, {len(res.problems)} with problems")
+    for res in read:
+        console.print(f"{res.spec.path}: {len(res.conversations)} records read, {len(res.problems)} with problems")
     with status(f"loading the {cfg.model_name_or_path} tokenizer (first import of transformers: ~10–30 s)"):
         from steam_persona.trainer.model import load_tokenizer
 
         template = ChatTemplate(cfg.template, load_tokenizer(cfg.model_name_or_path))
+    reports = [_report(cfg, res, template) for res in read]
+    bad = [(res.spec.path, len(res.problems)) for res in read if res.problems]
+    if bad:
+        raise UserError("; ".join(f"{path}: {n} unusable record(s)" for path, n in bad) + " listed above; fix or "
+                        "drop them")
+    console.print("[green]no problems found[/green]")
+    return reports
+
+
+def _report(cfg: ValidateConfig, res: Any, template: Any) -> dict[str, Any]:
+    """Measure one read dataset's usable records and print its table and problems."""
+    from steam_persona.trainer.encode import encode_conversation, fit
+
     usable = res.usable
     lengths, learned, ends = [], [], []
     with progress(transient=True) as bar:
@@ -73,8 +90,9 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
             learned.append(sum(1 for t in labels if t != -100))
             ends.append(fit(template, conv, cfg.cutoff_len)[2])
             bar.advance(task)
-    report: dict[str, Any] = {"records": len(res.conversations), "usable": len(usable), "problems": res.problems,
-                              "truncated": ends.count("truncated"), "dropped": ends.count("dropped")}
+    report: dict[str, Any] = {"dataset": str(res.spec.path), "records": len(res.conversations), "usable": len(usable),
+                              "problems": res.problems, "truncated": ends.count("truncated"),
+                              "dropped": ends.count("dropped")}
     if lengths:
         report["tokens"] = {"min": min(lengths), "mean": round(statistics.mean(lengths), 1),
                             "median": int(statistics.median(lengths)), "p95": _pct(lengths, 0.95), "max": max(lengths)}
@@ -89,12 +107,10 @@ def run(cfg: ValidateConfig) -> dict[str, Any]:
     ])
     for p in res.problems:
         console.print(Text("problem ", style="red") + Text(p), soft_wrap=True)
-    if res.problems:
-        raise UserError(f"{res.spec.path}: {len(res.problems)} unusable record(s) listed above; fix or drop them")
-    console.print("[green]no problems found[/green]")
     return report
 
 
 command = config.command(ValidateConfig, run, name="validate",
-                         help="Check a dataset: record counts, token lengths and every problem (exit 2 if any).",
+                         help="Check one dataset or several (comma-separated, as train's --dataset): record "
+                              "counts, token lengths and every problem (exit 2 if any).",
                          config_option="option")
