@@ -30,8 +30,9 @@ PyPI, it cannot merge the shared modules in, and its checks run only at install 
 from __future__ import annotations
 
 import ast
-import os
 import datetime
+import gc
+import os
 import re
 import time
 import zipfile
@@ -199,6 +200,24 @@ def _imported(tree: ast.AST, package: list[str]) -> set[str]:
     return names
 
 
+def _parse(data: bytes, arc: str) -> ast.Module:
+    """``ast.parse`` with the garbage collector paused. CPython before 3.11.8 keeps the AST builder's
+    recursion count per interpreter (gh-106905): a collection's finalizers can hand the GIL to a thread
+    that parses too, and the first parse then fails with a spurious "AST constructor recursion depth
+    mismatch" SystemError (seen in the test suite, with a server thread beside it).
+
+    Raises:
+        SyntaxError: ``data`` is not valid Python.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(data, filename=arc)
+    finally:
+        if paused:
+            gc.enable()
+
+
 def _check_imports(files: dict[str, bytes], left_out: list[str], source: Path) -> None:
     """Refuse a package whose shipped code imports a module of its folder that stays out (by
     ``.difyignore`` or :data:`ALWAYS_EXCLUDE`): the plugin would fail at start with ModuleNotFoundError.
@@ -212,7 +231,7 @@ def _check_imports(files: dict[str, bytes], left_out: list[str], source: Path) -
         if not arc.endswith(".py") or not modules:
             continue
         try:
-            tree = ast.parse(data, filename=arc)
+            tree = _parse(data, arc)
         except SyntaxError as e:
             raise UserError(f"{source / arc}: line {e.lineno}: invalid Python ({e.msg}); fix it") from None
         package = arc.split("/")[:-1]
