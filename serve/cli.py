@@ -110,7 +110,8 @@ def check_port_free(host: str, port: int) -> int:
 
 
 def cors_origins(values: list[str]) -> tuple[str, ...]:
-    """``--cors_origins`` as browsers send origins: lower case, without a trailing slash.
+    """``--cors_origins`` as browsers send origins: lower case, without a trailing slash or the scheme's
+    default port (``http://x:80`` is sent as ``http://x``).
 
     Raises:
         UserError: an entry that is neither ``*`` nor ``scheme://host[:port]``.
@@ -118,11 +119,18 @@ def cors_origins(values: list[str]) -> tuple[str, ...]:
     origins = []
     for value in (v.strip() for v in values if v.strip()):
         origin = value.lower().removesuffix("/")
-        if origin != "*" and not _ORIGIN.fullmatch(origin):
+        match = _ORIGIN.fullmatch(origin)
+        if origin != "*" and (not match or (match[2] and int(match[2][1:]) > 65535)):
             raise UserError(f"serve: --cors_origins {value!r} is no origin; give scheme://host[:port] "
                             "(e.g. http://localhost:3000), or * for any")
+        scheme = origin.partition("://")[0]
+        if match and match[2] == _DEFAULT_PORT.get(scheme):  # browsers leave the scheme's own port out
+            origin = origin.removesuffix(match[2])
         origins.append(origin)
     return tuple(origins)
+
+
+_DEFAULT_PORT = {"http": ":80", "https": ":443"}
 
 
 def dify_hint(host: str, port: int, has_key: bool = True) -> list[str]:

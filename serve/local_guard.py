@@ -6,7 +6,8 @@ read the answers as same-origin. As Ollama and Jupyter do, a keyless server ther
 any work, with an OpenAI-shaped 403:
 
 - a request whose ``Origin`` is neither one of ``--cors_origins`` (``*``: any) nor the server's own
-  (``http://`` + a loopback name + the port it listens on, as Swagger at ``/docs`` sends);
+  (``http://`` + a loopback name + the port it listens on, or ``http://`` + the request's ``Host``, as
+  Swagger at ``/docs`` sends);
 - on a loopback bind, a ``Host`` that is not a loopback name (``localhost``, ``*.localhost``,
   127.0.0.0/8, ``[::1]``, with or without a port). A request without ``Host`` (HTTP/1.0) passes:
   browsers always send one.
@@ -47,14 +48,19 @@ def _host_name(value: str) -> str:
     return value.rpartition(":")[0] if value.count(":") == 1 else value
 
 
-def _own_origin(origin: str, port: int | None) -> bool:
-    """Whether ``origin`` is this server's: ``http://`` + a loopback name + the port it listens on."""
+def _own_origin(origin: str, port: int | None, host: str | None) -> bool:
+    """Whether ``origin`` is this server's: ``http://`` + a loopback name + the port it listens on, or
+    ``http://`` + the request's ``Host`` (a page this server sent, e.g. /docs on an ``--insecure`` server
+    reached by its network address; on a loopback bind ``Host`` is a loopback name already)."""
     try:
         parts = urlsplit(origin)
         origin_port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
     except ValueError:
         return False
-    return parts.scheme == "http" and is_loopback_name(parts.hostname or "") and origin_port == port
+    if parts.scheme != "http":
+        return False
+    return (is_loopback_name(parts.hostname or "") and origin_port == port
+            or host is not None and parts.netloc == host.strip().lower())
 
 
 def check_local(scope: dict[str, Any], cors_origins: tuple[str, ...], loopback_bind: bool) -> None:
@@ -72,7 +78,7 @@ def check_local(scope: dict[str, Any], cors_origins: tuple[str, ...], loopback_b
                            "reached by another name, e.g. behind a reverse proxy)", status=403, code=HOST_REFUSED)
     if origin is None or "*" in cors_origins or origin.lower().rstrip("/") in cors_origins:
         return
-    if not _own_origin(origin, (scope.get("server") or (None, None))[1]):
+    if not _own_origin(origin.lower(), (scope.get("server") or (None, None))[1], host):
         raise RequestError(f"Requests from web pages at {origin} are refused: this server checks no API key, so it "
                            "answers pages only from the origins given by its --cors_origins (or start it with "
                            "--api_key KEY)", status=403, code=ORIGIN_REFUSED)

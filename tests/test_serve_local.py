@@ -68,6 +68,30 @@ def test_dns_rebinding_host_names_are_refused(server):
         assert httpx.get(f"{server.base_url}/v1/models", headers={"Host": host}).status_code == 200, host
 
 
+def test_cors_origins_as_browsers_send_them():
+    from steam_persona.common.errors import UserError
+    from steam_persona.serve.cli import cors_origins
+
+    assert cors_origins(["http://Example.com:80/", "https://b.example:443", "http://localhost:3000", "*"]) == (
+        "http://example.com", "https://b.example", "http://localhost:3000", "*")
+    with pytest.raises(UserError, match="is no origin"):
+        cors_origins(["http://localhost:99999"])
+
+
+def test_a_page_from_the_host_it_was_served_by_is_its_own_origin():
+    """An --insecure server reached by its network address: /docs' "Try it out" sends Origin = http:// + Host."""
+    from steam_persona.serve.errors import RequestError
+    from steam_persona.serve.local_guard import check_local
+
+    def scope(origin):
+        return {"headers": [(b"host", b"192.168.1.5:8000"), (b"origin", origin.encode())], "server": ("0.0.0.0", 8000)}
+
+    check_local(scope("http://192.168.1.5:8000"), (), loopback_bind=False)
+    check_local(scope("HTTP://192.168.1.5:8000"), (), loopback_bind=False)
+    with pytest.raises(RequestError, match="refused"):
+        check_local(scope("http://evil.example"), (), loopback_bind=False)
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "steam_persona", "serve", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
