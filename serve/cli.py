@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from steam_persona.common.config import arg
 from steam_persona.common.console import console
 from steam_persona.common.errors import UserError
 from steam_persona.serve import auth
+from steam_persona.serve.local_guard import is_loopback
 
 if TYPE_CHECKING:
     from steam_persona.serve.app import AppOptions
@@ -80,16 +80,6 @@ class ServeConfig:
                                    envvar="STEAM_PERSONA_LLAMA_SERVER")
     log_level: str = arg("info", "Log level; debug also logs prompt sizes and llama.cpp's own output.",
                          choices=("debug", "info", "warning", "error"))
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_port_free(host: str, port: int) -> int:

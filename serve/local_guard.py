@@ -21,8 +21,6 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
-from steam_persona.serve.errors import RequestError
-
 #: The error code of a request refused for its ``Origin`` (as a refused CORS preflight).
 ORIGIN_REFUSED = "cors_not_allowed"
 #: The error code of a request refused for its ``Host``.
@@ -30,15 +28,20 @@ HOST_REFUSED = "host_not_allowed"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def is_loopback_name(host: str) -> bool:
-    """True for ``localhost``, ``*.localhost`` and loopback addresses (127.0.0.0/8, ``::1``, bracketed or not)."""
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``, bracketed or not)."""
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_name(host: str) -> bool:
+    """`is_loopback`, or a name under ``.localhost`` (which resolves to loopback, RFC 6761)."""
+    host = host.lower().rstrip(".")
+    return host.endswith(".localhost") or is_loopback(host)
 
 
 def _host_name(value: str) -> str:
@@ -70,6 +73,8 @@ def check_local(scope: dict[str, Any], cors_origins: tuple[str, ...], loopback_b
         RequestError: 403 ``cors_not_allowed`` (a foreign ``Origin``) or ``host_not_allowed`` (a
             ``Host`` that is no loopback name, on a loopback bind); each message says what to do.
     """
+    from steam_persona.serve.errors import RequestError  # FastAPI's import: not at `serve`'s start (cli imports is_loopback)
+
     headers = {name: value.decode("latin-1") for name, value in scope["headers"] if name in (b"origin", b"host")}
     host, origin = headers.get(b"host"), headers.get(b"origin")
     if loopback_bind and host is not None and not is_loopback_name(_host_name(host.strip())):
