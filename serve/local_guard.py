@@ -9,7 +9,8 @@ any work, with an OpenAI-shaped 403:
   (``http://`` + a loopback name + the port it listens on, or ``http://`` + the request's ``Host``, as
   Swagger at ``/docs`` sends);
 - on a loopback bind, a ``Host`` that is not a loopback name (``localhost``, ``*.localhost``,
-  127.0.0.0/8, ``[::1]``, with or without a port). A request without ``Host`` (HTTP/1.0) passes:
+  127.0.0.0/8, also in the legacy forms ``inet_aton`` reads, such as ``127.1`` or ``2130706433``,
+  ``[::1]``, with or without a port). A request without ``Host`` (HTTP/1.0) passes:
   browsers always send one.
 
 With ``--api_key`` none of this applies: a page cannot know the key.
@@ -18,6 +19,8 @@ With ``--api_key`` none of this applies: a page cannot know the key.
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,15 +29,26 @@ ORIGIN_REFUSED = "cors_not_allowed"
 #: The error code of a request refused for its ``Host``.
 HOST_REFUSED = "host_not_allowed"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: What ``inet_aton`` may read as an IPv4 address: glibc's also ignores whatever follows a space
+#: (``"127.1 evil"`` is 127.0.0.1 to it), so only these characters reach it.
+_AT0N_CHARS = re.compile(r"[0-9a-fx.]+", re.IGNORECASE)
 
 
 def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``, bracketed or not)."""
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``, bracketed or not), the
+    IPv4 ones also in the legacy forms that ``socket.inet_aton`` (and so a bind or a connect) reads:
+    ``127.1``, ``127.0.1``, ``2130706433``, ``0x7f.1``, ``0177.0.0.1``."""
     if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
+        pass
+    if not _AT0N_CHARS.fullmatch(host):
+        return False
+    try:
+        return socket.inet_aton(host)[0] == 127
+    except OSError:
         return False
 
 

@@ -68,6 +68,14 @@ def test_dns_rebinding_host_names_are_refused(server):
         assert httpx.get(f"{server.base_url}/v1/models", headers={"Host": host}).status_code == 200, host
 
 
+def test_legacy_ipv4_forms_of_loopback_are_loopback_hosts(server):
+    """inet_aton's shorthand (trial 24: `Host: 127.1:PORT` got 403); a private shorthand stays refused."""
+    for host in ("127.1", f"127.1:{server.port}", "127.0.1", "2130706433", f"0x7f.1:{server.port}", "0177.1"):
+        assert httpx.get(f"{server.base_url}/v1/models", headers={"Host": host}).status_code == 200, host
+    for host in (f"10.1:{server.port}", "0x0a.1", "127.1 evil.example", "127.1.evil.example", "4294967296"):
+        _refused(httpx.get(f"{server.base_url}/v1/models", headers={"Host": host}), "host_not_allowed")
+
+
 def test_cors_origins_as_browsers_send_them():
     from steam_persona.common.errors import UserError
     from steam_persona.serve.cli import cors_origins

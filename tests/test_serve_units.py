@@ -193,6 +193,8 @@ def test_a_key_in_the_query_string_is_refused_saying_how_this_server_takes_keys(
 def test_hosts_threads_and_dify_hint():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.1.2.3")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.com")
+    assert all(is_loopback(h) for h in ("127.1", "127.0.1", "2130706433", "0x7f.1", "0177.0.0.1"))
+    assert not any(is_loopback(h) for h in ("10.1", "0x0a.1", "127.1 evil", "127.1\tx", "abc.def", "4294967296"))
     assert n_threads(0, generate=True) >= 1
     assert any("host.docker.internal:9000/v1" in line for line in dify_hint("0.0.0.0", 9000))
     assert any("--host 0.0.0.0" in line for line in dify_hint("127.0.0.1", 9000))
