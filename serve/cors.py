@@ -11,6 +11,10 @@ Starlette answers a preflight it refuses (an origin, method or header not allowe
 plain-text ``400 Disallowed CORS origin``; here it is an OpenAI-shaped 400 ``cors_not_allowed``
 (``{"error": {"message", "type", "param", "code"}}``, :mod:`steam_persona.serve.errors`) with
 starlette's own headers and reasons kept, and its code noted for the ``--log_file`` row.
+
+An ``Origin`` is compared with the list case-insensitively, as the keyless guard
+(:mod:`steam_persona.serve.local_guard`) compares it: one that differs from a listed origin only in
+case is served with CORS headers, or, if not listed, refused by both.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from steam_persona.serve.errors import error_body
+from steam_persona.serve.local_guard import origin_key
 
 #: The error code of a refused preflight.
 REFUSED = "cors_not_allowed"
@@ -32,6 +37,13 @@ SDK_HEADER_PREFIX = "x-stainless-"
 
 class OpenAICORSMiddleware(CORSMiddleware):
     """``CORSMiddleware`` (same arguments) whose refused preflights are OpenAI-shaped 400s."""
+
+    def is_allowed_origin(self, origin: str) -> bool:
+        """starlette's test, with ``Origin`` compared as the keyless guard compares it
+        (:func:`~steam_persona.serve.local_guard.origin_key`: case-insensitive; the list is lower case
+        already). The answer's ``Access-Control-Allow-Origin`` is still the ``Origin`` as sent, which is
+        what a browser compares it with."""
+        return super().is_allowed_origin(origin) or origin_key(origin) in self.allow_origins
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = Headers(scope=scope) if scope["type"] == "http" else None

@@ -58,6 +58,13 @@ def is_loopback_name(host: str) -> bool:
     return host.endswith(".localhost") or is_loopback(host)
 
 
+def origin_key(origin: str) -> str:
+    """``origin`` as it is compared with ``--cors_origins`` (by this guard and by CORS alike): lower
+    case, without a trailing ``/``. Browsers serialise origins in lower case, and a scheme or host
+    matches case-insensitively (RFC 6454, 5), so ``http://LOCALHOST:3000`` is ``http://localhost:3000``."""
+    return origin.lower().rstrip("/")
+
+
 def _host_name(value: str) -> str:
     """The name of a ``Host`` header value, without its port (``[::1]:8000`` → ``[::1]``)."""
     if value.startswith("["):
@@ -95,7 +102,7 @@ def check_local(scope: dict[str, Any], cors_origins: tuple[str, ...], loopback_b
         raise RequestError(f"Host '{host}' is not a loopback name; this server checks no API key, so it answers only "
                            "requests addressed to localhost, 127.0.0.1 or [::1] (start it with --api_key KEY to be "
                            "reached by another name, e.g. behind a reverse proxy)", status=403, code=HOST_REFUSED)
-    if origin is None or "*" in cors_origins or origin.lower().rstrip("/") in cors_origins:
+    if origin is None or "*" in cors_origins or origin_key(origin) in cors_origins:
         return
     if not _own_origin(origin.lower(), (scope.get("server") or (None, None))[1], host):
         raise RequestError(f"Requests from web pages at {origin} are refused: this server checks no API key, so it "

@@ -60,6 +60,21 @@ def test_allowed_and_own_origins_and_plain_clients_are_served(server):
     assert httpx.post(f"{server.base_url}{CHAT}", json=HI, timeout=30).status_code == 200
 
 
+def test_an_origin_in_other_case_gets_both_the_answer_and_cors_headers(server):
+    """Guard and CORS agree (trial 24: `Origin: http://LOCALHOST:3000` ran but had no CORS header, its
+    preflight got 400): a scheme and host match case-insensitively, and the header echoes the Origin sent."""
+    for origin in ("http://GOOD.example", "HTTP://Good.Example", "http://good.example/"):
+        r = httpx.get(f"{server.base_url}/v1/models", headers={"Origin": origin})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin, (origin, r.headers)
+        r = httpx.options(f"{server.base_url}{CHAT}", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin, (origin, r.text)
+    r = httpx.options(f"{server.base_url}{CHAT}", headers={"Origin": "http://EVIL.example",
+                                                           "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+    _refused(httpx.get(f"{server.base_url}/v1/models", headers={"Origin": "http://EVIL.example"}), "cors_not_allowed")
+
+
 def test_dns_rebinding_host_names_are_refused(server):
     _refused(httpx.get(f"{server.base_url}/v1/models", headers={"Host": f"evil.example:{server.port}"}),
              "host_not_allowed")
