@@ -8,6 +8,7 @@ the library's request schema, token ids, grammars, context overflow, tools the c
 request model on (in ``scope["state"]``). For chat requests it normalises the messages (:mod:`steam_persona.serve.messages`) and applies the
 persona (:mod:`steam_persona.serve.persona`). Token counting runs on the checks thread, never on the event loop.
 A key sent in the query string is refused and removed from the request before anything logs it.
+A plain ``OPTIONS`` (not a CORS preflight) on a served path gets 204 with ``Allow``.
 It notes the request's facts for the ``--log_file`` row in ``scope["state"]`` (:mod:`steam_persona.serve.access_log`).
 """
 
@@ -108,6 +109,8 @@ class SteamMiddleware:
             scope["path"] = scope["path"].rstrip("/") or "/"
         try:
             self._check_access(scope)
+            if scope["method"] == "OPTIONS" and (allow := _path_methods(scope)):
+                return await _no_content(send, allow)
             if scope["method"] != "POST" or scope["path"] not in self.models:
                 return await self.app(scope, receive, send)
             raw = await read_body(receive, scope["headers"], self.max_request_bytes, self.read_timeout)
@@ -315,6 +318,28 @@ def _forced_tool_schemas(model: Any) -> list[tuple[str, Any]]:
     else:
         listed = [(f"tools[{i}].function.parameters", t["function"]) for i, t in enumerate(model.tools or [])]
     return [(param, fn.get("parameters")) for param, fn in listed if names and fn.get("name") in names]
+
+
+#: The methods a route may serve (for ``Allow``).
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _path_methods(scope: Scope) -> list[str]:
+    """The methods the app's routes serve on this request's path, ``OPTIONS`` included (``[]``: no
+    route has the path, which stays a 404)."""
+    from starlette.routing import Match
+
+    routes = getattr(scope.get("app"), "routes", ())
+    # asked method by method: an included router's entry matches for all its routes and lists no methods
+    methods = [m for m in _METHODS if any(route.matches({**scope, "method": m})[0] is Match.FULL for route in routes)]
+    return sorted([*methods, "OPTIONS"]) if methods else []
+
+
+async def _no_content(send: Send, allow: list[str]) -> None:
+    """204 with ``Allow``: the answer to a plain ``OPTIONS`` (not a CORS preflight, which
+    :mod:`steam_persona.serve.cors` answers when ``--cors_origins`` is set), as most HTTP servers give it."""
+    await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", ", ".join(allow).encode())]})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _tracking(send: Send) -> Any:

@@ -891,6 +891,20 @@ def test_405_names_the_path_and_the_methods_it_takes(client):
     assert r.status_code == 405 and r.json()["error"]["message"] == "/health takes GET or HEAD only; you sent POST"
 
 
+def test_a_plain_options_gets_204_with_the_paths_methods(server, request_log):
+    """Not a CORS preflight (no Origin): 204 with ``Allow``, as most HTTP servers answer, not 405; no key
+    needed (a preflight carries none either); an unknown path stays an OpenAI-shaped 404."""
+    for path, allow in ((CHAT, "OPTIONS, POST"), ("/v1/models", "GET, HEAD, OPTIONS"),
+                        ("/v1/models/anything", "GET, HEAD, OPTIONS"), ("/health", "GET, HEAD, OPTIONS"),
+                        ("/v1/chat/completions/", "OPTIONS, POST")):
+        r = httpx.options(f"{server.base_url}{path}", headers={"X-Request-Id": f"opt-{path}"})
+        assert r.status_code == 204 and r.headers["allow"] == allow and r.content == b"", (path, r.status_code, r.text)
+    (row,) = log_rows(request_log, [f"opt-{CHAT}"])
+    assert (row["method"], row["status"]) == ("OPTIONS", 204)
+    r = httpx.options(f"{server.base_url}/v1/responses")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url", r.text
+
+
 def test_an_allowed_origin_may_ask_for_private_network_access(client):
     r = client.options(CHAT, headers={"Origin": "http://good.example", "Access-Control-Request-Method": "POST",
                                       "Access-Control-Request-Private-Network": "true"})

@@ -75,6 +75,13 @@ def test_an_origin_in_other_case_gets_both_the_answer_and_cors_headers(server):
     _refused(httpx.get(f"{server.base_url}/v1/models", headers={"Origin": "http://EVIL.example"}), "cors_not_allowed")
 
 
+def test_a_plain_options_gets_204_with_allow_and_a_foreign_one_403(server):
+    r = httpx.options(f"{server.base_url}{CHAT}")
+    assert r.status_code == 204 and r.headers["allow"] == "OPTIONS, POST", r.text
+    assert httpx.options(f"{server.base_url}/nope").status_code == 404
+    _refused(httpx.options(f"{server.base_url}{CHAT}", headers={"Origin": "http://evil.example"}), "cors_not_allowed")
+
+
 def test_dns_rebinding_host_names_are_refused(server):
     _refused(httpx.get(f"{server.base_url}/v1/models", headers={"Host": f"evil.example:{server.port}"}),
              "host_not_allowed")
