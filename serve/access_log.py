@@ -10,7 +10,9 @@ response's end, or to the client's leaving), ``request_id`` (the response's ``x-
 :func:`note_completion_tokens`, which may also note the ``prompt_tokens`` the engine evaluates: the
 count in the response's ``usage``, fill-in-the-middle tokens of a ``suffix`` included). A client that left before its response's end (a stream closed
 after some chunks or before any was read, a non-streamed request given up) adds
-``"disconnected": true``. Never keys or text.
+``"disconnected": true``. A request cut by a forced quit (a second Ctrl-C) gets its row at once
+(:func:`write_cut`), with ``"forced_quit": true`` and ``error_code`` "shutting_down" where the
+protocol could still tell its client. Never keys or text.
 
 :class:`AccessLog` is pure ASGI and sits just inside the request id and outside CORS, so that
 preflights are logged too. Bytes that are not HTTP never reach the app: the protocol writes their
@@ -40,6 +42,8 @@ LOGGED = (REQUEST_ID, "error_code", "prompt_tokens", "stream")
 #: ``scope["state"]`` key of the answer the HTTP protocol sent in the app's stead (``{"status",
 #: "error_code"}``; :mod:`steam_persona.serve.protocol`).
 PROTOCOL_ANSWER = "protocol_answer"
+#: ``scope["state"]`` key of the request's open row (:func:`write_cut` writes it from outside the app).
+EXCHANGE = "access_exchange"
 #: Per request: a list the engine fills with a getter of its completion tokens so far and its prompt tokens.
 _TOKENS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("completion_tokens", default=None)
 
@@ -58,14 +62,32 @@ def write_unparsed(log: JsonlLog, request_id: str) -> None:
               error_code="invalid_http")
 
 
+def write_cut(state: dict[str, Any]) -> bool:
+    """A forced quit (:mod:`steam_persona.serve.cli`): write the row of the request whose
+    ``scope["state"]`` this is now, with ``"forced_quit": true`` (the process ends before its app
+    does); what the protocol sent it last is noted under :data:`PROTOCOL_ANSWER`. Returns whether a
+    row was written (``False``: no ``--log_file``, or its row is out already)."""
+    ex = state.get(EXCHANGE)
+    if ex is None or ex.written:
+        return False
+    ex.forced_quit = True
+    ex.write()
+    return True
+
+
 class _Exchange:
     """One request's facts while its response goes out."""
 
-    def __init__(self, scope: dict[str, Any]) -> None:
-        self.scope, self.start = scope, time.perf_counter()
+    def __init__(self, scope: dict[str, Any], log: JsonlLog) -> None:
+        self.scope, self.log, self.start = scope, log, time.perf_counter()
         self.status: int | None = None
-        self.disconnected = self.written = self.left_before_start = False
+        self.disconnected = self.written = self.left_before_start = self.forced_quit = False
         self.tokens: list[Any] = []
+        scope.setdefault("state", {})[EXCHANGE] = self
+
+    def write(self) -> None:
+        self.written = True
+        self.log.write(**self.row())
 
     def row(self) -> dict[str, Any]:
         state = self.scope.get("state", {})
@@ -81,6 +103,8 @@ class _Exchange:
             row.update(state[PROTOCOL_ANSWER])
         elif self.disconnected:
             row["disconnected"] = True
+        if self.forced_quit:
+            row["forced_quit"] = True
         return row
 
 
@@ -98,7 +122,7 @@ class AccessLog:
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        ex = _Exchange(scope)
+        ex = _Exchange(scope, self.log)
 
         async def watched_receive() -> Message:
             message = await receive()
@@ -113,7 +137,7 @@ class AccessLog:
                 ex.status = message["status"]
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body") and not ex.written:
-                self._write(ex)
+                ex.write()
 
         token = _TOKENS.set(ex.tokens)
         try:
@@ -121,8 +145,4 @@ class AccessLog:
         finally:
             _TOKENS.reset(token)
             if not ex.written:  # the response never ended: its client left (or the server stopped it)
-                self._write(ex)
-
-    def _write(self, ex: _Exchange) -> None:
-        ex.written = True
-        self.log.write(**ex.row())
+                ex.write()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import math
@@ -258,14 +259,14 @@ def _server_class(served):
         80 % of ``timeout_graceful_shutdown`` and the process ends by that signal
         within ``timeout_graceful_shutdown`` + 2 s, even if a thread is stuck in llama.cpp (its
         threads are daemons, but a C call holding the interpreter would delay a normal exit).
-        A second Ctrl-C (SIGINT) quits at once (:func:`_force_quit`); ``interrupted`` says whether
+        A second Ctrl-C (SIGINT) quits at once (:meth:`_force_quit`); ``interrupted`` says whether
         a SIGINT came."""
 
         interrupted = False
 
         def handle_exit(self, sig: int, frame) -> None:
             if self.should_exit and sig == signal.SIGINT:
-                _force_quit(len(self.server_state.tasks))
+                return self._force_quit()
             self.interrupted = self.interrupted or sig == signal.SIGINT
             if not self.should_exit:
                 # generations end (finish_reason "length") early enough for their responses to go out
@@ -274,11 +275,48 @@ def _server_class(served):
                 timer.daemon = True
                 timer.start()
             super().handle_exit(sig, frame)
+
+        def _force_quit(self) -> None:
+            """A second Ctrl-C: on the event loop, each running request's client is told (503
+            ``shutting_down``: a stream's last event, else its answer) and its ``--log_file`` row is
+            written (``Protocol.cut`` in :mod:`steam_persona.serve.protocol`), then the process exits
+            130. This handler runs in the main thread between two bytecodes, maybe inside a write of
+            the loop's, so the cuts go to the loop; a loop that does not get to them within
+            :data:`FORCED_QUIT_WAIT_S` is not waited for."""
+            running = len(self.server_state.tasks)
+            connections = list(self.server_state.connections)
+
+            def cut_and_quit() -> None:
+                for connection in connections:
+                    cut = getattr(connection, "cut", None)
+                    try:
+                        if cut is not None:
+                            cut()
+                    except Exception:  # noqa: BLE001 -- quitting whatever happens
+                        pass
+                _force_quit(running)
+            timer = threading.Timer(FORCED_QUIT_WAIT_S, _force_quit, (running,))
+            timer.daemon = True
+            timer.start()
+            try:
+                asyncio.get_running_loop().call_soon_threadsafe(cut_and_quit)
+            except RuntimeError:  # no loop runs in this thread
+                _force_quit(running)
     return Server
 
 
+#: Seconds a forced quit waits for the event loop to tell the running requests' clients.
+FORCED_QUIT_WAIT_S = 1.0
+
+
+_QUITTING = threading.Lock()
+
+
 def _force_quit(running: int) -> None:
-    """A second Ctrl-C: one line, then exit 130 at once, whatever runs (no drain, no tracebacks)."""
+    """A second Ctrl-C: one line, then exit 130 at once, whatever runs (no drain, no tracebacks);
+    once only (the loop and the fallback timer may both get here)."""
+    if not _QUITTING.acquire(blocking=False):
+        return
     os.write(2, f"forced quit (Ctrl-C during shutdown): {running} running request(s) cut\n".encode())
     os._exit(128 + signal.SIGINT)
 

@@ -11,6 +11,8 @@ every response has), and a row in the ``--log_file`` log (:func:`steam_persona.s
 Bytes that break HTTP after a request's headers (a bad chunk size line of a chunked body) get the
 same 400 with that request's id, and the request keeps its one row, written by the access log once
 the app has ended (:data:`steam_persona.serve.access_log.PROTOCOL_ANSWER`).
+On a forced quit (a second Ctrl-C) :meth:`cut` tells each running request's client, and writes
+its row, before the process ends.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from steam_persona.common.atomic import JsonlLog
-from steam_persona.serve.access_log import PROTOCOL_ANSWER, write_unparsed
-from steam_persona.serve.errors import RequestError, error_bytes
+from steam_persona.serve.access_log import PROTOCOL_ANSWER, write_cut, write_unparsed
+from steam_persona.serve.errors import RETRY_AFTER_S, RequestError, error_bytes
 from steam_persona.serve.request_id import HEADER as REQUEST_ID, STATE_KEY as REQUEST_ID_KEY, new_id, request_id
 
 
@@ -70,5 +72,39 @@ def h11_protocol(header_timeout: float, log: JsonlLog | None = None) -> type[H11
                 cycle.scope["state"][PROTOCOL_ANSWER] = {"status": 400, "error_code": "invalid_http"}
             elif log is not None:
                 write_unparsed(log, rid)
+
+        def cut(self) -> bool:
+            """A forced quit (a second Ctrl-C; the process ends right after): end this connection's
+            running request with 503 ``shutting_down``, as the last SSE event of a stream that began
+            (then the stream's end), else as its whole answer, and write its ``--log_file`` row now
+            (:func:`~steam_persona.serve.access_log.write_cut`). Called on the event loop, between
+            two of its callbacks, so never inside another write. Returns whether a request was running."""
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                return False
+            state = cycle.scope.setdefault("state", {})
+            err = RequestError("The server was stopped (forced quit) before this request finished; send it again",
+                               status=503, type="server_error", code="shutting_down")
+            try:
+                if self.transport.is_closing():  # its client left: nobody to tell
+                    pass
+                elif not cycle.response_started:
+                    body = error_bytes(err)
+                    rid = state.setdefault(REQUEST_ID_KEY, request_id(cycle.scope["headers"]))
+                    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                               (b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close"),
+                               (REQUEST_ID, rid.encode())]
+                    self.transport.write(b"".join(self.conn.send(event) for event in (
+                        h11.Response(status_code=503, headers=headers, reason=b"Service Unavailable"),
+                        h11.Data(data=body), h11.EndOfMessage())))
+                    state[PROTOCOL_ANSWER] = {"status": 503, "error_code": "shutting_down"}
+                elif state.get("stream") and self.conn.our_state is h11.SEND_BODY:
+                    event = b"data: " + error_bytes(err) + b"\n\n"  # as routes end a stream with an error
+                    self.transport.write(self.conn.send(h11.Data(data=event)) + self.conn.send(h11.EndOfMessage()))
+                    state[PROTOCOL_ANSWER] = {"error_code": "shutting_down"}
+            except h11.LocalProtocolError:  # a state h11 cannot send in: the connection just ends
+                pass
+            write_cut(state)
+            return True
 
     return Protocol

@@ -165,28 +165,59 @@ def test_port_0_prints_the_port_actually_bound(smollm2_gguf):
         proc.wait(30)
 
 
-def test_a_second_ctrl_c_during_a_stream_quits_at_once_with_130(smollm2_gguf):
+def test_a_second_ctrl_c_during_a_stream_quits_at_once_with_130(smollm2_gguf, tmp_path):
+    """The open stream's last event is 503 shutting_down, a request still waiting for the model gets
+    that 503 as its answer, and both have their --log_file rows (fix 22 left them without)."""
     long = {"messages": [{"role": "user", "content": "Write a very long story."}], "max_tokens": 1024,
             "stream": True}
-    with start_server(smollm2_gguf) as srv:
-        started = threading.Event()
+    log = tmp_path / "requests.jsonl"
+    with start_server(smollm2_gguf, extra_args=("--log_file", log)) as srv:
+        started, lines, answers = threading.Event(), [], {}
 
         def stream():
             try:
-                with httpx.stream("POST", f"{srv.base_url}{CHAT}", json=long, timeout=60) as r:
-                    for _ in r.iter_lines():
+                with httpx.stream("POST", f"{srv.base_url}{CHAT}", json=long, timeout=60,
+                                  headers={"X-Request-Id": "cut-stream"}) as r:
+                    for line in r.iter_lines():
+                        lines.append(line)
                         started.set()
-            except httpx.HTTPError:
-                pass
-        threading.Thread(target=stream, daemon=True).start()
+            except httpx.HTTPError as e:
+                lines.append(f"broken: {e!r}")
+
+        def queued():
+            try:
+                answers["queued"] = httpx.post(f"{srv.base_url}{CHAT}", json=HI, timeout=60,
+                                               headers={"X-Request-Id": "cut-queued"})
+            except httpx.HTTPError as e:
+                answers["queued"] = e
+        reader = threading.Thread(target=stream, daemon=True)
+        reader.start()
         assert started.wait(30)
+        waiter = threading.Thread(target=queued, daemon=True)
+        waiter.start()
+        time.sleep(0.5)
         srv.proc.send_signal(signal.SIGINT)
         time.sleep(0.5)
         t = time.perf_counter()
         srv.proc.send_signal(signal.SIGINT)
         assert srv.proc.wait(10) == 130 and time.perf_counter() - t < 2
+        reader.join(10)
+        waiter.join(10)
         out = srv.output()
-        assert "Traceback" not in out and "forced quit (Ctrl-C during shutdown): 1 running request(s) cut" in out, out
+        assert "Traceback" not in out and "forced quit (Ctrl-C during shutdown): 2 running request(s) cut" in out, out
+        data = [line for line in lines if line.startswith("data: ")]
+        assert not lines[-1].startswith("broken") and len(data) > 1, lines[-3:]
+        last = json.loads(data[-1][6:])
+        assert last["error"]["code"] == "shutting_down" and last["error"]["type"] == "server_error", last
+        r = answers["queued"]
+        assert isinstance(r, httpx.Response) and r.status_code == 503, r
+        assert r.json()["error"]["code"] == "shutting_down" and r.headers["retry-after"] == "5"
+        assert r.headers["x-request-id"] == "cut-queued"
+        cut_stream, cut_queued = log_rows(log, ["cut-stream", "cut-queued"], timeout=1)
+        assert cut_stream["status"] == 200 and cut_stream["error_code"] == "shutting_down", cut_stream
+        assert cut_stream["forced_quit"] is True and cut_stream["stream"] is True, cut_stream
+        assert cut_queued["status"] == 503 and cut_queued["error_code"] == "shutting_down", cut_queued
+        assert cut_queued["forced_quit"] is True, cut_queued
 
 
 def test_one_ctrl_c_drains_and_exits_130(smollm2_gguf):
