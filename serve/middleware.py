@@ -9,6 +9,7 @@ request model on (in ``scope["state"]``). For chat requests it normalises the me
 persona (:mod:`steam_persona.serve.persona`). Token counting runs on the checks thread, never on the event loop.
 A key sent in the query string is refused and removed from the request before anything logs it.
 A plain ``OPTIONS`` (not a CORS preflight) on a served path gets 204 with ``Allow``.
+HTTP/2's preface (``PRI * HTTP/2.0``, which h11 reads as a request) gets one 505, and the connection is closed.
 It notes the request's facts for the ``--log_file`` row in ``scope["state"]`` (:mod:`steam_persona.serve.access_log`).
 """
 
@@ -108,6 +109,7 @@ class SteamMiddleware:
             # header, wrong behind a TLS proxy, and a POST client may not follow
             scope["path"] = scope["path"].rstrip("/") or "/"
         try:
+            _check_version(scope)
             self._check_access(scope)
             if scope["method"] == "OPTIONS" and (allow := _path_methods(scope)):
                 return await _no_content(send, allow)
@@ -320,6 +322,21 @@ def _forced_tool_schemas(model: Any) -> list[tuple[str, Any]]:
     return [(param, fn.get("parameters")) for param, fn in listed if names and fn.get("name") in names]
 
 
+def _check_version(scope: Scope) -> None:
+    """Refuse what h11 parsed as a request of another HTTP version, before the key is asked for:
+    HTTP/2's connection preface (``PRI * HTTP/2.0``, from a client with "prior knowledge", e.g.
+    ``curl --http2-prior-knowledge``) got a 401 or 404 and then, for the rest of the preface, a 400.
+
+    Raises:
+        RequestError: 505 ``http_version_not_supported`` (its answer closes the connection).
+    """
+    version = scope.get("http_version", "1.1")
+    if version not in ("1.0", "1.1"):
+        raise RequestError(f"HTTP/{version} is not served here: this server speaks HTTP/1.1 only (send HTTP/1.1, "
+                           "e.g. curl without --http2-prior-knowledge; a client that negotiates stays on HTTP/1.1)",
+                           status=505, code="http_version_not_supported")
+
+
 #: The methods a route may serve (for ``Allow``).
 _METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
@@ -372,7 +389,9 @@ async def _reply(send: Send, err: RequestError) -> None:
         headers.append((b"www-authenticate", b"Bearer"))
     headers += [(name.lower().encode("latin-1"), value.encode("latin-1"))
                 for name, value in (err.headers or {}).items()]
-    if err.status in (408, 413):  # the body was not read to its end: the connection cannot carry another request
+    # 408, 413: the body was not read to its end, so the connection cannot carry another request; 505:
+    # what follows is no HTTP/1 (the rest of HTTP/2's preface)
+    if err.status in (408, 413, 505):
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -220,3 +220,17 @@ def text_reply(client: httpx.Client, path: str, body: dict, stream: bool) -> tup
     text = "".join(c["delta"].get("content") or "" if "delta" in c else c["text"] for c in choices)
     (finish,) = [c["finish_reason"] for c in choices if c["finish_reason"]]
     return text, finish, chunks[-1]["usage"]["completion_tokens"]
+
+
+#: HTTP/2's connection preface, then an empty SETTINGS frame (what ``curl --http2-prior-knowledge`` sends first).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def send_raw(base_url: str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data`` on a new connection and return all the server answers until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", int(base_url.rsplit(":", 1)[1])), timeout=timeout) as s:
+        s.sendall(data)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    return got
