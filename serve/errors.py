@@ -174,11 +174,15 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
     code = {401: "invalid_api_key", 404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
     message = NOT_SERVED if exc.status_code == 404 and exc.detail == "Not Found" else str(exc.detail)
+    headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:
-        allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
+        allow = next((v for k, v in headers.items() if k.lower() == "allow"), "")
         message = _not_allowed(request, allow)
+        # OPTIONS is answered on every served path (204, see middleware), so Allow lists it too
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        headers["Allow"] = ", ".join(sorted({m.strip() for m in allow.split(",") if m.strip()} | {"OPTIONS"}))
     return JSONResponse(error_body(message, type=kind, code=code), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+                        headers=headers or None)
 
 
 def install(app: FastAPI) -> None:

@@ -885,10 +885,13 @@ def test_tool_call_ids_are_short_and_random(client):
 
 
 def test_405_names_the_path_and_the_methods_it_takes(client):
-    err = _error(client.get(CHAT), 405, "method_not_allowed")
+    r = client.get(CHAT)
+    err = _error(r, 405, "method_not_allowed")
     assert err["message"] == "/v1/chat/completions takes POST only; you sent GET", err
+    assert r.headers["allow"] == "OPTIONS, POST"  # a plain OPTIONS is answered (204) on every served path
     r = client.post("/health")
     assert r.status_code == 405 and r.json()["error"]["message"] == "/health takes GET or HEAD only; you sent POST"
+    assert r.headers["allow"] == "GET, HEAD, OPTIONS"
 
 
 def test_a_plain_options_gets_204_with_the_paths_methods(server, request_log):
