@@ -196,6 +196,12 @@ class FakeServer(BaseHTTPRequestHandler):
         time.sleep(2)
         self._send(200, json.dumps(COMPLETION).encode())
 
+    def mode_latefirst(self) -> None:  # a stream whose first token comes after 2 s (a long prompt on a CPU)
+        self._stream_start()
+        time.sleep(2)
+        self._write(_chunk("hi") + _finish() + b"data: [DONE]\n\n")
+        self.close_connection = True
+
     def mode_echo(self) -> None:  # a completion whose text is the messages the server received
         body = json.loads(self._body or b"{}")
         self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
@@ -364,6 +370,23 @@ def test_review_tool_waits_the_whole_request_timeout_for_a_silent_answer(plugins
                                 "credentials": creds, "tool_parameters": {"game_name": "Celeste"}}, timeout=STALL_S)
     assert reply.error is None, reply.error
     assert reply.result[0]["message"]["text"] == "hi" and reply.seconds >= 2
+
+
+@pytest.mark.parametrize("mode, stream", [("late", False), ("latefirst", True)])
+def test_chat_waits_the_whole_request_timeout_for_a_silent_answer(plugins, fake, tmp_path, mode, stream):
+    """A blocking reply sends nothing until it is written, a stream nothing until the prompt is read:
+    a request_timeout the user set is the only bound (here the per-read limit of credentials saved
+    without one is cut to 0.5 s; the answer comes after 2 s of silence)."""
+    copy = shutil.copytree(plugins["chat"], tmp_path / "chat")
+    client = copy / "server_client.py"
+    client.write_text(client.read_text().replace("READ_TIMEOUT = 300.0", "READ_TIMEOUT = 0.5"))
+    with PluginProcess(copy, plugin_python(copy)) as chat:
+        reply = invoke(chat, fake, mode, stream=stream, request_timeout="10")
+        legacy = invoke(chat, fake, mode, stream=stream)  # saved before request_timeout existed: as the SDK did
+    assert reply.error is None, reply.error
+    assert text_of(reply) == "hi" and reply.seconds >= 2
+    assert legacy.error["error_type"] == "InvokeServerUnavailableError", legacy.error
+    assert "raise the request_timeout setting" in legacy.error["message"] and legacy.seconds < 2
 
 
 @pytest.mark.parametrize("field, value", [("context_size", "abc"), ("context_size", "-5"), ("context_size", ""),

@@ -44,9 +44,10 @@ TOKENIZE_TIMEOUT = 5.0
 #: long CPU replies that worked under the old per-read limit still do; a server that stalls or
 #: trickles keep-alive comments fails after this.
 REQUEST_TIMEOUT = 3600.0
-#: Seconds one wait for the chat plugin's next bytes may take (the Dify SDK's own per-read limit);
-#: :func:`chat_completion` waits the whole ``read_timeout`` instead, since a non-streamed answer
-#: sends nothing until it is complete.
+#: Seconds one wait for the chat plugin's next bytes may take when its ``request_timeout``
+#: credential is unset (saved before it existed: the Dify SDK's own per-read limit); a set
+#: ``request_timeout`` bounds the whole reply alone, and :func:`chat_completion` always waits the
+#: whole ``read_timeout``, since a non-streamed answer sends nothing until it is complete.
 READ_TIMEOUT = 300.0
 #: Characters that paste invisibly with a copied key (zero-width space/joiners, word joiner, BOM).
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))

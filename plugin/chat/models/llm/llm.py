@@ -195,8 +195,9 @@ class _Exchange:
     the server too: the socket is shut down, and ``steam-train serve`` / ``llama-server`` cancel a
     task whose client left (docs/serving.md), instead of finishing it before the next request."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, read_cap: float | None = None) -> None:
         self.deadline = deadline
+        self.read_cap = read_cap  # the longest wait for the server's next bytes; None: up to the deadline
         self.response: requests.Response | None = None
         self.ended = False
 
@@ -224,8 +225,8 @@ _exchange = threading.local()  # .current: the _Exchange of the invoke this work
 
 class _SdkRequests:
     """What the SDK module sees as ``requests``: the same, except that ``post`` within an invoke
-    waits for the server's headers at most until the deadline (never longer than the SDK's own
-    per-read limit) and registers the response with the invoke's :class:`_Exchange`.
+    waits for the server's bytes at most until the deadline (and at most ``read_cap`` seconds at a
+    time when the invoke has one) and registers the response with the invoke's :class:`_Exchange`.
 
     Why: the SDK calls the module-level ``requests.post`` with fixed timeouts and no hooks, and
     overriding its ``_generate`` would copy it whole.
@@ -242,7 +243,8 @@ class _SdkRequests:
         left = exchange.deadline - time.monotonic()
         if left <= 0:
             raise requests.exceptions.ReadTimeout("the request_timeout passed before the request")
-        kwargs["timeout"] = (min(server_client.CONNECT_TIMEOUT, left), min(left + 0.2, server_client.READ_TIMEOUT))
+        read = left + 0.2 if exchange.read_cap is None else min(left + 0.2, exchange.read_cap)
+        kwargs["timeout"] = (min(server_client.CONNECT_TIMEOUT, left), read)
         kwargs["hooks"] = {"response": exchange.keep}
         return requests.post(url, **kwargs)
 
@@ -384,7 +386,11 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         messages = self._with_persona(c, prompt_messages)
         _refuse_attachments(messages)
         c[_DEADLINE] = time.monotonic() + seconds
-        exchange = _Exchange(c[_DEADLINE])
+        # A request_timeout the user set is the whole bound: a blocking reply (or a stream's first
+        # token after a long prompt) sends nothing for minutes on a CPU. Saved before the setting
+        # existed: the SDK's per-read limit as before, so that a silent server fails as it used to.
+        legacy = not str(credentials.get("request_timeout") or "").strip()
+        exchange = _Exchange(c[_DEADLINE], server_client.READ_TIMEOUT if legacy else None)
         call = functools.partial(super()._invoke, model, c, messages, params, tools, stop, stream, user)
         if stream:
             return self._bounded(call, c["endpoint_url"], seconds, exchange)
