@@ -389,6 +389,33 @@ def test_chat_waits_the_whole_request_timeout_for_a_silent_answer(plugins, fake,
     assert "raise the request_timeout setting" in legacy.error["message"] and legacy.seconds < 2
 
 
+def _invoke_params(chat, fake: str, **params):
+    return chat.request({**CHAT, "action": "invoke_llm", "credentials": {
+        "endpoint_url": f"{fake}/json/v1", "context_size": "2048", "max_tokens_to_sample": "512"},
+        "prompt_messages": [{"role": "user", "content": "Hi"}], "model_parameters": params, "stop": None,
+        "tools": None, "stream": False})
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"max_tokens": 4096}, "max_tokens should be less than or equal to 512.0; change it in the app's model"
+                           " parameters in Dify or raise *Upper bound for max tokens* in the model's settings"),
+    ({"seed": -1}, "seed should be greater than or equal to 0"),
+    ({"max_tokens": 16.5}, "max_tokens should be int"),
+    ({"temperature": "warm"}, "temperature should be float"),
+    ({"response_format": "json_schema"}, "response_format should be one of"),
+])
+def test_parameters_out_of_their_rules_are_bad_requests_not_plugin_crashes(chat, fake, params, words):
+    reply = _invoke_params(chat, fake, **params)
+    assert reply.error["error_type"] == "InvokeBadRequestError", reply.error
+    assert words in reply.error["message"], reply.error
+
+
+def test_numbers_saved_as_text_or_whole_floats_are_read_as_numbers(chat, fake):
+    reply = _invoke_params(chat, fake, max_tokens="16", seed=1.0, temperature="0.5", top_p=1)
+    assert reply.error is None, reply.error
+    assert text_of(reply) == "hi"
+
+
 @pytest.mark.parametrize("field, value", [("context_size", "abc"), ("context_size", "-5"), ("context_size", ""),
                                           ("max_tokens_to_sample", "0"), ("request_timeout", "soon")])
 def test_credentials_must_be_positive_whole_numbers(chat, fake, field, value):

@@ -367,6 +367,38 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         return entity
 
     # -- invoke --------------------------------------------------------------------------------
+    def _validate_and_filter_model_parameters(self, model: str, model_parameters: dict, credentials: dict) -> dict:
+        """The SDK's check of the app's model parameters against the rules, with numbers saved as
+        text or as whole floats (``"512"``, ``512.0``, ``"0.7"``) read as the numbers they are, and
+        a refusal raised as Dify's *bad request* instead of the SDK's plain ``ValueError`` (which
+        Dify shows as the plugin's raw error JSON with a traceback, "contact the author").
+
+        Raises:
+            InvokeBadRequestError: a parameter out of its rule (e.g. ``max_tokens`` above *Upper
+                bound for max tokens*, lowered after the app was saved), naming where to fix it.
+            CredentialsValidateFailedError, InvokeAuthorizationError: bad saved credentials.
+        """
+        params = dict(model_parameters)
+        for rule in self.get_parameter_rules(model, credentials):
+            value = params.get(rule.name)
+            if isinstance(value, bool) or value is None:
+                continue
+            if rule.type == ParameterType.INT:
+                number = server_client.whole_number(value) if not isinstance(value, int) else value
+                params[rule.name] = value if number is None else number
+            elif rule.type == ParameterType.FLOAT and isinstance(value, str):
+                try:
+                    params[rule.name] = float(value.strip())
+                except ValueError:
+                    pass
+        try:
+            return super()._validate_and_filter_model_parameters(model, params, credentials)
+        except ValueError as e:
+            hint = (" or raise *Upper bound for max tokens* in the model's settings"
+                    if "max_tokens should be less" in str(e) else "")
+            raise InvokeBadRequestError(f"{str(e).rstrip('.')}; change it in the app's model parameters in"
+                                        f" Dify{hint}") from None
+
     def _invoke(self, model: str, credentials: dict, prompt_messages: list[PromptMessage], model_parameters: dict,
                 tools: list[PromptMessageTool] | None = None, stop: list[str] | None = None, stream: bool = True,
                 user: str | None = None) -> LLMResult | Generator:
