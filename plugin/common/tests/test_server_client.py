@@ -30,6 +30,28 @@ def test_messages_and_counting():
     assert sc.estimate_tokens("привет") == 6 and sc.estimate_tokens("สวัสดีab") == 7
 
 
+#: Texts and their prompt tokens by SmolLM2's tokenizer (steam-train serve's /extras/tokenize, 2026-12-07).
+SMOLLM2_COUNTS = [
+    ("Build 482913077 runs at 72-90 FPS on 12 GB at 1440p.", 34),
+    ('{"id": 17, "score": 0.8349, "tags": ["fps", "retro"]}', 29),
+    ("    return [i**2 for i in range(x) if i % 3 == 0]  # squares", 25),
+    ("https://store.steampowered.com/app/1145360/?snr=1_5", 26),
+    ("gg \U0001f602\U0001f525 wp \U0001f44d ez \U0001f480", 16),
+    ("이 게임은 정말 재미있어요.", 31),
+    ("GOTY!!! MUST BUY. 10/10", 14),
+    ("The late-game grind drags on and the story falls flat.", 14),
+    ("这个游戏真的很好玩，剧情很棒。", 29),
+    ("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", 59),
+]
+
+
+@pytest.mark.parametrize("text, counted", SMOLLM2_COUNTS)
+def test_the_estimate_leans_high_for_digits_code_and_symbols_too(text, counted):
+    """Dify trims histories by the estimate (servers without a tokenize endpoint): below the real
+    count a long chat ends in a context overflow. The old chars/4 rule gave 0.26x for digits."""
+    assert counted <= sc.estimate_tokens(text) <= 2 * counted
+
+
 def test_errors_and_switches():
     err = sc.error_for_status(400, '{"error": {"message": "This model\'s maximum context length is 2048 tokens."}}', "u")
     assert (err.kind, err.status) == ("bad_request", 400) and "maximum context length is 2048" in str(err)
