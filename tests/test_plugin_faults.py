@@ -416,6 +416,24 @@ def test_numbers_saved_as_text_or_whole_floats_are_read_as_numbers(chat, fake):
     assert text_of(reply) == "hi"
 
 
+@pytest.mark.parametrize("mode", ["html", "busy", "stall", "dead"])
+def test_a_password_in_the_endpoint_url_never_reaches_an_error(chat, review, fake, mode):
+    """``http://user:pass@proxy/v1`` (a reverse proxy's basic auth): Dify shows and logs the messages."""
+    port = fake.rsplit(":", 1)[1] if mode != "dead" else "1"
+    url = f"http://admin:s3cret@127.0.0.1:{port}/{mode}/v1"
+    creds = {"endpoint_url": url, "context_size": "2048", "request_timeout": str(TIMEOUT_S)}
+    replies = [chat.request({**CHAT, "action": "invoke_llm", "credentials": creds, "stop": None, "tools": None,
+                             "prompt_messages": [{"role": "user", "content": "Hi"}], "model_parameters": {},
+                             "stream": stream}, timeout=STALL_S) for stream in (True, False)]
+    replies.append(chat.request({**CHAT, "action": "validate_model_credentials", "credentials": creds},
+                                timeout=STALL_S))
+    replies.append(review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                                   "credentials": creds, "tool_parameters": {"game_name": "Celeste"}}, timeout=STALL_S))
+    for reply in replies:
+        assert reply.error and "s3cret" not in reply.error["message"], reply.error
+        assert "127.0.0.1" not in reply.error["message"] or "admin:***@127.0.0.1" in reply.error["message"]
+
+
 @pytest.mark.parametrize("field, value", [("context_size", "abc"), ("context_size", "-5"), ("context_size", ""),
                                           ("max_tokens_to_sample", "0"), ("request_timeout", "soon")])
 def test_credentials_must_be_positive_whole_numbers(chat, fake, field, value):

@@ -54,6 +54,7 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 
 _WHOLE = re.compile(r"([0-9]+)(?:\.0*)?")
 _KEY_WORDS = re.compile(r"api.?key|token|auth|credential|bearer", re.I)
+_USERINFO = re.compile(r"(?<=://)([^/\s@:'\"]*):[^/\s@'\"]*@")
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
@@ -68,9 +69,15 @@ class ServerError(Exception):
     """
 
     def __init__(self, message: str, kind: str, status: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.kind = kind
         self.status = status
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it (``http://user:PASSWORD@proxy/v1``, a reverse
+    proxy's basic auth) replaced by ``***``: error messages name the URL, and Dify shows and logs them."""
+    return _USERINFO.sub(r"\1:***@", str(text))
 
 
 def normalize_endpoint(url: str | None) -> str:

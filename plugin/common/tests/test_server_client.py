@@ -52,6 +52,17 @@ def test_the_estimate_leans_high_for_digits_code_and_symbols_too(text, counted):
     assert counted <= sc.estimate_tokens(text) <= 2 * counted
 
 
+def test_a_password_in_the_url_never_reaches_a_message():
+    assert sc.redact("at http://admin:s3cr%2Ft@proxy:8080/v1 and 'https://u:p@h/v1'") == \
+        "at http://admin:***@proxy:8080/v1 and 'https://u:***@h/v1'"
+    assert sc.redact("http://user@h/v1 http://h:8000/v1") == "http://user@h/v1 http://h:8000/v1"
+    err = sc.error_for_status(401, "", "http://admin:s3cret@proxy/v1/chat/completions")
+    assert "s3cret" not in str(err) and "admin:***@proxy" in str(err)
+    with pytest.raises(sc.ServerError) as bad:
+        sc.normalize_endpoint("ftp://admin:s3cret@proxy/v1")
+    assert "s3cret" not in str(bad.value)
+
+
 def test_errors_and_switches():
     err = sc.error_for_status(400, '{"error": {"message": "This model\'s maximum context length is 2048 tokens."}}', "u")
     assert (err.kind, err.status) == ("bad_request", 400) and "maximum context length is 2048" in str(err)

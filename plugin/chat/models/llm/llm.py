@@ -424,9 +424,10 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         legacy = not str(credentials.get("request_timeout") or "").strip()
         exchange = _Exchange(c[_DEADLINE], server_client.READ_TIMEOUT if legacy else None)
         call = functools.partial(super()._invoke, model, c, messages, params, tools, stop, stream, user)
+        url = server_client.redact(c["endpoint_url"])  # as messages show it
         if stream:
-            return self._bounded(call, c["endpoint_url"], seconds, exchange)
-        results = self._bounded(lambda: iter([call()]), c["endpoint_url"], seconds, exchange)
+            return self._bounded(call, url, seconds, exchange)
+        results = self._bounded(lambda: iter([call()]), url, seconds, exchange)
         try:
             return next(results)
         finally:
@@ -598,7 +599,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         left = end - time.monotonic()
         n = server_client.count_tokens(url, key, text, model=model, read_timeout=left) if left > 0.5 else None
         if n is None:
-            logger.info("tokenize endpoints unavailable at %s; estimating tokens", url)
+            logger.info("tokenize endpoints unavailable at %s; estimating tokens", server_client.redact(url))
             return server_client.estimate_tokens(server_client.render_chatml(
                 server_client.prepare_messages(messages, system=persona.DEFAULT_SYSTEM)))
         return n
