@@ -202,6 +202,11 @@ class FakeServer(BaseHTTPRequestHandler):
         self._write(_chunk("hi") + _finish() + b"data: [DONE]\n\n")
         self.close_connection = True
 
+    def mode_bad502(self) -> None:  # nginx in front of a server that is down
+        self._send(502, b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad"
+                        b" Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+                        + b"<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n" * 6, "text/html")
+
     def mode_echo(self) -> None:  # a completion whose text is the messages the server received
         body = json.loads(self._body or b"{}")
         self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
@@ -276,7 +281,7 @@ def text_of(reply) -> str:
     ("errfail", "InvokeServerUnavailableError", "failed mid-reply: out of memory"),
     ("errobject", "InvokeBadRequestError", "refused the request (HTTP 400): prompt too long"),
     ("errnamed", "InvokeServerUnavailableError", "failed mid-reply: overloaded"),
-    ("html", "InvokeServerUnavailableError", "answered text/html, not an event stream"),
+    ("html", "InvokeServerUnavailableError", "answered text/html, not an event stream: an HTML page: proxy login"),
     ("busy", "InvokeRateLimitError", "the server is busy (HTTP 429): too many requests"),
 ])
 def test_broken_streams_are_invoke_errors_never_a_quiet_success(chat, fake, mode, error_type, words):
@@ -298,7 +303,7 @@ def test_a_json_answer_to_a_stream_request_keeps_its_text(chat, fake):
 
 
 @pytest.mark.parametrize("mode, error_type, words", [
-    ("html", "InvokeServerUnavailableError", "did not answer JSON (text/html): '<html><body>proxy login"),
+    ("html", "InvokeServerUnavailableError", "did not answer JSON (text/html): an HTML page: proxy login"),
     ("nomodel", "InvokeBadRequestError", "refused the request (HTTP 404): The model `x` does not exist."),
 ])
 def test_blocking_answers_that_are_no_completion(chat, fake, mode, error_type, words):
@@ -414,6 +419,15 @@ def test_numbers_saved_as_text_or_whole_floats_are_read_as_numbers(chat, fake):
     reply = _invoke_params(chat, fake, max_tokens="16", seed=1.0, temperature="0.5", top_p=1)
     assert reply.error is None, reply.error
     assert text_of(reply) == "hi"
+
+
+def test_a_proxys_html_error_page_reads_as_its_text(chat, review, fake):
+    replies = [invoke(chat, fake, "bad502", stream=stream) for stream in (True, False)]
+    replies.append(review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": {
+        "endpoint_url": f"{fake}/bad502/v1"}, "tool_parameters": {"game_name": "Celeste"}}))
+    for reply in replies:
+        assert reply.error["message"].endswith("the server failed (HTTP 502): an HTML page: 502 Bad Gateway nginx"), \
+            reply.error
 
 
 @pytest.mark.parametrize("mode", ["html", "busy", "stall", "dead"])

@@ -18,6 +18,7 @@ demo`` can run the plugins' exact request path from the host Python. Dependencie
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -55,6 +56,9 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 _WHOLE = re.compile(r"([0-9]+)(?:\.0*)?")
 _KEY_WORDS = re.compile(r"api.?key|token|auth|credential|bearer", re.I)
 _USERINFO = re.compile(r"(?<=://)([^/\s@:'\"]*):[^/\s@'\"]*@")
+_HTML_SKIP = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.S | re.I)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.S | re.I)
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
@@ -193,9 +197,28 @@ def request_timeout(credentials: Mapping[str, Any]) -> float:
     return float(positive_int("request_timeout", credentials.get("request_timeout"), int(REQUEST_TIMEOUT)))
 
 
+def html_text(body: str) -> str | None:
+    """The readable text of an HTML page (a proxy's or CDN's error page: nginx's "502 Bad Gateway"),
+    its title first, without markup, scripts, styles or comments; ``None`` when ``body`` is no HTML."""
+    head = body.lstrip()[:1024].lower()
+    if not head.startswith("<") or not any(tag in head for tag in ("<html", "<!doctype html", "<head", "<body",
+                                                                    "<title", "<h1", "<center", "<p>")):
+        return None
+    title = _HTML_TITLE.search(body)
+    text = " ".join(html.unescape(_HTML_TAG.sub(" ", _HTML_SKIP.sub(" ", body))).split())
+    title_text = " ".join(html.unescape(title.group(1)).split()) if title else ""
+    if title_text and not text.startswith(title_text):
+        text = f"{title_text}: {text}" if text else title_text
+    return f"an HTML page: {text[:200]}{'…' if len(text) > 200 else ''}" if text else "an HTML page"
+
+
 def server_message(body: str) -> str:
     """The error text inside an OpenAI-style error body (``{"error": {"message": ...}}``,
-    FastAPI's ``{"detail": ...}``), else the body itself, shortened to one line."""
+    FastAPI's ``{"detail": ...}``), an HTML page's text (:func:`html_text`), else the body itself,
+    shortened to one line."""
+    page = html_text(body) if isinstance(body, str) else None
+    if page is not None:
+        return page
     text = body
     try:
         data = json.loads(body)

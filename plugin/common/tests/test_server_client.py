@@ -63,6 +63,21 @@ def test_a_password_in_the_url_never_reaches_a_message():
     assert "s3cret" not in str(bad.value)
 
 
+NGINX_502 = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
+             "</center>\r\n<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n"
+             + "<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n" * 6)
+
+
+def test_an_html_error_page_reads_as_its_text_not_its_markup():
+    assert str(sc.error_for_status(502, NGINX_502, "u")) == \
+        "the server failed (HTTP 502): an HTML page: 502 Bad Gateway nginx/1.25.3"
+    page = ("<!DOCTYPE html><html><head><title>Service Unavailable</title><style>body{font:13px}</style>"
+            "<script>var x = 1;</script></head><body><h1>Down for maintenance</h1><p>Back at 5&nbsp;pm.</p></body></html>")
+    assert sc.server_message(page) == "an HTML page: Service Unavailable: Down for maintenance Back at 5 pm."
+    assert sc.server_message("<b>not a page</b> but text") == "<b>not a page</b> but text"
+    assert sc.server_message('{"error": {"message": "<html> in a message"}}') == "<html> in a message"
+
+
 def test_errors_and_switches():
     err = sc.error_for_status(400, '{"error": {"message": "This model\'s maximum context length is 2048 tokens."}}', "u")
     assert (err.kind, err.status) == ("bad_request", 400) and "maximum context length is 2048" in str(err)

@@ -182,6 +182,11 @@ def _checked_events(chunks: Iterable[bytes], url: str, deadline: float) -> Itera
                                         f" [DONE] or a finish_reason)", "unavailable")
 
 
+def _shown(body: str) -> str:
+    """An answer that is no completion, for a message: an HTML page's text, else the body's start."""
+    return server_client.html_text(body) or repr(body[:120])
+
+
 def _error_of(event: dict) -> object:
     """The error of a stream event: its ``error`` field, else the event itself when it is a bare
     error object (``message``, and maybe ``type``/``code``, at the top level)."""
@@ -497,7 +502,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
             return
         if "text/event-stream" not in kind:
             raise server_client.ServerError(f"{url}/chat/completions answered {kind or 'no content type'}, not an"
-                                            f" event stream: {response.text[:120]!r}; is the endpoint URL the"
+                                            f" event stream: {_shown(response.text)}; is the endpoint URL the"
                                             f" API base of an OpenAI-compatible server?", "server")
         response.iter_lines = lambda **kw: _checked_events(_arrived(response), url, credentials[_DEADLINE])
         yield from super()._handle_generate_stream_response(model, credentials, response, prompt_messages)
@@ -524,7 +529,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         except ValueError:
             raise server_client.ServerError(f"{url}/chat/completions did not answer JSON"
                                             f" ({response.headers.get('Content-Type') or 'no content type'}):"
-                                            f" {response.text[:120]!r}", "server") from None
+                                            f" {_shown(response.text)}", "server") from None
         if not isinstance(data, dict) or not data.get("choices"):
             raise server_client.ServerError(f"{url}/chat/completions answered without choices:"
                                             f" {response.text[:200]!r}", "server")
