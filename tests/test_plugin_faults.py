@@ -207,6 +207,10 @@ class FakeServer(BaseHTTPRequestHandler):
                         b" Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
                         + b"<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n" * 6, "text/html")
 
+    def mode_hangup(self) -> None:  # takes the request, then dies before answering (crash, restart)
+        self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
     def mode_echo(self) -> None:  # a completion whose text is the messages the server received
         body = json.loads(self._body or b"{}")
         self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
@@ -419,6 +423,17 @@ def test_numbers_saved_as_text_or_whole_floats_are_read_as_numbers(chat, fake):
     reply = _invoke_params(chat, fake, max_tokens="16", seed=1.0, temperature="0.5", top_p=1)
     assert reply.error is None, reply.error
     assert text_of(reply) == "hi"
+
+
+def test_a_server_that_dies_before_answering_is_no_docker_problem(chat, review, fake):
+    replies = [invoke(chat, fake, "hangup", stream=stream) for stream in (True, False)]
+    replies.append(review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": {
+        "endpoint_url": f"{fake}/hangup/v1"}, "tool_parameters": {"game_name": "Celeste"}}))
+    for reply in replies:
+        message = reply.error["message"]
+        assert "closed the connection without answering" in message and "check its log" in message, reply.error
+        assert "Docker" not in message and "cannot be reached" not in message
+    assert [r.error["error_type"] for r in replies[:2]] == ["InvokeServerUnavailableError"] * 2
 
 
 def test_a_proxys_html_error_page_reads_as_its_text(chat, review, fake):

@@ -272,6 +272,13 @@ def unavailable_message(url: str, what: str) -> str:
     return f"the model server at {url} {what}; is `steam-train serve` running there?" + docker_hint(url)
 
 
+def hung_up_message(url: str, detail: str) -> str:
+    """One line for a server that took the request and closed the connection without an answer:
+    it was reached (no Docker hint), so it most likely crashed or is restarting."""
+    return (f"the server at {url} closed the connection without answering ({detail[:160]}); it may have crashed"
+            f" or be restarting: check its log, then try again")
+
+
 def error_for_exception(exc: Exception, url: str, setting: str = "", seconds: float | None = None) -> ServerError:
     """Map an httpx transport error (refused, timeout, DNS) to a ``kind="unavailable"`` :class:`ServerError`;
     a timeout after the connection was made names ``seconds`` (the limit that passed) and
@@ -285,6 +292,8 @@ def error_for_exception(exc: Exception, url: str, setting: str = "", seconds: fl
     elif "SSL" in str(exc) or "TLS" in str(exc):
         return ServerError(f"the TLS handshake with {url} failed ({' '.join(str(exc).split())[:200]}); if the"
                            f" server speaks plain HTTP (steam-train serve does), use http://", "unavailable")
+    elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return ServerError(hung_up_message(url, f"{type(exc).__name__}: {' '.join(str(exc).split())}"), "unavailable")
     elif isinstance(exc, httpx.ConnectError):
         what = f"cannot be reached ({' '.join(str(exc).split()) or 'connection refused'})"
     else:

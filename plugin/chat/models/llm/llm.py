@@ -88,12 +88,16 @@ def _refuse_attachments(messages: list[PromptMessage]) -> None:
 
 def _transport_message(error: BaseException, url: str) -> str:
     """One line for a requests/urllib3 failure: TLS refused, unreachable (these two ask whether the
-    server runs, with the Docker hint for localhost), or, for a server that was reached, timed out
+    server runs, with the Docker hint for localhost), or, for a server that was reached, hung up
+    before answering (crashed or restarting: no Docker hint), timed out
     (naming the request_timeout setting) or cut mid-reply (killed, ``ChunkedEncodingError``)."""
     detail = " ".join(f"{type(error).__name__}: {error}".split())[:200]
     if isinstance(error, requests.exceptions.SSLError):
         return (f"the TLS handshake with {url} failed ({detail}); if the server speaks plain HTTP (steam-train"
                 f" serve does), use http://")
+    if isinstance(error, requests.exceptions.ConnectionError) and any(
+            words in detail for words in ("RemoteDisconnected", "Connection aborted", "Connection reset")):
+        return server_client.hung_up_message(url, detail)
     if isinstance(error, requests.exceptions.ConnectTimeout) or (
             isinstance(error, requests.exceptions.ConnectionError)
             and not isinstance(error, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ReadTimeout))):
