@@ -211,6 +211,11 @@ class FakeServer(BaseHTTPRequestHandler):
         self.connection.shutdown(socket.SHUT_RDWR)
         self.close_connection = True
 
+    def mode_model(self) -> None:  # a completion whose text is the model the request named
+        model = json.loads(self._body or b"{}").get("model")
+        self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": repr(model)}}]}).encode())
+
     def mode_echo(self) -> None:  # a completion whose text is the messages the server received
         body = json.loads(self._body or b"{}")
         self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
@@ -434,6 +439,18 @@ def test_a_server_that_dies_before_answering_is_no_docker_problem(chat, review, 
         assert "closed the connection without answering" in message and "check its log" in message, reply.error
         assert "Docker" not in message and "cannot be reached" not in message
     assert [r.error["error_type"] for r in replies[:2]] == ["InvokeServerUnavailableError"] * 2
+
+
+def test_a_model_name_pasted_with_spaces_is_sent_without_them(chat, fake):
+    reply = invoke(chat, fake, "model", stream=False, endpoint_model_name=" steam-persona \t")
+    assert reply.error is None and text_of(reply) == "'steam-persona'", reply.error
+
+
+def test_a_pasted_chat_completions_url_still_works(chat, fake):
+    reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": {
+        "endpoint_url": f"{fake}/model/v1/chat/completions", "context_size": "2048"}, "stop": None, "tools": None,
+        "prompt_messages": [{"role": "user", "content": "Hi"}], "model_parameters": {}, "stream": False})
+    assert reply.error is None and text_of(reply) == "'steam-persona'", reply.error  # (the Dify name)
 
 
 def test_a_proxys_html_error_page_reads_as_its_text(chat, review, fake):

@@ -59,6 +59,9 @@ _USERINFO = re.compile(r"(?<=://)([^/\s@:'\"]*):[^/\s@'\"]*@")
 _HTML_SKIP = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.S | re.I)
 _HTML_TAG = re.compile(r"<[^>]*>")
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.S | re.I)
+_PASTED_ROUTE = re.compile(r"(?<=/v1)/(chat/completions|completions|models)\Z")
+#: A 404 about the model (vLLM: "The model `x` does not exist."), not about the path.
+_NO_MODEL = re.compile(r"\bmodel\b.*\b(not exist|does not|not found|unknown|no such)|\b(unknown|no such) model\b", re.I)
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
@@ -85,7 +88,8 @@ def redact(text: str) -> str:
 
 
 def normalize_endpoint(url: str | None) -> str:
-    """Return the API base URL without a trailing slash; a bare ``http://host:port`` gets ``/v1``.
+    """Return the API base URL without a trailing slash; a bare ``http://host:port`` gets ``/v1``;
+    a pasted route after ``/v1`` (``…/v1/chat/completions``, ``…/v1/models``) is dropped.
 
     Raises:
         ServerError: (kind ``bad_request``) the URL is empty or not http(s).
@@ -102,7 +106,7 @@ def normalize_endpoint(url: str | None) -> str:
     except ValueError:
         raise ServerError(f"endpoint URL {url!r} has an invalid port (1-65535); use e.g. {DEFAULT_ENDPOINT}",
                           "bad_request") from None
-    path = parts.path.rstrip("/") or "/v1"
+    path = _PASTED_ROUTE.sub("", parts.path.rstrip("/")) or "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
@@ -243,7 +247,7 @@ def error_for_status(status: int, body: str, url: str) -> ServerError:
     if status == 403:
         return ServerError(f"{url} refused access (HTTP 403): {msg}; a proxy, firewall or IP allowlist between"
                            f" Dify and the server may block it", "auth", status)
-    if status == 404 and "model" not in msg.lower():
+    if status == 404 and not _NO_MODEL.search(msg):
         return ServerError(f"{url} answered HTTP 404 ({msg}); the endpoint URL must be the API base that ends"
                            f" in /v1, e.g. {DEFAULT_ENDPOINT}", "bad_request", status)
     if status == 429:

@@ -12,6 +12,13 @@ def test_endpoints_and_docker_hint():
     assert sc.normalize_endpoint(" http://h:8000/v1/ ") == "http://h:8000/v1"
     assert sc.normalize_endpoint("http://h:8000") == "http://h:8000/v1"
     assert sc.server_root("http://h:8000/v1") == "http://h:8000"
+    for pasted in ("http://h:8000/v1/chat/completions", "http://h:8000/v1/models/", "http://h:8000/v1/completions"):
+        assert sc.normalize_endpoint(pasted) == "http://h:8000/v1"
+    assert sc.normalize_endpoint("http://proxy/llm/v1/chat/completions") == "http://proxy/llm/v1"
+    served = "This path is not served here; this server answers POST /v1/chat/completions and GET /v1/models"
+    assert "must be the API base that ends in /v1" in str(sc.error_for_status(404, served, "u"))
+    for about_the_model in ("The model `x` does not exist.", "model 'x' not found", "unknown model x"):
+        assert "must be the API base" not in str(sc.error_for_status(404, about_the_model, "u"))
     with pytest.raises(sc.ServerError, match="not an http"):
         sc.normalize_endpoint("h:8000/v1")
     assert "host.docker.internal:9000" in sc.docker_hint("http://localhost:9000/v1")

@@ -290,7 +290,10 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         c["mode"] = "chat"
         c.setdefault("function_calling_type", "no_call")
         c.setdefault("stream_function_calling", "not_supported")
-        if not str(c.get("endpoint_model_name") or "").strip():
+        name = str(c.get("endpoint_model_name") or "").strip()  # pasted with spaces: vLLM/Ollama 404 on them
+        if name:
+            c["endpoint_model_name"] = name
+        else:
             c.pop("endpoint_model_name", None)  # the SDK would send model "" instead of the Dify name
         return c
 
