@@ -212,6 +212,9 @@ class FakeServer(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def mode_model(self) -> None:  # a completion whose text is the model the request named
+        if self.path != "/model/v1/chat/completions":
+            self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}).encode())
+            return
         model = json.loads(self._body or b"{}").get("model")
         self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
             "role": "assistant", "content": repr(model)}}]}).encode())
