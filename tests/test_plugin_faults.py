@@ -414,7 +414,7 @@ def _invoke_params(chat, fake: str, **params):
 
 
 @pytest.mark.parametrize("params, words", [
-    ({"max_tokens": 4096}, "max_tokens should be less than or equal to 512.0; change it in the app's model"
+    ({"max_tokens": 4096}, "max_tokens should be less than or equal to 512; change it in the app's model"
                            " parameters in Dify or raise *Upper bound for max tokens* in the model's settings"),
     ({"seed": -1}, "seed should be greater than or equal to 0"),
     ({"max_tokens": 16.5}, "max_tokens should be int"),

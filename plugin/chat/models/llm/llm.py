@@ -408,7 +408,8 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         except ValueError as e:
             hint = (" or raise *Upper bound for max tokens* in the model's settings"
                     if "max_tokens should be less" in str(e) else "")
-            raise InvokeBadRequestError(f"{str(e).rstrip('.')}; change it in the app's model parameters in"
+            said = re.sub(r"(\d)\.0\b", r"\1", str(e).rstrip("."))  # the SDK's rule bounds are floats: "512.0"
+            raise InvokeBadRequestError(f"{said}; change it in the app's model parameters in"
                                         f" Dify{hint}") from None
 
     def _invoke(self, model: str, credentials: dict, prompt_messages: list[PromptMessage], model_parameters: dict,
