@@ -71,10 +71,12 @@ ALWAYS_EXCLUDE = ["__pycache__/", "*.py[cod]", ".venv/", "venv/", ".*_cache/", "
                   "conftest.py", ".env", ".env.*", "!.env.example", "*.pem", "*.key"]
 
 # Daemon rules (plugin_declaration.go, identity.go, manifest_entities tags).
-VERSION_RE = re.compile(r"^\d{1,4}(\.\d{1,4}){2}(-\w{1,16})?$")
-AUTHOR_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
-NAME_RE = re.compile(r"^[a-z0-9_-]{1,128}$")
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+# The daemon's regexes are Go's (RE2): \d and \w are ASCII only and $ is the end of the text, so
+# re.ASCII and \Z here (Python's \d takes "١", its \w "日", its $ a trailing newline).
+VERSION_RE = re.compile(r"^\d{1,4}(\.\d{1,4}){2}(-\w{1,16})?\Z", re.ASCII)
+AUTHOR_RE = re.compile(r"^[a-z0-9_-]{1,64}\Z")
+NAME_RE = re.compile(r"^[a-z0-9_-]{1,128}\Z")
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\Z")
 PLUGIN_TAGS = {"search", "image", "videos", "weather", "finance", "design", "travel", "social", "news",
                "medical", "productivity", "education", "business", "entertainment", "utilities", "agent",
                "rag", "other"}
@@ -416,7 +418,7 @@ def _python_source(files: dict[str, bytes], path: Any, where: str) -> None:
 
 
 def _validate_model_provider(files: dict[str, bytes], name: str, p: dict) -> None:
-    if not re.match(r"^[a-z0-9_-]+$", str(p.get("provider") or "")):
+    if not re.match(r"^[a-z0-9_-]+\Z", str(p.get("provider") or "")):
         raise UserError(f"{name}: provider must be a lowercase name, not {p.get('provider')!r}")
     _i18n(p.get("label"), f"{name}: label")
     _asset(files, p.get("icon_small"), f"{name}: icon_small")

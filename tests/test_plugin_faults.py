@@ -196,6 +196,29 @@ class FakeServer(BaseHTTPRequestHandler):
         time.sleep(2)
         self._send(200, json.dumps(COMPLETION).encode())
 
+    def mode_latefirst(self) -> None:  # a stream whose first token comes after 2 s (a long prompt on a CPU)
+        self._stream_start()
+        time.sleep(2)
+        self._write(_chunk("hi") + _finish() + b"data: [DONE]\n\n")
+        self.close_connection = True
+
+    def mode_bad502(self) -> None:  # nginx in front of a server that is down
+        self._send(502, b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad"
+                        b" Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+                        + b"<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n" * 6, "text/html")
+
+    def mode_hangup(self) -> None:  # takes the request, then dies before answering (crash, restart)
+        self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
+    def mode_model(self) -> None:  # a completion whose text is the model the request named
+        if self.path != "/model/v1/chat/completions":
+            self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}).encode())
+            return
+        model = json.loads(self._body or b"{}").get("model")
+        self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": repr(model)}}]}).encode())
+
     def mode_echo(self) -> None:  # a completion whose text is the messages the server received
         body = json.loads(self._body or b"{}")
         self._send(200, json.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
@@ -270,7 +293,7 @@ def text_of(reply) -> str:
     ("errfail", "InvokeServerUnavailableError", "failed mid-reply: out of memory"),
     ("errobject", "InvokeBadRequestError", "refused the request (HTTP 400): prompt too long"),
     ("errnamed", "InvokeServerUnavailableError", "failed mid-reply: overloaded"),
-    ("html", "InvokeServerUnavailableError", "answered text/html, not an event stream"),
+    ("html", "InvokeServerUnavailableError", "answered text/html, not an event stream: an HTML page: proxy login"),
     ("busy", "InvokeRateLimitError", "the server is busy (HTTP 429): too many requests"),
 ])
 def test_broken_streams_are_invoke_errors_never_a_quiet_success(chat, fake, mode, error_type, words):
@@ -292,7 +315,7 @@ def test_a_json_answer_to_a_stream_request_keeps_its_text(chat, fake):
 
 
 @pytest.mark.parametrize("mode, error_type, words", [
-    ("html", "InvokeServerUnavailableError", "did not answer JSON (text/html): '<html><body>proxy login"),
+    ("html", "InvokeServerUnavailableError", "did not answer JSON (text/html): an HTML page: proxy login"),
     ("nomodel", "InvokeBadRequestError", "refused the request (HTTP 404): The model `x` does not exist."),
 ])
 def test_blocking_answers_that_are_no_completion(chat, fake, mode, error_type, words):
@@ -364,6 +387,100 @@ def test_review_tool_waits_the_whole_request_timeout_for_a_silent_answer(plugins
                                 "credentials": creds, "tool_parameters": {"game_name": "Celeste"}}, timeout=STALL_S)
     assert reply.error is None, reply.error
     assert reply.result[0]["message"]["text"] == "hi" and reply.seconds >= 2
+
+
+@pytest.mark.parametrize("mode, stream", [("late", False), ("latefirst", True)])
+def test_chat_waits_the_whole_request_timeout_for_a_silent_answer(plugins, fake, tmp_path, mode, stream):
+    """A blocking reply sends nothing until it is written, a stream nothing until the prompt is read:
+    a request_timeout the user set is the only bound (here the per-read limit of credentials saved
+    without one is cut to 0.5 s; the answer comes after 2 s of silence)."""
+    copy = shutil.copytree(plugins["chat"], tmp_path / "chat")
+    client = copy / "server_client.py"
+    client.write_text(client.read_text().replace("READ_TIMEOUT = 300.0", "READ_TIMEOUT = 0.5"))
+    with PluginProcess(copy, plugin_python(copy)) as chat:
+        reply = invoke(chat, fake, mode, stream=stream, request_timeout="10")
+        legacy = invoke(chat, fake, mode, stream=stream)  # saved before request_timeout existed: as the SDK did
+    assert reply.error is None, reply.error
+    assert text_of(reply) == "hi" and reply.seconds >= 2
+    assert legacy.error["error_type"] == "InvokeServerUnavailableError", legacy.error
+    assert "raise the request_timeout setting" in legacy.error["message"] and legacy.seconds < 2
+
+
+def _invoke_params(chat, fake: str, **params):
+    return chat.request({**CHAT, "action": "invoke_llm", "credentials": {
+        "endpoint_url": f"{fake}/json/v1", "context_size": "2048", "max_tokens_to_sample": "512"},
+        "prompt_messages": [{"role": "user", "content": "Hi"}], "model_parameters": params, "stop": None,
+        "tools": None, "stream": False})
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"max_tokens": 4096}, "max_tokens should be less than or equal to 512; change it in the app's model"
+                           " parameters in Dify or raise *Upper bound for max tokens* in the model's settings"),
+    ({"seed": -1}, "seed should be greater than or equal to 0"),
+    ({"max_tokens": 16.5}, "max_tokens should be int"),
+    ({"temperature": "warm"}, "temperature should be float"),
+    ({"response_format": "json_schema"}, "response_format should be one of"),
+])
+def test_parameters_out_of_their_rules_are_bad_requests_not_plugin_crashes(chat, fake, params, words):
+    reply = _invoke_params(chat, fake, **params)
+    assert reply.error["error_type"] == "InvokeBadRequestError", reply.error
+    assert words in reply.error["message"], reply.error
+
+
+def test_numbers_saved_as_text_or_whole_floats_are_read_as_numbers(chat, fake):
+    reply = _invoke_params(chat, fake, max_tokens="16", seed=1.0, temperature="0.5", top_p=1)
+    assert reply.error is None, reply.error
+    assert text_of(reply) == "hi"
+
+
+def test_a_server_that_dies_before_answering_is_no_docker_problem(chat, review, fake):
+    replies = [invoke(chat, fake, "hangup", stream=stream) for stream in (True, False)]
+    replies.append(review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": {
+        "endpoint_url": f"{fake}/hangup/v1"}, "tool_parameters": {"game_name": "Celeste"}}))
+    for reply in replies:
+        message = reply.error["message"]
+        assert "closed the connection without answering" in message and "check its log" in message, reply.error
+        assert "Docker" not in message and "cannot be reached" not in message
+    assert [r.error["error_type"] for r in replies[:2]] == ["InvokeServerUnavailableError"] * 2
+
+
+def test_a_model_name_pasted_with_spaces_is_sent_without_them(chat, fake):
+    reply = invoke(chat, fake, "model", stream=False, endpoint_model_name=" steam-persona \t")
+    assert reply.error is None and text_of(reply) == "'steam-persona'", reply.error
+
+
+def test_a_pasted_chat_completions_url_still_works(chat, fake):
+    reply = chat.request({**CHAT, "action": "invoke_llm", "credentials": {
+        "endpoint_url": f"{fake}/model/v1/chat/completions", "context_size": "2048"}, "stop": None, "tools": None,
+        "prompt_messages": [{"role": "user", "content": "Hi"}], "model_parameters": {}, "stream": False})
+    assert reply.error is None and text_of(reply) == "'steam-persona'", reply.error  # (the Dify name)
+
+
+def test_a_proxys_html_error_page_reads_as_its_text(chat, review, fake):
+    replies = [invoke(chat, fake, "bad502", stream=stream) for stream in (True, False)]
+    replies.append(review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review", "credentials": {
+        "endpoint_url": f"{fake}/bad502/v1"}, "tool_parameters": {"game_name": "Celeste"}}))
+    for reply in replies:
+        assert reply.error["message"].endswith("the server failed (HTTP 502): an HTML page: 502 Bad Gateway nginx"), \
+            reply.error
+
+
+@pytest.mark.parametrize("mode", ["html", "busy", "stall", "dead"])
+def test_a_password_in_the_endpoint_url_never_reaches_an_error(chat, review, fake, mode):
+    """``http://user:pass@proxy/v1`` (a reverse proxy's basic auth): Dify shows and logs the messages."""
+    port = fake.rsplit(":", 1)[1] if mode != "dead" else "1"
+    url = f"http://admin:s3cret@127.0.0.1:{port}/{mode}/v1"
+    creds = {"endpoint_url": url, "context_size": "2048", "request_timeout": str(TIMEOUT_S)}
+    replies = [chat.request({**CHAT, "action": "invoke_llm", "credentials": creds, "stop": None, "tools": None,
+                             "prompt_messages": [{"role": "user", "content": "Hi"}], "model_parameters": {},
+                             "stream": stream}, timeout=STALL_S) for stream in (True, False)]
+    replies.append(chat.request({**CHAT, "action": "validate_model_credentials", "credentials": creds},
+                                timeout=STALL_S))
+    replies.append(review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                                   "credentials": creds, "tool_parameters": {"game_name": "Celeste"}}, timeout=STALL_S))
+    for reply in replies:
+        assert reply.error and "s3cret" not in reply.error["message"], reply.error
+        assert "127.0.0.1" not in reply.error["message"] or "admin:***@127.0.0.1" in reply.error["message"]
 
 
 @pytest.mark.parametrize("field, value", [("context_size", "abc"), ("context_size", "-5"), ("context_size", ""),

@@ -200,6 +200,10 @@ def test_a_symlinked_module_ships_its_targets_bytes_and_a_dangling_link_is_refus
     ("name", "steam.persona", "name"),
     ("version", "1.0", "version"),
     ("version", "1.2.3.4", "version"),
+    ("version", "\u0661.\u0660.\u0660", "version"),  # Arabic-Indic digits: Python's \d takes them, the daemon's not
+    ("version", "1.0.0-\u65e5\u672c", "version"),  # a non-ASCII tag: likewise \w
+    ("version", "1.0.0\n", "version"),  # Python's $ matches before a final newline, Go's does not
+    ("author", "steam-persona\n", "author"),
     ("type", "bundle", "type"),
     ("meta", {"version": "0.1.0", "arch": ["amd64"], "runner": {"language": "python", "version": "3.12",
                                                                 "entrypoint": "main"}}, "meta.version"),
@@ -263,6 +267,14 @@ def test_cli_bad_version_exit_2_and_nothing_written(tmp_path):
     result = CliRunner().invoke(cli, ["plugin", "package", "--out", str(out), "--version", "1.2"])
     assert result.exit_code == 2
     assert "--version '1.2'" in result.output and "Traceback" not in result.output
+    assert not out.exists() or not list(out.iterdir())
+
+
+@pytest.mark.parametrize("version", ["\u0661.\u0660.\u0660", "1.0.0-\u65e5\u672c"])
+def test_cli_refuses_versions_the_daemon_refuses(tmp_path, version):
+    out = tmp_path / "dist"
+    result = CliRunner().invoke(cli, ["plugin", "package", "--out", str(out), "--version", version])
+    assert result.exit_code == 2 and "--version" in result.output and "Traceback" not in result.output
     assert not out.exists() or not list(out.iterdir())
 
 

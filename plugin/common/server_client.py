@@ -18,6 +18,7 @@ demo`` can run the plugins' exact request path from the host Python. Dependencie
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -44,15 +45,23 @@ TOKENIZE_TIMEOUT = 5.0
 #: long CPU replies that worked under the old per-read limit still do; a server that stalls or
 #: trickles keep-alive comments fails after this.
 REQUEST_TIMEOUT = 3600.0
-#: Seconds one wait for the chat plugin's next bytes may take (the Dify SDK's own per-read limit);
-#: :func:`chat_completion` waits the whole ``read_timeout`` instead, since a non-streamed answer
-#: sends nothing until it is complete.
+#: Seconds one wait for the chat plugin's next bytes may take when its ``request_timeout``
+#: credential is unset (saved before it existed: the Dify SDK's own per-read limit); a set
+#: ``request_timeout`` bounds the whole reply alone, and :func:`chat_completion` always waits the
+#: whole ``read_timeout``, since a non-streamed answer sends nothing until it is complete.
 READ_TIMEOUT = 300.0
 #: Characters that paste invisibly with a copied key (zero-width space/joiners, word joiner, BOM).
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 
 _WHOLE = re.compile(r"([0-9]+)(?:\.0*)?")
 _KEY_WORDS = re.compile(r"api.?key|token|auth|credential|bearer", re.I)
+_USERINFO = re.compile(r"(?<=://)([^/\s@:'\"]*):[^/\s@'\"]*@")
+_HTML_SKIP = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.S | re.I)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.S | re.I)
+_PASTED_ROUTE = re.compile(r"(?<=/v1)/(chat/completions|completions|models)\Z")
+#: A 404 about the model (vLLM: "The model `x` does not exist."), not about the path.
+_NO_MODEL = re.compile(r"\bmodel\b.*\b(not exist|does not|not found|unknown|no such)|\b(unknown|no such) model\b", re.I)
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
@@ -67,13 +76,20 @@ class ServerError(Exception):
     """
 
     def __init__(self, message: str, kind: str, status: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.kind = kind
         self.status = status
 
 
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it (``http://user:PASSWORD@proxy/v1``, a reverse
+    proxy's basic auth) replaced by ``***``: error messages name the URL, and Dify shows and logs them."""
+    return _USERINFO.sub(r"\1:***@", str(text))
+
+
 def normalize_endpoint(url: str | None) -> str:
-    """Return the API base URL without a trailing slash; a bare ``http://host:port`` gets ``/v1``.
+    """Return the API base URL without a trailing slash; a bare ``http://host:port`` gets ``/v1``;
+    a pasted route after ``/v1`` (``…/v1/chat/completions``, ``…/v1/models``) is dropped.
 
     Raises:
         ServerError: (kind ``bad_request``) the URL is empty or not http(s).
@@ -90,7 +106,7 @@ def normalize_endpoint(url: str | None) -> str:
     except ValueError:
         raise ServerError(f"endpoint URL {url!r} has an invalid port (1-65535); use e.g. {DEFAULT_ENDPOINT}",
                           "bad_request") from None
-    path = parts.path.rstrip("/") or "/v1"
+    path = _PASTED_ROUTE.sub("", parts.path.rstrip("/")) or "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
@@ -185,9 +201,28 @@ def request_timeout(credentials: Mapping[str, Any]) -> float:
     return float(positive_int("request_timeout", credentials.get("request_timeout"), int(REQUEST_TIMEOUT)))
 
 
+def html_text(body: str) -> str | None:
+    """The readable text of an HTML page (a proxy's or CDN's error page: nginx's "502 Bad Gateway"),
+    its title first, without markup, scripts, styles or comments; ``None`` when ``body`` is no HTML."""
+    head = body.lstrip()[:1024].lower()
+    if not head.startswith("<") or not any(tag in head for tag in ("<html", "<!doctype html", "<head", "<body",
+                                                                    "<title", "<h1", "<center", "<p>")):
+        return None
+    title = _HTML_TITLE.search(body)
+    text = " ".join(html.unescape(_HTML_TAG.sub(" ", _HTML_SKIP.sub(" ", body))).split())
+    title_text = " ".join(html.unescape(title.group(1)).split()) if title else ""
+    if title_text and not text.startswith(title_text):
+        text = f"{title_text}: {text}" if text else title_text
+    return f"an HTML page: {text[:200]}{'…' if len(text) > 200 else ''}" if text else "an HTML page"
+
+
 def server_message(body: str) -> str:
     """The error text inside an OpenAI-style error body (``{"error": {"message": ...}}``,
-    FastAPI's ``{"detail": ...}``), else the body itself, shortened to one line."""
+    FastAPI's ``{"detail": ...}``), an HTML page's text (:func:`html_text`), else the body itself,
+    shortened to one line."""
+    page = html_text(body) if isinstance(body, str) else None
+    if page is not None:
+        return page
     text = body
     try:
         data = json.loads(body)
@@ -212,7 +247,7 @@ def error_for_status(status: int, body: str, url: str) -> ServerError:
     if status == 403:
         return ServerError(f"{url} refused access (HTTP 403): {msg}; a proxy, firewall or IP allowlist between"
                            f" Dify and the server may block it", "auth", status)
-    if status == 404 and "model" not in msg.lower():
+    if status == 404 and not _NO_MODEL.search(msg):
         return ServerError(f"{url} answered HTTP 404 ({msg}); the endpoint URL must be the API base that ends"
                            f" in /v1, e.g. {DEFAULT_ENDPOINT}", "bad_request", status)
     if status == 429:
@@ -241,6 +276,13 @@ def unavailable_message(url: str, what: str) -> str:
     return f"the model server at {url} {what}; is `steam-train serve` running there?" + docker_hint(url)
 
 
+def hung_up_message(url: str, detail: str) -> str:
+    """One line for a server that took the request and closed the connection without an answer:
+    it was reached (no Docker hint), so it most likely crashed or is restarting."""
+    return (f"the server at {url} closed the connection without answering ({detail[:160]}); it may have crashed"
+            f" or be restarting: check its log, then try again")
+
+
 def error_for_exception(exc: Exception, url: str, setting: str = "", seconds: float | None = None) -> ServerError:
     """Map an httpx transport error (refused, timeout, DNS) to a ``kind="unavailable"`` :class:`ServerError`;
     a timeout after the connection was made names ``seconds`` (the limit that passed) and
@@ -254,6 +296,8 @@ def error_for_exception(exc: Exception, url: str, setting: str = "", seconds: fl
     elif "SSL" in str(exc) or "TLS" in str(exc):
         return ServerError(f"the TLS handshake with {url} failed ({' '.join(str(exc).split())[:200]}); if the"
                            f" server speaks plain HTTP (steam-train serve does), use http://", "unavailable")
+    elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return ServerError(hung_up_message(url, f"{type(exc).__name__}: {' '.join(str(exc).split())}"), "unavailable")
     elif isinstance(exc, httpx.ConnectError):
         what = f"cannot be reached ({' '.join(str(exc).split()) or 'connection refused'})"
     else:
@@ -466,17 +510,49 @@ def count_chat_tokens(endpoint_url: str, api_key: str | None, messages: list[dic
         return None
 
 
+#: The pieces :func:`estimate_tokens` counts: ASCII letter runs, single digits, whitespace runs,
+#: single ASCII punctuation/symbols, single non-ASCII characters.
+_PIECE = re.compile(r"[A-Za-z]+|[0-9]|\s+|[\x21-\x2f\x3a-\x40\x5b-\x60\x7b-\x7e]|[^\x00-\x7f]")
+
+
 def estimate_tokens(text: str) -> int:
-    """An estimate for when no tokenizer is at hand: two tokens per wide (CJK, Hangul, emoji)
-    character (a byte-level BPE without Chinese merges, such as SmolLM2's, takes about that; Qwen's
-    takes fewer), one per other non-ASCII character (Cyrillic, Arabic, Thai: two or three UTF-8
-    bytes that such a BPE seldom merges) and one per four ASCII characters (the BPE rule of thumb
-    for English, from OpenAI's tokenizer guide). Meant to lean high, because Dify trims histories
-    by it and too low a count ends in a context overflow; it can still fall low for ASCII digits,
-    punctuation and code, which BPEs split finer than English words."""
-    wide = sum(1 for ch in text if unicodedata.east_asian_width(ch) in ("W", "F"))
-    narrow = sum(1 for ch in text if ord(ch) > 127) - wide
-    return 2 * wide + narrow + math.ceil((len(text) - wide - narrow) / 4)
+    """An estimate for when no tokenizer is at hand, meant to lean high, because Dify trims
+    histories by it and too low a count ends in a context overflow. Byte-level BPEs (SmolLM2's,
+    Qwen's) split digits one by one and rarely merge symbols, so it counts: a token per digit and
+    per ASCII punctuation or symbol; a word of ASCII letters as one token per four letters (per two
+    in an all-capitals word or one glued to a digit); a space only before anything but a letter (a BPE joins it to the next
+    word), other whitespace one per line break and per four spaces; per non-ASCII character four
+    for an emoji or other character beyond the BMP, three for Hangul, two for other wide (CJK)
+    characters and one for the rest (Cyrillic, Arabic, Thai …).
+
+    Measured against SmolLM2's tokenizer (2026-12-07, tests: plugin/common/tests): 1.0-1.5× for
+    English prose, code, JSON, URLs, digits and hex ids, 1.15× for Chinese and Korean; Qwen's
+    tokenizer, which merges CJK better, gets more than twice its count there.
+    """
+    n = 0
+    for match in _PIECE.finditer(text):
+        piece = match.group()
+        first = piece[0]
+        if first.isascii() and first.isalpha():
+            glued = match.start() > 0 and text[match.start() - 1].isdigit()  # hex ids, "1440p"
+            n += math.ceil(len(piece) / (2 if glued or (len(piece) > 1 and piece.isupper()) else 4))
+        elif first.isspace():
+            if piece == " ":
+                after = text[match.end():match.end() + 1]
+                n += 0 if after.isascii() and after.isalpha() else 1
+            else:
+                breaks = piece.count("\n")
+                n += breaks + math.ceil((len(piece) - breaks) / 4)
+        elif not first.isascii():
+            if ord(first) > 0xFFFF:
+                n += 4
+            elif 0xAC00 <= ord(first) <= 0xD7A3:
+                n += 3
+            else:
+                n += 2 if unicodedata.east_asian_width(first) in ("W", "F") else 1
+        else:
+            n += 1
+    return n
 
 
 def completion_text(response: Mapping[str, Any]) -> str:

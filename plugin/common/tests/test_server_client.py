@@ -12,6 +12,13 @@ def test_endpoints_and_docker_hint():
     assert sc.normalize_endpoint(" http://h:8000/v1/ ") == "http://h:8000/v1"
     assert sc.normalize_endpoint("http://h:8000") == "http://h:8000/v1"
     assert sc.server_root("http://h:8000/v1") == "http://h:8000"
+    for pasted in ("http://h:8000/v1/chat/completions", "http://h:8000/v1/models/", "http://h:8000/v1/completions"):
+        assert sc.normalize_endpoint(pasted) == "http://h:8000/v1"
+    assert sc.normalize_endpoint("http://proxy/llm/v1/chat/completions") == "http://proxy/llm/v1"
+    served = "This path is not served here; this server answers POST /v1/chat/completions and GET /v1/models"
+    assert "must be the API base that ends in /v1" in str(sc.error_for_status(404, served, "u"))
+    for about_the_model in ("The model `x` does not exist.", "model 'x' not found", "unknown model x"):
+        assert "must be the API base" not in str(sc.error_for_status(404, about_the_model, "u"))
     with pytest.raises(sc.ServerError, match="not an http"):
         sc.normalize_endpoint("h:8000/v1")
     assert "host.docker.internal:9000" in sc.docker_hint("http://localhost:9000/v1")
@@ -28,6 +35,54 @@ def test_messages_and_counting():
     assert sc.render_chatml([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert sc.estimate_tokens("你好abcd") == 5
     assert sc.estimate_tokens("привет") == 6 and sc.estimate_tokens("สวัสดีab") == 7
+
+
+#: Texts and their prompt tokens by SmolLM2's tokenizer (steam-train serve's /extras/tokenize, 2026-12-07).
+SMOLLM2_COUNTS = [
+    ("Build 482913077 runs at 72-90 FPS on 12 GB at 1440p.", 34),
+    ('{"id": 17, "score": 0.8349, "tags": ["fps", "retro"]}', 29),
+    ("    return [i**2 for i in range(x) if i % 3 == 0]  # squares", 25),
+    ("https://store.steampowered.com/app/1145360/?snr=1_5", 26),
+    ("gg \U0001f602\U0001f525 wp \U0001f44d ez \U0001f480", 16),
+    ("이 게임은 정말 재미있어요.", 31),
+    ("GOTY!!! MUST BUY. 10/10", 14),
+    ("The late-game grind drags on and the story falls flat.", 14),
+    ("这个游戏真的很好玩，剧情很棒。", 29),
+    ("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", 59),
+]
+
+
+@pytest.mark.parametrize("text, counted", SMOLLM2_COUNTS)
+def test_the_estimate_leans_high_for_digits_code_and_symbols_too(text, counted):
+    """Dify trims histories by the estimate (servers without a tokenize endpoint): below the real
+    count a long chat ends in a context overflow. The old chars/4 rule gave 0.26x for digits."""
+    assert counted <= sc.estimate_tokens(text) <= 2 * counted
+
+
+def test_a_password_in_the_url_never_reaches_a_message():
+    assert sc.redact("at http://admin:s3cr%2Ft@proxy:8080/v1 and 'https://u:p@h/v1'") == \
+        "at http://admin:***@proxy:8080/v1 and 'https://u:***@h/v1'"
+    assert sc.redact("http://user@h/v1 http://h:8000/v1") == "http://user@h/v1 http://h:8000/v1"
+    err = sc.error_for_status(401, "", "http://admin:s3cret@proxy/v1/chat/completions")
+    assert "s3cret" not in str(err) and "admin:***@proxy" in str(err)
+    with pytest.raises(sc.ServerError) as bad:
+        sc.normalize_endpoint("ftp://admin:s3cret@proxy/v1")
+    assert "s3cret" not in str(bad.value)
+
+
+NGINX_502 = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
+             "</center>\r\n<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n"
+             + "<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n" * 6)
+
+
+def test_an_html_error_page_reads_as_its_text_not_its_markup():
+    assert str(sc.error_for_status(502, NGINX_502, "u")) == \
+        "the server failed (HTTP 502): an HTML page: 502 Bad Gateway nginx/1.25.3"
+    page = ("<!DOCTYPE html><html><head><title>Service Unavailable</title><style>body{font:13px}</style>"
+            "<script>var x = 1;</script></head><body><h1>Down for maintenance</h1><p>Back at 5&nbsp;pm.</p></body></html>")
+    assert sc.server_message(page) == "an HTML page: Service Unavailable: Down for maintenance Back at 5 pm."
+    assert sc.server_message("<b>not a page</b> but text") == "<b>not a page</b> but text"
+    assert sc.server_message('{"error": {"message": "<html> in a message"}}') == "<html> in a message"
 
 
 def test_errors_and_switches():

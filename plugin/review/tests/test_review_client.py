@@ -48,6 +48,18 @@ def test_tool_default_length_is_the_training_format():
     assert msgs == [{"role": "user", "content": "请以资深玩家的身份，点评一下《Dota 2》这款游戏。\n游戏类型标签：免费开玩, 多人, 竞技"}]
 
 
+@pytest.mark.parametrize("given", [["Hades"], ["Hades", ""], '["Hades"]', "['Hades']", ("Hades",)])
+def test_a_game_name_given_as_a_one_item_list_is_that_name(given):
+    assert prompt_args(given, language="en")["game_name"] == "Hades"
+
+
+def test_a_game_name_list_of_several_games_is_refused():
+    with pytest.raises(ReviewError, match="game_name must be one game, not a list of 2"):
+        prompt_args(["Hades", "Celeste"])
+    with pytest.raises(ReviewError, match="game_name is required"):
+        prompt_args([])
+
+
 def test_tags_as_a_list_are_joined_like_a_string():
     as_list = persona.review_messages(None, **prompt_args("Doom", ["fps", " retro ", ""], language="en"))
     assert as_list == persona.review_messages(None, **prompt_args("Doom", "fps, retro", language="en"))

@@ -51,7 +51,8 @@ def prompt_args(game_name: Any, tags: Any = None, verdict: Any = "auto", languag
     Raises:
         ReviewError: empty game name or an unknown verdict / language / length.
     """
-    if not str(game_name or "").strip():
+    game_name = _game(game_name)
+    if not game_name.strip():
         raise ReviewError("game_name is required: give the game to review, e.g. 《黑神话：悟空》")
     length = _choice("length", length, LENGTHS, "auto")
     tags = _tag_list(tags)
@@ -62,6 +63,23 @@ def prompt_args(game_name: Any, tags: Any = None, verdict: Any = "auto", languag
             "language": _choice("language", language, LANGUAGES, "zh"),
             "length": None if length == "auto" else length,
             "extra_instructions": str(extra_instructions or "") or None}
+
+
+def _game(game_name: Any) -> str:
+    """The game's name as text: a one-item list (an agent's call, or a Dify array variable rendered
+    into text, ``'["Hades"]'``) is its item, not ``"['Hades']"``.
+
+    Raises:
+        ReviewError: a list of several names (one review is of one game).
+    """
+    value = _tag_list(game_name)
+    if not isinstance(value, (list, tuple)):
+        return str(game_name if game_name is not None else "")
+    names = [str(v).strip() for v in value if v is not None and str(v).strip()]
+    if len(names) > 1:
+        raise ReviewError(f"game_name must be one game, not a list of {len(names)} ({', '.join(names)[:100]});"
+                          f" write one review per game")
+    return names[0] if names else ""
 
 
 def _tag_list(tags: Any) -> Any:
@@ -120,7 +138,7 @@ def write_review(credentials: Mapping[str, Any], game_name: Any, tags: Any = Non
     except server_client.ServerError as e:
         raise ReviewError(str(e)) from None
     review = server_client.completion_text(response)
-    result = {"game": persona.clean_game_name(str(game_name)), "verdict": _verdict_of(verdict),
+    result = {"game": persona.clean_game_name(_game(game_name)), "verdict": _verdict_of(verdict),
               "review": review, "model": response.get("model") or credentials.get("model") or "",
               "usage": response.get("usage") or {}}
     if result["verdict"] is None:

@@ -88,12 +88,16 @@ def _refuse_attachments(messages: list[PromptMessage]) -> None:
 
 def _transport_message(error: BaseException, url: str) -> str:
     """One line for a requests/urllib3 failure: TLS refused, unreachable (these two ask whether the
-    server runs, with the Docker hint for localhost), or, for a server that was reached, timed out
+    server runs, with the Docker hint for localhost), or, for a server that was reached, hung up
+    before answering (crashed or restarting: no Docker hint), timed out
     (naming the request_timeout setting) or cut mid-reply (killed, ``ChunkedEncodingError``)."""
     detail = " ".join(f"{type(error).__name__}: {error}".split())[:200]
     if isinstance(error, requests.exceptions.SSLError):
         return (f"the TLS handshake with {url} failed ({detail}); if the server speaks plain HTTP (steam-train"
                 f" serve does), use http://")
+    if isinstance(error, requests.exceptions.ConnectionError) and any(
+            words in detail for words in ("RemoteDisconnected", "Connection aborted", "Connection reset")):
+        return server_client.hung_up_message(url, detail)
     if isinstance(error, requests.exceptions.ConnectTimeout) or (
             isinstance(error, requests.exceptions.ConnectionError)
             and not isinstance(error, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ReadTimeout))):
@@ -182,6 +186,11 @@ def _checked_events(chunks: Iterable[bytes], url: str, deadline: float) -> Itera
                                         f" [DONE] or a finish_reason)", "unavailable")
 
 
+def _shown(body: str) -> str:
+    """An answer that is no completion, for a message: an HTML page's text, else the body's start."""
+    return server_client.html_text(body) or repr(body[:120])
+
+
 def _error_of(event: dict) -> object:
     """The error of a stream event: its ``error`` field, else the event itself when it is a bare
     error object (``message``, and maybe ``type``/``code``, at the top level)."""
@@ -195,8 +204,9 @@ class _Exchange:
     the server too: the socket is shut down, and ``steam-train serve`` / ``llama-server`` cancel a
     task whose client left (docs/serving.md), instead of finishing it before the next request."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, read_cap: float | None = None) -> None:
         self.deadline = deadline
+        self.read_cap = read_cap  # the longest wait for the server's next bytes; None: up to the deadline
         self.response: requests.Response | None = None
         self.ended = False
 
@@ -224,8 +234,8 @@ _exchange = threading.local()  # .current: the _Exchange of the invoke this work
 
 class _SdkRequests:
     """What the SDK module sees as ``requests``: the same, except that ``post`` within an invoke
-    waits for the server's headers at most until the deadline (never longer than the SDK's own
-    per-read limit) and registers the response with the invoke's :class:`_Exchange`.
+    waits for the server's bytes at most until the deadline (and at most ``read_cap`` seconds at a
+    time when the invoke has one) and registers the response with the invoke's :class:`_Exchange`.
 
     Why: the SDK calls the module-level ``requests.post`` with fixed timeouts and no hooks, and
     overriding its ``_generate`` would copy it whole.
@@ -242,7 +252,8 @@ class _SdkRequests:
         left = exchange.deadline - time.monotonic()
         if left <= 0:
             raise requests.exceptions.ReadTimeout("the request_timeout passed before the request")
-        kwargs["timeout"] = (min(server_client.CONNECT_TIMEOUT, left), min(left + 0.2, server_client.READ_TIMEOUT))
+        read = left + 0.2 if exchange.read_cap is None else min(left + 0.2, exchange.read_cap)
+        kwargs["timeout"] = (min(server_client.CONNECT_TIMEOUT, left), read)
         kwargs["hooks"] = {"response": exchange.keep}
         return requests.post(url, **kwargs)
 
@@ -279,7 +290,10 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         c["mode"] = "chat"
         c.setdefault("function_calling_type", "no_call")
         c.setdefault("stream_function_calling", "not_supported")
-        if not str(c.get("endpoint_model_name") or "").strip():
+        name = str(c.get("endpoint_model_name") or "").strip()  # pasted with spaces: vLLM/Ollama 404 on them
+        if name:
+            c["endpoint_model_name"] = name
+        else:
             c.pop("endpoint_model_name", None)  # the SDK would send model "" instead of the Dify name
         return c
 
@@ -365,6 +379,39 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         return entity
 
     # -- invoke --------------------------------------------------------------------------------
+    def _validate_and_filter_model_parameters(self, model: str, model_parameters: dict, credentials: dict) -> dict:
+        """The SDK's check of the app's model parameters against the rules, with numbers saved as
+        text or as whole floats (``"512"``, ``512.0``, ``"0.7"``) read as the numbers they are, and
+        a refusal raised as Dify's *bad request* instead of the SDK's plain ``ValueError`` (which
+        Dify shows as the plugin's raw error JSON with a traceback, "contact the author").
+
+        Raises:
+            InvokeBadRequestError: a parameter out of its rule (e.g. ``max_tokens`` above *Upper
+                bound for max tokens*, lowered after the app was saved), naming where to fix it.
+            CredentialsValidateFailedError, InvokeAuthorizationError: bad saved credentials.
+        """
+        params = dict(model_parameters)
+        for rule in self.get_parameter_rules(model, credentials):
+            value = params.get(rule.name)
+            if isinstance(value, bool) or value is None:
+                continue
+            if rule.type == ParameterType.INT:
+                number = server_client.whole_number(value) if not isinstance(value, int) else value
+                params[rule.name] = value if number is None else number
+            elif rule.type == ParameterType.FLOAT and isinstance(value, str):
+                try:
+                    params[rule.name] = float(value.strip())
+                except ValueError:
+                    pass
+        try:
+            return super()._validate_and_filter_model_parameters(model, params, credentials)
+        except ValueError as e:
+            hint = (" or raise *Upper bound for max tokens* in the model's settings"
+                    if "max_tokens should be less" in str(e) else "")
+            said = re.sub(r"(\d)\.0\b", r"\1", str(e).rstrip("."))  # the SDK's rule bounds are floats: "512.0"
+            raise InvokeBadRequestError(f"{said}; change it in the app's model parameters in"
+                                        f" Dify{hint}") from None
+
     def _invoke(self, model: str, credentials: dict, prompt_messages: list[PromptMessage], model_parameters: dict,
                 tools: list[PromptMessageTool] | None = None, stop: list[str] | None = None, stream: bool = True,
                 user: str | None = None) -> LLMResult | Generator:
@@ -384,11 +431,16 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         messages = self._with_persona(c, prompt_messages)
         _refuse_attachments(messages)
         c[_DEADLINE] = time.monotonic() + seconds
-        exchange = _Exchange(c[_DEADLINE])
+        # A request_timeout the user set is the whole bound: a blocking reply (or a stream's first
+        # token after a long prompt) sends nothing for minutes on a CPU. Saved before the setting
+        # existed: the SDK's per-read limit as before, so that a silent server fails as it used to.
+        legacy = not str(credentials.get("request_timeout") or "").strip()
+        exchange = _Exchange(c[_DEADLINE], server_client.READ_TIMEOUT if legacy else None)
         call = functools.partial(super()._invoke, model, c, messages, params, tools, stop, stream, user)
+        url = server_client.redact(c["endpoint_url"])  # as messages show it
         if stream:
-            return self._bounded(call, c["endpoint_url"], seconds, exchange)
-        results = self._bounded(lambda: iter([call()]), c["endpoint_url"], seconds, exchange)
+            return self._bounded(call, url, seconds, exchange)
+        results = self._bounded(lambda: iter([call()]), url, seconds, exchange)
         try:
             return next(results)
         finally:
@@ -458,7 +510,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
             return
         if "text/event-stream" not in kind:
             raise server_client.ServerError(f"{url}/chat/completions answered {kind or 'no content type'}, not an"
-                                            f" event stream: {response.text[:120]!r}; is the endpoint URL the"
+                                            f" event stream: {_shown(response.text)}; is the endpoint URL the"
                                             f" API base of an OpenAI-compatible server?", "server")
         response.iter_lines = lambda **kw: _checked_events(_arrived(response), url, credentials[_DEADLINE])
         yield from super()._handle_generate_stream_response(model, credentials, response, prompt_messages)
@@ -485,7 +537,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         except ValueError:
             raise server_client.ServerError(f"{url}/chat/completions did not answer JSON"
                                             f" ({response.headers.get('Content-Type') or 'no content type'}):"
-                                            f" {response.text[:120]!r}", "server") from None
+                                            f" {_shown(response.text)}", "server") from None
         if not isinstance(data, dict) or not data.get("choices"):
             raise server_client.ServerError(f"{url}/chat/completions answered without choices:"
                                             f" {response.text[:200]!r}", "server")
@@ -560,7 +612,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         left = end - time.monotonic()
         n = server_client.count_tokens(url, key, text, model=model, read_timeout=left) if left > 0.5 else None
         if n is None:
-            logger.info("tokenize endpoints unavailable at %s; estimating tokens", url)
+            logger.info("tokenize endpoints unavailable at %s; estimating tokens", server_client.redact(url))
             return server_client.estimate_tokens(server_client.render_chatml(
                 server_client.prepare_messages(messages, system=persona.DEFAULT_SYSTEM)))
         return n
