@@ -622,9 +622,15 @@ def unsloth_max_seq_length(kinds: list[str], long_lengths: list[int]) -> int:
     return max(long_lengths or [49152])
 
 
+#: host calls that wait for the GPU's queue to drain (a tensor's value read on the host, a pageable copy)
+SYNC_CALLS = {"item": r"method 'item'", "torch.tensor": r"method torch\.tensor\b", "tolist": r"method 'tolist'",
+              "cpu": r"method 'cpu'", "synchronize": r"synchronize"}
+
+
 def host_profile(fn, top: int = 45) -> dict:
     """cProfile of the host's Python while `fn` runs (after compiling): the functions with the most own time
-    (``tottime``) and the most time below them (``cumtime``), seconds over the whole run, as pstats prints them."""
+    (``tottime``) and the most time below them (``cumtime``), seconds over the whole run, as pstats prints them,
+    and the callers of each of `SYNC_CALLS`."""
     import cProfile
     import io
     import pstats
@@ -638,6 +644,10 @@ def host_profile(fn, top: int = 45) -> dict:
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(top)
         out[key] = buf.getvalue().splitlines()[-top - 3:]
+    for name, pattern in SYNC_CALLS.items():  # who calls what waits for the GPU
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).print_callers(pattern)
+        out[f"callers of {name}"] = [line for line in buf.getvalue().splitlines() if line.strip()][-40:]
     return out
 
 
