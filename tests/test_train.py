@@ -498,3 +498,26 @@ def test_resume_from_a_missing_checkpoint_says_it_does_not_exist(tiny_llama_dir,
     with pytest.raises(UserError, match=r"nonexist/checkpoint-3: --resume_from_checkpoint: no such folder; pass an "
                                         r"existing checkpoint-N folder$"):
         run(_cfg(tiny_llama_dir, eight, tmp_path / "run", resume_from_checkpoint=str(tmp_path / "nonexist" / "checkpoint-3")))
+
+
+@pytest.mark.parametrize("load, threads", [(1.5, 1), (0.4, 2)])
+def test_train_on_a_busy_cpu_uses_one_thread_and_records_it(tiny_llama_dir, eight, tmp_path, monkeypatch, capsys,
+                                                           load, threads):
+    """Trial 24: on a 2-core CPU with a load average above 1, torch's two threads ran ~8x slower than one (57 s
+    against 7 s); train now takes the demo's heuristic, says so once, and records the threads in
+    all_results.json. The user's OMP_NUM_THREADS is left alone (test_demo)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        r = run(_cfg(tiny_llama_dir, eight, tmp_path / "run", max_steps=1))
+        err = " ".join(capsys.readouterr().err.split())
+    finally:
+        torch.set_num_threads(before)
+    assert r["torch_threads"] == threads
+    assert json.loads((tmp_path / "run" / "all_results.json").read_text())["torch_threads"] == threads
+    said = f"this machine is busy (load average {load} on 2 cores): training with one thread"
+    assert (said in err) == (threads == 1), err
+    assert f"on cpu ({threads} thread" in err

@@ -228,6 +228,26 @@ def resolve_precision(cfg: TrainConfig) -> tuple[str, Any, Any]:
     return device, torch.float32, None
 
 
+def threads_for_load(load: float | None = None) -> int:
+    """CPU training on a busy machine: when the 1-minute load average (``load``, else ``os.getloadavg()``)
+    exceeds half the usable cores, use one torch thread and say so once: torch's threads wait on each other
+    while other jobs hold the cores (8-20x slower steps; docs/real-run.md has the figures). ``OMP_NUM_THREADS``
+    set by the user is left alone, and so is a process already at one thread (no second warning). Returns the
+    torch threads training uses (chosen once, at the start: a job started later still slows a run that took
+    two). ``train`` (CPU only) and ``demo`` call it."""
+    import torch
+
+    from steam_persona.common.arguments import usable_cores
+
+    cores = usable_cores()
+    load = os.getloadavg()[0] if load is None else load
+    if load > cores / 2 and not os.environ.get("OMP_NUM_THREADS") and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        console.print(f"[yellow]this machine is busy (load average {round(load, 2)} on {cores} cores): training "
+                      "with one thread, which is much faster then; set OMP_NUM_THREADS to choose[/yellow]")
+    return torch.get_num_threads()
+
+
 def _cpu_has_bf16() -> bool:
     try:
         import torch
@@ -699,6 +719,7 @@ class TrainRecipe:
         self.last_window = 0
         self.tokens_run = 0
         self.t0 = time.time()
+        self.threads: int | None = None  # torch CPU threads (setup_precision; None on a GPU)
 
     def setup(self, resume: Path | None) -> None:
         """Every setup part in order; ``resume``: the checkpoint to continue from (:func:`_resume_point`).
@@ -718,6 +739,7 @@ class TrainRecipe:
         from steam_persona.trainer import distributed
 
         self.device, self.dtype, self.amp = resolve_precision(self.cfg)
+        self.threads = threads_for_load() if self.device == "cpu" else None  # torch's CPU threads
         self.rank, self.world = distributed.init(self.device)  # (0, 1) unless started by torchrun / accelerate
         self.main = self.rank == 0
 
@@ -1091,6 +1113,7 @@ class TrainRecipe:
             "total_tokens": tokens,
             "num_samples": len(self.train_idx), "num_eval_samples": len(self.eval_idx),
             "truncated": self.enc.truncated, "dropped": len(self.enc.dropped),
+            "torch_threads": self.threads,
         }
         if self.last_eval is not None:
             r["eval_loss"] = round(self.last_eval, 4)
@@ -1118,7 +1141,8 @@ class TrainRecipe:
             _save_adapter_and_tokenizer(self.model, self.tokenizer, self.out)
             plot_loss(self.rows, self.out / "training_loss.png", title=f"{Path(self.cfg.output_dir).name}: loss")
             atomic.write_json(self.out / "all_results.json", results)
-            precision = f"{str(self.amp or self.dtype).removeprefix('torch.')} on {self.device}"
+            precision = f"{str(self.amp or self.dtype).removeprefix('torch.')} on {self.device}" + (
+                f" ({self.threads} thread{'s' if self.threads != 1 else ''})" if self.threads else "")
             _summary(self.cfg, results, self.template, precision)
         distributed.finish()  # the other ranks wait here until rank 0 has saved
         return results
