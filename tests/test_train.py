@@ -181,11 +181,12 @@ def test_rerunning_a_finished_run_says_so_and_how_to_go_on(tiny_llama_dir, eight
                  "save_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 4, "cutoff_len": 256, **kw}
         return ["train"] + [x for k, v in flags.items() for x in (f"--{k}", str(v))]
 
-    for out, save_steps, hint in [(tmp_path / "kept", 2, f"pass --resume_from_checkpoint {tmp_path / 'kept' / 'checkpoint-2'}"),
-                                  (tmp_path / "none", 100, "start over with a larger --max_steps")]:
-        first = CliRunner().invoke(main, argv(out, save_steps=save_steps))
+    kept = tmp_path / "kept" / "checkpoint-4"  # the last step is saved too (HF Trainer), so training longer is exact
+    for out, only_model, hint in [(tmp_path / "kept", False, f"--resume_from_checkpoint {kept}: it goes on from step 4"),
+                                  (tmp_path / "none", True, "start over with a larger --max_steps (no resumable")]:
+        first = CliRunner().invoke(main, argv(out, save_only_model=only_model))
         assert first.exit_code == 0, first.output
-        again = CliRunner().invoke(main, argv(out, save_steps=save_steps))
+        again = CliRunner().invoke(main, argv(out, save_only_model=only_model))
         msg = again.output.strip()
         assert again.exit_code == 2 and "Traceback" not in msg and len(msg.splitlines()) == 1, msg
         assert f"{out}: this run already finished at step 4 (final adapter {out / 'adapter_model.safetensors'})" in msg
@@ -193,10 +194,10 @@ def test_rerunning_a_finished_run_says_so_and_how_to_go_on(tiny_llama_dir, eight
     # saving the final adapter leaves no `<output_dir>.new/` or other temp folder beside the run dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "none"]
     assert not [p.name for p in (tmp_path / "none").iterdir() if p.name.startswith(".")]
-    # the advice for training longer works: steps 3..6 from checkpoint-2, one log row per step
-    longer = CliRunner().invoke(main, argv(tmp_path / "kept", max_steps=6,
-                                           resume_from_checkpoint=tmp_path / "kept" / "checkpoint-2"))
+    # the advice for training longer works: steps 5..6 from checkpoint-4, one log row per step
+    longer = CliRunner().invoke(main, argv(tmp_path / "kept", max_steps=6, resume_from_checkpoint=kept))
     assert longer.exit_code == 0, longer.output
+    assert json.loads((tmp_path / "kept" / "all_results.json").read_text())["resumed_from_step"] == 4
     assert json.loads((tmp_path / "kept" / "all_results.json").read_text())["global_step"] == 6
     steps = [json.loads(x)["current_steps"] for x in (tmp_path / "kept" / "trainer_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]

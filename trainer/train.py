@@ -363,17 +363,28 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
     ckpt = resumable_checkpoint(out)
     finished = finished_run(out)
     if finished is not None:  # rerunning a finished command must not silently retrain its tail
-        longer = (f"raise --max_steps (or --num_train_epochs) and pass --resume_from_checkpoint {ckpt}" if ckpt else
-                  "start over with a larger --max_steps (no resumable checkpoint-N was kept; see --save_steps)")
         raise UserError(f"{out}: this run already finished at step {finished.get('global_step')} (final adapter "
                         f"{out / 'adapter_model.safetensors'}); pass --overwrite_output_dir to start over or pick "
-                        f"another --output_dir; to train longer, {longer}")
+                        f"another --output_dir; to train longer, {_train_longer(ckpt, finished.get('global_step'))}")
     if ckpt is not None:
         return ckpt
     if any(out.iterdir()):
         raise UserError(f"{out}: output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir "
                         "to start over or pick another --output_dir")
     return None
+
+
+def _train_longer(ckpt: Path | None, last: int | None) -> str:
+    """How a finished run trains on: from its ``checkpoint-<last>`` (saved at the last step, as HF Trainer does)
+    exactly where it stopped; from an older checkpoint (a run from before the last step was saved) redoing the
+    steps after it; else over from the start."""
+    if ckpt is None:
+        return ("start over with a larger --max_steps (no resumable checkpoint-N was kept: they were saved with "
+                "--save_only_model)")
+    step = int(ckpt.name.split("-")[1])
+    how = f"pass a larger --max_steps (or --num_train_epochs) and --resume_from_checkpoint {ckpt}"
+    return how + (f": it goes on from step {step}" if step == last else
+                  f" (step {step}: steps {step + 1}-{last} are trained again)")
 
 
 #: Settings that may differ when a run resumes: how often to log, save and evaluate, where the run is and
@@ -834,6 +845,10 @@ class TrainRecipe:
         if resume is not None:
             self.state = _load_checkpoint(resume, self.model, self.optimizer, self.scheduler)
             self.start = self.state["global_step"]
+            if self.start > self.total or (self.start == self.total and self.cfg.resume_from_checkpoint):
+                raise UserError(f"{resume}: this checkpoint is at step {self.start} and the run has {self.total} "
+                                f"steps; to train longer, pass a --max_steps above {self.start} (or a larger "
+                                "--num_train_epochs)")
             console.print(f"resuming from {resume} (step {self.start} of {self.total})")
         log_path = self.out / "trainer_log.jsonl"
         self.rows = [r for r in atomic.read_jsonl_log(log_path) if r.get("current_steps", 0) <= self.start] \
@@ -1070,8 +1085,8 @@ class TrainRecipe:
             self._log_row(row)
             self.last_logged, self.last_window, self.pending = row["loss"], len(self.pending), []
         self.maybe_eval(done)
-        if done % self.cfg.save_steps == 0 and done < self.total:
-            self.save_checkpoint(done)
+        if done % self.cfg.save_steps == 0 or done == self.total:  # the last step too, as HF Trainer: a run
+            self.save_checkpoint(done)  # trains longer from there (--max_steps M --resume_from_checkpoint)
         for cb in self.callbacks:
             cb(done, {**row, "loss": stats["loss"]})
 
@@ -1095,6 +1110,11 @@ class TrainRecipe:
         resume the loss, runtime and speed figures cover the whole run, the steady speed and compile time this
         session."""
         steps, steady = self.step_losses, self.speed.steady_tokens_per_s()
+        if self.last_logged is None:  # resumed at the last step (stopped while saving the final adapter)
+            train_rows = [r for r in self.rows if "loss" in r]
+            if train_rows:
+                before = train_rows[-2]["current_steps"] if len(train_rows) > 1 else 0
+                self.last_logged, self.last_window = train_rows[-1]["loss"], train_rows[-1]["current_steps"] - before
         runtime = float(self.state.get("elapsed", 0.0)) + runtime
         tokens = int(self.state.get("total_tokens", 0)) + self.tokens_run
         samples = sum(len(mb) for s in range(self.total) for mb in self.plan.group(s))
@@ -1103,7 +1123,8 @@ class TrainRecipe:
             "resumed_from_step": self.start,
             "loss_first": round(self.state.get("first_loss", steps[0] if steps else float("nan")), 4),
             "loss_last": self.last_logged, "loss_last_steps": self.last_window,
-            "train_loss": round((self._loss_sum_before() + sum(steps)) / self.total, 4) if steps else None,
+            "train_loss": round((self._loss_sum_before() + sum(steps)) / self.total, 4) if steps or self.start
+            else None,
             "train_runtime": round(runtime, 2),
             "train_samples_per_second": round(samples / runtime, 3) if runtime > 0 else None,
             "train_steps_per_second": round(self.total / runtime, 4) if runtime > 0 else None,
