@@ -280,3 +280,28 @@ def test_resumed_at_the_last_step_only_finishes(tiny_llama_dir, eight, tmp_path)
     assert {k: again[k] for k in ("loss_first", "loss_last", "loss_last_steps", "train_loss")} == \
         {k: first[k] for k in ("loss_first", "loss_last", "loss_last_steps", "train_loss")}
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_resumed_progress_lines_show_this_runs_elapsed_time(tiny_llama_dir, eight, tmp_path, monkeypatch):
+    """Trial 24: after a resume the plain progress lines' elapsed time included the earlier session while the
+    final bar showed this one's; the lines now show this session's and say so (the log keeps the whole run's)."""
+    import io
+    import re
+
+    from steam_persona.common import console as console_mod
+
+    out = tmp_path / "run"
+    flags = _flags(tiny_llama_dir, eight, out)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, flags), callbacks=(_crash_at_3,))
+    state_file = out / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    state_file.write_text(json.dumps({**state, "elapsed": 3600.0}), encoding="utf-8")  # an hour before the crash
+    buf = io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    run(config.build(TrainConfig, flags))
+    shown = re.findall(r"^train step (\d)/4 .* elapsed (\S+) this run  ETA", buf.getvalue(), re.M)
+    assert [s for s, _ in shown] == ["3", "4"] and all(e.startswith("0:0") for _, e in shown), buf.getvalue()
+    rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows[-1]["elapsed_time"].startswith("1:00:")  # the log's figure is the whole run's

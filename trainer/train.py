@@ -1078,9 +1078,11 @@ class TrainRecipe:
                          description=COMPILING if self.speed.warming_up and self.compiling else "train")
         logged = done % self.cfg.logging_steps == 0 or done == self.total or done == 1
         if logged or done == self.start + 1:  # without a terminal, a resumed run's first step shows at once too
+            # this session's time, as the bar shows it (the log's elapsed_time adds the earlier sessions')
+            elapsed = _hms(self.t_end - self.t0) + (" this run" if self.start else "")
             plain_progress("train step", done, self.total, {
                 "loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.2e}", "tokens/s": tps,
-                "elapsed": row["elapsed_time"], "ETA": eta})
+                "elapsed": elapsed, "ETA": eta})
         if logged:
             self._log_row(row)
             self.last_logged, self.last_window, self.pending = row["loss"], len(self.pending), []
