@@ -62,6 +62,14 @@ def not_negative_finite(value: float | None) -> float | None:
     return value
 
 
+def _val_size(value: float) -> float:
+    """``--val_size``: a fraction below 1 or a whole record count (as LLaMA-Factory / ``datasets`` take it)."""
+    not_negative_finite(value)
+    if value > 1 and not float(value).is_integer():
+        raise ValueError("above 1 it is a record count: give a whole number (e.g. 2), or a fraction below 1")
+    return value
+
+
 def _dropout(value: float) -> float:
     if not 0 <= value < 1:
         raise ValueError("must be in [0, 1)")
@@ -106,8 +114,8 @@ class DataArguments(Arguments):
                     "are dropped.", unset=f"the run's, else {CUTOFF_LEN}", check=_positive)
     max_samples: int | None = arg(None, "Use at most this many records of each dataset (default: all).",
                                   check=_positive)
-    val_size: float = arg(0.0, "Validation split: a fraction in (0, 1) or a record count (>= 1); 0 = none.",
-                          check=not_negative_finite)
+    val_size: float = arg(0.0, "Validation split: a fraction in (0, 1) or a whole record count (>= 1); 0 = none.",
+                          check=_val_size)
     seed: int = arg(42, "Random seed.")
 
 

@@ -270,7 +270,7 @@ def split_eval(n: int, val_size: float, seed: int) -> tuple[list[int], list[int]
         return list(range(n)), []
     k = int(val_size) if val_size >= 1 else max(1, round(n * val_size))
     if k >= n:
-        raise UserError(f"--val_size {val_size}: leaves no training samples out of {n}; use a smaller value")
+        raise UserError(f"--val_size {val_size:g}: leaves no training samples out of {n}; use a smaller value")
     order = list(range(n))
     random.Random(seed).shuffle(order)
     return sorted(order[k:]), sorted(order[:k])
@@ -624,7 +624,7 @@ def encode_datasets(cfg: TrainConfig, template: Any, datasets: list[str]) -> Any
 
 def _check(cfg: TrainConfig) -> None:
     if not cfg.dataset:
-        raise UserError("no dataset given; pass --dataset NAME (with --dataset_dir) or --dataset path/to/file.json")
+        raise UserError("--dataset: none given; pass --dataset NAME (with --dataset_dir) or --dataset path/to/file.json")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                  "save_steps", "logging_steps", "lora_rank", "cutoff_len"):
         if getattr(cfg, name) < 1:
