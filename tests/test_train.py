@@ -230,7 +230,8 @@ def test_plain_progress_lines_when_not_a_terminal(tiny_llama_dir, eight, tmp_pat
     for (_, _, loss, lr, tps, elapsed, eta), row in zip(lines, rows):
         assert (float(loss), lr, elapsed, eta) == (row["loss"], f"{row['lr']:.2e}", row["elapsed_time"], row["remaining_time"])
         assert int(tps) == round(row["throughput"]) and eta.count(":") == 2
-    assert "dataset: 8 samples, 0 truncated (prompt cut to fit --cutoff_len 256), 0 dropped" in buf.getvalue()
+    assert ("dataset: 8 read: 0 dropped (reply longer than --cutoff_len 256), 8 kept, none truncated (prompt cut to "
+            "fit)") in buf.getvalue()
     # on a terminal the rich bar shows progress and no plain line is printed
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     buf.truncate(0)
@@ -559,3 +560,17 @@ def test_every_flag_check_names_its_source(tiny_llama_dir, eight, tmp_path, yaml
     line = r.output.strip()
     assert r.exit_code == 2 and len(line.splitlines()) == 1 and line.startswith(f"Error: {says}"), r.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("read, dropped, truncated, says", [
+    (244, 15, 229, "244 read: 15 dropped (reply longer than --cutoff_len 128), 229 kept, all 229 truncated (prompt cut "
+                   "to fit)"),
+    (10, 2, 3, "10 read: 2 dropped (reply longer than --cutoff_len 128), 8 kept, 3 of them truncated"),
+    (8, 0, 0, "8 read: 0 dropped (reply longer than --cutoff_len 128), 8 kept, none truncated"),
+])
+def test_dataset_counts_say_which_is_part_of_which(read, dropped, truncated, says):
+    """Trial 24: "229 samples, 229 truncated, 15 dropped" left open whether the 15 were among the 229."""
+    from steam_persona.trainer.train import _data_line
+
+    enc = type("Enc", (), {"truncated": truncated, "dropped": list(range(dropped)), "__len__": lambda self: read - dropped})()
+    assert says in _data_line(enc, 128)

@@ -1135,6 +1135,7 @@ class TrainRecipe:
             "compile_seconds": round(self.speed.warmup_overhead_s(), 1) if self.compiling else None,
             "total_tokens": tokens,
             "num_samples": len(self.train_idx), "num_eval_samples": len(self.eval_idx),
+            "num_records": len(self.enc) + len(self.enc.dropped),
             "truncated": self.enc.truncated, "dropped": len(self.enc.dropped),
             "torch_threads": self.threads,
         }
@@ -1192,10 +1193,17 @@ def _eval_mode(model: Any) -> None:
             m.train()
 
 
+def _counts(read: int, dropped: int, truncated: int, cutoff_len: int) -> str:
+    """``"244 read: 15 dropped (…), 229 kept, all 229 truncated (…)"``: which count is part of which."""
+    kept = read - dropped
+    cut = "none" if not truncated else f"all {kept}" if truncated == kept else f"{truncated} of them"
+    return (f"{read} read: {dropped} dropped (reply longer than --cutoff_len {cutoff_len}), {kept} kept, {cut} "
+            "truncated (prompt cut to fit)")
+
+
 def _data_line(enc: Any, cutoff_len: int) -> str:
-    """The dataset line printed before the first step: samples kept, truncated and dropped."""
-    line = (f"dataset: {len(enc)} samples, {enc.truncated} truncated (prompt cut to fit --cutoff_len {cutoff_len}), "
-            f"{len(enc.dropped)} dropped (reply longer than --cutoff_len)")
+    """The dataset line printed before the first step: samples read, dropped, kept and (of those) truncated."""
+    line = "dataset: " + _counts(len(enc) + len(enc.dropped), len(enc.dropped), enc.truncated, cutoff_len)
     return f"[yellow]{line}[/yellow]" if enc.truncated or enc.dropped else line
 
 
@@ -1253,8 +1261,8 @@ def _loss_shown(r: dict) -> str:
 def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
     rows = [("base model", cfg.model_name_or_path + (f" ({cfg.quantization_bit}-bit)" if cfg.quantization_bit else "")),
             ("template", f"{cfg.template} (end of turn {template.eot_token})"),
-            ("samples", f"{r['num_samples']} train, {r['num_eval_samples']} eval, {r['truncated']} truncated, "
-                        f"{r['dropped']} dropped (cutoff_len {cfg.cutoff_len})"),
+            ("samples", f"{r['num_samples']} train, {r['num_eval_samples']} eval; --dataset: " + _counts(
+                r.get("num_records", r["num_samples"] + r["dropped"]), r["dropped"], r["truncated"], cfg.cutoff_len)),
             ("steps", r["global_step"]),
             ("precision", precision),
             ("loss", _loss_shown(r))]
