@@ -76,6 +76,22 @@ def _dropout(value: float) -> float:
     return value
 
 
+#: ``--flash_attn`` words meaning on / off: llama.cpp's bool and LLaMA-Factory's choice (``fa2`` = FlashAttention-2;
+#: ``disabled``, ``sdpa``: not flash attention; ``auto`` = the default, off).
+FLASH_ATTN_ON = ("true", "on", "yes", "1", "fa2")
+FLASH_ATTN_OFF = ("false", "off", "no", "0", "disabled", "sdpa", "auto")
+
+
+def flash_attention(value: bool | str) -> bool:
+    """``--flash_attn``: on or off, from a bool or a word of :data:`FLASH_ATTN_ON` / :data:`FLASH_ATTN_OFF`."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in FLASH_ATTN_ON or word in FLASH_ATTN_OFF:
+        return word in FLASH_ATTN_ON
+    raise ValueError("use true or false (also on/off, and LLaMA-Factory's fa2 = on; disabled, sdpa or auto = off)")
+
+
 @dataclass
 class ModelArguments(Arguments):
     """Which model to load (LLaMA-Factory's ``ModelArguments``)."""
@@ -169,7 +185,8 @@ class LlamaCppArguments(Arguments):
                             "batches evaluate prompts slower on a GPU; a served client that leaves during its "
                             "prompt frees the model after at most one batch.", check=_positive)
     flash_attn: bool = arg(False, "llama.cpp's flash attention (helps on GPUs; on CPU measure first: "
-                                  "bench/serve_latency.py).")
+                                  "bench/serve_latency.py): true/on or false/off; LLaMA-Factory's words also work "
+                                  "(fa2 = on; disabled, sdpa, auto = off).", check=flash_attention, text=True)
 
 
 def usable_cores() -> int:

@@ -45,6 +45,7 @@ def arg(
     secret: bool = False,
     check: Callable[[Any], Any] | None = None,
     unset: str | None = None,
+    text: bool = False,
 ) -> Any:
     """Declare one config field (= one CLI flag = one YAML key).
 
@@ -60,9 +61,12 @@ def arg(
             source, the flag and the value.
         unset: what an unset value means, for a field that a stage may leave ``None`` (taken from
             the run or the model); ``--help`` shows "Unset: ..." only where the default is ``None``.
+        text: read the value as text (a flag's word, a YAML value of any type) and let ``check`` turn it into
+            the field's type: a bool that also takes other tools' words (``--flash_attn fa2``); a bool field
+            still works as a bare flag (``--flash_attn``).
     """
     meta = {"help": help, "choices": choices, "envvar": envvar, "positional": positional, "secret": secret,
-            "check": check, "unset": unset}
+            "check": check, "unset": unset, "text": text}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -122,6 +126,8 @@ def _click_type(f: dataclasses.Field, tp: Any) -> tuple[click.ParamType, bool]:
         base = typing.get_args(base)[0]
     if f.metadata.get("choices"):
         return click.Choice(list(f.metadata["choices"])), is_list
+    if f.metadata.get("text"):
+        return click.STRING, is_list
     if typing.get_origin(base) is Literal:
         return click.Choice([str(a) for a in typing.get_args(base)]), is_list
     mapping = {bool: click.BOOL, int: click.INT, float: click.FLOAT, str: click.STRING}
@@ -271,6 +277,11 @@ def source_of(cfg: Any, name: str) -> str | None:
     YAML file, else the command line). ``None`` for a config not made by :func:`build`."""
     default, sources = cfg.__dict__.get(_SOURCES, (None, {}))
     return sources.get(name, default)
+
+
+def given(cfg: Any, name: str) -> bool:
+    """Whether ``cfg``'s setting ``name`` was given (YAML, environment or flag) rather than left at its default."""
+    return name in cfg.__dict__.get(_SOURCES, (None, {}))[1]
 
 
 def with_source(e: UserError, cfg: Any) -> UserError:

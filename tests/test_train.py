@@ -574,3 +574,21 @@ def test_dataset_counts_say_which_is_part_of_which(read, dropped, truncated, say
 
     enc = type("Enc", (), {"truncated": truncated, "dropped": list(range(dropped)), "__len__": lambda self: read - dropped})()
     assert says in _data_line(enc, 128)
+
+
+def test_llamafactory_flash_attn_is_accepted_with_one_note(tiny_llama_dir, eight, tmp_path):
+    """LLaMA-Factory configs carry `flash_attn: auto|disabled|sdpa|fa2`: train takes it, says once that it chooses
+    the attention itself, and may resume with another value."""
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+
+    y = tmp_path / "y.yaml"
+    y.write_text(yaml.safe_dump({"model_name_or_path": str(tiny_llama_dir), "dataset": str(eight), "max_steps": 1,
+                                 "output_dir": str(tmp_path / "run"), "flash_attn": "fa2"}), encoding="utf-8")
+    r = CliRunner().invoke(main, ["train", str(y)])
+    assert r.exit_code == 0, r.output
+    assert " ".join(r.output.split()).count("flash_attn: no effect here; training chooses the attention itself") == 1
+    from steam_persona.trainer.train import RESUMABLE_CHANGES
+
+    assert "flash_attn" in RESUMABLE_CHANGES  # no effect, so a resume may change it

@@ -48,8 +48,8 @@ from typing import Any, Callable
 from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common import lock as locking
-from steam_persona.common.arguments import (DataArguments, LoraArguments, ModelArguments, QuantizationArguments,
-                                             TrainingArguments, not_negative_finite)
+from steam_persona.common.arguments import (DataArguments, LlamaCppArguments, LoraArguments, ModelArguments,
+                                             QuantizationArguments, TrainingArguments, not_negative_finite)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
 from steam_persona.common.errors import UserError
@@ -129,6 +129,9 @@ class TrainConfig:
                                                      "always has total_tokens).")
     double_quantization: bool = arg(True, "Accepted for LLaMA-Factory compatibility: 4-bit QLoRA always uses NF4 + "
                                           "double quantization; False is refused.", check=_double_quantization)
+    flash_attn: bool = LlamaCppArguments.use(
+        "flash_attn", note="Train: accepted for LLaMA-Factory compatibility (its auto, disabled, sdpa, fa2); no effect: "
+                           "attention is chosen automatically (docs/training.md, Speed).")
     deepspeed: str | None = arg(None, "Not supported (LLaMA-Factory's DeepSpeed config); several GPUs train with DDP: "
                                       "--nproc_per_node, docs/multi-gpu.md.", check=_no_deepspeed)
     # --- optimisation
@@ -398,7 +401,7 @@ RESUMABLE_CHANGES = frozenset({
     "load_best_model_at_end", "per_device_eval_batch_size", "max_steps", "num_train_epochs", "nproc_per_node",
     "disable_gradient_checkpointing", "padding_free", "torch_compile", "enable_liger_kernel", "quantization_method",
     "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout",
-    "include_num_input_tokens_seen", "double_quantization", "deepspeed"})
+    "include_num_input_tokens_seen", "double_quantization", "deepspeed", "flash_attn"})
 
 
 def _text(value: Any) -> str:
@@ -679,6 +682,9 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     from steam_persona.trainer import distributed
 
     _check(cfg)
+    if config.given(cfg, "flash_attn") and distributed.rank_world()[0] == 0 and not os.environ.get(locking.HELD_ENV):
+        console.print("[dim]flash_attn: no effect here; training chooses the attention itself (per-sample "
+                      "FlashAttention or SDPA, docs/training.md)[/dim]")
     lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if distributed.rank_world()[0] == 0 \
         else contextlib.nullcontext()
     with lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
