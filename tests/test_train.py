@@ -576,6 +576,38 @@ def test_dataset_counts_say_which_is_part_of_which(read, dropped, truncated, say
     assert says in _data_line(enc, 128)
 
 
+def test_too_little_free_space_for_a_checkpoint_is_exit_2_before_training(tiny_llama_dir, eight, tmp_path,
+                                                                          monkeypatch):
+    """A disk too full for one checkpoint stops before the first step (it used to fail at the first save),
+    naming the dir, the space one checkpoint needs and the space free."""
+    import shutil
+    from collections import namedtuple
+
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+    from steam_persona.trainer import train as train_mod
+
+    usage = namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 300 * 1024, 300 * 1024))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--model_name_or_path", str(tiny_llama_dir), "--dataset", str(eight),
+                                  "--output_dir", str(out), "--max_steps", "1"])
+    errors = [x for x in r.output.splitlines() if x.startswith("Error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and errors[0] == r.output.strip().splitlines()[-1], r.output
+    line = errors[0]
+    assert (f"Error: {out}: --output_dir: not enough free disk for a checkpoint: one needs about " in line
+            and f"and {tmp_path} has 0.3 MiB free; free some disk or pick another --output_dir" in line), line
+    assert not out.exists()
+    # the estimate: the LoRA weights and AdamW's two fp32 moments, plus the tokenizer
+    import torch
+
+    params = [torch.zeros(10, 4), torch.zeros(4, 10)]
+    assert train_mod.checkpoint_bytes(params, None) == 80 * 4 * 3 + 64 * 1024
+    monkeypatch.setattr(shutil, "disk_usage", real)
+
+
 def test_llamafactory_flash_attn_is_accepted_with_one_note(tiny_llama_dir, eight, tmp_path):
     """LLaMA-Factory configs carry `flash_attn: auto|disabled|sdpa|fa2`: train takes it, says once that it chooses
     the attention itself, and may resume with another value."""

@@ -524,6 +524,38 @@ def _clear_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def checkpoint_bytes(params: list[Any], tokenizer: Any) -> int:
+    """About what one ``checkpoint-N`` takes on disk: the trainable (LoRA) weights as they are stored, AdamW's
+    two moments per weight in fp32 (``optimizer.pt``), and the tokenizer files (``tokenizer.json``'s text plus
+    64 KiB for the small ones and the template)."""
+    n = sum(p.numel() for p in params)
+    weights = sum(p.numel() * p.element_size() for p in params)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    tok = len(backend.to_str().encode("utf-8")) if backend is not None else 0
+    return weights + 2 * 4 * n + tok + 64 * 1024
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_free_space(out: Path, need: int) -> None:
+    """Refuse to start when the ``--output_dir`` filesystem has less free space than one checkpoint needs
+    (:func:`checkpoint_bytes`): the run would fail at its first save.
+
+    Raises:
+        UserError: one line naming the dir, the need and the free space.
+    """
+    where = out
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise UserError(f"{out}: --output_dir: not enough free disk for a checkpoint: one needs about {_size(need)} "
+                        f"(LoRA weights, AdamW's two moments in fp32, the tokenizer) and {where} has {_size(free)} "
+                        "free; free some disk or pick another --output_dir")
+
+
 def _save_adapter_and_tokenizer(model: Any, tokenizer: Any, target: Path) -> None:
     """Save the PEFT adapter (+ tokenizer) into ``target``: written into a temp folder inside it, then each
     file renamed into place, with plain modes; the temp folder is removed (also on error), so files already
@@ -747,6 +779,8 @@ class TrainRecipe:
         self.setup_data()
         self.setup_model()
         self.setup_optimizer(resume)
+        if self.main:
+            check_free_space(self.out, checkpoint_bytes(self.params, self.tokenizer))
         self.open_run_dir(resume)
         self.model.train()
         self.ddp = distributed.wrap(self.model, self.device)  # DDP over the LoRA weights, else the model itself
