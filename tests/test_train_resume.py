@@ -141,7 +141,8 @@ def test_llamafactory_no_op_keys_are_accepted_and_unknown_keys_listed_at_once(tm
                  encoding="utf-8")
     r = CliRunner().invoke(main, ["train", str(p)])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
-    assert (f"{p}: unknown keys 'flash_atn', 'lora_rnk' (did you mean 'lora_rank'?), 'zzz_unheard_of'; "
+    assert (f"{p}: unknown keys 'flash_atn' (did you mean 'flash_attn'?), 'lora_rnk' (did you mean 'lora_rank'?), "
+            "'zzz_unheard_of'; "
             "see --help for the known keys, or delete them") in r.output
 
 
