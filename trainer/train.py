@@ -526,12 +526,12 @@ def _clear_run(out: Path) -> None:
 
 def checkpoint_bytes(params: list[Any], tokenizer: Any) -> int:
     """About what one ``checkpoint-N`` takes on disk: the trainable (LoRA) weights as they are stored, AdamW's
-    two moments per weight in fp32 (``optimizer.pt``), and the tokenizer files (``tokenizer.json``'s text plus
+    two moments per weight in fp32 (``optimizer.pt``), and the tokenizer files (``tokenizer.json`` as saved, plus
     64 KiB for the small ones and the template)."""
     n = sum(p.numel() for p in params)
     weights = sum(p.numel() * p.element_size() for p in params)
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    tok = len(backend.to_str().encode("utf-8")) if backend is not None else 0
+    tok = len(backend.to_str(pretty=True).encode("utf-8")) if backend is not None else 0  # as saved: indented
     return weights + 2 * 4 * n + tok + 64 * 1024
 
 
