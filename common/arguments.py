@@ -184,9 +184,10 @@ class LlamaCppArguments(Arguments):
     n_batch: int = arg(512, "Prompt tokens evaluated per batch (llama.cpp's n_batch; llama-server's -b). Smaller "
                             "batches evaluate prompts slower on a GPU; a served client that leaves during its "
                             "prompt frees the model after at most one batch.", check=_positive)
-    flash_attn: bool = arg(False, "llama.cpp's flash attention (helps on GPUs; on CPU measure first: "
-                                  "bench/serve_latency.py): true/on or false/off; LLaMA-Factory's words also work "
-                                  "(fa2 = on; disabled, sdpa, auto = off).", check=flash_attention, text=True)
+    flash_attn: bool = arg(False, "Flash attention: true/on or false/off; LLaMA-Factory's words also work (fa2 = "
+                                  "on; disabled, sdpa, auto = off). For a GGUF: llama.cpp's flash attention (helps on "
+                                  "GPUs; on CPU measure first: bench/serve_latency.py).", check=flash_attention,
+                           text=True)
 
 
 def usable_cores() -> int:
