@@ -276,6 +276,9 @@ def test_resumed_at_the_last_step_only_finishes(tiny_llama_dir, eight, tmp_path)
     first = run(config.build(TrainConfig, flags))
     for name in ("adapter_model.safetensors", "all_results.json"):
         (out / name).unlink()
+    with pytest.raises(UserError, match="; to finish the run \\(save its final adapter\\), rerun without "
+                                        "--resume_from_checkpoint$"):
+        run(config.build(TrainConfig, {**flags, "resume_from_checkpoint": str(out / "checkpoint-2")}))
     again = run(config.build(TrainConfig, flags))
     assert (again["global_step"], again["resumed_from_step"]) == (2, 2)
     assert {k: again[k] for k in ("loss_first", "loss_last", "loss_last_steps", "train_loss")} == \

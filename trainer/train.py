@@ -886,9 +886,11 @@ class TrainRecipe:
             self.state = _load_checkpoint(resume, self.model, self.optimizer, self.scheduler)
             self.start = self.state["global_step"]
             if self.start > self.total or (self.start == self.total and self.cfg.resume_from_checkpoint):
+                unfinished = self.start == self.total and finished_run(self.out) is None
                 raise UserError(f"{resume}: this checkpoint is at step {self.start} and the run has {self.total} "
                                 f"steps; to train longer, pass a --max_steps above {self.start} (or a larger "
-                                "--num_train_epochs)")
+                                "--num_train_epochs)" + ("; to finish the run (save its final adapter), rerun "
+                                                         "without --resume_from_checkpoint" if unfinished else ""))
             console.print(f"resuming from {resume} (step {self.start} of {self.total})")
         log_path = self.out / "trainer_log.jsonl"
         self.rows = [r for r in atomic.read_jsonl_log(log_path) if r.get("current_steps", 0) <= self.start] \
