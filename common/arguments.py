@@ -62,10 +62,34 @@ def not_negative_finite(value: float | None) -> float | None:
     return value
 
 
+def _val_size(value: float) -> float:
+    """``--val_size``: a fraction below 1 or a whole record count (as LLaMA-Factory / ``datasets`` take it)."""
+    not_negative_finite(value)
+    if value > 1 and not float(value).is_integer():
+        raise ValueError("above 1 it is a record count: give a whole number (e.g. 2), or a fraction below 1")
+    return value
+
+
 def _dropout(value: float) -> float:
     if not 0 <= value < 1:
         raise ValueError("must be in [0, 1)")
     return value
+
+
+#: ``--flash_attn`` words meaning on / off: llama.cpp's bool and LLaMA-Factory's choice (``fa2`` = FlashAttention-2;
+#: ``disabled``, ``sdpa``: not flash attention; ``auto`` = the default, off).
+FLASH_ATTN_ON = ("true", "on", "yes", "1", "fa2")
+FLASH_ATTN_OFF = ("false", "off", "no", "0", "disabled", "sdpa", "auto")
+
+
+def flash_attention(value: bool | str) -> bool:
+    """``--flash_attn``: on or off, from a bool or a word of :data:`FLASH_ATTN_ON` / :data:`FLASH_ATTN_OFF`."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in FLASH_ATTN_ON or word in FLASH_ATTN_OFF:
+        return word in FLASH_ATTN_ON
+    raise ValueError("use true or false (also on/off, and LLaMA-Factory's fa2 = on; disabled, sdpa or auto = off)")
 
 
 @dataclass
@@ -106,8 +130,8 @@ class DataArguments(Arguments):
                     "are dropped.", unset=f"the run's, else {CUTOFF_LEN}", check=_positive)
     max_samples: int | None = arg(None, "Use at most this many records of each dataset (default: all).",
                                   check=_positive)
-    val_size: float = arg(0.0, "Validation split: a fraction in (0, 1) or a record count (>= 1); 0 = none.",
-                          check=not_negative_finite)
+    val_size: float = arg(0.0, "Validation split: a fraction in (0, 1) or a whole record count (>= 1); 0 = none.",
+                          check=_val_size)
     seed: int = arg(42, "Random seed.")
 
 
@@ -160,8 +184,10 @@ class LlamaCppArguments(Arguments):
     n_batch: int = arg(512, "Prompt tokens evaluated per batch (llama.cpp's n_batch; llama-server's -b). Smaller "
                             "batches evaluate prompts slower on a GPU; a served client that leaves during its "
                             "prompt frees the model after at most one batch.", check=_positive)
-    flash_attn: bool = arg(False, "llama.cpp's flash attention (helps on GPUs; on CPU measure first: "
-                                  "bench/serve_latency.py).")
+    flash_attn: bool = arg(False, "Flash attention: true/on or false/off; LLaMA-Factory's words also work (fa2 = "
+                                  "on; disabled, sdpa, auto = off). For a GGUF: llama.cpp's flash attention (helps on "
+                                  "GPUs; on CPU measure first: bench/serve_latency.py).", check=flash_attention,
+                           text=True)
 
 
 def usable_cores() -> int:

@@ -45,6 +45,7 @@ def arg(
     secret: bool = False,
     check: Callable[[Any], Any] | None = None,
     unset: str | None = None,
+    text: bool = False,
 ) -> Any:
     """Declare one config field (= one CLI flag = one YAML key).
 
@@ -60,9 +61,12 @@ def arg(
             source, the flag and the value.
         unset: what an unset value means, for a field that a stage may leave ``None`` (taken from
             the run or the model); ``--help`` shows "Unset: ..." only where the default is ``None``.
+        text: read the value as text (a flag's word, a YAML value of any type) and let ``check`` turn it into
+            the field's type: a bool that also takes other tools' words (``--flash_attn fa2``); a bool field
+            still works as a bare flag (``--flash_attn``).
     """
     meta = {"help": help, "choices": choices, "envvar": envvar, "positional": positional, "secret": secret,
-            "check": check, "unset": unset}
+            "check": check, "unset": unset, "text": text}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -122,6 +126,8 @@ def _click_type(f: dataclasses.Field, tp: Any) -> tuple[click.ParamType, bool]:
         base = typing.get_args(base)[0]
     if f.metadata.get("choices"):
         return click.Choice(list(f.metadata["choices"])), is_list
+    if f.metadata.get("text"):
+        return click.STRING, is_list
     if typing.get_origin(base) is Literal:
         return click.Choice([str(a) for a in typing.get_args(base)]), is_list
     mapping = {bool: click.BOOL, int: click.INT, float: click.FLOAT, str: click.STRING}
@@ -236,23 +242,59 @@ def build(cls: type, yaml_values: dict[str, Any] | None = None, flags: dict[str,
     known = {f.name: f for f in _fields(cls)}
     _no_unknown_keys(yaml_values or {}, known, source)
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # where each given value came from: the YAML file, an env variable, the flags
     for key, value in (yaml_values or {}).items():
-        values[key] = _convert(known[key], value, source)
+        values[key], sources[key] = _convert(known[key], value, source), source
     for name, f in known.items():
         env = f.metadata.get("envvar")
         if env and os.environ.get(env) not in (None, ""):
-            values[name] = _convert(f, os.environ[env], f"environment variable {env}")
+            where = f"environment variable {env}"
+            values[name], sources[name] = _convert(f, os.environ[env], where), where
     for key, value in (flags or {}).items():
         if value is None or value == ():
             continue
         values[key] = list(value) if isinstance(value, tuple) else value
+        sources[key] = COMMAND_LINE
     for key, value in values.items():
-        values[key] = _check(known[key], value, source)
+        values[key] = _check(known[key], value, sources[key])
     missing = [n for n, f in known.items()
                if n not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise UserError(f"{source}: missing required setting --{missing[0]}; give it as a flag or a YAML key")
-    return cls(**values)
+    cfg = cls(**values)
+    cfg.__dict__[_SOURCES] = (source, sources)
+    return cfg
+
+
+#: How an error names the command line as the source of a flag's value.
+COMMAND_LINE = "command line"
+_SOURCES = "_config_sources"
+
+
+def source_of(cfg: Any, name: str) -> str | None:
+    """Where ``cfg``'s setting ``name`` came from, as error lines name it: the YAML file, ``command line`` or
+    ``environment variable X``; for a setting left at its default, the source the config was built from (the
+    YAML file, else the command line). ``None`` for a config not made by :func:`build`."""
+    default, sources = cfg.__dict__.get(_SOURCES, (None, {}))
+    return sources.get(name, default)
+
+
+def given(cfg: Any, name: str) -> bool:
+    """Whether ``cfg``'s setting ``name`` was given (YAML, environment or flag) rather than left at its default."""
+    return name in cfg.__dict__.get(_SOURCES, (None, {}))[1]
+
+
+def with_source(e: UserError, cfg: Any) -> UserError:
+    """``e`` with its source in front when its message is about one of ``cfg``'s flags (starts with
+    ``--name``): the checks that run after :func:`build` (flags that depend on each other, on the data or on
+    the hardware) then name the YAML file or ``command line`` as the checks of single values do."""
+    import re
+
+    m = re.match(r"--(\w+)", e.message)
+    where = source_of(cfg, m.group(1)) if m and m.group(1) in {f.name for f in dataclasses.fields(cfg)} else None
+    if where:
+        e.message = f"{where}: {e.message}"
+    return e
 
 
 def to_dict(cfg: Any, *, hide_secrets: bool = True) -> dict[str, Any]:
@@ -311,7 +353,10 @@ def command(cls: type, run: Callable[[Any], Any], *, name: str, help: str,
                 # flatten "a,b" given on the command line, then type-check each item
                 items = [x.strip() for item in v for x in str(item).split(",") if x.strip()]
                 flags[f.name] = _convert(f, items, "command line")
-        cfg = build(cls, yaml_values, flags, source=config_file or "command line")
-        return run(cfg)
+        cfg = build(cls, yaml_values, flags, source=config_file or COMMAND_LINE)
+        try:
+            return run(cfg)
+        except UserError as e:
+            raise with_source(e, cfg) from e.__cause__
 
     return click.Command(name=name, params=params, callback=callback, help=help)

@@ -227,7 +227,7 @@ def _train(cfg: DemoConfig, out: Path, resume: bool) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "loss_start": res["loss_first"], "loss_end": res["loss_last"],
             "steps": res["global_step"], "loss_plot": str(run_dir / "training_loss.png"),
             "train_runtime_s": res.get("train_runtime"), "train_tokens_per_second": res.get("train_tokens_per_second"),
-            "dtype": "bfloat16" if bf16 else "float32"}
+            "dtype": "bfloat16" if bf16 else "float32", "torch_threads": res.get("torch_threads")}
 
 
 def interrupt_hint(cfg: DemoConfig, out: Path, stage: str) -> str:
@@ -450,7 +450,9 @@ def run(cfg: DemoConfig) -> DemoResult:
     if cfg.max_new_tokens > (limit := review_max_tokens()):
         raise UserError(f"demo: --max_new_tokens {cfg.max_new_tokens}: the review tool takes at most {limit}"
                         f" tokens; use {limit} or less")
-    torch_threads = _threads_for_load(load_start)
+    from steam_persona.trainer.train import threads_for_load
+
+    torch_threads = threads_for_load(load_start)
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "demo_config.json", config.to_dict(cfg))
@@ -479,7 +481,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     summary = _summary(cfg, out, stages, prepared, trained, compared, exported, used)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     summary["machine"] = {"cores": len(os.sched_getaffinity(0)), "load_start": load_start, "load_end": _load_average(),
-                          "cpu_seconds": _cpu_seconds(), "train_threads": torch_threads}
+                          "cpu_seconds": _cpu_seconds(), "train_threads": trained.get("torch_threads") or torch_threads}
     atomic.write_json(out / "demo_summary.json", summary)
     atomic.write_text(out / "report.md", demo_compare.render_report(summary))
     _print_summary(summary)
@@ -492,21 +494,6 @@ def _cpu_seconds() -> float:
     the run costs whatever else the machine is doing; on N idle cores the wall time is at least this / N."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 1)
-
-
-def _threads_for_load(load: float) -> int:
-    """On a machine whose load average exceeds half its cores, train with one torch thread and say so: torch's
-    threads wait on each other while other jobs hold the cores (10-20x slower steps; docs/real-run.md has the
-    figures). ``OMP_NUM_THREADS`` set by the user is left alone. Returns the torch threads training uses
-    (chosen once, at the start: a job started later still slows a run that took two)."""
-    import torch
-
-    cores = len(os.sched_getaffinity(0))
-    if load > cores / 2 and not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(1)
-        console.print(f"[yellow]this machine is busy (load average {load} on {cores} cores): training with one "
-                      "thread, which is much faster then; set OMP_NUM_THREADS to choose[/yellow]")
-    return torch.get_num_threads()
 
 
 def _load_average() -> float:

@@ -162,3 +162,26 @@ def test_a_usage_error_is_exit_2_in_one_line_naming_where_the_flags_are(argv, sa
 def test_a_group_run_without_a_command_shows_its_help():
     r = CliRunner().invoke(main, ["plugin"], prog_name="steam-train")
     assert r.output.startswith("Usage: steam-train plugin [OPTIONS] COMMAND") and "Error" not in r.output
+
+
+@pytest.mark.parametrize("word, on", [("fa2", True), ("auto", False), ("disabled", False), ("sdpa", False),
+                                      ("true", True), ("False", False), ("on", True), ("off", False)])
+def test_flash_attn_takes_llamafactory_and_llamacpp_words_in_every_stage(word, on, tmp_path):
+    """LLaMA-Factory's `flash_attn: fa2` (auto, disabled, sdpa, fa2) was "unknown key" for train and "No such
+    option" on its command line, because the name is llama.cpp's bool for chat/serve: one declaration now takes
+    both, normalised to on/off."""
+    for stage in (TrainConfig, ChatConfig, ServeConfig):
+        assert config.build(stage, {"flash_attn": word}).flash_attn is on
+    assert config.build(TrainConfig, {"flash_attn": on}).flash_attn is on  # YAML's true/false
+    seen = []
+    cmd = config.command(ChatConfig, seen.append, name="chat", config_option="option", help="h")
+    assert CliRunner().invoke(cmd, ["--flash_attn", word]).exit_code == 0 and seen[-1].flash_attn is on
+    assert CliRunner().invoke(cmd, ["--flash_attn"]).exit_code == 0 and seen[-1].flash_attn is True  # alone: on
+    assert CliRunner().invoke(cmd, []).exit_code == 0 and seen[-1].flash_attn is False
+
+
+def test_flash_attn_other_words_are_one_line():
+    r = CliRunner().invoke(main, ["train", "--flash_attn", "maybe"])
+    assert r.exit_code == 2 and r.output.strip() == (
+        "Error: command line: --flash_attn maybe: use true or false (also on/off, and LLaMA-Factory's fa2 = on; "
+        "disabled, sdpa or auto = off)")

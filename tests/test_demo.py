@@ -4,6 +4,7 @@ reusing every stage, the stage bookkeeping, and the embedded example data set.""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -310,24 +311,26 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
 
 
 def test_a_busy_machine_trains_with_one_thread(capsys, monkeypatch):
-    """A load average above half the cores (another job running) gives torch one thread, and says so."""
+    """A load average above half the cores (another job running) gives torch one thread, and says so; the demo
+    and train share the one heuristic (steam_persona.trainer.train.threads_for_load)."""
     import torch
 
-    from steam_persona import demo
+    from steam_persona.trainer.train import threads_for_load
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(demo.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert demo._threads_for_load(0.5) == 2
+        assert threads_for_load(0.5) == 2
         assert capsys.readouterr().err == "" and torch.get_num_threads() == 2
-        assert demo._threads_for_load(1.5) == 1
+        assert threads_for_load(1.5) == 1
         assert "training with one thread" in " ".join(capsys.readouterr().err.split())
         assert torch.get_num_threads() == 1
+        assert threads_for_load(1.5) == 1 and capsys.readouterr().err == ""  # said once (demo, then its train)
         torch.set_num_threads(2)
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        demo._threads_for_load(99.0)
+        threads_for_load(99.0)
         assert capsys.readouterr().err == "" and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)

@@ -127,9 +127,9 @@ def test_only_rank_zero_writes(runs) -> None:
     assert rank1["writes"] == []
     written = {Path(p).name for p in rank0["writes"]}  # the audit hook sees rank 0's writes (positive control)
     assert {"trainer_log.jsonl", "run_config.yaml", "all_results.json", "training_loss.png", "checkpoint-3",
-            "checkpoint-6", "adapter_model.safetensors"} <= written
+            "checkpoint-6", "checkpoint-8", "adapter_model.safetensors"} <= written
     out = runs["tmp"] / "ddp"
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6", "checkpoint-8"]
     log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert [r["current_steps"] for r in log] == list(range(1, STEPS + 1))  # one writer: no duplicated rows
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())

@@ -141,7 +141,8 @@ def test_llamafactory_no_op_keys_are_accepted_and_unknown_keys_listed_at_once(tm
                  encoding="utf-8")
     r = CliRunner().invoke(main, ["train", str(p)])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
-    assert (f"{p}: unknown keys 'flash_atn', 'lora_rnk' (did you mean 'lora_rank'?), 'zzz_unheard_of'; "
+    assert (f"{p}: unknown keys 'flash_atn' (did you mean 'flash_attn'?), 'lora_rnk' (did you mean 'lora_rank'?), "
+            "'zzz_unheard_of'; "
             "see --help for the known keys, or delete them") in r.output
 
 
@@ -242,3 +243,69 @@ def test_repeated_flags_a_list_flag_joins_its_values_a_single_value_flag_keeps_t
     assert [(c.dataset, c.learning_rate) for c in seen] == [(["a.json", "b.json", "c.json"], 2e-4)] * 2
     shown = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
     assert "several are joined: comma-separated (LLaMA-Factory) or the flag repeated" in shown
+
+
+def test_the_last_step_is_a_checkpoint_so_training_longer_resumes_exactly(tiny_llama_dir, eight, tmp_path):
+    """Trial 24: a finished run suggested --resume_from_checkpoint …/checkpoint-(N-1), which trained step N again.
+    The last step is saved as checkpoint-N (HF Trainer does the same), within --save_total_limit, and the finished
+    run's message names it; resuming it with a larger --max_steps continues the step counter and the loss log."""
+    out = tmp_path / "run"
+    flags = _flags(tiny_llama_dir, eight, out, max_steps=2, save_steps=100, save_total_limit=1)
+    first = run(config.build(TrainConfig, flags))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    again = CliRunner().invoke(main, _argv(flags))
+    assert again.exit_code == 2 and (f"to train longer, pass a larger --max_steps (or --num_train_epochs) and "
+                                     f"--resume_from_checkpoint {out / 'checkpoint-2'}: it goes on from step 2"
+                                     ) in " ".join(again.output.split()), again.output
+    same = CliRunner().invoke(main, _argv({**flags, "resume_from_checkpoint": str(out / "checkpoint-2")}))
+    assert same.exit_code == 2 and "this checkpoint is at step 2 and the run has 2 steps; to train longer, pass a " \
+        "--max_steps above 2" in " ".join(same.output.split()), same.output
+    longer = run(config.build(TrainConfig, {**flags, "max_steps": 3, "resume_from_checkpoint": str(out / "checkpoint-2")}))
+    assert (longer["global_step"], longer["resumed_from_step"], longer["loss_first"]) == (3, 2, first["loss_first"])
+    rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["current_steps"] for r in rows] == [1, 2, 3] and [r["total_steps"] for r in rows] == [2, 2, 3]
+    assert rows[1]["loss"] == first["loss_last"] and longer["loss_last"] == rows[2]["loss"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]  # --save_total_limit 1
+
+
+def test_resumed_at_the_last_step_only_finishes(tiny_llama_dir, eight, tmp_path):
+    """A run stopped after saving checkpoint-N but before its final adapter: the rerun saves the adapter and the
+    results from the checkpoint and the log, training no step."""
+    out = tmp_path / "run"
+    flags = _flags(tiny_llama_dir, eight, out, max_steps=2, save_steps=100)
+    first = run(config.build(TrainConfig, flags))
+    for name in ("adapter_model.safetensors", "all_results.json"):
+        (out / name).unlink()
+    with pytest.raises(UserError, match="; to finish the run \\(save its final adapter\\), rerun without "
+                                        "--resume_from_checkpoint$"):
+        run(config.build(TrainConfig, {**flags, "resume_from_checkpoint": str(out / "checkpoint-2")}))
+    again = run(config.build(TrainConfig, flags))
+    assert (again["global_step"], again["resumed_from_step"]) == (2, 2)
+    assert {k: again[k] for k in ("loss_first", "loss_last", "loss_last_steps", "train_loss")} == \
+        {k: first[k] for k in ("loss_first", "loss_last", "loss_last_steps", "train_loss")}
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_resumed_progress_lines_show_this_runs_elapsed_time(tiny_llama_dir, eight, tmp_path, monkeypatch):
+    """Trial 24: after a resume the plain progress lines' elapsed time included the earlier session while the
+    final bar showed this one's; the lines now show this session's and say so (the log keeps the whole run's)."""
+    import io
+    import re
+
+    from steam_persona.common import console as console_mod
+
+    out = tmp_path / "run"
+    flags = _flags(tiny_llama_dir, eight, out)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, flags), callbacks=(_crash_at_3,))
+    state_file = out / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    state_file.write_text(json.dumps({**state, "elapsed": 3600.0}), encoding="utf-8")  # an hour before the crash
+    buf = io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    run(config.build(TrainConfig, flags))
+    shown = re.findall(r"^train step (\d)/4 .* elapsed (\S+) this run  ETA", buf.getvalue(), re.M)
+    assert [s for s, _ in shown] == ["3", "4"] and all(e.startswith("0:0") for _, e in shown), buf.getvalue()
+    rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows[-1]["elapsed_time"].startswith("1:00:")  # the log's figure is the whole run's

@@ -312,7 +312,7 @@ def load_conversations(datasets: str | list[str], dataset_dir: str | Path = "dat
     """
     names = [datasets] if isinstance(datasets, str) else list(datasets)
     if not names:
-        raise UserError("no dataset given; pass --dataset NAME (with --dataset_dir) or --dataset path/to/file.json")
+        raise UserError("--dataset: none given; pass --dataset NAME (with --dataset_dir) or --dataset path/to/file.json")
     out: list[Conversation] = []
     for name in names:
         res = read_dataset(resolve(name, dataset_dir), system=system, encoding=encoding)

@@ -48,8 +48,8 @@ from typing import Any, Callable
 from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common import lock as locking
-from steam_persona.common.arguments import (DataArguments, LoraArguments, ModelArguments, QuantizationArguments,
-                                             TrainingArguments, not_negative_finite)
+from steam_persona.common.arguments import (DataArguments, LlamaCppArguments, LoraArguments, ModelArguments,
+                                             QuantizationArguments, TrainingArguments, not_negative_finite)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
 from steam_persona.common.errors import UserError
@@ -129,6 +129,9 @@ class TrainConfig:
                                                      "always has total_tokens).")
     double_quantization: bool = arg(True, "Accepted for LLaMA-Factory compatibility: 4-bit QLoRA always uses NF4 + "
                                           "double quantization; False is refused.", check=_double_quantization)
+    flash_attn: bool = LlamaCppArguments.use(
+        "flash_attn", note="Train: accepted for LLaMA-Factory compatibility (its auto, disabled, sdpa, fa2); no effect: "
+                           "attention is chosen automatically (docs/training.md, Speed).")
     deepspeed: str | None = arg(None, "Not supported (LLaMA-Factory's DeepSpeed config); several GPUs train with DDP: "
                                       "--nproc_per_node, docs/multi-gpu.md.", check=_no_deepspeed)
     # --- optimisation
@@ -228,6 +231,26 @@ def resolve_precision(cfg: TrainConfig) -> tuple[str, Any, Any]:
     return device, torch.float32, None
 
 
+def threads_for_load(load: float | None = None) -> int:
+    """CPU training on a busy machine: when the 1-minute load average (``load``, else ``os.getloadavg()``)
+    exceeds half the usable cores, use one torch thread and say so once: torch's threads wait on each other
+    while other jobs hold the cores (8-20x slower steps; docs/real-run.md has the figures). ``OMP_NUM_THREADS``
+    set by the user is left alone, and so is a process already at one thread (no second warning). Returns the
+    torch threads training uses (chosen once, at the start: a job started later still slows a run that took
+    two). ``train`` (CPU only) and ``demo`` call it."""
+    import torch
+
+    from steam_persona.common.arguments import usable_cores
+
+    cores = usable_cores()
+    load = os.getloadavg()[0] if load is None else load
+    if load > cores / 2 and not os.environ.get("OMP_NUM_THREADS") and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        console.print(f"[yellow]this machine is busy (load average {round(load, 2)} on {cores} cores): training "
+                      "with one thread, which is much faster then; set OMP_NUM_THREADS to choose[/yellow]")
+    return torch.get_num_threads()
+
+
 def _cpu_has_bf16() -> bool:
     try:
         import torch
@@ -250,7 +273,7 @@ def split_eval(n: int, val_size: float, seed: int) -> tuple[list[int], list[int]
         return list(range(n)), []
     k = int(val_size) if val_size >= 1 else max(1, round(n * val_size))
     if k >= n:
-        raise UserError(f"--val_size {val_size}: leaves no training samples out of {n}; use a smaller value")
+        raise UserError(f"--val_size {val_size:g}: leaves no training samples out of {n}; use a smaller value")
     order = list(range(n))
     random.Random(seed).shuffle(order)
     return sorted(order[k:]), sorted(order[:k])
@@ -343,17 +366,28 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
     ckpt = resumable_checkpoint(out)
     finished = finished_run(out)
     if finished is not None:  # rerunning a finished command must not silently retrain its tail
-        longer = (f"raise --max_steps (or --num_train_epochs) and pass --resume_from_checkpoint {ckpt}" if ckpt else
-                  "start over with a larger --max_steps (no resumable checkpoint-N was kept; see --save_steps)")
         raise UserError(f"{out}: this run already finished at step {finished.get('global_step')} (final adapter "
                         f"{out / 'adapter_model.safetensors'}); pass --overwrite_output_dir to start over or pick "
-                        f"another --output_dir; to train longer, {longer}")
+                        f"another --output_dir; to train longer, {_train_longer(ckpt, finished.get('global_step'))}")
     if ckpt is not None:
         return ckpt
     if any(out.iterdir()):
         raise UserError(f"{out}: output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir "
                         "to start over or pick another --output_dir")
     return None
+
+
+def _train_longer(ckpt: Path | None, last: int | None) -> str:
+    """How a finished run trains on: from its ``checkpoint-<last>`` (saved at the last step, as HF Trainer does)
+    exactly where it stopped; from an older checkpoint (a run from before the last step was saved) redoing the
+    steps after it; else over from the start."""
+    if ckpt is None:
+        return ("start over with a larger --max_steps (no resumable checkpoint-N was kept: they were saved with "
+                "--save_only_model)")
+    step = int(ckpt.name.split("-")[1])
+    how = f"pass a larger --max_steps (or --num_train_epochs) and --resume_from_checkpoint {ckpt}"
+    return how + (f": it goes on from step {step}" if step == last else
+                  f" (step {step}: steps {step + 1}-{last} are trained again)")
 
 
 #: Settings that may differ when a run resumes: how often to log, save and evaluate, where the run is and
@@ -367,7 +401,7 @@ RESUMABLE_CHANGES = frozenset({
     "load_best_model_at_end", "per_device_eval_batch_size", "max_steps", "num_train_epochs", "nproc_per_node",
     "disable_gradient_checkpointing", "padding_free", "torch_compile", "enable_liger_kernel", "quantization_method",
     "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout",
-    "include_num_input_tokens_seen", "double_quantization", "deepspeed"})
+    "include_num_input_tokens_seen", "double_quantization", "deepspeed", "flash_attn"})
 
 
 def _text(value: Any) -> str:
@@ -490,6 +524,38 @@ def _clear_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def checkpoint_bytes(params: list[Any], tokenizer: Any) -> int:
+    """About what one ``checkpoint-N`` takes on disk: the trainable (LoRA) weights as they are stored, AdamW's
+    two moments per weight in fp32 (``optimizer.pt``), and the tokenizer files (``tokenizer.json`` as saved, plus
+    64 KiB for the small ones and the template)."""
+    n = sum(p.numel() for p in params)
+    weights = sum(p.numel() * p.element_size() for p in params)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    tok = len(backend.to_str(pretty=True).encode("utf-8")) if backend is not None else 0  # as saved: indented
+    return weights + 2 * 4 * n + tok + 64 * 1024
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_free_space(out: Path, need: int) -> None:
+    """Refuse to start when the ``--output_dir`` filesystem has less free space than one checkpoint needs
+    (:func:`checkpoint_bytes`): the run would fail at its first save.
+
+    Raises:
+        UserError: one line naming the dir, the need and the free space.
+    """
+    where = out
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise UserError(f"{out}: --output_dir: not enough free disk for a checkpoint: one needs about {_size(need)} "
+                        f"(LoRA weights, AdamW's two moments in fp32, the tokenizer) and {where} has {_size(free)} "
+                        "free; free some disk or pick another --output_dir")
+
+
 def _save_adapter_and_tokenizer(model: Any, tokenizer: Any, target: Path) -> None:
     """Save the PEFT adapter (+ tokenizer) into ``target``: written into a temp folder inside it, then each
     file renamed into place, with plain modes; the temp folder is removed (also on error), so files already
@@ -593,7 +659,7 @@ def encode_datasets(cfg: TrainConfig, template: Any, datasets: list[str]) -> Any
 
 def _check(cfg: TrainConfig) -> None:
     if not cfg.dataset:
-        raise UserError("no dataset given; pass --dataset NAME (with --dataset_dir) or --dataset path/to/file.json")
+        raise UserError("--dataset: none given; pass --dataset NAME (with --dataset_dir) or --dataset path/to/file.json")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                  "save_steps", "logging_steps", "lora_rank", "cutoff_len"):
         if getattr(cfg, name) < 1:
@@ -648,6 +714,9 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     from steam_persona.trainer import distributed
 
     _check(cfg)
+    if config.given(cfg, "flash_attn") and distributed.rank_world()[0] == 0 and not os.environ.get(locking.HELD_ENV):
+        console.print("[dim]flash_attn: no effect here; training chooses the attention itself (per-sample "
+                      "FlashAttention or SDPA, docs/training.md)[/dim]")
     lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if distributed.rank_world()[0] == 0 \
         else contextlib.nullcontext()
     with lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
@@ -699,6 +768,7 @@ class TrainRecipe:
         self.last_window = 0
         self.tokens_run = 0
         self.t0 = time.time()
+        self.threads: int | None = None  # torch CPU threads (setup_precision; None on a GPU)
 
     def setup(self, resume: Path | None) -> None:
         """Every setup part in order; ``resume``: the checkpoint to continue from (:func:`_resume_point`).
@@ -709,6 +779,8 @@ class TrainRecipe:
         self.setup_data()
         self.setup_model()
         self.setup_optimizer(resume)
+        if self.main:
+            check_free_space(self.out, checkpoint_bytes(self.params, self.tokenizer))
         self.open_run_dir(resume)
         self.model.train()
         self.ddp = distributed.wrap(self.model, self.device)  # DDP over the LoRA weights, else the model itself
@@ -718,6 +790,7 @@ class TrainRecipe:
         from steam_persona.trainer import distributed
 
         self.device, self.dtype, self.amp = resolve_precision(self.cfg)
+        self.threads = threads_for_load() if self.device == "cpu" else None  # torch's CPU threads
         self.rank, self.world = distributed.init(self.device)  # (0, 1) unless started by torchrun / accelerate
         self.main = self.rank == 0
 
@@ -812,6 +885,12 @@ class TrainRecipe:
         if resume is not None:
             self.state = _load_checkpoint(resume, self.model, self.optimizer, self.scheduler)
             self.start = self.state["global_step"]
+            if self.start > self.total or (self.start == self.total and self.cfg.resume_from_checkpoint):
+                unfinished = self.start == self.total and finished_run(self.out) is None
+                raise UserError(f"{resume}: this checkpoint is at step {self.start} and the run has {self.total} "
+                                f"steps; to train longer, pass a --max_steps above {self.start} (or a larger "
+                                "--num_train_epochs)" + ("; to finish the run (save its final adapter), rerun "
+                                                         "without --resume_from_checkpoint" if unfinished else ""))
             console.print(f"resuming from {resume} (step {self.start} of {self.total})")
         log_path = self.out / "trainer_log.jsonl"
         self.rows = [r for r in atomic.read_jsonl_log(log_path) if r.get("current_steps", 0) <= self.start] \
@@ -1041,15 +1120,17 @@ class TrainRecipe:
                          description=COMPILING if self.speed.warming_up and self.compiling else "train")
         logged = done % self.cfg.logging_steps == 0 or done == self.total or done == 1
         if logged or done == self.start + 1:  # without a terminal, a resumed run's first step shows at once too
+            # this session's time, as the bar shows it (the log's elapsed_time adds the earlier sessions')
+            elapsed = _hms(self.t_end - self.t0) + (" this run" if self.start else "")
             plain_progress("train step", done, self.total, {
                 "loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.2e}", "tokens/s": tps,
-                "elapsed": row["elapsed_time"], "ETA": eta})
+                "elapsed": elapsed, "ETA": eta})
         if logged:
             self._log_row(row)
             self.last_logged, self.last_window, self.pending = row["loss"], len(self.pending), []
         self.maybe_eval(done)
-        if done % self.cfg.save_steps == 0 and done < self.total:
-            self.save_checkpoint(done)
+        if done % self.cfg.save_steps == 0 or done == self.total:  # the last step too, as HF Trainer: a run
+            self.save_checkpoint(done)  # trains longer from there (--max_steps M --resume_from_checkpoint)
         for cb in self.callbacks:
             cb(done, {**row, "loss": stats["loss"]})
 
@@ -1073,6 +1154,11 @@ class TrainRecipe:
         resume the loss, runtime and speed figures cover the whole run, the steady speed and compile time this
         session."""
         steps, steady = self.step_losses, self.speed.steady_tokens_per_s()
+        if self.last_logged is None:  # resumed at the last step (stopped while saving the final adapter)
+            train_rows = [r for r in self.rows if "loss" in r]
+            if train_rows:
+                before = train_rows[-2]["current_steps"] if len(train_rows) > 1 else 0
+                self.last_logged, self.last_window = train_rows[-1]["loss"], train_rows[-1]["current_steps"] - before
         runtime = float(self.state.get("elapsed", 0.0)) + runtime
         tokens = int(self.state.get("total_tokens", 0)) + self.tokens_run
         samples = sum(len(mb) for s in range(self.total) for mb in self.plan.group(s))
@@ -1081,7 +1167,8 @@ class TrainRecipe:
             "resumed_from_step": self.start,
             "loss_first": round(self.state.get("first_loss", steps[0] if steps else float("nan")), 4),
             "loss_last": self.last_logged, "loss_last_steps": self.last_window,
-            "train_loss": round((self._loss_sum_before() + sum(steps)) / self.total, 4) if steps else None,
+            "train_loss": round((self._loss_sum_before() + sum(steps)) / self.total, 4) if steps or self.start
+            else None,
             "train_runtime": round(runtime, 2),
             "train_samples_per_second": round(samples / runtime, 3) if runtime > 0 else None,
             "train_steps_per_second": round(self.total / runtime, 4) if runtime > 0 else None,
@@ -1090,7 +1177,9 @@ class TrainRecipe:
             "compile_seconds": round(self.speed.warmup_overhead_s(), 1) if self.compiling else None,
             "total_tokens": tokens,
             "num_samples": len(self.train_idx), "num_eval_samples": len(self.eval_idx),
+            "num_records": len(self.enc) + len(self.enc.dropped),
             "truncated": self.enc.truncated, "dropped": len(self.enc.dropped),
+            "torch_threads": self.threads,
         }
         if self.last_eval is not None:
             r["eval_loss"] = round(self.last_eval, 4)
@@ -1118,7 +1207,8 @@ class TrainRecipe:
             _save_adapter_and_tokenizer(self.model, self.tokenizer, self.out)
             plot_loss(self.rows, self.out / "training_loss.png", title=f"{Path(self.cfg.output_dir).name}: loss")
             atomic.write_json(self.out / "all_results.json", results)
-            precision = f"{str(self.amp or self.dtype).removeprefix('torch.')} on {self.device}"
+            precision = f"{str(self.amp or self.dtype).removeprefix('torch.')} on {self.device}" + (
+                f" ({self.threads} thread{'s' if self.threads != 1 else ''})" if self.threads else "")
             _summary(self.cfg, results, self.template, precision)
         distributed.finish()  # the other ranks wait here until rank 0 has saved
         return results
@@ -1145,10 +1235,17 @@ def _eval_mode(model: Any) -> None:
             m.train()
 
 
+def _counts(read: int, dropped: int, truncated: int, cutoff_len: int) -> str:
+    """``"244 read: 15 dropped (…), 229 kept, all 229 truncated (…)"``: which count is part of which."""
+    kept = read - dropped
+    cut = "none" if not truncated else f"all {kept}" if truncated == kept else f"{truncated} of them"
+    return (f"{read} read: {dropped} dropped (reply longer than --cutoff_len {cutoff_len}), {kept} kept, {cut} "
+            "truncated (prompt cut to fit)")
+
+
 def _data_line(enc: Any, cutoff_len: int) -> str:
-    """The dataset line printed before the first step: samples kept, truncated and dropped."""
-    line = (f"dataset: {len(enc)} samples, {enc.truncated} truncated (prompt cut to fit --cutoff_len {cutoff_len}), "
-            f"{len(enc.dropped)} dropped (reply longer than --cutoff_len)")
+    """The dataset line printed before the first step: samples read, dropped, kept and (of those) truncated."""
+    line = "dataset: " + _counts(len(enc) + len(enc.dropped), len(enc.dropped), enc.truncated, cutoff_len)
     return f"[yellow]{line}[/yellow]" if enc.truncated or enc.dropped else line
 
 
@@ -1206,8 +1303,8 @@ def _loss_shown(r: dict) -> str:
 def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
     rows = [("base model", cfg.model_name_or_path + (f" ({cfg.quantization_bit}-bit)" if cfg.quantization_bit else "")),
             ("template", f"{cfg.template} (end of turn {template.eot_token})"),
-            ("samples", f"{r['num_samples']} train, {r['num_eval_samples']} eval, {r['truncated']} truncated, "
-                        f"{r['dropped']} dropped (cutoff_len {cfg.cutoff_len})"),
+            ("samples", f"{r['num_samples']} train, {r['num_eval_samples']} eval; --dataset: " + _counts(
+                r.get("num_records", r["num_samples"] + r["dropped"]), r["dropped"], r["truncated"], cfg.cutoff_len)),
             ("steps", r["global_step"]),
             ("precision", precision),
             ("loss", _loss_shown(r))]
