@@ -74,37 +74,42 @@ def h11_protocol(header_timeout: float, log: JsonlLog | None = None) -> type[H11
                 write_unparsed(log, rid)
 
         def cut(self) -> bool:
-            """A forced quit (a second Ctrl-C; the process ends right after): end this connection's
-            running request with 503 ``shutting_down``, as the last SSE event of a stream that began
-            (then the stream's end), else as its whole answer, and write its ``--log_file`` row now
-            (:func:`~steam_persona.serve.access_log.write_cut`). Called on the event loop, between
-            two of its callbacks, so never inside another write. Returns whether a request was running."""
-            cycle = self.cycle
-            if cycle is None or cycle.response_complete:
-                return False
-            state = cycle.scope.setdefault("state", {})
-            err = RequestError("The server was stopped (forced quit) before this request finished; send it again",
-                               status=503, type="server_error", code="shutting_down")
-            try:
-                if self.transport.is_closing():  # its client left: nobody to tell
-                    pass
-                elif not cycle.response_started:
-                    body = error_bytes(err)
-                    rid = state.setdefault(REQUEST_ID_KEY, request_id(cycle.scope["headers"]))
-                    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                               (b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close"),
-                               (REQUEST_ID, rid.encode())]
-                    self.transport.write(b"".join(self.conn.send(event) for event in (
-                        h11.Response(status_code=503, headers=headers, reason=b"Service Unavailable"),
-                        h11.Data(data=body), h11.EndOfMessage())))
-                    state[PROTOCOL_ANSWER] = {"status": 503, "error_code": "shutting_down"}
-                elif state.get("stream") and self.conn.our_state is h11.SEND_BODY:
-                    event = b"data: " + error_bytes(err) + b"\n\n"  # as routes end a stream with an error
-                    self.transport.write(self.conn.send(h11.Data(data=event)) + self.conn.send(h11.EndOfMessage()))
-                    state[PROTOCOL_ANSWER] = {"error_code": "shutting_down"}
-            except h11.LocalProtocolError:  # a state h11 cannot send in: the connection just ends
-                pass
-            write_cut(state)
-            return True
+            """A forced quit (a second Ctrl-C; the process ends right after): `cut_request` on this
+            connection. Returns whether a request was running."""
+            return cut_request(self)
 
     return Protocol
+
+
+def cut_request(proto: H11Protocol) -> bool:
+    """End `proto`'s running request with 503 ``shutting_down``, as the last SSE event of a stream that began
+    (then the stream's end), else as its whole answer, and write its ``--log_file`` row now
+    (:func:`~steam_persona.serve.access_log.write_cut`). Called on the event loop, between two of its
+    callbacks, so never inside another write. Returns whether a request was running."""
+    cycle = proto.cycle
+    if cycle is None or cycle.response_complete:
+        return False
+    state = cycle.scope.setdefault("state", {})
+    err = RequestError("The server was stopped (forced quit) before this request finished; send it again",
+                       status=503, type="server_error", code="shutting_down")
+    try:
+        if proto.transport.is_closing():  # its client left: nobody to tell
+            pass
+        elif not cycle.response_started:
+            body = error_bytes(err)
+            rid = state.setdefault(REQUEST_ID_KEY, request_id(cycle.scope["headers"]))
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close"),
+                       (REQUEST_ID, rid.encode())]
+            proto.transport.write(b"".join(proto.conn.send(event) for event in (
+                h11.Response(status_code=503, headers=headers, reason=b"Service Unavailable"),
+                h11.Data(data=body), h11.EndOfMessage())))
+            state[PROTOCOL_ANSWER] = {"status": 503, "error_code": "shutting_down"}
+        elif state.get("stream") and proto.conn.our_state is h11.SEND_BODY:
+            event = b"data: " + error_bytes(err) + b"\n\n"  # as routes end a stream with an error
+            proto.transport.write(proto.conn.send(h11.Data(data=event)) + proto.conn.send(h11.EndOfMessage()))
+            state[PROTOCOL_ANSWER] = {"error_code": "shutting_down"}
+    except h11.LocalProtocolError:  # a state h11 cannot send in: the connection just ends
+        pass
+    write_cut(state)
+    return True
