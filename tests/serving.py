@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import os
 import signal
 import socket
@@ -234,3 +235,14 @@ def send_raw(base_url: str, data: bytes, timeout: float = 10.0) -> bytes:
         while chunk := s.recv(65536):
             got += chunk
     return got
+
+
+def assert_one_505_for_http2(base_url: str) -> None:
+    """An HTTP/2 preface gets one 505 ``http_version_not_supported`` (not a 401 or 404 for ``PRI *`` and then a 400
+    for the preface's rest), the connection is closed, and the server stays up (trial 22, finding 9)."""
+    got = send_raw(base_url, H2_PREFACE)
+    assert got.startswith(b"HTTP/1.1 505 ") and len(re.findall(rb"HTTP/1\.1 \d{3} ", got)) == 1, got
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower(), head
+    assert json.loads(body)["error"]["code"] == "http_version_not_supported", body
+    assert httpx.get(f"{base_url}/health").status_code == 200

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from tests.serving import H2_PREFACE, REPO, log_rows, send_raw, start_server
+from tests.serving import assert_one_505_for_http2, REPO, log_rows, start_server
 
 CHAT = "/v1/chat/completions"
 HI = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}
@@ -228,10 +228,4 @@ def test_one_ctrl_c_drains_and_exits_130(smollm2_gguf):
 
 
 def test_an_http2_preface_gets_one_505_and_the_connection_closed(server):
-    """Not a 401 (or 404) for ``PRI *`` and then a 400 for the preface's rest (trial 22, finding 9)."""
-    got = send_raw(server.base_url, H2_PREFACE)
-    assert got.startswith(b"HTTP/1.1 505 ") and len(re.findall(rb"HTTP/1\.1 \d{3} ", got)) == 1, got
-    head, _, body = got.partition(b"\r\n\r\n")
-    assert b"connection: close" in head.lower(), head
-    assert json.loads(body)["error"]["code"] == "http_version_not_supported", body
-    assert httpx.get(f"{server.base_url}/health").status_code == 200
+    assert_one_505_for_http2(server.base_url)
