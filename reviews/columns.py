@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from steam_persona.common.errors import UserError
+from steam_persona.reviews import noise
 
 #: our field → accepted header names, compared after :func:`_norm` (case, spaces, ``_``/``-``/``.``).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -163,8 +164,12 @@ def suggest(headers: list[str], mapping: dict[str, str], samples: list[dict[str,
     return ",".join(f"{f}={h}" for f, h in {**mapping, "review": review}.items())
 
 
-_NO = re.compile(r"^(?:不推荐|不推薦|not\s*recommended|false|no|0|n|negative|neg|thumbs?\s*down|👎|差评|不)$", re.I)
-_YES = re.compile(r"^(?:推荐|推薦|recommended|true|yes|1|y|positive|pos|thumbs?\s*up|👍|好评|是)$", re.I)
+#: yes / no as a spreadsheet in Steam's languages writes them (Ja/Nein, Oui/Non, Sí, Sim/Não, Да/Нет, Tak/Nie, Evet/Hayır,
+#: はい/いいえ, 예/아니요 …), and Steam's own verdict words (Empfohlen / Nicht empfohlen, Recommandé … from noise)
+_NO = re.compile(rf"^(?:{noise.VERDICTS_DOWN}|not\s*recommended|false|falsch|faux|falso|no|0|n|negative|neg|thumbs?\s*down|👎"
+                 r"|差评|不|否|nein|non|não|nao|нет|nie|hayır|hayir|いいえ|아니요|아니오|✗|✘|❌)$", re.I)
+_YES = re.compile(rf"^(?:{noise.VERDICTS_UP}|true|wahr|vrai|verdadero|verdadeiro|vero|yes|1|y|positive|pos|thumbs?\s*up"
+                  r"|👍|好评|是|ja|oui|sí|si|sì|sim|да|tak|evet|はい|예|네|✓|✔|✅)$", re.I)
 _IN_MINUTES = re.compile(r"^\D*\d[\d,.]*\s*(?:min|mins|minutes?|分钟)\W*$", re.I)  # "90 min" in an hours column
 
 

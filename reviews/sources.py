@@ -33,6 +33,7 @@ import io
 import itertools
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
@@ -547,6 +548,7 @@ def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]
     mapping = columns_mod.detect(headers, columns, path, [row for _, row in rows[:50] if isinstance(row, dict)])
     loaded = Loaded(path, "table", columns=mapping)
     appid = _appid_from_name(path)
+    unread: Counter[str] = Counter()  # verdict cells that read as neither (a word we do not know)
     comma = columns_mod.decimal_comma([row.get(mapping[f]) for _, row in rows if isinstance(row, dict)
                                        for f in columns_mod.NUMERIC_FIELDS if f in mapping], semicolon)
     for where, row in rows:
@@ -559,10 +561,17 @@ def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]
             raise UserError(f"{path}: {where}: '{mapping['review']}' holds {type(text).__name__} {str(text)[:40]!r}, "
                             "not text; fix the record, or map the text column with --columns review=COLUMN")
         v = columns_mod.row_fields(row, mapping, comma)
+        if v["voted_up"] is None and str(row.get(mapping.get("voted_up")) or "").strip():
+            unread[str(row[mapping["voted_up"]]).strip()] += 1
         loaded.reviews.append(Review(where=f"{path}: {where}", appid=v.pop("appid") or appid, **v))
     if not any(r.text.strip() for r in loaded.reviews):
         raise UserError(f"{path}: column '{mapping['review']}' holds no review text; map the text column with "
                         f"--columns review=COLUMN (columns found: {', '.join(headers[:20])})")
+    if unread:
+        shown = ", ".join(repr(v) for v, _ in unread.most_common(3))
+        loaded.warnings.append(f"{path}: {sum(unread.values()):,} value(s) of column '{mapping['voted_up']}' read as no "
+                               f"verdict ({shown}); --voted_up and a {{verdict}} template drop those reviews: write "
+                               "them as yes/no, true/false or Recommended/Not Recommended, or map another column")
     return loaded
 
 
@@ -714,7 +723,7 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     _refuse_unclosed_quote(path, text, spans[-1], delim)
     loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";")
     loaded.container = "TSV" if delim == "\t" else "CSV"
-    loaded.warnings = _rowlike_lines(path, text, [r for _, r in rows], spans, delim)
+    loaded.warnings += _rowlike_lines(path, text, [r for _, r in rows], spans, delim)
     return loaded
 
 

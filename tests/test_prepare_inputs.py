@@ -872,3 +872,24 @@ def test_a_csv_row_after_a_multi_line_text_is_named_by_the_line_it_starts_on(tmp
     src = _csv(tmp_path / "in.csv", ["game", "review"], [["Hades", EN[0] + "\nSecond line.\nThird line."],
                                                        ["Celeste", EN[1]], ["Celeste", EN[1]]])
     assert [r.where for r in sources.read(src).reviews] == [f"{src}: row {n}" for n in (2, 5, 6)]
+
+
+def test_verdicts_in_other_languages_and_unread_ones_warn(tmp_path):
+    """Trial 25c: a German / French Excel export says Ja/Nein, Oui/Non or Steam's own Empfohlen / Non recommandé;
+    every one read as no verdict, so --voted_up true dropped them all. A word still unknown warns, naming it."""
+    de = _csv(tmp_path / "de.csv", ["Bewertung", "Empfohlen", "Spielzeit (Stunden)"],
+              [[EN[0], "Ja", "12,5"], [EN[1], "Nein", "3,0"], [EN[2], "Nicht empfohlen", "1,0"], [EN[3], "Empfohlen", "2"]],
+              delimiter=";", bom=True)
+    fr = _csv(tmp_path / "fr.csv", ["Avis", "Recommandé"], [[ZH[0], "Oui"], [ZH[1], "Non"], [ZH[2], "Non recommandé"],
+                                                             [ZH[3], "peut-être"]], delimiter=";")
+    res = _run(tmp_path, [de], columns="review=Bewertung,voted_up=Empfohlen,playtime_hours=Spielzeit (Stunden)",
+               app_name=["Hades"], language=["all"], input_template="{verdict} {playtime_hours}")
+    assert [r["input"] for r in _load(res["train"])] == ["Recommended 12.5", "Not recommended 3.0",
+                                                         "Not recommended 1.0", "Recommended 2.0"]
+    res = _run(tmp_path, [fr], columns="review=Avis,voted_up=Recommandé", app_name=["Hades"], language=["all"],
+               voted_up="true")
+    assert [r["output"] for r in _load(res["train"])] == [ZH[0]]
+    warning = next(w for w in json.loads(Path(res["report"]).read_text(encoding="utf-8"))["warnings"] if "verdict" in w)
+    assert "1 value(s) of column 'Recommandé' read as no verdict ('peut-être')" in warning
+    assert [columns.voted(v) for v in ("Да", "Нет", "Sí", "Não", "はい", "いいえ", "Tak", "Nie", "Evet", "Hayır")] == \
+        [True, False] * 5
