@@ -41,6 +41,7 @@ from steam_persona.common.console import console, plain_progress, progress, summ
 from steam_persona.common.errors import UserError
 from steam_persona.reviews import collect_state as cs
 from steam_persona.reviews import language as language_mod
+from steam_persona.reviews.columns import steam_appid
 from steam_persona.reviews.collect_fetch import Budget, Fetcher, RateLimited
 
 
@@ -48,7 +49,8 @@ from steam_persona.reviews.collect_fetch import Budget, Fetcher, RateLimited
 class CollectConfig:
     """Settings of ``steam-train collect`` (= its flags = its YAML keys)."""
 
-    appid: list[str] = arg([], "Steam app id(s) to collect; repeat the flag or comma-separate.")
+    appid: list[str] = arg([], "Steam app id(s) to collect; repeat the flag or comma-separate; a store page URL "
+                                  "(store.steampowered.com/app/570/…) gives its id.")
     language: str = arg("schinese", "Steam API language code (schinese, tchinese, english, …) or 'all'.")
     filter: str = arg("recent", "Order: recent (creation time), updated (update time), all (helpfulness).",
                       choices=("recent", "updated", "all"))
@@ -509,17 +511,19 @@ def _details_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetch
 
 
 def _appids(cfg: CollectConfig) -> list[str]:
-    """``--appid`` values split at commas, stripped, de-duplicated in order.
+    """``--appid`` values split at commas (also full-width ``，``), stripped, read as users write them
+    (:func:`~steam_persona.reviews.columns.steam_appid`: ``５７０``, a store URL), de-duplicated in order.
 
     Raises:
         UserError: none given, a non-number, or another flag out of range.
     """
-    appids = list(dict.fromkeys(a.strip() for item in cfg.appid for a in str(item).split(",") if a.strip()))
-    if not appids:
+    given = [a.strip() for item in cfg.appid for a in str(item).replace("，", ",").split(",") if a.strip()]
+    if not given:
         raise UserError("collect: no --appid given; e.g. --appid 570 (the number in the store URL)")
-    bad = [a for a in appids if not a.isdigit()]
+    bad = [a for a in given if steam_appid(a) is None]
     if bad:
         raise UserError(f"--appid {bad[0]}: app ids are numbers (store.steampowered.com/app/<id>/); fix it")
+    appids = list(dict.fromkeys(steam_appid(a) for a in given))
     if not 1 <= cfg.num_per_page <= 100:
         raise UserError(f"--num_per_page {cfg.num_per_page}: Steam allows 1–100")
     seconds = {"timeout": cfg.timeout, "rate_limit": cfg.rate_limit, "max_time": cfg.max_time,

@@ -267,7 +267,7 @@ def row_fields(row: dict[str, Any], mapping: dict[str, str], comma: bool = False
         "playtime_hours": hours,
         "votes_up": int(votes) if votes is not None else None,
         "language": (str(get["language"]).strip().lower() or None) if get.get("language") else None,
-        "appid": _id(get.get("appid")),
+        "appid": _appid_cell(get.get("appid")),
         "game_name": str(get["app_name"]).strip() or None if get.get("app_name") else None,
         "tags": split_tags(tags),
         "review_id": _id(get.get("review_id")),
@@ -281,6 +281,27 @@ def _id(v: Any) -> str | None:
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     return str(v).strip() or None
+
+
+_FULLWIDTH_DIGITS = str.maketrans("０１２３４５６７８９，", "0123456789,")
+#: a Steam store or community page of an app: ``https://store.steampowered.com/app/570/Dota_2/``
+_APP_URL = re.compile(r"(?:https?://)?(?:store\.steampowered\.com|steamcommunity\.com)/app/(\d+)(?:[/?#]\S*)?", re.I)
+
+
+def steam_appid(v: Any) -> str | None:
+    """An app id as users write one, in ASCII digits: ``570``, full-width ``５７０`` (a CJK input method), the store
+    page's URL ``https://store.steampowered.com/app/570/Dota_2/`` (pasted from the browser) → ``"570"``; ``None``
+    for anything else (``²``, ``Dota 2``, an empty cell)."""
+    s = str(_id(v) or "").translate(_FULLWIDTH_DIGITS).strip()
+    m = _APP_URL.fullmatch(s)
+    if m:
+        return m.group(1)
+    return s if re.fullmatch(r"[0-9]+", s) else None
+
+
+def _appid_cell(v: Any) -> str | None:
+    """An appid cell: :func:`steam_appid` when it reads as one, else the cell's text (another catalogue's id)."""
+    return steam_appid(v) or _id(v)
 
 
 def split_tags(v: Any) -> list[str] | None:

@@ -615,15 +615,21 @@ def _flag_apps(cfg: PrepareConfig, tag_language: str) -> tuple[dict[str, sources
         apps.update(sources.read_app_names(Path(cfg.app_names), tag_language, cfg.encoding))
     for item in cfg.app_name:
         appid, sep, name = item.partition("=")
-        if sep and appid.strip().isdigit():
-            apps[appid.strip()] = sources.AppInfo(name=name.strip() or None)
+        if sep and columns_mod.steam_appid(appid):
+            apps[columns_mod.steam_appid(appid)] = sources.AppInfo(name=name.strip() or None)
         elif single is not None:
             raise UserError(f"--app_name {item}: a second name without an app id; write APPID=NAME for each game")
         else:
             single = item.strip()
     if cfg.appid and single:
-        apps.setdefault(cfg.appid, sources.AppInfo(name=single))
+        apps.setdefault(_flag_appid(cfg), sources.AppInfo(name=single))
     return apps, single
+
+
+def _flag_appid(cfg: PrepareConfig) -> str | None:
+    """``--appid`` as :func:`~steam_persona.reviews.columns.steam_appid` reads it (``５７０``, a store URL), else as
+    given (another catalogue's id)."""
+    return columns_mod.steam_appid(cfg.appid) or cfg.appid if cfg.appid else None
 
 
 def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
@@ -652,7 +658,7 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
     for r in reviews:
         if r.prompt is not None:
             continue
-        r.appid = r.appid or cfg.appid
+        r.appid = r.appid or _flag_appid(cfg)
         info = apps.get(r.appid) if r.appid else None
         if info is not None:
             r.game_name = r.game_name or info.name

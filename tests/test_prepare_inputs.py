@@ -893,3 +893,19 @@ def test_verdicts_in_other_languages_and_unread_ones_warn(tmp_path):
     assert "1 value(s) of column 'Recommandé' read as no verdict ('peut-être')" in warning
     assert [columns.voted(v) for v in ("Да", "Нет", "Sí", "Não", "はい", "いいえ", "Tak", "Nie", "Evet", "Hayır")] == \
         [True, False] * 5
+
+
+def test_app_ids_written_full_width_or_as_a_store_url_find_their_game(tmp_path):
+    """Trial 25c: an appid cell `５７０` or a pasted store URL was not matched to the app's name: unknown_game."""
+    src = _csv(tmp_path / "ids.csv", ["review", "appid"],
+               [[EN[0], "５７０"], [EN[1], "https://store.steampowered.com/app/570/Dota_2/"], [EN[2], "570"]])
+    res = _run(tmp_path, [src], app_name=["５７０=Dota 2"], language=["all"])
+    assert [r["instruction"] for r in _load(res["train"])] == ['As a veteran gamer, review the game "Dota 2".'] * 3
+    one = _csv(tmp_path / "one.csv", ["review"], [[EN[3]]])
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"570": "Dota 2"}), encoding="utf-8")
+    res = _run(tmp_path, [one], appid="https://store.steampowered.com/app/570/Dota_2/", app_names=str(names),
+               language=["all"])
+    assert [r["instruction"] for r in _load(res["train"])] == ['As a veteran gamer, review the game "Dota 2".']
+    assert [columns.steam_appid(v) for v in ("570", " ５７０ ", 570.0, "²", "Dota 2", "", None)] == \
+        ["570", "570", "570", None, None, None, None]
