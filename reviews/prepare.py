@@ -626,6 +626,12 @@ def _flag_apps(cfg: PrepareConfig, tag_language: str) -> tuple[dict[str, sources
     return apps, single
 
 
+def _outputs(cfg: PrepareConfig) -> tuple[Path, Path, Path]:
+    """The train, val and report JSON paths of this run (the val path whether or not a split is asked for)."""
+    out = Path(cfg.out)
+    return out, val_path(out), Path(cfg.report) if cfg.report else out.parent / "prepare_report.json"
+
+
 def _flag_appid(cfg: PrepareConfig) -> str | None:
     """``--appid`` as :func:`~steam_persona.reviews.columns.steam_appid` reads it (``５７０``, a store URL), else as
     given (another catalogue's id)."""
@@ -637,7 +643,7 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
     columns = columns_mod.parse_columns(cfg.columns) if cfg.columns else None
     tag_language = prompt_language(cfg)
     loaded = []
-    for path in sources.expand_inputs(cfg.inputs):
+    for path in sources.expand_inputs(cfg.inputs, _outputs(cfg)):
         item = sources.read(path, tag_language, cfg.encoding, columns)
         console.print(f"[green]detected[/] {item.describe()}")
         for line in item.warnings:
@@ -929,7 +935,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     val = [rec for i, rec in enumerate(records) if i in val_idx]
 
     out, vpath = _write_splits(cfg, train, val)
-    report_path = Path(cfg.report) if cfg.report else out.parent / "prepare_report.json"
+    report_path = _outputs(cfg)[2]
     md_path = report_path.with_suffix(".md")
     games = Counter(_game(r) for r in kept)
     result = {

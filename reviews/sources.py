@@ -212,12 +212,14 @@ def _skip_note(f: Path) -> str | None:
     return None
 
 
-def expand_inputs(paths: list[str]) -> list[Path]:
+def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = ()) -> list[Path]:
     """Resolve the INPUT arguments: files as given, folders to their ``.json``/``.jsonl``/``.ndjson``/
     ``.csv``/``.tsv``/``.parquet`` files, gzipped or not (recursively, sorted; ``prepare_report.json``,
     ``dataset_info.json`` and hidden files skipped). In folders and file lists alike, collect's side
     files (``*.state.json``, ``*.log.jsonl``, ``*.lock``, ``*.part``) and empty ``.jsonl`` files are
-    skipped with one printed note each.
+    skipped with one printed note each; so are ``outputs`` (this run's train, val and report files) found in
+    a folder, which a rerun would otherwise read back as inputs (a file named on its own is read: cleaning a
+    set again in place).
 
     Raises:
         UserError: no inputs, a path that does not exist, or nothing left to read.
@@ -237,8 +239,10 @@ def expand_inputs(paths: list[str]) -> list[Path]:
             found = [p]
         else:
             raise UserError(f"{p}: input not found; check the path")
+        mine = {o.resolve() for o in outputs} if p.is_dir() else set()
         for f in found:
-            note = _skip_note(f)
+            note = "an output of this prepare (--out, its val split or --report); a rerun does not read it back" \
+                if f.resolve() in mine else _skip_note(f)
             if note:
                 console.print(f"[yellow]note[/] {escape(str(f))}: skipped, {note}")
             else:

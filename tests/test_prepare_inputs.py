@@ -909,3 +909,18 @@ def test_app_ids_written_full_width_or_as_a_store_url_find_their_game(tmp_path):
     assert [r["instruction"] for r in _load(res["train"])] == ['As a veteran gamer, review the game "Dota 2".']
     assert [columns.steam_appid(v) for v in ("570", " ５７０ ", 570.0, "²", "Dota 2", "", None)] == \
         ["570", "570", "570", None, None, None, None]
+
+
+def test_a_rerun_into_the_input_folder_does_not_read_its_own_outputs(tmp_path, capsys):
+    """Trial 25c: `prepare data/ --out data/train.json` run twice read train.json and train_val.json back as
+    alpaca inputs (the old split mixed in, old filters' survivors kept). Named on its own a file is read."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _csv(folder / "reviews.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    kw = dict(out=str(folder / "train.json"), val_size=1, language=["all"], report=str(folder / "r.json"))
+    first = _run(tmp_path, [folder], **kw)
+    again = _run(tmp_path, [folder], **kw)
+    assert again["counts"] == first["counts"] and again["counts"]["read"] == 4
+    assert capsys.readouterr().err.count("an output of this prepare") == 3  # train, val and report of the rerun
+    res = _run(tmp_path, [folder / "train.json"], out=str(tmp_path / "again.json"), language=["all"])
+    assert res["counts"]["read"] == 3
