@@ -124,7 +124,8 @@ class PrepareConfig:
                               "input is left empty when it uses {tags} and none are known.")
     max_tags: int = arg(0, "Use at most this many tags per game, the most voted first (0 = all known).")
     strip_bbcode: bool = arg(True, "Strip Steam BBCode, keeping spoiler/quote/list text.")
-    strip_html: bool = arg(True, "Turn <br> into newlines, drop other HTML tags, unescape entities.")
+    strip_html: bool = arg(True, "Turn <br> and block tags into newlines, drop <script>/<style> and other HTML "
+                                 "tags, unescape entities.")
     normalize_whitespace: bool = arg(True, "Remove zero-width characters, soft hyphens (emoji ZWJ sequences "
                                       "stay) and control characters (NUL…), normalise \\r\\n and lone \\r, collapse space runs, trim.")
     strip_page_residue: bool = arg(True, "Remove store-page residue: date headers (发布于 / Posted), 最后编辑于, "
@@ -869,10 +870,16 @@ def _write_splits(cfg: PrepareConfig, train: list[dict], val: list[dict]) -> tup
     _write_records(out, train)
     if vpath:
         _write_records(vpath, val)
+    elif val_path(out).is_file():  # an earlier run's split: its records may now be in train
+        val_path(out).unlink()
+        console.print(f"[yellow]note[/] removed {escape(str(val_path(out)))}: an earlier run's val split (its records "
+                      "may be in this train split; this run has none)")
     if cfg.register:
         registry.register(cfg.register, cfg.name, str(out))
         if vpath:
             registry.register(cfg.register, f"{cfg.name}_val", str(vpath))
+        elif registry.unregister(cfg.register, f"{cfg.name}_val", val_path(out)):
+            console.print(f"[yellow]note[/] removed '{cfg.name}_val' from {escape(cfg.register)} (no val split now)")
     return out, vpath
 
 

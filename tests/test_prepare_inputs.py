@@ -924,3 +924,18 @@ def test_a_rerun_into_the_input_folder_does_not_read_its_own_outputs(tmp_path, c
     assert capsys.readouterr().err.count("an output of this prepare") == 3  # train, val and report of the rerun
     res = _run(tmp_path, [folder / "train.json"], out=str(tmp_path / "again.json"), language=["all"])
     assert res["counts"]["read"] == 3
+
+
+def test_a_run_without_a_val_split_removes_the_last_runs_split_and_its_registration(tmp_path):
+    """Trial 25c: after `--val_size 1 --register …`, the same with `--val_size 0` left train_val.json (records now in
+    train) and its `<name>_val` entry: an eval set overlapping the training set."""
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    reg = tmp_path / "out/dataset_info.json"
+    _run(tmp_path, [src], val_size=1, register=str(reg), name="s", language=["all"])
+    vpath = tmp_path / "out/train_val.json"
+    assert vpath.exists() and set(json.loads(reg.read_text(encoding="utf-8"))) == {"s", "s_val"}
+    reg.write_text(json.dumps({**json.loads(reg.read_text(encoding="utf-8")), "other": {"file_name": "x.json"}}),
+                   encoding="utf-8")
+    res = _run(tmp_path, [src], val_size=0, register=str(reg), name="s", language=["all"])
+    assert res["val"] is None and not vpath.exists() and len(_load(res["train"])) == 4
+    assert set(json.loads(reg.read_text(encoding="utf-8"))) == {"s", "other"}
