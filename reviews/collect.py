@@ -37,7 +37,7 @@ from rich.progress import TextColumn
 from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common.config import arg
-from steam_persona.common.console import console, plain_progress, progress, summary_table
+from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, summary_table
 from steam_persona.common.errors import UserError
 from steam_persona.reviews import collect_state as cs
 from steam_persona.reviews import language as language_mod
@@ -87,8 +87,6 @@ class CollectConfig:
 #: Consecutive pages without a new review after which an app ends: ``filter=all`` on Steam can
 #: hand out fresh cursors over the same reviews for ever.
 STALL_PAGES = 5
-#: Seconds between plain progress lines when stderr is not a terminal.
-PLAIN_EVERY_S = 10.0
 #: The cause and fix of an HTTP 400 on a cursor saved by an earlier run (one handed out in this run is retried).
 SAVED_CURSOR_REJECTED = ("Steam rejected the saved cursor (cursors expire); rerun the same command once, and if it "
                          "is rejected again, pass --overwrite to collect this output again from the start (on a "

@@ -51,7 +51,7 @@ from steam_persona.reviews import sources
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.common.arguments import DataArguments
 from steam_persona.common.config import arg
-from steam_persona.common.console import console, progress
+from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, status
 from steam_persona.common.errors import UserError
 from steam_persona.resources import packaged_copy_hint
 from steam_persona.reviews.sources import Review
@@ -633,6 +633,10 @@ def _outputs(cfg: PrepareConfig) -> tuple[Path, Path, Path]:
     return out, val_path(out), Path(cfg.report) if cfg.report else out.parent / "prepare_report.json"
 
 
+#: an input this large says it is being read (a spinner, or one plain line without a terminal): 100 MB take minutes
+BIG_INPUT_BYTES = 20 * 2**20
+
+
 def _flag_appid(cfg: PrepareConfig) -> str | None:
     """``--appid`` as :func:`~steam_persona.reviews.columns.steam_appid` reads it (``５７０``, a store URL), else as
     given (another catalogue's id)."""
@@ -645,7 +649,9 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
     tag_language = prompt_language(cfg)
     loaded = []
     for path in sources.expand_inputs(cfg.inputs, _outputs(cfg)):
-        item = sources.read(path, tag_language, cfg.encoding, columns)
+        size = path.stat().st_size
+        with status(f"reading {path} ({size / 2**20:,.0f} MiB)") if size >= BIG_INPUT_BYTES else contextlib.nullcontext():
+            item = sources.read(path, tag_language, cfg.encoding, columns)
         console.print(f"[green]detected[/] {item.describe()}")
         for line in item.warnings:
             console.print("[bold yellow]warning[/] " + escape(line))
@@ -777,6 +783,7 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
     keys: list[str] = []
     drop_lang: Counter[str] = Counter()
     drop_game: Counter[str] = Counter()
+    shown_at = time.monotonic()
     with progress() as bar:
         task = bar.add_task("cleaning", total=len(reviews))
         for start, results in _per_record_results(reviews, rules, workers):
@@ -789,6 +796,9 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
                     drop_game[_game(r)] += 1
             done = start + len(results)
             bar.update(task, completed=done)
+            if time.monotonic() - shown_at >= PLAIN_EVERY_S:  # without a terminal the bar shows nothing until the end
+                shown_at = time.monotonic()
+                plain_progress("cleaning", done, len(reviews), {"kept": f"{len(kept):,}"})
             if done < len(reviews):
                 _warn_big_rules(rules.stats, done, rules.warned, so_far=True)
     return kept, keys, drop_lang, drop_game

@@ -939,3 +939,17 @@ def test_a_run_without_a_val_split_removes_the_last_runs_split_and_its_registrat
     res = _run(tmp_path, [src], val_size=0, register=str(reg), name="s", language=["all"])
     assert res["val"] is None and not vpath.exists() and len(_load(res["train"])) == 4
     assert set(json.loads(reg.read_text(encoding="utf-8"))) == {"s", "other"}
+
+
+def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
+    """Trial 25c: a 210 MB input logged to a file printed nothing for 5 minutes after its `detected` line."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    monkeypatch.setattr(prepare_mod, "PLAIN_EVERY_S", 0.0)
+    monkeypatch.setattr(prepare_mod, "BIG_INPUT_BYTES", 1)
+    monkeypatch.setattr(prepare_mod, "_CHUNK", 2)
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    _run(tmp_path, [src], language=["all"])
+    err = capsys.readouterr().err
+    assert f"reading {src} (0 MiB) …" in err
+    assert "cleaning 2/4  kept 2" in err and "cleaning 4/4  kept 4" in err
