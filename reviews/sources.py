@@ -113,6 +113,10 @@ FORMATS = {
 }
 _CSV_COLUMNS = ("item_id", "title", "tags_raw", "user_reviews")
 _SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")
+#: spreadsheet workbooks, which prepare does not read: a folder's are skipped with a note, one named alone is refused
+_WORKBOOKS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
+_WORKBOOK_NOTE = ("a spreadsheet workbook, which prepare does not read; save the sheet as CSV UTF-8 (Excel: File > "
+                  "Save As > CSV UTF-8) and give that file")
 
 
 @dataclass(slots=True)
@@ -201,14 +205,19 @@ def _suffix(p: Path) -> str:
 _COLLECT_SIDE_FILES = (".state.json", ".log.jsonl", ".lock")
 
 
-def _skip_note(f: Path) -> str | None:
-    """Why ``f`` is not a review input (collect's side file, an empty JSON Lines file), or ``None``."""
+def _skip_note(f: Path, in_folder: bool = False) -> str | None:
+    """Why ``f`` is not a review input (collect's side file, an empty JSON Lines file, any empty file found in
+    a folder: a stray failed export must not stop the others), or ``None``."""
     if f.name.endswith(".part"):
         return "an unfinished collect output (rerun that collect to finish it)"
     if f.name.endswith(_COLLECT_SIDE_FILES):
         return "collect's state/log/lock file, not reviews"
     if _suffix(f) in (".jsonl", ".ndjson") and f.stat().st_size == 0:
         return "empty (e.g. collect found no reviews for the app)"
+    if f.stat().st_size == 0 and in_folder:
+        return "empty (0 bytes: a failed export or save?)"
+    if _suffix(f) in _WORKBOOKS:
+        return _WORKBOOK_NOTE
     return None
 
 
@@ -217,9 +226,10 @@ def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = ()) -> list[Path
     ``.csv``/``.tsv``/``.parquet`` files, gzipped or not (recursively, sorted; ``prepare_report.json``,
     ``dataset_info.json`` and hidden files skipped). In folders and file lists alike, collect's side
     files (``*.state.json``, ``*.log.jsonl``, ``*.lock``, ``*.part``) and empty ``.jsonl`` files are
-    skipped with one printed note each; so are ``outputs`` (this run's train, val and report files) found in
-    a folder, which a rerun would otherwise read back as inputs (a file named on its own is read: cleaning a
-    set again in place).
+    skipped with one printed note each. Found in a folder, these are skipped with a note too: an empty file of any
+    format (a stray failed export must not stop the others), a spreadsheet workbook (``.xlsx`` …: save it as CSV;
+    named on its own it is refused) and ``outputs`` (this run's train, val and report files), which a rerun would
+    otherwise read back as inputs (a file named on its own is read: cleaning a set again in place).
 
     Raises:
         UserError: no inputs, a path that does not exist, or nothing left to read.
@@ -230,11 +240,13 @@ def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = ()) -> list[Path
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and (_suffix(f) in _SUFFIXES or f.name.endswith(".part"))
+                           and (_suffix(f) in _SUFFIXES + _WORKBOOKS or f.name.endswith(".part"))
                            and f.name not in ("prepare_report.json", "dataset_info.json")
                            and not f.name.endswith(_COLLECT_SIDE_FILES))
             if not found:
                 raise UserError(f"{p}: folder has no .json, .jsonl, .csv, .tsv or .parquet files; check the path")
+        elif p.is_file() and _suffix(p) in _WORKBOOKS:
+            raise UserError(f"{p}: {_WORKBOOK_NOTE}")
         elif p.is_file():
             found = [p]
         else:
@@ -242,7 +254,7 @@ def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = ()) -> list[Path
         mine = {o.resolve() for o in outputs} if p.is_dir() else set()
         for f in found:
             note = "an output of this prepare (--out, its val split or --report); a rerun does not read it back" \
-                if f.resolve() in mine else _skip_note(f)
+                if f.resolve() in mine else _skip_note(f, p.is_dir())
             if note:
                 console.print(f"[yellow]note[/] {escape(str(f))}: skipped, {note}")
             else:

@@ -953,3 +953,23 @@ def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert f"reading {src} (0 MiB) …" in err
     assert "cleaning 2/4  kept 2" in err and "cleaning 4/4  kept 4" in err
+
+
+def test_a_folder_with_empty_files_and_a_workbook_reads_the_rest(tmp_path, capsys):
+    """Trial 25c: a zero-byte .json or .csv in a folder of dumps (a failed export) stopped the whole run, while an
+    empty .jsonl was skipped; an .xlsx given by name was refused as a CSV without a header line."""
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    _csv(folder / "good.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    for name in ("empty.csv", "empty.json", "empty.jsonl"):
+        (folder / name).write_bytes(b"")
+    (folder / "sheet.xlsx").write_bytes(b"PK\x03\x04 a zip")
+    res = _run(tmp_path, [folder], language=["all"])
+    assert res["counts"]["read"] == 4
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("skipped, empty") == 3 and "sheet.xlsx: skipped, a spreadsheet workbook" in err
+    with pytest.raises(UserError, match=r"sheet\.xlsx: a spreadsheet workbook, which prepare does not read; save "
+                                        r"the sheet as CSV UTF-8"):
+        _run(tmp_path, [folder / "sheet.xlsx"])
+    with pytest.raises(UserError, match=r"empty\.csv: file is empty"):  # named on its own: the user meant it
+        _run(tmp_path, [folder / "empty.csv"])
