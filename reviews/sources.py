@@ -337,6 +337,9 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
 def _read_object(path: Path, data: dict, tag_language: str, columns: dict[str, str] | None) -> Loaded:
     """One JSON object: an appreviews page/archive, appdetails, or a single record."""
     reviews = data.get("reviews")
+    if reviews is None and data.get("success") not in (None, 1, True) and set(data) <= {"success", "message", "error"}:
+        raise UserError(f"{path}: a saved Steam answer success={data.get('success')} with no reviews (Steam refused "
+                        "the request: a wrong app id or parameter); remove it from the inputs, or collect it again")
     if isinstance(reviews, (list, dict)) and not reviews:
         return Loaded(path, "api-page" if isinstance(reviews, list) else "api-archive")
     if isinstance(reviews, list):

@@ -973,3 +973,12 @@ def test_a_folder_with_empty_files_and_a_workbook_reads_the_rest(tmp_path, capsy
         _run(tmp_path, [folder / "sheet.xlsx"])
     with pytest.raises(UserError, match=r"empty\.csv: file is empty"):  # named on its own: the user meant it
         _run(tmp_path, [folder / "empty.csv"])
+
+
+def test_a_saved_failed_api_answer_says_what_it_is(tmp_path):
+    """Trial 25c: `{"success": 2}` saved from the browser was read as a table: `--columns review=success`."""
+    page = tmp_path / "review_570.json"
+    page.write_text('{"success": 2}', encoding="utf-8")
+    with pytest.raises(UserError, match=r"review_570\.json: a saved Steam answer success=2 with no reviews \(Steam "
+                                        r"refused the request"):
+        _run(tmp_path, [page])
