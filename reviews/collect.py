@@ -605,8 +605,8 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
 
     Returns:
         ``{"files": [see _collect_file], "complete": bool, "stopped": reason or None,
-        "failed": {appid: message}, "details_failed": {appid: message}, "requests": int, "retries": int,
-        "seconds": float}``.
+        "failed": {appid: message}, "details_failed": {appid: message}, "not_reached": [appids of the outputs a
+        stop left untouched], "requests": int, "retries": int, "seconds": float}``.
 
     Raises:
         UserError: bad flags, or an output whose lock, settings or state forbid the run.
@@ -635,6 +635,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
             "stopped": next((f["stopped"] for f in files if f["stopped"]), None),
             "failed": {a: m for f in files for a, m in f["failed"].items()},
             "details_failed": {a: m for f in files for a, m in f["details_failed"].items()},
+            "not_reached": [a for _, ids in jobs[len(files):] for a in ids],
             "requests": fetch.requests, "retries": fetch.retries, "seconds": round(time.monotonic() - t0, 2)}
 
 
@@ -656,6 +657,7 @@ def _summary_rows(res: dict[str, Any]) -> list[tuple[object, object]]:
         if f["complete"] and not f["skipped"] and not Path(f["file"]).exists():
             done = " (not written: no reviews)"
         rows.append(("file", f["file"] + done))
+    rows += [(f"app {a}", "not started (the run stopped first): a rerun collects it") for a in res["not_reached"]]
     return rows + [("requests", f"{res['requests']} ({res['retries']} retries)"), ("time", f"{res['seconds']:.1f} s")]
 
 

@@ -671,6 +671,8 @@ def test_a_locked_output_fails_only_its_app_and_a_429_give_up_stops_the_run(tmp_
             run(_cfg(server, tmp_path / "q/{appid}.jsonl", appid=["1,2,3"]))
         assert not any(r["path"] != "/appreviews/1" for r in server.requests[-4:])
         assert not (tmp_path / "q/2.jsonl.part").exists()  # app 2 was never started
+        out = " ".join(capsys.readouterr().err.split())  # trial 25c: the summary named only app 1
+        assert "app 2 │ not started (the run stopped first): a rerun collects it" in out and "app 3 │ not started" in out
 
 
 def test_out_as_a_folder_unwritable_or_another_format_is_one_line_and_no_extension_warns(tmp_path, steam):
