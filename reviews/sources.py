@@ -728,6 +728,8 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
                         "put the column names on line 1, or convert the file to JSON Lines")
     if "title" in cols and "user_reviews" in cols and not columns:
         return _read_store_csv(path, reader, tag_language, text)
+    if not columns and not any(columns_mod.field_of(c) == "review" for c in cols):
+        _refuse_title_rows(path, text, delim)
     rows, spans = [], []
     try:
         start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
@@ -744,6 +746,21 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     loaded.container = "TSV" if delim == "\t" else "CSV"
     loaded.warnings += _rowlike_lines(path, text, [r for _, r in rows], spans, delim)
     return loaded
+
+
+def _refuse_title_rows(path: Path, text: str, delim: str) -> None:
+    """Refuse a CSV whose header is not on line 1 (a title or a date above it, as spreadsheet exports have): a
+    line of the first ten whose cells name the review column is the header.
+
+    Raises:
+        UserError: naming that line and the lines above it to delete.
+    """
+    for n, line in enumerate(_LINE_END.split(text)[1:10], 2):
+        cells = next(csv.reader([line], delimiter=delim), [])
+        if any(columns_mod.field_of(c) == "review" for c in cells):
+            above = "line 1" if n == 2 else f"lines 1-{n - 1}"
+            raise UserError(f"{path}: line {n} looks like the header ({', '.join(c for c in cells if c)[:80]}), with "
+                            f"{above} above it (a title?); delete {above} so that the header is line 1, and rerun")
 
 
 #: Excel's separator hint on line 1 of a CSV (``sep=;``): Excel reads and writes it, the ``csv`` module does not

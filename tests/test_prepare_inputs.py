@@ -982,3 +982,16 @@ def test_a_saved_failed_api_answer_says_what_it_is(tmp_path):
     with pytest.raises(UserError, match=r"review_570\.json: a saved Steam answer success=2 with no reviews \(Steam "
                                         r"refused the request"):
         _run(tmp_path, [page])
+
+
+def test_a_title_row_above_the_csv_header_names_the_header_line(tmp_path):
+    """Trial 25c: a title row above the header got `--columns review=Steam reviews export 2024-05-01`."""
+    src = tmp_path / "export.csv"
+    src.write_text(f"Steam reviews export 2024-05-01,,\n,,\nreview,recommended,game\n\"{EN[0]}\",yes,Hades\n",
+                   encoding="utf-8")
+    with pytest.raises(UserError, match=r"export\.csv: line 3 looks like the header \(review, recommended, game\), "
+                                        r"with lines 1-2 above it \(a title\?\); delete lines 1-2"):
+        _run(tmp_path, [src])
+    src.write_text(f"\"Bewertung\",Spiel\n\"{EN[0]}\",Hades\n", encoding="utf-8")  # no header below: as before
+    with pytest.raises(UserError, match="no review-text column among the columns found"):
+        _run(tmp_path, [src])
