@@ -244,6 +244,7 @@ class _Rules:
         self.seen: dict[str, Review] = {}  # dedup key → its first record
         self.files: dict[str, set[str]] = {}  # dedup key of a text with copies → the input files it came in
         self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
+        self.older: set[int] = set()  # id() of records an edited version of the same review supersedes
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
         self.arrived: str | None = None  # the text of the record per_record is on, as it arrived (report examples)
@@ -376,9 +377,28 @@ class _Rules:
                 return self._drop("template_fields", r, "playtime unknown")
         return None
 
+    def find_older_versions(self, reviews: list[Review]) -> None:
+        """Note the reviews read twice with other text (the same app and review id, e.g. two collects of an app with
+        an edit between them): the latest edit (Steam's ``timestamp_updated``), else the first read, is the one
+        kept; :meth:`exact_duplicate` drops the others. Copies with the same text are left to the text key."""
+        latest: dict[tuple[str, str], tuple[tuple[int, int], Review]] = {}
+        for i, r in enumerate(reviews):
+            if r.review_id and r.appid and r.prompt is None:
+                rank = (r.updated or 0, -i)
+                k = (r.appid, r.review_id)
+                if k not in latest or rank > latest[k][0]:
+                    latest[k] = (rank, r)
+        self.older = {id(r) for r in reviews if r.review_id and r.appid and r.prompt is None
+                      and latest[(r.appid, r.review_id)][1].text != r.text}
+        self.older -= {id(r) for _, r in latest.values()}
+
     def exact_duplicate(self, r: Review, key: str) -> str | None:
         """The rule that needs the records before this one (in input order): exact duplicates by
-        their dedup ``key``, tallied as :data:`OTHER_FILE` when the text had not yet come in this record's file."""
+        their dedup ``key``, tallied as :data:`OTHER_FILE` when the text had not yet come in this record's file, and
+        older versions of a review read again with other text (:meth:`find_older_versions`)."""
+        if self.cfg.dedup and id(r) in self.older:
+            return self._drop("exact_duplicate", r, OLDER_VERSION, note="an edit of this review (same app and review "
+                                                                         "id) came in too")
         if self.cfg.dedup:
             first = self.seen.get(key)
             if first is None:
@@ -804,6 +824,8 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
     return kept, keys, drop_lang, drop_game
 
 
+#: the ``exact_duplicate`` reason of an older version of a review whose edited text came in too (same app and id)
+OLDER_VERSION = "older version of a review"
 #: the ``exact_duplicate`` reason of a copy of a review read from another input file
 OTHER_FILE = "in another input file"
 
@@ -835,14 +857,18 @@ def _warn_big_rules(stats: dict[str, _Stat], read: int, warned: set[str], so_far
 
 def _big_rule_fix(name: str, st: _Stat) -> str:
     """What to do about a rule that removed many: its flag; for exact copies of reviews in other input files
-    (the same reviews given twice), that they were kept once, and the flag only for copies within a file."""
+    (the same reviews given twice), that they were kept once, for older versions of edited reviews that the latest
+    was kept, and the flag only for copies within a file."""
     other = st.reasons[OTHER_FILE] if name == "exact_duplicate" else 0
-    if not other:
+    older = st.reasons[OLDER_VERSION] if name == "exact_duplicate" else 0
+    if not other and not older:
         return f"change it with {FLAGS.get(name, 'its flag')}"
-    same = st.removed - other
+    same = st.removed - other - older
     copies = "was a copy of a review" if other == 1 else "were copies of reviews"
-    return (f"{other:,} {copies} in another input file (each is kept once)"
-            + (f"; for the {same:,} copies within a file, change it with {FLAGS[name]}" if same else ""))
+    versions = "was an older version of a review" if older == 1 else "were older versions of reviews"
+    said = ([f"{other:,} {copies} in another input file (each is kept once)"] if other else []) \
+        + ([f"{older:,} {versions} whose edit came in too (same app and review id; the latest is kept)"] if older else [])
+    return "; ".join(said) + (f"; for the {same:,} copies within a file, change it with {FLAGS[name]}" if same else "")
 
 
 def _nothing_left(cfg: PrepareConfig, stats: dict[str, _Stat], read: int) -> None:
@@ -935,6 +961,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
                    _simplifier(cfg))
     rules.handles = noise.screen_names([r.author for r in reviews if r.author])
     workers = cfg.preprocessing_num_workers or min(os.cpu_count() or 1, 8)
+    rules.find_older_versions(reviews)
     kept, keys, drop_lang, drop_game = _clean_all(reviews, rules, workers)
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])

@@ -143,6 +143,7 @@ class Review:
     votes_up: int | None = None
     playtime_hours: float | None = None
     review_id: str | None = None
+    updated: int | None = None  # Steam's timestamp_updated: when the author last edited the review
     author: str | None = None
     length: tuple[int, str] | None = None
     prompt: tuple[str, str] | None = None
@@ -633,7 +634,8 @@ def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
         text=rec["review"], where=where, appid=str(app) if app is not None else appid,
         language=rec.get("language"), voted_up=columns_mod.voted(voted),
         votes_up=_int(rec.get("votes_up")), playtime_hours=round(minutes / 60, 1) if minutes is not None else None,
-        review_id=str(rid) if rid is not None else None, author=str(steamid) if steamid else None)
+        review_id=str(rid) if rid is not None else None, updated=_int(rec.get("timestamp_updated")),
+        author=str(steamid) if steamid else None)
 
 
 def _template_regex(template: str, field_name: str) -> re.Pattern[str]:

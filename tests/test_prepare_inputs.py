@@ -995,3 +995,20 @@ def test_a_title_row_above_the_csv_header_names_the_header_line(tmp_path):
     src.write_text(f"\"Bewertung\",Spiel\n\"{EN[0]}\",Hades\n", encoding="utf-8")  # no header below: as before
     with pytest.raises(UserError, match="no review-text column among the columns found"):
         _run(tmp_path, [src])
+
+
+def test_a_review_edited_between_two_collects_is_kept_once_in_its_latest_version(tmp_path):
+    """Trial 25c: the same review (app and recommendationid) in an old and a new collect file, its text edited in
+    between, was kept twice unless the edit was small enough for near_duplicate."""
+    def line(rid, text, updated):
+        return json.dumps({"recommendationid": rid, "review": text, "appid": 570, "language": "english",
+                           "voted_up": True, "timestamp_updated": updated})
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw/a_new.jsonl").write_text(line("1", EN[1], 200) + "\n" + line("2", EN[3], 100) + "\n",
+                                              encoding="utf-8")
+    (tmp_path / "raw/b_old.jsonl").write_text(line("1", EN[0], 100) + "\n" + line("2", EN[3], 100) + "\n"
+                                              + line("3", EN[2], 100) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [tmp_path / "raw"], app_name=["570=Dota 2"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], EN[3], EN[2]])
+    rule = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]["exact_duplicate"]
+    assert rule["reasons"] == {"older version of a review": 1, "in another input file": 1}
