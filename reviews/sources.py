@@ -467,6 +467,9 @@ def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
         try:
             rows.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
+            if line[e.pos:e.pos + 1] == "\x00":  # a crash or a full disk zero-fills a file's last block
+                raise UserError(f"{path}: line {n}: NUL bytes from column {e.colno} (the file was cut short by a crash "
+                                "or a full disk); delete them, and the torn record before them if any") from None
             raise UserError(f"{path}: line {n}: invalid JSON at column {e.colno} ({json_msg(e)}); fix or delete the line") from None
     return rows
 

@@ -1012,3 +1012,12 @@ def test_a_review_edited_between_two_collects_is_kept_once_in_its_latest_version
     assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], EN[3], EN[2]])
     rule = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]["exact_duplicate"]
     assert rule["reasons"] == {"older version of a review": 1, "in another input file": 1}
+
+
+def test_a_json_lines_file_with_a_zero_filled_tail_names_the_nul_bytes(tmp_path):
+    """Trial 25c: a crash zero-fills a file's last block; the error said only `Expecting value`."""
+    src = tmp_path / "r.jsonl"
+    src.write_bytes(b"\n".join(json.dumps({"review": t, "app_name": "Hades"}).encode() for t in EN) + b"\n" + b"\0" * 64)
+    with pytest.raises(UserError, match=r"r\.jsonl: line 5: NUL bytes from column 1 \(the file was cut short by a "
+                                        r"crash or a full disk\)"):
+        _run(tmp_path, [src])
