@@ -13,6 +13,7 @@ that the cleaning rules can remove the author's own name from the text.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -237,7 +238,7 @@ def number(v: Any, comma: bool = False, whole: bool = False) -> float | None:
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, (int, float)):
-        return float(v)
+        return float(v) if math.isfinite(v) else None  # NaN: pandas' empty cell (Parquet, json.dumps)
     token = _first_number(str(v))
     if token is None:
         return None

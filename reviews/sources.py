@@ -311,6 +311,12 @@ def _utf16(path: Path, raw: bytes, encoding: str) -> str:
     return encoding
 
 
+def _empty_constant(name: str) -> None:
+    """JSON's non-standard ``NaN`` / ``Infinity`` (``json.dumps`` of a pandas frame writes ``NaN`` for an empty cell)
+    read as an empty value, not as a number whose text ``nan`` would reach a prompt or a review."""
+    return None
+
+
 def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns: dict[str, str] | None) -> Loaded:
     stripped = text.lstrip()
     if not stripped:
@@ -319,7 +325,7 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
         return _read_csv(path, text, tag_language, columns)
     data: Any
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_empty_constant)
         lines = None
     except json.JSONDecodeError as e:
         if stripped[0] != "{" or e.msg != "Extra data":
@@ -465,7 +471,7 @@ def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
         if not line:
             continue
         try:
-            rows.append((n, json.loads(line)))
+            rows.append((n, json.loads(line, parse_constant=_empty_constant)))
         except json.JSONDecodeError as e:
             if line[e.pos:e.pos + 1] == "\x00":  # a crash or a full disk zero-fills a file's last block
                 raise UserError(f"{path}: line {n}: NUL bytes from column {e.colno} (the file was cut short by a crash "

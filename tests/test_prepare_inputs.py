@@ -1021,3 +1021,18 @@ def test_a_json_lines_file_with_a_zero_filled_tail_names_the_nul_bytes(tmp_path)
     with pytest.raises(UserError, match=r"r\.jsonl: line 5: NUL bytes from column 1 \(the file was cut short by a "
                                         r"crash or a full disk\)"):
         _run(tmp_path, [src])
+
+
+def test_nan_from_a_pandas_export_is_an_empty_value_not_the_text_nan(tmp_path):
+    """Trial 25c: json.dumps of a pandas frame writes NaN for empty cells: `{playtime_hours}` rendered "nan", an
+    Infinity "inf", and a NaN review became the text "nan"."""
+    src = tmp_path / "frame.json"
+    src.write_text(json.dumps([{"review": float("nan"), "app_name": "Hades", "hours": 3},
+                               {"review": EN[0], "app_name": "Hades", "hours": float("nan")},
+                               {"review": EN[1], "app_name": "Hades", "hours": float("inf")},
+                               {"review": EN[2], "app_name": "Hades", "hours": 2.5}]), encoding="utf-8")
+    res = _run(tmp_path, [src], language=["all"], input_template="{playtime_hours} h")
+    assert [(r["input"], r["output"]) for r in _load(res["train"])] == [("2.5 h", EN[2])]
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]
+    assert report["empty"]["removed"] == 1 and report["template_fields"]["reasons"] == {"playtime unknown": 2}
+    assert columns.number(float("nan")) is None and columns.number(float("inf")) is None
