@@ -467,7 +467,7 @@ def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
     """
     rows = []
     for n, line in enumerate(_LINE_END.split(text), 1):
-        line = line.strip().removesuffix(",").rstrip()
+        line = line.strip().lstrip("\ufeff").removesuffix(",").rstrip()  # a BOM inside: files joined by cat
         if not line:
             continue
         try:
@@ -741,12 +741,15 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
         return _read_store_csv(path, reader, tag_language, text)
     if not columns and not any(columns_mod.field_of(c) == "review" for c in cols):
         _refuse_title_rows(path, text, delim)
-    rows, spans = [], []
+    rows, spans, headers = [], [], 0
     try:
         start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
         for row in reader:
-            rows.append((f"row {start}", _whole_row(path, reader, row, delim, text, start)))
-            spans.append((start, reader.line_num))
+            if None not in row and [str(v).lstrip("\ufeff") for v in row.values()] == [c.lstrip("\ufeff") for c in row]:
+                headers += 1  # the header again: files joined by cat, each with its header
+            else:
+                rows.append((f"row {start}", _whole_row(path, reader, row, delim, text, start)))
+                spans.append((start, reader.line_num))
             start = reader.line_num + 1
     except csv.Error as e:
         raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
@@ -756,6 +759,9 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";")
     loaded.container = "TSV" if delim == "\t" else "CSV"
     loaded.warnings += _rowlike_lines(path, text, [r for _, r in rows], spans, delim)
+    if headers:
+        loaded.warnings.append(f"{path}: the header line came again {headers:,} time(s) below the first (files joined "
+                               "into one?); skipped, not read as a review")
     return loaded
 
 

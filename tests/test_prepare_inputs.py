@@ -1036,3 +1036,19 @@ def test_nan_from_a_pandas_export_is_an_empty_value_not_the_text_nan(tmp_path):
     report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]
     assert report["empty"]["removed"] == 1 and report["template_fields"]["reasons"] == {"playtime unknown": 2}
     assert columns.number(float("nan")) is None and columns.number(float("inf")) is None
+
+
+def test_files_joined_by_cat_keep_their_inner_boms_and_headers_out_of_the_reviews(tmp_path):
+    """Trial 25c: `cat a.jsonl b.jsonl` with a BOM on each failed at line 4 (`Unexpected UTF-8 BOM … fix or delete
+    the line`: a review lost); `cat a.csv b.csv` read b's header as a review `review` recommended `recommended`."""
+    lines = [json.dumps({"review": t, "app_name": "Hades"}) for t in EN]
+    joined = tmp_path / "joined.jsonl"
+    joined.write_bytes(("\ufeff" + "\n".join(lines[:2]) + "\n\ufeff" + "\n".join(lines[2:]) + "\n").encode())
+    assert _run(tmp_path, [joined], language=["all"])["counts"]["read"] == 4
+    header = "\ufeffreview,recommended,game\n"
+    src = tmp_path / "joined.csv"
+    src.write_text(header + f'"{EN[0]}",yes,Hades\n' + header + f'"{EN[1]}",no,Hades\n', encoding="utf-8")
+    res = _run(tmp_path, [src], language=["all"])
+    assert res["counts"]["read"] == 2 and [r["output"] for r in _load(res["train"])] == EN[:2]
+    assert any("the header line came again 1 time(s) below the first" in w
+               for w in json.loads(Path(res["report"]).read_text(encoding="utf-8"))["warnings"])
