@@ -931,8 +931,13 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         UserError: a missing or undecodable input, unknown columns / record shapes, a bad flag,
             or nothing left after cleaning. Nothing is written then.
     """
-    with _cycle_collector_paused():
-        return _prepare(cfg)
+    try:
+        with _cycle_collector_paused():
+            return _prepare(cfg)
+    except KeyboardInterrupt:  # Ctrl-C (the CLI exits 130): say so, as collect, train and export do
+        console.print("[yellow]interrupted; prepare starts over when rerun (each output file is replaced whole or "
+                      "not at all)")
+        raise
 
 
 @contextlib.contextmanager

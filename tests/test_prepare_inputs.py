@@ -1052,3 +1052,15 @@ def test_files_joined_by_cat_keep_their_inner_boms_and_headers_out_of_the_review
     assert res["counts"]["read"] == 2 and [r["output"] for r in _load(res["train"])] == EN[:2]
     assert any("the header line came again 1 time(s) below the first" in w
                for w in json.loads(Path(res["report"]).read_text(encoding="utf-8"))["warnings"])
+
+
+def test_ctrl_c_says_what_a_rerun_does(tmp_path, monkeypatch):
+    """Trial 25c: Ctrl-C mid-cleaning exited 130 with no word (collect, train and export say where they stopped)."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare_mod, "_prepare", interrupted)
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/train.json")])
+    assert r.exit_code == 130 and "interrupted; prepare starts over when rerun" in r.output
