@@ -670,7 +670,9 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
     loaded = []
     for path in sources.expand_inputs(cfg.inputs, _outputs(cfg)):
         size = path.stat().st_size
-        with status(f"reading {path} ({size / 2**20:,.0f} MiB)") if size >= BIG_INPUT_BYTES else contextlib.nullcontext():
+        reading = status(f"reading {path} ({size / 2**20:,.0f} MiB)") if size >= BIG_INPUT_BYTES \
+            else contextlib.nullcontext()
+        with reading:
             item = sources.read(path, tag_language, cfg.encoding, columns)
         console.print(f"[green]detected[/] {item.describe()}")
         for line in item.warnings:
@@ -867,7 +869,8 @@ def _big_rule_fix(name: str, st: _Stat) -> str:
     copies = "was a copy of a review" if other == 1 else "were copies of reviews"
     versions = "was an older version of a review" if older == 1 else "were older versions of reviews"
     said = ([f"{other:,} {copies} in another input file (each is kept once)"] if other else []) \
-        + ([f"{older:,} {versions} whose edit came in too (same app and review id; the latest is kept)"] if older else [])
+        + ([f"{older:,} {versions} whose edit came in too (same app and review id; the latest is kept)"]
+           if older else [])
     return "; ".join(said) + (f"; for the {same:,} copies within a file, change it with {FLAGS[name]}" if same else "")
 
 

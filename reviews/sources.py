@@ -598,9 +598,9 @@ def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]
                         f"--columns review=COLUMN (columns found: {', '.join(headers[:20])})")
     if unread:
         shown = ", ".join(repr(v) for v, _ in unread.most_common(3))
-        loaded.warnings.append(f"{path}: {sum(unread.values()):,} value(s) of column '{mapping['voted_up']}' read as no "
-                               f"verdict ({shown}); --voted_up and a {{verdict}} template drop those reviews: write "
-                               "them as yes/no, true/false or Recommended/Not Recommended, or map another column")
+        loaded.warnings.append(f"{path}: {sum(unread.values()):,} value(s) of column '{mapping['voted_up']}' read as "
+                               f"no verdict ({shown}); --voted_up and a {{verdict}} template drop those reviews: "
+                               "write them as yes/no, true/false or Recommended/Not Recommended, or map another column")
     return loaded
 
 
@@ -640,7 +640,8 @@ def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
     minutes = _int(at_review if at_review is not None else author.get("playtime_forever"))
     voted, app, rid, steamid = rec.get("voted_up"), rec.get("appid"), rec.get("recommendationid"), author.get("steamid")
     return Review(
-        text=rec["review"], where=where, appid=str(app) if app is not None else appid,
+        text=rec["review"], where=where,
+        appid=columns_mod.steam_appid(app) or (str(app) if app is not None else appid),  # 570.0, "５７０", a URL
         language=rec.get("language"), voted_up=columns_mod.voted(voted),
         votes_up=_int(rec.get("votes_up")), playtime_hours=round(minutes / 60, 1) if minutes is not None else None,
         review_id=str(rid) if rid is not None else None, updated=_int(rec.get("timestamp_updated")),

@@ -907,6 +907,11 @@ def test_app_ids_written_full_width_or_as_a_store_url_find_their_game(tmp_path):
     res = _run(tmp_path, [one], appid="https://store.steampowered.com/app/570/Dota_2/", app_names=str(names),
                language=["all"])
     assert [r["instruction"] for r in _load(res["train"])] == ['As a veteran gamer, review the game "Dota 2".']
+    raw = tmp_path / "raw.jsonl"  # collect's shape written by hand or by another tool
+    raw.write_text(json.dumps({"recommendationid": "1", "review": EN[2], "appid": "５７０"}) + "\n"
+                   + json.dumps({"recommendationid": "2", "review": EN[3], "appid": 570.0}) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [raw], app_names=str(names), language=["all"])
+    assert [r["instruction"] for r in _load(res["train"])] == ['As a veteran gamer, review the game "Dota 2".'] * 2
     assert [columns.steam_appid(v) for v in ("570", " ５７０ ", 570.0, "²", "Dota 2", "", None)] == \
         ["570", "570", "570", None, None, None, None]
 
