@@ -36,7 +36,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "appid": ("appid", "app_id", "steam_appid", "item_id", "game_id", "steamappid", "游戏id", "appid号"),
     "app_name": ("app_name", "game", "game_name", "title", "game_title", "游戏", "游戏名", "游戏名称"),
     "tags": ("tags", "genres", "genre", "标签", "游戏标签", "类型"),
-    "votes_up": ("votes_up", "helpful", "votes_helpful", "review_votes", "found_helpful", "helpful_count", "有用", "有价值"),
+    "votes_up": ("votes_up", "helpful", "votes_helpful", "helpful_votes", "review_votes", "found_helpful",
+                 "helpful_count", "有用", "有价值"),
     "review_id": ("recommendationid", "review_id", "reviewid", "id"),
     "author": ("author", "user", "username", "user_name", "author_name", "author.personaname", "personaname",
                "nickname", "name", "steam_name", "profile_name", "reviewer", "reviewer_name", "persona_name",
@@ -48,7 +49,9 @@ _AUTHOR_FIELDS = ("author", "author_id")
 
 
 def _norm(header: str) -> str:
-    return re.sub(r"[\s_\-.]+", "", header.strip().lstrip("\ufeff").lower())
+    """A header as :data:`ALIASES` are compared: no case, spaces, ``_ - .``, BOM, or the question mark, colon or
+    asterisk a survey or form export puts around its questions (``Recommended?``, ``Review:``, ``*Review``)."""
+    return re.sub(r"[\s_\-.]+", "", header.strip().lstrip("\ufeff").strip("?？:：!！* ").lower())
 
 
 _LOOKUP = {_norm(a): f for f, names in ALIASES.items() for a in names}

@@ -1069,3 +1069,12 @@ def test_ctrl_c_says_what_a_rerun_does(tmp_path, monkeypatch):
     src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
     r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/train.json")])
     assert r.exit_code == 130 and "interrupted; prepare starts over when rerun" in r.output
+
+
+def test_survey_headers_with_a_question_mark_or_colon_are_matched(tmp_path):
+    """Trial 25c: a form export's `Review:` / `Recommended?` headers matched no field (`--columns` needed)."""
+    src = _csv(tmp_path / "form.csv", ["Review:", "Recommended?", "Helpful votes", "Game"],
+               [[EN[0], "Yes", "3", "Hades"], [EN[1], "No", "1", "Hades"]])
+    res = _run(tmp_path, [src], language=["all"], voted_up="true", min_votes_up=2)
+    assert [r["output"] for r in _load(res["train"])] == [EN[0]]
+    assert res["formats"] and columns.field_of("评论：") == "review" and columns.field_of("*Review") == "review"
