@@ -1078,3 +1078,16 @@ def test_survey_headers_with_a_question_mark_or_colon_are_matched(tmp_path):
     res = _run(tmp_path, [src], language=["all"], voted_up="true", min_votes_up=2)
     assert [r["output"] for r in _load(res["train"])] == [EN[0]]
     assert res["formats"] and columns.field_of("评论：") == "review" and columns.field_of("*Review") == "review"
+
+
+def test_a_utf8_file_under_a_legacy_encoding_flag_is_read_as_utf8(tmp_path, capsys):
+    """Trial 25c: `--encoding latin-1` (for the other files of a folder) turned a UTF-8 file into `TrÃ¨s bon jeu`
+    without an error; GBK and cp1252 files are still read with the flag."""
+    text = "Très bon jeu, j’adore l’ambiance générale du jeu et la musique"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/utf8.csv").write_text(f"review,game\n\"{text}\",Hades\n", encoding="utf-8")
+    (tmp_path / "in/legacy.csv").write_bytes(f"review,game\n\"{text[:-3]}ici\",Hades\n".encode("cp1252"))
+    res = _run(tmp_path, [tmp_path / "in"], encoding="cp1252", language=["all"], near_dedup=False)
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([text, text[:-3] + "ici"])
+    assert "utf8.csv: read as UTF-8 (its bytes are valid UTF-8), not as --encoding cp1252" in \
+        " ".join(capsys.readouterr().err.split())
