@@ -285,7 +285,9 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
         loaded = _read_parquet(path, raw, columns or {})
     else:
         encoding = _utf16(path, raw, encoding)
-        loaded = _read_decoded(path, decode(path, raw, encoding), suffix, tag_language, columns)
+        text = decode(path, raw, encoding)
+        del raw  # a big file's bytes need not stay beside its text while it is parsed
+        loaded = _read_decoded(path, text, suffix, tag_language, columns)
         loaded.encoding = "UTF-16" if encoding == "utf-16" else None
     loaded.compressed = compressed
     return loaded
@@ -456,6 +458,15 @@ def _read_bytes(path: Path) -> tuple[bytes, str | None]:
 _LINE_END = re.compile(r"\r\n?|\n")
 
 
+def _lines(text: str) -> Iterator[str]:
+    """``_LINE_END.split(text)`` one line at a time (a 200 MB file's lines are not all copied at once)."""
+    start = 0
+    for m in _LINE_END.finditer(text):
+        yield text[start:m.start()]
+        start = m.end()
+    yield text[start:]
+
+
 def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
     """JSON Lines → ``[(line number, value)]``. Blank lines are skipped, and so is a comma ending a
     line or standing alone (objects pasted out of a JSON array): neither can hide a record. Lines end at
@@ -466,7 +477,7 @@ def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
         UserError: the first line that is not JSON, with its number and column.
     """
     rows = []
-    for n, line in enumerate(_LINE_END.split(text), 1):
+    for n, line in enumerate(_lines(text), 1):
         line = line.strip().lstrip("\ufeff").removesuffix(",").rstrip()  # a BOM inside: files joined by cat
         if not line:
             continue
