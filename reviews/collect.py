@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common.config import arg
 from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, summary_table
-from steam_persona.common.errors import UserError
+from steam_persona.common.errors import UserError, stop_signals_interrupt
 from steam_persona.reviews import collect_state as cs
 from steam_persona.reviews import language as language_mod
 from steam_persona.reviews.columns import steam_appid
@@ -590,16 +588,6 @@ def _one_file(out: Path, ids: list[str], cfg: CollectConfig, fetch: Fetcher, go_
                 "failed": {a: e.message for a in ids}, "details_failed": {}, "apps": {}}
 
 
-#: Signals that end the run as Ctrl-C does: SIGTERM (``timeout``, ``docker stop``, systemd) and
-#: SIGHUP (the terminal closed, an ssh session dropped).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """A :data:`STOP_SIGNALS` signal ends the run as Ctrl-C does: saved, logged, exit 130."""
-    raise KeyboardInterrupt
-
-
 def collect(cfg: CollectConfig) -> dict[str, Any]:
     """Collect reviews for ``cfg.appid``; every output file gets its turn even when one fails.
 
@@ -616,20 +604,17 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     fetch = Fetcher(cfg, t0 + cfg.max_time if cfg.max_time > 0 else None)
     files: list[dict[str, Any]] = []
-    old_handlers = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS} \
-        if threading.current_thread() is threading.main_thread() else {}
     try:
-        for out, ids in jobs:
-            files.append(_one_file(out, ids, cfg, fetch, len(jobs) > 1))
-            if files[-1]["stopped"]:
-                break
+        with stop_signals_interrupt():  # SIGTERM / SIGHUP: saved, logged, exit 130, as Ctrl-C
+            for out, ids in jobs:
+                files.append(_one_file(out, ids, cfg, fetch, len(jobs) > 1))
+                if files[-1]["stopped"]:
+                    break
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; progress is saved: rerun the same command to resume")
         raise
     finally:
         fetch.close()
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
     return {"files": files, "complete": len(files) == len(jobs) and all(f["complete"] and not f["failed"]
                                                                         for f in files),
             "stopped": next((f["stopped"] for f in files if f["stopped"]), None),

@@ -52,7 +52,7 @@ from steam_persona.reviews import columns as columns_mod
 from steam_persona.common.arguments import DataArguments
 from steam_persona.common.config import arg
 from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, status
-from steam_persona.common.errors import UserError
+from steam_persona.common.errors import UserError, stop_signals_interrupt
 from steam_persona.resources import packaged_copy_hint
 from steam_persona.reviews.sources import Review
 
@@ -935,7 +935,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
             or nothing left after cleaning. Nothing is written then.
     """
     try:
-        with _cycle_collector_paused():
+        with _cycle_collector_paused(), stop_signals_interrupt():  # SIGTERM / SIGHUP end it as Ctrl-C does
             return _prepare(cfg)
     except KeyboardInterrupt:  # Ctrl-C (the CLI exits 130): say so, as collect, train and export do
         console.print("[yellow]interrupted; prepare starts over when rerun (each output file is replaced whole or "

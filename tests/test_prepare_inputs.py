@@ -1091,3 +1091,21 @@ def test_a_utf8_file_under_a_legacy_encoding_flag_is_read_as_utf8(tmp_path, caps
     assert sorted(r["output"] for r in _load(res["train"])) == sorted([text, text[:-3] + "ici"])
     assert "utf8.csv: read as UTF-8 (its bytes are valid UTF-8), not as --encoding cp1252" in \
         " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_end_prepare_like_ctrl_c(tmp_path, capsys, monkeypatch, sig):
+    """Trial 25c: SIGTERM killed prepare without a word (rc 143); it now ends as Ctrl-C does, as collect's run."""
+    import os
+    import signal
+
+    from steam_persona.reviews import prepare as prepare_mod
+
+    def terminated(cfg):
+        os.kill(os.getpid(), getattr(signal, sig))
+        raise AssertionError("the signal did not stop prepare")
+    monkeypatch.setattr(prepare_mod, "_prepare", terminated)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, [tmp_path])
+    assert "interrupted; prepare starts over when rerun" in capsys.readouterr().err
+    assert signal.getsignal(getattr(signal, sig)) is signal.SIG_DFL
