@@ -663,12 +663,14 @@ def _flag_appid(cfg: PrepareConfig) -> str | None:
     return columns_mod.steam_appid(cfg.appid) or cfg.appid if cfg.appid else None
 
 
-def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
-    """Read every input and fill game names/tags from appdetails inputs, CSV rows and the flags."""
+def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[str]]:
+    """Read every input and fill game names/tags from appdetails inputs, CSV rows and the flags; also the notes on
+    the files skipped (for the report's warnings)."""
     columns = columns_mod.parse_columns(cfg.columns) if cfg.columns else None
     tag_language = prompt_language(cfg)
     loaded = []
-    for path in sources.expand_inputs(cfg.inputs, _outputs(cfg)):
+    skipped: list[str] = []
+    for path in sources.expand_inputs(cfg.inputs, _outputs(cfg), skipped):
         size = path.stat().st_size
         reading = status(f"reading {path} ({size / 2**20:,.0f} MiB)") if size >= BIG_INPUT_BYTES \
             else contextlib.nullcontext()
@@ -700,7 +702,7 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
             r.tags = r.tags or info.tags
         r.game_name = r.game_name or single
         r.tags = r.tags or tags
-    return loaded, reviews
+    return loaded, reviews, skipped
 
 
 def _simplifier(cfg: PrepareConfig) -> Callable[[str], str] | None:
@@ -964,7 +966,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     _check_config(cfg)
     languages = _languages(cfg)
     blocklist, slurs = _load_lists(cfg)
-    loaded, reviews = _load(cfg)
+    loaded, reviews, skipped = _load(cfg)
     rules = _Rules(cfg, blocklist, slurs, languages, _latin_detector(languages) if cfg.detect_language else None,
                    _simplifier(cfg))
     rules.handles = noise.screen_names([r.author for r in reviews if r.author])
@@ -974,7 +976,8 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])
     stats = rules.stats
-    warnings = [w for item in loaded for w in item.warnings] + _warn_big_rules(stats, len(reviews), rules.warned)
+    warnings = skipped + [w for item in loaded for w in item.warnings] \
+        + _warn_big_rules(stats, len(reviews), rules.warned)
     _print_table(stats, len(reviews), len(kept))
 
     if not kept:

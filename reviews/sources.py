@@ -222,7 +222,7 @@ def _skip_note(f: Path, in_folder: bool = False) -> str | None:
     return None
 
 
-def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = ()) -> list[Path]:
+def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = (), skipped: list[str] | None = None) -> list[Path]:
     """Resolve the INPUT arguments: files as given, folders to their ``.json``/``.jsonl``/``.ndjson``/
     ``.csv``/``.tsv``/``.parquet`` files, gzipped or not (recursively, sorted; ``prepare_report.json``,
     ``dataset_info.json`` and hidden files skipped). In folders and file lists alike, collect's side
@@ -230,7 +230,8 @@ def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = ()) -> list[Path
     skipped with one printed note each. Found in a folder, these are skipped with a note too: an empty file of any
     format (a stray failed export must not stop the others), a spreadsheet workbook (``.xlsx`` …: save it as CSV;
     named on its own it is refused) and ``outputs`` (this run's train, val and report files), which a rerun would
-    otherwise read back as inputs (a file named on its own is read: cleaning a set again in place).
+    otherwise read back as inputs (a file named on its own is read: cleaning a set again in place). Each note is
+    also appended to ``skipped`` when given (prepare's report lists them).
 
     Raises:
         UserError: no inputs, a path that does not exist, or nothing left to read.
@@ -258,6 +259,8 @@ def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = ()) -> list[Path
                 if f.resolve() in mine else _skip_note(f, p.is_dir())
             if note:
                 console.print(f"[yellow]note[/] {escape(str(f))}: skipped, {note}")
+                if skipped is not None:  # for the report
+                    skipped.append(f"{f}: skipped, {note}")
             else:
                 out.append(f)
     if not out:

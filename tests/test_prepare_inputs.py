@@ -973,6 +973,8 @@ def test_a_folder_with_empty_files_and_a_workbook_reads_the_rest(tmp_path, capsy
     assert res["counts"]["read"] == 4
     err = " ".join(capsys.readouterr().err.split())
     assert err.count("skipped, empty") == 3 and "sheet.xlsx: skipped, a spreadsheet workbook" in err
+    warnings = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["warnings"]
+    assert sum("skipped, empty" in w for w in warnings) == 3  # the report names what was not read, too
     with pytest.raises(UserError, match=r"sheet\.xlsx: a spreadsheet workbook, which prepare does not read; save "
                                         r"the sheet as CSV UTF-8"):
         _run(tmp_path, [folder / "sheet.xlsx"])
