@@ -153,7 +153,11 @@ def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
         raise UserError(f"{where}: '{f.name}' must not be empty")
     try:
         if is_list:
-            items = value.split(",") if isinstance(value, str) else list(value)
+            if isinstance(value, dict):
+                raise UserError(f"{where}: '{f.name}' must be a list or one value, not a mapping")
+            # one value of a list key (``appid: 570`` in YAML is an int) is a list of one
+            items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) \
+                else [value]
             return [ctype.convert(v.strip() if isinstance(v, str) else v, None, None) for v in items]
         if ctype is click.STRING and not isinstance(value, str):
             return str(value)

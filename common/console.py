@@ -40,6 +40,10 @@ def progress(*extra_columns: object, transient: bool = False, eta: bool = True) 
                     *extra_columns, TimeElapsedColumn(), *tail, console=console, transient=transient)
 
 
+#: Seconds between plain progress lines when the console is not a terminal.
+PLAIN_EVERY_S = 10.0
+
+
 def plain_progress(description: str, completed: int, total: int, figures: dict[str, object]) -> None:
     """Print one plain line ``"{description} {completed}/{total}  key value  ..."`` when :data:`console` is
     not a terminal (CI logs, ``| tee``, a file), where rich's live bar prints nothing until it ends.

@@ -86,3 +86,17 @@ def register(path: str | Path, name: str, file_name: str, formatting: str = "alp
     reg[name] = entry
     atomic.write_json(p, reg)
     return entry
+
+
+def unregister(path: str | Path, name: str, file_name: str | Path) -> bool:
+    """Remove the entry ``name`` of a ``dataset_info.json`` when it names ``file_name`` (atomic write; other
+    entries kept). Returns whether it was removed."""
+    p = Path(path)
+    reg = load(p)
+    entry = reg.get(name)
+    if not isinstance(entry, dict) or not entry.get("file_name") \
+            or (p.parent / entry["file_name"]).resolve() != Path(file_name).resolve():
+        return False
+    del reg[name]
+    atomic.write_json(p, reg)
+    return True

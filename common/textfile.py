@@ -7,17 +7,31 @@ import json
 import re
 from pathlib import Path
 
+from rich.markup import escape
+
+from steam_persona.common.console import console
 from steam_persona.common.errors import UserError
 
 
 def decode(path: Path, raw: bytes, encoding: str) -> str:
-    """``raw`` (the bytes of ``path``) as text in ``--encoding`` (``utf-8`` also accepts a BOM).
+    """``raw`` (the bytes of ``path``) as text in ``--encoding`` (``utf-8`` also accepts a BOM). A file whose non-ASCII
+    bytes are valid UTF-8 is read as UTF-8 whatever a legacy ``--encoding`` (gbk, cp1252, latin-1 …) says, with a
+    note: one flag serves every input, and Latin-1 would turn UTF-8 into mojibake (``TrÃ¨s``) without an error.
 
     Raises:
         UserError: an unknown encoding, or bytes that are not valid in it: the line, the byte offset
             and a hint (:func:`_hint`).
     """
     enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    if not enc.lower().startswith("utf") and not raw.isascii():
+        try:  # --encoding gbk / cp1252 for a folder whose other files are UTF-8: read those as written
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            pass
+        else:  # legacy-encoded text with non-ASCII bytes is practically never valid UTF-8
+            console.print(f"[yellow]note[/] {escape(str(path))}: read as UTF-8 (its bytes are valid UTF-8), not as "
+                          f"--encoding {escape(encoding)}")
+            return text
     try:
         return raw.decode(enc)
     except LookupError:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +35,11 @@ from rich.progress import TextColumn
 from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common.config import arg
-from steam_persona.common.console import console, plain_progress, progress, summary_table
-from steam_persona.common.errors import UserError
+from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, summary_table
+from steam_persona.common.errors import UserError, stop_signals_interrupt
 from steam_persona.reviews import collect_state as cs
 from steam_persona.reviews import language as language_mod
+from steam_persona.reviews.columns import steam_appid
 from steam_persona.reviews.collect_fetch import Budget, Fetcher, RateLimited
 
 
@@ -48,7 +47,8 @@ from steam_persona.reviews.collect_fetch import Budget, Fetcher, RateLimited
 class CollectConfig:
     """Settings of ``steam-train collect`` (= its flags = its YAML keys)."""
 
-    appid: list[str] = arg([], "Steam app id(s) to collect; repeat the flag or comma-separate.")
+    appid: list[str] = arg([], "Steam app id(s) to collect; repeat the flag or comma-separate; a store page URL "
+                                  "(store.steampowered.com/app/570/…) gives its id.")
     language: str = arg("schinese", "Steam API language code (schinese, tchinese, english, …) or 'all'.")
     filter: str = arg("recent", "Order: recent (creation time), updated (update time), all (helpfulness).",
                       choices=("recent", "updated", "all"))
@@ -85,8 +85,6 @@ class CollectConfig:
 #: Consecutive pages without a new review after which an app ends: ``filter=all`` on Steam can
 #: hand out fresh cursors over the same reviews for ever.
 STALL_PAGES = 5
-#: Seconds between plain progress lines when stderr is not a terminal.
-PLAIN_EVERY_S = 10.0
 #: The cause and fix of an HTTP 400 on a cursor saved by an earlier run (one handed out in this run is retried).
 SAVED_CURSOR_REJECTED = ("Steam rejected the saved cursor (cursors expire); rerun the same command once, and if it "
                          "is rejected again, pass --overwrite to collect this output again from the start (on a "
@@ -509,17 +507,19 @@ def _details_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetch
 
 
 def _appids(cfg: CollectConfig) -> list[str]:
-    """``--appid`` values split at commas, stripped, de-duplicated in order.
+    """``--appid`` values split at commas (also full-width ``，``), stripped, read as users write them
+    (:func:`~steam_persona.reviews.columns.steam_appid`: ``５７０``, a store URL), de-duplicated in order.
 
     Raises:
         UserError: none given, a non-number, or another flag out of range.
     """
-    appids = list(dict.fromkeys(a.strip() for item in cfg.appid for a in str(item).split(",") if a.strip()))
-    if not appids:
+    given = [a.strip() for item in cfg.appid for a in str(item).replace("，", ",").split(",") if a.strip()]
+    if not given:
         raise UserError("collect: no --appid given; e.g. --appid 570 (the number in the store URL)")
-    bad = [a for a in appids if not a.isdigit()]
+    bad = [a for a in given if steam_appid(a) is None]
     if bad:
         raise UserError(f"--appid {bad[0]}: app ids are numbers (store.steampowered.com/app/<id>/); fix it")
+    appids = list(dict.fromkeys(steam_appid(a) for a in given))
     if not 1 <= cfg.num_per_page <= 100:
         raise UserError(f"--num_per_page {cfg.num_per_page}: Steam allows 1–100")
     seconds = {"timeout": cfg.timeout, "rate_limit": cfg.rate_limit, "max_time": cfg.max_time,
@@ -588,23 +588,13 @@ def _one_file(out: Path, ids: list[str], cfg: CollectConfig, fetch: Fetcher, go_
                 "failed": {a: e.message for a in ids}, "details_failed": {}, "apps": {}}
 
 
-#: Signals that end the run as Ctrl-C does: SIGTERM (``timeout``, ``docker stop``, systemd) and
-#: SIGHUP (the terminal closed, an ssh session dropped).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """A :data:`STOP_SIGNALS` signal ends the run as Ctrl-C does: saved, logged, exit 130."""
-    raise KeyboardInterrupt
-
-
 def collect(cfg: CollectConfig) -> dict[str, Any]:
     """Collect reviews for ``cfg.appid``; every output file gets its turn even when one fails.
 
     Returns:
         ``{"files": [see _collect_file], "complete": bool, "stopped": reason or None,
-        "failed": {appid: message}, "details_failed": {appid: message}, "requests": int, "retries": int,
-        "seconds": float}``.
+        "failed": {appid: message}, "details_failed": {appid: message}, "not_reached": [appids of the outputs a
+        stop left untouched], "requests": int, "retries": int, "seconds": float}``.
 
     Raises:
         UserError: bad flags, or an output whose lock, settings or state forbid the run.
@@ -614,25 +604,23 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     fetch = Fetcher(cfg, t0 + cfg.max_time if cfg.max_time > 0 else None)
     files: list[dict[str, Any]] = []
-    old_handlers = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS} \
-        if threading.current_thread() is threading.main_thread() else {}
     try:
-        for out, ids in jobs:
-            files.append(_one_file(out, ids, cfg, fetch, len(jobs) > 1))
-            if files[-1]["stopped"]:
-                break
+        with stop_signals_interrupt():  # SIGTERM / SIGHUP: saved, logged, exit 130, as Ctrl-C
+            for out, ids in jobs:
+                files.append(_one_file(out, ids, cfg, fetch, len(jobs) > 1))
+                if files[-1]["stopped"]:
+                    break
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; progress is saved: rerun the same command to resume")
         raise
     finally:
         fetch.close()
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
     return {"files": files, "complete": len(files) == len(jobs) and all(f["complete"] and not f["failed"]
                                                                         for f in files),
             "stopped": next((f["stopped"] for f in files if f["stopped"]), None),
             "failed": {a: m for f in files for a, m in f["failed"].items()},
             "details_failed": {a: m for f in files for a, m in f["details_failed"].items()},
+            "not_reached": [a for _, ids in jobs[len(files):] for a in ids],
             "requests": fetch.requests, "retries": fetch.retries, "seconds": round(time.monotonic() - t0, 2)}
 
 
@@ -654,6 +642,7 @@ def _summary_rows(res: dict[str, Any]) -> list[tuple[object, object]]:
         if f["complete"] and not f["skipped"] and not Path(f["file"]).exists():
             done = " (not written: no reviews)"
         rows.append(("file", f["file"] + done))
+    rows += [(f"app {a}", "not started (the run stopped first): a rerun collects it") for a in res["not_reached"]]
     return rows + [("requests", f"{res['requests']} ({res['retries']} retries)"), ("time", f"{res['seconds']:.1f} s")]
 
 

@@ -13,10 +13,12 @@ that the cleaning rules can remove the author's own name from the text.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 from steam_persona.common.errors import UserError
+from steam_persona.reviews import noise
 
 #: our field → accepted header names, compared after :func:`_norm` (case, spaces, ``_``/``-``/``.``).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -34,7 +36,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "appid": ("appid", "app_id", "steam_appid", "item_id", "game_id", "steamappid", "游戏id", "appid号"),
     "app_name": ("app_name", "game", "game_name", "title", "game_title", "游戏", "游戏名", "游戏名称"),
     "tags": ("tags", "genres", "genre", "标签", "游戏标签", "类型"),
-    "votes_up": ("votes_up", "helpful", "votes_helpful", "review_votes", "found_helpful", "helpful_count", "有用", "有价值"),
+    "votes_up": ("votes_up", "helpful", "votes_helpful", "helpful_votes", "review_votes", "found_helpful",
+                 "helpful_count", "有用", "有价值"),
     "review_id": ("recommendationid", "review_id", "reviewid", "id"),
     "author": ("author", "user", "username", "user_name", "author_name", "author.personaname", "personaname",
                "nickname", "name", "steam_name", "profile_name", "reviewer", "reviewer_name", "persona_name",
@@ -46,7 +49,9 @@ _AUTHOR_FIELDS = ("author", "author_id")
 
 
 def _norm(header: str) -> str:
-    return re.sub(r"[\s_\-.]+", "", header.strip().lstrip("\ufeff").lower())
+    """A header as :data:`ALIASES` are compared: no case, spaces, ``_ - .``, BOM, or the question mark, colon or
+    asterisk a survey or form export puts around its questions (``Recommended?``, ``Review:``, ``*Review``)."""
+    return re.sub(r"[\s_\-.]+", "", header.strip().lstrip("\ufeff").strip("?？:：!！* ").lower())
 
 
 _LOOKUP = {_norm(a): f for f, names in ALIASES.items() for a in names}
@@ -163,8 +168,12 @@ def suggest(headers: list[str], mapping: dict[str, str], samples: list[dict[str,
     return ",".join(f"{f}={h}" for f, h in {**mapping, "review": review}.items())
 
 
-_NO = re.compile(r"^(?:不推荐|不推薦|not\s*recommended|false|no|0|n|negative|neg|thumbs?\s*down|👎|差评|不)$", re.I)
-_YES = re.compile(r"^(?:推荐|推薦|recommended|true|yes|1|y|positive|pos|thumbs?\s*up|👍|好评|是)$", re.I)
+#: yes / no as a spreadsheet in Steam's languages writes them (Ja/Nein, Oui/Non, Sí, Sim/Não, Да/Нет, Tak/Nie, Evet/Hayır,
+#: はい/いいえ, 예/아니요 …), and Steam's own verdict words (Empfohlen / Nicht empfohlen, Recommandé … from noise)
+_NO = re.compile(rf"^(?:{noise.VERDICTS_DOWN}|not\s*recommended|false|falsch|faux|falso|no|0|n|negative|neg|thumbs?\s*down|👎"
+                 r"|差评|不|否|nein|non|não|nao|нет|nie|hayır|hayir|いいえ|아니요|아니오|✗|✘|❌)$", re.I)
+_YES = re.compile(rf"^(?:{noise.VERDICTS_UP}|true|wahr|vrai|verdadero|verdadeiro|vero|yes|1|y|positive|pos|thumbs?\s*up"
+                  r"|👍|好评|是|ja|oui|sí|si|sì|sim|да|tak|evet|はい|예|네|✓|✔|✅)$", re.I)
 _IN_MINUTES = re.compile(r"^\D*\d[\d,.]*\s*(?:min|mins|minutes?|分钟)\W*$", re.I)  # "90 min" in an hours column
 
 
@@ -232,7 +241,7 @@ def number(v: Any, comma: bool = False, whole: bool = False) -> float | None:
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, (int, float)):
-        return float(v)
+        return float(v) if math.isfinite(v) else None  # NaN: pandas' empty cell (Parquet, json.dumps)
     token = _first_number(str(v))
     if token is None:
         return None
@@ -262,7 +271,7 @@ def row_fields(row: dict[str, Any], mapping: dict[str, str], comma: bool = False
         "playtime_hours": hours,
         "votes_up": int(votes) if votes is not None else None,
         "language": (str(get["language"]).strip().lower() or None) if get.get("language") else None,
-        "appid": _id(get.get("appid")),
+        "appid": _appid_cell(get.get("appid")),
         "game_name": str(get["app_name"]).strip() or None if get.get("app_name") else None,
         "tags": split_tags(tags),
         "review_id": _id(get.get("review_id")),
@@ -276,6 +285,27 @@ def _id(v: Any) -> str | None:
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     return str(v).strip() or None
+
+
+_FULLWIDTH_DIGITS = str.maketrans("０１２３４５６７８９，", "0123456789,")
+#: a Steam store or community page of an app: ``https://store.steampowered.com/app/570/Dota_2/``
+_APP_URL = re.compile(r"(?:https?://)?(?:store\.steampowered\.com|steamcommunity\.com)/app/(\d+)(?:[/?#]\S*)?", re.I)
+
+
+def steam_appid(v: Any) -> str | None:
+    """An app id as users write one, in ASCII digits: ``570``, full-width ``５７０`` (a CJK input method), the store
+    page's URL ``https://store.steampowered.com/app/570/Dota_2/`` (pasted from the browser) → ``"570"``; ``None``
+    for anything else (``²``, ``Dota 2``, an empty cell)."""
+    s = str(_id(v) or "").translate(_FULLWIDTH_DIGITS).strip()
+    m = _APP_URL.fullmatch(s)
+    if m:
+        return m.group(1)
+    return s if re.fullmatch(r"[0-9]+", s) else None
+
+
+def _appid_cell(v: Any) -> str | None:
+    """An appid cell: :func:`steam_appid` when it reads as one, else the cell's text (another catalogue's id)."""
+    return steam_appid(v) or _id(v)
 
 
 def split_tags(v: Any) -> list[str] | None:

@@ -68,16 +68,35 @@ def _keep_advert(m: re.Match) -> str:
 
 
 _HTML_HREF = re.compile(r"<a\s[^<>]*?href\s*=\s*[\"']?([^\"'\s<>]+)[^<>]*>", re.I)
-_HTML_BR = re.compile(r"<\s*br\s*/?\s*>|<\s*/?\s*p\s*>", re.I)
+#: tags a browser shows as a line break or a new block: their text would run into the next block's without one
+_HTML_BR = re.compile(r"<\s*br\s*/?\s*>|<\s*/?\s*(?:p|div|li|ul|ol|dl|dt|dd|h[1-6]|tr|table|blockquote|pre"
+                      r"|section|article|header|footer|hr)(?:\s[^<>]*)?/?>", re.I)
+_HTML_CELL = re.compile(r"<\s*/\s*t[dh]\s*>", re.I)
+#: elements whose content is no text a reader sees (a scraped page's code and styles)
+_HTML_HIDDEN = re.compile(r"<(script|style|noscript|template|head)\b[^<>]*>.*?</\1\s*>", re.I | re.S)
+#: markup escaped once more, as scraped JSON often holds it: ``&lt;br&gt;``, ``&lt;/div&gt;``
+_HTML_ESCAPED_TAG = re.compile(r"&lt;(/?\s*(?:br|p|div|li|ul|ol|h[1-6]|b|i|u|em|strong|span|a|img|hr|blockquote)"
+                               r"\b[^<>&]*(?:&quot;[^<>&]*)*?/?)&gt;", re.I)
+#: escaped text is taken for markup only when it holds a line break or a closing tag: ``the &lt;p&gt; tag`` stays
+_HTML_ESCAPED_MARKUP = re.compile(r"&lt;(?:\s*br\s*/?\s*|/\s*[a-z][a-z0-9]*\s*)&gt;", re.I)
 _HTML_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
 
 
 def strip_html(text: str) -> str:
-    """Turn HTML residue into text: ``<br>``/``<p>`` become newlines, other tags go (an advert link's target
-    stays, `_keep_advert`), entities (``&amp;``, ``&quot;``, ``&#39;``) are unescaped (``html.unescape``)."""
+    """Turn HTML residue into text: ``<br>``, ``<p>`` and block tags (``<div>``, ``<li>``, ``<h2>``, ``<tr>`` …)
+    become newlines and closing table cells a space, so blocks do not run into each other; ``<script>`` /
+    ``<style>`` go with their content; other tags go (an advert link's target stays, `_keep_advert`); markup
+    escaped once more (``&lt;br&gt;``, ``&lt;b&gt;x&lt;/b&gt;``: a line break or a closing tag shows it) is read as
+    markup, while ``the &lt;p&gt; tag`` stays text; a removed inline tag leaves a space as a BBCode tag does
+    (:func:`_tag_gap`); entities (``&amp;``, ``&quot;``, ``&#39;``) are
+    unescaped (``html.unescape``), so ``I &lt;3 it`` reads ``I <3 it``."""
     if "<" not in text and "&" not in text:
         return text
+    if _HTML_ESCAPED_MARKUP.search(text):
+        text = _HTML_ESCAPED_TAG.sub(lambda m: "<" + m.group(1).replace("&quot;", '"') + ">", text)
+    text = _HTML_HIDDEN.sub("", text)
     text = _HTML_BR.sub("\n", text)
+    text = _HTML_CELL.sub(" ", text)
     text = _HTML_HREF.sub(_keep_advert, text)
-    text = _HTML_TAG.sub("", text)
+    text = _HTML_TAG.sub(_tag_gap, text)
     return html.unescape(text)

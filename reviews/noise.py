@@ -68,12 +68,13 @@ _PLAYTIME = (
     r"|기록|łącznie|in totale|kayıtlı|toplam)"
     r"|(?:記録時間|기록상|kayıtlarda|toplam)\s*[:：]?\s*[\d,.]+\s*(?:時間|시간|saat|hrs?|h)"
 )
-# the verdict above a review
-_VERDICTS = (
-    r"推荐|不推荐|推薦|不推薦|recommended|not recommended|empfohlen|nicht empfohlen|recommandé|non recommandé|recomendado"
-    r"|no recomendado|não recomendado|рекомендую|не рекомендую|おすすめ|おすすめしません|추천|비추천|polecam|nie polecam"
-    r"|önerilir|önerilmez|consigliato|non consigliato"
+# the verdict above a review, in Steam's UI languages (columns.voted reads them as True / False too)
+VERDICTS_DOWN = (
+    r"不推荐|不推薦|not recommended|nicht empfohlen|non recommandé|no recomendado|não recomendado|не рекомендую"
+    r"|おすすめしません|비추천|nie polecam|önerilmez|non consigliato"
 )
+VERDICTS_UP = r"推荐|推薦|recommended|empfohlen|recommandé|recomendado|рекомендую|おすすめ|추천|polecam|önerilir|consigliato"
+_VERDICTS = f"{VERDICTS_DOWN}|{VERDICTS_UP}"
 # whole lines that only the page puts there
 _RESIDUE_LINE = re.compile(
     r"^(?:\s*(?:"

@@ -51,8 +51,8 @@ from steam_persona.reviews import sources
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.common.arguments import DataArguments
 from steam_persona.common.config import arg
-from steam_persona.common.console import console, progress
-from steam_persona.common.errors import UserError
+from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, status
+from steam_persona.common.errors import UserError, stop_signals_interrupt
 from steam_persona.resources import packaged_copy_hint
 from steam_persona.reviews.sources import Review
 
@@ -124,7 +124,8 @@ class PrepareConfig:
                               "input is left empty when it uses {tags} and none are known.")
     max_tags: int = arg(0, "Use at most this many tags per game, the most voted first (0 = all known).")
     strip_bbcode: bool = arg(True, "Strip Steam BBCode, keeping spoiler/quote/list text.")
-    strip_html: bool = arg(True, "Turn <br> into newlines, drop other HTML tags, unescape entities.")
+    strip_html: bool = arg(True, "Turn <br> and block tags into newlines, drop <script>/<style> and other HTML "
+                                 "tags, unescape entities.")
     normalize_whitespace: bool = arg(True, "Remove zero-width characters, soft hyphens (emoji ZWJ sequences "
                                       "stay) and control characters (NUL…), normalise \\r\\n and lone \\r, collapse space runs, trim.")
     strip_page_residue: bool = arg(True, "Remove store-page residue: date headers (发布于 / Posted), 最后编辑于, "
@@ -243,6 +244,7 @@ class _Rules:
         self.seen: dict[str, Review] = {}  # dedup key → its first record
         self.files: dict[str, set[str]] = {}  # dedup key of a text with copies → the input files it came in
         self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
+        self.older: set[int] = set()  # id() of records an edited version of the same review supersedes
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
         self.arrived: str | None = None  # the text of the record per_record is on, as it arrived (report examples)
@@ -375,9 +377,28 @@ class _Rules:
                 return self._drop("template_fields", r, "playtime unknown")
         return None
 
+    def find_older_versions(self, reviews: list[Review]) -> None:
+        """Note the reviews read twice with other text (the same app and review id, e.g. two collects of an app with
+        an edit between them): the latest edit (Steam's ``timestamp_updated``), else the first read, is the one
+        kept; :meth:`exact_duplicate` drops the others. Copies with the same text are left to the text key."""
+        latest: dict[tuple[str, str], tuple[tuple[int, int], Review]] = {}
+        for i, r in enumerate(reviews):
+            if r.review_id and r.appid and r.prompt is None:
+                rank = (r.updated or 0, -i)
+                k = (r.appid, r.review_id)
+                if k not in latest or rank > latest[k][0]:
+                    latest[k] = (rank, r)
+        self.older = {id(r) for r in reviews if r.review_id and r.appid and r.prompt is None
+                      and latest[(r.appid, r.review_id)][1].text != r.text}
+        self.older -= {id(r) for _, r in latest.values()}
+
     def exact_duplicate(self, r: Review, key: str) -> str | None:
         """The rule that needs the records before this one (in input order): exact duplicates by
-        their dedup ``key``, tallied as :data:`OTHER_FILE` when the text had not yet come in this record's file."""
+        their dedup ``key``, tallied as :data:`OTHER_FILE` when the text had not yet come in this record's file, and
+        older versions of a review read again with other text (:meth:`find_older_versions`)."""
+        if self.cfg.dedup and id(r) in self.older:
+            return self._drop("exact_duplicate", r, OLDER_VERSION, note="an edit of this review (same app and review "
+                                                                         "id) came in too")
         if self.cfg.dedup:
             first = self.seen.get(key)
             if first is None:
@@ -615,24 +636,46 @@ def _flag_apps(cfg: PrepareConfig, tag_language: str) -> tuple[dict[str, sources
         apps.update(sources.read_app_names(Path(cfg.app_names), tag_language, cfg.encoding))
     for item in cfg.app_name:
         appid, sep, name = item.partition("=")
-        if sep and appid.strip().isdigit():
-            apps[appid.strip()] = sources.AppInfo(name=name.strip() or None)
+        if sep and columns_mod.steam_appid(appid):
+            apps[columns_mod.steam_appid(appid)] = sources.AppInfo(name=name.strip() or None)
         elif single is not None:
             raise UserError(f"--app_name {item}: a second name without an app id; write APPID=NAME for each game")
         else:
             single = item.strip()
     if cfg.appid and single:
-        apps.setdefault(cfg.appid, sources.AppInfo(name=single))
+        apps.setdefault(_flag_appid(cfg), sources.AppInfo(name=single))
     return apps, single
 
 
-def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
-    """Read every input and fill game names/tags from appdetails inputs, CSV rows and the flags."""
+def _outputs(cfg: PrepareConfig) -> tuple[Path, Path, Path]:
+    """The train, val and report JSON paths of this run (the val path whether or not a split is asked for)."""
+    out = Path(cfg.out)
+    return out, val_path(out), Path(cfg.report) if cfg.report else out.parent / "prepare_report.json"
+
+
+#: an input this large says it is being read (a spinner, or one plain line without a terminal): 100 MB take minutes
+BIG_INPUT_BYTES = 20 * 2**20
+
+
+def _flag_appid(cfg: PrepareConfig) -> str | None:
+    """``--appid`` as :func:`~steam_persona.reviews.columns.steam_appid` reads it (``５７０``, a store URL), else as
+    given (another catalogue's id)."""
+    return columns_mod.steam_appid(cfg.appid) or cfg.appid if cfg.appid else None
+
+
+def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[str]]:
+    """Read every input and fill game names/tags from appdetails inputs, CSV rows and the flags; also the notes on
+    the files skipped (for the report's warnings)."""
     columns = columns_mod.parse_columns(cfg.columns) if cfg.columns else None
     tag_language = prompt_language(cfg)
     loaded = []
-    for path in sources.expand_inputs(cfg.inputs):
-        item = sources.read(path, tag_language, cfg.encoding, columns)
+    skipped: list[str] = []
+    for path in sources.expand_inputs(cfg.inputs, _outputs(cfg), skipped):
+        size = path.stat().st_size
+        reading = status(f"reading {path} ({size / 2**20:,.0f} MiB)") if size >= BIG_INPUT_BYTES \
+            else contextlib.nullcontext()
+        with reading:
+            item = sources.read(path, tag_language, cfg.encoding, columns)
         console.print(f"[green]detected[/] {item.describe()}")
         for line in item.warnings:
             console.print("[bold yellow]warning[/] " + escape(line))
@@ -652,14 +695,14 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review]]:
     for r in reviews:
         if r.prompt is not None:
             continue
-        r.appid = r.appid or cfg.appid
+        r.appid = r.appid or _flag_appid(cfg)
         info = apps.get(r.appid) if r.appid else None
         if info is not None:
             r.game_name = r.game_name or info.name
             r.tags = r.tags or info.tags
         r.game_name = r.game_name or single
         r.tags = r.tags or tags
-    return loaded, reviews
+    return loaded, reviews, skipped
 
 
 def _simplifier(cfg: PrepareConfig) -> Callable[[str], str] | None:
@@ -764,6 +807,7 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
     keys: list[str] = []
     drop_lang: Counter[str] = Counter()
     drop_game: Counter[str] = Counter()
+    shown_at = time.monotonic()
     with progress() as bar:
         task = bar.add_task("cleaning", total=len(reviews))
         for start, results in _per_record_results(reviews, rules, workers):
@@ -776,11 +820,16 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
                     drop_game[_game(r)] += 1
             done = start + len(results)
             bar.update(task, completed=done)
+            if time.monotonic() - shown_at >= PLAIN_EVERY_S:  # without a terminal the bar shows nothing until the end
+                shown_at = time.monotonic()
+                plain_progress("cleaning", done, len(reviews), {"kept": f"{len(kept):,}"})
             if done < len(reviews):
                 _warn_big_rules(rules.stats, done, rules.warned, so_far=True)
     return kept, keys, drop_lang, drop_game
 
 
+#: the ``exact_duplicate`` reason of an older version of a review whose edited text came in too (same app and id)
+OLDER_VERSION = "older version of a review"
 #: the ``exact_duplicate`` reason of a copy of a review read from another input file
 OTHER_FILE = "in another input file"
 
@@ -812,14 +861,19 @@ def _warn_big_rules(stats: dict[str, _Stat], read: int, warned: set[str], so_far
 
 def _big_rule_fix(name: str, st: _Stat) -> str:
     """What to do about a rule that removed many: its flag; for exact copies of reviews in other input files
-    (the same reviews given twice), that they were kept once, and the flag only for copies within a file."""
+    (the same reviews given twice), that they were kept once, for older versions of edited reviews that the latest
+    was kept, and the flag only for copies within a file."""
     other = st.reasons[OTHER_FILE] if name == "exact_duplicate" else 0
-    if not other:
+    older = st.reasons[OLDER_VERSION] if name == "exact_duplicate" else 0
+    if not other and not older:
         return f"change it with {FLAGS.get(name, 'its flag')}"
-    same = st.removed - other
+    same = st.removed - other - older
     copies = "was a copy of a review" if other == 1 else "were copies of reviews"
-    return (f"{other:,} {copies} in another input file (each is kept once)"
-            + (f"; for the {same:,} copies within a file, change it with {FLAGS[name]}" if same else ""))
+    versions = "was an older version of a review" if older == 1 else "were older versions of reviews"
+    said = ([f"{other:,} {copies} in another input file (each is kept once)"] if other else []) \
+        + ([f"{older:,} {versions} whose edit came in too (same app and review id; the latest is kept)"]
+           if older else [])
+    return "; ".join(said) + (f"; for the {same:,} copies within a file, change it with {FLAGS[name]}" if same else "")
 
 
 def _nothing_left(cfg: PrepareConfig, stats: dict[str, _Stat], read: int) -> None:
@@ -857,10 +911,16 @@ def _write_splits(cfg: PrepareConfig, train: list[dict], val: list[dict]) -> tup
     _write_records(out, train)
     if vpath:
         _write_records(vpath, val)
+    elif val_path(out).is_file():  # an earlier run's split: its records may now be in train
+        val_path(out).unlink()
+        console.print(f"[yellow]note[/] removed {escape(str(val_path(out)))}: an earlier run's val split (its records "
+                      "may be in this train split; this run has none)")
     if cfg.register:
         registry.register(cfg.register, cfg.name, str(out))
         if vpath:
             registry.register(cfg.register, f"{cfg.name}_val", str(vpath))
+        elif registry.unregister(cfg.register, f"{cfg.name}_val", val_path(out)):
+            console.print(f"[yellow]note[/] removed '{cfg.name}_val' from {escape(cfg.register)} (no val split now)")
     return out, vpath
 
 
@@ -876,8 +936,13 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         UserError: a missing or undecodable input, unknown columns / record shapes, a bad flag,
             or nothing left after cleaning. Nothing is written then.
     """
-    with _cycle_collector_paused():
-        return _prepare(cfg)
+    try:
+        with _cycle_collector_paused(), stop_signals_interrupt():  # SIGTERM / SIGHUP end it as Ctrl-C does
+            return _prepare(cfg)
+    except KeyboardInterrupt:  # Ctrl-C (the CLI exits 130): say so, as collect, train and export do
+        console.print("[yellow]interrupted; prepare starts over when rerun (each output file is replaced whole or "
+                      "not at all)")
+        raise
 
 
 @contextlib.contextmanager
@@ -901,16 +966,18 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     _check_config(cfg)
     languages = _languages(cfg)
     blocklist, slurs = _load_lists(cfg)
-    loaded, reviews = _load(cfg)
+    loaded, reviews, skipped = _load(cfg)
     rules = _Rules(cfg, blocklist, slurs, languages, _latin_detector(languages) if cfg.detect_language else None,
                    _simplifier(cfg))
     rules.handles = noise.screen_names([r.author for r in reviews if r.author])
     workers = cfg.preprocessing_num_workers or min(os.cpu_count() or 1, 8)
+    rules.find_older_versions(reviews)
     kept, keys, drop_lang, drop_game = _clean_all(reviews, rules, workers)
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])
     stats = rules.stats
-    warnings = [w for item in loaded for w in item.warnings] + _warn_big_rules(stats, len(reviews), rules.warned)
+    warnings = skipped + [w for item in loaded for w in item.warnings] \
+        + _warn_big_rules(stats, len(reviews), rules.warned)
     _print_table(stats, len(reviews), len(kept))
 
     if not kept:
@@ -923,7 +990,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     val = [rec for i, rec in enumerate(records) if i in val_idx]
 
     out, vpath = _write_splits(cfg, train, val)
-    report_path = Path(cfg.report) if cfg.report else out.parent / "prepare_report.json"
+    report_path = _outputs(cfg)[2]
     md_path = report_path.with_suffix(".md")
     games = Counter(_game(r) for r in kept)
     result = {

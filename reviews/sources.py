@@ -33,6 +33,7 @@ import io
 import itertools
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
@@ -112,6 +113,10 @@ FORMATS = {
 }
 _CSV_COLUMNS = ("item_id", "title", "tags_raw", "user_reviews")
 _SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")
+#: spreadsheet workbooks, which prepare does not read: a folder's are skipped with a note, one named alone is refused
+_WORKBOOKS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
+_WORKBOOK_NOTE = ("a spreadsheet workbook, which prepare does not read; save the sheet as CSV UTF-8 (Excel: File > "
+                  "Save As > CSV UTF-8) and give that file")
 
 
 @dataclass(slots=True)
@@ -138,6 +143,7 @@ class Review:
     votes_up: int | None = None
     playtime_hours: float | None = None
     review_id: str | None = None
+    updated: int | None = None  # Steam's timestamp_updated: when the author last edited the review
     author: str | None = None
     length: tuple[int, str] | None = None
     prompt: tuple[str, str] | None = None
@@ -200,23 +206,32 @@ def _suffix(p: Path) -> str:
 _COLLECT_SIDE_FILES = (".state.json", ".log.jsonl", ".lock")
 
 
-def _skip_note(f: Path) -> str | None:
-    """Why ``f`` is not a review input (collect's side file, an empty JSON Lines file), or ``None``."""
+def _skip_note(f: Path, in_folder: bool = False) -> str | None:
+    """Why ``f`` is not a review input (collect's side file, an empty JSON Lines file, any empty file found in
+    a folder: a stray failed export must not stop the others), or ``None``."""
     if f.name.endswith(".part"):
         return "an unfinished collect output (rerun that collect to finish it)"
     if f.name.endswith(_COLLECT_SIDE_FILES):
         return "collect's state/log/lock file, not reviews"
     if _suffix(f) in (".jsonl", ".ndjson") and f.stat().st_size == 0:
         return "empty (e.g. collect found no reviews for the app)"
+    if f.stat().st_size == 0 and in_folder:
+        return "empty (0 bytes: a failed export or save?)"
+    if _suffix(f) in _WORKBOOKS:
+        return _WORKBOOK_NOTE
     return None
 
 
-def expand_inputs(paths: list[str]) -> list[Path]:
+def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = (), skipped: list[str] | None = None) -> list[Path]:
     """Resolve the INPUT arguments: files as given, folders to their ``.json``/``.jsonl``/``.ndjson``/
     ``.csv``/``.tsv``/``.parquet`` files, gzipped or not (recursively, sorted; ``prepare_report.json``,
     ``dataset_info.json`` and hidden files skipped). In folders and file lists alike, collect's side
     files (``*.state.json``, ``*.log.jsonl``, ``*.lock``, ``*.part``) and empty ``.jsonl`` files are
-    skipped with one printed note each.
+    skipped with one printed note each. Found in a folder, these are skipped with a note too: an empty file of any
+    format (a stray failed export must not stop the others), a spreadsheet workbook (``.xlsx`` …: save it as CSV;
+    named on its own it is refused) and ``outputs`` (this run's train, val and report files), which a rerun would
+    otherwise read back as inputs (a file named on its own is read: cleaning a set again in place). Each note is
+    also appended to ``skipped`` when given (prepare's report lists them).
 
     Raises:
         UserError: no inputs, a path that does not exist, or nothing left to read.
@@ -227,19 +242,25 @@ def expand_inputs(paths: list[str]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and (_suffix(f) in _SUFFIXES or f.name.endswith(".part"))
+                           and (_suffix(f) in _SUFFIXES + _WORKBOOKS or f.name.endswith(".part"))
                            and f.name not in ("prepare_report.json", "dataset_info.json")
                            and not f.name.endswith(_COLLECT_SIDE_FILES))
             if not found:
                 raise UserError(f"{p}: folder has no .json, .jsonl, .csv, .tsv or .parquet files; check the path")
+        elif p.is_file() and _suffix(p) in _WORKBOOKS:
+            raise UserError(f"{p}: {_WORKBOOK_NOTE}")
         elif p.is_file():
             found = [p]
         else:
             raise UserError(f"{p}: input not found; check the path")
+        mine = {o.resolve() for o in outputs} if p.is_dir() else set()
         for f in found:
-            note = _skip_note(f)
+            note = "an output of this prepare (--out, its val split or --report); a rerun does not read it back" \
+                if f.resolve() in mine else _skip_note(f, p.is_dir())
             if note:
                 console.print(f"[yellow]note[/] {escape(str(f))}: skipped, {note}")
+                if skipped is not None:  # for the report
+                    skipped.append(f"{f}: skipped, {note}")
             else:
                 out.append(f)
     if not out:
@@ -267,7 +288,9 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
         loaded = _read_parquet(path, raw, columns or {})
     else:
         encoding = _utf16(path, raw, encoding)
-        loaded = _read_decoded(path, decode(path, raw, encoding), suffix, tag_language, columns)
+        text = decode(path, raw, encoding)
+        del raw  # a big file's bytes need not stay beside its text while it is parsed
+        loaded = _read_decoded(path, text, suffix, tag_language, columns)
         loaded.encoding = "UTF-16" if encoding == "utf-16" else None
     loaded.compressed = compressed
     return loaded
@@ -293,6 +316,12 @@ def _utf16(path: Path, raw: bytes, encoding: str) -> str:
     return encoding
 
 
+def _empty_constant(name: str) -> None:
+    """JSON's non-standard ``NaN`` / ``Infinity`` (``json.dumps`` of a pandas frame writes ``NaN`` for an empty cell)
+    read as an empty value, not as a number whose text ``nan`` would reach a prompt or a review."""
+    return None
+
+
 def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns: dict[str, str] | None) -> Loaded:
     stripped = text.lstrip()
     if not stripped:
@@ -301,7 +330,7 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
         return _read_csv(path, text, tag_language, columns)
     data: Any
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_empty_constant)
         lines = None
     except json.JSONDecodeError as e:
         if stripped[0] != "{" or e.msg != "Extra data":
@@ -320,6 +349,9 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
 def _read_object(path: Path, data: dict, tag_language: str, columns: dict[str, str] | None) -> Loaded:
     """One JSON object: an appreviews page/archive, appdetails, or a single record."""
     reviews = data.get("reviews")
+    if reviews is None and data.get("success") not in (None, 1, True) and set(data) <= {"success", "message", "error"}:
+        raise UserError(f"{path}: a saved Steam answer success={data.get('success')} with no reviews (Steam refused "
+                        "the request: a wrong app id or parameter); remove it from the inputs, or collect it again")
     if isinstance(reviews, (list, dict)) and not reviews:
         return Loaded(path, "api-page" if isinstance(reviews, list) else "api-archive")
     if isinstance(reviews, list):
@@ -429,6 +461,15 @@ def _read_bytes(path: Path) -> tuple[bytes, str | None]:
 _LINE_END = re.compile(r"\r\n?|\n")
 
 
+def _lines(text: str) -> Iterator[str]:
+    """``_LINE_END.split(text)`` one line at a time (a 200 MB file's lines are not all copied at once)."""
+    start = 0
+    for m in _LINE_END.finditer(text):
+        yield text[start:m.start()]
+        start = m.end()
+    yield text[start:]
+
+
 def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
     """JSON Lines → ``[(line number, value)]``. Blank lines are skipped, and so is a comma ending a
     line or standing alone (objects pasted out of a JSON array): neither can hide a record. Lines end at
@@ -439,13 +480,16 @@ def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
         UserError: the first line that is not JSON, with its number and column.
     """
     rows = []
-    for n, line in enumerate(_LINE_END.split(text), 1):
-        line = line.strip().removesuffix(",").rstrip()
+    for n, line in enumerate(_lines(text), 1):
+        line = line.strip().lstrip("\ufeff").removesuffix(",").rstrip()  # a BOM inside: files joined by cat
         if not line:
             continue
         try:
-            rows.append((n, json.loads(line)))
+            rows.append((n, json.loads(line, parse_constant=_empty_constant)))
         except json.JSONDecodeError as e:
+            if line[e.pos:e.pos + 1] == "\x00":  # a crash or a full disk zero-fills a file's last block
+                raise UserError(f"{path}: line {n}: NUL bytes from column {e.colno} (the file was cut short by a crash "
+                                "or a full disk); delete them, and the torn record before them if any") from None
             raise UserError(f"{path}: line {n}: invalid JSON at column {e.colno} ({json_msg(e)}); fix or delete the line") from None
     return rows
 
@@ -547,6 +591,7 @@ def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]
     mapping = columns_mod.detect(headers, columns, path, [row for _, row in rows[:50] if isinstance(row, dict)])
     loaded = Loaded(path, "table", columns=mapping)
     appid = _appid_from_name(path)
+    unread: Counter[str] = Counter()  # verdict cells that read as neither (a word we do not know)
     comma = columns_mod.decimal_comma([row.get(mapping[f]) for _, row in rows if isinstance(row, dict)
                                        for f in columns_mod.NUMERIC_FIELDS if f in mapping], semicolon)
     for where, row in rows:
@@ -559,10 +604,17 @@ def _read_table(path: Path, rows: list[tuple[str, Any]], columns: dict[str, str]
             raise UserError(f"{path}: {where}: '{mapping['review']}' holds {type(text).__name__} {str(text)[:40]!r}, "
                             "not text; fix the record, or map the text column with --columns review=COLUMN")
         v = columns_mod.row_fields(row, mapping, comma)
+        if v["voted_up"] is None and str(row.get(mapping.get("voted_up")) or "").strip():
+            unread[str(row[mapping["voted_up"]]).strip()] += 1
         loaded.reviews.append(Review(where=f"{path}: {where}", appid=v.pop("appid") or appid, **v))
     if not any(r.text.strip() for r in loaded.reviews):
         raise UserError(f"{path}: column '{mapping['review']}' holds no review text; map the text column with "
                         f"--columns review=COLUMN (columns found: {', '.join(headers[:20])})")
+    if unread:
+        shown = ", ".join(repr(v) for v, _ in unread.most_common(3))
+        loaded.warnings.append(f"{path}: {sum(unread.values()):,} value(s) of column '{mapping['voted_up']}' read as "
+                               f"no verdict ({shown}); --voted_up and a {{verdict}} template drop those reviews: "
+                               "write them as yes/no, true/false or Recommended/Not Recommended, or map another column")
     return loaded
 
 
@@ -602,10 +654,12 @@ def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
     minutes = _int(at_review if at_review is not None else author.get("playtime_forever"))
     voted, app, rid, steamid = rec.get("voted_up"), rec.get("appid"), rec.get("recommendationid"), author.get("steamid")
     return Review(
-        text=rec["review"], where=where, appid=str(app) if app is not None else appid,
+        text=rec["review"], where=where,
+        appid=columns_mod.steam_appid(app) or (str(app) if app is not None else appid),  # 570.0, "５７０", a URL
         language=rec.get("language"), voted_up=columns_mod.voted(voted),
         votes_up=_int(rec.get("votes_up")), playtime_hours=round(minutes / 60, 1) if minutes is not None else None,
-        review_id=str(rid) if rid is not None else None, author=str(steamid) if steamid else None)
+        review_id=str(rid) if rid is not None else None, updated=_int(rec.get("timestamp_updated")),
+        author=str(steamid) if steamid else None)
 
 
 def _template_regex(template: str, field_name: str) -> re.Pattern[str]:
@@ -700,12 +754,17 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
                         "put the column names on line 1, or convert the file to JSON Lines")
     if "title" in cols and "user_reviews" in cols and not columns:
         return _read_store_csv(path, reader, tag_language, text)
-    rows, spans = [], []
+    if not columns and not any(columns_mod.field_of(c) == "review" for c in cols):
+        _refuse_title_rows(path, text, delim)
+    rows, spans, headers = [], [], 0
     try:
         start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
         for row in reader:
-            rows.append((f"row {start}", _whole_row(path, reader, row, delim, text, start)))
-            spans.append((start, reader.line_num))
+            if None not in row and [str(v).lstrip("\ufeff") for v in row.values()] == [c.lstrip("\ufeff") for c in row]:
+                headers += 1  # the header again: files joined by cat, each with its header
+            else:
+                rows.append((f"row {start}", _whole_row(path, reader, row, delim, text, start)))
+                spans.append((start, reader.line_num))
             start = reader.line_num + 1
     except csv.Error as e:
         raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
@@ -714,8 +773,26 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
     _refuse_unclosed_quote(path, text, spans[-1], delim)
     loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";")
     loaded.container = "TSV" if delim == "\t" else "CSV"
-    loaded.warnings = _rowlike_lines(path, text, [r for _, r in rows], spans, delim)
+    loaded.warnings += _rowlike_lines(path, text, [r for _, r in rows], spans, delim)
+    if headers:
+        loaded.warnings.append(f"{path}: the header line came again {headers:,} time(s) below the first (files joined "
+                               "into one?); skipped, not read as a review")
     return loaded
+
+
+def _refuse_title_rows(path: Path, text: str, delim: str) -> None:
+    """Refuse a CSV whose header is not on line 1 (a title or a date above it, as spreadsheet exports have): a
+    line of the first ten whose cells name the review column is the header.
+
+    Raises:
+        UserError: naming that line and the lines above it to delete.
+    """
+    for n, line in enumerate(_LINE_END.split(text)[1:10], 2):
+        cells = next(csv.reader([line], delimiter=delim), [])
+        if any(columns_mod.field_of(c) == "review" for c in cells):
+            above = "line 1" if n == 2 else f"lines 1-{n - 1}"
+            raise UserError(f"{path}: line {n} looks like the header ({', '.join(c for c in cells if c)[:80]}), with "
+                            f"{above} above it (a title?); delete {above} so that the header is line 1, and rerun")
 
 
 #: Excel's separator hint on line 1 of a CSV (``sep=;``): Excel reads and writes it, the ``csv`` module does not

@@ -61,6 +61,25 @@ def test_html_residue():
     assert markup.strip_html("1 < 2 and 3 > 2") == "1 < 2 and 3 > 2"
 
 
+@pytest.mark.parametrize("raw, want", [
+    # trial 25c: scraped HTML ran blocks into each other and kept script and style bodies
+    ("<div>Great game</div><div>Bad price</div>", "Great game\n\nBad price"),
+    ("<ul><li>Good art</li><li>Bad price</li></ul>", "Good art\n\nBad price"),
+    ("<h2>Verdict</h2>Fun game", "Verdict\nFun game"),
+    ("<table><tr><td>Graphics</td><td>9/10</td></tr></table>", "Graphics 9/10"),
+    ("<script>alert(1)</script><style type='text/css'>p{color:red}</style>Nice game", "Nice game"),
+    ("<b>Fun</b>.<i>Yes</i>", "Fun. Yes"),
+    ("un<b>believ</b>able", "unbelievable"),
+    # markup escaped once more, as scraped JSON holds it; an escaped tag alone is a writer's text
+    ("Good&lt;br&gt;Bad", "Good\nBad"),
+    ("a &lt;b&gt;bold&lt;/b&gt; move", "a bold move"),
+    ("the &lt;p&gt; tag", "the <p> tag"),
+    ("Use &lt;Ctrl&gt; to jump, I &lt;3 it", "Use <Ctrl> to jump, I <3 it"),
+])
+def test_html_blocks_hidden_elements_and_escaped_markup(raw, want):
+    assert text_mod.normalize_whitespace(markup.strip_html(raw)) == want
+
+
 def test_whitespace_crlf_lone_cr_and_runs():
     assert text_mod.normalize_whitespace("a\r\nb\rc") == "a\nb\nc"
     assert text_mod.normalize_whitespace("好玩\r \r 真的\u3000\u3000好玩  \t!\n\n\n\nend  ") == "好玩\n\n真的 好玩 !\n\nend"

@@ -198,6 +198,20 @@ def test_backoff_has_full_jitter_and_cap():
     f.close()
 
 
+def test_app_ids_as_users_write_them(tmp_path, steam):
+    """Trial 25c: full-width digits (a CJK input method) passed isdigit() and went to Steam as /appreviews/５７０
+    ("Steam has none", exit 0); a pasted store URL was refused; ² was taken for an id."""
+    fw = APP.translate(str.maketrans("0123456789", "０１２３４５６７８９"))
+    url = f"https://store.steampowered.com/app/{APP}/Some_Game/?snr=1_7_7_151_150_1"
+    res = run(_cfg(steam, tmp_path / "raw/{appid}.jsonl", appid=[f"{fw}，{url}", APP], max_reviews=10))
+    assert res["complete"] and [Path(f["file"]).name for f in res["files"]] == [f"{APP}.jsonl"]
+    assert {q["path"] for q in steam.requests} == {f"/appreviews/{APP}"}
+    assert len(_lines(tmp_path / f"raw/{APP}.jsonl")) == 10
+    for bad in ("²", "https://example.com/app/570/", "Dota 2"):
+        r = CliRunner().invoke(main, ["collect", "--appid", bad, "--out", str(tmp_path / "b/{appid}.jsonl")])
+        assert r.exit_code == 2 and "app ids are numbers" in r.output and "Traceback" not in r.output
+
+
 def test_cli_errors_exit_2_one_line(tmp_path, steam):
     r = CliRunner().invoke(main, ["collect", "--appid", "abc"])
     assert r.exit_code == 2 and "app ids are numbers" in r.output and "Traceback" not in r.output
@@ -657,6 +671,8 @@ def test_a_locked_output_fails_only_its_app_and_a_429_give_up_stops_the_run(tmp_
             run(_cfg(server, tmp_path / "q/{appid}.jsonl", appid=["1,2,3"]))
         assert not any(r["path"] != "/appreviews/1" for r in server.requests[-4:])
         assert not (tmp_path / "q/2.jsonl.part").exists()  # app 2 was never started
+        out = " ".join(capsys.readouterr().err.split())  # trial 25c: the summary named only app 1
+        assert "app 2 │ not started (the run stopped first): a rerun collects it" in out and "app 3 │ not started" in out
 
 
 def test_out_as_a_folder_unwritable_or_another_format_is_one_line_and_no_extension_warns(tmp_path, steam):

@@ -45,6 +45,19 @@ def test_yaml_then_flags_override(tmp_path):
     assert cfg.do_train is True and cfg.val_size == 0.2 and cfg.appid == [5]
 
 
+def test_one_value_for_a_list_key_in_yaml_is_a_list_of_one(tmp_path):
+    """Trial 25c: `appid: 570` in a collect YAML (an int, not a list) ended in a TypeError traceback, exit 1."""
+    p = tmp_path / "c.yaml"
+    p.write_text("appid: 5\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 0, r.output
+    assert cfg.appid == [5]
+    p.write_text("appid: {a: 1}\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 2 and "'appid' must be a list or one value, not a mapping" in r.output
+    assert "Traceback" not in r.output
+
+
 def test_unknown_yaml_key_is_exit_2_with_suggestion(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("do_trian: true\n", encoding="utf-8")

@@ -872,3 +872,242 @@ def test_a_csv_row_after_a_multi_line_text_is_named_by_the_line_it_starts_on(tmp
     src = _csv(tmp_path / "in.csv", ["game", "review"], [["Hades", EN[0] + "\nSecond line.\nThird line."],
                                                        ["Celeste", EN[1]], ["Celeste", EN[1]]])
     assert [r.where for r in sources.read(src).reviews] == [f"{src}: row {n}" for n in (2, 5, 6)]
+
+
+def test_verdicts_in_other_languages_and_unread_ones_warn(tmp_path):
+    """Trial 25c: a German / French Excel export says Ja/Nein, Oui/Non or Steam's own Empfohlen / Non recommandé;
+    every one read as no verdict, so --voted_up true dropped them all. A word still unknown warns, naming it."""
+    de = _csv(tmp_path / "de.csv", ["Bewertung", "Empfohlen", "Spielzeit (Stunden)"],
+              [[EN[0], "Ja", "12,5"], [EN[1], "Nein", "3,0"], [EN[2], "Nicht empfohlen", "1,0"], [EN[3], "Empfohlen", "2"]],
+              delimiter=";", bom=True)
+    fr = _csv(tmp_path / "fr.csv", ["Avis", "Recommandé"], [[ZH[0], "Oui"], [ZH[1], "Non"], [ZH[2], "Non recommandé"],
+                                                             [ZH[3], "peut-être"]], delimiter=";")
+    res = _run(tmp_path, [de], columns="review=Bewertung,voted_up=Empfohlen,playtime_hours=Spielzeit (Stunden)",
+               app_name=["Hades"], language=["all"], input_template="{verdict} {playtime_hours}")
+    assert [r["input"] for r in _load(res["train"])] == ["Recommended 12.5", "Not recommended 3.0",
+                                                         "Not recommended 1.0", "Recommended 2.0"]
+    res = _run(tmp_path, [fr], columns="review=Avis,voted_up=Recommandé", app_name=["Hades"], language=["all"],
+               voted_up="true")
+    assert [r["output"] for r in _load(res["train"])] == [ZH[0]]
+    warning = next(w for w in json.loads(Path(res["report"]).read_text(encoding="utf-8"))["warnings"] if "verdict" in w)
+    assert "1 value(s) of column 'Recommandé' read as no verdict ('peut-être')" in warning
+    assert [columns.voted(v) for v in ("Да", "Нет", "Sí", "Não", "はい", "いいえ", "Tak", "Nie", "Evet", "Hayır")] == \
+        [True, False] * 5
+
+
+def test_app_ids_written_full_width_or_as_a_store_url_find_their_game(tmp_path):
+    """Trial 25c: an appid cell `５７０` or a pasted store URL was not matched to the app's name: unknown_game."""
+    src = _csv(tmp_path / "ids.csv", ["review", "appid"],
+               [[EN[0], "５７０"], [EN[1], "https://store.steampowered.com/app/570/Dota_2/"], [EN[2], "570"]])
+    res = _run(tmp_path, [src], app_name=["５７０=Dota 2"], language=["all"])
+    assert [r["instruction"] for r in _load(res["train"])] == ['As a veteran gamer, review the game "Dota 2".'] * 3
+    one = _csv(tmp_path / "one.csv", ["review"], [[EN[3]]])
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"570": "Dota 2"}), encoding="utf-8")
+    res = _run(tmp_path, [one], appid="https://store.steampowered.com/app/570/Dota_2/", app_names=str(names),
+               language=["all"])
+    assert [r["instruction"] for r in _load(res["train"])] == ['As a veteran gamer, review the game "Dota 2".']
+    raw = tmp_path / "raw.jsonl"  # collect's shape written by hand or by another tool
+    raw.write_text(json.dumps({"recommendationid": "1", "review": EN[2], "appid": "５７０"}) + "\n"
+                   + json.dumps({"recommendationid": "2", "review": EN[3], "appid": 570.0}) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [raw], app_names=str(names), language=["all"])
+    assert [r["instruction"] for r in _load(res["train"])] == ['As a veteran gamer, review the game "Dota 2".'] * 2
+    assert [columns.steam_appid(v) for v in ("570", " ５７０ ", 570.0, "²", "Dota 2", "", None)] == \
+        ["570", "570", "570", None, None, None, None]
+
+
+def test_a_rerun_into_the_input_folder_does_not_read_its_own_outputs(tmp_path, capsys):
+    """Trial 25c: `prepare data/ --out data/train.json` run twice read train.json and train_val.json back as
+    alpaca inputs (the old split mixed in, old filters' survivors kept). Named on its own a file is read."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _csv(folder / "reviews.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    kw = dict(out=str(folder / "train.json"), val_size=1, language=["all"], report=str(folder / "r.json"))
+    first = _run(tmp_path, [folder], **kw)
+    again = _run(tmp_path, [folder], **kw)
+    assert again["counts"] == first["counts"] and again["counts"]["read"] == 4
+    assert capsys.readouterr().err.count("an output of this prepare") == 3  # train, val and report of the rerun
+    res = _run(tmp_path, [folder / "train.json"], out=str(tmp_path / "again.json"), language=["all"])
+    assert res["counts"]["read"] == 3
+
+
+def test_a_run_without_a_val_split_removes_the_last_runs_split_and_its_registration(tmp_path):
+    """Trial 25c: after `--val_size 1 --register …`, the same with `--val_size 0` left train_val.json (records now in
+    train) and its `<name>_val` entry: an eval set overlapping the training set."""
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    reg = tmp_path / "out/dataset_info.json"
+    _run(tmp_path, [src], val_size=1, register=str(reg), name="s", language=["all"])
+    vpath = tmp_path / "out/train_val.json"
+    assert vpath.exists() and set(json.loads(reg.read_text(encoding="utf-8"))) == {"s", "s_val"}
+    reg.write_text(json.dumps({**json.loads(reg.read_text(encoding="utf-8")), "other": {"file_name": "x.json"}}),
+                   encoding="utf-8")
+    res = _run(tmp_path, [src], val_size=0, register=str(reg), name="s", language=["all"])
+    assert res["val"] is None and not vpath.exists() and len(_load(res["train"])) == 4
+    assert set(json.loads(reg.read_text(encoding="utf-8"))) == {"s", "other"}
+
+
+def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
+    """Trial 25c: a 210 MB input logged to a file printed nothing for 5 minutes after its `detected` line."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    monkeypatch.setattr(prepare_mod, "PLAIN_EVERY_S", 0.0)
+    monkeypatch.setattr(prepare_mod, "BIG_INPUT_BYTES", 1)
+    monkeypatch.setattr(prepare_mod, "_CHUNK", 2)
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    _run(tmp_path, [src], language=["all"])
+    err = capsys.readouterr().err
+    assert f"reading {src} (0 MiB) …" in err
+    assert "cleaning 2/4  kept 2" in err and "cleaning 4/4  kept 4" in err
+
+
+def test_a_folder_with_empty_files_and_a_workbook_reads_the_rest(tmp_path, capsys):
+    """Trial 25c: a zero-byte .json or .csv in a folder of dumps (a failed export) stopped the whole run, while an
+    empty .jsonl was skipped; an .xlsx given by name was refused as a CSV without a header line."""
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    _csv(folder / "good.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    for name in ("empty.csv", "empty.json", "empty.jsonl"):
+        (folder / name).write_bytes(b"")
+    (folder / "sheet.xlsx").write_bytes(b"PK\x03\x04 a zip")
+    res = _run(tmp_path, [folder], language=["all"])
+    assert res["counts"]["read"] == 4
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("skipped, empty") == 3 and "sheet.xlsx: skipped, a spreadsheet workbook" in err
+    warnings = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["warnings"]
+    assert sum("skipped, empty" in w for w in warnings) == 3  # the report names what was not read, too
+    with pytest.raises(UserError, match=r"sheet\.xlsx: a spreadsheet workbook, which prepare does not read; save "
+                                        r"the sheet as CSV UTF-8"):
+        _run(tmp_path, [folder / "sheet.xlsx"])
+    with pytest.raises(UserError, match=r"empty\.csv: file is empty"):  # named on its own: the user meant it
+        _run(tmp_path, [folder / "empty.csv"])
+
+
+def test_a_saved_failed_api_answer_says_what_it_is(tmp_path):
+    """Trial 25c: `{"success": 2}` saved from the browser was read as a table: `--columns review=success`."""
+    page = tmp_path / "review_570.json"
+    page.write_text('{"success": 2}', encoding="utf-8")
+    with pytest.raises(UserError, match=r"review_570\.json: a saved Steam answer success=2 with no reviews \(Steam "
+                                        r"refused the request"):
+        _run(tmp_path, [page])
+
+
+def test_a_title_row_above_the_csv_header_names_the_header_line(tmp_path):
+    """Trial 25c: a title row above the header got `--columns review=Steam reviews export 2024-05-01`."""
+    src = tmp_path / "export.csv"
+    src.write_text(f"Steam reviews export 2024-05-01,,\n,,\nreview,recommended,game\n\"{EN[0]}\",yes,Hades\n",
+                   encoding="utf-8")
+    with pytest.raises(UserError, match=r"export\.csv: line 3 looks like the header \(review, recommended, game\), "
+                                        r"with lines 1-2 above it \(a title\?\); delete lines 1-2"):
+        _run(tmp_path, [src])
+    src.write_text(f"\"Bewertung\",Spiel\n\"{EN[0]}\",Hades\n", encoding="utf-8")  # no header below: as before
+    with pytest.raises(UserError, match="no review-text column among the columns found"):
+        _run(tmp_path, [src])
+
+
+def test_a_review_edited_between_two_collects_is_kept_once_in_its_latest_version(tmp_path):
+    """Trial 25c: the same review (app and recommendationid) in an old and a new collect file, its text edited in
+    between, was kept twice unless the edit was small enough for near_duplicate."""
+    def line(rid, text, updated):
+        return json.dumps({"recommendationid": rid, "review": text, "appid": 570, "language": "english",
+                           "voted_up": True, "timestamp_updated": updated})
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw/a_new.jsonl").write_text(line("1", EN[1], 200) + "\n" + line("2", EN[3], 100) + "\n",
+                                              encoding="utf-8")
+    (tmp_path / "raw/b_old.jsonl").write_text(line("1", EN[0], 100) + "\n" + line("2", EN[3], 100) + "\n"
+                                              + line("3", EN[2], 100) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [tmp_path / "raw"], app_name=["570=Dota 2"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], EN[3], EN[2]])
+    rule = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]["exact_duplicate"]
+    assert rule["reasons"] == {"older version of a review": 1, "in another input file": 1}
+
+
+def test_a_json_lines_file_with_a_zero_filled_tail_names_the_nul_bytes(tmp_path):
+    """Trial 25c: a crash zero-fills a file's last block; the error said only `Expecting value`."""
+    src = tmp_path / "r.jsonl"
+    src.write_bytes(b"\n".join(json.dumps({"review": t, "app_name": "Hades"}).encode() for t in EN) + b"\n" + b"\0" * 64)
+    with pytest.raises(UserError, match=r"r\.jsonl: line 5: NUL bytes from column 1 \(the file was cut short by a "
+                                        r"crash or a full disk\)"):
+        _run(tmp_path, [src])
+
+
+def test_nan_from_a_pandas_export_is_an_empty_value_not_the_text_nan(tmp_path):
+    """Trial 25c: json.dumps of a pandas frame writes NaN for empty cells: `{playtime_hours}` rendered "nan", an
+    Infinity "inf", and a NaN review became the text "nan"."""
+    src = tmp_path / "frame.json"
+    src.write_text(json.dumps([{"review": float("nan"), "app_name": "Hades", "hours": 3},
+                               {"review": EN[0], "app_name": "Hades", "hours": float("nan")},
+                               {"review": EN[1], "app_name": "Hades", "hours": float("inf")},
+                               {"review": EN[2], "app_name": "Hades", "hours": 2.5}]), encoding="utf-8")
+    res = _run(tmp_path, [src], language=["all"], input_template="{playtime_hours} h")
+    assert [(r["input"], r["output"]) for r in _load(res["train"])] == [("2.5 h", EN[2])]
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]
+    assert report["empty"]["removed"] == 1 and report["template_fields"]["reasons"] == {"playtime unknown": 2}
+    assert columns.number(float("nan")) is None and columns.number(float("inf")) is None
+
+
+def test_files_joined_by_cat_keep_their_inner_boms_and_headers_out_of_the_reviews(tmp_path):
+    """Trial 25c: `cat a.jsonl b.jsonl` with a BOM on each failed at line 4 (`Unexpected UTF-8 BOM … fix or delete
+    the line`: a review lost); `cat a.csv b.csv` read b's header as a review `review` recommended `recommended`."""
+    lines = [json.dumps({"review": t, "app_name": "Hades"}) for t in EN]
+    joined = tmp_path / "joined.jsonl"
+    joined.write_bytes(("\ufeff" + "\n".join(lines[:2]) + "\n\ufeff" + "\n".join(lines[2:]) + "\n").encode())
+    assert _run(tmp_path, [joined], language=["all"])["counts"]["read"] == 4
+    header = "\ufeffreview,recommended,game\n"
+    src = tmp_path / "joined.csv"
+    src.write_text(header + f'"{EN[0]}",yes,Hades\n' + header + f'"{EN[1]}",no,Hades\n', encoding="utf-8")
+    res = _run(tmp_path, [src], language=["all"])
+    assert res["counts"]["read"] == 2 and [r["output"] for r in _load(res["train"])] == EN[:2]
+    assert any("the header line came again 1 time(s) below the first" in w
+               for w in json.loads(Path(res["report"]).read_text(encoding="utf-8"))["warnings"])
+
+
+def test_ctrl_c_says_what_a_rerun_does(tmp_path, monkeypatch):
+    """Trial 25c: Ctrl-C mid-cleaning exited 130 with no word (collect, train and export say where they stopped)."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare_mod, "_prepare", interrupted)
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/train.json")])
+    assert r.exit_code == 130 and "interrupted; prepare starts over when rerun" in r.output
+
+
+def test_survey_headers_with_a_question_mark_or_colon_are_matched(tmp_path):
+    """Trial 25c: a form export's `Review:` / `Recommended?` headers matched no field (`--columns` needed)."""
+    src = _csv(tmp_path / "form.csv", ["Review:", "Recommended?", "Helpful votes", "Game"],
+               [[EN[0], "Yes", "3", "Hades"], [EN[1], "No", "1", "Hades"]])
+    res = _run(tmp_path, [src], language=["all"], voted_up="true", min_votes_up=2)
+    assert [r["output"] for r in _load(res["train"])] == [EN[0]]
+    assert res["formats"] and columns.field_of("评论：") == "review" and columns.field_of("*Review") == "review"
+
+
+def test_a_utf8_file_under_a_legacy_encoding_flag_is_read_as_utf8(tmp_path, capsys):
+    """Trial 25c: `--encoding latin-1` (for the other files of a folder) turned a UTF-8 file into `TrÃ¨s bon jeu`
+    without an error; GBK and cp1252 files are still read with the flag."""
+    text = "Très bon jeu, j’adore l’ambiance générale du jeu et la musique"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/utf8.csv").write_text(f"review,game\n\"{text}\",Hades\n", encoding="utf-8")
+    (tmp_path / "in/legacy.csv").write_bytes(f"review,game\n\"{text[:-3]}ici\",Hades\n".encode("cp1252"))
+    res = _run(tmp_path, [tmp_path / "in"], encoding="cp1252", language=["all"], near_dedup=False)
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([text, text[:-3] + "ici"])
+    assert "utf8.csv: read as UTF-8 (its bytes are valid UTF-8), not as --encoding cp1252" in \
+        " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_end_prepare_like_ctrl_c(tmp_path, capsys, monkeypatch, sig):
+    """Trial 25c: SIGTERM killed prepare without a word (rc 143); it now ends as Ctrl-C does, as collect's run."""
+    import os
+    import signal
+
+    from steam_persona.reviews import prepare as prepare_mod
+
+    def terminated(cfg):
+        os.kill(os.getpid(), getattr(signal, sig))
+        raise AssertionError("the signal did not stop prepare")
+    monkeypatch.setattr(prepare_mod, "_prepare", terminated)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, [tmp_path])
+    assert "interrupted; prepare starts over when rerun" in capsys.readouterr().err
+    assert signal.getsignal(getattr(signal, sig)) is signal.SIG_DFL
