@@ -375,6 +375,32 @@ def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch)
             "rerun with --overwrite_output_dir to start over") in " ".join(buf.getvalue().split())
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_a_run_as_ctrl_c_does(tiny_llama_dir, eight, tmp_path, monkeypatch, sig):
+    """A scheduler's SIGTERM (or a closed terminal's SIGHUP) killed train without a word (rc 143): it now says
+    where the run stopped and how to resume, as Ctrl-C does, and the signal's own handler comes back after."""
+    import io as _io
+    import os
+    import signal
+
+    from steam_persona.common import console as console_mod
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+    signum = getattr(signal, sig)
+
+    def stop(step, row):
+        if step == 3:
+            os.kill(os.getpid(), signum)
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tiny_llama_dir, eight, out, save_steps=2), callbacks=(stop,))
+    said = " ".join(buf.getvalue().split())
+    assert f"interrupted after step 3 of 4: rerun the same command to resume from {out / 'checkpoint-2'} (step 2)" in said
+    assert signal.getsignal(signum) is signal.SIG_DFL
+
+
 def test_throughput_keeps_compile_steps_out_of_speed_and_eta():
     """Regression: step 1 of a compiled GPU run printed 50 tokens/s and an ETA of 27 minutes for a 65 s run."""
     from steam_persona.trainer.throughput import Throughput

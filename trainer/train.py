@@ -52,7 +52,7 @@ from steam_persona.common.arguments import (DataArguments, LlamaCppArguments, Lo
                                              QuantizationArguments, TrainingArguments, not_negative_finite)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
-from steam_persona.common.errors import UserError
+from steam_persona.common.errors import UserError, stop_signals_interrupt
 from steam_persona.common.persona import DEFAULT_SYSTEM
 from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput
 
@@ -736,10 +736,15 @@ def _run(cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...], r
         prepare_data(cfg, model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code))
         return distributed.relaunch(cfg, cfg.nproc_per_node)
     recipe = TrainRecipe(cfg, callbacks, resume_hint)
-    with _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, None, resume_hint and distributed.rank_world()[0] == 0):
-        recipe.setup(resume)
-    recipe.train()
-    return recipe.finish()
+    # SIGTERM / SIGHUP (a scheduler's stop, a closed terminal) end a run as Ctrl-C does: where it stopped and how
+    # to go on, exit 130. Not under a launcher: its agent stops the workers with SIGTERM, maybe inside a collective.
+    stop = contextlib.nullcontext() if distributed.launched() else stop_signals_interrupt()
+    with stop:
+        with _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, None,
+                                       resume_hint and distributed.rank_world()[0] == 0):
+            recipe.setup(resume)
+        recipe.train()
+        return recipe.finish()
 
 
 class TrainRecipe:
