@@ -773,7 +773,7 @@ class TrainRecipe:
         self.last_window = 0
         self.tokens_run = 0
         self.t0 = time.time()
-        self.threads: int | None = None  # torch CPU threads (setup_precision; None on a GPU)
+        self.threads: int | None = None  # torch CPU threads (setup; None on a GPU)
 
     def setup(self, resume: Path | None) -> None:
         """Every setup part in order; ``resume``: the checkpoint to continue from (:func:`_resume_point`).
@@ -786,6 +786,8 @@ class TrainRecipe:
         self.setup_optimizer(resume)
         if self.main:
             check_free_space(self.out, checkpoint_bytes(self.params, self.tokenizer))
+        # after the checks of the user's input, whose errors stay one line
+        self.threads = threads_for_load() if self.device == "cpu" else None
         self.open_run_dir(resume)
         self.model.train()
         self.ddp = distributed.wrap(self.model, self.device)  # DDP over the LoRA weights, else the model itself
@@ -795,7 +797,6 @@ class TrainRecipe:
         from steam_persona.trainer import distributed
 
         self.device, self.dtype, self.amp = resolve_precision(self.cfg)
-        self.threads = threads_for_load() if self.device == "cpu" else None  # torch's CPU threads
         self.rank, self.world = distributed.init(self.device)  # (0, 1) unless started by torchrun / accelerate
         self.main = self.rank == 0
 
