@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 import click
 
@@ -35,19 +36,44 @@ class UserError(click.ClickException):
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class Interrupts:
+    """The stop signals received inside a :func:`stop_signals_interrupt` block. Each raises ``KeyboardInterrupt``
+    where it lands, but Python drops an exception raised inside a finalizer (``__del__``: "Exception ignored in
+    …"), and the stage would go on as if nothing had been sent; long work calls :meth:`check` at safe points
+    (between steps) to stop there instead."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # the last signal's number
+
+    def handler(self, signum: int, frame: object) -> None:
+        self.received = signum
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` if a signal came in the block (whether or not its own raise got through)."""
+        if self.received is not None:
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def stop_signals_interrupt() -> Iterator[None]:
-    """Inside the block a :data:`STOP_SIGNALS` signal raises ``KeyboardInterrupt``, so the stage ends as on Ctrl-C
-    (its own message, exit 130) instead of dying without a word; the handlers before it come back after. Only in
-    the main thread (Python delivers signals there); elsewhere a no-op."""
-    old = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS} \
+def stop_signals_interrupt(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[Interrupts]:
+    """Inside the block a signal of `signals` (default :data:`STOP_SIGNALS`) raises ``KeyboardInterrupt``, so the
+    stage ends as on Ctrl-C (its own message, exit 130) instead of dying without a word; the handlers before it
+    come back after. Yields the block's :class:`Interrupts`. Only in the main thread (Python delivers signals
+    there); elsewhere the handlers are left alone."""
+    interrupts = Interrupts()
+    old = {sig: signal.signal(sig, interrupts.handler) for sig in signals} \
         if threading.current_thread() is threading.main_thread() else {}
+    hook = sys.unraisablehook
+
+    def quiet(unraisable: Any) -> None:  # a dropped stop: Interrupts.check ends the stage, no traceback
+        if not (unraisable.exc_type is KeyboardInterrupt and interrupts.received is not None):
+            hook(unraisable)
+
+    sys.unraisablehook = quiet
     try:
-        yield
+        yield interrupts
     finally:
+        sys.unraisablehook = hook
         for sig, handler in old.items():
             signal.signal(sig, handler)

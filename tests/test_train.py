@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -399,6 +400,41 @@ def test_sigterm_and_sighup_stop_a_run_as_ctrl_c_does(tiny_llama_dir, eight, tmp
     said = " ".join(buf.getvalue().split())
     assert f"interrupted after step 3 of 4: rerun the same command to resume from {out / 'checkpoint-2'} (step 2)" in said
     assert signal.getsignal(signum) is signal.SIG_DFL
+
+
+def test_a_ctrl_c_that_python_drops_while_loading_still_stops_the_run(tiny_llama_dir, eight, tmp_path, monkeypatch):
+    """Trial 26: a Ctrl-C in train's first seconds landed in a finalizer (the regex package's ``Group.__del__``);
+    Python printed "Exception ignored … KeyboardInterrupt" and the run trained to the end, exit 0."""
+    import io as _io
+    import os
+    import signal
+
+    from steam_persona.common import console as console_mod
+    from steam_persona.trainer import train as train_mod
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+    setup_model = train_mod.TrainRecipe.setup_model
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the Ctrl-C's KeyboardInterrupt is raised here, inside __del__, and dropped
+
+    def with_a_dropped_ctrl_c(self):
+        setup_model(self)
+        Finalized()
+
+    monkeypatch.setattr(train_mod.TrainRecipe, "setup_model", with_a_dropped_ctrl_c)
+    out = tmp_path / "run"
+    dropped = []  # what Python would print as "Exception ignored in …"
+    monkeypatch.setattr("sys.unraisablehook", dropped.append)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tiny_llama_dir, eight, out))
+    assert "interrupted while loading, before the first step" in " ".join(buf.getvalue().split())
+    assert dropped == []  # no traceback of the dropped Ctrl-C beside that line
+    assert not (out / "adapter_model.safetensors").exists() and not list(out.glob("checkpoint-*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_throughput_keeps_compile_steps_out_of_speed_and_eta():

@@ -39,6 +39,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from steam_persona.common.arguments import (DataArguments, LlamaCppArguments, Lo
                                              QuantizationArguments, TrainingArguments, not_negative_finite)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
-from steam_persona.common.errors import UserError, stop_signals_interrupt
+from steam_persona.common.errors import STOP_SIGNALS, Interrupts, UserError, stop_signals_interrupt
 from steam_persona.common.persona import DEFAULT_SYSTEM
 from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput
 
@@ -737,12 +738,15 @@ def _run(cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...], r
         return distributed.relaunch(cfg, cfg.nproc_per_node)
     recipe = TrainRecipe(cfg, callbacks, resume_hint)
     # SIGTERM / SIGHUP (a scheduler's stop, a closed terminal) end a run as Ctrl-C does: where it stopped and how
-    # to go on, exit 130. Not under a launcher: its agent stops the workers with SIGTERM, maybe inside a collective.
-    stop = contextlib.nullcontext() if distributed.launched() else stop_signals_interrupt()
-    with stop:
+    # to go on, exit 130; a Ctrl-C that Python dropped (raised inside a finalizer while loading) still stops it
+    # before the next step. Not under a launcher: its agent stops the workers with SIGTERM, maybe inside a collective.
+    stop = contextlib.nullcontext(Interrupts()) if distributed.launched() else \
+        stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,))
+    with stop as recipe.interrupts:
         with _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, None,
                                        resume_hint and distributed.rank_world()[0] == 0):
             recipe.setup(resume)
+            recipe.interrupts.check()
         recipe.train()
         return recipe.finish()
 
@@ -774,6 +778,7 @@ class TrainRecipe:
         self.tokens_run = 0
         self.t0 = time.time()
         self.threads: int | None = None  # torch CPU threads (setup; None on a GPU)
+        self.interrupts = Interrupts()  # the stop signals received (run's stop_signals_interrupt)
 
     def setup(self, resume: Path | None) -> None:
         """Every setup part in order; ``resume``: the checkpoint to continue from (:func:`_resume_point`).
@@ -1082,6 +1087,7 @@ class TrainRecipe:
                                            completed=self.start, loss="-", lr="-", tps="-", eta="-") \
                 if self.main else None
             for step in range(self.start, self.total):
+                self.interrupts.check()
                 t_step = time.time()
                 stats = self.train_step(step)
                 row = self._account(step, stats, t_step)
