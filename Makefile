@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c $(LOCK) "$(TORCH_SPEC)"
 	@echo "installing steam-persona with the versions in $(LOCK); llama-cpp-python is built from source" \
-	     "unless pip has the wheel cached (5-15 minutes on 2 cores)"
+	     "unless pip has the wheel cached (4-15 minutes on 2 cores)"
 	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install --progress-bar on -c $(LOCK) -e ".[dev]"
 	touch $@
 
