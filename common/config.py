@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -205,12 +206,36 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 #: keeps typos (lora_rnak → lora_rank, num_epochs → num_train_epochs) and drops far guesses (deepspeed →
 #: seed, double_quantization → quantization_bit).
 CLOSE_NAME = 0.75
+#: How alike two words must be to count as one word mistyped (trian → train, rat → rate, but not save → eval).
+CLOSE_WORD = 0.6
 
 
 def close_name(name: str, known: Iterable[str]) -> str | None:
-    """The known name closest to ``name`` when it is close (:data:`CLOSE_NAME`), else ``None``."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=CLOSE_NAME)
-    return close[0] if close else None
+    """The known name closest to ``name`` when it is close (:data:`CLOSE_NAME`) and a typo of it
+    (:func:`_one_word_apart`), else ``None``: ``save_strategy`` is not a typo of ``eval_strategy``, another setting."""
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=CLOSE_NAME)
+    return next((c for c in close if _one_word_apart(name, c)), None)
+
+
+def _one_word_apart(a: str, b: str) -> bool:
+    """Whether names ``a`` and ``b`` (words joined by ``_`` or ``-``) differ by at most one word left out, added or
+    mistyped (:data:`CLOSE_WORD`), or only in their separators (learningrate → learning_rate)."""
+    def words(x: str) -> list[str]:
+        return [w for w in re.split(r"[_-]+", x.lower()) if w]
+
+    wa, wb = words(a), words(b)
+    if "".join(wa) == "".join(wb):
+        return True
+    edits = [op for op in difflib.SequenceMatcher(None, wa, wb, autojunk=False).get_opcodes() if op[0] != "equal"]
+    if len(edits) != 1:
+        return False
+    tag, i1, i2, j1, j2 = edits[0]
+    if tag != "replace":
+        return (i2 - i1) + (j2 - j1) == 1
+    if (i2 - i1, j2 - j1) != (1, 1):
+        return False
+    x, y = wa[i1], wb[j1]
+    return x.startswith(y) or y.startswith(x) or difflib.SequenceMatcher(None, x, y).ratio() >= CLOSE_WORD
 
 
 def _no_unknown_keys(yaml_values: dict[str, Any], known: dict[str, Any], source: str) -> None:

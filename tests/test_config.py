@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import pytest
 from click.testing import CliRunner
 
+from steam_persona.common import config
 from steam_persona.common.config import arg, command
 from steam_persona.common.errors import UserError
 
@@ -83,3 +84,14 @@ def test_a_missing_examples_file_names_its_packaged_copy(tmp_path, monkeypatch):
     with pytest.raises(UserError) as e:
         load_yaml("mine.yaml")
     assert e.value.message == "mine.yaml: config file not found; check the path"
+
+
+@pytest.mark.parametrize("unknown, suggested", [
+    ("save_strategy", None), ("ddp_timeout", None),  # trial 26: "did you mean eval_strategy / read_timeout?"
+    ("learning_rat", "learning_rate"), ("num_epochs", "num_train_epochs"), ("learningrate", "learning_rate"),
+    ("per_device_batch_size", "per_device_train_batch_size"), ("deepspeed", None),
+])
+def test_did_you_mean_names_a_typo_of_a_setting_never_another_setting(unknown, suggested):
+    known = ["eval_strategy", "learning_rate", "num_train_epochs", "per_device_train_batch_size", "read_timeout",
+             "seed"]
+    assert config.close_name(unknown, known) == suggested
