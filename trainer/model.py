@@ -16,11 +16,12 @@ Kept as separate functions so other stages and GPU-only levers can hook in: :fun
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -58,15 +59,31 @@ def hf_path(source: ModelSource) -> str:
     from steam_persona.common.console import console
 
     console.print(f"[dim]converting {gguf.name} to an HF checkpoint once (cached in {target})[/dim]")
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.bfloat16, **source.model_kwargs())
-    tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    with atomic.atomic_path(target) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+    with _no_transformers_bars():
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.bfloat16, **source.model_kwargs())
+        tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        with atomic.atomic_path(target) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
     prune_cache(CACHE_KEEP)
     return str(target)
+
+
+@contextlib.contextmanager
+def _no_transformers_bars() -> Iterator[None]:
+    """transformers' tqdm bars ("Loading weights", "Writing model shards") off inside the block: the conversion
+    has its own line, and the bars' carriage returns garble logs."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def prune_cache(keep: int) -> list[Path]:
