@@ -46,6 +46,7 @@ from steam_persona.reviews import csvquotes
 from steam_persona.common import persona
 from steam_persona.common.textfile import decode, json_msg
 from steam_persona.common.errors import UserError
+from steam_persona.resources import packaged_copy_hint
 
 #: Steam user-tag ids → (English, 简体中文) names, for ``tags_raw`` in the store-scrape CSV.
 #: Ids and English names: Steam's tag list (``store.steampowered.com/tagdata/populartags/english``);
@@ -252,7 +253,7 @@ def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = (), skipped: lis
         elif p.is_file():
             found = [p]
         else:
-            raise UserError(f"{p}: input not found; check the path")
+            raise UserError(f"{p}: input not found; check the path{packaged_copy_hint(p)}")
         mine = {o.resolve() for o in outputs} if p.is_dir() else set()
         for f in found:
             note = "an output of this prepare (--out, its val split or --report); a rerun does not read it back" \

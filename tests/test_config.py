@@ -86,6 +86,17 @@ def test_a_missing_examples_file_names_its_packaged_copy(tmp_path, monkeypatch):
     assert e.value.message == "mine.yaml: config file not found; check the path"
 
 
+def test_prepare_of_a_missing_examples_file_names_its_packaged_copy_too(tmp_path, monkeypatch):
+    """Trial 26: `prepare examples/persona_reviews.json` outside a checkout said only "input not found"."""
+    from steam_persona.resources import shipped
+    from steam_persona.reviews.sources import expand_inputs
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="input not found; check the path; the packaged copy is at") as e:
+        expand_inputs(["examples/persona_reviews.json"])
+    assert str(shipped("examples/persona_reviews.json")) in e.value.message
+
+
 @pytest.mark.parametrize("unknown, suggested", [
     ("save_strategy", None), ("ddp_timeout", None),  # trial 26: "did you mean eval_strategy / read_timeout?"
     ("learning_rat", "learning_rate"), ("num_epochs", "num_train_epochs"), ("learningrate", "learning_rate"),
