@@ -337,6 +337,15 @@ def to_dict(cfg: Any, *, hide_secrets: bool = True) -> dict[str, Any]:
     return out
 
 
+def _shown_default(default: Any) -> str:
+    """``--help``'s ``[default: ...]`` written as a user types it (a list comma-separated, a string bare);
+    nothing for an unset, empty-string or empty-list default."""
+    if default is None or default == "" or default == []:
+        return ""
+    text = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+    return f" [default: {text}]"
+
+
 def command(cls: type, run: Callable[[Any], Any], *, name: str, help: str,
             config_option: Literal["positional", "option", "none"] = "positional") -> click.Command:
     """Make a click command whose flags are the fields of ``cls``; it calls ``run(cfg)``.
@@ -357,7 +366,7 @@ def command(cls: type, run: Callable[[Any], Any], *, name: str, help: str,
             params.append(click.Argument([f.name], type=ctype, nargs=-1 if is_list else 1,
                                          required=False))
             continue
-        shown = "" if f.metadata.get("secret") else f" [default: {default!r}]"
+        shown = "" if f.metadata.get("secret") else _shown_default(default)
         if f.metadata.get("envvar"):
             shown += f" [env: {f.metadata['envvar']}]"
         kwargs: dict[str, Any] = dict(type=ctype, default=None, help=help_text + shown)

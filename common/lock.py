@@ -22,7 +22,8 @@ HELD_ENV = "STEAM_PERSONA_LOCK_HELD"
 
 @contextlib.contextmanager
 def locked(lock: Path, in_use: Callable[[str, str], str], unwritable: Callable[[str], str]) -> Iterator[None]:
-    """Hold ``lock`` while the block writes what it guards; the file is removed on exit.
+    """Hold ``lock`` while the block writes what it guards; the file is removed on exit, and so are the folders
+    made for it that are still empty (a run that stopped before writing leaves no new empty parents).
 
     The inode check makes a run that opened the file just before its removal try again on the new one.
 
@@ -38,7 +39,12 @@ def locked(lock: Path, in_use: Callable[[str, str], str], unwritable: Callable[[
     if os.environ.get(HELD_ENV) == f"{os.getppid()}:{lock}":
         yield
         return
-    fd = _acquire(lock, in_use, unwritable)
+    made = _missing_folders(lock.parent)
+    try:
+        fd = _acquire(lock, in_use, unwritable)
+    except BaseException:
+        _remove_empty(made)
+        raise
     before = os.environ.get(HELD_ENV)
     os.environ[HELD_ENV] = f"{os.getpid()}:{lock}"
     try:
@@ -52,6 +58,25 @@ def locked(lock: Path, in_use: Callable[[str, str], str], unwritable: Callable[[
             os.environ[HELD_ENV] = before
         lock.unlink(missing_ok=True)
         os.close(fd)
+        _remove_empty(made)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _acquire(lock: Path, in_use: Callable[[str, str], str], unwritable: Callable[[str], str]) -> int:

@@ -664,8 +664,10 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
     for appid, message in res["failed"].items():
         console.print(f"app {appid}: {message}", markup=False, soft_wrap=True)
     if res["failed"]:
-        raise UserError(f"collect: {len(res['failed'])} app(s) failed (above); the others are saved; rerun the same "
-                        "command to retry them, or leave a wrong app id out of it")
+        others = {a for f in res["files"] for a in f["apps"]} - set(res["failed"])
+        raise UserError(f"collect: {len(res['failed'])} app(s) failed (above)"
+                        + ("; the others are saved" if others else "")
+                        + "; rerun the same command to retry them, or leave a wrong app id out of it")
     if res["stopped"]:
         raise UserError(f"collect: {res['stopped']}; the data is partial (.part): rerun the same command to continue")
     if cfg.details_only and res["details_failed"]:

@@ -799,14 +799,12 @@ def _per_record_results(reviews: list[Review], rules: _Rules, workers: int) -> I
         _WORKER = None
 
 
-def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[list[Review], list[str], Counter, Counter]:
-    """Run the rules with a progress bar; (kept, their dedup keys, dropped per language, per game).
+def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[list[Review], list[str]]:
+    """Run the rules with a progress bar; (kept, their dedup keys).
     The per-record rules run in ``workers`` processes; exact duplicates are found in this one, in
     input order. A rule that has removed more than a fifth of the reviews seen is reported at once."""
     kept: list[Review] = []
     keys: list[str] = []
-    drop_lang: Counter[str] = Counter()
-    drop_game: Counter[str] = Counter()
     shown_at = time.monotonic()
     with progress() as bar:
         task = bar.add_task("cleaning", total=len(reviews))
@@ -815,9 +813,6 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
                 if (rule or rules.exact_duplicate(r, key)) is None:
                     kept.append(r)
                     keys.append(key)
-                else:
-                    drop_lang[r.language or "unknown"] += 1
-                    drop_game[_game(r)] += 1
             done = start + len(results)
             bar.update(task, completed=done)
             if time.monotonic() - shown_at >= PLAIN_EVERY_S:  # without a terminal the bar shows nothing until the end
@@ -825,7 +820,7 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
                 plain_progress("cleaning", done, len(reviews), {"kept": f"{len(kept):,}"})
             if done < len(reviews):
                 _warn_big_rules(rules.stats, done, rules.warned, so_far=True)
-    return kept, keys, drop_lang, drop_game
+    return kept, keys
 
 
 #: the ``exact_duplicate`` reason of an older version of a review whose edited text came in too (same app and id)
@@ -884,11 +879,20 @@ def _nothing_left(cfg: PrepareConfig, stats: dict[str, _Stat], read: int) -> Non
     raise UserError(f"{', '.join(cfg.inputs)}: no records left after cleaning; {hint}; nothing was written")
 
 
-def _report_details(cfg: PrepareConfig, stats: dict[str, _Stat], loaded: list[sources.Loaded], kept: list[Review],
-                    drop_lang: Counter, drop_game: Counter) -> dict[str, Any]:
+def _language(r: Review) -> str:
+    return r.language or "unknown"
+
+
+def _kept_dropped(read: list[Review], kept: list[Review], group: Callable[[Review], str]) -> dict[str, dict[str, int]]:
+    """Kept and dropped counts per ``group`` of the reviews; dropped is every removal, whichever rule made it."""
+    have, total = Counter(map(group, kept)), Counter(map(group, read))
+    return {k: {"kept": have[k], "dropped": total[k] - have[k]} for k in sorted(total)}
+
+
+def _report_details(cfg: PrepareConfig, stats: dict[str, _Stat], loaded: list[sources.Loaded], read: list[Review],
+                    kept: list[Review]) -> dict[str, Any]:
     """The report's inputs, rules, per-language and per-game counts and config."""
     games = Counter(_game(r) for r in kept)
-    kept_lang = Counter(r.language or "unknown" for r in kept)
     return {
         "inputs": [{"path": str(i.path), "format": i.format, "container": i.container, "compressed": i.compressed,
                     "encoding": i.encoding,
@@ -897,8 +901,8 @@ def _report_details(cfg: PrepareConfig, stats: dict[str, _Stat], loaded: list[so
                       "examples": stats[n].examples, "flag": FLAGS.get(n, f"--{n}")} for n in RULES},
         "unknown_tag_ids": sorted(set().union(*(item.unknown_tag_ids for item in loaded))),
         "per_game": dict(games.most_common()),
-        "by_language": {k: {"kept": kept_lang[k], "dropped": drop_lang[k]} for k in sorted(set(kept_lang) | set(drop_lang))},
-        "by_game": {k: {"kept": games[k], "dropped": drop_game[k]} for k in sorted(set(games) | set(drop_game))},
+        "by_language": _kept_dropped(read, kept, _language),
+        "by_game": _kept_dropped(read, kept, _game),
         "config": config.to_dict(cfg),
     }
 
@@ -972,7 +976,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     rules.handles = noise.screen_names([r.author for r in reviews if r.author])
     workers = cfg.preprocessing_num_workers or min(os.cpu_count() or 1, 8)
     rules.find_older_versions(reviews)
-    kept, keys, drop_lang, drop_game = _clean_all(reviews, rules, workers)
+    kept, keys = _clean_all(reviews, rules, workers)
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])
     stats = rules.stats
@@ -1002,7 +1006,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
         "formats": {str(item.path): item.format for item in loaded},
     }
     report = {**result, "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings,
-              **_report_details(cfg, stats, loaded, kept, drop_lang, drop_game)}
+              **_report_details(cfg, stats, loaded, reviews, kept)}
     prepare_report.write(report, [r.length or noise.length(r.text) for r in kept], report_path, md_path)
     console.print(f"[bold]wrote[/] {out} ({len(train):,} train)" + (f", {vpath} ({len(val):,} val)" if vpath else "")
                   + f", {report_path}, {md_path}, {report['lengths_png']}"

@@ -395,6 +395,8 @@ def test_one_failing_app_does_not_stop_the_others_and_a_rerun_retries_it(tmp_pat
         with pytest.raises(UserError, match=r"collect: 1 app\(s\) failed \(above\); the others are saved"):
             run(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10,999,11"]))
         assert "app 999: " in capsys.readouterr().err
+        with pytest.raises(UserError, match=r"collect: 1 app\(s\) failed \(above\); rerun the same command"):
+            run(_cfg(server, tmp_path / "alone/{appid}.jsonl", appid=["999"]))  # no others to be saved
         assert len(_lines(tmp_path / "raw/10.jsonl")) == 5 and len(_lines(tmp_path / "raw/11.jsonl")) == 4
         res = collect(_cfg(server, tmp_path / "shared.jsonl", appid=["10,999,11"]))  # one shared file
         assert set(res["failed"]) == {"999"} and not res["complete"]

@@ -106,3 +106,19 @@ def test_did_you_mean_names_a_typo_of_a_setting_never_another_setting(unknown, s
     known = ["eval_strategy", "learning_rate", "num_train_epochs", "per_device_train_batch_size", "read_timeout",
              "seed"]
     assert config.close_name(unknown, known) == suggested
+
+
+def test_help_shows_defaults_as_typed():
+    """List and string defaults read as a user types them; an empty list or unset value shows no default."""
+    from steam_persona.reviews.prepare import command as prepare
+    from steam_persona.trainer.train import command as train
+
+    def flag(cmd, name: str) -> str:
+        text = CliRunner().invoke(cmd, ["--help"], terminal_width=1000).output
+        return next(line for line in text.splitlines() if line.strip().startswith(f"--{name} "))
+
+    assert flag(prepare, "language").endswith("[default: schinese]")
+    assert "default" not in flag(prepare, "app_name")
+    assert flag(train, "lora_target").endswith("[default: all]")
+    assert flag(train, "stage").endswith("[default: sft]")
+    assert "default" not in flag(train, "dataset")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,14 @@ def test_chat_is_model_provider_and_review_is_tool(built):
     assert [o["value"] for o in params["length"]["options"]] == ["auto", "short", "medium", "long"]
     assert params["length"]["default"] == "auto"
     assert {"tags", "extra_instructions"} <= set(params)
+
+
+@pytest.mark.parametrize("key", ["chat", "review"])
+def test_shipped_manifest_names_docs_by_url(key):
+    """A docs page named in a packaged manifest's comments is a link, not a path the package does not hold."""
+    text = _staged(key)["manifest.yaml"].decode()
+    assert "docs/dify.md" in text
+    assert not re.search(r"(?<!steam-persona/blob/main/)\bdocs/", text)
 
 
 def test_same_sources_same_bytes(built, tmp_path):

@@ -286,6 +286,24 @@ def test_cross_game_copypasta_goes_entirely(tmp_path):
     assert _run(tmp_path, [src], near_dup_threshold=0.7, copypasta_games=0)["counts"]["kept"] == 3
 
 
+def test_dropped_tables_count_every_removal(tmp_path):
+    """The per-language and per-game "dropped" counts include the second-pass removals (near duplicates,
+    copypastas, --max_per_game), so each table sums to the run's dropped total."""
+    pasta = "我是一个没有感情的复制机器，这段话会出现在每一个游戏的评测区里，请不要在意我，继续往下看吧"
+    rows = [[pasta + "！" * i, game] for i, game in enumerate(["A", "B", "C"])]
+    near = "一个赞封一个挂逼，这个游戏真的好玩，自由度很高而且怎么玩也玩不腻，可以来我们这里一起交流学习，欢迎各位萌新和老玩家前来"
+    rows += [[near, "A"], [near[1:], "A"], [ZH[1], "B"], [ZH[2], "B"]]
+    src = _csv(tmp_path / "near.csv", ["review", "game"], rows)
+    res = _run(tmp_path, [src], near_dup_threshold=0.7, max_per_game=1)
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert report["rules"]["near_duplicate"]["removed"] >= 1 and report["rules"]["max_per_game"]["removed"] == 1
+    dropped = res["counts"]["read"] - res["counts"]["kept"]
+    for table in ("by_language", "by_game"):
+        assert sum(v["dropped"] for v in report[table].values()) == dropped
+        assert sum(v["kept"] for v in report[table].values()) == res["counts"]["kept"]
+    assert report["by_game"]["A"] == {"kept": 1, "dropped": 2}
+
+
 def test_identity_slurs_are_removed_and_reported_masked(tmp_path):
     rows = [[t, "Hades"] for t in ZH] + [["这关卡设计的策划是智障吧，难度曲线完全不合理", "Hades"],
                                          ["垃圾优化，烂到家了，但是玩法确实有意思，建议打折再买", "Hades"]]

@@ -483,6 +483,19 @@ def test_one_train_per_output_dir_and_a_dead_runs_lock_is_taken_over(tiny_llama_
     assert not (tmp_path / "run.lock").exists()
 
 
+def test_a_failed_data_check_leaves_no_new_parent_folders(tiny_llama_dir, eight, tmp_path):
+    """A train that stops at its data check removes the parent folders of --output_dir that it made."""
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+
+    out = tmp_path / "new" / "deeper" / "run"
+    r = CliRunner().invoke(main, ["train", "--model_name_or_path", str(tiny_llama_dir), "--dataset",
+                                  str(tmp_path / "nosuch.json"), "--output_dir", str(out)])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def _train_cli(tiny_llama_dir, eight, out):
     from click.testing import CliRunner
 
