@@ -236,7 +236,8 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
         adapter: a run dir or checkpoint with ``adapter_config.json``, or ``None``.
         quantization_bit: 4, 8 or ``None`` (``None`` with an adapter: the run's own setting is not
             reused; inference in the base dtype is exact and fast enough for the small models).
-        device: default CUDA when available, else CPU.
+        device: default CUDA when available, else CPU (on a busy CPU with one torch thread:
+            :func:`steam_persona.trainer.train.threads_for_load`, two threads there made generation ~5-18x slower).
         dtype: default bfloat16 on CUDA with bf16 support, else float32.
 
     Returns:
@@ -250,6 +251,10 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
     from steam_persona.common.run_record import RunRecord
 
     device = device or default_device()
+    if device == "cpu":
+        from steam_persona.trainer.train import threads_for_load
+
+        threads_for_load(work="generating")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
