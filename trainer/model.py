@@ -251,10 +251,6 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
     from steam_persona.common.run_record import RunRecord
 
     device = device or default_device()
-    if device == "cpu":
-        from steam_persona.trainer.train import threads_for_load
-
-        threads_for_load(work="generating")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
@@ -279,6 +275,10 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
 
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
+    if device == "cpu":
+        from steam_persona.trainer.train import threads_for_load
+
+        threads_for_load(work="generating")
     if tokenizer.eos_token_id is not None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, tokenizer
