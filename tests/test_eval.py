@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -196,3 +197,26 @@ def test_addresses_game_by_name_word_cjk_pair_or_tag():
     assert m.addresses_game("悟空的棍子很沉", "黑神话：悟空") and not m.addresses_game("这游戏不错", "黑神话：悟空")
     assert m.addresses_game("a great open-world trip", "X", ["Open World"])
     assert not m.addresses_game("farming all day", "Hollow Knight", ["Metroidvania", "Indie"])
+
+
+def test_generation_on_a_busy_cpu_takes_one_thread_and_the_kv_cache(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+    """Eval's tuned generation ran ~18x slower than the base's on a machine that got busy between the two: torch's
+    two threads wait on each other while other jobs hold the cores. Loading for generation (eval, chat) picks one
+    thread there as train does, and the adapter leaves the KV cache on."""
+    import torch
+
+    from steam_persona.trainer.model import load_for_inference
+
+    run_dir = _fake_run_dir(tiny_llama_dir, tmp_path, tmp_path / "train.json")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.3, 3.3, 3.3))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        model, _ = load_for_inference(None, str(run_dir), device="cpu")
+        assert torch.get_num_threads() == 1
+        assert "generating with one thread" in " ".join(capsys.readouterr().err.split())
+        assert model.config.use_cache and model.generation_config.use_cache is not False
+    finally:
+        torch.set_num_threads(threads)

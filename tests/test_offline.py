@@ -65,3 +65,44 @@ def test_export_imports_the_training_stack_offline_and_quietly():
     assert logged == ""
     assert "kernels-community" not in r.stderr and "gemm_4bit" not in r.stderr
     assert "is_gradient_checkpointing" not in r.stderr
+
+
+def test_a_mistyped_local_model_path_fails_at_once_without_a_hub_lookup(tmp_path, monkeypatch):
+    """Regression (F3): `saves/typo-run` beside an existing `saves/` was taken for a hub id and retried against
+    huggingface.co for ~55 s (22 log lines) before the error; a path of more than two parts cannot be a hub id."""
+    from steam_persona.common.errors import UserError
+    from steam_persona.common.hub import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "saves").mkdir()
+    with pytest.raises(UserError, match=r"^saves/typo-run: model folder not found \(saves/ is a local folder"):
+        resolve_model("saves/typo-run")
+    for value in ("runs/a/b", "./typo", "~/no-such-model-dir"):
+        with pytest.raises(UserError, match="model folder not found; check --model_name_or_path"):
+            resolve_model(value)
+    for stage in (["train", "--dataset", "x.json", "--output_dir", "out"], ["chat"]):
+        r = subprocess.run([sys.executable, "-m", "steam_persona", *stage, "--model_name_or_path", "saves/typo-run"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert r.returncode == 2 and "saves/typo-run: model folder not found" in r.stderr, r.stderr
+        assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [r.stderr.strip()], r.stderr  # one line
+
+
+def test_an_uncached_hub_id_with_the_hub_unreachable_fails_at_once(monkeypatch):
+    """huggingface_hub retries an unreachable hub for about a minute and has no setting for fewer retries: one
+    short connection decides instead. With HF_HUB_OFFLINE set nothing is probed (transformers fails at once)."""
+    import time
+
+    from huggingface_hub import constants
+
+    from steam_persona.common.errors import UserError
+    from steam_persona.common.hub import resolve_model
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # loopback, nothing listens
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"^nobody-xyz/no-such-model: no local folder of that name, not in the HF "
+                                        r"cache, and http://127.0.0.1:9 is not reachable .*check --model_name_or_path"):
+        resolve_model("nobody-xyz/no-such-model")
+    assert time.monotonic() - t0 < 5
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert resolve_model("nobody-xyz/no-such-model").path == "nobody-xyz/no-such-model"

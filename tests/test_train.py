@@ -437,6 +437,41 @@ def test_a_ctrl_c_that_python_drops_while_loading_still_stops_the_run(tiny_llama
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_eta_counts_the_evaluations_to_come_and_plain_lines_frame_each_eval(tiny_llama_dir, eight, tmp_path,
+                                                                            monkeypatch):
+    """Regression (F11): the ETA left evaluations out (ETA 0:00:00 at the last step, then minutes of final eval)
+    and a non-terminal run printed nothing while one ran. Each eval here takes 2 s more than its work."""
+    import io as _io
+    import re
+    import time as _time
+
+    from steam_persona.common import console as console_mod
+    from steam_persona.trainer import train as train_mod
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    evaluate = train_mod.TrainRecipe.evaluate
+
+    def slow_eval(self):
+        _time.sleep(2.0)
+        return evaluate(self)
+
+    monkeypatch.setattr(train_mod.TrainRecipe, "evaluate", slow_eval)
+    run(_cfg(tiny_llama_dir, eight, tmp_path / "run", val_size=2, eval_steps=2, save_steps=100))
+    out = buf.getvalue()
+    eta = {int(s): e for s, e in re.findall(r"^train step (\d+)/4 .*  ETA (\S+)$", out, re.M)}
+
+    def seconds(hms):
+        h, m, sec = map(int, hms.split(":"))
+        return 3600 * h + 60 * m + sec
+
+    # step 3: one step and the step-4 eval to come; step 4: only the final eval (was 0:00:00)
+    assert seconds(eta[3]) >= 2 and seconds(eta[4]) >= 2, eta
+    assert re.search(r"^eval at step 2: 2 samples …$", out, re.M) and re.search(r"^eval at step 4: 2 samples …$", out, re.M)
+    assert len(re.findall(r"^step [24]: eval loss \(training weights\) \d+\.\d{4} \(0:00:0[2-9]\)$", out, re.M)) == 2
+
+
 def test_throughput_keeps_compile_steps_out_of_speed_and_eta():
     """Regression: step 1 of a compiled GPU run printed 50 tokens/s and an ETA of 27 minutes for a 65 s run."""
     from steam_persona.trainer.throughput import Throughput
@@ -454,6 +489,10 @@ def test_throughput_keeps_compile_steps_out_of_speed_and_eta():
     # the warm-up took 66 s; at the steady 8,000 tokens/s its 2,000 tokens need 0.25 s
     assert t.warmup_overhead_s() == pytest.approx(66 - 0.25)
     assert Throughput(total=3, warmup_steps=2).warmup_overhead_s() == 0.0
+    # an evaluation is kept out of the next step's wall time and counted for each one still to come
+    t.add_eval(3.0)
+    t.add(1000, 0.1, 3.2)
+    assert t.eta_s() == pytest.approx(3 * 0.6 / 3) and t.eta_s(evals_left=2) == pytest.approx(0.6 + 6.0)
 
 
 def test_a_train_time_eval_leaves_4bit_training_unchanged(tiny_llama_dir, eight, tmp_path):

@@ -253,7 +253,8 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
         adapter: a run dir or checkpoint with ``adapter_config.json``, or ``None``.
         quantization_bit: 4, 8 or ``None`` (``None`` with an adapter: the run's own setting is not
             reused; inference in the base dtype is exact and fast enough for the small models).
-        device: default CUDA when available, else CPU.
+        device: default CUDA when available, else CPU (on a busy CPU with one torch thread:
+            :func:`steam_persona.trainer.train.threads_for_load`, two threads there made generation ~5-18x slower).
         dtype: default bfloat16 on CUDA with bf16 support, else float32.
 
     Returns:
@@ -291,6 +292,10 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
 
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
+    if device == "cpu":
+        from steam_persona.trainer.train import threads_for_load
+
+        threads_for_load(work="generating")
     if tokenizer.eos_token_id is not None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, tokenizer

@@ -4,6 +4,8 @@ The first steps of a compiled run include ``torch.compile``'s work (about a minu
 counting them as training time made step 1 of a 65 s run print an ETA of 27 minutes and the summary a
 seventh of the steady speed. :class:`Throughput` keeps the first ``warmup_steps`` apart ("compiling"),
 estimates the compile time from them, and gives tokens/s and ETA over a moving window of the later steps.
+Evaluations are timed apart (:meth:`Throughput.add_eval`): the ETA adds the evaluations still to come at the
+last one's duration, and a step's wall time leaves out the evaluation before it.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ class Throughput:
             (compilation, CUDA start-up); window: steady steps averaged for tokens/s and ETA.
 
     Call :meth:`add` once per optimizer step with that step's tokens, its training seconds (forward,
-    backward, optimizer) and its wall seconds since the previous step ended (adds eval, checkpoints,
-    logging). All times in seconds, speeds in tokens per second.
+    backward, optimizer) and its wall seconds since the previous step ended (adds checkpoints and logging;
+    an evaluation reported with :meth:`add_eval` is taken out). All times in seconds, speeds in tokens per second.
     """
 
     def __init__(self, total: int, start: int = 0, warmup_steps: int = 0, window: int = WINDOW) -> None:
@@ -37,10 +39,18 @@ class Throughput:
         self.warmup_tokens = 0
         self.steady_tokens, self.steady_train_s = 0, 0.0
         self._win: deque[tuple[int, float, float]] = deque(maxlen=max(1, window))
+        self.eval_s: float | None = None
+        self._eval_since_step = 0.0
+
+    def add_eval(self, seconds: float) -> None:
+        """An evaluation took ``seconds`` (wall): the ETA's figure for each one still to come."""
+        self.eval_s = seconds
+        self._eval_since_step += seconds
 
     def add(self, tokens: int, train_s: float, wall_s: float) -> None:
         self.done += 1
         self.seen += 1
+        wall_s, self._eval_since_step = max(0.0, wall_s - self._eval_since_step), 0.0
         if self.seen <= self.warmup_steps:
             self.warmup_wall += wall_s
             self.warmup_tokens += tokens
@@ -61,11 +71,13 @@ class Throughput:
         t = sum(w[1] for w in self._win)
         return sum(w[0] for w in self._win) / t if t > 0 else None
 
-    def eta_s(self) -> float | None:
-        """Seconds left: remaining steps × the window's mean wall seconds a step; ``None`` during warm-up."""
+    def eta_s(self, evals_left: int = 0) -> float | None:
+        """Seconds left: remaining steps × the window's mean wall seconds a step, plus ``evals_left`` × the
+        last evaluation's seconds (nothing for them before the first one is measured); ``None`` during warm-up."""
         if not self._win:
             return None
-        return (self.total - self.done) * sum(w[2] for w in self._win) / len(self._win)
+        steps = (self.total - self.done) * sum(w[2] for w in self._win) / len(self._win)
+        return steps + evals_left * (self.eval_s or 0.0)
 
     def steady_tokens_per_s(self) -> float | None:
         """Tokens per training second over all steady steps of this invocation (``None`` if none)."""

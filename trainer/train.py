@@ -232,13 +232,14 @@ def resolve_precision(cfg: TrainConfig) -> tuple[str, Any, Any]:
     return device, torch.float32, None
 
 
-def threads_for_load(load: float | None = None) -> int:
-    """CPU training on a busy machine: when the 1-minute load average (``load``, else ``os.getloadavg()``)
+def threads_for_load(load: float | None = None, work: str = "training") -> int:
+    """CPU work on a busy machine: when the 1-minute load average (``load``, else ``os.getloadavg()``)
     exceeds half the usable cores, use one torch thread and say so once: torch's threads wait on each other
     while other jobs hold the cores (8-20x slower steps; docs/real-run.md has the figures). ``OMP_NUM_THREADS``
     set by the user is left alone, and so is a process already at one thread (no second warning). Returns the
     torch threads training uses (chosen once, at the start: a job started later still slows a run that took
-    two). ``train`` (CPU only) and ``demo`` call it."""
+    two). ``train`` (CPU only), ``demo`` and the transformers generation of ``chat`` / ``eval`` (``work``
+    names it in the line) call it."""
     import torch
 
     from steam_persona.common.arguments import usable_cores
@@ -247,7 +248,7 @@ def threads_for_load(load: float | None = None) -> int:
     load = os.getloadavg()[0] if load is None else load
     if load > cores / 2 and not os.environ.get("OMP_NUM_THREADS") and torch.get_num_threads() > 1:
         torch.set_num_threads(1)
-        console.print(f"[yellow]this machine is busy (load average {round(load, 2)} on {cores} cores): training "
+        console.print(f"[yellow]this machine is busy (load average {round(load, 2)} on {cores} cores): {work} "
                       "with one thread, which is much faster then; set OMP_NUM_THREADS to choose[/yellow]")
     return torch.get_num_threads()
 
@@ -1042,20 +1043,30 @@ class TrainRecipe:
         the last step when there are eval samples; log the row, track the best eval loss, and with
         ``--load_best_model_at_end`` save that adapter to ``best/``. Returns the eval loss, or ``None``."""
         cfg = self.cfg
-        if not self.eval_idx or cfg.eval_strategy == "no":
+        if not self.evaluates(done):
             return None
-        if done % (cfg.eval_steps or cfg.save_steps) != 0 and done != self.total:
-            return None
+        if not console.is_terminal:
+            console.print(f"eval at step {done}: {len(self.eval_idx)} samples …", markup=False, highlight=False)
+        t_eval = time.time()
         self.last_eval = self.evaluate()
+        seconds = time.time() - t_eval
+        self.speed.add_eval(seconds)
         erow = {"current_steps": done, "total_steps": self.total, "eval_loss": round(self.last_eval, 4),
                 "epoch": self.plan.epoch_at(done - 1)}
         self._log_row(erow)
-        console.print(f"step {done}: eval loss (training weights) {self.last_eval:.4f}")
+        console.print(f"step {done}: eval loss (training weights) {self.last_eval:.4f} ({_hms(seconds)})")
         if self.last_eval < self.state.get("best_eval_loss", math.inf):
             self.state["best_eval_loss"], self.state["best_global_step"] = round(self.last_eval, 4), done
             if cfg.load_best_model_at_end:
                 _save_adapter_and_tokenizer(self.model, None, self.out / BEST_DIR)
         return self.last_eval
+
+    def evaluates(self, done: int) -> bool:
+        """Whether the run evaluates after ``done`` steps: every ``--eval_steps`` (default ``--save_steps``) and
+        at the last step, when there are eval samples."""
+        if not self.eval_idx or self.cfg.eval_strategy == "no":
+            return False
+        return done % (self.cfg.eval_steps or self.cfg.save_steps) == 0 or done == self.total
 
     def save_checkpoint(self, done: int) -> Path:
         """Write ``checkpoint-<done>/`` (adapter, tokenizer, optimizer/scheduler/RNG state unless
@@ -1113,7 +1124,8 @@ class TrainRecipe:
         done, now = step + 1, time.time()
         self.speed.add(stats["tokens"], now - t_step, now - self.t_end)
         self.t_end = now
-        tps, remaining = self.speed.tokens_per_s(), self.speed.eta_s()
+        tps = self.speed.tokens_per_s()
+        remaining = self.speed.eta_s(sum(map(self.evaluates, range(done, self.total + 1))))
         return {"current_steps": done, "total_steps": self.total,
                 "loss": round(sum(self.pending) / len(self.pending), 4), "lr": stats["lr"],
                 "epoch": self.plan.epoch_at(step), "grad_norm": round(stats["grad_norm"], 4),
