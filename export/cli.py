@@ -45,6 +45,7 @@ from steam_persona.common.errors import UserError
 
 STATE = ".steam-export.json"
 REPORT = "export_report.json"
+LOG = "export_log.jsonl"
 
 
 @dataclass
@@ -357,7 +358,7 @@ def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_sta
         names = ", ".join(s.name.replace("_", " ", 1) for s in steps if reused[s.name])
         console.print(f"reusing {names} from the earlier export in {job.out} (same inputs)", markup=False,
                       soft_wrap=True)
-    log = JsonlLog(job.out / "export_log.jsonl")
+    log = JsonlLog(job.out / LOG)
     try:
         with _say_what_is_left_if_interrupted(job.out), progress() as bar:
             task = bar.add_task("export", total=len(steps) + 1)

@@ -36,7 +36,7 @@ FALLBACK_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
 class ChatConfig:
     """Settings of ``steam-train chat`` (LLaMA-Factory's flag names)."""
 
-    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None, note="Also an export dir (its GGUF).")
+    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None, note="Also a finished export dir (its GGUF).")
     adapter_name_or_path: str | None = ModelArguments.use("adapter_name_or_path")
     quantization_bit: int | None = QuantizationArguments.use("quantization_bit")
     system: str | None = DataArguments.use(
