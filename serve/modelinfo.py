@@ -89,6 +89,13 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
     return gguf.resolve(), report
 
 
+def is_export_dir(folder: Path) -> bool:
+    """True for a folder `steam-train export` wrote into (its resume state or its log is there)."""
+    from steam_persona.export.cli import LOG, STATE
+
+    return any((folder / f).is_file() for f in (STATE, LOG))
+
+
 def _refuse_unfinished_export(folder: Path, gguf: Path | None) -> None:
     """Refuse an export dir that `steam-train export` began (its state file or log is there) but did not
     finish: without ``export_report.json`` its GGUFs were never verified.
@@ -96,9 +103,9 @@ def _refuse_unfinished_export(folder: Path, gguf: Path | None) -> None:
     Raises:
         UserError: ``folder`` is such an unfinished export.
     """
-    from steam_persona.export.cli import LOG, REPORT, STATE
+    from steam_persona.export.cli import REPORT
 
-    if (folder / REPORT).is_file() or not any((folder / f).is_file() for f in (STATE, LOG)):
+    if (folder / REPORT).is_file() or not is_export_dir(folder):
         return
     unverified = f", or pass the .gguf file itself ({gguf}) to use it unverified" if gguf else ""
     raise UserError(f"{folder}: an unfinished export (no {REPORT}: its GGUFs were never verified); rerun the same "

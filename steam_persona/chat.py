@@ -217,12 +217,13 @@ def load_backend(cfg: ChatConfig) -> Backend:
         UserError: a missing model path or a GGUF without a chat template.
     """
     from steam_persona.common.hub import resolve_model
+    from steam_persona.serve.modelinfo import is_export_dir
 
     if cfg.adapter_name_or_path:
         return HFBackend(cfg)
     cfg.model_name_or_path = cfg.model_name_or_path or "smollm2"
     p = Path(cfg.model_name_or_path).expanduser()
-    if p.is_dir() and any(p.glob("*.gguf")):
+    if p.is_dir() and (any(p.glob("*.gguf")) or is_export_dir(p)):
         return GGUFBackend(str(p), cfg)
     src = resolve_model(cfg.model_name_or_path)
     if src.gguf_file:

@@ -46,15 +46,22 @@ def test_serve_and_chat_refuse_an_unfinished_export_but_take_its_gguf(tiny_llama
 
     from steam_persona.serve.modelinfo import find_gguf
 
+    def refused(offer: str) -> None:
+        for cmd in (["serve", str(out)], ["chat", "--model_name_or_path", str(out)]):
+            r = subprocess.run([sys.executable, "-m", "steam_persona", *cmd], input="", capture_output=True,
+                               text=True, timeout=60)
+            lines = r.stderr.strip().splitlines()  # chat says "loading model …" first
+            assert r.returncode == 2 and lines[-1].startswith("Error: ") and len(lines) == 1 + (cmd[0] == "chat"), \
+                r.stderr
+            assert f"{out}: an unfinished export (no export_report.json" in r.stderr
+            assert lines[-1].endswith(f"rerun the same `steam-train export` command to finish it (export resumes){offer}")
+
     out = tmp_path / "export"
     gguf = _unfinished_export(tiny_llama_dir, out)
-    for cmd in (["serve", str(out)], ["chat", "--model_name_or_path", str(out)]):
-        r = subprocess.run([sys.executable, "-m", "steam_persona", *cmd], input="", capture_output=True, text=True,
-                           timeout=60)
-        lines = r.stderr.strip().splitlines()  # chat says "loading model …" first
-        assert r.returncode == 2 and lines[-1].startswith("Error: ") and len(lines) == 1 + (cmd[0] == "chat"), r.stderr
-        assert f"{out}: an unfinished export (no export_report.json" in r.stderr
-        assert "rerun the same `steam-train export` command" in r.stderr and f"({gguf.resolve()})" in r.stderr
+    refused(f", or pass the .gguf file itself ({gguf.resolve()}) to use it unverified")
+    gguf.rename(gguf.with_name(gguf.name + ".unverified"))  # as the export leaves it before its verify step
+    refused("")
+    gguf.with_name(gguf.name + ".unverified").rename(gguf)
     assert find_gguf(gguf) == (gguf.resolve(), None)  # the file itself, unverified, as the error offers
     other = tmp_path / "ggufs"  # a folder of GGUFs that no export began is served as before
     other.mkdir()
