@@ -13,7 +13,8 @@ Steps (each reused on a rerun when its output exists and was made from the same 
 
 The steps are :class:`Step` objects (name, input fingerprint, function) listed by :func:`export_steps`;
 a step is reused when the fingerprint recorded beside its output (``merged/export_merge.json``,
-``.steam-export.json``) equals its own. Every file is written under a temp name and renamed; ``export_report.json`` is written last, so a
+``.steam-export.json``) equals its own. Every file is written under a temp name and renamed; each GGUF is
+``<name>-<quant>.gguf.unverified`` until the export finishes, and ``export_report.json`` is written last, so a
 folder without it is an unfinished export that a rerun resumes. An interrupted export (Ctrl-C, at any
 moment: :mod:`steam_persona.export.interrupt`) says what it leaves: the finished steps' files, which the
 rerun names as it reuses them.
@@ -45,6 +46,10 @@ from steam_persona.common.errors import UserError
 
 STATE = ".steam-export.json"
 REPORT = "export_report.json"
+LOG = "export_log.jsonl"
+#: Appended to a GGUF's name until the export finishes (after its verify step), so no finished name holds
+#: an unverified file.
+UNVERIFIED = ".unverified"
 
 
 @dataclass
@@ -144,6 +149,10 @@ class ExportJob:
     def gguf(self, q: str) -> Path:
         return self.out / f"{self.name}-{q}.gguf"
 
+    def unverified(self, q: str) -> Path:
+        """Where the GGUF of type ``q`` is written and verified; :func:`_finish` renames it to :meth:`gguf`."""
+        return self.out / (self.gguf(q).name + UNVERIFIED)
+
     def gguf_fingerprint(self, q: str) -> str:
         from steam_persona.export import convert, merge
 
@@ -151,7 +160,7 @@ class ExportJob:
 
     def recorded_gguf(self, q: str) -> str | None:
         """The fingerprint ``.steam-export.json`` holds for the GGUF of type ``q`` when that file exists."""
-        return self.state["files"].get(self.gguf(q).name) if self.gguf(q).is_file() else None
+        return self.state["files"].get(self.gguf(q).name) if self.unverified(q).is_file() else None
 
     def finished_gguf(self, q: str) -> None:
         from steam_persona.common.atomic import write_json
@@ -285,16 +294,16 @@ def export_steps(job: ExportJob) -> list[Step]:
 
     meta = {"steam_persona.converter": conv.converter_version(), "steam_persona.base_model": job.base,
             "steam_persona.adapter": str(job.run_info.adapter_dir or ""), "steam_persona.system": job.system or ""}
-    source = job.gguf(job.floats[0])
+    source = job.unverified(job.floats[0])
     steps = [Step("merge", f"merge adapter into {job.dtype_name} base", lambda: _merge(job), job.merge_fp,
                   lambda: (mg.read_merge_info(job.merged_dir) or {}).get("fingerprint"))]
     for q in job.floats:
         steps.append(Step(f"convert_{q}", f"convert to GGUF {q}", functools.partial(
-            _gguf_step, job, q, conv.convert, job.merged_dir, job.gguf(q), q, name=job.name, metadata=meta),
+            _gguf_step, job, q, conv.convert, job.merged_dir, job.unverified(q), q, name=job.name, metadata=meta),
             job.gguf_fingerprint(q), functools.partial(job.recorded_gguf, q)))
     for q in job.quants:
         steps.append(Step(f"quantize_{q}", f"quantize {q}", functools.partial(
-            _gguf_step, job, q, qz.quantize, source, job.gguf(q), q, job.n_threads),
+            _gguf_step, job, q, qz.quantize, source, job.unverified(q), q, job.n_threads),
             job.gguf_fingerprint(q), functools.partial(job.recorded_gguf, q)))
     if job.cfg.lora_gguf:
         steps.append(Step("lora_gguf", "convert adapter to GGUF LoRA", lambda: conv.convert_lora(
@@ -334,7 +343,7 @@ def _verify(job: ExportJob, q: str) -> None:
 
     with np.load(job.merged_dir / mg.REFERENCE) as z:
         ref = {k: z[k] for k in z.files}
-    v = verify_gguf(job.gguf(q), ref, job.merge_info["eos_token"], is_float=q in FLOAT_TYPES, n_threads=job.n_threads)
+    v = verify_gguf(job.unverified(q), ref, job.merge_info["eos_token"], is_float=q in FLOAT_TYPES, n_threads=job.n_threads)
     template = v.pop("chat_template")
     v["chat_template_has_persona"] = bool(job.system) and jinja_string(job.system) in template
     job.verify[q] = v
@@ -357,7 +366,7 @@ def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_sta
         names = ", ".join(s.name.replace("_", " ", 1) for s in steps if reused[s.name])
         console.print(f"reusing {names} from the earlier export in {job.out} (same inputs)", markup=False,
                       soft_wrap=True)
-    log = JsonlLog(job.out / "export_log.jsonl")
+    log = JsonlLog(job.out / LOG)
     try:
         with _say_what_is_left_if_interrupted(job.out), progress() as bar:
             task = bar.add_task("export", total=len(steps) + 1)
@@ -393,20 +402,23 @@ def _plain_line(text: str, t_start: float) -> None:
 
 
 def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_start: float) -> dict[str, Any]:
-    """Write the extras, drop stale GGUFs (and ``merged/`` unless ``--keep_merged``), then the report."""
+    """Give the GGUFs their names, write the extras, drop stale GGUFs (and ``merged/`` unless
+    ``--keep_merged``), then the report."""
     from steam_persona.export.quantize import FLOAT_TYPES
     from steam_persona.common.atomic import write_json
 
     files = {q: job.gguf(q) for q in job.qtypes}
+    for q, final in files.items():
+        job.unverified(q).replace(final)
     kept = list(files.values()) + ([_lora_file(job)] if job.cfg.lora_gguf else [])
     report = _report(job.cfg, job.out, job.name, job.base, job.src, job.run_info, job.arch, job.system, job.qtypes,
                      files, job.merge_info, job.verify, steps, seconds, t_start)
     serve_q = next((q for q in job.qtypes if q not in FLOAT_TYPES), job.qtypes[0])
     _write_extras(job.out, files[serve_q].name, job.system, job.merge_info, report, kept, job.merged_dir)
-    for stale in sorted(job.out.glob("*.gguf")):
+    for stale in sorted(job.out.glob("*.gguf")) + sorted(job.out.glob("*.gguf" + UNVERIFIED)):
         if stale not in kept:  # the intermediate 16-bit file, or types of an overwritten export
             stale.unlink()
-            job.state["files"].pop(stale.name, None)
+            job.state["files"].pop(stale.name.removesuffix(UNVERIFIED), None)
     write_json(job.out / STATE, job.state)
     if not job.cfg.keep_merged:
         shutil.rmtree(job.merged_dir)
@@ -502,6 +514,9 @@ def _open_export_dir(out: Path, overwrite: bool) -> dict[str, Any]:
         except (OSError, json.JSONDecodeError):
             state = {"files": {}}
         (out / REPORT).unlink(missing_ok=True)  # from here on the folder is an unfinished export
+        for name in state["files"]:  # its GGUFs are verified again before they get their names back
+            if (out / name).is_file():
+                (out / name).replace(out / (name + UNVERIFIED))
     out.mkdir(parents=True, exist_ok=True)
     from steam_persona.common.atomic import write_json
 

@@ -366,7 +366,8 @@ HELP = """Serve a GGUF (or an export dir) as an OpenAI-compatible API for Dify.
 MODEL is one of:
   - an export dir from `steam-train export`: its .gguf is served (with several quants,
     the first of q4_k_m, q5_k_m, q6_k, q8_0, …; *-lora.gguf adapters are skipped), and its
-    export_report.json gives the model id and the persona;
+    export_report.json gives the model id and the persona (an export dir without it is an
+    unfinished export, refused: rerun its `steam-train export` command to finish it);
   - a .gguf file with a chat template (tokenizer.chat_template); an export_report.json
     beside it is read the same way.
 """

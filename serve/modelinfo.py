@@ -56,20 +56,22 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
 
     An export dir is searched for ``*.gguf`` other than ``*-lora.gguf`` (preferring
     :data:`QUANT_PREFERENCE` order by the ``-<quant>.gguf`` suffix); its ``export_report.json`` is
-    read when present. A ``.gguf`` path is
-    used as is; the report beside it is read too.
+    read when present and required when the folder is one `steam-train export` began. A ``.gguf`` path
+    is used as is (verified or not); the report beside it is read too.
 
     Raises:
-        UserError: the path does not exist, the folder holds no GGUF, or the report is not JSON.
+        UserError: the path does not exist, the folder holds no GGUF or is an unfinished export (no
+            report beside its state file or log), or the report is not JSON.
     """
     p = Path(model).expanduser()
     if p.is_dir():
         # <name>-lora.gguf (a LoRA adapter export) cannot be served on its own
         found = sorted(f for f in p.glob("*.gguf") if not f.stem.lower().endswith("-lora"))
-        if not found:
-            raise UserError(f"{p}: no .gguf file in this folder; {_where_the_gguf_is(p)}")
         rank = {q: i for i, q in enumerate(QUANT_PREFERENCE)}
-        gguf = min(found, key=lambda f: (rank.get(f.stem.rsplit("-", 1)[-1].lower(), len(rank)), f.name))
+        gguf = min(found, key=lambda f: (rank.get(f.stem.rsplit("-", 1)[-1].lower(), len(rank)), f.name), default=None)
+        _refuse_unfinished_export(p, gguf)
+        if gguf is None:
+            raise UserError(f"{p}: no .gguf file in this folder; {_where_the_gguf_is(p)}")
         report_dir = p
     elif p.is_file():
         if p.suffix != ".gguf":
@@ -85,6 +87,29 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{report_path}: not valid JSON ({e}); re-run `steam-train export`") from None
     return gguf.resolve(), report
+
+
+def is_export_dir(folder: Path) -> bool:
+    """True for a folder `steam-train export` wrote into (its resume state or its log is there)."""
+    from steam_persona.export.cli import LOG, STATE
+
+    return any((folder / f).is_file() for f in (STATE, LOG))
+
+
+def _refuse_unfinished_export(folder: Path, gguf: Path | None) -> None:
+    """Refuse an export dir that `steam-train export` began (its state file or log is there) but did not
+    finish: without ``export_report.json`` its GGUFs were never verified.
+
+    Raises:
+        UserError: ``folder`` is such an unfinished export.
+    """
+    from steam_persona.export.cli import REPORT
+
+    if (folder / REPORT).is_file() or not is_export_dir(folder):
+        return
+    unverified = f", or pass the .gguf file itself ({gguf}) to use it unverified" if gguf else ""
+    raise UserError(f"{folder}: an unfinished export (no {REPORT}: its GGUFs were never verified); rerun the same "
+                    f"`steam-train export` command to finish it (export resumes){unverified}")
 
 
 def _where_the_gguf_is(folder: Path) -> str:

@@ -36,7 +36,7 @@ FALLBACK_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
 class ChatConfig:
     """Settings of ``steam-train chat`` (LLaMA-Factory's flag names)."""
 
-    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None, note="Also an export dir (its GGUF).")
+    model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None, note="Also a finished export dir (its GGUF).")
     adapter_name_or_path: str | None = ModelArguments.use("adapter_name_or_path")
     quantization_bit: int | None = QuantizationArguments.use("quantization_bit")
     system: str | None = DataArguments.use(
@@ -217,12 +217,13 @@ def load_backend(cfg: ChatConfig) -> Backend:
         UserError: a missing model path or a GGUF without a chat template.
     """
     from steam_persona.common.hub import resolve_model
+    from steam_persona.serve.modelinfo import is_export_dir
 
     if cfg.adapter_name_or_path:
         return HFBackend(cfg)
     cfg.model_name_or_path = cfg.model_name_or_path or "smollm2"
     p = Path(cfg.model_name_or_path).expanduser()
-    if p.is_dir() and any(p.glob("*.gguf")):
+    if p.is_dir() and (any(p.glob("*.gguf")) or is_export_dir(p)):
         return GGUFBackend(str(p), cfg)
     src = resolve_model(cfg.model_name_or_path)
     if src.gguf_file:

@@ -247,10 +247,11 @@ def test_interrupted_export_leaves_no_final_file_and_resumes(tiny_run, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], no_verify=True)
     said = " ".join(capsys.readouterr().err.split())
-    assert f"export interrupted: {out} keeps the finished steps (export_log.jsonl, merged/, tiny-lora-bf16.gguf;" in said
+    assert (f"export interrupted: {out} keeps the finished steps (export_log.jsonl, merged/, "
+            "tiny-lora-bf16.gguf.unverified;") in said
     assert "Rerun the same command to resume" in said
     assert sorted(p.name for p in out.iterdir()) == [".steam-export.json", "export_log.jsonl", "merged",
-                                                     "tiny-lora-bf16.gguf"]  # finished steps only
+                                                     "tiny-lora-bf16.gguf.unverified"]  # finished steps only
     monkeypatch.setattr(llama_cpp, "llama_model_quantize", real)
     report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], no_verify=True)
     assert report["steps"] == {"merge": "reused", "convert_bf16": "reused", "quantize_q8_0": "done"}
@@ -442,9 +443,10 @@ def test_embedded_smollm2_export_q4_k_m_chats_as_the_persona_and_stops(tiny_llam
         export(adapter_name_or_path=str(run), export_dir=str(out), quantization=["q4_k_m"])
     assert sent == [1]
     said = " ".join(capsys.readouterr().err.split())
-    assert f"export interrupted: {out} keeps the finished steps (export_log.jsonl, merged/, smol-run-bf16.gguf, " \
-           "smol-run-q4_k_m.gguf;" in said
+    assert f"export interrupted: {out} keeps the finished steps (export_log.jsonl, merged/, " \
+           "smol-run-bf16.gguf.unverified, smol-run-q4_k_m.gguf.unverified;" in said
     assert not (out / "export_report.json").exists()
+    assert not list(out.glob("*.gguf"))  # an unverified GGUF never has its finished name (trial 26 F13)
     # without a terminal: one plain line per step start and end (the trial's CI log showed none)
     # the elapsed time is the export's so far: a minute or more on a loaded machine
     assert re.search(r"export step 3/4 quantize q4_k_m … elapsed \d+:\d\d:\d\d", said), said

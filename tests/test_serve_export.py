@@ -27,3 +27,43 @@ def test_serve_an_export_dir(tiny_llama_dir, tmp_path):
         count = httpx.post(f"{base_url}/extras/tokenize/count", json={"input": expected}).json()["count"]
         assert r.json()["usage"]["prompt_tokens"] == count
         assert r.json()["model"] == "lao-g"
+
+
+def _unfinished_export(tiny_llama_dir, out):
+    """An export whose report is missing, as an export interrupted during its verify step leaves it."""
+    from steam_persona.export.cli import ExportConfig, run as export
+
+    export(config.build(ExportConfig, {"model_name_or_path": str(tiny_llama_dir), "export_dir": str(out),
+                                       "export_name": "half", "quantization": ["q8_0"], "no_verify": True}))
+    (out / "export_report.json").unlink()
+    return out / "half-q8_0.gguf"
+
+
+def test_serve_and_chat_refuse_an_unfinished_export_but_take_its_gguf(tiny_llama_dir, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from steam_persona.serve.modelinfo import find_gguf
+
+    def refused(offer: str) -> None:
+        for cmd in (["serve", str(out)], ["chat", "--model_name_or_path", str(out)]):
+            r = subprocess.run([sys.executable, "-m", "steam_persona", *cmd], input="", capture_output=True,
+                               text=True, timeout=60)
+            lines = r.stderr.strip().splitlines()  # chat says "loading model …" first
+            assert r.returncode == 2 and lines[-1].startswith("Error: ") and len(lines) == 1 + (cmd[0] == "chat"), \
+                r.stderr
+            assert f"{out}: an unfinished export (no export_report.json" in r.stderr
+            assert lines[-1].endswith(f"rerun the same `steam-train export` command to finish it (export resumes){offer}")
+
+    out = tmp_path / "export"
+    gguf = _unfinished_export(tiny_llama_dir, out)
+    refused(f", or pass the .gguf file itself ({gguf.resolve()}) to use it unverified")
+    gguf.rename(gguf.with_name(gguf.name + ".unverified"))  # as the export leaves it before its verify step
+    refused("")
+    gguf.with_name(gguf.name + ".unverified").rename(gguf)
+    assert find_gguf(gguf) == (gguf.resolve(), None)  # the file itself, unverified, as the error offers
+    other = tmp_path / "ggufs"  # a folder of GGUFs that no export began is served as before
+    other.mkdir()
+    shutil.copy(gguf, other / "mine-q8_0.gguf")
+    assert find_gguf(other) == ((other / "mine-q8_0.gguf").resolve(), None)
