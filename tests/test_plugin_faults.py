@@ -337,7 +337,7 @@ def test_request_timeout_bounds_the_whole_invoke(chat, fake, mode, stream):
     assert reply.error["error_type"] == "InvokeServerUnavailableError", reply.error
     assert f"within {TIMEOUT_S} s; raise the request_timeout setting" in reply.error["message"]
     assert "Docker" not in reply.error["message"] and "running there" not in reply.error["message"]
-    assert TIMEOUT_S <= reply.seconds < TIMEOUT_S + 3
+    assert TIMEOUT_S - 0.05 <= reply.seconds < TIMEOUT_S + 3  # two processes' clocks: 1.999 s was seen
     if mode == "stall":  # its one event (no chunked transfer, 150 bytes) reached Dify as it came
         assert text_of(reply) == "tok "
 
