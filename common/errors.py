@@ -59,10 +59,13 @@ class Interrupts:
 def stop_signals_interrupt(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[Interrupts]:
     """Inside the block a signal of `signals` (default :data:`STOP_SIGNALS`) raises ``KeyboardInterrupt``, so the
     stage ends as on Ctrl-C (its own message, exit 130) instead of dying without a word; the handlers before it
-    come back after. Yields the block's :class:`Interrupts`. Only in the main thread (Python delivers signals
+    come back after; a signal ignored when the block starts (``nohup``'s SIGHUP, SIGINT in a script's background
+    job) stays ignored. Yields the block's :class:`Interrupts`. Only in the main thread (Python delivers signals
     there); elsewhere the handlers are left alone."""
     interrupts = Interrupts()
-    old = {sig: signal.signal(sig, interrupts.handler) for sig in signals} \
+    # a signal ignored when the block starts stays ignored: nohup (SIGHUP), a script's background job (SIGINT)
+    old = {sig: signal.signal(sig, interrupts.handler) for sig in signals
+           if signal.getsignal(sig) is not signal.SIG_IGN} \
         if threading.current_thread() is threading.main_thread() else {}
     hook = sys.unraisablehook
 

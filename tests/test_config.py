@@ -122,3 +122,4 @@ def test_help_shows_defaults_as_typed():
     assert flag(train, "lora_target").endswith("[default: all]")
     assert flag(train, "stage").endswith("[default: sft]")
     assert "default" not in flag(train, "dataset")
+
