@@ -450,7 +450,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     if cfg.max_new_tokens > (limit := review_max_tokens()):
         raise UserError(f"demo: --max_new_tokens {cfg.max_new_tokens}: the review tool takes at most {limit}"
                         f" tokens; use {limit} or less")
-    from steam_persona.trainer.train import threads_for_load
+    from steam_persona.trainer.threads import threads_for_load
 
     torch_threads = threads_for_load(load_start)
     out = Path(cfg.output_dir).expanduser()

@@ -312,10 +312,10 @@ def test_interrupted_train_stage_restarts_or_resumes_by_itself(tiny_llama_dir, t
 
 def test_a_busy_machine_trains_with_one_thread(capsys, monkeypatch):
     """A load average above half the cores (another job running) gives torch one thread, and says so; the demo
-    and train share the one heuristic (steam_persona.trainer.train.threads_for_load)."""
+    and train share the one heuristic (steam_persona.trainer.threads.threads_for_load)."""
     import torch
 
-    from steam_persona.trainer.train import threads_for_load
+    from steam_persona.trainer.threads import threads_for_load
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})

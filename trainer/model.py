@@ -254,7 +254,7 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
         quantization_bit: 4, 8 or ``None`` (``None`` with an adapter: the run's own setting is not
             reused; inference in the base dtype is exact and fast enough for the small models).
         device: default CUDA when available, else CPU (on a busy CPU with one torch thread:
-            :func:`steam_persona.trainer.train.threads_for_load`, two threads there made generation ~5-18x slower).
+            :func:`steam_persona.trainer.threads.threads_for_load`, two threads there made generation ~5-18x slower).
         dtype: default bfloat16 on CUDA with bf16 support, else float32.
 
     Returns:
@@ -293,7 +293,7 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
     if device == "cpu":
-        from steam_persona.trainer.train import threads_for_load
+        from steam_persona.trainer.threads import threads_for_load
 
         threads_for_load(work="generating")
     if tokenizer.eos_token_id is not None:

@@ -55,6 +55,7 @@ from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
 from steam_persona.common.errors import STOP_SIGNALS, Interrupts, UserError, stop_signals_interrupt
 from steam_persona.common.persona import DEFAULT_SYSTEM
+from steam_persona.trainer.threads import threads_for_load
 from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput
 
 
@@ -230,27 +231,6 @@ def resolve_precision(cfg: TrainConfig) -> tuple[str, Any, Any]:
     if cfg.bf16 and cpu_bf16:
         return device, torch.bfloat16, torch.bfloat16
     return device, torch.float32, None
-
-
-def threads_for_load(load: float | None = None, work: str = "training") -> int:
-    """CPU work on a busy machine: when the 1-minute load average (``load``, else ``os.getloadavg()``)
-    exceeds half the usable cores, use one torch thread and say so once: torch's threads wait on each other
-    while other jobs hold the cores (8-20x slower steps; docs/real-run.md has the figures). ``OMP_NUM_THREADS``
-    set by the user is left alone, and so is a process already at one thread (no second warning). Returns the
-    torch threads training uses (chosen once, at the start: a job started later still slows a run that took
-    two). ``train`` (CPU only), ``demo`` and the transformers generation of ``chat`` / ``eval`` (``work``
-    names it in the line) call it."""
-    import torch
-
-    from steam_persona.common.arguments import usable_cores
-
-    cores = usable_cores()
-    load = os.getloadavg()[0] if load is None else load
-    if load > cores / 2 and not os.environ.get("OMP_NUM_THREADS") and torch.get_num_threads() > 1:
-        torch.set_num_threads(1)
-        console.print(f"[yellow]this machine is busy (load average {round(load, 2)} on {cores} cores): {work} "
-                      "with one thread, which is much faster then; set OMP_NUM_THREADS to choose[/yellow]")
-    return torch.get_num_threads()
 
 
 def _cpu_has_bf16() -> bool:
@@ -780,6 +760,7 @@ class TrainRecipe:
         self.t0 = time.time()
         self.threads: int | None = None  # torch CPU threads (setup; None on a GPU)
         self.interrupts = Interrupts()  # the stop signals received (run's stop_signals_interrupt)
+        self.speed: Throughput | None = None  # the loop's speed and ETA (train)
 
     def setup(self, resume: Path | None) -> None:
         """Every setup part in order; ``resume``: the checkpoint to continue from (:func:`_resume_point`).
@@ -1050,7 +1031,8 @@ class TrainRecipe:
         t_eval = time.time()
         self.last_eval = self.evaluate()
         seconds = time.time() - t_eval
-        self.speed.add_eval(seconds)
+        if self.speed is not None:  # an eval of the loop: the ETA counts the ones to come at its duration
+            self.speed.add_eval(seconds)
         erow = {"current_steps": done, "total_steps": self.total, "eval_loss": round(self.last_eval, 4),
                 "epoch": self.plan.epoch_at(done - 1)}
         self._log_row(erow)
