@@ -317,8 +317,6 @@ def with_source(e: UserError, cfg: Any) -> UserError:
     """``e`` with its source in front when its message is about one of ``cfg``'s flags (starts with
     ``--name``): the checks that run after :func:`build` (flags that depend on each other, on the data or on
     the hardware) then name the YAML file or ``command line`` as the checks of single values do."""
-    import re
-
     m = re.match(r"--(\w+)", e.message)
     where = source_of(cfg, m.group(1)) if m and m.group(1) in {f.name for f in dataclasses.fields(cfg)} else None
     if where:

@@ -7,6 +7,7 @@ found on disk without importing the package (its ``__init__`` imports the ``llm`
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,17 +119,27 @@ def check_hub_reachable(repo_id: str) -> None:
     Raises:
         UserError: not cached and the hub is unreachable.
     """
-    import httpx
     from huggingface_hub import constants, try_to_load_from_cache
 
     if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return
-    try:
-        httpx.head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT)
-    except httpx.TransportError as e:
+    why = _hub_unreachable(constants.ENDPOINT)
+    if why is not None:
         raise UserError(f"{repo_id}: no local folder of that name, not in the HF cache, and {constants.ENDPOINT} "
-                        f"is not reachable ({str(e) or type(e).__name__}); check --model_name_or_path, the network "
-                        "or HF_ENDPOINT") from None
+                        f"is not reachable ({why}); check --model_name_or_path, the network or HF_ENDPOINT")
+
+
+@functools.cache
+def _hub_unreachable(endpoint: str) -> str | None:
+    """Why ``endpoint`` cannot be reached, or ``None``: asked once a process (a stage resolves its model for
+    the tokenizer and again for the weights)."""
+    import httpx
+
+    try:
+        httpx.head(endpoint, timeout=HUB_PROBE_TIMEOUT)
+    except httpx.TransportError as e:
+        return str(e) or type(e).__name__
+    return None
 
 
 def enable_transformers_gguf() -> None:
