@@ -84,6 +84,11 @@ STACKS = {
     "ours-no-asserts": "phases,phases_real",      # Inductor's wrappers without size/stride/alignment asserts
     "ours-cpp-wrapper": "phases,phases_real",     # Inductor's wrapper code in C++ (cpp_wrapper), not Python
     "ours-combo": "phases,phases_real",           # Inductor's combo kernels (independent kernels in one launch)
+    "ours-static": "fixed,real_bs16",             # layers compiled for static shapes (one graph a row length)
+    "ours-auto-dynamic": "fixed,real_bs16",       # torch's automatic dynamic: static until a row length changes
+    "ours-static-graphs": "fixed,real_bs16",      # static shapes and CUDA graphs (mode="reduce-overhead")
+    "ours-static-autotune": "fixed,real_bs16",    # static shapes, Inductor's max-autotune without CUDA graphs
+    "ours-repeat": "fixed,real_bs16",             # the defaults again, later in the same call (process spread)
     "unsloth-profile": "profile,profile_real,profile_long",  # the same for Unsloth
     "ours-memory": "fixed,memory",                # what is live at the peak of a fixed 1024 x 4 step (memory_profile)
     "unsloth": "loss,real_bs16,real_pf4x4,fixed,long",  # the anchor, run its recommended way (bench/unsloth_stack.py)
@@ -117,6 +122,15 @@ INDUCTOR_VARIANTS = {
     "ours-no-asserts": {"size_asserts": False, "alignment_asserts": False},
     "ours-cpp-wrapper": {"cpp_wrapper": True},
     "ours-combo": {"combo_kernels": True},
+}
+
+
+#: torch.compile arguments each variant of ours compiles its decoder layers with (instead of dynamic=True)
+COMPILE_VARIANTS = {
+    "ours-static": {"dynamic": False},
+    "ours-auto-dynamic": {"dynamic": None},
+    "ours-static-graphs": {"dynamic": False, "mode": "reduce-overhead"},
+    "ours-static-autotune": {"dynamic": False, "mode": "max-autotune-no-cudagraphs"},
 }
 
 
@@ -245,6 +259,10 @@ def build_ours(model_dir: Path, variant: str):
         for key, value in INDUCTOR_VARIANTS[variant].items():
             setattr(inductor_config, key, value)
         report["compile"] += f"; inductor {INDUCTOR_VARIANTS[variant]} (bench)"
+    if variant in COMPILE_VARIANTS:
+        for layer in model.get_base_model().model.layers:
+            layer.compile(**COMPILE_VARIANTS[variant])
+        report["compile"] += f"; recompiled with {COMPILE_VARIANTS[variant]} (bench)"
     if variant == "ours-loss-liger-budget":
         accel.liger_chunk_mem_const = lambda *args, **kwargs: 1
         report["fused_loss"] += "; Liger's own chunk budget (bench)"
