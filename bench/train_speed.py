@@ -88,6 +88,7 @@ STACKS = {
     "ours-auto-dynamic": "fixed,real_bs16",       # torch's automatic dynamic: static until a row length changes
     "ours-static-graphs": "fixed,real_bs16",      # static shapes and CUDA graphs (mode="reduce-overhead")
     "ours-static-autotune": "fixed,real_bs16",    # static shapes, Inductor's max-autotune without CUDA graphs
+    "ours-autotune": "fixed,real_bs16",           # dynamic shapes, Inductor's max-autotune without CUDA graphs
     "ours-repeat": "fixed,real_bs16",             # the defaults again, later in the same call (process spread)
     "unsloth-profile": "profile,profile_real,profile_long",  # the same for Unsloth
     "ours-memory": "fixed,memory",                # what is live at the peak of a fixed 1024 x 4 step (memory_profile)
@@ -131,6 +132,7 @@ COMPILE_VARIANTS = {
     "ours-auto-dynamic": {"dynamic": None},
     "ours-static-graphs": {"dynamic": False, "mode": "reduce-overhead"},
     "ours-static-autotune": {"dynamic": False, "mode": "max-autotune-no-cudagraphs"},
+    "ours-autotune": {"dynamic": True, "mode": "max-autotune-no-cudagraphs"},
 }
 
 
