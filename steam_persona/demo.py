@@ -346,7 +346,7 @@ def _chat_like_plugin(endpoint: str, model: str, turns: list[str], max_tokens: i
                 "seed": seed}
         reply, finish, chunks, usage = "", None, 0, {}
         t0 = time.perf_counter()
-        with httpx.stream("POST", f"{server_client.normalize_endpoint(endpoint)}/chat/completions", json=body,
+        with httpx.stream("POST", server_client.api_url(endpoint, "chat/completions"), json=body,
                           headers=server_client.headers(None), timeout=300) as r:
             if r.status_code != 200:
                 r.read()

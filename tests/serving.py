@@ -246,3 +246,42 @@ def assert_one_505_for_http2(base_url: str) -> None:
     assert b"connection: close" in head.lower(), head
     assert json.loads(body)["error"]["code"] == "http_version_not_supported", body
     assert httpx.get(f"{base_url}/health").status_code == 200
+
+
+@contextlib.contextmanager
+def recording_proxy(target: str) -> Iterator[tuple[str, list[dict[str, str | None]]]]:
+    """A local HTTP proxy in front of ``target`` (``http://127.0.0.1:PORT``) that notes each request's
+    ``method``, ``path`` (with its query string) and ``authorization`` header, then forwards it and
+    answers the target's status, content type and whole body. Yields ``(proxy URL, notes)``."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    seen: list[dict[str, str | None]] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append({"method": self.command, "path": self.path, "authorization": self.headers.get("Authorization")})
+            sent = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type", "accept")}
+            r = httpx.request(self.command, target + self.path, headers=sent, content=body, timeout=120)
+            self.send_response(r.status_code)
+            self.send_header("Content-Type", r.headers.get("Content-Type", "application/octet-stream"))
+            self.send_header("Content-Length", str(len(r.content)))
+            self.end_headers()
+            self.wfile.write(r.content)
+
+        do_GET = do_POST = _forward
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

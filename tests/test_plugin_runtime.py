@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.dify_driver import PluginProcess, plugin_python, unpack
-from tests.serving import free_port, serve_process
+from tests.serving import free_port, recording_proxy, serve_process
 from steam_persona.common import persona
 from steam_persona.plugin.call import PluginCallError, PluginCode
 from steam_persona.plugin.package import PackageConfig, run
@@ -273,6 +273,47 @@ def test_a_timed_out_invoke_stops_the_work_on_the_server(chat, server, stream):
     start = time.monotonic()
     assert server_reply(server, [{"role": "user", "content": "Hi"}], max_tokens=2)["choices"]
     assert time.monotonic() - start < 3.0  # not queued behind the abandoned reply (before: 7.7 s when blocking)
+
+
+def test_a_query_string_in_the_endpoint_url_reaches_every_request(chat, review, server):
+    """Some gateways need ``?api-version=`` or a route on every call (the server ignores them)."""
+    query = "api-version=2024-06-01&deployment=persona"
+    with recording_proxy(server) as (proxy, seen):
+        creds = chat_creds(server, endpoint_url=f"{proxy}/v1?{query}")
+        saved = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": creds})
+        assert saved.error is None, saved.error
+        reply = invoke(chat, {**creds, "stream_include_usage": "disabled"}, [{"role": "user", "content": "Hi"}],
+                       max_tokens=4)
+        assert reply.error is None and reply.result[-1]["delta"]["usage"]["completion_tokens"] >= 1
+        tool = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                               "credentials": review_creds(server, endpoint_url=f"{proxy}/v1?{query}"),
+                               "tool_parameters": {"game_name": "Celeste", "max_tokens": 1}})
+        assert tool.error is None, tool.error
+    routes = {(r["method"], r["path"].split("?")[0]) for r in seen}
+    assert routes == {("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/health"),
+                      ("POST", "/extras/tokenize/chat"), ("POST", "/extras/tokenize")}
+    assert all(r["path"].endswith(f"?{query}") for r in seen), seen
+
+
+def test_an_api_key_with_a_password_in_the_url_is_refused_before_any_request(chat, review, server):
+    """Both would be the one Authorization header (Bearer, Basic): the key goes, or the URL's login does."""
+    with recording_proxy(server) as (proxy, seen):
+        url = f"{proxy.replace('://', '://admin:s3cret@')}/v1"
+        saved = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": chat_creds(server, endpoint_url=url)})
+        reply = invoke(chat, chat_creds(server, endpoint_url=url), [{"role": "user", "content": "Hi"}])
+        tool = review.request({**REVIEW, "action": "validate_tool_credentials",
+                               "credentials": review_creds(server, endpoint_url=url)})
+        assert not seen
+        basic = chat.request({**CHAT, "action": "validate_model_credentials",
+                              "credentials": chat_creds(server, endpoint_url=url, api_key="")})
+    assert [e.error["error_type"] for e in (saved, reply, tool)] == [
+        "CredentialsValidateFailedError", "InvokeAuthorizationError", "ToolProviderCredentialValidationError"]
+    for e in (saved, reply, tool):
+        assert "endpoint_url holds a user name and password" in e.error["message"] and "api_key" in e.error["message"]
+        assert "s3cret" not in e.error["message"]
+    # without a key the URL's user and password go as HTTP basic auth (this server wants its key: 401)
+    assert seen[0]["authorization"] == "Basic YWRtaW46czNjcmV0"
+    assert "rejected the API key (HTTP 401)" in basic.error["message"] and "s3cret" not in basic.error["message"]
 
 
 # -- review tool -----------------------------------------------------------------------------------

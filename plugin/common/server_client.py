@@ -56,6 +56,8 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 _WHOLE = re.compile(r"([0-9]+)(?:\.0*)?")
 _KEY_WORDS = re.compile(r"api.?key|token|auth|credential|bearer", re.I)
 _USERINFO = re.compile(r"(?<=://)([^/\s@:'\"]*):[^/\s@'\"]*@")
+#: A query parameter whose name says it holds a secret (``?key=…``, ``&access_token=…``, ``&sig=…``).
+_QUERY_SECRET = re.compile(r"([?&][\w.-]*(?:key|token|secret|sig|pass|auth|code)[\w.-]*=)[^&#\s'\"]+", re.I)
 _HTML_SKIP = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.S | re.I)
 _HTML_TAG = re.compile(r"<[^>]*>")
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.S | re.I)
@@ -83,13 +85,15 @@ class ServerError(Exception):
 
 def redact(text: str) -> str:
     """``text`` with the password of every URL in it (``http://user:PASSWORD@proxy/v1``, a reverse
-    proxy's basic auth) replaced by ``***``: error messages name the URL, and Dify shows and logs them."""
-    return _USERINFO.sub(r"\1:***@", str(text))
+    proxy's basic auth) and the value of every secret-named query parameter (``?key=SECRET``, a
+    gateway's) replaced by ``***``: error messages name the URL, and Dify shows and logs them."""
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(r"\1:***@", str(text)))
 
 
 def normalize_endpoint(url: str | None) -> str:
     """Return the API base URL without a trailing slash; a bare ``http://host:port`` gets ``/v1``;
-    a pasted route after ``/v1`` (``…/v1/chat/completions``, ``…/v1/models``) is dropped.
+    a pasted route after ``/v1`` (``…/v1/chat/completions``, ``…/v1/models``) is dropped; a query
+    string (``?api-version=…``, a gateway's ``?key=…``) is kept, and :func:`api_url` puts it on every request.
 
     Raises:
         ServerError: (kind ``bad_request``) the URL is empty or not http(s).
@@ -107,13 +111,21 @@ def normalize_endpoint(url: str | None) -> str:
         raise ServerError(f"endpoint URL {url!r} has an invalid port (1-65535); use e.g. {DEFAULT_ENDPOINT}",
                           "bad_request") from None
     path = _PASTED_ROUTE.sub("", parts.path.rstrip("/")) or "/v1"
-    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
-def server_root(endpoint_url: str) -> str:
-    """The server's root URL: the API base without its ``/v1`` (llama_cpp.server's ``/extras`` live there)."""
-    base = normalize_endpoint(endpoint_url)
-    return base[: -len("/v1")] if base.endswith("/v1") else base
+def api_url(endpoint_url: str, route: str = "", root: bool = False) -> str:
+    """The URL of ``route`` (``"chat/completions"``) under the API base, or with ``root`` under the
+    server's root, the base without its ``/v1`` (``/health``, ``/props``, llama_cpp.server's
+    ``/extras``), the endpoint URL's query string kept.
+
+    Raises:
+        ServerError: the endpoint URL is invalid (:func:`normalize_endpoint`).
+    """
+    parts = urlsplit(normalize_endpoint(endpoint_url))
+    path = parts.path[: -len("/v1")] if root and parts.path.endswith("/v1") else parts.path
+    path = f"{path}/{route.strip('/')}" if route else path
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 def docker_hint(endpoint_url: str) -> str:
@@ -149,17 +161,41 @@ def clean_api_key(api_key: Any) -> str:
     return key
 
 
-def headers(api_key: str | None) -> dict[str, str]:
+def headers(api_key: str | None, endpoint_url: str = "") -> dict[str, str]:
     """Request headers: JSON, plus ``Authorization: Bearer KEY`` when a key is set.
 
     Raises:
-        ServerError: the key cannot be sent (:func:`clean_api_key`).
+        ServerError: the key cannot be sent (:func:`clean_api_key`), or comes with credentials in
+            ``endpoint_url`` (:func:`check_auth`).
     """
     out = {"Content-Type": "application/json", "Accept": "application/json"}
     key = clean_api_key(api_key)
+    check_auth(endpoint_url, key)
     if key:
         out["Authorization"] = f"Bearer {key}"
     return out
+
+
+def check_auth(endpoint_url: Any, api_key: Any) -> None:
+    """Refuse an API key together with a user name or password in the endpoint URL
+    (``http://user:pass@proxy/v1``). The key is ``Authorization: Bearer KEY``, URL credentials are
+    HTTP basic auth (``Authorization: Basic …``, which requests and httpx send on their own), and a
+    request has one ``Authorization`` header: Dify's official OpenAI-compatible provider sets the
+    Bearer header and requests then replaces it with the URL's Basic, dropping the key unsaid.
+
+    Raises:
+        ServerError: (kind ``auth``) both are set; the message names both fields and never a secret.
+    """
+    try:
+        parts = urlsplit(str(endpoint_url or "").strip())
+        in_url = parts.username is not None or parts.password is not None
+    except ValueError:
+        return
+    if in_url and clean_api_key(api_key):
+        raise ServerError("endpoint_url holds a user name and password (HTTP basic auth) and api_key is set too;"
+                          " a request carries one Authorization header, so one would be dropped: clear api_key to"
+                          " log in with the URL's user and password, or take user:password@ out of endpoint_url to"
+                          " send the key", "auth")
 
 
 def whole_number(value: Any) -> int | None:
@@ -321,7 +357,7 @@ def _request(method: str, url: str, api_key: str | None, *, json_body: Any = Non
     timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT, read_timeout), read=read_timeout, write=read_timeout,
                             pool=min(CONNECT_TIMEOUT, read_timeout))
     try:
-        with httpx.stream(method, url, headers=headers(api_key), json=json_body, timeout=timeout) as response:
+        with httpx.stream(method, url, headers=headers(api_key, url), json=json_body, timeout=timeout) as response:
             raw = bytearray()
             for piece in response.iter_raw():
                 raw += piece
@@ -355,8 +391,7 @@ def list_models(endpoint_url: str, api_key: str | None = None, read_timeout: flo
     Raises:
         ServerError: unreachable, rejected key, or a non-OpenAI answer.
     """
-    base = normalize_endpoint(endpoint_url)
-    data = _json(_request("GET", f"{base}/models", api_key, read_timeout=read_timeout))
+    data = _json(_request("GET", api_url(endpoint_url, "models"), api_key, read_timeout=read_timeout))
     return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
 
 
@@ -374,15 +409,14 @@ def chat_completion(endpoint_url: str, api_key: str | None, messages: list[dict]
     Raises:
         ServerError: unreachable, rejected key, refused request (e.g. context overflow) or a bad answer.
     """
-    base = normalize_endpoint(endpoint_url)
+    url = api_url(endpoint_url, "chat/completions")
     body: dict[str, Any] = {"messages": prepare_messages(messages), "stream": False}
     if model:
         body["model"] = model
     body.update({k: v for k, v in params.items() if v is not None})
-    data = _json(_request("POST", f"{base}/chat/completions", api_key, json_body=body, read_timeout=read_timeout,
-                          setting=setting))
+    data = _json(_request("POST", url, api_key, json_body=body, read_timeout=read_timeout, setting=setting))
     if not data.get("choices"):
-        raise ServerError(f"{base}/chat/completions answered without choices: {str(data)[:200]}", "server", 200)
+        raise ServerError(f"{url} answered without choices: {str(data)[:200]}", "server", 200)
     return data
 
 
@@ -410,13 +444,13 @@ def server_n_ctx(endpoint_url: str, api_key: str | None = None, seconds: float =
     serve``), else ``default_generation_settings.n_ctx`` of ``GET /props`` (llama.cpp's
     ``llama-server``), an int or whole-number text; ``None`` when the server reports neither (vLLM,
     Ollama) or cannot be asked within ``seconds`` (both requests together)."""
-    root, end = server_root(endpoint_url), time.monotonic() + seconds
-    for path, keys in (("/health", ("n_ctx",)), ("/props", ("default_generation_settings", "n_ctx"))):
+    end = time.monotonic() + seconds
+    for path, keys in (("health", ("n_ctx",)), ("props", ("default_generation_settings", "n_ctx"))):
         left = end - time.monotonic()
         if left < 0.1:
             return None
         try:
-            value: Any = _json(_request("GET", root + path, api_key, read_timeout=left))
+            value: Any = _json(_request("GET", api_url(endpoint_url, path, root=True), api_key, read_timeout=left))
         except ServerError:
             continue
         for key in keys:
@@ -476,11 +510,11 @@ def count_tokens(endpoint_url: str, api_key: str | None, text: str, model: str |
     /extras/tokenize``, special tokens parsed); ``None`` when the server has no such endpoint or
     cannot be reached (callers then estimate)."""
     try:
-        url = f"{server_root(endpoint_url)}/extras/tokenize"
+        url = api_url(endpoint_url, "extras/tokenize", root=True)
         body: dict[str, Any] = {"input": text}
         if model:
             body["model"] = model
-        response = httpx.post(url, headers=headers(api_key), json=body,
+        response = httpx.post(url, headers=headers(api_key, url), json=body,
                               timeout=httpx.Timeout(read_timeout, connect=min(CONNECT_TIMEOUT, read_timeout)))
         if response.status_code != 200:
             return None
@@ -500,7 +534,8 @@ def count_chat_tokens(endpoint_url: str, api_key: str | None, messages: list[dic
         body: dict[str, Any] = {"messages": messages}
         if model:
             body["model"] = model
-        response = httpx.post(f"{server_root(endpoint_url)}/extras/tokenize/chat", headers=headers(api_key), json=body,
+        url = api_url(endpoint_url, "extras/tokenize/chat", root=True)
+        response = httpx.post(url, headers=headers(api_key, url), json=body,
                               timeout=httpx.Timeout(read_timeout, connect=min(CONNECT_TIMEOUT, read_timeout)))
         if response.status_code != 200:
             return None

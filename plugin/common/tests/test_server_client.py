@@ -11,7 +11,7 @@ import server_client as sc
 def test_endpoints_and_docker_hint():
     assert sc.normalize_endpoint(" http://h:8000/v1/ ") == "http://h:8000/v1"
     assert sc.normalize_endpoint("http://h:8000") == "http://h:8000/v1"
-    assert sc.server_root("http://h:8000/v1") == "http://h:8000"
+    assert sc.api_url("http://h:8000/v1", "health", root=True) == "http://h:8000/health"
     for pasted in ("http://h:8000/v1/chat/completions", "http://h:8000/v1/models/", "http://h:8000/v1/completions"):
         assert sc.normalize_endpoint(pasted) == "http://h:8000/v1"
     assert sc.normalize_endpoint("http://proxy/llm/v1/chat/completions") == "http://proxy/llm/v1"
@@ -57,6 +57,24 @@ def test_the_estimate_leans_high_for_digits_code_and_symbols_too(text, counted):
     """Dify trims histories by the estimate (servers without a tokenize endpoint): below the real
     count a long chat ends in a context overflow. The old chars/4 rule gave 0.26x for digits."""
     assert counted <= sc.estimate_tokens(text) <= 2 * counted
+
+
+def test_a_query_string_in_the_endpoint_url_is_kept_on_every_route():
+    url = " http://gw/llm/v1/chat/completions?api-version=2024-06-01&key=k1 "
+    assert sc.normalize_endpoint(url) == "http://gw/llm/v1?api-version=2024-06-01&key=k1"
+    assert sc.api_url(url, "models") == "http://gw/llm/v1/models?api-version=2024-06-01&key=k1"
+    assert sc.api_url(url, "extras/tokenize", root=True) == "http://gw/llm/extras/tokenize?api-version=2024-06-01&key=k1"
+    assert sc.redact(sc.api_url(url, "models")) == "http://gw/llm/v1/models?api-version=2024-06-01&key=***"
+    assert sc.redact("http://h/v1?access_token=t&sig=s&x=1") == "http://h/v1?access_token=***&sig=***&x=1"
+
+
+def test_an_api_key_with_credentials_in_the_url_is_refused_naming_both():
+    for url in ("http://admin:s3cret@proxy/v1", "http://admin@proxy/v1"):
+        with pytest.raises(sc.ServerError, match="endpoint_url holds a user name and password") as e:
+            sc.headers("k", url)
+        assert e.value.kind == "auth" and "api_key" in str(e.value) and "s3cret" not in str(e.value)
+        assert "Authorization" not in sc.headers(None, url)  # httpx/requests send the URL's basic auth
+    assert sc.headers("k", "http://proxy/v1")["Authorization"] == "Bearer k"
 
 
 def test_a_password_in_the_url_never_reaches_a_message():

@@ -272,7 +272,8 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         ``max_tokens_to_sample`` whole numbers >= 1 (the SDK's schema reads them with ``int()``).
 
         Raises:
-            server_client.ServerError: a bad key or number; ``check_url`` and the endpoint URL is
+            server_client.ServerError: a bad key or number, a key with credentials in the URL
+                (:func:`server_client.check_auth`); ``check_url`` and the endpoint URL is
                 empty, not http(s) or has an invalid port.
         """
         c = dict(credentials)
@@ -284,6 +285,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
                 raise
             c["endpoint_url"] = str(url)
         c["api_key"] = server_client.clean_api_key(c.get("api_key"))
+        server_client.check_auth(c["endpoint_url"], c["api_key"])
         c["context_size"] = str(server_client.positive_int("context_size", c.get("context_size"), 4096))
         c["max_tokens_to_sample"] = str(server_client.positive_int("max_tokens_to_sample",
                                                                    c.get("max_tokens_to_sample"), 2048))
@@ -379,6 +381,10 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         return entity
 
     # -- invoke --------------------------------------------------------------------------------
+    def _join_endpoint_url(self, endpoint_url: str, path: str) -> str:
+        """The SDK's request URL, with the endpoint URL's query string kept (:func:`server_client.api_url`)."""
+        return server_client.api_url(endpoint_url, path)
+
     def _validate_and_filter_model_parameters(self, model: str, model_parameters: dict, credentials: dict) -> dict:
         """The SDK's check of the app's model parameters against the rules, with numbers saved as
         text or as whole floats (``"512"``, ``512.0``, ``"0.7"``) read as the numbers they are, and
@@ -503,16 +509,17 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         one chunk; any other non-``text/event-stream`` answer, a non-JSON line, an error event, a
         stream cut before ``[DONE]`` and a finish reason, or past the deadline raises (see
         :func:`_checked_events`)."""
-        url = credentials["endpoint_url"]
+        url = server_client.api_url(credentials["endpoint_url"], "chat/completions")
         kind = response.headers.get("Content-Type", "")
         if "application/json" in kind:
             yield from self._json_as_stream(model, credentials, response, prompt_messages)
             return
         if "text/event-stream" not in kind:
-            raise server_client.ServerError(f"{url}/chat/completions answered {kind or 'no content type'}, not an"
+            raise server_client.ServerError(f"{url} answered {kind or 'no content type'}, not an"
                                             f" event stream: {_shown(response.text)}; is the endpoint URL the"
                                             f" API base of an OpenAI-compatible server?", "server")
-        response.iter_lines = lambda **kw: _checked_events(_arrived(response), url, credentials[_DEADLINE])
+        response.iter_lines = lambda **kw: _checked_events(_arrived(response), credentials["endpoint_url"],
+                                                             credentials[_DEADLINE])
         yield from super()._handle_generate_stream_response(model, credentials, response, prompt_messages)
 
     def _json_as_stream(self, model: str, credentials: dict, response: requests.Response,
@@ -531,15 +538,15 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         Raises:
             server_client.ServerError: (kind ``server``) anything else, e.g. an HTML page or an SSE body.
         """
-        url = credentials["endpoint_url"]
+        url = server_client.api_url(credentials["endpoint_url"], "chat/completions")
         try:
             data = response.json()
         except ValueError:
-            raise server_client.ServerError(f"{url}/chat/completions did not answer JSON"
+            raise server_client.ServerError(f"{url} did not answer JSON"
                                             f" ({response.headers.get('Content-Type') or 'no content type'}):"
                                             f" {_shown(response.text)}", "server") from None
         if not isinstance(data, dict) or not data.get("choices"):
-            raise server_client.ServerError(f"{url}/chat/completions answered without choices:"
+            raise server_client.ServerError(f"{url} answered without choices:"
                                             f" {response.text[:200]!r}", "server")
         return super()._handle_generate_response(model, credentials, response, prompt_messages)
 
