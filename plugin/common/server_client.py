@@ -556,15 +556,16 @@ def estimate_tokens(text: str) -> int:
     Qwen's) split digits one by one and rarely merge symbols, so it counts: a token per digit and
     per ASCII punctuation or symbol; a word of ASCII letters as one token per four letters (per two
     in an all-capitals word or one glued to a digit); a space only before anything but a letter (a BPE joins it to the next
-    word), other whitespace one per line break and per four spaces; per non-ASCII character four
-    for an emoji or other character beyond the BMP, three for Hangul, two for other wide (CJK)
-    characters and one for the rest (Cyrillic, Arabic, Thai …).
+    word), other whitespace one per line break and per four spaces; per non-ASCII character
+    :func:`_non_ascii_tokens`.
 
-    Measured against SmolLM2's tokenizer (2026-12-07, tests: plugin/common/tests): 1.0-1.5× for
-    English prose, code, JSON, URLs, digits and hex ids, 1.15× for Chinese and Korean; Qwen's
-    tokenizer, which merges CJK better, gets more than twice its count there.
+    Measured (2026-12-07, tests: plugin/common/tests): 1.0-1.5× SmolLM2's count for English prose,
+    code, JSON, URLs, digits and hex ids; for Chinese, against Qwen2.5's tokenizer (the persona's
+    base, which merges common words), 1.16-1.49× over ten real reviews in a row, 1.02-1.97× for
+    99 % of single ones (tests/test_token_estimate.py). SmolLM2's tokenizer, made for English,
+    counts Chinese about 3× higher.
     """
-    n = 0
+    n = 0.0
     for match in _PIECE.finditer(text):
         piece = match.group()
         first = piece[0]
@@ -579,15 +580,21 @@ def estimate_tokens(text: str) -> int:
                 breaks = piece.count("\n")
                 n += breaks + math.ceil((len(piece) - breaks) / 4)
         elif not first.isascii():
-            if ord(first) > 0xFFFF:
-                n += 4
-            elif 0xAC00 <= ord(first) <= 0xD7A3:
-                n += 3
-            else:
-                n += 2 if unicodedata.east_asian_width(first) in ("W", "F") else 1
+            n += _non_ascii_tokens(first)
         else:
             n += 1
-    return n
+    return math.ceil(n)
+
+
+def _non_ascii_tokens(ch: str) -> float:
+    """:func:`estimate_tokens`' weight of one non-ASCII character: four for an emoji or other
+    character beyond the BMP, three for Hangul, 0.9 for another wide (CJK) character (Chinese,
+    Japanese kana, ，。《》) and one for the rest (Cyrillic, Arabic, Thai …)."""
+    if ord(ch) > 0xFFFF:
+        return 4
+    if 0xAC00 <= ord(ch) <= 0xD7A3:
+        return 3
+    return 0.9 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
 
 
 def completion_text(response: Mapping[str, Any]) -> str:
