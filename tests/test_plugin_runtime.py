@@ -304,21 +304,24 @@ def test_an_api_key_with_a_password_in_the_url_is_refused_before_any_request(cha
     """Both would be the one Authorization header (Bearer, Basic): the key goes, or the URL's login does."""
     with recording_proxy(server) as (proxy, seen):
         url = f"{proxy.replace('://', '://admin:s3cret@')}/v1"
-        saved = chat.request({**CHAT, "action": "validate_model_credentials", "credentials": chat_creds(server, endpoint_url=url)})
+        saved = chat.request({**CHAT, "action": "validate_model_credentials",
+                              "credentials": chat_creds(server, endpoint_url=url)})
         reply = invoke(chat, chat_creds(server, endpoint_url=url), [{"role": "user", "content": "Hi"}])
         tool = review.request({**REVIEW, "action": "validate_tool_credentials",
                                "credentials": review_creds(server, endpoint_url=url)})
         assert not seen
         basic = chat.request({**CHAT, "action": "validate_model_credentials",
                               "credentials": chat_creds(server, endpoint_url=url, api_key="")})
+        basic_invoke = invoke(chat, chat_creds(server, endpoint_url=url, api_key=""), [{"role": "user", "content": "Hi"}])
     assert [e.error["error_type"] for e in (saved, reply, tool)] == [
         "CredentialsValidateFailedError", "InvokeAuthorizationError", "ToolProviderCredentialValidationError"]
     for e in (saved, reply, tool):
         assert "endpoint_url holds a user name and password" in e.error["message"] and "api_key" in e.error["message"]
         assert "s3cret" not in e.error["message"]
     # without a key the URL's user and password go as HTTP basic auth (this server wants its key: 401)
-    assert seen[0]["authorization"] == "Basic YWRtaW46czNjcmV0"
-    assert "rejected the API key (HTTP 401)" in basic.error["message"] and "s3cret" not in basic.error["message"]
+    assert [r["authorization"] for r in seen] == ["Basic YWRtaW46czNjcmV0"] * 2  # httpx (saving), requests (invoke)
+    for e in (basic, basic_invoke):
+        assert "rejected the API key (HTTP 401)" in e.error["message"] and "s3cret" not in e.error["message"]
 
 
 # -- review tool -----------------------------------------------------------------------------------
