@@ -20,7 +20,9 @@ HTTP and chunking are the SDK's (``OAICompatLargeLanguageModel``). What we add:
 * tool results in the history sent as text, document/audio attachments refused;
 * credential validation bounded in time, with the Docker networking hint for localhost URLs, whole
   numbers checked and ``context_size`` held against the server's ``n_ctx``;
-* ``get_num_tokens`` through the server's ``/extras/tokenize``, falling back to an estimate.
+* ``get_num_tokens`` through the server's ``/extras/tokenize``, falling back to an estimate;
+* the endpoint URL's query string on every request (the SDK's join drops it), and an API key
+  refused together with ``user:password@`` in the URL (:func:`server_client.check_auth`).
 
 The SDK base is imported as a module (not as a name) so that this module holds exactly one
 ``LargeLanguageModel`` subclass. Never print(): stdout is the daemon's channel; log instead.
