@@ -18,6 +18,7 @@ import stat
 from pathlib import Path
 
 import numpy as np
+import click
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -292,6 +293,21 @@ def test_failed_verification_keeps_a_failed_name_that_serve_and_chat_refuse_and_
     assert report["steps"]["quantize_q8_0"] == "reused" and report["steps"]["verify_q8_0"] == "done"
     assert report["verify"]["q8_0"]["passed"] and report["files"]["q8_0"]["file"] == "tiny-lora-q8_0.gguf"
     assert sorted(p.name for p in out.glob("*.gguf*")) == ["tiny-lora-q8_0.gguf"]
+
+
+def test_a_failed_export_is_accepted_as_it_is_by_a_rerun_with_no_verify(tiny_run, tmp_path, monkeypatch):
+    """The other way out that serve's refusal of a failed export names."""
+    out = tmp_path / "exp"
+    with monkeypatch.context() as mp:
+        mp.setattr("steam_persona.export.verify.MIN_QUANT_AGREEMENT", 1.01)
+        with pytest.raises(click.ClickException):
+            export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], keep_merged=True)
+    report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], no_verify=True)
+    assert report["verify"] is None and report["steps"]["quantize_q8_0"] == "reused"
+    assert sorted(p.name for p in out.glob("*.gguf*")) == ["tiny-lora-q8_0.gguf"]
+    from steam_persona.serve.modelinfo import find_gguf
+
+    assert find_gguf(out)[0] == (out / "tiny-lora-q8_0.gguf").resolve()
 
 
 def test_tiny_qwen2_keeps_embedding_rows_and_im_end_eos(tiny_qwen2_dir, tmp_path):
