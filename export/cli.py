@@ -14,10 +14,12 @@ Steps (each reused on a rerun when its output exists and was made from the same 
 The steps are :class:`Step` objects (name, input fingerprint, function) listed by :func:`export_steps`;
 a step is reused when the fingerprint recorded beside its output (``merged/export_merge.json``,
 ``.steam-export.json``) equals its own. Every file is written under a temp name and renamed; each GGUF is
-``<name>-<quant>.gguf.unverified`` until the export finishes, and ``export_report.json`` is written last, so a
-folder without it is an unfinished export that a rerun resumes. An interrupted export (Ctrl-C, at any
-moment: :mod:`steam_persona.export.interrupt`) says what it leaves: the finished steps' files, which the
-rerun names as it reuses them.
+``<name>-<quant>.gguf.unverified`` until the export finishes (then ``<name>-<quant>.gguf``, or
+``<name>-<quant>.gguf.failed`` when it failed verification), and ``export_report.json`` is written last, so a
+folder without it is an unfinished export that a rerun resumes; a rerun also resumes an export whose report
+records a failed verification, and verifies again. An interrupted export (Ctrl-C, at any moment:
+:mod:`steam_persona.export.interrupt`) says what it leaves: the finished steps' files, which the rerun names
+as it reuses them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ LOG = "export_log.jsonl"
 #: Appended to a GGUF's name until the export finishes (after its verify step), so no finished name holds
 #: an unverified file.
 UNVERIFIED = ".unverified"
+#: Appended to a GGUF's name when it failed verification: a finished export keeps it under this name.
+FAILED = ".failed"
 
 
 @dataclass
@@ -78,7 +82,8 @@ class ExportConfig:
 
 
 class VerificationFailed(click.ClickException):
-    """Some GGUF failed verification (exit 1). The files and export_report.json are kept."""
+    """Some GGUF failed verification (exit 1). export_report.json records it; each failed GGUF is kept as
+    ``<name>-<quant>.gguf.failed``, which serve and chat refuse."""
 
     exit_code = 1
 
@@ -150,8 +155,13 @@ class ExportJob:
         return self.out / f"{self.name}-{q}.gguf"
 
     def unverified(self, q: str) -> Path:
-        """Where the GGUF of type ``q`` is written and verified; :func:`_finish` renames it to :meth:`gguf`."""
+        """Where the GGUF of type ``q`` is written and verified; :func:`_finish` renames it to :meth:`kept`."""
         return self.out / (self.gguf(q).name + UNVERIFIED)
+
+    def kept(self, q: str) -> Path:
+        """The name the GGUF of type ``q`` keeps once the export ends: :meth:`gguf` unless it failed verification."""
+        failed = self.verify is not None and not self.verify[q]["passed"]
+        return self.out / (self.gguf(q).name + FAILED) if failed else self.gguf(q)
 
     def gguf_fingerprint(self, q: str) -> str:
         from steam_persona.export import convert, merge
@@ -207,10 +217,13 @@ def _run(job: ExportJob, t_start: float) -> dict[str, Any]:
                       f"the base is reloaded in {job.dtype_name} to merge (never into 4-bit weights).[/]")
     report = _run_steps(job, steps, reused, t_start)
     _summary(job, t_start)
-    failed = [q for q, v in (job.verify or {}).items() if not v["passed"]]
+    from steam_persona.export.verify import failures
+
+    failed = failures(job.verify)
     if failed:
-        raise VerificationFailed(f"{job.out / REPORT}: verification failed for {', '.join(failed)}; "
-                                 "see 'verify' in the report")
+        raise VerificationFailed(f"{job.out / REPORT}: verification failed ({failed_text(failed, report)}); serve and "
+                                 "chat refuse this export. Rerun the same command once the cause is fixed (it "
+                                 "verifies again), or with --no_verify to accept the files as they are")
     return report
 
 
@@ -256,8 +269,29 @@ def _export_dir(cfg: ExportConfig) -> Path | None:
 
 
 def _refuse_finished(out: Path) -> None:
-    if (out / REPORT).is_file():
+    """Refuse a folder holding a finished export, unless its verification failed (a rerun verifies again)."""
+    from steam_persona.export.verify import failures
+
+    if (out / REPORT).is_file() and not failures(read_report(out).get("verify")):
         raise UserError(f"{out}: holds a finished export; pass --overwrite to replace it or choose another --export_dir")
+
+
+def read_report(out: Path) -> dict[str, Any]:
+    """``out``'s ``export_report.json``.
+
+    Raises:
+        UserError: the report is not JSON.
+    """
+    try:
+        return json.loads((out / REPORT).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{out / REPORT}: not valid JSON ({e}); rerun `steam-train export` with --overwrite") from None
+
+
+def failed_text(failed: dict[str, str], report: dict[str, Any]) -> str:
+    """``name-q4_k_m.gguf.failed: top-1 agreement 31.2% (pass ≥ 50%)`` for each GGUF in ``failed``
+    (:func:`~steam_persona.export.verify.failures` of the ``report``'s ``verify``)."""
+    return "; ".join(f"{report['files'][q]['file']}: {checks}" for q, checks in failed.items())
 
 
 def _check_base(job: ExportJob) -> None:
@@ -407,7 +441,7 @@ def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_
     from steam_persona.export.quantize import FLOAT_TYPES
     from steam_persona.common.atomic import write_json
 
-    files = {q: job.gguf(q) for q in job.qtypes}
+    files = {q: job.kept(q) for q in job.qtypes}
     for q, final in files.items():
         job.unverified(q).replace(final)
     kept = list(files.values()) + ([_lora_file(job)] if job.cfg.lora_gguf else [])
@@ -415,10 +449,10 @@ def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_
                      files, job.merge_info, job.verify, steps, seconds, t_start)
     serve_q = next((q for q in job.qtypes if q not in FLOAT_TYPES), job.qtypes[0])
     _write_extras(job.out, files[serve_q].name, job.system, job.merge_info, report, kept, job.merged_dir)
-    for stale in sorted(job.out.glob("*.gguf")) + sorted(job.out.glob("*.gguf" + UNVERIFIED)):
+    for stale in [f for suffix in ("", UNVERIFIED, FAILED) for f in sorted(job.out.glob("*.gguf" + suffix))]:
         if stale not in kept:  # the intermediate 16-bit file, or types of an overwritten export
             stale.unlink()
-            job.state["files"].pop(stale.name.removesuffix(UNVERIFIED), None)
+            job.state["files"].pop(stale.name.removesuffix(UNVERIFIED).removesuffix(FAILED), None)
     write_json(job.out / STATE, job.state)
     if not job.cfg.keep_merged:
         shutil.rmtree(job.merged_dir)
@@ -437,7 +471,7 @@ def _summary(job: ExportJob, t_start: float) -> None:
         v = (job.verify or {}).get(q)
         check = "" if v is None else (f"  {'[green]PASSED[/]' if v['passed'] else '[red]FAILED[/]'}: "
                                       f"{describe(v, is_float=q in FLOAT_TYPES)}")
-        rows.append((job.gguf(q).name, f"{_size(job.gguf(q))}{check}"))
+        rows.append((job.kept(q).name, f"{_size(job.kept(q))}{check}"))
     if job.cfg.lora_gguf:
         rows.append((_lora_file(job).name, _size(_lora_file(job))))
     rows.append(("merged/", _size(job.merged_dir) if job.cfg.keep_merged else "deleted (pass --keep_merged to keep it)"))
@@ -515,8 +549,9 @@ def _open_export_dir(out: Path, overwrite: bool) -> dict[str, Any]:
             state = {"files": {}}
         (out / REPORT).unlink(missing_ok=True)  # from here on the folder is an unfinished export
         for name in state["files"]:  # its GGUFs are verified again before they get their names back
-            if (out / name).is_file():
-                (out / name).replace(out / (name + UNVERIFIED))
+            for kept in (out / name, out / (name + FAILED)):
+                if kept.is_file():
+                    kept.replace(out / (name + UNVERIFIED))
     out.mkdir(parents=True, exist_ok=True)
     from steam_persona.common.atomic import write_json
 

@@ -53,10 +53,16 @@ def readme(name: str, files: list[tuple[str, int]], report: dict[str, Any], serv
     verify = report.get("verify") or {}
     vrows = "\n".join(
         f"| {q} | {percent(v['logits']['top1_agreement'])} | {v['logits']['max_abs_diff']} | "
-        f"{'yes' if v['stop']['natural_stop'] else 'no'} | {'yes' if v['stop']['eot_ends_generation'] else 'no'} |"
+        f"{'yes' if v['stop']['natural_stop'] else 'no'} | {'yes' if v['stop']['eot_ends_generation'] else 'no'} | "
+        f"{'PASSED' if v['passed'] else 'FAILED'} |"
         for q, v in verify.items())
-    vtable = ("| file | top-1 agreement vs HF | max abs logit diff | stopped by itself | end-of-turn stops |\n"
-              "|---|---|---|---|---|\n" + vrows) if vrows else "Verification was skipped (--no_verify)."
+    failed = [q for q, v in verify.items() if not v["passed"]]
+    vtable = ("| file | top-1 agreement vs HF | max abs logit diff | stopped by itself | end-of-turn stops | result |\n"
+              "|---|---|---|---|---|---|\n" + vrows) if vrows else "Verification was skipped (--no_verify)."
+    if failed:
+        vtable += (f"\n\n{', '.join(failed)} FAILED verification (see `verify` in export_report.json): its file keeps "
+                   "the `.gguf.failed` name and `steam-train serve` / `chat` refuse this folder. Rerun the export once "
+                   "the cause is fixed (it verifies again), or with `--no_verify` to accept the files as they are.")
     merged_line = ("`merged/` is the merged Hugging Face model (safetensors) for transformers or vLLM."
                    if (report.get("config") or {}).get("keep_merged") else
                    "The merged 16-bit Hugging Face model was deleted after verification; export again with "

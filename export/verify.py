@@ -22,6 +22,7 @@ import numpy as np
 
 from steam_persona.common import persona
 from steam_persona.export.interrupt import held_interrupt
+from steam_persona.export.quantize import FLOAT_TYPES
 
 #: The 3 fixed conversations (no system message: the template's default persona applies).
 PROMPTS: list[list[dict[str, str]]] = [
@@ -111,14 +112,33 @@ def describe(result: dict[str, Any], *, is_float: bool) -> str:
     merged model is decisive 99%, max|Δ| 10.7``. Percentages are rounded down, so a figure shown at
     a threshold meets it.
     """
-    lg = result["logits"]
+    judged, raw = _logit_figures(result["logits"], is_float=is_float)
     stop = "end-of-turn stop " + ("ok" if result["stop"]["passed"] else "FAILED")
+    return f"{judged}, {stop}; raw: {raw}"
+
+
+def failures(verify: dict[str, Any] | None) -> dict[str, str]:
+    """``{quant: the checks it failed, with their figures and thresholds}`` for each GGUF that failed
+    verification; ``verify`` is ``export_report.json``'s ``verify`` (``None``: skipped, nothing failed).
+    E.g. ``{"q4_k_m": "top-1 agreement 31.2% (pass ≥ 50%)"}``."""
+    out = {}
+    for q, v in (verify or {}).items():
+        if not v["passed"]:
+            checks = [_logit_figures(v["logits"], is_float=q in FLOAT_TYPES)[0]] if not v["logits"]["passed"] else []
+            if not v["stop"]["passed"]:
+                checks.append("end-of-turn stop FAILED (a forced end-of-turn token did not end the reply)")
+            out[q] = ", ".join(checks)
+    return out
+
+
+def _logit_figures(lg: dict[str, Any], *, is_float: bool) -> tuple[str, str]:
+    """(the logit figures a GGUF is judged on with their pass thresholds, the other figures)."""
     decisive = f"top-1 where the merged model is decisive {percent(lg['top1_agreement_decisive'])}"
     if is_float:
-        return (f"{decisive} (pass = 100%), max|Δ| {lg['max_abs_diff']:.3g} (pass ≤ {lg['tolerance']:.3g}), "
-                f"{stop}; raw: top-1 agreement {percent(lg['top1_agreement'])}")
-    return (f"top-1 agreement {percent(lg['top1_agreement'])} (pass ≥ {percent(MIN_QUANT_AGREEMENT)}), {stop}; "
-            f"raw: {decisive}, max|Δ| {lg['max_abs_diff']:.3g}")
+        return (f"{decisive} (pass = 100%), max|Δ| {lg['max_abs_diff']:.3g} (pass ≤ {lg['tolerance']:.3g})",
+                f"top-1 agreement {percent(lg['top1_agreement'])}")
+    return (f"top-1 agreement {percent(lg['top1_agreement'])} (pass ≥ {percent(MIN_QUANT_AGREEMENT)})",
+            f"{decisive}, max|Δ| {lg['max_abs_diff']:.3g}")
 
 
 def percent(rate: float) -> str:

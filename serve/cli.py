@@ -367,9 +367,11 @@ MODEL is one of:
   - an export dir from `steam-train export`: its .gguf is served (with several quants,
     the first of q4_k_m, q5_k_m, q6_k, q8_0, …; *-lora.gguf adapters are skipped), and its
     export_report.json gives the model id and the persona (an export dir without it is an
-    unfinished export, refused: rerun its `steam-train export` command to finish it);
+    unfinished export, refused: rerun its `steam-train export` command to finish it; one
+    whose verification failed is refused too: see docs/export.md);
   - a .gguf file with a chat template (tokenizer.chat_template); an export_report.json
-    beside it is read the same way.
+    beside it is read the same way (an export's .gguf.unverified or .gguf.failed file is
+    refused as its folder is).
 """
 
 command = config.command(ServeConfig, run, name="serve", config_option="option", help=HELP)

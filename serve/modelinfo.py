@@ -7,7 +7,6 @@ their parsing are exactly the ones the server will use.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +55,14 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
 
     An export dir is searched for ``*.gguf`` other than ``*-lora.gguf`` (preferring
     :data:`QUANT_PREFERENCE` order by the ``-<quant>.gguf`` suffix); its ``export_report.json`` is
-    read when present and required when the folder is one `steam-train export` began. A ``.gguf`` path
-    is used as is (verified or not); the report beside it is read too.
+    read when present and required when the folder is one `steam-train export` began, and an export whose
+    report records a failed verification is refused. A ``.gguf`` path is used as is (verified or not); the
+    report beside it is read too. Nothing is loaded: `chat` calls this before it says it loads the model.
 
     Raises:
-        UserError: the path does not exist, the folder holds no GGUF or is an unfinished export (no
-            report beside its state file or log), or the report is not JSON.
+        UserError: the path does not exist, the folder holds no GGUF, is an unfinished export (no
+            report beside its state file or log) or failed verification, the path is an export's
+            ``.gguf.unverified`` or ``.gguf.failed`` file, or the report is not JSON.
     """
     p = Path(model).expanduser()
     if p.is_dir():
@@ -70,23 +71,28 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
         rank = {q: i for i, q in enumerate(QUANT_PREFERENCE)}
         gguf = min(found, key=lambda f: (rank.get(f.stem.rsplit("-", 1)[-1].lower(), len(rank)), f.name), default=None)
         _refuse_unfinished_export(p, gguf)
+        report = _read_report(p)
+        _refuse_failed_export(p, report, gguf)
         if gguf is None:
             raise UserError(f"{p}: no .gguf file in this folder; {_where_the_gguf_is(p)}")
-        report_dir = p
-    elif p.is_file():
+        return gguf.resolve(), report
+    if p.is_file():
+        _refuse_unverified_file(p)
         if p.suffix != ".gguf":
             raise UserError(f"{p}: not a .gguf file; pass an export dir or a .gguf file")
-        gguf, report_dir = p, p.parent
-    else:
-        raise UserError(f"{p}: not found; pass an export dir (from `steam-train export`) or a .gguf file")
-    report_path = report_dir / "export_report.json"
-    report = None
-    if report_path.is_file():
-        try:
-            report = json.loads(report_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{report_path}: not valid JSON ({e}); re-run `steam-train export`") from None
-    return gguf.resolve(), report
+        return p.resolve(), _read_report(p.parent)
+    raise UserError(f"{p}: not found; pass an export dir (from `steam-train export`) or a .gguf file")
+
+
+def _read_report(folder: Path) -> dict[str, Any] | None:
+    """``folder``'s ``export_report.json``, or ``None`` when there is none.
+
+    Raises:
+        UserError: the report is not JSON.
+    """
+    from steam_persona.export.cli import REPORT, read_report
+
+    return read_report(folder) if (folder / REPORT).is_file() else None
 
 
 def is_export_dir(folder: Path) -> bool:
@@ -110,6 +116,50 @@ def _refuse_unfinished_export(folder: Path, gguf: Path | None) -> None:
     unverified = f", or pass the .gguf file itself ({gguf}) to use it unverified" if gguf else ""
     raise UserError(f"{folder}: an unfinished export (no {REPORT}: its GGUFs were never verified); rerun the same "
                     f"`steam-train export` command to finish it (export resumes){unverified}")
+
+
+def _refuse_failed_export(folder: Path, report: dict[str, Any] | None, gguf: Path | None) -> None:
+    """Refuse an export dir whose report records a failed verification, naming the failed checks.
+
+    Raises:
+        UserError: some GGUF of ``folder``'s export failed verification.
+    """
+    from steam_persona.export.cli import failed_text
+    from steam_persona.export.verify import failures
+
+    failed = failures((report or {}).get("verify"))
+    if failed:
+        passed = f", or pass {gguf} itself, which passed" if gguf else ""
+        raise UserError(f"{folder}: an export that failed verification ({failed_text(failed, report)}); "
+                        f"{_RERUN_FAILED}{passed}")
+
+
+def _refuse_unverified_file(path: Path) -> None:
+    """Refuse a GGUF that an export left unverified (``.gguf.unverified``) or that failed verification
+    (``.gguf.failed``), with how to finish or redo that export.
+
+    Raises:
+        UserError: ``path`` is such a file.
+    """
+    from steam_persona.export.cli import FAILED, UNVERIFIED
+    from steam_persona.export.verify import failures
+
+    if path.name.endswith(".gguf" + UNVERIFIED):
+        raise UserError(f"{path}: an unverified GGUF of an unfinished export; rerun the same `steam-train export` "
+                        "command to finish it (export resumes and verifies it)")
+    if path.name.endswith(".gguf" + FAILED):
+        try:
+            report = _read_report(path.parent) or {}
+        except UserError:
+            report = {}
+        checks = "".join(f" ({c})" for q, c in failures(report.get("verify")).items()
+                         if report["files"][q]["file"] == path.name)
+        raise UserError(f"{path}: a GGUF that failed its export's verification{checks}; {_RERUN_FAILED}")
+
+
+#: The way out of a failed verification, for :func:`_refuse_failed_export` and :func:`_refuse_unverified_file`.
+_RERUN_FAILED = ("rerun the same `steam-train export` command once the cause is fixed (it verifies again), or with "
+                 "--no_verify to accept the files as they are")
 
 
 def _where_the_gguf_is(folder: Path) -> str:

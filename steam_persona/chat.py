@@ -232,12 +232,15 @@ def load_backend(cfg: ChatConfig) -> Backend:
 
 
 def check_paths(cfg: ChatConfig) -> None:
-    """Reject a missing adapter or model path at once, before torch or llama.cpp is imported.
+    """Reject a missing adapter or model path, and an export or GGUF file that serve would refuse, at once,
+    before torch or llama.cpp is imported.
 
     Raises:
-        UserError: an adapter dir without ``adapter_config.json``, or a model path that does not exist.
+        UserError: an adapter dir without ``adapter_config.json``, a model path that does not exist, or
+            what :func:`~steam_persona.serve.modelinfo.find_gguf` refuses for an export dir or a file.
     """
     from steam_persona.common.hub import resolve_model
+    from steam_persona.serve.modelinfo import find_gguf, is_export_dir
 
     if cfg.adapter_name_or_path:
         ad = Path(cfg.adapter_name_or_path).expanduser()
@@ -245,6 +248,9 @@ def check_paths(cfg: ChatConfig) -> None:
             raise UserError(f"{ad}: no adapter_config.json; pass a training output dir or one of its checkpoint-N "
                             "folders to --adapter_name_or_path")
     if cfg.model_name_or_path:
+        p = Path(cfg.model_name_or_path).expanduser()
+        if p.is_file() or is_export_dir(p):
+            find_gguf(p)
         resolve_model(cfg.model_name_or_path)
 
 

@@ -18,6 +18,7 @@ import stat
 from pathlib import Path
 
 import numpy as np
+import click
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -259,6 +260,54 @@ def test_interrupted_export_leaves_no_final_file_and_resumes(tiny_run, tmp_path,
     assert not (out / "merged").exists() and (out / "generation_config.json").is_file()  # no --keep_merged
     assert "--keep_merged" in (out / "README.md").read_text(encoding="utf-8")
     assert _gguf_meta(out / "tiny-lora-q8_0.gguf", "general.file_type")["general.file_type"] == 7
+
+
+def test_failed_verification_keeps_a_failed_name_that_serve_and_chat_refuse_and_a_rerun_verifies_again(
+        tiny_run, tmp_path, monkeypatch):
+    """Regression (trial 26): an export that failed verification gave its GGUFs their final names, so
+    `serve DIR` served a model that failed the checks."""
+    from steam_persona.cli import main
+    from steam_persona.export.cli import VerificationFailed
+
+    out = tmp_path / "exp"
+    monkeypatch.setattr("steam_persona.export.verify.MIN_QUANT_AGREEMENT", 1.01)  # no q8_0 file can pass
+    with pytest.raises(VerificationFailed) as failed:
+        export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"])
+    said = failed.value.message
+    assert failed.value.exit_code == 1 and said.startswith(f"{out / 'export_report.json'}: verification failed "
+                                                           "(tiny-lora-q8_0.gguf.failed: top-1 agreement ")
+    assert "% (pass ≥ 101%)); serve and chat refuse this export" in said and "--no_verify" in said
+    assert sorted(p.name for p in out.glob("*.gguf*")) == ["tiny-lora-q8_0.gguf.failed"]
+    report = json.loads((out / "export_report.json").read_text(encoding="utf-8"))
+    assert report["files"]["q8_0"]["file"] == "tiny-lora-q8_0.gguf.failed" and not report["verify"]["q8_0"]["passed"]
+    assert "q8_0 FAILED verification" in (out / "README.md").read_text(encoding="utf-8")
+    for cmd, model in (("serve", out), ("chat", out), ("serve", out / "tiny-lora-q8_0.gguf.failed"),
+                       ("chat", out / "tiny-lora-q8_0.gguf.failed")):
+        r = CliRunner().invoke(main, [cmd, *(["--model_name_or_path"] if cmd == "chat" else []), str(model)])
+        _one_line_error(r, f"{model}: " + ("an export that failed verification (tiny-lora-q8_0.gguf.failed: "
+                                           if model == out else "a GGUF that failed its export's verification (")
+                        + "top-1 agreement ", "rerun the same `steam-train export` command once the cause is fixed")
+
+    monkeypatch.undo()  # the cause fixed: the same command resumes, reuses the file and verifies it again
+    report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"])
+    assert report["steps"]["quantize_q8_0"] == "reused" and report["steps"]["verify_q8_0"] == "done"
+    assert report["verify"]["q8_0"]["passed"] and report["files"]["q8_0"]["file"] == "tiny-lora-q8_0.gguf"
+    assert sorted(p.name for p in out.glob("*.gguf*")) == ["tiny-lora-q8_0.gguf"]
+
+
+def test_a_failed_export_is_accepted_as_it_is_by_a_rerun_with_no_verify(tiny_run, tmp_path, monkeypatch):
+    """The other way out that serve's refusal of a failed export names."""
+    out = tmp_path / "exp"
+    with monkeypatch.context() as mp:
+        mp.setattr("steam_persona.export.verify.MIN_QUANT_AGREEMENT", 1.01)
+        with pytest.raises(click.ClickException):
+            export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], keep_merged=True)
+    report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], no_verify=True)
+    assert report["verify"] is None and report["steps"]["quantize_q8_0"] == "reused"
+    assert sorted(p.name for p in out.glob("*.gguf*")) == ["tiny-lora-q8_0.gguf"]
+    from steam_persona.serve.modelinfo import find_gguf
+
+    assert find_gguf(out)[0] == (out / "tiny-lora-q8_0.gguf").resolve()
 
 
 def test_tiny_qwen2_keeps_embedding_rows_and_im_end_eos(tiny_qwen2_dir, tmp_path):

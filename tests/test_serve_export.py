@@ -40,28 +40,30 @@ def _unfinished_export(tiny_llama_dir, out):
 
 
 def test_serve_and_chat_refuse_an_unfinished_export_but_take_its_gguf(tiny_llama_dir, tmp_path):
+    """The refusal is the only line: chat checks the folder before it says it loads the model (trial 27 N4);
+    an export's `.gguf.unverified` file is named as such, with how to finish the export (N5)."""
     import shutil
     import subprocess
     import sys
 
     from steam_persona.serve.modelinfo import find_gguf
 
-    def refused(offer: str) -> None:
-        for cmd in (["serve", str(out)], ["chat", "--model_name_or_path", str(out)]):
+    def refused(model, expected: str) -> None:
+        for cmd in (["serve", str(model)], ["chat", "--model_name_or_path", str(model)]):
             r = subprocess.run([sys.executable, "-m", "steam_persona", *cmd], input="", capture_output=True,
                                text=True, timeout=60)
-            lines = r.stderr.strip().splitlines()  # chat says "loading model …" first
-            assert r.returncode == 2 and lines[-1].startswith("Error: ") and len(lines) == 1 + (cmd[0] == "chat"), \
-                r.stderr
-            assert f"{out}: an unfinished export (no export_report.json" in r.stderr
-            assert lines[-1].endswith(f"rerun the same `steam-train export` command to finish it (export resumes){offer}")
+            assert r.returncode == 2 and r.stdout == "" and r.stderr == f"Error: {model}: {expected}\n", r.stderr
 
     out = tmp_path / "export"
     gguf = _unfinished_export(tiny_llama_dir, out)
-    refused(f", or pass the .gguf file itself ({gguf.resolve()}) to use it unverified")
-    gguf.rename(gguf.with_name(gguf.name + ".unverified"))  # as the export leaves it before its verify step
-    refused("")
-    gguf.with_name(gguf.name + ".unverified").rename(gguf)
+    finish = "rerun the same `steam-train export` command to finish it (export resumes"
+    unfinished = f"an unfinished export (no export_report.json: its GGUFs were never verified); {finish})"
+    refused(out, f"{unfinished}, or pass the .gguf file itself ({gguf.resolve()}) to use it unverified")
+    unverified = gguf.with_name(gguf.name + ".unverified")
+    gguf.rename(unverified)  # as the export leaves it before its verify step
+    refused(out, unfinished)
+    refused(unverified, f"an unverified GGUF of an unfinished export; {finish} and verifies it)")
+    unverified.rename(gguf)
     assert find_gguf(gguf) == (gguf.resolve(), None)  # the file itself, unverified, as the error offers
     other = tmp_path / "ggufs"  # a folder of GGUFs that no export began is served as before
     other.mkdir()
