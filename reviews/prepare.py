@@ -908,24 +908,54 @@ def _report_details(cfg: PrepareConfig, stats: dict[str, _Stat], loaded: list[so
 
 
 def _write_splits(cfg: PrepareConfig, train: list[dict], val: list[dict]) -> tuple[Path, Path | None]:
-    """Write the train records to ``--out`` and the val records (if any) beside it (:func:`val_path`), and
-    register both with ``--register``. Returns ``(train path, val path or None)``."""
+    """Write the train records to ``--out`` and the val records (if any) beside it (:func:`val_path`).
+    Returns ``(train path, val path or None)``."""
     out = Path(cfg.out)
     vpath = val_path(out) if val else None
     _write_records(out, train)
     if vpath:
         _write_records(vpath, val)
-    elif val_path(out).is_file():  # an earlier run's split: its records may now be in train
-        val_path(out).unlink()
-        console.print(f"[yellow]note[/] removed {escape(str(val_path(out)))}: an earlier run's val split (its records "
-                      "may be in this train split; this run has none)")
-    if cfg.register:
-        registry.register(cfg.register, cfg.name, str(out))
-        if vpath:
-            registry.register(cfg.register, f"{cfg.name}_val", str(vpath))
-        elif registry.unregister(cfg.register, f"{cfg.name}_val", val_path(out)):
-            console.print(f"[yellow]note[/] removed '{cfg.name}_val' from {escape(cfg.register)} (no val split now)")
     return out, vpath
+
+
+def _register(cfg: PrepareConfig, out: Path, vpath: Path | None) -> list[str]:
+    """Register both splits with ``--register`` in one write (an earlier run's val entry goes when this run
+    has no split). Returns the names removed."""
+    if not cfg.register:
+        return []
+    add = {cfg.name: str(out), **({f"{cfg.name}_val": str(vpath)} if vpath else {})}
+    return registry.update(cfg.register, add, {} if vpath else {f"{cfg.name}_val": val_path(out)})
+
+
+def _remove_old_val(cfg: PrepareConfig, unregistered: list[str]) -> None:
+    """Delete an earlier run's val split when this run has none (its records may now be in train)."""
+    vpath = val_path(Path(cfg.out))
+    if unregistered:
+        console.print(f"[yellow]note[/] removed '{cfg.name}_val' from {escape(cfg.register)} (no val split now)")
+    if vpath.is_file():
+        vpath.unlink()
+        console.print(f"[yellow]note[/] removed {escape(str(vpath))}: an earlier run's val split (its records "
+                      "may be in this train split; this run has none)")
+
+
+def _output_paths(cfg: PrepareConfig) -> list[Path]:
+    """Every file a run may write, in the order it replaces them (the registry, which names the splits, last)."""
+    out, vpath, report_path = _outputs(cfg)
+    md_path = report_path.with_suffix(".md")
+    return [out, vpath, prepare_report.png_path(md_path), report_path, md_path] \
+        + ([Path(cfg.register)] if cfg.register else [])
+
+
+def _check_outputs(cfg: PrepareConfig) -> None:
+    paths = _output_paths(cfg)
+    twice = [p for p in paths if sum(q.resolve() == p.resolve() for q in paths) > 1]
+    if twice:
+        raise UserError(f"--out {cfg.out} / --report {cfg.report or '(default)'} / --register {cfg.register or '(unset)'}: "
+                        f"two outputs would be the same file {twice[0]}; give each its own path")
+    stale = [p for target in paths for p in atomic.remove_stale(target)]
+    if stale:
+        console.print(f"[yellow]note[/] removed {len(stale)} temp file{'s' if len(stale) > 1 else ''} of an "
+                      f"interrupted run: {escape(', '.join(map(str, stale)))}")
 
 
 def run(cfg: PrepareConfig) -> dict[str, Any]:
@@ -944,7 +974,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         with _cycle_collector_paused(), stop_signals_interrupt():  # SIGTERM / SIGHUP end it as Ctrl-C does
             return _prepare(cfg)
     except KeyboardInterrupt:  # Ctrl-C (the CLI exits 130): say so, as collect, train and export do
-        console.print("[yellow]interrupted; prepare starts over when rerun (each output file is replaced whole or "
+        console.print("[yellow]interrupted; prepare starts over when rerun (its outputs are replaced together or "
                       "not at all)")
         raise
 
@@ -968,6 +998,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """:func:`run`'s work, with the cyclic garbage collector paused."""
     t0 = time.perf_counter()
     _check_config(cfg)
+    _check_outputs(cfg)
     languages = _languages(cfg)
     blocklist, slurs = _load_lists(cfg)
     loaded, reviews, skipped = _load(cfg)
@@ -993,8 +1024,8 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     train = [rec for i, rec in enumerate(records) if i not in val_idx]
     val = [rec for i, rec in enumerate(records) if i in val_idx]
 
-    out, vpath = _write_splits(cfg, train, val)
-    report_path = _outputs(cfg)[2]
+    out, vpath, report_path = _outputs(cfg)
+    vpath = vpath if val else None
     md_path = report_path.with_suffix(".md")
     games = Counter(_game(r) for r in kept)
     result = {
@@ -1007,7 +1038,12 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     }
     report = {**result, "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings,
               **_report_details(cfg, stats, loaded, reviews, kept)}
-    prepare_report.write(report, [r.length or noise.length(r.text) for r in kept], report_path, md_path)
+    with atomic.replaced_together():  # a crash or rerun never leaves outputs of two runs side by side
+        _write_splits(cfg, train, val)
+        prepare_report.write(report, [r.length or noise.length(r.text) for r in kept], report_path, md_path)
+        unregistered = _register(cfg, out, vpath)
+    if not vpath:
+        _remove_old_val(cfg, unregistered)
     console.print(f"[bold]wrote[/] {out} ({len(train):,} train)" + (f", {vpath} ({len(val):,} val)" if vpath else "")
                   + f", {report_path}, {md_path}, {report['lengths_png']}"
                   + (f"; registered '{cfg.name}' in {cfg.register}" if cfg.register else ""))

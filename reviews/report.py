@@ -15,11 +15,16 @@ from steam_persona.common import atomic
 
 def write(report: dict[str, Any], lengths: list[tuple[int, str]], json_path: Path, md_path: Path) -> None:
     """Write the JSON report, the length histogram PNG beside it and the Markdown report (atomically)."""
-    png = md_path.with_name(md_path.stem.replace("_report", "") + "_lengths.png")
+    png = png_path(md_path)
     _histogram(lengths, png)
     report["lengths_png"] = str(png)
     atomic.write_json(json_path, report)
     atomic.write_text(md_path, markdown(report, png.name))
+
+
+def png_path(md_path: Path) -> Path:
+    """``prepare_report.md`` → ``prepare_lengths.png`` beside it."""
+    return md_path.with_name(md_path.stem.replace("_report", "") + "_lengths.png")
 
 
 def reasons_text(reasons: dict[str, int], top: int) -> str:

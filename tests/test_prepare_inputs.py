@@ -964,6 +964,55 @@ def test_a_run_without_a_val_split_removes_the_last_runs_split_and_its_registrat
     assert set(json.loads(reg.read_text(encoding="utf-8"))) == {"s", "other"}
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("failing", ["registry.update", "prepare_report.write"])
+def test_a_failure_after_the_first_output_leaves_the_last_runs_outputs(tmp_path, monkeypatch, failing):
+    """A crash between prepare's outputs left a new train.json beside the last run's report, val split and
+    dataset_info.json (which then registered files of two runs). They are now replaced together."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    kw = dict(val_size=1, register=str(tmp_path / "out/dataset_info.json"), name="s", language=["all"])
+    _run(tmp_path, [src], **kw)
+    before = _files(tmp_path / "out")
+    assert set(before) == {"train.json", "train_val.json", "prepare_report.json", "prepare_report.md",
+                           "prepare_lengths.png", "dataset_info.json"}
+    written = []
+    real_write = prepare_mod._write_records
+    monkeypatch.setattr(prepare_mod, "_write_records", lambda path, recs: (written.append(path), real_write(path, recs)))
+    module, name = failing.split(".")
+    monkeypatch.setattr(getattr(prepare_mod, module), name, lambda *a, **k: (_ for _ in ()).throw(OSError("crash")))
+    _csv(src, ["review", "app_name"], [[t, "Hades"] for t in EN[:3]])
+    with pytest.raises(OSError, match="crash"):
+        _run(tmp_path, [src], **kw)
+    assert len(written) == 2  # train and val were written before the failure
+    assert _files(tmp_path / "out") == before
+
+
+def test_temp_files_of_a_crashed_run_are_removed(tmp_path, capsys):
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = 2**22 + 7  # above Linux's largest pid: no such process
+    crashed = [out / f".train.json.tmp-{dead}", out / f".dataset_info.json.tmp-{dead}"]
+    for p in crashed:
+        p.write_text("[", encoding="utf-8")
+    (out / ".train.json.tmp-x").write_text("not ours", encoding="utf-8")
+    _run(tmp_path, [src], register=str(out / "dataset_info.json"), name="s", language=["all"])
+    assert not any(p.exists() for p in crashed) and (out / ".train.json.tmp-x").exists()
+    assert "removed 2 temp files of an interrupted run" in capsys.readouterr().err
+
+
+def test_outputs_that_would_be_the_same_file_are_refused(tmp_path):
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    with pytest.raises(UserError, match=r"--report .*r\.md.*: two outputs would be the same file"):
+        _run(tmp_path, [src], report=str(tmp_path / "out/r.md"), language=["all"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
     """Trial 25c: a 210 MB input logged to a file printed nothing for 5 minutes after its `detected` line."""
     from steam_persona.reviews import prepare as prepare_mod
