@@ -15,7 +15,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from steam_persona.common.errors import UserError
 
@@ -184,9 +184,15 @@ def writing_into(folder: Path, flag: str) -> Iterator[None]:
 
 def write_text(target: str | Path, text: str) -> None:
     """Write UTF-8 text atomically (temp file, fsync, rename)."""
+    write_chunks(target, (text,))
+
+
+def write_chunks(target: str | Path, chunks: Iterable[str]) -> None:
+    """Write UTF-8 text given in pieces atomically, as :func:`write_text` writes their concatenation
+    (a big file's text is never held whole)."""
     with atomic_path(target) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+            f.writelines(chunks)
             f.flush()
             os.fsync(f.fileno())
 

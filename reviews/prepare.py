@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import itertools
 import json
 import multiprocessing
 import os
@@ -29,7 +30,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from rich.markup import escape
 from rich.table import Table
@@ -533,13 +534,18 @@ def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
 
 def _write_records(path: Path, records: list[dict[str, str]]) -> None:
     """Write records atomically as ``json.dumps(records, ensure_ascii=False, indent=2)`` would
-    (the seed file's layout), quoting each string with the C encoder that ``json.dumps`` uses for a
-    lone ``str`` (``indent`` makes ``json`` fall back to its pure-Python encoder, ~5x slower on 100k
+    (the seed file's layout), one record at a time, quoting each string with the C encoder that ``json.dumps``
+    uses for a lone ``str`` (``indent`` makes ``json`` fall back to its pure-Python encoder, ~5x slower on 100k
     records, and a ``json.dumps`` call per value builds an encoder each time)."""
     quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
-    body = ",\n".join("  {\n" + ",\n".join(f"    {quote(k)}: {quote(v)}" for k, v in r.items()) + "\n  }"
-                       for r in records)
-    atomic.write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
+    items = ("  {\n" + ",\n".join(f"    {quote(k)}: {quote(v)}" for k, v in r.items()) + "\n  }" for r in records)
+    atomic.write_chunks(path, itertools.chain(["[\n"], _separated(items, ",\n"), ["\n]\n"]) if records else ["[]\n"])
+
+
+def _separated(items: Iterable[str], sep: str) -> Iterator[str]:
+    """``sep.join(items)`` in pieces."""
+    for i, item in enumerate(items):
+        yield sep + item if i else item
 
 
 def val_path(out: Path) -> Path:

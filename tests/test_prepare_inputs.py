@@ -1013,6 +1013,20 @@ def test_outputs_that_would_be_the_same_file_are_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_json_lines_become_reviews_one_line_at_a_time(tmp_path, monkeypatch):
+    """A JSON Lines file is not parsed into a list of dicts before its reviews are read (a 200 MB file's dicts
+    held ~0.4 GB): each line is a review before the next is parsed, so a bad line 3 comes after 2 reviews."""
+    seen = []
+    real = sources._from_steam
+    monkeypatch.setattr(sources, "_from_steam", lambda rec, where, appid: (seen.append(where), real(rec, where, appid))[1])
+    path = tmp_path / "570.jsonl"
+    path.write_text("".join(json.dumps({"recommendationid": str(i), "review": t, "voted_up": True}) + "\n"
+                            for i, t in enumerate(EN[:2])) + "{oops\n", encoding="utf-8")
+    with pytest.raises(UserError, match="line 3: invalid JSON"):
+        sources.read(path)
+    assert seen == [f"{path}: line 1", f"{path}: line 2"]
+
+
 def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
     """Trial 25c: a 210 MB input logged to a file printed nothing for 5 minutes after its `detected` line."""
     from steam_persona.reviews import prepare as prepare_mod
