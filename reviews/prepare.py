@@ -7,8 +7,9 @@ playtime selection → game name known → BBCode → HTML → whitespace → pa
 handles → text art → Traditional→Simplified → empty → ``♥`` masks → spam and campaigns → identity
 slurs → blocklist → PII scrub → checklists → too little language → looping → length bounds →
 script check → template fields → exact duplicates → near duplicates → copypastas →
-``--max_per_game`` balance → seeded train/val split → atomic writes → optional LLaMA-Factory
-registration (:func:`steam_persona.common.registry.register`).
+``--max_per_game`` balance → seeded train/val split → the splits, reports and optional LLaMA-Factory
+registration (:func:`steam_persona.common.registry.update`) written under temp names and renamed together
+(:func:`steam_persona.common.atomic.replaced_together`), the registry last.
 
 Output records are ``{"instruction", "input", "output"}`` built with :mod:`steam_persona.common.persona`'s
 templates, which reproduces the seed data's format (``../shared/data/steam_sft_sample.json``).
