@@ -84,8 +84,13 @@ def replaced_together() -> Iterator[None]:
         raise
     finally:
         _GROUP.reset(token)
-    for tmp, target in pending:
-        _replace(tmp, target)
+    for i, (tmp, target) in enumerate(pending):
+        try:
+            _replace(tmp, target)
+        except BaseException:
+            for left, _ in pending[i:]:
+                _cleanup(left)
+            raise
 
 
 def remove_stale(target: str | Path) -> list[Path]:

@@ -959,6 +959,10 @@ def _check_outputs(cfg: PrepareConfig) -> None:
     if twice:
         raise UserError(f"--out {cfg.out} / --report {cfg.report or '(default)'} / --register {cfg.register or '(unset)'}: "
                         f"two outputs would be the same file {twice[0]}; give each its own path")
+    folder = next((p for p in paths if p.is_dir()), None)
+    if folder is not None:
+        raise UserError(f"{folder}: is a folder, where prepare writes a file; move it or pick other --out / --report "
+                        "/ --register paths")
     stale = [p for target in paths for p in atomic.remove_stale(target)]
     if stale:
         console.print(f"[yellow]note[/] removed {len(stale)} temp file{'s' if len(stale) > 1 else ''} of an "

@@ -49,6 +49,11 @@ def test_replaced_together_renames_all_or_none(tmp_path):
         atomic.write_text(a, "1")
         atomic.write_text(a, "2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+    (tmp_path / "c").mkdir()
+    with pytest.raises(IsADirectoryError), atomic.replaced_together():  # a rename that fails: no temp file left
+        atomic.write_text(tmp_path / "c", "x")
+        atomic.write_text(b, "newer b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c"]
 
 
 def test_registry_update_adds_and_drops_in_one_write(tmp_path):

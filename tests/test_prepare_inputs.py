@@ -1011,6 +1011,10 @@ def test_outputs_that_would_be_the_same_file_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"--report .*r\.md.*: two outputs would be the same file"):
         _run(tmp_path, [src], report=str(tmp_path / "out/r.md"), language=["all"])
     assert not (tmp_path / "out").exists()
+    (tmp_path / "out/train_val.json").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"train_val\.json: is a folder, where prepare writes a file"):
+        _run(tmp_path, [src], val_size=1, language=["all"])
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["train_val.json"]
 
 
 def test_json_lines_become_reviews_one_line_at_a_time(tmp_path, monkeypatch):
