@@ -992,6 +992,18 @@ def test_a_failure_after_the_first_output_leaves_the_last_runs_outputs(tmp_path,
     assert _files(tmp_path / "out") == before
 
 
+def test_the_registry_is_renamed_last(tmp_path, monkeypatch):
+    from steam_persona.common import atomic
+
+    renamed = []
+    real = atomic._replace
+    monkeypatch.setattr(atomic, "_replace", lambda tmp, target: (renamed.append(target.name), real(tmp, target)))
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    _run(tmp_path, [src], val_size=1, register=str(tmp_path / "out/dataset_info.json"), name="s", language=["all"])
+    assert renamed == ["train.json", "train_val.json", "prepare_lengths.png", "prepare_report.json",
+                       "prepare_report.md", "dataset_info.json"]
+
+
 def test_temp_files_of_a_crashed_run_are_removed(tmp_path, capsys):
     src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
     out = tmp_path / "out"
