@@ -8,13 +8,14 @@ the stdlib has no one-liner for it. Temp files live beside the target (same file
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from steam_persona.common.errors import UserError
 
@@ -28,17 +29,19 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     Raises:
         UserError: the disk is full (ENOSPC) — nothing is left under the final name.
     """
-    import shutil
-
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp = _tmp_path(target)
+    group = _GROUP.get()
     try:
         yield tmp
-        if target.is_dir() and tmp.is_dir():
-            shutil.rmtree(target)
         plain_modes(tmp)
-        os.replace(tmp, target)
+        if group is None:
+            _replace(tmp, target)
+        elif any(t.resolve() == target.resolve() for _, t in group):
+            raise ValueError(f"{target}: written twice among outputs replaced together")
+        else:
+            group.append((tmp, target))
     except OSError as e:
         _cleanup(tmp)
         if e.errno == 28:  # ENOSPC
@@ -47,6 +50,71 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     except BaseException:
         _cleanup(tmp)
         raise
+
+
+#: the outputs written so far inside :func:`replaced_together` (temp path, target), or ``None`` outside it
+_GROUP: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("atomic_group", default=None)
+
+
+def _tmp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    import shutil
+
+    if target.is_dir() and tmp.is_dir():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def replaced_together() -> Iterator[None]:
+    """Replace several outputs as a set: inside the block each :func:`atomic_path` write (and so
+    :func:`write_text`, :func:`write_json` …) stays under its temp name; when the block ends without
+    error they are all renamed, in the order they were written (write the file that names the others,
+    such as a registry, last); on an error they are all deleted and the previous outputs stay as they were."""
+    pending: list[tuple[Path, Path]] = []
+    token = _GROUP.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            _cleanup(tmp)
+        raise
+    finally:
+        _GROUP.reset(token)
+    for i, (tmp, target) in enumerate(pending):
+        try:
+            _replace(tmp, target)
+        except BaseException:
+            for left, _ in pending[i:]:
+                _cleanup(left)
+            raise
+
+
+def remove_stale(target: str | Path) -> list[Path]:
+    """Delete the temp files that a crashed writer of ``target`` left beside it (``.<name>.tmp-<pid>`` of a
+    process that no longer runs). Returns the paths removed."""
+    target = Path(target)
+    prefix = f".{target.name}.tmp-"
+    if not target.parent.is_dir():
+        return []
+    stale = [p for p in target.parent.iterdir() if p.name.startswith(prefix)
+             and p.name[len(prefix):].isdigit() and not _running(int(p.name[len(prefix):]))]
+    for p in stale:
+        _cleanup(p)
+    return stale
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 def _umask() -> int:
@@ -121,9 +189,15 @@ def writing_into(folder: Path, flag: str) -> Iterator[None]:
 
 def write_text(target: str | Path, text: str) -> None:
     """Write UTF-8 text atomically (temp file, fsync, rename)."""
+    write_chunks(target, (text,))
+
+
+def write_chunks(target: str | Path, chunks: Iterable[str]) -> None:
+    """Write UTF-8 text given in pieces atomically, as :func:`write_text` writes their concatenation
+    (a big file's text is never held whole)."""
     with atomic_path(target) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+            f.writelines(chunks)
             f.flush()
             os.fsync(f.fileno())
 

@@ -71,6 +71,28 @@ def register(path: str | Path, name: str, file_name: str, formatting: str = "alp
     """
     p = Path(path)
     reg = load(p)
+    reg[name] = _entry(p, file_name, formatting, columns, tags)
+    atomic.write_json(p, reg)
+    return reg[name]
+
+
+def update(path: str | Path, add: dict[str, str], drop: dict[str, str | Path]) -> list[str]:
+    """Register each alpaca dataset of ``add`` (name → file) and remove each entry of ``drop`` (name → file)
+    that names that file, in one atomic write of a ``dataset_info.json`` (other entries kept; no write when
+    nothing changes). Returns the names removed."""
+    p = Path(path)
+    reg = load(p)
+    dropped = [name for name, file_name in drop.items() if _names(p, reg.get(name), file_name)]
+    for name in dropped:
+        del reg[name]
+    reg.update({name: _entry(p, file_name) for name, file_name in add.items()})
+    if add or dropped:
+        atomic.write_json(p, reg)
+    return dropped
+
+
+def _entry(p: Path, file_name: str, formatting: str = "alpaca", columns: dict[str, str] | None = None,
+           tags: dict[str, str] | None = None) -> dict[str, Any]:
     fp = Path(file_name)
     try:
         fp = fp.resolve().relative_to(p.parent.resolve())
@@ -83,20 +105,10 @@ def register(path: str | Path, name: str, file_name: str, formatting: str = "alp
         entry["columns"] = columns
     if tags:
         entry["tags"] = tags
-    reg[name] = entry
-    atomic.write_json(p, reg)
     return entry
 
 
-def unregister(path: str | Path, name: str, file_name: str | Path) -> bool:
-    """Remove the entry ``name`` of a ``dataset_info.json`` when it names ``file_name`` (atomic write; other
-    entries kept). Returns whether it was removed."""
-    p = Path(path)
-    reg = load(p)
-    entry = reg.get(name)
-    if not isinstance(entry, dict) or not entry.get("file_name") \
-            or (p.parent / entry["file_name"]).resolve() != Path(file_name).resolve():
-        return False
-    del reg[name]
-    atomic.write_json(p, reg)
-    return True
+def _names(p: Path, entry: Any, file_name: str | Path) -> bool:
+    """Whether a registry entry of ``p`` names ``file_name``."""
+    return isinstance(entry, dict) and bool(entry.get("file_name")) \
+        and (p.parent / entry["file_name"]).resolve() == Path(file_name).resolve()

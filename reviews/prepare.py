@@ -7,8 +7,9 @@ playtime selection → game name known → BBCode → HTML → whitespace → pa
 handles → text art → Traditional→Simplified → empty → ``♥`` masks → spam and campaigns → identity
 slurs → blocklist → PII scrub → checklists → too little language → looping → length bounds →
 script check → template fields → exact duplicates → near duplicates → copypastas →
-``--max_per_game`` balance → seeded train/val split → atomic writes → optional LLaMA-Factory
-registration (:func:`steam_persona.common.registry.register`).
+``--max_per_game`` balance → seeded train/val split → the splits, reports and optional LLaMA-Factory
+registration (:func:`steam_persona.common.registry.update`) written under temp names and renamed together
+(:func:`steam_persona.common.atomic.replaced_together`), the registry last.
 
 Output records are ``{"instruction", "input", "output"}`` built with :mod:`steam_persona.common.persona`'s
 templates, which reproduces the seed data's format (``../shared/data/steam_sft_sample.json``).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import itertools
 import json
 import multiprocessing
 import os
@@ -29,7 +31,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from rich.markup import escape
 from rich.table import Table
@@ -533,13 +535,18 @@ def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
 
 def _write_records(path: Path, records: list[dict[str, str]]) -> None:
     """Write records atomically as ``json.dumps(records, ensure_ascii=False, indent=2)`` would
-    (the seed file's layout), quoting each string with the C encoder that ``json.dumps`` uses for a
-    lone ``str`` (``indent`` makes ``json`` fall back to its pure-Python encoder, ~5x slower on 100k
+    (the seed file's layout), one record at a time, quoting each string with the C encoder that ``json.dumps``
+    uses for a lone ``str`` (``indent`` makes ``json`` fall back to its pure-Python encoder, ~5x slower on 100k
     records, and a ``json.dumps`` call per value builds an encoder each time)."""
     quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
-    body = ",\n".join("  {\n" + ",\n".join(f"    {quote(k)}: {quote(v)}" for k, v in r.items()) + "\n  }"
-                       for r in records)
-    atomic.write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
+    items = ("  {\n" + ",\n".join(f"    {quote(k)}: {quote(v)}" for k, v in r.items()) + "\n  }" for r in records)
+    atomic.write_chunks(path, itertools.chain(["[\n"], _separated(items, ",\n"), ["\n]\n"]) if records else ["[]\n"])
+
+
+def _separated(items: Iterable[str], sep: str) -> Iterator[str]:
+    """``sep.join(items)`` in pieces."""
+    for i, item in enumerate(items):
+        yield sep + item if i else item
 
 
 def val_path(out: Path) -> Path:
@@ -908,24 +915,58 @@ def _report_details(cfg: PrepareConfig, stats: dict[str, _Stat], loaded: list[so
 
 
 def _write_splits(cfg: PrepareConfig, train: list[dict], val: list[dict]) -> tuple[Path, Path | None]:
-    """Write the train records to ``--out`` and the val records (if any) beside it (:func:`val_path`), and
-    register both with ``--register``. Returns ``(train path, val path or None)``."""
+    """Write the train records to ``--out`` and the val records (if any) beside it (:func:`val_path`).
+    Returns ``(train path, val path or None)``."""
     out = Path(cfg.out)
     vpath = val_path(out) if val else None
     _write_records(out, train)
     if vpath:
         _write_records(vpath, val)
-    elif val_path(out).is_file():  # an earlier run's split: its records may now be in train
-        val_path(out).unlink()
-        console.print(f"[yellow]note[/] removed {escape(str(val_path(out)))}: an earlier run's val split (its records "
-                      "may be in this train split; this run has none)")
-    if cfg.register:
-        registry.register(cfg.register, cfg.name, str(out))
-        if vpath:
-            registry.register(cfg.register, f"{cfg.name}_val", str(vpath))
-        elif registry.unregister(cfg.register, f"{cfg.name}_val", val_path(out)):
-            console.print(f"[yellow]note[/] removed '{cfg.name}_val' from {escape(cfg.register)} (no val split now)")
     return out, vpath
+
+
+def _register(cfg: PrepareConfig, out: Path, vpath: Path | None) -> list[str]:
+    """Register both splits with ``--register`` in one write (an earlier run's val entry goes when this run
+    has no split). Returns the names removed."""
+    if not cfg.register:
+        return []
+    add = {cfg.name: str(out), **({f"{cfg.name}_val": str(vpath)} if vpath else {})}
+    return registry.update(cfg.register, add, {} if vpath else {f"{cfg.name}_val": val_path(out)})
+
+
+def _remove_old_val(cfg: PrepareConfig, unregistered: list[str]) -> None:
+    """Delete an earlier run's val split when this run has none (its records may now be in train)."""
+    vpath = val_path(Path(cfg.out))
+    if unregistered:
+        console.print(f"[yellow]note[/] removed '{cfg.name}_val' from {escape(cfg.register)} (no val split now)")
+    if vpath.is_file():
+        vpath.unlink()
+        console.print(f"[yellow]note[/] removed {escape(str(vpath))}: an earlier run's val split (its records "
+                      "may be in this train split; this run has none)")
+
+
+def _output_paths(cfg: PrepareConfig) -> list[Path]:
+    """Every file a run may write, in the order it replaces them (the registry, which names the splits, last)."""
+    out, vpath, report_path = _outputs(cfg)
+    md_path = report_path.with_suffix(".md")
+    return [out, vpath, prepare_report.png_path(md_path), report_path, md_path] \
+        + ([Path(cfg.register)] if cfg.register else [])
+
+
+def _check_outputs(cfg: PrepareConfig) -> None:
+    paths = _output_paths(cfg)
+    twice = [p for p in paths if sum(q.resolve() == p.resolve() for q in paths) > 1]
+    if twice:
+        raise UserError(f"--out {cfg.out} / --report {cfg.report or '(default)'} / --register {cfg.register or '(unset)'}: "
+                        f"two outputs would be the same file {twice[0]}; give each its own path")
+    folder = next((p for p in paths if p.is_dir()), None)
+    if folder is not None:
+        raise UserError(f"{folder}: is a folder, where prepare writes a file; move it or pick other --out / --report "
+                        "/ --register paths")
+    stale = [p for target in paths for p in atomic.remove_stale(target)]
+    if stale:
+        console.print(f"[yellow]note[/] removed {len(stale)} temp file{'s' if len(stale) > 1 else ''} of an "
+                      f"interrupted run: {escape(', '.join(map(str, stale)))}")
 
 
 def run(cfg: PrepareConfig) -> dict[str, Any]:
@@ -944,7 +985,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         with _cycle_collector_paused(), stop_signals_interrupt():  # SIGTERM / SIGHUP end it as Ctrl-C does
             return _prepare(cfg)
     except KeyboardInterrupt:  # Ctrl-C (the CLI exits 130): say so, as collect, train and export do
-        console.print("[yellow]interrupted; prepare starts over when rerun (each output file is replaced whole or "
+        console.print("[yellow]interrupted; prepare starts over when rerun (its outputs are replaced together or "
                       "not at all)")
         raise
 
@@ -968,6 +1009,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """:func:`run`'s work, with the cyclic garbage collector paused."""
     t0 = time.perf_counter()
     _check_config(cfg)
+    _check_outputs(cfg)
     languages = _languages(cfg)
     blocklist, slurs = _load_lists(cfg)
     loaded, reviews, skipped = _load(cfg)
@@ -993,8 +1035,8 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     train = [rec for i, rec in enumerate(records) if i not in val_idx]
     val = [rec for i, rec in enumerate(records) if i in val_idx]
 
-    out, vpath = _write_splits(cfg, train, val)
-    report_path = _outputs(cfg)[2]
+    out, vpath, report_path = _outputs(cfg)
+    vpath = vpath if val else None
     md_path = report_path.with_suffix(".md")
     games = Counter(_game(r) for r in kept)
     result = {
@@ -1007,7 +1049,12 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     }
     report = {**result, "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings,
               **_report_details(cfg, stats, loaded, reviews, kept)}
-    prepare_report.write(report, [r.length or noise.length(r.text) for r in kept], report_path, md_path)
+    with atomic.replaced_together():  # a crash or rerun never leaves outputs of two runs side by side
+        _write_splits(cfg, train, val)
+        prepare_report.write(report, [r.length or noise.length(r.text) for r in kept], report_path, md_path)
+        unregistered = _register(cfg, out, vpath)
+    if not vpath:
+        _remove_old_val(cfg, unregistered)
     console.print(f"[bold]wrote[/] {out} ({len(train):,} train)" + (f", {vpath} ({len(val):,} val)" if vpath else "")
                   + f", {report_path}, {md_path}, {report['lengths_png']}"
                   + (f"; registered '{cfg.name}' in {cfg.register}" if cfg.register else ""))

@@ -15,11 +15,16 @@ from steam_persona.common import atomic
 
 def write(report: dict[str, Any], lengths: list[tuple[int, str]], json_path: Path, md_path: Path) -> None:
     """Write the JSON report, the length histogram PNG beside it and the Markdown report (atomically)."""
-    png = md_path.with_name(md_path.stem.replace("_report", "") + "_lengths.png")
+    png = png_path(md_path)
     _histogram(lengths, png)
     report["lengths_png"] = str(png)
     atomic.write_json(json_path, report)
     atomic.write_text(md_path, markdown(report, png.name))
+
+
+def png_path(md_path: Path) -> Path:
+    """``prepare_report.md`` → ``prepare_lengths.png`` beside it."""
+    return md_path.with_name(md_path.stem.replace("_report", "") + "_lengths.png")
 
 
 def reasons_text(reasons: dict[str, int], top: int) -> str:
@@ -63,13 +68,21 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
                                for e in st["examples"][:2])
         out.append(f"| {name} | {st['removed'] or ''} | {st['changed'] or ''} | {_cell(reasons)} | `{st['flag']}` | {examples} |")
     for title, key in (("language", "by_language"), ("game", "by_game")):
-        rows = sorted(report[key].items(), key=lambda kv: -(kv[1]["kept"] + kv[1]["dropped"]))
         out.append(f"\n## Kept and dropped by {title}\n\n| {title} | kept | dropped |\n|---|---|---|")
-        out += [f"| {_cell(k)} | {v['kept']:,} | {v['dropped']:,} |" for k, v in rows[:50]]
-        if len(rows) > 50:
-            out.append(f"| … {len(rows) - 50} more (see the JSON report) | | |")
+        out += [f"| {_cell(k)} | {v['kept']:,} | {v['dropped']:,} |" for k, v in _folded(report[key], 50)]
     out.append(f"\n## Lengths of kept reviews\n\n![lengths]({png_name})\n")
     return "\n".join(out) + "\n"
+
+
+def _folded(groups: dict[str, dict[str, int]], top: int) -> list[tuple[str, dict[str, int]]]:
+    """The ``top`` largest groups (kept + dropped) and one row ``… N more`` with the summed counts of the rest,
+    so that each column of the table sums to the run's totals."""
+    rows = sorted(groups.items(), key=lambda kv: -(kv[1]["kept"] + kv[1]["dropped"]))
+    if len(rows) <= top + 1:
+        return rows
+    rest = rows[top:]
+    summed = {col: sum(v[col] for _, v in rest) for col in ("kept", "dropped")}
+    return rows[:top] + [(f"… {len(rest)} more (see the JSON report)", summed)]
 
 
 def _histogram(lengths: list[tuple[int, str]], target: Path) -> None:

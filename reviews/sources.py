@@ -36,7 +36,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, Iterable, Iterator, NoReturn
 
 from rich.markup import escape
 
@@ -471,8 +471,9 @@ def _lines(text: str) -> Iterator[str]:
     yield text[start:]
 
 
-def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
-    """JSON Lines → ``[(line number, value)]``. Blank lines are skipped, and so is a comma ending a
+def _parse_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """JSON Lines → ``(line number, value)`` one line at a time (a big file's records become reviews one by
+    one instead of all being held as dicts first). Blank lines are skipped, and so is a comma ending a
     line or standing alone (objects pasted out of a JSON array): neither can hide a record. Lines end at
     ``\\n``, ``\\r\\n`` or ``\\r`` (JSON keeps neither raw inside a string) and nowhere else: ``str.splitlines``
     would also split at U+0085, U+2028 and U+2029, which JSON allows raw inside a review's text.
@@ -480,19 +481,18 @@ def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
     Raises:
         UserError: the first line that is not JSON, with its number and column.
     """
-    rows = []
     for n, line in enumerate(_lines(text), 1):
         line = line.strip().lstrip("\ufeff").removesuffix(",").rstrip()  # a BOM inside: files joined by cat
         if not line:
             continue
         try:
-            rows.append((n, json.loads(line, parse_constant=_empty_constant)))
+            value = json.loads(line, parse_constant=_empty_constant)
         except json.JSONDecodeError as e:
             if line[e.pos:e.pos + 1] == "\x00":  # a crash or a full disk zero-fills a file's last block
                 raise UserError(f"{path}: line {n}: NUL bytes from column {e.colno} (the file was cut short by a crash "
                                 "or a full disk); delete them, and the torn record before them if any") from None
             raise UserError(f"{path}: line {n}: invalid JSON at column {e.colno} ({json_msg(e)}); fix or delete the line") from None
-    return rows
+        yield n, value
 
 
 def _appid_from_name(path: Path) -> str | None:
@@ -521,23 +521,27 @@ def _kind(rec: Any) -> str | None:
     return None
 
 
-def _read_records(path: Path, rows: list[tuple[Any, Any]], jsonl: bool, tag_language: str,
+def _read_records(path: Path, records: Iterable[tuple[Any, Any]], jsonl: bool, tag_language: str,
                   columns: dict[str, str] | None = None, word: str = "") -> Loaded:
-    """Read a list of records (JSON array or JSON Lines) whose kind is decided by the first one;
-    flat records of no known kind (or any review records when ``columns`` is given) are a ``table``."""
+    """Read records ``(number, value)`` (JSON array or JSON Lines) whose kind is decided by the first one;
+    flat records of no known kind (or any review records when ``columns`` is given) are a ``table``.
+    Reviews, alpaca and sharegpt records are read one at a time from ``records``."""
     word = word or ("line" if jsonl else "record")
-    if not rows:
+    rest = iter(records)
+    head = next(rest, None)
+    if head is None:
         raise UserError(f"{path}: no records; remove it from the inputs")
-    if _is_page(rows[0][1]):
-        return _read_pages(path, rows, "line" if jsonl else "page", tag_language, columns)
-    first = _kind(rows[0][1])
-    if (first is None or (columns and first == "review")) and isinstance(rows[0][1], dict):
+    rows = itertools.chain([head], rest)
+    if _is_page(head[1]):
+        return _read_pages(path, list(rows), "line" if jsonl else "page", tag_language, columns)
+    first = _kind(head[1])
+    if (first is None or (columns and first == "review")) and isinstance(head[1], dict):
         loaded = _read_table(path, [(f"{word} {n}", columns_mod.flatten(rec) if isinstance(rec, dict) else rec)
                                     for n, rec in rows], columns or {})
         loaded.container = "JSON lines" if jsonl else "JSON"
         return loaded
     if first is None:
-        raise UserError(f"{path}: {word} {rows[0][0]}: unknown record shape ({_a(type(rows[0][1]).__name__)}); "
+        raise UserError(f"{path}: {word} {head[0]}: unknown record shape ({_a(type(head[1]).__name__)}); "
                         "expected review objects, alpaca (instruction, output) or sharegpt (conversations)")
     fmt = {"review": "collect-jsonl" if jsonl else "review-list", "alpaca": "alpaca", "sharegpt": "sharegpt"}[first]
     loaded = Loaded(path, fmt)

@@ -29,3 +29,35 @@ def test_registry_round_trip(tmp_path):
     assert registry.load(reg)["other"] == {"file_name": "o.json"}
     with pytest.raises(UserError, match="not registered .*known: other, steam_reviews"):
         registry.lookup(tmp_path, "nope")
+
+
+def test_replaced_together_renames_all_or_none(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text("old a", encoding="utf-8")
+    with pytest.raises(RuntimeError):
+        with atomic.replaced_together():
+            atomic.write_text(a, "new a")
+            assert a.read_text(encoding="utf-8") == "old a"
+            atomic.write_text(b, "new b")
+            raise RuntimeError("crash")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"] and a.read_text(encoding="utf-8") == "old a"
+    with atomic.replaced_together():
+        atomic.write_text(a, "new a")
+        atomic.write_text(b, "new b")
+    assert [p.read_text(encoding="utf-8") for p in (a, b)] == ["new a", "new b"]
+    with pytest.raises(ValueError, match="written twice"), atomic.replaced_together():
+        atomic.write_text(a, "1")
+        atomic.write_text(a, "2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+    (tmp_path / "c").mkdir()
+    with pytest.raises(IsADirectoryError), atomic.replaced_together():  # a rename that fails: no temp file left
+        atomic.write_text(tmp_path / "c", "x")
+        atomic.write_text(b, "newer b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c"]
+
+
+def test_registry_update_adds_and_drops_in_one_write(tmp_path):
+    reg = tmp_path / "dataset_info.json"
+    reg.write_text(json.dumps({"s_val": {"file_name": "v.json"}, "other": {"file_name": "v2.json"}}), encoding="utf-8")
+    assert registry.update(reg, {"s": str(tmp_path / "t.json")}, {"s_val": tmp_path / "v.json", "other": "x.json"}) == ["s_val"]
+    assert sorted(registry.load(reg)) == ["other", "s"] and registry.load(reg)["s"]["file_name"] == "t.json"

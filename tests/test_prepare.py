@@ -378,6 +378,29 @@ def test_reasons_text_sums_to_the_total():
     assert report.reasons_text({}, 4) == ""
 
 
+def _md_table(md: str, title: str) -> list[list[str]]:
+    section = md.split(f"## Kept and dropped by {title}\n\n")[1].split("\n\n")[0]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in section.splitlines()[2:]]
+
+
+def test_report_tables_fold_the_rest_into_a_summed_row():
+    """Beyond 50 groups the .md tables end with one "… N more" row holding the folded groups' counts,
+    so every column sums to the run's totals; 51 groups are all listed (a "1 more" row says less)."""
+    from steam_persona.reviews import report
+    games = {f"game {i}": {"kept": 100 - i, "dropped": i % 3} for i in range(62)}
+    languages = {f"l{i}": {"kept": 1, "dropped": 1} for i in range(51)}
+    kept, dropped = sum(v["kept"] for v in games.values()), sum(v["dropped"] for v in games.values())
+    rep = {"counts": {"read": kept + dropped, "kept": kept, "train": kept, "val": 0, "games": 62}, "seconds": 1.0,
+           "inputs": [], "rules": {}, "by_language": languages, "by_game": games}
+    md = report.markdown(rep, "x.png")
+    rows = _md_table(md, "game")
+    assert len(rows) == 51 and rows[-1] == ["… 12 more (see the JSON report)", "534", "12"]
+    assert rows[49] == ["game 49", "51", "1"]
+    assert sum(int(r[1].replace(",", "")) for r in rows) == kept == 4_309
+    assert sum(int(r[2]) for r in rows) == dropped == 61
+    assert len(_md_table(md, "language")) == 51 and "more" not in md.split("by language")[1].split("by game")[0]
+
+
 def test_report_examples_mask_the_author_where_the_rule_would_remove_it():
     from steam_persona.reviews.prepare import mask
     assert mask("the game is the best\n— the", "the") == "the game is the best\n▇"

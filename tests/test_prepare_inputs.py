@@ -964,6 +964,85 @@ def test_a_run_without_a_val_split_removes_the_last_runs_split_and_its_registrat
     assert set(json.loads(reg.read_text(encoding="utf-8"))) == {"s", "other"}
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("failing", ["registry.update", "prepare_report.write"])
+def test_a_failure_after_the_first_output_leaves_the_last_runs_outputs(tmp_path, monkeypatch, failing):
+    """A crash between prepare's outputs left a new train.json beside the last run's report, val split and
+    dataset_info.json (which then registered files of two runs). They are now replaced together."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    kw = dict(val_size=1, register=str(tmp_path / "out/dataset_info.json"), name="s", language=["all"])
+    _run(tmp_path, [src], **kw)
+    before = _files(tmp_path / "out")
+    assert set(before) == {"train.json", "train_val.json", "prepare_report.json", "prepare_report.md",
+                           "prepare_lengths.png", "dataset_info.json"}
+    written = []
+    real_write = prepare_mod._write_records
+    monkeypatch.setattr(prepare_mod, "_write_records", lambda path, recs: (written.append(path), real_write(path, recs)))
+    module, name = failing.split(".")
+    monkeypatch.setattr(getattr(prepare_mod, module), name, lambda *a, **k: (_ for _ in ()).throw(OSError("crash")))
+    _csv(src, ["review", "app_name"], [[t, "Hades"] for t in EN[:3]])
+    with pytest.raises(OSError, match="crash"):
+        _run(tmp_path, [src], **kw)
+    assert len(written) == 2  # train and val were written before the failure
+    assert _files(tmp_path / "out") == before
+
+
+def test_the_registry_is_renamed_last(tmp_path, monkeypatch):
+    from steam_persona.common import atomic
+
+    renamed = []
+    real = atomic._replace
+    monkeypatch.setattr(atomic, "_replace", lambda tmp, target: (renamed.append(target.name), real(tmp, target)))
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    _run(tmp_path, [src], val_size=1, register=str(tmp_path / "out/dataset_info.json"), name="s", language=["all"])
+    assert renamed == ["train.json", "train_val.json", "prepare_lengths.png", "prepare_report.json",
+                       "prepare_report.md", "dataset_info.json"]
+
+
+def test_temp_files_of_a_crashed_run_are_removed(tmp_path, capsys):
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = 2**22 + 7  # above Linux's largest pid: no such process
+    crashed = [out / f".train.json.tmp-{dead}", out / f".dataset_info.json.tmp-{dead}"]
+    for p in crashed:
+        p.write_text("[", encoding="utf-8")
+    (out / ".train.json.tmp-x").write_text("not ours", encoding="utf-8")
+    _run(tmp_path, [src], register=str(out / "dataset_info.json"), name="s", language=["all"])
+    assert not any(p.exists() for p in crashed) and (out / ".train.json.tmp-x").exists()
+    assert "removed 2 temp files of an interrupted run" in capsys.readouterr().err
+
+
+def test_outputs_that_would_be_the_same_file_are_refused(tmp_path):
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    with pytest.raises(UserError, match=r"--report .*r\.md.*: two outputs would be the same file"):
+        _run(tmp_path, [src], report=str(tmp_path / "out/r.md"), language=["all"])
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "out/train_val.json").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"train_val\.json: is a folder, where prepare writes a file"):
+        _run(tmp_path, [src], val_size=1, language=["all"])
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["train_val.json"]
+
+
+def test_json_lines_become_reviews_one_line_at_a_time(tmp_path, monkeypatch):
+    """A JSON Lines file is not parsed into a list of dicts before its reviews are read (a 200 MB file's dicts
+    held ~0.4 GB): each line is a review before the next is parsed, so a bad line 3 comes after 2 reviews."""
+    seen = []
+    real = sources._from_steam
+    monkeypatch.setattr(sources, "_from_steam", lambda rec, where, appid: (seen.append(where), real(rec, where, appid))[1])
+    path = tmp_path / "570.jsonl"
+    path.write_text("".join(json.dumps({"recommendationid": str(i), "review": t, "voted_up": True}) + "\n"
+                            for i, t in enumerate(EN[:2])) + "{oops\n", encoding="utf-8")
+    with pytest.raises(UserError, match="line 3: invalid JSON"):
+        sources.read(path)
+    assert seen == [f"{path}: line 1", f"{path}: line 2"]
+
+
 def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
     """Trial 25c: a 210 MB input logged to a file printed nothing for 5 minutes after its `detected` line."""
     from steam_persona.reviews import prepare as prepare_mod
