@@ -495,6 +495,20 @@ def test_throughput_keeps_compile_steps_out_of_speed_and_eta():
     assert t.eta_s() == pytest.approx(3 * 0.6 / 3) and t.eta_s(evals_left=2) == pytest.approx(0.6 + 6.0)
 
 
+def test_eta_before_the_first_eval_estimates_the_evals_from_the_forward_speed():
+    """Trial 27: before the first eval the ETA left the evals out (step 2: ETA 0:00:06, then two 25 s evals)."""
+    from steam_persona.trainer.throughput import Throughput
+
+    t = Throughput(total=10, eval_tokens=3000)
+    t.add(1000, 1.0, 2.0)  # 1,000 tokens/s training: a forward alone 3,000 tokens/s
+    assert t.eval_estimate_s() == pytest.approx(1.0)
+    assert t.eta_s(evals_left=2) == pytest.approx(9 * 2.0 + 2 * 1.0)
+    t.add_eval(25.0)  # measured: replaces the estimate
+    t.add(1000, 1.0, 27.0)
+    assert t.eta_s(evals_left=1) == pytest.approx(8 * 2.0 + 25.0)
+    assert Throughput(total=4, eval_tokens=3000).eval_estimate_s() == 0.0  # no speed yet
+
+
 def test_a_train_time_eval_leaves_4bit_training_unchanged(tiny_llama_dir, eight, tmp_path):
     """Regression: on an AVX512-BF16 CPU, bitsandbytes repacked every 4-bit layer for inference at the first
     train-time eval, and training went on without the gradient through those layers (the demo's recipe:

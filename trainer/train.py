@@ -1046,9 +1046,14 @@ class TrainRecipe:
     def evaluates(self, done: int) -> bool:
         """Whether the run evaluates after ``done`` steps: every ``--eval_steps`` (default ``--save_steps``) and
         at the last step, when there are eval samples."""
-        if not self.eval_idx or self.cfg.eval_strategy == "no":
+        if not self.evaluating:
             return False
         return done % (self.cfg.eval_steps or self.cfg.save_steps) == 0 or done == self.total
+
+    @property
+    def evaluating(self) -> bool:
+        """Whether the run has eval samples and evaluates them (``--eval_strategy steps``)."""
+        return bool(self.eval_idx) and self.cfg.eval_strategy != "no"
 
     def save_checkpoint(self, done: int) -> Path:
         """Write ``checkpoint-<done>/`` (adapter, tokenizer, optimizer/scheduler/RNG state unless
@@ -1070,7 +1075,8 @@ class TrainRecipe:
         """Steps ``start .. total-1`` with progress, logs, evals, checkpoints and callbacks (rank 0)."""
         self.compiling = self.levers.get("compile", "").startswith("on")
         warm = COMPILE_WARMUP_STEPS if self.compiling else 1 if self.device.startswith("cuda") else 0
-        self.speed = Throughput(self.total, self.start, warm)
+        eval_tokens = sum(len(self.eval_enc.input_ids[i]) for i in self.eval_idx) if self.evaluating else 0
+        self.speed = Throughput(self.total, self.start, warm, eval_tokens=eval_tokens)
         self.t0 = self.t_end = time.time()
         if self.main and self.compiling and not console.is_terminal:
             console.print(f"{COMPILING} …", markup=False, highlight=False)
