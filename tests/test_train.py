@@ -351,7 +351,6 @@ def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch)
 
     from steam_persona.common import console as console_mod
     from steam_persona.trainer import train as train_mod
-    from steam_persona.trainer.throughput import Throughput
 
     buf = _io.StringIO()
     monkeypatch.setattr(console_mod.console, "_file", buf)
@@ -365,15 +364,55 @@ def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch)
         run(_cfg(tiny_llama_dir, eight, out, save_steps=2), callbacks=(ctrl_c,))
     said = " ".join(buf.getvalue().split())
     assert f"interrupted after step 3 of 4: rerun the same command to resume from {out / 'checkpoint-2'} (step 2)" in said
-    # before the first checkpoint: how to start over instead
-    speed = Throughput(total=4)
-    speed.done = 1
+    # no resumable checkpoint in a dir that holds more than a run's leftovers: how to start over instead
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(KeyboardInterrupt):
-        with train_mod._resume_hint_on_interrupt(tmp_path / "empty", _cfg("m", "d.json", tmp_path, save_steps=100),
-                                                 speed, True):
+        with train_mod._resume_hint_on_interrupt(other, _cfg("m", "d.json", tmp_path, save_steps=100),
+                                                 lambda: "after step 1 of 4", True):
             raise KeyboardInterrupt
     assert ("interrupted after step 1 of 4: no resumable checkpoint yet (one is saved every --save_steps 100 steps); "
             "rerun with --overwrite_output_dir to start over") in " ".join(buf.getvalue().split())
+
+
+def test_ctrl_c_in_step_1_says_so_and_the_same_command_starts_over(tiny_llama_dir, eight, tmp_path, monkeypatch):
+    """Trial 27 N1: a Ctrl-C during step 1 said "after step 0 of 3" and left run_config.yaml + an empty
+    trainer_log.jsonl that made the same command demand --overwrite_output_dir."""
+    import io as _io
+
+    from steam_persona.common import console as console_mod
+    from steam_persona.trainer import train as train_mod
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+    train_step = train_mod.TrainRecipe.train_step
+
+    def ctrl_c_in_step_1(self, step):
+        if step == 0:
+            raise KeyboardInterrupt
+        return train_step(self, step)
+
+    monkeypatch.setattr(train_mod.TrainRecipe, "train_step", ctrl_c_in_step_1)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tiny_llama_dir, eight, out, save_steps=100))
+    said = " ".join(buf.getvalue().split())
+    assert ("interrupted in step 1 of 4: no checkpoint saved yet (one is saved every --save_steps 100 steps); "
+            "rerun the same command to start over") in said, said
+    assert sorted(p.name for p in out.iterdir()) == ["run_config.yaml", "trainer_log.jsonl"]
+    monkeypatch.setattr(train_mod.TrainRecipe, "train_step", train_step)
+    r = run(_cfg(tiny_llama_dir, eight, out, save_steps=100, max_steps=1))
+    assert r["global_step"] == 1 and (out / "adapter_model.safetensors").is_file()
+    assert (f"{out}: starting over (it holds only run_config.yaml and trainer_log.jsonl of a run stopped before its "
+            "first checkpoint)") in " ".join(buf.getvalue().split())
+    # anything else in the dir keeps the refusal
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("run_config.yaml", "trainer_log.jsonl", "notes.txt"):
+        (other / name).write_text("", encoding="utf-8")
+    with pytest.raises(UserError, match="holds no resumable checkpoint; pass --overwrite_output_dir"):
+        train_mod._resume_point(_cfg("m", "d.json", other), other)
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])

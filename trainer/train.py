@@ -309,6 +309,17 @@ _RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "trainer_log.j
               "chat_template.jinja", "special_tokens_map.json")
 
 
+#: What a run leaves before its first checkpoint: nothing to keep, so the same command starts over there.
+_LEFTOVERS = ("run_config.yaml", "trainer_log.jsonl")
+
+
+def only_leftovers(out: Path) -> bool:
+    """True when ``out`` holds files and all of them are :data:`_LEFTOVERS` (a run stopped before its first
+    checkpoint); anything else in it (a checkpoint, an adapter, a file of the user's) makes it False."""
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    return bool(names) and names <= set(_LEFTOVERS)
+
+
 def last_checkpoint(out: Path) -> Path | None:
     """The highest ``checkpoint-N`` folder with a complete ``trainer_state.json``, or ``None``."""
     best = None
@@ -353,7 +364,7 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
                         f"another --output_dir; to train longer, {_train_longer(ckpt, finished.get('global_step'))}")
     if ckpt is not None:
         return ckpt
-    if any(out.iterdir()):
+    if any(out.iterdir()) and not only_leftovers(out):
         raise UserError(f"{out}: output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir "
                         "to start over or pick another --output_dir")
     return None
@@ -710,6 +721,10 @@ def _run(cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...], r
     from steam_persona.trainer import model as model_lib
 
     resume = _resume_point(cfg, Path(cfg.output_dir))
+    if resume is None and not cfg.overwrite_output_dir and only_leftovers(Path(cfg.output_dir)) \
+            and distributed.rank_world()[0] == 0 and not locking.inherited():
+        console.print(f"{cfg.output_dir}: starting over (it holds only {' and '.join(_LEFTOVERS)} of a run stopped "
+                      "before its first checkpoint)", markup=False, highlight=False)
     if resume is not None:
         check_resume_settings(cfg, resume)
         check_resume_data(cfg, resume)
@@ -761,6 +776,7 @@ class TrainRecipe:
         self.threads: int | None = None  # torch CPU threads (setup; None on a GPU)
         self.interrupts = Interrupts()  # the stop signals received (run's stop_signals_interrupt)
         self.speed: Throughput | None = None  # the loop's speed and ETA (train)
+        self.stepping = False  # inside an optimizer step (train)
 
     def setup(self, resume: Path | None) -> None:
         """Every setup part in order; ``resume``: the checkpoint to continue from (:func:`_resume_point`).
@@ -1080,7 +1096,7 @@ class TrainRecipe:
         self.t0 = self.t_end = time.time()
         if self.main and self.compiling and not console.is_terminal:
             console.print(f"{COMPILING} …", markup=False, highlight=False)
-        with self._progress() as self.prog, _resume_hint_on_interrupt(self.out, self.cfg, self.speed,
+        with self._progress() as self.prog, _resume_hint_on_interrupt(self.out, self.cfg, self._at,
                                                                              self.main and self.resume_hint):
             self.task = self.prog.add_task(COMPILING if self.compiling else "train", total=self.total,
                                            completed=self.start, loss="-", lr="-", tps="-", eta="-") \
@@ -1088,10 +1104,17 @@ class TrainRecipe:
             for step in range(self.start, self.total):
                 self.interrupts.check()
                 t_step = time.time()
+                self.stepping = True
                 stats = self.train_step(step)
                 row = self._account(step, stats, t_step)
+                self.stepping = False
                 if self.main:
                     self._after_step(row, stats)
+
+    def _at(self) -> str:
+        """Where the loop is, as the interrupt line says it: ``"in step 3 of 10"`` or ``"after step 3 of 10"``."""
+        done = self.speed.done
+        return f"in step {done + 1} of {self.total}" if self.stepping else f"after step {done} of {self.total}"
 
     def _progress(self) -> Any:
         from rich.progress import TextColumn
@@ -1262,28 +1285,31 @@ def _data_line(enc: Any, cutoff_len: int) -> str:
 
 
 @contextlib.contextmanager
-def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, speed: Throughput | None, main: bool):
+def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, at: Callable[[], str] | None, main: bool):
     """On Ctrl-C (KeyboardInterrupt) print, on rank 0, where the run stopped and how to go on, then re-raise.
-    ``speed`` is ``None`` while setting up (loading the data and model), before the first step."""
+    ``at`` says where the loop is (:meth:`TrainRecipe._at`); ``None`` while setting up (loading the data and
+    model), before the first step."""
     try:
         yield
     except KeyboardInterrupt:
         if main:
-            console.print(f"[yellow]{_interrupted_line(out, cfg, speed)}[/yellow]")
+            console.print(f"[yellow]{_interrupted_line(out, cfg, at() if at else None)}[/yellow]")
         raise
 
 
-def _interrupted_line(out: Path, cfg: TrainConfig, speed: Throughput | None) -> str:
+def _interrupted_line(out: Path, cfg: TrainConfig, at: str | None) -> str:
     ckpt = resumable_checkpoint(out)
-    when = f"after step {speed.done} of {speed.total}" if speed else "while loading, before the first step"
+    when = at or "while loading, before the first step"
+    every = f"one is saved every --save_steps {cfg.save_steps} steps" + (
+        " without --save_only_model" if cfg.save_only_model else "")
     if ckpt:
         how = f"rerun the same command to resume from {ckpt} (step {ckpt.name.split('-')[1]})"
-    elif speed is None and not (out.is_dir() and any(out.iterdir())):
+    elif not (out.is_dir() and any(out.iterdir())):
         how = f"nothing was written to {out}; rerun the same command to start"
+    elif only_leftovers(out):
+        how = f"no checkpoint saved yet ({every}); rerun the same command to start over"
     else:
-        how = (f"no resumable checkpoint yet (one is saved every --save_steps {cfg.save_steps} steps"
-               f"{' without --save_only_model' if cfg.save_only_model else ''}); rerun with "
-               "--overwrite_output_dir to start over")
+        how = f"no resumable checkpoint yet ({every}); rerun with --overwrite_output_dir to start over"
     return f"interrupted {when}: {how}"
 
 
