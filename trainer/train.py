@@ -707,19 +707,30 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     from steam_persona.trainer import distributed
 
     _check(cfg)
-    if config.given(cfg, "flash_attn") and distributed.rank_world()[0] == 0 and not os.environ.get(locking.HELD_ENV):
+    main = distributed.rank_world()[0] == 0
+    if config.given(cfg, "flash_attn") and main and not os.environ.get(locking.HELD_ENV):
         console.print("[dim]flash_attn: no effect here; training chooses the attention itself (per-sample "
                       "FlashAttention or SDPA, docs/training.md)[/dim]")
-    lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if distributed.rank_world()[0] == 0 \
-        else contextlib.nullcontext()
-    with lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
-        return _run(cfg, callbacks, resume_hint)
+    relaunch = cfg.nproc_per_node > 1 and not distributed.launched()  # its workers say where they stopped
+    recipe = TrainRecipe(cfg, callbacks)
+    # SIGTERM / SIGHUP (a scheduler's stop, a closed terminal) end a run as Ctrl-C does: where it stopped and how
+    # to go on, exit 130; a Ctrl-C that Python dropped (raised inside a finalizer while loading) still stops it
+    # before the next step. Installed before the lock is taken, so a stop at any moment removes the lock. Not
+    # under a launcher: its agent stops the workers with SIGTERM, maybe inside a collective.
+    stop = contextlib.nullcontext(Interrupts()) if distributed.launched() or relaunch else \
+        stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,))
+    lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if main else contextlib.nullcontext()
+    with stop as recipe.interrupts, _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, recipe.where,
+                                                              main and resume_hint and not relaunch):
+        with lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
+            return _run(recipe)
 
 
-def _run(cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...], resume_hint: bool) -> dict[str, Any]:
+def _run(recipe: TrainRecipe) -> dict[str, Any]:
     from steam_persona.trainer import distributed
     from steam_persona.trainer import model as model_lib
 
+    cfg = recipe.cfg
     resume = _resume_point(cfg, Path(cfg.output_dir))
     if resume is None and not cfg.overwrite_output_dir and only_leftovers(Path(cfg.output_dir)) \
             and distributed.rank_world()[0] == 0 and not locking.inherited():
@@ -732,19 +743,10 @@ def _run(cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...], r
         # --nproc_per_node N: check the user's input here (one-line errors, exit 2), then run N copies under torchrun
         prepare_data(cfg, model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code))
         return distributed.relaunch(cfg, cfg.nproc_per_node)
-    recipe = TrainRecipe(cfg, callbacks, resume_hint)
-    # SIGTERM / SIGHUP (a scheduler's stop, a closed terminal) end a run as Ctrl-C does: where it stopped and how
-    # to go on, exit 130; a Ctrl-C that Python dropped (raised inside a finalizer while loading) still stops it
-    # before the next step. Not under a launcher: its agent stops the workers with SIGTERM, maybe inside a collective.
-    stop = contextlib.nullcontext(Interrupts()) if distributed.launched() else \
-        stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,))
-    with stop as recipe.interrupts:
-        with _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, None,
-                                       resume_hint and distributed.rank_world()[0] == 0):
-            recipe.setup(resume)
-            recipe.interrupts.check()
-        recipe.train()
-        return recipe.finish()
+    recipe.setup(resume)
+    recipe.interrupts.check()
+    recipe.train()
+    return recipe.finish()
 
 
 class TrainRecipe:
@@ -757,9 +759,8 @@ class TrainRecipe:
     output dir is touched (:meth:`open_run_dir`).
     """
 
-    def __init__(self, cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...] = (),
-                 resume_hint: bool = True) -> None:
-        self.cfg, self.callbacks, self.resume_hint = cfg, callbacks, resume_hint
+    def __init__(self, cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...] = ()) -> None:
+        self.cfg, self.callbacks = cfg, callbacks
         self.out = Path(cfg.output_dir)
         self.state: dict[str, Any] = {"total_tokens": 0, "elapsed": 0.0}
         self.start = 0
@@ -1096,8 +1097,7 @@ class TrainRecipe:
         self.t0 = self.t_end = time.time()
         if self.main and self.compiling and not console.is_terminal:
             console.print(f"{COMPILING} …", markup=False, highlight=False)
-        with self._progress() as self.prog, _resume_hint_on_interrupt(self.out, self.cfg, self._at,
-                                                                             self.main and self.resume_hint):
+        with self._progress() as self.prog:
             self.task = self.prog.add_task(COMPILING if self.compiling else "train", total=self.total,
                                            completed=self.start, loss="-", lr="-", tps="-", eta="-") \
                 if self.main else None
@@ -1111,8 +1111,11 @@ class TrainRecipe:
                 if self.main:
                     self._after_step(row, stats)
 
-    def _at(self) -> str:
-        """Where the loop is, as the interrupt line says it: ``"in step 3 of 10"`` or ``"after step 3 of 10"``."""
+    def where(self) -> str | None:
+        """Where the run is, as the interrupt line says it: ``"in step 3 of 10"``, ``"after step 3 of 10"``, or
+        ``None`` before the loop (loading)."""
+        if self.speed is None:
+            return None
         done = self.speed.done
         return f"in step {done + 1} of {self.total}" if self.stepping else f"after step {done} of {self.total}"
 
@@ -1285,15 +1288,14 @@ def _data_line(enc: Any, cutoff_len: int) -> str:
 
 
 @contextlib.contextmanager
-def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, at: Callable[[], str] | None, main: bool):
+def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, where: Callable[[], str | None], main: bool):
     """On Ctrl-C (KeyboardInterrupt) print, on rank 0, where the run stopped and how to go on, then re-raise.
-    ``at`` says where the loop is (:meth:`TrainRecipe._at`); ``None`` while setting up (loading the data and
-    model), before the first step."""
+    ``where`` says where the run is (:meth:`TrainRecipe.where`): ``None`` while loading, before the first step."""
     try:
         yield
     except KeyboardInterrupt:
         if main:
-            console.print(f"[yellow]{_interrupted_line(out, cfg, at() if at else None)}[/yellow]")
+            console.print(f"[yellow]{_interrupted_line(out, cfg, where())}[/yellow]")
         raise
 
 
