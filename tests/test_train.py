@@ -791,3 +791,24 @@ def test_llamafactory_flash_attn_is_accepted_with_one_note(tiny_llama_dir, eight
     from steam_persona.trainer.train import RESUMABLE_CHANGES
 
     assert "flash_attn" in RESUMABLE_CHANGES  # no effect, so a resume may change it
+
+
+def test_the_eval_datasets_drops_are_reported_like_the_train_datasets(tmp_path, monkeypatch):
+    """Trial 27 N8: --eval_dataset (50 records) evaluated 26 samples at --cutoff_len 256 and no line said why."""
+    import io as _io
+
+    from steam_persona.common import console as console_mod
+    from steam_persona.trainer import train as train_mod
+    from steam_persona.trainer.encode import Encoded
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+    recipe = train_mod.TrainRecipe(_cfg("m", "d.json", tmp_path, eval_dataset=["val.json"]))
+    recipe.enc = Encoded(input_ids=[[1, 2]] * 40, labels=[[1, 2]] * 40, dropped=[3])
+    recipe.eval_enc = Encoded(input_ids=[[1, 2]] * 26, labels=[[1, 2]] * 26, dropped=list(range(24)), truncated=26)
+    recipe.device, recipe.dtype = "cpu", torch.bfloat16
+    recipe._print_setup()
+    said = " ".join(buf.getvalue().split())
+    assert ("dataset: 41 read: 1 dropped (reply longer than --cutoff_len 256), 40 kept, none truncated" in said)
+    assert ("eval dataset: 50 read: 24 dropped (reply longer than --cutoff_len 256), 26 kept, all 26 truncated "
+            "(prompt cut to fit)") in said

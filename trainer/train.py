@@ -855,6 +855,8 @@ class TrainRecipe:
         import torch
 
         console.print(_data_line(self.enc, self.cfg.cutoff_len))
+        if self.cfg.eval_dataset:
+            console.print(_data_line(self.eval_enc, self.cfg.cutoff_len, "eval dataset"))
         if self.device.startswith("cuda"):
             console.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in self.levers.items()) + "[/dim]")
         if self.device == "cpu" and self.dtype == torch.float32 and _cpu_has_bf16():
@@ -1281,9 +1283,10 @@ def _counts(read: int, dropped: int, truncated: int, cutoff_len: int) -> str:
             "truncated (prompt cut to fit)")
 
 
-def _data_line(enc: Any, cutoff_len: int) -> str:
-    """The dataset line printed before the first step: samples read, dropped, kept and (of those) truncated."""
-    line = "dataset: " + _counts(len(enc) + len(enc.dropped), len(enc.dropped), enc.truncated, cutoff_len)
+def _data_line(enc: Any, cutoff_len: int, label: str = "dataset") -> str:
+    """A dataset's line printed before the first step (``--dataset``'s, ``--eval_dataset``'s as ``label``
+    ``"eval dataset"``): samples read, dropped, kept and (of those) truncated."""
+    line = f"{label}: " + _counts(len(enc) + len(enc.dropped), len(enc.dropped), enc.truncated, cutoff_len)
     return f"[yellow]{line}[/yellow]" if enc.truncated or enc.dropped else line
 
 
