@@ -264,6 +264,37 @@ def test_a_sigterm_once_the_lock_is_taken_removes_it_and_says_where_it_stopped(t
     assert not lock.exists() and not out.exists()
 
 
+@pytest.mark.parametrize("where", ["dataset_dir", "name", "file", "eval_file"])
+def test_the_datasets_are_checked_before_the_model_loads(eight, tmp_path, monkeypatch, where):
+    """Trial 26: `train examples/train_qlora.yaml --dataset_dir /nonexist` spent ~50 s of hub retries on the model
+    and reported the model, never the data-dir mistake."""
+    from steam_persona.trainer import model as model_lib
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the tokenizer/model was loaded before the datasets were checked")
+
+    monkeypatch.setattr(model_lib, "load_tokenizer", no_load)
+    monkeypatch.setattr(model_lib, "load_base", no_load)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "dataset_info.json").write_text(json.dumps({"steam_reviews": {"file_name": "train.json"}}),
+                                                encoding="utf-8")
+    (data_dir / "train.json").write_text(eight.read_text(encoding="utf-8"), encoding="utf-8")
+    flags = {**_flags("Qwen/Qwen2.5-7B-Instruct", "steam_reviews", tmp_path / "run"), "dataset_dir": str(data_dir)}
+    flags.update({"dataset_dir": {"dataset_dir": str(tmp_path / "nonexist")}, "name": {"dataset": "steam_reviewz"},
+                  "file": {"dataset": str(tmp_path / "nope.json")},
+                  "eval_file": {"eval_dataset": str(tmp_path / "val.json")}}[where])
+    r = CliRunner().invoke(main, _argv(flags))
+    msg = r.output.strip()
+    assert r.exit_code == 2 and len(msg.splitlines()) == 1, (r.exit_code, msg, r.exception)
+    expected = {"dataset_dir": f"{tmp_path / 'nonexist' / 'dataset_info.json'}: not found",
+                "name": "dataset 'steam_reviewz' is not registered (known: steam_reviews); fix --dataset",
+                "file": f"{tmp_path / 'nope.json'}: dataset file not found; check --dataset / --dataset_dir",
+                "eval_file": f"{tmp_path / 'val.json'}: dataset file not found; check --eval_dataset"}[where]
+    assert expected in msg, msg
+    assert not (tmp_path / "run").exists()
+
+
 def test_repeated_flags_a_list_flag_joins_its_values_a_single_value_flag_keeps_the_last(monkeypatch):
     """A trial found --dataset a --dataset b trained on both while --learning_rate twice kept the last: list flags
     (--dataset, --eval_dataset, --lora_target) join, as collect's --appid 570 --appid 730 and LLaMA-Factory's comma

@@ -673,6 +673,20 @@ def _check(cfg: TrainConfig) -> None:
                         "(and keep --eval_strategy steps)")
 
 
+def check_datasets(cfg: TrainConfig) -> None:
+    """Each ``--dataset`` and ``--eval_dataset`` is a registered name or a file that exists: checked before the
+    tokenizer and model load, so a typo in the data costs no model load (a hub download or its retries).
+
+    Raises:
+        UserError: a missing ``--dataset_dir`` registry, an unknown name, or a missing file.
+    """
+    from steam_persona.trainer import data
+
+    for arg, names in (("--dataset", cfg.dataset), ("--eval_dataset", cfg.eval_dataset)):
+        for name in names:
+            data.require_file(data.resolve(name, cfg.dataset_dir, arg))
+
+
 def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] = (),
         resume_hint: bool = True) -> dict[str, Any]:
     """Train a LoRA/QLoRA adapter; resume automatically from the run dir's last checkpoint.
@@ -707,6 +721,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     from steam_persona.trainer import distributed
 
     _check(cfg)
+    check_datasets(cfg)
     main = distributed.rank_world()[0] == 0
     if config.given(cfg, "flash_attn") and main and not os.environ.get(locking.HELD_ENV):
         console.print("[dim]flash_attn: no effect here; training chooses the attention itself (per-sample "
