@@ -536,11 +536,14 @@ def test_throughput_keeps_compile_steps_out_of_speed_and_eta():
 
 def test_eta_before_the_first_eval_estimates_the_evals_from_the_forward_speed():
     """Trial 27: before the first eval the ETA left the evals out (step 2: ETA 0:00:06, then two 25 s evals)."""
-    from steam_persona.trainer.throughput import Throughput
+    from steam_persona.trainer.throughput import Throughput, forward_share
 
     t = Throughput(total=10, eval_tokens=3000)
     t.add(1000, 1.0, 2.0)  # 1,000 tokens/s training: a forward alone 3,000 tokens/s
     assert t.eval_estimate_s() == pytest.approx(1.0)
+    checkpointed = Throughput(total=10, eval_tokens=3000, share=forward_share(True))  # the forward runs twice
+    checkpointed.add(1000, 1.0, 2.0)
+    assert checkpointed.eval_estimate_s() == pytest.approx(0.75)
     assert t.eta_s(evals_left=2) == pytest.approx(9 * 2.0 + 2 * 1.0)
     t.add_eval(25.0)  # measured: replaces the estimate
     t.add(1000, 1.0, 27.0)

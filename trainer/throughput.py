@@ -5,7 +5,7 @@ counting them as training time made step 1 of a 65 s run print an ETA of 27 minu
 seventh of the steady speed. :class:`Throughput` keeps the first ``warmup_steps`` apart ("compiling"),
 estimates the compile time from them, and gives tokens/s and ETA over a moving window of the later steps.
 Evaluations are timed apart (:meth:`Throughput.add_eval`): the ETA adds the evaluations still to come at the
-last one's duration (before the first one, an estimate: its tokens at the forward speed, :data:`FORWARD_SHARE`),
+last one's duration (before the first one, an estimate: its tokens at the forward speed, :func:`forward_share`),
 and a step's wall time leaves out the evaluation before it.
 """
 
@@ -18,9 +18,13 @@ from collections import deque
 COMPILE_WARMUP_STEPS = 2
 #: Steady steps that tokens/s and the ETA average over.
 WINDOW = 20
-#: The forward pass's share of a training step's time (backward ≈ 2 forwards): an evaluation's tokens take about
-#: this share of their training time, the estimate of an evaluation before one has been timed.
-FORWARD_SHARE = 1 / 3
+
+
+def forward_share(gradient_checkpointing: bool) -> float:
+    """The forward pass's share of a training step's time: backward ≈ 2 forwards, and gradient checkpointing
+    runs the forward again in the backward. An evaluation's tokens take about this share of their training
+    time: the estimate of an evaluation before one has been timed."""
+    return 1 / 4 if gradient_checkpointing else 1 / 3
 
 
 class Throughput:
@@ -29,7 +33,9 @@ class Throughput:
     Args:
         total: the run's last optimizer step (1-based count); start: steps already done before this
             invocation (resume); warmup_steps: this invocation's first steps kept out of the speed
-            (compilation, CUDA start-up); window: steady steps averaged for tokens/s and ETA.
+            (compilation, CUDA start-up); window: steady steps averaged for tokens/s and ETA; eval_tokens:
+            the tokens of one evaluation and share: the forward's share of a step (:func:`forward_share`),
+            for its estimate until :meth:`add_eval` times one.
 
     Call :meth:`add` once per optimizer step with that step's tokens, its training seconds (forward,
     backward, optimizer) and its wall seconds since the previous step ended (adds checkpoints and logging;
@@ -37,8 +43,9 @@ class Throughput:
     """
 
     def __init__(self, total: int, start: int = 0, warmup_steps: int = 0, window: int = WINDOW,
-                 eval_tokens: int = 0) -> None:
+                 eval_tokens: int = 0, share: float = forward_share(False)) -> None:
         self.total, self.done, self.warmup_steps, self.eval_tokens = total, start, warmup_steps, eval_tokens
+        self.share = share
         self.seen = 0
         self.warmup_wall = 0.0
         self.warmup_tokens = 0
@@ -86,11 +93,11 @@ class Throughput:
 
     def eval_estimate_s(self) -> float:
         """Seconds of one evaluation: the last one's, else (none timed yet) ``eval_tokens`` at the window's
-        training speed divided by :data:`FORWARD_SHARE` (a forward pass only); 0 without a speed."""
+        training speed divided by ``share`` (a forward pass only); 0 without a speed."""
         if self.eval_s is not None:
             return self.eval_s
         tps = self.tokens_per_s()
-        return self.eval_tokens / (tps / FORWARD_SHARE) if tps else 0.0
+        return self.eval_tokens * self.share / tps if tps else 0.0
 
     def steady_tokens_per_s(self) -> float | None:
         """Tokens per training second over all steady steps of this invocation (``None`` if none)."""

@@ -56,7 +56,7 @@ from steam_persona.common.console import console, plain_progress, progress, summ
 from steam_persona.common.errors import STOP_SIGNALS, Interrupts, UserError, stop_signals_interrupt
 from steam_persona.common.persona import DEFAULT_SYSTEM
 from steam_persona.trainer.threads import threads_for_load
-from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput
+from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput, forward_share
 
 
 def _bitsandbytes_only(value: str) -> str:
@@ -1109,7 +1109,8 @@ class TrainRecipe:
         self.compiling = self.levers.get("compile", "").startswith("on")
         warm = COMPILE_WARMUP_STEPS if self.compiling else 1 if self.device.startswith("cuda") else 0
         eval_tokens = sum(len(self.eval_enc.input_ids[i]) for i in self.eval_idx) if self.evaluating else 0
-        self.speed = Throughput(self.total, self.start, warm, eval_tokens=eval_tokens)
+        self.speed = Throughput(self.total, self.start, warm, eval_tokens=eval_tokens,
+                                share=forward_share(not self.cfg.disable_gradient_checkpointing))
         self.t0 = self.t_end = time.time()
         if self.main and self.compiling and not console.is_terminal:
             console.print(f"{COMPILING} …", markup=False, highlight=False)
