@@ -34,10 +34,15 @@ console = _make_console()
 def progress(*extra_columns: object, transient: bool = False, eta: bool = True) -> Progress:
     """A progress bar with description, bar, done/total, ``extra_columns``
     (e.g. ``TextColumn("loss {task.fields[loss]:.3f}")``), elapsed, and rich's ETA unless ``eta=False``
-    (for callers whose early steps are not representative and that show their own ETA column)."""
+    (for callers whose early steps are not representative and that show their own ETA column).
+
+    Shown only on a terminal: elsewhere (CI, ``| tee``, a file) it prints nothing, not even at its end, where its
+    figures would be stale (an ETA after the stage ended, one step's elapsed time covering the whole stage);
+    there the stage's plain lines (:func:`plain_progress`, :func:`status`) are the progress."""
     tail = (TextColumn("ETA"), TimeRemainingColumn()) if eta else ()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    *extra_columns, TimeElapsedColumn(), *tail, console=console, transient=transient)
+                    *extra_columns, TimeElapsedColumn(), *tail, console=console, transient=transient,
+                    disable=not console.is_terminal)
 
 
 #: Seconds between plain progress lines when the console is not a terminal.
@@ -46,7 +51,7 @@ PLAIN_EVERY_S = 10.0
 
 def plain_progress(description: str, completed: int, total: int, figures: dict[str, object]) -> None:
     """Print one plain line ``"{description} {completed}/{total}  key value  ..."`` when :data:`console` is
-    not a terminal (CI logs, ``| tee``, a file), where rich's live bar prints nothing until it ends.
+    not a terminal (CI logs, ``| tee``, a file), where :func:`progress` shows no bar.
     A no-op on terminals, where the bar shows progress. Call it at the stage's logging points."""
     if console.is_terminal:
         return

@@ -60,7 +60,9 @@ def stop_signals_interrupt(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[
     """Inside the block a signal of `signals` (default :data:`STOP_SIGNALS`) raises ``KeyboardInterrupt``, so the
     stage ends as on Ctrl-C (its own message, exit 130) instead of dying without a word; the handlers before it
     come back after; a signal ignored when the block starts (``nohup``'s SIGHUP, SIGINT in a script's background
-    job) stays ignored. Yields the block's :class:`Interrupts`. Only in the main thread (Python delivers signals
+    job) stays ignored. Yields the block's :class:`Interrupts`. An error raised in the block after a signal came is
+    raised as ``KeyboardInterrupt``: a library may turn the interrupt into its own error (transformers' lazy
+    import, interrupted, raises ``ModuleNotFoundError``). Only in the main thread (Python delivers signals
     there); elsewhere the handlers are left alone."""
     interrupts = Interrupts()
     # a signal ignored when the block starts stays ignored: nohup (SIGHUP), a script's background job (SIGINT)
@@ -76,6 +78,10 @@ def stop_signals_interrupt(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[
     sys.unraisablehook = quiet
     try:
         yield interrupts
+    except Exception:
+        if interrupts.received is None:
+            raise
+        raise KeyboardInterrupt from None
     finally:
         sys.unraisablehook = hook
         for sig, handler in old.items():

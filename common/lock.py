@@ -36,7 +36,7 @@ def locked(lock: Path, in_use: Callable[[str, str], str], unwritable: Callable[[
         UserError: another live process holds the lock, or its folder cannot be written.
     """
     lock = lock.absolute()
-    if os.environ.get(HELD_ENV) == f"{os.getppid()}:{lock}":
+    if inherited(lock):
         yield
         return
     made = _missing_folders(lock.parent)
@@ -59,6 +59,13 @@ def locked(lock: Path, in_use: Callable[[str, str], str], unwritable: Callable[[
         lock.unlink(missing_ok=True)
         os.close(fd)
         _remove_empty(made)
+
+
+def inherited(lock: Path | None = None) -> bool:
+    """True in a process started by the holder of ``lock`` (any lock when ``None``): it writes under its
+    parent's lock (:data:`HELD_ENV`)."""
+    held = os.environ.get(HELD_ENV, "")
+    return held == f"{os.getppid()}:{lock}" if lock is not None else held.startswith(f"{os.getppid()}:")
 
 
 def _missing_folders(folder: Path) -> list[Path]:

@@ -427,7 +427,7 @@ def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_sta
 
 def _plain_line(text: str, t_start: float) -> None:
     """Print ``text`` and the time since ``t_start`` as one plain line when stderr is not a terminal (CI,
-    ``| tee``), where the live bar shows nothing until the export ends."""
+    ``| tee``), where no bar is shown (:func:`steam_persona.common.console.progress`)."""
     from steam_persona.common.console import console
 
     if not console.is_terminal:

@@ -822,7 +822,7 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
                     keys.append(key)
             done = start + len(results)
             bar.update(task, completed=done)
-            if time.monotonic() - shown_at >= PLAIN_EVERY_S:  # without a terminal the bar shows nothing until the end
+            if time.monotonic() - shown_at >= PLAIN_EVERY_S:  # without a terminal no bar is shown
                 shown_at = time.monotonic()
                 plain_progress("cleaning", done, len(reviews), {"kept": f"{len(kept):,}"})
             if done < len(reviews):

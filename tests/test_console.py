@@ -28,3 +28,23 @@ def test_piped_output_keeps_long_values_whole():
     r = subprocess.run([sys.executable, "-c", PRINT], capture_output=True, text=True, env=env, timeout=60)
     assert r.stdout.strip() == "100" and "…" not in r.stderr
     assert "".join(line.strip(" │") for line in r.stderr.splitlines()).count("d" * 150) == 1  # folded, whole
+
+
+def test_no_progress_bar_without_a_terminal(monkeypatch):
+    """Trial 26 F12 / trial 27 N6: piped, every stage still printed its bar once at the end (train's stale ETA after
+    the run, export's verify bar showing the whole export's time); the plain lines are the progress there."""
+    import io
+
+    from steam_persona.common import console as console_mod
+
+    def bar_text(terminal: bool) -> str:
+        buf = io.StringIO()
+        monkeypatch.setattr(console_mod.console, "_file", buf)
+        monkeypatch.setattr(console_mod.console, "_force_terminal", terminal)
+        with console_mod.progress() as bar:
+            task = bar.add_task("verify q4_k_m", total=5)
+            bar.advance(task, 3)
+        return buf.getvalue()
+
+    assert bar_text(False) == ""
+    assert "verify q4_k_m" in bar_text(True) and "3/5" in bar_text(True)

@@ -20,3 +20,26 @@ def test_a_signal_ignored_before_a_stage_stays_ignored_in_it():
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_an_error_a_library_makes_of_the_interrupt_is_the_interrupt():
+    """A SIGTERM in train's first second landed in transformers' lazy import, which raised ModuleNotFoundError
+    ("Could not import module 'LlamaConfig'"): a traceback and exit 1 instead of the interrupt line and 130."""
+    import os
+    import signal
+    import time
+
+    import pytest
+
+    from steam_persona.common.errors import stop_signals_interrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with stop_signals_interrupt():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler's KeyboardInterrupt ends it at once
+            except KeyboardInterrupt as e:
+                raise ModuleNotFoundError("Could not import module 'LlamaConfig'") from e
+    with pytest.raises(ModuleNotFoundError):  # without a signal an error stays itself
+        with stop_signals_interrupt():
+            raise ModuleNotFoundError("x")

@@ -351,7 +351,6 @@ def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch)
 
     from steam_persona.common import console as console_mod
     from steam_persona.trainer import train as train_mod
-    from steam_persona.trainer.throughput import Throughput
 
     buf = _io.StringIO()
     monkeypatch.setattr(console_mod.console, "_file", buf)
@@ -365,15 +364,55 @@ def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch)
         run(_cfg(tiny_llama_dir, eight, out, save_steps=2), callbacks=(ctrl_c,))
     said = " ".join(buf.getvalue().split())
     assert f"interrupted after step 3 of 4: rerun the same command to resume from {out / 'checkpoint-2'} (step 2)" in said
-    # before the first checkpoint: how to start over instead
-    speed = Throughput(total=4)
-    speed.done = 1
+    # no resumable checkpoint in a dir that holds more than a run's leftovers: how to start over instead
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(KeyboardInterrupt):
-        with train_mod._resume_hint_on_interrupt(tmp_path / "empty", _cfg("m", "d.json", tmp_path, save_steps=100),
-                                                 speed, True):
+        with train_mod._resume_hint_on_interrupt(other, _cfg("m", "d.json", tmp_path, save_steps=100),
+                                                 lambda: "after step 1 of 4", True):
             raise KeyboardInterrupt
     assert ("interrupted after step 1 of 4: no resumable checkpoint yet (one is saved every --save_steps 100 steps); "
             "rerun with --overwrite_output_dir to start over") in " ".join(buf.getvalue().split())
+
+
+def test_ctrl_c_in_step_1_says_so_and_the_same_command_starts_over(tiny_llama_dir, eight, tmp_path, monkeypatch):
+    """Trial 27 N1: a Ctrl-C during step 1 said "after step 0 of 3" and left run_config.yaml + an empty
+    trainer_log.jsonl that made the same command demand --overwrite_output_dir."""
+    import io as _io
+
+    from steam_persona.common import console as console_mod
+    from steam_persona.trainer import train as train_mod
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+    train_step = train_mod.TrainRecipe.train_step
+
+    def ctrl_c_in_step_1(self, step):
+        if step == 0:
+            raise KeyboardInterrupt
+        return train_step(self, step)
+
+    monkeypatch.setattr(train_mod.TrainRecipe, "train_step", ctrl_c_in_step_1)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tiny_llama_dir, eight, out, save_steps=100))
+    said = " ".join(buf.getvalue().split())
+    assert ("interrupted in step 1 of 4: no checkpoint saved yet (one is saved every --save_steps 100 steps); "
+            "rerun the same command to start over") in said, said
+    assert sorted(p.name for p in out.iterdir()) == ["run_config.yaml", "trainer_log.jsonl"]
+    monkeypatch.setattr(train_mod.TrainRecipe, "train_step", train_step)
+    r = run(_cfg(tiny_llama_dir, eight, out, save_steps=100, max_steps=1))
+    assert r["global_step"] == 1 and (out / "adapter_model.safetensors").is_file()
+    assert (f"{out}: starting over (it holds only run_config.yaml and trainer_log.jsonl of a run stopped before its "
+            "first checkpoint)") in " ".join(buf.getvalue().split())
+    # anything else in the dir keeps the refusal
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("run_config.yaml", "trainer_log.jsonl", "notes.txt"):
+        (other / name).write_text("", encoding="utf-8")
+    with pytest.raises(UserError, match="holds no resumable checkpoint; pass --overwrite_output_dir"):
+        train_mod._resume_point(_cfg("m", "d.json", other), other)
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
@@ -493,6 +532,23 @@ def test_throughput_keeps_compile_steps_out_of_speed_and_eta():
     t.add_eval(3.0)
     t.add(1000, 0.1, 3.2)
     assert t.eta_s() == pytest.approx(3 * 0.6 / 3) and t.eta_s(evals_left=2) == pytest.approx(0.6 + 6.0)
+
+
+def test_eta_before_the_first_eval_estimates_the_evals_from_the_forward_speed():
+    """Trial 27: before the first eval the ETA left the evals out (step 2: ETA 0:00:06, then two 25 s evals)."""
+    from steam_persona.trainer.throughput import Throughput, forward_share
+
+    t = Throughput(total=10, eval_tokens=3000)
+    t.add(1000, 1.0, 2.0)  # 1,000 tokens/s training: a forward alone 3,000 tokens/s
+    assert t.eval_estimate_s() == pytest.approx(1.0)
+    checkpointed = Throughput(total=10, eval_tokens=3000, share=forward_share(True))  # the forward runs twice
+    checkpointed.add(1000, 1.0, 2.0)
+    assert checkpointed.eval_estimate_s() == pytest.approx(0.75)
+    assert t.eta_s(evals_left=2) == pytest.approx(9 * 2.0 + 2 * 1.0)
+    t.add_eval(25.0)  # measured: replaces the estimate
+    t.add(1000, 1.0, 27.0)
+    assert t.eta_s(evals_left=1) == pytest.approx(8 * 2.0 + 25.0)
+    assert Throughput(total=4, eval_tokens=3000).eval_estimate_s() == 0.0  # no speed yet
 
 
 def test_a_train_time_eval_leaves_4bit_training_unchanged(tiny_llama_dir, eight, tmp_path):
@@ -738,3 +794,24 @@ def test_llamafactory_flash_attn_is_accepted_with_one_note(tiny_llama_dir, eight
     from steam_persona.trainer.train import RESUMABLE_CHANGES
 
     assert "flash_attn" in RESUMABLE_CHANGES  # no effect, so a resume may change it
+
+
+def test_the_eval_datasets_drops_are_reported_like_the_train_datasets(tmp_path, monkeypatch):
+    """Trial 27 N8: --eval_dataset (50 records) evaluated 26 samples at --cutoff_len 256 and no line said why."""
+    import io as _io
+
+    from steam_persona.common import console as console_mod
+    from steam_persona.trainer import train as train_mod
+    from steam_persona.trainer.encode import Encoded
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+    recipe = train_mod.TrainRecipe(_cfg("m", "d.json", tmp_path, eval_dataset=["val.json"]))
+    recipe.enc = Encoded(input_ids=[[1, 2]] * 40, labels=[[1, 2]] * 40, dropped=[3])
+    recipe.eval_enc = Encoded(input_ids=[[1, 2]] * 26, labels=[[1, 2]] * 26, dropped=list(range(24)), truncated=26)
+    recipe.device, recipe.dtype = "cpu", torch.bfloat16
+    recipe._print_setup()
+    said = " ".join(buf.getvalue().split())
+    assert ("dataset: 41 read: 1 dropped (reply longer than --cutoff_len 256), 40 kept, none truncated" in said)
+    assert ("eval dataset: 50 read: 24 dropped (reply longer than --cutoff_len 256), 26 kept, all 26 truncated "
+            "(prompt cut to fit)") in said

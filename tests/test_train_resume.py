@@ -227,6 +227,74 @@ def test_ctrl_c_while_loading_says_what_is_kept(tiny_llama_dir, eight, tmp_path,
                                    f"resume from {out / 'checkpoint-2'} (step 2)") in " ".join(r.output.split())
 
 
+def test_a_sigterm_once_the_lock_is_taken_removes_it_and_says_where_it_stopped(tiny_llama_dir, eight, tmp_path,
+                                                                             monkeypatch):
+    """Trial 27 N2: a SIGTERM in train's first seconds (lock taken, handlers not yet installed) killed it by the
+    signal and left a stale <run>.lock; SIGINT there exited 130 without a line. Here the signal comes right after
+    the lock is taken."""
+    import os
+    import signal
+
+    class Killed(Exception):
+        pass
+
+    def killed(signum, frame):  # the signal's default action, without killing pytest
+        raise Killed
+
+    old = signal.signal(signal.SIGTERM, killed)
+    out = tmp_path / "run"
+    lock = tmp_path / "run.lock"
+    resume_point = train_mod._resume_point
+    held = []
+
+    def sigterm_under_the_lock(cfg, folder):
+        held.append(lock.is_file())
+        os.kill(os.getpid(), signal.SIGTERM)
+        return resume_point(cfg, folder)
+
+    monkeypatch.setattr(train_mod, "_resume_point", sigterm_under_the_lock)
+    try:
+        r = CliRunner().invoke(main, _argv(_flags(tiny_llama_dir, eight, out)))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    said = " ".join(r.output.split())
+    assert held == [True] and not isinstance(r.exception, Killed), r.exception
+    assert r.exit_code == 130 and (f"interrupted while loading, before the first step: nothing was written to {out}; "
+                                   "rerun the same command to start") in said, (r.exit_code, said)
+    assert not lock.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("where", ["dataset_dir", "name", "file", "eval_file"])
+def test_the_datasets_are_checked_before_the_model_loads(eight, tmp_path, monkeypatch, where):
+    """Trial 26: `train examples/train_qlora.yaml --dataset_dir /nonexist` spent ~50 s of hub retries on the model
+    and reported the model, never the data-dir mistake."""
+    from steam_persona.trainer import model as model_lib
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the tokenizer/model was loaded before the datasets were checked")
+
+    monkeypatch.setattr(model_lib, "load_tokenizer", no_load)
+    monkeypatch.setattr(model_lib, "load_base", no_load)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "dataset_info.json").write_text(json.dumps({"steam_reviews": {"file_name": "train.json"}}),
+                                                encoding="utf-8")
+    (data_dir / "train.json").write_text(eight.read_text(encoding="utf-8"), encoding="utf-8")
+    flags = {**_flags("Qwen/Qwen2.5-7B-Instruct", "steam_reviews", tmp_path / "run"), "dataset_dir": str(data_dir)}
+    flags.update({"dataset_dir": {"dataset_dir": str(tmp_path / "nonexist")}, "name": {"dataset": "steam_reviewz"},
+                  "file": {"dataset": str(tmp_path / "nope.json")},
+                  "eval_file": {"eval_dataset": str(tmp_path / "val.json")}}[where])
+    r = CliRunner().invoke(main, _argv(flags))
+    msg = r.output.strip()
+    assert r.exit_code == 2 and len(msg.splitlines()) == 1, (r.exit_code, msg, r.exception)
+    expected = {"dataset_dir": f"{tmp_path / 'nonexist' / 'dataset_info.json'}: not found",
+                "name": "dataset 'steam_reviewz' is not registered (known: steam_reviews); fix --dataset",
+                "file": f"{tmp_path / 'nope.json'}: dataset file not found; check --dataset / --dataset_dir",
+                "eval_file": f"{tmp_path / 'val.json'}: dataset file not found; check --eval_dataset"}[where]
+    assert expected in msg, msg
+    assert not (tmp_path / "run").exists()
+
+
 def test_repeated_flags_a_list_flag_joins_its_values_a_single_value_flag_keeps_the_last(monkeypatch):
     """A trial found --dataset a --dataset b trained on both while --learning_rate twice kept the last: list flags
     (--dataset, --eval_dataset, --lora_target) join, as collect's --appid 570 --appid 730 and LLaMA-Factory's comma

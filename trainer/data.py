@@ -100,9 +100,19 @@ def resolve(dataset: str, dataset_dir: str | Path = "data", arg: str = "--datase
                        tags=dict(entry.get("tags") or {}), name=dataset, arg=arg)
 
 
-def _decode(path: Path, encoding: str, arg: str) -> str:
-    if not path.is_file():
-        raise UserError(f"{path}: dataset file not found; check {arg} / --dataset_dir")
+def require_file(spec: DatasetSpec) -> DatasetSpec:
+    """``spec`` when its file exists.
+
+    Raises:
+        UserError: the file is missing.
+    """
+    if not spec.path.is_file():
+        raise UserError(f"{spec.path}: dataset file not found; check {spec.arg} / --dataset_dir")
+    return spec
+
+
+def _decode(spec: DatasetSpec, encoding: str) -> str:
+    path = require_file(spec).path
     return decode(path, path.read_bytes(), encoding)
 
 
@@ -277,7 +287,7 @@ def read_dataset(spec: DatasetSpec, *, system: str | None = None, encoding: str 
     """
     if spec.path.suffix.lower() in _TABLE_SUFFIXES:
         _raw_reviews(spec.path, f"a {spec.path.suffix.lower()[1:].upper()} file")
-    text = _decode(spec.path, encoding, spec.arg)
+    text = _decode(spec, encoding)
     records = _parse(spec.path, text, spec.arg)
     if not records:
         raise UserError(f"{spec.path}: no records; add records or pick another {spec.arg}")

@@ -5,7 +5,8 @@ counting them as training time made step 1 of a 65 s run print an ETA of 27 minu
 seventh of the steady speed. :class:`Throughput` keeps the first ``warmup_steps`` apart ("compiling"),
 estimates the compile time from them, and gives tokens/s and ETA over a moving window of the later steps.
 Evaluations are timed apart (:meth:`Throughput.add_eval`): the ETA adds the evaluations still to come at the
-last one's duration, and a step's wall time leaves out the evaluation before it.
+last one's duration (before the first one, an estimate: its tokens at the forward speed, :func:`forward_share`),
+and a step's wall time leaves out the evaluation before it.
 """
 
 from __future__ import annotations
@@ -19,21 +20,32 @@ COMPILE_WARMUP_STEPS = 2
 WINDOW = 20
 
 
+def forward_share(gradient_checkpointing: bool) -> float:
+    """The forward pass's share of a training step's time: backward ≈ 2 forwards, and gradient checkpointing
+    runs the forward again in the backward. An evaluation's tokens take about this share of their training
+    time: the estimate of an evaluation before one has been timed."""
+    return 1 / 4 if gradient_checkpointing else 1 / 3
+
+
 class Throughput:
     """Per-step timing of one training invocation.
 
     Args:
         total: the run's last optimizer step (1-based count); start: steps already done before this
             invocation (resume); warmup_steps: this invocation's first steps kept out of the speed
-            (compilation, CUDA start-up); window: steady steps averaged for tokens/s and ETA.
+            (compilation, CUDA start-up); window: steady steps averaged for tokens/s and ETA; eval_tokens:
+            the tokens of one evaluation and share: the forward's share of a step (:func:`forward_share`),
+            for its estimate until :meth:`add_eval` times one.
 
     Call :meth:`add` once per optimizer step with that step's tokens, its training seconds (forward,
     backward, optimizer) and its wall seconds since the previous step ended (adds checkpoints and logging;
     an evaluation reported with :meth:`add_eval` is taken out). All times in seconds, speeds in tokens per second.
     """
 
-    def __init__(self, total: int, start: int = 0, warmup_steps: int = 0, window: int = WINDOW) -> None:
-        self.total, self.done, self.warmup_steps = total, start, warmup_steps
+    def __init__(self, total: int, start: int = 0, warmup_steps: int = 0, window: int = WINDOW,
+                 eval_tokens: int = 0, share: float = forward_share(False)) -> None:
+        self.total, self.done, self.warmup_steps, self.eval_tokens = total, start, warmup_steps, eval_tokens
+        self.share = share
         self.seen = 0
         self.warmup_wall = 0.0
         self.warmup_tokens = 0
@@ -72,12 +84,20 @@ class Throughput:
         return sum(w[0] for w in self._win) / t if t > 0 else None
 
     def eta_s(self, evals_left: int = 0) -> float | None:
-        """Seconds left: remaining steps × the window's mean wall seconds a step, plus ``evals_left`` × the
-        last evaluation's seconds (nothing for them before the first one is measured); ``None`` during warm-up."""
+        """Seconds left: remaining steps × the window's mean wall seconds a step, plus ``evals_left`` ×
+        :meth:`eval_estimate_s`; ``None`` during warm-up."""
         if not self._win:
             return None
         steps = (self.total - self.done) * sum(w[2] for w in self._win) / len(self._win)
-        return steps + evals_left * (self.eval_s or 0.0)
+        return steps + evals_left * self.eval_estimate_s()
+
+    def eval_estimate_s(self) -> float:
+        """Seconds of one evaluation: the last one's, else (none timed yet) ``eval_tokens`` at the window's
+        training speed divided by ``share`` (a forward pass only); 0 without a speed."""
+        if self.eval_s is not None:
+            return self.eval_s
+        tps = self.tokens_per_s()
+        return self.eval_tokens * self.share / tps if tps else 0.0
 
     def steady_tokens_per_s(self) -> float | None:
         """Tokens per training second over all steady steps of this invocation (``None`` if none)."""

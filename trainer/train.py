@@ -56,7 +56,7 @@ from steam_persona.common.console import console, plain_progress, progress, summ
 from steam_persona.common.errors import STOP_SIGNALS, Interrupts, UserError, stop_signals_interrupt
 from steam_persona.common.persona import DEFAULT_SYSTEM
 from steam_persona.trainer.threads import threads_for_load
-from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput
+from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput, forward_share
 
 
 def _bitsandbytes_only(value: str) -> str:
@@ -309,6 +309,17 @@ _RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "trainer_log.j
               "chat_template.jinja", "special_tokens_map.json")
 
 
+#: What a run leaves before its first checkpoint: nothing to keep, so the same command starts over there.
+_LEFTOVERS = ("run_config.yaml", "trainer_log.jsonl")
+
+
+def only_leftovers(out: Path) -> bool:
+    """True when ``out`` holds files and all of them are :data:`_LEFTOVERS` (a run stopped before its first
+    checkpoint); anything else in it (a checkpoint, an adapter, a file of the user's) makes it False."""
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    return bool(names) and names <= set(_LEFTOVERS)
+
+
 def last_checkpoint(out: Path) -> Path | None:
     """The highest ``checkpoint-N`` folder with a complete ``trainer_state.json``, or ``None``."""
     best = None
@@ -353,7 +364,7 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
                         f"another --output_dir; to train longer, {_train_longer(ckpt, finished.get('global_step'))}")
     if ckpt is not None:
         return ckpt
-    if any(out.iterdir()):
+    if any(out.iterdir()) and not only_leftovers(out):
         raise UserError(f"{out}: output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir "
                         "to start over or pick another --output_dir")
     return None
@@ -662,6 +673,20 @@ def _check(cfg: TrainConfig) -> None:
                         "(and keep --eval_strategy steps)")
 
 
+def check_datasets(cfg: TrainConfig) -> None:
+    """Each ``--dataset`` and ``--eval_dataset`` is a registered name or a file that exists: checked before the
+    tokenizer and model load, so a typo in the data costs no model load (a hub download or its retries).
+
+    Raises:
+        UserError: a missing ``--dataset_dir`` registry, an unknown name, or a missing file.
+    """
+    from steam_persona.trainer import data
+
+    for arg, names in (("--dataset", cfg.dataset), ("--eval_dataset", cfg.eval_dataset)):
+        for name in names:
+            data.require_file(data.resolve(name, cfg.dataset_dir, arg))
+
+
 def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] = (),
         resume_hint: bool = True) -> dict[str, Any]:
     """Train a LoRA/QLoRA adapter; resume automatically from the run dir's last checkpoint.
@@ -696,20 +721,35 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     from steam_persona.trainer import distributed
 
     _check(cfg)
-    if config.given(cfg, "flash_attn") and distributed.rank_world()[0] == 0 and not os.environ.get(locking.HELD_ENV):
+    check_datasets(cfg)
+    main = distributed.rank_world()[0] == 0
+    if config.given(cfg, "flash_attn") and main and not os.environ.get(locking.HELD_ENV):
         console.print("[dim]flash_attn: no effect here; training chooses the attention itself (per-sample "
                       "FlashAttention or SDPA, docs/training.md)[/dim]")
-    lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if distributed.rank_world()[0] == 0 \
-        else contextlib.nullcontext()
-    with lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
-        return _run(cfg, callbacks, resume_hint)
+    relaunch = cfg.nproc_per_node > 1 and not distributed.launched()  # its workers say where they stopped
+    recipe = TrainRecipe(cfg, callbacks)
+    # SIGTERM / SIGHUP (a scheduler's stop, a closed terminal) end a run as Ctrl-C does: where it stopped and how
+    # to go on, exit 130; a Ctrl-C that Python dropped (raised inside a finalizer while loading) still stops it
+    # before the next step. Installed before the lock is taken, so a stop at any moment removes the lock. Not
+    # under a launcher: its agent stops the workers with SIGTERM, maybe inside a collective.
+    stop = contextlib.nullcontext(Interrupts()) if distributed.launched() or relaunch else \
+        stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,))
+    lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if main else contextlib.nullcontext()
+    with _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, recipe.where, main and resume_hint and not relaunch), \
+            stop as recipe.interrupts, lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
+        return _run(recipe)
 
 
-def _run(cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...], resume_hint: bool) -> dict[str, Any]:
+def _run(recipe: TrainRecipe) -> dict[str, Any]:
     from steam_persona.trainer import distributed
     from steam_persona.trainer import model as model_lib
 
+    cfg = recipe.cfg
     resume = _resume_point(cfg, Path(cfg.output_dir))
+    if resume is None and not cfg.overwrite_output_dir and only_leftovers(Path(cfg.output_dir)) \
+            and distributed.rank_world()[0] == 0 and not locking.inherited():
+        console.print(f"{cfg.output_dir}: starting over (it holds only {' and '.join(_LEFTOVERS)} of a run stopped "
+                      "before its first checkpoint)", markup=False, highlight=False)
     if resume is not None:
         check_resume_settings(cfg, resume)
         check_resume_data(cfg, resume)
@@ -717,19 +757,10 @@ def _run(cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...], r
         # --nproc_per_node N: check the user's input here (one-line errors, exit 2), then run N copies under torchrun
         prepare_data(cfg, model_lib.load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code))
         return distributed.relaunch(cfg, cfg.nproc_per_node)
-    recipe = TrainRecipe(cfg, callbacks, resume_hint)
-    # SIGTERM / SIGHUP (a scheduler's stop, a closed terminal) end a run as Ctrl-C does: where it stopped and how
-    # to go on, exit 130; a Ctrl-C that Python dropped (raised inside a finalizer while loading) still stops it
-    # before the next step. Not under a launcher: its agent stops the workers with SIGTERM, maybe inside a collective.
-    stop = contextlib.nullcontext(Interrupts()) if distributed.launched() else \
-        stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,))
-    with stop as recipe.interrupts:
-        with _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, None,
-                                       resume_hint and distributed.rank_world()[0] == 0):
-            recipe.setup(resume)
-            recipe.interrupts.check()
-        recipe.train()
-        return recipe.finish()
+    recipe.setup(resume)
+    recipe.interrupts.check()
+    recipe.train()
+    return recipe.finish()
 
 
 class TrainRecipe:
@@ -742,9 +773,8 @@ class TrainRecipe:
     output dir is touched (:meth:`open_run_dir`).
     """
 
-    def __init__(self, cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...] = (),
-                 resume_hint: bool = True) -> None:
-        self.cfg, self.callbacks, self.resume_hint = cfg, callbacks, resume_hint
+    def __init__(self, cfg: TrainConfig, callbacks: tuple[Callable[[int, dict], None], ...] = ()) -> None:
+        self.cfg, self.callbacks = cfg, callbacks
         self.out = Path(cfg.output_dir)
         self.state: dict[str, Any] = {"total_tokens": 0, "elapsed": 0.0}
         self.start = 0
@@ -761,6 +791,7 @@ class TrainRecipe:
         self.threads: int | None = None  # torch CPU threads (setup; None on a GPU)
         self.interrupts = Interrupts()  # the stop signals received (run's stop_signals_interrupt)
         self.speed: Throughput | None = None  # the loop's speed and ETA (train)
+        self.stepping = False  # inside an optimizer step (train)
 
     def setup(self, resume: Path | None) -> None:
         """Every setup part in order; ``resume``: the checkpoint to continue from (:func:`_resume_point`).
@@ -838,6 +869,8 @@ class TrainRecipe:
         import torch
 
         console.print(_data_line(self.enc, self.cfg.cutoff_len))
+        if self.cfg.eval_dataset:
+            console.print(_data_line(self.eval_enc, self.cfg.cutoff_len, "eval dataset"))
         if self.device.startswith("cuda"):
             console.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in self.levers.items()) + "[/dim]")
         if self.device == "cpu" and self.dtype == torch.float32 and _cpu_has_bf16():
@@ -1046,9 +1079,14 @@ class TrainRecipe:
     def evaluates(self, done: int) -> bool:
         """Whether the run evaluates after ``done`` steps: every ``--eval_steps`` (default ``--save_steps``) and
         at the last step, when there are eval samples."""
-        if not self.eval_idx or self.cfg.eval_strategy == "no":
+        if not self.evaluating:
             return False
         return done % (self.cfg.eval_steps or self.cfg.save_steps) == 0 or done == self.total
+
+    @property
+    def evaluating(self) -> bool:
+        """Whether the run has eval samples and evaluates them (``--eval_strategy steps``)."""
+        return bool(self.eval_idx) and self.cfg.eval_strategy != "no"
 
     def save_checkpoint(self, done: int) -> Path:
         """Write ``checkpoint-<done>/`` (adapter, tokenizer, optimizer/scheduler/RNG state unless
@@ -1070,22 +1108,33 @@ class TrainRecipe:
         """Steps ``start .. total-1`` with progress, logs, evals, checkpoints and callbacks (rank 0)."""
         self.compiling = self.levers.get("compile", "").startswith("on")
         warm = COMPILE_WARMUP_STEPS if self.compiling else 1 if self.device.startswith("cuda") else 0
-        self.speed = Throughput(self.total, self.start, warm)
+        eval_tokens = sum(len(self.eval_enc.input_ids[i]) for i in self.eval_idx) if self.evaluating else 0
+        self.speed = Throughput(self.total, self.start, warm, eval_tokens=eval_tokens,
+                                share=forward_share(not self.cfg.disable_gradient_checkpointing))
         self.t0 = self.t_end = time.time()
         if self.main and self.compiling and not console.is_terminal:
             console.print(f"{COMPILING} …", markup=False, highlight=False)
-        with self._progress() as self.prog, _resume_hint_on_interrupt(self.out, self.cfg, self.speed,
-                                                                             self.main and self.resume_hint):
+        with self._progress() as self.prog:
             self.task = self.prog.add_task(COMPILING if self.compiling else "train", total=self.total,
                                            completed=self.start, loss="-", lr="-", tps="-", eta="-") \
                 if self.main else None
             for step in range(self.start, self.total):
                 self.interrupts.check()
                 t_step = time.time()
+                self.stepping = True
                 stats = self.train_step(step)
                 row = self._account(step, stats, t_step)
+                self.stepping = False
                 if self.main:
                     self._after_step(row, stats)
+
+    def where(self) -> str | None:
+        """Where the run is, as the interrupt line says it: ``"in step 3 of 10"``, ``"after step 3 of 10"``, or
+        ``None`` before the loop (loading)."""
+        if self.speed is None:
+            return None
+        done = self.speed.done
+        return f"in step {done + 1} of {self.total}" if self.stepping else f"after step {done} of {self.total}"
 
     def _progress(self) -> Any:
         from rich.progress import TextColumn
@@ -1249,35 +1298,38 @@ def _counts(read: int, dropped: int, truncated: int, cutoff_len: int) -> str:
             "truncated (prompt cut to fit)")
 
 
-def _data_line(enc: Any, cutoff_len: int) -> str:
-    """The dataset line printed before the first step: samples read, dropped, kept and (of those) truncated."""
-    line = "dataset: " + _counts(len(enc) + len(enc.dropped), len(enc.dropped), enc.truncated, cutoff_len)
+def _data_line(enc: Any, cutoff_len: int, label: str = "dataset") -> str:
+    """A dataset's line printed before the first step (``--dataset``'s, ``--eval_dataset``'s as ``label``
+    ``"eval dataset"``): samples read, dropped, kept and (of those) truncated."""
+    line = f"{label}: " + _counts(len(enc) + len(enc.dropped), len(enc.dropped), enc.truncated, cutoff_len)
     return f"[yellow]{line}[/yellow]" if enc.truncated or enc.dropped else line
 
 
 @contextlib.contextmanager
-def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, speed: Throughput | None, main: bool):
+def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, where: Callable[[], str | None], main: bool):
     """On Ctrl-C (KeyboardInterrupt) print, on rank 0, where the run stopped and how to go on, then re-raise.
-    ``speed`` is ``None`` while setting up (loading the data and model), before the first step."""
+    ``where`` says where the run is (:meth:`TrainRecipe.where`): ``None`` while loading, before the first step."""
     try:
         yield
     except KeyboardInterrupt:
         if main:
-            console.print(f"[yellow]{_interrupted_line(out, cfg, speed)}[/yellow]")
+            console.print(f"[yellow]{_interrupted_line(out, cfg, where())}[/yellow]")
         raise
 
 
-def _interrupted_line(out: Path, cfg: TrainConfig, speed: Throughput | None) -> str:
+def _interrupted_line(out: Path, cfg: TrainConfig, at: str | None) -> str:
     ckpt = resumable_checkpoint(out)
-    when = f"after step {speed.done} of {speed.total}" if speed else "while loading, before the first step"
+    when = at or "while loading, before the first step"
+    every = f"one is saved every --save_steps {cfg.save_steps} steps" + (
+        " without --save_only_model" if cfg.save_only_model else "")
     if ckpt:
         how = f"rerun the same command to resume from {ckpt} (step {ckpt.name.split('-')[1]})"
-    elif speed is None and not (out.is_dir() and any(out.iterdir())):
+    elif not (out.is_dir() and any(out.iterdir())):
         how = f"nothing was written to {out}; rerun the same command to start"
+    elif only_leftovers(out):
+        how = f"no checkpoint saved yet ({every}); rerun the same command to start over"
     else:
-        how = (f"no resumable checkpoint yet (one is saved every --save_steps {cfg.save_steps} steps"
-               f"{' without --save_only_model' if cfg.save_only_model else ''}); rerun with "
-               "--overwrite_output_dir to start over")
+        how = f"no resumable checkpoint yet ({every}); rerun with --overwrite_output_dir to start over"
     return f"interrupted {when}: {how}"
 
 
