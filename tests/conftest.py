@@ -46,6 +46,20 @@ def no_network():
     assert not refused, f"network access refused during the test:\n{refused}"
 
 
+@pytest.fixture
+def stop_signals_at_default():
+    """SIGTERM and SIGHUP at their default actions for the test, restored after: a suite started under
+    ``nohup`` inherits SIGHUP ignored, and a stage rightly keeps an ignored signal ignored."""
+    import signal
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig in old:
+        signal.signal(sig, signal.SIG_DFL)
+    yield
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """``../shared`` beside the repo (real data, the Qwen tokenizer, reference docs)."""

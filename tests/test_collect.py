@@ -766,7 +766,7 @@ def test_a_cursor_rejected_within_the_run_is_retried_as_a_hiccup(tmp_path, steam
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_end_the_run_like_ctrl_c(tmp_path, steam, capsys, sig):
+def test_sigterm_and_sighup_end_the_run_like_ctrl_c(tmp_path, steam, capsys, sig, stop_signals_at_default):
     import threading
 
     steam.delay = 0.05

@@ -80,6 +80,7 @@ def test_a_mistyped_local_model_path_fails_at_once_without_a_hub_lookup(tmp_path
     for value in ("runs/a/b", "./typo", "~/no-such-model-dir"):
         with pytest.raises(UserError, match="model folder not found; check --model_name_or_path"):
             resolve_model(value)
+    (tmp_path / "x.json").write_text('[{"instruction": "hi", "output": "yo"}]', encoding="utf-8")
     for stage in (["train", "--dataset", "x.json", "--output_dir", "out"], ["chat"]):
         r = subprocess.run([sys.executable, "-m", "steam_persona", *stage, "--model_name_or_path", "saves/typo-run"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)

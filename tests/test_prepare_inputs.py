@@ -1193,7 +1193,7 @@ def test_a_utf8_file_under_a_legacy_encoding_flag_is_read_as_utf8(tmp_path, caps
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
-def test_sigterm_and_sighup_end_prepare_like_ctrl_c(tmp_path, capsys, monkeypatch, sig):
+def test_sigterm_and_sighup_end_prepare_like_ctrl_c(tmp_path, capsys, monkeypatch, sig, stop_signals_at_default):
     """Trial 25c: SIGTERM killed prepare without a word (rc 143); it now ends as Ctrl-C does, as collect's run."""
     import os
     import signal

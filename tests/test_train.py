@@ -416,7 +416,8 @@ def test_ctrl_c_in_step_1_says_so_and_the_same_command_starts_over(tiny_llama_di
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
-def test_sigterm_and_sighup_stop_a_run_as_ctrl_c_does(tiny_llama_dir, eight, tmp_path, monkeypatch, sig):
+def test_sigterm_and_sighup_stop_a_run_as_ctrl_c_does(tiny_llama_dir, eight, tmp_path, monkeypatch, sig,
+                                                    stop_signals_at_default):
     """A scheduler's SIGTERM (or a closed terminal's SIGHUP) killed train without a word (rc 143): it now says
     where the run stopped and how to resume, as Ctrl-C does, and the signal's own handler comes back after."""
     import io as _io
