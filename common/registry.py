@@ -17,6 +17,9 @@ from steam_persona.common import atomic
 from steam_persona.common.errors import UserError
 
 REGISTRY_FILE = "dataset_info.json"
+#: The alpaca columns prepare's records have, and LLaMA-Factory's defaults (``DatasetAttr``). No ``system`` or
+#: ``history``: LLaMA-Factory's alpaca converter reads a named column from every record (KeyError when absent).
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -100,7 +103,7 @@ def _entry(p: Path, file_name: str, formatting: str = "alpaca", columns: dict[st
         pass
     entry: dict[str, Any] = {"file_name": fp.as_posix(), "formatting": formatting}
     if columns is None and formatting == "alpaca":
-        columns = {"prompt": "instruction", "query": "input", "response": "output", "system": "system", "history": "history"}
+        columns = dict(ALPACA_COLUMNS)
     if columns:
         entry["columns"] = columns
     if tags:

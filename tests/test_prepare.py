@@ -210,6 +210,10 @@ def test_split_register_and_training_loader(tmp_path, seed_dataset):
     entries = json.loads(reg.read_text(encoding="utf-8"))
     assert entries["steam_reviews"]["file_name"] == "steam_sft_train.json"
     assert entries["steam_reviews_val"]["file_name"] == "steam_sft_val.json"
+    # LLaMA-Factory's alpaca converter reads every named column from every record (KeyError when absent)
+    for name, recs in (("steam_reviews", train), ("steam_reviews_val", val)):
+        named = set(entries[name]["columns"].values())
+        assert named == {"instruction", "input", "output"} and all(named <= r.keys() for r in recs)
     convs = data.load_conversations("steam_reviews", tmp_path / "data")  # what `steam-train train` reads
     assert len(convs) == len(train)
     convs_val = data.load_conversations("steam_reviews_val", tmp_path / "data")

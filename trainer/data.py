@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from steam_persona.common import registry
+from steam_persona.common.registry import ALPACA_COLUMNS
 from steam_persona.common.errors import UserError
 from steam_persona.common.textfile import decode, json_msg
 from steam_persona.common.persona import user_message
@@ -42,8 +43,6 @@ from steam_persona.common.persona import user_message
 #: One conversation: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
 Conversation = list[dict[str, str]]
 
-#: LLaMA-Factory's default alpaca columns (``DatasetAttr``): no system or history column unless mapped.
-ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 #: The columns of a file passed directly, without a ``dataset_info.json`` entry.
 FILE_COLUMNS = {"system": "system", "history": "history"}
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
