@@ -15,7 +15,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from steam_persona.common.errors import UserError
 
@@ -97,14 +97,39 @@ def remove_stale(target: str | Path) -> list[Path]:
     """Delete the temp files that a crashed writer of ``target`` left beside it (``.<name>.tmp-<pid>`` of a
     process that no longer runs). Returns the paths removed."""
     target = Path(target)
-    prefix = f".{target.name}.tmp-"
-    if not target.parent.is_dir():
+    return _remove_dead(target.parent, lambda name: name == target.name)
+
+
+def remove_stale_in(folder: str | Path) -> list[Path]:
+    """Delete the temp files and folders that crashed writers left directly in ``folder`` (every
+    ``.<name>.tmp-<pid>`` of a process that no longer runs), for a stage's own output folder whose
+    targets vary from run to run. Returns the paths removed."""
+    return _remove_dead(Path(folder), lambda name: True)
+
+
+_TMP_NAME = re.compile(r"\.(.+)\.tmp-(\d+)")
+
+
+def _remove_dead(folder: Path, wanted: Callable[[str], bool]) -> list[Path]:
+    if not folder.is_dir():
         return []
-    stale = [p for p in target.parent.iterdir() if p.name.startswith(prefix)
-             and p.name[len(prefix):].isdigit() and not _running(int(p.name[len(prefix):]))]
+    stale = sorted(p for p in folder.iterdir() if (m := _TMP_NAME.fullmatch(p.name))
+                   and wanted(m.group(1)) and not _running(int(m.group(2))))
     for p in stale:
         _cleanup(p)
     return stale
+
+
+def note_removed(stale: list[Path]) -> None:
+    """Say in one line which temp files of an interrupted run :func:`remove_stale` / :func:`remove_stale_in`
+    removed (nothing when none)."""
+    from rich.markup import escape
+
+    from steam_persona.common.console import console
+
+    if stale:
+        console.print(f"[yellow]note[/] removed {len(stale)} temp file{'s' if len(stale) > 1 else ''} of an "
+                      f"interrupted run: {escape(', '.join(map(str, stale)))}", soft_wrap=True)
 
 
 def _running(pid: int) -> bool:

@@ -207,6 +207,7 @@ def _run(job: ExportJob, t_start: float) -> dict[str, Any]:
 
     cfg = job.cfg
     job.state = _open_export_dir(job.out, cfg.overwrite)
+    atomic.note_removed(atomic.remove_stale_in(job.out))
     steps = export_steps(job)
     reused = {s.name: s.reusable() for s in steps}
     gguf_todo = [s.name.split("_", 1)[1] for s in steps if s.name.startswith(("convert_", "quantize_"))

@@ -963,10 +963,7 @@ def _check_outputs(cfg: PrepareConfig) -> None:
     if folder is not None:
         raise UserError(f"{folder}: is a folder, where prepare writes a file; move it or pick other --out / --report "
                         "/ --register paths")
-    stale = [p for target in paths for p in atomic.remove_stale(target)]
-    if stale:
-        console.print(f"[yellow]note[/] removed {len(stale)} temp file{'s' if len(stale) > 1 else ''} of an "
-                      f"interrupted run: {escape(', '.join(map(str, stale)))}")
+    atomic.note_removed([p for target in paths for p in atomic.remove_stale(target)])
 
 
 def run(cfg: PrepareConfig) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: A pid above Linux's largest (2**22): no such process, as of a writer that was killed.
+DEAD_PID = 2**22 + 7
 SHARED = Path(os.environ.get("STEAM_PERSONA_SHARED", REPO.parent / "shared")).resolve()
 NETGUARD = Path(__file__).with_name("netguard")
 NETLOG = Path(tempfile.mkdtemp(prefix="steam-persona-netlog-")) / "refused.log"

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from conftest import DEAD_PID
 from steam_persona.export import export
 from steam_persona.common.errors import UserError
 
@@ -254,7 +255,13 @@ def test_interrupted_export_leaves_no_final_file_and_resumes(tiny_run, tmp_path,
     assert sorted(p.name for p in out.iterdir()) == [".steam-export.json", "export_log.jsonl", "merged",
                                                      "tiny-lora-bf16.gguf.unverified"]  # finished steps only
     monkeypatch.setattr(llama_cpp, "llama_model_quantize", real)
+    killed = out / f".tiny-lora-q4_k_m.gguf.unverified.tmp-{DEAD_PID}"  # what a SIGKILL leaves, of any quant type
+    killed.write_bytes(b"GGUF partial")
+    live = out / f".tiny-lora-q8_0.gguf.unverified.tmp-{os.getppid()}"  # another export still writing
+    live.write_bytes(b"GGUF partial")
     report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], no_verify=True)
+    assert not killed.exists() and live.exists()
+    assert f"note removed 1 temp file of an interrupted run: {killed}" in " ".join(capsys.readouterr().err.split())
     assert report["steps"] == {"merge": "reused", "convert_bf16": "reused", "quantize_q8_0": "done"}
     assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-lora-q8_0.gguf"]  # intermediate removed
     assert not (out / "merged").exists() and (out / "generation_config.json").is_file()  # no --keep_merged

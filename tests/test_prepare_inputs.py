@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import DEAD_PID
 from steam_persona.common import config
 from steam_persona.cli import main
 from steam_persona.common.errors import UserError
@@ -1008,7 +1009,7 @@ def test_temp_files_of_a_crashed_run_are_removed(tmp_path, capsys):
     src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
     out = tmp_path / "out"
     out.mkdir()
-    dead = 2**22 + 7  # above Linux's largest pid: no such process
+    dead = DEAD_PID
     crashed = [out / f".train.json.tmp-{dead}", out / f".dataset_info.json.tmp-{dead}"]
     for p in crashed:
         p.write_text("[", encoding="utf-8")
