@@ -1,8 +1,11 @@
 """Atomic writes leave nothing half-written; the registry round-trips LLaMA-Factory entries."""
 
 import json
+import os
 
 import pytest
+
+from conftest import DEAD_PID
 
 from steam_persona.common import atomic
 from steam_persona.common import registry
@@ -16,6 +19,22 @@ def test_atomic_write_failure_leaves_nothing(tmp_path):
             tmp.write_text("partial")
             raise RuntimeError("crash")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_stale_takes_the_temps_of_dead_writers_only(tmp_path):
+    dead_file, dead_dir = tmp_path / f".a.gguf.tmp-{DEAD_PID}", tmp_path / f".checkpoint-2.tmp-{DEAD_PID}"
+    live = tmp_path / f".a.gguf.tmp-{os.getpid()}"
+    others = [tmp_path / ".a.gguf.tmp-x", tmp_path / f"a.tmp-{DEAD_PID}", tmp_path / "a.gguf"]
+    for p in [dead_file, live, *others]:
+        p.write_text("x", encoding="utf-8")
+    dead_dir.mkdir()
+    (dead_dir / "adapter.bin").write_text("x", encoding="utf-8")
+    assert atomic.remove_stale(tmp_path / "b.gguf") == []
+    assert atomic.remove_stale(tmp_path / "a.gguf") == [dead_file]
+    dead_file.write_text("x", encoding="utf-8")
+    assert atomic.remove_stale_in(tmp_path) == [dead_file, dead_dir]
+    assert sorted(tmp_path.iterdir()) == sorted([live, *others])
+    assert atomic.remove_stale_in(tmp_path / "missing") == []
 
 
 def test_registry_round_trip(tmp_path):

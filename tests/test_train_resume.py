@@ -377,3 +377,23 @@ def test_resumed_progress_lines_show_this_runs_elapsed_time(tiny_llama_dir, eigh
     assert [s for s, _ in shown] == ["3", "4"] and all(e.startswith("0:0") for _, e in shown), buf.getvalue()
     rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert rows[-1]["elapsed_time"].startswith("1:00:")  # the log's figure is the whole run's
+
+
+def test_a_run_killed_while_saving_its_first_checkpoint_starts_over_without_its_temp_folder(tiny_llama_dir, eight,
+                                                                                             tmp_path, capsys):
+    """Trial 28 B2: a SIGKILL inside the first checkpoint's save left ``.checkpoint-2.tmp-PID/`` beside the run's
+    leftovers; the rerun refused the folder (no resumable checkpoint) and nothing ever removed the temp folder."""
+    from conftest import DEAD_PID
+
+    out = tmp_path / "run"
+    flags = _flags(tiny_llama_dir, eight, out, max_steps=2, save_steps=2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, flags), callbacks=(lambda step, row: _crash_at_3(step + 2, row),))
+    killed = out / f".checkpoint-2.tmp-{DEAD_PID}"
+    killed.mkdir()
+    (killed / "adapter_model.safetensors").write_bytes(b"partial")
+    capsys.readouterr()
+    assert run(config.build(TrainConfig, flags))["global_step"] == 2
+    assert not killed.exists()
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"note removed 1 temp file of an interrupted run: {killed}" in said and "starting over" in said

@@ -58,6 +58,7 @@ def hf_path(source: ModelSource) -> str:
     enable_transformers_gguf()
     from steam_persona.common.console import console
 
+    atomic.note_removed(atomic.remove_stale_in(target.parent))
     console.print(f"[dim]converting {gguf.name} to an HF checkpoint once (cached in {target})[/dim]")
     with _no_transformers_bars():
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.bfloat16, **source.model_kwargs())

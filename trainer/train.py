@@ -745,6 +745,8 @@ def _run(recipe: TrainRecipe) -> dict[str, Any]:
     from steam_persona.trainer import model as model_lib
 
     cfg = recipe.cfg
+    if distributed.rank_world()[0] == 0 and not locking.inherited():
+        atomic.note_removed(atomic.remove_stale_in(Path(cfg.output_dir)))
     resume = _resume_point(cfg, Path(cfg.output_dir))
     if resume is None and not cfg.overwrite_output_dir and only_leftovers(Path(cfg.output_dir)) \
             and distributed.rank_world()[0] == 0 and not locking.inherited():
