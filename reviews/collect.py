@@ -425,13 +425,8 @@ def log_path(out: Path) -> Path:
     return out.with_suffix(".log.jsonl")
 
 
-def details_path(out: Path) -> Path:
-    """Where ``--with_details`` stores appdetails for ``out``: ``raw/570.jsonl`` → ``raw/570.appdetails.json``."""
-    return out.with_suffix(".appdetails.json")
-
-
 def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -> tuple[str | None, dict[str, str]]:
-    """Fetch appdetails of ``appids`` missing from ``details_path(out)`` (all with ``--overwrite``).
+    """Fetch appdetails of ``appids`` missing from ``cs.details_path(out)`` (all with ``--overwrite``).
     Only ``success: true`` answers are saved, and a saved entry is kept when the new answer fails, so
     a later run asks again for the others. A failed request is a warning: the other apps go on.
 
@@ -441,7 +436,7 @@ def _details(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -
     Raises:
         UserError: the saved appdetails file is unreadable (:func:`_read_details`).
     """
-    path = details_path(out)
+    path = cs.details_path(out)
     have = _read_details(path)
     failed: dict[str, str] = {}
     for appid in appids:
@@ -496,13 +491,13 @@ def _read_details(path: Path) -> dict[str, Any]:
 
 
 def _details_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetcher) -> dict[str, Any]:
-    """``--details_only``: appdetails of ``appids`` into ``details_path(out)``; no reviews."""
+    """``--details_only``: appdetails of ``appids`` into ``cs.details_path(out)``; no reviews."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with cs.locked(out), atomic.JsonlLog(log_path(out)) as log:
         fetch.log = log
         stopped, failed = _details(out, appids, cfg, fetch)
         log.write(event="end", complete=stopped is None, requests=fetch.requests, retries=fetch.retries)
-    return {"file": str(details_path(out)), "complete": stopped is None, "skipped": False, "stopped": stopped,
+    return {"file": str(cs.details_path(out)), "complete": stopped is None, "skipped": False, "stopped": stopped,
             "failed": {}, "details_failed": failed, "apps": {}}
 
 

@@ -19,7 +19,7 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from steam_persona.common import atomic
 from steam_persona.common import lock as locking
@@ -35,17 +35,26 @@ def paths(out: Path) -> tuple[Path, Path, Path]:
     return tuple(out.with_name(out.name + s) for s in (".part", ".state.json", ".lock"))  # type: ignore[return-value]
 
 
-def locked(out: Path) -> contextlib.AbstractContextManager[None]:
-    """Hold ``<out>.lock`` (:func:`steam_persona.common.lock.locked`) while the block writes ``out``.
+def details_path(out: Path) -> Path:
+    """Where ``--with_details`` stores appdetails for ``out``: ``raw/570.jsonl`` → ``raw/570.appdetails.json``."""
+    return out.with_suffix(".appdetails.json")
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold ``<out>.lock`` (:func:`steam_persona.common.lock.locked`) while the block writes ``out``; first
+    remove the temp files that a killed run left beside ``out``'s files (one line names them).
 
     Raises:
         UserError: another live run holds the lock, or ``out``'s folder cannot be written.
     """
-    lock = paths(out)[2]
-    return locking.locked(
-        lock, lambda pid, _: f"{lock}: another collect (pid {pid}) is writing {out}; wait for it to end, "
-                             "or give this run another --out",
-        lambda why: f"{out}: cannot write there ({why}); give --out a writable path")
+    part, state_path, lock = paths(out)
+    with locking.locked(
+            lock, lambda pid, _: f"{lock}: another collect (pid {pid}) is writing {out}; wait for it to end, "
+                                 "or give this run another --out",
+            lambda why: f"{out}: cannot write there ({why}); give --out a writable path"):
+        atomic.note_removed([p for t in (out, part, state_path, details_path(out)) for p in atomic.remove_stale(t)])
+        yield
 
 
 def query_of(cfg: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import DEAD_PID
 from tests.steam_replay import SteamReplay, cursor_for
 from steam_persona.common import config
 from steam_persona.cli import main
@@ -356,6 +357,21 @@ def test_a_complete_file_checks_settings_and_grows_with_max_reviews(tmp_path, st
     assert collect(_cfg(steam, out, max_reviews=120, with_details=True))["complete"]  # only the missing appdetails
     assert [r["path"] for r in steam.requests[n:]] == ["/api/appdetails"]
     assert json.loads((tmp_path / "raw/570980.appdetails.json").read_text())[APP]["success"] is True
+
+
+def test_a_rerun_removes_the_temp_files_a_killed_run_left_beside_its_output(tmp_path, steam, capsys):
+    """Trial 28 B2: the copy of a complete file that a run grows (``.570980.jsonl.part.tmp-PID``) stayed after a kill."""
+    out = tmp_path / "raw/570980.jsonl"
+    collect(_cfg(steam, out, max_reviews=60))
+    killed = tmp_path / f"raw/.570980.jsonl.part.tmp-{DEAD_PID}"
+    live = tmp_path / f"raw/.570980.jsonl.state.json.tmp-{os.getppid()}"
+    other = tmp_path / f"raw/.730.jsonl.part.tmp-{DEAD_PID}"  # another output's: its own rerun removes it
+    for p in (killed, live, other):
+        p.write_text("x", encoding="utf-8")
+    capsys.readouterr()
+    assert collect(_cfg(steam, out, max_reviews=120))["complete"] and len(_lines(out)) == 120
+    assert not killed.exists() and live.exists() and other.exists()
+    assert f"note removed 1 temp file of an interrupted run: {killed}" in " ".join(capsys.readouterr().err.split())
 
 
 def test_appdetails_without_success_are_not_cached_and_are_asked_again(tmp_path, capsys):
