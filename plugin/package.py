@@ -50,6 +50,7 @@ from steam_persona.plugin import sign as plugin_sign
 from steam_persona.common.config import arg
 from steam_persona.common.console import summary_table
 from steam_persona.common.errors import UserError
+from steam_persona.common import atomic
 from steam_persona.common.atomic import atomic_path
 from steam_persona.resources import doc, shipped
 
@@ -493,8 +494,9 @@ def run(cfg: PackageConfig) -> dict[str, Path]:
     out_dir = out_folder(cfg.out)
     result: dict[str, Path] = {}
     rows = []
-    for pkg, files, manifest in staged:
-        path = out_dir / f"{manifest['name']}-{manifest['version']}.difypkg"
+    paths = [out_dir / f"{manifest['name']}-{manifest['version']}.difypkg" for _, _, manifest in staged]
+    atomic.note_removed([p for path in paths for p in atomic.remove_stale(path)])
+    for (pkg, files, manifest), path in zip(staged, paths):
         try:
             write_difypkg(files, path, key)
         except OSError as e:

@@ -455,6 +455,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     torch_threads = threads_for_load(load_start)
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    atomic.note_removed(atomic.remove_stale_in(out))
     atomic.write_json(out / "demo_config.json", config.to_dict(cfg))
     stages = _Stages(out, cfg.force, lambda name: interrupt_hint(cfg, out, name))
     data_stamp: Any = _fingerprint(examples(cfg.language))

@@ -9,6 +9,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
+from conftest import DEAD_PID
 from steam_persona.common import config
 from steam_persona.demo import EXAMPLES, DemoConfig, _Stages, examples, run
 from steam_persona.demo_compare import GOALS, PROMPTS, goals, render_report
@@ -154,7 +155,10 @@ def test_fast_demo_every_stage_and_artefact_then_rerun_reuses(tiny_llama_dir, tm
     with pytest.raises(httpx.TransportError):
         httpx.get(json.loads((out / "reviews.json").read_text(encoding="utf-8"))["endpoint"][:-3] + "/health", timeout=2)
 
+    killed = out / f".demo_summary.json.tmp-{DEAD_PID}"
+    killed.write_text("{", encoding="utf-8")
     again = run(cfg)
+    assert not killed.exists()
     assert all(r["reused"] for r in again.stages.values())
     assert again.summary["reviews"] == s["reviews"] and again.summary["wall_seconds"] < 10
     # the rerun says its stages were reused and what they took when they ran, not only its own second

@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from conftest import DEAD_PID
 from steam_persona.trainer import eval_metrics as m
 
 TRAIN = [
@@ -115,7 +116,11 @@ def test_eval_run_adapter_vs_base_writes_reports(tiny_llama_dir, tmp_path):
     cfg = config.build(EvalConfig, {"adapter_name_or_path": str(run_dir),
                                     "dataset": str(val_file), "num_samples": 3, "max_new_tokens": 6,
                                     "per_device_eval_batch_size": 2, "output_dir": str(tmp_path / "eval")})
+    killed = tmp_path / f"eval/.eval_report.json.tmp-{DEAD_PID}"
+    killed.parent.mkdir()
+    killed.write_text("{", encoding="utf-8")
     res = run(cfg)
+    assert not killed.exists()
     rep = res.report
     out = tmp_path / "eval"
     assert {p.name for p in out.iterdir()} >= {"eval_report.json", "eval_report.md", "length_hist.png"}

@@ -15,6 +15,7 @@ from xml.etree import ElementTree
 from pathlib import Path
 
 import pytest
+from conftest import DEAD_PID
 import yaml
 from click.testing import CliRunner
 
@@ -288,9 +289,14 @@ def test_cli_refuses_versions_the_daemon_refuses(tmp_path, version):
 
 
 def test_cli_writes_both(tmp_path):
+    killed = tmp_path / f".steam_persona-0.1.0.difypkg.tmp-{DEAD_PID}"  # a package run killed while zipping
+    live = tmp_path / f".steam_persona_review-0.1.0.difypkg.tmp-{os.getppid()}"
+    for p in (killed, live):
+        p.write_bytes(b"PK partial")
     result = CliRunner().invoke(cli, ["plugin", "package", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["steam_persona-0.1.0.difypkg",
+    assert f"note removed 1 temp file of an interrupted run: {killed}" in " ".join(result.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "steam_persona-0.1.0.difypkg",
                                                           "steam_persona_review-0.1.0.difypkg"]
 
 

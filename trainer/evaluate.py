@@ -46,6 +46,8 @@ from steam_persona.common.errors import UserError
 from steam_persona.common.run_record import RunRecord
 from steam_persona.trainer.templates import ChatTemplate
 
+#: What eval writes into its output folder.
+REPORT_FILES = ("length_hist.png", "eval_report.json", "eval_report.md")
 #: Goals of the real-input eval report: loss reduction, end-of-turn stop rate, copy rate.
 GOALS = {"loss_reduction": 0.25, "stop_rate": 1.0, "copy_rate": 0.01}
 
@@ -131,9 +133,10 @@ def run(cfg: EvalConfig) -> EvalResult:
 
     report = build_report(cfg, results, gen_convs, index, bool(train_texts), system, cutoff_len, base)
     out.mkdir(parents=True, exist_ok=True)
-    plot_lengths(report, out / "length_hist.png")
-    atomic.write_json(out / "eval_report.json", report)
-    atomic.write_text(out / "eval_report.md", render_markdown(report))
+    atomic.note_removed([p for name in REPORT_FILES for p in atomic.remove_stale(out / name)])
+    plot_lengths(report, out / REPORT_FILES[0])
+    atomic.write_json(out / REPORT_FILES[1], report)
+    atomic.write_text(out / REPORT_FILES[2], render_markdown(report))
     _summary(report, out)
     return EvalResult(report, out)
 
