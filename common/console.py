@@ -21,8 +21,21 @@ from rich.table import Table
 PIPE_WIDTH = 200
 
 
+class _Console(Console):
+    """rich's console, whose output is never written twice: rich writes its buffer and only then clears it, so
+    a Ctrl-C landing in between (right after a line appears, as a script that reacts to it sends it) printed
+    that line again with the next output. A Ctrl-C inside a write drops what is left of it instead."""
+
+    def _check_buffer(self) -> None:
+        try:
+            super()._check_buffer()
+        except KeyboardInterrupt:
+            del self._buffer[:]
+            raise
+
+
 def _make_console() -> Console:
-    c = Console(stderr=True, highlight=False)
+    c = _Console(stderr=True, highlight=False)
     if not c.is_terminal and not os.environ.get("COLUMNS"):
         c.width = PIPE_WIDTH
     return c

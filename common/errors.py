@@ -8,10 +8,11 @@ traceback. Library code never calls ``sys.exit``.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import click
 
@@ -46,6 +47,9 @@ class Interrupts:
         self.received: int | None = None  # the last signal's number
 
     def handler(self, signum: int, frame: object) -> None:
+        """The first stop signal raises ``KeyboardInterrupt``; another one while the stage stops quits at once."""
+        if self.received is not None:
+            quit_at_once(signum, frame)
         self.received = signum
         raise KeyboardInterrupt
 
@@ -53,6 +57,20 @@ class Interrupts:
         """Raise ``KeyboardInterrupt`` if a signal came in the block (whether or not its own raise got through)."""
         if self.received is not None:
             raise KeyboardInterrupt
+
+
+def quit_at_once(signum: int, frame: object = None) -> NoReturn:
+    """A signal handler for a stage that is already stopping (a second Ctrl-C): one line, then exit 128 + the
+    signal's number at once, whatever runs (no clean-up, no traceback), as serve's second Ctrl-C. Atomic
+    writes leave nothing half-written under a final name, and the rerun removes their temp files."""
+    what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 -- quitting whatever happens
+            pass
+    os.write(2, f"forced quit ({what} while stopping); rerun the same command to go on\n".encode())
+    os._exit(128 + signum)
 
 
 @contextlib.contextmanager

@@ -8,10 +8,13 @@ and light commands (collect, prepare, serve) do not pay for importing torch.
 from __future__ import annotations
 
 import importlib
+import signal
+import threading
 
 import click
 
 from steam_persona import __version__
+from steam_persona.common.errors import quit_at_once
 
 # name -> (module, attribute, one-line help). Order = pipeline order in --help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -70,7 +73,10 @@ class LazyGroup(click.Group):
             raise _one_line(e) from None
         except KeyboardInterrupt:
             # Ctrl-C: the stage has said where it stopped (train, export, demo); exit 130, the shell's code for
-            # SIGINT (128 + 2), instead of click's "Aborted!" and exit 1
+            # SIGINT (128 + 2), instead of click's "Aborted!" and exit 1. Another Ctrl-C while the process ends
+            # (its threads joined, its objects freed) quits at once, with no traceback.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, quit_at_once)
             raise click.exceptions.Exit(SIGINT_EXIT) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:

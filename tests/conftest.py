@@ -48,6 +48,17 @@ def no_network():
     assert not refused, f"network access refused during the test:\n{refused}"
 
 
+@pytest.fixture(autouse=True)
+def sigint_handler_restored():
+    """The suite's SIGINT handler back after each test: a command run in-process (``CliRunner``) that ends on
+    Ctrl-C leaves its quit-at-once handler for the rest of the process, as the CLI process it stands for."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
 @pytest.fixture
 def stop_signals_at_default():
     """SIGTERM and SIGHUP at their default actions for the test, restored after: a suite started under

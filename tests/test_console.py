@@ -48,3 +48,29 @@ def test_no_progress_bar_without_a_terminal(monkeypatch):
 
     assert bar_text(False) == ""
     assert "verify q4_k_m" in bar_text(True) and "3/5" in bar_text(True)
+
+
+def test_a_ctrl_c_right_after_a_line_is_written_never_prints_it_again():
+    """Trial 28 S8: train's step line came twice when Ctrl-C landed just after it was written (rich clears its
+    buffer only after the flush), as a script that sends it on seeing the line does."""
+    import io
+
+    import pytest
+
+    from steam_persona.common import console as console_mod
+
+    class Interrupted(io.StringIO):
+        pending = True
+
+        def flush(self):
+            super().flush()
+            if self.pending:  # the line is out; the signal's KeyboardInterrupt comes here
+                self.pending = False
+                raise KeyboardInterrupt
+
+    out = Interrupted()
+    c = console_mod._Console(file=out, width=200)
+    with pytest.raises(KeyboardInterrupt):
+        c.print("train step 3/6  loss 4.0", markup=False)
+    c.print("interrupted after step 3 of 6", markup=False)
+    assert out.getvalue() == "train step 3/6  loss 4.0\ninterrupted after step 3 of 6\n"

@@ -4,6 +4,9 @@ and Ctrl-C's exit status (a tiny random Llama; a few steps)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import pytest
 import yaml
@@ -154,6 +157,52 @@ def test_ctrl_c_exits_130_without_aborted(monkeypatch):
     monkeypatch.setattr(train_mod, "_check", interrupted)
     r = CliRunner().invoke(main, ["train", "--dataset", "d.json"])
     assert r.exit_code == 130 and "Aborted" not in r.output, (r.exit_code, r.output)
+
+
+def test_a_second_ctrl_c_while_the_process_ends_quits_at_once_without_a_traceback(tmp_path):
+    """Trial 28 S8: a second Ctrl-C while train ended (its threads joined at exit) printed "Exception ignored in:
+    <module 'threading'> … KeyboardInterrupt". Here a thread that the exit waits for sends it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import os, signal, threading, time\n"
+            "from steam_persona.cli import main\n"
+            "from steam_persona.trainer import train\n"
+            "def interrupted(cfg):\n"
+            "    threading.Thread(target=lambda: (time.sleep(0.5), os.kill(os.getpid(), signal.SIGINT), time.sleep(30)))"
+            ".start()\n"
+            "    raise KeyboardInterrupt\n"
+            "train._check = interrupted\n"
+            "main(['train', '--dataset', 'd.json'])\n")
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert r.returncode == 130 and time.monotonic() - started < 20, (r.returncode, r.stderr)
+    assert r.stderr == "forced quit (Ctrl-C while stopping); rerun the same command to go on\n", r.stderr
+
+
+def test_a_second_stop_signal_inside_the_stage_quits_at_once(tmp_path):
+    """The second signal lands while the stage is still stopping (inside its stop block)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import os, signal, time\n"
+            "from steam_persona.common.errors import stop_signals_interrupt\n"
+            "with stop_signals_interrupt((signal.SIGINT, signal.SIGTERM)):\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "        time.sleep(5)\n"
+            "    except KeyboardInterrupt:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(30)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert r.returncode == 128 + signal.SIGTERM, (r.returncode, r.stderr)
+    assert r.stderr == "forced quit (SIGTERM while stopping); rerun the same command to go on\n", r.stderr
 
 
 def _log(out) -> list[dict]:
