@@ -62,6 +62,11 @@ def not_negative_finite(value: float | None) -> float | None:
     return value
 
 
+def as_typed(value: float) -> str:
+    """A float flag's value as the user typed it in a message: ``200`` (not ``200.0``), ``0.05``."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 def _val_size(value: float) -> float:
     """``--val_size``: a fraction below 1 or a whole record count (as LLaMA-Factory / ``datasets`` take it)."""
     not_negative_finite(value)

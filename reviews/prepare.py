@@ -51,7 +51,7 @@ from steam_persona.reviews import report as prepare_report
 from steam_persona.common import registry
 from steam_persona.reviews import sources
 from steam_persona.reviews import columns as columns_mod
-from steam_persona.common.arguments import DataArguments
+from steam_persona.common.arguments import DataArguments, as_typed
 from steam_persona.common.config import arg
 from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, status
 from steam_persona.common.errors import UserError, stop_signals_interrupt
@@ -497,7 +497,7 @@ def _check_config(cfg: PrepareConfig) -> None:
         if bad:
             raise UserError(f"{flag}: unknown field {{{bad[0]}}}; use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
     if cfg.val_size < 0 or (cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size)):
-        raise UserError(f"--val_size {cfg.val_size}: give a fraction in (0, 1) or a whole record count")
+        raise UserError(f"--val_size {as_typed(cfg.val_size)}: give a fraction in (0, 1) or a whole record count")
     if cfg.min_chars < 0 or cfg.max_chars < 0 or (cfg.max_chars and cfg.max_chars < cfg.min_chars):
         raise UserError(f"--min_chars {cfg.min_chars} / --max_chars {cfg.max_chars}: need 0 <= min <= max (max 0 = no limit)")
     if cfg.min_words < 0 or cfg.max_words < 0 or (cfg.max_words and cfg.max_words < cfg.min_words):
@@ -560,7 +560,7 @@ def _split(n: int, cfg: PrepareConfig) -> set[int]:
         return set()
     k = int(cfg.val_size) if cfg.val_size >= 1 else max(1, round(n * cfg.val_size))
     if k >= n:
-        raise UserError(f"--val_size {cfg.val_size}: {k} validation records would leave no training data "
+        raise UserError(f"--val_size {as_typed(cfg.val_size)}: {k} validation records would leave no training data "
                         f"({n} records kept); lower it")
     return set(random.Random(cfg.seed).sample(range(n), k))
 

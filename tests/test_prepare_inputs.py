@@ -189,6 +189,16 @@ def test_bad_input_exit_2_one_line_nothing_written(tmp_path, write, args, messag
     assert not (tmp_path / "o").exists()
 
 
+def test_a_val_size_too_large_is_named_as_typed(tmp_path):
+    """Trial 28 S9: ``--val_size 200`` was echoed as ``--val_size 200.0``."""
+    src = _csv(tmp_path / "in.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--language", "all",
+                                  "--val_size", "200"])
+    assert r.exit_code == 2 and "--val_size 200: 200 validation records would leave no training data" in \
+        " ".join(r.output.split()), r.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_big_rule_warning_report_lists_every_rule_that_fired(tmp_path):
     rows = [[t, "Hades"] for t in ZH] + [["Q群 123456789 进群领福利，好玩的游戏都在这里", "Hades"]] * 2 + \
            [["⣿⣿⣿⣿⣿⣿⣿⣿\n这款游戏的音乐和美术风格都让人印象深刻，推荐。", "Hades"],

@@ -276,7 +276,7 @@ def test_eval_dataset_and_load_best_model_at_end(tiny_llama_dir, eight, tmp_path
 
 
 @pytest.mark.parametrize("flags, fix", [
-    ({"eval_dataset": "EVAL", "val_size": 2}, "--eval_dataset and --val_size 2.0 are both set"),
+    ({"eval_dataset": "EVAL", "val_size": 2}, "--eval_dataset and --val_size 2 are both set"),
     ({"load_best_model_at_end": True}, "--load_best_model_at_end needs eval samples: add --eval_dataset FILE"),
     ({"learning_rate": "nan"}, "--learning_rate nan: must be a positive number"),  # was torch's traceback at step 1
     ({"learning_rate": "inf"}, "--learning_rate inf: must be a positive number"),

@@ -50,7 +50,8 @@ from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common import lock as locking
 from steam_persona.common.arguments import (DataArguments, LlamaCppArguments, LoraArguments, ModelArguments,
-                                             QuantizationArguments, TrainingArguments, not_negative_finite)
+                                             QuantizationArguments, TrainingArguments, as_typed,
+                                             not_negative_finite)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
 from steam_persona.common.errors import STOP_SIGNALS, Interrupts, UserError, stop_signals_interrupt
@@ -255,7 +256,7 @@ def split_eval(n: int, val_size: float, seed: int) -> tuple[list[int], list[int]
         return list(range(n)), []
     k = int(val_size) if val_size >= 1 else max(1, round(n * val_size))
     if k >= n:
-        raise UserError(f"--val_size {val_size:g}: leaves no training samples out of {n}; use a smaller value")
+        raise UserError(f"--val_size {as_typed(val_size)}: leaves no training samples out of {n}; use a smaller value")
     order = list(range(n))
     random.Random(seed).shuffle(order)
     return sorted(order[k:]), sorted(order[:k])
@@ -667,7 +668,7 @@ def _check(cfg: TrainConfig) -> None:
         raise UserError(f"--num_train_epochs {cfg.num_train_epochs}: must be a finite number above 0 (or pass "
                         "--max_steps)")
     if cfg.eval_dataset and cfg.val_size:
-        raise UserError(f"--eval_dataset and --val_size {cfg.val_size} are both set; give one source of eval samples")
+        raise UserError(f"--eval_dataset and --val_size {as_typed(cfg.val_size)} are both set; give one source of eval samples")
     if cfg.load_best_model_at_end and (cfg.eval_strategy == "no" or not (cfg.val_size or cfg.eval_dataset)):
         raise UserError("--load_best_model_at_end needs eval samples: add --eval_dataset FILE or --val_size 0.05 "
                         "(and keep --eval_strategy steps)")
