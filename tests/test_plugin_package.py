@@ -311,6 +311,11 @@ def test_cli_writes_both(tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["steam_persona-0.1.0.difypkg",
                                                           "steam_persona_review-0.1.0.difypkg"]
+    # only files a user may have meant to ship are listed as left out, not the packager's own .difyignore
+    assert ".difyignore" not in result.output and "chat: left out" not in result.output
+    assert "tests/test_review_client.py" in result.output
+    assert source_files(shipped("plugin/chat"))[1] == [] and (shipped("plugin/chat") / ".difyignore").is_file()
+    assert source_files(shipped("plugin/review"))[1] == ["tests/test_review_client.py"]
 
 
 # -- the plugins' own tests, run in each packaged plugin's folder ------------------------------------
