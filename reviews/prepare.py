@@ -594,7 +594,7 @@ def _print_table(stats: dict[str, _Stat], read: int, kept: int) -> None:
     for name in RULES:
         st = stats[name]
         if st.removed or st.changed:
-            details = prepare_report.reasons_text(st.reasons, 4)
+            details = prepare_report.reasons_text(st.reasons, 4, name)
             table.add_row(name, f"{st.removed:,}" if st.removed else "", f"{st.changed:,}" if st.changed else "",
                           "", details)
     table.add_row("kept", "", "", f"{kept:,}", "")
