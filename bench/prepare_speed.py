@@ -71,7 +71,8 @@ def real_texts() -> list[str]:
     return texts
 
 
-def synthesize(n: int, out: Path, seed: int = 0) -> None:
+def synthesize(n: int, out: Path, seed: int = 0) -> dict:
+    """Write the input (below) and return its review length: mean characters and UTF-8 bytes, total KB."""
     rng = random.Random(seed)
     texts = real_texts()
     pieces = [s for t in texts for s in re.split(r"(?<=[。！？!?\n])", t) if len(s.strip()) > 3]
@@ -100,6 +101,9 @@ def synthesize(n: int, out: Path, seed: int = 0) -> None:
     details = {a: {"success": True, "data": {"name": f"测试游戏 {a}™", "genres": [{"id": "1", "description": "动作"}]}}
                for a in apps}
     out.with_suffix(".appdetails.json").write_text(json.dumps(details, ensure_ascii=False), encoding="utf-8")
+    utf8 = sum(len(r["review"].encode("utf-8")) for r in rows)
+    return {"review_chars_mean": round(sum(len(r["review"]) for r in rows) / n, 1),
+            "review_utf8_bytes_mean": round(utf8 / n, 1), "review_text_kb": round(utf8 / 1024)}
 
 
 def _cpu() -> float:
@@ -183,12 +187,12 @@ def _best(runs: list[tuple[float, float]]) -> dict:
             "all_cpu_s": [round(c, 2) for _, c in runs]}
 
 
-def measure(n: int, before_refs: list[str], repeat: int) -> tuple[dict, dict, dict]:
+def measure(n: int, before_refs: list[str], repeat: int) -> tuple[dict, dict, dict, dict]:
     """Time each configuration ``repeat`` times, interleaved with the pipelines of ``before_refs``."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "raw/synthetic.jsonl"
         src.parent.mkdir()
-        synthesize(n, src)
+        size = synthesize(n, src)
         off = dict(strip_bbcode=False, strip_html=False, normalize_whitespace=False, drop_spam=False, scrub_pii=False,
                    dedup=False, near_dedup=False, min_chars=0, max_chars=0, min_words=0, max_words=0,
                    strip_page_residue=False, strip_handles=False, strip_art=False, drop_identity_slurs=False,
@@ -208,7 +212,7 @@ def measure(n: int, before_refs: list[str], repeat: int) -> tuple[dict, dict, di
                 w, c, res = timed(flags)
                 times[name].append((w, c))
         rules = per_rule_seconds(configs["every_rule_one_process"])
-    return {k: _best(v) for k, v in times.items() if v}, res, rules
+    return {k: _best(v) for k, v in times.items() if v}, res, rules, size
 
 
 def main() -> None:
@@ -219,12 +223,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="interleaved repetitions (the least-CPU run counts)")
     args = ap.parse_args()
     load = os.getloadavg()[0]
-    runs, res, rules = measure(args.n, args.before, args.repeat)
+    runs, res, rules, size = measure(args.n, args.before, args.repeat)
     load = max(load, os.getloadavg()[0])
     cpu = {k: v["cpu_s"] for k, v in runs.items()}
     result = {
         "date": time.strftime("%Y-%m-%d"), "reviews": args.n, "target_seconds": 10, "repeat": args.repeat,
-        "workers": min(os.cpu_count() or 1, 8), "runs": runs,
+        "workers": min(os.cpu_count() or 1, 8), "input": size, "runs": runs,
+        "every_rule_one_process_cpu_ms_per_kb": round(cpu["every_rule_one_process"] * 1000 / size["review_text_kb"], 3),
         **({"before_refs": args.before,
             "ratio_default_rules_vs_before_cpu": round(cpu["default_rules_one_process"] / cpu[f"before {args.before[0]}"], 2),
             "ratio_every_rule_vs_before_cpu": round(cpu["every_rule_one_process"] / cpu[f"before {args.before[0]}"], 2)}

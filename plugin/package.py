@@ -165,7 +165,7 @@ def _ignore_spec(source: Path) -> pathspec.GitIgnoreSpec:
 def source_files(source: Path) -> tuple[list[str], list[str]]:
     """A plugin folder's files (relative, forward slashes, sorted) as ``(shipped, left_out)``:
     shipped = in :data:`INCLUDE` and not ignored (:func:`_ignore_spec`); left_out = the other
-    files, caches and virtualenvs not listed. A symlinked file counts as the file it points to
+    files, caches, virtualenvs and the folder's own ``.difyignore`` not listed. A symlinked file counts as the file it points to
     (its target's bytes are shipped: the package holds no links).
 
     Raises:
@@ -176,7 +176,7 @@ def source_files(source: Path) -> tuple[list[str], list[str]]:
     shipped, left_out = [], []
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source).as_posix()
-        if path.is_dir() or cache.match_file(rel):
+        if path.is_dir() or cache.match_file(rel) or rel == ".difyignore":
             continue
         if not path.exists():
             raise UserError(f"{path}: a symlink to {os.readlink(path)}, which does not exist; fix or delete the link")

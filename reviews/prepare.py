@@ -594,7 +594,7 @@ def _print_table(stats: dict[str, _Stat], read: int, kept: int) -> None:
     for name in RULES:
         st = stats[name]
         if st.removed or st.changed:
-            details = prepare_report.reasons_text(st.reasons, 4)
+            details = prepare_report.reasons_text(st.reasons, 4, name)
             table.add_row(name, f"{st.removed:,}" if st.removed else "", f"{st.changed:,}" if st.changed else "",
                           "", details)
     table.add_row("kept", "", "", f"{kept:,}", "")
@@ -806,6 +806,10 @@ def _per_record_results(reviews: list[Review], rules: _Rules, workers: int) -> I
         _WORKER = None
 
 
+#: the plain progress line's count: records through ``exact_duplicate``, before the near-duplicate pass.
+_PASSED = "passed the rules up to exact_duplicate"
+
+
 def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[list[Review], list[str]]:
     """Run the rules with a progress bar; (kept, their dedup keys).
     The per-record rules run in ``workers`` processes; exact duplicates are found in this one, in
@@ -824,7 +828,7 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
             bar.update(task, completed=done)
             if time.monotonic() - shown_at >= PLAIN_EVERY_S:  # without a terminal no bar is shown
                 shown_at = time.monotonic()
-                plain_progress("cleaning", done, len(reviews), {"kept": f"{len(kept):,}"})
+                plain_progress("cleaning", done, len(reviews), {_PASSED: f"{len(kept):,}"})
             if done < len(reviews):
                 _warn_big_rules(rules.stats, done, rules.warned, so_far=True)
     return kept, keys

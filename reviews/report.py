@@ -27,15 +27,21 @@ def png_path(md_path: Path) -> Path:
     return md_path.with_name(md_path.stem.replace("_report", "") + "_lengths.png")
 
 
-def reasons_text(reasons: dict[str, int], top: int) -> str:
-    """``"email 3, link 2, 2 more 2"``: the ``top`` most frequent reasons (all of them when only one
-    more) and what the rest add up to, so that the counts shown always sum to the reasons' total."""
+#: what a rule's reasons are and what their counts count, for the "N more …" tail of :func:`reasons_text`
+_REST = {"unknown_game": ("apps", " reviews"), "max_per_game": ("games", " reviews")}
+
+
+def reasons_text(reasons: dict[str, int], top: int, rule: str = "") -> str:
+    """``"email 3, link 2, 2 more reasons: 2"`` (``rule`` unknown_game: ``"app 4000 3, 52 more apps: 56 reviews"``):
+    the ``top`` most frequent reasons (all of them when only one more) and what the rest add up to, so that
+    the counts shown always sum to the reasons' total."""
     ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
     if len(ranked) == top + 1:
         top += 1  # "1 more 1" says less than the reason itself
     shown = [f"{k} {v}" for k, v in ranked[:top]]
     rest = ranked[top:]
-    return ", ".join(shown + ([f"{len(rest)} more {sum(v for _, v in rest)}"] if rest else []))
+    what, unit = _REST.get(rule, ("reasons", ""))
+    return ", ".join(shown + ([f"{len(rest)} more {what}: {sum(v for _, v in rest)}{unit}"] if rest else []))
 
 
 def _cell(text: str) -> str:
@@ -63,7 +69,7 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
     for name, st in report["rules"].items():
         if not (st["removed"] or st["changed"]):
             continue
-        reasons = reasons_text(st["reasons"], 6)
+        reasons = reasons_text(st["reasons"], 6, name)
         examples = "<br>".join(f"{_cell(e['text'])}" + (f" *({_cell(e['reason'])})*" if e.get("reason") else "")
                                for e in st["examples"][:2])
         out.append(f"| {name} | {st['removed'] or ''} | {st['changed'] or ''} | {_cell(reasons)} | `{st['flag']}` | {examples} |")

@@ -479,8 +479,11 @@ def _parse_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     would also split at U+0085, U+2028 and U+2029, which JSON allows raw inside a review's text.
 
     Raises:
-        UserError: the first line that is not JSON, with its number and column.
+        UserError: after the last line, every line that is not JSON (:func:`_bad_lines_error`); at once,
+            NUL bytes (a file cut short).
     """
+    bad: list[tuple[int, json.JSONDecodeError]] = []
+    count = 0
     for n, line in enumerate(_lines(text), 1):
         line = line.strip().lstrip("\ufeff").removesuffix(",").rstrip()  # a BOM inside: files joined by cat
         if not line:
@@ -491,8 +494,29 @@ def _parse_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
             if line[e.pos:e.pos + 1] == "\x00":  # a crash or a full disk zero-fills a file's last block
                 raise UserError(f"{path}: line {n}: NUL bytes from column {e.colno} (the file was cut short by a crash "
                                 "or a full disk); delete them, and the torn record before them if any") from None
-            raise UserError(f"{path}: line {n}: invalid JSON at column {e.colno} ({json_msg(e)}); fix or delete the line") from None
+            count += 1
+            if len(bad) < _BAD_LINES_NAMED:
+                bad.append((n, e))
+            continue
         yield n, value
+    if bad:
+        raise _bad_lines_error(path, bad, count)
+
+
+#: how many broken JSON lines one error names by number (the rest are counted).
+_BAD_LINES_NAMED = 5
+
+
+def _bad_lines_error(path: Path, bad: list[tuple[int, json.JSONDecodeError]], count: int) -> UserError:
+    """One line naming the broken JSON lines: the first's column and reason, the first
+    :data:`_BAD_LINES_NAMED` numbers and, when there are more, how many in all."""
+    (first, e), numbers = bad[0], [str(n) for n, _ in bad]
+    if count == 1:
+        return UserError(f"{path}: line {first}: invalid JSON at column {e.colno} ({json_msg(e)}); fix or delete the line")
+    named = (f"{', '.join(numbers[:-1])} and {numbers[-1]}" if count == len(bad)
+             else f"{', '.join(numbers)} and {count - len(bad):,} more")
+    return UserError(f"{path}: lines {named} ({count:,} lines): invalid JSON (line {first} at column {e.colno}:"
+                     f" {json_msg(e)}); fix or delete them")
 
 
 def _appid_from_name(path: Path) -> str | None:

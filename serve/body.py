@@ -71,6 +71,17 @@ async def _receive(receive: Receive, limit: int, inflate: Any, too_large: Reques
     return b"".join(chunks)
 
 
+def declared_charset(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The ``charset`` parameter of the request's ``Content-Type`` (``"latin-1"``), lower-cased, or ``None``."""
+    for name, value in headers:
+        if name == b"content-type":
+            for param in value.decode("latin-1").split(";")[1:]:
+                key, _, charset = param.partition("=")
+                if key.strip().lower() == "charset" and charset.strip().strip('"'):
+                    return charset.strip().strip('"').lower()
+    return None
+
+
 def _inflater(headers: list[tuple[bytes, bytes]]) -> Any:
     """A zlib decompressor for the body's ``Content-Encoding``, or ``None`` for none / identity."""
     codings = [c.strip().lower() for name, value in headers if name == b"content-encoding"

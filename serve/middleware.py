@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 from pydantic import ValidationError
 
 from steam_persona.serve import auth
-from steam_persona.serve.body import read_body
+from steam_persona.serve.body import declared_charset, read_body
 from steam_persona.serve.chat_handler import INCLUDE_USAGE, SEEDED
 from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error, invalid_type, shutting_down
 from steam_persona.serve.grammar import SchemaError
@@ -117,7 +117,8 @@ class SteamMiddleware:
                 return await self.app(scope, receive, send)
             raw = await read_body(receive, scope["headers"], self.max_request_bytes, self.read_timeout)
             # parsing, checking and counting a body of up to --max_request_bytes: one job off the loop
-            data, include_usage, state[BODY], n_prompt = await self.served.check(self._prepare, scope["path"], raw)
+            data, include_usage, state[BODY], n_prompt = await self.served.check(self._prepare, scope["path"], raw,
+                                                                                 declared_charset(scope["headers"]))
             include_usage = await self._check_generation(scope["path"], data, include_usage, n_prompt, state)
         except RequestError as err:
             state["error_code"] = err.code
@@ -161,14 +162,15 @@ class SteamMiddleware:
                 raise RequestError("Incorrect API key provided; send it as 'Authorization: Bearer KEY'",
                                    status=401, code="invalid_api_key")
 
-    def _rewrite(self, path: str, raw: bytes) -> tuple[dict[str, Any], Any]:
-        """Parse, check and rewrite a request body for ``path``; return ``(data, include_usage)``.
+    def _rewrite(self, path: str, raw: bytes, charset: str | None = None) -> tuple[dict[str, Any], Any]:
+        """Parse (``charset``: the declared one, for the message when it does not decode), check and
+        rewrite a request body for ``path``; return ``(data, include_usage)``.
 
         Raises:
             RequestError: the 4xx to answer.
         """
         # null means "not set" (OpenAI's clients send it so); the library would pass some on (a None penalty: 500)
-        parsed = parse_json(raw)
+        parsed = parse_json(raw, charset)
         data = {k: v for k, v in parsed.items() if v is not None}
         if path == "/v1/embeddings":
             raise RequestError("Embeddings are not served: this is a chat model, loaded without embedding support",
@@ -215,13 +217,13 @@ class SteamMiddleware:
         model.messages = data["messages"]
         return model
 
-    def _prepare(self, path: str, raw: bytes) -> tuple[dict[str, Any], Any, Any, int | None]:
+    def _prepare(self, path: str, raw: bytes, charset: str | None = None) -> tuple[dict[str, Any], Any, Any, int | None]:
         """``(data, include_usage, request model, prompt tokens or None)`` for a body (checks thread).
 
         Raises:
             RequestError: the 4xx to answer.
         """
-        data, include_usage = self._rewrite(path, raw)
+        data, include_usage = self._rewrite(path, raw, charset)
         model = self._validate(path, data)
         if path == _CHAT:
             self._structured_output(model)

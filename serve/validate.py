@@ -10,6 +10,7 @@ or kill the process; a list ``prompt`` of several strings fails an ``assert``.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import re
@@ -51,8 +52,13 @@ MAX_STOP_CHARS = 1024
 _MAX_ROOT_REFS = 32
 
 
-def parse_json(body: bytes) -> dict[str, Any]:
-    """Parse a request body as a JSON object.
+def parse_json(body: bytes, charset: str | None = None) -> dict[str, Any]:
+    """Parse a request body as a JSON object (UTF-8, or UTF-16/32 told by its first bytes, as RFC 8259 reads it).
+
+    Args:
+        body: the request body.
+        charset: the ``charset`` its ``Content-Type`` declares, named by the message when the body
+            does not decode and that charset is none of UTF-8/16/32 (:func:`_charset_advice`).
 
     Raises:
         RequestError: 400 ``invalid_json`` for bad JSON, ``NaN``/``Infinity`` (not JSON, but
@@ -65,7 +71,10 @@ def parse_json(body: bytes) -> dict[str, Any]:
         data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_short_int)
     except RequestError:
         raise
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    except UnicodeDecodeError as e:
+        raise RequestError(f"The request body is not valid JSON ({e}); {_charset_advice(charset)}",
+                           code="invalid_json") from None
+    except ValueError as e:  # JSONDecodeError
         raise RequestError(f"The request body is not valid JSON ({e}); send a JSON object", code="invalid_json") from None
     except RecursionError:
         raise RequestError("The request body is nested too deeply; send a flat JSON object", code="invalid_json") from None
@@ -77,6 +86,15 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise RequestError("The request holds a lone UTF-16 surrogate (e.g. \\ud800 without its pair); "
                            "send valid Unicode text", code="invalid_json") from None
     return data
+
+
+def _charset_advice(charset: str | None) -> str:
+    """What to do about a body that does not decode: send UTF-8, naming a declared charset the server does not read."""
+    try:
+        utf = charset is None or codecs.lookup(charset).name.startswith(("utf-8", "utf-16", "utf-32"))
+    except LookupError:
+        utf = False
+    return "send a JSON object in UTF-8" if utf else f"send it in UTF-8 (charset={charset[:40]} is not supported)"
 
 
 def _no_constant(name: str) -> Any:

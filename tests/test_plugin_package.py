@@ -116,6 +116,25 @@ def test_chat_is_model_provider_and_review_is_tool(built):
     assert {"tags", "extra_instructions"} <= set(params)
 
 
+def _endpoint_help(key: str) -> dict[str, str]:
+    files = _staged(key)
+    if key == "chat":
+        provider = yaml.safe_load(files["provider/steam_persona.yaml"])
+        forms = provider["model_credential_schema"]["credential_form_schemas"]
+        return next(f for f in forms if f["variable"] == "endpoint_url")["help"]
+    return yaml.safe_load(files["provider/steam_review.yaml"])["credentials_for_provider"]["endpoint_url"]["help"]
+
+
+@pytest.mark.parametrize("key", ["chat", "review"])
+def test_endpoint_url_help_names_query_string_and_proxy_basic_auth(key):
+    """The form's help says a query string goes on every request and ``user:pass@`` is a proxy's basic auth."""
+    help_ = _endpoint_help(key)
+    assert "query string goes on every request" in help_["en_US"]
+    assert "user:pass@" in help_["en_US"] and "reverse proxy" in help_["en_US"]
+    assert "steam-train serve itself takes only the API key, as a Bearer token" in help_["en_US"]
+    assert "查询字符串" in help_["zh_Hans"] and "反向代理" in help_["zh_Hans"] and "Bearer" in help_["zh_Hans"]
+
+
 @pytest.mark.parametrize("key", ["chat", "review"])
 def test_shipped_manifest_names_docs_by_url(key):
     """A docs page named in a packaged manifest's comments is a link, not a path the package does not hold."""
@@ -298,6 +317,11 @@ def test_cli_writes_both(tmp_path):
     assert f"note removed 1 temp file of an interrupted run: {killed}" in " ".join(result.output.split())
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "steam_persona-0.1.0.difypkg",
                                                           "steam_persona_review-0.1.0.difypkg"]
+    # only files a user may have meant to ship are listed as left out, not the packager's own .difyignore
+    assert ".difyignore" not in result.output and "chat: left out" not in result.output
+    assert "tests/test_review_client.py" in result.output
+    assert source_files(shipped("plugin/chat"))[1] == [] and (shipped("plugin/chat") / ".difyignore").is_file()
+    assert source_files(shipped("plugin/review"))[1] == ["tests/test_review_client.py"]
 
 
 # -- the plugins' own tests, run in each packaged plugin's folder ------------------------------------

@@ -300,6 +300,19 @@ def test_a_query_string_in_the_endpoint_url_reaches_every_request(chat, review, 
     assert all(r["path"].endswith(f"?{query}") for r in seen), seen
 
 
+def test_a_key_in_the_endpoint_urls_query_gets_the_servers_own_reason(chat, review, server):
+    """steam-train serve refuses ``?key=`` (401) whatever key is sent; the plugins say why, not only "the key"."""
+    url = f"{server}/v1?key=SECRET"
+    saved = chat.request({**CHAT, "action": "validate_model_credentials",
+                          "credentials": chat_creds(server, endpoint_url=url)})
+    tool = review.request({**REVIEW, "action": "validate_tool_credentials",
+                           "credentials": review_creds(server, endpoint_url=url)})
+    for e in (saved, tool):
+        assert "rejected the API key (HTTP 401): API keys are never taken from the query string" in e.error["message"]
+        assert "send it as 'Authorization: Bearer KEY'; use the key the server was started with" in e.error["message"]
+        assert "SECRET" not in e.error["message"]
+
+
 def test_an_api_key_with_a_password_in_the_url_is_refused_before_any_request(chat, review, server):
     """Both would be the one Authorization header (Bearer, Basic): the key goes, or the URL's login does."""
     with recording_proxy(server) as (proxy, seen):

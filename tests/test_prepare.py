@@ -378,7 +378,12 @@ def test_reasons_text_sums_to_the_total():
     from steam_persona.reviews import report
     reasons = {"gamer_id": 1, "email": 3, "link": 1, "id_number": 1, "steam_id": 1}
     assert report.reasons_text(reasons, 4) == "email 3, gamer_id 1, link 1, id_number 1, steam_id 1"
-    assert report.reasons_text({**reasons, "phone_number": 2}, 4) == "email 3, phone_number 2, gamer_id 1, link 1, 2 more 2"
+    assert report.reasons_text({**reasons, "phone_number": 2}, 4) == \
+        "email 3, phone_number 2, gamer_id 1, link 1, 2 more reasons: 2"
+    apps = {"app 4000": 3, **{f"app {n}": 1 for n in range(100, 152)}, "app 99": 4}
+    assert report.reasons_text(apps, 2, "unknown_game") == "app 99 4, app 4000 3, 52 more apps: 52 reviews"
+    games = {"Hades": 1500, **{f"game {n}": 1000 for n in range(3)}}
+    assert report.reasons_text(games, 1, "max_per_game") == "Hades 1500, 3 more games: 3000 reviews"
     assert report.reasons_text({}, 4) == ""
 
 

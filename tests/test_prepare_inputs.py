@@ -880,6 +880,29 @@ def test_an_unterminated_string_in_json_lines_is_named_once_with_its_column(tmp_
         sources.read(src)
 
 
+def test_every_broken_json_line_is_named_in_the_one_error(tmp_path):
+    """A scrape with several torn lines needs one run to find them all, not one run per line."""
+    good = '{"review": "Fine game", "appid": 1}'
+    lines = [good] * 45
+    for n in (8, 33, 41):
+        lines[n - 1] = '{"review": "torn'
+    lines[20] = ""
+    src = _raw(tmp_path / "in.jsonl", "\n".join(lines) + "\n")
+    out = tmp_path / "o/t.json"
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(out), "--language", "all"])
+    assert r.exit_code == 2 and not out.parent.exists()
+    assert r.output.strip().splitlines() == [
+        f"Error: {src}: lines 8, 33 and 41 (3 lines): invalid JSON (line 8 at column 12: Unterminated string"
+        " starting there); fix or delete them"]
+    for n in range(2, 12):
+        lines[n] = "garbage"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == (f"{src}: lines 3, 4, 5, 6, 7 and 7 more (12 lines): invalid JSON (line 3 at column 1:"
+                            " Expecting value); fix or delete them")
+
+
 def test_copies_across_input_files_are_told_apart_from_copies_within_a_file(tmp_path):
     """The same reviews given in several files: the warning says so instead of advising --dedup False."""
     rows = [["Hades", t] for t in EN]
@@ -1065,7 +1088,9 @@ def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
     _run(tmp_path, [src], language=["all"])
     err = capsys.readouterr().err
     assert f"reading {src} (0 MiB) …" in err
-    assert "cleaning 2/4  kept 2" in err and "cleaning 4/4  kept 4" in err
+    passed = "passed the rules up to exact_duplicate"  # near_duplicate and the rest come after: not what is kept
+    assert f"cleaning 2/4  {passed} 2" in err and f"cleaning 4/4  {passed} 4" in err
+    assert not [line for line in err.splitlines() if line.startswith("cleaning") and "kept" in line]
 
 
 def test_a_folder_with_empty_files_and_a_workbook_reads_the_rest(tmp_path, capsys):

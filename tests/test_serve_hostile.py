@@ -821,6 +821,21 @@ def test_assistant_tool_calls_that_are_not_calls_get_400(client):
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 1, ok.text
 
 
+def test_a_body_in_a_declared_charset_other_than_utf_is_told_to_send_utf8(client):
+    body = '{"messages": [{"role": "user", "content": "café"}], "max_tokens": 1}'
+    for charset in ("latin-1", '"ISO-8859-1"', "x-nonesuch"):
+        r = client.post(CHAT, content=body.encode("latin-1"),
+                        headers={"Content-Type": f"application/json; charset={charset}"})
+        err = _error(r, 400, "invalid_json")
+        assert err["message"].startswith("The request body is not valid JSON ('utf-8' codec can't decode byte 0xe9")
+        assert err["message"].endswith(f"; send it in UTF-8 (charset={charset.strip(chr(34)).lower()} is not supported)")
+    undeclared = _error(client.post(CHAT, content=body.encode("latin-1")), 400, "invalid_json")
+    assert undeclared["message"].endswith("; send a JSON object in UTF-8")
+    for charset, codec in (("utf-16", "utf-16"), ("latin-1", "utf-8")):  # UTF-16 read; a UTF-8 body is read whatever it declares
+        r = client.post(CHAT, content=body.encode(codec), headers={"Content-Type": f"application/json; charset={charset}"})
+        assert r.status_code == 200, r.text
+
+
 def test_a_key_in_the_url_is_refused_and_never_logged(client, request_log):
     r = client.get("/v1/models", params={"api_key": "url-secret-93"})
     err = _error(r, 401, "invalid_api_key")

@@ -215,6 +215,20 @@ def test_parse_json_refuses_what_llama_cpp_cannot_take(body, fragment):
     assert fragment in e.value.message and e.value.status == 400 and e.value.code == "invalid_json"
 
 
+def test_parse_json_names_a_declared_charset_it_does_not_read():
+    from steam_persona.serve.body import declared_charset
+
+    headers = [(b"content-type", b'application/json; foo=1; Charset="Windows-1252"')]
+    assert declared_charset(headers) == "windows-1252" and declared_charset([(b"content-type", b"text/plain")]) is None
+    with pytest.raises(RequestError) as e:
+        parse_json('{"a": "é"}'.encode("cp1252"), declared_charset(headers))
+    assert e.value.message.endswith("; send it in UTF-8 (charset=windows-1252 is not supported)")
+    for charset in (None, "utf8", "UTF-16LE"):
+        with pytest.raises(RequestError) as e:
+            parse_json(b'{"a": "\xe9"}', charset)
+        assert e.value.message.endswith("; send a JSON object in UTF-8"), charset
+
+
 def test_check_generation_normalises_limits_and_refuses_the_unsupported():
     data = {"max_completion_tokens": 50, "max_tokens": 80, "seed": 2**40 + 7}
     check_generation(data, chat=True, n_vocab=100, max_tokens_cap=64)

@@ -274,12 +274,26 @@ def server_message(body: str) -> str:
     return text[:500] + ("…" if len(text) > 500 else "")
 
 
+def openai_error_message(body: str) -> str | None:
+    """The ``message`` of an OpenAI-shaped error body (``{"error": {"message": ...}}``), one line; else ``None``."""
+    try:
+        data = json.loads(body)
+    except (ValueError, TypeError):
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    message = err.get("message") if isinstance(err, dict) else None
+    return server_message(body) if isinstance(message, str) and message.strip() else None
+
+
 def error_for_status(status: int, body: str, url: str) -> ServerError:
-    """Map an HTTP error status to a :class:`ServerError` with a one-line, actionable message."""
+    """Map an HTTP error status to a :class:`ServerError` with a one-line, actionable message; a
+    rejected key's message relays the server's own words when it sent an OpenAI-shaped error."""
     msg = server_message(body) or "an empty body"
     if status == 401 or (status == 403 and _KEY_WORDS.search(msg)):
-        return ServerError(f"the server at {url} rejected the API key (HTTP {status}); use the key the server"
-                           f" was started with (steam-train serve --api_key), or none if it has none", "auth", status)
+        said = openai_error_message(body)
+        return ServerError(f"the server at {url} rejected the API key (HTTP {status})"
+                           + (f": {said}" if said else "") + "; use the key the server was started with"
+                           " (steam-train serve --api_key), or none if it has none", "auth", status)
     if status == 403:
         return ServerError(f"{url} refused access (HTTP 403): {msg}; a proxy, firewall or IP allowlist between"
                            f" Dify and the server may block it", "auth", status)

@@ -106,6 +106,20 @@ def test_a_password_in_the_url_never_reaches_a_message():
     assert "s3cret" not in str(bad.value)
 
 
+def test_a_rejected_key_relays_the_servers_openai_shaped_message():
+    body = ('{"error": {"message": "API keys are never taken from the query string (URLs end up in logs and browser'
+            ' history); this server checks no key, so send none", "type": "invalid_request_error", "param": null,'
+            ' "code": "invalid_api_key"}}')
+    assert str(sc.error_for_status(401, body, "http://h:8000/v1/models?key=SECRET")) == (
+        "the server at http://h:8000/v1/models?key=*** rejected the API key (HTTP 401): API keys are never taken"
+        " from the query string (URLs end up in logs and browser history); this server checks no key, so send none;"
+        " use the key the server was started with (steam-train serve --api_key), or none if it has none")
+    for other in ('{"detail": "Invalid API key"}', "Unauthorized", "", '{"error": {"message": ""}}'):
+        assert str(sc.error_for_status(401, other, "u")) == (
+            "the server at u rejected the API key (HTTP 401); use the key the server was started with"
+            " (steam-train serve --api_key), or none if it has none")
+
+
 NGINX_502 = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
              "</center>\r\n<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n"
              + "<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n" * 6)
