@@ -13,6 +13,7 @@ that the cleaning rules can remove the author's own name from the text.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -61,6 +62,7 @@ _LOOKUP = {_norm(a): f for f, names in ALIASES.items() for a in names}
 _UNIT = re.compile(r"^(?P<base>.+?)[(（\[]?(?:(?P<min>minutes?|mins?|分钟)|hours?|hrs?|h|小时)[)）\]]?$")
 
 
+@functools.lru_cache(maxsize=4096)  # called for every key of every record; a file repeats a few headers
 def field_of(header: str) -> str | None:
     """Our field for a header by :data:`ALIASES` (``"Content"`` → ``"review"``), else ``None``. A
     playtime header with a unit (``Playtime (hours)``, ``playtime_mins``, ``游戏时长(分钟)``) is

@@ -235,7 +235,8 @@ def strip_promo_footer(text: str) -> str:
 def _self_promo(line: str) -> bool:
     """Whether one line promotes the writer: a ``stream_promo`` match, their other reviews, or Steam
     curator/group links only (``url`` for a shop's link is an advert)."""
-    links = (m.group(0) for m in PII_PATTERNS["link"].finditer(matching_view(line)[0]))
+    view = matching_view(line)[0]
+    links = (m.group(0) for m in PII_PATTERNS["link"].finditer(view)) if PII_HINTS["link"](view.lower()) else ()
     if any(not STEAM_URL.match(u) and advert_link(u) for u in links):
         return False
     reason = spam_reason(line)
