@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -446,3 +447,36 @@ def test_a_run_killed_while_saving_its_first_checkpoint_starts_over_without_its_
     assert not killed.exists()
     said = " ".join(capsys.readouterr().err.split())
     assert f"note removed 1 temp file of an interrupted run: {killed}" in said and "starting over" in said
+
+
+def test_a_final_save_killed_leaves_no_hidden_folder_after_the_rerun(tiny_llama_dir, eight, tmp_path, capsys):
+    """Trial 29 N1: a kill inside the final adapter's save left ``.save-XXXXXXXX/`` (tempfile's name) in the run
+    folder, which no rerun removed; the save's temp folder is now ``.save.tmp-PID``, which the rerun removes."""
+    from conftest import DEAD_PID
+
+    out = tmp_path / "run"
+    killed = out / f".save.tmp-{DEAD_PID}"
+    killed.mkdir(parents=True)
+    (killed / "adapter_model.safetensors").write_bytes(b"partial")
+    assert run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out, max_steps=2, save_steps=2)))["global_step"] == 2
+    assert not killed.exists() and not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert f"note removed 1 temp file of an interrupted run: {killed}" in " ".join(capsys.readouterr().err.split())
+
+
+def test_the_adapter_save_writes_into_a_temp_folder_a_rerun_can_remove(tmp_path):
+    """The final save's temp folder is named as common.atomic names temps, so remove_stale_in finds one that a
+    killed save left (tempfile's ``.save-XXXXXXXX`` was never found)."""
+    from steam_persona.common import atomic
+    from steam_persona.trainer import train as train_mod
+
+    seen = []
+
+    class Model:
+        def save_pretrained(self, folder):
+            seen.append(Path(folder).name)
+            (Path(folder) / "adapter_model.safetensors").write_bytes(b"w")
+
+    train_mod._save_adapter_and_tokenizer(Model(), None, tmp_path)
+    assert seen == [f".save.tmp-{os.getpid()}"] and (tmp_path / "adapter_model.safetensors").read_bytes() == b"w"
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter_model.safetensors"]
+    assert atomic._TMP_NAME.fullmatch(seen[0])

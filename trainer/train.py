@@ -553,17 +553,22 @@ def check_free_space(out: Path, need: int) -> None:
 def _save_adapter_and_tokenizer(model: Any, tokenizer: Any, target: Path) -> None:
     """Save the PEFT adapter (+ tokenizer) into ``target``: written into a temp folder inside it, then each
     file renamed into place, with plain modes; the temp folder is removed (also on error), so files already
-    in ``target`` stay whole when a write fails (:func:`run` says why in one line)."""
-    import tempfile
-
+    in ``target`` stay whole when a write fails (:func:`run` says why in one line). The temp folder is named as
+    :mod:`steam_persona.common.atomic` names its temps (``.save.tmp-<pid>``), so a rerun removes one that a killed
+    run left (:func:`~steam_persona.common.atomic.remove_stale_in`)."""
     target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".save-", dir=target) as tmp:
+    tmp = target / f".save.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         atomic.plain_modes(tmp)
-        for f in Path(tmp).iterdir():
+        for f in tmp.iterdir():
             os.replace(f, target / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _save_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, optimizer: Any, scheduler: Any,
@@ -683,9 +688,9 @@ def check_datasets(cfg: TrainConfig) -> None:
     """
     from steam_persona.trainer import data
 
-    for arg, names in (("--dataset", cfg.dataset), ("--eval_dataset", cfg.eval_dataset)):
+    for flag, names in (("--dataset", cfg.dataset), ("--eval_dataset", cfg.eval_dataset)):
         for name in names:
-            data.require_file(data.resolve(name, cfg.dataset_dir, arg))
+            data.require_file(data.resolve(name, cfg.dataset_dir, flag))
 
 
 def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] = (),
@@ -747,7 +752,8 @@ def _run(recipe: TrainRecipe) -> dict[str, Any]:
 
     cfg = recipe.cfg
     if distributed.rank_world()[0] == 0 and not locking.inherited():
-        atomic.note_removed(atomic.remove_stale_in(Path(cfg.output_dir)))
+        out = Path(cfg.output_dir)
+        atomic.note_removed(atomic.remove_stale_in(out) + atomic.remove_stale_in(out / BEST_DIR))
     resume = _resume_point(cfg, Path(cfg.output_dir))
     if resume is None and not cfg.overwrite_output_dir and only_leftovers(Path(cfg.output_dir)) \
             and distributed.rank_world()[0] == 0 and not locking.inherited():
