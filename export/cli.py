@@ -223,8 +223,8 @@ def _run(job: ExportJob, t_start: float) -> dict[str, Any]:
     failed = failures(job.verify)
     if failed:
         raise VerificationFailed(f"{job.out / REPORT}: verification failed ({failed_text(failed, report)}); serve and "
-                                 "chat refuse this export. Rerun the same command once the cause is fixed (it "
-                                 "verifies again), or with --no_verify to accept the files as they are")
+                                 f"chat refuse this export.{_likely_cause(job.verify)} Rerun the same command once the "
+                                 "cause is fixed (it verifies again), or with --no_verify to accept the files as they are")
     return report
 
 
@@ -267,6 +267,20 @@ def _export_dir(cfg: ExportConfig) -> Path | None:
     if cfg.export_dir:
         return Path(cfg.export_dir).expanduser()
     return Path(cfg.adapter_name_or_path).expanduser() / "export" if cfg.adapter_name_or_path else None
+
+
+def _likely_cause(verify: dict[str, Any]) -> str:
+    """" Likely cause: …" when a quantized GGUF's logits disagree with the merged model's (too few bits for this
+    model: q2_k/q3_k_s on a small one), else nothing."""
+    from steam_persona.export.quantize import BITS_PER_WEIGHT, FLOAT_TYPES
+
+    lossy = [q for q, v in verify.items() if q not in FLOAT_TYPES and not v["logits"]["passed"]]
+    if not lossy:
+        return ""
+    least = max(BITS_PER_WEIGHT[q] for q in lossy)
+    more = [q for q in ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "bf16") if BITS_PER_WEIGHT[q] > least]
+    return (f" Likely cause: {', '.join(lossy)} keep{'s' if len(lossy) == 1 else ''} too few bits of this model; choose a type with more bits"
+            f" (--quantization {' or '.join(more)}).")
 
 
 def _refuse_finished(out: Path) -> None:

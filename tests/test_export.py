@@ -284,6 +284,8 @@ def test_failed_verification_keeps_a_failed_name_that_serve_and_chat_refuse_and_
     assert failed.value.exit_code == 1 and said.startswith(f"{out / 'export_report.json'}: verification failed "
                                                            "(tiny-lora-q8_0.gguf.failed: top-1 agreement ")
     assert "% (pass ≥ 101%)); serve and chat refuse this export" in said and "--no_verify" in said
+    assert "Likely cause: q8_0 keeps too few bits of this model; choose a type with more bits (--quantization bf16)." \
+        in said  # trial 29 N4: it said "once the cause is fixed" without a cause
     assert sorted(p.name for p in out.glob("*.gguf*")) == ["tiny-lora-q8_0.gguf.failed"]
     report = json.loads((out / "export_report.json").read_text(encoding="utf-8"))
     assert report["files"]["q8_0"]["file"] == "tiny-lora-q8_0.gguf.failed" and not report["verify"]["q8_0"]["passed"]
@@ -660,3 +662,15 @@ def test_an_export_dir_that_cannot_be_written_is_one_line_exit_2(tiny_run, tmp_p
                     "f/ex: cannot write there (", "is a file, not a folder); pick another --export_dir")
     _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--export_dir", str(tmp_path / "f")),
                     "f: is a file; choose another --export_dir")
+
+
+def test_a_failed_verification_names_the_likely_cause_for_lossy_types_only():
+    """Trial 29 N4: q2_k and q3_k_s of a small model fail top-1 agreement; the message names types with more bits."""
+    from steam_persona.export.cli import _likely_cause
+
+    logits_failed = {"logits": {"passed": False}, "stop": {"passed": True}, "passed": False}
+    stop_failed = {"logits": {"passed": True}, "stop": {"passed": False}, "passed": False}
+    assert _likely_cause({"q2_k": logits_failed, "q3_k_s": logits_failed, "q4_k_m": {"logits": {"passed": True}}}) == (
+        " Likely cause: q2_k, q3_k_s keep too few bits of this model; choose a type with more bits"
+        " (--quantization q4_k_m or q5_k_m or q6_k or q8_0 or bf16).")
+    assert _likely_cause({"q4_k_m": stop_failed}) == "" and _likely_cause({"bf16": logits_failed}) == ""
