@@ -163,6 +163,14 @@ class ExportJob:
         failed = self.verify is not None and not self.verify[q]["passed"]
         return self.out / (self.gguf(q).name + FAILED) if failed else self.gguf(q)
 
+    def serve_type(self) -> str | None:
+        """The type the Modelfile and the README's serve lines name: the first quantized type whose GGUF passed
+        verification (or was not verified), else the first such 16-bit type; ``None`` when every GGUF failed."""
+        from steam_persona.export.quantize import FLOAT_TYPES
+
+        ok = [q for q in self.qtypes if self.kept(q) == self.gguf(q)]
+        return next((q for q in ok if q not in FLOAT_TYPES), ok[0] if ok else None)
+
     def gguf_fingerprint(self, q: str) -> str:
         from steam_persona.export import convert, merge
 
@@ -453,7 +461,6 @@ def _plain_line(text: str, t_start: float) -> None:
 def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_start: float) -> dict[str, Any]:
     """Give the GGUFs their names, write the extras, drop stale GGUFs (and ``merged/`` unless
     ``--keep_merged``), then the report."""
-    from steam_persona.export.quantize import FLOAT_TYPES
     from steam_persona.common.atomic import write_json
 
     files = {q: job.kept(q) for q in job.qtypes}
@@ -462,8 +469,10 @@ def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_
     kept = list(files.values()) + ([_lora_file(job)] if job.cfg.lora_gguf else [])
     report = _report(job.cfg, job.out, job.name, job.base, job.src, job.run_info, job.arch, job.system, job.qtypes,
                      files, job.merge_info, job.verify, steps, seconds, t_start)
-    serve_q = next((q for q in job.qtypes if q not in FLOAT_TYPES), job.qtypes[0])
-    _write_extras(job.out, files[serve_q].name, job.system, job.merge_info, report, kept, job.merged_dir)
+    serve_q = job.serve_type()
+    report["modelfile"] = _modelfile_entry(job, serve_q)
+    _write_extras(job.out, files[serve_q].name if serve_q else None, job.system, job.merge_info, report, kept,
+                  job.merged_dir)
     for stale in [f for suffix in ("", UNVERIFIED, FAILED) for f in sorted(job.out.glob("*.gguf" + suffix))]:
         if stale not in kept:  # the intermediate 16-bit file, or types of an overwritten export
             stale.unlink()
@@ -473,6 +482,14 @@ def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_
         shutil.rmtree(job.merged_dir)
     write_json(job.out / REPORT, report)
     return report
+
+
+def _modelfile_entry(job: ExportJob, serve_q: str | None) -> dict[str, Any]:
+    """``export_report.json``'s ``modelfile``: the GGUF its ``FROM`` line names, or why none was written."""
+    if serve_q:
+        return {"file": "Modelfile", "from": job.gguf(serve_q).name}
+    return {"file": None, "from": None, "not_written": "no GGUF passed verification; the export that verifies one "
+                                                       "writes it"}
 
 
 def _summary(job: ExportJob, t_start: float) -> None:
@@ -489,6 +506,9 @@ def _summary(job: ExportJob, t_start: float) -> None:
         rows.append((job.kept(q).name, f"{_size(job.kept(q))}{check}"))
     if job.cfg.lora_gguf:
         rows.append((_lora_file(job).name, _size(_lora_file(job))))
+    serve_q = job.serve_type()
+    rows.append(("Modelfile", f"FROM ./{job.gguf(serve_q).name}" if serve_q else
+                 "not written: no GGUF passed verification"))
     rows.append(("merged/", _size(job.merged_dir) if job.cfg.keep_merged else "deleted (pass --keep_merged to keep it)"))
     rows.append(("time", f"{time.time() - t_start:.1f} s"))
     summary_table("steam-train export", rows)
@@ -616,8 +636,10 @@ def _report(cfg, out, name, base, src, run_info, arch, system, qtypes, files, me
     }
 
 
-def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: dict, report: dict,
+def _write_extras(out: Path, serve_gguf: str | None, system: str | None, merge_info: dict, report: dict,
                   kept: list[Path], merged_dir: Path) -> None:
+    """Write ``generation_config.json``, ``README.md`` and the ``Modelfile`` FROM ``serve_gguf`` (a verified
+    GGUF); with none, an earlier ``Modelfile`` is removed rather than left naming a file that failed."""
     from steam_persona.export.chat_template import is_chatml
     from steam_persona.export.convert import context_length
     from steam_persona.export.modelfile import modelfile, readme
@@ -628,10 +650,13 @@ def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: di
     template = template_file.read_text(encoding="utf-8") if template_file.is_file() else ""
     chatml = is_chatml(template)
     stop = [merge_info["eos_token"]] + (["<|im_start|>"] if chatml else [])
-    num_ctx = arguments.context_size(context_length(out / serve_gguf))
     write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
-    write_text(out / "Modelfile", modelfile(serve_gguf, report["name"], system=system, chatml=chatml, stop=stop, generation=gen,
-                                            num_ctx=num_ctx))
+    if serve_gguf:
+        num_ctx = arguments.context_size(context_length(out / serve_gguf))
+        write_text(out / "Modelfile", modelfile(serve_gguf, report["name"], system=system, chatml=chatml, stop=stop,
+                                                generation=gen, num_ctx=num_ctx))
+    else:
+        (out / "Modelfile").unlink(missing_ok=True)
     listing = [(f.name, f.stat().st_size) for f in kept]
     write_text(out / "README.md", readme(report["name"], listing, report, serve_gguf))
 

@@ -47,8 +47,25 @@ def modelfile(gguf_name: str, name: str, *, system: str | None, chatml: bool, st
     return "\n".join(lines) + "\n"
 
 
-def readme(name: str, files: list[tuple[str, int]], report: dict[str, Any], serve_gguf: str) -> str:
-    """The export dir's README.md: what is here and how to serve it (steam-train, llama.cpp, Ollama)."""
+def serve_lines(name: str, report: dict[str, Any], serve_gguf: str | None, failed: list[str]) -> str:
+    """The README's "Serve it" section: commands that name only ``serve_gguf``, a GGUF that passed verification
+    (the folder itself when none failed, since `serve` refuses a folder with a failed GGUF), or why there are none."""
+    if serve_gguf is None:
+        return ("Nothing here can be served: no GGUF passed verification (see below), so there is no `Modelfile` and "
+                "`steam-train serve` / `chat` refuse this folder. The export that verifies a GGUF writes them.")
+    export_dir = report.get("export_dir", ".")
+    target = f"{export_dir}/{serve_gguf}" if failed else export_dir
+    return f"""```bash
+steam-train serve {target}                       # OpenAI-compatible API for Dify
+python -m llama_cpp.server --model {serve_gguf} --n_ctx 4096 --interrupt_requests False
+llama-server -m {serve_gguf} --jinja -c 4096                            # llama.cpp
+ollama create {name} -f Modelfile && ollama run {name}                  # Ollama
+```"""
+
+
+def readme(name: str, files: list[tuple[str, int]], report: dict[str, Any], serve_gguf: str | None) -> str:
+    """The export dir's README.md: what is here and how to serve it (steam-train, llama.cpp, Ollama); the serve
+    commands name ``serve_gguf`` only, ``None`` when no GGUF passed verification."""
     rows = "\n".join(f"| `{f}` | {size / 2**20:,.1f} MiB |" for f, size in files)
     verify = report.get("verify") or {}
     vrows = "\n".join(
@@ -79,12 +96,7 @@ so every server below speaks as the persona when a conversation has no system me
 
 ## Serve it
 
-```bash
-steam-train serve {report.get('export_dir', '.')}                       # OpenAI-compatible API for Dify
-python -m llama_cpp.server --model {serve_gguf} --n_ctx 4096 --interrupt_requests False
-llama-server -m {serve_gguf} --jinja -c 4096                            # llama.cpp
-ollama create {name} -f Modelfile && ollama run {name}                  # Ollama
-```
+{serve_lines(name, report, serve_gguf, failed)}
 
 {merged_line}
 

@@ -290,6 +290,10 @@ def test_failed_verification_keeps_a_failed_name_that_serve_and_chat_refuse_and_
     report = json.loads((out / "export_report.json").read_text(encoding="utf-8"))
     assert report["files"]["q8_0"]["file"] == "tiny-lora-q8_0.gguf.failed" and not report["verify"]["q8_0"]["passed"]
     assert "q8_0 FAILED verification" in (out / "README.md").read_text(encoding="utf-8")
+    _assert_nothing_names_a_failed_gguf(out, report)
+    assert not (out / "Modelfile").exists() and report["modelfile"]["from"] is None  # it said FROM ./…gguf.failed
+    assert report["modelfile"]["not_written"].startswith("no GGUF passed verification")
+    assert "Nothing here can be served: no GGUF passed verification" in (out / "README.md").read_text(encoding="utf-8")
     for cmd, model in (("serve", out), ("chat", out), ("serve", out / "tiny-lora-q8_0.gguf.failed"),
                        ("chat", out / "tiny-lora-q8_0.gguf.failed")):
         r = CliRunner().invoke(main, [cmd, *(["--model_name_or_path"] if cmd == "chat" else []), str(model)])
@@ -302,6 +306,39 @@ def test_failed_verification_keeps_a_failed_name_that_serve_and_chat_refuse_and_
     assert report["steps"]["quantize_q8_0"] == "reused" and report["steps"]["verify_q8_0"] == "done"
     assert report["verify"]["q8_0"]["passed"] and report["files"]["q8_0"]["file"] == "tiny-lora-q8_0.gguf"
     assert sorted(p.name for p in out.glob("*.gguf*")) == ["tiny-lora-q8_0.gguf"]
+    assert "FROM ./tiny-lora-q8_0.gguf\n" in (out / "Modelfile").read_text(encoding="utf-8")
+    assert report["modelfile"] == {"file": "Modelfile", "from": "tiny-lora-q8_0.gguf"}
+    assert f"steam-train serve {out} " in (out / "README.md").read_text(encoding="utf-8")
+
+
+def _assert_nothing_names_a_failed_gguf(out: Path, report: dict) -> None:
+    """The Modelfile, the report's ``modelfile`` and the README's serve commands name no ``.gguf.failed`` file."""
+    modelfile = out / "Modelfile"
+    assert not modelfile.exists() or ".failed" not in modelfile.read_text(encoding="utf-8")
+    assert ".failed" not in str(report["modelfile"]["from"])
+    serve = (out / "README.md").read_text(encoding="utf-8").split("## Serve it")[1].split("## Verification")[0]
+    assert ".failed" not in serve and ".unverified" not in serve
+
+
+def test_a_partly_failed_export_points_its_modelfile_and_serve_lines_at_the_gguf_that_passed(tiny_run, tmp_path,
+                                                                                               monkeypatch):
+    """Regression (fix 29b): the Modelfile said FROM ./<name>-q8_0.gguf.failed when q8_0 failed and bf16 passed."""
+    from steam_persona.export.cli import VerificationFailed
+
+    out, rows = tmp_path / "exp", {}
+    monkeypatch.setattr("steam_persona.export.verify.MIN_QUANT_AGREEMENT", 1.01)  # q8_0 fails, bf16 passes
+    monkeypatch.setattr("steam_persona.common.console.summary_table",
+                        lambda title, r: rows.update((str(k), str(v)) for k, v in r))
+    with pytest.raises(VerificationFailed):
+        export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "bf16"])
+    report = json.loads((out / "export_report.json").read_text(encoding="utf-8"))
+    assert not report["verify"]["q8_0"]["passed"] and report["verify"]["bf16"]["passed"]
+    _assert_nothing_names_a_failed_gguf(out, report)
+    assert "FROM ./tiny-lora-bf16.gguf\n" in (out / "Modelfile").read_text(encoding="utf-8")
+    assert report["modelfile"]["from"] == "tiny-lora-bf16.gguf" and rows["Modelfile"] == "FROM ./tiny-lora-bf16.gguf"
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert f"steam-train serve {out}/tiny-lora-bf16.gguf " in readme  # serve refuses the folder, not this file
+    assert "llama-server -m tiny-lora-bf16.gguf " in readme
 
 
 def test_a_failed_export_is_accepted_as_it_is_by_a_rerun_with_no_verify(tiny_run, tmp_path, monkeypatch):
