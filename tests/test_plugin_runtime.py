@@ -301,16 +301,30 @@ def test_a_query_string_in_the_endpoint_url_reaches_every_request(chat, review, 
 
 
 def test_a_key_in_the_endpoint_urls_query_gets_the_servers_own_reason(chat, review, server):
-    """steam-train serve refuses ``?key=`` (401) whatever key is sent; the plugins say why, not only "the key"."""
-    url = f"{server}/v1?key=SECRET"
+    """steam-train serve refuses ``?key=`` (401) whatever key is sent; the plugins relay why and say where the key
+    goes (trial 29: "use the key the server was started with" never said to take it out of the URL)."""
+    url = f"{server}/v1?api-version=1&key=SECRET"
     saved = chat.request({**CHAT, "action": "validate_model_credentials",
                           "credentials": chat_creds(server, endpoint_url=url)})
+    reply = invoke(chat, chat_creds(server, endpoint_url=url), [{"role": "user", "content": "Hi"}])
     tool = review.request({**REVIEW, "action": "validate_tool_credentials",
                            "credentials": review_creds(server, endpoint_url=url)})
-    for e in (saved, tool):
-        assert "rejected the API key (HTTP 401): API keys are never taken from the query string" in e.error["message"]
-        assert "send it as 'Authorization: Bearer KEY'; use the key the server was started with" in e.error["message"]
-        assert "SECRET" not in e.error["message"]
+    written = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                              "credentials": review_creds(server, endpoint_url=url),
+                              "tool_parameters": {"game_name": "Celeste", "max_tokens": 1}})
+    for e in (saved, reply, tool, written):
+        message = e.error["message"] if e.error else json.dumps(e.result)
+        assert "rejected the API key (HTTP 401): API keys are never taken from the query string" in message
+        assert ("send it as 'Authorization: Bearer KEY'; the key belongs in the API Key field, not in the endpoint "
+                "URL's query string: take key=… out of the endpoint URL and paste the key into API Key") in message
+        assert "SECRET" not in message
+
+
+def test_the_plugins_know_every_query_parameter_the_server_refuses_as_a_key():
+    from steam_persona.plugin.common.server_client import KEY_QUERY_PARAMS
+    from steam_persona.serve.middleware import _KEY_PARAMS
+
+    assert _KEY_PARAMS <= KEY_QUERY_PARAMS
 
 
 def test_an_api_key_with_a_password_in_the_url_is_refused_before_any_request(chat, review, server):

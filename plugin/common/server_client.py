@@ -25,7 +25,7 @@ import re
 import time
 import unicodedata
 from typing import Any, Iterable, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
@@ -58,6 +58,9 @@ _KEY_WORDS = re.compile(r"api.?key|token|auth|credential|bearer", re.I)
 _USERINFO = re.compile(r"(?<=://)([^/\s@:'\"]*):[^/\s@'\"]*@")
 #: A query parameter whose name says it holds a secret (``?key=…``, ``&access_token=…``, ``&sig=…``).
 _QUERY_SECRET = re.compile(r"([?&][\w.-]*(?:key|token|secret|sig|pass|auth|code)[\w.-]*=)[^&#\s'\"]+", re.I)
+#: Query parameter names that carry an API key (lower case); ``steam-train serve`` refuses each with 401.
+KEY_QUERY_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "x-api-key", "access_token", "token",
+                              "auth", "auth_token", "authorization", "bearer"})
 _HTML_SKIP = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.S | re.I)
 _HTML_TAG = re.compile(r"<[^>]*>")
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.S | re.I)
@@ -285,15 +288,35 @@ def openai_error_message(body: str) -> str | None:
     return server_message(body) if isinstance(message, str) and message.strip() else None
 
 
+def key_query_params(url: str) -> list[str]:
+    """The names of ``url``'s query parameters that carry an API key (:data:`KEY_QUERY_PARAMS`), as written."""
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return []
+    return [name for name, _ in parse_qsl(query, keep_blank_values=True) if name.lower() in KEY_QUERY_PARAMS]
+
+
+def key_fix(url: str) -> str:
+    """What to do about a rejected key: move one that the endpoint URL's query string carries into the API key
+    field, else use the server's key."""
+    names = key_query_params(url)
+    if names:
+        return (f"the key belongs in the API Key field, not in the endpoint URL's query string: take "
+                f"{' and '.join(f'{n}=…' for n in names)} out of the endpoint URL and paste the key into API Key "
+                "(left empty when the server has none)")
+    return "use the key the server was started with (steam-train serve --api_key), or none if it has none"
+
+
 def error_for_status(status: int, body: str, url: str) -> ServerError:
     """Map an HTTP error status to a :class:`ServerError` with a one-line, actionable message; a
-    rejected key's message relays the server's own words when it sent an OpenAI-shaped error."""
+    rejected key's message relays the server's own words when it sent an OpenAI-shaped error, then says
+    what to do (:func:`key_fix`)."""
     msg = server_message(body) or "an empty body"
     if status == 401 or (status == 403 and _KEY_WORDS.search(msg)):
         said = openai_error_message(body)
         return ServerError(f"the server at {url} rejected the API key (HTTP {status})"
-                           + (f": {said}" if said else "") + "; use the key the server was started with"
-                           " (steam-train serve --api_key), or none if it has none", "auth", status)
+                           + (f": {said}" if said else "") + f"; {key_fix(url)}", "auth", status)
     if status == 403:
         return ServerError(f"{url} refused access (HTTP 403): {msg}; a proxy, firewall or IP allowlist between"
                            f" Dify and the server may block it", "auth", status)

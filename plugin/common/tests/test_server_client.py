@@ -113,7 +113,12 @@ def test_a_rejected_key_relays_the_servers_openai_shaped_message():
     assert str(sc.error_for_status(401, body, "http://h:8000/v1/models?key=SECRET")) == (
         "the server at http://h:8000/v1/models?key=*** rejected the API key (HTTP 401): API keys are never taken"
         " from the query string (URLs end up in logs and browser history); this server checks no key, so send none;"
-        " use the key the server was started with (steam-train serve --api_key), or none if it has none")
+        " the key belongs in the API Key field, not in the endpoint URL's query string: take key=… out of the endpoint"
+        " URL and paste the key into API Key (left empty when the server has none)")
+    proxy = str(sc.error_for_status(401, "Unauthorized", "http://h/v1/models?api-version=1&Access_Token=s&apikey=t"))
+    assert proxy.endswith("take Access_Token=… and apikey=… out of the endpoint URL and paste the key into API Key"
+                          " (left empty when the server has none)") and "=s" not in proxy and "=t" not in proxy
+    assert sc.key_query_params("http://h/v1/models?api-version=1&keyboard=x&monkey=y") == []
     for other in ('{"detail": "Invalid API key"}', "Unauthorized", "", '{"error": {"message": ""}}'):
         assert str(sc.error_for_status(401, other, "u")) == (
             "the server at u rejected the API key (HTTP 401); use the key the server was started with"
