@@ -234,6 +234,32 @@ def test_response_format_json_object(chat, server):
     assert reply.result[0]["delta"]["message"]["content"].lstrip().startswith("{")
 
 
+def test_a_server_without_a_tokenizer_teaches_the_estimate_its_own_count(chat, server, seed_dataset):
+    """Regression (fix 29b): without a tokenize endpoint the estimate, fit to Qwen2.5's tokenizer, gave about half
+    what an English-first tokenizer (SmolLM2's, this server's) counts for Chinese; a reply's usage.prompt_tokens
+    now raises that server's later estimates."""
+    chinese = [r["output"] for r in json.loads(seed_dataset.read_text(encoding="utf-8"))
+               if sum("\u4e00" <= ch <= "\u9fff" for ch in r["output"]) > len(r["output"]) / 2 and len(r["output"]) > 150]
+    talks = [[{"role": "system", "content": "你是一名资深玩家。"}]
+             + [{"role": role, "content": text} for role, text in zip(("user", "assistant", "user"), chinese[i:i + 3])]
+             for i in (0, 30)]
+
+    def num_tokens(endpoint_url, messages):
+        creds = chat_creds(server, endpoint_url=endpoint_url)
+        return chat.request({**CHAT, "action": "get_llm_num_tokens", "credentials": creds, "prompt_messages": messages,
+                             "tools": None}).result[0]["num_tokens"]
+
+    counted = [num_tokens(f"{server}/v1", talk) for talk in talks]  # the server's tokenizer
+    with recording_proxy(server, refuse=("/extras/tokenize",)) as (proxy, _):
+        before = [num_tokens(f"{proxy}/v1", talk) for talk in talks]
+        assert all(b < 0.7 * c for b, c in zip(before, counted)), (before, counted)
+        reply = invoke(chat, chat_creds(server, endpoint_url=f"{proxy}/v1"), talks[0], max_tokens=1)
+        assert reply.error is None, reply.error
+        after = [num_tokens(f"{proxy}/v1", talk) for talk in talks]
+    assert after[0] >= counted[0] and after[1] >= 0.9 * counted[1], (after, counted)
+    assert after[1] <= 1.5 * counted[1]
+
+
 def test_num_tokens_falls_back_when_server_is_down(chat, dead_url, qwen_tokenizer_dir):
     from transformers import AutoTokenizer
 

@@ -177,3 +177,17 @@ def test_api_key_and_numbers_from_the_form():
     assert sc.request_timeout({}) == sc.REQUEST_TIMEOUT and sc.request_timeout({"request_timeout": "9"}) == 9.0
     with pytest.raises(sc.ServerError, match="invalid port"):
         sc.normalize_endpoint("http://h:99999/v1")
+
+
+def test_a_servers_own_prompt_counts_raise_its_later_estimates_only():
+    url, other = "http://no-tokenizer:8000/v1", "http://other:8000/v1"
+    assert sc.scaled_estimate(url, "m", 100) == 100
+    sc.learn_estimate_scale(url, "m", 40, 400)  # a short prompt: mostly the server's template, teaches nothing
+    sc.learn_estimate_scale(url, "m", 100, 90)  # counted lower: estimates already lean high
+    assert sc.scaled_estimate(url, "m", 100) == 100
+    sc.learn_estimate_scale(url, "m", 100, 175)  # SmolLM2 on Chinese: ~1.75x the estimate
+    sc.learn_estimate_scale(url, "m", 200, 300)  # a lower ratio later keeps the highest
+    assert sc.scaled_estimate(url, "m", 100) == 175 and sc.scaled_estimate(url, "m", 1) == 2
+    assert sc.scaled_estimate(other, "m", 100) == 100 and sc.scaled_estimate(url, "n", 100) == 100
+    sc.learn_estimate_scale(url, "m", 100, 10_000)
+    assert sc.scaled_estimate(url, "m", 100) == 100 * sc.MAX_ESTIMATE_SCALE
