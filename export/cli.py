@@ -503,8 +503,8 @@ def _merged_row(job: ExportJob) -> str:
         return _size(job.merged_dir)
     resume = job.for_rerun()
     if resume:
-        return (f"{_size(job.merged_dir)}, kept with {', '.join(p.name for p in resume[1:]) or 'the GGUFs'} for the "
-                "rerun to reuse (deleted once it passes)")
+        also = "".join(f" with {p.name}" for p in resume[1:])
+        return f"{_size(job.merged_dir)}, kept{also} for the rerun to reuse (deleted once it passes)"
     return "deleted (pass --keep_merged to keep it)"
 
 

@@ -47,7 +47,7 @@ def modelfile(gguf_name: str, name: str, *, system: str | None, chatml: bool, st
     return "\n".join(lines) + "\n"
 
 
-def serve_lines(name: str, report: dict[str, Any], serve_gguf: str | None, failed: list[str]) -> str:
+def _serve_lines(name: str, report: dict[str, Any], serve_gguf: str | None, failed: list[str]) -> str:
     """The README's "Serve it" section: commands that name only ``serve_gguf``, a GGUF that passed verification
     (the folder itself when none failed, since `serve` refuses a folder with a failed GGUF), or why there are none."""
     if serve_gguf is None:
@@ -105,7 +105,7 @@ so every server below speaks as the persona when a conversation has no system me
 
 ## Serve it
 
-{serve_lines(name, report, serve_gguf, failed)}
+{_serve_lines(name, report, serve_gguf, failed)}
 
 {_merged_line(report, failed)}
 

@@ -318,10 +318,14 @@ def test_a_failed_export_keeps_merged_and_the_16_bit_gguf_until_a_rerun_passes(t
     """Regression (fix 29b): a failed verification deleted merged/, so its rerun merged again (minutes at 7B)."""
     from steam_persona.export.cli import VerificationFailed
 
-    out = tmp_path / "exp"
+    out, rows = tmp_path / "exp", {}
     monkeypatch.setattr("steam_persona.export.verify.MIN_QUANT_AGREEMENT", 1.01)  # q8_0 fails, a 16-bit type passes
+    monkeypatch.setattr("steam_persona.common.console.summary_table",
+                        lambda title, r: rows.update((str(k), str(v)) for k, v in r))
     with pytest.raises(VerificationFailed):
         export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"])
+    assert rows["merged/"].endswith(" MiB, kept with tiny-lora-bf16.gguf.unverified for the rerun to reuse (deleted "
+                                    "once it passes)")
     assert (out / "merged").is_dir() and "are kept so that the rerun reuses them" in (out / "README.md").read_text(
         encoding="utf-8")
     monkeypatch.setattr("steam_persona.export.cli._merge", lambda job: pytest.fail("merged again"))
