@@ -9,7 +9,7 @@ Steps (each reused on a rerun when its output exists and was made from the same 
 5. verify  — logits vs the merged model, and the end-of-turn stop (steam_persona.export.verify)
 6. extras  — ``Modelfile`` (Ollama), ``README.md``, ``generation_config.json``, optional
    ``<name>-lora.gguf``, ``export_report.json``; ``merged/`` is then deleted unless ``--keep_merged``
-   (it is as large as the 16-bit model)
+   (it is as large as the 16-bit model) or the verification failed (its rerun reuses it)
 
 The steps are :class:`Step` objects (name, input fingerprint, function) listed by :func:`export_steps`;
 a step is reused when the fingerprint recorded beside its output (``merged/export_merge.json``,
@@ -77,8 +77,9 @@ class ExportConfig:
                                  "when their inputs match).")
     n_threads: int = LlamaCppArguments.use("n_threads")
     keep_merged: bool = arg(False, "Keep merged/ (the merged 16-bit Hugging Face model, as large as the base in "
-                                   "16-bit) for transformers or vLLM; by default it is deleted once the GGUFs are "
-                                   "verified.")
+                                   "16-bit) for transformers or vLLM; by default it is deleted once the GGUFs pass "
+                                   "verification (an export that fails verification keeps it and the 16-bit GGUF, "
+                                   "so that its rerun merges and converts nothing again).")
 
 
 class VerificationFailed(click.ClickException):
@@ -162,6 +163,25 @@ class ExportJob:
         """The name the GGUF of type ``q`` keeps once the export ends: :meth:`gguf` unless it failed verification."""
         failed = self.verify is not None and not self.verify[q]["passed"]
         return self.out / (self.gguf(q).name + FAILED) if failed else self.gguf(q)
+
+    def serve_type(self) -> str | None:
+        """The type the Modelfile and the README's serve lines name: the first quantized type whose GGUF passed
+        verification (or was not verified), else the first such 16-bit type; ``None`` when every GGUF failed."""
+        from steam_persona.export.quantize import FLOAT_TYPES
+
+        ok = [q for q in self.qtypes if self.kept(q) == self.gguf(q)]
+        return next((q for q in ok if q not in FLOAT_TYPES), ok[0] if ok else None)
+
+    def for_rerun(self) -> list[Path]:
+        """What a failed verification keeps for the rerun, which reuses it instead of merging and converting again:
+        ``merged/`` (also the reference logits it verifies against) and the 16-bit GGUF that the quantized ones are
+        made from, when it is not a requested type; nothing when every GGUF passed."""
+        from steam_persona.export.verify import failures
+
+        if not failures(self.verify):
+            return []
+        source = self.floats[0]
+        return [self.merged_dir] + ([] if source in self.qtypes else [self.unverified(source)])
 
     def gguf_fingerprint(self, q: str) -> str:
         from steam_persona.export import convert, merge
@@ -452,27 +472,48 @@ def _plain_line(text: str, t_start: float) -> None:
 
 def _finish(job: ExportJob, steps: dict[str, str], seconds: dict[str, float], t_start: float) -> dict[str, Any]:
     """Give the GGUFs their names, write the extras, drop stale GGUFs (and ``merged/`` unless
-    ``--keep_merged``), then the report."""
-    from steam_persona.export.quantize import FLOAT_TYPES
+    ``--keep_merged``), then the report. A failed verification keeps what its rerun reuses (:meth:`ExportJob.for_rerun`)."""
     from steam_persona.common.atomic import write_json
 
     files = {q: job.kept(q) for q in job.qtypes}
     for q, final in files.items():
         job.unverified(q).replace(final)
     kept = list(files.values()) + ([_lora_file(job)] if job.cfg.lora_gguf else [])
+    resume = job.for_rerun()
     report = _report(job.cfg, job.out, job.name, job.base, job.src, job.run_info, job.arch, job.system, job.qtypes,
                      files, job.merge_info, job.verify, steps, seconds, t_start)
-    serve_q = next((q for q in job.qtypes if q not in FLOAT_TYPES), job.qtypes[0])
-    _write_extras(job.out, files[serve_q].name, job.system, job.merge_info, report, kept, job.merged_dir)
+    serve_q = job.serve_type()
+    report["modelfile"] = _modelfile_entry(job, serve_q)
+    _write_extras(job.out, files[serve_q].name if serve_q else None, job.system, job.merge_info, report, kept,
+                  job.merged_dir)
     for stale in [f for suffix in ("", UNVERIFIED, FAILED) for f in sorted(job.out.glob("*.gguf" + suffix))]:
-        if stale not in kept:  # the intermediate 16-bit file, or types of an overwritten export
+        if stale not in kept + resume:  # the intermediate 16-bit file, or types of an overwritten export
             stale.unlink()
             job.state["files"].pop(stale.name.removesuffix(UNVERIFIED).removesuffix(FAILED), None)
     write_json(job.out / STATE, job.state)
-    if not job.cfg.keep_merged:
+    if not job.cfg.keep_merged and job.merged_dir not in resume:
         shutil.rmtree(job.merged_dir)
     write_json(job.out / REPORT, report)
     return report
+
+
+def _merged_row(job: ExportJob) -> str:
+    """The summary's ``merged/`` cell: its size when kept (and why), else that it was deleted."""
+    if job.cfg.keep_merged:
+        return _size(job.merged_dir)
+    resume = job.for_rerun()
+    if resume:
+        also = "".join(f" with {p.name}" for p in resume[1:])
+        return f"{_size(job.merged_dir)}, kept{also} for the rerun to reuse (deleted once it passes)"
+    return "deleted (pass --keep_merged to keep it)"
+
+
+def _modelfile_entry(job: ExportJob, serve_q: str | None) -> dict[str, Any]:
+    """``export_report.json``'s ``modelfile``: the GGUF its ``FROM`` line names, or why none was written."""
+    if serve_q:
+        return {"file": "Modelfile", "from": job.gguf(serve_q).name}
+    return {"file": None, "from": None, "not_written": "no GGUF passed verification; the export that verifies one "
+                                                       "writes it"}
 
 
 def _summary(job: ExportJob, t_start: float) -> None:
@@ -489,7 +530,10 @@ def _summary(job: ExportJob, t_start: float) -> None:
         rows.append((job.kept(q).name, f"{_size(job.kept(q))}{check}"))
     if job.cfg.lora_gguf:
         rows.append((_lora_file(job).name, _size(_lora_file(job))))
-    rows.append(("merged/", _size(job.merged_dir) if job.cfg.keep_merged else "deleted (pass --keep_merged to keep it)"))
+    serve_q = job.serve_type()
+    rows.append(("Modelfile", f"FROM ./{job.gguf(serve_q).name}" if serve_q else
+                 "not written: no GGUF passed verification"))
+    rows.append(("merged/", _merged_row(job)))
     rows.append(("time", f"{time.time() - t_start:.1f} s"))
     summary_table("steam-train export", rows)
 
@@ -616,8 +660,10 @@ def _report(cfg, out, name, base, src, run_info, arch, system, qtypes, files, me
     }
 
 
-def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: dict, report: dict,
+def _write_extras(out: Path, serve_gguf: str | None, system: str | None, merge_info: dict, report: dict,
                   kept: list[Path], merged_dir: Path) -> None:
+    """Write ``generation_config.json``, ``README.md`` and the ``Modelfile`` FROM ``serve_gguf`` (a verified
+    GGUF); with none, an earlier ``Modelfile`` is removed rather than left naming a file that failed."""
     from steam_persona.export.chat_template import is_chatml
     from steam_persona.export.convert import context_length
     from steam_persona.export.modelfile import modelfile, readme
@@ -628,10 +674,13 @@ def _write_extras(out: Path, serve_gguf: str, system: str | None, merge_info: di
     template = template_file.read_text(encoding="utf-8") if template_file.is_file() else ""
     chatml = is_chatml(template)
     stop = [merge_info["eos_token"]] + (["<|im_start|>"] if chatml else [])
-    num_ctx = arguments.context_size(context_length(out / serve_gguf))
     write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
-    write_text(out / "Modelfile", modelfile(serve_gguf, report["name"], system=system, chatml=chatml, stop=stop, generation=gen,
-                                            num_ctx=num_ctx))
+    if serve_gguf:
+        num_ctx = arguments.context_size(context_length(out / serve_gguf))
+        write_text(out / "Modelfile", modelfile(serve_gguf, report["name"], system=system, chatml=chatml, stop=stop,
+                                                generation=gen, num_ctx=num_ctx))
+    else:
+        (out / "Modelfile").unlink(missing_ok=True)
     listing = [(f.name, f.stat().st_size) for f in kept]
     write_text(out / "README.md", readme(report["name"], listing, report, serve_gguf))
 

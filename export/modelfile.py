@@ -47,8 +47,38 @@ def modelfile(gguf_name: str, name: str, *, system: str | None, chatml: bool, st
     return "\n".join(lines) + "\n"
 
 
-def readme(name: str, files: list[tuple[str, int]], report: dict[str, Any], serve_gguf: str) -> str:
-    """The export dir's README.md: what is here and how to serve it (steam-train, llama.cpp, Ollama)."""
+def _serve_lines(name: str, report: dict[str, Any], serve_gguf: str | None, failed: list[str]) -> str:
+    """The README's "Serve it" section: commands that name only ``serve_gguf``, a GGUF that passed verification
+    (the folder itself when none failed, since `serve` refuses a folder with a failed GGUF), or why there are none."""
+    if serve_gguf is None:
+        return ("Nothing here can be served: no GGUF passed verification (see below), so there is no `Modelfile` and "
+                "`steam-train serve` / `chat` refuse this folder. The export that verifies a GGUF writes them.")
+    export_dir = report.get("export_dir", ".")
+    target = f"{export_dir}/{serve_gguf}" if failed else export_dir
+    return f"""```bash
+steam-train serve {target}                       # OpenAI-compatible API for Dify
+python -m llama_cpp.server --model {serve_gguf} --n_ctx 4096 --interrupt_requests False
+llama-server -m {serve_gguf} --jinja -c 4096                            # llama.cpp
+ollama create {name} -f Modelfile && ollama run {name}                  # Ollama
+```"""
+
+
+def _merged_line(report: dict[str, Any], failed: list[str]) -> str:
+    """The README's line on ``merged/``: kept (``--keep_merged``), kept for the rerun (a failed verification), or deleted."""
+    if (report.get("config") or {}).get("keep_merged"):
+        return "`merged/` is the merged Hugging Face model (safetensors) for transformers or vLLM."
+    if failed:
+        return ("`merged/` (the merged 16-bit Hugging Face model) and the 16-bit GGUF made from it (a "
+                "`.gguf.unverified` file unless its type was requested) are kept so that the rerun reuses them "
+                "instead of merging and converting again; it deletes them once it passes. Delete this folder "
+                "to free the disk.")
+    return ("The merged 16-bit Hugging Face model was deleted after verification; export again with "
+            "`--keep_merged` for transformers or vLLM. `generation_config.json` holds its sampling settings.")
+
+
+def readme(name: str, files: list[tuple[str, int]], report: dict[str, Any], serve_gguf: str | None) -> str:
+    """The export dir's README.md: what is here and how to serve it (steam-train, llama.cpp, Ollama); the serve
+    commands name ``serve_gguf`` only, ``None`` when no GGUF passed verification."""
     rows = "\n".join(f"| `{f}` | {size / 2**20:,.1f} MiB |" for f, size in files)
     verify = report.get("verify") or {}
     vrows = "\n".join(
@@ -63,10 +93,6 @@ def readme(name: str, files: list[tuple[str, int]], report: dict[str, Any], serv
         vtable += (f"\n\n{', '.join(failed)} FAILED verification (see `verify` in export_report.json): its file keeps "
                    "the `.gguf.failed` name and `steam-train serve` / `chat` refuse this folder. Rerun the export once "
                    "the cause is fixed (it verifies again), or with `--no_verify` to accept the files as they are.")
-    merged_line = ("`merged/` is the merged Hugging Face model (safetensors) for transformers or vLLM."
-                   if (report.get("config") or {}).get("keep_merged") else
-                   "The merged 16-bit Hugging Face model was deleted after verification; export again with "
-                   "`--keep_merged` for transformers or vLLM. `generation_config.json` holds its sampling settings.")
     return f"""# {name} — exported by steam-train
 
 Base model: `{report.get('base_model')}`; adapter: `{report.get('adapter')}`.
@@ -79,14 +105,9 @@ so every server below speaks as the persona when a conversation has no system me
 
 ## Serve it
 
-```bash
-steam-train serve {report.get('export_dir', '.')}                       # OpenAI-compatible API for Dify
-python -m llama_cpp.server --model {serve_gguf} --n_ctx 4096 --interrupt_requests False
-llama-server -m {serve_gguf} --jinja -c 4096                            # llama.cpp
-ollama create {name} -f Modelfile && ollama run {name}                  # Ollama
-```
+{_serve_lines(name, report, serve_gguf, failed)}
 
-{merged_line}
+{_merged_line(report, failed)}
 
 ## Verification
 

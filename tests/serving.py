@@ -249,10 +249,11 @@ def assert_one_505_for_http2(base_url: str) -> None:
 
 
 @contextlib.contextmanager
-def recording_proxy(target: str) -> Iterator[tuple[str, list[dict[str, str | None]]]]:
+def recording_proxy(target: str, refuse: tuple[str, ...] = ()) -> Iterator[tuple[str, list[dict[str, str | None]]]]:
     """A local HTTP proxy in front of ``target`` (``http://127.0.0.1:PORT``) that notes each request's
     ``method``, ``path`` (with its query string) and ``authorization`` header, then forwards it and
-    answers the target's status, content type and whole body. Yields ``(proxy URL, notes)``."""
+    answers the target's status, content type and whole body; a path starting with one of ``refuse``
+    gets a 404 instead (a server without that route). Yields ``(proxy URL, notes)``."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     import threading
 
@@ -268,7 +269,8 @@ def recording_proxy(target: str) -> Iterator[tuple[str, list[dict[str, str | Non
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             seen.append({"method": self.command, "path": self.path, "authorization": self.headers.get("Authorization")})
             sent = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type", "accept")}
-            r = httpx.request(self.command, target + self.path, headers=sent, content=body, timeout=120)
+            r = (httpx.Response(404, json={"detail": "Not Found"}) if self.path.startswith(refuse) else
+                 httpx.request(self.command, target + self.path, headers=sent, content=body, timeout=120))
             self.send_response(r.status_code)
             self.send_header("Content-Type", r.headers.get("Content-Type", "application/octet-stream"))
             self.send_header("Content-Length", str(len(r.content)))

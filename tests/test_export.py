@@ -286,10 +286,15 @@ def test_failed_verification_keeps_a_failed_name_that_serve_and_chat_refuse_and_
     assert "% (pass ≥ 101%)); serve and chat refuse this export" in said and "--no_verify" in said
     assert "Likely cause: q8_0 keeps too few bits of this model; choose a type with more bits (--quantization bf16)." \
         in said  # trial 29 N4: it said "once the cause is fixed" without a cause
-    assert sorted(p.name for p in out.glob("*.gguf*")) == ["tiny-lora-q8_0.gguf.failed"]
+    assert sorted(p.name for p in out.glob("*.gguf*")) == ["tiny-lora-bf16.gguf.unverified",  # kept for the rerun
+                                                           "tiny-lora-q8_0.gguf.failed"]
     report = json.loads((out / "export_report.json").read_text(encoding="utf-8"))
     assert report["files"]["q8_0"]["file"] == "tiny-lora-q8_0.gguf.failed" and not report["verify"]["q8_0"]["passed"]
     assert "q8_0 FAILED verification" in (out / "README.md").read_text(encoding="utf-8")
+    _assert_nothing_names_a_failed_gguf(out, report)
+    assert not (out / "Modelfile").exists() and report["modelfile"]["from"] is None  # it said FROM ./…gguf.failed
+    assert report["modelfile"]["not_written"].startswith("no GGUF passed verification")
+    assert "Nothing here can be served: no GGUF passed verification" in (out / "README.md").read_text(encoding="utf-8")
     for cmd, model in (("serve", out), ("chat", out), ("serve", out / "tiny-lora-q8_0.gguf.failed"),
                        ("chat", out / "tiny-lora-q8_0.gguf.failed")):
         r = CliRunner().invoke(main, [cmd, *(["--model_name_or_path"] if cmd == "chat" else []), str(model)])
@@ -298,10 +303,71 @@ def test_failed_verification_keeps_a_failed_name_that_serve_and_chat_refuse_and_
                         + "top-1 agreement ", "rerun the same `steam-train export` command once the cause is fixed")
 
     monkeypatch.undo()  # the cause fixed: the same command resumes, reuses the file and verifies it again
-    report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"])
+    report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"], keep_merged=True)
     assert report["steps"]["quantize_q8_0"] == "reused" and report["steps"]["verify_q8_0"] == "done"
+    assert report["steps"]["merge"] == "reused" and (out / "merged").is_dir()  # --keep_merged keeps it
     assert report["verify"]["q8_0"]["passed"] and report["files"]["q8_0"]["file"] == "tiny-lora-q8_0.gguf"
     assert sorted(p.name for p in out.glob("*.gguf*")) == ["tiny-lora-q8_0.gguf"]
+    assert "FROM ./tiny-lora-q8_0.gguf\n" in (out / "Modelfile").read_text(encoding="utf-8")
+    assert report["modelfile"] == {"file": "Modelfile", "from": "tiny-lora-q8_0.gguf"}
+    assert f"steam-train serve {out} " in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_failed_export_keeps_merged_and_the_16_bit_gguf_until_a_rerun_passes(tiny_run, tmp_path, monkeypatch,
+                                                                               capsys):
+    """Regression (fix 29b): a failed verification deleted merged/, so its rerun merged again (minutes at 7B)."""
+    from steam_persona.export.cli import VerificationFailed
+
+    out, rows = tmp_path / "exp", {}
+    monkeypatch.setattr("steam_persona.export.verify.MIN_QUANT_AGREEMENT", 1.01)  # q8_0 fails, a 16-bit type passes
+    monkeypatch.setattr("steam_persona.common.console.summary_table",
+                        lambda title, r: rows.update((str(k), str(v)) for k, v in r))
+    with pytest.raises(VerificationFailed):
+        export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0"])
+    assert rows["merged/"].endswith(" MiB, kept with tiny-lora-bf16.gguf.unverified for the rerun to reuse (deleted "
+                                    "once it passes)")
+    assert (out / "merged").is_dir() and "are kept so that the rerun reuses them" in (out / "README.md").read_text(
+        encoding="utf-8")
+    monkeypatch.setattr("steam_persona.export.cli._merge", lambda job: pytest.fail("merged again"))
+    capsys.readouterr()
+    report = export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["bf16"])
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"reusing merge, convert bf16 from the earlier export in {out}" in said
+    assert report["steps"] == {"merge": "reused", "convert_bf16": "reused", "verify_bf16": "done"}
+    assert report["verify"]["bf16"]["passed"] and report["modelfile"]["from"] == "tiny-lora-bf16.gguf"
+    assert sorted(p.name for p in out.glob("*.gguf*")) == ["tiny-lora-bf16.gguf"]
+    assert not (out / "merged").exists()  # passed without --keep_merged: deleted as after any export that passes
+
+
+def _assert_nothing_names_a_failed_gguf(out: Path, report: dict) -> None:
+    """The Modelfile, the report's ``modelfile`` and the README's serve commands name no ``.gguf.failed`` file."""
+    modelfile = out / "Modelfile"
+    assert not modelfile.exists() or ".failed" not in modelfile.read_text(encoding="utf-8")
+    assert ".failed" not in str(report["modelfile"]["from"])
+    commands = [line for line in (out / "README.md").read_text(encoding="utf-8").splitlines()
+                if line.startswith(("steam-train ", "python -m", "llama-server ", "ollama "))]
+    assert not [line for line in commands if ".failed" in line or ".unverified" in line]
+
+
+def test_a_partly_failed_export_points_its_modelfile_and_serve_lines_at_the_gguf_that_passed(tiny_run, tmp_path,
+                                                                                               monkeypatch):
+    """Regression (fix 29b): the Modelfile said FROM ./<name>-q8_0.gguf.failed when q8_0 failed and bf16 passed."""
+    from steam_persona.export.cli import VerificationFailed
+
+    out, rows = tmp_path / "exp", {}
+    monkeypatch.setattr("steam_persona.export.verify.MIN_QUANT_AGREEMENT", 1.01)  # q8_0 fails, bf16 passes
+    monkeypatch.setattr("steam_persona.common.console.summary_table",
+                        lambda title, r: rows.update((str(k), str(v)) for k, v in r))
+    with pytest.raises(VerificationFailed):
+        export(adapter_name_or_path=str(tiny_run), export_dir=str(out), quantization=["q8_0", "bf16"])
+    report = json.loads((out / "export_report.json").read_text(encoding="utf-8"))
+    assert not report["verify"]["q8_0"]["passed"] and report["verify"]["bf16"]["passed"]
+    _assert_nothing_names_a_failed_gguf(out, report)
+    assert "FROM ./tiny-lora-bf16.gguf\n" in (out / "Modelfile").read_text(encoding="utf-8")
+    assert report["modelfile"]["from"] == "tiny-lora-bf16.gguf" and rows["Modelfile"] == "FROM ./tiny-lora-bf16.gguf"
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert f"steam-train serve {out}/tiny-lora-bf16.gguf " in readme  # serve refuses the folder, not this file
+    assert "llama-server -m tiny-lora-bf16.gguf " in readme
 
 
 def test_a_failed_export_is_accepted_as_it_is_by_a_rerun_with_no_verify(tiny_run, tmp_path, monkeypatch):

@@ -234,6 +234,32 @@ def test_response_format_json_object(chat, server):
     assert reply.result[0]["delta"]["message"]["content"].lstrip().startswith("{")
 
 
+def test_a_server_without_a_tokenizer_teaches_the_estimate_its_own_count(chat, server, seed_dataset):
+    """Regression (fix 29b): without a tokenize endpoint the estimate, fit to Qwen2.5's tokenizer, gave about half
+    what an English-first tokenizer (SmolLM2's, this server's) counts for Chinese; a reply's usage.prompt_tokens
+    now raises that server's later estimates."""
+    chinese = [r["output"] for r in json.loads(seed_dataset.read_text(encoding="utf-8"))
+               if sum("\u4e00" <= ch <= "\u9fff" for ch in r["output"]) > len(r["output"]) / 2 and len(r["output"]) > 150]
+    talks = [[{"role": "system", "content": "你是一名资深玩家。"}]
+             + [{"role": role, "content": text} for role, text in zip(("user", "assistant", "user"), chinese[i:i + 3])]
+             for i in (0, 30)]
+
+    def num_tokens(endpoint_url, messages):
+        creds = chat_creds(server, endpoint_url=endpoint_url)
+        return chat.request({**CHAT, "action": "get_llm_num_tokens", "credentials": creds, "prompt_messages": messages,
+                             "tools": None}).result[0]["num_tokens"]
+
+    counted = [num_tokens(f"{server}/v1", talk) for talk in talks]  # the server's tokenizer
+    with recording_proxy(server, refuse=("/extras/tokenize",)) as (proxy, _):
+        before = [num_tokens(f"{proxy}/v1", talk) for talk in talks]
+        assert all(b < 0.7 * c for b, c in zip(before, counted)), (before, counted)
+        reply = invoke(chat, chat_creds(server, endpoint_url=f"{proxy}/v1"), talks[0], max_tokens=1)
+        assert reply.error is None, reply.error
+        after = [num_tokens(f"{proxy}/v1", talk) for talk in talks]
+    assert after[0] >= counted[0] and after[1] >= 0.9 * counted[1], (after, counted)
+    assert after[1] <= 1.5 * counted[1]
+
+
 def test_num_tokens_falls_back_when_server_is_down(chat, dead_url, qwen_tokenizer_dir):
     from transformers import AutoTokenizer
 
@@ -301,16 +327,30 @@ def test_a_query_string_in_the_endpoint_url_reaches_every_request(chat, review, 
 
 
 def test_a_key_in_the_endpoint_urls_query_gets_the_servers_own_reason(chat, review, server):
-    """steam-train serve refuses ``?key=`` (401) whatever key is sent; the plugins say why, not only "the key"."""
-    url = f"{server}/v1?key=SECRET"
+    """steam-train serve refuses ``?key=`` (401) whatever key is sent; the plugins relay why and say where the key
+    goes (trial 29: "use the key the server was started with" never said to take it out of the URL)."""
+    url = f"{server}/v1?api-version=1&key=SECRET"
     saved = chat.request({**CHAT, "action": "validate_model_credentials",
                           "credentials": chat_creds(server, endpoint_url=url)})
+    reply = invoke(chat, chat_creds(server, endpoint_url=url), [{"role": "user", "content": "Hi"}])
     tool = review.request({**REVIEW, "action": "validate_tool_credentials",
                            "credentials": review_creds(server, endpoint_url=url)})
-    for e in (saved, tool):
-        assert "rejected the API key (HTTP 401): API keys are never taken from the query string" in e.error["message"]
-        assert "send it as 'Authorization: Bearer KEY'; use the key the server was started with" in e.error["message"]
-        assert "SECRET" not in e.error["message"]
+    written = review.request({**REVIEW, "action": "invoke_tool", "tool": "write_steam_review",
+                              "credentials": review_creds(server, endpoint_url=url),
+                              "tool_parameters": {"game_name": "Celeste", "max_tokens": 1}})
+    for e in (saved, reply, tool, written):
+        message = e.error["message"] if e.error else json.dumps(e.result)
+        assert "rejected the API key (HTTP 401): API keys are never taken from the query string" in message
+        assert ("send it as 'Authorization: Bearer KEY'; the key belongs in the API Key field, not in the endpoint "
+                "URL's query string: take key=… out of the endpoint URL and paste the key into API Key") in message
+        assert "SECRET" not in message
+
+
+def test_the_plugins_know_every_query_parameter_the_server_refuses_as_a_key():
+    from steam_persona.plugin.common.server_client import KEY_QUERY_PARAMS
+    from steam_persona.serve.middleware import _KEY_PARAMS
+
+    assert _KEY_PARAMS <= KEY_QUERY_PARAMS
 
 
 def test_an_api_key_with_a_password_in_the_url_is_refused_before_any_request(chat, review, server):

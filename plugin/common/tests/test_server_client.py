@@ -113,7 +113,12 @@ def test_a_rejected_key_relays_the_servers_openai_shaped_message():
     assert str(sc.error_for_status(401, body, "http://h:8000/v1/models?key=SECRET")) == (
         "the server at http://h:8000/v1/models?key=*** rejected the API key (HTTP 401): API keys are never taken"
         " from the query string (URLs end up in logs and browser history); this server checks no key, so send none;"
-        " use the key the server was started with (steam-train serve --api_key), or none if it has none")
+        " the key belongs in the API Key field, not in the endpoint URL's query string: take key=… out of the endpoint"
+        " URL and paste the key into API Key (left empty when the server has none)")
+    proxy = str(sc.error_for_status(401, "Unauthorized", "http://h/v1/models?api-version=1&Access_Token=s&apikey=t"))
+    assert proxy.endswith("take Access_Token=… and apikey=… out of the endpoint URL and paste the key into API Key"
+                          " (left empty when the server has none)") and "=s" not in proxy and "=t" not in proxy
+    assert sc.key_query_params("http://h/v1/models?api-version=1&keyboard=x&monkey=y") == []
     for other in ('{"detail": "Invalid API key"}', "Unauthorized", "", '{"error": {"message": ""}}'):
         assert str(sc.error_for_status(401, other, "u")) == (
             "the server at u rejected the API key (HTTP 401); use the key the server was started with"
@@ -172,3 +177,17 @@ def test_api_key_and_numbers_from_the_form():
     assert sc.request_timeout({}) == sc.REQUEST_TIMEOUT and sc.request_timeout({"request_timeout": "9"}) == 9.0
     with pytest.raises(sc.ServerError, match="invalid port"):
         sc.normalize_endpoint("http://h:99999/v1")
+
+
+def test_a_servers_own_prompt_counts_raise_its_later_estimates_only():
+    url, other = "http://no-tokenizer:8000/v1", "http://other:8000/v1"
+    assert sc.scaled_estimate(url, "m", 100) == 100
+    sc.learn_estimate_scale(url, "m", 40, 400)  # a short prompt: mostly the server's template, teaches nothing
+    sc.learn_estimate_scale(url, "m", 100, 90)  # counted lower: estimates already lean high
+    assert sc.scaled_estimate(url, "m", 100) == 100
+    sc.learn_estimate_scale(url, "m", 100, 175)  # SmolLM2 on Chinese: ~1.75x the estimate
+    sc.learn_estimate_scale(url, "m", 200, 300)  # a lower ratio later keeps the highest
+    assert sc.scaled_estimate(url, "m", 100) == 175 and sc.scaled_estimate(url, "m", 1) == 2
+    assert sc.scaled_estimate(other, "m", 100) == 100 and sc.scaled_estimate(url, "n", 100) == 100
+    sc.learn_estimate_scale(url, "m", 100, 10_000)
+    assert sc.scaled_estimate(url, "m", 100) == 100 * sc.MAX_ESTIMATE_SCALE

@@ -550,6 +550,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         if not isinstance(data, dict) or not data.get("choices"):
             raise server_client.ServerError(f"{url} answered without choices:"
                                             f" {response.text[:200]!r}", "server")
+        self._learn_from_usage(credentials, prompt_messages, data.get("usage"))
         return super()._handle_generate_response(model, credentials, response, prompt_messages)
 
     @staticmethod
@@ -622,9 +623,24 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
         n = server_client.count_tokens(url, key, text, model=model, read_timeout=left) if left > 0.5 else None
         if n is None:
             logger.info("tokenize endpoints unavailable at %s; estimating tokens", server_client.redact(url))
-            return server_client.estimate_tokens(server_client.render_chatml(
-                server_client.prepare_messages(messages, system=persona.DEFAULT_SYSTEM)))
+            return server_client.scaled_estimate(url, model, self._estimate(messages))
         return n
+
+    @staticmethod
+    def _estimate(messages: list[dict]) -> int:
+        """:func:`server_client.estimate_tokens` of the ChatML rendering of ``messages`` (dicts as sent), with
+        :data:`persona.DEFAULT_SYSTEM` standing in for the server's persona when there is no system turn."""
+        return server_client.estimate_tokens(server_client.render_chatml(
+            server_client.prepare_messages(messages, system=persona.DEFAULT_SYSTEM)))
+
+    def _learn_from_usage(self, credentials: dict, prompt_messages: list[PromptMessage], usage: object) -> None:
+        """Teach :func:`server_client.learn_estimate_scale` the server's own count of this prompt
+        (``usage.prompt_tokens``), for the estimates of a server without a tokenize endpoint."""
+        counted = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
+        if isinstance(counted, int):
+            messages = [self._convert_prompt_message_to_dict(m, credentials) for m in prompt_messages]
+            server_client.learn_estimate_scale(credentials["endpoint_url"], credentials.get("endpoint_model_name"),
+                                               self._estimate(messages), counted)
 
     def get_num_tokens(self, model: str, credentials: dict, prompt_messages: list[PromptMessage],
                        tools: list[PromptMessageTool] | None = None) -> int:
@@ -638,6 +654,7 @@ class SteamPersonaLargeLanguageModel(oai_llm.OAICompatLargeLanguageModel):
                                        credentials: dict, full_content: str) -> LLMResultChunk:
         """The SDK's last chunk, with usage counted by the server's tokenizer when the stream had none."""
         usage = dict(usage or {})
+        self._learn_from_usage(credentials, prompt_messages, usage)
         if usage.get("prompt_tokens") is None:
             usage["prompt_tokens"] = self._count_messages(credentials, prompt_messages)
         if usage.get("completion_tokens") is None:
