@@ -332,19 +332,44 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
     data: Any
     try:
         data = json.loads(text, parse_constant=_empty_constant)
-        lines = None
     except json.JSONDecodeError as e:
-        if stripped[0] != "{" or e.msg != "Extra data":
+        if not _json_lines(text, suffix, e):
             raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the file") from None
-        lines = _parse_jsonl(path, text)
-    if lines is not None:
-        return _read_records(path, lines, jsonl=True, tag_language=tag_language, columns=columns)
+        return _read_records(path, _parse_jsonl(path, text), jsonl=True, tag_language=tag_language, columns=columns)
     if isinstance(data, list):
         return _read_records(path, list(enumerate(data, 1)), jsonl=False, tag_language=tag_language, columns=columns)
     if isinstance(data, dict):
         return _read_object(path, data, tag_language, columns)
     raise UserError(f"{path}: unknown JSON shape (a {type(data).__name__}); expected reviews, "
                     "an alpaca/sharegpt list or appdetails")
+
+
+_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+#: how many non-blank lines after the first tell JSON Lines from a pretty-printed document in a ``.json`` file
+_LINES_SAMPLED = 5
+
+
+def _json_lines(text: str, suffix: str, e: json.JSONDecodeError) -> bool:
+    """Whether ``text``, which does not parse as one JSON document (``e``), is JSON Lines: its first character is
+    ``{`` and either the first value ends before more data (a good first line), or the file is named ``.jsonl`` /
+    ``.ndjson``, or most of the lines after the first are JSON objects on their own (JSON Lines whose first line is
+    broken; a pretty-printed document's lines are not). Its broken lines are then named one by one."""
+    if not text.lstrip().startswith("{"):
+        return False
+    if e.msg == "Extra data" or suffix in _JSONL_SUFFIXES:
+        return True
+    rest = (line.strip().lstrip("\ufeff") for line in itertools.islice(_lines(text.lstrip()), 1, None))
+    sample = list(itertools.islice(filter(None, rest), _LINES_SAMPLED))
+    return sum(map(_object_line, sample)) * 2 > len(sample)
+
+
+def _object_line(line: str) -> bool:
+    """``line`` alone is a JSON object with members."""
+    try:
+        value = json.loads(line, parse_constant=_empty_constant)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and bool(value)
 
 
 def _read_object(path: Path, data: dict, tag_language: str, columns: dict[str, str] | None) -> Loaded:

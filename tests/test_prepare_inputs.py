@@ -1244,3 +1244,54 @@ def test_sigterm_and_sighup_end_prepare_like_ctrl_c(tmp_path, capsys, monkeypatc
         _run(tmp_path, [tmp_path])
     assert "interrupted; prepare starts over when rerun" in capsys.readouterr().err
     assert signal.getsignal(getattr(signal, sig)) is signal.SIG_DFL
+
+
+def _review_lines(n: int) -> list[str]:
+    return [json.dumps({"recommendationid": str(1000 + i), "appid": 570, "review": EN[i % 4], "voted_up": True})
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("name", ["in.jsonl", "in.ndjson", "in.json", "in"])
+def test_json_lines_with_a_broken_first_line_name_it(tmp_path, name):
+    """Trial 29 N3: a cut first line was read as the start of one JSON document, and the error named line 3."""
+    lines = _review_lines(8)
+    lines[0] = lines[0][:37]  # {"recommendationid": "1000", "appid":
+    src = _raw(tmp_path / name, "\n".join(lines) + "\n")
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == f"{src}: line 1: invalid JSON at column 38 (Expecting value); fix or delete the line"
+
+
+def test_json_lines_with_broken_first_and_fifth_lines_name_both(tmp_path):
+    lines = _review_lines(8)
+    lines[0], lines[4] = lines[0][:37], lines[4][:30]
+    src = _raw(tmp_path / "in.jsonl", "\n".join(lines) + "\n")
+    out = tmp_path / "o/t.json"
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(out), "--language", "all"])
+    assert r.exit_code == 2 and not out.parent.exists()
+    assert r.output.strip().splitlines() == [
+        f"Error: {src}: lines 1 and 5 (2 lines): invalid JSON (line 1 at column 38: Expecting value); fix or delete them"]
+
+
+def test_a_pretty_printed_json_document_is_read_as_one_document(tmp_path):
+    """The JSON Lines test above must not take a pretty-printed document (a `.json`, or one misnamed `.jsonl`) for lines,
+    nor name its lines one by one when it is broken."""
+    records = [{"review": t, "app_name": "Hades", "voted_up": True} for t in EN]
+    for name, doc in (("a.json", records), ("p.json", {"success": 1, "reviews": records}), ("p.jsonl", {"data": records})):
+        src = _raw(tmp_path / name, json.dumps(doc, indent=2))
+        assert [r.text for r in sources.read(src).reviews] == EN
+    one_per_line = '{"data": [\n' + ",\n".join(map(json.dumps, records)) + ',\n]}\n'  # a trailing comma on line 5
+    src = _raw(tmp_path / "d.json", one_per_line)
+    with pytest.raises(UserError, match=r"d\.json: invalid JSON at line 6 column 1 \(Expecting value"):
+        sources.read(src)
+    broken = json.dumps(records, indent=2).replace('"Hades",', '"Hades"', 1)
+    src = _raw(tmp_path / "b.json", "{\n" + broken[1:-1] + "\n}")
+    with pytest.raises(UserError, match=r"b\.json: invalid JSON at line \d+ column \d+ \(Expecting property name"):
+        sources.read(src)
+
+
+def test_a_json_file_that_holds_json_lines_is_read_line_by_line(tmp_path):
+    src = _raw(tmp_path / "570.json", "\n".join(_review_lines(4)) + "\n")
+    loaded = sources.read(src)
+    assert loaded.format == "collect-jsonl" and [r.text for r in loaded.reviews] == EN
+    assert [r.where for r in loaded.reviews] == [f"{src}: line {n}" for n in range(1, 5)]
