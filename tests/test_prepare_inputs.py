@@ -19,6 +19,7 @@ from conftest import DEAD_PID
 from steam_persona.common import config
 from steam_persona.cli import main
 from steam_persona.common.errors import UserError
+from steam_persona.common.textfile import decode
 from steam_persona.reviews import columns, sources
 from steam_persona.reviews.prepare import PrepareConfig, run
 
@@ -1295,3 +1296,44 @@ def test_a_json_file_that_holds_json_lines_is_read_line_by_line(tmp_path):
     loaded = sources.read(src)
     assert loaded.format == "collect-jsonl" and [r.text for r in loaded.reviews] == EN
     assert [r.where for r in loaded.reviews] == [f"{src}: line {n}" for n in range(1, 5)]
+
+
+@pytest.mark.parametrize("text", ["", "a", "a\n", "a\r\n", "a\rb\r", "a\r\r\nb", "a\n\n", "\ufeffa\n\ufeffb", "\r\n", "\n\r",
+                                  "a\x85b\u2028c\r\nd", "x" * 70000 + "\ny\n"])
+def test_lines_read_from_the_bytes_are_the_lines_of_the_decoded_text(tmp_path, text):
+    raw = text.encode("utf-8")
+    lines = sources._utf8_lines(sources._utf8_chunks(tmp_path, io.BytesIO(raw)))
+    assert list(lines) == list(sources._lines(raw.decode("utf-8-sig")))
+
+
+def test_json_lines_are_read_from_the_bytes_without_decoding_the_whole_text(tmp_path, monkeypatch):
+    """A 200 MiB JSON Lines file's text was decoded whole before its lines were read (501 MiB for one emoji): now
+    its binary lines are decoded one at a time, with the same lines, records and line numbers."""
+    recs = [{"recommendationid": str(i), "appid": 570, "review": t + " 🎮", "voted_up": True} for i, t in enumerate(EN)]
+    text = "\ufeff" + "\r\n".join(map(json.dumps, recs[:2])) + "\r\r" + json.dumps(recs[2]) + ",\n\n" + json.dumps(recs[3])
+    plain, gz = tmp_path / "570.jsonl", tmp_path / "570.json.gz"
+    plain.write_text(text, encoding="utf-8")
+    gz.write_bytes(gzip.compress(text.encode("utf-8")))
+    expected = sources._read_decoded(plain, text[1:], ".jsonl", "zh", None)
+    monkeypatch.setattr(sources, "decode", lambda *a: pytest.fail("the whole text was decoded"))
+    for src, compressed in ((plain, None), (gz, "gzip")):
+        loaded = sources.read(src)
+        assert (loaded.format, loaded.compressed) == ("collect-jsonl", compressed)
+        assert [(r.text, r.where.split(": ")[1]) for r in loaded.reviews] == [
+            (r.text, r.where.split(": ")[1]) for r in expected.reviews]
+        assert [r.where.split(": ")[1] for r in loaded.reviews] == ["line 1", "line 2", "line 4", "line 6"]
+
+
+def test_streamed_json_lines_name_undecodable_bytes_and_a_broken_gzip_as_before(tmp_path):
+    raw = b"".join(json.dumps({"review": t, "app_name": "Hades"}).encode() + b"\n" for t in EN)
+    src = tmp_path / "r.jsonl"
+    src.write_bytes(raw + '{"review": "好游戏", "app_name": "Hades"}\n'.encode("gbk"))
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    with pytest.raises(UserError) as whole:
+        decode(src, src.read_bytes(), "utf-8")
+    assert str(e.value) == str(whole.value) and "line 5: not valid utf-8" in str(e.value)
+    gz = tmp_path / "r.jsonl.gz"
+    gz.write_bytes(gzip.compress(raw * 2000)[:-100])
+    with pytest.raises(UserError, match=r"r\.jsonl\.gz: broken gzip file \(.*\); re-download or decompress it"):
+        sources.read(gz)
