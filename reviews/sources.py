@@ -944,8 +944,8 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
         return _read_store_csv(path, reader, tag_language, src)
     if not columns and not any(columns_mod.field_of(c) == "review" for c in cols):
         _refuse_title_rows(path, _bodies(src.kept + src.ahead(10))[1:10], delim)
-    rows, spans, headers, multi, last = [], [], 0, [], []
-    row_end = _end(src.take()[-1])  # how the header's line ends: rows end the same way (csvquotes)
+    rows, headers, last, span = [], 0, [], (0, 0)
+    rowlike = _RowLike(delim, _end(src.take()[-1]))
     try:
         start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
         for row in reader:
@@ -956,18 +956,17 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
             else:
                 rows.append((f"row {start}", _whole_row(path, reader, row, delim, read, src, start)))
                 last = read
-                spans.append((start, reader.line_num))
-                if reader.line_num > start:
-                    multi.append((start, read))
+                span = (start, reader.line_num)
+                rowlike.add(start, read, rows[-1][1])
             start = reader.line_num + 1
     except csv.Error as e:
         raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
     if not rows:
         raise UserError(f"{path}: no rows under the header; remove it from the inputs")
-    _refuse_unclosed_quote(path, _bodies(last + src.take()), spans[-1], delim)
+    _refuse_unclosed_quote(path, _bodies(last + src.take()), span, delim)
     loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";")
     loaded.container = "TSV" if delim == "\t" else "CSV"
-    loaded.warnings += _rowlike_lines(path, multi, row_end, [r for _, r in rows], spans, delim)
+    loaded.warnings += rowlike.warnings(path)
     if headers:
         loaded.warnings.append(f"{path}: the header line came again {headers:,} time(s) below the first (files joined "
                                "into one?); skipped, not read as a review")
@@ -1106,31 +1105,57 @@ def _refuse_unclosed_quote(path: Path, lines: list[str], last: tuple[int, int], 
 _ROWLIKE_SHOWN = 5
 
 
-def _rowlike_lines(path: Path, multi: list[tuple[int, list[str]]], row_end: str, rows: list[dict[str, Any]],
-                   spans: list[tuple[int, int]], delim: str) -> list[str]:
-    """Warnings for the multi-line texts whose inner lines look like rows of the file (a quote left open
-    and closed by a later stray quote, or a review that lists ``Graphics, 9/10``: see
-    :mod:`steam_persona.reviews.csvquotes`). The texts are kept whole; ``multi`` are the rows of several lines (the
-    first line's number, the lines with their ends), ``row_end`` how the header's line ends, ``spans`` each row's
-    first and last line."""
-    if not multi:
-        return []
-    single = (list(r.values()) for r, (a, b) in zip(rows, spans) if a == b)
-    kinds = csvquotes.column_kinds(list(itertools.islice(single, csvquotes.SAMPLE)))
-    found = []
-    for a, read in multi:
+class _RowLike:
+    """The multi-line texts of a CSV whose inner lines look like rows of the file (a quote left open and closed by a
+    later stray quote, or a review that lists ``Graphics, 9/10``: see :mod:`steam_persona.reviews.csvquotes`), found
+    row by row as the file is read: a row of several lines waits only until the columns' kinds are learnt from the
+    first :data:`~steam_persona.reviews.csvquotes.SAMPLE` single-line rows. ``row_end`` is how the header's line ends."""
+
+    def __init__(self, delim: str, row_end: str):
+        self.delim, self.row_end = delim, row_end
+        self.single: list[list[Any]] = []
+        self.kinds: list[tuple[set[str], set[str] | None]] | None = None
+        self.waiting: list[tuple[int, list[str]]] = []
+        self.found: list[tuple[int, list[int]]] = []
+
+    def add(self, start: int, read: list[str], row: dict[str, Any]) -> None:
+        """The row ``row`` that starts on line ``start``; ``read`` are its lines, each with its end."""
+        if len(read) == 1 and self.kinds is None:
+            self.single.append(list(row.values()))
+            if len(self.single) == csvquotes.SAMPLE:
+                self._learn()
+        elif len(read) > 1:
+            if self.kinds is None:
+                self.waiting.append((start, read))
+            else:
+                self._check(start, read)
+
+    def _learn(self) -> None:
+        self.kinds = csvquotes.column_kinds(self.single)
+        for start, read in self.waiting:
+            self._check(start, read)
+        self.waiting = []
+
+    def _check(self, start: int, read: list[str]) -> None:
         lines = [line.rstrip("\r\n") for line in read]
-        inner = [n for n in csvquotes.swallowed_rows(lines, a, delim, kinds) if _end(read[n - a]) == row_end]
+        inner = [n for n in csvquotes.swallowed_rows(lines, start, self.delim, self.kinds or [])
+                 if _end(read[n - start]) == self.row_end]
         if inner:
-            found.append((csvquotes.opening_line(lines, a) or a, inner))
-    out = [f"{path}: line {a}: a quoted text runs on over line{'s' * (len(inner) > 1)} {_ranges(inner)}, "
-           f"which look{'s' * (len(inner) == 1)} like {'rows' if len(inner) > 1 else 'a row'} of the file; kept as "
-           f"that review's text. If the quote on line {a} was left open by mistake, close or remove it (a quote "
-           f"inside a quoted text is doubled: \"\") and rerun prepare" for a, inner in found[:_ROWLIKE_SHOWN]]
-    if len(found) > _ROWLIKE_SHOWN:
-        out.append(f"{path}: {len(found) - _ROWLIKE_SHOWN} more quoted texts hold lines that look like rows "
-                   f"(first on line {found[_ROWLIKE_SHOWN][0]}); kept as texts")
-    return out
+            self.found.append((csvquotes.opening_line(lines, start) or start, inner))
+
+    def warnings(self, path: Path) -> list[str]:
+        """One warning per text found (the first :data:`_ROWLIKE_SHOWN`, then their count); the texts are kept."""
+        if self.kinds is None and self.waiting:
+            self._learn()
+        found = self.found
+        out = [f"{path}: line {a}: a quoted text runs on over line{'s' * (len(inner) > 1)} {_ranges(inner)}, "
+               f"which look{'s' * (len(inner) == 1)} like {'rows' if len(inner) > 1 else 'a row'} of the file; kept "
+               f"as that review's text. If the quote on line {a} was left open by mistake, close or remove it (a quote "
+               f"inside a quoted text is doubled: \"\") and rerun prepare" for a, inner in found[:_ROWLIKE_SHOWN]]
+        if len(found) > _ROWLIKE_SHOWN:
+            out.append(f"{path}: {len(found) - _ROWLIKE_SHOWN} more quoted texts hold lines that look like rows "
+                       f"(first on line {found[_ROWLIKE_SHOWN][0]}); kept as texts")
+        return out
 
 
 def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: _RowLines) -> Loaded:

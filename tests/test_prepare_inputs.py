@@ -1337,3 +1337,14 @@ def test_streamed_json_lines_name_undecodable_bytes_and_a_broken_gzip_as_before(
     gz.write_bytes(gzip.compress(raw * 2000)[:-100])
     with pytest.raises(UserError, match=r"r\.jsonl\.gz: broken gzip file \(.*\); re-download or decompress it"):
         sources.read(gz)
+
+
+def test_json_lines_named_json_with_every_fifth_line_cut_from_the_first_name_them_all(tmp_path):
+    """Trial 29 N3's s3b: 300 lines, every fifth cut starting with line 1, got the one message of line 3."""
+    lines = _review_lines(300)
+    for i in range(0, 300, 5):
+        lines[i] = lines[i][:37]
+    src = _raw(tmp_path / "s3b.json", "\n".join(lines) + "\n")
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value).startswith(f"{src}: lines 1, 6, 11, 16, 21 and 55 more (60 lines): invalid JSON (line 1 at")
