@@ -1348,3 +1348,22 @@ def test_json_lines_named_json_with_every_fifth_line_cut_from_the_first_name_the
     with pytest.raises(UserError) as e:
         sources.read(src)
     assert str(e.value).startswith(f"{src}: lines 1, 6, 11, 16, 21 and 55 more (60 lines): invalid JSON (line 1 at")
+
+
+def test_a_csv_is_read_from_the_bytes_with_the_rows_and_warnings_of_the_whole_text(tmp_path, monkeypatch):
+    """The CSV reader takes the file's lines one at a time: a sep= hint, a BOM, CRLF rows with LF lines inside a
+    quoted review, a swallowed row found after the column sample (csvquotes.SAMPLE) and a repeated header read
+    as from the decoded text."""
+    monkeypatch.setattr(sources.csvquotes, "SAMPLE", 2)
+    rows = [f"\"{EN[0]}\";Yes;Hades", f"\"{EN[1]}\";No;Hades", "\"Two lines\nof text\";Yes;Hades",
+            "review;voted_up;game", f"\"{EN[2]}\r\n{EN[3]};Yes;Hades\r\nmore\";No;Hades", "\"last\";Yes;Hades"]
+    text = "\ufeffsep=;\r\nreview;voted_up;game\r\n" + "\r\n".join(rows) + "\r\n"
+    src = tmp_path / "r.csv"
+    src.write_text(text, encoding="utf-8")
+    expected = sources._read_decoded(src, text[1:], ".csv", "zh", None)
+    monkeypatch.setattr(sources, "decode", lambda *a: pytest.fail("the whole text was decoded"))
+    loaded = sources.read(src)
+    assert [(r.where, r.text, r.voted_up) for r in loaded.reviews] == [(r.where, r.text, r.voted_up) for r in expected.reviews]
+    assert loaded.warnings == expected.warnings and len(loaded.warnings) == 2
+    assert "line 8: a quoted text runs on over line 9" in loaded.warnings[0]
+    assert [r.where.split(": ")[1] for r in loaded.reviews] == ["row 3", "row 4", "row 5", "row 8", "row 11"]
