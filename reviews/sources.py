@@ -33,10 +33,12 @@ import io
 import itertools
 import json
 import re
+import zlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NoReturn
+from typing import IO, Any, Iterable, Iterator, NoReturn
 
 from rich.markup import escape
 
@@ -283,8 +285,11 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
         UserError: undecodable bytes (with a ``--encoding`` hint), an unknown encoding, invalid
             JSON / CSV, unknown columns or record shapes.
     """
-    raw, compressed = _read_bytes(path)
     suffix = _suffix(path)
+    streamed = _read_streamed(path, suffix, encoding, tag_language, columns)
+    if streamed is not None:
+        return streamed
+    raw, compressed = _read_bytes(path)
     if suffix == ".parquet" or raw[:4] == b"PAR1":
         loaded = _read_parquet(path, raw, columns or {})
     else:
@@ -295,6 +300,122 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
         loaded.encoding = "UTF-16" if encoding == "utf-16" else None
     loaded.compressed = compressed
     return loaded
+
+
+#: bytes read before a file is streamed: a UTF-16 byte-order mark or Parquet's magic bytes are told from them
+_HEAD_BYTES = 1 << 16
+
+
+def _read_streamed(path: Path, suffix: str, encoding: str, tag_language: str,
+                   columns: dict[str, str] | None) -> Loaded | None:
+    """A UTF-8 JSON Lines or CSV/TSV file (gzipped or not) read one binary line at a time and decoded line by line, so
+    that a big file's text is never held whole (2.5x its size, at 4 bytes a character once one emoji is in it);
+    ``None`` for every other file, which :func:`read` reads whole. A ``.csv``/``.tsv`` is streamed when its first
+    line is not blank; another file when its first non-blank line is one JSON object with another non-blank line
+    after it, where the whole text fails as one document with "Extra data". The lines, values and messages are
+    those of the whole-text reading.
+
+    Raises:
+        UserError: as :func:`read`, for the file's records, its undecodable bytes and a broken gzip stream.
+    """
+    if suffix == ".parquet" or encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        return None
+    with _binary(path) as (f, compressed):
+        try:
+            head = f.read(_HEAD_BYTES) + f.readline() if f else b""
+        except (OSError, EOFError, zlib.error):
+            return None  # read() names the error
+        if not head or head[:4] == b"PAR1" or _utf16(path, head, encoding) != encoding:
+            return None
+        chunks = _utf8_chunks(path, itertools.chain(io.BytesIO(head), _checked(path, f)))
+        if suffix in (".csv", ".tsv"):
+            first = next(chunks)
+            if not first.strip():
+                return None
+            loaded = _read_csv(path, itertools.chain([first], chunks), tag_language, columns)
+        else:
+            lines = _utf8_lines(chunks)
+            records = _first_records(lines)
+            if records is None:
+                return None
+            loaded = _read_records(path, _parse_jsonl(path, itertools.chain(records, lines)), jsonl=True,
+                                   tag_language=tag_language, columns=columns)
+    loaded.compressed = compressed
+    return loaded
+
+
+@contextmanager
+def _binary(path: Path) -> Iterator[tuple[IO[bytes] | None, str | None]]:
+    """``path`` open for reading its bytes, through gzip when its magic bytes say so, and ``"gzip"`` then;
+    ``(None, None)`` when it cannot be opened (:func:`_read_bytes` says why)."""
+    try:
+        f = path.open("rb")
+    except OSError:
+        yield None, None
+        return
+    with f:
+        if f.peek(2)[:2] != b"\x1f\x8b":
+            yield f, None
+            return
+        import gzip
+
+        with gzip.GzipFile(fileobj=f) as g:
+            yield g, "gzip"
+
+
+def _checked(path: Path, f: IO[bytes]) -> Iterator[bytes]:
+    """``f``'s binary lines; a broken gzip stream raises :func:`_read_bytes`'s error."""
+    try:
+        yield from f
+    except (OSError, EOFError, zlib.error):
+        _read_bytes(path)
+        raise
+
+
+def _utf8_chunks(path: Path, chunks: Iterable[bytes]) -> Iterator[str]:
+    """The binary lines ``chunks`` of ``path`` (each ending at ``\\n``), decoded as UTF-8 (a BOM allowed).
+
+    Raises:
+        UserError: undecodable bytes, as :func:`~steam_persona.common.textfile.decode` names them in the whole file.
+    """
+    codec = "utf-8-sig"
+    for chunk in chunks:
+        try:
+            yield chunk.decode(codec)
+        except UnicodeDecodeError:
+            decode(path, _read_bytes(path)[0], "utf-8")
+            raise
+        codec = "utf-8"
+
+
+def _utf8_lines(chunks: Iterable[str]) -> Iterator[str]:
+    """What :func:`_lines` gives of the text whose pieces ending at ``\\n`` are ``chunks``: a piece holding a lone
+    ``\\r`` is split there too."""
+    text = "\n"
+    for text in chunks:
+        body = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+        yield from _lines(body) if "\r" in body else (body,)
+    if text.endswith("\n"):
+        yield ""
+
+
+def _first_records(lines: Iterator[str]) -> list[str] | None:
+    """The lines up to the second non-blank one, taken from ``lines``, when the first non-blank line is one JSON
+    object on its own (a file the whole-text reading reads as JSON Lines); else ``None``."""
+    taken: list[str] = []
+    for line in lines:
+        taken.append(line)
+        if not line.strip():
+            continue
+        if len(taken) > 1 and any(t.strip() for t in taken[:-1]):
+            return taken
+        if not line.lstrip().startswith("{"):
+            return None
+        try:
+            json.loads(_jsonl_text(line), parse_constant=_empty_constant)
+        except json.JSONDecodeError:
+            return None
+    return None
 
 
 def _utf16(path: Path, raw: bytes, encoding: str) -> str:
@@ -328,23 +449,49 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
     if not stripped:
         raise UserError(f"{path}: file is empty; remove it from the inputs")
     if suffix in (".csv", ".tsv") or stripped[0] not in "[{":
-        return _read_csv(path, text, tag_language, columns)
+        return _read_csv(path, io.StringIO(text, newline="\n"), tag_language, columns)
     data: Any
     try:
         data = json.loads(text, parse_constant=_empty_constant)
-        lines = None
     except json.JSONDecodeError as e:
-        if stripped[0] != "{" or e.msg != "Extra data":
+        if not _json_lines(text, suffix, e):
             raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the file") from None
-        lines = _parse_jsonl(path, text)
-    if lines is not None:
-        return _read_records(path, lines, jsonl=True, tag_language=tag_language, columns=columns)
+        return _read_records(path, _parse_jsonl(path, _lines(text)), jsonl=True, tag_language=tag_language,
+                             columns=columns)
     if isinstance(data, list):
         return _read_records(path, list(enumerate(data, 1)), jsonl=False, tag_language=tag_language, columns=columns)
     if isinstance(data, dict):
         return _read_object(path, data, tag_language, columns)
     raise UserError(f"{path}: unknown JSON shape (a {type(data).__name__}); expected reviews, "
                     "an alpaca/sharegpt list or appdetails")
+
+
+_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+#: how many non-blank lines after the first tell JSON Lines from a pretty-printed document in a ``.json`` file
+_LINES_SAMPLED = 5
+
+
+def _json_lines(text: str, suffix: str, e: json.JSONDecodeError) -> bool:
+    """Whether ``text``, which does not parse as one JSON document (``e``), is JSON Lines: its first character is
+    ``{`` and either the first value ends before more data (a good first line), or the file is named ``.jsonl`` /
+    ``.ndjson``, or most of the lines after the first are JSON objects on their own (JSON Lines whose first line is
+    broken; a pretty-printed document's lines are not). Its broken lines are then named one by one."""
+    if not text.lstrip().startswith("{"):
+        return False
+    if e.msg == "Extra data" or suffix in _JSONL_SUFFIXES:
+        return True
+    rest = (line.strip().lstrip("\ufeff") for line in itertools.islice(_lines(text.lstrip()), 1, None))
+    sample = list(itertools.islice(filter(None, rest), _LINES_SAMPLED))
+    return sum(map(_object_line, sample)) * 2 > len(sample)
+
+
+def _object_line(line: str) -> bool:
+    """``line`` alone is a JSON object with members."""
+    try:
+        value = json.loads(line, parse_constant=_empty_constant)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and bool(value)
 
 
 def _read_object(path: Path, data: dict, tag_language: str, columns: dict[str, str] | None) -> Loaded:
@@ -471,10 +618,16 @@ def _lines(text: str) -> Iterator[str]:
     yield text[start:]
 
 
-def _parse_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    """JSON Lines → ``(line number, value)`` one line at a time (a big file's records become reviews one by
-    one instead of all being held as dicts first). Blank lines are skipped, and so is a comma ending a
-    line or standing alone (objects pasted out of a JSON array): neither can hide a record. Lines end at
+def _jsonl_text(line: str) -> str:
+    """A JSON Lines line as it is parsed: a BOM inside (files joined by cat) and a comma ending it dropped."""
+    return line.strip().lstrip("\ufeff").removesuffix(",").rstrip()
+
+
+def _parse_jsonl(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    """The lines of a JSON Lines file (:func:`_lines`, :func:`_utf8_lines`) → ``(line number, value)`` one line at a
+    time (a big file's records become reviews one by one instead of all being held as dicts first). Blank lines are
+    skipped, and so is a comma ending a line or standing alone (objects pasted out of a JSON array): neither can hide
+    a record. Lines end at
     ``\\n``, ``\\r\\n`` or ``\\r`` (JSON keeps neither raw inside a string) and nowhere else: ``str.splitlines``
     would also split at U+0085, U+2028 and U+2029, which JSON allows raw inside a review's text.
 
@@ -484,8 +637,8 @@ def _parse_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     """
     bad: list[tuple[int, json.JSONDecodeError]] = []
     count = 0
-    for n, line in enumerate(_lines(text), 1):
-        line = line.strip().lstrip("\ufeff").removesuffix(",").rstrip()  # a BOM inside: files joined by cat
+    for n, line in enumerate(lines, 1):
+        line = _jsonl_text(line)
         if not line:
             continue
         try:
@@ -764,17 +917,22 @@ def _app_info(d: dict) -> AppInfo:
     return AppInfo(name=d.get("name") or None, tags=genres or None)
 
 
-def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] | None) -> Loaded:
+def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dict[str, str] | None) -> Loaded:
     """CSV or TSV (delimiter sniffed from the header line, or given by Excel's ``sep=;`` hint on line 1, which is
-    skipped): the store-scrape CSV when it has ``title`` + ``user_reviews``, else a ``table``."""
+    skipped): the store-scrape CSV when it has ``title`` + ``user_reviews``, else a ``table``. ``chunks`` are the
+    text's pieces that end at ``\\n`` (a streamed file's lines, or ``io.StringIO(text, newline="\\n")``)."""
     csv.field_size_limit(2**31 - 1)  # user_reviews cells hold many reviews
-    text = text.lstrip("\ufeff")
-    header = text.split("\n", 1)[0]
+    chunks = iter(chunks)
+    first = next(chunks, "").lstrip("\ufeff")
+    header = first.removesuffix("\n")
     hint = _SEP_HINT.fullmatch(header.rstrip("\r"))
+    ahead = [first]
     if hint:
-        header = (text.split("\n", 2) + [""])[1]
+        ahead.append(next(chunks, ""))
+        header = ahead[1].removesuffix("\n")
     delim = hint.group(1) if hint else max((",", "\t", ";", "|"), key=header.count)  # one column reads as CSV
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+    src = _RowLines(itertools.chain(ahead, chunks))
+    reader = csv.DictReader(src, delimiter=delim)
     if hint:
         next(reader.reader, None)  # the hint line still counts in line_num, so lines keep their numbers
     cols = [c for c in (reader.fieldnames or []) if c is not None]
@@ -782,41 +940,96 @@ def _read_csv(path: Path, text: str, tag_language: str, columns: dict[str, str] 
         raise UserError(f"{path}: no CSV/TSV header found (first line: {header[:60]!r}); "
                         "put the column names on line 1, or convert the file to JSON Lines")
     if "title" in cols and "user_reviews" in cols and not columns:
-        return _read_store_csv(path, reader, tag_language, text)
+        src.take()
+        return _read_store_csv(path, reader, tag_language, src)
     if not columns and not any(columns_mod.field_of(c) == "review" for c in cols):
-        _refuse_title_rows(path, text, delim)
-    rows, spans, headers = [], [], 0
+        _refuse_title_rows(path, _bodies(src.kept + src.ahead(10))[1:10], delim)
+    rows, headers, last, span = [], 0, [], (0, 0)
+    rowlike = _RowLike(delim, _end(src.take()[-1]))
     try:
         start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
         for row in reader:
+            read = src.take()
             if None not in row and [str(v).lstrip("\ufeff") for v in row.values()] == [c.lstrip("\ufeff") for c in row]:
                 headers += 1  # the header again: files joined by cat, each with its header
+                last = last + read
             else:
-                rows.append((f"row {start}", _whole_row(path, reader, row, delim, text, start)))
-                spans.append((start, reader.line_num))
+                rows.append((f"row {start}", _whole_row(path, reader, row, delim, read, src, start)))
+                last = read
+                span = (start, reader.line_num)
+                rowlike.add(start, read, rows[-1][1])
             start = reader.line_num + 1
     except csv.Error as e:
         raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
     if not rows:
         raise UserError(f"{path}: no rows under the header; remove it from the inputs")
-    _refuse_unclosed_quote(path, text, spans[-1], delim)
+    _refuse_unclosed_quote(path, _bodies(last + src.take()), span, delim)
     loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";")
     loaded.container = "TSV" if delim == "\t" else "CSV"
-    loaded.warnings += _rowlike_lines(path, text, [r for _, r in rows], spans, delim)
+    loaded.warnings += rowlike.warnings(path)
     if headers:
         loaded.warnings.append(f"{path}: the header line came again {headers:,} time(s) below the first (files joined "
                                "into one?); skipped, not read as a review")
     return loaded
 
 
-def _refuse_title_rows(path: Path, text: str, delim: str) -> None:
+#: one line with its end, as ``io.StringIO(text, newline="")`` gives it (and so ``csv.reader``)
+_LINE_WITH_END = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+class _RowLines:
+    """The lines of a CSV text, each with its end, fed to ``csv.reader`` one at a time from the text's pieces that
+    end at ``\\n``. The lines read since the last :meth:`take` are :attr:`kept` (the row just read, for its
+    messages and checks), so that the text is never held whole."""
+
+    def __init__(self, chunks: Iterable[str]):
+        self._lines = (line for chunk in chunks for line in _LINE_WITH_END.findall(chunk))
+        self._ahead: list[str] = []
+        self.kept: list[str] = []
+
+    def __iter__(self) -> _RowLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._ahead.pop(0) if self._ahead else next(self._lines)
+        self.kept.append(line)
+        return line
+
+    def ahead(self, n: int) -> list[str]:
+        """The next ``n`` lines (fewer at the end), left for the reader."""
+        self._ahead += itertools.islice(self._lines, max(0, n - len(self._ahead)))
+        return self._ahead[:n]
+
+    def take(self) -> list[str]:
+        """The lines read since the last call."""
+        kept, self.kept = self.kept, []
+        return kept
+
+    def to_end(self) -> list[str]:
+        """:meth:`take` after reading the rest of the text (for a message about a row that runs on)."""
+        for _ in self:
+            pass
+        return self.take()
+
+
+def _end(line: str) -> str:
+    """How ``line`` (one of :class:`_RowLines`) ends: ``\\r\\n``, ``\\r``, ``\\n`` or ``""``."""
+    return line[len(line.rstrip("\r\n")):]
+
+
+def _bodies(lines: list[str]) -> list[str]:
+    """``lines`` (each with its end) without their ends, as ``_LINE_END.split`` gives them: ``""`` after a last end."""
+    return [line.rstrip("\r\n") for line in lines] + ([""] if not lines or _end(lines[-1]) else [])
+
+
+def _refuse_title_rows(path: Path, lines: list[str], delim: str) -> None:
     """Refuse a CSV whose header is not on line 1 (a title or a date above it, as spreadsheet exports have): a
-    line of the first ten whose cells name the review column is the header.
+    line of the first ten (``lines`` are lines 2-10) whose cells name the review column is the header.
 
     Raises:
         UserError: naming that line and the lines above it to delete.
     """
-    for n, line in enumerate(_LINE_END.split(text)[1:10], 2):
+    for n, line in enumerate(lines, 2):
         cells = next(csv.reader([line], delimiter=delim), [])
         if any(columns_mod.field_of(c) == "review" for c in cells):
             above = "line 1" if n == 2 else f"lines 1-{n - 1}"
@@ -829,9 +1042,10 @@ _SEP_HINT = re.compile(r"sep=(.)")
 _DELIM_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "vertical bar"}
 
 
-def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: str, text: str,
-               start: int) -> dict[str, Any]:
-    """``row`` (which starts on line ``start`` of ``text``) when it has exactly the header's fields. ``csv.DictReader``
+def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: str, read: list[str],
+               src: _RowLines, start: int) -> dict[str, Any]:
+    """``row`` (which starts on line ``start``; ``read`` are its lines, and ``src`` the rest of the file) when it has
+    exactly the header's fields. ``csv.DictReader``
     files extra fields under the ``None`` key (its ``restkey``) and fills missing ones with ``None`` (its ``restval``):
     either means an unquoted separator in a text, or the wrong separator, or a quote that never closes (the lenient
     reader takes the lines after it into one text), and reading on would cut or shift the text silently.
@@ -844,7 +1058,7 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: s
         return row
     width = len(reader.fieldnames or [])
     found = width + len(extra) if extra is not None else sum(v is not None for k, v in row.items())
-    rest = _LINE_END.split(text)[start - 1:]
+    rest = _bodies(read + src.to_end())
     lines = rest[:reader.line_num - start + 1]
     opened = csvquotes.opening_line(lines, start)
     if extra is None and csvquotes.ends_open(rest, delim):
@@ -875,56 +1089,84 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
-def _refuse_unclosed_quote(path: Path, text: str, last: tuple[int, int], delim: str) -> None:
+def _refuse_unclosed_quote(path: Path, lines: list[str], last: tuple[int, int], delim: str) -> None:
     """Refuse a text still open at the end of the file (see :mod:`steam_persona.reviews.csvquotes`);
-    ``last`` is the last row's first and last line.
+    ``last`` is the last row's first and last line, and ``lines`` the file's lines from that first one on.
 
     Raises:
         UserError: naming the line where the quote opens.
     """
-    lines = _LINE_END.split(text)
     a, b = last
-    if csvquotes.ends_open(lines[a - 1:], delim):
-        _runaway(path, csvquotes.opening_line(lines[a - 1:b], a) or a, "the rest of the file would read as one text")
+    if csvquotes.ends_open(lines, delim):
+        _runaway(path, csvquotes.opening_line(lines[:b - a + 1], a) or a, "the rest of the file would read as one text")
 
 
 #: how many records with row-like lines are named one by one; the rest are counted in one more warning
 _ROWLIKE_SHOWN = 5
 
 
-def _rowlike_lines(path: Path, text: str, rows: list[dict[str, Any]], spans: list[tuple[int, int]],
-                   delim: str) -> list[str]:
-    """Warnings for the multi-line texts whose inner lines look like rows of the file (a quote left open
-    and closed by a later stray quote, or a review that lists ``Graphics, 9/10``: see
-    :mod:`steam_persona.reviews.csvquotes`). The texts are kept whole; ``spans`` are each row's first and last line."""
-    if all(a == b for a, b in spans):
-        return []
-    lines = _LINE_END.split(text)
-    ends = [m.group(0) for m in _LINE_END.finditer(text)]  # ends[n - 1]: how line n ends
-    row_end = ends[spans[0][0] - 2]  # the header's
-    single = (list(r.values()) for r, (a, b) in zip(rows, spans) if a == b)
-    kinds = csvquotes.column_kinds(list(itertools.islice(single, csvquotes.SAMPLE)))
-    found = [(csvquotes.opening_line(lines[a - 1:b], a) or a, inner) for a, b in spans if b > a and (inner := [
-        n for n in csvquotes.swallowed_rows(lines[a - 1:b], a, delim, kinds) if ends[n - 1] == row_end])]
-    out = [f"{path}: line {a}: a quoted text runs on over line{'s' * (len(inner) > 1)} {_ranges(inner)}, "
-           f"which look{'s' * (len(inner) == 1)} like {'rows' if len(inner) > 1 else 'a row'} of the file; kept as "
-           f"that review's text. If the quote on line {a} was left open by mistake, close or remove it (a quote "
-           f"inside a quoted text is doubled: \"\") and rerun prepare" for a, inner in found[:_ROWLIKE_SHOWN]]
-    if len(found) > _ROWLIKE_SHOWN:
-        out.append(f"{path}: {len(found) - _ROWLIKE_SHOWN} more quoted texts hold lines that look like rows "
-                   f"(first on line {found[_ROWLIKE_SHOWN][0]}); kept as texts")
-    return out
+class _RowLike:
+    """The multi-line texts of a CSV whose inner lines look like rows of the file (a quote left open and closed by a
+    later stray quote, or a review that lists ``Graphics, 9/10``: see :mod:`steam_persona.reviews.csvquotes`), found
+    row by row as the file is read: a row of several lines waits only until the columns' kinds are learnt from the
+    first :data:`~steam_persona.reviews.csvquotes.SAMPLE` single-line rows. ``row_end`` is how the header's line ends."""
+
+    def __init__(self, delim: str, row_end: str):
+        self.delim, self.row_end = delim, row_end
+        self.single: list[list[Any]] = []
+        self.kinds: list[tuple[set[str], set[str] | None]] | None = None
+        self.waiting: list[tuple[int, list[str]]] = []
+        self.found: list[tuple[int, list[int]]] = []
+
+    def add(self, start: int, read: list[str], row: dict[str, Any]) -> None:
+        """The row ``row`` that starts on line ``start``; ``read`` are its lines, each with its end."""
+        if len(read) == 1 and self.kinds is None:
+            self.single.append(list(row.values()))
+            if len(self.single) == csvquotes.SAMPLE:
+                self._learn()
+        elif len(read) > 1:
+            if self.kinds is None:
+                self.waiting.append((start, read))
+            else:
+                self._check(start, read)
+
+    def _learn(self) -> None:
+        self.kinds = csvquotes.column_kinds(self.single)
+        for start, read in self.waiting:
+            self._check(start, read)
+        self.waiting = []
+
+    def _check(self, start: int, read: list[str]) -> None:
+        lines = [line.rstrip("\r\n") for line in read]
+        inner = [n for n in csvquotes.swallowed_rows(lines, start, self.delim, self.kinds or [])
+                 if _end(read[n - start]) == self.row_end]
+        if inner:
+            self.found.append((csvquotes.opening_line(lines, start) or start, inner))
+
+    def warnings(self, path: Path) -> list[str]:
+        """One warning per text found (the first :data:`_ROWLIKE_SHOWN`, then their count); the texts are kept."""
+        if self.kinds is None and self.waiting:
+            self._learn()
+        found = self.found
+        out = [f"{path}: line {a}: a quoted text runs on over line{'s' * (len(inner) > 1)} {_ranges(inner)}, "
+               f"which look{'s' * (len(inner) == 1)} like {'rows' if len(inner) > 1 else 'a row'} of the file; kept "
+               f"as that review's text. If the quote on line {a} was left open by mistake, close or remove it (a quote "
+               f"inside a quoted text is doubled: \"\") and rerun prepare" for a, inner in found[:_ROWLIKE_SHOWN]]
+        if len(found) > _ROWLIKE_SHOWN:
+            out.append(f"{path}: {len(found) - _ROWLIKE_SHOWN} more quoted texts hold lines that look like rows "
+                       f"(first on line {found[_ROWLIKE_SHOWN][0]}); kept as texts")
+        return out
 
 
-def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, text: str) -> Loaded:
-    """The store-scrape CSV (``text``, read by ``reader``): one row per game, its reviews a JSON list in
+def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: _RowLines) -> Loaded:
+    """The store-scrape CSV (``src``'s lines, read by ``reader``): one row per game, its reviews a JSON list in
     ``user_reviews``."""
     loaded = Loaded(path, "store-csv")
     lang = 1 if tag_language == "zh" else 0
     start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
     for row in reader:
         where = f"{path}: row {start}"
-        row = _whole_row(path, reader, row, ",", text, start)
+        row = _whole_row(path, reader, row, ",", src.take(), src, start)
         start = reader.line_num + 1
         try:
             reviews = json.loads(row["user_reviews"] or "[]")

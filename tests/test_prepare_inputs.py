@@ -19,6 +19,7 @@ from conftest import DEAD_PID
 from steam_persona.common import config
 from steam_persona.cli import main
 from steam_persona.common.errors import UserError
+from steam_persona.common.textfile import decode
 from steam_persona.reviews import columns, sources
 from steam_persona.reviews.prepare import PrepareConfig, run
 
@@ -1244,3 +1245,125 @@ def test_sigterm_and_sighup_end_prepare_like_ctrl_c(tmp_path, capsys, monkeypatc
         _run(tmp_path, [tmp_path])
     assert "interrupted; prepare starts over when rerun" in capsys.readouterr().err
     assert signal.getsignal(getattr(signal, sig)) is signal.SIG_DFL
+
+
+def _review_lines(n: int) -> list[str]:
+    return [json.dumps({"recommendationid": str(1000 + i), "appid": 570, "review": EN[i % 4], "voted_up": True})
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("name", ["in.jsonl", "in.ndjson", "in.json", "in"])
+def test_json_lines_with_a_broken_first_line_name_it(tmp_path, name):
+    """Trial 29 N3: a cut first line was read as the start of one JSON document, and the error named line 3."""
+    lines = _review_lines(8)
+    lines[0] = lines[0][:37]  # {"recommendationid": "1000", "appid":
+    src = _raw(tmp_path / name, "\n".join(lines) + "\n")
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == f"{src}: line 1: invalid JSON at column 38 (Expecting value); fix or delete the line"
+
+
+def test_json_lines_with_broken_first_and_fifth_lines_name_both(tmp_path):
+    lines = _review_lines(8)
+    lines[0], lines[4] = lines[0][:37], lines[4][:30]
+    src = _raw(tmp_path / "in.jsonl", "\n".join(lines) + "\n")
+    out = tmp_path / "o/t.json"
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(out), "--language", "all"])
+    assert r.exit_code == 2 and not out.parent.exists()
+    assert r.output.strip().splitlines() == [
+        f"Error: {src}: lines 1 and 5 (2 lines): invalid JSON (line 1 at column 38: Expecting value); fix or delete them"]
+
+
+def test_a_pretty_printed_json_document_is_read_as_one_document(tmp_path):
+    """The JSON Lines test above must not take a pretty-printed document (a `.json`, or one misnamed `.jsonl`) for lines,
+    nor name its lines one by one when it is broken."""
+    records = [{"review": t, "app_name": "Hades", "voted_up": True} for t in EN]
+    for name, doc in (("a.json", records), ("p.json", {"success": 1, "reviews": records}), ("p.jsonl", {"data": records})):
+        src = _raw(tmp_path / name, json.dumps(doc, indent=2))
+        assert [r.text for r in sources.read(src).reviews] == EN
+    one_per_line = '{"data": [\n' + ",\n".join(map(json.dumps, records)) + ',\n]}\n'  # a trailing comma on line 5
+    src = _raw(tmp_path / "d.json", one_per_line)
+    with pytest.raises(UserError, match=r"d\.json: invalid JSON at line 6 column 1 \(Expecting value"):
+        sources.read(src)
+    broken = json.dumps(records, indent=2).replace('"Hades",', '"Hades"', 1)
+    src = _raw(tmp_path / "b.json", "{\n" + broken[1:-1] + "\n}")
+    with pytest.raises(UserError, match=r"b\.json: invalid JSON at line \d+ column \d+ \(Expecting property name"):
+        sources.read(src)
+
+
+def test_a_json_file_that_holds_json_lines_is_read_line_by_line(tmp_path):
+    src = _raw(tmp_path / "570.json", "\n".join(_review_lines(4)) + "\n")
+    loaded = sources.read(src)
+    assert loaded.format == "collect-jsonl" and [r.text for r in loaded.reviews] == EN
+    assert [r.where for r in loaded.reviews] == [f"{src}: line {n}" for n in range(1, 5)]
+
+
+@pytest.mark.parametrize("text", ["", "a", "a\n", "a\r\n", "a\rb\r", "a\r\r\nb", "a\n\n", "\ufeffa\n\ufeffb", "\r\n", "\n\r",
+                                  "a\x85b\u2028c\r\nd", "x" * 70000 + "\ny\n"])
+def test_lines_read_from_the_bytes_are_the_lines_of_the_decoded_text(tmp_path, text):
+    raw = text.encode("utf-8")
+    lines = sources._utf8_lines(sources._utf8_chunks(tmp_path, io.BytesIO(raw)))
+    assert list(lines) == list(sources._lines(raw.decode("utf-8-sig")))
+
+
+def test_json_lines_are_read_from_the_bytes_without_decoding_the_whole_text(tmp_path, monkeypatch):
+    """A 200 MiB JSON Lines file's text was decoded whole before its lines were read (501 MiB for one emoji): now
+    its binary lines are decoded one at a time, with the same lines, records and line numbers."""
+    recs = [{"recommendationid": str(i), "appid": 570, "review": t + " 🎮", "voted_up": True} for i, t in enumerate(EN)]
+    text = "\ufeff" + "\r\n".join(map(json.dumps, recs[:2])) + "\r\r" + json.dumps(recs[2]) + ",\n\n" + json.dumps(recs[3])
+    plain, gz = tmp_path / "570.jsonl", tmp_path / "570.json.gz"
+    plain.write_text(text, encoding="utf-8")
+    gz.write_bytes(gzip.compress(text.encode("utf-8")))
+    expected = sources._read_decoded(plain, text[1:], ".jsonl", "zh", None)
+    monkeypatch.setattr(sources, "decode", lambda *a: pytest.fail("the whole text was decoded"))
+    for src, compressed in ((plain, None), (gz, "gzip")):
+        loaded = sources.read(src)
+        assert (loaded.format, loaded.compressed) == ("collect-jsonl", compressed)
+        assert [(r.text, r.where.split(": ")[1]) for r in loaded.reviews] == [
+            (r.text, r.where.split(": ")[1]) for r in expected.reviews]
+        assert [r.where.split(": ")[1] for r in loaded.reviews] == ["line 1", "line 2", "line 4", "line 6"]
+
+
+def test_streamed_json_lines_name_undecodable_bytes_and_a_broken_gzip_as_before(tmp_path):
+    raw = b"".join(json.dumps({"review": t, "app_name": "Hades"}).encode() + b"\n" for t in EN)
+    src = tmp_path / "r.jsonl"
+    src.write_bytes(raw + '{"review": "好游戏", "app_name": "Hades"}\n'.encode("gbk"))
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    with pytest.raises(UserError) as whole:
+        decode(src, src.read_bytes(), "utf-8")
+    assert str(e.value) == str(whole.value) and "line 5: not valid utf-8" in str(e.value)
+    gz = tmp_path / "r.jsonl.gz"
+    gz.write_bytes(gzip.compress(raw * 2000)[:-100])
+    with pytest.raises(UserError, match=r"r\.jsonl\.gz: broken gzip file \(.*\); re-download or decompress it"):
+        sources.read(gz)
+
+
+def test_json_lines_named_json_with_every_fifth_line_cut_from_the_first_name_them_all(tmp_path):
+    """Trial 29 N3's s3b: 300 lines, every fifth cut starting with line 1, got the one message of line 3."""
+    lines = _review_lines(300)
+    for i in range(0, 300, 5):
+        lines[i] = lines[i][:37]
+    src = _raw(tmp_path / "s3b.json", "\n".join(lines) + "\n")
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value).startswith(f"{src}: lines 1, 6, 11, 16, 21 and 55 more (60 lines): invalid JSON (line 1 at")
+
+
+def test_a_csv_is_read_from_the_bytes_with_the_rows_and_warnings_of_the_whole_text(tmp_path, monkeypatch):
+    """The CSV reader takes the file's lines one at a time: a sep= hint, a BOM, CRLF rows with LF lines inside a
+    quoted review, a swallowed row found after the column sample (csvquotes.SAMPLE) and a repeated header read
+    as from the decoded text."""
+    monkeypatch.setattr(sources.csvquotes, "SAMPLE", 2)
+    rows = [f"\"{EN[0]}\";Yes;Hades", f"\"{EN[1]}\";No;Hades", "\"Two lines\nof text\";Yes;Hades",
+            "review;voted_up;game", f"\"{EN[2]}\r\n{EN[3]};Yes;Hades\r\nmore\";No;Hades", "\"last\";Yes;Hades"]
+    text = "\ufeffsep=;\r\nreview;voted_up;game\r\n" + "\r\n".join(rows) + "\r\n"
+    src = tmp_path / "r.csv"
+    src.write_text(text, encoding="utf-8")
+    expected = sources._read_decoded(src, text[1:], ".csv", "zh", None)
+    monkeypatch.setattr(sources, "decode", lambda *a: pytest.fail("the whole text was decoded"))
+    loaded = sources.read(src)
+    assert [(r.where, r.text, r.voted_up) for r in loaded.reviews] == [(r.where, r.text, r.voted_up) for r in expected.reviews]
+    assert loaded.warnings == expected.warnings and len(loaded.warnings) == 2
+    assert "line 8: a quoted text runs on over line 9" in loaded.warnings[0]
+    assert [r.where.split(": ")[1] for r in loaded.reviews] == ["row 3", "row 4", "row 5", "row 8", "row 11"]
