@@ -224,3 +224,52 @@ def test_hf_chat_knows_its_context_and_reads_undecodable_bytes(tiny_adapter, mon
     assert re.search(r"this line makes a prompt of \d{3} tokens; the context holds 64 with 8 kept", err)
     assert "input line 2: bytes that are not utf-8 were replaced by" in err
     assert "the oldest turn left the history" in err
+
+
+class _CtrlCOnFirstToken(io.StringIO):
+    """stdout where the first token of the first answer arrives with a Ctrl-C."""
+
+    def __init__(self):
+        super().__init__()
+        self.fired = False
+
+    def write(self, text):
+        if text.strip() and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+@pytest.mark.parametrize("backend", ["gguf", "hf"])
+def test_ctrl_c_during_an_answer_stops_only_that_answer(backend, smollm2_gguf, tiny_adapter, monkeypatch):
+    """Trial 30 S6: Ctrl-C mid-answer ended the whole chat; as llama-cli, it stops the answer."""
+    import threading
+
+    model = dict(model_name_or_path=str(smollm2_gguf)) if backend == "gguf" else dict(adapter_name_or_path=str(tiny_adapter))
+    out = _CtrlCOnFirstToken()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Tell me a long story.\nHi\n"))
+    before = set(threading.enumerate())
+    turns = chat_mod.run(ChatConfig(**model, temperature=0.0, max_new_tokens=200))
+    assert out.fired and len(turns) == 1 and out.getvalue().startswith(" (stopped)\n"), out.getvalue()
+    assert set(threading.enumerate()) <= before  # the stopped generation's thread has ended
+
+
+def test_ctrl_c_at_the_prompt_ends_the_chat_with_exit_130(smollm2_gguf):
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "steam_persona", "chat", "--model_name_or_path", str(smollm2_gguf)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        err = b""
+        deadline = time.monotonic() + 120
+        while b"'exit' to quit" not in err and time.monotonic() < deadline:
+            err += p.stderr.read1(4096)
+        time.sleep(0.5)  # reading its first line
+        p.send_signal(signal.SIGINT)
+        rest = p.communicate(timeout=60)[1]
+    finally:
+        p.kill()
+    text = (err + rest).decode()
+    assert p.returncode == 130 and "interrupted; chat ended" in text and "Traceback" not in text, text
