@@ -45,10 +45,12 @@ class ChatConfig:
     system: str | None = DataArguments.use(
         "system", unset="the run's (run_config.yaml), else none; a GGUF keeps the persona in its chat template")
     temperature: float | None = GeneratingArguments.use(
-        "temperature", None, note="0 = greedy.",
+        "temperature", None,
         unset=f"the model's generation config when it samples, else {FALLBACK_GENERATION['temperature']}")
     top_p: float | None = GeneratingArguments.use(
         "top_p", None, unset=f"the model's generation config when it samples, else {FALLBACK_GENERATION['top_p']}")
+    top_k: int | None = GeneratingArguments.use("top_k", None)
+    repetition_penalty: float = GeneratingArguments.use("repetition_penalty")
     max_new_tokens: int | None = GeneratingArguments.use("max_new_tokens", None)
     n_ctx: int = LlamaCppArguments.use(
         "n_ctx", note="With base + adapter: 0 = the model's max_position_embeddings. The oldest turns leave the "
@@ -95,7 +97,7 @@ class Backend:
         raise NotImplementedError
 
     def stream(self, messages: list[dict[str, str]], on_text: Callable[[str], None], *, temperature: float,
-               top_p: float, max_new_tokens: int, seed: int) -> Turn:
+               top_p: float, top_k: int | None, repetition_penalty: float, max_new_tokens: int, seed: int) -> Turn:
         raise NotImplementedError
 
 
@@ -146,12 +148,15 @@ class GGUFBackend(Backend):
     def prompt_tokens(self, messages) -> int:
         return self.handler.prompt_tokens(messages)  # serve's count (context_length_exceeded)
 
-    def stream(self, messages, on_text, *, temperature, top_p, max_new_tokens, seed) -> Turn:
+    def stream(self, messages, on_text, *, temperature, top_p, top_k, repetition_penalty, max_new_tokens,
+               seed) -> Turn:
         start = time.perf_counter()
         first, finish = None, None
         parts = []
         chunks = self.llama.create_chat_completion(messages=messages, stream=True, temperature=temperature,
-                                                   top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+                                                   top_p=top_p, max_tokens=max_new_tokens, seed=seed,
+                                                   repeat_penalty=repetition_penalty,
+                                                   **({} if top_k is None else {"top_k": top_k}))
         with contextlib.closing(chunks):  # Ctrl-C: the generation ends here, not when the generator is collected
             for chunk in chunks:
                 text = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
@@ -195,13 +200,15 @@ class HFBackend(Backend):
     def prompt_tokens(self, messages) -> int:
         return self._inputs(messages)["input_ids"].shape[-1]
 
-    def stream(self, messages, on_text, *, temperature, top_p, max_new_tokens, seed) -> Turn:
+    def stream(self, messages, on_text, *, temperature, top_p, top_k, repetition_penalty, max_new_tokens,
+               seed) -> Turn:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         inputs = self._inputs(messages).to(self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p,
+                        **({} if top_k is None else {"top_k": top_k})) if temperature > 0 else dict(do_sample=False)
         result: dict[str, Any] = {}
         halt = threading.Event()
 
@@ -215,6 +222,7 @@ class HFBackend(Backend):
                 with torch.no_grad():
                     result["out"] = self.model.generate(**inputs, streamer=streamer, max_new_tokens=max_new_tokens,
                                                         pad_token_id=self.tokenizer.pad_token_id,
+                                                        repetition_penalty=repetition_penalty,
                                                         stopping_criteria=StoppingCriteriaList([Halted()]), **sampling)
             except BaseException as e:  # surfaced in the main thread below
                 result["error"] = e
@@ -356,7 +364,8 @@ def run(cfg: ChatConfig) -> list[Turn]:
     with status("loading model (first import of torch / llama.cpp: ~10–30 s)"):
         backend = load_backend(cfg)
     sampling = {k: getattr(cfg, k) if getattr(cfg, k) is not None else backend.defaults[k]
-                for k in ("temperature", "top_p", "max_new_tokens")}
+                for k in ("temperature", "top_p", "max_new_tokens")} | {"top_k": cfg.top_k,
+                                                                          "repetition_penalty": cfg.repetition_penalty}
     if sampling["max_new_tokens"] >= backend.n_ctx:
         raise UserError(f"--max_new_tokens {sampling['max_new_tokens']} leaves no room for a prompt in the context of "
                         f"{backend.n_ctx} tokens; lower --max_new_tokens or raise --n_ctx")
@@ -421,6 +430,7 @@ def _answer(backend: Backend, messages: list[dict[str, str]], sampling: dict[str
 
     try:
         turn = backend.stream(messages, show, temperature=sampling["temperature"], top_p=sampling["top_p"],
+                              top_k=sampling["top_k"], repetition_penalty=sampling["repetition_penalty"],
                               max_new_tokens=sampling["max_new_tokens"], seed=seed)
     except KeyboardInterrupt:
         out.write(" (stopped)\n")

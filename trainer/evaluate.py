@@ -74,6 +74,7 @@ class EvalConfig:
     do_sample: bool = GeneratingArguments.use("do_sample")
     temperature: float = GeneratingArguments.use("temperature")
     top_p: float = GeneratingArguments.use("top_p")
+    top_k: int = GeneratingArguments.use("top_k")
     repetition_penalty: float = GeneratingArguments.use("repetition_penalty")
     seed: int = DataArguments.use("seed", note="It seeds sampling.")
     per_device_eval_batch_size: int = TrainingArguments.use("per_device_eval_batch_size")
@@ -268,8 +269,8 @@ def generate(model: Any, chat: Any, convs: list[list[dict[str, str]]], cfg: Eval
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     prompts = [prompt_ids(chat, c) for c in convs]
     torch.manual_seed(cfg.seed)
-    sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p) if cfg.do_sample \
-        else dict(do_sample=False)
+    sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k) \
+        if cfg.do_sample and cfg.temperature > 0 else dict(do_sample=False)
     out: list[dict[str, Any]] = []
     with progress() as bar, torch.no_grad():
         task = bar.add_task(label, total=len(prompts))
@@ -363,6 +364,14 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _sampling_words(cfg: dict[str, Any]) -> str:
+    """``sampling T=0.7 top_p=0.9 top_k=50``, or ``greedy`` (``--do_sample False`` or temperature 0)."""
+    if not cfg["do_sample"] or not cfg["temperature"]:
+        return "greedy"
+    top_k = f" top_k={cfg['top_k']}" if "top_k" in cfg else ""
+    return f"sampling T={cfg['temperature']} top_p={cfg['top_p']}{top_k}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The human report (``eval_report.md``): tables of figures, goals, and the side-by-side samples."""
     L, G = report["loss"], report["generation"]
@@ -371,7 +380,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Evaluation: `{tuned_name}` vs base `{report['base_model']}`", "",
              f"Validation set: `{cfg['dataset']}`; {L['base']['records']} records for the loss, "
              f"{len(report['samples'])} prompts for generation (max_new_tokens {cfg['max_new_tokens']}, "
-             f"{'sampling T=' + str(cfg['temperature']) + ' top_p=' + str(cfg['top_p']) if cfg['do_sample'] else 'greedy'}"
+             f"{_sampling_words(cfg)}"
              f", repetition_penalty {cfg.get('repetition_penalty', 1.0)}).",
              "", "| metric | base | tuned |", "|---|---|---|",
              f"| held-out loss, inference weights (nats/token) | {_fmt(L['base']['loss'])} | {_fmt(L['tuned']['loss'])} "
