@@ -62,6 +62,7 @@ class EvalConfig:
     dataset: str = arg("", "Validation data: an alpaca/sharegpt JSON(L) file, or a name registered in "
                        "--dataset_dir/dataset_info.json.")
     dataset_dir: str = DataArguments.use("dataset_dir")
+    encoding: str = DataArguments.use("encoding", note="Of --dataset and --train_dataset.")
     train_dataset: str | None = arg(None, "Training data for the 8-gram copy check (file or registered name); "
                                     "default: the run's dataset from run_config.yaml.")
     template: str | None = DataArguments.use("template", None)
@@ -94,7 +95,8 @@ def run(cfg: EvalConfig) -> EvalResult:
 
     Raises:
         UserError: no --dataset; both or neither of --adapter_name_or_path / --gguf; missing files;
-            an empty validation set.
+            an empty validation set, or one whose every record is longer than the cutoff. Nothing is
+            written then.
     """
     if not cfg.dataset:
         raise UserError("eval: missing --dataset; give the validation file (e.g. data/steam_sft_val.json, written by prepare)")
@@ -107,11 +109,11 @@ def run(cfg: EvalConfig) -> EvalResult:
     out = Path(cfg.output_dir) if cfg.output_dir else (
         Path(cfg.adapter_name_or_path) / "eval" if cfg.adapter_name_or_path else Path("eval") / Path(cfg.gguf).stem)
 
-    val = _load(cfg.dataset, cfg.dataset_dir, system)
+    val = _load(cfg.dataset, cfg.dataset_dir, system, cfg.encoding)
     if not val:
         raise UserError(f"{cfg.dataset}: no records to evaluate; check the file")
     train_ref = cfg.train_dataset or run.dataset
-    train_texts = [c[-1]["content"] for c in _load(train_ref, run.dataset_dir or cfg.dataset_dir, "")] \
+    train_texts = [c[-1]["content"] for c in _load(train_ref, run.dataset_dir or cfg.dataset_dir, "", cfg.encoding)] \
         if train_ref else []
     if not train_texts:
         console.print("[yellow]eval: no --train_dataset (and none in run_config.yaml): copy rate not measured")
@@ -123,11 +125,10 @@ def run(cfg: EvalConfig) -> EvalResult:
     base = cfg.model_name_or_path or run.model_name_or_path or "smollm2"
     for which, model, tokenizer, ctx in _models(cfg, base):
         chat = ChatTemplate(template, tokenizer)
+        enc = _encoded(chat, loss_convs, cutoff_len, cfg.dataset)
         with ctx():
-            console.print(f"[bold]eval[/bold] {which}: loss on {len(loss_convs)} records, "
-                          f"{len(gen_convs)} generations")
-            loss = held_out_loss(model, chat, loss_convs, cutoff_len, cfg.per_device_eval_batch_size,
-                                 label=f"{which} loss")
+            console.print(f"[bold]eval[/bold] {which}: loss on {len(enc)} records, {len(gen_convs)} generations")
+            loss = encoded_loss(model, chat, enc, cfg.per_device_eval_batch_size, label=f"{which} loss")
             gens = generate(model, chat, gen_convs, cfg, label=f"{which} generate")
         results[which] = {"loss": loss, "generations": gens}
         del model, tokenizer  # free the base before the GGUF model loads (gguf mode)
@@ -171,11 +172,11 @@ def _run_record(cfg: EvalConfig) -> tuple[RunRecord, str | None]:
 
 # ---------------------------------------------------------------------------------------------- data
 
-def _load(dataset: str | list[str], dataset_dir: str, system: str) -> list[list[dict[str, str]]]:
+def _load(dataset: str | list[str], dataset_dir: str, system: str, encoding: str) -> list[list[dict[str, str]]]:
     """Conversations (ending with the reference reply) through the train stage's reader."""
     from steam_persona.trainer import data
 
-    return data.load_conversations(dataset, dataset_dir, system=system)
+    return data.load_conversations(dataset, dataset_dir, system=system, encoding=encoding)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -199,6 +200,22 @@ def _models(cfg: EvalConfig, base: str):
 
 # ----------------------------------------------------------------------------------------------- loss
 
+def _encoded(chat: Any, convs: list[list[dict[str, str]]], cutoff_len: int, dataset: str) -> Any:
+    """``convs`` encoded for the loss, with train's dataset line (read, dropped, kept, truncated).
+
+    Raises:
+        UserError: every record dropped by ``cutoff_len``.
+    """
+    from steam_persona.trainer.encode import data_line, encode_dataset
+
+    enc = encode_dataset(chat, convs, cutoff_len)
+    if not len(enc):
+        raise UserError(f"{dataset}: all {len(convs)} records are longer than --cutoff_len {cutoff_len} (no reply "
+                        "fits with its prompt); raise --cutoff_len")
+    console.print(data_line(enc, cutoff_len))
+    return enc
+
+
 def held_out_loss(model: Any, chat: Any, convs: list[list[dict[str, str]]], cutoff_len: int,
                   batch_size: int, label: str = "loss") -> dict[str, float]:
     """Mean response-token cross-entropy (nats) over ``convs``, pooled over tokens.
@@ -210,11 +227,17 @@ def held_out_loss(model: Any, chat: Any, convs: list[list[dict[str, str]]], cuto
     Returns:
         ``{"loss": float, "perplexity": float, "tokens": int, "records": int}``.
     """
+    from steam_persona.trainer.encode import encode_dataset
+
+    return encoded_loss(model, chat, encode_dataset(chat, convs, cutoff_len), batch_size, label)
+
+
+def encoded_loss(model: Any, chat: Any, enc: Any, batch_size: int, label: str = "loss") -> dict[str, float]:
+    """:func:`held_out_loss` of conversations already encoded (:class:`steam_persona.trainer.encode.Encoded`)."""
     import torch
 
-    from steam_persona.trainer.encode import IGNORE_INDEX, encode_dataset
+    from steam_persona.trainer.encode import IGNORE_INDEX
 
-    enc = encode_dataset(chat, convs, cutoff_len)
     pad = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.tokenizer.eos_token_id
     total_nll, total_tokens = 0.0, 0
     with progress() as bar, torch.no_grad():
