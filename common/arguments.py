@@ -69,7 +69,8 @@ SAMPLING_RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "top_k": (-1, 2**31 - 1), "repeat_penalty": (0.0, 10.0)}
 
 
-def sampling_range(name: str, *, low: float | None = None, above: bool = False, meaning: str = "") -> Callable[[Any], Any]:
+def sampling_range(name: str, *, low: float | None = None, above: bool = False,
+                   meaning: str = "") -> Callable[[Any], Any]:
     """The check of a sampling flag: within :data:`SAMPLING_RANGES` ``[name]`` (nan refused), from ``low`` instead
     where given, its low end excluded when ``above``; ``meaning`` is added to the message (``"0 = greedy"``)."""
     bottom, top = SAMPLING_RANGES[name]

@@ -9,9 +9,9 @@ Two back ends:
 
 Commands at the prompt: ``clear`` forgets the history, ``exit`` (or EOF) quits; each also with a leading ``/``.
 Ctrl-C stops an answer; at the prompt it ends the chat (exit 130). The oldest turns leave the history when
-prompt + ``--max_new_tokens`` would not fit the context; a line that cannot fit alone is refused with one line. When stdin is not a
-terminal, each line is one user turn, answers go to stdout one per line and statistics to stderr,
-so the command can be scripted: ``printf 'hi\\nexit\\n' | steam-train chat out/export``.
+prompt + ``--max_new_tokens`` would not fit the context; a line that cannot fit alone is refused with one line.
+When stdin is not a terminal, each line is one user turn, answers go to stdout one per line and statistics to
+stderr, so the command can be scripted: ``printf 'hi\\nexit\\n' | steam-train chat out/export``.
 """
 
 from __future__ import annotations
@@ -331,13 +331,14 @@ def _undecodable_replaced(line: str) -> str:
         return line.encode("utf-8", "replace").decode("utf-8")
 
 
-def fit_context(backend: Backend, history: list[dict[str, str]], max_new_tokens: int) -> tuple[list[dict[str, str]], int, int]:
+def fit_context(backend: Backend, history: list[dict[str, str]],
+                max_new_tokens: int) -> tuple[list[dict[str, str]], int, int]:
     """The request for ``history`` (ending with the new user turn) that leaves ``max_new_tokens`` of the
     context for the reply, as llama.cpp's ``llama-cli`` and LLaMA-Factory's chat keep it: the oldest turns
     (a user line and its answer) dropped first, the system prompt kept.
 
     Returns:
-        ``(messages, turns of history dropped (messages), prompt tokens)``; the prompt tokens exceed
+        ``(messages, how many messages of history were left out, prompt tokens)``; the prompt tokens exceed
         ``backend.n_ctx - max_new_tokens`` only when the new line alone does not fit.
     """
     system = [] if backend.persona is None else [{"role": "system", "content": backend.persona}]
@@ -389,17 +390,9 @@ def run(cfg: ChatConfig) -> list[Turn]:
                 console.print("History cleared.")
                 continue
             history.append({"role": "user", "content": line})
-            messages, dropped, n_prompt = fit_context(backend, history, sampling["max_new_tokens"])
-            if n_prompt + sampling["max_new_tokens"] > backend.n_ctx:
-                history.pop()
-                console.print(f"this line makes a prompt of {n_prompt} tokens; the context holds {backend.n_ctx} "
-                              f"with {sampling['max_new_tokens']} kept for the reply: shorten it, lower "
-                              "--max_new_tokens or raise --n_ctx")
+            messages = _request(backend, history, sampling["max_new_tokens"])
+            if messages is None:
                 continue
-            if dropped:
-                del history[:dropped]
-                console.print(f"[dim](the oldest {_turns(dropped // 2)} left the history to fit the context of "
-                              f"{backend.n_ctx} tokens)[/]")
             text, turn = _answer(backend, messages, sampling, cfg.seed, interactive)
             history.append({"role": "assistant", "content": text})
             if turn:
@@ -410,8 +403,20 @@ def run(cfg: ChatConfig) -> list[Turn]:
     return turns
 
 
-def _turns(n: int) -> str:
-    return "turn" if n == 1 else f"{n} turns"
+def _request(backend: Backend, history: list[dict[str, str]], max_new_tokens: int) -> list[dict[str, str]] | None:
+    """The messages to send for ``history`` (:func:`fit_context`), its oldest turns removed from it with a dim
+    line; ``None``, the new line removed and one line said, when that line cannot fit even alone."""
+    messages, dropped, n_prompt = fit_context(backend, history, max_new_tokens)
+    if n_prompt + max_new_tokens > backend.n_ctx:
+        history.pop()
+        console.print(f"this line makes a prompt of {n_prompt} tokens; the context holds {backend.n_ctx} with "
+                      f"{max_new_tokens} kept for the reply: shorten it, lower --max_new_tokens or raise --n_ctx")
+        return None
+    if dropped:
+        del history[:dropped]
+        turns = "turn" if dropped == 2 else f"{dropped // 2} turns"
+        console.print(f"[dim](the oldest {turns} left the history to fit the context of {backend.n_ctx} tokens)[/]")
+    return messages
 
 
 def _answer(backend: Backend, messages: list[dict[str, str]], sampling: dict[str, Any], seed: int,
