@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from steam_persona.common.config import Arguments, arg
 
@@ -60,6 +61,32 @@ def not_negative_finite(value: float | None) -> float | None:
     if value is not None and not 0 <= value < math.inf:
         raise ValueError("must be a finite number, 0 or more")
     return value
+
+
+#: Inclusive ranges of the sampling settings, which serve checks a request's fields against (OpenAI's where it has
+#: one, else llama.cpp's meaning; ``top_k`` -1 is vLLM's "disabled", ``repeat_penalty`` is HF's ``repetition_penalty``).
+SAMPLING_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "top_k": (-1, 2**31 - 1), "repeat_penalty": (0.0, 10.0)}
+
+
+def sampling_range(name: str, *, low: float | None = None, above: bool = False,
+                   meaning: str = "") -> Callable[[Any], Any]:
+    """The check of a sampling flag: within :data:`SAMPLING_RANGES` ``[name]`` (nan refused), from ``low`` instead
+    where given, its low end excluded when ``above``; ``meaning`` is added to the message (``"0 = greedy"``)."""
+    bottom, top = SAMPLING_RANGES[name]
+    bottom = bottom if low is None else low
+
+    def check(value: float | None) -> float | None:
+        if value is None or ((bottom < value) if above else (bottom <= value)) and value <= top:
+            return value
+        note = f" ({meaning})" if meaning else ""
+        raise ValueError(f"must be {'above' if above else 'at least'} {_bound(bottom)} and at most {_bound(top)}{note}")
+    return check
+
+
+def _bound(value: float) -> str:
+    """A range's end as text: integers in full (``2147483647``), decimals short (``0``, ``0.5``)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def as_typed(value: float) -> str:
@@ -170,11 +197,17 @@ class GeneratingArguments(Arguments):
     max_new_tokens: int | None = arg(256, "Most tokens per reply.", unset="the model's generation config, else 512",
                                      check=_positive)
     do_sample: bool = arg(True, "Sample (True) or greedy-decode (False).")
-    temperature: float | None = arg(0.7, "Sampling temperature.",
-                                    unset="the model's generation config")
-    top_p: float | None = arg(0.9, "Nucleus sampling probability mass.", unset="the model's generation config")
-    repetition_penalty: float = arg(1.0, "Penalty on repeating earlier tokens (HF generate's repetition_penalty, "
-                                         "Keskar et al. 2019 CTRL; 1.0 = off; llama-cpp-python's server applies 1.1).")
+    temperature: float | None = arg(0.7, "Sampling temperature, 0 to 2; 0 = greedy.", unset="the model's generation config",
+                                    check=sampling_range("temperature", meaning="0 = greedy"))
+    top_p: float | None = arg(0.9, "Nucleus sampling probability mass, in (0, 1].", unset="the model's generation config",
+                              check=sampling_range("top_p", above=True))
+    top_k: int | None = arg(50, "Top-k sampling: only the k likeliest tokens; 0 = off.",
+                            unset="the model's generation config (a GGUF: llama.cpp's 40)",
+                            check=sampling_range("top_k", low=0, meaning="0 = off"))
+    repetition_penalty: float = arg(1.0, "Penalty on repeating earlier tokens, in (0, 10] (HF generate's "
+                                         "repetition_penalty, Keskar et al. 2019 CTRL; 1.0 = off; llama-cpp-python's "
+                                         "server applies 1.1).",
+                                    check=sampling_range("repeat_penalty", above=True, meaning="1 = off"))
 
 
 @dataclass

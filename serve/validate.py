@@ -16,13 +16,15 @@ import math
 import re
 from typing import Any
 
+from steam_persona.common.arguments import SAMPLING_RANGES
 from steam_persona.serve.errors import RequestError, invalid_type
 
 #: Inclusive ranges of the sampling fields (OpenAI's where it has one, else llama.cpp's meaning;
-#: ``top_k`` -1 is vLLM's "disabled", which llama.cpp spells 0).
+#: ``top_k`` -1 is vLLM's "disabled", which llama.cpp spells 0); those chat and eval also take, declared once.
 _RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "top_k": (-1, 2**31 - 1),
-    "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0), "repeat_penalty": (0.0, 10.0),
+    "temperature": SAMPLING_RANGES["temperature"], "top_p": SAMPLING_RANGES["top_p"], "min_p": (0.0, 1.0),
+    "top_k": SAMPLING_RANGES["top_k"], "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0),
+    "repeat_penalty": SAMPLING_RANGES["repeat_penalty"],
     "mirostat_mode": (0, 2), "mirostat_tau": (0.0, 10.0), "mirostat_eta": (0.001, 1.0),
     "min_tokens": (0, 2**31 - 1), "top_logprobs": (0, 20), "typical_p": (0.0, 1.0),
 }

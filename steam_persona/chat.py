@@ -7,13 +7,16 @@ Two back ends:
 * **transformers + peft** for a base model with ``--adapter_name_or_path`` (a run dir), optionally
   4/8-bit (``--quantization_bit``), loaded by :func:`steam_persona.trainer.model.load_for_inference`.
 
-Commands at the prompt: ``clear`` forgets the history, ``exit`` (or EOF) quits; each also with a leading ``/``. When stdin is not a
-terminal, each line is one user turn, answers go to stdout one per line and statistics to stderr,
-so the command can be scripted: ``printf 'hi\\nexit\\n' | steam-train chat out/export``.
+Commands at the prompt: ``clear`` forgets the history, ``exit`` (or EOF) quits; each also with a leading ``/``.
+Ctrl-C stops an answer; at the prompt it ends the chat (exit 130). The oldest turns leave the history when
+prompt + ``--max_new_tokens`` would not fit the context; a line that cannot fit alone is refused with one line.
+When stdin is not a terminal, each line is one user turn, answers go to stdout one per line and statistics to
+stderr, so the command can be scripted: ``printf 'hi\\nexit\\n' | steam-train chat out/export``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -23,8 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from steam_persona.common import config
-from steam_persona.common.arguments import (DataArguments, GeneratingArguments, LlamaCppArguments, ModelArguments,
-                                             QuantizationArguments, n_threads)
+from steam_persona.common.arguments import (FALLBACK_N_CTX, DataArguments, GeneratingArguments, LlamaCppArguments,
+                                             ModelArguments, QuantizationArguments, n_threads)
 from steam_persona.common.console import console, status
 from steam_persona.common.errors import UserError
 
@@ -42,12 +45,16 @@ class ChatConfig:
     system: str | None = DataArguments.use(
         "system", unset="the run's (run_config.yaml), else none; a GGUF keeps the persona in its chat template")
     temperature: float | None = GeneratingArguments.use(
-        "temperature", None, note="0 = greedy.",
+        "temperature", None,
         unset=f"the model's generation config when it samples, else {FALLBACK_GENERATION['temperature']}")
     top_p: float | None = GeneratingArguments.use(
         "top_p", None, unset=f"the model's generation config when it samples, else {FALLBACK_GENERATION['top_p']}")
+    top_k: int | None = GeneratingArguments.use("top_k", None)
+    repetition_penalty: float = GeneratingArguments.use("repetition_penalty")
     max_new_tokens: int | None = GeneratingArguments.use("max_new_tokens", None)
-    n_ctx: int = LlamaCppArguments.use("n_ctx")
+    n_ctx: int = LlamaCppArguments.use(
+        "n_ctx", note="With base + adapter: 0 = the model's max_position_embeddings. The oldest turns leave the "
+                      "history when prompt + --max_new_tokens would not fit.")
     n_threads: int = LlamaCppArguments.use("n_threads")
     n_gpu_layers: int = LlamaCppArguments.use("n_gpu_layers")
     n_batch: int = LlamaCppArguments.use("n_batch")
@@ -82,9 +89,15 @@ class Backend:
     name: str
     persona: str | None
     defaults: dict[str, Any]
+    #: Context size in tokens: prompt and reply together.
+    n_ctx: int
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of the prompt ``messages`` make, generation prompt included."""
+        raise NotImplementedError
 
     def stream(self, messages: list[dict[str, str]], on_text: Callable[[str], None], *, temperature: float,
-               top_p: float, max_new_tokens: int, seed: int) -> Turn:
+               top_p: float, top_k: int | None, repetition_penalty: float, max_new_tokens: int, seed: int) -> Turn:
         raise NotImplementedError
 
 
@@ -125,24 +138,33 @@ class GGUFBackend(Backend):
                                      n_gpu_layers=cfg.n_gpu_layers, n_batch=cfg.n_batch, flash_attn=cfg.flash_attn,
                                      seed=cfg.seed, verbose=False)
         self.handler = chat_handler.install(self.llama, info.chat_template)
+        self.n_ctx = self.llama.n_ctx()
         self.persona, _ = resolve_persona(cfg.system, info)
         self.name = info.path.name
         gen = next((f for f in (info.path.parent / "generation_config.json",  # written by steam-train export
                                 info.path.parent / "merged" / "generation_config.json") if f.is_file()), None)
         self.defaults = generation_defaults(json.loads(gen.read_text(encoding="utf-8")) if gen else None)
 
-    def stream(self, messages, on_text, *, temperature, top_p, max_new_tokens, seed) -> Turn:
+    def prompt_tokens(self, messages) -> int:
+        return self.handler.prompt_tokens(messages)  # serve's count (context_length_exceeded)
+
+    def stream(self, messages, on_text, *, temperature, top_p, top_k, repetition_penalty, max_new_tokens,
+               seed) -> Turn:
         start = time.perf_counter()
         first, finish = None, None
         parts = []
-        for chunk in self.llama.create_chat_completion(messages=messages, stream=True, temperature=temperature,
-                                                       top_p=top_p, max_tokens=max_new_tokens, seed=seed):
-            text = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
-            finish = (chunk["choices"][0].get("finish_reason") if chunk["choices"] else None) or finish
-            if text:
-                first = first or time.perf_counter() - start
-                parts.append(text)
-                on_text(text)
+        chunks = self.llama.create_chat_completion(messages=messages, stream=True, temperature=temperature,
+                                                   top_p=top_p, max_tokens=max_new_tokens, seed=seed,
+                                                   repeat_penalty=repetition_penalty,
+                                                   **({} if top_k is None else {"top_k": top_k}))
+        with contextlib.closing(chunks):  # Ctrl-C: the generation ends here, not when the generator is collected
+            for chunk in chunks:
+                text = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
+                finish = (chunk["choices"][0].get("finish_reason") if chunk["choices"] else None) or finish
+                if text:
+                    first = first or time.perf_counter() - start
+                    parts.append(text)
+                    on_text(text)
         elapsed = time.perf_counter() - start
         # the handler counts generated tokens without the end-of-generation one, as llama.cpp's max_tokens does
         return Turn("".join(parts), self.handler.last_usage["completion_tokens"], elapsed, first or elapsed,
@@ -169,23 +191,39 @@ class HFBackend(Backend):
         self.name = f"{base or 'run base'} + {cfg.adapter_name_or_path}" if cfg.adapter_name_or_path else str(base)
         gen = self.model.generation_config
         self.defaults = generation_defaults(gen.to_dict() if gen is not None else None)
+        self.n_ctx = cfg.n_ctx or getattr(self.model.config, "max_position_embeddings", None) or FALLBACK_N_CTX
 
-    def stream(self, messages, on_text, *, temperature, top_p, max_new_tokens, seed) -> Turn:
+    def _inputs(self, messages) -> Any:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                  return_dict=True)
+
+    def prompt_tokens(self, messages) -> int:
+        return self._inputs(messages)["input_ids"].shape[-1]
+
+    def stream(self, messages, on_text, *, temperature, top_p, top_k, repetition_penalty, max_new_tokens,
+               seed) -> Turn:
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                    return_dict=True).to(self.model.device)
+        inputs = self._inputs(messages).to(self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p,
+                        **({} if top_k is None else {"top_k": top_k})) if temperature > 0 else dict(do_sample=False)
         result: dict[str, Any] = {}
+        halt = threading.Event()
+
+        class Halted(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> bool:
+                return halt.is_set()
 
         def work() -> None:
             torch.manual_seed(seed)
             try:
                 with torch.no_grad():
                     result["out"] = self.model.generate(**inputs, streamer=streamer, max_new_tokens=max_new_tokens,
-                                                        pad_token_id=self.tokenizer.pad_token_id, **sampling)
+                                                        pad_token_id=self.tokenizer.pad_token_id,
+                                                        repetition_penalty=repetition_penalty,
+                                                        stopping_criteria=StoppingCriteriaList([Halted()]), **sampling)
             except BaseException as e:  # surfaced in the main thread below
                 result["error"] = e
                 streamer.end()
@@ -194,11 +232,16 @@ class HFBackend(Backend):
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         first, parts = None, []
-        for text in streamer:
-            if text:
-                first = first or time.perf_counter() - start
-                parts.append(text)
-                on_text(text)
+        try:
+            for text in streamer:
+                if text:
+                    first = first or time.perf_counter() - start
+                    parts.append(text)
+                    on_text(text)
+        except KeyboardInterrupt:  # stop the generation at its next token, then say so
+            halt.set()
+            thread.join()
+            raise
         thread.join()
         if "error" in result:
             raise result["error"]
@@ -255,6 +298,8 @@ def check_paths(cfg: ChatConfig) -> None:
 
 
 def _lines(interactive: bool) -> Iterator[str]:
+    """The user's lines, stripped; bytes that are not text in stdin's encoding become U+FFFD, with a note."""
+    number = 0
     while True:
         try:
             line = input("User: ") if interactive else sys.stdin.readline()
@@ -262,58 +307,146 @@ def _lines(interactive: bool) -> Iterator[str]:
             return
         if not interactive and line == "":
             return
-        yield line.strip()
+        number += 1
+        text = _undecodable_replaced(line)
+        if text != line:
+            console.print(f"[dim]input line {number}: bytes that are not {_stdin_encoding()} were replaced by "
+                          "\N{REPLACEMENT CHARACTER} (pipe UTF-8 text)[/]")
+        yield text.strip()
+
+
+def _stdin_encoding() -> str:
+    return getattr(sys.stdin, "encoding", None) or "utf-8"
+
+
+def _undecodable_replaced(line: str) -> str:
+    """``line`` with the undecodable bytes Python's stdin keeps as lone surrogates (``surrogateescape``)
+    decoded with replacement: a tokenizer refuses lone surrogates."""
+    if not any("\ud800" <= c <= "\udfff" for c in line):
+        return line
+    encoding = _stdin_encoding()
+    try:
+        return line.encode(encoding, "surrogateescape").decode(encoding, "replace")
+    except UnicodeError:  # a surrogate that no byte stands for
+        return line.encode("utf-8", "replace").decode("utf-8")
+
+
+def fit_context(backend: Backend, history: list[dict[str, str]],
+                max_new_tokens: int) -> tuple[list[dict[str, str]], int, int]:
+    """The request for ``history`` (ending with the new user turn) that leaves ``max_new_tokens`` of the
+    context for the reply, as llama.cpp's ``llama-cli`` and LLaMA-Factory's chat keep it: the oldest turns
+    (a user line and its answer) dropped first, the system prompt kept.
+
+    Returns:
+        ``(messages, how many messages of history were left out, prompt tokens)``; the prompt tokens exceed
+        ``backend.n_ctx - max_new_tokens`` only when the new line alone does not fit.
+    """
+    system = [] if backend.persona is None else [{"role": "system", "content": backend.persona}]
+    dropped = 0
+    while True:
+        messages = system + history[dropped:]
+        n = backend.prompt_tokens(messages)
+        if n + max_new_tokens <= backend.n_ctx or len(history) - dropped <= 1:
+            return messages, dropped, n
+        dropped += 2
 
 
 def run(cfg: ChatConfig) -> list[Turn]:
-    """Chat until ``exit`` or end of input; return the answers (for tests and scripts).
+    """Chat until ``exit``, end of input or Ctrl-C at the prompt; return the answers (for tests and scripts).
+
+    A Ctrl-C during an answer stops that answer only.
 
     Raises:
-        UserError: see :func:`load_backend`.
+        UserError: see :func:`load_backend`; ``--max_new_tokens`` that leaves no room in the context.
+        KeyboardInterrupt: Ctrl-C at the prompt (the CLI exits 130).
     """
     check_paths(cfg)
     interactive = sys.stdin.isatty()
     with status("loading model (first import of torch / llama.cpp: ~10–30 s)"):
         backend = load_backend(cfg)
     sampling = {k: getattr(cfg, k) if getattr(cfg, k) is not None else backend.defaults[k]
-                for k in ("temperature", "top_p", "max_new_tokens")}
+                for k in ("temperature", "top_p", "max_new_tokens")} | {"top_k": cfg.top_k,
+                                                                          "repetition_penalty": cfg.repetition_penalty}
+    if sampling["max_new_tokens"] >= backend.n_ctx:
+        raise UserError(f"--max_new_tokens {sampling['max_new_tokens']} leaves no room for a prompt in the context of "
+                        f"{backend.n_ctx} tokens; lower --max_new_tokens or raise --n_ctx")
     persona_line = "(none: --system '')" if backend.persona == "" else \
         (backend.persona or "(the model's default)").strip().splitlines()[0][:100]
     console.print(f"[bold]{backend.name}[/]  persona: {persona_line}")
     console.print(f"temperature {sampling['temperature']}, top_p {sampling['top_p']}, "
-                  f"max_new_tokens {sampling['max_new_tokens']}. Type 'clear' to forget the history, 'exit' to quit.")
+                  f"max_new_tokens {sampling['max_new_tokens']}, n_ctx {backend.n_ctx}. "
+                  "Type 'clear' to forget the history, 'exit' to quit.")
     history: list[dict[str, str]] = []
     turns: list[Turn] = []
-    out = sys.stdout
-    for line in _lines(interactive):
-        if not line:
-            continue
-        command = line.lower().removeprefix("/")  # "/exit" as other chat CLIs spell it
-        if command in ("exit", "quit"):
-            break
-        if command == "clear":
-            history = []
-            console.print("History cleared.")
-            continue
-        history.append({"role": "user", "content": line})
-        messages = ([] if backend.persona is None else [{"role": "system", "content": backend.persona}]) + history
-        if interactive:
-            out.write("Assistant: ")
-
-        def show(text: str) -> None:
-            out.write(text)
-            out.flush()
-
-        turn = backend.stream(messages, show, temperature=sampling["temperature"], top_p=sampling["top_p"],
-                              max_new_tokens=sampling["max_new_tokens"], seed=cfg.seed)
-        out.write("\n")
-        out.flush()
-        history.append({"role": "assistant", "content": turn.text})
-        turns.append(turn)
-        ending = "ended by itself" if turn.stopped else f"cut at --max_new_tokens {sampling['max_new_tokens']}"
-        console.print(f"[dim]{turn.tokens} tokens in {turn.seconds:.2f} s, {turn.tokens_per_s:.1f} tokens/s "
-                      f"(first token after {turn.first_token_s:.2f} s; {ending})[/]")
+    try:
+        for line in _lines(interactive):
+            if not line:
+                continue
+            command = line.lower().removeprefix("/")  # "/exit" as other chat CLIs spell it
+            if command in ("exit", "quit"):
+                break
+            if command == "clear":
+                history = []
+                console.print("History cleared.")
+                continue
+            history.append({"role": "user", "content": line})
+            messages = _request(backend, history, sampling["max_new_tokens"])
+            if messages is None:
+                continue
+            text, turn = _answer(backend, messages, sampling, cfg.seed, interactive)
+            history.append({"role": "assistant", "content": text})
+            if turn:
+                turns.append(turn)
+    except KeyboardInterrupt:
+        console.print("\ninterrupted; chat ended")
+        raise
     return turns
+
+
+def _request(backend: Backend, history: list[dict[str, str]], max_new_tokens: int) -> list[dict[str, str]] | None:
+    """The messages to send for ``history`` (:func:`fit_context`), its oldest turns removed from it with a dim
+    line; ``None``, the new line removed and one line said, when that line cannot fit even alone."""
+    messages, dropped, n_prompt = fit_context(backend, history, max_new_tokens)
+    if n_prompt + max_new_tokens > backend.n_ctx:
+        history.pop()
+        console.print(f"this line makes a prompt of {n_prompt} tokens; the context holds {backend.n_ctx} with "
+                      f"{max_new_tokens} kept for the reply: shorten it, lower --max_new_tokens or raise --n_ctx")
+        return None
+    if dropped:
+        del history[:dropped]
+        turns = "turn" if dropped == 2 else f"{dropped // 2} turns"
+        console.print(f"[dim](the oldest {turns} left the history to fit the context of {backend.n_ctx} tokens)[/]")
+    return messages
+
+
+def _answer(backend: Backend, messages: list[dict[str, str]], sampling: dict[str, Any], seed: int,
+            interactive: bool) -> tuple[str, Turn | None]:
+    """Stream one answer to stdout and its statistics to stderr; return its text and :class:`Turn`, which
+    is ``None`` when Ctrl-C stopped it (the text is then what was shown)."""
+    out = sys.stdout
+    shown: list[str] = []
+    if interactive:
+        out.write("Assistant: ")
+
+    def show(text: str) -> None:
+        shown.append(text)
+        out.write(text)
+        out.flush()
+
+    try:
+        turn = backend.stream(messages, show, temperature=sampling["temperature"], top_p=sampling["top_p"],
+                              top_k=sampling["top_k"], repetition_penalty=sampling["repetition_penalty"],
+                              max_new_tokens=sampling["max_new_tokens"], seed=seed)
+    except KeyboardInterrupt:
+        out.write(" (stopped)\n")
+        out.flush()
+        return "".join(shown), None
+    out.write("\n")
+    out.flush()
+    ending = "ended by itself" if turn.stopped else f"cut at --max_new_tokens {sampling['max_new_tokens']}"
+    console.print(f"[dim]{turn.tokens} tokens in {turn.seconds:.2f} s, {turn.tokens_per_s:.1f} tokens/s "
+                  f"(first token after {turn.first_token_s:.2f} s; {ending})[/]")
+    return turn.text, turn
 
 
 command = config.command(ChatConfig, run, name="chat", config_option="option",

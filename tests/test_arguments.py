@@ -185,3 +185,26 @@ def test_flash_attn_other_words_are_one_line():
     assert r.exit_code == 2 and r.output.strip() == (
         "Error: command line: --flash_attn maybe: use true or false (also on/off, and LLaMA-Factory's fa2 = on; "
         "disabled, sdpa or auto = off)")
+
+
+@pytest.mark.parametrize("stage", ["chat", "eval"])
+@pytest.mark.parametrize("flag, value, says", [
+    ("--temperature", "-1", "--temperature -1.0: must be at least 0 and at most 2 (0 = greedy)"),
+    ("--temperature", "nan", "--temperature nan: must be at least 0"),
+    ("--top_p", "2", "--top_p 2.0: must be above 0 and at most 1"),
+    ("--top_p", "0", "--top_p 0.0: must be above 0 and at most 1"),
+    ("--top_k", "-1", "--top_k -1: must be at least 0 and at most 2147483647 (0 = off)"),
+    ("--max_new_tokens", "0", "--max_new_tokens 0: must be at least 1"),
+    ("--repetition_penalty", "0", "--repetition_penalty 0.0: must be above 0 and at most 10 (1 = off)"),
+])
+def test_bad_sampling_values_are_refused_in_one_line(stage, flag, value, says):
+    """Trial 30 B6: eval --temperature -1 was transformers' traceback; chat and eval took --top_p 2 silently.
+    The ranges are serve's (one declaration)."""
+    r = CliRunner().invoke(main, [stage, flag, value])
+    assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_serve_checks_a_request_against_the_same_sampling_ranges():
+    from steam_persona.serve import validate
+
+    assert all(validate._RANGES[k] == v for k, v in arguments.SAMPLING_RANGES.items())

@@ -176,3 +176,100 @@ def test_chat_system_empty_drops_the_persona_a_gguf_template_carries(smollm2_ggu
     # unset: the template's default system prompt (the persona an export embeds); '': an empty system turn
     assert default == {"role": "system", "content": "You are a helpful AI assistant named SmolLM, trained by Hugging Face"}
     assert empty == {"role": "system", "content": ""} and n_default - n_empty >= 10, seen
+
+
+def test_a_long_line_a_full_history_and_undecodable_bytes_keep_the_gguf_chat_going(smollm2_gguf):
+    """Trial 30 B1-B3: a line over the context was a traceback (llama.cpp's "Requested tokens exceed context
+    window"), the history grew until it was one too, and non-UTF-8 stdin bytes reached the tokenizer."""
+    turn = b"Tell me about the game, its story, its gameplay, its graphics and its sound, in detail please.\n"
+    stdin = b"great game " * 300 + b"\n" + turn * 4 + b"caf\xe9 \xff\xfe review this\n"
+    r = subprocess.run(
+        [sys.executable, "-m", "steam_persona", "chat", "--model_name_or_path", str(smollm2_gguf),
+         "--temperature", "0", "--max_new_tokens", "40", "--n_ctx", "256"],
+        input=stdin, cwd=REPO, capture_output=True, timeout=180)
+    err = " ".join(r.stderr.decode().split())
+    assert r.returncode == 0 and "Traceback" not in err, err
+    assert len(r.stdout.decode().splitlines()) == 5  # every turn but the long line answered
+    assert re.search(r"this line makes a prompt of \d{3,} tokens; the context holds 256 with 40 kept for the reply", err)
+    assert "(the oldest turn left the history to fit the context of 256 tokens)" in err
+    assert "input line 6: bytes that are not utf-8 were replaced by \N{REPLACEMENT CHARACTER}" in err
+
+
+class _CountingBackend(chat_mod.Backend):
+    """A back end whose prompt is one token a character, with a fixed answer."""
+
+    name, persona, defaults, n_ctx = "fake", "P", dict(chat_mod.FALLBACK_GENERATION), 40
+
+    def prompt_tokens(self, messages):
+        return sum(len(m["content"]) for m in messages)
+
+
+def test_fit_context_drops_the_oldest_turns_and_keeps_the_system_prompt():
+    history = [{"role": r, "content": c} for r, c in
+               [("user", "a" * 10), ("assistant", "b" * 10), ("user", "c" * 5), ("assistant", "d" * 5), ("user", "e" * 9)]]
+    messages, dropped, n = chat_mod.fit_context(_CountingBackend(), history, max_new_tokens=20)
+    assert dropped == 2 and n == 1 + 5 + 5 + 9 and messages[0] == {"role": "system", "content": "P"}
+    messages, dropped, n = chat_mod.fit_context(_CountingBackend(), history[-1:], max_new_tokens=35)
+    assert (dropped, n) == (0, 10)  # alone and still too long: the caller refuses the line
+
+
+def test_hf_chat_knows_its_context_and_reads_undecodable_bytes(tiny_adapter, monkeypatch, capsys):
+    """The base + adapter back end ran a line over the context with no bound (trial 30 B1) and raised on the
+    lone surrogates stdin keeps for non-UTF-8 bytes (B3)."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("word " * 200 + "\ncaf\udce9 \udcff review\n" + "Hi\n" * 6))
+    turns = chat_mod.run(ChatConfig(adapter_name_or_path=str(tiny_adapter), temperature=0.0, max_new_tokens=8,
+                                    n_ctx=64))
+    err = " ".join(capsys.readouterr().err.split())
+    assert len(turns) == 7 and "n_ctx 64" in err
+    assert re.search(r"this line makes a prompt of \d{3} tokens; the context holds 64 with 8 kept", err)
+    assert "input line 2: bytes that are not utf-8 were replaced by" in err
+    assert "the oldest turn left the history" in err
+
+
+class _CtrlCOnFirstToken(io.StringIO):
+    """stdout where the first token of the first answer arrives with a Ctrl-C."""
+
+    def __init__(self):
+        super().__init__()
+        self.fired = False
+
+    def write(self, text):
+        if text.strip() and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+@pytest.mark.parametrize("backend", ["gguf", "hf"])
+def test_ctrl_c_during_an_answer_stops_only_that_answer(backend, smollm2_gguf, tiny_adapter, monkeypatch):
+    """Trial 30 S6: Ctrl-C mid-answer ended the whole chat; as llama-cli, it stops the answer."""
+    import threading
+
+    model = dict(model_name_or_path=str(smollm2_gguf)) if backend == "gguf" else dict(adapter_name_or_path=str(tiny_adapter))
+    out = _CtrlCOnFirstToken()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Tell me a long story.\nHi\n"))
+    before = set(threading.enumerate())
+    turns = chat_mod.run(ChatConfig(**model, temperature=0.0, max_new_tokens=200))
+    assert out.fired and len(turns) == 1 and out.getvalue().startswith(" (stopped)\n"), out.getvalue()
+    assert set(threading.enumerate()) <= before  # the stopped generation's thread has ended
+
+
+def test_ctrl_c_at_the_prompt_ends_the_chat_with_exit_130(smollm2_gguf):
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "steam_persona", "chat", "--model_name_or_path", str(smollm2_gguf)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        err = b""
+        deadline = time.monotonic() + 120
+        while b"'exit' to quit" not in err and time.monotonic() < deadline:
+            err += p.stderr.read1(4096)
+        time.sleep(0.5)  # reading its first line
+        p.send_signal(signal.SIGINT)
+        rest = p.communicate(timeout=60)[1]
+    finally:
+        p.kill()
+    text = (err + rest).decode()
+    assert p.returncode == 130 and "interrupted; chat ended" in text and "Traceback" not in text, text

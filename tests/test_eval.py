@@ -225,3 +225,31 @@ def test_generation_on_a_busy_cpu_takes_one_thread_and_the_kv_cache(tiny_llama_d
         assert model.config.use_cache and model.generation_config.use_cache is not False
     finally:
         torch.set_num_threads(threads)
+
+
+def test_eval_reads_encoding_counts_the_records_its_loss_is_on_and_refuses_all_dropped(tiny_llama_dir, tmp_path):
+    """Trial 30 B4: eval's hint said --encoding, which eval lacked. B5: "loss on 6 records" when the cutoff had
+    dropped two (silently); every record dropped wrote a NaN report and exited 0."""
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+
+    rows = [{"instruction": "Caf\u00e9 review?", "input": "", "output": "Fine caf\u00e9."},
+            {"instruction": "Long?", "input": "", "output": "word " * 300}]
+    val = tmp_path / "val.json"
+    val.write_bytes(json.dumps(rows, ensure_ascii=False).encode("cp1252"))
+    run_dir = _fake_run_dir(tiny_llama_dir, tmp_path, val)
+    argv = ["eval", "--adapter_name_or_path", str(run_dir), "--dataset", str(val), "--num_samples", "1",
+            "--max_new_tokens", "2", "--train_dataset", str(val), "--encoding", "cp1252",
+            "--temperature", "0"]  # greedy, as OpenAI's 0 (transformers refuses it with do_sample)
+    r = CliRunner().invoke(main, [*argv, "--output_dir", str(tmp_path / "e1"), "--cutoff_len", "128"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 0, r.output
+    assert "dataset: 2 read: 1 dropped (reply longer than --cutoff_len 128), 1 kept" in out
+    assert "eval base: loss on 1 records" in out
+    assert json.loads((tmp_path / "e1/eval_report.json").read_text(encoding="utf-8"))["loss"]["base"]["records"] == 1
+    assert "generation (max_new_tokens 2, greedy, " in (tmp_path / "e1/eval_report.md").read_text(encoding="utf-8")
+    r = CliRunner().invoke(main, [*argv, "--output_dir", str(tmp_path / "e2"), "--cutoff_len", "5"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"Error: {val}: all 2 records are longer than --cutoff_len 5" in " ".join(r.output.split())
+    assert not (tmp_path / "e2").exists()

@@ -741,10 +741,10 @@ def test_every_flag_check_names_its_source(tiny_llama_dir, eight, tmp_path, yaml
 ])
 def test_dataset_counts_say_which_is_part_of_which(read, dropped, truncated, says):
     """Trial 24: "229 samples, 229 truncated, 15 dropped" left open whether the 15 were among the 229."""
-    from steam_persona.trainer.train import _data_line
+    from steam_persona.trainer.encode import data_line
 
     enc = type("Enc", (), {"truncated": truncated, "dropped": list(range(dropped)), "__len__": lambda self: read - dropped})()
-    assert says in _data_line(enc, 128)
+    assert says in data_line(enc, 128)
 
 
 def test_too_little_free_space_for_a_checkpoint_is_exit_2_before_training(tiny_llama_dir, eight, tmp_path,

@@ -165,3 +165,18 @@ def encode_dataset(template: ChatTemplate, conversations: list[list[dict[str, st
         if progress is not None and i % 64 == 63:
             progress(i + 1)
     return out
+
+
+def counts_line(read: int, dropped: int, truncated: int, cutoff_len: int) -> str:
+    """``"244 read: 15 dropped (…), 229 kept, all 229 truncated (…)"``: which count is part of which."""
+    kept = read - dropped
+    cut = "none" if not truncated else f"all {kept}" if truncated == kept else f"{truncated} of them"
+    return (f"{read} read: {dropped} dropped (reply longer than --cutoff_len {cutoff_len}), {kept} kept, {cut} "
+            "truncated (prompt cut to fit)")
+
+
+def data_line(enc: Any, cutoff_len: int, label: str = "dataset") -> str:
+    """A dataset's line printed before the first step (``--dataset``'s, ``--eval_dataset``'s as ``label``
+    ``"eval dataset"``): samples read, dropped, kept and (of those) truncated."""
+    line = f"{label}: " + counts_line(len(enc) + len(enc.dropped), len(enc.dropped), enc.truncated, cutoff_len)
+    return f"[yellow]{line}[/yellow]" if enc.truncated or enc.dropped else line

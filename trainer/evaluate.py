@@ -62,6 +62,7 @@ class EvalConfig:
     dataset: str = arg("", "Validation data: an alpaca/sharegpt JSON(L) file, or a name registered in "
                        "--dataset_dir/dataset_info.json.")
     dataset_dir: str = DataArguments.use("dataset_dir")
+    encoding: str = DataArguments.use("encoding", note="Of --dataset and --train_dataset.")
     train_dataset: str | None = arg(None, "Training data for the 8-gram copy check (file or registered name); "
                                     "default: the run's dataset from run_config.yaml.")
     template: str | None = DataArguments.use("template", None)
@@ -74,6 +75,7 @@ class EvalConfig:
     do_sample: bool = GeneratingArguments.use("do_sample")
     temperature: float = GeneratingArguments.use("temperature")
     top_p: float = GeneratingArguments.use("top_p")
+    top_k: int = GeneratingArguments.use("top_k")
     repetition_penalty: float = GeneratingArguments.use("repetition_penalty")
     seed: int = DataArguments.use("seed", note="It seeds sampling.")
     per_device_eval_batch_size: int = TrainingArguments.use("per_device_eval_batch_size")
@@ -93,7 +95,8 @@ def run(cfg: EvalConfig) -> EvalResult:
 
     Raises:
         UserError: no --dataset; both or neither of --adapter_name_or_path / --gguf; missing files;
-            an empty validation set.
+            an empty validation set, or one whose every record is longer than the cutoff. Nothing is
+            written then.
     """
     if not cfg.dataset:
         raise UserError("eval: missing --dataset; give the validation file (e.g. data/steam_sft_val.json, written by prepare)")
@@ -106,11 +109,11 @@ def run(cfg: EvalConfig) -> EvalResult:
     out = Path(cfg.output_dir) if cfg.output_dir else (
         Path(cfg.adapter_name_or_path) / "eval" if cfg.adapter_name_or_path else Path("eval") / Path(cfg.gguf).stem)
 
-    val = _load(cfg.dataset, cfg.dataset_dir, system)
+    val = _load(cfg.dataset, cfg.dataset_dir, system, cfg.encoding)
     if not val:
         raise UserError(f"{cfg.dataset}: no records to evaluate; check the file")
     train_ref = cfg.train_dataset or run.dataset
-    train_texts = [c[-1]["content"] for c in _load(train_ref, run.dataset_dir or cfg.dataset_dir, "")] \
+    train_texts = [c[-1]["content"] for c in _load(train_ref, run.dataset_dir or cfg.dataset_dir, "", cfg.encoding)] \
         if train_ref else []
     if not train_texts:
         console.print("[yellow]eval: no --train_dataset (and none in run_config.yaml): copy rate not measured")
@@ -122,11 +125,10 @@ def run(cfg: EvalConfig) -> EvalResult:
     base = cfg.model_name_or_path or run.model_name_or_path or "smollm2"
     for which, model, tokenizer, ctx in _models(cfg, base):
         chat = ChatTemplate(template, tokenizer)
+        enc = _encoded(chat, loss_convs, cutoff_len, cfg.dataset)
         with ctx():
-            console.print(f"[bold]eval[/bold] {which}: loss on {len(loss_convs)} records, "
-                          f"{len(gen_convs)} generations")
-            loss = held_out_loss(model, chat, loss_convs, cutoff_len, cfg.per_device_eval_batch_size,
-                                 label=f"{which} loss")
+            console.print(f"[bold]eval[/bold] {which}: loss on {len(enc)} records, {len(gen_convs)} generations")
+            loss = encoded_loss(model, chat, enc, cfg.per_device_eval_batch_size, label=f"{which} loss")
             gens = generate(model, chat, gen_convs, cfg, label=f"{which} generate")
         results[which] = {"loss": loss, "generations": gens}
         del model, tokenizer  # free the base before the GGUF model loads (gguf mode)
@@ -170,11 +172,11 @@ def _run_record(cfg: EvalConfig) -> tuple[RunRecord, str | None]:
 
 # ---------------------------------------------------------------------------------------------- data
 
-def _load(dataset: str | list[str], dataset_dir: str, system: str) -> list[list[dict[str, str]]]:
+def _load(dataset: str | list[str], dataset_dir: str, system: str, encoding: str) -> list[list[dict[str, str]]]:
     """Conversations (ending with the reference reply) through the train stage's reader."""
     from steam_persona.trainer import data
 
-    return data.load_conversations(dataset, dataset_dir, system=system)
+    return data.load_conversations(dataset, dataset_dir, system=system, encoding=encoding)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -198,6 +200,22 @@ def _models(cfg: EvalConfig, base: str):
 
 # ----------------------------------------------------------------------------------------------- loss
 
+def _encoded(chat: Any, convs: list[list[dict[str, str]]], cutoff_len: int, dataset: str) -> Any:
+    """``convs`` encoded for the loss, with train's dataset line (read, dropped, kept, truncated).
+
+    Raises:
+        UserError: every record dropped by ``cutoff_len``.
+    """
+    from steam_persona.trainer.encode import data_line, encode_dataset
+
+    enc = encode_dataset(chat, convs, cutoff_len)
+    if not len(enc):
+        raise UserError(f"{dataset}: all {len(convs)} records are longer than --cutoff_len {cutoff_len} (no reply "
+                        "fits with its prompt); raise --cutoff_len")
+    console.print(data_line(enc, cutoff_len))
+    return enc
+
+
 def held_out_loss(model: Any, chat: Any, convs: list[list[dict[str, str]]], cutoff_len: int,
                   batch_size: int, label: str = "loss") -> dict[str, float]:
     """Mean response-token cross-entropy (nats) over ``convs``, pooled over tokens.
@@ -209,11 +227,17 @@ def held_out_loss(model: Any, chat: Any, convs: list[list[dict[str, str]]], cuto
     Returns:
         ``{"loss": float, "perplexity": float, "tokens": int, "records": int}``.
     """
+    from steam_persona.trainer.encode import encode_dataset
+
+    return encoded_loss(model, chat, encode_dataset(chat, convs, cutoff_len), batch_size, label)
+
+
+def encoded_loss(model: Any, chat: Any, enc: Any, batch_size: int, label: str = "loss") -> dict[str, float]:
+    """:func:`held_out_loss` of conversations already encoded (:class:`steam_persona.trainer.encode.Encoded`)."""
     import torch
 
-    from steam_persona.trainer.encode import IGNORE_INDEX, encode_dataset
+    from steam_persona.trainer.encode import IGNORE_INDEX
 
-    enc = encode_dataset(chat, convs, cutoff_len)
     pad = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.tokenizer.eos_token_id
     total_nll, total_tokens = 0.0, 0
     with progress() as bar, torch.no_grad():
@@ -268,8 +292,8 @@ def generate(model: Any, chat: Any, convs: list[list[dict[str, str]]], cfg: Eval
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     prompts = [prompt_ids(chat, c) for c in convs]
     torch.manual_seed(cfg.seed)
-    sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p) if cfg.do_sample \
-        else dict(do_sample=False)
+    sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k) \
+        if cfg.do_sample and cfg.temperature > 0 else dict(do_sample=False)
     out: list[dict[str, Any]] = []
     with progress() as bar, torch.no_grad():
         task = bar.add_task(label, total=len(prompts))
@@ -363,6 +387,14 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _sampling_words(cfg: dict[str, Any]) -> str:
+    """``sampling T=0.7 top_p=0.9 top_k=50``, or ``greedy`` (``--do_sample False`` or temperature 0)."""
+    if not cfg["do_sample"] or not cfg["temperature"]:
+        return "greedy"
+    top_k = f" top_k={cfg['top_k']}" if "top_k" in cfg else ""
+    return f"sampling T={cfg['temperature']} top_p={cfg['top_p']}{top_k}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The human report (``eval_report.md``): tables of figures, goals, and the side-by-side samples."""
     L, G = report["loss"], report["generation"]
@@ -371,7 +403,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Evaluation: `{tuned_name}` vs base `{report['base_model']}`", "",
              f"Validation set: `{cfg['dataset']}`; {L['base']['records']} records for the loss, "
              f"{len(report['samples'])} prompts for generation (max_new_tokens {cfg['max_new_tokens']}, "
-             f"{'sampling T=' + str(cfg['temperature']) + ' top_p=' + str(cfg['top_p']) if cfg['do_sample'] else 'greedy'}"
+             f"{_sampling_words(cfg)}"
              f", repetition_penalty {cfg.get('repetition_penalty', 1.0)}).",
              "", "| metric | base | tuned |", "|---|---|---|",
              f"| held-out loss, inference weights (nats/token) | {_fmt(L['base']['loss'])} | {_fmt(L['tuned']['loss'])} "

@@ -56,6 +56,7 @@ from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
 from steam_persona.common.errors import STOP_SIGNALS, Interrupts, UserError, stop_signals_interrupt
 from steam_persona.common.persona import DEFAULT_SYSTEM
+from steam_persona.trainer.encode import counts_line, data_line
 from steam_persona.trainer.threads import threads_for_load
 from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput, forward_share
 
@@ -877,9 +878,9 @@ class TrainRecipe:
     def _print_setup(self) -> None:
         import torch
 
-        console.print(_data_line(self.enc, self.cfg.cutoff_len))
+        console.print(data_line(self.enc, self.cfg.cutoff_len))
         if self.cfg.eval_dataset:
-            console.print(_data_line(self.eval_enc, self.cfg.cutoff_len, "eval dataset"))
+            console.print(data_line(self.eval_enc, self.cfg.cutoff_len, "eval dataset"))
         if self.device.startswith("cuda"):
             console.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in self.levers.items()) + "[/dim]")
         if self.device == "cpu" and self.dtype == torch.float32 and _cpu_has_bf16():
@@ -1299,21 +1300,6 @@ def _eval_mode(model: Any) -> None:
             m.train()
 
 
-def _counts(read: int, dropped: int, truncated: int, cutoff_len: int) -> str:
-    """``"244 read: 15 dropped (…), 229 kept, all 229 truncated (…)"``: which count is part of which."""
-    kept = read - dropped
-    cut = "none" if not truncated else f"all {kept}" if truncated == kept else f"{truncated} of them"
-    return (f"{read} read: {dropped} dropped (reply longer than --cutoff_len {cutoff_len}), {kept} kept, {cut} "
-            "truncated (prompt cut to fit)")
-
-
-def _data_line(enc: Any, cutoff_len: int, label: str = "dataset") -> str:
-    """A dataset's line printed before the first step (``--dataset``'s, ``--eval_dataset``'s as ``label``
-    ``"eval dataset"``): samples read, dropped, kept and (of those) truncated."""
-    line = f"{label}: " + _counts(len(enc) + len(enc.dropped), len(enc.dropped), enc.truncated, cutoff_len)
-    return f"[yellow]{line}[/yellow]" if enc.truncated or enc.dropped else line
-
-
 @contextlib.contextmanager
 def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, where: Callable[[], str | None], main: bool):
     """On Ctrl-C (KeyboardInterrupt) print, on rank 0, where the run stopped and how to go on, then re-raise.
@@ -1370,7 +1356,7 @@ def _loss_shown(r: dict) -> str:
 def _summary(cfg: TrainConfig, r: dict, template: Any, precision: str) -> None:
     rows = [("base model", cfg.model_name_or_path + (f" ({cfg.quantization_bit}-bit)" if cfg.quantization_bit else "")),
             ("template", f"{cfg.template} (end of turn {template.eot_token})"),
-            ("samples", f"{r['num_samples']} train, {r['num_eval_samples']} eval; --dataset: " + _counts(
+            ("samples", f"{r['num_samples']} train, {r['num_eval_samples']} eval; --dataset: " + counts_line(
                 r.get("num_records", r["num_samples"] + r["dropped"]), r["dropped"], r["truncated"], cfg.cutoff_len)),
             ("steps", r["global_step"]),
             ("precision", precision),
