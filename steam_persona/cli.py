@@ -7,14 +7,13 @@ and light commands (collect, prepare, serve) do not pay for importing torch.
 
 from __future__ import annotations
 
+import atexit
 import importlib
-import signal
-import threading
 
 import click
 
 from steam_persona import __version__
-from steam_persona.common.errors import quit_at_once
+from steam_persona.common import errors
 
 # name -> (module, attribute, one-line help). Order = pipeline order in --help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -33,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 #: Exit status after Ctrl-C: 128 + SIGINT, as a shell reports a process that SIGINT ended.
 SIGINT_EXIT = 130
+
+
+#: ``[errors.end_if_stopping]`` once :meth:`LazyGroup.__call__` has registered it (once, so that it stays first).
+_ENDING: list = []
 
 
 class OneLineUsageError(click.UsageError):
@@ -60,6 +63,14 @@ class LazyGroup(click.Group):
     """A click group that imports a sub-command's module only when it is run; a usage error, its own or a
     sub-command's, is a :class:`OneLineUsageError`."""
 
+    def __call__(self, *args, **kwargs):
+        """The process's entry (``steam-train``, ``python -m steam_persona``; ``CliRunner`` calls :meth:`main`):
+        a process whose stage stopped on a signal ends at the end of its exit handlers
+        (:func:`~steam_persona.common.errors.end_if_stopping`, registered first so that it runs last)."""
+        if not _ENDING:
+            _ENDING.append(atexit.register(errors.end_if_stopping))
+        return super().__call__(*args, **kwargs)
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
@@ -74,9 +85,8 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             # Ctrl-C: the stage has said where it stopped (train, export, demo); exit 130, the shell's code for
             # SIGINT (128 + 2), instead of click's "Aborted!" and exit 1. Another Ctrl-C while the process ends
-            # (its threads joined, its objects freed) quits at once, with no traceback.
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, quit_at_once)
+            # (its threads joined, its exit handlers run) quits at once, with one line and no traceback.
+            errors.stopping(SIGINT_EXIT)
             raise click.exceptions.Exit(SIGINT_EXIT) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:

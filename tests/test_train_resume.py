@@ -480,3 +480,36 @@ def test_the_adapter_save_writes_into_a_temp_folder_a_rerun_can_remove(tmp_path)
     assert seen == [f".save.tmp-{os.getpid()}"] and (tmp_path / "adapter_model.safetensors").read_bytes() == b"w"
     assert [p.name for p in tmp_path.iterdir()] == ["adapter_model.safetensors"]
     assert atomic._TMP_NAME.fullmatch(seen[0])
+
+
+def test_a_second_ctrl_c_at_the_end_of_the_process_still_quits_with_its_line(tmp_path):
+    """Trial 29 N2: a second Ctrl-C 0.3-1 s after the first, while Python tore down its modules, killed train by
+    SIGINT with no line (Python gives every signal its default action back before that teardown). Here an object
+    freed in that teardown takes 3 s; the test sends SIGINT every 0.1 s once the stage has stopped: the process
+    ends with 130, at most the one "forced quit" line, and never reaches the teardown."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import gc, os, signal, sys, time\n"
+            "from steam_persona.cli import main\n"
+            "from steam_persona.trainer import train\n"
+            "class Slow:\n"
+            "    def __del__(self):\n"
+            "        os.write(2, b'torn down\\n'); time.sleep(3)\n"
+            "slow = Slow(); slow.cycle = slow; del slow; gc.disable()\n"
+            "def interrupted(cfg):\n"
+            "    os.write(2, b'stopping\\n')\n"
+            "    raise KeyboardInterrupt\n"
+            "train._check = interrupted\n"
+            "main(['train', '--dataset', 'd.json'])\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert p.stderr.readline() == "stopping\n"
+    while p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+    said = p.stderr.read()
+    assert p.returncode == 130, (p.returncode, said)
+    assert said in ("", "forced quit (Ctrl-C while stopping); rerun the same command to go on\n"), said

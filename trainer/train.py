@@ -741,8 +741,10 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     stop = contextlib.nullcontext(Interrupts()) if distributed.launched() or relaunch else \
         stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,))
     lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if main else contextlib.nullcontext()
-    with _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, recipe.where, main and resume_hint and not relaunch), \
-            stop as recipe.interrupts, lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
+    # the hint inside the stop block: a second signal while it is printed quits at once (Interrupts.handler)
+    with stop as recipe.interrupts, \
+            _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, recipe.where, main and resume_hint and not relaunch), \
+            lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
         return _run(recipe)
 
 
