@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import sys
 
 import click
 
@@ -59,17 +60,26 @@ def _one_line(e: click.UsageError) -> click.UsageError:
     return OneLineUsageError(e.format_message(), e.ctx)
 
 
+def _stage(argv: list[str]) -> str:
+    """What the command line runs, as a stop line names it: ``training``, ``steam-train prepare``."""
+    name = next((a for a in argv if not a.startswith("-")), "")
+    return "training" if name == "train" else f"steam-train {name}" if name in COMMANDS else "steam-train"
+
+
 class LazyGroup(click.Group):
     """A click group that imports a sub-command's module only when it is run; a usage error, its own or a
     sub-command's, is a :class:`OneLineUsageError`."""
 
-    def __call__(self, *args, **kwargs):
-        """The process's entry (``steam-train``, ``python -m steam_persona``; ``CliRunner`` calls :meth:`main`):
-        a process whose stage stopped on a signal ends at the end of its exit handlers
-        (:func:`~steam_persona.common.errors.end_if_stopping`, registered first so that it runs last)."""
+    def __call__(self, args: list[str] | None = None, **kwargs):
+        """The process's entry (``steam-train``, ``python -m steam_persona``; ``CliRunner`` calls :meth:`main`).
+        A signal before the command starts its work (its module imported, its flags read) says that nothing was
+        written (:func:`~steam_persona.common.errors.until_started`); a process whose stage stopped on a signal
+        ends at the end of its exit handlers (:func:`~steam_persona.common.errors.end_if_stopping`, registered
+        first so that it runs last)."""
+        errors.until_started(_stage(sys.argv[1:] if args is None else args))
         if not _ENDING:
             _ENDING.append(atexit.register(errors.end_if_stopping))
-        return super().__call__(*args, **kwargs)
+        return super().__call__(args, **kwargs)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
