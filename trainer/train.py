@@ -727,17 +727,17 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     from steam_persona.trainer import distributed
 
     main = distributed.rank_world()[0] == 0
-    relaunch = cfg.nproc_per_node > 1 and not distributed.launched()  # its workers say where they stopped
     recipe = TrainRecipe(cfg, callbacks)
     # SIGTERM / SIGHUP (a scheduler's stop, a closed terminal) end a run as Ctrl-C does: where it stopped and how
     # to go on, exit 130; a Ctrl-C that Python dropped (raised inside a finalizer while loading) still stops it
     # before the next step. Installed first, so a stop at any moment says so and removes the lock; the stop line
     # inside the block, so a second signal while it is printed quits at once (Interrupts.handler). Not under a
-    # launcher: its agent stops the workers with SIGTERM, maybe inside a collective.
-    stop = contextlib.nullcontext(Interrupts()) if distributed.launched() or relaunch else \
+    # launcher: its agent stops the workers with SIGTERM, maybe inside a collective. --nproc_per_node's process
+    # hands its signals to torchrun's agent while the workers run (distributed.relaunch).
+    stop = contextlib.nullcontext(Interrupts()) if distributed.launched() else \
         stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,))
     with stop as recipe.interrupts, \
-            _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, recipe.where, main and resume_hint and not relaunch,
+            _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, recipe.where, main and resume_hint,
                                       recipe.interrupts):
         _check(cfg)
         check_datasets(cfg)
@@ -1331,8 +1331,11 @@ def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, where: Callable[[], s
             raise
         _say_interrupted(out, cfg, where, main)
         raise
-    except KeyboardInterrupt:
-        _say_interrupted(out, cfg, where, main)
+    except KeyboardInterrupt as e:
+        from steam_persona.trainer import distributed
+
+        if not isinstance(e, distributed.WorkersStopped):  # rank 0 of the launch has said where it stopped
+            _say_interrupted(out, cfg, where, main)
         raise
 
 
