@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Literal
 import click
 import yaml
 
-from steam_persona.common.errors import UserError
+from steam_persona.common.errors import UserError, started
 from steam_persona.resources import packaged_copy_hint
 
 def arg(
@@ -390,6 +390,7 @@ def command(cls: type, run: Callable[[Any], Any], *, name: str, help: str,
                 items = [x.strip() for item in v for x in str(item).split(",") if x.strip()]
                 flags[f.name] = _convert(f, items, "command line")
         cfg = build(cls, yaml_values, flags, source=config_file or COMMAND_LINE)
+        started()  # a signal from here on is the command's to handle
         try:
             return run(cfg)
         except UserError as e:

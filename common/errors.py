@@ -63,14 +63,75 @@ def quit_at_once(signum: int, frame: object = None) -> NoReturn:
     """A signal handler for a stage that is already stopping (a second Ctrl-C): one line, then exit 128 + the
     signal's number at once, whatever runs (no clean-up, no traceback), as serve's second Ctrl-C. Atomic
     writes leave nothing half-written under a final name, and the rerun removes their temp files."""
-    what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    what = _what(signum)
+    _flush_std()
+    os.write(2, f"forced quit ({what} while stopping); rerun the same command to go on\n".encode())
+    os._exit(128 + signum)
+
+
+def _what(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def _flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # noqa: BLE001 -- quitting whatever happens
             pass
-    os.write(2, f"forced quit ({what} while stopping); rerun the same command to go on\n".encode())
-    os._exit(128 + signum)
+
+
+#: The handlers that :func:`until_started` replaced, by signal; :func:`started` puts them back.
+_before_start: dict[int, Any] = {}
+
+
+def until_started(stage: str) -> None:
+    """Until :func:`started`, Ctrl-C or a stop signal (one not ignored) prints one line, ``stopped (Ctrl-C) before
+    {stage} started; nothing was written``, and ends the process with 128 + the signal's number at once: the
+    command has written nothing yet (Python's own ``KeyboardInterrupt`` there ended it without a word). In the
+    main thread only."""
+    def handler(signum: int, frame: object) -> NoReturn:
+        _flush_std()
+        os.write(2, f"stopped ({_what(signum)}) before {stage} started; nothing was written\n".encode())
+        os._exit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT,) + STOP_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                _before_start[sig] = signal.signal(sig, handler)
+
+
+def started() -> None:
+    """The command's own work begins (it says where it stopped): the handlers before :func:`until_started` are
+    back."""
+    if threading.current_thread() is threading.main_thread():
+        while _before_start:
+            signal.signal(*_before_start.popitem())
+
+
+#: The exit status of a process whose stage is stopping (:func:`stopping`); empty before.
+_stopping_status: list[int] = []
+
+
+def stopping(status: int) -> None:
+    """The stage has stopped on a signal and the process ends with `status`: from now until it has ended, another
+    Ctrl-C or stop signal (one not ignored) quits at once (:func:`quit_at_once`), its very end included
+    (:func:`end_if_stopping`)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT,) + STOP_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, quit_at_once)
+    _stopping_status[:] = [status]
+
+
+def end_if_stopping() -> None:
+    """For ``atexit``, registered before any other exit handler so that it runs last: a process whose stage is
+    stopping ends here, with its status, once its threads are joined and the other exit handlers have run. After
+    them Python's own end gives every signal its default action back while it frees the modules (seconds with
+    torch), so a Ctrl-C there killed the process without a line."""
+    if _stopping_status:
+        _flush_std()
+        os._exit(_stopping_status[0])
 
 
 @contextlib.contextmanager

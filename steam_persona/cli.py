@@ -7,14 +7,14 @@ and light commands (collect, prepare, serve) do not pay for importing torch.
 
 from __future__ import annotations
 
+import atexit
 import importlib
-import signal
-import threading
+import sys
 
 import click
 
 from steam_persona import __version__
-from steam_persona.common.errors import quit_at_once
+from steam_persona.common import errors
 
 # name -> (module, attribute, one-line help). Order = pipeline order in --help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 #: Exit status after Ctrl-C: 128 + SIGINT, as a shell reports a process that SIGINT ended.
 SIGINT_EXIT = 130
+
+
+#: ``[errors.end_if_stopping]`` once :meth:`LazyGroup.__call__` has registered it (once, so that it stays first).
+_ENDING: list = []
 
 
 class OneLineUsageError(click.UsageError):
@@ -56,9 +60,26 @@ def _one_line(e: click.UsageError) -> click.UsageError:
     return OneLineUsageError(e.format_message(), e.ctx)
 
 
+def _stage(argv: list[str]) -> str:
+    """What the command line runs, as a stop line names it: ``training``, ``steam-train prepare``."""
+    name = next((a for a in argv if not a.startswith("-")), "")
+    return "training" if name == "train" else f"steam-train {name}" if name in COMMANDS else "steam-train"
+
+
 class LazyGroup(click.Group):
     """A click group that imports a sub-command's module only when it is run; a usage error, its own or a
     sub-command's, is a :class:`OneLineUsageError`."""
+
+    def __call__(self, args: list[str] | None = None, **kwargs):
+        """The process's entry (``steam-train``, ``python -m steam_persona``; ``CliRunner`` calls :meth:`main`).
+        A signal before the command starts its work (its module imported, its flags read) says that nothing was
+        written (:func:`~steam_persona.common.errors.until_started`); a process whose stage stopped on a signal
+        ends at the end of its exit handlers (:func:`~steam_persona.common.errors.end_if_stopping`, registered
+        first so that it runs last)."""
+        errors.until_started(_stage(sys.argv[1:] if args is None else args))
+        if not _ENDING:
+            _ENDING.append(atexit.register(errors.end_if_stopping))
+        return super().__call__(args, **kwargs)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
@@ -74,9 +95,8 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             # Ctrl-C: the stage has said where it stopped (train, export, demo); exit 130, the shell's code for
             # SIGINT (128 + 2), instead of click's "Aborted!" and exit 1. Another Ctrl-C while the process ends
-            # (its threads joined, its objects freed) quits at once, with no traceback.
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, quit_at_once)
+            # (its threads joined, its exit handlers run) quits at once, with one line and no traceback.
+            errors.stopping(SIGINT_EXIT)
             raise click.exceptions.Exit(SIGINT_EXIT) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -50,13 +50,18 @@ def no_network():
 
 @pytest.fixture(autouse=True)
 def sigint_handler_restored():
-    """The suite's SIGINT handler back after each test: a command run in-process (``CliRunner``) that ends on
-    Ctrl-C leaves its quit-at-once handler for the rest of the process, as the CLI process it stands for."""
+    """The suite's SIGINT, SIGTERM and SIGHUP handlers back after each test: a command run in-process
+    (``CliRunner``) that ends on a stop signal leaves its quit-at-once handlers for the rest of the process, as the
+    CLI process it stands for."""
     import signal
 
-    handler = signal.getsignal(signal.SIGINT)
+    from steam_persona.common import errors
+
+    signals = (signal.SIGINT,) + errors.STOP_SIGNALS
+    handlers = {sig: signal.getsignal(sig) for sig in signals}
     yield
-    signal.signal(signal.SIGINT, handler)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture

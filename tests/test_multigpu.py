@@ -172,6 +172,36 @@ def test_one_process_checkpoint_resumes_on_two_via_cli(runs) -> None:
     assert "gradient_accumulation_steps 1 keeps 2 micro-batches per step" in " ".join(p.stderr.split())
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_to_the_launching_process_stops_the_workers_as_ctrl_c(tiny_llama_dir: Path, seed_dataset: Path,
+                                                                            tmp_path: Path, sig: str) -> None:
+    """Trial 29: `--nproc_per_node 2` on Ctrl-C printed torchrun's SignalException traceback (exit 1), and on
+    SIGTERM its workers died without a word. Now both reach the workers as Ctrl-C: rank 0 says where the run
+    stopped, the launching process exits 130 with nothing more, and the lock and temp files are gone."""
+    import signal
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "steam_persona", "train", "--model_name_or_path", str(tiny_llama_dir),
+           "--dataset", str(seed_dataset), "--output_dir", str(out), "--max_samples", "40", "--cutoff_len", "160",
+           "--per_device_train_batch_size", "1", "--max_steps", "200", "--save_steps", "1", "--logging_steps", "1",
+           "--lora_rank", "4", "--nproc_per_node", "2"]
+    p = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    said = []
+    for line in p.stdout:
+        if "train step 2/200" in line and not said:
+            p.send_signal(getattr(signal, sig))
+            said.append(line)
+        elif said:
+            said.append(line)
+    assert p.wait(timeout=120) == 130, "".join(said)
+    stopped = [x for x in said if x.startswith("interrupted ")]
+    assert len(stopped) == 1 and "rerun the same command to resume from" in stopped[0], "".join(said)
+    assert not any(w in "".join(said) for w in ("Traceback", "forced quit", "death signal", "closing signal")), said
+    assert not (tmp_path / "run.lock").exists()
+    assert not [x.name for x in out.iterdir() if x.name.startswith(".")]
+
+
 def test_accum_for_resume_rule(tmp_path: Path) -> None:
     from steam_persona.trainer.distributed import accum_for_resume
     from steam_persona.common.errors import UserError

@@ -370,7 +370,7 @@ def test_ctrl_c_says_how_to_resume(tiny_llama_dir, eight, tmp_path, monkeypatch)
     (other / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(KeyboardInterrupt):
         with train_mod._resume_hint_on_interrupt(other, _cfg("m", "d.json", tmp_path, save_steps=100),
-                                                 lambda: "after step 1 of 4", True):
+                                                 lambda: "after step 1 of 4", True, train_mod.Interrupts()):
             raise KeyboardInterrupt
     assert ("interrupted after step 1 of 4: no resumable checkpoint yet (one is saved every --save_steps 100 steps); "
             "rerun with --overwrite_output_dir to start over") in " ".join(buf.getvalue().split())

@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
+import signal
 import tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Iterator
 
 import click
 
@@ -213,6 +215,41 @@ def accum_for_resume(ckpt: Path, accum: int, world: int) -> int:
     return per_step // world
 
 
+class WorkersStopped(KeyboardInterrupt):
+    """A ``--nproc_per_node`` launch stopped by Ctrl-C or a stop signal: its workers were stopped as by Ctrl-C, and
+    rank 0 said where (exit 130)."""
+
+
+def _not_an_agent_stop_line(record: logging.LogRecord) -> bool:
+    """False for torchrun's agent's own lines when it stops its workers (each worker says what it does)."""
+    return record.msg not in ("Received %s death signal, shutting down workers", "Sending process %s closing signal %s")
+
+
+@contextmanager
+def _stop_signals_as_ctrl_c() -> Iterator[None]:
+    """While torchrun's agent runs here (with ``--signals_to_handle SIGINT,SIGQUIT``): it handles SIGINT as it does,
+    stopping the workers with the same signal and raising ``SignalException`` once they ended; SIGTERM and SIGHUP
+    are a Ctrl-C to it, so the workers stop as on Ctrl-C (rank 0 says where; the default SIGTERM would end them
+    without a word). The handlers before it come back after; the agent's own stop lines are not logged."""
+    from steam_persona.common.errors import STOP_SIGNALS
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGQUIT) + STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        if handlers[sig] is not signal.SIG_IGN:
+            signal.signal(sig, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    agent_logs = [logging.getLogger(f"torch.distributed.elastic.{name}.api")
+                  for name in ("agent.server", "multiprocessing")]
+    for log in agent_logs:
+        log.addFilter(_not_an_agent_stop_line)
+    try:
+        yield
+    finally:
+        for log in agent_logs:
+            log.removeFilter(_not_an_agent_stop_line)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 class WorkerFailed(click.ClickException):
     """A worker of a ``--nproc_per_node`` launch crashed (not a user error): exit code 1, one line; the
     worker's own traceback is printed above it."""
@@ -239,6 +276,7 @@ def relaunch(cfg: Any, nproc: int) -> dict[str, Any]:
     import torch
     import yaml
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from steam_persona.common import config
@@ -252,9 +290,13 @@ def relaunch(cfg: Any, nproc: int) -> dict[str, Any]:
         cfg_file = Path(tmp) / "train.yaml"
         cfg_file.write_text(yaml.safe_dump(config.to_dict(cfg), allow_unicode=True, sort_keys=False), encoding="utf-8")
         args = torchrun.get_args_parser().parse_args(
-            ["--standalone", f"--nproc_per_node={nproc}", "-m", "steam_persona", "train", str(cfg_file)])
+            ["--standalone", f"--nproc_per_node={nproc}", "--signals_to_handle=SIGINT,SIGQUIT",
+             "-m", "steam_persona", "train", str(cfg_file)])
         try:
-            torchrun.run(args)
+            with _stop_signals_as_ctrl_c():
+                torchrun.run(args)
+        except SignalException:  # the agent stopped the workers with the signal and waited for them
+            raise WorkersStopped from None
         except ChildFailedError as e:
             rank, first = e.get_first_failure()  # the root cause; the agent then stops the others (SIGTERM)
             if first.exitcode == UserError.exit_code:

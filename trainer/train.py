@@ -727,24 +727,27 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     """
     from steam_persona.trainer import distributed
 
-    _check(cfg)
-    check_datasets(cfg)
     main = distributed.rank_world()[0] == 0
-    if config.given(cfg, "flash_attn") and main and not os.environ.get(locking.HELD_ENV):
-        console.print("[dim]flash_attn: no effect here; training chooses the attention itself (per-sample "
-                      "FlashAttention or SDPA, docs/training.md)[/dim]")
-    relaunch = cfg.nproc_per_node > 1 and not distributed.launched()  # its workers say where they stopped
     recipe = TrainRecipe(cfg, callbacks)
     # SIGTERM / SIGHUP (a scheduler's stop, a closed terminal) end a run as Ctrl-C does: where it stopped and how
     # to go on, exit 130; a Ctrl-C that Python dropped (raised inside a finalizer while loading) still stops it
-    # before the next step. Installed before the lock is taken, so a stop at any moment removes the lock. Not
-    # under a launcher: its agent stops the workers with SIGTERM, maybe inside a collective.
-    stop = contextlib.nullcontext(Interrupts()) if distributed.launched() or relaunch else \
+    # before the next step. Installed first, so a stop at any moment says so and removes the lock; the stop line
+    # inside the block, so a second signal while it is printed quits at once (Interrupts.handler). Not under a
+    # launcher: its agent stops the workers with SIGTERM, maybe inside a collective. --nproc_per_node's process
+    # hands its signals to torchrun's agent while the workers run (distributed.relaunch).
+    stop = contextlib.nullcontext(Interrupts()) if distributed.launched() else \
         stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,))
-    lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if main else contextlib.nullcontext()
-    with _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, recipe.where, main and resume_hint and not relaunch), \
-            stop as recipe.interrupts, lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
-        return _run(recipe)
+    with stop as recipe.interrupts, \
+            _resume_hint_on_interrupt(Path(cfg.output_dir), cfg, recipe.where, main and resume_hint,
+                                      recipe.interrupts):
+        _check(cfg)
+        check_datasets(cfg)
+        if config.given(cfg, "flash_attn") and main and not os.environ.get(locking.HELD_ENV):
+            console.print("[dim]flash_attn: no effect here; training chooses the attention itself (per-sample "
+                          "FlashAttention or SDPA, docs/training.md)[/dim]")
+        lock = locking.folder_lock(Path(cfg.output_dir), "train", "--output_dir") if main else contextlib.nullcontext()
+        with lock, atomic.writing_into(Path(cfg.output_dir), "--output_dir"):
+            return _run(recipe)
 
 
 def _run(recipe: TrainRecipe) -> dict[str, Any]:
@@ -1301,15 +1304,30 @@ def _eval_mode(model: Any) -> None:
 
 
 @contextlib.contextmanager
-def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, where: Callable[[], str | None], main: bool):
-    """On Ctrl-C (KeyboardInterrupt) print, on rank 0, where the run stopped and how to go on, then re-raise.
-    ``where`` says where the run is (:meth:`TrainRecipe.where`): ``None`` while loading, before the first step."""
+def _resume_hint_on_interrupt(out: Path, cfg: TrainConfig, where: Callable[[], str | None], main: bool,
+                              interrupts: Interrupts):
+    """On Ctrl-C (KeyboardInterrupt, or an error raised after one of `interrupts` came, which
+    :func:`stop_signals_interrupt` raises as one) print, on rank 0, where the run stopped and how to go on, then
+    re-raise. ``where`` says where the run is (:meth:`TrainRecipe.where`): ``None`` while loading, before the
+    first step."""
     try:
         yield
-    except KeyboardInterrupt:
-        if main:
-            console.print(f"[yellow]{_interrupted_line(out, cfg, where())}[/yellow]")
+    except Exception:
+        if interrupts.received is None:
+            raise
+        _say_interrupted(out, cfg, where, main)
         raise
+    except KeyboardInterrupt as e:
+        from steam_persona.trainer import distributed
+
+        if not isinstance(e, distributed.WorkersStopped):  # rank 0 of the launch has said where it stopped
+            _say_interrupted(out, cfg, where, main)
+        raise
+
+
+def _say_interrupted(out: Path, cfg: TrainConfig, where: Callable[[], str | None], main: bool) -> None:
+    if main:
+        console.print(f"[yellow]{_interrupted_line(out, cfg, where())}[/yellow]")
 
 
 def _interrupted_line(out: Path, cfg: TrainConfig, at: str | None) -> str:
