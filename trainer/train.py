@@ -907,6 +907,8 @@ class TrainRecipe:
                                            fused=self.device.startswith("cuda"))
         self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup,
                                        num_training_steps=self.total)
+        if self.main and warmup >= self.total and cfg.lr_scheduler_type != "constant":
+            console.print(f"[yellow]{_all_warmup_line(cfg, self.total, warmup)}[/yellow]")
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
 
     def open_run_dir(self, resume: Path | None) -> None:
@@ -1305,6 +1307,17 @@ def _counts(read: int, dropped: int, truncated: int, cutoff_len: int) -> str:
     cut = "none" if not truncated else f"all {kept}" if truncated == kept else f"{truncated} of them"
     return (f"{read} read: {dropped} dropped (reply longer than --cutoff_len {cutoff_len}), {kept} kept, {cut} "
             "truncated (prompt cut to fit)")
+
+
+def _all_warmup_line(cfg: TrainConfig, total: int, warmup: int) -> str:
+    """The warning for a run that is all warm-up: every step trains below ``--learning_rate``, the first at 0
+    (the warm-up of HF Trainer and LLaMA-Factory starts at lr 0)."""
+    steps = f"--max_steps {cfg.max_steps}" if cfg.max_steps > 0 else f"this run's {total} steps"
+    given = f"--warmup_steps {cfg.warmup_steps}" if cfg.warmup_steps > 0 else \
+        f"--warmup_ratio {cfg.warmup_ratio:g} ({warmup} step{'s' if warmup > 1 else ''})"
+    return (f"warning: {steps} are all warm-up ({given}): every step trains below --learning_rate "
+            f"{cfg.learning_rate:g}, step 1 at lr 0; lower --warmup_steps / --warmup_ratio (0 for none) or raise "
+            "--max_steps")
 
 
 def _data_line(enc: Any, cutoff_len: int, label: str = "dataset") -> str:
