@@ -172,6 +172,10 @@ def test_unknown_game_switch_and_message(tmp_path):
     (lambda p: p.write_bytes("review,voted_up\nGood game\n".encode("utf-16-le")), [], "pass --encoding utf-16-le"),
     (lambda p: p.write_bytes("review,voted_up\nTrès bon jeu, vraiment génial\n".encode("cp1252")), [],
      "it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as UTF-8 or pass --encoding cp1252"),
+    (lambda p: p.write_bytes(b'app_id,app_name,review_text,review_score\r\n620,Portal 2,"It\x92s great, caf\xe9 \x93best'
+                             b'\x94 game I played this year honestly",1\r\n'), ["--language", "english"],
+     "line 2, byte 17: not valid utf-8; it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as "
+     "UTF-8 or pass --encoding cp1252"),  # trial 30 S1: smart quotes, the byte counted within its line
     (lambda p: _csv(p, ["opinion", "thumbs", "game_title"], [["A long and careful review of the game", "up", "Hades"]]),
      [], "name it, e.g. --columns app_name=game_title,review=opinion"),
     (lambda p: _csv(p, ["review"], [["好玩"]]), ["--app_name", "X"],
