@@ -1248,3 +1248,33 @@ def test_sigterm_and_sighup_end_prepare_like_ctrl_c(tmp_path, capsys, monkeypatc
         _run(tmp_path, [tmp_path])
     assert "interrupted; prepare starts over when rerun" in capsys.readouterr().err
     assert signal.getsignal(getattr(signal, sig)) is signal.SIG_DFL
+
+
+def _steamreviews_archive(path: Path) -> Path:
+    """A steamreviews download (``review_<appid>.json``): its records carry no app id."""
+    reviews = {str(100 + i): {"recommendationid": str(100 + i), "review": text, "voted_up": True,
+                              "language": "english"} for i, text in enumerate(EN[:3])}
+    path.write_text(json.dumps({"query_summary": {"num_reviews": 3}, "reviews": reviews}), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ["review_440 (1).json", "review_440-copy.json", "review_440 - Copy (2).json",
+                                  "440 copy 2.json", "review_440_copy.json"])
+def test_an_archive_copy_keeps_the_app_id_of_its_file_name(tmp_path, name):
+    """Trial 30 S3: a browser's or file manager's copy name still names the app for --app_name APPID=NAME."""
+    res = _run(tmp_path, [_steamreviews_archive(tmp_path / name)], app_name=["440=Team Fortress 2"],
+               language=["english"], near_dedup=False)
+    assert res["counts"]["kept"] == 3
+    assert all("Team Fortress 2" in r["instruction"] for r in _load(res["train"]))
+
+
+def test_an_archive_without_an_app_id_anywhere_names_the_fix_that_works(tmp_path):
+    src = _steamreviews_archive(tmp_path / "reviews.json")
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--app_name",
+                                  "440=Team Fortress 2", "--language", "english", "--val_size", "0"])
+    assert r.exit_code == 2 and not (tmp_path / "o").exists()
+    error = r.output.strip().splitlines()[-1]
+    assert error.startswith(f"Error: {src}: no records left after cleaning; rule 'unknown_game' removed 3; they have "
+                            "no app id (none in the records or the file name)") and "--appid ID" in error, r.output
+    res = _run(tmp_path, [src], app_name=["Team Fortress 2"], language=["english"], near_dedup=False)
+    assert res["counts"]["kept"] == 3
