@@ -8,12 +8,16 @@ field with ``Group.use(name[, default])`` (:class:`steam_persona.common.config.A
 the default may differ per stage; the help text says what an unset value means where a stage
 allows one (``None``: taken from the run or the model).
 
-Which stage takes which group: train (model, quantization, data, LoRA), validate (model, data),
-eval (model, data, generating), chat (model, quantization, data's system, generating, llama.cpp),
-export (model, data's system, llama.cpp's threads), serve (data's system, llama.cpp), demo (a few
-of each), prepare (data's encoding, val_size and seed).
+Which stage takes which group: train (model, quantization, data, LoRA, finetuning), validate (model, data),
+eval (model, data, generating), chat (model, quantization, data's system and template, generating, llama.cpp,
+finetuning, inference), export (model, data's system and template, llama.cpp's threads, finetuning, export),
+serve (data's system, llama.cpp), demo (a few of each), prepare (data's encoding, val_size and seed). The
+finetuning, inference and export groups are LLaMA-Factory's keys, so its train, inference
+(``examples/inference``) and merge (``examples/merge_lora``) YAML files run here: a value that means what
+these stages do is accepted, any other refused in one line naming the key, the value and what happens here.
 
-This module imports only the standard library and the config glue, so every stage can use it.
+This module imports only the standard library and the config glue, so every stage can use it (a
+``--template`` check reads the template names when it runs).
 """
 
 from __future__ import annotations
@@ -110,6 +114,59 @@ class ModelArguments(Arguments):
     trust_remote_code: bool = arg(False, "Allow model code from the hub/folder.")
 
 
+def _lora_only(value: str) -> str:
+    if value != "lora":
+        raise ValueError("only LoRA adapters exist here (LLaMA-Factory's full and freeze fine-tuning are not "
+                         "supported); set lora or delete the key")
+    return value
+
+
+@dataclass
+class FinetuningArguments(Arguments):
+    """The adapter's kind (LLaMA-Factory's ``FinetuningArguments``)."""
+
+    finetuning_type: str = arg("lora", "Fine-tuning method (only lora; with --quantization_bit it is QLoRA).",
+                               check=_lora_only)
+
+
+def _huggingface_only(value: str) -> str:
+    if value != "huggingface":
+        raise ValueError("chat runs an adapter or a Hugging Face model with transformers (LLaMA-Factory's "
+                         "huggingface) and a GGUF with llama.cpp; set huggingface or delete the key")
+    return value
+
+
+@dataclass
+class InferenceArguments(Arguments):
+    """The inference engine (LLaMA-Factory's ``InferenceArguments``)."""
+
+    infer_backend: str = arg("huggingface", "Inference engine, LLaMA-Factory's key: only huggingface "
+                                            "(transformers, for an adapter or a Hugging Face model); a GGUF "
+                                            "runs in llama.cpp.", check=_huggingface_only)
+
+
+def _cpu_only(value: str) -> str:
+    if value != "cpu":
+        raise ValueError("export merges the adapter on the CPU; set cpu or delete the key")
+    return value
+
+
+def _safetensors_only(value: bool) -> bool:
+    if value:
+        raise ValueError("the merged model is written as safetensors only; set false or delete the key")
+    return value
+
+
+@dataclass
+class ExportArguments(Arguments):
+    """Merge settings of LLaMA-Factory's ``ExportArguments`` that export does one way."""
+
+    export_device: str = arg("cpu", "Device to merge on, LLaMA-Factory's key: only cpu (export merges on the CPU).",
+                             check=_cpu_only)
+    export_legacy_format: bool = arg(False, "Write the merged model as .bin (LLaMA-Factory's key): only false "
+                                            "(safetensors).", check=_safetensors_only)
+
+
 @dataclass
 class QuantizationArguments(Arguments):
     """How the frozen HF base is loaded (LLaMA-Factory's ``QuantizationArguments``)."""
@@ -117,6 +174,15 @@ class QuantizationArguments(Arguments):
     quantization_bit: int | None = arg(
         None, "Load the frozen HF base in 4 bits (QLoRA: NF4 + double quant) or 8 bits with bitsandbytes; 0 or unset "
               "= 16-bit (plain LoRA).", check=quantization_bits)
+
+
+def _template_name(value: str | None) -> str | None:
+    """``--template``: ``auto`` or a named template (``steam_persona.trainer.templates.TEMPLATES``)."""
+    from steam_persona.trainer.templates import TEMPLATES
+
+    if value not in (None, "auto", *TEMPLATES):
+        raise ValueError(f"unknown template; use auto or one of: {', '.join(TEMPLATES)}")
+    return value
 
 
 @dataclass
@@ -127,7 +193,7 @@ class DataArguments(Arguments):
     encoding: str = arg("utf-8", "Text encoding of the input files (utf-8 also accepts a BOM; e.g. gbk).")
     template: str | None = arg(
         "auto", "Prompt format: auto = the tokenizer's chat template; or default, chatml, qwen, llama3, gemma, "
-                "mistral, alpaca.", unset="the run's (run_config.yaml), else auto")
+                "mistral, alpaca.", unset="the run's (run_config.yaml), else auto", check=_template_name)
     system: str | None = arg(
         None, "Persona system prompt ('' = none).", unset="the run's (run_config.yaml), else the built-in persona")
     cutoff_len: int | None = arg(

@@ -711,6 +711,10 @@ def test_train_on_a_busy_cpu_uses_one_thread_and_records_it(tiny_llama_dir, eigh
     ({}, {"val_size": 1.5}, "command line: --val_size 1.5: above 1 it is a record count: give a whole number (e.g. 2), "
                            "or a fraction below 1"),
     ({"val_size": 2.5}, {}, "Y: --val_size 2.5: above 1 it is a record count"),
+    # LLaMA-Factory's keys, one check shared with chat and export (common/arguments.py)
+    ({"finetuning_type": "freeze"}, {}, "Y: --finetuning_type freeze: only LoRA adapters exist here (LLaMA-Factory's "
+                                        "full and freeze fine-tuning are not supported); set lora or delete the key"),
+    ({"template": "qwen3"}, {}, "Y: --template qwen3: unknown template; use auto or one of: default, chatml, qwen"),
 ])
 def test_every_flag_check_names_its_source(tiny_llama_dir, eight, tmp_path, yaml_keys, flags, says):
     """Trial 24: from YAML, `num_train_epochs: .nan` (max_steps 0) gave an error without `y.yaml:`; on the command

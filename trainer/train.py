@@ -49,8 +49,8 @@ from typing import Any, Callable
 from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common import lock as locking
-from steam_persona.common.arguments import (DataArguments, LlamaCppArguments, LoraArguments, ModelArguments,
-                                             QuantizationArguments, TrainingArguments, as_typed,
+from steam_persona.common.arguments import (DataArguments, FinetuningArguments, LlamaCppArguments, LoraArguments,
+                                             ModelArguments, QuantizationArguments, TrainingArguments, as_typed,
                                              not_negative_finite)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
@@ -88,8 +88,7 @@ class TrainConfig:
     # --- LLaMA-Factory stage selection (accepted for compatibility; only SFT + LoRA exist here)
     stage: str = arg("sft", "Training stage (only sft).", choices=("sft",))
     do_train: bool = arg(True, "Run training (accepted for LLaMA-Factory compatibility).")
-    finetuning_type: str = arg("lora", "Fine-tuning method (only lora; with --quantization_bit it is QLoRA).",
-                               choices=("lora",))
+    finetuning_type: str = FinetuningArguments.use("finetuning_type")
     # --- model
     model_name_or_path: str = ModelArguments.use("model_name_or_path")
     trust_remote_code: bool = ModelArguments.use("trust_remote_code")
