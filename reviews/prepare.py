@@ -873,8 +873,8 @@ def _big_rule_fix(name: str, st: _Stat) -> str:
     was kept, and the flag only for copies within a file."""
     if name == "unknown_game" and st.reasons[NO_APPID] == st.removed:
         return ("they have no app id (none in the records or the file name), so --app_name APPID=NAME cannot "
-                "name them: pass --app_name NAME (one game), or --appid ID with it, or put the id in the file "
-                "name (review_440.json)")
+                "name them: pass --app_name NAME (one game), or --appid ID with it, put the id in the file name "
+                "(review_440.json), or --drop_unknown_game False")
     other = st.reasons[OTHER_FILE] if name == "exact_duplicate" else 0
     older = st.reasons[OLDER_VERSION] if name == "exact_duplicate" else 0
     if not other and not older:

@@ -155,8 +155,10 @@ def test_language_aliases_and_refusal(tmp_path):
 
 def test_unknown_game_switch_and_message(tmp_path):
     src = _csv(tmp_path / "nogame.csv", ["review"], [[t] for t in ZH])
-    with pytest.raises(UserError, match=r"rule 'unknown_game' removed 4; change it with --app_name NAME / "
-                                        r"--app_name APPID=NAME / --app_names FILE"):
+    with pytest.raises(UserError, match=r"rule 'unknown_game' removed 4; they have no app id \(none in the records or "
+                                        r"the file name\), so --app_name APPID=NAME cannot name them: pass --app_name "
+                                        r"NAME \(one game\), or --appid ID with it, put the id in the file name "
+                                        r"\(review_440.json\), or --drop_unknown_game False"):
         _run(tmp_path, [src])
     recs = _load(_run(tmp_path, [src], drop_unknown_game=False)["train"])
     assert {r["instruction"] for r in recs} == {"请以资深玩家的身份，点评一下这款游戏。"}
