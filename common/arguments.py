@@ -16,8 +16,7 @@ finetuning, inference and export groups are LLaMA-Factory's keys, so its train, 
 (``examples/inference``) and merge (``examples/merge_lora``) YAML files run here: a value that means what
 these stages do is accepted, any other refused in one line naming the key, the value and what happens here.
 
-This module imports only the standard library and the config glue, so every stage can use it (a
-``--template`` check reads the template names when it runs).
+This module imports only the standard library and the config glue, so every stage can use it.
 """
 
 from __future__ import annotations
@@ -176,12 +175,14 @@ class QuantizationArguments(Arguments):
               "= 16-bit (plain LoRA).", check=quantization_bits)
 
 
-def _template_name(value: str | None) -> str | None:
-    """``--template``: ``auto`` or a named template (``steam_persona.trainer.templates.TEMPLATES``)."""
-    from steam_persona.trainer.templates import TEMPLATES
+#: The named ``--template`` values (LLaMA-Factory's names), in the order of
+#: ``steam_persona.trainer.templates.TEMPLATES``, which defines each (tests/test_arguments.py holds the two equal).
+TEMPLATE_NAMES = ("default", "chatml", "qwen", "llama3", "gemma", "mistral", "alpaca")
 
-    if value not in (None, "auto", *TEMPLATES):
-        raise ValueError(f"unknown template; use auto or one of: {', '.join(TEMPLATES)}")
+
+def _template_name(value: str | None) -> str | None:
+    if value not in (None, "auto", *TEMPLATE_NAMES):
+        raise ValueError(f"unknown template; use auto or one of: {', '.join(TEMPLATE_NAMES)}")
     return value
 
 
@@ -192,8 +193,8 @@ class DataArguments(Arguments):
     dataset_dir: str = arg("data", "Folder holding dataset_info.json, where dataset names are looked up.")
     encoding: str = arg("utf-8", "Text encoding of the input files (utf-8 also accepts a BOM; e.g. gbk).")
     template: str | None = arg(
-        "auto", "Prompt format: auto = the tokenizer's chat template; or default, chatml, qwen, llama3, gemma, "
-                "mistral, alpaca.", unset="the run's (run_config.yaml), else auto", check=_template_name)
+        "auto", f"Prompt format: auto = the tokenizer's chat template; or {', '.join(TEMPLATE_NAMES)}.",
+        unset="the run's (run_config.yaml), else auto", check=_template_name)
     system: str | None = arg(
         None, "Persona system prompt ('' = none).", unset="the run's (run_config.yaml), else the built-in persona")
     cutoff_len: int | None = arg(

@@ -185,3 +185,9 @@ def test_flash_attn_other_words_are_one_line():
     assert r.exit_code == 2 and r.output.strip() == (
         "Error: command line: --flash_attn maybe: use true or false (also on/off, and LLaMA-Factory's fa2 = on; "
         "disabled, sdpa or auto = off)")
+
+
+def test_the_template_names_of_the_shared_check_are_the_trainers_templates():
+    from steam_persona.trainer.templates import TEMPLATES
+
+    assert arguments.TEMPLATE_NAMES == tuple(TEMPLATES)
