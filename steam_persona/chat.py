@@ -60,7 +60,8 @@ class ChatConfig:
         "carries); a named one is accepted and changes nothing")
     finetuning_type: str = FinetuningArguments.use("finetuning_type")
     infer_backend: str = InferenceArguments.use("infer_backend")
-    trust_remote_code: bool = ModelArguments.use("trust_remote_code", note="Chat: also when the adapter's run allowed it.")
+    trust_remote_code: bool = ModelArguments.use("trust_remote_code",
+                                                 note="Chat: also when the adapter's run allowed it.")
 
 
 @dataclass
