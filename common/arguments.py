@@ -8,10 +8,13 @@ field with ``Group.use(name[, default])`` (:class:`steam_persona.common.config.A
 the default may differ per stage; the help text says what an unset value means where a stage
 allows one (``None``: taken from the run or the model).
 
-Which stage takes which group: train (model, quantization, data, LoRA), validate (model, data),
-eval (model, data, generating), chat (model, quantization, data's system, generating, llama.cpp),
-export (model, data's system, llama.cpp's threads), serve (data's system, llama.cpp), demo (a few
-of each), prepare (data's encoding, val_size and seed).
+Which stage takes which group: train (model, quantization, data, LoRA, finetuning), validate (model, data),
+eval (model, data, generating), chat (model, quantization, data's system and template, generating, llama.cpp,
+finetuning, inference), export (model, data's system and template, llama.cpp's threads, finetuning, export),
+serve (data's system, llama.cpp), demo (a few of each), prepare (data's encoding, val_size and seed). The
+finetuning, inference and export groups are LLaMA-Factory's keys, so its train, inference
+(``examples/inference``) and merge (``examples/merge_lora``) YAML files run here: a value that means what
+these stages do is accepted, any other refused in one line naming the key, the value and what happens here.
 
 This module imports only the standard library and the config glue, so every stage can use it.
 """
@@ -137,6 +140,59 @@ class ModelArguments(Arguments):
     trust_remote_code: bool = arg(False, "Allow model code from the hub/folder.")
 
 
+def _lora_only(value: str) -> str:
+    if value != "lora":
+        raise ValueError("only LoRA adapters exist here (LLaMA-Factory's full and freeze fine-tuning are not "
+                         "supported); set lora or delete the key")
+    return value
+
+
+@dataclass
+class FinetuningArguments(Arguments):
+    """The adapter's kind (LLaMA-Factory's ``FinetuningArguments``)."""
+
+    finetuning_type: str = arg("lora", "Fine-tuning method (only lora; with --quantization_bit it is QLoRA).",
+                               check=_lora_only)
+
+
+def _huggingface_only(value: str) -> str:
+    if value != "huggingface":
+        raise ValueError("chat runs an adapter or a Hugging Face model with transformers (LLaMA-Factory's "
+                         "huggingface) and a GGUF with llama.cpp; set huggingface or delete the key")
+    return value
+
+
+@dataclass
+class InferenceArguments(Arguments):
+    """The inference engine (LLaMA-Factory's ``InferenceArguments``)."""
+
+    infer_backend: str = arg("huggingface", "Inference engine, LLaMA-Factory's key: only huggingface "
+                                            "(transformers, for an adapter or a Hugging Face model); a GGUF "
+                                            "runs in llama.cpp.", check=_huggingface_only)
+
+
+def _cpu_only(value: str) -> str:
+    if value != "cpu":
+        raise ValueError("export merges the adapter on the CPU; set cpu or delete the key")
+    return value
+
+
+def _safetensors_only(value: bool) -> bool:
+    if value:
+        raise ValueError("the merged model is written as safetensors only; set false or delete the key")
+    return value
+
+
+@dataclass
+class ExportArguments(Arguments):
+    """Merge settings of LLaMA-Factory's ``ExportArguments`` that export does one way."""
+
+    export_device: str = arg("cpu", "Device to merge on, LLaMA-Factory's key: only cpu (export merges on the CPU).",
+                             check=_cpu_only)
+    export_legacy_format: bool = arg(False, "Write the merged model as .bin (LLaMA-Factory's key): only false "
+                                            "(safetensors).", check=_safetensors_only)
+
+
 @dataclass
 class QuantizationArguments(Arguments):
     """How the frozen HF base is loaded (LLaMA-Factory's ``QuantizationArguments``)."""
@@ -146,6 +202,17 @@ class QuantizationArguments(Arguments):
               "= 16-bit (plain LoRA).", check=quantization_bits)
 
 
+#: The named ``--template`` values (LLaMA-Factory's names), in the order of
+#: ``steam_persona.trainer.templates.TEMPLATES``, which defines each (tests/test_arguments.py holds the two equal).
+TEMPLATE_NAMES = ("default", "chatml", "qwen", "llama3", "gemma", "mistral", "alpaca")
+
+
+def _template_name(value: str | None) -> str | None:
+    if value not in (None, "auto", *TEMPLATE_NAMES):
+        raise ValueError(f"unknown template; use auto or one of: {', '.join(TEMPLATE_NAMES)}")
+    return value
+
+
 @dataclass
 class DataArguments(Arguments):
     """Records, their prompt format and length (LLaMA-Factory's ``DataArguments``)."""
@@ -153,8 +220,8 @@ class DataArguments(Arguments):
     dataset_dir: str = arg("data", "Folder holding dataset_info.json, where dataset names are looked up.")
     encoding: str = arg("utf-8", "Text encoding of the input files (utf-8 also accepts a BOM; e.g. gbk).")
     template: str | None = arg(
-        "auto", "Prompt format: auto = the tokenizer's chat template; or default, chatml, qwen, llama3, gemma, "
-                "mistral, alpaca.", unset="the run's (run_config.yaml), else auto")
+        "auto", f"Prompt format: auto = the tokenizer's chat template; or {', '.join(TEMPLATE_NAMES)}.",
+        unset="the run's (run_config.yaml), else auto", check=_template_name)
     system: str | None = arg(
         None, "Persona system prompt ('' = none).", unset="the run's (run_config.yaml), else the built-in persona")
     cutoff_len: int | None = arg(

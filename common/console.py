@@ -2,8 +2,9 @@
 
 All stages print through :data:`console` (stderr, so stdout stays clean for piping). Piped to a
 file or a CI log, rich would lay everything out for 80 columns and cut long paths and texts with
-"…"; there :data:`console` is :data:`PIPE_WIDTH` columns wide (``COLUMNS`` still wins) and summary
-values fold onto the next line instead of being cut.
+"…"; there :data:`console` is :data:`PIPE_WIDTH` columns wide (``COLUMNS`` still wins), summary
+values fold onto the next line instead of being cut, and a line of text stays one line however long
+(``grep warning`` finds all of it).
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ class _Console(Console):
 
 def _make_console() -> Console:
     c = _Console(stderr=True, highlight=False)
-    if not c.is_terminal and not os.environ.get("COLUMNS"):
-        c.width = PIPE_WIDTH
+    if not c.is_terminal:
+        c.soft_wrap = True
+        if not os.environ.get("COLUMNS"):
+            c.width = PIPE_WIDTH
     return c
 
 

@@ -27,15 +27,18 @@ class ModelSource:
         path: a local folder or an HF hub id (what ``from_pretrained`` takes first).
         gguf_file: file name inside ``path`` when the model is a GGUF file, else ``None``.
         name: a human name for logs and reports.
+        trust_remote_code: load the model's own code (``--trust_remote_code``).
     """
 
     path: str
     gguf_file: str | None
     name: str
+    trust_remote_code: bool = False
 
     def from_pretrained_kwargs(self) -> dict:
         """Keyword arguments for ``AutoModel*/AutoTokenizer.from_pretrained(self.path, **kw)``."""
-        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        return ({"gguf_file": self.gguf_file} if self.gguf_file else {}) | (
+            {"trust_remote_code": True} if self.trust_remote_code else {})
 
     def model_kwargs(self) -> dict:
         """Keyword arguments for ``AutoModelForCausalLM.from_pretrained(self.path, dtype=..., **kw)``: a GGUF

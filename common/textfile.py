@@ -38,11 +38,15 @@ def decode(path: Path, raw: bytes, encoding: str) -> str:
         raise UserError(f"{path}: unknown --encoding '{encoding}'; use e.g. utf-8, gbk, gb18030, utf-16") from None
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}: line {line}: not valid {encoding} (byte {e.start}); {_hint(raw)}") from None
+        column = e.start - raw.rfind(b"\n", 0, e.start)
+        raise UserError(f"{path}: line {line}, byte {column}: not valid {encoding}; {_hint(raw)}") from None
 
 
 _CJK = re.compile("[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
 _LATIN = re.compile("[\u00c0-\u00ff]")
+#: What Windows-1252 makes of the bytes 0x80–0x9F that are its punctuation (’ “ ” – — … € ™ …): Latin-1 has
+#: control characters there and GBK lead bytes, whose second byte is rarely ASCII.
+_CP1252_PUNCT = frozenset(bytes(range(0x80, 0xA0)).decode("cp1252", "ignore")) - set("ŠšŒœŽžŸƒ")
 _HINTS = {"gb18030": "it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk",
           "cp1252": "it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as UTF-8 or pass "
                     "--encoding cp1252"}
@@ -53,8 +57,9 @@ def _hint(raw: bytes) -> str:
     encoding whose decoding looks like its script. Both GB18030 and Windows-1252 decode most byte
     strings, so each decoding is scored: GB18030 by the share of CJK characters among the letters
     (Latin text read as GB18030 has a few stray ideographs among many ASCII letters), Windows-1252 by
-    the share of non-ASCII characters that are accented letters next to an ASCII letter (Chinese read
-    as Windows-1252 gives runs of accented letters with no ASCII between them)."""
+    the share of non-ASCII characters that are accented letters next to an ASCII letter or Windows-1252
+    punctuation between ASCII characters (``It’s``, ``“best”``: English from Excel or Notepad); Chinese read
+    as Windows-1252 gives runs of accented letters with no ASCII between them."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "it starts with a UTF-16 byte-order mark; pass --encoding utf-16"
     scores = {"gb18030": _score(raw, "gb18030", _cjk_share), "cp1252": _score(raw, "cp1252", _latin_share)}
@@ -76,9 +81,16 @@ def _cjk_share(text: str) -> float:
 
 def _latin_share(text: str) -> float:
     wide = [i for i, c in enumerate(text) if ord(c) > 127]
-    near = sum(bool(_LATIN.match(text[i])) and any(0 <= j < len(text) and text[j].isascii() and text[j].isalpha()
-                                                   for j in (i - 1, i + 1)) for i in wide)
-    return near / max(1, len(wide))
+    return sum(_latin_like(text, i) for i in wide) / max(1, len(wide))
+
+
+def _latin_like(text: str, i: int) -> bool:
+    """``text[i]`` reads as Western text: an accented letter next to an ASCII letter, or Windows-1252
+    punctuation with ASCII (or the text's start or end) on both sides."""
+    around = [text[j] for j in (i - 1, i + 1) if 0 <= j < len(text)]
+    if _LATIN.match(text[i]):
+        return any(c.isascii() and c.isalpha() for c in around)
+    return text[i] in _CP1252_PUNCT and all(c.isascii() for c in around)
 
 
 def json_msg(e: json.JSONDecodeError) -> str:

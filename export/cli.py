@@ -25,6 +25,7 @@ as it reuses them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import importlib.metadata
@@ -42,7 +43,8 @@ from steam_persona.common import arguments
 from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common import lock as locking
-from steam_persona.common.arguments import DataArguments, LlamaCppArguments, ModelArguments
+from steam_persona.common.arguments import (DataArguments, ExportArguments, FinetuningArguments, LlamaCppArguments,
+                                             ModelArguments)
 from steam_persona.common.config import arg
 from steam_persona.common.errors import UserError
 
@@ -80,6 +82,15 @@ class ExportConfig:
                                    "16-bit) for transformers or vLLM; by default it is deleted once the GGUFs pass "
                                    "verification (an export that fails verification keeps it and the 16-bit GGUF, "
                                    "so that its rerun merges and converts nothing again).")
+    # --- LLaMA-Factory's merge YAML keys (examples/merge_lora/*.yaml)
+    template: str | None = DataArguments.use(
+        "template", None, unset="the chat template the adapter was trained with; a named one "
+        "is accepted and changes nothing")
+    finetuning_type: str = FinetuningArguments.use("finetuning_type")
+    trust_remote_code: bool = ModelArguments.use("trust_remote_code", note="Export: also when the adapter's run "
+                                                                           "allowed it.")
+    export_device: str = ExportArguments.use("export_device")
+    export_legacy_format: bool = ExportArguments.use("export_legacy_format")
 
 
 class VerificationFailed(click.ClickException):
@@ -226,6 +237,9 @@ def _run(job: ExportJob, t_start: float) -> dict[str, Any]:
     from steam_persona.common.console import console
 
     cfg = job.cfg
+    if cfg.template not in (None, "auto"):
+        console.print(f"[dim]template {cfg.template}: no effect here; the GGUF carries the chat template the "
+                      "adapter was trained with[/dim]")
     job.state = _open_export_dir(job.out, cfg.overwrite)
     atomic.note_removed(atomic.remove_stale_in(job.out))
     steps = export_steps(job)
@@ -269,7 +283,8 @@ def plan(cfg: ExportConfig) -> ExportJob:
     if not base:
         where = run.path or (run_info.adapter_dir / "run_config.yaml" if run_info.adapter_dir else "command line")
         raise UserError(f"{where}: no base model given; pass --model_name_or_path")
-    src = resolve_model(str(base))
+    src = dataclasses.replace(resolve_model(str(base)),
+                              trust_remote_code=cfg.trust_remote_code or run.trust_remote_code)
     # '' = no persona: the model keeps its own template default
     system = persona.resolve(cfg.system, run) or None
     out = _export_dir(cfg)

@@ -251,10 +251,23 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetch
             fetch.log.write(event="end", requests=fetch.requests, retries=fetch.retries,
                             complete=bool(state.get("complete")))
             fetch.log.close()
+        if stopped is None and not complete:
+            _forget_failed(out, state)
     apps = {a: {k: st.get(k) for k in ("reviews", "pages", "done", "end", "skipped")}
             for a, st in state["apps"].items()}
     return {"file": str(out), "complete": complete, "skipped": False, "stopped": stopped, "failed": failed,
             "details_failed": details_failed, "apps": apps}
+
+
+def _forget_failed(out: Path, state: dict[str, Any]) -> None:
+    """Remove the empty ``.part`` and the state of a new file whose every app failed before its first review
+    (a wrong app id): nothing is left to resume, and a rerun starts the same way."""
+    part, state_path, _ = cs.paths(out)
+    if out.exists() or _saved(state) or (part.exists() and part.stat().st_size) \
+            or not all(st.get("failed") for st in state["apps"].values()):
+        return
+    part.unlink(missing_ok=True)
+    state_path.unlink(missing_ok=True)
 
 
 def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: Fetcher,
@@ -511,9 +524,9 @@ def _appids(cfg: CollectConfig) -> list[str]:
     given = [a.strip() for item in cfg.appid for a in str(item).replace("，", ",").split(",") if a.strip()]
     if not given:
         raise UserError("collect: no --appid given; e.g. --appid 570 (the number in the store URL)")
-    bad = [a for a in given if steam_appid(a) is None]
+    bad = [a for a in given if not int(steam_appid(a) or 0)]
     if bad:
-        raise UserError(f"--appid {bad[0]}: app ids are numbers (store.steampowered.com/app/<id>/); fix it")
+        raise UserError(f"--appid {bad[0]}: app ids are numbers from 1 (store.steampowered.com/app/<id>/); fix it")
     appids = list(dict.fromkeys(steam_appid(a) for a in given))
     if not 1 <= cfg.num_per_page <= 100:
         raise UserError(f"--num_per_page {cfg.num_per_page}: Steam allows 1–100")
@@ -629,7 +642,8 @@ def _summary_rows(res: dict[str, Any]) -> list[tuple[object, object]]:
             elif s["end"] == "dropped":
                 note = " (not in this command: left as it was)"
             extra = f", {s['skipped']} without text skipped" if s.get("skipped") else ""
-            rows.append((f"app {a}", f"{s['reviews']:,} reviews, {s['pages']} pages{extra}{note}"))
+            pages = f"{s['pages']} page{'' if s['pages'] == 1 else 's'}"
+            rows.append((f"app {a}", f"{s['reviews']:,} reviews, {pages}{extra}{note}"))
         rows += [(f"app {a}", "failed") for a in f["failed"] if a not in f["apps"]]
         rows += [(f"app {a}", f"no appdetails: {m}") for a, m in f["details_failed"].items()]
         done = "" if f["complete"] else " (unfinished: rerun to finish)" if f["file"].endswith(".appdetails.json") \

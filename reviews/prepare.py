@@ -301,7 +301,7 @@ class _Rules:
         if cfg.min_playtime_hours > 0 and (r.playtime_hours is None or r.playtime_hours < cfg.min_playtime_hours):
             return self._drop("min_playtime_hours", r, "unknown" if r.playtime_hours is None else "")
         if cfg.drop_unknown_game and r.prompt is None and not (r.game_name and _clean_name(r.game_name)):
-            return self._drop("unknown_game", r, f"app {r.appid}" if r.appid else "no app id")
+            return self._drop("unknown_game", r, f"app {r.appid}" if r.appid else NO_APPID)
         return None
 
     def _clean(self, r: Review) -> str | None:
@@ -838,6 +838,8 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
 OLDER_VERSION = "older version of a review"
 #: the ``exact_duplicate`` reason of a copy of a review read from another input file
 OTHER_FILE = "in another input file"
+#: the reason of an ``unknown_game`` removal without an app id
+NO_APPID = "no app id"
 
 
 def _file(r: Review) -> str:
@@ -869,6 +871,10 @@ def _big_rule_fix(name: str, st: _Stat) -> str:
     """What to do about a rule that removed many: its flag; for exact copies of reviews in other input files
     (the same reviews given twice), that they were kept once, for older versions of edited reviews that the latest
     was kept, and the flag only for copies within a file."""
+    if name == "unknown_game" and st.reasons[NO_APPID] == st.removed:
+        return ("they have no app id (none in the records or the file name), so --app_name APPID=NAME cannot "
+                "name them: pass --app_name NAME (one game), or --appid ID with it, put the id in the file name "
+                "(review_440.json), or --drop_unknown_game False")
     other = st.reasons[OTHER_FILE] if name == "exact_duplicate" else 0
     older = st.reasons[OLDER_VERSION] if name == "exact_duplicate" else 0
     if not other and not older:
@@ -885,7 +891,7 @@ def _big_rule_fix(name: str, st: _Stat) -> str:
 def _nothing_left(cfg: PrepareConfig, stats: dict[str, _Stat], read: int) -> None:
     """Raise the "no records left" error naming the rule that removed most and its flag."""
     worst = max(RULES, key=lambda n: stats[n].removed)
-    hint = (f"rule '{worst}' removed {stats[worst].removed:,}; change it with {FLAGS.get(worst, 'its flag')}"
+    hint = (f"rule '{worst}' removed {stats[worst].removed:,}; {_big_rule_fix(worst, stats[worst])}"
             if read and stats[worst].removed else "the inputs hold no reviews")
     raise UserError(f"{', '.join(cfg.inputs)}: no records left after cleaning; {hint}; nothing was written")
 

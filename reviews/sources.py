@@ -672,9 +672,15 @@ def _bad_lines_error(path: Path, bad: list[tuple[int, json.JSONDecodeError]], co
                      f" {json_msg(e)}); fix or delete them")
 
 
+#: what browsers and file managers add to a copy's name: ``review_440 (1)``, ``review_440 - Copy``, ``570-copy``,
+#: ``570 copy 2``, ``570_copy``.
+_COPY_SUFFIX = re.compile(r"(?:\s*\(\d+\)|\s*[-_ ]\s*copy(?:\s*\(?\d+\)?)?)+$", re.IGNORECASE)
+
+
 def _appid_from_name(path: Path) -> str | None:
-    """``review_623080.json`` / ``appID_570.json`` / ``570.jsonl`` → the app id (else ``None``)."""
-    m = re.search(r"(?:^|[_-])(\d{2,})$", path.stem)
+    """``review_623080.json`` / ``appID_570.json`` / ``570.jsonl`` → the app id, also from a copy's name
+    (``review_440 (1).json``, ``review_440-copy.json``: :data:`_COPY_SUFFIX`); else ``None``."""
+    m = re.search(r"(?:^|[_-])(\d{2,})$", _COPY_SUFFIX.sub("", path.stem))
     return m.group(1) if m else None
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from steam_persona.common import config
-from steam_persona.common.arguments import (FALLBACK_N_CTX, DataArguments, GeneratingArguments, LlamaCppArguments,
+from steam_persona.common.arguments import (FALLBACK_N_CTX, DataArguments, FinetuningArguments,
+                                             GeneratingArguments, InferenceArguments, LlamaCppArguments,
                                              ModelArguments, QuantizationArguments, n_threads)
 from steam_persona.common.console import console, status
 from steam_persona.common.errors import UserError
@@ -60,6 +61,14 @@ class ChatConfig:
     n_batch: int = LlamaCppArguments.use("n_batch")
     flash_attn: bool = LlamaCppArguments.use("flash_attn")
     seed: int = DataArguments.use("seed", note="It seeds sampling.")
+    # --- LLaMA-Factory's inference YAML keys (examples/inference/*.yaml)
+    template: str | None = DataArguments.use(
+        "template", None, unset="the chat template the adapter was trained with (or the GGUF "
+        "carries); a named one is accepted and changes nothing")
+    finetuning_type: str = FinetuningArguments.use("finetuning_type")
+    infer_backend: str = InferenceArguments.use("infer_backend")
+    trust_remote_code: bool = ModelArguments.use("trust_remote_code",
+                                                 note="Chat: also when the adapter's run allowed it.")
 
 
 @dataclass
@@ -184,7 +193,8 @@ class HFBackend(Backend):
         torch.manual_seed(cfg.seed)
         base = cfg.model_name_or_path  # None with an adapter: load_for_inference takes the run's base
         self.model, self.tokenizer = load_for_inference(base, cfg.adapter_name_or_path,
-                                                        quantization_bit=cfg.quantization_bit)
+                                                        quantization_bit=cfg.quantization_bit,
+                                                        trust_remote_code=cfg.trust_remote_code)
         # no persona known: the model's chat template applies its own default system prompt
         self.persona = "" if cfg.system == "" else \
             persona.resolve(cfg.system, RunRecord.load(cfg.adapter_name_or_path), default=None) or None
@@ -267,11 +277,24 @@ def load_backend(cfg: ChatConfig) -> Backend:
     cfg.model_name_or_path = cfg.model_name_or_path or "smollm2"
     p = Path(cfg.model_name_or_path).expanduser()
     if p.is_dir() and (any(p.glob("*.gguf")) or is_export_dir(p)):
-        return GGUFBackend(str(p), cfg)
+        return GGUFBackend(_llama_cpp_model(cfg, str(p)), cfg)
     src = resolve_model(cfg.model_name_or_path)
     if src.gguf_file:
-        return GGUFBackend(str(Path(src.path) / src.gguf_file), cfg)
+        return GGUFBackend(_llama_cpp_model(cfg, str(Path(src.path) / src.gguf_file)), cfg)
     return HFBackend(cfg)
+
+
+def _llama_cpp_model(cfg: ChatConfig, gguf: str) -> str:
+    """``gguf``, which chat runs with llama.cpp: a given ``infer_backend`` (LLaMA-Factory's engine) is refused.
+
+    Raises:
+        UserError: ``infer_backend`` given.
+    """
+    if config.given(cfg, "infer_backend"):
+        raise UserError(f"{config.source_of(cfg, 'infer_backend')}: --infer_backend {cfg.infer_backend}: {gguf} is "
+                        "a GGUF, which chat runs with llama.cpp; delete the key, or chat with the adapter "
+                        "(--adapter_name_or_path) for transformers")
+    return gguf
 
 
 def check_paths(cfg: ChatConfig) -> None:
@@ -361,6 +384,9 @@ def run(cfg: ChatConfig) -> list[Turn]:
         KeyboardInterrupt: Ctrl-C at the prompt (the CLI exits 130).
     """
     check_paths(cfg)
+    if cfg.template not in (None, "auto"):
+        console.print(f"[dim]template {cfg.template}: no effect here; chat uses the chat template the adapter was "
+                      "trained with (a GGUF's own)[/dim]")
     interactive = sys.stdin.isatty()
     with status("loading model (first import of torch / llama.cpp: ~10–30 s)"):
         backend = load_backend(cfg)

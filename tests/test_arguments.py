@@ -208,3 +208,9 @@ def test_serve_checks_a_request_against_the_same_sampling_ranges():
     from steam_persona.serve import validate
 
     assert all(validate._RANGES[k] == v for k, v in arguments.SAMPLING_RANGES.items())
+
+
+def test_the_template_names_of_the_shared_check_are_the_trainers_templates():
+    from steam_persona.trainer.templates import TEMPLATES
+
+    assert arguments.TEMPLATE_NAMES == tuple(TEMPLATES)

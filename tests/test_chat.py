@@ -273,3 +273,46 @@ def test_ctrl_c_at_the_prompt_ends_the_chat_with_exit_130(smollm2_gguf):
         p.kill()
     text = (err + rest).decode()
     assert p.returncode == 130 and "interrupted; chat ended" in text and "Traceback" not in text, text
+
+
+#: LLaMA-Factory's inference YAML (examples/inference/*.yaml): `llamafactory-cli chat x.yaml`
+LF_INFERENCE = {"template": "chatml", "finetuning_type": "lora", "infer_backend": "huggingface",
+                "trust_remote_code": True}
+
+
+def test_a_llama_factory_inference_yaml_chats_with_the_adapter(tiny_adapter, tiny_llama_dir, tmp_path):
+    """Trial 30 S2: its keys were refused as unknown."""
+    import yaml
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+
+    y = tmp_path / "inf.yaml"
+    y.write_text(yaml.safe_dump({"model_name_or_path": str(tiny_llama_dir), "adapter_name_or_path": str(tiny_adapter),
+                                 **LF_INFERENCE}), encoding="utf-8")
+    r = CliRunner().invoke(main, ["chat", "--config", str(y), "--max_new_tokens", "3", "--temperature", "0"],
+                           input="Hello\n")
+    assert r.exit_code == 0, r.output
+    assert "template chatml: no effect here; chat uses the chat template the adapter was trained with" in r.output
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("finetuning_type", "full", "--finetuning_type full: only LoRA adapters exist here"),
+    ("infer_backend", "vllm", "--infer_backend vllm: chat runs an adapter or a Hugging Face model with transformers"),
+    ("template", "qwen3", "--template qwen3: unknown template; use auto or one of: default, chatml"),
+    ("adapter_name_or_path", None, "--infer_backend huggingface: {gguf} is a GGUF, which chat runs with llama.cpp"),
+])
+def test_llama_factory_inference_values_chat_cannot_honour_are_one_line(smollm2_gguf, tiny_adapter, tmp_path, key,
+                                                                         value, says):
+    import yaml
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+
+    values = {"model_name_or_path": str(smollm2_gguf), "adapter_name_or_path": str(tiny_adapter), **LF_INFERENCE,
+              key: value}
+    y = tmp_path / "inf.yaml"
+    y.write_text(yaml.safe_dump({k: v for k, v in values.items() if v is not None}), encoding="utf-8")
+    r = CliRunner().invoke(main, ["chat", "--config", str(y)], input="Hello\n")
+    assert r.exit_code == 2 and r.output.strip().splitlines()[-1].startswith(f"Error: {y}: "), r.output
+    assert says.format(gguf=smollm2_gguf) in r.output and "Traceback" not in r.output

@@ -208,7 +208,7 @@ def test_app_ids_as_users_write_them(tmp_path, steam):
     assert res["complete"] and [Path(f["file"]).name for f in res["files"]] == [f"{APP}.jsonl"]
     assert {q["path"] for q in steam.requests} == {f"/appreviews/{APP}"}
     assert len(_lines(tmp_path / f"raw/{APP}.jsonl")) == 10
-    for bad in ("²", "https://example.com/app/570/", "Dota 2"):
+    for bad in ("²", "https://example.com/app/570/", "Dota 2", "0", "00", "-5", "570.5", "０"):
         r = CliRunner().invoke(main, ["collect", "--appid", bad, "--out", str(tmp_path / "b/{appid}.jsonl")])
         assert r.exit_code == 2 and "app ids are numbers" in r.output and "Traceback" not in r.output
 
@@ -414,6 +414,8 @@ def test_one_failing_app_does_not_stop_the_others_and_a_rerun_retries_it(tmp_pat
         with pytest.raises(UserError, match=r"collect: 1 app\(s\) failed \(above\); rerun the same command"):
             run(_cfg(server, tmp_path / "alone/{appid}.jsonl", appid=["999"]))  # no others to be saved
         assert len(_lines(tmp_path / "raw/10.jsonl")) == 5 and len(_lines(tmp_path / "raw/11.jsonl")) == 4
+        for folder in ("raw", "alone"):  # a wrong id leaves nothing to resume beside the outputs
+            assert sorted(p.name for p in (tmp_path / folder).glob("999*")) == ["999.log.jsonl"]
         res = collect(_cfg(server, tmp_path / "shared.jsonl", appid=["10,999,11"]))  # one shared file
         assert set(res["failed"]) == {"999"} and not res["complete"]
         assert len(_lines(tmp_path / "shared.jsonl")) == 9  # finished with the apps that succeeded
@@ -590,7 +592,7 @@ def test_an_app_without_reviews_writes_no_file_and_prepare_reads_the_folder(tmp_
         state = json.loads((tmp_path / "raw/5.jsonl.state.json").read_text())
         assert state["complete"] and state["apps"]["5"]["reviews"] == 0 and state["apps"]["5"]["done"]
         err = capsys.readouterr().err
-        assert "0 reviews, 1 pages (Steam has none with these settings)" in err and "(not written: no reviews)" in err
+        assert "0 reviews, 1 page (Steam has none with these settings)" in err and "(not written: no reviews)" in err
         n = len(server.requests)
         collect(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10,5"]))
         assert len(server.requests) == n and "raw/5.jsonl: already complete (0 reviews)" in capsys.readouterr().err

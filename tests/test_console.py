@@ -10,6 +10,7 @@ PRINT = """
 from steam_persona.common.console import console, summary_table
 summary_table("t", [("path", "/very/long/" + "d" * 150 + "/report.md"), ("review", "word " * 60)])
 console.print("line " + "x" * 180, soft_wrap=True)
+console.print("[yellow]warning: " + "a long note " * 30 + "[/yellow]")
 print(console.width)
 """
 
@@ -27,6 +28,7 @@ def test_piped_output_keeps_long_values_whole():
     env["COLUMNS"] = "100"
     r = subprocess.run([sys.executable, "-c", PRINT], capture_output=True, text=True, env=env, timeout=60)
     assert r.stdout.strip() == "100" and "…" not in r.stderr
+    assert "warning: " + "a long note " * 30 in r.stderr  # trial 30 S8: a warning is one line for grep
     assert "".join(line.strip(" │") for line in r.stderr.splitlines()).count("d" * 150) == 1  # folded, whole
 
 

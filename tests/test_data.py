@@ -221,7 +221,7 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "missing columns": (["--dataset", str(tmp / "cols.json")], "cols.json: record 1: missing column 'instruction'"),
         "empty output": (["--dataset", str(tmp / "empty.json")], "empty.json: record 2: 'output' is empty"),
         "non-string": (["--dataset", str(tmp / "nonstr.json")], "nonstr.json: record 1: 'input' must be a string, not int"),
-        "gbk": (["--dataset", str(tmp / "gbk.json")], "gbk.json: line 1: not valid utf-8 (byte 18); it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk"),
+        "gbk": (["--dataset", str(tmp / "gbk.json")], "gbk.json: line 1, byte 19: not valid utf-8; it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk"),
         "unknown name": (["--dataset", "steam", "--dataset_dir", str(tmp)], "dataset 'steam' is not registered (known: good)"),
         "lora_target": (["--dataset", "good", "--dataset_dir", str(tmp), "--lora_target", "q_proj,qkv"],
                         "--lora_target: 'qkv' is not a linear layer of this model (known: down_proj, gate_proj"),
@@ -255,6 +255,8 @@ def test_gbk_trains_with_encoding_flag(tmp_path):
     ("review,voted_up\nTrès bon jeu, vraiment génial\n", "cp1252", "--encoding cp1252"),
     ("review,voted_up,game\n这个游戏真的很好玩，强烈推荐给大家,1,Hades\n", "gbk", "--encoding gbk"),
     ("评论\n好玩", "utf-16", "--encoding utf-16"),
+    ("review\r\nIt’s “the best” game – really…\r\n", "cp1252", "--encoding cp1252"),
+    ("review\nThe “definitive” edition\n", "cp1252", "--encoding cp1252"),
 ])
 def test_the_encoding_hint_names_the_encoding_the_bytes_look_like(tmp_path, text, encoding, hint):
     from steam_persona.common.textfile import decode

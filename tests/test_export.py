@@ -740,3 +740,41 @@ def test_a_failed_verification_names_the_likely_cause_for_lossy_types_only():
         " Likely cause: q2_k, q3_k_s keep too few bits of this model; choose a type with more bits"
         " (--quantization q4_k_m or q5_k_m or q6_k or q8_0 or bf16).")
     assert _likely_cause({"q4_k_m": stop_failed}) == "" and _likely_cause({"bf16": logits_failed}) == ""
+
+
+#: LLaMA-Factory's merge YAML (examples/merge_lora/*.yaml), less the paths
+LF_MERGE = {"template": "chatml", "finetuning_type": "lora", "trust_remote_code": True, "export_size": 5,
+            "export_device": "cpu", "export_legacy_format": False}
+
+
+def test_a_llama_factory_merge_yaml_is_an_export_config(tiny_run, tmp_path, monkeypatch):
+    """Trial 30 S2: its keys were refused as unknown; the values that mean what export does are accepted."""
+    import steam_persona.export.cli as cli
+    from steam_persona.common import config
+
+    seen = {}
+    monkeypatch.setattr(cli, "run", lambda cfg: seen.setdefault("cfg", cfg))
+    y = tmp_path / "merge.yaml"
+    y.write_text(yaml.safe_dump({"adapter_name_or_path": str(tiny_run), "export_dir": str(tmp_path / "out"),
+                                 **LF_MERGE}))
+    cmd = config.command(cli.ExportConfig, cli.run, name="export", help="")
+    assert CliRunner().invoke(cmd, [str(y)]).exit_code == 0
+    assert seen["cfg"].trust_remote_code and seen["cfg"].export_dir == str(tmp_path / "out")
+    for key, value, says in [
+            ("finetuning_type", "freeze", "--finetuning_type freeze: only LoRA adapters exist here"),
+            ("export_device", "auto", "--export_device auto: export merges the adapter on the CPU; set cpu"),
+            ("export_legacy_format", True, "--export_legacy_format True: the merged model is written as safetensors "
+                                           "only"),
+            ("template", "qwen3", "--template qwen3: unknown template")]:
+        y.write_text(yaml.safe_dump({"adapter_name_or_path": str(tiny_run), **LF_MERGE, key: value}))
+        r = CliRunner().invoke(cmd, [str(y)])
+        assert r.exit_code == 2 and f"{y}: {says}" in r.output, r.output
+
+
+def test_trust_remote_code_reaches_the_base_loaders(tiny_run, tmp_path):
+    from steam_persona.export.cli import ExportConfig, plan
+    from steam_persona.common import config
+
+    job = plan(config.build(ExportConfig, {"adapter_name_or_path": str(tiny_run), "export_dir": str(tmp_path / "o"),
+                                           "trust_remote_code": True}))
+    assert job.src.from_pretrained_kwargs() == {"trust_remote_code": True}

@@ -251,7 +251,7 @@ def test_other_formats_detected(tmp_path, shared_dir, seed_dataset):
 
 @pytest.mark.parametrize("setup,message", [
     (lambda p: None, "input not found; check the path"),
-    (lambda p: p.write_bytes(b'[{"instruction": "\xff\xfe"}]'), "line 1: not valid utf-8 (byte 18)"),
+    (lambda p: p.write_bytes(b'[{"instruction": "\xff\xfe"}]'), "line 1, byte 19: not valid utf-8"),
     (lambda p: p.write_text("[{\"score\": 1, \"when\": 2}]", encoding="utf-8"),
      "no review-text column among the columns found (score, when); name it, e.g. --columns review=when"),
     (lambda p: p.write_text("[1, 2]", encoding="utf-8"), "record 1: unknown record shape"),

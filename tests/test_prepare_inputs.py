@@ -156,8 +156,10 @@ def test_language_aliases_and_refusal(tmp_path):
 
 def test_unknown_game_switch_and_message(tmp_path):
     src = _csv(tmp_path / "nogame.csv", ["review"], [[t] for t in ZH])
-    with pytest.raises(UserError, match=r"rule 'unknown_game' removed 4; change it with --app_name NAME / "
-                                        r"--app_name APPID=NAME / --app_names FILE"):
+    with pytest.raises(UserError, match=r"rule 'unknown_game' removed 4; they have no app id \(none in the records or "
+                                        r"the file name\), so --app_name APPID=NAME cannot name them: pass --app_name "
+                                        r"NAME \(one game\), or --appid ID with it, put the id in the file name "
+                                        r"\(review_440.json\), or --drop_unknown_game False"):
         _run(tmp_path, [src])
     recs = _load(_run(tmp_path, [src], drop_unknown_game=False)["train"])
     assert {r["instruction"] for r in recs} == {"请以资深玩家的身份，点评一下这款游戏。"}
@@ -173,6 +175,10 @@ def test_unknown_game_switch_and_message(tmp_path):
     (lambda p: p.write_bytes("review,voted_up\nGood game\n".encode("utf-16-le")), [], "pass --encoding utf-16-le"),
     (lambda p: p.write_bytes("review,voted_up\nTrès bon jeu, vraiment génial\n".encode("cp1252")), [],
      "it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as UTF-8 or pass --encoding cp1252"),
+    (lambda p: p.write_bytes(b'app_id,app_name,review_text,review_score\r\n620,Portal 2,"It\x92s great, caf\xe9 \x93best'
+                             b'\x94 game I played this year honestly",1\r\n'), ["--language", "english"],
+     "line 2, byte 17: not valid utf-8; it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as "
+     "UTF-8 or pass --encoding cp1252"),  # trial 30 S1: smart quotes, the byte counted within its line
     (lambda p: _csv(p, ["opinion", "thumbs", "game_title"], [["A long and careful review of the game", "up", "Hades"]]),
      [], "name it, e.g. --columns app_name=game_title,review=opinion"),
     (lambda p: _csv(p, ["review"], [["好玩"]]), ["--app_name", "X"],
@@ -1367,3 +1373,33 @@ def test_a_csv_is_read_from_the_bytes_with_the_rows_and_warnings_of_the_whole_te
     assert loaded.warnings == expected.warnings and len(loaded.warnings) == 2
     assert "line 8: a quoted text runs on over line 9" in loaded.warnings[0]
     assert [r.where.split(": ")[1] for r in loaded.reviews] == ["row 3", "row 4", "row 5", "row 8", "row 11"]
+
+
+def _steamreviews_archive(path: Path) -> Path:
+    """A steamreviews download (``review_<appid>.json``): its records carry no app id."""
+    reviews = {str(100 + i): {"recommendationid": str(100 + i), "review": text, "voted_up": True,
+                              "language": "english"} for i, text in enumerate(EN[:3])}
+    path.write_text(json.dumps({"query_summary": {"num_reviews": 3}, "reviews": reviews}), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ["review_440 (1).json", "review_440-copy.json", "review_440 - Copy (2).json",
+                                  "440 copy 2.json", "review_440_copy.json"])
+def test_an_archive_copy_keeps_the_app_id_of_its_file_name(tmp_path, name):
+    """Trial 30 S3: a browser's or file manager's copy name still names the app for --app_name APPID=NAME."""
+    res = _run(tmp_path, [_steamreviews_archive(tmp_path / name)], app_name=["440=Team Fortress 2"],
+               language=["english"], near_dedup=False)
+    assert res["counts"]["kept"] == 3
+    assert all("Team Fortress 2" in r["instruction"] for r in _load(res["train"]))
+
+
+def test_an_archive_without_an_app_id_anywhere_names_the_fix_that_works(tmp_path):
+    src = _steamreviews_archive(tmp_path / "reviews.json")
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json"), "--app_name",
+                                  "440=Team Fortress 2", "--language", "english", "--val_size", "0"])
+    assert r.exit_code == 2 and not (tmp_path / "o").exists()
+    error = r.output.strip().splitlines()[-1]
+    assert error.startswith(f"Error: {src}: no records left after cleaning; rule 'unknown_game' removed 3; they have "
+                            "no app id (none in the records or the file name)") and "--appid ID" in error, r.output
+    res = _run(tmp_path, [src], app_name=["Team Fortress 2"], language=["english"], near_dedup=False)
+    assert res["counts"]["kept"] == 3

@@ -711,6 +711,10 @@ def test_train_on_a_busy_cpu_uses_one_thread_and_records_it(tiny_llama_dir, eigh
     ({}, {"val_size": 1.5}, "command line: --val_size 1.5: above 1 it is a record count: give a whole number (e.g. 2), "
                            "or a fraction below 1"),
     ({"val_size": 2.5}, {}, "Y: --val_size 2.5: above 1 it is a record count"),
+    # LLaMA-Factory's keys, one check shared with chat and export (common/arguments.py)
+    ({"finetuning_type": "freeze"}, {}, "Y: --finetuning_type freeze: only LoRA adapters exist here (LLaMA-Factory's "
+                                        "full and freeze fine-tuning are not supported); set lora or delete the key"),
+    ({"template": "qwen3"}, {}, "Y: --template qwen3: unknown template; use auto or one of: default, chatml, qwen"),
 ])
 def test_every_flag_check_names_its_source(tiny_llama_dir, eight, tmp_path, yaml_keys, flags, says):
     """Trial 24: from YAML, `num_train_epochs: .nan` (max_steps 0) gave an error without `y.yaml:`; on the command
@@ -816,3 +820,26 @@ def test_the_eval_datasets_drops_are_reported_like_the_train_datasets(tmp_path, 
     assert ("dataset: 41 read: 1 dropped (reply longer than --cutoff_len 256), 40 kept, none truncated" in said)
     assert ("eval dataset: 50 read: 24 dropped (reply longer than --cutoff_len 256), 26 kept, all 26 truncated "
             "(prompt cut to fit)") in said
+
+
+def test_a_run_that_is_all_warm_up_warns_once_and_step_1_trains_at_lr_0_as_hf_trainer(tiny_llama_dir, eight,
+                                                                                        tmp_path):
+    """Trial 30 S7: ``--max_steps 1`` with LLaMA-Factory's ``warmup_ratio: 0.1`` is one warm-up step; HF Trainer's
+    linear warm-up (LLaMA-Factory's) trains its first step at lr 0, and so does this run, with a warning."""
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+    from steam_persona.trainer.train import _all_warmup_line
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--model_name_or_path", str(tiny_llama_dir), "--dataset", str(eight),
+                                  "--max_steps", "1", "--warmup_ratio", "0.1", "--logging_steps", "1",
+                                  "--output_dir", str(out)])
+    assert r.exit_code == 0, r.output
+    line = "warning: --max_steps 1 are all warm-up (--warmup_ratio 0.1 (1 step)): every step trains below"
+    assert r.output.count(line) == 1
+    assert any(x.startswith(line) and x.endswith("or raise --max_steps") for x in r.output.splitlines())
+    rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [x["lr"] for x in rows if "loss" in x] == [0.0]
+    assert _all_warmup_line(_cfg(tiny_llama_dir, eight, out, max_steps=0, warmup_steps=5), 3, 5).startswith(
+        "warning: this run's 3 steps are all warm-up (--warmup_steps 5)")

@@ -246,7 +246,8 @@ def default_device() -> str:
 
 
 def load_for_inference(base: str | None, adapter: str | None = None, quantization_bit: int | None = None,
-                       device: str | None = None, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+                       device: str | None = None, dtype: torch.dtype | None = None,
+                       trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load a base model (+ optional LoRA adapter) for generation, as ``chat`` and ``eval`` use it.
 
     Args:
@@ -257,6 +258,7 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
         device: default CUDA when available, else CPU (on a busy CPU with one torch thread:
             :func:`steam_persona.trainer.threads.threads_for_load`, two threads there made generation ~5-18x slower).
         dtype: default bfloat16 on CUDA with bf16 support, else float32.
+        trust_remote_code: allow the base's own model code (also allowed when the adapter's run allowed it).
 
     Returns:
         ``(model, tokenizer)``: model in eval mode; the tokenizer is the adapter's when it has one
@@ -277,8 +279,9 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
     base = base or run.model_name_or_path
     if not base:
         raise UserError("no base model: pass --model_name_or_path (the adapter has no run_config.yaml)")
+    trust_remote_code = trust_remote_code or run.trust_remote_code
     model = load_base(base, quantization_bit=quantization_bit, dtype=dtype, device=device,
-                      trust_remote_code=run.trust_remote_code)
+                      trust_remote_code=trust_remote_code)
     tok_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else None
     if tok_dir is None and adapter and (Path(adapter).parent / "tokenizer_config.json").is_file():
         tok_dir = str(Path(adapter).parent)
@@ -287,7 +290,7 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
 
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     else:
-        tokenizer = load_tokenizer(base)
+        tokenizer = load_tokenizer(base, trust_remote_code)
     if adapter:
         from peft import PeftModel
 

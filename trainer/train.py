@@ -49,8 +49,8 @@ from typing import Any, Callable
 from steam_persona.common import atomic
 from steam_persona.common import config
 from steam_persona.common import lock as locking
-from steam_persona.common.arguments import (DataArguments, LlamaCppArguments, LoraArguments, ModelArguments,
-                                             QuantizationArguments, TrainingArguments, as_typed,
+from steam_persona.common.arguments import (DataArguments, FinetuningArguments, LlamaCppArguments, LoraArguments,
+                                             ModelArguments, QuantizationArguments, TrainingArguments, as_typed,
                                              not_negative_finite)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
@@ -89,8 +89,7 @@ class TrainConfig:
     # --- LLaMA-Factory stage selection (accepted for compatibility; only SFT + LoRA exist here)
     stage: str = arg("sft", "Training stage (only sft).", choices=("sft",))
     do_train: bool = arg(True, "Run training (accepted for LLaMA-Factory compatibility).")
-    finetuning_type: str = arg("lora", "Fine-tuning method (only lora; with --quantization_bit it is QLoRA).",
-                               choices=("lora",))
+    finetuning_type: str = FinetuningArguments.use("finetuning_type")
     # --- model
     model_name_or_path: str = ModelArguments.use("model_name_or_path")
     trust_remote_code: bool = ModelArguments.use("trust_remote_code")
@@ -911,6 +910,8 @@ class TrainRecipe:
                                            fused=self.device.startswith("cuda"))
         self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup,
                                        num_training_steps=self.total)
+        if self.main and warmup >= self.total and cfg.lr_scheduler_type != "constant":
+            console.print(f"[yellow]{_all_warmup_line(cfg, self.total, warmup)}[/yellow]")
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
 
     def open_run_dir(self, resume: Path | None) -> None:
@@ -1301,6 +1302,17 @@ def _eval_mode(model: Any) -> None:
     for m in model.modules():
         if isinstance(m, Linear4bit):
             m.train()
+
+
+def _all_warmup_line(cfg: TrainConfig, total: int, warmup: int) -> str:
+    """The warning for a run that is all warm-up: every step trains below ``--learning_rate``, the first at 0
+    (the warm-up of HF Trainer and LLaMA-Factory starts at lr 0)."""
+    steps = f"--max_steps {cfg.max_steps}" if cfg.max_steps > 0 else f"this run's {total} steps"
+    given = f"--warmup_steps {cfg.warmup_steps}" if cfg.warmup_steps > 0 else \
+        f"--warmup_ratio {cfg.warmup_ratio:g} ({warmup} step{'s' if warmup > 1 else ''})"
+    return (f"warning: {steps} are all warm-up ({given}): every step trains below --learning_rate "
+            f"{cfg.learning_rate:g}, step 1 at lr 0; lower --warmup_steps / --warmup_ratio (0 for none) or raise "
+            "--max_steps")
 
 
 @contextlib.contextmanager
