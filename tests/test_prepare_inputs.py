@@ -1338,7 +1338,7 @@ def test_streamed_json_lines_name_undecodable_bytes_and_a_broken_gzip_as_before(
         sources.read(src)
     with pytest.raises(UserError) as whole:
         decode(src, src.read_bytes(), "utf-8")
-    assert str(e.value) == str(whole.value) and "line 5: not valid utf-8" in str(e.value)
+    assert str(e.value) == str(whole.value) and "line 5, byte " in str(e.value) and "not valid utf-8" in str(e.value)
     gz = tmp_path / "r.jsonl.gz"
     gz.write_bytes(gzip.compress(raw * 2000)[:-100])
     with pytest.raises(UserError, match=r"r\.jsonl\.gz: broken gzip file \(.*\); re-download or decompress it"):
