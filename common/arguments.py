@@ -140,11 +140,15 @@ class ModelArguments(Arguments):
     trust_remote_code: bool = arg(False, "Allow model code from the hub/folder.")
 
 
-def _lora_only(value: str) -> str:
-    if value != "lora":
-        raise ValueError("only LoRA adapters exist here (LLaMA-Factory's full and freeze fine-tuning are not "
-                         "supported); set lora or delete the key")
-    return value
+def _only(allowed: Any, why: str) -> Callable[[Any], Any]:
+    """A ``check`` for a LLaMA-Factory key that this project does one way: ``allowed`` passes, any other value
+    raises ``ValueError(why)``."""
+    def check(value: Any) -> Any:
+        if value != allowed:
+            raise ValueError(why)
+        return value
+
+    return check
 
 
 @dataclass
@@ -152,14 +156,8 @@ class FinetuningArguments(Arguments):
     """The adapter's kind (LLaMA-Factory's ``FinetuningArguments``)."""
 
     finetuning_type: str = arg("lora", "Fine-tuning method (only lora; with --quantization_bit it is QLoRA).",
-                               check=_lora_only)
-
-
-def _huggingface_only(value: str) -> str:
-    if value != "huggingface":
-        raise ValueError("chat runs an adapter or a Hugging Face model with transformers (LLaMA-Factory's "
-                         "huggingface) and a GGUF with llama.cpp; set huggingface or delete the key")
-    return value
+                               check=_only("lora", "only LoRA adapters exist here (LLaMA-Factory's full and freeze "
+                                                   "fine-tuning are not supported); set lora or delete the key"))
 
 
 @dataclass
@@ -168,19 +166,10 @@ class InferenceArguments(Arguments):
 
     infer_backend: str = arg("huggingface", "Inference engine, LLaMA-Factory's key: only huggingface "
                                             "(transformers, for an adapter or a Hugging Face model); a GGUF "
-                                            "runs in llama.cpp.", check=_huggingface_only)
-
-
-def _cpu_only(value: str) -> str:
-    if value != "cpu":
-        raise ValueError("export merges the adapter on the CPU; set cpu or delete the key")
-    return value
-
-
-def _safetensors_only(value: bool) -> bool:
-    if value:
-        raise ValueError("the merged model is written as safetensors only; set false or delete the key")
-    return value
+                                            "runs in llama.cpp.",
+                             check=_only("huggingface", "chat runs an adapter or a Hugging Face model with "
+                                            "transformers (LLaMA-Factory's huggingface) and a GGUF with llama.cpp; "
+                                            "set huggingface or delete the key"))
 
 
 @dataclass
@@ -188,9 +177,11 @@ class ExportArguments(Arguments):
     """Merge settings of LLaMA-Factory's ``ExportArguments`` that export does one way."""
 
     export_device: str = arg("cpu", "Device to merge on, LLaMA-Factory's key: only cpu (export merges on the CPU).",
-                             check=_cpu_only)
+                             check=_only("cpu", "export merges the adapter on the CPU; set cpu or delete the key"))
     export_legacy_format: bool = arg(False, "Write the merged model as .bin (LLaMA-Factory's key): only false "
-                                            "(safetensors).", check=_safetensors_only)
+                                            "(safetensors).",
+                                  check=_only(False, "the merged model is written as safetensors only; "
+                                                     "set false or delete the key"))
 
 
 @dataclass
