@@ -552,6 +552,20 @@ def test_eta_before_the_first_eval_estimates_the_evals_from_the_forward_speed():
     assert Throughput(total=4, eval_tokens=3000).eval_estimate_s() == 0.0  # no speed yet
 
 
+def test_the_first_eval_of_a_compiled_run_does_not_set_the_eta_of_the_later_ones():
+    """GPU, 2026-12-07 (bench/progress_probe.py, 7B): the first eval took 5 s compiling the no-grad graphs, the
+    later ones under 0.5 s; its 5 s for each eval to come made the ETA 16 s where 6 s were left."""
+    from steam_persona.trainer.throughput import Throughput
+
+    t = Throughput(total=30, eval_tokens=3000, eval_warmup=1)
+    t.add(10_000, 0.35, 0.37)
+    estimate = t.eval_estimate_s()
+    t.add_eval(5.0)  # compiling: says nothing of the next evals
+    assert t.eval_estimate_s() == pytest.approx(estimate)
+    t.add_eval(0.3)
+    assert t.eval_estimate_s() == pytest.approx(0.3)
+
+
 def test_a_train_time_eval_leaves_4bit_training_unchanged(tiny_llama_dir, eight, tmp_path):
     """Regression: on an AVX512-BF16 CPU, bitsandbytes repacked every 4-bit layer for inference at the first
     train-time eval, and training went on without the gradient through those layers (the demo's recipe:

@@ -5,8 +5,9 @@ counting them as training time made step 1 of a 65 s run print an ETA of 27 minu
 seventh of the steady speed. :class:`Throughput` keeps the first ``warmup_steps`` apart ("compiling"),
 estimates the compile time from them, and gives tokens/s and ETA over a moving window of the later steps.
 Evaluations are timed apart (:meth:`Throughput.add_eval`): the ETA adds the evaluations still to come at the
-last one's duration (before the first one, an estimate: its tokens at the forward speed, :func:`forward_share`),
-and a step's wall time leaves out the evaluation before it.
+last one's duration (before the first one, an estimate: its tokens at the forward speed, :func:`forward_share`;
+with compiled layers the first evaluation compiles their no-grad graphs, so it is left out as the first steps
+are), and a step's wall time leaves out the evaluation before it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class Throughput:
             invocation (resume); warmup_steps: this invocation's first steps kept out of the speed
             (compilation, CUDA start-up); window: steady steps averaged for tokens/s and ETA; eval_tokens:
             the tokens of one evaluation and share: the forward's share of a step (:func:`forward_share`),
-            for its estimate until :meth:`add_eval` times one.
+            for its estimate until :meth:`add_eval` times one; eval_warmup: this invocation's first evaluations
+            whose time says nothing of the later ones (compilation).
 
     Call :meth:`add` once per optimizer step with that step's tokens, its training seconds (forward,
     backward, optimizer) and its wall seconds since the previous step ended (adds checkpoints and logging;
@@ -43,9 +45,9 @@ class Throughput:
     """
 
     def __init__(self, total: int, start: int = 0, warmup_steps: int = 0, window: int = WINDOW,
-                 eval_tokens: int = 0, share: float = forward_share(False)) -> None:
+                 eval_tokens: int = 0, share: float = forward_share(False), eval_warmup: int = 0) -> None:
         self.total, self.done, self.warmup_steps, self.eval_tokens = total, start, warmup_steps, eval_tokens
-        self.share = share
+        self.share, self.eval_warmup, self.evals_seen = share, eval_warmup, 0
         self.seen = 0
         self.warmup_wall = 0.0
         self.warmup_tokens = 0
@@ -55,8 +57,11 @@ class Throughput:
         self._eval_since_step = 0.0
 
     def add_eval(self, seconds: float) -> None:
-        """An evaluation took ``seconds`` (wall): the ETA's figure for each one still to come."""
-        self.eval_s = seconds
+        """An evaluation took ``seconds`` (wall): the ETA's figure for each one still to come, once the first
+        ``eval_warmup`` have been seen."""
+        self.evals_seen += 1
+        if self.evals_seen > self.eval_warmup:
+            self.eval_s = seconds
         self._eval_since_step += seconds
 
     def add(self, tokens: int, train_s: float, wall_s: float) -> None:

@@ -1124,7 +1124,8 @@ class TrainRecipe:
         warm = COMPILE_WARMUP_STEPS if self.compiling else 1 if self.device.startswith("cuda") else 0
         eval_tokens = sum(len(self.eval_enc.input_ids[i]) for i in self.eval_idx) if self.evaluating else 0
         self.speed = Throughput(self.total, self.start, warm, eval_tokens=eval_tokens,
-                                share=forward_share(not self.cfg.disable_gradient_checkpointing))
+                                share=forward_share(not self.cfg.disable_gradient_checkpointing),
+                                eval_warmup=1 if self.compiling else 0)
         self.t0 = self.t_end = time.time()
         if self.main and self.compiling and not console.is_terminal:
             console.print(f"{COMPILING} …", markup=False, highlight=False)
