@@ -43,6 +43,7 @@ def arg(
     choices: tuple[str, ...] | None = None,
     envvar: str | None = None,
     positional: bool = False,
+    flags: tuple[str, ...] = (),
     secret: bool = False,
     check: Callable[[Any], Any] | None = None,
     unset: str | None = None,
@@ -56,6 +57,8 @@ def arg(
         choices: allowed string values (a ``click.Choice``).
         envvar: an environment variable that overrides YAML (flags still win).
         positional: the field is a positional argument instead of a flag (lists take ``nargs=-1``).
+        flags: for a positional field, flags that give it too (other tools' spelling: ``("--model", "-m")``);
+            the positional and a flag with different values is an error.
         secret: never echo the value (API keys): hidden in saved configs and in logs.
         check: validates a given value (YAML, environment or flag) and returns it, normalised;
             raises ``ValueError`` with the fix, which :func:`build` reports as one line naming the
@@ -66,7 +69,8 @@ def arg(
             the field's type: a bool that also takes other tools' words (``--flash_attn fa2``); a bool field
             still works as a bare flag (``--flash_attn``).
     """
-    meta = {"help": help, "choices": choices, "envvar": envvar, "positional": positional, "secret": secret,
+    meta = {"help": help, "choices": choices, "envvar": envvar, "positional": positional, "flags": flags,
+            "secret": secret,
             "check": check, "unset": unset, "text": text}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
@@ -344,6 +348,23 @@ def _shown_default(default: Any) -> str:
     return f" [default: {text}]"
 
 
+def _as_flag(f: dataclasses.Field) -> str:
+    """The click name of the flags that also give the positional field ``f`` (:func:`arg`'s ``flags``)."""
+    return f"{f.name}_as_flag"
+
+
+def _positional_or_flag(f: dataclasses.Field, positional: Any, flag: Any) -> Any:
+    """The value of the positional field ``f`` given as itself or as one of its ``flags``.
+
+    Raises:
+        UserError: both given, with different values.
+    """
+    if positional not in (None, ()) and flag is not None and positional != flag:
+        raise UserError(f"{COMMAND_LINE}: {f.name.upper()} {positional} and {f.metadata['flags'][0]} {flag} differ; "
+                        f"give one of them")
+    return flag if positional in (None, ()) else positional
+
+
 def command(cls: type, run: Callable[[Any], Any], *, name: str, help: str,
             config_option: Literal["positional", "option", "none"] = "positional") -> click.Command:
     """Make a click command whose flags are the fields of ``cls``; it calls ``run(cfg)``.
@@ -363,6 +384,9 @@ def command(cls: type, run: Callable[[Any], Any], *, name: str, help: str,
         if f.metadata.get("positional"):
             params.append(click.Argument([f.name], type=ctype, nargs=-1 if is_list else 1,
                                          required=False))
+            if f.metadata.get("flags"):
+                params.append(click.Option([*f.metadata["flags"], _as_flag(f)], type=ctype, default=None,
+                                           help=f"Same as {f.name.upper()}: {help_text}"))
             continue
         shown = "" if f.metadata.get("secret") else _shown_default(default)
         if f.metadata.get("envvar"):
@@ -384,6 +408,8 @@ def command(cls: type, run: Callable[[Any], Any], *, name: str, help: str,
     def callback(config_file: str | None = None, **flags: Any) -> Any:
         yaml_values = load_yaml(config_file) if config_file else {}
         for f in _fields(cls):
+            if f.metadata.get("flags"):
+                flags[f.name] = _positional_or_flag(f, flags.get(f.name), flags.pop(_as_flag(f)))
             v = flags.get(f.name)
             if v and _click_type(f, f.type)[1] and not f.metadata.get("positional"):
                 # flatten "a,b" given on the command line, then type-check each item

@@ -37,7 +37,8 @@ _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://([a-z0-9_~!$&'()*+,;=.-]+|\[[0-9a-f:.
 class ServeConfig:
     """Settings of ``steam-train serve`` (flags = YAML keys; llama-cpp-python's names where they exist)."""
 
-    model: str = arg(None, "Export dir (from `steam-train export`) or a .gguf file.", positional=True)
+    model: str = arg(None, "Export dir (from `steam-train export`) or a .gguf file.", positional=True,
+                     flags=("--model", "-m"))
     host: str = arg("127.0.0.1", "Address to listen on. Anything but loopback needs --api_key (or --insecure).")
     port: int = arg(8000, "TCP port to listen on (0: any free one; the banner shows which).")
     api_key: str | None = arg(None, "Require 'Authorization: Bearer KEY' on every endpoint but /health. Without "

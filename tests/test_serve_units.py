@@ -419,6 +419,25 @@ def test_help_describes_the_model_argument():
     assert "*-lora.gguf adapters are skipped" in out
 
 
+@pytest.mark.parametrize("argv, line", [
+    (["--model", "x.gguf"], "Error: x.gguf: not found;"),
+    (["-m", "x.gguf"], "Error: x.gguf: not found;"),
+    (["x.gguf", "--model", "x.gguf"], "Error: x.gguf: not found;"),
+    (["x.gguf", "-m", "y.gguf"], "Error: command line: MODEL x.gguf and --model y.gguf differ; give one of them"),
+])
+def test_model_is_also_taken_as_llama_servers_flag(argv, line, tmp_path, monkeypatch):
+    """``serve --model X.gguf`` / ``-m``, as llama-cpp-python's server and llama-server take it, is MODEL."""
+    from click.testing import CliRunner
+
+    from steam_persona.serve.cli import command
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(command, argv)
+    assert result.exit_code == 2 and result.output.splitlines() == [result.output.strip()]
+    assert result.output.startswith(line)
+    assert "-m, --model TEXT" in CliRunner().invoke(command, ["--help"]).output
+
+
 def test_a_stop_during_the_prompt_ends_generation_at_the_next_batch(smollm2_gguf):
     """With :data:`STOP` set, a prompt is evaluated in batches of the model's ``n_batch`` tokens and STOP
     is asked before each: turned true after the first, generation ends with no text and "length"
