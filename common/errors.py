@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 import click
 
@@ -132,6 +132,36 @@ def end_if_stopping() -> None:
     if _stopping_status:
         _flush_std()
         os._exit(_stopping_status[0])
+
+
+def while_loading(before: str) -> str:
+    """A stop line's when for a stop before a stage's work began: ``while loading, before the first step``."""
+    return f"while loading, before {before}"
+
+
+def nothing_written(out: object | None) -> str:
+    """A stop line's how for a stage that has written nothing yet (to ``out``, where it writes)."""
+    return f"nothing was written{'' if out is None else f' to {out}'}; rerun the same command to start"
+
+
+def interrupted_before_writing(when: str, out: object | None) -> str:
+    """The stop line of a stage stopped ``when`` (:func:`while_loading`) that has written nothing to ``out``."""
+    return f"interrupted {when}: {nothing_written(out)}"
+
+
+@contextlib.contextmanager
+def said_if_stopped_before_writing(out: object | None, when: Callable[[], str]) -> Iterator[None]:
+    """The block writes nothing (it loads, reads, computes): Ctrl-C or a stop signal in it prints one line,
+    ``interrupted {when()}: nothing was written to {out}; rerun the same command to start``, and ends the stage
+    as Ctrl-C does (exit 130; :func:`stop_signals_interrupt`)."""
+    try:
+        with stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,)):
+            yield
+    except KeyboardInterrupt:
+        from steam_persona.common.console import console
+
+        console.print(interrupted_before_writing(when(), out), markup=False, soft_wrap=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -46,7 +46,8 @@ from steam_persona.common import lock as locking
 from steam_persona.common.arguments import (DataArguments, ExportArguments, FinetuningArguments, LlamaCppArguments,
                                              ModelArguments)
 from steam_persona.common.config import arg
-from steam_persona.common.errors import UserError
+from steam_persona.common.errors import (UserError, interrupted_before_writing, said_if_stopped_before_writing,
+                                         while_loading)
 
 STATE = ".steam-export.json"
 REPORT = "export_report.json"
@@ -228,9 +229,14 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     out = _export_dir(cfg)
     if out is not None and not cfg.overwrite:  # before the slow imports and checks of plan()
         _refuse_finished(out)
-    job = plan(cfg)
+    with said_if_stopped_before_writing(out, lambda: LOADING):
+        job = plan(cfg)
     with locking.folder_lock(job.out, "export", "--export_dir"), atomic.writing_into(job.out, "--export_dir"):
         return _run(job, t_start)
+
+
+#: Where an export stopped before its first step.
+LOADING = while_loading("the first step")
 
 
 def _run(job: ExportJob, t_start: float) -> dict[str, Any]:
@@ -240,17 +246,18 @@ def _run(job: ExportJob, t_start: float) -> dict[str, Any]:
     if cfg.template not in (None, "auto"):
         console.print(f"[dim]template {cfg.template}: no effect here; the GGUF carries the chat template the "
                       "adapter was trained with[/dim]")
-    job.state = _open_export_dir(job.out, cfg.overwrite)
-    atomic.note_removed(atomic.remove_stale_in(job.out))
-    steps = export_steps(job)
-    reused = {s.name: s.reusable() for s in steps}
-    gguf_todo = [s.name.split("_", 1)[1] for s in steps if s.name.startswith(("convert_", "quantize_"))
-                 and not reused[s.name]]
-    _check_free_disk(job.out, job.n_params, reused["merge"], gguf_todo)
-    if job.run_info.run.quantization_bit and not reused["merge"]:
-        console.print(f"[yellow]The run was QLoRA ({job.run_info.run.quantization_bit}-bit base); "
-                      f"the base is reloaded in {job.dtype_name} to merge (never into 4-bit weights).[/]")
-    report = _run_steps(job, steps, reused, t_start)
+    with _say_what_is_left_if_interrupted(job.out):
+        job.state = _open_export_dir(job.out, cfg.overwrite)
+        atomic.note_removed(atomic.remove_stale_in(job.out))
+        steps = export_steps(job)
+        reused = {s.name: s.reusable() for s in steps}
+        gguf_todo = [s.name.split("_", 1)[1] for s in steps if s.name.startswith(("convert_", "quantize_"))
+                     and not reused[s.name]]
+        _check_free_disk(job.out, job.n_params, reused["merge"], gguf_todo)
+        if job.run_info.run.quantization_bit and not reused["merge"]:
+            console.print(f"[yellow]The run was QLoRA ({job.run_info.run.quantization_bit}-bit base); "
+                          f"the base is reloaded in {job.dtype_name} to merge (never into 4-bit weights).[/]")
+        report = _run_steps(job, steps, reused, t_start)
     _summary(job, t_start)
     from steam_persona.export.verify import failures
 
@@ -452,7 +459,7 @@ def _run_steps(job: ExportJob, steps: list[Step], reused: dict[str, bool], t_sta
                       soft_wrap=True)
     log = JsonlLog(job.out / LOG)
     try:
-        with _say_what_is_left_if_interrupted(job.out), progress() as bar:
+        with progress() as bar:
             task = bar.add_task("export", total=len(steps) + 1)
             for i, s in enumerate(steps, 1):
                 bar.update(task, description=f"{s.label}{' (reused)' if reused[s.name] else ''}")
@@ -561,6 +568,9 @@ def _say_what_is_left_if_interrupted(out: Path) -> Iterator[None]:
     except KeyboardInterrupt:
         from steam_persona.common.console import console
 
+        if not out.is_dir():
+            console.print(interrupted_before_writing(LOADING, out), markup=False, soft_wrap=True)
+            raise
         left = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if not p.name.startswith("."))
         console.print(f"export interrupted: {out} keeps the finished steps ({', '.join(left) or 'nothing yet'}; no "
                       "export_report.json, so it is unfinished). Rerun the same command to resume from them, or "

@@ -246,10 +246,42 @@ def test_eval_reads_encoding_counts_the_records_its_loss_is_on_and_refuses_all_d
     out = " ".join(r.output.split())
     assert r.exit_code == 0, r.output
     assert "dataset: 2 read: 1 dropped (reply longer than --cutoff_len 128), 1 kept" in out
-    assert "eval base: loss on 1 records" in out
-    assert json.loads((tmp_path / "e1/eval_report.json").read_text(encoding="utf-8"))["loss"]["base"]["records"] == 1
-    assert "generation (max_new_tokens 2, greedy, " in (tmp_path / "e1/eval_report.md").read_text(encoding="utf-8")
+    assert "eval base: loss on 1 record, 1 generation" in out and out.count("dataset: ") == 1
+    report = json.loads((tmp_path / "e1/eval_report.json").read_text(encoding="utf-8"))
+    assert report["loss"]["base"]["records"] == 1 and report["config"]["do_sample"] is False  # temperature 0
+    assert "1 record for the loss, 1 prompt for generation (max_new_tokens 2, greedy, " in \
+        (tmp_path / "e1/eval_report.md").read_text(encoding="utf-8")
     r = CliRunner().invoke(main, [*argv, "--output_dir", str(tmp_path / "e2"), "--cutoff_len", "5"])
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert f"Error: {val}: all 2 records are longer than --cutoff_len 5" in " ".join(r.output.split())
     assert not (tmp_path / "e2").exists()
+
+
+@pytest.mark.parametrize("stop", ["loading", "base"])
+def test_ctrl_c_in_eval_says_that_nothing_was_written(stop, tiny_llama_dir, tmp_path, monkeypatch):
+    """Trial 31 N1: eval stopped by Ctrl-C while loading exited 130 without a line."""
+    import signal
+
+    from click.testing import CliRunner
+
+    from steam_persona.cli import main
+    from steam_persona.trainer import evaluate
+
+    val = tmp_path / "val.json"
+    val.write_text(json.dumps([{"instruction": "Review?", "input": "", "output": "Fine."}]), encoding="utf-8")
+    run_dir = _fake_run_dir(tiny_llama_dir, tmp_path, val)
+    target = "_run_record" if stop == "loading" else "encoded_loss"
+    real = getattr(evaluate, target)
+
+    def ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, target, ctrl_c)
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(main, ["eval", "--adapter_name_or_path", str(run_dir), "--dataset", str(val),
+                                  "--num_samples", "1", "--max_new_tokens", "2", "--output_dir", str(out)])
+    when = "while loading, before the first model's evaluation" if stop == "loading" else "in the base model's evaluation"
+    assert r.exit_code == 130 and r.output.splitlines()[-1] == \
+        f"interrupted {when}: nothing was written to {out}; rerun the same command to start", r.output
+    assert not out.exists()

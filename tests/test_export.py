@@ -234,6 +234,30 @@ def test_rerun_refuses_then_overwrite_reuses_finished_steps(tiny_export, tiny_ru
     assert "skipped" in (out / "README.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize("target", ["_check_base", "_open_export_dir"])
+def test_ctrl_c_before_the_first_step_says_that_nothing_was_written(target, tiny_run, tmp_path, monkeypatch):
+    """Trial 31 N1: export stopped by Ctrl-C while loading (imports, the base's config) exited 130 without a line."""
+    import signal
+
+    from steam_persona.cli import main
+    from steam_persona.export import cli as export_cli
+
+    real = getattr(export_cli, target)
+
+    def ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export_cli, target, ctrl_c)
+    out = tmp_path / "exp"
+    r = CliRunner().invoke(main, ["export", "--adapter_name_or_path", str(tiny_run), "--export_dir", str(out),
+                                  "--quantization", "q8_0", "--no_verify"])
+    assert r.exit_code == 130 and r.output.splitlines()[-1] == (
+        f"interrupted while loading, before the first step: nothing was written to {out}; rerun the same command "
+        "to start"), r.output
+    assert not out.exists() and not (tmp_path / "exp.lock").exists()
+
+
 def test_interrupted_export_leaves_no_final_file_and_resumes(tiny_run, tmp_path, monkeypatch, capsys):
     import llama_cpp
 

@@ -850,10 +850,12 @@ def test_a_run_that_is_all_warm_up_warns_once_and_step_1_trains_at_lr_0_as_hf_tr
                                   "--max_steps", "1", "--warmup_ratio", "0.1", "--logging_steps", "1",
                                   "--output_dir", str(out)])
     assert r.exit_code == 0, r.output
-    line = "warning: --max_steps 1 are all warm-up (--warmup_ratio 0.1 (1 step)): every step trains below"
+    line = "warning: --max_steps 1 is all warm-up (--warmup_ratio 0.1 (1 step)): every step trains below"
     assert r.output.count(line) == 1
     assert any(x.startswith(line) and x.endswith("or raise --max_steps") for x in r.output.splitlines())
     rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [x["lr"] for x in rows if "loss" in x] == [0.0]
     assert _all_warmup_line(_cfg(tiny_llama_dir, eight, out, max_steps=0, warmup_steps=5), 3, 5).startswith(
         "warning: this run's 3 steps are all warm-up (--warmup_steps 5)")
+    assert _all_warmup_line(_cfg(tiny_llama_dir, eight, out, max_steps=0, warmup_steps=5), 1, 5).startswith(
+        "warning: this run's 1 step is all warm-up (--warmup_steps 5)")

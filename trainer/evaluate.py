@@ -42,7 +42,7 @@ from steam_persona.common.arguments import (CUTOFF_LEN, DataArguments, Generatin
                                              TrainingArguments)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, progress, summary_table
-from steam_persona.common.errors import UserError
+from steam_persona.common.errors import UserError, said_if_stopped_before_writing, while_loading
 from steam_persona.common.run_record import RunRecord
 from steam_persona.trainer.templates import ChatTemplate
 
@@ -102,12 +102,29 @@ def run(cfg: EvalConfig) -> EvalResult:
         raise UserError("eval: missing --dataset; give the validation file (e.g. data/steam_sft_val.json, written by prepare)")
     if bool(cfg.adapter_name_or_path) == bool(cfg.gguf):
         raise UserError("eval: give exactly one of --adapter_name_or_path RUN_DIR or --gguf FILE to compare with the base")
+    out = Path(cfg.output_dir) if cfg.output_dir else (
+        Path(cfg.adapter_name_or_path) / "eval" if cfg.adapter_name_or_path else Path("eval") / Path(cfg.gguf).stem)
+    phase = [while_loading("the first model's evaluation")]
+    with said_if_stopped_before_writing(out, lambda: phase[0]):
+        report = _evaluate(cfg, phase)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.note_removed([p for name in REPORT_FILES for p in atomic.remove_stale(out / name)])
+    plot_lengths(report, out / REPORT_FILES[0])
+    atomic.write_json(out / REPORT_FILES[1], report)
+    atomic.write_text(out / REPORT_FILES[2], render_markdown(report))
+    _summary(report, out)
+    return EvalResult(report, out)
+
+
+def _evaluate(cfg: EvalConfig, phase: list[str]) -> dict[str, Any]:
+    """Both models' loss and generations as the report (:func:`build_report`); writes nothing. ``phase[0]`` says
+    where it is, for a stop line."""
+    from steam_persona.trainer.encode import data_line
+
     run, gguf_persona = _run_record(cfg)
     system = persona.resolve(cfg.system, run, gguf_persona)
     cutoff_len = cfg.cutoff_len or run.cutoff_len or CUTOFF_LEN
     template = cfg.template or run.template or "auto"
-    out = Path(cfg.output_dir) if cfg.output_dir else (
-        Path(cfg.adapter_name_or_path) / "eval" if cfg.adapter_name_or_path else Path("eval") / Path(cfg.gguf).stem)
 
     val = _load(cfg.dataset, cfg.dataset_dir, system, cfg.encoding)
     if not val:
@@ -123,24 +140,24 @@ def run(cfg: EvalConfig) -> EvalResult:
 
     results: dict[str, dict[str, Any]] = {}
     base = cfg.model_name_or_path or run.model_name_or_path or "smollm2"
+    data_lines = set()  # the dataset line once: the same for both models unless their tokenizers differ
     for which, model, tokenizer, ctx in _models(cfg, base):
         chat = ChatTemplate(template, tokenizer)
         enc = _encoded(chat, loss_convs, cutoff_len, cfg.dataset)
+        line = data_line(enc, cutoff_len)
+        if line not in data_lines:
+            data_lines.add(line)
+            console.print(line)
+        phase[0] = f"in the {which} model's evaluation"
         with ctx():
-            console.print(f"[bold]eval[/bold] {which}: loss on {len(enc)} records, {len(gen_convs)} generations")
+            console.print(f"[bold]eval[/bold] {which}: loss on {_n(len(enc), 'record')}, "
+                          f"{_n(len(gen_convs), 'generation')}")
             loss = encoded_loss(model, chat, enc, cfg.per_device_eval_batch_size, label=f"{which} loss")
             gens = generate(model, chat, gen_convs, cfg, label=f"{which} generate")
         results[which] = {"loss": loss, "generations": gens}
         del model, tokenizer  # free the base before the GGUF model loads (gguf mode)
 
-    report = build_report(cfg, results, gen_convs, index, bool(train_texts), system, cutoff_len, base)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.note_removed([p for name in REPORT_FILES for p in atomic.remove_stale(out / name)])
-    plot_lengths(report, out / REPORT_FILES[0])
-    atomic.write_json(out / REPORT_FILES[1], report)
-    atomic.write_text(out / REPORT_FILES[2], render_markdown(report))
-    _summary(report, out)
-    return EvalResult(report, out)
+    return build_report(cfg, results, gen_convs, index, bool(train_texts), system, cutoff_len, base)
 
 
 def _run_record(cfg: EvalConfig) -> tuple[RunRecord, str | None]:
@@ -201,18 +218,17 @@ def _models(cfg: EvalConfig, base: str):
 # ----------------------------------------------------------------------------------------------- loss
 
 def _encoded(chat: Any, convs: list[list[dict[str, str]]], cutoff_len: int, dataset: str) -> Any:
-    """``convs`` encoded for the loss, with train's dataset line (read, dropped, kept, truncated).
+    """``convs`` encoded for the loss.
 
     Raises:
         UserError: every record dropped by ``cutoff_len``.
     """
-    from steam_persona.trainer.encode import data_line, encode_dataset
+    from steam_persona.trainer.encode import encode_dataset
 
     enc = encode_dataset(chat, convs, cutoff_len)
     if not len(enc):
         raise UserError(f"{dataset}: all {len(convs)} records are longer than --cutoff_len {cutoff_len} (no reply "
                         "fits with its prompt); raise --cutoff_len")
-    console.print(data_line(enc, cutoff_len))
     return enc
 
 
@@ -272,6 +288,11 @@ def prompt_ids(chat: Any, conv: list[dict[str, str]]) -> list[int]:
     return ids[:spans[-1][0]]
 
 
+def sampled(cfg: EvalConfig) -> bool:
+    """Whether generation samples: ``--do_sample`` with a temperature above 0 (0 is greedy, as OpenAI's)."""
+    return cfg.do_sample and cfg.temperature > 0
+
+
 def generate(model: Any, chat: Any, convs: list[list[dict[str, str]]], cfg: EvalConfig,
              label: str = "generate") -> list[dict[str, Any]]:
     """Generate one reply per conversation prompt (batched, left-padded).
@@ -293,7 +314,7 @@ def generate(model: Any, chat: Any, convs: list[list[dict[str, str]]], cfg: Eval
     prompts = [prompt_ids(chat, c) for c in convs]
     torch.manual_seed(cfg.seed)
     sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k) \
-        if cfg.do_sample and cfg.temperature > 0 else dict(do_sample=False)
+        if sampled(cfg) else dict(do_sample=False)
     out: list[dict[str, Any]] = []
     with progress() as bar, torch.no_grad():
         task = bar.add_task(label, total=len(prompts))
@@ -356,7 +377,7 @@ def build_report(cfg: EvalConfig, results: dict[str, dict], convs: list[list[dic
                 "tuned": tu["text"], "tuned_stopped": tu["stopped"], "tuned_tokens": tu["new_tokens"]}
                for c, b, tu in zip(convs, base["generations"], tuned["generations"])]
     return {
-        "config": config.to_dict(cfg),
+        "config": {**config.to_dict(cfg), "do_sample": sampled(cfg)},
         "base_model": base_model,
         "system": system,
         "cutoff_len": cutoff_len,
@@ -377,6 +398,11 @@ def build_report(cfg: EvalConfig, results: dict[str, dict], convs: list[list[dic
             "stop_rate": "share of generations that emit the end-of-turn token within max_new_tokens",
         },
     }
+
+
+def _n(count: int, noun: str) -> str:
+    """``1 record``, ``2 records``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -401,8 +427,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     tuned_name = cfg.get("adapter_name_or_path") or cfg.get("gguf")
     lines = [f"# Evaluation: `{tuned_name}` vs base `{report['base_model']}`", "",
-             f"Validation set: `{cfg['dataset']}`; {L['base']['records']} records for the loss, "
-             f"{len(report['samples'])} prompts for generation (max_new_tokens {cfg['max_new_tokens']}, "
+             f"Validation set: `{cfg['dataset']}`; {_n(L['base']['records'], 'record')} for the loss, "
+             f"{_n(len(report['samples']), 'prompt')} for generation (max_new_tokens {cfg['max_new_tokens']}, "
              f"{_sampling_words(cfg)}"
              f", repetition_penalty {cfg.get('repetition_penalty', 1.0)}).",
              "", "| metric | base | tuned |", "|---|---|---|",

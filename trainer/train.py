@@ -54,7 +54,8 @@ from steam_persona.common.arguments import (DataArguments, FinetuningArguments, 
                                              not_negative_finite)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, plain_progress, progress, summary_table
-from steam_persona.common.errors import STOP_SIGNALS, Interrupts, UserError, stop_signals_interrupt
+from steam_persona.common.errors import (STOP_SIGNALS, Interrupts, UserError, nothing_written, stop_signals_interrupt,
+                                         while_loading)
 from steam_persona.common.persona import DEFAULT_SYSTEM
 from steam_persona.trainer.encode import counts_line, data_line
 from steam_persona.trainer.threads import threads_for_load
@@ -1308,10 +1309,11 @@ def _eval_mode(model: Any) -> None:
 def _all_warmup_line(cfg: TrainConfig, total: int, warmup: int) -> str:
     """The warning for a run that is all warm-up: every step trains below ``--learning_rate``, the first at 0
     (the warm-up of HF Trainer and LLaMA-Factory starts at lr 0)."""
-    steps = f"--max_steps {cfg.max_steps}" if cfg.max_steps > 0 else f"this run's {total} steps"
+    n = cfg.max_steps if cfg.max_steps > 0 else total
+    steps = f"--max_steps {n}" if cfg.max_steps > 0 else f"this run's {n} step{'s' if n > 1 else ''}"
     given = f"--warmup_steps {cfg.warmup_steps}" if cfg.warmup_steps > 0 else \
         f"--warmup_ratio {cfg.warmup_ratio:g} ({warmup} step{'s' if warmup > 1 else ''})"
-    return (f"warning: {steps} are all warm-up ({given}): every step trains below --learning_rate "
+    return (f"warning: {steps} {'are' if n > 1 else 'is'} all warm-up ({given}): every step trains below --learning_rate "
             f"{cfg.learning_rate:g}, step 1 at lr 0; lower --warmup_steps / --warmup_ratio (0 for none) or raise "
             "--max_steps")
 
@@ -1345,13 +1347,13 @@ def _say_interrupted(out: Path, cfg: TrainConfig, where: Callable[[], str | None
 
 def _interrupted_line(out: Path, cfg: TrainConfig, at: str | None) -> str:
     ckpt = resumable_checkpoint(out)
-    when = at or "while loading, before the first step"
+    when = at or while_loading("the first step")
     every = f"one is saved every --save_steps {cfg.save_steps} steps" + (
         " without --save_only_model" if cfg.save_only_model else "")
     if ckpt:
         how = f"rerun the same command to resume from {ckpt} (step {ckpt.name.split('-')[1]})"
     elif not (out.is_dir() and any(out.iterdir())):
-        how = f"nothing was written to {out}; rerun the same command to start"
+        how = nothing_written(out)
     elif only_leftovers(out):
         how = f"no checkpoint saved yet ({every}); rerun the same command to start over"
     else:
