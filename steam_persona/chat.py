@@ -213,10 +213,10 @@ class HFBackend(Backend):
     def stream(self, messages, on_text, *, temperature, top_p, top_k, repetition_penalty, max_new_tokens,
                seed) -> Turn:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         inputs = self._inputs(messages).to(self.model.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = whole_chars_streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p,
                         **({} if top_k is None else {"top_k": top_k})) if temperature > 0 else dict(do_sample=False)
         result: dict[str, Any] = {}
@@ -260,6 +260,19 @@ class HFBackend(Backend):
         eos = self.model.generation_config.eos_token_id
         stopped = bool(new) and new[-1] in (eos if isinstance(eos, list) else [eos])
         return Turn("".join(parts), len(new) - stopped, elapsed, first or elapsed, stopped=stopped)
+
+
+def whole_chars_streamer(tokenizer: Any, **kwargs: Any) -> Any:
+    """transformers' ``TextIteratorStreamer`` (``kwargs`` its own) that ends a reply without the U+FFFD of a
+    character whose bytes ``max_new_tokens`` cut (its tokenizer decodes them so); llama-cpp-python leaves such
+    bytes out too."""
+    from transformers import TextIteratorStreamer
+
+    class WholeChars(TextIteratorStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            super().on_finalized_text(text.rstrip("\ufffd") if stream_end else text, stream_end)
+
+    return WholeChars(tokenizer, **kwargs)
 
 
 def load_backend(cfg: ChatConfig) -> Backend:

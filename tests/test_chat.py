@@ -316,3 +316,20 @@ def test_llama_factory_inference_values_chat_cannot_honour_are_one_line(smollm2_
     r = CliRunner().invoke(main, ["chat", "--config", str(y)], input="Hello\n")
     assert r.exit_code == 2 and r.output.strip().splitlines()[-1].startswith(f"Error: {y}: "), r.output
     assert says.format(gguf=smollm2_gguf) in r.output and "Traceback" not in r.output
+
+
+def test_hf_chat_ends_a_reply_cut_inside_a_character_without_a_replacement_character(tiny_llama_dir):
+    """Trial 31 N2: HF chat cut by --max_new_tokens inside a multi-byte character ended its reply with U+FFFD
+    (``说话风�``); the GGUF back end leaves the cut character's bytes out."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    ids = tok.encode("gg \U0001F3AE", add_special_tokens=False)
+    assert tok.decode(ids[:-1]).endswith("\ufffd")  # the emoji is several byte tokens: cut, it decodes to U+FFFD
+    for cut, text in ((ids[:-1], "gg "), (ids, "gg \U0001F3AE")):
+        streamer = chat_mod.whole_chars_streamer(tok)
+        for i in cut:
+            streamer.put(torch.tensor([i]))
+        streamer.end()
+        assert "".join(streamer) == text
