@@ -976,8 +976,9 @@ def _check_outputs(cfg: PrepareConfig) -> None:
     atomic.note_removed([p for target in paths for p in atomic.remove_stale(target)])
 
 
-def run(cfg: PrepareConfig) -> dict[str, Any]:
-    """Prepare an alpaca SFT dataset from raw reviews.
+def run(cfg: PrepareConfig, resume_hint: bool = True) -> dict[str, Any]:
+    """Prepare an alpaca SFT dataset from raw reviews. On Ctrl-C, print that a rerun starts over unless
+    ``resume_hint`` is False (a caller that prints its own line: the demo).
 
     Returns:
         ``{"train": path, "val": path | None, "report": path, "report_md": path, "registry": path | None,
@@ -992,8 +993,9 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         with _cycle_collector_paused(), stop_signals_interrupt():  # SIGTERM / SIGHUP end it as Ctrl-C does
             return _prepare(cfg)
     except KeyboardInterrupt:  # Ctrl-C (the CLI exits 130): say so, as collect, train and export do
-        console.print("[yellow]interrupted; prepare starts over when rerun (its outputs are replaced together or "
-                      "not at all)")
+        if resume_hint:
+            console.print("[yellow]interrupted; prepare starts over when rerun (its outputs are replaced together "
+                          "or not at all)")
         raise
 
 

@@ -55,7 +55,7 @@ from steam_persona.common.arguments import (DataArguments, GeneratingArguments, 
                                              QuantizationArguments, TrainingArguments)
 from steam_persona.common.config import arg
 from steam_persona.common.console import console, status, summary_table
-from steam_persona.common.errors import UserError
+from steam_persona.common.errors import STOP_SIGNALS, Interrupts, UserError, stop_signals_interrupt
 from steam_persona.export.quantize import check_types
 from steam_persona.resources import doc, shipped
 
@@ -116,12 +116,15 @@ def _fingerprint(*parts: Any) -> str:
 class _Stages:
     """Runs stages in order, records them in ``demo_state.json``, and reuses finished ones."""
 
-    def __init__(self, out: Path, force: bool, on_interrupt: Callable[[str], str] | None = None) -> None:
+    def __init__(self, out: Path, force: bool, on_interrupt: Callable[[str], str] | None = None,
+                 interrupts: Interrupts | None = None) -> None:
         self.path = out / "demo_state.json"
         self.state: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
         self.force = force
         #: on Ctrl-C in a stage: the line saying what a rerun does (given the stage's name)
         self.on_interrupt = on_interrupt
+        #: the signals received while the demo runs: an error after one is how a library ended on the interrupt
+        self.interrupts = interrupts or Interrupts()
         self.log = atomic.JsonlLog(out / "demo_log.jsonl")
         self.upstream = ""
         self.records: dict[str, dict[str, Any]] = {}
@@ -155,7 +158,7 @@ class _Stages:
             self.state[name] = {"status": "failed", "fingerprint": fp, "error": f"{type(e).__name__}: {e}"}
             atomic.write_json(self.path, self.state)
             self.log.write(event="stage_failed", stage=name, error=str(e))
-            if isinstance(e, KeyboardInterrupt) and self.on_interrupt:
+            if (isinstance(e, KeyboardInterrupt) or self.interrupts.received is not None) and self.on_interrupt:
                 console.print(f"[yellow]{self.on_interrupt(name)}[/yellow]", soft_wrap=True)
             raise
         seconds = round(time.perf_counter() - t0, 1)
@@ -196,7 +199,7 @@ def _prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     pcfg = config.build(prepare.PrepareConfig, {
         "inputs": [str(data)], "out": str(out / "data" / "persona_train.json"), "val_size": cfg.val_size,
         "register": str(out / "data" / "dataset_info.json"), "name": "persona", "seed": cfg.seed})
-    return prepare.run(pcfg)
+    return prepare.run(pcfg, resume_hint=False)
 
 
 def train_settings(cfg: DemoConfig, out: Path, overwrite: bool, bf16: bool) -> dict[str, Any]:
@@ -235,7 +238,7 @@ def interrupt_hint(cfg: DemoConfig, out: Path, stage: str) -> str:
     train stage continues from its last checkpoint, or starts over when it has none yet."""
     from steam_persona.trainer.train import resumable_checkpoint
 
-    how = "rerun steam-train demo with the same flags to go on: the finished stages are reused"
+    how = f"{RERUN} to go on: the finished stages are reused"
     if stage == "train":
         ckpt = resumable_checkpoint(out / "run")
         how += (f" and training resumes from {ckpt} (step {ckpt.name.split('-')[1]})" if ckpt else
@@ -436,13 +439,34 @@ def _serve_and_use(cfg: DemoConfig, out: Path, export_dir: str) -> dict[str, Any
 
 def run(cfg: DemoConfig) -> DemoResult:
     """Run (or resume) the demo pipeline under ``cfg.output_dir``, print the summary and write
-    ``demo_summary.json`` + ``report.md``.
+    ``demo_summary.json`` + ``report.md``. Ctrl-C or a stop signal ends it with one line: the stage's
+    (:func:`interrupt_hint`), or, outside a stage, what a rerun does.
 
     Raises:
         UserError: a missing ``--data`` file, an unknown ``--language``, ``--max_new_tokens`` above
             the review tool's limit (checked before any work), or a stage's own user error
             (the stage is recorded as failed in ``demo_state.json``; fix and rerun to continue from it).
     """
+    said: list[str] = []  # the stages that said where the demo stopped
+    try:
+        with stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,)) as interrupts:
+            return _run(cfg, interrupts, said)
+    except KeyboardInterrupt:
+        if not said:
+            console.print(f"[yellow]demo interrupted outside a stage: {RERUN} to go on (the finished stages are "
+                          "reused)[/yellow]", soft_wrap=True)
+        raise
+
+
+#: How to go on after an interrupted demo.
+RERUN = "rerun steam-train demo with the same flags"
+
+
+def _run(cfg: DemoConfig, interrupts: Interrupts, said: list[str]) -> DemoResult:
+    def hint(stage: str) -> str:
+        said.append(stage)
+        return interrupt_hint(cfg, out, stage)
+
     t0, load_start = time.perf_counter(), _load_average()
     if cfg.language not in ("en", "zh"):
         raise UserError(f"demo: --language {cfg.language}: use en or zh")
@@ -457,7 +481,7 @@ def run(cfg: DemoConfig) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     atomic.note_removed(atomic.remove_stale_in(out))
     atomic.write_json(out / "demo_config.json", config.to_dict(cfg))
-    stages = _Stages(out, cfg.force, lambda name: interrupt_hint(cfg, out, name))
+    stages = _Stages(out, cfg.force, hint, interrupts)
     data_stamp: Any = _fingerprint(examples(cfg.language))
     if cfg.data and Path(cfg.data).is_file():
         st = Path(cfg.data).stat()

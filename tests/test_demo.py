@@ -372,3 +372,36 @@ def test_a_missed_goal_gets_the_note_that_says_what_it_measures():
     assert demo._note(en, goals_met=False) == demo.MISSED_NOTE
     assert demo._note(zh, goals_met=False) == f"{demo.ZH_NOTE} {demo.MISSED_NOTE}"
     assert demo._note(DemoConfig(language="zh", data="x.json"), goals_met=True) is None
+
+
+@pytest.mark.parametrize("where", ["before_the_stages", "prepare"])
+def test_ctrl_c_in_the_demo_is_one_line(where, tmp_path, monkeypatch):
+    """Trial 31 N1 (demo): Ctrl-C before the first stage exited 130 without a line; in the prepare stage it
+    printed prepare's line and the demo's. A library that turns the interrupt into another error (numpy's import,
+    interrupted: "module 'numpy' has no attribute 'multiply'") printed a traceback and exited 1."""
+    import io as _io
+    import signal
+
+    from steam_persona import demo
+    from steam_persona.common import console as console_mod
+    from steam_persona.reviews import prepare
+
+    buf = _io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+
+    def ctrl_c_then_a_library_error(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:  # lost inside the library, which then fails its own way
+            pass
+        raise AttributeError("module 'numpy' has no attribute 'multiply'")
+
+    if where == "prepare":
+        monkeypatch.setattr(prepare, "_prepare", ctrl_c_then_a_library_error)
+    else:
+        monkeypatch.setattr("steam_persona.trainer.threads.threads_for_load", ctrl_c_then_a_library_error)
+    with pytest.raises(KeyboardInterrupt):
+        run(config.build(DemoConfig, {"output_dir": str(tmp_path / "d")}))
+    lines = [x for x in buf.getvalue().splitlines() if "interrupted" in x]
+    assert len(lines) == 1 and lines[0].startswith(
+        "demo interrupted outside a stage" if where != "prepare" else "demo interrupted in the prepare stage"), lines
