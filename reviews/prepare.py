@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import string
 import time
 from collections import Counter
@@ -54,7 +55,7 @@ from steam_persona.reviews import columns as columns_mod
 from steam_persona.common.arguments import DataArguments, as_typed
 from steam_persona.common.config import arg
 from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, status
-from steam_persona.common.errors import UserError, stop_signals_interrupt
+from steam_persona.common.errors import STOP_SIGNALS, UserError, stop_signals_interrupt
 from steam_persona.resources import packaged_copy_hint
 from steam_persona.reviews.sources import Review
 
@@ -990,7 +991,8 @@ def run(cfg: PrepareConfig, resume_hint: bool = True) -> dict[str, Any]:
             or nothing left after cleaning. Nothing is written then.
     """
     try:
-        with _cycle_collector_paused(), stop_signals_interrupt():  # SIGTERM / SIGHUP end it as Ctrl-C does
+        # SIGTERM / SIGHUP end it as Ctrl-C does; an error after Ctrl-C (an interrupted import) is the Ctrl-C
+        with _cycle_collector_paused(), stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,)):
             return _prepare(cfg)
     except KeyboardInterrupt:  # Ctrl-C (the CLI exits 130): say so, as collect, train and export do
         if resume_hint:

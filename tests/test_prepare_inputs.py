@@ -8,8 +8,10 @@ import csv
 import gzip
 import io
 import json
+import os
 import random
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -1211,6 +1213,17 @@ def test_ctrl_c_says_what_a_rerun_does(tmp_path, monkeypatch):
     src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
     r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/train.json")])
     assert r.exit_code == 130 and "interrupted; prepare starts over when rerun" in r.output
+
+    def ctrl_c_then_a_library_error(cfg):  # trial 31: numpy's import, interrupted, fails its own way later
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        raise AttributeError("module 'numpy' has no attribute 'multiply'")
+    monkeypatch.setattr(prepare_mod, "_prepare", ctrl_c_then_a_library_error)
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/train.json")])
+    assert r.exit_code == 130 and r.output.strip() == "interrupted; prepare starts over when rerun (its outputs are " \
+        "replaced together or not at all)", r.output
 
 
 def test_survey_headers_with_a_question_mark_or_colon_are_matched(tmp_path):
