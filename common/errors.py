@@ -150,17 +150,18 @@ def interrupted_before_writing(when: str, out: object | None) -> str:
 
 
 @contextlib.contextmanager
-def said_if_stopped_before_writing(out: object | None, when: Callable[[], str]) -> Iterator[None]:
+def said_if_stopped_before_writing(out: object | None, when: Callable[[], str], say: bool = True) -> Iterator[None]:
     """The block writes nothing (it loads, reads, computes): Ctrl-C or a stop signal in it prints one line,
-    ``interrupted {when()}: nothing was written to {out}; rerun the same command to start``, and ends the stage
-    as Ctrl-C does (exit 130; :func:`stop_signals_interrupt`)."""
+    ``interrupted {when()}: nothing was written to {out}; rerun the same command to start`` (unless ``say`` is
+    False: a caller prints its own), and ends the stage as Ctrl-C does (exit 130; :func:`stop_signals_interrupt`)."""
     try:
         with stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,)):
             yield
     except KeyboardInterrupt:
         from steam_persona.common.console import console
 
-        console.print(interrupted_before_writing(when(), out), markup=False, soft_wrap=True)
+        if say:
+            console.print(interrupted_before_writing(when(), out), markup=False, soft_wrap=True)
         raise
 
 

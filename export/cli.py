@@ -211,8 +211,10 @@ class ExportJob:
         write_json(self.out / STATE, self.state)
 
 
-def run(cfg: ExportConfig) -> dict[str, Any]:
-    """Run the whole export; return the report (also written to ``EXPORT_DIR/export_report.json``).
+def run(cfg: ExportConfig, resume_hint: bool = True) -> dict[str, Any]:
+    """Run the whole export; return the report (also written to ``EXPORT_DIR/export_report.json``). On Ctrl-C,
+    print what the export dir keeps and how to go on, unless ``resume_hint`` is False (a caller that prints its
+    own line: the demo).
 
     The report's keys: ``export_dir``, ``persona``, ``base_model``, ``adapter``, ``architecture``,
     ``converter``, ``files`` ({quant: {"file", "bytes"}}), ``merged`` (export_merge.json),
@@ -229,24 +231,24 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     out = _export_dir(cfg)
     if out is not None and not cfg.overwrite:  # before the slow imports and checks of plan()
         _refuse_finished(out)
-    with said_if_stopped_before_writing(out, lambda: LOADING):
+    with said_if_stopped_before_writing(out, lambda: LOADING, say=resume_hint):
         job = plan(cfg)
     with locking.folder_lock(job.out, "export", "--export_dir"), atomic.writing_into(job.out, "--export_dir"):
-        return _run(job, t_start)
+        return _run(job, t_start, resume_hint)
 
 
 #: Where an export stopped before its first step.
 LOADING = while_loading("the first step")
 
 
-def _run(job: ExportJob, t_start: float) -> dict[str, Any]:
+def _run(job: ExportJob, t_start: float, resume_hint: bool) -> dict[str, Any]:
     from steam_persona.common.console import console
 
     cfg = job.cfg
     if cfg.template not in (None, "auto"):
         console.print(f"[dim]template {cfg.template}: no effect here; the GGUF carries the chat template the "
                       "adapter was trained with[/dim]")
-    with _say_what_is_left_if_interrupted(job.out):
+    with _say_what_is_left_if_interrupted(job.out) if resume_hint else contextlib.nullcontext():
         job.state = _open_export_dir(job.out, cfg.overwrite)
         atomic.note_removed(atomic.remove_stale_in(job.out))
         steps = export_steps(job)

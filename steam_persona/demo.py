@@ -276,7 +276,7 @@ def _export(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     ecfg = config.build(export_cli.ExportConfig, {
         "model_name_or_path": cfg.model_name_or_path, "adapter_name_or_path": str(out / "run"),
         "export_dir": str(out / "export"), "quantization": [cfg.quantization], "export_name": "steam-persona"})
-    report = export_cli.run(ecfg)
+    report = export_cli.run(ecfg, resume_hint=False)
     files = {q: {"file": str(Path(report["export_dir"]) / Path(f["file"]).name), "bytes": f["bytes"]}
              for q, f in report["files"].items()}
     verify = report.get("verify") or {}

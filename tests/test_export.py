@@ -258,6 +258,23 @@ def test_ctrl_c_before_the_first_step_says_that_nothing_was_written(target, tiny
     assert not out.exists() and not (tmp_path / "exp.lock").exists()
 
 
+@pytest.mark.parametrize("target", ["_check_base", "_open_export_dir"])
+def test_the_demos_export_stage_leaves_the_stop_line_to_the_demo(target, tiny_run, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C in the demo's export stage printed export's line and the demo's."""
+    import signal
+
+    from steam_persona.common import config
+    from steam_persona.export import cli as export_cli
+
+    real = getattr(export_cli, target)
+    monkeypatch.setattr(export_cli, target, lambda *a, **kw: os.kill(os.getpid(), signal.SIGINT) or real(*a, **kw))
+    cfg = config.build(export_cli.ExportConfig, {"adapter_name_or_path": str(tiny_run), "quantization": ["q8_0"],
+                                                 "export_dir": str(tmp_path / "exp"), "no_verify": True})
+    with pytest.raises(KeyboardInterrupt):
+        export_cli.run(cfg, resume_hint=False)
+    assert "interrupted" not in capsys.readouterr().err
+
+
 def test_interrupted_export_leaves_no_final_file_and_resumes(tiny_run, tmp_path, monkeypatch, capsys):
     import llama_cpp
 
