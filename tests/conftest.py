@@ -11,6 +11,7 @@ import atexit
 import importlib.util
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -164,3 +165,19 @@ def eight(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("data") / "eight.json"
     p.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
     return p
+
+
+@pytest.fixture
+def ctrl_c_in(monkeypatch):
+    """``ctrl_c_in(module, name)``: from now on ``module.name`` sends this process SIGINT (a Ctrl-C) and then runs
+    as before, so a command is stopped at that point of its work."""
+    def patch(module, name: str) -> None:
+        real = getattr(module, name)
+
+        def ctrl_c(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, ctrl_c)
+
+    return patch

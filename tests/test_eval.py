@@ -258,10 +258,8 @@ def test_eval_reads_encoding_counts_the_records_its_loss_is_on_and_refuses_all_d
 
 
 @pytest.mark.parametrize("stop", ["loading", "base"])
-def test_ctrl_c_in_eval_says_that_nothing_was_written(stop, tiny_llama_dir, tmp_path, monkeypatch):
+def test_ctrl_c_in_eval_says_that_nothing_was_written(stop, tiny_llama_dir, tmp_path, ctrl_c_in):
     """Trial 31 N1: eval stopped by Ctrl-C while loading exited 130 without a line."""
-    import signal
-
     from click.testing import CliRunner
 
     from steam_persona.cli import main
@@ -270,14 +268,7 @@ def test_ctrl_c_in_eval_says_that_nothing_was_written(stop, tiny_llama_dir, tmp_
     val = tmp_path / "val.json"
     val.write_text(json.dumps([{"instruction": "Review?", "input": "", "output": "Fine."}]), encoding="utf-8")
     run_dir = _fake_run_dir(tiny_llama_dir, tmp_path, val)
-    target = "_run_record" if stop == "loading" else "encoded_loss"
-    real = getattr(evaluate, target)
-
-    def ctrl_c(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(evaluate, target, ctrl_c)
+    ctrl_c_in(evaluate, "_run_record" if stop == "loading" else "encoded_loss")
     out = tmp_path / "ev"
     r = CliRunner().invoke(main, ["eval", "--adapter_name_or_path", str(run_dir), "--dataset", str(val),
                                   "--num_samples", "1", "--max_new_tokens", "2", "--output_dir", str(out)])

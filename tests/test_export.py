@@ -235,20 +235,12 @@ def test_rerun_refuses_then_overwrite_reuses_finished_steps(tiny_export, tiny_ru
 
 
 @pytest.mark.parametrize("target", ["_check_base", "_open_export_dir"])
-def test_ctrl_c_before_the_first_step_says_that_nothing_was_written(target, tiny_run, tmp_path, monkeypatch):
+def test_ctrl_c_before_the_first_step_says_that_nothing_was_written(target, tiny_run, tmp_path, ctrl_c_in):
     """Trial 31 N1: export stopped by Ctrl-C while loading (imports, the base's config) exited 130 without a line."""
-    import signal
-
     from steam_persona.cli import main
     from steam_persona.export import cli as export_cli
 
-    real = getattr(export_cli, target)
-
-    def ctrl_c(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(export_cli, target, ctrl_c)
+    ctrl_c_in(export_cli, target)
     out = tmp_path / "exp"
     r = CliRunner().invoke(main, ["export", "--adapter_name_or_path", str(tiny_run), "--export_dir", str(out),
                                   "--quantization", "q8_0", "--no_verify"])
@@ -259,15 +251,12 @@ def test_ctrl_c_before_the_first_step_says_that_nothing_was_written(target, tiny
 
 
 @pytest.mark.parametrize("target", ["_check_base", "_open_export_dir"])
-def test_the_demos_export_stage_leaves_the_stop_line_to_the_demo(target, tiny_run, tmp_path, monkeypatch, capsys):
+def test_the_demos_export_stage_leaves_the_stop_line_to_the_demo(target, tiny_run, tmp_path, ctrl_c_in, capsys):
     """A Ctrl-C in the demo's export stage printed export's line and the demo's."""
-    import signal
-
     from steam_persona.common import config
     from steam_persona.export import cli as export_cli
 
-    real = getattr(export_cli, target)
-    monkeypatch.setattr(export_cli, target, lambda *a, **kw: os.kill(os.getpid(), signal.SIGINT) or real(*a, **kw))
+    ctrl_c_in(export_cli, target)
     cfg = config.build(export_cli.ExportConfig, {"adapter_name_or_path": str(tiny_run), "quantization": ["q8_0"],
                                                  "export_dir": str(tmp_path / "exp"), "no_verify": True})
     with pytest.raises(KeyboardInterrupt):
