@@ -83,6 +83,8 @@ def _flush_std() -> None:
 
 #: The handlers that :func:`until_started` replaced, by signal; :func:`started` puts them back.
 _before_start: dict[int, Any] = {}
+#: True once :func:`until_started` ran: the process is a command, which ends when its stage stops on a signal.
+_a_command: list[bool] = []
 
 
 def until_started(stage: str) -> None:
@@ -90,6 +92,8 @@ def until_started(stage: str) -> None:
     {stage} started; nothing was written``, and ends the process with 128 + the signal's number at once: the
     command has written nothing yet (Python's own ``KeyboardInterrupt`` there ended it without a word). In the
     main thread only."""
+    _a_command[:] = [True]
+
     def handler(signum: int, frame: object) -> NoReturn:
         _flush_std()
         os.write(2, f"stopped ({_what(signum)}) before {stage} started; nothing was written\n".encode())
@@ -117,11 +121,17 @@ def stopping(status: int) -> None:
     """The stage has stopped on a signal and the process ends with `status`: from now until it has ended, another
     Ctrl-C or stop signal (one not ignored) quits at once (:func:`quit_at_once`), its very end included
     (:func:`end_if_stopping`)."""
+    _quit_on_another_signal()
+    _stopping_status[:] = [status]
+
+
+def _quit_on_another_signal() -> None:
+    """From now on Ctrl-C or a stop signal (one not ignored) quits at once (:func:`quit_at_once`); only in the
+    main thread (elsewhere Python refuses to set a handler)."""
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT,) + STOP_SIGNALS:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 signal.signal(sig, quit_at_once)
-    _stopping_status[:] = [status]
 
 
 def end_if_stopping() -> None:
@@ -169,7 +179,9 @@ def said_if_stopped_before_writing(out: object | None, when: Callable[[], str], 
 def stop_signals_interrupt(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[Interrupts]:
     """Inside the block a signal of `signals` (default :data:`STOP_SIGNALS`) raises ``KeyboardInterrupt``, so the
     stage ends as on Ctrl-C (its own message, exit 130) instead of dying without a word; the handlers before it
-    come back after; a signal ignored when the block starts (``nohup``'s SIGHUP, SIGINT in a script's background
+    come back after, unless the block ends by the interrupt in a command's process (:func:`until_started`): then
+    its stage is stopping, and from there another Ctrl-C or stop signal quits at once (:func:`quit_at_once`, as
+    :func:`stopping`); a signal ignored when the block starts (``nohup``'s SIGHUP, SIGINT in a script's background
     job) stays ignored. Yields the block's :class:`Interrupts`. An error raised in the block after a signal came is
     raised as ``KeyboardInterrupt``: a library may turn the interrupt into its own error (transformers' lazy
     import, interrupted, raises ``ModuleNotFoundError``). Only in the main thread (Python delivers signals
@@ -188,11 +200,18 @@ def stop_signals_interrupt(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[
     sys.unraisablehook = quiet
     try:
         yield interrupts
+    except KeyboardInterrupt:
+        if _a_command:
+            _quit_on_another_signal()
+        raise
     except Exception:
         if interrupts.received is None:
             raise
+        if _a_command:
+            _quit_on_another_signal()
         raise KeyboardInterrupt from None
     finally:
         sys.unraisablehook = hook
         for sig, handler in old.items():
-            signal.signal(sig, handler)
+            if signal.getsignal(sig) == interrupts.handler:  # not a stopping stage's quit_at_once
+                signal.signal(sig, handler)

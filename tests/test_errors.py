@@ -43,3 +43,38 @@ def test_an_error_a_library_makes_of_the_interrupt_is_the_interrupt():
     with pytest.raises(ModuleNotFoundError):  # without a signal an error stays itself
         with stop_signals_interrupt():
             raise ModuleNotFoundError("x")
+
+
+def test_a_stage_stopped_by_the_interrupt_quits_on_another_signal_once_its_block_ends(monkeypatch):
+    """CI, 2026-12-07: a Ctrl-C between the end of train's stop block and the CLI's own stop handling raised a
+    second KeyboardInterrupt there: click's "Aborted!", then Python's teardown killed the process by SIGINT (-2)
+    without a line. A block that ends by the interrupt leaves quit_at_once in place; one that ends otherwise gives
+    the handlers before it back, an inner block's included. Outside a command's process (a stage called as a
+    function) the handlers before it always come back."""
+    import signal
+
+    import pytest
+
+    from steam_persona.common import errors
+
+    monkeypatch.setattr(errors, "_a_command", [])
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT,) + errors.STOP_SIGNALS}
+    with pytest.raises(KeyboardInterrupt):
+        with errors.stop_signals_interrupt((signal.SIGINT,) + errors.STOP_SIGNALS):
+            raise KeyboardInterrupt
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    monkeypatch.setattr(errors, "_a_command", [True])
+    with errors.stop_signals_interrupt((signal.SIGINT,) + errors.STOP_SIGNALS) as outer:
+        with errors.stop_signals_interrupt():
+            pass
+        assert signal.getsignal(signal.SIGTERM) == outer.handler
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    with pytest.raises(ValueError):
+        with errors.stop_signals_interrupt():
+            raise ValueError("not a stop")
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    with pytest.raises(KeyboardInterrupt):
+        with errors.stop_signals_interrupt((signal.SIGINT,) + errors.STOP_SIGNALS):
+            with errors.stop_signals_interrupt():
+                raise KeyboardInterrupt
+    assert {sig: signal.getsignal(sig) for sig in before} == dict.fromkeys(before, errors.quit_at_once)
