@@ -48,13 +48,13 @@ class NearDuplicates:
         self._b = rng.integers(0, 2**63, n, dtype=np.uint64)
 
     def signature(self, key: str) -> np.ndarray | None:
-        """MinHash signature (``uint64[bands*rows]``) of a normalised text, or ``None`` when it is
+        """MinHash signature (``uint32[bands*rows]``) of a normalised text, or ``None`` when it is
         shorter than ``shingle + 2`` characters."""
         sigs, _ = self.signatures([key])
         return sigs[0] if len(sigs) else None
 
     def signatures(self, keys: list[str], batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
-        """Signatures of many texts: ``(uint64[m, bands*rows], int64[m])``, the second holding the
+        """Signatures of many texts: ``(uint32[m, bands*rows], int64[m])``, the second holding the
         indexes in ``keys`` of the ``m`` texts long enough to shingle. Computed ``batch`` texts at a
         time in a few numpy ops (one ``(bands*rows, shingles)`` matrix per batch, the minimum per
         text by ``np.minimum.reduceat``); 128 texts keep that matrix in the CPU cache (~9 MB)."""
@@ -62,7 +62,7 @@ class NearDuplicates:
         sigs = [p for p, _ in parts if len(p)]
         rows = [idx + s for (p, idx), s in zip(parts, range(0, len(keys), batch)) if len(p)]
         if not sigs:
-            return np.zeros((0, self.bands * self.rows), np.uint64), np.zeros(0, np.int64)
+            return np.zeros((0, self.bands * self.rows), np.uint32), np.zeros(0, np.int64)
         return np.concatenate(sigs), np.concatenate(rows)
 
     def _batch(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +70,7 @@ class NearDuplicates:
         lengths = np.fromiter((len(t) for t in keys), dtype=np.int64, count=len(keys))
         ok = lengths >= k + 2
         if not ok.any():
-            return np.zeros((0, self.bands * self.rows), np.uint64), np.zeros(0, np.int64)
+            return np.zeros((0, self.bands * self.rows), np.uint32), np.zeros(0, np.int64)
         # polynomial rolling hash of every k-character window of the concatenation, mod 2^31 - 1
         cp = np.frombuffer("".join(keys).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         n = len(cp) - k + 1
@@ -83,12 +83,13 @@ class NearDuplicates:
         doc = np.repeat(np.arange(len(keys)), counts)
         pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + starts[doc]
         # one universal hash per (a, b) pair (uint64 arithmetic wraps mod 2^64); min per text, then
-        # the shift (it keeps order, so the shifted minimum is the minimum of the shifted hashes)
+        # the shift (it keeps order, so the shifted minimum is the minimum of the shifted hashes),
+        # whose 32 bits are kept as uint32: half the memory of every text's signature
         perm = np.multiply.outer(self._a, hashes[pos])
         perm += self._b[:, None]
         mins = np.minimum.reduceat(perm, (np.cumsum(counts) - counts)[ok], axis=1)
         mins >>= np.uint64(32)
-        return np.ascontiguousarray(mins.T), np.flatnonzero(ok)
+        return mins.T.astype(np.uint32), np.flatnonzero(ok)
 
     def first_copies(self, keys: list[str]) -> list[int | None]:
         """For each text, the index of an earlier text it nearly duplicates, else ``None``.
@@ -106,9 +107,9 @@ class NearDuplicates:
         if not len(sigs):
             return out
         ids, new = self._band_ids(sigs)
-        first = np.where(new, -1, 0)  # per band: the first text with the same band row (-1: this text)
+        first = np.where(new, -1, 0).astype(np.int32)  # per band: the first text with the same band row (-1: this text)
         for b in range(self.bands):
-            where = np.full(int(ids[:, b].max()) + 1, -1, np.int64)
+            where = np.full(int(ids[:, b].max()) + 1, -1, np.int32)
             where[ids[new[:, b], b]] = np.flatnonzero(new[:, b])
             first[:, b] = np.where(new[:, b], -1, where[ids[:, b]])
         for i, like in self._resolve(sigs, ids, first).items():
@@ -165,17 +166,17 @@ class NearDuplicates:
         return dup
 
     def _band_ids(self, sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(int64[m, bands], bool[m, bands])``: ids equal where two texts' band rows are equal, and
-        whether a text is its band's first. Bands are sorted by a 64-bit mix of their rows (~3x faster
+        """``(int32[m, bands], bool[m, bands])``: ids equal where two texts' band rows are equal, and
+        whether a text is its band's first (int32: ``m`` texts fit, at half the memory of int64). Bands are sorted by a 64-bit mix of their rows (~3x faster
         than sorting the rows as bytes); a collision, checked for, falls back to the bytes."""
         m = len(sigs)
-        ids = np.empty((m, self.bands), np.int64)
+        ids = np.empty((m, self.bands), np.int32)
         new = np.empty((m, self.bands), bool)
         for b in range(self.bands):
             band = sigs[:, b * self.rows:(b + 1) * self.rows]
             _, first, inv = np.unique((band * self._a[:self.rows]).sum(axis=1), return_index=True, return_inverse=True)
             if not np.array_equal(band, band[first[inv.ravel()]]):
-                _, first, inv = np.unique(np.ascontiguousarray(band).view(f"V{8 * self.rows}").ravel(),
+                _, first, inv = np.unique(np.ascontiguousarray(band).view(f"V{band.itemsize * self.rows}").ravel(),
                                           return_index=True, return_inverse=True)
             ids[:, b] = inv.ravel()
             new[:, b] = first[ids[:, b]] == np.arange(m)

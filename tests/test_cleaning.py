@@ -237,6 +237,8 @@ def test_dedup_key_ignores_case_width_space_punctuation():
 
 
 def test_near_duplicates_catch_edited_copies_not_different_texts():
+    import numpy as np
+
     base = "一个赞封一个挂逼，这个游戏真的好玩，自由度很高而且怎么玩也玩不腻，可以来我们这里一起交流学习，欢迎各位萌新和老玩家前来"
     texts = [base, base[1:] + "！！",  # first char lost, punctuation added
              "画面很好，剧情一般，打击感不错，但是优化太差了，希望后续更新能修一下闪退的问题",
@@ -247,6 +249,9 @@ def test_near_duplicates_catch_edited_copies_not_different_texts():
     sig1 = dedup.NearDuplicates(seed=1).signature(dedup.dedup_key(base))
     sig2 = dedup.NearDuplicates(seed=1).signature(dedup.dedup_key(base))
     assert (sig1 == sig2).all()  # deterministic across instances (no Python hash randomisation)
+    # the top 32 bits of each 64-bit hash, kept as uint32 (half the memory): the values of the uint64 signature
+    assert sig1.dtype == np.uint32 and sig1.shape == (64,)
+    assert sig1[:3].tolist() == [36848811, 18631274, 17275842] and int(sig1.sum(dtype=np.uint64)) == 4783715314
 
 
 def _first_copies_one_by_one(nd: dedup.NearDuplicates, keys: list[str]) -> list[int | None]:
