@@ -163,12 +163,27 @@ def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
             # one value of a list key (``appid: 570`` in YAML is an int) is a list of one
             items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) \
                 else [value]
-            return [ctype.convert(v.strip() if isinstance(v, str) else v, None, None) for v in items]
+            return [_typed(ctype, v.strip() if isinstance(v, str) else v) for v in items]
         if ctype is click.STRING and not isinstance(value, str):
             return str(value)
-        return ctype.convert(value, None, None)
+        return _typed(ctype, value)
     except click.BadParameter as e:
         raise UserError(f"{where}: '{f.name}': {e.message}") from None
+
+
+def _typed(ctype: click.ParamType, value: Any) -> Any:
+    """``value`` converted by ``ctype`` as a flag's text would be: a YAML ``true`` is not a number and a
+    fraction is not an integer (click's own convert would cast them to ``1.0`` and ``2``); ``2.0`` is 2.
+
+    Raises:
+        click.BadParameter: the value is not of the field's type.
+    """
+    number = ctype in (click.INT, click.FLOAT)
+    if number and isinstance(value, bool):
+        ctype.fail(f"'{str(value).lower()}' is not a valid {ctype.name}.")
+    if ctype is click.INT and isinstance(value, float) and not value.is_integer():
+        ctype.fail(f"'{value}' is not a valid {ctype.name}.")
+    return ctype.convert(value, None, None)
 
 
 def _check(f: dataclasses.Field, value: Any, source: str) -> Any:

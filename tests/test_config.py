@@ -67,6 +67,35 @@ def test_unknown_yaml_key_is_exit_2_with_suggestion(tmp_path):
     assert "unknown key 'do_trian'" in r.output and "did you mean 'do_train'" in r.output
 
 
+@pytest.mark.parametrize("line, message", [
+    ("quantization_bit: 2.5", "'quantization_bit': '2.5' is not a valid integer."),
+    ("val_size: true", "'val_size': 'true' is not a valid float."),
+    ("quantization_bit: false", "'quantization_bit': 'false' is not a valid integer."),
+    ("appid: [1.5]", "'appid': '1.5' is not a valid integer."),
+])
+def test_yaml_number_is_refused_as_its_flag_is_not_cast(tmp_path, line, message):
+    """Trial 32 B6: `max_steps: 2.5` trained 2 steps, `learning_rate: true` at lr 1.0 (click's convert casts)."""
+    p = tmp_path / "c.yaml"
+    p.write_text(line + "\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 2 and cfg is None
+    assert r.output.strip() == f"Error: {p}: {message}"
+
+
+def test_yaml_whole_float_is_an_int_for_every_stage(tmp_path):
+    from steam_persona.trainer.train import TrainConfig
+    p = tmp_path / "c.yaml"
+    p.write_text("quantization_bit: 4.0\nval_size: 1\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 0, r.output
+    assert cfg.quantization_bit == 4 and type(cfg.quantization_bit) is int and cfg.val_size == 1.0
+    cfg = config.build(TrainConfig, {"max_steps": 2.0, "lora_rank": 8, "learning_rate": 1}, source="t.yaml")
+    assert (cfg.max_steps, cfg.lora_rank, cfg.learning_rate) == (2, 8, 1.0)
+    for key, value in [("max_steps", 2.5), ("lora_rank", 8.9), ("learning_rate", True)]:
+        with pytest.raises(UserError, match=f"^t.yaml: '{key}': .* is not a valid"):
+            config.build(TrainConfig, {key: value}, source="t.yaml")
+
+
 def test_bad_value_is_exit_2():
     r, cfg = _run(["--appid", "x"])
     assert r.exit_code == 2 and "'appid'" in r.output
