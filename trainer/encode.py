@@ -11,7 +11,9 @@ Labels (shapes: ``input_ids`` and ``labels`` are equal-length ``list[int]``):
   whose pad is its eos (SmolLM2) still learns the end-of-turn token.
 
 Each segment is tokenized on its own (``add_special_tokens=False``), as LLaMA-Factory does: the
-prompt then ends exactly where generation starts at inference time.
+prompt then ends exactly where generation starts at inference time. Message contents are tokenized
+as text (``split_special_tokens``): a ``<|im_end|>`` typed in a review is learned as the characters,
+never as the end-of-turn token (as serve reads them at inference).
 
 Truncation to ``cutoff_len`` (ours; LLaMA-Factory instead cuts each turn's prompt and reply in
 proportion, keeping the earliest turns) works on messages and re-renders, so a truncated row is
@@ -31,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from steam_persona.trainer.templates import ChatTemplate
+from steam_persona.trainer.templates import ChatTemplate, Part
 
 IGNORE_INDEX = -100
 
@@ -67,12 +69,13 @@ def encode_conversation(template: ChatTemplate, messages: list[dict[str, str]]) 
     labels: list[int] = []
     spans: list[tuple[int, int]] = []
     start = 0
-    for kind, text in template.segments(messages):
-        if kind == "prompt" and header and text.endswith(header):  # the header alone, as at inference
-            body = tok.encode(text[: len(text) - len(header)], add_special_tokens=False) if len(text) > len(header) else []
-            piece = body + tok.encode(header, add_special_tokens=False)
+    for kind, parts in template.parts(messages):
+        if kind == "prompt" and header and parts and not parts[-1][1] and parts[-1][0].endswith(header):
+            # the header alone, as at inference
+            last = parts[-1][0]
+            piece = _encode(tok, [*parts[:-1], (last[: len(last) - len(header)], False)]) + _encode(tok, [(header, False)])
         else:
-            piece = tok.encode(text, add_special_tokens=False) if text else []
+            piece = _encode(tok, parts)
         if kind == "reply":
             start = len(ids)
         ids += piece
@@ -80,6 +83,16 @@ def encode_conversation(template: ChatTemplate, messages: list[dict[str, str]]) 
         if kind == "eot":
             spans.append((start, len(ids)))
     return ids, labels, spans
+
+
+def _encode(tok: Any, parts: list[Part]) -> list[int]:
+    """Token ids of a segment's parts: the template's text with special tokens read as such, message contents
+    as plain text (``<|im_end|>`` in a review is text, never the end-of-turn token)."""
+    ids: list[int] = []
+    for text, content in parts:
+        if text:
+            ids += tok.encode(text, add_special_tokens=False, split_special_tokens=content)
+    return ids
 
 
 def _fitted(template: ChatTemplate, messages: list[dict[str, str]], cutoff_len: int) -> tuple[list[int], list[int]] | None:

@@ -15,13 +15,21 @@ export and serve format prompts exactly as training did.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from steam_persona.common.errors import UserError
 
 Segment = tuple[str, str]  # (kind, text); kind in prompt | reply | eot | trailer
+Part = tuple[str, bool]  # (text, is a message's content)
+
+#: Stands for message i's content in :meth:`ChatTemplate.parts` (private-use code points: no template or
+#: tokenizer treats them specially, and datasets do not hold them).
+_MARK = "\U000f0000{}\U000f0001"
+_MARKS = re.compile("\U000f0000(\\d+)\U000f0001")
 
 
 @dataclass(frozen=True)
@@ -211,6 +219,33 @@ class ChatTemplate:
             done = full
         return out
 
+    @functools.cached_property
+    def special(self) -> re.Pattern[str] | None:
+        """What finds the tokenizer's special tokens (those ``encode`` reads as control tokens) in a text;
+        ``None`` for a tokenizer without any."""
+        return special_pattern(self.tokenizer)
+
+    def parts(self, messages: list[dict[str, str]]) -> list[tuple[str, list[Part]]]:
+        """:meth:`segments`, each split into the template's own text and the messages' contents
+        (``(text, True)``), so contents can be tokenized as text; a segment is one part of the template's
+        text when no content holds special-token text or the template changes contents (they cannot be
+        located then)."""
+        segments = self.segments(messages)
+        whole = [(kind, [(text, False)]) for kind, text in segments]
+        if self.special is None or not any(self.special.search(m["content"]) for m in messages):
+            return whole
+        marked = self.segments([{**m, "content": _MARK.format(i)} for i, m in enumerate(messages)])
+        if len(marked) != len(segments):
+            return whole
+        out = []
+        for (kind, text), (marked_kind, frame) in zip(segments, marked):
+            pieces = _MARKS.split(frame)  # frame, index, frame, index, ..., frame
+            split = [(messages[int(p)]["content"], True) if i % 2 else (p, False) for i, p in enumerate(pieces)]
+            if marked_kind != kind or "".join(t for t, _ in split) != text:
+                return whole
+            out.append((kind, [p for p in split if p[0]]))
+        return out
+
     def saved_jinja(self, system: str | None) -> str:
         """The chat template to save with the adapter's tokenizer: a named template gets ``system``
         (the persona) as its default system prompt, so chatting without a system turn uses the
@@ -226,3 +261,15 @@ class ChatTemplate:
         msgs = [{"role": "user", "content": "Hi"}]
         with_gen, without = self._render(msgs, True), self._render(msgs, False)
         return with_gen[len(without):] if with_gen.startswith(without) else ""
+
+
+def special_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    """A pattern finding ``tokenizer``'s special tokens in a text (``<|im_end|>``, ``</s>``: the tokens that
+    ``encode`` reads as control tokens unless told ``split_special_tokens``), longest first; ``None`` when it
+    has none."""
+    texts = {str(t) for t in tokenizer.all_special_tokens}
+    texts |= {str(t.content) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    texts.discard("")
+    if not texts:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True)))
