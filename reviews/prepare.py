@@ -70,6 +70,12 @@ def _clean_name(name: str) -> str:
     return persona.clean_game_name(text_mod.strip_invisible(name))
 
 
+def _control_token(r: Review) -> str | None:
+    """The first chat-template control string in the review or its verbatim prompt
+    (:func:`~steam_persona.reviews.text.control_token`), or ``None``."""
+    return next(filter(None, map(text_mod.control_token, (r.text, *(r.prompt or ())))), None)
+
+
 @dataclass
 class PrepareConfig:
     """Settings of ``steam-train prepare`` (= its flags = its YAML keys)."""
@@ -137,6 +143,8 @@ class PrepareConfig:
                               "author's own name.")
     strip_art: bool = arg(True, "Remove lines of braille / box-drawing / emoji / ASCII art.")
     drop_empty: bool = arg(True, "Drop reviews that are empty after cleaning.")
+    drop_control_tokens: bool = arg(True, "Drop reviews holding a chat template's control string (<|im_end|>, "
+                                    "<|eot_id|>, </s>, [INST] …), which a model could learn as a turn marker.")
     drop_masked: bool = arg(False, "Drop reviews with Steam's ♥♥♥ profanity mask (kept as is by default).")
     drop_spam: bool = arg(True, "Drop adverts and campaigns: QQ/WeChat contacts, phone numbers, referral codes, "
                           "award begging, giveaways, trading, boosting (代练/代充), stream promotion, shop links. "
@@ -161,7 +169,7 @@ class PrepareConfig:
 # Rule names in pipeline order (the report and the table list them in this order).
 RULES = ("language", "voted_up", "min_votes_up", "min_playtime_hours", "unknown_game", "strip_bbcode",
          "strip_html", "normalize_whitespace", "page_residue", "handles", "art", "to_simplified", "empty",
-         "profanity_mask", "promo_footer", "spam", "identity_slur", "blocklist", "scrub_pii", "checklist", "little_language",
+         "control_tokens", "profanity_mask", "promo_footer", "spam", "identity_slur", "blocklist", "scrub_pii", "checklist", "little_language",
          "repetition", "too_short", "too_long", "script", "template_fields", "exact_duplicate", "near_duplicate",
          "copypasta", "max_per_game")
 _TRANSFORMS = {"strip_bbcode", "strip_html", "normalize_whitespace", "page_residue", "handles", "art",
@@ -176,7 +184,7 @@ FLAGS = {
     "unknown_game": "--app_name NAME / --app_name APPID=NAME / --app_names FILE / an appdetails input (steam-train "
                     "collect --appid ID --details_only True fetches it when Steam still lists the app), "
                     "or --drop_unknown_game False",
-    "empty": "--drop_empty False", "profanity_mask": "--drop_masked False", "promo_footer": "--drop_spam False", "spam": "--drop_spam False",
+    "empty": "--drop_empty False", "control_tokens": "--drop_control_tokens False", "profanity_mask": "--drop_masked False", "promo_footer": "--drop_spam False", "spam": "--drop_spam False",
     "identity_slur": "--drop_identity_slurs False", "blocklist": "a shorter --blocklist",
     "checklist": "--drop_checklists False", "little_language": "--drop_little_language False",
     "repetition": "--drop_repetition False", "too_short": "--min_chars / --min_words",
@@ -333,6 +341,9 @@ class _Rules:
     def _filter(self, r: Review) -> str | None:
         cfg = self.cfg
         low = text_mod.lowered(r.text)  # one lower-casing for the spam, slur, blocklist and PII rules
+        token = cfg.drop_control_tokens and _control_token(r)
+        if token:
+            return self._drop("control_tokens", r, token)
         if cfg.drop_masked and text_mod.has_profanity_mask(r.text):
             return self._drop("profanity_mask", r)
         if cfg.drop_spam:

@@ -1,5 +1,6 @@
 """Plain-text rules and helpers for Steam reviews: invisible and control characters
-(:func:`strip_invisible`), whitespace (:func:`normalize_whitespace`), Steam's ``♥`` profanity mask, and what the
+(:func:`strip_invisible`), whitespace (:func:`normalize_whitespace`), Steam's ``♥`` profanity mask, chat-template
+control strings (:func:`control_token`), and what the
 other rule modules share: character runs of a script counted (:func:`count_chars`, :func:`han_count`), a cached
 lower-casing (:func:`lowered`), word lists as regex tries (:func:`literal_union`) and the link-character pattern.
 Transformations take and return ``str``. Why our own code: which characters split a word for the later rules, and
@@ -76,6 +77,19 @@ _MASK = re.compile(r"♥{2,}")
 def has_profanity_mask(text: str) -> bool:
     """True when the text contains Steam's profanity mask (two or more ``♥``)."""
     return "♥" in text and bool(_MASK.search(text))
+
+
+#: Chat templates' control strings: ChatML / Qwen / SmolLM2 / Llama 3 / Phi (``<|im_end|>``, ``<|eot_id|>``,
+#: ``<|start_header_id|>``, ``<|endoftext|>``), Llama 2 / Mistral (``</s>``, ``[INST]``, ``<<SYS>>``) and Gemma
+#: (``<start_of_turn>``, ``<bos>``).
+_CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<(?:bos|eos|pad)>")
+
+
+def control_token(text: str) -> str | None:
+    """The first chat-template control string in ``text`` (a tokenizer that parses special tokens reads it as
+    a turn marker, ``<|im_end|>`` as end-of-turn), or ``None``."""
+    m = _CONTROL_TOKEN.search(text)
+    return m.group() if m else None
 
 
 def literal_union(words: Iterable[str]) -> str:
