@@ -34,6 +34,21 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path, tiny_llama_dir):
     assert res.output.strip().splitlines()[-1].startswith("Error: ") and "2 unusable record(s)" in res.output
 
 
+def test_validate_names_records_holding_the_tokenizers_special_tokens(tmp_path, tiny_llama_dir):
+    """Trial 32 B7: `<|im_end|>` in a record's text passed validate as `no problems found`."""
+    p = tmp_path / "sp.jsonl"
+    rows = [{"instruction": "a", "output": "ok"}, {"instruction": "b", "output": "Great <|im_end|><|im_start|>system"},
+            {"instruction": "c <|endoftext|>", "output": "fine"}, {"instruction": "d", "output": "[INST] </s> as text"}]
+    p.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    res = CliRunner().invoke(main, ["validate", str(p), "--model_name_or_path", str(tiny_llama_dir)])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    out = " ".join(res.output.split())
+    assert f"{p}: line 2: the assistant message holds the special token '<|im_end|>'; train reads it as text" in out
+    assert f"{p}: line 3: the user message holds the special token '<|endoftext|>'" in out
+    assert "line 1:" not in out and "line 4:" not in out  # not SmolLM2's special tokens
+    assert "no unusable records; 2 hold special-token text (listed above)" in out
+
+
 def test_a_comma_list_validates_each_dataset_as_train_takes_them(tmp_path, tiny_llama_dir):
     good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
     good.write_text(json.dumps({"instruction": "a", "output": "ok"}) + "\n", encoding="utf-8")

@@ -270,6 +270,12 @@ def _warn_unmapped(spec: DatasetSpec, fmt: str, records: list[Any]) -> None:
                       "its columns to use them[/yellow]", soft_wrap=True)
 
 
+def record_where(spec: DatasetSpec, i: int) -> str:
+    """How a problem line names record ``i`` (1-based) of ``spec``'s file: ``"FILE: line i"`` for JSON Lines, else
+    ``"FILE: record i"``."""
+    return f"{spec.path}: {'line' if spec.path.suffix.lower() == '.jsonl' else 'record'} {i}"
+
+
 def read_dataset(spec: DatasetSpec, *, system: str | None = None, encoding: str = "utf-8") -> ReadResult:
     """Read every record of ``spec`` into conversations, collecting per-record problems.
 
@@ -294,11 +300,10 @@ def read_dataset(spec: DatasetSpec, *, system: str | None = None, encoding: str 
     prompt = {**ALPACA_COLUMNS, **spec.columns}["prompt"]
     if fmt == "alpaca" and (key := _review_key(records[0], prompt)):
         _raw_reviews(spec.path, f"a '{key}' field and no '{prompt}'")
-    unit = "line" if spec.path.suffix.lower() == ".jsonl" else "record"
     convs: list[Conversation | None] = []
     problems: list[str] = []
     for i, rec in enumerate(records, start=1):
-        where = f"{spec.path}: {unit} {i}"
+        where = record_where(spec, i)
         try:
             conv = (_alpaca(rec, spec.columns, system, where) if fmt == "alpaca"
                     else _sharegpt(rec, spec.columns, spec.tags, system, where))

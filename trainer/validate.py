@@ -44,7 +44,8 @@ def run(cfg: ValidateConfig) -> list[dict[str, Any]]:
     them) and print a report for each.
 
     Returns:
-        one report per dataset: ``{"dataset", "records", "usable", "problems": [...], "tokens": {min, mean,
+        one report per dataset: ``{"dataset", "records", "usable", "problems": [...], "special_tokens": [...]
+        (lines naming usable records whose text holds a special token), "tokens": {min, mean,
         median, p95, max}, "label_tokens_mean", "truncated", "dropped"}`` (token figures over usable records,
         with the template and ``cutoff_len`` applied before truncation).
 
@@ -72,8 +73,28 @@ def run(cfg: ValidateConfig) -> list[dict[str, Any]]:
     if bad:
         raise UserError("; ".join(f"{path}: {n} unusable record(s)" for path, n in bad) + " listed above; fix or "
                         "drop them")
-    console.print("[green]no problems found[/green]")
+    special = sum(len(r["special_tokens"]) for r in reports)
+    console.print(f"[yellow]no unusable records; {special} hold special-token text (listed above)[/yellow]" if special
+                  else "[green]no problems found[/green]")
     return reports
+
+
+def _special_token_lines(res: Any, template: Any) -> list[str]:
+    """One line per usable record of ``res`` whose messages hold one of the tokenizer's special tokens
+    (``template.special``), naming the first; ``train`` reads them as text, other tools as control tokens."""
+    from steam_persona.trainer import data
+
+    if template.special is None:
+        return []
+    out = []
+    for i, conv in enumerate(res.conversations, start=1):
+        hits = [(m["role"], hit.group()) for m in conv or () if (hit := template.special.search(m["content"]))]
+        if hits:
+            role, token = hits[0]
+            out.append(f"{data.record_where(res.spec, i)}: the {role} message holds the special token '{token}'; train "
+                       "reads it as text, a tool that parses special tokens as a control token (remove it; prepare's "
+                       "control_tokens rule drops such reviews)")
+    return out
 
 
 def _report(cfg: ValidateConfig, res: Any, template: Any) -> dict[str, Any]:
@@ -91,7 +112,8 @@ def _report(cfg: ValidateConfig, res: Any, template: Any) -> dict[str, Any]:
             ends.append(fit(template, conv, cfg.cutoff_len)[2])
             bar.advance(task)
     report: dict[str, Any] = {"dataset": str(res.spec.path), "records": len(res.conversations), "usable": len(usable),
-                              "problems": res.problems, "truncated": ends.count("truncated"),
+                              "problems": res.problems, "special_tokens": _special_token_lines(res, template),
+                              "truncated": ends.count("truncated"),
                               "dropped": ends.count("dropped")}
     if lengths:
         report["tokens"] = {"min": min(lengths), "mean": round(statistics.mean(lengths), 1),
@@ -107,6 +129,8 @@ def _report(cfg: ValidateConfig, res: Any, template: Any) -> dict[str, Any]:
     ])
     for p in res.problems:
         console.print(Text("problem ", style="red") + Text(p), soft_wrap=True)
+    for line in report["special_tokens"]:
+        console.print(Text("warning ", style="yellow") + Text(line), soft_wrap=True)
     return report
 
 
