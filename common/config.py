@@ -199,6 +199,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p}:{where} invalid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
     except UnicodeDecodeError:
         raise UserError(f"{p}: not UTF-8; save the config as UTF-8") from None
+    except RecursionError:
+        raise UserError(f"{p}: invalid YAML (lists or mappings nested too deep for the parser); "
+                        "a config holds flag names and plain values") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

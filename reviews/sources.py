@@ -46,7 +46,7 @@ from steam_persona.common.console import console
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.reviews import csvquotes
 from steam_persona.common import persona
-from steam_persona.common.textfile import decode, json_msg
+from steam_persona.common.textfile import decode, json_msg, load_json
 from steam_persona.common.errors import UserError
 from steam_persona.resources import packaged_copy_hint
 
@@ -412,7 +412,7 @@ def _first_records(lines: Iterator[str]) -> list[str] | None:
         if not line.lstrip().startswith("{"):
             return None
         try:
-            json.loads(_jsonl_text(line), parse_constant=_empty_constant)
+            load_json(_jsonl_text(line), parse_constant=_empty_constant)
         except json.JSONDecodeError:
             return None
     return None
@@ -452,7 +452,7 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
         return _read_csv(path, io.StringIO(text, newline="\n"), tag_language, columns)
     data: Any
     try:
-        data = json.loads(text, parse_constant=_empty_constant)
+        data = load_json(text, parse_constant=_empty_constant)
     except json.JSONDecodeError as e:
         if not _json_lines(text, suffix, e):
             raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the file") from None
@@ -488,7 +488,7 @@ def _json_lines(text: str, suffix: str, e: json.JSONDecodeError) -> bool:
 def _object_line(line: str) -> bool:
     """``line`` alone is a JSON object with members."""
     try:
-        value = json.loads(line, parse_constant=_empty_constant)
+        value = load_json(line, parse_constant=_empty_constant)
     except json.JSONDecodeError:
         return False
     return isinstance(value, dict) and bool(value)
@@ -642,7 +642,7 @@ def _parse_jsonl(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
         if not line:
             continue
         try:
-            value = json.loads(line, parse_constant=_empty_constant)
+            value = load_json(line, parse_constant=_empty_constant)
         except json.JSONDecodeError as e:
             if line[e.pos:e.pos + 1] == "\x00":  # a crash or a full disk zero-fills a file's last block
                 raise UserError(f"{path}: line {n}: NUL bytes from column {e.colno} (the file was cut short by a crash "
@@ -1175,7 +1175,7 @@ def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: 
         row = _whole_row(path, reader, row, ",", src.take(), src, start)
         start = reader.line_num + 1
         try:
-            reviews = json.loads(row["user_reviews"] or "[]")
+            reviews = load_json(row["user_reviews"] or "[]")
         except json.JSONDecodeError as e:
             raise UserError(f"{where}: user_reviews is not a JSON list ({json_msg(e)}); fix the cell") from None
         if not isinstance(reviews, list):
@@ -1206,7 +1206,7 @@ def read_app_names(path: Path, tag_language: str = "zh", encoding: str = "utf-8"
     text = decode(path, _read_bytes(path)[0], encoding)
     if text.lstrip().startswith("{"):
         try:
-            data = json.loads(text)
+            data = load_json(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the file") from None
         apps = _appdetails(data)
@@ -1234,7 +1234,7 @@ def _csv_tags(cell: str, unknown: set[int], lang: int, where: str) -> list[str]:
     if not cell:
         return []
     try:
-        items = json.loads(cell)
+        items = load_json(cell)
     except json.JSONDecodeError:
         items = [t for t in re.split(r"[,，;|]", cell.strip("[]")) if t.strip()]
     if not isinstance(items, list):

@@ -1416,3 +1416,34 @@ def test_an_archive_without_an_app_id_anywhere_names_the_fix_that_works(tmp_path
                             "no app id (none in the records or the file name)") and "--appid ID" in error, r.output
     res = _run(tmp_path, [src], app_name=["Team Fortress 2"], language=["english"], near_dedup=False)
     assert res["counts"]["kept"] == 3
+
+
+_DEEP = "[" * 3000 + "]" * 3000
+
+
+@pytest.mark.parametrize("site", ["prepare .json", "prepare .jsonl line", "--register", "validate", "train --dataset"])
+def test_json_nested_3000_deep_is_exit_2_naming_the_file(tmp_path, site):
+    """Trial 32 B1: a RecursionError traceback, exit 1, wherever JSON was read."""
+    ok = _csv(tmp_path / "ok.csv", ["appid", "review"], [[440, EN[0]]])
+    bad = _raw(tmp_path / ("deep.jsonl" if "jsonl" in site else "deep.json"),
+               '{"review": ' + _DEEP + "}\n" if "jsonl" in site else _DEEP)
+    argv = {"prepare .json": ["prepare", str(bad)], "prepare .jsonl line": ["prepare", str(bad)],
+            "--register": ["prepare", str(ok), "--register", str(bad), "--name", "s"],
+            "validate": ["validate", str(bad)],
+            "train --dataset": ["train", "--dataset", str(bad), "--output_dir", str(tmp_path / "run")]}[site]
+    if argv[0] == "prepare":
+        argv += ["--out", str(tmp_path / "o/t.json"), "--language", "all", "--drop_unknown_game", "False"]
+    r = CliRunner().invoke(main, argv)
+    written = [*(tmp_path / "o").rglob("*"), *(tmp_path / "run").rglob("*")]
+    assert r.exit_code == 2 and not written, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith(f"Error: {bad}: ") and "invalid JSON" in last and "brackets nested 300" in last, last
+
+
+def test_yaml_config_nested_3000_deep_is_exit_2_naming_the_file(tmp_path):
+    cfg = tmp_path / "deep.yaml"
+    cfg.write_text(f"language: {_DEEP}\n", encoding="utf-8")
+    r = CliRunner().invoke(main, ["prepare", "--config", str(cfg), "x.csv", "--out", str(tmp_path / "o/t.json")])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        f"Error: {cfg}: invalid YAML (lists or mappings nested too deep for the parser); a config holds flag names "
+        "and plain values"]
