@@ -52,6 +52,21 @@ def ends_open(lines: list[str], delim: str) -> bool:
     return False
 
 
+def text_after_close(lines: list[str], delim: str) -> int | None:
+    """The index in ``lines`` (one record's lines) of the line where a quoted text that opened on an earlier line
+    closes with more text right after the quote (``441,"third review"``: the quote closes the text that a stray
+    quote opened above, and the lenient reader takes the rest of the line into it); ``None`` when there is none.
+    The strict reader says "',' expected after '\"'" there."""
+    reader = csv.reader(io.StringIO("\n".join(lines), newline=""), delimiter=delim, strict=True)
+    try:
+        for _ in reader:
+            pass
+    except csv.Error as e:
+        if "expected after" in str(e) and reader.line_num > 1:
+            return reader.line_num - 1
+    return None
+
+
 def _kind(value: str) -> str:
     """``"empty"``, ``"number"`` (``12,5``, ``367520``, ``1.204,5``), ``"short"`` (up to 30 characters
     starting with a letter or digit: a game name, a verdict, a language) or ``"text"``."""

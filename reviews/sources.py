@@ -1061,6 +1061,8 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: s
     """
     extra = row.get(None)
     if extra is None and None not in row.values():
+        if len(read) > 1:
+            _refuse_text_after_close(path, _bodies(read)[:len(read)], start, delim)
         return row
     width = len(reader.fieldnames or [])
     found = width + len(extra) if extra is not None else sum(v is not None for k, v in row.items())
@@ -1077,6 +1079,20 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: s
     raise UserError(f"{path}: line {reader.line_num}: {found} field{'s' * (found != 1)} where the header has {width} (separator read as "
                     f"{_DELIM_NAMES[delim]}); put double quotes around a text that holds a {_DELIM_NAMES[delim]} "
                     f"(\"Good, but short\"), or save the file with one separator throughout")
+
+
+def _refuse_text_after_close(path: Path, lines: list[str], start: int, delim: str) -> None:
+    """Refuse a record over several ``lines`` (from line ``start``) whose quoted text is closed by a quote with more
+    text after it: a stray quote took the lines below into its text (:func:`csvquotes.text_after_close`).
+
+    Raises:
+        UserError: naming the line where the quote opens.
+    """
+    i = csvquotes.text_after_close(lines, delim)
+    if i is not None:
+        opened = csvquotes.opening_line(lines, start) or start
+        _runaway(path, opened, f"the quote that opens a text on line {start + i} closes it instead, so lines "
+                               f"{opened}-{start + i} read as one text")
 
 
 def _runaway(path: Path, line: int, why: str) -> NoReturn:

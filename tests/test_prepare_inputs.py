@@ -709,6 +709,10 @@ _GAMES = ["Factorio", "Hades", "Portal 2", "Outer Wilds", "Slay the Spire", "Sta
      'Terraria,"Recommended. I said ""wow"" and then the quote never closes\n'
      + "".join(f'{g},"Recommended. {g} is a favourite, number {i} of all time."\n' for i, g in enumerate(_GAMES)),
      "line 3: a double quote opens a text that never closes (line 4, a row of its own, would read as part of its text)"),
+    # trial 32 B2: closed by the next row's opening quote, text after it; the fields line up and the row was merged
+    ('appid,review\n440,"A long enough review of a good game I liked."\n440,"never closed\n441,"third review text here"\n',
+     "line 3: a double quote opens a text that never closes (the quote that opens a text on line 4 closes it instead, "
+     "so lines 3-4 read as one text)"),
 ])
 def test_a_runaway_quote_exits_2_naming_the_line_it_opens_on(tmp_path, text, message):
     src = _raw(tmp_path / "in.csv", text)
