@@ -38,7 +38,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, NoReturn
+from typing import IO, Any, Callable, Iterable, Iterator, NoReturn
 
 from rich.markup import escape
 
@@ -923,11 +923,24 @@ def _app_info(d: dict) -> AppInfo:
     return AppInfo(name=d.get("name") or None, tags=genres or None)
 
 
+#: the most characters one CSV field may hold (a store-scrape ``user_reviews`` cell holds a game's reviews):
+#: reading a field costs about 18 times its size in memory
+CSV_FIELD_LIMIT = 1 << 24
+
+
+def _csv_error(path: Path, reader: Any, start: int, e: csv.Error) -> UserError:
+    """The error for ``csv``'s ``e`` in the row that starts on line ``start`` of ``path`` (``reader`` stopped in it)."""
+    if "field larger than field limit" in str(e):
+        return UserError(f"{path}: line {start}: a field of more than {CSV_FIELD_LIMIT:,} characters (a quote that "
+                         "never closes, or not a review table); close the quote, or split the text")
+    return UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting")
+
+
 def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dict[str, str] | None) -> Loaded:
     """CSV or TSV (delimiter sniffed from the header line, or given by Excel's ``sep=;`` hint on line 1, which is
     skipped): the store-scrape CSV when it has ``title`` + ``user_reviews``, else a ``table``. ``chunks`` are the
     text's pieces that end at ``\\n`` (a streamed file's lines, or ``io.StringIO(text, newline="\\n")``)."""
-    csv.field_size_limit(2**31 - 1)  # user_reviews cells hold many reviews
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     chunks = iter(chunks)
     first = next(chunks, "").lstrip("\ufeff")
     header = first.removesuffix("\n")
@@ -952,21 +965,18 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
         _refuse_title_rows(path, _bodies(src.kept + src.ahead(10))[1:10], delim)
     rows, headers, last, span = [], 0, [], (0, 0)
     rowlike = _RowLike(delim, _end(src.take()[-1]))
-    try:
-        start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
-        for row in reader:
-            read = src.take()
-            if None not in row and [str(v).lstrip("\ufeff") for v in row.values()] == [c.lstrip("\ufeff") for c in row]:
-                headers += 1  # the header again: files joined by cat, each with its header
-                last = last + read
-            else:
-                rows.append((f"row {start}", _whole_row(path, reader, row, delim, read, src, start)))
-                last = read
-                span = (start, reader.line_num)
-                rowlike.add(start, read, rows[-1][1])
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
+    start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
+    for row in _rows(path, reader, lambda: start):
+        read = src.take()
+        if None not in row and [str(v).lstrip("\ufeff") for v in row.values()] == [c.lstrip("\ufeff") for c in row]:
+            headers += 1  # the header again: files joined by cat, each with its header
+            last = last + read
+        else:
+            rows.append((f"row {start}", _whole_row(path, reader, row, delim, read, src, start)))
+            last = read
+            span = (start, reader.line_num)
+            rowlike.add(start, read, rows[-1][1])
+        start = reader.line_num + 1
     if not rows:
         raise UserError(f"{path}: no rows under the header; remove it from the inputs")
     _refuse_unclosed_quote(path, _bodies(last + src.take()), span, delim)
@@ -1180,13 +1190,21 @@ class _RowLike:
         return out
 
 
+def _rows(path: Path, reader: csv.DictReader, start: Callable[[], int]) -> Iterator[dict[str, Any]]:
+    """``reader``'s rows, its errors as :func:`_csv_error` names them (``start()``: the line the next row starts on)."""
+    try:
+        yield from reader
+    except csv.Error as e:
+        raise _csv_error(path, reader, start(), e) from None
+
+
 def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: _RowLines) -> Loaded:
     """The store-scrape CSV (``src``'s lines, read by ``reader``): one row per game, its reviews a JSON list in
     ``user_reviews``."""
     loaded = Loaded(path, "store-csv")
     lang = 1 if tag_language == "zh" else 0
     start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
-    for row in reader:
+    for row in _rows(path, reader, lambda: start):
         where = f"{path}: row {start}"
         row = _whole_row(path, reader, row, ",", src.take(), src, start)
         start = reader.line_num + 1

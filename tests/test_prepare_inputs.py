@@ -262,6 +262,34 @@ def test_long_english_review_and_a_cited_link_are_kept(tmp_path):
     assert outs == [long_review, "The boss guide helped a lot, the fight is fair once learned.", crash]
 
 
+def test_a_text_far_over_the_length_bounds_is_too_long_before_any_rule_reads_it(tmp_path, monkeypatch):
+    """Trial 32 B3: one huge cell went through every rule (80x its size in memory, 25 ms a MB) before too_long."""
+    from steam_persona.reviews import prepare as prepare_mod
+    huge = "Fine game, " + "@somebody mail me at a@b.example " * 60
+    seen = []
+    monkeypatch.setattr(prepare_mod.links, "scrub_pii", lambda text, low: seen.append(text) or (text, []))
+    src = _csv(tmp_path / "big.csv", ["review", "game"], [[EN[0], "Hades"], [huge, "Hades"]])
+    res = _run(tmp_path, [src], language=["all"], max_words=20, max_chars=20)  # 10 x max(20, 8 x 20)
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]["too_long"]
+    assert res["removed"]["too_long"] == 1 and report["reasons"] == {"over 1,600 characters as read": 1}
+    assert huge not in seen
+    monkeypatch.setattr(prepare_mod, "RAW_CHARS_CAP", 900)
+    res = _run(tmp_path, [src], language=["all"], max_words=0)
+    assert [r["output"] for r in _load(res["train"])] == [EN[0]] and res["removed"]["too_long"] == 1
+
+
+def test_a_csv_field_over_the_field_limit_exits_2_naming_its_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CSV_FIELD_LIMIT", 1000)
+    src = _raw(tmp_path / "in.csv", f'game,review\nHades,"{EN[0]}"\nHades,"{"x" * 1200}\n')
+    try:
+        with pytest.raises(UserError) as e:
+            sources.read(src)
+    finally:
+        csv.field_size_limit(2**31 - 1)
+    assert str(e.value) == (f"{src}: line 3: a field of more than 1,000 characters (a quote that never closes, or not "
+                            "a review table); close the quote, or split the text")
+
+
 def test_long_chinese_review_has_the_room_of_a_long_english_one(tmp_path):
     """Regression: Chinese reviews over 1,000 characters (about 610 tokens) were dropped while English
     kept 1,500 words (about 1,880 tokens); the CJK bound is now 3,000 characters (about 1,840)."""
