@@ -958,6 +958,7 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
     if not cols or (len(cols) == 1 and not columns and columns_mod.field_of(cols[0]) != "review"):
         raise UserError(f"{path}: no CSV/TSV header found (first line: {header[:60]!r}); "
                         "put the column names on line 1, or convert the file to JSON Lines")
+    repeated = columns_mod.repeated(cols, columns or {}, path)
     if "title" in cols and "user_reviews" in cols and not columns:
         src.take()
         return _read_store_csv(path, reader, tag_language, src)
@@ -982,7 +983,7 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
     _refuse_unclosed_quote(path, _bodies(last + src.take()), span, delim)
     loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";")
     loaded.container = "TSV" if delim == "\t" else "CSV"
-    loaded.warnings += rowlike.warnings(path)
+    loaded.warnings += repeated + rowlike.warnings(path)
     if headers:
         loaded.warnings.append(f"{path}: the header line came again {headers:,} time(s) below the first (files joined "
                                "into one?); skipped, not read as a review")

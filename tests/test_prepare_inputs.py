@@ -580,6 +580,8 @@ def test_row_with_other_field_count_than_header_exit_2(tmp_path, text, line, fou
     ("review,Review,voted_up\nGreat game really fun,other text here,yes\n",
      "columns 'review' and 'Review' both read as the review field; name the one to use, e.g. --columns review=review"),
     ("review,voted_up\nGreat game really fun\n", "line 2: 1 field where the header has 2"),
+    ("appid,review,review\n440,Great game really fun,Another text here\n",  # trial 32 N4
+     "the header names 'review', the review text's column, 2 times (columns 2 and 3); rename all but one, e.g. to review_2"),
 ])
 def test_unclosed_quotes_and_twin_columns_exit_2_naming_them(tmp_path, text, message):
     src = _raw(tmp_path / "in.csv", text)
@@ -1479,3 +1481,12 @@ def test_yaml_config_nested_3000_deep_is_exit_2_naming_the_file(tmp_path):
     assert r.exit_code == 2 and r.output.strip().splitlines() == [
         f"Error: {cfg}: invalid YAML (lists or mappings nested too deep for the parser); a config holds flag names "
         "and plain values"]
+
+
+def test_a_header_that_names_a_read_column_twice_warns_which_one_is_read(tmp_path):
+    """Trial 32 N4: `appid,appid,review` read the second app id without a word; a repeated column nothing reads is
+    no warning."""
+    texts, warnings = _read_warned(tmp_path, f"appid,appid,notes,notes,review\n440,550,a,b,\"{EN[0]}\"\n")
+    assert texts == [EN[0]] and warnings == [
+        f"{tmp_path / 'in.csv'}: the header names 'appid' 2 times (columns 1 and 2); column 2 is read as the appid "
+        "field, the others are not; rename them if another one holds it"]
