@@ -52,18 +52,29 @@ def ends_open(lines: list[str], delim: str) -> bool:
     return False
 
 
-def text_after_close(lines: list[str], delim: str) -> int | None:
-    """The index in ``lines`` (one record's lines) of the line where a quoted text that opened on an earlier line
-    closes with more text right after the quote (``441,"third review"``: the quote closes the text that a stray
-    quote opened above, and the lenient reader takes the rest of the line into it); ``None`` when there is none.
-    The strict reader says "',' expected after '\"'" there."""
-    reader = csv.reader(io.StringIO("\n".join(lines), newline=""), delimiter=delim, strict=True)
-    try:
-        for _ in reader:
-            pass
-    except csv.Error as e:
-        if "expected after" in str(e) and reader.line_num > 1:
-            return reader.line_num - 1
+def reopening_line(lines: list[str], delim: str) -> int | None:
+    """The index in ``lines`` (one record's lines, as the lenient reader reads them) of the line where a quote that
+    opens a field (at the line's start or after a separator) closes instead a quoted text that opened on an earlier
+    line, with more text right after it: ``440,"never closed`` then ``441,"next review"`` (the second row's text
+    taken into the first, its app id too); ``None`` when there is none. A quote inside a field that closes a text
+    with text after it (``closes" here``) may be the stray quote's own closing one: only :func:`swallowed_rows` warns
+    of it."""
+    quoted, since = False, 0
+    for i, line in enumerate(lines):
+        j = 0
+        while j < len(line):
+            if line[j] == '"':
+                start = j == 0 or line[j - 1] == delim
+                after = line[j + 1:j + 2]
+                if not quoted:
+                    quoted, since = start, i
+                elif after == '"':
+                    j += 1
+                else:
+                    if after not in ("", delim) and start and since < i:
+                        return i
+                    quoted = False
+            j += 1
     return None
 
 

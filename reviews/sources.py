@@ -1073,7 +1073,7 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: s
     extra = row.get(None)
     if extra is None and None not in row.values():
         if len(read) > 1:
-            _refuse_text_after_close(path, _bodies(read)[:len(read)], start, delim)
+            _refuse_reopened(path, _bodies(read)[:len(read)], start, delim)
         return row
     width = len(reader.fieldnames or [])
     found = width + len(extra) if extra is not None else sum(v is not None for k, v in row.items())
@@ -1092,14 +1092,14 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: s
                     f"(\"Good, but short\"), or save the file with one separator throughout")
 
 
-def _refuse_text_after_close(path: Path, lines: list[str], start: int, delim: str) -> None:
-    """Refuse a record over several ``lines`` (from line ``start``) whose quoted text is closed by a quote with more
-    text after it: a stray quote took the lines below into its text (:func:`csvquotes.text_after_close`).
+def _refuse_reopened(path: Path, lines: list[str], start: int, delim: str) -> None:
+    """Refuse a record over several ``lines`` (from line ``start``) whose quoted text is closed by a quote that opens a
+    later row's field: a stray quote took the lines between into its text (:func:`csvquotes.reopening_line`).
 
     Raises:
         UserError: naming the line where the quote opens.
     """
-    i = csvquotes.text_after_close(lines, delim)
+    i = csvquotes.reopening_line(lines, delim)
     if i is not None:
         opened = csvquotes.opening_line(lines, start) or start
         _runaway(path, opened, f"the quote that opens a text on line {start + i} closes it instead, so lines "
