@@ -79,7 +79,8 @@ class PrepareConfig:
                             "alpaca/sharegpt.", positional=True)
     columns: str = arg("", "Map your columns to ours: FIELD=COLUMN,… with fields review, voted_up, playtime_hours, "
                        "playtime_minutes, language, appid, app_name, tags, votes_up, review_id, author, author_id "
-                       "(e.g. review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名).")
+                       "(e.g. review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名; in YAML also a "
+                       "mapping, {review: 评论}).", pairs=True)
     appid: str | None = arg(None, "App id for records that have none (a file of one game's reviews).")
     app_name: list[str] = arg([], "Game name: NAME for every record without one (one game), or APPID=NAME "
                               "(repeatable).")

@@ -1490,3 +1490,14 @@ def test_a_header_that_names_a_read_column_twice_warns_which_one_is_read(tmp_pat
     assert texts == [EN[0]] and warnings == [
         f"{tmp_path / 'in.csv'}: the header names 'appid' 2 times (columns 1 and 2); column 2 is read as the appid "
         "field, the others are not; rename them if another one holds it"]
+
+
+def test_columns_in_a_yaml_config_may_be_a_mapping(tmp_path):
+    """Trial 32 N3: `columns: {review: text}` (YAML's own form) was refused as "write FIELD=COLUMN"."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("columns:\n  review: Text\n  app_name: Game\n", encoding="utf-8")
+    src = _csv(tmp_path / "in.csv", ["Game", "Text"], [["Hades", EN[0]]])
+    r = CliRunner().invoke(main, ["prepare", "--config", str(cfg), str(src), "--out", str(tmp_path / "o/t.json"),
+                                  "--language", "all", "--val_size", "0"])
+    assert r.exit_code == 0, r.output
+    assert [x["output"] for x in _load(tmp_path / "o/t.json")] == [EN[0]]
