@@ -52,6 +52,9 @@ def ends_open(lines: list[str], delim: str) -> bool:
     return False
 
 
+_QUOTE = re.compile('"')
+
+
 def reopening_line(lines: list[str], delim: str) -> int | None:
     """The index in ``lines`` (one record's lines, as the lenient reader reads them) of the line where a quote that
     opens a field (at the line's start or after a separator) closes instead a quoted text that opened on an earlier
@@ -61,20 +64,20 @@ def reopening_line(lines: list[str], delim: str) -> int | None:
     of it."""
     quoted, since = False, 0
     for i, line in enumerate(lines):
-        j = 0
-        while j < len(line):
-            if line[j] == '"':
-                start = j == 0 or line[j - 1] == delim
-                after = line[j + 1:j + 2]
-                if not quoted:
-                    quoted, since = start, i
-                elif after == '"':
-                    j += 1
-                else:
-                    if after not in ("", delim) and start and since < i:
-                        return i
-                    quoted = False
-            j += 1
+        doubled = -1  # the second quote of a doubled one ("") in a quoted text
+        for j in (m.start() for m in _QUOTE.finditer(line)):
+            if j == doubled:
+                continue
+            start = j == 0 or line[j - 1] == delim
+            after = line[j + 1:j + 2]
+            if not quoted:
+                quoted, since = start, i
+            elif after == '"':
+                doubled = j + 1
+            else:
+                if after not in ("", delim) and start and since < i:
+                    return i
+                quoted = False
     return None
 
 

@@ -928,7 +928,7 @@ def _app_info(d: dict) -> AppInfo:
 CSV_FIELD_LIMIT = 1 << 24
 
 
-def _csv_error(path: Path, reader: Any, start: int, e: csv.Error) -> UserError:
+def _csv_error(path: Path, reader: csv.DictReader, start: int, e: csv.Error) -> UserError:
     """The error for ``csv``'s ``e`` in the row that starts on line ``start`` of ``path`` (``reader`` stopped in it)."""
     if "field larger than field limit" in str(e):
         return UserError(f"{path}: line {start}: a field of more than {CSV_FIELD_LIMIT:,} characters (a quote that "
