@@ -48,6 +48,7 @@ def arg(
     check: Callable[[Any], Any] | None = None,
     unset: str | None = None,
     text: bool = False,
+    pairs: bool = False,
 ) -> Any:
     """Declare one config field (= one CLI flag = one YAML key).
 
@@ -68,10 +69,11 @@ def arg(
         text: read the value as text (a flag's word, a YAML value of any type) and let ``check`` turn it into
             the field's type: a bool that also takes other tools' words (``--flash_attn fa2``); a bool field
             still works as a bare flag (``--flash_attn``).
+        pairs: a text of ``KEY=VALUE,…`` pairs, which a YAML file may also give as a mapping (``{review: 评论}``).
     """
     meta = {"help": help, "choices": choices, "envvar": envvar, "positional": positional, "flags": flags,
             "secret": secret,
-            "check": check, "unset": unset, "text": text}
+            "check": check, "unset": unset, "text": text, "pairs": pairs}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -164,6 +166,8 @@ def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
             items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) \
                 else [value]
             return [_typed(ctype, v.strip() if isinstance(v, str) else v) for v in items]
+        if f.metadata.get("pairs") and isinstance(value, dict):
+            return ",".join(f"{k}={v}" for k, v in value.items())
         if ctype is click.STRING and not isinstance(value, str):
             return str(value)
         return _typed(ctype, value)
@@ -214,6 +218,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p}:{where} invalid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
     except UnicodeDecodeError:
         raise UserError(f"{p}: not UTF-8; save the config as UTF-8") from None
+    except RecursionError:
+        raise UserError(f"{p}: invalid YAML (lists or mappings nested too deep for the parser); "
+                        "a config holds flag names and plain values") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

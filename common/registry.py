@@ -15,6 +15,7 @@ from typing import Any
 
 from steam_persona.common import atomic
 from steam_persona.common.errors import UserError
+from steam_persona.common.textfile import json_msg, load_json
 
 REGISTRY_FILE = "dataset_info.json"
 #: The alpaca columns prepare's records have, and LLaMA-Factory's defaults (``DatasetAttr``). No ``system`` or
@@ -32,9 +33,9 @@ def load(path: str | Path) -> dict[str, Any]:
     if not p.exists():
         return {}
     try:
-        data = json.loads(p.read_text(encoding="utf-8-sig"))
+        data = load_json(p.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
-        raise UserError(f"{p}: invalid JSON at line {e.lineno} column {e.colno}; fix it or delete the file") from None
+        raise UserError(f"{p}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix it or delete the file") from None
     if not isinstance(data, dict):
         raise UserError(f"{p}: must be a JSON object of dataset names")
     return data

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from rich.markup import escape
 
@@ -91,6 +92,35 @@ def _latin_like(text: str, i: int) -> bool:
     if _LATIN.match(text[i]):
         return any(c.isascii() and c.isalpha() for c in around)
     return text[i] in _CP1252_PUNCT and all(c.isascii() for c in around)
+
+
+def load_json(text: str, **kwargs: Any) -> Any:
+    """``json.loads(text, **kwargs)``, where nesting deeper than Python's parser takes (about 1,000 levels: a
+    ``RecursionError``) is a :class:`json.JSONDecodeError` at the deepest bracket, so that the caller's handler
+    names the file, line and column as for any other broken JSON."""
+    try:
+        return json.loads(text, **kwargs)
+    except RecursionError:
+        depth, pos = _deepest(text)
+        raise json.JSONDecodeError(f"brackets nested {depth} deep, deeper than the JSON reader takes",
+                                   text, pos) from None
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _deepest(text: str) -> tuple[int, int]:
+    """The deepest nesting of ``[`` / ``{`` in JSON ``text`` (strings skipped) and the offset where it is reached."""
+    depth = deepest = at = 0
+    for m in _JSON_TOKEN.finditer(text):
+        token = m.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > deepest:
+                deepest, at = depth, m.start()
+        elif token in ("]", "}"):
+            depth -= 1
+    return deepest, at
 
 
 def json_msg(e: json.JSONDecodeError) -> str:

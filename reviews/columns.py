@@ -153,6 +153,38 @@ def _refuse_twins(headers: list[str], given: dict[str, str], path: Any) -> None:
                             f"e.g. --columns {f}={twin}")
 
 
+def repeated(headers: list[str], given: dict[str, str], path: Any) -> list[str]:
+    """One warning per header name that a CSV header holds more than once and that is read (a field's alias, or named
+    by ``given``): only its last column is read, as ``csv.DictReader`` keeps the last value of a name.
+
+    Raises:
+        UserError: the review text's column named more than once (either could hold the text).
+    """
+    warnings = []
+    for h in dict.fromkeys(headers):
+        at = [i for i, name in enumerate(headers, 1) if name == h]
+        f = _read_as(h, given)
+        if len(at) < 2 or f is None:
+            continue
+        listed = ", ".join(map(str, at[:-1])) + f" and {at[-1]}"
+        if f == "review":
+            raise UserError(f"{path}: the header names {h!r}, the review text's column, {len(at)} times (columns "
+                            f"{listed}); rename all but one, e.g. to {h}_2")
+        warnings.append(f"{path}: the header names {h!r} {len(at)} times (columns {listed}); column {at[-1]} is read "
+                        f"as the {f} field, the others are not; rename them if another one holds it")
+    return warnings
+
+
+def _read_as(header: str, given: dict[str, str]) -> str | None:
+    """The field ``header`` is read as: the one ``given`` maps to it, else its alias's unless ``given`` maps that
+    field to another header."""
+    named = [f for f, h in given.items() if h == header]
+    if named:
+        return named[0]
+    f = field_of(header)
+    return None if f in given else f
+
+
 def _rank(header: str) -> int:
     """Where a header stands in its field's :data:`ALIASES`: with two candidates (``playtime_at_review``
     and ``playtime_forever``), the one listed first wins."""

@@ -52,6 +52,35 @@ def ends_open(lines: list[str], delim: str) -> bool:
     return False
 
 
+_QUOTE = re.compile('"')
+
+
+def reopening_line(lines: list[str], delim: str) -> int | None:
+    """The index in ``lines`` (one record's lines, as the lenient reader reads them) of the line where a quote that
+    opens a field (at the line's start or after a separator) closes instead a quoted text that opened on an earlier
+    line, with more text right after it: ``440,"never closed`` then ``441,"next review"`` (the second row's text
+    taken into the first, its app id too); ``None`` when there is none. A quote inside a field that closes a text
+    with text after it (``closes" here``) may be the stray quote's own closing one: only :func:`swallowed_rows` warns
+    of it."""
+    quoted, since = False, 0
+    for i, line in enumerate(lines):
+        doubled = -1  # the second quote of a doubled one ("") in a quoted text
+        for j in (m.start() for m in _QUOTE.finditer(line)):
+            if j == doubled:
+                continue
+            start = j == 0 or line[j - 1] == delim
+            after = line[j + 1:j + 2]
+            if not quoted:
+                quoted, since = start, i
+            elif after == '"':
+                doubled = j + 1
+            else:
+                if after not in ("", delim) and start and since < i:
+                    return i
+                quoted = False
+    return None
+
+
 def _kind(value: str) -> str:
     """``"empty"``, ``"number"`` (``12,5``, ``367520``, ``1.204,5``), ``"short"`` (up to 30 characters
     starting with a letter or digit: a game name, a verdict, a language) or ``"text"``."""

@@ -85,7 +85,8 @@ class PrepareConfig:
                             "alpaca/sharegpt.", positional=True)
     columns: str = arg("", "Map your columns to ours: FIELD=COLUMN,… with fields review, voted_up, playtime_hours, "
                        "playtime_minutes, language, appid, app_name, tags, votes_up, review_id, author, author_id "
-                       "(e.g. review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名).")
+                       "(e.g. review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名; in YAML also a "
+                       "mapping, {review: 评论}).", pairs=True)
     appid: str | None = arg(None, "App id for records that have none (a file of one game's reviews).")
     app_name: list[str] = arg([], "Game name: NAME for every record without one (one game), or APPID=NAME "
                               "(repeatable).")
@@ -110,7 +111,8 @@ class PrepareConfig:
                              "English, …; drops Traditional text under schinese).")
     min_chars: int = arg(10, "Drop CJK reviews shorter than this after cleaning (characters).")
     max_chars: int = arg(3000, "Drop CJK reviews longer than this after cleaning (characters; the default is about "
-                         "the tokens of --max_words 1500, see docs/data.md); 0 = no limit.")
+                         "the tokens of --max_words 1500, see docs/data.md); 0 = no limit. A text far over the bounds as read "
+                         "(10x; 1,000,000 characters when either is 0) is dropped before cleaning.")
     min_words: int = arg(3, "Drop reviews in other scripts shorter than this after cleaning (words).")
     max_words: int = arg(1500, "Drop reviews in other scripts longer than this after cleaning (words); 0 = no limit.")
     min_votes_up: int = arg(0, "Keep reviews with at least this many helpful votes (0 = off; unknown counts "
@@ -195,6 +197,11 @@ FLAGS = {
 }
 
 
+#: how much of a text the report's examples mask before they show its first 100 characters: masking costs time
+#: and memory in proportion to the text, and the masks shorten it (a 200-character link becomes ``▇``)
+_EXAMPLE_MASKED = 10_000
+
+
 @dataclass
 class _Stat:
     removed: int = 0
@@ -207,7 +214,7 @@ class _Stat:
         """Keep 2 examples for the report (100 characters; personal data, handles, the author and the words of
         ``lists`` masked, :func:`mask`)."""
         if len(self.examples) < 2:
-            shown = mask(text if text is not None else r.text, r.author, lists, handles)
+            shown = mask((text if text is not None else r.text)[:_EXAMPLE_MASKED], r.author, lists, handles)
             self.examples.append({"where": r.where, "text": shown[:100],
                                   **({"reason": reason} if reason else {})})
 
@@ -236,6 +243,23 @@ def mask(text: str, author: str | None = None, lists: tuple[Any, ...] = (), hand
 
 def _mask_word(word: str) -> str:
     return word[0] + "*" * (len(word) - 1) if len(word) > 1 else "*"
+
+
+#: the most characters a text may have as read when --max_chars or --max_words is 0 (no limit after cleaning)
+RAW_CHARS_CAP = 1_000_000
+#: how many times the length bounds a text may have as read: markup and links that cleaning removes, and
+#: :data:`_CHARS_PER_WORD` characters a word
+_RAW_FACTOR = 10
+_CHARS_PER_WORD = 8
+
+
+def raw_limit(cfg: PrepareConfig) -> int:
+    """The most characters a review may have as read, before cleaning: :data:`_RAW_FACTOR` times the larger length
+    bound (``--max_chars``, ``--max_words`` at :data:`_CHARS_PER_WORD` characters a word), or
+    :data:`RAW_CHARS_CAP` when either bound is 0."""
+    if not (cfg.max_chars and cfg.max_words):
+        return RAW_CHARS_CAP
+    return _RAW_FACTOR * max(cfg.max_chars, _CHARS_PER_WORD * cfg.max_words)
 
 
 class _Rules:
@@ -292,10 +316,18 @@ class _Rules:
         in place: ``(the removing rule's name or None, the dedup key of a kept record or "")``."""
         self.arrived = r.text  # a dropped record's example shows what the cuts left nothing of
         try:
-            rule = self._select(r) or self._clean(r) or self._filter(r) or self._measure(r)
+            rule = self._oversize(r) or self._select(r) or self._clean(r) or self._filter(r) or self._measure(r)
         finally:
             self.arrived = None
         return rule, dedup.dedup_key(r.text) if rule is None and (self.cfg.dedup or self.near is not None) else ""
+
+    def _oversize(self, r: Review) -> str | None:
+        """``too_long`` before any rule reads the text, for a text far longer than the length bounds let through
+        (:func:`raw_limit`): every rule costs time and memory in proportion to a text's length."""
+        limit = raw_limit(self.cfg)
+        if len(r.text) > limit:
+            return self._drop("too_long", r, f"over {limit:,} characters as read")
+        return None
 
     def _select(self, r: Review) -> str | None:
         cfg = self.cfg

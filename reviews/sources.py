@@ -38,7 +38,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, NoReturn
+from typing import IO, Any, Callable, Iterable, Iterator, NoReturn
 
 from rich.markup import escape
 
@@ -46,7 +46,7 @@ from steam_persona.common.console import console
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.reviews import csvquotes
 from steam_persona.common import persona
-from steam_persona.common.textfile import decode, json_msg
+from steam_persona.common.textfile import decode, json_msg, load_json
 from steam_persona.common.errors import UserError
 from steam_persona.resources import packaged_copy_hint
 
@@ -412,7 +412,7 @@ def _first_records(lines: Iterator[str]) -> list[str] | None:
         if not line.lstrip().startswith("{"):
             return None
         try:
-            json.loads(_jsonl_text(line), parse_constant=_empty_constant)
+            load_json(_jsonl_text(line), parse_constant=_empty_constant)
         except json.JSONDecodeError:
             return None
     return None
@@ -452,7 +452,7 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
         return _read_csv(path, io.StringIO(text, newline="\n"), tag_language, columns)
     data: Any
     try:
-        data = json.loads(text, parse_constant=_empty_constant)
+        data = load_json(text, parse_constant=_empty_constant)
     except json.JSONDecodeError as e:
         if not _json_lines(text, suffix, e):
             raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the file") from None
@@ -488,7 +488,7 @@ def _json_lines(text: str, suffix: str, e: json.JSONDecodeError) -> bool:
 def _object_line(line: str) -> bool:
     """``line`` alone is a JSON object with members."""
     try:
-        value = json.loads(line, parse_constant=_empty_constant)
+        value = load_json(line, parse_constant=_empty_constant)
     except json.JSONDecodeError:
         return False
     return isinstance(value, dict) and bool(value)
@@ -642,7 +642,7 @@ def _parse_jsonl(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
         if not line:
             continue
         try:
-            value = json.loads(line, parse_constant=_empty_constant)
+            value = load_json(line, parse_constant=_empty_constant)
         except json.JSONDecodeError as e:
             if line[e.pos:e.pos + 1] == "\x00":  # a crash or a full disk zero-fills a file's last block
                 raise UserError(f"{path}: line {n}: NUL bytes from column {e.colno} (the file was cut short by a crash "
@@ -923,11 +923,24 @@ def _app_info(d: dict) -> AppInfo:
     return AppInfo(name=d.get("name") or None, tags=genres or None)
 
 
+#: the most characters one CSV field may hold (a store-scrape ``user_reviews`` cell holds a game's reviews):
+#: reading a field costs about 18 times its size in memory
+CSV_FIELD_LIMIT = 1 << 24
+
+
+def _csv_error(path: Path, reader: csv.DictReader, start: int, e: csv.Error) -> UserError:
+    """The error for ``csv``'s ``e`` in the row that starts on line ``start`` of ``path`` (``reader`` stopped in it)."""
+    if "field larger than field limit" in str(e):
+        return UserError(f"{path}: line {start}: a field of more than {CSV_FIELD_LIMIT:,} characters (a quote that "
+                         "never closes, or not a review table); close the quote, or split the text")
+    return UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting")
+
+
 def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dict[str, str] | None) -> Loaded:
     """CSV or TSV (delimiter sniffed from the header line, or given by Excel's ``sep=;`` hint on line 1, which is
     skipped): the store-scrape CSV when it has ``title`` + ``user_reviews``, else a ``table``. ``chunks`` are the
     text's pieces that end at ``\\n`` (a streamed file's lines, or ``io.StringIO(text, newline="\\n")``)."""
-    csv.field_size_limit(2**31 - 1)  # user_reviews cells hold many reviews
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     chunks = iter(chunks)
     first = next(chunks, "").lstrip("\ufeff")
     header = first.removesuffix("\n")
@@ -945,6 +958,7 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
     if not cols or (len(cols) == 1 and not columns and columns_mod.field_of(cols[0]) != "review"):
         raise UserError(f"{path}: no CSV/TSV header found (first line: {header[:60]!r}); "
                         "put the column names on line 1, or convert the file to JSON Lines")
+    repeated = columns_mod.repeated(cols, columns or {}, path)
     if "title" in cols and "user_reviews" in cols and not columns:
         src.take()
         return _read_store_csv(path, reader, tag_language, src)
@@ -952,27 +966,24 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
         _refuse_title_rows(path, _bodies(src.kept + src.ahead(10))[1:10], delim)
     rows, headers, last, span = [], 0, [], (0, 0)
     rowlike = _RowLike(delim, _end(src.take()[-1]))
-    try:
-        start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
-        for row in reader:
-            read = src.take()
-            if None not in row and [str(v).lstrip("\ufeff") for v in row.values()] == [c.lstrip("\ufeff") for c in row]:
-                headers += 1  # the header again: files joined by cat, each with its header
-                last = last + read
-            else:
-                rows.append((f"row {start}", _whole_row(path, reader, row, delim, read, src, start)))
-                last = read
-                span = (start, reader.line_num)
-                rowlike.add(start, read, rows[-1][1])
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
+    start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
+    for row in _rows(path, reader, lambda: start):
+        read = src.take()
+        if None not in row and [str(v).lstrip("\ufeff") for v in row.values()] == [c.lstrip("\ufeff") for c in row]:
+            headers += 1  # the header again: files joined by cat, each with its header
+            last = last + read
+        else:
+            rows.append((f"row {start}", _whole_row(path, reader, row, delim, read, src, start)))
+            last = read
+            span = (start, reader.line_num)
+            rowlike.add(start, read, rows[-1][1])
+        start = reader.line_num + 1
     if not rows:
         raise UserError(f"{path}: no rows under the header; remove it from the inputs")
     _refuse_unclosed_quote(path, _bodies(last + src.take()), span, delim)
     loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";")
     loaded.container = "TSV" if delim == "\t" else "CSV"
-    loaded.warnings += rowlike.warnings(path)
+    loaded.warnings += repeated + rowlike.warnings(path)
     if headers:
         loaded.warnings.append(f"{path}: the header line came again {headers:,} time(s) below the first (files joined "
                                "into one?); skipped, not read as a review")
@@ -1061,6 +1072,8 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: s
     """
     extra = row.get(None)
     if extra is None and None not in row.values():
+        if len(read) > 1:
+            _refuse_reopened(path, _bodies(read)[:len(read)], start, delim)
         return row
     width = len(reader.fieldnames or [])
     found = width + len(extra) if extra is not None else sum(v is not None for k, v in row.items())
@@ -1077,6 +1090,20 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict[str, Any], delim: s
     raise UserError(f"{path}: line {reader.line_num}: {found} field{'s' * (found != 1)} where the header has {width} (separator read as "
                     f"{_DELIM_NAMES[delim]}); put double quotes around a text that holds a {_DELIM_NAMES[delim]} "
                     f"(\"Good, but short\"), or save the file with one separator throughout")
+
+
+def _refuse_reopened(path: Path, lines: list[str], start: int, delim: str) -> None:
+    """Refuse a record over several ``lines`` (from line ``start``) whose quoted text is closed by a quote that opens a
+    later row's field: a stray quote took the lines between into its text (:func:`csvquotes.reopening_line`).
+
+    Raises:
+        UserError: naming the line where the quote opens.
+    """
+    i = csvquotes.reopening_line(lines, delim)
+    if i is not None:
+        opened = csvquotes.opening_line(lines, start) or start
+        _runaway(path, opened, f"the quote that opens a text on line {start + i} closes it instead, so lines "
+                               f"{opened}-{start + i} read as one text")
 
 
 def _runaway(path: Path, line: int, why: str) -> NoReturn:
@@ -1164,18 +1191,26 @@ class _RowLike:
         return out
 
 
+def _rows(path: Path, reader: csv.DictReader, start: Callable[[], int]) -> Iterator[dict[str, Any]]:
+    """``reader``'s rows, its errors as :func:`_csv_error` names them (``start()``: the line the next row starts on)."""
+    try:
+        yield from reader
+    except csv.Error as e:
+        raise _csv_error(path, reader, start(), e) from None
+
+
 def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: _RowLines) -> Loaded:
     """The store-scrape CSV (``src``'s lines, read by ``reader``): one row per game, its reviews a JSON list in
     ``user_reviews``."""
     loaded = Loaded(path, "store-csv")
     lang = 1 if tag_language == "zh" else 0
     start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
-    for row in reader:
+    for row in _rows(path, reader, lambda: start):
         where = f"{path}: row {start}"
         row = _whole_row(path, reader, row, ",", src.take(), src, start)
         start = reader.line_num + 1
         try:
-            reviews = json.loads(row["user_reviews"] or "[]")
+            reviews = load_json(row["user_reviews"] or "[]")
         except json.JSONDecodeError as e:
             raise UserError(f"{where}: user_reviews is not a JSON list ({json_msg(e)}); fix the cell") from None
         if not isinstance(reviews, list):
@@ -1206,7 +1241,7 @@ def read_app_names(path: Path, tag_language: str = "zh", encoding: str = "utf-8"
     text = decode(path, _read_bytes(path)[0], encoding)
     if text.lstrip().startswith("{"):
         try:
-            data = json.loads(text)
+            data = load_json(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the file") from None
         apps = _appdetails(data)
@@ -1234,7 +1269,7 @@ def _csv_tags(cell: str, unknown: set[int], lang: int, where: str) -> list[str]:
     if not cell:
         return []
     try:
-        items = json.loads(cell)
+        items = load_json(cell)
     except json.JSONDecodeError:
         items = [t for t in re.split(r"[,，;|]", cell.strip("[]")) if t.strip()]
     if not isinstance(items, list):

@@ -262,6 +262,34 @@ def test_long_english_review_and_a_cited_link_are_kept(tmp_path):
     assert outs == [long_review, "The boss guide helped a lot, the fight is fair once learned.", crash]
 
 
+def test_a_text_far_over_the_length_bounds_is_too_long_before_any_rule_reads_it(tmp_path, monkeypatch):
+    """Trial 32 B3: one huge cell went through every rule (80x its size in memory, 25 ms a MB) before too_long."""
+    from steam_persona.reviews import prepare as prepare_mod
+    huge = "Fine game, " + "@somebody mail me at a@b.example " * 60
+    seen = []
+    monkeypatch.setattr(prepare_mod.links, "scrub_pii", lambda text, low: seen.append(text) or (text, []))
+    src = _csv(tmp_path / "big.csv", ["review", "game"], [[EN[0], "Hades"], [huge, "Hades"]])
+    res = _run(tmp_path, [src], language=["all"], max_words=20, max_chars=20)  # 10 x max(20, 8 x 20)
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]["too_long"]
+    assert res["removed"]["too_long"] == 1 and report["reasons"] == {"over 1,600 characters as read": 1}
+    assert huge not in seen
+    monkeypatch.setattr(prepare_mod, "RAW_CHARS_CAP", 900)
+    res = _run(tmp_path, [src], language=["all"], max_words=0)
+    assert [r["output"] for r in _load(res["train"])] == [EN[0]] and res["removed"]["too_long"] == 1
+
+
+def test_a_csv_field_over_the_field_limit_exits_2_naming_its_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CSV_FIELD_LIMIT", 1000)
+    src = _raw(tmp_path / "in.csv", f'game,review\nHades,"{EN[0]}"\nHades,"{"x" * 1200}\n')
+    try:
+        with pytest.raises(UserError) as e:
+            sources.read(src)
+    finally:
+        csv.field_size_limit(2**31 - 1)
+    assert str(e.value) == (f"{src}: line 3: a field of more than 1,000 characters (a quote that never closes, or not "
+                            "a review table); close the quote, or split the text")
+
+
 def test_long_chinese_review_has_the_room_of_a_long_english_one(tmp_path):
     """Regression: Chinese reviews over 1,000 characters (about 610 tokens) were dropped while English
     kept 1,500 words (about 1,880 tokens); the CJK bound is now 3,000 characters (about 1,840)."""
@@ -576,6 +604,8 @@ def test_row_with_other_field_count_than_header_exit_2(tmp_path, text, line, fou
     ("review,Review,voted_up\nGreat game really fun,other text here,yes\n",
      "columns 'review' and 'Review' both read as the review field; name the one to use, e.g. --columns review=review"),
     ("review,voted_up\nGreat game really fun\n", "line 2: 1 field where the header has 2"),
+    ("appid,review,review\n440,Great game really fun,Another text here\n",  # trial 32 N4
+     "the header names 'review', the review text's column, 2 times (columns 2 and 3); rename all but one, e.g. to review_2"),
 ])
 def test_unclosed_quotes_and_twin_columns_exit_2_naming_them(tmp_path, text, message):
     src = _raw(tmp_path / "in.csv", text)
@@ -733,6 +763,10 @@ _GAMES = ["Factorio", "Hades", "Portal 2", "Outer Wilds", "Slay the Spire", "Sta
      'Terraria,"Recommended. I said ""wow"" and then the quote never closes\n'
      + "".join(f'{g},"Recommended. {g} is a favourite, number {i} of all time."\n' for i, g in enumerate(_GAMES)),
      "line 3: a double quote opens a text that never closes (line 4, a row of its own, would read as part of its text)"),
+    # trial 32 B2: closed by the next row's opening quote, text after it; the fields line up and the row was merged
+    ('appid,review\n440,"A long enough review of a good game I liked."\n440,"never closed\n441,"third review text here"\n',
+     "line 3: a double quote opens a text that never closes (the quote that opens a text on line 4 closes it instead, "
+     "so lines 3-4 read as one text)"),
 ])
 def test_a_runaway_quote_exits_2_naming_the_line_it_opens_on(tmp_path, text, message):
     src = _raw(tmp_path / "in.csv", text)
@@ -1440,3 +1474,54 @@ def test_an_archive_without_an_app_id_anywhere_names_the_fix_that_works(tmp_path
                             "no app id (none in the records or the file name)") and "--appid ID" in error, r.output
     res = _run(tmp_path, [src], app_name=["Team Fortress 2"], language=["english"], near_dedup=False)
     assert res["counts"]["kept"] == 3
+
+
+_DEEP = "[" * 3000 + "]" * 3000
+
+
+@pytest.mark.parametrize("site", ["prepare .json", "prepare .jsonl line", "--register", "validate", "train --dataset"])
+def test_json_nested_3000_deep_is_exit_2_naming_the_file(tmp_path, site):
+    """Trial 32 B1: a RecursionError traceback, exit 1, wherever JSON was read."""
+    ok = _csv(tmp_path / "ok.csv", ["appid", "review"], [[440, EN[0]]])
+    bad = _raw(tmp_path / ("deep.jsonl" if "jsonl" in site else "deep.json"),
+               '{"review": ' + _DEEP + "}\n" if "jsonl" in site else _DEEP)
+    argv = {"prepare .json": ["prepare", str(bad)], "prepare .jsonl line": ["prepare", str(bad)],
+            "--register": ["prepare", str(ok), "--register", str(bad), "--name", "s"],
+            "validate": ["validate", str(bad)],
+            "train --dataset": ["train", "--dataset", str(bad), "--output_dir", str(tmp_path / "run")]}[site]
+    if argv[0] == "prepare":
+        argv += ["--out", str(tmp_path / "o/t.json"), "--language", "all", "--drop_unknown_game", "False"]
+    r = CliRunner().invoke(main, argv)
+    written = [*(tmp_path / "o").rglob("*"), *(tmp_path / "run").rglob("*")]
+    assert r.exit_code == 2 and not written, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith(f"Error: {bad}: ") and "invalid JSON" in last and "brackets nested 300" in last, last
+
+
+def test_yaml_config_nested_3000_deep_is_exit_2_naming_the_file(tmp_path):
+    cfg = tmp_path / "deep.yaml"
+    cfg.write_text(f"language: {_DEEP}\n", encoding="utf-8")
+    r = CliRunner().invoke(main, ["prepare", "--config", str(cfg), "x.csv", "--out", str(tmp_path / "o/t.json")])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        f"Error: {cfg}: invalid YAML (lists or mappings nested too deep for the parser); a config holds flag names "
+        "and plain values"]
+
+
+def test_a_header_that_names_a_read_column_twice_warns_which_one_is_read(tmp_path):
+    """Trial 32 N4: `appid,appid,review` read the second app id without a word; a repeated column nothing reads is
+    no warning."""
+    texts, warnings = _read_warned(tmp_path, f"appid,appid,notes,notes,review\n440,550,a,b,\"{EN[0]}\"\n")
+    assert texts == [EN[0]] and warnings == [
+        f"{tmp_path / 'in.csv'}: the header names 'appid' 2 times (columns 1 and 2); column 2 is read as the appid "
+        "field, the others are not; rename them if another one holds it"]
+
+
+def test_columns_in_a_yaml_config_may_be_a_mapping(tmp_path):
+    """Trial 32 N3: `columns: {review: text}` (YAML's own form) was refused as "write FIELD=COLUMN"."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("columns:\n  review: Text\n  app_name: Game\n", encoding="utf-8")
+    src = _csv(tmp_path / "in.csv", ["Game", "Text"], [["Hades", EN[0]]])
+    r = CliRunner().invoke(main, ["prepare", "--config", str(cfg), str(src), "--out", str(tmp_path / "o/t.json"),
+                                  "--language", "all", "--val_size", "0"])
+    assert r.exit_code == 0, r.output
+    assert [x["output"] for x in _load(tmp_path / "o/t.json")] == [EN[0]]

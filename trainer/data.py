@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 from steam_persona.common import registry
 from steam_persona.common.registry import ALPACA_COLUMNS
 from steam_persona.common.errors import UserError
-from steam_persona.common.textfile import decode, json_msg
+from steam_persona.common.textfile import decode, json_msg, load_json
 from steam_persona.common.persona import user_message
 
 #: One conversation: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
@@ -123,7 +123,7 @@ def _parse(path: Path, text: str, arg: str) -> list[Any]:
     jsonl = path.suffix.lower() == ".jsonl" or not stripped.startswith("[")
     if not jsonl:
         try:
-            data = json.loads(text)
+            data = load_json(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the syntax") from None
         if not isinstance(data, list):
@@ -134,7 +134,7 @@ def _parse(path: Path, text: str, arg: str) -> list[Any]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(load_json(line))
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: line {n}: invalid JSON at column {e.colno} ({json_msg(e)}); "
                             "fix or delete that line (JSON Lines: one object per line)") from None
