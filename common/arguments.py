@@ -59,6 +59,12 @@ def _not_negative(value: int | None) -> int | None:
     return value
 
 
+def _layers(value: int | None) -> int | None:
+    if value is not None and value < -1:
+        raise ValueError("must be -1 (all), 0 (none) or more")
+    return value
+
+
 def not_negative_finite(value: float | None) -> float | None:
     """A float flag that is 0 or more (nan and inf refused)."""
     if value is not None and not 0 <= value < math.inf:
@@ -276,7 +282,7 @@ class LlamaCppArguments(Arguments):
                         "capped by memory.", check=_not_negative)
     n_threads: int = arg(0, "llama.cpp CPU threads; 0 = automatic: half the usable cores to generate (one per "
                             "physical core), all of them to quantize and verify.", check=_not_negative)
-    n_gpu_layers: int = arg(-1, "Layers to offload to the GPU; -1 = all (a CPU build ignores it).")
+    n_gpu_layers: int = arg(-1, "Layers to offload to the GPU; -1 = all (a CPU build ignores it).", check=_layers)
     n_batch: int = arg(512, "Prompt tokens evaluated per batch (llama.cpp's n_batch; llama-server's -b). Smaller "
                             "batches evaluate prompts slower on a GPU; a served client that leaves during its "
                             "prompt frees the model after at most one batch.", check=_positive)

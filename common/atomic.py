@@ -93,6 +93,21 @@ def replaced_together() -> Iterator[None]:
             raise
 
 
+@contextlib.contextmanager
+def new_folders_removed_on_error(targets: Iterable[str | Path]) -> Iterator[None]:
+    """On an error or interrupt inside the block, remove the folders above ``targets`` that did not
+    exist when it began and are empty (a stage stopped while writing leaves no empty ``--out``
+    folder); folders that were there before, or that hold anything, stay."""
+    new = {folder for t in targets for folder in Path(t).absolute().parents if not folder.exists()}
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(new, key=lambda f: len(f.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 def remove_stale(target: str | Path) -> list[Path]:
     """Delete the temp files that a crashed writer of ``target`` left beside it (``.<name>.tmp-<pid>`` of a
     process that no longer runs). Returns the paths removed."""

@@ -503,7 +503,7 @@ def run(cfg: PackageConfig) -> dict[str, Path]:
             raise UserError(f"{path}: cannot be written ({e.strerror or e}); pick another --out") from None
         result[pkg.key] = path
         rows.append((f"{pkg.key}: {manifest['author']}/{manifest['name']} {manifest['version']}",
-                     f"{path}  ({len(files)} files, {path.stat().st_size / 1024:.1f} KiB)"))
+                     f"{path}  ({len(files) + (key is not None)} files, {path.stat().st_size / 1024:.1f} KiB)"))
         left_out = source_files(shipped(pkg.source))[1]
         if left_out:
             rows.append((f"{pkg.key}: left out (not plugin files)", ", ".join(left_out[:6])

@@ -1103,7 +1103,8 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     }
     report = {**result, "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings,
               **_report_details(cfg, stats, loaded, reviews, kept)}
-    with atomic.replaced_together():  # a crash or rerun never leaves outputs of two runs side by side
+    # a crash or rerun never leaves outputs of two runs side by side, nor an empty folder of its own
+    with atomic.new_folders_removed_on_error(_output_paths(cfg)), atomic.replaced_together():
         _write_splits(cfg, train, val)
         prepare_report.write(report, [r.length or noise.length(r.text) for r in kept], report_path, md_path)
         unregistered = _register(cfg, out, vpath)

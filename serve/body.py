@@ -22,6 +22,10 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 _GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its request body ended: there is nothing to answer."""
+
+
 async def read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit: int, timeout: float) -> bytes:
     """The request body, inflated when it came gzip- or deflate-encoded.
 
@@ -32,6 +36,7 @@ async def read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit:
         timeout: seconds the whole body may take to arrive.
 
     Raises:
+        ClientGone: the client closed the connection before the body's end.
         RequestError: 413 ``request_too_large`` as soon as the body, its declared ``Content-Length``
             or its inflated bytes exceed ``limit``; 408 ``request_timeout`` when it has not arrived
             within ``timeout``; 415 ``unsupported_content_encoding`` for an encoding other than
@@ -56,7 +61,7 @@ async def _receive(receive: Receive, limit: int, inflate: Any, too_large: Reques
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientGone
         chunk = message.get("body", b"")
         if inflate is not None:
             chunk = _inflated(inflate, chunk, limit - size, too_large)

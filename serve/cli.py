@@ -171,7 +171,7 @@ def run(cfg: ServeConfig) -> None:
         try:
             app = build_app(info, opts)
         except ValueError as e:
-            raise UserError(f"{info.path}: llama.cpp could not load the model ({e})") from None
+            raise _load_error(info, opts.n_ctx, e) from None
     _banner(cfg, port, info, opts, ctx_reason)
     # Let running streams finish within --shutdown_timeout on SIGTERM instead of sse-starlette's
     # default of cutting them at once; uvicorn closes whatever is left after the timeout.
@@ -187,6 +187,14 @@ def run(cfg: ServeConfig) -> None:
     if upstream is not None and upstream.gave_up:
         console.print(f"[red]error:[/] llama-server kept dying; serve stops (its log: {upstream.log_path})")
         raise SystemExit(1)
+
+
+def _load_error(info: ModelInfo, n_ctx: int, error: ValueError) -> UserError:
+    """The line for a model llama.cpp did not load: a context it could not create is --n_ctx's fault."""
+    if "llama_context" in str(error):
+        train = f" (the model's training context is {info.n_ctx_train})" if info.n_ctx_train else ""
+        return UserError(f"serve: llama.cpp could not allocate a context of {n_ctx} tokens; lower --n_ctx{train}")
+    return UserError(f"{info.path}: llama.cpp could not load the model ({error})")
 
 
 def _app_options(cfg: ServeConfig, info: ModelInfo, binary: Path | None) -> tuple[AppOptions, str]:
@@ -228,11 +236,19 @@ def _check_flags(cfg: ServeConfig) -> None:
     if cfg.api_key and not auth.KEY_CHARS.fullmatch(cfg.api_key):
         raise UserError("serve: --api_key may hold visible ASCII characters only (letters, digits, punctuation; "
                         "no spaces or accents): HTTP clients send keys as ASCII; choose another key")
+    _check_host(cfg.host)
     if not is_loopback(cfg.host) and not cfg.api_key and not cfg.insecure:
         raise UserError(f"serve: --host {cfg.host} exposes the model beyond this machine; set --api_key KEY "
                         f"(or {API_KEY_ENV}), or pass --insecure to serve without a key")
     if cfg.log_file:
         _check_log_file(Path(cfg.log_file))
+
+
+def _check_host(host: str) -> None:
+    """Raises UserError for a --host with a port (``localhost:80``, ``[::1]:80``; a bare IPv6 address passes)."""
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and (":" not in name or name.endswith("]")):
+        raise UserError(f"serve: --host {host}: put the port in --port (--host {name} --port {port})")
 
 
 def _check_seconds(flag: str, seconds: float, zero_ok: bool = False) -> None:

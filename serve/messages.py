@@ -28,8 +28,9 @@ def normalise_messages(messages: Any) -> list[dict[str, Any]]:
     Raises:
         RequestError: 400 naming the message or part, with OpenAI's codes for these mistakes:
             ``invalid_type`` when ``messages`` is not a list or a message not an object,
-            ``empty_array`` for ``[]`` (``messages`` or a ``content``), ``invalid_value`` for an unknown ``role``,
-            ``missing_required_parameter`` for a message other than the assistant's without
+            ``empty_array`` for ``[]`` (``messages`` or a ``content``), ``invalid_value`` for an unknown ``role``
+            or a ``tool`` message that answers no assistant ``tool_calls`` (:func:`_check_tool_replies`),
+            ``missing_required_parameter`` for a message without ``role``, one other than the assistant's without
             ``content`` (``null`` is accepted) or a ``tool`` message without ``tool_call_id``,
             ``invalid_type`` for a ``content`` that is neither a string, a list of parts nor null, or a
             ``name`` that is no string,
@@ -43,7 +44,20 @@ def normalise_messages(messages: Any) -> list[dict[str, Any]]:
     if not messages:
         raise RequestError("'messages' is an empty array; send at least one {role, content} object",
                            param="messages", code="empty_array")
-    return [_normalise(msg, f"messages[{i}]") for i, msg in enumerate(messages)]
+    out = [_normalise(msg, f"messages[{i}]") for i, msg in enumerate(messages)]
+    _check_tool_replies(out)
+    return out
+
+
+def _check_tool_replies(messages: list[dict[str, Any]]) -> None:
+    """Refuse a ``tool`` message that does not follow an assistant's ``tool_calls`` (other tool
+    messages between them allowed), in OpenAI's words (the template rendered it as a reply to nothing)."""
+    answering = False
+    for i, msg in enumerate(messages):
+        if msg["role"] == "tool" and not answering:
+            raise RequestError("Invalid parameter: messages with role 'tool' must be a response to a preceding "
+                               "message with 'tool_calls'.", param=f"messages[{i}].role", code="invalid_value")
+        answering = bool(msg.get("tool_calls")) if msg["role"] == "assistant" else answering and msg["role"] == "tool"
 
 
 def _normalise(msg: Any, where: str) -> dict[str, Any]:
@@ -51,6 +65,9 @@ def _normalise(msg: Any, where: str) -> dict[str, Any]:
     if not isinstance(msg, dict):
         raise RequestError(f"{where} must be an object with 'role' and 'content'", param=where, code="invalid_type")
     role = msg.get("role")
+    if role is None:
+        raise RequestError(f"Missing required parameter: '{where}.role'.", param=f"{where}.role",
+                           code="missing_required_parameter")
     if role not in _ROLES:
         raise RequestError(f"{where}.role must be one of {', '.join(_ROLES)}, not {role!r}", param=f"{where}.role",
                            code="invalid_value")

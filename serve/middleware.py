@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 from pydantic import ValidationError
 
 from steam_persona.serve import auth
-from steam_persona.serve.body import declared_charset, read_body
+from steam_persona.serve.body import ClientGone, declared_charset, read_body
 from steam_persona.serve.chat_handler import INCLUDE_USAGE, SEEDED
 from steam_persona.serve.errors import RequestError, error_bytes, from_validation_error, invalid_type, shutting_down
 from steam_persona.serve.grammar import SchemaError
@@ -123,6 +123,8 @@ class SteamMiddleware:
         except RequestError as err:
             state["error_code"] = err.code
             return await _reply(send, err)
+        except ClientGone:  # the access log's row says 499 "disconnected"
+            return
         except asyncio.CancelledError:  # uvicorn's shutdown deadline: a body still arriving, or checks running
             return await _reply(send, shutting_down())
         token, seeded = INCLUDE_USAGE.set(include_usage), SEEDED.set(data.get("seed") is not None)

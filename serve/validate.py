@@ -128,7 +128,8 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
 
     Raises:
         RequestError: 400 naming the field: ``invalid_type`` for a value of the wrong JSON type
-            (:func:`_check_types`), ``top_logprobs`` without ``logprobs``, ``n``/``best_of`` ≠ 1,
+            (:func:`_check_types`), ``top_logprobs`` without ``logprobs``, ``n``/``best_of`` < 1
+            (``integer_below_min_value``) or > 1, output ``modalities`` other than text,
             logprobs (need ``logits_all``),
             no ``prompt`` (completions), a list ``prompt`` of more than one string, ``max_tokens`` ≤ 0, a sampling value out of
             range, a ``logit_bias`` key that is not a token id in ``[0, n_vocab)``, more than
@@ -140,6 +141,9 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     """
     _check_types(data, chat)
     for name in ("n", "best_of"):
+        if data.get(name) is not None and data[name] < 1:
+            raise RequestError(f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got "
+                               f"{data[name]} instead.", param=name, code="integer_below_min_value")
         if data.get(name) not in (None, 1):
             raise RequestError(f"'{name}' must be 1: this server generates one choice per request; "
                                "send several requests instead", param=name, code="unsupported_parameter")
@@ -151,6 +155,7 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
         raise RequestError("'top_logprobs' needs 'logprobs': true (and logprobs are not served here); drop "
                            "'top_logprobs'", param="top_logprobs", code="invalid_value")
     if chat:
+        _check_modalities(data.get("modalities"))
         _json_schema_format(data)
         _check_tool_names(data)
         _default_parameters(data)
@@ -164,6 +169,23 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
     _drop_empty_stops(data)
     _check_stops(data.get("stop"))
     _check_logit_bias(data, n_vocab)
+
+
+def _check_modalities(modalities: Any) -> None:
+    """Refuse output ``modalities`` other than ``["text"]``: these GGUFs write text only.
+
+    Raises:
+        RequestError: 400 ``invalid_type`` for a value that is not an array of strings,
+            ``unsupported_value`` naming ``modalities`` for any other modality (``"audio"``).
+    """
+    if modalities is None:
+        return
+    if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
+        raise invalid_type("modalities", "an array of strings", modalities)
+    other = [m for m in modalities if m != "text"]
+    if other:
+        raise RequestError(f"'modalities' may hold 'text' only: this model writes text, not {other[0][:40]!r}; "
+                           "send [\"text\"] or leave 'modalities' out", param="modalities", code="unsupported_value")
 
 
 def _check_prompt(data: dict[str, Any]) -> None:

@@ -101,6 +101,27 @@ def test_bad_value_is_exit_2():
     assert r.exit_code == 2 and "'appid'" in r.output
 
 
+def test_the_readme_names_each_config_stages_positional_argument_as_help_shows_it():
+    """The README said collect, chat, demo and plugin package "already take positional inputs"; they take none."""
+    import re
+
+    from steam_persona.cli import main as cli
+    from conftest import REPO
+
+    text = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    said = re.search(r"`--config FILE` for the stages whose positional argument is not a config file: (.*?) take "
+                     r"none\.", text).group(1)
+    with_input = dict(re.findall(r"`([a-z ]+)` \(([A-Z_]+)\)", said))
+    without = re.findall(r"`([a-z ]+)`", said.split("take their input there,")[1])
+    assert with_input and without
+    for stage in [*with_input, *without]:
+        usage = CliRunner().invoke(cli, [*stage.split(), "--help"]).output
+        assert "--config" in usage, stage
+        first = usage.splitlines()[0]
+        assert first.endswith(f"[OPTIONS] [{with_input[stage]}]" + ("..." if stage == "prepare" else "")
+                              if stage in with_input else "[OPTIONS]"), (stage, first)
+
+
 def test_a_missing_examples_file_names_its_packaged_copy(tmp_path, monkeypatch):
     """The README's `examples/…` paths, run from another folder: the error says where the shipped copy is."""
     from steam_persona.common.config import load_yaml

@@ -99,6 +99,18 @@ def test_signed_package_matches_the_daemon_format(signed, keys, key):
     assert verify(signed[key], _pub(keys)) == meta["time"]
 
 
+def test_the_summary_counts_the_files_each_zip_holds(keys, tmp_path):
+    """The table said 14 / 16 files while the signed zips held 15 / 17 (the verification entry)."""
+    for sign in ((), ("--sign", str(keys["a"] / "steam_persona.private.pem"))):
+        out = tmp_path / str(len(sign))
+        result = _cli("plugin", "package", "--out", str(out), *sign)
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.output.split())
+        for package in out.glob("*.difypkg"):
+            with zipfile.ZipFile(package) as z:
+                assert f"{package.name} ({len(z.namelist())} files, " in text, (sign, text)
+
+
 def test_cli_verify_round_trip(signed, keys):
     result = _cli("plugin", "verify", str(signed["chat"]), str(signed["review"]),
                   "--public_key", str(keys["a"] / "steam_persona.public.pem"))

@@ -1284,6 +1284,20 @@ def test_ctrl_c_says_what_a_rerun_does(tmp_path, monkeypatch):
         "replaced together or not at all)", r.output
 
 
+def test_a_stop_while_writing_leaves_no_empty_folder_prepare_made(tmp_path, ctrl_c_in):
+    """Trial 32: SIGINT / SIGTERM while prepare wrote left its empty --out folder behind; one that was there stays."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    ctrl_c_in(prepare_mod.prepare_report, "write")  # the splits are written (under temp names) by then
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    (tmp_path / "had").mkdir()
+    for out, register in (("new/deeper/train.json", "new/info/dataset_info.json"), ("had/train.json", None)):
+        with pytest.raises(KeyboardInterrupt):
+            _run(tmp_path, [src], out=str(tmp_path / out), register=register and str(tmp_path / register),
+                 language=["all"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["had", "r.csv"] and not list((tmp_path / "had").iterdir())
+
+
 def test_survey_headers_with_a_question_mark_or_colon_are_matched(tmp_path):
     """Trial 25c: a form export's `Review:` / `Recommended?` headers matched no field (`--columns` needed)."""
     src = _csv(tmp_path / "form.csv", ["Review:", "Recommended?", "Helpful votes", "Game"],

@@ -136,6 +136,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     (("--shutdown_timeout", "-1"), "--shutdown_timeout -1"),
     (("--cors_origins", "not a url"), "--cors_origins 'not a url' is no origin"),
     (("--cors_origins", "http://localhost:3000/app"), "is no origin"),
+    (("--n_gpu_layers", "-7"), "--n_gpu_layers -7: must be -1 (all), 0 (none) or more"),
+    (("--host", "localhost:80", "--insecure"), "--host localhost:80: put the port in --port (--host localhost --port 80)"),
+    (("--host", "[::1]:8080"), "--host [::1]:8080: put the port in --port"),
 ])
 def test_flags_that_cannot_work_are_one_line_exit_2(smollm2_gguf, args, says):
     out = _cli(str(smollm2_gguf), *args)
@@ -229,3 +232,14 @@ def test_one_ctrl_c_drains_and_exits_130(smollm2_gguf):
 
 def test_an_http2_preface_gets_one_505_and_the_connection_closed(server):
     assert_one_505_for_http2(server.base_url)
+
+
+def test_a_context_llama_cpp_cannot_create_is_blamed_on_n_ctx(smollm2_gguf):
+    from steam_persona.serve.cli import _load_error
+    from steam_persona.serve.modelinfo import read_model_info
+
+    info = read_model_info(str(smollm2_gguf))
+    err = _load_error(info, 99999999, ValueError("Failed to create llama_context"))
+    assert str(err) == ("serve: llama.cpp could not allocate a context of 99999999 tokens; lower --n_ctx "
+                        "(the model's training context is 8192)")
+    assert str(_load_error(info, 512, ValueError("bad file"))).endswith("could not load the model (bad file)")

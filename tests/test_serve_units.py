@@ -42,6 +42,11 @@ def test_normalise_joins_text_parts_and_nulls():
     ([], "messages", "empty array"),
     (["hi"], "messages[0]", "object"),
     ([{"role": "bot", "content": "x"}], "messages[0].role", "'bot'"),
+    ([{"content": "x"}], "messages[0].role", "Missing required parameter: 'messages[0].role'."),
+    ([{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c", "content": "1"}], "messages[1].role",
+     "messages with role 'tool' must be a response to a preceding message with 'tool_calls'"),
+    ([{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}, {"role": "user", "content": "x"},
+      {"role": "tool", "tool_call_id": "c", "content": "1"}], "messages[2].role", "preceding message with 'tool_calls'"),
     ([{"role": "user", "content": 3}], "messages[0].content", "not int"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]", "text only"),
     ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0]", '"type": "text"'),
@@ -58,6 +63,38 @@ def test_normalise_rejects_with_a_400_naming_the_field(messages, param, fragment
     with pytest.raises(RequestError) as e:
         normalise_messages(messages)
     assert e.value.status == 400 and e.value.param == param and fragment in e.value.message
+
+
+def test_tool_replies_that_follow_an_assistants_tool_calls_pass():
+    calls = [{"id": "a", "function": {"name": "f"}}, {"id": "b", "function": {"name": "g"}}]
+    msgs = [{"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "a", "content": "1"}, {"role": "tool", "tool_call_id": "b", "content": "2"}]
+    assert [m["role"] for m in normalise_messages(msgs)] == ["assistant", "tool", "tool"]
+
+
+def test_a_missing_role_is_a_missing_parameter():
+    with pytest.raises(RequestError) as e:
+        normalise_messages([{"content": "x"}])
+    assert e.value.code == "missing_required_parameter"
+
+
+def test_a_client_that_closes_during_its_body_gets_no_invalid_json_answer():
+    import asyncio
+    mw = SteamMiddleware(None, served=None, api_key="k1", persona=None, persona_mode="replace",
+                         max_request_bytes=1000, max_tokens_cap=1, read_timeout=5)
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
+             "headers": [(b"authorization", b"Bearer k1"), (b"content-length", b"40")]}
+    arrivals = iter([{"type": "http.request", "body": b'{"messages": [', "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(arrivals)
+
+    async def send(message):
+        sent.append(message)
+    asyncio.run(mw(scope, receive, send))
+    assert sent == [] and "error_code" not in scope["state"]
 
 
 def test_assistant_tool_calls_of_openai_shape_pass_unchanged():
@@ -246,6 +283,7 @@ def test_check_generation_normalises_limits_and_refuses_the_unsupported():
     check_generation(data, chat=True, n_vocab=100, max_tokens_cap=64)
     for bad, param in [({"max_tokens": 0}, "max_tokens"), ({"max_completion_tokens": -3}, "max_completion_tokens"),
                        ({"max_tokens": True}, "max_tokens"), ({"n": 3}, "n"), ({"best_of": 2}, "best_of"),
+                       ({"modalities": ["text", "audio"]}, "modalities"), ({"modalities": "text"}, "modalities"),
                        ({"logprobs": True}, "logprobs"), ({"temperature": -0.1}, "temperature"),
                        ({"temperature": 2.1}, "temperature"), ({"top_p": 1.5}, "top_p"),
                        ({"logit_bias": {"100": 1}}, "logit_bias"), ({"logit_bias": {"x": 1}}, "logit_bias"),
@@ -253,6 +291,12 @@ def test_check_generation_normalises_limits_and_refuses_the_unsupported():
         with pytest.raises(RequestError) as e:
             check_generation(bad, chat=True, n_vocab=100, max_tokens_cap=64)
         assert e.value.param == param and e.value.status == 400, bad
+    for name in ("n", "best_of"):
+        with pytest.raises(RequestError) as e:
+            check_generation({name: 0}, chat=True, n_vocab=100, max_tokens_cap=64)
+        assert (e.value.param, e.value.code) == (name, "integer_below_min_value")
+        assert e.value.message == f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got 0 instead."
+    check_generation({"modalities": ["text"]}, chat=True, n_vocab=100, max_tokens_cap=64)
     for bad in ({"logprobs": 0}, {"prompt": ["a", "b"]}):
         with pytest.raises(RequestError):
             check_generation(bad, chat=False, n_vocab=100, max_tokens_cap=64)

@@ -52,6 +52,8 @@ REQUEST_TIMEOUT = 3600.0
 READ_TIMEOUT = 300.0
 #: Characters that paste invisibly with a copied key (zero-width space/joiners, word joiner, BOM).
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+#: A scheme pasted with the key (``Bearer abc``, copied from a curl line or a server's docs).
+_BEARER = re.compile(r"\Abearer\s+", re.IGNORECASE)
 
 _WHOLE = re.compile(r"([0-9]+)(?:\.0*)?")
 _KEY_WORDS = re.compile(r"api.?key|token|auth|credential|bearer", re.I)
@@ -148,14 +150,15 @@ def docker_hint(endpoint_url: str) -> str:
 
 
 def clean_api_key(api_key: Any) -> str:
-    """The key as it goes into ``Authorization: Bearer KEY``: surrounding spaces and invisible
-    zero-width characters removed; ``""`` for none.
+    """The key as it goes into ``Authorization: Bearer KEY``: surrounding spaces, invisible
+    zero-width characters and a leading ``Bearer `` (any case) removed; ``""`` for none.
 
     Raises:
         ServerError: (kind ``auth``) the key still holds a character an HTTP header cannot carry
             (non-ASCII, a space, a newline); the message names its position, never the key.
     """
     key = str(api_key or "").translate(_INVISIBLE).strip()
+    key = _BEARER.sub("", key, count=1)
     bad = next((i for i, ch in enumerate(key) if not ("!" <= ch <= "~")), None)
     if bad is not None:
         raise ServerError(f"the API key has a character an HTTP header cannot carry at position {bad + 1}"

@@ -165,6 +165,9 @@ def test_status_kinds_and_404_advice():
 def test_api_key_and_numbers_from_the_form():
     assert sc.clean_api_key(" k17\u200b\ufeff ") == "k17" and sc.clean_api_key(None) == ""
     assert sc.headers(" k\u200b")["Authorization"] == "Bearer k"
+    for pasted in ("Bearer abc", " bearer  abc", "BEARER\tabc"):  # the scheme pasted with the key
+        assert sc.clean_api_key(pasted) == "abc" and sc.headers(pasted)["Authorization"] == "Bearer abc"
+    assert sc.clean_api_key("Bearerabc") == "Bearerabc"
     for bad in ("k17\u200b密钥", "k 17", "k17\nx"):
         with pytest.raises(sc.ServerError, match="HTTP header cannot carry") as e:
             sc.headers(bad)

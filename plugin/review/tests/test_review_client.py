@@ -60,6 +60,14 @@ def test_a_game_name_list_of_several_games_is_refused():
         prompt_args([])
 
 
+@pytest.mark.parametrize("args, name", [(({"a": 1},), "game_name"), (([{"a": 1}],), "game_name"),
+                                        (("Doom", {"a": 1}), "tags"), (("Doom", ["fps", {"a": 1}]), "tags"),
+                                        (("Doom", '[["fps"]]'), "tags")])
+def test_an_object_as_game_name_or_tags_is_refused_as_no_text(args, name):
+    with pytest.raises(ReviewError, match=f"^{name} must be text, not an object; give e.g. "):
+        prompt_args(*args)
+
+
 def test_tags_as_a_list_are_joined_like_a_string():
     as_list = persona.review_messages(None, **prompt_args("Doom", ["fps", " retro ", ""], language="en"))
     assert as_list == persona.review_messages(None, **prompt_args("Doom", "fps, retro", language="en"))

@@ -49,13 +49,14 @@ def prompt_args(game_name: Any, tags: Any = None, verdict: Any = "auto", languag
             ``None`` or ``"auto"`` (the tool's default) adds no length line: the training format exactly.
 
     Raises:
-        ReviewError: empty game name or an unknown verdict / language / length.
+        ReviewError: empty game name, an object as ``game_name`` or ``tags`` (:func:`_text`), or an
+            unknown verdict / language / length.
     """
     game_name = _game(game_name)
     if not game_name.strip():
         raise ReviewError("game_name is required: give the game to review, e.g. 《黑神话：悟空》")
     length = _choice("length", length, LENGTHS, "auto")
-    tags = _tag_list(tags)
+    tags = _text("tags", _tag_list(tags), "动作, 类魂系列")
     if isinstance(tags, (list, tuple)):
         tags = [str(t).strip() for t in tags if t is not None and str(t).strip()]
     return {"game_name": str(game_name), "tags": tags if isinstance(tags, list) else (str(tags) if tags else None),
@@ -72,7 +73,7 @@ def _game(game_name: Any) -> str:
     Raises:
         ReviewError: a list of several names (one review is of one game).
     """
-    value = _tag_list(game_name)
+    value = _text("game_name", _tag_list(game_name), "《黑神话：悟空》")
     if not isinstance(value, (list, tuple)):
         return str(game_name if game_name is not None else "")
     names = [str(v).strip() for v in value if v is not None and str(v).strip()]
@@ -80,6 +81,19 @@ def _game(game_name: Any) -> str:
         raise ReviewError(f"game_name must be one game, not a list of {len(names)} ({', '.join(names)[:100]});"
                           f" write one review per game")
     return names[0] if names else ""
+
+
+def _text(name: str, value: Any, example: str) -> Any:
+    """``value`` as it is, unless it (or an item of a list) is an object or a nested list: those are no
+    names, and went into the prompt as Python wrote them (``《{'a': 1}》``).
+
+    Raises:
+        ReviewError: naming ``name``, with ``example`` of what to give.
+    """
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, (dict, list, tuple, set)) for v in items):
+        raise ReviewError(f"{name} must be text, not an object; give e.g. {example}")
+    return value
 
 
 def _tag_list(tags: Any) -> Any:
