@@ -678,7 +678,7 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[
     tag_language = prompt_language(cfg)
     loaded = []
     skipped: list[str] = []
-    for path in sources.expand_inputs(cfg.inputs, _outputs(cfg), skipped):
+    for path in sources.expand_inputs(cfg.inputs, _labelled_outputs(cfg), skipped):
         size = path.stat().st_size
         reading = status(f"reading {path} ({size / 2**20:,.0f} MiB)") if size >= BIG_INPUT_BYTES \
             else contextlib.nullcontext()
@@ -956,12 +956,23 @@ def _remove_old_val(cfg: PrepareConfig, unregistered: list[str]) -> None:
                       "may be in this train split; this run has none)")
 
 
-def _output_paths(cfg: PrepareConfig) -> list[Path]:
-    """Every file a run may write, in the order it replaces them (the registry, which names the splits, last)."""
+def _labelled_outputs(cfg: PrepareConfig) -> list[sources.Output]:
+    """Every file a run may write, in the order it replaces them (the registry, which names the splits, last),
+    with the flag that names it."""
     out, vpath, report_path = _outputs(cfg)
     md_path = report_path.with_suffix(".md")
-    return [out, vpath, prepare_report.png_path(md_path), report_path, md_path] \
-        + ([Path(cfg.register)] if cfg.register else [])
+    report = f"--report {report_path}"
+    return [sources.Output(out, f"--out {out}", "--out"),
+            sources.Output(vpath, f"the val split {vpath} of --out {out}", "--out"),
+            sources.Output(prepare_report.png_path(md_path), f"the chart beside {report}", "--report"),
+            sources.Output(report_path, report, "--report"),
+            sources.Output(md_path, f"the Markdown report beside {report}", "--report"),
+            *([sources.Output(Path(cfg.register), f"--register {cfg.register}", "--register")] if cfg.register else [])]
+
+
+def _output_paths(cfg: PrepareConfig) -> list[Path]:
+    """Every file a run may write, in the order it replaces them."""
+    return [o.path for o in _labelled_outputs(cfg)]
 
 
 def _check_outputs(cfg: PrepareConfig) -> None:

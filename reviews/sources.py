@@ -32,6 +32,7 @@ import csv
 import io
 import itertools
 import json
+import os
 import re
 import zlib
 from collections import Counter
@@ -225,19 +226,58 @@ def _skip_note(f: Path, in_folder: bool = False) -> str | None:
     return None
 
 
-def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = (), skipped: list[str] | None = None) -> list[Path]:
+@dataclass(frozen=True)
+class Output:
+    """A file prepare writes: its path, what names it (``--out x.json``, ``the val split of --out x.json``) and
+    the flag that moves it."""
+
+    path: Path
+    what: str
+    flag: str
+
+
+def _own_output_note(f: Path, outputs: Iterable[Output], in_folder: bool) -> str | None:
+    """The skip note for an earlier run's output found in an input folder, or ``None`` when ``f`` is no output.
+
+    Raises:
+        UserError: ``f`` is an output named on its own, or one found in a folder that prepare did not write:
+            the run would replace the raw data."""
+    same = next((o for o in outputs if o.path.exists() and os.path.samefile(f, o.path)), None)
+    if same is None:
+        return None
+    if in_folder and _written_by_prepare(f):
+        return "an output of this prepare (--out, its val split, --report or --register); a rerun does not read it back"
+    raise UserError(f"{same.what} is also an input ({f}); prepare would replace your raw data: give another {same.flag}")
+
+
+#: how prepare's train/val splits (or an empty one) and its report begin
+_PREPARE_HEADS = (b'[\n  {\n    "instruction": ', b"[]\n", b'{\n  "train": ')
+
+
+def _written_by_prepare(f: Path) -> bool:
+    """Whether ``f`` begins as prepare's splits, report or registry (indented, naming a ``file_name``) do."""
+    try:
+        with f.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head.startswith(_PREPARE_HEADS) or (head.startswith(b'{\n  "') and b'"file_name": ' in head)
+
+
+def expand_inputs(paths: list[str], outputs: Iterable[Output] = (), skipped: list[str] | None = None) -> list[Path]:
     """Resolve the INPUT arguments: files as given, folders to their ``.json``/``.jsonl``/``.ndjson``/
     ``.csv``/``.tsv``/``.parquet`` files, gzipped or not (recursively, sorted; ``prepare_report.json``,
     ``dataset_info.json`` and hidden files skipped). In folders and file lists alike, collect's side
     files (``*.state.json``, ``*.log.jsonl``, ``*.lock``, ``*.part``) and empty ``.jsonl`` files are
     skipped with one printed note each. Found in a folder, these are skipped with a note too: an empty file of any
     format (a stray failed export must not stop the others), a spreadsheet workbook (``.xlsx`` …: save it as CSV;
-    named on its own it is refused) and ``outputs`` (this run's train, val and report files), which a rerun would
-    otherwise read back as inputs (a file named on its own is read: cleaning a set again in place). Each note is
-    also appended to ``skipped`` when given (prepare's report lists them).
+    named on its own it is refused) and an earlier run's ``outputs`` (this run's files, written by prepare), which a
+    rerun would otherwise read back as inputs. Each note is also appended to ``skipped`` when given (prepare's
+    report lists them).
 
     Raises:
-        UserError: no inputs, a path that does not exist, or nothing left to read.
+        UserError: no inputs, a path that does not exist, nothing left to read, or an input that is one of
+            ``outputs`` (named on its own, or found in a folder but not written by prepare): the run would replace it.
     """
     if not paths:
         raise UserError("prepare: no INPUT given; pass review files or folders, e.g. raw/570.jsonl")
@@ -256,10 +296,8 @@ def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = (), skipped: lis
             found = [p]
         else:
             raise UserError(f"{p}: input not found; check the path{packaged_copy_hint(p)}")
-        mine = {o.resolve() for o in outputs} if p.is_dir() else set()
         for f in found:
-            note = "an output of this prepare (--out, its val split or --report); a rerun does not read it back" \
-                if f.resolve() in mine else _skip_note(f, p.is_dir())
+            note = _own_output_note(f, outputs, p.is_dir()) or _skip_note(f, p.is_dir())
             if note:
                 console.print(f"[yellow]note[/] {escape(str(f))}: skipped, {note}")
                 if skipped is not None:  # for the report

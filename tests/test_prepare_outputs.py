@@ -1,0 +1,80 @@
+"""`steam-train prepare`'s outputs and flags checked before anything is read or written: an output that is an
+input, --out's suffix, --register --name, the game-name flags and the numeric selection flags (trial 32)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from steam_persona.cli import main
+
+EN = ["Tight combat and a map that rewards curiosity, well worth the price.",
+      "The story drags in the middle act but the boss fights carry it home.",
+      "Crashes every hour on my machine, refunded after two evenings of trying.",
+      "Co-op with friends is where this shines, solo play gets repetitive fast."]
+
+
+def _csv(path: Path, rows: list[list] | None = None, header: tuple[str, ...] = ("review", "app_name")) -> Path:
+    buf = io.StringIO()
+    csv.writer(buf).writerows([list(header), *(rows if rows is not None else [[t, "Hades"] for t in EN])])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    return path
+
+
+def _prepare(*args: str):
+    return CliRunner().invoke(main, ["prepare", *map(str, args), "--language", "english"])
+
+
+def _refused(r, *parts: str) -> str:
+    """The one error line of an exit-2 run that names every part."""
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    line = r.output.strip().replace("\n", " ")
+    assert all(p in line for p in parts), r.output
+    return line
+
+
+@pytest.mark.parametrize("name,flags,named", [
+    ("raw.json", ["--out", "{src}"], "--out"),
+    ("raw.json", ["--out", "{dir}/./raw.json"], "--out"),
+    ("raw_val.json", ["--out", "{dir}/raw_train.json", "--report", "{dir}/o/r.json"], "--out"),
+    ("raw.csv", ["--out", "{dir}/o/t.json", "--report", "{src}"], "--report"),
+    ("raw.md", ["--out", "{dir}/o/t.json", "--report", "{dir}/raw.json"], "--report"),
+    ("raw.csv", ["--out", "{dir}/o/t.json", "--register", "{src}", "--name", "s"], "--register"),
+])
+def test_an_output_that_is_an_input_file_is_refused_before_reading(tmp_path, name, flags, named):
+    """B0: `prepare X --out X` replaced the raw input with the SFT set. Any output (its val split, the report and
+    the files beside it, the registry; by another spelling too) that is an input file is refused, the input kept."""
+    src = _csv(tmp_path / name)
+    before = src.read_bytes()
+    args = [f.format(src=src, dir=tmp_path) for f in flags]
+    _refused(_prepare(src, *args), "is also an input", "prepare would replace your raw data", f"give another {named}")
+    assert src.read_bytes() == before and not (tmp_path / "o").exists()
+
+
+def test_a_link_to_the_input_as_out_is_refused(tmp_path):
+    src = _csv(tmp_path / "raw.csv")
+    (tmp_path / "link.csv").symlink_to(src)
+    _refused(_prepare(tmp_path / "link.csv", "--out", src), "is also an input", "give another --out")
+    assert src.read_text(encoding="utf-8").startswith("review,")
+
+
+def test_an_input_folder_file_named_as_out_is_refused_and_a_rerun_skips_its_outputs(tmp_path):
+    """In a folder, a raw file that --out names is refused; an earlier run's outputs there are skipped."""
+    folder = tmp_path / "raw"
+    src = _csv(folder / "reviews.json")
+    src.write_text(json.dumps([{"review": t, "app_name": "Hades"} for t in EN]), encoding="utf-8")
+    _refused(_prepare(folder, "--out", src), f"--out {src} is also an input", "give another --out")
+    assert json.loads(src.read_text(encoding="utf-8"))[0]["review"] == EN[0]
+    reg = folder / "reg.json"
+    args = [folder, "--out", folder / "t.json", "--val_size", "1", "--register", reg, "--name", "s"]
+    assert _prepare(*args).exit_code == 0
+    again = _prepare(*args)
+    assert again.exit_code == 0 and again.output.count("an output of this prepare") == 3, again.output
