@@ -87,8 +87,8 @@ class PrepareConfig:
     tags: str = arg("", "Tags for records without any, comma-separated (e.g. \"动作, 狩猎\").")
     drop_unknown_game: bool = arg(True, "Drop reviews whose game has no name; False keeps them with a prompt "
                                   "that names no game.")
-    out: str = arg("data/steam_sft_train.json", "Output alpaca JSON (train split); the val split goes beside it "
-                   "(_train → _val, else <stem>_val.json).")
+    out: str = arg("data/steam_sft_train.json", "Output alpaca JSON array (train split), a .json file; the val "
+                   "split goes beside it (_train → _val, else <stem>_val.json).")
     val_size: float = DataArguments.use("val_size", 0.05)
     register: str | None = arg(None, "Add/update this LLaMA-Factory dataset_info.json (train as --name, val as "
                                "<name>_val).")
@@ -975,7 +975,18 @@ def _output_paths(cfg: PrepareConfig) -> list[Path]:
     return [o.path for o in _labelled_outputs(cfg)]
 
 
+def _check_out_suffix(cfg: PrepareConfig) -> None:
+    """``--out`` names a ``.json`` file: prepare writes one JSON array, which LLaMA-Factory and validate read by
+    that suffix."""
+    out = Path(cfg.out)
+    if out.suffix.lower() != ".json":
+        fix = out.with_suffix("") if out.stem.lower().endswith(".json") else out.with_suffix(".json")
+        raise UserError(f"--out {cfg.out}: prepare writes an alpaca JSON array (not JSON lines or a table): name "
+                        f"--out …json, e.g. --out {fix}")
+
+
 def _check_outputs(cfg: PrepareConfig) -> None:
+    _check_out_suffix(cfg)
     paths = _output_paths(cfg)
     twice = [p for p in paths if sum(q.resolve() == p.resolve() for q in paths) > 1]
     if twice:

@@ -60,7 +60,7 @@ def test_an_output_that_is_an_input_file_is_refused_before_reading(tmp_path, nam
 
 
 def test_a_link_to_the_input_as_out_is_refused(tmp_path):
-    src = _csv(tmp_path / "raw.csv")
+    src = _csv(tmp_path / "raw.json")
     (tmp_path / "link.csv").symlink_to(src)
     _refused(_prepare(tmp_path / "link.csv", "--out", src), "is also an input", "give another --out")
     assert src.read_text(encoding="utf-8").startswith("review,")
@@ -78,3 +78,13 @@ def test_an_input_folder_file_named_as_out_is_refused_and_a_rerun_skips_its_outp
     assert _prepare(*args).exit_code == 0
     again = _prepare(*args)
     assert again.exit_code == 0 and again.output.count("an output of this prepare") == 3, again.output
+
+
+@pytest.mark.parametrize("out,fix", [("q/c.csv", "q/c.json"), ("q/c.jsonl", "q/c.json"), ("q/c", "q/c.json"),
+                                     ("q/c.json.gz", "q/c.json")])
+def test_out_without_the_json_suffix_is_refused(tmp_path, out, fix):
+    """B4: `--out q/c.csv` wrote a JSON array under a .csv name that validate then called raw reviews."""
+    src = _csv(tmp_path / "raw.csv")
+    line = _refused(_prepare(src, "--out", tmp_path / out), "prepare writes an alpaca JSON array", "name --out …json")
+    assert line.endswith(f"e.g. --out {tmp_path / fix}") and not (tmp_path / "q").exists()
+    assert _prepare(src, "--out", tmp_path / "q/C.JSON").exit_code == 0
