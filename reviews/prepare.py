@@ -92,7 +92,8 @@ class PrepareConfig:
     val_size: float = DataArguments.use("val_size", 0.05)
     register: str | None = arg(None, "Add/update this LLaMA-Factory dataset_info.json (train as --name, val as "
                                "<name>_val).")
-    name: str = arg("steam_reviews", "Dataset name for --register.")
+    name: str = arg("steam_reviews", "Dataset name for --register (train's --dataset; no commas, path separators "
+                    "or surrounding spaces).")
     report: str | None = arg(None, "Report JSON path; unset = prepare_report.json beside --out.")
     encoding: str = DataArguments.use("encoding")
     language: list[str] = arg(["schinese"], "Keep reviews in these languages: Steam codes (schinese, english, …) "
@@ -507,8 +508,21 @@ def _check_config(cfg: PrepareConfig) -> None:
         raise UserError("--copypasta_games must be 0 (off) or >= 2, and --preprocessing_num_workers >= 0")
     if not 0 < cfg.near_dup_threshold <= 1:
         raise UserError(f"--near_dup_threshold {cfg.near_dup_threshold}: give a value in (0, 1]")
-    if cfg.register and not cfg.name:
+    if cfg.register:
+        _check_name(cfg.name)
+
+
+def _check_name(name: str) -> None:
+    """``--name`` is usable as ``--dataset NAME`` later: not empty, no surrounding spaces, no comma (train's
+    ``--dataset`` splits on commas), no path separator."""
+    if not name:
         raise UserError("--register needs --name (the dataset name in dataset_info.json)")
+    bad = "surrounding spaces" if name != name.strip() else \
+        "a comma (train's --dataset splits names on commas)" if "," in name else \
+        "a path separator" if "/" in name or "\\" in name else None
+    if bad:
+        fix = re.sub(r"[,/\\\s]+", "_", name.strip()).strip("_") or "steam_reviews"
+        raise UserError(f"--name {name!r}: a dataset name may not have {bad}; give e.g. --name {fix}")
 
 
 def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:

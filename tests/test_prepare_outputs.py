@@ -88,3 +88,17 @@ def test_out_without_the_json_suffix_is_refused(tmp_path, out, fix):
     line = _refused(_prepare(src, "--out", tmp_path / out), "prepare writes an alpaca JSON array", "name --out …json")
     assert line.endswith(f"e.g. --out {tmp_path / fix}") and not (tmp_path / "q").exists()
     assert _prepare(src, "--out", tmp_path / "q/C.JSON").exit_code == 0
+
+
+@pytest.mark.parametrize("name,problem,fix", [
+    (" steam ", "surrounding spaces", "steam"), ("a,b", "a comma", "a_b"), ("bad name/..", "a path separator",
+                                                                             "bad_name_.."),
+    ("x\\y", "a path separator", "x_y"), ("", "--register needs --name", ""), (" ", "surrounding spaces", "steam_reviews"),
+])
+def test_a_register_name_nobody_could_use_is_refused(tmp_path, name, problem, fix):
+    """B5: `--register --name ' steam '` or `'a,b'` was registered, then no --dataset could name it."""
+    src = _csv(tmp_path / "raw.csv")
+    line = _refused(_prepare(src, "--out", tmp_path / "o/t.json", "--register", tmp_path / "o/info.json",
+                             "--name", name), problem)
+    assert not fix or line.endswith(f"give e.g. --name {fix}")
+    assert not (tmp_path / "o").exists()
