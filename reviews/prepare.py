@@ -950,13 +950,25 @@ def _write_splits(cfg: PrepareConfig, train: list[dict], val: list[dict]) -> tup
     return out, vpath
 
 
+def _registered(cfg: PrepareConfig, out: Path, vpath: Path | None) -> dict[str, str]:
+    """The ``--register`` entries of this run: name → split file."""
+    return {cfg.name: str(out), **({f"{cfg.name}_val": str(vpath)} if vpath else {})} if cfg.register else {}
+
+
 def _register(cfg: PrepareConfig, out: Path, vpath: Path | None) -> list[str]:
     """Register both splits with ``--register`` in one write (an earlier run's val entry goes when this run
     has no split). Returns the names removed."""
     if not cfg.register:
         return []
-    add = {cfg.name: str(out), **({f"{cfg.name}_val": str(vpath)} if vpath else {})}
-    return registry.update(cfg.register, add, {} if vpath else {f"{cfg.name}_val": val_path(out)})
+    return registry.update(cfg.register, _registered(cfg, out, vpath), {} if vpath else {f"{cfg.name}_val": val_path(out)})
+
+
+def _replaced_notes(cfg: PrepareConfig, out: Path, vpath: Path | None) -> list[str]:
+    """One note per ``--register`` entry of the same name that pointed at another file."""
+    if not cfg.register:
+        return []
+    return [f"replaced '{name}' in {cfg.register} (it named {old})"
+            for name, old in registry.replaced(cfg.register, _registered(cfg, out, vpath)).items()]
 
 
 def _remove_old_val(cfg: PrepareConfig, unregistered: list[str]) -> None:
@@ -1096,12 +1108,15 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     }
     report = {**result, "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings,
               **_report_details(cfg, stats, loaded, reviews, kept)}
+    replaced = _replaced_notes(cfg, out, vpath)
     with atomic.replaced_together():  # a crash or rerun never leaves outputs of two runs side by side
         _write_splits(cfg, train, val)
         prepare_report.write(report, [r.length or noise.length(r.text) for r in kept], report_path, md_path)
         unregistered = _register(cfg, out, vpath)
     if not vpath:
         _remove_old_val(cfg, unregistered)
+    for line in replaced:
+        console.print(f"[yellow]note[/] {escape(line)}")
     console.print(f"[bold]wrote[/] {out} ({len(train):,} train)" + (f", {vpath} ({len(val):,} val)" if vpath else "")
                   + f", {report_path}, {md_path}, {report['lengths_png']}"
                   + (f"; registered '{cfg.name}' in {cfg.register}" if cfg.register else ""))

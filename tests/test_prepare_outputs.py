@@ -102,3 +102,17 @@ def test_a_register_name_nobody_could_use_is_refused(tmp_path, name, problem, fi
                              "--name", name), problem)
     assert not fix or line.endswith(f"give e.g. --name {fix}")
     assert not (tmp_path / "o").exists()
+
+
+def test_register_notes_an_entry_of_the_same_name_that_named_another_file(tmp_path):
+    """N5: `--register` replaced `"s": {"file_name": "other.json"}` without a word."""
+    src = _csv(tmp_path / "raw.csv")
+    reg = tmp_path / "o/info.json"
+    reg.parent.mkdir()
+    reg.write_text(json.dumps({"s": {"file_name": "other.json"}, "keep": {"file_name": "k.json"}}), encoding="utf-8")
+    args = [src, "--out", tmp_path / "o/t.json", "--register", reg, "--name", "s", "--val_size", "0"]
+    r = _prepare(*args)
+    assert r.exit_code == 0 and f"note replaced 's' in {reg} (it named other.json)" in r.output.replace("\n", ""), r.output
+    assert json.loads(reg.read_text(encoding="utf-8"))["s"]["file_name"] == "t.json"
+    again = _prepare(*args)
+    assert again.exit_code == 0 and "replaced" not in again.output
