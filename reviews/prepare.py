@@ -510,6 +510,10 @@ def _check_config(cfg: PrepareConfig) -> None:
         raise UserError(f"--near_dup_threshold {cfg.near_dup_threshold}: give a value in (0, 1]")
     if cfg.register:
         _check_name(cfg.name)
+    for item in cfg.app_name:
+        appid, sep, name = item.partition("=")
+        if sep and not (appid.strip() and name.strip()) or not item.strip():
+            raise UserError(f"--app_name {item!r}: write NAME (one game) or APPID=NAME, e.g. --app_name 570=Dota 2")
 
 
 def _check_name(name: str) -> None:
@@ -659,7 +663,7 @@ def _flag_apps(cfg: PrepareConfig, tag_language: str) -> tuple[dict[str, sources
     for item in cfg.app_name:
         appid, sep, name = item.partition("=")
         if sep and columns_mod.steam_appid(appid):
-            apps[columns_mod.steam_appid(appid)] = sources.AppInfo(name=name.strip() or None)
+            apps[columns_mod.steam_appid(appid)] = sources.AppInfo(name=name.strip())
         elif single is not None:
             raise UserError(f"--app_name {item}: a second name without an app id; write APPID=NAME for each game")
         else:

@@ -1249,21 +1249,57 @@ def read_app_names(path: Path, tag_language: str = "zh", encoding: str = "utf-8"
             raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the file") from None
         apps = _appdetails(data)
         if apps is None:
-            apps = {str(k): AppInfo(name=str(v).strip() or None) for k, v in data.items() if isinstance(v, (str, int))}
+            apps = _json_app_names(path, data)
         if apps:
             return apps
     else:
-        header = text.lstrip("\ufeff").split("\n", 1)[0]
-        delim = max(("\t", ",", ";"), key=header.count)
-        rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delim))
-        mapping = {columns_mod.field_of(h): h for h in (rows[0] if rows else {})}
-        name_col = mapping.get("app_name") or mapping.get("author")  # a bare "name" column names the game here
-        if mapping.get("appid") and name_col:
-            return {str(r[mapping["appid"]]).strip(): AppInfo(name=(r[name_col] or "").strip() or None,
-                                                              tags=columns_mod.split_tags(r.get(mapping.get("tags") or "")))
-                    for r in rows if (r.get(mapping["appid"]) or "").strip()}
+        apps = _csv_app_names(path, text.lstrip("\ufeff"))
+        if apps:
+            return apps
     raise UserError(f"{path}: no app ids and names found; write a CSV with columns appid,name[,tags] or a JSON "
                     "object {\"appid\": \"name\"}")
+
+
+def _json_app_names(path: Path, data: dict[str, Any]) -> dict[str, AppInfo]:
+    """``{appid: name}`` of an ``--app_names`` JSON file.
+
+    Raises:
+        UserError: a key that is no app id, or a name that is not text."""
+    apps = {}
+    for key, name in data.items():
+        appid = columns_mod.steam_appid(key)
+        if appid is None:
+            raise UserError(f"{path}: key {key!r} is not a Steam app id (digits); write {{\"appid\": \"name\"}}")
+        if not isinstance(name, str):
+            raise UserError(f"{path}: \"{key}\": the name is {json.dumps(name, ensure_ascii=False)[:40]}, not text; "
+                            f"write {{\"{appid}\": \"NAME\"}}")
+        apps[appid] = AppInfo(name=name.strip() or None)
+    return apps
+
+
+def _csv_app_names(path: Path, text: str) -> dict[str, AppInfo]:
+    """``appid,name[,tags]`` rows of an ``--app_names`` CSV/TSV file (empty when it has no such columns).
+
+    Raises:
+        UserError: a row whose appid is no Steam app id, with its line."""
+    delim = max(("\t", ",", ";"), key=text.split("\n", 1)[0].count)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+    mapping = {columns_mod.field_of(h): h for h in (reader.fieldnames or [])}
+    name_col = mapping.get("app_name") or mapping.get("author")  # a bare "name" column names the game here
+    if not (mapping.get("appid") and name_col):
+        return {}
+    apps = {}
+    for r in reader:
+        cell = (r.get(mapping["appid"]) or "").strip()
+        if not cell:
+            continue
+        appid = columns_mod.steam_appid(cell)
+        if appid is None:
+            raise UserError(f"{path}: line {reader.line_num}: appid {cell!r} is not a number; write the Steam app "
+                            f"id (digits) in column {mapping['appid']!r}")
+        apps[appid] = AppInfo(name=(r[name_col] or "").strip() or None,
+                              tags=columns_mod.split_tags(r.get(mapping.get("tags") or "")))
+    return apps
 
 
 def _csv_tags(cell: str, unknown: set[int], lang: int, where: str) -> list[str]:

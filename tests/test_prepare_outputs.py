@@ -116,3 +116,35 @@ def test_register_notes_an_entry_of_the_same_name_that_named_another_file(tmp_pa
     assert json.loads(reg.read_text(encoding="utf-8"))["s"]["file_name"] == "t.json"
     again = _prepare(*args)
     assert again.exit_code == 0 and "replaced" not in again.output
+
+
+@pytest.mark.parametrize("value", ["=Foo", "206500=", "=", " = Foo"])
+def test_a_malformed_app_name_is_refused(tmp_path, value):
+    """N12: `--app_name =Foo` named every game `=Foo`; `--app_name 206500=` was ignored."""
+    src = _csv(tmp_path / "raw.csv", header=("review", "appid"), rows=[[t, "206500"] for t in EN])
+    _refused(_prepare(src, "--out", tmp_path / "o/t.json", "--app_name", value),
+             f"--app_name {value.strip()!r}: write NAME (one game) or APPID=NAME")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("an1.csv", "appid,name\n206500,Foo\nabc,Bar\n", "an1.csv: line 3: appid 'abc' is not a number"),
+    ("an2.json", '{"206500": 5}', 'an2.json: "206500": the name is 5, not text; write {"206500": "NAME"}'),
+    ("an3.json", '{"206500": ["Foo"]}', 'the name is ["Foo"], not text'),
+    ("an4.json", '{"Foo": "Bar"}', "an4.json: key 'Foo' is not a Steam app id (digits)"),
+])
+def test_app_names_files_with_a_bad_row_or_value_are_refused(tmp_path, name, text, message):
+    """N12: `--app_names` rows with a non-numeric appid were skipped silently; `{"206500": 5}` named the game 5."""
+    src = _csv(tmp_path / "raw.csv", header=("review", "appid"), rows=[[t, "206500"] for t in EN])
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    _refused(_prepare(src, "--out", tmp_path / "o/t.json", "--app_names", tmp_path / name), message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_app_names_csv_and_json_name_the_games(tmp_path):
+    src = _csv(tmp_path / "raw.csv", header=("review", "appid"), rows=[[t, "206500"] for t in EN])
+    (tmp_path / "n.csv").write_text("appid,name\n,\n２０６５００,Foo\n", encoding="utf-8")
+    r = _prepare(src, "--out", tmp_path / "o/t.json", "--app_names", tmp_path / "n.csv", "--val_size", "0")
+    assert r.exit_code == 0, r.output
+    assert {x["instruction"] for x in json.loads((tmp_path / "o/t.json").read_text(encoding="utf-8"))} == \
+        {'As a veteran gamer, review the game "Foo".'}
