@@ -52,7 +52,7 @@ from steam_persona.reviews import report as prepare_report
 from steam_persona.common import registry
 from steam_persona.reviews import sources
 from steam_persona.reviews import columns as columns_mod
-from steam_persona.common.arguments import DataArguments, as_typed
+from steam_persona.common.arguments import DataArguments, as_typed, not_negative_finite
 from steam_persona.common.config import arg
 from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, status
 from steam_persona.common.errors import STOP_SIGNALS, UserError, stop_signals_interrupt
@@ -109,12 +109,15 @@ class PrepareConfig:
     min_words: int = arg(3, "Drop reviews in other scripts shorter than this after cleaning (words).")
     max_words: int = arg(1500, "Drop reviews in other scripts longer than this after cleaning (words); 0 = no limit.")
     min_votes_up: int = arg(0, "Keep reviews with at least this many helpful votes (0 = off; unknown counts "
-                            "are dropped when on).")
+                            "are dropped when on).",
+                            check=not_negative_finite)
     min_playtime_hours: float = arg(0.0, "Keep reviews whose author played at least this long (hours; 0 = off; "
-                                    "unknown playtime is dropped when on).")
+                                    "unknown playtime is dropped when on).",
+                                    check=not_negative_finite)
     voted_up: str = arg("any", "Keep recommending (true), not recommending (false) or any reviews.",
                         choices=("any", "true", "false"))
-    max_per_game: int = arg(0, "Keep at most this many reviews per game, sampled with --seed (0 = no cap).")
+    max_per_game: int = arg(0, "Keep at most this many reviews per game, sampled with --seed (0 = no cap).",
+                            check=not_negative_finite)
     preprocessing_num_workers: int = arg(1, "Processes for the per-record rules; 0 = one per CPU (at most 8). "
                                          "Inputs under 20,000 reviews use one.")
     seed: int = DataArguments.use("seed", note="It seeds the validation split.")
@@ -126,7 +129,8 @@ class PrepareConfig:
                                     "empty = the persona's (请以资深玩家的身份，点评一下《{name}》这款游戏。).")
     input_template: str = arg("", "Input format, same fields; empty = the persona's (游戏类型标签：{tags}). The "
                               "input is left empty when it uses {tags} and none are known.")
-    max_tags: int = arg(0, "Use at most this many tags per game, the most voted first (0 = all known).")
+    max_tags: int = arg(0, "Use at most this many tags per game, the most voted first (0 = all known).",
+                        check=not_negative_finite)
     strip_bbcode: bool = arg(True, "Strip Steam BBCode, keeping spoiler/quote/list text.")
     strip_html: bool = arg(True, "Turn <br> and block tags into newlines, drop <script>/<style> and other HTML "
                                  "tags, unescape entities.")
@@ -504,8 +508,10 @@ def _check_config(cfg: PrepareConfig) -> None:
         raise UserError(f"--min_chars {cfg.min_chars} / --max_chars {cfg.max_chars}: need 0 <= min <= max (max 0 = no limit)")
     if cfg.min_words < 0 or cfg.max_words < 0 or (cfg.max_words and cfg.max_words < cfg.min_words):
         raise UserError(f"--min_words {cfg.min_words} / --max_words {cfg.max_words}: need 0 <= min <= max (max 0 = no limit)")
-    if cfg.copypasta_games < 0 or cfg.copypasta_games == 1 or cfg.preprocessing_num_workers < 0:
-        raise UserError("--copypasta_games must be 0 (off) or >= 2, and --preprocessing_num_workers >= 0")
+    if cfg.copypasta_games < 0 or cfg.copypasta_games == 1:
+        raise UserError(f"--copypasta_games {cfg.copypasta_games}: must be 0 (off) or 2 or more")
+    if cfg.preprocessing_num_workers < 0:
+        raise UserError(f"--preprocessing_num_workers {cfg.preprocessing_num_workers}: must be 0 (one per CPU) or more")
     if not 0 < cfg.near_dup_threshold <= 1:
         raise UserError(f"--near_dup_threshold {cfg.near_dup_threshold}: give a value in (0, 1]")
     if cfg.register:

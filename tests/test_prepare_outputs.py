@@ -148,3 +148,24 @@ def test_app_names_csv_and_json_name_the_games(tmp_path):
     assert r.exit_code == 0, r.output
     assert {x["instruction"] for x in json.loads((tmp_path / "o/t.json").read_text(encoding="utf-8"))} == \
         {'As a veteran gamer, review the game "Foo".'}
+
+
+@pytest.mark.parametrize("flag,value", [("--min_votes_up", "-1"), ("--min_playtime_hours", "-1"),
+                                        ("--min_playtime_hours", "nan"), ("--min_playtime_hours", "inf"),
+                                        ("--max_per_game", "-2"), ("--max_tags", "-1")])
+def test_negative_or_nan_selection_flags_are_refused(tmp_path, flag, value):
+    """N9: these took -1 or nan silently as "off", where --val_size or --min_chars refuse them."""
+    src = _csv(tmp_path / "raw.csv")
+    line = _refused(_prepare(src, "--out", tmp_path / "o/t.json", flag, value), flag, "finite number, 0 or more")
+    assert line.count("--") == 1 + line.count("--help")
+    assert not (tmp_path / "o").exists()
+
+
+def test_negative_workers_name_only_that_flag(tmp_path):
+    """N9: `--preprocessing_num_workers -3` was blamed on --copypasta_games too."""
+    src = _csv(tmp_path / "raw.csv")
+    line = _refused(_prepare(src, "--out", tmp_path / "o/t.json", "--preprocessing_num_workers", "-3"),
+                    "--preprocessing_num_workers -3: must be 0 (one per CPU) or more")
+    assert "copypasta" not in line
+    _refused(_prepare(src, "--out", tmp_path / "o/t.json", "--copypasta_games", "1"),
+             "--copypasta_games 1: must be 0 (off) or 2 or more")
