@@ -487,6 +487,7 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
     if not stripped:
         raise UserError(f"{path}: file is empty; remove it from the inputs")
     if suffix in (".csv", ".tsv") or stripped[0] not in "[{":
+        _not_json(path, stripped, suffix)
         return _read_csv(path, io.StringIO(text, newline="\n"), tag_language, columns)
     data: Any
     try:
@@ -505,6 +506,28 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
 
 
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+#: a JSON scalar as its kind: ``42`` → number
+_JSON_KINDS = {int: "number", float: "number", str: "string", bool: "true/false", type(None): "null"}
+
+
+def _not_json(path: Path, stripped: str, suffix: str) -> None:
+    """A ``.json``/``.jsonl``/``.ndjson`` file that starts as no JSON records do: an HTML/XML page or one JSON
+    scalar is refused with what it is (a file of other text is read as a table, a CSV saved under that name).
+
+    Raises:
+        UserError: an HTML/XML page or a JSON number, string, true/false or null."""
+    if suffix not in (".json", *_JSONL_SUFFIXES) or stripped[0] in "[{":
+        return
+    if stripped.startswith("<"):
+        raise UserError(f"{path}: not JSON but an HTML/XML page ({stripped[:40]!r}…; a saved error or login page?); "
+                        "save the reviews themselves as JSON")
+    try:
+        value = json.loads(stripped)
+    except (json.JSONDecodeError, RecursionError):
+        return
+    raise UserError(f"{path}: a JSON {_JSON_KINDS.get(type(value), 'value')} ({stripped.strip()[:40]}), not review "
+                    "records; expected a list or an object of reviews")
 #: how many non-blank lines after the first tell JSON Lines from a pretty-printed document in a ``.json`` file
 _LINES_SAMPLED = 5
 

@@ -169,3 +169,17 @@ def test_negative_workers_name_only_that_flag(tmp_path):
     assert "copypasta" not in line
     _refused(_prepare(src, "--out", tmp_path / "o/t.json", "--copypasta_games", "1"),
              "--copypasta_games 1: must be 0 (off) or 2 or more")
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("page.json", "<!DOCTYPE html><html><body>Access Denied</body></html>", "not JSON but an HTML/XML page"),
+    ("n.json", "42\n", "a JSON number (42), not review records"),
+    ("s.jsonl", '"hello"', "a JSON string (\"hello\")"),
+    ("z.json", "null", "a JSON null (null)"),
+])
+def test_a_json_file_that_holds_no_json_records_gets_a_json_message(tmp_path, name, text, message):
+    """N2: an HTML page or a number saved as .json got CSV advice (no CSV/TSV header found)."""
+    src = tmp_path / name
+    src.write_text(text, encoding="utf-8")
+    line = _refused(_prepare(src, "--out", tmp_path / "o/t.json"), f"{src}: {message}")
+    assert "CSV" not in line and not (tmp_path / "o").exists()
