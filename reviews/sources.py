@@ -236,6 +236,33 @@ class Output:
     flag: str
 
 
+_OWN_OUTPUT_NOTE = "an output of this prepare (--out, its val split, --report or --register); a rerun does not read it back"
+
+
+def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The files under ``folder`` that are read (review suffixes, and workbooks and ``.part`` files, which get a note)
+    and the others, which get a note: other suffixes, broken links, pipes. Left out quietly: hidden files and
+    folders, ``prepare_report.json``, ``dataset_info.json`` and collect's side files."""
+    entries = sorted(f for f in folder.rglob("*") if not any(part.startswith(".") for part in f.relative_to(folder).parts)
+                     and not f.is_dir() and f.name not in ("prepare_report.json", "dataset_info.json")
+                     and not f.name.endswith(_COLLECT_SIDE_FILES))
+    found = [f for f in entries if f.is_file() and (_suffix(f) in _SUFFIXES + _WORKBOOKS or f.name.endswith(".part"))]
+    read = set(found)
+    return found, [f for f in entries if f not in read]
+
+
+def _other_note(f: Path, outputs: Iterable[Output]) -> str:
+    """Why a file found in an input folder is not read (see :func:`_folder_files`)."""
+    if not f.exists():
+        return "a broken link"
+    if not f.is_file():
+        return "not a regular file (a pipe, socket or device)"
+    if any(o.path.exists() and os.path.samefile(f, o.path) for o in outputs):
+        return _OWN_OUTPUT_NOTE
+    return (f"not a review file type ({_suffix(f) or 'no suffix'}): a folder is read for "
+            f"{', '.join(_SUFFIXES)} files; name the file on its own if it holds reviews")
+
+
 def _own_output_note(f: Path, outputs: Iterable[Output], in_folder: bool) -> str | None:
     """The skip note for an earlier run's output found in an input folder, or ``None`` when ``f`` is no output.
 
@@ -246,7 +273,7 @@ def _own_output_note(f: Path, outputs: Iterable[Output], in_folder: bool) -> str
     if same is None:
         return None
     if in_folder and _written_by_prepare(f):
-        return "an output of this prepare (--out, its val split, --report or --register); a rerun does not read it back"
+        return _OWN_OUTPUT_NOTE
     raise UserError(f"{same.what} is also an input ({f}); prepare would replace your raw data: give another {same.flag}")
 
 
@@ -271,7 +298,8 @@ def expand_inputs(paths: list[str], outputs: Iterable[Output] = (), skipped: lis
     files (``*.state.json``, ``*.log.jsonl``, ``*.lock``, ``*.part``) and empty ``.jsonl`` files are
     skipped with one printed note each. Found in a folder, these are skipped with a note too: an empty file of any
     format (a stray failed export must not stop the others), a spreadsheet workbook (``.xlsx`` …: save it as CSV;
-    named on its own it is refused) and an earlier run's ``outputs`` (this run's files, written by prepare), which a
+    named on its own it is refused), a file of another type (``.txt``, ``.png`` …), a broken link or a pipe
+    (:func:`_folder_files`) and an earlier run's ``outputs`` (this run's files, written by prepare), which a
     rerun would otherwise read back as inputs. Each note is also appended to ``skipped`` when given (prepare's
     report lists them).
 
@@ -283,11 +311,9 @@ def expand_inputs(paths: list[str], outputs: Iterable[Output] = (), skipped: lis
         raise UserError("prepare: no INPUT given; pass review files or folders, e.g. raw/570.jsonl")
     out: list[Path] = []
     for p in map(Path, paths):
+        others: list[Path] = []  # noted only
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and (_suffix(f) in _SUFFIXES + _WORKBOOKS or f.name.endswith(".part"))
-                           and f.name not in ("prepare_report.json", "dataset_info.json")
-                           and not f.name.endswith(_COLLECT_SIDE_FILES))
+            found, others = _folder_files(p)
             if not found:
                 raise UserError(f"{p}: folder has no .json, .jsonl, .csv, .tsv or .parquet files; check the path")
         elif p.is_file() and _suffix(p) in _WORKBOOKS:
@@ -296,8 +322,10 @@ def expand_inputs(paths: list[str], outputs: Iterable[Output] = (), skipped: lis
             found = [p]
         else:
             raise UserError(f"{p}: input not found; check the path{packaged_copy_hint(p)}")
-        for f in found:
-            note = _own_output_note(f, outputs, p.is_dir()) or _skip_note(f, p.is_dir())
+        noted = set(others)
+        for f in sorted(found + others):
+            note = _other_note(f, outputs) if f in noted else \
+                _own_output_note(f, outputs, p.is_dir()) or _skip_note(f, p.is_dir())
             if note:
                 console.print(f"[yellow]note[/] {escape(str(f))}: skipped, {note}")
                 if skipped is not None:  # for the report

@@ -77,7 +77,7 @@ def test_an_input_folder_file_named_as_out_is_refused_and_a_rerun_skips_its_outp
     args = [folder, "--out", folder / "t.json", "--val_size", "1", "--register", reg, "--name", "s"]
     assert _prepare(*args).exit_code == 0
     again = _prepare(*args)
-    assert again.exit_code == 0 and again.output.count("an output of this prepare") == 3, again.output
+    assert again.exit_code == 0 and again.output.count("an output of this prepare") == 5, again.output  # and .md, .png
 
 
 @pytest.mark.parametrize("out,fix", [("q/c.csv", "q/c.json"), ("q/c.jsonl", "q/c.json"), ("q/c", "q/c.json"),
@@ -183,3 +183,36 @@ def test_a_json_file_that_holds_no_json_records_gets_a_json_message(tmp_path, na
     src.write_text(text, encoding="utf-8")
     line = _refused(_prepare(src, "--out", tmp_path / "o/t.json"), f"{src}: {message}")
     assert "CSV" not in line and not (tmp_path / "o").exists()
+
+
+def test_every_file_skipped_in_an_input_folder_gets_a_note(tmp_path):
+    """N1: .txt, .png, .bak, a broken link and a pipe in an input folder were skipped without a word, though
+    docs/data.md says every skipped file is named in the console and in the report's warnings."""
+    folder = tmp_path / "mixed"
+    _csv(folder / "reviews.csv")
+    _csv(folder / "more_reviews.txt")
+    (folder / "image.png").write_bytes(b"\x89PNG\r\n")
+    (folder / "r.csv.bak").write_text("x", encoding="utf-8")
+    (folder / "x.json").symlink_to(folder / "gone.json")
+    os.mkfifo(folder / "fifo.csv")
+    (folder / ".hidden").mkdir()
+    (folder / ".hidden/h.txt").write_text("x", encoding="utf-8")
+    r = _prepare(folder, "--out", tmp_path / "o/t.json", "--report", tmp_path / "o/r.json")
+    assert r.exit_code == 0, r.output
+    text = r.output.replace("\n", "")
+    for name, why in [("more_reviews.txt", "not a review file type (.txt)"), ("image.png", "not a review file type (.png)"),
+                      ("r.csv.bak", "not a review file type (.bak)"), ("x.json", "a broken link"), ("fifo.csv", "not a regular file")]:
+        assert f"note {folder / name}: skipped, {why}" in text, (name, r.output)
+    assert "h.txt" not in text
+    warnings = json.loads((tmp_path / "o/r.json").read_text(encoding="utf-8"))["warnings"]
+    assert sum("skipped" in w for w in warnings) == 5
+
+
+def test_a_rerun_into_the_input_folder_notes_its_report_files_as_outputs(tmp_path):
+    folder = tmp_path / "data"
+    _csv(folder / "reviews.csv")
+    args = [folder, "--out", folder / "t.json", "--val_size", "0"]
+    assert _prepare(*args).exit_code == 0
+    again = _prepare(*args)
+    assert again.exit_code == 0 and again.output.count("an output of this prepare") == 3, again.output  # t, .md, .png
+    assert "not a review file type" not in again.output
