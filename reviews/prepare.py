@@ -30,7 +30,7 @@ import signal
 import string
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -702,7 +702,7 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[
     tag_language = prompt_language(cfg)
     loaded = []
     skipped: list[str] = []
-    for path in sources.expand_inputs(cfg.inputs, _labelled_outputs(cfg), skipped):
+    for path in sources.expand_inputs(cfg.inputs, _earlier_outputs(cfg), skipped):
         size = path.stat().st_size
         reading = status(f"reading {path} ({size / 2**20:,.0f} MiB)") if size >= BIG_INPUT_BYTES \
             else contextlib.nullcontext()
@@ -1004,6 +1004,19 @@ def _labelled_outputs(cfg: PrepareConfig) -> list[sources.Output]:
             sources.Output(report_path, report, "--report"),
             sources.Output(md_path, f"the Markdown report beside {report}", "--report"),
             *([sources.Output(Path(cfg.register), f"--register {cfg.register}", "--register")] if cfg.register else [])]
+
+
+def _earlier_outputs(cfg: PrepareConfig) -> list[sources.Output]:
+    """:func:`_labelled_outputs`, each marked ``earlier`` when the report at this run's report path names it as an
+    output of the run that wrote it (by file name: that run may have had another working folder)."""
+    outputs = _labelled_outputs(cfg)
+    try:
+        report = json.loads(_outputs(cfg)[2].read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return outputs
+    keys = ("train", "val", "report", "report_md", "lengths_png", "registry")
+    names = {Path(report[k]).name for k in keys if isinstance(report.get(k), str)} if isinstance(report, dict) else set()
+    return [replace(o, earlier=o.path.name in names) for o in outputs]
 
 
 def _output_paths(cfg: PrepareConfig) -> list[Path]:

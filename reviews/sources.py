@@ -228,12 +228,13 @@ def _skip_note(f: Path, in_folder: bool = False) -> str | None:
 
 @dataclass(frozen=True)
 class Output:
-    """A file prepare writes: its path, what names it (``--out x.json``, ``the val split of --out x.json``) and
-    the flag that moves it."""
+    """A file prepare writes: its path, what names it (``--out x.json``, ``the val split of --out x.json``), the flag
+    that moves it, and whether the earlier run's report names it as that run's output."""
 
     path: Path
     what: str
     flag: str
+    earlier: bool = False
 
 
 _OWN_OUTPUT_NOTE = "an output of this prepare (--out, its val split, --report or --register); a rerun does not read it back"
@@ -267,28 +268,14 @@ def _own_output_note(f: Path, outputs: Iterable[Output], in_folder: bool) -> str
     """The skip note for an earlier run's output found in an input folder, or ``None`` when ``f`` is no output.
 
     Raises:
-        UserError: ``f`` is an output named on its own, or one found in a folder that prepare did not write:
-            the run would replace the raw data."""
+        UserError: ``f`` is an output named on its own, or one found in a folder that the earlier run's report does
+            not name: the run would replace the raw data."""
     same = next((o for o in outputs if o.path.exists() and os.path.samefile(f, o.path)), None)
     if same is None:
         return None
-    if in_folder and _written_by_prepare(f):
+    if in_folder and same.earlier:
         return _OWN_OUTPUT_NOTE
     raise UserError(f"{same.what} is also an input ({f}); prepare would replace your raw data: give another {same.flag}")
-
-
-#: how prepare's train/val splits (or an empty one) and its report begin
-_PREPARE_HEADS = (b'[\n  {\n    "instruction": ', b"[]\n", b'{\n  "train": ')
-
-
-def _written_by_prepare(f: Path) -> bool:
-    """Whether ``f`` begins as prepare's splits, report or registry (indented, naming a ``file_name``) do."""
-    try:
-        with f.open("rb") as fh:
-            head = fh.read(4096)
-    except OSError:
-        return False
-    return head.startswith(_PREPARE_HEADS) or (head.startswith(b'{\n  "') and b'"file_name": ' in head)
 
 
 def expand_inputs(paths: list[str], outputs: Iterable[Output] = (), skipped: list[str] | None = None) -> list[Path]:
@@ -299,13 +286,13 @@ def expand_inputs(paths: list[str], outputs: Iterable[Output] = (), skipped: lis
     skipped with one printed note each. Found in a folder, these are skipped with a note too: an empty file of any
     format (a stray failed export must not stop the others), a spreadsheet workbook (``.xlsx`` …: save it as CSV;
     named on its own it is refused), a file of another type (``.txt``, ``.png`` …), a broken link or a pipe
-    (:func:`_folder_files`) and an earlier run's ``outputs`` (this run's files, written by prepare), which a
-    rerun would otherwise read back as inputs. Each note is also appended to ``skipped`` when given (prepare's
+    (:func:`_folder_files`) and an earlier run's ``outputs`` (``Output.earlier``), which a rerun would otherwise read
+    back as inputs. Each note is also appended to ``skipped`` when given (prepare's
     report lists them).
 
     Raises:
         UserError: no inputs, a path that does not exist, nothing left to read, or an input that is one of
-            ``outputs`` (named on its own, or found in a folder but not written by prepare): the run would replace it.
+            ``outputs`` (named on its own, or found in a folder but no earlier output): the run would replace it.
     """
     if not paths:
         raise UserError("prepare: no INPUT given; pass review files or folders, e.g. raw/570.jsonl")

@@ -216,3 +216,18 @@ def test_a_rerun_into_the_input_folder_notes_its_report_files_as_outputs(tmp_pat
     again = _prepare(*args)
     assert again.exit_code == 0 and again.output.count("an output of this prepare") == 3, again.output  # t, .md, .png
     assert "not a review file type" not in again.output
+
+
+def test_an_alpaca_set_in_the_input_folder_named_as_out_is_refused_though_laid_out_as_prepare_writes(tmp_path):
+    """B0 in a folder: only files the earlier run's report names are skipped as its outputs; an alpaca set in the
+    seed's (= prepare's) layout that --out names is the user's data."""
+    folder = tmp_path / "data"
+    _csv(folder / "reviews.csv")
+    sft = folder / "steam_sft_sample.json"
+    sft.write_text(json.dumps([{"instruction": "Review Hades.", "input": "", "output": EN[0]}], indent=2),
+                   encoding="utf-8")
+    before = sft.read_bytes()
+    _refused(_prepare(folder, "--out", sft), f"--out {sft} is also an input", "give another --out")
+    assert _prepare(folder, "--out", folder / "t.json").exit_code == 0  # a report now names t.json, not the set
+    _refused(_prepare(folder, "--out", sft), f"--out {sft} is also an input")
+    assert sft.read_bytes() == before
