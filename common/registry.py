@@ -95,6 +95,15 @@ def update(path: str | Path, add: dict[str, str], drop: dict[str, str | Path]) -
     return dropped
 
 
+def replaced(path: str | Path, add: dict[str, str]) -> dict[str, str]:
+    """The entries of ``path`` that :func:`update` with ``add`` would point at another file: name → the
+    ``file_name`` it had (``"?"`` for an entry without one)."""
+    p = Path(path)
+    reg = load(p)
+    return {name: str(reg[name].get("file_name") or "?") if isinstance(reg[name], dict) else "?"
+            for name, file_name in add.items() if name in reg and not _names(p, reg[name], file_name)}
+
+
 def _entry(p: Path, file_name: str, formatting: str = "alpaca", columns: dict[str, str] | None = None,
            tags: dict[str, str] | None = None) -> dict[str, Any]:
     fp = Path(file_name)

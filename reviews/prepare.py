@@ -30,7 +30,7 @@ import signal
 import string
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -52,7 +52,7 @@ from steam_persona.reviews import report as prepare_report
 from steam_persona.common import registry
 from steam_persona.reviews import sources
 from steam_persona.reviews import columns as columns_mod
-from steam_persona.common.arguments import DataArguments, as_typed
+from steam_persona.common.arguments import DataArguments, as_typed, not_negative_finite
 from steam_persona.common.config import arg
 from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, status
 from steam_persona.common.errors import STOP_SIGNALS, UserError, stop_signals_interrupt
@@ -94,12 +94,13 @@ class PrepareConfig:
     tags: str = arg("", "Tags for records without any, comma-separated (e.g. \"动作, 狩猎\").")
     drop_unknown_game: bool = arg(True, "Drop reviews whose game has no name; False keeps them with a prompt "
                                   "that names no game.")
-    out: str = arg("data/steam_sft_train.json", "Output alpaca JSON (train split); the val split goes beside it "
-                   "(_train → _val, else <stem>_val.json).")
+    out: str = arg("data/steam_sft_train.json", "Output alpaca JSON array (train split), a .json file; the val "
+                   "split goes beside it (_train → _val, else <stem>_val.json).")
     val_size: float = DataArguments.use("val_size", 0.05)
     register: str | None = arg(None, "Add/update this LLaMA-Factory dataset_info.json (train as --name, val as "
                                "<name>_val).")
-    name: str = arg("steam_reviews", "Dataset name for --register.")
+    name: str = arg("steam_reviews", "Dataset name for --register (train's --dataset; no commas, path separators "
+                    "or surrounding spaces).")
     report: str | None = arg(None, "Report JSON path; unset = prepare_report.json beside --out.")
     encoding: str = DataArguments.use("encoding")
     language: list[str] = arg(["schinese"], "Keep reviews in these languages: Steam codes (schinese, english, …) "
@@ -116,12 +117,15 @@ class PrepareConfig:
     min_words: int = arg(3, "Drop reviews in other scripts shorter than this after cleaning (words).")
     max_words: int = arg(1500, "Drop reviews in other scripts longer than this after cleaning (words); 0 = no limit.")
     min_votes_up: int = arg(0, "Keep reviews with at least this many helpful votes (0 = off; unknown counts "
-                            "are dropped when on).")
+                            "are dropped when on).",
+                            check=not_negative_finite)
     min_playtime_hours: float = arg(0.0, "Keep reviews whose author played at least this long (hours; 0 = off; "
-                                    "unknown playtime is dropped when on).")
+                                    "unknown playtime is dropped when on).",
+                                    check=not_negative_finite)
     voted_up: str = arg("any", "Keep recommending (true), not recommending (false) or any reviews.",
                         choices=("any", "true", "false"))
-    max_per_game: int = arg(0, "Keep at most this many reviews per game, sampled with --seed (0 = no cap).")
+    max_per_game: int = arg(0, "Keep at most this many reviews per game, sampled with --seed (0 = no cap).",
+                            check=not_negative_finite)
     preprocessing_num_workers: int = arg(1, "Processes for the per-record rules; 0 = one per CPU (at most 8). "
                                          "Inputs under 20,000 reviews use one.")
     seed: int = DataArguments.use("seed", note="It seeds the validation split.")
@@ -133,7 +137,8 @@ class PrepareConfig:
                                     "empty = the persona's (请以资深玩家的身份，点评一下《{name}》这款游戏。).")
     input_template: str = arg("", "Input format, same fields; empty = the persona's (游戏类型标签：{tags}). The "
                               "input is left empty when it uses {tags} and none are known.")
-    max_tags: int = arg(0, "Use at most this many tags per game, the most voted first (0 = all known).")
+    max_tags: int = arg(0, "Use at most this many tags per game, the most voted first (0 = all known).",
+                        check=not_negative_finite)
     strip_bbcode: bool = arg(True, "Strip Steam BBCode, keeping spoiler/quote/list text.")
     strip_html: bool = arg(True, "Turn <br> and block tags into newlines, drop <script>/<style> and other HTML "
                                  "tags, unescape entities.")
@@ -546,12 +551,31 @@ def _check_config(cfg: PrepareConfig) -> None:
         raise UserError(f"--min_chars {cfg.min_chars} / --max_chars {cfg.max_chars}: need 0 <= min <= max (max 0 = no limit)")
     if cfg.min_words < 0 or cfg.max_words < 0 or (cfg.max_words and cfg.max_words < cfg.min_words):
         raise UserError(f"--min_words {cfg.min_words} / --max_words {cfg.max_words}: need 0 <= min <= max (max 0 = no limit)")
-    if cfg.copypasta_games < 0 or cfg.copypasta_games == 1 or cfg.preprocessing_num_workers < 0:
-        raise UserError("--copypasta_games must be 0 (off) or >= 2, and --preprocessing_num_workers >= 0")
+    if cfg.copypasta_games < 0 or cfg.copypasta_games == 1:
+        raise UserError(f"--copypasta_games {cfg.copypasta_games}: must be 0 (off) or 2 or more")
+    if cfg.preprocessing_num_workers < 0:
+        raise UserError(f"--preprocessing_num_workers {cfg.preprocessing_num_workers}: must be 0 (one per CPU) or more")
     if not 0 < cfg.near_dup_threshold <= 1:
         raise UserError(f"--near_dup_threshold {cfg.near_dup_threshold}: give a value in (0, 1]")
-    if cfg.register and not cfg.name:
+    if cfg.register:
+        _check_name(cfg.name)
+    for item in cfg.app_name:
+        appid, sep, name = item.partition("=")
+        if sep and not (appid.strip() and name.strip()) or not item.strip():
+            raise UserError(f"--app_name {item!r}: write NAME (one game) or APPID=NAME, e.g. --app_name 570=Dota 2")
+
+
+def _check_name(name: str) -> None:
+    """``--name`` is usable as ``--dataset NAME`` later: not empty, no surrounding spaces, no comma (train's
+    ``--dataset`` splits on commas), no path separator."""
+    if not name:
         raise UserError("--register needs --name (the dataset name in dataset_info.json)")
+    bad = "surrounding spaces" if name != name.strip() else \
+        "a comma (train's --dataset splits names on commas)" if "," in name else \
+        "a path separator" if "/" in name or "\\" in name else None
+    if bad:
+        fix = re.sub(r"[,/\\\s]+", "_", name.strip()).strip("_") or "steam_reviews"
+        raise UserError(f"--name {name!r}: a dataset name may not have {bad}; give e.g. --name {fix}")
 
 
 def _render(r: Review, cfg: PrepareConfig, default_lang: str) -> dict[str, str]:
@@ -688,7 +712,7 @@ def _flag_apps(cfg: PrepareConfig, tag_language: str) -> tuple[dict[str, sources
     for item in cfg.app_name:
         appid, sep, name = item.partition("=")
         if sep and columns_mod.steam_appid(appid):
-            apps[columns_mod.steam_appid(appid)] = sources.AppInfo(name=name.strip() or None)
+            apps[columns_mod.steam_appid(appid)] = sources.AppInfo(name=name.strip())
         elif single is not None:
             raise UserError(f"--app_name {item}: a second name without an app id; write APPID=NAME for each game")
         else:
@@ -721,7 +745,7 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[
     tag_language = prompt_language(cfg)
     loaded = []
     skipped: list[str] = []
-    for path in sources.expand_inputs(cfg.inputs, _outputs(cfg), skipped):
+    for path in sources.expand_inputs(cfg.inputs, _earlier_outputs(cfg), skipped):
         size = path.stat().st_size
         reading = status(f"reading {path} ({size / 2**20:,.0f} MiB)") if size >= BIG_INPUT_BYTES \
             else contextlib.nullcontext()
@@ -979,13 +1003,25 @@ def _write_splits(cfg: PrepareConfig, train: list[dict], val: list[dict]) -> tup
     return out, vpath
 
 
+def _registered(cfg: PrepareConfig, out: Path, vpath: Path | None) -> dict[str, str]:
+    """The ``--register`` entries of this run: name → split file."""
+    return {cfg.name: str(out), **({f"{cfg.name}_val": str(vpath)} if vpath else {})} if cfg.register else {}
+
+
 def _register(cfg: PrepareConfig, out: Path, vpath: Path | None) -> list[str]:
     """Register both splits with ``--register`` in one write (an earlier run's val entry goes when this run
     has no split). Returns the names removed."""
     if not cfg.register:
         return []
-    add = {cfg.name: str(out), **({f"{cfg.name}_val": str(vpath)} if vpath else {})}
-    return registry.update(cfg.register, add, {} if vpath else {f"{cfg.name}_val": val_path(out)})
+    return registry.update(cfg.register, _registered(cfg, out, vpath), {} if vpath else {f"{cfg.name}_val": val_path(out)})
+
+
+def _replaced_notes(cfg: PrepareConfig, out: Path, vpath: Path | None) -> list[str]:
+    """One note per ``--register`` entry of the same name that pointed at another file."""
+    if not cfg.register:
+        return []
+    return [f"replaced '{name}' in {cfg.register} (it named {old})"
+            for name, old in registry.replaced(cfg.register, _registered(cfg, out, vpath)).items()]
 
 
 def _remove_old_val(cfg: PrepareConfig, unregistered: list[str]) -> None:
@@ -999,15 +1035,50 @@ def _remove_old_val(cfg: PrepareConfig, unregistered: list[str]) -> None:
                       "may be in this train split; this run has none)")
 
 
-def _output_paths(cfg: PrepareConfig) -> list[Path]:
-    """Every file a run may write, in the order it replaces them (the registry, which names the splits, last)."""
+def _labelled_outputs(cfg: PrepareConfig) -> list[sources.Output]:
+    """Every file a run may write, in the order it replaces them (the registry, which names the splits, last),
+    with the flag that names it."""
     out, vpath, report_path = _outputs(cfg)
     md_path = report_path.with_suffix(".md")
-    return [out, vpath, prepare_report.png_path(md_path), report_path, md_path] \
-        + ([Path(cfg.register)] if cfg.register else [])
+    report = f"--report {report_path}"
+    return [sources.Output(out, f"--out {out}", "--out"),
+            sources.Output(vpath, f"the val split {vpath} of --out {out}", "--out"),
+            sources.Output(prepare_report.png_path(md_path), f"the chart beside {report}", "--report"),
+            sources.Output(report_path, report, "--report"),
+            sources.Output(md_path, f"the Markdown report beside {report}", "--report"),
+            *([sources.Output(Path(cfg.register), f"--register {cfg.register}", "--register")] if cfg.register else [])]
+
+
+def _earlier_outputs(cfg: PrepareConfig) -> list[sources.Output]:
+    """:func:`_labelled_outputs`, each marked ``earlier`` when the report at this run's report path names it as an
+    output of the run that wrote it (by file name: that run may have had another working folder)."""
+    outputs = _labelled_outputs(cfg)
+    try:
+        report = json.loads(_outputs(cfg)[2].read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return outputs
+    keys = ("train", "val", "report", "report_md", "lengths_png", "registry")
+    names = {Path(report[k]).name for k in keys if isinstance(report.get(k), str)} if isinstance(report, dict) else set()
+    return [replace(o, earlier=o.path.name in names) for o in outputs]
+
+
+def _output_paths(cfg: PrepareConfig) -> list[Path]:
+    """Every file a run may write, in the order it replaces them."""
+    return [o.path for o in _labelled_outputs(cfg)]
+
+
+def _check_out_suffix(cfg: PrepareConfig) -> None:
+    """``--out`` names a ``.json`` file: prepare writes one JSON array, which LLaMA-Factory and validate read by
+    that suffix."""
+    out = Path(cfg.out)
+    if out.suffix.lower() != ".json":
+        fix = out.with_suffix("") if out.stem.lower().endswith(".json") else out.with_suffix(".json")
+        raise UserError(f"--out {cfg.out}: prepare writes an alpaca JSON array (not JSON lines or a table): name "
+                        f"--out …json, e.g. --out {fix}")
 
 
 def _check_outputs(cfg: PrepareConfig) -> None:
+    _check_out_suffix(cfg)
     paths = _output_paths(cfg)
     twice = [p for p in paths if sum(q.resolve() == p.resolve() for q in paths) > 1]
     if twice:
@@ -1103,6 +1174,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     }
     report = {**result, "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings,
               **_report_details(cfg, stats, loaded, reviews, kept)}
+    replaced = _replaced_notes(cfg, out, vpath)
     # a crash or rerun never leaves outputs of two runs side by side, nor an empty folder of its own
     with atomic.new_folders_removed_on_error(_output_paths(cfg)), atomic.replaced_together():
         _write_splits(cfg, train, val)
@@ -1110,6 +1182,8 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
         unregistered = _register(cfg, out, vpath)
     if not vpath:
         _remove_old_val(cfg, unregistered)
+    for line in replaced:
+        console.print(f"[yellow]note[/] {escape(line)}")
     console.print(f"[bold]wrote[/] {out} ({len(train):,} train)" + (f", {vpath} ({len(val):,} val)" if vpath else "")
                   + f", {report_path}, {md_path}, {report['lengths_png']}"
                   + (f"; registered '{cfg.name}' in {cfg.register}" if cfg.register else ""))

@@ -32,6 +32,7 @@ import csv
 import io
 import itertools
 import json
+import os
 import re
 import zlib
 from collections import Counter
@@ -225,29 +226,81 @@ def _skip_note(f: Path, in_folder: bool = False) -> str | None:
     return None
 
 
-def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = (), skipped: list[str] | None = None) -> list[Path]:
+@dataclass(frozen=True)
+class Output:
+    """A file prepare writes: its path, what names it (``--out x.json``, ``the val split of --out x.json``), the flag
+    that moves it, and whether the earlier run's report names it as that run's output."""
+
+    path: Path
+    what: str
+    flag: str
+    earlier: bool = False
+
+
+_OWN_OUTPUT_NOTE = "an output of this prepare (--out, its val split, --report or --register); a rerun does not read it back"
+
+
+def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The files under ``folder`` that are read (review suffixes, and workbooks and ``.part`` files, which get a note)
+    and the others, which get a note: other suffixes, broken links, pipes. Left out quietly: hidden files and
+    folders, ``prepare_report.json``, ``dataset_info.json`` and collect's side files."""
+    entries = sorted(f for f in folder.rglob("*") if not any(part.startswith(".") for part in f.relative_to(folder).parts)
+                     and not f.is_dir() and f.name not in ("prepare_report.json", "dataset_info.json")
+                     and not f.name.endswith(_COLLECT_SIDE_FILES))
+    found = [f for f in entries if f.is_file() and (_suffix(f) in _SUFFIXES + _WORKBOOKS or f.name.endswith(".part"))]
+    read = set(found)
+    return found, [f for f in entries if f not in read]
+
+
+def _other_note(f: Path, outputs: Iterable[Output]) -> str:
+    """Why a file found in an input folder is not read (see :func:`_folder_files`)."""
+    if not f.exists():
+        return "a broken link"
+    if not f.is_file():
+        return "not a regular file (a pipe, socket or device)"
+    if any(o.path.exists() and os.path.samefile(f, o.path) for o in outputs):
+        return _OWN_OUTPUT_NOTE
+    return (f"not a review file type ({_suffix(f) or 'no suffix'}): a folder is read for "
+            f"{', '.join(_SUFFIXES)} files; name the file on its own if it holds reviews")
+
+
+def _own_output_note(f: Path, outputs: Iterable[Output], in_folder: bool) -> str | None:
+    """The skip note for an earlier run's output found in an input folder, or ``None`` when ``f`` is no output.
+
+    Raises:
+        UserError: ``f`` is an output named on its own, or one found in a folder that the earlier run's report does
+            not name: the run would replace the raw data."""
+    same = next((o for o in outputs if o.path.exists() and os.path.samefile(f, o.path)), None)
+    if same is None:
+        return None
+    if in_folder and same.earlier:
+        return _OWN_OUTPUT_NOTE
+    raise UserError(f"{same.what} is also an input ({f}); prepare would replace your raw data: give another {same.flag}")
+
+
+def expand_inputs(paths: list[str], outputs: Iterable[Output] = (), skipped: list[str] | None = None) -> list[Path]:
     """Resolve the INPUT arguments: files as given, folders to their ``.json``/``.jsonl``/``.ndjson``/
     ``.csv``/``.tsv``/``.parquet`` files, gzipped or not (recursively, sorted; ``prepare_report.json``,
     ``dataset_info.json`` and hidden files skipped). In folders and file lists alike, collect's side
     files (``*.state.json``, ``*.log.jsonl``, ``*.lock``, ``*.part``) and empty ``.jsonl`` files are
     skipped with one printed note each. Found in a folder, these are skipped with a note too: an empty file of any
     format (a stray failed export must not stop the others), a spreadsheet workbook (``.xlsx`` …: save it as CSV;
-    named on its own it is refused) and ``outputs`` (this run's train, val and report files), which a rerun would
-    otherwise read back as inputs (a file named on its own is read: cleaning a set again in place). Each note is
-    also appended to ``skipped`` when given (prepare's report lists them).
+    named on its own it is refused), a file of another type (``.txt``, ``.png`` …), a broken link or a pipe
+    (:func:`_folder_files`) and an earlier run's ``outputs`` (``Output.earlier``), which a rerun would otherwise read
+    back as inputs. Each note is also appended to ``skipped`` when given (prepare's
+    report lists them).
 
     Raises:
-        UserError: no inputs, a path that does not exist, or nothing left to read.
+        UserError: no inputs, a path that does not exist, nothing left to read, or an input that is one of
+            ``outputs`` (named on its own, or found in a folder but no earlier output): the run would replace it.
     """
     if not paths:
         raise UserError("prepare: no INPUT given; pass review files or folders, e.g. raw/570.jsonl")
     out: list[Path] = []
     for p in map(Path, paths):
+        others: list[Path] = []  # noted only
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and (_suffix(f) in _SUFFIXES + _WORKBOOKS or f.name.endswith(".part"))
-                           and f.name not in ("prepare_report.json", "dataset_info.json")
-                           and not f.name.endswith(_COLLECT_SIDE_FILES))
+            found, others = _folder_files(p)
             if not found:
                 raise UserError(f"{p}: folder has no .json, .jsonl, .csv, .tsv or .parquet files; check the path")
         elif p.is_file() and _suffix(p) in _WORKBOOKS:
@@ -256,10 +309,10 @@ def expand_inputs(paths: list[str], outputs: tuple[Path, ...] = (), skipped: lis
             found = [p]
         else:
             raise UserError(f"{p}: input not found; check the path{packaged_copy_hint(p)}")
-        mine = {o.resolve() for o in outputs} if p.is_dir() else set()
-        for f in found:
-            note = "an output of this prepare (--out, its val split or --report); a rerun does not read it back" \
-                if f.resolve() in mine else _skip_note(f, p.is_dir())
+        noted = set(others)
+        for f in sorted(found + others):
+            note = _other_note(f, outputs) if f in noted else \
+                _own_output_note(f, outputs, p.is_dir()) or _skip_note(f, p.is_dir())
             if note:
                 console.print(f"[yellow]note[/] {escape(str(f))}: skipped, {note}")
                 if skipped is not None:  # for the report
@@ -449,6 +502,7 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
     if not stripped:
         raise UserError(f"{path}: file is empty; remove it from the inputs")
     if suffix in (".csv", ".tsv") or stripped[0] not in "[{":
+        _not_json(path, stripped, suffix)
         return _read_csv(path, io.StringIO(text, newline="\n"), tag_language, columns)
     data: Any
     try:
@@ -467,6 +521,28 @@ def _read_decoded(path: Path, text: str, suffix: str, tag_language: str, columns
 
 
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+#: a JSON scalar as its kind: ``42`` → number
+_JSON_KINDS = {int: "number", float: "number", str: "string", bool: "true/false", type(None): "null"}
+
+
+def _not_json(path: Path, stripped: str, suffix: str) -> None:
+    """A ``.json``/``.jsonl``/``.ndjson`` file that starts as no JSON records do: an HTML/XML page or one JSON
+    scalar is refused with what it is (a file of other text is read as a table, a CSV saved under that name).
+
+    Raises:
+        UserError: an HTML/XML page or a JSON number, string, true/false or null."""
+    if suffix not in (".json", *_JSONL_SUFFIXES) or stripped[0] in "[{":
+        return
+    if stripped.startswith("<"):
+        raise UserError(f"{path}: not JSON but an HTML/XML page ({stripped[:40]!r}…; a saved error or login page?); "
+                        "save the reviews themselves as JSON")
+    try:
+        value = json.loads(stripped)
+    except (json.JSONDecodeError, RecursionError):
+        return
+    raise UserError(f"{path}: a JSON {_JSON_KINDS.get(type(value), 'value')} ({stripped.strip()[:40]}), not review "
+                    "records; expected a list or an object of reviews")
 #: how many non-blank lines after the first tell JSON Lines from a pretty-printed document in a ``.json`` file
 _LINES_SAMPLED = 5
 
@@ -1246,21 +1322,57 @@ def read_app_names(path: Path, tag_language: str = "zh", encoding: str = "utf-8"
             raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_msg(e)}); fix the file") from None
         apps = _appdetails(data)
         if apps is None:
-            apps = {str(k): AppInfo(name=str(v).strip() or None) for k, v in data.items() if isinstance(v, (str, int))}
+            apps = _json_app_names(path, data)
         if apps:
             return apps
     else:
-        header = text.lstrip("\ufeff").split("\n", 1)[0]
-        delim = max(("\t", ",", ";"), key=header.count)
-        rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delim))
-        mapping = {columns_mod.field_of(h): h for h in (rows[0] if rows else {})}
-        name_col = mapping.get("app_name") or mapping.get("author")  # a bare "name" column names the game here
-        if mapping.get("appid") and name_col:
-            return {str(r[mapping["appid"]]).strip(): AppInfo(name=(r[name_col] or "").strip() or None,
-                                                              tags=columns_mod.split_tags(r.get(mapping.get("tags") or "")))
-                    for r in rows if (r.get(mapping["appid"]) or "").strip()}
+        apps = _csv_app_names(path, text.lstrip("\ufeff"))
+        if apps:
+            return apps
     raise UserError(f"{path}: no app ids and names found; write a CSV with columns appid,name[,tags] or a JSON "
                     "object {\"appid\": \"name\"}")
+
+
+def _json_app_names(path: Path, data: dict[str, Any]) -> dict[str, AppInfo]:
+    """``{appid: name}`` of an ``--app_names`` JSON file.
+
+    Raises:
+        UserError: a key that is no app id, or a name that is not text."""
+    apps = {}
+    for key, name in data.items():
+        appid = columns_mod.steam_appid(key)
+        if appid is None:
+            raise UserError(f"{path}: key {key!r} is not a Steam app id (digits); write {{\"appid\": \"name\"}}")
+        if not isinstance(name, str):
+            raise UserError(f"{path}: \"{key}\": the name is {json.dumps(name, ensure_ascii=False)[:40]}, not text; "
+                            f"write {{\"{appid}\": \"NAME\"}}")
+        apps[appid] = AppInfo(name=name.strip() or None)
+    return apps
+
+
+def _csv_app_names(path: Path, text: str) -> dict[str, AppInfo]:
+    """``appid,name[,tags]`` rows of an ``--app_names`` CSV/TSV file (empty when it has no such columns).
+
+    Raises:
+        UserError: a row whose appid is no Steam app id, with its line."""
+    delim = max(("\t", ",", ";"), key=text.split("\n", 1)[0].count)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+    mapping = {columns_mod.field_of(h): h for h in (reader.fieldnames or [])}
+    name_col = mapping.get("app_name") or mapping.get("author")  # a bare "name" column names the game here
+    if not (mapping.get("appid") and name_col):
+        return {}
+    apps = {}
+    for r in reader:
+        cell = (r.get(mapping["appid"]) or "").strip()
+        if not cell:
+            continue
+        appid = columns_mod.steam_appid(cell)
+        if appid is None:
+            raise UserError(f"{path}: line {reader.line_num}: appid {cell!r} is not a number; write the Steam app "
+                            f"id (digits) in column {mapping['appid']!r}")
+        apps[appid] = AppInfo(name=(r[name_col] or "").strip() or None,
+                              tags=columns_mod.split_tags(r.get(mapping.get("tags") or "")))
+    return apps
 
 
 def _csv_tags(cell: str, unknown: set[int], lang: int, where: str) -> list[str]:

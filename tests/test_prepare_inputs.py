@@ -1045,7 +1045,7 @@ def test_a_rerun_into_the_input_folder_does_not_read_its_own_outputs(tmp_path, c
     first = _run(tmp_path, [folder], **kw)
     again = _run(tmp_path, [folder], **kw)
     assert again["counts"] == first["counts"] and again["counts"]["read"] == 4
-    assert capsys.readouterr().err.count("an output of this prepare") == 3  # train, val and report of the rerun
+    assert capsys.readouterr().err.count("an output of this prepare") == 5  # train, val, report, its .md and .png
     res = _run(tmp_path, [folder / "train.json"], out=str(tmp_path / "again.json"), language=["all"])
     assert res["counts"]["read"] == 3
 
