@@ -10,6 +10,7 @@ sharegpt ``columns`` map ``messages``/``system``/``tools``, and ``tags`` map ``r
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def register(path: str | Path, name: str, file_name: str, formatting: str = "alp
              columns: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Add or update one entry of a ``dataset_info.json`` (atomic write; other entries kept).
 
-    ``file_name`` is stored relative to the registry's folder when it lies inside it.
+    ``file_name`` is stored relative to the registry's folder (absolute when on another drive).
 
     Returns:
         The entry written.
@@ -106,12 +107,7 @@ def replaced(path: str | Path, add: dict[str, str]) -> dict[str, str]:
 
 def _entry(p: Path, file_name: str, formatting: str = "alpaca", columns: dict[str, str] | None = None,
            tags: dict[str, str] | None = None) -> dict[str, Any]:
-    fp = Path(file_name)
-    try:
-        fp = fp.resolve().relative_to(p.parent.resolve())
-    except ValueError:
-        pass
-    entry: dict[str, Any] = {"file_name": fp.as_posix(), "formatting": formatting}
+    entry: dict[str, Any] = {"file_name": _relative(p, file_name), "formatting": formatting}
     if columns is None and formatting == "alpaca":
         columns = dict(ALPACA_COLUMNS)
     if columns:
@@ -119,6 +115,16 @@ def _entry(p: Path, file_name: str, formatting: str = "alpaca", columns: dict[st
     if tags:
         entry["tags"] = tags
     return entry
+
+
+def _relative(p: Path, file_name: str | Path) -> str:
+    """``file_name`` as LLaMA-Factory finds it from ``dataset_dir`` (the registry's folder): relative to that
+    folder (``../out/x.json`` when outside it), or absolute when no relative path exists (another drive)."""
+    fp = Path(file_name).resolve()
+    try:
+        return Path(os.path.relpath(fp, p.parent.resolve())).as_posix()
+    except ValueError:
+        return fp.as_posix()
 
 
 def _names(p: Path, entry: Any, file_name: str | Path) -> bool:

@@ -1539,3 +1539,17 @@ def test_columns_in_a_yaml_config_may_be_a_mapping(tmp_path):
                                   "--language", "all", "--val_size", "0"])
     assert r.exit_code == 0, r.output
     assert [x["output"] for x in _load(tmp_path / "o/t.json")] == [EN[0]]
+
+
+def test_register_outside_the_out_folder_stores_a_path_from_the_registry(tmp_path, monkeypatch, tiny_llama_dir):
+    """Trial 33 F3: `--register lf/data/dataset_info.json --out lf/out2/steam.json` stored `lf/out2/steam.json`
+    (relative to the current folder), which validate and LLaMA-Factory join to `lf/data`: dataset file not found."""
+    monkeypatch.chdir(tmp_path)
+    _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    _run(tmp_path, ["r.csv"], out="lf/out2/steam.json", register="lf/data/dataset_info.json", name="far",
+         language=["all"])
+    assert json.loads((tmp_path / "lf/data/dataset_info.json").read_text(encoding="utf-8"))["far"]["file_name"] \
+        == "../out2/steam.json"
+    res = CliRunner().invoke(main, ["validate", "far", "--dataset_dir", "lf/data",
+                                    "--model_name_or_path", str(tiny_llama_dir)])
+    assert res.exit_code == 0, res.output
