@@ -237,6 +237,8 @@ class Output:
     earlier: bool = False
 
 
+#: the keys of each record prepare writes
+_PREPARE_KEYS = {"instruction", "input", "output"}
 _OWN_OUTPUT_NOTE = "an output of this prepare (--out, its val split, --report or --register); a rerun does not read it back"
 
 
@@ -275,7 +277,21 @@ def _own_output_note(f: Path, outputs: Iterable[Output], in_folder: bool) -> str
         return None
     if in_folder and same.earlier:
         return _OWN_OUTPUT_NOTE
+    if in_folder and _in_prepare_layout(f):
+        raise UserError(f"{same.what} is also an input ({f}) and looks like an earlier prepare output (alpaca, no "
+                        "report names it): delete it or move it out of the input folder (if it is your data, give "
+                        f"another {same.flag})")
     raise UserError(f"{same.what} is also an input ({f}); prepare would replace your raw data: give another {same.flag}")
+
+
+def _in_prepare_layout(f: Path) -> bool:
+    """Whether ``f`` is a JSON array of alpaca records with prepare's keys (``instruction``, ``input``, ``output``)."""
+    try:
+        records = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(records, list) and bool(records) \
+        and all(isinstance(r, dict) and set(r) == _PREPARE_KEYS for r in records)
 
 
 def expand_inputs(paths: list[str], outputs: Iterable[Output] = (), skipped: list[str] | None = None) -> list[Path]:

@@ -231,3 +231,17 @@ def test_an_alpaca_set_in_the_input_folder_named_as_out_is_refused_though_laid_o
     assert _prepare(folder, "--out", folder / "t.json").exit_code == 0  # a report now names t.json, not the set
     _refused(_prepare(folder, "--out", sft), f"--out {sft} is also an input")
     assert sft.read_bytes() == before
+
+
+def test_an_earlier_output_whose_report_is_gone_is_refused_as_an_earlier_output(tmp_path):
+    """Trial 33 F4: with the report deleted, the earlier train.json in the input folder was refused as "your raw
+    data" with "give another --out", advice that makes the next run read the old set back in."""
+    folder = tmp_path / "rd"
+    _csv(folder / "reviews.csv")
+    args = [folder, "--out", folder / "train.json", "--drop_unknown_game", "False"]
+    assert _prepare(*args).exit_code == 0
+    for p in folder.glob("prepare_report.*"):
+        p.unlink()
+    line = _refused(_prepare(*args), f"({folder / 'train.json'}) and looks like an earlier prepare output",
+                    "delete it or move it out of the input folder")
+    assert "raw data" not in line and line.endswith("(if it is your data, give another --out)")
