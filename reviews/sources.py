@@ -239,19 +239,25 @@ class Output:
 
 #: the keys of each record prepare writes
 _PREPARE_KEYS = {"instruction", "input", "output"}
-_OWN_OUTPUT_NOTE = "an output of this prepare (--out, its val split, --report or --register); a rerun does not read it back"
+_OWN_OUTPUT_NOTE = "the outputs of this prepare: --out, its val split, --report or --register; a rerun does not read them back"
 
 
 def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """The files under ``folder`` that are read (review suffixes, and workbooks and ``.part`` files, which get a note)
     and the others, which get a note: other suffixes, broken links, pipes. Left out quietly: hidden files and
-    folders, ``prepare_report.json``, ``dataset_info.json`` and collect's side files."""
+    folders, ``prepare_report.json``, ``dataset_info.json``, collect's side files, and ``README*``, ``LICENSE*`` and
+    ``*.md`` files of other suffixes."""
     entries = sorted(f for f in folder.rglob("*") if not any(part.startswith(".") for part in f.relative_to(folder).parts)
                      and not f.is_dir() and f.name not in ("prepare_report.json", "dataset_info.json")
                      and not f.name.endswith(_COLLECT_SIDE_FILES))
     found = [f for f in entries if f.is_file() and (_suffix(f) in _SUFFIXES + _WORKBOOKS or f.name.endswith(".part"))]
     read = set(found)
-    return found, [f for f in entries if f not in read]
+    return found, [f for f in entries if f not in read and not _folder_doc(f)]
+
+
+def _folder_doc(f: Path) -> bool:
+    """Whether ``f`` is a data folder's documentation: ``README*``, ``LICENSE*``, ``*.md``."""
+    return f.name.upper().startswith(("README", "LICENSE")) or f.suffix.lower() == ".md"
 
 
 def _other_note(f: Path, outputs: Iterable[Output]) -> str:
@@ -303,7 +309,7 @@ def expand_inputs(paths: list[str], outputs: Iterable[Output] = (), skipped: lis
     format (a stray failed export must not stop the others), a spreadsheet workbook (``.xlsx`` …: save it as CSV;
     named on its own it is refused), a file of another type (``.txt``, ``.png`` …), a broken link or a pipe
     (:func:`_folder_files`) and an earlier run's ``outputs`` (``Output.earlier``), which a rerun would otherwise read
-    back as inputs. Each note is also appended to ``skipped`` when given (prepare's
+    back as inputs (one note per folder names them all). Each note is also appended to ``skipped`` when given (prepare's
     report lists them).
 
     Raises:
@@ -326,19 +332,30 @@ def expand_inputs(paths: list[str], outputs: Iterable[Output] = (), skipped: lis
         else:
             raise UserError(f"{p}: input not found; check the path{packaged_copy_hint(p)}")
         noted = set(others)
+        earlier: list[Path] = []
         for f in sorted(found + others):
             note = _other_note(f, outputs) if f in noted else \
                 _own_output_note(f, outputs, p.is_dir()) or _skip_note(f, p.is_dir())
-            if note:
-                console.print(f"[yellow]note[/] {escape(str(f))}: skipped, {note}")
-                if skipped is not None:  # for the report
-                    skipped.append(f"{f}: skipped, {note}")
+            if note == _OWN_OUTPUT_NOTE:
+                earlier.append(f)
+            elif note:
+                _note(f"{f}: skipped, {note}", skipped)
             else:
                 out.append(f)
+        if earlier:
+            _note(f"{p}: skipped {len(earlier)} output{'s' * (len(earlier) > 1)} of the earlier run: "
+                  f"{', '.join(f.relative_to(p).as_posix() for f in earlier)} ({_OWN_OUTPUT_NOTE})", skipped)
     if not out:
         raise UserError(f"prepare: nothing to read in {', '.join(paths)} (every file was skipped, above); "
                         "check the paths or finish the collect")
     return out
+
+
+def _note(line: str, skipped: list[str] | None) -> None:
+    """Print a skip note, and append it to ``skipped`` when given (prepare's report lists them)."""
+    console.print(f"[yellow]note[/] {escape(line)}")
+    if skipped is not None:
+        skipped.append(line)
 
 
 def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns: dict[str, str] | None = None) -> Loaded:

@@ -77,7 +77,9 @@ def test_an_input_folder_file_named_as_out_is_refused_and_a_rerun_skips_its_outp
     args = [folder, "--out", folder / "t.json", "--val_size", "1", "--register", reg, "--name", "s"]
     assert _prepare(*args).exit_code == 0
     again = _prepare(*args)
-    assert again.exit_code == 0 and again.output.count("an output of this prepare") == 5, again.output  # and .md, .png
+    assert again.exit_code == 0, again.output
+    assert f"note {folder}: skipped 4 outputs of the earlier run: prepare_lengths.png, reg.json, t.json, t_val.json (" \
+        in again.output.replace("\n", "") and again.output.count("note ") == 1, again.output
 
 
 @pytest.mark.parametrize("out,fix", [("q/c.csv", "q/c.json"), ("q/c.jsonl", "q/c.json"), ("q/c", "q/c.json"),
@@ -214,8 +216,23 @@ def test_a_rerun_into_the_input_folder_notes_its_report_files_as_outputs(tmp_pat
     args = [folder, "--out", folder / "t.json", "--val_size", "0"]
     assert _prepare(*args).exit_code == 0
     again = _prepare(*args)
-    assert again.exit_code == 0 and again.output.count("an output of this prepare") == 3, again.output  # t, .md, .png
-    assert "not a review file type" not in again.output
+    assert again.exit_code == 0, again.output
+    assert f"note {folder}: skipped 2 outputs of the earlier run: prepare_lengths.png, t.json (the outputs of " \
+        "this prepare" in again.output.replace("\n", ""), again.output  # the report's .md is quiet, as a README
+    assert "not a review file type" not in again.output and again.output.count("note ") == 1
+
+
+def test_a_data_folders_readme_license_and_markdown_are_left_out_quietly(tmp_path):
+    """Trial 33 F5: `prepare shared/data` noted `README.md: skipped, not a review file type (.md)`."""
+    folder = tmp_path / "data"
+    _csv(folder / "reviews.csv")
+    for name in ("README.md", "README", "LICENSE.txt", "notes.MD", "sub/readme.txt"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_text("about the data", encoding="utf-8")
+    (folder / "other.txt").write_text("x", encoding="utf-8")
+    r = _prepare(folder, "--out", tmp_path / "o/t.json", "--drop_unknown_game", "False")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("note ") == 1 and "other.txt: skipped, not a review file type (.txt)" in r.output
 
 
 def test_an_alpaca_set_in_the_input_folder_named_as_out_is_refused_though_laid_out_as_prepare_writes(tmp_path):
