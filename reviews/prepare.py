@@ -262,9 +262,19 @@ def raw_limit(cfg: PrepareConfig) -> int:
     """The most characters a review may have as read, before cleaning: :data:`_RAW_FACTOR` times the larger length
     bound (``--max_chars``, ``--max_words`` at :data:`_CHARS_PER_WORD` characters a word), or
     :data:`RAW_CHARS_CAP` when either bound is 0."""
-    if not (cfg.max_chars and cfg.max_words):
+    if _capped(cfg):
         return RAW_CHARS_CAP
     return _RAW_FACTOR * max(cfg.max_chars, _CHARS_PER_WORD * cfg.max_words)
+
+
+def _capped(cfg: PrepareConfig) -> bool:
+    """Whether a text as read is bounded by :data:`RAW_CHARS_CAP` alone (``--max_chars`` or ``--max_words`` is 0)."""
+    return not (cfg.max_chars and cfg.max_words)
+
+
+def _cap_reason() -> str:
+    """The ``too_long`` reason of a text over :data:`RAW_CHARS_CAP`, which no flag changes."""
+    return f"over the fixed {RAW_CHARS_CAP:,}-character cap as read"
 
 
 class _Rules:
@@ -331,7 +341,7 @@ class _Rules:
         (:func:`raw_limit`): every rule costs time and memory in proportion to a text's length."""
         limit = raw_limit(self.cfg)
         if len(r.text) > limit:
-            return self._drop("too_long", r, f"over {limit:,} characters as read")
+            return self._drop("too_long", r, _cap_reason() if _capped(self.cfg) else f"over {limit:,} characters as read")
         return None
 
     def _select(self, r: Review) -> str | None:
@@ -943,6 +953,8 @@ def _big_rule_fix(name: str, st: _Stat) -> str:
         return ("they have no app id (none in the records or the file name), so --app_name APPID=NAME cannot "
                 "name them: pass --app_name NAME (one game), or --appid ID with it, put the id in the file name "
                 "(review_440.json), or --drop_unknown_game False")
+    if name == "too_long" and st.reasons[_cap_reason()]:
+        return _cap_fix(st)
     other = st.reasons[OTHER_FILE] if name == "exact_duplicate" else 0
     older = st.reasons[OLDER_VERSION] if name == "exact_duplicate" else 0
     if not other and not older:
@@ -954,6 +966,14 @@ def _big_rule_fix(name: str, st: _Stat) -> str:
         + ([f"{older:,} {versions} whose edit came in too (same app and review id; the latest is kept)"]
            if older else [])
     return "; ".join(said) + (f"; for the {same:,} copies within a file, change it with {FLAGS[name]}" if same else "")
+
+
+def _cap_fix(st: _Stat) -> str:
+    """What to do about ``too_long`` removals over :data:`RAW_CHARS_CAP`: split the text; the flags for the others."""
+    cap = st.reasons[_cap_reason()]
+    said = f"{'it is' if cap == 1 else f'{cap:,} are'} {_cap_reason()}, which no flag changes: split the text"
+    rest = st.removed - cap
+    return said + (f"; for the other {rest:,}, change it with {FLAGS['too_long']}" if rest else "")
 
 
 def _nothing_left(cfg: PrepareConfig, stats: dict[str, _Stat], read: int) -> None:

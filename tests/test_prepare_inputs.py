@@ -278,6 +278,19 @@ def test_a_text_far_over_the_length_bounds_is_too_long_before_any_rule_reads_it(
     assert [r["output"] for r in _load(res["train"])] == [EN[0]] and res["removed"]["too_long"] == 1
 
 
+def test_too_long_over_the_hard_cap_says_to_split_the_text_not_to_turn_the_bounds_off(tmp_path, monkeypatch, capsys):
+    """Trial 33 F6: with --max_chars 0 --max_words 0 the cap's drop said `change it with --max_chars 0 / --max_words 0`."""
+    from steam_persona.reviews import prepare as prepare_mod
+    monkeypatch.setattr(prepare_mod, "RAW_CHARS_CAP", 900)
+    src = _csv(tmp_path / "big.csv", ["review", "game"], [[EN[0], "Hades"], ["Fine game, " * 100, "Hades"]])
+    res = _run(tmp_path, [src], language=["all"], max_words=0, max_chars=0)
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]["too_long"]
+    assert report["reasons"] == {"over the fixed 900-character cap as read": 1}
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "rule 'too_long' removed 1 of 2 reviews (50%); it is over the fixed 900-character cap as read, which no " \
+        "flag changes: split the text" in err and "--max_chars 0" not in err
+
+
 def test_a_csv_field_over_the_field_limit_exits_2_naming_its_row(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "CSV_FIELD_LIMIT", 1000)
     src = _raw(tmp_path / "in.csv", f'game,review\nHades,"{EN[0]}"\nHades,"{"x" * 1200}\n')
