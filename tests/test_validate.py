@@ -43,7 +43,8 @@ def test_validate_names_records_holding_the_tokenizers_special_tokens(tmp_path, 
     res = CliRunner().invoke(main, ["validate", str(p), "--model_name_or_path", str(tiny_llama_dir)])
     assert res.exit_code == 0 and "Traceback" not in res.output, res.output
     out = " ".join(res.output.split())
-    assert f"{p}: line 2: the assistant message holds the special token '<|im_end|>'; train reads it as text" in out
+    assert f"{p}: line 2: the assistant message holds the special token '<|im_end|>'; train reads it as text; a tool " \
+        "that parses special tokens (LLaMA-Factory, llama.cpp) reads it as a control token (remove it;" in out  # F7
     assert f"{p}: line 3: the user message holds the special token '<|endoftext|>'" in out
     assert "line 1:" not in out and "line 4:" not in out  # not SmolLM2's special tokens
     assert "no unusable records; 2 hold special-token text (listed above)" in out

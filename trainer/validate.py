@@ -92,8 +92,8 @@ def _special_token_lines(res: Any, template: Any) -> list[str]:
         if hits:
             role, token = hits[0]
             out.append(f"{data.record_where(res.spec, i)}: the {role} message holds the special token '{token}'; train "
-                       "reads it as text, a tool that parses special tokens as a control token (remove it; prepare's "
-                       "control_tokens rule drops such reviews)")
+                       "reads it as text; a tool that parses special tokens (LLaMA-Factory, llama.cpp) reads it as a "
+                       "control token (remove it; prepare's control_tokens rule drops such reviews)")
     return out
 
 
