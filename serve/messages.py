@@ -29,7 +29,8 @@ def normalise_messages(messages: Any) -> list[dict[str, Any]]:
         RequestError: 400 naming the message or part, with OpenAI's codes for these mistakes:
             ``invalid_type`` when ``messages`` is not a list or a message not an object,
             ``empty_array`` for ``[]`` (``messages`` or a ``content``), ``invalid_value`` for an unknown ``role``
-            or a ``tool`` message that answers no assistant ``tool_calls`` (:func:`_check_tool_replies`),
+            or a ``tool`` message that answers no assistant ``tool_calls`` or names an id none of them has
+            (:func:`_check_tool_replies`),
             ``missing_required_parameter`` for a message without ``role``, one other than the assistant's without
             ``content`` (``null`` is accepted) or a ``tool`` message without ``tool_call_id``,
             ``invalid_type`` for a ``content`` that is neither a string, a list of parts nor null, or a
@@ -50,14 +51,28 @@ def normalise_messages(messages: Any) -> list[dict[str, Any]]:
 
 
 def _check_tool_replies(messages: list[dict[str, Any]]) -> None:
-    """Refuse a ``tool`` message that does not follow an assistant's ``tool_calls`` (other tool
-    messages between them allowed), in OpenAI's words (the template rendered it as a reply to nothing)."""
-    answering = False
+    """Refuse a ``tool`` message that does not follow an assistant's ``tool_calls`` (other tool messages between
+    them allowed), or whose ``tool_call_id`` is none of those calls' ids (checked when every call has an id:
+    clients that replay their own history may omit them), in OpenAI's words (the template rendered it as a reply
+    to nothing)."""
+    answering, ids = False, None
     for i, msg in enumerate(messages):
         if msg["role"] == "tool" and not answering:
             raise RequestError("Invalid parameter: messages with role 'tool' must be a response to a preceding "
                                "message with 'tool_calls'.", param=f"messages[{i}].role", code="invalid_value")
+        if msg["role"] == "tool" and ids is not None and msg["tool_call_id"] not in ids:
+            raise RequestError(f"Invalid parameter: 'tool_call_id' of '{msg['tool_call_id']}' not found in "
+                               "'tool_calls' of previous message.", param=f"messages[{i}].tool_call_id",
+                               code="invalid_value")
+        if msg["role"] == "assistant":
+            ids = _call_ids(msg.get("tool_calls") or [])
         answering = bool(msg.get("tool_calls")) if msg["role"] == "assistant" else answering and msg["role"] == "tool"
+
+
+def _call_ids(calls: list[dict[str, Any]]) -> set[str] | None:
+    """The ids of an assistant's ``tool_calls``, or ``None`` when a call has none."""
+    ids = [call.get("id") for call in calls]
+    return set(ids) if all(isinstance(i, str) for i in ids) else None
 
 
 def _normalise(msg: Any, where: str) -> dict[str, Any]:

@@ -746,6 +746,16 @@ def test_a_tool_message_whose_tool_call_id_is_no_string_is_refused(client):
         assert err["message"] == f"Invalid type for 'messages[2].tool_call_id': expected a string, but got {kind} instead."
 
 
+def test_a_tool_message_answering_no_call_id_of_the_assistant_is_refused(client):
+    """Trial 33 F8: `tool_call_id: "zzz"` after a call `c1` was answered 200; OpenAI answers 400."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    msgs = [*HI, {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "zzz", "content": "42"}]
+    err = _error(client.post(CHAT, json={"messages": msgs}), 400, "invalid_value", "messages[2].tool_call_id")
+    assert err["message"] == "Invalid parameter: 'tool_call_id' of 'zzz' not found in 'tool_calls' of previous message."
+    assert client.get("/health").status_code == 200
+
+
 def test_top_k_minus_one_means_disabled_and_range_errors_print_integers(client):
     # -1 (vLLM's "disabled", sent by some client configs) was refused as "between 0 and 2.14748e+09"
     body = {"messages": [{"role": "user", "content": "Name a game."}], "max_tokens": 6, "temperature": 1, "seed": 3}

@@ -47,6 +47,14 @@ def test_normalise_joins_text_parts_and_nulls():
      "messages with role 'tool' must be a response to a preceding message with 'tool_calls'"),
     ([{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}, {"role": "user", "content": "x"},
       {"role": "tool", "tool_call_id": "c", "content": "1"}], "messages[2].role", "preceding message with 'tool_calls'"),
+    ([{"role": "assistant", "tool_calls": [{"id": "call_1", "function": {"name": "f"}}]},
+      {"role": "tool", "tool_call_id": "zzz", "content": "1"}], "messages[1].tool_call_id",
+     "Invalid parameter: 'tool_call_id' of 'zzz' not found in 'tool_calls' of previous message."),  # trial 33 F8
+    ([{"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f"}}]},
+      {"role": "tool", "tool_call_id": "a", "content": "1"}, {"role": "user", "content": "x"},
+      {"role": "assistant", "tool_calls": [{"id": "b", "function": {"name": "f"}}]},
+      {"role": "tool", "tool_call_id": "b", "content": "1"}, {"role": "tool", "tool_call_id": "a", "content": "1"}],
+     "messages[5].tool_call_id", "'tool_call_id' of 'a' not found"),
     ([{"role": "user", "content": 3}], "messages[0].content", "not int"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]", "text only"),
     ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0]", '"type": "text"'),
@@ -70,6 +78,9 @@ def test_tool_replies_that_follow_an_assistants_tool_calls_pass():
     msgs = [{"role": "assistant", "content": None, "tool_calls": calls},
             {"role": "tool", "tool_call_id": "a", "content": "1"}, {"role": "tool", "tool_call_id": "b", "content": "2"}]
     assert [m["role"] for m in normalise_messages(msgs)] == ["assistant", "tool", "tool"]
+    replayed = [{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]},
+                {"role": "tool", "tool_call_id": "mine", "content": "1"}]  # a client's own history, calls without ids
+    assert [m["role"] for m in normalise_messages(replayed)] == ["assistant", "tool"]
 
 
 def test_a_missing_role_is_a_missing_parameter():
