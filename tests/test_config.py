@@ -144,6 +144,30 @@ def test_every_stage_refuses_a_yaml_value_of_the_wrong_shape(stage, values, mess
         config.build(cls, values, source="x.yaml")
 
 
+@pytest.mark.parametrize("line, message", [
+    ("report: {a: 1}", "'report' must be one text value, not a mapping"),
+    ("report: [a, b]", "'report' must be one text value, not a list"),
+    ("model_name_or_path: [smollm2]", "'model_name_or_path' must be one text value, not a list"),
+    ("quantization: [[q8_0]]", "each item of 'quantization' must be one text value, not a list"),
+    ("columns: [review=text]", "'columns' must be one text value, not a list"),
+])
+def test_yaml_list_or_mapping_for_a_text_key_is_exit_2_not_its_repr(tmp_path, line, message):
+    """Trial 33 F2: `report: {a: 1}` wrote the report to files named `{'a': 1}`."""
+    p = tmp_path / "c.yaml"
+    p.write_text(line + "\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 2 and cfg is None, r.output
+    assert r.output.strip() == f"Error: {p}: {message}"
+
+
+def test_yaml_scalars_for_text_keys_and_mappings_for_pairs_keys_still_work(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("report: 2024\ncolumns: {review: 评论, appid: id}\nquantization: [q8_0, 4]\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 0, r.output
+    assert cfg.report == "2024" and cfg.columns == "review=评论,appid=id" and cfg.quantization == ["q8_0", "4"]
+
+
 def test_bad_value_is_exit_2():
     r, cfg = _run(["--appid", "x"])
     assert r.exit_code == 2 and "'appid'" in r.output
