@@ -7,7 +7,9 @@ turns the dataclass into a click command where
 
 * every field is a ``--field_name`` flag (LLaMA-Factory spelling, underscores kept);
 * booleans accept both ``--fp16`` and ``--fp16 True`` (LLaMA-Factory / HfArgumentParser style);
-* a YAML file (positional ``CONFIG_FILE`` or ``--config``) gives the same keys; flags override it;
+* a YAML file (positional ``CONFIG_FILE`` or ``--config``) gives the same keys; flags override it; a YAML
+  value is read as its flag's text would be (``0``/``1`` for a bool; a list or mapping only for a list key,
+  or a mapping for a ``pairs`` key);
 * precedence is: dataclass default < YAML < environment variable (if declared) < flag.
 
 Example::
@@ -165,14 +167,31 @@ def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
             # one value of a list key (``appid: 570`` in YAML is an int) is a list of one
             items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) \
                 else [value]
+            for v in items:
+                _one_value(f, ctype, v, where, "each item of ")
             return [_typed(ctype, v.strip() if isinstance(v, str) else v) for v in items]
         if f.metadata.get("pairs") and isinstance(value, dict):
             return ",".join(f"{k}={v}" for k, v in value.items())
+        _one_value(f, ctype, value, where)
         if ctype is click.STRING and not isinstance(value, str):
             return str(value)
         return _typed(ctype, value)
     except click.BadParameter as e:
         raise UserError(f"{where}: '{f.name}': {e.message}") from None
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: '{f.name}': '{value}' is not a valid {ctype.name}.") from None
+
+
+def _one_value(f: dataclasses.Field, ctype: click.ParamType, value: Any, where: str, part: str = "") -> None:
+    """Refuse a YAML list or mapping where ``f`` takes one value (a text key would get its Python repr).
+
+    Raises:
+        UserError: ``value`` is a list or a mapping.
+    """
+    if isinstance(value, (list, tuple, set, dict)):
+        kind = "text" if isinstance(ctype, click.Choice) else ctype.name
+        shape = "mapping" if isinstance(value, dict) else "list"
+        raise UserError(f"{where}: {part}'{f.name}' must be one {kind} value, not a {shape}")
 
 
 def _typed(ctype: click.ParamType, value: Any) -> Any:
@@ -185,9 +204,22 @@ def _typed(ctype: click.ParamType, value: Any) -> Any:
     number = ctype in (click.INT, click.FLOAT)
     if number and isinstance(value, bool):
         ctype.fail(f"'{str(value).lower()}' is not a valid {ctype.name}.")
+    if number and not isinstance(value, (int, float, str)):
+        ctype.fail(f"'{value}' is not a valid {ctype.name}.")
+    if ctype is click.BOOL and not _bool_like(value):
+        ctype.fail(f"'{value}' is not a valid {ctype.name}; give true or false.")
+    if ctype is click.BOOL and type(value) is int:
+        return bool(value)
     if ctype is click.INT and isinstance(value, float) and not value.is_integer():
         ctype.fail(f"'{value}' is not a valid {ctype.name}.")
     return ctype.convert(value, None, None)
+
+
+def _bool_like(value: Any) -> bool:
+    """Whether ``value`` may stand for a bool: a bool, text (click's words: true/false, yes/no, on/off, 1/0) or
+    the number 0 or 1. LLaMA-Factory's ``HfArgumentParser.parse_dict`` passes a YAML value on unconverted, so any
+    truthy number turns a bool on there; this is stricter: 2 or 1.0 is refused as a likely typo."""
+    return isinstance(value, (bool, str)) or (type(value) is int and value in (0, 1))
 
 
 def _check(f: dataclasses.Field, value: Any, source: str) -> Any:

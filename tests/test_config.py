@@ -19,6 +19,8 @@ class _Cfg:
     appid: list[int] = arg([], "ints")
     val_size: float = arg(0.0, "float")
     quantization_bit: int | None = arg(None, "optional int")
+    report: str = arg("prepare_report", "text")
+    columns: str = arg("", "pairs", pairs=True)
 
 
 def _run(argv):
@@ -94,6 +96,76 @@ def test_yaml_whole_float_is_an_int_for_every_stage(tmp_path):
     for key, value in [("max_steps", 2.5), ("lora_rank", 8.9), ("learning_rate", True)]:
         with pytest.raises(UserError, match=f"^t.yaml: '{key}': .* is not a valid"):
             config.build(TrainConfig, {key: value}, source="t.yaml")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("fp16: 2", "'fp16': '2' is not a valid boolean; give true or false."),
+    ("fp16: 1.0", "'fp16': '1.0' is not a valid boolean; give true or false."),
+    ("fp16: 2024-01-01", "'fp16': '2024-01-01' is not a valid boolean; give true or false."),
+    ("fp16: {a: 1}", "'fp16' must be one boolean value, not a mapping"),
+    ("fp16: [true]", "'fp16' must be one boolean value, not a list"),
+    ("val_size: [0.1]", "'val_size' must be one float value, not a list"),
+    ("val_size: {a: 1}", "'val_size' must be one float value, not a mapping"),
+    ("quantization_bit: [4]", "'quantization_bit' must be one integer value, not a list"),
+    ("quantization_bit: 2024-01-01", "'quantization_bit': '2024-01-01' is not a valid integer."),
+    ("appid: [[1]]", "each item of 'appid' must be one integer value, not a list"),
+])
+def test_yaml_value_of_the_wrong_shape_is_exit_2_not_a_traceback(tmp_path, line, message):
+    """Trial 33 F1: `bf16: 1` was an AttributeError in click.BOOL, `val_size: [0.1]` a TypeError, exit 1."""
+    p = tmp_path / "c.yaml"
+    p.write_text(line + "\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 2 and cfg is None, r.output
+    assert r.output.strip() == f"Error: {p}: {message}"
+
+
+def test_yaml_bool_takes_0_and_1_as_llamafactory_does(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("fp16: 1\ndo_train: 0\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 0, r.output
+    assert cfg.fp16 is True and cfg.do_train is False
+
+
+@pytest.mark.parametrize("stage, values, message", [
+    ("trainer.train:TrainConfig", {"bf16": 2}, "'bf16': '2' is not a valid boolean"),
+    ("reviews.prepare:PrepareConfig", {"dedup": {"a": 1}}, "'dedup' must be one boolean value, not a mapping"),
+    ("reviews.prepare:PrepareConfig", {"val_size": [0.1]}, "'val_size' must be one float value, not a list"),
+    ("reviews.prepare:PrepareConfig", {"report": {"a": 1}}, "'report' must be one text value, not a mapping"),
+    ("reviews.prepare:PrepareConfig", {"encoding": ["gbk"]}, "'encoding' must be one text value, not a list"),
+    ("serve.cli:ServeConfig", {"model": "m.gguf", "n_ctx": [2048]}, "'n_ctx' must be one integer value, not a list"),
+])
+def test_every_stage_refuses_a_yaml_value_of_the_wrong_shape(stage, values, message):
+    import importlib
+
+    module, cls = stage.split(":")
+    cls = getattr(importlib.import_module(f"steam_persona.{module}"), cls)
+    with pytest.raises(UserError, match=f"^x.yaml: {message}"):
+        config.build(cls, values, source="x.yaml")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("report: {a: 1}", "'report' must be one text value, not a mapping"),
+    ("report: [a, b]", "'report' must be one text value, not a list"),
+    ("model_name_or_path: [smollm2]", "'model_name_or_path' must be one text value, not a list"),
+    ("quantization: [[q8_0]]", "each item of 'quantization' must be one text value, not a list"),
+    ("columns: [review=text]", "'columns' must be one text value, not a list"),
+])
+def test_yaml_list_or_mapping_for_a_text_key_is_exit_2_not_its_repr(tmp_path, line, message):
+    """Trial 33 F2: `report: {a: 1}` wrote the report to files named `{'a': 1}`."""
+    p = tmp_path / "c.yaml"
+    p.write_text(line + "\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 2 and cfg is None, r.output
+    assert r.output.strip() == f"Error: {p}: {message}"
+
+
+def test_yaml_scalars_for_text_keys_and_mappings_for_pairs_keys_still_work(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("report: 2024\ncolumns: {review: 评论, appid: id}\nquantization: [q8_0, 4]\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 0, r.output
+    assert cfg.report == "2024" and cfg.columns == "review=评论,appid=id" and cfg.quantization == ["q8_0", "4"]
 
 
 def test_bad_value_is_exit_2():
