@@ -69,7 +69,8 @@ def register(path: str | Path, name: str, file_name: str, formatting: str = "alp
              columns: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Add or update one entry of a ``dataset_info.json`` (atomic write; other entries kept).
 
-    ``file_name`` is stored relative to the registry's folder (absolute when on another drive).
+    ``file_name`` is the file's path (absolute, or relative to the working folder); it is stored relative to the
+    registry's folder, as LLaMA-Factory joins it with ``dataset_dir`` (absolute when on another drive).
 
     Returns:
         The entry written.

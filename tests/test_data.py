@@ -191,8 +191,8 @@ def test_alpaca_empty_instruction_gives_input(tmp_path):
 def test_registered_alpaca_ignores_unmapped_system_history_with_one_warning(tmp_path, capsys):
     recs = [{"instruction": "q", "input": "", "output": "r", "system": "S", "history": [["h", "a"]]}] * 2
     _write(tmp_path / "a.json", recs)
-    registry.register(tmp_path / registry.REGISTRY_FILE, "plain", "a.json")
-    registry.register(tmp_path / registry.REGISTRY_FILE, "mapped", "a.json",
+    registry.register(tmp_path / registry.REGISTRY_FILE, "plain", str(tmp_path / "a.json"))
+    registry.register(tmp_path / registry.REGISTRY_FILE, "mapped", str(tmp_path / "a.json"),
                       columns={**registry.ALPACA_COLUMNS, "system": "system", "history": "history"})
     capsys.readouterr()
     plain = data.load_conversations("plain", tmp_path, system="P")
