@@ -385,6 +385,27 @@ def test_overlapped_offload_round_trip_keeps_loss_and_gradients(tiny_qwen2_dir):
     assert off.wanted(torch.ones(n_tokens, 64)) and not off.wanted(torch.ones(n_tokens, 64, dtype=torch.int64))
 
 
+def test_overlapped_offload_reuses_kept_host_buffers(tiny_qwen2_dir):
+    """With `host_buffers`, a second forward of the same shapes copies into the host tensors the first one kept
+    (what a CUDA graph replay needs: bench/step_graph.py), and the loss and gradients stay those without offload."""
+    model = _lora_model(tiny_qwen2_dir)
+    batch = collate(_feats(), True, pad_token_id=0)
+    n_tokens = batch["input_ids"].numel()
+    plain = _loss_and_grads(model, batch)
+    kept: list = []
+    runs = []
+    for _ in range(2):
+        off = accel.OverlappedOffload(n_tokens, min_features=64, host_buffers=kept)
+        with off.hooks():
+            runs.append((_loss_and_grads(model, batch), [id(r.host) for r in off.saved]))
+    assert len(kept) == model.config.num_hidden_layers + 2
+    assert runs[0][1] == runs[1][1] == [id(h) for h in kept]  # the same host tensors, in order
+    for got, _ in runs:
+        assert got[0] == plain[0]
+        for k in plain[2]:
+            assert torch.equal(got[2][k], plain[2][k]), k
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_chunked_mlp_keeps_loss_and_gradients(tiny_qwen2_dir, compiled):
     """chunk_mlp: a row longer than the threshold runs each MLP in checkpointed pieces, in an eager model and

@@ -348,14 +348,29 @@ class OverlappedOffload:
     parameters, the quantization state, rotary tables (few features) and anything else, which offloading
     would not free or would copy every layer. On a CPU tensor (tests) the same hooks run with plain copies.
     The GPU keeps at most two offloaded tensors fetched at a time in the backward (the one in use and the next).
+    host_buffers: a list that keeps the pinned host copies, the i-th offloaded tensor's at index i, reused by
+    the next forward of the same shapes (a CUDA graph replays copies into the same host memory:
+    trainer/step_graph.py); None: a fresh host buffer each time.
     """
 
     MIN_FEATURES = 256
 
-    def __init__(self, n_tokens: int | None, min_features: int = MIN_FEATURES):
+    def __init__(self, n_tokens: int | None, min_features: int = MIN_FEATURES, host_buffers: list | None = None):
         self.n_tokens, self.min_features = n_tokens, min_features
         self.saved: list[_Saved] = []
         self.stream = None
+        self.host_buffers = host_buffers
+
+    def _host(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor shaped like `t` (pinned for a CUDA `t`): the kept one at this index when `host_buffers`
+        has it."""
+        i, kept = len(self.saved), self.host_buffers
+        if kept is not None and i < len(kept) and kept[i].shape == t.shape and kept[i].dtype == t.dtype:
+            return kept[i]
+        host = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, pin_memory=t.is_cuda)
+        if kept is not None:
+            kept[i:] = [host]
+        return host
 
     def wanted(self, t: torch.Tensor) -> bool:
         """Offload `t`? See the class docstring for the rule."""
@@ -368,11 +383,11 @@ class OverlappedOffload:
         if not self.wanted(t):
             return t
         if not t.is_cuda:
-            rec = _Saved(t.device, t.detach().clone(), None, len(self.saved))
+            rec = _Saved(t.device, self._host(t).copy_(t.detach()), None, len(self.saved))
         else:
             if self.stream is None:
                 self.stream = torch.cuda.Stream(t.device)
-            host = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, pin_memory=True)
+            host = self._host(t)
             self.stream.wait_stream(torch.cuda.current_stream(t.device))
             with torch.cuda.stream(self.stream):
                 host.copy_(t, non_blocking=True)
