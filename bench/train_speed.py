@@ -90,6 +90,9 @@ STACKS = {
     "ours-static-autotune": "fixed,real_bs16",    # static shapes, Inductor's max-autotune without CUDA graphs
     "ours-autotune": "fixed,real_bs16",           # dynamic shapes, Inductor's max-autotune without CUDA graphs
     "ours-repeat": "fixed,real_bs16",             # the defaults again, later in the same call (process spread)
+    "ours-graph": "fixed,real_bs16",              # each row's forward + backward as one CUDA graph (bench/step_graph.py)
+    "ours-graph-no-offload": "fixed,real_bs16",   # ... without activation offload
+    "ours-graph-lean-every-row": "fixed,real_bs16",  # ... with the fused LoRA MLP and the offload on every row
     "unsloth-profile": "profile,profile_real,profile_long",  # the same for Unsloth
     "ours-memory": "fixed,memory",                # what is live at the peak of a fixed 1024 x 4 step (memory_profile)
     "unsloth": "loss,real_bs16,real_pf4x4,fixed,long",  # the anchor, run its recommended way (bench/unsloth_stack.py)
@@ -109,6 +112,8 @@ VARIANTS = {
     "ours-no-fused-loss": {"fused_loss": None},
     "ours-chunked-ce": {"fused_loss": "chunked"},
     "ours-no-offload": {"offload_min_tokens": None},
+    "ours-graph-no-offload": {"offload_min_tokens": None},
+    "ours-graph-lean-every-row": {"offload_min_tokens": 1, "lora_mlp_min_tokens": 1},
     "ours-no-lora-mlp": {"lora_mlp": False},
     "ours-main-1206": {"lora_mlp": False, "offload_min_tokens": 16384},
     "ours-lean-every-row": {"offload_min_tokens": 1, "lora_mlp_min_tokens": 1},
@@ -156,7 +161,8 @@ def model_config(tiny: bool):
     if not tiny:
         return AutoConfig.from_pretrained(path)
     d = json.loads((path / "config.json").read_text())
-    d.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    # hidden 256: as wide as OverlappedOffload.MIN_FEATURES, so a tiny run on a GPU offloads too
+    d.update(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_window_layers=2)
     d.pop("layer_types", None)
     return AutoConfig.for_model(d.pop("model_type"), **d)
@@ -378,12 +384,14 @@ def run_steps(model, dataset, collator, batch_size: int, steps: int, warmup: int
 
 
 def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_free: bool, steps: int,
-             warmup: int, pad_id: int, phases: bool = False) -> dict:
+             warmup: int, pad_id: int, phases: bool = False, graph: bool = False) -> dict:
     """Train like steam_persona.trainer.train.run's loop (steam_persona.trainer.packing.collate + loss_sum, bf16 autocast, loss / step
     tokens, clip 1.0, fused AdamW, one .item() sync per micro-batch, a step's micro-batches merged
     into rows of up to 16k tokens); time the last `steps - warmup`. `phases`: also return ``phases``, the
     timed steps' mean offsets (ms from the step's start) at which the host got past each part of the loop
-    (``host``) and at which the GPU finished it (``gpu``, CUDA events): where the host, not the GPU, sets the pace."""
+    (``host``) and at which the GPU finished it (``gpu``, CUDA events): where the host, not the GPU, sets the pace.
+    `graph`: each packed row's forward and backward through `step_graph.StepGraphs` (CUDA graphs); the result
+    also gives ``graph_captures`` and ``peak_reserved_gib`` (the graphs' memory pool is reserved, not allocated)."""
     import torch
 
     from steam_persona.trainer import accel
@@ -398,7 +406,12 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     model.train()
-    ends, counts, losses = [], [], []
+    graphs = None
+    if graph:
+        import step_graph  # bench/step_graph.py, next to this script
+
+        graphs = step_graph.StepGraphs(model, params, pad_id)
+    ends, counts, losses, captured = [], [], [], []
     t_start = time.perf_counter()
     i = 0
     marks: list[list] = []
@@ -407,6 +420,7 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
     for _ in range(steps):
         marks.append([])
         mark("start")
+        captures = graphs.captures if graphs else 0
         micro = []
         for _ in range(accum):
             micro.append([samples[(i + k) % len(samples)] for k in range(batch_size)])
@@ -422,6 +436,15 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
         eff = padded = 0
         tot = 0.0
         for mb in micro:
+            if graphs:
+                batch = collate(mb, True, pad_id)
+                mark("batch")
+                ls = graphs.run(batch, 1.0 / n_tok)
+                mark("backward")
+                tot += ls.item()
+                eff += batch["input_ids"].numel()
+                padded += batch["input_ids"].numel()
+                continue
             batch = {k: v.to(dev) for k, v in collate(mb, padding_free, pad_id).items()}
             mark("batch")
             with torch.autocast(dev.type, dtype=torch.bfloat16):
@@ -435,16 +458,28 @@ def run_ours(model, samples: list[dict], batch_size: int, accum: int, padding_fr
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         mark("clip")
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=graphs is None)  # the graphs add into .grad buffers they keep
         mark("optimizer")
         if cuda:
             torch.cuda.synchronize()
         ends.append(time.perf_counter())
+        captured.append(graphs is not None and graphs.captures > captures)
         counts.append((eff, padded))
         losses.append(tot / n_tok)
     if warmup >= steps:  # all warm-up (a profiled run): nothing timed
         return {"last_loss": losses[-1]}
     res = {**_timing(ends, counts, warmup, losses[-1]), "warmup_steps_s": ends[warmup - 1] - t_start}
+    if graphs:  # the steps that replayed graphs only (the others captured one: a one-off, as compiling)
+        step_s = [b - a for a, b, c in zip(ends[warmup - 1:], ends[warmup:], captured[warmup:]) if not c]
+        tok = [c[0] for c, cap in zip(counts[warmup:], captured[warmup:]) if not cap]
+        import traceback
+
+        res.update(graph_captures=graphs.captures, graph_broken=graphs.broken,
+                   graph_error="".join(traceback.format_exception(graphs.error))[-3000:] if graphs.error else None,
+                   peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30,
+                   losses=[round(x, 5) for x in losses], replay_steps=len(step_s),
+                   replay_s_per_step=statistics.median(step_s) if step_s else None,
+                   replay_tokens_per_s=sum(tok) / sum(step_s) if step_s else None)
     if phases and cuda:
         res["phases"] = _phase_offsets(marks[warmup:])
     return res
@@ -730,7 +765,8 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
             return lambda: unsloth_stack.run(model, tok, data, bs, n, w, padding_free,
                                              max(len(x["input_ids"]) for x in data) * (bs if padding_free else 1),
                                              tmp, _timing)
-        return lambda: run_ours(model, data, bs, accum, padding_free, n, w, pad)
+        return lambda: run_ours(model, data, bs, accum, padding_free, n, w, pad,
+                                graph=stack.startswith("ours-graph"))
 
     if "loss" in kinds:
         res["loss"] = unsloth_stack.loss_check(model, real[:64]) if uns else loss_check(model, real[:64], stack, pad)
