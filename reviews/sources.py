@@ -376,6 +376,7 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
     if streamed is not None:
         return streamed
     raw, compressed = _read_bytes(path)
+    _note_memory(path, len(raw))
     if suffix == ".parquet" or raw[:4] == b"PAR1":
         loaded = _read_parquet(path, raw, columns or {})
     else:
@@ -386,6 +387,24 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
         loaded.encoding = "UTF-16" if encoding == "utf-16" else None
     loaded.compressed = compressed
     return loaded
+
+
+#: the peak memory of reading a file whole, as a multiple of its (uncompressed) size: a 103 MiB JSON array of
+#: 800,000 short reviews peaks at 759 MiB in :func:`read`
+_WHOLE_READ_FACTOR = 7
+
+
+def _note_memory(path: Path, size: int) -> None:
+    """A note before a file of ``size`` bytes is read whole when that takes more memory than is available, so that a
+    run the system then kills has said why and what to do."""
+    from steam_persona.serve.modelinfo import available_memory_bytes
+
+    need, free = size * _WHOLE_READ_FACTOR, available_memory_bytes()
+    if need > free:
+        console.print(f"[yellow]note[/] {escape(str(path))}: read whole ({size / 2**20:,.0f} MiB: a JSON document, "
+                      f"another encoding than UTF-8 or Parquet), which takes about {need / 2**30:,.1f} GiB of memory, "
+                      f"more than the {free / 2**30:,.1f} GiB available; if prepare is killed, convert it to UTF-8 JSON "
+                      "Lines, which is read a line at a time")
 
 
 #: bytes read before a file is streamed: a UTF-16 byte-order mark or Parquet's magic bytes are told from them

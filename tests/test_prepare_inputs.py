@@ -1496,6 +1496,22 @@ def test_lines_up_to_the_cap_and_quoted_csv_texts_longer_than_it_read_as_before(
     assert [r.text for r in sources.read(doc).reviews] == EN
 
 
+def test_a_file_read_whole_with_more_memory_than_available_says_so_first(tmp_path, monkeypatch, capsys):
+    from steam_persona.serve import modelinfo
+    doc = _raw(tmp_path / "doc.json", json.dumps([{"review": t, "voted_up": True} for t in EN]))
+    monkeypatch.setattr(modelinfo, "available_memory_bytes", lambda: 7 * doc.stat().st_size)
+    assert [r.text for r in sources.read(doc).reviews] == EN and "read whole" not in capsys.readouterr().err
+    monkeypatch.setattr(modelinfo, "available_memory_bytes", lambda: 2**30 // 10)
+    doc.write_text(json.dumps([{"review": "x" * 2**25, "voted_up": True}]), encoding="utf-8")
+    sources.read(doc)
+    err = capsys.readouterr().err.replace("\n", "")
+    assert f"note {doc}: read whole (32 MiB: a JSON document, another encoding than UTF-8 or Parquet), which takes " \
+        "about 0.2 GiB of memory, more than the 0.1 GiB available; if prepare is killed, convert it to UTF-8 JSON " \
+        "Lines, which is read a line at a time" in err
+    jsonl = _raw(tmp_path / "r.jsonl", "\n".join(_review_lines(3)) + "\n")
+    assert len(sources.read(jsonl).reviews) == 3 and "read whole" not in capsys.readouterr().err
+
+
 def test_json_lines_named_json_with_every_fifth_line_cut_from_the_first_name_them_all(tmp_path):
     """Trial 29 N3's s3b: 300 lines, every fifth cut starting with line 1, got the one message of line 3."""
     lines = _review_lines(300)
