@@ -46,7 +46,7 @@ from rich.markup import escape
 from steam_persona.common.console import console
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.reviews import csvquotes
-from steam_persona.common import persona
+from steam_persona.common import memory, persona
 from steam_persona.common.textfile import decode, json_msg, load_json
 from steam_persona.common.errors import UserError
 from steam_persona.resources import packaged_copy_hint
@@ -397,9 +397,7 @@ _WHOLE_READ_FACTOR = 7
 def _note_memory(path: Path, size: int) -> None:
     """A note before a file of ``size`` bytes is read whole when that takes more memory than is available, so that a
     run the system then kills has said why and what to do."""
-    from steam_persona.serve.modelinfo import available_memory_bytes
-
-    need, free = size * _WHOLE_READ_FACTOR, available_memory_bytes()
+    need, free = size * _WHOLE_READ_FACTOR, memory.available_memory_bytes()
     if need > free:
         console.print(f"[yellow]note[/] {escape(str(path))}: read whole ({size / 2**20:,.0f} MiB: a JSON document, "
                       f"another encoding than UTF-8 or Parquet), which takes about {need / 2**30:,.1f} GiB of memory, "

@@ -1497,11 +1497,11 @@ def test_lines_up_to_the_cap_and_quoted_csv_texts_longer_than_it_read_as_before(
 
 
 def test_a_file_read_whole_with_more_memory_than_available_says_so_first(tmp_path, monkeypatch, capsys):
-    from steam_persona.serve import modelinfo
+    from steam_persona.common import memory
     doc = _raw(tmp_path / "doc.json", json.dumps([{"review": t, "voted_up": True} for t in EN]))
-    monkeypatch.setattr(modelinfo, "available_memory_bytes", lambda: 7 * doc.stat().st_size)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 7 * doc.stat().st_size)
     assert [r.text for r in sources.read(doc).reviews] == EN and "read whole" not in capsys.readouterr().err
-    monkeypatch.setattr(modelinfo, "available_memory_bytes", lambda: 2**30 // 10)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 2**30 // 10)
     doc.write_text(json.dumps([{"review": "x" * 2**25, "voted_up": True}]), encoding="utf-8")
     sources.read(doc)
     err = capsys.readouterr().err.replace("\n", "")
