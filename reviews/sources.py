@@ -376,6 +376,8 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
     if streamed is not None:
         return streamed
     raw, compressed = _read_bytes(path)
+    if suffix in (".csv", ".tsv", *_JSONL_SUFFIXES):
+        _refuse_long_line(path, raw)
     _note_memory(path, len(raw))
     if suffix == ".parquet" or raw[:4] == b"PAR1":
         loaded = _read_parquet(path, raw, columns or {})
@@ -496,6 +498,24 @@ def _capped_lines(path: Path, f: IO[bytes]) -> Iterator[bytes]:
         if len(line) > LINE_BYTES_CAP:
             raise LongLine(path, number)
         yield line
+
+
+def _refuse_long_line(path: Path, raw: bytes) -> None:
+    """The bound of :func:`_capped_lines` on the bytes of a JSON Lines or CSV/TSV file read whole (another encoding
+    than UTF-8), before they are decoded.
+
+    Raises:
+        LongLine: the first line over :data:`LINE_BYTES_CAP` bytes.
+    """
+    start = 0
+    for number in itertools.count(1):
+        end = raw.find(b"\n", start)
+        stop = len(raw) if end < 0 else end + 1
+        if stop - start > LINE_BYTES_CAP:
+            raise LongLine(path, number)
+        if end < 0:
+            return
+        start = stop
 
 
 def _head(lines: Iterator[bytes]) -> bytes:

@@ -1471,6 +1471,22 @@ def test_a_line_over_the_line_cap_exits_2_naming_it_before_the_rest_of_it_is_rea
     assert (r.exit_code, r.output.strip().replace("\n", "")) == (2, "Error: " + _long_line(src, len(lines), 200))
 
 
+@pytest.mark.parametrize("name,encoding", [("in.csv", "gbk"), ("in.jsonl", "gbk"), ("in.tsv", "utf-16")])
+def test_a_line_over_the_line_cap_in_a_file_read_whole_exits_2_naming_it(tmp_path, monkeypatch, name, encoding):
+    """Files in another encoding are read whole: the same bound, on their bytes before they are decoded."""
+    monkeypatch.setattr(sources, "LINE_BYTES_CAP", 200)
+    lines = ["review\tvoted_up", f"{ZH[0]}\tTrue", f"{'好' * 200}\tTrue", f"{ZH[1]}\tTrue"] if name != "in.jsonl" \
+        else [json.dumps({"review": t, "recommendationid": "1"}, ensure_ascii=False) for t in (ZH[0], "好" * 200, ZH[1])]
+    lines = [line.replace("\t", ",") for line in lines] if name == "in.csv" else lines
+    src = tmp_path / name
+    src.write_bytes("\n".join(lines).encode(encoding))
+    with pytest.raises(UserError) as e:
+        sources.read(src, encoding=encoding)
+    assert str(e.value) == _long_line(src, 3 if name != "in.jsonl" else 2, 200)
+    monkeypatch.setattr(sources, "LINE_BYTES_CAP", 1000)
+    assert len(sources.read(src, encoding=encoding).reviews) == 3
+
+
 def test_line_cap_reads_no_more_of_a_long_line_than_the_cap(monkeypatch):
     monkeypatch.setattr(sources, "LINE_BYTES_CAP", 100)
     f = io.BytesIO(b"short\n" + b"x" * 10_000 + b"\nafter\n")
