@@ -46,7 +46,7 @@ from rich.markup import escape
 from steam_persona.common.console import console
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.reviews import csvquotes
-from steam_persona.common import persona
+from steam_persona.common import memory, persona
 from steam_persona.common.textfile import decode, json_msg, load_json
 from steam_persona.common.errors import UserError
 from steam_persona.resources import packaged_copy_hint
@@ -376,6 +376,9 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
     if streamed is not None:
         return streamed
     raw, compressed = _read_bytes(path)
+    if suffix in (".csv", ".tsv", *_JSONL_SUFFIXES):
+        _refuse_long_line(path, raw)
+    _note_memory(path, len(raw))
     if suffix == ".parquet" or raw[:4] == b"PAR1":
         loaded = _read_parquet(path, raw, columns or {})
     else:
@@ -386,6 +389,22 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
         loaded.encoding = "UTF-16" if encoding == "utf-16" else None
     loaded.compressed = compressed
     return loaded
+
+
+#: the peak memory of reading a file whole, as a multiple of its (uncompressed) size: a 103 MiB JSON array of
+#: 800,000 short reviews peaks at 759 MiB in :func:`read`
+_WHOLE_READ_FACTOR = 7
+
+
+def _note_memory(path: Path, size: int) -> None:
+    """A note before a file of ``size`` bytes is read whole when that takes more memory than is available, so that a
+    run the system then kills has said why and what to do."""
+    need, free = size * _WHOLE_READ_FACTOR, memory.available_memory_bytes()
+    if need > free:
+        console.print(f"[yellow]note[/] {escape(str(path))}: read whole ({size / 2**20:,.0f} MiB: a JSON document, "
+                      f"another encoding than UTF-8 or Parquet), which takes about {need / 2**30:,.1f} GiB of memory, "
+                      f"more than the {free / 2**30:,.1f} GiB available; if prepare is killed, convert it to UTF-8 JSON "
+                      "Lines, which is read a line at a time")
 
 
 #: bytes read before a file is streamed: a UTF-16 byte-order mark or Parquet's magic bytes are told from them
@@ -399,21 +418,29 @@ def _read_streamed(path: Path, suffix: str, encoding: str, tag_language: str,
     ``None`` for every other file, which :func:`read` reads whole. A ``.csv``/``.tsv`` is streamed when its first
     line is not blank; another file when its first non-blank line is one JSON object with another non-blank line
     after it, where the whole text fails as one document with "Extra data". The lines, values and messages are
-    those of the whole-text reading.
+    those of the whole-text reading. No line is held longer than :data:`LINE_BYTES_CAP` bytes: a longer line in the
+    first :data:`_HEAD_BYTES` of a file not named ``.csv``/``.tsv``/``.jsonl``/``.ndjson`` may be one JSON document,
+    which :func:`read` reads whole.
 
     Raises:
         UserError: as :func:`read`, for the file's records, its undecodable bytes and a broken gzip stream.
+        LongLine: a line over :data:`LINE_BYTES_CAP` bytes.
     """
     if suffix == ".parquet" or encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
         return None
     with _binary(path) as (f, compressed):
+        lines = _capped_lines(path, f) if f else iter(())
         try:
-            head = f.read(_HEAD_BYTES) + f.readline() if f else b""
+            head = _head(lines)
         except (OSError, EOFError, zlib.error):
             return None  # read() names the error
+        except LongLine:
+            if suffix in (".csv", ".tsv", *_JSONL_SUFFIXES):
+                raise
+            return None  # perhaps one JSON document on one line, which read() reads whole
         if not head or head[:4] == b"PAR1" or _utf16(path, head, encoding) != encoding:
             return None
-        chunks = _utf8_chunks(path, itertools.chain(io.BytesIO(head), _checked(path, f)))
+        chunks = _utf8_chunks(path, itertools.chain(io.BytesIO(head), _checked(path, lines)))
         if suffix in (".csv", ".tsv"):
             first = next(chunks)
             if not first.strip():
@@ -449,10 +476,63 @@ def _binary(path: Path) -> Iterator[tuple[IO[bytes] | None, str | None]]:
             yield g, "gzip"
 
 
-def _checked(path: Path, f: IO[bytes]) -> Iterator[bytes]:
-    """``f``'s binary lines; a broken gzip stream raises :func:`_read_bytes`'s error."""
+class LongLine(UserError):
+    """A physical line of a JSON Lines or CSV/TSV file longer than :data:`LINE_BYTES_CAP`."""
+
+    def __init__(self, path: Path, number: int):
+        super().__init__(f"{path}: line {number}: over {LINE_BYTES_CAP:,} bytes, far longer than any review (texts "
+                         "joined into one line, or not a review dump); split the text into records of their own, or "
+                         "leave the file out")
+
+
+def _capped_lines(path: Path, f: IO[bytes]) -> Iterator[bytes]:
+    """``f``'s binary lines, each read with a bound: no more than :data:`LINE_BYTES_CAP` + 1 bytes of a line are held.
+
+    Raises:
+        LongLine: a line over the cap, before the rest of it is read.
+    """
+    for number in itertools.count(1):
+        line = f.readline(LINE_BYTES_CAP + 1)
+        if not line:
+            return
+        if len(line) > LINE_BYTES_CAP:
+            raise LongLine(path, number)
+        yield line
+
+
+def _refuse_long_line(path: Path, raw: bytes) -> None:
+    """The bound of :func:`_capped_lines` on the bytes of a JSON Lines or CSV/TSV file read whole (another encoding
+    than UTF-8), before they are decoded.
+
+    Raises:
+        LongLine: the first line over :data:`LINE_BYTES_CAP` bytes.
+    """
+    start = 0
+    for number in itertools.count(1):
+        end = raw.find(b"\n", start)
+        stop = len(raw) if end < 0 else end + 1
+        if stop - start > LINE_BYTES_CAP:
+            raise LongLine(path, number)
+        if end < 0:
+            return
+        start = stop
+
+
+def _head(lines: Iterator[bytes]) -> bytes:
+    """The first of ``lines`` up to the first line end at or after :data:`_HEAD_BYTES` bytes."""
+    taken, size = [], 0
+    for line in lines:
+        taken.append(line)
+        size += len(line)
+        if size >= _HEAD_BYTES:
+            break
+    return b"".join(taken)
+
+
+def _checked(path: Path, lines: Iterable[bytes]) -> Iterator[bytes]:
+    """``lines`` (a file's binary lines); a broken gzip stream raises :func:`_read_bytes`'s error."""
     try:
-        yield from f
+        yield from lines
     except (OSError, EOFError, zlib.error):
         _read_bytes(path)
         raise
@@ -1035,6 +1115,9 @@ def _app_info(d: dict) -> AppInfo:
 #: the most characters one CSV field may hold (a store-scrape ``user_reviews`` cell holds a game's reviews):
 #: reading a field costs about 18 times its size in memory
 CSV_FIELD_LIMIT = 1 << 24
+#: the longest physical line, in bytes, read from a UTF-8 JSON Lines or CSV/TSV file (a field of
+#: :data:`CSV_FIELD_LIMIT` characters at up to 4 bytes each); a longer one is refused when this much of it is read
+LINE_BYTES_CAP = 4 * CSV_FIELD_LIMIT
 
 
 def _csv_error(path: Path, reader: csv.DictReader, start: int, e: csv.Error) -> UserError:

@@ -7,7 +7,6 @@ their parsing are exactly the ones the server will use.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from steam_persona.export.quantize import QUANT_TYPES
 from steam_persona.common.arguments import context_size
 from steam_persona.common.errors import UserError
+from steam_persona.common.memory import available_memory_bytes
 
 #: When an export dir holds several GGUFs, serve the first of these that exists (smallest good one first).
 QUANT_PREFERENCE = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "q4_1", "f16", "bf16", "f32")
@@ -298,19 +298,6 @@ def completion_prompt_tokens(llama: Any, prompt: str) -> list[int]:
     if tokens:
         return tokens
     return [llama.token_bos() if llama.token_bos() != -1 else llama.token_eos()]
-
-
-def available_memory_bytes() -> int:
-    """Memory available to new allocations: ``MemAvailable`` from ``/proc/meminfo`` (Linux), else
-    physical pages × page size."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def choose_n_ctx(info: ModelInfo, requested: int = 0, memory_bytes: int | None = None,

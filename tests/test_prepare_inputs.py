@@ -1444,6 +1444,90 @@ def test_streamed_json_lines_name_undecodable_bytes_and_a_broken_gzip_as_before(
         sources.read(gz)
 
 
+def _long_line(src: Path, number: int, cap: int) -> str:
+    return (f"{src}: line {number}: over {cap:,} bytes, far longer than any review (texts joined into one line, or not "
+            "a review dump); split the text into records of their own, or leave the file out")
+
+
+@pytest.mark.parametrize("name,before", [("in.jsonl", 3), ("in.ndjson", 0), ("in.json", 700), ("in.jsonl.gz", 700),
+                                         ("in.csv", 2), ("in.tsv", 1000)])
+def test_a_line_over_the_line_cap_exits_2_naming_it_before_the_rest_of_it_is_read(tmp_path, monkeypatch, name, before):
+    """A 200 MB line was read whole before any limit applied (679 MiB RSS for a CSV; a JSON Lines record had no cap):
+    in the first 64 KiB or after (700 lines), at line 1, compressed or not, JSON Lines or CSV/TSV."""
+    monkeypatch.setattr(sources, "LINE_BYTES_CAP", 200)
+    if name.startswith("in.csv") or name.startswith("in.tsv"):
+        delim = "\t" if name.endswith(".tsv") else ","
+        lines = [f"review{delim}voted_up"] + [f"{EN[i % 4]}{delim}True" for i in range(before - 1)] + [
+            f"{'x' * 300}{delim}True"]
+    else:
+        lines = _review_lines(before) + [json.dumps({"review": "x" * 300, "recommendationid": "1"})]
+    text = "\n".join(lines + _review_lines(2)) + "\n"
+    src = tmp_path / name
+    src.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == _long_line(src, len(lines), 200)
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json")])
+    assert (r.exit_code, r.output.strip().replace("\n", "")) == (2, "Error: " + _long_line(src, len(lines), 200))
+
+
+@pytest.mark.parametrize("name,encoding", [("in.csv", "gbk"), ("in.jsonl", "gbk"), ("in.tsv", "utf-16")])
+def test_a_line_over_the_line_cap_in_a_file_read_whole_exits_2_naming_it(tmp_path, monkeypatch, name, encoding):
+    """Files in another encoding are read whole: the same bound, on their bytes before they are decoded."""
+    monkeypatch.setattr(sources, "LINE_BYTES_CAP", 200)
+    lines = ["review\tvoted_up", f"{ZH[0]}\tTrue", f"{'好' * 200}\tTrue", f"{ZH[1]}\tTrue"] if name != "in.jsonl" \
+        else [json.dumps({"review": t, "recommendationid": "1"}, ensure_ascii=False) for t in (ZH[0], "好" * 200, ZH[1])]
+    lines = [line.replace("\t", ",") for line in lines] if name == "in.csv" else lines
+    src = tmp_path / name
+    src.write_bytes("\n".join(lines).encode(encoding))
+    with pytest.raises(UserError) as e:
+        sources.read(src, encoding=encoding)
+    assert str(e.value) == _long_line(src, 3 if name != "in.jsonl" else 2, 200)
+    monkeypatch.setattr(sources, "LINE_BYTES_CAP", 1000)
+    assert len(sources.read(src, encoding=encoding).reviews) == 3
+
+
+def test_line_cap_reads_no_more_of_a_long_line_than_the_cap(monkeypatch):
+    monkeypatch.setattr(sources, "LINE_BYTES_CAP", 100)
+    f = io.BytesIO(b"short\n" + b"x" * 10_000 + b"\nafter\n")
+    lines = sources._capped_lines(Path("f.jsonl"), f)
+    assert next(lines) == b"short\n"
+    with pytest.raises(UserError, match="line 2: over 100 bytes"):
+        next(lines)
+    assert f.tell() == len(b"short\n") + 101
+
+
+def test_lines_up_to_the_cap_and_quoted_csv_texts_longer_than_it_read_as_before(tmp_path, monkeypatch):
+    """The cap holds per physical line: a quoted review over many lines is longer than the cap and still one row; a
+    line of exactly the cap is read; a one-line JSON document (not JSON Lines) over the cap is read whole as before."""
+    monkeypatch.setattr(sources, "LINE_BYTES_CAP", 120)
+    multi = "\n".join([EN[0], EN[1], EN[2], EN[3]] * 3)
+    src = _csv(tmp_path / "in.csv", ["review", "voted_up"], [[EN[0], True], [multi, False], [EN[1], True]])
+    assert len(multi) > 600 and max(map(len, src.read_bytes().splitlines(keepends=True))) <= 120
+    assert [r.text for r in sources.read(src).reviews] == [EN[0], multi, EN[1]]
+    line = json.dumps({"review": EN[0], "recommendationid": "1"})
+    exact = _raw(tmp_path / "exact.jsonl", line + " " * (119 - len(line)) + "\n" + line + "\n")
+    assert [r.text for r in sources.read(exact).reviews] == [EN[0], EN[0]]
+    doc = _raw(tmp_path / "doc.json", json.dumps([{"review": t, "voted_up": True} for t in EN]))
+    assert [r.text for r in sources.read(doc).reviews] == EN
+
+
+def test_a_file_read_whole_with_more_memory_than_available_says_so_first(tmp_path, monkeypatch, capsys):
+    from steam_persona.common import memory
+    doc = _raw(tmp_path / "doc.json", json.dumps([{"review": t, "voted_up": True} for t in EN]))
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 7 * doc.stat().st_size)
+    assert [r.text for r in sources.read(doc).reviews] == EN and "read whole" not in capsys.readouterr().err
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 2**30 // 10)
+    doc.write_text(json.dumps([{"review": "x" * 2**25, "voted_up": True}]), encoding="utf-8")
+    sources.read(doc)
+    err = capsys.readouterr().err.replace("\n", "")
+    assert f"note {doc}: read whole (32 MiB: a JSON document, another encoding than UTF-8 or Parquet), which takes " \
+        "about 0.2 GiB of memory, more than the 0.1 GiB available; if prepare is killed, convert it to UTF-8 JSON " \
+        "Lines, which is read a line at a time" in err
+    jsonl = _raw(tmp_path / "r.jsonl", "\n".join(_review_lines(3)) + "\n")
+    assert len(sources.read(jsonl).reviews) == 3 and "read whole" not in capsys.readouterr().err
+
+
 def test_json_lines_named_json_with_every_fifth_line_cut_from_the_first_name_them_all(tmp_path):
     """Trial 29 N3's s3b: 300 lines, every fifth cut starting with line 1, got the one message of line 3."""
     lines = _review_lines(300)
