@@ -765,6 +765,8 @@ def worker(stack: str, model_dir: Path, tiny: bool, cap_gib: float, out: Path) -
             return lambda: unsloth_stack.run(model, tok, data, bs, n, w, padding_free,
                                              max(len(x["input_ids"]) for x in data) * (bs if padding_free else 1),
                                              tmp, _timing)
+        if stack.startswith("ours-graph") and not torch.cuda.is_available():
+            return lambda: {"skipped": "CUDA graphs need a CUDA GPU"}
         return lambda: run_ours(model, data, bs, accum, padding_free, n, w, pad,
                                 graph=stack.startswith("ours-graph"))
 
