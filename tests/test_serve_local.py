@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from tests.serving import assert_one_505_for_http2, REPO, log_rows, start_server
+from tests.serving import assert_one_505_for_http2, REPO, log_rows, send_raw, start_server
 
 CHAT = "/v1/chat/completions"
 HI = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}
@@ -88,6 +88,14 @@ def test_dns_rebinding_host_names_are_refused(server):
     _refused(httpx.get(f"{server.base_url}/health", headers={"Host": "127.0.0.1.evil.example"}), "host_not_allowed")
     for host in ("localhost", f"localhost:{server.port}", "app.localhost", "127.0.0.2:1", "[::1]", f"[::1]:{server.port}"):
         assert httpx.get(f"{server.base_url}/v1/models", headers={"Host": host}).status_code == 200, host
+
+
+def test_an_absolute_form_target_names_the_host_that_is_checked(server):
+    """RFC 9112 §3.2.2: the target's authority stands for ``Host`` (a loopback ``Host`` beside it changes nothing)."""
+    for authority, status in ((f"evil.example:{server.port}", b"403"), (f"127.0.0.1:{server.port}", b"200")):
+        got = send_raw(server.base_url, f"GET http://{authority}/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                        "Connection: close\r\n\r\n".encode())
+        assert got.startswith(b"HTTP/1.1 " + status + b" "), (authority, got)
 
 
 def test_legacy_ipv4_forms_of_loopback_are_loopback_hosts(server):
