@@ -48,7 +48,9 @@ class ServeConfig:
     insecure: bool = arg(False, "Allow a non-loopback --host without an API key.")
     model_alias: str | None = arg(None, "Model id clients use (default: the export's name from "
                                             "export_report.json, else the GGUF file stem).")
-    n_ctx: int = LlamaCppArguments.use("n_ctx")
+    n_ctx: int = LlamaCppArguments.use(
+        "n_ctx", note="One whose f16 KV cache is larger than the free memory is refused before loading (where the "
+                      "cache sits in host memory: no GPU offload).")
     n_threads: int = LlamaCppArguments.use("n_threads")
     n_gpu_layers: int = LlamaCppArguments.use("n_gpu_layers")
     n_batch: int = LlamaCppArguments.use("n_batch")
@@ -191,9 +193,11 @@ def run(cfg: ServeConfig) -> None:
 
 def _load_error(info: ModelInfo, n_ctx: int, error: ValueError) -> UserError:
     """The line for a model llama.cpp did not load: a context it could not create is --n_ctx's fault."""
+    from steam_persona.serve.modelinfo import trained_on
+
     if "llama_context" in str(error):
-        train = f" (the model's training context is {info.n_ctx_train})" if info.n_ctx_train else ""
-        return UserError(f"serve: llama.cpp could not allocate a context of {n_ctx} tokens; lower --n_ctx{train}")
+        return UserError(f"serve: llama.cpp could not allocate a context of {n_ctx} tokens; lower --n_ctx"
+                         f"{trained_on(info)}")
     return UserError(f"{info.path}: llama.cpp could not load the model ({error})")
 
 

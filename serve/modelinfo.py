@@ -328,9 +328,13 @@ def check_kv_fits(info: ModelInfo, n_ctx: int, slots: int = 1, memory_bytes: int
     if need <= free:
         return
     flag = f"--n_ctx {n_ctx}" + (f" × --parallel {slots}" if slots > 1 else "")
-    trained = f" (the model was trained on {info.n_ctx_train:,} tokens)" if info.n_ctx_train else ""
     raise UserError(f"{flag}: its KV cache needs {byte_size(need)}, this machine has {byte_size(free)} free beside "
-                    f"the model's weights; lower --n_ctx{trained}")
+                    f"the model's weights; lower --n_ctx{trained_on(info)}")
+
+
+def trained_on(info: ModelInfo) -> str:
+    """`` (the model was trained on 8,192 tokens)`` for a line that says to lower ``--n_ctx`` ("" when unknown)."""
+    return f" (the model was trained on {info.n_ctx_train:,} tokens)" if info.n_ctx_train else ""
 
 
 def choose_n_ctx(info: ModelInfo, requested: int = 0, memory_bytes: int | None = None,

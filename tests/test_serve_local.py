@@ -249,7 +249,7 @@ def test_a_context_llama_cpp_cannot_create_is_blamed_on_n_ctx(smollm2_gguf):
     info = read_model_info(str(smollm2_gguf))
     err = _load_error(info, 99999999, ValueError("Failed to create llama_context"))
     assert str(err) == ("serve: llama.cpp could not allocate a context of 99999999 tokens; lower --n_ctx "
-                        "(the model's training context is 8192)")
+                        "(the model was trained on 8,192 tokens)")
     assert str(_load_error(info, 512, ValueError("bad file"))).endswith("could not load the model (bad file)")
 
 
