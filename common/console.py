@@ -95,3 +95,11 @@ def summary_table(title: str, rows: Iterable[tuple[object, object]]) -> None:
     for k, v in rows:
         table.add_row(str(k), str(v))
     console.print(table)
+
+
+def byte_size(n: float) -> str:
+    """``n`` bytes for a person to read: MiB below 1 GiB, GiB below 1 TiB, then TiB (``1.1 TiB``)."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n / 2**20:,.1f} MiB"

@@ -51,12 +51,32 @@ class Interrupts:
         if self.received is not None:
             quit_at_once(signum, frame)
         self.received = signum
+        stopped_by(signum)
         raise KeyboardInterrupt
 
     def check(self) -> None:
         """Raise ``KeyboardInterrupt`` if a signal came in the block (whether or not its own raise got through)."""
         if self.received is not None:
             raise KeyboardInterrupt
+
+
+#: The signal that stopped the stage (the first one handled; :func:`stop_status`); empty before.
+_stop_signal: list[int] = []
+
+
+def stopped_by(signum: int | None) -> None:
+    """Record the signal that stops the stage, unless one already did; ``None`` forgets it (a command begins)."""
+    if signum is None:
+        _stop_signal.clear()
+    elif not _stop_signal:
+        _stop_signal.append(signum)
+
+
+def stop_status() -> int:
+    """The exit status of a stage stopped by ``KeyboardInterrupt``: 128 + the number of the signal that stopped it
+    (:func:`stopped_by`; 143 for SIGTERM, 129 for SIGHUP), as a shell reports a process that signal ended; 130 for
+    Ctrl-C, also when Python's own handler raised it."""
+    return 128 + (_stop_signal[0] if _stop_signal else signal.SIGINT)
 
 
 def quit_at_once(signum: int, frame: object = None) -> NoReturn:
@@ -163,7 +183,7 @@ def interrupted_before_writing(when: str, out: object | None) -> str:
 def said_if_stopped_before_writing(out: object | None, when: Callable[[], str], say: bool = True) -> Iterator[None]:
     """The block writes nothing (it loads, reads, computes): Ctrl-C or a stop signal in it prints one line,
     ``interrupted {when()}: nothing was written to {out}; rerun the same command to start`` (unless ``say`` is
-    False: a caller prints its own), and ends the stage as Ctrl-C does (exit 130; :func:`stop_signals_interrupt`)."""
+    False: a caller prints its own), and ends the stage as Ctrl-C does (:func:`stop_signals_interrupt`)."""
     try:
         with stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,)):
             yield
@@ -178,14 +198,14 @@ def said_if_stopped_before_writing(out: object | None, when: Callable[[], str], 
 @contextlib.contextmanager
 def stop_signals_interrupt(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[Interrupts]:
     """Inside the block a signal of `signals` (default :data:`STOP_SIGNALS`) raises ``KeyboardInterrupt``, so the
-    stage ends as on Ctrl-C (its own message, exit 130) instead of dying without a word; the handlers before it
-    come back after, unless the block ends by the interrupt in a command's process (:func:`until_started`): then
-    its stage is stopping, and from there another Ctrl-C or stop signal quits at once (:func:`quit_at_once`, as
-    :func:`stopping`); a signal ignored when the block starts (``nohup``'s SIGHUP, SIGINT in a script's background
-    job) stays ignored. Yields the block's :class:`Interrupts`. An error raised in the block after a signal came is
-    raised as ``KeyboardInterrupt``: a library may turn the interrupt into its own error (transformers' lazy
-    import, interrupted, raises ``ModuleNotFoundError``). Only in the main thread (Python delivers signals
-    there); elsewhere the handlers are left alone."""
+    stage ends as on Ctrl-C (its own message, exit 128 + the signal's number: :func:`stop_status`) instead of dying
+    without a word; the handlers before it come back after, unless the block ends by the interrupt in a command's
+    process (:func:`until_started`): then its stage is stopping, and from there another Ctrl-C or stop signal quits
+    at once (:func:`quit_at_once`, as :func:`stopping`); a signal ignored when the block starts (``nohup``'s SIGHUP,
+    SIGINT in a script's background job) stays ignored. Yields the block's :class:`Interrupts`. An error raised in
+    the block after a signal came is raised as ``KeyboardInterrupt``: a library may turn the interrupt into its own
+    error (transformers' lazy import, interrupted, raises ``ModuleNotFoundError``). Only in the main thread (Python
+    delivers signals there); elsewhere the handlers are left alone."""
     interrupts = Interrupts()
     # a signal ignored when the block starts stays ignored: nohup (SIGHUP), a script's background job (SIGINT)
     old = {sig: signal.signal(sig, interrupts.handler) for sig in signals

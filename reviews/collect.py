@@ -613,7 +613,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     fetch = Fetcher(cfg, t0 + cfg.max_time if cfg.max_time > 0 else None)
     files: list[dict[str, Any]] = []
     try:
-        with stop_signals_interrupt():  # SIGTERM / SIGHUP: saved, logged, exit 130, as Ctrl-C
+        with stop_signals_interrupt():  # SIGTERM / SIGHUP: saved, logged, exit 143 / 129, as Ctrl-C
             for out, ids in jobs:
                 files.append(_one_file(out, ids, cfg, fetch, len(jobs) > 1))
                 if files[-1]["stopped"]:
@@ -693,7 +693,7 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
 command = config.command(
     CollectConfig, run, name="collect", config_option="option",
     help="Download Steam reviews (appreviews API) to JSON Lines, one raw review + appid per line.\n\n"
-         "Resumable: rerun the same command after an interruption (Ctrl-C, SIGTERM or SIGHUP: exit 130), a failed "
+         "Resumable: rerun the same command after an interruption (Ctrl-C, SIGTERM or SIGHUP: exit 128 + the signal's number), a failed "
          "app or appdetails request, Steam's rate limit or --max_time (these exit 2 with the data kept). One run "
          "at a time per output file. "
          "Example:\n\n"

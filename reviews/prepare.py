@@ -1128,7 +1128,7 @@ def run(cfg: PrepareConfig, resume_hint: bool = True) -> dict[str, Any]:
         # SIGTERM / SIGHUP end it as Ctrl-C does; an error after Ctrl-C (an interrupted import) is the Ctrl-C
         with _cycle_collector_paused(), stop_signals_interrupt(STOP_SIGNALS + (signal.SIGINT,)):
             return _prepare(cfg)
-    except KeyboardInterrupt:  # Ctrl-C (the CLI exits 130): say so, as collect, train and export do
+    except KeyboardInterrupt:  # Ctrl-C or a stop signal (the CLI exits 128 + its number): say so, as collect, train and export do
         if resume_hint:
             console.print("[yellow]interrupted; prepare starts over when rerun (its outputs are replaced together "
                           "or not at all)")

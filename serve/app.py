@@ -19,6 +19,7 @@ from steam_persona.serve.middleware import SteamMiddleware
 from steam_persona.serve.routes import Served
 from steam_persona.serve.modelinfo import ModelInfo
 from steam_persona.serve.request_id import RequestIdMiddleware
+from steam_persona.serve.target import AbsoluteFormMiddleware
 from steam_persona.common.arguments import LlamaCppArguments
 from steam_persona.common.atomic import JsonlLog
 
@@ -141,8 +142,8 @@ CORS_HEADERS = ["authorization", "x-api-key", "x-request-id", "openai-organizati
 
 def _install_middleware(app: FastAPI, served: Served, opts: AppOptions) -> None:
     """Ours (auth, limits, persona), CORS when origins are listed, the access log (outside CORS:
-    preflights get rows) and the request id outermost. The log is ``app.state.request_log``
-    (``None`` without ``--log_file``) for the HTTP protocol's own answers."""
+    preflights get rows), the request id around them and the absolute-form rewrite outermost. The log
+    is ``app.state.request_log`` (``None`` without ``--log_file``) for the HTTP protocol's own answers."""
     log = app.state.request_log = JsonlLog(opts.log_file) if opts.log_file else None
     app.add_middleware(SteamMiddleware, served=served, api_key=opts.api_key, persona=opts.persona,
                        persona_mode=opts.persona_mode, max_request_bytes=opts.max_request_bytes,
@@ -156,7 +157,8 @@ def _install_middleware(app: FastAPI, served: Served, opts: AppOptions) -> None:
                            allow_headers=CORS_HEADERS)
     if log is not None:
         app.add_middleware(AccessLog, log=log)
-    app.add_middleware(RequestIdMiddleware)  # added last: the outermost, so that every answer carries the id
+    app.add_middleware(RequestIdMiddleware)  # added late: outside the others, so that every answer carries the id
+    app.add_middleware(AbsoluteFormMiddleware)  # the outermost: every other layer sees the origin-form path
 
 
 def _supervise(app: FastAPI, upstream: LlamaServer) -> None:

@@ -48,7 +48,9 @@ class ServeConfig:
     insecure: bool = arg(False, "Allow a non-loopback --host without an API key.")
     model_alias: str | None = arg(None, "Model id clients use (default: the export's name from "
                                             "export_report.json, else the GGUF file stem).")
-    n_ctx: int = LlamaCppArguments.use("n_ctx")
+    n_ctx: int = LlamaCppArguments.use(
+        "n_ctx", note="One whose f16 KV cache is larger than the free memory is refused before loading (where the "
+                      "cache sits in host memory: no GPU offload).")
     n_threads: int = LlamaCppArguments.use("n_threads")
     n_gpu_layers: int = LlamaCppArguments.use("n_gpu_layers")
     n_batch: int = LlamaCppArguments.use("n_batch")
@@ -191,19 +193,23 @@ def run(cfg: ServeConfig) -> None:
 
 def _load_error(info: ModelInfo, n_ctx: int, error: ValueError) -> UserError:
     """The line for a model llama.cpp did not load: a context it could not create is --n_ctx's fault."""
+    from steam_persona.serve.modelinfo import trained_on
+
     if "llama_context" in str(error):
-        train = f" (the model's training context is {info.n_ctx_train})" if info.n_ctx_train else ""
-        return UserError(f"serve: llama.cpp could not allocate a context of {n_ctx} tokens; lower --n_ctx{train}")
+        return UserError(f"serve: llama.cpp could not allocate a context of {n_ctx} tokens; lower --n_ctx"
+                         f"{trained_on(info)}")
     return UserError(f"{info.path}: llama.cpp could not load the model ({error})")
 
 
 def _app_options(cfg: ServeConfig, info: ModelInfo, binary: Path | None) -> tuple[AppOptions, str]:
     """The app's options from the flags and the GGUF's facts, and why ``n_ctx`` is what it is."""
     from steam_persona.serve.app import AppOptions
-    from steam_persona.serve.modelinfo import choose_n_ctx
+    from steam_persona.serve.modelinfo import check_kv_fits, choose_n_ctx
     from steam_persona.serve.persona import resolve_persona
 
     n_ctx, ctx_reason = choose_n_ctx(info, cfg.n_ctx)
+    if not _cache_may_sit_on_gpu(cfg):
+        check_kv_fits(info, n_ctx, cfg.parallel if cfg.engine == "llama-server" else 1)
     if info.n_ctx_train and n_ctx > info.n_ctx_train:
         console.print(f"[yellow]warning:[/] --n_ctx {n_ctx} exceeds the model's training context {info.n_ctx_train}; "
                       "quality may drop past it")
@@ -217,6 +223,15 @@ def _app_options(cfg: ServeConfig, info: ModelInfo, binary: Path | None) -> tupl
                       cors_origins=cors_origins(cfg.cors_origins), loopback_bind=is_loopback(cfg.host),
                       engine=cfg.engine, parallel=cfg.parallel, llama_server=str(binary) if binary else None)
     return opts, ctx_reason
+
+
+def _cache_may_sit_on_gpu(cfg: ServeConfig) -> bool:
+    """Whether llama.cpp may put the KV cache in GPU memory, which serve does not measure: layers are offloaded
+    (``--n_gpu_layers`` not 0) by a GPU build of llama-cpp-python, or by a llama-server binary, whose build
+    serve cannot ask."""
+    import llama_cpp
+
+    return cfg.n_gpu_layers != 0 and (cfg.engine == "llama-server" or bool(llama_cpp.llama_supports_gpu_offload()))
 
 
 def _check_flags(cfg: ServeConfig) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from steam_persona.export.quantize import QUANT_TYPES
 from steam_persona.common.arguments import context_size
+from steam_persona.common.console import byte_size
 from steam_persona.common.errors import UserError
 from steam_persona.common.memory import available_memory_bytes
 
@@ -298,6 +299,29 @@ def completion_prompt_tokens(llama: Any, prompt: str) -> list[int]:
     if tokens:
         return tokens
     return [llama.token_bos() if llama.token_bos() != -1 else llama.token_eos()]
+
+
+def check_kv_fits(info: ModelInfo, n_ctx: int, slots: int = 1, memory_bytes: int | None = None) -> None:
+    """Refuse a context whose f16 KV cache (``n_ctx × slots ×`` :attr:`ModelInfo.kv_bytes_per_token`) is larger
+    than the memory available (:func:`available_memory_bytes`, or ``memory_bytes``) beside the weights,
+    before llama.cpp allocates any of it. Only host memory is measured: the caller skips this where the
+    cache may sit in GPU memory. A GGUF without the metadata (``kv_bytes_per_token`` 0) is not checked.
+
+    Raises:
+        UserError: naming ``--n_ctx``, the cache's size and the free memory.
+    """
+    need = n_ctx * slots * info.kv_bytes_per_token
+    free = max((available_memory_bytes() if memory_bytes is None else memory_bytes) - info.file_bytes, 0)
+    if need <= free:
+        return
+    flag = f"--n_ctx {n_ctx}" + (f" × --parallel {slots}" if slots > 1 else "")
+    raise UserError(f"{flag}: its KV cache needs {byte_size(need)}, this machine has {byte_size(free)} free beside "
+                    f"the model's weights; lower --n_ctx{trained_on(info)}")
+
+
+def trained_on(info: ModelInfo) -> str:
+    """`` (the model was trained on 8,192 tokens)`` for a line that says to lower ``--n_ctx`` ("" when unknown)."""
+    return f" (the model was trained on {info.n_ctx_train:,} tokens)" if info.n_ctx_train else ""
 
 
 def choose_n_ctx(info: ModelInfo, requested: int = 0, memory_bytes: int | None = None,

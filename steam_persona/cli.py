@@ -31,10 +31,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-#: Exit status after Ctrl-C: 128 + SIGINT, as a shell reports a process that SIGINT ended.
-SIGINT_EXIT = 130
-
-
 #: ``[errors.end_if_stopping]`` once :meth:`LazyGroup.__call__` has registered it (once, so that it stays first).
 _ENDING: list = []
 
@@ -88,16 +84,19 @@ class LazyGroup(click.Group):
             raise _one_line(e) from None
 
     def invoke(self, ctx: click.Context):
+        errors.stopped_by(None)
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
             raise _one_line(e) from None
         except KeyboardInterrupt:
-            # Ctrl-C: the stage has said where it stopped (train, export, demo); exit 130, the shell's code for
-            # SIGINT (128 + 2), instead of click's "Aborted!" and exit 1. Another Ctrl-C while the process ends
-            # (its threads joined, its exit handlers run) quits at once, with one line and no traceback.
-            errors.stopping(SIGINT_EXIT)
-            raise click.exceptions.Exit(SIGINT_EXIT) from None
+            # Ctrl-C or a stop signal: the stage has said where it stopped; exit 128 + the signal's number, the
+            # shell's code for it (130 for Ctrl-C, 143 for SIGTERM), instead of click's "Aborted!" and exit 1.
+            # Another signal while the process ends (its threads joined, its exit handlers run) quits at once,
+            # with one line and no traceback.
+            status = errors.stop_status()
+            errors.stopping(status)
+            raise click.exceptions.Exit(status) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)

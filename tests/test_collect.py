@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from conftest import DEAD_PID
 from tests.steam_replay import SteamReplay, cursor_for
-from steam_persona.common import config
+from steam_persona.common import config, errors
 from steam_persona.cli import main
 from steam_persona.reviews.collect import CollectConfig, collect, run
 from steam_persona.common.errors import UserError
@@ -788,10 +788,12 @@ def test_sigterm_and_sighup_end_the_run_like_ctrl_c(tmp_path, steam, capsys, sig
     import threading
 
     steam.delay = 0.05
+    errors.stopped_by(None)
     threading.Timer(0.2, os.kill, (os.getpid(), sig)).start()
     with pytest.raises(KeyboardInterrupt):
         collect(_cfg(steam, tmp_path / "r.jsonl", num_per_page=5))
     assert "interrupted; progress is saved" in capsys.readouterr().err
+    assert errors.stop_status() == 128 + sig  # the CLI's exit status
     assert [e["event"] for e in _lines(tmp_path / "r.log.jsonl")][-2:] == ["error", "end"]
     assert signal.getsignal(sig) is signal.SIG_DFL
     steam.delay = 0

@@ -1298,6 +1298,25 @@ def test_ctrl_c_says_what_a_rerun_does(tmp_path, monkeypatch):
         "replaced together or not at all)", r.output
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_mid_cleaning_exits_128_plus_its_number(tmp_path, monkeypatch, sig):
+    """Trial 33: SIGTERM before prepare's work began exited 143, mid-cleaning 130; both are 128 + the signal's."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    def stopped(cfg):
+        os.kill(os.getpid(), sig)
+    monkeypatch.setattr(prepare_mod, "_prepare", stopped)
+    src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/train.json")])
+    assert r.exit_code == 128 + sig and r.output.strip() == "interrupted; prepare starts over when rerun (its " \
+        "outputs are replaced together or not at all)", (r.exit_code, r.output)
+
+    def ctrl_c(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare_mod, "_prepare", ctrl_c)  # the next command's stop is its own
+    assert CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/train.json")]).exit_code == 130
+
+
 def test_a_stop_while_writing_leaves_no_empty_folder_prepare_made(tmp_path, ctrl_c_in):
     """Trial 32: SIGINT / SIGTERM while prepare wrote left its empty --out folder behind; one that was there stays."""
     from steam_persona.reviews import prepare as prepare_mod

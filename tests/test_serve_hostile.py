@@ -17,7 +17,7 @@ import zlib
 import httpx
 import pytest
 
-from tests.serving import assert_one_505_for_http2, log_rows, start_server
+from tests.serving import assert_one_505_for_http2, log_rows, send_raw, start_server
 
 KEY = "hostile-key-51c"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -955,3 +955,13 @@ def test_the_log_counts_a_suffix_prompt_as_usage_does(client, request_log):
 
 def test_an_http2_preface_gets_one_505_and_the_connection_closed(server):
     assert_one_505_for_http2(server.base_url)
+
+
+def test_an_absolute_form_target_is_routed_by_its_path(server):
+    """RFC 9112 §3.2.2: a server MUST accept ``GET http://host:port/path`` (a 404 ``unknown_url`` before)."""
+    authority = server.base_url.removeprefix("http://")
+    got = send_raw(server.base_url, f"GET http://{authority}/v1/models HTTP/1.1\r\nHost: {authority}\r\n"
+                                    f"Authorization: Bearer {KEY}\r\nConnection: close\r\n\r\n".encode())
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), got
+    assert [m["id"] for m in json.loads(body)["data"]] == ["SmolLM2-135M-Instruct.Q4_1"]

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from tests.serving import assert_one_505_for_http2, REPO, log_rows, start_server
+from tests.serving import assert_one_505_for_http2, REPO, log_rows, send_raw, start_server
 
 CHAT = "/v1/chat/completions"
 HI = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}
@@ -88,6 +88,14 @@ def test_dns_rebinding_host_names_are_refused(server):
     _refused(httpx.get(f"{server.base_url}/health", headers={"Host": "127.0.0.1.evil.example"}), "host_not_allowed")
     for host in ("localhost", f"localhost:{server.port}", "app.localhost", "127.0.0.2:1", "[::1]", f"[::1]:{server.port}"):
         assert httpx.get(f"{server.base_url}/v1/models", headers={"Host": host}).status_code == 200, host
+
+
+def test_an_absolute_form_target_names_the_host_that_is_checked(server):
+    """RFC 9112 §3.2.2: the target's authority stands for ``Host`` (a loopback ``Host`` beside it changes nothing)."""
+    for authority, status in ((f"evil.example:{server.port}", b"403"), (f"127.0.0.1:{server.port}", b"200")):
+        got = send_raw(server.base_url, f"GET http://{authority}/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                        "Connection: close\r\n\r\n".encode())
+        assert got.startswith(b"HTTP/1.1 " + status + b" "), (authority, got)
 
 
 def test_legacy_ipv4_forms_of_loopback_are_loopback_hosts(server):
@@ -241,5 +249,38 @@ def test_a_context_llama_cpp_cannot_create_is_blamed_on_n_ctx(smollm2_gguf):
     info = read_model_info(str(smollm2_gguf))
     err = _load_error(info, 99999999, ValueError("Failed to create llama_context"))
     assert str(err) == ("serve: llama.cpp could not allocate a context of 99999999 tokens; lower --n_ctx "
-                        "(the model's training context is 8192)")
+                        "(the model was trained on 8,192 tokens)")
     assert str(_load_error(info, 512, ValueError("bad file"))).endswith("could not load the model (bad file)")
+
+
+def test_an_n_ctx_whose_kv_cache_cannot_fit_is_refused_before_llama_cpp_allocates(smollm2_gguf):
+    """``--n_ctx 99999999`` took 5.2 GB and 16 s before llama.cpp failed to create its context."""
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "steam_persona", "serve", str(smollm2_gguf), "--n_ctx", "99999999",
+                        "--n_gpu_layers", "0", "--port", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and time.monotonic() - started < 20, r.stderr
+    assert r.stderr.strip().splitlines() == [re.sub(r"\s+", " ", r.stderr.strip())], r.stderr  # one line
+    assert re.fullmatch(r"Error: command line: --n_ctx 99999999: its KV cache needs 2\.1 TiB, this machine has "
+                        r"[\d.,]+ [GMT]iB free beside the model's weights; lower --n_ctx "
+                        r"\(the model was trained on 8,192 tokens\)", r.stderr.strip()), r.stderr
+    assert "llama_context" not in r.stderr  # llama.cpp never began a context
+
+
+def test_kv_fits_counts_every_llama_server_slot(smollm2_gguf):
+    from steam_persona.common.errors import UserError
+    from steam_persona.serve.modelinfo import check_kv_fits, read_model_info
+
+    info = read_model_info(smollm2_gguf)
+    memory = info.file_bytes + 4096 * info.kv_bytes_per_token
+    check_kv_fits(info, 4096, memory_bytes=memory)
+    with pytest.raises(UserError, match=r"^--n_ctx 2048 × --parallel 4: its KV cache needs 180\.0 MiB, this "
+                                        r"machine has 90\.0 MiB free"):
+        check_kv_fits(info, 2048, 4, memory_bytes=memory)
+
+
+def test_an_n_ctx_above_the_training_context_that_fits_is_served_with_one_warning(smollm2_gguf):
+    with start_server(smollm2_gguf, extra_args=("--n_ctx", "16384", "--n_gpu_layers", "0")) as srv:
+        assert httpx.get(f"{srv.base_url}/health").json()["n_ctx"] == 16384
+        warnings = [line for line in srv.output().splitlines() if line.startswith("warning:")]
+        assert warnings == ["warning: --n_ctx 16384 exceeds the model's training context 8192; quality may drop "
+                            "past it"], srv.output()

@@ -310,8 +310,9 @@ def test_a_sigterm_once_the_lock_is_taken_removes_it_and_says_where_it_stopped(t
         signal.signal(signal.SIGTERM, old)
     said = " ".join(r.output.split())
     assert held == [True] and not isinstance(r.exception, Killed), r.exception
-    assert r.exit_code == 130 and (f"interrupted while loading, before the first step: nothing was written to {out}; "
-                                   "rerun the same command to start") in said, (r.exit_code, said)
+    assert r.exit_code == 128 + signal.SIGTERM and (f"interrupted while loading, before the first step: nothing was "
+                                                   f"written to {out}; rerun the same command to start") in said, \
+        (r.exit_code, said)
     assert not lock.exists() and not out.exists()
 
 

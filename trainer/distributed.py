@@ -217,7 +217,7 @@ def accum_for_resume(ckpt: Path, accum: int, world: int) -> int:
 
 class WorkersStopped(KeyboardInterrupt):
     """A ``--nproc_per_node`` launch stopped by Ctrl-C or a stop signal: its workers were stopped as by Ctrl-C, and
-    rank 0 said where (exit 130)."""
+    rank 0 said where (exit 128 + the signal's number)."""
 
 
 def _not_an_agent_stop_line(record: logging.LogRecord) -> bool:
@@ -231,12 +231,16 @@ def _stop_signals_as_ctrl_c() -> Iterator[None]:
     stopping the workers with the same signal and raising ``SignalException`` once they ended; SIGTERM and SIGHUP
     are a Ctrl-C to it, so the workers stop as on Ctrl-C (rank 0 says where; the default SIGTERM would end them
     without a word). The handlers before it come back after; the agent's own stop lines are not logged."""
-    from steam_persona.common.errors import STOP_SIGNALS
+    from steam_persona.common.errors import STOP_SIGNALS, stopped_by
+
+    def as_ctrl_c(signum: int, frame: object) -> None:
+        stopped_by(signum)  # the launching process still exits 128 + its number
+        signal.raise_signal(signal.SIGINT)
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGQUIT) + STOP_SIGNALS}
     for sig in STOP_SIGNALS:
         if handlers[sig] is not signal.SIG_IGN:
-            signal.signal(sig, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+            signal.signal(sig, as_ctrl_c)
     agent_logs = [logging.getLogger(f"torch.distributed.elastic.{name}.api")
                   for name in ("agent.server", "multiprocessing")]
     for log in agent_logs:

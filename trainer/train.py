@@ -730,7 +730,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[Callable[[int, dict], None], ...] 
     main = distributed.rank_world()[0] == 0
     recipe = TrainRecipe(cfg, callbacks)
     # SIGTERM / SIGHUP (a scheduler's stop, a closed terminal) end a run as Ctrl-C does: where it stopped and how
-    # to go on, exit 130; a Ctrl-C that Python dropped (raised inside a finalizer while loading) still stops it
+    # to go on, exit 128+signum; a Ctrl-C that Python dropped (raised inside a finalizer while loading) still stops it
     # before the next step. Installed first, so a stop at any moment says so and removes the lock; the stop line
     # inside the block, so a second signal while it is printed quits at once (Interrupts.handler). Not under a
     # launcher: its agent stops the workers with SIGTERM, maybe inside a collective. --nproc_per_node's process
