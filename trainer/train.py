@@ -53,7 +53,7 @@ from steam_persona.common.arguments import (DataArguments, FinetuningArguments, 
                                              ModelArguments, QuantizationArguments, TrainingArguments, as_typed,
                                              not_negative_finite)
 from steam_persona.common.config import arg
-from steam_persona.common.console import console, plain_progress, progress, summary_table
+from steam_persona.common.console import byte_size, console, plain_progress, progress, summary_table
 from steam_persona.common.errors import (STOP_SIGNALS, Interrupts, UserError, nothing_written, stop_signals_interrupt,
                                          while_loading)
 from steam_persona.common.persona import DEFAULT_SYSTEM
@@ -530,10 +530,6 @@ def checkpoint_bytes(params: list[Any], tokenizer: Any) -> int:
     return weights + 2 * 4 * n + tok + 64 * 1024
 
 
-def _size(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def check_free_space(out: Path, need: int) -> None:
     """Refuse to start when the ``--output_dir`` filesystem has less free space than one checkpoint needs
     (:func:`checkpoint_bytes`): the run would fail at its first save.
@@ -546,8 +542,8 @@ def check_free_space(out: Path, need: int) -> None:
         where = where.parent
     free = shutil.disk_usage(where).free
     if free < need:
-        raise UserError(f"{out}: --output_dir: not enough free disk for a checkpoint: one needs about {_size(need)} "
-                        f"(LoRA weights, AdamW's two moments in fp32, the tokenizer) and {where} has {_size(free)} "
+        raise UserError(f"{out}: --output_dir: not enough free disk for a checkpoint: one needs about {byte_size(need)} "
+                        f"(LoRA weights, AdamW's two moments in fp32, the tokenizer) and {where} has {byte_size(free)} "
                         "free; free some disk or pick another --output_dir")
 
 
