@@ -135,13 +135,15 @@ class GGUFBackend(Backend):
         import llama_cpp
 
         from steam_persona.serve import chat_handler
-        from steam_persona.serve.modelinfo import choose_n_ctx, read_model_info
+        from steam_persona.serve.modelinfo import check_kv_fits, choose_n_ctx, read_model_info
         from steam_persona.serve.persona import resolve_persona
 
         info = read_model_info(model)
         if not info.chat_template:
             raise UserError(f"{info.path}: the GGUF has no chat template; re-export it from a tokenizer that has one")
         n_ctx, _ = choose_n_ctx(info, cfg.n_ctx)
+        if cfg.n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload():  # a cache in host memory
+            check_kv_fits(info, n_ctx)
         threads = n_threads(cfg.n_threads, generate=True)
         self.llama = llama_cpp.Llama(str(info.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                                      n_gpu_layers=cfg.n_gpu_layers, n_batch=cfg.n_batch, flash_attn=cfg.flash_attn,

@@ -333,3 +333,14 @@ def test_hf_chat_ends_a_reply_cut_inside_a_character_without_a_replacement_chara
             streamer.put(torch.tensor([i]))
         streamer.end()
         assert "".join(streamer) == text
+
+
+def test_an_n_ctx_whose_kv_cache_cannot_fit_is_refused_before_llama_cpp_allocates(smollm2_gguf):
+    """``chat GGUF --n_ctx 99999999`` allocated gigabytes before llama.cpp failed, as serve did."""
+    r = subprocess.run([sys.executable, "-m", "steam_persona", "chat", "--model_name_or_path", str(smollm2_gguf),
+                        "--n_ctx", "99999999", "--n_gpu_layers", "0"], input="", cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    errors = [x for x in r.stderr.splitlines() if x.startswith("Error:")]
+    assert errors == [r.stderr.strip().splitlines()[-1]], r.stderr  # one line, the last
+    assert "--n_ctx 99999999: its KV cache needs 2.1 TiB" in errors[0] and "llama_context" not in r.stderr
