@@ -477,12 +477,22 @@ def _binary(path: Path) -> Iterator[tuple[IO[bytes] | None, str | None]]:
 
 
 class LongLine(UserError):
-    """A physical line of a JSON Lines or CSV/TSV file longer than :data:`LINE_BYTES_CAP`."""
+    """A physical line of a JSON Lines or CSV/TSV file longer than :data:`LINE_BYTES_CAP`; ``head``: its first bytes,
+    which tell the likely cause: old Mac line ends (a bare carriage return ends each line, which this bound does not
+    split at), one JSON document on one line, or texts joined into one line."""
 
-    def __init__(self, path: Path, number: int):
-        super().__init__(f"{path}: line {number}: over {LINE_BYTES_CAP:,} bytes, far longer than any review (texts "
-                         "joined into one line, or not a review dump); split the text into records of their own, or "
-                         "leave the file out")
+    def __init__(self, path: Path, number: int, head: bytes = b""):
+        where = f"{path}: line {number}: over {LINE_BYTES_CAP:,} bytes"
+        if b"\r" in head:
+            fix = (f"{where} without a line feed: its lines end in a bare carriage return (old Mac line ends); "
+                   f"convert them to line feeds (tr '\\r' '\\n' < {path.name} > fixed{path.suffix}) and prepare that")
+        elif number == 1 and head.lstrip(b"\xef\xbb\xbf \t\n")[:1] == b"[":
+            fix = (f"{where}: one JSON document on one line, not JSON Lines; name it .json to read it as one "
+                   "document")
+        else:
+            fix = (f"{where}, far longer than any review (texts joined into one line, or not a review dump); split "
+                   "the text into records of their own, or leave the file out")
+        super().__init__(fix)
 
 
 def _capped_lines(path: Path, f: IO[bytes]) -> Iterator[bytes]:
@@ -496,7 +506,7 @@ def _capped_lines(path: Path, f: IO[bytes]) -> Iterator[bytes]:
         if not line:
             return
         if len(line) > LINE_BYTES_CAP:
-            raise LongLine(path, number)
+            raise LongLine(path, number, line[:_HEAD_BYTES])
         yield line
 
 
@@ -512,7 +522,7 @@ def _refuse_long_line(path: Path, raw: bytes) -> None:
         end = raw.find(b"\n", start)
         stop = len(raw) if end < 0 else end + 1
         if stop - start > LINE_BYTES_CAP:
-            raise LongLine(path, number)
+            raise LongLine(path, number, raw[start:start + _HEAD_BYTES])
         if end < 0:
             return
         start = stop

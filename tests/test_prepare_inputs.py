@@ -1506,6 +1506,33 @@ def test_a_line_over_the_line_cap_in_a_file_read_whole_exits_2_naming_it(tmp_pat
     assert len(sources.read(src, encoding=encoding).reviews) == 3
 
 
+@pytest.mark.parametrize("name", ["cr.jsonl", "cr.csv"])
+def test_a_file_with_old_mac_line_ends_over_the_cap_is_told_to_convert_them(tmp_path, monkeypatch, name):
+    """Bare-CR line ends (old Mac, Excel for Mac's CSV) made a 70 MiB file one 'line 1' of 'texts joined into one
+    line'; the line now says what the line ends are and how to convert them."""
+    monkeypatch.setattr(sources, "LINE_BYTES_CAP", 200)
+    rows = ["review,voted_up"] + [f'"{EN[i % 4]}",True' for i in range(8)] if name.endswith(".csv") else _review_lines(8)
+    src = _raw(tmp_path / name, "\r".join(rows) + "\r")
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/t.json")])
+    assert (r.exit_code, r.output.strip().replace("\n", "")) == (
+        2, f"Error: {src}: line 1: over 200 bytes without a line feed: its lines end in a bare carriage return (old "
+           f"Mac line ends); convert them to line feeds (tr '\\r' '\\n' < {name} > fixed{src.suffix}) and prepare "
+           "that")
+    fixed = _raw(tmp_path / f"fixed{src.suffix}", src.read_text().replace("\r", "\n"))
+    assert len(sources.read(fixed).reviews) == 8
+
+
+def test_a_json_array_on_one_line_named_jsonl_is_told_to_be_named_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "LINE_BYTES_CAP", 200)
+    doc = json.dumps([{"review": t, "voted_up": True} for t in EN])
+    src = _raw(tmp_path / "arr.jsonl", doc + "\n")
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == (f"{src}: line 1: over 200 bytes: one JSON document on one line, not JSON Lines; name it "
+                            ".json to read it as one document")
+    assert len(sources.read(_raw(tmp_path / "arr.json", doc)).reviews) == 4
+
+
 def test_line_cap_reads_no_more_of_a_long_line_than_the_cap(monkeypatch):
     monkeypatch.setattr(sources, "LINE_BYTES_CAP", 100)
     f = io.BytesIO(b"short\n" + b"x" * 10_000 + b"\nafter\n")
