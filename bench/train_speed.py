@@ -155,15 +155,17 @@ def assets_dir() -> dict[str, Path]:
 # ----------------------------------------------------------------------------------------------- model
 
 def model_config(tiny: bool):
+    import torch
     from transformers import AutoConfig
 
     path = assets_dir()["config"]
     if not tiny:
         return AutoConfig.from_pretrained(path)
     d = json.loads((path / "config.json").read_text())
-    # hidden 256: as wide as OverlappedOffload.MIN_FEATURES, so a tiny run on a GPU offloads too
-    d.update(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_window_layers=2)
+    # on a GPU as wide as OverlappedOffload.MIN_FEATURES, so that a tiny run offloads too; narrower on a CPU (faster)
+    wide = torch.cuda.is_available()
+    d.update(hidden_size=256 if wide else 64, intermediate_size=512 if wide else 128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_window_layers=2)
     d.pop("layer_types", None)
     return AutoConfig.for_model(d.pop("model_type"), **d)
 
@@ -868,10 +870,11 @@ def run_stack(stack: str, a: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="CPU dry run with a 2-layer model")
-    ap.add_argument("--stacks", default=",".join(STACKS), help="comma list of " + ", ".join(STACKS))
+    ap.add_argument("--stacks", default="baseline,ours", help="comma list (default: baseline,ours) of " + ", ".join(STACKS))
     ap.add_argument("--cap_gib", type=float, default=24.0, help="GPU memory cap, GiB")
     ap.add_argument("--model_dir", default="/tmp/steam-bench-qwen2.5-7b-random", help="random model cache")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_speed.json"))
+    ap.add_argument("--out", help="the results JSON (default: WORK_DIR/train_speed.json; the dated files in "
+                                  "bench/results are written only when named here)")
     ap.add_argument("--work_dir", default="/tmp", help="where each stack's raw JSON goes (written as it runs)")
     ap.add_argument("--from_dir", help="only summarize the per-stack JSON files already in this folder")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -904,7 +907,7 @@ def main(argv=None) -> int:
            "gpu": next((r["gpu"] for r in results.values() if "gpu" in r), "?") + (" (tiny dry run)" if a.tiny else ""),
            "cap_gib": a.cap_gib, "tiny": a.tiny, "versions": versions(), "n_params_no_embedding": n_params,
            "peak_tflops": PEAK_TFLOPS, "stacks": results, **summary}
-    out = Path(a.out)
+    out = Path(a.out or Path(a.work_dir) / "train_speed.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1))
@@ -920,8 +923,8 @@ def summarize(results: dict) -> dict:
     print("\n" + head + "\n" + "-" * len(head))
     for stack, r in results.items():
         for name, c in r.get("configs", {}).items():
-            if "oom" in c:
-                print(f"{stack:24} {name:8} OOM")
+            if "oom" in c or "s_per_step" not in c:
+                print(f"{stack:24} {name:8} " + ("OOM" if "oom" in c else c.get("skipped", "no timed steps")))
                 continue
             b = base.get(name) or (base.get("real") if name.startswith("real") else None)
             ratio = c["eff_tokens_per_s"] / b["eff_tokens_per_s"] if b and "eff_tokens_per_s" in b else None

@@ -64,3 +64,11 @@ def test_unsloth_is_built_for_the_config_positions_unless_a_long_run_needs_more(
     assert train_speed.unsloth_max_seq_length(["loss", "real_bs16", "fixed"], [98304]) == 32768
     assert train_speed.unsloth_max_seq_length(["fixed", "long"], [65536, 98304]) == 98304
     assert train_speed.unsloth_max_seq_length(["long"], []) == 49152
+
+
+def test_summary_lists_a_skipped_config_without_timing_it(capsys):
+    """`--stacks ours-graph` on a CPU skips its configs; the summary table raised KeyError 's_per_step'."""
+    res = {"ours-graph": {"configs": {"fixed": {"skipped": "CUDA graphs need a CUDA GPU"}}}}
+    summary = train_speed.summarize(res)
+    assert "ours-graph               fixed    CUDA graphs need a CUDA GPU" in capsys.readouterr().out
+    assert summary["goals"]["fixed 1024x4 tokens/s"]["met"] is False
