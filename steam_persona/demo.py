@@ -536,7 +536,7 @@ def _summary(cfg: DemoConfig, out: Path, stages: _Stages, prepared: dict, traine
         "quantization": cfg.quantization,
         "stages": {k: {"status": v.get("status"), "reused": v.get("reused"), "seconds": v.get("seconds")}
                    for k, v in stages.records.items()},
-        "train": {**prepared["counts"], **trained},
+        "train": {**prepared["counts"], **trained, "max_samples": cfg.max_samples},
         "compare": compared,
         "goals": measured,
         "export": exported,
@@ -585,7 +585,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     loss = c["loss"]
     rows = [("stages", ", ".join(f"{k} {v['seconds']} s{' (reused)' if v['reused'] else ''}"
                                  for k, v in s["stages"].items())),
-            ("data", f"{t.get('train')} train / {t.get('val')} held-out reviews ({s['language']})"),
+            ("data", f"{demo_compare.trained_on(t)} train / {t.get('val')} held-out reviews ({s['language']})"),
             ("training loss start → end", f"{t['loss_start']:.3f} → {t['loss_end']:.3f} ({t.get('steps')} steps, "
                                           f"{t.get('dtype')})"),
             ("held-out loss base → tuned", f"{loss['base']['loss']:.3f} → {loss['tuned']['loss']:.3f} "

@@ -165,13 +165,20 @@ def run_time(s: dict[str, Any]) -> str:
     return text
 
 
+def trained_on(t: dict) -> str:
+    """How many of the prepared training reviews the run trained on (the summary's ``train``): ``40 of 155
+    (--max_samples)`` when ``--max_samples`` kept fewer, else the count."""
+    n, cap = t.get("train"), t.get("max_samples")
+    return f"{cap} of {n} (--max_samples)" if cap and isinstance(n, int) and cap < n else str(n)
+
+
 def render_report(s: dict[str, Any]) -> str:
     """``demo_run/report.md`` from the demo summary (``demo_summary.json``): the run, the held-out
     loss of both models, the side-by-side reviews, the served texts, the goals, the next steps."""
     c, g, t = s["compare"], s["goals"], s["train"]
     samp = ", ".join(f"{k} {v}" for k, v in c["sampling"].items())
     lines = [f"# steam-persona demo: what fine-tuning did ({s['language']})", "",
-             f"Base `{s['base_model']}`; QLoRA {t.get('steps')} steps on {t.get('train')} reviews "
+             f"Base `{s['base_model']}`; QLoRA {t.get('steps')} steps on {trained_on(t)} reviews "
              f"({t.get('dtype')}), loss {t['loss_start']:.3f} → {t['loss_end']:.3f}. "
              f"Wall time {run_time(s)}.", "",
              f"## Held-out loss ({c['loss']['base']['records']} reviews of the eval slice the train stage never saw)", "",

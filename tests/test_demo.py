@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import DEAD_PID
 from steam_persona.common import config
 from steam_persona.demo import EXAMPLES, DemoConfig, _Stages, examples, run
-from steam_persona.demo_compare import GOALS, PROMPTS, goals, render_report
+from steam_persona.demo_compare import GOALS, PROMPTS, goals, render_report, trained_on
 from steam_persona.common.errors import UserError
 
 
@@ -405,3 +405,11 @@ def test_ctrl_c_in_the_demo_is_one_line(where, tmp_path, monkeypatch):
     lines = [x for x in buf.getvalue().splitlines() if "interrupted" in x]
     assert len(lines) == 1 and lines[0].startswith(
         "demo interrupted outside a stage" if where != "prepare" else "demo interrupted in the prepare stage"), lines
+
+
+@pytest.mark.parametrize("counts, shown", [({"train": 155, "max_samples": 40}, "40 of 155 (--max_samples)"),
+                                           ({"train": 155, "max_samples": None}, "155"),
+                                           ({"train": 30, "max_samples": 40}, "30")])
+def test_summary_says_how_many_reviews_trained_under_max_samples(counts, shown):
+    """`demo --max_samples 40` trained on 40 reviews and the summary said "155 train"."""
+    assert trained_on(counts) == shown
