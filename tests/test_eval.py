@@ -247,6 +247,7 @@ def test_eval_reads_encoding_counts_the_records_its_loss_is_on_and_refuses_all_d
     assert r.exit_code == 0, r.output
     assert "dataset: 2 read: 1 dropped (reply longer than --cutoff_len 128), 1 kept" in out
     assert "eval base: loss on 1 record, 1 generation" in out and out.count("dataset: ") == 1
+    assert "base generate 1/1 seconds " in out and "tuned generate 1/1 seconds " in out  # plain lines: no terminal
     report = json.loads((tmp_path / "e1/eval_report.json").read_text(encoding="utf-8"))
     assert report["loss"]["base"]["records"] == 1 and report["config"]["do_sample"] is False  # temperature 0
     assert "1 record for the loss, 1 prompt for generation (max_new_tokens 2, greedy, " in \

@@ -41,7 +41,7 @@ from steam_persona.common import persona
 from steam_persona.common.arguments import (CUTOFF_LEN, DataArguments, GeneratingArguments, ModelArguments,
                                              TrainingArguments)
 from steam_persona.common.config import arg
-from steam_persona.common.console import console, progress, summary_table
+from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, summary_table
 from steam_persona.common.errors import UserError, said_if_stopped_before_writing, while_loading
 from steam_persona.common.run_record import RunRecord
 from steam_persona.trainer.templates import ChatTemplate
@@ -256,6 +256,7 @@ def encoded_loss(model: Any, chat: Any, enc: Any, batch_size: int, label: str = 
 
     pad = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.tokenizer.eos_token_id
     total_nll, total_tokens = 0.0, 0
+    shown_at = time.monotonic()
     with progress() as bar, torch.no_grad():
         task = bar.add_task(label, total=len(enc))
         for i in range(0, len(enc), batch_size):
@@ -271,6 +272,9 @@ def encoded_loss(model: Any, chat: Any, enc: Any, batch_size: int, label: str = 
             total_nll += float(nll)
             total_tokens += int((target != IGNORE_INDEX).sum())
             bar.advance(task, len(ids_b))
+            if time.monotonic() - shown_at >= PLAIN_EVERY_S:  # without a terminal no bar is shown
+                shown_at = time.monotonic()
+                plain_progress(label, min(i + batch_size, len(enc)), len(enc), {})
     loss = total_nll / total_tokens if total_tokens else math.nan
     return {"loss": round(loss, 4), "perplexity": round(eval_metrics.perplexity(loss), 3),
             "tokens": total_tokens, "records": len(enc)}
@@ -335,6 +339,7 @@ def generate(model: Any, chat: Any, convs: list[list[dict[str, str]]], cfg: Eval
                             "new_tokens": n + (1 if stop else 0), "stopped": stop,
                             "seconds": round(seconds / len(batch), 3)})
             bar.advance(task, len(batch))
+            plain_progress(label, len(out), len(prompts), {"seconds": f"{seconds:.1f}"})
     return out
 
 
