@@ -350,7 +350,7 @@ class OverlappedOffload:
     The GPU keeps at most two offloaded tensors fetched at a time in the backward (the one in use and the next).
     host_buffers: a list that keeps the pinned host copies, the i-th offloaded tensor's at index i, reused by
     the next forward of the same shapes (a CUDA graph replays copies into the same host memory:
-    trainer/step_graph.py); None: a fresh host buffer each time.
+    bench/step_graph.py); None: a fresh host buffer each time.
     """
 
     MIN_FEATURES = 256
