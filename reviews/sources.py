@@ -211,8 +211,8 @@ _COLLECT_SIDE_FILES = (".state.json", ".log.jsonl", ".lock")
 
 
 def _skip_note(f: Path, in_folder: bool = False) -> str | None:
-    """Why ``f`` is not a review input (collect's side file, an empty JSON Lines file, any empty file found in
-    a folder: a stray failed export must not stop the others), or ``None``."""
+    """Why ``f`` is not a review input (collect's side file, an empty JSON Lines file, any empty file or
+    header-only CSV/TSV found in a folder: a stray failed export must not stop the others), or ``None``."""
     if f.name.endswith(".part"):
         return "an unfinished collect output (rerun that collect to finish it)"
     if f.name.endswith(_COLLECT_SIDE_FILES):
@@ -221,9 +221,23 @@ def _skip_note(f: Path, in_folder: bool = False) -> str | None:
         return "empty (e.g. collect found no reviews for the app)"
     if f.stat().st_size == 0 and in_folder:
         return "empty (0 bytes: a failed export or save?)"
+    if in_folder and _suffix(f) in (".csv", ".tsv") and _header_only(f):
+        return "a header and no rows (an export that found no reviews?)"
     if _suffix(f) in _WORKBOOKS:
         return _WORKBOOK_NOTE
     return None
+
+
+def _header_only(f: Path) -> bool:
+    """``f`` (a small plain CSV/TSV) holds one non-blank line: a table's header without rows. Files over
+    :data:`_HEAD_BYTES` are not read here (a header that long is no review export's)."""
+    if f.stat().st_size > _HEAD_BYTES:
+        return False
+    try:
+        lines = f.read_bytes().splitlines()
+    except OSError:
+        return False  # read() names the error
+    return sum(1 for line in lines if line.strip()) == 1
 
 
 @dataclass(frozen=True)

@@ -1196,6 +1196,22 @@ def test_a_folder_with_empty_files_and_a_workbook_reads_the_rest(tmp_path, capsy
         _run(tmp_path, [folder / "empty.csv"])
 
 
+def test_a_header_only_csv_in_a_folder_is_skipped_like_an_empty_file(tmp_path, capsys):
+    """Trial 34 F10: one header-only CSV (an export that found nothing) in a folder stopped the whole run with
+    "no rows under the header", while an empty file there is skipped with a note."""
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    _csv(folder / "good.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
+    _csv(folder / "none.csv", ["review", "app_name"], [])
+    (folder / "none.tsv").write_text("review\tapp_name\n\n", encoding="utf-8")
+    res = _run(tmp_path, [folder], language=["all"])
+    assert res["counts"]["read"] == 4
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("skipped, a header and no rows (an export that found no reviews?)") == 2, err
+    with pytest.raises(UserError, match=r"none\.csv: no rows under the header"):  # named on its own: meant
+        _run(tmp_path, [folder / "none.csv"])
+
+
 def test_a_saved_failed_api_answer_says_what_it_is(tmp_path):
     """Trial 25c: `{"success": 2}` saved from the browser was read as a table: `--columns review=success`."""
     page = tmp_path / "review_570.json"
