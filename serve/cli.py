@@ -204,11 +204,11 @@ def _load_error(info: ModelInfo, n_ctx: int, error: ValueError) -> UserError:
 def _app_options(cfg: ServeConfig, info: ModelInfo, binary: Path | None) -> tuple[AppOptions, str]:
     """The app's options from the flags and the GGUF's facts, and why ``n_ctx`` is what it is."""
     from steam_persona.serve.app import AppOptions
-    from steam_persona.serve.modelinfo import check_kv_fits, choose_n_ctx
+    from steam_persona.serve.modelinfo import cache_may_sit_on_gpu, check_kv_fits, choose_n_ctx
     from steam_persona.serve.persona import resolve_persona
 
     n_ctx, ctx_reason = choose_n_ctx(info, cfg.n_ctx)
-    if not _cache_may_sit_on_gpu(cfg):
+    if not cache_may_sit_on_gpu(cfg.n_gpu_layers, cfg.engine):
         check_kv_fits(info, n_ctx, cfg.parallel if cfg.engine == "llama-server" else 1)
     if info.n_ctx_train and n_ctx > info.n_ctx_train:
         console.print(f"[yellow]warning:[/] --n_ctx {n_ctx} exceeds the model's training context {info.n_ctx_train}; "
@@ -223,15 +223,6 @@ def _app_options(cfg: ServeConfig, info: ModelInfo, binary: Path | None) -> tupl
                       cors_origins=cors_origins(cfg.cors_origins), loopback_bind=is_loopback(cfg.host),
                       engine=cfg.engine, parallel=cfg.parallel, llama_server=str(binary) if binary else None)
     return opts, ctx_reason
-
-
-def _cache_may_sit_on_gpu(cfg: ServeConfig) -> bool:
-    """Whether llama.cpp may put the KV cache in GPU memory, which serve does not measure: layers are offloaded
-    (``--n_gpu_layers`` not 0) by a GPU build of llama-cpp-python, or by a llama-server binary, whose build
-    serve cannot ask."""
-    import llama_cpp
-
-    return cfg.n_gpu_layers != 0 and (cfg.engine == "llama-server" or bool(llama_cpp.llama_supports_gpu_offload()))
 
 
 def _check_flags(cfg: ServeConfig) -> None:

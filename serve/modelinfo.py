@@ -311,12 +311,27 @@ def check_kv_fits(info: ModelInfo, n_ctx: int, slots: int = 1, memory_bytes: int
         UserError: naming ``--n_ctx``, the cache's size and the free memory.
     """
     need = n_ctx * slots * info.kv_bytes_per_token
-    free = max((available_memory_bytes() if memory_bytes is None else memory_bytes) - info.file_bytes, 0)
+    free = max(_free_beside_weights(info, memory_bytes), 0)
     if need <= free:
         return
     flag = f"--n_ctx {n_ctx}" + (f" × --parallel {slots}" if slots > 1 else "")
     raise UserError(f"{flag}: its KV cache needs {byte_size(need)}, this machine has {byte_size(free)} free beside "
                     f"the model's weights; lower --n_ctx{trained_on(info)}")
+
+
+def cache_may_sit_on_gpu(n_gpu_layers: int, engine: str = "llama-cpp-python") -> bool:
+    """Whether llama.cpp may put the KV cache in GPU memory, which :func:`check_kv_fits` does not measure: layers
+    are offloaded (``--n_gpu_layers`` not 0) by a GPU build of llama-cpp-python, or by a llama-server binary,
+    whose build cannot be asked."""
+    import llama_cpp
+
+    return n_gpu_layers != 0 and (engine == "llama-server" or bool(llama_cpp.llama_supports_gpu_offload()))
+
+
+def _free_beside_weights(info: ModelInfo, memory_bytes: int | None) -> int:
+    """Bytes of memory left once the GGUF's weights are loaded (:func:`available_memory_bytes`, or
+    ``memory_bytes``, minus the file's size); negative when they do not fit."""
+    return (available_memory_bytes() if memory_bytes is None else memory_bytes) - info.file_bytes
 
 
 def trained_on(info: ModelInfo) -> str:
@@ -342,7 +357,7 @@ def choose_n_ctx(info: ModelInfo, requested: int = 0, memory_bytes: int | None =
     want = context_size(info.n_ctx_train)
     reason = "training context" if info.n_ctx_train else "default (GGUF has no context_length)"
     if info.kv_bytes_per_token:
-        free = (available_memory_bytes() if memory_bytes is None else memory_bytes) - info.file_bytes
+        free = _free_beside_weights(info, memory_bytes)
         cap = int(max(free, 0) * memory_fraction) // info.kv_bytes_per_token // 256 * 256
         if cap < want:
             return max(cap, 512), f"training context {want} capped by memory"

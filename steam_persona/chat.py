@@ -135,14 +135,14 @@ class GGUFBackend(Backend):
         import llama_cpp
 
         from steam_persona.serve import chat_handler
-        from steam_persona.serve.modelinfo import check_kv_fits, choose_n_ctx, read_model_info
+        from steam_persona.serve.modelinfo import cache_may_sit_on_gpu, check_kv_fits, choose_n_ctx, read_model_info
         from steam_persona.serve.persona import resolve_persona
 
         info = read_model_info(model)
         if not info.chat_template:
             raise UserError(f"{info.path}: the GGUF has no chat template; re-export it from a tokenizer that has one")
         n_ctx, _ = choose_n_ctx(info, cfg.n_ctx)
-        if cfg.n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload():  # a cache in host memory
+        if not cache_may_sit_on_gpu(cfg.n_gpu_layers):
             check_kv_fits(info, n_ctx)
         threads = n_threads(cfg.n_threads, generate=True)
         self.llama = llama_cpp.Llama(str(info.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
