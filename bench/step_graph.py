@@ -181,7 +181,7 @@ class StepGraphs:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            loss = self._forward_backward(g).clone()
+            loss = self._forward_backward(g)
         torch.cuda.current_stream(self.device).wait_stream(side)
         if self.broken is not None:
             return loss
