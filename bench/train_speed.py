@@ -93,6 +93,7 @@ STACKS = {
     "ours-graph": "fixed,real_bs16",              # each row's forward + backward as one CUDA graph (bench/step_graph.py)
     "ours-graph-no-offload": "fixed,real_bs16",   # ... without activation offload
     "ours-graph-lean-every-row": "fixed,real_bs16",  # ... with the fused LoRA MLP and the offload on every row
+    "ours-graph-keep-attn": "fixed,real_bs16",    # ... with the attention outputs kept (no seeded op recomputed)
     "unsloth-profile": "profile,profile_real,profile_long",  # the same for Unsloth
     "ours-memory": "fixed,memory",                # what is live at the peak of a fixed 1024 x 4 step (memory_profile)
     "unsloth": "loss,real_bs16,real_pf4x4,fixed,long",  # the anchor, run its recommended way (bench/unsloth_stack.py)
@@ -260,7 +261,7 @@ def build_ours(model_dir: Path, variant: str):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_lib.load_base(str(model_dir), quantization_bit=4, dtype=torch.bfloat16, device=dev)
     model = model_lib.add_lora(model, lora_target=["all"], lora_rank=8, lora_alpha=16, gradient_checkpointing=True)
-    if variant == "ours-keep-attn":
+    if variant in ("ours-keep-attn", "ours-graph-keep-attn"):
         keep_attention_in_compiled_recompute(accel)
     report = accel.apply_fast_path(model, **VARIANTS.get(variant, {}))
     if variant in INDUCTOR_VARIANTS:
