@@ -1713,3 +1713,40 @@ def test_register_outside_the_out_folder_stores_a_path_from_the_registry(tmp_pat
     res = CliRunner().invoke(main, ["validate", "far", "--dataset_dir", "lf/data",
                                     "--model_name_or_path", str(tiny_llama_dir)])
     assert res.exit_code == 0, res.output
+
+
+_EN_LONG = "Tight combat and a map that rewards curiosity, well worth the price; the story drags in the middle act"
+
+
+@pytest.mark.parametrize("text,encoding,hint", [
+    (f"appid,app_name,review\n570,刀塔2,{_EN_LONG}\n730,反恐精英,{_EN_LONG}\n", "gbk",
+     "line 2, byte 5: not valid utf-8; it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk"),
+    (f"app_name,review\nHades,{_EN_LONG}\nHades,It’s “the best” game – José Müller said so…\n", "cp1252",
+     "line 3, byte 9: not valid utf-8; it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as "
+     "UTF-8 or pass --encoding cp1252"),
+    (f"app_name,review\n哈迪斯,{ZH[0]}\n哈迪斯,{ZH[1]}\n", "gbk",
+     "line 2, byte 1: not valid utf-8; it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk"),
+    ("app_name,review\nHades,このゲームは本当に面白いです。\n", "cp932",
+     "line 2, byte 7: not valid utf-8; it looks Shift-JIS-encoded (Japanese Windows); re-save it as UTF-8 or pass "
+     "--encoding cp932"),
+    ("app_name,review\nHades,이 게임은 정말 재미있어요. 친구들과 같이 하면 더 재밌습니다.\n", "cp949",
+     "line 2, byte 7: not valid utf-8; it looks EUC-KR/CP949-encoded (Korean Windows); re-save it as UTF-8 or pass "
+     "--encoding cp949"),
+    ("app_name,review\nHades,這個遊戲真的很好玩，強烈推薦給大家\n", "cp950",
+     "line 2, byte 7: not valid utf-8; it looks Big5-encoded (Traditional Chinese Windows); re-save it as UTF-8 or "
+     "pass --encoding cp950"),
+])
+def test_the_not_utf8_line_names_the_encoding_its_non_ascii_bytes_look_like(tmp_path, text, encoding, hint):
+    """trial 34 F11: a mostly English GBK file (Chinese game names) was judged by its share of CJK among all letters
+    and got no hint; the non-ASCII bytes alone decide now."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(text.encode(encoding))
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/train.json")])
+    assert r.exit_code == 2 and r.output.replace("\n", "") == f"Error: {src}: {hint}", r.output
+
+
+def test_random_bytes_get_no_encoding_hint(tmp_path):
+    raw = random.Random(1).randbytes(300)
+    with pytest.raises(UserError) as e:
+        decode(tmp_path / "in.csv", raw, "utf-8")
+    assert str(e.value).endswith("not valid utf-8; re-save it as UTF-8 or pass the right --encoding")
