@@ -338,7 +338,10 @@ class _Rules:
 
     def _oversize(self, r: Review) -> str | None:
         """``too_long`` before any rule reads the text, for a text far longer than the length bounds let through
-        (:func:`raw_limit`): every rule costs time and memory in proportion to a text's length."""
+        (:func:`raw_limit`): every rule costs time and memory in proportion to a text's length. A CSV record with a
+        field over the CSV field limit (``over_limit``, not read) is over the fixed cap too."""
+        if r.over_limit:
+            return self._drop("too_long", r, _cap_reason())
         limit = raw_limit(self.cfg)
         if len(r.text) > limit:
             return self._drop("too_long", r, _cap_reason() if _capped(self.cfg) else f"over {limit:,} characters as read")

@@ -135,6 +135,8 @@ class Review:
     ``author`` (user name and/or steam id, one per line) only feeds the screen-name scrubber; it is
     never written.
     ``length`` is set by ``prepare``'s length rule (:func:`steam_persona.reviews.noise.length`).
+    ``over_limit`` marks a CSV record that a field over :data:`CSV_FIELD_LIMIT` kept from being read (its ``text``
+    is empty): ``prepare`` counts it ``too_long``, as it does the same review in JSON Lines.
     """
 
     text: str
@@ -150,6 +152,7 @@ class Review:
     updated: int | None = None  # Steam's timestamp_updated: when the author last edited the review
     author: str | None = None
     length: tuple[int, str] | None = None
+    over_limit: bool = False
     prompt: tuple[str, str] | None = None
     prompt_language: str | None = None
 
@@ -1144,12 +1147,19 @@ CSV_FIELD_LIMIT = 1 << 24
 LINE_BYTES_CAP = 4 * CSV_FIELD_LIMIT
 
 
-def _csv_error(path: Path, reader: csv.DictReader, start: int, e: csv.Error) -> UserError:
-    """The error for ``csv``'s ``e`` in the row that starts on line ``start`` of ``path`` (``reader`` stopped in it)."""
-    if "field larger than field limit" in str(e):
-        return UserError(f"{path}: line {start}: a field of more than {CSV_FIELD_LIMIT:,} characters (a quote that "
-                         "never closes, or not a review table); close the quote, or split the text")
-    return UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting")
+def _over_limit(path: Path, src: _RowLines, row: int, start: int) -> int:
+    """Read past a record (row ``row``, from line ``start``) that ``csv`` stopped at a field over
+    :data:`CSV_FIELD_LIMIT` (:meth:`_RowLines.skip_record`); the number of lines read past.
+
+    Raises:
+        UserError: when the record's quote never closes (the file ends inside it).
+    """
+    skipped = src.skip_record()
+    if skipped is None:
+        raise UserError(f"{path}: row {row} (line {start}): a double quote opens a text that never closes (it runs "
+                        f"past the {CSV_FIELD_LIMIT:,}-character field limit to the end of the file); remove the "
+                        "quote, or close it")
+    return skipped
 
 
 def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dict[str, str] | None) -> Loaded:
@@ -1180,10 +1190,14 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
         return _read_store_csv(path, reader, tag_language, src)
     if not columns and not any(columns_mod.field_of(c) == "review" for c in cols):
         _refuse_title_rows(path, _bodies(src.kept + src.ahead(10))[1:10], delim)
-    rows, headers, last, span = [], 0, [], (0, 0)
+    rows, over, headers, last, span = [], [], 0, [], (0, 0)
     rowlike = _RowLike(delim, _end(src.take()[-1]))
     start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
-    for row in _rows(path, reader, lambda: start):
+    for row in _rows(path, reader, lambda: start, src):
+        if row is None:
+            over.append(Review(text="", where=f"{path}: row {start}", over_limit=True))
+            start = reader.reader.line_num + src.blank + 1
+            continue
         read = src.take()
         if None not in row and [str(v).lstrip("\ufeff") for v in row.values()] == [c.lstrip("\ufeff") for c in row]:
             headers += 1  # the header again: files joined by cat, each with its header
@@ -1194,10 +1208,11 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
             span = (start, reader.line_num)
             rowlike.add(start, read, rows[-1][1])
         start = reader.line_num + 1
-    if not rows:
+    if not rows and not over:
         raise UserError(f"{path}: no rows under the header; remove it from the inputs")
     _refuse_unclosed_quote(path, _bodies(last + src.take()), span, delim)
-    loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";")
+    loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";") if rows else Loaded(path, "table")
+    loaded.reviews += over
     loaded.container = "TSV" if delim == "\t" else "CSV"
     loaded.warnings += repeated + rowlike.warnings(path)
     if headers:
@@ -1219,14 +1234,38 @@ class _RowLines:
         self._lines = (line for chunk in chunks for line in _LINE_WITH_END.findall(chunk))
         self._ahead: list[str] = []
         self.kept: list[str] = []
+        self.blank = 0  # lines read past by skip_record, still to be counted by the reader
 
     def __iter__(self) -> _RowLines:
         return self
 
     def __next__(self) -> str:
-        line = self._ahead.pop(0) if self._ahead else next(self._lines)
+        if self.blank:
+            self.blank -= 1
+            return "\n"  # an empty line: csv reads it as no row, and counts it
+        line = self._next()
         self.kept.append(line)
         return line
+
+    def _next(self) -> str:
+        return self._ahead.pop(0) if self._ahead else next(self._lines)
+
+    def skip_record(self) -> int | None:
+        """After ``csv`` stopped inside a record at its field limit (the record's lines read so far are
+        :attr:`kept`): read on, keeping nothing, to the line end where the record's quotes are closed (counted per
+        line, as :func:`csvquotes.opening_line` does); the number of lines read on, which the reader is then served
+        as empty lines so that its line numbers stay true; ``None`` when the file ends first."""
+        open_ = sum(line.count('"') for line in self.take()) % 2 == 1
+        read = 0
+        while open_:
+            try:
+                line = self._next()
+            except StopIteration:
+                return None
+            read += 1
+            open_ ^= line.count('"') % 2 == 1
+        self.blank = read
+        return read
 
     def ahead(self, n: int) -> list[str]:
         """The next ``n`` lines (fewer at the end), left for the reader."""
@@ -1407,12 +1446,27 @@ class _RowLike:
         return out
 
 
-def _rows(path: Path, reader: csv.DictReader, start: Callable[[], int]) -> Iterator[dict[str, Any]]:
-    """``reader``'s rows, its errors as :func:`_csv_error` names them (``start()``: the line the next row starts on)."""
-    try:
-        yield from reader
-    except csv.Error as e:
-        raise _csv_error(path, reader, start(), e) from None
+def _rows(path: Path, reader: csv.DictReader, start: Callable[[], int], src: _RowLines,
+          ) -> Iterator[dict[str, Any] | None]:
+    """``reader``'s rows (``src`` its lines; ``start()``: the line the next row starts on), and ``None`` for a record
+    with a field over :data:`CSV_FIELD_LIMIT`, read past (:func:`_over_limit`).
+
+    Raises:
+        UserError: ``csv``'s other errors, naming the line.
+    """
+    rows = 0
+    while True:
+        try:
+            for row in reader:
+                rows += 1
+                yield row
+            return
+        except csv.Error as e:
+            if "field larger than field limit" not in str(e):
+                raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
+            rows += 1
+            _over_limit(path, src, rows, start())
+            yield None
 
 
 def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: _RowLines) -> Loaded:
@@ -1421,8 +1475,11 @@ def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: 
     loaded = Loaded(path, "store-csv")
     lang = 1 if tag_language == "zh" else 0
     start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
-    for row in _rows(path, reader, lambda: start):
+    for row in _rows(path, reader, lambda: start, src):
         where = f"{path}: row {start}"
+        if row is None:
+            raise UserError(f"{where}: a field of more than {CSV_FIELD_LIMIT:,} characters; split the game's reviews "
+                            "over several rows, or remove the row")
         row = _whole_row(path, reader, row, ",", src.take(), src, start)
         start = reader.line_num + 1
         try:

@@ -291,16 +291,43 @@ def test_too_long_over_the_hard_cap_says_to_split_the_text_not_to_turn_the_bound
         "flag changes: split the text" in err and "--max_chars 0" not in err
 
 
-def test_a_csv_field_over_the_field_limit_exits_2_naming_its_row(tmp_path, monkeypatch):
+@pytest.fixture
+def field_limit_1000(monkeypatch):
     monkeypatch.setattr(sources, "CSV_FIELD_LIMIT", 1000)
+    yield
+    csv.field_size_limit(2**31 - 1)
+
+
+def test_a_csv_quote_that_runs_past_the_field_limit_to_the_end_exits_2_naming_its_row(tmp_path, field_limit_1000):
     src = _raw(tmp_path / "in.csv", f'game,review\nHades,"{EN[0]}"\nHades,"{"x" * 1200}\n')
-    try:
-        with pytest.raises(UserError) as e:
-            sources.read(src)
-    finally:
-        csv.field_size_limit(2**31 - 1)
-    assert str(e.value) == (f"{src}: line 3: a field of more than 1,000 characters (a quote that never closes, or not "
-                            "a review table); close the quote, or split the text")
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == (f"{src}: row 2 (line 3): a double quote opens a text that never closes (it runs past the "
+                            "1,000-character field limit to the end of the file); remove the quote, or close it")
+
+
+def test_a_csv_review_over_the_field_limit_is_dropped_as_too_long_as_in_json_lines(tmp_path, field_limit_1000):
+    """trial 34 F9: a quoted review over the field limit whose quote closes refused the whole file (`line 160: a field
+    of more than 16,777,216 characters (a quote that never closes …)`) where JSON Lines drops that review."""
+    big = "\n".join(c * 600 for c in "xyz")  # the limit is passed on its second line, the quote closes on its third
+    src = _raw(tmp_path / "in.csv", f'game,review\nHades,"{EN[0]}"\nHades,"{big}"\nHades,"{EN[1]}\nmore"\n'
+                                    f'Hades,{"w" * 1200}\nHades,"{EN[2]}"\n')
+    res = _run(tmp_path, [src], language=["all"])
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert res["counts"]["read"] == 5 and res["counts"]["kept"] == 3 and res["removed"]["too_long"] == 2
+    assert report["rules"]["too_long"]["reasons"] == {"over the fixed 1,000,000-character cap as read": 2}
+    assert [e["where"] for e in report["rules"]["too_long"]["examples"]] == [f"{src}: row 3", f"{src}: row 8"]
+    src.write_text(src.read_text() + "Hades,two,fields\n")  # the lines after the skipped ones keep their numbers
+    with pytest.raises(UserError, match=r": line 10: 3 fields where the header has 2"):
+        sources.read(src)
+
+
+def test_a_store_csv_cell_over_the_field_limit_exits_2_naming_its_row(tmp_path, field_limit_1000):
+    src = _raw(tmp_path / "in.csv", f'title,user_reviews\nHades,"[""{EN[0]}""]"\nCeleste,"[""{"x" * 1200}""]"\n')
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == (f"{src}: row 3: a field of more than 1,000 characters; split the game's reviews over "
+                            "several rows, or remove the row")
 
 
 def test_long_chinese_review_has_the_room_of_a_long_english_one(tmp_path):
