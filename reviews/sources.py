@@ -1147,19 +1147,24 @@ CSV_FIELD_LIMIT = 1 << 24
 LINE_BYTES_CAP = 4 * CSV_FIELD_LIMIT
 
 
-def _over_limit(path: Path, src: _RowLines, row: int, start: int) -> int:
-    """Read past a record (row ``row``, from line ``start``) that ``csv`` stopped at a field over
-    :data:`CSV_FIELD_LIMIT` (:meth:`_RowLines.skip_record`); the number of lines read past.
+def _over_limit(path: Path, src: _RowLines, row: int, start: int, line_num: int) -> str:
+    """Read past a record (row ``row``, from line ``start``; the reader stopped on line ``line_num``) that ``csv``
+    stopped at a field over :data:`CSV_FIELD_LIMIT` (:meth:`_RowLines.skip_record`); the warning that names it. A
+    quote left open by mistake can make such a field of many rows, so the warning names the lines it spans.
 
     Raises:
         UserError: when the record's quote never closes (the file ends inside it).
     """
     skipped = src.skip_record()
+    where = f"{path}: row {row} (line {start})"
     if skipped is None:
-        raise UserError(f"{path}: row {row} (line {start}): a double quote opens a text that never closes (it runs "
-                        f"past the {CSV_FIELD_LIMIT:,}-character field limit to the end of the file); remove the "
-                        "quote, or close it")
-    return skipped
+        raise UserError(f"{where}: a double quote opens a text that never closes (it runs past the "
+                        f"{CSV_FIELD_LIMIT:,}-character field limit to the end of the file); remove the quote, or "
+                        "close it")
+    end = line_num + skipped
+    lines = f"lines {start}-{end}" if end > start else f"line {start}"
+    return (f"{where}: a field of more than {CSV_FIELD_LIMIT:,} characters ({lines}); dropped as too_long. Shorten "
+            f"or remove the review; if a quote on line {start} was left open by mistake, close it and rerun")
 
 
 def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dict[str, str] | None) -> Loaded:
@@ -1190,12 +1195,13 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
         return _read_store_csv(path, reader, tag_language, src)
     if not columns and not any(columns_mod.field_of(c) == "review" for c in cols):
         _refuse_title_rows(path, _bodies(src.kept + src.ahead(10))[1:10], delim)
-    rows, over, headers, last, span = [], [], 0, [], (0, 0)
+    rows, over, said, headers, last, span = [], [], [], 0, [], (0, 0)
     rowlike = _RowLike(delim, _end(src.take()[-1]))
     start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
     for row in _rows(path, reader, lambda: start, src):
-        if row is None:
+        if isinstance(row, str):
             over.append(Review(text="", where=f"{path}: row {start}", over_limit=True))
+            said.append(row)
             start = reader.reader.line_num + src.blank + 1
             continue
         read = src.take()
@@ -1214,7 +1220,7 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
     loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";") if rows else Loaded(path, "table")
     loaded.reviews += over
     loaded.container = "TSV" if delim == "\t" else "CSV"
-    loaded.warnings += repeated + rowlike.warnings(path)
+    loaded.warnings += repeated + said + rowlike.warnings(path)
     if headers:
         loaded.warnings.append(f"{path}: the header line came again {headers:,} time(s) below the first (files joined "
                                "into one?); skipped, not read as a review")
@@ -1447,9 +1453,9 @@ class _RowLike:
 
 
 def _rows(path: Path, reader: csv.DictReader, start: Callable[[], int], src: _RowLines,
-          ) -> Iterator[dict[str, Any] | None]:
-    """``reader``'s rows (``src`` its lines; ``start()``: the line the next row starts on), and ``None`` for a record
-    with a field over :data:`CSV_FIELD_LIMIT`, read past (:func:`_over_limit`).
+          ) -> Iterator[dict[str, Any] | str]:
+    """``reader``'s rows (``src`` its lines; ``start()``: the line the next row starts on), and for a record with a
+    field over :data:`CSV_FIELD_LIMIT`, read past, :func:`_over_limit`'s warning.
 
     Raises:
         UserError: ``csv``'s other errors, naming the line.
@@ -1465,8 +1471,7 @@ def _rows(path: Path, reader: csv.DictReader, start: Callable[[], int], src: _Ro
             if "field larger than field limit" not in str(e):
                 raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
             rows += 1
-            _over_limit(path, src, rows, start())
-            yield None
+            yield _over_limit(path, src, rows, start(), reader.reader.line_num)
 
 
 def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: _RowLines) -> Loaded:
@@ -1477,7 +1482,7 @@ def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: 
     start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
     for row in _rows(path, reader, lambda: start, src):
         where = f"{path}: row {start}"
-        if row is None:
+        if isinstance(row, str):
             raise UserError(f"{where}: a field of more than {CSV_FIELD_LIMIT:,} characters; split the game's reviews "
                             "over several rows, or remove the row")
         row = _whole_row(path, reader, row, ",", src.take(), src, start)
