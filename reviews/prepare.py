@@ -54,7 +54,7 @@ from steam_persona.reviews import sources
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.common.arguments import DataArguments, as_typed, not_negative_finite
 from steam_persona.common.config import arg
-from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, status
+from steam_persona.common.console import PLAIN_EVERY_S, byte_size, console, plain_progress, progress, status
 from steam_persona.common.errors import STOP_SIGNALS, UserError, stop_signals_interrupt
 from steam_persona.resources import packaged_copy_hint
 from steam_persona.reviews.sources import Review
@@ -759,9 +759,10 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[
     loaded = []
     skipped: list[str] = []
     for path in sources.expand_inputs(cfg.inputs, _earlier_outputs(cfg), skipped):
-        size = path.stat().st_size
-        reading = status(f"reading {path} ({size / 2**20:,.0f} MiB)") if size >= BIG_INPUT_BYTES \
-            else contextlib.nullcontext()
+        size, unpacked = path.stat().st_size, sources.gzip_size(path)
+        reading = status(f"reading {path} ({byte_size(size)}"
+                         + (f", at least {byte_size(unpacked)} decompressed)" if unpacked is not None else ")")) \
+            if max(size, unpacked or 0) >= BIG_INPUT_BYTES else contextlib.nullcontext()
         with reading:
             item = sources.read(path, tag_language, cfg.encoding, columns)
         console.print(f"[green]detected[/] {item.describe()}")

@@ -43,7 +43,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, NoReturn
 
 from rich.markup import escape
 
-from steam_persona.common.console import console
+from steam_persona.common.console import byte_size, console
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.reviews import csvquotes
 from steam_persona.common import memory, persona
@@ -413,10 +413,15 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
 _WHOLE_READ_FACTOR = 7
 
 
+def _whole_read_memory(size: int) -> tuple[int, int]:
+    """The memory that reading a text of ``size`` bytes whole takes, and the memory available."""
+    return size * _WHOLE_READ_FACTOR, memory.available_memory_bytes()
+
+
 def _note_memory(path: Path, size: int) -> None:
     """A note before a file of ``size`` bytes is read whole when that takes more memory than is available, so that a
     run the system then kills has said why and what to do."""
-    need, free = size * _WHOLE_READ_FACTOR, memory.available_memory_bytes()
+    need, free = _whole_read_memory(size)
     if need > free:
         console.print(f"[yellow]note[/] {escape(str(path))}: read whole ({size / 2**20:,.0f} MiB: a JSON document, "
                       f"another encoding than UTF-8 or Parquet), which takes about {need / 2**30:,.1f} GiB of memory, "
@@ -807,19 +812,78 @@ def _read_by_app(path: Path, data: dict, tag_language: str, columns: dict[str, s
 
 
 def _read_bytes(path: Path) -> tuple[bytes, str | None]:
+    """``path``'s bytes, decompressed when gzip's magic bytes start it (and ``"gzip"`` then).
+
+    Raises:
+        UserError: an unreadable file, a broken gzip stream, or one whose text takes more memory to read whole than
+            is available (:func:`_gunzip`).
+    """
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror}); check the path and permissions") from None
     if raw[:2] != b"\x1f\x8b":
         return raw, None
-    import gzip
-    import zlib
+    return _gunzip(path, raw), "gzip"
 
+
+#: gzip is decompressed this many bytes at a time, so that the bound on its size holds as it is read
+_GUNZIP_PIECE = 1 << 24
+
+
+def _gunzip(path: Path, raw: bytes) -> bytes:
+    """The gzip data ``raw`` of ``path`` decompressed, when its text fits the memory available to be read whole
+    (:func:`_whole_read_memory`): judged first by the size its trailer records, before any of it is decompressed (a
+    small ``.json.gz`` can hold gigabytes), then, as that size is only a lower bound, as it is decompressed.
+
+    Raises:
+        UserError: a broken gzip stream, or a text that needs more memory than is available.
+    """
+    import gzip
+
+    need, free = _whole_read_memory(_isize(raw) if len(raw) >= _GZIP_MIN else 0)
+    if need > free:
+        _refuse_gzip(path, need, free)
+    limit, pieces, size = free // _WHOLE_READ_FACTOR, [], 0
     try:
-        return gzip.decompress(raw), "gzip"
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            while size <= limit and (piece := f.read(_GUNZIP_PIECE)):
+                pieces.append(piece)
+                size += len(piece)
     except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"{path}: broken gzip file ({e}); re-download or decompress it") from None
+    if size > limit:
+        _refuse_gzip(path, *_whole_read_memory(size), more=True)
+    return b"".join(pieces)
+
+
+#: the fewest bytes a gzip file has: a 10-byte header and an 8-byte trailer
+_GZIP_MIN = 18
+
+
+def _isize(tail: bytes) -> int:
+    """The size of the data that gzip bytes ending in ``tail`` decompress to, as gzip's trailer records it (ISIZE):
+    modulo 2**32, and the last member's alone, so a lower bound."""
+    return int.from_bytes(tail[-4:], "little")
+
+
+def gzip_size(path: Path) -> int | None:
+    """:func:`_isize` of ``path`` when gzip's magic bytes start it, read without decompressing it; else ``None``."""
+    try:
+        with path.open("rb") as f:
+            if f.read(2) != b"\x1f\x8b" or f.seek(0, os.SEEK_END) < _GZIP_MIN:
+                return None
+            f.seek(-4, os.SEEK_END)
+            return _isize(f.read(4))
+    except OSError:
+        return None  # read() names the error
+
+
+def _refuse_gzip(path: Path, need: int, free: int, more: bool = False) -> NoReturn:
+    raise UserError(f"{path}: {'more than ' * more}{byte_size(need // _WHOLE_READ_FACTOR)} once decompressed, which "
+                    f"takes about {byte_size(need)} of memory to read whole, more than the {byte_size(free)} available; "
+                    "decompress it and convert it to UTF-8 JSON Lines (read a line at a time), or free memory and "
+                    "rerun")
 
 
 _LINE_END = re.compile(r"\r\n?|\n")

@@ -1199,7 +1199,7 @@ def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
     src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
     _run(tmp_path, [src], language=["all"])
     err = capsys.readouterr().err
-    assert f"reading {src} (0 MiB) …" in err
+    assert f"reading {src} (0.0 MiB) …" in err
     passed = "passed the rules up to exact_duplicate"  # near_duplicate and the rest come after: not what is kept
     assert f"cleaning 2/4  {passed} 2" in err and f"cleaning 4/4  {passed} 4" in err
     assert not [line for line in err.splitlines() if line.startswith("cleaning") and "kept" in line]
@@ -1781,3 +1781,37 @@ def test_random_bytes_get_no_encoding_hint(tmp_path):
     with pytest.raises(UserError) as e:
         decode(tmp_path / "in.csv", raw, "utf-8")
     assert str(e.value).endswith("not valid utf-8; re-save it as UTF-8 or pass the right --encoding")
+
+
+def _gz_array(path: Path, *members: list[int]) -> Path:
+    """Gzip ``members``, each a JSON array of reviews of so many characters."""
+    path.write_bytes(b"".join(gzip.compress(json.dumps([{"review": "word " * (n // 5)} for n in sizes]).encode())
+                              for sizes in members))
+    return path
+
+
+def test_a_gz_read_whole_shows_its_decompressed_size_and_is_refused_when_it_cannot_fit(tmp_path, monkeypatch, capsys):
+    """trial 34 F7: a 631 KB .json.gz of 200 MiB took 657 MB without a word; its reading line showed no size."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    src = _gz_array(tmp_path / "in.json.gz", [3 * 2**20, 60])
+    monkeypatch.setattr(prepare_mod, "BIG_INPUT_BYTES", 2**20)
+    _run(tmp_path, [src], language=["all"], app_name="Hades")
+    assert f"reading {src} (0.0 MiB, at least 3.0 MiB decompressed) …" in capsys.readouterr().err
+    monkeypatch.setattr(sources.memory, "available_memory_bytes", lambda: 7 * 2**20)
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == (f"{src}: 3.0 MiB once decompressed, which takes about 21.0 MiB of memory to read whole, "
+                            "more than the 7.0 MiB available; decompress it and convert it to UTF-8 JSON Lines (read a "
+                            "line at a time), or free memory and rerun")
+
+
+def test_a_gz_whose_size_field_says_less_than_it_holds_is_refused_as_it_is_decompressed(tmp_path, monkeypatch):
+    """gzip records the size of its last member only (and modulo 2**32): the bound holds as the data is read."""
+    monkeypatch.setattr(sources.memory, "available_memory_bytes", lambda: 7 * 2**20)
+    monkeypatch.setattr(sources, "_GUNZIP_PIECE", 2**18)
+    src = _gz_array(tmp_path / "in.json.gz", [3 * 2**20], [10])
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value).startswith(f"{src}: more than 1.2 MiB once decompressed, which takes about 8.8 MiB of memory "
+                                   "to read whole, more than the 7.0 MiB available;")
