@@ -1211,6 +1211,30 @@ CSV_FIELD_LIMIT = 1 << 24
 LINE_BYTES_CAP = 4 * CSV_FIELD_LIMIT
 
 
+def _header(path: Path, reader: csv.DictReader, line: int) -> list[str]:
+    """``reader``'s header (on line ``line``).
+
+    Raises:
+        UserError: a header with a field over :data:`CSV_FIELD_LIMIT` (a quote that never closes, or not a table).
+    """
+    try:
+        return reader.fieldnames or []
+    except csv.Error as e:
+        if not _over_field_limit(e):
+            raise _broken_csv(path, line, e) from None
+        raise UserError(f"{path}: line {line}: the header holds a field of more than {CSV_FIELD_LIMIT:,} characters (a "
+                        "quote that never closes, or not a review table); put the column names on line 1, or convert "
+                        "the file to JSON Lines") from None
+
+
+def _over_field_limit(e: csv.Error) -> bool:
+    return "field larger than field limit" in str(e)
+
+
+def _broken_csv(path: Path, line: int, e: csv.Error) -> UserError:
+    return UserError(f"{path}: broken CSV near line {line} ({e}); fix the quoting")
+
+
 def _over_limit(path: Path, src: _RowLines, row: int, start: int, line_num: int) -> str:
     """Read past a record (row ``row``, from line ``start``; the reader stopped on line ``line_num``) that ``csv``
     stopped at a field over :data:`CSV_FIELD_LIMIT` (:meth:`_RowLines.skip_record`); the warning that names it. A
@@ -1249,7 +1273,7 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
     reader = csv.DictReader(src, delimiter=delim)
     if hint:
         next(reader.reader, None)  # the hint line still counts in line_num, so lines keep their numbers
-    cols = [c for c in (reader.fieldnames or []) if c is not None]
+    cols = [c for c in _header(path, reader, 1 + bool(hint)) if c is not None]
     if not cols or (len(cols) == 1 and not columns and columns_mod.field_of(cols[0]) != "review"):
         raise UserError(f"{path}: no CSV/TSV header found (first line: {header[:60]!r}); "
                         "put the column names on line 1, or convert the file to JSON Lines")
@@ -1532,8 +1556,8 @@ def _rows(path: Path, reader: csv.DictReader, start: Callable[[], int], src: _Ro
                 yield row
             return
         except csv.Error as e:
-            if "field larger than field limit" not in str(e):
-                raise UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting") from None
+            if not _over_field_limit(e):
+                raise _broken_csv(path, reader.line_num, e) from None
             rows += 1
             yield _over_limit(path, src, rows, start(), reader.reader.line_num)
 

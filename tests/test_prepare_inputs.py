@@ -1815,3 +1815,12 @@ def test_a_gz_whose_size_field_says_less_than_it_holds_is_refused_as_it_is_decom
         sources.read(src)
     assert str(e.value).startswith(f"{src}: more than 1.2 MiB once decompressed, which takes about 8.8 MiB of memory "
                                    "to read whole, more than the 7.0 MiB available;")
+
+
+def test_a_csv_header_over_the_field_limit_exits_2(tmp_path, field_limit_1000):
+    src = _raw(tmp_path / "in.csv", '"review,game\n' + f"{EN[0]}\n" * 20)
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == (f"{src}: line 1: the header holds a field of more than 1,000 characters (a quote that never "
+                            "closes, or not a review table); put the column names on line 1, or convert the file to "
+                            "JSON Lines")
