@@ -881,9 +881,9 @@ def gzip_size(path: Path) -> int | None:
 
 def _refuse_gzip(path: Path, need: int, free: int, more: bool = False) -> NoReturn:
     raise UserError(f"{path}: {'more than ' * more}{byte_size(need // _WHOLE_READ_FACTOR)} once decompressed, which "
-                    f"takes about {byte_size(need)} of memory to read whole, more than the {byte_size(free)} available; "
-                    "decompress it and convert it to UTF-8 JSON Lines (read a line at a time), or free memory and "
-                    "rerun")
+                    f"takes about {byte_size(need)} of memory to read whole, more than the {byte_size(free)} "
+                    "available; decompress it and convert it to UTF-8 JSON Lines (read a line at a time), or free "
+                    "memory and rerun")
 
 
 _LINE_END = re.compile(r"\r\n?|\n")

@@ -319,8 +319,8 @@ def test_a_csv_review_over_the_field_limit_is_dropped_as_too_long_as_in_json_lin
     assert [e["where"] for e in report["rules"]["too_long"]["examples"]] == [f"{src}: row 3", f"{src}: row 8"]
     said = [w for w in report["warnings"] if "field of more than" in w]
     assert said == [f"{src}: row {n} (line {line}): a field of more than 1,000 characters ({lines}); dropped as "
-                    f"too_long. Shorten or remove the review; if a quote on line {line} was left open by mistake, close "
-                    "it and rerun" for n, line, lines in ((2, 3, "lines 3-5"), (4, 8, "line 8"))]
+                    f"too_long. Shorten or remove the review; if a quote on line {line} was left open by mistake, "
+                    "close it and rerun" for n, line, lines in ((2, 3, "lines 3-5"), (4, 8, "line 8"))]
     src.write_text(src.read_text() + "Hades,two,fields\n")  # the lines after the skipped ones keep their numbers
     with pytest.raises(UserError, match=r": line 10: 3 fields where the header has 2"):
         sources.read(src)
@@ -1821,6 +1821,6 @@ def test_a_csv_header_over_the_field_limit_exits_2(tmp_path, field_limit_1000):
     src = _raw(tmp_path / "in.csv", '"review,game\n' + f"{EN[0]}\n" * 20)
     with pytest.raises(UserError) as e:
         sources.read(src)
-    assert str(e.value) == (f"{src}: line 1: the header holds a field of more than 1,000 characters (a quote that never "
-                            "closes, or not a review table); put the column names on line 1, or convert the file to "
-                            "JSON Lines")
+    assert str(e.value) == (f"{src}: line 1: the header holds a field of more than 1,000 characters (a quote that "
+                            "never closes, or not a review table); put the column names on line 1, or convert the "
+                            "file to JSON Lines")
