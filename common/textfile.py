@@ -48,6 +48,7 @@ _LATIN = re.compile("[\u00c0-\u00ff]")
 #: control characters there and GBK lead bytes, whose second byte is rarely ASCII.
 _CP1252_PUNCT = frozenset(bytes(range(0x80, 0xA0)).decode("cp1252", "ignore")) - set("ŠšŒœŽžŸƒ")
 _NON_ASCII = re.compile("[^\x00-\x7f]")
+_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
 #: Japanese or Traditional Chinese text: kana, ideographs, CJK and full-width punctuation (not half-width
 #: katakana, which GBK's lead bytes become in Shift-JIS)
 _CJK = re.compile("[\u3000-\u30ff\u4e00-\u9fff\uff01-\uff5e]")
@@ -56,6 +57,7 @@ _HANGUL = re.compile("[\uac00-\ud7a3]")
 _SAMPLE_BYTES = 1 << 18
 #: fewer Hangul syllables than this may be GBK text whose lead bytes fell in Hangul's range by chance
 _MIN_HANGUL = 10
+#: Korean's commonest particles and endings, about a third of the syllables of Korean text
 _KOREAN_COMMON = frozenset("이가은는을를의에도고다요하지서게한로과와습니")
 
 
@@ -75,8 +77,7 @@ def _hint(raw: bytes) -> str:
 def _non_ascii_lines(raw: bytes) -> bytes:
     """The lines of ``raw`` that hold a non-ASCII byte, up to about :data:`_SAMPLE_BYTES` of them."""
     lines, size, pos = [], 0, 0
-    wide = re.compile(rb"[\x80-\xff]")
-    while size < _SAMPLE_BYTES and (m := wide.search(raw, pos)):
+    while size < _SAMPLE_BYTES and (m := _HIGH_BYTE.search(raw, pos)):
         start, end = raw.rfind(b"\n", 0, m.start()) + 1, raw.find(b"\n", m.start())
         pos = len(raw) if end < 0 else end
         lines.append(raw[start:pos])

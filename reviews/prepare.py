@@ -751,6 +751,16 @@ def _flag_appid(cfg: PrepareConfig) -> str | None:
     return columns_mod.steam_appid(cfg.appid) or cfg.appid if cfg.appid else None
 
 
+def _reading(path: Path) -> contextlib.AbstractContextManager[Any]:
+    """``reading FILE (SIZE) …`` while an input of :data:`BIG_INPUT_BYTES` or more is read; a gzip file's size
+    decompressed (:func:`~steam_persona.reviews.sources.gzip_size`, a lower bound) is said and counted too."""
+    size, unpacked = path.stat().st_size, sources.gzip_size(path)
+    if max(size, unpacked or 0) < BIG_INPUT_BYTES:
+        return contextlib.nullcontext()
+    return status(f"reading {path} ({byte_size(size)}"
+                  + (f", at least {byte_size(unpacked)} decompressed)" if unpacked is not None else ")"))
+
+
 def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[str]]:
     """Read every input and fill game names/tags from appdetails inputs, CSV rows and the flags; also the notes on
     the files skipped (for the report's warnings)."""
@@ -759,11 +769,7 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[
     loaded = []
     skipped: list[str] = []
     for path in sources.expand_inputs(cfg.inputs, _earlier_outputs(cfg), skipped):
-        size, unpacked = path.stat().st_size, sources.gzip_size(path)
-        reading = status(f"reading {path} ({byte_size(size)}"
-                         + (f", at least {byte_size(unpacked)} decompressed)" if unpacked is not None else ")")) \
-            if max(size, unpacked or 0) >= BIG_INPUT_BYTES else contextlib.nullcontext()
-        with reading:
+        with _reading(path):
             item = sources.read(path, tag_language, cfg.encoding, columns)
         console.print(f"[green]detected[/] {item.describe()}")
         for line in item.warnings:
