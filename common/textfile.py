@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.markup import escape
 
@@ -43,44 +43,89 @@ def decode(path: Path, raw: bytes, encoding: str) -> str:
         raise UserError(f"{path}: line {line}, byte {column}: not valid {encoding}; {_hint(raw)}") from None
 
 
-_CJK = re.compile("[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
 _LATIN = re.compile("[\u00c0-\u00ff]")
 #: What Windows-1252 makes of the bytes 0x80–0x9F that are its punctuation (’ “ ” – — … € ™ …): Latin-1 has
 #: control characters there and GBK lead bytes, whose second byte is rarely ASCII.
 _CP1252_PUNCT = frozenset(bytes(range(0x80, 0xA0)).decode("cp1252", "ignore")) - set("ŠšŒœŽžŸƒ")
-_HINTS = {"gb18030": "it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk",
-          "cp1252": "it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as UTF-8 or pass "
-                    "--encoding cp1252"}
+_NON_ASCII = re.compile("[^\x00-\x7f]")
+_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
+#: Japanese or Traditional Chinese text: kana, ideographs, CJK and full-width punctuation (not half-width
+#: katakana, which GBK's lead bytes become in Shift-JIS)
+_CJK = re.compile("[\u3000-\u30ff\u4e00-\u9fff\uff01-\uff5e]")
+_HANGUL = re.compile("[\uac00-\ud7a3]")
+#: the lines holding non-ASCII bytes that are read to tell the encoding: this many bytes of them is enough
+_SAMPLE_BYTES = 1 << 18
+#: fewer Hangul syllables than this may be GBK text whose lead bytes fell in Hangul's range by chance
+_MIN_HANGUL = 10
+#: Korean's commonest particles and endings, about a third of the syllables of Korean text
+_KOREAN_COMMON = frozenset("이가은는을를의에도고다요하지서게한로과와습니")
 
 
 def _hint(raw: bytes) -> str:
-    """How to read bytes that are not UTF-8: a UTF-16 byte-order mark says so; otherwise the legacy
-    encoding whose decoding looks like its script. Both GB18030 and Windows-1252 decode most byte
-    strings, so each decoding is scored: GB18030 by the share of CJK characters among the letters
-    (Latin text read as GB18030 has a few stray ideographs among many ASCII letters), Windows-1252 by
-    the share of non-ASCII characters that are accented letters next to an ASCII letter or Windows-1252
-    punctuation between ASCII characters (``It’s``, ``“best”``: English from Excel or Notepad); Chinese read
-    as Windows-1252 gives runs of accented letters with no ASCII between them."""
+    """How to read bytes that are not UTF-8: a UTF-16 byte-order mark says so; otherwise the legacy encoding
+    (:data:`_CANDIDATES`) whose strict decoding of the lines holding non-ASCII bytes looks most like its script,
+    judged by the non-ASCII characters alone, so that a mostly English file with a few Chinese names is as GBK as a
+    Chinese one."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "it starts with a UTF-16 byte-order mark; pass --encoding utf-16"
-    scores = {"gb18030": _score(raw, "gb18030", _cjk_share), "cp1252": _score(raw, "cp1252", _latin_share)}
+    sample = _non_ascii_lines(raw)
+    scores = {codec: _score(sample, codec, share) for codec, (_, share) in _CANDIDATES.items()}
     best = max(scores, key=scores.get)
-    return _HINTS[best] if scores[best] > 0.25 else "re-save it as UTF-8 or pass the right --encoding"
+    return _CANDIDATES[best][0] if scores[best] > 0.5 else "re-save it as UTF-8 or pass the right --encoding"
 
 
-def _score(raw: bytes, encoding: str, share) -> float:
+def _non_ascii_lines(raw: bytes) -> bytes:
+    """The lines of ``raw`` that hold a non-ASCII byte, up to about :data:`_SAMPLE_BYTES` of them."""
+    lines, size, pos = [], 0, 0
+    while size < _SAMPLE_BYTES and (m := _HIGH_BYTE.search(raw, pos)):
+        start, end = raw.rfind(b"\n", 0, m.start()) + 1, raw.find(b"\n", m.start())
+        pos = len(raw) if end < 0 else end
+        lines.append(raw[start:pos])
+        size += pos - start
+    return b"\n".join(lines)
+
+
+def _score(raw: bytes, encoding: str, share: Callable[[str], float]) -> float:
     try:
         return share(raw.decode(encoding))
     except UnicodeDecodeError:
         return 0.0
 
 
+def _gb2312_share(text: str) -> float:
+    """The share of ``text``'s non-ASCII characters that GB2312 holds (common simplified Chinese characters and
+    punctuation): GBK text has few others, while Big5, Shift-JIS or Windows-1252 read as GB18030 give the rare
+    characters of GBK's extension."""
+    wide = _NON_ASCII.findall(text)
+    return sum(_encodes(c, "gb2312") for c in wide) / max(1, len(wide))
+
+
+def _encodes(char: str, encoding: str) -> bool:
+    try:
+        char.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _cjk_share(text: str) -> float:
-    cjk = len(_CJK.findall(text))
-    return cjk / max(1, cjk + sum(c.isascii() and c.isalpha() for c in text))
+    return len(_CJK.findall(text)) / max(1, len(_NON_ASCII.findall(text)))
+
+
+def _hangul_share(text: str) -> float:
+    """The share of ``text``'s non-ASCII characters that are Hangul syllables, when there are enough of them and
+    enough are Korean's commonest particles and endings (:data:`_KOREAN_COMMON`, a third of the syllables of Korean
+    text): GBK read as CP949 gives Hangul too where its lead bytes fall in Hangul's range, but seldom those."""
+    hangul = _HANGUL.findall(text)
+    if len(hangul) < _MIN_HANGUL or sum(c in _KOREAN_COMMON for c in hangul) < 0.2 * len(hangul):
+        return 0.0
+    return len(hangul) / max(1, len(_NON_ASCII.findall(text)))
 
 
 def _latin_share(text: str) -> float:
+    """The share of ``text``'s non-ASCII characters that read as Western text (:func:`_latin_like`): English from
+    Excel or Notepad (``It’s``, ``“best”``, ``café``); Chinese read as Windows-1252 gives runs of accented letters
+    with no ASCII between them."""
     wide = [i for i, c in enumerate(text) if ord(c) > 127]
     return sum(_latin_like(text, i) for i in wide) / max(1, len(wide))
 
@@ -92,6 +137,21 @@ def _latin_like(text: str, i: int) -> bool:
     if _LATIN.match(text[i]):
         return any(c.isascii() and c.isalpha() for c in around)
     return text[i] in _CP1252_PUNCT and all(c.isascii() for c in around)
+
+
+#: each candidate encoding's hint and how much its decoding looks like its script (0 to 1), in the order that breaks
+#: a tie: Korean read as GB18030 is all GB2312 characters too, and Windows-1252 text can read as Shift-JIS ideographs
+_CANDIDATES: dict[str, tuple[str, Callable[[str], float]]] = {
+    "cp949": ("it looks EUC-KR/CP949-encoded (Korean Windows); re-save it as UTF-8 or pass --encoding cp949",
+              _hangul_share),
+    "gb18030": ("it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk", _gb2312_share),
+    "cp1252": ("it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as UTF-8 or pass "
+               "--encoding cp1252", _latin_share),
+    "cp932": ("it looks Shift-JIS-encoded (Japanese Windows); re-save it as UTF-8 or pass --encoding cp932",
+              _cjk_share),
+    "cp950": ("it looks Big5-encoded (Traditional Chinese Windows); re-save it as UTF-8 or pass --encoding cp950",
+              _cjk_share),
+}
 
 
 def load_json(text: str, **kwargs: Any) -> Any:

@@ -54,7 +54,7 @@ from steam_persona.reviews import sources
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.common.arguments import DataArguments, as_typed, not_negative_finite
 from steam_persona.common.config import arg
-from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, status
+from steam_persona.common.console import PLAIN_EVERY_S, byte_size, console, plain_progress, progress, status
 from steam_persona.common.errors import STOP_SIGNALS, UserError, stop_signals_interrupt
 from steam_persona.resources import packaged_copy_hint
 from steam_persona.reviews.sources import Review
@@ -338,7 +338,10 @@ class _Rules:
 
     def _oversize(self, r: Review) -> str | None:
         """``too_long`` before any rule reads the text, for a text far longer than the length bounds let through
-        (:func:`raw_limit`): every rule costs time and memory in proportion to a text's length."""
+        (:func:`raw_limit`): every rule costs time and memory in proportion to a text's length. A CSV record with a
+        field over the CSV field limit (``over_limit``, not read) is over the fixed cap too."""
+        if r.over_limit:
+            return self._drop("too_long", r, _cap_reason())
         limit = raw_limit(self.cfg)
         if len(r.text) > limit:
             return self._drop("too_long", r, _cap_reason() if _capped(self.cfg) else f"over {limit:,} characters as read")
@@ -748,6 +751,16 @@ def _flag_appid(cfg: PrepareConfig) -> str | None:
     return columns_mod.steam_appid(cfg.appid) or cfg.appid if cfg.appid else None
 
 
+def _reading(path: Path) -> contextlib.AbstractContextManager[Any]:
+    """``reading FILE (SIZE) …`` while an input of :data:`BIG_INPUT_BYTES` or more is read; a gzip file's size
+    decompressed (:func:`~steam_persona.reviews.sources.gzip_size`, a lower bound) is said and counted too."""
+    size, unpacked = path.stat().st_size, sources.gzip_size(path)
+    if max(size, unpacked or 0) < BIG_INPUT_BYTES:
+        return contextlib.nullcontext()
+    return status(f"reading {path} ({byte_size(size)}"
+                  + (f", at least {byte_size(unpacked)} decompressed)" if unpacked is not None else ")"))
+
+
 def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[str]]:
     """Read every input and fill game names/tags from appdetails inputs, CSV rows and the flags; also the notes on
     the files skipped (for the report's warnings)."""
@@ -756,10 +769,7 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[
     loaded = []
     skipped: list[str] = []
     for path in sources.expand_inputs(cfg.inputs, _earlier_outputs(cfg), skipped):
-        size = path.stat().st_size
-        reading = status(f"reading {path} ({size / 2**20:,.0f} MiB)") if size >= BIG_INPUT_BYTES \
-            else contextlib.nullcontext()
-        with reading:
+        with _reading(path):
             item = sources.read(path, tag_language, cfg.encoding, columns)
         console.print(f"[green]detected[/] {item.describe()}")
         for line in item.warnings:

@@ -43,7 +43,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, NoReturn
 
 from rich.markup import escape
 
-from steam_persona.common.console import console
+from steam_persona.common.console import byte_size, console
 from steam_persona.reviews import columns as columns_mod
 from steam_persona.reviews import csvquotes
 from steam_persona.common import memory, persona
@@ -135,6 +135,8 @@ class Review:
     ``author`` (user name and/or steam id, one per line) only feeds the screen-name scrubber; it is
     never written.
     ``length`` is set by ``prepare``'s length rule (:func:`steam_persona.reviews.noise.length`).
+    ``over_limit`` marks a CSV record that a field over :data:`CSV_FIELD_LIMIT` kept from being read (its ``text``
+    is empty): ``prepare`` counts it ``too_long``, as it does the same review in JSON Lines.
     """
 
     text: str
@@ -150,6 +152,7 @@ class Review:
     updated: int | None = None  # Steam's timestamp_updated: when the author last edited the review
     author: str | None = None
     length: tuple[int, str] | None = None
+    over_limit: bool = False
     prompt: tuple[str, str] | None = None
     prompt_language: str | None = None
 
@@ -410,10 +413,15 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
 _WHOLE_READ_FACTOR = 7
 
 
+def _whole_read_memory(size: int) -> tuple[int, int]:
+    """The memory that reading a text of ``size`` bytes whole takes, and the memory available."""
+    return size * _WHOLE_READ_FACTOR, memory.available_memory_bytes()
+
+
 def _note_memory(path: Path, size: int) -> None:
     """A note before a file of ``size`` bytes is read whole when that takes more memory than is available, so that a
     run the system then kills has said why and what to do."""
-    need, free = size * _WHOLE_READ_FACTOR, memory.available_memory_bytes()
+    need, free = _whole_read_memory(size)
     if need > free:
         console.print(f"[yellow]note[/] {escape(str(path))}: read whole ({size / 2**20:,.0f} MiB: a JSON document, "
                       f"another encoding than UTF-8 or Parquet), which takes about {need / 2**30:,.1f} GiB of memory, "
@@ -804,19 +812,78 @@ def _read_by_app(path: Path, data: dict, tag_language: str, columns: dict[str, s
 
 
 def _read_bytes(path: Path) -> tuple[bytes, str | None]:
+    """``path``'s bytes, decompressed when gzip's magic bytes start it (and ``"gzip"`` then).
+
+    Raises:
+        UserError: an unreadable file, a broken gzip stream, or one whose text takes more memory to read whole than
+            is available (:func:`_gunzip`).
+    """
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror}); check the path and permissions") from None
     if raw[:2] != b"\x1f\x8b":
         return raw, None
-    import gzip
-    import zlib
+    return _gunzip(path, raw), "gzip"
 
+
+#: gzip is decompressed this many bytes at a time, so that the bound on its size holds as it is read
+_GUNZIP_PIECE = 1 << 24
+
+
+def _gunzip(path: Path, raw: bytes) -> bytes:
+    """The gzip data ``raw`` of ``path`` decompressed, when its text fits the memory available to be read whole
+    (:func:`_whole_read_memory`): judged first by the size its trailer records, before any of it is decompressed (a
+    small ``.json.gz`` can hold gigabytes), then, as that size is only a lower bound, as it is decompressed.
+
+    Raises:
+        UserError: a broken gzip stream, or a text that needs more memory than is available.
+    """
+    import gzip
+
+    need, free = _whole_read_memory(_isize(raw) if len(raw) >= _GZIP_MIN else 0)
+    if need > free:
+        _refuse_gzip(path, need, free)
+    limit, pieces, size = free // _WHOLE_READ_FACTOR, [], 0
     try:
-        return gzip.decompress(raw), "gzip"
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            while size <= limit and (piece := f.read(_GUNZIP_PIECE)):
+                pieces.append(piece)
+                size += len(piece)
     except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"{path}: broken gzip file ({e}); re-download or decompress it") from None
+    if size > limit:
+        _refuse_gzip(path, *_whole_read_memory(size), more=True)
+    return b"".join(pieces)
+
+
+#: the fewest bytes a gzip file has: a 10-byte header and an 8-byte trailer
+_GZIP_MIN = 18
+
+
+def _isize(tail: bytes) -> int:
+    """The size of the data that gzip bytes ending in ``tail`` decompress to, as gzip's trailer records it (ISIZE):
+    modulo 2**32, and the last member's alone, so a lower bound."""
+    return int.from_bytes(tail[-4:], "little")
+
+
+def gzip_size(path: Path) -> int | None:
+    """:func:`_isize` of ``path`` when gzip's magic bytes start it, read without decompressing it; else ``None``."""
+    try:
+        with path.open("rb") as f:
+            if f.read(2) != b"\x1f\x8b" or f.seek(0, os.SEEK_END) < _GZIP_MIN:
+                return None
+            f.seek(-4, os.SEEK_END)
+            return _isize(f.read(4))
+    except OSError:
+        return None  # read() names the error
+
+
+def _refuse_gzip(path: Path, need: int, free: int, more: bool = False) -> NoReturn:
+    raise UserError(f"{path}: {'more than ' * more}{byte_size(need // _WHOLE_READ_FACTOR)} once decompressed, which "
+                    f"takes about {byte_size(need)} of memory to read whole, more than the {byte_size(free)} "
+                    "available; decompress it and convert it to UTF-8 JSON Lines (read a line at a time), or free "
+                    "memory and rerun")
 
 
 _LINE_END = re.compile(r"\r\n?|\n")
@@ -1144,12 +1211,48 @@ CSV_FIELD_LIMIT = 1 << 24
 LINE_BYTES_CAP = 4 * CSV_FIELD_LIMIT
 
 
-def _csv_error(path: Path, reader: csv.DictReader, start: int, e: csv.Error) -> UserError:
-    """The error for ``csv``'s ``e`` in the row that starts on line ``start`` of ``path`` (``reader`` stopped in it)."""
-    if "field larger than field limit" in str(e):
-        return UserError(f"{path}: line {start}: a field of more than {CSV_FIELD_LIMIT:,} characters (a quote that "
-                         "never closes, or not a review table); close the quote, or split the text")
-    return UserError(f"{path}: broken CSV near line {reader.line_num} ({e}); fix the quoting")
+def _header(path: Path, reader: csv.DictReader, line: int) -> list[str]:
+    """``reader``'s header (on line ``line``).
+
+    Raises:
+        UserError: a header with a field over :data:`CSV_FIELD_LIMIT` (a quote that never closes, or not a table).
+    """
+    try:
+        return reader.fieldnames or []
+    except csv.Error as e:
+        if not _over_field_limit(e):
+            raise _broken_csv(path, line, e) from None
+        raise UserError(f"{path}: line {line}: the header holds a field of more than {CSV_FIELD_LIMIT:,} characters (a "
+                        "quote that never closes, or not a review table); put the column names on line 1, or convert "
+                        "the file to JSON Lines") from None
+
+
+def _over_field_limit(e: csv.Error) -> bool:
+    return "field larger than field limit" in str(e)
+
+
+def _broken_csv(path: Path, line: int, e: csv.Error) -> UserError:
+    return UserError(f"{path}: broken CSV near line {line} ({e}); fix the quoting")
+
+
+def _over_limit(path: Path, src: _RowLines, row: int, start: int, line_num: int) -> str:
+    """Read past a record (row ``row``, from line ``start``; the reader stopped on line ``line_num``) that ``csv``
+    stopped at a field over :data:`CSV_FIELD_LIMIT` (:meth:`_RowLines.skip_record`); the warning that names it. A
+    quote left open by mistake can make such a field of many rows, so the warning names the lines it spans.
+
+    Raises:
+        UserError: when the record's quote never closes (the file ends inside it).
+    """
+    skipped = src.skip_record()
+    where = f"{path}: row {row} (line {start})"
+    if skipped is None:
+        raise UserError(f"{where}: a double quote opens a text that never closes (it runs past the "
+                        f"{CSV_FIELD_LIMIT:,}-character field limit to the end of the file); remove the quote, or "
+                        "close it")
+    end = line_num + skipped
+    lines = f"lines {start}-{end}" if end > start else f"line {start}"
+    return (f"{where}: a field of more than {CSV_FIELD_LIMIT:,} characters ({lines}); dropped as too_long. Shorten "
+            f"or remove the review; if a quote on line {start} was left open by mistake, close it and rerun")
 
 
 def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dict[str, str] | None) -> Loaded:
@@ -1170,7 +1273,7 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
     reader = csv.DictReader(src, delimiter=delim)
     if hint:
         next(reader.reader, None)  # the hint line still counts in line_num, so lines keep their numbers
-    cols = [c for c in (reader.fieldnames or []) if c is not None]
+    cols = [c for c in _header(path, reader, 1 + bool(hint)) if c is not None]
     if not cols or (len(cols) == 1 and not columns and columns_mod.field_of(cols[0]) != "review"):
         raise UserError(f"{path}: no CSV/TSV header found (first line: {header[:60]!r}); "
                         "put the column names on line 1, or convert the file to JSON Lines")
@@ -1180,10 +1283,15 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
         return _read_store_csv(path, reader, tag_language, src)
     if not columns and not any(columns_mod.field_of(c) == "review" for c in cols):
         _refuse_title_rows(path, _bodies(src.kept + src.ahead(10))[1:10], delim)
-    rows, headers, last, span = [], 0, [], (0, 0)
+    rows, over, said, headers, last, span = [], [], [], 0, [], (0, 0)
     rowlike = _RowLike(delim, _end(src.take()[-1]))
     start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
-    for row in _rows(path, reader, lambda: start):
+    for row in _rows(path, reader, lambda: start, src):
+        if isinstance(row, str):
+            over.append(Review(text="", where=f"{path}: row {start}", over_limit=True))
+            said.append(row)
+            start = reader.reader.line_num + src.blank + 1
+            continue
         read = src.take()
         if None not in row and [str(v).lstrip("\ufeff") for v in row.values()] == [c.lstrip("\ufeff") for c in row]:
             headers += 1  # the header again: files joined by cat, each with its header
@@ -1194,12 +1302,13 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
             span = (start, reader.line_num)
             rowlike.add(start, read, rows[-1][1])
         start = reader.line_num + 1
-    if not rows:
+    if not rows and not over:
         raise UserError(f"{path}: no rows under the header; remove it from the inputs")
     _refuse_unclosed_quote(path, _bodies(last + src.take()), span, delim)
-    loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";")
+    loaded = _read_table(path, rows, columns or {}, semicolon=delim == ";") if rows else Loaded(path, "table")
+    loaded.reviews += over
     loaded.container = "TSV" if delim == "\t" else "CSV"
-    loaded.warnings += repeated + rowlike.warnings(path)
+    loaded.warnings += repeated + said + rowlike.warnings(path)
     if headers:
         loaded.warnings.append(f"{path}: the header line came again {headers:,} time(s) below the first (files joined "
                                "into one?); skipped, not read as a review")
@@ -1219,14 +1328,38 @@ class _RowLines:
         self._lines = (line for chunk in chunks for line in _LINE_WITH_END.findall(chunk))
         self._ahead: list[str] = []
         self.kept: list[str] = []
+        self.blank = 0  # lines read past by skip_record, still to be counted by the reader
 
     def __iter__(self) -> _RowLines:
         return self
 
     def __next__(self) -> str:
-        line = self._ahead.pop(0) if self._ahead else next(self._lines)
+        if self.blank:
+            self.blank -= 1
+            return "\n"  # an empty line: csv reads it as no row, and counts it
+        line = self._next()
         self.kept.append(line)
         return line
+
+    def _next(self) -> str:
+        return self._ahead.pop(0) if self._ahead else next(self._lines)
+
+    def skip_record(self) -> int | None:
+        """After ``csv`` stopped inside a record at its field limit (the record's lines read so far are
+        :attr:`kept`): read on, keeping nothing, to the line end where the record's quotes are closed (counted per
+        line, as :func:`csvquotes.opening_line` does); the number of lines read on, which the reader is then served
+        as empty lines so that its line numbers stay true; ``None`` when the file ends first."""
+        open_ = sum(line.count('"') for line in self.take()) % 2 == 1
+        read = 0
+        while open_:
+            try:
+                line = self._next()
+            except StopIteration:
+                return None
+            read += 1
+            open_ ^= line.count('"') % 2 == 1
+        self.blank = read
+        return read
 
     def ahead(self, n: int) -> list[str]:
         """The next ``n`` lines (fewer at the end), left for the reader."""
@@ -1407,12 +1540,26 @@ class _RowLike:
         return out
 
 
-def _rows(path: Path, reader: csv.DictReader, start: Callable[[], int]) -> Iterator[dict[str, Any]]:
-    """``reader``'s rows, its errors as :func:`_csv_error` names them (``start()``: the line the next row starts on)."""
-    try:
-        yield from reader
-    except csv.Error as e:
-        raise _csv_error(path, reader, start(), e) from None
+def _rows(path: Path, reader: csv.DictReader, start: Callable[[], int], src: _RowLines,
+          ) -> Iterator[dict[str, Any] | str]:
+    """``reader``'s rows (``src`` its lines; ``start()``: the line the next row starts on), and for a record with a
+    field over :data:`CSV_FIELD_LIMIT`, read past, :func:`_over_limit`'s warning.
+
+    Raises:
+        UserError: ``csv``'s other errors, naming the line.
+    """
+    rows = 0
+    while True:
+        try:
+            for row in reader:
+                rows += 1
+                yield row
+            return
+        except csv.Error as e:
+            if not _over_field_limit(e):
+                raise _broken_csv(path, reader.line_num, e) from None
+            rows += 1
+            yield _over_limit(path, src, rows, start(), reader.reader.line_num)
 
 
 def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: _RowLines) -> Loaded:
@@ -1421,8 +1568,11 @@ def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: 
     loaded = Loaded(path, "store-csv")
     lang = 1 if tag_language == "zh" else 0
     start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
-    for row in _rows(path, reader, lambda: start):
+    for row in _rows(path, reader, lambda: start, src):
         where = f"{path}: row {start}"
+        if isinstance(row, str):
+            raise UserError(f"{where}: a field of more than {CSV_FIELD_LIMIT:,} characters; split the game's reviews "
+                            "over several rows, or remove the row")
         row = _whole_row(path, reader, row, ",", src.take(), src, start)
         start = reader.line_num + 1
         try:

@@ -291,16 +291,47 @@ def test_too_long_over_the_hard_cap_says_to_split_the_text_not_to_turn_the_bound
         "flag changes: split the text" in err and "--max_chars 0" not in err
 
 
-def test_a_csv_field_over_the_field_limit_exits_2_naming_its_row(tmp_path, monkeypatch):
+@pytest.fixture
+def field_limit_1000(monkeypatch):
     monkeypatch.setattr(sources, "CSV_FIELD_LIMIT", 1000)
+    yield
+    csv.field_size_limit(2**31 - 1)
+
+
+def test_a_csv_quote_that_runs_past_the_field_limit_to_the_end_exits_2_naming_its_row(tmp_path, field_limit_1000):
     src = _raw(tmp_path / "in.csv", f'game,review\nHades,"{EN[0]}"\nHades,"{"x" * 1200}\n')
-    try:
-        with pytest.raises(UserError) as e:
-            sources.read(src)
-    finally:
-        csv.field_size_limit(2**31 - 1)
-    assert str(e.value) == (f"{src}: line 3: a field of more than 1,000 characters (a quote that never closes, or not "
-                            "a review table); close the quote, or split the text")
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == (f"{src}: row 2 (line 3): a double quote opens a text that never closes (it runs past the "
+                            "1,000-character field limit to the end of the file); remove the quote, or close it")
+
+
+def test_a_csv_review_over_the_field_limit_is_dropped_as_too_long_as_in_json_lines(tmp_path, field_limit_1000):
+    """trial 34 F9: a quoted review over the field limit whose quote closes refused the whole file (`line 160: a field
+    of more than 16,777,216 characters (a quote that never closes …)`) where JSON Lines drops that review."""
+    big = "\n".join(c * 600 for c in "xyz")  # the limit is passed on its second line, the quote closes on its third
+    src = _raw(tmp_path / "in.csv", f'game,review\nHades,"{EN[0]}"\nHades,"{big}"\nHades,"{EN[1]}\nmore"\n'
+                                    f'Hades,{"w" * 1200}\nHades,"{EN[2]}"\n')
+    res = _run(tmp_path, [src], language=["all"])
+    report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+    assert res["counts"]["read"] == 5 and res["counts"]["kept"] == 3 and res["removed"]["too_long"] == 2
+    assert report["rules"]["too_long"]["reasons"] == {"over the fixed 1,000,000-character cap as read": 2}
+    assert [e["where"] for e in report["rules"]["too_long"]["examples"]] == [f"{src}: row 3", f"{src}: row 8"]
+    said = [w for w in report["warnings"] if "field of more than" in w]
+    assert said == [f"{src}: row {n} (line {line}): a field of more than 1,000 characters ({lines}); dropped as "
+                    f"too_long. Shorten or remove the review; if a quote on line {line} was left open by mistake, "
+                    "close it and rerun" for n, line, lines in ((2, 3, "lines 3-5"), (4, 8, "line 8"))]
+    src.write_text(src.read_text() + "Hades,two,fields\n")  # the lines after the skipped ones keep their numbers
+    with pytest.raises(UserError, match=r": line 10: 3 fields where the header has 2"):
+        sources.read(src)
+
+
+def test_a_store_csv_cell_over_the_field_limit_exits_2_naming_its_row(tmp_path, field_limit_1000):
+    src = _raw(tmp_path / "in.csv", f'title,user_reviews\nHades,"[""{EN[0]}""]"\nCeleste,"[""{"x" * 1200}""]"\n')
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == (f"{src}: row 3: a field of more than 1,000 characters; split the game's reviews over "
+                            "several rows, or remove the row")
 
 
 def test_long_chinese_review_has_the_room_of_a_long_english_one(tmp_path):
@@ -1168,7 +1199,7 @@ def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
     src = _csv(tmp_path / "r.csv", ["review", "app_name"], [[t, "Hades"] for t in EN])
     _run(tmp_path, [src], language=["all"])
     err = capsys.readouterr().err
-    assert f"reading {src} (0 MiB) …" in err
+    assert f"reading {src} (0.0 MiB) …" in err
     passed = "passed the rules up to exact_duplicate"  # near_duplicate and the rest come after: not what is kept
     assert f"cleaning 2/4  {passed} 2" in err and f"cleaning 4/4  {passed} 4" in err
     assert not [line for line in err.splitlines() if line.startswith("cleaning") and "kept" in line]
@@ -1713,3 +1744,83 @@ def test_register_outside_the_out_folder_stores_a_path_from_the_registry(tmp_pat
     res = CliRunner().invoke(main, ["validate", "far", "--dataset_dir", "lf/data",
                                     "--model_name_or_path", str(tiny_llama_dir)])
     assert res.exit_code == 0, res.output
+
+
+_EN_LONG = "Tight combat and a map that rewards curiosity, well worth the price; the story drags in the middle act"
+
+
+@pytest.mark.parametrize("text,encoding,hint", [
+    (f"appid,app_name,review\n570,刀塔2,{_EN_LONG}\n730,反恐精英,{_EN_LONG}\n", "gbk",
+     "line 2, byte 5: not valid utf-8; it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk"),
+    (f"app_name,review\nHades,{_EN_LONG}\nHades,It’s “the best” game – José Müller said so…\n", "cp1252",
+     "line 3, byte 9: not valid utf-8; it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as "
+     "UTF-8 or pass --encoding cp1252"),
+    (f"app_name,review\n哈迪斯,{ZH[0]}\n哈迪斯,{ZH[1]}\n", "gbk",
+     "line 2, byte 1: not valid utf-8; it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk"),
+    ("app_name,review\nHades,このゲームは本当に面白いです。\n", "cp932",
+     "line 2, byte 7: not valid utf-8; it looks Shift-JIS-encoded (Japanese Windows); re-save it as UTF-8 or pass "
+     "--encoding cp932"),
+    ("app_name,review\nHades,이 게임은 정말 재미있어요. 친구들과 같이 하면 더 재밌습니다.\n", "cp949",
+     "line 2, byte 7: not valid utf-8; it looks EUC-KR/CP949-encoded (Korean Windows); re-save it as UTF-8 or pass "
+     "--encoding cp949"),
+    ("app_name,review\nHades,這個遊戲真的很好玩，強烈推薦給大家\n", "cp950",
+     "line 2, byte 7: not valid utf-8; it looks Big5-encoded (Traditional Chinese Windows); re-save it as UTF-8 or "
+     "pass --encoding cp950"),
+])
+def test_the_not_utf8_line_names_the_encoding_its_non_ascii_bytes_look_like(tmp_path, text, encoding, hint):
+    """trial 34 F11: a mostly English GBK file (Chinese game names) was judged by its share of CJK among all letters
+    and got no hint; the non-ASCII bytes alone decide now."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(text.encode(encoding))
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/train.json")])
+    assert r.exit_code == 2 and r.output.replace("\n", "") == f"Error: {src}: {hint}", r.output
+
+
+def test_random_bytes_get_no_encoding_hint(tmp_path):
+    raw = random.Random(1).randbytes(300)
+    with pytest.raises(UserError) as e:
+        decode(tmp_path / "in.csv", raw, "utf-8")
+    assert str(e.value).endswith("not valid utf-8; re-save it as UTF-8 or pass the right --encoding")
+
+
+def _gz_array(path: Path, *members: list[int]) -> Path:
+    """Gzip ``members``, each a JSON array of reviews of so many characters."""
+    path.write_bytes(b"".join(gzip.compress(json.dumps([{"review": "word " * (n // 5)} for n in sizes]).encode())
+                              for sizes in members))
+    return path
+
+
+def test_a_gz_read_whole_shows_its_decompressed_size_and_is_refused_when_it_cannot_fit(tmp_path, monkeypatch, capsys):
+    """trial 34 F7: a 631 KB .json.gz of 200 MiB took 657 MB without a word; its reading line showed no size."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    src = _gz_array(tmp_path / "in.json.gz", [3 * 2**20, 60])
+    monkeypatch.setattr(prepare_mod, "BIG_INPUT_BYTES", 2**20)
+    _run(tmp_path, [src], language=["all"], app_name="Hades")
+    assert f"reading {src} (0.0 MiB, at least 3.0 MiB decompressed) …" in capsys.readouterr().err
+    monkeypatch.setattr(sources.memory, "available_memory_bytes", lambda: 7 * 2**20)
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == (f"{src}: 3.0 MiB once decompressed, which takes about 21.0 MiB of memory to read whole, "
+                            "more than the 7.0 MiB available; decompress it and convert it to UTF-8 JSON Lines (read a "
+                            "line at a time), or free memory and rerun")
+
+
+def test_a_gz_whose_size_field_says_less_than_it_holds_is_refused_as_it_is_decompressed(tmp_path, monkeypatch):
+    """gzip records the size of its last member only (and modulo 2**32): the bound holds as the data is read."""
+    monkeypatch.setattr(sources.memory, "available_memory_bytes", lambda: 7 * 2**20)
+    monkeypatch.setattr(sources, "_GUNZIP_PIECE", 2**18)
+    src = _gz_array(tmp_path / "in.json.gz", [3 * 2**20], [10])
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value).startswith(f"{src}: more than 1.2 MiB once decompressed, which takes about 8.8 MiB of memory "
+                                   "to read whole, more than the 7.0 MiB available;")
+
+
+def test_a_csv_header_over_the_field_limit_exits_2(tmp_path, field_limit_1000):
+    src = _raw(tmp_path / "in.csv", '"review,game\n' + f"{EN[0]}\n" * 20)
+    with pytest.raises(UserError) as e:
+        sources.read(src)
+    assert str(e.value) == (f"{src}: line 1: the header holds a field of more than 1,000 characters (a quote that "
+                            "never closes, or not a review table); put the column names on line 1, or convert the "
+                            "file to JSON Lines")
