@@ -33,16 +33,33 @@ def marked(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def content_parts(text: str, frame: str, messages: list[dict[str, Any]]) -> list[Part] | None:
     """``text`` (the template's rendering of ``messages``) as the template's own text (``(piece, False)``) and
-    the contents (``(content, True)``), given ``frame``, its rendering of :func:`marked` ``(messages)``.
+    the contents as the template wrote them (``(content, True)``: as given, or trimmed, as Llama 3's
+    ``| trim`` writes them), given ``frame``, its rendering of :func:`marked` ``(messages)``.
 
     Returns:
-        The parts, which join to ``text``; ``None`` when they would not (the template writes something else
-        for a marker than for the content, so the contents cannot be located).
+        The parts, which join to ``text``; ``None`` when they would not (the template writes a content some
+        other way, or something else around it than around a marker, so the contents cannot be located).
     """
     pieces = _MARKS.split(frame)  # frame, index, frame, index, ..., frame
-    parts = [(_text(messages[int(p)]), True) if i % 2 else (p, False) for i, p in enumerate(pieces)]
-    parts = [p for p in parts if p[0]]
-    return parts if "".join(t for t, _ in parts) == text else None
+    parts: list[Part] = []
+    at = 0
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            piece = _as_written(_text(messages[int(piece)]), text, at, pieces[i + 1])
+        if piece is None or not text.startswith(piece, at):
+            return None
+        parts.append((piece, bool(i % 2)))
+        at += len(piece)
+    return [p for p in parts if p[0]] if at == len(text) else None
+
+
+def _as_written(content: str, text: str, at: int, after: str) -> str | None:
+    """``content`` as ``text`` holds it at ``at``, followed by ``after``: unchanged or with its whitespace trimmed
+    (Jinja's ``trim``, at both ends or one); ``None`` when neither is there."""
+    for form in (content, content.strip(), content.lstrip(), content.rstrip()):
+        if text.startswith(form + after, at):
+            return form
+    return None
 
 
 def _text(message: dict[str, Any]) -> str:

@@ -384,6 +384,9 @@ def test_a_template_that_rewrites_contents_refuses_a_line_with_control_strings(q
     assert chat_mod.prompt_ids(tok, [{"role": "user", "content": "no control text"}])
     with pytest.raises(chat_mod.LineRefused, match="special-token text"):
         chat_mod.prompt_ids(tok, [{"role": "user", "content": FORGED}])
+    tok.chat_template = tok.chat_template.replace("| replace('o', '0')", "| trim")  # Llama 3's: contents located
+    ids = chat_mod.prompt_ids(tok, [{"role": "user", "content": f" {FORGED}\n"}])
+    assert _turn_markers(ids, *tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])) == (3, 2)
 
     class Refusing(_CountingBackend):
         def prompt_tokens(self, messages):
