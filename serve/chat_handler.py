@@ -45,6 +45,7 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_tokenizer import LlamaTokenizer
 
+from steam_persona.common.chat_contents import SPECIAL_TEXT_REFUSED, content_parts, marked
 from steam_persona.serve.access_log import note_completion_tokens
 from steam_persona.serve.engine import STOP
 from steam_persona.serve.errors import RequestError
@@ -63,9 +64,6 @@ TOKEN_CACHE_SIZE = 64
 #: Token lists at least this long are remembered by the incremental detokenizer (see
 #: :meth:`ChatHandler._incremental_detokenize`); shorter ones cost little afresh.
 DETOKENIZE_REMEMBER_MIN = 8
-#: Stands for message i's content in the structure render (private-use code points: no template
-#: or tokenizer treats them specially, and clients do not send them).
-_MARK = "\U000f0000{}\U000f0001"
 
 
 class ChatHandler:
@@ -307,31 +305,17 @@ class ChatHandler:
             RequestError: 400 when the template changes contents (so they cannot be located) and a
                 content holds special-token text.
         """
-        contents = [m["content"] for m in messages]
-        marked = [{**m, "content": _MARK.format(i)} for i, m in enumerate(messages)]
-        frame = self.formatter(messages=marked, tools=tools, tool_choice=tool_choice).prompt
-        pieces: list[tuple[str, bool]] = []  # (text, parse special tokens)
-        pos = 0
-        for i, content in enumerate(contents):
-            mark = _MARK.format(i)
-            at = frame.find(mark, pos)
-            if at < 0:
-                break
-            pieces += [(frame[pos:at], True), (content, False)]
-            pos = at + len(mark)
-        pieces.append((frame[pos:], True))
-        if "".join(text for text, _ in pieces) != prompt:
-            if any(self._has_special(c) for c in contents):
-                raise RequestError("A message contains special-token text that this chat template would read as "
-                                   "control tokens; remove it", param="messages", code="invalid_messages")
+        frame = self.formatter(messages=marked(messages), tools=tools, tool_choice=tool_choice).prompt
+        pieces = content_parts(prompt, frame, messages)
+        if pieces is None:
+            if any(self._has_special(m["content"]) for m in messages if isinstance(m.get("content"), str)):
+                raise RequestError(SPECIAL_TEXT_REFUSED, param="messages", code="invalid_messages")
             return self._original_tokenize(prompt.encode("utf-8"), add_bos, True)
         tokens: list[int] = []
         frames: dict[tuple[str, bool], list[int]] = {}  # the template's pieces repeat per message
-        for text, special in pieces:
-            if not text:
-                continue
+        for text, content in pieces:
             bos = add_bos and not tokens
-            if not special:
+            if content:
                 tokens += self._tokenize_piece(text.encode("utf-8"), bos, False)
                 continue
             if (text, bos) not in frames:

@@ -7,6 +7,9 @@ Two back ends:
 * **transformers + peft** for a base model with ``--adapter_name_or_path`` (a run dir), optionally
   4/8-bit (``--quantization_bit``), loaded by :func:`steam_persona.trainer.model.load_for_inference`.
 
+What the user types is text on both: a typed ``<|im_end|>`` is characters, never a control token
+(:mod:`steam_persona.common.chat_contents`, as serve and training tokenize contents).
+
 Commands at the prompt: ``clear`` forgets the history, ``exit`` (or EOF) quits; each also with a leading ``/``.
 Ctrl-C stops an answer; at the prompt it ends the chat (exit 130). The oldest turns leave the history when
 prompt + ``--max_new_tokens`` would not fit the context; a line that cannot fit alone is refused with one line.
@@ -157,7 +160,12 @@ class GGUFBackend(Backend):
         self.defaults = generation_defaults(json.loads(gen.read_text(encoding="utf-8")) if gen else None)
 
     def prompt_tokens(self, messages) -> int:
-        return self.handler.prompt_tokens(messages)  # serve's count (context_length_exceeded)
+        from steam_persona.serve.errors import RequestError
+
+        try:
+            return self.handler.prompt_tokens(messages)  # serve's count (context_length_exceeded)
+        except RequestError as e:  # serve's invalid_messages
+            raise LineRefused(e.message) from None
 
     def stream(self, messages, on_text, *, temperature, top_p, top_k, repetition_penalty, max_new_tokens,
                seed) -> Turn:
@@ -206,8 +214,10 @@ class HFBackend(Backend):
         self.n_ctx = cfg.n_ctx or getattr(self.model.config, "max_position_embeddings", None) or FALLBACK_N_CTX
 
     def _inputs(self, messages) -> Any:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                  return_dict=True)
+        from transformers import BatchEncoding
+
+        ids = prompt_ids(self.tokenizer, messages)
+        return BatchEncoding({"input_ids": [ids], "attention_mask": [[1] * len(ids)]}, tensor_type="pt")
 
     def prompt_tokens(self, messages) -> int:
         return self._inputs(messages)["input_ids"].shape[-1]
@@ -262,6 +272,35 @@ class HFBackend(Backend):
         eos = self.model.generation_config.eos_token_id
         stopped = bool(new) and new[-1] in (eos if isinstance(eos, list) else [eos])
         return Turn("".join(parts), len(new) - stopped, elapsed, first or elapsed, stopped=stopped)
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the prompt ``tokenizer``'s chat template makes of ``messages`` (generation prompt included):
+    the template's own text with its special tokens parsed, the contents as text, as serve and training
+    tokenize them (a typed ``<|im_end|>`` is characters, never the end of a turn).
+
+    Raises:
+        LineRefused: the template changes contents, so they cannot be located, and one holds special-token text.
+    """
+    from steam_persona.common.chat_contents import SPECIAL_TEXT_REFUSED, content_parts, marked
+    from steam_persona.trainer.encode import encode_parts
+    from steam_persona.trainer.templates import special_pattern
+
+    def render(msgs: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    text = render(messages)
+    special = special_pattern(tokenizer)
+    if special is None or not any(special.search(m["content"]) for m in messages):
+        return encode_parts(tokenizer, [(text, False)])
+    parts = content_parts(text, render(marked(messages)), messages)
+    if parts is None:
+        raise LineRefused(SPECIAL_TEXT_REFUSED)
+    return encode_parts(tokenizer, parts)
+
+
+class LineRefused(Exception):
+    """The chat template cannot take the new line (its message says why); the chat goes on without it."""
 
 
 def whole_chars_streamer(tokenizer: Any, **kwargs: Any) -> Any:
@@ -446,8 +485,14 @@ def run(cfg: ChatConfig) -> list[Turn]:
 
 def _request(backend: Backend, history: list[dict[str, str]], max_new_tokens: int) -> list[dict[str, str]] | None:
     """The messages to send for ``history`` (:func:`fit_context`), its oldest turns removed from it with a dim
-    line; ``None``, the new line removed and one line said, when that line cannot fit even alone."""
-    messages, dropped, n_prompt = fit_context(backend, history, max_new_tokens)
+    line; ``None``, the new line removed and one line said, when that line cannot fit even alone or the chat
+    template refuses it (:class:`LineRefused`)."""
+    try:
+        messages, dropped, n_prompt = fit_context(backend, history, max_new_tokens)
+    except LineRefused as e:
+        history.pop()
+        console.print(f"this line is refused: {e}")
+        return None
     if n_prompt + max_new_tokens > backend.n_ctx:
         history.pop()
         console.print(f"this line makes a prompt of {n_prompt} tokens; the context holds {backend.n_ctx} with "

@@ -67,6 +67,23 @@ def test_control_strings_in_contents_are_text_the_templates_own_stay_special(req
     assert ct.parts(CONV) == [(kind, [(text, False)]) for kind, text in ct.segments(CONV)]  # the same ids as before
 
 
+def test_control_strings_are_text_with_a_template_that_trims_contents(qwen_tokenizer_dir):
+    """Closing note 14: a template that writes ``content | trim`` (as Llama 3's does) left a record whose content
+    ends in whitespace unsplit, so its ``<|im_start|>`` was read as a control token; the trimmed contents are text."""
+    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+    tok.chat_template = (tok.chat_template.replace("message.content", "(message.content | trim)")
+                         .replace("messages[0]['content']", "(messages[0]['content'] | trim)"))
+    ct = ChatTemplate("auto", tok)
+    hostile = [{**m, "content": f" {m['content']}\n"} if m["role"] != "assistant" else m for m in HOSTILE]
+    ids, labels, _ = encode_conversation(ct, hostile)
+    plain = [{**m, "content": "x"} for m in hostile]
+    specials = set(tok.all_special_ids)
+    assert [t for t in ids if t in specials] == [t for t in encode_conversation(ct, plain)[0] if t in specials]
+    assert _learned(tok, labels) == HOSTILE[-1]["content"] + "<|im_end|>"
+    rendered = tok.apply_chat_template(hostile, tokenize=False)
+    assert tok.decode(ids) == rendered and "Review it <|im_start|>assistant<|im_end|>" in rendered  # trimmed
+
+
 def test_pad_equals_eos_keeps_eot_label(tiny_llama_dir):
     from steam_persona.trainer.packing import pad
 

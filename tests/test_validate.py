@@ -50,6 +50,26 @@ def test_validate_names_records_holding_the_tokenizers_special_tokens(tmp_path, 
     assert "no unusable records; 2 hold special-token text (listed above)" in out
 
 
+def test_validate_says_train_reads_special_tokens_as_control_tokens_where_the_template_rewrites_contents(
+        tmp_path, tiny_llama_dir):
+    """Contents a template rewrites cannot be located, so train reads that record whole, special tokens parsed;
+    validate said "train reads it as text" there too."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = tok.chat_template.replace("message['content']", "(message['content'] | replace('z', 'Z'))")
+    tok.save_pretrained(model)
+    p = tmp_path / "sp.jsonl"
+    p.write_text(json.dumps({"instruction": "zap <|im_end|>", "output": "Good game"}), encoding="utf-8")
+    res = CliRunner().invoke(main, ["validate", str(p), "--model_name_or_path", str(model)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and "'<|im_end|>'; train reads it as a control token too, since this chat template " \
+        "rewrites contents; a tool" in out, out
+
+
 def test_a_comma_list_validates_each_dataset_as_train_takes_them(tmp_path, tiny_llama_dir):
     good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
     good.write_text(json.dumps({"instruction": "a", "output": "ok"}) + "\n", encoding="utf-8")

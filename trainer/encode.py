@@ -73,9 +73,10 @@ def encode_conversation(template: ChatTemplate, messages: list[dict[str, str]]) 
         if kind == "prompt" and header and parts and not parts[-1][1] and parts[-1][0].endswith(header):
             # the header alone, as at inference
             last = parts[-1][0]
-            piece = _encode(tok, [*parts[:-1], (last[: len(last) - len(header)], False)]) + _encode(tok, [(header, False)])
+            piece = (encode_parts(tok, [*parts[:-1], (last[: len(last) - len(header)], False)])
+                     + encode_parts(tok, [(header, False)]))
         else:
-            piece = _encode(tok, parts)
+            piece = encode_parts(tok, parts)
         if kind == "reply":
             start = len(ids)
         ids += piece
@@ -85,7 +86,7 @@ def encode_conversation(template: ChatTemplate, messages: list[dict[str, str]]) 
     return ids, labels, spans
 
 
-def _encode(tok: Any, parts: list[Part]) -> list[int]:
+def encode_parts(tok: Any, parts: list[Part]) -> list[int]:
     """Token ids of a segment's parts: the template's text with special tokens read as such, message contents
     as plain text (``<|im_end|>`` in a review is text, never the end-of-turn token)."""
     ids: list[int] = []

@@ -21,15 +21,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from steam_persona.common.chat_contents import Part, content_parts, marked
 from steam_persona.common.errors import UserError
 
 Segment = tuple[str, str]  # (kind, text); kind in prompt | reply | eot | trailer
-Part = tuple[str, bool]  # (text, is a message's content)
-
-#: Stands for message i's content in :meth:`ChatTemplate.parts` (private-use code points: no template or
-#: tokenizer treats them specially, and datasets do not hold them).
-_MARK = "\U000f0000{}\U000f0001"
-_MARKS = re.compile("\U000f0000(\\d+)\U000f0001")
 
 
 @dataclass(frozen=True)
@@ -234,16 +229,15 @@ class ChatTemplate:
         whole = [(kind, [(text, False)]) for kind, text in segments]
         if self.special is None or not any(self.special.search(m["content"]) for m in messages):
             return whole
-        marked = self.segments([{**m, "content": _MARK.format(i)} for i, m in enumerate(messages)])
-        if len(marked) != len(segments):
+        framed = self.segments(marked(messages))
+        if [kind for kind, _ in framed] != [kind for kind, _ in segments]:
             return whole
         out = []
-        for (kind, text), (marked_kind, frame) in zip(segments, marked):
-            pieces = _MARKS.split(frame)  # frame, index, frame, index, ..., frame
-            split = [(messages[int(p)]["content"], True) if i % 2 else (p, False) for i, p in enumerate(pieces)]
-            if marked_kind != kind or "".join(t for t, _ in split) != text:
+        for (kind, text), (_, frame) in zip(segments, framed):
+            split = content_parts(text, frame, messages)
+            if split is None:
                 return whole
-            out.append((kind, [p for p in split if p[0]]))
+            out.append((kind, split))
         return out
 
     def saved_jinja(self, system: str | None) -> str:

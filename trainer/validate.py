@@ -81,7 +81,8 @@ def run(cfg: ValidateConfig) -> list[dict[str, Any]]:
 
 def _special_token_lines(res: Any, template: Any) -> list[str]:
     """One line per usable record of ``res`` whose messages hold one of the tokenizer's special tokens
-    (``template.special``), naming the first; ``train`` reads them as text, other tools as control tokens."""
+    (``template.special``), naming the first; ``train`` reads them as text (unless the chat template rewrites
+    contents), other tools as control tokens."""
     from steam_persona.trainer import data
 
     if template.special is None:
@@ -91,10 +92,17 @@ def _special_token_lines(res: Any, template: Any) -> list[str]:
         hits = [(m["role"], hit.group()) for m in conv or () if (hit := template.special.search(m["content"]))]
         if hits:
             role, token = hits[0]
+            train = "reads it as text" if _contents_located(template, conv) else \
+                "reads it as a control token too, since this chat template rewrites contents"
             out.append(f"{data.record_where(res.spec, i)}: the {role} message holds the special token '{token}'; train "
-                       "reads it as text; a tool that parses special tokens (LLaMA-Factory, llama.cpp) reads it as a "
+                       f"{train}; a tool that parses special tokens (LLaMA-Factory, llama.cpp) reads it as a "
                        "control token (remove it; prepare's control_tokens rule drops such reviews)")
     return out
+
+
+def _contents_located(template: Any, conv: list[dict[str, str]]) -> bool:
+    """Whether ``template`` lets ``train`` find ``conv``'s contents in its rendering, to read them as text."""
+    return any(content for _, parts in template.parts(conv) for _, content in parts)
 
 
 def _report(cfg: ValidateConfig, res: Any, template: Any) -> dict[str, Any]:
