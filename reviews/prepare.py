@@ -360,8 +360,9 @@ class _Rules:
                 self.copies[id(r)] = self.copies[i] = i
 
     def fresh_stats(self) -> None:
-        """New counters (a worker's chunk), and a new memo: a replayed copy takes a report example exactly when its
-        first took one, which holds only while the counters the first was counted in grow."""
+        """New counters (a worker's chunk), and a new memo: a memoized record keeps the text of a report example only
+        where it took one, which is all its copies need while the counters it was counted in last (a rule that had its
+        2 examples then has them still)."""
         self.stats = {n: _Stat() for n in RULES}
         self.memo = {}
 
@@ -369,7 +370,10 @@ class _Rules:
         """The rules that look at one record alone (safe to run in worker processes), text cleaned
         in place: ``(the removing rule's name or None, the dedup key of a kept record or "")``. A copy of an earlier
         record's raw input (:meth:`find_copies`) takes that record's outcome and counts, its own ``where`` in the
-        report's examples: these rules read nothing but the record, the settings and the authors' screen names."""
+        report's examples: these rules read nothing but the record, the settings and the authors' screen names.
+        The rules that depend on the records around one (exact and near duplicates, copypastas, ``--max_per_game``)
+        run for every copy; of the counts here only the report's examples depend on order (the first two),
+        and a copy takes one exactly where its own run would have (:meth:`fresh_stats`)."""
         first = self.copies.get(id(r))
         if first is None:
             return self._rules(r)
