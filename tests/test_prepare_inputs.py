@@ -1531,7 +1531,7 @@ def test_a_json_file_that_holds_json_lines_is_read_line_by_line(tmp_path):
                                   "a\x85b\u2028c\r\nd", "x" * 70000 + "\ny\n"])
 def test_lines_read_from_the_bytes_are_the_lines_of_the_decoded_text(tmp_path, text):
     raw = text.encode("utf-8")
-    lines = sources._utf8_lines(sources._utf8_chunks(tmp_path, io.BytesIO(raw)))
+    lines = sources._utf8_lines(tmp_path, io.BytesIO(raw))
     assert list(lines) == list(sources._lines(raw.decode("utf-8-sig")))
 
 
@@ -1641,11 +1641,29 @@ def test_a_json_array_on_one_line_named_jsonl_is_told_to_be_named_json(tmp_path,
 def test_line_cap_reads_no_more_of_a_long_line_than_the_cap(monkeypatch):
     monkeypatch.setattr(sources, "LINE_BYTES_CAP", 100)
     f = io.BytesIO(b"short\n" + b"x" * 10_000 + b"\nafter\n")
-    lines = sources._capped_lines(Path("f.jsonl"), f)
+    lines = sources._CappedLines(Path("f.jsonl"), f)
     assert next(lines) == b"short\n"
     with pytest.raises(UserError, match="line 2: over 100 bytes"):
         next(lines)
     assert f.tell() == len(b"short\n") + 101
+
+
+@pytest.mark.parametrize("before", [3, 2000])
+def test_a_long_json_line_is_held_as_bytes_and_text_at_once_only_while_decoded(tmp_path, before):
+    """F8: a JSON Lines line under the cap cost about 5 times its size (its bytes, the decoded text, the text without
+    its line end, the parsed value); in the file's first 64 KiB or after them."""
+    import tracemalloc
+
+    big = json.dumps({"review": "x" * (4 << 20), "recommendationid": "9"})
+    src = _raw(tmp_path / "big.jsonl", "\n".join(_review_lines(before) + [big, ""]))
+    tracemalloc.start()
+    try:
+        loaded = sources.read(src)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(loaded.reviews) == before + 1 and len(loaded.reviews[-1].text) == 4 << 20
+    assert peak < 2.5 * len(big)
 
 
 def test_lines_up_to_the_cap_and_quoted_csv_texts_longer_than_it_read_as_before(tmp_path, monkeypatch):
