@@ -287,7 +287,8 @@ def _raw_input(r: Review) -> tuple[Any, ...]:
 
 #: a count :meth:`_Rules._count` made: (rule, removed, reasons, note, the example's text or "" when none was taken)
 _Event = tuple[str, bool, tuple[str, ...], str, str]
-#: what :meth:`_Rules.per_record` made of a record: (result, cleaned text or None when unchanged, language, length, counts)
+#: what :meth:`_Rules.per_record` made of a record: (result, cleaned text or None when unchanged, language, length,
+#: counts)
 _Outcome = tuple[tuple[str | None, str], str | None, str | None, tuple[int, str] | None, tuple[_Event, ...]]
 
 
@@ -334,7 +335,8 @@ class _Rules:
 
     def _drop(self, rule: str, r: Review, reason: str = "", note: str = "") -> str:
         """Count a removal (``reason`` is tallied; ``note``, else ``reason``, shows in the report's examples)."""
-        self._count(rule, r, True, (reason,) if reason else (), note or reason, r.text if self.arrived is None else self.arrived)
+        arrived = r.text if self.arrived is None else self.arrived
+        self._count(rule, r, True, (reason,) if reason else (), note or reason, arrived)
         return rule
 
     def _transform(self, rule: str, r: Review, fn: Callable[[str], str]) -> None:
@@ -361,8 +363,8 @@ class _Rules:
 
     def fresh_stats(self) -> None:
         """New counters (a worker's chunk), and a new memo: a memoized record keeps the text of a report example only
-        where it took one, which is all its copies need while the counters it was counted in last (a rule that had its
-        2 examples then has them still)."""
+        where it took one, which is all its copies need as long as the counters it was counted in are kept (a rule
+        that had its 2 examples then has them still)."""
         self.stats = {n: _Stat() for n in RULES}
         self.memo = {}
 

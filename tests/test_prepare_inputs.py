@@ -572,7 +572,8 @@ def test_copies_of_a_raw_record_are_cleaned_once_with_the_same_counts(tmp_path, 
     assert len(calls) == distinct + 2011
     _same_outputs(memo, each)
     report = json.loads(Path(memo["report"]).read_text(encoding="utf-8"))
-    assert report["counts"]["kept"] == 3 and report["removed"]["copypasta"] == 1 and report["removed"]["near_duplicate"] == 4
+    assert report["counts"]["kept"] == 3
+    assert report["removed"]["copypasta"] == 1 and report["removed"]["near_duplicate"] == 4
     assert {n: report["rules"][n]["removed"] for n in ("spam", "identity_slur", "language")} == {
         "spam": 400, "identity_slur": 400, "language": 400}
     assert report["rules"]["strip_bbcode"]["changed"] == 403 and report["rules"]["handles"]["changed"] == 400
