@@ -277,6 +277,21 @@ def _cap_reason() -> str:
     return f"over the fixed {RAW_CHARS_CAP:,}-character cap as read"
 
 
+def _raw_input(r: Review) -> tuple[Any, ...]:
+    """What the per-record rules read of a record: two records with equal ones get the same cleaned text, language and
+    length and are removed by the same rule for the same reason (``where`` only labels the report's examples; ``tags``,
+    ``review_id`` and ``updated`` are read after those rules). The numbers' types are part of it, as ``True == 1``."""
+    return (r.text, r.appid, r.game_name, r.language, r.author, r.prompt, r.prompt_language, r.voted_up, r.votes_up,
+            r.playtime_hours, type(r.voted_up), type(r.votes_up), type(r.playtime_hours))
+
+
+#: a count :meth:`_Rules._count` made: (rule, removed, reasons, note, the example's text or "" when none was taken)
+_Event = tuple[str, bool, tuple[str, ...], str, str]
+#: what :meth:`_Rules.per_record` made of a record: (result, cleaned text or None when unchanged, language, length,
+#: counts)
+_Outcome = tuple[tuple[str | None, str], str | None, str | None, tuple[int, str] | None, tuple[_Event, ...]]
+
+
 class _Rules:
     """Per-record rules with their counters. ``apply`` returns the removing rule's name or ``None``."""
 
@@ -299,36 +314,92 @@ class _Rules:
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
         self.arrived: str | None = None  # the text of the record per_record is on, as it arrived (report examples)
         self.near = dedup.NearDuplicates(threshold=cfg.near_dup_threshold, seed=cfg.seed) if cfg.near_dedup else None
+        self.copies: dict[int, int] = {}  # id() of a record whose raw input another has too → id() of its first
+        self.memo: dict[int, _Outcome] = {}  # id() of such a first record → what the per-record rules made of it
+        self.events: list[_Event] | None = None  # the counts of the record being memoized, as made
+
+    def _count(self, rule: str, r: Review, removed: bool, reasons: tuple[str, ...], note: str, text: str) -> None:
+        """Count a removal or a change of ``r`` by ``rule``: its ``reasons`` tallied, ``note`` and ``text`` shown in the
+        report's examples while the rule has fewer than 2; noted in :attr:`events` while a record is memoized."""
+        st = self.stats[rule]
+        if removed:
+            st.removed += 1
+        else:
+            st.changed += 1
+        st.reasons.update(reasons)
+        shown = len(st.examples) < 2
+        if shown:
+            st.example(r, note, text, lists=self.word_lists, handles=self.handles)
+        if self.events is not None:
+            self.events.append((rule, removed, reasons, note, text if shown else ""))
 
     def _drop(self, rule: str, r: Review, reason: str = "", note: str = "") -> str:
         """Count a removal (``reason`` is tallied; ``note``, else ``reason``, shows in the report's examples)."""
-        st = self.stats[rule]
-        st.removed += 1
-        if reason:
-            st.reasons[reason] += 1
-        st.example(r, note or reason, self.arrived, lists=self.word_lists, handles=self.handles)
+        arrived = r.text if self.arrived is None else self.arrived
+        self._count(rule, r, True, (reason,) if reason else (), note or reason, arrived)
         return rule
 
     def _transform(self, rule: str, r: Review, fn: Callable[[str], str]) -> None:
         new = fn(r.text)
         if new != r.text:
-            st = self.stats[rule]
-            st.changed += 1
-            st.example(r, text=r.text, lists=self.word_lists, handles=self.handles)
+            self._count(rule, r, False, (), "", r.text)
             r.text = new
 
     def _scrubbed(self, rule: str, r: Review, text: str, kinds: list[str]) -> None:
         """Count a scrubbing rule that removed ``kinds`` of things from ``r`` and keep its ``text``."""
         if kinds:
-            st = self.stats[rule]
-            st.changed += 1
-            st.reasons.update(kinds)
-            st.example(r, ",".join(kinds), lists=self.word_lists, handles=self.handles)
+            self._count(rule, r, False, tuple(kinds), ",".join(kinds), r.text)
             r.text = text_mod.normalize_whitespace(text) if self.cfg.normalize_whitespace else text
+
+    def find_copies(self, reviews: list[Review]) -> None:
+        """Note the records whose raw input (:func:`_raw_input`) an earlier record has too, and those first records:
+        :meth:`per_record` runs the rules once for each such input (re-fetched pages of a scraper's dump)."""
+        first: dict[tuple[Any, ...], int] = {}
+        self.copies = {}
+        for r in reviews:
+            i = first.setdefault(_raw_input(r), id(r))
+            if i != id(r):
+                self.copies[id(r)] = self.copies[i] = i
+
+    def fresh_stats(self) -> None:
+        """New counters (a worker's chunk), and a new memo: a memoized record keeps the text of a report example only
+        where it took one, which is all its copies need as long as the counters it was counted in are kept (a rule
+        that had its 2 examples then has them still)."""
+        self.stats = {n: _Stat() for n in RULES}
+        self.memo = {}
 
     def per_record(self, r: Review) -> tuple[str | None, str]:
         """The rules that look at one record alone (safe to run in worker processes), text cleaned
-        in place: ``(the removing rule's name or None, the dedup key of a kept record or "")``."""
+        in place: ``(the removing rule's name or None, the dedup key of a kept record or "")``. A copy of an earlier
+        record's raw input (:meth:`find_copies`) takes that record's outcome and counts, its own ``where`` in the
+        report's examples: these rules read nothing but the record, the settings and the authors' screen names.
+        The rules that depend on the records around one (exact and near duplicates, copypastas, ``--max_per_game``)
+        run for every copy; of the counts here only the report's examples depend on order (the first two),
+        and a copy takes one exactly where its own run would have (:meth:`fresh_stats`)."""
+        first = self.copies.get(id(r))
+        if first is None:
+            return self._rules(r)
+        done = self.memo.get(first)
+        if done is not None:
+            return self._replay(r, done)
+        arrived, self.events = r.text, []
+        try:
+            result = self._rules(r)
+            self.memo[first] = (result, None if r.text is arrived else r.text, r.language, r.length, tuple(self.events))
+        finally:
+            self.events = None
+        return result
+
+    def _replay(self, r: Review, done: _Outcome) -> tuple[str | None, str]:
+        """``r`` as the rules left its first copy, counted as that one was (:meth:`per_record`)."""
+        result, text, r.language, r.length, events = done
+        if text is not None:
+            r.text = text
+        for rule, removed, reasons, note, shown in events:
+            self._count(rule, r, removed, reasons, note, shown)
+        return result
+
+    def _rules(self, r: Review) -> tuple[str | None, str]:
         self.arrived = r.text  # a dropped record's example shows what the cuts left nothing of
         try:
             rule = self._oversize(r) or self._select(r) or self._clean(r) or self._filter(r) or self._measure(r)
@@ -856,7 +927,7 @@ def _per_record_chunk(start: int) -> tuple[list[tuple[_Result, str | None, str |
     length) each, and the counts."""
     assert _WORKER is not None
     rules, reviews = _WORKER
-    rules.stats = {n: _Stat() for n in RULES}
+    rules.fresh_stats()
     out = []
     for r in reviews[start:start + _CHUNK]:
         text = r.text
@@ -1173,6 +1244,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     rules.handles = noise.screen_names([r.author for r in reviews if r.author])
     workers = cfg.preprocessing_num_workers or min(os.cpu_count() or 1, 8)
     rules.find_older_versions(reviews)
+    rules.find_copies(reviews)
     kept, keys = _clean_all(reviews, rules, workers)
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])

@@ -451,7 +451,7 @@ def _read_streamed(path: Path, suffix: str, encoding: str, tag_language: str,
     if suffix == ".parquet" or encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
         return None
     with _binary(path) as (f, compressed):
-        lines = _capped_lines(path, f) if f else iter(())
+        lines = _CappedLines(path, f) if f else iter(())
         try:
             head = _head(lines)
         except (OSError, EOFError, zlib.error):
@@ -460,16 +460,18 @@ def _read_streamed(path: Path, suffix: str, encoding: str, tag_language: str,
             if suffix in (".csv", ".tsv", *_JSONL_SUFFIXES):
                 raise
             return None  # perhaps one JSON document on one line, which read() reads whole
-        if not head or head[:4] == b"PAR1" or _utf16(path, head, encoding) != encoding:
+        start = _start(head)
+        if not start or start[:4] == b"PAR1" or _utf16(path, start, encoding) != encoding:
             return None
-        chunks = _utf8_chunks(path, itertools.chain(io.BytesIO(head), _checked(path, lines)))
+        raw = itertools.chain(_drained(head), _checked(path, lines))
         if suffix in (".csv", ".tsv"):
+            chunks = _utf8_chunks(path, raw)
             first = next(chunks)
             if not first.strip():
                 return None
             loaded = _read_csv(path, itertools.chain([first], chunks), tag_language, columns)
         else:
-            lines = _utf8_lines(chunks)
+            lines = _utf8_lines(path, raw)
             records = _first_records(lines)
             if records is None:
                 return None
@@ -517,23 +519,32 @@ class LongLine(UserError):
         super().__init__(fix)
 
 
-def _capped_lines(path: Path, f: IO[bytes]) -> Iterator[bytes]:
+class _CappedLines:
     """``f``'s binary lines, each read with a bound: no more than :data:`LINE_BYTES_CAP` + 1 bytes of a line are held.
+    An iterator that keeps no reference to the line it gave, so a long line's bytes go once the reader decoded them.
 
     Raises:
         LongLine: a line over the cap, before the rest of it is read.
     """
-    for number in itertools.count(1):
-        line = f.readline(LINE_BYTES_CAP + 1)
+
+    def __init__(self, path: Path, f: IO[bytes]) -> None:
+        self.path, self.f, self.number = path, f, 0
+
+    def __iter__(self) -> _CappedLines:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.f.readline(LINE_BYTES_CAP + 1)
         if not line:
-            return
+            raise StopIteration
+        self.number += 1
         if len(line) > LINE_BYTES_CAP:
-            raise LongLine(path, number, line[:_HEAD_BYTES])
-        yield line
+            raise LongLine(self.path, self.number, line[:_HEAD_BYTES])
+        return line
 
 
 def _refuse_long_line(path: Path, raw: bytes) -> None:
-    """The bound of :func:`_capped_lines` on the bytes of a JSON Lines or CSV/TSV file read whole (another encoding
+    """The bound of :class:`_CappedLines` on the bytes of a JSON Lines or CSV/TSV file read whole (another encoding
     than UTF-8), before they are decoded.
 
     Raises:
@@ -550,7 +561,7 @@ def _refuse_long_line(path: Path, raw: bytes) -> None:
         start = stop
 
 
-def _head(lines: Iterator[bytes]) -> bytes:
+def _head(lines: Iterator[bytes]) -> list[bytes]:
     """The first of ``lines`` up to the first line end at or after :data:`_HEAD_BYTES` bytes."""
     taken, size = [], 0
     for line in lines:
@@ -558,7 +569,28 @@ def _head(lines: Iterator[bytes]) -> bytes:
         size += len(line)
         if size >= _HEAD_BYTES:
             break
-    return b"".join(taken)
+    return taken
+
+
+#: bytes at a file's start that tell a UTF-16 or Parquet file (:func:`_utf16` reads 400)
+_START_BYTES = 400
+
+
+def _start(lines: list[bytes]) -> bytes:
+    """The first :data:`_START_BYTES` bytes of ``lines``, without joining a long one whole."""
+    start = b""
+    for line in lines:
+        if len(start) >= _START_BYTES:
+            break
+        start += line[:_START_BYTES - len(start)]
+    return start
+
+
+def _drained(items: list[bytes]) -> Iterator[bytes]:
+    """``items`` in order, each let go of by the list as it is given (a long line's bytes go once decoded)."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 def _checked(path: Path, lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -578,22 +610,40 @@ def _utf8_chunks(path: Path, chunks: Iterable[bytes]) -> Iterator[str]:
     """
     codec = "utf-8-sig"
     for chunk in chunks:
-        try:
-            yield chunk.decode(codec)
-        except UnicodeDecodeError:
-            decode(path, _read_bytes(path)[0], "utf-8")
-            raise
+        yield _decoded(path, chunk, codec)
         codec = "utf-8"
 
 
-def _utf8_lines(chunks: Iterable[str]) -> Iterator[str]:
-    """What :func:`_lines` gives of the text whose pieces ending at ``\\n`` are ``chunks``: a piece holding a lone
-    ``\\r`` is split there too."""
-    text = "\n"
-    for text in chunks:
-        body = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+def _decoded(path: Path, data: bytes | memoryview, codec: str) -> str:
+    """``data`` of ``path`` decoded.
+
+    Raises:
+        UserError: undecodable bytes, as :func:`~steam_persona.common.textfile.decode` names them in the whole file.
+    """
+    try:
+        return str(data, codec)
+    except UnicodeDecodeError:
+        decode(path, _read_bytes(path)[0], "utf-8")
+        raise
+
+
+def _utf8_lines(path: Path, chunks: Iterable[bytes]) -> Iterator[str]:
+    """What :func:`_lines` gives of the UTF-8 text (a BOM allowed) whose binary pieces ending at ``\\n`` are
+    ``chunks``: a piece holding a lone ``\\r`` is split there too. Each piece is decoded without its line end and
+    let go of before its line is given, so a long line is held as bytes and text at once only while it is decoded.
+
+    Raises:
+        UserError: undecodable bytes (:func:`_decoded`).
+    """
+    codec, ended = "utf-8-sig", True
+    for chunk in chunks:
+        ended = chunk.endswith(b"\n")
+        end = 2 if chunk.endswith(b"\r\n") else 1 if ended else 0
+        body = _decoded(path, memoryview(chunk)[:len(chunk) - end], codec)
+        del chunk
+        codec = "utf-8"
         yield from _lines(body) if "\r" in body else (body,)
-    if text.endswith("\n"):
+    if ended:
         yield ""
 
 

@@ -534,6 +534,65 @@ def test_worker_processes_give_the_same_result(tmp_path, monkeypatch):
     assert strip(reports[0]) == strip(reports[1]) and reports[0]["rules"]["spam"]["removed"] == 1
 
 
+def _copies_input(tmp_path: Path) -> tuple[list[Path], int]:
+    """400 copies each of 5 reviews (kept but cleaned, scrubbed, or dropped by spam, identity_slur, language), copies
+    that differ in author or game only, a copypasta under 3 games, 5 near copies and a copy in a second file; and
+    how many distinct raw inputs they hold."""
+    base = [["[b]" + ZH[0] + "[/b]", "Hades", "Ann"], [ZH[1] + "\n——来自小黑盒用户某某的评价", "Hades", "Ann"],
+            ["Q群 123456789 进群领福利", "Hades", "Ann"], ["这个策划是智障", "Hades", "Ann"], [EN[0], "Hades", "Ann"]]
+    rows = [row for _ in range(400) for row in base]
+    rows[7:7] = [[base[0][0], "Hades", "Dark_Knight99"], [base[0][0], "Celeste", "Ann"]]
+    rows += [[ZH[2], game, "Ann"] for game in ("Hades", "Celeste", "Hollow Knight")]
+    rows += [[f"{ZH[3]} 第{i}次", "Hades", "Ann"] for i in range(5)]
+    header = ["review", "game", "author"]
+    return [_csv(tmp_path / "a.csv", header, rows), _csv(tmp_path / "b.csv", header, base[:1])], 5 + 2 + 3 + 5
+
+
+def _same_outputs(a: dict, b: dict) -> None:
+    assert Path(a["train"]).read_bytes() == Path(b["train"]).read_bytes()
+    paths = ("seconds", "train", "val", "report", "report_md", "config", "lengths_png", "inputs")
+    reports = [json.loads(Path(x["report"]).read_text(encoding="utf-8")) for x in (a, b)]
+    assert [{k: v for k, v in rep.items() if k not in paths} for rep in reports][0] == \
+        [{k: v for k, v in rep.items() if k not in paths} for rep in reports][1]
+
+
+def test_copies_of_a_raw_record_are_cleaned_once_with_the_same_counts(tmp_path, monkeypatch):
+    """F6: 90,000 copies of 40 reviews ran every rule on every copy (4 min). A copy of a record's raw input takes the
+    first one's outcome and counts; outputs and report are those of a run that cleans each copy."""
+    from steam_persona.reviews import prepare
+
+    inputs, distinct = _copies_input(tmp_path)
+    calls = []
+    rules = prepare._Rules._rules
+    monkeypatch.setattr(prepare._Rules, "_rules", lambda self, r: calls.append(r.where) or rules(self, r))
+    memo = _run(tmp_path / "memo", inputs)
+    assert len(calls) == distinct
+    monkeypatch.setattr(prepare._Rules, "find_copies", lambda self, reviews: None)
+    each = _run(tmp_path / "each", inputs)
+    assert len(calls) == distinct + 2011
+    _same_outputs(memo, each)
+    report = json.loads(Path(memo["report"]).read_text(encoding="utf-8"))
+    assert report["counts"]["kept"] == 3
+    assert report["removed"]["copypasta"] == 1 and report["removed"]["near_duplicate"] == 4
+    assert {n: report["rules"][n]["removed"] for n in ("spam", "identity_slur", "language")} == {
+        "spam": 400, "identity_slur": 400, "language": 400}
+    assert report["rules"]["strip_bbcode"]["changed"] == 403 and report["rules"]["handles"]["changed"] == 400
+    assert report["rules"]["exact_duplicate"]["reasons"] == {"same file": 802, "in another input file": 1}
+    assert [Path(e["where"]).name for e in report["rules"]["spam"]["examples"]] == ["a.csv: row 5", "a.csv: row 13"]
+
+
+def test_copies_are_cleaned_once_per_worker_chunk_with_the_same_counts(tmp_path, monkeypatch):
+    from steam_persona.reviews import prepare
+
+    inputs, _ = _copies_input(tmp_path)
+    monkeypatch.setattr(prepare, "PARALLEL_MIN_REVIEWS", 100)
+    monkeypatch.setattr(prepare, "_CHUNK", 250)
+    two = _run(tmp_path / "two", inputs, preprocessing_num_workers=2)
+    monkeypatch.setattr(prepare._Rules, "find_copies", lambda self, reviews: None)
+    one = _run(tmp_path / "one", inputs, preprocessing_num_workers=1)
+    _same_outputs(two, one)
+
+
 def test_other_authors_screen_names_are_removed(tmp_path):
     rows = [["Dark_Knight99", EN[0]], ["Ann Lee", f"{EN[1]} Agree with dark_knight99 on the combat."]]
     src = _csv(tmp_path / "names.csv", ["Username", "Review"], rows)
@@ -1473,7 +1532,7 @@ def test_a_json_file_that_holds_json_lines_is_read_line_by_line(tmp_path):
                                   "a\x85b\u2028c\r\nd", "x" * 70000 + "\ny\n"])
 def test_lines_read_from_the_bytes_are_the_lines_of_the_decoded_text(tmp_path, text):
     raw = text.encode("utf-8")
-    lines = sources._utf8_lines(sources._utf8_chunks(tmp_path, io.BytesIO(raw)))
+    lines = sources._utf8_lines(tmp_path, io.BytesIO(raw))
     assert list(lines) == list(sources._lines(raw.decode("utf-8-sig")))
 
 
@@ -1583,11 +1642,29 @@ def test_a_json_array_on_one_line_named_jsonl_is_told_to_be_named_json(tmp_path,
 def test_line_cap_reads_no_more_of_a_long_line_than_the_cap(monkeypatch):
     monkeypatch.setattr(sources, "LINE_BYTES_CAP", 100)
     f = io.BytesIO(b"short\n" + b"x" * 10_000 + b"\nafter\n")
-    lines = sources._capped_lines(Path("f.jsonl"), f)
+    lines = sources._CappedLines(Path("f.jsonl"), f)
     assert next(lines) == b"short\n"
     with pytest.raises(UserError, match="line 2: over 100 bytes"):
         next(lines)
     assert f.tell() == len(b"short\n") + 101
+
+
+@pytest.mark.parametrize("before", [3, 2000])
+def test_a_long_json_line_is_held_as_bytes_and_text_at_once_only_while_decoded(tmp_path, before):
+    """F8: a JSON Lines line under the cap cost about 5 times its size (its bytes, the decoded text, the text without
+    its line end, the parsed value); in the file's first 64 KiB or after them."""
+    import tracemalloc
+
+    big = json.dumps({"review": "x" * (4 << 20), "recommendationid": "9"})
+    src = _raw(tmp_path / "big.jsonl", "\n".join(_review_lines(before) + [big, ""]))
+    tracemalloc.start()
+    try:
+        loaded = sources.read(src)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(loaded.reviews) == before + 1 and len(loaded.reviews[-1].text) == 4 << 20
+    assert peak < 2.5 * len(big)
 
 
 def test_lines_up_to_the_cap_and_quoted_csv_texts_longer_than_it_read_as_before(tmp_path, monkeypatch):
