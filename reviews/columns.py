@@ -13,6 +13,7 @@ that the cleaning rules can remove the author's own name from the text.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import math
 import re
@@ -311,6 +312,38 @@ def row_fields(row: dict[str, Any], mapping: dict[str, str], comma: bool = False
         "review_id": _id(get.get("review_id")),
         "author": "\n".join(str(get[f]).strip() for f in _AUTHOR_FIELDS if get.get(f) not in (None, "")) or None,
     }
+
+
+#: an epoch above this is in milliseconds (in seconds it would be after the year 5000)
+_MS_EPOCH = 10**11
+
+
+def timestamp(v: Any) -> int | None:
+    """Seconds since 1970 from a Unix time (a number or a numeric string; milliseconds too), an ISO-8601 date
+    (``2024-05-01T00:00:00Z``, ``2024-05-01 12:00``; without a zone, UTC) or a ``datetime`` (Parquet); else ``None``."""
+    if isinstance(v, str):
+        v = v.strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", v):
+            v = float(v)
+        else:
+            try:
+                v = datetime.datetime.fromisoformat(v)
+            except ValueError:
+                return None
+    if isinstance(v, datetime.date) and not isinstance(v, datetime.datetime):
+        v = datetime.datetime(v.year, v.month, v.day)
+    if isinstance(v, datetime.datetime):
+        return int((v if v.tzinfo else v.replace(tzinfo=datetime.timezone.utc)).timestamp())
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+        return int(v // 1000 if v >= _MS_EPOCH else v)
+    return None
+
+
+def written(updated: Any, created: Any) -> int | None:
+    """When a review was last written: its :func:`timestamp` of Steam's ``timestamp_updated``, else of
+    ``timestamp_created`` (a review never edited has the two equal)."""
+    t = timestamp(updated)
+    return t if t is not None else timestamp(created)
 
 
 def _id(v: Any) -> str | None:

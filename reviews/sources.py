@@ -149,7 +149,7 @@ class Review:
     votes_up: int | None = None
     playtime_hours: float | None = None
     review_id: str | None = None
-    updated: int | None = None  # Steam's timestamp_updated: when the author last edited the review
+    updated: int | None = None  # when the author last wrote the review (columns.written)
     author: str | None = None
     length: tuple[int, str] | None = None
     over_limit: bool = False
@@ -1176,7 +1176,8 @@ def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
         appid=columns_mod.steam_appid(app) or (str(app) if app is not None else appid),  # 570.0, "５７０", a URL
         language=rec.get("language"), voted_up=columns_mod.voted(voted),
         votes_up=_int(rec.get("votes_up")), playtime_hours=round(minutes / 60, 1) if minutes is not None else None,
-        review_id=str(rid) if rid is not None else None, updated=_int(rec.get("timestamp_updated")),
+        review_id=str(rid) if rid is not None else None,
+        updated=columns_mod.written(rec.get("timestamp_updated"), rec.get("timestamp_created")),
         author=str(steamid) if steamid else None)
 
 

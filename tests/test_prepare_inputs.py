@@ -1341,6 +1341,43 @@ def test_a_review_edited_between_two_collects_is_kept_once_in_its_latest_version
     assert rule["reasons"] == {"older version of a review": 1, "in another input file": 1}
 
 
+def _steam_line(rid, text, updated=None, **more) -> str:
+    rec = {"recommendationid": rid, "review": text, "appid": 10, "language": "english", "voted_up": True, **more}
+    return json.dumps(rec | ({"timestamp_updated": updated} if updated is not None else {}))
+
+
+def _report(res) -> dict:
+    return json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+
+
+def test_an_iso_timestamp_orders_the_edits_and_an_undated_copy_says_the_last_read_is_kept(tmp_path):
+    """Trial 35 F2: an ISO-8601 timestamp_updated read as none kept the 2023 edit, and a copy without a timestamp
+    lost to the dated one read before it, while the warning said "the latest is kept"."""
+    src = tmp_path / "iso.jsonl"
+    src.write_text("\n".join([_steam_line("1", EN[0], "2023-01-01T00:00:00Z"), _steam_line("1", EN[1], "2024-05-01T00:00:00Z"),
+                               _steam_line("1", EN[2], "2023-06-01 12:00"), _steam_line("2", ZH[0], 1600000000),
+                               _steam_line("2", ZH[1])]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], ZH[1]])
+    report = _report(res)
+    assert report["rules"]["exact_duplicate"]["reasons"] == {"older version of a review": 2,
+                                                             "version of a review without a timestamp to order it": 1}
+    warning = next(w for w in report["warnings"] if "exact_duplicate" in w)
+    assert "2 were older versions of reviews whose edit came in too (same app and review id; the latest by " \
+           "timestamp_updated, else timestamp_created, is kept); 1 was a version of a review read again with other " \
+           "text that could not be ordered by time, a copy having no timestamp (same app and review id; the last " \
+           "read is kept)" in warning
+    assert "--dedup False" not in warning
+
+
+@pytest.mark.parametrize("value, seconds", [(1600000000, 1600000000), ("1600000000", 1600000000),
+                                            (1600000000123, 1600000000), ("2020-09-13T12:26:40Z", 1600000000),
+                                            ("2020-09-13T14:26:40+02:00", 1600000000), ("2020-09-13 12:26:40", 1600000000),
+                                            ("yesterday", None), ("", None), (None, None), (True, None), (0, None)])
+def test_a_timestamp_is_read_from_a_number_a_numeric_string_or_an_iso_date(value, seconds):
+    assert columns.timestamp(value) == seconds
+
+
 def test_a_json_lines_file_with_a_zero_filled_tail_names_the_nul_bytes(tmp_path):
     """Trial 25c: a crash zero-fills a file's last block; the error said only `Expecting value`."""
     src = tmp_path / "r.jsonl"
