@@ -45,6 +45,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
                "nickname", "name", "steam_name", "profile_name", "reviewer", "reviewer_name", "persona_name",
                "steam_user", "user_nickname", "用户名", "用户", "昵称", "作者", "玩家", "评测者", "用户昵称", "玩家昵称"),
     "author_id": ("author.steamid", "steamid", "steam_id", "author_steamid", "user_id", "userid", "author_id"),
+    "timestamp_updated": ("timestamp_updated", "updated", "updated_at", "last_updated", "last_edited", "date_updated",
+                          "time_updated", "edited_at"),
+    "timestamp_created": ("timestamp_created", "created", "created_at", "date_created", "time_created", "date_posted",
+                          "posted_at"),
 }
 FIELDS = tuple(ALIASES)
 _AUTHOR_FIELDS = ("author", "author_id")
@@ -310,6 +314,7 @@ def row_fields(row: dict[str, Any], mapping: dict[str, str], comma: bool = False
         "game_name": str(get["app_name"]).strip() or None if get.get("app_name") else None,
         "tags": split_tags(tags),
         "review_id": _id(get.get("review_id")),
+        "updated": written(get.get("timestamp_updated"), get.get("timestamp_created")),
         "author": "\n".join(str(get[f]).strip() for f in _AUTHOR_FIELDS if get.get(f) not in (None, "")) or None,
     }
 

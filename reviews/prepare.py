@@ -84,7 +84,8 @@ class PrepareConfig:
                             "Steam API reviews, store-page scrapes, survey exports, collect JSONL, appdetails, "
                             "alpaca/sharegpt.", positional=True)
     columns: str = arg("", "Map your columns to ours: FIELD=COLUMN,… with fields review, voted_up, playtime_hours, "
-                       "playtime_minutes, language, appid, app_name, tags, votes_up, review_id, author, author_id "
+                       "playtime_minutes, language, appid, app_name, tags, votes_up, review_id, author, author_id, "
+                       "timestamp_updated, timestamp_created "
                        "(e.g. review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名; in YAML also a "
                        "mapping, {review: 评论}).", pairs=True)
     appid: str | None = arg(None, "App id for records that have none (a file of one game's reviews).")

@@ -1015,7 +1015,8 @@ def _appid_from_name(path: Path) -> str | None:
 
 
 #: the fields :func:`_from_steam` reads; a record with a column for any other field is a ``table``.
-_STEAM_FIELDS = {None, "review", "voted_up", "language", "appid", "votes_up", "review_id"}
+_STEAM_FIELDS = {None, "review", "voted_up", "language", "appid", "votes_up", "review_id", "timestamp_updated",
+                 "timestamp_created"}
 
 
 def _kind(rec: Any) -> str | None:

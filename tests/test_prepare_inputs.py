@@ -68,7 +68,8 @@ def test_api_field_csv_without_appid_takes_the_game_from_flags(tmp_path):
     report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
     assert report["inputs"][0]["columns"] == {
         "review_id": "recommendationid", "language": "language", "review": "review", "voted_up": "voted_up",
-        "votes_up": "votes_up", "author_id": "author.steamid", "playtime_minutes": "author.playtime_forever"}
+        "votes_up": "votes_up", "timestamp_created": "timestamp_created", "author_id": "author.steamid",
+        "playtime_minutes": "author.playtime_forever"}
     assert "7656119" not in Path(res["train"]).read_text(encoding="utf-8")  # author columns never copied
 
 
@@ -1373,9 +1374,24 @@ def test_an_iso_timestamp_orders_the_edits_and_an_undated_copy_says_the_last_rea
 @pytest.mark.parametrize("value, seconds", [(1600000000, 1600000000), ("1600000000", 1600000000),
                                             (1600000000123, 1600000000), ("2020-09-13T12:26:40Z", 1600000000),
                                             ("2020-09-13T14:26:40+02:00", 1600000000), ("2020-09-13 12:26:40", 1600000000),
+                                            (__import__("datetime").datetime(2020, 9, 13, 12, 26, 40), 1600000000),
                                             ("yesterday", None), ("", None), (None, None), (True, None), (0, None)])
 def test_a_timestamp_is_read_from_a_number_a_numeric_string_or_an_iso_date(value, seconds):
     assert columns.timestamp(value) == seconds
+
+
+def test_a_table_orders_the_edits_of_a_review_by_its_timestamp_columns(tmp_path):
+    """Trial 35 F3: CSV and Parquet tables never read timestamp_updated, so the older edit read first was kept."""
+    header = ["app_id", "app_name", "review_id", "review", "timestamp_created", "last_edited", "recommended"]
+    src = _csv(tmp_path / "k.csv", header, [[10, "Ten", 1, EN[0], 1600000000, 1700000000, "True"],
+                                            [10, "Ten", 2, EN[2], "2020-01-01", "", "True"],
+                                            [10, "Ten", 1, EN[1], 1600000000, 1500000000, "True"],
+                                            [10, "Ten", 2, EN[3], "2019-01-01", "", "True"]])
+    res = _run(tmp_path, [src], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[0], EN[2]])
+    report = _report(res)
+    assert report["rules"]["exact_duplicate"]["reasons"] == {"older version of a review": 2}
+    assert report["inputs"][0]["columns"]["timestamp_updated"] == "last_edited"
 
 
 def test_a_json_lines_file_with_a_zero_filled_tail_names_the_nul_bytes(tmp_path):
