@@ -315,6 +315,7 @@ def row_fields(row: dict[str, Any], mapping: dict[str, str], comma: bool = False
         "tags": split_tags(tags),
         "review_id": _id(get.get("review_id")),
         "updated": written(get.get("timestamp_updated"), get.get("timestamp_created")),
+        "author_id": steam_author(get.get("author_id")),
         "author": "\n".join(str(get[f]).strip() for f in _AUTHOR_FIELDS if get.get(f) not in (None, "")) or None,
     }
 
@@ -349,6 +350,16 @@ def written(updated: Any, created: Any) -> int | None:
     ``timestamp_created`` (a review never edited has the two equal)."""
     t = timestamp(updated)
     return t if t is not None else timestamp(created)
+
+
+#: author ids that name nobody in particular: an export's placeholder for a hidden or deleted account
+_NO_AUTHOR = re.compile(r"0+|-+|\?+|anon(?:ymous)?|unknown|none|null|nan|n/?a|\[?deleted]?|hidden|private", re.I)
+
+
+def steam_author(v: Any) -> str | None:
+    """An author's id as text (``76561198000000001``), ``None`` when unknown or a placeholder (:data:`_NO_AUTHOR`)."""
+    s = _id(v)
+    return None if s is None or _NO_AUTHOR.fullmatch(s) else s
 
 
 def _id(v: Any) -> str | None:

@@ -515,17 +515,19 @@ class _Rules:
 
     def find_older_versions(self, reviews: list[Review]) -> None:
         """Note the reviews read twice with other text (the same app and review id, e.g. two collects of an app with
-        an edit between them) and which copy is kept: the latest by :attr:`Review.updated` when every copy has a
-        timestamp (a tie: the last read), else the last read (an append-only dump's newest), each dropped copy with
-        the reason that says which (:data:`OLDER_VERSION`, :data:`UNDATED`). :meth:`exact_duplicate` drops them.
-        Copies with the same text as the kept one are left to the text key."""
+        an edit between them, or the same app and author: :func:`_one_review_groups`) and which copy is kept: the
+        latest by :attr:`Review.updated` when every copy has a timestamp (a tie: the last read), else the last read
+        (an append-only dump's newest), each dropped copy with the reason that says which (:data:`OLDER_VERSION`,
+        :data:`REPOSTED`, :data:`UNDATED`). :meth:`exact_duplicate` drops them. Copies with the same text as the
+        kept one are left to the text key."""
         self.older = {}
         for group in _one_review_groups(reviews):
             dated = all(reviews[i].updated is not None for i in group)
             keep = reviews[max(group, key=lambda i: (reviews[i].updated, i)) if dated else group[-1]]
             for i in group:
                 if reviews[i].text != keep.text:
-                    self.older[id(reviews[i])] = OLDER_VERSION if dated else UNDATED
+                    self.older[id(reviews[i])] = UNDATED if not dated else OLDER_VERSION \
+                        if reviews[i].review_id == keep.review_id else REPOSTED
 
     def exact_duplicate(self, r: Review, key: str) -> str | None:
         """The rule that needs the records before this one (in input order): exact duplicates by
@@ -996,10 +998,14 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
 OLDER_VERSION = "older version of a review"
 #: the ``exact_duplicate`` reason of a version of a review that could not be ordered by time (a copy had no timestamp)
 UNDATED = "version of a review without a timestamp to order it"
+#: the ``exact_duplicate`` reason of a review that its author's later review of the same app replaced (a new id)
+REPOSTED = "earlier review by the same author of the game"
 #: what the report says of a record dropped as each kind of older version
 _SUPERSEDED = {OLDER_VERSION: "a later edit of this review (same app and review id) came in too",
-               UNDATED: "another version of this review (same app and review id) came in too and a copy has no "
-                        "timestamp; the last read is kept"}
+               REPOSTED: "a later review of this app by the same author (steam id) came in too; Steam keeps one "
+                         "review per account and app",
+               UNDATED: "another version of this review (same app and review id or author id) came in too and a copy "
+                        "has no timestamp; the last read is kept"}
 #: the ``exact_duplicate`` reason of a copy of a review read from another input file
 OTHER_FILE = "in another input file"
 #: the reason of an ``unknown_game`` removal without an app id
@@ -1007,11 +1013,29 @@ NO_APPID = "no app id"
 
 
 def _one_review_groups(reviews: list[Review]) -> list[list[int]]:
-    """The indexes, in input order, of each review read more than once: records of the same app and review id."""
-    groups: dict[tuple[str, str], list[int]] = {}
+    """The indexes, in input order, of each review read more than once: records of the same app and review id, or of
+    the same app and known author id (Steam keeps one review per account and app: a review deleted and written
+    again gets a new id), and those linked through either."""
+    root: dict[int, int] = {}  # index → an index of its group (a union-find forest)
+
+    def top(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    first: dict[tuple[str, str, str], int] = {}
     for i, r in enumerate(reviews):
-        if r.review_id and r.appid and r.prompt is None:
-            groups.setdefault((r.appid, r.review_id), []).append(i)
+        if not r.appid or r.prompt is not None:
+            continue
+        for key in ((r.appid, "id", r.review_id), (r.appid, "author", r.author_id)):
+            if key[2]:
+                root.setdefault(i, i)
+                j = top(first.setdefault(key, i))
+                root[max(j, top(i))] = min(j, top(i))
+    groups: dict[int, list[int]] = {}
+    for i in root:
+        groups.setdefault(top(i), []).append(i)
     return [g for g in groups.values() if len(g) > 1]
 
 
@@ -1069,9 +1093,12 @@ _KEPT_ONCE = {
     + " in another input file (each is kept once)",
     OLDER_VERSION: lambda n: _were(n, "was an older version of a review", "were older versions of reviews")
     + " whose edit came in too (same app and review id; the latest by timestamp_updated, else timestamp_created, is kept)",
+    REPOSTED: lambda n: _were(n, "was an earlier review", "were earlier reviews")
+    + " by an author who reviewed the same game again under a new review id (same app and author steam id; Steam "
+      "keeps one review per account and app: the latest by timestamp_updated, else timestamp_created, is kept)",
     UNDATED: lambda n: _were(n, "was a version of a review", "were versions of reviews")
     + " read again with other text that could not be ordered by time, a copy having no timestamp "
-      "(same app and review id; the last read is kept)",
+      "(same app and review id or author steam id; the last read is kept)",
 }
 
 

@@ -133,7 +133,8 @@ class Review:
     sharegpt records whose prompt does not follow the persona templates (kept as is);
     ``prompt_language`` is ``"zh"``/``"en"`` when it followed the templates of that language.
     ``author`` (user name and/or steam id, one per line) only feeds the screen-name scrubber; it is
-    never written.
+    never written. ``author_id`` is the author's account id alone (a steam id; a placeholder is ``None``):
+    ``prepare`` keeps one review per author and app.
     ``length`` is set by ``prepare``'s length rule (:func:`steam_persona.reviews.noise.length`).
     ``over_limit`` marks a CSV record that a field over :data:`CSV_FIELD_LIMIT` kept from being read (its ``text``
     is empty): ``prepare`` counts it ``too_long``, as it does the same review in JSON Lines.
@@ -151,6 +152,7 @@ class Review:
     review_id: str | None = None
     updated: int | None = None  # when the author last wrote the review (columns.written)
     author: str | None = None
+    author_id: str | None = None
     length: tuple[int, str] | None = None
     over_limit: bool = False
     prompt: tuple[str, str] | None = None
@@ -1179,7 +1181,7 @@ def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
         votes_up=_int(rec.get("votes_up")), playtime_hours=round(minutes / 60, 1) if minutes is not None else None,
         review_id=str(rid) if rid is not None else None,
         updated=columns_mod.written(rec.get("timestamp_updated"), rec.get("timestamp_created")),
-        author=str(steamid) if steamid else None)
+        author=str(steamid) if steamid else None, author_id=columns_mod.steam_author(steamid))
 
 
 def _template_regex(template: str, field_name: str) -> re.Pattern[str]:

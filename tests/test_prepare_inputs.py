@@ -1366,8 +1366,8 @@ def test_an_iso_timestamp_orders_the_edits_and_an_undated_copy_says_the_last_rea
     warning = next(w for w in report["warnings"] if "exact_duplicate" in w)
     assert "2 were older versions of reviews whose edit came in too (same app and review id; the latest by " \
            "timestamp_updated, else timestamp_created, is kept); 1 was a version of a review read again with other " \
-           "text that could not be ordered by time, a copy having no timestamp (same app and review id; the last " \
-           "read is kept)" in warning
+           "text that could not be ordered by time, a copy having no timestamp (same app and review id or author steam " \
+           "id; the last read is kept)" in warning
     assert "--dedup False" not in warning
 
 
@@ -1392,6 +1392,53 @@ def test_a_table_orders_the_edits_of_a_review_by_its_timestamp_columns(tmp_path)
     report = _report(res)
     assert report["rules"]["exact_duplicate"]["reasons"] == {"older version of a review": 2}
     assert report["inputs"][0]["columns"]["timestamp_updated"] == "last_edited"
+
+
+def _by(steamid, app=10):
+    return {"appid": app, "author": {"steamid": steamid} if steamid is not None else None}
+
+
+def test_a_review_deleted_and_reposted_by_its_author_is_kept_once_in_its_new_text(tmp_path):
+    """Trial 35 F1: a review deleted and written again (new recommendationid, same author and app) kept its deleted
+    text (near_duplicate keeps the first read) or was kept twice; Steam keeps one review per account and app."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([_steam_line("2", EN[1] + " (reposted)", 200, **_by("76561190000000001")),
+                               _steam_line("1", EN[1], 100, **_by("76561190000000001")),
+                               _steam_line("1", EN[1], 100, **_by("76561190000000001")),
+                               _steam_line("3", EN[2], 100, **_by("76561190000000002")),
+                               _steam_line("4", EN[3], 50, **_by("76561190000000002"))]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1] + " (reposted)", EN[2]])
+    report = _report(res)
+    assert report["rules"]["exact_duplicate"]["reasons"] == {"earlier review by the same author of the game": 3}
+    warning = next(w for w in report["warnings"] if "exact_duplicate" in w)
+    assert warning.endswith("3 were earlier reviews by an author who reviewed the same game again under a new review "
+                            "id (same app and author steam id; Steam keeps one review per account and app: the latest "
+                            "by timestamp_updated, else timestamp_created, is kept)"), warning
+
+
+def test_reviews_of_other_authors_other_games_or_unknown_authors_are_never_merged(tmp_path):
+    """Trial 35 F1: only one author's reviews of one app are one review; anonymous or missing ids stay apart."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([_steam_line("1", EN[0], 100, **_by("76561190000000001")),
+                               _steam_line("2", EN[1], 200, **_by("76561190000000002")),  # another author, same app
+                               _steam_line("3", EN[2], 300, **_by("76561190000000001", app=20)),  # same author, other app
+                               _steam_line("4", EN[3], 400, **_by("0")),  # a placeholder id
+                               _steam_line("5", ZH[0], 500, **_by("0")),
+                               _steam_line("6", ZH[1], 600, **_by(None)),  # no author
+                               _steam_line("7", ZH[2], 700, **_by(None))]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten", "20=Twenty"], language=["all"])
+    assert len(_load(res["train"])) == 7
+    assert _report(res)["rules"]["exact_duplicate"]["removed"] == 0
+
+
+def test_a_table_with_author_ids_keeps_one_review_per_author_and_app(tmp_path):
+    """Trial 35 F1 in a CSV: author.steamid and timestamp_created columns; the newer review of the author is kept."""
+    src = _csv(tmp_path / "k.csv", ["appid", "recommendationid", "author.steamid", "timestamp_created", "review"],
+               [[10, 1, "76561190000000001", "2024-05-01", EN[1]], [10, 2, "76561190000000001", "2023-05-01", EN[0]],
+                [10, 3, "76561190000000002", "2023-05-01", EN[2]], [10, 4, "", "2023-05-01", EN[3]]])
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], EN[2], EN[3]])
 
 
 def test_a_json_lines_file_with_a_zero_filled_tail_names_the_nul_bytes(tmp_path):
