@@ -311,6 +311,7 @@ class _Rules:
         self.files: dict[str, set[str]] = {}  # dedup key of a text with copies → the input files it came in
         self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
         self.older: dict[int, str] = {}  # id() of a record another version of the same review supersedes → why
+        self.review_of: dict[int, int] = {}  # id() of a record of a review read more than once → that review's number
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
         self.arrived: str | None = None  # the text of the record per_record is on, as it arrived (report examples)
@@ -521,7 +522,8 @@ class _Rules:
         :data:`REPOSTED`, :data:`UNDATED`). :meth:`exact_duplicate` drops them. Copies with the same text as the
         kept one are left to the text key."""
         self.older = {}
-        for group in _one_review_groups(reviews):
+        for n, group in enumerate(_one_review_groups(reviews)):
+            self.review_of.update((id(reviews[i]), n) for i in group)
             dated = all(reviews[i].updated is not None for i in group)
             keep = reviews[max(group, key=lambda i: (reviews[i].updated, i)) if dated else group[-1]]
             for i in group:
@@ -542,10 +544,14 @@ class _Rules:
                 return None
             self.games.setdefault(key, {_game(first)}).add(_game(r))
             files = self.files.setdefault(key, {_file(first)})
-            where = "same file" if _file(r) in files else OTHER_FILE
+            where = OTHER_FILE if _file(r) not in files else READ_AGAIN if self._one_review(first, r) else "same file"
             files.add(_file(r))
             return self._drop("exact_duplicate", r, where, note=f"copy of {first.where}")
         return None
+
+    def _one_review(self, a: Review, b: Review) -> bool:
+        """Whether two records are copies of one review (:func:`_one_review_groups`)."""
+        return self.review_of.get(id(a), -1) == self.review_of.get(id(b), -2)
 
     def near_duplicates(self, kept: list[Review], keys: list[str]) -> list[Review]:
         """Second pass: drop near duplicates (signatures computed in batches, first copy kept), then
@@ -1006,6 +1012,8 @@ _SUPERSEDED = {OLDER_VERSION: "a later edit of this review (same app and review 
                          "review per account and app",
                UNDATED: "another version of this review (same app and review id or author id) came in too and a copy "
                         "has no timestamp; the last read is kept"}
+#: the ``exact_duplicate`` reason of a copy of a review that its file holds again (a re-fetch, or a repost of the text)
+READ_AGAIN = "copy of a review read again (same app and review id or author)"
 #: the ``exact_duplicate`` reason of a copy of a review read from another input file
 OTHER_FILE = "in another input file"
 #: the reason of an ``unknown_game`` removal without an app id
@@ -1096,6 +1104,9 @@ _KEPT_ONCE = {
     REPOSTED: lambda n: _were(n, "was an earlier review", "were earlier reviews")
     + " by an author who reviewed the same game again under a new review id (same app and author steam id; Steam "
       "keeps one review per account and app: the latest by timestamp_updated, else timestamp_created, is kept)",
+    READ_AGAIN: lambda n: _were(n, "was a copy of a review", "were copies of reviews")
+    + " read again in the same file (same app and review id, or author steam id: fetched again or reposted; each is "
+      "kept once, no flag needed)",
     UNDATED: lambda n: _were(n, "was a version of a review", "were versions of reviews")
     + " read again with other text that could not be ordered by time, a copy having no timestamp "
       "(same app and review id or author steam id; the last read is kept)",

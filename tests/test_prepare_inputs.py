@@ -1441,6 +1441,26 @@ def test_a_table_with_author_ids_keeps_one_review_per_author_and_app(tmp_path):
     assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], EN[2], EN[3]])
 
 
+def test_copies_of_one_review_in_a_file_get_no_dedup_flag_advice(tmp_path):
+    """Trial 35 F4: the warning advised --dedup False for a scraper's re-fetched copies of the same review ids, which
+    would keep every copy; the flag is advised only for copies under other ids."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([_steam_line(str(i % 2), EN[i % 2], 100) for i in range(6)]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
+    assert len(_load(res["train"])) == 2
+    report = _report(res)
+    assert report["rules"]["exact_duplicate"]["reasons"] == {
+        "copy of a review read again (same app and review id or author)": 4}
+    warning = next(w for w in report["warnings"] if "exact_duplicate" in w)
+    assert warning.endswith("4 were copies of reviews read again in the same file (same app and review id, or author "
+                            "steam id: fetched again or reposted; each is kept once, no flag needed)"), warning
+    src.write_text("\n".join([_steam_line(str(i), EN[i % 2], 100) for i in range(6)]) + "\n", encoding="utf-8")
+    report = _report(_run(tmp_path, [src], app_name=["10=Ten"], language=["all"]))
+    assert report["rules"]["exact_duplicate"]["reasons"] == {"same file": 4}
+    assert next(w for w in report["warnings"] if "exact_duplicate" in w).endswith(
+        "change it with --dedup False")
+
+
 def test_a_json_lines_file_with_a_zero_filled_tail_names_the_nul_bytes(tmp_path):
     """Trial 25c: a crash zero-fills a file's last block; the error said only `Expecting value`."""
     src = tmp_path / "r.jsonl"
