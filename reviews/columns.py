@@ -13,6 +13,7 @@ that the cleaning rules can remove the author's own name from the text.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import math
 import re
@@ -44,6 +45,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
                "nickname", "name", "steam_name", "profile_name", "reviewer", "reviewer_name", "persona_name",
                "steam_user", "user_nickname", "用户名", "用户", "昵称", "作者", "玩家", "评测者", "用户昵称", "玩家昵称"),
     "author_id": ("author.steamid", "steamid", "steam_id", "author_steamid", "user_id", "userid", "author_id"),
+    "timestamp_updated": ("timestamp_updated", "updated", "updated_at", "last_updated", "last_edited", "date_updated",
+                          "time_updated", "edited_at"),
+    "timestamp_created": ("timestamp_created", "created", "created_at", "date_created", "time_created", "date_posted",
+                          "posted_at"),
 }
 FIELDS = tuple(ALIASES)
 _AUTHOR_FIELDS = ("author", "author_id")
@@ -309,8 +314,52 @@ def row_fields(row: dict[str, Any], mapping: dict[str, str], comma: bool = False
         "game_name": str(get["app_name"]).strip() or None if get.get("app_name") else None,
         "tags": split_tags(tags),
         "review_id": _id(get.get("review_id")),
+        "updated": written(get.get("timestamp_updated"), get.get("timestamp_created")),
+        "author_id": steam_author(get.get("author_id")),
         "author": "\n".join(str(get[f]).strip() for f in _AUTHOR_FIELDS if get.get(f) not in (None, "")) or None,
     }
+
+
+#: an epoch above this is in milliseconds (in seconds it would be after the year 5000)
+_MS_EPOCH = 10**11
+
+
+def timestamp(v: Any) -> int | None:
+    """Seconds since 1970 from a Unix time (a number or a numeric string; milliseconds too), an ISO-8601 date
+    (``2024-05-01T00:00:00Z``, ``2024-05-01 12:00``; without a zone, UTC) or a ``datetime`` (Parquet); else ``None``."""
+    if isinstance(v, str):
+        v = v.strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", v):
+            v = float(v)
+        else:
+            try:
+                v = datetime.datetime.fromisoformat(v)
+            except ValueError:
+                return None
+    if isinstance(v, datetime.date) and not isinstance(v, datetime.datetime):
+        v = datetime.datetime(v.year, v.month, v.day)
+    if isinstance(v, datetime.datetime):
+        return int((v if v.tzinfo else v.replace(tzinfo=datetime.timezone.utc)).timestamp())
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+        return int(v // 1000 if v >= _MS_EPOCH else v)
+    return None
+
+
+def written(updated: Any, created: Any) -> int | None:
+    """When a review was last written: its :func:`timestamp` of Steam's ``timestamp_updated``, else of
+    ``timestamp_created`` (a review never edited has the two equal)."""
+    t = timestamp(updated)
+    return t if t is not None else timestamp(created)
+
+
+#: author ids that name nobody in particular: an export's placeholder for a hidden or deleted account
+_NO_AUTHOR = re.compile(r"0+|-+|\?+|anon(?:ymous)?|unknown|none|null|nan|n/?a|\[?deleted]?|hidden|private", re.I)
+
+
+def steam_author(v: Any) -> str | None:
+    """An author's id as text (``76561198000000001``), ``None`` when unknown or a placeholder (:data:`_NO_AUTHOR`)."""
+    s = _id(v)
+    return None if s is None or _NO_AUTHOR.fullmatch(s) else s
 
 
 def _id(v: Any) -> str | None:

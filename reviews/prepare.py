@@ -84,7 +84,8 @@ class PrepareConfig:
                             "Steam API reviews, store-page scrapes, survey exports, collect JSONL, appdetails, "
                             "alpaca/sharegpt.", positional=True)
     columns: str = arg("", "Map your columns to ours: FIELD=COLUMN,… with fields review, voted_up, playtime_hours, "
-                       "playtime_minutes, language, appid, app_name, tags, votes_up, review_id, author, author_id "
+                       "playtime_minutes, language, appid, app_name, tags, votes_up, review_id, author, author_id, "
+                       "timestamp_updated, timestamp_created "
                        "(e.g. review=评论,voted_up=推荐,playtime_hours=游戏时长,author=用户名; in YAML also a "
                        "mapping, {review: 评论}).", pairs=True)
     appid: str | None = arg(None, "App id for records that have none (a file of one game's reviews).")
@@ -309,7 +310,8 @@ class _Rules:
         self.seen: dict[str, Review] = {}  # dedup key → its first record
         self.files: dict[str, set[str]] = {}  # dedup key of a text with copies → the input files it came in
         self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
-        self.older: set[int] = set()  # id() of records an edited version of the same review supersedes
+        self.older: dict[int, str] = {}  # id() of a record another version of the same review supersedes → why
+        self.review_of: dict[int, int] = {}  # id() of a record of a review read more than once → that review's number
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
         self.arrived: str | None = None  # the text of the record per_record is on, as it arrived (report examples)
@@ -514,26 +516,27 @@ class _Rules:
 
     def find_older_versions(self, reviews: list[Review]) -> None:
         """Note the reviews read twice with other text (the same app and review id, e.g. two collects of an app with
-        an edit between them): the latest edit (Steam's ``timestamp_updated``), else the first read, is the one
-        kept; :meth:`exact_duplicate` drops the others. Copies with the same text are left to the text key."""
-        latest: dict[tuple[str, str], tuple[tuple[int, int], Review]] = {}
-        for i, r in enumerate(reviews):
-            if r.review_id and r.appid and r.prompt is None:
-                rank = (r.updated or 0, -i)
-                k = (r.appid, r.review_id)
-                if k not in latest or rank > latest[k][0]:
-                    latest[k] = (rank, r)
-        self.older = {id(r) for r in reviews if r.review_id and r.appid and r.prompt is None
-                      and latest[(r.appid, r.review_id)][1].text != r.text}
-        self.older -= {id(r) for _, r in latest.values()}
+        an edit between them, or the same app and author: :func:`_one_review_groups`) and which copy is kept: the
+        latest by :attr:`Review.updated` when every copy has a timestamp (a tie: the last read), else the last read
+        (an append-only dump's newest), each dropped copy with the reason that says which (:data:`OLDER_VERSION`,
+        :data:`REPOSTED`, :data:`UNDATED`). :meth:`exact_duplicate` drops them. Copies with the same text as the
+        kept one are left to the text key."""
+        self.older = {}
+        for n, group in enumerate(_one_review_groups(reviews)):
+            self.review_of.update((id(reviews[i]), n) for i in group)
+            dated = all(reviews[i].updated is not None for i in group)
+            keep = reviews[max(group, key=lambda i: (reviews[i].updated, i)) if dated else group[-1]]
+            for i in group:
+                if reviews[i].text != keep.text:
+                    self.older[id(reviews[i])] = UNDATED if not dated else OLDER_VERSION \
+                        if reviews[i].review_id == keep.review_id else REPOSTED
 
     def exact_duplicate(self, r: Review, key: str) -> str | None:
         """The rule that needs the records before this one (in input order): exact duplicates by
         their dedup ``key``, tallied as :data:`OTHER_FILE` when the text had not yet come in this record's file, and
         older versions of a review read again with other text (:meth:`find_older_versions`)."""
         if self.cfg.dedup and id(r) in self.older:
-            return self._drop("exact_duplicate", r, OLDER_VERSION, note="an edit of this review (same app and review "
-                                                                         "id) came in too")
+            return self._drop("exact_duplicate", r, self.older[id(r)], note=_SUPERSEDED[self.older[id(r)]])
         if self.cfg.dedup:
             first = self.seen.get(key)
             if first is None:
@@ -541,10 +544,14 @@ class _Rules:
                 return None
             self.games.setdefault(key, {_game(first)}).add(_game(r))
             files = self.files.setdefault(key, {_file(first)})
-            where = "same file" if _file(r) in files else OTHER_FILE
+            where = OTHER_FILE if _file(r) not in files else READ_AGAIN if self._one_review(first, r) else "same file"
             files.add(_file(r))
             return self._drop("exact_duplicate", r, where, note=f"copy of {first.where}")
         return None
+
+    def _one_review(self, a: Review, b: Review) -> bool:
+        """Whether two records are copies of one review (:func:`_one_review_groups`)."""
+        return self.review_of.get(id(a), -1) == self.review_of.get(id(b), -2)
 
     def near_duplicates(self, kept: list[Review], keys: list[str]) -> list[Review]:
         """Second pass: drop near duplicates (signatures computed in batches, first copy kept), then
@@ -995,10 +1002,49 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
 
 #: the ``exact_duplicate`` reason of an older version of a review whose edited text came in too (same app and id)
 OLDER_VERSION = "older version of a review"
+#: the ``exact_duplicate`` reason of a version of a review that could not be ordered by time (a copy had no timestamp)
+UNDATED = "version of a review without a timestamp to order it"
+#: the ``exact_duplicate`` reason of a review that its author's later review of the same app replaced (a new id)
+REPOSTED = "earlier review by the same author of the game"
+#: what the report says of a record dropped as each kind of older version
+_SUPERSEDED = {OLDER_VERSION: "a later edit of this review (same app and review id) came in too",
+               REPOSTED: "a later review of this app by the same author (steam id) came in too; Steam keeps one "
+                         "review per account and app",
+               UNDATED: "another version of this review (same app and review id or author id) came in too and a copy "
+                        "has no timestamp; the last read is kept"}
+#: the ``exact_duplicate`` reason of a copy of a review that its file holds again (a re-fetch, or a repost of the text)
+READ_AGAIN = "copy of a review read again (same app and review id or author)"
 #: the ``exact_duplicate`` reason of a copy of a review read from another input file
 OTHER_FILE = "in another input file"
 #: the reason of an ``unknown_game`` removal without an app id
 NO_APPID = "no app id"
+
+
+def _one_review_groups(reviews: list[Review]) -> list[list[int]]:
+    """The indexes, in input order, of each review read more than once: records of the same app and review id, or of
+    the same app and known author id (Steam keeps one review per account and app: a review deleted and written
+    again gets a new id), and those linked through either."""
+    root: dict[int, int] = {}  # index → an index of its group (a union-find forest)
+
+    def top(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    first: dict[tuple[str, str, str], int] = {}
+    for i, r in enumerate(reviews):
+        if not r.appid or r.prompt is not None:
+            continue
+        for key in ((r.appid, "id", r.review_id), (r.appid, "author", r.author_id)):
+            if key[2]:
+                root.setdefault(i, i)
+                j = top(first.setdefault(key, i))
+                root[max(j, top(i))] = min(j, top(i))
+    groups: dict[int, list[int]] = {}
+    for i in root:
+        groups.setdefault(top(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def _file(r: Review) -> str:
@@ -1027,26 +1073,44 @@ def _warn_big_rules(stats: dict[str, _Stat], read: int, warned: set[str], so_far
 
 
 def _big_rule_fix(name: str, st: _Stat) -> str:
-    """What to do about a rule that removed many: its flag; for exact copies of reviews in other input files
-    (the same reviews given twice), that they were kept once, for older versions of edited reviews that the latest
-    was kept, and the flag only for copies within a file."""
+    """What to do about a rule that removed many: its flag; for the ``exact_duplicate`` removals that leave each
+    review once (:data:`_KEPT_ONCE`: copies in other input files, older versions of edited reviews), which copy was
+    kept, and the flag only for the other copies."""
     if name == "unknown_game" and st.reasons[NO_APPID] == st.removed:
         return ("they have no app id (none in the records or the file name), so --app_name APPID=NAME cannot "
                 "name them: pass --app_name NAME (one game), or --appid ID with it, put the id in the file name "
                 "(review_440.json), or --drop_unknown_game False")
     if name == "too_long" and st.reasons[_cap_reason()]:
         return _cap_fix(st)
-    other = st.reasons[OTHER_FILE] if name == "exact_duplicate" else 0
-    older = st.reasons[OLDER_VERSION] if name == "exact_duplicate" else 0
-    if not other and not older:
+    said = [_KEPT_ONCE[reason](n) for reason, n in st.reasons.items() if reason in _KEPT_ONCE and n] \
+        if name == "exact_duplicate" else []
+    if not said:
         return f"change it with {FLAGS.get(name, 'its flag')}"
-    same = st.removed - other - older
-    copies = "was a copy of a review" if other == 1 else "were copies of reviews"
-    versions = "was an older version of a review" if older == 1 else "were older versions of reviews"
-    said = ([f"{other:,} {copies} in another input file (each is kept once)"] if other else []) \
-        + ([f"{older:,} {versions} whose edit came in too (same app and review id; the latest is kept)"]
-           if older else [])
+    same = st.removed - sum(n for reason, n in st.reasons.items() if reason in _KEPT_ONCE)
     return "; ".join(said) + (f"; for the {same:,} copies within a file, change it with {FLAGS[name]}" if same else "")
+
+
+def _were(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+#: the ``exact_duplicate`` reasons that leave one copy of each review whatever the flags (no flag to advise):
+#: what the warning says of ``n`` of them
+_KEPT_ONCE = {
+    OTHER_FILE: lambda n: _were(n, "was a copy of a review", "were copies of reviews")
+    + " in another input file (each is kept once)",
+    OLDER_VERSION: lambda n: _were(n, "was an older version of a review", "were older versions of reviews")
+    + " whose edit came in too (same app and review id; the latest by timestamp_updated, else timestamp_created, is kept)",
+    REPOSTED: lambda n: _were(n, "was an earlier review", "were earlier reviews")
+    + " by an author who reviewed the same game again under a new review id (same app and author steam id; Steam "
+      "keeps one review per account and app: the latest by timestamp_updated, else timestamp_created, is kept)",
+    READ_AGAIN: lambda n: _were(n, "was a copy of a review", "were copies of reviews")
+    + " read again in the same file (same app and review id, or author steam id: fetched again or reposted; each is "
+      "kept once, no flag needed)",
+    UNDATED: lambda n: _were(n, "was a version of a review", "were versions of reviews")
+    + " read again with other text that could not be ordered by time, a copy having no timestamp "
+      "(same app and review id or author steam id; the last read is kept)",
+}
 
 
 def _cap_fix(st: _Stat) -> str:

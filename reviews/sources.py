@@ -133,7 +133,8 @@ class Review:
     sharegpt records whose prompt does not follow the persona templates (kept as is);
     ``prompt_language`` is ``"zh"``/``"en"`` when it followed the templates of that language.
     ``author`` (user name and/or steam id, one per line) only feeds the screen-name scrubber; it is
-    never written.
+    never written. ``author_id`` is the author's account id alone (a steam id; a placeholder is ``None``):
+    ``prepare`` keeps one review per author and app.
     ``length`` is set by ``prepare``'s length rule (:func:`steam_persona.reviews.noise.length`).
     ``over_limit`` marks a CSV record that a field over :data:`CSV_FIELD_LIMIT` kept from being read (its ``text``
     is empty): ``prepare`` counts it ``too_long``, as it does the same review in JSON Lines.
@@ -149,8 +150,9 @@ class Review:
     votes_up: int | None = None
     playtime_hours: float | None = None
     review_id: str | None = None
-    updated: int | None = None  # Steam's timestamp_updated: when the author last edited the review
+    updated: int | None = None  # when the author last wrote the review (columns.written)
     author: str | None = None
+    author_id: str | None = None
     length: tuple[int, str] | None = None
     over_limit: bool = False
     prompt: tuple[str, str] | None = None
@@ -1015,7 +1017,8 @@ def _appid_from_name(path: Path) -> str | None:
 
 
 #: the fields :func:`_from_steam` reads; a record with a column for any other field is a ``table``.
-_STEAM_FIELDS = {None, "review", "voted_up", "language", "appid", "votes_up", "review_id"}
+_STEAM_FIELDS = {None, "review", "voted_up", "language", "appid", "votes_up", "review_id", "timestamp_updated",
+                 "timestamp_created"}
 
 
 def _kind(rec: Any) -> str | None:
@@ -1176,8 +1179,9 @@ def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
         appid=columns_mod.steam_appid(app) or (str(app) if app is not None else appid),  # 570.0, "５７０", a URL
         language=rec.get("language"), voted_up=columns_mod.voted(voted),
         votes_up=_int(rec.get("votes_up")), playtime_hours=round(minutes / 60, 1) if minutes is not None else None,
-        review_id=str(rid) if rid is not None else None, updated=_int(rec.get("timestamp_updated")),
-        author=str(steamid) if steamid else None)
+        review_id=str(rid) if rid is not None else None,
+        updated=columns_mod.written(rec.get("timestamp_updated"), rec.get("timestamp_created")),
+        author=str(steamid) if steamid else None, author_id=columns_mod.steam_author(steamid))
 
 
 def _template_regex(template: str, field_name: str) -> re.Pattern[str]:

@@ -68,7 +68,8 @@ def test_api_field_csv_without_appid_takes_the_game_from_flags(tmp_path):
     report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
     assert report["inputs"][0]["columns"] == {
         "review_id": "recommendationid", "language": "language", "review": "review", "voted_up": "voted_up",
-        "votes_up": "votes_up", "author_id": "author.steamid", "playtime_minutes": "author.playtime_forever"}
+        "votes_up": "votes_up", "timestamp_created": "timestamp_created", "author_id": "author.steamid",
+        "playtime_minutes": "author.playtime_forever"}
     assert "7656119" not in Path(res["train"]).read_text(encoding="utf-8")  # author columns never copied
 
 
@@ -1339,6 +1340,125 @@ def test_a_review_edited_between_two_collects_is_kept_once_in_its_latest_version
     assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], EN[3], EN[2]])
     rule = json.loads(Path(res["report"]).read_text(encoding="utf-8"))["rules"]["exact_duplicate"]
     assert rule["reasons"] == {"older version of a review": 1, "in another input file": 1}
+
+
+def _steam_line(rid, text, updated=None, **more) -> str:
+    rec = {"recommendationid": rid, "review": text, "appid": 10, "language": "english", "voted_up": True, **more}
+    return json.dumps(rec | ({"timestamp_updated": updated} if updated is not None else {}))
+
+
+def _report(res) -> dict:
+    return json.loads(Path(res["report"]).read_text(encoding="utf-8"))
+
+
+def test_an_iso_timestamp_orders_the_edits_and_an_undated_copy_says_the_last_read_is_kept(tmp_path):
+    """Trial 35 F2: an ISO-8601 timestamp_updated read as none kept the 2023 edit, and a copy without a timestamp
+    lost to the dated one read before it, while the warning said "the latest is kept"."""
+    src = tmp_path / "iso.jsonl"
+    src.write_text("\n".join([_steam_line("1", EN[0], "2023-01-01T00:00:00Z"), _steam_line("1", EN[1], "2024-05-01T00:00:00Z"),
+                               _steam_line("1", EN[2], "2023-06-01 12:00"), _steam_line("2", ZH[0], 1600000000),
+                               _steam_line("2", ZH[1])]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], ZH[1]])
+    report = _report(res)
+    assert report["rules"]["exact_duplicate"]["reasons"] == {"older version of a review": 2,
+                                                             "version of a review without a timestamp to order it": 1}
+    warning = next(w for w in report["warnings"] if "exact_duplicate" in w)
+    assert "2 were older versions of reviews whose edit came in too (same app and review id; the latest by " \
+           "timestamp_updated, else timestamp_created, is kept); 1 was a version of a review read again with other " \
+           "text that could not be ordered by time, a copy having no timestamp (same app and review id or author steam " \
+           "id; the last read is kept)" in warning
+    assert "--dedup False" not in warning
+
+
+@pytest.mark.parametrize("value, seconds", [(1600000000, 1600000000), ("1600000000", 1600000000),
+                                            (1600000000123, 1600000000), ("2020-09-13T12:26:40Z", 1600000000),
+                                            ("2020-09-13T14:26:40+02:00", 1600000000), ("2020-09-13 12:26:40", 1600000000),
+                                            (__import__("datetime").datetime(2020, 9, 13, 12, 26, 40), 1600000000),
+                                            ("yesterday", None), ("", None), (None, None), (True, None), (0, None)])
+def test_a_timestamp_is_read_from_a_number_a_numeric_string_or_an_iso_date(value, seconds):
+    assert columns.timestamp(value) == seconds
+
+
+def test_a_table_orders_the_edits_of_a_review_by_its_timestamp_columns(tmp_path):
+    """Trial 35 F3: CSV and Parquet tables never read timestamp_updated, so the older edit read first was kept."""
+    header = ["app_id", "app_name", "review_id", "review", "timestamp_created", "last_edited", "recommended"]
+    src = _csv(tmp_path / "k.csv", header, [[10, "Ten", 1, EN[0], 1600000000, 1700000000, "True"],
+                                            [10, "Ten", 2, EN[2], "2020-01-01", "", "True"],
+                                            [10, "Ten", 1, EN[1], 1600000000, 1500000000, "True"],
+                                            [10, "Ten", 2, EN[3], "2019-01-01", "", "True"]])
+    res = _run(tmp_path, [src], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[0], EN[2]])
+    report = _report(res)
+    assert report["rules"]["exact_duplicate"]["reasons"] == {"older version of a review": 2}
+    assert report["inputs"][0]["columns"]["timestamp_updated"] == "last_edited"
+
+
+def _by(steamid, app=10):
+    return {"appid": app, "author": {"steamid": steamid} if steamid is not None else None}
+
+
+def test_a_review_deleted_and_reposted_by_its_author_is_kept_once_in_its_new_text(tmp_path):
+    """Trial 35 F1: a review deleted and written again (new recommendationid, same author and app) kept its deleted
+    text (near_duplicate keeps the first read) or was kept twice; Steam keeps one review per account and app."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([_steam_line("2", EN[1] + " (reposted)", 200, **_by("76561190000000001")),
+                               _steam_line("1", EN[1], 100, **_by("76561190000000001")),
+                               _steam_line("1", EN[1], 100, **_by("76561190000000001")),
+                               _steam_line("3", EN[2], 100, **_by("76561190000000002")),
+                               _steam_line("4", EN[3], 50, **_by("76561190000000002"))]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1] + " (reposted)", EN[2]])
+    report = _report(res)
+    assert report["rules"]["exact_duplicate"]["reasons"] == {"earlier review by the same author of the game": 3}
+    warning = next(w for w in report["warnings"] if "exact_duplicate" in w)
+    assert warning.endswith("3 were earlier reviews by an author who reviewed the same game again under a new review "
+                            "id (same app and author steam id; Steam keeps one review per account and app: the latest "
+                            "by timestamp_updated, else timestamp_created, is kept)"), warning
+
+
+def test_reviews_of_other_authors_other_games_or_unknown_authors_are_never_merged(tmp_path):
+    """Trial 35 F1: only one author's reviews of one app are one review; anonymous or missing ids stay apart."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([_steam_line("1", EN[0], 100, **_by("76561190000000001")),
+                               _steam_line("2", EN[1], 200, **_by("76561190000000002")),  # another author, same app
+                               _steam_line("3", EN[2], 300, **_by("76561190000000001", app=20)),  # same author, other app
+                               _steam_line("4", EN[3], 400, **_by("0")),  # a placeholder id
+                               _steam_line("5", ZH[0], 500, **_by("0")),
+                               _steam_line("6", ZH[1], 600, **_by(None)),  # no author
+                               _steam_line("7", ZH[2], 700, **_by(None))]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten", "20=Twenty"], language=["all"])
+    assert len(_load(res["train"])) == 7
+    assert _report(res)["rules"]["exact_duplicate"]["removed"] == 0
+
+
+def test_a_table_with_author_ids_keeps_one_review_per_author_and_app(tmp_path):
+    """Trial 35 F1 in a CSV: author.steamid and timestamp_created columns; the newer review of the author is kept."""
+    src = _csv(tmp_path / "k.csv", ["appid", "recommendationid", "author.steamid", "timestamp_created", "review"],
+               [[10, 1, "76561190000000001", "2024-05-01", EN[1]], [10, 2, "76561190000000001", "2023-05-01", EN[0]],
+                [10, 3, "76561190000000002", "2023-05-01", EN[2]], [10, 4, "", "2023-05-01", EN[3]]])
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], EN[2], EN[3]])
+
+
+def test_copies_of_one_review_in_a_file_get_no_dedup_flag_advice(tmp_path):
+    """Trial 35 F4: the warning advised --dedup False for a scraper's re-fetched copies of the same review ids, which
+    would keep every copy; the flag is advised only for copies under other ids."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([_steam_line(str(i % 2), EN[i % 2], 100) for i in range(6)]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
+    assert len(_load(res["train"])) == 2
+    report = _report(res)
+    assert report["rules"]["exact_duplicate"]["reasons"] == {
+        "copy of a review read again (same app and review id or author)": 4}
+    warning = next(w for w in report["warnings"] if "exact_duplicate" in w)
+    assert warning.endswith("4 were copies of reviews read again in the same file (same app and review id, or author "
+                            "steam id: fetched again or reposted; each is kept once, no flag needed)"), warning
+    src.write_text("\n".join([_steam_line(str(i), EN[i % 2], 100) for i in range(6)]) + "\n", encoding="utf-8")
+    report = _report(_run(tmp_path, [src], app_name=["10=Ten"], language=["all"]))
+    assert report["rules"]["exact_duplicate"]["reasons"] == {"same file": 4}
+    assert next(w for w in report["warnings"] if "exact_duplicate" in w).endswith(
+        "change it with --dedup False")
 
 
 def test_a_json_lines_file_with_a_zero_filled_tail_names_the_nul_bytes(tmp_path):
