@@ -1334,7 +1334,7 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
     if not columns and not any(columns_mod.field_of(c) == "review" for c in cols):
         _refuse_title_rows(path, _bodies(src.kept + src.ahead(10))[1:10], delim)
     rows, over, said, headers, last, span = [], [], [], 0, [], (0, 0)
-    rowlike = _RowLike(delim, _end(src.take()[-1]))
+    rowlike = _RowLike(delim, _end(src.take()[-1]), one_column=len(cols) == 1)
     start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
     for row in _rows(path, reader, lambda: start, src):
         if isinstance(row, str):
@@ -1535,16 +1535,21 @@ def _refuse_unclosed_quote(path: Path, lines: list[str], last: tuple[int, int], 
 
 #: how many records with row-like lines are named one by one; the rest are counted in one more warning
 _ROWLIKE_SHOWN = 5
+#: a one-column file's multi-line texts are warned of only when at most one row in this many (or one row) runs over
+#: several lines: where multi-line reviews are the file's way, a stray quote's text cannot be told from them
+_ONE_COLUMN_RARE = 50
 
 
 class _RowLike:
     """The multi-line texts of a CSV whose inner lines look like rows of the file (a quote left open and closed by a
     later stray quote, or a review that lists ``Graphics, 9/10``: see :mod:`steam_persona.reviews.csvquotes`), found
     row by row as the file is read: a row of several lines waits only until the columns' kinds are learnt from the
-    first :data:`~steam_persona.reviews.csvquotes.SAMPLE` single-line rows. ``row_end`` is how the header's line ends."""
+    first :data:`~steam_persona.reviews.csvquotes.SAMPLE` single-line rows. ``row_end`` is how the header's line ends.
+    In a file of ``one_column`` every line reads as a row (:func:`csvquotes.one_column_rows`)."""
 
-    def __init__(self, delim: str, row_end: str):
-        self.delim, self.row_end = delim, row_end
+    def __init__(self, delim: str, row_end: str, one_column: bool = False):
+        self.delim, self.row_end, self.one_column = delim, row_end, one_column
+        self.rows = self.multi = 0  # rows, and rows whose quoted text runs over a line end
         self.single: list[list[Any]] = []
         self.kinds: list[tuple[set[str], set[str] | None]] | None = None
         self.waiting: list[tuple[int, list[str]]] = []
@@ -1552,6 +1557,8 @@ class _RowLike:
 
     def add(self, start: int, read: list[str], row: dict[str, Any]) -> None:
         """The row ``row`` that starts on line ``start``; ``read`` are its lines, each with its end."""
+        self.rows += 1
+        self.multi += len(read) > 1 and csvquotes.opening_line(_bodies(read), start) is not None
         if len(read) == 1 and self.kinds is None:
             self.single.append(list(row.values()))
             if len(self.single) == csvquotes.SAMPLE:
@@ -1570,8 +1577,9 @@ class _RowLike:
 
     def _check(self, start: int, read: list[str]) -> None:
         lines = [line.rstrip("\r\n") for line in read]
-        inner = [n for n in csvquotes.swallowed_rows(lines, start, self.delim, self.kinds or [])
-                 if _end(read[n - start]) == self.row_end]
+        rowlike = (csvquotes.one_column_rows(lines, start) if self.one_column
+                   else csvquotes.swallowed_rows(lines, start, self.delim, self.kinds or []))
+        inner = [n for n in rowlike if _end(read[n - start]) == self.row_end]
         if inner:
             self.found.append((csvquotes.opening_line(lines, start) or start, inner))
 
@@ -1579,9 +1587,13 @@ class _RowLike:
         """One warning per text found (the first :data:`_ROWLIKE_SHOWN`, then their count); the texts are kept."""
         if self.kinds is None and self.waiting:
             self._learn()
-        found = self.found
+        found, why = self.found, ""
+        if self.one_column:
+            if self.multi > max(1, self.rows // _ONE_COLUMN_RARE):
+                return []
+            why = f" (one column, and {self.multi:,} of its {self.rows:,} rows run{'s' * (self.multi == 1)} over several lines)"
         out = [f"{path}: line {a}: a quoted text runs on over line{'s' * (len(inner) > 1)} {_ranges(inner)}, "
-               f"which look{'s' * (len(inner) == 1)} like {'rows' if len(inner) > 1 else 'a row'} of the file; kept "
+               f"which look{'s' * (len(inner) == 1)} like {'rows' if len(inner) > 1 else 'a row'} of the file{why}; kept "
                f"as that review's text. If the quote on line {a} was left open by mistake, close or remove it (a quote "
                f"inside a quoted text is doubled: \"\") and rerun prepare" for a, inner in found[:_ROWLIKE_SHOWN]]
         if len(found) > _ROWLIKE_SHOWN:

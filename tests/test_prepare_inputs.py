@@ -975,6 +975,35 @@ def test_a_stray_quote_closed_by_a_later_one_is_kept_and_warned_naming_its_lines
                                                      "lines 9-10, which look like rows")
 
 
+def test_a_stray_quote_in_a_one_column_csv_warns_naming_the_lines_it_took(tmp_path):
+    """Trial 35 F7: a file of only a ``review`` column, a quote opening line 6 closed by a review ending in ``"`` on
+    line 9: every line of one column reads as a row, and the file's other rows are one line each, so it warns."""
+    lines = [f"Review number {i} of this fine game with a few words." for i in range(12)]
+    lines[4], lines[7] = '"' + lines[4], lines[7] + '"'
+    outs, warnings = _read_warned(tmp_path, "review\n" + "\n".join(lines) + "\n")
+    assert len(outs) == 9 and "\n".join(lines[4:8]).strip('"') in outs
+    assert warnings == [f"{tmp_path / 'in.csv'}: line 6: a quoted text runs on over lines 7-8, which look like rows of "
+                        "the file (one column, and 1 of its 9 rows runs over several lines); " + _ROWLIKE.format(6)]
+
+
+def test_multi_line_reviews_in_a_one_column_csv_are_read_whole_without_a_warning(tmp_path):
+    """A review of paragraphs (a blank line between them), and a file where reviews of several lines are common, are
+    no stray quote."""
+    paragraphs = "Worth every cent.\n\nThe combat is tight.\nThe story is thin.\n\nBuy it on sale."
+    rows = [["review"]] + [[f"Review number {i} of this fine game."] for i in range(30)]
+    rows[5] = [paragraphs]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    outs, warnings = _read_warned(tmp_path, buf.getvalue())
+    assert paragraphs in outs and len(outs) == 30 and warnings == []
+    lists = [[f"Review {i}.\nPros: the music.\nCons: the length.\nA fine game." if i % 3 == 0 else f"Review {i}."]
+             for i in range(30)]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["review"]] + lists)
+    outs, warnings = _read_warned(tmp_path, buf.getvalue(), "lists.csv")
+    assert outs == [r[0] for r in lists] and warnings == []
+
+
 def test_an_excel_sep_hint_line_sets_the_separator_and_is_skipped(tmp_path):
     """``sep=;`` on line 1 (Excel writes and reads it): the separator is ``;``, the header is line 2, and an error
     still names the file's own line numbers."""
