@@ -1294,15 +1294,14 @@ def _over_limit(path: Path, src: _RowLines, row: int, start: int, line_num: int)
         UserError: when the record's quote never closes (the file ends inside it).
     """
     skipped = src.skip_record()
-    where = f"{path}: row {row} (line {start})"
     if skipped is None:
-        raise UserError(f"{where}: a double quote opens a text that never closes (it runs past the "
-                        f"{CSV_FIELD_LIMIT:,}-character field limit to the end of the file); remove the quote, or "
-                        "close it")
+        raise UserError(f"{path}: row {row} (line {start}): a double quote opens a text that never closes (it runs "
+                        f"past the {CSV_FIELD_LIMIT:,}-character field limit to the end of the file); remove the quote, "
+                        "or close it")
     end = line_num + skipped
     lines = f"lines {start}-{end}" if end > start else f"line {start}"
-    return (f"{where}: a field of more than {CSV_FIELD_LIMIT:,} characters ({lines}); dropped as too_long. Shorten "
-            f"or remove the review; if a quote on line {start} was left open by mistake, close it and rerun")
+    return (f"{path}: row {row} ({lines}): a field of more than {CSV_FIELD_LIMIT:,} characters; dropped as too_long. "
+            f"Shorten or remove the review; if a quote on line {start} was left open by mistake, close it and rerun")
 
 
 def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dict[str, str] | None) -> Loaded:

@@ -306,7 +306,7 @@ def test_a_csv_quote_that_runs_past_the_field_limit_to_the_end_exits_2_naming_it
                             "1,000-character field limit to the end of the file); remove the quote, or close it")
 
 
-def test_a_csv_review_over_the_field_limit_is_dropped_as_too_long_as_in_json_lines(tmp_path, field_limit_1000):
+def test_a_csv_review_over_the_field_limit_is_dropped_as_too_long_as_in_json_lines(tmp_path, field_limit_1000, capsys):
     """trial 34 F9: a quoted review over the field limit whose quote closes refused the whole file (`line 160: a field
     of more than 16,777,216 characters (a quote that never closes …)`) where JSON Lines drops that review."""
     big = "\n".join(c * 600 for c in "xyz")  # the limit is passed on its second line, the quote closes on its third
@@ -315,10 +315,11 @@ def test_a_csv_review_over_the_field_limit_is_dropped_as_too_long_as_in_json_lin
     res = _run(tmp_path, [src], language=["all"])
     report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
     assert res["counts"]["read"] == 5 and res["counts"]["kept"] == 3 and res["removed"]["too_long"] == 2
-    assert report["rules"]["too_long"]["reasons"] == {"over the fixed 1,000,000-character cap as read": 2}
+    assert report["rules"]["too_long"]["reasons"] == {"over the 1,000-character CSV field limit": 2}  # trial 35 F8
+    assert "2 are over the 1,000-character CSV field limit, which no flag changes" in capsys.readouterr().err.replace("\n", "")
     assert [e["where"] for e in report["rules"]["too_long"]["examples"]] == [f"{src}: row 3", f"{src}: row 8"]
     said = [w for w in report["warnings"] if "field of more than" in w]
-    assert said == [f"{src}: row {n} (line {line}): a field of more than 1,000 characters ({lines}); dropped as "
+    assert said == [f"{src}: row {n} ({lines}): a field of more than 1,000 characters; dropped as "
                     f"too_long. Shorten or remove the review; if a quote on line {line} was left open by mistake, "
                     "close it and rerun" for n, line, lines in ((2, 3, "lines 3-5"), (4, 8, "line 8"))]
     src.write_text(src.read_text() + "Hades,two,fields\n")  # the lines after the skipped ones keep their numbers
