@@ -883,48 +883,69 @@ _GUNZIP_PIECE = 1 << 24
 
 def _gunzip(path: Path, raw: bytes) -> bytes:
     """The gzip data ``raw`` of ``path`` decompressed, when its text fits the memory available to be read whole
-    (:func:`_whole_read_memory`): judged first by the size its trailer records, before any of it is decompressed (a
-    small ``.json.gz`` can hold gigabytes), then, as that size is only a lower bound, as it is decompressed.
+    (:func:`_whole_read_memory`): judged first by the size its trailer records (a small ``.json.gz`` can hold
+    gigabytes), then, as that size is only a lower bound, as it is decompressed. A trailer that says it does not fit
+    is believed once more than fits decompresses (let go of as it comes): a file cut short ends in no trailer.
 
     Raises:
         UserError: a broken gzip stream, or a text that needs more memory than is available.
     """
-    import gzip
-
-    need, free = _whole_read_memory(_isize(raw) if len(raw) >= _GZIP_MIN else 0)
-    if need > free:
+    need, free = _whole_read_memory(_isize(raw, len(raw)) or 0)
+    limit = free // _WHOLE_READ_FACTOR
+    if need > free and _gunzip_pieces(path, raw, limit, keep=False)[1] > limit:
         _refuse_gzip(path, need, free)
-    limit, pieces, size = free // _WHOLE_READ_FACTOR, [], 0
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
-            while size <= limit and (piece := f.read(_GUNZIP_PIECE)):
-                pieces.append(piece)
-                size += len(piece)
-    except (OSError, EOFError, zlib.error) as e:
-        raise UserError(f"{path}: broken gzip file ({e}); re-download or decompress it") from None
+    pieces, size = _gunzip_pieces(path, raw, limit)
     if size > limit:
         _refuse_gzip(path, *_whole_read_memory(size), more=True)
     return b"".join(pieces)
 
 
+def _gunzip_pieces(path: Path, raw: bytes, limit: int, keep: bool = True) -> tuple[list[bytes], int]:
+    """The pieces of ``raw`` decompressed (none unless ``keep``) until more than ``limit`` bytes are, or all of it;
+    and their size.
+
+    Raises:
+        UserError: a broken gzip stream.
+    """
+    import gzip
+
+    pieces, size = [], 0
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            while size <= limit and (piece := f.read(_GUNZIP_PIECE)):
+                pieces += [piece] * keep
+                size += len(piece)
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: broken gzip file ({e}); re-download or decompress it") from None
+    return pieces, size
+
+
 #: the fewest bytes a gzip file has: a 10-byte header and an 8-byte trailer
 _GZIP_MIN = 18
+#: the most bytes deflate's data can decompress to per byte (a 258-byte match in 2 bits): a trailer that records
+#: more than this many times the file's size is no trailer (the file was cut short, or is not gzip)
+_DEFLATE_MAX_RATIO = 1032
 
 
-def _isize(tail: bytes) -> int:
-    """The size of the data that gzip bytes ending in ``tail`` decompress to, as gzip's trailer records it (ISIZE):
-    modulo 2**32, and the last member's alone, so a lower bound."""
-    return int.from_bytes(tail[-4:], "little")
+def _isize(tail: bytes, size: int) -> int | None:
+    """The size that gzip bytes of ``size`` ending in ``tail`` decompress to, as gzip's trailer records it (ISIZE):
+    modulo 2**32, and the last member's alone, so a lower bound; ``None`` for a file too short to have a trailer, or
+    whose last 4 bytes say more than deflate can reach (:data:`_DEFLATE_MAX_RATIO`)."""
+    if size < _GZIP_MIN:
+        return None
+    isize = int.from_bytes(tail[-4:], "little")
+    return isize if isize <= _DEFLATE_MAX_RATIO * size else None
 
 
 def gzip_size(path: Path) -> int | None:
     """:func:`_isize` of ``path`` when gzip's magic bytes start it, read without decompressing it; else ``None``."""
     try:
         with path.open("rb") as f:
-            if f.read(2) != b"\x1f\x8b" or f.seek(0, os.SEEK_END) < _GZIP_MIN:
+            if f.read(2) != b"\x1f\x8b":
                 return None
-            f.seek(-4, os.SEEK_END)
-            return _isize(f.read(4))
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - 4, 0))
+            return _isize(f.read(4), size)
     except OSError:
         return None  # read() names the error
 

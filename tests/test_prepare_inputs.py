@@ -1924,6 +1924,29 @@ def test_a_gz_whose_size_field_says_less_than_it_holds_is_refused_as_it_is_decom
                                    "to read whole, more than the 7.0 MiB available;")
 
 
+def test_a_cut_gz_shows_no_impossible_size_and_is_refused_as_broken(tmp_path, monkeypatch, capsys):
+    """Trial 35 F11: a cut ``.jsonl.gz`` said `at least 3.1 GiB decompressed`, its last 4 bytes read as gzip's size
+    field, more than deflate can make of its bytes; and a cut ``.json.gz`` whose last 4 bytes say a size that could be
+    is refused as broken, not as too big for memory."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    data = json.dumps([{"review": f"Review {i} of a fine game", "app_name": "Hades"} for i in range(3000)]).encode()
+    full = gzip.compress(data)
+    cut = full[:len(full) // 2]
+    src = tmp_path / "in.jsonl.gz"
+    src.write_bytes(cut + (4 * 2**30 - 1).to_bytes(4, "little"))
+    monkeypatch.setattr(prepare_mod, "BIG_INPUT_BYTES", 1)
+    with pytest.raises(UserError, match="broken gzip file"):
+        _run(tmp_path, [src], language=["all"])
+    assert sources.gzip_size(src) is None and f"reading {src} (0.0 MiB) …" in capsys.readouterr().err
+    src = tmp_path / "in.json.gz"
+    src.write_bytes(cut + (3 * len(data)).to_bytes(4, "little"))
+    assert sources.gzip_size(src) == 3 * len(data)
+    monkeypatch.setattr(sources.memory, "available_memory_bytes", lambda: 2 * len(data) * sources._WHOLE_READ_FACTOR)
+    with pytest.raises(UserError, match="broken gzip file"):
+        sources.read(src)
+
+
 def test_a_csv_header_over_the_field_limit_exits_2(tmp_path, field_limit_1000):
     src = _raw(tmp_path / "in.csv", '"review,game\n' + f"{EN[0]}\n" * 20)
     with pytest.raises(UserError) as e:
