@@ -408,9 +408,9 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
     return loaded
 
 
-#: the peak memory of reading a file whole, as a multiple of its (uncompressed) size: a 103 MiB JSON array of
-#: 800,000 short reviews peaks at 759 MiB in :func:`read`
-_WHOLE_READ_FACTOR = 7
+#: the peak memory of a prepare run that reads a file whole, as a multiple of its (uncompressed) size, for reviews of
+#: about 250 bytes a record or more (more records a byte take more: measured in docs/data.md, Known limits)
+_WHOLE_READ_FACTOR = 10
 
 
 def _whole_read_memory(size: int) -> tuple[int, int]:
