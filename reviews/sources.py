@@ -1569,7 +1569,7 @@ class _RowLike:
 
     def __init__(self, delim: str, row_end: str, one_column: bool = False):
         self.delim, self.row_end, self.one_column = delim, row_end, one_column
-        self.rows = self.multi = 0  # rows, and rows whose quoted text runs over a line end
+        self.rows = self.multi = 0  # rows, and (one column) rows whose quoted text runs over a line end
         self.single: list[list[Any]] = []
         self.kinds: list[tuple[set[str], set[str] | None]] | None = None
         self.waiting: list[tuple[int, list[str]]] = []
@@ -1578,7 +1578,7 @@ class _RowLike:
     def add(self, start: int, read: list[str], row: dict[str, Any]) -> None:
         """The row ``row`` that starts on line ``start``; ``read`` are its lines, each with its end."""
         self.rows += 1
-        self.multi += len(read) > 1 and csvquotes.opening_line(_bodies(read), start) is not None
+        self.multi += self.one_column and len(read) > 1 and csvquotes.opening_line(_bodies(read), start) is not None
         if len(read) == 1 and self.kinds is None:
             self.single.append(list(row.values()))
             if len(self.single) == csvquotes.SAMPLE:
