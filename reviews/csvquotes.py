@@ -13,7 +13,9 @@ what it can, from how the swallowed lines look (our own rule, as no CSV library 
   hold in each column (:func:`column_kinds`). A review's own lines can look the same (``Graphics, 9/10``
   in a review of a file of many games), so the caller only warns, naming the lines, and keeps the text.
   A line that ends otherwise than the rows do is a cell's own line, never a swallowed row: Excel and Google
-  Sheets end rows with CRLF and a cell's lines with LF.
+  Sheets end rows with CRLF and a cell's lines with LF;
+* in a table of one column every line reads as a row (:func:`one_column_rows`), so there the caller warns only
+  where multi-line texts are rare in the file, and never of a text whose blank line makes it paragraphs.
 """
 
 from __future__ import annotations
@@ -121,3 +123,14 @@ def swallowed_rows(lines: list[str], start: int, delim: str, kinds: list[tuple[s
     """The line numbers of a record's inner lines (``lines`` begin on line ``start``; its first and last
     line left out) that look like rows (:func:`looks_like_row`); ``[]`` when none does."""
     return [start + 1 + i for i, line in enumerate(lines[1:-1]) if looks_like_row(line, delim, kinds)]
+
+
+def one_column_rows(lines: list[str], start: int) -> list[int]:
+    """The line numbers of a record's inner lines in a table of one column, where each reads as a row of its own
+    (``lines`` begin on line ``start``; the blank lines before the record, which ``csv`` skips, and its first and last
+    line left out); ``[]`` when a blank line among them makes the text a review's paragraphs."""
+    lead = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    inner = lines[lead + 1:-1]
+    if any(not line.strip() for line in inner):
+        return []
+    return [start + lead + 1 + i for i in range(len(inner))]

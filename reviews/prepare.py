@@ -278,6 +278,12 @@ def _cap_reason() -> str:
     return f"over the fixed {RAW_CHARS_CAP:,}-character cap as read"
 
 
+def _field_reason() -> str:
+    """The ``too_long`` reason of a CSV record with a field over :data:`sources.CSV_FIELD_LIMIT` (not read), which no
+    flag changes."""
+    return f"over the {sources.CSV_FIELD_LIMIT:,}-character CSV field limit"
+
+
 def _raw_input(r: Review) -> tuple[Any, ...]:
     """What the per-record rules read of a record: two records with equal ones get the same cleaned text, language and
     length and are removed by the same rule for the same reason (``where`` only labels the report's examples; ``tags``,
@@ -412,9 +418,9 @@ class _Rules:
     def _oversize(self, r: Review) -> str | None:
         """``too_long`` before any rule reads the text, for a text far longer than the length bounds let through
         (:func:`raw_limit`): every rule costs time and memory in proportion to a text's length. A CSV record with a
-        field over the CSV field limit (``over_limit``, not read) is over the fixed cap too."""
+        field over the CSV field limit (``over_limit``, not read) is dropped for it."""
         if r.over_limit:
-            return self._drop("too_long", r, _cap_reason())
+            return self._drop("too_long", r, _field_reason())
         limit = raw_limit(self.cfg)
         if len(r.text) > limit:
             return self._drop("too_long", r, _cap_reason() if _capped(self.cfg) else f"over {limit:,} characters as read")
@@ -1080,7 +1086,7 @@ def _big_rule_fix(name: str, st: _Stat) -> str:
         return ("they have no app id (none in the records or the file name), so --app_name APPID=NAME cannot "
                 "name them: pass --app_name NAME (one game), or --appid ID with it, put the id in the file name "
                 "(review_440.json), or --drop_unknown_game False")
-    if name == "too_long" and st.reasons[_cap_reason()]:
+    if name == "too_long" and (st.reasons[_cap_reason()] or st.reasons[_field_reason()]):
         return _cap_fix(st)
     said = [_KEPT_ONCE[reason](n) for reason, n in st.reasons.items() if reason in _KEPT_ONCE and n] \
         if name == "exact_duplicate" else []
@@ -1114,10 +1120,12 @@ _KEPT_ONCE = {
 
 
 def _cap_fix(st: _Stat) -> str:
-    """What to do about ``too_long`` removals over :data:`RAW_CHARS_CAP`: split the text; the flags for the others."""
-    cap = st.reasons[_cap_reason()]
-    said = f"{'it is' if cap == 1 else f'{cap:,} are'} {_cap_reason()}, which no flag changes: split the text"
-    rest = st.removed - cap
+    """What to do about ``too_long`` removals over :data:`RAW_CHARS_CAP` or the CSV field limit: split the text; the
+    flags for the others."""
+    fixed = [(st.reasons[r], r) for r in (_cap_reason(), _field_reason()) if st.reasons[r]]
+    said = "; ".join(f"{'it is' if n == 1 else f'{n:,} are'} {r}" for n, r in fixed)
+    said += ", which no flag changes: split the text"
+    rest = st.removed - sum(n for n, _ in fixed)
     return said + (f"; for the other {rest:,}, change it with {FLAGS['too_long']}" if rest else "")
 
 

@@ -410,9 +410,9 @@ def read(path: Path, tag_language: str = "zh", encoding: str = "utf-8", columns:
     return loaded
 
 
-#: the peak memory of reading a file whole, as a multiple of its (uncompressed) size: a 103 MiB JSON array of
-#: 800,000 short reviews peaks at 759 MiB in :func:`read`
-_WHOLE_READ_FACTOR = 7
+#: the peak memory of a prepare run that reads a file whole, as a multiple of its (uncompressed) size, for reviews of
+#: about 250 bytes a record or more (more records a byte take more: measured in docs/data.md, Known limits)
+_WHOLE_READ_FACTOR = 10
 
 
 def _whole_read_memory(size: int) -> tuple[int, int]:
@@ -885,48 +885,69 @@ _GUNZIP_PIECE = 1 << 24
 
 def _gunzip(path: Path, raw: bytes) -> bytes:
     """The gzip data ``raw`` of ``path`` decompressed, when its text fits the memory available to be read whole
-    (:func:`_whole_read_memory`): judged first by the size its trailer records, before any of it is decompressed (a
-    small ``.json.gz`` can hold gigabytes), then, as that size is only a lower bound, as it is decompressed.
+    (:func:`_whole_read_memory`): judged first by the size its trailer records (a small ``.json.gz`` can hold
+    gigabytes), then, as that size is only a lower bound, as it is decompressed. A trailer that says it does not fit
+    is believed once more than fits decompresses (let go of as it comes): a file cut short ends in no trailer.
 
     Raises:
         UserError: a broken gzip stream, or a text that needs more memory than is available.
     """
-    import gzip
-
-    need, free = _whole_read_memory(_isize(raw) if len(raw) >= _GZIP_MIN else 0)
-    if need > free:
+    need, free = _whole_read_memory(_isize(raw, len(raw)) or 0)
+    limit = free // _WHOLE_READ_FACTOR
+    if need > free and _gunzip_pieces(path, raw, limit, keep=False)[1] > limit:
         _refuse_gzip(path, need, free)
-    limit, pieces, size = free // _WHOLE_READ_FACTOR, [], 0
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
-            while size <= limit and (piece := f.read(_GUNZIP_PIECE)):
-                pieces.append(piece)
-                size += len(piece)
-    except (OSError, EOFError, zlib.error) as e:
-        raise UserError(f"{path}: broken gzip file ({e}); re-download or decompress it") from None
+    pieces, size = _gunzip_pieces(path, raw, limit)
     if size > limit:
         _refuse_gzip(path, *_whole_read_memory(size), more=True)
     return b"".join(pieces)
 
 
+def _gunzip_pieces(path: Path, raw: bytes, limit: int, keep: bool = True) -> tuple[list[bytes], int]:
+    """The pieces of ``raw`` decompressed (none unless ``keep``) until more than ``limit`` bytes are, or all of it;
+    and their size.
+
+    Raises:
+        UserError: a broken gzip stream.
+    """
+    import gzip
+
+    pieces, size = [], 0
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            while size <= limit and (piece := f.read(_GUNZIP_PIECE)):
+                pieces += [piece] * keep
+                size += len(piece)
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: broken gzip file ({e}); re-download or decompress it") from None
+    return pieces, size
+
+
 #: the fewest bytes a gzip file has: a 10-byte header and an 8-byte trailer
 _GZIP_MIN = 18
+#: the most bytes deflate's data can decompress to per byte (a 258-byte match in 2 bits): a trailer that records
+#: more than this many times the file's size is no trailer (the file was cut short, or is not gzip)
+_DEFLATE_MAX_RATIO = 1032
 
 
-def _isize(tail: bytes) -> int:
-    """The size of the data that gzip bytes ending in ``tail`` decompress to, as gzip's trailer records it (ISIZE):
-    modulo 2**32, and the last member's alone, so a lower bound."""
-    return int.from_bytes(tail[-4:], "little")
+def _isize(tail: bytes, size: int) -> int | None:
+    """The size that gzip bytes of ``size`` ending in ``tail`` decompress to, as gzip's trailer records it (ISIZE):
+    modulo 2**32, and the last member's alone, so a lower bound; ``None`` for a file too short to have a trailer, or
+    whose last 4 bytes say more than deflate can reach (:data:`_DEFLATE_MAX_RATIO`)."""
+    if size < _GZIP_MIN:
+        return None
+    isize = int.from_bytes(tail[-4:], "little")
+    return isize if isize <= _DEFLATE_MAX_RATIO * size else None
 
 
 def gzip_size(path: Path) -> int | None:
     """:func:`_isize` of ``path`` when gzip's magic bytes start it, read without decompressing it; else ``None``."""
     try:
         with path.open("rb") as f:
-            if f.read(2) != b"\x1f\x8b" or f.seek(0, os.SEEK_END) < _GZIP_MIN:
+            if f.read(2) != b"\x1f\x8b":
                 return None
-            f.seek(-4, os.SEEK_END)
-            return _isize(f.read(4))
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - 4, 0))
+            return _isize(f.read(4), size)
     except OSError:
         return None  # read() names the error
 
@@ -1298,15 +1319,14 @@ def _over_limit(path: Path, src: _RowLines, row: int, start: int, line_num: int)
         UserError: when the record's quote never closes (the file ends inside it).
     """
     skipped = src.skip_record()
-    where = f"{path}: row {row} (line {start})"
     if skipped is None:
-        raise UserError(f"{where}: a double quote opens a text that never closes (it runs past the "
-                        f"{CSV_FIELD_LIMIT:,}-character field limit to the end of the file); remove the quote, or "
-                        "close it")
+        raise UserError(f"{path}: row {row} (line {start}): a double quote opens a text that never closes (it runs "
+                        f"past the {CSV_FIELD_LIMIT:,}-character field limit to the end of the file); remove the quote, "
+                        "or close it")
     end = line_num + skipped
     lines = f"lines {start}-{end}" if end > start else f"line {start}"
-    return (f"{where}: a field of more than {CSV_FIELD_LIMIT:,} characters ({lines}); dropped as too_long. Shorten "
-            f"or remove the review; if a quote on line {start} was left open by mistake, close it and rerun")
+    return (f"{path}: row {row} ({lines}): a field of more than {CSV_FIELD_LIMIT:,} characters; dropped as too_long. "
+            f"Shorten or remove the review; if a quote on line {start} was left open by mistake, close it and rerun")
 
 
 def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dict[str, str] | None) -> Loaded:
@@ -1338,7 +1358,7 @@ def _read_csv(path: Path, chunks: Iterable[str], tag_language: str, columns: dic
     if not columns and not any(columns_mod.field_of(c) == "review" for c in cols):
         _refuse_title_rows(path, _bodies(src.kept + src.ahead(10))[1:10], delim)
     rows, over, said, headers, last, span = [], [], [], 0, [], (0, 0)
-    rowlike = _RowLike(delim, _end(src.take()[-1]))
+    rowlike = _RowLike(delim, _end(src.take()[-1]), one_column=len(cols) == 1)
     start = reader.line_num + 1  # the line the next row starts on (a row is named by it)
     for row in _rows(path, reader, lambda: start, src):
         if isinstance(row, str):
@@ -1539,16 +1559,21 @@ def _refuse_unclosed_quote(path: Path, lines: list[str], last: tuple[int, int], 
 
 #: how many records with row-like lines are named one by one; the rest are counted in one more warning
 _ROWLIKE_SHOWN = 5
+#: a one-column file's multi-line texts are warned of only when at most one row in this many (or one row) runs over
+#: several lines: where multi-line reviews are the file's way, a stray quote's text cannot be told from them
+_ONE_COLUMN_RARE = 50
 
 
 class _RowLike:
     """The multi-line texts of a CSV whose inner lines look like rows of the file (a quote left open and closed by a
     later stray quote, or a review that lists ``Graphics, 9/10``: see :mod:`steam_persona.reviews.csvquotes`), found
     row by row as the file is read: a row of several lines waits only until the columns' kinds are learnt from the
-    first :data:`~steam_persona.reviews.csvquotes.SAMPLE` single-line rows. ``row_end`` is how the header's line ends."""
+    first :data:`~steam_persona.reviews.csvquotes.SAMPLE` single-line rows. ``row_end`` is how the header's line ends.
+    In a file of ``one_column`` every line reads as a row (:func:`csvquotes.one_column_rows`)."""
 
-    def __init__(self, delim: str, row_end: str):
-        self.delim, self.row_end = delim, row_end
+    def __init__(self, delim: str, row_end: str, one_column: bool = False):
+        self.delim, self.row_end, self.one_column = delim, row_end, one_column
+        self.rows = self.multi = 0  # rows, and (one column) rows whose quoted text runs over a line end
         self.single: list[list[Any]] = []
         self.kinds: list[tuple[set[str], set[str] | None]] | None = None
         self.waiting: list[tuple[int, list[str]]] = []
@@ -1556,6 +1581,8 @@ class _RowLike:
 
     def add(self, start: int, read: list[str], row: dict[str, Any]) -> None:
         """The row ``row`` that starts on line ``start``; ``read`` are its lines, each with its end."""
+        self.rows += 1
+        self.multi += self.one_column and len(read) > 1 and csvquotes.opening_line(_bodies(read), start) is not None
         if len(read) == 1 and self.kinds is None:
             self.single.append(list(row.values()))
             if len(self.single) == csvquotes.SAMPLE:
@@ -1574,8 +1601,9 @@ class _RowLike:
 
     def _check(self, start: int, read: list[str]) -> None:
         lines = [line.rstrip("\r\n") for line in read]
-        inner = [n for n in csvquotes.swallowed_rows(lines, start, self.delim, self.kinds or [])
-                 if _end(read[n - start]) == self.row_end]
+        rowlike = (csvquotes.one_column_rows(lines, start) if self.one_column
+                   else csvquotes.swallowed_rows(lines, start, self.delim, self.kinds or []))
+        inner = [n for n in rowlike if _end(read[n - start]) == self.row_end]
         if inner:
             self.found.append((csvquotes.opening_line(lines, start) or start, inner))
 
@@ -1583,9 +1611,13 @@ class _RowLike:
         """One warning per text found (the first :data:`_ROWLIKE_SHOWN`, then their count); the texts are kept."""
         if self.kinds is None and self.waiting:
             self._learn()
-        found = self.found
+        found, why = self.found, ""
+        if self.one_column:
+            if self.multi > max(1, self.rows // _ONE_COLUMN_RARE):
+                return []
+            why = f" (one column, and {self.multi:,} of its {self.rows:,} rows run{'s' * (self.multi == 1)} over several lines)"
         out = [f"{path}: line {a}: a quoted text runs on over line{'s' * (len(inner) > 1)} {_ranges(inner)}, "
-               f"which look{'s' * (len(inner) == 1)} like {'rows' if len(inner) > 1 else 'a row'} of the file; kept "
+               f"which look{'s' * (len(inner) == 1)} like {'rows' if len(inner) > 1 else 'a row'} of the file{why}; kept "
                f"as that review's text. If the quote on line {a} was left open by mistake, close or remove it (a quote "
                f"inside a quoted text is doubled: \"\") and rerun prepare" for a, inner in found[:_ROWLIKE_SHOWN]]
         if len(found) > _ROWLIKE_SHOWN:

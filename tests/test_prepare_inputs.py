@@ -307,7 +307,7 @@ def test_a_csv_quote_that_runs_past_the_field_limit_to_the_end_exits_2_naming_it
                             "1,000-character field limit to the end of the file); remove the quote, or close it")
 
 
-def test_a_csv_review_over_the_field_limit_is_dropped_as_too_long_as_in_json_lines(tmp_path, field_limit_1000):
+def test_a_csv_review_over_the_field_limit_is_dropped_as_too_long_as_in_json_lines(tmp_path, field_limit_1000, capsys):
     """trial 34 F9: a quoted review over the field limit whose quote closes refused the whole file (`line 160: a field
     of more than 16,777,216 characters (a quote that never closes …)`) where JSON Lines drops that review."""
     big = "\n".join(c * 600 for c in "xyz")  # the limit is passed on its second line, the quote closes on its third
@@ -316,10 +316,11 @@ def test_a_csv_review_over_the_field_limit_is_dropped_as_too_long_as_in_json_lin
     res = _run(tmp_path, [src], language=["all"])
     report = json.loads(Path(res["report"]).read_text(encoding="utf-8"))
     assert res["counts"]["read"] == 5 and res["counts"]["kept"] == 3 and res["removed"]["too_long"] == 2
-    assert report["rules"]["too_long"]["reasons"] == {"over the fixed 1,000,000-character cap as read": 2}
+    assert report["rules"]["too_long"]["reasons"] == {"over the 1,000-character CSV field limit": 2}  # trial 35 F8
+    assert "2 are over the 1,000-character CSV field limit, which no flag changes" in capsys.readouterr().err.replace("\n", "")
     assert [e["where"] for e in report["rules"]["too_long"]["examples"]] == [f"{src}: row 3", f"{src}: row 8"]
     said = [w for w in report["warnings"] if "field of more than" in w]
-    assert said == [f"{src}: row {n} (line {line}): a field of more than 1,000 characters ({lines}); dropped as "
+    assert said == [f"{src}: row {n} ({lines}): a field of more than 1,000 characters; dropped as "
                     f"too_long. Shorten or remove the review; if a quote on line {line} was left open by mistake, "
                     "close it and rerun" for n, line, lines in ((2, 3, "lines 3-5"), (4, 8, "line 8"))]
     src.write_text(src.read_text() + "Hades,two,fields\n")  # the lines after the skipped ones keep their numbers
@@ -974,6 +975,35 @@ def test_a_stray_quote_closed_by_a_later_one_is_kept_and_warned_naming_its_lines
     outs, warnings = _read_warned(tmp_path, realigned, "four.csv")
     assert len(outs) == 7 and warnings[0].startswith(f"{tmp_path / 'four.csv'}: line 8: a quoted text runs on over "
                                                      "lines 9-10, which look like rows")
+
+
+def test_a_stray_quote_in_a_one_column_csv_warns_naming_the_lines_it_took(tmp_path):
+    """Trial 35 F7: a file of only a ``review`` column, a quote opening line 6 closed by a review ending in ``"`` on
+    line 9: every line of one column reads as a row, and the file's other rows are one line each, so it warns."""
+    lines = [f"Review number {i} of this fine game with a few words." for i in range(12)]
+    lines[4], lines[7] = '"' + lines[4], lines[7] + '"'
+    outs, warnings = _read_warned(tmp_path, "review\n" + "\n".join(lines) + "\n")
+    assert len(outs) == 9 and "\n".join(lines[4:8]).strip('"') in outs
+    assert warnings == [f"{tmp_path / 'in.csv'}: line 6: a quoted text runs on over lines 7-8, which look like rows of "
+                        "the file (one column, and 1 of its 9 rows runs over several lines); " + _ROWLIKE.format(6)]
+
+
+def test_multi_line_reviews_in_a_one_column_csv_are_read_whole_without_a_warning(tmp_path):
+    """A review of paragraphs (a blank line between them), and a file where reviews of several lines are common, are
+    no stray quote."""
+    paragraphs = "Worth every cent.\n\nThe combat is tight.\nThe story is thin.\n\nBuy it on sale."
+    rows = [["review"]] + [[f"Review number {i} of this fine game."] for i in range(30)]
+    rows[5] = [paragraphs]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    outs, warnings = _read_warned(tmp_path, buf.getvalue())
+    assert paragraphs in outs and len(outs) == 30 and warnings == []
+    lists = [[f"Review {i}.\nPros: the music.\nCons: the length.\nA fine game." if i % 3 == 0 else f"Review {i}."]
+             for i in range(30)]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["review"]] + lists)
+    outs, warnings = _read_warned(tmp_path, buf.getvalue(), "lists.csv")
+    assert outs == [r[0] for r in lists] and warnings == []
 
 
 def test_an_excel_sep_hint_line_sets_the_separator_and_is_skipped(tmp_path):
@@ -1805,14 +1835,14 @@ def test_lines_up_to_the_cap_and_quoted_csv_texts_longer_than_it_read_as_before(
 def test_a_file_read_whole_with_more_memory_than_available_says_so_first(tmp_path, monkeypatch, capsys):
     from steam_persona.common import memory
     doc = _raw(tmp_path / "doc.json", json.dumps([{"review": t, "voted_up": True} for t in EN]))
-    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 7 * doc.stat().st_size)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: sources._WHOLE_READ_FACTOR * doc.stat().st_size)
     assert [r.text for r in sources.read(doc).reviews] == EN and "read whole" not in capsys.readouterr().err
     monkeypatch.setattr(memory, "available_memory_bytes", lambda: 2**30 // 10)
     doc.write_text(json.dumps([{"review": "x" * 2**25, "voted_up": True}]), encoding="utf-8")
     sources.read(doc)
     err = capsys.readouterr().err.replace("\n", "")
     assert f"note {doc}: read whole (32 MiB: a JSON document, another encoding than UTF-8 or Parquet), which takes " \
-        "about 0.2 GiB of memory, more than the 0.1 GiB available; if prepare is killed, convert it to UTF-8 JSON " \
+        "about 0.3 GiB of memory, more than the 0.1 GiB available; if prepare is killed, convert it to UTF-8 JSON " \
         "Lines, which is read a line at a time" in err
     jsonl = _raw(tmp_path / "r.jsonl", "\n".join(_review_lines(3)) + "\n")
     assert len(sources.read(jsonl).reviews) == 3 and "read whole" not in capsys.readouterr().err
@@ -1995,23 +2025,46 @@ def test_a_gz_read_whole_shows_its_decompressed_size_and_is_refused_when_it_cann
     monkeypatch.setattr(prepare_mod, "BIG_INPUT_BYTES", 2**20)
     _run(tmp_path, [src], language=["all"], app_name="Hades")
     assert f"reading {src} (0.0 MiB, at least 3.0 MiB decompressed) …" in capsys.readouterr().err
-    monkeypatch.setattr(sources.memory, "available_memory_bytes", lambda: 7 * 2**20)
+    monkeypatch.setattr(sources.memory, "available_memory_bytes", lambda: 10 * 2**20)
     with pytest.raises(UserError) as e:
         sources.read(src)
-    assert str(e.value) == (f"{src}: 3.0 MiB once decompressed, which takes about 21.0 MiB of memory to read whole, "
-                            "more than the 7.0 MiB available; decompress it and convert it to UTF-8 JSON Lines (read a "
+    assert str(e.value) == (f"{src}: 3.0 MiB once decompressed, which takes about 30.0 MiB of memory to read whole, "
+                            "more than the 10.0 MiB available; decompress it and convert it to UTF-8 JSON Lines (read a "
                             "line at a time), or free memory and rerun")
 
 
 def test_a_gz_whose_size_field_says_less_than_it_holds_is_refused_as_it_is_decompressed(tmp_path, monkeypatch):
     """gzip records the size of its last member only (and modulo 2**32): the bound holds as the data is read."""
-    monkeypatch.setattr(sources.memory, "available_memory_bytes", lambda: 7 * 2**20)
+    monkeypatch.setattr(sources.memory, "available_memory_bytes", lambda: 10 * 2**20)
     monkeypatch.setattr(sources, "_GUNZIP_PIECE", 2**18)
     src = _gz_array(tmp_path / "in.json.gz", [3 * 2**20], [10])
     with pytest.raises(UserError) as e:
         sources.read(src)
-    assert str(e.value).startswith(f"{src}: more than 1.2 MiB once decompressed, which takes about 8.8 MiB of memory "
-                                   "to read whole, more than the 7.0 MiB available;")
+    assert str(e.value).startswith(f"{src}: more than 1.2 MiB once decompressed, which takes about 12.5 MiB of memory "
+                                   "to read whole, more than the 10.0 MiB available;")
+
+
+def test_a_cut_gz_shows_no_impossible_size_and_is_refused_as_broken(tmp_path, monkeypatch, capsys):
+    """Trial 35 F11: a cut ``.jsonl.gz`` said `at least 3.1 GiB decompressed`, its last 4 bytes read as gzip's size
+    field, more than deflate can make of its bytes; and a cut ``.json.gz`` whose last 4 bytes say a size that could be
+    is refused as broken, not as too big for memory."""
+    from steam_persona.reviews import prepare as prepare_mod
+
+    data = json.dumps([{"review": f"Review {i} of a fine game", "app_name": "Hades"} for i in range(3000)]).encode()
+    full = gzip.compress(data)
+    cut = full[:len(full) // 2]
+    src = tmp_path / "in.jsonl.gz"
+    src.write_bytes(cut + (4 * 2**30 - 1).to_bytes(4, "little"))
+    monkeypatch.setattr(prepare_mod, "BIG_INPUT_BYTES", 1)
+    with pytest.raises(UserError, match="broken gzip file"):
+        _run(tmp_path, [src], language=["all"])
+    assert sources.gzip_size(src) is None and f"reading {src} (0.0 MiB) …" in capsys.readouterr().err
+    src = tmp_path / "in.json.gz"
+    src.write_bytes(cut + (3 * len(data)).to_bytes(4, "little"))
+    assert sources.gzip_size(src) == 3 * len(data)
+    monkeypatch.setattr(sources.memory, "available_memory_bytes", lambda: 2 * len(data) * sources._WHOLE_READ_FACTOR)
+    with pytest.raises(UserError, match="broken gzip file"):
+        sources.read(src)
 
 
 def test_a_csv_header_over_the_field_limit_exits_2(tmp_path, field_limit_1000):
