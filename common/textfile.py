@@ -168,10 +168,11 @@ def _hangul_share(text: str) -> float:
 
 
 def _cyrillic_share(text: str) -> float:
-    """The share of ``text``'s non-ASCII characters in Cyrillic words (:data:`_CYRILLIC_WORD`, with a vowel unless
-    one letter long) between non-letters: Russian or Ukrainian text. CJK bytes read as Windows-1251 give Cyrillic
-    letters too, but in runs of mixed case, and Windows-1252 accents give them inside Latin words."""
-    words = [w for w in _CYRILLIC_WORD.findall(text) if len(w) == 1 or _CYRILLIC_VOWELS.intersection(w.lower())]
+    """The share of ``text``'s non-ASCII characters in Cyrillic words (:data:`_CYRILLIC_WORD`) of two letters or more
+    with a vowel, between non-letters: Russian or Ukrainian text. CJK bytes read as Windows-1251 give Cyrillic
+    letters too, but in runs of mixed case; Windows-1252 accents give them inside Latin words, or as one-letter words
+    (Portuguese "é" reads as "й")."""
+    words = [w for w in _CYRILLIC_WORD.findall(text) if len(w) > 1 and _CYRILLIC_VOWELS.intersection(w.lower())]
     return sum(map(len, words)) / max(1, len(_NON_ASCII.findall(text)))
 
 
