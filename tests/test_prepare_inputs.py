@@ -1872,6 +1872,13 @@ def test_a_file_mixing_utf8_and_gbk_lines_is_said_to_mix_them(tmp_path, flag, wh
         "-t utf-8` does, or remove them"), r.output
 
 
+def test_one_letter_words_in_cp1252_are_not_taken_for_cp1251(tmp_path):
+    """Portuguese "é" read as Windows-1251 is "й", a one-letter Cyrillic word."""
+    with pytest.raises(UserError) as e:
+        decode(tmp_path / "in.csv", "review\nO jogo é bom e a história é boa, é sim\n".encode("cp1252"), "utf-8")
+    assert "cp1251" not in str(e.value)
+
+
 def test_random_bytes_get_no_encoding_hint(tmp_path):
     raw = random.Random(1).randbytes(300)
     with pytest.raises(UserError) as e:
