@@ -53,6 +53,9 @@ _HIGH_BYTE = re.compile(rb"[\x80-\xff]")
 #: katakana, which GBK's lead bytes become in Shift-JIS)
 _CJK = re.compile("[\u3000-\u30ff\u4e00-\u9fff\uff01-\uff5e]")
 _HANGUL = re.compile("[\uac00-\ud7a3]")
+#: a Cyrillic word, lower case, capitalised or upper case, with no letter on either side
+_CYRILLIC_WORD = re.compile(r"(?<![^\W\d_])(?:[\u0400-\u042f]?[\u0430-\u045f]+|[\u0400-\u042f]+)(?![^\W\d_])")
+_CYRILLIC_VOWELS = frozenset("аеёиоуыэюяіїєў")
 #: the lines holding non-ASCII bytes that are read to tell the encoding: this many bytes of them is enough
 _SAMPLE_BYTES = 1 << 18
 #: fewer Hangul syllables than this may be GBK text whose lead bytes fell in Hangul's range by chance
@@ -62,27 +65,69 @@ _KOREAN_COMMON = frozenset("이가은는을를의에도고다요하지서게한�
 
 
 def _hint(raw: bytes) -> str:
-    """How to read bytes that are not UTF-8: a UTF-16 byte-order mark says so; otherwise the legacy encoding
-    (:data:`_CANDIDATES`) whose strict decoding of the lines holding non-ASCII bytes looks most like its script,
-    judged by the non-ASCII characters alone, so that a mostly English file with a few Chinese names is as GBK as a
-    Chinese one."""
+    """How to read bytes that are not UTF-8: a UTF-16 byte-order mark says so; a file whose lines are UTF-8 and
+    one legacy encoding says that it mixes them (:func:`_mixed_hint`); otherwise the legacy encoding
+    (:func:`_guess`) of the lines holding non-ASCII bytes."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "it starts with a UTF-16 byte-order mark; pass --encoding utf-16"
-    sample = _non_ascii_lines(raw)
-    scores = {codec: _score(sample, codec, share) for codec, (_, share) in _CANDIDATES.items()}
+    lines = _non_ascii_lines(raw)
+    mixed = _mixed_hint(raw, lines)
+    if mixed:
+        return mixed
+    best = _guess(b"\n".join(line for _, line in lines))
+    if best is None:
+        return "re-save it as UTF-8 or pass the right --encoding"
+    looks, flag, _ = _CANDIDATES[best]
+    return f"it looks {looks}; re-save it as UTF-8 or pass --encoding {flag}"
+
+
+def _guess(sample: bytes) -> str | None:
+    """The legacy encoding (:data:`_CANDIDATES`) whose strict decoding of ``sample`` looks most like its script,
+    judged by the non-ASCII characters alone, so that a mostly English file with a few Chinese names is as GBK as a
+    Chinese one; ``None`` when none looks like it."""
+    scores = {codec: _score(sample, codec, share) for codec, (_, _, share) in _CANDIDATES.items()}
     best = max(scores, key=scores.get)
-    return _CANDIDATES[best][0] if scores[best] > 0.5 else "re-save it as UTF-8 or pass the right --encoding"
+    return best if scores[best] > 0.5 else None
 
 
-def _non_ascii_lines(raw: bytes) -> bytes:
-    """The lines of ``raw`` that hold a non-ASCII byte, up to about :data:`_SAMPLE_BYTES` of them."""
+def _mixed_hint(raw: bytes, lines: list[tuple[int, bytes]]) -> str | None:
+    """The hint for a file whose non-ASCII ``lines`` (:func:`_non_ascii_lines`) are partly UTF-8 and partly a legacy
+    encoding (rows appended from another export), which no single ``--encoding`` reads; ``None`` when the file
+    does not look so: the lines that are valid UTF-8 must not look like the legacy encoding too, as a few GBK
+    characters may be valid UTF-8 by chance."""
+    utf8, other = [], []
+    for start, line in lines:
+        (other if _undecodable(line, "utf-8") else utf8).append((start, line))
+    if not utf8 or not other:
+        return None
+    best = _guess(b"\n".join(line for _, line in other))
+    if best is None or _score(b"\n".join(line for _, line in utf8), best, _CANDIDATES[best][2]) > 0.5:
+        return None
+    first_utf8, first_other = (raw.count(b"\n", 0, group[0][0]) + 1 for group in (utf8, other))
+    looks, flag, _ = _CANDIDATES[best]
+    return (f"the file mixes encodings: line {first_utf8} is UTF-8, line {first_other} looks {looks}, and no single "
+            f"--encoding reads both; convert the lines that are not UTF-8 (from line {first_other}) to UTF-8, as "
+            f"`iconv -f {flag} -t utf-8` does, or remove them")
+
+
+def _undecodable(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _non_ascii_lines(raw: bytes) -> list[tuple[int, bytes]]:
+    """The lines of ``raw`` that hold a non-ASCII byte, each with its offset, up to about :data:`_SAMPLE_BYTES` of
+    them."""
     lines, size, pos = [], 0, 0
     while size < _SAMPLE_BYTES and (m := _HIGH_BYTE.search(raw, pos)):
         start, end = raw.rfind(b"\n", 0, m.start()) + 1, raw.find(b"\n", m.start())
         pos = len(raw) if end < 0 else end
-        lines.append(raw[start:pos])
+        lines.append((start, raw[start:pos]))
         size += pos - start
-    return b"\n".join(lines)
+    return lines
 
 
 def _score(raw: bytes, encoding: str, share: Callable[[str], float]) -> float:
@@ -122,6 +167,15 @@ def _hangul_share(text: str) -> float:
     return len(hangul) / max(1, len(_NON_ASCII.findall(text)))
 
 
+def _cyrillic_share(text: str) -> float:
+    """The share of ``text``'s non-ASCII characters in Cyrillic words (:data:`_CYRILLIC_WORD`) of two letters or more
+    with a vowel, between non-letters: Russian or Ukrainian text. CJK bytes read as Windows-1251 give Cyrillic
+    letters too, but in runs of mixed case; Windows-1252 accents give them inside Latin words, or as one-letter words
+    (Portuguese "é" reads as "й")."""
+    words = [w for w in _CYRILLIC_WORD.findall(text) if len(w) > 1 and _CYRILLIC_VOWELS.intersection(w.lower())]
+    return sum(map(len, words)) / max(1, len(_NON_ASCII.findall(text)))
+
+
 def _latin_share(text: str) -> float:
     """The share of ``text``'s non-ASCII characters that read as Western text (:func:`_latin_like`): English from
     Excel or Notepad (``It’s``, ``“best”``, ``café``); Chinese read as Windows-1252 gives runs of accented letters
@@ -139,18 +193,16 @@ def _latin_like(text: str, i: int) -> bool:
     return text[i] in _CP1252_PUNCT and all(c.isascii() for c in around)
 
 
-#: each candidate encoding's hint and how much its decoding looks like its script (0 to 1), in the order that breaks
-#: a tie: Korean read as GB18030 is all GB2312 characters too, and Windows-1252 text can read as Shift-JIS ideographs
-_CANDIDATES: dict[str, tuple[str, Callable[[str], float]]] = {
-    "cp949": ("it looks EUC-KR/CP949-encoded (Korean Windows); re-save it as UTF-8 or pass --encoding cp949",
-              _hangul_share),
-    "gb18030": ("it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk", _gb2312_share),
-    "cp1252": ("it looks Windows-1252 / Latin-1 (Excel on Western Windows); re-save it as UTF-8 or pass "
-               "--encoding cp1252", _latin_share),
-    "cp932": ("it looks Shift-JIS-encoded (Japanese Windows); re-save it as UTF-8 or pass --encoding cp932",
-              _cjk_share),
-    "cp950": ("it looks Big5-encoded (Traditional Chinese Windows); re-save it as UTF-8 or pass --encoding cp950",
-              _cjk_share),
+#: each candidate encoding: what it looks like, the --encoding that reads it, and how much its decoding looks like
+#: its script (0 to 1); in the order that breaks a tie: Korean read as GB18030 is all GB2312 characters too, and
+#: Windows-1252 text can read as Shift-JIS ideographs
+_CANDIDATES: dict[str, tuple[str, str, Callable[[str], float]]] = {
+    "cp949": ("EUC-KR/CP949-encoded (Korean Windows)", "cp949", _hangul_share),
+    "gb18030": ("GBK/GB18030-encoded", "gbk", _gb2312_share),
+    "cp1252": ("Windows-1252 / Latin-1 (Excel on Western Windows)", "cp1252", _latin_share),
+    "cp932": ("Shift-JIS-encoded (Japanese Windows)", "cp932", _cjk_share),
+    "cp950": ("Big5-encoded (Traditional Chinese Windows)", "cp950", _cjk_share),
+    "cp1251": ("Windows-1251-encoded (Cyrillic Windows, e.g. Russian Excel)", "cp1251", _cyrillic_share),
 }
 
 

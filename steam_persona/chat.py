@@ -10,11 +10,13 @@ Two back ends:
 What the user types is text on both: a typed ``<|im_end|>`` is characters, never a control token
 (:mod:`steam_persona.common.chat_contents`, as serve and training tokenize contents).
 
-Commands at the prompt: ``clear`` forgets the history, ``exit`` (or EOF) quits; each also with a leading ``/``.
-Ctrl-C stops an answer; at the prompt it ends the chat (exit 130). The oldest turns leave the history when
-prompt + ``--max_new_tokens`` would not fit the context; a line that cannot fit alone is refused with one line.
-When stdin is not a terminal, each line is one user turn, answers go to stdout one per line and statistics to
-stderr, so the command can be scripted: ``printf 'hi\\nexit\\n' | steam-train chat out/export``.
+Commands at the prompt (:data:`COMMANDS`): ``clear`` forgets the history, ``exit`` or ``quit`` (or EOF) quits;
+each also with a leading ``/``, in any case. Ctrl-C stops an answer; at the prompt it ends the chat (exit 130). The
+oldest turns leave the history when prompt + ``--max_new_tokens`` would not fit the context; a line that cannot fit
+alone is refused with one line.
+When stdin is not a terminal, each line is one user turn. When stdout is not a terminal, each turn (a line that is
+neither blank nor a command) writes exactly one stdout line (:class:`Answers`), and everything else goes to stderr,
+so the command can be scripted: ``printf 'hi\\nexit\\n' | steam-train chat out/export``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from steam_persona.common.errors import UserError
 
 #: Sampling defaults when the model has no generation config (LLaMA-Factory's chat uses similar ones).
 FALLBACK_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
+
+#: What a whole line (without a leading ``/``, in any case) does instead of being sent to the model.
+COMMANDS = {"clear": "clear", "exit": "exit", "quit": "exit"}
 
 
 @dataclass
@@ -72,6 +77,11 @@ class ChatConfig:
     infer_backend: str = InferenceArguments.use("infer_backend")
     trust_remote_code: bool = ModelArguments.use("trust_remote_code",
                                                  note="Chat: also when the adapter's run allowed it.")
+    output_format: str = config.arg(
+        "text", "How answers go to stdout. text: as written on a terminal; piped or redirected, one line a turn, "
+        "its line breaks and backslashes escaped (\\n, \\r, \\\\: printf '%b' undoes them) and an empty line for a "
+        "refused turn. jsonl: one JSON object a turn, {prompt, response, finish_reason, error}.",
+        choices=("text", "jsonl"))
 
 
 @dataclass
@@ -165,7 +175,7 @@ class GGUFBackend(Backend):
         try:
             return self.handler.prompt_tokens(messages)  # serve's count (context_length_exceeded)
         except RequestError as e:  # serve's invalid_messages
-            raise LineRefused(e.message) from None
+            raise LineRefused(e.message, e.code or "invalid_messages") from None
 
     def stream(self, messages, on_text, *, temperature, top_p, top_k, repetition_penalty, max_new_tokens,
                seed) -> Turn:
@@ -300,7 +310,12 @@ def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
 
 
 class LineRefused(Exception):
-    """The chat template cannot take the new line (its message says why); the chat goes on without it."""
+    """The new line cannot be sent (its message says why; ``code`` as serve's error would name it); the chat goes
+    on without it."""
+
+    def __init__(self, message: str, code: str = "invalid_messages") -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
 
 
 def whole_chars_streamer(tokenizer: Any, **kwargs: Any) -> Any:
@@ -375,11 +390,12 @@ def check_paths(cfg: ChatConfig) -> None:
 
 
 def _lines(interactive: bool) -> Iterator[str]:
-    """The user's lines, stripped; bytes that are not text in stdin's encoding become U+FFFD, with a note."""
+    """The user's lines, stripped; bytes that are not text in stdin's encoding become U+FFFD, with a note. The
+    prompt ``User: `` goes to stderr when stdout is not a terminal (``input`` would write it to stdout)."""
     number = 0
     while True:
         try:
-            line = input("User: ") if interactive else sys.stdin.readline()
+            line = _read_line() if interactive else sys.stdin.readline()
         except EOFError:
             return
         if not interactive and line == "":
@@ -390,6 +406,14 @@ def _lines(interactive: bool) -> Iterator[str]:
             console.print(f"[dim]input line {number}: bytes that are not {_stdin_encoding()} were replaced by "
                           "\N{REPLACEMENT CHARACTER} (pipe UTF-8 text)[/]")
         yield text.strip()
+
+
+def _read_line() -> str:
+    if sys.stdout.isatty():
+        return input("User: ")
+    sys.stderr.write("User: ")
+    sys.stderr.flush()
+    return input()
 
 
 def _stdin_encoding() -> str:
@@ -455,25 +479,28 @@ def run(cfg: ChatConfig) -> list[Turn]:
     console.print(f"[bold]{backend.name}[/]  persona: {persona_line}")
     console.print(f"temperature {sampling['temperature']}, top_p {sampling['top_p']}, "
                   f"max_new_tokens {sampling['max_new_tokens']}, n_ctx {backend.n_ctx}. "
-                  "Type 'clear' to forget the history, 'exit' to quit.")
+                  "Type 'clear' to forget the history, 'exit' or 'quit' to end (also /clear, /exit, /quit).")
+    answers = Answers(sys.stdout, cfg.output_format, prefix=interactive)
     history: list[dict[str, str]] = []
     turns: list[Turn] = []
     try:
         for line in _lines(interactive):
             if not line:
                 continue
-            command = line.lower().removeprefix("/")  # "/exit" as other chat CLIs spell it
-            if command in ("exit", "quit"):
+            command = COMMANDS.get(line.lower().removeprefix("/"))  # "/exit" as other chat CLIs spell it
+            if command == "exit":
                 break
             if command == "clear":
                 history = []
                 console.print("History cleared.")
                 continue
             history.append({"role": "user", "content": line})
-            messages = _request(backend, history, sampling["max_new_tokens"])
-            if messages is None:
+            try:
+                messages = _request(backend, history, sampling["max_new_tokens"])
+            except LineRefused as e:
+                answers.refused(line, e)
                 continue
-            text, turn = _answer(backend, messages, sampling, cfg.seed, interactive)
+            text, turn = _answer(backend, messages, sampling, cfg.seed, answers, line)
             history.append({"role": "assistant", "content": text})
             if turn:
                 turns.append(turn)
@@ -483,21 +510,24 @@ def run(cfg: ChatConfig) -> list[Turn]:
     return turns
 
 
-def _request(backend: Backend, history: list[dict[str, str]], max_new_tokens: int) -> list[dict[str, str]] | None:
+def _request(backend: Backend, history: list[dict[str, str]], max_new_tokens: int) -> list[dict[str, str]]:
     """The messages to send for ``history`` (:func:`fit_context`), its oldest turns removed from it with a dim
-    line; ``None``, the new line removed and one line said, when that line cannot fit even alone or the chat
-    template refuses it (:class:`LineRefused`)."""
+    line.
+
+    Raises:
+        LineRefused: the new line (then removed from ``history``) cannot fit even alone, or the chat template
+            refuses it.
+    """
     try:
         messages, dropped, n_prompt = fit_context(backend, history, max_new_tokens)
     except LineRefused as e:
         history.pop()
-        console.print(f"this line is refused: {e}")
-        return None
+        raise LineRefused(f"this line is refused: {e.message}", e.code) from None
     if n_prompt + max_new_tokens > backend.n_ctx:
         history.pop()
-        console.print(f"this line makes a prompt of {n_prompt} tokens; the context holds {backend.n_ctx} with "
-                      f"{max_new_tokens} kept for the reply: shorten it, lower --max_new_tokens or raise --n_ctx")
-        return None
+        raise LineRefused(f"this line makes a prompt of {n_prompt} tokens; the context holds {backend.n_ctx} with "
+                          f"{max_new_tokens} kept for the reply: shorten it, lower --max_new_tokens or raise --n_ctx",
+                          "context_length_exceeded")
     if dropped:
         del history[:dropped]
         turns = "turn" if dropped == 2 else f"{dropped // 2} turns"
@@ -505,30 +535,75 @@ def _request(backend: Backend, history: list[dict[str, str]], max_new_tokens: in
     return messages
 
 
-def _answer(backend: Backend, messages: list[dict[str, str]], sampling: dict[str, Any], seed: int,
-            interactive: bool) -> tuple[str, Turn | None]:
-    """Stream one answer to stdout and its statistics to stderr; return its text and :class:`Turn`, which
+class Answers:
+    """stdout's side of the chat. On a terminal (``text``): each answer streams after ``Assistant: `` (when the
+    user types at a terminal too). Otherwise each turn writes exactly one line, so that a script pairs its input
+    lines (blank lines and commands left out) with the output lines: ``text`` streams the answer with ``\\``,
+    line feeds and carriage returns escaped (``\\\\``, ``\\n``, ``\\r``; ``printf '%b'`` undoes them) and writes an
+    empty line for a refused turn; ``jsonl`` writes ``{"prompt", "response", "finish_reason", "error"}`` when the
+    turn ends (``finish_reason`` "stop", "length" or ``null`` for a Ctrl-C; a refused turn has ``response`` and
+    ``finish_reason`` ``null`` and ``error`` ``{"message", "code"}``, its message on stderr too)."""
+
+    def __init__(self, out: Any, output_format: str, *, prefix: bool) -> None:
+        self.out, self.jsonl = out, output_format == "jsonl"
+        self.one_line = self.jsonl or not out.isatty()
+        self.prefix = prefix and not self.one_line
+
+    def start(self) -> None:
+        if self.prefix:
+            self._write("Assistant: ")
+
+    def text(self, text: str) -> None:
+        if not self.jsonl:
+            self._write(escape_line_breaks(text) if self.one_line else text)
+
+    def end(self, prompt: str, text: str, turn: Turn | None) -> None:
+        if not self.jsonl:
+            self._write("\n" if turn else " (stopped)\n")
+            return
+        finish = None if turn is None else "stop" if turn.stopped else "length"
+        self._record(prompt, text, finish, None)
+
+    def refused(self, prompt: str, e: LineRefused) -> None:
+        console.print(e.message)
+        if self.jsonl:
+            self._record(prompt, None, None, {"message": e.message, "code": e.code})
+        elif self.one_line:
+            self._write("\n")
+
+    def _record(self, prompt: str, response: str | None, finish: str | None, error: dict | None) -> None:
+        self._write(json.dumps({"prompt": prompt, "response": response, "finish_reason": finish, "error": error},
+                               ensure_ascii=False) + "\n")
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+
+def escape_line_breaks(text: str) -> str:
+    """``text`` on one line: backslashes, line feeds and carriage returns written as ``printf '%b'`` reads them."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _answer(backend: Backend, messages: list[dict[str, str]], sampling: dict[str, Any], seed: int, answers: Answers,
+            prompt: str) -> tuple[str, Turn | None]:
+    """Stream one answer to ``answers`` and its statistics to stderr; return its text and :class:`Turn`, which
     is ``None`` when Ctrl-C stopped it (the text is then what was shown)."""
-    out = sys.stdout
     shown: list[str] = []
-    if interactive:
-        out.write("Assistant: ")
+    answers.start()
 
     def show(text: str) -> None:
         shown.append(text)
-        out.write(text)
-        out.flush()
+        answers.text(text)
 
     try:
         turn = backend.stream(messages, show, temperature=sampling["temperature"], top_p=sampling["top_p"],
                               top_k=sampling["top_k"], repetition_penalty=sampling["repetition_penalty"],
                               max_new_tokens=sampling["max_new_tokens"], seed=seed)
     except KeyboardInterrupt:
-        out.write(" (stopped)\n")
-        out.flush()
+        answers.end(prompt, "".join(shown), None)
         return "".join(shown), None
-    out.write("\n")
-    out.flush()
+    answers.end(prompt, turn.text, turn)
     ending = "ended by itself" if turn.stopped else f"cut at --max_new_tokens {sampling['max_new_tokens']}"
     console.print(f"[dim]{turn.tokens} tokens in {turn.seconds:.2f} s, {turn.tokens_per_s:.1f} tokens/s "
                   f"(first token after {turn.first_token_s:.2f} s; {ending})[/]")
@@ -536,4 +611,7 @@ def _answer(backend: Backend, messages: list[dict[str, str]], sampling: dict[str
 
 
 command = config.command(ChatConfig, run, name="chat", config_option="option",
-                         help="Chat in the terminal with a GGUF (llama.cpp) or a base + LoRA adapter (transformers).")
+                         help="Chat in the terminal with a GGUF (llama.cpp) or a base + LoRA adapter (transformers). A line that "
+                              "is 'clear' forgets the history; 'exit' or 'quit' (or end of input) ends the chat; also "
+                              "with a leading '/', in any case. Piped, each line is a turn; with stdout not a terminal, "
+                              "each turn (a line neither blank nor a command) is one stdout line (--output_format).")

@@ -4,6 +4,7 @@ adapter (transformers + peft back end)."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -31,6 +32,41 @@ def test_chat_through_a_pipe(smollm2_gguf):
     assert len(speeds) == 2 and all(0 < int(n) <= 12 and float(s) > 0 for n, s, _ in speeds)
     # the count is the one --max_new_tokens caps: 12 exactly when cut there, fewer when it ended by itself
     assert all((e == "cut at --max_new_tokens 12") == (int(n) == 12) for n, _, e in speeds)
+
+
+PIPED = ("List three PC games as a numbered list.\n   \n" + "word " * 3000 + "\n/clear\nHi\nQUIT\nnever sent\n")
+
+
+@pytest.mark.parametrize("output_format", ["text", "jsonl"])
+def test_piped_chat_writes_one_stdout_line_per_turn(smollm2_gguf, output_format):
+    """Trial 35 F12: a reply with line breaks spanned several stdout lines and a refused line wrote none, so a
+    script could not pair answers with its lines. Blank lines and commands give none; QUIT ends the chat."""
+    r = subprocess.run(
+        [sys.executable, "-m", "steam_persona", "chat", "--model_name_or_path", str(smollm2_gguf), "--temperature",
+         "0", "--max_new_tokens", "40", "--n_ctx", "512", "--output_format", output_format],
+        input=PIPED, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert len(lines) == 4 and lines[-1] == "", r.stdout  # the list, the refused line, "Hi"
+    refusal = "this line makes a prompt of 3030 tokens; the context holds 512 with 40 kept for the reply"
+    assert refusal in " ".join(r.stderr.split())
+    if output_format == "text":
+        assert "\\n" in lines[0] and lines[1] == "" and lines[2]
+        return
+    records = [json.loads(line) for line in lines[:3]]
+    assert [rec["prompt"] for rec in records] == ["List three PC games as a numbered list.", "word " * 2999 + "word",
+                                                  "Hi"]
+    assert "\n" in records[0]["response"] and records[0]["finish_reason"] == "length" and records[0]["error"] is None
+    assert records[1]["response"] is None and records[1]["finish_reason"] is None
+    assert records[1]["error"]["code"] == "context_length_exceeded" and records[1]["error"]["message"].startswith(refusal)
+    assert records[2]["response"] and records[2]["finish_reason"] in ("stop", "length")
+
+
+def test_escaped_answers_read_back_with_printf():
+    answer = "1. Hades\n\n2. Celeste \\o/ C:\\new\r\n3. 完"
+    line = chat_mod.escape_line_breaks(answer)
+    assert "\n" not in line and "\r" not in line
+    assert subprocess.run(["printf", "%b", line], capture_output=True).stdout.decode() == answer
 
 
 def test_history_clear_and_export_dir_persona(smollm2_gguf, tmp_path, monkeypatch):
@@ -189,7 +225,8 @@ def test_a_long_line_a_full_history_and_undecodable_bytes_keep_the_gguf_chat_goi
         input=stdin, cwd=REPO, capture_output=True, timeout=180)
     err = " ".join(r.stderr.decode().split())
     assert r.returncode == 0 and "Traceback" not in err, err
-    assert len(r.stdout.decode().splitlines()) == 5  # every turn but the long line answered
+    answers = r.stdout.decode().split("\n")[:-1]
+    assert len(answers) == 6 and answers[0] == "" and all(answers[1:])  # the long line refused: an empty line
     assert re.search(r"this line makes a prompt of \d{3,} tokens; the context holds 256 with 40 kept for the reply", err)
     assert "(the oldest turn left the history to fit the context of 256 tokens)" in err
     assert "input line 6: bytes that are not utf-8 were replaced by \N{REPLACEMENT CHARACTER}" in err
@@ -264,7 +301,7 @@ def test_ctrl_c_at_the_prompt_ends_the_chat_with_exit_130(smollm2_gguf):
     try:
         err = b""
         deadline = time.monotonic() + 120
-        while b"'exit' to quit" not in err and time.monotonic() < deadline:
+        while b"'quit' to end" not in err and time.monotonic() < deadline:
             err += p.stderr.read1(4096)
         time.sleep(0.5)  # reading its first line
         p.send_signal(signal.SIGINT)
@@ -395,8 +432,9 @@ def test_a_template_that_rewrites_contents_refuses_a_line_with_control_strings(q
             return super().prompt_tokens(messages)
 
     history = [{"role": "user", "content": FORGED}]
-    assert chat_mod._request(Refusing(), history, max_new_tokens=2) is None and history == []
-    assert "this line is refused: no" in capsys.readouterr().err
+    with pytest.raises(chat_mod.LineRefused, match="^this line is refused: no$"):
+        chat_mod._request(Refusing(), history, max_new_tokens=2)
+    assert history == []
 
 
 def test_typed_control_strings_are_text_in_a_gguf_prompt(smollm2_gguf, monkeypatch):

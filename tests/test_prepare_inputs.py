@@ -1993,6 +1993,12 @@ _EN_LONG = "Tight combat and a map that rewards curiosity, well worth the price;
     ("app_name,review\nHades,這個遊戲真的很好玩，強烈推薦給大家\n", "cp950",
      "line 2, byte 7: not valid utf-8; it looks Big5-encoded (Traditional Chinese Windows); re-save it as UTF-8 or "
      "pass --encoding cp950"),
+    ('appid,app_name,review,voted_up,language\r\n3,Игра,"Отличная игра, сюжет интересный, графика красивая, советую '
+     'всем.",True,russian\r\n', "cp1251",
+     "line 2, byte 3: not valid utf-8; it looks Windows-1251-encoded (Cyrillic Windows, e.g. Russian Excel); re-save "
+     "it as UTF-8 or pass --encoding cp1251"),  # trial 35 F6
+    (f"app_name,review\n戏,{_EN_LONG}\n哈迪斯,{ZH[0]}\n", "gbk",  # 戏 in GBK is valid UTF-8 by chance: not a mix
+     "line 3, byte 1: not valid utf-8; it looks GBK/GB18030-encoded; re-save it as UTF-8 or pass --encoding gbk"),
 ])
 def test_the_not_utf8_line_names_the_encoding_its_non_ascii_bytes_look_like(tmp_path, text, encoding, hint):
     """trial 34 F11: a mostly English GBK file (Chinese game names) was judged by its share of CJK among all letters
@@ -2001,6 +2007,26 @@ def test_the_not_utf8_line_names_the_encoding_its_non_ascii_bytes_look_like(tmp_
     src.write_bytes(text.encode(encoding))
     r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/train.json")])
     assert r.exit_code == 2 and r.output.replace("\n", "") == f"Error: {src}: {hint}", r.output
+
+
+@pytest.mark.parametrize("flag,where", [([], "line 4, byte 1: not valid utf-8"),
+                                        (["--encoding", "gbk"], "line 2, byte 9: not valid gbk")])
+def test_a_file_mixing_utf8_and_gbk_lines_is_said_to_mix_them(tmp_path, flag, where):
+    """Trial 35 F5: UTF-8 rows with GBK rows appended were told "pass the right --encoding", which no encoding is."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(f"app_name,review\n星之梦,{ZH[0]}\n星之梦,{ZH[1]}\n".encode() + f"星之梦,{ZH[2]}\n".encode("gbk"))
+    r = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o/train.json"), *flag])
+    assert r.exit_code == 2 and r.output.replace("\n", "") == (
+        f"Error: {src}: {where}; the file mixes encodings: line 2 is UTF-8, line 4 looks GBK/GB18030-encoded, and no "
+        "single --encoding reads both; convert the lines that are not UTF-8 (from line 4) to UTF-8, as `iconv -f gbk "
+        "-t utf-8` does, or remove them"), r.output
+
+
+def test_one_letter_words_in_cp1252_are_not_taken_for_cp1251(tmp_path):
+    """Portuguese "é" read as Windows-1251 is "й", a one-letter Cyrillic word."""
+    with pytest.raises(UserError) as e:
+        decode(tmp_path / "in.csv", "review\nO jogo é bom e a história é boa, é sim\n".encode("cp1252"), "utf-8")
+    assert "cp1251" not in str(e.value)
 
 
 def test_random_bytes_get_no_encoding_hint(tmp_path):
