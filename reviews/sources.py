@@ -1310,8 +1310,9 @@ def _broken_csv(path: Path, line: int, e: csv.Error) -> UserError:
     return UserError(f"{path}: broken CSV near line {line} ({e}); fix the quoting")
 
 
-def _over_limit(path: Path, src: _RowLines, row: int, start: int, line_num: int) -> str:
-    """Read past a record (row ``row``, from line ``start``; the reader stopped on line ``line_num``) that ``csv``
+def _over_limit(path: Path, src: _RowLines, start: int, line_num: int) -> str:
+    """Read past a record (the row from line ``start``, named by it as every row is; the reader stopped on line
+    ``line_num``) that ``csv``
     stopped at a field over :data:`CSV_FIELD_LIMIT` (:meth:`_RowLines.skip_record`); the warning that names it. A
     quote left open by mistake can make such a field of many rows, so the warning names the lines it spans.
 
@@ -1320,12 +1321,12 @@ def _over_limit(path: Path, src: _RowLines, row: int, start: int, line_num: int)
     """
     skipped = src.skip_record()
     if skipped is None:
-        raise UserError(f"{path}: row {row} (line {start}): a double quote opens a text that never closes (it runs "
+        raise UserError(f"{path}: row {start}: a double quote opens a text that never closes (it runs "
                         f"past the {CSV_FIELD_LIMIT:,}-character field limit to the end of the file); remove the quote, "
                         "or close it")
     end = line_num + skipped
-    lines = f"lines {start}-{end}" if end > start else f"line {start}"
-    return (f"{path}: row {row} ({lines}): a field of more than {CSV_FIELD_LIMIT:,} characters; dropped as too_long. "
+    lines = f" (lines {start}-{end})" if end > start else ""
+    return (f"{path}: row {start}{lines}: a field of more than {CSV_FIELD_LIMIT:,} characters; dropped as too_long. "
             f"Shorten or remove the review; if a quote on line {start} was left open by mistake, close it and rerun")
 
 
@@ -1634,18 +1635,14 @@ def _rows(path: Path, reader: csv.DictReader, start: Callable[[], int], src: _Ro
     Raises:
         UserError: ``csv``'s other errors, naming the line.
     """
-    rows = 0
     while True:
         try:
-            for row in reader:
-                rows += 1
-                yield row
+            yield from reader
             return
         except csv.Error as e:
             if not _over_field_limit(e):
                 raise _broken_csv(path, reader.line_num, e) from None
-            rows += 1
-            yield _over_limit(path, src, rows, start(), reader.reader.line_num)
+            yield _over_limit(path, src, start(), reader.reader.line_num)
 
 
 def _read_store_csv(path: Path, reader: csv.DictReader, tag_language: str, src: _RowLines) -> Loaded:

@@ -303,7 +303,7 @@ def test_a_csv_quote_that_runs_past_the_field_limit_to_the_end_exits_2_naming_it
     src = _raw(tmp_path / "in.csv", f'game,review\nHades,"{EN[0]}"\nHades,"{"x" * 1200}\n')
     with pytest.raises(UserError) as e:
         sources.read(src)
-    assert str(e.value) == (f"{src}: row 2 (line 3): a double quote opens a text that never closes (it runs past the "
+    assert str(e.value) == (f"{src}: row 3: a double quote opens a text that never closes (it runs past the "
                             "1,000-character field limit to the end of the file); remove the quote, or close it")
 
 
@@ -320,9 +320,9 @@ def test_a_csv_review_over_the_field_limit_is_dropped_as_too_long_as_in_json_lin
     assert "2 are over the 1,000-character CSV field limit, which no flag changes" in capsys.readouterr().err.replace("\n", "")
     assert [e["where"] for e in report["rules"]["too_long"]["examples"]] == [f"{src}: row 3", f"{src}: row 8"]
     said = [w for w in report["warnings"] if "field of more than" in w]
-    assert said == [f"{src}: row {n} ({lines}): a field of more than 1,000 characters; dropped as "
+    assert said == [f"{src}: row {line}{lines}: a field of more than 1,000 characters; dropped as "
                     f"too_long. Shorten or remove the review; if a quote on line {line} was left open by mistake, "
-                    "close it and rerun" for n, line, lines in ((2, 3, "lines 3-5"), (4, 8, "line 8"))]
+                    "close it and rerun" for line, lines in ((3, " (lines 3-5)"), (8, ""))]
     src.write_text(src.read_text() + "Hades,two,fields\n")  # the lines after the skipped ones keep their numbers
     with pytest.raises(UserError, match=r": line 10: 3 fields where the header has 2"):
         sources.read(src)
