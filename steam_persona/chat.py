@@ -389,8 +389,8 @@ def check_paths(cfg: ChatConfig) -> None:
         resolve_model(cfg.model_name_or_path)
 
 
-def _lines(interactive: bool) -> Iterator[str]:
-    """The user's lines, stripped; bytes that are not text in stdin's encoding become U+FFFD, with a note. The
+def _lines(interactive: bool) -> Iterator[tuple[int, str]]:
+    """The user's lines, numbered from 1 and stripped, each sent as written (no escapes are undone); bytes that are not text in stdin's encoding become U+FFFD, with a note. The
     prompt ``User: `` goes to stderr when stdout is not a terminal (``input`` would write it to stdout)."""
     number = 0
     while True:
@@ -405,7 +405,7 @@ def _lines(interactive: bool) -> Iterator[str]:
         if text != line:
             console.print(f"[dim]input line {number}: bytes that are not {_stdin_encoding()} were replaced by "
                           "\N{REPLACEMENT CHARACTER} (pipe UTF-8 text)[/]")
-        yield text.strip()
+        yield number, text.strip()
 
 
 def _read_line() -> str:
@@ -484,7 +484,7 @@ def run(cfg: ChatConfig) -> list[Turn]:
     history: list[dict[str, str]] = []
     turns: list[Turn] = []
     try:
-        for line in _lines(interactive):
+        for number, line in _lines(interactive):
             if not line:
                 continue
             command = COMMANDS.get(line.lower().removeprefix("/"))  # "/exit" as other chat CLIs spell it
@@ -498,7 +498,7 @@ def run(cfg: ChatConfig) -> list[Turn]:
             try:
                 messages = _request(backend, history, sampling["max_new_tokens"])
             except LineRefused as e:
-                answers.refused(line, e)
+                answers.refused(line, LineRefused(f"input line {number}: {e.message}", e.code))
                 continue
             text, turn = _answer(backend, messages, sampling, cfg.seed, answers, line)
             history.append({"role": "assistant", "content": text})
@@ -572,17 +572,34 @@ class Answers:
             self._write("\n")
 
     def _record(self, prompt: str, response: str | None, finish: str | None, error: dict | None) -> None:
-        self._write(json.dumps({"prompt": prompt, "response": response, "finish_reason": finish, "error": error},
-                               ensure_ascii=False) + "\n")
+        record = json.dumps({"prompt": prompt, "response": response, "finish_reason": finish, "error": error},
+                            ensure_ascii=False)
+        self._write(_replaced(record, _JSON_BREAKS) + "\n")  # a JSON string may hold them escaped, never raw
 
     def _write(self, text: str) -> None:
         self.out.write(text)
         self.out.flush()
 
 
+#: the characters besides ``\n`` and ``\r`` that Python's ``str.splitlines`` takes for line ends (VT, FF, the
+#: separators FS/GS/RS, NEL, LINE and PARAGRAPH SEPARATOR) as ``printf '%b'`` reads them back (NEL as its UTF-8 bytes:
+#: printf's ``\u`` takes no code point below U+00A0)
+_PRINTF_BREAKS = {"\x0b": "\\v", "\x0c": "\\f", "\x1c": "\\x1c", "\x1d": "\\x1d", "\x1e": "\\x1e",
+                  "\x85": "\\xc2\\x85", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+#: those that JSON leaves raw (it escapes the C0 ones itself), as JSON escapes
+_JSON_BREAKS = {c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
+
+
 def escape_line_breaks(text: str) -> str:
-    """``text`` on one line: backslashes, line feeds and carriage returns written as ``printf '%b'`` reads them."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    """``text`` on one line: backslashes, line feeds, carriage returns and the other line ends of
+    :data:`_PRINTF_BREAKS` written as ``printf '%b'`` reads them."""
+    return _replaced(text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r"), _PRINTF_BREAKS)
+
+
+def _replaced(text: str, table: dict[str, str]) -> str:
+    for c, escaped in table.items():
+        text = text.replace(c, escaped)
+    return text
 
 
 def _answer(backend: Backend, messages: list[dict[str, str]], sampling: dict[str, Any], seed: int, answers: Answers,

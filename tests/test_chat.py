@@ -58,15 +58,29 @@ def test_piped_chat_writes_one_stdout_line_per_turn(smollm2_gguf, output_format)
                                                   "Hi"]
     assert "\n" in records[0]["response"] and records[0]["finish_reason"] == "length" and records[0]["error"] is None
     assert records[1]["response"] is None and records[1]["finish_reason"] is None
-    assert records[1]["error"]["code"] == "context_length_exceeded" and records[1]["error"]["message"].startswith(refusal)
+    assert records[1]["error"]["code"] == "context_length_exceeded"
+    assert records[1]["error"]["message"].startswith("input line 3: " + refusal)  # trial 36 (3): which line
     assert records[2]["response"] and records[2]["finish_reason"] in ("stop", "length")
 
 
 def test_escaped_answers_read_back_with_printf():
-    answer = "1. Hades\n\n2. Celeste \\o/ C:\\new\r\n3. 完"
+    """Trial 36 (1): str.splitlines also ends a line at VT, FF, FS/GS/RS, NEL and U+2028/2029: escaped too."""
+    answer = "1. Hades\n\n2. Celeste \\o/ C:\\new\r\n3. 完\u2028\u2029\x85\x0b\x0c\x1c\x1d\x1e!"
     line = chat_mod.escape_line_breaks(answer)
-    assert "\n" not in line and "\r" not in line
+    assert line.splitlines() == [line]
     assert subprocess.run(["printf", "%b", line], capture_output=True).stdout.decode() == answer
+
+
+def test_a_jsonl_record_holds_no_raw_line_end(capsys):
+    """Trial 36 (1): json.dumps(ensure_ascii=False) leaves U+2028, U+2029 and NEL raw, and str.splitlines splits
+    the record there."""
+    import io
+
+    out = io.StringIO()
+    text = "a\u2028b\u2029c\x85d"
+    chat_mod.Answers(out, "jsonl", prefix=False).end(text, text, chat_mod.Turn(text, 3, 1.0, 0.5, stopped=True))
+    assert out.getvalue().splitlines() == [out.getvalue().rstrip("\n")]
+    assert json.loads(out.getvalue()) == {"prompt": text, "response": text, "finish_reason": "stop", "error": None}
 
 
 def test_history_clear_and_export_dir_persona(smollm2_gguf, tmp_path, monkeypatch):
