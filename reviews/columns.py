@@ -40,7 +40,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "tags": ("tags", "genres", "genre", "标签", "游戏标签", "类型"),
     "votes_up": ("votes_up", "helpful", "votes_helpful", "helpful_votes", "review_votes", "found_helpful",
                  "helpful_count", "有用", "有价值"),
-    "review_id": ("recommendationid", "review_id", "reviewid", "id"),
+    "review_id": ("recommendationid", "review_id", "reviewid"),
     "author": ("author", "user", "username", "user_name", "author_name", "author.personaname", "personaname",
                "nickname", "name", "steam_name", "profile_name", "reviewer", "reviewer_name", "persona_name",
                "steam_user", "user_nickname", "用户名", "用户", "昵称", "作者", "玩家", "评测者", "用户昵称", "玩家昵称"),

@@ -2100,3 +2100,13 @@ def test_a_csv_header_over_the_field_limit_exits_2(tmp_path, field_limit_1000):
     assert str(e.value) == (f"{src}: line 1: the header holds a field of more than 1,000 characters (a quote that "
                             "never closes, or not a review table); put the column names on line 1, or convert the "
                             "file to JSON Lines")
+
+
+def test_a_bare_id_column_is_not_a_review_id(tmp_path):
+    """Trial 36 F5: two exports whose `id` column numbers their rows 1..N were merged as versions of one review."""
+    a = _csv(tmp_path / "a.csv", ["id", "appid", "review"], [[i + 1, 10, EN[i]] for i in range(2)])
+    b = _csv(tmp_path / "b.csv", ["id", "appid", "review"], [[i + 1, 10, EN[i + 2]] for i in range(2)])
+    res = _run(tmp_path, [a, b], app_name=["10=Ten"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted(EN[:4])
+    assert columns.field_of("id") is None and columns.field_of("recommendationid") == "review_id"
+
