@@ -318,6 +318,7 @@ class _Rules:
         self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
         self.older: dict[int, str] = {}  # id() of a record another version of the same review supersedes → why
         self.review_of: dict[int, int] = {}  # id() of a record of a review read more than once → that review's number
+        self.notes: list[str] = []  # warnings about records kept apart (:meth:`find_older_versions`)
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
         self.arrived: str | None = None  # the text of the record per_record is on, as it arrived (report examples)
@@ -528,7 +529,11 @@ class _Rules:
         :data:`REPOSTED`, :data:`UNDATED`). :meth:`exact_duplicate` drops them. Copies with the same text as the
         kept one are left to the text key."""
         self.older = {}
-        for n, group in enumerate(_one_review_groups(reviews)):
+        groups, clashes = _one_review_groups(reviews)
+        self.notes = _clash_warning(reviews, clashes)
+        for line in self.notes:
+            console.print("[bold yellow]warning[/] " + escape(line))
+        for n, group in enumerate(groups):
             self.review_of.update((id(reviews[i]), n) for i in group)
             dated = all(reviews[i].updated is not None for i in group)
             keep = reviews[max(group, key=lambda i: (reviews[i].updated, i)) if dated else group[-1]]
@@ -1026,10 +1031,11 @@ OTHER_FILE = "in another input file"
 NO_APPID = "no app id"
 
 
-def _one_review_groups(reviews: list[Review]) -> list[list[int]]:
+def _one_review_groups(reviews: list[Review]) -> tuple[list[list[int]], list[tuple[int, int]]]:
     """The indexes, in input order, of each review read more than once: records of the same app and review id, or of
     the same app and known author id (Steam keeps one review per account and app: a review deleted and written
-    again gets a new id), and those linked through either."""
+    again gets a new id), and those linked through either; and the pairs of records of one app and review id left
+    apart because they name different known authors (:func:`_other_authors`)."""
     root: dict[int, int] = {}  # index → an index of its group (a union-find forest)
 
     def top(i: int) -> int:
@@ -1039,18 +1045,38 @@ def _one_review_groups(reviews: list[Review]) -> list[list[int]]:
         return i
 
     first: dict[tuple[str, str, str], int] = {}
+    clashes: list[tuple[int, int]] = []
     for i, r in enumerate(reviews):
         if not r.appid or r.prompt is not None:
             continue
         for key in ((r.appid, "id", r.review_id), (r.appid, "author", r.author_id)):
             if key[2]:
                 root.setdefault(i, i)
-                j = top(first.setdefault(key, i))
+                k = first.setdefault(key, i)
+                if _other_authors(reviews[k], r):
+                    clashes.append((k, i))
+                    continue
+                j = top(k)
                 root[max(j, top(i))] = min(j, top(i))
     groups: dict[int, list[int]] = {}
     for i in root:
         groups.setdefault(top(i), []).append(i)
-    return [g for g in groups.values() if len(g) > 1]
+    return [g for g in groups.values() if len(g) > 1], clashes
+
+
+def _other_authors(a: Review, b: Review) -> bool:
+    """Whether two records name two different known authors (never one review, whatever their review ids say)."""
+    return bool(a.author_id and b.author_id and a.author_id != b.author_id)
+
+
+def _clash_warning(reviews: list[Review], clashes: list[tuple[int, int]]) -> list[str]:
+    """The warning, once, about records of one app and review id by different authors (kept apart)."""
+    if not clashes:
+        return []
+    a, b = (reviews[i] for i in clashes[0])
+    more = f" ({len(clashes) - 1:,} more such pair(s))" if len(clashes) > 1 else ""
+    return [f"{a.where} and {b.where} have the same app and review id {b.review_id} but different author steam ids: "
+            f"both are kept as reviews of their own{more}"]
 
 
 def _file(r: Review) -> str:
@@ -1321,7 +1347,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])
     stats = rules.stats
-    warnings = skipped + [w for item in loaded for w in item.warnings] \
+    warnings = skipped + [w for item in loaded for w in item.warnings] + rules.notes \
         + _warn_big_rules(stats, len(reviews), rules.warned)
     _print_table(stats, len(reviews), len(kept))
 

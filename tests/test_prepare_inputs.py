@@ -2110,3 +2110,15 @@ def test_a_bare_id_column_is_not_a_review_id(tmp_path):
     assert sorted(r["output"] for r in _load(res["train"])) == sorted(EN[:4])
     assert columns.field_of("id") is None and columns.field_of("recommendationid") == "review_id"
 
+
+def test_one_review_id_under_two_known_authors_is_two_reviews_and_warned_of(tmp_path):
+    """Trial 36 F4: the same app and recommendationid with two different steam ids was merged as an edit."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([_steam_line("1", EN[0], 100, **_by("76561190000000001")),
+                               _steam_line("1", EN[1], 200, **_by("76561190000000002")),
+                               _steam_line("1", EN[2], 300, **_by("76561190000000002"))]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[0], EN[2]])
+    said = [w for w in _report(res)["warnings"] if "different author steam ids" in w]
+    assert said == [f"{src}: line 1 and {src}: line 2 have the same app and review id 1 but different author steam "
+                    "ids: both are kept as reviews of their own (1 more such pair(s))"], said
