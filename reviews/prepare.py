@@ -167,7 +167,8 @@ class PrepareConfig:
     drop_checklists: bool = arg(False, "Drop ☐/☑ checklist templates (\"Graphics ☐ Bad ☑ Good\" grids).")
     drop_little_language: bool = arg(True, "Drop texts that are mostly symbols, digits or emoji (letters < 40 %).")
     drop_repetition: bool = arg(True, "Drop looping texts (\"好玩好玩好玩…\"; zlib ratio < 0.2).")
-    dedup: bool = arg(True, "Drop exact duplicates (after normalising case, width, spaces and punctuation).")
+    dedup: bool = arg(True, "Drop exact duplicates (after normalising case, width, spaces and punctuation). Older "
+                            "versions of a review read again edited or reposted go whatever this is.")
     near_dedup: bool = arg(True, "Drop near duplicates (MinHash over 5-character shingles).")
     near_dup_threshold: float = arg(0.8, "Estimated Jaccard similarity at which a review is a near duplicate.")
     copypasta_games: int = arg(3, "Drop every copy of a text (exact or near) found under this many games or more: "
@@ -545,8 +546,8 @@ class _Rules:
     def exact_duplicate(self, r: Review, key: str) -> str | None:
         """The rule that needs the records before this one (in input order): exact duplicates by
         their dedup ``key``, tallied as :data:`OTHER_FILE` when the text had not yet come in this record's file, and
-        older versions of a review read again with other text (:meth:`find_older_versions`)."""
-        if self.cfg.dedup and id(r) in self.older:
+        older versions of a review read again with other text (:meth:`find_older_versions`; whatever ``--dedup``)."""
+        if id(r) in self.older:
             return self._drop("exact_duplicate", r, self.older[id(r)], note=_SUPERSEDED[self.older[id(r)]])
         if self.cfg.dedup:
             first = self.seen.get(key)
@@ -1126,7 +1127,8 @@ def _were(n: int, one: str, many: str) -> str:
     return f"{n:,} {one if n == 1 else many}"
 
 
-#: the ``exact_duplicate`` reasons that leave one copy of each review whatever the flags (no flag to advise):
+#: the ``exact_duplicate`` reasons that leave one copy of each review (no flag to advise; older versions go whatever
+#: ``--dedup``, copies of one text only under ``--dedup True``):
 #: what the warning says of ``n`` of them
 _KEPT_ONCE = {
     OTHER_FILE: lambda n: _were(n, "was a copy of a review", "were copies of reviews")

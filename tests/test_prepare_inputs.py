@@ -2122,3 +2122,17 @@ def test_one_review_id_under_two_known_authors_is_two_reviews_and_warned_of(tmp_
     said = [w for w in _report(res)["warnings"] if "different author steam ids" in w]
     assert said == [f"{src}: line 1 and {src}: line 2 have the same app and review id 1 but different author steam "
                     "ids: both are kept as reviews of their own (1 more such pair(s))"], said
+
+
+def test_dedup_false_keeps_exact_copies_but_still_drops_older_versions(tmp_path):
+    """Trial 36 F7: `--dedup False`, which the warning advises for copies under other ids, brought back every older
+    edit and every deleted review."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([_steam_line("1", EN[0], 100), _steam_line("1", EN[1], 200),
+                               _steam_line("2", EN[2], 100, **_by("76561190000000001")),
+                               _steam_line("3", EN[3], 200, **_by("76561190000000001")),
+                               _steam_line("4", ZH[0], 100), _steam_line("5", ZH[0], 100)]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"], dedup=False, near_dedup=False)
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], EN[3], ZH[0], ZH[0]])
+    assert _report(res)["rules"]["exact_duplicate"]["reasons"] == {"older version of a review": 1,
+                                                                   "earlier review by the same author of the game": 1}
