@@ -525,7 +525,7 @@ class _Rules:
     def find_older_versions(self, reviews: list[Review]) -> None:
         """Note the reviews read twice with other text (the same app and review id, e.g. two collects of an app with
         an edit between them, or the same app and author: :func:`_one_review_groups`) and which copy is kept: the
-        latest by :attr:`Review.updated` when every copy has a timestamp (a tie: the last read), else the last read
+        latest by :attr:`Review.updated` of the copies that have a timestamp (a tie: the last read), else the last read
         (an append-only dump's newest), each dropped copy with the reason that says which (:data:`OLDER_VERSION`,
         :data:`REPOSTED`, :data:`UNDATED`). :meth:`exact_duplicate` drops them. Copies with the same text as the
         kept one are left to the text key."""
@@ -536,11 +536,11 @@ class _Rules:
             console.print("[bold yellow]warning[/] " + escape(line))
         for n, group in enumerate(groups):
             self.review_of.update((id(reviews[i]), n) for i in group)
-            dated = all(reviews[i].updated is not None for i in group)
-            keep = reviews[max(group, key=lambda i: (reviews[i].updated, i)) if dated else group[-1]]
+            dated = [i for i in group if reviews[i].updated is not None]
+            keep = reviews[max(dated, key=lambda i: (reviews[i].updated, i)) if dated else group[-1]]
             for i in group:
                 if reviews[i].text != keep.text:
-                    self.older[id(reviews[i])] = UNDATED if not dated else OLDER_VERSION \
+                    self.older[id(reviews[i])] = UNDATED if reviews[i].updated is None else OLDER_VERSION \
                         if reviews[i].review_id == keep.review_id else REPOSTED
 
     def exact_duplicate(self, r: Review, key: str) -> str | None:
@@ -851,6 +851,16 @@ def _reading(path: Path) -> contextlib.AbstractContextManager[Any]:
                   + (f", at least {byte_size(unpacked)} decompressed)" if unpacked is not None else ")"))
 
 
+def _unread_times(reviews: list[Review]) -> list[str]:
+    """The warning, once per file, about timestamps that could not be read (those records count as undated)."""
+    bad = [r for r in reviews if r.unread_time is not None]
+    if not bad:
+        return []
+    return [f"{bad[0].where}: timestamp {bad[0].unread_time!r} is not a Unix time, ISO-8601 or RFC 2822 date; "
+            f"{_were(len(bad), 'record', 'records')} of this file count as undated (the latest dated copy of a "
+            "review is kept, else the last read)"]
+
+
 def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[str]]:
     """Read every input and fill game names/tags from appdetails inputs, CSV rows and the flags; also the notes on
     the files skipped (for the report's warnings)."""
@@ -862,6 +872,7 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[
         with _reading(path):
             item = sources.read(path, tag_language, cfg.encoding, columns)
         console.print(f"[green]detected[/] {item.describe()}")
+        item.warnings += _unread_times(item.reviews)
         for line in item.warnings:
             console.print("[bold yellow]warning[/] " + escape(line))
         loaded.append(item)
@@ -1014,7 +1025,7 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
 
 #: the ``exact_duplicate`` reason of an older version of a review whose edited text came in too (same app and id)
 OLDER_VERSION = "older version of a review"
-#: the ``exact_duplicate`` reason of a version of a review that could not be ordered by time (a copy had no timestamp)
+#: the ``exact_duplicate`` reason of a version of a review that could not be ordered by time (it has no timestamp)
 UNDATED = "version of a review without a timestamp to order it"
 #: the ``exact_duplicate`` reason of a review that its author's later review of the same app replaced (a new id)
 REPOSTED = "earlier review by the same author of the game"
@@ -1022,8 +1033,8 @@ REPOSTED = "earlier review by the same author of the game"
 _SUPERSEDED = {OLDER_VERSION: "a later edit of this review (same app and review id) came in too",
                REPOSTED: "a later review of this app by the same author (steam id) came in too; Steam keeps one "
                          "review per account and app",
-               UNDATED: "another version of this review (same app and review id or author id) came in too and a copy "
-                        "has no timestamp; the last read is kept"}
+               UNDATED: "another version of this review (same app and review id or author id) came in too and this "
+                        "copy has no timestamp; the latest dated copy is kept, else the last read"}
 #: the ``exact_duplicate`` reason of a copy of a review that its file holds again (a re-fetch, or a repost of the text)
 READ_AGAIN = "copy of a review read again (same app and review id or author)"
 #: the ``exact_duplicate`` reason of a copy of a review read from another input file
@@ -1142,8 +1153,8 @@ _KEPT_ONCE = {
     + " read again in the same file (same app and review id, or author steam id: fetched again or reposted; each is "
       "kept once, no flag needed)",
     UNDATED: lambda n: _were(n, "was a version of a review", "were versions of reviews")
-    + " read again with other text that could not be ordered by time, a copy having no timestamp "
-      "(same app and review id or author steam id; the last read is kept)",
+    + " read again with other text that could not be ordered by time, having no timestamp "
+      "(same app and review id or author steam id; the latest dated copy is kept, else the last read)",
 }
 
 
