@@ -541,7 +541,7 @@ class _Rules:
             for i in group:
                 if reviews[i].text != keep.text:
                     self.older[id(reviews[i])] = UNDATED if reviews[i].updated is None else OLDER_VERSION \
-                        if reviews[i].review_id == keep.review_id else REPOSTED
+                        if reviews[i].review_id and reviews[i].review_id == keep.review_id else REPOSTED
 
     def exact_duplicate(self, r: Review, key: str) -> str | None:
         """The rule that needs the records before this one (in input order): exact duplicates by

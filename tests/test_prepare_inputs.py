@@ -2153,3 +2153,13 @@ def test_an_unread_timestamp_is_warned_of_and_the_dated_copy_wins(tmp_path):
     assert said == [f"{src}: line 4: timestamp 'Posted: 5 March, 2024' is not a Unix time, ISO-8601 or RFC 2822 date; "
                     "2 records of this file count as undated (the latest dated copy of a review is kept, else the last "
                     "read)"], said
+
+
+def test_reviews_linked_only_by_their_author_are_counted_as_reposts(tmp_path):
+    """Trial 36 F8: a table without review ids, one author's two reviews of one game, said "older version of a review
+    (same app and review id)"."""
+    src = _csv(tmp_path / "c.csv", ["author_id", "app_name", "review", "timestamp_updated"],
+               [["76561190000000050", "Ten", EN[0], "2024-01-01"], ["76561190000000050", "Ten", EN[1], "2024-02-01"]])
+    res = _run(tmp_path, [src], appid="10", language=["all"])
+    assert [r["output"] for r in _load(res["train"])] == [EN[1]]
+    assert _report(res)["rules"]["exact_duplicate"]["reasons"] == {"earlier review by the same author of the game": 1}
