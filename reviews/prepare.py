@@ -317,7 +317,7 @@ class _Rules:
         self.seen: dict[str, Review] = {}  # dedup key → its first record
         self.files: dict[str, set[str]] = {}  # dedup key of a text with copies → the input files it came in
         self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
-        self.older: dict[int, str] = {}  # id() of a record another version of the same review supersedes → why
+        self.older: dict[int, tuple[str, str]] = {}  # id() of a record another version of one review supersedes → why, kept
         self.review_of: dict[int, int] = {}  # id() of a record of a review read more than once → that review's number
         self.notes: list[str] = []  # warnings about records kept apart (:meth:`find_older_versions`)
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
@@ -527,7 +527,7 @@ class _Rules:
         an edit between them, or the same app and author: :func:`_one_review_groups`) and which copy is kept: the
         latest by :attr:`Review.updated` of the copies that have a timestamp (a tie: the last read), else the last read
         (an append-only dump's newest), each dropped copy with the reason that says which (:data:`OLDER_VERSION`,
-        :data:`REPOSTED`, :data:`UNDATED`). :meth:`exact_duplicate` drops them. Copies with the same text as the
+        :data:`REPOSTED`, :data:`UNDATED`, and where the kept copy is). :meth:`exact_duplicate` drops them. Copies with the same text as the
         kept one are left to the text key."""
         self.older = {}
         groups, clashes = _one_review_groups(reviews)
@@ -541,14 +541,15 @@ class _Rules:
             for i in group:
                 if reviews[i].text != keep.text:
                     self.older[id(reviews[i])] = UNDATED if reviews[i].updated is None else OLDER_VERSION \
-                        if reviews[i].review_id and reviews[i].review_id == keep.review_id else REPOSTED
+                        if reviews[i].review_id and reviews[i].review_id == keep.review_id else REPOSTED, keep.where
 
     def exact_duplicate(self, r: Review, key: str) -> str | None:
         """The rule that needs the records before this one (in input order): exact duplicates by
         their dedup ``key``, tallied as :data:`OTHER_FILE` when the text had not yet come in this record's file, and
         older versions of a review read again with other text (:meth:`find_older_versions`; whatever ``--dedup``)."""
         if id(r) in self.older:
-            return self._drop("exact_duplicate", r, self.older[id(r)], note=_SUPERSEDED[self.older[id(r)]])
+            why, kept = self.older[id(r)]
+            return self._drop("exact_duplicate", r, why, note=f"{_SUPERSEDED[why]}; kept: {kept}")
         if self.cfg.dedup:
             first = self.seen.get(key)
             if first is None:

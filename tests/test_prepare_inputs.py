@@ -2162,4 +2162,6 @@ def test_reviews_linked_only_by_their_author_are_counted_as_reposts(tmp_path):
                [["76561190000000050", "Ten", EN[0], "2024-01-01"], ["76561190000000050", "Ten", EN[1], "2024-02-01"]])
     res = _run(tmp_path, [src], appid="10", language=["all"])
     assert [r["output"] for r in _load(res["train"])] == [EN[1]]
-    assert _report(res)["rules"]["exact_duplicate"]["reasons"] == {"earlier review by the same author of the game": 1}
+    rule = _report(res)["rules"]["exact_duplicate"]
+    assert rule["reasons"] == {"earlier review by the same author of the game": 1}
+    assert rule["examples"][0]["reason"].endswith(f"; kept: {src}: row 3"), rule["examples"]
