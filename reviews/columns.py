@@ -14,6 +14,7 @@ that the cleaning rules can remove the author's own name from the text.
 from __future__ import annotations
 
 import datetime
+import email.utils
 import functools
 import math
 import re
@@ -40,7 +41,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "tags": ("tags", "genres", "genre", "标签", "游戏标签", "类型"),
     "votes_up": ("votes_up", "helpful", "votes_helpful", "helpful_votes", "review_votes", "found_helpful",
                  "helpful_count", "有用", "有价值"),
-    "review_id": ("recommendationid", "review_id", "reviewid", "id"),
+    "review_id": ("recommendationid", "review_id", "reviewid"),
     "author": ("author", "user", "username", "user_name", "author_name", "author.personaname", "personaname",
                "nickname", "name", "steam_name", "profile_name", "reviewer", "reviewer_name", "persona_name",
                "steam_user", "user_nickname", "用户名", "用户", "昵称", "作者", "玩家", "评测者", "用户昵称", "玩家昵称"),
@@ -315,6 +316,7 @@ def row_fields(row: dict[str, Any], mapping: dict[str, str], comma: bool = False
         "tags": split_tags(tags),
         "review_id": _id(get.get("review_id")),
         "updated": written(get.get("timestamp_updated"), get.get("timestamp_created")),
+        "unread_time": unread_time(get.get("timestamp_updated"), get.get("timestamp_created")),
         "author_id": steam_author(get.get("author_id")),
         "author": "\n".join(str(get[f]).strip() for f in _AUTHOR_FIELDS if get.get(f) not in (None, "")) or None,
     }
@@ -326,15 +328,15 @@ _MS_EPOCH = 10**11
 
 def timestamp(v: Any) -> int | None:
     """Seconds since 1970 from a Unix time (a number or a numeric string; milliseconds too), an ISO-8601 date
-    (``2024-05-01T00:00:00Z``, ``2024-05-01 12:00``; without a zone, UTC) or a ``datetime`` (Parquet); else ``None``."""
+    (``2024-05-01T00:00:00Z``, ``2024-05-01 12:00``; without a zone, UTC), an RFC 2822 date (``Mon, 01 Jan 2024
+    00:00:00 GMT``) or a ``datetime`` (Parquet); else ``None``."""
     if isinstance(v, str):
         v = v.strip()
         if re.fullmatch(r"\d+(?:\.\d+)?", v):
             v = float(v)
         else:
-            try:
-                v = datetime.datetime.fromisoformat(v)
-            except ValueError:
+            v = _date_text(v)
+            if v is None:
                 return None
     if isinstance(v, datetime.date) and not isinstance(v, datetime.datetime):
         v = datetime.datetime(v.year, v.month, v.day)
@@ -342,6 +344,27 @@ def timestamp(v: Any) -> int | None:
         return int((v if v.tzinfo else v.replace(tzinfo=datetime.timezone.utc)).timestamp())
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
         return int(v // 1000 if v >= _MS_EPOCH else v)
+    return None
+
+
+def _date_text(v: str) -> datetime.datetime | None:
+    """An ISO-8601 or RFC 2822 date as text, else ``None``."""
+    try:
+        return datetime.datetime.fromisoformat(v)
+    except ValueError:
+        pass
+    try:
+        return email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def unread_time(*values: Any) -> str | None:
+    """The first of ``values`` that holds a time :func:`timestamp` cannot read, as text; ``None`` when each is read,
+    empty, ``0`` (Steam's "never") or NaN (an empty cell)."""
+    for v in values:
+        if v is not None and not isinstance(v, bool) and str(v).strip() not in ("", "0", "nan") and timestamp(v) is None:
+            return str(v)
     return None
 
 

@@ -167,7 +167,8 @@ class PrepareConfig:
     drop_checklists: bool = arg(False, "Drop ☐/☑ checklist templates (\"Graphics ☐ Bad ☑ Good\" grids).")
     drop_little_language: bool = arg(True, "Drop texts that are mostly symbols, digits or emoji (letters < 40 %).")
     drop_repetition: bool = arg(True, "Drop looping texts (\"好玩好玩好玩…\"; zlib ratio < 0.2).")
-    dedup: bool = arg(True, "Drop exact duplicates (after normalising case, width, spaces and punctuation).")
+    dedup: bool = arg(True, "Drop exact duplicates (after normalising case, width, spaces and punctuation). Older "
+                            "versions of a review read again edited or reposted go whatever this is.")
     near_dedup: bool = arg(True, "Drop near duplicates (MinHash over 5-character shingles).")
     near_dup_threshold: float = arg(0.8, "Estimated Jaccard similarity at which a review is a near duplicate.")
     copypasta_games: int = arg(3, "Drop every copy of a text (exact or near) found under this many games or more: "
@@ -316,8 +317,9 @@ class _Rules:
         self.seen: dict[str, Review] = {}  # dedup key → its first record
         self.files: dict[str, set[str]] = {}  # dedup key of a text with copies → the input files it came in
         self.games: dict[str, set[str]] = {}  # dedup key of a copied text → games its copies were written for
-        self.older: dict[int, str] = {}  # id() of a record another version of the same review supersedes → why
+        self.older: dict[int, tuple[str, str]] = {}  # id() of a record another version of one review supersedes → why, kept
         self.review_of: dict[int, int] = {}  # id() of a record of a review read more than once → that review's number
+        self.notes: list[str] = []  # warnings about records kept apart (:meth:`find_older_versions`)
         self.warned: set[str] = set()  # rules already reported as removing > 1/5
         self.handles: frozenset[str] = frozenset()  # every author's distinctive screen name
         self.arrived: str | None = None  # the text of the record per_record is on, as it arrived (report examples)
@@ -523,26 +525,31 @@ class _Rules:
     def find_older_versions(self, reviews: list[Review]) -> None:
         """Note the reviews read twice with other text (the same app and review id, e.g. two collects of an app with
         an edit between them, or the same app and author: :func:`_one_review_groups`) and which copy is kept: the
-        latest by :attr:`Review.updated` when every copy has a timestamp (a tie: the last read), else the last read
+        latest by :attr:`Review.updated` of the copies that have a timestamp (a tie: the last read), else the last read
         (an append-only dump's newest), each dropped copy with the reason that says which (:data:`OLDER_VERSION`,
-        :data:`REPOSTED`, :data:`UNDATED`). :meth:`exact_duplicate` drops them. Copies with the same text as the
+        :data:`REPOSTED`, :data:`UNDATED`, and where the kept copy is). :meth:`exact_duplicate` drops them. Copies with the same text as the
         kept one are left to the text key."""
         self.older = {}
-        for n, group in enumerate(_one_review_groups(reviews)):
+        groups, clashes = _one_review_groups(reviews)
+        self.notes = _clash_warning(reviews, clashes)
+        for line in self.notes:
+            console.print("[bold yellow]warning[/] " + escape(line))
+        for n, group in enumerate(groups):
             self.review_of.update((id(reviews[i]), n) for i in group)
-            dated = all(reviews[i].updated is not None for i in group)
-            keep = reviews[max(group, key=lambda i: (reviews[i].updated, i)) if dated else group[-1]]
+            dated = [i for i in group if reviews[i].updated is not None]
+            keep = reviews[max(dated, key=lambda i: (reviews[i].updated, i)) if dated else group[-1]]
             for i in group:
                 if reviews[i].text != keep.text:
-                    self.older[id(reviews[i])] = UNDATED if not dated else OLDER_VERSION \
-                        if reviews[i].review_id == keep.review_id else REPOSTED
+                    self.older[id(reviews[i])] = UNDATED if reviews[i].updated is None else OLDER_VERSION \
+                        if reviews[i].review_id and reviews[i].review_id == keep.review_id else REPOSTED, keep.where
 
     def exact_duplicate(self, r: Review, key: str) -> str | None:
         """The rule that needs the records before this one (in input order): exact duplicates by
         their dedup ``key``, tallied as :data:`OTHER_FILE` when the text had not yet come in this record's file, and
-        older versions of a review read again with other text (:meth:`find_older_versions`)."""
-        if self.cfg.dedup and id(r) in self.older:
-            return self._drop("exact_duplicate", r, self.older[id(r)], note=_SUPERSEDED[self.older[id(r)]])
+        older versions of a review read again with other text (:meth:`find_older_versions`; whatever ``--dedup``)."""
+        if id(r) in self.older:
+            why, kept = self.older[id(r)]
+            return self._drop("exact_duplicate", r, why, note=f"{_SUPERSEDED[why]}; kept: {kept}")
         if self.cfg.dedup:
             first = self.seen.get(key)
             if first is None:
@@ -845,6 +852,16 @@ def _reading(path: Path) -> contextlib.AbstractContextManager[Any]:
                   + (f", at least {byte_size(unpacked)} decompressed)" if unpacked is not None else ")"))
 
 
+def _unread_times(reviews: list[Review]) -> list[str]:
+    """The warning, once per file, about timestamps that could not be read (those records count as undated)."""
+    bad = [r for r in reviews if r.unread_time is not None]
+    if not bad:
+        return []
+    return [f"{bad[0].where}: timestamp {bad[0].unread_time!r} is not a Unix time, ISO-8601 or RFC 2822 date; "
+            f"{_were(len(bad), 'record', 'records')} of this file count as undated (the latest dated copy of a "
+            "review is kept, else the last read)"]
+
+
 def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[str]]:
     """Read every input and fill game names/tags from appdetails inputs, CSV rows and the flags; also the notes on
     the files skipped (for the report's warnings)."""
@@ -856,6 +873,7 @@ def _load(cfg: PrepareConfig) -> tuple[list[sources.Loaded], list[Review], list[
         with _reading(path):
             item = sources.read(path, tag_language, cfg.encoding, columns)
         console.print(f"[green]detected[/] {item.describe()}")
+        item.warnings += _unread_times(item.reviews)
         for line in item.warnings:
             console.print("[bold yellow]warning[/] " + escape(line))
         loaded.append(item)
@@ -1008,7 +1026,7 @@ def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[
 
 #: the ``exact_duplicate`` reason of an older version of a review whose edited text came in too (same app and id)
 OLDER_VERSION = "older version of a review"
-#: the ``exact_duplicate`` reason of a version of a review that could not be ordered by time (a copy had no timestamp)
+#: the ``exact_duplicate`` reason of a version of a review that could not be ordered by time (it has no timestamp)
 UNDATED = "version of a review without a timestamp to order it"
 #: the ``exact_duplicate`` reason of a review that its author's later review of the same app replaced (a new id)
 REPOSTED = "earlier review by the same author of the game"
@@ -1016,8 +1034,8 @@ REPOSTED = "earlier review by the same author of the game"
 _SUPERSEDED = {OLDER_VERSION: "a later edit of this review (same app and review id) came in too",
                REPOSTED: "a later review of this app by the same author (steam id) came in too; Steam keeps one "
                          "review per account and app",
-               UNDATED: "another version of this review (same app and review id or author id) came in too and a copy "
-                        "has no timestamp; the last read is kept"}
+               UNDATED: "another version of this review (same app and review id or author id) came in too and this "
+                        "copy has no timestamp; the latest dated copy is kept, else the last read"}
 #: the ``exact_duplicate`` reason of a copy of a review that its file holds again (a re-fetch, or a repost of the text)
 READ_AGAIN = "copy of a review read again (same app and review id or author)"
 #: the ``exact_duplicate`` reason of a copy of a review read from another input file
@@ -1026,10 +1044,11 @@ OTHER_FILE = "in another input file"
 NO_APPID = "no app id"
 
 
-def _one_review_groups(reviews: list[Review]) -> list[list[int]]:
+def _one_review_groups(reviews: list[Review]) -> tuple[list[list[int]], list[tuple[int, int]]]:
     """The indexes, in input order, of each review read more than once: records of the same app and review id, or of
     the same app and known author id (Steam keeps one review per account and app: a review deleted and written
-    again gets a new id), and those linked through either."""
+    again gets a new id), and those linked through either; and the pairs of records of one app and review id left
+    apart because they name different known authors (:func:`_other_authors`)."""
     root: dict[int, int] = {}  # index → an index of its group (a union-find forest)
 
     def top(i: int) -> int:
@@ -1039,18 +1058,38 @@ def _one_review_groups(reviews: list[Review]) -> list[list[int]]:
         return i
 
     first: dict[tuple[str, str, str], int] = {}
+    clashes: list[tuple[int, int]] = []
     for i, r in enumerate(reviews):
         if not r.appid or r.prompt is not None:
             continue
         for key in ((r.appid, "id", r.review_id), (r.appid, "author", r.author_id)):
             if key[2]:
                 root.setdefault(i, i)
-                j = top(first.setdefault(key, i))
+                k = first.setdefault(key, i)
+                if _other_authors(reviews[k], r):
+                    clashes.append((k, i))
+                    continue
+                j = top(k)
                 root[max(j, top(i))] = min(j, top(i))
     groups: dict[int, list[int]] = {}
     for i in root:
         groups.setdefault(top(i), []).append(i)
-    return [g for g in groups.values() if len(g) > 1]
+    return [g for g in groups.values() if len(g) > 1], clashes
+
+
+def _other_authors(a: Review, b: Review) -> bool:
+    """Whether two records name two different known authors (never one review, whatever their review ids say)."""
+    return bool(a.author_id and b.author_id and a.author_id != b.author_id)
+
+
+def _clash_warning(reviews: list[Review], clashes: list[tuple[int, int]]) -> list[str]:
+    """The warning, once, about records of one app and review id by different authors (kept apart)."""
+    if not clashes:
+        return []
+    a, b = (reviews[i] for i in clashes[0])
+    more = f" ({len(clashes) - 1:,} more such pair(s))" if len(clashes) > 1 else ""
+    return [f"{a.where} and {b.where} have the same app and review id {b.review_id} but different author steam ids: "
+            f"both are kept as reviews of their own{more}"]
 
 
 def _file(r: Review) -> str:
@@ -1100,7 +1139,8 @@ def _were(n: int, one: str, many: str) -> str:
     return f"{n:,} {one if n == 1 else many}"
 
 
-#: the ``exact_duplicate`` reasons that leave one copy of each review whatever the flags (no flag to advise):
+#: the ``exact_duplicate`` reasons that leave one copy of each review (no flag to advise; older versions go whatever
+#: ``--dedup``, copies of one text only under ``--dedup True``):
 #: what the warning says of ``n`` of them
 _KEPT_ONCE = {
     OTHER_FILE: lambda n: _were(n, "was a copy of a review", "were copies of reviews")
@@ -1114,8 +1154,8 @@ _KEPT_ONCE = {
     + " read again in the same file (same app and review id, or author steam id: fetched again or reposted; each is "
       "kept once, no flag needed)",
     UNDATED: lambda n: _were(n, "was a version of a review", "were versions of reviews")
-    + " read again with other text that could not be ordered by time, a copy having no timestamp "
-      "(same app and review id or author steam id; the last read is kept)",
+    + " read again with other text that could not be ordered by time, having no timestamp "
+      "(same app and review id or author steam id; the latest dated copy is kept, else the last read)",
 }
 
 
@@ -1321,7 +1361,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     kept = rules.near_duplicates(kept, keys)
     kept = _balance(kept, cfg, rules.stats["max_per_game"])
     stats = rules.stats
-    warnings = skipped + [w for item in loaded for w in item.warnings] \
+    warnings = skipped + [w for item in loaded for w in item.warnings] + rules.notes \
         + _warn_big_rules(stats, len(reviews), rules.warned)
     _print_table(stats, len(reviews), len(kept))
 

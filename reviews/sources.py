@@ -151,6 +151,7 @@ class Review:
     playtime_hours: float | None = None
     review_id: str | None = None
     updated: int | None = None  # when the author last wrote the review (columns.written)
+    unread_time: str | None = None  # a timestamp value that could not be read (columns.unread_time)
     author: str | None = None
     author_id: str | None = None
     length: tuple[int, str] | None = None
@@ -1202,6 +1203,7 @@ def _from_steam(rec: Any, where: str, appid: str | None) -> Review:
         votes_up=_int(rec.get("votes_up")), playtime_hours=round(minutes / 60, 1) if minutes is not None else None,
         review_id=str(rid) if rid is not None else None,
         updated=columns_mod.written(rec.get("timestamp_updated"), rec.get("timestamp_created")),
+        unread_time=columns_mod.unread_time(rec.get("timestamp_updated"), rec.get("timestamp_created")),
         author=str(steamid) if steamid else None, author_id=columns_mod.steam_author(steamid))
 
 

@@ -1382,22 +1382,22 @@ def _report(res) -> dict:
 
 
 def test_an_iso_timestamp_orders_the_edits_and_an_undated_copy_says_the_last_read_is_kept(tmp_path):
-    """Trial 35 F2: an ISO-8601 timestamp_updated read as none kept the 2023 edit, and a copy without a timestamp
-    lost to the dated one read before it, while the warning said "the latest is kept"."""
+    """Trial 35 F2: an ISO-8601 timestamp_updated read as none kept the 2023 edit, and the warning about a copy without
+    a timestamp said "the latest is kept"; it says that the dated copy is kept (trial 36 F6)."""
     src = tmp_path / "iso.jsonl"
     src.write_text("\n".join([_steam_line("1", EN[0], "2023-01-01T00:00:00Z"), _steam_line("1", EN[1], "2024-05-01T00:00:00Z"),
                                _steam_line("1", EN[2], "2023-06-01 12:00"), _steam_line("2", ZH[0], 1600000000),
                                _steam_line("2", ZH[1])]) + "\n", encoding="utf-8")
     res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
-    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], ZH[1]])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], ZH[0]])
     report = _report(res)
     assert report["rules"]["exact_duplicate"]["reasons"] == {"older version of a review": 2,
                                                              "version of a review without a timestamp to order it": 1}
     warning = next(w for w in report["warnings"] if "exact_duplicate" in w)
     assert "2 were older versions of reviews whose edit came in too (same app and review id; the latest by " \
            "timestamp_updated, else timestamp_created, is kept); 1 was a version of a review read again with other " \
-           "text that could not be ordered by time, a copy having no timestamp (same app and review id or author steam " \
-           "id; the last read is kept)" in warning
+           "text that could not be ordered by time, having no timestamp (same app and review id or author steam " \
+           "id; the latest dated copy is kept, else the last read)" in warning
     assert "--dedup False" not in warning
 
 
@@ -1405,8 +1405,9 @@ def test_an_iso_timestamp_orders_the_edits_and_an_undated_copy_says_the_last_rea
                                             (1600000000123, 1600000000), ("2020-09-13T12:26:40Z", 1600000000),
                                             ("2020-09-13T14:26:40+02:00", 1600000000), ("2020-09-13 12:26:40", 1600000000),
                                             (__import__("datetime").datetime(2020, 9, 13, 12, 26, 40), 1600000000),
+                                            ("Sun, 13 Sep 2020 12:26:40 GMT", 1600000000),
                                             ("yesterday", None), ("", None), (None, None), (True, None), (0, None)])
-def test_a_timestamp_is_read_from_a_number_a_numeric_string_or_an_iso_date(value, seconds):
+def test_a_timestamp_is_read_from_a_number_a_numeric_string_an_iso_or_an_rfc_2822_date(value, seconds):
     assert columns.timestamp(value) == seconds
 
 
@@ -2100,3 +2101,67 @@ def test_a_csv_header_over_the_field_limit_exits_2(tmp_path, field_limit_1000):
     assert str(e.value) == (f"{src}: line 1: the header holds a field of more than 1,000 characters (a quote that "
                             "never closes, or not a review table); put the column names on line 1, or convert the "
                             "file to JSON Lines")
+
+
+def test_a_bare_id_column_is_not_a_review_id(tmp_path):
+    """Trial 36 F5: two exports whose `id` column numbers their rows 1..N were merged as versions of one review."""
+    a = _csv(tmp_path / "a.csv", ["id", "appid", "review"], [[i + 1, 10, EN[i]] for i in range(2)])
+    b = _csv(tmp_path / "b.csv", ["id", "appid", "review"], [[i + 1, 10, EN[i + 2]] for i in range(2)])
+    res = _run(tmp_path, [a, b], app_name=["10=Ten"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted(EN[:4])
+    assert columns.field_of("id") is None and columns.field_of("recommendationid") == "review_id"
+
+
+def test_one_review_id_under_two_known_authors_is_two_reviews_and_warned_of(tmp_path):
+    """Trial 36 F4: the same app and recommendationid with two different steam ids was merged as an edit."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([_steam_line("1", EN[0], 100, **_by("76561190000000001")),
+                               _steam_line("1", EN[1], 200, **_by("76561190000000002")),
+                               _steam_line("1", EN[2], 300, **_by("76561190000000002"))]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[0], EN[2]])
+    said = [w for w in _report(res)["warnings"] if "different author steam ids" in w]
+    assert said == [f"{src}: line 1 and {src}: line 2 have the same app and review id 1 but different author steam "
+                    "ids: both are kept as reviews of their own (1 more such pair(s))"], said
+
+
+def test_dedup_false_keeps_exact_copies_but_still_drops_older_versions(tmp_path):
+    """Trial 36 F7: `--dedup False`, which the warning advises for copies under other ids, brought back every older
+    edit and every deleted review."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([_steam_line("1", EN[0], 100), _steam_line("1", EN[1], 200),
+                               _steam_line("2", EN[2], 100, **_by("76561190000000001")),
+                               _steam_line("3", EN[3], 200, **_by("76561190000000001")),
+                               _steam_line("4", ZH[0], 100), _steam_line("5", ZH[0], 100)]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"], dedup=False, near_dedup=False)
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], EN[3], ZH[0], ZH[0]])
+    assert _report(res)["rules"]["exact_duplicate"]["reasons"] == {"older version of a review": 1,
+                                                                   "earlier review by the same author of the game": 1}
+
+
+def test_an_unread_timestamp_is_warned_of_and_the_dated_copy_wins(tmp_path):
+    """Trial 36 F6: an RFC 2822 date read as none made its group undated, so the last read (older) text was kept, and
+    any other unreadable value said nothing."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([_steam_line("1", EN[1], "2024-06-01T00:00:00Z"),
+                               _steam_line("1", EN[0], "Mon, 01 Jan 2024 00:00:00 GMT"),
+                               _steam_line("2", EN[2], 1600000000), _steam_line("2", EN[3], "Posted: 5 March, 2024"),
+                               _steam_line("3", ZH[0], "soon")]) + "\n", encoding="utf-8")
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"])
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], EN[2], ZH[0]])
+    said = [w for w in _report(res)["warnings"] if "timestamp" in w and "exact_duplicate" not in w]
+    assert said == [f"{src}: line 4: timestamp 'Posted: 5 March, 2024' is not a Unix time, ISO-8601 or RFC 2822 date; "
+                    "2 records of this file count as undated (the latest dated copy of a review is kept, else the last "
+                    "read)"], said
+
+
+def test_reviews_linked_only_by_their_author_are_counted_as_reposts(tmp_path):
+    """Trial 36 F8: a table without review ids, one author's two reviews of one game, said "older version of a review
+    (same app and review id)"."""
+    src = _csv(tmp_path / "c.csv", ["author_id", "app_name", "review", "timestamp_updated"],
+               [["76561190000000050", "Ten", EN[0], "2024-01-01"], ["76561190000000050", "Ten", EN[1], "2024-02-01"]])
+    res = _run(tmp_path, [src], appid="10", language=["all"])
+    assert [r["output"] for r in _load(res["train"])] == [EN[1]]
+    rule = _report(res)["rules"]["exact_duplicate"]
+    assert rule["reasons"] == {"earlier review by the same author of the game": 1}
+    assert rule["examples"][0]["reason"].endswith(f"; kept: {src}: row 3"), rule["examples"]
