@@ -975,6 +975,11 @@ def _merge_stats(into: dict[str, _Stat], part: dict[str, _Stat]) -> None:
         have.examples.extend(st.examples[: max(0, 2 - len(have.examples))])
 
 
+def worker_pool(workers: int) -> Any:
+    """A pool of ``workers`` forked processes (they read the parent's rules and reviews: :data:`_WORKER`)."""
+    return multiprocessing.get_context("fork").Pool(workers)
+
+
 def _per_record_results(reviews: list[Review], rules: _Rules, workers: int) -> Iterator[tuple[int, list[_Result]]]:
     """``(start, per-record results of reviews[start:start+n])`` chunk by chunk, in input order; with
     ``workers`` > 1 (and enough reviews) in forked worker processes, the changed texts copied back."""
@@ -986,12 +991,17 @@ def _per_record_results(reviews: list[Review], rules: _Rules, workers: int) -> I
     global _WORKER
     _WORKER = rules, reviews
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with worker_pool(workers) as pool:
             for start, (out, stats) in zip(chunks, pool.imap(_per_record_chunk, chunks)):
                 _merge_stats(rules.stats, stats)
                 for r, (_, text, language, length) in zip(reviews[start:start + _CHUNK], out):
                     r.text, r.language, r.length = r.text if text is None else text, language, length
                 yield start, [result for result, _, _, _ in out]
+            # the workers end by themselves: the pool's exit (``terminate``) would send them SIGTERM, whose
+            # inherited Python handler raises ``KeyboardInterrupt``, which Python drops in a finalizer: a worker
+            # then waited on its task queue for ever and the run hung
+            pool.close()
+            pool.join()
     finally:
         _WORKER = None
 

@@ -2165,3 +2165,19 @@ def test_reviews_linked_only_by_their_author_are_counted_as_reposts(tmp_path):
     rule = _report(res)["rules"]["exact_duplicate"]
     assert rule["reasons"] == {"earlier review by the same author of the game": 1}
     assert rule["examples"][0]["reason"].endswith(f"; kept: {src}: row 3"), rule["examples"]
+
+
+def test_prepare_workers_end_by_themselves(tmp_path, monkeypatch):
+    """CI hung in test_worker_processes_give_the_same_result: the pool's exit sent its workers SIGTERM, a worker's
+    inherited Python handler raised KeyboardInterrupt where Python drops it, and the parent waited for that worker
+    for ever. The workers now end by themselves when the work is done (exit code 0, no signal)."""
+    from steam_persona.reviews import prepare
+
+    pools = []
+    make = prepare.worker_pool
+    monkeypatch.setattr(prepare, "worker_pool", lambda n: pools.append(make(n)) or pools[-1])
+    monkeypatch.setattr(prepare, "PARALLEL_MIN_REVIEWS", 100)
+    monkeypatch.setattr(prepare, "_CHUNK", 100)
+    src = _csv(tmp_path / "p.csv", ["review", "game"], [[f"{t} 第{i}次", "Hades"] for i in range(100) for t in ZH])
+    _run(tmp_path, [src], preprocessing_num_workers=2)
+    assert len(pools) == 1 and [p.exitcode for p in pools[0]._pool] == [0, 0]
