@@ -886,41 +886,28 @@ _GUNZIP_PIECE = 1 << 24
 
 def _gunzip(path: Path, raw: bytes) -> bytes:
     """The gzip data ``raw`` of ``path`` decompressed, when its text fits the memory available to be read whole
-    (:func:`_whole_read_memory`): judged first by the size its trailer records (a small ``.json.gz`` can hold
-    gigabytes), then, as that size is only a lower bound, as it is decompressed. A trailer that says it does not fit
-    is believed once more than fits decompresses (let go of as it comes): a file cut short ends in no trailer.
+    (:func:`_whole_read_memory`), judged as it is decompressed (a small ``.json.gz`` can hold gigabytes); a refusal
+    says the size its trailer records (a lower bound) when that is believable and does not fit, else "more than"
+    what was decompressed. A file cut short ends in no trailer and is refused as broken.
 
     Raises:
         UserError: a broken gzip stream, or a text that needs more memory than is available.
     """
-    need, free = _whole_read_memory(_isize(raw, len(raw)) or 0)
-    limit = free // _WHOLE_READ_FACTOR
-    if need > free and _gunzip_pieces(path, raw, limit, keep=False)[1] > limit:
-        _refuse_gzip(path, need, free)
-    pieces, size = _gunzip_pieces(path, raw, limit)
-    if size > limit:
-        _refuse_gzip(path, *_whole_read_memory(size), more=True)
-    return b"".join(pieces)
-
-
-def _gunzip_pieces(path: Path, raw: bytes, limit: int, keep: bool = True) -> tuple[list[bytes], int]:
-    """The pieces of ``raw`` decompressed (none unless ``keep``) until more than ``limit`` bytes are, or all of it;
-    and their size.
-
-    Raises:
-        UserError: a broken gzip stream.
-    """
     import gzip
 
+    limit = memory.available_memory_bytes() // _WHOLE_READ_FACTOR
     pieces, size = [], 0
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
             while size <= limit and (piece := f.read(_GUNZIP_PIECE)):
-                pieces += [piece] * keep
+                pieces.append(piece)
                 size += len(piece)
     except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"{path}: broken gzip file ({e}); re-download or decompress it") from None
-    return pieces, size
+    if size > limit:
+        recorded = _isize(raw, len(raw)) or 0
+        _refuse_gzip(path, *_whole_read_memory(recorded if recorded > limit else size), more=recorded <= limit)
+    return b"".join(pieces)
 
 
 #: the fewest bytes a gzip file has: a 10-byte header and an 8-byte trailer
