@@ -57,7 +57,7 @@ def arg(
     Args:
         default: the default value; lists are copied per instance. Omit for a required field.
         help: help text shown by ``--help``; state units (tokens, seconds, GiB) where they apply.
-        choices: allowed string values (a ``click.Choice``).
+        choices: allowed string values (a ``click.Choice``, any case: ``JSONL`` is ``jsonl``).
         envvar: an environment variable that overrides YAML (flags still win).
         positional: the field is a positional argument instead of a flag (lists take ``nargs=-1``).
         flags: for a positional field, flags that give it too (other tools' spelling: ``("--model", "-m")``);
@@ -134,11 +134,11 @@ def _click_type(f: dataclasses.Field, tp: Any) -> tuple[click.ParamType, bool]:
     if is_list:
         base = typing.get_args(base)[0]
     if f.metadata.get("choices"):
-        return click.Choice(list(f.metadata["choices"])), is_list
+        return click.Choice(list(f.metadata["choices"]), case_sensitive=False), is_list
     if f.metadata.get("text"):
         return click.STRING, is_list
     if typing.get_origin(base) is Literal:
-        return click.Choice([str(a) for a in typing.get_args(base)]), is_list
+        return click.Choice([str(a) for a in typing.get_args(base)], case_sensitive=False), is_list
     mapping = {bool: click.BOOL, int: click.INT, float: click.FLOAT, str: click.STRING}
     return mapping.get(base, click.STRING), is_list
 

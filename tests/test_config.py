@@ -21,6 +21,7 @@ class _Cfg:
     quantization_bit: int | None = arg(None, "optional int")
     report: str = arg("prepare_report", "text")
     columns: str = arg("", "pairs", pairs=True)
+    output_format: str = arg("text", "one of", choices=("text", "jsonl"))
 
 
 def _run(argv):
@@ -38,6 +39,20 @@ def test_llamafactory_style_flags():
     assert cfg.quantization == ["q4_k_m", "q8_0"]
     assert cfg.appid == [1, 2, 3]
     assert cfg.quantization_bit == 4
+
+
+def test_a_choice_is_taken_in_any_case_and_given_as_declared(tmp_path):
+    """Trial 36: `--output_format JSONL` was refused (exit 2) where `jsonl` worked."""
+    r, cfg = _run(["--output_format", "JSONL"])
+    assert r.exit_code == 0, r.output
+    assert cfg.output_format == "jsonl"
+    p = tmp_path / "c.yaml"
+    p.write_text("output_format: Text\n", encoding="utf-8")
+    r, cfg = _run([str(p)])
+    assert r.exit_code == 0, r.output
+    assert cfg.output_format == "text"
+    r, _ = _run(["--output_format", "json"])
+    assert r.exit_code == 2 and "'json' is not one of 'text', 'jsonl'" in r.output
 
 
 def test_yaml_then_flags_override(tmp_path):
