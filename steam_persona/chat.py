@@ -16,7 +16,8 @@ oldest turns leave the history when prompt + ``--max_new_tokens`` would not fit 
 alone is refused with one line.
 When stdin is not a terminal, each line is one user turn. When stdout is not a terminal, each turn (a line that is
 neither blank nor a command) writes exactly one stdout line (:class:`Answers`), and everything else goes to stderr,
-so the command can be scripted: ``printf 'hi\\nexit\\n' | steam-train chat out/export``.
+so the command can be scripted: ``printf 'hi\\nexit\\n' | steam-train chat out/export``. With
+``--input_format jsonl`` each input line is JSON (:func:`_jsonl_turn`), so that a prompt can hold line breaks.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ class ChatConfig:
         "its line breaks and backslashes escaped (\\n, \\r, \\\\: printf '%b' undoes them) and an empty line for a "
         "refused turn. jsonl: one JSON object a turn, {prompt, response, finish_reason, error}.",
         choices=("text", "jsonl"))
+    input_format: str = config.arg(
+        "text", "How input lines are read. text: each line is a turn as written, or a command. jsonl: each line is "
+        "a JSON object {\"prompt\": \"...\"} (a jsonl answer line is one: its other keys are ignored) or a JSON "
+        "string, so a prompt can hold line breaks; {\"command\": \"clear\"} or {\"command\": \"exit\"} for the "
+        "commands. A line that is neither is a refused turn.", choices=("text", "jsonl"))
 
 
 @dataclass
@@ -408,6 +414,34 @@ def _lines(interactive: bool) -> Iterator[tuple[int, str]]:
         yield number, text.strip()
 
 
+def _jsonl_turn(line: str) -> tuple[str, str | None]:
+    """``(prompt, command)`` of one ``--input_format jsonl`` line: a JSON string is the prompt; an object gives
+    its ``prompt`` (a string, other keys ignored) or its ``command`` (a key of :data:`COMMANDS`), never both.
+
+    Raises:
+        LineRefused: the line is not JSON, or not such a string or object (its message names the fix).
+    """
+    fix = 'write one JSON object {"prompt": "..."} or JSON string a line (--input_format jsonl)'
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise LineRefused(f"not JSON ({e.msg} at column {e.colno}): {fix}", "invalid_json") from None
+    if isinstance(value, str):
+        value = {"prompt": value}
+    if not isinstance(value, dict):
+        raise LineRefused(f"a JSON {type(value).__name__}, not an object: {fix}", "invalid_prompt")
+    command, prompt = value.get("command"), value.get("prompt")
+    if command is not None:
+        if prompt is not None or not isinstance(command, str) or command.lower() not in COMMANDS:
+            raise LineRefused(f"\"command\" is one of {sorted(COMMANDS)}, on a line without \"prompt\"",
+                              "invalid_prompt")
+        return "", COMMANDS[command.lower()]
+    if not isinstance(prompt, str) or not prompt.strip():
+        got = "no \"prompt\"" if prompt is None else f"\"prompt\" {json.dumps(prompt, ensure_ascii=False)[:40]}"
+        raise LineRefused(f"{got}; a turn needs a non-empty string: {fix}", "invalid_prompt")
+    return prompt, None
+
+
 def _read_line() -> str:
     if sys.stdout.isatty():
         return input("User: ")
@@ -487,7 +521,12 @@ def run(cfg: ChatConfig) -> list[Turn]:
         for number, line in _lines(interactive):
             if not line:
                 continue
-            command = COMMANDS.get(line.lower().removeprefix("/"))  # "/exit" as other chat CLIs spell it
+            try:
+                line, command = _jsonl_turn(line) if cfg.input_format == "jsonl" else \
+                    (line, COMMANDS.get(line.lower().removeprefix("/")))  # "/exit" as other chat CLIs spell it
+            except LineRefused as e:
+                answers.refused(line, LineRefused(f"input line {number}: {e.message}", e.code))
+                continue
             if command == "exit":
                 break
             if command == "clear":
@@ -631,4 +670,5 @@ command = config.command(ChatConfig, run, name="chat", config_option="option",
                          help="Chat in the terminal with a GGUF (llama.cpp) or a base + LoRA adapter (transformers). A line that "
                               "is 'clear' forgets the history; 'exit' or 'quit' (or end of input) ends the chat; also "
                               "with a leading '/', in any case. Piped, each line is a turn; with stdout not a terminal, "
-                              "each turn (a line neither blank nor a command) is one stdout line (--output_format).")
+                              "each turn (a line neither blank nor a command) is one stdout line (--output_format); "
+                              "--input_format jsonl reads JSON lines, for prompts with line breaks.")

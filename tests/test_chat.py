@@ -83,6 +83,37 @@ def test_a_jsonl_record_holds_no_raw_line_end(capsys):
     assert json.loads(out.getvalue()) == {"prompt": text, "response": text, "finish_reason": "stop", "error": None}
 
 
+def test_jsonl_input_sends_prompts_with_line_breaks_and_refuses_other_lines(smollm2_gguf, monkeypatch, capsys):
+    """Trial 36: a piped prompt could not hold a line break. With --input_format jsonl each line is a JSON object
+    (an answer line replayed too) or string; a line that is neither is a refused turn, so lines still pair."""
+    seen: list[list[str]] = []
+    original = chat_mod.GGUFBackend.stream
+
+    def spy(self, messages, *args, **kwargs):
+        seen.append([m["content"] for m in messages if m["role"] == "user"])
+        return original(self, messages, *args, **kwargs)
+
+    monkeypatch.setattr(chat_mod.GGUFBackend, "stream", spy)
+    lines = [json.dumps({"prompt": "Rate these:\n1. Hades\n2. Celeste"}), '"exit is a prompt here"', "",
+             '{"command": "Clear"}', "not json", '{"prompt": 3}', '["a"]', '{"command": "exit", "prompt": "x"}',
+             json.dumps({"prompt": "Again?", "response": "old", "finish_reason": "stop", "error": None}),
+             '{"command": "quit"}', '"never sent"']
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    turns = chat_mod.run(ChatConfig(model_name_or_path=str(smollm2_gguf), temperature=0.0, max_new_tokens=4,
+                                    input_format="jsonl", output_format="jsonl"))
+    assert seen == [["Rate these:\n1. Hades\n2. Celeste"], ["Rate these:\n1. Hades\n2. Celeste",
+                                                            "exit is a prompt here"], ["Again?"]]
+    assert len(turns) == 3
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o["prompt"] for o in out] == ["Rate these:\n1. Hades\n2. Celeste", "exit is a prompt here", "not json",
+                                          '{"prompt": 3}', '["a"]', '{"command": "exit", "prompt": "x"}', "Again?"]
+    assert [o["error"]["code"] if o["error"] else None for o in out] == [
+        None, None, "invalid_json", "invalid_prompt", "invalid_prompt", "invalid_prompt", None]
+    assert out[2]["error"]["message"] == ('input line 5: not JSON (Expecting value at column 1): write one JSON '
+                                          'object {"prompt": "..."} or JSON string a line (--input_format jsonl)')
+    assert out[3]["error"]["message"].startswith('input line 6: "prompt" 3; a turn needs a non-empty string')
+
+
 def test_history_clear_and_export_dir_persona(smollm2_gguf, tmp_path, monkeypatch):
     # an export dir as `steam-train export` writes it: <name>-<quant>.gguf, a LoRA GGUF, the report
     (tmp_path / "persona-q4_k_m.gguf").symlink_to(smollm2_gguf)
