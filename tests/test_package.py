@@ -95,6 +95,15 @@ def test_shipped_files_resolve_in_the_checkout():
     assert doc("dify.md") == str(REPO / "docs" / "dify.md")
 
 
+def test_no_doc_installs_the_project_by_a_name_pypi_does_not_have():
+    """Trial 37 (1): README and docs/gpu.md said `pip install 'steam-persona[gpu]'`; the project is not on PyPI,
+    so pip found nothing (or would find a stranger's package under that name)."""
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    bad = [f"{p.name}:{n}" for p in docs for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+           if re.search(r"pip install ['\"]?steam[-_]persona\b", line)]
+    assert not bad
+
+
 def test_python_m_steam_persona_from_another_folder(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "steam_persona", "--version"], cwd=tmp_path, env=env,
