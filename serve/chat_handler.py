@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import re
 from collections import OrderedDict
 from typing import Any, Iterator, Sequence
 
@@ -61,6 +62,9 @@ INCLUDE_USAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("include_us
 SEEDED: contextvars.ContextVar[bool] = contextvars.ContextVar("seeded", default=False)
 #: Prompts whose tokens are kept between the check and generation (requests queue for the model).
 TOKEN_CACHE_SIZE = 64
+#: Set by :meth:`ChatHandler.__call__` in the request's context: its prompt (bytes, add_bos) and token ids, which
+#: the library's own tokenize call of that prompt gets (the ids depend on the messages, not only on the text).
+PROMPT: contextvars.ContextVar[tuple[bytes, bool, list[int]] | None] = contextvars.ContextVar("prompt", default=None)
 #: Token lists at least this long are remembered by the incremental detokenizer (see
 #: :meth:`ChatHandler._incremental_detokenize`); shorter ones cost little afresh.
 DETOKENIZE_REMEMBER_MIN = 8
@@ -90,11 +94,12 @@ class ChatHandler:
                                              stop_token_ids=[llama.token_eos()])
         self._handler = self.formatter.to_chat_handler()
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        self._control = control_pattern(self._vocab)
         self.grammars = grammars
         self.last_usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self.last_tokens: list[int] = []
         self.last_cut = False
-        self._tokens: OrderedDict[tuple[bytes, bool], list[int]] = OrderedDict()
+        self._tokens: OrderedDict[tuple[Any, ...], list[int]] = OrderedDict()
         self._original_generate, self._original_tokenize = llama.generate, llama.tokenize
         self._original_detokenize, self._bos = llama.detokenize, llama.token_bos()
         self._original_eval = llama.eval
@@ -112,10 +117,9 @@ class ChatHandler:
             llama.detokenize = self._incremental_detokenize  # type: ignore[method-assign]
 
     def _cached_tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
-        if special:
-            cached = self._tokens.get((text, add_bos))
-            if cached is not None:
-                return list(cached)
+        prompt = PROMPT.get()
+        if special and prompt is not None and prompt[:2] == (text, add_bos):
+            return list(prompt[2])
         return self._original_tokenize(text, add_bos, special)
 
     def _incremental_detokenize(self, tokens: list[int], prev_tokens: list[int] | None = None,
@@ -284,33 +288,54 @@ class ChatHandler:
         Raises:
             RequestError: 400 ``invalid_messages`` when the chat template rejects the messages.
         """
+        return list(self._prompt(messages, tools, tool_choice)[2])
+
+    def _prompt(self, messages: list[dict[str, Any]], tools: Any, tool_choice: Any) -> tuple[bytes, bool, list[int]]:
+        """``(prompt, add_bos, token ids)`` for ``messages``: the whole rendering tokenized with special tokens
+        parsed, as training tokenizes a conversation (``trainer.templates.ChatTemplate.parts``), unless a content
+        holds control-token text; then the template's text and the contents apart, contents as plain text. The
+        cache key is the split, not only the text: a content holding ``<|im_end|>`` can render the very text of
+        another conversation's turns.
+
+        Raises:
+            RequestError: see :meth:`prompt_token_ids`; 400 when a content holds control-token text and the
+                template changes contents (so they cannot be located).
+        """
         try:
             result = self.formatter(messages=messages, tools=tools, tool_choice=tool_choice)
         except Exception as e:  # jinja2 errors and the template's raise_exception (ValueError)
             raise RequestError(f"Invalid messages for the chat template: {e}", param="messages",
                                code="invalid_messages") from None
-        key = (result.prompt.encode("utf-8"), not result.added_special)
+        prompt, add_bos = result.prompt.encode("utf-8"), not result.added_special
+        pieces = self._content_pieces(result.prompt, messages, tools, tool_choice)
+        key = (prompt, add_bos, None if pieces is None else tuple((len(t), c) for t, c in pieces))
         tokens = self._tokens.get(key)
         if tokens is None:
-            tokens = self._tokens[key] = self._tokenize_prompt(result.prompt, messages, key[1], tools, tool_choice)
+            tokens = self._tokens[key] = self._original_tokenize(prompt, add_bos, True) if pieces is None \
+                else self._tokenize_pieces(pieces, add_bos)
             while len(self._tokens) > TOKEN_CACHE_SIZE:
                 self._tokens.popitem(last=False)
-        return list(tokens)
+        return prompt, add_bos, tokens
 
-    def _tokenize_prompt(self, prompt: str, messages: list[dict[str, Any]], add_bos: bool,
-                         tools: Any, tool_choice: Any) -> list[int]:
-        """Tokens of ``prompt``: template text with special tokens parsed, contents as plain text.
+    def _content_pieces(self, prompt: str, messages: list[dict[str, Any]], tools: Any,
+                        tool_choice: Any) -> list[tuple[str, bool]] | None:
+        """``prompt`` split into the template's text and the contents (:func:`content_parts`) when a content holds
+        control-token text; ``None`` when none does (the prompt is tokenized whole).
 
         Raises:
-            RequestError: 400 when the template changes contents (so they cannot be located) and a
-                content holds special-token text.
+            RequestError: 400 when the template changes contents, so they cannot be located.
         """
+        if self._control is None or not any(self._control.search(m["content"]) for m in messages
+                                            if isinstance(m.get("content"), str)):
+            return None
         frame = self.formatter(messages=marked(messages), tools=tools, tool_choice=tool_choice).prompt
         pieces = content_parts(prompt, frame, messages)
         if pieces is None:
-            if any(self._has_special(m["content"]) for m in messages if isinstance(m.get("content"), str)):
-                raise RequestError(SPECIAL_TEXT_REFUSED, param="messages", code="invalid_messages")
-            return self._original_tokenize(prompt.encode("utf-8"), add_bos, True)
+            raise RequestError(SPECIAL_TEXT_REFUSED, param="messages", code="invalid_messages")
+        return pieces
+
+    def _tokenize_pieces(self, pieces: list[tuple[str, bool]], add_bos: bool) -> list[int]:
+        """Token ids of ``pieces``: the template's text with special tokens parsed, contents as plain text."""
         tokens: list[int] = []
         frames: dict[tuple[str, bool], list[int]] = {}  # the template's pieces repeat per message
         for text, content in pieces:
@@ -333,13 +358,8 @@ class ChatHandler:
             return self._original_tokenize(text, add_bos, special)
         return buf[:n]
 
-    def _has_special(self, text: str) -> bool:
-        ids = self._original_tokenize(text.encode("utf-8"), False, True)
-        return any(llama_cpp.llama_vocab_get_attr(self._vocab, t) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL for t in ids)
-
     def __call__(self, **kwargs: Any) -> Any:
-        # puts this prompt's tokens (contents as text) in the cache the library's tokenize call reads
-        self.prompt_tokens(kwargs["messages"], kwargs.get("tools"), kwargs.get("tool_choice"))
+        PROMPT.set(self._prompt(kwargs["messages"], kwargs.get("tools"), kwargs.get("tool_choice")))
         result = self._handler(**kwargs)
         if parses_calls(kwargs, self.formatter.template):
             result = with_tool_calls(result, bool(kwargs.get("stream")))
@@ -439,6 +459,17 @@ def _openai_delta(delta: dict[str, Any], named: set[Any], legacy: bool) -> dict[
 
 class PromptStopped(Exception):
     """:data:`~steam_persona.serve.engine.STOP` turned true while a prompt was evaluated."""
+
+
+def control_pattern(vocab: Any) -> re.Pattern[str] | None:
+    """A pattern finding the texts of ``vocab``'s control tokens (``<|im_end|>``: those llama.cpp's tokenizer reads
+    as one token when told to parse special tokens), longest first; ``None`` when it has none. The GGUF's
+    counterpart of :func:`steam_persona.trainer.templates.special_pattern`."""
+    texts = {llama_cpp.llama_vocab_get_text(vocab, t).decode("utf-8", errors="replace")
+             for t in range(llama_cpp.llama_vocab_n_tokens(vocab))
+             if llama_cpp.llama_vocab_get_attr(vocab, t) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL}
+    texts.discard("")
+    return re.compile("|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True))) if texts else None
 
 
 def install(llama: llama_cpp.Llama, template: str, grammars: GrammarChecker | None = None) -> ChatHandler:
