@@ -20,6 +20,7 @@ from typing import Any
 from steam_persona.export.convert import PEFT_PREFIX, check_architecture
 from steam_persona.common.errors import UserError
 from steam_persona.common.hub import ModelSource, enable_transformers_gguf
+from steam_persona.common.run_files import ADAPTER_FIX, check_adapter
 from steam_persona.common.run_record import RunRecord
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -56,7 +57,7 @@ def read_run(adapter_name_or_path: str | None) -> RunInfo:
     :meth:`steam_persona.common.run_record.RunRecord.load`).
 
     Raises:
-        UserError: the folder or its adapter files are missing, or a file is unreadable.
+        UserError: the folder or its adapter files are missing, or a file is unreadable or damaged.
     """
     if not adapter_name_or_path:
         return RunInfo(None)
@@ -71,11 +72,7 @@ def read_run(adapter_name_or_path: str | None) -> RunInfo:
                             f"checkpoints ({', '.join(map(str, ckpts))}) or rerun the training to finish it")
         raise UserError(f"{d}: no LoRA adapter here (adapter_config.json + adapter_model.safetensors); "
                         "pass the run dir of a finished training or one of its checkpoint-N folders")
-    try:
-        adapter_config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{cfg_file}: invalid JSON ({e.msg} at line {e.lineno}); restore the file from the run") from None
-    return RunInfo(d, adapter_config, RunRecord.load(d))
+    return RunInfo(d, check_adapter(d, ADAPTER_FIX), RunRecord.load(d))
 
 
 def base_config(src: ModelSource):

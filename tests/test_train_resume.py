@@ -573,3 +573,36 @@ def test_an_error_made_of_the_interrupt_while_loading_still_says_where_it_stoppe
     said = " ".join(r.output.split())
     assert r.exit_code == 130 and (f"interrupted while loading, before the first step: nothing was written to {out}; "
                                    "rerun the same command to start") in said, (r.exit_code, said)
+
+
+def test_a_damaged_checkpoint_or_adapter_file_is_exit_2_naming_it(tiny_llama_dir, eight, tmp_path):
+    """Trial 38 (3): a cut optimizer.pt, trainer_state.json or adapter_model.safetensors (a partial copy, a disk
+    error) ended `train`'s resume, `export` and `chat` in a library's traceback, exit 1."""
+    from steam_persona.export.merge import read_run
+    from steam_persona.trainer.model import load_for_inference
+
+    out = tmp_path / "run"
+    flags = _flags(tiny_llama_dir, eight, out)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, flags), callbacks=(_crash_at_3,))
+    ckpt = out / "checkpoint-2"
+    (out / "checkpoint-1").mkdir()  # an earlier checkpoint to resume from
+    (out / "checkpoint-1" / "optimizer.pt").write_bytes((ckpt / "optimizer.pt").read_bytes())
+    for name, reason in [("optimizer.pt", "File is not a zip file"), ("scheduler.pt", "File is not a zip file"),
+                         ("trainer_state.json", ""), ("adapter_model.safetensors", "Error while deserializing")]:
+        whole = (ckpt / name).read_bytes()
+        (ckpt / name).write_bytes(whole[:len(whole) // 2])
+        r = CliRunner().invoke(main, _argv(flags))
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith(f"Error: {ckpt / name}: damaged, cannot be read ({reason}")
+        assert r.output.rstrip().endswith(f"); resume from an earlier checkpoint with --resume_from_checkpoint "
+                                          f"{out / 'checkpoint-1'}, or start over with --overwrite_output_dir")
+        (ckpt / name).write_bytes(whole)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"\0" * 100)
+    fix = "copy the adapter's run again, or pass one of its checkpoint-N folders"
+    for read in (read_run, lambda d: load_for_inference(None, d)):  # export; chat and eval
+        with pytest.raises(UserError, match=f"adapter_model.safetensors: damaged, cannot be read .*; {fix}$"):
+            read(str(ckpt))
+    (ckpt / "adapter_config.json").write_text('{"r": 8,', encoding="utf-8")
+    with pytest.raises(UserError, match="adapter_config.json: damaged, cannot be read \\(Expecting"):
+        read_run(str(ckpt))

@@ -27,6 +27,7 @@ import torch
 
 from steam_persona.common.errors import UserError
 from steam_persona.common.hub import ModelSource, enable_transformers_gguf, resolve_model
+from steam_persona.common.run_files import ADAPTER_FIX, check_adapter
 
 
 #: Dequantized GGUF bases kept in :func:`cache_dir`; older ones (least recently used) are deleted.
@@ -265,7 +266,7 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
         (chat template and eos = end-of-turn token as trained), else the base's.
 
     Raises:
-        UserError: no base given and no run_config.yaml, a missing adapter, or an unreadable
+        UserError: no base given and no run_config.yaml, a missing or damaged adapter, or an unreadable
             run_config.yaml.
     """
     from steam_persona.common.run_record import RunRecord
@@ -275,6 +276,8 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
         dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no adapter_config.json; pass a training output dir or one of its checkpoint-N folders")
+    if adapter:
+        check_adapter(Path(adapter), ADAPTER_FIX)
     run = RunRecord.load(adapter)
     base = base or run.model_name_or_path
     if not base:

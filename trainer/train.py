@@ -57,6 +57,7 @@ from steam_persona.common.console import byte_size, console, plain_progress, pro
 from steam_persona.common.errors import (STOP_SIGNALS, Interrupts, UserError, nothing_written, stop_signals_interrupt,
                                          while_loading)
 from steam_persona.common.persona import DEFAULT_SYSTEM
+from steam_persona.common.run_files import check_checkpoint, read_json
 from steam_persona.trainer.encode import counts_line, data_line
 from steam_persona.trainer.threads import threads_for_load
 from steam_persona.trainer.throughput import COMPILE_WARMUP_STEPS, Throughput, forward_share
@@ -339,9 +340,13 @@ def resumable_checkpoint(out: Path) -> Path | None:
 
 
 def finished_run(out: Path) -> dict | None:
-    """``all_results.json`` of the finished run in ``out`` (written after the final adapter), else ``None``."""
+    """``all_results.json`` of the finished run in ``out`` (written after the final adapter), else ``None``.
+
+    Raises:
+        UserError: the file is damaged.
+    """
     if (out / "adapter_model.safetensors").is_file() and (out / "all_results.json").is_file():
-        return json.loads((out / "all_results.json").read_text(encoding="utf-8"))
+        return read_json(out / "all_results.json", "pass --overwrite_output_dir to start over or pick another --output_dir")
     return None
 
 
@@ -355,6 +360,7 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
         if not (p / "trainer_state.json").is_file() or not (p / "optimizer.pt").is_file():
             raise UserError(f"{p}: not a resumable checkpoint (needs trainer_state.json and optimizer.pt); "
                             "pass a checkpoint-N folder saved without --save_only_model")
+        check_checkpoint(p, _damaged_checkpoint_fix(p))
         return p
     if cfg.overwrite_output_dir or not out.exists():
         return None
@@ -365,11 +371,22 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
                         f"{out / 'adapter_model.safetensors'}); pass --overwrite_output_dir to start over or pick "
                         f"another --output_dir; to train longer, {_train_longer(ckpt, finished.get('global_step'))}")
     if ckpt is not None:
+        check_checkpoint(ckpt, _damaged_checkpoint_fix(ckpt))
         return ckpt
     if any(out.iterdir()) and not only_leftovers(out):
         raise UserError(f"{out}: output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir "
                         "to start over or pick another --output_dir")
     return None
+
+
+def _damaged_checkpoint_fix(ckpt: Path) -> str:
+    """The way out of a damaged ``ckpt``: resuming from the newest checkpoint before it, else starting over."""
+    steps = {int(c.name.split("-")[1]): c for c in ckpt.parent.glob("checkpoint-*")
+             if re.fullmatch(r"checkpoint-\d+", c.name) and (c / "optimizer.pt").is_file()}
+    mine = re.fullmatch(r"checkpoint-(\d+)", ckpt.name)
+    earlier = [steps[n] for n in sorted(steps) if mine and n < int(mine.group(1))]
+    over = "start over with --overwrite_output_dir"
+    return f"resume from an earlier checkpoint with --resume_from_checkpoint {earlier[-1]}, or {over}" if earlier else over
 
 
 def _train_longer(ckpt: Path | None, last: int | None) -> str:
