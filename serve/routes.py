@@ -240,10 +240,15 @@ def _echoed(prompt: str, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str,
     yield from it
 
 
+#: ``owned_by`` of the served model object (OpenAI: the organization that owns it; Ollama says "library")
+OWNED_BY = "steam-persona"
+
+
 def _model_object(served: Served) -> dict[str, Any]:
-    """OpenAI's model object; ``created`` is the GGUF file's modification time (Unix seconds)."""
+    """OpenAI's model object; ``created`` is the GGUF file's modification time (Unix seconds); ``owned_by``
+    names this server (llama-cpp-python's placeholder is ``"me"``)."""
     return {"id": served.alias, "object": "model", "created": int(os.path.getmtime(served.llama.model_path)),
-            "owned_by": "me", "permissions": []}
+            "owned_by": OWNED_BY, "permissions": []}
 
 
 @router.api_route("/v1/models", methods=["GET", "HEAD"], summary="Models", tags=["OpenAI V1"])

@@ -93,6 +93,7 @@ def test_health_and_models(server, client):
     assert h["persona_source"] == "--system" and h["uptime_s"] >= 0
     models = client.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["SmolLM2-135M-Instruct.Q4_1"]
+    assert models["data"][0]["owned_by"] == "steam-persona"  # trial 37 (4): llama-cpp-python's placeholder "me"
 
 
 def test_the_documented_health_answer_has_the_served_keys(client):
