@@ -290,6 +290,7 @@ def test_eval_dataset_and_load_best_model_at_end(tiny_llama_dir, eight, tmp_path
     ({"lora_alpha": -3}, "--lora_alpha -3: must be at least 1"),
     ({"val_size": -0.1}, "--val_size -0.1: must be a finite number, 0 or more"),
     ({"max_samples": 0}, "--max_samples 0: must be at least 1"),
+    ({"eval_steps": 0}, "--eval_steps 0: must be at least 1 (unset: every --save_steps)"),  # trial 38 (12): taken as unset
 ])
 def test_eval_flag_misuse_is_exit_2_and_writes_nothing(tiny_llama_dir, eight, tmp_path, flags, fix):
     from click.testing import CliRunner

@@ -374,12 +374,13 @@ def test_the_last_step_is_a_checkpoint_so_training_longer_resumes_exactly(tiny_l
     first = run(config.build(TrainConfig, flags))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     again = CliRunner().invoke(main, _argv(flags))
-    assert again.exit_code == 2 and (f"to train longer, pass a larger --max_steps (or --num_train_epochs) and "
+    assert again.exit_code == 2 and (f"to train longer, pass a larger --max_steps (it overrides --num_train_epochs; or --max_steps -1 and a larger "
+                                     f"--num_train_epochs) and "
                                      f"--resume_from_checkpoint {out / 'checkpoint-2'}: it goes on from step 2"
                                      ) in " ".join(again.output.split()), again.output
     same = CliRunner().invoke(main, _argv({**flags, "resume_from_checkpoint": str(out / "checkpoint-2")}))
     assert same.exit_code == 2 and "this checkpoint is at step 2 and the run has 2 steps; to train longer, pass a " \
-        "--max_steps above 2" in " ".join(same.output.split()), same.output
+        "--max_steps above 2 (it overrides --num_train_epochs; or --max_steps -1" in " ".join(same.output.split()), same.output
     longer = run(config.build(TrainConfig, {**flags, "max_steps": 3, "resume_from_checkpoint": str(out / "checkpoint-2")}))
     assert (longer["global_step"], longer["resumed_from_step"], longer["loss_first"]) == (3, 2, first["loss_first"])
     rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -606,3 +607,12 @@ def test_a_damaged_checkpoint_or_adapter_file_is_exit_2_naming_it(tiny_llama_dir
     (ckpt / "adapter_config.json").write_text('{"r": 8,', encoding="utf-8")
     with pytest.raises(UserError, match="adapter_config.json: damaged, cannot be read \\(Expecting"):
         read_run(str(ckpt))
+
+
+def test_the_train_longer_hint_names_the_flag_that_sets_the_length(tmp_path):
+    """Trial 38 (6): with --max_steps set, the hint said "(or a larger --num_train_epochs)", which cannot help."""
+    by_steps = config.build(TrainConfig, {"dataset": ["d"], "max_steps": 10, "num_train_epochs": 3})
+    by_epochs = config.build(TrainConfig, {"dataset": ["d"], "max_steps": -1, "num_train_epochs": 3})
+    assert train_mod._longer(by_steps, 10) == ("a --max_steps above 10 (it overrides --num_train_epochs; or "
+                                               "--max_steps -1 and a larger --num_train_epochs)")
+    assert train_mod._longer(by_epochs, 10) == "a larger --num_train_epochs (or a --max_steps above 10)"

@@ -369,7 +369,7 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
     if finished is not None:  # rerunning a finished command must not silently retrain its tail
         raise UserError(f"{out}: this run already finished at step {finished.get('global_step')} (final adapter "
                         f"{out / 'adapter_model.safetensors'}); pass --overwrite_output_dir to start over or pick "
-                        f"another --output_dir; to train longer, {_train_longer(ckpt, finished.get('global_step'))}")
+                        f"another --output_dir; to train longer, {_train_longer(cfg, ckpt, finished.get('global_step'))}")
     if ckpt is not None:
         check_checkpoint(ckpt, _damaged_checkpoint_fix(ckpt))
         return ckpt
@@ -377,6 +377,15 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
         raise UserError(f"{out}: output dir exists and holds no resumable checkpoint; pass --overwrite_output_dir "
                         "to start over or pick another --output_dir")
     return None
+
+
+def _longer(cfg: TrainConfig, above: int | None) -> str:
+    """The flag that makes the run longer: ``--max_steps`` when it is set (it overrides ``--num_train_epochs``, as
+    in HF Trainer), else ``--num_train_epochs``."""
+    steps = "a larger --max_steps" if above is None else f"a --max_steps above {above}"
+    if cfg.max_steps > 0:
+        return f"{steps} (it overrides --num_train_epochs; or --max_steps -1 and a larger --num_train_epochs)"
+    return f"a larger --num_train_epochs (or {steps})"
 
 
 def _damaged_checkpoint_fix(ckpt: Path) -> str:
@@ -389,15 +398,16 @@ def _damaged_checkpoint_fix(ckpt: Path) -> str:
     return f"resume from an earlier checkpoint with --resume_from_checkpoint {earlier[-1]}, or {over}" if earlier else over
 
 
-def _train_longer(ckpt: Path | None, last: int | None) -> str:
+def _train_longer(cfg: TrainConfig, ckpt: Path | None, last: int | None) -> str:
     """How a finished run trains on: from its ``checkpoint-<last>`` (saved at the last step, as HF Trainer does)
     exactly where it stopped; from an older checkpoint (a run from before the last step was saved) redoing the
     steps after it; else over from the start."""
     if ckpt is None:
-        return ("start over with a larger --max_steps (no resumable checkpoint-N was kept: they were saved with "
+        which = "--max_steps" if cfg.max_steps > 0 else "--num_train_epochs"
+        return (f"start over with a larger {which} (no resumable checkpoint-N was kept: they were saved with "
                 "--save_only_model)")
     step = int(ckpt.name.split("-")[1])
-    how = f"pass a larger --max_steps (or --num_train_epochs) and --resume_from_checkpoint {ckpt}"
+    how = f"pass {_longer(cfg, None)} and --resume_from_checkpoint {ckpt}"
     return how + (f": it goes on from step {step}" if step == last else
                   f" (step {step}: steps {step + 1}-{last} are trained again)")
 
@@ -677,6 +687,8 @@ def _check(cfg: TrainConfig) -> None:
                  "save_steps", "logging_steps", "lora_rank", "cutoff_len"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} {getattr(cfg, name)}: must be at least 1")
+    if cfg.eval_steps is not None and cfg.eval_steps < 1:
+        raise UserError(f"--eval_steps {cfg.eval_steps}: must be at least 1 (unset: every --save_steps)")
     if cfg.quantization_bit not in (None, 4, 8):
         raise UserError(f"--quantization_bit {cfg.quantization_bit}: use 4 or 8 (or leave it unset)")
     if not 0 <= cfg.warmup_ratio < 1:
@@ -942,8 +954,7 @@ class TrainRecipe:
             if self.start > self.total or (self.start == self.total and self.cfg.resume_from_checkpoint):
                 unfinished = self.start == self.total and finished_run(self.out) is None
                 raise UserError(f"{resume}: this checkpoint is at step {self.start} and the run has {self.total} "
-                                f"steps; to train longer, pass a --max_steps above {self.start} (or a larger "
-                                "--num_train_epochs)" + ("; to finish the run (save its final adapter), rerun "
+                                f"steps; to train longer, pass {_longer(self.cfg, self.start)}" + ("; to finish the run (save its final adapter), rerun "
                                                          "without --resume_from_checkpoint" if unfinished else ""))
             console.print(f"resuming from {resume} (step {self.start} of {self.total})")
         log_path = self.out / "trainer_log.jsonl"
