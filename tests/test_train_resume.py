@@ -616,3 +616,26 @@ def test_the_train_longer_hint_names_the_flag_that_sets_the_length(tmp_path):
     assert train_mod._longer(by_steps, 10) == ("a --max_steps above 10 (it overrides --num_train_epochs; or "
                                                "--max_steps -1 and a larger --num_train_epochs)")
     assert train_mod._longer(by_epochs, 10) == "a larger --num_train_epochs (or a --max_steps above 10)"
+
+
+def test_resume_with_a_changed_dataset_info_entry_is_exit_2_naming_what_changed(tiny_llama_dir, eight, tmp_path):
+    """Trial 38 (2): swapping an entry's prompt and response columns between the crash and the resume went on
+    training on other samples (the data file's sha256 was the same), exit 0."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "train.json").write_bytes(eight.read_bytes())
+    info = {"steam_reviews": {"file_name": "train.json", "columns": {"prompt": "instruction", "response": "output"}}}
+    (data_dir / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    out = tmp_path / "run"
+    flags = {**_flags(tiny_llama_dir, "steam_reviews", out), "dataset_dir": str(data_dir)}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, flags), callbacks=(_crash_at_3,))
+    info["steam_reviews"]["columns"] = {"prompt": "output", "response": "instruction"}
+    (data_dir / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    r = CliRunner().invoke(main, _argv(flags))
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.strip() == (
+        f'Error: {data_dir / "train.json"}: the dataset is read differently since {out / "checkpoint-2"} was saved '
+        '(its dataset_info.json entry: columns {"prompt": "instruction", "response": "output"} then, {"prompt": '
+        '"output", "response": "instruction"} now); put back the entry the run was trained with, or pass '
+        "--overwrite_output_dir to start over")

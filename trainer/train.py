@@ -517,25 +517,47 @@ def data_fingerprint(cfg: TrainConfig) -> dict[str, str]:
     return out
 
 
+def data_reading(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
+    """How each file of ``--dataset`` and ``--eval_dataset`` is read, keyed by its path: the ``formatting``,
+    ``columns`` and ``tags`` of its ``dataset_info.json`` entry (a direct file: the defaults).
+
+    Raises:
+        UserError: a name unknown to the registry (as reading the data would).
+    """
+    from steam_persona.trainer import data
+
+    specs = [data.resolve(name, cfg.dataset_dir) for name in [*cfg.dataset, *cfg.eval_dataset]]
+    return {str(s.path): {"formatting": s.formatting, "columns": s.columns, "tags": s.tags} for s in specs}
+
+
 def check_resume_data(cfg: TrainConfig, ckpt: Path) -> None:
     """Refuse to resume ``ckpt`` when a dataset file's bytes changed since it was saved (same path, other
-    contents: a rerun ``prepare``). Compares :func:`data_fingerprint` with ``trainer_state.json``'s
-    ``data_sha256``; a checkpoint without one (saved before it was recorded) is not compared.
+    contents: a rerun ``prepare``), or how it is read (its ``dataset_info.json`` entry: columns swapped, another
+    formatting). Compares :func:`data_fingerprint` and :func:`data_reading` with ``trainer_state.json``'s
+    ``data_sha256`` and ``data_reading``; a checkpoint without one (saved before it was recorded) is not compared
+    on it.
 
     Raises:
         UserError: one line naming the changed file and the two ways out.
     """
-    saved = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8")).get("data_sha256")
-    if not saved:
-        return
+    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    start_over = ("drop --resume_from_checkpoint and pass --overwrite_output_dir" if cfg.resume_from_checkpoint
+                  else "pass --overwrite_output_dir")
+    saved = state.get("data_sha256") or {}
     changed = [p for p, h in data_fingerprint(cfg).items() if p in saved and saved[p] != h]
     if changed:
-        start_over = ("drop --resume_from_checkpoint and pass --overwrite_output_dir" if cfg.resume_from_checkpoint
-                      else "pass --overwrite_output_dir")
         also = f"; so did {', '.join(changed[1:])}" if changed[1:] else ""
         raise UserError(f"{changed[0]}: the dataset changed since {ckpt} was saved (its sha256 differs{also}); "
                         f"put back the data the run "
                         f"was trained on, or {start_over} to start over on the new data")
+    saved = state.get("data_reading") or {}
+    for path, now in data_reading(cfg).items():
+        was = saved.get(path, now)
+        if was != now:
+            what = "; ".join(f"{k} {json.dumps(was[k])} then, {json.dumps(now[k])} now" for k in now if was.get(k) != now[k])
+            raise UserError(f"{path}: the dataset is read differently since {ckpt} was saved (its dataset_info.json "
+                            f"entry: {what}); put back the entry the run was trained with, or {start_over} to start "
+                            "over")
 
 
 def _clear_run(out: Path) -> None:
@@ -873,7 +895,7 @@ class TrainRecipe:
         self.train_idx, self.eval_idx = split_eval(len(self.enc), cfg.val_size, cfg.seed)
         if cfg.eval_dataset:
             self.eval_idx = list(range(len(self.eval_enc)))
-        self.data_sha256 = data_fingerprint(cfg)
+        self.data_sha256, self.data_reading = data_fingerprint(cfg), data_reading(cfg)
 
     def setup_model(self) -> None:
         """Seed, load the base (quantized with ``--quantization_bit``), add LoRA, apply the speed levers
@@ -1137,7 +1159,8 @@ class TrainRecipe:
               "loss_sum": self._loss_sum_before() + sum(self.step_losses),
               **({"first_loss": first} if first is not None else {}),
               **{k: self.state[k] for k in ("best_eval_loss", "best_global_step") if k in self.state},
-              "world_size": self.world, "gradient_accumulation_steps": self.accum, "data_sha256": self.data_sha256}
+              "world_size": self.world, "gradient_accumulation_steps": self.accum, "data_sha256": self.data_sha256,
+              "data_reading": self.data_reading}
         _save_checkpoint(self.out, done, self.model, self.tokenizer, self.optimizer, self.scheduler, st, self.cfg)
         return self.out / f"checkpoint-{done}"
 
