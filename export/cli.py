@@ -702,14 +702,14 @@ def _write_extras(out: Path, serve_gguf: str | None, system: str | None, merge_i
     chatml = is_chatml(template)
     stop = [merge_info["eos_token"]] + (["<|im_start|>"] if chatml else [])
     write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
+    num_ctx = arguments.context_size(context_length(out / serve_gguf)) if serve_gguf else None
     if serve_gguf:
-        num_ctx = arguments.context_size(context_length(out / serve_gguf))
         write_text(out / "Modelfile", modelfile(serve_gguf, report["name"], system=system, chatml=chatml, stop=stop,
                                                 generation=gen, num_ctx=num_ctx))
     else:
         (out / "Modelfile").unlink(missing_ok=True)
     listing = [(f.name, f.stat().st_size) for f in kept]
-    write_text(out / "README.md", readme(report["name"], listing, report, serve_gguf))
+    write_text(out / "README.md", readme(report["name"], listing, report, serve_gguf, num_ctx))
 
 
 command = config.command(ExportConfig, run, name="export", config_option="positional",

@@ -47,9 +47,10 @@ def modelfile(gguf_name: str, name: str, *, system: str | None, chatml: bool, st
     return "\n".join(lines) + "\n"
 
 
-def _serve_lines(name: str, report: dict[str, Any], serve_gguf: str | None, failed: list[str]) -> str:
+def _serve_lines(name: str, report: dict[str, Any], serve_gguf: str | None, failed: list[str], num_ctx: int | None) -> str:
     """The README's "Serve it" section: commands that name only ``serve_gguf``, a GGUF that passed verification
-    (the folder itself when none failed, since `serve` refuses a folder with a failed GGUF), or why there are none."""
+    (the folder itself when none failed, since `serve` refuses a folder with a failed GGUF, and serves the
+    Modelfile's GGUF), with the Modelfile's context size ``num_ctx``, or why there are none."""
     if serve_gguf is None:
         return ("Nothing here can be served: no GGUF passed verification (see below), so there is no `Modelfile` and "
                 "`steam-train serve` / `chat` refuse this folder. The export that verifies a GGUF writes them.")
@@ -57,8 +58,8 @@ def _serve_lines(name: str, report: dict[str, Any], serve_gguf: str | None, fail
     target = f"{export_dir}/{serve_gguf}" if failed else export_dir
     return f"""```bash
 steam-train serve {target}                       # OpenAI-compatible API for Dify
-python -m llama_cpp.server --model {serve_gguf} --n_ctx 4096 --interrupt_requests False
-llama-server -m {serve_gguf} --jinja -c 4096                            # llama.cpp
+python -m llama_cpp.server --model {serve_gguf} --n_ctx {num_ctx} --interrupt_requests False
+llama-server -m {serve_gguf} --jinja -c {num_ctx}                            # llama.cpp
 ollama create {name} -f Modelfile && ollama run {name}                  # Ollama
 ```"""
 
@@ -76,9 +77,11 @@ def _merged_line(report: dict[str, Any], failed: list[str]) -> str:
             "`--keep_merged` for transformers or vLLM. `generation_config.json` holds its sampling settings.")
 
 
-def readme(name: str, files: list[tuple[str, int]], report: dict[str, Any], serve_gguf: str | None) -> str:
+def readme(name: str, files: list[tuple[str, int]], report: dict[str, Any], serve_gguf: str | None,
+           num_ctx: int | None = None) -> str:
     """The export dir's README.md: what is here and how to serve it (steam-train, llama.cpp, Ollama); the serve
-    commands name ``serve_gguf`` only, ``None`` when no GGUF passed verification."""
+    commands name ``serve_gguf`` only, ``None`` when no GGUF passed verification, with the context size ``num_ctx``
+    the Modelfile gives (tokens)."""
     rows = "\n".join(f"| `{f}` | {size / 2**20:,.1f} MiB |" for f, size in files)
     verify = report.get("verify") or {}
     vrows = "\n".join(
@@ -105,7 +108,7 @@ so every server below speaks as the persona when a conversation has no system me
 
 ## Serve it
 
-{_serve_lines(name, report, serve_gguf, failed)}
+{_serve_lines(name, report, serve_gguf, failed, num_ctx)}
 
 {_merged_line(report, failed)}
 

@@ -54,8 +54,9 @@ class ModelInfo:
 def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
     """Resolve ``EXPORT_DIR_OR_GGUF`` to ``(gguf file, export_report or None)``.
 
-    An export dir is searched for ``*.gguf`` other than ``*-lora.gguf`` (preferring
-    :data:`QUANT_PREFERENCE` order by the ``-<quant>.gguf`` suffix); its ``export_report.json`` is
+    An export dir gives the GGUF its ``export_report.json`` names for the ``Modelfile`` (``modelfile.from``: the
+    first verified type of the export, which its README serves too), else its ``*.gguf`` other than
+    ``*-lora.gguf`` in :data:`QUANT_PREFERENCE` order by the ``-<quant>.gguf`` suffix; its ``export_report.json`` is
     read when present and required when the folder is one `steam-train export` began, and an export whose
     report records a failed verification is refused. A ``.gguf`` path is used as is (verified or not); the
     report beside it is read too. Nothing is loaded: `chat` calls this before it says it loads the model.
@@ -74,6 +75,9 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
         _refuse_unfinished_export(p, gguf)
         report = _read_report(p)
         _refuse_failed_export(p, report, gguf)
+        named = ((report or {}).get("modelfile") or {}).get("from")
+        if named and (p / named).is_file():
+            gguf = p / named
         if gguf is None:
             raise UserError(f"{p}: no .gguf file in this folder; {_where_the_gguf_is(p)}")
         return gguf.resolve(), report

@@ -170,6 +170,9 @@ def test_find_gguf_in_export_dir(tmp_path):
     gguf, report = find_gguf(tmp_path)
     assert gguf.name == "m-q4_k_m.gguf" and report == {"persona": "P"}
     assert find_gguf(tmp_path / "m-f16.gguf")[0].name == "m-f16.gguf"  # a file is taken as given
+    # trial 38 (8): the Modelfile and README named m-q8_0.gguf (the first type asked for), serve took q4_k_m
+    (tmp_path / "export_report.json").write_text('{"modelfile": {"file": "Modelfile", "from": "m-q8_0.gguf"}}')
+    assert find_gguf(tmp_path)[0].name == "m-q8_0.gguf"
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no .gguf"):
         find_gguf(tmp_path / "empty")
