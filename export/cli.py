@@ -249,13 +249,22 @@ def _run(job: ExportJob, t_start: float, resume_hint: bool) -> dict[str, Any]:
         console.print(f"[dim]template {cfg.template}: no effect here; the GGUF carries the chat template the "
                       "adapter was trained with[/dim]")
     with _say_what_is_left_if_interrupted(job.out) if resume_hint else contextlib.nullcontext():
+        existed = job.out.is_dir()
+        fresh = not existed or not any(job.out.iterdir())
         job.state = _open_export_dir(job.out, cfg.overwrite)
         atomic.note_removed(atomic.remove_stale_in(job.out))
         steps = export_steps(job)
         reused = {s.name: s.reusable() for s in steps}
         gguf_todo = [s.name.split("_", 1)[1] for s in steps if s.name.startswith(("convert_", "quantize_"))
                      and not reused[s.name]]
-        _check_free_disk(job.out, job.n_params, reused["merge"], gguf_todo)
+        try:
+            _check_free_disk(job.out, job.n_params, reused["merge"], gguf_todo)
+        except UserError:
+            if fresh:  # leave the place as it was: no folder, or the user's empty one
+                (job.out / STATE).unlink(missing_ok=True)
+                if not existed:
+                    job.out.rmdir()
+            raise
         if job.run_info.run.quantization_bit and not reused["merge"]:
             console.print(f"[yellow]The run was QLoRA ({job.run_info.run.quantization_bit}-bit base); "
                           f"the base is reloaded in {job.dtype_name} to merge (never into 4-bit weights).[/]")

@@ -501,7 +501,11 @@ def test_full_disk_exits_2_before_writing(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
     _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--export_dir", str(tmp_path / "x")),
                     "not enough disk space", "GiB are free")
-    assert not list((tmp_path / "x").glob("*.gguf")) and not (tmp_path / "x" / "merged").exists()
+    assert not (tmp_path / "x").exists()  # trial 38 (10): its state file was left in a new folder
+    (tmp_path / "mine").mkdir()
+    _one_line_error(_cli("--adapter_name_or_path", str(tiny_run), "--export_dir", str(tmp_path / "mine")),
+                    "not enough disk space", "GiB are free")
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
 
 
 def test_full_disk_during_a_write_exits_2_and_leaves_no_file(tmp_path):
