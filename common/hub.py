@@ -80,6 +80,11 @@ def embedded_gguf() -> Path:
 HUB_PROBE_TIMEOUT = 5.0
 
 
+def is_embedded(value: str) -> bool:
+    """Whether ``value`` names the embedded default model (:data:`EMBEDDED_ALIASES`, any case, or its name)."""
+    return value.strip().lower() in EMBEDDED_ALIASES or value.strip() == EMBEDDED_NAME
+
+
 def resolve_model(name_or_path: str) -> ModelSource:
     """Resolve ``--model_name_or_path``: embedded alias, ``.gguf`` file, local folder or hub id.
 
@@ -92,7 +97,7 @@ def resolve_model(name_or_path: str) -> ModelSource:
         UserError: a local path that does not exist; an uncached hub id with the hub unreachable.
     """
     value = str(name_or_path).strip()
-    if value.lower() in EMBEDDED_ALIASES or value == EMBEDDED_NAME:
+    if is_embedded(value):
         g = embedded_gguf()
         return ModelSource(str(g.parent), g.name, EMBEDDED_NAME)
     p = Path(value).expanduser()

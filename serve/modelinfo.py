@@ -15,6 +15,7 @@ from steam_persona.export.quantize import QUANT_TYPES
 from steam_persona.common.arguments import context_size
 from steam_persona.common.console import byte_size
 from steam_persona.common.errors import UserError
+from steam_persona.common.hub import embedded_gguf, is_embedded
 from steam_persona.common.memory import available_memory_bytes
 
 #: When an export dir holds several GGUFs, serve the first of these that exists (smallest good one first).
@@ -52,7 +53,8 @@ class ModelInfo:
 
 
 def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
-    """Resolve ``EXPORT_DIR_OR_GGUF`` to ``(gguf file, export_report or None)``.
+    """Resolve ``EXPORT_DIR_OR_GGUF`` to ``(gguf file, export_report or None)``; a name of the embedded default
+    model (``smollm2``, :func:`~steam_persona.common.hub.is_embedded`) that is no path gives its GGUF.
 
     An export dir gives the GGUF its ``export_report.json`` names for the ``Modelfile`` (``modelfile.from``: the
     first verified type of the export, which its README serves too), else its ``*.gguf`` other than
@@ -67,6 +69,8 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
             ``.gguf.unverified`` or ``.gguf.failed`` file, or the report is not JSON.
     """
     p = Path(model).expanduser()
+    if not p.exists() and is_embedded(str(model)):
+        return embedded_gguf().resolve(), None
     if p.is_dir():
         # <name>-lora.gguf (a LoRA adapter export) cannot be served on its own
         found = sorted(f for f in p.glob("*.gguf") if not f.stem.lower().endswith("-lora"))

@@ -761,3 +761,5 @@ def test_user_errors_exit_2_before_loading(smollm2_gguf, tmp_path):
     assert r.returncode == 2 and "cannot listen on 127.0.0.1:" in r.stderr and "--port" in r.stderr
     r = _serve_cli(tmp_path)
     assert r.returncode == 2 and "no .gguf file" in r.stderr and "Traceback" not in r.stderr
+    r = _serve_cli("--model_name_or_path", tmp_path)  # trial 37 (3): chat's flag name was "No such option"
+    assert r.returncode == 2 and "no .gguf file" in r.stderr and "Traceback" not in r.stderr

@@ -173,6 +173,10 @@ def test_find_gguf_in_export_dir(tmp_path):
     # trial 38 (8): the Modelfile and README named m-q8_0.gguf (the first type asked for), serve took q4_k_m
     (tmp_path / "export_report.json").write_text('{"modelfile": {"file": "Modelfile", "from": "m-q8_0.gguf"}}')
     assert find_gguf(tmp_path)[0].name == "m-q8_0.gguf"
+    # trial 37 (3): `serve smollm2` said "not found" where `chat --model_name_or_path smollm2` takes it
+    from steam_persona.common.hub import embedded_gguf
+
+    assert find_gguf("smollm2") == find_gguf("SmolLM2") == (embedded_gguf().resolve(), None)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no .gguf"):
         find_gguf(tmp_path / "empty")
