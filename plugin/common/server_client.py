@@ -352,6 +352,22 @@ def unavailable_message(url: str, what: str) -> str:
     return f"the model server at {url} {what}; is `steam-train serve` running there?" + docker_hint(url)
 
 
+def root_cause(exc: BaseException) -> str:
+    """The text of the innermost OS error under ``exc`` (``[Errno 111] Connection refused``, ``[Errno -2] Name or
+    service not known``), following what requests and urllib3 wrap it in (an exception in ``args[0]``, a
+    ``reason``, ``__cause__``, ``__context__``); else ``exc``'s own text; one line either way."""
+    found, seen = None, set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            found = e
+        inner = [x for x in (e.args[0] if e.args else None, getattr(e, "reason", None), e.__cause__, e.__context__)
+                 if isinstance(x, BaseException)]
+        e = inner[0] if inner else None
+    return " ".join(str(found if found is not None else exc).split()) or type(exc).__name__
+
+
 def hung_up_message(url: str, detail: str) -> str:
     """One line for a server that took the request and closed the connection without an answer:
     it was reached (no Docker hint), so it most likely crashed or is restarting."""

@@ -103,7 +103,7 @@ def _transport_message(error: BaseException, url: str) -> str:
     if isinstance(error, requests.exceptions.ConnectTimeout) or (
             isinstance(error, requests.exceptions.ConnectionError)
             and not isinstance(error, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ReadTimeout))):
-        return server_client.unavailable_message(url, f"cannot be reached ({detail})")
+        return server_client.unavailable_message(url, f"cannot be reached ({server_client.root_cause(error)})")
     if isinstance(error, (requests.exceptions.Timeout, urllib3.exceptions.ReadTimeoutError)):
         return f"the server at {url} did not finish the reply in time; raise the request_timeout setting"
     return f"the server at {url} stopped mid-reply ({detail})"
