@@ -160,6 +160,7 @@ def check_generation(data: dict[str, Any], *, chat: bool, n_vocab: int, max_toke
         _check_tool_names(data)
         _default_parameters(data)
         _check_tool_choice(data)
+        _check_openai_only(data)
     else:
         _check_prompt(data)
     data["max_tokens"] = _max_tokens(data, max_tokens_cap, default=max_tokens_cap if chat else COMPLETION_DEFAULT)
@@ -186,6 +187,35 @@ def _check_modalities(modalities: Any) -> None:
     if other:
         raise RequestError(f"'modalities' may hold 'text' only: this model writes text, not {other[0][:40]!r}; "
                            "send [\"text\"] or leave 'modalities' out", param="modalities", code="unsupported_value")
+
+
+#: OpenAI's limits on ``metadata`` (API reference, "metadata": 16 pairs, keys up to 64 characters, values up to 512)
+METADATA_LIMITS = (16, 64, 512)
+
+
+def _check_openai_only(data: dict[str, Any]) -> None:
+    """Refuse what api.openai.com refuses for a text chat model, which the library took silently: ``tool_choice``
+    ``"auto"`` without ``tools``, ``audio`` output, ``web_search_options``, ``metadata`` beyond
+    :data:`METADATA_LIMITS` (``"none"`` without tools stays accepted: it asks for what is done anyway).
+
+    Raises:
+        RequestError: 400 naming the field (``invalid_value``, ``unsupported_parameter``, ``invalid_type``).
+    """
+    if data.get("tool_choice") == "auto" and not data.get("tools") and data.get("functions") is None:
+        raise RequestError("'tool_choice' is only allowed when 'tools' are specified; drop it or send 'tools'",
+                           param="tool_choice", code="invalid_value")
+    for name, what in (("audio", "writes text, not audio"), ("web_search_options", "searches nothing")):
+        if data.get(name) is not None:
+            raise RequestError(f"'{name}' is not served: this model {what}; drop '{name}'", param=name,
+                               code="unsupported_parameter")
+    metadata, (pairs, key_chars, value_chars) = data.get("metadata"), METADATA_LIMITS
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise invalid_type("metadata", "an object of strings", metadata)
+    if len(metadata) > pairs or any(len(k) > key_chars or len(v) > value_chars for k, v in metadata.items()):
+        raise RequestError(f"'metadata' holds up to {pairs} pairs, keys of up to {key_chars} characters and values "
+                           f"of up to {value_chars}", param="metadata", code="invalid_value")
 
 
 def _check_prompt(data: dict[str, Any]) -> None:

@@ -297,7 +297,8 @@ def test_check_generation_normalises_limits_and_refuses_the_unsupported():
     for ids in ([1, 2, 3], [[99999999]]):  # token-id prompts: one clear refusal, not "several prompts"
         with pytest.raises(RequestError, match="token-id prompts are not accepted"):
             check_generation({"prompt": ids}, chat=False, n_vocab=100, max_tokens_cap=64)
-    data = {"logit_bias": {"99": -100, "0": 5.5}, "temperature": 0, "top_p": 1}
+    data = {"logit_bias": {"99": -100, "0": 5.5}, "temperature": 0, "top_p": 1, "tool_choice": "none",
+            "metadata": {str(i): "v" * 512 for i in range(16)}}
     check_generation(data, chat=True, n_vocab=100, max_tokens_cap=64)
     for bad, param in [({"max_tokens": 0}, "max_tokens"), ({"max_completion_tokens": -3}, "max_completion_tokens"),
                        ({"max_tokens": True}, "max_tokens"), ({"n": 3}, "n"), ({"best_of": 2}, "best_of"),
@@ -305,7 +306,12 @@ def test_check_generation_normalises_limits_and_refuses_the_unsupported():
                        ({"logprobs": True}, "logprobs"), ({"temperature": -0.1}, "temperature"),
                        ({"temperature": 2.1}, "temperature"), ({"top_p": 1.5}, "top_p"),
                        ({"logit_bias": {"100": 1}}, "logit_bias"), ({"logit_bias": {"x": 1}}, "logit_bias"),
-                       ({"logit_bias": {"1": 101}}, "logit_bias"), ({"logit_bias": [1]}, "logit_bias")]:
+                       ({"logit_bias": {"1": 101}}, "logit_bias"), ({"logit_bias": [1]}, "logit_bias"),
+                       # trial 37 (5): each was a 200 where api.openai.com answers 400
+                       ({"tool_choice": "auto"}, "tool_choice"), ({"audio": {"voice": "alloy"}}, "audio"),
+                       ({"web_search_options": {}}, "web_search_options"),
+                       ({"metadata": {str(i): "v" for i in range(17)}}, "metadata"), ({"metadata": {"k": 5}}, "metadata"),
+                       ({"metadata": {"k" * 65: "v"}}, "metadata"), ({"metadata": {"k": "v" * 513}}, "metadata")]:
         with pytest.raises(RequestError) as e:
             check_generation(bad, chat=True, n_vocab=100, max_tokens_cap=64)
         assert e.value.param == param and e.value.status == 400, bad
