@@ -65,12 +65,14 @@ class ExportConfig:
 
     model_name_or_path: str | None = ModelArguments.use("model_name_or_path", None, unset="the adapter run's base (run_config.yaml)")
     adapter_name_or_path: str | None = ModelArguments.use("adapter_name_or_path")
-    export_dir: str | None = arg(None, "Output folder. Default: ADAPTER_NAME_OR_PATH/export.")
+    export_dir: str | None = arg(None, "Output folder. Default: ADAPTER_NAME_OR_PATH/export; for a checkpoint-N, "
+                                       "RUN/export-checkpoint-N beside it (training's checkpoint rotation removes "
+                                       "checkpoint folders).")
     quantization: list[str] = arg(["q4_k_m"], "GGUF types to write, comma-separated: q4_k_m, q5_k_m, q6_k, "
                                               "q8_0, f16, bf16 (also q2_k … q5_k_s).")
     system: str | None = DataArguments.use("system")
     export_name: str | None = arg(None, "File name stem: <export_name>-<quant>.gguf. Default: the run dir's "
-                                        "name (or the base model's).")
+                                        "name (RUN-step-N for a checkpoint-N; or the base model's).")
     infer_dtype: str = arg("auto", "16-bit dtype to merge in; auto = the base's own 16-bit dtype, else "
                                    "bfloat16.", choices=("auto", "bfloat16", "float16"))
     export_size: int = arg(5, "Max size of one merged safetensors shard, GB.")
@@ -308,7 +310,7 @@ def plan(cfg: ExportConfig) -> ExportJob:
     out = _export_dir(cfg)
     if out is None:
         raise UserError("command line: no --export_dir given (needed when there is no --adapter_name_or_path)")
-    name = _safe_name(cfg.export_name or (run_info.adapter_dir.resolve().name if run_info.adapter_dir else src.name))
+    name = _safe_name(cfg.export_name or (_default_name(run_info.adapter_dir) if run_info.adapter_dir else src.name))
     job = ExportJob(cfg, qtypes, run_info, str(base), src, system or None, out, name,
                     arguments.n_threads(cfg.n_threads, generate=False))
     _check_base(job)
@@ -316,10 +318,27 @@ def plan(cfg: ExportConfig) -> ExportJob:
 
 
 def _export_dir(cfg: ExportConfig) -> Path | None:
-    """``--export_dir``, else ``ADAPTER_NAME_OR_PATH/export``; ``None`` when neither is given."""
+    """``--export_dir``, else ``ADAPTER_NAME_OR_PATH/export``, or ``RUN/export-checkpoint-N`` for a checkpoint
+    (outside it: training's ``--save_total_limit`` and ``--overwrite_output_dir`` remove checkpoint folders);
+    ``None`` when neither is given."""
     if cfg.export_dir:
         return Path(cfg.export_dir).expanduser()
-    return Path(cfg.adapter_name_or_path).expanduser() / "export" if cfg.adapter_name_or_path else None
+    if not cfg.adapter_name_or_path:
+        return None
+    adapter = Path(cfg.adapter_name_or_path).expanduser()
+    return adapter.parent / f"export-{adapter.name}" if _checkpoint_step(adapter) is not None else adapter / "export"
+
+
+def _checkpoint_step(adapter: Path) -> int | None:
+    """N of a ``checkpoint-N`` folder, else ``None``."""
+    m = re.fullmatch(r"checkpoint-(\d+)", adapter.resolve().name)
+    return int(m.group(1)) if m else None
+
+
+def _default_name(adapter: Path) -> str:
+    """An adapter's export name: its run dir's name, ``RUN-step-N`` for a checkpoint."""
+    step, d = _checkpoint_step(adapter), adapter.resolve()
+    return f"{d.parent.name}-step-{step}" if step is not None else d.name
 
 
 def _likely_cause(verify: dict[str, Any]) -> str:

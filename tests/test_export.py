@@ -812,3 +812,17 @@ def test_trust_remote_code_reaches_the_base_loaders(tiny_run, tmp_path):
     job = plan(config.build(ExportConfig, {"adapter_name_or_path": str(tiny_run), "export_dir": str(tmp_path / "o"),
                                            "trust_remote_code": True}))
     assert job.src.from_pretrained_kwargs() == {"trust_remote_code": True}
+
+
+def test_a_checkpoints_export_goes_beside_it_where_checkpoint_rotation_cannot_remove_it(tmp_path):
+    """Trial 38 (4): `export --adapter_name_or_path RUN/checkpoint-6` wrote RUN/checkpoint-6/export/, which the
+    documented "train longer" command's --save_total_limit then deleted with the checkpoint, verified GGUF and all."""
+    from steam_persona.export.cli import ExportConfig, _default_name, _export_dir
+
+    ckpt = tmp_path / "run" / "checkpoint-6"
+    ckpt.mkdir(parents=True)
+    assert _export_dir(ExportConfig(adapter_name_or_path=str(ckpt))) == tmp_path / "run" / "export-checkpoint-6"
+    assert _default_name(ckpt) == "run-step-6"
+    assert _export_dir(ExportConfig(adapter_name_or_path=str(tmp_path / "run"))) == tmp_path / "run" / "export"
+    assert _default_name(tmp_path / "run") == "run"
+    assert _export_dir(ExportConfig(adapter_name_or_path=str(ckpt), export_dir="x")) == Path("x")

@@ -639,3 +639,16 @@ def test_resume_with_a_changed_dataset_info_entry_is_exit_2_naming_what_changed(
         '(its dataset_info.json entry: columns {"prompt": "instruction", "response": "output"} then, {"prompt": '
         '"output", "response": "instruction"} now); put back the entry the run was trained with, or pass '
         "--overwrite_output_dir to start over")
+
+
+def test_removing_a_checkpoint_moves_an_export_inside_it_out_first(tmp_path):
+    """Trial 38 (4): --save_total_limit removed a checkpoint with the verified GGUF exported into it."""
+    ckpt = tmp_path / "checkpoint-6"
+    (ckpt / "export").mkdir(parents=True)
+    (ckpt / "export" / "run-step-6-q8_0.gguf").write_bytes(b"GGUF")
+    (ckpt / "optimizer.pt").write_bytes(b"x")
+    (tmp_path / "export-checkpoint-6").mkdir()  # taken: the export keeps its own folder
+    train_mod._remove_checkpoint(ckpt)
+    assert not ckpt.exists()
+    moved = [p for p in tmp_path.glob("export-checkpoint-6-*")]
+    assert len(moved) == 1 and (moved[0] / "run-step-6-q8_0.gguf").read_bytes() == b"GGUF"

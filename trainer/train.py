@@ -563,9 +563,22 @@ def check_resume_data(cfg: TrainConfig, ckpt: Path) -> None:
 def _clear_run(out: Path) -> None:
     """--overwrite_output_dir: remove our own artifacts only (never unrelated files)."""
     for p in [*out.glob("checkpoint-*"), out / BEST_DIR]:
-        shutil.rmtree(p, ignore_errors=True)
+        _remove_checkpoint(p)
     for name in _RUN_FILES:
         (out / name).unlink(missing_ok=True)
+
+
+def _remove_checkpoint(ckpt: Path) -> None:
+    """Remove a checkpoint folder (``--save_total_limit``, ``--overwrite_output_dir``), first moving an ``export``
+    folder inside it (an ``--export_dir`` the user put there) out beside it, as ``export-checkpoint-N`` (where
+    ``steam-train export`` puts a checkpoint's export), with a line saying so: a verified GGUF is never removed."""
+    inner = ckpt / "export"
+    if inner.is_dir():
+        target = ckpt.parent / f"export-{ckpt.name}"
+        target = target if not target.exists() else ckpt.parent / f"export-{ckpt.name}-{time.time_ns()}"
+        inner.rename(target)
+        console.print(f"[yellow]{inner} moved to {target}[/] before {ckpt.name} was removed")
+    shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def checkpoint_bytes(params: list[Any], tokenizer: Any) -> int:
@@ -638,7 +651,7 @@ def _save_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, optimizer
     if cfg.save_total_limit:
         ckpts = sorted((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
         for _, p in ckpts[: max(0, len(ckpts) - cfg.save_total_limit)]:
-            shutil.rmtree(p, ignore_errors=True)
+            _remove_checkpoint(p)
 
 
 def _load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any) -> dict:
