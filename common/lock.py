@@ -111,6 +111,24 @@ def _acquire(lock: Path, in_use: Callable[[str, str], str], unwritable: Callable
         os.close(fd)
 
 
+def holder(out: Path) -> str | None:
+    """The pid (as written in it) of the process holding ``out``'s :func:`folder_lock` now, else ``None``; the lock
+    file is only read, never made."""
+    lock = Path(out).resolve().with_name(Path(out).resolve().name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+
+
 def folder_lock(out: Path, command: str, flag: str) -> contextlib.AbstractContextManager[None]:
     """One ``command`` at a time writing the folder ``out`` (given as ``flag``): ``<out>.lock`` beside it.
 

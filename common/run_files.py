@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 from steam_persona.common.errors import UserError
 
+#: the files a LoRA adapter's weights are in (peft's names), besides ``adapter_config.json``
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 #: the way out of a damaged adapter, where ``chat``, ``eval`` and ``export`` read one
 ADAPTER_FIX = "copy the adapter's run again, or pass one of its checkpoint-N folders"
 #: the state files ``torch.save`` wrote into a checkpoint (zip archives), besides its adapter and JSON state
@@ -61,6 +63,35 @@ def check_adapter(adapter_dir: Path, fix: str) -> dict[str, Any]:
         with damaged_is_user_error(weights, fix), safe_open(str(weights), framework="pt") as f:
             f.keys()  # the header, checked against the file's length
     return config
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``run_dir`` that hold an adapter, by step."""
+    found = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()
+             and (p / "adapter_config.json").is_file() and any((p / f).is_file() for f in ADAPTER_FILES)]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def refuse_unfinished(run_dir: Path, use: str = "pass") -> None:
+    """Refuse a training run dir that holds no final adapter yet, saying why (``export``, ``chat``, ``eval`` and
+    ``serve`` alike): still training (its output dir's lock is held: the pid), or stopped before the end (its
+    checkpoints named, with ``use``: what to do with one). A folder that is neither passes.
+
+    Raises:
+        UserError: the run is in progress or did not finish.
+    """
+    from steam_persona.common.lock import holder
+
+    if (run_dir / "adapter_config.json").is_file() and any((run_dir / f).is_file() for f in ADAPTER_FILES):
+        return
+    found, pid = checkpoints(run_dir), holder(run_dir)
+    some = f"{use} one of its checkpoints ({', '.join(map(str, found))})" if found else None
+    if pid is not None:
+        raise UserError(f"{run_dir}: no final LoRA adapter yet: the training is in progress (pid {pid}); wait for "
+                        "it to end" + (f", or {some}" if some else ""))
+    if some:
+        raise UserError(f"{run_dir}: no final LoRA adapter here: the training did not finish; {some} or "
+                        "rerun the training to finish it")
 
 
 def check_checkpoint(ckpt: Path, fix: str) -> None:

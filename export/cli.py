@@ -630,7 +630,8 @@ def _files_stamp(path: Path, gguf_file: str | None) -> list:
 
 
 def _adapter_digest(adapter_dir: Path | None) -> str | None:
-    from steam_persona.export.merge import ADAPTER_FILES, file_digest
+    from steam_persona.common.run_files import ADAPTER_FILES
+    from steam_persona.export.merge import file_digest
 
     if adapter_dir is None:
         return None

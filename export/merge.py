@@ -20,10 +20,9 @@ from typing import Any
 from steam_persona.export.convert import PEFT_PREFIX, check_architecture
 from steam_persona.common.errors import UserError
 from steam_persona.common.hub import ModelSource, enable_transformers_gguf
-from steam_persona.common.run_files import ADAPTER_FIX, check_adapter
+from steam_persona.common.run_files import ADAPTER_FILES, ADAPTER_FIX, check_adapter, refuse_unfinished
 from steam_persona.common.run_record import RunRecord
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MERGE_INFO = "export_merge.json"
 REFERENCE = "verify_reference.npz"
 
@@ -43,13 +42,6 @@ class RunInfo:
     run: RunRecord = field(default_factory=RunRecord)
 
 
-def _checkpoints(run_dir: Path) -> list[Path]:
-    """The ``checkpoint-N`` folders of ``run_dir`` that hold an adapter, by step."""
-    found = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()
-             and (p / "adapter_config.json").is_file() and any((p / f).is_file() for f in ADAPTER_FILES)]
-    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
-
-
 def read_run(adapter_name_or_path: str | None) -> RunInfo:
     """Read a run dir (or a ``checkpoint-N`` folder inside one).
 
@@ -66,10 +58,7 @@ def read_run(adapter_name_or_path: str | None) -> RunInfo:
         raise UserError(f"{d}: adapter folder not found; pass --adapter_name_or_path a run dir made by steam-train train")
     cfg_file = d / "adapter_config.json"
     if not cfg_file.is_file() or not any((d / f).is_file() for f in ADAPTER_FILES):
-        ckpts = _checkpoints(d)
-        if ckpts:
-            raise UserError(f"{d}: no final LoRA adapter here: the training did not finish; pass one of its "
-                            f"checkpoints ({', '.join(map(str, ckpts))}) or rerun the training to finish it")
+        refuse_unfinished(d)
         raise UserError(f"{d}: no LoRA adapter here (adapter_config.json + adapter_model.safetensors); "
                         "pass the run dir of a finished training or one of its checkpoint-N folders")
     return RunInfo(d, check_adapter(d, ADAPTER_FIX), RunRecord.load(d))

@@ -389,8 +389,8 @@ HELP = """Serve a GGUF (or an export dir) as an OpenAI-compatible API for Dify.
 \b
 MODEL is one of:
   - an export dir from `steam-train export`: its .gguf is served (with several quants, the
-    one its Modelfile names, else the first of q4_k_m, q5_k_m, q6_k, q8_0, …; *-lora.gguf
-    adapters are skipped), and its
+    one its Modelfile names, else the first of q4_k_m, q5_k_m, q6_k, q8_0, …;
+    *-lora.gguf adapters are skipped), and its
     export_report.json gives the model id and the persona (an export dir without it is an
     unfinished export, refused: rerun its `steam-train export` command to finish it; one
     whose verification failed is refused too: see docs/export.md);

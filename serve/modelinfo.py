@@ -16,6 +16,7 @@ from steam_persona.common.arguments import context_size
 from steam_persona.common.console import byte_size
 from steam_persona.common.errors import UserError
 from steam_persona.common.hub import embedded_gguf, is_embedded
+from steam_persona.common.run_files import refuse_unfinished
 from steam_persona.common.memory import available_memory_bytes
 
 #: When an export dir holds several GGUFs, serve the first of these that exists (smallest good one first).
@@ -83,6 +84,7 @@ def find_gguf(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
         if named and (p / named).is_file():
             gguf = p / named
         if gguf is None:
+            refuse_unfinished(p, use="export (steam-train export --adapter_name_or_path) and serve")
             raise UserError(f"{p}: no .gguf file in this folder; {_where_the_gguf_is(p)}")
         return gguf.resolve(), report
     if p.is_file():

@@ -414,6 +414,18 @@ def _lines(interactive: bool) -> Iterator[tuple[int, str]]:
         yield number, text.strip()
 
 
+def _turn(line: str, input_format: str) -> tuple[str, str | None]:
+    """``(prompt, command)`` of one input line: as written, or a command (:data:`COMMANDS`, also with a leading
+    ``/`` as other chat CLIs spell it); with ``--input_format jsonl``, :func:`_jsonl_turn`.
+
+    Raises:
+        LineRefused: see :func:`_jsonl_turn`.
+    """
+    if input_format == "jsonl":
+        return _jsonl_turn(line)
+    return line, COMMANDS.get(line.lower().removeprefix("/"))
+
+
 def _jsonl_turn(line: str) -> tuple[str, str | None]:
     """``(prompt, command)`` of one ``--input_format jsonl`` line: a JSON string is the prompt; an object gives
     its ``prompt`` (a string, other keys ignored) or its ``command`` (a key of :data:`COMMANDS`), never both.
@@ -522,8 +534,7 @@ def run(cfg: ChatConfig) -> list[Turn]:
             if not line:
                 continue
             try:
-                line, command = _jsonl_turn(line) if cfg.input_format == "jsonl" else \
-                    (line, COMMANDS.get(line.lower().removeprefix("/")))  # "/exit" as other chat CLIs spell it
+                line, command = _turn(line, cfg.input_format)
             except LineRefused as e:
                 answers.refused(line, LineRefused(f"input line {number}: {e.message}", e.code))
                 continue

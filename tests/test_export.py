@@ -826,3 +826,34 @@ def test_a_checkpoints_export_goes_beside_it_where_checkpoint_rotation_cannot_re
     assert _export_dir(ExportConfig(adapter_name_or_path=str(tmp_path / "run"))) == tmp_path / "run" / "export"
     assert _default_name(tmp_path / "run") == "run"
     assert _export_dir(ExportConfig(adapter_name_or_path=str(ckpt), export_dir="x")) == Path("x")
+
+
+def test_every_stage_says_a_run_did_not_finish_or_is_still_training(tiny_llama_dir, tmp_path):
+    """Trial 38 (9): on a run stopped before its final adapter, only export said so; eval said "not a train run
+    dir", chat "no adapter_config.json", serve "run steam-train export first" (which export refuses)."""
+    import fcntl
+
+    from steam_persona.serve.modelinfo import find_gguf
+    from steam_persona.trainer.evaluate import EvalConfig, _run_record
+    from steam_persona.trainer.model import load_for_inference
+
+    run = tmp_path / "killed"
+    make_run_dir(tiny_llama_dir, run / "checkpoint-3")
+    ckpt = run / "checkpoint-3"
+    said = f"{run}: no final LoRA adapter here: the training did not finish; "
+    for stage in (lambda: load_for_inference(None, str(run)), lambda: _run_record(EvalConfig(adapter_name_or_path=str(run)))):
+        with pytest.raises(UserError) as e:
+            stage()
+        assert str(e.value) == said + f"pass one of its checkpoints ({ckpt}) or rerun the training to finish it"
+    with pytest.raises(UserError) as e:
+        find_gguf(run)
+    assert str(e.value) == said + (f"export (steam-train export --adapter_name_or_path) and serve one of its "
+                                   f"checkpoints ({ckpt}) or rerun the training to finish it")
+    with open(tmp_path / "killed.lock", "w") as lock:  # a train writing it now holds <out>.lock
+        lock.write("4242")
+        lock.flush()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(UserError) as e:
+            load_for_inference(None, str(run))
+    assert str(e.value) == (f"{run}: no final LoRA adapter yet: the training is in progress (pid 4242); wait for it "
+                            f"to end, or pass one of its checkpoints ({ckpt})")

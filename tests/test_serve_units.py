@@ -497,6 +497,7 @@ def test_help_describes_the_model_argument():
     (["-m", "x.gguf"], "Error: x.gguf: not found;"),
     (["x.gguf", "--model", "x.gguf"], "Error: x.gguf: not found;"),
     (["x.gguf", "-m", "y.gguf"], "Error: command line: MODEL x.gguf and --model y.gguf differ; give one of them"),
+    (["--model_name_or_path", "x.gguf"], "Error: x.gguf: not found;"),  # trial 37 (3): chat's name for it
 ])
 def test_model_is_also_taken_as_llama_servers_flag(argv, line, tmp_path, monkeypatch):
     """``serve --model X.gguf`` / ``-m``, as llama-cpp-python's server and llama-server take it, is MODEL."""
@@ -508,7 +509,7 @@ def test_model_is_also_taken_as_llama_servers_flag(argv, line, tmp_path, monkeyp
     result = CliRunner().invoke(command, argv)
     assert result.exit_code == 2 and result.output.splitlines() == [result.output.strip()]
     assert result.output.startswith(line)
-    assert "-m, --model TEXT" in CliRunner().invoke(command, ["--help"]).output
+    assert "-m, --model, --model_name_or_path TEXT" in CliRunner().invoke(command, ["--help"]).output
 
 
 def test_a_stop_during_the_prompt_ends_generation_at_the_next_batch(smollm2_gguf):

@@ -43,6 +43,7 @@ from steam_persona.common.arguments import (CUTOFF_LEN, DataArguments, Generatin
 from steam_persona.common.config import arg
 from steam_persona.common.console import PLAIN_EVERY_S, console, plain_progress, progress, summary_table
 from steam_persona.common.errors import UserError, said_if_stopped_before_writing, while_loading
+from steam_persona.common.run_files import refuse_unfinished
 from steam_persona.common.run_record import RunRecord
 from steam_persona.trainer.templates import ChatTemplate
 
@@ -171,6 +172,7 @@ def _run_record(cfg: EvalConfig) -> tuple[RunRecord, str | None]:
     """
     if cfg.adapter_name_or_path:
         run_dir = Path(cfg.adapter_name_or_path)
+        refuse_unfinished(run_dir)
         if not (run_dir / "adapter_config.json").is_file():
             raise UserError(f"{run_dir}: not a train run dir (no adapter_config.json); check --adapter_name_or_path")
         return RunRecord.load(run_dir), None

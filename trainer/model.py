@@ -27,7 +27,7 @@ import torch
 
 from steam_persona.common.errors import UserError
 from steam_persona.common.hub import ModelSource, enable_transformers_gguf, resolve_model
-from steam_persona.common.run_files import ADAPTER_FIX, check_adapter
+from steam_persona.common.run_files import ADAPTER_FIX, check_adapter, refuse_unfinished
 
 
 #: Dequantized GGUF bases kept in :func:`cache_dir`; older ones (least recently used) are deleted.
@@ -246,6 +246,18 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _check_adapter_dir(adapter: Path) -> None:
+    """Refuse an adapter folder that is an unfinished run, holds no adapter, or a damaged one.
+
+    Raises:
+        UserError: one line naming the folder or file and the fix.
+    """
+    refuse_unfinished(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter}: no adapter_config.json; pass a training output dir or one of its checkpoint-N folders")
+    check_adapter(adapter, ADAPTER_FIX)
+
+
 def load_for_inference(base: str | None, adapter: str | None = None, quantization_bit: int | None = None,
                        device: str | None = None, dtype: torch.dtype | None = None,
                        trust_remote_code: bool = False) -> tuple[Any, Any]:
@@ -274,10 +286,8 @@ def load_for_inference(base: str | None, adapter: str | None = None, quantizatio
     device = device or default_device()
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
-        raise UserError(f"{adapter}: no adapter_config.json; pass a training output dir or one of its checkpoint-N folders")
     if adapter:
-        check_adapter(Path(adapter), ADAPTER_FIX)
+        _check_adapter_dir(Path(adapter))
     run = RunRecord.load(adapter)
     base = base or run.model_name_or_path
     if not base:
