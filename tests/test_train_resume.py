@@ -652,3 +652,23 @@ def test_removing_a_checkpoint_moves_an_export_inside_it_out_first(tmp_path):
     assert not ckpt.exists()
     moved = [p for p in tmp_path.glob("export-checkpoint-6-*")]
     assert len(moved) == 1 and (moved[0] / "run-step-6-q8_0.gguf").read_bytes() == b"GGUF"
+
+
+def test_a_resumed_runs_log_rows_are_the_unbroken_runs_when_a_checkpoint_falls_inside_a_logging_window(
+        tiny_llama_dir, eight, tmp_path):
+    """Trial 38 (5): with --save_steps 2 and --logging_steps 3, the row at step 3 of a run resumed from
+    checkpoint-2 was step 3's loss alone, where the unbroken run logs the mean of steps 2 and 3."""
+    def rows(out):
+        return [(r["current_steps"], r["loss"]) for r in map(json.loads, (out / "trainer_log.jsonl").read_text(
+            encoding="utf-8").splitlines()) if "loss" in r]
+
+    flags = {"logging_steps": 3, "save_steps": 2}
+    run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, tmp_path / "full", **flags)))
+    out = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out, **flags)), callbacks=(_crash_at_3,))
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text(encoding="utf-8"))["pending_losses"]
+    run(config.build(TrainConfig, _flags(tiny_llama_dir, eight, out, **flags)))
+    full, resumed = rows(tmp_path / "full"), rows(out)
+    assert [s for s, _ in resumed] == [s for s, _ in full] == [1, 3, 4]
+    assert resumed == [(s, pytest.approx(loss, abs=2e-4)) for s, loss in full]

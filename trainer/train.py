@@ -986,6 +986,7 @@ class TrainRecipe:
         if resume is not None:
             self.state = _load_checkpoint(resume, self.model, self.optimizer, self.scheduler)
             self.start = self.state["global_step"]
+            self.pending = [float(x) for x in self.state.get("pending_losses", [])]  # the log row's window so far
             if self.start > self.total or (self.start == self.total and self.cfg.resume_from_checkpoint):
                 unfinished = self.start == self.total and finished_run(self.out) is None
                 raise UserError(f"{resume}: this checkpoint is at step {self.start} and the run has {self.total} "
@@ -1164,7 +1165,8 @@ class TrainRecipe:
 
     def save_checkpoint(self, done: int) -> Path:
         """Write ``checkpoint-<done>/`` (adapter, tokenizer, optimizer/scheduler/RNG state unless
-        ``--save_only_model``, ``trainer_state.json`` with what resuming on other process counts needs);
+        ``--save_only_model``, ``trainer_state.json`` with what resuming on other process counts needs and the
+        step losses since the last log row, so that a resumed run logs the rows an unbroken one does);
         returns its path. Older checkpoints beyond ``--save_total_limit`` are deleted."""
         first = self.state.get("first_loss", self.step_losses[0] if self.step_losses else None)
         st = {"total_tokens": int(self.state.get("total_tokens", 0)) + self.tokens_run,
@@ -1173,7 +1175,7 @@ class TrainRecipe:
               **({"first_loss": first} if first is not None else {}),
               **{k: self.state[k] for k in ("best_eval_loss", "best_global_step") if k in self.state},
               "world_size": self.world, "gradient_accumulation_steps": self.accum, "data_sha256": self.data_sha256,
-              "data_reading": self.data_reading}
+              "data_reading": self.data_reading, "pending_losses": list(self.pending)}
         _save_checkpoint(self.out, done, self.model, self.tokenizer, self.optimizer, self.scheduler, st, self.cfg)
         return self.out / f"checkpoint-{done}"
 
