@@ -548,7 +548,7 @@ def test_a_signal_before_training_starts_says_nothing_was_written(tmp_path, wher
     said = " ".join((r.stdout + r.stderr).split())
     assert r.returncode == 130 and "Traceback" not in said, (r.returncode, said)
     if where == "checks":  # train's own stop line, as for a Ctrl-C while the model loads
-        assert said == (f"interrupted while loading, before the first step: nothing was written to out; rerun "
+        assert said == ("interrupted while loading, before the first step: nothing was written to out; rerun "
                         "the same command to start"), said
     else:
         assert said == "stopped (Ctrl-C) before training started; nothing was written", said
