@@ -45,14 +45,28 @@ class Interrupts:
 
     def __init__(self) -> None:
         self.received: int | None = None  # the last signal's number
+        self.held = False  # inside held_until_done: the first signal waits for the block's end
 
     def handler(self, signum: int, frame: object) -> None:
-        """The first stop signal raises ``KeyboardInterrupt``; another one while the stage stops quits at once."""
+        """The first stop signal raises ``KeyboardInterrupt`` (at the end of a :meth:`held_until_done` block when
+        it lands inside one); another one while the stage stops quits at once."""
         if self.received is not None:
             quit_at_once(signum, frame)
         self.received = signum
         stopped_by(signum)
-        raise KeyboardInterrupt
+        if not self.held:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def held_until_done(self) -> Iterator[None]:
+        """A short piece of work (a checkpoint's write) that a first stop signal lets finish, then stops the stage
+        at its end (``KeyboardInterrupt``); a second signal still quits at once."""
+        self.held = True
+        try:
+            yield
+        finally:
+            self.held = False
+        self.check()
 
     def check(self) -> None:
         """Raise ``KeyboardInterrupt`` if a signal came in the block (whether or not its own raise got through)."""

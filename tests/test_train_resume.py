@@ -672,3 +672,23 @@ def test_a_resumed_runs_log_rows_are_the_unbroken_runs_when_a_checkpoint_falls_i
     full, resumed = rows(tmp_path / "full"), rows(out)
     assert [s for s, _ in resumed] == [s for s, _ in full] == [1, 3, 4]
     assert resumed == [(s, pytest.approx(loss, abs=2e-4)) for s, loss in full]
+
+
+def test_a_ctrl_c_while_a_checkpoint_is_written_lets_it_finish_then_stops(tiny_llama_dir, eight, tmp_path,
+                                                                          monkeypatch):
+    """Trial 38 (11): a Ctrl-C milliseconds before a checkpoint's write ended threw it away, and the rerun
+    trained the steps since the one before again."""
+    real = train_mod._save_checkpoint
+
+    def save(out, step, *args, **kwargs):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(out, step, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, _argv(_flags(tiny_llama_dir, eight, out)))
+    said = " ".join(r.output.split())
+    assert r.exit_code == 130, (r.exit_code, said)
+    assert (out / "checkpoint-2" / "optimizer.pt").is_file() and not list(out.glob(".checkpoint-2*"))
+    assert f"rerun the same command to resume from {out / 'checkpoint-2'}" in said, said

@@ -1263,7 +1263,8 @@ class TrainRecipe:
             self.last_logged, self.last_window, self.pending = row["loss"], len(self.pending), []
         self.maybe_eval(done)
         if done % self.cfg.save_steps == 0 or done == self.total:  # the last step too, as HF Trainer: a run
-            self.save_checkpoint(done)  # trains longer from there (--max_steps M --resume_from_checkpoint)
+            with self.interrupts.held_until_done():  # trains longer from there (--max_steps M --resume_from_checkpoint)
+                self.save_checkpoint(done)
         for cb in self.callbacks:
             cb(done, {**row, "loss": stats["loss"]})
 
