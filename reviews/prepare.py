@@ -523,25 +523,35 @@ class _Rules:
         return None
 
     def find_older_versions(self, reviews: list[Review]) -> None:
-        """Note the reviews read twice with other text (the same app and review id, e.g. two collects of an app with
-        an edit between them, or the same app and author: :func:`_one_review_groups`) and which copy is kept: the
-        latest by :attr:`Review.updated` of the copies that have a timestamp (a tie: the last read), else the last read
-        (an append-only dump's newest), each dropped copy with the reason that says which (:data:`OLDER_VERSION`,
-        :data:`REPOSTED`, :data:`UNDATED`, and where the kept copy is). :meth:`exact_duplicate` drops them. Copies with the same text as the
-        kept one are left to the text key."""
+        """Note the reviews read twice (the same app and review id, e.g. two collects of an app with an edit between
+        them, or the same app and author: :func:`_one_review_groups`) and their texts as read, for
+        :meth:`choose_versions` once the per-record rules have run."""
         self.older = {}
-        groups, clashes = _one_review_groups(reviews)
+        self.groups, clashes = _one_review_groups(reviews)
         self.notes = _clash_warning(reviews, clashes)
         for line in self.notes:
             console.print("[bold yellow]warning[/] " + escape(line))
-        for n, group in enumerate(groups):
+        for n, group in enumerate(self.groups):
             self.review_of.update((id(reviews[i]), n) for i in group)
-            dated = [i for i in group if reviews[i].updated is not None]
-            keep = reviews[max(dated, key=lambda i: (reviews[i].updated, i)) if dated else group[-1]]
+        self.raw_texts = {i: reviews[i].text for group in self.groups for i in group}
+
+    def choose_versions(self, reviews: list[Review], passed: list[bool]) -> None:
+        """Which copy of each review read more than once is kept, among the copies that ``passed`` the per-record
+        rules (an edit down to "." or into another language loses no review that an earlier version of it gives),
+        else among all: the latest by :attr:`Review.updated` of those that have a timestamp (a tie: the last read),
+        else the last read (an append-only dump's newest). Each other copy with another text (as read) gets the
+        reason that says which (:data:`OLDER_VERSION`, :data:`REPOSTED`, :data:`UNDATED`, and where the kept copy
+        is), for :meth:`exact_duplicate` to drop it; copies with the kept one's text are left to the text key."""
+        for group in self.groups:
+            pool = [i for i in group if passed[i]] or group
+            dated = [i for i in pool if reviews[i].updated is not None]
+            k = max(dated, key=lambda i: (reviews[i].updated, i)) if dated else pool[-1]
+            keep = reviews[k]
             for i in group:
-                if reviews[i].text != keep.text:
+                if self.raw_texts[i] != self.raw_texts[k]:
                     self.older[id(reviews[i])] = UNDATED if reviews[i].updated is None else OLDER_VERSION \
                         if reviews[i].review_id and reviews[i].review_id == keep.review_id else REPOSTED, keep.where
+        self.raw_texts = {}
 
     def exact_duplicate(self, r: Review, key: str) -> str | None:
         """The rule that needs the records before this one (in input order): exact duplicates by
@@ -1006,32 +1016,31 @@ def _per_record_results(reviews: list[Review], rules: _Rules, workers: int) -> I
         _WORKER = None
 
 
-#: the plain progress line's count: records through ``exact_duplicate``, before the near-duplicate pass.
-_PASSED = "passed the rules up to exact_duplicate"
+#: the plain progress line's count: records through the per-record rules (the duplicate rules come after).
+_PASSED = "passed the per-record rules"
 
 
 def _clean_all(reviews: list[Review], rules: _Rules, workers: int = 1) -> tuple[list[Review], list[str]]:
     """Run the rules with a progress bar; (kept, their dedup keys).
-    The per-record rules run in ``workers`` processes; exact duplicates are found in this one, in
-    input order. A rule that has removed more than a fifth of the reviews seen is reported at once."""
-    kept: list[Review] = []
-    keys: list[str] = []
-    shown_at = time.monotonic()
+    The per-record rules run in ``workers`` processes; then which version of a review read more than once is kept
+    (:meth:`_Rules.choose_versions`, which needs every version's outcome) and the exact duplicates are found in this
+    one, in input order. A rule that has removed more than a fifth of the reviews seen is reported at once."""
+    results: list[_Result] = []
+    shown_at, passed = time.monotonic(), 0
     with progress() as bar:
         task = bar.add_task("cleaning", total=len(reviews))
-        for start, results in _per_record_results(reviews, rules, workers):
-            for r, (rule, key) in zip(reviews[start:start + len(results)], results):
-                if (rule or rules.exact_duplicate(r, key)) is None:
-                    kept.append(r)
-                    keys.append(key)
-            done = start + len(results)
-            bar.update(task, completed=done)
+        for start, chunk in _per_record_results(reviews, rules, workers):
+            results += chunk
+            passed += sum(rule is None for rule, _ in chunk)
+            bar.update(task, completed=len(results))
             if time.monotonic() - shown_at >= PLAIN_EVERY_S:  # without a terminal no bar is shown
                 shown_at = time.monotonic()
-                plain_progress("cleaning", done, len(reviews), {_PASSED: f"{len(kept):,}"})
-            if done < len(reviews):
-                _warn_big_rules(rules.stats, done, rules.warned, so_far=True)
-    return kept, keys
+                plain_progress("cleaning", len(results), len(reviews), {_PASSED: f"{passed:,}"})
+            if len(results) < len(reviews):
+                _warn_big_rules(rules.stats, len(results), rules.warned, so_far=True)
+    rules.choose_versions(reviews, [rule is None for rule, _ in results])
+    kept = [(r, key) for r, (rule, key) in zip(reviews, results) if (rule or rules.exact_duplicate(r, key)) is None]
+    return [r for r, _ in kept], [key for _, key in kept]
 
 
 #: the ``exact_duplicate`` reason of an older version of a review whose edited text came in too (same app and id)

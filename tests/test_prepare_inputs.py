@@ -1290,7 +1290,7 @@ def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
     _run(tmp_path, [src], language=["all"])
     err = capsys.readouterr().err
     assert f"reading {src} (0.0 MiB) …" in err
-    passed = "passed the rules up to exact_duplicate"  # near_duplicate and the rest come after: not what is kept
+    passed = "passed the per-record rules"  # the duplicate rules and the rest come after: not what is kept
     assert f"cleaning 2/4  {passed} 2" in err and f"cleaning 4/4  {passed} 4" in err
     assert not [line for line in err.splitlines() if line.startswith("cleaning") and "kept" in line]
 
@@ -2181,3 +2181,22 @@ def test_prepare_workers_end_by_themselves(tmp_path, monkeypatch):
     src = _csv(tmp_path / "p.csv", ["review", "game"], [[f"{t} 第{i}次", "Hades"] for i in range(100) for t in ZH])
     _run(tmp_path, [src], preprocessing_num_workers=2)
     assert len(pools) == 1 and [p.exitcode for p in pools[0]._pool] == [0, 0]
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_a_review_whose_latest_version_fails_a_rule_keeps_its_latest_version_that_passes(tmp_path, dedup):
+    """fix37's note: the latest version was picked before the per-record rules ran, so an edit down to "." (too
+    short) or into a language --language leaves out lost the whole review, its earlier versions dropped as older."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([
+        _steam_line("1", EN[0], 100), _steam_line("1", EN[1], 200), _steam_line("1", ".", 300),  # edited to "."
+        _steam_line("2", EN[2], 100, **_by("76561190000000001")),  # reposted in Chinese
+        _steam_line("3", ZH[1], 200, language="schinese", **_by("76561190000000001")),
+        _steam_line("4", "ok", 100), _steam_line("4", "k", 200)]) + "\n", encoding="utf-8")  # no version passes
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["en"], dedup=dedup, near_dedup=False)
+    assert sorted(r["output"] for r in _load(res["train"])) == sorted([EN[1], EN[2]])
+    rules = _report(res)["rules"]
+    assert rules["exact_duplicate"]["reasons"] == {"older version of a review": 1}  # EN[0], older than EN[1]
+    example = rules["exact_duplicate"]["examples"][0]
+    assert example["reason"].endswith(f"; kept: {src}: line 2"), example
+    assert (rules["little_language"]["removed"], rules["too_short"]["removed"], rules["language"]["removed"]) == (1, 2, 1)
