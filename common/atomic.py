@@ -234,9 +234,11 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_chunks(target: str | Path, chunks: Iterable[str]) -> None:
     """Write UTF-8 text given in pieces atomically, as :func:`write_text` writes their concatenation
-    (a big file's text is never held whole)."""
+    (a big file's text is never held whole). A lone surrogate (``"\\ud800"``, which JSON text can hold: half an
+    emoji a scraper cut) has no UTF-8 form: it is written as its escape ``\\ud800``, which in a JSON string reads
+    back as the same character."""
     with atomic_path(target) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
             f.writelines(chunks)
             f.flush()
             os.fsync(f.fileno())

@@ -283,7 +283,7 @@ def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: F
     if all(st["done"] for st in state["apps"].values()):
         return None, failed  # no empty progress display
     with progress(TextColumn("{task.fields[pages]} pages"), TextColumn("{task.fields[rate]:.1f} reviews/s")) as bar, \
-            open(part, "a", encoding="utf-8") as sink:
+            open(part, "a", encoding="utf-8", errors="backslashreplace") as sink:  # a lone surrogate: escaped
         for appid, st in state["apps"].items():
             if st["done"]:
                 continue

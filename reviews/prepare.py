@@ -144,7 +144,7 @@ class PrepareConfig:
     strip_html: bool = arg(True, "Turn <br> and block tags into newlines, drop <script>/<style> and other HTML "
                                  "tags, unescape entities.")
     normalize_whitespace: bool = arg(True, "Remove zero-width characters, soft hyphens (emoji ZWJ sequences "
-                                      "stay) and control characters (NUL…), normalise \\r\\n and lone \\r, collapse space runs, trim.")
+                                      "stay), control characters (NUL…) and lone surrogates (half an emoji), normalise \\r\\n and lone \\r, collapse space runs, trim.")
     strip_page_residue: bool = arg(True, "Remove store-page residue: date headers (发布于 / Posted), 最后编辑于, "
                                    "early-access / free-product banners, helpfulness counts, hrs on record.")
     strip_handles: bool = arg(True, "Remove cross-post signatures (——来自小黑盒用户…的评价), @mentions and the "

@@ -32,9 +32,10 @@ _UNNORMAL = re.compile(r"[\r\t\f\v\u00a0\u3000 \n]"
 # Indic scripts (where they choose letter forms). Also the C0 control characters but tab, line feed, carriage return,
 # vertical tab and form feed (the last four are spaces here), DEL, the C1 controls (U+0080-009F) and terminal escape
 # sequences whole ("\x1b[31m": ECMA-48 CSI, parameter, intermediate and final bytes): a NUL or an escape in a review is
-# debris of a broken export and no tokenizer should see it.
+# debris of a broken export and no tokenizer should see it; so is a lone surrogate (U+D800-DFFF: half of an emoji
+# that a scraper cut, which JSON text can hold but no UTF-8 encoder or tokenizer takes).
 _JOINED = r"[\u0600-\u06ff\u0900-\u0dff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff]"
-_IGNORABLE = r"\x00-\x08\x0e-\x1f\x7f-\x9f\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
+_IGNORABLE = r"\ud800-\udfff\x00-\x08\x0e-\x1f\x7f-\x9f\u00ad\u034f\u115f\u1160\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0"
 _INVISIBLE = re.compile(rf"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|[{_IGNORABLE}]|(?<!{_JOINED})[\u200c\u200d]|[\u200c\u200d](?!{_JOINED})")
 _INVISIBLE_HINT = re.compile(rf"[{_IGNORABLE}\u200c\u200d]")
 

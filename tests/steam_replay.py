@@ -123,7 +123,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: str | bytes, ctype: str = "application/json", headers: dict | None = None,
               trickle: float = 0.0, stall: tuple[float, float] | None = None) -> None:
-        data = body.encode() if isinstance(body, str) else body
+        # a lone surrogate (half an emoji) goes as its JSON escape, as Steam sends one
+        data = body.encode("utf-8", "backslashreplace") if isinstance(body, str) else body
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))

@@ -835,3 +835,23 @@ def test_a_corrupt_appdetails_file_is_one_line_naming_it(tmp_path, text):
     assert "1.appdetails.json: unreadable appdetails file: not" in r.output
     assert "delete it and rerun to fetch it again" in " ".join(r.output.split())
     assert len(_lines(tmp_path / "raw/1.jsonl")) == 2 and (tmp_path / "raw/1.appdetails.json").read_text() == text
+
+
+def test_a_lone_surrogate_in_a_review_is_kept_escaped_and_prepare_drops_it(tmp_path):
+    """Trial 39 (1, 2): Steam's JSON can hold half an emoji ("\\ud83d"); collect died writing it (UnicodeEncodeError,
+    a page half-written, every rerun the same) and so did prepare's output."""
+    from steam_persona.reviews.prepare import PrepareConfig
+    from steam_persona.reviews.prepare import run as prepare
+
+    revs = _fake("10", 3)
+    revs[1]["review"] = "Great boss fights, half an emoji \ud83d and a proper ending, worth every cent."
+    with SteamReplay({"10": revs}) as server:
+        collect(_cfg(server, tmp_path / "raw/{appid}.jsonl", appid=["10"]))
+    raw = (tmp_path / "raw/10.jsonl").read_bytes()
+    assert b"half an emoji \\ud83d and" in raw and raw.decode("utf-8")  # escaped as Steam sent it: valid UTF-8
+    assert _lines(tmp_path / "raw/10.jsonl")[1]["review"] == revs[1]["review"]
+    out = tmp_path / "sft.json"
+    prepare(config.build(PrepareConfig, {"inputs": [str(tmp_path / "raw")], "out": str(out), "val_size": 0,
+                                         "app_name": ["10=Ten"], "language": ["all"]}))
+    texts = [r["output"] for r in json.loads(out.read_text(encoding="utf-8"))]
+    assert "Great boss fights, half an emoji and a proper ending, worth every cent." in texts

@@ -2200,3 +2200,16 @@ def test_a_review_whose_latest_version_fails_a_rule_keeps_its_latest_version_tha
     example = rules["exact_duplicate"]["examples"][0]
     assert example["reason"].endswith(f"; kept: {src}: line 2"), example
     assert (rules["little_language"]["removed"], rules["too_short"]["removed"], rules["language"]["removed"]) == (1, 2, 1)
+
+
+def test_a_lone_surrogate_is_cleaned_away_or_written_escaped(tmp_path):
+    """Trial 39 (2): a JSON Lines review holding "\\ud800" (half an emoji) ended prepare in a UnicodeEncodeError
+    while writing its outputs; it is debris the whitespace rule removes, and written escaped when that rule is off."""
+    src = tmp_path / "dump.jsonl"
+    src.write_text(_steam_line("1", EN[0].replace("map", "map \ud800")) + "\n", encoding="utf-8")
+    assert "\ud800" in json.loads(src.read_text(encoding="utf-8"))["review"]
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"], near_dedup=False)
+    assert [r["output"] for r in _load(res["train"])] == [EN[0]]
+    assert _report(res)["rules"]["normalize_whitespace"]["changed"] == 1
+    res = _run(tmp_path, [src], app_name=["10=Ten"], language=["all"], near_dedup=False, normalize_whitespace=False)
+    assert [r["output"] for r in _load(res["train"])] == [EN[0].replace("map", "map \ud800")]
