@@ -65,13 +65,14 @@ def progress(*extra_columns: object, transient: bool = False, eta: bool = True) 
 PLAIN_EVERY_S = 10.0
 
 
-def plain_progress(description: str, completed: int, total: int, figures: dict[str, object]) -> None:
-    """Print one plain line ``"{description} {completed}/{total}  key value  ..."`` when :data:`console` is
-    not a terminal (CI logs, ``| tee``, a file), where :func:`progress` shows no bar.
+def plain_progress(description: str, completed: int, total: int | None, figures: dict[str, object]) -> None:
+    """Print one plain line ``"{description} {completed}/{total}  key value  ..."`` (``/?`` for an unknown
+    ``total``) when :data:`console` is not a terminal (CI logs, ``| tee``, a file), where :func:`progress` shows no bar.
     A no-op on terminals, where the bar shows progress. Call it at the stage's logging points."""
     if console.is_terminal:
         return
-    line = "  ".join([f"{description} {completed}/{total}", *(f"{k} {v}" for k, v in figures.items())])
+    line = "  ".join([f"{description} {completed}/{'?' if total is None else total}",
+                      *(f"{k} {v}" for k, v in figures.items())])
     console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 

@@ -202,6 +202,11 @@ def _saved(state: dict[str, Any]) -> int:
     return sum(st.get("reviews", 0) for st in state["apps"].values())
 
 
+def _progressed(state: dict[str, Any]) -> bool:
+    """Whether any app of ``state`` has a page fetched (a cursor to resume from) or a review saved."""
+    return bool(_saved(state)) or any(st.get("pages") for st in state["apps"].values())
+
+
 def _drop_unnamed(out: Path, state: dict[str, Any], appids: list[str]) -> None:
     """An unfinished app of a shared file that this command does not name stops being pending (a
     mistyped id must not block the file for ever); its saved reviews stay, and naming it again resumes it."""
@@ -251,7 +256,7 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetch
             fetch.log.write(event="end", requests=fetch.requests, retries=fetch.retries,
                             complete=bool(state.get("complete")))
             fetch.log.close()
-        if stopped is None and not complete:
+        if not complete:
             _forget_failed(out, state)
     apps = {a: {k: st.get(k) for k in ("reviews", "pages", "done", "end", "skipped")}
             for a, st in state["apps"].items()}
@@ -260,11 +265,11 @@ def _collect_file(out: Path, appids: list[str], cfg: CollectConfig, fetch: Fetch
 
 
 def _forget_failed(out: Path, state: dict[str, Any]) -> None:
-    """Remove the empty ``.part`` and the state of a new file whose every app failed before its first review
-    (a wrong app id): nothing is left to resume, and a rerun starts the same way."""
+    """Remove the empty ``.part`` and the state of a new file that has no page of any app yet (every app failed, a
+    wrong app id; or Steam's rate limit stopped the run before its first page): nothing is left to resume, and a
+    rerun starts the same way."""
     part, state_path, _ = cs.paths(out)
-    if out.exists() or _saved(state) or (part.exists() and part.stat().st_size) \
-            or not all(st.get("failed") for st in state["apps"].values()):
+    if out.exists() or _progressed(state) or (part.exists() and part.stat().st_size):
         return
     part.unlink(missing_ok=True)
     state_path.unlink(missing_ok=True)
@@ -299,7 +304,8 @@ def _collect_apps(out: Path, state: dict[str, Any], cfg: CollectConfig, fetch: F
                     page.plain_line()
             except (Budget, RateLimited) as e:
                 fetch.log.write(event="stopped", appid=appid, reason=str(e))
-                console.print(f"stopped at app {appid} page {st['pages'] + 1}: {e}; progress saved in {state_path}; "
+                kept = f"progress saved in {state_path}" if _progressed(state) else "nothing was saved yet"
+                console.print(f"stopped at app {appid} page {st['pages'] + 1}: {e}; {kept}; "
                               "rerun the same command to continue", style="yellow", markup=False)
                 return str(e), failed
             except UserError as e:
@@ -328,7 +334,7 @@ class _Pager:
         now = time.monotonic()
         if self.st["done"] or self.shown_at is None or now - self.shown_at >= PLAIN_EVERY_S:
             self.shown_at = now
-            plain_progress(f"app {self.appid} reviews", self.st["reviews"], self.shown_total() or 0,
+            plain_progress(f"app {self.appid} reviews", self.st["reviews"], self.shown_total(),
                            {"pages": self.st["pages"], "reviews/s": f"{self.rate():.1f}"})
 
     def rate(self) -> float:
@@ -678,7 +684,9 @@ def run(cfg: CollectConfig) -> dict[str, Any]:
                         + ("; the others are saved" if others else "")
                         + "; rerun the same command to retry them, or leave a wrong app id out of it")
     if res["stopped"]:
-        raise UserError(f"collect: {res['stopped']}; the data is partial (.part): rerun the same command to continue")
+        saved = any(Path(f["file"]).exists() or cs.paths(Path(f["file"]))[0].exists() for f in res["files"])
+        raise UserError(f"collect: {res['stopped']}; " + ("the data is partial (.part): rerun the same command to "
+                        "continue" if saved else "nothing was saved yet: rerun the same command later"))
     if cfg.details_only and res["details_failed"]:
         raise UserError(f"collect: no appdetails for app(s) {', '.join(res['details_failed'])} (above); the others "
                         "are saved; rerun the same command to ask again")

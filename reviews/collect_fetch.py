@@ -196,7 +196,7 @@ class Fetcher:
             RateLimited: ``Retry-After`` over :data:`RETRY_AFTER_MAX_S`. Budget: the wait passes ``--max_time``.
         """
         if retry_after is not None and retry_after > RETRY_AFTER_MAX_S:
-            raise RateLimited(f"Steam asks to wait {retry_after:.3g} s (Retry-After) before retrying {what} "
+            raise RateLimited(f"Steam asks to wait {retry_after:,.0f} s (Retry-After) before retrying {what} "
                               f"({problem}), more than {RETRY_AFTER_MAX_S:g} s; rerun later")
         wait = self.backoff(attempt - 1, retry_after)
         if self.log:

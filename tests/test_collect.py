@@ -466,7 +466,7 @@ def test_a_retry_after_past_max_time_stops_at_once(tmp_path, steam):
     assert res["stopped"].startswith("waiting 50.0 s to retry app 570980 page 1") and "would pass --max_time 5 s" in res["stopped"]
     r = CliRunner().invoke(main, ["collect", "--appid", APP, "--out", str(tmp_path / "r.jsonl"), "--base_url",
                                   steam.base_url, "--rate_limit", "0", "--max_time", "0.0001"])
-    assert r.exit_code == 2 and "the data is partial (.part): rerun the same command to continue" in r.output
+    assert r.exit_code == 2 and "nothing was saved yet: rerun the same command later" in " ".join(r.output.split())
 
 
 def test_timeout_bounds_a_whole_trickling_response_and_max_time_the_run(tmp_path, steam):
@@ -479,7 +479,8 @@ def test_timeout_bounds_a_whole_trickling_response_and_max_time_the_run(tmp_path
     t0 = time.monotonic()
     res = collect(_cfg(steam, tmp_path / "b.jsonl", timeout=30, max_time=0.6))
     assert 0.5 < time.monotonic() - t0 < 1.5 and res["stopped"] == "time bound --max_time 0.6 s reached during a request"
-    assert (tmp_path / "b.jsonl.part").exists() and not (tmp_path / "b.jsonl").exists()
+    # stopped before its first page: nothing to resume, so no empty .part or state is left (trial 39 (3))
+    assert not [p.name for p in tmp_path.glob("b.jsonl*")]
 
 
 def test_timeout_cuts_a_server_that_stalls_mid_body_on_time(tmp_path, steam):
@@ -687,7 +688,8 @@ def test_a_locked_output_fails_only_its_app_and_a_429_give_up_stops_the_run(tmp_
         assert set(res["failed"]) == {"2"} and "another collect" in res["failed"]["2"]
         assert (tmp_path / "raw/3.jsonl").exists()
         server.faults = [429] * 4
-        with pytest.raises(UserError, match="HTTP 429 \\(rate limit\\).*rerun the same command to continue"):
+        with pytest.raises(UserError, match="HTTP 429 \\(rate limit\\).*nothing was saved yet: rerun the same command "
+                                            "later"):
             run(_cfg(server, tmp_path / "q/{appid}.jsonl", appid=["1,2,3"]))
         assert not any(r["path"] != "/appreviews/1" for r in server.requests[-4:])
         assert not (tmp_path / "q/2.jsonl.part").exists()  # app 2 was never started
@@ -738,9 +740,12 @@ def test_overwrite_of_a_shared_file_refuses_to_drop_apps_not_named(tmp_path):
 @pytest.mark.parametrize("value", ["inf", "1e20", "Fri, 01 Jan 2100 00:00:00 GMT"])
 def test_an_absurd_retry_after_stops_the_run_cleanly(tmp_path, steam, value):
     steam.faults = [(429, {"Retry-After": value})]
-    with pytest.raises(UserError, match=r"Steam asks to wait .* s \(Retry-After\) .*rerun later; the data is partial"):
+    with pytest.raises(UserError, match=r"Steam asks to wait .* s \(Retry-After\) .*rerun later; nothing was saved yet: "
+                                        r"rerun the same command later$") as e:
         run(_cfg(steam, tmp_path / "r.jsonl", max_time=0))
     assert len(steam.requests) == 1
+    assert "e+" not in str(e.value)  # trial 39 (4): 1e+20 s; the seconds as a whole number
+    assert not [p.name for p in tmp_path.glob("r.jsonl*")]  # trial 39 (3): an empty .part and no state were left
 
 
 def test_a_long_wait_prints_a_line(tmp_path, steam, monkeypatch, capsys):

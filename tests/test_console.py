@@ -76,3 +76,17 @@ def test_a_ctrl_c_right_after_a_line_is_written_never_prints_it_again():
         c.print("train step 3/6  loss 4.0", markup=False)
     c.print("interrupted after step 3 of 6", markup=False)
     assert out.getvalue() == "train step 3/6  loss 4.0\ninterrupted after step 3 of 6\n"
+
+
+def test_a_plain_progress_line_of_an_unknown_total_says_so(monkeypatch):
+    """Trial 39 (5): a page without total_reviews printed `app 131 reviews 4/0`."""
+    import io
+
+    from steam_persona.common import console as console_mod
+
+    buf = io.StringIO()
+    monkeypatch.setattr(console_mod.console, "_file", buf)
+    monkeypatch.setattr(console_mod.console, "_force_terminal", False)
+    console_mod.plain_progress("app 131 reviews", 4, None, {"pages": 1})
+    console_mod.plain_progress("app 131 reviews", 4, 9, {"pages": 1})
+    assert buf.getvalue().splitlines() == ["app 131 reviews 4/?  pages 1", "app 131 reviews 4/9  pages 1"]
