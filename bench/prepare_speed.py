@@ -89,7 +89,7 @@ def synthesize(n: int, out: Path, seed: int = 0) -> dict:
             if u > 0.99:
                 text = rng.choice(["[spoiler]{}[/spoiler]", "[b]{}[/b]\r\n", "{} Q群000000000 欢迎",
                                    "发布于：3 月 4 日\n{}", "{}\n——来自小黑盒用户某某的评价"]).format(text)
-        row = {"recommendationid": str(10**9 + i), "author": {"steamid": "76561190000000000",
+        row = {"recommendationid": str(10**9 + i), "author": {"steamid": str(76561190000000000 + i),
                "playtime_forever": rng.randint(0, 6000)}, "language": "schinese", "review": text,
                "voted_up": rng.random() < 0.8, "votes_up": rng.randint(0, 50), "appid": int(rng.choice(apps))}
         if rng.random() < 0.2:
