@@ -1165,16 +1165,19 @@ _KEPT_ONCE = {
     OTHER_FILE: lambda n: _were(n, "was a copy of a review", "were copies of reviews")
     + " in another input file (each is kept once)",
     OLDER_VERSION: lambda n: _were(n, "was an older version of a review", "were older versions of reviews")
-    + " whose edit came in too (same app and review id; the latest by timestamp_updated, else timestamp_created, is kept)",
+    + " whose edit came in too (same app and review id; the latest by timestamp_updated, else timestamp_created, "
+      "that passes the other rules is kept)",
     REPOSTED: lambda n: _were(n, "was an earlier review", "were earlier reviews")
-    + " by an author who reviewed the same game again under a new review id (same app and author steam id; Steam "
-      "keeps one review per account and app: the latest by timestamp_updated, else timestamp_created, is kept)",
+    + " by an author who reviewed the same game again (same app and author steam id, another review id or none; "
+      "Steam keeps one review per account and app: the latest by timestamp_updated, else timestamp_created, that "
+      "passes the other rules is kept)",
     READ_AGAIN: lambda n: _were(n, "was a copy of a review", "were copies of reviews")
     + " read again in the same file (same app and review id, or author steam id: fetched again or reposted; each is "
       "kept once, no flag needed)",
     UNDATED: lambda n: _were(n, "was a version of a review", "were versions of reviews")
     + " read again with other text that could not be ordered by time, having no timestamp "
-      "(same app and review id or author steam id; the latest dated copy is kept, else the last read)",
+      "(same app and review id or author steam id; of the copies that pass the other rules the latest dated one is "
+      "kept, else the last read)",
 }
 
 

@@ -1395,9 +1395,10 @@ def test_an_iso_timestamp_orders_the_edits_and_an_undated_copy_says_the_last_rea
                                                              "version of a review without a timestamp to order it": 1}
     warning = next(w for w in report["warnings"] if "exact_duplicate" in w)
     assert "2 were older versions of reviews whose edit came in too (same app and review id; the latest by " \
-           "timestamp_updated, else timestamp_created, is kept); 1 was a version of a review read again with other " \
-           "text that could not be ordered by time, having no timestamp (same app and review id or author steam " \
-           "id; the latest dated copy is kept, else the last read)" in warning
+           "timestamp_updated, else timestamp_created, that passes the other rules is kept); 1 was a version of a " \
+           "review read again with other text that could not be ordered by time, having no timestamp (same app and " \
+           "review id or author steam id; of the copies that pass the other rules the latest dated one is kept, else " \
+           "the last read)" in warning
     assert "--dedup False" not in warning
 
 
@@ -1443,9 +1444,10 @@ def test_a_review_deleted_and_reposted_by_its_author_is_kept_once_in_its_new_tex
     report = _report(res)
     assert report["rules"]["exact_duplicate"]["reasons"] == {"earlier review by the same author of the game": 3}
     warning = next(w for w in report["warnings"] if "exact_duplicate" in w)
-    assert warning.endswith("3 were earlier reviews by an author who reviewed the same game again under a new review "
-                            "id (same app and author steam id; Steam keeps one review per account and app: the latest "
-                            "by timestamp_updated, else timestamp_created, is kept)"), warning
+    assert warning.endswith("3 were earlier reviews by an author who reviewed the same game again (same app and "
+                            "author steam id, another review id or none; Steam keeps one review per account and app: "
+                            "the latest by timestamp_updated, else timestamp_created, that passes the other rules is "
+                            "kept)"), warning
 
 
 def test_reviews_of_other_authors_other_games_or_unknown_authors_are_never_merged(tmp_path):
