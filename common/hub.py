@@ -90,7 +90,8 @@ def resolve_model(name_or_path: str) -> ModelSource:
 
     A value that looks like a local path (starts with ``.``, ``/`` or ``~``, ends with ``.gguf``, has more
     than two parts, or ``dir/name`` where ``dir`` is a local folder) but does not exist is a user error
-    rather than a hub lookup. Hub ids honour ``HF_ENDPOINT``; one that is not cached needs the hub reachable
+    rather than a hub lookup, and so is a folder without ``config.json`` or a ``.gguf`` (a data or run folder). Hub
+    ids honour ``HF_ENDPOINT``; one that is not cached needs the hub reachable
     (:func:`check_hub_reachable`).
 
     Raises:
@@ -106,6 +107,11 @@ def resolve_model(name_or_path: str) -> ModelSource:
             raise UserError(f"{value}: GGUF file not found; check --model_name_or_path")
         return ModelSource(str(p.parent.resolve()), p.name, p.stem)
     if p.is_dir():
+        if not (p / "config.json").is_file() and not any(p.glob("*.gguf")):
+            run = (p / "adapter_config.json").is_file() or any(p.glob("checkpoint-*"))
+            raise UserError(f"{value}: no model here (no config.json or .gguf); " + (
+                "it is a training run: pass it as --adapter_name_or_path" if run else
+                "pass a Hugging Face model folder, a .gguf file, a hub id or smollm2"))
         return ModelSource(str(p.resolve()), None, p.name)
     if value.startswith((".", "/", "~")) or p.exists() or len(p.parts) > 2:
         raise UserError(f"{value}: model folder not found; check --model_name_or_path")

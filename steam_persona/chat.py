@@ -381,10 +381,12 @@ def check_paths(cfg: ChatConfig) -> None:
             what :func:`~steam_persona.serve.modelinfo.find_gguf` refuses for an export dir or a file.
     """
     from steam_persona.common.hub import resolve_model
+    from steam_persona.common.run_files import refuse_unfinished
     from steam_persona.serve.modelinfo import find_gguf, is_export_dir
 
     if cfg.adapter_name_or_path:
         ad = Path(cfg.adapter_name_or_path).expanduser()
+        refuse_unfinished(ad)
         if not (ad / "adapter_config.json").is_file():
             raise UserError(f"{ad}: no adapter_config.json; pass a training output dir or one of its checkpoint-N "
                             "folders to --adapter_name_or_path")

@@ -841,7 +841,10 @@ def test_every_stage_says_a_run_did_not_finish_or_is_still_training(tiny_llama_d
     make_run_dir(tiny_llama_dir, run / "checkpoint-3")
     ckpt = run / "checkpoint-3"
     said = f"{run}: no final LoRA adapter here: the training did not finish; "
-    for stage in (lambda: load_for_inference(None, str(run)), lambda: _run_record(EvalConfig(adapter_name_or_path=str(run)))):
+    from steam_persona.chat import ChatConfig, check_paths
+
+    for stage in (lambda: load_for_inference(None, str(run)), lambda: _run_record(EvalConfig(adapter_name_or_path=str(run))),
+                  lambda: check_paths(ChatConfig(adapter_name_or_path=str(run)))):  # trial 40: chat's own check
         with pytest.raises(UserError) as e:
             stage()
         assert str(e.value) == said + f"pass one of its checkpoints ({ckpt}) or rerun the training to finish it"

@@ -88,6 +88,27 @@ def test_a_mistyped_local_model_path_fails_at_once_without_a_hub_lookup(tmp_path
         assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [r.stderr.strip()], r.stderr  # one line
 
 
+def test_a_folder_that_holds_no_model_is_one_line(tmp_path, monkeypatch):
+    """Trial 40 (N1): `--model_name_or_path data` (or a run dir) ended chat, eval and train in a transformers
+    traceback ("Unrecognized model", "Couldn't instantiate the backend tokenizer"), exit 1."""
+    from steam_persona.common.errors import UserError
+    from steam_persona.common.hub import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset_info.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "run" / "checkpoint-3").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"^data: no model here \(no config.json or .gguf\); pass a Hugging Face"):
+        resolve_model("data")
+    with pytest.raises(UserError, match=r"^run: no model here .*; it is a training run: pass it as --adapter_name"):
+        resolve_model("run")
+    r = subprocess.run([sys.executable, "-m", "steam_persona", "chat", "--model_name_or_path", "data"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["Error: data: no model here (no config.json or "
+                                                                   ".gguf); pass a Hugging Face model folder, a .gguf "
+                                                                   "file, a hub id or smollm2"], r.stderr
+
+
 def test_an_uncached_hub_id_with_the_hub_unreachable_fails_at_once(monkeypatch):
     """huggingface_hub retries an unreachable hub for about a minute and has no setting for fewer retries: one
     short connection decides instead. With HF_HUB_OFFLINE set nothing is probed (transformers fails at once)."""
