@@ -111,12 +111,17 @@ def _acquire(lock: Path, in_use: Callable[[str, str], str], unwritable: Callable
         os.close(fd)
 
 
+def _lock_path(out: Path) -> Path:
+    """``<out>.lock`` beside the folder ``out`` (resolved: a symlinked path locks the same folder)."""
+    real = Path(out).resolve()
+    return real.with_name(real.name + ".lock")
+
+
 def holder(out: Path) -> str | None:
     """The pid (as written in it) of the process holding ``out``'s :func:`folder_lock` now, else ``None``; the lock
     file is only read, never made."""
-    lock = Path(out).resolve().with_name(Path(out).resolve().name + ".lock")
     try:
-        fd = os.open(lock, os.O_RDONLY)
+        fd = os.open(_lock_path(out), os.O_RDONLY)
     except OSError:
         return None
     try:
@@ -136,7 +141,7 @@ def folder_lock(out: Path, command: str, flag: str) -> contextlib.AbstractContex
         UserError: another live ``command`` writes ``out``, or ``out``'s parent folder cannot be written.
     """
     out = Path(out)
-    lock = out.resolve().with_name(out.resolve().name + ".lock")
-    return locked(lock, lambda pid, started: f"{out}: in use by another {command} (pid {pid}, started {started}); "
-                                             f"wait for it to end or pick another {flag}",
+    return locked(_lock_path(out),
+                  lambda pid, started: f"{out}: in use by another {command} (pid {pid}, started {started}); "
+                                       f"wait for it to end or pick another {flag}",
                   lambda why: f"{out}: cannot write there ({why}); pick another {flag}")
